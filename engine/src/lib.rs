@@ -1,0 +1,1 @@
+//! strata-engine: the L3 page store.

@@ -1,0 +1,2 @@
+//! The `strata` binary: one executable, every role as a subcommand.
+fn main() {}
