@@ -1,0 +1,5 @@
+//! One module per `strata` subcommand.
+
+pub mod bench;
+pub mod inspect;
+pub mod logging;
