@@ -104,7 +104,7 @@ impl Store {
         Ok(())
     }
 
-    /// Removes everything. Durable after the next `sync` (a superblock write records the cut-off).
+    /// Removes everything; durable when it returns (a synced superblock write records the cut-off).
     pub fn clear(&self) -> Result<()> {
         let _ops = self.ops.write();
         let mut a = self.segments.alloc.lock();
@@ -125,6 +125,7 @@ impl Store {
         next.generation += 1;
         next.clear_seq = a.next_seq - 1;
         self.write_superblock(&next)?;
+        self.engine.sync()?;
         *sb = next;
         self.index.clear();
         self.mem.clear();
@@ -134,7 +135,12 @@ impl Store {
     pub(crate) fn write_superblock(&self, sb: &Superblock) -> Result<()> {
         let mut buf = self.engine.alloc(crate::format::BLOCK);
         buf[..crate::format::BLOCK].copy_from_slice(&sb.encode());
-        let (_, r) = crate::io::engine::run_one(self.engine.as_ref(), crate::io::engine::Op::Write, sb.offset(), buf);
+        let (_, r) = crate::io::engine::run_one(
+            self.engine.as_ref(),
+            crate::io::engine::Op::Write,
+            sb.offset(),
+            buf,
+        );
         Ok(r?)
     }
 
