@@ -86,17 +86,22 @@ fn open(path: &Path, mode: OpenMode, direct: bool) -> std::io::Result<File> {
     o.open(path)
 }
 
+/// Takes the lock, waiting up to 3 s: after a `kill -9` the kernel releases a dead process's lock
+/// only once its io_uring rings (which hold the registered file) are torn down, asynchronously.
 fn lock(file: &File, exclusive: bool) -> std::io::Result<()> {
-    let op = if exclusive {
-        libc::LOCK_EX
-    } else {
-        libc::LOCK_SH
-    } | libc::LOCK_NB;
-    // SAFETY: flock on a valid, owned descriptor.
-    if unsafe { libc::flock(file.as_raw_fd(), op) } != 0 {
-        return Err(std::io::Error::last_os_error());
+    let op = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH } | libc::LOCK_NB;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        // SAFETY: flock on a valid, owned descriptor.
+        if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) || std::time::Instant::now() >= deadline {
+            return Err(e);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    Ok(())
 }
 
 fn block_device_size(file: &File) -> std::io::Result<u64> {
