@@ -25,7 +25,11 @@ fn fill(path: &std::path::Path, n: u64) -> Vec<(u64, usize)> {
 }
 
 fn patch(path: &std::path::Path, off: u64, f: impl FnOnce(&mut [u8])) {
-    let mut file = OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
     let mut buf = vec![0u8; BLOCK];
     file.seek(SeekFrom::Start(off)).unwrap();
     file.read_exact(&mut buf).unwrap();
@@ -41,7 +45,10 @@ fn check_no_wrong_bytes(path: &std::path::Path, written: &[(u64, usize)]) -> (us
     for &(id, len) in written {
         match s.get(&key(id)).unwrap() {
             Some(v) => {
-                assert!(v == value(id, len), "key {id}: wrong bytes after corruption");
+                assert!(
+                    v == value(id, len),
+                    "key {id}: wrong bytes after corruption"
+                );
                 hits += 1;
             }
             None => misses += 1,
@@ -59,8 +66,12 @@ fn flipped_value_bytes_become_misses() {
     let written = fill(&path, 60);
     // Flip a byte in the value area of several records of segment 0 (records start at +4096).
     for _ in 0..8 {
-        let off = segment_offset(0, SEG) + 2 * BLOCK as u64 + rand::Rng::random_range(&mut r, 0..200) * BLOCK as u64;
-        patch(&path, off, |b| b[rand::Rng::random_range(&mut r, 0..BLOCK)] ^= 0xff);
+        let off = segment_offset(0, SEG)
+            + 2 * BLOCK as u64
+            + rand::Rng::random_range(&mut r, 0..200) * BLOCK as u64;
+        patch(&path, off, |b| {
+            b[rand::Rng::random_range(&mut r, 0..BLOCK)] ^= 0xff
+        });
     }
     let (hits, misses) = check_no_wrong_bytes(&path, &written);
     assert!(hits > 0 && misses > 0, "hits {hits} misses {misses}");
@@ -75,9 +86,15 @@ fn zeroed_summary_rebuilds_by_scan() {
     let path = dir.path().join("store");
     let written = fill(&path, 60);
     // Segment 0 is sealed (60 values of ~34 KiB fill more than one 1 MiB segment): zero its footer.
-    patch(&path, segment_offset(0, SEG) + SEG - BLOCK as u64, |b| b.fill(0));
+    patch(&path, segment_offset(0, SEG) + SEG - BLOCK as u64, |b| {
+        b.fill(0)
+    });
     let (hits, misses) = check_no_wrong_bytes(&path, &written);
-    assert_eq!((hits, misses), (written.len(), 0), "a zeroed summary must be rebuilt by scanning");
+    assert_eq!(
+        (hits, misses),
+        (written.len(), 0),
+        "a zeroed summary must be rebuilt by scanning"
+    );
 }
 
 #[test]
@@ -87,7 +104,11 @@ fn truncated_open_segment_loses_only_its_tail() {
     let written = fill(&path, 60);
     // Find the open segment: the highest-numbered one with a valid header and no footer. Simulate a
     // torn tail by zeroing its second half.
-    let mut file = OpenOptions::new().read(true).write(true).open(&path).unwrap();
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+        .unwrap();
     let mut last = 0;
     for i in 0..15u32 {
         let mut b = vec![0u8; 8];

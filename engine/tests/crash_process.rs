@@ -28,8 +28,13 @@ fn child(path: &str, start: u64) -> ! {
     let s = Store::open(cfg(path)).expect("child opens the store");
     let mut id = start;
     loop {
-        let batch: Vec<(Vec<u8>, Vec<u8>)> = (id..id + 4).map(|i| (key(i), value(i, len_of(i)))).collect();
-        let items: Vec<(&[u8], &[u8])> = batch.iter().map(|(k, v)| (k.as_slice(), v.as_slice())).collect();
+        let batch: Vec<(Vec<u8>, Vec<u8>)> = (id..id + 4)
+            .map(|i| (key(i), value(i, len_of(i))))
+            .collect();
+        let items: Vec<(&[u8], &[u8])> = batch
+            .iter()
+            .map(|(k, v)| (k.as_slice(), v.as_slice()))
+            .collect();
         for r in s.batch_put(&items) {
             r.expect("put");
         }
@@ -44,7 +49,10 @@ fn child(path: &str, start: u64) -> ! {
 #[test]
 fn sigkill_mid_write() {
     if let Ok(path) = std::env::var("STRATA_CRASH_CHILD") {
-        let start = std::env::var("STRATA_CRASH_START").unwrap().parse().unwrap();
+        let start = std::env::var("STRATA_CRASH_START")
+            .unwrap()
+            .parse()
+            .unwrap();
         child(&path, start);
     }
     let seed = seed("sigkill");
@@ -56,7 +64,12 @@ fn sigkill_mid_write() {
     let mut ranges: Vec<(u64, u64)> = Vec::new();
     for round in 0..4 {
         let mut c = Command::new(std::env::current_exe().unwrap())
-            .args(["--exact", "sigkill_mid_write", "--nocapture", "--test-threads=1"])
+            .args([
+                "--exact",
+                "sigkill_mid_write",
+                "--nocapture",
+                "--test-threads=1",
+            ])
             .env("STRATA_CRASH_CHILD", &path)
             .env("STRATA_CRASH_START", next.to_string())
             .stdout(Stdio::piped())
@@ -73,7 +86,9 @@ fn sigkill_mid_write() {
             }
         });
         // Let it reach at least one sync, then kill at a random moment.
-        let first = rx.recv_timeout(Duration::from_secs(60)).expect("child made progress");
+        let first = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("child made progress");
         std::thread::sleep(Duration::from_millis(r.random_range(5..300)));
         c.kill().unwrap();
         c.wait().unwrap();
@@ -88,12 +103,18 @@ fn sigkill_mid_write() {
         for id in ranges.iter().flat_map(|&(a, b)| a..b) {
             let got = s.get(&key(id)).unwrap();
             assert!(got.is_some(), "round {round}: synced page {id} lost");
-            assert!(got.unwrap() == value(id, len_of(id)), "round {round}: page {id} wrong bytes");
+            assert!(
+                got.unwrap() == value(id, len_of(id)),
+                "round {round}: page {id} wrong bytes"
+            );
         }
         let mut extra = 0;
         for id in synced..synced + 400 {
             if let Some(v) = s.get(&key(id)).unwrap() {
-                assert!(v == value(id, len_of(id)), "round {round}: unsynced page {id} wrong bytes");
+                assert!(
+                    v == value(id, len_of(id)),
+                    "round {round}: unsynced page {id} wrong bytes"
+                );
                 extra += 1;
             }
         }

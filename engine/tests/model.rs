@@ -119,7 +119,12 @@ impl Harness {
                     );
                     m.def = Def::Unknown;
                 }
-                Def::Absent | Def::Unknown => {}
+                Def::Absent => {}
+                Def::Unknown => {
+                    let p: Vec<u32> = m.possible.iter().copied().collect();
+                    m.ghosts.extend(p);
+                    m.covered = false;
+                }
             },
         }
     }
@@ -227,6 +232,9 @@ fn run(seed: u64, steps: usize) {
             42..=69 => h.check_get(k, step),
             70..=77 => {
                 let res = h.s().remove(&key(k));
+                if std::env::var("STRATA_TRACE").is_ok() {
+                    eprintln!("  remove -> {res:?}");
+                }
                 let m = h.keys.get_mut(&k).unwrap();
                 match res {
                     Ok(true) => {
@@ -236,6 +244,10 @@ fn run(seed: u64, steps: usize) {
                         if let Def::Present(_) = m.def {
                             assert!(m.evictable, "step {step}: remove missed present key {k}");
                         }
+                        // Nothing was written: what may be on the device may come back at reopen.
+                        let p: Vec<u32> = m.possible.iter().copied().collect();
+                        m.ghosts.extend(p);
+                        m.covered = false;
                     }
                     Err(_) => {}
                 }
@@ -267,8 +279,9 @@ fn run(seed: u64, steps: usize) {
                 }
             }
             86..=90 => {
-                // Crash: whatever was not synced may be lost or torn.
-                h.store = None;
+                // Crash: whatever was not synced may be lost or torn. `forget` skips the clean-close
+                // sealing that dropping would do.
+                std::mem::forget(h.store.take());
                 h.disk.crash();
                 h.open();
                 for m in h.keys.values_mut() {

@@ -182,3 +182,22 @@ impl Store {
         }
     }
 }
+
+impl Drop for Store {
+    /// A clean stop seals the open segment, so the next open reads summaries only (no scan).
+    fn drop(&mut self) {
+        let open = self.segments.alloc.lock().open.take();
+        if let Some(seg) = open {
+            {
+                let mut m = self.segments.segs[seg as usize].meta.lock();
+                if m.in_flight != 0 {
+                    return;
+                }
+                m.state = SegState::Sealing;
+            }
+            if let Err(e) = self.segments.seal(seg) {
+                tracing::warn!(error = %e, "sealing the open segment at close failed");
+            }
+        }
+    }
+}

@@ -6,7 +6,6 @@
 //! nothing live. Latest-wins is safe because a put never writes a key that is stored (so two page
 //! records of one key have the same bytes unless a remove came between them). See `docs/format.md` "Recovery".
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -88,20 +87,7 @@ impl Store {
         let index = Index::default();
         let counters = Counters::default();
 
-        // Replay in sequence order.
-        let mut order: Vec<(u64, usize, usize)> = Vec::new();
-        for (si, s) in scans.iter().enumerate() {
-            for (ei, e) in s.entries.iter().enumerate() {
-                order.push((e.seq, si, ei));
-            }
-        }
-        order.sort_unstable();
-        let mut state: HashMap<&[u8], (usize, usize)> = HashMap::new();
-        for &(seq, si, ei) in &order {
-            if seq > sb.clear_seq {
-                state.insert(&scans[si].entries[ei].key, (si, ei));
-            }
-        }
+        let state = layout::live_set(&scans, sb.clear_seq);
         let mut live_in = vec![0usize; scans.len()];
         for (&key, &(si, ei)) in &state {
             live_in[si] += 1;

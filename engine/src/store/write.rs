@@ -55,11 +55,8 @@ impl Store {
         let mut todo = Vec::new();
         for (i, (key, value)) in items.iter().enumerate() {
             let r = check_key(key).and_then(|_| {
-                if value.is_empty() || value.len() > self.max_value_len {
-                    Err(Error::ValueLen(value.len()))
-                } else {
-                    Ok(())
-                }
+                let ok = !value.is_empty() && value.len() <= self.max_value_len;
+                ok.then_some(()).ok_or(Error::ValueLen(value.len()))
             });
             match r {
                 Err(e) => results.push(Err(e)),
