@@ -18,7 +18,11 @@ fn cfg(path: &std::path::Path) -> StoreConfig {
 
 fn inspect(args: &[&str]) -> std::process::Output {
     let bin = strata_tests::build_strata().unwrap();
-    Command::new(bin).arg("inspect").args(args).output().unwrap()
+    Command::new(bin)
+        .arg("inspect")
+        .args(args)
+        .output()
+        .unwrap()
 }
 
 fn make_store(path: &std::path::Path) {
@@ -39,7 +43,11 @@ fn summary_list_dump_and_verify() {
     let p = path.to_str().unwrap();
 
     let out = inspect(&["summary", p, "--json"]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(j["live_pages"], 39);
     assert_eq!(j["tombstones"], 1);
@@ -58,18 +66,28 @@ fn summary_list_dump_and_verify() {
     assert!(!out.status.success(), "a removed key must not dump");
 
     let out = inspect(&["verify", p]);
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 
     // Corrupt one value byte: verify must fail and name the problem.
     let mut f = OpenOptions::new().write(true).open(&path).unwrap();
-    f.seek(SeekFrom::Start(segment_offset(0, 1 << 20) + 2 * BLOCK as u64 + 100)).unwrap();
+    f.seek(SeekFrom::Start(
+        segment_offset(0, 1 << 20) + 2 * BLOCK as u64 + 100,
+    ))
+    .unwrap();
     f.write_all(&[0xAB; 16]).unwrap();
     f.sync_all().unwrap();
     let out = inspect(&["verify", p, "--json"]);
     assert!(!out.status.success());
     let j: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(j["ok"], false);
-    assert!(j["problems"][0]["what"].as_str().unwrap().contains("checksum"));
+    assert!(j["problems"][0]["what"]
+        .as_str()
+        .unwrap()
+        .contains("checksum"));
 }
 
 #[test]

@@ -25,6 +25,12 @@ pub(crate) struct Pending<'a> {
     pub depth: u8,
 }
 
+impl Pending<'_> {
+    fn crc(&self) -> u32 {
+        self.value.map_or(0, |v| value_crc(self.key, v))
+    }
+}
+
 fn depth_byte(opts: PutOptions) -> u8 {
     opts.depth.map_or(DEPTH_UNKNOWN, |d| d.min(254) as u8)
 }
@@ -162,11 +168,16 @@ impl Store {
         to_seal: &mut Vec<u32>,
     ) {
         if !batch.is_empty() {
-            let reqs = batch.iter().map(|(p, slot)| self.encode(p, slot)).collect();
+            let crcs: Vec<u32> = batch.iter().map(|(p, _)| p.crc()).collect();
+            let reqs = batch
+                .iter()
+                .zip(&crcs)
+                .map(|((p, slot), &crc)| self.encode(p, slot, crc))
+                .collect();
             let done = self.engine.submit(reqs);
-            for ((p, slot), c) in batch.into_iter().zip(done) {
+            for (((p, slot), c), crc) in batch.into_iter().zip(done).zip(crcs) {
                 let (_, r) = c.wait();
-                self.publish(p, slot, r, results, to_seal);
+                self.publish(p, slot, crc, r, results, to_seal);
             }
         }
         for seg in to_seal.drain(..) {
@@ -176,7 +187,7 @@ impl Store {
         }
     }
 
-    fn encode(&self, p: &Pending<'_>, slot: &Slot) -> IoReq {
+    fn encode(&self, p: &Pending<'_>, slot: &Slot, crc: u32) -> IoReq {
         let vlen = p.value.map_or(0, |v| v.len());
         let mut buf: IoBuf = self.engine.alloc(BLOCK + vlen);
         if let Some(v) = p.value {
@@ -191,7 +202,7 @@ impl Store {
             },
             depth: p.depth,
             value_len: vlen as u32,
-            crc: p.value.map_or(0, |v| value_crc(p.key, v)),
+            crc,
             seq: slot.seq,
             epoch: slot.epoch,
             segment: slot.segment,
@@ -209,12 +220,12 @@ impl Store {
         &self,
         p: Pending<'_>,
         slot: Slot,
+        crc: u32,
         r: std::io::Result<()>,
         results: &mut [Result<bool>],
         to_seal: &mut Vec<u32>,
     ) {
         let vlen = p.value.map_or(0, |v| v.len() as u32);
-        let crc = p.value.map_or(0, |v| value_crc(p.key, v));
         let entry = r.is_ok().then(|| SummaryEntry {
             key: p.key.to_vec(),
             offset: slot.offset,
