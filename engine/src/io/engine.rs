@@ -59,6 +59,7 @@ pub trait IoEngine: Send + Sync {
     /// Bytes addressable on the device.
     fn device_len(&self) -> u64;
     /// Allocates a buffer of at least `len` bytes, from registered memory when the engine has it.
+    /// Its contents are unspecified (not necessarily zero).
     fn alloc(&self, len: usize) -> IoBuf {
         IoBuf::heap(len)
     }

@@ -273,6 +273,7 @@ pub fn write_summary(
         max_seq: entries.iter().map(|e| e.seq).max().unwrap_or(0),
     };
     let mut buf = engine.alloc(plen + BLOCK);
+    buf.fill(0);
     buf[..bytes.len()].copy_from_slice(&bytes);
     buf[plen..plen + BLOCK].copy_from_slice(&footer.encode());
     let off = segment_offset(segment, segment_size) + summary_offset as u64;

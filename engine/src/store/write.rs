@@ -193,6 +193,9 @@ impl Store {
         if let Some(v) = p.value {
             buf[BLOCK..BLOCK + vlen].copy_from_slice(v);
         }
+        // The header block's unused bytes and the value's padding are zero on disk.
+        buf[..BLOCK].fill(0);
+        buf[BLOCK + vlen..].fill(0);
         let header = RecordHeader {
             key: p.key.to_vec(),
             kind: if p.value.is_some() {
