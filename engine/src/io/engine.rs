@@ -63,6 +63,17 @@ pub trait IoEngine: Send + Sync {
     fn alloc(&self, len: usize) -> IoBuf {
         IoBuf::heap(len)
     }
+    /// Registers caller memory for fixed-buffer I/O; `Ok(false)` when the engine has no use for it.
+    ///
+    /// # Safety
+    /// `ptr..ptr+len` must stay valid (and not be freed) until the engine is dropped.
+    unsafe fn register(&self, _ptr: *mut u8, _len: usize) -> io::Result<bool> {
+        Ok(false)
+    }
+    /// Fixed-buffer index of registered memory containing `ptr..ptr+len`, if any.
+    fn registered(&self, _ptr: *const u8, _len: usize) -> Option<u16> {
+        None
+    }
     /// Short name for logs and stats: `io_uring`, `psync`, `sim`.
     fn name(&self) -> &'static str;
 }

@@ -144,6 +144,16 @@ impl Store {
         Ok(r?)
     }
 
+    /// Registers caller memory (for example a server's pinned host KV pool) so that reads landing in
+    /// it use io_uring fixed buffers. Returns false when the I/O engine has no use for it.
+    ///
+    /// # Safety
+    /// `ptr..ptr+len` must stay valid until the store is dropped.
+    pub unsafe fn register_buffer(&self, ptr: *mut u8, len: usize) -> Result<bool> {
+        // SAFETY: forwarded contract.
+        Ok(unsafe { self.engine.register(ptr, len) }?)
+    }
+
     /// Largest value this store accepts (bounded by its segment size).
     pub fn max_value_len(&self) -> usize {
         self.max_value_len

@@ -69,7 +69,13 @@ impl Store {
                 } else {
                     // SAFETY: `buf` is aligned, at least `len` long, exclusively borrowed for this call,
                     // and every request is waited for below before the borrow ends.
-                    unsafe { IoBuf::raw(buf.as_mut_ptr(), len) }
+                    unsafe {
+                        IoBuf::raw(
+                            buf.as_mut_ptr(),
+                            len,
+                            self.engine.registered(buf.as_ptr(), len),
+                        )
+                    }
                 };
                 let offset = segment_offset(loc.segment, self.segments.segment_size)
                     + loc.offset as u64
