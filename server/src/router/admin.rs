@@ -52,14 +52,15 @@ pub async fn health_generate(State(r): S) -> Result<Response> {
             .iter()
             .find(|w| w.is_healthy())
             .ok_or(RouterError::NoWorkers)?;
-        let ok = r
+        let url = format!("{}/health_generate", w.url);
+        let reply = r
             .client
-            .get(format!("{}/health_generate", w.url))
-            .headers(r.auth_only())
-            .timeout(r.request_timeout)
-            .send()
-            .await
-            .is_ok_and(|resp| resp.status().is_success());
+            .send("GET", &url, &r.auth_only(), b"", r.request_timeout)
+            .await;
+        let ok = match reply {
+            Ok(reply) => reply.status.is_success() && reply.bytes().await.is_ok(),
+            Err(_) => false,
+        };
         if !ok {
             return Err(RouterError::Upstream {
                 attempts: 1,
@@ -75,7 +76,7 @@ pub async fn info(State(r): S, uri: axum::http::Uri) -> Result<Response> {
 }
 
 pub async fn flush_cache(State(r): S) -> Response {
-    fan_out(&r, reqwest::Method::POST, "/flush_cache").await
+    fan_out(&r, "POST", "/flush_cache").await
 }
 
 pub async fn get_loads(State(r): S) -> Json<serde_json::Value> {
@@ -120,6 +121,7 @@ async fn add(r: &Router, req: AddWorker) -> Result<Response> {
     let step = Duration::from_secs(r.cfg.worker_startup_check_interval);
     wait_healthy(
         &r.client,
+        &r.auth_only(),
         std::slice::from_ref(&url),
         &r.cfg.health,
         timeout,

@@ -281,9 +281,9 @@ impl RouterConfig {
 pub fn normalize_url(url: &str) -> Result<String> {
     let parsed = url::Url::parse(url)
         .map_err(|e| RouterError::Config(format!("bad worker url {url:?}: {e}")))?;
-    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+    if parsed.scheme() != "http" || parsed.host_str().is_none() {
         return Err(RouterError::Config(format!(
-            "bad worker url {url:?}: need http://host:port"
+            "bad worker url {url:?}: need http://host:port (workers are reached over plain HTTP)"
         )));
     }
     Ok(url.trim_end_matches('/').to_string())

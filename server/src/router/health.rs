@@ -7,6 +7,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use axum::http::HeaderMap;
+
+use crate::router::client::Client;
 use crate::router::config::HealthConfig;
 use crate::router::error::{Result, RouterError};
 use crate::router::worker::Worker;
@@ -35,17 +38,19 @@ impl HealthCounter {
 }
 
 /// One probe of `worker`'s health endpoint.
-pub async fn probe(client: &reqwest::Client, url: &str, cfg: &HealthConfig) -> bool {
-    let req = client
-        .get(format!("{url}{}", cfg.endpoint))
-        .timeout(Duration::from_secs(cfg.timeout_secs.max(1)));
-    matches!(req.send().await, Ok(r) if r.status().is_success())
+pub async fn probe(client: &Client, auth: &HeaderMap, url: &str, cfg: &HealthConfig) -> bool {
+    let url = format!("{url}{}", cfg.endpoint);
+    let timeout = Duration::from_secs(cfg.timeout_secs.max(1));
+    match client.send("GET", &url, auth, b"", timeout).await {
+        Ok(r) => r.status.is_success() && r.bytes().await.is_ok(),
+        Err(_) => false,
+    }
 }
 
 /// Probes `worker` once and applies the outcome.
 pub async fn check(router: &Router, worker: &Worker) {
     let cfg = &router.cfg.health;
-    let ok = probe(&router.client, &worker.url, cfg).await;
+    let ok = probe(&router.client, &router.auth_only(), &worker.url, cfg).await;
     let change = worker.health.lock().record(ok, worker.is_healthy(), cfg);
     if let Some(h) = change {
         worker.set_healthy(h);
@@ -75,7 +80,8 @@ pub fn spawn_checker(router: &Arc<Router>) {
 /// Waits until every URL answers its health endpoint, probing at most once a second (or every
 /// `check_interval` if shorter), for at most `timeout`.
 pub async fn wait_healthy(
-    client: &reqwest::Client,
+    client: &Client,
+    auth: &HeaderMap,
     urls: &[String],
     cfg: &HealthConfig,
     timeout: Duration,
@@ -87,7 +93,8 @@ pub async fn wait_healthy(
         .max(Duration::from_millis(50));
     let mut pending: Vec<&String> = urls.iter().collect();
     loop {
-        let oks = futures::future::join_all(pending.iter().map(|u| probe(client, u, cfg))).await;
+        let oks =
+            futures::future::join_all(pending.iter().map(|u| probe(client, auth, u, cfg))).await;
         pending = pending
             .into_iter()
             .zip(oks)

@@ -10,6 +10,7 @@
 pub mod admin;
 pub mod app;
 pub mod circuit;
+pub mod client;
 pub mod config;
 pub mod error;
 pub mod health;
@@ -46,7 +47,7 @@ pub struct Router {
     pub regular: Pool,
     pub prefill: Pool,
     pub decode: Pool,
-    pub client: reqwest::Client,
+    pub client: client::Client,
     pub limiter: Option<queue::Limiter>,
     pub metrics: metrics::Metrics,
     pub request_timeout: Duration,
@@ -62,12 +63,7 @@ impl Router {
     pub fn new(cfg: RouterConfig, seed: u64) -> Result<Arc<Self>> {
         let ca = &cfg.cache_aware;
         let main = cfg.policy;
-        let client = reqwest::Client::builder()
-            .tcp_nodelay(true)
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(4096)
-            .build()
-            .map_err(|e| RouterError::Config(format!("http client: {e}")))?;
+        let client = client::Client::default();
         let limiter = cfg.max_concurrent_requests.map(|n| {
             queue::Limiter::new(
                 n,
@@ -194,6 +190,7 @@ pub async fn run(cfg: RouterConfig) -> Result<()> {
     let urls: Vec<String> = router.all_workers().iter().map(|w| w.url.clone()).collect();
     health::wait_healthy(
         &router.client,
+        &router.auth_only(),
         &urls,
         &cfg.health,
         Duration::from_secs(cfg.worker_startup_timeout_secs),

@@ -86,7 +86,7 @@ impl Drop for PrefillLeg {
 
 /// The decode reply body, cut short if the prefill leg fails while it streams.
 struct PdBody {
-    decode: Pin<Box<dyn Stream<Item = reqwest::Result<Bytes>> + Send>>,
+    decode: Pin<Box<dyn Stream<Item = std::io::Result<Bytes>> + Send>>,
     prefill: PrefillLeg,
     _held: Held,
 }
@@ -147,14 +147,21 @@ pub async fn forward(r: &Router, path: &str, headers: HeaderMap, body: Bytes) ->
     })
 }
 
-fn spawn_prefill(r: &Router, worker: Arc<Worker>, req: reqwest::RequestBuilder) -> PrefillLeg {
+fn spawn_prefill(
+    r: &Router,
+    worker: Arc<Worker>,
+    url: String,
+    h: HeaderMap,
+    body: Bytes,
+) -> PrefillLeg {
     let load = LoadGuard::new(worker.clone());
     let timeout = r.request_timeout;
+    let client = r.client.clone();
     let handle = tokio::spawn(async move {
         let _load = load;
-        let leg = match req.timeout(timeout).send().await {
+        let leg = match client.send("POST", &url, &h, &body, timeout).await {
             Ok(resp) => {
-                let status = resp.status();
+                let status = resp.status;
                 match resp.bytes().await {
                     Ok(b) => Leg::Reply(status, b),
                     Err(_) => Leg::Failed,
@@ -203,15 +210,13 @@ async fn try_pair(
     };
     let fields = bootstrap_fields(&url_host(&prefill.url), port, p.batch);
     let sent = Bytes::from(inject(body, &fields)?);
-    let post = |w: &Worker| {
-        r.client
-            .post(format!("{}{path}", w.url))
-            .headers(headers.clone())
-            .body(sent.clone())
-    };
-    let mut leg = spawn_prefill(r, prefill.clone(), post(&prefill));
+    let url = format!("{}{path}", prefill.url);
+    let mut leg = spawn_prefill(r, prefill.clone(), url, headers.clone(), sent.clone());
     let decode_load = LoadGuard::new(decode.clone());
-    let decode_req = post(&decode).timeout(r.request_timeout).send();
+    let url = format!("{}{path}", decode.url);
+    let decode_req = r
+        .client
+        .send("POST", &url, headers, &sent, r.request_timeout);
     tokio::pin!(decode_req);
     let mut prefill_done: Option<Leg> = None;
     let decode_res = loop {
@@ -239,11 +244,11 @@ async fn try_pair(
             return Ok(Attempt::Retry(vec![decode.id]));
         }
     };
-    let status = resp.status().as_u16();
+    let status = resp.status.as_u16();
     decode
         .circuit
         .record(!is_worker_failure(status), Instant::now());
-    if !resp.status().is_success() {
+    if !resp.status.is_success() {
         if is_retryable(status) && !last {
             return Ok(Attempt::Retry(vec![decode.id]));
         }
@@ -282,12 +287,9 @@ async fn try_pair(
     if prefill_done.is_some() {
         leg.detach();
     }
-    let ct = resp
-        .headers()
-        .get(axum::http::header::CONTENT_TYPE)
-        .cloned();
+    let ct = resp.headers.get(axum::http::header::CONTENT_TYPE).cloned();
     let mut out = Response::new(Body::from_stream(PdBody {
-        decode: Box::pin(resp.bytes_stream()),
+        decode: Box::pin(resp.into_stream()),
         prefill: leg,
         _held: held,
     }));

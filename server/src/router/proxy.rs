@@ -17,6 +17,7 @@ use bytes::Bytes;
 use futures::Stream;
 use tokio::sync::OwnedSemaphorePermit;
 
+use crate::router::client::{Reply, SendError};
 use crate::router::error::{Result, RouterError};
 use crate::router::policy::RouteKey;
 use crate::router::request;
@@ -44,14 +45,12 @@ impl<S: Stream + Unpin> Stream for Guarded<S> {
     }
 }
 
-/// Replies up to this size with a Content-Length are read whole before being passed on.
-const BUFFER_LIMIT: u64 = 1 << 20;
-
-/// Turns a worker reply into the client's reply, streaming it unless it is small and complete.
-pub async fn passthrough(resp: reqwest::Response, held: Held) -> Response {
-    let status = resp.status();
-    let mut headers = HeaderMap::with_capacity(4);
-    for (k, v) in resp.headers() {
+/// Turns a worker reply into the client's reply: a small complete body as is, anything else
+/// streamed piece by piece as it arrives.
+pub async fn passthrough(reply: Reply, held: Held) -> Response {
+    let status = reply.status;
+    let mut headers = HeaderMap::with_capacity(reply.headers.len());
+    for (k, v) in &reply.headers {
         if !matches!(
             k.as_str(),
             "connection"
@@ -61,27 +60,17 @@ pub async fn passthrough(resp: reqwest::Response, held: Held) -> Response {
                 | "server"
                 | "content-length"
         ) {
-            headers.insert(k.clone(), v.clone());
+            headers.append(k.clone(), v.clone());
         }
     }
-    let small = resp.content_length().is_some_and(|n| n <= BUFFER_LIMIT);
-    let sse = headers
-        .get(header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"text/event-stream"));
-    let body = if small && !sse {
-        match resp.bytes().await {
+    let body = if reply.is_full() {
+        match reply.bytes().await {
             Ok(b) => Body::from(b),
-            Err(_) => {
-                return RouterError::Upstream {
-                    attempts: 1,
-                    last: "reply cut".into(),
-                }
-                .into_response()
-            }
+            Err(_) => return upstream("reply cut").into_response(),
         }
     } else {
         Body::from_stream(Guarded {
-            inner: resp.bytes_stream(),
+            inner: reply.into_stream(),
             _held: held,
         })
     };
@@ -89,6 +78,13 @@ pub async fn passthrough(resp: reqwest::Response, held: Held) -> Response {
     *out.status_mut() = status;
     *out.headers_mut() = headers;
     out
+}
+
+fn upstream(why: &str) -> RouterError {
+    RouterError::Upstream {
+        attempts: 1,
+        last: why.into(),
+    }
 }
 
 /// Headers sent to workers: the content type, the request id, and the api key when configured
@@ -156,17 +152,14 @@ pub async fn forward(r: &Router, path: &str, headers: HeaderMap, body: Bytes) ->
         let last = attempt + 1 == attempts;
         let worker = pool.pick(&key, &tried).ok_or(RouterError::NoWorkers)?;
         let load = LoadGuard::new(worker.clone());
+        let url = format!("{}{path}", worker.url);
         let sent = r
             .client
-            .post(format!("{}{path}", worker.url))
-            .headers(headers.clone())
-            .body(body.clone())
-            .timeout(r.request_timeout)
-            .send()
+            .send("POST", &url, &headers, &body, r.request_timeout)
             .await;
         let why = match sent {
             Ok(resp) => {
-                let status = resp.status().as_u16();
+                let status = resp.status.as_u16();
                 worker
                     .circuit
                     .record(!is_worker_failure(status), Instant::now());
@@ -186,7 +179,7 @@ pub async fn forward(r: &Router, path: &str, headers: HeaderMap, body: Bytes) ->
                 worker.circuit.record(false, Instant::now());
                 tracing::debug!(url = %worker.url, error = %e, "worker request failed");
                 if last {
-                    return Err(if e.is_timeout() {
+                    return Err(if matches!(e, SendError::Timeout) {
                         RouterError::UpstreamTimeout
                     } else {
                         RouterError::Upstream {
@@ -217,28 +210,31 @@ pub async fn get_first(r: &Router, path: &str) -> Result<Response> {
         .iter()
         .find(|w| w.is_healthy())
         .ok_or(RouterError::NoWorkers)?;
+    let url = format!("{}{path}", w.url);
     let resp = r
         .client
-        .get(format!("{}{path}", w.url))
-        .headers(r.auth_only())
-        .timeout(r.request_timeout)
-        .send()
+        .send("GET", &url, &r.auth_only(), b"", r.request_timeout)
         .await
-        .map_err(|_| RouterError::Upstream {
-            attempts: 1,
-            last: "worker unreachable".into(),
-        })?;
+        .map_err(|_| upstream("worker unreachable"))?;
     Ok(passthrough(resp, Held::default()).await)
 }
 
 /// Sends `method path` to every worker; 200 with per-worker results when all succeed, else 500.
-pub async fn fan_out(r: &Router, method: reqwest::Method, path: &str) -> Response {
+pub async fn fan_out(r: &Router, method: &str, path: &str) -> Response {
     let workers = r.all_workers();
+    let auth = r.auth_only();
     let calls = workers.iter().map(|w| {
-        let req = r.client.request(method.clone(), format!("{}{path}", w.url));
+        let url = format!("{}{path}", w.url);
+        let auth = &auth;
         async move {
-            let ok = matches!(req.headers(r.auth_only()).timeout(r.request_timeout).send().await,
-                Ok(resp) if resp.status().is_success());
+            let ok = match r
+                .client
+                .send(method, &url, auth, b"", r.request_timeout)
+                .await
+            {
+                Ok(reply) => reply.status.is_success() && reply.bytes().await.is_ok(),
+                Err(_) => false,
+            };
             serde_json::json!({ "url": w.url, "success": ok })
         }
     });
