@@ -124,10 +124,12 @@ fn start_router(args: &[&str]) -> Router {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
+    // Owned by `Router` at once, so that a failed start still kills and reaps it.
+    let router = Router { child, port, prom };
     let deadline = Instant::now() + Duration::from_secs(20);
     while Instant::now() < deadline {
         if matches!(http(port, "GET", "/health", ""), Ok((200, _))) {
-            return Router { child, port, prom };
+            return router;
         }
         std::thread::sleep(Duration::from_millis(50));
     }
