@@ -25,6 +25,8 @@ enum Command {
     /// Benchmarks (engine, store, serve, router).
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
+    /// Request router in front of SGLang-compatible workers (regular or PD mode).
+    Router(Box<cmd::router::Args>),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -32,5 +34,6 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Inspect(args) => cmd::inspect::run(args),
         Command::Bench(b) => cmd::bench::run(b),
+        Command::Router(a) => cmd::router::run(*a),
     }
 }

@@ -3,4 +3,5 @@
 pub mod bench;
 pub mod inspect;
 pub mod logging;
+pub mod router;
 pub mod size;
