@@ -3,3 +3,5 @@
 pub mod bench;
 pub mod inspect;
 pub mod logging;
+pub mod master;
+pub mod store;
