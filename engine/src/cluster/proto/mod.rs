@@ -4,6 +4,8 @@
 
 pub mod codec;
 pub mod frame;
+#[cfg(test)]
+mod fuzz;
 
 pub use codec::{
     GetItem, Heartbeat, Hello, MemberInfo, Members, PutItem, Reader, Register, Writer,
