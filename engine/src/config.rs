@@ -43,6 +43,7 @@ pub struct StoreConfig {
     pub io_threads: usize,
     pub create: bool,
     pub direct: bool,
+    pub registered_memory: u64,
 }
 
 impl StoreConfig {
@@ -58,6 +59,7 @@ impl StoreConfig {
             io_threads: 2,
             create: true,
             direct: true,
+            registered_memory: 64 << 20,
         }
     }
     /// Device bytes the store may use (superblock included). Default 1 GiB. A block device's own size
@@ -102,6 +104,13 @@ impl StoreConfig {
     /// (tmpfs), with a log line.
     pub fn with_direct(mut self, direct: bool) -> Self {
         self.direct = direct;
+        self
+    }
+
+    /// Bytes of the registered arena that io_uring rings use for `ReadFixed`/`WriteFixed` (rounded
+    /// down to a power of two). Default 64 MiB; 0 disables registered buffers.
+    pub fn with_registered_memory(mut self, bytes: u64) -> Self {
+        self.registered_memory = bytes;
         self
     }
 

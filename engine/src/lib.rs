@@ -8,13 +8,17 @@
 pub mod cluster;
 pub mod config;
 pub mod error;
+pub mod format;
+pub mod index;
 pub mod io;
+pub mod log;
+pub mod memtier;
 mod store;
 
 pub use config::{IoEngineKind, StoreConfig};
 pub use error::{Error, Result};
 pub use io::buf::AlignedBuf;
-pub use store::{PutOptions, Stats, Store};
+pub use store::{open_readonly, PutOptions, Stats, Store};
 
 /// Alignment of every device offset, length and buffer.
 pub const ALIGN: usize = 4096;
@@ -25,7 +29,3 @@ pub const MIN_VALUE_LEN: usize = 1;
 /// Longest value in bytes (16 MiB).
 pub const MAX_VALUE_LEN: usize = 16 << 20;
 
-pub mod format {
-    //! Placeholder until the on-disk format lands.
-    pub const DATA_START: u64 = 64 * 1024;
-}

@@ -1,0 +1,203 @@
+//! Opening a store: format a blank device, or recover from what is on it.
+//!
+//! Recovery reads every segment's summary (or scans a segment without one), replays all records in
+//! sequence order — a page is taken when its key is absent, a tombstone removes it, anything at or
+//! below `clear_seq` is ignored — seals the segments that were open, and frees the segments that
+//! hold nothing live. See `docs/format.md` "Recovery".
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::{Mutex, RwLock};
+
+use super::{Counters, Store};
+use crate::format::record::Kind;
+use crate::format::superblock::Superblock;
+use crate::format::{DATA_START, BLOCK};
+use crate::index::{Index, Location};
+use crate::io::device::{Device, OpenMode};
+use crate::io::engine::{run_one, IoEngine, Op};
+use crate::io::iobuf::IoBuf;
+use crate::log::layout::{self, SegmentScan, Source};
+use crate::log::segments::{write_summary, Segments};
+use crate::memtier::MemTier;
+use crate::{Error, Result, StoreConfig};
+
+impl Store {
+    /// Opens (or creates) the store that `cfg` describes.
+    pub fn open(cfg: StoreConfig) -> Result<Self> {
+        cfg.validate()?;
+        let mode = OpenMode { create: cfg.create, direct: cfg.direct, writable: true };
+        let dev = Arc::new(Device::open(&cfg.path, Some(cfg.capacity), mode)?);
+        let engine = crate::io::open_engine(
+            dev,
+            cfg.io_engine,
+            cfg.io_threads,
+            cfg.queue_depth,
+            cfg.registered_memory as usize,
+        )?;
+        tracing::info!(path = %cfg.path.display(), engine = engine.name(), "opening page store");
+        Self::open_with_engine(cfg, engine)
+    }
+
+    /// Opens a store on an explicit engine (the simulated disk in tests).
+    pub fn open_with_engine(cfg: StoreConfig, engine: Arc<dyn IoEngine>) -> Result<Self> {
+        cfg.validate()?;
+        let started = Instant::now();
+        let sb = match layout::read_superblock(engine.as_ref(), &cfg.path)? {
+            Some(sb) => sb,
+            None if cfg.create && blank(engine.as_ref())? => format(engine.as_ref(), &cfg)?,
+            None => return Err(Error::NotAStore(cfg.path.clone())),
+        };
+        if sb.capacity > engine.device_len() {
+            return Err(Error::Corrupt(format!(
+                "superblock says {} bytes but the device has {}",
+                sb.capacity,
+                engine.device_len()
+            )));
+        }
+        let scans = layout::read_all(&engine, &sb, &|_| {})?;
+        let store = Self::assemble(cfg, engine, sb, scans)?;
+        tracing::info!(
+            keys = store.index.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "page store ready"
+        );
+        Ok(store)
+    }
+
+    fn assemble(cfg: StoreConfig, engine: Arc<dyn IoEngine>, sb: Superblock, scans: Vec<SegmentScan>) -> Result<Self> {
+        let segments = Segments::new(engine.clone(), sb.segment_count, sb.segment_size, sb.store_id);
+        let index = Index::default();
+        let counters = Counters::default();
+
+        // Replay in sequence order.
+        let mut order: Vec<(u64, usize, usize)> = Vec::new();
+        for (si, s) in scans.iter().enumerate() {
+            for (ei, e) in s.entries.iter().enumerate() {
+                order.push((e.seq, si, ei));
+            }
+        }
+        order.sort_unstable();
+        let mut state: HashMap<&[u8], (usize, usize)> = HashMap::new();
+        for &(seq, si, ei) in &order {
+            if seq <= sb.clear_seq {
+                continue;
+            }
+            let e = &scans[si].entries[ei];
+            if e.kind == Kind::Tombstone as u8 {
+                state.insert(&e.key, (si, ei));
+            } else {
+                let cur = state.get(e.key.as_slice());
+                let absent = cur.is_none_or(|&(s, i)| scans[s].entries[i].kind == Kind::Tombstone as u8);
+                if absent {
+                    state.insert(&e.key, (si, ei));
+                }
+            }
+        }
+        let mut live_in = vec![0usize; scans.len()];
+        for (&key, &(si, ei)) in &state {
+            live_in[si] += 1;
+            let e = &scans[si].entries[ei];
+            if e.kind == Kind::Page as u8 {
+                let s = &scans[si];
+                index.insert(
+                    key,
+                    Location {
+                        segment: s.index,
+                        epoch: s.epoch,
+                        offset: e.offset,
+                        value_len: e.value_len,
+                        crc: e.crc,
+                        seq: e.seq,
+                        depth: e.depth,
+                    },
+                );
+            }
+        }
+        let mut max_seq = sb.clear_seq;
+        let mut max_epoch = 0;
+        let mut sealed: Vec<(u64, u32)> = Vec::new();
+        let mut in_use = vec![false; sb.segment_count as usize];
+        for (si, s) in scans.into_iter().enumerate() {
+            max_seq = max_seq.max(s.max_seq());
+            max_epoch = max_epoch.max(s.epoch);
+            if let Source::Scanned { bad_records, .. } = s.source {
+                counters.recovery_bad_records.fetch_add(bad_records as u64, std::sync::atomic::Ordering::Relaxed);
+            }
+            if live_in[si] == 0 {
+                continue;
+            }
+            if matches!(s.source, Source::Scanned { .. }) {
+                write_summary(engine.as_ref(), sb.segment_size, s.index, s.epoch, &s.entries)?;
+            }
+            in_use[s.index as usize] = true;
+            sealed.push((s.max_seq(), s.index));
+            segments.install_sealed(s.index, s.epoch, s.entries);
+        }
+        sealed.sort_unstable();
+        {
+            let mut a = segments.alloc.lock();
+            a.next_seq = max_seq + 1;
+            a.next_epoch = max_epoch + 1;
+            a.fifo = sealed.into_iter().map(|(_, i)| i).collect();
+            a.free = (0..sb.segment_count).filter(|&i| !in_use[i as usize]).collect();
+        }
+        counters.recovered_keys.store(index.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        let max_value_len = segments.max_value_len();
+        Ok(Self {
+            path: cfg.path.clone(),
+            engine,
+            segments,
+            index,
+            mem: MemTier::new(cfg.memory),
+            sb: Mutex::new(sb),
+            counters,
+            ops: RwLock::new(()),
+            reclaim_lock: Mutex::new(()),
+            max_value_len,
+        })
+    }
+}
+
+/// True when the superblock area is all zero (a new file or a wiped device).
+fn blank(engine: &dyn IoEngine) -> Result<bool> {
+    let (buf, r) = run_one(engine, Op::Read, 0, IoBuf::heap(2 * BLOCK));
+    r?;
+    Ok(buf.iter().all(|&b| b == 0))
+}
+
+fn format(engine: &dyn IoEngine, cfg: &StoreConfig) -> Result<Superblock> {
+    let capacity = cfg.capacity.min(engine.device_len());
+    let count = (capacity - DATA_START) / cfg.segment_size;
+    if count < 2 {
+        return Err(Error::Config(format!("{capacity} bytes hold fewer than two segments")));
+    }
+    let sb = Superblock {
+        generation: 1,
+        store_id: rand::random::<u64>() | 1,
+        capacity,
+        segment_size: cfg.segment_size,
+        segment_count: count as u32,
+        clear_seq: 0,
+    };
+    let mut buf = IoBuf::heap(BLOCK);
+    buf[..BLOCK].copy_from_slice(&sb.encode());
+    let (_, r) = run_one(engine, Op::Write, sb.offset(), buf);
+    r?;
+    engine.sync()?;
+    tracing::info!(capacity, segments = count, segment_size = cfg.segment_size, "formatted a new page store");
+    Ok(sb)
+}
+
+/// Opens a store read-only for inspection: takes a shared lock (so it fails while a server holds the
+/// store) and never writes.
+pub fn open_readonly(path: &Path) -> Result<(Arc<dyn IoEngine>, Superblock)> {
+    let mode = OpenMode { create: false, direct: true, writable: false };
+    let dev = Arc::new(Device::open(path, None, mode)?);
+    let engine: Arc<dyn IoEngine> = Arc::new(crate::io::psync::PsyncEngine::new(dev, 2));
+    let sb = layout::read_superblock(engine.as_ref(), path)?.ok_or_else(|| Error::NotAStore(path.to_path_buf()))?;
+    Ok((engine, sb))
+}

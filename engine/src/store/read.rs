@@ -1,0 +1,161 @@
+//! The read path: DRAM tier first, then the device, straight into the caller's memory when it is
+//! 4 KiB-aligned (the zero-copy path), through a bounce buffer otherwise. Every device read is checked
+//! against the key-bound crc; a mismatch is a miss, never bytes.
+
+use std::sync::atomic::Ordering;
+
+use super::{check_key, Store};
+use crate::format::{segment_offset, value_crc, BLOCK};
+use crate::index::Location;
+use crate::io::buf::{is_aligned, round_up};
+use crate::io::engine::{IoReq, Op};
+use crate::io::iobuf::IoBuf;
+use crate::{Error, Result};
+
+enum Plan {
+    Done(Result<Option<usize>>),
+    Read { loc: Location, bounce: bool },
+}
+
+impl Store {
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.batch_get(&[key]).pop().expect("one result")
+    }
+
+    pub fn batch_get(&self, keys: &[&[u8]]) -> Vec<Result<Option<Vec<u8>>>> {
+        let mut bufs: Vec<Vec<u8>> =
+            keys.iter().map(|k| vec![0; self.index.get(k, false).map_or(0, |l| l.value_len as usize)]).collect();
+        let mut refs: Vec<&mut [u8]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
+        let rs = self.batch_get_into(keys, &mut refs);
+        rs.into_iter()
+            .zip(bufs)
+            .map(|(r, mut b)| {
+                r.map(|o| {
+                    o.map(|n| {
+                        b.truncate(n);
+                        b
+                    })
+                })
+            })
+            .collect()
+    }
+
+    /// Reads the value into `buf`. Returns its length, or `None` on a miss. A 4 KiB-aligned `buf` at
+    /// least `roundup4k(len)` long is filled by the device directly.
+    pub fn get_into(&self, key: &[u8], buf: &mut [u8]) -> Result<Option<usize>> {
+        self.batch_get_into(&[key], &mut [buf]).pop().expect("one result")
+    }
+
+    /// Batched [`Store::get_into`]: every device read is in flight at once.
+    pub fn batch_get_into(&self, keys: &[&[u8]], bufs: &mut [&mut [u8]]) -> Vec<Result<Option<usize>>> {
+        assert_eq!(keys.len(), bufs.len(), "one buffer per key");
+        let mut plans: Vec<Plan> = Vec::with_capacity(keys.len());
+        let mut reqs = Vec::new();
+        for (key, buf) in keys.iter().zip(bufs.iter_mut()) {
+            self.counters.gets.fetch_add(1, Ordering::Relaxed);
+            let plan = self.plan(key, buf);
+            if let Plan::Read { loc, bounce } = &plan {
+                let len = round_up(loc.value_len as usize);
+                let io = if *bounce {
+                    self.engine.alloc(len)
+                } else {
+                    // SAFETY: `buf` is aligned, at least `len` long, exclusively borrowed for this call,
+                    // and every request is waited for below before the borrow ends.
+                    unsafe { IoBuf::raw(buf.as_mut_ptr(), len) }
+                };
+                let offset = segment_offset(loc.segment, self.segments.segment_size) + loc.offset as u64 + BLOCK as u64;
+                reqs.push(IoReq { op: Op::Read, offset, buf: io });
+            }
+            plans.push(plan);
+        }
+        let mut done = self.engine.submit(reqs).into_iter();
+        plans
+            .into_iter()
+            .zip(keys.iter().zip(bufs.iter_mut()))
+            .map(|(plan, (key, buf))| match plan {
+                Plan::Done(r) => r,
+                Plan::Read { loc, bounce } => {
+                    let (io, r) = done.next().expect("one completion per read").wait();
+                    self.segments.segs[loc.segment as usize].readers.fetch_sub(1, Ordering::SeqCst);
+                    self.finish(key, buf, &loc, bounce, &io, r)
+                }
+            })
+            .collect()
+    }
+
+    fn plan(&self, key: &[u8], buf: &mut [u8]) -> Plan {
+        if let Err(e) = check_key(key) {
+            return Plan::Done(Err(e));
+        }
+        if let Some(v) = self.mem.get(key) {
+            if buf.len() < v.len() {
+                return Plan::Done(Err(Error::BufferTooSmall { have: buf.len(), need: v.len() }));
+            }
+            buf[..v.len()].copy_from_slice(&v);
+            self.counters.hits.fetch_add(1, Ordering::Relaxed);
+            self.counters.memory_hits.fetch_add(1, Ordering::Relaxed);
+            return Plan::Done(Ok(Some(v.len())));
+        }
+        let Some(loc) = self.index.get(key, true) else { return Plan::Done(Ok(None)) };
+        let need = loc.value_len as usize;
+        if buf.len() < need {
+            return Plan::Done(Err(Error::BufferTooSmall { have: buf.len(), need }));
+        }
+        let seg = &self.segments.segs[loc.segment as usize];
+        seg.readers.fetch_add(1, Ordering::SeqCst);
+        if seg.epoch.load(Ordering::SeqCst) != loc.epoch {
+            seg.readers.fetch_sub(1, Ordering::SeqCst);
+            return Plan::Done(Ok(None));
+        }
+        let bounce = !(is_aligned(buf.as_ptr(), 0) && buf.len() >= round_up(need));
+        Plan::Read { loc, bounce }
+    }
+
+    fn finish(
+        &self,
+        key: &[u8],
+        buf: &mut [u8],
+        loc: &Location,
+        bounce: bool,
+        io: &IoBuf,
+        r: std::io::Result<()>,
+    ) -> Result<Option<usize>> {
+        let n = loc.value_len as usize;
+        if let Err(e) = r {
+            self.counters.io_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(error = %e, "page read failed");
+            return Err(Error::Io(e));
+        }
+        let data: &[u8] = if bounce { &io[..n] } else { &buf[..n] };
+        if value_crc(key, data) != loc.crc {
+            self.counters.corrupt_reads.fetch_add(1, Ordering::Relaxed);
+            tracing::error!(segment = loc.segment, offset = loc.offset, "page failed its checksum; dropping it");
+            self.index.remove(key, Some(loc.seq));
+            if !bounce {
+                buf[..n].fill(0);
+            }
+            return Ok(None);
+        }
+        if bounce {
+            buf[..n].copy_from_slice(&io[..n]);
+        }
+        self.mem.insert(key, &buf[..n]);
+        self.counters.hits.fetch_add(1, Ordering::Relaxed);
+        Ok(Some(n))
+    }
+
+    /// True when `key` is stored.
+    pub fn exists(&self, key: &[u8]) -> bool {
+        self.index.contains(key)
+    }
+
+    /// Length of the value stored under `key`.
+    pub fn value_len(&self, key: &[u8]) -> Option<usize> {
+        self.index.get(key, false).map(|l| l.value_len as usize)
+    }
+
+    /// How many keys hit consecutively from the start (the prefix-cache query).
+    pub fn batch_exists(&self, keys: &[&[u8]]) -> usize {
+        keys.iter().take_while(|k| self.index.contains(k)).count()
+    }
+}

@@ -1,0 +1,96 @@
+//! Reclaim: when no segment is free, the oldest sealed segment (FIFO by seal order) is freed whole.
+//!
+//! Before it goes, its live pages that are worth keeping — heads of prefixes (depth 0 or 1) first, then
+//! pages read since they were written — are copied out, up to a quarter of a segment, and appended
+//! again (new sequence numbers, same bytes). The rest become misses. Eviction thus removes the tails of
+//! prefixes before their heads, and every reclaim frees at least three quarters of a segment.
+
+use std::sync::atomic::Ordering;
+
+use super::write::Pending;
+use super::Store;
+use crate::format::record::Kind;
+use crate::log::segments::SegState;
+use crate::{Error, Result};
+
+impl Store {
+    /// Frees one segment (or returns at once if another thread already did).
+    pub(crate) fn reclaim_one(&self) -> Result<()> {
+        let relocate = {
+            let _g = self.reclaim_lock.lock();
+            if !self.segments.alloc.lock().free.is_empty() {
+                return Ok(());
+            }
+            let victim = self.pick_victim()?;
+            let seg = &self.segments.segs[victim as usize];
+            let epoch = seg.epoch.load(Ordering::SeqCst);
+            let entries = std::mem::take(&mut seg.meta.lock().entries);
+            let budget = self.segments.segment_size as usize / 4;
+            let mut live: Vec<_> = entries
+                .into_iter()
+                .filter(|e| e.kind == Kind::Page as u8)
+                .filter_map(|e| {
+                    let loc = self.index.get(&e.key, false)?;
+                    (loc.segment == victim && loc.epoch == epoch && loc.seq == e.seq).then_some(e)
+                })
+                .collect();
+            // Heads of prefixes first, then hot pages; within each, shallower first.
+            live.sort_by_key(|e| (e.depth > 1, !self.index.is_hot(&e.key), e.depth));
+            let mut keep = Vec::new();
+            let mut used = 0usize;
+            for e in &live {
+                let worth = e.depth <= 1 || self.index.is_hot(&e.key);
+                if !worth || used + e.value_len as usize > budget {
+                    continue;
+                }
+                if let Ok(Some(v)) = self.get(&e.key) {
+                    used += v.len();
+                    keep.push((e.key.clone(), v, e.depth));
+                }
+            }
+            for e in &live {
+                self.index.remove(&e.key, Some(e.seq));
+                self.mem.remove(&e.key);
+            }
+            seg.epoch.store(0, Ordering::SeqCst);
+            while seg.readers.load(Ordering::SeqCst) != 0 {
+                std::thread::yield_now();
+            }
+            seg.meta.lock().state = SegState::Free;
+            self.segments.alloc.lock().free.push_back(victim);
+            self.counters.reclaimed_segments.fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(segment = victim, live = live.len(), kept = keep.len(), "reclaimed segment");
+            keep
+        };
+        let mut todo = Vec::new();
+        for (i, (key, value, depth)) in relocate.iter().enumerate() {
+            if self.index.begin_put(key) {
+                todo.push(Pending { item: i, key, value: Some(value), depth: *depth });
+            }
+        }
+        let mut results: Vec<Result<bool>> = relocate.iter().map(|_| Ok(true)).collect();
+        let n = todo.len() as u64;
+        self.write_records(todo, &mut results);
+        self.counters.relocated_pages.fetch_add(n, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// The oldest sealed segment; segments still sealing are skipped (their writes are in flight).
+    fn pick_victim(&self) -> Result<u32> {
+        loop {
+            let mut a = self.segments.alloc.lock();
+            if a.fifo.is_empty() {
+                return Err(Error::Full);
+            }
+            let pos = a
+                .fifo
+                .iter()
+                .position(|&s| self.segments.segs[s as usize].meta.lock().state == SegState::Sealed);
+            if let Some(pos) = pos {
+                return Ok(a.fifo.remove(pos).expect("position is in range"));
+            }
+            drop(a);
+            std::thread::yield_now();
+        }
+    }
+}

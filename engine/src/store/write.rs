@@ -1,0 +1,213 @@
+//! The write path: puts and tombstones, singly or in batches.
+//!
+//! A batch claims its keys in the index (so concurrent puts of one key write it once), reserves a
+//! slot per record, submits every write at once (queue depth from a single caller), then publishes
+//! the successful ones. Before it waits for a reclaim it flushes the slots it already holds, so a
+//! reclaimer never waits on writes that cannot start.
+
+use std::sync::atomic::Ordering;
+
+use super::{check_key, PutOptions, Store};
+use crate::format::record::{Kind, RecordHeader, DEPTH_UNKNOWN};
+use crate::format::summary::SummaryEntry;
+use crate::format::{segment_offset, value_crc, BLOCK};
+use crate::index::Location;
+use crate::io::engine::{IoReq, Op};
+use crate::io::iobuf::IoBuf;
+use crate::log::segments::{Reserve, Slot};
+use crate::{Error, Result};
+
+/// One record to write.
+pub(crate) struct Pending<'a> {
+    pub item: usize,
+    pub key: &'a [u8],
+    pub value: Option<&'a [u8]>,
+    pub depth: u8,
+}
+
+fn depth_byte(opts: PutOptions) -> u8 {
+    opts.depth.map_or(DEPTH_UNKNOWN, |d| d.min(254) as u8)
+}
+
+impl Store {
+    /// Stores `value` under `key`. `Ok(true)` when stored, `Ok(false)` when the key already existed
+    /// (its bytes are kept) or another put of it is in flight.
+    pub fn put(&self, key: &[u8], value: &[u8]) -> Result<bool> {
+        self.put_with(key, value, PutOptions::default())
+    }
+
+    pub fn put_with(&self, key: &[u8], value: &[u8], opts: PutOptions) -> Result<bool> {
+        self.batch_put_with(&[(key, value)], opts).pop().expect("one result")
+    }
+
+    /// Stores many pages with their writes in flight together. One result per item.
+    pub fn batch_put(&self, items: &[(&[u8], &[u8])]) -> Vec<Result<bool>> {
+        self.batch_put_with(items, PutOptions::default())
+    }
+
+    /// [`Store::batch_put`] where `opts.depth` is the depth of the first item and each next item is
+    /// one deeper (a run of consecutive pages of one prefix).
+    pub fn batch_put_with(&self, items: &[(&[u8], &[u8])], opts: PutOptions) -> Vec<Result<bool>> {
+        let _ops = self.ops.read();
+        let mut results: Vec<Result<bool>> = Vec::with_capacity(items.len());
+        let mut todo = Vec::new();
+        for (i, (key, value)) in items.iter().enumerate() {
+            let r = check_key(key).and_then(|_| {
+                if value.is_empty() || value.len() > self.max_value_len {
+                    Err(Error::ValueLen(value.len()))
+                } else {
+                    Ok(())
+                }
+            });
+            match r {
+                Err(e) => results.push(Err(e)),
+                Ok(()) if !self.index.begin_put(key) => results.push(Ok(false)),
+                Ok(()) => {
+                    results.push(Ok(true));
+                    let depth = depth_byte(PutOptions { depth: opts.depth.map(|d| d + i as u32) });
+                    todo.push(Pending { item: i, key, value: Some(value), depth });
+                }
+            }
+        }
+        self.write_records(todo, &mut results);
+        results
+    }
+
+    /// Removes `key`. `Ok(true)` when it was present. A tombstone record makes the removal durable.
+    pub fn remove(&self, key: &[u8]) -> Result<bool> {
+        check_key(key)?;
+        let _ops = self.ops.read();
+        self.mem.remove(key);
+        if self.index.remove(key, None).is_none() {
+            return Ok(false);
+        }
+        let mut results = vec![Ok(true)];
+        let todo = vec![Pending { item: 0, key, value: None, depth: DEPTH_UNKNOWN }];
+        self.write_records(todo, &mut results);
+        results.pop().expect("one result")
+    }
+
+    /// Writes records, recording each outcome in `results[item]`. Page keys must be claimed.
+    pub(crate) fn write_records(&self, todo: Vec<Pending<'_>>, results: &mut [Result<bool>]) {
+        let mut batch: Vec<(Pending<'_>, Slot)> = Vec::new();
+        let mut to_seal = Vec::new();
+        let mut iter = todo.into_iter();
+        let mut next = iter.next();
+        while let Some(p) = next.take() {
+            let disk_len = RecordHeader::disk_len(p.value.map_or(0, |v| v.len() as u32)) as usize;
+            match self.segments.reserve(disk_len, p.key.len(), &mut to_seal) {
+                Ok(Reserve::Got(slot)) => {
+                    batch.push((p, slot));
+                    next = iter.next();
+                }
+                Ok(Reserve::NeedReclaim) => {
+                    self.flush(std::mem::take(&mut batch), results, &mut to_seal);
+                    if let Err(e) = self.reclaim_one() {
+                        self.fail(p, e, results);
+                        for rest in iter.by_ref() {
+                            self.fail(rest, Error::Full, results);
+                        }
+                    } else {
+                        next = Some(p);
+                    }
+                }
+                Err(e) => {
+                    self.fail(p, e, results);
+                    next = iter.next();
+                }
+            }
+        }
+        self.flush(batch, results, &mut to_seal);
+    }
+
+    fn fail(&self, p: Pending<'_>, e: Error, results: &mut [Result<bool>]) {
+        if p.value.is_some() {
+            self.index.end_put(p.key, None);
+        }
+        results[p.item] = Err(e);
+    }
+
+    fn flush(&self, batch: Vec<(Pending<'_>, Slot)>, results: &mut [Result<bool>], to_seal: &mut Vec<u32>) {
+        if !batch.is_empty() {
+            let reqs = batch.iter().map(|(p, slot)| self.encode(p, slot)).collect();
+            let done = self.engine.submit(reqs);
+            for ((p, slot), c) in batch.into_iter().zip(done) {
+                let (_, r) = c.wait();
+                self.publish(p, slot, r, results, to_seal);
+            }
+        }
+        for seg in to_seal.drain(..) {
+            if let Err(e) = self.segments.seal(seg) {
+                tracing::error!(segment = seg, error = %e, "sealing a segment failed");
+            }
+        }
+    }
+
+    fn encode(&self, p: &Pending<'_>, slot: &Slot) -> IoReq {
+        let vlen = p.value.map_or(0, |v| v.len());
+        let mut buf: IoBuf = self.engine.alloc(BLOCK + vlen);
+        if let Some(v) = p.value {
+            buf[BLOCK..BLOCK + vlen].copy_from_slice(v);
+        }
+        let header = RecordHeader {
+            key: p.key.to_vec(),
+            kind: if p.value.is_some() { Kind::Page } else { Kind::Tombstone },
+            depth: p.depth,
+            value_len: vlen as u32,
+            crc: p.value.map_or(0, |v| value_crc(p.key, v)),
+            seq: slot.seq,
+            epoch: slot.epoch,
+            segment: slot.segment,
+        };
+        header.encode_into(&mut buf[..BLOCK]);
+        let offset = segment_offset(slot.segment, self.segments.segment_size) + slot.offset as u64;
+        IoReq { op: Op::Write, offset, buf }
+    }
+
+    fn publish(
+        &self,
+        p: Pending<'_>,
+        slot: Slot,
+        r: std::io::Result<()>,
+        results: &mut [Result<bool>],
+        to_seal: &mut Vec<u32>,
+    ) {
+        let vlen = p.value.map_or(0, |v| v.len() as u32);
+        let crc = p.value.map_or(0, |v| value_crc(p.key, v));
+        let entry = r.is_ok().then(|| SummaryEntry {
+            key: p.key.to_vec(),
+            offset: slot.offset,
+            value_len: vlen,
+            crc,
+            seq: slot.seq,
+            kind: if p.value.is_some() { Kind::Page as u8 } else { Kind::Tombstone as u8 },
+            depth: p.depth,
+        });
+        if self.segments.complete(slot.segment, entry) {
+            to_seal.push(slot.segment);
+        }
+        match (r, p.value) {
+            (Ok(()), Some(v)) => {
+                let loc = Location {
+                    segment: slot.segment,
+                    epoch: slot.epoch,
+                    offset: slot.offset,
+                    value_len: vlen,
+                    crc,
+                    seq: slot.seq,
+                    depth: p.depth,
+                };
+                self.index.end_put(p.key, Some(loc));
+                self.mem.insert(p.key, v);
+                self.counters.puts.fetch_add(1, Ordering::Relaxed);
+                self.counters.put_bytes.fetch_add(vlen as u64, Ordering::Relaxed);
+            }
+            (Ok(()), None) => {}
+            (Err(e), _) => {
+                self.counters.io_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "record write failed");
+                self.fail(p, Error::Io(e), results);
+            }
+        }
+    }
+}
