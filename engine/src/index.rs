@@ -79,7 +79,9 @@ pub struct Index {
 
 impl Default for Index {
     fn default() -> Self {
-        Self { shards: (0..SHARDS).map(|_| RwLock::new(Shard::default())).collect() }
+        Self {
+            shards: (0..SHARDS).map(|_| RwLock::new(Shard::default())).collect(),
+        }
     }
 }
 
@@ -103,7 +105,9 @@ impl Index {
 
     pub fn is_hot(&self, key: &[u8]) -> bool {
         let s = self.shards[shard_of(key)].read();
-        s.map.get(key).is_some_and(|e| e.hot.load(Ordering::Relaxed))
+        s.map
+            .get(key)
+            .is_some_and(|e| e.hot.load(Ordering::Relaxed))
     }
 
     /// Claims `key` for a put: false when it is already stored or being stored.
@@ -127,7 +131,10 @@ impl Index {
 
     /// Inserts or replaces (recovery and relocation).
     pub fn insert(&self, key: &[u8], loc: Location) {
-        self.shards[shard_of(key)].write().map.insert(key.into(), loc.entry());
+        self.shards[shard_of(key)]
+            .write()
+            .map
+            .insert(key.into(), loc.entry());
     }
 
     /// Removes the key; with `only` set, only if it still points at that record (by seq).
@@ -158,7 +165,13 @@ impl Index {
     pub fn live_bytes(&self) -> u64 {
         self.shards
             .iter()
-            .map(|s| s.read().map.values().map(|e| e.value_len as u64).sum::<u64>())
+            .map(|s| {
+                s.read()
+                    .map
+                    .values()
+                    .map(|e| e.value_len as u64)
+                    .sum::<u64>()
+            })
             .sum()
     }
 }

@@ -28,4 +28,3 @@ pub const MAX_KEY_LEN: usize = 128;
 pub const MIN_VALUE_LEN: usize = 1;
 /// Longest value in bytes (16 MiB).
 pub const MAX_VALUE_LEN: usize = 16 << 20;
-

@@ -67,7 +67,9 @@ impl MemTier {
             return;
         }
         while s.bytes + value.len() > self.shard_cap {
-            let Some((_, k)) = s.order.pop_first() else { break };
+            let Some((_, k)) = s.order.pop_first() else {
+                break;
+            };
             if let Some((v, _)) = s.map.remove(&k) {
                 s.bytes -= v.len();
             }
@@ -110,7 +112,10 @@ mod tests {
             m.insert(&i.to_le_bytes(), &[i as u8; 100]);
             assert!(m.bytes() <= 16 * 3 * 100);
         }
-        assert_eq!(m.get(&999u32.to_le_bytes()).as_deref(), Some(&[999u32 as u8; 100][..]));
+        assert_eq!(
+            m.get(&999u32.to_le_bytes()).as_deref(),
+            Some(&[999u32 as u8; 100][..])
+        );
         assert!(m.get(&0u32.to_le_bytes()).is_none());
         m.remove(&999u32.to_le_bytes());
         assert!(m.get(&999u32.to_le_bytes()).is_none());

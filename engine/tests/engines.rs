@@ -22,7 +22,11 @@ fn round_trip_and_reopen() {
             // A second put of an existing key succeeds and keeps the first bytes.
             assert!(!s.put(&key(0), &value(99, 7)).unwrap());
             for (i, &n) in sizes.iter().enumerate() {
-                assert_eq!(s.get(&key(i as u64)).unwrap().unwrap(), value(i as u64, n), "{kind:?}");
+                assert_eq!(
+                    s.get(&key(i as u64)).unwrap().unwrap(),
+                    value(i as u64, n),
+                    "{kind:?}"
+                );
             }
             // Zero-copy read into an aligned buffer.
             let mut buf = AlignedBuf::new(200_000);
@@ -34,13 +38,23 @@ fn round_trip_and_reopen() {
             assert!(s.remove(&key(1)).unwrap());
             assert!(!s.remove(&key(1)).unwrap());
             assert_eq!(s.batch_exists(&refs), 1);
-            assert_eq!(s.stats().io_engine, if kind == IoEngineKind::Uring { "io_uring" } else { "psync" });
+            assert_eq!(
+                s.stats().io_engine,
+                if kind == IoEngineKind::Uring {
+                    "io_uring"
+                } else {
+                    "psync"
+                }
+            );
         }
         let s = Store::open(small_cfg(&path, kind)).unwrap();
         assert_eq!(s.get(&key(0)).unwrap().unwrap(), value(0, 1));
         assert_eq!(s.get(&key(1)).unwrap(), None, "remove survives reopen");
         for i in 2..5u64 {
-            assert_eq!(s.get(&key(i)).unwrap().unwrap(), value(i, sizes[i as usize]));
+            assert_eq!(
+                s.get(&key(i)).unwrap().unwrap(),
+                value(i, sizes[i as usize])
+            );
         }
         s.clear().unwrap();
         assert_eq!(s.get(&key(2)).unwrap(), None);
@@ -75,8 +89,14 @@ fn bad_input_is_refused_without_losing_data() {
     // A file that is not a store is refused, not formatted.
     let junk = dir.path().join("junk");
     std::fs::write(&junk, vec![7u8; 1 << 20]).unwrap();
-    assert!(matches!(Store::open(small_cfg(&junk, IoEngineKind::Auto)), Err(strata_engine::Error::NotAStore(_))));
-    assert!(std::fs::read(&junk).unwrap() == vec![7u8; 1 << 20], "junk file changed");
+    assert!(matches!(
+        Store::open(small_cfg(&junk, IoEngineKind::Auto)),
+        Err(strata_engine::Error::NotAStore(_))
+    ));
+    assert!(
+        std::fs::read(&junk).unwrap() == vec![7u8; 1 << 20],
+        "junk file changed"
+    );
 }
 
 #[test]
@@ -106,7 +126,11 @@ fn capacity_bound_keeps_newest() {
         assert!(st.live_bytes <= cap);
         // The newest pages are all readable, byte-exact; nothing returns wrong bytes.
         for &(id, n) in written.iter().rev().take(20) {
-            assert_eq!(s.get(&key(id)).unwrap().unwrap(), value(id, n), "newest page {id} lost");
+            assert_eq!(
+                s.get(&key(id)).unwrap().unwrap(),
+                value(id, n),
+                "newest page {id} lost"
+            );
         }
         for &(id, n) in &written {
             if let Some(v) = s.get(&key(id)).unwrap() {

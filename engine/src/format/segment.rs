@@ -33,7 +33,11 @@ impl SegmentHeader {
         if crc32c::crc32c(&b[..32]) != get_u32(b, 32) {
             return None;
         }
-        Some(Self { segment: get_u32(b, 12), epoch: get_u64(b, 16), store_id: get_u64(b, 24) })
+        Some(Self {
+            segment: get_u32(b, 12),
+            epoch: get_u64(b, 16),
+            store_id: get_u64(b, 24),
+        })
     }
 }
 
@@ -94,7 +98,11 @@ mod tests {
 
     #[test]
     fn header_and_footer_round_trip() {
-        let h = SegmentHeader { segment: 3, epoch: 9, store_id: 11 };
+        let h = SegmentHeader {
+            segment: 3,
+            epoch: 9,
+            store_id: 11,
+        };
         assert_eq!(SegmentHeader::decode(&h.encode()), Some(h));
         let f = Footer {
             segment: 3,

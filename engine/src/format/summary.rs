@@ -41,7 +41,9 @@ pub fn key_cost(key_len: usize) -> usize {
 impl SegmentSummary {
     /// Serialises the summary; the caller pads it to a multiple of 4096.
     pub fn to_bytes(&self) -> Vec<u8> {
-        rkyv::to_bytes::<RkyvError>(self).expect("serialising a summary cannot fail").to_vec()
+        rkyv::to_bytes::<RkyvError>(self)
+            .expect("serialising a summary cannot fail")
+            .to_vec()
     }
 
     /// Validates `bytes` (which must be 8-byte aligned: device buffers are) and returns the entries.
@@ -76,7 +78,11 @@ mod tests {
                 })
                 .collect();
             let keys: usize = entries.iter().map(|e| key_cost(e.key.len())).sum();
-            let s = SegmentSummary { segment: 1, epoch: 2, entries };
+            let s = SegmentSummary {
+                segment: 1,
+                epoch: 2,
+                entries,
+            };
             let bytes = s.to_bytes();
             assert!(bytes.len() <= reserve(n, keys), "n={n} len={}", bytes.len());
             let mut buf = AlignedBuf::new(bytes.len());

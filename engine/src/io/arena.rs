@@ -31,7 +31,11 @@ impl Arena {
         let mem = AlignedBuf::new(ALIGN << max_order);
         let mut free = vec![HashSet::new(); max_order as usize + 1];
         free[max_order as usize].insert(0);
-        Arc::new(Self { mem, max_order, free: Mutex::new(free) })
+        Arc::new(Self {
+            mem,
+            max_order,
+            free: Mutex::new(free),
+        })
     }
 
     pub fn base(&self) -> *const u8 {
@@ -78,7 +82,12 @@ impl Arena {
         let bytes = ALIGN << order;
         // SAFETY: the block is ours exclusively until freed.
         unsafe { std::ptr::write_bytes(self.ptr_at(offset), 0, bytes) };
-        Some(IoBuf::from_arena(self.clone(), offset, pages * ALIGN, order))
+        Some(IoBuf::from_arena(
+            self.clone(),
+            offset,
+            pages * ALIGN,
+            order,
+        ))
     }
 
     pub(crate) fn free(&self, offset: usize, order: u8) {
@@ -99,7 +108,10 @@ impl Arena {
     /// Free bytes (for tests).
     pub fn free_bytes(&self) -> usize {
         let free = self.free.lock();
-        free.iter().enumerate().map(|(o, s)| s.len() * (ALIGN << o)).sum()
+        free.iter()
+            .enumerate()
+            .map(|(o, s)| s.len() * (ALIGN << o))
+            .sum()
     }
 }
 

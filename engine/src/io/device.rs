@@ -29,7 +29,10 @@ pub struct OpenMode {
 impl Device {
     /// Opens (creating a file of `capacity` bytes when asked and missing) and takes the lock.
     pub fn open(path: &Path, capacity: Option<u64>, mode: OpenMode) -> Result<Self> {
-        let io = |source| Error::IoAt { path: path.to_path_buf(), source };
+        let io = |source| Error::IoAt {
+            path: path.to_path_buf(),
+            source,
+        };
         let exists = path.exists();
         if !exists && !mode.create {
             return Err(Error::NotAStore(path.to_path_buf()));
@@ -63,13 +66,20 @@ impl Device {
                 _ => meta.len(),
             }
         };
-        Ok(Self { file, path: path.to_path_buf(), len, direct })
+        Ok(Self {
+            file,
+            path: path.to_path_buf(),
+            len,
+            direct,
+        })
     }
 }
 
 fn open(path: &Path, mode: OpenMode, direct: bool) -> std::io::Result<File> {
     let mut o = OpenOptions::new();
-    o.read(true).write(mode.writable).create(mode.create && mode.writable);
+    o.read(true)
+        .write(mode.writable)
+        .create(mode.create && mode.writable);
     if direct {
         o.custom_flags(libc::O_DIRECT);
     }
@@ -77,7 +87,11 @@ fn open(path: &Path, mode: OpenMode, direct: bool) -> std::io::Result<File> {
 }
 
 fn lock(file: &File, exclusive: bool) -> std::io::Result<()> {
-    let op = if exclusive { libc::LOCK_EX } else { libc::LOCK_SH } | libc::LOCK_NB;
+    let op = if exclusive {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_SH
+    } | libc::LOCK_NB;
     // SAFETY: flock on a valid, owned descriptor.
     if unsafe { libc::flock(file.as_raw_fd(), op) } != 0 {
         return Err(std::io::Error::last_os_error());
@@ -96,7 +110,13 @@ fn block_device_size(file: &File) -> std::io::Result<u64> {
 }
 
 /// Full-length positional read or write (loops over short transfers).
-pub fn pio(fd: i32, write: bool, mut ptr: *mut u8, mut len: usize, mut off: u64) -> std::io::Result<()> {
+pub fn pio(
+    fd: i32,
+    write: bool,
+    mut ptr: *mut u8,
+    mut len: usize,
+    mut off: u64,
+) -> std::io::Result<()> {
     while len > 0 {
         // SAFETY: the caller guarantees `ptr..ptr+len` is valid, exclusively owned memory.
         let n = unsafe {
@@ -114,7 +134,10 @@ pub fn pio(fd: i32, write: bool, mut ptr: *mut u8, mut len: usize, mut off: u64)
             return Err(e);
         }
         if n == 0 {
-            return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "short transfer at end of device"));
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "short transfer at end of device",
+            ));
         }
         let n = n as usize;
         // SAFETY: advancing within the same buffer.

@@ -44,7 +44,9 @@ impl Completion {
     /// Blocks until the request completes. Panics only if the engine dropped the request without an
     /// answer, which its threads never do.
     pub fn wait(self) -> IoResult {
-        self.0.recv().expect("I/O engine dropped a request without completing it")
+        self.0
+            .recv()
+            .expect("I/O engine dropped a request without completing it")
     }
 }
 

@@ -8,8 +8,16 @@ use super::buf::AlignedBuf;
 
 enum Inner {
     Heap(AlignedBuf),
-    Arena { arena: Arc<Arena>, offset: usize, len: usize, order: u8 },
-    Raw { ptr: *mut u8, len: usize },
+    Arena {
+        arena: Arc<Arena>,
+        offset: usize,
+        len: usize,
+        order: u8,
+    },
+    Raw {
+        ptr: *mut u8,
+        len: usize,
+    },
 }
 
 /// A buffer in flight between the store and an I/O engine.
@@ -26,7 +34,12 @@ impl IoBuf {
     }
 
     pub(crate) fn from_arena(arena: Arc<Arena>, offset: usize, len: usize, order: u8) -> Self {
-        Self(Inner::Arena { arena, offset, len, order })
+        Self(Inner::Arena {
+            arena,
+            offset,
+            len,
+            order,
+        })
     }
 
     /// Caller memory used in place (the zero-copy read path).
@@ -73,9 +86,9 @@ impl std::ops::Deref for IoBuf {
         match &self.0 {
             Inner::Heap(b) => b,
             // SAFETY: the arena slice `offset..offset+len` is exclusively owned by this buffer.
-            Inner::Arena { arena, offset, len, .. } => unsafe {
-                std::slice::from_raw_parts(arena.ptr_at(*offset), *len)
-            },
+            Inner::Arena {
+                arena, offset, len, ..
+            } => unsafe { std::slice::from_raw_parts(arena.ptr_at(*offset), *len) },
             // SAFETY: guaranteed valid and exclusive by the contract of `IoBuf::raw`.
             Inner::Raw { ptr, len } => unsafe { std::slice::from_raw_parts(*ptr, *len) },
         }
@@ -93,7 +106,13 @@ impl std::ops::DerefMut for IoBuf {
 
 impl Drop for IoBuf {
     fn drop(&mut self) {
-        if let Inner::Arena { arena, offset, order, .. } = &self.0 {
+        if let Inner::Arena {
+            arena,
+            offset,
+            order,
+            ..
+        } = &self.0
+        {
             arena.free(*offset, *order);
         }
     }
@@ -101,6 +120,11 @@ impl Drop for IoBuf {
 
 impl std::fmt::Debug for IoBuf {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "IoBuf({} bytes, fixed={:?})", self.len(), self.fixed_index())
+        write!(
+            f,
+            "IoBuf({} bytes, fixed={:?})",
+            self.len(),
+            self.fixed_index()
+        )
     }
 }

@@ -31,12 +31,14 @@ pub fn open_engine(
         IoEngineKind::Uring => Ok(Arc::new(
             uring::UringEngine::new(dev, threads, depth, arena_bytes).map_err(Error::Io)?,
         )),
-        IoEngineKind::Auto => match uring::UringEngine::new(dev.clone(), threads, depth, arena_bytes) {
-            Ok(e) => Ok(Arc::new(e)),
-            Err(e) => {
-                tracing::warn!(error = %e, "io_uring unavailable; falling back to the pread/pwrite engine");
-                Ok(Arc::new(psync::PsyncEngine::new(dev, threads)))
+        IoEngineKind::Auto => {
+            match uring::UringEngine::new(dev.clone(), threads, depth, arena_bytes) {
+                Ok(e) => Ok(Arc::new(e)),
+                Err(e) => {
+                    tracing::warn!(error = %e, "io_uring unavailable; falling back to the pread/pwrite engine");
+                    Ok(Arc::new(psync::PsyncEngine::new(dev, threads)))
+                }
             }
-        },
+        }
     }
 }

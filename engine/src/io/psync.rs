@@ -36,7 +36,11 @@ impl PsyncEngine {
                     .expect("spawn psync thread")
             })
             .collect();
-        Self { dev, tx: Some(tx), threads }
+        Self {
+            dev,
+            tx: Some(tx),
+            threads,
+        }
     }
 }
 

@@ -120,7 +120,11 @@ impl IoEngine for SimEngine {
                     Op::Write => {
                         let p = s.faults.write_error;
                         let fail = s.rng.random_bool(p);
-                        let n = if fail { s.rng.random_range(0..=len / ALIGN) * ALIGN } else { len };
+                        let n = if fail {
+                            s.rng.random_range(0..=len / ALIGN) * ALIGN
+                        } else {
+                            len
+                        };
                         s.image[off..off + n].copy_from_slice(&req.buf[..n]);
                         s.pending.push((req.offset, req.buf[..n].to_vec()));
                         if fail {

@@ -51,7 +51,12 @@ struct Slot {
 impl UringEngine {
     /// Sets up `threads` rings of `depth` entries, registering the device and an arena of
     /// `arena_bytes` (0 = none). Fails when the kernel refuses io_uring.
-    pub fn new(dev: Arc<Device>, threads: usize, depth: u32, arena_bytes: usize) -> io::Result<Self> {
+    pub fn new(
+        dev: Arc<Device>,
+        threads: usize,
+        depth: u32,
+        arena_bytes: usize,
+    ) -> io::Result<Self> {
         let arena = (arena_bytes > 0).then(|| Arena::new(arena_bytes));
         let mut lanes = Vec::new();
         let mut handles = Vec::new();
@@ -61,12 +66,17 @@ impl UringEngine {
             ring.submitter().register_files(&[fd])?;
             let mut registered = false;
             if let Some(a) = &arena {
-                let iov = libc::iovec { iov_base: a.base() as *mut _, iov_len: a.len() };
+                let iov = libc::iovec {
+                    iov_base: a.base() as *mut _,
+                    iov_len: a.len(),
+                };
                 // SAFETY: the arena outlives the ring (the engine joins its threads before dropping
                 // the arena) and stays at a fixed address.
                 match unsafe { ring.submitter().register_buffers(&[iov]) } {
                     Ok(()) => registered = true,
-                    Err(e) => tracing::warn!(error = %e, "io_uring buffer registration failed; using unregistered reads/writes"),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "io_uring buffer registration failed; using unregistered reads/writes")
+                    }
                 }
             }
             // SAFETY: plain syscall.
@@ -83,7 +93,13 @@ impl UringEngine {
             );
             lanes.push(Lane { tx, efd });
         }
-        Ok(Self { dev, arena, lanes, next: AtomicUsize::new(0), threads: handles })
+        Ok(Self {
+            dev,
+            arena,
+            lanes,
+            next: AtomicUsize::new(0),
+            threads: handles,
+        })
     }
 }
 
@@ -116,7 +132,11 @@ fn run_ring(
                 }
             };
             match msg {
-                Msg::Work(v) => queue.extend(v.into_iter().map(|(req, done)| Slot { req, done, moved: 0 })),
+                Msg::Work(v) => queue.extend(v.into_iter().map(|(req, done)| Slot {
+                    req,
+                    done,
+                    moved: 0,
+                })),
                 Msg::Stop => stopping = true,
             }
         }
@@ -125,7 +145,9 @@ fn run_ring(
             return;
         }
         while in_flight < depth {
-            let Some(mut slot) = queue.pop_front() else { break };
+            let Some(mut slot) = queue.pop_front() else {
+                break;
+            };
             let idx = free.pop().unwrap_or_else(|| {
                 slots.push(None);
                 slots.len() - 1
@@ -133,13 +155,23 @@ fn run_ring(
             let sqe = build_sqe(&mut slot, idx as u64, registered);
             slots[idx] = Some(slot);
             // SAFETY: the buffer lives in `slots` until its completion is reaped.
-            unsafe { ring.submission().push(&sqe).expect("ring sized above depth") };
+            unsafe {
+                ring.submission()
+                    .push(&sqe)
+                    .expect("ring sized above depth")
+            };
             in_flight += 1;
         }
         if !wake_armed {
-            let poll = opcode::PollAdd::new(types::Fd(efd), libc::POLLIN as _).build().user_data(WAKE_TOKEN);
+            let poll = opcode::PollAdd::new(types::Fd(efd), libc::POLLIN as _)
+                .build()
+                .user_data(WAKE_TOKEN);
             // SAFETY: the eventfd outlives the ring.
-            unsafe { ring.submission().push(&poll).expect("ring has room for the wake poll") };
+            unsafe {
+                ring.submission()
+                    .push(&poll)
+                    .expect("ring has room for the wake poll")
+            };
             wake_armed = true;
         }
         if let Err(e) = ring.submit_and_wait(1) {
@@ -147,7 +179,10 @@ fn run_ring(
                 tracing::error!(error = %e, "io_uring submit failed");
             }
         }
-        let cqes: Vec<(u64, i32)> = ring.completion().map(|c| (c.user_data(), c.result())).collect();
+        let cqes: Vec<(u64, i32)> = ring
+            .completion()
+            .map(|c| (c.user_data(), c.result()))
+            .collect();
         for (token, res) in cqes {
             if token == WAKE_TOKEN {
                 wake_armed = false;
@@ -162,7 +197,10 @@ fn run_ring(
             let result = if res < 0 {
                 Err(io::Error::from_raw_os_error(-res))
             } else if res == 0 {
-                Err(io::Error::new(io::ErrorKind::UnexpectedEof, "short transfer at end of device"))
+                Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "short transfer at end of device",
+                ))
             } else {
                 slot.moved += res as usize;
                 if slot.moved < slot.req.buf.len() {
@@ -177,7 +215,11 @@ fn run_ring(
 }
 
 fn build_sqe(slot: &mut Slot, token: u64, registered: bool) -> io_uring::squeue::Entry {
-    let fixed = if registered { slot.req.buf.fixed_index() } else { None };
+    let fixed = if registered {
+        slot.req.buf.fixed_index()
+    } else {
+        None
+    };
     let moved = slot.moved;
     let len = (slot.req.buf.len() - moved) as u32;
     // SAFETY: `moved < len` of the buffer.
@@ -185,8 +227,12 @@ fn build_sqe(slot: &mut Slot, token: u64, registered: bool) -> io_uring::squeue:
     let off = slot.req.offset + moved as u64;
     let file = types::Fixed(0);
     let sqe = match (slot.req.op, fixed) {
-        (Op::Read, Some(i)) => opcode::ReadFixed::new(file, ptr, len, i).offset(off).build(),
-        (Op::Write, Some(i)) => opcode::WriteFixed::new(file, ptr, len, i).offset(off).build(),
+        (Op::Read, Some(i)) => opcode::ReadFixed::new(file, ptr, len, i)
+            .offset(off)
+            .build(),
+        (Op::Write, Some(i)) => opcode::WriteFixed::new(file, ptr, len, i)
+            .offset(off)
+            .build(),
         (Op::Read, None) => opcode::Read::new(file, ptr, len).offset(off).build(),
         (Op::Write, None) => opcode::Write::new(file, ptr, len).offset(off).build(),
     };
@@ -217,7 +263,10 @@ impl IoEngine for UringEngine {
     }
 
     fn alloc(&self, len: usize) -> IoBuf {
-        self.arena.as_ref().and_then(|a| a.alloc(len)).unwrap_or_else(|| IoBuf::heap(len))
+        self.arena
+            .as_ref()
+            .and_then(|a| a.alloc(len))
+            .unwrap_or_else(|| IoBuf::heap(len))
     }
 
     fn name(&self) -> &'static str {

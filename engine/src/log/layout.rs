@@ -46,7 +46,10 @@ impl SegmentScan {
 }
 
 /// Reads both superblock copies. `Ok(None)` when neither is valid.
-pub fn read_superblock(engine: &dyn IoEngine, path: &std::path::Path) -> Result<Option<Superblock>> {
+pub fn read_superblock(
+    engine: &dyn IoEngine,
+    path: &std::path::Path,
+) -> Result<Option<Superblock>> {
     let (buf, r) = run_one(engine, Op::Read, 0, IoBuf::heap(2 * BLOCK));
     r?;
     match Superblock::pick(&buf[..BLOCK], &buf[BLOCK..]) {
@@ -60,16 +63,27 @@ pub fn read_superblock(engine: &dyn IoEngine, path: &std::path::Path) -> Result<
 }
 
 /// Reads segment `index`: `None` when it is free (no valid header of this store).
-pub fn scan_segment(engine: &dyn IoEngine, sb: &Superblock, index: u32) -> Result<Option<SegmentScan>> {
+pub fn scan_segment(
+    engine: &dyn IoEngine,
+    sb: &Superblock,
+    index: u32,
+) -> Result<Option<SegmentScan>> {
     let base = segment_offset(index, sb.segment_size);
     let seg = sb.segment_size as usize;
     let (hbuf, r) = run_one(engine, Op::Read, base, IoBuf::heap(BLOCK));
     r?;
-    let Some(header) = SegmentHeader::decode(&hbuf) else { return Ok(None) };
+    let Some(header) = SegmentHeader::decode(&hbuf) else {
+        return Ok(None);
+    };
     if header.store_id != sb.store_id || header.segment != index {
         return Ok(None);
     }
-    let (fbuf, r) = run_one(engine, Op::Read, base + (seg - BLOCK) as u64, IoBuf::heap(BLOCK));
+    let (fbuf, r) = run_one(
+        engine,
+        Op::Read,
+        base + (seg - BLOCK) as u64,
+        IoBuf::heap(BLOCK),
+    );
     r?;
     let why = match Footer::decode(&fbuf) {
         None => "no footer (segment was open)",
@@ -87,18 +101,32 @@ pub fn scan_segment(engine: &dyn IoEngine, sb: &Superblock, index: u32) -> Resul
         },
     };
     if why != "no footer (segment was open)" {
-        tracing::warn!(segment = index, why, "rebuilding a segment's index by scanning its records");
+        tracing::warn!(
+            segment = index,
+            why,
+            "rebuilding a segment's index by scanning its records"
+        );
     }
     scan_records(engine, base, seg, header.epoch, index, why).map(Some)
 }
 
-fn read_summary(engine: &dyn IoEngine, base: u64, seg: usize, f: &Footer) -> Result<Option<SegmentSummary>> {
+fn read_summary(
+    engine: &dyn IoEngine,
+    base: u64,
+    seg: usize,
+    f: &Footer,
+) -> Result<Option<SegmentSummary>> {
     let len = f.summary_len as usize;
     let off = f.summary_offset as usize;
     if len == 0 || off % BLOCK != 0 || off < BLOCK || off + padded(len) > seg - BLOCK {
         return Ok(None);
     }
-    let (buf, r) = run_one(engine, Op::Read, base + off as u64, IoBuf::heap(padded(len)));
+    let (buf, r) = run_one(
+        engine,
+        Op::Read,
+        base + off as u64,
+        IoBuf::heap(padded(len)),
+    );
     r?;
     if crc32c::crc32c(&buf[..len]) != f.summary_crc {
         return Ok(None);
@@ -146,10 +174,24 @@ fn scan_records(
     if bad > 0 {
         tracing::warn!(segment = index, bad, "skipped torn or corrupt records");
     }
-    Ok(SegmentScan { index, epoch, source: Source::Scanned { bad_records: bad, why }, entries })
+    Ok(SegmentScan {
+        index,
+        epoch,
+        source: Source::Scanned {
+            bad_records: bad,
+            why,
+        },
+        entries,
+    })
 }
 
-fn valid_record(buf: &[u8], off: usize, end: usize, epoch: u64, index: u32) -> Option<RecordHeader> {
+fn valid_record(
+    buf: &[u8],
+    off: usize,
+    end: usize,
+    epoch: u64,
+    index: u32,
+) -> Option<RecordHeader> {
     let h = RecordHeader::decode(&buf[off..off + BLOCK])?;
     if h.epoch != epoch || h.segment != index {
         return None;
@@ -193,7 +235,11 @@ pub struct Problem {
 }
 
 /// Re-reads every record of a segment and checks header and value crcs against its entries.
-pub fn verify_segment(engine: &dyn IoEngine, sb: &Superblock, s: &SegmentScan) -> Result<Vec<Problem>> {
+pub fn verify_segment(
+    engine: &dyn IoEngine,
+    sb: &Superblock,
+    s: &SegmentScan,
+) -> Result<Vec<Problem>> {
     let base = segment_offset(s.index, sb.segment_size);
     let mut problems = Vec::new();
     if let Source::Scanned { bad_records, why } = &s.source {

@@ -42,7 +42,14 @@ pub struct SegMeta {
 
 impl SegMeta {
     fn fresh(state: SegState) -> Self {
-        Self { state, entries: Vec::new(), in_flight: 0, write_off: BLOCK as u32, reserved: 0, key_bytes: 0 }
+        Self {
+            state,
+            entries: Vec::new(),
+            in_flight: 0,
+            write_off: BLOCK as u32,
+            reserved: 0,
+            key_bytes: 0,
+        }
     }
 }
 
@@ -127,7 +134,12 @@ impl Segments {
 
     /// Reserves `disk_len` bytes for a record with a key of `key_len` bytes. Returns the segments
     /// that became ready to seal (the caller seals them after dropping no locks: none are held).
-    pub fn reserve(&self, disk_len: usize, key_len: usize, to_seal: &mut Vec<u32>) -> Result<Reserve> {
+    pub fn reserve(
+        &self,
+        disk_len: usize,
+        key_len: usize,
+        to_seal: &mut Vec<u32>,
+    ) -> Result<Reserve> {
         let seg = self.segment_size as usize;
         let mut a = self.alloc.lock();
         loop {
@@ -157,13 +169,24 @@ impl Segments {
                 a.fifo.push_back(o);
                 a.open = None;
             }
-            let Some(i) = a.free.pop_front() else { return Ok(Reserve::NeedReclaim) };
+            let Some(i) = a.free.pop_front() else {
+                return Ok(Reserve::NeedReclaim);
+            };
             let epoch = a.next_epoch;
             a.next_epoch += 1;
-            let header = SegmentHeader { segment: i, epoch, store_id: self.store_id };
+            let header = SegmentHeader {
+                segment: i,
+                epoch,
+                store_id: self.store_id,
+            };
             let mut buf = self.engine.alloc(BLOCK);
             buf[..BLOCK].copy_from_slice(&header.encode());
-            let (_, r) = run_one(self.engine.as_ref(), Op::Write, segment_offset(i, self.segment_size), buf);
+            let (_, r) = run_one(
+                self.engine.as_ref(),
+                Op::Write,
+                segment_offset(i, self.segment_size),
+                buf,
+            );
             if let Err(e) = r {
                 a.free.push_back(i);
                 return Err(e.into());
@@ -193,7 +216,13 @@ impl Segments {
             return Ok(());
         }
         let epoch = s.epoch.load(Ordering::SeqCst);
-        let r = write_summary(self.engine.as_ref(), self.segment_size, segment, epoch, &m.entries);
+        let r = write_summary(
+            self.engine.as_ref(),
+            self.segment_size,
+            segment,
+            epoch,
+            &m.entries,
+        );
         m.state = SegState::Sealed;
         r
     }
@@ -207,17 +236,26 @@ pub fn write_summary(
     epoch: u64,
     entries: &[SummaryEntry],
 ) -> Result<()> {
-    let summary = SegmentSummary { segment, epoch, entries: entries.to_vec() };
+    let summary = SegmentSummary {
+        segment,
+        epoch,
+        entries: entries.to_vec(),
+    };
     let bytes = summary.to_bytes();
     let plen = padded(bytes.len());
     let seg = segment_size as usize;
     let records_end = entries
         .iter()
-        .map(|e| e.offset as usize + crate::format::record::RecordHeader::disk_len(e.value_len) as usize)
+        .map(|e| {
+            e.offset as usize + crate::format::record::RecordHeader::disk_len(e.value_len) as usize
+        })
         .max()
         .unwrap_or(BLOCK);
     if records_end + plen + BLOCK > seg {
-        tracing::error!(segment, "summary does not fit; the segment will be scanned at recovery");
+        tracing::error!(
+            segment,
+            "summary does not fit; the segment will be scanned at recovery"
+        );
         return Ok(());
     }
     let summary_offset = seg - BLOCK - plen;

@@ -134,7 +134,12 @@ impl Store {
     pub(crate) fn write_superblock(&self, sb: &Superblock) -> Result<()> {
         let mut buf = self.engine.alloc(crate::format::BLOCK);
         buf[..crate::format::BLOCK].copy_from_slice(&sb.encode());
-        let (_, r) = crate::io::engine::run_one(self.engine.as_ref(), crate::io::engine::Op::Write, sb.offset(), buf);
+        let (_, r) = crate::io::engine::run_one(
+            self.engine.as_ref(),
+            crate::io::engine::Op::Write,
+            sb.offset(),
+            buf,
+        );
         Ok(r?)
     }
 

@@ -15,7 +15,7 @@ use parking_lot::{Mutex, RwLock};
 use super::{Counters, Store};
 use crate::format::record::Kind;
 use crate::format::superblock::Superblock;
-use crate::format::{DATA_START, BLOCK};
+use crate::format::{BLOCK, DATA_START};
 use crate::index::{Index, Location};
 use crate::io::device::{Device, OpenMode};
 use crate::io::engine::{run_one, IoEngine, Op};
@@ -29,7 +29,11 @@ impl Store {
     /// Opens (or creates) the store that `cfg` describes.
     pub fn open(cfg: StoreConfig) -> Result<Self> {
         cfg.validate()?;
-        let mode = OpenMode { create: cfg.create, direct: cfg.direct, writable: true };
+        let mode = OpenMode {
+            create: cfg.create,
+            direct: cfg.direct,
+            writable: true,
+        };
         let dev = Arc::new(Device::open(&cfg.path, Some(cfg.capacity), mode)?);
         let engine = crate::io::open_engine(
             dev,
@@ -68,8 +72,18 @@ impl Store {
         Ok(store)
     }
 
-    fn assemble(cfg: StoreConfig, engine: Arc<dyn IoEngine>, sb: Superblock, scans: Vec<SegmentScan>) -> Result<Self> {
-        let segments = Segments::new(engine.clone(), sb.segment_count, sb.segment_size, sb.store_id);
+    fn assemble(
+        cfg: StoreConfig,
+        engine: Arc<dyn IoEngine>,
+        sb: Superblock,
+        scans: Vec<SegmentScan>,
+    ) -> Result<Self> {
+        let segments = Segments::new(
+            engine.clone(),
+            sb.segment_count,
+            sb.segment_size,
+            sb.store_id,
+        );
         let index = Index::default();
         let counters = Counters::default();
 
@@ -91,7 +105,8 @@ impl Store {
                 state.insert(&e.key, (si, ei));
             } else {
                 let cur = state.get(e.key.as_slice());
-                let absent = cur.is_none_or(|&(s, i)| scans[s].entries[i].kind == Kind::Tombstone as u8);
+                let absent =
+                    cur.is_none_or(|&(s, i)| scans[s].entries[i].kind == Kind::Tombstone as u8);
                 if absent {
                     state.insert(&e.key, (si, ei));
                 }
@@ -125,13 +140,21 @@ impl Store {
             max_seq = max_seq.max(s.max_seq());
             max_epoch = max_epoch.max(s.epoch);
             if let Source::Scanned { bad_records, .. } = s.source {
-                counters.recovery_bad_records.fetch_add(bad_records as u64, std::sync::atomic::Ordering::Relaxed);
+                counters
+                    .recovery_bad_records
+                    .fetch_add(bad_records as u64, std::sync::atomic::Ordering::Relaxed);
             }
             if live_in[si] == 0 {
                 continue;
             }
             if matches!(s.source, Source::Scanned { .. }) {
-                write_summary(engine.as_ref(), sb.segment_size, s.index, s.epoch, &s.entries)?;
+                write_summary(
+                    engine.as_ref(),
+                    sb.segment_size,
+                    s.index,
+                    s.epoch,
+                    &s.entries,
+                )?;
             }
             in_use[s.index as usize] = true;
             sealed.push((s.max_seq(), s.index));
@@ -143,9 +166,13 @@ impl Store {
             a.next_seq = max_seq + 1;
             a.next_epoch = max_epoch + 1;
             a.fifo = sealed.into_iter().map(|(_, i)| i).collect();
-            a.free = (0..sb.segment_count).filter(|&i| !in_use[i as usize]).collect();
+            a.free = (0..sb.segment_count)
+                .filter(|&i| !in_use[i as usize])
+                .collect();
         }
-        counters.recovered_keys.store(index.len() as u64, std::sync::atomic::Ordering::Relaxed);
+        counters
+            .recovered_keys
+            .store(index.len() as u64, std::sync::atomic::Ordering::Relaxed);
         let max_value_len = segments.max_value_len();
         Ok(Self {
             path: cfg.path.clone(),
@@ -173,7 +200,9 @@ fn format(engine: &dyn IoEngine, cfg: &StoreConfig) -> Result<Superblock> {
     let capacity = cfg.capacity.min(engine.device_len());
     let count = (capacity - DATA_START) / cfg.segment_size;
     if count < 2 {
-        return Err(Error::Config(format!("{capacity} bytes hold fewer than two segments")));
+        return Err(Error::Config(format!(
+            "{capacity} bytes hold fewer than two segments"
+        )));
     }
     let sb = Superblock {
         generation: 1,
@@ -188,16 +217,26 @@ fn format(engine: &dyn IoEngine, cfg: &StoreConfig) -> Result<Superblock> {
     let (_, r) = run_one(engine, Op::Write, sb.offset(), buf);
     r?;
     engine.sync()?;
-    tracing::info!(capacity, segments = count, segment_size = cfg.segment_size, "formatted a new page store");
+    tracing::info!(
+        capacity,
+        segments = count,
+        segment_size = cfg.segment_size,
+        "formatted a new page store"
+    );
     Ok(sb)
 }
 
 /// Opens a store read-only for inspection: takes a shared lock (so it fails while a server holds the
 /// store) and never writes.
 pub fn open_readonly(path: &Path) -> Result<(Arc<dyn IoEngine>, Superblock)> {
-    let mode = OpenMode { create: false, direct: true, writable: false };
+    let mode = OpenMode {
+        create: false,
+        direct: true,
+        writable: false,
+    };
     let dev = Arc::new(Device::open(path, None, mode)?);
     let engine: Arc<dyn IoEngine> = Arc::new(crate::io::psync::PsyncEngine::new(dev, 2));
-    let sb = layout::read_superblock(engine.as_ref(), path)?.ok_or_else(|| Error::NotAStore(path.to_path_buf()))?;
+    let sb = layout::read_superblock(engine.as_ref(), path)?
+        .ok_or_else(|| Error::NotAStore(path.to_path_buf()))?;
     Ok((engine, sb))
 }

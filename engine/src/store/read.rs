@@ -23,8 +23,10 @@ impl Store {
     }
 
     pub fn batch_get(&self, keys: &[&[u8]]) -> Vec<Result<Option<Vec<u8>>>> {
-        let mut bufs: Vec<Vec<u8>> =
-            keys.iter().map(|k| vec![0; self.index.get(k, false).map_or(0, |l| l.value_len as usize)]).collect();
+        let mut bufs: Vec<Vec<u8>> = keys
+            .iter()
+            .map(|k| vec![0; self.index.get(k, false).map_or(0, |l| l.value_len as usize)])
+            .collect();
         let mut refs: Vec<&mut [u8]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
         let rs = self.batch_get_into(keys, &mut refs);
         rs.into_iter()
@@ -43,11 +45,17 @@ impl Store {
     /// Reads the value into `buf`. Returns its length, or `None` on a miss. A 4 KiB-aligned `buf` at
     /// least `roundup4k(len)` long is filled by the device directly.
     pub fn get_into(&self, key: &[u8], buf: &mut [u8]) -> Result<Option<usize>> {
-        self.batch_get_into(&[key], &mut [buf]).pop().expect("one result")
+        self.batch_get_into(&[key], &mut [buf])
+            .pop()
+            .expect("one result")
     }
 
     /// Batched [`Store::get_into`]: every device read is in flight at once.
-    pub fn batch_get_into(&self, keys: &[&[u8]], bufs: &mut [&mut [u8]]) -> Vec<Result<Option<usize>>> {
+    pub fn batch_get_into(
+        &self,
+        keys: &[&[u8]],
+        bufs: &mut [&mut [u8]],
+    ) -> Vec<Result<Option<usize>>> {
         assert_eq!(keys.len(), bufs.len(), "one buffer per key");
         let mut plans: Vec<Plan> = Vec::with_capacity(keys.len());
         let mut reqs = Vec::new();
@@ -63,8 +71,14 @@ impl Store {
                     // and every request is waited for below before the borrow ends.
                     unsafe { IoBuf::raw(buf.as_mut_ptr(), len) }
                 };
-                let offset = segment_offset(loc.segment, self.segments.segment_size) + loc.offset as u64 + BLOCK as u64;
-                reqs.push(IoReq { op: Op::Read, offset, buf: io });
+                let offset = segment_offset(loc.segment, self.segments.segment_size)
+                    + loc.offset as u64
+                    + BLOCK as u64;
+                reqs.push(IoReq {
+                    op: Op::Read,
+                    offset,
+                    buf: io,
+                });
             }
             plans.push(plan);
         }
@@ -76,7 +90,9 @@ impl Store {
                 Plan::Done(r) => r,
                 Plan::Read { loc, bounce } => {
                     let (io, r) = done.next().expect("one completion per read").wait();
-                    self.segments.segs[loc.segment as usize].readers.fetch_sub(1, Ordering::SeqCst);
+                    self.segments.segs[loc.segment as usize]
+                        .readers
+                        .fetch_sub(1, Ordering::SeqCst);
                     self.finish(key, buf, &loc, bounce, &io, r)
                 }
             })
@@ -89,17 +105,25 @@ impl Store {
         }
         if let Some(v) = self.mem.get(key) {
             if buf.len() < v.len() {
-                return Plan::Done(Err(Error::BufferTooSmall { have: buf.len(), need: v.len() }));
+                return Plan::Done(Err(Error::BufferTooSmall {
+                    have: buf.len(),
+                    need: v.len(),
+                }));
             }
             buf[..v.len()].copy_from_slice(&v);
             self.counters.hits.fetch_add(1, Ordering::Relaxed);
             self.counters.memory_hits.fetch_add(1, Ordering::Relaxed);
             return Plan::Done(Ok(Some(v.len())));
         }
-        let Some(loc) = self.index.get(key, true) else { return Plan::Done(Ok(None)) };
+        let Some(loc) = self.index.get(key, true) else {
+            return Plan::Done(Ok(None));
+        };
         let need = loc.value_len as usize;
         if buf.len() < need {
-            return Plan::Done(Err(Error::BufferTooSmall { have: buf.len(), need }));
+            return Plan::Done(Err(Error::BufferTooSmall {
+                have: buf.len(),
+                need,
+            }));
         }
         let seg = &self.segments.segs[loc.segment as usize];
         seg.readers.fetch_add(1, Ordering::SeqCst);
@@ -129,7 +153,11 @@ impl Store {
         let data: &[u8] = if bounce { &io[..n] } else { &buf[..n] };
         if value_crc(key, data) != loc.crc {
             self.counters.corrupt_reads.fetch_add(1, Ordering::Relaxed);
-            tracing::error!(segment = loc.segment, offset = loc.offset, "page failed its checksum; dropping it");
+            tracing::error!(
+                segment = loc.segment,
+                offset = loc.offset,
+                "page failed its checksum; dropping it"
+            );
             self.index.remove(key, Some(loc.seq));
             if !bounce {
                 buf[..n].fill(0);

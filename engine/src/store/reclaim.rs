@@ -58,20 +58,34 @@ impl Store {
             }
             seg.meta.lock().state = SegState::Free;
             self.segments.alloc.lock().free.push_back(victim);
-            self.counters.reclaimed_segments.fetch_add(1, Ordering::Relaxed);
-            tracing::debug!(segment = victim, live = live.len(), kept = keep.len(), "reclaimed segment");
+            self.counters
+                .reclaimed_segments
+                .fetch_add(1, Ordering::Relaxed);
+            tracing::debug!(
+                segment = victim,
+                live = live.len(),
+                kept = keep.len(),
+                "reclaimed segment"
+            );
             keep
         };
         let mut todo = Vec::new();
         for (i, (key, value, depth)) in relocate.iter().enumerate() {
             if self.index.begin_put(key) {
-                todo.push(Pending { item: i, key, value: Some(value), depth: *depth });
+                todo.push(Pending {
+                    item: i,
+                    key,
+                    value: Some(value),
+                    depth: *depth,
+                });
             }
         }
         let mut results: Vec<Result<bool>> = relocate.iter().map(|_| Ok(true)).collect();
         let n = todo.len() as u64;
         self.write_records(todo, &mut results);
-        self.counters.relocated_pages.fetch_add(n, Ordering::Relaxed);
+        self.counters
+            .relocated_pages
+            .fetch_add(n, Ordering::Relaxed);
         Ok(())
     }
 
@@ -82,10 +96,9 @@ impl Store {
             if a.fifo.is_empty() {
                 return Err(Error::Full);
             }
-            let pos = a
-                .fifo
-                .iter()
-                .position(|&s| self.segments.segs[s as usize].meta.lock().state == SegState::Sealed);
+            let pos = a.fifo.iter().position(|&s| {
+                self.segments.segs[s as usize].meta.lock().state == SegState::Sealed
+            });
             if let Some(pos) = pos {
                 return Ok(a.fifo.remove(pos).expect("position is in range"));
             }

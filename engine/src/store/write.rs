@@ -37,7 +37,9 @@ impl Store {
     }
 
     pub fn put_with(&self, key: &[u8], value: &[u8], opts: PutOptions) -> Result<bool> {
-        self.batch_put_with(&[(key, value)], opts).pop().expect("one result")
+        self.batch_put_with(&[(key, value)], opts)
+            .pop()
+            .expect("one result")
     }
 
     /// Stores many pages with their writes in flight together. One result per item.
@@ -64,8 +66,15 @@ impl Store {
                 Ok(()) if !self.index.begin_put(key) => results.push(Ok(false)),
                 Ok(()) => {
                     results.push(Ok(true));
-                    let depth = depth_byte(PutOptions { depth: opts.depth.map(|d| d + i as u32) });
-                    todo.push(Pending { item: i, key, value: Some(value), depth });
+                    let depth = depth_byte(PutOptions {
+                        depth: opts.depth.map(|d| d + i as u32),
+                    });
+                    todo.push(Pending {
+                        item: i,
+                        key,
+                        value: Some(value),
+                        depth,
+                    });
                 }
             }
         }
@@ -82,7 +91,12 @@ impl Store {
             return Ok(false);
         }
         let mut results = vec![Ok(true)];
-        let todo = vec![Pending { item: 0, key, value: None, depth: DEPTH_UNKNOWN }];
+        let todo = vec![Pending {
+            item: 0,
+            key,
+            value: None,
+            depth: DEPTH_UNKNOWN,
+        }];
         self.write_records(todo, &mut results);
         results.pop().expect("one result")
     }
@@ -127,7 +141,12 @@ impl Store {
         results[p.item] = Err(e);
     }
 
-    fn flush(&self, batch: Vec<(Pending<'_>, Slot)>, results: &mut [Result<bool>], to_seal: &mut Vec<u32>) {
+    fn flush(
+        &self,
+        batch: Vec<(Pending<'_>, Slot)>,
+        results: &mut [Result<bool>],
+        to_seal: &mut Vec<u32>,
+    ) {
         if !batch.is_empty() {
             let reqs = batch.iter().map(|(p, slot)| self.encode(p, slot)).collect();
             let done = self.engine.submit(reqs);
@@ -151,7 +170,11 @@ impl Store {
         }
         let header = RecordHeader {
             key: p.key.to_vec(),
-            kind: if p.value.is_some() { Kind::Page } else { Kind::Tombstone },
+            kind: if p.value.is_some() {
+                Kind::Page
+            } else {
+                Kind::Tombstone
+            },
             depth: p.depth,
             value_len: vlen as u32,
             crc: p.value.map_or(0, |v| value_crc(p.key, v)),
@@ -161,7 +184,11 @@ impl Store {
         };
         header.encode_into(&mut buf[..BLOCK]);
         let offset = segment_offset(slot.segment, self.segments.segment_size) + slot.offset as u64;
-        IoReq { op: Op::Write, offset, buf }
+        IoReq {
+            op: Op::Write,
+            offset,
+            buf,
+        }
     }
 
     fn publish(
@@ -180,7 +207,11 @@ impl Store {
             value_len: vlen,
             crc,
             seq: slot.seq,
-            kind: if p.value.is_some() { Kind::Page as u8 } else { Kind::Tombstone as u8 },
+            kind: if p.value.is_some() {
+                Kind::Page as u8
+            } else {
+                Kind::Tombstone as u8
+            },
             depth: p.depth,
         });
         if self.segments.complete(slot.segment, entry) {
@@ -200,7 +231,9 @@ impl Store {
                 self.index.end_put(p.key, Some(loc));
                 self.mem.insert(p.key, v);
                 self.counters.puts.fetch_add(1, Ordering::Relaxed);
-                self.counters.put_bytes.fetch_add(vlen as u64, Ordering::Relaxed);
+                self.counters
+                    .put_bytes
+                    .fetch_add(vlen as u64, Ordering::Relaxed);
             }
             (Ok(()), None) => {}
             (Err(e), _) => {

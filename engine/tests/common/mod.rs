@@ -7,7 +7,10 @@ use strata_engine::{IoEngineKind, StoreConfig};
 
 /// A seed from `STRATA_SEED` or fresh; printed so a failure can be replayed.
 pub fn seed(name: &str) -> u64 {
-    let seed = std::env::var("STRATA_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(rand::random);
+    let seed = std::env::var("STRATA_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(rand::random);
     println!("{name}: seed {seed} (replay with STRATA_SEED={seed})");
     seed
 }
