@@ -11,9 +11,10 @@ use std::collections::BTreeMap;
 
 use super::{placement, Inner};
 use crate::cluster::error::{code, ClusterError, ClusterResult};
+use crate::cluster::node::serve::put_batch;
 use crate::cluster::proto::{codec, GetItem, MemberInfo, Op, PutItem};
 use crate::cluster::transport::Conn;
-use crate::{PutOptions, MAX_KEY_LEN, MAX_VALUE_LEN};
+use crate::{MAX_KEY_LEN, MAX_VALUE_LEN};
 
 /// Most keys in one request.
 const CHUNK_KEYS: usize = 1024;
@@ -156,13 +157,12 @@ impl Inner {
             let mut remote = BTreeMap::new();
             for (n, idxs) in groups {
                 if let Some(store) = self.local_store(&members[n]) {
-                    for i in idxs {
-                        let r = store.put_with(keys[i], values[i], PutOptions { depth: depth(i) });
-                        fold(
-                            i,
-                            r.map(|_| code::OK)
-                                .unwrap_or_else(|e| ClusterError::from(e).code()),
-                        );
+                    let items: Vec<_> = idxs
+                        .iter()
+                        .map(|&i| (keys[i], values[i], depth(i)))
+                        .collect();
+                    for (&i, c) in idxs.iter().zip(put_batch(store, &items)) {
+                        fold(i, c);
                     }
                 } else {
                     remote.insert(n, idxs);

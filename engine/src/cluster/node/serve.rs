@@ -123,20 +123,16 @@ impl Session {
             self.put_buf = AlignedBuf::new(total);
         }
         conn.recv_exact(&mut self.put_buf[..total])?;
-        let mut codes = Vec::with_capacity(items.len());
         let mut off = 0;
-        for it in &items {
-            let v = &self.put_buf[off..off + it.len as usize];
-            off += it.len as usize;
-            let r = self
-                .store
-                .put_with(it.key, v, PutOptions { depth: it.depth });
-            codes.push(match r {
-                Ok(true) => code::OK,
-                Ok(false) => code::EXISTED,
-                Err(e) => ClusterError::from(e).code(),
-            });
-        }
+        let batch: Vec<(&[u8], &[u8], Option<u32>)> = items
+            .iter()
+            .map(|it| {
+                let v = &self.put_buf[off..off + it.len as usize];
+                off += it.len as usize;
+                (it.key, v, it.depth)
+            })
+            .collect();
+        let codes = put_batch(&self.store, &batch);
         reply(conn, h, &codec::encode_codes(&codes))
     }
 
@@ -191,6 +187,42 @@ impl Session {
             &out,
         )?;
         Ok(())
+    }
+}
+
+/// Puts `(key, value, depth)` items into the engine and returns one code per item. Runs of items
+/// whose depths are absent or consecutive go to the engine as one batch, so their writes are in
+/// flight together.
+pub fn put_batch(store: &Store, items: &[(&[u8], &[u8], Option<u32>)]) -> Vec<i32> {
+    let mut codes = Vec::with_capacity(items.len());
+    let mut start = 0;
+    while start < items.len() {
+        let mut end = start + 1;
+        while end < items.len() && continues(items[end - 1].2, items[end].2) {
+            end += 1;
+        }
+        let run: Vec<(&[u8], &[u8])> = items[start..end].iter().map(|i| (i.0, i.1)).collect();
+        let opts = PutOptions {
+            depth: items[start].2,
+        };
+        for r in store.batch_put_with(&run, opts) {
+            codes.push(match r {
+                Ok(true) => code::OK,
+                Ok(false) => code::EXISTED,
+                Err(e) => ClusterError::from(e).code(),
+            });
+        }
+        start = end;
+    }
+    codes
+}
+
+/// Whether an item with depth `next` can join a batch whose last item had depth `prev`.
+fn continues(prev: Option<u32>, next: Option<u32>) -> bool {
+    match (prev, next) {
+        (None, None) => true,
+        (Some(p), Some(n)) => p.checked_add(1) == Some(n),
+        _ => false,
     }
 }
 
