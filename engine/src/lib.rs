@@ -5,6 +5,7 @@
 //! pool, or a simulated device for fault-injection tests). See `docs/format.md` for the bytes on disk
 //! and `docs/architecture.md` for the picture.
 
+pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod format;

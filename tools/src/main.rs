@@ -22,6 +22,10 @@ struct Cli {
 enum Command {
     /// Offline inspection of a page store that no process has open.
     Inspect(cmd::inspect::Args),
+    /// The cluster master: membership, heartbeats, HTTP metadata server, metrics.
+    Master(cmd::master::Args),
+    /// A store node: serves a page store to the cluster.
+    Store(cmd::store::Args),
     /// Benchmarks (engine, store, serve, router).
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
@@ -30,9 +34,11 @@ enum Command {
 }
 
 fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(cmd::master::normalize_args(std::env::args_os()));
     match cli.command {
         Command::Inspect(args) => cmd::inspect::run(args),
+        Command::Master(args) => cmd::master::run(args),
+        Command::Store(args) => cmd::store::run(args),
         Command::Bench(b) => cmd::bench::run(b),
         Command::Router(a) => cmd::router::run(*a),
     }

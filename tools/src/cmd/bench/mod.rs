@@ -3,15 +3,19 @@
 use clap::Subcommand;
 
 pub mod engine;
+pub mod store;
 
 #[derive(Subcommand)]
 pub enum BenchCommand {
     /// The L3 page store engine on a local file or device.
     Engine(engine::Args),
+    /// The distributed L3 (the workload of mooncake_store_bench.py, same columns).
+    Store(store::Args),
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Engine(a) => engine::run(a),
+        BenchCommand::Store(a) => store::run(a),
     }
 }

@@ -1,0 +1,391 @@
+//! The batched operations behind [`super::Client`]: group keys by node, split big groups into
+//! chunks sent on parallel pooled connections, write every request before reading any response, and
+//! fold per-node outcomes into per-key codes.
+//!
+//! Failure rule: an I/O failure of a node marks it down for this client and turns its keys into misses
+//! (reads, exists) or into a retry on the next-ranked node (puts). Bytes land in a caller's buffer only
+//! after the node's response header said they are that key's value, and a key whose transfer broke
+//! midway reports a miss, never its partial bytes as a hit.
+
+use std::collections::BTreeMap;
+
+use super::{placement, Inner};
+use crate::cluster::error::{code, ClusterError, ClusterResult};
+use crate::cluster::node::serve::put_batch;
+use crate::cluster::proto::{codec, GetItem, MemberInfo, Op, PutItem};
+use crate::cluster::transport::Conn;
+use crate::{MAX_KEY_LEN, MAX_VALUE_LEN};
+
+/// Most keys in one request.
+const CHUNK_KEYS: usize = 1024;
+/// Most bytes in one request.
+const CHUNK_BYTES: usize = 256 << 20;
+/// Requests smaller than this are not split further for parallelism.
+const MIN_SPLIT: usize = 4 << 20;
+/// Parallel connections one batch may use per node.
+const STREAMS: usize = 2;
+
+/// One request to one node covering `idxs` (indices into the caller's keys).
+struct Job {
+    node: MemberInfo,
+    idxs: Vec<usize>,
+}
+
+fn key_ok(k: &[u8]) -> bool {
+    !k.is_empty() && k.len() <= MAX_KEY_LEN
+}
+
+/// Splits each node's keys into jobs bounded by [`CHUNK_KEYS`]/[`CHUNK_BYTES`], and into up to
+/// [`STREAMS`] parallel jobs when the group is large.
+fn jobs(
+    groups: BTreeMap<usize, Vec<usize>>,
+    members: &[MemberInfo],
+    size: impl Fn(usize) -> usize,
+) -> Vec<Job> {
+    let mut out = Vec::new();
+    for (n, idxs) in groups {
+        let total: usize = idxs.iter().map(|&i| size(i)).sum();
+        let target = (total / STREAMS).clamp(MIN_SPLIT, CHUNK_BYTES);
+        let mut cur = Vec::new();
+        let mut bytes = 0;
+        for i in idxs {
+            if !cur.is_empty() && (cur.len() == CHUNK_KEYS || bytes + size(i) > target) {
+                out.push(Job {
+                    node: members[n].clone(),
+                    idxs: std::mem::take(&mut cur),
+                });
+                bytes = 0;
+            }
+            bytes += size(i);
+            cur.push(i);
+        }
+        if !cur.is_empty() {
+            out.push(Job {
+                node: members[n].clone(),
+                idxs: cur,
+            });
+        }
+    }
+    out
+}
+
+impl Inner {
+    /// Sends every job, then receives every answer. Local jobs never reach here.
+    fn fanout<R>(
+        &self,
+        jobs: Vec<Job>,
+        mut send: impl FnMut(&mut Conn, &[usize]) -> ClusterResult<u32>,
+        mut recv: impl FnMut(&mut Conn, u32, &[usize]) -> ClusterResult<R>,
+    ) -> Vec<(Job, ClusterResult<R>)> {
+        let mut pending = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let sent = self.pool.take(&job.node.addr).and_then(|mut c| {
+                let id = send(&mut c, &job.idxs)?;
+                Ok((c, id))
+            });
+            pending.push((job, sent));
+        }
+        let mut out = Vec::with_capacity(pending.len());
+        for (job, sent) in pending {
+            let r = sent.and_then(|(mut c, id)| {
+                let r = recv(&mut c, id, &job.idxs)?;
+                self.pool.give(&job.node.addr, c);
+                Ok(r)
+            });
+            if let Err(e) = &r {
+                if matches!(e, ClusterError::Io(_) | ClusterError::Protocol(_)) {
+                    self.mark_down(&job.node, e);
+                }
+            }
+            out.push((job, r));
+        }
+        out
+    }
+
+    /// Groups `idxs` by their replica nodes (all `replica_num` of them, or just the first).
+    fn group(
+        &self,
+        keys: &[&[u8]],
+        idxs: &[usize],
+        members: &[MemberInfo],
+        all: bool,
+    ) -> BTreeMap<usize, Vec<usize>> {
+        let n = if all { self.cfg.replica_num } else { 1 };
+        let mut g: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+        for &i in idxs {
+            for r in placement::replicas(keys[i], members, n) {
+                g.entry(r).or_default().push(i);
+            }
+        }
+        g
+    }
+
+    pub(super) fn batch_put<K: AsRef<[u8]>>(
+        &self,
+        keys: &[K],
+        values: &[&[u8]],
+        depths: Option<&[u32]>,
+    ) -> Vec<i32> {
+        let keys: Vec<&[u8]> = keys.iter().map(|k| k.as_ref()).collect();
+        let mut res = vec![code::INVALID_PARAMS; keys.len()];
+        if values.len() != keys.len() || depths.is_some_and(|d| d.len() != keys.len()) {
+            return res;
+        }
+        let mut todo: Vec<usize> = (0..keys.len())
+            .filter(|&i| key_ok(keys[i]) && (1..=MAX_VALUE_LEN).contains(&values[i].len()))
+            .collect();
+        let depth = |i: usize| depths.map(|d| d[i]);
+        for attempt in 0..2 {
+            if todo.is_empty() {
+                break;
+            }
+            let members = self.usable();
+            if members.is_empty() {
+                todo.iter().for_each(|&i| res[i] = code::SEGMENT_NOT_FOUND);
+                break;
+            }
+            let groups = self.group(&keys, &todo, &members, true);
+            // Per key: Some(code) once any replica answered; success wins over failure.
+            let mut best: Vec<Option<i32>> = vec![None; keys.len()];
+            let mut fold = |i: usize, c: i32| {
+                let c = if c == code::EXISTED { code::OK } else { c };
+                best[i] = Some(match best[i] {
+                    Some(code::OK) => code::OK,
+                    _ => c,
+                });
+            };
+            let mut remote = BTreeMap::new();
+            for (n, idxs) in groups {
+                if let Some(store) = self.local_store(&members[n]) {
+                    let items: Vec<_> = idxs
+                        .iter()
+                        .map(|&i| (keys[i], values[i], depth(i)))
+                        .collect();
+                    for (&i, c) in idxs.iter().zip(put_batch(store, &items)) {
+                        fold(i, c);
+                    }
+                } else {
+                    remote.insert(n, idxs);
+                }
+            }
+            let js = jobs(remote, &members, |i| values[i].len());
+            let results = self.fanout(
+                js,
+                |c, idxs| {
+                    let items: Vec<PutItem> = idxs
+                        .iter()
+                        .map(|&i| PutItem {
+                            key: keys[i],
+                            len: values[i].len() as u32,
+                            depth: depth(i),
+                        })
+                        .collect();
+                    let vals: Vec<&[u8]> = idxs.iter().map(|&i| values[i]).collect();
+                    Ok(c.send_request(Op::Put, &codec::encode_put(&items), &vals)?)
+                },
+                |c, id, idxs| {
+                    let (_, m) = c.recv_response(Op::Put, id)?;
+                    codec::decode_codes(&m, idxs.len())
+                },
+            );
+            for (job, r) in results {
+                // Unanswered keys stay `None` and are retried on a fresh placement.
+                if let Ok(codes) = r {
+                    job.idxs.iter().zip(codes).for_each(|(&i, c)| fold(i, c));
+                }
+            }
+            let mut retry = Vec::new();
+            for &i in &todo {
+                match best[i] {
+                    Some(c) => res[i] = c,
+                    None if attempt == 0 => retry.push(i),
+                    None => res[i] = code::TRANSFER_FAIL,
+                }
+            }
+            todo = retry;
+        }
+        res
+    }
+
+    pub(super) fn batch_get<K: AsRef<[u8]>>(&self, keys: &[K], bufs: &mut [&mut [u8]]) -> Vec<i64> {
+        let keys: Vec<&[u8]> = keys.iter().map(|k| k.as_ref()).collect();
+        let mut res = vec![code::INVALID_PARAMS as i64; keys.len()];
+        if bufs.len() != keys.len() {
+            return res;
+        }
+        let caps: Vec<usize> = bufs.iter().map(|b| b.len().min(MAX_VALUE_LEN)).collect();
+        let mut todo: Vec<usize> = (0..keys.len()).filter(|&i| key_ok(keys[i])).collect();
+        todo.iter()
+            .for_each(|&i| res[i] = code::OBJECT_NOT_FOUND as i64);
+        let members = self.usable();
+        // Replica r of each key is tried only when replicas 0..r missed.
+        for r in 0..self.cfg.replica_num {
+            if todo.is_empty() || members.is_empty() {
+                break;
+            }
+            let mut groups: BTreeMap<usize, Vec<usize>> = BTreeMap::new();
+            for &i in &todo {
+                let n = if self.cfg.replica_num == 1 {
+                    placement::replicas(keys[i], &members, 1).first().copied()
+                } else {
+                    placement::rank(keys[i], &members).get(r).copied()
+                };
+                if let Some(n) = n {
+                    groups.entry(n).or_default().push(i);
+                }
+            }
+            let mut remote = BTreeMap::new();
+            for (n, idxs) in groups {
+                if let Some(store) = self.local_store(&members[n]) {
+                    for i in idxs {
+                        res[i] = match store.get_into(keys[i], &mut bufs[i][..caps[i]]) {
+                            Ok(Some(l)) => l as i64,
+                            Ok(None) => code::OBJECT_NOT_FOUND as i64,
+                            Err(e) => ClusterError::from(e).code() as i64,
+                        };
+                    }
+                } else {
+                    remote.insert(n, idxs);
+                }
+            }
+            let js = jobs(remote, &members, |i| caps[i]);
+            let results = self.fanout(
+                js,
+                |c, idxs| {
+                    let items: Vec<GetItem> = idxs
+                        .iter()
+                        .map(|&i| GetItem {
+                            key: keys[i],
+                            max_len: caps[i] as u32,
+                        })
+                        .collect();
+                    Ok(c.send_request(Op::Get, &codec::encode_get(&items), &[])?)
+                },
+                |c, id, idxs| {
+                    let (h, m) = c.recv_response(Op::Get, id)?;
+                    let my_caps: Vec<usize> = idxs.iter().map(|&i| caps[i]).collect();
+                    let lens = codec::decode_lens(&m, &my_caps, h.payload_len)?;
+                    for (&i, &l) in idxs.iter().zip(&lens) {
+                        if l >= 0 {
+                            c.recv_exact(&mut bufs[i][..l as usize])?;
+                        }
+                    }
+                    Ok(lens)
+                },
+            );
+            for (job, r) in results {
+                if let Ok(lens) = r {
+                    job.idxs.iter().zip(lens).for_each(|(&i, l)| res[i] = l);
+                }
+            }
+            todo.retain(|&i| res[i] == code::OBJECT_NOT_FOUND as i64);
+        }
+        res
+    }
+
+    pub(super) fn batch_is_exist<K: AsRef<[u8]>>(&self, keys: &[K]) -> Vec<i32> {
+        let keys: Vec<&[u8]> = keys.iter().map(|k| k.as_ref()).collect();
+        let mut res = vec![0; keys.len()];
+        let todo: Vec<usize> = (0..keys.len()).filter(|&i| key_ok(keys[i])).collect();
+        let members = self.usable();
+        if members.is_empty() {
+            return res;
+        }
+        let groups = self.group(&keys, &todo, &members, true);
+        let mut remote = BTreeMap::new();
+        for (n, idxs) in groups {
+            if let Some(store) = self.local_store(&members[n]) {
+                idxs.iter()
+                    .filter(|&&i| store.exists(keys[i]))
+                    .for_each(|&i| res[i] = 1);
+            } else {
+                remote.insert(n, idxs);
+            }
+        }
+        let results = self.fanout(
+            jobs(remote, &members, |_| 0),
+            |c, idxs| {
+                let ks: Vec<&[u8]> = idxs.iter().map(|&i| keys[i]).collect();
+                Ok(c.send_request(Op::Exists, &codec::encode_keys(&ks), &[])?)
+            },
+            |c, id, idxs| {
+                let (_, m) = c.recv_response(Op::Exists, id)?;
+                codec::decode_flags(&m, idxs.len())
+            },
+        );
+        for (job, r) in results {
+            if let Ok(flags) = r {
+                job.idxs
+                    .iter()
+                    .zip(flags)
+                    .filter(|(_, f)| *f)
+                    .for_each(|(&i, _)| res[i] = 1);
+            }
+        }
+        res
+    }
+
+    pub(super) fn batch_remove<K: AsRef<[u8]>>(&self, keys: &[K]) -> Vec<i32> {
+        let keys: Vec<&[u8]> = keys.iter().map(|k| k.as_ref()).collect();
+        let mut res = vec![code::INVALID_PARAMS; keys.len()];
+        let todo: Vec<usize> = (0..keys.len()).filter(|&i| key_ok(keys[i])).collect();
+        todo.iter().for_each(|&i| res[i] = code::OBJECT_NOT_FOUND);
+        let members = self.usable();
+        let groups = self.group(&keys, &todo, &members, true);
+        let mut remote = BTreeMap::new();
+        for (n, idxs) in groups {
+            if let Some(store) = self.local_store(&members[n]) {
+                idxs.iter()
+                    .filter(|&&i| store.remove(keys[i]).unwrap_or(false))
+                    .for_each(|&i| res[i] = code::OK);
+            } else {
+                remote.insert(n, idxs);
+            }
+        }
+        let results = self.fanout(
+            jobs(remote, &members, |_| 0),
+            |c, idxs| {
+                let ks: Vec<&[u8]> = idxs.iter().map(|&i| keys[i]).collect();
+                Ok(c.send_request(Op::Remove, &codec::encode_keys(&ks), &[])?)
+            },
+            |c, id, idxs| {
+                let (_, m) = c.recv_response(Op::Remove, id)?;
+                codec::decode_codes(&m, idxs.len())
+            },
+        );
+        for (job, r) in results {
+            if let Ok(codes) = r {
+                job.idxs
+                    .iter()
+                    .zip(codes)
+                    .filter(|(_, c)| *c == code::OK)
+                    .for_each(|(&i, _)| res[i] = code::OK);
+            }
+        }
+        res
+    }
+
+    pub(super) fn clear(&self) -> ClusterResult<()> {
+        let members = self.usable();
+        let mut remote = Vec::new();
+        for m in &members {
+            if let Some(store) = self.local_store(m) {
+                store.clear()?;
+            } else {
+                remote.push(Job {
+                    node: m.clone(),
+                    idxs: Vec::new(),
+                });
+            }
+        }
+        let results = self.fanout(
+            remote,
+            |c, _| Ok(c.send_request(Op::Clear, &[], &[])?),
+            |c, id, _| c.recv_response(Op::Clear, id).map(|_| ()),
+        );
+        for (_, r) in results {
+            r?;
+        }
+        Ok(())
+    }
+}

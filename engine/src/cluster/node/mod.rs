@@ -1,0 +1,194 @@
+//! A store node: one engine [`Store`] served over TCP, registered with the master and kept alive by
+//! heartbeats.
+//!
+//! The node's identity (`node_id`) is stable across restarts (by default a hash of the advertised host
+//! and the device path), so placement maps the same keys to it when it comes back and its persisted
+//! pages are served again. Losing the master never stops the node serving: it keeps re-registering
+//! in the background.
+
+pub mod serve;
+
+use std::net::TcpListener;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread;
+use std::time::Duration;
+
+use crate::cluster::client::MasterLink;
+use crate::cluster::error::{ClusterError, ClusterResult};
+use crate::cluster::proto::{Heartbeat, Op, Reader, Register};
+use crate::cluster::transport::{listen, ServerAuth};
+use crate::{Store, StoreConfig};
+
+/// How a store node runs.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// Master RPC address (`host:port`).
+    pub master: String,
+    /// Address to bind. Default `127.0.0.1:0`.
+    pub listen: String,
+    /// Host clients dial; the bound port is appended. Default: the bind host.
+    pub advertise_host: Option<String>,
+    /// Stable identity; default derived from the advertised host and the device path.
+    pub node_id: Option<String>,
+    /// The engine to serve.
+    pub store: StoreConfig,
+    /// Shared token for every connection (empty = none).
+    pub auth_token: String,
+    /// Heartbeat period. Default 1 s.
+    pub heartbeat: Duration,
+}
+
+impl NodeConfig {
+    pub fn new(master: impl Into<String>, store: StoreConfig) -> Self {
+        Self {
+            master: master.into(),
+            listen: "127.0.0.1:0".into(),
+            advertise_host: None,
+            node_id: None,
+            store,
+            auth_token: String::new(),
+            heartbeat: Duration::from_secs(1),
+        }
+    }
+}
+
+/// A running node. Dropping it stops heartbeats (the listener thread lives with the process).
+pub struct NodeHandle {
+    pub node_id: String,
+    /// The address clients dial.
+    pub addr: String,
+    pub store: Arc<Store>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for NodeHandle {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Opens the engine, starts serving and registers with the master.
+pub fn start(cfg: NodeConfig) -> ClusterResult<NodeHandle> {
+    let store = Arc::new(Store::open(cfg.store.clone())?);
+    let listener = listen(&cfg.listen)?;
+    start_with(cfg, store, listener)
+}
+
+/// Like [`start`] with an already open engine and listener (the colocated client uses this).
+pub fn start_with(
+    cfg: NodeConfig,
+    store: Arc<Store>,
+    listener: TcpListener,
+) -> ClusterResult<NodeHandle> {
+    let bound = listener.local_addr()?;
+    let host = cfg
+        .advertise_host
+        .clone()
+        .unwrap_or_else(|| bound.ip().to_string());
+    if host == "0.0.0.0" || host == "::" {
+        return Err(ClusterError::Config(
+            "binding a wildcard address needs --advertise-host".into(),
+        ));
+    }
+    let addr = format!("{host}:{}", bound.port());
+    let node_id = cfg.node_id.clone().unwrap_or_else(|| {
+        let dev = std::fs::canonicalize(&cfg.store.path).unwrap_or(cfg.store.path.clone());
+        let h = xxhash_rust::xxh3::xxh3_64(format!("{host}|{}", dev.display()).as_bytes());
+        format!("node-{h:016x}")
+    });
+    let auth = ServerAuth {
+        token: cfg.auth_token.clone(),
+        name: node_id.clone(),
+    };
+    let st = store.clone();
+    thread::Builder::new()
+        .name("strata-accept".into())
+        .spawn(move || accept_loop(listener, st, auth))?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let reg = Register {
+        node_id: node_id.clone(),
+        addr: addr.clone(),
+        capacity: cfg.store.capacity,
+        memory: cfg.store.memory,
+    };
+    let link = MasterLink::new(&cfg.master, &cfg.auth_token, &node_id);
+    let (st, sp) = (store.clone(), stop.clone());
+    let period = cfg.heartbeat;
+    thread::Builder::new()
+        .name("strata-heartbeat".into())
+        .spawn(move || heartbeat_loop(link, reg, st, sp, period))?;
+    tracing::info!(%node_id, %addr, master = %cfg.master, "store node serving");
+    Ok(NodeHandle {
+        node_id,
+        addr,
+        store,
+        stop,
+    })
+}
+
+fn accept_loop(listener: TcpListener, store: Arc<Store>, auth: ServerAuth) {
+    for stream in listener.incoming() {
+        match stream {
+            Ok(s) => {
+                let (st, au) = (store.clone(), auth.clone());
+                let _ = thread::Builder::new()
+                    .name("strata-conn".into())
+                    .spawn(move || serve::serve_conn(st, au, s));
+            }
+            Err(e) => {
+                tracing::warn!("store: accept failed: {e}");
+                thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+}
+
+fn heartbeat_loop(
+    mut link: MasterLink,
+    reg: Register,
+    store: Arc<Store>,
+    stop: Arc<AtomicBool>,
+    period: Duration,
+) {
+    let mut registered = false;
+    let mut warned = false;
+    while !stop.load(Ordering::Relaxed) {
+        let r = if registered {
+            let s = store.stats();
+            let hb = Heartbeat {
+                node_id: reg.node_id.clone(),
+                used_bytes: s.live_bytes,
+                keys: s.keys,
+            };
+            link.call(Op::Heartbeat, &hb.encode()).and_then(|m| {
+                let mut r = Reader::new(&m);
+                Ok(r.u8()? != 0)
+            })
+        } else {
+            link.call(Op::Register, &reg.encode()).map(|_| true)
+        };
+        match r {
+            Ok(known) => {
+                if !registered || warned {
+                    tracing::info!(node_id = %reg.node_id, "registered with master {}", link.addr());
+                }
+                registered = known;
+                warned = false;
+            }
+            Err(e) => {
+                if !warned {
+                    tracing::warn!("store: master {} unreachable: {e}", link.addr());
+                    warned = true;
+                }
+                registered = false;
+            }
+        }
+        thread::sleep(period);
+    }
+    let _ = link.call(Op::Unregister, &{
+        let mut w = crate::cluster::proto::Writer::new();
+        w.str(&reg.node_id);
+        w.finish()
+    });
+}

@@ -1,0 +1,244 @@
+//! The store node's per-connection loop: decode a request, run it against the engine, answer.
+//!
+//! PUT values are read from the socket straight into one reusable per-connection buffer and handed to
+//! the engine as slices; GET values are read by the engine into 4 KiB-aligned slots of one reusable
+//! buffer (the engine's zero-copy path) and written to the socket with one vectored write.
+//! A protocol error closes this connection only.
+
+use std::net::TcpStream;
+use std::sync::Arc;
+
+use crate::cluster::error::{code, ClusterError, ClusterResult};
+use crate::cluster::proto::{codec, Header, Op};
+use crate::cluster::transport::{Conn, ServerAuth};
+use crate::io::buf::round_up;
+use crate::{AlignedBuf, PutOptions, Store};
+
+/// Serves one accepted connection until it closes or misbehaves.
+pub fn serve_conn(store: Arc<Store>, auth: ServerAuth, stream: TcpStream) {
+    let peer = stream
+        .peer_addr()
+        .map(|a| a.to_string())
+        .unwrap_or_default();
+    let _ = stream.set_nodelay(true);
+    let mut conn = Conn::new(stream);
+    if let Err(e) = auth.accept(&mut conn) {
+        tracing::warn!(%peer, "store: handshake refused: {e}");
+        return;
+    }
+    let mut s = Session {
+        store,
+        put_buf: AlignedBuf::new(1 << 20),
+        get_buf: AlignedBuf::new(1 << 20),
+    };
+    loop {
+        match s.one(&mut conn) {
+            Ok(true) => {}
+            Ok(false) => return,
+            Err(e) => {
+                if is_disconnect(&e) {
+                    tracing::debug!(%peer, "store: connection closed: {e}");
+                } else {
+                    tracing::error!(%peer, "store: closing connection: {e}");
+                }
+                return;
+            }
+        }
+    }
+}
+
+fn is_disconnect(e: &ClusterError) -> bool {
+    use std::io::ErrorKind::*;
+    matches!(e, ClusterError::Io(io) if matches!(io.kind(), UnexpectedEof | ConnectionReset | BrokenPipe))
+}
+
+struct Session {
+    store: Arc<Store>,
+    put_buf: AlignedBuf,
+    get_buf: AlignedBuf,
+}
+
+impl Session {
+    /// Handles one request; `Ok(false)` on a clean close.
+    fn one(&mut self, conn: &mut Conn) -> ClusterResult<bool> {
+        let Some(h) = conn.recv_header()? else {
+            return Ok(false);
+        };
+        if h.response {
+            return self.refuse(conn, &h, "unexpected response frame");
+        }
+        let meta = conn.recv_meta(h.meta_len)?.to_vec();
+        if h.op != Op::Put && h.payload_len != 0 {
+            return self.refuse(conn, &h, "payload on a request that takes none");
+        }
+        match h.op {
+            Op::Put => self.put(conn, &h, &meta)?,
+            Op::Get => self.get(conn, &h, &meta)?,
+            Op::Exists => {
+                let keys = checked(conn, &h, codec::decode_keys(&meta))?;
+                let flags: Vec<bool> = keys.iter().map(|k| self.store.exists(k)).collect();
+                reply(conn, &h, &codec::encode_flags(&flags))?;
+            }
+            Op::Remove => {
+                let keys = checked(conn, &h, codec::decode_keys(&meta))?;
+                let codes: Vec<i32> = keys
+                    .iter()
+                    .map(|k| match self.store.remove(k) {
+                        Ok(true) => code::OK,
+                        Ok(false) => code::OBJECT_NOT_FOUND,
+                        Err(e) => ClusterError::from(e).code(),
+                    })
+                    .collect();
+                reply(conn, &h, &codec::encode_codes(&codes))?;
+            }
+            Op::Clear => {
+                checked(conn, &h, codec::Reader::new(&meta).finish())?;
+                match self.store.clear() {
+                    Ok(()) => reply(conn, &h, &[])?,
+                    Err(e) => {
+                        conn.send_error(h.request_id, code::INTERNAL_ERROR, &e.to_string())?
+                    }
+                }
+            }
+            Op::Stats => {
+                let json = serde_json::to_vec(&self.store.stats()).unwrap_or_default();
+                let mut w = codec::Writer::new();
+                w.blob(&json);
+                reply(conn, &h, &w.finish())?;
+            }
+            _ => return self.refuse(conn, &h, "operation not served by a store node"),
+        }
+        Ok(true)
+    }
+
+    fn refuse(&self, conn: &mut Conn, h: &Header, why: &str) -> ClusterResult<bool> {
+        let _ = conn.send_error(h.request_id, code::PROTOCOL_ERROR, why);
+        Err(ClusterError::Protocol(format!("{:?}: {why}", h.op)))
+    }
+
+    fn put(&mut self, conn: &mut Conn, h: &Header, meta: &[u8]) -> ClusterResult<()> {
+        let items = checked(conn, h, codec::decode_put(meta, h.payload_len))?;
+        let total = h.payload_len as usize;
+        if self.put_buf.len() < total {
+            self.put_buf = AlignedBuf::new(total);
+        }
+        conn.recv_exact(&mut self.put_buf[..total])?;
+        let mut off = 0;
+        let batch: Vec<(&[u8], &[u8], Option<u32>)> = items
+            .iter()
+            .map(|it| {
+                let v = &self.put_buf[off..off + it.len as usize];
+                off += it.len as usize;
+                (it.key, v, it.depth)
+            })
+            .collect();
+        let codes = put_batch(&self.store, &batch);
+        reply(conn, h, &codec::encode_codes(&codes))
+    }
+
+    fn get(&mut self, conn: &mut Conn, h: &Header, meta: &[u8]) -> ClusterResult<()> {
+        let items = checked(conn, h, codec::decode_get(meta))?;
+        // Slot per hit, 4 KiB-aligned so the engine can read into it without a bounce copy.
+        let mut lens: Vec<i64> = Vec::with_capacity(items.len());
+        let mut total = 0usize;
+        for it in &items {
+            match self.store.value_len(it.key) {
+                None => lens.push(code::OBJECT_NOT_FOUND as i64),
+                Some(l) if l > it.max_len as usize => lens.push(code::BUFFER_OVERFLOW as i64),
+                Some(l) => {
+                    lens.push(l as i64);
+                    total += round_up(l);
+                }
+            }
+        }
+        if self.get_buf.len() < total {
+            self.get_buf = AlignedBuf::new(total);
+        }
+        let mut rest: &mut [u8] = &mut self.get_buf[..total];
+        let mut parts: Vec<&mut [u8]> = Vec::new();
+        let mut hit_keys: Vec<&[u8]> = Vec::new();
+        for (it, &l) in items.iter().zip(&lens) {
+            if l >= 0 {
+                let (a, b) = std::mem::take(&mut rest).split_at_mut(round_up(l as usize));
+                parts.push(a);
+                rest = b;
+                hit_keys.push(it.key);
+            }
+        }
+        let results = self.store.batch_get_into(&hit_keys, &mut parts);
+        let mut out: Vec<&[u8]> = Vec::with_capacity(parts.len());
+        let mut hits = results.iter().zip(parts.iter());
+        for l in lens.iter_mut().filter(|l| **l >= 0) {
+            let (r, part) = hits.next().expect("one result per hit");
+            match r {
+                Ok(Some(n)) if *n as i64 == *l => out.push(&part[..*n]),
+                Ok(_) => *l = code::OBJECT_NOT_FOUND as i64,
+                Err(e) => {
+                    tracing::warn!("store: read failed: {e}");
+                    *l = code::INTERNAL_ERROR as i64;
+                }
+            }
+        }
+        let meta = codec::encode_lens(&lens);
+        let plen = out.iter().map(|p| p.len() as u64).sum();
+        conn.send(
+            Header::response(Op::Get, h.request_id, meta.len(), plen),
+            &meta,
+            &out,
+        )?;
+        Ok(())
+    }
+}
+
+/// Puts `(key, value, depth)` items into the engine and returns one code per item. Runs of items
+/// whose depths are absent or consecutive go to the engine as one batch, so their writes are in
+/// flight together.
+pub fn put_batch(store: &Store, items: &[(&[u8], &[u8], Option<u32>)]) -> Vec<i32> {
+    let mut codes = Vec::with_capacity(items.len());
+    let mut start = 0;
+    while start < items.len() {
+        let mut end = start + 1;
+        while end < items.len() && continues(items[end - 1].2, items[end].2) {
+            end += 1;
+        }
+        let run: Vec<(&[u8], &[u8])> = items[start..end].iter().map(|i| (i.0, i.1)).collect();
+        let opts = PutOptions {
+            depth: items[start].2,
+        };
+        for r in store.batch_put_with(&run, opts) {
+            codes.push(match r {
+                Ok(true) => code::OK,
+                Ok(false) => code::EXISTED,
+                Err(e) => ClusterError::from(e).code(),
+            });
+        }
+        start = end;
+    }
+    codes
+}
+
+/// Whether an item with depth `next` can join a batch whose last item had depth `prev`.
+fn continues(prev: Option<u32>, next: Option<u32>) -> bool {
+    match (prev, next) {
+        (None, None) => true,
+        (Some(p), Some(n)) => p.checked_add(1) == Some(n),
+        _ => false,
+    }
+}
+
+/// Turns a meta decoding failure into an error frame plus a connection-closing error.
+fn checked<T>(conn: &mut Conn, h: &Header, r: ClusterResult<T>) -> ClusterResult<T> {
+    if let Err(e) = &r {
+        let _ = conn.send_error(h.request_id, code::PROTOCOL_ERROR, &e.to_string());
+    }
+    r
+}
+
+fn reply(conn: &mut Conn, h: &Header, meta: &[u8]) -> ClusterResult<()> {
+    conn.send(
+        Header::response(h.op, h.request_id, meta.len(), 0),
+        meta,
+        &[],
+    )?;
+    Ok(())
+}

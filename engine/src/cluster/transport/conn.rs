@@ -1,0 +1,150 @@
+//! A framed connection: vectored frame writes straight from the caller's buffers, and reads that put
+//! payload bytes straight into the caller's destination slices.
+//!
+//! Invariant: after any error the connection is in an unknown position in the stream and must be
+//! dropped; callers never reuse it (the client pool discards it, the server closes it).
+
+use std::io::{self, IoSlice, Read, Write};
+use std::net::TcpStream;
+
+use crate::cluster::error::{ClusterError, ClusterResult};
+use crate::cluster::proto::{codec, Header, Op, HEADER_LEN};
+
+/// One framed connection over a TCP stream.
+pub struct Conn {
+    stream: TcpStream,
+    next_id: u32,
+    meta: Vec<u8>,
+}
+
+impl Conn {
+    pub fn new(stream: TcpStream) -> Self {
+        Self {
+            stream,
+            next_id: 1,
+            meta: Vec::new(),
+        }
+    }
+
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
+
+    /// Writes one frame: header, meta and the payload slices in one vectored write loop.
+    pub fn send(&mut self, header: Header, meta: &[u8], payload: &[&[u8]]) -> io::Result<()> {
+        let h = header.encode();
+        let mut slices = Vec::with_capacity(payload.len() + 2);
+        slices.push(IoSlice::new(&h));
+        if !meta.is_empty() {
+            slices.push(IoSlice::new(meta));
+        }
+        slices.extend(
+            payload
+                .iter()
+                .filter(|p| !p.is_empty())
+                .map(|p| IoSlice::new(p)),
+        );
+        write_all_vectored(&mut self.stream, &mut slices)
+    }
+
+    /// Sends a request and returns its request id.
+    pub fn send_request(&mut self, op: Op, meta: &[u8], payload: &[&[u8]]) -> io::Result<u32> {
+        let id = self.next_id;
+        self.next_id = self.next_id.wrapping_add(1);
+        let plen = payload.iter().map(|p| p.len() as u64).sum();
+        self.send(Header::request(op, id, meta.len(), plen), meta, payload)?;
+        Ok(id)
+    }
+
+    /// Sends an error response frame.
+    pub fn send_error(&mut self, request_id: u32, code: i32, message: &str) -> io::Result<()> {
+        let meta = codec::encode_error(code, message);
+        self.send(
+            Header::response(Op::Error, request_id, meta.len(), 0),
+            &meta,
+            &[],
+        )
+    }
+
+    /// Reads and validates the next header. `Ok(None)` on a clean end of stream before any byte.
+    pub fn recv_header(&mut self) -> ClusterResult<Option<Header>> {
+        let mut b = [0u8; HEADER_LEN];
+        let mut got = 0;
+        while got < HEADER_LEN {
+            match self.stream.read(&mut b[got..]) {
+                Ok(0) if got == 0 => return Ok(None),
+                Ok(0) => return Err(io::Error::from(io::ErrorKind::UnexpectedEof).into()),
+                Ok(n) => got += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Header::decode(&b).map(Some)
+    }
+
+    /// Reads a meta section of `len` bytes (already bounded by the header check) into an internal
+    /// buffer and returns it.
+    pub fn recv_meta(&mut self, len: u32) -> ClusterResult<&[u8]> {
+        self.meta.clear();
+        self.meta.resize(len as usize, 0);
+        self.stream.read_exact(&mut self.meta)?;
+        Ok(&self.meta)
+    }
+
+    /// Reads exactly `buf.len()` payload bytes.
+    pub fn recv_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
+        self.stream.read_exact(buf)
+    }
+
+    /// Reads and drops `n` payload bytes.
+    pub fn skip(&mut self, n: u64) -> io::Result<()> {
+        let copied = io::copy(&mut (&mut self.stream).take(n), &mut io::sink())?;
+        if copied != n {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+        Ok(())
+    }
+
+    /// Reads a response for `request_id`: its header and meta, turning an error frame into an error.
+    pub fn recv_response(&mut self, op: Op, request_id: u32) -> ClusterResult<(Header, Vec<u8>)> {
+        let h = self
+            .recv_header()?
+            .ok_or_else(|| ClusterError::Io(io::ErrorKind::UnexpectedEof.into()))?;
+        let meta = self.recv_meta(h.meta_len)?.to_vec();
+        if h.op == Op::Error {
+            return Err(codec::decode_error(&meta));
+        }
+        if !h.response || h.op != op || h.request_id != request_id {
+            return Err(ClusterError::Protocol(format!(
+                "expected response to {op:?}#{request_id}, got {:?}#{}",
+                h.op, h.request_id
+            )));
+        }
+        Ok((h, meta))
+    }
+
+    /// A request without payload whose response has no payload: send, then wait for the meta.
+    pub fn call(&mut self, op: Op, meta: &[u8]) -> ClusterResult<Vec<u8>> {
+        let id = self.send_request(op, meta, &[])?;
+        let (h, m) = self.recv_response(op, id)?;
+        if h.payload_len != 0 {
+            return Err(ClusterError::Protocol(format!(
+                "unexpected payload on {op:?}"
+            )));
+        }
+        Ok(m)
+    }
+}
+
+/// `write_all` for vectored writes (the std one is unstable).
+pub fn write_all_vectored(w: &mut impl Write, mut bufs: &mut [IoSlice<'_>]) -> io::Result<()> {
+    while !bufs.is_empty() {
+        match w.write_vectored(bufs) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut bufs, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

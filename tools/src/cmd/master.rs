@@ -1,0 +1,131 @@
+//! `strata master`: the cluster's membership and metadata service (the counterpart of
+//! `mooncake_master --enable_http_metadata_server=true`). Accepts Mooncake's gflags spellings
+//! (`--rpc_port`, `--enable_http_metadata_server=true`) as well as kebab-case.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use strata_engine::cluster::MasterConfig;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// RPC port (store nodes and clients).
+    #[arg(long, default_value_t = 50051)]
+    rpc_port: u16,
+    /// RPC bind address.
+    #[arg(long, default_value = "127.0.0.1")]
+    rpc_address: String,
+    /// Serve the Mooncake-style HTTP metadata server (`/metadata?key=`).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
+    enable_http_metadata_server: bool,
+    #[arg(long, default_value_t = 8080)]
+    http_metadata_server_port: u16,
+    #[arg(long, default_value = "127.0.0.1")]
+    http_metadata_server_host: String,
+    /// Metrics/admin port (`/metrics`, `/metrics/summary`, `/query_key`, `/get_all_segments`).
+    #[arg(long, default_value_t = 9003)]
+    metrics_port: u16,
+    #[arg(long, default_value = "127.0.0.1")]
+    metrics_host: String,
+    /// Serve metrics at all.
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "true")]
+    enable_metric_reporting: bool,
+    /// Where the master's state (members, metadata) persists.
+    #[arg(long, default_value = "strata-master.json")]
+    state_file: PathBuf,
+    /// A store node silent for this long is dead and its keys become misses.
+    #[arg(long, default_value_t = 3000)]
+    heartbeat_timeout_ms: u64,
+    /// Token required on every connection and HTTP request.
+    #[arg(
+        long,
+        env = "STRATA_AUTH_TOKEN",
+        default_value = "",
+        hide_env_values = true
+    )]
+    auth_token: String,
+    #[arg(long, default_value = "info")]
+    log_level: String,
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    super::logging::init(&a.log_level);
+    let cfg = MasterConfig {
+        rpc: format!("{}:{}", a.rpc_address, a.rpc_port),
+        http_metadata: a.enable_http_metadata_server.then(|| {
+            format!(
+                "{}:{}",
+                a.http_metadata_server_host, a.http_metadata_server_port
+            )
+        }),
+        metrics: a
+            .enable_metric_reporting
+            .then(|| format!("{}:{}", a.metrics_host, a.metrics_port)),
+        state_file: a.state_file,
+        heartbeat_timeout: Duration::from_millis(a.heartbeat_timeout_ms),
+        auth_token: a.auth_token,
+    };
+    let h = strata_engine::cluster::master::start(cfg)?;
+    let none = || "-".to_string();
+    println!(
+        "strata master ready rpc={} http_metadata={} metrics={}",
+        h.addrs.rpc,
+        h.addrs.http_metadata.clone().unwrap_or_else(none),
+        h.addrs.metrics.clone().unwrap_or_else(none)
+    );
+    std::io::stdout().flush()?;
+    loop {
+        std::thread::park();
+    }
+}
+
+/// Rewrites gflags-style `--foo_bar[=v]` into `--foo-bar[=v]` for the `master` and `store`
+/// subcommands (values are left alone), so Mooncake command lines work unchanged.
+pub fn normalize_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
+    let args: Vec<OsString> = args.into_iter().collect();
+    let applies = matches!(
+        args.get(1).and_then(|s| s.to_str()),
+        Some("master" | "store")
+    );
+    if !applies {
+        return args;
+    }
+    args.into_iter()
+        .map(|a| match a.to_str() {
+            Some(s) if s.starts_with("--") => {
+                let (name, rest) = s.split_at(s.find('=').unwrap_or(s.len()));
+                OsString::from(format!("{}{rest}", name.replace('_', "-")))
+            }
+            _ => a,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gflags_spellings() {
+        let v: Vec<OsString> = [
+            "strata",
+            "master",
+            "--enable_http_metadata_server=true",
+            "--rpc_port",
+            "1",
+        ]
+        .iter()
+        .map(OsString::from)
+        .collect();
+        let out = normalize_args(v);
+        assert_eq!(out[2], "--enable-http-metadata-server=true");
+        assert_eq!(out[3], "--rpc-port");
+        let v: Vec<OsString> = ["strata", "serve", "--a_b"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        assert_eq!(normalize_args(v)[2], "--a_b");
+    }
+}
