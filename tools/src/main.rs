@@ -22,6 +22,8 @@ struct Cli {
 enum Command {
     /// Offline inspection of a page store that no process has open.
     Inspect(cmd::inspect::Args),
+    /// Write a deterministic random-weight model (Hugging Face layout).
+    MakeModel(cmd::make_model::Args),
     /// Benchmarks (engine, store, serve, router).
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
@@ -31,6 +33,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Inspect(args) => cmd::inspect::run(args),
+        Command::MakeModel(a) => cmd::make_model::run(a),
         Command::Bench(b) => cmd::bench::run(b),
     }
 }
