@@ -1,5 +1,10 @@
 //! strata-server: the inference server (model, scheduler, KV pools, radix + hierarchical cache, PD
 //! disaggregation, HTTP API) and the router (`router` module, `strata router`).
 
+pub mod cache;
+pub mod kv;
 pub mod make_model;
 pub mod model;
+pub mod sampling;
+pub mod scheduler;
+pub mod stats;
