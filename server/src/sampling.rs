@@ -98,13 +98,13 @@ impl SamplingParamsWire {
             ));
         }
         let temperature = self.temperature.unwrap_or(1.0);
-        if !(temperature >= 0.0) {
+        if temperature.is_nan() || temperature < 0.0 {
             return Err(format!(
                 "temperature must be non-negative, got {temperature}."
             ));
         }
         let top_p = self.top_p.unwrap_or(1.0);
-        if !(top_p > 0.0 && top_p <= 1.0) {
+        if top_p.is_nan() || top_p <= 0.0 || top_p > 1.0 {
             return Err(format!("top_p must be in (0, 1], got {top_p}."));
         }
         let top_k = self.top_k.unwrap_or(-1);
@@ -126,7 +126,7 @@ impl SamplingParamsWire {
             return Err(format!("presence_penalty must be in [-2, 2], got {pp}."));
         }
         let rp = self.repetition_penalty.unwrap_or(1.0);
-        if !(rp > 0.0 && rp <= 2.0) {
+        if rp.is_nan() || rp <= 0.0 || rp > 2.0 {
             return Err(format!("repetition_penalty must be in (0, 2], got {rp}."));
         }
         if self.n.unwrap_or(1) != 1 {

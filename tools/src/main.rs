@@ -22,6 +22,8 @@ struct Cli {
 enum Command {
     /// Offline inspection of a page store that no process has open.
     Inspect(cmd::inspect::Args),
+    /// The inference server (flags of `python -m sglang.launch_server`).
+    Serve(cmd::serve::Args),
     /// Write a deterministic random-weight model (Hugging Face layout).
     MakeModel(cmd::make_model::Args),
     /// Benchmarks (engine, store, serve, router).
@@ -33,6 +35,7 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Inspect(args) => cmd::inspect::run(args),
+        Command::Serve(a) => cmd::serve::run(a),
         Command::MakeModel(a) => cmd::make_model::run(a),
         Command::Bench(b) => cmd::bench::run(b),
     }

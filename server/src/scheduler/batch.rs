@@ -184,7 +184,7 @@ impl<B: Backend> Scheduler<B> {
             Err(e) => {
                 tracing::error!("forward pass failed: {e}");
                 let mut idx: Vec<usize> = items.iter().map(|(i, _)| *i).collect();
-                idx.sort_unstable_by(|a, b| b.cmp(a));
+                idx.sort_unstable_by_key(|&i| std::cmp::Reverse(i));
                 for i in idx {
                     let s = self.running.remove(i);
                     self.finish(s, FinishReason::Abort(format!("internal error: {e}")));
@@ -209,7 +209,7 @@ impl<B: Backend> Scheduler<B> {
             &self.stats.gen_throughput_milli,
             (decode_tokens as f64 / dt * 1000.0) as u64,
         );
-        finished.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        finished.sort_unstable_by_key(|f| std::cmp::Reverse(f.0));
         for (i, reason) in finished {
             let s = self.running.remove(i);
             self.finish(s, reason);

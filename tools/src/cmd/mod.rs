@@ -4,3 +4,4 @@ pub mod bench;
 pub mod inspect;
 pub mod logging;
 pub mod make_model;
+pub mod serve;
