@@ -10,12 +10,12 @@ pub enum BenchCommand {
     /// The L3 page store engine on a local file or device.
     Engine(engine::Args),
     /// Online serving load against a server with the SGLang API (throughput, TTFT, ITL).
-    Serve(serve::Args),
+    Serve(Box<serve::Args>),
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Engine(a) => engine::run(a),
-        BenchCommand::Serve(a) => serve::run(a),
+        BenchCommand::Serve(a) => serve::run(*a),
     }
 }
