@@ -33,6 +33,9 @@ enum Command {
     /// Benchmarks (engine, store, serve, router).
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
+    /// The whole stack on this machine from a built-in default (tiny model, master, store, server,
+    /// router) and one request through it.
+    Up(cmd::up::Args),
     /// Request router in front of SGLang-compatible workers (regular or PD mode).
     Router(Box<cmd::router::Args>),
 }
@@ -47,5 +50,6 @@ fn main() -> anyhow::Result<()> {
         Command::MakeModel(a) => cmd::make_model::run(a),
         Command::Bench(b) => cmd::bench::run(b),
         Command::Router(a) => cmd::router::run(*a),
+        Command::Up(a) => cmd::up::run(a),
     }
 }

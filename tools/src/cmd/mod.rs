@@ -9,3 +9,4 @@ pub mod router;
 pub mod serve;
 pub mod size;
 pub mod store;
+pub mod up;
