@@ -12,20 +12,20 @@ use common::*;
 use rand::Rng;
 use strata_engine::{IoEngineKind, Store, StoreConfig};
 
-fn cfg(path: &str) -> StoreConfig {
+fn cfg(path: &str, kind: IoEngineKind) -> StoreConfig {
     StoreConfig::new(path)
         .with_capacity(64 * 1024 + 256 * (1 << 20))
         .with_segment_size(4 << 20)
         .with_memory(0)
-        .with_io_engine(IoEngineKind::Auto)
+        .with_io_engine(kind)
 }
 
 fn len_of(id: u64) -> usize {
     4096 + (id as usize * 48_271) % 40_000
 }
 
-fn child(path: &str, start: u64) -> ! {
-    let s = Store::open(cfg(path)).expect("child opens the store");
+fn child(path: &str, start: u64, kind: IoEngineKind) -> ! {
+    let s = Store::open(cfg(path, kind)).expect("child opens the store");
     let mut id = start;
     loop {
         let batch: Vec<(Vec<u8>, Vec<u8>)> = (id..id + 4)
@@ -53,8 +53,19 @@ fn sigkill_mid_write() {
             .unwrap()
             .parse()
             .unwrap();
-        child(&path, start);
+        let kind = std::env::var("STRATA_CRASH_ENGINE")
+            .unwrap()
+            .parse()
+            .unwrap();
+        child(&path, start, kind);
     }
+    for engine in ["uring", "psync"] {
+        run_rounds(engine);
+    }
+}
+
+fn run_rounds(engine: &str) {
+    let kind: IoEngineKind = engine.parse().unwrap();
     let seed = seed("sigkill");
     let mut r = rng(seed);
     let dir = tempfile::tempdir().unwrap();
@@ -72,6 +83,7 @@ fn sigkill_mid_write() {
             ])
             .env("STRATA_CRASH_CHILD", &path)
             .env("STRATA_CRASH_START", next.to_string())
+            .env("STRATA_CRASH_ENGINE", engine)
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -97,7 +109,7 @@ fn sigkill_mid_write() {
             synced = n;
         }
         let started = Instant::now();
-        let s = Store::open(cfg(&path)).unwrap();
+        let s = Store::open(cfg(&path, kind)).unwrap();
         let recovery = started.elapsed();
         ranges.push((next, synced));
         for id in ranges.iter().flat_map(|&(a, b)| a..b) {
@@ -118,7 +130,7 @@ fn sigkill_mid_write() {
                 extra += 1;
             }
         }
-        println!("round {round}: {} synced pages intact, {extra} later pages survived, recovery {recovery:?}", synced - next);
+        println!("{engine} round {round}: {} synced pages intact, {extra} later pages survived, recovery {recovery:?}", synced - next);
         synced_total += synced - next;
         next = synced + 400;
     }

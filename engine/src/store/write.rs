@@ -167,18 +167,18 @@ impl Store {
         results: &mut [Result<bool>],
         to_seal: &mut Vec<u32>,
     ) {
-        if !batch.is_empty() {
-            let crcs: Vec<u32> = batch.iter().map(|(p, _)| p.crc()).collect();
-            let reqs = batch
-                .iter()
-                .zip(&crcs)
-                .map(|((p, slot), &crc)| self.encode(p, slot, crc))
-                .collect();
-            let done = self.engine.submit(reqs);
-            for (((p, slot), c), crc) in batch.into_iter().zip(done).zip(crcs) {
-                let (_, r) = c.wait();
-                self.publish(p, slot, crc, r, results, to_seal);
-            }
+        // Each record is submitted as soon as it is encoded, so the device works on the first
+        // records while the CPU copies and checksums the rest.
+        let mut pending = Vec::with_capacity(batch.len());
+        for (p, slot) in batch {
+            let crc = p.crc();
+            let req = self.encode(&p, &slot, crc);
+            let done = self.engine.submit(vec![req]).pop().expect("one completion");
+            pending.push((p, slot, crc, done));
+        }
+        for (p, slot, crc, done) in pending {
+            let (_, r) = done.wait();
+            self.publish(p, slot, crc, r, results, to_seal);
         }
         for seg in to_seal.drain(..) {
             if let Err(e) = self.segments.seal(seg) {
