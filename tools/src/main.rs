@@ -25,6 +25,8 @@ enum Command {
     /// Benchmarks (engine, store, serve, router).
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
+    /// CUDA backend: device info, op checks against the CPU reference, GPU benchmarks.
+    Gpu(cmd::gpu::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -32,5 +34,6 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Inspect(args) => cmd::inspect::run(args),
         Command::Bench(b) => cmd::bench::run(b),
+        Command::Gpu(a) => cmd::gpu::run(a),
     }
 }
