@@ -17,15 +17,15 @@ pyroot=$(python3 -c 'import nvidia, os; print(" ".join(nvidia.__path__))' 2>/dev
 for r in $pyroot; do libdirs="$libdirs $(ls -d "$r"/*/lib "$r"/cu13/lib 2>/dev/null)"; done
 for d in $libdirs; do LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"; done
 export LD_LIBRARY_PATH
-export XDG_CACHE_HOME=${XDG_CACHE_HOME:-$OUTDIR/cache}
+export XDG_CACHE_HOME=${XDG_CACHE_HOME:-/tmp/strata-gpu-cache}
 
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 | tee "$OUTDIR/nvidia-smi.txt"
-"$STRATA" gpu info 2>&1 | tee "$OUTDIR/info.log"
+"$STRATA" gpu info 2>&1 | tee -a "$OUTDIR/nvidia-smi.txt"
 
 "$STRATA" gpu check --json "$OUTDIR/check.json" 2>&1 | tee "$OUTDIR/check.log"
 rc_check=${PIPESTATUS[0]}
 # Second compile-free start: the kernel cache must be hit now.
-"$STRATA" gpu check --json "$OUTDIR/check2.json" 2>&1 | grep -E "kernels ready|gpu check:" | tee -a "$OUTDIR/check.log"
+"$STRATA" gpu check --json /tmp/strata-check2.json 2>&1 | grep -E "kernels ready|gpu check:" | tee -a "$OUTDIR/check.log"
 
 # shellcheck disable=SC2086
 "$STRATA" gpu bench --json "$OUTDIR/bench.json" ${BENCH_ARGS:-} 2>&1 | tee "$OUTDIR/bench.log"

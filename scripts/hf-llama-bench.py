@@ -19,7 +19,7 @@ a = ap.parse_args()
 
 cfg = LlamaConfig(
     hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
-    num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0, max_position_embeddings=8192,
+    num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0, max_position_embeddings=131072,
     rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                   "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
     bos_token_id=None, eos_token_id=None, pad_token_id=0)

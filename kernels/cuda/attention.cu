@@ -9,11 +9,14 @@
 // tile_info[4*tile] = {seq, first query row, query count, kv position of the first query}; query
 // i of the tile may attend keys [0, pos0 + i] (causal). Online softmax in f32; scores use the
 // pre-scaled query. head_dim is a multiple of 32 and at most 128 (checked by the launcher).
+// Row r of warp w is tile row r * ATT_WARPS + w, so a decode tile's `group` rows spread over all
+// warps. K/V are read 16 bytes at a time (each head's slice is 16-byte aligned: hd % 8 == 0).
 
 #define ATT_ROWS 16
 #define ATT_RPW 4
 #define ATT_KT 32
 #define ATT_MAXD 4
+#define ATT_WARPS 4
 
 extern "C" __global__ void __launch_bounds__(128) paged_attention(
     const bf16_t* q, int q_stride, const bf16_t* k_pool, const bf16_t* v_pool,
@@ -48,7 +51,7 @@ extern "C" __global__ void __launch_bounds__(128) paged_attention(
     int lim[ATT_RPW];
 #pragma unroll
     for (int r = 0; r < ATT_RPW; ++r) {
-        int row = warp * ATT_RPW + r;
+        int row = r * ATT_WARPS + warp;
         m[r] = NEG_BIG;
         l[r] = 0.f;
         lim[r] = row < nrows ? pos0 + row / group + 1 : 0;
@@ -56,24 +59,31 @@ extern "C" __global__ void __launch_bounds__(128) paged_attention(
         for (int i = 0; i < ATT_MAXD; ++i) acc[r][i] = 0.f;
     }
     const int* bt = block_tables + (u64)seq * max_pages;
-    const int hd2 = hd / 2;
+    const int hd8 = hd / 8;
 
     for (int t0 = kbeg; t0 < kend; t0 += ATT_KT) {
         __syncthreads();
-        for (int idx = threadIdx.x; idx < ATT_KT * hd2; idx += blockDim.x) {
-            int j = idx / hd2, d = (idx % hd2) * 2;
+        for (int idx = threadIdx.x; idx < ATT_KT * hd8; idx += blockDim.x) {
+            int j = idx / hd8, d = (idx % hd8) * 8;
             int key = t0 + j;
-            u32 kk = 0, vv = 0;
+            uint4 kk = make_uint4(0, 0, 0, 0), vv = make_uint4(0, 0, 0, 0);
             if (key < kend) {
                 u64 slot = (u64)bt[key / page_size] * page_size + key % page_size;
                 u64 off = (slot * n_kv_heads + g) * hd + d;
-                kk = *(const u32*)(k_pool + off);
-                vv = *(const u32*)(v_pool + off);
+                kk = *(const uint4*)(k_pool + off);
+                vv = *(const uint4*)(v_pool + off);
             }
-            ks[j * (hd + 1) + d] = bf2f((bf16_t)(kk & 0xffff));
-            ks[j * (hd + 1) + d + 1] = bf2f((bf16_t)(kk >> 16));
-            vs[j * hd + d] = bf2f((bf16_t)(vv & 0xffff));
-            vs[j * hd + d + 1] = bf2f((bf16_t)(vv >> 16));
+            const u32 kw[4] = {kk.x, kk.y, kk.z, kk.w};
+            const u32 vw[4] = {vv.x, vv.y, vv.z, vv.w};
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                ks[j * (hd + 1) + d + 2 * e] = bf2f((bf16_t)(kw[e] & 0xffff));
+                ks[j * (hd + 1) + d + 2 * e + 1] = bf2f((bf16_t)(kw[e] >> 16));
+            }
+            *(float4*)(vs + j * hd + d) = make_float4(bf2f((bf16_t)(vw[0] & 0xffff)), bf2f((bf16_t)(vw[0] >> 16)),
+                                                      bf2f((bf16_t)(vw[1] & 0xffff)), bf2f((bf16_t)(vw[1] >> 16)));
+            *(float4*)(vs + j * hd + d + 4) = make_float4(bf2f((bf16_t)(vw[2] & 0xffff)), bf2f((bf16_t)(vw[2] >> 16)),
+                                                          bf2f((bf16_t)(vw[3] & 0xffff)), bf2f((bf16_t)(vw[3] >> 16)));
         }
         __syncthreads();
 
@@ -81,12 +91,12 @@ extern "C" __global__ void __launch_bounds__(128) paged_attention(
 #pragma unroll
         for (int r = 0; r < ATT_RPW; ++r) s[r] = 0.f;
         const float* kr = ks + lane * (hd + 1);
-        const float* qw = qs + warp * ATT_RPW * hd;
+        const float* qw = qs + warp * hd;
         for (int d = 0; d < hd; d += 4) {
             float k0 = kr[d], k1 = kr[d + 1], k2 = kr[d + 2], k3 = kr[d + 3];
 #pragma unroll
             for (int r = 0; r < ATT_RPW; ++r) {
-                float4 qv = *(const float4*)(qw + r * hd + d);
+                float4 qv = *(const float4*)(qw + r * ATT_WARPS * hd + d);
                 s[r] += qv.x * k0 + qv.y * k1 + qv.z * k2 + qv.w * k3;
             }
         }
@@ -122,7 +132,7 @@ extern "C" __global__ void __launch_bounds__(128) paged_attention(
     const int dpl = hd / 32;
 #pragma unroll
     for (int r = 0; r < ATT_RPW; ++r) {
-        int row = warp * ATT_RPW + r;
+        int row = r * ATT_WARPS + warp;
         if (row >= nrows) continue;
         int qi = row / group, h = g * group + row % group;
         int grow = row0 + qi;

@@ -63,6 +63,9 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_tokens(
     }
     const float inv = 1.f / block_sum(sum, shf);
     for (int i = tid; i < vocab; i += bd) pr[i] *= inv;
+    // The chunked scan below reads elements other threads normalised: a barrier is needed even
+    // when no bisection pass (which has its own barriers) runs.
+    __syncthreads();
     const float pmax = inv;  // the argmax has e = 1
 
     const int k = top_k[row];

@@ -117,15 +117,19 @@ impl CudaOps {
         }
         let n_tiles = tiles.len() / 4;
         let blocks = n_tiles * s.n_kv_heads;
+        // Aim for ~4 resident blocks per SM; never split below two key tiles per split.
         let want = splits.unwrap_or_else(|| {
-            let sms = self.ctx.sm_count().max(1);
-            if blocks >= sms {
+            let target = 4 * self.ctx.sm_count().max(1);
+            if blocks >= target {
                 1
             } else {
-                (2 * sms).div_ceil(blocks)
+                target.div_ceil(blocks)
             }
         });
-        let want = want.clamp(1, max_kv.div_ceil(KEY_TILE));
+        let want = match splits {
+            Some(_) => want.clamp(1, max_kv.div_ceil(KEY_TILE)),
+            None => want.clamp(1, max_kv.div_ceil(2 * KEY_TILE)),
+        };
         let split_len = max_kv.div_ceil(want).div_ceil(KEY_TILE) * KEY_TILE;
         let splits = max_kv.div_ceil(split_len);
         let (part_acc, part_ml) = if splits > 1 {

@@ -6,6 +6,9 @@
 //! sum, each sub-layer writes its output to `y`, and the fused `rmsnorm(y, resid)` adds and
 //! normalises in one pass (layer 0 normalises the embedding directly).
 
+use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+use cudarc::driver::CudaGraph;
+
 use super::attention::{AttnPlan, AttnShape};
 use super::error::Result;
 use super::gemm::Gemm;
@@ -247,5 +250,23 @@ impl LlamaModel {
         ops.rmsnorm(&ws.y, Some(&ws.resid), &self.norm, &ws.h, s.eps)?;
         ops.embedding(&input.last_rows, &ws.h, &ws.last)?;
         gemm.linear(&ws.last, &self.lm_head, &ws.logits)
+    }
+
+    /// Captures `forward` for fixed inputs into a CUDA graph (replay with `launch()`): one
+    /// launch instead of ~12 per layer for decode. Run `forward` once before capturing so that
+    /// cuBLAS has chosen its kernels and workspace. Capture failure ends the capture and errors.
+    pub fn capture(
+        &self,
+        ops: &CudaOps,
+        gemm: &Gemm,
+        ws: &Workspace,
+        input: &StepInput,
+    ) -> Result<CudaGraph> {
+        let stream = ops.context().stream();
+        stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
+        let run = self.forward(ops, gemm, ws, input);
+        let graph = stream.end_capture(CUgraphInstantiate_flags(0));
+        run?;
+        graph?.ok_or_else(|| super::error::CudaError::Shape("empty graph captured".into()))
     }
 }
