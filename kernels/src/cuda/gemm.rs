@@ -1,4 +1,7 @@
-//! cuBLAS GEMMs: `y = x * w^T` with bf16 operands and f32 accumulation (the Linear layer).
+//! GEMMs: `y = x * w^T` with bf16 operands and f32 accumulation (the Linear layer), through
+//! cuBLAS, or for decode-sized x (at most `gemv_max_rows` rows) through the `gemv_bf16` kernel,
+//! which streams the weights at close to memory bandwidth where cuBLAS reached about half of it
+//! on the 4096-wide projections (docs/perf-gpu.md).
 //!
 //! Row-major x [T, in], w [out, in] (Hugging Face layout), y [T, out] in bf16 or f32 (logits).
 //! cuBLAS is column-major, so the call computes y^T = w * x^T: op(A) = T on w (lda = in),
@@ -12,9 +15,27 @@ use cudarc::cublas::sys::{
 };
 use cudarc::cublas::CudaBlas;
 
+use cudarc::driver::CudaFunction;
+
 use super::device::GpuContext;
 use super::error::{ensure, CudaError, Result};
+use super::launch::{launch, Arg, Dims};
+use super::nvrtc::Program;
 use super::tensor::{DTensor, DType};
+
+/// Which implementation runs a GEMM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemmPath {
+    /// The GEMV kernel when x has at most `gemv_max_rows` rows, cuBLAS otherwise.
+    Auto,
+    /// Always cuBLAS.
+    Cublas,
+    /// The GEMV kernel (x must have at most 8 rows).
+    Gemv,
+}
+
+/// Most rows the GEMV kernel accepts (GEMV_MAX_T in gemv.cu).
+pub const GEMV_MAX_ROWS: usize = 8;
 
 /// True when libcublas can be loaded.
 pub fn cublas_present() -> bool {
@@ -26,6 +47,8 @@ pub fn cublas_present() -> bool {
 pub struct Gemm {
     ctx: Arc<GpuContext>,
     blas: CudaBlas,
+    gemv: CudaFunction,
+    gemv_max_rows: usize,
 }
 
 impl Gemm {
@@ -35,11 +58,29 @@ impl Gemm {
             return Err(CudaError::MissingLibrary("libcublas"));
         }
         let blas = CudaBlas::new(ctx.stream().clone())?;
-        Ok(Self { ctx, blas })
+        let gemv = ctx.function(Program::Gemv, "gemv_bf16")?;
+        Ok(Self {
+            ctx,
+            blas,
+            gemv,
+            gemv_max_rows: GEMV_MAX_ROWS,
+        })
+    }
+
+    /// Largest x row count sent to the GEMV kernel by `GemmPath::Auto` (default 8, at most 8;
+    /// 0 sends everything to cuBLAS).
+    pub fn with_gemv_max_rows(mut self, rows: usize) -> Self {
+        self.gemv_max_rows = rows.min(GEMV_MAX_ROWS);
+        self
     }
 
     /// y = x * w^T for x [T, in] bf16, w [out, in] bf16, y [T, out] bf16 or f32.
     pub fn linear(&self, x: &DTensor, w: &DTensor, y: &DTensor) -> Result<()> {
+        self.linear_with(x, w, y, GemmPath::Auto)
+    }
+
+    /// `linear` with an explicit implementation choice.
+    pub fn linear_with(&self, x: &DTensor, w: &DTensor, y: &DTensor, path: GemmPath) -> Result<()> {
         for (n, t) in [("x", x), ("w", w), ("y", y)] {
             self.ctx.check_device(n, t)?;
         }
@@ -64,9 +105,39 @@ impl Gemm {
         ensure(y.shape() == [t, n_out], || {
             format!("y: expected [{t}, {n_out}], got {:?}", y.shape())
         })?;
+        let gemv_ok = t <= GEMV_MAX_ROWS && k % 8 == 0 && x.ptr() % 16 == 0 && w.ptr() % 16 == 0;
+        let use_gemv = match path {
+            GemmPath::Auto => gemv_ok && t <= self.gemv_max_rows,
+            GemmPath::Cublas => false,
+            GemmPath::Gemv => {
+                ensure(gemv_ok, || format!("GEMV needs <= {GEMV_MAX_ROWS} rows and in % 8 == 0"))?;
+                true
+            }
+        };
+        self.ctx.cuda().bind_to_thread()?;
+        if use_gemv {
+            let args = [
+                Arg::U64(x.ptr()),
+                Arg::U64(w.ptr()),
+                Arg::U64(y.ptr()),
+                Arg::I32(t as i32),
+                Arg::I32(n_out as i32),
+                Arg::I32(k as i32),
+                Arg::I32((y.dtype() == DType::F32) as i32),
+            ];
+            // SAFETY: shapes and dtypes checked above; rows are 16-byte aligned (k % 8 == 0 and
+            // aligned bases), t <= GEMV_MAX_T; one warp per output column of y.
+            return unsafe {
+                launch(
+                    &self.gemv,
+                    self.ctx.stream().cu_stream(),
+                    Dims::rows((n_out * 32).div_ceil(256), 256),
+                    &args,
+                )
+            };
+        }
         let alpha = 1.0f32;
         let beta = 0.0f32;
-        self.ctx.cuda().bind_to_thread()?;
         // SAFETY: shapes checked above: w holds out*in, x holds T*in, y holds T*out elements of
         // the stated types; alpha/beta are f32 as CUBLAS_COMPUTE_32F requires.
         unsafe {

@@ -29,7 +29,7 @@ pub mod transfer;
 pub use attention::{AttnPlan, AttnSeq, AttnShape};
 pub use device::GpuContext;
 pub use error::{CudaError, Result};
-pub use gemm::Gemm;
+pub use gemm::{Gemm, GemmPath};
 pub use info::{gpu_inventory, GpuInfo};
 pub use ops::CudaOps;
 pub use pinned::PinnedBuf;

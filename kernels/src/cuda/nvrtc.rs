@@ -28,15 +28,18 @@ pub enum Program {
     Attention,
     /// Greedy / temperature / top-k / top-p / min-p sampling.
     Sampling,
+    /// Skinny GEMM (decode batches of up to 8 rows).
+    Gemv,
 }
 
 impl Program {
     /// Every program, for eager compilation and syntax checks.
-    pub const ALL: [Program; 4] = [
+    pub const ALL: [Program; 5] = [
         Program::Transfer,
         Program::Elementwise,
         Program::Attention,
         Program::Sampling,
+        Program::Gemv,
     ];
 
     /// File name, for logs and errors.
@@ -46,6 +49,7 @@ impl Program {
             Program::Elementwise => "elementwise.cu",
             Program::Attention => "attention.cu",
             Program::Sampling => "sampling.cu",
+            Program::Gemv => "gemv.cu",
         }
     }
 
@@ -56,6 +60,7 @@ impl Program {
             Program::Elementwise => include_str!("../../cuda/elementwise.cu"),
             Program::Attention => include_str!("../../cuda/attention.cu"),
             Program::Sampling => include_str!("../../cuda/sampling.cu"),
+            Program::Gemv => include_str!("../../cuda/gemv.cu"),
         };
         format!("{COMMON}\n#line 1 \"{}\"\n{body}", self.name())
     }

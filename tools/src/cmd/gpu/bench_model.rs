@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 use strata_kernels::cuda::llama::{LlamaModel, LlamaShape, StepInput};
-use strata_kernels::cuda::{AttnSeq, CudaOps, Gemm, SamplingParams};
+use strata_kernels::cuda::{AttnSeq, CudaOps, Gemm, GemmPath, SamplingParams};
 
 use super::bench::{gpu_ms, median, Args};
 
@@ -207,11 +207,16 @@ fn gemv_breakdown(
         let y = c.alloc(bf, &[1, n])?;
         ops.fill_uniform(&w, 7, 0.02)?;
         ops.fill_uniform(&x, 8, 1.0)?;
-        let ms = gpu_ms(c, false, 3, 20, || Ok(gemm.linear(&x, &w, &y)?))?;
-        let gbs = (n * k * 2) as f64 / (ms / 1e3) / 1e9;
-        let frac = copy_bw.map_or(f64::NAN, |bw| gbs * 1e9 / bw);
-        summary.push(format!("  b1 GEMM {name} [{n}x{k}]: {:.1} us, {:.0} GB/s ({:.0}% of copy rate)", ms * 1e3, gbs, frac * 100.0));
-        rows.push(json!({"name": name, "n": n, "k": k, "us": ms * 1e3, "gbs": gbs}));
+        for path in [GemmPath::Cublas, GemmPath::Gemv] {
+            let ms = gpu_ms(c, false, 3, 20, || Ok(gemm.linear_with(&x, &w, &y, path)?))?;
+            let gbs = (n * k * 2) as f64 / (ms / 1e3) / 1e9;
+            let frac = copy_bw.map_or(f64::NAN, |bw| gbs * 1e9 / bw);
+            summary.push(format!(
+                "  b1 {path:?} {name} [{n}x{k}]: {:.1} us, {:.0} GB/s ({:.0}% of copy rate)",
+                ms * 1e3, gbs, frac * 100.0
+            ));
+            rows.push(json!({"name": name, "path": format!("{path:?}"), "n": n, "k": k, "us": ms * 1e3, "gbs": gbs}));
+        }
     }
     out["gemv_b1"] = json!(rows);
     Ok(())

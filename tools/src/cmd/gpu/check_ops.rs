@@ -2,7 +2,7 @@
 
 use rand::Rng;
 use strata_kernels::cuda::{
-    AttnSeq, AttnShape, CudaOps, DTensor, Gemm, SamplingParams,
+    AttnSeq, AttnShape, CudaOps, DTensor, Gemm, GemmPath, SamplingParams,
 };
 use strata_kernels::reference as r;
 
@@ -130,18 +130,29 @@ pub fn kv_write(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
 
 pub fn gemm(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Result<()> {
     let c = ops.context();
-    for (t, k, n, f32_out) in [(1, 4096, 1024, false), (33, 1000, 777, false), (128, 512, 1536, false), (7, 4096, 1000, true)] {
+    use GemmPath::{Cublas, Gemv};
+    for (t, k, n, f32_out, path) in [
+        (1, 4096, 1024, false, Cublas),
+        (33, 1000, 777, false, Cublas),
+        (128, 512, 1536, false, Cublas),
+        (7, 4096, 1000, true, Cublas),
+        (1, 4096, 1024, false, Gemv),
+        (5, 1000, 777, false, Gemv),
+        (8, 14336, 300, false, Gemv),
+        (3, 4096, 1000, true, Gemv),
+    ] {
         let x = ck.bf16_vec(t * k, 1.0);
         let w = ck.bf16_vec(n * k, 1.0 / (k as f32).sqrt());
         let gx = c.upload_bf16(&[t, k], &x)?;
         let gw = c.upload_bf16(&[n, k], &w)?;
         let dt = if f32_out { strata_kernels::cuda::DType::F32 } else { strata_kernels::cuda::DType::Bf16 };
         let y = poisoned(ops, c.alloc(dt, &[t, n])?)?;
-        gemm.linear(&gx, &gw, &y)?;
+        gemm.linear_with(&gx, &gw, &y, path)?;
         let want = r::linear(&x, &w, k);
         let bound = if f32_out { 1e-3 } else { BF16_TOL };
         let err = r::rel_err(&c.download_f32(&y)?, &want);
-        ck.rel("gemm", format!("T{t} in{k} out{n} {}", if f32_out { "f32" } else { "bf16" }), err, bound);
+        let ty = if f32_out { "f32" } else { "bf16" };
+        ck.rel("gemm", format!("{path:?} T{t} in{k} out{n} {ty}"), err, bound);
     }
     Ok(())
 }
