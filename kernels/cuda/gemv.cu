@@ -1,5 +1,5 @@
 // Skinny GEMM for decode: y[t, n] = sum_k x[t, k] * w[n, k] for up to GEMV_MAX_T rows of x.
-// Memory-bound on w: one warp streams one weight row with 16-byte loads (4 in flight per lane),
+// Memory-bound on w: one warp streams one weight row with 16-byte loads (8 in flight per lane),
 // x (a few KB, shared by every warp) is re-read through L1. f32 accumulation, warp-shuffle
 // reduction; y is bf16 (y_f32 == 0) or f32. k % 8 == 0 and 16-byte aligned rows (launcher checks).
 
@@ -24,12 +24,12 @@ extern "C" __global__ void __launch_bounds__(256) gemv_bf16(const bf16_t* x, con
 #pragma unroll
     for (int t = 0; t < GEMV_MAX_T; ++t) acc[t] = 0.f;
     int c = lane;
-    for (; c + 96 < k8; c += 128) {
-        uint4 wv[4];
+    for (; c + 224 < k8; c += 256) {
+        uint4 wv[8];
 #pragma unroll
-        for (int u = 0; u < 4; ++u) wv[u] = __ldg(wr + c + 32 * u);
+        for (int u = 0; u < 8; ++u) wv[u] = __ldg(wr + c + 32 * u);
 #pragma unroll
-        for (int u = 0; u < 4; ++u) {
+        for (int u = 0; u < 8; ++u) {
             float wf[8];
             unpack8(wv[u], wf);
 #pragma unroll

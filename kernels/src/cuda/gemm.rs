@@ -36,6 +36,8 @@ pub enum GemmPath {
 
 /// Most rows the GEMV kernel accepts (GEMV_MAX_T in gemv.cu).
 pub const GEMV_MAX_ROWS: usize = 8;
+/// Longest input row `GemmPath::Auto` sends to the GEMV kernel.
+pub const GEMV_MAX_IN: usize = 8192;
 
 /// True when libcublas can be loaded.
 pub fn cublas_present() -> bool {
@@ -63,11 +65,11 @@ impl Gemm {
             ctx,
             blas,
             gemv,
-            gemv_max_rows: GEMV_MAX_ROWS,
+            gemv_max_rows: 1,
         })
     }
 
-    /// Largest x row count sent to the GEMV kernel by `GemmPath::Auto` (default 8, at most 8;
+    /// Largest x row count sent to the GEMV kernel by `GemmPath::Auto` (default 1, at most 8;
     /// 0 sends everything to cuBLAS).
     pub fn with_gemv_max_rows(mut self, rows: usize) -> Self {
         self.gemv_max_rows = rows.min(GEMV_MAX_ROWS);
@@ -107,7 +109,9 @@ impl Gemm {
         })?;
         let gemv_ok = t <= GEMV_MAX_ROWS && k % 8 == 0 && x.ptr() % 16 == 0 && w.ptr() % 16 == 0;
         let use_gemv = match path {
-            GemmPath::Auto => gemv_ok && t <= self.gemv_max_rows,
+            // Measured on H100 (docs/perf-gpu.md): the kernel wins on single-row GEMMs up to
+            // in = 8192 and loses to cuBLAS on longer rows and on 8-row batches.
+            GemmPath::Auto => gemv_ok && t <= self.gemv_max_rows && k <= GEMV_MAX_IN,
             GemmPath::Cublas => false,
             GemmPath::Gemv => {
                 ensure(gemv_ok, || format!("GEMV needs <= {GEMV_MAX_ROWS} rows and in % 8 == 0"))?;
