@@ -1,5 +1,6 @@
 //! Paged attention launcher: plans tiles and splits on the host, then launches
-//! `paged_attention` (and `attention_combine` when the sequence is split).
+//! `paged_attention` (any batch) or `paged_attention_decode` (every sequence has one new token,
+//! GQA group <= 8), and `attention_combine` when the sequence is split.
 //!
 //! An `AttnPlan` is built once per batch shape from the host-side block tables (validated here:
 //! every page id inside the pool, enough pages for every sequence), uploads them with the tile
@@ -16,6 +17,10 @@ use super::tensor::{DTensor, DType};
 const ROWS: usize = 16;
 /// Keys per shared-memory tile; mirrors ATT_KT.
 const KEY_TILE: usize = 32;
+/// Largest GQA group the decode kernel handles; mirrors DEC_MAXG.
+const DECODE_MAX_GROUP: usize = 8;
+/// Keys one decode block covers at least (4 warps x 32 keys).
+const DECODE_MIN_SPLIT: usize = 128;
 
 /// One sequence of the batch.
 #[derive(Clone, Debug)]
@@ -55,9 +60,18 @@ pub struct AttnPlan {
     split_len: usize,
     part_acc: Option<DTensor>,
     part_ml: Option<DTensor>,
+    decode: bool,
 }
 
 impl AttnPlan {
+    /// True when the decode kernel will run.
+    pub fn uses_decode_kernel(&self) -> bool {
+        self.decode
+    }
+    /// Forces the general kernel (for checks); the decode kernel cannot be forced on.
+    pub fn force_general_kernel(&mut self) {
+        self.decode = false;
+    }
     /// Number of query rows (tokens) the plan covers.
     pub fn rows(&self) -> usize {
         self.total_rows
@@ -78,15 +92,25 @@ impl CudaOps {
         splits: Option<usize>,
     ) -> Result<AttnPlan> {
         let s = shape;
-        ensure(s.head_dim % 32 == 0 && s.head_dim <= 128 && s.head_dim > 0, || {
-            format!("head_dim {} must be a multiple of 32, at most 128", s.head_dim)
-        })?;
+        ensure(
+            s.head_dim % 32 == 0 && s.head_dim <= 128 && s.head_dim > 0,
+            || {
+                format!(
+                    "head_dim {} must be a multiple of 32, at most 128",
+                    s.head_dim
+                )
+            },
+        )?;
         ensure(s.n_kv_heads > 0 && s.n_heads % s.n_kv_heads == 0, || {
             "n_heads must be a multiple of n_kv_heads".into()
         })?;
         let group = s.n_heads / s.n_kv_heads;
-        ensure(ROWS % group == 0, || format!("GQA group {group} must divide {ROWS}"))?;
-        ensure(s.page_size > 0 && !seqs.is_empty(), || "empty batch or page size".into())?;
+        ensure(ROWS % group == 0, || {
+            format!("GQA group {group} must divide {ROWS}")
+        })?;
+        ensure(s.page_size > 0 && !seqs.is_empty(), || {
+            "empty batch or page size".into()
+        })?;
         let qt = ROWS / group;
         let max_pages = seqs.iter().map(|q| q.pages.len()).max().unwrap_or(1).max(1);
         let mut tiles = Vec::new();
@@ -98,10 +122,16 @@ impl CudaOps {
                 format!("seq {si}: q_len {} kv_len {}", q.q_len, q.kv_len)
             })?;
             ensure(q.pages.len() * s.page_size >= q.kv_len, || {
-                format!("seq {si}: {} pages hold fewer than {} keys", q.pages.len(), q.kv_len)
+                format!(
+                    "seq {si}: {} pages hold fewer than {} keys",
+                    q.pages.len(),
+                    q.kv_len
+                )
             })?;
             ensure(
-                q.pages.iter().all(|&p| p >= 0 && (p as usize) < s.pool_pages),
+                q.pages
+                    .iter()
+                    .all(|&p| p >= 0 && (p as usize) < s.pool_pages),
                 || format!("seq {si}: page id outside pool of {}", s.pool_pages),
             )?;
             tables[si * max_pages..si * max_pages + q.pages.len()].copy_from_slice(&q.pages);
@@ -109,13 +139,24 @@ impl CudaOps {
             let mut i = 0;
             while i < q.q_len {
                 let n = qt.min(q.q_len - i);
-                tiles.extend_from_slice(&[si as i32, (row + i) as i32, n as i32, (prefix + i) as i32]);
+                tiles.extend_from_slice(&[
+                    si as i32,
+                    (row + i) as i32,
+                    n as i32,
+                    (prefix + i) as i32,
+                ]);
                 i += n;
             }
             row += q.q_len;
             max_kv = max_kv.max(q.kv_len);
         }
         let n_tiles = tiles.len() / 4;
+        let decode = seqs.iter().all(|q| q.q_len == 1) && group <= DECODE_MAX_GROUP;
+        let min_split = if decode {
+            DECODE_MIN_SPLIT
+        } else {
+            2 * KEY_TILE
+        };
         let blocks = n_tiles * s.n_kv_heads;
         // Aim for ~4 resident blocks per SM; never split below two key tiles per split.
         let want = splits.unwrap_or_else(|| {
@@ -128,7 +169,7 @@ impl CudaOps {
         });
         let want = match splits {
             Some(_) => want.clamp(1, max_kv.div_ceil(KEY_TILE)),
-            None => want.clamp(1, max_kv.div_ceil(2 * KEY_TILE)),
+            None => want.clamp(1, max_kv.div_ceil(min_split)),
         };
         let split_len = max_kv.div_ceil(want).div_ceil(KEY_TILE) * KEY_TILE;
         let splits = max_kv.div_ceil(split_len);
@@ -152,6 +193,7 @@ impl CudaOps {
             split_len,
             part_acc,
             part_ml,
+            decode,
         })
     }
 
@@ -169,13 +211,20 @@ impl CudaOps {
         scale: f32,
     ) -> Result<()> {
         let s = plan.shape;
-        for (w, t) in [("q", q), ("k_pool", k_pool), ("v_pool", v_pool), ("out", out)] {
+        for (w, t) in [
+            ("q", q),
+            ("k_pool", k_pool),
+            ("v_pool", v_pool),
+            ("out", out),
+        ] {
             self.ctx.check_device(w, t)?;
         }
         ensure(q.shape().len() == 2, || "q must be [rows, width]".into())?;
         let w = q.shape()[1];
         q.expect("q", DType::Bf16, &[plan.total_rows, w])?;
-        ensure(q_col + s.n_heads * s.head_dim <= w, || "q heads past row end".into())?;
+        ensure(q_col + s.n_heads * s.head_dim <= w, || {
+            "q heads past row end".into()
+        })?;
         let kv_dim = s.n_kv_heads * s.head_dim;
         let slots = s.pool_pages * s.page_size;
         k_pool.expect("k_pool", DType::Bf16, &[slots, kv_dim])?;
@@ -208,12 +257,22 @@ impl CudaOps {
             Arg::U64(pm),
             Arg::I32(plan.total_rows as i32),
         ];
-        let dims = Dims {
-            grid: (plan.n_tiles as u32, s.n_kv_heads as u32, plan.splits as u32),
-            block: 128,
-            smem,
-        };
-        self.go(&self.attention, dims, &args)?;
+        let grid = (plan.n_tiles as u32, s.n_kv_heads as u32, plan.splits as u32);
+        if plan.decode {
+            let dims = Dims {
+                grid,
+                block: 128,
+                smem: 0,
+            };
+            self.go(&self.attention_decode, dims, &args)?;
+        } else {
+            let dims = Dims {
+                grid,
+                block: 128,
+                smem,
+            };
+            self.go(&self.attention, dims, &args)?;
+        }
         if plan.splits > 1 {
             let args = [
                 Arg::U64(pa),

@@ -10,9 +10,7 @@
 use std::ffi::c_void;
 use std::sync::Arc;
 
-use cudarc::cublas::sys::{
-    cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType,
-};
+use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType};
 use cudarc::cublas::CudaBlas;
 
 use cudarc::driver::CudaFunction;
@@ -114,7 +112,9 @@ impl Gemm {
             GemmPath::Auto => gemv_ok && t <= self.gemv_max_rows && k <= GEMV_MAX_IN,
             GemmPath::Cublas => false,
             GemmPath::Gemv => {
-                ensure(gemv_ok, || format!("GEMV needs <= {GEMV_MAX_ROWS} rows and in % 8 == 0"))?;
+                ensure(gemv_ok, || {
+                    format!("GEMV needs <= {GEMV_MAX_ROWS} rows and in % 8 == 0")
+                })?;
                 true
             }
         };

@@ -225,7 +225,11 @@ impl LlamaModel {
     ) -> Result<()> {
         let s = self.shape;
         super::error::ensure(ws.tokens == input.plan.rows(), || {
-            format!("workspace for {} rows, step has {}", ws.tokens, input.plan.rows())
+            format!(
+                "workspace for {} rows, step has {}",
+                ws.tokens,
+                input.plan.rows()
+            )
         })?;
         let scale = 1.0 / (s.head_dim as f32).sqrt();
         let q_w = s.n_heads * s.head_dim;
@@ -238,9 +242,34 @@ impl LlamaModel {
                 ops.rmsnorm(&ws.y, Some(&ws.resid), &l.in_norm, &ws.h, s.eps)?;
             }
             gemm.linear(&ws.h, &l.qkv, &ws.qkv)?;
-            ops.rope(&ws.qkv, 0, s.n_heads, q_w, s.n_kv_heads, s.head_dim, &input.pos, &self.inv_freq)?;
-            ops.kv_write(&ws.qkv, q_w, q_w + kv_w, &l.k_pool, &l.v_pool, &input.slots, &input.host_slots)?;
-            ops.paged_attention(&input.plan, &ws.qkv, 0, &l.k_pool, &l.v_pool, &ws.attn, scale)?;
+            ops.rope(
+                &ws.qkv,
+                0,
+                s.n_heads,
+                q_w,
+                s.n_kv_heads,
+                s.head_dim,
+                &input.pos,
+                &self.inv_freq,
+            )?;
+            ops.kv_write(
+                &ws.qkv,
+                q_w,
+                q_w + kv_w,
+                &l.k_pool,
+                &l.v_pool,
+                &input.slots,
+                &input.host_slots,
+            )?;
+            ops.paged_attention(
+                &input.plan,
+                &ws.qkv,
+                0,
+                &l.k_pool,
+                &l.v_pool,
+                &ws.attn,
+                scale,
+            )?;
             gemm.linear(&ws.attn, &l.o, &ws.y)?;
             ops.rmsnorm(&ws.y, Some(&ws.resid), &l.post_norm, &ws.h, s.eps)?;
             gemm.linear(&ws.h, &l.gate_up, &ws.gu)?;

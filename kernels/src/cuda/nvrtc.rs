@@ -58,7 +58,11 @@ impl Program {
         let body = match self {
             Program::Transfer => include_str!("../../cuda/transfer.cu"),
             Program::Elementwise => include_str!("../../cuda/elementwise.cu"),
-            Program::Attention => include_str!("../../cuda/attention.cu"),
+            Program::Attention => concat!(
+                include_str!("../../cuda/attention.cu"),
+                "\n",
+                include_str!("../../cuda/attention_decode.cu")
+            ),
             Program::Sampling => include_str!("../../cuda/sampling.cu"),
             Program::Gemv => include_str!("../../cuda/gemv.cu"),
         };
@@ -114,7 +118,8 @@ pub fn compile(program: Program, arch: &str) -> Result<Vec<u8>> {
     };
     let src = CString::new(program.source()).map_err(|e| err(e.to_string()))?;
     let name = CString::new(program.name()).map_err(|e| err(e.to_string()))?;
-    let prog = nvrtc_result::create_program(&src, Some(name.as_c_str())).map_err(|e| err(e.to_string()))?;
+    let prog = nvrtc_result::create_program(&src, Some(name.as_c_str()))
+        .map_err(|e| err(e.to_string()))?;
     let opts = options(arch);
     // SAFETY: `prog` is a live program until destroy_program below; the options outlive the call.
     let compiled = unsafe { nvrtc_result::compile_program(prog, &opts) };

@@ -26,6 +26,7 @@ pub struct CudaOps {
     fill: CudaFunction,
     pub(crate) attention: CudaFunction,
     pub(crate) combine: CudaFunction,
+    pub(crate) attention_decode: CudaFunction,
     pub(crate) sample: CudaFunction,
 }
 
@@ -53,6 +54,7 @@ impl CudaOps {
             fill: e("fill_uniform_bf16")?,
             attention: ctx.function(Program::Attention, "paged_attention")?,
             combine: ctx.function(Program::Attention, "attention_combine")?,
+            attention_decode: ctx.function(Program::Attention, "paged_attention_decode")?,
             sample: ctx.function(Program::Sampling, "sample_tokens")?,
             ctx,
         })
@@ -77,7 +79,9 @@ impl CudaOps {
     /// out[t] = table[ids[t]] (zero row for an out-of-range id). ids [T] i32, table [V, H], out [T, H].
     pub fn embedding(&self, ids: &DTensor, table: &DTensor, out: &DTensor) -> Result<()> {
         self.on_gpu(&[("ids", ids), ("table", table), ("out", out)])?;
-        ensure(table.shape().len() == 2, || "table must be [vocab, hidden]".into())?;
+        ensure(table.shape().len() == 2, || {
+            "table must be [vocab, hidden]".into()
+        })?;
         let (vocab, hidden) = (table.shape()[0], table.shape()[1]);
         let t = ids.numel();
         ids.expect("ids", DType::I32, &[t])?;
@@ -125,7 +129,11 @@ impl CudaOps {
             i(h),
             Arg::F32(eps),
         ];
-        self.go(&self.rmsnorm, Dims::rows(t, threads_for(h.min(1024))), &args)
+        self.go(
+            &self.rmsnorm,
+            Dims::rows(t, threads_for(h.min(1024))),
+            &args,
+        )
     }
 
     /// In-place RoPE on the q heads at column `q_col` and the k heads at column `k_col` of
@@ -143,12 +151,20 @@ impl CudaOps {
         inv_freq: &DTensor,
     ) -> Result<()> {
         self.on_gpu(&[("qkv", qkv), ("pos", pos), ("inv_freq", inv_freq)])?;
-        ensure(qkv.shape().len() == 2, || "qkv must be [tokens, width]".into())?;
+        ensure(qkv.shape().len() == 2, || {
+            "qkv must be [tokens, width]".into()
+        })?;
         let (t, w) = (qkv.shape()[0], qkv.shape()[1]);
         qkv.expect("qkv", DType::Bf16, &[t, w])?;
-        ensure(head_dim % 2 == 0 && head_dim > 0, || "head_dim must be even".into())?;
-        ensure(q_col + n_q_heads * head_dim <= w, || "q heads past row end".into())?;
-        ensure(k_col + n_k_heads * head_dim <= w, || "k heads past row end".into())?;
+        ensure(head_dim % 2 == 0 && head_dim > 0, || {
+            "head_dim must be even".into()
+        })?;
+        ensure(q_col + n_q_heads * head_dim <= w, || {
+            "q heads past row end".into()
+        })?;
+        ensure(k_col + n_k_heads * head_dim <= w, || {
+            "k heads past row end".into()
+        })?;
         pos.expect("pos", DType::I32, &[t])?;
         inv_freq.expect("inv_freq", DType::F32, &[head_dim / 2])?;
         let args = [
@@ -163,18 +179,28 @@ impl CudaOps {
             i(head_dim),
         ];
         let work = (n_q_heads + n_k_heads) * head_dim / 2;
-        self.go(&self.rope, Dims::rows(t, threads_for(work.min(1024))), &args)
+        self.go(
+            &self.rope,
+            Dims::rows(t, threads_for(work.min(1024))),
+            &args,
+        )
     }
 
     /// out [T, I] = silu(gu[:, :I]) * gu[:, I:] for gu [T, 2I].
     pub fn silu_mul(&self, gu: &DTensor, out: &DTensor) -> Result<()> {
         self.on_gpu(&[("gate_up", gu), ("out", out)])?;
-        ensure(out.shape().len() == 2, || "out must be [tokens, inter]".into())?;
+        ensure(out.shape().len() == 2, || {
+            "out must be [tokens, inter]".into()
+        })?;
         let (t, inter) = (out.shape()[0], out.shape()[1]);
         gu.expect("gate_up", DType::Bf16, &[t, 2 * inter])?;
         out.expect("out", DType::Bf16, &[t, inter])?;
         let args = [Arg::U64(gu.ptr()), Arg::U64(out.ptr()), i(inter)];
-        self.go(&self.silu_mul, Dims::rows(t, threads_for(inter.min(1024))), &args)
+        self.go(
+            &self.silu_mul,
+            Dims::rows(t, threads_for(inter.min(1024))),
+            &args,
+        )
     }
 
     /// Writes token t's K (columns k_col..k_col+kv_dim of src) and V (v_col..) into slot
@@ -190,7 +216,12 @@ impl CudaOps {
         slots: &DTensor,
         host_slots: &[i32],
     ) -> Result<()> {
-        self.on_gpu(&[("src", src), ("k_pool", k_pool), ("v_pool", v_pool), ("slots", slots)])?;
+        self.on_gpu(&[
+            ("src", src),
+            ("k_pool", k_pool),
+            ("v_pool", v_pool),
+            ("slots", slots),
+        ])?;
         ensure(src.shape().len() == 2 && k_pool.shape().len() == 2, || {
             "src [T, W] and pools [slots, kv_dim] expected".into()
         })?;
@@ -200,11 +231,16 @@ impl CudaOps {
         k_pool.expect("k_pool", DType::Bf16, &[n_slots, kv_dim])?;
         v_pool.expect("v_pool", DType::Bf16, &[n_slots, kv_dim])?;
         slots.expect("slots", DType::I32, &[t])?;
-        ensure(k_col + kv_dim <= w && v_col + kv_dim <= w, || "k/v past row end".into())?;
-        ensure(host_slots.len() == t, || "host_slots must mirror slots".into())?;
-        ensure(host_slots.iter().all(|&s| (s as i64) < n_slots as i64), || {
-            format!("slot out of range (pool has {n_slots})")
+        ensure(k_col + kv_dim <= w && v_col + kv_dim <= w, || {
+            "k/v past row end".into()
         })?;
+        ensure(host_slots.len() == t, || {
+            "host_slots must mirror slots".into()
+        })?;
+        ensure(
+            host_slots.iter().all(|&s| (s as i64) < n_slots as i64),
+            || format!("slot out of range (pool has {n_slots})"),
+        )?;
         let args = [
             Arg::U64(src.ptr_at(k_col)?),
             i(w),
@@ -215,15 +251,26 @@ impl CudaOps {
             Arg::U64(slots.ptr()),
             i(kv_dim),
         ];
-        self.go(&self.kv_write, Dims::rows(t, threads_for(kv_dim.min(1024))), &args)
+        self.go(
+            &self.kv_write,
+            Dims::rows(t, threads_for(kv_dim.min(1024))),
+            &args,
+        )
     }
 
     /// Fills a bf16 tensor with uniform(-scale, scale) values derived from `seed`.
     pub fn fill_uniform(&self, t: &DTensor, seed: u64, scale: f32) -> Result<()> {
         self.on_gpu(&[("t", t)])?;
         t.expect_at_least("t", DType::Bf16, 0)?;
-        let blocks = (t.numel().div_ceil(256)).min(self.ctx.sm_count() * 16).max(1);
-        let args = [Arg::U64(t.ptr()), u(t.numel()), Arg::U64(seed), Arg::F32(scale)];
+        let blocks = (t.numel().div_ceil(256))
+            .min(self.ctx.sm_count() * 16)
+            .max(1);
+        let args = [
+            Arg::U64(t.ptr()),
+            u(t.numel()),
+            Arg::U64(seed),
+            Arg::F32(scale),
+        ];
         self.go(&self.fill, Dims::rows(blocks, 256), &args)
     }
 }

@@ -55,7 +55,9 @@ impl CudaOps {
     ) -> Result<DTensor> {
         self.ctx.check_device("logits", logits)?;
         self.ctx.check_device("probs", probs)?;
-        ensure(logits.shape().len() == 2, || "logits must be [batch, vocab]".into())?;
+        ensure(logits.shape().len() == 2, || {
+            "logits must be [batch, vocab]".into()
+        })?;
         let (b, v) = (logits.shape()[0], logits.shape()[1]);
         logits.expect("logits", DType::F32, &[b, v])?;
         probs.expect("probs", DType::F32, &[b, v])?;
@@ -66,7 +68,9 @@ impl CudaOps {
             "uniform draws must lie in [0, 1)".into()
         })?;
         ensure(
-            params.iter().all(|p| p.top_p > 0.0 && p.min_p >= 0.0 && p.min_p <= 1.0),
+            params
+                .iter()
+                .all(|p| p.top_p > 0.0 && p.min_p >= 0.0 && p.min_p <= 1.0),
             || "top_p must be > 0 and min_p in [0, 1]".into(),
         )?;
         let temp: Vec<f32> = params.iter().map(|p| p.temperature).collect();

@@ -52,11 +52,26 @@ fn nvrtc_programs_compile_where_nvrtc_exists() {
 #[test]
 fn cache_key_depends_on_every_input() {
     let a = nvrtc::cache_key(Program::Attention, "sm_90", (13, 0), 13000);
-    assert_eq!(a, nvrtc::cache_key(Program::Attention, "sm_90", (13, 0), 13000));
-    assert_ne!(a, nvrtc::cache_key(Program::Attention, "sm_80", (13, 0), 13000));
-    assert_ne!(a, nvrtc::cache_key(Program::Attention, "sm_90", (13, 1), 13000));
-    assert_ne!(a, nvrtc::cache_key(Program::Attention, "sm_90", (13, 0), 13010));
-    assert_ne!(a, nvrtc::cache_key(Program::Sampling, "sm_90", (13, 0), 13000));
+    assert_eq!(
+        a,
+        nvrtc::cache_key(Program::Attention, "sm_90", (13, 0), 13000)
+    );
+    assert_ne!(
+        a,
+        nvrtc::cache_key(Program::Attention, "sm_80", (13, 0), 13000)
+    );
+    assert_ne!(
+        a,
+        nvrtc::cache_key(Program::Attention, "sm_90", (13, 1), 13000)
+    );
+    assert_ne!(
+        a,
+        nvrtc::cache_key(Program::Attention, "sm_90", (13, 0), 13010)
+    );
+    assert_ne!(
+        a,
+        nvrtc::cache_key(Program::Sampling, "sm_90", (13, 0), 13000)
+    );
 }
 
 #[test]

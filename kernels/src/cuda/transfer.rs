@@ -84,9 +84,15 @@ pub struct PageMover {
 impl PageMover {
     /// Loads the transfer kernel for `layout` (chunk_bytes must be a multiple of 16).
     pub fn new(ctx: Arc<GpuContext>, layout: PageLayout) -> Result<Self> {
-        ensure(layout.chunk_bytes % 16 == 0 && layout.chunk_bytes > 0, || {
-            format!("chunk_bytes {} must be a positive multiple of 16", layout.chunk_bytes)
-        })?;
+        ensure(
+            layout.chunk_bytes % 16 == 0 && layout.chunk_bytes > 0,
+            || {
+                format!(
+                    "chunk_bytes {} must be a positive multiple of 16",
+                    layout.chunk_bytes
+                )
+            },
+        )?;
         let copy = ctx.function(Program::Transfer, "kv_page_copy")?;
         Ok(Self { ctx, layout, copy })
     }
@@ -97,16 +103,26 @@ impl PageMover {
     }
 
     /// Validates and uploads page pairs for a host pool of `host_pages` pages.
-    pub fn pairs(&self, pool_pages: &[i32], host_pages: &[i32], host: &PinnedBuf) -> Result<PagePairs> {
-        ensure(pool_pages.len() == host_pages.len(), || "pair lists differ in length".into())?;
+    pub fn pairs(
+        &self,
+        pool_pages: &[i32],
+        host_pages: &[i32],
+        host: &PinnedBuf,
+    ) -> Result<PagePairs> {
+        ensure(pool_pages.len() == host_pages.len(), || {
+            "pair lists differ in length".into()
+        })?;
         let cap = host.len() / self.layout.host_page_bytes();
         ensure(
-            pool_pages.iter().all(|&p| p >= 0 && (p as usize) < self.layout.pool_pages),
+            pool_pages
+                .iter()
+                .all(|&p| p >= 0 && (p as usize) < self.layout.pool_pages),
             || format!("GPU page outside pool of {}", self.layout.pool_pages),
         )?;
-        ensure(host_pages.iter().all(|&p| p >= 0 && (p as usize) < cap), || {
-            format!("host page outside host pool of {cap}")
-        })?;
+        ensure(
+            host_pages.iter().all(|&p| p >= 0 && (p as usize) < cap),
+            || format!("host page outside host pool of {cap}"),
+        )?;
         let n = pool_pages.len();
         Ok(PagePairs {
             pool: self.ctx.upload_i32(&[n], pool_pages)?,
@@ -119,11 +135,16 @@ impl PageMover {
         self.ctx.check_device("pool", pool)?;
         pool.expect_at_least("pool", pool.dtype(), 0)?;
         ensure(pool.bytes() == self.layout.pool_bytes(), || {
-            format!("pool has {} bytes, layout says {}", pool.bytes(), self.layout.pool_bytes())
+            format!(
+                "pool has {} bytes, layout says {}",
+                pool.bytes(),
+                self.layout.pool_bytes()
+            )
         })?;
-        ensure(pool.dtype() == DType::U8 || pool.dtype() == DType::Bf16, || {
-            "pool must be bytes or bf16".into()
-        })
+        ensure(
+            pool.dtype() == DType::U8 || pool.dtype() == DType::Bf16,
+            || "pool must be bytes or bf16".into(),
+        )
     }
 
     fn launch_copy(

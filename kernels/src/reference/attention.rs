@@ -38,13 +38,15 @@ pub fn paged_attention(
             for h in 0..n_heads {
                 let g = h / group;
                 let qv = &q[(row + i) * qw + h * hd..][..hd];
-                let slot = |key: usize| {
-                    s.pages[key / page_size] as usize * page_size + key % page_size
-                };
+                let slot =
+                    |key: usize| s.pages[key / page_size] as usize * page_size + key % page_size;
                 let scores: Vec<f64> = (0..limit)
                     .map(|key| {
                         let kv = &k_pool[slot(key) * kvw + g * hd..][..hd];
-                        qv.iter().zip(kv).map(|(&a, &b)| a as f64 * b as f64).sum::<f64>()
+                        qv.iter()
+                            .zip(kv)
+                            .map(|(&a, &b)| a as f64 * b as f64)
+                            .sum::<f64>()
                             * scale as f64
                     })
                     .collect();

@@ -3,7 +3,9 @@
 
 /// Rounds every value to the nearest bf16 (ties to even), as the GPU stores them.
 pub fn round_bf16(v: &[f32]) -> Vec<f32> {
-    v.iter().map(|&x| half::bf16::from_f32(x).to_f32()).collect()
+    v.iter()
+        .map(|&x| half::bf16::from_f32(x).to_f32())
+        .collect()
 }
 
 /// ||a - b|| / ||b|| (0 when both are zero); NaN anywhere gives infinity.

@@ -14,12 +14,22 @@ fn probs(logits: &[f32], temperature: f32) -> Vec<f64> {
 }
 
 /// Indices kept by top-k / top-p / min-p at `temperature` (all of them with no filter).
-pub fn kept_set(logits: &[f32], temperature: f32, top_k: i32, top_p: f32, min_p: f32) -> Vec<usize> {
+pub fn kept_set(
+    logits: &[f32],
+    temperature: f32,
+    top_k: i32,
+    top_p: f32,
+    min_p: f32,
+) -> Vec<usize> {
     let p = probs(logits, temperature);
     let mut sorted = p.clone();
     sorted.sort_by(|a, b| b.partial_cmp(a).unwrap_or(std::cmp::Ordering::Equal));
     let pmax = sorted[0];
-    let mut tau = if min_p > 0.0 { min_p as f64 * pmax } else { 0.0 };
+    let mut tau = if min_p > 0.0 {
+        min_p as f64 * pmax
+    } else {
+        0.0
+    };
     if top_k > 0 && (top_k as usize) < p.len() {
         tau = tau.max(sorted[top_k as usize - 1]);
     }
@@ -38,7 +48,14 @@ pub fn kept_set(logits: &[f32], temperature: f32, top_k: i32, top_p: f32, min_p:
 
 /// One token from logits with the given parameters; temperature <= 0 is greedy (lowest index
 /// among equal maxima).
-pub fn sample(logits: &[f32], temperature: f32, top_k: i32, top_p: f32, min_p: f32, u: f32) -> usize {
+pub fn sample(
+    logits: &[f32],
+    temperature: f32,
+    top_k: i32,
+    top_p: f32,
+    min_p: f32,
+    u: f32,
+) -> usize {
     if temperature <= 0.0 {
         let mut best = 0;
         for (i, &l) in logits.iter().enumerate() {

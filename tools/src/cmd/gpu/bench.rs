@@ -21,7 +21,11 @@ pub struct Args {
     #[command(flatten)]
     pub common: Common,
     /// Which parts to run.
-    #[arg(long, value_delimiter = ',', default_value = "transfer,copy,gemm,decode,prefill")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "transfer,copy,gemm,decode,prefill"
+    )]
     pub only: Vec<String>,
     /// Decode batch sizes.
     #[arg(long, value_delimiter = ',', default_value = "1,8,32,64")]
@@ -48,7 +52,11 @@ pub fn gpu_ms(
     reps: usize,
     mut f: impl FnMut() -> anyhow::Result<()>,
 ) -> anyhow::Result<f64> {
-    let stream = if on_copy { ctx.copy_stream() } else { ctx.stream() };
+    let stream = if on_copy {
+        ctx.copy_stream()
+    } else {
+        ctx.stream()
+    };
     for _ in 0..warm {
         f()?;
     }
@@ -74,7 +82,13 @@ pub fn median(mut v: Vec<f64>) -> f64 {
 
 pub fn run(args: Args) -> anyhow::Result<()> {
     let ctx = GpuContext::new(args.common.base_gpu_id).context("opening the GPU")?;
-    println!("gpu bench on {} ({}, {} SMs, driver {})", ctx.name(), ctx.arch(), ctx.sm_count(), ctx.driver());
+    println!(
+        "gpu bench on {} ({}, {} SMs, driver {})",
+        ctx.name(),
+        ctx.arch(),
+        ctx.sm_count(),
+        ctx.driver()
+    );
     let ops = CudaOps::new(ctx.clone())?;
     let gemm = Gemm::new(ctx.clone())?;
     let mut doc = json!({"device": ctx.name(), "arch": ctx.arch()});
@@ -119,7 +133,8 @@ fn copy_bandwidth(ctx: &Arc<GpuContext>) -> anyhow::Result<f64> {
     ctx.memset(&a, 0x5A)?;
     let ms = gpu_ms(ctx, false, 2, 10, || {
         // SAFETY: both buffers hold `bytes` bytes; ordered on the compute stream.
-        unsafe { sys::cuMemcpyDtoDAsync_v2(b.ptr(), a.ptr(), bytes, ctx.stream().cu_stream()) }.result()?;
+        unsafe { sys::cuMemcpyDtoDAsync_v2(b.ptr(), a.ptr(), bytes, ctx.stream().cu_stream()) }
+            .result()?;
         Ok(())
     })?;
     Ok(2.0 * bytes as f64 / (ms / 1e3))
@@ -145,7 +160,11 @@ fn transfer(ctx: &Arc<GpuContext>, summary: &mut Vec<String>) -> anyhow::Result<
         let chunk = page_tokens * 8 * 128 * 2;
         let layers = 32;
         let n = (1usize << 30) / (layers * 2 * chunk);
-        let layout = PageLayout { layers, pool_pages: 2 * n, chunk_bytes: chunk };
+        let layout = PageLayout {
+            layers,
+            pool_pages: 2 * n,
+            chunk_bytes: chunk,
+        };
         let mover = PageMover::new(ctx.clone(), layout)?;
         let bytes = n * layout.host_page_bytes();
         let mut host = PinnedBuf::new(ctx, bytes)?;
@@ -162,12 +181,18 @@ fn transfer(ctx: &Arc<GpuContext>, summary: &mut Vec<String>) -> anyhow::Result<
         let cs = ctx.copy_stream().cu_stream();
         let h2d = gpu_ms(ctx, true, 2, 7, || {
             // SAFETY: `contig` and `host` both hold `bytes` bytes; pinned source.
-            unsafe { sys::cuMemcpyHtoDAsync_v2(contig.ptr(), host.host_ptr() as *const c_void, bytes, cs) }.result()?;
+            unsafe {
+                sys::cuMemcpyHtoDAsync_v2(contig.ptr(), host.host_ptr() as *const c_void, bytes, cs)
+            }
+            .result()?;
             Ok(())
         })?;
         let d2h = gpu_ms(ctx, true, 2, 7, || {
             // SAFETY: as above, reversed.
-            unsafe { sys::cuMemcpyDtoHAsync_v2(host.host_ptr() as *mut c_void, contig.ptr(), bytes, cs) }.result()?;
+            unsafe {
+                sys::cuMemcpyDtoHAsync_v2(host.host_ptr() as *mut c_void, contig.ptr(), bytes, cs)
+            }
+            .result()?;
             Ok(())
         })?;
         let load = gpu_ms(ctx, true, 2, 7, || {

@@ -37,7 +37,11 @@ fn step_input(
             slots.push(pages[p / PAGE] * PAGE as i32 + (p % PAGE) as i32);
         }
         last.push((ids.len() - 1) as i32);
-        aseqs.push(AttnSeq { q_len: q, kv_len: kv, pages });
+        aseqs.push(AttnSeq {
+            q_len: q,
+            kv_len: kv,
+            pages,
+        });
     }
     let t = ids.len();
     Ok(StepInput {
@@ -68,9 +72,14 @@ pub fn run(
     let t0 = Instant::now();
     let model = LlamaModel::random(ops, shape, PAGE, pages, 42)?;
     ops.context().synchronize()?;
-    println!("model: {} layers, random weights + {pages}-page KV pool in {:.1}s", shape.layers, t0.elapsed().as_secs_f64());
+    println!(
+        "model: {} layers, random weights + {pages}-page KV pool in {:.1}s",
+        shape.layers,
+        t0.elapsed().as_secs_f64()
+    );
     let wbytes = shape.decode_weight_bytes() as f64;
-    let mut out = json!({"layers": shape.layers, "weight_bytes": wbytes, "decode_ctx": args.decode_ctx});
+    let mut out =
+        json!({"layers": shape.layers, "weight_bytes": wbytes, "decode_ctx": args.decode_ctx});
     let want = |s: &str| args.only.iter().any(|o| o == s);
     if want("decode") {
         let floor_ms = copy_bw.map(|bw| wbytes / bw * 1e3);
@@ -95,7 +104,9 @@ pub fn run(
                 wall.push(t.elapsed().as_secs_f64() * 1e3);
             }
             let wall = median(wall);
-            let fwd = gpu_ms(ops.context(), false, 1, 7, || Ok(model.forward(ops, gemm, &ws, &input)?))?;
+            let fwd = gpu_ms(ops.context(), false, 1, 7, || {
+                Ok(model.forward(ops, gemm, &ws, &input)?)
+            })?;
             // The same step replayed from a CUDA graph (forward only; sampling stays eager).
             let graphed = match model.capture(ops, gemm, &ws, &input) {
                 Ok(g) => {
@@ -116,7 +127,9 @@ pub fn run(
                 }
             };
             let attn_layer_us = attention_alone(ops, &model, b, args.decode_ctx)?;
-            let kv_bytes = (b * args.decode_ctx * shape.layers * 2 * shape.n_kv_heads * shape.head_dim * 2) as f64;
+            let kv_bytes =
+                (b * args.decode_ctx * shape.layers * 2 * shape.n_kv_heads * shape.head_dim * 2)
+                    as f64;
             let kv_floor = copy_bw.map(|bw| (wbytes + kv_bytes) / bw * 1e3);
             let best = graphed.map_or(wall, |g| g.min(wall));
             let ratio = floor_ms.map(|f| best / f);
@@ -139,10 +152,15 @@ pub fn run(
         for &t in &args.prefill_lens {
             let input = step_input(ops, &model, &[(t, t)])?;
             let ws = model.workspace(ops, t, 1)?;
-            let ms = gpu_ms(ops.context(), false, 1, 3, || Ok(model.forward(ops, gemm, &ws, &input)?))?;
+            let ms = gpu_ms(ops.context(), false, 1, 3, || {
+                Ok(model.forward(ops, gemm, &ws, &input)?)
+            })?;
             let mat = 2.0 * t as f64 * (shape.layers * shape.layer_matrix_params()) as f64
                 + 2.0 * (shape.vocab * shape.hidden) as f64;
-            let attn = shape.layers as f64 * 4.0 * (shape.n_heads * shape.head_dim) as f64 * (t * (t + 1) / 2) as f64;
+            let attn = shape.layers as f64
+                * 4.0
+                * (shape.n_heads * shape.head_dim) as f64
+                * (t * (t + 1) / 2) as f64;
             let floor = gemm_rate.map(|r| mat / r * 1e3);
             let tps = t as f64 / ms * 1e3;
             summary.push(format!(
@@ -150,8 +168,10 @@ pub fn run(
                 ms, tps, floor.unwrap_or(f64::NAN), floor.map_or(f64::NAN, |f| t as f64 / f * 1e3),
                 floor.map_or(f64::NAN, |f| f / ms * 100.0), attn / 1e12, (mat + attn) / 1e12
             ));
-            rows.push(json!({"tokens": t, "ms": ms, "tokens_per_s": tps, "gemm_floor_ms": floor,
-                "matrix_flops": mat, "attention_flops": attn}));
+            rows.push(
+                json!({"tokens": t, "ms": ms, "tokens_per_s": tps, "gemm_floor_ms": floor,
+                "matrix_flops": mat, "attention_flops": attn}),
+            );
         }
         out["prefill"] = json!(rows);
     }
@@ -159,13 +179,22 @@ pub fn run(
 }
 
 /// One layer's decode attention alone (fresh random pools of the same size), microseconds.
-fn attention_alone(ops: &CudaOps, model: &LlamaModel, b: usize, ctx_len: usize) -> anyhow::Result<f64> {
+fn attention_alone(
+    ops: &CudaOps,
+    model: &LlamaModel,
+    b: usize,
+    ctx_len: usize,
+) -> anyhow::Result<f64> {
     let c = ops.context();
     let s = model.shape;
     let shape = model.attn_shape();
     let n = ctx_len.div_ceil(PAGE);
     let seqs: Vec<AttnSeq> = (0..b)
-        .map(|i| AttnSeq { q_len: 1, kv_len: ctx_len, pages: ((i * n) as i32..((i + 1) * n) as i32).collect() })
+        .map(|i| AttnSeq {
+            q_len: 1,
+            kv_len: ctx_len,
+            pages: ((i * n) as i32..((i + 1) * n) as i32).collect(),
+        })
         .collect();
     let plan = ops.attention_plan(shape, &seqs, None)?;
     let kvw = s.n_kv_heads * s.head_dim;
@@ -178,7 +207,9 @@ fn attention_alone(ops: &CudaOps, model: &LlamaModel, b: usize, ctx_len: usize) 
         ops.fill_uniform(t, 100 + i as u64, 1.0)?;
     }
     let scale = 1.0 / (s.head_dim as f32).sqrt();
-    let ms = gpu_ms(c, false, 2, 10, || Ok(ops.paged_attention(&plan, &q, 0, &k, &v, &o, scale)?))?;
+    let ms = gpu_ms(c, false, 2, 10, || {
+        Ok(ops.paged_attention(&plan, &q, 0, &k, &v, &o, scale)?)
+    })?;
     Ok(ms * 1e3)
 }
 
@@ -213,7 +244,9 @@ fn gemv_breakdown(
             let frac = copy_bw.map_or(f64::NAN, |bw| gbs * 1e9 / bw);
             summary.push(format!(
                 "  b1 {path:?} {name} [{n}x{k}]: {:.1} us, {:.0} GB/s ({:.0}% of copy rate)",
-                ms * 1e3, gbs, frac * 100.0
+                ms * 1e3,
+                gbs,
+                frac * 100.0
             ));
             rows.push(json!({"name": name, "path": format!("{path:?}"), "n": n, "k": k, "us": ms * 1e3, "gbs": gbs}));
         }

@@ -25,6 +25,9 @@ pub struct Args {
     json: Option<std::path::PathBuf>,
 }
 
+/// A named group of comparisons.
+type Step<'a> = (&'static str, &'a dyn Fn(&mut Checker) -> anyhow::Result<()>);
+
 /// One comparison.
 pub struct Outcome {
     pub op: String,
@@ -63,7 +66,9 @@ impl Checker {
     }
     /// Uniform values in [-scale, scale], rounded to bf16.
     pub fn bf16_vec(&mut self, n: usize, scale: f32) -> Vec<f32> {
-        let v: Vec<f32> = (0..n).map(|_| self.rng.random_range(-scale..scale)).collect();
+        let v: Vec<f32> = (0..n)
+            .map(|_| self.rng.random_range(-scale..scale))
+            .collect();
         strata_kernels::reference::round_bf16(&v)
     }
 }
@@ -77,7 +82,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     });
     println!("gpu check: seed {seed}");
     let ctx = GpuContext::new(args.common.base_gpu_id).context("opening the GPU")?;
-    println!("device: {} ({}, {} SMs, driver {})", ctx.name(), ctx.arch(), ctx.sm_count(), ctx.driver());
+    println!(
+        "device: {} ({}, {} SMs, driver {})",
+        ctx.name(),
+        ctx.arch(),
+        ctx.sm_count(),
+        ctx.driver()
+    );
     let mut ck = Checker {
         rng: StdRng::seed_from_u64(seed),
         out: Vec::new(),
@@ -86,7 +97,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let ops = CudaOps::new(ctx.clone()).context("compiling kernels")?;
     println!("kernels ready in {:.2}s", t0.elapsed().as_secs_f64());
     let gemm = Gemm::new(ctx.clone()).context("cuBLAS")?;
-    let steps: [(&str, &dyn Fn(&mut Checker) -> anyhow::Result<()>); 9] = [
+    let steps: [Step; 9] = [
         ("transfer", &|c| check_transfer(&ctx, c)),
         ("embedding", &|c| check_ops::embedding(&ops, c)),
         ("rmsnorm", &|c| check_ops::rmsnorm(&ops, c)),
@@ -108,7 +119,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             });
         }
     }
-    println!("{:<12} {:<48} {:>11} {:>9} result", "op", "shape", "metric", "bound");
+    println!(
+        "{:<12} {:<48} {:>11} {:>9} result",
+        "op", "shape", "metric", "bound"
+    );
     for o in &ck.out {
         println!(
             "{:<12} {:<48} {:>11.3e} {:>9.1e} {}",
@@ -129,7 +143,10 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         let doc = serde_json::json!({"device": ctx.name(), "seed": seed, "checks": rows});
         std::fs::write(&p, serde_json::to_string_pretty(&doc)?)?;
     }
-    println!("gpu check: {} comparisons, {failed} failed (seed {seed})", ck.out.len());
+    println!(
+        "gpu check: {} comparisons, {failed} failed (seed {seed})",
+        ck.out.len()
+    );
     if failed > 0 {
         bail!("{failed} GPU check(s) failed");
     }
@@ -140,7 +157,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
 /// byte-exact against the expected layouts, with untouched bytes left untouched.
 fn check_transfer(ctx: &Arc<GpuContext>, ck: &mut Checker) -> anyhow::Result<()> {
     for (layers, pool_pages, chunk, n) in [(3, 37, 4112, 11), (2, 64, 65536, 64), (5, 9, 16, 9)] {
-        let layout = PageLayout { layers, pool_pages, chunk_bytes: chunk };
+        let layout = PageLayout {
+            layers,
+            pool_pages,
+            chunk_bytes: chunk,
+        };
         let mover = PageMover::new(ctx.clone(), layout)?;
         let host_cap = n + 3;
         let hp_bytes = layout.host_page_bytes();

@@ -1,9 +1,7 @@
 //! The per-op comparisons of `strata gpu check` (see check.rs for the rules).
 
 use rand::Rng;
-use strata_kernels::cuda::{
-    AttnSeq, AttnShape, CudaOps, DTensor, Gemm, GemmPath, SamplingParams,
-};
+use strata_kernels::cuda::{AttnSeq, AttnShape, CudaOps, DTensor, Gemm, GemmPath, SamplingParams};
 use strata_kernels::reference as r;
 
 use super::check::{shuffle, Checker};
@@ -16,14 +14,20 @@ fn poisoned(ops: &CudaOps, t: DTensor) -> anyhow::Result<DTensor> {
 }
 
 fn bf16_out(ops: &CudaOps, shape: &[usize]) -> anyhow::Result<DTensor> {
-    poisoned(ops, ops.context().alloc(strata_kernels::cuda::DType::Bf16, shape)?)
+    poisoned(
+        ops,
+        ops.context()
+            .alloc(strata_kernels::cuda::DType::Bf16, shape)?,
+    )
 }
 
 pub fn embedding(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
     let c = ops.context();
     for (vocab, hidden, t) in [(1000, 64, 1), (517, 4096, 7), (1000, 1000, 33)] {
         let table = ck.bf16_vec(vocab * hidden, 1.0);
-        let mut ids: Vec<i32> = (0..t).map(|_| ck.rng.random_range(0..vocab as i32)).collect();
+        let mut ids: Vec<i32> = (0..t)
+            .map(|_| ck.rng.random_range(0..vocab as i32))
+            .collect();
         if t > 2 {
             ids[1] = vocab as i32 + 5; // out of range -> zero row
         }
@@ -33,7 +37,11 @@ pub fn embedding(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
         ops.embedding(&gi, &gt, &out)?;
         let got = c.download_f32(&out)?;
         let want = r::embedding(&ids, &table, hidden);
-        let bad = got.iter().zip(&want).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+        let bad = got
+            .iter()
+            .zip(&want)
+            .filter(|(a, b)| a.to_bits() != b.to_bits())
+            .count();
         ck.exact("embedding", format!("V{vocab} H{hidden} T{t}"), bad);
     }
     Ok(())
@@ -41,7 +49,12 @@ pub fn embedding(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
 
 pub fn rmsnorm(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
     let c = ops.context();
-    for (t, h, with_res) in [(1, 128, false), (5, 4096, true), (17, 1000, true), (3, 8192, false)] {
+    for (t, h, with_res) in [
+        (1, 128, false),
+        (5, 4096, true),
+        (17, 1000, true),
+        (3, 8192, false),
+    ] {
         let x = ck.bf16_vec(t * h, 2.0);
         let w = ck.bf16_vec(h, 1.5);
         let res = ck.bf16_vec(t * h, 2.0);
@@ -53,7 +66,12 @@ pub fn rmsnorm(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
         let mut res_ref = res.clone();
         let want = r::rmsnorm(&x, with_res.then_some(&mut res_ref[..]), &w, 1e-5);
         let shape = format!("T{t} H{h} residual={with_res}");
-        ck.rel("rmsnorm", shape.clone(), r::rel_err(&c.download_f32(&out)?, &want), BF16_TOL);
+        ck.rel(
+            "rmsnorm",
+            shape.clone(),
+            r::rel_err(&c.download_f32(&out)?, &want),
+            BF16_TOL,
+        );
         if with_res {
             let got_res = c.download_f32(&gr)?;
             ck.rel("rmsnorm.res", shape, r::rel_err(&got_res, &res_ref), 1e-6);
@@ -77,7 +95,12 @@ pub fn rope(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
         r::rope(&mut want, width, 0, nh, hd, &pos, &inv);
         r::rope(&mut want, width, nh * hd, nkv, hd, &pos, &inv);
         let err = r::rel_err(&c.download_f32(&g)?, &want);
-        ck.rel("rope", format!("T{t} heads{nh}/{nkv} hd{hd} llama3"), err, BF16_TOL);
+        ck.rel(
+            "rope",
+            format!("T{t} heads{nh}/{nkv} hd{hd} llama3"),
+            err,
+            BF16_TOL,
+        );
     }
     Ok(())
 }
@@ -121,7 +144,12 @@ pub fn kv_write(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
             wk[s * kv_dim..][..kv_dim].copy_from_slice(&src[ti * width + k_col..][..kv_dim]);
             wv[s * kv_dim..][..kv_dim].copy_from_slice(&src[ti * width + v_col..][..kv_dim]);
         }
-        let bad = |g: Vec<f32>, w: &[f32]| g.iter().zip(w).filter(|(a, b)| a.to_bits() != b.to_bits()).count();
+        let bad = |g: Vec<f32>, w: &[f32]| {
+            g.iter()
+                .zip(w)
+                .filter(|(a, b)| a.to_bits() != b.to_bits())
+                .count()
+        };
         let n = bad(c.download_f32(&kp)?, &wk) + bad(c.download_f32(&vp)?, &wv);
         ck.exact("kv_write", format!("T{t} kv_dim{kv_dim} slots{slots}"), n);
     }
@@ -145,14 +173,23 @@ pub fn gemm(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Result<()> 
         let w = ck.bf16_vec(n * k, 1.0 / (k as f32).sqrt());
         let gx = c.upload_bf16(&[t, k], &x)?;
         let gw = c.upload_bf16(&[n, k], &w)?;
-        let dt = if f32_out { strata_kernels::cuda::DType::F32 } else { strata_kernels::cuda::DType::Bf16 };
+        let dt = if f32_out {
+            strata_kernels::cuda::DType::F32
+        } else {
+            strata_kernels::cuda::DType::Bf16
+        };
         let y = poisoned(ops, c.alloc(dt, &[t, n])?)?;
         gemm.linear_with(&gx, &gw, &y, path)?;
         let want = r::linear(&x, &w, k);
         let bound = if f32_out { 1e-3 } else { BF16_TOL };
         let err = r::rel_err(&c.download_f32(&y)?, &want);
         let ty = if f32_out { "f32" } else { "bf16" };
-        ck.rel("gemm", format!("{path:?} T{t} in{k} out{n} {ty}"), err, bound);
+        ck.rel(
+            "gemm",
+            format!("{path:?} T{t} in{k} out{n} {ty}"),
+            err,
+            bound,
+        );
     }
     Ok(())
 }
@@ -160,13 +197,55 @@ pub fn gemm(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Result<()> 
 pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
     let c = ops.context();
     // (name, heads, kv heads, head_dim, page, [(q_len, kv_len)], forced splits)
-    type Case = (&'static str, usize, usize, usize, usize, Vec<(usize, usize)>, Option<usize>);
+    type Case = (
+        &'static str,
+        usize,
+        usize,
+        usize,
+        usize,
+        Vec<(usize, usize)>,
+        Option<usize>,
+    );
     let cases: Vec<Case> = vec![
         ("prefill", 8, 2, 64, 16, vec![(37, 37)], None),
-        ("prefill+prefix", 32, 8, 128, 16, vec![(20, 100), (5, 5), (1, 300)], None),
-        ("decode", 32, 8, 128, 16, vec![(1, 1), (1, 300), (1, 1000)], None),
-        ("decode nosplit", 32, 8, 128, 16, vec![(1, 1000), (1, 33)], Some(1)),
+        (
+            "prefill+prefix",
+            32,
+            8,
+            128,
+            16,
+            vec![(20, 100), (5, 5), (1, 300)],
+            None,
+        ),
+        (
+            "decode",
+            32,
+            8,
+            128,
+            16,
+            vec![(1, 1), (1, 300), (1, 1000)],
+            None,
+        ),
+        (
+            "decode nosplit",
+            32,
+            8,
+            128,
+            16,
+            vec![(1, 1000), (1, 33)],
+            Some(1),
+        ),
         ("decode mha", 4, 4, 32, 7, vec![(1, 77), (1, 2)], None),
+        (
+            "decode general",
+            32,
+            8,
+            128,
+            16,
+            vec![(1, 1000), (1, 33), (1, 1)],
+            None,
+        ),
+        ("decode g8", 16, 2, 64, 16, vec![(1, 500), (1, 129)], None),
         ("prefill long", 32, 8, 128, 64, vec![(300, 1500)], None),
     ];
     for (name, nh, nkv, hd, page, lens, splits) in cases {
@@ -181,7 +260,11 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
                 let n = kv.div_ceil(page);
                 let pages = ids[next..next + n].to_vec();
                 next += n;
-                AttnSeq { q_len: q, kv_len: kv, pages }
+                AttnSeq {
+                    q_len: q,
+                    kv_len: kv,
+                    pages,
+                }
             })
             .collect();
         let rows: usize = lens.iter().map(|&(q, _)| q).sum();
@@ -190,8 +273,17 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
         let q = ck.bf16_vec(rows * nh * hd, 1.0);
         let k = ck.bf16_vec(slots * kvw, 1.0);
         let v = ck.bf16_vec(slots * kvw, 1.0);
-        let shape = AttnShape { n_heads: nh, n_kv_heads: nkv, head_dim: hd, page_size: page, pool_pages };
-        let plan = ops.attention_plan(shape, &seqs, splits)?;
+        let shape = AttnShape {
+            n_heads: nh,
+            n_kv_heads: nkv,
+            head_dim: hd,
+            page_size: page,
+            pool_pages,
+        };
+        let mut plan = ops.attention_plan(shape, &seqs, splits)?;
+        if name == "decode general" {
+            plan.force_general_kernel();
+        }
         let gq = c.upload_bf16(&[rows, nh * hd], &q)?;
         let gk = c.upload_bf16(&[slots, kvw], &k)?;
         let gv = c.upload_bf16(&[slots, kvw], &v)?;
@@ -200,11 +292,23 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
         ops.paged_attention(&plan, &gq, 0, &gk, &gv, &out, scale)?;
         let rseqs: Vec<r::RefSeq> = seqs
             .iter()
-            .map(|s| r::RefSeq { q_len: s.q_len, kv_len: s.kv_len, pages: s.pages.clone() })
+            .map(|s| r::RefSeq {
+                q_len: s.q_len,
+                kv_len: s.kv_len,
+                pages: s.pages.clone(),
+            })
             .collect();
         let want = r::paged_attention(&q, &k, &v, &rseqs, nh, nkv, hd, page, scale);
         let err = r::rel_err(&c.download_f32(&out)?, &want);
-        let desc = format!("{name} h{nh}/{nkv} d{hd} p{page} {lens:?} s{}", plan.splits());
+        let kernel = if plan.uses_decode_kernel() {
+            "dec"
+        } else {
+            "gen"
+        };
+        let desc = format!(
+            "{name} h{nh}/{nkv} d{hd} p{page} {lens:?} s{} {kernel}",
+            plan.splits()
+        );
         ck.rel("attention", desc, err, BF16_TOL);
     }
     Ok(())
@@ -214,18 +318,52 @@ pub fn sampling(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
     let c = ops.context();
     let presets = [
         SamplingParams::GREEDY,
-        SamplingParams { temperature: 0.7, top_k: 0, top_p: 1.0, min_p: 0.0 },
-        SamplingParams { temperature: 1.0, top_k: 50, top_p: 1.0, min_p: 0.0 },
-        SamplingParams { temperature: 1.0, top_k: 0, top_p: 0.9, min_p: 0.0 },
-        SamplingParams { temperature: 1.0, top_k: 0, top_p: 1.0, min_p: 0.05 },
-        SamplingParams { temperature: 1.3, top_k: 20, top_p: 0.8, min_p: 0.02 },
-        SamplingParams { temperature: 0.5, top_k: 1, top_p: 1.0, min_p: 0.0 },
+        SamplingParams {
+            temperature: 0.7,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+        },
+        SamplingParams {
+            temperature: 1.0,
+            top_k: 50,
+            top_p: 1.0,
+            min_p: 0.0,
+        },
+        SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 0.9,
+            min_p: 0.0,
+        },
+        SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.05,
+        },
+        SamplingParams {
+            temperature: 1.3,
+            top_k: 20,
+            top_p: 0.8,
+            min_p: 0.02,
+        },
+        SamplingParams {
+            temperature: 0.5,
+            top_k: 1,
+            top_p: 1.0,
+            min_p: 0.0,
+        },
     ];
     for vocab in [1000, 32000, 128256] {
         let rows = 4 * presets.len();
-        let logits: Vec<f32> = (0..rows * vocab).map(|_| ck.rng.random_range(-4.0f32..4.0).powi(3) / 8.0).collect();
+        let logits: Vec<f32> = (0..rows * vocab)
+            .map(|_| ck.rng.random_range(-4.0f32..4.0).powi(3) / 8.0)
+            .collect();
         let params: Vec<SamplingParams> = (0..rows).map(|i| presets[i % presets.len()]).collect();
-        let unif: Vec<f32> = (0..rows).map(|_| ck.rng.random_range(0.0f32..1.0)).collect();
+        let unif: Vec<f32> = (0..rows)
+            .map(|_| ck.rng.random_range(0.0f32..1.0))
+            .collect();
         let gl = c.upload_f32(&[rows, vocab], &logits)?;
         let gp = c.alloc(strata_kernels::cuda::DType::F32, &[rows, vocab])?;
         let got = ops.sample(&gl, &gp, &params, &unif)?;
@@ -245,8 +383,17 @@ pub fn sampling(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
                 differ += 1;
             }
         }
-        ck.exact("sample.kept", format!("V{vocab} rows{rows} (token outside CPU kept set)"), outside);
-        ck.rel("sample.same", format!("V{vocab} rows{rows} (fraction != CPU pick)"), differ as f64 / rows as f64, 0.05);
+        ck.exact(
+            "sample.kept",
+            format!("V{vocab} rows{rows} (token outside CPU kept set)"),
+            outside,
+        );
+        ck.rel(
+            "sample.same",
+            format!("V{vocab} rows{rows} (fraction != CPU pick)"),
+            differ as f64 / rows as f64,
+            0.05,
+        );
     }
     Ok(())
 }
