@@ -136,3 +136,49 @@ fn reference_attention_single_key_returns_value() {
     let out = r::paged_attention(&q, &k, &v, &seqs, 1, 1, 32, 1, 1.0);
     assert_eq!(out, v);
 }
+
+#[test]
+fn kv_budget_honours_mem_fraction() {
+    use super::info::kv_budget;
+    let gib = 1usize << 30;
+    // 80 GiB card, 20 GiB already used by weights, 0.9 static fraction -> 52 GiB for KV.
+    assert_eq!(kv_budget(80 * gib, 60 * gib, 0.9), 52 * gib);
+    assert_eq!(kv_budget(80 * gib, 10 * gib, 0.5), 0);
+    assert_eq!(kv_budget(80 * gib, 80 * gib, 2.0), 80 * gib);
+}
+
+#[test]
+fn page_layout_sizes() {
+    let l = super::PageLayout {
+        layers: 32,
+        pool_pages: 100,
+        chunk_bytes: 16 * 8 * 128 * 2,
+    };
+    assert_eq!(l.host_page_bytes(), 32 * 2 * 32768);
+    assert_eq!(l.pool_bytes(), 100 * l.host_page_bytes());
+}
+
+/// On a GPU machine this compares one op with the reference; elsewhere it says it skipped.
+/// Never the proof: that is `strata gpu check` (docs/perf-gpu.md).
+#[test]
+fn gpu_rmsnorm_matches_reference_when_a_gpu_exists() {
+    let (kind, ctx) = select(0, false);
+    let Some(ctx) = ctx else {
+        println!("SKIPPED GPU part: {kind:?}");
+        return;
+    };
+    let ops = super::CudaOps::new(ctx.clone()).expect("kernels");
+    let (t, h) = (3, 1000);
+    let x: Vec<f32> = (0..t * h)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+        .collect();
+    let w: Vec<f32> = (0..h).map(|i| 0.5 + (i % 7) as f32 / 7.0).collect();
+    let (x, w) = (r::round_bf16(&x), r::round_bf16(&w));
+    let gx = ctx.upload_bf16(&[t, h], &x).unwrap();
+    let gw = ctx.upload_bf16(&[h], &w).unwrap();
+    let out = ctx.alloc(super::DType::Bf16, &[t, h]).unwrap();
+    ops.rmsnorm(&gx, None, &gw, &out, 1e-5).unwrap();
+    let got = ctx.download_f32(&out).unwrap();
+    let err = r::rel_err(&got, &r::rmsnorm(&x, None, &w, 1e-5));
+    assert!(err < 1e-2, "rel err {err}");
+}
