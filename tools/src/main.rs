@@ -38,6 +38,8 @@ enum Command {
     Up(cmd::up::Args),
     /// Request router in front of SGLang-compatible workers (regular or PD mode).
     Router(Box<cmd::router::Args>),
+    /// CUDA backend: device info, op checks against the CPU reference, GPU benchmarks.
+    Gpu(cmd::gpu::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -51,5 +53,6 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(b) => cmd::bench::run(b),
         Command::Router(a) => cmd::router::run(*a),
         Command::Up(a) => cmd::up::run(a),
+        Command::Gpu(a) => cmd::gpu::run(a),
     }
 }

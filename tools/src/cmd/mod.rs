@@ -1,6 +1,7 @@
 //! One module per `strata` subcommand.
 
 pub mod bench;
+pub mod gpu;
 pub mod inspect;
 pub mod logging;
 pub mod make_model;

@@ -1,0 +1,100 @@
+// Row-wise model ops: embedding, RMSNorm (optionally fused with the residual add), RoPE, SiLU*mul,
+// the KV write into the paged pool, and the on-device random fill used by benchmarks.
+// All storage is bf16, all arithmetic f32. One block per token row unless stated otherwise.
+
+// out[t] = table[ids[t]]; an id outside [0, vocab) yields a zero row.
+extern "C" __global__ void embedding(const int* ids, const bf16_t* table, bf16_t* out, int hidden,
+                                     int vocab) {
+    int t = blockIdx.x;
+    int id = ids[t];
+    bool ok = id >= 0 && id < vocab;
+    for (int i = threadIdx.x; i < hidden; i += blockDim.x)
+        out[(u64)t * hidden + i] = ok ? table[(u64)id * hidden + i] : (bf16_t)0;
+}
+
+// With residual: residual[t] = bf16(x[t] + residual[t]); out[t] = bf16(rms(residual[t]) * w).
+// Without (residual == 0): out[t] = bf16(rms(x[t]) * w). `out` may alias `x`: every element is read
+// and written by the same thread.
+extern "C" __global__ void rmsnorm(const bf16_t* x, bf16_t* residual, const bf16_t* w, bf16_t* out,
+                                   int hidden, float eps) {
+    __shared__ float sh[32];
+    u64 base = (u64)blockIdx.x * hidden;
+    float ss = 0.f;
+    for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
+        float v = bf2f(x[base + i]);
+        if (residual) {
+            bf16_t s = f2bf(v + bf2f(residual[base + i]));
+            residual[base + i] = s;
+            v = bf2f(s);
+        }
+        ss += v * v;
+    }
+    float total = block_sum(ss, sh);
+    float r = rsqrtf(total / (float)hidden + eps);
+    for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
+        float v = residual ? bf2f(residual[base + i]) : bf2f(x[base + i]);
+        out[base + i] = f2bf(v * r * bf2f(w[i]));
+    }
+}
+
+// Rotary embedding, rotate-half (GPT-NeoX / Hugging Face Llama) layout, in place on q and k.
+// inv_freq[head_dim/2] already carries any llama3 scaling. Rows have explicit strides so q and k
+// can live inside one fused qkv projection output.
+extern "C" __global__ void rope(bf16_t* q, int q_stride, int n_q_heads, bf16_t* k, int k_stride,
+                                int n_k_heads, const int* pos, const float* inv_freq,
+                                int head_dim) {
+    int t = blockIdx.x;
+    int half = head_dim / 2;
+    float p = (float)pos[t];
+    int total = (n_q_heads + n_k_heads) * half;
+    for (int j = threadIdx.x; j < total; j += blockDim.x) {
+        int h = j / half, i = j % half;
+        bf16_t* v = h < n_q_heads ? q + (u64)t * q_stride + (u64)h * head_dim
+                                  : k + (u64)t * k_stride + (u64)(h - n_q_heads) * head_dim;
+        float s, c;
+        sincosf(p * inv_freq[i], &s, &c);
+        float x1 = bf2f(v[i]), x2 = bf2f(v[i + half]);
+        v[i] = f2bf(x1 * c - x2 * s);
+        v[i + half] = f2bf(x2 * c + x1 * s);
+    }
+}
+
+// out[t, i] = silu(gu[t, i]) * gu[t, inter + i]   (gate first, up second, as one fused GEMM output).
+extern "C" __global__ void silu_mul(const bf16_t* gu, bf16_t* out, int inter) {
+    u64 t = blockIdx.x;
+    for (int i = threadIdx.x; i < inter; i += blockDim.x) {
+        float g = bf2f(gu[t * 2 * inter + i]);
+        float u = bf2f(gu[t * 2 * inter + inter + i]);
+        out[t * inter + i] = f2bf(g / (1.f + expf(-g)) * u);
+    }
+}
+
+// k_pool/v_pool: one layer, [slots][kv_dim]. slot < 0 skips the token (padding).
+extern "C" __global__ void kv_write(const bf16_t* k, int k_stride, const bf16_t* v, int v_stride,
+                                    bf16_t* k_pool, bf16_t* v_pool, const int* slots,
+                                    int kv_dim) {
+    int t = blockIdx.x;
+    long long slot = slots[t];
+    if (slot < 0) return;
+    for (int i = threadIdx.x; i < kv_dim; i += blockDim.x) {
+        k_pool[(u64)slot * kv_dim + i] = k[(u64)t * k_stride + i];
+        v_pool[(u64)slot * kv_dim + i] = v[(u64)t * v_stride + i];
+    }
+}
+
+__device__ __forceinline__ u64 splitmix64(u64 x) {
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+
+// out[i] = bf16(uniform(-scale, scale)), a pure function of (seed, i): benchmark weights without a
+// host round trip.
+extern "C" __global__ void fill_uniform_bf16(bf16_t* out, u64 n, u64 seed, float scale) {
+    for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
+        u64 h = splitmix64(seed ^ splitmix64(i));
+        float u = (float)(h >> 40) * (1.0f / 16777216.0f);
+        out[i] = f2bf((2.f * u - 1.f) * scale);
+    }
+}

@@ -1,0 +1,44 @@
+// KV page movement between the GPU pool (layer-first) and a pinned host buffer (page-first).
+//
+// GPU pool: [layer][k|v][pool_page][chunk_bytes]   (one allocation; chunk = one page of one layer's K or V)
+// Host:     [host_page][layer][k|v][chunk_bytes]   (page-first: one page of all layers is contiguous)
+// The host buffer is mapped pinned memory addressed through its device pointer, so the copy runs
+// over PCIe from the kernel itself. One block moves one chunk; every thread issues four 16-byte
+// loads before its four stores so that enough bytes are in flight to cover PCIe latency.
+// chunk_bytes is a multiple of 16 and both bases are 16-byte aligned (checked by the launcher).
+
+#define COPY_UNROLL 4
+
+__device__ __forceinline__ void copy_chunk(const uint4* src, uint4* dst, u64 n16) {
+    u64 step = (u64)blockDim.x * COPY_UNROLL;
+    u64 i = threadIdx.x;
+    for (; i + (COPY_UNROLL - 1) * blockDim.x < n16; i += step) {
+        uint4 r[COPY_UNROLL];
+#pragma unroll
+        for (int u = 0; u < COPY_UNROLL; ++u) r[u] = src[i + u * blockDim.x];
+#pragma unroll
+        for (int u = 0; u < COPY_UNROLL; ++u) dst[i + u * blockDim.x] = r[u];
+    }
+    for (; i < n16; i += blockDim.x) dst[i] = src[i];
+}
+
+// blockIdx.x = item over (page_index, layer in [layer_begin, layer_end), k|v).
+// to_host != 0: pool -> host (gather, "backup"); else host -> pool (scatter, "load").
+extern "C" __global__ void kv_page_copy(char* pool, char* host, const int* pool_pages,
+                                        const int* host_pages, int n_layers, int layer_begin,
+                                        int layer_end, u64 pool_page_count, u64 chunk_bytes,
+                                        int to_host) {
+    int span = layer_end - layer_begin;
+    int item = blockIdx.x;
+    int kv = item & 1;
+    int layer = layer_begin + (item >> 1) % span;
+    int p = (item >> 1) / span;
+    u64 pool_off = (((u64)layer * 2 + kv) * pool_page_count + (u64)pool_pages[p]) * chunk_bytes;
+    u64 host_off = (((u64)host_pages[p] * n_layers + layer) * 2 + kv) * chunk_bytes;
+    u64 n16 = chunk_bytes / 16;
+    if (to_host) {
+        copy_chunk((const uint4*)(pool + pool_off), (uint4*)(host + host_off), n16);
+    } else {
+        copy_chunk((const uint4*)(host + host_off), (uint4*)(pool + pool_off), n16);
+    }
+}

@@ -1,0 +1,296 @@
+//! Paged attention launcher: plans tiles and splits on the host, then launches
+//! `paged_attention` (any batch) or `paged_attention_decode` (every sequence has one new token,
+//! GQA group <= 8), and `attention_combine` when the sequence is split.
+//!
+//! An `AttnPlan` is built once per batch shape from the host-side block tables (validated here:
+//! every page id inside the pool, enough pages for every sequence), uploads them with the tile
+//! list, and owns the split workspace, so a decode loop of fixed shape replans nothing.
+//! Layout: q rows are the batch's new tokens in sequence order; pools are one layer's
+//! [slots, n_kv_heads * head_dim] with slot = page * page_size + offset.
+
+use super::error::{ensure, Result};
+use super::launch::{Arg, Dims};
+use super::ops::CudaOps;
+use super::tensor::{DTensor, DType};
+
+/// Rows (token x head pairs) one block serves; mirrors ATT_ROWS in attention.cu.
+const ROWS: usize = 16;
+/// Keys per shared-memory tile; mirrors ATT_KT.
+const KEY_TILE: usize = 32;
+/// Largest GQA group the decode kernel handles; mirrors DEC_MAXG.
+const DECODE_MAX_GROUP: usize = 8;
+/// Keys one decode block covers at least (4 warps x 32 keys).
+const DECODE_MIN_SPLIT: usize = 128;
+
+/// One sequence of the batch.
+#[derive(Clone, Debug)]
+pub struct AttnSeq {
+    /// New query tokens (1 for decode).
+    pub q_len: usize,
+    /// Keys visible to the last query: cached prefix plus the new tokens.
+    pub kv_len: usize,
+    /// Pool page of each `page_size` block of keys, in order.
+    pub pages: Vec<i32>,
+}
+
+/// Head geometry of the attention.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnShape {
+    /// Query heads.
+    pub n_heads: usize,
+    /// KV heads (divides n_heads; n_heads / n_kv_heads divides 16).
+    pub n_kv_heads: usize,
+    /// Head dimension (multiple of 32, at most 128).
+    pub head_dim: usize,
+    /// Tokens per KV page.
+    pub page_size: usize,
+    /// Pages in the pool.
+    pub pool_pages: usize,
+}
+
+/// Host-planned launch of one batch.
+pub struct AttnPlan {
+    shape: AttnShape,
+    tiles: DTensor,
+    n_tiles: usize,
+    tables: DTensor,
+    max_pages: usize,
+    total_rows: usize,
+    splits: usize,
+    split_len: usize,
+    part_acc: Option<DTensor>,
+    part_ml: Option<DTensor>,
+    decode: bool,
+}
+
+impl AttnPlan {
+    /// True when the decode kernel will run.
+    pub fn uses_decode_kernel(&self) -> bool {
+        self.decode
+    }
+    /// Forces the general kernel (for checks); the decode kernel cannot be forced on.
+    pub fn force_general_kernel(&mut self) {
+        self.decode = false;
+    }
+    /// Number of query rows (tokens) the plan covers.
+    pub fn rows(&self) -> usize {
+        self.total_rows
+    }
+    /// Splits over the sequence (1 = no combine pass).
+    pub fn splits(&self) -> usize {
+        self.splits
+    }
+}
+
+impl CudaOps {
+    /// Plans attention for `seqs`. `splits` forces the split count (None picks one that fills the
+    /// GPU: decode of few sequences is split, prefill is not).
+    pub fn attention_plan(
+        &self,
+        shape: AttnShape,
+        seqs: &[AttnSeq],
+        splits: Option<usize>,
+    ) -> Result<AttnPlan> {
+        let s = shape;
+        ensure(
+            s.head_dim % 32 == 0 && s.head_dim <= 128 && s.head_dim > 0,
+            || {
+                format!(
+                    "head_dim {} must be a multiple of 32, at most 128",
+                    s.head_dim
+                )
+            },
+        )?;
+        ensure(s.n_kv_heads > 0 && s.n_heads % s.n_kv_heads == 0, || {
+            "n_heads must be a multiple of n_kv_heads".into()
+        })?;
+        let group = s.n_heads / s.n_kv_heads;
+        ensure(ROWS % group == 0, || {
+            format!("GQA group {group} must divide {ROWS}")
+        })?;
+        ensure(s.page_size > 0 && !seqs.is_empty(), || {
+            "empty batch or page size".into()
+        })?;
+        let qt = ROWS / group;
+        let max_pages = seqs.iter().map(|q| q.pages.len()).max().unwrap_or(1).max(1);
+        let mut tiles = Vec::new();
+        let mut tables = vec![0i32; seqs.len() * max_pages];
+        let mut row = 0usize;
+        let mut max_kv = 1usize;
+        for (si, q) in seqs.iter().enumerate() {
+            ensure(q.q_len >= 1 && q.kv_len >= q.q_len, || {
+                format!("seq {si}: q_len {} kv_len {}", q.q_len, q.kv_len)
+            })?;
+            ensure(q.pages.len() * s.page_size >= q.kv_len, || {
+                format!(
+                    "seq {si}: {} pages hold fewer than {} keys",
+                    q.pages.len(),
+                    q.kv_len
+                )
+            })?;
+            ensure(
+                q.pages
+                    .iter()
+                    .all(|&p| p >= 0 && (p as usize) < s.pool_pages),
+                || format!("seq {si}: page id outside pool of {}", s.pool_pages),
+            )?;
+            tables[si * max_pages..si * max_pages + q.pages.len()].copy_from_slice(&q.pages);
+            let prefix = q.kv_len - q.q_len;
+            let mut i = 0;
+            while i < q.q_len {
+                let n = qt.min(q.q_len - i);
+                tiles.extend_from_slice(&[
+                    si as i32,
+                    (row + i) as i32,
+                    n as i32,
+                    (prefix + i) as i32,
+                ]);
+                i += n;
+            }
+            row += q.q_len;
+            max_kv = max_kv.max(q.kv_len);
+        }
+        let n_tiles = tiles.len() / 4;
+        let decode = seqs.iter().all(|q| q.q_len == 1) && group <= DECODE_MAX_GROUP;
+        let min_split = if decode {
+            DECODE_MIN_SPLIT
+        } else {
+            2 * KEY_TILE
+        };
+        let blocks = n_tiles * s.n_kv_heads;
+        // Aim for ~4 resident blocks per SM; never split below two key tiles per split.
+        let want = splits.unwrap_or_else(|| {
+            let target = 4 * self.ctx.sm_count().max(1);
+            if blocks >= target {
+                1
+            } else {
+                target.div_ceil(blocks)
+            }
+        });
+        let want = match splits {
+            Some(_) => want.clamp(1, max_kv.div_ceil(KEY_TILE)),
+            None => want.clamp(1, max_kv.div_ceil(min_split)),
+        };
+        let split_len = max_kv.div_ceil(want).div_ceil(KEY_TILE) * KEY_TILE;
+        let splits = max_kv.div_ceil(split_len);
+        let (part_acc, part_ml) = if splits > 1 {
+            let n = splits * row * s.n_heads;
+            (
+                Some(self.ctx.alloc(DType::F32, &[n * s.head_dim])?),
+                Some(self.ctx.alloc(DType::F32, &[n * 2])?),
+            )
+        } else {
+            (None, None)
+        };
+        Ok(AttnPlan {
+            shape,
+            tiles: self.ctx.upload_i32(&[tiles.len()], &tiles)?,
+            n_tiles,
+            tables: self.ctx.upload_i32(&[tables.len()], &tables)?,
+            max_pages,
+            total_rows: row,
+            splits,
+            split_len,
+            part_acc,
+            part_ml,
+            decode,
+        })
+    }
+
+    /// Attention of the q heads at column `q_col` of `q` [rows, W] over one layer's pools
+    /// [pool_pages * page_size, n_kv_heads * head_dim], into out [rows, n_heads * head_dim].
+    #[allow(clippy::too_many_arguments)]
+    pub fn paged_attention(
+        &self,
+        plan: &AttnPlan,
+        q: &DTensor,
+        q_col: usize,
+        k_pool: &DTensor,
+        v_pool: &DTensor,
+        out: &DTensor,
+        scale: f32,
+    ) -> Result<()> {
+        let s = plan.shape;
+        for (w, t) in [
+            ("q", q),
+            ("k_pool", k_pool),
+            ("v_pool", v_pool),
+            ("out", out),
+        ] {
+            self.ctx.check_device(w, t)?;
+        }
+        ensure(q.shape().len() == 2, || "q must be [rows, width]".into())?;
+        let w = q.shape()[1];
+        q.expect("q", DType::Bf16, &[plan.total_rows, w])?;
+        ensure(q_col + s.n_heads * s.head_dim <= w, || {
+            "q heads past row end".into()
+        })?;
+        let kv_dim = s.n_kv_heads * s.head_dim;
+        let slots = s.pool_pages * s.page_size;
+        k_pool.expect("k_pool", DType::Bf16, &[slots, kv_dim])?;
+        v_pool.expect("v_pool", DType::Bf16, &[slots, kv_dim])?;
+        let ow = s.n_heads * s.head_dim;
+        out.expect("out", DType::Bf16, &[plan.total_rows, ow])?;
+        let hd = s.head_dim;
+        let smem = ((ROWS * hd + KEY_TILE * (hd + 1) + KEY_TILE * hd) * 4) as u32;
+        let (pa, pm) = match (&plan.part_acc, &plan.part_ml) {
+            (Some(a), Some(m)) => (a.ptr(), m.ptr()),
+            _ => (0, 0),
+        };
+        let args = [
+            Arg::U64(q.ptr_at(q_col)?),
+            Arg::I32(w as i32),
+            Arg::U64(k_pool.ptr()),
+            Arg::U64(v_pool.ptr()),
+            Arg::U64(plan.tables.ptr()),
+            Arg::I32(plan.max_pages as i32),
+            Arg::I32(s.page_size as i32),
+            Arg::U64(plan.tiles.ptr()),
+            Arg::I32(s.n_heads as i32),
+            Arg::I32(s.n_kv_heads as i32),
+            Arg::I32(hd as i32),
+            Arg::F32(scale),
+            Arg::I32(plan.split_len as i32),
+            Arg::U64(out.ptr()),
+            Arg::I32(ow as i32),
+            Arg::U64(pa),
+            Arg::U64(pm),
+            Arg::I32(plan.total_rows as i32),
+        ];
+        let grid = (plan.n_tiles as u32, s.n_kv_heads as u32, plan.splits as u32);
+        if plan.decode {
+            let dims = Dims {
+                grid,
+                block: 128,
+                smem: 0,
+            };
+            self.go(&self.attention_decode, dims, &args)?;
+        } else {
+            let dims = Dims {
+                grid,
+                block: 128,
+                smem,
+            };
+            self.go(&self.attention, dims, &args)?;
+        }
+        if plan.splits > 1 {
+            let args = [
+                Arg::U64(pa),
+                Arg::U64(pm),
+                Arg::I32(plan.splits as i32),
+                Arg::I32(plan.total_rows as i32),
+                Arg::I32(s.n_heads as i32),
+                Arg::I32(hd as i32),
+                Arg::U64(out.ptr()),
+                Arg::I32(ow as i32),
+            ];
+            let dims = Dims {
+                grid: (plan.total_rows as u32, s.n_heads as u32, 1),
+                block: hd as u32,
+                smem: 0,
+            };
+            self.go(&self.combine, dims, &args)?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,271 @@
+//! `GpuContext`: one GPU, its compute stream, its copy stream and the loaded kernels.
+//!
+//! Invariants: the driver library is probed with `is_culib_present()` before any driver call
+//! (cudarc panics otherwise); cudarc's per-buffer event tracking is disabled, so ordering is
+//! explicit: all compute runs on `stream`, page copies on `copy_stream`, and the two meet only
+//! through events (see `transfer.rs`). Kernels are compiled lazily per program and cached.
+
+use std::collections::HashMap;
+use std::ffi::c_void;
+use std::sync::{Arc, Mutex};
+
+use cudarc::driver::sys::{self, CUdevice_attribute};
+use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
+use cudarc::nvrtc::Ptx;
+
+use super::error::{ensure, CudaError, Result};
+use super::nvrtc::{self, Origin, Program};
+use super::tensor::{from_bf16_bits, to_bf16_bits, DTensor, DType};
+
+/// True when the CUDA driver library can be loaded.
+pub fn driver_present() -> bool {
+    // SAFETY: only attempts to dlopen libcuda; no symbol is resolved.
+    unsafe { sys::is_culib_present() }
+}
+
+/// Driver API version (e.g. 13000), or None without a driver.
+pub fn driver_version() -> Option<i32> {
+    if !driver_present() {
+        return None;
+    }
+    let mut v = 0;
+    // SAFETY: the driver library is present (checked above); `v` is a valid out-pointer.
+    let rc = unsafe { sys::cuDriverGetVersion(&mut v) };
+    (rc == sys::CUresult::CUDA_SUCCESS).then_some(v)
+}
+
+/// Number of visible GPUs (0 without a driver).
+pub fn device_count() -> usize {
+    if !driver_present() {
+        return 0;
+    }
+    CudaContext::device_count()
+        .map(|n| n.max(0) as usize)
+        .unwrap_or(0)
+}
+
+/// A GPU ready for kernels: context, streams, and lazily compiled programs.
+pub struct GpuContext {
+    ctx: Arc<CudaContext>,
+    stream: Arc<CudaStream>,
+    copy_stream: Arc<CudaStream>,
+    ordinal: usize,
+    arch: String,
+    sm_count: usize,
+    name: String,
+    driver: i32,
+    modules: Mutex<HashMap<Program, (Arc<CudaModule>, Origin)>>,
+}
+
+impl GpuContext {
+    /// Opens GPU `ordinal` (the `--base-gpu-id`).
+    pub fn new(ordinal: usize) -> Result<Arc<Self>> {
+        if !driver_present() {
+            return Err(CudaError::NoDriver);
+        }
+        let available = device_count();
+        if ordinal >= available {
+            return Err(CudaError::NoDevice {
+                requested: ordinal,
+                available,
+            });
+        }
+        let ctx = CudaContext::new(ordinal)?;
+        // SAFETY: every buffer is used on `stream`, or on `copy_stream` behind an explicit event
+        // wait, so cudarc's implicit per-buffer events are redundant.
+        unsafe { ctx.disable_event_tracking() };
+        let stream = ctx.new_stream()?;
+        let copy_stream = ctx.new_stream()?;
+        let (major, minor) = ctx.compute_capability()?;
+        let sm_count =
+            ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as usize;
+        let name = ctx.name()?;
+        Ok(Arc::new(Self {
+            ctx,
+            stream,
+            copy_stream,
+            ordinal,
+            arch: format!("sm_{major}{minor}"),
+            sm_count,
+            name,
+            driver: driver_version().unwrap_or(0),
+            modules: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// The cudarc context.
+    pub fn cuda(&self) -> &Arc<CudaContext> {
+        &self.ctx
+    }
+    /// The compute stream every op launches on.
+    pub fn stream(&self) -> &Arc<CudaStream> {
+        &self.stream
+    }
+    /// The stream KV page copies run on.
+    pub fn copy_stream(&self) -> &Arc<CudaStream> {
+        &self.copy_stream
+    }
+    /// GPU ordinal.
+    pub fn ordinal(&self) -> usize {
+        self.ordinal
+    }
+    /// NVRTC architecture name, e.g. `sm_90`.
+    pub fn arch(&self) -> &str {
+        &self.arch
+    }
+    /// Streaming multiprocessors.
+    pub fn sm_count(&self) -> usize {
+        self.sm_count
+    }
+    /// Device name as the driver reports it.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+    /// Driver API version.
+    pub fn driver(&self) -> i32 {
+        self.driver
+    }
+    /// (free, total) device memory in bytes.
+    pub fn mem_info(&self) -> Result<(usize, usize)> {
+        Ok(self.ctx.mem_get_info()?)
+    }
+
+    /// Loads (compiling on first use) `program` and returns where its cubin came from.
+    pub fn load(&self, program: Program) -> Result<Origin> {
+        self.module(program).map(|(_, o)| o)
+    }
+
+    fn module(&self, program: Program) -> Result<(Arc<CudaModule>, Origin)> {
+        let mut map = self.modules.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = map.get(&program) {
+            return Ok(m.clone());
+        }
+        let (cubin, origin) = nvrtc::cubin_cached(program, &self.arch, self.driver)?;
+        let module = self.ctx.load_module(Ptx::from_binary(cubin))?;
+        map.insert(program, (module.clone(), origin));
+        Ok((module, origin))
+    }
+
+    /// Looks up kernel `name` in `program`.
+    pub fn function(&self, program: Program, name: &str) -> Result<CudaFunction> {
+        let (m, _) = self.module(program)?;
+        Ok(m.load_function(name)?)
+    }
+
+    /// Allocates an uninitialised tensor.
+    pub fn alloc(&self, dtype: DType, shape: &[usize]) -> Result<DTensor> {
+        DTensor::alloc(&self.stream, dtype, shape)
+    }
+
+    /// Fills a tensor's bytes with `byte` (used to poison outputs in checks).
+    pub fn memset(&self, t: &DTensor, byte: u8) -> Result<()> {
+        self.ctx.bind_to_thread()?;
+        // SAFETY: the range is exactly the tensor's allocation, on its stream.
+        unsafe {
+            cudarc::driver::result::memset_d8_async(
+                t.ptr(),
+                byte,
+                t.bytes(),
+                self.stream.cu_stream(),
+            )
+        }?;
+        Ok(())
+    }
+
+    fn upload_raw<T: Copy>(&self, dtype: DType, shape: &[usize], data: &[T]) -> Result<DTensor> {
+        let numel: usize = shape.iter().product();
+        ensure(numel == data.len(), || {
+            format!("upload: shape {shape:?} but {} values", data.len())
+        })?;
+        let t = self.alloc(dtype, shape)?;
+        self.ctx.bind_to_thread()?;
+        // SAFETY: `t` holds exactly `size_of_val(data)` bytes; the copy is synchronous with
+        // respect to the host buffer because the stream is synchronised before returning.
+        unsafe {
+            sys::cuMemcpyHtoDAsync_v2(
+                t.ptr(),
+                data.as_ptr() as *const c_void,
+                std::mem::size_of_val(data),
+                self.stream.cu_stream(),
+            )
+            .result()?;
+        }
+        self.stream.synchronize()?;
+        Ok(t)
+    }
+
+    /// Uploads f32 values as a bf16 tensor.
+    pub fn upload_bf16(&self, shape: &[usize], data: &[f32]) -> Result<DTensor> {
+        self.upload_raw(DType::Bf16, shape, &to_bf16_bits(data))
+    }
+    /// Uploads an f32 tensor.
+    pub fn upload_f32(&self, shape: &[usize], data: &[f32]) -> Result<DTensor> {
+        self.upload_raw(DType::F32, shape, data)
+    }
+    /// Uploads an i32 tensor.
+    pub fn upload_i32(&self, shape: &[usize], data: &[i32]) -> Result<DTensor> {
+        self.upload_raw(DType::I32, shape, data)
+    }
+    /// Uploads raw bytes.
+    pub fn upload_u8(&self, shape: &[usize], data: &[u8]) -> Result<DTensor> {
+        self.upload_raw(DType::U8, shape, data)
+    }
+
+    fn download_raw<T: Copy + Default>(&self, t: &DTensor) -> Result<Vec<T>> {
+        let n = t.bytes() / std::mem::size_of::<T>();
+        let mut out = vec![T::default(); n];
+        self.stream.synchronize()?;
+        self.ctx.bind_to_thread()?;
+        // SAFETY: `out` has room for the tensor's bytes; synchronous copy.
+        unsafe {
+            sys::cuMemcpyDtoH_v2(out.as_mut_ptr() as *mut c_void, t.ptr(), t.bytes()).result()?;
+        }
+        Ok(out)
+    }
+
+    /// Downloads any tensor as f32 (bf16 widened exactly; i32 converted).
+    pub fn download_f32(&self, t: &DTensor) -> Result<Vec<f32>> {
+        match t.dtype() {
+            DType::Bf16 => Ok(from_bf16_bits(&self.download_raw::<u16>(t)?)),
+            DType::F32 => self.download_raw::<f32>(t),
+            DType::I32 => Ok(self
+                .download_raw::<i32>(t)?
+                .into_iter()
+                .map(|v| v as f32)
+                .collect()),
+            DType::U8 => Ok(self
+                .download_raw::<u8>(t)?
+                .into_iter()
+                .map(f32::from)
+                .collect()),
+        }
+    }
+    /// Downloads an i32 tensor.
+    pub fn download_i32(&self, t: &DTensor) -> Result<Vec<i32>> {
+        t.expect_at_least("download_i32", DType::I32, 0)?;
+        self.download_raw::<i32>(t)
+    }
+    /// Downloads raw bytes of any tensor.
+    pub fn download_u8(&self, t: &DTensor) -> Result<Vec<u8>> {
+        self.download_raw::<u8>(t)
+    }
+
+    /// Waits for all work on both streams.
+    pub fn synchronize(&self) -> Result<()> {
+        self.stream.synchronize()?;
+        self.copy_stream.synchronize()?;
+        Ok(())
+    }
+
+    /// Checks a tensor lives on this GPU.
+    pub fn check_device(&self, what: &'static str, t: &DTensor) -> Result<()> {
+        if t.ordinal() != self.ordinal {
+            return Err(CudaError::WrongDevice {
+                what,
+                expected: self.ordinal,
+                got: t.ordinal(),
+            });
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,172 @@
+//! GEMMs: `y = x * w^T` with bf16 operands and f32 accumulation (the Linear layer), through
+//! cuBLAS, or for decode-sized x (at most `gemv_max_rows` rows) through the `gemv_bf16` kernel,
+//! which streams the weights at close to memory bandwidth where cuBLAS reached about half of it
+//! on the 4096-wide projections (docs/perf-gpu.md).
+//!
+//! Row-major x [T, in], w [out, in] (Hugging Face layout), y [T, out] in bf16 or f32 (logits).
+//! cuBLAS is column-major, so the call computes y^T = w * x^T: op(A) = T on w (lda = in),
+//! op(B) = N on x (ldb = in), C = y (ldc = out), m = out, n = T, k = in.
+
+use std::ffi::c_void;
+use std::sync::Arc;
+
+use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType};
+use cudarc::cublas::CudaBlas;
+
+use cudarc::driver::CudaFunction;
+
+use super::device::GpuContext;
+use super::error::{ensure, CudaError, Result};
+use super::launch::{launch, Arg, Dims};
+use super::nvrtc::Program;
+use super::tensor::{DTensor, DType};
+
+/// Which implementation runs a GEMM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum GemmPath {
+    /// The GEMV kernel when x has at most `gemv_max_rows` rows, cuBLAS otherwise.
+    Auto,
+    /// Always cuBLAS.
+    Cublas,
+    /// The GEMV kernel (x must have at most 8 rows).
+    Gemv,
+}
+
+/// Most rows the GEMV kernel accepts (GEMV_MAX_T in gemv.cu).
+pub const GEMV_MAX_ROWS: usize = 8;
+/// Longest input row `GemmPath::Auto` sends to the GEMV kernel.
+pub const GEMV_MAX_IN: usize = 8192;
+
+/// True when libcublas can be loaded.
+pub fn cublas_present() -> bool {
+    // SAFETY: only attempts to dlopen libcublas.
+    unsafe { cudarc::cublas::sys::is_culib_present() }
+}
+
+/// A cuBLAS handle bound to the context's compute stream.
+pub struct Gemm {
+    ctx: Arc<GpuContext>,
+    blas: CudaBlas,
+    gemv: CudaFunction,
+    gemv_max_rows: usize,
+}
+
+impl Gemm {
+    /// Creates the handle on `ctx`'s compute stream.
+    pub fn new(ctx: Arc<GpuContext>) -> Result<Self> {
+        if !cublas_present() {
+            return Err(CudaError::MissingLibrary("libcublas"));
+        }
+        let blas = CudaBlas::new(ctx.stream().clone())?;
+        let gemv = ctx.function(Program::Gemv, "gemv_bf16")?;
+        Ok(Self {
+            ctx,
+            blas,
+            gemv,
+            gemv_max_rows: 1,
+        })
+    }
+
+    /// Largest x row count sent to the GEMV kernel by `GemmPath::Auto` (default 1, at most 8;
+    /// 0 sends everything to cuBLAS).
+    pub fn with_gemv_max_rows(mut self, rows: usize) -> Self {
+        self.gemv_max_rows = rows.min(GEMV_MAX_ROWS);
+        self
+    }
+
+    /// y = x * w^T for x [T, in] bf16, w [out, in] bf16, y [T, out] bf16 or f32.
+    pub fn linear(&self, x: &DTensor, w: &DTensor, y: &DTensor) -> Result<()> {
+        self.linear_with(x, w, y, GemmPath::Auto)
+    }
+
+    /// `linear` with an explicit implementation choice.
+    pub fn linear_with(&self, x: &DTensor, w: &DTensor, y: &DTensor, path: GemmPath) -> Result<()> {
+        for (n, t) in [("x", x), ("w", w), ("y", y)] {
+            self.ctx.check_device(n, t)?;
+        }
+        ensure(x.shape().len() == 2 && w.shape().len() == 2, || {
+            "x [T, in] and w [out, in] expected".into()
+        })?;
+        let (t, k) = (x.shape()[0], x.shape()[1]);
+        let n_out = w.shape()[0];
+        x.expect("x", DType::Bf16, &[t, k])?;
+        w.expect("w", DType::Bf16, &[n_out, k])?;
+        let c_type = match y.dtype() {
+            DType::Bf16 => cudaDataType::CUDA_R_16BF,
+            DType::F32 => cudaDataType::CUDA_R_32F,
+            got => {
+                return Err(CudaError::Dtype {
+                    what: "y",
+                    expected: DType::Bf16,
+                    got,
+                })
+            }
+        };
+        ensure(y.shape() == [t, n_out], || {
+            format!("y: expected [{t}, {n_out}], got {:?}", y.shape())
+        })?;
+        let gemv_ok = t <= GEMV_MAX_ROWS && k % 8 == 0 && x.ptr() % 16 == 0 && w.ptr() % 16 == 0;
+        let use_gemv = match path {
+            // Measured on H100 (docs/perf-gpu.md): the kernel wins on single-row GEMMs up to
+            // in = 8192 and loses to cuBLAS on longer rows and on 8-row batches.
+            GemmPath::Auto => gemv_ok && t <= self.gemv_max_rows && k <= GEMV_MAX_IN,
+            GemmPath::Cublas => false,
+            GemmPath::Gemv => {
+                ensure(gemv_ok, || {
+                    format!("GEMV needs <= {GEMV_MAX_ROWS} rows and in % 8 == 0")
+                })?;
+                true
+            }
+        };
+        self.ctx.cuda().bind_to_thread()?;
+        if use_gemv {
+            let args = [
+                Arg::U64(x.ptr()),
+                Arg::U64(w.ptr()),
+                Arg::U64(y.ptr()),
+                Arg::I32(t as i32),
+                Arg::I32(n_out as i32),
+                Arg::I32(k as i32),
+                Arg::I32((y.dtype() == DType::F32) as i32),
+            ];
+            // SAFETY: shapes and dtypes checked above; rows are 16-byte aligned (k % 8 == 0 and
+            // aligned bases), t <= GEMV_MAX_T; one warp per output column of y.
+            return unsafe {
+                launch(
+                    &self.gemv,
+                    self.ctx.stream().cu_stream(),
+                    Dims::rows((n_out * 32).div_ceil(256), 256),
+                    &args,
+                )
+            };
+        }
+        let alpha = 1.0f32;
+        let beta = 0.0f32;
+        // SAFETY: shapes checked above: w holds out*in, x holds T*in, y holds T*out elements of
+        // the stated types; alpha/beta are f32 as CUBLAS_COMPUTE_32F requires.
+        unsafe {
+            cudarc::cublas::result::gemm_ex(
+                *self.blas.handle(),
+                cublasOperation_t::CUBLAS_OP_T,
+                cublasOperation_t::CUBLAS_OP_N,
+                n_out as i32,
+                t as i32,
+                k as i32,
+                &alpha as *const f32 as *const c_void,
+                w.ptr() as *const c_void,
+                cudaDataType::CUDA_R_16BF,
+                k as i32,
+                x.ptr() as *const c_void,
+                cudaDataType::CUDA_R_16BF,
+                k as i32,
+                &beta as *const f32 as *const c_void,
+                y.ptr() as *mut c_void,
+                c_type,
+                n_out as i32,
+                cublasComputeType_t::CUBLAS_COMPUTE_32F,
+                cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
+            )?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,301 @@
+//! A Llama-architecture layer stack on the CUDA ops: random bf16 weights generated on the GPU,
+//! a paged KV pool per layer, and one `forward` that serves prefill and decode alike.
+//!
+//! Used by `strata gpu bench` (decode and prefill against the bandwidth and GEMM floors) and the
+//! template for the server's `CudaBackend` forward. Residual stream: `resid` holds the running
+//! sum, each sub-layer writes its output to `y`, and the fused `rmsnorm(y, resid)` adds and
+//! normalises in one pass (layer 0 normalises the embedding directly).
+
+use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+use cudarc::driver::CudaGraph;
+
+use super::attention::{AttnPlan, AttnShape};
+use super::error::Result;
+use super::gemm::Gemm;
+use super::ops::CudaOps;
+use super::tensor::{DTensor, DType};
+
+/// Model dimensions.
+#[derive(Clone, Copy, Debug)]
+pub struct LlamaShape {
+    /// Hidden size.
+    pub hidden: usize,
+    /// Query heads.
+    pub n_heads: usize,
+    /// KV heads.
+    pub n_kv_heads: usize,
+    /// Head dimension.
+    pub head_dim: usize,
+    /// MLP intermediate size.
+    pub inter: usize,
+    /// Decoder layers.
+    pub layers: usize,
+    /// Vocabulary size.
+    pub vocab: usize,
+    /// RoPE base.
+    pub rope_theta: f32,
+    /// RMSNorm epsilon.
+    pub eps: f32,
+}
+
+impl LlamaShape {
+    /// Meta-Llama-3-8B dimensions.
+    pub fn llama3_8b() -> Self {
+        Self {
+            hidden: 4096,
+            n_heads: 32,
+            n_kv_heads: 8,
+            head_dim: 128,
+            inter: 14336,
+            layers: 32,
+            vocab: 128256,
+            rope_theta: 500000.0,
+            eps: 1e-5,
+        }
+    }
+    /// Width of the fused qkv projection.
+    pub fn qkv_width(&self) -> usize {
+        (self.n_heads + 2 * self.n_kv_heads) * self.head_dim
+    }
+    /// Parameters of one decoder layer's matrices.
+    pub fn layer_matrix_params(&self) -> usize {
+        let h = self.hidden;
+        self.qkv_width() * h + h * self.n_heads * self.head_dim + 3 * self.inter * h
+    }
+    /// Bytes a decode step must read at least once: every layer's weights, the final norm and
+    /// the LM head (embedding rows are negligible).
+    pub fn decode_weight_bytes(&self) -> usize {
+        2 * (self.layers * (self.layer_matrix_params() + 2 * self.hidden)
+            + self.hidden
+            + self.vocab * self.hidden)
+    }
+}
+
+struct Layer {
+    in_norm: DTensor,
+    qkv: DTensor,
+    o: DTensor,
+    post_norm: DTensor,
+    gate_up: DTensor,
+    down: DTensor,
+    k_pool: DTensor,
+    v_pool: DTensor,
+}
+
+/// Activations sized for up to `tokens` rows and `batch` sampled rows.
+pub struct Workspace {
+    tokens: usize,
+    resid: DTensor,
+    y: DTensor,
+    h: DTensor,
+    qkv: DTensor,
+    attn: DTensor,
+    gu: DTensor,
+    act: DTensor,
+    last: DTensor,
+    /// Logits of the sampled rows, [batch, vocab] f32.
+    pub logits: DTensor,
+    /// Sampling scratch, [batch, vocab] f32.
+    pub probs: DTensor,
+}
+
+/// One forward step's inputs (rows = new tokens of all sequences, in order).
+pub struct StepInput {
+    /// Token ids [rows] i32.
+    pub ids: DTensor,
+    /// Positions [rows] i32.
+    pub pos: DTensor,
+    /// KV slots [rows] i32.
+    pub slots: DTensor,
+    /// Host copy of `slots` (validated against the pool).
+    pub host_slots: Vec<i32>,
+    /// Attention plan for the batch.
+    pub plan: AttnPlan,
+    /// Rows whose logits are computed (last token of each sequence) [batch] i32.
+    pub last_rows: DTensor,
+}
+
+/// A Llama model with random weights and its KV pool.
+pub struct LlamaModel {
+    /// Dimensions.
+    pub shape: LlamaShape,
+    /// Tokens per KV page.
+    pub page_size: usize,
+    /// Pages per layer pool.
+    pub pool_pages: usize,
+    embed: DTensor,
+    layers: Vec<Layer>,
+    norm: DTensor,
+    lm_head: DTensor,
+    inv_freq: DTensor,
+}
+
+impl LlamaModel {
+    /// Allocates and fills every weight and KV pool with uniform noise on the GPU.
+    pub fn random(
+        ops: &CudaOps,
+        shape: LlamaShape,
+        page_size: usize,
+        pool_pages: usize,
+        seed: u64,
+    ) -> Result<Self> {
+        let ctx = ops.context();
+        let s = shape;
+        let mut seed = seed;
+        let mut make = |dims: &[usize], scale: f32| -> Result<DTensor> {
+            let t = ctx.alloc(DType::Bf16, dims)?;
+            seed = seed.wrapping_add(0x9e37_79b9);
+            ops.fill_uniform(&t, seed, scale)?;
+            Ok(t)
+        };
+        let h = s.hidden;
+        let ws = 1.0 / (h as f32).sqrt();
+        let kv_dim = s.n_kv_heads * s.head_dim;
+        let slots = page_size * pool_pages;
+        let mut layers = Vec::with_capacity(s.layers);
+        for _ in 0..s.layers {
+            layers.push(Layer {
+                in_norm: make(&[h], 1.0)?,
+                qkv: make(&[s.qkv_width(), h], ws)?,
+                o: make(&[h, s.n_heads * s.head_dim], ws)?,
+                post_norm: make(&[h], 1.0)?,
+                gate_up: make(&[2 * s.inter, h], ws)?,
+                down: make(&[h, s.inter], 1.0 / (s.inter as f32).sqrt())?,
+                k_pool: make(&[slots, kv_dim], 1.0)?,
+                v_pool: make(&[slots, kv_dim], 1.0)?,
+            });
+        }
+        let inv = crate::reference::rope_inv_freq(
+            s.head_dim,
+            s.rope_theta,
+            Some(crate::reference::Llama3Scaling::default()),
+        );
+        Ok(Self {
+            embed: make(&[s.vocab, h], 1.0)?,
+            norm: make(&[h], 1.0)?,
+            lm_head: make(&[s.vocab, h], ws)?,
+            inv_freq: ctx.upload_f32(&[inv.len()], &inv)?,
+            layers,
+            shape,
+            page_size,
+            pool_pages,
+        })
+    }
+
+    /// Attention geometry of this model's pool.
+    pub fn attn_shape(&self) -> AttnShape {
+        AttnShape {
+            n_heads: self.shape.n_heads,
+            n_kv_heads: self.shape.n_kv_heads,
+            head_dim: self.shape.head_dim,
+            page_size: self.page_size,
+            pool_pages: self.pool_pages,
+        }
+    }
+
+    /// Activation buffers for up to `tokens` rows and `batch` sequences.
+    pub fn workspace(&self, ops: &CudaOps, tokens: usize, batch: usize) -> Result<Workspace> {
+        let c = ops.context();
+        let s = self.shape;
+        let b = |d: &[usize]| c.alloc(DType::Bf16, d);
+        Ok(Workspace {
+            tokens,
+            resid: b(&[tokens, s.hidden])?,
+            y: b(&[tokens, s.hidden])?,
+            h: b(&[tokens, s.hidden])?,
+            qkv: b(&[tokens, s.qkv_width()])?,
+            attn: b(&[tokens, s.n_heads * s.head_dim])?,
+            gu: b(&[tokens, 2 * s.inter])?,
+            act: b(&[tokens, s.inter])?,
+            last: b(&[batch, s.hidden])?,
+            logits: c.alloc(DType::F32, &[batch, s.vocab])?,
+            probs: c.alloc(DType::F32, &[batch, s.vocab])?,
+        })
+    }
+
+    /// Runs every layer for `input` and leaves the sampled rows' logits in `ws.logits`.
+    /// Asynchronous on the compute stream. `ws` must have been made for exactly
+    /// `input.plan.rows()` tokens (activations are shaped per call).
+    pub fn forward(
+        &self,
+        ops: &CudaOps,
+        gemm: &Gemm,
+        ws: &Workspace,
+        input: &StepInput,
+    ) -> Result<()> {
+        let s = self.shape;
+        super::error::ensure(ws.tokens == input.plan.rows(), || {
+            format!(
+                "workspace for {} rows, step has {}",
+                ws.tokens,
+                input.plan.rows()
+            )
+        })?;
+        let scale = 1.0 / (s.head_dim as f32).sqrt();
+        let q_w = s.n_heads * s.head_dim;
+        let kv_w = s.n_kv_heads * s.head_dim;
+        ops.embedding(&input.ids, &self.embed, &ws.resid)?;
+        for (i, l) in self.layers.iter().enumerate() {
+            if i == 0 {
+                ops.rmsnorm(&ws.resid, None, &l.in_norm, &ws.h, s.eps)?;
+            } else {
+                ops.rmsnorm(&ws.y, Some(&ws.resid), &l.in_norm, &ws.h, s.eps)?;
+            }
+            gemm.linear(&ws.h, &l.qkv, &ws.qkv)?;
+            ops.rope(
+                &ws.qkv,
+                0,
+                s.n_heads,
+                q_w,
+                s.n_kv_heads,
+                s.head_dim,
+                &input.pos,
+                &self.inv_freq,
+            )?;
+            ops.kv_write(
+                &ws.qkv,
+                q_w,
+                q_w + kv_w,
+                &l.k_pool,
+                &l.v_pool,
+                &input.slots,
+                &input.host_slots,
+            )?;
+            ops.paged_attention(
+                &input.plan,
+                &ws.qkv,
+                0,
+                &l.k_pool,
+                &l.v_pool,
+                &ws.attn,
+                scale,
+            )?;
+            gemm.linear(&ws.attn, &l.o, &ws.y)?;
+            ops.rmsnorm(&ws.y, Some(&ws.resid), &l.post_norm, &ws.h, s.eps)?;
+            gemm.linear(&ws.h, &l.gate_up, &ws.gu)?;
+            ops.silu_mul(&ws.gu, &ws.act)?;
+            gemm.linear(&ws.act, &l.down, &ws.y)?;
+        }
+        ops.rmsnorm(&ws.y, Some(&ws.resid), &self.norm, &ws.h, s.eps)?;
+        ops.embedding(&input.last_rows, &ws.h, &ws.last)?;
+        gemm.linear(&ws.last, &self.lm_head, &ws.logits)
+    }
+
+    /// Captures `forward` for fixed inputs into a CUDA graph (replay with `launch()`): one
+    /// launch instead of ~12 per layer for decode. Run `forward` once before capturing so that
+    /// cuBLAS has chosen its kernels and workspace. Capture failure ends the capture and errors.
+    pub fn capture(
+        &self,
+        ops: &CudaOps,
+        gemm: &Gemm,
+        ws: &Workspace,
+        input: &StepInput,
+    ) -> Result<CudaGraph> {
+        let stream = ops.context().stream();
+        stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
+        let run = self.forward(ops, gemm, ws, input);
+        let graph = stream.end_capture(CUgraphInstantiate_flags(0));
+        run?;
+        graph?.ok_or_else(|| super::error::CudaError::Shape("empty graph captured".into()))
+    }
+}

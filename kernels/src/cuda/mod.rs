@@ -1,0 +1,42 @@
+//! The CUDA backend: NVRTC-compiled kernels (`kernels/cuda/*.cu`), cuBLAS GEMMs, pinned host
+//! memory and the KV page path between GPU and host.
+//!
+//! Nothing here needs a CUDA toolkit at build time: cudarc loads libcuda, libnvrtc and libcublas
+//! at run time, and every entry point probes for them first, so a machine without a GPU gets a
+//! clean error (and `select` chooses the CPU backend) instead of a panic.
+//!
+//! Shape of the API: [`GpuContext`] (one GPU, a compute stream and a copy stream) ->
+//! [`CudaOps`] (typed launchers for the model ops), [`Gemm`] (cuBLAS), [`PageMover`] +
+//! [`PinnedBuf`] (the GPU direct path). A `CudaBackend` implementing the server's compute trait
+//! is a thin wrapper over these (see docs/gpu.md). [`llama`] composes them into a Llama layer
+//! stack for the benchmarks.
+
+pub mod attention;
+pub mod device;
+pub mod error;
+pub mod gemm;
+pub mod info;
+pub mod launch;
+pub mod llama;
+pub mod nvrtc;
+pub mod ops;
+pub mod pinned;
+pub mod sampling;
+pub mod select;
+pub mod tensor;
+pub mod transfer;
+
+pub use attention::{AttnPlan, AttnSeq, AttnShape};
+pub use device::GpuContext;
+pub use error::{CudaError, Result};
+pub use gemm::{Gemm, GemmPath};
+pub use info::{gpu_inventory, GpuInfo};
+pub use ops::CudaOps;
+pub use pinned::PinnedBuf;
+pub use sampling::SamplingParams;
+pub use select::{select, BackendKind};
+pub use tensor::{DTensor, DType};
+pub use transfer::{LayerEvents, PageLayout, PageMover, PagePairs};
+
+#[cfg(test)]
+mod tests;

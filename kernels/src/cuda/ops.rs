@@ -1,0 +1,276 @@
+//! `CudaOps`: typed launchers for the row-wise model ops (embedding, RMSNorm with fused residual,
+//! RoPE, SiLU*mul, KV write, random fill).
+//!
+//! Every launcher checks that its tensors live on this GPU, carry the expected dtype and have
+//! consistent shapes before launching; kernels then index without further checks. All launches
+//! go to the context's compute stream and are asynchronous.
+
+use std::sync::Arc;
+
+use cudarc::driver::CudaFunction;
+
+use super::device::GpuContext;
+use super::error::{ensure, Result};
+use super::launch::{launch, Arg, Dims};
+use super::nvrtc::Program;
+use super::tensor::{DTensor, DType};
+
+/// The compiled row-wise kernels of one GPU.
+pub struct CudaOps {
+    pub(crate) ctx: Arc<GpuContext>,
+    embedding: CudaFunction,
+    rmsnorm: CudaFunction,
+    rope: CudaFunction,
+    silu_mul: CudaFunction,
+    kv_write: CudaFunction,
+    fill: CudaFunction,
+    pub(crate) attention: CudaFunction,
+    pub(crate) combine: CudaFunction,
+    pub(crate) attention_decode: CudaFunction,
+    pub(crate) sample: CudaFunction,
+}
+
+fn threads_for(width: usize) -> u32 {
+    (width.div_ceil(32) * 32).clamp(32, 1024) as u32
+}
+
+fn u(v: usize) -> Arg {
+    Arg::U64(v as u64)
+}
+fn i(v: usize) -> Arg {
+    Arg::I32(v as i32)
+}
+
+impl CudaOps {
+    /// Compiles (or loads from cache) the elementwise, attention and sampling programs.
+    pub fn new(ctx: Arc<GpuContext>) -> Result<Self> {
+        let e = |n| ctx.function(Program::Elementwise, n);
+        Ok(Self {
+            embedding: e("embedding")?,
+            rmsnorm: e("rmsnorm")?,
+            rope: e("rope")?,
+            silu_mul: e("silu_mul")?,
+            kv_write: e("kv_write")?,
+            fill: e("fill_uniform_bf16")?,
+            attention: ctx.function(Program::Attention, "paged_attention")?,
+            combine: ctx.function(Program::Attention, "attention_combine")?,
+            attention_decode: ctx.function(Program::Attention, "paged_attention_decode")?,
+            sample: ctx.function(Program::Sampling, "sample_tokens")?,
+            ctx,
+        })
+    }
+
+    /// The GPU these ops run on.
+    pub fn context(&self) -> &Arc<GpuContext> {
+        &self.ctx
+    }
+
+    pub(crate) fn go(&self, f: &CudaFunction, dims: Dims, args: &[Arg]) -> Result<()> {
+        self.ctx.cuda().bind_to_thread()?;
+        // SAFETY: each public launcher checked device, dtype and shapes of every pointer in
+        // `args` against the kernel's indexing before calling here.
+        unsafe { launch(f, self.ctx.stream().cu_stream(), dims, args) }
+    }
+
+    fn on_gpu(&self, ts: &[(&'static str, &DTensor)]) -> Result<()> {
+        ts.iter().try_for_each(|(w, t)| self.ctx.check_device(w, t))
+    }
+
+    /// out[t] = table[ids[t]] (zero row for an out-of-range id). ids [T] i32, table [V, H], out [T, H].
+    pub fn embedding(&self, ids: &DTensor, table: &DTensor, out: &DTensor) -> Result<()> {
+        self.on_gpu(&[("ids", ids), ("table", table), ("out", out)])?;
+        ensure(table.shape().len() == 2, || {
+            "table must be [vocab, hidden]".into()
+        })?;
+        let (vocab, hidden) = (table.shape()[0], table.shape()[1]);
+        let t = ids.numel();
+        ids.expect("ids", DType::I32, &[t])?;
+        table.expect("table", DType::Bf16, &[vocab, hidden])?;
+        out.expect("out", DType::Bf16, &[t, hidden])?;
+        let args = [
+            Arg::U64(ids.ptr()),
+            Arg::U64(table.ptr()),
+            Arg::U64(out.ptr()),
+            i(hidden),
+            i(vocab),
+        ];
+        self.go(&self.embedding, Dims::rows(t, threads_for(hidden)), &args)
+    }
+
+    /// RMSNorm of each row of x [T, H] scaled by w [H] into out [T, H] (may be x). With
+    /// `residual`, first residual = x + residual and the norm is taken of that sum.
+    pub fn rmsnorm(
+        &self,
+        x: &DTensor,
+        residual: Option<&DTensor>,
+        w: &DTensor,
+        out: &DTensor,
+        eps: f32,
+    ) -> Result<()> {
+        self.on_gpu(&[("x", x), ("w", w), ("out", out)])?;
+        ensure(x.shape().len() == 2, || "x must be [tokens, hidden]".into())?;
+        let (t, h) = (x.shape()[0], x.shape()[1]);
+        x.expect("x", DType::Bf16, &[t, h])?;
+        w.expect("w", DType::Bf16, &[h])?;
+        out.expect("out", DType::Bf16, &[t, h])?;
+        let rp = match residual {
+            Some(r) => {
+                self.ctx.check_device("residual", r)?;
+                r.expect("residual", DType::Bf16, &[t, h])?;
+                r.ptr()
+            }
+            None => 0,
+        };
+        let args = [
+            Arg::U64(x.ptr()),
+            Arg::U64(rp),
+            Arg::U64(w.ptr()),
+            Arg::U64(out.ptr()),
+            i(h),
+            Arg::F32(eps),
+        ];
+        self.go(
+            &self.rmsnorm,
+            Dims::rows(t, threads_for(h.min(1024))),
+            &args,
+        )
+    }
+
+    /// In-place RoPE on the q heads at column `q_col` and the k heads at column `k_col` of
+    /// `qkv` [T, W]. pos [T] i32, inv_freq [head_dim/2] f32.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rope(
+        &self,
+        qkv: &DTensor,
+        q_col: usize,
+        n_q_heads: usize,
+        k_col: usize,
+        n_k_heads: usize,
+        head_dim: usize,
+        pos: &DTensor,
+        inv_freq: &DTensor,
+    ) -> Result<()> {
+        self.on_gpu(&[("qkv", qkv), ("pos", pos), ("inv_freq", inv_freq)])?;
+        ensure(qkv.shape().len() == 2, || {
+            "qkv must be [tokens, width]".into()
+        })?;
+        let (t, w) = (qkv.shape()[0], qkv.shape()[1]);
+        qkv.expect("qkv", DType::Bf16, &[t, w])?;
+        ensure(head_dim % 2 == 0 && head_dim > 0, || {
+            "head_dim must be even".into()
+        })?;
+        ensure(q_col + n_q_heads * head_dim <= w, || {
+            "q heads past row end".into()
+        })?;
+        ensure(k_col + n_k_heads * head_dim <= w, || {
+            "k heads past row end".into()
+        })?;
+        pos.expect("pos", DType::I32, &[t])?;
+        inv_freq.expect("inv_freq", DType::F32, &[head_dim / 2])?;
+        let args = [
+            Arg::U64(qkv.ptr_at(q_col)?),
+            i(w),
+            i(n_q_heads),
+            Arg::U64(qkv.ptr_at(k_col)?),
+            i(w),
+            i(n_k_heads),
+            Arg::U64(pos.ptr()),
+            Arg::U64(inv_freq.ptr()),
+            i(head_dim),
+        ];
+        let work = (n_q_heads + n_k_heads) * head_dim / 2;
+        self.go(
+            &self.rope,
+            Dims::rows(t, threads_for(work.min(1024))),
+            &args,
+        )
+    }
+
+    /// out [T, I] = silu(gu[:, :I]) * gu[:, I:] for gu [T, 2I].
+    pub fn silu_mul(&self, gu: &DTensor, out: &DTensor) -> Result<()> {
+        self.on_gpu(&[("gate_up", gu), ("out", out)])?;
+        ensure(out.shape().len() == 2, || {
+            "out must be [tokens, inter]".into()
+        })?;
+        let (t, inter) = (out.shape()[0], out.shape()[1]);
+        gu.expect("gate_up", DType::Bf16, &[t, 2 * inter])?;
+        out.expect("out", DType::Bf16, &[t, inter])?;
+        let args = [Arg::U64(gu.ptr()), Arg::U64(out.ptr()), i(inter)];
+        self.go(
+            &self.silu_mul,
+            Dims::rows(t, threads_for(inter.min(1024))),
+            &args,
+        )
+    }
+
+    /// Writes token t's K (columns k_col..k_col+kv_dim of src) and V (v_col..) into slot
+    /// slots[t] of one layer's pools [slots, kv_dim]. A negative slot skips the token.
+    #[allow(clippy::too_many_arguments)]
+    pub fn kv_write(
+        &self,
+        src: &DTensor,
+        k_col: usize,
+        v_col: usize,
+        k_pool: &DTensor,
+        v_pool: &DTensor,
+        slots: &DTensor,
+        host_slots: &[i32],
+    ) -> Result<()> {
+        self.on_gpu(&[
+            ("src", src),
+            ("k_pool", k_pool),
+            ("v_pool", v_pool),
+            ("slots", slots),
+        ])?;
+        ensure(src.shape().len() == 2 && k_pool.shape().len() == 2, || {
+            "src [T, W] and pools [slots, kv_dim] expected".into()
+        })?;
+        let (t, w) = (src.shape()[0], src.shape()[1]);
+        let (n_slots, kv_dim) = (k_pool.shape()[0], k_pool.shape()[1]);
+        src.expect("src", DType::Bf16, &[t, w])?;
+        k_pool.expect("k_pool", DType::Bf16, &[n_slots, kv_dim])?;
+        v_pool.expect("v_pool", DType::Bf16, &[n_slots, kv_dim])?;
+        slots.expect("slots", DType::I32, &[t])?;
+        ensure(k_col + kv_dim <= w && v_col + kv_dim <= w, || {
+            "k/v past row end".into()
+        })?;
+        ensure(host_slots.len() == t, || {
+            "host_slots must mirror slots".into()
+        })?;
+        ensure(
+            host_slots.iter().all(|&s| (s as i64) < n_slots as i64),
+            || format!("slot out of range (pool has {n_slots})"),
+        )?;
+        let args = [
+            Arg::U64(src.ptr_at(k_col)?),
+            i(w),
+            Arg::U64(src.ptr_at(v_col)?),
+            i(w),
+            Arg::U64(k_pool.ptr()),
+            Arg::U64(v_pool.ptr()),
+            Arg::U64(slots.ptr()),
+            i(kv_dim),
+        ];
+        self.go(
+            &self.kv_write,
+            Dims::rows(t, threads_for(kv_dim.min(1024))),
+            &args,
+        )
+    }
+
+    /// Fills a bf16 tensor with uniform(-scale, scale) values derived from `seed`.
+    pub fn fill_uniform(&self, t: &DTensor, seed: u64, scale: f32) -> Result<()> {
+        self.on_gpu(&[("t", t)])?;
+        t.expect_at_least("t", DType::Bf16, 0)?;
+        let blocks = (t.numel().div_ceil(256))
+            .min(self.ctx.sm_count() * 16)
+            .max(1);
+        let args = [
+            Arg::U64(t.ptr()),
+            u(t.numel()),
+            Arg::U64(seed),
+            Arg::F32(scale),
+        ];
+        self.go(&self.fill, Dims::rows(blocks, 256), &args)
+    }
+}

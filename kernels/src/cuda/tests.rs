@@ -1,0 +1,184 @@
+//! Tests that run everywhere (CI has no GPU): backend selection without a driver, the NVRTC
+//! programs compiled where libnvrtc exists (a syntax check), the cache key, and the reference
+//! ops' own invariants. The GPU comparison lives in `strata gpu check` (scripts/gpu-check.sh).
+
+use super::nvrtc::{self, Program};
+use super::select::{select, BackendKind};
+use crate::reference as r;
+
+#[test]
+fn selection_reports_a_backend_without_panicking() {
+    let (kind, ctx) = select(0, false);
+    match kind {
+        BackendKind::Cpu { reason } => {
+            assert!(ctx.is_none());
+            assert!(!reason.is_empty());
+            println!("backend: CPU ({reason})");
+        }
+        BackendKind::Cuda { name, .. } => {
+            assert!(ctx.is_some());
+            println!("backend: CUDA on {name}");
+        }
+    }
+    let (forced, ctx) = select(0, true);
+    assert!(ctx.is_none());
+    assert_eq!(
+        forced,
+        BackendKind::Cpu {
+            reason: "CPU requested".into()
+        }
+    );
+}
+
+#[test]
+fn absurd_gpu_id_falls_back_to_cpu() {
+    let (kind, ctx) = select(10_000, false);
+    assert!(ctx.is_none());
+    assert!(matches!(kind, BackendKind::Cpu { .. }));
+}
+
+#[test]
+fn nvrtc_programs_compile_where_nvrtc_exists() {
+    if !nvrtc::nvrtc_present() {
+        println!("SKIPPED: libnvrtc not found, .cu sources not compiled here");
+        return;
+    }
+    for p in Program::ALL {
+        let cubin = nvrtc::compile(p, "sm_90").unwrap_or_else(|e| panic!("{e}"));
+        assert!(cubin.len() > 100, "{}: empty cubin", p.name());
+    }
+}
+
+#[test]
+fn cache_key_depends_on_every_input() {
+    let a = nvrtc::cache_key(Program::Attention, "sm_90", (13, 0), 13000);
+    assert_eq!(
+        a,
+        nvrtc::cache_key(Program::Attention, "sm_90", (13, 0), 13000)
+    );
+    assert_ne!(
+        a,
+        nvrtc::cache_key(Program::Attention, "sm_80", (13, 0), 13000)
+    );
+    assert_ne!(
+        a,
+        nvrtc::cache_key(Program::Attention, "sm_90", (13, 1), 13000)
+    );
+    assert_ne!(
+        a,
+        nvrtc::cache_key(Program::Attention, "sm_90", (13, 0), 13010)
+    );
+    assert_ne!(
+        a,
+        nvrtc::cache_key(Program::Sampling, "sm_90", (13, 0), 13000)
+    );
+}
+
+#[test]
+fn reference_rmsnorm_normalises() {
+    let x = vec![3.0, 4.0, 0.0, 0.0];
+    let w = vec![1.0; 4];
+    let y = r::rmsnorm(&x, None, &w, 0.0);
+    let ms: f32 = y.iter().map(|v| v * v).sum::<f32>() / 4.0;
+    assert!((ms - 1.0).abs() < 1e-5);
+    let mut res = vec![1.0, 1.0, 1.0, 1.0];
+    let _ = r::rmsnorm(&x, Some(&mut res), &w, 0.0);
+    assert_eq!(res, vec![4.0, 5.0, 1.0, 1.0]);
+}
+
+#[test]
+fn reference_rope_preserves_norm_and_scaling_slows_low_frequencies() {
+    let inv = r::rope_inv_freq(8, 10000.0, None);
+    let mut x: Vec<f32> = (0..8).map(|i| i as f32 - 3.5).collect();
+    let n0: f32 = x.iter().map(|v| v * v).sum();
+    r::rope(&mut x, 8, 0, 1, 8, &[17], &inv);
+    let n1: f32 = x.iter().map(|v| v * v).sum();
+    assert!((n0 - n1).abs() < 1e-3);
+    let plain = r::rope_inv_freq(128, 500000.0, None);
+    let scaled = r::rope_inv_freq(128, 500000.0, Some(r::Llama3Scaling::default()));
+    assert_eq!(plain[0], scaled[0]);
+    assert!((scaled[63] - plain[63] / 8.0).abs() <= plain[63] * 1e-6);
+}
+
+#[test]
+fn reference_sampling_semantics() {
+    let logits = vec![1.0, 3.0, 2.0, 3.0, -1.0];
+    assert_eq!(r::sample(&logits, 0.0, 0, 1.0, 0.0, 0.5), 1);
+    assert_eq!(r::kept_set(&logits, 1.0, 2, 1.0, 0.0), vec![1, 3]);
+    assert_eq!(r::kept_set(&logits, 1.0, 0, 1.0, 0.0).len(), 5);
+    let kept = r::kept_set(&logits, 1.0, 0, 1.0, 0.3);
+    assert_eq!(kept, vec![1, 2, 3]);
+    for u in [0.0, 0.3, 0.99] {
+        let t = r::sample(&logits, 1.0, 2, 1.0, 0.0, u);
+        assert!(t == 1 || t == 3);
+    }
+}
+
+#[test]
+fn reference_linear_and_silu() {
+    let x = vec![1.0, 2.0, 3.0, 4.0];
+    let w = vec![1.0, 0.0, 0.0, 1.0, 1.0, 1.0];
+    assert_eq!(r::linear(&x, &w, 2), vec![1.0, 2.0, 3.0, 3.0, 4.0, 7.0]);
+    let y = r::silu_mul(&[0.0, 2.0], 1);
+    assert_eq!(y, vec![0.0]);
+}
+
+#[test]
+fn reference_attention_single_key_returns_value() {
+    let q = vec![1.0; 32];
+    let k = vec![0.5; 32];
+    let v: Vec<f32> = (0..32).map(|i| i as f32).collect();
+    let seqs = [r::RefSeq {
+        q_len: 1,
+        kv_len: 1,
+        pages: vec![0],
+    }];
+    let out = r::paged_attention(&q, &k, &v, &seqs, 1, 1, 32, 1, 1.0);
+    assert_eq!(out, v);
+}
+
+#[test]
+fn kv_budget_honours_mem_fraction() {
+    use super::info::kv_budget;
+    let gib = 1usize << 30;
+    // 80 GiB card, 20 GiB already used by weights, 0.9 static fraction -> 52 GiB for KV.
+    assert_eq!(kv_budget(80 * gib, 60 * gib, 0.9), 52 * gib);
+    assert_eq!(kv_budget(80 * gib, 10 * gib, 0.5), 0);
+    assert_eq!(kv_budget(80 * gib, 80 * gib, 2.0), 80 * gib);
+}
+
+#[test]
+fn page_layout_sizes() {
+    let l = super::PageLayout {
+        layers: 32,
+        pool_pages: 100,
+        chunk_bytes: 16 * 8 * 128 * 2,
+    };
+    assert_eq!(l.host_page_bytes(), 32 * 2 * 32768);
+    assert_eq!(l.pool_bytes(), 100 * l.host_page_bytes());
+}
+
+/// On a GPU machine this compares one op with the reference; elsewhere it says it skipped.
+/// Never the proof: that is `strata gpu check` (docs/perf-gpu.md).
+#[test]
+fn gpu_rmsnorm_matches_reference_when_a_gpu_exists() {
+    let (kind, ctx) = select(0, false);
+    let Some(ctx) = ctx else {
+        println!("SKIPPED GPU part: {kind:?}");
+        return;
+    };
+    let ops = super::CudaOps::new(ctx.clone()).expect("kernels");
+    let (t, h) = (3, 1000);
+    let x: Vec<f32> = (0..t * h)
+        .map(|i| ((i * 37 % 101) as f32 - 50.0) / 25.0)
+        .collect();
+    let w: Vec<f32> = (0..h).map(|i| 0.5 + (i % 7) as f32 / 7.0).collect();
+    let (x, w) = (r::round_bf16(&x), r::round_bf16(&w));
+    let gx = ctx.upload_bf16(&[t, h], &x).unwrap();
+    let gw = ctx.upload_bf16(&[h], &w).unwrap();
+    let out = ctx.alloc(super::DType::Bf16, &[t, h]).unwrap();
+    ops.rmsnorm(&gx, None, &gw, &out, 1e-5).unwrap();
+    let got = ctx.download_f32(&out).unwrap();
+    let err = r::rel_err(&got, &r::rmsnorm(&x, None, &w, 1e-5));
+    assert!(err < 1e-2, "rel err {err}");
+}

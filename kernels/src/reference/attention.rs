@@ -1,0 +1,68 @@
+//! Reference paged attention: causal, GQA, over a paged KV pool, softmax in f64.
+
+/// One sequence of a reference batch.
+#[derive(Clone, Debug)]
+pub struct RefSeq {
+    /// New query tokens.
+    pub q_len: usize,
+    /// Visible keys (prefix + new).
+    pub kv_len: usize,
+    /// Pool page of each block of `page_size` keys.
+    pub pages: Vec<i32>,
+}
+
+/// q [rows, n_heads*hd] (rows = all new tokens in sequence order), pools [slots, n_kv*hd].
+/// Query i of a sequence sees keys [0, kv_len - q_len + i]. Returns [rows, n_heads*hd].
+#[allow(clippy::too_many_arguments)]
+pub fn paged_attention(
+    q: &[f32],
+    k_pool: &[f32],
+    v_pool: &[f32],
+    seqs: &[RefSeq],
+    n_heads: usize,
+    n_kv: usize,
+    hd: usize,
+    page_size: usize,
+    scale: f32,
+) -> Vec<f32> {
+    let group = n_heads / n_kv;
+    let qw = n_heads * hd;
+    let kvw = n_kv * hd;
+    let rows: usize = seqs.iter().map(|s| s.q_len).sum();
+    let mut out = vec![0.0f32; rows * qw];
+    let mut row = 0;
+    for s in seqs {
+        let prefix = s.kv_len - s.q_len;
+        for i in 0..s.q_len {
+            let limit = prefix + i + 1;
+            for h in 0..n_heads {
+                let g = h / group;
+                let qv = &q[(row + i) * qw + h * hd..][..hd];
+                let slot =
+                    |key: usize| s.pages[key / page_size] as usize * page_size + key % page_size;
+                let scores: Vec<f64> = (0..limit)
+                    .map(|key| {
+                        let kv = &k_pool[slot(key) * kvw + g * hd..][..hd];
+                        qv.iter()
+                            .zip(kv)
+                            .map(|(&a, &b)| a as f64 * b as f64)
+                            .sum::<f64>()
+                            * scale as f64
+                    })
+                    .collect();
+                let mx = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                let e: Vec<f64> = scores.iter().map(|x| (x - mx).exp()).collect();
+                let z: f64 = e.iter().sum();
+                let o = &mut out[(row + i) * qw + h * hd..][..hd];
+                for (key, &p) in e.iter().enumerate() {
+                    let vv = &v_pool[slot(key) * kvw + g * hd..][..hd];
+                    for (od, &vd) in o.iter_mut().zip(vv) {
+                        *od += (p / z * vd as f64) as f32;
+                    }
+                }
+            }
+        }
+        row += s.q_len;
+    }
+    out
+}

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Nsight Compute look at the decode kernels (speed of light, occupancy) on a 2-layer stack:
+# batch 1 (GEMV + split attention) and batch 32 (attention). Usage: scripts/gpu-ncu.sh OUTFILE
+set -uo pipefail
+cd "$(dirname "$0")/.."
+STRATA=${STRATA:-target/release/strata}
+OUTFILE=${1:-/tmp/ncu.txt}
+NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
+[ -n "$NCU" ] || { echo "ncu not found" | tee "$OUTFILE"; exit 0; }
+libdirs=$(ls -d /usr/local/cuda/lib64 2>/dev/null)
+pyroot=$(python3 -c 'import nvidia, os; print(" ".join(nvidia.__path__))' 2>/dev/null || true)
+for r in $pyroot; do libdirs="$libdirs $(ls -d "$r"/*/lib "$r"/cu13/lib 2>/dev/null)"; done
+for d in $libdirs; do LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"; done
+export LD_LIBRARY_PATH XDG_CACHE_HOME=${XDG_CACHE_HOME:-/tmp/strata-gpu-cache}
+sections="--section SpeedOfLight --section Occupancy --section LaunchStats"
+{
+  echo "== b1: gemv + attention =="
+  timeout 150 "$NCU" $sections -k 'regex:paged_attention|gemv_bf16|attention_combine' -c 6 \
+    "$STRATA" gpu bench --only decode --decode-batches 1 --layers 2
+  echo "== b32: attention =="
+  timeout 150 "$NCU" $sections -k 'regex:paged_attention' -c 1 \
+    "$STRATA" gpu bench --only decode --decode-batches 32 --layers 2
+} > "$OUTFILE" 2>&1
+grep -E "==|paged_attention|gemv_bf16|attention_combine|Duration|Memory Throughput|DRAM Throughput|Compute \(SM\)|Achieved Occupancy|Registers Per|Theoretical Occupancy|Block Limit" "$OUTFILE" | head -80

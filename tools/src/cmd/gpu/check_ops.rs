@@ -1,0 +1,399 @@
+//! The per-op comparisons of `strata gpu check` (see check.rs for the rules).
+
+use rand::Rng;
+use strata_kernels::cuda::{AttnSeq, AttnShape, CudaOps, DTensor, Gemm, GemmPath, SamplingParams};
+use strata_kernels::reference as r;
+
+use super::check::{shuffle, Checker};
+
+const BF16_TOL: f64 = 1e-2;
+
+fn poisoned(ops: &CudaOps, t: DTensor) -> anyhow::Result<DTensor> {
+    ops.context().memset(&t, 0xFF)?;
+    Ok(t)
+}
+
+fn bf16_out(ops: &CudaOps, shape: &[usize]) -> anyhow::Result<DTensor> {
+    poisoned(
+        ops,
+        ops.context()
+            .alloc(strata_kernels::cuda::DType::Bf16, shape)?,
+    )
+}
+
+pub fn embedding(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
+    let c = ops.context();
+    for (vocab, hidden, t) in [(1000, 64, 1), (517, 4096, 7), (1000, 1000, 33)] {
+        let table = ck.bf16_vec(vocab * hidden, 1.0);
+        let mut ids: Vec<i32> = (0..t)
+            .map(|_| ck.rng.random_range(0..vocab as i32))
+            .collect();
+        if t > 2 {
+            ids[1] = vocab as i32 + 5; // out of range -> zero row
+        }
+        let gt = c.upload_bf16(&[vocab, hidden], &table)?;
+        let gi = c.upload_i32(&[t], &ids)?;
+        let out = bf16_out(ops, &[t, hidden])?;
+        ops.embedding(&gi, &gt, &out)?;
+        let got = c.download_f32(&out)?;
+        let want = r::embedding(&ids, &table, hidden);
+        let bad = got
+            .iter()
+            .zip(&want)
+            .filter(|(a, b)| a.to_bits() != b.to_bits())
+            .count();
+        ck.exact("embedding", format!("V{vocab} H{hidden} T{t}"), bad);
+    }
+    Ok(())
+}
+
+pub fn rmsnorm(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
+    let c = ops.context();
+    for (t, h, with_res) in [
+        (1, 128, false),
+        (5, 4096, true),
+        (17, 1000, true),
+        (3, 8192, false),
+    ] {
+        let x = ck.bf16_vec(t * h, 2.0);
+        let w = ck.bf16_vec(h, 1.5);
+        let res = ck.bf16_vec(t * h, 2.0);
+        let gx = c.upload_bf16(&[t, h], &x)?;
+        let gw = c.upload_bf16(&[h], &w)?;
+        let gr = c.upload_bf16(&[t, h], &res)?;
+        let out = bf16_out(ops, &[t, h])?;
+        ops.rmsnorm(&gx, with_res.then_some(&gr), &gw, &out, 1e-5)?;
+        let mut res_ref = res.clone();
+        let want = r::rmsnorm(&x, with_res.then_some(&mut res_ref[..]), &w, 1e-5);
+        let shape = format!("T{t} H{h} residual={with_res}");
+        ck.rel(
+            "rmsnorm",
+            shape.clone(),
+            r::rel_err(&c.download_f32(&out)?, &want),
+            BF16_TOL,
+        );
+        if with_res {
+            let got_res = c.download_f32(&gr)?;
+            ck.rel("rmsnorm.res", shape, r::rel_err(&got_res, &res_ref), 1e-6);
+        }
+    }
+    Ok(())
+}
+
+pub fn rope(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
+    let c = ops.context();
+    for (t, nh, nkv, hd) in [(1, 4, 2, 64), (9, 32, 8, 128), (33, 6, 2, 96)] {
+        let width = (nh + 2 * nkv) * hd;
+        let x = ck.bf16_vec(t * width, 1.0);
+        let pos: Vec<i32> = (0..t).map(|_| ck.rng.random_range(0..9000)).collect();
+        let inv = r::rope_inv_freq(hd, 500000.0, Some(r::Llama3Scaling::default()));
+        let g = c.upload_bf16(&[t, width], &x)?;
+        let gp = c.upload_i32(&[t], &pos)?;
+        let gi = c.upload_f32(&[hd / 2], &inv)?;
+        ops.rope(&g, 0, nh, nh * hd, nkv, hd, &gp, &gi)?;
+        let mut want = x.clone();
+        r::rope(&mut want, width, 0, nh, hd, &pos, &inv);
+        r::rope(&mut want, width, nh * hd, nkv, hd, &pos, &inv);
+        let err = r::rel_err(&c.download_f32(&g)?, &want);
+        ck.rel(
+            "rope",
+            format!("T{t} heads{nh}/{nkv} hd{hd} llama3"),
+            err,
+            BF16_TOL,
+        );
+    }
+    Ok(())
+}
+
+pub fn silu_mul(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
+    let c = ops.context();
+    for (t, inter) in [(1, 100), (13, 14336), (4, 1000)] {
+        let gu = ck.bf16_vec(t * 2 * inter, 4.0);
+        let g = c.upload_bf16(&[t, 2 * inter], &gu)?;
+        let out = bf16_out(ops, &[t, inter])?;
+        ops.silu_mul(&g, &out)?;
+        let err = r::rel_err(&c.download_f32(&out)?, &r::silu_mul(&gu, inter));
+        ck.rel("silu_mul", format!("T{t} I{inter}"), err, BF16_TOL);
+    }
+    Ok(())
+}
+
+pub fn kv_write(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
+    let c = ops.context();
+    for (t, kv_dim, slots, width) in [(13, 1024, 64, 6144), (1, 96, 5, 300)] {
+        let src = ck.bf16_vec(t * width, 1.0);
+        let pool0 = ck.bf16_vec(slots * kv_dim, 1.0);
+        let mut ids: Vec<i32> = (0..slots as i32).collect();
+        shuffle(&mut ck.rng, &mut ids);
+        ids.truncate(t);
+        if t > 3 {
+            ids[2] = -1;
+        }
+        let (k_col, v_col) = (width - 2 * kv_dim, width - kv_dim);
+        let gs = c.upload_bf16(&[t, width], &src)?;
+        let kp = c.upload_bf16(&[slots, kv_dim], &pool0)?;
+        let vp = c.upload_bf16(&[slots, kv_dim], &pool0)?;
+        let gi = c.upload_i32(&[t], &ids)?;
+        ops.kv_write(&gs, k_col, v_col, &kp, &vp, &gi, &ids)?;
+        let (mut wk, mut wv) = (pool0.clone(), pool0.clone());
+        for (ti, &s) in ids.iter().enumerate() {
+            if s < 0 {
+                continue;
+            }
+            let s = s as usize;
+            wk[s * kv_dim..][..kv_dim].copy_from_slice(&src[ti * width + k_col..][..kv_dim]);
+            wv[s * kv_dim..][..kv_dim].copy_from_slice(&src[ti * width + v_col..][..kv_dim]);
+        }
+        let bad = |g: Vec<f32>, w: &[f32]| {
+            g.iter()
+                .zip(w)
+                .filter(|(a, b)| a.to_bits() != b.to_bits())
+                .count()
+        };
+        let n = bad(c.download_f32(&kp)?, &wk) + bad(c.download_f32(&vp)?, &wv);
+        ck.exact("kv_write", format!("T{t} kv_dim{kv_dim} slots{slots}"), n);
+    }
+    Ok(())
+}
+
+pub fn gemm(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Result<()> {
+    let c = ops.context();
+    use GemmPath::{Cublas, Gemv};
+    for (t, k, n, f32_out, path) in [
+        (1, 4096, 1024, false, Cublas),
+        (33, 1000, 777, false, Cublas),
+        (128, 512, 1536, false, Cublas),
+        (7, 4096, 1000, true, Cublas),
+        (1, 4096, 1024, false, Gemv),
+        (5, 1000, 777, false, Gemv),
+        (8, 14336, 300, false, Gemv),
+        (3, 4096, 1000, true, Gemv),
+    ] {
+        let x = ck.bf16_vec(t * k, 1.0);
+        let w = ck.bf16_vec(n * k, 1.0 / (k as f32).sqrt());
+        let gx = c.upload_bf16(&[t, k], &x)?;
+        let gw = c.upload_bf16(&[n, k], &w)?;
+        let dt = if f32_out {
+            strata_kernels::cuda::DType::F32
+        } else {
+            strata_kernels::cuda::DType::Bf16
+        };
+        let y = poisoned(ops, c.alloc(dt, &[t, n])?)?;
+        gemm.linear_with(&gx, &gw, &y, path)?;
+        let want = r::linear(&x, &w, k);
+        let bound = if f32_out { 1e-3 } else { BF16_TOL };
+        let err = r::rel_err(&c.download_f32(&y)?, &want);
+        let ty = if f32_out { "f32" } else { "bf16" };
+        ck.rel(
+            "gemm",
+            format!("{path:?} T{t} in{k} out{n} {ty}"),
+            err,
+            bound,
+        );
+    }
+    Ok(())
+}
+
+pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
+    let c = ops.context();
+    // (name, heads, kv heads, head_dim, page, [(q_len, kv_len)], forced splits)
+    type Case = (
+        &'static str,
+        usize,
+        usize,
+        usize,
+        usize,
+        Vec<(usize, usize)>,
+        Option<usize>,
+    );
+    let cases: Vec<Case> = vec![
+        ("prefill", 8, 2, 64, 16, vec![(37, 37)], None),
+        (
+            "prefill+prefix",
+            32,
+            8,
+            128,
+            16,
+            vec![(20, 100), (5, 5), (1, 300)],
+            None,
+        ),
+        (
+            "decode",
+            32,
+            8,
+            128,
+            16,
+            vec![(1, 1), (1, 300), (1, 1000)],
+            None,
+        ),
+        (
+            "decode nosplit",
+            32,
+            8,
+            128,
+            16,
+            vec![(1, 1000), (1, 33)],
+            Some(1),
+        ),
+        ("decode mha", 4, 4, 32, 7, vec![(1, 77), (1, 2)], None),
+        (
+            "decode general",
+            32,
+            8,
+            128,
+            16,
+            vec![(1, 1000), (1, 33), (1, 1)],
+            None,
+        ),
+        ("decode g8", 16, 2, 64, 16, vec![(1, 500), (1, 129)], None),
+        ("prefill long", 32, 8, 128, 64, vec![(300, 1500)], None),
+    ];
+    for (name, nh, nkv, hd, page, lens, splits) in cases {
+        let pages_needed: usize = lens.iter().map(|&(_, kv)| kv.div_ceil(page)).sum();
+        let pool_pages = pages_needed + 5;
+        let mut ids: Vec<i32> = (0..pool_pages as i32).collect();
+        shuffle(&mut ck.rng, &mut ids);
+        let mut next = 0;
+        let seqs: Vec<AttnSeq> = lens
+            .iter()
+            .map(|&(q, kv)| {
+                let n = kv.div_ceil(page);
+                let pages = ids[next..next + n].to_vec();
+                next += n;
+                AttnSeq {
+                    q_len: q,
+                    kv_len: kv,
+                    pages,
+                }
+            })
+            .collect();
+        let rows: usize = lens.iter().map(|&(q, _)| q).sum();
+        let kvw = nkv * hd;
+        let slots = pool_pages * page;
+        let q = ck.bf16_vec(rows * nh * hd, 1.0);
+        let k = ck.bf16_vec(slots * kvw, 1.0);
+        let v = ck.bf16_vec(slots * kvw, 1.0);
+        let shape = AttnShape {
+            n_heads: nh,
+            n_kv_heads: nkv,
+            head_dim: hd,
+            page_size: page,
+            pool_pages,
+        };
+        let mut plan = ops.attention_plan(shape, &seqs, splits)?;
+        if name == "decode general" {
+            plan.force_general_kernel();
+        }
+        let gq = c.upload_bf16(&[rows, nh * hd], &q)?;
+        let gk = c.upload_bf16(&[slots, kvw], &k)?;
+        let gv = c.upload_bf16(&[slots, kvw], &v)?;
+        let out = bf16_out(ops, &[rows, nh * hd])?;
+        let scale = 1.0 / (hd as f32).sqrt();
+        ops.paged_attention(&plan, &gq, 0, &gk, &gv, &out, scale)?;
+        let rseqs: Vec<r::RefSeq> = seqs
+            .iter()
+            .map(|s| r::RefSeq {
+                q_len: s.q_len,
+                kv_len: s.kv_len,
+                pages: s.pages.clone(),
+            })
+            .collect();
+        let want = r::paged_attention(&q, &k, &v, &rseqs, nh, nkv, hd, page, scale);
+        let err = r::rel_err(&c.download_f32(&out)?, &want);
+        let kernel = if plan.uses_decode_kernel() {
+            "dec"
+        } else {
+            "gen"
+        };
+        let desc = format!(
+            "{name} h{nh}/{nkv} d{hd} p{page} {lens:?} s{} {kernel}",
+            plan.splits()
+        );
+        ck.rel("attention", desc, err, BF16_TOL);
+    }
+    Ok(())
+}
+
+pub fn sampling(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
+    let c = ops.context();
+    let presets = [
+        SamplingParams::GREEDY,
+        SamplingParams {
+            temperature: 0.7,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.0,
+        },
+        SamplingParams {
+            temperature: 1.0,
+            top_k: 50,
+            top_p: 1.0,
+            min_p: 0.0,
+        },
+        SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 0.9,
+            min_p: 0.0,
+        },
+        SamplingParams {
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            min_p: 0.05,
+        },
+        SamplingParams {
+            temperature: 1.3,
+            top_k: 20,
+            top_p: 0.8,
+            min_p: 0.02,
+        },
+        SamplingParams {
+            temperature: 0.5,
+            top_k: 1,
+            top_p: 1.0,
+            min_p: 0.0,
+        },
+    ];
+    for vocab in [1000, 32000, 128256] {
+        let rows = 4 * presets.len();
+        let logits: Vec<f32> = (0..rows * vocab)
+            .map(|_| ck.rng.random_range(-4.0f32..4.0).powi(3) / 8.0)
+            .collect();
+        let params: Vec<SamplingParams> = (0..rows).map(|i| presets[i % presets.len()]).collect();
+        let unif: Vec<f32> = (0..rows)
+            .map(|_| ck.rng.random_range(0.0f32..1.0))
+            .collect();
+        let gl = c.upload_f32(&[rows, vocab], &logits)?;
+        let gp = c.alloc(strata_kernels::cuda::DType::F32, &[rows, vocab])?;
+        let got = ops.sample(&gl, &gp, &params, &unif)?;
+        let (mut outside, mut differ) = (0, 0);
+        for (i, p) in params.iter().enumerate() {
+            let row = &logits[i * vocab..(i + 1) * vocab];
+            let want = r::sample(row, p.temperature, p.top_k, p.top_p, p.min_p, unif[i]);
+            let g = got[i];
+            let kept = if p.temperature > 0.0 {
+                r::kept_set(row, p.temperature, p.top_k, p.top_p, p.min_p)
+            } else {
+                vec![want]
+            };
+            if g < 0 || !kept.contains(&(g as usize)) {
+                outside += 1;
+            } else if g as usize != want {
+                differ += 1;
+            }
+        }
+        ck.exact(
+            "sample.kept",
+            format!("V{vocab} rows{rows} (token outside CPU kept set)"),
+            outside,
+        );
+        ck.rel(
+            "sample.same",
+            format!("V{vocab} rows{rows} (fraction != CPU pick)"),
+            differ as f64 / rows as f64,
+            0.05,
+        );
+    }
+    Ok(())
+}
