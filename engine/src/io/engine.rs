@@ -26,12 +26,30 @@ pub struct IoReq {
 pub type IoResult = (IoBuf, io::Result<()>);
 
 /// A pending request; [`Completion::wait`] blocks until the engine finishes it.
-pub struct Completion(oneshot::Receiver<IoResult>);
+///
+/// Not `Send`: an io_uring completion must be waited for on the thread that submitted it (that
+/// thread's ring reaps it).
+pub struct Completion(Inner, std::marker::PhantomData<*const ()>);
+
+enum Inner {
+    Channel(oneshot::Receiver<IoResult>),
+    Local(std::rc::Rc<dyn LocalWait>, usize),
+}
+
+/// A per-thread engine that finishes request `token` when asked on its own thread.
+pub(crate) trait LocalWait {
+    fn wait(&self, token: usize) -> IoResult;
+}
 
 impl Completion {
     pub(crate) fn channel() -> (oneshot::Sender<IoResult>, Self) {
         let (tx, rx) = oneshot::channel();
-        (tx, Self(rx))
+        (tx, Self(Inner::Channel(rx), std::marker::PhantomData))
+    }
+
+    /// A completion finished by `waiter` on the submitting thread.
+    pub(crate) fn local(waiter: std::rc::Rc<dyn LocalWait>, token: usize) -> Self {
+        Self(Inner::Local(waiter, token), std::marker::PhantomData)
     }
 
     /// A completion that is already finished.
@@ -42,11 +60,14 @@ impl Completion {
     }
 
     /// Blocks until the request completes. Panics only if the engine dropped the request without an
-    /// answer, which its threads never do.
+    /// answer, which it never does.
     pub fn wait(self) -> IoResult {
-        self.0
-            .recv()
-            .expect("I/O engine dropped a request without completing it")
+        match self.0 {
+            Inner::Channel(rx) => rx
+                .recv()
+                .expect("I/O engine dropped a request without completing it"),
+            Inner::Local(w, token) => w.wait(token),
+        }
     }
 }
 

@@ -29,16 +29,14 @@ pub fn open_engine(
     match kind {
         IoEngineKind::Psync => Ok(Arc::new(psync::PsyncEngine::new(dev, threads))),
         IoEngineKind::Uring => Ok(Arc::new(
-            uring::UringEngine::new(dev, threads, depth, arena_bytes).map_err(Error::Io)?,
+            uring::UringEngine::new(dev, depth, arena_bytes).map_err(Error::Io)?,
         )),
-        IoEngineKind::Auto => {
-            match uring::UringEngine::new(dev.clone(), threads, depth, arena_bytes) {
-                Ok(e) => Ok(Arc::new(e)),
-                Err(e) => {
-                    tracing::warn!(error = %e, "io_uring unavailable; falling back to the pread/pwrite engine");
-                    Ok(Arc::new(psync::PsyncEngine::new(dev, threads)))
-                }
+        IoEngineKind::Auto => match uring::UringEngine::new(dev.clone(), depth, arena_bytes) {
+            Ok(e) => Ok(Arc::new(e)),
+            Err(e) => {
+                tracing::warn!(error = %e, "io_uring unavailable; falling back to the pread/pwrite engine");
+                Ok(Arc::new(psync::PsyncEngine::new(dev, threads)))
             }
-        }
+        },
     }
 }

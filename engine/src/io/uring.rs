@@ -1,298 +1,317 @@
-//! The io_uring engine: one ring per I/O thread, the device registered as fixed file 0, the engine's
-//! arena registered as fixed buffer 0 (`ReadFixed`/`WriteFixed` for arena buffers, plain
-//! `Read`/`Write` for other memory).
+//! The io_uring engine: one ring per I/O thread, where the I/O threads are the callers themselves.
 //!
-//! Each thread owns its ring outright (no locks around it). Submitters hand requests over a channel
-//! and kick an eventfd that the ring polls, so a thread waiting for completions also wakes for new
-//! work. At most `depth` requests are in the kernel per ring; the rest wait in a local queue.
+//! Each thread that submits gets its own ring (thread-local, created on first use): it pushes its
+//! requests, enters the kernel once to submit them, and reaps its own completions when it waits — no
+//! hand-off to another thread, no wake-ups, no locks around the ring. The device is registered as
+//! fixed file 0 and the engine's arena as fixed buffer 0 (`WriteFixed`/`ReadFixed`); memory callers
+//! register later occupies further slots of a sparse buffer table, applied lazily by each ring. At
+//! most `depth` requests are in the kernel per ring; a short transfer is resubmitted for the rest.
 
-use std::collections::VecDeque;
+use std::cell::RefCell;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
-use std::thread::JoinHandle;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
 
 use io_uring::{opcode, types, IoUring};
+use parking_lot::RwLock;
 
 use super::arena::Arena;
 use super::device::{datasync, Device};
-use super::engine::{Completion, IoEngine, IoReq, IoResult, Op};
+use super::engine::{Completion, IoEngine, IoReq, IoResult, LocalWait, Op};
 use super::iobuf::IoBuf;
-
-const WAKE_TOKEN: u64 = u64::MAX;
 
 /// Fixed-buffer slots per ring: slot 0 is the engine's arena, the rest caller registrations.
 const SLOTS: u32 = 32;
 
-enum Msg {
-    Work(Vec<(IoReq, oneshot::Sender<IoResult>)>),
-    Register(u16, libc::iovec, oneshot::Sender<io::Result<()>>),
-    Stop,
-}
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
-// SAFETY: the iovec only describes memory whose owner promised it outlives the engine.
-unsafe impl Send for Msg {}
-
-struct Lane {
-    tx: crossbeam_channel::Sender<Msg>,
-    efd: i32,
+struct Shared {
+    id: u64,
+    dev: Arc<Device>,
+    arena: Option<Arc<Arena>>,
+    depth: u32,
+    /// Caller registrations: (base address, length, slot). Only ever grows.
+    regions: RwLock<Vec<(usize, usize, u16)>>,
 }
 
 /// io_uring engine over one device.
 pub struct UringEngine {
-    dev: Arc<Device>,
-    arena: Option<Arc<Arena>>,
-    lanes: Vec<Lane>,
-    next: AtomicUsize,
-    threads: Vec<JoinHandle<()>>,
-    /// Caller registrations: (base address, length, slot).
-    regions: parking_lot::RwLock<Vec<(usize, usize, u16)>>,
+    shared: Arc<Shared>,
     sparse: bool,
 }
 
 struct Slot {
     req: IoReq,
-    done: oneshot::Sender<IoResult>,
-    /// Bytes already transferred (short transfers are resubmitted for the rest).
     moved: usize,
+    result: Option<io::Result<()>>,
+}
+
+struct RingState {
+    ring: IoUring,
+    slots: Vec<Option<Slot>>,
+    free: Vec<usize>,
+    in_flight: usize,
+    arena_ok: bool,
+    sparse: bool,
+    regions_applied: usize,
+}
+
+struct LocalRing {
+    engine: Weak<Shared>,
+    id: u64,
+    st: RefCell<RingState>,
+}
+
+thread_local! {
+    static RINGS: RefCell<Vec<Rc<LocalRing>>> = const { RefCell::new(Vec::new()) };
 }
 
 impl UringEngine {
-    /// Sets up `threads` rings of `depth` entries, registering the device and an arena of
-    /// `arena_bytes` (0 = none). Fails when the kernel refuses io_uring.
-    pub fn new(
-        dev: Arc<Device>,
-        threads: usize,
-        depth: u32,
-        arena_bytes: usize,
-    ) -> io::Result<Self> {
+    /// Sets up the engine and probes io_uring on the calling thread (its ring is kept for it).
+    /// Fails when the kernel refuses io_uring, so that `Auto` can fall back.
+    pub fn new(dev: Arc<Device>, depth: u32, arena_bytes: usize) -> io::Result<Self> {
         let arena = (arena_bytes > 0).then(|| Arena::new(arena_bytes));
-        let mut lanes = Vec::new();
-        let mut handles = Vec::new();
-        let mut sparse_all = true;
-        for i in 0..threads.max(1) {
-            let ring = IoUring::new(depth.next_power_of_two().max(8) + 1)?;
-            let fd = dev.file.as_raw_fd();
-            ring.submitter().register_files(&[fd])?;
-            // A sparse table lets callers register their own memory later; older kernels get the
-            // arena alone.
-            let sparse = ring.submitter().register_buffers_sparse(SLOTS).is_ok();
-            sparse_all &= sparse;
-            let mut registered = false;
-            if let Some(a) = &arena {
-                let iov = libc::iovec {
-                    iov_base: a.base() as *mut _,
-                    iov_len: a.len(),
-                };
-                // SAFETY: the arena outlives the ring (the engine joins its threads before dropping
-                // the arena) and stays at a fixed address.
-                let r = unsafe {
-                    if sparse {
-                        ring.submitter().register_buffers_update(0, &[iov], None)
-                    } else {
-                        ring.submitter().register_buffers(&[iov])
-                    }
-                };
-                match r {
-                    Ok(()) => registered = true,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "io_uring buffer registration failed; using unregistered reads/writes")
-                    }
-                }
-            }
-            // SAFETY: plain syscall.
-            let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK) };
-            if efd < 0 {
-                return Err(io::Error::last_os_error());
-            }
-            let (tx, rx) = crossbeam_channel::unbounded();
-            let depth = depth as usize;
-            handles.push(
-                std::thread::Builder::new()
-                    .name(format!("strata-uring-{i}"))
-                    .spawn(move || run_ring(ring, rx, efd, depth, registered))?,
-            );
-            lanes.push(Lane { tx, efd });
-        }
-        Ok(Self {
+        let shared = Arc::new(Shared {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             dev,
             arena,
-            lanes,
-            next: AtomicUsize::new(0),
-            threads: handles,
-            regions: parking_lot::RwLock::new(Vec::new()),
-            sparse: sparse_all,
-        })
+            depth: depth.max(1),
+            regions: RwLock::new(Vec::new()),
+        });
+        let ring = local_ring(&shared)?;
+        let sparse = ring.st.borrow().sparse;
+        Ok(Self { shared, sparse })
     }
 }
 
-fn run_ring(
-    mut ring: IoUring,
-    rx: crossbeam_channel::Receiver<Msg>,
-    efd: i32,
-    depth: usize,
-    registered: bool,
-) {
-    let mut slots: Vec<Option<Slot>> = Vec::new();
-    let mut free: Vec<usize> = Vec::new();
-    let mut queue: VecDeque<Slot> = VecDeque::new();
-    let mut in_flight = 0usize;
-    let mut wake_armed = false;
-    let mut stopping = false;
-    let mut efd_buf = [0u8; 8];
-    loop {
-        // Take new work without blocking while anything is in flight.
-        loop {
-            let msg = if in_flight == 0 && queue.is_empty() && !stopping {
-                match rx.recv() {
-                    Ok(m) => m,
-                    Err(_) => return,
-                }
+/// This thread's ring for `shared`, created on first use. Rings of dropped engines are released.
+fn local_ring(shared: &Arc<Shared>) -> io::Result<Rc<LocalRing>> {
+    RINGS.with(|rings| {
+        let mut rings = rings.borrow_mut();
+        rings.retain(|r| r.engine.strong_count() > 0);
+        if let Some(r) = rings.iter().find(|r| r.id == shared.id) {
+            return Ok(r.clone());
+        }
+        let r = Rc::new(LocalRing {
+            engine: Arc::downgrade(shared),
+            id: shared.id,
+            st: RefCell::new(new_ring(shared)?),
+        });
+        rings.push(r.clone());
+        Ok(r)
+    })
+}
+
+fn new_ring(shared: &Shared) -> io::Result<RingState> {
+    let ring = IoUring::new(shared.depth.next_power_of_two().max(8))?;
+    ring.submitter()
+        .register_files(&[shared.dev.file.as_raw_fd()])?;
+    // A sparse table lets callers register their own memory later; older kernels get the arena alone.
+    let sparse = ring.submitter().register_buffers_sparse(SLOTS).is_ok();
+    let mut arena_ok = false;
+    if let Some(a) = &shared.arena {
+        let iov = libc::iovec {
+            iov_base: a.base() as *mut _,
+            iov_len: a.len(),
+        };
+        // SAFETY: the arena lives as long as the engine, and a ring is only used while its engine is
+        // alive (rings of dropped engines are discarded before any use).
+        let r = unsafe {
+            if sparse {
+                ring.submitter().register_buffers_update(0, &[iov], None)
             } else {
-                match rx.try_recv() {
-                    Ok(m) => m,
-                    Err(_) => break,
-                }
-            };
-            match msg {
-                Msg::Work(v) => queue.extend(v.into_iter().map(|(req, done)| Slot {
-                    req,
-                    done,
-                    moved: 0,
-                })),
-                Msg::Register(slot, iov, done) => {
-                    // SAFETY: the caller of `UringEngine::register` guarantees the memory outlives us.
-                    let r = unsafe {
-                        ring.submitter()
-                            .register_buffers_update(slot as u32, &[iov], None)
-                    };
-                    let _ = done.send(r);
-                }
-                Msg::Stop => stopping = true,
+                ring.submitter().register_buffers(&[iov])
+            }
+        };
+        match r {
+            Ok(()) => arena_ok = true,
+            Err(e) => {
+                tracing::warn!(error = %e, "io_uring buffer registration failed; using unregistered reads/writes")
             }
         }
-        if stopping && in_flight == 0 && queue.is_empty() {
-            let _ = ring.submitter().unregister_files();
-            return;
-        }
-        while in_flight < depth {
-            let Some(mut slot) = queue.pop_front() else {
-                break;
+    }
+    Ok(RingState {
+        ring,
+        slots: Vec::new(),
+        free: Vec::new(),
+        in_flight: 0,
+        arena_ok,
+        sparse,
+        regions_applied: 0,
+    })
+}
+
+impl RingState {
+    /// Applies caller registrations this ring has not seen yet.
+    fn apply_regions(&mut self, shared: &Shared) {
+        let regions = shared.regions.read();
+        while self.sparse && self.regions_applied < regions.len() {
+            let (base, len, slot) = regions[self.regions_applied];
+            let iov = libc::iovec {
+                iov_base: base as *mut _,
+                iov_len: len,
             };
-            let idx = free.pop().unwrap_or_else(|| {
-                slots.push(None);
-                slots.len() - 1
-            });
-            let sqe = build_sqe(&mut slot, idx as u64, registered);
-            slots[idx] = Some(slot);
-            // SAFETY: the buffer lives in `slots` until its completion is reaped.
-            unsafe {
-                ring.submission()
-                    .push(&sqe)
-                    .expect("ring sized above depth")
-            };
-            in_flight += 1;
+            // SAFETY: `Store::register_buffer`'s caller keeps the memory valid while the store lives.
+            if let Err(e) = unsafe {
+                self.ring
+                    .submitter()
+                    .register_buffers_update(slot as u32, &[iov], None)
+            } {
+                tracing::warn!(error = %e, slot, "registering caller memory failed; using plain reads");
+            }
+            self.regions_applied += 1;
         }
-        if !wake_armed {
-            let poll = opcode::PollAdd::new(types::Fd(efd), libc::POLLIN as _)
-                .build()
-                .user_data(WAKE_TOKEN);
-            // SAFETY: the eventfd outlives the ring.
-            unsafe {
-                ring.submission()
-                    .push(&poll)
-                    .expect("ring has room for the wake poll")
-            };
-            wake_armed = true;
+    }
+
+    fn push(&mut self, idx: usize) {
+        let slot = self.slots[idx].as_mut().expect("live slot");
+        // Slot 0 (the arena) is usable only if its registration succeeded; caller slots only if the
+        // table is sparse (they were applied above).
+        let fixed =
+            slot.req
+                .buf
+                .fixed_index()
+                .filter(|&i| if i == 0 { self.arena_ok } else { self.sparse });
+        let moved = slot.moved;
+        let len = (slot.req.buf.len() - moved) as u32;
+        // SAFETY: `moved < len` of the buffer.
+        let ptr = unsafe { slot.req.buf.as_mut_ptr().add(moved) };
+        let off = slot.req.offset + moved as u64;
+        let file = types::Fixed(0);
+        let sqe = match (slot.req.op, fixed) {
+            (Op::Read, Some(i)) => opcode::ReadFixed::new(file, ptr, len, i)
+                .offset(off)
+                .build(),
+            (Op::Write, Some(i)) => opcode::WriteFixed::new(file, ptr, len, i)
+                .offset(off)
+                .build(),
+            (Op::Read, None) => opcode::Read::new(file, ptr, len).offset(off).build(),
+            (Op::Write, None) => opcode::Write::new(file, ptr, len).offset(off).build(),
+        };
+        let sqe = sqe.user_data(idx as u64);
+        // SAFETY: the buffer stays in `slots` until its completion is reaped. The queue has room: at
+        // most `depth` requests are outstanding and the ring has at least `depth` entries.
+        while unsafe { self.ring.submission().push(&sqe) }.is_err() {
+            let _ = self.ring.submit();
         }
-        if let Err(e) = ring.submit_and_wait(1) {
-            if e.raw_os_error() != Some(libc::EINTR) && e.raw_os_error() != Some(libc::EBUSY) {
-                tracing::error!(error = %e, "io_uring submit failed");
+        self.in_flight += 1;
+    }
+
+    /// Submits what is queued and waits for at least one completion, then records every completion.
+    fn reap(&mut self) {
+        if let Err(e) = self.ring.submit_and_wait(1) {
+            if !matches!(
+                e.raw_os_error(),
+                Some(libc::EINTR) | Some(libc::EBUSY) | Some(libc::EAGAIN)
+            ) {
+                tracing::error!(error = %e, "io_uring wait failed");
             }
         }
-        let cqes: Vec<(u64, i32)> = ring
+        let cqes: Vec<(u64, i32)> = self
+            .ring
             .completion()
             .map(|c| (c.user_data(), c.result()))
             .collect();
         for (token, res) in cqes {
-            if token == WAKE_TOKEN {
-                wake_armed = false;
-                // SAFETY: reading 8 bytes from our own non-blocking eventfd.
-                unsafe { libc::read(efd, efd_buf.as_mut_ptr() as *mut _, 8) };
-                continue;
-            }
             let idx = token as usize;
-            let mut slot = slots[idx].take().expect("completion for a live slot");
-            in_flight -= 1;
-            free.push(idx);
-            let result = if res < 0 {
-                Err(io::Error::from_raw_os_error(-res))
+            self.in_flight -= 1;
+            let slot = self.slots[idx]
+                .as_mut()
+                .expect("completion for a live slot");
+            if res < 0 {
+                slot.result = Some(Err(io::Error::from_raw_os_error(-res)));
             } else if res == 0 {
-                Err(io::Error::new(
+                slot.result = Some(Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     "short transfer at end of device",
-                ))
+                )));
             } else {
                 slot.moved += res as usize;
                 if slot.moved < slot.req.buf.len() {
-                    queue.push_front(slot);
-                    continue;
+                    self.push(idx);
+                } else {
+                    slot.result = Some(Ok(()));
                 }
-                Ok(())
-            };
-            let _ = slot.done.send((slot.req.buf, result));
+            }
         }
     }
 }
 
-fn build_sqe(slot: &mut Slot, token: u64, registered: bool) -> io_uring::squeue::Entry {
-    // Slot 0 (the arena) is usable only if its registration succeeded; caller slots always are.
-    let fixed = slot.req.buf.fixed_index().filter(|&i| i != 0 || registered);
-    let moved = slot.moved;
-    let len = (slot.req.buf.len() - moved) as u32;
-    // SAFETY: `moved < len` of the buffer.
-    let ptr = unsafe { slot.req.buf.as_mut_ptr().add(moved) };
-    let off = slot.req.offset + moved as u64;
-    let file = types::Fixed(0);
-    let sqe = match (slot.req.op, fixed) {
-        (Op::Read, Some(i)) => opcode::ReadFixed::new(file, ptr, len, i)
-            .offset(off)
-            .build(),
-        (Op::Write, Some(i)) => opcode::WriteFixed::new(file, ptr, len, i)
-            .offset(off)
-            .build(),
-        (Op::Read, None) => opcode::Read::new(file, ptr, len).offset(off).build(),
-        (Op::Write, None) => opcode::Write::new(file, ptr, len).offset(off).build(),
-    };
-    sqe.user_data(token)
+impl LocalWait for LocalRing {
+    fn wait(&self, token: usize) -> IoResult {
+        let mut st = self.st.borrow_mut();
+        loop {
+            if st.slots[token].as_ref().is_some_and(|s| s.result.is_some()) {
+                let slot = st.slots[token].take().expect("live slot");
+                st.free.push(token);
+                return (slot.req.buf, slot.result.expect("finished"));
+            }
+            st.reap();
+        }
+    }
 }
 
 impl IoEngine for UringEngine {
     fn submit(&self, reqs: Vec<IoReq>) -> Vec<Completion> {
-        let mut out = Vec::with_capacity(reqs.len());
-        let mut work = Vec::with_capacity(reqs.len());
-        for req in reqs {
-            let (done, c) = Completion::channel();
-            work.push((req, done));
-            out.push(c);
+        let ring = match local_ring(&self.shared) {
+            Ok(r) => r,
+            Err(e) => {
+                let kind = e.kind();
+                return reqs
+                    .into_iter()
+                    .map(|r| {
+                        Completion::ready((
+                            r.buf,
+                            Err(io::Error::new(kind, format!("io_uring setup: {e}"))),
+                        ))
+                    })
+                    .collect();
+            }
+        };
+        let mut tokens = Vec::with_capacity(reqs.len());
+        {
+            let mut st = ring.st.borrow_mut();
+            st.apply_regions(&self.shared);
+            for req in reqs {
+                while st.in_flight >= self.shared.depth as usize {
+                    st.reap();
+                }
+                let idx = st.free.pop().unwrap_or_else(|| {
+                    st.slots.push(None);
+                    st.slots.len() - 1
+                });
+                st.slots[idx] = Some(Slot {
+                    req,
+                    moved: 0,
+                    result: None,
+                });
+                st.push(idx);
+                tokens.push(idx);
+            }
+            if let Err(e) = st.ring.submit() {
+                tracing::warn!(error = %e, "io_uring submit failed; will retry when waiting");
+            }
         }
-        let lane = &self.lanes[self.next.fetch_add(1, Ordering::Relaxed) % self.lanes.len()];
-        lane.tx.send(Msg::Work(work)).expect("uring thread alive");
-        kick(lane.efd);
-        out
+        let waiter: Rc<dyn LocalWait> = ring;
+        tokens
+            .into_iter()
+            .map(|t| Completion::local(waiter.clone(), t))
+            .collect()
     }
 
     fn sync(&self) -> io::Result<()> {
-        datasync(self.dev.file.as_raw_fd())
+        datasync(self.shared.dev.file.as_raw_fd())
     }
 
     fn device_len(&self) -> u64 {
-        self.dev.len
+        self.shared.dev.len
     }
 
     fn alloc(&self, len: usize) -> IoBuf {
-        self.arena
+        self.shared
+            .arena
             .as_ref()
             .and_then(|a| a.alloc(len))
             .unwrap_or_else(|| IoBuf::heap(len))
@@ -302,31 +321,21 @@ impl IoEngine for UringEngine {
         if !self.sparse || len == 0 || len > (1 << 30) {
             return Ok(false);
         }
-        let mut regions = self.regions.write();
+        let mut regions = self.shared.regions.write();
         let slot = regions.len() as u16 + 1;
         if slot as u32 >= SLOTS {
             return Ok(false);
-        }
-        let iov = libc::iovec {
-            iov_base: ptr as *mut _,
-            iov_len: len,
-        };
-        for lane in &self.lanes {
-            let (tx, rx) = oneshot::channel();
-            lane.tx
-                .send(Msg::Register(slot, iov, tx))
-                .expect("uring thread alive");
-            kick(lane.efd);
-            rx.recv()
-                .map_err(|_| io::Error::other("uring thread gone"))??;
         }
         regions.push((ptr as usize, len, slot));
         Ok(true)
     }
 
     fn registered(&self, ptr: *const u8, len: usize) -> Option<u16> {
+        if !self.sparse {
+            return None;
+        }
         let p = ptr as usize;
-        let regions = self.regions.read();
+        let regions = self.shared.regions.read();
         regions
             .iter()
             .find(|&&(base, l, _)| p >= base && p + len <= base + l)
@@ -335,27 +344,5 @@ impl IoEngine for UringEngine {
 
     fn name(&self) -> &'static str {
         "io_uring"
-    }
-}
-
-fn kick(efd: i32) {
-    let one: u64 = 1;
-    // SAFETY: writing 8 bytes to our own eventfd.
-    unsafe { libc::write(efd, &one as *const u64 as *const _, 8) };
-}
-
-impl Drop for UringEngine {
-    fn drop(&mut self) {
-        for lane in &self.lanes {
-            let _ = lane.tx.send(Msg::Stop);
-            kick(lane.efd);
-        }
-        for t in self.threads.drain(..) {
-            let _ = t.join();
-        }
-        for lane in &self.lanes {
-            // SAFETY: closing our own eventfd after its ring thread exited.
-            unsafe { libc::close(lane.efd) };
-        }
     }
 }
