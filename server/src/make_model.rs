@@ -247,6 +247,46 @@ fn write_safetensors(
     f.flush()
 }
 
+/// Rewrites `dir/model.safetensors` as `shards` files `model-0000i-of-0000n.safetensors` plus
+/// `model.safetensors.index.json` (the layout of large Hugging Face checkpoints). Tensors are dealt
+/// round-robin in name order; dtypes are kept.
+pub fn shard_checkpoint(dir: &Path, shards: usize) -> std::io::Result<()> {
+    let bad = |e: String| std::io::Error::new(std::io::ErrorKind::InvalidData, e);
+    let single = dir.join("model.safetensors");
+    let bytes = std::fs::read(&single)?;
+    let st = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| bad(e.to_string()))?;
+    let mut names: Vec<String> = st.names().into_iter().map(|s| s.to_string()).collect();
+    names.sort();
+    let mut weight_map = serde_json::Map::new();
+    for shard in 0..shards {
+        let file = format!("model-{:05}-of-{:05}.safetensors", shard + 1, shards);
+        let mut header = serde_json::Map::new();
+        header.insert("__metadata__".into(), json!({"format": "pt"}));
+        let mut data = Vec::new();
+        for name in names.iter().skip(shard).step_by(shards) {
+            let t = st.tensor(name).map_err(|e| bad(e.to_string()))?;
+            let dtype = serde_json::to_value(t.dtype()).map_err(|e| bad(e.to_string()))?;
+            header.insert(name.clone(), json!({"dtype": dtype, "shape": t.shape(), "data_offsets": [data.len(), data.len() + t.data().len()]}));
+            data.extend_from_slice(t.data());
+            weight_map.insert(name.clone(), json!(file));
+        }
+        let mut h = serde_json::to_string(&Value::Object(header))?;
+        while h.len() % 8 != 0 {
+            h.push(' ');
+        }
+        let mut f = std::io::BufWriter::new(std::fs::File::create(dir.join(&file))?);
+        f.write_all(&(h.len() as u64).to_le_bytes())?;
+        f.write_all(h.as_bytes())?;
+        f.write_all(&data)?;
+        f.flush()?;
+    }
+    write_json(
+        &dir.join("model.safetensors.index.json"),
+        &json!({"metadata": {}, "weight_map": weight_map}),
+    )?;
+    std::fs::remove_file(single)
+}
+
 /// Writes the model to `out` (created if needed).
 pub fn make_model(spec: &MakeModel, out: &Path) -> std::io::Result<()> {
     use crate::model::Arch;
