@@ -137,7 +137,24 @@ impl<B: Backend> Scheduler<B> {
             self.waiting.push_front(s);
         }
         if items.is_empty() {
-            return false;
+            if self.running.is_empty() {
+                return false;
+            }
+            // Prefilling sequences hold pages but none can get more: free the newest one so the
+            // others can go on. Alone it could have taken every page (prompts that cannot fit the
+            // pool are refused at submission), so this is a last-resort guard against a hang.
+            let s = self.running.pop().expect("non-empty");
+            if self.running.is_empty() {
+                self.finish(
+                    s,
+                    FinishReason::Abort(
+                        "KV cache is full: the request does not fit in the pool.".into(),
+                    ),
+                );
+            } else {
+                self.retract(s);
+            }
+            return true;
         }
         self.forward(items);
         true
