@@ -175,6 +175,29 @@ async fn info_endpoints_answer() {
     assert_eq!(st, 200);
     assert_eq!(v.as_array().unwrap().len(), 2);
     assert_eq!(v[0]["output_ids"], s.greedy("Hello", 3).await["output_ids"]);
+    // input_ids in, and stop_token_ids end generation at the first occurrence of the token.
+    let plain = s.greedy("Hello world", 12).await;
+    let out: Vec<u64> = plain["output_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect();
+    let stop = out[3];
+    let first = out.iter().position(|&t| t == stop).unwrap();
+    let (_, v) = s
+        .post("/generate", &json!({"text": "Hello world", "sampling_params": {"temperature": 0, "max_new_tokens": 12, "stop_token_ids": [stop]}}))
+        .await;
+    assert_eq!(v["output_ids"].as_array().unwrap().len(), first + 1, "{v}");
+    assert_eq!(
+        v["meta_info"]["finish_reason"],
+        json!({"type": "stop", "matched": stop})
+    );
+    let (_, ids) = s.get("/get_model_info").await;
+    assert!(ids.contains("Qwen2ForCausalLM"));
+    let (st, v) = s.post("/generate", &json!({"input_ids": [5, 6, 7], "sampling_params": {"temperature": 0, "max_new_tokens": 4}})).await;
+    assert_eq!(st, 200);
+    assert_eq!(v["meta_info"]["prompt_tokens"], 3);
     // A seeded sampled request reproduces itself.
     let body = json!({"text": "Hello", "sampling_params": {"temperature": 1.0, "top_p": 0.9, "top_k": 50, "seed": 7, "max_new_tokens": 16}});
     let (_, a) = s.post("/generate", &body).await;
