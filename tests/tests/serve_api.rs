@@ -274,3 +274,69 @@ async fn api_key_and_launch_flags_are_enforced() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_serve_drives_both_backends() {
+    let m = MadeModel::new("llama", "tiny");
+    let s = Server::start(m.path(), &["--page-size", "16"]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("results.jsonl");
+    let runs: [&[&str]; 2] = [
+        &[
+            "--backend",
+            "sglang",
+            "--num-prompts",
+            "8",
+            "--random-input-len",
+            "32",
+            "--random-output-len",
+            "8",
+            "--max-concurrency",
+            "4",
+        ],
+        &[
+            "--backend",
+            "openai",
+            "--dataset-name",
+            "generated-shared-prefix",
+            "--gsp-num-groups",
+            "2",
+            "--gsp-prompts-per-group",
+            "3",
+            "--gsp-system-prompt-len",
+            "64",
+            "--gsp-question-len",
+            "8",
+            "--gsp-output-len",
+            "4",
+            "--request-rate",
+            "50",
+        ],
+    ];
+    for args in runs {
+        let o = Command::new(bin())
+            .args(["bench", "serve", "--base-url", &s.base, "--output-file"])
+            .arg(&out)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "bench failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(String::from_utf8_lossy(&o.stdout).contains("Serving Benchmark Result"));
+    }
+    let lines: Vec<Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["completed"], 8);
+    assert_eq!(lines[0]["failed"], 0);
+    assert_eq!(lines[0]["total_output_tokens"], 8 * 8);
+    assert_eq!(lines[1]["completed"], 6);
+    assert_eq!(lines[1]["total_output_tokens"], 6 * 4);
+    assert!(lines[1]["median_ttft_ms"].as_f64().unwrap() > 0.0);
+}
