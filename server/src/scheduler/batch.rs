@@ -46,9 +46,10 @@ impl<B: Backend> Scheduler<B> {
             std::mem::take(&mut self.running)
                 .into_iter()
                 .partition(|s| s.computed > 0 && s.remaining() == 1);
-        let mut items: Vec<(usize, Item)> = Vec::new(); // index into the new `running`
-                                                        // 1. Decodes, oldest first: one token each. When the pool is exhausted even after
-                                                        //    eviction, retract the newest other sequence (prefilling ones first).
+        // Items index into the new `running`.
+        let mut items: Vec<(usize, Item)> = Vec::new();
+        // 1. Decodes, oldest first: one token each. When the pool is exhausted even after
+        //    eviction, retract the newest other sequence (prefilling ones first).
         while let Some(mut s) = decodes.pop_front() {
             let upto = s.tokens.len();
             let ok = loop {
