@@ -136,3 +136,38 @@ fn golden_qwen2() {
 fn golden_qwen3() {
     check(Arch::Qwen3, "qwen3");
 }
+
+#[test]
+fn sharded_checkpoint_gives_identical_logits() {
+    let one = tempfile::tempdir().unwrap();
+    let sharded = tempfile::tempdir().unwrap();
+    for d in [&one, &sharded] {
+        make_model(
+            &MakeModel {
+                arch: Arch::Qwen2,
+                size: Size::Tiny,
+                seed: 9,
+                dtype: DType::F32,
+            },
+            d.path(),
+        )
+        .unwrap();
+    }
+    strata_server::make_model::shard_checkpoint(sharded.path(), 3).unwrap();
+    assert!(!sharded.path().join("model.safetensors").exists());
+    assert!(sharded
+        .path()
+        .join("model-00003-of-00003.safetensors")
+        .exists());
+    let a = Model::load(one.path(), CpuBackend, 64).unwrap();
+    let b = Model::load(sharded.path(), CpuBackend, 64).unwrap();
+    let ids = [1u32, 50, 7, 300, 2];
+    assert_eq!(logits_all(&a, &ids, 4, 64), logits_all(&b, &ids, 4, 64));
+    // A shard that the index names but that is missing is an error naming the file.
+    std::fs::remove_file(sharded.path().join("model-00002-of-00003.safetensors")).unwrap();
+    let err = Model::load(sharded.path(), CpuBackend, 64)
+        .err()
+        .expect("load must fail")
+        .to_string();
+    assert!(err.contains("model-00002-of-00003.safetensors"), "{err}");
+}

@@ -175,6 +175,29 @@ async fn info_endpoints_answer() {
     assert_eq!(st, 200);
     assert_eq!(v.as_array().unwrap().len(), 2);
     assert_eq!(v[0]["output_ids"], s.greedy("Hello", 3).await["output_ids"]);
+    // input_ids in, and stop_token_ids end generation at the first occurrence of the token.
+    let plain = s.greedy("Hello world", 12).await;
+    let out: Vec<u64> = plain["output_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect();
+    let stop = out[3];
+    let first = out.iter().position(|&t| t == stop).unwrap();
+    let (_, v) = s
+        .post("/generate", &json!({"text": "Hello world", "sampling_params": {"temperature": 0, "max_new_tokens": 12, "stop_token_ids": [stop]}}))
+        .await;
+    assert_eq!(v["output_ids"].as_array().unwrap().len(), first + 1, "{v}");
+    assert_eq!(
+        v["meta_info"]["finish_reason"],
+        json!({"type": "stop", "matched": stop})
+    );
+    let (_, ids) = s.get("/get_model_info").await;
+    assert!(ids.contains("Qwen2ForCausalLM"));
+    let (st, v) = s.post("/generate", &json!({"input_ids": [5, 6, 7], "sampling_params": {"temperature": 0, "max_new_tokens": 4}})).await;
+    assert_eq!(st, 200);
+    assert_eq!(v["meta_info"]["prompt_tokens"], 3);
     // A seeded sampled request reproduces itself.
     let body = json!({"text": "Hello", "sampling_params": {"temperature": 1.0, "top_p": 0.9, "top_k": 50, "seed": 7, "max_new_tokens": 16}});
     let (_, a) = s.post("/generate", &body).await;
@@ -250,4 +273,70 @@ async fn api_key_and_launch_flags_are_enforced() {
         err.contains("config.json") && err.contains("GPT2LMHeadModel"),
         "{err}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_serve_drives_both_backends() {
+    let m = MadeModel::new("llama", "tiny");
+    let s = Server::start(m.path(), &["--page-size", "16"]);
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("results.jsonl");
+    let runs: [&[&str]; 2] = [
+        &[
+            "--backend",
+            "sglang",
+            "--num-prompts",
+            "8",
+            "--random-input-len",
+            "32",
+            "--random-output-len",
+            "8",
+            "--max-concurrency",
+            "4",
+        ],
+        &[
+            "--backend",
+            "openai",
+            "--dataset-name",
+            "generated-shared-prefix",
+            "--gsp-num-groups",
+            "2",
+            "--gsp-prompts-per-group",
+            "3",
+            "--gsp-system-prompt-len",
+            "64",
+            "--gsp-question-len",
+            "8",
+            "--gsp-output-len",
+            "4",
+            "--request-rate",
+            "50",
+        ],
+    ];
+    for args in runs {
+        let o = Command::new(bin())
+            .args(["bench", "serve", "--base-url", &s.base, "--output-file"])
+            .arg(&out)
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "bench failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        assert!(String::from_utf8_lossy(&o.stdout).contains("Serving Benchmark Result"));
+    }
+    let lines: Vec<Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2);
+    assert_eq!(lines[0]["completed"], 8);
+    assert_eq!(lines[0]["failed"], 0);
+    assert_eq!(lines[0]["total_output_tokens"], 8 * 8);
+    assert_eq!(lines[1]["completed"], 6);
+    assert_eq!(lines[1]["total_output_tokens"], 6 * 4);
+    assert!(lines[1]["median_ttft_ms"].as_f64().unwrap() > 0.0);
 }

@@ -19,6 +19,7 @@ fn run(seed: u64, page_size: usize, steps: usize) {
     let mut seqs: Vec<Vec<u32>> = Vec::new();
     let mut locks: Vec<(usize, Vec<u32>, Vec<u32>)> = Vec::new(); // node, tokens, pages
     let mut r = |n: u64| (rng.next_u64() % n) as usize;
+    let (mut matched, mut evicted, mut inserted) = (0usize, 0usize, 0usize);
     for step in 0..steps {
         let op = r(10);
         // A query: often an extension of an earlier sequence, over a tiny alphabet.
@@ -33,6 +34,7 @@ fn run(seed: u64, page_size: usize, steps: usize) {
         }
         let m = tree.match_prefix(&q);
         assert_eq!(m.tokens, m.pages.len() * page_size);
+        matched += m.tokens;
         for (i, p) in m.pages.iter().enumerate() {
             assert_eq!(
                 content[p],
@@ -53,6 +55,7 @@ fn run(seed: u64, page_size: usize, steps: usize) {
                         let at = (m.pages.len() + i) * page_size;
                         content.insert(p.id(), q[at..at + page_size].to_vec());
                     }
+                    inserted += need;
                     let already = tree.insert(&q[..full], m.pages.len(), own);
                     assert!(already >= m.tokens);
                     seqs.push(q.clone());
@@ -75,7 +78,7 @@ fn run(seed: u64, page_size: usize, steps: usize) {
                 }
             }
             _ => {
-                tree.evict(r(40));
+                evicted += tree.evict(r(40));
                 for (_, toks, pages) in &locks {
                     let again = tree.match_prefix(toks);
                     assert_eq!(
@@ -92,6 +95,11 @@ fn run(seed: u64, page_size: usize, steps: usize) {
             "seed {seed} step {step}: page accounting"
         );
     }
+    // The run must have exercised reuse, insertion and eviction, not just empty trees.
+    assert!(
+        matched > 0 && inserted > 0 && evicted > 0,
+        "seed {seed}: matched {matched} inserted {inserted} evicted {evicted}"
+    );
     for (node, _, _) in locks.drain(..) {
         tree.unlock(node);
     }

@@ -46,9 +46,10 @@ impl<B: Backend> Scheduler<B> {
             std::mem::take(&mut self.running)
                 .into_iter()
                 .partition(|s| s.computed > 0 && s.remaining() == 1);
-        let mut items: Vec<(usize, Item)> = Vec::new(); // index into the new `running`
-                                                        // 1. Decodes, oldest first: one token each. When the pool is exhausted even after
-                                                        //    eviction, retract the newest other sequence (prefilling ones first).
+        // Items index into the new `running`.
+        let mut items: Vec<(usize, Item)> = Vec::new();
+        // 1. Decodes, oldest first: one token each. When the pool is exhausted even after
+        //    eviction, retract the newest other sequence (prefilling ones first).
         while let Some(mut s) = decodes.pop_front() {
             let upto = s.tokens.len();
             let ok = loop {
@@ -137,7 +138,24 @@ impl<B: Backend> Scheduler<B> {
             self.waiting.push_front(s);
         }
         if items.is_empty() {
-            return false;
+            if self.running.is_empty() {
+                return false;
+            }
+            // Prefilling sequences hold pages but none can get more: free the newest one so the
+            // others can go on. Alone it could have taken every page (prompts that cannot fit the
+            // pool are refused at submission), so this is a last-resort guard against a hang.
+            let s = self.running.pop().expect("non-empty");
+            if self.running.is_empty() {
+                self.finish(
+                    s,
+                    FinishReason::Abort(
+                        "KV cache is full: the request does not fit in the pool.".into(),
+                    ),
+                );
+            } else {
+                self.retract(s);
+            }
+            return true;
         }
         self.forward(items);
         true

@@ -89,8 +89,20 @@ pub fn spawn<B: Backend>(
     tokenizer: Arc<Tokenizer>,
     stats: Arc<Stats>,
 ) -> std::io::Result<SchedulerHandle> {
+    spawn_with_hook(cfg, model, pool, tokenizer, stats, Box::new(NoPrefetch))
+}
+
+/// Starts the scheduler thread with a prefetch hook (hierarchical cache, PD decode side).
+pub fn spawn_with_hook<B: Backend>(
+    cfg: SchedulerConfig,
+    model: Model<B>,
+    pool: DeviceKvPool<B>,
+    tokenizer: Arc<Tokenizer>,
+    stats: Arc<Stats>,
+    hook: Box<dyn PrefetchHook>,
+) -> std::io::Result<SchedulerHandle> {
     let (tx, rx) = std::sync::mpsc::channel();
-    let s = Scheduler::new(cfg, model, pool, tokenizer, stats);
+    let s = Scheduler::new(cfg, model, pool, tokenizer, stats).with_hook(hook);
     std::thread::Builder::new()
         .name("strata-scheduler".into())
         .spawn(move || s.run(rx))?;

@@ -6,9 +6,16 @@
 //! JSON/safetensors are written with sorted keys. Files: `config.json`, `generation_config.json`,
 //! `model.safetensors`, `tokenizer.json`, `tokenizer_config.json`.
 
+mod bpe;
+mod files;
+
+pub use bpe::byte_chars;
+pub use files::shard_checkpoint;
+
+use bpe::train_bpe;
+use files::{write_json, write_safetensors};
 use serde_json::{json, Value};
-use std::collections::{BTreeMap, HashMap};
-use std::io::Write;
+use std::collections::BTreeMap;
 use std::path::Path;
 
 /// Model sizes offered by `--size`.
@@ -59,8 +66,6 @@ impl SplitMix64 {
     }
 }
 
-const CORPUS: &str = include_str!("make_model_corpus.txt");
-
 /// Special tokens appended after the BPE vocabulary, in id order.
 pub const SPECIAL_TOKENS: [&str; 4] = [
     "<|begin_of_text|>",
@@ -70,90 +75,6 @@ pub const SPECIAL_TOKENS: [&str; 4] = [
 ];
 
 const CHAT_TEMPLATE: &str = "{{ bos_token }}{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
-
-/// GPT-2's byte → printable character map used by byte-level BPE.
-pub fn byte_chars() -> Vec<char> {
-    let mut printable: Vec<u32> = (b'!' as u32..=b'~' as u32)
-        .chain(0xA1..=0xAC)
-        .chain(0xAE..=0xFF)
-        .collect();
-    let mut map = vec!['\0'; 256];
-    for &b in &printable {
-        map[b as usize] = char::from_u32(b).unwrap_or('?');
-    }
-    let mut extra = 0;
-    for b in 0..256u32 {
-        if !printable.contains(&b) {
-            map[b as usize] = char::from_u32(256 + extra).unwrap_or('?');
-            extra += 1;
-            printable.push(b);
-        }
-    }
-    map
-}
-
-/// Words of the corpus as byte-level symbol sequences (a leading space stays with its word).
-fn corpus_words(chars: &[char]) -> BTreeMap<Vec<String>, usize> {
-    let mut words = BTreeMap::new();
-    let mut cur = String::new();
-    let mut flush = |w: &mut String| {
-        if !w.is_empty() {
-            let syms: Vec<String> = w.bytes().map(|b| chars[b as usize].to_string()).collect();
-            *words.entry(syms).or_insert(0) += 1;
-            w.clear();
-        }
-    };
-    for ch in CORPUS.chars() {
-        if ch.is_alphanumeric() {
-            cur.push(ch);
-        } else if ch == ' ' {
-            flush(&mut cur);
-            cur.push(' ');
-        } else {
-            flush(&mut cur);
-            cur.push(ch);
-            flush(&mut cur);
-        }
-    }
-    flush(&mut cur);
-    words
-}
-
-/// Trains up to `merges` BPE merges; returns (vocab in id order, merges).
-fn train_bpe(merges: usize) -> (Vec<String>, Vec<(String, String)>) {
-    let chars = byte_chars();
-    let mut vocab: Vec<String> = chars.iter().map(|c| c.to_string()).collect();
-    let mut words: Vec<(Vec<String>, usize)> = corpus_words(&chars).into_iter().collect();
-    let mut out = Vec::new();
-    while out.len() < merges {
-        let mut counts: HashMap<(&str, &str), usize> = HashMap::new();
-        for (w, n) in &words {
-            for p in w.windows(2) {
-                *counts.entry((&p[0], &p[1])).or_insert(0) += n;
-            }
-        }
-        let best = counts
-            .iter()
-            .filter(|(_, &c)| c >= 2)
-            .max_by(|a, b| a.1.cmp(b.1).then_with(|| b.0.cmp(a.0)))
-            .map(|(p, _)| (p.0.to_string(), p.1.to_string()));
-        let Some((a, b)) = best else { break };
-        let joined = format!("{a}{b}");
-        for (w, _) in words.iter_mut() {
-            let mut i = 0;
-            while i + 1 < w.len() {
-                if w[i] == a && w[i + 1] == b {
-                    w[i] = joined.clone();
-                    w.remove(i + 1);
-                }
-                i += 1;
-            }
-        }
-        vocab.push(joined);
-        out.push((a, b));
-    }
-    (vocab, out)
-}
 
 struct Dims {
     hidden: usize,
@@ -190,61 +111,6 @@ fn dims(arch: crate::model::Arch, size: Size) -> Dims {
             merges: 1500,
         },
     }
-}
-
-fn write_json(path: &Path, v: &Value) -> std::io::Result<()> {
-    let mut s = serde_json::to_string_pretty(v)?;
-    s.push('\n');
-    std::fs::write(path, s)
-}
-
-fn encode_tensor(data: &[f32], dtype: DType) -> Vec<u8> {
-    let mut out = Vec::with_capacity(data.len() * 4);
-    for &x in data {
-        match dtype {
-            DType::F32 => out.extend_from_slice(&x.to_le_bytes()),
-            DType::BF16 => out.extend_from_slice(&half::bf16::from_f32(x).to_bits().to_le_bytes()),
-            DType::F16 => out.extend_from_slice(&half::f16::from_f32(x).to_bits().to_le_bytes()),
-        }
-    }
-    out
-}
-
-/// Writes tensors (sorted by name) as a safetensors file.
-fn write_safetensors(
-    path: &Path,
-    tensors: &BTreeMap<String, (Vec<usize>, Vec<f32>)>,
-    dtype: DType,
-) -> std::io::Result<()> {
-    let tag = match dtype {
-        DType::F32 => "F32",
-        DType::BF16 => "BF16",
-        DType::F16 => "F16",
-    };
-    let mut header = serde_json::Map::new();
-    header.insert("__metadata__".into(), json!({"format": "pt"}));
-    let mut blobs = Vec::new();
-    let mut off = 0usize;
-    for (name, (shape, data)) in tensors {
-        let b = encode_tensor(data, dtype);
-        header.insert(
-            name.clone(),
-            json!({"dtype": tag, "shape": shape, "data_offsets": [off, off + b.len()]}),
-        );
-        off += b.len();
-        blobs.push(b);
-    }
-    let mut h = serde_json::to_string(&Value::Object(header))?;
-    while h.len() % 8 != 0 {
-        h.push(' ');
-    }
-    let mut f = std::io::BufWriter::new(std::fs::File::create(path)?);
-    f.write_all(&(h.len() as u64).to_le_bytes())?;
-    f.write_all(h.as_bytes())?;
-    for b in blobs {
-        f.write_all(&b)?;
-    }
-    f.flush()
 }
 
 /// Writes the model to `out` (created if needed).

@@ -1,0 +1,112 @@
+//! The axum app in-process (`tower::ServiceExt::oneshot`, no socket): error shapes, a generation,
+//! and a bf16 checkpoint loading through the same path.
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::{json, Value};
+use strata_server::api::app;
+use strata_server::launch::{launch_cpu, ServeOptions};
+use strata_server::make_model::{make_model, DType, MakeModel, Size};
+use strata_server::model::Arch;
+use tower::ServiceExt;
+
+fn opts(dir: &std::path::Path) -> ServeOptions {
+    ServeOptions {
+        model_path: dir.to_path_buf(),
+        served_model_name: None,
+        page_size: 4,
+        max_running_requests: 8,
+        chunked_prefill_size: Some(64),
+        context_length: Some(256),
+        mem_fraction_static: 0.5,
+        max_total_tokens: Some(1024),
+        disable_radix_cache: false,
+        api_key: None,
+        server_args: json!({}),
+    }
+}
+
+async fn call(router: &axum::Router, method: &str, path: &str, body: &str) -> (StatusCode, Value) {
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header("content-type", "application/json")
+        .body(Body::from(body.to_string()))
+        .unwrap();
+    let resp = router.clone().oneshot(req).await.unwrap();
+    let status = resp.status();
+    let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+    (
+        status,
+        serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+    )
+}
+
+#[tokio::test]
+async fn errors_are_openai_shaped_and_generation_works() {
+    let dir = tempfile::tempdir().unwrap();
+    make_model(
+        &MakeModel {
+            arch: Arch::Qwen3,
+            size: Size::Tiny,
+            seed: 3,
+            dtype: DType::F32,
+        },
+        dir.path(),
+    )
+    .unwrap();
+    let router = app(launch_cpu(&opts(dir.path())).unwrap());
+    let (st, v) = call(&router, "POST", "/generate", "{\"text\": ").await;
+    assert_eq!(st, StatusCode::BAD_REQUEST);
+    assert_eq!(v["object"], "error");
+    assert_eq!(v["type"], "BadRequestError");
+    assert_eq!(v["code"], 400);
+    let (st, v) = call(
+        &router,
+        "POST",
+        "/generate",
+        r#"{"text": "hello", "sampling_params": {"temperature": 0, "max_new_tokens": 5}}"#,
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK, "{v}");
+    assert_eq!(v["meta_info"]["completion_tokens"], 5);
+    assert_eq!(v["output_ids"].as_array().unwrap().len(), 5);
+    let (st, _) = call(&router, "GET", "/health", "").await;
+    assert_eq!(st, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn bf16_checkpoint_loads_and_tracks_f32_greedy_start() {
+    let f32_dir = tempfile::tempdir().unwrap();
+    let bf16_dir = tempfile::tempdir().unwrap();
+    for (d, dtype) in [(&f32_dir, DType::F32), (&bf16_dir, DType::BF16)] {
+        make_model(
+            &MakeModel {
+                arch: Arch::Llama,
+                size: Size::Tiny,
+                seed: 5,
+                dtype,
+            },
+            d.path(),
+        )
+        .unwrap();
+    }
+    let bytes = |d: &tempfile::TempDir| {
+        std::fs::metadata(d.path().join("model.safetensors"))
+            .unwrap()
+            .len()
+    };
+    assert!(
+        bytes(&bf16_dir) * 2 <= bytes(&f32_dir) + 4096,
+        "bf16 file is not half the size"
+    );
+    let body = r#"{"text": "Let me tell you a long story ", "sampling_params": {"temperature": 0, "max_new_tokens": 2}}"#;
+    let a = app(launch_cpu(&opts(f32_dir.path())).unwrap());
+    let b = app(launch_cpu(&opts(bf16_dir.path())).unwrap());
+    let (sa, va) = call(&a, "POST", "/generate", body).await;
+    let (sb, vb) = call(&b, "POST", "/generate", body).await;
+    assert_eq!((sa, sb), (StatusCode::OK, StatusCode::OK));
+    // Rounding the weights to bf16 must not change the first greedy token of this prompt.
+    assert_eq!(va["output_ids"][0], vb["output_ids"][0], "{va} vs {vb}");
+}
