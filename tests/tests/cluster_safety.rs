@@ -110,6 +110,19 @@ fn bad_frames_and_wrong_tokens_are_refused() {
     early.extend(0u32.to_le_bytes());
     assert_eq!(ops(&exchange(&naddr, &early)), vec![0xFF]);
 
+    // The same-host operations are refused over TCP (the node could not verify the peer's pid).
+    let mut remote_local = hello(TOKEN);
+    let meta = codec::encode_get_local(
+        &[codec::GetItem {
+            key: b"k",
+            max_len: 8,
+        }],
+        &[4096],
+    );
+    remote_local.extend(Header::request(Op::GetLocal, 2, meta.len(), 0).encode());
+    remote_local.extend(&meta);
+    assert_eq!(ops(&exchange(&naddr, &remote_local)), vec![0x81, 0xFF]);
+
     // The node still serves well-behaved clients.
     let mut buf = vec![0u8; 16];
     assert_eq!(good.get_into("k", &mut buf), 5);

@@ -92,10 +92,15 @@ impl Inner {
                 self.pool.give(&job.node.addr, c);
                 Ok(r)
             });
-            if let Err(e) = &r {
-                if matches!(e, ClusterError::Io(_) | ClusterError::Protocol(_)) {
-                    self.mark_down(&job.node, e);
+            match &r {
+                Err(e @ (ClusterError::Io(_) | ClusterError::Protocol(_))) => {
+                    self.mark_down(&job.node, e)
                 }
+                Err(ClusterError::Remote {
+                    code: code::LOCAL_DENIED,
+                    ..
+                }) => self.pool.deny_local(&job.node.addr),
+                _ => {}
             }
             out.push((job, r));
         }
@@ -180,11 +185,18 @@ impl Inner {
                             depth: depth(i),
                         })
                         .collect();
+                    if c.local {
+                        let addrs: Vec<u64> =
+                            idxs.iter().map(|&i| values[i].as_ptr() as u64).collect();
+                        let meta = codec::encode_put_local(&items, &addrs);
+                        return Ok(c.send_request(Op::PutLocal, &meta, &[])?);
+                    }
                     let vals: Vec<&[u8]> = idxs.iter().map(|&i| values[i]).collect();
                     Ok(c.send_request(Op::Put, &codec::encode_put(&items), &vals)?)
                 },
                 |c, id, idxs| {
-                    let (_, m) = c.recv_response(Op::Put, id)?;
+                    let op = if c.local { Op::PutLocal } else { Op::Put };
+                    let (_, m) = c.recv_response(op, id)?;
                     codec::decode_codes(&m, idxs.len())
                 },
             );
@@ -214,6 +226,8 @@ impl Inner {
             return res;
         }
         let caps: Vec<usize> = bufs.iter().map(|b| b.len().min(MAX_VALUE_LEN)).collect();
+        // Destination addresses for the same-host path, where the node writes into them directly.
+        let dst: Vec<u64> = bufs.iter_mut().map(|b| b.as_mut_ptr() as u64).collect();
         let mut todo: Vec<usize> = (0..keys.len()).filter(|&i| key_ok(keys[i])).collect();
         todo.iter()
             .for_each(|&i| res[i] = code::OBJECT_NOT_FOUND as i64);
@@ -259,12 +273,22 @@ impl Inner {
                             max_len: caps[i] as u32,
                         })
                         .collect();
+                    if c.local {
+                        let addrs: Vec<u64> = idxs.iter().map(|&i| dst[i]).collect();
+                        let meta = codec::encode_get_local(&items, &addrs);
+                        return Ok(c.send_request(Op::GetLocal, &meta, &[])?);
+                    }
                     Ok(c.send_request(Op::Get, &codec::encode_get(&items), &[])?)
                 },
                 |c, id, idxs| {
-                    let (h, m) = c.recv_response(Op::Get, id)?;
                     let my_caps: Vec<usize> = idxs.iter().map(|&i| caps[i]).collect();
-                    let lens = codec::decode_lens(&m, &my_caps, h.payload_len)?;
+                    if c.local {
+                        // The node already wrote the values into our buffers.
+                        let (_, m) = c.recv_response(Op::GetLocal, id)?;
+                        return codec::decode_lens(&m, &my_caps, None);
+                    }
+                    let (h, m) = c.recv_response(Op::Get, id)?;
+                    let lens = codec::decode_lens(&m, &my_caps, Some(h.payload_len))?;
                     for (&i, &l) in idxs.iter().zip(&lens) {
                         if l >= 0 {
                             c.recv_exact(&mut bufs[i][..l as usize])?;

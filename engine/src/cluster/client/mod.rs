@@ -47,6 +47,9 @@ pub struct ClientConfig {
     pub local_segment: Option<StoreConfig>,
     /// Name sent in HELLO.
     pub name: String,
+    /// Use the same-host path (Unix socket + cross-memory copies) to nodes on this host. Default
+    /// true; `STRATA_SAME_HOST=0` turns it off.
+    pub same_host: bool,
 }
 
 impl ClientConfig {
@@ -59,6 +62,7 @@ impl ClientConfig {
             refresh: Duration::from_millis(500),
             local_segment: None,
             name: format!("client-{}", std::process::id()),
+            same_host: std::env::var("STRATA_SAME_HOST").map_or(true, |v| v != "0"),
         }
     }
 
@@ -124,7 +128,7 @@ impl Client {
         let mut link = MasterLink::new(&cfg.master, &cfg.auth_token, &cfg.name);
         let m = Members::decode(&link.call(Op::Members, &[])?)?;
         let inner = Arc::new(Inner {
-            pool: pool::Pool::new(&cfg.auth_token, &cfg.name, cfg.timeout),
+            pool: pool::Pool::new(&cfg.auth_token, &cfg.name, cfg.timeout, cfg.same_host),
             cfg,
             view: RwLock::new(View::default()),
             local,

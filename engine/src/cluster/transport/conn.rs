@@ -5,29 +5,43 @@
 //! dropped; callers never reuse it (the client pool discards it, the server closes it).
 
 use std::io::{self, IoSlice, Read, Write};
-use std::net::TcpStream;
+use std::time::Duration;
+
+use super::stream::Stream;
 
 use crate::cluster::error::{ClusterError, ClusterResult};
 use crate::cluster::proto::{codec, Header, Op, HEADER_LEN};
 
-/// One framed connection over a TCP stream.
+/// One framed connection over TCP or the same-host Unix socket.
 pub struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     next_id: u32,
     meta: Vec<u8>,
+    /// Server side of a same-host connection: the peer's pid from the kernel.
+    pub peer_pid: Option<i32>,
+    /// Client side: this connection is the same-host path (use the *_LOCAL operations).
+    pub local: bool,
 }
 
 impl Conn {
-    pub fn new(stream: TcpStream) -> Self {
+    pub fn new(stream: impl Into<Stream>) -> Self {
         Self {
-            stream,
+            stream: stream.into(),
             next_id: 1,
             meta: Vec::new(),
+            peer_pid: None,
+            local: false,
         }
     }
 
-    pub fn stream(&self) -> &TcpStream {
-        &self.stream
+    /// Read and write timeout of the underlying stream.
+    pub fn set_timeouts(&self, t: Option<Duration>) -> io::Result<()> {
+        self.stream.set_timeouts(t)
+    }
+
+    /// The peer's address for logs.
+    pub fn peer(&self) -> String {
+        self.stream.peer()
     }
 
     /// Writes one frame: header, meta and the payload slices in one vectored write loop.
