@@ -10,9 +10,12 @@ use parking_lot::Mutex;
 
 const SHARDS: usize = 16;
 
+/// A cached value and its last-use tick.
+type Slot = (Arc<[u8]>, u64);
+
 #[derive(Default)]
 struct Shard {
-    map: HashMap<Box<[u8]>, (Arc<[u8]>, u64)>,
+    map: HashMap<Box<[u8]>, Slot>,
     order: BTreeMap<u64, Box<[u8]>>,
     bytes: usize,
     tick: u64,

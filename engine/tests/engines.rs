@@ -10,10 +10,12 @@ const KINDS: [IoEngineKind; 2] = [IoEngineKind::Uring, IoEngineKind::Psync];
 
 #[test]
 fn round_trip_and_reopen() {
+    let mut pools: Vec<AlignedBuf> = Vec::new();
     for kind in KINDS {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store");
         let sizes = [1usize, 4096, 5000, 65536, 200_000];
+        pools.push(AlignedBuf::new(1 << 20));
         {
             let s = Store::open(small_cfg(&path, kind)).unwrap();
             for (i, &n) in sizes.iter().enumerate() {
@@ -28,10 +30,21 @@ fn round_trip_and_reopen() {
                     "{kind:?}"
                 );
             }
-            // Zero-copy read into an aligned buffer.
+            // Zero-copy read into an aligned buffer, then into a registered one (ReadFixed on io_uring).
             let mut buf = AlignedBuf::new(200_000);
             assert_eq!(s.get_into(&key(4), &mut buf).unwrap(), Some(200_000));
-            assert_eq!(&buf[..200_000], &value(4, 200_000)[..]);
+            assert!(buf[..200_000] == value(4, 200_000)[..]);
+            // SAFETY: `pool` is declared before `s` in this scope's drop order (it lives in the
+            // outer `pools`), so it outlives the store.
+            let pool = pools.last_mut().unwrap();
+            let reg = unsafe { s.register_buffer(pool.as_mut_ptr(), pool.len()) }.unwrap();
+            assert_eq!(reg, kind == IoEngineKind::Uring);
+            assert_eq!(
+                s.get_into(&key(4), &mut pool[4096..4096 + 200_704])
+                    .unwrap(),
+                Some(200_000)
+            );
+            assert!(pool[4096..4096 + 200_000] == value(4, 200_000)[..]);
             let keys: Vec<Vec<u8>> = (0..7).map(key).collect();
             let refs: Vec<&[u8]> = keys.iter().map(|k| k.as_slice()).collect();
             assert_eq!(s.batch_exists(&refs), 5);

@@ -1,2 +1,3 @@
 //! strata-server: the inference server (model, scheduler, KV pools, radix + hierarchical cache, PD
 //! disaggregation, HTTP API) and the router (`router` module, `strata router`).
+pub mod router;

@@ -29,6 +29,8 @@ enum Command {
     /// Benchmarks (engine, store, serve, router).
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
+    /// Request router in front of SGLang-compatible workers (regular or PD mode).
+    Router(Box<cmd::router::Args>),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -38,5 +40,6 @@ fn main() -> anyhow::Result<()> {
         Command::Master(args) => cmd::master::run(args),
         Command::Store(args) => cmd::store::run(args),
         Command::Bench(b) => cmd::bench::run(b),
+        Command::Router(a) => cmd::router::run(*a),
     }
 }

@@ -55,7 +55,8 @@ impl Arena {
         unsafe { (self.mem.as_ptr() as *mut u8).add(offset) }
     }
 
-    /// A zeroed block of at least `len` bytes, or `None` when the arena has no room.
+    /// A block of at least `len` bytes, or `None` when the arena has no room. The contents are
+    /// whatever the previous user left (initialised bytes; callers overwrite what they use).
     pub fn alloc(self: &Arc<Self>, len: usize) -> Option<IoBuf> {
         let pages = len.div_ceil(ALIGN).max(1);
         let order = (usize::BITS - (pages - 1).leading_zeros()) as u8;
@@ -79,9 +80,6 @@ impl Arena {
         }
         drop(free);
         let offset = page * ALIGN;
-        let bytes = ALIGN << order;
-        // SAFETY: the block is ours exclusively until freed.
-        unsafe { std::ptr::write_bytes(self.ptr_at(offset), 0, bytes) };
         Some(IoBuf::from_arena(
             self.clone(),
             offset,

@@ -86,17 +86,26 @@ fn open(path: &Path, mode: OpenMode, direct: bool) -> std::io::Result<File> {
     o.open(path)
 }
 
+/// Takes the lock, waiting up to 3 s: after a `kill -9` the kernel releases a dead process's lock
+/// only once its io_uring rings (which hold the registered file) are torn down, asynchronously.
 fn lock(file: &File, exclusive: bool) -> std::io::Result<()> {
     let op = if exclusive {
         libc::LOCK_EX
     } else {
         libc::LOCK_SH
     } | libc::LOCK_NB;
-    // SAFETY: flock on a valid, owned descriptor.
-    if unsafe { libc::flock(file.as_raw_fd(), op) } != 0 {
-        return Err(std::io::Error::last_os_error());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    loop {
+        // SAFETY: flock on a valid, owned descriptor.
+        if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EWOULDBLOCK) || std::time::Instant::now() >= deadline {
+            return Err(e);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
     }
-    Ok(())
 }
 
 fn block_device_size(file: &File) -> std::io::Result<u64> {
@@ -110,7 +119,10 @@ fn block_device_size(file: &File) -> std::io::Result<u64> {
 }
 
 /// Full-length positional read or write (loops over short transfers).
-pub fn pio(
+///
+/// # Safety
+/// `ptr..ptr+len` must be valid, exclusively owned memory for the duration of the call.
+pub unsafe fn pio(
     fd: i32,
     write: bool,
     mut ptr: *mut u8,
@@ -118,7 +130,7 @@ pub fn pio(
     mut off: u64,
 ) -> std::io::Result<()> {
     while len > 0 {
-        // SAFETY: the caller guarantees `ptr..ptr+len` is valid, exclusively owned memory.
+        // SAFETY: guaranteed by the caller (see `# Safety`).
         let n = unsafe {
             if write {
                 libc::pwrite(fd, ptr as *const libc::c_void, len, off as libc::off_t)

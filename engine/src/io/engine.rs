@@ -59,8 +59,20 @@ pub trait IoEngine: Send + Sync {
     /// Bytes addressable on the device.
     fn device_len(&self) -> u64;
     /// Allocates a buffer of at least `len` bytes, from registered memory when the engine has it.
+    /// Its contents are unspecified (not necessarily zero).
     fn alloc(&self, len: usize) -> IoBuf {
         IoBuf::heap(len)
+    }
+    /// Registers caller memory for fixed-buffer I/O; `Ok(false)` when the engine has no use for it.
+    ///
+    /// # Safety
+    /// `ptr..ptr+len` must stay valid (and not be freed) until the engine is dropped.
+    unsafe fn register(&self, _ptr: *mut u8, _len: usize) -> io::Result<bool> {
+        Ok(false)
+    }
+    /// Fixed-buffer index of registered memory containing `ptr..ptr+len`, if any.
+    fn registered(&self, _ptr: *const u8, _len: usize) -> Option<u16> {
+        None
     }
     /// Short name for logs and stats: `io_uring`, `psync`, `sim`.
     fn name(&self) -> &'static str;

@@ -17,6 +17,7 @@ enum Inner {
     Raw {
         ptr: *mut u8,
         len: usize,
+        fixed: Option<u16>,
     },
 }
 
@@ -47,9 +48,9 @@ impl IoBuf {
     /// # Safety
     /// `ptr..ptr+len` must be valid for writes, 4 KiB-aligned (`len` a multiple of 4 KiB), and not
     /// accessed by anyone else until this buffer has come back from the engine and been dropped.
-    pub unsafe fn raw(ptr: *mut u8, len: usize) -> Self {
+    pub unsafe fn raw(ptr: *mut u8, len: usize, fixed: Option<u16>) -> Self {
         debug_assert!(super::buf::is_aligned(ptr, len));
-        Self(Inner::Raw { ptr, len })
+        Self(Inner::Raw { ptr, len, fixed })
     }
 
     pub fn len(&self) -> usize {
@@ -75,7 +76,8 @@ impl IoBuf {
     pub fn fixed_index(&self) -> Option<u16> {
         match &self.0 {
             Inner::Arena { .. } => Some(0),
-            _ => None,
+            Inner::Raw { fixed, .. } => *fixed,
+            Inner::Heap(_) => None,
         }
     }
 }
@@ -90,7 +92,7 @@ impl std::ops::Deref for IoBuf {
                 arena, offset, len, ..
             } => unsafe { std::slice::from_raw_parts(arena.ptr_at(*offset), *len) },
             // SAFETY: guaranteed valid and exclusive by the contract of `IoBuf::raw`.
-            Inner::Raw { ptr, len } => unsafe { std::slice::from_raw_parts(*ptr, *len) },
+            Inner::Raw { ptr, len, .. } => unsafe { std::slice::from_raw_parts(*ptr, *len) },
         }
     }
 }

@@ -29,7 +29,8 @@ impl PsyncEngine {
                     .spawn(move || {
                         for (mut req, done) in rx {
                             let (ptr, len) = (req.buf.as_mut_ptr(), req.buf.len());
-                            let r = pio(fd, req.op == Op::Write, ptr, len, req.offset);
+                            // SAFETY: the buffer is owned by the request until it is sent back.
+                            let r = unsafe { pio(fd, req.op == Op::Write, ptr, len, req.offset) };
                             let _ = done.send((req.buf, r));
                         }
                     })

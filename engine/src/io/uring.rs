@@ -22,10 +22,17 @@ use super::iobuf::IoBuf;
 
 const WAKE_TOKEN: u64 = u64::MAX;
 
+/// Fixed-buffer slots per ring: slot 0 is the engine's arena, the rest caller registrations.
+const SLOTS: u32 = 32;
+
 enum Msg {
     Work(Vec<(IoReq, oneshot::Sender<IoResult>)>),
+    Register(u16, libc::iovec, oneshot::Sender<io::Result<()>>),
     Stop,
 }
+
+// SAFETY: the iovec only describes memory whose owner promised it outlives the engine.
+unsafe impl Send for Msg {}
 
 struct Lane {
     tx: crossbeam_channel::Sender<Msg>,
@@ -39,6 +46,9 @@ pub struct UringEngine {
     lanes: Vec<Lane>,
     next: AtomicUsize,
     threads: Vec<JoinHandle<()>>,
+    /// Caller registrations: (base address, length, slot).
+    regions: parking_lot::RwLock<Vec<(usize, usize, u16)>>,
+    sparse: bool,
 }
 
 struct Slot {
@@ -60,10 +70,15 @@ impl UringEngine {
         let arena = (arena_bytes > 0).then(|| Arena::new(arena_bytes));
         let mut lanes = Vec::new();
         let mut handles = Vec::new();
+        let mut sparse_all = true;
         for i in 0..threads.max(1) {
             let ring = IoUring::new(depth.next_power_of_two().max(8) + 1)?;
             let fd = dev.file.as_raw_fd();
             ring.submitter().register_files(&[fd])?;
+            // A sparse table lets callers register their own memory later; older kernels get the
+            // arena alone.
+            let sparse = ring.submitter().register_buffers_sparse(SLOTS).is_ok();
+            sparse_all &= sparse;
             let mut registered = false;
             if let Some(a) = &arena {
                 let iov = libc::iovec {
@@ -72,7 +87,14 @@ impl UringEngine {
                 };
                 // SAFETY: the arena outlives the ring (the engine joins its threads before dropping
                 // the arena) and stays at a fixed address.
-                match unsafe { ring.submitter().register_buffers(&[iov]) } {
+                let r = unsafe {
+                    if sparse {
+                        ring.submitter().register_buffers_update(0, &[iov], None)
+                    } else {
+                        ring.submitter().register_buffers(&[iov])
+                    }
+                };
+                match r {
                     Ok(()) => registered = true,
                     Err(e) => {
                         tracing::warn!(error = %e, "io_uring buffer registration failed; using unregistered reads/writes")
@@ -99,6 +121,8 @@ impl UringEngine {
             lanes,
             next: AtomicUsize::new(0),
             threads: handles,
+            regions: parking_lot::RwLock::new(Vec::new()),
+            sparse: sparse_all,
         })
     }
 }
@@ -137,6 +161,14 @@ fn run_ring(
                     done,
                     moved: 0,
                 })),
+                Msg::Register(slot, iov, done) => {
+                    // SAFETY: the caller of `UringEngine::register` guarantees the memory outlives us.
+                    let r = unsafe {
+                        ring.submitter()
+                            .register_buffers_update(slot as u32, &[iov], None)
+                    };
+                    let _ = done.send(r);
+                }
                 Msg::Stop => stopping = true,
             }
         }
@@ -215,11 +247,8 @@ fn run_ring(
 }
 
 fn build_sqe(slot: &mut Slot, token: u64, registered: bool) -> io_uring::squeue::Entry {
-    let fixed = if registered {
-        slot.req.buf.fixed_index()
-    } else {
-        None
-    };
+    // Slot 0 (the arena) is usable only if its registration succeeded; caller slots always are.
+    let fixed = slot.req.buf.fixed_index().filter(|&i| i != 0 || registered);
     let moved = slot.moved;
     let len = (slot.req.buf.len() - moved) as u32;
     // SAFETY: `moved < len` of the buffer.
@@ -267,6 +296,41 @@ impl IoEngine for UringEngine {
             .as_ref()
             .and_then(|a| a.alloc(len))
             .unwrap_or_else(|| IoBuf::heap(len))
+    }
+
+    unsafe fn register(&self, ptr: *mut u8, len: usize) -> io::Result<bool> {
+        if !self.sparse || len == 0 || len > (1 << 30) {
+            return Ok(false);
+        }
+        let mut regions = self.regions.write();
+        let slot = regions.len() as u16 + 1;
+        if slot as u32 >= SLOTS {
+            return Ok(false);
+        }
+        let iov = libc::iovec {
+            iov_base: ptr as *mut _,
+            iov_len: len,
+        };
+        for lane in &self.lanes {
+            let (tx, rx) = oneshot::channel();
+            lane.tx
+                .send(Msg::Register(slot, iov, tx))
+                .expect("uring thread alive");
+            kick(lane.efd);
+            rx.recv()
+                .map_err(|_| io::Error::other("uring thread gone"))??;
+        }
+        regions.push((ptr as usize, len, slot));
+        Ok(true)
+    }
+
+    fn registered(&self, ptr: *const u8, len: usize) -> Option<u16> {
+        let p = ptr as usize;
+        let regions = self.regions.read();
+        regions
+            .iter()
+            .find(|&&(base, l, _)| p >= base && p + len <= base + l)
+            .map(|&(_, _, slot)| slot)
     }
 
     fn name(&self) -> &'static str {

@@ -2,6 +2,7 @@
 //! sealed summary when it is intact, otherwise from a scan of the segment. Used by recovery and by
 //! offline inspection; writes nothing.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use crate::format::record::{Kind, RecordHeader};
@@ -282,4 +283,23 @@ pub fn verify_segment(
         }
     }
     Ok(problems)
+}
+
+/// The winning record of every key: the highest sequence number above `clear_seq`, as
+/// `(scan index, entry index)`. A winning tombstone means the key is absent.
+pub fn live_set(scans: &[SegmentScan], clear_seq: u64) -> HashMap<&[u8], (usize, usize)> {
+    let mut order: Vec<(u64, usize, usize)> = Vec::new();
+    for (si, s) in scans.iter().enumerate() {
+        for (ei, e) in s.entries.iter().enumerate() {
+            if e.seq > clear_seq {
+                order.push((e.seq, si, ei));
+            }
+        }
+    }
+    order.sort_unstable();
+    let mut state = HashMap::with_capacity(order.len());
+    for (_, si, ei) in order {
+        state.insert(scans[si].entries[ei].key.as_slice(), (si, ei));
+    }
+    state
 }

@@ -187,6 +187,9 @@ impl Segments {
                 segment_offset(i, self.segment_size),
                 buf,
             );
+            // The new header must be durable before records land: otherwise a power cut could bring
+            // back the segment's previous contents (its old header, summary and footer still agree).
+            let r = r.and_then(|_| self.engine.sync());
             if let Err(e) = r {
                 a.free.push_back(i);
                 return Err(e.into());
@@ -270,6 +273,7 @@ pub fn write_summary(
         max_seq: entries.iter().map(|e| e.seq).max().unwrap_or(0),
     };
     let mut buf = engine.alloc(plen + BLOCK);
+    buf.fill(0);
     buf[..bytes.len()].copy_from_slice(&bytes);
     buf[plen..plen + BLOCK].copy_from_slice(&footer.encode());
     let off = segment_offset(segment, segment_size) + summary_offset as u64;

@@ -104,7 +104,7 @@ impl Store {
         Ok(())
     }
 
-    /// Removes everything. Durable after the next `sync` (a superblock write records the cut-off).
+    /// Removes everything; durable when it returns (a synced superblock write records the cut-off).
     pub fn clear(&self) -> Result<()> {
         let _ops = self.ops.write();
         let mut a = self.segments.alloc.lock();
@@ -125,6 +125,7 @@ impl Store {
         next.generation += 1;
         next.clear_seq = a.next_seq - 1;
         self.write_superblock(&next)?;
+        self.engine.sync()?;
         *sb = next;
         self.index.clear();
         self.mem.clear();
@@ -141,6 +142,16 @@ impl Store {
             buf,
         );
         Ok(r?)
+    }
+
+    /// Registers caller memory (for example a server's pinned host KV pool) so that reads landing in
+    /// it use io_uring fixed buffers. Returns false when the I/O engine has no use for it.
+    ///
+    /// # Safety
+    /// `ptr..ptr+len` must stay valid until the store is dropped.
+    pub unsafe fn register_buffer(&self, ptr: *mut u8, len: usize) -> Result<bool> {
+        // SAFETY: forwarded contract.
+        Ok(unsafe { self.engine.register(ptr, len) }?)
     }
 
     /// Largest value this store accepts (bounded by its segment size).
@@ -178,6 +189,25 @@ impl Store {
             relocated_pages: l(&c.relocated_pages),
             recovered_keys: l(&c.recovered_keys),
             recovery_bad_records: l(&c.recovery_bad_records),
+        }
+    }
+}
+
+impl Drop for Store {
+    /// A clean stop seals the open segment, so the next open reads summaries only (no scan).
+    fn drop(&mut self) {
+        let open = self.segments.alloc.lock().open.take();
+        if let Some(seg) = open {
+            {
+                let mut m = self.segments.segs[seg as usize].meta.lock();
+                if m.in_flight != 0 {
+                    return;
+                }
+                m.state = SegState::Sealing;
+            }
+            if let Err(e) = self.segments.seal(seg) {
+                tracing::warn!(error = %e, "sealing the open segment at close failed");
+            }
         }
     }
 }

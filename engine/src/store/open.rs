@@ -1,11 +1,11 @@
 //! Opening a store: format a blank device, or recover from what is on it.
 //!
-//! Recovery reads every segment's summary (or scans a segment without one), replays all records in
-//! sequence order — a page is taken when its key is absent, a tombstone removes it, anything at or
-//! below `clear_seq` is ignored — seals the segments that were open, and frees the segments that
-//! hold nothing live. See `docs/format.md` "Recovery".
+//! Recovery reads every segment's summary (or scans a segment without one), keeps for each key the
+//! record with the highest sequence number (a tombstone means absent; anything at or below
+//! `clear_seq` is ignored), seals the segments that were open, and frees the segments that hold
+//! nothing live. Latest-wins is safe because a put never writes a key that is stored (so two page
+//! records of one key have the same bytes unless a remove came between them). See `docs/format.md` "Recovery".
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -87,31 +87,7 @@ impl Store {
         let index = Index::default();
         let counters = Counters::default();
 
-        // Replay in sequence order.
-        let mut order: Vec<(u64, usize, usize)> = Vec::new();
-        for (si, s) in scans.iter().enumerate() {
-            for (ei, e) in s.entries.iter().enumerate() {
-                order.push((e.seq, si, ei));
-            }
-        }
-        order.sort_unstable();
-        let mut state: HashMap<&[u8], (usize, usize)> = HashMap::new();
-        for &(seq, si, ei) in &order {
-            if seq <= sb.clear_seq {
-                continue;
-            }
-            let e = &scans[si].entries[ei];
-            if e.kind == Kind::Tombstone as u8 {
-                state.insert(&e.key, (si, ei));
-            } else {
-                let cur = state.get(e.key.as_slice());
-                let absent =
-                    cur.is_none_or(|&(s, i)| scans[s].entries[i].kind == Kind::Tombstone as u8);
-                if absent {
-                    state.insert(&e.key, (si, ei));
-                }
-            }
-        }
+        let state = layout::live_set(&scans, sb.clear_seq);
         let mut live_in = vec![0usize; scans.len()];
         for (&key, &(si, ei)) in &state {
             live_in[si] += 1;

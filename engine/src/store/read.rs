@@ -69,7 +69,13 @@ impl Store {
                 } else {
                     // SAFETY: `buf` is aligned, at least `len` long, exclusively borrowed for this call,
                     // and every request is waited for below before the borrow ends.
-                    unsafe { IoBuf::raw(buf.as_mut_ptr(), len) }
+                    unsafe {
+                        IoBuf::raw(
+                            buf.as_mut_ptr(),
+                            len,
+                            self.engine.registered(buf.as_ptr(), len),
+                        )
+                    }
                 };
                 let offset = segment_offset(loc.segment, self.segments.segment_size)
                     + loc.offset as u64
@@ -158,7 +164,9 @@ impl Store {
                 offset = loc.offset,
                 "page failed its checksum; dropping it"
             );
-            self.index.remove(key, Some(loc.seq));
+            if self.index.remove(key, Some(loc.seq)).is_some() {
+                self.tombstone_corrupt(key);
+            }
             if !bounce {
                 buf[..n].fill(0);
             }

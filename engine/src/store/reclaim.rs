@@ -89,18 +89,18 @@ impl Store {
         Ok(())
     }
 
-    /// The oldest sealed segment; segments still sealing are skipped (their writes are in flight).
+    /// The oldest segment in seal order, waiting while its last writes finish (strict FIFO keeps
+    /// every tombstone younger than the records it shadows). Callers hold no unsubmitted slots, so
+    /// those writes always complete.
     fn pick_victim(&self) -> Result<u32> {
         loop {
             let mut a = self.segments.alloc.lock();
-            if a.fifo.is_empty() {
+            let Some(&front) = a.fifo.front() else {
                 return Err(Error::Full);
-            }
-            let pos = a.fifo.iter().position(|&s| {
-                self.segments.segs[s as usize].meta.lock().state == SegState::Sealed
-            });
-            if let Some(pos) = pos {
-                return Ok(a.fifo.remove(pos).expect("position is in range"));
+            };
+            if self.segments.segs[front as usize].meta.lock().state == SegState::Sealed {
+                a.fifo.pop_front();
+                return Ok(front);
             }
             drop(a);
             std::thread::yield_now();

@@ -25,6 +25,12 @@ pub(crate) struct Pending<'a> {
     pub depth: u8,
 }
 
+impl Pending<'_> {
+    fn crc(&self) -> u32 {
+        self.value.map_or(0, |v| value_crc(self.key, v))
+    }
+}
+
 fn depth_byte(opts: PutOptions) -> u8 {
     opts.depth.map_or(DEPTH_UNKNOWN, |d| d.min(254) as u8)
 }
@@ -55,11 +61,8 @@ impl Store {
         let mut todo = Vec::new();
         for (i, (key, value)) in items.iter().enumerate() {
             let r = check_key(key).and_then(|_| {
-                if value.is_empty() || value.len() > self.max_value_len {
-                    Err(Error::ValueLen(value.len()))
-                } else {
-                    Ok(())
-                }
+                let ok = !value.is_empty() && value.len() <= self.max_value_len;
+                ok.then_some(()).ok_or(Error::ValueLen(value.len()))
             });
             match r {
                 Err(e) => results.push(Err(e)),
@@ -99,6 +102,23 @@ impl Store {
         }];
         self.write_records(todo, &mut results);
         results.pop().expect("one result")
+    }
+
+    /// Writes a tombstone for a key whose record failed its checksum, so that the damaged record is
+    /// not indexed again at the next open (best effort: a failure is logged).
+    pub(crate) fn tombstone_corrupt(&self, key: &[u8]) {
+        let _ops = self.ops.read();
+        let mut results = vec![Ok(true)];
+        let todo = vec![Pending {
+            item: 0,
+            key,
+            value: None,
+            depth: DEPTH_UNKNOWN,
+        }];
+        self.write_records(todo, &mut results);
+        if let Some(Err(e)) = results.pop() {
+            tracing::warn!(error = %e, "could not write a tombstone for a corrupt page");
+        }
     }
 
     /// Writes records, recording each outcome in `results[item]`. Page keys must be claimed.
@@ -148,11 +168,16 @@ impl Store {
         to_seal: &mut Vec<u32>,
     ) {
         if !batch.is_empty() {
-            let reqs = batch.iter().map(|(p, slot)| self.encode(p, slot)).collect();
+            let crcs: Vec<u32> = batch.iter().map(|(p, _)| p.crc()).collect();
+            let reqs = batch
+                .iter()
+                .zip(&crcs)
+                .map(|((p, slot), &crc)| self.encode(p, slot, crc))
+                .collect();
             let done = self.engine.submit(reqs);
-            for ((p, slot), c) in batch.into_iter().zip(done) {
+            for (((p, slot), c), crc) in batch.into_iter().zip(done).zip(crcs) {
                 let (_, r) = c.wait();
-                self.publish(p, slot, r, results, to_seal);
+                self.publish(p, slot, crc, r, results, to_seal);
             }
         }
         for seg in to_seal.drain(..) {
@@ -162,12 +187,15 @@ impl Store {
         }
     }
 
-    fn encode(&self, p: &Pending<'_>, slot: &Slot) -> IoReq {
+    fn encode(&self, p: &Pending<'_>, slot: &Slot, crc: u32) -> IoReq {
         let vlen = p.value.map_or(0, |v| v.len());
         let mut buf: IoBuf = self.engine.alloc(BLOCK + vlen);
         if let Some(v) = p.value {
             buf[BLOCK..BLOCK + vlen].copy_from_slice(v);
         }
+        // The header block's unused bytes and the value's padding are zero on disk.
+        buf[..BLOCK].fill(0);
+        buf[BLOCK + vlen..].fill(0);
         let header = RecordHeader {
             key: p.key.to_vec(),
             kind: if p.value.is_some() {
@@ -177,7 +205,7 @@ impl Store {
             },
             depth: p.depth,
             value_len: vlen as u32,
-            crc: p.value.map_or(0, |v| value_crc(p.key, v)),
+            crc,
             seq: slot.seq,
             epoch: slot.epoch,
             segment: slot.segment,
@@ -195,12 +223,12 @@ impl Store {
         &self,
         p: Pending<'_>,
         slot: Slot,
+        crc: u32,
         r: std::io::Result<()>,
         results: &mut [Result<bool>],
         to_seal: &mut Vec<u32>,
     ) {
         let vlen = p.value.map_or(0, |v| v.len() as u32);
-        let crc = p.value.map_or(0, |v| value_crc(p.key, v));
         let entry = r.is_ok().then(|| SummaryEntry {
             key: p.key.to_vec(),
             offset: slot.offset,

@@ -8,6 +8,8 @@ use std::time::Duration;
 use strata_engine::cluster::NodeConfig;
 use strata_engine::{IoEngineKind, StoreConfig};
 
+use super::size::parse_size;
+
 #[derive(clap::Args)]
 pub struct Args {
     /// Master RPC address.
@@ -90,34 +92,4 @@ fn wait_for_shutdown_signal() -> anyhow::Result<()> {
         }
         anyhow::Ok(())
     })
-}
-
-/// Parses sizes like `64GiB`, `4GB`, `512MiB`, `1k` or plain bytes (binary units throughout).
-pub fn parse_size(s: &str) -> Result<u64, String> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let n: f64 = num.parse().map_err(|_| format!("bad size {s:?}"))?;
-    let mult: u64 = match unit.trim().to_ascii_lowercase().as_str() {
-        "" | "b" => 1,
-        "k" | "kb" | "kib" => 1 << 10,
-        "m" | "mb" | "mib" => 1 << 20,
-        "g" | "gb" | "gib" => 1 << 30,
-        "t" | "tb" | "tib" => 1 << 40,
-        u => return Err(format!("unknown size unit {u:?} in {s:?}")),
-    };
-    Ok((n * mult as f64) as u64)
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn sizes() {
-        assert_eq!(super::parse_size("64GiB"), Ok(64 << 30));
-        assert_eq!(super::parse_size("512MiB"), Ok(512 << 20));
-        assert_eq!(super::parse_size("4096"), Ok(4096));
-        assert!(super::parse_size("4XB").is_err());
-    }
 }
