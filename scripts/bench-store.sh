@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # Runs the real Mooncake Store (0.3.13.post1, installed into a venv under /tmp) and then Strata on the
 # same workload (../shared/peers/mooncake_store_bench.py vs `strata bench store`), one after the other,
-# in both shapes (store process + separate client over TCP; colocated), plus a plain single-stream
-# loopback TCP copy, and prints Strata/Mooncake ratios.
+# in both shapes (store process + separate client; colocated), plus a plain single-stream loopback
+# TCP copy, and prints Strata/Mooncake ratios. The separate-client shape runs twice per system: with
+# its default same-host path (Mooncake auto-enables a memcpy path on one host; Strata uses its Unix
+# socket + cross-memory copies) and with TCP forced (Mooncake --no-memcpy, STRATA_SAME_HOST=0), where
+# every byte crosses the loopback TCP stack.
 #
 #   scripts/bench-store.sh            # everything
 #   SKIP_MOONCAKE=1 scripts/bench-store.sh
@@ -48,6 +51,8 @@ if [ -z "${SKIP_MOONCAKE:-}" ]; then
   sleep 3
   echo "== Mooncake: store process + separate client (TCP)"
   "$VENV/bin/python" "$PEERS/mooncake_store_bench.py" --role client --verify | tee "$OUT/mc-client.txt"
+  echo "== Mooncake: store process + separate client, Transfer Engine TCP forced (--no-memcpy)"
+  "$VENV/bin/python" "$PEERS/mooncake_store_bench.py" --role client --verify --no-memcpy | tee "$OUT/mc-client-tcp.txt"
   kill $MCS 2>/dev/null || true
   echo "== Mooncake: colocated (single)"
   "$VENV/bin/python" "$PEERS/mooncake_store_bench.py" --role single --verify | tee "$OUT/mc-single.txt"
@@ -66,6 +71,8 @@ PIDS+=($!); STS=$!
 sleep 1.5
 echo "== Strata: store process + separate client (TCP)"
 "$STRATA_BIN" bench store --role client --master 127.0.0.1:50051 --verify | tee "$OUT/st-client.txt"
+echo "== Strata: store process + separate client, TCP forced (STRATA_SAME_HOST=0)"
+STRATA_SAME_HOST=0 "$STRATA_BIN" bench store --role client --master 127.0.0.1:50051 --verify | tee "$OUT/st-client-tcp.txt"
 kill $STS 2>/dev/null || true
 sleep 0.5
 echo "== Strata: colocated (single)"
@@ -95,7 +102,7 @@ def rows(name):
     return r
 copy = re.search(r"= ([\d.]+) GB/s", open(os.path.join(out, "tcp-copy.txt")).read())
 copy = float(copy.group(1)) if copy else float("nan")
-for shape in ("client", "single"):
+for shape in ("client", "client-tcp", "single"):
     mc, st = rows(f"mc-{shape}.txt"), rows(f"st-{shape}.txt")
     print(f"\n-- {shape}: Strata/Mooncake ratios (>1 = Strata better; latency ratios are Mooncake/Strata)")
     print(f"{'size':>8} {'PUT x':>7} {'GET x':>7} {'put p99 x':>9} {'get p99 x':>9} {'PUT/copy':>9} {'GET/copy':>9}")
