@@ -77,32 +77,50 @@ impl Inner {
         mut send: impl FnMut(&mut Conn, &[usize]) -> ClusterResult<u32>,
         mut recv: impl FnMut(&mut Conn, u32, &[usize]) -> ClusterResult<R>,
     ) -> Vec<(Job, ClusterResult<R>)> {
-        let mut pending = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            let sent = self.pool.take(&job.node.addr).and_then(|mut c| {
-                let id = send(&mut c, &job.idxs)?;
-                Ok((c, id))
-            });
-            pending.push((job, sent));
-        }
-        let mut out = Vec::with_capacity(pending.len());
-        for (job, sent) in pending {
-            let r = sent.and_then(|(mut c, id)| {
-                let r = recv(&mut c, id, &job.idxs)?;
-                self.pool.give(&job.node.addr, c);
-                Ok(r)
-            });
-            match &r {
-                Err(e @ (ClusterError::Io(_) | ClusterError::Protocol(_))) => {
-                    self.mark_down(&job.node, e)
-                }
-                Err(ClusterError::Remote {
-                    code: code::LOCAL_DENIED,
-                    ..
-                }) => self.pool.deny_local(&job.node.addr),
-                _ => {}
+        let mut out = Vec::with_capacity(jobs.len());
+        let mut todo = jobs;
+        // Second round only for jobs the node refused on the same-host path: they go over TCP now.
+        for _round in 0..2 {
+            let mut pending = Vec::with_capacity(todo.len());
+            for job in todo.drain(..) {
+                let sent = self.pool.take(&job.node.addr).and_then(|mut c| {
+                    let id = send(&mut c, &job.idxs)?;
+                    Ok((c, id))
+                });
+                pending.push((job, sent));
             }
-            out.push((job, r));
+            for (job, sent) in pending {
+                let r = sent.and_then(|(mut c, id)| {
+                    let r = recv(&mut c, id, &job.idxs)?;
+                    self.pool.give(&job.node.addr, c);
+                    Ok(r)
+                });
+                match &r {
+                    Err(e @ (ClusterError::Io(_) | ClusterError::Protocol(_))) => {
+                        self.mark_down(&job.node, e)
+                    }
+                    Err(ClusterError::Remote {
+                        code: code::LOCAL_DENIED,
+                        ..
+                    }) => {
+                        self.pool.deny_local(&job.node.addr);
+                        todo.push(job);
+                        continue;
+                    }
+                    _ => {}
+                }
+                out.push((job, r));
+            }
+            if todo.is_empty() {
+                break;
+            }
+        }
+        for job in todo {
+            let e = ClusterError::Remote {
+                code: code::LOCAL_DENIED,
+                message: "refused on both paths".into(),
+            };
+            out.push((job, Err(e)));
         }
         out
     }

@@ -153,6 +153,14 @@ impl Session {
     fn put_local(&mut self, conn: &mut Conn, h: &Header, meta: &[u8]) -> ClusterResult<()> {
         let (items, addrs) = checked(conn, h, codec::decode_put_local(meta))?;
         let pid = conn.peer_pid.expect("checked by the caller");
+        if deny_local_for_tests() {
+            conn.send_error(
+                h.request_id,
+                code::LOCAL_DENIED,
+                "denied (STRATA_TEST_DENY_LOCAL)",
+            )?;
+            return Ok(());
+        }
         let total: usize = items.iter().map(|it| it.len as usize).sum();
         if self.put_buf.len() < total {
             self.put_buf = AlignedBuf::new(total);
@@ -184,6 +192,14 @@ impl Session {
     fn get_local(&mut self, conn: &mut Conn, h: &Header, meta: &[u8]) -> ClusterResult<()> {
         let (items, addrs) = checked(conn, h, codec::decode_get_local(meta))?;
         let pid = conn.peer_pid.expect("checked by the caller");
+        if deny_local_for_tests() {
+            conn.send_error(
+                h.request_id,
+                code::LOCAL_DENIED,
+                "denied (STRATA_TEST_DENY_LOCAL)",
+            )?;
+            return Ok(());
+        }
         let (lens, out) = self.read_hits(&items);
         let remote: Vec<(u64, usize)> = addrs
             .iter()
@@ -277,6 +293,13 @@ pub fn put_batch(store: &Store, items: &[(&[u8], &[u8], Option<u32>)]) -> Vec<i3
         start = end;
     }
     codes
+}
+
+/// `STRATA_TEST_DENY_LOCAL=1` makes the node refuse every same-host operation as the kernel would
+/// under a strict ptrace policy, so tests can cover the client's fallback to TCP as root.
+fn deny_local_for_tests() -> bool {
+    static DENY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *DENY.get_or_init(|| std::env::var("STRATA_TEST_DENY_LOCAL").is_ok_and(|v| v == "1"))
 }
 
 /// Whether an item with depth `next` can join a batch whose last item had depth `prev`.
