@@ -22,8 +22,6 @@ const CHUNK_KEYS: usize = 1024;
 const CHUNK_BYTES: usize = 256 << 20;
 /// Requests smaller than this are not split further for parallelism.
 const MIN_SPLIT: usize = 4 << 20;
-/// Parallel connections one batch may use per node.
-const STREAMS: usize = 2;
 
 /// One request to one node covering `idxs` (indices into the caller's keys).
 struct Job {
@@ -36,16 +34,17 @@ fn key_ok(k: &[u8]) -> bool {
 }
 
 /// Splits each node's keys into jobs bounded by [`CHUNK_KEYS`]/[`CHUNK_BYTES`], and into up to
-/// [`STREAMS`] parallel jobs when the group is large.
+/// `streams` parallel jobs when the group is large.
 fn jobs(
     groups: BTreeMap<usize, Vec<usize>>,
     members: &[MemberInfo],
+    streams: usize,
     size: impl Fn(usize) -> usize,
 ) -> Vec<Job> {
     let mut out = Vec::new();
     for (n, idxs) in groups {
         let total: usize = idxs.iter().map(|&i| size(i)).sum();
-        let target = (total / STREAMS).clamp(MIN_SPLIT, CHUNK_BYTES);
+        let target = (total / streams.max(1)).clamp(MIN_SPLIT, CHUNK_BYTES);
         let mut cur = Vec::new();
         let mut bytes = 0;
         for i in idxs {
@@ -191,7 +190,7 @@ impl Inner {
                     remote.insert(n, idxs);
                 }
             }
-            let js = jobs(remote, &members, |i| values[i].len());
+            let js = jobs(remote, &members, self.cfg.streams, |i| values[i].len());
             let results = self.fanout(
                 js,
                 |c, idxs| {
@@ -280,7 +279,7 @@ impl Inner {
                     remote.insert(n, idxs);
                 }
             }
-            let js = jobs(remote, &members, |i| caps[i]);
+            let js = jobs(remote, &members, self.cfg.streams, |i| caps[i]);
             let results = self.fanout(
                 js,
                 |c, idxs| {
@@ -345,7 +344,7 @@ impl Inner {
             }
         }
         let results = self.fanout(
-            jobs(remote, &members, |_| 0),
+            jobs(remote, &members, self.cfg.streams, |_| 0),
             |c, idxs| {
                 let ks: Vec<&[u8]> = idxs.iter().map(|&i| keys[i]).collect();
                 Ok(c.send_request(Op::Exists, &codec::encode_keys(&ks), &[])?)
@@ -385,7 +384,7 @@ impl Inner {
             }
         }
         let results = self.fanout(
-            jobs(remote, &members, |_| 0),
+            jobs(remote, &members, self.cfg.streams, |_| 0),
             |c, idxs| {
                 let ks: Vec<&[u8]> = idxs.iter().map(|&i| keys[i]).collect();
                 Ok(c.send_request(Op::Remove, &codec::encode_keys(&ks), &[])?)

@@ -47,6 +47,9 @@ pub struct ClientConfig {
     pub local_segment: Option<StoreConfig>,
     /// Name sent in HELLO.
     pub name: String,
+    /// Parallel connections (and node threads) one large batch uses per node. Default 2;
+    /// `STRATA_STREAMS` overrides.
+    pub streams: usize,
     /// Use the same-host path (Unix socket + cross-memory copies) to nodes on this host. Default
     /// true; `STRATA_SAME_HOST=0` turns it off.
     pub same_host: bool,
@@ -62,6 +65,10 @@ impl ClientConfig {
             refresh: Duration::from_millis(500),
             local_segment: None,
             name: format!("client-{}", std::process::id()),
+            streams: std::env::var("STRATA_STREAMS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(2),
             same_host: std::env::var("STRATA_SAME_HOST").map_or(true, |v| v != "0"),
         }
     }
