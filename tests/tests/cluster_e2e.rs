@@ -211,4 +211,12 @@ fn three_nodes_two_clients_failures_and_restarts() {
         metrics.contains("strata_master_members_alive 3"),
         "{metrics}"
     );
+
+    // remove and clear reach every node.
+    assert_eq!(c.remove(&keys[1]), 0);
+    assert_eq!(c.remove(&keys[1]), code::OBJECT_NOT_FOUND);
+    assert_eq!(b.is_exist(&keys[1]), 0);
+    assert_eq!(b.batch_exists(&keys), 1);
+    c.clear().expect("clear");
+    assert_eq!(b.batch_is_exist(&keys).iter().sum::<i32>(), 0);
 }
