@@ -53,6 +53,10 @@ pub struct ClientConfig {
     /// Use the same-host path (Unix socket + cross-memory copies) to nodes on this host. Default
     /// true; `STRATA_SAME_HOST=0` turns it off.
     pub same_host: bool,
+    /// RDMA NICs to use (`--disaggregation-ib-device` / `MOONCAKE_DEVICE` style list, e.g.
+    /// `mlx5_0,mlx5_1`). Default from `MOONCAKE_DEVICE`. Page traffic falls back to TCP with one log
+    /// line (see `transport::select`).
+    pub rdma_devices: String,
 }
 
 impl ClientConfig {
@@ -70,6 +74,7 @@ impl ClientConfig {
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(2),
             same_host: std::env::var("STRATA_SAME_HOST").map_or(true, |v| v != "0"),
+            rdma_devices: std::env::var("MOONCAKE_DEVICE").unwrap_or_default(),
         }
     }
 
@@ -123,6 +128,7 @@ impl Client {
                 "replica_num must be at least 1".into(),
             ));
         }
+        crate::cluster::transport::select(&cfg.rdma_devices);
         let mut local_handle = None;
         let mut local = None;
         if let Some(sc) = &cfg.local_segment {
