@@ -306,11 +306,17 @@ impl Inner {
                     }
                     let (h, m) = c.recv_response(Op::Get, id)?;
                     let lens = codec::decode_lens(&m, &my_caps, Some(h.payload_len))?;
+                    // One vectored read loop straight into the callers' buffers, in payload order.
+                    let mut slots: Vec<Option<&mut [u8]>> =
+                        bufs.iter_mut().map(|b| Some(&mut **b)).collect();
+                    let mut dsts: Vec<&mut [u8]> = Vec::with_capacity(idxs.len());
                     for (&i, &l) in idxs.iter().zip(&lens) {
                         if l >= 0 {
-                            c.recv_exact(&mut bufs[i][..l as usize])?;
+                            let b = slots[i].take().expect("each key once per job");
+                            dsts.push(&mut b[..l as usize]);
                         }
                     }
+                    c.recv_exact_vectored(&mut dsts)?;
                     Ok(lens)
                 },
             );

@@ -4,7 +4,7 @@
 //! Invariant: after any error the connection is in an unknown position in the stream and must be
 //! dropped; callers never reuse it (the client pool discards it, the server closes it).
 
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::time::Duration;
 
 use super::stream::Stream;
@@ -108,6 +108,25 @@ impl Conn {
     /// Reads exactly `buf.len()` payload bytes.
     pub fn recv_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
         self.stream.read_exact(buf)
+    }
+
+    /// Fills every slice in order, with as few system calls as the socket allows.
+    pub fn recv_exact_vectored(&mut self, bufs: &mut [&mut [u8]]) -> io::Result<()> {
+        let mut iov: Vec<IoSliceMut<'_>> = bufs
+            .iter_mut()
+            .filter(|b| !b.is_empty())
+            .map(|b| IoSliceMut::new(b))
+            .collect();
+        let mut rest = &mut iov[..];
+        while !rest.is_empty() {
+            match self.stream.read_vectored(rest) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => IoSliceMut::advance_slices(&mut rest, n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// Reads and drops `n` payload bytes.

@@ -1,6 +1,6 @@
 //! The byte stream under a [`super::Conn`]: TCP, or a Unix socket for the same-host path.
 
-use std::io::{self, IoSlice, Read, Write};
+use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::net::TcpStream;
 use std::os::unix::net::UnixStream;
 use std::time::Duration;
@@ -37,6 +37,12 @@ impl Read for Stream {
         match self {
             Self::Tcp(s) => s.read(buf),
             Self::Unix(s) => s.read(buf),
+        }
+    }
+    fn read_vectored(&mut self, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
+        match self {
+            Self::Tcp(s) => s.read_vectored(bufs),
+            Self::Unix(s) => s.read_vectored(bufs),
         }
     }
 }
