@@ -1,4 +1,21 @@
 //! strata-kernels: compute backends for the inference server.
 //!
-//! CUDA C sources (`*.cu`, compiled at run time by NVRTC) with typed launchers, and CPU reference
-//! implementations of the same ops. Filled in by the server-core and CUDA issues.
+//! [`Backend`] is the seam between the model code (in `strata-server`) and the hardware: every
+//! operation a Llama-family forward pass needs, over opaque buffers of `f32` that live wherever the
+//! backend keeps its memory. [`cpu::CpuBackend`] is the reference implementation (plain Rust f32
+//! math parallelised with `rayon`); the CUDA backend (a later issue) implements the same trait and is
+//! tested against it.
+//!
+//! Invariant shared by every implementation: each output element is computed with a summation order
+//! that does not depend on how many other rows are in the batch, so a sequence's logits are bitwise
+//! identical whether it runs alone, chunked, or in a batch (the scheduler relies on this for
+//! reproducible greedy output).
+
+pub mod backend;
+pub mod cpu;
+pub mod rope;
+pub mod sampling;
+
+pub use backend::{AttnSeq, AttnShape, Backend, KernelError};
+pub use cpu::CpuBackend;
+pub use rope::{RopeScaling, RopeTable};

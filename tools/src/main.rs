@@ -26,9 +26,16 @@ enum Command {
     Master(cmd::master::Args),
     /// A store node: serves a page store to the cluster.
     Store(cmd::store::Args),
+    /// The inference server (flags of `python -m sglang.launch_server`).
+    Serve(cmd::serve::Args),
+    /// Write a deterministic random-weight model (Hugging Face layout).
+    MakeModel(cmd::make_model::Args),
     /// Benchmarks (engine, store, serve, router).
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
+    /// The whole stack on this machine from a built-in default (tiny model, master, store, server,
+    /// router) and one request through it.
+    Up(cmd::up::Args),
     /// Request router in front of SGLang-compatible workers (regular or PD mode).
     Router(Box<cmd::router::Args>),
 }
@@ -39,7 +46,10 @@ fn main() -> anyhow::Result<()> {
         Command::Inspect(args) => cmd::inspect::run(args),
         Command::Master(args) => cmd::master::run(args),
         Command::Store(args) => cmd::store::run(args),
+        Command::Serve(a) => cmd::serve::run(a),
+        Command::MakeModel(a) => cmd::make_model::run(a),
         Command::Bench(b) => cmd::bench::run(b),
         Command::Router(a) => cmd::router::run(*a),
+        Command::Up(a) => cmd::up::run(a),
     }
 }

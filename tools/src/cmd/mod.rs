@@ -3,7 +3,10 @@
 pub mod bench;
 pub mod inspect;
 pub mod logging;
+pub mod make_model;
 pub mod master;
 pub mod router;
+pub mod serve;
 pub mod size;
 pub mod store;
+pub mod up;

@@ -1,14 +1,13 @@
 //! `strata store`: a store node contributing device and DRAM capacity to the cluster: it opens the
 //! engine on `--device`, registers with `--master`, heartbeats, and serves batch get/put/exists/remove.
 
+use crate::cmd::size::parse_size;
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use strata_engine::cluster::NodeConfig;
 use strata_engine::{IoEngineKind, StoreConfig};
-
-use super::size::parse_size;
 
 #[derive(clap::Args)]
 pub struct Args {

@@ -3,6 +3,7 @@
 use clap::Subcommand;
 
 pub mod engine;
+pub mod serve;
 pub mod store;
 
 #[derive(Subcommand)]
@@ -11,11 +12,14 @@ pub enum BenchCommand {
     Engine(engine::Args),
     /// The distributed L3 (the workload of mooncake_store_bench.py, same columns).
     Store(store::Args),
+    /// Online serving load against a server with the SGLang API (throughput, TTFT, ITL).
+    Serve(Box<serve::Args>),
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
     match cmd {
         BenchCommand::Engine(a) => engine::run(a),
         BenchCommand::Store(a) => store::run(a),
+        BenchCommand::Serve(a) => serve::run(*a),
     }
 }

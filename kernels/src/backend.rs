@@ -1,0 +1,163 @@
+//! The compute-backend trait: the ops of a Llama-family forward pass over backend-owned buffers.
+//!
+//! Shapes are passed explicitly (row-major, rows × cols); implementations check them and return
+//! [`KernelError::Shape`] instead of reading out of bounds. The paged KV cache of one layer is a pair
+//! of buffers of `slots × kv_heads × head_dim` values where slot = `page * page_size + offset`; a
+//! sequence's pages are listed in [`AttnSeq::pages`] in position order.
+
+use crate::rope::RopeTable;
+
+/// Errors from a backend op.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    /// A buffer is smaller than the shape passed with it.
+    #[error("shape mismatch in {op}: {detail}")]
+    Shape { op: &'static str, detail: String },
+    /// The device could not allocate a buffer.
+    #[error("out of device memory allocating {0} floats")]
+    OutOfMemory(usize),
+}
+
+/// One sequence of an attention call.
+///
+/// Its `q_len` new tokens are rows `q_start..q_start + q_len` of the query buffer and sit at
+/// positions `kv_len - q_len .. kv_len`; their K/V must already be stored. Each query attends
+/// causally to positions `0..=its own`.
+#[derive(Debug, Clone, Copy)]
+pub struct AttnSeq<'a> {
+    pub q_start: usize,
+    pub q_len: usize,
+    pub kv_len: usize,
+    pub pages: &'a [u32],
+}
+
+/// Head geometry of an attention call.
+#[derive(Debug, Clone, Copy)]
+pub struct AttnShape {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub page_size: usize,
+    pub scale: f32,
+}
+
+/// A compute backend. All buffers hold `f32`.
+pub trait Backend: Send + Sync + 'static {
+    /// A buffer in the backend's memory.
+    type Buf: Send + Sync;
+
+    /// Short name for logs and `/get_server_info` ("cpu", "cuda").
+    fn name(&self) -> &'static str;
+    /// A zeroed buffer of `len` floats.
+    fn alloc(&self, len: usize) -> Result<Self::Buf, KernelError>;
+    /// Copies host data into a new buffer.
+    fn upload(&self, host: &[f32]) -> Result<Self::Buf, KernelError>;
+    /// Copies the first `out.len()` floats of `buf` to the host.
+    fn download(&self, buf: &Self::Buf, out: &mut [f32]) -> Result<(), KernelError>;
+    /// Number of floats in `buf`.
+    fn len(&self, buf: &Self::Buf) -> usize;
+
+    /// `out[i] = table[ids[i]]` (rows of `dim`).
+    fn embedding(
+        &self,
+        table: &Self::Buf,
+        dim: usize,
+        ids: &[u32],
+        out: &mut Self::Buf,
+    ) -> Result<(), KernelError>;
+    /// RMSNorm of `rows` rows of `dim`: `x / sqrt(mean(x²) + eps) * weight`.
+    fn rms_norm(
+        &self,
+        x: &Self::Buf,
+        weight: &Self::Buf,
+        rows: usize,
+        dim: usize,
+        eps: f32,
+        out: &mut Self::Buf,
+    ) -> Result<(), KernelError>;
+    /// `out (rows × n) = x (rows × k) · wᵀ (w is n × k) + bias`.
+    #[allow(clippy::too_many_arguments)]
+    fn linear(
+        &self,
+        x: &Self::Buf,
+        rows: usize,
+        k: usize,
+        w: &Self::Buf,
+        n: usize,
+        bias: Option<&Self::Buf>,
+        out: &mut Self::Buf,
+    ) -> Result<(), KernelError>;
+    /// Rotary embedding in place on `rows × heads × head_dim` (rotate-half convention); row `i` is
+    /// at position `positions[i]`.
+    fn rope(
+        &self,
+        x: &mut Self::Buf,
+        heads: usize,
+        head_dim: usize,
+        positions: &[u32],
+        table: &RopeTable,
+    ) -> Result<(), KernelError>;
+    /// `out = silu(gate) * up`, elementwise over `len` values.
+    fn silu_mul(
+        &self,
+        gate: &Self::Buf,
+        up: &Self::Buf,
+        len: usize,
+        out: &mut Self::Buf,
+    ) -> Result<(), KernelError>;
+    /// `x += y` over `len` values.
+    fn add_inplace(&self, x: &mut Self::Buf, y: &Self::Buf, len: usize) -> Result<(), KernelError>;
+    /// Scatters rows of `k`/`v` (`slots.len() × kv_dim`) into the cache at `slots`.
+    fn store_kv(
+        &self,
+        k_cache: &mut Self::Buf,
+        v_cache: &mut Self::Buf,
+        k: &Self::Buf,
+        v: &Self::Buf,
+        kv_dim: usize,
+        slots: &[u32],
+    ) -> Result<(), KernelError>;
+    /// Causal attention over the paged cache for every sequence; writes `q rows × heads × head_dim`.
+    fn attention(
+        &self,
+        q: &Self::Buf,
+        k_cache: &Self::Buf,
+        v_cache: &Self::Buf,
+        seqs: &[AttnSeq<'_>],
+        shape: AttnShape,
+        out: &mut Self::Buf,
+    ) -> Result<(), KernelError>;
+    /// Copies `count × row_len` floats from rows `src_rows` of `src` into consecutive rows of `out`
+    /// (gathers the rows whose logits are needed).
+    fn gather_rows(
+        &self,
+        src: &Self::Buf,
+        row_len: usize,
+        src_rows: &[usize],
+        out: &mut Self::Buf,
+    ) -> Result<(), KernelError>;
+    /// Copies whole KV pages `src → dst` within one layer's cache (copy-on-write of shared pages,
+    /// and the seam the hierarchical cache's page movers use).
+    fn copy_pages(
+        &self,
+        cache: &mut Self::Buf,
+        page_floats: usize,
+        pairs: &[(u32, u32)],
+    ) -> Result<(), KernelError>;
+}
+
+/// Returns a shape error unless `buf_len >= need`.
+pub(crate) fn need(
+    op: &'static str,
+    what: &str,
+    buf_len: usize,
+    need: usize,
+) -> Result<(), KernelError> {
+    if buf_len < need {
+        return Err(KernelError::Shape {
+            op,
+            detail: format!("{what}: buffer has {buf_len} floats, needs {need}"),
+        });
+    }
+    Ok(())
+}

@@ -1,0 +1,143 @@
+//! Submitting a tokenised request to the scheduler and following its events, shared by every
+//! generation endpoint. Records TTFT, inter-token latency and end-to-end latency.
+//!
+//! Dropping a [`Driver`] drops the event receiver, which the scheduler sees as a disconnect and
+//! answers by aborting the request and freeing its pages.
+
+use super::error::ApiError;
+use super::output::Output;
+use super::AppState;
+use crate::sampling::SamplingParams;
+use crate::scheduler::request::{Event, Request};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+use tokio::sync::mpsc;
+
+static NEXT_RID: AtomicU64 = AtomicU64::new(1);
+
+/// A request in flight.
+pub struct Driver {
+    pub rid: String,
+    pub params: SamplingParams,
+    pub prompt_tokens: usize,
+    pub out: Output,
+    pub arrival: Instant,
+    rx: mpsc::UnboundedReceiver<Event>,
+    state: AppState,
+    last_token_at: Option<Instant>,
+}
+
+/// A fresh request id (hex, like SGLang's uuid-based ids).
+pub fn new_rid() -> String {
+    let n = NEXT_RID.fetch_add(1, Ordering::Relaxed);
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0);
+    format!(
+        "{:016x}{:016x}",
+        t as u64,
+        crate::make_model::SplitMix64(n).next_u64()
+    )
+}
+
+impl Driver {
+    /// Validates sizes against the model and the pool, then queues the request.
+    pub fn submit(
+        state: &AppState,
+        input_ids: Vec<u32>,
+        mut params: SamplingParams,
+        return_logprob: bool,
+        rid: Option<String>,
+    ) -> Result<Driver, ApiError> {
+        let ctx = state.info.context_length;
+        if input_ids.is_empty() {
+            return Err(ApiError::bad_request("The input is empty."));
+        }
+        if input_ids.len() >= ctx {
+            return Err(ApiError::bad_request(format!(
+                "The input ({} tokens) is longer than the model's context length ({ctx} tokens).",
+                input_ids.len()
+            )));
+        }
+        if let Some(&bad) = input_ids
+            .iter()
+            .find(|&&t| t as usize >= state.info.vocab_size)
+        {
+            return Err(ApiError::bad_request(format!(
+                "Token id {bad} is out of the vocabulary (size {}).",
+                state.info.vocab_size
+            )));
+        }
+        if input_ids.len() + 1 > state.info.max_total_tokens {
+            return Err(ApiError::bad_request(format!(
+                "The input ({} tokens) does not fit in the KV cache ({} tokens).",
+                input_ids.len(),
+                state.info.max_total_tokens
+            )));
+        }
+        params.max_new_tokens = params.max_new_tokens.min(ctx - input_ids.len());
+        let rid = rid.unwrap_or_else(new_rid);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let arrival = Instant::now();
+        let prompt_tokens = input_ids.len();
+        let req = Request {
+            rid: rid.clone(),
+            input_ids,
+            params: params.clone(),
+            return_logprob,
+            events: tx,
+            arrival,
+        };
+        if !state.scheduler.submit(req) {
+            return Err(ApiError::unavailable("The scheduler has stopped."));
+        }
+        Ok(Driver {
+            rid,
+            params,
+            prompt_tokens,
+            out: Output::default(),
+            arrival,
+            rx,
+            state: state.clone(),
+            last_token_at: None,
+        })
+    }
+
+    /// Waits for the next event; returns the text delta it allows, or `None` once finished.
+    pub async fn next(&mut self) -> Option<String> {
+        if self.out.finish.is_some() {
+            return None;
+        }
+        let ev = match self.rx.recv().await {
+            Some(ev) => ev,
+            None => Event::Done(crate::scheduler::request::Finish {
+                reason: crate::scheduler::request::FinishReason::Abort(
+                    "The scheduler dropped the request.".into(),
+                ),
+                prompt_tokens: self.prompt_tokens,
+                completion_tokens: self.out.ids.len(),
+                cached_tokens: 0,
+            }),
+        };
+        let now = Instant::now();
+        let stats = &self.state.stats;
+        match &ev {
+            Event::Token { .. } => {
+                match self.last_token_at {
+                    None => stats.ttft.observe((now - self.arrival).as_secs_f64()),
+                    Some(t) => stats.itl.observe((now - t).as_secs_f64()),
+                }
+                self.last_token_at = Some(now);
+            }
+            Event::Done(_) => stats.e2e.observe((now - self.arrival).as_secs_f64()),
+        }
+        Some(self.out.push(ev, &self.state.tokenizer, &self.params))
+    }
+
+    /// Runs to completion; returns the final text.
+    pub async fn run_to_end(&mut self) -> String {
+        while self.next().await.is_some() {}
+        self.out.final_text(&self.state.tokenizer, &self.params)
+    }
+}

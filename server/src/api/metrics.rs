@@ -1,0 +1,119 @@
+//! `GET /metrics`: Prometheus text exposition with SGLang's metric names (`sglang:` prefix), so
+//! existing dashboards work unchanged.
+
+use super::AppState;
+use crate::stats::{Histogram, Stats, BUCKETS};
+use axum::extract::State;
+use axum::http::header;
+use axum::response::IntoResponse;
+use std::fmt::Write;
+
+fn gauge(out: &mut String, name: &str, help: &str, v: f64) {
+    let _ = writeln!(
+        out,
+        "# HELP sglang:{name} {help}\n# TYPE sglang:{name} gauge\nsglang:{name} {v}"
+    );
+}
+
+fn counter(out: &mut String, name: &str, help: &str, v: u64) {
+    let _ = writeln!(out, "# HELP sglang:{name}_total {help}\n# TYPE sglang:{name}_total counter\nsglang:{name}_total {v}");
+}
+
+fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram) {
+    let (buckets, count, sum) = h.snapshot();
+    let _ = writeln!(
+        out,
+        "# HELP sglang:{name} {help}\n# TYPE sglang:{name} histogram"
+    );
+    for (b, c) in BUCKETS.iter().zip(buckets) {
+        let _ = writeln!(out, "sglang:{name}_bucket{{le=\"{b}\"}} {c}");
+    }
+    let _ = writeln!(out, "sglang:{name}_bucket{{le=\"+Inf\"}} {count}\nsglang:{name}_sum {sum}\nsglang:{name}_count {count}");
+}
+
+pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
+    let s = &st.stats;
+    let mut o = String::new();
+    gauge(
+        &mut o,
+        "num_running_reqs",
+        "Running requests.",
+        Stats::get(&s.running) as f64,
+    );
+    gauge(
+        &mut o,
+        "num_queue_reqs",
+        "Queued requests.",
+        Stats::get(&s.waiting) as f64,
+    );
+    let total = Stats::get(&s.total_pages).max(1) as f64;
+    let used = total - Stats::get(&s.free_pages) as f64;
+    gauge(
+        &mut o,
+        "token_usage",
+        "Fraction of KV pages in use (requests + prefix cache).",
+        used / total,
+    );
+    gauge(
+        &mut o,
+        "gen_throughput",
+        "Tokens sampled per second in the last forward pass.",
+        Stats::get(&s.gen_throughput_milli) as f64 / 1000.0,
+    );
+    let prompt = Stats::get(&s.prompt_tokens);
+    let hit = if prompt == 0 {
+        0.0
+    } else {
+        Stats::get(&s.cached_tokens) as f64 / prompt as f64
+    };
+    gauge(
+        &mut o,
+        "cache_hit_rate",
+        "Prompt tokens served from the prefix cache / prompt tokens.",
+        hit,
+    );
+    counter(&mut o, "prompt_tokens", "Prompt tokens admitted.", prompt);
+    counter(
+        &mut o,
+        "generation_tokens",
+        "Tokens generated.",
+        Stats::get(&s.generation_tokens),
+    );
+    counter(
+        &mut o,
+        "cached_tokens",
+        "Prompt tokens served from the prefix cache.",
+        Stats::get(&s.cached_tokens),
+    );
+    counter(
+        &mut o,
+        "num_requests",
+        "Requests finished.",
+        Stats::get(&s.requests_finished),
+    );
+    counter(
+        &mut o,
+        "num_retractions",
+        "Requests retracted for lack of KV memory.",
+        Stats::get(&s.retractions),
+    );
+    histogram(
+        &mut o,
+        "time_to_first_token_seconds",
+        "Time to first token.",
+        &s.ttft,
+    );
+    histogram(
+        &mut o,
+        "inter_token_latency_seconds",
+        "Time between tokens.",
+        &s.itl,
+    );
+    histogram(
+        &mut o,
+        "e2e_request_latency_seconds",
+        "End-to-end request latency.",
+        &s.e2e,
+    );
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], o)
+}

@@ -1,0 +1,100 @@
+//! The HTTP API (axum), shaped like `sglang.launch_server`.
+//!
+//! The handlers only tokenise, validate and follow a request's events through [`driver::Driver`];
+//! they know nothing about batching or KV pages (the scheduler thread owns those). Build the
+//! router with [`app`]; every error leaves through [`error::ApiError`].
+
+pub mod driver;
+pub mod error;
+pub mod generate;
+pub mod info;
+pub mod metrics;
+pub mod openai;
+pub mod output;
+
+use crate::model::Tokenizer;
+use crate::scheduler::SchedulerHandle;
+use crate::stats::Stats;
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use error::ApiError;
+use std::sync::Arc;
+
+/// Static facts about the served model and the server's limits.
+#[derive(Debug, Clone)]
+pub struct ServerInfo {
+    pub model_path: String,
+    pub served_model_name: String,
+    pub architectures: Vec<String>,
+    pub model_type: String,
+    pub context_length: usize,
+    pub vocab_size: usize,
+    pub max_total_tokens: usize,
+    pub page_size: usize,
+    pub backend: String,
+    /// The launch arguments, reported by `/get_server_info`.
+    pub server_args: serde_json::Value,
+}
+
+/// Shared state of every handler.
+#[derive(Clone)]
+pub struct AppState {
+    pub scheduler: SchedulerHandle,
+    pub tokenizer: Arc<Tokenizer>,
+    pub stats: Arc<Stats>,
+    pub info: Arc<ServerInfo>,
+    pub api_key: Option<Arc<str>>,
+}
+
+impl AppState {
+    /// Tokenises a prompt with the tokenizer's special tokens (BOS), as SGLang does.
+    pub fn encode(&self, text: &str) -> Result<Vec<u32>, ApiError> {
+        self.tokenizer
+            .encode(text, true)
+            .map_err(ApiError::bad_request)
+    }
+}
+
+async fn auth(State(st): State<AppState>, req: Request, next: Next) -> Response {
+    if let Some(key) = &st.api_key {
+        let ok = req
+            .headers()
+            .get(axum::http::header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .is_some_and(|v| v == &**key);
+        if !ok {
+            return ApiError::unauthorized().into_response();
+        }
+    }
+    next.run(req).await
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("No such endpoint.")
+}
+
+/// The server's router.
+pub fn app(state: AppState) -> Router {
+    Router::new()
+        .route("/generate", post(generate::generate))
+        .route("/v1/completions", post(openai::completions))
+        .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/models", get(info::models))
+        .route("/health", get(info::health))
+        .route("/health_generate", get(info::health_generate))
+        .route("/get_model_info", get(info::model_info))
+        .route("/get_server_info", get(info::server_info))
+        .route(
+            "/flush_cache",
+            get(info::flush_cache).post(info::flush_cache),
+        )
+        .route("/abort_request", post(info::abort_request))
+        .route("/metrics", get(metrics::metrics))
+        .fallback(not_found)
+        .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
+        .with_state(state)
+}

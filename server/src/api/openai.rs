@@ -1,0 +1,319 @@
+//! OpenAI-compatible `POST /v1/completions` and `POST /v1/chat/completions` (with streaming), the
+//! shapes SGLang serves. Unknown fields are ignored, as SGLang's pydantic models do; values out of
+//! range are 400s. Chat requests go through the checkpoint's chat template.
+
+use super::driver::Driver;
+use super::error::{parse_body, ApiError};
+use super::output::openai_finish_reason;
+use super::AppState;
+use crate::model::chat_template::{render, ChatMessage};
+use crate::sampling::{SamplingParams, SamplingParamsWire, StringOrList};
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Deserialize;
+use serde_json::{json, Value};
+use std::convert::Infallible;
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Prompt {
+    Text(String),
+    Texts(Vec<String>),
+    Ids(Vec<u32>),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Content {
+    Text(String),
+    Parts(Vec<ContentPart>),
+}
+
+#[derive(Debug, Deserialize)]
+struct ContentPart {
+    #[serde(rename = "type")]
+    kind: String,
+    text: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+struct Message {
+    role: String,
+    content: Option<Content>,
+}
+
+#[derive(Debug, Deserialize)]
+struct StreamOptions {
+    #[serde(default)]
+    include_usage: bool,
+}
+
+/// Fields shared by both endpoints.
+#[derive(Debug, Deserialize)]
+struct OpenAiWire {
+    model: Option<String>,
+    prompt: Option<Prompt>,
+    messages: Option<Vec<Message>>,
+    max_tokens: Option<i64>,
+    max_completion_tokens: Option<i64>,
+    temperature: Option<f32>,
+    top_p: Option<f32>,
+    top_k: Option<i64>,
+    min_p: Option<f32>,
+    frequency_penalty: Option<f32>,
+    presence_penalty: Option<f32>,
+    repetition_penalty: Option<f32>,
+    stop: Option<StringOrList>,
+    stop_token_ids: Option<Vec<u32>>,
+    ignore_eos: Option<bool>,
+    seed: Option<u64>,
+    n: Option<u32>,
+    min_tokens: Option<i64>,
+    skip_special_tokens: Option<bool>,
+    no_stop_trim: Option<bool>,
+    #[serde(default)]
+    stream: bool,
+    stream_options: Option<StreamOptions>,
+    #[serde(default)]
+    echo: bool,
+}
+
+impl OpenAiWire {
+    fn params(&mut self, default_max: i64) -> Result<SamplingParams, ApiError> {
+        SamplingParamsWire {
+            max_new_tokens: Some(
+                self.max_completion_tokens
+                    .or(self.max_tokens)
+                    .unwrap_or(default_max),
+            ),
+            min_new_tokens: self.min_tokens,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            top_k: self.top_k,
+            min_p: self.min_p,
+            frequency_penalty: self.frequency_penalty,
+            presence_penalty: self.presence_penalty,
+            repetition_penalty: self.repetition_penalty,
+            stop: self.stop.take(),
+            stop_token_ids: self.stop_token_ids.take(),
+            ignore_eos: self.ignore_eos,
+            skip_special_tokens: self.skip_special_tokens,
+            spaces_between_special_tokens: None,
+            no_stop_trim: self.no_stop_trim,
+            seed: self.seed,
+            n: self.n,
+        }
+        .validate()
+        .map_err(ApiError::bad_request)
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+fn usage(d: &Driver) -> Value {
+    let f = d.out.finish.as_ref();
+    let (p, c) = (d.prompt_tokens, d.out.ids.len());
+    json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c,
+        "prompt_tokens_details": {"cached_tokens": f.map(|f| f.cached_tokens).unwrap_or(0)}})
+}
+
+fn finish_str(d: &Driver) -> Value {
+    d.out
+        .finish
+        .as_ref()
+        .map(|f| json!(openai_finish_reason(&f.reason)))
+        .unwrap_or(Value::Null)
+}
+
+pub async fn completions(State(st): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+    let mut w: OpenAiWire = parse_body(&body)?;
+    let params = w.params(16)?;
+    let prompts: Vec<(Vec<u32>, String)> = match w.prompt.take() {
+        None => return Err(ApiError::bad_request("`prompt` is required.")),
+        Some(Prompt::Text(t)) => vec![(st.encode(&t)?, t)],
+        Some(Prompt::Texts(ts)) => ts
+            .into_iter()
+            .map(|t| Ok((st.encode(&t)?, t)))
+            .collect::<Result<_, ApiError>>()?,
+        Some(Prompt::Ids(ids)) => {
+            let t = st.tokenizer.decode(&ids, false);
+            vec![(ids, t)]
+        }
+    };
+    if prompts.is_empty() {
+        return Err(ApiError::bad_request("`prompt` is empty."));
+    }
+    if w.stream && prompts.len() > 1 {
+        return Err(ApiError::bad_request(
+            "Streaming several prompts is not supported.",
+        ));
+    }
+    let model = w
+        .model
+        .clone()
+        .unwrap_or_else(|| st.info.served_model_name.clone());
+    let mut drivers = Vec::new();
+    for (ids, text) in prompts {
+        drivers.push((Driver::submit(&st, ids, params.clone(), false, None)?, text));
+    }
+    let id = format!("cmpl-{}", drivers[0].0.rid);
+    let created = now_secs();
+    if w.stream {
+        let (d, prompt_text) = drivers.pop().expect("one");
+        let include_usage = w.stream_options.as_ref().is_some_and(|o| o.include_usage);
+        let prefix = if w.echo { prompt_text } else { String::new() };
+        return Ok(sse(d, include_usage, move |d, delta, first| {
+            let text = if first { format!("{prefix}{delta}") } else { delta };
+            json!({"id": id, "object": "text_completion", "created": created, "model": model,
+                "choices": [{"index": 0, "text": text, "logprobs": null, "finish_reason": finish_str(d)}]})
+        })
+        .into_response());
+    }
+    let mut choices = Vec::new();
+    let (mut pt, mut ct, mut cached) = (0, 0, 0);
+    for (i, (mut d, prompt_text)) in drivers.into_iter().enumerate() {
+        let mut text = d.run_to_end().await;
+        if w.echo {
+            text = format!("{prompt_text}{text}");
+        }
+        let u = usage(&d);
+        pt += d.prompt_tokens;
+        ct += d.out.ids.len();
+        cached += u["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap_or(0);
+        choices.push(
+            json!({"index": i, "text": text, "logprobs": null, "finish_reason": finish_str(&d)}),
+        );
+    }
+    Ok(Json(json!({"id": id, "object": "text_completion", "created": created, "model": model, "choices": choices,
+        "usage": {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct,
+            "prompt_tokens_details": {"cached_tokens": cached}}}))
+    .into_response())
+}
+
+pub async fn chat_completions(
+    State(st): State<AppState>,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let mut w: OpenAiWire = parse_body(&body)?;
+    let params = w.params(st.info.context_length as i64)?;
+    let msgs = w
+        .messages
+        .take()
+        .ok_or_else(|| ApiError::bad_request("`messages` is required."))?;
+    if msgs.is_empty() {
+        return Err(ApiError::bad_request("`messages` is empty."));
+    }
+    let mut conv = Vec::new();
+    for m in msgs {
+        let content = match m.content {
+            None => String::new(),
+            Some(Content::Text(t)) => t,
+            Some(Content::Parts(ps)) => {
+                let mut s = String::new();
+                for p in ps {
+                    if p.kind != "text" {
+                        return Err(ApiError::bad_request(format!(
+                            "Content part type `{}` is not supported.",
+                            p.kind
+                        )));
+                    }
+                    s.push_str(&p.text.unwrap_or_default());
+                }
+                s
+            }
+        };
+        conv.push(ChatMessage {
+            role: m.role,
+            content,
+        });
+    }
+    let tok = &st.tokenizer;
+    let template = tok
+        .chat_template
+        .as_deref()
+        .ok_or_else(|| ApiError::bad_request("The model has no chat template."))?;
+    let text = render(
+        template,
+        &conv,
+        true,
+        tok.bos_token.as_deref(),
+        tok.eos_token.as_deref(),
+    )
+    .map_err(ApiError::bad_request)?;
+    let ids = tok.encode(&text, false).map_err(ApiError::bad_request)?;
+    let model = w
+        .model
+        .clone()
+        .unwrap_or_else(|| st.info.served_model_name.clone());
+    let mut d = Driver::submit(&st, ids, params, false, None)?;
+    let id = format!("chatcmpl-{}", d.rid);
+    let created = now_secs();
+    if w.stream {
+        let include_usage = w.stream_options.as_ref().is_some_and(|o| o.include_usage);
+        return Ok(sse(d, include_usage, move |d, delta, first| {
+            let delta = if first { json!({"role": "assistant", "content": delta}) } else { json!({"content": delta}) };
+            json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_str(d)}]})
+        })
+        .into_response());
+    }
+    let text = d.run_to_end().await;
+    Ok(Json(json!({"id": id, "object": "chat.completion", "created": created, "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": null,
+            "finish_reason": finish_str(&d)}],
+        "usage": usage(&d)}))
+    .into_response())
+}
+
+/// Streams `d` as OpenAI chunks built by `chunk(driver, delta, is_first)`, then an optional usage
+/// chunk, then `[DONE]`. Empty deltas (bytes held back) are not sent.
+fn sse<F>(
+    d: Driver,
+    include_usage: bool,
+    chunk: F,
+) -> Sse<impl futures::Stream<Item = Result<SseEvent, Infallible>>>
+where
+    F: Fn(&Driver, String, bool) -> Value + Send + Sync + 'static,
+{
+    let chunk = std::sync::Arc::new(chunk);
+    // Phases: 0 = streaming, 2 = [DONE] pending, 3 = over.
+    let s = futures::stream::unfold((d, 0u8, true), move |(mut d, phase, first)| {
+        let chunk = chunk.clone();
+        async move {
+            match phase {
+                2 => return Some((Ok(SseEvent::default().data("[DONE]")), (d, 3, first))),
+                3 => return None,
+                _ => {}
+            }
+            loop {
+                match d.next().await {
+                    Some(delta) => {
+                        if delta.is_empty() && d.out.finish.is_none() && !first {
+                            continue;
+                        }
+                        let ev = SseEvent::default().data(chunk(&d, delta, first).to_string());
+                        return Some((Ok(ev), (d, 0, false)));
+                    }
+                    None if include_usage => {
+                        let mut u = chunk(&d, String::new(), false);
+                        u["choices"] = json!([]);
+                        u["usage"] = usage(&d);
+                        return Some((Ok(SseEvent::default().data(u.to_string())), (d, 2, first)));
+                    }
+                    None => return Some((Ok(SseEvent::default().data("[DONE]")), (d, 3, first))),
+                }
+            }
+        }
+    });
+    Sse::new(s)
+}

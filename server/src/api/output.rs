@@ -1,0 +1,101 @@
+//! Turning a request's event stream into text: cumulative output ids, incremental text deltas that
+//! never cut a UTF-8 character or run into a stop string, and the final trimmed text.
+//!
+//! Invariant: the concatenation of all deltas equals [`Output::final_text`]. While stop strings
+//! are set, the last `max_stop_len - 1` bytes are held back (they may start a stop string) and
+//! nothing at or after a complete stop string is ever sent.
+
+use crate::model::Tokenizer;
+use crate::sampling::SamplingParams;
+use crate::scheduler::request::{Event, Finish, FinishReason};
+
+/// The output of one request so far.
+#[derive(Debug, Default)]
+pub struct Output {
+    pub ids: Vec<u32>,
+    pub logprobs: Vec<f32>,
+    pub finish: Option<Finish>,
+    sent: usize,
+}
+
+fn floor_boundary(s: &str, mut i: usize) -> usize {
+    while i > 0 && !s.is_char_boundary(i) {
+        i -= 1;
+    }
+    i
+}
+
+impl Output {
+    /// Applies one event; returns the text delta that may be sent now.
+    pub fn push(&mut self, ev: Event, tok: &Tokenizer, p: &SamplingParams) -> String {
+        match ev {
+            Event::Token { id, logprob } => {
+                self.ids.push(id);
+                if let Some(l) = logprob {
+                    self.logprobs.push(l);
+                }
+                let text = tok.decode(&self.ids, p.skip_special_tokens);
+                let mut end = text.len();
+                if text.ends_with('\u{FFFD}') {
+                    end = text.len() - '\u{FFFD}'.len_utf8();
+                }
+                if !p.stop.is_empty() && !p.no_stop_trim {
+                    let hold = p.stop.iter().map(String::len).max().unwrap_or(1) - 1;
+                    end = end.saturating_sub(hold);
+                    if let Some(k) = p.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
+                        end = end.min(k);
+                    }
+                }
+                self.take(&text, end)
+            }
+            Event::Done(f) => {
+                self.finish = Some(f);
+                let text = self.final_text(tok, p);
+                let end = text.len();
+                self.take(&text, end)
+            }
+        }
+    }
+
+    fn take(&mut self, text: &str, end: usize) -> String {
+        let end = floor_boundary(text, end);
+        if end <= self.sent {
+            return String::new();
+        }
+        let d = text[self.sent..end].to_string();
+        self.sent = end;
+        d
+    }
+
+    /// The complete text (special tokens such as EOS skipped by default), cut before the first
+    /// stop string unless `no_stop_trim`.
+    pub fn final_text(&self, tok: &Tokenizer, p: &SamplingParams) -> String {
+        let mut text = tok.decode(&self.ids, p.skip_special_tokens);
+        if !p.no_stop_trim {
+            if let Some(k) = p.stop.iter().filter_map(|s| text.find(s.as_str())).min() {
+                text.truncate(k);
+            }
+        }
+        text
+    }
+}
+
+/// SGLang's `meta_info.finish_reason` object.
+pub fn finish_reason_json(r: &FinishReason) -> serde_json::Value {
+    use serde_json::json;
+    match r {
+        FinishReason::Length(n) => json!({"type": "length", "length": n}),
+        FinishReason::StopToken(t) => json!({"type": "stop", "matched": t}),
+        FinishReason::StopStr(s) => json!({"type": "stop", "matched": s}),
+        FinishReason::Abort(m) => json!({"type": "abort", "message": m}),
+    }
+}
+
+/// OpenAI's `finish_reason` string.
+pub fn openai_finish_reason(r: &FinishReason) -> &'static str {
+    match r {
+        FinishReason::Length(_) => "length",
+        FinishReason::StopToken(_) | FinishReason::StopStr(_) => "stop",
+        FinishReason::Abort(_) => "abort",
+    }
+}

@@ -1,0 +1,145 @@
+//! Start-up: load the model directory, size the KV pool, start the scheduler thread, and build the
+//! HTTP application state. Used by `strata serve` and by in-process tests.
+//!
+//! KV sizing on the CPU backend: `--max-total-tokens` when given; otherwise
+//! `mem_fraction_static × MemAvailable − weight bytes`, capped at
+//! `context_length × max_running_requests` (more could never be used), rounded down to pages.
+
+use crate::api::{AppState, ServerInfo};
+use crate::kv::{DeviceKvPool, KvPool};
+use crate::model::{Model, ModelConfig, ModelError, Tokenizer};
+use crate::scheduler::{spawn, SchedulerConfig};
+use crate::stats::Stats;
+use std::path::PathBuf;
+use std::sync::Arc;
+use strata_kernels::{Backend, CpuBackend};
+
+/// Server options (the subset of SGLang's launch flags that shape the engine).
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub model_path: PathBuf,
+    pub served_model_name: Option<String>,
+    pub page_size: usize,
+    pub max_running_requests: usize,
+    pub chunked_prefill_size: Option<usize>,
+    pub context_length: Option<usize>,
+    pub mem_fraction_static: f64,
+    pub max_total_tokens: Option<usize>,
+    pub disable_radix_cache: bool,
+    pub api_key: Option<String>,
+    /// Launch arguments echoed by `/get_server_info`.
+    pub server_args: serde_json::Value,
+}
+
+/// A start-up failure.
+#[derive(Debug, thiserror::Error)]
+pub enum LaunchError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error("{0}")]
+    Config(String),
+    #[error("cannot start the scheduler thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+fn mem_available_bytes() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    line.split_whitespace()
+        .nth(1)?
+        .parse::<u64>()
+        .ok()
+        .map(|kb| kb * 1024)
+}
+
+/// Loads everything and starts the scheduler on the CPU backend.
+pub fn launch_cpu(opts: &ServeOptions) -> Result<AppState, LaunchError> {
+    launch(opts, CpuBackend)
+}
+
+/// Loads everything and starts the scheduler on `backend`.
+pub fn launch<B: Backend>(opts: &ServeOptions, backend: B) -> Result<AppState, LaunchError> {
+    let dir = &opts.model_path;
+    if !dir.is_dir() {
+        return Err(LaunchError::Config(format!(
+            "--model-path {}: not a directory",
+            dir.display()
+        )));
+    }
+    if opts.page_size == 0 {
+        return Err(LaunchError::Config("--page-size must be at least 1".into()));
+    }
+    let cfg = ModelConfig::load(dir)?;
+    let context_length = opts.context_length.unwrap_or(cfg.max_position_embeddings);
+    if context_length < 2 {
+        return Err(LaunchError::Config(
+            "--context-length must be at least 2".into(),
+        ));
+    }
+    let tokenizer = Tokenizer::load(dir)?;
+    tracing::info!(path = %dir.display(), arch = cfg.arch.hf_name(), "loading weights");
+    let t0 = std::time::Instant::now();
+    let model = Model::load(dir, backend, context_length + 1)?;
+    let params: usize = cfg.num_layers
+        * (2 * cfg.hidden_size * cfg.num_heads * cfg.head_dim
+            + 2 * cfg.hidden_size * cfg.kv_dim()
+            + 3 * cfg.hidden_size * cfg.intermediate_size)
+        + 2 * cfg.vocab_size * cfg.hidden_size;
+    tracing::info!(params, secs = t0.elapsed().as_secs_f64(), "weights loaded");
+    let per_token = model.kv_bytes_per_token();
+    let max_running = opts.max_running_requests.max(1);
+    let tokens = match opts.max_total_tokens {
+        Some(t) => t,
+        None => {
+            let avail = mem_available_bytes().unwrap_or(8 << 30) as f64;
+            let budget = (opts.mem_fraction_static * avail - (params * 4) as f64).max(0.0);
+            ((budget as usize) / per_token).min(context_length * max_running)
+        }
+    };
+    let num_pages = tokens / opts.page_size;
+    if num_pages < 2 {
+        return Err(LaunchError::Config(format!(
+            "the KV cache would hold only {tokens} tokens; raise --mem-fraction-static or --max-total-tokens"
+        )));
+    }
+    let pool = DeviceKvPool::new(&model, num_pages, opts.page_size)?;
+    let max_total_tokens = pool.total_pages() * opts.page_size;
+    tracing::info!(
+        max_total_tokens,
+        page_size = opts.page_size,
+        kv_mib = (max_total_tokens * per_token) >> 20,
+        "KV pool ready"
+    );
+    let info = ServerInfo {
+        model_path: dir.display().to_string(),
+        served_model_name: opts
+            .served_model_name
+            .clone()
+            .unwrap_or_else(|| dir.display().to_string()),
+        architectures: vec![cfg.arch.hf_name().to_string()],
+        model_type: cfg.model_type.clone(),
+        context_length,
+        vocab_size: cfg.vocab_size,
+        max_total_tokens,
+        page_size: opts.page_size,
+        backend: model.backend().name().to_string(),
+        server_args: opts.server_args.clone(),
+    };
+    let stats = Arc::new(Stats::default());
+    let tokenizer = Arc::new(tokenizer);
+    let sched_cfg = SchedulerConfig {
+        page_size: opts.page_size,
+        max_running_requests: max_running,
+        chunked_prefill_size: opts.chunked_prefill_size,
+        context_length,
+        radix_cache: !opts.disable_radix_cache,
+    };
+    let handle = spawn(sched_cfg, model, pool, tokenizer.clone(), stats.clone())?;
+    Ok(AppState {
+        scheduler: handle,
+        tokenizer,
+        stats,
+        info: Arc::new(info),
+        api_key: opts.api_key.as_deref().map(Arc::from),
+    })
+}

@@ -1,0 +1,215 @@
+//! `config.json` (+ `generation_config.json`) of a Hugging Face Llama-family checkpoint.
+//!
+//! Parsed once at start-up into [`ModelConfig`]; every inconsistency (unknown architecture, heads
+//! that do not divide the hidden size, an unsupported rope type) is an error naming the file and the
+//! field, so a bad checkpoint fails before any weight is read.
+
+use crate::model::ModelError;
+use serde_json::Value;
+use std::path::Path;
+use strata_kernels::RopeScaling;
+
+/// Supported architectures (`architectures[0]` in config.json).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arch {
+    /// `LlamaForCausalLM` and `MistralForCausalLM`.
+    Llama,
+    /// `Qwen2ForCausalLM`: bias on q/k/v.
+    Qwen2,
+    /// `Qwen3ForCausalLM`: per-head RMSNorm on q and k.
+    Qwen3,
+}
+
+impl Arch {
+    pub fn hf_name(self) -> &'static str {
+        match self {
+            Arch::Llama => "LlamaForCausalLM",
+            Arch::Qwen2 => "Qwen2ForCausalLM",
+            Arch::Qwen3 => "Qwen3ForCausalLM",
+        }
+    }
+}
+
+/// The parts of the configuration the forward pass needs.
+#[derive(Debug, Clone)]
+pub struct ModelConfig {
+    pub arch: Arch,
+    pub model_type: String,
+    pub vocab_size: usize,
+    pub hidden_size: usize,
+    pub intermediate_size: usize,
+    pub num_layers: usize,
+    pub num_heads: usize,
+    pub num_kv_heads: usize,
+    pub head_dim: usize,
+    pub rms_norm_eps: f32,
+    pub rope_theta: f32,
+    pub rope_scaling: RopeScaling,
+    pub max_position_embeddings: usize,
+    pub tie_word_embeddings: bool,
+    pub qkv_bias: bool,
+    pub qk_norm: bool,
+    pub bos_token_id: Option<u32>,
+    pub eos_token_ids: Vec<u32>,
+    pub dtype: String,
+}
+
+fn ids(v: Option<&Value>) -> Vec<u32> {
+    match v {
+        Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(|x| x.as_u64())
+            .map(|x| x as u32)
+            .collect(),
+        _ => vec![],
+    }
+}
+
+impl ModelConfig {
+    /// Reads `dir/config.json` and, when present, `dir/generation_config.json` (extra EOS ids).
+    pub fn load(dir: &Path) -> Result<Self, ModelError> {
+        let path = dir.join("config.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
+        let v: Value =
+            serde_json::from_str(&text).map_err(|e| ModelError::bad(&path, e.to_string()))?;
+        let mut cfg = Self::from_json(&v).map_err(|m| ModelError::bad(&path, m))?;
+        let gen = dir.join("generation_config.json");
+        if gen.exists() {
+            let text = std::fs::read_to_string(&gen).map_err(|e| ModelError::io(&gen, e))?;
+            let g: Value =
+                serde_json::from_str(&text).map_err(|e| ModelError::bad(&gen, e.to_string()))?;
+            for id in ids(g.get("eos_token_id")) {
+                if !cfg.eos_token_ids.contains(&id) {
+                    cfg.eos_token_ids.push(id);
+                }
+            }
+        }
+        Ok(cfg)
+    }
+
+    /// Parses a config.json value; the error is a message about the offending field.
+    pub fn from_json(v: &Value) -> Result<Self, String> {
+        let arch_name = v["architectures"][0]
+            .as_str()
+            .ok_or("missing `architectures`")?;
+        let arch = match arch_name {
+            "LlamaForCausalLM" | "MistralForCausalLM" => Arch::Llama,
+            "Qwen2ForCausalLM" => Arch::Qwen2,
+            "Qwen3ForCausalLM" => Arch::Qwen3,
+            other => return Err(format!("unsupported architecture `{other}`")),
+        };
+        let usize_of = |k: &str| -> Result<usize, String> {
+            v.get(k)
+                .and_then(Value::as_u64)
+                .map(|x| x as usize)
+                .ok_or_else(|| format!("missing or non-integer `{k}`"))
+        };
+        let hidden_size = usize_of("hidden_size")?;
+        let num_heads = usize_of("num_attention_heads")?;
+        let num_kv_heads = v
+            .get("num_key_value_heads")
+            .and_then(Value::as_u64)
+            .map(|x| x as usize)
+            .unwrap_or(num_heads);
+        if num_heads == 0 || num_kv_heads == 0 || num_heads % num_kv_heads != 0 {
+            return Err(format!("num_attention_heads {num_heads} is not a multiple of num_key_value_heads {num_kv_heads}"));
+        }
+        let head_dim = match v.get("head_dim").and_then(Value::as_u64) {
+            Some(h) => h as usize,
+            None if hidden_size % num_heads == 0 => hidden_size / num_heads,
+            None => {
+                return Err(format!(
+                    "hidden_size {hidden_size} not divisible by num_attention_heads {num_heads}"
+                ))
+            }
+        };
+        if head_dim % 2 != 0 {
+            return Err(format!(
+                "head_dim {head_dim} must be even for rotary embeddings"
+            ));
+        }
+        let rope_obj = v
+            .get("rope_scaling")
+            .filter(|x| !x.is_null())
+            .or_else(|| v.get("rope_parameters"));
+        let rope_theta = v
+            .get("rope_theta")
+            .and_then(Value::as_f64)
+            .or_else(|| {
+                rope_obj
+                    .and_then(|r| r.get("rope_theta"))
+                    .and_then(Value::as_f64)
+            })
+            .unwrap_or(10000.0) as f32;
+        let rope_scaling = match rope_obj {
+            None | Some(Value::Null) => RopeScaling::None,
+            Some(r) => {
+                let ty = r
+                    .get("rope_type")
+                    .or_else(|| r.get("type"))
+                    .and_then(Value::as_str)
+                    .unwrap_or("default");
+                let f = |k: &str| r.get(k).and_then(Value::as_f64).map(|x| x as f32);
+                match ty {
+                    "default" => RopeScaling::None,
+                    "linear" => RopeScaling::Linear {
+                        factor: f("factor").ok_or("rope_scaling.factor missing")?,
+                    },
+                    "llama3" => RopeScaling::Llama3 {
+                        factor: f("factor").ok_or("rope_scaling.factor missing")?,
+                        low_freq_factor: f("low_freq_factor").unwrap_or(1.0),
+                        high_freq_factor: f("high_freq_factor").unwrap_or(4.0),
+                        original_max_position_embeddings: f("original_max_position_embeddings")
+                            .ok_or("rope_scaling.original_max_position_embeddings missing")?,
+                    },
+                    other => return Err(format!("unsupported rope_scaling type `{other}`")),
+                }
+            }
+        };
+        let max_position_embeddings = usize_of("max_position_embeddings").unwrap_or(4096);
+        Ok(ModelConfig {
+            arch,
+            model_type: v["model_type"].as_str().unwrap_or("llama").to_string(),
+            vocab_size: usize_of("vocab_size")?,
+            hidden_size,
+            intermediate_size: usize_of("intermediate_size")?,
+            num_layers: usize_of("num_hidden_layers")?,
+            num_heads,
+            num_kv_heads,
+            head_dim,
+            rms_norm_eps: v
+                .get("rms_norm_eps")
+                .and_then(Value::as_f64)
+                .unwrap_or(1e-6) as f32,
+            rope_theta,
+            rope_scaling,
+            max_position_embeddings,
+            tie_word_embeddings: v
+                .get("tie_word_embeddings")
+                .and_then(Value::as_bool)
+                .unwrap_or(false),
+            qkv_bias: arch == Arch::Qwen2
+                || v.get("attention_bias")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false),
+            qk_norm: arch == Arch::Qwen3,
+            bos_token_id: v
+                .get("bos_token_id")
+                .and_then(Value::as_u64)
+                .map(|x| x as u32),
+            eos_token_ids: ids(v.get("eos_token_id")),
+            dtype: v
+                .get("torch_dtype")
+                .or_else(|| v.get("dtype"))
+                .and_then(Value::as_str)
+                .unwrap_or("float32")
+                .to_string(),
+        })
+    }
+
+    /// Floats of K (or V) per token per layer.
+    pub fn kv_dim(&self) -> usize {
+        self.num_kv_heads * self.head_dim
+    }
+}

@@ -1,0 +1,43 @@
+//! Model loading and the forward pass: configuration, weights, tokenizer, chat template, and the
+//! Llama-family transformer over a [`strata_kernels::Backend`].
+
+pub mod chat_template;
+pub mod config;
+pub mod llama;
+pub mod tokenizer;
+pub mod weights;
+
+pub use config::{Arch, ModelConfig};
+pub use llama::{ForwardBatch, KvBuffers, Model, SeqSlice};
+pub use tokenizer::Tokenizer;
+
+use std::path::Path;
+
+/// A start-up error about the model directory; always names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {msg}")]
+    Bad { path: String, msg: String },
+    #[error("kernel error: {0}")]
+    Kernel(#[from] strata_kernels::KernelError),
+}
+
+impl ModelError {
+    pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
+        ModelError::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+    pub(crate) fn bad(path: &Path, msg: impl Into<String>) -> Self {
+        ModelError::Bad {
+            path: path.display().to_string(),
+            msg: msg.into(),
+        }
+    }
+}

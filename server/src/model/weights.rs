@@ -1,0 +1,127 @@
+//! Reading safetensors checkpoints (single file or sharded through `model.safetensors.index.json`)
+//! into host f32 tensors, converting from bf16/f16 where needed.
+//!
+//! Every tensor the model asks for is checked for presence and shape; the error names the file and
+//! the tensor. Memory: each shard is read whole, converted, then dropped (peak ≈ one shard + the
+//! f32 weights).
+
+use super::ModelError;
+use safetensors::{Dtype, SafeTensors};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+/// A host tensor in f32.
+#[derive(Debug)]
+pub struct HostTensor {
+    pub shape: Vec<usize>,
+    pub data: Vec<f32>,
+}
+
+/// All tensors of a checkpoint by name, with the file each came from (for error messages).
+#[derive(Debug, Default)]
+pub struct WeightMap {
+    tensors: HashMap<String, (HostTensor, PathBuf)>,
+    dir: PathBuf,
+}
+
+fn shard_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
+    let single = dir.join("model.safetensors");
+    if single.exists() {
+        return Ok(vec![single]);
+    }
+    let index = dir.join("model.safetensors.index.json");
+    if !index.exists() {
+        return Err(ModelError::bad(
+            dir,
+            "neither model.safetensors nor model.safetensors.index.json exists",
+        ));
+    }
+    let text = std::fs::read_to_string(&index).map_err(|e| ModelError::io(&index, e))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| ModelError::bad(&index, e.to_string()))?;
+    let map = v["weight_map"]
+        .as_object()
+        .ok_or_else(|| ModelError::bad(&index, "missing `weight_map`"))?;
+    let mut files: Vec<PathBuf> = map
+        .values()
+        .filter_map(|f| f.as_str())
+        .map(|f| dir.join(f))
+        .collect();
+    files.sort();
+    files.dedup();
+    Ok(files)
+}
+
+fn to_f32(path: &Path, name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>, ModelError> {
+    let pairs = bytes
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]));
+    Ok(match dtype {
+        Dtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        Dtype::BF16 => pairs.map(|b| half::bf16::from_bits(b).to_f32()).collect(),
+        Dtype::F16 => pairs.map(|b| half::f16::from_bits(b).to_f32()).collect(),
+        other => {
+            return Err(ModelError::bad(
+                path,
+                format!("tensor `{name}` has unsupported dtype {other:?}"),
+            ))
+        }
+    })
+}
+
+impl WeightMap {
+    /// Loads every tensor of the checkpoint in `dir`.
+    pub fn load(dir: &Path) -> Result<Self, ModelError> {
+        let mut tensors = HashMap::new();
+        for file in shard_files(dir)? {
+            let bytes = std::fs::read(&file).map_err(|e| ModelError::io(&file, e))?;
+            let st = SafeTensors::deserialize(&bytes)
+                .map_err(|e| ModelError::bad(&file, e.to_string()))?;
+            for (name, view) in st.tensors() {
+                let data = to_f32(&file, &name, view.dtype(), view.data())?;
+                tensors.insert(
+                    name,
+                    (
+                        HostTensor {
+                            shape: view.shape().to_vec(),
+                            data,
+                        },
+                        file.clone(),
+                    ),
+                );
+            }
+        }
+        Ok(WeightMap {
+            tensors,
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Removes and returns tensor `name`, checking its shape.
+    pub fn take(&mut self, name: &str, shape: &[usize]) -> Result<Vec<f32>, ModelError> {
+        let (t, file) = self.tensors.remove(name).ok_or_else(|| {
+            ModelError::bad(
+                &self.dir,
+                format!("tensor `{name}` is missing from the checkpoint"),
+            )
+        })?;
+        if t.shape != shape {
+            return Err(ModelError::bad(
+                &file,
+                format!(
+                    "tensor `{name}` has shape {:?}, config.json implies {shape:?}",
+                    t.shape
+                ),
+            ));
+        }
+        Ok(t.data)
+    }
+
+    /// Whether tensor `name` exists.
+    pub fn contains(&self, name: &str) -> bool {
+        self.tensors.contains_key(name)
+    }
+}

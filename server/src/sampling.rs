@@ -1,0 +1,238 @@
+//! Sampling parameters (SGLang's `sampling_params` object), their validation, logit penalties and
+//! the per-request random stream.
+//!
+//! Penalties follow SGLang: frequency and presence penalties subtract `f · count` and `p · [count>0]`
+//! over the tokens generated so far; the repetition penalty divides positive logits and multiplies
+//! negative ones for tokens already generated. The random number for step `i` is a pure function of
+//! (seed, i), so a seeded request reproduces its output even after a retraction.
+
+use crate::make_model::SplitMix64;
+use serde::Deserialize;
+use std::collections::HashMap;
+use strata_kernels::sampling::SampleParams;
+
+/// `stop` as a string or a list.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum StringOrList {
+    One(String),
+    Many(Vec<String>),
+}
+
+impl StringOrList {
+    pub fn into_vec(self) -> Vec<String> {
+        match self {
+            StringOrList::One(s) => vec![s],
+            StringOrList::Many(v) => v,
+        }
+    }
+}
+
+/// SGLang's sampling parameters as accepted on the wire (unknown fields are rejected, as SGLang's
+/// `SamplingParams(**d)` does).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SamplingParamsWire {
+    pub max_new_tokens: Option<i64>,
+    pub min_new_tokens: Option<i64>,
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<i64>,
+    pub min_p: Option<f32>,
+    pub frequency_penalty: Option<f32>,
+    pub presence_penalty: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+    pub stop: Option<StringOrList>,
+    pub stop_token_ids: Option<Vec<u32>>,
+    pub ignore_eos: Option<bool>,
+    pub skip_special_tokens: Option<bool>,
+    pub spaces_between_special_tokens: Option<bool>,
+    pub no_stop_trim: Option<bool>,
+    #[serde(alias = "sampling_seed")]
+    pub seed: Option<u64>,
+    pub n: Option<u32>,
+}
+
+/// Validated sampling parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SamplingParams {
+    pub max_new_tokens: usize,
+    pub min_new_tokens: usize,
+    pub sample: SampleParams,
+    pub frequency_penalty: f32,
+    pub presence_penalty: f32,
+    pub repetition_penalty: f32,
+    pub stop: Vec<String>,
+    pub stop_token_ids: Vec<u32>,
+    pub ignore_eos: bool,
+    pub skip_special_tokens: bool,
+    pub no_stop_trim: bool,
+    pub seed: Option<u64>,
+}
+
+impl Default for SamplingParams {
+    fn default() -> Self {
+        SamplingParamsWire::default_wire()
+            .validate()
+            .expect("defaults are valid")
+    }
+}
+
+impl SamplingParamsWire {
+    fn default_wire() -> Self {
+        serde_json::from_str("{}").expect("empty object")
+    }
+
+    /// Checks ranges the way SGLang's `SamplingParams.verify` does; the error is the message.
+    pub fn validate(self) -> Result<SamplingParams, String> {
+        let max_new_tokens = self.max_new_tokens.unwrap_or(128);
+        if max_new_tokens < 0 {
+            return Err(format!(
+                "max_new_tokens must be at least 0, got {max_new_tokens}."
+            ));
+        }
+        let min_new_tokens = self.min_new_tokens.unwrap_or(0);
+        if min_new_tokens < 0 || min_new_tokens > max_new_tokens {
+            return Err(format!(
+                "min_new_tokens must be in [0, max_new_tokens], got {min_new_tokens}."
+            ));
+        }
+        let temperature = self.temperature.unwrap_or(1.0);
+        if temperature.is_nan() || temperature < 0.0 {
+            return Err(format!(
+                "temperature must be non-negative, got {temperature}."
+            ));
+        }
+        let top_p = self.top_p.unwrap_or(1.0);
+        if top_p.is_nan() || top_p <= 0.0 || top_p > 1.0 {
+            return Err(format!("top_p must be in (0, 1], got {top_p}."));
+        }
+        let top_k = self.top_k.unwrap_or(-1);
+        if top_k < -1 || top_k == 0 {
+            return Err(format!(
+                "top_k must be -1 (disable), or at least 1, got {top_k}."
+            ));
+        }
+        let min_p = self.min_p.unwrap_or(0.0);
+        if !(0.0..=1.0).contains(&min_p) {
+            return Err(format!("min_p must be in [0, 1], got {min_p}."));
+        }
+        let fp = self.frequency_penalty.unwrap_or(0.0);
+        if !(-2.0..=2.0).contains(&fp) {
+            return Err(format!("frequency_penalty must be in [-2, 2], got {fp}."));
+        }
+        let pp = self.presence_penalty.unwrap_or(0.0);
+        if !(-2.0..=2.0).contains(&pp) {
+            return Err(format!("presence_penalty must be in [-2, 2], got {pp}."));
+        }
+        let rp = self.repetition_penalty.unwrap_or(1.0);
+        if rp.is_nan() || rp <= 0.0 || rp > 2.0 {
+            return Err(format!("repetition_penalty must be in (0, 2], got {rp}."));
+        }
+        if self.n.unwrap_or(1) != 1 {
+            return Err("n > 1 is not supported; send the prompt several times.".into());
+        }
+        let stop = self.stop.map(StringOrList::into_vec).unwrap_or_default();
+        if stop.iter().any(String::is_empty) {
+            return Err("stop strings must not be empty.".into());
+        }
+        Ok(SamplingParams {
+            max_new_tokens: max_new_tokens as usize,
+            min_new_tokens: min_new_tokens as usize,
+            sample: SampleParams {
+                temperature,
+                top_k: if top_k < 0 {
+                    None
+                } else {
+                    Some(top_k as usize)
+                },
+                top_p,
+                min_p,
+            },
+            frequency_penalty: fp,
+            presence_penalty: pp,
+            repetition_penalty: rp,
+            stop,
+            stop_token_ids: self.stop_token_ids.unwrap_or_default(),
+            ignore_eos: self.ignore_eos.unwrap_or(false),
+            skip_special_tokens: self.skip_special_tokens.unwrap_or(true),
+            no_stop_trim: self.no_stop_trim.unwrap_or(false),
+            seed: self.seed,
+        })
+    }
+}
+
+impl SamplingParams {
+    /// Whether any penalty changes the logits.
+    pub fn has_penalties(&self) -> bool {
+        self.frequency_penalty != 0.0
+            || self.presence_penalty != 0.0
+            || self.repetition_penalty != 1.0
+    }
+
+    /// Applies the penalties for `output` (the tokens generated so far) to `logits` in place, and
+    /// masks `banned` tokens (EOS before `min_new_tokens`).
+    pub fn apply_penalties(&self, logits: &mut [f32], output: &[u32], banned: &[u32]) {
+        if self.has_penalties() {
+            let mut counts: HashMap<u32, u32> = HashMap::new();
+            for &t in output {
+                *counts.entry(t).or_insert(0) += 1;
+            }
+            for (&t, &c) in &counts {
+                let Some(l) = logits.get_mut(t as usize) else {
+                    continue;
+                };
+                if self.repetition_penalty != 1.0 {
+                    *l = if *l > 0.0 {
+                        *l / self.repetition_penalty
+                    } else {
+                        *l * self.repetition_penalty
+                    };
+                }
+                *l -= self.frequency_penalty * c as f32 + self.presence_penalty;
+            }
+        }
+        for &t in banned {
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l = f32::NEG_INFINITY;
+            }
+        }
+    }
+}
+
+/// The uniform number for step `step` of a request with random stream `seed`.
+pub fn uniform(seed: u64, step: usize) -> f64 {
+    SplitMix64(seed ^ (step as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93)).next_f64()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(s: &str) -> Result<SamplingParams, String> {
+        serde_json::from_str::<SamplingParamsWire>(s)
+            .map_err(|e| e.to_string())?
+            .validate()
+    }
+
+    #[test]
+    fn validation_matches_sglang_ranges() {
+        assert!(parse(r#"{"max_new_tokens": -1}"#).is_err());
+        assert!(parse(r#"{"top_p": 0}"#).is_err());
+        assert!(parse(r#"{"top_k": 0}"#).is_err());
+        assert!(parse(r#"{"temperature": -0.5}"#).is_err());
+        assert!(parse(r#"{"bogus": 1}"#).is_err());
+        let p = parse(r#"{"temperature": 0, "stop": "x", "sampling_seed": 3}"#).unwrap();
+        assert_eq!(p.stop, vec!["x".to_string()]);
+        assert_eq!(p.seed, Some(3));
+        assert_eq!(p.max_new_tokens, 128);
+    }
+
+    #[test]
+    fn penalties_push_repeated_tokens_down() {
+        let p = parse(r#"{"frequency_penalty": 1.0, "repetition_penalty": 2.0}"#).unwrap();
+        let mut l = vec![2.0, -1.0, 0.5];
+        p.apply_penalties(&mut l, &[0, 0, 1], &[2]);
+        assert_eq!(l, vec![2.0 / 2.0 - 2.0, -2.0 - 1.0, f32::NEG_INFINITY]);
+    }
+}

@@ -1,0 +1,279 @@
+//! The scheduler: one thread that owns the model, the KV pool and the prefix cache, and runs
+//! continuous batching.
+//!
+//! Each round: take new messages; drop aborted or disconnected requests (their pages go back at
+//! once); build one mixed batch — every running sequence that is decoding contributes one token,
+//! sequences still prefilling contribute a chunk under the `--chunked-prefill-size` budget, and
+//! queued requests are admitted (prefix-cache match, page allocation) while the budget,
+//! `--max-running-requests` and free pages allow; run one forward pass; sample, stream, finish.
+//! When a decode cannot get a page even after evicting the prefix cache, the most recently
+//! admitted other request is retracted: its pages are freed and it is requeued at the front with
+//! its output so far, to be recomputed later (never corrupted).
+//!
+//! Invariant: pages held by sequences + pages cached by the radix tree + free pages == pool size.
+
+mod batch;
+pub mod hooks;
+pub mod request;
+mod seq;
+
+use crate::cache::RadixCache;
+use crate::kv::{DeviceKvPool, KvPool};
+use crate::model::{Model, Tokenizer};
+use crate::stats::Stats;
+use hooks::{NoPrefetch, PrefetchHook};
+use request::{Event, Finish, FinishReason, Msg, Request};
+use seq::Seq;
+use std::collections::{HashSet, VecDeque};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::Arc;
+use strata_kernels::Backend;
+
+/// Scheduling limits.
+#[derive(Debug, Clone)]
+pub struct SchedulerConfig {
+    pub page_size: usize,
+    pub max_running_requests: usize,
+    /// Tokens of prefill per round; `None` = whole prompts.
+    pub chunked_prefill_size: Option<usize>,
+    pub context_length: usize,
+    pub radix_cache: bool,
+}
+
+/// The scheduler state (lives on its own thread; see [`spawn`]).
+pub struct Scheduler<B: Backend> {
+    cfg: SchedulerConfig,
+    model: Model<B>,
+    pool: DeviceKvPool<B>,
+    tree: RadixCache,
+    tokenizer: Arc<Tokenizer>,
+    stats: Arc<Stats>,
+    hook: Box<dyn PrefetchHook>,
+    waiting: VecDeque<Seq>,
+    running: Vec<Seq>,
+    aborts: HashSet<String>,
+    eos: Vec<u32>,
+    seed_counter: u64,
+}
+
+/// A handle to the scheduler thread.
+#[derive(Clone, Debug)]
+pub struct SchedulerHandle {
+    tx: Sender<Msg>,
+}
+
+impl SchedulerHandle {
+    /// Queues a request; false if the scheduler is gone.
+    pub fn submit(&self, req: Request) -> bool {
+        self.tx.send(Msg::Submit(Box::new(req))).is_ok()
+    }
+    /// Aborts a request by rid ("" aborts all).
+    pub fn abort(&self, rid: &str) {
+        let _ = self.tx.send(Msg::Abort(rid.to_string()));
+    }
+    /// Asks to flush the prefix cache.
+    pub async fn flush(&self) -> bool {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.tx.send(Msg::Flush(tx)).is_err() {
+            return false;
+        }
+        rx.await.unwrap_or(false)
+    }
+}
+
+/// Starts the scheduler thread.
+pub fn spawn<B: Backend>(
+    cfg: SchedulerConfig,
+    model: Model<B>,
+    pool: DeviceKvPool<B>,
+    tokenizer: Arc<Tokenizer>,
+    stats: Arc<Stats>,
+) -> std::io::Result<SchedulerHandle> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    let s = Scheduler::new(cfg, model, pool, tokenizer, stats);
+    std::thread::Builder::new()
+        .name("strata-scheduler".into())
+        .spawn(move || s.run(rx))?;
+    Ok(SchedulerHandle { tx })
+}
+
+impl<B: Backend> Scheduler<B> {
+    pub fn new(
+        cfg: SchedulerConfig,
+        model: Model<B>,
+        pool: DeviceKvPool<B>,
+        tokenizer: Arc<Tokenizer>,
+        stats: Arc<Stats>,
+    ) -> Self {
+        let eos = model.cfg.eos_token_ids.clone();
+        Stats::set(&stats.total_pages, pool.total_pages() as u64);
+        Stats::set(&stats.free_pages, pool.free_pages() as u64);
+        Scheduler {
+            tree: RadixCache::new(cfg.page_size),
+            cfg,
+            model,
+            pool,
+            tokenizer,
+            stats,
+            hook: Box::new(NoPrefetch),
+            waiting: VecDeque::new(),
+            running: Vec::new(),
+            aborts: HashSet::new(),
+            eos,
+            seed_counter: 0,
+        }
+    }
+
+    /// Replaces the prefetch hook (hierarchical cache, PD decode side).
+    pub fn with_hook(mut self, hook: Box<dyn PrefetchHook>) -> Self {
+        self.hook = hook;
+        self
+    }
+
+    fn run(mut self, rx: Receiver<Msg>) {
+        loop {
+            if self.running.is_empty() && self.waiting.is_empty() {
+                match rx.recv() {
+                    Ok(m) => self.handle(m),
+                    Err(_) => return,
+                }
+            }
+            loop {
+                match rx.try_recv() {
+                    Ok(m) => self.handle(m),
+                    Err(std::sync::mpsc::TryRecvError::Empty) => break,
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                        if self.running.is_empty() && self.waiting.is_empty() {
+                            return;
+                        }
+                        break;
+                    }
+                }
+            }
+            self.reap_aborted();
+            let progressed = self.step();
+            self.publish();
+            if !progressed {
+                // Everything queued is held (prefetch) or blocked on memory: wait a little.
+                if let Ok(m) = rx.recv_timeout(std::time::Duration::from_millis(2)) {
+                    self.handle(m);
+                }
+            }
+        }
+    }
+
+    fn handle(&mut self, m: Msg) {
+        match m {
+            Msg::Submit(req) => {
+                self.seed_counter += 1;
+                let seed = req.params.seed.unwrap_or_else(|| {
+                    let t = req.arrival.elapsed().as_nanos() as u64;
+                    crate::make_model::SplitMix64(self.seed_counter ^ t ^ 0x5EED).next_u64()
+                });
+                let mut seq = Seq::new(*req, seed);
+                let cached = if self.cfg.radix_cache {
+                    self.peek_cached(&seq.tokens)
+                } else {
+                    0
+                };
+                seq.held = self.hook.on_enqueue(&seq.req.rid, &seq.tokens, cached);
+                self.waiting.push_back(seq);
+            }
+            Msg::Abort(rid) => {
+                if rid.is_empty() {
+                    self.aborts.extend(
+                        self.running
+                            .iter()
+                            .chain(&self.waiting)
+                            .map(|s| s.req.rid.clone()),
+                    );
+                } else {
+                    self.aborts.insert(rid);
+                }
+            }
+            Msg::Flush(reply) => {
+                let ok = self.running.is_empty() && self.tree.reset();
+                let _ = reply.send(ok);
+            }
+        }
+    }
+
+    fn peek_cached(&mut self, tokens: &[u32]) -> usize {
+        self.tree.match_prefix(tokens).tokens
+    }
+
+    /// Finishes requests whose client went away or that `/abort_request` named.
+    fn reap_aborted(&mut self) {
+        let aborts = std::mem::take(&mut self.aborts);
+        let gone = |s: &Seq| s.req.events.is_closed() || aborts.contains(&s.req.rid);
+        let mut i = 0;
+        while i < self.running.len() {
+            if gone(&self.running[i]) {
+                let s = self.running.remove(i);
+                self.finish(
+                    s,
+                    FinishReason::Abort("Aborted by the client or /abort_request.".into()),
+                );
+            } else {
+                i += 1;
+            }
+        }
+        let mut keep = VecDeque::new();
+        while let Some(s) = self.waiting.pop_front() {
+            if gone(&s) {
+                self.hook.on_dequeue(&s.req.rid);
+                self.finish(
+                    s,
+                    FinishReason::Abort("Aborted by the client or /abort_request.".into()),
+                );
+            } else {
+                keep.push_back(s);
+            }
+        }
+        self.waiting = keep;
+    }
+
+    /// Releases a sequence's pages: caches the full pages of its computed tokens in the radix tree
+    /// (when enabled) and unlocks its prefix.
+    fn release(&mut self, mut s: Seq, cache: bool) -> Seq {
+        let ps = self.cfg.page_size;
+        let own = std::mem::take(&mut s.own_pages);
+        let prefix = std::mem::take(&mut s.prefix_pages);
+        if self.cfg.radix_cache && cache {
+            let full = (s.computed / ps).max(prefix.len());
+            let mut own = own;
+            let extra = full.saturating_sub(prefix.len()).min(own.len());
+            own.truncate(extra);
+            let full = prefix.len() + own.len();
+            self.tree.insert(&s.tokens[..full * ps], prefix.len(), own);
+        } else {
+            drop(own);
+        }
+        if let Some(node) = s.lock_node.take() {
+            self.tree.unlock(node);
+        }
+        s.computed = 0;
+        s
+    }
+
+    fn finish(&mut self, s: Seq, reason: FinishReason) {
+        let ok = !matches!(reason, FinishReason::Abort(_));
+        let s = self.release(s, ok);
+        let done = Finish {
+            reason,
+            prompt_tokens: s.prompt_len,
+            completion_tokens: s.tokens.len() - s.prompt_len,
+            cached_tokens: s.cached_tokens,
+        };
+        Stats::add(&self.stats.requests_finished, 1);
+        let _ = s.req.events.send(Event::Done(done));
+    }
+
+    fn publish(&self) {
+        let st = &self.stats;
+        Stats::set(&st.running, self.running.len() as u64);
+        Stats::set(&st.waiting, self.waiting.len() as u64);
+        Stats::set(&st.free_pages, self.pool.free_pages() as u64);
+        Stats::set(&st.cached_pages, self.tree.cached_pages() as u64);
+    }
+}

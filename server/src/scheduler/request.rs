@@ -1,0 +1,60 @@
+//! What flows between the HTTP layer and the scheduler thread.
+//!
+//! A [`Request`] carries its own event channel; the scheduler sends [`Event`]s on it and treats a
+//! closed channel as a client disconnect (abort). The HTTP layer never sees pages or batches.
+
+use crate::sampling::SamplingParams;
+use std::time::Instant;
+use tokio::sync::{mpsc, oneshot};
+
+/// A generation request, already tokenised and validated.
+#[derive(Debug)]
+pub struct Request {
+    pub rid: String,
+    pub input_ids: Vec<u32>,
+    pub params: SamplingParams,
+    pub return_logprob: bool,
+    pub events: mpsc::UnboundedSender<Event>,
+    pub arrival: Instant,
+}
+
+/// Why a request finished (serialised as SGLang's `meta_info.finish_reason`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum FinishReason {
+    /// Hit `max_new_tokens` or the context length.
+    Length(usize),
+    /// Generated an EOS or stop token.
+    StopToken(u32),
+    /// Generated text containing a stop string.
+    StopStr(String),
+    /// Aborted (by `/abort_request`, a disconnect, or an error).
+    Abort(String),
+}
+
+/// Per-request accounting sent with the final event.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finish {
+    pub reason: FinishReason,
+    pub prompt_tokens: usize,
+    pub completion_tokens: usize,
+    pub cached_tokens: usize,
+}
+
+/// One step of a request's output.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Event {
+    /// A generated token (with its log-probability when asked for).
+    Token { id: u32, logprob: Option<f32> },
+    /// The request is over; no event follows.
+    Done(Finish),
+}
+
+/// Messages to the scheduler thread.
+#[derive(Debug)]
+pub enum Msg {
+    Submit(Box<Request>),
+    /// Abort by rid (an empty rid aborts everything).
+    Abort(String),
+    /// Drop the prefix cache; answers false while requests hold cached pages.
+    Flush(oneshot::Sender<bool>),
+}

@@ -1,0 +1,69 @@
+//! A request inside the scheduler: its tokens, how many have KV in the cache, and the pages that
+//! hold them.
+//!
+//! Invariant: `prefix_pages` are pages of the radix cache locked through `lock_node`;
+//! `own_pages` belong to this sequence alone; together they cover at least the first `computed`
+//! tokens. Dropping a `Seq` frees its own pages (RAII); the scheduler unlocks the radix node on every
+//! exit path through `Scheduler::release`.
+
+use super::request::Request;
+use crate::cache::NodeId;
+use crate::kv::{Page, PageId};
+use std::time::Instant;
+
+#[derive(Debug)]
+pub struct Seq {
+    pub req: Request,
+    /// Prompt followed by the generated tokens.
+    pub tokens: Vec<u32>,
+    pub prompt_len: usize,
+    /// Tokens whose K/V are stored.
+    pub computed: usize,
+    pub prefix_pages: Vec<PageId>,
+    pub lock_node: Option<NodeId>,
+    pub own_pages: Vec<Page>,
+    /// Prompt tokens served from the prefix cache at (first) admission.
+    pub cached_tokens: usize,
+    pub held: bool,
+    pub admitted_once: bool,
+    pub seed: u64,
+    pub first_token_at: Option<Instant>,
+}
+
+impl Seq {
+    pub fn new(req: Request, seed: u64) -> Self {
+        let tokens = req.input_ids.clone();
+        Seq {
+            prompt_len: tokens.len(),
+            tokens,
+            req,
+            computed: 0,
+            prefix_pages: Vec::new(),
+            lock_node: None,
+            own_pages: Vec::new(),
+            cached_tokens: 0,
+            held: false,
+            admitted_once: false,
+            seed,
+            first_token_at: None,
+        }
+    }
+
+    pub fn pages_held(&self) -> usize {
+        self.prefix_pages.len() + self.own_pages.len()
+    }
+
+    /// The page table in position order.
+    pub fn page_table(&self) -> Vec<PageId> {
+        self.prefix_pages
+            .iter()
+            .copied()
+            .chain(self.own_pages.iter().map(Page::id))
+            .collect()
+    }
+
+    /// Tokens still to feed through the model.
+    pub fn remaining(&self) -> usize {
+        self.tokens.len() - self.computed
+    }
+}

@@ -1,0 +1,71 @@
+//! Counters and gauges shared by the scheduler (writer) and the HTTP layer (reader), plus the
+//! latency histograms the HTTP layer records. Lock-free atomics; relaxed ordering is enough for
+//! monitoring values.
+
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+/// Histogram bucket upper bounds in seconds (Prometheus `le`).
+pub const BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// A fixed-bucket histogram.
+#[derive(Debug, Default)]
+pub struct Histogram {
+    counts: [AtomicU64; BUCKETS.len()],
+    count: AtomicU64,
+    sum_micros: AtomicU64,
+}
+
+impl Histogram {
+    pub fn observe(&self, seconds: f64) {
+        for (i, &b) in BUCKETS.iter().enumerate() {
+            if seconds <= b {
+                self.counts[i].fetch_add(1, Relaxed);
+            }
+        }
+        self.count.fetch_add(1, Relaxed);
+        self.sum_micros.fetch_add((seconds * 1e6) as u64, Relaxed);
+    }
+    /// (cumulative bucket counts, count, sum in seconds).
+    pub fn snapshot(&self) -> (Vec<u64>, u64, f64) {
+        (
+            self.counts.iter().map(|c| c.load(Relaxed)).collect(),
+            self.count.load(Relaxed),
+            self.sum_micros.load(Relaxed) as f64 / 1e6,
+        )
+    }
+}
+
+/// Server-wide statistics.
+#[derive(Debug, Default)]
+pub struct Stats {
+    pub running: AtomicU64,
+    pub waiting: AtomicU64,
+    pub total_pages: AtomicU64,
+    pub free_pages: AtomicU64,
+    pub cached_pages: AtomicU64,
+    pub prompt_tokens: AtomicU64,
+    pub generation_tokens: AtomicU64,
+    pub cached_tokens: AtomicU64,
+    pub requests_finished: AtomicU64,
+    pub retractions: AtomicU64,
+    pub forward_passes: AtomicU64,
+    /// Decode throughput of the last scheduler window, in tokens/s × 1000.
+    pub gen_throughput_milli: AtomicU64,
+    pub ttft: Histogram,
+    pub itl: Histogram,
+    pub e2e: Histogram,
+}
+
+impl Stats {
+    pub fn get(v: &AtomicU64) -> u64 {
+        v.load(Relaxed)
+    }
+    pub fn set(v: &AtomicU64, x: u64) {
+        v.store(x, Relaxed)
+    }
+    pub fn add(v: &AtomicU64, x: u64) {
+        v.fetch_add(x, Relaxed);
+    }
+}

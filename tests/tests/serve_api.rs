@@ -1,0 +1,253 @@
+//! End-to-end: bad inputs get 4xx with OpenAI-shaped JSON and the server keeps serving; abort and
+//! disconnect free their pages; the informational endpoints answer; launch flags are checked.
+
+mod serve_common;
+
+use serde_json::{json, Value};
+use serve_common::{bin, MadeModel, Server};
+use std::process::Command;
+
+fn assert_openai_error(status: u16, v: &Value, want: u16) {
+    assert_eq!(status, want, "{v}");
+    assert_eq!(v["object"], "error", "{v}");
+    assert_eq!(v["code"], want, "{v}");
+    assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_inputs_get_400_and_the_server_keeps_serving() {
+    let m = MadeModel::new("llama", "tiny");
+    let s = Server::start(m.path(), &["--context-length", "64"]);
+    let cases: Vec<(&str, String)> = vec![
+        ("/generate", "{not json".into()),
+        ("/generate", r#"{"text": 5}"#.into()),
+        ("/generate", r#"{"text": "hi", "input_ids": [1]}"#.into()),
+        ("/generate", r#"{}"#.into()),
+        (
+            "/generate",
+            r#"{"text": "hi", "sampling_params": {"max_new_tokens": -1}}"#.into(),
+        ),
+        (
+            "/generate",
+            r#"{"text": "hi", "sampling_params": {"temperature": "hot"}}"#.into(),
+        ),
+        (
+            "/generate",
+            r#"{"text": "hi", "sampling_params": {"top_p": 0}}"#.into(),
+        ),
+        (
+            "/generate",
+            r#"{"text": "hi", "sampling_params": {"no_such_param": 1}}"#.into(),
+        ),
+        ("/generate", r#"{"text": "hi", "no_such_field": 1}"#.into()),
+        ("/generate", r#"{"input_ids": [100000]}"#.into()),
+        ("/generate", r#"{"input_ids": []}"#.into()),
+        (
+            "/generate",
+            json!({"text": "word ".repeat(200)}).to_string(),
+        ),
+        ("/v1/completions", r#"{"max_tokens": 4}"#.into()),
+        (
+            "/v1/completions",
+            r#"{"prompt": "hi", "max_tokens": -3}"#.into(),
+        ),
+        ("/v1/completions", r#"{"prompt": "hi", "n": 2}"#.into()),
+        ("/v1/chat/completions", r#"{"messages": []}"#.into()),
+        ("/v1/chat/completions", r#"{"messages": "hello"}"#.into()),
+        ("/abort_request", r#"{}"#.into()),
+    ];
+    for (path, body) in &cases {
+        let (st, v) = s.post_raw(path, body).await;
+        assert_openai_error(st, &v, 400);
+    }
+    let (st, body) = s.get("/no/such/endpoint").await;
+    assert_openai_error(st, &serde_json::from_str(&body).unwrap(), 404);
+    // Still serving.
+    let v = s.greedy("Let me tell you a long story ", 8).await;
+    assert_eq!(v["meta_info"]["completion_tokens"], 8);
+    // Generation is capped at the context length.
+    let v = s.greedy("Let me tell you a long story ", 1000).await;
+    assert_eq!(
+        v["meta_info"]["completion_tokens"].as_u64().unwrap() + 11,
+        64
+    );
+    assert_eq!(v["meta_info"]["finish_reason"]["type"], "length");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn abort_and_disconnect_free_their_pages() {
+    let m = MadeModel::new("llama", "tiny");
+    let s = Server::start(m.path(), &["--disable-radix-cache", "--page-size", "4"]);
+    let total = s.state().await["total_pages"].as_u64().unwrap();
+    let long = json!({"text": "Let me tell you a long story ", "stream": true,
+        "sampling_params": {"max_new_tokens": 4000, "ignore_eos": true, "temperature": 0.7, "seed": 1}});
+    // Disconnect: read two events, then drop the response.
+    {
+        use futures::StreamExt;
+        let r = s
+            .client
+            .post(s.url("/generate"))
+            .json(&long)
+            .send()
+            .await
+            .unwrap();
+        let mut body = r.bytes_stream();
+        let mut seen = 0;
+        while seen < 2 {
+            let c = body.next().await.unwrap().unwrap();
+            seen += String::from_utf8_lossy(&c).matches("data: ").count();
+        }
+        let st = s.state().await;
+        assert!(
+            st["free_pages"].as_u64().unwrap() < total,
+            "the request should hold pages: {st}"
+        );
+    }
+    let st = s.wait_idle().await;
+    assert_eq!(
+        st["free_pages"].as_u64().unwrap(),
+        total,
+        "pages leaked after disconnect: {st}"
+    );
+    // /abort_request by rid: the stream ends with an abort finish reason.
+    let mut body = long.clone();
+    body["rid"] = json!("abort-me");
+    let fut = s.stream("/generate", &body);
+    let abort = async {
+        loop {
+            if s.state().await["num_running_reqs"].as_u64().unwrap() > 0 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        let (st, _) = s.post("/abort_request", &json!({"rid": "abort-me"})).await;
+        assert_eq!(st, 200);
+    };
+    let (evs, ()) = tokio::join!(fut, abort);
+    let last: Value = serde_json::from_str(&evs[evs.len() - 2]).unwrap();
+    assert_eq!(
+        last["meta_info"]["finish_reason"]["type"], "abort",
+        "{last}"
+    );
+    assert!(last["meta_info"]["completion_tokens"].as_u64().unwrap() < 4000);
+    let st = s.wait_idle().await;
+    assert_eq!(
+        st["free_pages"].as_u64().unwrap(),
+        total,
+        "pages leaked after abort: {st}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn info_endpoints_answer() {
+    let m = MadeModel::new("qwen2", "tiny");
+    let s = Server::start(m.path(), &["--served-model-name", "tiny-qwen2"]);
+    assert_eq!(s.get("/health").await.0, 200);
+    assert_eq!(s.get("/health_generate").await.0, 200);
+    let (_, v) = s.get("/v1/models").await;
+    let v: Value = serde_json::from_str(&v).unwrap();
+    assert_eq!(v["data"][0]["id"], "tiny-qwen2");
+    let (_, v) = s.get("/get_model_info").await;
+    let v: Value = serde_json::from_str(&v).unwrap();
+    assert_eq!(v["is_generation"], true);
+    assert_eq!(v["architectures"][0], "Qwen2ForCausalLM");
+    let (_, v) = s.get("/get_server_info").await;
+    let v: Value = serde_json::from_str(&v).unwrap();
+    assert_eq!(v["page_size"], 1);
+    assert!(v["max_total_num_tokens"].as_u64().unwrap() > 0);
+    let _ = s.greedy("Hello", 4).await;
+    let (_, metrics) = s.get("/metrics").await;
+    for name in [
+        "sglang:num_running_reqs",
+        "sglang:num_queue_reqs",
+        "sglang:gen_throughput",
+        "sglang:cache_hit_rate",
+        "sglang:time_to_first_token_seconds_bucket",
+        "sglang:inter_token_latency_seconds_count",
+        "sglang:generation_tokens_total",
+    ] {
+        assert!(metrics.contains(name), "metrics lack {name}:\n{metrics}");
+    }
+    // Batch /generate answers in input order.
+    let (st, v) = s
+        .post("/generate", &json!({"text": ["Hello", "World"], "sampling_params": {"temperature": 0, "max_new_tokens": 3}}))
+        .await;
+    assert_eq!(st, 200);
+    assert_eq!(v.as_array().unwrap().len(), 2);
+    assert_eq!(v[0]["output_ids"], s.greedy("Hello", 3).await["output_ids"]);
+    // A seeded sampled request reproduces itself.
+    let body = json!({"text": "Hello", "sampling_params": {"temperature": 1.0, "top_p": 0.9, "top_k": 50, "seed": 7, "max_new_tokens": 16}});
+    let (_, a) = s.post("/generate", &body).await;
+    let (_, b) = s.post("/generate", &body).await;
+    assert_eq!(a["output_ids"], b["output_ids"]);
+    // return_logprob gives one log-probability per output token.
+    let (_, v) = s.post("/generate", &json!({"text": "Hello", "return_logprob": true, "sampling_params": {"max_new_tokens": 3}})).await;
+    assert_eq!(
+        v["meta_info"]["output_token_logprobs"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_key_and_launch_flags_are_enforced() {
+    let m = MadeModel::new("llama", "tiny");
+    let s = Server::start(m.path(), &["--api-key", "sekrit"]);
+    let (st, v) = s.post("/generate", &json!({"text": "hi"})).await;
+    assert_openai_error(st, &v, 401);
+    let r = s
+        .client
+        .post(s.url("/generate"))
+        .bearer_auth("sekrit")
+        .json(&json!({"text": "hi", "sampling_params": {"max_new_tokens": 2}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    drop(s);
+    let out = Command::new(bin())
+        .args(["serve", "--model-path"])
+        .arg(m.path())
+        .arg("--no-such-flag")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--no-such-flag"));
+    let out = Command::new(bin())
+        .args(["serve", "--model-path"])
+        .arg(m.path())
+        .args(["--tp-size", "2"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tp-size"));
+    let out = Command::new(bin())
+        .args(["serve", "--model-path", "/nonexistent/model"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/model"));
+    // A broken config.json is named in the error.
+    let bad = tempfile::tempdir().unwrap();
+    for f in ["tokenizer.json", "model.safetensors"] {
+        std::fs::copy(m.path().join(f), bad.path().join(f)).unwrap();
+    }
+    std::fs::write(
+        bad.path().join("config.json"),
+        "{\"architectures\": [\"GPT2LMHeadModel\"]}",
+    )
+    .unwrap();
+    let out = Command::new(bin())
+        .args(["serve", "--model-path"])
+        .arg(bad.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("config.json") && err.contains("GPT2LMHeadModel"),
+        "{err}"
+    );
+}

@@ -1,0 +1,216 @@
+//! Helpers for the `strata serve` end-to-end tests: make a model with the real binary, start a
+//! server on an ephemeral port (read back from its log), and talk to it over HTTP.
+
+#![allow(dead_code)]
+
+use serde_json::Value;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A made model directory (removed on drop).
+pub struct MadeModel {
+    pub dir: tempfile::TempDir,
+}
+
+impl MadeModel {
+    pub fn new(arch: &str, size: &str) -> MadeModel {
+        let bin = strata_tests::build_strata().expect("build strata");
+        let dir = tempfile::tempdir().expect("tempdir");
+        let st = Command::new(bin)
+            .args(["make-model", "--out"])
+            .arg(dir.path())
+            .args(["--arch", arch, "--size", size, "--seed", "0"])
+            .status()
+            .expect("run make-model");
+        assert!(st.success(), "make-model failed");
+        MadeModel { dir }
+    }
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+/// A running `strata serve` (killed on drop).
+pub struct Server {
+    child: Child,
+    pub base: String,
+    pub client: reqwest::Client,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Server {
+    /// Starts a server on `model` with extra flags; waits until it listens.
+    pub fn start(model: &Path, flags: &[&str]) -> Server {
+        let bin = strata_tests::build_strata().expect("build strata");
+        let mut child = Command::new(bin)
+            .args(["serve", "--model-path"])
+            .arg(model)
+            .args(["--port", "0", "--log-level", "info"])
+            .args(flags)
+            .env_remove("RUST_LOG")
+            .env("NO_COLOR", "1")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn strata serve");
+        let stderr = child.stderr.take().expect("stderr");
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let mut sent = false;
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if !sent {
+                    if let Some(i) = line.find("listening on http://") {
+                        let addr = line[i + "listening on ".len()..].trim().to_string();
+                        let _ = tx.send(addr);
+                        sent = true;
+                    }
+                }
+                if std::env::var_os("STRATA_TEST_LOG").is_some() {
+                    eprintln!("[serve] {line}");
+                }
+            }
+        });
+        let base = rx
+            .recv_timeout(Duration::from_secs(60))
+            .expect("server did not start listening within 60 s");
+        let base = strip_ansi(&base);
+        Server {
+            child,
+            base,
+            client: reqwest::Client::new(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    /// POSTs JSON; returns (status, body as JSON).
+    pub async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
+        let r = self
+            .client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("send");
+        let status = r.status().as_u16();
+        let text = r.text().await.expect("body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    /// POSTs a raw body.
+    pub async fn post_raw(&self, path: &str, body: &str) -> (u16, Value) {
+        let r = self
+            .client
+            .post(self.url(path))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .expect("send");
+        let status = r.status().as_u16();
+        let text = r.text().await.expect("body");
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        )
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, String) {
+        let r = self.client.get(self.url(path)).send().await.expect("send");
+        (r.status().as_u16(), r.text().await.expect("body"))
+    }
+
+    /// Greedy `/generate` of `text`; returns the response JSON.
+    pub async fn greedy(&self, text: &str, max_new_tokens: usize) -> Value {
+        let (s, v) = self
+            .post(
+                "/generate",
+                &serde_json::json!({"text": text, "sampling_params": {"temperature": 0, "max_new_tokens": max_new_tokens}}),
+            )
+            .await;
+        assert_eq!(s, 200, "generate failed: {v}");
+        v
+    }
+
+    /// The SSE `data:` payloads of a streaming POST.
+    pub async fn stream(&self, path: &str, body: &Value) -> Vec<String> {
+        use futures::StreamExt;
+        let r = self
+            .client
+            .post(self.url(path))
+            .json(body)
+            .send()
+            .await
+            .expect("send");
+        assert_eq!(r.status().as_u16(), 200);
+        let mut s = r.bytes_stream();
+        let mut buf = String::new();
+        while let Some(chunk) = s.next().await {
+            buf.push_str(&String::from_utf8_lossy(&chunk.expect("chunk")));
+        }
+        buf.split("\n\n")
+            .filter_map(|e| e.trim().strip_prefix("data: ").map(str::to_string))
+            .collect()
+    }
+
+    /// `/get_server_info` internal state.
+    pub async fn state(&self) -> Value {
+        let (_, t) = self.get("/get_server_info").await;
+        let v: Value = serde_json::from_str(&t).expect("server info json");
+        v["internal_states"][0].clone()
+    }
+
+    /// Waits until no request runs or waits and `free + cached == total` pages; returns the state.
+    pub async fn wait_idle(&self) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let st = self.state().await;
+            let n = |k: &str| st[k].as_u64().unwrap_or(u64::MAX);
+            if n("num_running_reqs") == 0
+                && n("num_waiting_reqs") == 0
+                && n("free_pages") + n("cached_pages") == n("total_pages")
+            {
+                return st;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not become idle: {st}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
+
+fn strip_ansi(s: &str) -> String {
+    let mut out = String::new();
+    let mut esc = false;
+    for c in s.chars() {
+        if c == '\u{1b}' {
+            esc = true;
+        } else if esc {
+            if c == 'm' {
+                esc = false;
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out.trim().to_string()
+}
+
+pub fn bin() -> PathBuf {
+    strata_tests::build_strata().expect("build strata")
+}

@@ -1,0 +1,282 @@
+//! End-to-end: `strata serve` on a made model, driven over HTTP. Greedy output must not depend on
+//! the prefix cache, chunked prefill, page size, batching with 16 concurrent requests, or
+//! retraction under memory pressure; streaming must concatenate to the non-streamed text; a shared
+//! long prefix must report `cached_tokens`.
+
+mod serve_common;
+
+use serde_json::{json, Value};
+use serve_common::{MadeModel, Server};
+
+const SMOKE: &str = "Let me tell you a long story ";
+
+fn prompts() -> Vec<String> {
+    let long = "Once upon a time there was a king who wanted to know everything. ".repeat(8);
+    vec![
+        SMOKE.to_string(),
+        "Hello world! How are you today?".into(),
+        "The quick brown fox jumps over the lazy dog.".into(),
+        format!("{long}And then"),
+        "In the evening the family gathered around the table".into(),
+        "A server answers requests; a cache remembers".into(),
+        "1, 2, 3, 4, 5, 6, 7,".into(),
+        "ünïcödé 😀 and more".into(),
+    ]
+}
+
+fn ids(v: &Value) -> Vec<u64> {
+    v["output_ids"]
+        .as_array()
+        .expect("output_ids")
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect()
+}
+
+async fn alone(s: &Server, n: usize) -> Vec<Vec<u64>> {
+    let mut out = Vec::new();
+    for p in prompts() {
+        out.push(ids(&s.greedy(&p, n).await));
+    }
+    out
+}
+
+async fn concurrent16(s: &Server, n: usize) -> Vec<Vec<u64>> {
+    let ps = prompts();
+    let futs = (0..16).map(|i| {
+        let p = ps[i % ps.len()].clone();
+        async move { ids(&s.greedy(&p, n).await) }
+    });
+    futures::future::join_all(futs).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn smoke_request_is_deterministic() {
+    let m = MadeModel::new("llama", "tiny");
+    let body = json!({"text": SMOKE, "sampling_params": {"temperature": 0}});
+    let s = Server::start(m.path(), &["--page-size", "64"]);
+    let (st, first) = s.post("/generate", &body).await;
+    assert_eq!(st, 200, "{first}");
+    let text = first["text"].as_str().unwrap().to_string();
+    assert!(!text.is_empty());
+    assert_eq!(first["meta_info"]["prompt_tokens"], 11);
+    for _ in 0..3 {
+        let (_, again) = s.post("/generate", &body).await;
+        assert_eq!(again["text"], first["text"]);
+        assert_eq!(again["output_ids"], first["output_ids"]);
+    }
+    drop(s);
+    // A fresh server process gives the same text.
+    let s = Server::start(m.path(), &["--page-size", "64"]);
+    let (_, again) = s.post("/generate", &body).await;
+    assert_eq!(again["text"], first["text"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn greedy_output_is_invariant_to_cache_chunking_batching_and_retraction() {
+    let m = MadeModel::new("qwen3", "tiny");
+    let n = 24;
+    let a = Server::start(m.path(), &["--page-size", "4"]);
+    let reference = alone(&a, n).await;
+    assert!(
+        reference.iter().all(|r| r.len() == n || r.len() < n),
+        "lengths"
+    );
+    // Again on the same server: now served from the radix cache.
+    assert_eq!(
+        alone(&a, n).await,
+        reference,
+        "radix cache changed greedy output"
+    );
+    let batch = concurrent16(&a, n).await;
+    for (i, b) in batch.iter().enumerate() {
+        assert_eq!(
+            b,
+            &reference[i % reference.len()],
+            "batch of 16 changed request {i}"
+        );
+    }
+    drop(a);
+    // No radix cache, page size 1, tiny prefill chunks.
+    let b = Server::start(
+        m.path(),
+        &["--disable-radix-cache", "--chunked-prefill-size", "7"],
+    );
+    assert_eq!(
+        alone(&b, n).await,
+        reference,
+        "no-radix + chunked prefill changed greedy output"
+    );
+    let batch = concurrent16(&b, n).await;
+    for (i, x) in batch.iter().enumerate() {
+        assert_eq!(
+            x,
+            &reference[i % reference.len()],
+            "chunked batch changed request {i}"
+        );
+    }
+    drop(b);
+    // A pool far too small for 16 requests at once: retraction must requeue, never corrupt.
+    let c = Server::start(
+        m.path(),
+        &[
+            "--page-size",
+            "4",
+            "--max-total-tokens",
+            "320",
+            "--chunked-prefill-size",
+            "32",
+        ],
+    );
+    let batch = concurrent16(&c, n).await;
+    for (i, x) in batch.iter().enumerate() {
+        assert_eq!(
+            x,
+            &reference[i % reference.len()],
+            "retraction changed request {i}"
+        );
+    }
+    let (_, metrics) = c.get("/metrics").await;
+    let retractions: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("sglang:num_retractions_total "))
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(
+        retractions > 0.0,
+        "expected the small pool to force retractions"
+    );
+    c.wait_idle().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_concatenates_to_the_non_streamed_text() {
+    let m = MadeModel::new("qwen2", "tiny");
+    let s = Server::start(m.path(), &["--page-size", "16"]);
+    for p in prompts().iter().take(4) {
+        let plain = s.greedy(p, 40).await;
+        let text = plain["text"].as_str().unwrap();
+        // /generate streams cumulative text.
+        let evs = s
+            .stream("/generate", &json!({"text": p, "stream": true, "sampling_params": {"temperature": 0, "max_new_tokens": 40}}))
+            .await;
+        assert_eq!(evs.last().map(String::as_str), Some("[DONE]"));
+        let last: Value = serde_json::from_str(&evs[evs.len() - 2]).unwrap();
+        assert_eq!(last["text"], plain["text"], "generate stream for {p:?}");
+        assert_eq!(last["output_ids"], plain["output_ids"]);
+        assert!(last["meta_info"]["finish_reason"].is_object());
+        // OpenAI completions stream deltas.
+        let body = json!({"prompt": p, "max_tokens": 40, "temperature": 0, "stream": true});
+        let evs = s.stream("/v1/completions", &body).await;
+        let cat: String = evs
+            .iter()
+            .filter(|e| *e != "[DONE]")
+            .map(|e| {
+                serde_json::from_str::<Value>(e).unwrap()["choices"][0]["text"]
+                    .as_str()
+                    .unwrap_or("")
+                    .to_string()
+            })
+            .collect();
+        assert_eq!(cat, text, "completions stream for {p:?}");
+        let (st, v) = s
+            .post(
+                "/v1/completions",
+                &json!({"prompt": p, "max_tokens": 40, "temperature": 0}),
+            )
+            .await;
+        assert_eq!(st, 200);
+        assert_eq!(v["choices"][0]["text"], plain["text"]);
+        assert_eq!(
+            v["usage"]["completion_tokens"],
+            plain["meta_info"]["completion_tokens"]
+        );
+        // A stop string taken from the middle of the greedy text cuts both forms identically.
+        let chars: Vec<char> = text.chars().collect();
+        if chars.len() > 12 {
+            let stop: String = chars[8..11].iter().collect();
+            let want = &text[..text.find(&stop).unwrap()];
+            let body = json!({"text": p, "sampling_params": {"temperature": 0, "max_new_tokens": 40, "stop": stop}});
+            let (_, v) = s.post("/generate", &body).await;
+            assert_eq!(v["text"], want, "stop string {stop:?}");
+            assert_eq!(v["meta_info"]["finish_reason"]["matched"], stop.as_str());
+            let body = json!({"prompt": p, "max_tokens": 40, "temperature": 0, "stream": true, "stop": [stop]});
+            let cat: String = s
+                .stream("/v1/completions", &body)
+                .await
+                .iter()
+                .filter(|e| *e != "[DONE]")
+                .map(|e| {
+                    serde_json::from_str::<Value>(e).unwrap()["choices"][0]["text"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_string()
+                })
+                .collect();
+            assert_eq!(cat, want, "streamed stop string {stop:?}");
+        }
+    }
+    // Chat: streamed deltas equal the message content.
+    let body = json!({"messages": [{"role": "user", "content": "Tell me a story"}], "max_tokens": 30, "temperature": 0});
+    let (st, v) = s.post("/v1/chat/completions", &body).await;
+    assert_eq!(st, 200, "{v}");
+    let content = v["choices"][0]["message"]["content"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let mut sb = body.clone();
+    sb["stream"] = json!(true);
+    sb["stream_options"] = json!({"include_usage": true});
+    let evs = s.stream("/v1/chat/completions", &sb).await;
+    let mut cat = String::new();
+    let mut usage = Value::Null;
+    for e in evs.iter().filter(|e| *e != "[DONE]") {
+        let v: Value = serde_json::from_str(e).unwrap();
+        if let Some(c) = v["choices"][0]["delta"]["content"].as_str() {
+            cat.push_str(c);
+        }
+        if !v["usage"].is_null() {
+            usage = v["usage"].clone();
+        }
+    }
+    assert_eq!(cat, content);
+    assert_eq!(usage["completion_tokens"], v["usage"]["completion_tokens"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shared_long_prefix_reports_cached_tokens() {
+    let m = MadeModel::new("llama", "tiny");
+    let s = Server::start(m.path(), &["--page-size", "16"]);
+    let prefix =
+        "Water flows down the river to the sea, and the sea returns it to the sky as clouds. "
+            .repeat(6);
+    let first = s.greedy(&format!("{prefix}What happens next?"), 4).await;
+    assert_eq!(first["meta_info"]["cached_tokens"], 0);
+    let prompt_tokens = first["meta_info"]["prompt_tokens"].as_u64().unwrap();
+    assert!(prompt_tokens > 100, "prefix too short: {prompt_tokens}");
+    let second = s
+        .greedy(&format!("{prefix}Tell me about the rain."), 4)
+        .await;
+    let cached = second["meta_info"]["cached_tokens"].as_u64().unwrap();
+    assert!(
+        cached >= prompt_tokens - 32 && cached % 16 == 0,
+        "cached_tokens {cached} of {prompt_tokens}"
+    );
+    let (_, metrics) = s.get("/metrics").await;
+    let hit: f64 = metrics
+        .lines()
+        .find(|l| l.starts_with("sglang:cache_hit_rate "))
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap();
+    assert!(hit > 0.3, "cache hit rate {hit}");
+    // /flush_cache drops the cached pages; the same prompt then reports no reuse.
+    let (st, _) = s.post("/flush_cache", &json!({})).await;
+    assert_eq!(st, 200);
+    let third = s
+        .greedy(&format!("{prefix}Tell me about the rain."), 4)
+        .await;
+    assert_eq!(third["meta_info"]["cached_tokens"], 0);
+    assert_eq!(third["output_ids"], second["output_ids"]);
+}

@@ -1,0 +1,305 @@
+//! `strata up`: the whole stack on one machine from a built-in default — a generated tiny model, a
+//! master, one store node (its page store under the data folder), an inference server and a router in
+//! front — then one request through the router. It keeps serving until Ctrl-C (or exits after the
+//! request with `--smoke`).
+//!
+//! Every role runs as a child process of this same binary, exactly as an operator would start them.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Folder for the model, the page store and the master's state (created if missing).
+    #[arg(long, default_value = "strata-data")]
+    data_dir: PathBuf,
+    /// Router port (the server, master and store take the ports above it: +1 server, +2 master RPC,
+    /// +3 metadata HTTP, +4 master metrics).
+    #[arg(long, default_value_t = 8000)]
+    port: u16,
+    /// Page store capacity.
+    #[arg(long, default_value = "1GiB")]
+    capacity: String,
+    /// Send one request through the router, print the answer, stop everything and exit.
+    #[arg(long)]
+    smoke: bool,
+}
+
+/// Children are killed when this guard drops, whatever the exit path.
+struct Children(Vec<(String, Child)>);
+
+impl Drop for Children {
+    fn drop(&mut self) {
+        for (_, c) in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn spawn(kids: &mut Children, name: &str, args: &[String], log: &Path) -> anyhow::Result<()> {
+    let exe = std::env::current_exe()?;
+    let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+    let child = Command::new(exe)
+        .args(args)
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .stdin(Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting {name}"))?;
+    eprintln!(
+        "started {name:<7} (pid {}, log {})",
+        child.id(),
+        log.display()
+    );
+    kids.0.push((name.to_string(), child));
+    Ok(())
+}
+
+fn wait_http(kids: &mut Children, url: &str, timeout: Duration) -> anyhow::Result<()> {
+    let deadline = Instant::now() + timeout;
+    let client = http::blocking_client()?;
+    loop {
+        if client
+            .get(url)
+            .send()
+            .is_ok_and(|r| r.status().is_success())
+        {
+            return Ok(());
+        }
+        for (name, c) in &mut kids.0 {
+            if let Some(status) = c.try_wait()? {
+                bail!("{name} exited early ({status}); see its log in the data folder");
+            }
+        }
+        if Instant::now() > deadline {
+            bail!("{url} did not become healthy within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+mod http {
+    //! A tiny blocking HTTP/1.1 client over std (enough for health checks and one request).
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    pub struct Client;
+    pub struct Resp {
+        status: u16,
+        pub body: String,
+    }
+    impl Resp {
+        pub fn status(&self) -> Status {
+            Status(self.status)
+        }
+    }
+    pub struct Status(u16);
+    impl Status {
+        pub fn is_success(&self) -> bool {
+            (200..300).contains(&self.0)
+        }
+    }
+    pub struct Req {
+        url: String,
+        body: Option<String>,
+    }
+    pub fn blocking_client() -> std::io::Result<Client> {
+        Ok(Client)
+    }
+    impl Client {
+        pub fn get(&self, url: &str) -> Req {
+            Req {
+                url: url.into(),
+                body: None,
+            }
+        }
+        pub fn post(&self, url: &str, body: String) -> Req {
+            Req {
+                url: url.into(),
+                body: Some(body),
+            }
+        }
+    }
+    impl Req {
+        pub fn send(self) -> std::io::Result<Resp> {
+            let rest = self.url.strip_prefix("http://").unwrap_or(&self.url);
+            let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            let mut s = TcpStream::connect(host)?;
+            s.set_read_timeout(Some(std::time::Duration::from_secs(60)))?;
+            let req = match &self.body {
+                None => format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+                Some(b) => format!(
+                    "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{b}",
+                    b.len()
+                ),
+            };
+            s.write_all(req.as_bytes())?;
+            let mut raw = String::new();
+            s.read_to_string(&mut raw)?;
+            let status = raw
+                .split_whitespace()
+                .nth(1)
+                .and_then(|c| c.parse().ok())
+                .unwrap_or(0);
+            let body = raw
+                .split_once("\r\n\r\n")
+                .map(|(_, b)| b.to_string())
+                .unwrap_or_default();
+            Ok(Resp { status, body })
+        }
+    }
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&a.data_dir)?;
+    let dir = a.data_dir.canonicalize()?;
+    let model = dir.join("model-tiny");
+    let exe = std::env::current_exe()?;
+    if !model.join("config.json").exists() {
+        let st = Command::new(&exe)
+            .args(["make-model", "--out"])
+            .arg(&model)
+            .args(["--arch", "llama", "--size", "tiny"])
+            .status()?;
+        if !st.success() {
+            bail!("make-model failed");
+        }
+        eprintln!("made a tiny llama model in {}", model.display());
+    }
+    let p = a.port;
+    let (serve, rpc, meta, metrics) = (p + 1, p + 2, p + 3, p + 4);
+    let s = |v: &str| v.to_string();
+    let d = |f: &str| dir.join(f).display().to_string();
+    let mut kids = Children(Vec::new());
+    spawn(
+        &mut kids,
+        "master",
+        &[
+            s("master"),
+            s("--rpc-port"),
+            rpc.to_string(),
+            s("--enable-http-metadata-server=true"),
+            s("--http-metadata-server-port"),
+            meta.to_string(),
+            s("--metrics-port"),
+            metrics.to_string(),
+            s("--state-file"),
+            d("master-state.json"),
+        ],
+        &dir.join("master.log"),
+    )?;
+    wait_http(
+        &mut kids,
+        &format!("http://127.0.0.1:{metrics}/metrics"),
+        Duration::from_secs(30),
+    )?;
+    spawn(
+        &mut kids,
+        "store",
+        &[
+            s("store"),
+            s("--master"),
+            format!("127.0.0.1:{rpc}"),
+            s("--device"),
+            d("store.strata"),
+            s("--capacity"),
+            a.capacity.clone(),
+            s("--memory"),
+            s("256MiB"),
+        ],
+        &dir.join("store.log"),
+    )?;
+    spawn(
+        &mut kids,
+        "serve",
+        &[
+            s("serve"),
+            s("--model-path"),
+            model.display().to_string(),
+            s("--port"),
+            serve.to_string(),
+            s("--page-size"),
+            s("64"),
+        ],
+        &dir.join("serve.log"),
+    )?;
+    wait_http(
+        &mut kids,
+        &format!("http://127.0.0.1:{serve}/health"),
+        Duration::from_secs(120),
+    )?;
+    spawn(
+        &mut kids,
+        "router",
+        &[
+            s("router"),
+            s("--worker-urls"),
+            format!("http://127.0.0.1:{serve}"),
+            s("--port"),
+            p.to_string(),
+        ],
+        &dir.join("router.log"),
+    )?;
+    wait_http(
+        &mut kids,
+        &format!("http://127.0.0.1:{p}/health"),
+        Duration::from_secs(30),
+    )?;
+    let body = r#"{"text": "Let me tell you a long story ", "sampling_params": {"temperature": 0, "max_new_tokens": 32}}"#;
+    let client = http::blocking_client()?;
+    let r = client
+        .post(&format!("http://127.0.0.1:{p}/generate"), body.to_string())
+        .send()?;
+    if !r.status().is_success() {
+        bail!("the smoke request failed: {}", r.body);
+    }
+    println!("POST /generate via the router -> {}", r.body.trim());
+    if a.smoke {
+        return Ok(());
+    }
+    println!(
+        "\nstrata is up: router http://127.0.0.1:{p}  server :{serve}  master :{rpc} (metadata :{meta}, metrics :{metrics})\n\
+         try: curl -s http://127.0.0.1:{p}/generate -d '{{\"text\": \"Hello\", \"sampling_params\": {{\"temperature\": 0}}}}'\n\
+         Ctrl-C stops everything."
+    );
+    let (tx, rx) = std::sync::mpsc::channel();
+    ctrlc_channel(tx);
+    loop {
+        if rx.recv_timeout(Duration::from_millis(500)).is_ok() {
+            eprintln!("stopping");
+            return Ok(());
+        }
+        for (name, c) in &mut kids.0 {
+            if let Some(status) = c.try_wait()? {
+                bail!(
+                    "{name} exited ({status}); see {}",
+                    dir.join(format!("{name}.log")).display()
+                );
+            }
+        }
+    }
+}
+
+/// Sends once on SIGINT/SIGTERM (a tokio runtime on a helper thread waits for the signals).
+fn ctrlc_channel(tx: std::sync::mpsc::Sender<()>) {
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("signal");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        });
+        let _ = tx.send(());
+    });
+}
