@@ -16,8 +16,10 @@ use strata_engine::cluster::{code, Client, ClientConfig};
 
 const MISS: i64 = code::OBJECT_NOT_FOUND as i64;
 
-fn client(master: &str) -> Client {
+/// A client; `same_host` picks the Unix-socket + cross-memory path over TCP.
+fn client(master: &str, same_host: bool) -> Client {
     let mut c = ClientConfig::new(master);
+    c.same_host = same_host;
     c.auth_token = String::new();
     c.refresh = Duration::from_millis(200);
     c.timeout = Duration::from_secs(5);
@@ -61,8 +63,9 @@ fn three_nodes_two_clients_failures_and_restarts() {
         .collect();
     let mut nodes: Vec<Proc> = devs.iter().map(|d| store(&maddr, d, &[])).collect();
     let ids: Vec<String> = nodes.iter().map(|n| n.get("node_id")).collect();
-    let a = client(&maddr);
-    let b = client(&maddr);
+    // A writes over TCP, B reads over the same-host path.
+    let a = client(&maddr, false);
+    let b = client(&maddr, true);
     assert!(wait_until(Duration::from_secs(10), || alive(&a) == 3 && alive(&b) == 3));
 
     // A writes, B reads: byte-exact across all three nodes.
@@ -199,7 +202,7 @@ fn three_nodes_two_clients_failures_and_restarts() {
     assert_eq!((st, body.contains("\"ip\":1")), (200, true));
     let (st, _) = cluster_util::http(&http2, "GET", "/metadata?key=nope", "", &[]);
     assert_eq!(st, 404);
-    let c = client(&maddr);
+    let c = client(&maddr, false);
     assert_eq!(c.members().1.len(), 3);
     assert!(read_all(&c, &keys, &vals).iter().all(|&l| l >= 0));
     let (st, metrics) = cluster_util::http(&seg_addr, "GET", "/metrics", "", &[]);
@@ -208,4 +211,12 @@ fn three_nodes_two_clients_failures_and_restarts() {
         metrics.contains("strata_master_members_alive 3"),
         "{metrics}"
     );
+
+    // remove and clear reach every node.
+    assert_eq!(c.remove(&keys[1]), 0);
+    assert_eq!(c.remove(&keys[1]), code::OBJECT_NOT_FOUND);
+    assert_eq!(b.is_exist(&keys[1]), 0);
+    assert_eq!(b.batch_exists(&keys), 1);
+    c.clear().expect("clear");
+    assert_eq!(b.batch_is_exist(&keys).iter().sum::<i32>(), 0);
 }

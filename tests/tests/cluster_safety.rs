@@ -110,10 +110,49 @@ fn bad_frames_and_wrong_tokens_are_refused() {
     early.extend(0u32.to_le_bytes());
     assert_eq!(ops(&exchange(&naddr, &early)), vec![0xFF]);
 
+    // The same-host operations are refused over TCP (the node could not verify the peer's pid).
+    let mut remote_local = hello(TOKEN);
+    let meta = codec::encode_get_local(
+        &[codec::GetItem {
+            key: b"k",
+            max_len: 8,
+        }],
+        &[4096],
+    );
+    remote_local.extend(Header::request(Op::GetLocal, 2, meta.len(), 0).encode());
+    remote_local.extend(&meta);
+    assert_eq!(ops(&exchange(&naddr, &remote_local)), vec![0x81, 0xFF]);
+
     // The node still serves well-behaved clients.
     let mut buf = vec![0u8; 16];
     assert_eq!(good.get_into("k", &mut buf), 5);
     assert_eq!(&buf[..5], b"value");
+
+    // A node that may not touch client memory (strict ptrace policy): the same-host client falls
+    // back to TCP within the same call, nothing fails.
+    let dev2 = dir.path().join("n1.strata");
+    let strict = store_env(
+        &maddr,
+        &dev2,
+        &["--auth-token", TOKEN],
+        &[("STRATA_TEST_DENY_LOCAL", "1")],
+    );
+    let _ = strict.get("addr");
+    assert!(wait_until(Duration::from_secs(10), || {
+        let _ = good.refresh();
+        good.members().1.len() == 2
+    }));
+    let keys: Vec<String> = (0..64).map(|i| format!("fallback-{i}")).collect();
+    let vals: Vec<Vec<u8>> = (0..64).map(|i| vec![i as u8; 3000 + i]).collect();
+    let refs: Vec<&[u8]> = vals.iter().map(|v| &v[..]).collect();
+    assert!(good.batch_put_from(&keys, &refs).iter().all(|&c| c == 0));
+    let mut bufs: Vec<Vec<u8>> = (0..64).map(|_| vec![0u8; 4096]).collect();
+    let mut outs: Vec<&mut [u8]> = bufs.iter_mut().map(|b| &mut b[..]).collect();
+    let lens = good.batch_get_into(&keys, &mut outs);
+    for ((l, b), v) in lens.iter().zip(&bufs).zip(&vals) {
+        assert_eq!(*l, v.len() as i64);
+        assert_eq!(b[..v.len()], v[..]);
+    }
 
     // HTTP surfaces want the token too.
     let http = m.get("http_metadata");

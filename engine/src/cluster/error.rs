@@ -18,6 +18,8 @@ pub mod code {
     pub const RPC_FAIL: i32 = -900;
     pub const UNAUTHORIZED: i32 = -1100;
     pub const PROTOCOL_ERROR: i32 = -1101;
+    /// The node may not access the client's memory (same-host path); the client falls back to TCP.
+    pub const LOCAL_DENIED: i32 = -1102;
 }
 
 /// Everything that can fail a whole cluster call.

@@ -72,7 +72,23 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let h = strata_engine::cluster::node::start(nc)?;
     println!("strata store ready node_id={} addr={}", h.node_id, h.addr);
     std::io::stdout().flush()?;
-    loop {
-        std::thread::park();
-    }
+    wait_for_shutdown_signal()?;
+    tracing::info!("shutting down: leaving the cluster and syncing the store");
+    h.shutdown()?;
+    Ok(())
+}
+
+/// Blocks until SIGTERM or SIGINT.
+fn wait_for_shutdown_signal() -> anyhow::Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = term.recv() => {}
+            r = tokio::signal::ctrl_c() => r?,
+        }
+        anyhow::Ok(())
+    })
 }

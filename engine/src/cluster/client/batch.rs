@@ -22,8 +22,6 @@ const CHUNK_KEYS: usize = 1024;
 const CHUNK_BYTES: usize = 256 << 20;
 /// Requests smaller than this are not split further for parallelism.
 const MIN_SPLIT: usize = 4 << 20;
-/// Parallel connections one batch may use per node.
-const STREAMS: usize = 2;
 
 /// One request to one node covering `idxs` (indices into the caller's keys).
 struct Job {
@@ -36,16 +34,17 @@ fn key_ok(k: &[u8]) -> bool {
 }
 
 /// Splits each node's keys into jobs bounded by [`CHUNK_KEYS`]/[`CHUNK_BYTES`], and into up to
-/// [`STREAMS`] parallel jobs when the group is large.
+/// `streams` parallel jobs when the group is large.
 fn jobs(
     groups: BTreeMap<usize, Vec<usize>>,
     members: &[MemberInfo],
+    streams: usize,
     size: impl Fn(usize) -> usize,
 ) -> Vec<Job> {
     let mut out = Vec::new();
     for (n, idxs) in groups {
         let total: usize = idxs.iter().map(|&i| size(i)).sum();
-        let target = (total / STREAMS).clamp(MIN_SPLIT, CHUNK_BYTES);
+        let target = (total / streams.max(1)).clamp(MIN_SPLIT, CHUNK_BYTES);
         let mut cur = Vec::new();
         let mut bytes = 0;
         for i in idxs {
@@ -77,27 +76,50 @@ impl Inner {
         mut send: impl FnMut(&mut Conn, &[usize]) -> ClusterResult<u32>,
         mut recv: impl FnMut(&mut Conn, u32, &[usize]) -> ClusterResult<R>,
     ) -> Vec<(Job, ClusterResult<R>)> {
-        let mut pending = Vec::with_capacity(jobs.len());
-        for job in jobs {
-            let sent = self.pool.take(&job.node.addr).and_then(|mut c| {
-                let id = send(&mut c, &job.idxs)?;
-                Ok((c, id))
-            });
-            pending.push((job, sent));
-        }
-        let mut out = Vec::with_capacity(pending.len());
-        for (job, sent) in pending {
-            let r = sent.and_then(|(mut c, id)| {
-                let r = recv(&mut c, id, &job.idxs)?;
-                self.pool.give(&job.node.addr, c);
-                Ok(r)
-            });
-            if let Err(e) = &r {
-                if matches!(e, ClusterError::Io(_) | ClusterError::Protocol(_)) {
-                    self.mark_down(&job.node, e);
-                }
+        let mut out = Vec::with_capacity(jobs.len());
+        let mut todo = jobs;
+        // Second round only for jobs the node refused on the same-host path: they go over TCP now.
+        for _round in 0..2 {
+            let mut pending = Vec::with_capacity(todo.len());
+            for job in todo.drain(..) {
+                let sent = self.pool.take(&job.node.addr).and_then(|mut c| {
+                    let id = send(&mut c, &job.idxs)?;
+                    Ok((c, id))
+                });
+                pending.push((job, sent));
             }
-            out.push((job, r));
+            for (job, sent) in pending {
+                let r = sent.and_then(|(mut c, id)| {
+                    let r = recv(&mut c, id, &job.idxs)?;
+                    self.pool.give(&job.node.addr, c);
+                    Ok(r)
+                });
+                match &r {
+                    Err(e @ (ClusterError::Io(_) | ClusterError::Protocol(_))) => {
+                        self.mark_down(&job.node, e)
+                    }
+                    Err(ClusterError::Remote {
+                        code: code::LOCAL_DENIED,
+                        ..
+                    }) => {
+                        self.pool.deny_local(&job.node.addr);
+                        todo.push(job);
+                        continue;
+                    }
+                    _ => {}
+                }
+                out.push((job, r));
+            }
+            if todo.is_empty() {
+                break;
+            }
+        }
+        for job in todo {
+            let e = ClusterError::Remote {
+                code: code::LOCAL_DENIED,
+                message: "refused on both paths".into(),
+            };
+            out.push((job, Err(e)));
         }
         out
     }
@@ -168,7 +190,7 @@ impl Inner {
                     remote.insert(n, idxs);
                 }
             }
-            let js = jobs(remote, &members, |i| values[i].len());
+            let js = jobs(remote, &members, self.cfg.streams, |i| values[i].len());
             let results = self.fanout(
                 js,
                 |c, idxs| {
@@ -180,11 +202,18 @@ impl Inner {
                             depth: depth(i),
                         })
                         .collect();
+                    if c.local {
+                        let addrs: Vec<u64> =
+                            idxs.iter().map(|&i| values[i].as_ptr() as u64).collect();
+                        let meta = codec::encode_put_local(&items, &addrs);
+                        return Ok(c.send_request(Op::PutLocal, &meta, &[])?);
+                    }
                     let vals: Vec<&[u8]> = idxs.iter().map(|&i| values[i]).collect();
                     Ok(c.send_request(Op::Put, &codec::encode_put(&items), &vals)?)
                 },
                 |c, id, idxs| {
-                    let (_, m) = c.recv_response(Op::Put, id)?;
+                    let op = if c.local { Op::PutLocal } else { Op::Put };
+                    let (_, m) = c.recv_response(op, id)?;
                     codec::decode_codes(&m, idxs.len())
                 },
             );
@@ -214,6 +243,8 @@ impl Inner {
             return res;
         }
         let caps: Vec<usize> = bufs.iter().map(|b| b.len().min(MAX_VALUE_LEN)).collect();
+        // Destination addresses for the same-host path, where the node writes into them directly.
+        let dst: Vec<u64> = bufs.iter_mut().map(|b| b.as_mut_ptr() as u64).collect();
         let mut todo: Vec<usize> = (0..keys.len()).filter(|&i| key_ok(keys[i])).collect();
         todo.iter()
             .for_each(|&i| res[i] = code::OBJECT_NOT_FOUND as i64);
@@ -248,7 +279,7 @@ impl Inner {
                     remote.insert(n, idxs);
                 }
             }
-            let js = jobs(remote, &members, |i| caps[i]);
+            let js = jobs(remote, &members, self.cfg.streams, |i| caps[i]);
             let results = self.fanout(
                 js,
                 |c, idxs| {
@@ -259,17 +290,33 @@ impl Inner {
                             max_len: caps[i] as u32,
                         })
                         .collect();
+                    if c.local {
+                        let addrs: Vec<u64> = idxs.iter().map(|&i| dst[i]).collect();
+                        let meta = codec::encode_get_local(&items, &addrs);
+                        return Ok(c.send_request(Op::GetLocal, &meta, &[])?);
+                    }
                     Ok(c.send_request(Op::Get, &codec::encode_get(&items), &[])?)
                 },
                 |c, id, idxs| {
-                    let (h, m) = c.recv_response(Op::Get, id)?;
                     let my_caps: Vec<usize> = idxs.iter().map(|&i| caps[i]).collect();
-                    let lens = codec::decode_lens(&m, &my_caps, h.payload_len)?;
+                    if c.local {
+                        // The node already wrote the values into our buffers.
+                        let (_, m) = c.recv_response(Op::GetLocal, id)?;
+                        return codec::decode_lens(&m, &my_caps, None);
+                    }
+                    let (h, m) = c.recv_response(Op::Get, id)?;
+                    let lens = codec::decode_lens(&m, &my_caps, Some(h.payload_len))?;
+                    // One vectored read loop straight into the callers' buffers, in payload order.
+                    let mut slots: Vec<Option<&mut [u8]>> =
+                        bufs.iter_mut().map(|b| Some(&mut **b)).collect();
+                    let mut dsts: Vec<&mut [u8]> = Vec::with_capacity(idxs.len());
                     for (&i, &l) in idxs.iter().zip(&lens) {
                         if l >= 0 {
-                            c.recv_exact(&mut bufs[i][..l as usize])?;
+                            let b = slots[i].take().expect("each key once per job");
+                            dsts.push(&mut b[..l as usize]);
                         }
                     }
+                    c.recv_exact_vectored(&mut dsts)?;
                     Ok(lens)
                 },
             );
@@ -303,7 +350,7 @@ impl Inner {
             }
         }
         let results = self.fanout(
-            jobs(remote, &members, |_| 0),
+            jobs(remote, &members, self.cfg.streams, |_| 0),
             |c, idxs| {
                 let ks: Vec<&[u8]> = idxs.iter().map(|&i| keys[i]).collect();
                 Ok(c.send_request(Op::Exists, &codec::encode_keys(&ks), &[])?)
@@ -343,7 +390,7 @@ impl Inner {
             }
         }
         let results = self.fanout(
-            jobs(remote, &members, |_| 0),
+            jobs(remote, &members, self.cfg.streams, |_| 0),
             |c, idxs| {
                 let ks: Vec<&[u8]> = idxs.iter().map(|&i| keys[i]).collect();
                 Ok(c.send_request(Op::Remove, &codec::encode_keys(&ks), &[])?)

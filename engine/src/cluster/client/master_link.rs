@@ -32,7 +32,7 @@ impl MasterLink {
     pub fn call(&mut self, op: Op, meta: &[u8]) -> ClusterResult<Vec<u8>> {
         if self.conn.is_none() {
             let c = connect(&self.addr, &self.token, &self.name, Duration::from_secs(2))?;
-            c.stream().set_read_timeout(Some(Duration::from_secs(5)))?;
+            c.set_timeouts(Some(Duration::from_secs(5)))?;
             self.conn = Some(c);
         }
         let r = self.conn.as_mut().expect("just dialed").call(op, meta);

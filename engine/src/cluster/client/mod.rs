@@ -47,6 +47,16 @@ pub struct ClientConfig {
     pub local_segment: Option<StoreConfig>,
     /// Name sent in HELLO.
     pub name: String,
+    /// Parallel connections (and node threads) one large batch uses per node. Default 2;
+    /// `STRATA_STREAMS` overrides.
+    pub streams: usize,
+    /// Use the same-host path (Unix socket + cross-memory copies) to nodes on this host. Default
+    /// true; `STRATA_SAME_HOST=0` turns it off.
+    pub same_host: bool,
+    /// RDMA NICs to use (`--disaggregation-ib-device` / `MOONCAKE_DEVICE` style list, e.g.
+    /// `mlx5_0,mlx5_1`). Default from `MOONCAKE_DEVICE`. Page traffic falls back to TCP with one log
+    /// line (see `transport::select`).
+    pub rdma_devices: String,
 }
 
 impl ClientConfig {
@@ -59,6 +69,12 @@ impl ClientConfig {
             refresh: Duration::from_millis(500),
             local_segment: None,
             name: format!("client-{}", std::process::id()),
+            streams: std::env::var("STRATA_STREAMS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(2),
+            same_host: std::env::var("STRATA_SAME_HOST").map_or(true, |v| v != "0"),
+            rdma_devices: std::env::var("MOONCAKE_DEVICE").unwrap_or_default(),
         }
     }
 
@@ -112,6 +128,7 @@ impl Client {
                 "replica_num must be at least 1".into(),
             ));
         }
+        crate::cluster::transport::select(&cfg.rdma_devices);
         let mut local_handle = None;
         let mut local = None;
         if let Some(sc) = &cfg.local_segment {
@@ -124,7 +141,7 @@ impl Client {
         let mut link = MasterLink::new(&cfg.master, &cfg.auth_token, &cfg.name);
         let m = Members::decode(&link.call(Op::Members, &[])?)?;
         let inner = Arc::new(Inner {
-            pool: pool::Pool::new(&cfg.auth_token, &cfg.name, cfg.timeout),
+            pool: pool::Pool::new(&cfg.auth_token, &cfg.name, cfg.timeout, cfg.same_host),
             cfg,
             view: RwLock::new(View::default()),
             local,

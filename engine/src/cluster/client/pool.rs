@@ -1,28 +1,34 @@
 //! Pooled, authenticated connections to store nodes, keyed by address. A connection goes back to the
 //! pool only after a request completed cleanly on it; any error drops it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
 use parking_lot::Mutex;
 
 use crate::cluster::error::ClusterResult;
-use crate::cluster::transport::{connect, Conn};
+use crate::cluster::transport::{connect, connect_local, Conn};
 
 pub struct Pool {
     token: String,
     name: String,
     timeout: Duration,
     idle: Mutex<HashMap<String, Vec<Conn>>>,
+    /// Try the same-host path first.
+    same_host: bool,
+    /// Nodes known not to be reachable (or usable) through the same-host path.
+    remote_only: Mutex<HashSet<String>>,
 }
 
 impl Pool {
-    pub fn new(token: &str, name: &str, timeout: Duration) -> Self {
+    pub fn new(token: &str, name: &str, timeout: Duration, same_host: bool) -> Self {
         Self {
             token: token.to_owned(),
             name: name.to_owned(),
             timeout,
             idle: Mutex::new(HashMap::new()),
+            same_host,
+            remote_only: Mutex::new(HashSet::new()),
         }
     }
 
@@ -31,14 +37,25 @@ impl Pool {
         if let Some(c) = self.idle.lock().get_mut(addr).and_then(Vec::pop) {
             return Ok(c);
         }
+        if self.same_host && !self.remote_only.lock().contains(addr) {
+            match connect_local(addr, &self.token, &self.name) {
+                Ok(c) => {
+                    c.set_timeouts(Some(self.timeout))?;
+                    return Ok(c);
+                }
+                Err(e) => {
+                    tracing::debug!(%addr, "client: no same-host path, using TCP: {e}");
+                    self.remote_only.lock().insert(addr.to_owned());
+                }
+            }
+        }
         let c = connect(
             addr,
             &self.token,
             &self.name,
             self.timeout.min(Duration::from_secs(2)),
         )?;
-        c.stream().set_read_timeout(Some(self.timeout))?;
-        c.stream().set_write_timeout(Some(self.timeout))?;
+        c.set_timeouts(Some(self.timeout))?;
         Ok(c)
     }
 
@@ -49,6 +66,13 @@ impl Pool {
         if v.len() < 16 {
             v.push(c);
         }
+    }
+
+    /// The node refused to touch this process's memory: use TCP with it from now on.
+    pub fn deny_local(&self, addr: &str) {
+        tracing::warn!(%addr, "client: same-host path refused by the node, falling back to TCP");
+        self.remote_only.lock().insert(addr.to_owned());
+        self.forget(addr);
     }
 
     /// Drops every idle connection to `addr` (after that node failed).

@@ -31,12 +31,9 @@ pub fn spawn(master: Arc<Master>, listener: TcpListener) -> ClusterResult<()> {
 }
 
 fn serve_conn(master: Arc<Master>, stream: TcpStream) {
-    let peer = stream
-        .peer_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
     let _ = stream.set_nodelay(true);
     let mut conn = Conn::new(stream);
+    let peer = conn.peer();
     let auth = ServerAuth {
         token: master.cfg.auth_token.clone(),
         name: "strata-master".into(),

@@ -9,6 +9,7 @@
 pub mod serve;
 
 use std::net::TcpListener;
+use std::os::unix::net::UnixListener;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -17,7 +18,7 @@ use std::time::Duration;
 use crate::cluster::client::MasterLink;
 use crate::cluster::error::{ClusterError, ClusterResult};
 use crate::cluster::proto::{Heartbeat, Op, Reader, Register};
-use crate::cluster::transport::{listen, ServerAuth};
+use crate::cluster::transport::{listen, shm, Conn, ServerAuth};
 use crate::{Store, StoreConfig};
 
 /// How a store node runs.
@@ -60,6 +61,25 @@ pub struct NodeHandle {
     pub addr: String,
     pub store: Arc<Store>,
     stop: Arc<AtomicBool>,
+    master: String,
+    token: String,
+}
+
+impl NodeHandle {
+    /// Graceful stop: no more heartbeats, leave the membership now (clients stop routing here
+    /// without waiting for the heartbeat timeout), and make every completed put durable.
+    pub fn shutdown(&self) -> ClusterResult<()> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut w = crate::cluster::proto::Writer::new();
+        w.str(&self.node_id);
+        let left = MasterLink::new(&self.master, &self.token, &self.node_id)
+            .call(Op::Unregister, &w.finish());
+        if let Err(e) = &left {
+            tracing::warn!("store: could not leave the membership: {e}");
+        }
+        self.store.sync()?;
+        Ok(())
+    }
 }
 
 impl Drop for NodeHandle {
@@ -102,9 +122,20 @@ pub fn start_with(
         name: node_id.clone(),
     };
     let st = store.clone();
+    let au = auth.clone();
     thread::Builder::new()
         .name("strata-accept".into())
-        .spawn(move || accept_loop(listener, st, auth))?;
+        .spawn(move || accept_loop(listener, st, au))?;
+    match shm::bind(&addr) {
+        Ok(l) => {
+            let st = store.clone();
+            let au = auth.clone();
+            thread::Builder::new()
+                .name("strata-accept-local".into())
+                .spawn(move || accept_local_loop(l, st, au))?;
+        }
+        Err(e) => tracing::warn!("store: same-host socket unavailable, TCP only: {e}"),
+    }
     let stop = Arc::new(AtomicBool::new(false));
     let reg = Register {
         node_id: node_id.clone(),
@@ -112,18 +143,29 @@ pub fn start_with(
         capacity: cfg.store.capacity,
         memory: cfg.store.memory,
     };
-    let link = MasterLink::new(&cfg.master, &cfg.auth_token, &node_id);
+    let mut link = MasterLink::new(&cfg.master, &cfg.auth_token, &node_id);
+    // Register once before returning, so a client that starts this node in-process sees it at once;
+    // an unreachable master is retried by the heartbeat thread.
+    let registered = match link.call(Op::Register, &reg.encode()) {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::warn!("store: master {} unreachable, will retry: {e}", cfg.master);
+            false
+        }
+    };
     let (st, sp) = (store.clone(), stop.clone());
     let period = cfg.heartbeat;
     thread::Builder::new()
         .name("strata-heartbeat".into())
-        .spawn(move || heartbeat_loop(link, reg, st, sp, period))?;
+        .spawn(move || heartbeat_loop(link, reg, registered, st, sp, period))?;
     tracing::info!(%node_id, %addr, master = %cfg.master, "store node serving");
     Ok(NodeHandle {
         node_id,
         addr,
         store,
         stop,
+        master: cfg.master,
+        token: cfg.auth_token,
     })
 }
 
@@ -131,10 +173,11 @@ fn accept_loop(listener: TcpListener, store: Arc<Store>, auth: ServerAuth) {
     for stream in listener.incoming() {
         match stream {
             Ok(s) => {
+                let _ = s.set_nodelay(true);
                 let (st, au) = (store.clone(), auth.clone());
                 let _ = thread::Builder::new()
                     .name("strata-conn".into())
-                    .spawn(move || serve::serve_conn(st, au, s));
+                    .spawn(move || serve::serve_conn(st, au, Conn::new(s)));
             }
             Err(e) => {
                 tracing::warn!("store: accept failed: {e}");
@@ -144,14 +187,42 @@ fn accept_loop(listener: TcpListener, store: Arc<Store>, auth: ServerAuth) {
     }
 }
 
+fn accept_local_loop(listener: UnixListener, store: Arc<Store>, auth: ServerAuth) {
+    for stream in listener.incoming() {
+        let s = match stream {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!("store: local accept failed: {e}");
+                thread::sleep(Duration::from_millis(50));
+                continue;
+            }
+        };
+        let pid = match shm::peer_pid(&s) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::warn!("store: no peer credentials on a local connection: {e}");
+                continue;
+            }
+        };
+        let (st, au) = (store.clone(), auth.clone());
+        let _ = thread::Builder::new()
+            .name("strata-conn-local".into())
+            .spawn(move || {
+                let mut c = Conn::new(s);
+                c.peer_pid = Some(pid);
+                serve::serve_conn(st, au, c)
+            });
+    }
+}
+
 fn heartbeat_loop(
     mut link: MasterLink,
     reg: Register,
+    mut registered: bool,
     store: Arc<Store>,
     stop: Arc<AtomicBool>,
     period: Duration,
 ) {
-    let mut registered = false;
     let mut warned = false;
     while !stop.load(Ordering::Relaxed) {
         let r = if registered {

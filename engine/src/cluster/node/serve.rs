@@ -5,23 +5,18 @@
 //! buffer (the engine's zero-copy path) and written to the socket with one vectored write.
 //! A protocol error closes this connection only.
 
-use std::net::TcpStream;
 use std::sync::Arc;
 
 use crate::cluster::error::{code, ClusterError, ClusterResult};
 use crate::cluster::proto::{codec, Header, Op};
-use crate::cluster::transport::{Conn, ServerAuth};
+use crate::cluster::transport::{shm, Conn, ServerAuth};
 use crate::io::buf::round_up;
 use crate::{AlignedBuf, PutOptions, Store};
 
-/// Serves one accepted connection until it closes or misbehaves.
-pub fn serve_conn(store: Arc<Store>, auth: ServerAuth, stream: TcpStream) {
-    let peer = stream
-        .peer_addr()
-        .map(|a| a.to_string())
-        .unwrap_or_default();
-    let _ = stream.set_nodelay(true);
-    let mut conn = Conn::new(stream);
+/// Serves one accepted connection until it closes or misbehaves. `conn.peer_pid` is set for
+/// same-host connections, which may use the *_LOCAL operations.
+pub fn serve_conn(store: Arc<Store>, auth: ServerAuth, mut conn: Conn) {
+    let peer = conn.peer();
     if let Err(e) = auth.accept(&mut conn) {
         tracing::warn!(%peer, "store: handshake refused: {e}");
         return;
@@ -74,6 +69,11 @@ impl Session {
         match h.op {
             Op::Put => self.put(conn, &h, &meta)?,
             Op::Get => self.get(conn, &h, &meta)?,
+            Op::PutLocal | Op::GetLocal if conn.peer_pid.is_none() => {
+                return self.refuse(conn, &h, "local operation on a remote connection");
+            }
+            Op::PutLocal => self.put_local(conn, &h, &meta)?,
+            Op::GetLocal => self.get_local(conn, &h, &meta)?,
             Op::Exists => {
                 let keys = checked(conn, &h, codec::decode_keys(&meta))?;
                 let flags: Vec<bool> = keys.iter().map(|k| self.store.exists(k)).collect();
@@ -138,10 +138,95 @@ impl Session {
 
     fn get(&mut self, conn: &mut Conn, h: &Header, meta: &[u8]) -> ClusterResult<()> {
         let items = checked(conn, h, codec::decode_get(meta))?;
-        // Slot per hit, 4 KiB-aligned so the engine can read into it without a bounce copy.
+        let (lens, out) = self.read_hits(&items);
+        let meta = codec::encode_lens(&lens);
+        let plen = out.iter().map(|p| p.len() as u64).sum();
+        conn.send(
+            Header::response(Op::Get, h.request_id, meta.len(), plen),
+            &meta,
+            &out,
+        )?;
+        Ok(())
+    }
+
+    /// PUT whose values are read straight out of the (same-host) client's memory.
+    fn put_local(&mut self, conn: &mut Conn, h: &Header, meta: &[u8]) -> ClusterResult<()> {
+        let (items, addrs) = checked(conn, h, codec::decode_put_local(meta))?;
+        let pid = conn.peer_pid.expect("checked by the caller");
+        if deny_local_for_tests() {
+            conn.send_error(
+                h.request_id,
+                code::LOCAL_DENIED,
+                "denied (STRATA_TEST_DENY_LOCAL)",
+            )?;
+            return Ok(());
+        }
+        let total: usize = items.iter().map(|it| it.len as usize).sum();
+        if self.put_buf.len() < total {
+            self.put_buf = AlignedBuf::new(total);
+        }
+        let remote: Vec<(u64, usize)> = addrs
+            .iter()
+            .zip(&items)
+            .map(|(&a, it)| (a, it.len as usize))
+            .collect();
+        if let Err(e) = shm::read_from(pid, &remote, &mut self.put_buf[..total]) {
+            tracing::warn!(pid, "store: reading client memory failed: {e}");
+            conn.send_error(h.request_id, code::LOCAL_DENIED, &e.to_string())?;
+            return Ok(());
+        }
+        let mut off = 0;
+        let batch: Vec<(&[u8], &[u8], Option<u32>)> = items
+            .iter()
+            .map(|it| {
+                let v = &self.put_buf[off..off + it.len as usize];
+                off += it.len as usize;
+                (it.key, v, it.depth)
+            })
+            .collect();
+        let codes = put_batch(&self.store, &batch);
+        reply(conn, h, &codec::encode_codes(&codes))
+    }
+
+    /// GET whose values are written straight into the (same-host) client's buffers.
+    fn get_local(&mut self, conn: &mut Conn, h: &Header, meta: &[u8]) -> ClusterResult<()> {
+        let (items, addrs) = checked(conn, h, codec::decode_get_local(meta))?;
+        let pid = conn.peer_pid.expect("checked by the caller");
+        if deny_local_for_tests() {
+            conn.send_error(
+                h.request_id,
+                code::LOCAL_DENIED,
+                "denied (STRATA_TEST_DENY_LOCAL)",
+            )?;
+            return Ok(());
+        }
+        let (lens, out) = self.read_hits(&items);
+        let remote: Vec<(u64, usize)> = addrs
+            .iter()
+            .zip(&lens)
+            .filter(|(_, &l)| l >= 0)
+            .map(|(&a, &l)| (a, l as usize))
+            .collect();
+        if let Err(e) = shm::write_to(pid, &out, &remote) {
+            tracing::warn!(pid, "store: writing client memory failed: {e}");
+            conn.send_error(h.request_id, code::LOCAL_DENIED, &e.to_string())?;
+            return Ok(());
+        }
+        let meta = codec::encode_lens(&lens);
+        conn.send(
+            Header::response(Op::GetLocal, h.request_id, meta.len(), 0),
+            &meta,
+            &[],
+        )?;
+        Ok(())
+    }
+
+    /// Reads every hit into a 4 KiB-aligned slot of the reusable buffer (the engine's zero-copy
+    /// path). Returns per item a length or a negative code, and the hits' bytes in item order.
+    fn read_hits(&mut self, items: &[codec::GetItem<'_>]) -> (Vec<i64>, Vec<&[u8]>) {
         let mut lens: Vec<i64> = Vec::with_capacity(items.len());
         let mut total = 0usize;
-        for it in &items {
+        for it in items {
             match self.store.value_len(it.key) {
                 None => lens.push(code::OBJECT_NOT_FOUND as i64),
                 Some(l) if l > it.max_len as usize => lens.push(code::BUFFER_OVERFLOW as i64),
@@ -167,11 +252,11 @@ impl Session {
         }
         let results = self.store.batch_get_into(&hit_keys, &mut parts);
         let mut out: Vec<&[u8]> = Vec::with_capacity(parts.len());
-        let mut hits = results.iter().zip(parts.iter());
+        let mut hits = results.into_iter().zip(parts);
         for l in lens.iter_mut().filter(|l| **l >= 0) {
             let (r, part) = hits.next().expect("one result per hit");
             match r {
-                Ok(Some(n)) if *n as i64 == *l => out.push(&part[..*n]),
+                Ok(Some(n)) if n as i64 == *l => out.push(&part[..n]),
                 Ok(_) => *l = code::OBJECT_NOT_FOUND as i64,
                 Err(e) => {
                     tracing::warn!("store: read failed: {e}");
@@ -179,14 +264,7 @@ impl Session {
                 }
             }
         }
-        let meta = codec::encode_lens(&lens);
-        let plen = out.iter().map(|p| p.len() as u64).sum();
-        conn.send(
-            Header::response(Op::Get, h.request_id, meta.len(), plen),
-            &meta,
-            &out,
-        )?;
-        Ok(())
+        (lens, out)
     }
 }
 
@@ -215,6 +293,13 @@ pub fn put_batch(store: &Store, items: &[(&[u8], &[u8], Option<u32>)]) -> Vec<i3
         start = end;
     }
     codes
+}
+
+/// `STRATA_TEST_DENY_LOCAL=1` makes the node refuse every same-host operation as the kernel would
+/// under a strict ptrace policy, so tests can cover the client's fallback to TCP as root.
+fn deny_local_for_tests() -> bool {
+    static DENY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *DENY.get_or_init(|| std::env::var("STRATA_TEST_DENY_LOCAL").is_ok_and(|v| v == "1"))
 }
 
 /// Whether an item with depth `next` can join a batch whose last item had depth `prev`.

@@ -234,6 +234,75 @@ pub fn decode_put(meta: &[u8], payload_len: u64) -> ClusterResult<Vec<PutItem<'_
     Ok(items)
 }
 
+/// Encodes a PUT_LOCAL meta section: PUT's items, each followed by the value's address in the
+/// sender's memory.
+pub fn encode_put_local(items: &[PutItem<'_>], addrs: &[u64]) -> Vec<u8> {
+    let mut w = Writer::new();
+    w.u32(items.len() as u32);
+    for (it, &a) in items.iter().zip(addrs) {
+        w.key(it.key)
+            .u32(it.len)
+            .u32(it.depth.unwrap_or(u32::MAX))
+            .u64(a);
+    }
+    w.finish()
+}
+
+/// Decodes PUT_LOCAL; the values must fit in one payload's limit.
+pub fn decode_put_local(meta: &[u8]) -> ClusterResult<(Vec<PutItem<'_>>, Vec<u64>)> {
+    let mut r = Reader::new(meta);
+    let n = r.count()?;
+    let (mut items, mut addrs) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let mut total = 0u64;
+    for _ in 0..n {
+        let key = r.key()?;
+        let len = r.u32()?;
+        if len == 0 || len as usize > MAX_VALUE_LEN {
+            return err(format!("value length {len} outside 1..={MAX_VALUE_LEN}"));
+        }
+        let depth = r.u32()?;
+        total += u64::from(len);
+        items.push(PutItem {
+            key,
+            len,
+            depth: (depth != u32::MAX).then_some(depth),
+        });
+        addrs.push(r.u64()?);
+    }
+    r.finish()?;
+    if total > super::MAX_PAYLOAD {
+        return err(format!(
+            "values sum to {total} bytes, more than one payload"
+        ));
+    }
+    Ok((items, addrs))
+}
+
+/// Encodes GET_LOCAL: GET's items, each followed by the destination address in the sender's memory.
+pub fn encode_get_local(items: &[GetItem<'_>], addrs: &[u64]) -> Vec<u8> {
+    let mut w = Writer::new();
+    w.u32(items.len() as u32);
+    for (it, &a) in items.iter().zip(addrs) {
+        w.key(it.key).u32(it.max_len).u64(a);
+    }
+    w.finish()
+}
+
+pub fn decode_get_local(meta: &[u8]) -> ClusterResult<(Vec<GetItem<'_>>, Vec<u64>)> {
+    let mut r = Reader::new(meta);
+    let n = r.count()?;
+    let (mut items, mut addrs) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    for _ in 0..n {
+        items.push(GetItem {
+            key: r.key()?,
+            max_len: r.u32()?,
+        });
+        addrs.push(r.u64()?);
+    }
+    r.finish()?;
+    Ok((items, addrs))
+}
+
 /// One GET item: the key and the capacity of the caller's destination buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GetItem<'a> {
@@ -317,7 +386,12 @@ pub fn encode_lens(lens: &[i64]) -> Vec<u8> {
 }
 
 /// Decodes a GET response and checks it against the request's buffer capacities and payload length.
-pub fn decode_lens(meta: &[u8], max_lens: &[usize], payload_len: u64) -> ClusterResult<Vec<i64>> {
+/// `payload_len` is `None` for GET_LOCAL, whose values travel outside the frame.
+pub fn decode_lens(
+    meta: &[u8],
+    max_lens: &[usize],
+    payload_len: Option<u64>,
+) -> ClusterResult<Vec<i64>> {
     let mut r = Reader::new(meta);
     let n = r.count()?;
     if n != max_lens.len() {
@@ -336,12 +410,10 @@ pub fn decode_lens(meta: &[u8], max_lens: &[usize], payload_len: u64) -> Cluster
         v.push(l);
     }
     r.finish()?;
-    if total != payload_len {
-        return err(format!(
-            "values sum to {total} bytes, payload has {payload_len}"
-        ));
+    match payload_len {
+        Some(p) if p != total => err(format!("values sum to {total} bytes, payload has {p}")),
+        _ => Ok(v),
     }
-    Ok(v)
 }
 
 /// EXISTS response: one flag per key.

@@ -21,10 +21,12 @@ proptest! {
         let _ = Hello::decode(&bytes);
         let _ = codec::decode_put(&bytes, plen);
         let _ = codec::decode_get(&bytes);
+        let _ = codec::decode_put_local(&bytes);
+        let _ = codec::decode_get_local(&bytes);
         let _ = codec::decode_keys(&bytes);
         let _ = codec::decode_codes(&bytes, 3);
         let _ = codec::decode_flags(&bytes, 3);
-        let _ = codec::decode_lens(&bytes, &[10, 1 << 20], plen);
+        let _ = codec::decode_lens(&bytes, &[10, 1 << 20], Some(plen));
         let _ = codec::decode_error(&bytes);
         let _ = Register::decode(&bytes);
         let _ = Members::decode(&bytes);
@@ -65,7 +67,7 @@ proptest! {
     fn lens_checked_against_buffers(lens in proptest::collection::vec(-1000i64..100_000, 0..20)) {
         let caps: Vec<usize> = lens.iter().map(|_| 50_000).collect();
         let total: u64 = lens.iter().filter(|&&l| l >= 0).map(|&l| l as u64).sum();
-        let r = codec::decode_lens(&codec::encode_lens(&lens), &caps, total);
+        let r = codec::decode_lens(&codec::encode_lens(&lens), &caps, Some(total));
         prop_assert_eq!(r.is_ok(), lens.iter().all(|&l| l <= 50_000));
     }
 }

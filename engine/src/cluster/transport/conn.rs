@@ -4,30 +4,44 @@
 //! Invariant: after any error the connection is in an unknown position in the stream and must be
 //! dropped; callers never reuse it (the client pool discards it, the server closes it).
 
-use std::io::{self, IoSlice, Read, Write};
-use std::net::TcpStream;
+use std::io::{self, IoSlice, IoSliceMut, Read, Write};
+use std::time::Duration;
+
+use super::stream::Stream;
 
 use crate::cluster::error::{ClusterError, ClusterResult};
 use crate::cluster::proto::{codec, Header, Op, HEADER_LEN};
 
-/// One framed connection over a TCP stream.
+/// One framed connection over TCP or the same-host Unix socket.
 pub struct Conn {
-    stream: TcpStream,
+    stream: Stream,
     next_id: u32,
     meta: Vec<u8>,
+    /// Server side of a same-host connection: the peer's pid from the kernel.
+    pub peer_pid: Option<i32>,
+    /// Client side: this connection is the same-host path (use the *_LOCAL operations).
+    pub local: bool,
 }
 
 impl Conn {
-    pub fn new(stream: TcpStream) -> Self {
+    pub fn new(stream: impl Into<Stream>) -> Self {
         Self {
-            stream,
+            stream: stream.into(),
             next_id: 1,
             meta: Vec::new(),
+            peer_pid: None,
+            local: false,
         }
     }
 
-    pub fn stream(&self) -> &TcpStream {
-        &self.stream
+    /// Read and write timeout of the underlying stream.
+    pub fn set_timeouts(&self, t: Option<Duration>) -> io::Result<()> {
+        self.stream.set_timeouts(t)
+    }
+
+    /// The peer's address for logs.
+    pub fn peer(&self) -> String {
+        self.stream.peer()
     }
 
     /// Writes one frame: header, meta and the payload slices in one vectored write loop.
@@ -94,6 +108,25 @@ impl Conn {
     /// Reads exactly `buf.len()` payload bytes.
     pub fn recv_exact(&mut self, buf: &mut [u8]) -> io::Result<()> {
         self.stream.read_exact(buf)
+    }
+
+    /// Fills every slice in order, with as few system calls as the socket allows.
+    pub fn recv_exact_vectored(&mut self, bufs: &mut [&mut [u8]]) -> io::Result<()> {
+        let mut iov: Vec<IoSliceMut<'_>> = bufs
+            .iter_mut()
+            .filter(|b| !b.is_empty())
+            .map(|b| IoSliceMut::new(b))
+            .collect();
+        let mut rest = &mut iov[..];
+        while !rest.is_empty() {
+            match self.stream.read_vectored(rest) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => IoSliceMut::advance_slices(&mut rest, n),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
     }
 
     /// Reads and drops `n` payload bytes.

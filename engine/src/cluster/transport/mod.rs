@@ -1,5 +1,5 @@
-//! Transports that carry protocol frames: TCP (the default, [`tcp`]), the same-host shared-memory data
-//! path ([`shm`]) and RDMA behind the off-by-default `rdma` cargo feature ([`rdma`]).
+//! Transports that carry protocol frames: TCP (the default, [`tcp`]), the same-host data path
+//! ([`shm`]: a Unix socket for control, cross-memory copies for pages) and RDMA behind the off-by-default `rdma` cargo feature ([`rdma`]).
 //!
 //! [`Conn`] is one framed, blocking, authenticated connection; both sides of every transport speak
 //! through it, so the frame rules (limits, handshake, error frames) live in one place.
@@ -7,10 +7,12 @@
 pub mod conn;
 #[cfg(feature = "rdma")]
 pub mod rdma;
+pub mod shm;
+pub mod stream;
 pub mod tcp;
 
 pub use conn::Conn;
-pub use tcp::{connect, listen, ServerAuth};
+pub use tcp::{connect, connect_local, listen, ServerAuth};
 
 /// Splits a device list as SGLang and Mooncake write it (`mlx5_0,mlx5_1` or space-separated).
 pub fn parse_devices(list: &str) -> Vec<String> {

@@ -16,7 +16,18 @@ pub fn connect(addr: &str, token: &str, peer: &str, timeout: Duration) -> Cluste
         .ok_or_else(|| ClusterError::Config(format!("cannot resolve {addr}")))?;
     let stream = TcpStream::connect_timeout(&sa, timeout)?;
     stream.set_nodelay(true)?;
-    let mut conn = Conn::new(stream);
+    handshake(Conn::new(stream), token, peer)
+}
+
+/// Dials the same-host socket of the node whose TCP address is `addr` (fails unless it runs on this
+/// host) and sends HELLO.
+pub fn connect_local(addr: &str, token: &str, peer: &str) -> ClusterResult<Conn> {
+    let mut conn = handshake(Conn::new(super::shm::connect(addr)?), token, peer)?;
+    conn.local = true;
+    Ok(conn)
+}
+
+fn handshake(mut conn: Conn, token: &str, peer: &str) -> ClusterResult<Conn> {
     let hello = Hello {
         version: PROTO_VERSION,
         token: token.to_owned(),
