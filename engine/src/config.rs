@@ -44,6 +44,7 @@ pub struct StoreConfig {
     pub create: bool,
     pub direct: bool,
     pub registered_memory: u64,
+    pub write_back: u64,
 }
 
 impl StoreConfig {
@@ -60,6 +61,7 @@ impl StoreConfig {
             create: true,
             direct: true,
             registered_memory: 64 << 20,
+            write_back: 0,
         }
     }
     /// Device bytes the store may use (superblock included). Default 1 GiB. A block device's own size
@@ -111,6 +113,14 @@ impl StoreConfig {
     /// down to a power of two). Default 64 MiB; 0 disables registered buffers.
     pub fn with_registered_memory(mut self, bytes: u64) -> Self {
         self.registered_memory = bytes;
+        self
+    }
+
+    /// Bytes of the write-back buffer. 0 (the default): a put returns after its `O_DIRECT` write
+    /// completed. Above 0: a put returns once buffered in DRAM (readable at once) and a flusher
+    /// thread writes it; it is durable after the next `sync`. A full buffer makes puts wait.
+    pub fn with_write_back(mut self, bytes: u64) -> Self {
+        self.write_back = bytes;
         self
     }
 

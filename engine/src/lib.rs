@@ -18,7 +18,7 @@ mod store;
 pub use config::{IoEngineKind, StoreConfig};
 pub use error::{Error, Result};
 pub use io::buf::AlignedBuf;
-pub use store::{open_readonly, PutOptions, Stats, Store};
+pub use store::{open_readonly, PutOptions, Stats, Store, StoreInner};
 
 /// Alignment of every device offset, length and buffer.
 pub const ALIGN: usize = 4096;

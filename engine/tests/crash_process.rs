@@ -12,8 +12,9 @@ use common::*;
 use rand::Rng;
 use strata_engine::{IoEngineKind, Store, StoreConfig};
 
-fn cfg(path: &str, kind: IoEngineKind) -> StoreConfig {
+fn cfg(path: &str, kind: IoEngineKind, write_back: u64) -> StoreConfig {
     StoreConfig::new(path)
+        .with_write_back(write_back)
         .with_capacity(64 * 1024 + 256 * (1 << 20))
         .with_segment_size(4 << 20)
         .with_memory(0)
@@ -25,7 +26,8 @@ fn len_of(id: u64) -> usize {
 }
 
 fn child(path: &str, start: u64, kind: IoEngineKind) -> ! {
-    let s = Store::open(cfg(path, kind)).expect("child opens the store");
+    let wb = std::env::var("STRATA_CRASH_WB").unwrap().parse().unwrap();
+    let s = Store::open(cfg(path, kind, wb)).expect("child opens the store");
     let mut id = start;
     loop {
         let batch: Vec<(Vec<u8>, Vec<u8>)> = (id..id + 4)
@@ -59,12 +61,13 @@ fn sigkill_mid_write() {
             .unwrap();
         child(&path, start, kind);
     }
-    for engine in ["uring", "psync"] {
-        run_rounds(engine);
+    // io_uring, pread/pwrite, and io_uring behind a 4 MiB write-back buffer.
+    for (engine, wb) in [("uring", 0u64), ("psync", 0), ("uring", 4 << 20)] {
+        run_rounds(engine, wb);
     }
 }
 
-fn run_rounds(engine: &str) {
+fn run_rounds(engine: &str, wb: u64) {
     let kind: IoEngineKind = engine.parse().unwrap();
     let seed = seed("sigkill");
     let mut r = rng(seed);
@@ -84,6 +87,7 @@ fn run_rounds(engine: &str) {
             .env("STRATA_CRASH_CHILD", &path)
             .env("STRATA_CRASH_START", next.to_string())
             .env("STRATA_CRASH_ENGINE", engine)
+            .env("STRATA_CRASH_WB", wb.to_string())
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
@@ -109,7 +113,7 @@ fn run_rounds(engine: &str) {
             synced = n;
         }
         let started = Instant::now();
-        let s = Store::open(cfg(&path, kind)).unwrap();
+        let s = Store::open(cfg(&path, kind, wb)).unwrap();
         let recovery = started.elapsed();
         ranges.push((next, synced));
         for id in ranges.iter().flat_map(|&(a, b)| a..b) {
@@ -130,7 +134,7 @@ fn run_rounds(engine: &str) {
                 extra += 1;
             }
         }
-        println!("{engine} round {round}: {} synced pages intact, {extra} later pages survived, recovery {recovery:?}", synced - next);
+        println!("{engine} (write-back {wb}) round {round}: {} synced pages intact, {extra} later pages survived, recovery {recovery:?}", synced - next);
         synced_total += synced - next;
         next = synced + 400;
     }

@@ -152,3 +152,40 @@ fn capacity_bound_keeps_newest() {
         }
     }
 }
+
+#[test]
+fn write_back_buffers_reads_and_persists() {
+    for kind in KINDS {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        // A buffer smaller than what is written, so puts also wait for the flusher.
+        let cfg = || small_cfg(&path, kind).with_write_back(256 * 1024);
+        {
+            let s = Store::open(cfg()).unwrap();
+            for id in 0..120u64 {
+                assert!(s.put(&key(id), &value(id, 10_000 + id as usize)).unwrap());
+                // Readable as soon as put returns, whether buffered or written.
+                assert!(s.get(&key(id)).unwrap().unwrap() == value(id, 10_000 + id as usize));
+                assert!(!s.put(&key(id), b"other").unwrap(), "a buffered key exists");
+            }
+            let keys: Vec<Vec<u8>> = (0..121).map(key).collect();
+            let refs: Vec<&[u8]> = keys.iter().map(|k| k.as_slice()).collect();
+            assert_eq!(s.batch_exists(&refs), 120);
+            assert!(s.remove(&key(5)).unwrap());
+            s.sync().unwrap();
+            assert_eq!(s.stats().write_back_bytes, 0, "sync drains the buffer");
+        }
+        let s = Store::open(cfg()).unwrap();
+        for id in 0..120u64 {
+            let got = s.get(&key(id)).unwrap();
+            if id == 5 {
+                assert!(got.is_none());
+            } else {
+                assert!(
+                    got.unwrap() == value(id, 10_000 + id as usize),
+                    "{kind:?}: page {id}"
+                );
+            }
+        }
+    }
+}

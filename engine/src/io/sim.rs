@@ -28,6 +28,9 @@ struct State {
     pending: Vec<(u64, Vec<u8>)>,
     rng: StdRng,
     faults: Faults,
+    /// Bumped by every crash: engines opened before it can no longer touch the disk (the process
+    /// that owned them is gone).
+    generation: u64,
 }
 
 /// The bytes of a simulated device, shared by the engines opened on it.
@@ -44,6 +47,7 @@ impl SimDisk {
                 pending: Vec::new(),
                 rng: StdRng::seed_from_u64(seed),
                 faults,
+                generation: 0,
             }),
         })
     }
@@ -69,6 +73,7 @@ impl SimDisk {
         }
         s.durable = image.clone();
         s.image = image;
+        s.generation += 1;
     }
 
     /// Flips one byte of the image (durable too), for corruption tests.
@@ -87,11 +92,13 @@ impl SimDisk {
 /// An engine over a [`SimDisk`]; requests complete synchronously inside `submit`.
 pub struct SimEngine {
     disk: Arc<SimDisk>,
+    generation: u64,
 }
 
 impl SimEngine {
     pub fn new(disk: Arc<SimDisk>) -> Self {
-        Self { disk }
+        let generation = disk.state.lock().generation;
+        Self { disk, generation }
     }
 }
 
@@ -103,6 +110,10 @@ impl IoEngine for SimEngine {
             .map(|mut req| {
                 let off = req.offset as usize;
                 let len = req.buf.len();
+                if s.generation != self.generation {
+                    let e = io::Error::other("the simulated process crashed");
+                    return Completion::ready((req.buf, Err(e)));
+                }
                 if off + len > s.image.len() {
                     let e = io::Error::new(io::ErrorKind::UnexpectedEof, "past end of sim disk");
                     return Completion::ready((req.buf, Err(e)));

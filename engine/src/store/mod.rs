@@ -13,6 +13,7 @@ mod open;
 mod read;
 mod reclaim;
 mod write;
+mod writeback;
 
 pub use open::open_readonly;
 
@@ -27,7 +28,7 @@ use crate::index::Index;
 use crate::io::engine::IoEngine;
 use crate::log::segments::{SegState, Segments};
 use crate::memtier::MemTier;
-use crate::{Error, Result, MAX_KEY_LEN};
+use crate::{Error, Result, StoreConfig, MAX_KEY_LEN};
 
 /// Hints attached to a put.
 #[derive(Debug, Clone, Copy, Default)]
@@ -47,6 +48,7 @@ pub struct Stats {
     pub segments: u64,
     pub segments_free: u64,
     pub memory_bytes: u64,
+    pub write_back_bytes: u64,
     pub puts: u64,
     pub put_bytes: u64,
     pub gets: u64,
@@ -75,8 +77,15 @@ pub(crate) struct Counters {
     pub recovery_bad_records: AtomicU64,
 }
 
-/// An open page store. `Send + Sync`: share it through an `Arc`.
+/// An open page store. `Send + Sync`: share it through an `Arc`. Its operations are those of
+/// [`StoreInner`] (reached through `Deref`); this handle owns the write-back flusher, if any.
 pub struct Store {
+    inner: Arc<StoreInner>,
+    flusher: Option<std::thread::JoinHandle<()>>,
+}
+
+/// The store's state and operations, shared with the write-back flusher thread.
+pub struct StoreInner {
     pub(crate) path: PathBuf,
     pub(crate) engine: Arc<dyn IoEngine>,
     pub(crate) segments: Segments,
@@ -88,6 +97,38 @@ pub struct Store {
     pub(crate) ops: RwLock<()>,
     pub(crate) reclaim_lock: Mutex<()>,
     pub(crate) max_value_len: usize,
+    pub(crate) wb: Option<writeback::WriteBack>,
+}
+
+impl std::ops::Deref for Store {
+    type Target = StoreInner;
+    fn deref(&self) -> &StoreInner {
+        &self.inner
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store that `cfg` describes.
+    pub fn open(cfg: StoreConfig) -> Result<Self> {
+        Ok(Self::start(StoreInner::open(cfg)?))
+    }
+
+    /// Opens a store on an explicit engine (the simulated disk in tests).
+    pub fn open_with_engine(cfg: StoreConfig, engine: Arc<dyn IoEngine>) -> Result<Self> {
+        Ok(Self::start(StoreInner::open_with_engine(cfg, engine)?))
+    }
+
+    fn start(inner: StoreInner) -> Self {
+        let inner = Arc::new(inner);
+        let flusher = inner.wb.is_some().then(|| {
+            let i = inner.clone();
+            std::thread::Builder::new()
+                .name("strata-flusher".into())
+                .spawn(move || i.flush_loop())
+                .expect("spawn the write-back flusher")
+        });
+        Self { inner, flusher }
+    }
 }
 
 pub(crate) fn check_key(key: &[u8]) -> Result<()> {
@@ -97,15 +138,29 @@ pub(crate) fn check_key(key: &[u8]) -> Result<()> {
     Ok(())
 }
 
-impl Store {
-    /// Makes every completed put (and remove) survive a power cut.
+impl StoreInner {
+    /// Makes every completed put (and remove) survive a power cut (draining the write-back buffer
+    /// first).
     pub fn sync(&self) -> Result<()> {
+        if let Some(wb) = &self.wb {
+            wb.drain();
+            let lost = wb.take_failures();
+            if lost > 0 {
+                self.engine.sync()?;
+                return Err(Error::Io(std::io::Error::other(format!(
+                    "{lost} buffered pages could not be written since the last sync"
+                ))));
+            }
+        }
         self.engine.sync()?;
         Ok(())
     }
 
     /// Removes everything; durable when it returns (a synced superblock write records the cut-off).
     pub fn clear(&self) -> Result<()> {
+        if let Some(wb) = &self.wb {
+            wb.drain();
+        }
         let _ops = self.ops.write();
         let mut a = self.segments.alloc.lock();
         for s in &self.segments.segs {
@@ -178,6 +233,7 @@ impl Store {
             segments: sb.segment_count as u64,
             segments_free: free,
             memory_bytes: self.mem.bytes(),
+            write_back_bytes: self.wb.as_ref().map_or(0, |w| w.bytes()),
             puts: l(&c.puts),
             put_bytes: l(&c.put_bytes),
             gets: l(&c.gets),
@@ -194,8 +250,15 @@ impl Store {
 }
 
 impl Drop for Store {
-    /// A clean stop seals the open segment, so the next open reads summaries only (no scan).
+    /// A clean stop writes what is buffered, then seals the open segment, so the next open reads
+    /// summaries only (no scan).
     fn drop(&mut self) {
+        if let Some(wb) = &self.inner.wb {
+            wb.stop();
+        }
+        if let Some(f) = self.flusher.take() {
+            let _ = f.join();
+        }
         let open = self.segments.alloc.lock().open.take();
         if let Some(seg) = open {
             {

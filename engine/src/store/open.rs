@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use parking_lot::{Mutex, RwLock};
 
-use super::{Counters, Store};
+use super::{Counters, StoreInner};
 use crate::format::record::Kind;
 use crate::format::superblock::Superblock;
 use crate::format::{BLOCK, DATA_START};
@@ -25,9 +25,9 @@ use crate::log::segments::{write_summary, Segments};
 use crate::memtier::MemTier;
 use crate::{Error, Result, StoreConfig};
 
-impl Store {
+impl StoreInner {
     /// Opens (or creates) the store that `cfg` describes.
-    pub fn open(cfg: StoreConfig) -> Result<Self> {
+    pub(crate) fn open(cfg: StoreConfig) -> Result<Self> {
         cfg.validate()?;
         let mode = OpenMode {
             create: cfg.create,
@@ -47,7 +47,7 @@ impl Store {
     }
 
     /// Opens a store on an explicit engine (the simulated disk in tests).
-    pub fn open_with_engine(cfg: StoreConfig, engine: Arc<dyn IoEngine>) -> Result<Self> {
+    pub(crate) fn open_with_engine(cfg: StoreConfig, engine: Arc<dyn IoEngine>) -> Result<Self> {
         cfg.validate()?;
         let started = Instant::now();
         let sb = match layout::read_superblock(engine.as_ref(), &cfg.path)? {
@@ -161,6 +161,7 @@ impl Store {
             ops: RwLock::new(()),
             reclaim_lock: Mutex::new(()),
             max_value_len,
+            wb: (cfg.write_back > 0).then(|| super::writeback::WriteBack::new(cfg.write_back)),
         })
     }
 }

@@ -4,7 +4,7 @@
 
 use std::sync::atomic::Ordering;
 
-use super::{check_key, Store};
+use super::{check_key, StoreInner};
 use crate::format::{segment_offset, value_crc, BLOCK};
 use crate::index::Location;
 use crate::io::buf::{is_aligned, round_up};
@@ -17,7 +17,7 @@ enum Plan {
     Read { loc: Location, bounce: bool },
 }
 
-impl Store {
+impl StoreInner {
     pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
         self.batch_get(&[key]).pop().expect("one result")
     }
@@ -25,7 +25,7 @@ impl Store {
     pub fn batch_get(&self, keys: &[&[u8]]) -> Vec<Result<Option<Vec<u8>>>> {
         let mut bufs: Vec<Vec<u8>> = keys
             .iter()
-            .map(|k| vec![0; self.index.get(k, false).map_or(0, |l| l.value_len as usize)])
+            .map(|k| vec![0; self.value_len(k).unwrap_or(0)])
             .collect();
         let mut refs: Vec<&mut [u8]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
         let rs = self.batch_get_into(keys, &mut refs);
@@ -109,7 +109,12 @@ impl Store {
         if let Err(e) = check_key(key) {
             return Plan::Done(Err(e));
         }
-        if let Some(v) = self.mem.get(key) {
+        if let Some(v) = self
+            .wb
+            .as_ref()
+            .and_then(|w| w.get(key))
+            .or_else(|| self.mem.get(key))
+        {
             if buf.len() < v.len() {
                 return Plan::Done(Err(Error::BufferTooSmall {
                     have: buf.len(),
@@ -182,16 +187,19 @@ impl Store {
 
     /// True when `key` is stored.
     pub fn exists(&self, key: &[u8]) -> bool {
-        self.index.contains(key)
+        self.index.contains(key) || self.wb.as_ref().is_some_and(|w| w.contains(key))
     }
 
     /// Length of the value stored under `key`.
     pub fn value_len(&self, key: &[u8]) -> Option<usize> {
+        if let Some(v) = self.wb.as_ref().and_then(|w| w.get(key)) {
+            return Some(v.len());
+        }
         self.index.get(key, false).map(|l| l.value_len as usize)
     }
 
     /// How many keys hit consecutively from the start (the prefix-cache query).
     pub fn batch_exists(&self, keys: &[&[u8]]) -> usize {
-        keys.iter().take_while(|k| self.index.contains(k)).count()
+        keys.iter().take_while(|k| self.exists(k)).count()
     }
 }

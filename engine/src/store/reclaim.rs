@@ -8,12 +8,12 @@
 use std::sync::atomic::Ordering;
 
 use super::write::Pending;
-use super::Store;
+use super::StoreInner;
 use crate::format::record::Kind;
 use crate::log::segments::SegState;
 use crate::{Error, Result};
 
-impl Store {
+impl StoreInner {
     /// Frees one segment (or returns at once if another thread already did).
     pub(crate) fn reclaim_one(&self) -> Result<()> {
         let relocate = {

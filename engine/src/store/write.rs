@@ -7,7 +7,7 @@
 
 use std::sync::atomic::Ordering;
 
-use super::{check_key, PutOptions, Store};
+use super::{check_key, PutOptions, StoreInner};
 use crate::format::record::{Kind, RecordHeader, DEPTH_UNKNOWN};
 use crate::format::summary::SummaryEntry;
 use crate::format::{segment_offset, value_crc, BLOCK};
@@ -35,7 +35,7 @@ fn depth_byte(opts: PutOptions) -> u8 {
     opts.depth.map_or(DEPTH_UNKNOWN, |d| d.min(254) as u8)
 }
 
-impl Store {
+impl StoreInner {
     /// Stores `value` under `key`. `Ok(true)` when stored, `Ok(false)` when the key already existed
     /// (its bytes are kept) or another put of it is in flight.
     pub fn put(&self, key: &[u8], value: &[u8]) -> Result<bool> {
@@ -72,6 +72,10 @@ impl Store {
                     let depth = depth_byte(PutOptions {
                         depth: opts.depth.map(|d| d + i as u32),
                     });
+                    if let Some(wb) = &self.wb {
+                        wb.push(key, value, depth);
+                        continue;
+                    }
                     todo.push(Pending {
                         item: i,
                         key,
@@ -88,6 +92,9 @@ impl Store {
     /// Removes `key`. `Ok(true)` when it was present. A tombstone record makes the removal durable.
     pub fn remove(&self, key: &[u8]) -> Result<bool> {
         check_key(key)?;
+        if let Some(wb) = &self.wb {
+            wb.drain();
+        }
         let _ops = self.ops.read();
         self.mem.remove(key);
         if self.index.remove(key, None).is_none() {
@@ -269,6 +276,45 @@ impl Store {
                 tracing::warn!(error = %e, "record write failed");
                 self.fail(p, Error::Io(e), results);
             }
+        }
+    }
+}
+
+impl StoreInner {
+    /// The write-back flusher: appends buffered pages to the log in batches until stopped and drained.
+    pub(crate) fn flush_loop(&self) {
+        let wb = self
+            .wb
+            .as_ref()
+            .expect("flusher runs only with a write-back buffer");
+        loop {
+            let batch = wb.take(64, 32 << 20);
+            if batch.is_empty() {
+                return;
+            }
+            let todo = batch
+                .iter()
+                .enumerate()
+                .map(|(item, b)| Pending {
+                    item,
+                    key: &b.key,
+                    value: Some(&b.value),
+                    depth: b.depth,
+                })
+                .collect();
+            let mut results: Vec<Result<bool>> = batch.iter().map(|_| Ok(true)).collect();
+            {
+                let _ops = self.ops.read();
+                self.write_records(todo, &mut results);
+            }
+            let mut failed = 0;
+            for r in &results {
+                if let Err(e) = r {
+                    failed += 1;
+                    tracing::warn!(error = %e, "a buffered page could not be written; it is dropped");
+                }
+            }
+            wb.done(&batch, failed);
         }
     }
 }
