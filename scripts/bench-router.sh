@@ -37,6 +37,9 @@ trap cleanup EXIT
 
 # Two mock workers (prefill 31901, decode 31902 in PD mode) from the peers' config.
 mkdir -p "$WORK"
+if [ -f "$WORK/nginx.pid" ] && kill -0 "$(cat "$WORK/nginx.pid")" 2>/dev/null; then
+    kill "$(cat "$WORK/nginx.pid")" && sleep 0.5 # a mock left by an earlier run
+fi
 sed 's/listen 127.0.0.1:31901;/listen 127.0.0.1:31901; listen 127.0.0.1:31902;/' \
     "$PEERS/mock-worker-nginx.conf" > "$WORK/nginx-bench.conf"
 nginx -c "$WORK/nginx-bench.conf"
