@@ -224,7 +224,7 @@ async fn try_pair(
             l = leg.wait(), if prefill_done.is_none() => {
                 if !l.ok() {
                     // The decode request is dropped (cancelled) with this frame.
-                    return prefill_failed(l, &prefill, last);
+                    return prefill_failed(l, &prefill, last, r);
                 }
                 prefill_done = Some(l);
             }
@@ -236,7 +236,7 @@ async fn try_pair(
             decode.circuit.record(false, Instant::now());
             if last {
                 return Err(RouterError::Upstream {
-                    attempts: 0,
+                    attempts: r.cfg.retry.max_retries,
                     last: "decode unreachable".into(),
                 });
             }
@@ -263,10 +263,10 @@ async fn try_pair(
             None => leg.wait().await,
         };
         let Leg::Reply(ps, pre_body) = pre else {
-            return prefill_failed(Leg::Failed, &prefill, last);
+            return prefill_failed(Leg::Failed, &prefill, last, r);
         };
         if !ps.is_success() {
-            return prefill_failed(Leg::Reply(ps, pre_body), &prefill, last);
+            return prefill_failed(Leg::Reply(ps, pre_body), &prefill, last, r);
         }
         let dec_body = resp.bytes().await.map_err(|_| RouterError::Upstream {
             attempts: 1,
@@ -310,7 +310,7 @@ async fn try_pair(
 }
 
 /// The prefill leg failed before anything reached the client: retry, or report its reply.
-fn prefill_failed(leg: Leg, prefill: &Worker, last: bool) -> Result<Attempt> {
+fn prefill_failed(leg: Leg, prefill: &Worker, last: bool, r: &Router) -> Result<Attempt> {
     match leg {
         Leg::Reply(s, b) if !is_retryable(s.as_u16()) || last => {
             let mut out = (s, b).into_response();
@@ -321,7 +321,7 @@ fn prefill_failed(leg: Leg, prefill: &Worker, last: bool) -> Result<Attempt> {
             Ok(Attempt::Done(out))
         }
         Leg::Failed if last => Err(RouterError::Upstream {
-            attempts: 0,
+            attempts: r.cfg.retry.max_retries,
             last: "prefill unreachable".into(),
         }),
         _ => Ok(Attempt::Retry(vec![prefill.id])),
