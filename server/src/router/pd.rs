@@ -25,7 +25,6 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::Stream;
 
-use crate::router::config::url_host;
 use crate::router::error::{Result, RouterError};
 use crate::router::policy::RouteKey;
 use crate::router::proxy::{admit, passthrough, Held};
@@ -207,7 +206,7 @@ async fn try_pair(
         WorkerKind::Prefill { bootstrap_port } => bootstrap_port,
         _ => None,
     };
-    let fields = bootstrap_fields(&url_host(&prefill.url), port, p.batch);
+    let fields = bootstrap_fields(&prefill.host, port, p.batch);
     let sent = Bytes::from(inject(body, &fields)?);
     let url = format!("{}{path}", prefill.url);
     let mut leg = start_prefill(r, prefill.clone(), url, headers.clone(), sent.clone());

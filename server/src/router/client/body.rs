@@ -25,7 +25,6 @@ pub(super) struct Reader {
     pub(super) conn: Option<Conn>,
     pub(super) framing: Framing,
     pub(super) keep_alive: bool,
-    pub(super) host: String,
     pub(super) idle: Arc<Idle>,
 }
 
@@ -33,7 +32,7 @@ impl Reader {
     pub(super) fn finish(&mut self) {
         if let Some(c) = self.conn.take() {
             if self.keep_alive && c.buf.is_empty() {
-                self.idle.put(std::mem::take(&mut self.host), c);
+                self.idle.put(c);
             }
         }
     }

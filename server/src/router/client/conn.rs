@@ -4,6 +4,7 @@
 
 use std::collections::HashMap;
 use std::io;
+use std::sync::Arc;
 
 use bytes::BytesMut;
 use parking_lot::Mutex;
@@ -16,12 +17,17 @@ const MAX_IDLE_PER_HOST: usize = 1024;
 pub(super) struct Conn {
     pub(super) io: TcpStream,
     pub(super) buf: BytesMut,
+    /// The pool key (`host:port`), allocated once per connection.
+    pub(super) host: Arc<str>,
 }
 
 impl Conn {
     /// Reads more bytes into the buffer; Ok(false) on EOF.
     pub(super) async fn fill(&mut self) -> io::Result<bool> {
-        self.buf.reserve(16 * 1024);
+        // Reserving only when short keeps reusing one allocation while the buffer is unshared.
+        if self.buf.capacity() - self.buf.len() < 4096 {
+            self.buf.reserve(16 * 1024);
+        }
         Ok(self.io.read_buf(&mut self.buf).await? > 0)
     }
 
@@ -34,7 +40,7 @@ impl Conn {
 
 #[derive(Debug, Default)]
 pub(super) struct Idle {
-    hosts: Mutex<HashMap<String, Vec<Conn>>>,
+    hosts: Mutex<HashMap<Arc<str>, Vec<Conn>>>,
 }
 
 impl Idle {
@@ -49,9 +55,9 @@ impl Idle {
         None
     }
 
-    pub(super) fn put(&self, host: String, conn: Conn) {
+    pub(super) fn put(&self, conn: Conn) {
         let mut hosts = self.hosts.lock();
-        let stack = hosts.entry(host).or_default();
+        let stack = hosts.entry(conn.host.clone()).or_default();
         if stack.len() < MAX_IDLE_PER_HOST {
             stack.push(conn);
         }

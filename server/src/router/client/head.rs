@@ -36,7 +36,6 @@ pub(super) fn parse_head(buf: &[u8]) -> io::Result<Option<(usize, Head)>> {
     };
     for h in resp.headers.iter() {
         let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| bad("bad header"))?;
-        let value = HeaderValue::from_bytes(h.value).map_err(|_| bad("bad header"))?;
         match name.as_str() {
             "content-length" => {
                 let s = std::str::from_utf8(h.value).unwrap_or("");
@@ -55,7 +54,19 @@ pub(super) fn parse_head(buf: &[u8]) -> io::Result<Option<(usize, Head)>> {
             }
             _ => {}
         }
-        head.headers.append(name, value);
+        // Hop-by-hop and per-hop headers are never passed on: not worth copying.
+        if !matches!(
+            name.as_str(),
+            "connection"
+                | "keep-alive"
+                | "transfer-encoding"
+                | "content-length"
+                | "date"
+                | "server"
+        ) {
+            let value = HeaderValue::from_bytes(h.value).map_err(|_| bad("bad header"))?;
+            head.headers.append(name, value);
+        }
     }
     Ok(Some((len, head)))
 }

@@ -150,7 +150,7 @@ impl Client {
         req.extend_from_slice(b"\r\n");
         req.extend_from_slice(body);
         if let Some(conn) = self.idle.take(host) {
-            match self.exchange(conn, host, &req, method).await {
+            match self.exchange(conn, &req, method).await {
                 Err(Stale) => {}
                 Ok(r) => return r,
             }
@@ -160,8 +160,9 @@ impl Client {
         let conn = Conn {
             io,
             buf: BytesMut::with_capacity(16 * 1024),
+            host: Arc::from(host),
         };
-        match self.exchange(conn, host, &req, method).await {
+        match self.exchange(conn, &req, method).await {
             Ok(r) => r,
             Err(Stale) => Err(io::Error::new(
                 io::ErrorKind::ConnectionReset,
@@ -175,7 +176,6 @@ impl Client {
     async fn exchange(
         &self,
         mut conn: Conn,
-        host: &str,
         req: &[u8],
         method: &str,
     ) -> Result<io::Result<Reply>, Stale> {
@@ -203,7 +203,7 @@ impl Client {
                     if head.status.is_informational() {
                         continue;
                     }
-                    return Ok(self.body(conn, host, head, method).await);
+                    return Ok(self.body(conn, head, method).await);
                 }
                 Ok(None) => {}
                 Err(e) => return Ok(Err(e)),
@@ -211,7 +211,7 @@ impl Client {
         }
     }
 
-    async fn body(&self, conn: Conn, host: &str, head: Head, method: &str) -> io::Result<Reply> {
+    async fn body(&self, conn: Conn, head: Head, method: &str) -> io::Result<Reply> {
         let no_body = method == "HEAD" || matches!(head.status.as_u16(), 204 | 304);
         let framing = if no_body {
             Framing::Length(0)
@@ -226,7 +226,6 @@ impl Client {
             conn: Some(conn),
             framing,
             keep_alive: head.keep_alive && framing != Framing::Close,
-            host: host.to_string(),
             idle: self.idle.clone(),
         };
         let body = match framing {
@@ -237,7 +236,9 @@ impl Client {
                         return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "reply cut"));
                     }
                 }
-                let b = c.buf.split_to(n).freeze();
+                // A copy keeps the read buffer unshared, so the next reply reuses it.
+                let b = Bytes::copy_from_slice(&c.buf[..n]);
+                c.buf.advance(n);
                 reader.framing = Framing::Length(0);
                 reader.finish();
                 Body::Full(b)
