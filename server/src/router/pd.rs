@@ -3,11 +3,11 @@
 //! Per attempt: pick a prefill and a decode worker (each pool with its own policy), append
 //! `bootstrap_host` / `bootstrap_port` / `bootstrap_room` to the body, and send the same bytes to
 //! both at once. The decode reply is handed to the client as soon as its headers arrive; the
-//! prefill leg runs as its own task, watched alongside.
+//! prefill leg is polled alongside, on the same task (inside the reply body once it streams).
 //!
 //! Invariants:
-//! - the prefill task is aborted whenever the request ends early (decode failed, prefill failed,
-//!   the client went away); it is only left to finish on its own after decode finished normally;
+//! - the prefill leg is cancelled whenever the request ends early (decode failed, prefill failed,
+//!   the client went away); it is only left to finish on its own after decode answered;
 //! - a new pair is tried only before anything reached the client; after that a prefill failure
 //!   cuts the decode stream;
 //! - when `return_logprob` is set on a non-streaming request, prefill's input logprobs are put in
@@ -24,9 +24,7 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::Stream;
-use tokio::task::JoinHandle;
 
-use crate::router::config::url_host;
 use crate::router::error::{Result, RouterError};
 use crate::router::policy::RouteKey;
 use crate::router::proxy::{admit, passthrough, Held};
@@ -48,20 +46,25 @@ impl Leg {
     }
 }
 
-/// The running prefill request; aborted on drop unless it finished or was detached.
+type LegFuture = Pin<Box<dyn Future<Output = Leg> + Send>>;
+
+/// The prefill request. It is polled on the request's own task while that task waits anyway
+/// (no spawn on the common path); it moves to a task of its own only when it must outlive the
+/// reply ([`PrefillLeg::detach`]). Dropping it cancels it: its connection is closed.
 struct PrefillLeg {
-    handle: Option<JoinHandle<Leg>>,
+    fut: Option<LegFuture>,
 }
 
 impl PrefillLeg {
+    /// Ready once with the outcome, then pending forever.
     fn poll_leg(&mut self, cx: &mut Context<'_>) -> Poll<Leg> {
-        let Some(h) = self.handle.as_mut() else {
+        let Some(f) = self.fut.as_mut() else {
             return Poll::Pending;
         };
-        match Pin::new(h).poll(cx) {
-            Poll::Ready(r) => {
-                self.handle = None;
-                Poll::Ready(r.unwrap_or(Leg::Failed))
+        match f.as_mut().poll(cx) {
+            Poll::Ready(leg) => {
+                self.fut = None;
+                Poll::Ready(leg)
             }
             Poll::Pending => Poll::Pending,
         }
@@ -71,15 +74,10 @@ impl PrefillLeg {
         std::future::poll_fn(|cx| self.poll_leg(cx)).await
     }
 
+    /// Lets a prefill that is still running finish on its own (decode already answered).
     fn detach(&mut self) {
-        self.handle = None;
-    }
-}
-
-impl Drop for PrefillLeg {
-    fn drop(&mut self) {
-        if let Some(h) = self.handle.take() {
-            h.abort();
+        if let Some(f) = self.fut.take() {
+            tokio::spawn(f);
         }
     }
 }
@@ -147,7 +145,7 @@ pub async fn forward(r: &Router, path: &str, headers: HeaderMap, body: Bytes) ->
     })
 }
 
-fn spawn_prefill(
+fn start_prefill(
     r: &Router,
     worker: Arc<Worker>,
     url: String,
@@ -157,7 +155,7 @@ fn spawn_prefill(
     let load = LoadGuard::new(worker.clone());
     let timeout = r.request_timeout;
     let client = r.client.clone();
-    let handle = tokio::spawn(async move {
+    let fut = async move {
         let _load = load;
         let leg = match client.send("POST", &url, &h, &body, timeout).await {
             Ok(resp) => {
@@ -175,9 +173,9 @@ fn spawn_prefill(
         };
         worker.circuit.record(!failed, Instant::now());
         leg
-    });
+    };
     PrefillLeg {
-        handle: Some(handle),
+        fut: Some(Box::pin(fut)),
     }
 }
 
@@ -208,10 +206,10 @@ async fn try_pair(
         WorkerKind::Prefill { bootstrap_port } => bootstrap_port,
         _ => None,
     };
-    let fields = bootstrap_fields(&url_host(&prefill.url), port, p.batch);
+    let fields = bootstrap_fields(&prefill.host, port, p.batch);
     let sent = Bytes::from(inject(body, &fields)?);
     let url = format!("{}{path}", prefill.url);
-    let mut leg = spawn_prefill(r, prefill.clone(), url, headers.clone(), sent.clone());
+    let mut leg = start_prefill(r, prefill.clone(), url, headers.clone(), sent.clone());
     let decode_load = LoadGuard::new(decode.clone());
     let url = format!("{}{path}", decode.url);
     let decode_req = r
@@ -225,7 +223,7 @@ async fn try_pair(
             l = leg.wait(), if prefill_done.is_none() => {
                 if !l.ok() {
                     // The decode request is dropped (cancelled) with this frame.
-                    return prefill_failed(l, &prefill, last);
+                    return prefill_failed(l, &prefill, last, r);
                 }
                 prefill_done = Some(l);
             }
@@ -237,7 +235,7 @@ async fn try_pair(
             decode.circuit.record(false, Instant::now());
             if last {
                 return Err(RouterError::Upstream {
-                    attempts: 0,
+                    attempts: r.cfg.retry.max_retries,
                     last: "decode unreachable".into(),
                 });
             }
@@ -264,10 +262,10 @@ async fn try_pair(
             None => leg.wait().await,
         };
         let Leg::Reply(ps, pre_body) = pre else {
-            return prefill_failed(Leg::Failed, &prefill, last);
+            return prefill_failed(Leg::Failed, &prefill, last, r);
         };
         if !ps.is_success() {
-            return prefill_failed(Leg::Reply(ps, pre_body), &prefill, last);
+            return prefill_failed(Leg::Reply(ps, pre_body), &prefill, last, r);
         }
         let dec_body = resp.bytes().await.map_err(|_| RouterError::Upstream {
             attempts: 1,
@@ -284,15 +282,24 @@ async fn try_pair(
         );
         return Ok(Attempt::Done(out));
     }
-    if prefill_done.is_some() {
-        leg.detach();
-    }
     let ct = resp.headers.get(axum::http::header::CONTENT_TYPE).cloned();
-    let mut out = Response::new(Body::from_stream(PdBody {
-        decode: Box::pin(resp.into_stream()),
-        prefill: leg,
-        _held: held,
-    }));
+    let body = if resp.is_full() {
+        // Decode has answered in full: nothing left to cut short.
+        leg.detach();
+        let bytes = resp.bytes().await.map_err(|_| RouterError::Upstream {
+            attempts: 1,
+            last: "decode reply cut".into(),
+        })?;
+        drop(held);
+        Body::from(bytes)
+    } else {
+        Body::from_stream(PdBody {
+            decode: Box::pin(resp.into_stream()),
+            prefill: leg,
+            _held: held,
+        })
+    };
+    let mut out = Response::new(body);
     *out.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
     if let Some(ct) = ct {
         out.headers_mut()
@@ -302,7 +309,7 @@ async fn try_pair(
 }
 
 /// The prefill leg failed before anything reached the client: retry, or report its reply.
-fn prefill_failed(leg: Leg, prefill: &Worker, last: bool) -> Result<Attempt> {
+fn prefill_failed(leg: Leg, prefill: &Worker, last: bool, r: &Router) -> Result<Attempt> {
     match leg {
         Leg::Reply(s, b) if !is_retryable(s.as_u16()) || last => {
             let mut out = (s, b).into_response();
@@ -313,7 +320,7 @@ fn prefill_failed(leg: Leg, prefill: &Worker, last: bool) -> Result<Attempt> {
             Ok(Attempt::Done(out))
         }
         Leg::Failed if last => Err(RouterError::Upstream {
-            attempts: 0,
+            attempts: r.cfg.retry.max_retries,
             last: "prefill unreachable".into(),
         }),
         _ => Ok(Attempt::Retry(vec![prefill.id])),

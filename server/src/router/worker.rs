@@ -41,6 +41,8 @@ pub struct Worker {
     /// Unique for the life of the process; the cache-aware tree's tenant id.
     pub id: u32,
     pub url: String,
+    /// The URL's host, parsed once (PD mode sends it as `bootstrap_host`).
+    pub host: String,
     pub kind: WorkerKind,
     healthy: AtomicBool,
     load: AtomicUsize,
@@ -52,6 +54,7 @@ impl Worker {
     pub fn new(url: String, kind: WorkerKind, circuit: &CircuitConfig) -> Arc<Self> {
         Arc::new(Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            host: crate::router::config::url_host(&url),
             url,
             kind,
             healthy: AtomicBool::new(true),

@@ -253,3 +253,32 @@ async fn bad_json_is_a_400_and_unknown_path_a_404() {
     assert_eq!(json(&b)["error"]["type"], "not_found_error");
     assert_eq!(m.s.hits(), 0);
 }
+
+#[tokio::test]
+async fn client_disconnect_cancels_the_worker_request() {
+    let m = Mock::start(
+        "slow",
+        Opts {
+            latency: Duration::from_secs(3),
+            ..Default::default()
+        },
+    )
+    .await;
+    let r = router(regular(&[&m.url], PolicyKind::RoundRobin));
+    let base = listen(&r).await;
+    let res = reqwest::Client::new()
+        .post(format!("{base}/generate"))
+        .json(&json!({"text": "x"}))
+        .timeout(Duration::from_millis(300))
+        .send()
+        .await;
+    assert!(res.is_err(), "the client gave up");
+    assert!(
+        eventually(2.0, || m.s.cancelled() == 1).await,
+        "worker request not cancelled"
+    );
+    assert!(
+        eventually(1.0, || r.all_workers()[0].load() == 0).await,
+        "load released"
+    );
+}

@@ -14,68 +14,26 @@
 //! - replies are framed by Content-Length, chunked encoding or connection close; chunked bodies
 //!   are passed on chunk by chunk, with the chunk framing removed (the server side re-frames).
 
-use std::collections::HashMap;
+mod body;
+mod conn;
+mod head;
+
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, StatusCode};
 use bytes::{Buf, Bytes, BytesMut};
 use futures::Stream;
-use parking_lot::Mutex;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+
+use body::{Framing, Reader};
+use conn::{Conn, Idle};
+use head::{parse_head, Head};
 
 /// Replies up to this size with a Content-Length are read whole before `send` returns.
 pub const BUFFER_LIMIT: usize = 1 << 20;
-const MAX_IDLE_PER_HOST: usize = 1024;
-const MAX_HEADERS: usize = 64;
-
-#[derive(Debug)]
-struct Conn {
-    io: TcpStream,
-    buf: BytesMut,
-}
-
-impl Conn {
-    /// Reads more bytes into the buffer; Ok(false) on EOF.
-    async fn fill(&mut self) -> io::Result<bool> {
-        self.buf.reserve(16 * 1024);
-        Ok(self.io.read_buf(&mut self.buf).await? > 0)
-    }
-
-    /// An idle pooled connection the peer has closed (or sent junk on) is not reusable.
-    fn is_reusable(&self) -> bool {
-        let mut probe = [0u8; 1];
-        matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
-    }
-}
-
-#[derive(Debug, Default)]
-struct Idle {
-    hosts: Mutex<HashMap<String, Vec<Conn>>>,
-}
-
-impl Idle {
-    fn take(&self, host: &str) -> Option<Conn> {
-        let mut hosts = self.hosts.lock();
-        let stack = hosts.get_mut(host)?;
-        while let Some(c) = stack.pop() {
-            if c.is_reusable() {
-                return Some(c);
-            }
-        }
-        None
-    }
-
-    fn put(&self, host: String, conn: Conn) {
-        let mut hosts = self.hosts.lock();
-        let stack = hosts.entry(host).or_default();
-        if stack.len() < MAX_IDLE_PER_HOST {
-            stack.push(conn);
-        }
-    }
-}
 
 /// Connection pool plus request sending; cheap to clone.
 #[derive(Debug, Clone, Default)]
@@ -94,14 +52,6 @@ fn split_url(url: &str) -> io::Result<(&str, &str)> {
     })
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    Length(usize),
-    /// Remaining bytes of the current chunk; `None` before a size line.
-    Chunked(Option<usize>),
-    Close,
-}
-
 /// A worker's reply: status and headers, and a body to read whole or as a stream.
 #[derive(Debug)]
 pub struct Reply {
@@ -114,111 +64,6 @@ pub struct Reply {
 enum Body {
     Full(Bytes),
     Open(Reader),
-}
-
-/// The unread part of a reply body on its connection.
-#[derive(Debug)]
-struct Reader {
-    conn: Option<Conn>,
-    framing: Framing,
-    keep_alive: bool,
-    host: String,
-    idle: Arc<Idle>,
-}
-
-impl Reader {
-    fn finish(&mut self) {
-        if let Some(c) = self.conn.take() {
-            if self.keep_alive && c.buf.is_empty() {
-                self.idle.put(std::mem::take(&mut self.host), c);
-            }
-        }
-    }
-
-    /// The next piece of body, or None at its end.
-    async fn next(&mut self) -> Option<io::Result<Bytes>> {
-        let r = self.next_inner().await;
-        match &r {
-            Ok(None) => self.finish(),
-            Err(_) => self.conn = None,
-            Ok(Some(_)) => {}
-        }
-        r.transpose()
-    }
-
-    async fn next_inner(&mut self) -> io::Result<Option<Bytes>> {
-        let Some(c) = self.conn.as_mut() else {
-            return Ok(None);
-        };
-        let eof = || io::Error::new(io::ErrorKind::UnexpectedEof, "worker closed mid-reply");
-        loop {
-            match self.framing {
-                Framing::Length(0) => return Ok(None),
-                Framing::Length(n) | Framing::Chunked(Some(n)) if n > 0 => {
-                    if c.buf.is_empty() && !c.fill().await? {
-                        return Err(eof());
-                    }
-                    let take = n.min(c.buf.len());
-                    let out = c.buf.split_to(take).freeze();
-                    self.framing = match self.framing {
-                        Framing::Length(_) => Framing::Length(n - take),
-                        _ => Framing::Chunked(Some(n - take)),
-                    };
-                    return Ok(Some(out));
-                }
-                Framing::Chunked(Some(_)) => {
-                    // End of a chunk's data: its CRLF, then the next size line.
-                    while c.buf.len() < 2 {
-                        if !c.fill().await? {
-                            return Err(eof());
-                        }
-                    }
-                    if &c.buf[..2] != b"\r\n" {
-                        return Err(io::Error::new(io::ErrorKind::InvalidData, "bad chunk end"));
-                    }
-                    c.buf.advance(2);
-                    self.framing = Framing::Chunked(None);
-                }
-                Framing::Chunked(None) => {
-                    let line = read_line(c).await?;
-                    let hex = line.split(|&b| b == b';').next().unwrap_or_default();
-                    let hex = std::str::from_utf8(hex).unwrap_or("").trim();
-                    let size = usize::from_str_radix(hex, 16).map_err(|_| {
-                        io::Error::new(io::ErrorKind::InvalidData, "bad chunk size")
-                    })?;
-                    if size == 0 {
-                        // Trailers, up to an empty line.
-                        while !read_line(c).await?.is_empty() {}
-                        self.framing = Framing::Length(0);
-                        return Ok(None);
-                    }
-                    self.framing = Framing::Chunked(Some(size));
-                }
-                Framing::Close => {
-                    if c.buf.is_empty() && !c.fill().await? {
-                        self.keep_alive = false;
-                        return Ok(None);
-                    }
-                    return Ok(Some(c.buf.split().freeze()));
-                }
-                Framing::Length(_) => unreachable!("Length(n > 0) handled above"),
-            }
-        }
-    }
-}
-
-/// One CRLF-terminated line, without its CRLF.
-async fn read_line(c: &mut Conn) -> io::Result<Bytes> {
-    loop {
-        if let Some(i) = c.buf.windows(2).position(|w| w == b"\r\n") {
-            let line = c.buf.split_to(i).freeze();
-            c.buf.advance(2);
-            return Ok(line);
-        }
-        if c.buf.len() > 64 * 1024 || !c.fill().await? {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "bad chunk line"));
-        }
-    }
 }
 
 impl Reply {
@@ -305,7 +150,7 @@ impl Client {
         req.extend_from_slice(b"\r\n");
         req.extend_from_slice(body);
         if let Some(conn) = self.idle.take(host) {
-            match self.exchange(conn, host, &req, method).await {
+            match self.exchange(conn, &req, method).await {
                 Err(Stale) => {}
                 Ok(r) => return r,
             }
@@ -315,8 +160,9 @@ impl Client {
         let conn = Conn {
             io,
             buf: BytesMut::with_capacity(16 * 1024),
+            host: Arc::from(host),
         };
-        match self.exchange(conn, host, &req, method).await {
+        match self.exchange(conn, &req, method).await {
             Ok(r) => r,
             Err(Stale) => Err(io::Error::new(
                 io::ErrorKind::ConnectionReset,
@@ -330,7 +176,6 @@ impl Client {
     async fn exchange(
         &self,
         mut conn: Conn,
-        host: &str,
         req: &[u8],
         method: &str,
     ) -> Result<io::Result<Reply>, Stale> {
@@ -358,7 +203,7 @@ impl Client {
                     if head.status.is_informational() {
                         continue;
                     }
-                    return Ok(self.body(conn, host, head, method).await);
+                    return Ok(self.body(conn, head, method).await);
                 }
                 Ok(None) => {}
                 Err(e) => return Ok(Err(e)),
@@ -366,7 +211,7 @@ impl Client {
         }
     }
 
-    async fn body(&self, conn: Conn, host: &str, head: Head, method: &str) -> io::Result<Reply> {
+    async fn body(&self, conn: Conn, head: Head, method: &str) -> io::Result<Reply> {
         let no_body = method == "HEAD" || matches!(head.status.as_u16(), 204 | 304);
         let framing = if no_body {
             Framing::Length(0)
@@ -381,7 +226,6 @@ impl Client {
             conn: Some(conn),
             framing,
             keep_alive: head.keep_alive && framing != Framing::Close,
-            host: host.to_string(),
             idle: self.idle.clone(),
         };
         let body = match framing {
@@ -392,7 +236,9 @@ impl Client {
                         return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "reply cut"));
                     }
                 }
-                let b = c.buf.split_to(n).freeze();
+                // A copy keeps the read buffer unshared, so the next reply reuses it.
+                let b = Bytes::copy_from_slice(&c.buf[..n]);
+                c.buf.advance(n);
                 reader.framing = Framing::Length(0);
                 reader.finish();
                 Body::Full(b)
@@ -409,63 +255,11 @@ impl Client {
 
 struct Stale;
 
-struct Head {
-    status: StatusCode,
-    headers: HeaderMap,
-    length: Option<usize>,
-    chunked: bool,
-    keep_alive: bool,
-}
-
-fn parse_head(buf: &[u8]) -> io::Result<Option<(usize, Head)>> {
-    let bad = |m: &str| io::Error::new(io::ErrorKind::InvalidData, m.to_string());
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut slots);
-    let len = match resp
-        .parse(buf)
-        .map_err(|e| bad(&format!("bad reply head: {e}")))?
-    {
-        httparse::Status::Complete(n) => n,
-        httparse::Status::Partial => return Ok(None),
-    };
-    let status = StatusCode::from_u16(resp.code.unwrap_or(0)).map_err(|_| bad("bad status"))?;
-    let mut head = Head {
-        status,
-        headers: HeaderMap::with_capacity(resp.headers.len()),
-        length: None,
-        chunked: false,
-        keep_alive: resp.version == Some(1),
-    };
-    for h in resp.headers.iter() {
-        let name = HeaderName::from_bytes(h.name.as_bytes()).map_err(|_| bad("bad header"))?;
-        let value = HeaderValue::from_bytes(h.value).map_err(|_| bad("bad header"))?;
-        match name.as_str() {
-            "content-length" => {
-                let s = std::str::from_utf8(h.value).unwrap_or("");
-                head.length = Some(s.trim().parse().map_err(|_| bad("bad content-length"))?);
-            }
-            "transfer-encoding" => {
-                head.chunked = h.value.to_ascii_lowercase().ends_with(b"chunked");
-            }
-            "connection" => {
-                let v = h.value.to_ascii_lowercase();
-                if v.windows(5).any(|w| w == b"close") {
-                    head.keep_alive = false;
-                } else if v.windows(10).any(|w| w == b"keep-alive") {
-                    head.keep_alive = true;
-                }
-            }
-            _ => {}
-        }
-        head.headers.append(name, value);
-    }
-    Ok(Some((len, head)))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use futures::StreamExt;
+    use tokio::io::AsyncReadExt;
     use tokio::net::TcpListener;
 
     /// A raw server that answers each connection's requests with the given byte strings in turn
