@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# CPU serving numbers for docs/perf-server.md: tokens/s of the tiny and small made models, and TTFT
+# CPU serving numbers for docs/perf.md (inference server section): tokens/s of the tiny and small made models, and TTFT
 # with vs without a cached shared prefix. Usage: scripts/bench_serve_cpu.sh [strata binary]
 set -euo pipefail
 BIN=${1:-${CARGO_TARGET_DIR:-target}/release/strata}

@@ -1,7 +1,7 @@
 //! GEMMs: `y = x * w^T` with bf16 operands and f32 accumulation (the Linear layer), through
 //! cuBLAS, or for decode-sized x (at most `gemv_max_rows` rows) through the `gemv_bf16` kernel,
 //! which streams the weights at close to memory bandwidth where cuBLAS reached about half of it
-//! on the 4096-wide projections (docs/perf-gpu.md).
+//! on the 4096-wide projections (docs/perf.md, GPU section).
 //!
 //! Row-major x [T, in], w [out, in] (Hugging Face layout), y [T, out] in bf16 or f32 (logits).
 //! cuBLAS is column-major, so the call computes y^T = w * x^T: op(A) = T on w (lda = in),
@@ -107,7 +107,7 @@ impl Gemm {
         })?;
         let gemv_ok = t <= GEMV_MAX_ROWS && k % 8 == 0 && x.ptr() % 16 == 0 && w.ptr() % 16 == 0;
         let use_gemv = match path {
-            // Measured on H100 (docs/perf-gpu.md): the kernel wins on single-row GEMMs up to
+            // Measured on H100 (docs/perf.md, GPU section): the kernel wins on single-row GEMMs up to
             // in = 8192 and loses to cuBLAS on longer rows and on 8-row batches.
             GemmPath::Auto => gemv_ok && t <= self.gemv_max_rows && k <= GEMV_MAX_IN,
             GemmPath::Cublas => false,

@@ -159,7 +159,7 @@ fn page_layout_sizes() {
 }
 
 /// On a GPU machine this compares one op with the reference; elsewhere it says it skipped.
-/// Never the proof: that is `strata gpu check` (docs/perf-gpu.md).
+/// Never the proof: that is `strata gpu check` (docs/perf.md, GPU section).
 #[test]
 fn gpu_rmsnorm_matches_reference_when_a_gpu_exists() {
     let (kind, ctx) = select(0, false);

@@ -3,7 +3,7 @@
 //! `bench` measures the page path, GEMM, copy bandwidth, decode and prefill on the GPU.
 //!
 //! All three exit non-zero on failure; `check` and `bench` print a short table last and can write
-//! JSON (`--json PATH`) for docs/perf-gpu.md.
+//! JSON (`--json PATH`) for docs/perf.md, GPU section.
 
 use clap::{Args as ClapArgs, Subcommand};
 use strata_kernels::cuda::{self, select, BackendKind};
