@@ -141,6 +141,11 @@ impl StoreConfig {
         if self.queue_depth == 0 || self.queue_depth > 4096 {
             return Err(Error::Config("queue depth must be in 1..=4096".into()));
         }
+        if self.registered_memory > 1 << 30 {
+            return Err(Error::Config(
+                "registered memory is limited to 1 GiB (an io_uring buffer's maximum)".into(),
+            ));
+        }
         if self.io_threads == 0 || self.io_threads > 64 {
             return Err(Error::Config("io threads must be in 1..=64".into()));
         }

@@ -98,6 +98,8 @@ pub struct StoreInner {
     pub(crate) reclaim_lock: Mutex<()>,
     pub(crate) max_value_len: usize,
     pub(crate) wb: Option<writeback::WriteBack>,
+    /// Records one caller keeps in flight (the configured queue depth).
+    pub(crate) window: usize,
 }
 
 impl std::ops::Deref for Store {

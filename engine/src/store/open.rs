@@ -162,6 +162,7 @@ impl StoreInner {
             reclaim_lock: Mutex::new(()),
             max_value_len,
             wb: (cfg.write_back > 0).then(|| super::writeback::WriteBack::new(cfg.write_back)),
+            window: cfg.queue_depth.max(1) as usize,
         })
     }
 }

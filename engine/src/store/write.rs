@@ -175,13 +175,19 @@ impl StoreInner {
         to_seal: &mut Vec<u32>,
     ) {
         // Each record is submitted as soon as it is encoded, so the device works on the first
-        // records while the CPU copies and checksums the rest.
-        let mut pending = Vec::with_capacity(batch.len());
+        // records while the CPU copies and checksums the rest; at most `window` are in flight, so
+        // their (registered) buffers come back to the arena as the window slides.
+        let mut pending = std::collections::VecDeque::with_capacity(self.window);
         for (p, slot) in batch {
             let crc = p.crc();
             let req = self.encode(&p, &slot, crc);
             let done = self.engine.submit(vec![req]).pop().expect("one completion");
-            pending.push((p, slot, crc, done));
+            pending.push_back((p, slot, crc, done));
+            if pending.len() >= self.window {
+                let (p, slot, crc, done) = pending.pop_front().expect("non-empty");
+                let (_, r) = done.wait();
+                self.publish(p, slot, crc, r, results, to_seal);
+            }
         }
         for (p, slot, crc, done) in pending {
             let (_, r) = done.wait();

@@ -37,9 +37,13 @@ pub struct Args {
     /// Client threads.
     #[arg(long, default_value_t = 2)]
     threads: usize,
-    /// Requests each thread keeps in flight (batch size).
-    #[arg(long, default_value_t = 8)]
+    /// Keys per batched call (each thread issues one call at a time).
+    #[arg(long, default_value_t = 32)]
     batch: usize,
+    /// Requests each thread keeps in the kernel (its io_uring ring's depth): within a batch the
+    /// engine slides a window of this many, so the device sees `threads x queue-depth`.
+    #[arg(long, default_value_t = 8)]
+    queue_depth: u32,
     /// Random-read passes over the written bytes.
     #[arg(long, default_value_t = 1.0)]
     read_passes: f64,
@@ -99,23 +103,31 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .with_segment_size(a.segment_size)
         .with_memory(a.memory)
         .with_io_engine(a.io_engine)
-        .with_queue_depth((a.batch * 2).max(8) as u32)
+        .with_queue_depth(a.queue_depth)
         .with_io_threads(a.threads.clamp(1, 4))
         .with_registered_memory(
-            ((a.value_size as usize + 8192) * a.batch * a.threads).next_power_of_two() as u64 * 2,
+            (((a.value_size as usize + 8192) * a.queue_depth as usize * 2).next_power_of_two()
+                as u64)
+                .min(256 << 20),
         );
     let mut rep = Report {
         value_size: a.value_size,
-        queue_depth: a.threads * a.batch,
+        queue_depth: a.threads * a.queue_depth as usize,
         ..Report::default()
     };
     if !a.recovery_only {
+        // The readers' buffers, registered with the store as a server registers its host KV pool
+        // (declared before the store, so they outlive it).
+        let mut pool = AlignedBuf::new(a.value_size as usize * a.batch * a.threads);
         let store = Arc::new(Store::open(cfg.clone()).context("opening the store")?);
+        // SAFETY: `pool` is dropped after `store` (declared first) and not otherwise touched while
+        // the store is open except through the reads below.
+        unsafe { store.register_buffer(pool.as_mut_ptr(), pool.len()) }?;
         rep.io_engine = store.stats().io_engine.to_string();
         let pages = (a.total / a.value_size).max(1);
         rep.pages = pages;
         rep.put_gbps = put_phase(&store, &a, pages)?;
-        rep.get_gbps = get_phase(&store, &a, pages)?;
+        rep.get_gbps = get_phase(&store, &a, pages, &mut pool)?;
         let (p50, p99) = latency_phase(&store, &a, pages)?;
         rep.get_p50_us = p50;
         rep.get_p99_us = p99;
@@ -183,16 +195,21 @@ fn bar(len: u64, msg: &'static str, hidden: bool) -> ProgressBar {
 fn put_phase(store: &Arc<Store>, a: &Args, pages: u64) -> anyhow::Result<f64> {
     let next = AtomicU64::new(0);
     let pb = bar(pages * a.value_size, "put", a.json);
+    // Eight distinct random values, made before the clock starts, cycled through the batches.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
+    let values: Vec<Vec<u8>> = (0..8)
+        .map(|_| {
+            let mut v = vec![0u8; a.value_size as usize];
+            rng.fill(&mut v[..]);
+            v
+        })
+        .collect();
     let t = Instant::now();
     std::thread::scope(|s| -> anyhow::Result<()> {
         let mut hs = Vec::new();
-        for th in 0..a.threads {
-            let (store, next, pb) = (store.clone(), &next, &pb);
+        for _ in 0..a.threads {
+            let (store, next, pb, values) = (store.clone(), &next, &pb, &values);
             hs.push(s.spawn(move || -> anyhow::Result<()> {
-                let mut rng = rand::rngs::StdRng::seed_from_u64(th as u64);
-                let values: Vec<Vec<u8>> = (0..a.batch)
-                    .map(|_| (0..a.value_size).map(|_| rng.random::<u8>()).collect())
-                    .collect();
                 loop {
                     let start = next.fetch_add(a.batch as u64, Ordering::Relaxed);
                     if start >= pages {
@@ -202,7 +219,7 @@ fn put_phase(store: &Arc<Store>, a: &Args, pages: u64) -> anyhow::Result<f64> {
                     let keys: Vec<Vec<u8>> = (start..end).map(key).collect();
                     let items: Vec<(&[u8], &[u8])> = keys
                         .iter()
-                        .zip(&values)
+                        .zip(values.iter().cycle())
                         .map(|(k, v)| (k.as_slice(), v.as_slice()))
                         .collect();
                     for r in store.batch_put(&items) {
@@ -222,20 +239,19 @@ fn put_phase(store: &Arc<Store>, a: &Args, pages: u64) -> anyhow::Result<f64> {
     Ok((pages * a.value_size) as f64 / secs / 1e9)
 }
 
-fn get_phase(store: &Arc<Store>, a: &Args, pages: u64) -> anyhow::Result<f64> {
+fn get_phase(store: &Arc<Store>, a: &Args, pages: u64, pool: &mut [u8]) -> anyhow::Result<f64> {
     let reads = ((pages as f64 * a.read_passes) as u64).max(1);
     let done = AtomicU64::new(0);
     let pb = bar(reads * a.value_size, "get", a.json);
     let t = Instant::now();
     std::thread::scope(|s| -> anyhow::Result<()> {
         let mut hs = Vec::new();
-        for th in 0..a.threads {
+        let per_thread = a.value_size as usize * a.batch;
+        for (th, mine) in pool.chunks_mut(per_thread).enumerate() {
             let (store, done, pb) = (store.clone(), &done, &pb);
             hs.push(s.spawn(move || -> anyhow::Result<()> {
                 let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed ^ th as u64);
-                let mut bufs: Vec<AlignedBuf> = (0..a.batch)
-                    .map(|_| AlignedBuf::new(a.value_size as usize))
-                    .collect();
+                let mut bufs: Vec<&mut [u8]> = mine.chunks_mut(a.value_size as usize).collect();
                 loop {
                     let n = done.fetch_add(a.batch as u64, Ordering::Relaxed);
                     if n >= reads {
