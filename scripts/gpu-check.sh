@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # The CUDA backend's device run, in one call: device info, every op against the CPU reference,
-# the benchmarks, and (HF=1, default) Hugging Face transformers on the same shapes.
+# the benchmarks, (HF=1, default) Hugging Face transformers on the same shapes, and (SERVE=1, default)
+# the end-to-end CudaBackend check, scripts/gpu-serve-check.sh.
 # Usage (on the GPU machine): scripts/gpu-check.sh [OUTDIR]
 # Environment: STRATA (binary, default target/release/strata), BENCH_ARGS (extra `gpu bench`
 # flags), HF (1/0), HF_TIMEOUT (seconds, default 300).
-# Exit status: non-zero when any op check fails or the benchmark errors.
+# Exit status: non-zero when any op check fails, the benchmark errors or the serve check fails.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 STRATA=${STRATA:-target/release/strata}
@@ -34,6 +35,11 @@ rc_bench=${PIPESTATUS[0]}
 if [ "${HF:-1}" = 1 ]; then
   PYTHONUNBUFFERED=1 timeout "${HF_TIMEOUT:-300}" python3 scripts/hf-llama-bench.py --json "$OUTDIR/hf.json" 2>&1 | tee "$OUTDIR/hf.log"
 fi
-echo "== check rc=$rc_check bench rc=$rc_bench =="
+rc_serve=0
+if [ "${SERVE:-1}" = 1 ]; then
+  STRATA="$STRATA" scripts/gpu-serve-check.sh "$OUTDIR" 2>&1 | tee "$OUTDIR/serve-check.log"
+  rc_serve=${PIPESTATUS[0]}
+fi
+echo "== check rc=$rc_check bench rc=$rc_bench serve rc=$rc_serve =="
 grep -E "FAIL|gpu check:" "$OUTDIR/check.log" | tail -20
-[ "$rc_check" = 0 ] && [ "$rc_bench" = 0 ]
+[ "$rc_check" = 0 ] && [ "$rc_bench" = 0 ] && [ "$rc_serve" = 0 ]

@@ -16,6 +16,9 @@ pub enum KernelError {
     /// The device could not allocate a buffer.
     #[error("out of device memory allocating {0} floats")]
     OutOfMemory(usize),
+    /// The device or its driver failed (a GPU backend's driver, NVRTC or launch error).
+    #[error("device error: {0}")]
+    Device(String),
 }
 
 /// One sequence of an attention call.

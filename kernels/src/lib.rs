@@ -4,8 +4,8 @@
 //! operation a Llama-family forward pass needs, over opaque buffers of `f32` that live wherever the
 //! backend keeps its memory. [`cpu::CpuBackend`] is the reference implementation (plain Rust f32
 //! math parallelised with `rayon`). [`cuda`] holds the NVRTC-compiled kernels, cuBLAS GEMMs and the
-//! pinned-host <-> GPU page path, checked against the naive f32 ops in [`reference`]; a `CudaBackend`
-//! implementing [`Backend`] on top of it is the next step (see docs/gpu.md).
+//! pinned-host <-> GPU page path, checked against the naive f32 ops in [`reference`], and
+//! [`cuda::CudaBackend`], the f32 implementation of [`Backend`] on one GPU (see docs/gpu.md).
 //!
 //! Invariant shared by every implementation: each output element is computed with a summation order
 //! that does not depend on how many other rows are in the batch, so a sequence's logits are bitwise

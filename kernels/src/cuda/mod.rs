@@ -7,13 +7,15 @@
 //!
 //! Shape of the API: [`GpuContext`] (one GPU, a compute stream and a copy stream) ->
 //! [`CudaOps`] (typed launchers for the model ops), [`Gemm`] (cuBLAS), [`PageMover`] +
-//! [`PinnedBuf`] (the GPU direct path). A `CudaBackend` implementing the server's compute trait
-//! is a thin wrapper over these (see docs/gpu.md). [`llama`] composes them into a Llama layer
-//! stack for the benchmarks.
+//! [`PinnedBuf`] (the GPU direct path). [`CudaBackend`] implements the server's compute trait in
+//! f32 on its own kernels (`backend_f32.cu`, see docs/gpu.md). [`llama`] composes the bf16 ops
+//! into a Llama layer stack for the benchmarks.
 
 pub mod attention;
+pub mod backend;
 pub mod device;
 pub mod error;
+mod f32k;
 pub mod gemm;
 pub mod info;
 pub mod launch;
@@ -27,6 +29,7 @@ pub mod tensor;
 pub mod transfer;
 
 pub use attention::{AttnPlan, AttnSeq, AttnShape};
+pub use backend::{CudaBackend, CudaBuf};
 pub use device::GpuContext;
 pub use error::{CudaError, Result};
 pub use gemm::{Gemm, GemmPath};

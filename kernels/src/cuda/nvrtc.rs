@@ -30,16 +30,19 @@ pub enum Program {
     Sampling,
     /// Skinny GEMM (decode batches of up to 8 rows).
     Gemv,
+    /// The f32 ops of `CudaBackend` (the server's `Backend` trait).
+    BackendF32,
 }
 
 impl Program {
     /// Every program, for eager compilation and syntax checks.
-    pub const ALL: [Program; 5] = [
+    pub const ALL: [Program; 6] = [
         Program::Transfer,
         Program::Elementwise,
         Program::Attention,
         Program::Sampling,
         Program::Gemv,
+        Program::BackendF32,
     ];
 
     /// File name, for logs and errors.
@@ -50,6 +53,7 @@ impl Program {
             Program::Attention => "attention.cu",
             Program::Sampling => "sampling.cu",
             Program::Gemv => "gemv.cu",
+            Program::BackendF32 => "backend_f32.cu",
         }
     }
 
@@ -65,6 +69,7 @@ impl Program {
             ),
             Program::Sampling => include_str!("../../cuda/sampling.cu"),
             Program::Gemv => include_str!("../../cuda/gemv.cu"),
+            Program::BackendF32 => include_str!("../../cuda/backend_f32.cu"),
         };
         format!("{COMMON}\n#line 1 \"{}\"\n{body}", self.name())
     }

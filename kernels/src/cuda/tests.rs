@@ -182,3 +182,61 @@ fn gpu_rmsnorm_matches_reference_when_a_gpu_exists() {
     let err = r::rel_err(&got, &r::rmsnorm(&x, None, &w, 1e-5));
     assert!(err < 1e-2, "rel err {err}");
 }
+
+/// `CudaBackend` against `CpuBackend` on a linear (k not a multiple of 32) and a paged attention
+/// call; elsewhere it says it skipped. The end-to-end proof is scripts/gpu-serve-check.sh.
+#[test]
+fn cuda_backend_matches_cpu_backend_when_a_gpu_exists() {
+    use crate::{AttnSeq, AttnShape, Backend, CpuBackend};
+    let (kind, ctx) = select(0, false);
+    let Some(ctx) = ctx else {
+        println!("SKIPPED GPU part: {kind:?}");
+        return;
+    };
+    let g = super::CudaBackend::new(ctx).expect("kernels");
+    let c = CpuBackend;
+    let v = |n: usize, s: usize| -> Vec<f32> {
+        (0..n)
+            .map(|i| ((i * s % 113) as f32 - 56.0) / 40.0)
+            .collect()
+    };
+    let (rows, k, n) = (5, 70, 37);
+    let (x, w) = (v(rows * k, 7919), v(n * k, 104729));
+    let mut want = c.alloc(rows * n).unwrap();
+    c.linear(&x, rows, k, &w, n, None, &mut want).unwrap();
+    let (gx, gw) = (g.upload(&x).unwrap(), g.upload(&w).unwrap());
+    let mut go = g.alloc(rows * n).unwrap();
+    g.linear(&gx, rows, k, &gw, n, None, &mut go).unwrap();
+    let mut got = vec![0f32; rows * n];
+    g.download(&go, &mut got).unwrap();
+    assert_eq!(got, want, "linear must match the CPU bitwise");
+
+    let shape = AttnShape {
+        heads: 4,
+        kv_heads: 2,
+        head_dim: 40,
+        page_size: 4,
+        scale: 0.2,
+    };
+    let pages = [3u32, 0, 2];
+    let seqs = [AttnSeq {
+        q_start: 0,
+        q_len: 3,
+        kv_len: 10,
+        pages: &pages,
+    }];
+    let (q, kc, vc) = (v(3 * 160, 31), v(16 * 80, 17), v(16 * 80, 13));
+    let mut want = vec![0f32; 3 * 160];
+    c.attention(&q, &kc, &vc, &seqs, shape, &mut want).unwrap();
+    let (gq, gk, gv) = (
+        g.upload(&q).unwrap(),
+        g.upload(&kc).unwrap(),
+        g.upload(&vc).unwrap(),
+    );
+    let mut go = g.alloc(3 * 160).unwrap();
+    g.attention(&gq, &gk, &gv, &seqs, shape, &mut go).unwrap();
+    let mut got = vec![0f32; 3 * 160];
+    g.download(&go, &mut got).unwrap();
+    let err = r::rel_err(&got, &want);
+    assert!(err < 1e-5, "attention rel err {err}");
+}

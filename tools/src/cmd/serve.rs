@@ -1,11 +1,14 @@
 //! `strata serve`: the inference server, with `python -m sglang.launch_server`'s flags.
 //!
-//! Flags that only matter on a GPU (`--base-gpu-id`) are accepted and reported; `--tp-size` other
-//! than 1 is refused until tensor parallelism exists. Unknown flags are rejected by clap, naming
+//! The compute backend is chosen by `--device`: `auto` (default) takes CUDA on GPU `--base-gpu-id`
+//! when the driver, a GPU and the CUDA libraries are present and the CPU otherwise, logging which and
+//! why; `cuda` fails instead of falling back; `cpu` never probes. `--tp-size` other than 1 is refused
+//! until tensor parallelism exists. Unknown flags are rejected by clap, naming
 //! the flag.
 
 use std::path::PathBuf;
-use strata_server::launch::{launch_cpu, ServeOptions};
+use strata_kernels::cuda::{select, BackendKind, CudaBackend};
+use strata_server::launch::{launch, launch_cpu, ServeOptions};
 
 #[derive(clap::Args, Debug, serde::Serialize)]
 pub struct Args {
@@ -47,7 +50,7 @@ pub struct Args {
     api_key: Option<String>,
     #[arg(long, default_value = "info")]
     log_level: String,
-    /// First GPU to use (accepted; the CPU backend ignores it).
+    /// GPU the CUDA backend runs on (the CPU backend ignores it).
     #[arg(long, default_value_t = 0)]
     base_gpu_id: u32,
     /// Tensor-parallel degree (only 1 is supported).
@@ -59,7 +62,7 @@ pub struct Args {
     /// Weight dtype: auto or float32 (the CPU backend computes in f32 whatever is on disk).
     #[arg(long, default_value = "auto")]
     dtype: String,
-    /// Compute device: cpu (the only backend built so far) or auto.
+    /// Compute device: auto (CUDA when a GPU is usable, else CPU), cuda, or cpu.
     #[arg(long, default_value = "auto")]
     device: String,
     /// Accepted for compatibility.
@@ -84,11 +87,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             a.dtype
         );
     }
-    if !matches!(a.device.as_str(), "auto" | "cpu") {
-        anyhow::bail!(
-            "--device {}: only the CPU backend is built so far (use cpu or auto)",
-            a.device
-        );
+    if !matches!(a.device.as_str(), "auto" | "cpu" | "cuda") {
+        anyhow::bail!("--device {}: expected auto, cuda or cpu", a.device);
     }
     let opts = ServeOptions {
         model_path: a.model_path.clone(),
@@ -108,7 +108,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             v
         },
     };
-    let state = launch_cpu(&opts)?;
+    let (kind, ctx) = select(a.base_gpu_id as usize, a.device == "cpu");
+    let state = match (kind, ctx) {
+        (BackendKind::Cuda { .. }, Some(ctx)) => launch(&opts, CudaBackend::new(ctx)?)?,
+        (BackendKind::Cpu { reason }, _) if a.device == "cuda" => {
+            anyhow::bail!("--device cuda: {reason}")
+        }
+        _ => launch_cpu(&opts)?,
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -1,6 +1,7 @@
 //! `strata gpu ...`: the CUDA backend's device-side proof. `info` prints what the backend
 //! selection sees, `check` compares every CUDA op with the CPU reference on fresh random inputs,
-//! `bench` measures the page path, GEMM, copy bandwidth, decode and prefill on the GPU.
+//! `bench` measures the page path, GEMM, copy bandwidth, decode and prefill on the GPU, `golden`
+//! runs `CudaBackend`'s forward pass against the golden logits and the CPU backend.
 //!
 //! All three exit non-zero on failure; `check` and `bench` print a short table last and can write
 //! JSON (`--json PATH`) for docs/perf.md, GPU section.
@@ -12,6 +13,7 @@ mod bench;
 mod bench_model;
 mod check;
 mod check_ops;
+mod golden;
 
 #[derive(ClapArgs)]
 pub struct Args {
@@ -27,6 +29,8 @@ enum GpuCommand {
     Check(check::Args),
     /// Page transfer, copy bandwidth, GEMM rate, decode and prefill benchmarks.
     Bench(bench::Args),
+    /// `CudaBackend`'s forward pass against the golden logits and the CPU backend.
+    Golden(golden::Args),
 }
 
 #[derive(ClapArgs, Clone)]
@@ -42,6 +46,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         GpuCommand::Info(c) => info(&c),
         GpuCommand::Check(a) => check::run(a),
         GpuCommand::Bench(a) => bench::run(a),
+        GpuCommand::Golden(a) => golden::run(a),
     }
 }
 

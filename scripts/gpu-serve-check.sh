@@ -1,0 +1,59 @@
+#!/usr/bin/env bash
+# End-to-end check of the CUDA backend, in one device call: for each made tiny model (llama, qwen2,
+# qwen3) `strata gpu golden` (CUDA logits vs the Hugging Face fixture and the CPU backend), then two
+# `strata serve` instances on the same model, one on CUDA and one with --device cpu, fed the same
+# greedy requests (scripts/gpu_serve_compare.py), which must give identical text.
+# Usage (on the GPU machine): scripts/gpu-serve-check.sh [OUTDIR]
+# Environment: STRATA (binary, default target/release/strata), FIXTURES (default
+# tests/fixtures/golden), ARCHS (default "llama qwen2 qwen3").
+# Exit status: non-zero when any golden case or any compared request fails.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+STRATA=${STRATA:-target/release/strata}
+FIXTURES=${FIXTURES:-tests/fixtures/golden}
+OUTDIR=${1:-${OUT:-/tmp/strata-gpu}}
+mkdir -p "$OUTDIR"
+libdirs=$(ls -d /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib 2>/dev/null)
+pyroot=$(python3 -c 'import nvidia, os; print(" ".join(nvidia.__path__))' 2>/dev/null || true)
+for r in $pyroot; do libdirs="$libdirs $(ls -d "$r"/*/lib "$r"/cu13/lib 2>/dev/null)"; done
+for d in $libdirs; do LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"; done
+export LD_LIBRARY_PATH
+export XDG_CACHE_HOME=${XDG_CACHE_HOME:-/tmp/strata-gpu-cache}
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | tee "$OUTDIR/serve-nvidia-smi.txt"
+
+fail=0
+pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null; done; }
+trap cleanup EXIT
+wait_up() {
+  for _ in $(seq 1 120); do
+    python3 -c "import urllib.request,sys; urllib.request.urlopen('$1/health', timeout=2)" 2>/dev/null && return 0
+    sleep 0.5
+  done
+  return 1
+}
+port=31000
+for arch in ${ARCHS:-llama qwen2 qwen3}; do
+  model=/tmp/strata-model-$arch
+  "$STRATA" make-model --out "$model" --size tiny --arch "$arch" >/dev/null || { fail=1; continue; }
+  "$STRATA" gpu golden --model-path "$model" --fixture "$FIXTURES/$arch.json" 2>&1 | tee "$OUTDIR/golden-$arch.log"
+  [ "${PIPESTATUS[0]}" = 0 ] || fail=1
+  common=(--model-path "$model" --page-size 16 --max-total-tokens 16384 --host 127.0.0.1)
+  "$STRATA" serve "${common[@]}" --port $port >"$OUTDIR/serve-cuda-$arch.log" 2>&1 &
+  pids+=($!)
+  "$STRATA" serve "${common[@]}" --port $((port + 1)) --device cpu >"$OUTDIR/serve-cpu-$arch.log" 2>&1 &
+  pids+=($!)
+  cu=http://127.0.0.1:$port cp=http://127.0.0.1:$((port + 1))
+  if wait_up $cu && wait_up $cp; then
+    grep -h "compute backend" "$OUTDIR/serve-cuda-$arch.log" "$OUTDIR/serve-cpu-$arch.log"
+    python3 -c "import urllib.request; print(urllib.request.urlopen('$cu/get_server_info').read().decode())" >"$OUTDIR/server-info-$arch.json"
+    python3 scripts/gpu_serve_compare.py $cu $cp "$OUTDIR/serve-compare-$arch.json" 2>&1 | tee "$OUTDIR/serve-compare-$arch.log"
+    [ "${PIPESTATUS[0]}" = 0 ] || fail=1
+  else
+    echo "FAIL: $arch servers did not come up"; tail -5 "$OUTDIR/serve-cuda-$arch.log" "$OUTDIR/serve-cpu-$arch.log"; fail=1
+  fi
+  cleanup; pids=(); sleep 1
+  port=$((port + 2))
+done
+echo "== gpu-serve-check: $([ $fail = 0 ] && echo PASS || echo FAIL) =="
+exit $fail
