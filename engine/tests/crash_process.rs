@@ -15,7 +15,7 @@ use strata_engine::{IoEngineKind, Store, StoreConfig};
 fn cfg(path: &str, kind: IoEngineKind, write_back: u64) -> StoreConfig {
     StoreConfig::new(path)
         .with_write_back(write_back)
-        .with_capacity(64 * 1024 + 256 * (1 << 20))
+        .with_capacity(64 * 1024 + 1024 * (1 << 20))
         .with_segment_size(4 << 20)
         .with_memory(0)
         .with_io_engine(kind)
@@ -29,7 +29,9 @@ fn child(path: &str, start: u64, kind: IoEngineKind) -> ! {
     let wb = std::env::var("STRATA_CRASH_WB").unwrap().parse().unwrap();
     let s = Store::open(cfg(path, kind, wb)).expect("child opens the store");
     let mut id = start;
-    loop {
+    // At most 4,000 pages a round (~100 MiB), so four rounds stay well inside the capacity and
+    // nothing is evicted; after that the child idles until it is killed.
+    while id < start + 4000 {
         let batch: Vec<(Vec<u8>, Vec<u8>)> = (id..id + 4)
             .map(|i| (key(i), value(i, len_of(i))))
             .collect();
@@ -45,6 +47,9 @@ fn child(path: &str, start: u64, kind: IoEngineKind) -> ! {
             s.sync().expect("sync");
             println!("synced {id}");
         }
+    }
+    loop {
+        std::thread::park();
     }
 }
 
