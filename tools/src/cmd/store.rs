@@ -26,6 +26,11 @@ pub struct Args {
     /// Engine segment size.
     #[arg(long, default_value = "64MiB", value_parser = parse_size)]
     segment_size: u64,
+    /// Write-back buffer: a put is acknowledged once buffered in DRAM and written in the background
+    /// (durable after the next sync; a node stopped with SIGTERM syncs). 0 (default): a put is
+    /// acknowledged after its O_DIRECT write.
+    #[arg(long, default_value = "0", value_parser = parse_size)]
+    write_back: u64,
     /// auto, uring or psync.
     #[arg(long, default_value = "auto")]
     io_engine: IoEngineKind,
@@ -62,7 +67,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .with_capacity(a.capacity)
         .with_memory(a.memory)
         .with_segment_size(a.segment_size)
-        .with_io_engine(a.io_engine);
+        .with_io_engine(a.io_engine)
+        .with_write_back(a.write_back);
     let mut nc = NodeConfig::new(a.master, sc);
     nc.listen = format!("{}:{}", a.host, a.port);
     nc.advertise_host = a.advertise_host;
