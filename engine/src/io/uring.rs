@@ -105,7 +105,14 @@ fn local_ring(shared: &Arc<Shared>) -> io::Result<Rc<LocalRing>> {
 }
 
 fn new_ring(shared: &Shared) -> io::Result<RingState> {
-    let ring = IoUring::new(shared.depth.next_power_of_two().max(8))?;
+    let entries = shared.depth.next_power_of_two().max(8);
+    // Only this thread submits to and reaps from the ring, so completions can wait for it to enter
+    // the kernel (no task-work interrupts); older kernels get a plain ring.
+    let ring = IoUring::builder()
+        .setup_single_issuer()
+        .setup_defer_taskrun()
+        .build(entries)
+        .or_else(|_| IoUring::new(entries))?;
     ring.submitter()
         .register_files(&[shared.dev.file.as_raw_fd()])?;
     // A sparse table lets callers register their own memory later; older kernels get the arena alone.
