@@ -144,6 +144,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     if a.path.is_none() {
         let _ = std::fs::remove_file(&path);
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::remove_dir(dir);
+        }
     }
     if a.json {
         println!("{}", serde_json::to_string(&rep)?);
