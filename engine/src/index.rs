@@ -12,34 +12,6 @@ use parking_lot::RwLock;
 const SHARDS: usize = 64;
 
 /// Where a live page is.
-#[derive(Debug)]
-pub struct Entry {
-    pub segment: u32,
-    pub epoch: u64,
-    pub offset: u32,
-    pub value_len: u32,
-    pub crc: u32,
-    pub seq: u64,
-    pub depth: u8,
-    /// Read since it was written or relocated (reclaim relocates such pages).
-    pub hot: AtomicBool,
-}
-
-impl Entry {
-    pub fn copy(&self) -> Location {
-        Location {
-            segment: self.segment,
-            epoch: self.epoch,
-            offset: self.offset,
-            value_len: self.value_len,
-            crc: self.crc,
-            seq: self.seq,
-            depth: self.depth,
-        }
-    }
-}
-
-/// A copy of an entry's fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Location {
     pub segment: u32,
@@ -51,16 +23,18 @@ pub struct Location {
     pub depth: u8,
 }
 
-impl Location {
-    pub fn entry(&self) -> Entry {
-        Entry {
-            segment: self.segment,
-            epoch: self.epoch,
-            offset: self.offset,
-            value_len: self.value_len,
-            crc: self.crc,
-            seq: self.seq,
-            depth: self.depth,
+/// An index entry: the location plus whether the page was read since it was written or relocated
+/// (reclaim relocates such pages).
+#[derive(Debug)]
+pub struct Entry {
+    pub loc: Location,
+    pub hot: AtomicBool,
+}
+
+impl From<Location> for Entry {
+    fn from(loc: Location) -> Self {
+        Self {
+            loc,
             hot: AtomicBool::new(false),
         }
     }
@@ -96,7 +70,7 @@ impl Index {
         if mark_hot {
             e.hot.store(true, Ordering::Relaxed);
         }
-        Some(e.copy())
+        Some(e.loc)
     }
 
     pub fn contains(&self, key: &[u8]) -> bool {
@@ -125,7 +99,7 @@ impl Index {
         let mut s = self.shards[shard_of(key)].write();
         s.pending.remove(key);
         if let Some(loc) = loc {
-            s.map.insert(key.into(), loc.entry());
+            s.map.insert(key.into(), Entry::from(loc));
         }
     }
 
@@ -134,7 +108,7 @@ impl Index {
         self.shards[shard_of(key)]
             .write()
             .map
-            .insert(key.into(), loc.entry());
+            .insert(key.into(), Entry::from(loc));
     }
 
     /// Removes the key; with `only` set, only if it still points at that record (by seq).
@@ -142,8 +116,8 @@ impl Index {
         let mut s = self.shards[shard_of(key)].write();
         match (s.map.get(key), only) {
             (None, _) => None,
-            (Some(e), Some(seq)) if e.seq != seq => None,
-            _ => s.map.remove(key).map(|e| e.copy()),
+            (Some(e), Some(seq)) if e.loc.seq != seq => None,
+            _ => s.map.remove(key).map(|e| e.loc),
         }
     }
 
@@ -169,7 +143,7 @@ impl Index {
                 s.read()
                     .map
                     .values()
-                    .map(|e| e.value_len as u64)
+                    .map(|e| e.loc.value_len as u64)
                     .sum::<u64>()
             })
             .sum()
