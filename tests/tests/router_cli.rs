@@ -120,6 +120,8 @@ fn start_router(args: &[&str]) -> Router {
             &prom.to_string(),
         ])
         .args(["--log-level", "warn"])
+        // More serving threads than CI's cores, so that connections are spread over several.
+        .env("STRATA_ROUTER_THREADS", "3")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -208,4 +210,43 @@ fn pd_mode_parses_repeated_prefill_flags() {
     assert_eq!(db.lock().unwrap().len(), 2);
     let (status, _) = http(r.port, "GET", "/readiness", "").unwrap();
     assert_eq!(status, 200);
+}
+
+#[test]
+fn several_serving_threads_share_the_port_and_a_second_router_is_refused() {
+    let (url, bodies) = mock_worker();
+    let r = start_router(&["--worker-urls", &url, "--policy", "round_robin"]);
+    // Many connections at once: the kernel spreads them over the per-core listeners, and every
+    // one is answered.
+    let port = r.port;
+    let clients: Vec<_> = (0..16)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let body = format!(r#"{{"text":"c{i}"}}"#);
+                http(port, "POST", "/generate", &body).unwrap()
+            })
+        })
+        .collect();
+    for c in clients {
+        assert_eq!(c.join().unwrap().0, 200);
+    }
+    assert_eq!(bodies.lock().unwrap().len(), 16);
+    // A second router asking for the same port gets a bind error, not a share of the port.
+    let bin = strata_tests::build_strata().unwrap();
+    let out = Command::new(bin)
+        .args(["router", "--worker-urls", &url, "--host", "127.0.0.1"])
+        .args(["--port", &port.to_string(), "--prometheus-port", "0"])
+        .args(["--worker-startup-timeout-secs", "5"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.to_lowercase().contains("in use"), "{err}");
+    // The first one keeps serving.
+    assert_eq!(
+        http(port, "POST", "/generate", r#"{"text":"x"}"#)
+            .unwrap()
+            .0,
+        200
+    );
 }

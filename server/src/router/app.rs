@@ -120,29 +120,108 @@ pub async fn shutdown_signal() {
     tokio::select! { _ = ctrl_c => {}, _ = term => {} }
 }
 
-/// Serves `router` on `listener` until a shutdown signal, then lets in-flight requests finish for
-/// at most `grace`.
+/// Serves `router` on `listeners`, one single-threaded runtime (and thread) per listener, until
+/// a shutdown signal; then lets in-flight requests finish for at most `grace`.
+///
+/// Why a runtime per thread: with one connection, a multi-threaded runtime hands the request,
+/// the worker reply and the answer between its threads (a wake-up on another core per hop),
+/// which was most of the router's added latency on a small machine. Here a client connection,
+/// its worker connections and every wake-up stay on one thread; the kernel spreads client
+/// connections over the threads' `SO_REUSEPORT` listeners. Shared state (pools, load counts,
+/// trees, metrics) is thread-safe as before.
 pub async fn serve(
     router: Arc<Router>,
-    listener: tokio::net::TcpListener,
+    listeners: Vec<std::net::TcpListener>,
     grace: Duration,
 ) -> Result<()> {
-    use axum::serve::ListenerExt;
-    let (tx, mut rx) = tokio::sync::watch::channel(false);
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let server = axum::serve(listener, app(router)).with_graceful_shutdown(async move {
-        shutdown_signal().await;
-        tracing::info!("shutting down; draining in-flight requests");
-        let _ = tx.send(true);
-    });
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<std::io::Result<()>>();
+    let threads = listeners.len();
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let router = router.clone();
+        let stop = stop_rx.clone();
+        let done = done_tx.clone();
+        std::thread::Builder::new()
+            .name(format!("router-{i}"))
+            .spawn(move || {
+                let r = serve_one(i, router, listener, stop);
+                let _ = done.send(r);
+            })?;
+    }
+    drop(done_tx);
+    let mut finished = 0;
     tokio::select! {
-        r = std::future::IntoFuture::into_future(server) => r?,
-        _ = async {
-            let _ = rx.wait_for(|v| *v).await;
-            tokio::time::sleep(grace).await;
-        } => tracing::warn!("grace period over; dropping remaining requests"),
+        _ = shutdown_signal() => {}
+        r = done_rx.recv() => {
+            // A serving thread ended without being asked to: report why.
+            r.unwrap_or(Ok(()))?;
+            finished += 1;
+        }
+    }
+    tracing::info!("shutting down; draining in-flight requests");
+    let _ = stop_tx.send(true);
+    let drained = async {
+        while finished < threads {
+            if done_rx.recv().await.is_none() {
+                break;
+            }
+            finished += 1;
+        }
+    };
+    if tokio::time::timeout(grace, drained).await.is_err() {
+        tracing::warn!("grace period over; dropping remaining requests");
     }
     Ok(())
+}
+
+/// One serving thread: its own runtime, connection pool slot and listener.
+fn serve_one(
+    i: usize,
+    router: Arc<Router>,
+    listener: std::net::TcpListener,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    use axum::serve::ListenerExt;
+    crate::router::client::set_pool_slot(i + 1);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::from_std(listener)?.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        axum::serve(listener, app(router))
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|v| *v).await;
+            })
+            .await
+    })
+}
+
+/// `threads` listening sockets on `host:port`, all with `SO_REUSEPORT` so that the kernel spreads
+/// connections over them. Fails like a plain bind when anything else holds the address (a
+/// plain bind is tried first, so a second router with the same port is refused, not joined);
+/// port 0 picks one free port for all of them.
+pub async fn bind(host: &str, port: u16, threads: usize) -> Result<Vec<std::net::TcpListener>> {
+    let addr = tokio::net::lookup_host((host, port))
+        .await?
+        .next()
+        .ok_or_else(|| RouterError::Config(format!("--host {host}: no address")))?;
+    let addr = {
+        let probe = std::net::TcpListener::bind(addr)?;
+        probe.local_addr()?
+    };
+    let mut out = Vec::with_capacity(threads);
+    for _ in 0..threads.max(1) {
+        let sock = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        sock.set_reuseaddr(true)?;
+        sock.set_reuseport(true)?;
+        sock.bind(addr)?;
+        out.push(sock.listen(1024)?.into_std()?);
+    }
+    Ok(out)
 }

@@ -208,13 +208,24 @@ pub async fn run(cfg: RouterConfig) -> Result<()> {
             tracing::warn!(error = %e, port = cfg.prometheus_port, "metrics listener not started")
         }
     }
-    let listener = tokio::net::TcpListener::bind((cfg.host.as_str(), cfg.port)).await?;
+    let threads = serving_threads();
+    let listeners = app::bind(&cfg.host, cfg.port, threads).await?;
     tracing::info!(
-        addr = %listener.local_addr()?,
+        addr = %listeners[0].local_addr()?,
         mode = if cfg.pd_disaggregation { "pd" } else { "regular" },
         workers = urls.len(),
+        threads,
         "router listening"
     );
     let grace = Duration::from_secs(cfg.shutdown_grace_period_secs);
-    app::serve(router.clone(), listener, grace).await
+    app::serve(router.clone(), listeners, grace).await
+}
+
+/// Serving threads: `STRATA_ROUTER_THREADS`, else one per available core.
+fn serving_threads() -> usize {
+    std::env::var("STRATA_ROUTER_THREADS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n: &usize| n > 0)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()))
 }

@@ -190,7 +190,10 @@ impl Args {
 pub fn run(args: Args) -> anyhow::Result<()> {
     super::logging::init(&args.log_level);
     let cfg = args.into_config()?;
+    // Requests are served on per-core runtimes of their own (see `router::app::serve`); this one
+    // runs start-up, health checks, tree upkeep and the metrics listener.
     let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
         .enable_all()
         .build()
         .context("tokio runtime")?;

@@ -1,7 +1,13 @@
-//! Worker connections and the idle pool: one stack of keep-alive connections per `host:port`.
+//! Worker connections and the idle pool: one stack of keep-alive connections per `host:port`
+//! and serving thread.
 //!
-//! Invariant: a pooled connection has no unread bytes and its last reply was read to the end.
+//! Invariants: a pooled connection has no unread bytes and its last reply was read to the end; a
+//! connection is only handed out on the runtime that opened it (the router serves on one
+//! single-threaded runtime per core, see `app::serve`, and a socket's readiness events come from
+//! the reactor of the runtime it was registered with, so a connection used on another runtime
+//! would take a cross-thread wake-up per reply).
 
+use std::cell::Cell;
 use std::collections::HashMap;
 use std::io;
 use std::sync::Arc;
@@ -38,14 +44,46 @@ impl Conn {
     }
 }
 
-#[derive(Debug, Default)]
+thread_local! {
+    /// Which pool this thread uses: 0 for threads of a shared (multi-threaded) runtime, or the
+    /// serving thread's own number, set by [`set_pool_slot`].
+    static SLOT: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Makes the calling thread (the only thread of a single-threaded runtime) use pool `slot`.
+pub fn set_pool_slot(slot: usize) {
+    SLOT.with(|s| s.set(slot));
+}
+
+fn slot() -> usize {
+    SLOT.with(Cell::get)
+}
+
+/// Pools kept apart; serving threads beyond this share (slot modulo the count).
+const SLOTS: usize = 64;
+
+type Stacks = HashMap<Arc<str>, Vec<Conn>>;
+
+#[derive(Debug)]
 pub(super) struct Idle {
-    hosts: Mutex<HashMap<Arc<str>, Vec<Conn>>>,
+    slots: Box<[Mutex<Stacks>]>,
+}
+
+impl Default for Idle {
+    fn default() -> Self {
+        Self {
+            slots: (0..SLOTS).map(|_| Mutex::default()).collect(),
+        }
+    }
 }
 
 impl Idle {
+    fn mine(&self) -> &Mutex<Stacks> {
+        &self.slots[slot() % SLOTS]
+    }
+
     pub(super) fn take(&self, host: &str) -> Option<Conn> {
-        let mut hosts = self.hosts.lock();
+        let mut hosts = self.mine().lock();
         let stack = hosts.get_mut(host)?;
         while let Some(c) = stack.pop() {
             if c.is_reusable() {
@@ -56,7 +94,7 @@ impl Idle {
     }
 
     pub(super) fn put(&self, conn: Conn) {
-        let mut hosts = self.hosts.lock();
+        let mut hosts = self.mine().lock();
         let stack = hosts.entry(conn.host.clone()).or_default();
         if stack.len() < MAX_IDLE_PER_HOST {
             stack.push(conn);

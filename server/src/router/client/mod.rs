@@ -29,6 +29,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
 use body::{Framing, Reader};
+pub use conn::set_pool_slot;
 use conn::{Conn, Idle};
 use head::{parse_head, Head};
 
