@@ -45,6 +45,7 @@ pub struct StoreConfig {
     pub direct: bool,
     pub registered_memory: u64,
     pub write_back: u64,
+    pub write_combine: u32,
 }
 
 impl StoreConfig {
@@ -62,6 +63,7 @@ impl StoreConfig {
             direct: true,
             registered_memory: 64 << 20,
             write_back: 0,
+            write_combine: 512 << 10,
         }
     }
     /// Device bytes the store may use (superblock included). Default 1 GiB. A block device's own size
@@ -74,6 +76,13 @@ impl StoreConfig {
     /// 4 KiB and hold at least one largest value.
     pub fn with_segment_size(mut self, bytes: u64) -> Self {
         self.segment_size = bytes;
+        self
+    }
+    /// Most bytes of one combined write: records that follow each other in the log go to the
+    /// device as one write of up to this many bytes (a larger single record is written alone).
+    /// Default 512 KiB; 0 writes every record on its own.
+    pub fn with_write_combine(mut self, bytes: u32) -> Self {
+        self.write_combine = bytes;
         self
     }
     /// Bytes of the DRAM tier in front of the log. Default 64 MiB; 0 disables it.

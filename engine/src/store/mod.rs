@@ -100,6 +100,8 @@ pub struct StoreInner {
     pub(crate) wb: Option<writeback::WriteBack>,
     /// Records one caller keeps in flight (the configured queue depth).
     pub(crate) window: usize,
+    /// Most bytes of one combined write (`StoreConfig::with_write_combine`).
+    pub(crate) combine: u64,
 }
 
 impl std::ops::Deref for Store {

@@ -163,6 +163,7 @@ impl StoreInner {
             max_value_len,
             wb: (cfg.write_back > 0).then(|| super::writeback::WriteBack::new(cfg.write_back)),
             window: cfg.queue_depth.max(1) as usize,
+            combine: cfg.write_combine as u64,
         })
     }
 }

@@ -12,7 +12,7 @@ use crate::format::record::{Kind, RecordHeader, DEPTH_UNKNOWN};
 use crate::format::summary::SummaryEntry;
 use crate::format::{segment_offset, value_crc, BLOCK};
 use crate::index::Location;
-use crate::io::engine::{IoReq, Op};
+use crate::io::engine::{Completion, IoReq, Op};
 use crate::io::iobuf::IoBuf;
 use crate::log::segments::{Reserve, Slot};
 use crate::{Error, Result};
@@ -29,6 +29,10 @@ impl Pending<'_> {
     fn crc(&self) -> u32 {
         self.value.map_or(0, |v| value_crc(self.key, v))
     }
+}
+
+fn disk_len(p: &Pending<'_>) -> u64 {
+    RecordHeader::disk_len(p.value.map_or(0, |v| v.len() as u32))
 }
 
 fn depth_byte(opts: PutOptions) -> u8 {
@@ -174,24 +178,51 @@ impl StoreInner {
         results: &mut [Result<bool>],
         to_seal: &mut Vec<u32>,
     ) {
-        // Each record is submitted as soon as it is encoded, so the device works on the first
-        // records while the CPU copies and checksums the rest; at most `window` are in flight, so
-        // their (registered) buffers come back to the arena as the window slides.
+        // Records whose slots follow each other in one segment go out as one write of up to
+        // `self.combine` bytes (a batch's slots are usually contiguous: the log is appended in order).
+        // Each write is submitted as soon as it is encoded, so the device works on the first
+        // records while the CPU copies and checksums the rest; at most `window` writes are in
+        // flight, so their (registered) buffers come back to the arena as the window slides.
         let mut pending = std::collections::VecDeque::with_capacity(self.window);
-        for (p, slot) in batch {
-            let crc = p.crc();
-            let req = self.encode(&p, &slot, crc);
+        let mut iter = batch.into_iter().peekable();
+        while let Some(first) = iter.next() {
+            let seg_size = self.segments.segment_size;
+            let mut end = first.1.offset as u64 + disk_len(&first.0);
+            let mut group = vec![first];
+            while let Some((p, slot)) = iter.peek() {
+                let len = disk_len(p);
+                let next_to = slot.segment == group[0].1.segment && slot.offset as u64 == end;
+                let start = group[0].1.offset as u64;
+                if !next_to || end + len - start > self.combine {
+                    break;
+                }
+                end += len;
+                group.push(iter.next().expect("peeked"));
+            }
+            let start = group[0].1.offset as u64;
+            let mut buf: IoBuf = self.engine.alloc((end - start) as usize);
+            let mut crcs = Vec::with_capacity(group.len());
+            for (p, slot) in &group {
+                let crc = p.crc();
+                let at = (slot.offset as u64 - start) as usize;
+                let len = disk_len(p) as usize;
+                self.encode(p, slot, crc, &mut buf[at..at + len]);
+                crcs.push(crc);
+            }
+            let req = IoReq {
+                op: Op::Write,
+                offset: segment_offset(group[0].1.segment, seg_size) + start,
+                buf,
+            };
             let done = self.engine.submit(vec![req]).pop().expect("one completion");
-            pending.push_back((p, slot, crc, done));
+            pending.push_back((group, crcs, done));
             if pending.len() >= self.window {
-                let (p, slot, crc, done) = pending.pop_front().expect("non-empty");
-                let (_, r) = done.wait();
-                self.publish(p, slot, crc, r, results, to_seal);
+                let (group, crcs, done) = pending.pop_front().expect("non-empty");
+                self.publish_group(group, crcs, done, results, to_seal);
             }
         }
-        for (p, slot, crc, done) in pending {
-            let (_, r) = done.wait();
-            self.publish(p, slot, crc, r, results, to_seal);
+        for (group, crcs, done) in pending {
+            self.publish_group(group, crcs, done, results, to_seal);
         }
         for seg in to_seal.drain(..) {
             if let Err(e) = self.segments.seal(seg) {
@@ -200,9 +231,28 @@ impl StoreInner {
         }
     }
 
-    fn encode(&self, p: &Pending<'_>, slot: &Slot, crc: u32) -> IoReq {
+    fn publish_group(
+        &self,
+        group: Vec<(Pending<'_>, Slot)>,
+        crcs: Vec<u32>,
+        done: Completion,
+        results: &mut [Result<bool>],
+        to_seal: &mut Vec<u32>,
+    ) {
+        let (_, r) = done.wait();
+        for ((p, slot), crc) in group.into_iter().zip(crcs) {
+            // One write: every record of it shares the outcome.
+            let r = match &r {
+                Ok(_) => Ok(()),
+                Err(e) => Err(std::io::Error::new(e.kind(), e.to_string())),
+            };
+            self.publish(p, slot, crc, r, results, to_seal);
+        }
+    }
+
+    /// Encodes one record (header block, value, zero padding) into `buf`, its `disk_len` bytes.
+    fn encode(&self, p: &Pending<'_>, slot: &Slot, crc: u32, buf: &mut [u8]) {
         let vlen = p.value.map_or(0, |v| v.len());
-        let mut buf: IoBuf = self.engine.alloc(BLOCK + vlen);
         if let Some(v) = p.value {
             buf[BLOCK..BLOCK + vlen].copy_from_slice(v);
         }
@@ -224,12 +274,6 @@ impl StoreInner {
             segment: slot.segment,
         };
         header.encode_into(&mut buf[..BLOCK]);
-        let offset = segment_offset(slot.segment, self.segments.segment_size) + slot.offset as u64;
-        IoReq {
-            op: Op::Write,
-            offset,
-            buf,
-        }
     }
 
     fn publish(

@@ -53,6 +53,9 @@ pub struct Args {
     /// I/O engine: auto, uring or psync.
     #[arg(long, default_value = "auto")]
     io_engine: IoEngineKind,
+    /// Most bytes per combined write of consecutive records (0: one write per record).
+    #[arg(long, default_value = "512KiB", value_parser = parse_size)]
+    write_combine: u64,
     /// DRAM tier bytes (0 measures the device path).
     #[arg(long, default_value = "0", value_parser = parse_size)]
     memory: u64,
@@ -104,6 +107,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .with_memory(a.memory)
         .with_io_engine(a.io_engine)
         .with_queue_depth(a.queue_depth)
+        .with_write_combine(a.write_combine.min(u32::MAX as u64) as u32)
         .with_io_threads(a.threads.clamp(1, 4))
         .with_registered_memory(
             (((a.value_size as usize + 8192) * a.queue_depth as usize * 2).next_power_of_two()
