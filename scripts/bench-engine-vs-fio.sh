@@ -25,20 +25,26 @@ fio_bw() { # job-file rw-key
     | python3 -c "import json,sys;j=json.load(sys.stdin);print(j['jobs'][0]['$2']['bw_bytes']/1e9)"
 }
 
+engine() {
+  "$STRATA" bench engine --path "$STORE" --capacity "$CAP" --segment-size "$SEG" --value-size "$VB" \
+    --total "$TOTAL" --threads 2 --batch 64 --queue-depth $((QD / 2)) --read-passes 1 --json
+}
+
 echo "$(date -u +%FT%TZ) $(nproc) CPUs, $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg); QD=$QD, $ROUNDS rounds, medians"
 printf '%-6s %10s %10s %7s %10s %10s %7s %9s %9s %9s\n' size fio_write put ratio fio_rread get ratio p50_us p99_us recov_ms
 for BS in $SIZES; do
   VB=$(bytes "$BS"); CAP=$(( $(bytes "$TOTAL") * 2 + (256 << 20) ))
   SEG=$(( VB * 8 > 64 << 20 ? VB * 8 : 64 << 20 ))
   RESULTS=()
-  for _ in $(seq "$ROUNDS"); do
+  for round in $(seq "$ROUNDS"); do
     rm -f "$FILE" "$STORE"
-    W=$(fio_bw seq-write write)
-    R=$(fio_bw rand-read read)
-    rm -f "$FILE"
-    J=$("$STRATA" bench engine --path "$STORE" --capacity "$CAP" --segment-size "$SEG" --value-size "$VB" \
-          --total "$TOTAL" --threads 2 --batch 64 --queue-depth $((QD / 2)) --read-passes 1 --json)
-    rm -f "$STORE"
+    # The virtual disk's throughput drifts within a round (bursts, host caching), so fio and the
+    # engine take turns going first.
+    if [ $((round % 2)) -eq 1 ]; then
+      W=$(fio_bw seq-write write); R=$(fio_bw rand-read read); rm -f "$FILE"; J=$(engine); rm -f "$STORE"
+    else
+      J=$(engine); rm -f "$STORE"; W=$(fio_bw seq-write write); R=$(fio_bw rand-read read); rm -f "$FILE"
+    fi
     RESULTS+=("$W $R $J")
   done
   python3 - "$BS" "${RESULTS[@]}" <<'PY'

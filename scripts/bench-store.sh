@@ -10,6 +10,8 @@
 #   scripts/bench-store.sh            # everything
 #   SKIP_MOONCAKE=1 scripts/bench-store.sh
 #   STRATA_DEVICE_DIR=/dev/shm scripts/bench-store.sh   # store the pages on tmpfs instead of disk
+#   STRATA_WRITE_BACK=1GiB scripts/bench-store.sh        # Strata acknowledges puts from DRAM
+#                                                       # (durable at the next sync), like Mooncake
 #
 # Everything binds 127.0.0.1; every process started here is stopped by PID on exit.
 set -euo pipefail
@@ -20,6 +22,7 @@ PEERS=${PEERS:-$ROOT/../shared/peers}
 VENV=${MOONCAKE_VENV:-/tmp/mooncake-env}
 OUT=${OUT:-/tmp/strata-bench-store}
 DEVDIR=${STRATA_DEVICE_DIR:-$OUT}
+WB=${STRATA_WRITE_BACK:-0}
 rm -rf "$OUT" && mkdir -p "$OUT"
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
@@ -32,7 +35,7 @@ if [ -z "${STRATA_BIN:-}" ]; then
   STRATA_BIN=${CARGO_TARGET_DIR:-$ROOT/target}/release/strata
 fi
 echo "machine: $(nproc) vCPU, $(uname -sr), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
-echo "load before: $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "load before: $(cut -d' ' -f1-3 /proc/loadavg); strata write-back: $WB"
 
 # ---------------------------------------------------------------- Mooncake
 if [ -z "${SKIP_MOONCAKE:-}" ]; then
@@ -66,7 +69,7 @@ fi
 PIDS+=($!); STM=$!
 wait_port 50051
 "$STRATA_BIN" store --master 127.0.0.1:50051 --device "$DEVDIR/strata-store.dev" --capacity 2GiB \
-    --memory 1GiB > "$OUT/st-store.log" 2>&1 &
+    --memory 1GiB --write-back "$WB" > "$OUT/st-store.log" 2>&1 &
 PIDS+=($!); STS=$!
 sleep 1.5
 echo "== Strata: store process + separate client (TCP)"
@@ -77,7 +80,7 @@ kill $STS 2>/dev/null || true
 sleep 0.5
 echo "== Strata: colocated (single)"
 "$STRATA_BIN" bench store --role single --master 127.0.0.1:50051 --device "$DEVDIR/strata-single.dev" \
-    --verify | tee "$OUT/st-single.txt"
+    --write-back "$WB" --verify | tee "$OUT/st-single.txt"
 kill $STM 2>/dev/null || true
 rm -f "$DEVDIR/strata-store.dev" "$DEVDIR/strata-single.dev"
 

@@ -1,6 +1,8 @@
 //! Paged attention launcher: plans tiles and splits on the host, then launches
-//! `paged_attention` (any batch) or `paged_attention_decode` (every sequence has one new token,
-//! GQA group <= 8), and `attention_combine` when the sequence is split.
+//! `paged_attention` (any batch) or, when every sequence has one new token, a decode kernel:
+//! `paged_attention_decode2_g{G}_d{HD}` (GQA group 1/2/4/8, head_dim 64/128: compile-time
+//! shapes, bandwidth-shaped loads) or `paged_attention_decode` (other shapes, group <= 8); and
+//! `attention_combine` when the sequence is split.
 //!
 //! An `AttnPlan` is built once per batch shape from the host-side block tables (validated here:
 //! every page id inside the pool, enough pages for every sequence), uploads them with the tile
@@ -21,6 +23,47 @@ const KEY_TILE: usize = 32;
 const DECODE_MAX_GROUP: usize = 8;
 /// Keys one decode block covers at least (4 warps x 32 keys).
 const DECODE_MIN_SPLIT: usize = 128;
+/// The same for the compile-time-shaped decode kernel (its warps step 8 or 16 keys at a time).
+const DECODE2_MIN_SPLIT: usize = 64;
+
+/// Which kernel a plan launches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AttnKernel {
+    /// `paged_attention`: any query count.
+    General,
+    /// `paged_attention_decode`: one query per sequence, any head_dim the planner accepts.
+    Decode,
+    /// `paged_attention_decode2_*`: one query per sequence, group 1/2/4/8, head_dim 64/128.
+    Decode2,
+}
+
+/// Index of the decode2 instantiation for (group, head_dim), if there is one.
+pub(crate) fn decode2_index(group: usize, head_dim: usize) -> Option<usize> {
+    let g = match group {
+        1 => 0,
+        2 => 1,
+        4 => 2,
+        8 => 3,
+        _ => return None,
+    };
+    match head_dim {
+        64 => Some(g),
+        128 => Some(4 + g),
+        _ => None,
+    }
+}
+
+/// Kernel names of the decode2 instantiations, in `decode2_index` order.
+pub(crate) const DECODE2_NAMES: [&str; 8] = [
+    "paged_attention_decode2_g1_d64",
+    "paged_attention_decode2_g2_d64",
+    "paged_attention_decode2_g4_d64",
+    "paged_attention_decode2_g8_d64",
+    "paged_attention_decode2_g1_d128",
+    "paged_attention_decode2_g2_d128",
+    "paged_attention_decode2_g4_d128",
+    "paged_attention_decode2_g8_d128",
+];
 
 /// One sequence of the batch.
 #[derive(Clone, Debug)]
@@ -60,17 +103,28 @@ pub struct AttnPlan {
     split_len: usize,
     part_acc: Option<DTensor>,
     part_ml: Option<DTensor>,
-    decode: bool,
+    kernel: AttnKernel,
 }
 
 impl AttnPlan {
-    /// True when the decode kernel will run.
+    /// True when a decode kernel will run.
     pub fn uses_decode_kernel(&self) -> bool {
-        self.decode
+        self.kernel != AttnKernel::General
     }
-    /// Forces the general kernel (for checks); the decode kernel cannot be forced on.
+    /// The kernel this plan launches.
+    pub fn kernel(&self) -> AttnKernel {
+        self.kernel
+    }
+    /// Forces the general kernel (for checks); a decode kernel cannot be forced on.
     pub fn force_general_kernel(&mut self) {
-        self.decode = false;
+        self.kernel = AttnKernel::General;
+    }
+    /// Uses the first decode kernel instead of decode2 (for checks and side-by-side timing); no
+    /// effect on a plan that does not run decode2.
+    pub fn force_decode_v1(&mut self) {
+        if self.kernel == AttnKernel::Decode2 {
+            self.kernel = AttnKernel::Decode;
+        }
     }
     /// Number of query rows (tokens) the plan covers.
     pub fn rows(&self) -> usize {
@@ -152,10 +206,15 @@ impl CudaOps {
         }
         let n_tiles = tiles.len() / 4;
         let decode = seqs.iter().all(|q| q.q_len == 1) && group <= DECODE_MAX_GROUP;
-        let min_split = if decode {
-            DECODE_MIN_SPLIT
-        } else {
-            2 * KEY_TILE
+        let kernel = match (decode, decode2_index(group, s.head_dim)) {
+            (true, Some(_)) => AttnKernel::Decode2,
+            (true, None) => AttnKernel::Decode,
+            (false, _) => AttnKernel::General,
+        };
+        let min_split = match kernel {
+            AttnKernel::Decode2 => DECODE2_MIN_SPLIT,
+            AttnKernel::Decode => DECODE_MIN_SPLIT,
+            AttnKernel::General => 2 * KEY_TILE,
         };
         let blocks = n_tiles * s.n_kv_heads;
         // Aim for ~4 resident blocks per SM; never split below two key tiles per split.
@@ -193,7 +252,7 @@ impl CudaOps {
             split_len,
             part_acc,
             part_ml,
-            decode,
+            kernel,
         })
     }
 
@@ -258,13 +317,17 @@ impl CudaOps {
             Arg::I32(plan.total_rows as i32),
         ];
         let grid = (plan.n_tiles as u32, s.n_kv_heads as u32, plan.splits as u32);
-        if plan.decode {
-            let dims = Dims {
-                grid,
-                block: 128,
-                smem: 0,
-            };
-            self.go(&self.attention_decode, dims, &args)?;
+        let decode_dims = Dims {
+            grid,
+            block: 128,
+            smem: 0,
+        };
+        if plan.kernel == AttnKernel::Decode2 {
+            let group = s.n_heads / s.n_kv_heads;
+            let idx = decode2_index(group, hd).expect("planned only for supported shapes");
+            self.go(&self.attention_decode2[idx], decode_dims, &args)?;
+        } else if plan.kernel == AttnKernel::Decode {
+            self.go(&self.attention_decode, decode_dims, &args)?;
         } else {
             let dims = Dims {
                 grid,

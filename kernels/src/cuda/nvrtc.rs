@@ -65,7 +65,9 @@ impl Program {
             Program::Attention => concat!(
                 include_str!("../../cuda/attention.cu"),
                 "\n",
-                include_str!("../../cuda/attention_decode.cu")
+                include_str!("../../cuda/attention_decode.cu"),
+                "\n",
+                include_str!("../../cuda/attention_decode2.cu")
             ),
             Program::Sampling => include_str!("../../cuda/sampling.cu"),
             Program::Gemv => include_str!("../../cuda/gemv.cu"),

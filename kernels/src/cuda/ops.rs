@@ -27,6 +27,8 @@ pub struct CudaOps {
     pub(crate) attention: CudaFunction,
     pub(crate) combine: CudaFunction,
     pub(crate) attention_decode: CudaFunction,
+    /// `paged_attention_decode2_*`, in `attention::decode2_index` order.
+    pub(crate) attention_decode2: Vec<CudaFunction>,
     pub(crate) sample: CudaFunction,
 }
 
@@ -55,6 +57,10 @@ impl CudaOps {
             attention: ctx.function(Program::Attention, "paged_attention")?,
             combine: ctx.function(Program::Attention, "attention_combine")?,
             attention_decode: ctx.function(Program::Attention, "paged_attention_decode")?,
+            attention_decode2: super::attention::DECODE2_NAMES
+                .iter()
+                .map(|n| ctx.function(Program::Attention, n))
+                .collect::<Result<_>>()?,
             sample: ctx.function(Program::Sampling, "sample_tokens")?,
             ctx,
         })

@@ -48,6 +48,9 @@ pub struct Args {
     copy_mb: usize,
     #[arg(long)]
     verify: bool,
+    /// `single` role: the local segment's write-back buffer (as `strata store --write-back`).
+    #[arg(long, default_value = "0", value_parser = crate::cmd::size::parse_size)]
+    write_back: u64,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
@@ -72,6 +75,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 StoreConfig::new(dev)
                     .with_capacity(bytes)
                     .with_memory(bytes)
+                    .with_write_back(a.write_back)
                     .with_segment_size(64 << 20),
             );
             a.segment_mb

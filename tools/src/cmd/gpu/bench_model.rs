@@ -126,7 +126,8 @@ pub fn run(
                     None
                 }
             };
-            let attn_layer_us = attention_alone(ops, &model, b, args.decode_ctx)?;
+            let attn_layer_us = attention_alone(ops, &model, b, args.decode_ctx, false)?;
+            let attn_v1_us = attention_alone(ops, &model, b, args.decode_ctx, true)?;
             let kv_bytes =
                 (b * args.decode_ctx * shape.layers * 2 * shape.n_kv_heads * shape.head_dim * 2)
                     as f64;
@@ -134,12 +135,12 @@ pub fn run(
             let best = graphed.map_or(wall, |g| g.min(wall));
             let ratio = floor_ms.map(|f| best / f);
             summary.push(format!(
-                "decode b{b} ctx{}: {:.2} ms/step eager, {} graph (GPU forward {:.2} ms, attention {:.0} us/layer), {:.0} tok/s; floor weights {:.2} ms (best x{:.2}), weights+KV {:.2} ms",
-                args.decode_ctx, wall, graphed.map_or("-".to_string(), |g| format!("{g:.2} ms")), fwd, attn_layer_us,
+                "decode b{b} ctx{}: {:.2} ms/step eager, {} graph (GPU forward {:.2} ms, attention {:.0} us/layer, first decode kernel {:.0} us), {:.0} tok/s; floor weights {:.2} ms (best x{:.2}), weights+KV {:.2} ms",
+                args.decode_ctx, wall, graphed.map_or("-".to_string(), |g| format!("{g:.2} ms")), fwd, attn_layer_us, attn_v1_us,
                 b as f64 / best * 1e3, floor_ms.unwrap_or(f64::NAN), ratio.unwrap_or(f64::NAN), kv_floor.unwrap_or(f64::NAN)
             ));
             rows.push(json!({"batch": b, "step_ms": wall, "graph_step_ms": graphed, "forward_gpu_ms": fwd,
-                "attention_us_per_layer": attn_layer_us, "tokens_per_s": b as f64 / best * 1e3,
+                "attention_us_per_layer": attn_layer_us, "attention_v1_us_per_layer": attn_v1_us, "tokens_per_s": b as f64 / best * 1e3,
                 "floor_weights_ms": floor_ms, "floor_weights_kv_ms": kv_floor, "ratio_to_floor": ratio}));
             if b == 1 {
                 gemv_breakdown(ops, gemm, &shape, copy_bw, summary, &mut out)?;
@@ -178,12 +179,14 @@ pub fn run(
     Ok(out)
 }
 
-/// One layer's decode attention alone (fresh random pools of the same size), microseconds.
+/// One layer's decode attention alone (fresh random pools of the same size), microseconds; `v1`
+/// times the first decode kernel instead of the planner's choice.
 fn attention_alone(
     ops: &CudaOps,
     model: &LlamaModel,
     b: usize,
     ctx_len: usize,
+    v1: bool,
 ) -> anyhow::Result<f64> {
     let c = ops.context();
     let s = model.shape;
@@ -196,7 +199,10 @@ fn attention_alone(
             pages: ((i * n) as i32..((i + 1) * n) as i32).collect(),
         })
         .collect();
-    let plan = ops.attention_plan(shape, &seqs, None)?;
+    let mut plan = ops.attention_plan(shape, &seqs, None)?;
+    if v1 {
+        plan.force_decode_v1();
+    }
     let kvw = s.n_kv_heads * s.head_dim;
     let slots = shape.pool_pages * PAGE;
     let bf = strata_kernels::cuda::DType::Bf16;

@@ -1,7 +1,9 @@
 //! The per-op comparisons of `strata gpu check` (see check.rs for the rules).
 
 use rand::Rng;
-use strata_kernels::cuda::{AttnSeq, AttnShape, CudaOps, DTensor, Gemm, GemmPath, SamplingParams};
+use strata_kernels::cuda::{
+    AttnKernel, AttnSeq, AttnShape, CudaOps, DTensor, Gemm, GemmPath, SamplingParams,
+};
 use strata_kernels::reference as r;
 
 use super::check::{shuffle, Checker};
@@ -246,6 +248,25 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
             None,
         ),
         ("decode g8", 16, 2, 64, 16, vec![(1, 500), (1, 129)], None),
+        (
+            "decode v1",
+            32,
+            8,
+            128,
+            16,
+            vec![(1, 1000), (1, 33), (1, 1)],
+            None,
+        ),
+        ("decode g1", 8, 8, 128, 16, vec![(1, 700), (1, 5)], None),
+        (
+            "decode g2 d64",
+            8,
+            4,
+            64,
+            16,
+            vec![(1, 300), (1, 64)],
+            Some(3),
+        ),
         ("prefill long", 32, 8, 128, 64, vec![(300, 1500)], None),
     ];
     for (name, nh, nkv, hd, page, lens, splits) in cases {
@@ -284,6 +305,9 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
         if name == "decode general" {
             plan.force_general_kernel();
         }
+        if name == "decode v1" {
+            plan.force_decode_v1();
+        }
         let gq = c.upload_bf16(&[rows, nh * hd], &q)?;
         let gk = c.upload_bf16(&[slots, kvw], &k)?;
         let gv = c.upload_bf16(&[slots, kvw], &v)?;
@@ -300,10 +324,10 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
             .collect();
         let want = r::paged_attention(&q, &k, &v, &rseqs, nh, nkv, hd, page, scale);
         let err = r::rel_err(&c.download_f32(&out)?, &want);
-        let kernel = if plan.uses_decode_kernel() {
-            "dec"
-        } else {
-            "gen"
+        let kernel = match plan.kernel() {
+            AttnKernel::Decode2 => "dec2",
+            AttnKernel::Decode => "dec",
+            AttnKernel::General => "gen",
         };
         let desc = format!(
             "{name} h{nh}/{nkv} d{hd} p{page} {lens:?} s{} {kernel}",
