@@ -13,7 +13,6 @@
 // streams of a warp merge by shuffle and the 4 warps through shared memory.
 
 #define DEC2_WARPS 4
-#define DEC2_UNR 4
 
 __device__ __forceinline__ void dec2_unpack8(uint4 v, float* f) {
     f[0] = __uint_as_float(v.x << 16); f[1] = __uint_as_float(v.x & 0xffff0000u);
@@ -37,7 +36,121 @@ __device__ __forceinline__ void dec2_merge(float* m, float* l, float (*a)[8], co
     }
 }
 
-template <int G, int HD>
+// Issues the K and V loads of UNR steps starting at key t0 (zeros past kend).
+template <int HD, int UNR>
+__device__ __forceinline__ void dec2_load(const bf16_t* k_pool, const bf16_t* v_pool, const int* bt,
+                                          int page_size, int n_kv_heads, u64 head_off, int t0,
+                                          int sub, int kend, uint4* kr, uint4* vr, bool* ok) {
+    constexpr int KPS = 32 / (HD / 8);
+#pragma unroll
+    for (int u = 0; u < UNR; ++u) {
+        const int key = t0 + u * KPS + sub;
+        ok[u] = key < kend;
+        kr[u] = make_uint4(0, 0, 0, 0);
+        vr[u] = make_uint4(0, 0, 0, 0);
+        if (ok[u]) {
+            const u64 slot = (u64)bt[key / page_size] * page_size + key % page_size;
+            const u64 off = slot * n_kv_heads * HD + head_off;
+            kr[u] = *(const uint4*)(k_pool + off);
+            vr[u] = *(const uint4*)(v_pool + off);
+        }
+    }
+}
+
+// Scores UNR loaded steps against the queries and folds them into the online softmax.
+template <int G, int HD, int UNR>
+__device__ __forceinline__ void dec2_step(const float (*qf)[8], const uint4* kr, const uint4* vr,
+                                          const bool* ok, float* m, float* l, float (*acc)[8]) {
+    constexpr int LPK = HD / 8;
+#pragma unroll
+    for (int u = 0; u < UNR; ++u) {
+        float kf[8], vf[8], s[G];
+        dec2_unpack8(kr[u], kf);
+        dec2_unpack8(vr[u], vf);
+#pragma unroll
+        for (int r = 0; r < G; ++r) {
+            float d = 0.f;
+#pragma unroll
+            for (int i = 0; i < 8; ++i) d += qf[r][i] * kf[i];
+            s[r] = d;
+        }
+#pragma unroll
+        for (int o = LPK / 2; o > 0; o >>= 1) {
+#pragma unroll
+            for (int r = 0; r < G; ++r) s[r] += __shfl_xor_sync(FULL_MASK, s[r], o);
+        }
+        if (ok[u]) {
+#pragma unroll
+            for (int r = 0; r < G; ++r) {
+                const float mx = fmaxf(m[r], s[r]);
+                const float corr = expf(m[r] - mx), p = expf(s[r] - mx);
+                l[r] = l[r] * corr + p;
+#pragma unroll
+                for (int i = 0; i < 8; ++i) acc[r][i] = acc[r][i] * corr + p * vf[i];
+                m[r] = mx;
+            }
+        }
+    }
+}
+
+// The same fold with one softmax rescale per iteration: the scores of all UNR steps first, their
+// maximum over the warp's keys (so every key stream of the warp shares the running max), then
+// one correction factor per head and one exp per key (the per-key fold above needs two exps and
+// a full accumulator rescale per key).
+template <int G, int HD, int UNR>
+__device__ __forceinline__ void dec2_chunk(const float (*qf)[8], const uint4* kr, const uint4* vr,
+                                           const bool* ok, float* m, float* l, float (*acc)[8]) {
+    constexpr int LPK = HD / 8;
+    float s[UNR][G];
+#pragma unroll
+    for (int u = 0; u < UNR; ++u) {
+        float kf[8];
+        dec2_unpack8(kr[u], kf);
+#pragma unroll
+        for (int r = 0; r < G; ++r) {
+            float d = 0.f;
+#pragma unroll
+            for (int i = 0; i < 8; ++i) d += qf[r][i] * kf[i];
+            s[u][r] = d;
+        }
+#pragma unroll
+        for (int o = LPK / 2; o > 0; o >>= 1) {
+#pragma unroll
+            for (int r = 0; r < G; ++r) s[u][r] += __shfl_xor_sync(FULL_MASK, s[u][r], o);
+        }
+    }
+#pragma unroll
+    for (int r = 0; r < G; ++r) {
+        float cm = NEG_BIG;
+#pragma unroll
+        for (int u = 0; u < UNR; ++u) cm = ok[u] ? fmaxf(cm, s[u][r]) : cm;
+#pragma unroll
+        for (int o = LPK; o < 32; o <<= 1) cm = fmaxf(cm, __shfl_xor_sync(FULL_MASK, cm, o));
+        const float mx = fmaxf(m[r], cm);
+        const float corr = expf(m[r] - mx);
+        m[r] = mx;
+        l[r] *= corr;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) acc[r][i] *= corr;
+    }
+#pragma unroll
+    for (int u = 0; u < UNR; ++u) {
+        float vf[8];
+        dec2_unpack8(vr[u], vf);
+#pragma unroll
+        for (int r = 0; r < G; ++r) {
+            const float p = ok[u] ? expf(s[u][r] - m[r]) : 0.f;
+            l[r] += p;
+#pragma unroll
+            for (int i = 0; i < 8; ++i) acc[r][i] += p * vf[i];
+        }
+    }
+}
+
+// UNR: steps of KPS keys per warp iteration. PIPE: load the next iteration's K/V before
+// computing the current one (software pipelining; twice the load registers). CHUNK: fold with
+// dec2_chunk instead of dec2_step.
+template <int G, int HD, int UNR, bool PIPE, bool CHUNK>
 __device__ __forceinline__ void dec2_body(
     const bf16_t* q, int q_stride, const bf16_t* k_pool, const bf16_t* v_pool,
     const int* block_tables, int max_pages, int page_size, const int* tile_info, int n_heads,
@@ -45,7 +158,7 @@ __device__ __forceinline__ void dec2_body(
     float* part_ml, int total_rows) {
     constexpr int LPK = HD / 8;
     constexpr int KPS = 32 / LPK;
-    constexpr int STEP = KPS * DEC2_UNR;
+    constexpr int STEP = KPS * UNR;
     __shared__ float red_m[DEC2_WARPS][G], red_l[DEC2_WARPS][G];
     __shared__ __align__(16) float red_acc[DEC2_WARPS][G][HD];
 
@@ -77,50 +190,42 @@ __device__ __forceinline__ void dec2_body(
     const int* bt = block_tables + (u64)seq * max_pages;
     const u64 head_off = (u64)g * HD + li * 8;
 
-    for (int t0 = kbeg + warp * STEP; t0 < kend; t0 += DEC2_WARPS * STEP) {
-        uint4 kr[DEC2_UNR], vr[DEC2_UNR];
-        bool ok[DEC2_UNR];
+    const int stride = DEC2_WARPS * STEP;
+    if (PIPE) {
+        uint4 kc[UNR], vc[UNR];
+        bool okc[UNR];
+        int t0 = kbeg + warp * STEP;
+        if (t0 < kend)
+            dec2_load<HD, UNR>(k_pool, v_pool, bt, page_size, n_kv_heads, head_off, t0, sub, kend,
+                               kc, vc, okc);
+        for (; t0 < kend; t0 += stride) {
+            uint4 kn[UNR], vn[UNR];
+            bool okn[UNR];
+            const int t1 = t0 + stride;
+            if (t1 < kend)
+                dec2_load<HD, UNR>(k_pool, v_pool, bt, page_size, n_kv_heads, head_off, t1, sub,
+                                   kend, kn, vn, okn);
+            if (CHUNK)
+                dec2_chunk<G, HD, UNR>(qf, kc, vc, okc, m, l, acc);
+            else
+                dec2_step<G, HD, UNR>(qf, kc, vc, okc, m, l, acc);
 #pragma unroll
-        for (int u = 0; u < DEC2_UNR; ++u) {
-            const int key = t0 + u * KPS + sub;
-            ok[u] = key < kend;
-            kr[u] = make_uint4(0, 0, 0, 0);
-            vr[u] = make_uint4(0, 0, 0, 0);
-            if (ok[u]) {
-                const u64 slot = (u64)bt[key / page_size] * page_size + key % page_size;
-                const u64 off = slot * n_kv_heads * HD + head_off;
-                kr[u] = *(const uint4*)(k_pool + off);
-                vr[u] = *(const uint4*)(v_pool + off);
+            for (int u = 0; u < UNR; ++u) {
+                kc[u] = kn[u];
+                vc[u] = vn[u];
+                okc[u] = okn[u];
             }
         }
-#pragma unroll
-        for (int u = 0; u < DEC2_UNR; ++u) {
-            float kf[8], vf[8], s[G];
-            dec2_unpack8(kr[u], kf);
-            dec2_unpack8(vr[u], vf);
-#pragma unroll
-            for (int r = 0; r < G; ++r) {
-                float d = 0.f;
-#pragma unroll
-                for (int i = 0; i < 8; ++i) d += qf[r][i] * kf[i];
-                s[r] = d;
-            }
-#pragma unroll
-            for (int o = LPK / 2; o > 0; o >>= 1) {
-#pragma unroll
-                for (int r = 0; r < G; ++r) s[r] += __shfl_xor_sync(FULL_MASK, s[r], o);
-            }
-            if (ok[u]) {
-#pragma unroll
-                for (int r = 0; r < G; ++r) {
-                    const float mx = fmaxf(m[r], s[r]);
-                    const float corr = expf(m[r] - mx), p = expf(s[r] - mx);
-                    l[r] = l[r] * corr + p;
-#pragma unroll
-                    for (int i = 0; i < 8; ++i) acc[r][i] = acc[r][i] * corr + p * vf[i];
-                    m[r] = mx;
-                }
-            }
+    } else {
+        for (int t0 = kbeg + warp * STEP; t0 < kend; t0 += stride) {
+            uint4 kr[UNR], vr[UNR];
+            bool ok[UNR];
+            dec2_load<HD, UNR>(k_pool, v_pool, bt, page_size, n_kv_heads, head_off, t0, sub, kend,
+                               kr, vr, ok);
+            if (CHUNK)
+                dec2_chunk<G, HD, UNR>(qf, kr, vr, ok, m, l, acc);
+            else
+                dec2_step<G, HD, UNR>(qf, kr, vr, ok, m, l, acc);
         }
     }
 
@@ -175,16 +280,21 @@ __device__ __forceinline__ void dec2_body(
     }
 }
 
-#define DEC2_KERNEL(G, HD)                                                                       \
-    extern "C" __global__ void __launch_bounds__(128) paged_attention_decode2_g##G##_d##HD(     \
+#define DEC2_VARIANT(NAME, G, HD, UNR, PIPE, CHUNK)                                                     \
+    extern "C" __global__ void __launch_bounds__(128) NAME(                                      \
         const bf16_t* q, int q_stride, const bf16_t* k_pool, const bf16_t* v_pool,              \
         const int* block_tables, int max_pages, int page_size, const int* tile_info,            \
         int n_heads, int n_kv_heads, int head_dim, float scale, int split_len, bf16_t* out,     \
         int out_stride, float* part_acc, float* part_ml, int total_rows) {                      \
-        dec2_body<G, HD>(q, q_stride, k_pool, v_pool, block_tables, max_pages, page_size,        \
+        dec2_body<G, HD, UNR, PIPE, CHUNK>(q, q_stride, k_pool, v_pool, block_tables, max_pages, page_size,        \
                          tile_info, n_heads, n_kv_heads, scale, split_len, out, out_stride,      \
                          part_acc, part_ml, total_rows);                                         \
     }
+
+// The planner's kernels (the defaults chosen by the side-by-side timing in docs/perf.md).
+#define DEC2_UNR 4
+#define DEC2_KERNEL(G, HD) \
+    DEC2_VARIANT(paged_attention_decode2_g##G##_d##HD, G, HD, DEC2_UNR, false, true)
 
 DEC2_KERNEL(1, 64)
 DEC2_KERNEL(2, 64)
@@ -194,3 +304,9 @@ DEC2_KERNEL(1, 128)
 DEC2_KERNEL(2, 128)
 DEC2_KERNEL(4, 128)
 DEC2_KERNEL(8, 128)
+
+// Alternatives timed against the default by `strata gpu bench` (Llama-3-8B shape only).
+DEC2_VARIANT(paged_attention_decode2_var_perkey_u4, 4, 128, 4, false, false)
+DEC2_VARIANT(paged_attention_decode2_var_u2, 4, 128, 2, false, true)
+DEC2_VARIANT(paged_attention_decode2_var_u8, 4, 128, 8, false, true)
+DEC2_VARIANT(paged_attention_decode2_var_p4, 4, 128, 4, true, true)

@@ -53,6 +53,15 @@ pub(crate) fn decode2_index(group: usize, head_dim: usize) -> Option<usize> {
     }
 }
 
+/// Alternative decode2 kernels for group 4 / head_dim 128 (unroll and pipelining variants),
+/// timed beside the default by `strata gpu bench`.
+pub const DECODE2_VARIANTS: [&str; 4] = [
+    "paged_attention_decode2_var_perkey_u4",
+    "paged_attention_decode2_var_u2",
+    "paged_attention_decode2_var_u8",
+    "paged_attention_decode2_var_p4",
+];
+
 /// Kernel names of the decode2 instantiations, in `decode2_index` order.
 pub(crate) const DECODE2_NAMES: [&str; 8] = [
     "paged_attention_decode2_g1_d64",
@@ -104,6 +113,7 @@ pub struct AttnPlan {
     part_acc: Option<DTensor>,
     part_ml: Option<DTensor>,
     kernel: AttnKernel,
+    variant: Option<usize>,
 }
 
 impl AttnPlan {
@@ -118,6 +128,19 @@ impl AttnPlan {
     /// Forces the general kernel (for checks); a decode kernel cannot be forced on.
     pub fn force_general_kernel(&mut self) {
         self.kernel = AttnKernel::General;
+    }
+    /// Runs alternative `DECODE2_VARIANTS[i]` instead of the default decode2 kernel (group 4,
+    /// head_dim 128 plans only; false otherwise).
+    pub fn set_decode2_variant(&mut self, i: usize) -> bool {
+        let s = self.shape;
+        let fits = self.kernel == AttnKernel::Decode2
+            && s.n_heads == 4 * s.n_kv_heads
+            && s.head_dim == 128
+            && i < DECODE2_VARIANTS.len();
+        if fits {
+            self.variant = Some(i);
+        }
+        fits
     }
     /// Uses the first decode kernel instead of decode2 (for checks and side-by-side timing); no
     /// effect on a plan that does not run decode2.
@@ -218,12 +241,17 @@ impl CudaOps {
         };
         let blocks = n_tiles * s.n_kv_heads;
         // Aim for ~4 resident blocks per SM; never split below two key tiles per split.
+        let resident = 4 * self.ctx.sm_count().max(1);
         let want = splits.unwrap_or_else(|| {
-            let target = 4 * self.ctx.sm_count().max(1);
-            if blocks >= target {
+            if kernel == AttnKernel::Decode2 {
+                // 4 blocks fit on an SM (128 registers/thread): as many splits as keep the grid
+                // within one wave, since a partial second wave costs as much as a full one
+                // (H100, Llama-3-8B shape: b32 83 us with 2 splits vs 100 us with 3).
+                (resident / blocks).max(1)
+            } else if blocks >= resident {
                 1
             } else {
-                target.div_ceil(blocks)
+                resident.div_ceil(blocks)
             }
         });
         let want = match splits {
@@ -253,6 +281,7 @@ impl CudaOps {
             part_acc,
             part_ml,
             kernel,
+            variant: None,
         })
     }
 
@@ -325,7 +354,11 @@ impl CudaOps {
         if plan.kernel == AttnKernel::Decode2 {
             let group = s.n_heads / s.n_kv_heads;
             let idx = decode2_index(group, hd).expect("planned only for supported shapes");
-            self.go(&self.attention_decode2[idx], decode_dims, &args)?;
+            let f = match plan.variant {
+                Some(v) => &self.attention_decode2_variants[v],
+                None => &self.attention_decode2[idx],
+            };
+            self.go(f, decode_dims, &args)?;
         } else if plan.kernel == AttnKernel::Decode {
             self.go(&self.attention_decode, decode_dims, &args)?;
         } else {

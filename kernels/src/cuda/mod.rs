@@ -28,7 +28,7 @@ pub mod select;
 pub mod tensor;
 pub mod transfer;
 
-pub use attention::{AttnKernel, AttnPlan, AttnSeq, AttnShape};
+pub use attention::{AttnKernel, AttnPlan, AttnSeq, AttnShape, DECODE2_VARIANTS};
 pub use backend::{CudaBackend, CudaBuf};
 pub use device::GpuContext;
 pub use error::{CudaError, Result};

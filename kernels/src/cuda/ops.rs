@@ -29,6 +29,8 @@ pub struct CudaOps {
     pub(crate) attention_decode: CudaFunction,
     /// `paged_attention_decode2_*`, in `attention::decode2_index` order.
     pub(crate) attention_decode2: Vec<CudaFunction>,
+    /// `attention::DECODE2_VARIANTS`, for side-by-side timing.
+    pub(crate) attention_decode2_variants: Vec<CudaFunction>,
     pub(crate) sample: CudaFunction,
 }
 
@@ -58,6 +60,10 @@ impl CudaOps {
             combine: ctx.function(Program::Attention, "attention_combine")?,
             attention_decode: ctx.function(Program::Attention, "paged_attention_decode")?,
             attention_decode2: super::attention::DECODE2_NAMES
+                .iter()
+                .map(|n| ctx.function(Program::Attention, n))
+                .collect::<Result<_>>()?,
+            attention_decode2_variants: super::attention::DECODE2_VARIANTS
                 .iter()
                 .map(|n| ctx.function(Program::Attention, n))
                 .collect::<Result<_>>()?,

@@ -126,8 +126,25 @@ pub fn run(
                     None
                 }
             };
-            let attn_layer_us = attention_alone(ops, &model, b, args.decode_ctx, false)?;
-            let attn_v1_us = attention_alone(ops, &model, b, args.decode_ctx, true)?;
+            let attn_layer_us = attention_alone(ops, &model, b, args.decode_ctx, None, &|_| true)?;
+            for sp in [1, 2, 4, 8, 16, 32] {
+                let us = attention_alone(ops, &model, b, args.decode_ctx, Some(sp), &|_| true)?;
+                summary.push(format!("  b{b} attention with {sp} splits: {us:.1} us"));
+            }
+            let attn_v1_us = attention_alone(ops, &model, b, args.decode_ctx, None, &|p| {
+                p.force_decode_v1();
+                true
+            })?;
+            let mut variants = serde_json::Map::new();
+            for (i, name) in strata_kernels::cuda::DECODE2_VARIANTS.iter().enumerate() {
+                let us = attention_alone(ops, &model, b, args.decode_ctx, None, &|p| {
+                    p.set_decode2_variant(i)
+                })?;
+                if us.is_finite() {
+                    summary.push(format!("  b{b} attention {name}: {us:.1} us"));
+                    variants.insert(name.to_string(), json!(us));
+                }
+            }
             let kv_bytes =
                 (b * args.decode_ctx * shape.layers * 2 * shape.n_kv_heads * shape.head_dim * 2)
                     as f64;
@@ -140,7 +157,7 @@ pub fn run(
                 b as f64 / best * 1e3, floor_ms.unwrap_or(f64::NAN), ratio.unwrap_or(f64::NAN), kv_floor.unwrap_or(f64::NAN)
             ));
             rows.push(json!({"batch": b, "step_ms": wall, "graph_step_ms": graphed, "forward_gpu_ms": fwd,
-                "attention_us_per_layer": attn_layer_us, "attention_v1_us_per_layer": attn_v1_us, "tokens_per_s": b as f64 / best * 1e3,
+                "attention_us_per_layer": attn_layer_us, "attention_v1_us_per_layer": attn_v1_us, "attention_variants_us": variants, "tokens_per_s": b as f64 / best * 1e3,
                 "floor_weights_ms": floor_ms, "floor_weights_kv_ms": kv_floor, "ratio_to_floor": ratio}));
             if b == 1 {
                 gemv_breakdown(ops, gemm, &shape, copy_bw, summary, &mut out)?;
@@ -179,14 +196,15 @@ pub fn run(
     Ok(out)
 }
 
-/// One layer's decode attention alone (fresh random pools of the same size), microseconds; `v1`
-/// times the first decode kernel instead of the planner's choice.
+/// One layer's decode attention alone (fresh random pools of the same size), microseconds, with
+/// the plan adjusted by `tweak` (which returns false when the tweak does not apply: NaN then).
 fn attention_alone(
     ops: &CudaOps,
     model: &LlamaModel,
     b: usize,
     ctx_len: usize,
-    v1: bool,
+    splits: Option<usize>,
+    tweak: &dyn Fn(&mut strata_kernels::cuda::AttnPlan) -> bool,
 ) -> anyhow::Result<f64> {
     let c = ops.context();
     let s = model.shape;
@@ -199,9 +217,9 @@ fn attention_alone(
             pages: ((i * n) as i32..((i + 1) * n) as i32).collect(),
         })
         .collect();
-    let mut plan = ops.attention_plan(shape, &seqs, None)?;
-    if v1 {
-        plan.force_decode_v1();
+    let mut plan = ops.attention_plan(shape, &seqs, splits)?;
+    if !tweak(&mut plan) {
+        return Ok(f64::NAN);
     }
     let kvw = s.n_kv_heads * s.head_dim;
     let slots = shape.pool_pages * PAGE;

@@ -3,6 +3,7 @@
 use rand::Rng;
 use strata_kernels::cuda::{
     AttnKernel, AttnSeq, AttnShape, CudaOps, DTensor, Gemm, GemmPath, SamplingParams,
+    DECODE2_VARIANTS,
 };
 use strata_kernels::reference as r;
 
@@ -259,6 +260,42 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
         ),
         ("decode g1", 8, 8, 128, 16, vec![(1, 700), (1, 5)], None),
         (
+            "decode var0",
+            32,
+            8,
+            128,
+            16,
+            vec![(1, 1000), (1, 33), (1, 1)],
+            None,
+        ),
+        (
+            "decode var1",
+            32,
+            8,
+            128,
+            16,
+            vec![(1, 1000), (1, 33), (1, 1)],
+            None,
+        ),
+        (
+            "decode var2",
+            32,
+            8,
+            128,
+            16,
+            vec![(1, 1000), (1, 33), (1, 1)],
+            None,
+        ),
+        (
+            "decode var3",
+            32,
+            8,
+            128,
+            16,
+            vec![(1, 1000), (1, 33), (1, 1)],
+            None,
+        ),
+        (
             "decode g2 d64",
             8,
             4,
@@ -308,6 +345,12 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
         if name == "decode v1" {
             plan.force_decode_v1();
         }
+        let mut variant = "";
+        if let Some(i) = name.strip_prefix("decode var") {
+            let i: usize = i.parse()?;
+            anyhow::ensure!(plan.set_decode2_variant(i), "variant {i} does not fit");
+            variant = DECODE2_VARIANTS[i];
+        }
         let gq = c.upload_bf16(&[rows, nh * hd], &q)?;
         let gk = c.upload_bf16(&[slots, kvw], &k)?;
         let gv = c.upload_bf16(&[slots, kvw], &v)?;
@@ -325,6 +368,7 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
         let want = r::paged_attention(&q, &k, &v, &rseqs, nh, nkv, hd, page, scale);
         let err = r::rel_err(&c.download_f32(&out)?, &want);
         let kernel = match plan.kernel() {
+            AttnKernel::Decode2 if !variant.is_empty() => variant,
             AttnKernel::Decode2 => "dec2",
             AttnKernel::Decode => "dec",
             AttnKernel::General => "gen",
