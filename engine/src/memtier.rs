@@ -61,7 +61,20 @@ impl MemTier {
         Some(v)
     }
 
+    /// Caches a copy of `value` (the copy is made outside the shard lock).
     pub fn insert(&self, key: &[u8], value: &[u8]) {
+        if !self.enabled() || value.len() > self.shard_cap {
+            return;
+        }
+        if self.shards[shard_of(key)].lock().map.contains_key(key) {
+            return;
+        }
+        self.insert_shared(key, value.into());
+    }
+
+    /// Caches `value` itself, without copying its bytes (the write-back buffer hands its pages
+    /// over this way once they are on the device).
+    pub fn insert_shared(&self, key: &[u8], value: Arc<[u8]>) {
         if !self.enabled() || value.len() > self.shard_cap {
             return;
         }
@@ -81,7 +94,7 @@ impl MemTier {
         let tick = s.tick;
         s.bytes += value.len();
         s.order.insert(tick, key.into());
-        s.map.insert(key.into(), (value.into(), tick));
+        s.map.insert(key.into(), (value, tick));
     }
 
     pub fn remove(&self, key: &[u8]) {

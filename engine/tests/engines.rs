@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use strata_engine::{AlignedBuf, IoEngineKind, Store};
+use strata_engine::{AlignedBuf, IoEngineKind, PutOptions, Store};
 
 const KINDS: [IoEngineKind; 2] = [IoEngineKind::Uring, IoEngineKind::Psync];
 
@@ -186,6 +186,50 @@ fn write_back_buffers_reads_and_persists() {
                     "{kind:?}: page {id}"
                 );
             }
+        }
+    }
+}
+
+#[test]
+fn shared_value_puts_with_and_without_write_back() {
+    for write_back in [0u64, 256 * 1024] {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("store");
+        let cfg = || small_cfg(&path, IoEngineKind::Auto).with_write_back(write_back);
+        {
+            let s = Store::open(cfg()).unwrap();
+            assert_eq!(s.has_write_back(), write_back > 0);
+            let keys: Vec<Vec<u8>> = (0..40u64).map(key).collect();
+            let items: Vec<(&[u8], std::sync::Arc<[u8]>)> = keys
+                .iter()
+                .enumerate()
+                .map(|(i, k)| (k.as_slice(), value(i as u64, 5_000 + i * 97).into()))
+                .collect();
+            let rs = s.batch_put_shared(&items, PutOptions { depth: Some(0) });
+            assert!(rs.iter().all(|r| matches!(r, Ok(true))), "{rs:?}");
+            // A second put of an existing key keeps the stored bytes; bad input is refused.
+            let again = [(
+                keys[3].as_slice(),
+                std::sync::Arc::<[u8]>::from(&b"other"[..]),
+            )];
+            assert!(matches!(
+                s.batch_put_shared(&again, PutOptions::default())[0],
+                Ok(false)
+            ));
+            let empty = [(keys[0].as_slice(), std::sync::Arc::<[u8]>::from(&b""[..]))];
+            assert!(s.batch_put_shared(&empty, PutOptions::default())[0].is_err());
+            for (i, k) in keys.iter().enumerate() {
+                assert!(s.get(k).unwrap().unwrap() == value(i as u64, 5_000 + i * 97));
+            }
+            s.sync().unwrap();
+        }
+        let s = Store::open(cfg()).unwrap();
+        for i in 0..40u64 {
+            let got = s.get(&key(i)).unwrap().unwrap();
+            assert!(
+                got == value(i, 5_000 + i as usize * 97),
+                "wb {write_back}: page {i}"
+            );
         }
     }
 }

@@ -76,6 +76,7 @@ impl StoreInner {
                     item: i,
                     key,
                     value: Some(value),
+                    shared: None,
                     depth: *depth,
                 });
             }

@@ -6,6 +6,7 @@
 //! reclaimer never waits on writes that cannot start.
 
 use std::sync::atomic::Ordering;
+use std::sync::Arc;
 
 use super::{check_key, PutOptions, StoreInner};
 use crate::format::record::{Kind, RecordHeader, DEPTH_UNKNOWN};
@@ -22,6 +23,8 @@ pub(crate) struct Pending<'a> {
     pub item: usize,
     pub key: &'a [u8],
     pub value: Option<&'a [u8]>,
+    /// The value as a shared buffer (write-back pages): the DRAM tier keeps it without a copy.
+    pub shared: Option<&'a Arc<[u8]>>,
     pub depth: u8,
 }
 
@@ -84,6 +87,7 @@ impl StoreInner {
                         item: i,
                         key,
                         value: Some(value),
+                        shared: None,
                         depth,
                     });
                 }
@@ -91,6 +95,43 @@ impl StoreInner {
         }
         self.write_records(todo, &mut results);
         results
+    }
+
+    /// [`Store::batch_put_with`] of values held as shared buffers: with a write-back buffer the
+    /// buffer keeps them as they are (no copy); otherwise they are written like any other value.
+    pub fn batch_put_shared(
+        &self,
+        items: &[(&[u8], Arc<[u8]>)],
+        opts: PutOptions,
+    ) -> Vec<Result<bool>> {
+        let Some(wb) = &self.wb else {
+            let refs: Vec<(&[u8], &[u8])> = items.iter().map(|(k, v)| (*k, &v[..])).collect();
+            return self.batch_put_with(&refs, opts);
+        };
+        let _ops = self.ops.read();
+        items
+            .iter()
+            .enumerate()
+            .map(|(i, (key, value))| {
+                check_key(key)?;
+                if value.is_empty() || value.len() > self.max_value_len {
+                    return Err(Error::ValueLen(value.len()));
+                }
+                if !self.index.begin_put(key) {
+                    return Ok(false);
+                }
+                let depth = depth_byte(PutOptions {
+                    depth: opts.depth.map(|d| d + i as u32),
+                });
+                wb.push_shared(key, value.clone(), depth);
+                Ok(true)
+            })
+            .collect()
+    }
+
+    /// Whether puts are acknowledged from a DRAM write-back buffer.
+    pub fn has_write_back(&self) -> bool {
+        self.wb.is_some()
     }
 
     /// Removes `key`. `Ok(true)` when it was present. A tombstone record makes the removal durable.
@@ -109,6 +150,7 @@ impl StoreInner {
             item: 0,
             key,
             value: None,
+            shared: None,
             depth: DEPTH_UNKNOWN,
         }];
         self.write_records(todo, &mut results);
@@ -124,6 +166,7 @@ impl StoreInner {
             item: 0,
             key,
             value: None,
+            shared: None,
             depth: DEPTH_UNKNOWN,
         }];
         self.write_records(todo, &mut results);
@@ -314,7 +357,10 @@ impl StoreInner {
                     depth: p.depth,
                 };
                 self.index.end_put(p.key, Some(loc));
-                self.mem.insert(p.key, v);
+                match p.shared {
+                    Some(a) => self.mem.insert_shared(p.key, a.clone()),
+                    None => self.mem.insert(p.key, v),
+                }
                 self.counters.puts.fetch_add(1, Ordering::Relaxed);
                 self.counters
                     .put_bytes
@@ -349,6 +395,7 @@ impl StoreInner {
                     item,
                     key: &b.key,
                     value: Some(&b.value),
+                    shared: Some(&b.value),
                     depth: b.depth,
                 })
                 .collect();

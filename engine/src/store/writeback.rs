@@ -51,11 +51,17 @@ impl WriteBack {
 
     /// Buffers a claimed page, waiting while the buffer is full (back-pressure to device speed).
     pub fn push(&self, key: &[u8], value: &[u8], depth: u8) {
+        // The copy is made before taking the lock, so that other pushers and the flusher do not
+        // wait on it.
+        self.push_shared(key, value.into(), depth);
+    }
+
+    /// [`WriteBack::push`] of a value the caller already holds as a shared buffer (no copy).
+    pub fn push_shared(&self, key: &[u8], value: Arc<[u8]>, depth: u8) {
         let mut st = self.state.lock();
         while st.bytes > 0 && st.bytes + value.len() as u64 > self.limit {
             self.space.wait(&mut st);
         }
-        let value: Arc<[u8]> = value.into();
         st.bytes += value.len() as u64;
         st.map.insert(key.into(), value.clone());
         st.queue.push_back(Buffered {

@@ -161,15 +161,33 @@ impl Session {
             )?;
             return Ok(());
         }
-        let total: usize = items.iter().map(|it| it.len as usize).sum();
-        if self.put_buf.len() < total {
-            self.put_buf = AlignedBuf::new(total);
-        }
         let remote: Vec<(u64, usize)> = addrs
             .iter()
             .zip(&items)
             .map(|(&a, it)| (a, it.len as usize))
             .collect();
+        if self.store.has_write_back() {
+            // Each value is read straight into the buffer the write-back queue keeps.
+            let values = match read_shared(pid, &remote) {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::warn!(pid, "store: reading client memory failed: {e}");
+                    conn.send_error(h.request_id, code::LOCAL_DENIED, &e.to_string())?;
+                    return Ok(());
+                }
+            };
+            let batch: Vec<(&[u8], Arc<[u8]>, Option<u32>)> = items
+                .iter()
+                .zip(values)
+                .map(|(it, v)| (it.key, v, it.depth))
+                .collect();
+            let codes = put_batch_shared(&self.store, &batch);
+            return reply(conn, h, &codec::encode_codes(&codes));
+        }
+        let total: usize = items.iter().map(|it| it.len as usize).sum();
+        if self.put_buf.len() < total {
+            self.put_buf = AlignedBuf::new(total);
+        }
         if let Err(e) = shm::read_from(pid, &remote, &mut self.put_buf[..total]) {
             tracing::warn!(pid, "store: reading client memory failed: {e}");
             conn.send_error(h.request_id, code::LOCAL_DENIED, &e.to_string())?;
@@ -284,6 +302,54 @@ pub fn put_batch(store: &Store, items: &[(&[u8], &[u8], Option<u32>)]) -> Vec<i3
             depth: items[start].2,
         };
         for r in store.batch_put_with(&run, opts) {
+            codes.push(match r {
+                Ok(true) => code::OK,
+                Ok(false) => code::EXISTED,
+                Err(e) => ClusterError::from(e).code(),
+            });
+        }
+        start = end;
+    }
+    codes
+}
+
+/// Reads each remote range of process `pid` into a fresh shared buffer of its length.
+fn read_shared(pid: i32, remote: &[(u64, usize)]) -> std::io::Result<Vec<Arc<[u8]>>> {
+    let mut bufs: Vec<Arc<[std::mem::MaybeUninit<u8>]>> =
+        remote.iter().map(|r| Arc::new_uninit_slice(r.1)).collect();
+    let local: Vec<(*mut u8, usize)> = bufs
+        .iter_mut()
+        .map(|b| {
+            let b = Arc::get_mut(b).expect("just allocated, so unique");
+            (b.as_mut_ptr().cast::<u8>(), b.len())
+        })
+        .collect();
+    shm::read_into(pid, remote, &local)?;
+    // SAFETY: `read_into` returned Ok only after the kernel filled every byte of every buffer
+    // (a short copy is an error).
+    Ok(bufs
+        .into_iter()
+        .map(|b| unsafe { b.assume_init() })
+        .collect())
+}
+
+/// [`put_batch`] of values held as shared buffers (kept without a copy by a write-back buffer).
+pub fn put_batch_shared(store: &Store, items: &[(&[u8], Arc<[u8]>, Option<u32>)]) -> Vec<i32> {
+    let mut codes = Vec::with_capacity(items.len());
+    let mut start = 0;
+    while start < items.len() {
+        let mut end = start + 1;
+        while end < items.len() && continues(items[end - 1].2, items[end].2) {
+            end += 1;
+        }
+        let run: Vec<(&[u8], Arc<[u8]>)> = items[start..end]
+            .iter()
+            .map(|i| (i.0, i.1.clone()))
+            .collect();
+        let opts = PutOptions {
+            depth: items[start].2,
+        };
+        for r in store.batch_put_shared(&run, opts) {
             codes.push(match r {
                 Ok(true) => code::OK,
                 Ok(false) => code::EXISTED,

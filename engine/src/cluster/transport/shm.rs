@@ -86,6 +86,36 @@ pub fn read_from(pid: i32, remote: &[(u64, usize)], local: &mut [u8]) -> io::Res
     Ok(())
 }
 
+/// Copies the remote ranges of process `pid` into the matching local buffers (one per range,
+/// each exactly as long): pointer and length pairs the caller owns for the duration of the call.
+pub fn read_into(pid: i32, remote: &[(u64, usize)], local: &[(*mut u8, usize)]) -> io::Result<()> {
+    for (rc, lc) in remote.chunks(IOV_MAX).zip(local.chunks(IOV_MAX)) {
+        let want: usize = lc.iter().map(|l| l.1).sum();
+        let liov: Vec<libc::iovec> = lc
+            .iter()
+            .map(|&(p, l)| libc::iovec {
+                iov_base: p.cast(),
+                iov_len: l,
+            })
+            .collect();
+        let riov = remote_iovs(rc);
+        // SAFETY: every local iovec is a buffer the caller owns mutably for the call; remote
+        // addresses are only dereferenced by the kernel, which checks them (EFAULT).
+        let n = unsafe {
+            libc::process_vm_readv(
+                pid,
+                liov.as_ptr(),
+                liov.len() as _,
+                riov.as_ptr(),
+                riov.len() as _,
+                0,
+            )
+        };
+        check(n, want)?;
+    }
+    Ok(())
+}
+
 /// Copies each local slice to the matching remote range of process `pid`.
 pub fn write_to(pid: i32, local: &[&[u8]], remote: &[(u64, usize)]) -> io::Result<()> {
     for (lc, rc) in local.chunks(IOV_MAX).zip(remote.chunks(IOV_MAX)) {
