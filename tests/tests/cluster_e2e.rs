@@ -254,6 +254,17 @@ fn write_back_node_same_host_puts_read_back_exactly() {
         assert!(local.batch_put_from(ks, &refs).iter().all(|&c| c == 0));
     }
     assert_eq!(local.put_from(&keys[0], &[9u8; 64]), 0);
-    assert!(read_all(&local, &keys, &vals).iter().all(|&l| l >= 0));
-    assert!(read_all(&tcp, &keys, &vals).iter().all(|&l| l >= 0));
+    // The TCP path receives values straight into write-back pages too.
+    let (half, rest) = (n / 2, n - n / 2);
+    let tkeys: Vec<String> = (0..rest).map(|i| format!("wb-tcp-{seed:x}-{i}")).collect();
+    let tvals = vals[half..].to_vec();
+    for (ks, vs) in tkeys.chunks(16).zip(tvals.chunks(16)) {
+        let refs: Vec<&[u8]> = vs.iter().map(|v| &v[..]).collect();
+        assert!(tcp.batch_put_from(ks, &refs).iter().all(|&c| c == 0));
+    }
+    assert_eq!(tcp.put_from(&tkeys[0], &[9u8; 64]), 0);
+    for c in [&local, &tcp] {
+        assert!(read_all(c, &keys, &vals).iter().all(|&l| l >= 0));
+        assert!(read_all(c, &tkeys, &tvals).iter().all(|&l| l >= 0));
+    }
 }

@@ -118,6 +118,20 @@ impl Session {
 
     fn put(&mut self, conn: &mut Conn, h: &Header, meta: &[u8]) -> ClusterResult<()> {
         let items = checked(conn, h, codec::decode_put(meta, h.payload_len))?;
+        if self.store.has_write_back() {
+            // Each value is received straight into the buffer the write-back queue keeps.
+            let mut batch: Vec<(&[u8], Arc<[u8]>, Option<u32>)> = Vec::with_capacity(items.len());
+            for it in &items {
+                // SAFETY: zeroed bytes are initialised u8s.
+                let mut v: Arc<[u8]> =
+                    unsafe { Arc::<[u8]>::new_zeroed_slice(it.len as usize).assume_init() };
+                let dst = Arc::get_mut(&mut v).expect("just allocated, so unique");
+                conn.recv_exact(dst)?;
+                batch.push((it.key, v, it.depth));
+            }
+            let codes = put_batch_shared(&self.store, &batch);
+            return reply(conn, h, &codec::encode_codes(&codes));
+        }
         let total = h.payload_len as usize;
         if self.put_buf.len() < total {
             self.put_buf = AlignedBuf::new(total);
