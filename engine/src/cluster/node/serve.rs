@@ -120,11 +120,9 @@ impl Session {
         let items = checked(conn, h, codec::decode_put(meta, h.payload_len))?;
         if self.store.has_write_back() {
             // Each value is received straight into the buffer the write-back queue keeps.
-            let mut batch: Vec<(&[u8], Arc<[u8]>, Option<u32>)> = Vec::with_capacity(items.len());
+            let mut batch: Vec<SharedPut<'_>> = Vec::with_capacity(items.len());
             for it in &items {
-                // SAFETY: zeroed bytes are initialised u8s.
-                let mut v: Arc<[u8]> =
-                    unsafe { Arc::<[u8]>::new_zeroed_slice(it.len as usize).assume_init() };
+                let mut v = zeroed_shared(it.len as usize);
                 let dst = Arc::get_mut(&mut v).expect("just allocated, so unique");
                 conn.recv_exact(dst)?;
                 batch.push((it.key, v, it.depth));
@@ -190,7 +188,7 @@ impl Session {
                     return Ok(());
                 }
             };
-            let batch: Vec<(&[u8], Arc<[u8]>, Option<u32>)> = items
+            let batch: Vec<SharedPut<'_>> = items
                 .iter()
                 .zip(values)
                 .map(|(it, v)| (it.key, v, it.depth))
@@ -327,6 +325,19 @@ pub fn put_batch(store: &Store, items: &[(&[u8], &[u8], Option<u32>)]) -> Vec<i3
     codes
 }
 
+/// A put item whose value is a shared buffer: key, value, depth.
+pub type SharedPut<'a> = (&'a [u8], Arc<[u8]>, Option<u32>);
+
+/// A shared buffer of `n` zero bytes (to receive a value into).
+fn zeroed_shared(n: usize) -> Arc<[u8]> {
+    let mut b: Arc<[std::mem::MaybeUninit<u8>]> = Arc::new_uninit_slice(n);
+    for x in Arc::get_mut(&mut b).expect("just allocated, so unique") {
+        x.write(0);
+    }
+    // SAFETY: every byte was written above.
+    unsafe { b.assume_init() }
+}
+
 /// Reads each remote range of process `pid` into a fresh shared buffer of its length.
 fn read_shared(pid: i32, remote: &[(u64, usize)]) -> std::io::Result<Vec<Arc<[u8]>>> {
     let mut bufs: Vec<Arc<[std::mem::MaybeUninit<u8>]>> =
@@ -348,7 +359,7 @@ fn read_shared(pid: i32, remote: &[(u64, usize)]) -> std::io::Result<Vec<Arc<[u8
 }
 
 /// [`put_batch`] of values held as shared buffers (kept without a copy by a write-back buffer).
-pub fn put_batch_shared(store: &Store, items: &[(&[u8], Arc<[u8]>, Option<u32>)]) -> Vec<i32> {
+pub fn put_batch_shared(store: &Store, items: &[SharedPut<'_>]) -> Vec<i32> {
     let mut codes = Vec::with_capacity(items.len());
     let mut start = 0;
     while start < items.len() {
