@@ -71,7 +71,9 @@ wait_port 50051
 "$STRATA_BIN" store --master 127.0.0.1:50051 --device "$DEVDIR/strata-store.dev" --capacity 2GiB \
     --memory 1GiB --write-back "$WB" > "$OUT/st-store.log" 2>&1 &
 PIDS+=($!); STS=$!
-sleep 1.5
+# Ready once registered (a write-back node first maps its buffer memory).
+for _ in $(seq 300); do grep -q "strata store ready" "$OUT/st-store.log" && break; sleep 0.1; done
+sleep 0.5
 echo "== Strata: store process + separate client (TCP)"
 "$STRATA_BIN" bench store --role client --master 127.0.0.1:50051 --verify | tee "$OUT/st-client.txt"
 echo "== Strata: store process + separate client, TCP forced (STRATA_SAME_HOST=0)"
