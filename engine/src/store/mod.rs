@@ -128,10 +128,25 @@ impl Store {
             let i = inner.clone();
             std::thread::Builder::new()
                 .name("strata-flusher".into())
-                .spawn(move || i.flush_loop())
+                .spawn(move || {
+                    lower_priority();
+                    i.flush_loop()
+                })
                 .expect("spawn the write-back flusher")
         });
         Self { inner, flusher }
+    }
+}
+
+/// Makes the calling thread yield the CPU to request threads (nice +10, Linux per-thread): the
+/// write-back flusher works in the background, and on a small machine its copies and checksums
+/// otherwise delay the puts and gets it shares cores with (their tail latency). A full buffer
+/// still makes puts wait for it, so it cannot fall behind without bound.
+fn lower_priority() {
+    // SAFETY: plain syscalls on the calling thread's own id; failure only leaves the priority.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        let _ = libc::setpriority(libc::PRIO_PROCESS, tid, 10);
     }
 }
 
