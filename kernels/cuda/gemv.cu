@@ -67,3 +67,64 @@ extern "C" __global__ void __launch_bounds__(256) gemv_bf16(const bf16_t* x, con
         }
     }
 }
+
+// Single-row GEMV (decode at batch 1): x is staged once per block in shared memory (dynamic,
+// k bf16), each warp streams one weight row with UNR 16-byte loads in flight per lane, the sum is
+// reduced with shuffles. No per-load re-read of x through L1 and no unused accumulators, so it
+// needs fewer registers and instructions than gemv_bf16 at T = 1.
+template <int UNR>
+__device__ __forceinline__ void gemv_t1_body(const bf16_t* x, const bf16_t* w, void* y, int n,
+                                             int k, int y_f32) {
+    extern __shared__ uint4 xs[];
+    const int k8 = k / 8;
+    for (int i = threadIdx.x; i < k8; i += blockDim.x) xs[i] = ((const uint4*)x)[i];
+    __syncthreads();
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int row = blockIdx.x * (blockDim.x >> 5) + warp;
+    if (row >= n) return;
+    const uint4* wr = (const uint4*)(w + (u64)row * k);
+    float acc0 = 0.f, acc1 = 0.f;
+    int c = lane;
+    for (; c + 32 * (UNR - 1) < k8; c += 32 * UNR) {
+        uint4 wv[UNR];
+#pragma unroll
+        for (int u = 0; u < UNR; ++u) wv[u] = __ldg(wr + c + 32 * u);
+#pragma unroll
+        for (int u = 0; u < UNR; ++u) {
+            float wf[8], xf[8];
+            unpack8(wv[u], wf);
+            unpack8(xs[c + 32 * u], xf);
+#pragma unroll
+            for (int e = 0; e < 8; e += 2) {
+                acc0 += wf[e] * xf[e];
+                acc1 += wf[e + 1] * xf[e + 1];
+            }
+        }
+    }
+    for (; c < k8; c += 32) {
+        float wf[8], xf[8];
+        unpack8(__ldg(wr + c), wf);
+        unpack8(xs[c], xf);
+#pragma unroll
+        for (int e = 0; e < 8; e += 2) {
+            acc0 += wf[e] * xf[e];
+            acc1 += wf[e + 1] * xf[e + 1];
+        }
+    }
+    const float s = warp_sum(acc0 + acc1);
+    if (lane == 0) {
+        if (y_f32) ((float*)y)[row] = s;
+        else ((bf16_t*)y)[row] = f2bf(s);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) gemv_bf16_t1(const bf16_t* x, const bf16_t* w,
+                                                               void* y, int n, int k, int y_f32) {
+    gemv_t1_body<8>(x, w, y, n, k, y_f32);
+}
+
+extern "C" __global__ void __launch_bounds__(256) gemv_bf16_t1_wide(const bf16_t* x,
+                                                                    const bf16_t* w, void* y,
+                                                                    int n, int k, int y_f32) {
+    gemv_t1_body<16>(x, w, y, n, k, y_f32);
+}

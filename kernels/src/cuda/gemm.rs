@@ -1,5 +1,6 @@
 //! GEMMs: `y = x * w^T` with bf16 operands and f32 accumulation (the Linear layer), through
-//! cuBLAS, or for decode-sized x (at most `gemv_max_rows` rows) through the `gemv_bf16` kernel,
+//! cuBLAS, or for decode-sized x through the GEMV kernels (`gemv_bf16_t1` for one row, x staged
+//! in shared memory; `gemv_bf16` for up to `gemv_max_rows` rows),
 //! which streams the weights at close to memory bandwidth where cuBLAS reached about half of it
 //! on the 4096-wide projections (docs/perf.md, GPU section).
 //!
@@ -24,13 +25,21 @@ use super::tensor::{DTensor, DType};
 /// Which implementation runs a GEMM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GemmPath {
-    /// The GEMV kernel when x has at most `gemv_max_rows` rows, cuBLAS otherwise.
+    /// The single-row kernel for one row, the GEMV kernel when x has at most `gemv_max_rows`
+    /// rows, cuBLAS otherwise.
     Auto,
     /// Always cuBLAS.
     Cublas,
     /// The GEMV kernel (x must have at most 8 rows).
     Gemv,
+    /// The single-row GEMV kernel (x in shared memory, 8 loads in flight per lane).
+    GemvT1,
+    /// The single-row GEMV kernel with 16 loads in flight per lane.
+    GemvT1Wide,
 }
+
+/// Longest input row the single-row kernels take (x is staged in 48 KiB of shared memory).
+pub const GEMV_T1_MAX_IN: usize = 24 * 1024;
 
 /// Most rows the GEMV kernel accepts (GEMV_MAX_T in gemv.cu).
 pub const GEMV_MAX_ROWS: usize = 8;
@@ -48,6 +57,8 @@ pub struct Gemm {
     ctx: Arc<GpuContext>,
     blas: CudaBlas,
     gemv: CudaFunction,
+    gemv_t1: CudaFunction,
+    gemv_t1_wide: CudaFunction,
     gemv_max_rows: usize,
 }
 
@@ -59,10 +70,14 @@ impl Gemm {
         }
         let blas = CudaBlas::new(ctx.stream().clone())?;
         let gemv = ctx.function(Program::Gemv, "gemv_bf16")?;
+        let gemv_t1 = ctx.function(Program::Gemv, "gemv_bf16_t1")?;
+        let gemv_t1_wide = ctx.function(Program::Gemv, "gemv_bf16_t1_wide")?;
         Ok(Self {
             ctx,
             blas,
             gemv,
+            gemv_t1,
+            gemv_t1_wide,
             gemv_max_rows: 1,
         })
     }
@@ -110,7 +125,7 @@ impl Gemm {
             // Measured on H100 (docs/perf.md, GPU section): the kernel wins on single-row GEMMs up to
             // in = 8192 and loses to cuBLAS on longer rows and on 8-row batches.
             GemmPath::Auto => gemv_ok && t <= self.gemv_max_rows && k <= GEMV_MAX_IN,
-            GemmPath::Cublas => false,
+            GemmPath::Cublas | GemmPath::GemvT1 | GemmPath::GemvT1Wide => false,
             GemmPath::Gemv => {
                 ensure(gemv_ok, || {
                     format!("GEMV needs <= {GEMV_MAX_ROWS} rows and in % 8 == 0")
@@ -119,6 +134,42 @@ impl Gemm {
             }
         };
         self.ctx.cuda().bind_to_thread()?;
+        // Measured on H100 (docs/perf.md, GPU section): the single-row kernel beats cuBLAS and
+        // gemv_bf16 on every Llama-3-8B projection and the LM head at batch 1.
+        let path = match path {
+            GemmPath::Auto
+                if gemv_ok && t == 1 && k <= GEMV_T1_MAX_IN && self.gemv_max_rows >= 1 =>
+            {
+                GemmPath::GemvT1
+            }
+            p => p,
+        };
+        if matches!(path, GemmPath::GemvT1 | GemmPath::GemvT1Wide) {
+            ensure(gemv_ok && t == 1 && k <= GEMV_T1_MAX_IN, || {
+                format!("single-row GEMV needs 1 row and in % 8 == 0, in <= {GEMV_T1_MAX_IN}")
+            })?;
+            let f = if path == GemmPath::GemvT1 {
+                &self.gemv_t1
+            } else {
+                &self.gemv_t1_wide
+            };
+            let args = [
+                Arg::U64(x.ptr()),
+                Arg::U64(w.ptr()),
+                Arg::U64(y.ptr()),
+                Arg::I32(n_out as i32),
+                Arg::I32(k as i32),
+                Arg::I32((y.dtype() == DType::F32) as i32),
+            ];
+            let dims = Dims {
+                grid: (n_out.div_ceil(8) as u32, 1, 1),
+                block: 256,
+                smem: (k * 2) as u32,
+            };
+            // SAFETY: shapes and dtypes checked above; one row of x (k <= GEMV_T1_MAX_IN bf16 in
+            // shared memory), 16-byte aligned rows; one warp per output column, 8 per block.
+            return unsafe { launch(f, self.ctx.stream().cu_stream(), dims, &args) };
+        }
         if use_gemv {
             let args = [
                 Arg::U64(x.ptr()),

@@ -262,7 +262,12 @@ fn gemv_breakdown(
         let y = c.alloc(bf, &[1, n])?;
         ops.fill_uniform(&w, 7, 0.02)?;
         ops.fill_uniform(&x, 8, 1.0)?;
-        for path in [GemmPath::Cublas, GemmPath::Gemv] {
+        for path in [
+            GemmPath::Cublas,
+            GemmPath::Gemv,
+            GemmPath::GemvT1,
+            GemmPath::GemvT1Wide,
+        ] {
             let ms = gpu_ms(c, false, 3, 20, || Ok(gemm.linear_with(&x, &w, &y, path)?))?;
             let gbs = (n * k * 2) as f64 / (ms / 1e3) / 1e9;
             let frac = copy_bw.map_or(f64::NAN, |bw| gbs * 1e9 / bw);

@@ -161,7 +161,7 @@ pub fn kv_write(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
 
 pub fn gemm(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Result<()> {
     let c = ops.context();
-    use GemmPath::{Cublas, Gemv};
+    use GemmPath::{Cublas, Gemv, GemvT1, GemvT1Wide};
     for (t, k, n, f32_out, path) in [
         (1, 4096, 1024, false, Cublas),
         (33, 1000, 777, false, Cublas),
@@ -171,6 +171,12 @@ pub fn gemm(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Result<()> 
         (5, 1000, 777, false, Gemv),
         (8, 14336, 300, false, Gemv),
         (3, 4096, 1000, true, Gemv),
+        (1, 4096, 1000, false, GemvT1),
+        (1, 14336, 300, false, GemvT1),
+        (1, 1000, 777, true, GemvT1),
+        (1, 4096, 1000, false, GemvT1Wide),
+        (1, 14336, 300, true, GemvT1Wide),
+        (1, 1000, 777, false, GemvT1Wide),
     ] {
         let x = ck.bf16_vec(t * k, 1.0);
         let w = ck.bf16_vec(n * k, 1.0 / (k as f32).sqrt());
