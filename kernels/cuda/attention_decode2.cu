@@ -280,8 +280,8 @@ __device__ __forceinline__ void dec2_body(
     }
 }
 
-#define DEC2_VARIANT(NAME, G, HD, UNR, PIPE, CHUNK)                                                     \
-    extern "C" __global__ void __launch_bounds__(128) NAME(                                      \
+#define DEC2_VARIANT_LB(NAME, G, HD, UNR, PIPE, CHUNK, MINB)                                     \
+    extern "C" __global__ void __launch_bounds__(128, MINB) NAME(                                \
         const bf16_t* q, int q_stride, const bf16_t* k_pool, const bf16_t* v_pool,              \
         const int* block_tables, int max_pages, int page_size, const int* tile_info,            \
         int n_heads, int n_kv_heads, int head_dim, float scale, int split_len, bf16_t* out,     \
@@ -291,8 +291,10 @@ __device__ __forceinline__ void dec2_body(
                          part_acc, part_ml, total_rows);                                         \
     }
 
+#define DEC2_VARIANT(NAME, G, HD, UNR, PIPE, CHUNK) DEC2_VARIANT_LB(NAME, G, HD, UNR, PIPE, CHUNK, 1)
+
 // The planner's kernels (the defaults chosen by the side-by-side timing in docs/perf.md).
-#define DEC2_UNR 4
+#define DEC2_UNR 2
 #define DEC2_KERNEL(G, HD) \
     DEC2_VARIANT(paged_attention_decode2_g##G##_d##HD, G, HD, DEC2_UNR, false, true)
 
@@ -307,6 +309,9 @@ DEC2_KERNEL(8, 128)
 
 // Alternatives timed against the default by `strata gpu bench` (Llama-3-8B shape only).
 DEC2_VARIANT(paged_attention_decode2_var_perkey_u4, 4, 128, 4, false, false)
-DEC2_VARIANT(paged_attention_decode2_var_u2, 4, 128, 2, false, true)
+DEC2_VARIANT(paged_attention_decode2_var_u4, 4, 128, 4, false, true)
 DEC2_VARIANT(paged_attention_decode2_var_u8, 4, 128, 8, false, true)
 DEC2_VARIANT(paged_attention_decode2_var_p4, 4, 128, 4, true, true)
+DEC2_VARIANT_LB(paged_attention_decode2_var_lb6, 4, 128, 4, false, true, 6)
+DEC2_VARIANT_LB(paged_attention_decode2_var_lb8, 4, 128, 4, false, true, 8)
+DEC2_VARIANT_LB(paged_attention_decode2_var_u2lb8, 4, 128, 2, false, true, 8)

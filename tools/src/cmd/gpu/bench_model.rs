@@ -137,12 +137,15 @@ pub fn run(
             })?;
             let mut variants = serde_json::Map::new();
             for (i, name) in strata_kernels::cuda::DECODE2_VARIANTS.iter().enumerate() {
-                let us = attention_alone(ops, &model, b, args.decode_ctx, None, &|p| {
-                    p.set_decode2_variant(i)
-                })?;
-                if us.is_finite() {
-                    summary.push(format!("  b{b} attention {name}: {us:.1} us"));
-                    variants.insert(name.to_string(), json!(us));
+                for sp in [None, Some(2), Some(3), Some(4), Some(6)] {
+                    let us = attention_alone(ops, &model, b, args.decode_ctx, sp, &|p| {
+                        p.set_decode2_variant(i)
+                    })?;
+                    if us.is_finite() {
+                        let label = sp.map_or("planner".to_string(), |n| format!("{n} splits"));
+                        summary.push(format!("  b{b} attention {name} ({label}): {us:.1} us"));
+                        variants.insert(format!("{name}/{label}"), json!(us));
+                    }
                 }
             }
             let kv_bytes =
