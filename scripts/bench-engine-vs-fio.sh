@@ -4,7 +4,7 @@
 # and prints the medians and the engine/fio ratios of the medians. Usage:
 #   scripts/bench-engine-vs-fio.sh [DIR] [SIZES...]        (default: . and 64k 256k 1m 4m)
 # Environment: QD (default 16), TOTAL (bytes written per size, default 1g), ROUNDS (default 3),
-# RUNTIME (fio random-read seconds, default 5), STRATA (binary path).
+# STRATA (binary path).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DIR=${1:-.}; shift || true
@@ -21,7 +21,7 @@ trap 'rm -f "$FILE" "$STORE"' EXIT
 
 bytes() { python3 -c "import sys;u={'k':1<<10,'m':1<<20,'g':1<<30};s=sys.argv[1].lower();print(int(s[:-1])*u[s[-1]] if s[-1] in u else int(s))" "$1"; }
 fio_bw() { # job-file rw-key
-  FILE=$FILE BS=$BS QD=$QD SIZE=$TOTAL RUNTIME=${RUNTIME:-5} fio --output-format=json "fio-profiles/$1.fio" \
+  FILE=$FILE BS=$BS QD=$QD SIZE=$TOTAL fio --output-format=json "fio-profiles/$1.fio" \
     | python3 -c "import json,sys;j=json.load(sys.stdin);print(j['jobs'][0]['$2']['bw_bytes']/1e9)"
 }
 
