@@ -47,6 +47,10 @@ for arch in ${ARCHS:-llama qwen2 qwen3}; do
   if wait_up $cu && wait_up $cp; then
     grep -h "compute backend" "$OUTDIR/serve-cuda-$arch.log" "$OUTDIR/serve-cpu-$arch.log"
     python3 -c "import urllib.request; print(urllib.request.urlopen('$cu/get_server_info').read().decode())" >"$OUTDIR/server-info-$arch.json"
+    # NVML's inventory must list the GPU in /get_server_info and /metrics.
+    if python3 -c "import json,sys; g=json.load(open(sys.argv[1]))['gpus']; print('gpus:', g); sys.exit(0 if g and g[0]['memory_total_bytes'] > 0 else 1)" "$OUTDIR/server-info-$arch.json" \
+      && python3 -c "import urllib.request; m=urllib.request.urlopen('$cu/metrics').read().decode(); print([l for l in m.splitlines() if l.startswith('strata_gpu')][:3]); assert 'strata_gpu_memory_used_bytes{gpu=' in m"; then :
+    else echo "FAIL: $arch: no NVML GPU info in /get_server_info or /metrics"; fail=1; fi
     python3 scripts/gpu_serve_compare.py $cu $cp "$OUTDIR/serve-compare-$arch.json" 2>&1 | tee "$OUTDIR/serve-compare-$arch.log"
     [ "${PIPESTATUS[0]}" = 0 ] || fail=1
   else

@@ -155,6 +155,8 @@ async fn info_endpoints_answer() {
     let v: Value = serde_json::from_str(&v).unwrap();
     assert_eq!(v["page_size"], 1);
     assert!(v["max_total_num_tokens"].as_u64().unwrap() > 0);
+    // NVML's GPU list: an array (empty on a machine without an NVIDIA driver).
+    assert!(v["gpus"].is_array(), "{v}");
     let _ = s.greedy("Hello", 4).await;
     let (_, metrics) = s.get("/metrics").await;
     for name in [

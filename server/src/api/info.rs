@@ -46,12 +46,33 @@ pub async fn model_info(State(st): State<AppState>) -> Json<Value> {
     }))
 }
 
+/// The GPUs NVML sees (name, memory, utilisation); empty without NVML (no driver, CPU machine).
+pub async fn gpus() -> Vec<strata_kernels::cuda::GpuInfo> {
+    tokio::task::spawn_blocking(|| strata_kernels::cuda::gpu_inventory().unwrap_or_default())
+        .await
+        .unwrap_or_default()
+}
+
 pub async fn server_info(State(st): State<AppState>) -> Json<Value> {
     let s = &st.stats;
     let mut v = st.info.server_args.clone();
+    let gpus: Vec<Value> = gpus()
+        .await
+        .into_iter()
+        .map(|g| {
+            json!({
+                "index": g.index,
+                "name": g.name,
+                "memory_total_bytes": g.memory_total,
+                "memory_used_bytes": g.memory_used,
+                "utilization_percent": g.utilization_percent,
+            })
+        })
+        .collect();
     let extra = json!({
         "version": env!("CARGO_PKG_VERSION"),
         "backend": st.info.backend,
+        "gpus": gpus,
         "max_total_num_tokens": st.info.max_total_tokens,
         "internal_states": [{
             "num_running_reqs": Stats::get(&s.running),

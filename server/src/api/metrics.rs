@@ -31,9 +31,43 @@ fn histogram(out: &mut String, name: &str, help: &str, h: &Histogram) {
     let _ = writeln!(out, "sglang:{name}_bucket{{le=\"+Inf\"}} {count}\nsglang:{name}_sum {sum}\nsglang:{name}_count {count}");
 }
 
+/// Per-GPU gauges from NVML (none without NVML).
+fn gpu_gauges(out: &mut String, gpus: &[strata_kernels::cuda::GpuInfo]) {
+    if gpus.is_empty() {
+        return;
+    }
+    for (name, help, pick) in [
+        (
+            "strata_gpu_memory_used_bytes",
+            "GPU memory in use (NVML).",
+            (|g: &strata_kernels::cuda::GpuInfo| g.memory_used as f64) as fn(&_) -> f64,
+        ),
+        ("strata_gpu_memory_total_bytes", "GPU memory (NVML).", |g| {
+            g.memory_total as f64
+        }),
+        (
+            "strata_gpu_utilization_percent",
+            "GPU busy percent over NVML's last sample period.",
+            |g| g.utilization_percent as f64,
+        ),
+    ] {
+        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
+        for g in gpus {
+            let label = g.name.replace(['\\', '"'], "_");
+            let _ = writeln!(
+                out,
+                "{name}{{gpu=\"{}\",name=\"{label}\"}} {}",
+                g.index,
+                pick(g)
+            );
+        }
+    }
+}
+
 pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
     let s = &st.stats;
     let mut o = String::new();
+    gpu_gauges(&mut o, &super::info::gpus().await);
     gauge(
         &mut o,
         "num_running_reqs",
@@ -116,4 +150,37 @@ pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
         &s.e2e,
     );
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], o)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::gpu_gauges;
+    use strata_kernels::cuda::GpuInfo;
+
+    #[test]
+    fn gpu_gauges_label_every_gpu_and_nothing_without_nvml() {
+        let mut none = String::new();
+        gpu_gauges(&mut none, &[]);
+        assert!(none.is_empty());
+        let gpus = [GpuInfo {
+            index: 1,
+            name: "NVIDIA \"H100\"".into(),
+            memory_total: 80,
+            memory_used: 5,
+            utilization_percent: 42,
+        }];
+        let mut out = String::new();
+        gpu_gauges(&mut out, &gpus);
+        assert!(
+            out.contains("strata_gpu_memory_used_bytes{gpu=\"1\",name=\"NVIDIA _H100_\"} 5\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("strata_gpu_memory_total_bytes{gpu=\"1\",name=\"NVIDIA _H100_\"} 80\n")
+        );
+        assert!(
+            out.contains("strata_gpu_utilization_percent{gpu=\"1\",name=\"NVIDIA _H100_\"} 42\n")
+        );
+        assert!(out.contains("# TYPE strata_gpu_utilization_percent gauge"));
+    }
 }
