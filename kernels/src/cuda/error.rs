@@ -30,6 +30,9 @@ pub enum CudaError {
     /// A cuBLAS call failed.
     #[error("cuBLAS: {0}")]
     Cublas(#[from] CublasError),
+    /// A cuBLASLt call failed.
+    #[error("cuBLASLt: {0:?}")]
+    CublasLt(cudarc::cublaslt::result::CublasError),
     /// A launcher's shape check failed.
     #[error("shape: {0}")]
     Shape(String),

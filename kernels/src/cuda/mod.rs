@@ -17,6 +17,7 @@ pub mod device;
 pub mod error;
 mod f32k;
 pub mod gemm;
+pub mod gemm_lt;
 pub mod info;
 pub mod launch;
 pub mod llama;

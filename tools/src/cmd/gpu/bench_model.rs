@@ -240,7 +240,8 @@ fn attention_alone(
     Ok(ms * 1e3)
 }
 
-/// Batch-1 GEMMs of one layer and the LM head alone: achieved bandwidth against the copy rate.
+/// Decode GEMMs of one layer and the LM head alone at batch 1 and 32, every implementation:
+/// achieved weight bandwidth against the copy rate.
 fn gemv_breakdown(
     ops: &CudaOps,
     gemm: &Gemm,
@@ -261,26 +262,40 @@ fn gemv_breakdown(
         ("lm_head", s.vocab, h),
     ] {
         let w = c.alloc(bf, &[n, k])?;
-        let x = c.alloc(bf, &[1, k])?;
-        let y = c.alloc(bf, &[1, n])?;
         ops.fill_uniform(&w, 7, 0.02)?;
-        ops.fill_uniform(&x, 8, 1.0)?;
-        for path in [
-            GemmPath::Cublas,
-            GemmPath::Gemv,
-            GemmPath::GemvT1,
-            GemmPath::GemvT1Wide,
-        ] {
-            let ms = gpu_ms(c, false, 3, 20, || Ok(gemm.linear_with(&x, &w, &y, path)?))?;
-            let gbs = (n * k * 2) as f64 / (ms / 1e3) / 1e9;
-            let frac = copy_bw.map_or(f64::NAN, |bw| gbs * 1e9 / bw);
-            summary.push(format!(
-                "  b1 {path:?} {name} [{n}x{k}]: {:.1} us, {:.0} GB/s ({:.0}% of copy rate)",
-                ms * 1e3,
-                gbs,
-                frac * 100.0
-            ));
-            rows.push(json!({"name": name, "path": format!("{path:?}"), "n": n, "k": k, "us": ms * 1e3, "gbs": gbs}));
+        for t in [1usize, 32] {
+            let x = c.alloc(bf, &[t, k])?;
+            let y = c.alloc(bf, &[t, n])?;
+            ops.fill_uniform(&x, 8, 1.0)?;
+            let paths: &[GemmPath] = if t == 1 {
+                &[
+                    GemmPath::Cublas,
+                    GemmPath::CublasLt,
+                    GemmPath::Gemv,
+                    GemmPath::GemvT1,
+                    GemmPath::GemvT1Wide,
+                ]
+            } else {
+                &[GemmPath::Cublas, GemmPath::CublasLt]
+            };
+            for &path in paths {
+                let ms = match gpu_ms(c, false, 3, 20, || Ok(gemm.linear_with(&x, &w, &y, path)?)) {
+                    Ok(ms) => ms,
+                    Err(e) => {
+                        summary.push(format!("  b{t} {path:?} {name}: {e}"));
+                        continue;
+                    }
+                };
+                let gbs = (n * k * 2) as f64 / (ms / 1e3) / 1e9;
+                let frac = copy_bw.map_or(f64::NAN, |bw| gbs * 1e9 / bw);
+                summary.push(format!(
+                    "  b{t} {path:?} {name} [{n}x{k}]: {:.1} us, {:.0} GB/s ({:.0}% of copy rate)",
+                    ms * 1e3,
+                    gbs,
+                    frac * 100.0
+                ));
+                rows.push(json!({"rows": t, "name": name, "path": format!("{path:?}"), "n": n, "k": k, "us": ms * 1e3, "gbs": gbs}));
+            }
         }
     }
     out["gemv_b1"] = json!(rows);

@@ -161,7 +161,7 @@ pub fn kv_write(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
 
 pub fn gemm(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Result<()> {
     let c = ops.context();
-    use GemmPath::{Cublas, Gemv, GemvT1, GemvT1Wide};
+    use GemmPath::{Cublas, CublasLt, Gemv, GemvT1, GemvT1Wide};
     for (t, k, n, f32_out, path) in [
         (1, 4096, 1024, false, Cublas),
         (33, 1000, 777, false, Cublas),
@@ -171,6 +171,10 @@ pub fn gemm(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Result<()> 
         (5, 1000, 777, false, Gemv),
         (8, 14336, 300, false, Gemv),
         (3, 4096, 1000, true, Gemv),
+        (1, 4096, 1024, false, CublasLt),
+        (33, 1000, 777, false, CublasLt),
+        (32, 4096, 1536, false, CublasLt),
+        (7, 4096, 1000, true, CublasLt),
         (1, 4096, 1000, false, GemvT1),
         (1, 14336, 300, false, GemvT1),
         (1, 1000, 777, true, GemvT1),
