@@ -128,11 +128,10 @@ impl GemmLt {
         self.ctx.cuda().bind_to_thread()?;
         let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
         let key = (t, n, k, y_f32);
-        if !plans.contains_key(&key) {
-            let p = self.plan(t, n, k, y_f32)?;
-            plans.insert(key, p);
-        }
-        let p = &plans[&key];
+        let p = match plans.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(self.plan(t, n, k, y_f32)?),
+        };
         let (alpha, beta) = (1.0f32, 0.0f32);
         // SAFETY: layouts describe exactly the tensors' extents (checked by the caller), the
         // workspace holds WORKSPACE bytes, and the launch goes to the context's stream.
