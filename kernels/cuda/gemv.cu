@@ -72,12 +72,30 @@ extern "C" __global__ void __launch_bounds__(256) gemv_bf16(const bf16_t* x, con
 // k bf16), each warp streams one weight row with UNR 16-byte loads in flight per lane, the sum is
 // reduced with shuffles. No per-load re-read of x through L1 and no unused accumulators, so it
 // needs fewer registers and instructions than gemv_bf16 at T = 1.
-template <int UNR>
+__device__ __forceinline__ u32 silu_mul2(u32 g, u32 u) {
+    // Two bf16 lanes of silu(g) * u, rounded like silu_mul (elementwise.cu) does.
+    const float g0 = __uint_as_float(g << 16), g1 = __uint_as_float(g & 0xffff0000u);
+    const float u0 = __uint_as_float(u << 16), u1 = __uint_as_float(u & 0xffff0000u);
+    const u32 lo = f2bf(g0 / (1.f + expf(-g0)) * u0), hi = f2bf(g1 / (1.f + expf(-g1)) * u1);
+    return lo | (hi << 16);
+}
+
+// SILU: x is [gate | up] of width 2k (the gate_up projection's output row) and the staged row is
+// silu(gate) * up, exactly as silu_mul would have written it (the down projection's input).
+template <int UNR, bool SILU>
 __device__ __forceinline__ void gemv_t1_body(const bf16_t* x, const bf16_t* w, void* y, int n,
                                              int k, int y_f32) {
     extern __shared__ uint4 xs[];
     const int k8 = k / 8;
-    for (int i = threadIdx.x; i < k8; i += blockDim.x) xs[i] = ((const uint4*)x)[i];
+    for (int i = threadIdx.x; i < k8; i += blockDim.x) {
+        if (SILU) {
+            const uint4 g = ((const uint4*)x)[i], u = ((const uint4*)x)[k8 + i];
+            xs[i] = make_uint4(silu_mul2(g.x, u.x), silu_mul2(g.y, u.y), silu_mul2(g.z, u.z),
+                               silu_mul2(g.w, u.w));
+        } else {
+            xs[i] = ((const uint4*)x)[i];
+        }
+    }
     __syncthreads();
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int row = blockIdx.x * (blockDim.x >> 5) + warp;
@@ -120,11 +138,18 @@ __device__ __forceinline__ void gemv_t1_body(const bf16_t* x, const bf16_t* w, v
 
 extern "C" __global__ void __launch_bounds__(256) gemv_bf16_t1(const bf16_t* x, const bf16_t* w,
                                                                void* y, int n, int k, int y_f32) {
-    gemv_t1_body<8>(x, w, y, n, k, y_f32);
+    gemv_t1_body<8, false>(x, w, y, n, k, y_f32);
+}
+
+// y = (silu(gate) * up) * w^T for one row: gu [1, 2k] is the gate_up output; fuses silu_mul.
+extern "C" __global__ void __launch_bounds__(256) gemv_bf16_t1_silu(const bf16_t* gu,
+                                                                    const bf16_t* w, void* y,
+                                                                    int n, int k, int y_f32) {
+    gemv_t1_body<8, true>(gu, w, y, n, k, y_f32);
 }
 
 extern "C" __global__ void __launch_bounds__(256) gemv_bf16_t1_wide(const bf16_t* x,
                                                                     const bf16_t* w, void* y,
                                                                     int n, int k, int y_f32) {
-    gemv_t1_body<16>(x, w, y, n, k, y_f32);
+    gemv_t1_body<16, false>(x, w, y, n, k, y_f32);
 }

@@ -64,6 +64,7 @@ pub struct Gemm {
     gemv: CudaFunction,
     gemv_t1: CudaFunction,
     gemv_t1_wide: CudaFunction,
+    gemv_t1_silu: CudaFunction,
     gemv_max_rows: usize,
     lt: Option<super::gemm_lt::GemmLt>,
 }
@@ -78,6 +79,7 @@ impl Gemm {
         let gemv = ctx.function(Program::Gemv, "gemv_bf16")?;
         let gemv_t1 = ctx.function(Program::Gemv, "gemv_bf16_t1")?;
         let gemv_t1_wide = ctx.function(Program::Gemv, "gemv_bf16_t1_wide")?;
+        let gemv_t1_silu = ctx.function(Program::Gemv, "gemv_bf16_t1_silu")?;
         let lt = match super::gemm_lt::GemmLt::new(ctx.clone()) {
             Ok(l) => Some(l),
             Err(e) => {
@@ -91,6 +93,7 @@ impl Gemm {
             gemv,
             gemv_t1,
             gemv_t1_wide,
+            gemv_t1_silu,
             lt,
             gemv_max_rows: 1,
         })
@@ -106,6 +109,55 @@ impl Gemm {
     /// y = x * w^T for x [T, in] bf16, w [out, in] bf16, y [T, out] bf16 or f32.
     pub fn linear(&self, x: &DTensor, w: &DTensor, y: &DTensor) -> Result<()> {
         self.linear_with(x, w, y, GemmPath::Auto)
+    }
+
+    /// y = silu_mul(gu) * w^T for a single row: gu [1, 2 * in] is the gate_up projection's
+    /// output, w [out, in]; the SiLU-mul is applied while x is staged (one kernel instead of
+    /// silu_mul + GEMV, same bf16 rounding). `Ok(false)` when the shape does not fit (more than one
+    /// row, unaligned, in too long): the caller runs silu_mul and `linear` instead.
+    pub fn silu_linear_t1(&self, gu: &DTensor, w: &DTensor, y: &DTensor) -> Result<bool> {
+        for (n, t) in [("gu", gu), ("w", w), ("y", y)] {
+            self.ctx.check_device(n, t)?;
+        }
+        ensure(gu.shape().len() == 2 && w.shape().len() == 2, || {
+            "gu [T, 2*in] and w [out, in] expected".into()
+        })?;
+        let (t, k, n_out) = (gu.shape()[0], w.shape()[1], w.shape()[0]);
+        if t != 1 || k % 8 != 0 || k > GEMV_T1_MAX_IN || gu.ptr() % 16 != 0 || w.ptr() % 16 != 0 {
+            return Ok(false);
+        }
+        gu.expect("gu", DType::Bf16, &[1, 2 * k])?;
+        w.expect("w", DType::Bf16, &[n_out, k])?;
+        ensure(y.shape() == [1, n_out], || {
+            format!("y: expected [1, {n_out}], got {:?}", y.shape())
+        })?;
+        ensure(matches!(y.dtype(), DType::Bf16 | DType::F32), || {
+            format!("y: bf16 or f32, got {:?}", y.dtype())
+        })?;
+        let args = [
+            Arg::U64(gu.ptr()),
+            Arg::U64(w.ptr()),
+            Arg::U64(y.ptr()),
+            Arg::I32(n_out as i32),
+            Arg::I32(k as i32),
+            Arg::I32((y.dtype() == DType::F32) as i32),
+        ];
+        let dims = Dims {
+            grid: (n_out.div_ceil(8) as u32, 1, 1),
+            block: 256,
+            smem: (k * 2) as u32,
+        };
+        self.ctx.cuda().bind_to_thread()?;
+        // SAFETY: shapes, dtypes and alignment checked above; gu holds 2k and w n_out x k bf16.
+        unsafe {
+            launch(
+                &self.gemv_t1_silu,
+                self.ctx.stream().cu_stream(),
+                dims,
+                &args,
+            )
+        }?;
+        Ok(true)
     }
 
     /// `linear` with an explicit implementation choice.

@@ -273,8 +273,10 @@ impl LlamaModel {
             gemm.linear(&ws.attn, &l.o, &ws.y)?;
             ops.rmsnorm(&ws.y, Some(&ws.resid), &l.post_norm, &ws.h, s.eps)?;
             gemm.linear(&ws.h, &l.gate_up, &ws.gu)?;
-            ops.silu_mul(&ws.gu, &ws.act)?;
-            gemm.linear(&ws.act, &l.down, &ws.y)?;
+            if !gemm.silu_linear_t1(&ws.gu, &l.down, &ws.y)? {
+                ops.silu_mul(&ws.gu, &ws.act)?;
+                gemm.linear(&ws.act, &l.down, &ws.y)?;
+            }
         }
         ops.rmsnorm(&ws.y, Some(&ws.resid), &self.norm, &ws.h, s.eps)?;
         ops.embedding(&input.last_rows, &ws.h, &ws.last)?;

@@ -207,6 +207,33 @@ pub fn gemm(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Result<()> 
     Ok(())
 }
 
+/// The fused single-row SiLU-mul + GEMV against silu_mul then linear on the CPU.
+pub fn silu_linear(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Result<()> {
+    let c = ops.context();
+    for (k, n) in [(14336, 512), (1000, 777), (64, 3)] {
+        let gu = ck.bf16_vec(2 * k, 2.0);
+        let w = ck.bf16_vec(n * k, 1.0 / (k as f32).sqrt());
+        let ggu = c.upload_bf16(&[1, 2 * k], &gu)?;
+        let gw = c.upload_bf16(&[n, k], &w)?;
+        let y = poisoned(ops, c.alloc(strata_kernels::cuda::DType::Bf16, &[1, n])?)?;
+        anyhow::ensure!(gemm.silu_linear_t1(&ggu, &gw, &y)?, "shape {k}x{n} refused");
+        // The fused kernel rounds silu*up to bf16 as silu_mul does before the GEMV.
+        let act: Vec<f32> = r::silu_mul(&gu, k)
+            .into_iter()
+            .map(|v| half::bf16::from_f32(v).to_f32())
+            .collect();
+        let want = r::linear(&act, &w, k);
+        let err = r::rel_err(&c.download_f32(&y)?, &want);
+        ck.rel(
+            "gemm",
+            format!("silu+GemvT1 in{k} out{n} bf16"),
+            err,
+            BF16_TOL,
+        );
+    }
+    Ok(())
+}
+
 pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
     let c = ops.context();
     // (name, heads, kv heads, head_dim, page, [(q_len, kv_len)], forced splits)
