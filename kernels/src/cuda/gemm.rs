@@ -111,6 +111,38 @@ impl Gemm {
         self.linear_with(x, w, y, GemmPath::Auto)
     }
 
+    /// Launches a single-row GEMV kernel: one warp per output column, 8 per block, the input row
+    /// (k bf16) staged in dynamic shared memory.
+    ///
+    /// # Safety
+    /// `x` holds the kernel's input row (k, or 2k for the SiLU variant, bf16, 16-byte aligned),
+    /// `w` n_out x k bf16 with 16-byte aligned rows, `y` n_out bf16 or f32, all on this GPU.
+    unsafe fn launch_t1(
+        &self,
+        f: &CudaFunction,
+        x: &DTensor,
+        w: &DTensor,
+        y: &DTensor,
+        n_out: usize,
+        k: usize,
+    ) -> Result<()> {
+        let args = [
+            Arg::U64(x.ptr()),
+            Arg::U64(w.ptr()),
+            Arg::U64(y.ptr()),
+            Arg::I32(n_out as i32),
+            Arg::I32(k as i32),
+            Arg::I32((y.dtype() == DType::F32) as i32),
+        ];
+        let dims = Dims {
+            grid: (n_out.div_ceil(8) as u32, 1, 1),
+            block: 256,
+            smem: (k * 2) as u32,
+        };
+        // SAFETY: the caller guarantees the pointers and extents (see above).
+        unsafe { launch(f, self.ctx.stream().cu_stream(), dims, &args) }
+    }
+
     /// y = silu_mul(gu) * w^T for a single row: gu [1, 2 * in] is the gate_up projection's
     /// output, w [out, in]; the SiLU-mul is applied while x is staged (one kernel instead of
     /// silu_mul + GEMV, same bf16 rounding). `Ok(false)` when the shape does not fit (more than one
@@ -134,29 +166,9 @@ impl Gemm {
         ensure(matches!(y.dtype(), DType::Bf16 | DType::F32), || {
             format!("y: bf16 or f32, got {:?}", y.dtype())
         })?;
-        let args = [
-            Arg::U64(gu.ptr()),
-            Arg::U64(w.ptr()),
-            Arg::U64(y.ptr()),
-            Arg::I32(n_out as i32),
-            Arg::I32(k as i32),
-            Arg::I32((y.dtype() == DType::F32) as i32),
-        ];
-        let dims = Dims {
-            grid: (n_out.div_ceil(8) as u32, 1, 1),
-            block: 256,
-            smem: (k * 2) as u32,
-        };
         self.ctx.cuda().bind_to_thread()?;
         // SAFETY: shapes, dtypes and alignment checked above; gu holds 2k and w n_out x k bf16.
-        unsafe {
-            launch(
-                &self.gemv_t1_silu,
-                self.ctx.stream().cu_stream(),
-                dims,
-                &args,
-            )
-        }?;
+        unsafe { self.launch_t1(&self.gemv_t1_silu, gu, w, y, n_out, k) }?;
         Ok(true)
     }
 
@@ -233,22 +245,9 @@ impl Gemm {
             } else {
                 &self.gemv_t1_wide
             };
-            let args = [
-                Arg::U64(x.ptr()),
-                Arg::U64(w.ptr()),
-                Arg::U64(y.ptr()),
-                Arg::I32(n_out as i32),
-                Arg::I32(k as i32),
-                Arg::I32((y.dtype() == DType::F32) as i32),
-            ];
-            let dims = Dims {
-                grid: (n_out.div_ceil(8) as u32, 1, 1),
-                block: 256,
-                smem: (k * 2) as u32,
-            };
             // SAFETY: shapes and dtypes checked above; one row of x (k <= GEMV_T1_MAX_IN bf16 in
-            // shared memory), 16-byte aligned rows; one warp per output column, 8 per block.
-            return unsafe { launch(f, self.ctx.stream().cu_stream(), dims, &args) };
+            // shared memory), 16-byte aligned rows.
+            return unsafe { self.launch_t1(f, x, w, y, n_out, k) };
         }
         if use_gemv {
             let args = [

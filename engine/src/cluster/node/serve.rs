@@ -302,6 +302,20 @@ impl Session {
 /// whose depths are absent or consecutive go to the engine as one batch, so their writes are in
 /// flight together.
 pub fn put_batch(store: &Store, items: &[(&[u8], &[u8], Option<u32>)]) -> Vec<i32> {
+    put_runs(items, |run, opts| store.batch_put_with(run, opts))
+}
+
+/// [`put_batch`] of values held as shared buffers (kept without a copy by a write-back buffer).
+pub fn put_batch_shared(store: &Store, items: &[SharedPut<'_>]) -> Vec<i32> {
+    put_runs(items, |run, opts| store.batch_put_shared(run, opts))
+}
+
+/// Splits items into runs of consecutive depths, puts each run with `put`, maps the results to
+/// Mooncake codes.
+fn put_runs<'a, V: Clone>(
+    items: &[(&'a [u8], V, Option<u32>)],
+    put: impl Fn(&[(&'a [u8], V)], PutOptions) -> Vec<crate::Result<bool>>,
+) -> Vec<i32> {
     let mut codes = Vec::with_capacity(items.len());
     let mut start = 0;
     while start < items.len() {
@@ -309,11 +323,14 @@ pub fn put_batch(store: &Store, items: &[(&[u8], &[u8], Option<u32>)]) -> Vec<i3
         while end < items.len() && continues(items[end - 1].2, items[end].2) {
             end += 1;
         }
-        let run: Vec<(&[u8], &[u8])> = items[start..end].iter().map(|i| (i.0, i.1)).collect();
+        let run: Vec<(&[u8], V)> = items[start..end]
+            .iter()
+            .map(|i| (i.0, i.1.clone()))
+            .collect();
         let opts = PutOptions {
             depth: items[start].2,
         };
-        for r in store.batch_put_with(&run, opts) {
+        for r in put(&run, opts) {
             codes.push(match r {
                 Ok(true) => code::OK,
                 Ok(false) => code::EXISTED,
@@ -356,34 +373,6 @@ fn read_shared(pid: i32, remote: &[(u64, usize)]) -> std::io::Result<Vec<Arc<[u8
         .into_iter()
         .map(|b| unsafe { b.assume_init() })
         .collect())
-}
-
-/// [`put_batch`] of values held as shared buffers (kept without a copy by a write-back buffer).
-pub fn put_batch_shared(store: &Store, items: &[SharedPut<'_>]) -> Vec<i32> {
-    let mut codes = Vec::with_capacity(items.len());
-    let mut start = 0;
-    while start < items.len() {
-        let mut end = start + 1;
-        while end < items.len() && continues(items[end - 1].2, items[end].2) {
-            end += 1;
-        }
-        let run: Vec<(&[u8], Arc<[u8]>)> = items[start..end]
-            .iter()
-            .map(|i| (i.0, i.1.clone()))
-            .collect();
-        let opts = PutOptions {
-            depth: items[start].2,
-        };
-        for r in store.batch_put_shared(&run, opts) {
-            codes.push(match r {
-                Ok(true) => code::OK,
-                Ok(false) => code::EXISTED,
-                Err(e) => ClusterError::from(e).code(),
-            });
-        }
-        start = end;
-    }
-    codes
 }
 
 /// `STRATA_TEST_DENY_LOCAL=1` makes the node refuse every same-host operation as the kernel would
