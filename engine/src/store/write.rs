@@ -384,10 +384,10 @@ impl StoreInner {
             .as_ref()
             .expect("flusher runs only with a write-back buffer");
         loop {
-            // Small batches with a yield between them: the flusher runs beside request threads
+            // Small batches (8 pages / 1 MiB) with a yield between them: the flusher runs beside request threads
             // (at lower priority), and short bursts keep it from holding a core a request is
             // waiting for (single-key put/get tail latency on a 2-vCPU node).
-            let batch = wb.take(16, 4 << 20);
+            let batch = wb.take(8, 1 << 20);
             if batch.is_empty() {
                 return;
             }
