@@ -27,7 +27,7 @@ fio_bw() { # job-file rw-key
 
 engine() {
   "$STRATA" bench engine --path "$STORE" --capacity "$CAP" --segment-size "$SEG" --value-size "$VB" \
-    --total "$TOTAL" --threads 2 --batch 64 --queue-depth $((QD / 2)) --read-passes 1 --json
+    --total "$TOTAL" --threads 2 --batch "${BATCH:-256}" --queue-depth $((QD / 2)) --read-passes 1 --json
 }
 
 echo "$(date -u +%FT%TZ) $(nproc) CPUs, $(uname -r), load $(cut -d' ' -f1-3 /proc/loadavg); QD=$QD, $ROUNDS rounds, medians"
@@ -57,4 +57,4 @@ m = lambda k: st.median(j[k] for j in js)
 print(f"{bs:<6} {w:10.3f} {m('put_gbps'):10.3f} {m('put_gbps')/w:7.2f} {r:10.3f} {m('get_gbps'):10.3f} {m('get_gbps')/r:7.2f} {m('get_p50_us'):9.1f} {m('get_p99_us'):9.1f} {m('recovery_ms'):9.1f}")
 PY
 done
-echo "(GB/s; put/get count value bytes; engine: io_uring, 2 threads, batches of 64 with $((QD / 2)) in flight per thread, reads into registered buffers)"
+echo "(GB/s; put/get count value bytes; engine: io_uring, 2 threads, batches of ${BATCH:-256} with $((QD / 2)) in flight per thread, reads into registered buffers)"

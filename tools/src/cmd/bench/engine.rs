@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use indicatif::{ProgressBar, ProgressStyle};
+use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 use strata_engine::{AlignedBuf, IoEngineKind, Store, StoreConfig};
@@ -248,31 +249,43 @@ fn put_phase(store: &Arc<Store>, a: &Args, pages: u64) -> anyhow::Result<f64> {
 
 fn get_phase(store: &Arc<Store>, a: &Args, pages: u64, pool: &mut [u8]) -> anyhow::Result<f64> {
     let reads = ((pages as f64 * a.read_passes) as u64).max(1);
-    let done = AtomicU64::new(0);
+    // Every page once per pass, in a random order made before the clock starts (the same work as
+    // fio's random read with its random map: each block once).
+    let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed);
+    let mut order: Vec<u64> = Vec::with_capacity(reads as usize);
+    while (order.len() as u64) < reads {
+        let mut pass: Vec<u64> = (0..pages).collect();
+        pass.shuffle(&mut rng);
+        order.extend(pass);
+    }
+    order.truncate(reads as usize);
+    let next = AtomicU64::new(0);
     let pb = bar(reads * a.value_size, "get", a.json);
     let t = Instant::now();
     std::thread::scope(|s| -> anyhow::Result<()> {
         let mut hs = Vec::new();
         let per_thread = a.value_size as usize * a.batch;
-        for (th, mine) in pool.chunks_mut(per_thread).enumerate() {
-            let (store, done, pb) = (store.clone(), &done, &pb);
+        for mine in pool.chunks_mut(per_thread) {
+            let (store, next, pb, order) = (store.clone(), &next, &pb, &order);
             hs.push(s.spawn(move || -> anyhow::Result<()> {
-                let mut rng = rand::rngs::StdRng::seed_from_u64(a.seed ^ th as u64);
                 let mut bufs: Vec<&mut [u8]> = mine.chunks_mut(a.value_size as usize).collect();
                 loop {
-                    let n = done.fetch_add(a.batch as u64, Ordering::Relaxed);
-                    if n >= reads {
+                    let start = next.fetch_add(a.batch as u64, Ordering::Relaxed);
+                    if start >= reads {
                         return Ok(());
                     }
-                    let keys: Vec<Vec<u8>> = (0..a.batch)
-                        .map(|_| key(rng.random_range(0..pages)))
+                    let end = (start + a.batch as u64).min(reads);
+                    let keys: Vec<Vec<u8>> = order[start as usize..end as usize]
+                        .iter()
+                        .map(|&i| key(i))
                         .collect();
                     let refs: Vec<&[u8]> = keys.iter().map(|k| k.as_slice()).collect();
-                    let mut outs: Vec<&mut [u8]> = bufs.iter_mut().map(|b| &mut b[..]).collect();
+                    let mut outs: Vec<&mut [u8]> =
+                        bufs.iter_mut().take(refs.len()).map(|b| &mut b[..]).collect();
                     for r in store.batch_get_into(&refs, &mut outs) {
                         anyhow::ensure!(r?.is_some(), "a written page is missing");
                     }
-                    pb.inc(a.batch as u64 * a.value_size);
+                    pb.inc((end - start) * a.value_size);
                 }
             }));
         }
@@ -283,10 +296,7 @@ fn get_phase(store: &Arc<Store>, a: &Args, pages: u64, pool: &mut [u8]) -> anyho
     })?;
     let secs = t.elapsed().as_secs_f64();
     pb.finish_and_clear();
-    let n = done
-        .load(Ordering::Relaxed)
-        .min(reads + (a.threads * a.batch) as u64);
-    Ok((n * a.value_size) as f64 / secs / 1e9)
+    Ok((reads * a.value_size) as f64 / secs / 1e9)
 }
 
 fn latency_phase(store: &Arc<Store>, a: &Args, pages: u64) -> anyhow::Result<(f64, f64)> {
