@@ -280,8 +280,11 @@ fn get_phase(store: &Arc<Store>, a: &Args, pages: u64, pool: &mut [u8]) -> anyho
                         .map(|&i| key(i))
                         .collect();
                     let refs: Vec<&[u8]> = keys.iter().map(|k| k.as_slice()).collect();
-                    let mut outs: Vec<&mut [u8]> =
-                        bufs.iter_mut().take(refs.len()).map(|b| &mut b[..]).collect();
+                    let mut outs: Vec<&mut [u8]> = bufs
+                        .iter_mut()
+                        .take(refs.len())
+                        .map(|b| &mut b[..])
+                        .collect();
                     for r in store.batch_get_into(&refs, &mut outs) {
                         anyhow::ensure!(r?.is_some(), "a written page is missing");
                     }
