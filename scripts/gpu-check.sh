@@ -12,13 +12,7 @@ STRATA=${STRATA:-target/release/strata}
 OUTDIR=${1:-${OUT:-/tmp/strata-gpu}}
 mkdir -p "$OUTDIR"
 
-# cudarc loads libnvrtc / libcublas by soname: make the toolkit's and pip's copies findable.
-libdirs=$(ls -d /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib 2>/dev/null)
-pyroot=$(python3 -c 'import nvidia, os; print(" ".join(nvidia.__path__))' 2>/dev/null || true)
-for r in $pyroot; do libdirs="$libdirs $(ls -d "$r"/*/lib "$r"/cu13/lib 2>/dev/null)"; done
-for d in $libdirs; do LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"; done
-export LD_LIBRARY_PATH
-export XDG_CACHE_HOME=${XDG_CACHE_HOME:-/tmp/strata-gpu-cache}
+. scripts/gpu-env.sh
 
 nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv 2>&1 | tee "$OUTDIR/nvidia-smi.txt"
 "$STRATA" gpu info 2>&1 | tee -a "$OUTDIR/nvidia-smi.txt"

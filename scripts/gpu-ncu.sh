@@ -7,11 +7,7 @@ STRATA=${STRATA:-target/release/strata}
 OUTFILE=${1:-/tmp/ncu.txt}
 NCU=$(command -v ncu || ls /opt/nvidia/nsight-compute/*/ncu 2>/dev/null | head -1)
 [ -n "$NCU" ] || { echo "ncu not found" | tee "$OUTFILE"; exit 0; }
-libdirs=$(ls -d /usr/local/cuda/lib64 2>/dev/null)
-pyroot=$(python3 -c 'import nvidia, os; print(" ".join(nvidia.__path__))' 2>/dev/null || true)
-for r in $pyroot; do libdirs="$libdirs $(ls -d "$r"/*/lib "$r"/cu13/lib 2>/dev/null)"; done
-for d in $libdirs; do LD_LIBRARY_PATH="$d:${LD_LIBRARY_PATH:-}"; done
-export LD_LIBRARY_PATH XDG_CACHE_HOME=${XDG_CACHE_HOME:-/tmp/strata-gpu-cache}
+. scripts/gpu-env.sh
 sections="--section SpeedOfLight --section Occupancy --section LaunchStats"
 {
   echo "== b1: gemv + attention =="

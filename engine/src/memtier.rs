@@ -63,13 +63,9 @@ impl MemTier {
 
     /// Caches a copy of `value` (the copy is made outside the shard lock).
     pub fn insert(&self, key: &[u8], value: &[u8]) {
-        if !self.enabled() || value.len() > self.shard_cap {
-            return;
+        if self.enabled() && value.len() <= self.shard_cap {
+            self.insert_shared(key, value.into());
         }
-        if self.shards[shard_of(key)].lock().map.contains_key(key) {
-            return;
-        }
-        self.insert_shared(key, value.into());
     }
 
     /// Caches `value` itself, without copying its bytes (the write-back buffer hands its pages

@@ -199,37 +199,27 @@ impl Gemm {
             format!("y: expected [{t}, {n_out}], got {:?}", y.shape())
         })?;
         let gemv_ok = t <= GEMV_MAX_ROWS && k % 8 == 0 && x.ptr() % 16 == 0 && w.ptr() % 16 == 0;
-        let use_gemv = match path {
-            // Measured on H100 (docs/perf.md, GPU section): the kernel wins on single-row GEMMs up to
-            // in = 8192 and loses to cuBLAS on longer rows and on 8-row batches.
-            GemmPath::Auto => gemv_ok && t <= self.gemv_max_rows && k <= GEMV_MAX_IN,
-            GemmPath::Cublas | GemmPath::GemvT1 | GemmPath::GemvT1Wide | GemmPath::CublasLt => {
-                false
-            }
-            GemmPath::Gemv => {
-                ensure(gemv_ok, || {
-                    format!("GEMV needs <= {GEMV_MAX_ROWS} rows and in % 8 == 0")
-                })?;
-                true
-            }
-        };
-        self.ctx.cuda().bind_to_thread()?;
-        // Measured on H100 (docs/perf.md, GPU section): the single-row kernel beats cuBLAS and
-        // gemv_bf16 on every Llama-3-8B projection and the LM head at batch 1.
+        // Auto's choices, measured on H100 (docs/perf.md, GPU section): the single-row kernel beats
+        // cuBLAS and gemv_bf16 on every Llama-3-8B projection and the LM head at batch 1;
+        // gemv_bf16 for the few-row batches it is enabled for (up to in = 8192); cuBLASLt's
+        // heuristic matched or beat cuBLAS on every decode shape at 32 rows (up to 8 % on the o
+        // projection); prefill sizes stay on cuBLAS (not measured with cuBLASLt).
         let path = match path {
             GemmPath::Auto
-                if gemv_ok && t == 1 && k <= GEMV_T1_MAX_IN && self.gemv_max_rows >= 1 =>
+                if self.gemv_max_rows >= 1 && gemv_ok && t == 1 && k <= GEMV_T1_MAX_IN =>
             {
                 GemmPath::GemvT1
             }
-            // Decode batches above the GEMV's rows: cuBLASLt's heuristic matched or beat cuBLAS on
-            // every Llama-3-8B decode shape at 32 rows (up to 8 % on the o projection). Prefill
-            // sizes stay on cuBLAS (not measured with cuBLASLt).
+            GemmPath::Auto if gemv_ok && t <= self.gemv_max_rows && k <= GEMV_MAX_IN => {
+                GemmPath::Gemv
+            }
             GemmPath::Auto if t > self.gemv_max_rows && t <= LT_MAX_ROWS && self.lt.is_some() => {
                 GemmPath::CublasLt
             }
+            GemmPath::Auto => GemmPath::Cublas,
             p => p,
         };
+        self.ctx.cuda().bind_to_thread()?;
         if path == GemmPath::CublasLt {
             return match &self.lt {
                 Some(lt) => lt.linear(x, w, y),
@@ -249,7 +239,10 @@ impl Gemm {
             // shared memory), 16-byte aligned rows.
             return unsafe { self.launch_t1(f, x, w, y, n_out, k) };
         }
-        if use_gemv {
+        if path == GemmPath::Gemv {
+            ensure(gemv_ok, || {
+                format!("GEMV needs <= {GEMV_MAX_ROWS} rows and in % 8 == 0")
+            })?;
             let args = [
                 Arg::U64(x.ptr()),
                 Arg::U64(w.ptr()),

@@ -118,23 +118,44 @@ impl Session {
 
     fn put(&mut self, conn: &mut Conn, h: &Header, meta: &[u8]) -> ClusterResult<()> {
         let items = checked(conn, h, codec::decode_put(meta, h.payload_len))?;
-        if self.store.has_write_back() {
+        let shared = if self.store.has_write_back() {
             // Each value is received straight into the buffer the write-back queue keeps.
-            let mut batch: Vec<SharedPut<'_>> = Vec::with_capacity(items.len());
+            let mut values = Vec::with_capacity(items.len());
             for it in &items {
                 let mut v = zeroed_shared(it.len as usize);
-                let dst = Arc::get_mut(&mut v).expect("just allocated, so unique");
-                conn.recv_exact(dst)?;
-                batch.push((it.key, v, it.depth));
+                conn.recv_exact(Arc::get_mut(&mut v).expect("just allocated, so unique"))?;
+                values.push(v);
             }
-            let codes = put_batch_shared(&self.store, &batch);
-            return reply(conn, h, &codec::encode_codes(&codes));
-        }
-        let total = h.payload_len as usize;
+            Some(values)
+        } else {
+            let total = self.reserve_put_buf(&items);
+            conn.recv_exact(&mut self.put_buf[..total])?;
+            None
+        };
+        let codes = self.put_items(&items, shared);
+        reply(conn, h, &codec::encode_codes(&codes))
+    }
+
+    /// Grows the reusable put buffer to hold every item's value; returns their total length.
+    fn reserve_put_buf(&mut self, items: &[codec::PutItem<'_>]) -> usize {
+        let total: usize = items.iter().map(|it| it.len as usize).sum();
         if self.put_buf.len() < total {
             self.put_buf = AlignedBuf::new(total);
         }
-        conn.recv_exact(&mut self.put_buf[..total])?;
+        total
+    }
+
+    /// Stores the items whose values are in `shared` (one buffer each) or, without it, back to
+    /// back in the put buffer; one code per item.
+    fn put_items(&self, items: &[codec::PutItem<'_>], shared: Option<Vec<Arc<[u8]>>>) -> Vec<i32> {
+        if let Some(values) = shared {
+            let batch: Vec<SharedPut<'_>> = items
+                .iter()
+                .zip(values)
+                .map(|(it, v)| (it.key, v, it.depth))
+                .collect();
+            return put_batch_shared(&self.store, &batch);
+        }
         let mut off = 0;
         let batch: Vec<(&[u8], &[u8], Option<u32>)> = items
             .iter()
@@ -144,8 +165,7 @@ impl Session {
                 (it.key, v, it.depth)
             })
             .collect();
-        let codes = put_batch(&self.store, &batch);
-        reply(conn, h, &codec::encode_codes(&codes))
+        put_batch(&self.store, &batch)
     }
 
     fn get(&mut self, conn: &mut Conn, h: &Header, meta: &[u8]) -> ClusterResult<()> {
@@ -178,43 +198,22 @@ impl Session {
             .zip(&items)
             .map(|(&a, it)| (a, it.len as usize))
             .collect();
-        if self.store.has_write_back() {
+        let read = if self.store.has_write_back() {
             // Each value is read straight into the buffer the write-back queue keeps.
-            let values = match read_shared(pid, &remote) {
-                Ok(v) => v,
-                Err(e) => {
-                    tracing::warn!(pid, "store: reading client memory failed: {e}");
-                    conn.send_error(h.request_id, code::LOCAL_DENIED, &e.to_string())?;
-                    return Ok(());
-                }
-            };
-            let batch: Vec<SharedPut<'_>> = items
-                .iter()
-                .zip(values)
-                .map(|(it, v)| (it.key, v, it.depth))
-                .collect();
-            let codes = put_batch_shared(&self.store, &batch);
-            return reply(conn, h, &codec::encode_codes(&codes));
-        }
-        let total: usize = items.iter().map(|it| it.len as usize).sum();
-        if self.put_buf.len() < total {
-            self.put_buf = AlignedBuf::new(total);
-        }
-        if let Err(e) = shm::read_from(pid, &remote, &mut self.put_buf[..total]) {
-            tracing::warn!(pid, "store: reading client memory failed: {e}");
-            conn.send_error(h.request_id, code::LOCAL_DENIED, &e.to_string())?;
-            return Ok(());
-        }
-        let mut off = 0;
-        let batch: Vec<(&[u8], &[u8], Option<u32>)> = items
-            .iter()
-            .map(|it| {
-                let v = &self.put_buf[off..off + it.len as usize];
-                off += it.len as usize;
-                (it.key, v, it.depth)
-            })
-            .collect();
-        let codes = put_batch(&self.store, &batch);
+            read_shared(pid, &remote).map(Some)
+        } else {
+            let total = self.reserve_put_buf(&items);
+            shm::read_from(pid, &remote, &mut self.put_buf[..total]).map(|_| None)
+        };
+        let shared = match read {
+            Ok(v) => v,
+            Err(e) => {
+                tracing::warn!(pid, "store: reading client memory failed: {e}");
+                conn.send_error(h.request_id, code::LOCAL_DENIED, &e.to_string())?;
+                return Ok(());
+            }
+        };
+        let codes = self.put_items(&items, shared);
         reply(conn, h, &codec::encode_codes(&codes))
     }
 

@@ -68,28 +68,43 @@ fn remote_iovs(remote: &[(u64, usize)]) -> Vec<libc::iovec> {
 
 /// Copies the remote ranges of process `pid`, in order, into `local` (whose length is their sum).
 pub fn read_from(pid: i32, remote: &[(u64, usize)], local: &mut [u8]) -> io::Result<()> {
-    let mut off = 0;
-    for chunk in remote.chunks(IOV_MAX) {
-        let want: usize = chunk.iter().map(|r| r.1).sum();
-        let dst = &mut local[off..off + want];
-        let liov = libc::iovec {
-            iov_base: dst.as_mut_ptr().cast(),
-            iov_len: dst.len(),
-        };
-        let riov = remote_iovs(chunk);
-        // SAFETY: the local iovec covers `dst`, which we own mutably for the call; remote addresses
-        // are only dereferenced by the kernel inside the other process, which checks them (EFAULT).
-        let n = unsafe { libc::process_vm_readv(pid, &liov, 1, riov.as_ptr(), riov.len() as _, 0) };
-        check(n, want)?;
-        off += want;
-    }
-    Ok(())
+    let mut rest = local;
+    let spans: Vec<(*mut u8, usize)> = remote
+        .iter()
+        .map(|&(_, l)| {
+            let (a, b) = std::mem::take(&mut rest).split_at_mut(l);
+            rest = b;
+            (a.as_mut_ptr(), l)
+        })
+        .collect();
+    read_into(pid, remote, &spans)
 }
 
 /// Copies the remote ranges of process `pid` into the matching local buffers (one per range,
 /// each exactly as long): pointer and length pairs the caller owns for the duration of the call.
 pub fn read_into(pid: i32, remote: &[(u64, usize)], local: &[(*mut u8, usize)]) -> io::Result<()> {
-    for (rc, lc) in remote.chunks(IOV_MAX).zip(local.chunks(IOV_MAX)) {
+    transfer(pid, local, remote, false)
+}
+
+/// Copies each local slice to the matching remote range of process `pid`.
+pub fn write_to(pid: i32, local: &[&[u8]], remote: &[(u64, usize)]) -> io::Result<()> {
+    // The kernel only reads the local side of a write.
+    let spans: Vec<(*mut u8, usize)> = local
+        .iter()
+        .map(|s| (s.as_ptr() as *mut u8, s.len()))
+        .collect();
+    transfer(pid, &spans, remote, true)
+}
+
+/// One `process_vm_readv` (or `_writev` when `write`) per IOV_MAX ranges; every call must move all
+/// its bytes.
+fn transfer(
+    pid: i32,
+    local: &[(*mut u8, usize)],
+    remote: &[(u64, usize)],
+    write: bool,
+) -> io::Result<()> {
+    for (lc, rc) in local.chunks(IOV_MAX).zip(remote.chunks(IOV_MAX)) {
         let want: usize = lc.iter().map(|l| l.1).sum();
         let liov: Vec<libc::iovec> = lc
             .iter()
@@ -99,39 +114,16 @@ pub fn read_into(pid: i32, remote: &[(u64, usize)], local: &[(*mut u8, usize)]) 
             })
             .collect();
         let riov = remote_iovs(rc);
-        // SAFETY: every local iovec is a buffer the caller owns mutably for the call; remote
-        // addresses are only dereferenced by the kernel, which checks them (EFAULT).
+        // SAFETY: the local iovecs are buffers the caller owns for the call (written by a read,
+        // only read by a write); remote addresses are only dereferenced by the kernel in the other
+        // process, which checks them (EFAULT).
         let n = unsafe {
-            libc::process_vm_readv(
-                pid,
-                liov.as_ptr(),
-                liov.len() as _,
-                riov.as_ptr(),
-                riov.len() as _,
-                0,
-            )
-        };
-        check(n, want)?;
-    }
-    Ok(())
-}
-
-/// Copies each local slice to the matching remote range of process `pid`.
-pub fn write_to(pid: i32, local: &[&[u8]], remote: &[(u64, usize)]) -> io::Result<()> {
-    for (lc, rc) in local.chunks(IOV_MAX).zip(remote.chunks(IOV_MAX)) {
-        let want: usize = lc.iter().map(|s| s.len()).sum();
-        let liov: Vec<libc::iovec> = lc
-            .iter()
-            .map(|s| libc::iovec {
-                iov_base: s.as_ptr() as *mut libc::c_void,
-                iov_len: s.len(),
-            })
-            .collect();
-        let riov = remote_iovs(rc);
-        // SAFETY: local iovecs point into live shared slices that the kernel only reads; the remote
-        // side is checked by the kernel in the other process.
-        let n = unsafe {
-            libc::process_vm_writev(
+            let f = if write {
+                libc::process_vm_writev
+            } else {
+                libc::process_vm_readv
+            };
+            f(
                 pid,
                 liov.as_ptr(),
                 liov.len() as _,
