@@ -2,13 +2,14 @@
 //! 4 KiB-aligned (the zero-copy path), through a bounce buffer otherwise. Every device read is checked
 //! against the key-bound crc; a mismatch is a miss, never bytes.
 
+use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 
 use super::{check_key, StoreInner};
 use crate::format::{segment_offset, value_crc, BLOCK};
 use crate::index::Location;
 use crate::io::buf::{is_aligned, round_up};
-use crate::io::engine::{IoReq, Op};
+use crate::io::engine::{Completion, IoReq, Op};
 use crate::io::iobuf::IoBuf;
 use crate::{Error, Result};
 
@@ -50,59 +51,82 @@ impl StoreInner {
             .expect("one result")
     }
 
-    /// Batched [`Store::get_into`]: every device read is in flight at once.
+    /// Batched [`Store::get_into`]. Device reads slide through a window of the store's queue depth
+    /// in key order: when the window is full the oldest read is waited for and checked while the
+    /// rest stay in flight, then the next read goes in — so the checksum work overlaps the device
+    /// instead of leaving the queue empty at the end of the batch.
     pub fn batch_get_into(
         &self,
         keys: &[&[u8]],
         bufs: &mut [&mut [u8]],
     ) -> Vec<Result<Option<usize>>> {
         assert_eq!(keys.len(), bufs.len(), "one buffer per key");
-        let mut plans: Vec<Plan> = Vec::with_capacity(keys.len());
-        let mut reqs = Vec::new();
-        for (key, buf) in keys.iter().zip(bufs.iter_mut()) {
+        let mut out: Vec<Option<Result<Option<usize>>>> = Vec::with_capacity(keys.len());
+        let mut pending: VecDeque<(usize, Location, bool, Completion)> =
+            VecDeque::with_capacity(self.window);
+        for i in 0..keys.len() {
             self.counters.gets.fetch_add(1, Ordering::Relaxed);
-            let plan = self.plan(key, buf);
-            if let Plan::Read { loc, bounce } = &plan {
-                let len = round_up(loc.value_len as usize);
-                let io = if *bounce {
-                    self.engine.alloc(len)
-                } else {
-                    // SAFETY: `buf` is aligned, at least `len` long, exclusively borrowed for this call,
-                    // and every request is waited for below before the borrow ends.
-                    unsafe {
-                        IoBuf::raw(
-                            buf.as_mut_ptr(),
-                            len,
-                            self.engine.registered(buf.as_ptr(), len),
-                        )
-                    }
-                };
-                let offset = segment_offset(loc.segment, self.segments.segment_size)
-                    + loc.offset as u64
-                    + BLOCK as u64;
-                reqs.push(IoReq {
-                    op: Op::Read,
-                    offset,
-                    buf: io,
-                });
-            }
-            plans.push(plan);
-        }
-        let mut done = self.engine.submit(reqs).into_iter();
-        plans
-            .into_iter()
-            .zip(keys.iter().zip(bufs.iter_mut()))
-            .map(|(plan, (key, buf))| match plan {
-                Plan::Done(r) => r,
+            match self.plan(keys[i], bufs[i]) {
+                Plan::Done(r) => out.push(Some(r)),
                 Plan::Read { loc, bounce } => {
-                    let (io, r) = done.next().expect("one completion per read").wait();
-                    self.segments.segs[loc.segment as usize]
-                        .readers
-                        .fetch_sub(1, Ordering::SeqCst);
-                    self.finish(key, buf, &loc, bounce, &io, r)
+                    out.push(None);
+                    if pending.len() >= self.window {
+                        let (j, loc, bounce, c) = pending.pop_front().expect("full window");
+                        out[j] = Some(self.complete(keys[j], bufs[j], &loc, bounce, c));
+                    }
+                    let req = self.read_req(&loc, bounce, bufs[i]);
+                    let c = self.engine.submit(vec![req]).pop().expect("one completion");
+                    pending.push_back((i, loc, bounce, c));
                 }
-            })
+            }
+        }
+        for (j, loc, bounce, c) in pending {
+            out[j] = Some(self.complete(keys[j], bufs[j], &loc, bounce, c));
+        }
+        out.into_iter()
+            .map(|r| r.expect("every key answered"))
             .collect()
+    }
+
+    /// The device read for a planned key: straight into `buf` or into a bounce buffer.
+    fn read_req(&self, loc: &Location, bounce: bool, buf: &mut [u8]) -> IoReq {
+        let len = round_up(loc.value_len as usize);
+        let io = if bounce {
+            self.engine.alloc(len)
+        } else {
+            // SAFETY: `buf` is aligned, at least `len` long, exclusively borrowed by
+            // `batch_get_into`, and every read is waited for there before the borrow ends.
+            unsafe {
+                IoBuf::raw(
+                    buf.as_mut_ptr(),
+                    len,
+                    self.engine.registered(buf.as_ptr(), len),
+                )
+            }
+        };
+        IoReq {
+            op: Op::Read,
+            offset: segment_offset(loc.segment, self.segments.segment_size)
+                + loc.offset as u64
+                + BLOCK as u64,
+            buf: io,
+        }
+    }
+
+    /// Waits for one read, releases its segment and checks it.
+    fn complete(
+        &self,
+        key: &[u8],
+        buf: &mut [u8],
+        loc: &Location,
+        bounce: bool,
+        c: Completion,
+    ) -> Result<Option<usize>> {
+        let (io, r) = c.wait();
+        self.segments.segs[loc.segment as usize]
+            .readers
+            .fetch_sub(1, Ordering::SeqCst);
+        self.finish(key, buf, loc, bounce, &io, r)
     }
 
     fn plan(&self, key: &[u8], buf: &mut [u8]) -> Plan {

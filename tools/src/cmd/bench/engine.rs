@@ -92,8 +92,12 @@ fn key(i: u64) -> Vec<u8> {
     format!("{i:016x}{:048x}", i.wrapping_mul(0x9e37_79b9_7f4a_7c15)).into_bytes()
 }
 
-pub fn run(a: Args) -> anyhow::Result<()> {
+pub fn run(mut a: Args) -> anyhow::Result<()> {
     crate::cmd::logging::init("warn");
+    // Every thread gets work: with few large pages, a batch larger than a thread's share would leave
+    // the other threads idle and the device at one thread's queue depth.
+    let share = (a.total / a.value_size.max(1)).div_ceil(a.threads.max(1) as u64) as usize;
+    a.batch = a.batch.min(share.max(1));
     let tmp;
     let path = match &a.path {
         Some(p) => p.clone(),
