@@ -23,6 +23,7 @@ extern "C" __global__ void __launch_bounds__(128) paged_attention(
     const int* block_tables, int max_pages, int page_size, const int* tile_info, int n_heads,
     int n_kv_heads, int head_dim, float scale, int split_len, bf16_t* out, int out_stride,
     float* part_acc, float* part_ml, int total_rows) {
+    pdl_enter();
     extern __shared__ float smem[];
     const int hd = head_dim;
     const int group = n_heads / n_kv_heads;
@@ -159,6 +160,7 @@ extern "C" __global__ void __launch_bounds__(128) paged_attention(
 extern "C" __global__ void attention_combine(const float* part_acc, const float* part_ml,
                                              int n_splits, int total_rows, int n_heads,
                                              int head_dim, bf16_t* out, int out_stride) {
+    pdl_enter();
     int row = blockIdx.x, h = blockIdx.y;
     float mx = NEG_BIG;
     for (int s = 0; s < n_splits; ++s)

@@ -23,6 +23,7 @@ extern "C" __global__ void __launch_bounds__(128) paged_attention_decode(
     const int* block_tables, int max_pages, int page_size, const int* tile_info, int n_heads,
     int n_kv_heads, int head_dim, float scale, int split_len, bf16_t* out, int out_stride,
     float* part_acc, float* part_ml, int total_rows) {
+    pdl_enter();
     __shared__ __align__(16) float qs[DEC_MAXG * 128];
     __shared__ float red_m[DEC_WARPS][DEC_MAXG], red_l[DEC_WARPS][DEC_MAXG];
     __shared__ float red_acc[DEC_WARPS][DEC_MAXG][128];

@@ -285,7 +285,8 @@ __device__ __forceinline__ void dec2_body(
         const bf16_t* q, int q_stride, const bf16_t* k_pool, const bf16_t* v_pool,              \
         const int* block_tables, int max_pages, int page_size, const int* tile_info,            \
         int n_heads, int n_kv_heads, int head_dim, float scale, int split_len, bf16_t* out,     \
-        int out_stride, float* part_acc, float* part_ml, int total_rows) {                      \
+        int out_stride, float* part_acc, float* part_ml, int total_rows) {                   \
+        pdl_enter();                                                                            \
         dec2_body<G, HD, UNR, PIPE, CHUNK>(q, q_stride, k_pool, v_pool, block_tables, max_pages, page_size,        \
                          tile_info, n_heads, n_kv_heads, scale, split_len, out, out_stride,      \
                          part_acc, part_ml, total_rows);                                         \

@@ -27,6 +27,7 @@ __device__ float dot32(const float* a, const float* b, int n) {
 
 // out[r] = table[ids[r]] (ids checked against the vocabulary on the host). One block per row.
 extern "C" __global__ void f32_embedding(const u32* ids, const float* table, float* out, int dim) {
+    pdl_enter();
     u64 r = blockIdx.x;
     u64 id = ids[r];
     for (int i = threadIdx.x; i < dim; i += blockDim.x) out[r * dim + i] = table[id * dim + i];
@@ -35,6 +36,7 @@ extern "C" __global__ void f32_embedding(const u32* ids, const float* table, flo
 // out[r] = w * (x[r] / sqrt(dot(x[r], x[r]) / dim + eps)). One warp per row.
 extern "C" __global__ void f32_rms_norm(const float* x, const float* w, float* out, int rows,
                                         int dim, float eps) {
+    pdl_enter();
     int r = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (r >= rows) return;
     const float* xr = x + (u64)r * dim;
@@ -50,6 +52,7 @@ extern "C" __global__ void f32_rms_norm(const float* x, const float* w, float* o
 #define LINEAR_ROWS 8
 extern "C" __global__ void f32_linear(const float* x, const float* w, const float* bias,
                                       float* out, int rows, int k, int n) {
+    pdl_enter();
     int c = blockIdx.x * (blockDim.x >> 5) + (threadIdx.x >> 5);
     if (c >= n) return;
     const float* wr = w + (u64)c * k;
@@ -65,6 +68,7 @@ extern "C" __global__ void f32_linear(const float* x, const float* w, const floa
 // Rotate-half RoPE in place on x [rows, heads, head_dim]; cs holds, per row, that row's position's
 // cos[half] then sin[half] (gathered from the host table).
 extern "C" __global__ void f32_rope(float* x, const float* cs, int heads, int head_dim) {
+    pdl_enter();
     u64 r = blockIdx.x;
     int half = head_dim / 2;
     const float* cos = cs + r * 2 * half;
@@ -80,6 +84,7 @@ extern "C" __global__ void f32_rope(float* x, const float* cs, int heads, int he
 
 // out = gate / (1 + exp(-gate)) * up.
 extern "C" __global__ void f32_silu_mul(const float* gate, const float* up, float* out, u64 len) {
+    pdl_enter();
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < len; i += (u64)gridDim.x * blockDim.x) {
         float g = gate[i];
         out[i] = __fmul_rn(__fdiv_rn(g, __fadd_rn(1.f, expf(-g))), up[i]);
@@ -88,6 +93,7 @@ extern "C" __global__ void f32_silu_mul(const float* gate, const float* up, floa
 
 // x += y.
 extern "C" __global__ void f32_add(float* x, const float* y, u64 len) {
+    pdl_enter();
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < len; i += (u64)gridDim.x * blockDim.x)
         x[i] = __fadd_rn(x[i], y[i]);
 }
@@ -96,6 +102,7 @@ extern "C" __global__ void f32_add(float* x, const float* y, u64 len) {
 // bounds-checked on the host. Used by store_kv (scatter) and gather_rows (gather).
 extern "C" __global__ void f32_copy_rows(const float* src, const u32* src_rows, float* dst,
                                          const u32* dst_rows, int row_len) {
+    pdl_enter();
     u64 s = src_rows[blockIdx.x], d = dst_rows[blockIdx.x];
     for (int i = threadIdx.x; i < row_len; i += blockDim.x)
         dst[d * row_len + i] = src[s * row_len + i];
@@ -110,6 +117,7 @@ extern "C" __global__ void f32_copy_rows(const float* src, const u32* src_rows, 
 extern "C" __global__ void f32_attention(const float* q, const float* kc, const float* vc,
                                          const int* meta, const u32* pages, float* out, int heads,
                                          int kv_heads, int head_dim, int page_size, float scale) {
+    pdl_enter();
     int row = blockIdx.x, h = blockIdx.y, lane = threadIdx.x & 31;
     int qrow = meta[3 * row], pos = meta[3 * row + 1];
     const u32* pt = pages + meta[3 * row + 2];

@@ -8,6 +8,28 @@ typedef unsigned int u32;
 typedef unsigned long long u64;
 
 #define FULL_MASK 0xffffffffu
+
+// Programmatic dependent launch (sm_90+). Every kernel is launched with the PDL attribute where
+// the device has it (kernels/src/cuda/launch.rs), so a kernel may start while its predecessor in
+// the stream is still finishing. pdl_wait() blocks until that predecessor has completed and its
+// writes are visible: every kernel calls it before touching memory an earlier kernel writes or
+// reads (only constant inputs, such as weights, may be loaded before it). pdl_trigger() lets the
+// successor start launching once every block of this grid has called it (or exited).
+__device__ __forceinline__ void pdl_wait() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void pdl_trigger() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+// Both, at the top of a kernel that has nothing to load before its inputs are ready.
+__device__ __forceinline__ void pdl_enter() {
+    pdl_wait();
+    pdl_trigger();
+}
 #define NEG_BIG (-1.0e30f)
 #define NEG_INF (__int_as_float(0xff800000))
 

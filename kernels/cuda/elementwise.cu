@@ -5,6 +5,7 @@
 // out[t] = table[ids[t]]; an id outside [0, vocab) yields a zero row.
 extern "C" __global__ void embedding(const int* ids, const bf16_t* table, bf16_t* out, int hidden,
                                      int vocab) {
+    pdl_enter();
     int t = blockIdx.x;
     int id = ids[t];
     bool ok = id >= 0 && id < vocab;
@@ -17,6 +18,7 @@ extern "C" __global__ void embedding(const int* ids, const bf16_t* table, bf16_t
 // and written by the same thread.
 extern "C" __global__ void rmsnorm(const bf16_t* x, bf16_t* residual, const bf16_t* w, bf16_t* out,
                                    int hidden, float eps) {
+    pdl_enter();
     __shared__ float sh[32];
     u64 base = (u64)blockIdx.x * hidden;
     float ss = 0.f;
@@ -43,6 +45,7 @@ extern "C" __global__ void rmsnorm(const bf16_t* x, bf16_t* residual, const bf16
 extern "C" __global__ void rope(bf16_t* q, int q_stride, int n_q_heads, bf16_t* k, int k_stride,
                                 int n_k_heads, const int* pos, const float* inv_freq,
                                 int head_dim) {
+    pdl_enter();
     int t = blockIdx.x;
     int half = head_dim / 2;
     float p = (float)pos[t];
@@ -61,6 +64,7 @@ extern "C" __global__ void rope(bf16_t* q, int q_stride, int n_q_heads, bf16_t* 
 
 // out[t, i] = silu(gu[t, i]) * gu[t, inter + i]   (gate first, up second, as one fused GEMM output).
 extern "C" __global__ void silu_mul(const bf16_t* gu, bf16_t* out, int inter) {
+    pdl_enter();
     u64 t = blockIdx.x;
     for (int i = threadIdx.x; i < inter; i += blockDim.x) {
         float g = bf2f(gu[t * 2 * inter + i]);
@@ -73,6 +77,7 @@ extern "C" __global__ void silu_mul(const bf16_t* gu, bf16_t* out, int inter) {
 extern "C" __global__ void kv_write(const bf16_t* k, int k_stride, const bf16_t* v, int v_stride,
                                     bf16_t* k_pool, bf16_t* v_pool, const int* slots,
                                     int kv_dim) {
+    pdl_enter();
     int t = blockIdx.x;
     long long slot = slots[t];
     if (slot < 0) return;
@@ -92,6 +97,7 @@ __device__ __forceinline__ u64 splitmix64(u64 x) {
 // out[i] = bf16(uniform(-scale, scale)), a pure function of (seed, i): benchmark weights without a
 // host round trip.
 extern "C" __global__ void fill_uniform_bf16(bf16_t* out, u64 n, u64 seed, float scale) {
+    pdl_enter();
     for (u64 i = (u64)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += (u64)gridDim.x * blockDim.x) {
         u64 h = splitmix64(seed ^ splitmix64(i));
         float u = (float)(h >> 40) * (1.0f / 16777216.0f);

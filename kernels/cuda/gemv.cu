@@ -15,6 +15,7 @@ __device__ __forceinline__ void unpack8(uint4 v, float* f) {
 extern "C" __global__ void __launch_bounds__(256) gemv_bf16(const bf16_t* x, const bf16_t* w,
                                                             void* y, int T, int n, int k,
                                                             int y_f32) {
+    pdl_enter();
     const int row = (int)((blockIdx.x * (u64)blockDim.x + threadIdx.x) >> 5);
     const int lane = threadIdx.x & 31;
     if (row >= n) return;
@@ -87,6 +88,19 @@ __device__ __forceinline__ void gemv_t1_body(const bf16_t* x, const bf16_t* w, v
                                              int k, int y_f32) {
     extern __shared__ uint4 xs[];
     const int k8 = k / 8;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int row = blockIdx.x * (blockDim.x >> 5) + warp;
+    const bool live = row < n;
+    const uint4* wr = (const uint4*)(w + (u64)(live ? row : 0) * k);
+    // The weights are constant: the first UNR loads go out before waiting for x, so under PDL
+    // they overlap the tail of the kernel that produces x.
+    uint4 wv[UNR];
+    int c = lane;
+    if (live && c + 32 * (UNR - 1) < k8) {
+#pragma unroll
+        for (int u = 0; u < UNR; ++u) wv[u] = __ldg(wr + c + 32 * u);
+    }
+    pdl_enter();
     for (int i = threadIdx.x; i < k8; i += blockDim.x) {
         if (SILU) {
             const uint4 g = ((const uint4*)x)[i], u = ((const uint4*)x)[k8 + i];
@@ -97,16 +111,13 @@ __device__ __forceinline__ void gemv_t1_body(const bf16_t* x, const bf16_t* w, v
         }
     }
     __syncthreads();
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int row = blockIdx.x * (blockDim.x >> 5) + warp;
-    if (row >= n) return;
-    const uint4* wr = (const uint4*)(w + (u64)row * k);
+    if (!live) return;
     float acc0 = 0.f, acc1 = 0.f;
-    int c = lane;
     for (; c + 32 * (UNR - 1) < k8; c += 32 * UNR) {
-        uint4 wv[UNR];
+        if (c != lane) {
 #pragma unroll
-        for (int u = 0; u < UNR; ++u) wv[u] = __ldg(wr + c + 32 * u);
+            for (int u = 0; u < UNR; ++u) wv[u] = __ldg(wr + c + 32 * u);
+        }
 #pragma unroll
         for (int u = 0; u < UNR; ++u) {
             float wf[8], xf[8];

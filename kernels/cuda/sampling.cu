@@ -34,6 +34,7 @@ __device__ void block_argmax(float& v, int& i, float* shv, int* shi) {
 extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_tokens(
     const float* logits, float* probs, int vocab, const float* temperature, const int* top_k,
     const float* top_p, const float* min_p, const float* uniform, int* out_tokens) {
+    pdl_enter();
     __shared__ float shf[32];
     __shared__ int shi[32];
     __shared__ float scan[SAMPLE_THREADS];

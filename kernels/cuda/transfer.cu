@@ -28,6 +28,7 @@ extern "C" __global__ void kv_page_copy(char* pool, char* host, const int* pool_
                                         const int* host_pages, int n_layers, int layer_begin,
                                         int layer_end, u64 pool_page_count, u64 chunk_bytes,
                                         int to_host) {
+    pdl_enter();
     int span = layer_end - layer_begin;
     int item = blockIdx.x;
     int kv = item & 1;

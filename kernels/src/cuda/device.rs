@@ -77,6 +77,7 @@ impl GpuContext {
         let stream = ctx.new_stream()?;
         let copy_stream = ctx.new_stream()?;
         let (major, minor) = ctx.compute_capability()?;
+        super::launch::init_pdl(major);
         let sm_count =
             ctx.attribute(CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MULTIPROCESSOR_COUNT)? as usize;
         let name = ctx.name()?;

@@ -106,6 +106,11 @@ impl Gemm {
         self
     }
 
+    /// What cuBLASLt's per-shape algorithm timing found so far (empty without cuBLASLt).
+    pub fn lt_tuned(&self) -> Vec<super::gemm_lt::Tuned> {
+        self.lt.as_ref().map(|l| l.tuned()).unwrap_or_default()
+    }
+
     /// y = x * w^T for x [T, in] bf16, w [out, in] bf16, y [T, out] bf16 or f32.
     pub fn linear(&self, x: &DTensor, w: &DTensor, y: &DTensor) -> Result<()> {
         self.linear_with(x, w, y, GemmPath::Auto)

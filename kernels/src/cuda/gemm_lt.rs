@@ -1,7 +1,14 @@
-//! cuBLASLt for the Linear layer: the same `y = x * w^T` as `gemm.rs`'s cuBLAS call, with the
-//! algorithm picked by cuBLASLt's heuristic for each (rows, out, in, y dtype) and cached, and a
+//! cuBLASLt for the Linear layer: the same `y = x * w^T` as `gemm.rs`'s cuBLAS call, with a
 //! 32 MiB workspace (split-K and stream-K kernels need one). Used where it measured faster
 //! (`GemmPath::CublasLt`; docs/perf.md, GPU section).
+//!
+//! Algorithm choice per (rows, out, in, y dtype), made once and cached: cuBLASLt's heuristic
+//! proposes up to [`CANDIDATES`] algorithms and, on the first call of a shape outside a graph
+//! capture, each is timed on the call's own tensors (CUDA events, one warm-up and [`REPS`] runs)
+//! and the fastest kept. Decode GEMMs are skinny (2-64 rows): the heuristic's first pick often
+//! leaves SMs idle (too few output tiles) where a split-K candidate fills the GPU. Inside a
+//! capture (no timing possible) the heuristic's first pick is used. `STRATA_LT_TUNE=0` disables
+//! the timing.
 //!
 //! Layouts (column-major, as cuBLAS sees the row-major tensors): A = w as [in, out] with
 //! TRANSA = T, B = x as [in, T], C = D = y as [out, T].
@@ -18,6 +25,10 @@ use super::error::{CudaError, Result};
 use super::tensor::{DTensor, DType};
 
 const WORKSPACE: usize = 32 << 20;
+/// Heuristic candidates timed per shape.
+pub const CANDIDATES: usize = 16;
+/// Timed runs per candidate.
+const REPS: usize = 5;
 
 /// True when libcublasLt can be loaded.
 pub fn cublaslt_present() -> bool {
@@ -38,12 +49,27 @@ struct Plan {
     algo: sys::cublasLtMatmulAlgo_t,
 }
 
+/// What tuning found for one shape: the heuristic's first pick and the fastest candidate.
+#[derive(Clone, Debug)]
+pub struct Tuned {
+    /// (rows, out, in).
+    pub shape: (usize, usize, usize),
+    /// Candidates that ran.
+    pub candidates: usize,
+    /// Microseconds per call of the heuristic's first pick.
+    pub heuristic_us: f64,
+    /// Microseconds per call of the chosen algorithm.
+    pub best_us: f64,
+}
+
 /// A cuBLASLt handle with its workspace and per-shape plans.
 pub struct GemmLt {
     ctx: Arc<GpuContext>,
     handle: sys::cublasLtHandle_t,
     workspace: DTensor,
     plans: Mutex<HashMap<(usize, usize, usize, bool), Plan>>,
+    tuned: Mutex<Vec<Tuned>>,
+    tune: bool,
 }
 
 // SAFETY: the raw handles are only used under `plans`' lock or for launches on the context's
@@ -66,10 +92,20 @@ impl GemmLt {
             handle,
             workspace,
             plans: Mutex::new(HashMap::new()),
+            tuned: Mutex::new(Vec::new()),
+            tune: !std::env::var("STRATA_LT_TUNE").is_ok_and(|v| v == "0"),
         })
     }
 
-    fn plan(&self, t: usize, n: usize, k: usize, y_f32: bool) -> Result<Plan> {
+    /// Shapes tuned so far, in order.
+    pub fn tuned(&self) -> Vec<Tuned> {
+        self.tuned.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn plan(&self, x: &DTensor, w: &DTensor, y: &DTensor) -> Result<Plan> {
+        let (t, k) = (x.shape()[0], x.shape()[1]);
+        let n = w.shape()[0];
+        let y_f32 = y.dtype() == DType::F32;
         let bf = sys::cudaDataType::CUDA_R_16BF;
         let yt = if y_f32 {
             sys::cudaDataType::CUDA_R_32F
@@ -97,7 +133,10 @@ impl GemmLt {
         let c = lt::create_matrix_layout(yt, n as u64, t as u64, n as i64).map_err(lt_err)?;
         let pref = lt::create_matmul_pref().map_err(lt_err)?;
         let ws = WORKSPACE as u64;
-        // SAFETY: u64 attribute as documented for MAX_WORKSPACE_BYTES; the descriptors are live.
+        let mut found: Vec<sys::cublasLtMatmulHeuristicResult_t> = Vec::with_capacity(CANDIDATES);
+        let mut count: i32 = 0;
+        // SAFETY: u64 attribute as documented for MAX_WORKSPACE_BYTES; the descriptors are live;
+        // `found` has room for CANDIDATES results and cuBLASLt writes `count` <= CANDIDATES.
         let heur = unsafe {
             lt::set_matmul_pref_attribute(
                 pref,
@@ -105,33 +144,79 @@ impl GemmLt {
                 &ws as *const u64 as *const c_void,
                 std::mem::size_of::<u64>(),
             )
-            .and_then(|_| lt::get_matmul_algo_heuristic(self.handle, desc, a, b, c, c, pref))
+            .and_then(|_| {
+                sys::cublasLtMatmulAlgoGetHeuristic(
+                    self.handle,
+                    desc,
+                    a,
+                    b,
+                    c,
+                    c,
+                    pref,
+                    CANDIDATES as i32,
+                    found.as_mut_ptr(),
+                    &mut count,
+                )
+                .result()
+            })
         };
         // SAFETY: created above, not used after.
         let _ = unsafe { lt::destroy_matmul_pref(pref) };
-        let heur = heur.map_err(lt_err)?;
-        Ok(Plan {
+        heur.map_err(lt_err)?;
+        // SAFETY: cuBLASLt initialised the first `count` results.
+        unsafe { found.set_len(count.clamp(0, CANDIDATES as i32) as usize) };
+        if found.is_empty() {
+            return Err(lt_err(lt::CublasError(
+                sys::cublasStatus_t::CUBLAS_STATUS_NOT_SUPPORTED,
+            )));
+        }
+        let mut plan = Plan {
             desc,
             a,
             b,
             c,
-            algo: heur.algo,
-        })
+            algo: found[0].algo,
+        };
+        let capturing = self.ctx.stream().capture_status().map_or(true, |s| {
+            s != cudarc::driver::sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE
+        });
+        if self.tune && !capturing && found.len() > 1 {
+            let mut times = Vec::with_capacity(found.len());
+            for r in &found {
+                plan.algo = r.algo;
+                times.push(self.time(&plan, x, w, y).unwrap_or(f64::INFINITY));
+            }
+            let best = (0..times.len())
+                .min_by(|&i, &j| times[i].total_cmp(&times[j]))
+                .unwrap_or(0);
+            plan.algo = found[if times[best].is_finite() { best } else { 0 }].algo;
+            self.tuned
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(Tuned {
+                    shape: (t, n, k),
+                    candidates: times.iter().filter(|t| t.is_finite()).count(),
+                    heuristic_us: times[0],
+                    best_us: times[best],
+                });
+        }
+        Ok(plan)
     }
 
-    /// y = x * w^T for x [T, in] bf16, w [out, in] bf16, y [T, out] bf16 or f32 (shapes checked
-    /// by the caller).
-    pub fn linear(&self, x: &DTensor, w: &DTensor, y: &DTensor) -> Result<()> {
-        let (t, k) = (x.shape()[0], x.shape()[1]);
-        let n = w.shape()[0];
-        let y_f32 = y.dtype() == DType::F32;
-        self.ctx.cuda().bind_to_thread()?;
-        let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (t, n, k, y_f32);
-        let p = match plans.entry(key) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => e.insert(self.plan(t, n, k, y_f32)?),
-        };
+    /// Microseconds per call of `p` on these tensors (one warm-up, then [`REPS`] timed calls).
+    fn time(&self, p: &Plan, x: &DTensor, w: &DTensor, y: &DTensor) -> Result<f64> {
+        let stream = self.ctx.stream();
+        let timing = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+        self.run(p, x, w, y)?;
+        let start = stream.record_event(timing)?;
+        for _ in 0..REPS {
+            self.run(p, x, w, y)?;
+        }
+        let end = stream.record_event(timing)?;
+        Ok(start.elapsed_ms(&end)? as f64 * 1e3 / REPS as f64)
+    }
+
+    fn run(&self, p: &Plan, x: &DTensor, w: &DTensor, y: &DTensor) -> Result<()> {
         let (alpha, beta) = (1.0f32, 0.0f32);
         // SAFETY: layouts describe exactly the tensors' extents (checked by the caller), the
         // workspace holds WORKSPACE bytes, and the launch goes to the context's stream.
@@ -156,6 +241,22 @@ impl GemmLt {
             )
         }
         .map_err(lt_err)
+    }
+
+    /// y = x * w^T for x [T, in] bf16, w [out, in] bf16, y [T, out] bf16 or f32 (shapes checked
+    /// by the caller).
+    pub fn linear(&self, x: &DTensor, w: &DTensor, y: &DTensor) -> Result<()> {
+        let (t, k) = (x.shape()[0], x.shape()[1]);
+        let n = w.shape()[0];
+        let y_f32 = y.dtype() == DType::F32;
+        self.ctx.cuda().bind_to_thread()?;
+        let mut plans = self.plans.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (t, n, k, y_f32);
+        let p = match plans.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => e.insert(self.plan(x, w, y)?),
+        };
+        self.run(p, x, w, y)
     }
 }
 

@@ -3,10 +3,20 @@
 //! Launchers in `ops.rs`, `attention.rs`, `sampling.rs` and `transfer.rs` validate every device,
 //! dtype and shape before they build an `Args`; this module only marshals scalars and pointers in
 //! the order the `extern "C"` kernel signature declares them.
+//!
+//! On sm_90 and newer every launch carries the programmatic-dependent-launch attribute: a kernel
+//! may be scheduled while its predecessor in the stream finishes, and waits for it in-kernel
+//! (`pdl_wait` in kernels/cuda/common.cuh, which every kernel calls before touching memory an
+//! earlier kernel wrote). Inside a captured decode graph this hides the launch gap and lets a GEMV
+//! start streaming its (constant) weights during the previous kernel's tail. `STRATA_PDL=0` turns
+//! it off; [`set_pdl`] switches it for A/B measurements.
 
 use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use cudarc::driver::sys::CUstream;
+use cudarc::driver::sys::{
+    self, CUlaunchAttribute, CUlaunchAttributeID, CUlaunchAttributeValue, CUlaunchConfig, CUstream,
+};
 use cudarc::driver::CudaFunction;
 
 use super::error::Result;
@@ -44,6 +54,26 @@ impl Dims {
     }
 }
 
+static PDL: AtomicBool = AtomicBool::new(false);
+
+/// Turns programmatic dependent launch on or off for later launches (and graph captures).
+pub fn set_pdl(on: bool) {
+    PDL.store(on, Ordering::Relaxed);
+}
+
+/// Whether launches carry the programmatic-dependent-launch attribute.
+pub fn pdl() -> bool {
+    PDL.load(Ordering::Relaxed)
+}
+
+/// Enables PDL for a device of compute capability `major` (9 = Hopper) unless `STRATA_PDL=0`.
+pub(crate) fn init_pdl(major: i32) {
+    let off = std::env::var("STRATA_PDL").is_ok_and(|v| v == "0");
+    if major >= 9 && !off {
+        set_pdl(true);
+    }
+}
+
 /// Launches `f` on `stream` with `args`.
 ///
 /// # Safety
@@ -66,14 +96,43 @@ pub unsafe fn launch(f: &CudaFunction, stream: CUstream, dims: Dims, args: &[Arg
     // SAFETY: the caller guarantees the argument list matches the kernel; `vals` outlives the
     // call and is not moved while `ptrs` points into it.
     unsafe {
-        cudarc::driver::result::launch_kernel(
+        if !pdl() {
+            cudarc::driver::result::launch_kernel(
+                f.cu_function(),
+                dims.grid,
+                (dims.block, 1, 1),
+                dims.smem,
+                stream,
+                &mut ptrs,
+            )?;
+            return Ok(());
+        }
+        let mut value: CUlaunchAttributeValue = std::mem::zeroed();
+        value.programmaticStreamSerializationAllowed = 1;
+        let mut attr = CUlaunchAttribute {
+            id: CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+            pad: [0; 4],
+            value,
+        };
+        let cfg = CUlaunchConfig {
+            gridDimX: dims.grid.0,
+            gridDimY: dims.grid.1,
+            gridDimZ: dims.grid.2,
+            blockDimX: dims.block,
+            blockDimY: 1,
+            blockDimZ: 1,
+            sharedMemBytes: dims.smem,
+            hStream: stream,
+            attrs: &mut attr,
+            numAttrs: 1,
+        };
+        sys::cuLaunchKernelEx(
+            &cfg,
             f.cu_function(),
-            dims.grid,
-            (dims.block, 1, 1),
-            dims.smem,
-            stream,
-            &mut ptrs,
-        )?;
+            ptrs.as_mut_ptr(),
+            std::ptr::null_mut(),
+        )
+        .result()?;
     }
     Ok(())
 }

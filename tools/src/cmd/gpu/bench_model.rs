@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 use strata_kernels::cuda::llama::{LlamaModel, LlamaShape, StepInput};
-use strata_kernels::cuda::{AttnSeq, CudaOps, Gemm, GemmPath, SamplingParams};
+use strata_kernels::cuda::{launch, AttnSeq, CudaOps, Gemm, GemmPath, SamplingParams};
 
 use super::bench::{gpu_ms, median, Args};
 
@@ -108,24 +108,42 @@ pub fn run(
                 Ok(model.forward(ops, gemm, &ws, &input)?)
             })?;
             // The same step replayed from a CUDA graph (forward only; sampling stays eager).
-            let graphed = match model.capture(ops, gemm, &ws, &input) {
-                Ok(g) => {
-                    let mut w = Vec::new();
-                    for k in 0..18 {
-                        let t = Instant::now();
-                        g.launch()?;
-                        ops.sample(&ws.logits, &ws.probs, &params, &unif)?;
-                        if k >= 3 {
-                            w.push(t.elapsed().as_secs_f64() * 1e3);
+            let replay = || -> anyhow::Result<Option<f64>> {
+                Ok(match model.capture(ops, gemm, &ws, &input) {
+                    Ok(g) => {
+                        let mut w = Vec::new();
+                        for k in 0..18 {
+                            let t = Instant::now();
+                            g.launch()?;
+                            ops.sample(&ws.logits, &ws.probs, &params, &unif)?;
+                            if k >= 3 {
+                                w.push(t.elapsed().as_secs_f64() * 1e3);
+                            }
                         }
+                        Some(median(w))
                     }
-                    Some(median(w))
-                }
-                Err(e) => {
-                    println!("graph capture failed: {e}");
-                    None
-                }
+                    Err(e) => {
+                        println!("graph capture failed: {e}");
+                        None
+                    }
+                })
             };
+            let graphed = replay()?;
+            // The same graph without programmatic dependent launch, side by side.
+            let graphed_no_pdl = if launch::pdl() {
+                launch::set_pdl(false);
+                let r = replay();
+                launch::set_pdl(true);
+                r?
+            } else {
+                None
+            };
+            if let (Some(a), Some(n)) = (graphed, graphed_no_pdl) {
+                summary.push(format!(
+                    "  b{b} graph step with PDL {a:.3} ms, without {n:.3} ms (x{:.3})",
+                    a / n
+                ));
+            }
             let attn_layer_us = attention_alone(ops, &model, b, args.decode_ctx, None, &|_| true)?;
             for sp in [1, 2, 4, 8, 16, 32] {
                 let us = attention_alone(ops, &model, b, args.decode_ctx, Some(sp), &|_| true)?;
@@ -159,7 +177,7 @@ pub fn run(
                 args.decode_ctx, wall, graphed.map_or("-".to_string(), |g| format!("{g:.2} ms")), fwd, attn_layer_us, attn_v1_us,
                 b as f64 / best * 1e3, floor_ms.unwrap_or(f64::NAN), ratio.unwrap_or(f64::NAN), kv_floor.unwrap_or(f64::NAN)
             ));
-            rows.push(json!({"batch": b, "step_ms": wall, "graph_step_ms": graphed, "forward_gpu_ms": fwd,
+            rows.push(json!({"batch": b, "step_ms": wall, "graph_step_ms": graphed, "graph_step_ms_no_pdl": graphed_no_pdl, "forward_gpu_ms": fwd,
                 "attention_us_per_layer": attn_layer_us, "attention_v1_us_per_layer": attn_v1_us, "attention_variants_us": variants, "tokens_per_s": b as f64 / best * 1e3,
                 "floor_weights_ms": floor_ms, "floor_weights_kv_ms": kv_floor, "ratio_to_floor": ratio}));
             if b == 1 {
@@ -167,6 +185,22 @@ pub fn run(
             }
         }
         out["decode"] = json!(rows);
+        let mut tuned = Vec::new();
+        for t in gemm.lt_tuned() {
+            summary.push(format!(
+                "  cuBLASLt tuning [{}x{}x{}]: heuristic pick {:.1} us, best of {} {:.1} us (x{:.2})",
+                t.shape.0,
+                t.shape.1,
+                t.shape.2,
+                t.heuristic_us,
+                t.candidates,
+                t.best_us,
+                t.best_us / t.heuristic_us
+            ));
+            tuned.push(json!({"shape": [t.shape.0, t.shape.1, t.shape.2], "candidates": t.candidates,
+                "heuristic_us": t.heuristic_us, "best_us": t.best_us}));
+        }
+        out["cublaslt_tuning"] = json!(tuned);
     }
     if want("prefill") {
         let mut rows = Vec::new();
