@@ -147,6 +147,69 @@ __device__ __forceinline__ void dec2_chunk(const float (*qf)[8], const uint4* kr
     }
 }
 
+// Merges the KPS key streams of each warp (lanes li, li + LPK, ...) by shuffle and the warps
+// through shared memory, then writes the output row (one split) or this split's partials.
+template <int G, int HD>
+__device__ __forceinline__ void dec2_finish(float* m, float* l, float (*acc)[8], int g, int row,
+                                            int split, int nsplit, bf16_t* out, int out_stride,
+                                            float* part_acc, float* part_ml, int total_rows,
+                                            int n_heads) {
+    constexpr int LPK = HD / 8;
+    __shared__ float red_m[DEC2_WARPS][G], red_l[DEC2_WARPS][G];
+    __shared__ __align__(16) float red_acc[DEC2_WARPS][G][HD];
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int sub = lane / LPK, li = lane % LPK;
+    // Merge the KPS key streams of the warp (lanes li, li + LPK, ...).
+#pragma unroll
+    for (int o = LPK; o < 32; o <<= 1) {
+        float mo[G], lo[G], ao[G][8];
+#pragma unroll
+        for (int r = 0; r < G; ++r) {
+            mo[r] = __shfl_xor_sync(FULL_MASK, m[r], o);
+            lo[r] = __shfl_xor_sync(FULL_MASK, l[r], o);
+#pragma unroll
+            for (int i = 0; i < 8; ++i) ao[r][i] = __shfl_xor_sync(FULL_MASK, acc[r][i], o);
+        }
+        dec2_merge<G>(m, l, acc, mo, lo, ao);
+    }
+    if (sub == 0) {
+#pragma unroll
+        for (int r = 0; r < G; ++r) {
+            if (li == 0) {
+                red_m[warp][r] = m[r];
+                red_l[warp][r] = l[r];
+            }
+#pragma unroll
+            for (int i = 0; i < 8; ++i) red_acc[warp][r][li * 8 + i] = acc[r][i];
+        }
+    }
+    __syncthreads();
+    for (int idx = threadIdx.x; idx < G * HD; idx += blockDim.x) {
+        const int r = idx / HD, d = idx % HD;
+        float mx = NEG_BIG;
+#pragma unroll
+        for (int w = 0; w < DEC2_WARPS; ++w) mx = fmaxf(mx, red_m[w][r]);
+        float sum = 0.f, a = 0.f;
+#pragma unroll
+        for (int w = 0; w < DEC2_WARPS; ++w) {
+            const float f = expf(red_m[w][r] - mx);
+            sum += red_l[w][r] * f;
+            a += red_acc[w][r][d] * f;
+        }
+        const int h = g * G + r;
+        if (nsplit == 1) {
+            out[(u64)row * out_stride + (u64)h * HD + d] = f2bf(sum > 0.f ? a / sum : 0.f);
+        } else {
+            const u64 b = ((u64)split * total_rows + row) * n_heads + h;
+            part_acc[b * HD + d] = a;
+            if (d == 0) {
+                part_ml[b * 2] = mx;
+                part_ml[b * 2 + 1] = sum;
+            }
+        }
+    }
+}
+
 // UNR: steps of KPS keys per warp iteration. PIPE: load the next iteration's K/V before
 // computing the current one (software pipelining; twice the load registers). CHUNK: fold with
 // dec2_chunk instead of dec2_step.
@@ -159,9 +222,6 @@ __device__ __forceinline__ void dec2_body(
     constexpr int LPK = HD / 8;
     constexpr int KPS = 32 / LPK;
     constexpr int STEP = KPS * UNR;
-    __shared__ float red_m[DEC2_WARPS][G], red_l[DEC2_WARPS][G];
-    __shared__ __align__(16) float red_acc[DEC2_WARPS][G][HD];
-
     const int tile = blockIdx.x, g = blockIdx.y, split = blockIdx.z, nsplit = gridDim.z;
     const int seq = tile_info[tile * 4 + 0], row = tile_info[tile * 4 + 1];
     const int pos0 = tile_info[tile * 4 + 3];
@@ -229,55 +289,124 @@ __device__ __forceinline__ void dec2_body(
         }
     }
 
-    // Merge the KPS key streams of the warp (lanes li, li + LPK, ...).
-#pragma unroll
-    for (int o = LPK; o < 32; o <<= 1) {
-        float mo[G], lo[G], ao[G][8];
-#pragma unroll
-        for (int r = 0; r < G; ++r) {
-            mo[r] = __shfl_xor_sync(FULL_MASK, m[r], o);
-            lo[r] = __shfl_xor_sync(FULL_MASK, l[r], o);
-#pragma unroll
-            for (int i = 0; i < 8; ++i) ao[r][i] = __shfl_xor_sync(FULL_MASK, acc[r][i], o);
-        }
-        dec2_merge<G>(m, l, acc, mo, lo, ao);
-    }
-    if (sub == 0) {
-#pragma unroll
-        for (int r = 0; r < G; ++r) {
-            if (li == 0) {
-                red_m[warp][r] = m[r];
-                red_l[warp][r] = l[r];
+    dec2_finish<G, HD>(m, l, acc, g, row, split, nsplit, out, out_stride, part_acc, part_ml,
+                       total_rows, n_heads);
+}
+
+// Shared-memory pipelined variant: the block streams its keys in tiles of ATK keys whose K and V
+// rows are copied to shared memory with cp.async, ANST tiles in flight, so the loads of later
+// tiles stay outstanding while the warps score the current one (no registers held by in-flight
+// loads). Keys past the end are zero-filled (src-size 0) and masked. Per tile each warp scores
+// ATK / DEC2_WARPS keys with the same lane layout and fold as dec2_chunk.
+#define ATK 16
+#define ANST 4
+
+__device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
+    const u32 d = (u32)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src),
+                 "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+template <int G, int HD>
+__device__ __forceinline__ void dec2_async_body(
+    const bf16_t* q, int q_stride, const bf16_t* k_pool, const bf16_t* v_pool,
+    const int* block_tables, int max_pages, int page_size, const int* tile_info, int n_heads,
+    int n_kv_heads, float scale, int split_len, bf16_t* out, int out_stride, float* part_acc,
+    float* part_ml, int total_rows) {
+    constexpr int LPK = HD / 8;
+    constexpr int KPS = 32 / LPK;
+    constexpr int PER_WARP = ATK / DEC2_WARPS;  // keys of a tile per warp
+    constexpr int UNR = PER_WARP / KPS;
+    static_assert(UNR >= 1 && UNR * KPS * DEC2_WARPS == ATK, "tile shape");
+    __shared__ __align__(16) uint4 ks[ANST][ATK * LPK];
+    __shared__ __align__(16) uint4 vs[ANST][ATK * LPK];
+
+    const int tile = blockIdx.x, g = blockIdx.y, split = blockIdx.z, nsplit = gridDim.z;
+    const int seq = tile_info[tile * 4 + 0], row = tile_info[tile * 4 + 1];
+    const int pos0 = tile_info[tile * 4 + 3];
+    const int kbeg = split * split_len;
+    const int kend = min(pos0 + 1, kbeg + split_len);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int sub = lane / LPK, li = lane % LPK;
+    const int* bt = block_tables + (u64)seq * max_pages;
+
+    // Issues the copies of the tile starting at key t0 into stage st.
+    auto issue = [&](int t0, int st) {
+        for (int c = threadIdx.x; c < ATK * LPK; c += blockDim.x) {
+            const int key = t0 + c / LPK, piece = c % LPK;
+            const bool live = key < kend;
+            u64 off = 0;
+            if (live) {
+                const u64 slot = (u64)bt[key / page_size] * page_size + key % page_size;
+                off = slot * n_kv_heads * HD + (u64)g * HD + piece * 8;
             }
-#pragma unroll
-            for (int i = 0; i < 8; ++i) red_acc[warp][r][li * 8 + i] = acc[r][i];
+            cp_async16(&ks[st][c], k_pool + off, live ? 16 : 0);
+            cp_async16(&vs[st][c], v_pool + off, live ? 16 : 0);
         }
+    };
+
+    float qf[G][8];
+#pragma unroll
+    for (int r = 0; r < G; ++r) {
+        const uint4 raw =
+            *(const uint4*)(q + (u64)row * q_stride + (u64)(g * G + r) * HD + li * 8);
+        dec2_unpack8(raw, qf[r]);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) qf[r][i] *= scale;
     }
-    __syncthreads();
-    for (int idx = threadIdx.x; idx < G * HD; idx += blockDim.x) {
-        const int r = idx / HD, d = idx % HD;
-        float mx = NEG_BIG;
+    float m[G], l[G], acc[G][8];
 #pragma unroll
-        for (int w = 0; w < DEC2_WARPS; ++w) mx = fmaxf(mx, red_m[w][r]);
-        float sum = 0.f, a = 0.f;
+    for (int r = 0; r < G; ++r) {
+        m[r] = NEG_BIG;
+        l[r] = 0.f;
 #pragma unroll
-        for (int w = 0; w < DEC2_WARPS; ++w) {
-            const float f = expf(red_m[w][r] - mx);
-            sum += red_l[w][r] * f;
-            a += red_acc[w][r][d] * f;
-        }
-        const int h = g * G + r;
-        if (nsplit == 1) {
-            out[(u64)row * out_stride + (u64)h * HD + d] = f2bf(sum > 0.f ? a / sum : 0.f);
-        } else {
-            const u64 b = ((u64)split * total_rows + row) * n_heads + h;
-            part_acc[b * HD + d] = a;
-            if (d == 0) {
-                part_ml[b * 2] = mx;
-                part_ml[b * 2 + 1] = sum;
-            }
-        }
+        for (int i = 0; i < 8; ++i) acc[r][i] = 0.f;
     }
+
+    const int ntiles = kend > kbeg ? (kend - kbeg + ATK - 1) / ATK : 0;
+#pragma unroll
+    for (int p = 0; p < ANST - 1; ++p) {
+        if (p < ntiles) issue(kbeg + p * ATK, p);
+        cp_async_commit();
+    }
+    for (int i = 0; i < ntiles; ++i) {
+        cp_async_wait<ANST - 2>();
+        __syncthreads();
+        // The stage refilled here was read in iteration i - 1, which every warp has finished.
+        const int nxt = i + ANST - 1;
+        if (nxt < ntiles) issue(kbeg + nxt * ATK, nxt % ANST);
+        cp_async_commit();
+        const int st = i % ANST, t0 = kbeg + i * ATK;
+        uint4 kr[UNR], vr[UNR];
+        bool ok[UNR];
+#pragma unroll
+        for (int u = 0; u < UNR; ++u) {
+            const int kk = warp * PER_WARP + u * KPS + sub;
+            kr[u] = ks[st][kk * LPK + li];
+            vr[u] = vs[st][kk * LPK + li];
+            ok[u] = t0 + kk < kend;
+        }
+        dec2_chunk<G, HD, UNR>(qf, kr, vr, ok, m, l, acc);
+    }
+    cp_async_wait<0>();
+    dec2_finish<G, HD>(m, l, acc, g, row, split, nsplit, out, out_stride, part_acc, part_ml,
+                       total_rows, n_heads);
+}
+
+extern "C" __global__ void __launch_bounds__(128) paged_attention_decode2_var_async(
+    const bf16_t* q, int q_stride, const bf16_t* k_pool, const bf16_t* v_pool,
+    const int* block_tables, int max_pages, int page_size, const int* tile_info, int n_heads,
+    int n_kv_heads, int head_dim, float scale, int split_len, bf16_t* out, int out_stride,
+    float* part_acc, float* part_ml, int total_rows) {
+    pdl_enter();
+    dec2_async_body<4, 128>(q, q_stride, k_pool, v_pool, block_tables, max_pages, page_size,
+                            tile_info, n_heads, n_kv_heads, scale, split_len, out, out_stride,
+                            part_acc, part_ml, total_rows);
 }
 
 #define DEC2_VARIANT_LB(NAME, G, HD, UNR, PIPE, CHUNK, MINB)                                     \
