@@ -293,14 +293,13 @@ __device__ __forceinline__ void dec2_body(
                        total_rows, n_heads);
 }
 
-// Shared-memory pipelined variant: the block streams its keys in tiles of ATK keys whose K and V
-// rows are copied to shared memory with cp.async, ANST tiles in flight, so the loads of later
-// tiles stay outstanding while the warps score the current one (no registers held by in-flight
-// loads). Keys past the end are zero-filled (src-size 0) and masked. Per tile each warp scores
-// ATK / DEC2_WARPS keys with the same lane layout and fold as dec2_chunk.
-#define ATK 16
-#define ANST 4
-
+// Shared-memory pipelined form (the planner's kernels): the block streams its keys in tiles of
+// ATK keys whose K and V rows are copied to shared memory with cp.async, ANST - 1 tiles in flight
+// ahead of the one being scored, so later loads stay outstanding while the warps compute (no
+// registers held by in-flight loads, unlike dec2_body). Keys past the end are zero-filled
+// (src-size 0) and masked. Per tile each warp scores ATK / DEC2_WARPS keys with the same lane
+// layout and fold as dec2_chunk. Static shared memory: ANST * ATK * HD * 4 bytes of K/V tiles
+// plus dec2_finish's G * HD * 16 bytes, within the 48 KiB static limit.
 __device__ __forceinline__ void cp_async16(void* dst, const void* src, int src_bytes) {
     const u32 d = (u32)__cvta_generic_to_shared(dst);
     asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src),
@@ -312,7 +311,7 @@ __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
-template <int G, int HD>
+template <int G, int HD, int ATK, int ANST>
 __device__ __forceinline__ void dec2_async_body(
     const bf16_t* q, int q_stride, const bf16_t* k_pool, const bf16_t* v_pool,
     const int* block_tables, int max_pages, int page_size, const int* tile_info, int n_heads,
@@ -398,16 +397,18 @@ __device__ __forceinline__ void dec2_async_body(
                        total_rows, n_heads);
 }
 
-extern "C" __global__ void __launch_bounds__(128) paged_attention_decode2_var_async(
-    const bf16_t* q, int q_stride, const bf16_t* k_pool, const bf16_t* v_pool,
-    const int* block_tables, int max_pages, int page_size, const int* tile_info, int n_heads,
-    int n_kv_heads, int head_dim, float scale, int split_len, bf16_t* out, int out_stride,
-    float* part_acc, float* part_ml, int total_rows) {
-    pdl_enter();
-    dec2_async_body<4, 128>(q, q_stride, k_pool, v_pool, block_tables, max_pages, page_size,
-                            tile_info, n_heads, n_kv_heads, scale, split_len, out, out_stride,
-                            part_acc, part_ml, total_rows);
-}
+#define DEC2_ASYNC(NAME, G, HD, ATK, ANST)                                                      \
+    extern "C" __global__ void __launch_bounds__(128) NAME(                                     \
+        const bf16_t* q, int q_stride, const bf16_t* k_pool, const bf16_t* v_pool,              \
+        const int* block_tables, int max_pages, int page_size, const int* tile_info,            \
+        int n_heads, int n_kv_heads, int head_dim, float scale, int split_len, bf16_t* out,     \
+        int out_stride, float* part_acc, float* part_ml, int total_rows) {                      \
+        pdl_enter();                                                                            \
+        dec2_async_body<G, HD, ATK, ANST>(q, q_stride, k_pool, v_pool, block_tables, max_pages, \
+                                          page_size, tile_info, n_heads, n_kv_heads, scale,     \
+                                          split_len, out, out_stride, part_acc, part_ml,        \
+                                          total_rows);                                          \
+    }
 
 #define DEC2_VARIANT_LB(NAME, G, HD, UNR, PIPE, CHUNK, MINB)                                     \
     extern "C" __global__ void __launch_bounds__(128, MINB) NAME(                                \
@@ -423,19 +424,18 @@ extern "C" __global__ void __launch_bounds__(128) paged_attention_decode2_var_as
 
 #define DEC2_VARIANT(NAME, G, HD, UNR, PIPE, CHUNK) DEC2_VARIANT_LB(NAME, G, HD, UNR, PIPE, CHUNK, 1)
 
-// The planner's kernels (the defaults chosen by the side-by-side timing in docs/perf.md).
+// The planner's kernels (the defaults chosen by the side-by-side timing in docs/perf.md): the
+// cp.async pipeline, tiles of 16 keys, 4 stages (3 where G = 8 at head_dim 128, for the 48 KiB
+// static shared-memory limit).
 #define DEC2_UNR 2
-#define DEC2_KERNEL(G, HD) \
-    DEC2_VARIANT(paged_attention_decode2_g##G##_d##HD, G, HD, DEC2_UNR, false, true)
-
-DEC2_KERNEL(1, 64)
-DEC2_KERNEL(2, 64)
-DEC2_KERNEL(4, 64)
-DEC2_KERNEL(8, 64)
-DEC2_KERNEL(1, 128)
-DEC2_KERNEL(2, 128)
-DEC2_KERNEL(4, 128)
-DEC2_KERNEL(8, 128)
+DEC2_ASYNC(paged_attention_decode2_g1_d64, 1, 64, 16, 4)
+DEC2_ASYNC(paged_attention_decode2_g2_d64, 2, 64, 16, 4)
+DEC2_ASYNC(paged_attention_decode2_g4_d64, 4, 64, 16, 4)
+DEC2_ASYNC(paged_attention_decode2_g8_d64, 8, 64, 16, 4)
+DEC2_ASYNC(paged_attention_decode2_g1_d128, 1, 128, 16, 4)
+DEC2_ASYNC(paged_attention_decode2_g2_d128, 2, 128, 16, 4)
+DEC2_ASYNC(paged_attention_decode2_g4_d128, 4, 128, 16, 4)
+DEC2_ASYNC(paged_attention_decode2_g8_d128, 8, 128, 16, 3)
 
 // Alternatives timed against the default by `strata gpu bench` (Llama-3-8B shape only).
 DEC2_VARIANT(paged_attention_decode2_var_perkey_u4, 4, 128, 4, false, false)
@@ -445,3 +445,8 @@ DEC2_VARIANT(paged_attention_decode2_var_p4, 4, 128, 4, true, true)
 DEC2_VARIANT_LB(paged_attention_decode2_var_lb6, 4, 128, 4, false, true, 6)
 DEC2_VARIANT_LB(paged_attention_decode2_var_lb8, 4, 128, 4, false, true, 8)
 DEC2_VARIANT_LB(paged_attention_decode2_var_u2lb8, 4, 128, 2, false, true, 8)
+// The register-streaming kernel that was the default before the cp.async pipeline.
+DEC2_VARIANT(paged_attention_decode2_var_regs, 4, 128, DEC2_UNR, false, true)
+DEC2_ASYNC(paged_attention_decode2_var_async_t32s2, 4, 128, 32, 2)
+DEC2_ASYNC(paged_attention_decode2_var_async_t16s3, 4, 128, 16, 3)
+DEC2_ASYNC(paged_attention_decode2_var_async_t8s6, 4, 128, 8, 6)

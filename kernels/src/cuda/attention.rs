@@ -55,7 +55,7 @@ pub(crate) fn decode2_index(group: usize, head_dim: usize) -> Option<usize> {
 
 /// Alternative decode2 kernels for group 4 / head_dim 128 (unroll and pipelining variants),
 /// timed beside the default by `strata gpu bench`.
-pub const DECODE2_VARIANTS: [&str; 8] = [
+pub const DECODE2_VARIANTS: [&str; 11] = [
     "paged_attention_decode2_var_perkey_u4",
     "paged_attention_decode2_var_u4",
     "paged_attention_decode2_var_u8",
@@ -63,7 +63,10 @@ pub const DECODE2_VARIANTS: [&str; 8] = [
     "paged_attention_decode2_var_lb6",
     "paged_attention_decode2_var_lb8",
     "paged_attention_decode2_var_u2lb8",
-    "paged_attention_decode2_var_async",
+    "paged_attention_decode2_var_regs",
+    "paged_attention_decode2_var_async_t32s2",
+    "paged_attention_decode2_var_async_t16s3",
+    "paged_attention_decode2_var_async_t8s6",
 ];
 
 /// Kernel names of the decode2 instantiations, in `decode2_index` order.
