@@ -138,15 +138,21 @@ impl Store {
     }
 }
 
-/// Makes the calling thread yield the CPU to request threads (nice +10, Linux per-thread): the
-/// write-back flusher works in the background, and on a small machine its copies and checksums
-/// otherwise delay the puts and gets it shares cores with (their tail latency). A full buffer
-/// still makes puts wait for it, so it cannot fall behind without bound.
+/// Makes the calling thread yield the CPU to request threads: `SCHED_IDLE` (Linux, per thread),
+/// else nice +10. The write-back flusher works in the background, and on a small machine its
+/// copies and checksums otherwise delay the puts and gets it shares cores with (their tail
+/// latency): an idle-class thread runs only on a CPU nothing else wants and is preempted at once
+/// by a waking request thread, where a nice +10 thread still holds the CPU for part of a slice.
+/// A full buffer makes puts wait, which frees the CPUs for it, so it cannot fall behind without
+/// bound.
 fn lower_priority() {
     // SAFETY: plain syscalls on the calling thread's own id; failure only leaves the priority.
     unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-        let _ = libc::setpriority(libc::PRIO_PROCESS, tid, 10);
+        let tid = libc::syscall(libc::SYS_gettid) as libc::pid_t;
+        let param = libc::sched_param { sched_priority: 0 };
+        if libc::sched_setscheduler(tid, libc::SCHED_IDLE, &param) != 0 {
+            let _ = libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10);
+        }
     }
 }
 
