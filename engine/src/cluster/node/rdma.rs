@@ -99,3 +99,120 @@ impl Session {
         conn.rdma_send(&out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::net::UnixStream;
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::cluster::error::ClusterError;
+    use crate::cluster::proto::{GetItem, Hello, PutItem, PROTO_VERSION};
+    use crate::cluster::transport::rdma::wire::Endpoint;
+    use crate::cluster::transport::ServerAuth;
+    use crate::{IoEngineKind, Store, StoreConfig};
+
+    /// A node session without RDMA over a socket pair (no peer pid: served as a remote connection),
+    /// and the client end after HELLO.
+    fn session(dir: &std::path::Path) -> Conn {
+        let cfg = StoreConfig::new(dir.join("store"))
+            .with_capacity(64 * 1024 + 16 * (1 << 20))
+            .with_segment_size(1 << 20)
+            .with_memory(0)
+            .with_io_engine(IoEngineKind::Psync);
+        let store = Arc::new(Store::open(cfg).unwrap());
+        let (a, b) = UnixStream::pair().unwrap();
+        std::thread::spawn(move || {
+            crate::cluster::node::serve::serve_conn(
+                store,
+                ServerAuth::default(),
+                DataPath::Tcp,
+                Conn::new(b),
+            )
+        });
+        let mut c = Conn::new(a);
+        let hello = Hello {
+            version: PROTO_VERSION,
+            token: String::new(),
+            peer: "test".into(),
+        };
+        c.call(Op::Hello, &hello.encode()).unwrap();
+        c
+    }
+
+    fn offer() -> Vec<u8> {
+        RdmaHello {
+            endpoint: Endpoint {
+                qp_num: 5,
+                lid: 1,
+                gid: None,
+            },
+            chunk: rdma::CHUNK,
+            depth: rdma::DEPTH,
+        }
+        .encode()
+    }
+
+    #[test]
+    fn node_without_rdma_declines_and_keeps_serving_tcp() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = session(dir.path());
+        match c.call(Op::RdmaHello, &offer()) {
+            Err(ClusterError::Remote { code: k, .. }) => assert_eq!(k, code::RDMA_UNAVAILABLE),
+            other => panic!("expected RDMA_UNAVAILABLE, got {other:?}"),
+        }
+        assert!(!c.has_rdma());
+        // The same connection still carries PUT and GET.
+        let item = PutItem {
+            key: b"k",
+            len: 3,
+            depth: None,
+        };
+        let id = c
+            .send_request(Op::Put, &codec::encode_put(&[item]), &[b"abc"])
+            .unwrap();
+        let (_, m) = c.recv_response(Op::Put, id).unwrap();
+        assert_eq!(codec::decode_codes(&m, 1).unwrap(), [code::OK]);
+        let get = GetItem {
+            key: b"k",
+            max_len: 10,
+        };
+        let id = c
+            .send_request(Op::Get, &codec::encode_get(&[get]), &[])
+            .unwrap();
+        let (h, m) = c.recv_response(Op::Get, id).unwrap();
+        assert_eq!(
+            codec::decode_lens(&m, &[10], Some(h.payload_len)).unwrap(),
+            [3]
+        );
+        let mut v = [0u8; 3];
+        c.recv_exact(&mut v).unwrap();
+        assert_eq!(&v, b"abc");
+        assert!(c.rdma_send(&[b"x"]).is_err());
+    }
+
+    #[test]
+    fn rdma_ops_without_hello_and_bad_hello_close_the_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = session(dir.path());
+        let get = GetItem {
+            key: b"k",
+            max_len: 10,
+        };
+        match c.call(Op::GetRdma, &codec::encode_get(&[get])) {
+            Err(ClusterError::Remote { code: k, .. }) => assert_eq!(k, code::PROTOCOL_ERROR),
+            other => panic!("expected a protocol error, got {other:?}"),
+        }
+        assert!(c.recv_header().unwrap().is_none(), "connection closed");
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = session(dir.path());
+        let mut bad = offer();
+        bad.truncate(bad.len() - 2);
+        match c.call(Op::RdmaHello, &bad) {
+            Err(ClusterError::Remote { code: k, .. }) => assert_eq!(k, code::PROTOCOL_ERROR),
+            other => panic!("expected a protocol error, got {other:?}"),
+        }
+        assert!(c.recv_header().unwrap().is_none(), "connection closed");
+    }
+}

@@ -159,6 +159,14 @@ mod tests {
         assert_eq!(Header::decode(&h.encode()).unwrap(), h);
         let e = Header::response(Op::Error, 9, 3, 0);
         assert_eq!(Header::decode(&e.encode()).unwrap(), e);
+        for op in [Op::RdmaHello, Op::PutRdma, Op::GetRdma] {
+            for h in [
+                Header::request(op, 3, 10, 0),
+                Header::response(op, 3, 10, 0),
+            ] {
+                assert_eq!(Header::decode(&h.encode()).unwrap(), h);
+            }
+        }
     }
 
     #[test]
