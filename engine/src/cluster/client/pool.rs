@@ -65,14 +65,26 @@ impl Pool {
                 }
             }
         }
-        let mut c = connect(
+        let mut c = self.dial(addr)?;
+        if let Err(e) = self.offer_rdma(addr, &mut c) {
+            // A node that predates RDMA_HELLO closes the connection on the unknown opcode: talk
+            // plain TCP to it (if it is really gone, dialing again fails).
+            tracing::warn!(%addr, "client: RDMA_HELLO broke the connection, using TCP with this node: {e}");
+            self.tcp_only.lock().insert(addr.to_owned());
+            c = self.dial(addr)?;
+        }
+        Ok(c)
+    }
+
+    /// A new TCP connection after HELLO, with the request timeout set.
+    fn dial(&self, addr: &str) -> ClusterResult<Conn> {
+        let c = connect(
             addr,
             &self.token,
             &self.name,
             self.timeout.min(Duration::from_secs(2)),
         )?;
         c.set_timeouts(Some(self.timeout))?;
-        self.offer_rdma(addr, &mut c)?;
         Ok(c)
     }
 

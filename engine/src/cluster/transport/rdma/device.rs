@@ -74,11 +74,19 @@ fn open_one(dev: &ibverbs::Device<'_>, name: &str) -> std::io::Result<Device> {
     // Leaked: see the module header.
     let ctx: &'static Context = Box::leak(Box::new(dev.open()?));
     let pd: &'static ProtectionDomain<'static> = Box::leak(Box::new(ctx.alloc_pd()?));
-    let table = ctx.gid_table();
-    let gid_index = table
+    // `ibverbs` looks an index up by position in its (compacted) table and asserts that the entry
+    // there has that index, so only entries at their own position are candidates.
+    let usable: Vec<_> = ctx
+        .gid_table()
+        .iter()
+        .enumerate()
+        .filter(|(i, g)| g.gid_index as usize == *i)
+        .map(|(_, g)| g)
+        .collect();
+    let gid_index = usable
         .iter()
         .find(|g| g.gid_type == GID_TYPE_ROCE_V2 && g.ndev_ifindex != 0)
-        .or_else(|| table.first())
+        .or_else(|| usable.first())
         .map(|g| g.gid_index);
     Ok(Device {
         name: name.to_owned(),
