@@ -88,3 +88,24 @@ impl Conn {
 fn no_link() -> ClusterError {
     ClusterError::Protocol("RDMA transfer on a connection without a queue pair".into())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Without the feature this is the "no `rdma` feature" reason; with it, libibverbs really runs
+    /// and finds no such device (there is no RDMA hardware on the development machines).
+    #[test]
+    fn missing_device_gives_a_reason_and_tcp() {
+        let why = open(&["strata-no-such-nic".into()]).unwrap_err();
+        assert!(!why.is_empty());
+        assert!(matches!(
+            crate::cluster::transport::select("strata-no-such-nic"),
+            DataPath::Tcp
+        ));
+        assert!(matches!(
+            crate::cluster::transport::select(""),
+            DataPath::Tcp
+        ));
+    }
+}
