@@ -5,6 +5,9 @@
 //! queue pair to the protection domain. Leaking the two (one of each per process, opened once and
 //! never closed before exit) gives them `'static` lifetimes, so a connection can own its queue pair
 //! without self-referential structs.
+//!
+//! `ibverbs` 0.9 always uses port 1 of a device and refuses to open one whose port 1 is not active;
+//! that refusal is one of the reasons `open_first` reports.
 
 use std::collections::HashMap;
 use std::ffi::CStr;
