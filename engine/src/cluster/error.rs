@@ -20,6 +20,8 @@ pub mod code {
     pub const PROTOCOL_ERROR: i32 = -1101;
     /// The node may not access the client's memory (same-host path); the client falls back to TCP.
     pub const LOCAL_DENIED: i32 = -1102;
+    /// The node cannot (or this build does not) serve RDMA; the connection stays usable over TCP.
+    pub const RDMA_UNAVAILABLE: i32 = -1103;
 }
 
 /// Everything that can fail a whole cluster call.

@@ -209,10 +209,22 @@ impl Inner {
                         return Ok(c.send_request(Op::PutLocal, &meta, &[])?);
                     }
                     let vals: Vec<&[u8]> = idxs.iter().map(|&i| values[i]).collect();
+                    if c.has_rdma() {
+                        // Keys and lengths as a frame, then the values over the queue pair.
+                        let id = c.send_request(Op::PutRdma, &codec::encode_put(&items), &[])?;
+                        c.rdma_send(&vals)?;
+                        return Ok(id);
+                    }
                     Ok(c.send_request(Op::Put, &codec::encode_put(&items), &vals)?)
                 },
                 |c, id, idxs| {
-                    let op = if c.local { Op::PutLocal } else { Op::Put };
+                    let op = if c.local {
+                        Op::PutLocal
+                    } else if c.has_rdma() {
+                        Op::PutRdma
+                    } else {
+                        Op::Put
+                    };
                     let (_, m) = c.recv_response(op, id)?;
                     codec::decode_codes(&m, idxs.len())
                 },
@@ -295,7 +307,8 @@ impl Inner {
                         let meta = codec::encode_get_local(&items, &addrs);
                         return Ok(c.send_request(Op::GetLocal, &meta, &[])?);
                     }
-                    Ok(c.send_request(Op::Get, &codec::encode_get(&items), &[])?)
+                    let op = if c.has_rdma() { Op::GetRdma } else { Op::Get };
+                    Ok(c.send_request(op, &codec::encode_get(&items), &[])?)
                 },
                 |c, id, idxs| {
                     let my_caps: Vec<usize> = idxs.iter().map(|&i| caps[i]).collect();
@@ -304,8 +317,17 @@ impl Inner {
                         let (_, m) = c.recv_response(Op::GetLocal, id)?;
                         return codec::decode_lens(&m, &my_caps, None);
                     }
-                    let (h, m) = c.recv_response(Op::Get, id)?;
-                    let lens = codec::decode_lens(&m, &my_caps, Some(h.payload_len))?;
+                    let rdma = c.has_rdma();
+                    let (h, m) = c.recv_response(if rdma { Op::GetRdma } else { Op::Get }, id)?;
+                    let lens = if rdma {
+                        // The values follow over the queue pair, never in the frame.
+                        if h.payload_len != 0 {
+                            return Err(ClusterError::Protocol("payload on GET_RDMA".into()));
+                        }
+                        codec::decode_lens(&m, &my_caps, None)?
+                    } else {
+                        codec::decode_lens(&m, &my_caps, Some(h.payload_len))?
+                    };
                     // One vectored read loop straight into the callers' buffers, in payload order.
                     let mut slots: Vec<Option<&mut [u8]>> =
                         bufs.iter_mut().map(|b| Some(&mut **b)).collect();
@@ -316,7 +338,11 @@ impl Inner {
                             dsts.push(&mut b[..l as usize]);
                         }
                     }
-                    c.recv_exact_vectored(&mut dsts)?;
+                    if rdma {
+                        c.rdma_recv(&mut dsts)?;
+                    } else {
+                        c.recv_exact_vectored(&mut dsts)?;
+                    }
                     Ok(lens)
                 },
             );

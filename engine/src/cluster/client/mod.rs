@@ -54,8 +54,9 @@ pub struct ClientConfig {
     /// true; `STRATA_SAME_HOST=0` turns it off.
     pub same_host: bool,
     /// RDMA NICs to use (`--disaggregation-ib-device` / `MOONCAKE_DEVICE` style list, e.g.
-    /// `mlx5_0,mlx5_1`). Default from `MOONCAKE_DEVICE`. Page traffic falls back to TCP with one log
-    /// line (see `transport::select`).
+    /// `mlx5_0,mlx5_1`). Default from `MOONCAKE_DEVICE`. With the `rdma` cargo feature and a device
+    /// that opens, batch get/put to nodes that accept RDMA_HELLO move page bytes over verbs; otherwise
+    /// TCP, with one log line saying which and why (see `transport::select`).
     pub rdma_devices: String,
 }
 
@@ -128,7 +129,7 @@ impl Client {
                 "replica_num must be at least 1".into(),
             ));
         }
-        crate::cluster::transport::select(&cfg.rdma_devices);
+        let data_path = crate::cluster::transport::select(&cfg.rdma_devices);
         let mut local_handle = None;
         let mut local = None;
         if let Some(sc) = &cfg.local_segment {
@@ -141,7 +142,13 @@ impl Client {
         let mut link = MasterLink::new(&cfg.master, &cfg.auth_token, &cfg.name);
         let m = Members::decode(&link.call(Op::Members, &[])?)?;
         let inner = Arc::new(Inner {
-            pool: pool::Pool::new(&cfg.auth_token, &cfg.name, cfg.timeout, cfg.same_host),
+            pool: pool::Pool::new(
+                &cfg.auth_token,
+                &cfg.name,
+                cfg.timeout,
+                cfg.same_host,
+                data_path,
+            ),
             cfg,
             view: RwLock::new(View::default()),
             local,
@@ -165,7 +172,9 @@ impl Client {
     }
 
     /// Records a host memory region that later `batch_get_into` / `batch_put_from` calls use. Over TCP
-    /// any memory works and this only bookkeeps; RDMA and shared memory register it. Returns 0.
+    /// any memory works and this only bookkeeps; the same-host path needs no registration either, and
+    /// the RDMA path copies through buffers it registered itself (`ibverbs` 0.9 cannot register
+    /// memory it did not allocate). Returns 0.
     pub fn register_buffer(&self, region: &[u8]) -> i32 {
         self.inner
             .regions

@@ -6,6 +6,7 @@
 //! pages are served again. Losing the master never stops the node serving: it keeps re-registering
 //! in the background.
 
+mod rdma;
 pub mod serve;
 
 use std::net::TcpListener;
@@ -18,6 +19,7 @@ use std::time::Duration;
 use crate::cluster::client::MasterLink;
 use crate::cluster::error::{ClusterError, ClusterResult};
 use crate::cluster::proto::{Heartbeat, Op, Reader, Register};
+use crate::cluster::transport::rdma::DataPath;
 use crate::cluster::transport::{listen, shm, Conn, ServerAuth};
 use crate::{Store, StoreConfig};
 
@@ -38,6 +40,9 @@ pub struct NodeConfig {
     pub auth_token: String,
     /// Heartbeat period. Default 1 s.
     pub heartbeat: Duration,
+    /// RDMA NICs to serve the RDMA data path on (same list format as the client's). Default from
+    /// `MOONCAKE_DEVICE`; empty = TCP only. Needs the `rdma` cargo feature.
+    pub rdma_devices: String,
 }
 
 impl NodeConfig {
@@ -50,6 +55,7 @@ impl NodeConfig {
             store,
             auth_token: String::new(),
             heartbeat: Duration::from_secs(1),
+            rdma_devices: std::env::var("MOONCAKE_DEVICE").unwrap_or_default(),
         }
     }
 }
@@ -121,11 +127,12 @@ pub fn start_with(
         token: cfg.auth_token.clone(),
         name: node_id.clone(),
     };
+    let rdma = rdma::open(&cfg.rdma_devices);
     let st = store.clone();
     let au = auth.clone();
     thread::Builder::new()
         .name("strata-accept".into())
-        .spawn(move || accept_loop(listener, st, au))?;
+        .spawn(move || accept_loop(listener, st, au, rdma))?;
     match shm::bind(&addr) {
         Ok(l) => {
             let st = store.clone();
@@ -169,7 +176,7 @@ pub fn start_with(
     })
 }
 
-fn accept_loop(listener: TcpListener, store: Arc<Store>, auth: ServerAuth) {
+fn accept_loop(listener: TcpListener, store: Arc<Store>, auth: ServerAuth, rdma: DataPath) {
     for stream in listener.incoming() {
         match stream {
             Ok(s) => {
@@ -177,7 +184,7 @@ fn accept_loop(listener: TcpListener, store: Arc<Store>, auth: ServerAuth) {
                 let (st, au) = (store.clone(), auth.clone());
                 let _ = thread::Builder::new()
                     .name("strata-conn".into())
-                    .spawn(move || serve::serve_conn(st, au, Conn::new(s)));
+                    .spawn(move || serve::serve_conn(st, au, rdma, Conn::new(s)));
             }
             Err(e) => {
                 tracing::warn!("store: accept failed: {e}");
@@ -210,7 +217,7 @@ fn accept_local_loop(listener: UnixListener, store: Arc<Store>, auth: ServerAuth
             .spawn(move || {
                 let mut c = Conn::new(s);
                 c.peer_pid = Some(pid);
-                serve::serve_conn(st, au, c)
+                serve::serve_conn(st, au, DataPath::Tcp, c)
             });
     }
 }

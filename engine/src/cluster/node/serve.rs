@@ -9,13 +9,15 @@ use std::sync::Arc;
 
 use crate::cluster::error::{code, ClusterError, ClusterResult};
 use crate::cluster::proto::{codec, Header, Op};
+use crate::cluster::transport::rdma::DataPath;
 use crate::cluster::transport::{shm, Conn, ServerAuth};
 use crate::io::buf::round_up;
 use crate::{AlignedBuf, PutOptions, Store};
 
 /// Serves one accepted connection until it closes or misbehaves. `conn.peer_pid` is set for
-/// same-host connections, which may use the *_LOCAL operations.
-pub fn serve_conn(store: Arc<Store>, auth: ServerAuth, mut conn: Conn) {
+/// same-host connections, which may use the *_LOCAL operations; `rdma` is the node's RDMA device,
+/// if it has one, offered to clients that send RDMA_HELLO.
+pub fn serve_conn(store: Arc<Store>, auth: ServerAuth, rdma: DataPath, mut conn: Conn) {
     let peer = conn.peer();
     if let Err(e) = auth.accept(&mut conn) {
         tracing::warn!(%peer, "store: handshake refused: {e}");
@@ -23,6 +25,7 @@ pub fn serve_conn(store: Arc<Store>, auth: ServerAuth, mut conn: Conn) {
     }
     let mut s = Session {
         store,
+        rdma,
         put_buf: AlignedBuf::new(1 << 20),
         get_buf: AlignedBuf::new(1 << 20),
     };
@@ -47,8 +50,9 @@ fn is_disconnect(e: &ClusterError) -> bool {
     matches!(e, ClusterError::Io(io) if matches!(io.kind(), UnexpectedEof | ConnectionReset | BrokenPipe))
 }
 
-struct Session {
-    store: Arc<Store>,
+pub(super) struct Session {
+    pub(super) store: Arc<Store>,
+    pub(super) rdma: DataPath,
     put_buf: AlignedBuf,
     get_buf: AlignedBuf,
 }
@@ -74,6 +78,12 @@ impl Session {
             }
             Op::PutLocal => self.put_local(conn, &h, &meta)?,
             Op::GetLocal => self.get_local(conn, &h, &meta)?,
+            Op::RdmaHello => self.rdma_hello(conn, &h, &meta)?,
+            Op::PutRdma | Op::GetRdma if !conn.has_rdma() => {
+                return self.refuse(conn, &h, "RDMA operation before a successful RDMA_HELLO");
+            }
+            Op::PutRdma => self.put_rdma(conn, &h, &meta)?,
+            Op::GetRdma => self.get_rdma(conn, &h, &meta)?,
             Op::Exists => {
                 let keys = checked(conn, &h, codec::decode_keys(&meta))?;
                 let flags: Vec<bool> = keys.iter().map(|k| self.store.exists(k)).collect();
@@ -111,29 +121,48 @@ impl Session {
         Ok(true)
     }
 
-    fn refuse(&self, conn: &mut Conn, h: &Header, why: &str) -> ClusterResult<bool> {
+    pub(super) fn refuse(&self, conn: &mut Conn, h: &Header, why: &str) -> ClusterResult<bool> {
         let _ = conn.send_error(h.request_id, code::PROTOCOL_ERROR, why);
         Err(ClusterError::Protocol(format!("{:?}: {why}", h.op)))
     }
 
     fn put(&mut self, conn: &mut Conn, h: &Header, meta: &[u8]) -> ClusterResult<()> {
         let items = checked(conn, h, codec::decode_put(meta, h.payload_len))?;
-        let shared = if self.store.has_write_back() {
-            // Each value is received straight into the buffer the write-back queue keeps.
-            let mut values = Vec::with_capacity(items.len());
-            for it in &items {
-                let mut v = zeroed_shared(it.len as usize);
-                conn.recv_exact(Arc::get_mut(&mut v).expect("just allocated, so unique"))?;
-                values.push(v);
-            }
-            Some(values)
-        } else {
-            let total = self.reserve_put_buf(&items);
-            conn.recv_exact(&mut self.put_buf[..total])?;
-            None
-        };
+        let shared = self.recv_values(&items, |dst| Ok(conn.recv_exact_vectored(dst)?))?;
         let codes = self.put_items(&items, shared);
         reply(conn, h, &codec::encode_codes(&codes))
+    }
+
+    /// Receives a put's values with `recv`, which fills one slice per item: each straight into a
+    /// fresh shared buffer that the write-back queue keeps, or, without write-back, back to back
+    /// into the reusable put buffer. Returns the shared buffers when there are any.
+    pub(super) fn recv_values(
+        &mut self,
+        items: &[codec::PutItem<'_>],
+        recv: impl FnOnce(&mut [&mut [u8]]) -> ClusterResult<()>,
+    ) -> ClusterResult<Option<Vec<Arc<[u8]>>>> {
+        if self.store.has_write_back() {
+            let mut values: Vec<Arc<[u8]>> = items
+                .iter()
+                .map(|it| zeroed_shared(it.len as usize))
+                .collect();
+            let mut dst: Vec<&mut [u8]> = values
+                .iter_mut()
+                .map(|v| Arc::get_mut(v).expect("just allocated, so unique"))
+                .collect();
+            recv(&mut dst)?;
+            return Ok(Some(values));
+        }
+        let total = self.reserve_put_buf(items);
+        let mut rest: &mut [u8] = &mut self.put_buf[..total];
+        let mut dst: Vec<&mut [u8]> = Vec::with_capacity(items.len());
+        for it in items {
+            let (a, b) = std::mem::take(&mut rest).split_at_mut(it.len as usize);
+            dst.push(a);
+            rest = b;
+        }
+        recv(&mut dst)?;
+        Ok(None)
     }
 
     /// Grows the reusable put buffer to hold every item's value; returns their total length.
@@ -147,7 +176,11 @@ impl Session {
 
     /// Stores the items whose values are in `shared` (one buffer each) or, without it, back to
     /// back in the put buffer; one code per item.
-    fn put_items(&self, items: &[codec::PutItem<'_>], shared: Option<Vec<Arc<[u8]>>>) -> Vec<i32> {
+    pub(super) fn put_items(
+        &self,
+        items: &[codec::PutItem<'_>],
+        shared: Option<Vec<Arc<[u8]>>>,
+    ) -> Vec<i32> {
         if let Some(values) = shared {
             let batch: Vec<SharedPut<'_>> = items
                 .iter()
@@ -252,7 +285,7 @@ impl Session {
 
     /// Reads every hit into a 4 KiB-aligned slot of the reusable buffer (the engine's zero-copy
     /// path). Returns per item a length or a negative code, and the hits' bytes in item order.
-    fn read_hits(&mut self, items: &[codec::GetItem<'_>]) -> (Vec<i64>, Vec<&[u8]>) {
+    pub(super) fn read_hits(&mut self, items: &[codec::GetItem<'_>]) -> (Vec<i64>, Vec<&[u8]>) {
         let mut lens: Vec<i64> = Vec::with_capacity(items.len());
         let mut total = 0usize;
         for it in items {
@@ -391,14 +424,14 @@ fn continues(prev: Option<u32>, next: Option<u32>) -> bool {
 }
 
 /// Turns a meta decoding failure into an error frame plus a connection-closing error.
-fn checked<T>(conn: &mut Conn, h: &Header, r: ClusterResult<T>) -> ClusterResult<T> {
+pub(super) fn checked<T>(conn: &mut Conn, h: &Header, r: ClusterResult<T>) -> ClusterResult<T> {
     if let Err(e) = &r {
         let _ = conn.send_error(h.request_id, code::PROTOCOL_ERROR, &e.to_string());
     }
     r
 }
 
-fn reply(conn: &mut Conn, h: &Header, meta: &[u8]) -> ClusterResult<()> {
+pub(super) fn reply(conn: &mut Conn, h: &Header, meta: &[u8]) -> ClusterResult<()> {
     conn.send(
         Header::response(h.op, h.request_id, meta.len(), 0),
         meta,

@@ -79,6 +79,11 @@ impl<'a> Reader<'a> {
         std::str::from_utf8(self.take(n)?).or_else(|_| err("string is not UTF-8"))
     }
 
+    /// Exactly `N` raw bytes.
+    pub fn array<const N: usize>(&mut self) -> ClusterResult<[u8; N]> {
+        Ok(self.take(N)?.try_into().expect("N bytes"))
+    }
+
     /// A `u32`-length byte blob (bounded by the meta section itself).
     pub fn blob(&mut self) -> ClusterResult<&'a [u8]> {
         let n = self.u32()? as usize;
@@ -151,6 +156,11 @@ impl Writer {
         self.buf.extend_from_slice(&s.as_bytes()[..end]);
         self
     }
+    /// Raw bytes without a length (the reader knows how many).
+    pub fn raw(&mut self, b: &[u8]) -> &mut Self {
+        self.buf.extend_from_slice(b);
+        self
+    }
     pub fn blob(&mut self, b: &[u8]) -> &mut Self {
         self.u32(b.len() as u32);
         self.buf.extend_from_slice(b);
@@ -207,9 +217,40 @@ pub fn encode_put(items: &[PutItem<'_>]) -> Vec<u8> {
 
 /// Decodes a PUT meta section and checks that the values exactly fill `payload_len`.
 pub fn decode_put(meta: &[u8], payload_len: u64) -> ClusterResult<Vec<PutItem<'_>>> {
+    let (items, _, total) = decode_put_items(meta, false)?;
+    if total != payload_len {
+        return err(format!(
+            "values sum to {total} bytes, payload has {payload_len}"
+        ));
+    }
+    Ok(items)
+}
+
+/// Decodes PUT_RDMA (PUT's meta; the values follow over the queue pair, not in the frame). The
+/// values must fit in one payload's limit.
+pub fn decode_put_rdma(meta: &[u8]) -> ClusterResult<Vec<PutItem<'_>>> {
+    let (items, _, total) = decode_put_items(meta, false)?;
+    check_out_of_band(total)?;
+    Ok(items)
+}
+
+fn check_out_of_band(total: u64) -> ClusterResult<()> {
+    if total > super::MAX_PAYLOAD {
+        return err(format!(
+            "values sum to {total} bytes, more than one payload"
+        ));
+    }
+    Ok(())
+}
+
+/// PUT items (each followed by a `u64` address when `with_addr`), and their values' total length.
+fn decode_put_items(
+    meta: &[u8],
+    with_addr: bool,
+) -> ClusterResult<(Vec<PutItem<'_>>, Vec<u64>, u64)> {
     let mut r = Reader::new(meta);
     let n = r.count()?;
-    let mut items = Vec::with_capacity(n);
+    let (mut items, mut addrs) = (Vec::with_capacity(n), Vec::new());
     let mut total = 0u64;
     for _ in 0..n {
         let key = r.key()?;
@@ -224,14 +265,12 @@ pub fn decode_put(meta: &[u8], payload_len: u64) -> ClusterResult<Vec<PutItem<'_
             len,
             depth: (depth != u32::MAX).then_some(depth),
         });
+        if with_addr {
+            addrs.push(r.u64()?);
+        }
     }
     r.finish()?;
-    if total != payload_len {
-        return err(format!(
-            "values sum to {total} bytes, payload has {payload_len}"
-        ));
-    }
-    Ok(items)
+    Ok((items, addrs, total))
 }
 
 /// Encodes a PUT_LOCAL meta section: PUT's items, each followed by the value's address in the
@@ -250,31 +289,8 @@ pub fn encode_put_local(items: &[PutItem<'_>], addrs: &[u64]) -> Vec<u8> {
 
 /// Decodes PUT_LOCAL; the values must fit in one payload's limit.
 pub fn decode_put_local(meta: &[u8]) -> ClusterResult<(Vec<PutItem<'_>>, Vec<u64>)> {
-    let mut r = Reader::new(meta);
-    let n = r.count()?;
-    let (mut items, mut addrs) = (Vec::with_capacity(n), Vec::with_capacity(n));
-    let mut total = 0u64;
-    for _ in 0..n {
-        let key = r.key()?;
-        let len = r.u32()?;
-        if len == 0 || len as usize > MAX_VALUE_LEN {
-            return err(format!("value length {len} outside 1..={MAX_VALUE_LEN}"));
-        }
-        let depth = r.u32()?;
-        total += u64::from(len);
-        items.push(PutItem {
-            key,
-            len,
-            depth: (depth != u32::MAX).then_some(depth),
-        });
-        addrs.push(r.u64()?);
-    }
-    r.finish()?;
-    if total > super::MAX_PAYLOAD {
-        return err(format!(
-            "values sum to {total} bytes, more than one payload"
-        ));
-    }
+    let (items, addrs, total) = decode_put_items(meta, true)?;
+    check_out_of_band(total)?;
     Ok((items, addrs))
 }
 

@@ -26,6 +26,9 @@ pub enum Op {
     Stats = 0x15,
     PutLocal = 0x16,
     GetLocal = 0x17,
+    RdmaHello = 0x18,
+    PutRdma = 0x19,
+    GetRdma = 0x1A,
     Register = 0x20,
     Heartbeat = 0x21,
     Members = 0x22,
@@ -45,6 +48,9 @@ impl Op {
             0x15 => Self::Stats,
             0x16 => Self::PutLocal,
             0x17 => Self::GetLocal,
+            0x18 => Self::RdmaHello,
+            0x19 => Self::PutRdma,
+            0x1A => Self::GetRdma,
             0x20 => Self::Register,
             0x21 => Self::Heartbeat,
             0x22 => Self::Members,
@@ -153,6 +159,14 @@ mod tests {
         assert_eq!(Header::decode(&h.encode()).unwrap(), h);
         let e = Header::response(Op::Error, 9, 3, 0);
         assert_eq!(Header::decode(&e.encode()).unwrap(), e);
+        for op in [Op::RdmaHello, Op::PutRdma, Op::GetRdma] {
+            for h in [
+                Header::request(op, 3, 10, 0),
+                Header::response(op, 3, 10, 0),
+            ] {
+                assert_eq!(Header::decode(&h.encode()).unwrap(), h);
+            }
+        }
     }
 
     #[test]

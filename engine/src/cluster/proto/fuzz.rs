@@ -5,6 +5,8 @@ use proptest::prelude::*;
 
 use super::codec::{self, GetItem, PutItem};
 use super::{Header, Hello, Members, Register, HEADER_LEN};
+use crate::cluster::transport::rdma::plan;
+use crate::cluster::transport::rdma::wire::{self, Endpoint, RdmaHello};
 
 fn key() -> impl Strategy<Value = Vec<u8>> {
     proptest::collection::vec(any::<u8>(), 1..=128)
@@ -22,6 +24,8 @@ proptest! {
         let _ = codec::decode_put(&bytes, plen);
         let _ = codec::decode_get(&bytes);
         let _ = codec::decode_put_local(&bytes);
+        let _ = codec::decode_put_rdma(&bytes);
+        let _ = RdmaHello::decode(&bytes);
         let _ = codec::decode_get_local(&bytes);
         let _ = codec::decode_keys(&bytes);
         let _ = codec::decode_codes(&bytes, 3);
@@ -69,5 +73,42 @@ proptest! {
         let total: u64 = lens.iter().filter(|&&l| l >= 0).map(|&l| l as u64).sum();
         let r = codec::decode_lens(&codec::encode_lens(&lens), &caps, Some(total));
         prop_assert_eq!(r.is_ok(), lens.iter().all(|&l| l <= 50_000));
+    }
+
+    #[test]
+    fn put_rdma_roundtrip(items in proptest::collection::vec((key(), 1u32..=(16 << 20), proptest::option::of(0u32..1000)), 0..40)) {
+        let puts: Vec<PutItem> = items.iter().map(|(k, l, d)| PutItem { key: k, len: *l, depth: *d }).collect();
+        let meta = codec::encode_put(&puts);
+        prop_assert_eq!(codec::decode_put_rdma(&meta).unwrap(), puts.clone());
+        if !meta.is_empty() {
+            prop_assert!(codec::decode_put_rdma(&meta[..meta.len() - 1]).is_err());
+        }
+    }
+
+    #[test]
+    fn rdma_hello_roundtrip(qp in 0u32..=wire::QPN_MASK, lid in any::<u16>(), gid in proptest::option::of(any::<[u8; 16]>()),
+                            chunk_pages in 1u32..=(wire::MAX_CHUNK / wire::MIN_CHUNK), depth in 1u32..=wire::MAX_DEPTH) {
+        let h = RdmaHello { endpoint: Endpoint { qp_num: qp, lid, gid }, chunk: chunk_pages * wire::MIN_CHUNK, depth };
+        let b = h.encode();
+        prop_assert_eq!(RdmaHello::decode(&b).unwrap(), h);
+        for cut in 0..b.len() {
+            prop_assert!(RdmaHello::decode(&b[..cut]).is_err());
+        }
+    }
+
+    #[test]
+    fn rdma_plan_covers_every_byte_once(lens in proptest::collection::vec(0usize..20_000, 0..30), chunk in 1usize..9000) {
+        let p = plan::plan(&lens, chunk).unwrap();
+        let mut next: Vec<usize> = vec![0; lens.len()];
+        for (i, c) in p.iter().enumerate() {
+            prop_assert!(c.len <= chunk && c.len > 0);
+            prop_assert!(i + 1 == p.len() || c.len == chunk);
+            prop_assert_eq!(c.spans.iter().map(|s| s.len).sum::<usize>(), c.len);
+            for s in &c.spans {
+                prop_assert_eq!(s.off, next[s.item]);
+                next[s.item] += s.len;
+            }
+        }
+        prop_assert_eq!(next, lens);
     }
 }

@@ -1,8 +1,9 @@
 //! A framed connection: vectored frame writes straight from the caller's buffers, and reads that put
 //! payload bytes straight into the caller's destination slices.
 //!
-//! Invariant: after any error the connection is in an unknown position in the stream and must be
-//! dropped; callers never reuse it (the client pool discards it, the server closes it).
+//! Invariant: after any error (including one on the connection's RDMA queue pair) the connection is
+//! in an unknown position in the stream and must be dropped; callers never reuse it (the client pool
+//! discards it, the server closes it).
 
 use std::io::{self, IoSlice, IoSliceMut, Read, Write};
 use std::time::Duration;
@@ -21,6 +22,9 @@ pub struct Conn {
     pub peer_pid: Option<i32>,
     /// Client side: this connection is the same-host path (use the *_LOCAL operations).
     pub local: bool,
+    /// The queue pair set up by RDMA_HELLO (both sides); PUT_RDMA / GET_RDMA move values over it.
+    #[cfg(feature = "rdma")]
+    pub rdma: Option<super::rdma::link::Link>,
 }
 
 impl Conn {
@@ -31,6 +35,8 @@ impl Conn {
             meta: Vec::new(),
             peer_pid: None,
             local: false,
+            #[cfg(feature = "rdma")]
+            rdma: None,
         }
     }
 

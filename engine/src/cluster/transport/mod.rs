@@ -1,11 +1,11 @@
 //! Transports that carry protocol frames: TCP (the default, [`tcp`]), the same-host data path
-//! ([`shm`]: a Unix socket for control, cross-memory copies for pages) and RDMA behind the off-by-default `rdma` cargo feature ([`rdma`]).
+//! ([`shm`]: a Unix socket for control, cross-memory copies for pages) and RDMA ([`rdma`]: verbs
+//! behind the off-by-default `rdma` cargo feature; its wire and chunking logic is always built).
 //!
 //! [`Conn`] is one framed, blocking, authenticated connection; both sides of every transport speak
 //! through it, so the frame rules (limits, handshake, error frames) live in one place.
 
 pub mod conn;
-#[cfg(feature = "rdma")]
 pub mod rdma;
 pub mod shm;
 pub mod stream;
@@ -22,24 +22,26 @@ pub fn parse_devices(list: &str) -> Vec<String> {
         .collect()
 }
 
-/// Chooses the data transport for an RDMA device list (from `--disaggregation-ib-device` or
-/// `MOONCAKE_DEVICE`). Page traffic uses TCP in every case today; this logs the one line that says
-/// why when RDMA was asked for.
-pub fn select(devices: &str) -> &'static str {
+/// Chooses the data path for page traffic to remote nodes from an RDMA device list (from
+/// `--disaggregation-ib-device` or `MOONCAKE_DEVICE`), and logs the one line that says which and why
+/// when RDMA was asked for. With a device open, each node is still asked (RDMA_HELLO on every new
+/// connection); a node that declines gets TCP, with one warning per node.
+pub fn select(devices: &str) -> rdma::DataPath {
     let wanted = parse_devices(devices);
     if wanted.is_empty() {
-        return "tcp";
+        return rdma::DataPath::Tcp;
     }
-    #[cfg(feature = "rdma")]
-    match rdma::open_first(&wanted) {
-        Ok(name) => tracing::info!(
-            "RDMA device {name} opened; the verbs data path is not built yet, page traffic uses TCP"
-        ),
-        Err(why) => tracing::warn!("RDMA unavailable ({why}); falling back to TCP"),
+    match rdma::open(&wanted) {
+        Ok(path) => {
+            tracing::info!(
+                "RDMA data path on {path:?}: page traffic to nodes that accept RDMA_HELLO goes over \
+                 verbs, the rest over TCP"
+            );
+            path
+        }
+        Err(why) => {
+            tracing::warn!("RDMA unavailable ({why}); page traffic uses TCP");
+            rdma::DataPath::Tcp
+        }
     }
-    #[cfg(not(feature = "rdma"))]
-    tracing::warn!(
-        "RDMA devices {wanted:?} requested but this build has no `rdma` feature; falling back to TCP"
-    );
-    "tcp"
 }
