@@ -62,6 +62,42 @@ extern "C" __global__ void rope(bf16_t* q, int q_stride, int n_q_heads, bf16_t* 
     }
 }
 
+// `rope` and `kv_write` in one kernel for a fused qkv row (one block per token): q and k heads are
+// rotated in place, and the rotated K and the V of the token are written to its pool slot
+// (slot < 0: rotate only). Same arithmetic and rounding as the two kernels in sequence.
+extern "C" __global__ void rope_kv_write(bf16_t* qkv, int stride, int q_col, int n_q_heads,
+                                         int k_col, int n_k_heads, int v_col, const int* pos,
+                                         const float* inv_freq, int head_dim, bf16_t* k_pool,
+                                         bf16_t* v_pool, const int* slots) {
+    pdl_enter();
+    const int t = blockIdx.x, half = head_dim / 2;
+    const float p = (float)pos[t];
+    const long long slot = slots[t];
+    const int kv_dim = n_k_heads * head_dim;
+    bf16_t* row = qkv + (u64)t * stride;
+    const int total = (n_q_heads + n_k_heads) * half;
+    for (int j = threadIdx.x; j < total; j += blockDim.x) {
+        const int h = j / half, i = j % half;
+        const bool is_k = h >= n_q_heads;
+        bf16_t* v = is_k ? row + k_col + (h - n_q_heads) * head_dim : row + q_col + h * head_dim;
+        float s, c;
+        sincosf(p * inv_freq[i], &s, &c);
+        const float x1 = bf2f(v[i]), x2 = bf2f(v[i + half]);
+        const bf16_t y1 = f2bf(x1 * c - x2 * s), y2 = f2bf(x2 * c + x1 * s);
+        v[i] = y1;
+        v[i + half] = y2;
+        if (is_k && slot >= 0) {
+            bf16_t* kp = k_pool + (u64)slot * kv_dim + (u64)(h - n_q_heads) * head_dim;
+            kp[i] = y1;
+            kp[i + half] = y2;
+        }
+    }
+    if (slot >= 0) {
+        for (int i = threadIdx.x; i < kv_dim; i += blockDim.x)
+            v_pool[(u64)slot * kv_dim + i] = row[v_col + i];
+    }
+}
+
 // out[t, i] = silu(gu[t, i]) * gu[t, inter + i]   (gate first, up second, as one fused GEMM output).
 extern "C" __global__ void silu_mul(const bf16_t* gu, bf16_t* out, int inter) {
     pdl_enter();

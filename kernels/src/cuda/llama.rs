@@ -242,20 +242,16 @@ impl LlamaModel {
                 ops.rmsnorm(&ws.y, Some(&ws.resid), &l.in_norm, &ws.h, s.eps)?;
             }
             gemm.linear(&ws.h, &l.qkv, &ws.qkv)?;
-            ops.rope(
+            ops.rope_kv_write(
                 &ws.qkv,
                 0,
                 s.n_heads,
                 q_w,
                 s.n_kv_heads,
+                q_w + kv_w,
                 s.head_dim,
                 &input.pos,
                 &self.inv_freq,
-            )?;
-            ops.kv_write(
-                &ws.qkv,
-                q_w,
-                q_w + kv_w,
                 &l.k_pool,
                 &l.v_pool,
                 &input.slots,

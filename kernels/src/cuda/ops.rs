@@ -23,6 +23,7 @@ pub struct CudaOps {
     rope: CudaFunction,
     silu_mul: CudaFunction,
     kv_write: CudaFunction,
+    rope_kv_write: CudaFunction,
     fill: CudaFunction,
     pub(crate) attention: CudaFunction,
     pub(crate) combine: CudaFunction,
@@ -55,6 +56,7 @@ impl CudaOps {
             rope: e("rope")?,
             silu_mul: e("silu_mul")?,
             kv_write: e("kv_write")?,
+            rope_kv_write: e("rope_kv_write")?,
             fill: e("fill_uniform_bf16")?,
             attention: ctx.function(Program::Attention, "paged_attention")?,
             combine: ctx.function(Program::Attention, "attention_combine")?,
@@ -162,23 +164,8 @@ impl CudaOps {
         pos: &DTensor,
         inv_freq: &DTensor,
     ) -> Result<()> {
-        self.on_gpu(&[("qkv", qkv), ("pos", pos), ("inv_freq", inv_freq)])?;
-        ensure(qkv.shape().len() == 2, || {
-            "qkv must be [tokens, width]".into()
-        })?;
-        let (t, w) = (qkv.shape()[0], qkv.shape()[1]);
-        qkv.expect("qkv", DType::Bf16, &[t, w])?;
-        ensure(head_dim % 2 == 0 && head_dim > 0, || {
-            "head_dim must be even".into()
-        })?;
-        ensure(q_col + n_q_heads * head_dim <= w, || {
-            "q heads past row end".into()
-        })?;
-        ensure(k_col + n_k_heads * head_dim <= w, || {
-            "k heads past row end".into()
-        })?;
-        pos.expect("pos", DType::I32, &[t])?;
-        inv_freq.expect("inv_freq", DType::F32, &[head_dim / 2])?;
+        let (t, w) =
+            self.rope_checks(qkv, q_col, n_q_heads, k_col, n_k_heads, head_dim, pos, inv_freq)?;
         let args = [
             Arg::U64(qkv.ptr_at(q_col)?),
             i(w),
@@ -196,6 +183,86 @@ impl CudaOps {
             Dims::rows(t, threads_for(work.min(1024))),
             &args,
         )
+    }
+
+    /// `rope` and then `kv_write` of the rotated K and the V at `v_col`, as one kernel (decode
+    /// steps run it once per layer). The pools' row width must be `n_k_heads * head_dim`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rope_kv_write(
+        &self,
+        qkv: &DTensor,
+        q_col: usize,
+        n_q_heads: usize,
+        k_col: usize,
+        n_k_heads: usize,
+        v_col: usize,
+        head_dim: usize,
+        pos: &DTensor,
+        inv_freq: &DTensor,
+        k_pool: &DTensor,
+        v_pool: &DTensor,
+        slots: &DTensor,
+        host_slots: &[i32],
+    ) -> Result<()> {
+        let (t, w) =
+            self.rope_checks(qkv, q_col, n_q_heads, k_col, n_k_heads, head_dim, pos, inv_freq)?;
+        let kv_dim = self.kv_checks(qkv, k_col, v_col, k_pool, v_pool, slots, host_slots)?;
+        ensure(kv_dim == n_k_heads * head_dim, || {
+            format!("pool rows of {kv_dim} for {n_k_heads} k heads of {head_dim}")
+        })?;
+        let args = [
+            Arg::U64(qkv.ptr()),
+            i(w),
+            i(q_col),
+            i(n_q_heads),
+            i(k_col),
+            i(n_k_heads),
+            i(v_col),
+            Arg::U64(pos.ptr()),
+            Arg::U64(inv_freq.ptr()),
+            i(head_dim),
+            Arg::U64(k_pool.ptr()),
+            Arg::U64(v_pool.ptr()),
+            Arg::U64(slots.ptr()),
+        ];
+        let work = ((n_q_heads + n_k_heads) * head_dim / 2).max(kv_dim);
+        self.go(
+            &self.rope_kv_write,
+            Dims::rows(t, threads_for(work.min(1024))),
+            &args,
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn rope_checks(
+        &self,
+        qkv: &DTensor,
+        q_col: usize,
+        n_q_heads: usize,
+        k_col: usize,
+        n_k_heads: usize,
+        head_dim: usize,
+        pos: &DTensor,
+        inv_freq: &DTensor,
+    ) -> Result<(usize, usize)> {
+        self.on_gpu(&[("qkv", qkv), ("pos", pos), ("inv_freq", inv_freq)])?;
+        ensure(qkv.shape().len() == 2, || {
+            "qkv must be [tokens, width]".into()
+        })?;
+        let (t, w) = (qkv.shape()[0], qkv.shape()[1]);
+        qkv.expect("qkv", DType::Bf16, &[t, w])?;
+        ensure(head_dim % 2 == 0 && head_dim > 0, || {
+            "head_dim must be even".into()
+        })?;
+        ensure(q_col + n_q_heads * head_dim <= w, || {
+            "q heads past row end".into()
+        })?;
+        ensure(k_col + n_k_heads * head_dim <= w, || {
+            "k heads past row end".into()
+        })?;
+        pos.expect("pos", DType::I32, &[t])?;
+        inv_freq.expect("inv_freq", DType::F32, &[head_dim / 2])?;
+        Ok((t, w))
     }
 
     /// out [T, I] = silu(gu[:, :I]) * gu[:, I:] for gu [T, 2I].
@@ -228,6 +295,37 @@ impl CudaOps {
         slots: &DTensor,
         host_slots: &[i32],
     ) -> Result<()> {
+        let kv_dim = self.kv_checks(src, k_col, v_col, k_pool, v_pool, slots, host_slots)?;
+        let (t, w) = (src.shape()[0], src.shape()[1]);
+        let args = [
+            Arg::U64(src.ptr_at(k_col)?),
+            i(w),
+            Arg::U64(src.ptr_at(v_col)?),
+            i(w),
+            Arg::U64(k_pool.ptr()),
+            Arg::U64(v_pool.ptr()),
+            Arg::U64(slots.ptr()),
+            i(kv_dim),
+        ];
+        self.go(
+            &self.kv_write,
+            Dims::rows(t, threads_for(kv_dim.min(1024))),
+            &args,
+        )
+    }
+
+    /// Shape checks of a K/V write; returns the pools' row width.
+    #[allow(clippy::too_many_arguments)]
+    fn kv_checks(
+        &self,
+        src: &DTensor,
+        k_col: usize,
+        v_col: usize,
+        k_pool: &DTensor,
+        v_pool: &DTensor,
+        slots: &DTensor,
+        host_slots: &[i32],
+    ) -> Result<usize> {
         self.on_gpu(&[
             ("src", src),
             ("k_pool", k_pool),
@@ -253,21 +351,7 @@ impl CudaOps {
             host_slots.iter().all(|&s| (s as i64) < n_slots as i64),
             || format!("slot out of range (pool has {n_slots})"),
         )?;
-        let args = [
-            Arg::U64(src.ptr_at(k_col)?),
-            i(w),
-            Arg::U64(src.ptr_at(v_col)?),
-            i(w),
-            Arg::U64(k_pool.ptr()),
-            Arg::U64(v_pool.ptr()),
-            Arg::U64(slots.ptr()),
-            i(kv_dim),
-        ];
-        self.go(
-            &self.kv_write,
-            Dims::rows(t, threads_for(kv_dim.min(1024))),
-            &args,
-        )
+        Ok(kv_dim)
     }
 
     /// Fills a bf16 tensor with uniform(-scale, scale) values derived from `seed`.

@@ -197,8 +197,10 @@ pub fn run(
                 t.best_us,
                 t.best_us / t.heuristic_us
             ));
-            tuned.push(json!({"shape": [t.shape.0, t.shape.1, t.shape.2], "candidates": t.candidates,
-                "heuristic_us": t.heuristic_us, "best_us": t.best_us}));
+            tuned.push(
+                json!({"shape": [t.shape.0, t.shape.1, t.shape.2], "candidates": t.candidates,
+                "heuristic_us": t.heuristic_us, "best_us": t.best_us}),
+            );
         }
         out["cublaslt_tuning"] = json!(tuned);
     }

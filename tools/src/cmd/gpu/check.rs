@@ -97,13 +97,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let ops = CudaOps::new(ctx.clone()).context("compiling kernels")?;
     println!("kernels ready in {:.2}s", t0.elapsed().as_secs_f64());
     let gemm = Gemm::new(ctx.clone()).context("cuBLAS")?;
-    let steps: [Step; 10] = [
+    let steps: [Step; 11] = [
         ("transfer", &|c| check_transfer(&ctx, c)),
         ("embedding", &|c| check_ops::embedding(&ops, c)),
         ("rmsnorm", &|c| check_ops::rmsnorm(&ops, c)),
         ("rope", &|c| check_ops::rope(&ops, c)),
         ("silu_mul", &|c| check_ops::silu_mul(&ops, c)),
         ("kv_write", &|c| check_ops::kv_write(&ops, c)),
+        ("rope_kv_write", &|c| check_ops::rope_kv_write(&ops, c)),
         ("gemm", &|c| check_ops::gemm(&ops, &gemm, c)),
         ("silu_linear", &|c| check_ops::silu_linear(&ops, &gemm, c)),
         ("attention", &|c| check_ops::attention(&ops, c)),

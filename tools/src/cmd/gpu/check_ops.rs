@@ -159,6 +159,76 @@ pub fn kv_write(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The fused RoPE + K/V write against `rope` then `kv_write` on the same input: bit-identical
+/// qkv rows and pools (one skipped slot included).
+pub fn rope_kv_write(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
+    let c = ops.context();
+    for (t, nh, nkv, hd, slots) in [(1, 32, 8, 128, 40), (7, 4, 2, 64, 9), (5, 6, 2, 96, 12)] {
+        let (q_w, kv_dim) = (nh * hd, nkv * hd);
+        let width = q_w + 2 * kv_dim;
+        let x = ck.bf16_vec(t * width, 1.0);
+        let pool0 = ck.bf16_vec(slots * kv_dim, 1.0);
+        let pos: Vec<i32> = (0..t).map(|_| ck.rng.random_range(0..9000)).collect();
+        let mut ids: Vec<i32> = (0..slots as i32).collect();
+        shuffle(&mut ck.rng, &mut ids);
+        ids.truncate(t);
+        if t > 3 {
+            ids[1] = -1;
+        }
+        let inv = r::rope_inv_freq(hd, 500000.0, Some(r::Llama3Scaling::default()));
+        let gp = c.upload_i32(&[t], &pos)?;
+        let gi = c.upload_f32(&[hd / 2], &inv)?;
+        let gs = c.upload_i32(&[t], &ids)?;
+        let run = |fused: bool| -> anyhow::Result<Vec<Vec<f32>>> {
+            let g = c.upload_bf16(&[t, width], &x)?;
+            let kp = c.upload_bf16(&[slots, kv_dim], &pool0)?;
+            let vp = c.upload_bf16(&[slots, kv_dim], &pool0)?;
+            if fused {
+                ops.rope_kv_write(
+                    &g,
+                    0,
+                    nh,
+                    q_w,
+                    nkv,
+                    q_w + kv_dim,
+                    hd,
+                    &gp,
+                    &gi,
+                    &kp,
+                    &vp,
+                    &gs,
+                    &ids,
+                )?;
+            } else {
+                ops.rope(&g, 0, nh, q_w, nkv, hd, &gp, &gi)?;
+                ops.kv_write(&g, q_w, q_w + kv_dim, &kp, &vp, &gs, &ids)?;
+            }
+            Ok(vec![
+                c.download_f32(&g)?,
+                c.download_f32(&kp)?,
+                c.download_f32(&vp)?,
+            ])
+        };
+        let (a, b) = (run(true)?, run(false)?);
+        let n: usize = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| {
+                x.iter()
+                    .zip(y)
+                    .filter(|(p, q)| p.to_bits() != q.to_bits())
+                    .count()
+            })
+            .sum();
+        ck.exact(
+            "rope_kv_write",
+            format!("T{t} heads{nh}/{nkv} hd{hd} slots{slots}"),
+            n,
+        );
+    }
+    Ok(())
+}
+
 pub fn gemm(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Result<()> {
     let c = ops.context();
     use GemmPath::{Cublas, CublasLt, Gemv, GemvT1, GemvT1Wide};
