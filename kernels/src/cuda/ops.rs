@@ -164,8 +164,9 @@ impl CudaOps {
         pos: &DTensor,
         inv_freq: &DTensor,
     ) -> Result<()> {
-        let (t, w) =
-            self.rope_checks(qkv, q_col, n_q_heads, k_col, n_k_heads, head_dim, pos, inv_freq)?;
+        let (t, w) = self.rope_checks(
+            qkv, q_col, n_q_heads, k_col, n_k_heads, head_dim, pos, inv_freq,
+        )?;
         let args = [
             Arg::U64(qkv.ptr_at(q_col)?),
             i(w),
@@ -204,8 +205,9 @@ impl CudaOps {
         slots: &DTensor,
         host_slots: &[i32],
     ) -> Result<()> {
-        let (t, w) =
-            self.rope_checks(qkv, q_col, n_q_heads, k_col, n_k_heads, head_dim, pos, inv_freq)?;
+        let (t, w) = self.rope_checks(
+            qkv, q_col, n_q_heads, k_col, n_k_heads, head_dim, pos, inv_freq,
+        )?;
         let kv_dim = self.kv_checks(qkv, k_col, v_col, k_pool, v_pool, slots, host_slots)?;
         ensure(kv_dim == n_k_heads * head_dim, || {
             format!("pool rows of {kv_dim} for {n_k_heads} k heads of {head_dim}")
