@@ -177,9 +177,10 @@ impl GemmLt {
             c,
             algo: found[0].algo,
         };
-        let capturing = self.ctx.stream().capture_status().map_or(true, |s| {
-            s != cudarc::driver::sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE
-        });
+        let capturing = !matches!(
+            self.ctx.stream().capture_status(),
+            Ok(cudarc::driver::sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE)
+        );
         if self.tune && !capturing && found.len() > 1 {
             let mut times = Vec::with_capacity(found.len());
             for r in &found {
