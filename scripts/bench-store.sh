@@ -78,8 +78,10 @@ echo "== Strata: store process + separate client (TCP)"
 "$STRATA_BIN" bench store --role client --master 127.0.0.1:50051 --verify | tee "$OUT/st-client.txt"
 echo "== Strata: store process + separate client, TCP forced (STRATA_SAME_HOST=0)"
 STRATA_SAME_HOST=0 "$STRATA_BIN" bench store --role client --master 127.0.0.1:50051 --verify | tee "$OUT/st-client-tcp.txt"
+# The store node leaves the membership on SIGTERM; wait for it, so that the colocated run's client
+# does not place keys on a node that is going away.
 kill $STS 2>/dev/null || true
-sleep 0.5
+wait $STS 2>/dev/null || true
 echo "== Strata: colocated (single)"
 "$STRATA_BIN" bench store --role single --master 127.0.0.1:50051 --device "$DEVDIR/strata-single.dev" \
     --write-back "$WB" --verify | tee "$OUT/st-single.txt"

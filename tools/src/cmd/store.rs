@@ -63,9 +63,6 @@ pub struct Args {
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     super::logging::init(&a.log_level);
-    if a.write_back > 0 {
-        reserve_heap(a.write_back);
-    }
     let sc = StoreConfig::new(&a.device)
         .with_capacity(a.capacity)
         .with_memory(a.memory)
@@ -86,36 +83,6 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     h.shutdown()?;
     Ok(())
 }
-
-/// Maps and touches `bytes` of heap at start for the write-back buffer's pages, so that puts do
-/// not pay page faults on fresh memory (measured: the first 256 MiB of 64 KiB puts into a fresh
-/// node ran at 1.6 GB/s, later ones at 6-8 GB/s). Mooncake's store maps its segment at start the
-/// same way. glibc: one shared arena, page-sized blocks from the heap rather than their own
-/// mappings, no trimming of the heap's free top; then `bytes` are allocated in 1 MiB blocks,
-/// written and freed, leaving mapped free memory that later page buffers reuse.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn reserve_heap(bytes: u64) {
-    const BLOCK: usize = 1 << 20;
-    // SAFETY: mallopt only changes allocator tuning; called before the node starts its threads.
-    unsafe {
-        libc::mallopt(libc::M_ARENA_MAX, 1);
-        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
-        libc::mallopt(libc::M_TRIM_THRESHOLD, i32::MAX);
-    }
-    let t = std::time::Instant::now();
-    let blocks: Vec<Vec<u8>> = (0..bytes.div_ceil(BLOCK as u64))
-        .map(|_| vec![1u8; BLOCK])
-        .collect();
-    drop(blocks);
-    tracing::info!(
-        bytes,
-        ms = t.elapsed().as_millis() as u64,
-        "write-back memory reserved"
-    );
-}
-
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn reserve_heap(_bytes: u64) {}
 
 /// Blocks until SIGTERM or SIGINT.
 fn wait_for_shutdown_signal() -> anyhow::Result<()> {

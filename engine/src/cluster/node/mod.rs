@@ -6,6 +6,7 @@
 //! pages are served again. Losing the master never stops the node serving: it keeps re-registering
 //! in the background.
 
+pub mod heap;
 mod rdma;
 pub mod serve;
 
@@ -96,6 +97,7 @@ impl Drop for NodeHandle {
 
 /// Opens the engine, starts serving and registers with the master.
 pub fn start(cfg: NodeConfig) -> ClusterResult<NodeHandle> {
+    heap::reserve(cfg.store.write_back);
     let store = Arc::new(Store::open(cfg.store.clone())?);
     let listener = listen(&cfg.listen)?;
     start_with(cfg, store, listener)
