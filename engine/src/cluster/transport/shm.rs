@@ -6,8 +6,11 @@
 //! the two address spaces and no socket data copy at all.
 //!
 //! The peer's pid comes from the kernel (`SO_PEERCRED`), never from the peer, and the kernel checks
-//! the caller may access that process (same user or CAP_SYS_PTRACE, Yama permitting). When it may
-//! not, the node answers LOCAL_DENIED and the client falls back to TCP for that node.
+//! the caller may access that process (same user or CAP_SYS_PTRACE, Yama permitting). Under Yama's
+//! `ptrace_scope = 1` (Ubuntu's default) only a declared tracer may, so the client names the node it
+//! connects to as its tracer (`PR_SET_PTRACER` with the node's pid from `SO_PEERCRED`; a process has
+//! one such tracer, so with several same-host nodes the last one connected is allowed). When access
+//! is still refused, the node answers LOCAL_DENIED and the client falls back to TCP for that node.
 //! All `unsafe` of this path lives in this file.
 
 use std::io;
@@ -27,6 +30,17 @@ pub fn bind(tcp_addr: &str) -> io::Result<UnixListener> {
 /// Connects to the same-host socket of the node at `tcp_addr`; fails when it is on another host.
 pub fn connect(tcp_addr: &str) -> io::Result<UnixStream> {
     UnixStream::connect_addr(&name(tcp_addr)?)
+}
+
+/// Lets process `pid` (the node a client just reached) read and write this process's memory under
+/// Yama's restricted ptrace mode. Harmless elsewhere: without Yama the call fails and changes
+/// nothing, and with `ptrace_scope` 0 access is already allowed.
+pub fn allow_tracer(pid: i32) {
+    // SAFETY: a prctl with plain integer arguments; it only changes this process's Yama exception.
+    let r = unsafe { libc::prctl(libc::PR_SET_PTRACER, pid as libc::c_ulong, 0, 0, 0) };
+    if r != 0 {
+        tracing::debug!(pid, error = %io::Error::last_os_error(), "PR_SET_PTRACER not applied");
+    }
 }
 
 /// The pid of the process at the other end, as the kernel recorded it.
