@@ -114,11 +114,14 @@ pub fn run(mut a: Args) -> anyhow::Result<()> {
         .with_queue_depth(a.queue_depth)
         .with_write_combine(a.write_combine.min(u32::MAX as u64) as u32)
         .with_io_threads(a.threads.clamp(1, 4))
-        .with_registered_memory(
-            (((a.value_size as usize + 8192) * a.queue_depth as usize * 2).next_power_of_two()
-                as u64)
-                .min(256 << 20),
-        );
+        .with_registered_memory({
+            // Every thread's window of writes in flight, each a record or a combined run of
+            // records, twice over; at least the store's default. A smaller arena sends the
+            // overflow through unregistered heap buffers.
+            let unit = (a.value_size + 8192).max(a.write_combine);
+            let want = unit * a.queue_depth as u64 * a.threads as u64 * 2;
+            want.next_power_of_two().clamp(64 << 20, 256 << 20)
+        });
     let mut rep = Report {
         value_size: a.value_size,
         queue_depth: a.threads * a.queue_depth as usize,
