@@ -147,6 +147,25 @@ __device__ __forceinline__ void dec2_chunk(const float (*qf)[8], const uint4* kr
     }
 }
 
+// Loads this lane's 8 dims of the G scaled queries and clears the softmax state.
+template <int G, int HD>
+__device__ __forceinline__ void dec2_start(const bf16_t* q, int q_stride, int row, int g, int li,
+                                           float scale, float (*qf)[8], float* m, float* l,
+                                           float (*acc)[8]) {
+#pragma unroll
+    for (int r = 0; r < G; ++r) {
+        const uint4 raw =
+            *(const uint4*)(q + (u64)row * q_stride + (u64)(g * G + r) * HD + li * 8);
+        dec2_unpack8(raw, qf[r]);
+#pragma unroll
+        for (int i = 0; i < 8; ++i) qf[r][i] *= scale;
+        m[r] = NEG_BIG;
+        l[r] = 0.f;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) acc[r][i] = 0.f;
+    }
+}
+
 // Merges the KPS key streams of each warp (lanes li, li + LPK, ...) by shuffle and the warps
 // through shared memory, then writes the output row (one split) or this split's partials.
 template <int G, int HD>
@@ -230,23 +249,8 @@ __device__ __forceinline__ void dec2_body(
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int sub = lane / LPK, li = lane % LPK;
 
-    float qf[G][8];
-#pragma unroll
-    for (int r = 0; r < G; ++r) {
-        const uint4 raw =
-            *(const uint4*)(q + (u64)row * q_stride + (u64)(g * G + r) * HD + li * 8);
-        dec2_unpack8(raw, qf[r]);
-#pragma unroll
-        for (int i = 0; i < 8; ++i) qf[r][i] *= scale;
-    }
-    float m[G], l[G], acc[G][8];
-#pragma unroll
-    for (int r = 0; r < G; ++r) {
-        m[r] = NEG_BIG;
-        l[r] = 0.f;
-#pragma unroll
-        for (int i = 0; i < 8; ++i) acc[r][i] = 0.f;
-    }
+    float qf[G][8], m[G], l[G], acc[G][8];
+    dec2_start<G, HD>(q, q_stride, row, g, li, scale, qf, m, l, acc);
     const int* bt = block_tables + (u64)seq * max_pages;
     const u64 head_off = (u64)g * HD + li * 8;
 
@@ -349,23 +353,8 @@ __device__ __forceinline__ void dec2_async_body(
         }
     };
 
-    float qf[G][8];
-#pragma unroll
-    for (int r = 0; r < G; ++r) {
-        const uint4 raw =
-            *(const uint4*)(q + (u64)row * q_stride + (u64)(g * G + r) * HD + li * 8);
-        dec2_unpack8(raw, qf[r]);
-#pragma unroll
-        for (int i = 0; i < 8; ++i) qf[r][i] *= scale;
-    }
-    float m[G], l[G], acc[G][8];
-#pragma unroll
-    for (int r = 0; r < G; ++r) {
-        m[r] = NEG_BIG;
-        l[r] = 0.f;
-#pragma unroll
-        for (int i = 0; i < 8; ++i) acc[r][i] = 0.f;
-    }
+    float qf[G][8], m[G], l[G], acc[G][8];
+    dec2_start<G, HD>(q, q_stride, row, g, li, scale, qf, m, l, acc);
 
     const int ntiles = kend > kbeg ? (kend - kbeg + ATK - 1) / ATK : 0;
 #pragma unroll
