@@ -13,6 +13,11 @@
 // streams of a warp merge by shuffle and the 4 warps through shared memory.
 
 #define DEC2_WARPS 4
+// Scores are kept in log2 units (queries pre-scaled by log2(e)), so every softmax exponential is
+// one exp2f (the hardware's ex2) instead of expf's range reduction; split partials are written back
+// in natural-log units, as attention_combine and the other attention kernels use.
+#define DEC2_LOG2E 1.4426950408889634f
+#define DEC2_LN2 0.6931471805599453f
 
 __device__ __forceinline__ void dec2_unpack8(uint4 v, float* f) {
     f[0] = __uint_as_float(v.x << 16); f[1] = __uint_as_float(v.x & 0xffff0000u);
@@ -28,7 +33,7 @@ __device__ __forceinline__ void dec2_merge(float* m, float* l, float (*a)[8], co
 #pragma unroll
     for (int r = 0; r < G; ++r) {
         float mx = fmaxf(m[r], mo[r]);
-        float f0 = expf(m[r] - mx), f1 = expf(mo[r] - mx);
+        float f0 = exp2f(m[r] - mx), f1 = exp2f(mo[r] - mx);
         l[r] = l[r] * f0 + lo[r] * f1;
 #pragma unroll
         for (int i = 0; i < 8; ++i) a[r][i] = a[r][i] * f0 + ao[r][i] * f1;
@@ -83,7 +88,7 @@ __device__ __forceinline__ void dec2_step(const float (*qf)[8], const uint4* kr,
 #pragma unroll
             for (int r = 0; r < G; ++r) {
                 const float mx = fmaxf(m[r], s[r]);
-                const float corr = expf(m[r] - mx), p = expf(s[r] - mx);
+                const float corr = exp2f(m[r] - mx), p = exp2f(s[r] - mx);
                 l[r] = l[r] * corr + p;
 #pragma unroll
                 for (int i = 0; i < 8; ++i) acc[r][i] = acc[r][i] * corr + p * vf[i];
@@ -127,7 +132,7 @@ __device__ __forceinline__ void dec2_chunk(const float (*qf)[8], const uint4* kr
 #pragma unroll
         for (int o = LPK; o < 32; o <<= 1) cm = fmaxf(cm, __shfl_xor_sync(FULL_MASK, cm, o));
         const float mx = fmaxf(m[r], cm);
-        const float corr = expf(m[r] - mx);
+        const float corr = exp2f(m[r] - mx);
         m[r] = mx;
         l[r] *= corr;
 #pragma unroll
@@ -139,7 +144,7 @@ __device__ __forceinline__ void dec2_chunk(const float (*qf)[8], const uint4* kr
         dec2_unpack8(vr[u], vf);
 #pragma unroll
         for (int r = 0; r < G; ++r) {
-            const float p = ok[u] ? expf(s[u][r] - m[r]) : 0.f;
+            const float p = ok[u] ? exp2f(s[u][r] - m[r]) : 0.f;
             l[r] += p;
 #pragma unroll
             for (int i = 0; i < 8; ++i) acc[r][i] += p * vf[i];
@@ -158,7 +163,7 @@ __device__ __forceinline__ void dec2_start(const bf16_t* q, int q_stride, int ro
             *(const uint4*)(q + (u64)row * q_stride + (u64)(g * G + r) * HD + li * 8);
         dec2_unpack8(raw, qf[r]);
 #pragma unroll
-        for (int i = 0; i < 8; ++i) qf[r][i] *= scale;
+        for (int i = 0; i < 8; ++i) qf[r][i] *= scale * DEC2_LOG2E;
         m[r] = NEG_BIG;
         l[r] = 0.f;
 #pragma unroll
@@ -211,7 +216,7 @@ __device__ __forceinline__ void dec2_finish(float* m, float* l, float (*acc)[8],
         float sum = 0.f, a = 0.f;
 #pragma unroll
         for (int w = 0; w < DEC2_WARPS; ++w) {
-            const float f = expf(red_m[w][r] - mx);
+            const float f = exp2f(red_m[w][r] - mx);
             sum += red_l[w][r] * f;
             a += red_acc[w][r][d] * f;
         }
@@ -222,7 +227,7 @@ __device__ __forceinline__ void dec2_finish(float* m, float* l, float (*acc)[8],
             const u64 b = ((u64)split * total_rows + row) * n_heads + h;
             part_acc[b * HD + d] = a;
             if (d == 0) {
-                part_ml[b * 2] = mx;
+                part_ml[b * 2] = mx * DEC2_LN2;  // back to natural-log units for the combine
                 part_ml[b * 2 + 1] = sum;
             }
         }
@@ -339,13 +344,25 @@ __device__ __forceinline__ void dec2_async_body(
     const int* bt = block_tables + (u64)seq * max_pages;
 
     // Issues the copies of the tile starting at key t0 into stage st.
+    // A tile of ATK <= page_size keys spans at most two pages: one division per tile, not per key.
     auto issue = [&](int t0, int st) {
+        const int p0 = t0 / page_size, r0 = t0 - p0 * page_size;
         for (int c = threadIdx.x; c < ATK * LPK; c += blockDim.x) {
-            const int key = t0 + c / LPK, piece = c % LPK;
+            const int kk = c / LPK, key = t0 + kk, piece = c % LPK;
             const bool live = key < kend;
             u64 off = 0;
             if (live) {
-                const u64 slot = (u64)bt[key / page_size] * page_size + key % page_size;
+                int page = p0, idx = r0 + kk;
+                if (page_size >= ATK) {
+                    if (idx >= page_size) {
+                        idx -= page_size;
+                        ++page;
+                    }
+                } else {
+                    page = key / page_size;
+                    idx = key - page * page_size;
+                }
+                const u64 slot = (u64)bt[page] * page_size + idx;
                 off = slot * n_kv_heads * HD + (u64)g * HD + piece * 8;
             }
             cp_async16(&ks[st][c], k_pool + off, live ? 16 : 0);
