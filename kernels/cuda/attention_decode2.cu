@@ -403,8 +403,9 @@ __device__ __forceinline__ void dec2_async_body(
                        total_rows, n_heads);
 }
 
-#define DEC2_ASYNC(NAME, G, HD, ATK, ANST)                                                      \
-    extern "C" __global__ void __launch_bounds__(128) NAME(                                     \
+#define DEC2_ASYNC(NAME, G, HD, ATK, ANST) DEC2_ASYNC_LB(NAME, G, HD, ATK, ANST, 1)
+#define DEC2_ASYNC_LB(NAME, G, HD, ATK, ANST, MINB)                                             \
+    extern "C" __global__ void __launch_bounds__(128, MINB) NAME(                               \
         const bf16_t* q, int q_stride, const bf16_t* k_pool, const bf16_t* v_pool,              \
         const int* block_tables, int max_pages, int page_size, const int* tile_info,            \
         int n_heads, int n_kv_heads, int head_dim, float scale, int split_len, bf16_t* out,     \
@@ -456,3 +457,4 @@ DEC2_VARIANT(paged_attention_decode2_var_regs, 4, 128, DEC2_UNR, false, true)
 DEC2_ASYNC(paged_attention_decode2_var_async_t32s2, 4, 128, 32, 2)
 DEC2_ASYNC(paged_attention_decode2_var_async_t16s3, 4, 128, 16, 3)
 DEC2_ASYNC(paged_attention_decode2_var_async_t8s6, 4, 128, 8, 6)
+
