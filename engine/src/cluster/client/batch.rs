@@ -69,31 +69,47 @@ fn jobs(
 }
 
 impl Inner {
-    /// Sends every job, then receives every answer. Local jobs never reach here.
-    fn fanout<R>(
+    /// Runs every job: each on its own pooled connection, several at once on scoped threads (one
+    /// per job beyond the first), so the socket copies of a batch's jobs — to different nodes, or
+    /// the `streams` parts of one large batch to one node — use every core instead of queueing
+    /// behind one thread. Local jobs never reach here.
+    fn fanout<R: Send>(
         &self,
         jobs: Vec<Job>,
-        mut send: impl FnMut(&mut Conn, &[usize]) -> ClusterResult<u32>,
-        mut recv: impl FnMut(&mut Conn, u32, &[usize]) -> ClusterResult<R>,
+        send: impl Fn(&mut Conn, &[usize]) -> ClusterResult<u32> + Sync,
+        recv: impl Fn(&mut Conn, u32, &[usize]) -> ClusterResult<R> + Sync,
     ) -> Vec<(Job, ClusterResult<R>)> {
+        let run = |job: &Job| -> ClusterResult<R> {
+            let mut c = self.pool.take(&job.node.addr)?;
+            let id = send(&mut c, &job.idxs)?;
+            let r = recv(&mut c, id, &job.idxs)?;
+            self.pool.give(&job.node.addr, c);
+            Ok(r)
+        };
         let mut out = Vec::with_capacity(jobs.len());
         let mut todo = jobs;
         // Second round only for jobs the node refused on the same-host path: they go over TCP now.
         for _round in 0..2 {
-            let mut pending = Vec::with_capacity(todo.len());
-            for job in todo.drain(..) {
-                let sent = self.pool.take(&job.node.addr).and_then(|mut c| {
-                    let id = send(&mut c, &job.idxs)?;
-                    Ok((c, id))
-                });
-                pending.push((job, sent));
-            }
-            for (job, sent) in pending {
-                let r = sent.and_then(|(mut c, id)| {
-                    let r = recv(&mut c, id, &job.idxs)?;
-                    self.pool.give(&job.node.addr, c);
-                    Ok(r)
-                });
+            let batch: Vec<Job> = std::mem::take(&mut todo);
+            let results: Vec<ClusterResult<R>> = if batch.len() < 2 {
+                batch.iter().map(run).collect()
+            } else {
+                std::thread::scope(|sc| {
+                    let handles: Vec<_> = batch[1..]
+                        .iter()
+                        .map(|job| sc.spawn(|| run(job)))
+                        .collect();
+                    let first = run(&batch[0]);
+                    std::iter::once(first)
+                        .chain(handles.into_iter().map(|h| {
+                            h.join().unwrap_or_else(|_| {
+                                Err(ClusterError::Protocol("a transfer thread panicked".into()))
+                            })
+                        }))
+                        .collect()
+                })
+            };
+            for (job, r) in batch.into_iter().zip(results) {
                 match &r {
                     Err(e @ (ClusterError::Io(_) | ClusterError::Protocol(_))) => {
                         self.mark_down(&job.node, e)
@@ -329,13 +345,17 @@ impl Inner {
                         codec::decode_lens(&m, &my_caps, Some(h.payload_len))?
                     };
                     // One vectored read loop straight into the callers' buffers, in payload order.
-                    let mut slots: Vec<Option<&mut [u8]>> =
-                        bufs.iter_mut().map(|b| Some(&mut **b)).collect();
                     let mut dsts: Vec<&mut [u8]> = Vec::with_capacity(idxs.len());
                     for (&i, &l) in idxs.iter().zip(&lens) {
                         if l >= 0 {
-                            let b = slots[i].take().expect("each key once per job");
-                            dsts.push(&mut b[..l as usize]);
+                            // SAFETY: `dst[i]` is the start of the caller's buffer `bufs[i]`,
+                            // exclusively borrowed by this call and not otherwise touched while
+                            // jobs run; `l <= caps[i] <= bufs[i].len()` (decode_lens checks); each
+                            // index belongs to exactly one job, so the slices are disjoint even
+                            // when jobs run on several threads.
+                            dsts.push(unsafe {
+                                std::slice::from_raw_parts_mut(dst[i] as *mut u8, l as usize)
+                            });
                         }
                     }
                     if rdma {
