@@ -95,10 +95,8 @@ impl Inner {
                 batch.iter().map(run).collect()
             } else {
                 std::thread::scope(|sc| {
-                    let handles: Vec<_> = batch[1..]
-                        .iter()
-                        .map(|job| sc.spawn(|| run(job)))
-                        .collect();
+                    let handles: Vec<_> =
+                        batch[1..].iter().map(|job| sc.spawn(|| run(job))).collect();
                     let first = run(&batch[0]);
                     std::iter::once(first)
                         .chain(handles.into_iter().map(|h| {
