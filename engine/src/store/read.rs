@@ -209,6 +209,21 @@ impl StoreInner {
         Ok(Some(n))
     }
 
+    /// The value when it is in DRAM (the write-back buffer or the DRAM tier), shared without a
+    /// copy; `None` when it is only on the device (or absent). Counts as a get and a memory hit.
+    pub fn get_shared(&self, key: &[u8]) -> Option<std::sync::Arc<[u8]>> {
+        check_key(key).ok()?;
+        let v = self
+            .wb
+            .as_ref()
+            .and_then(|w| w.get(key))
+            .or_else(|| self.mem.get(key))?;
+        self.counters.gets.fetch_add(1, Ordering::Relaxed);
+        self.counters.hits.fetch_add(1, Ordering::Relaxed);
+        self.counters.memory_hits.fetch_add(1, Ordering::Relaxed);
+        Some(v)
+    }
+
     /// True when `key` is stored.
     pub fn exists(&self, key: &[u8]) -> bool {
         self.index.contains(key) || self.wb.as_ref().is_some_and(|w| w.contains(key))

@@ -89,7 +89,8 @@ impl Session {
         meta: &[u8],
     ) -> ClusterResult<()> {
         let items = checked(conn, h, codec::decode_get(meta))?;
-        let (lens, out) = self.read_hits(&items);
+        let (lens, hits) = self.read_hits(&items);
+        let out = hits.slices(&self.get_buf);
         let meta = codec::encode_lens(&lens);
         conn.send(
             Header::response(Op::GetRdma, h.request_id, meta.len(), 0),

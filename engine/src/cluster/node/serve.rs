@@ -54,7 +54,7 @@ pub(super) struct Session {
     pub(super) store: Arc<Store>,
     pub(super) rdma: DataPath,
     put_buf: AlignedBuf,
-    get_buf: AlignedBuf,
+    pub(super) get_buf: AlignedBuf,
 }
 
 impl Session {
@@ -203,7 +203,8 @@ impl Session {
 
     fn get(&mut self, conn: &mut Conn, h: &Header, meta: &[u8]) -> ClusterResult<()> {
         let items = checked(conn, h, codec::decode_get(meta))?;
-        let (lens, out) = self.read_hits(&items);
+        let (lens, hits) = self.read_hits(&items);
+        let out = hits.slices(&self.get_buf);
         let meta = codec::encode_lens(&lens);
         let plen = out.iter().map(|p| p.len() as u64).sum();
         conn.send(
@@ -262,7 +263,8 @@ impl Session {
             )?;
             return Ok(());
         }
-        let (lens, out) = self.read_hits(&items);
+        let (lens, hits) = self.read_hits(&items);
+        let out = hits.slices(&self.get_buf);
         let remote: Vec<(u64, usize)> = addrs
             .iter()
             .zip(&lens)
@@ -283,10 +285,12 @@ impl Session {
         Ok(())
     }
 
-    /// Reads every hit into a 4 KiB-aligned slot of the reusable buffer (the engine's zero-copy
-    /// path). Returns per item a length or a negative code, and the hits' bytes in item order.
-    pub(super) fn read_hits(&mut self, items: &[codec::GetItem<'_>]) -> (Vec<i64>, Vec<&[u8]>) {
+    /// Looks up a GET batch: one length or error code per item, and the hits in item order — DRAM
+    /// values shared as they are (sent without a copy), the rest read from the device into the
+    /// reusable get buffer.
+    pub(super) fn read_hits(&mut self, items: &[codec::GetItem<'_>]) -> (Vec<i64>, Hits) {
         let mut lens: Vec<i64> = Vec::with_capacity(items.len());
+        let mut hits: Vec<Hit> = Vec::new();
         let mut total = 0usize;
         for it in items {
             match self.store.value_len(it.key) {
@@ -294,7 +298,13 @@ impl Session {
                 Some(l) if l > it.max_len as usize => lens.push(code::BUFFER_OVERFLOW as i64),
                 Some(l) => {
                     lens.push(l as i64);
-                    total += round_up(l);
+                    match self.store.get_shared(it.key).filter(|v| v.len() == l) {
+                        Some(v) => hits.push(Hit::Shared(v)),
+                        None => {
+                            hits.push(Hit::Buf(total, l));
+                            total += round_up(l);
+                        }
+                    }
                 }
             }
         }
@@ -303,30 +313,38 @@ impl Session {
         }
         let mut rest: &mut [u8] = &mut self.get_buf[..total];
         let mut parts: Vec<&mut [u8]> = Vec::new();
-        let mut hit_keys: Vec<&[u8]> = Vec::new();
-        for (it, &l) in items.iter().zip(&lens) {
-            if l >= 0 {
-                let (a, b) = std::mem::take(&mut rest).split_at_mut(round_up(l as usize));
+        let mut dev_keys: Vec<&[u8]> = Vec::new();
+        let hit_items = items.iter().zip(&lens).filter(|(_, &l)| l >= 0);
+        for ((it, _), hit) in hit_items.zip(&hits) {
+            if let Hit::Buf(_, l) = *hit {
+                let (a, b) = std::mem::take(&mut rest).split_at_mut(round_up(l));
                 parts.push(a);
                 rest = b;
-                hit_keys.push(it.key);
+                dev_keys.push(it.key);
             }
         }
-        let results = self.store.batch_get_into(&hit_keys, &mut parts);
-        let mut out: Vec<&[u8]> = Vec::with_capacity(parts.len());
-        let mut hits = results.into_iter().zip(parts);
+        let mut results = self.store.batch_get_into(&dev_keys, &mut parts).into_iter();
+        let mut kept = Vec::with_capacity(hits.len());
+        let mut hits = hits.into_iter();
         for l in lens.iter_mut().filter(|l| **l >= 0) {
-            let (r, part) = hits.next().expect("one result per hit");
-            match r {
-                Ok(Some(n)) if n as i64 == *l => out.push(&part[..n]),
-                Ok(_) => *l = code::OBJECT_NOT_FOUND as i64,
-                Err(e) => {
-                    tracing::warn!("store: read failed: {e}");
-                    *l = code::INTERNAL_ERROR as i64;
+            let hit = hits.next().expect("one hit per found item");
+            if let Hit::Buf(_, want) = hit {
+                match results.next().expect("one result per device read") {
+                    Ok(Some(n)) if n == want => {}
+                    Ok(_) => {
+                        *l = code::OBJECT_NOT_FOUND as i64;
+                        continue;
+                    }
+                    Err(e) => {
+                        tracing::warn!("store: read failed: {e}");
+                        *l = code::INTERNAL_ERROR as i64;
+                        continue;
+                    }
                 }
             }
+            kept.push(hit);
         }
-        (lens, out)
+        (lens, Hits(kept))
     }
 }
 
@@ -372,6 +390,29 @@ fn put_runs<'a, V: Clone>(
         start = end;
     }
     codes
+}
+
+/// The values a GET answers with, in item order (see [`Session::read_hits`]).
+pub struct Hits(Vec<Hit>);
+
+enum Hit {
+    /// A DRAM value, sent from the shared buffer itself.
+    Shared(Arc<[u8]>),
+    /// `(offset, len)` in the session's get buffer.
+    Buf(usize, usize),
+}
+
+impl Hits {
+    /// The hits' bytes: shared values as they are, the rest from `get_buf`.
+    pub fn slices<'a>(&'a self, get_buf: &'a [u8]) -> Vec<&'a [u8]> {
+        self.0
+            .iter()
+            .map(|h| match h {
+                Hit::Shared(v) => &v[..],
+                Hit::Buf(off, len) => &get_buf[*off..*off + *len],
+            })
+            .collect()
+    }
 }
 
 /// A put item whose value is a shared buffer: key, value, depth.
