@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::serve::{checked, reply, Session};
+use super::serve::{checked, reply, Session, Source};
 use crate::cluster::error::{code, ClusterResult};
 use crate::cluster::proto::{codec, Header, Op};
 use crate::cluster::transport::rdma::{self, wire::RdmaHello, DataPath};
@@ -75,7 +75,7 @@ impl Session {
         meta: &[u8],
     ) -> ClusterResult<()> {
         let items = checked(conn, h, codec::decode_put_rdma(meta))?;
-        let shared = self.recv_values(&items, |dst| conn.rdma_recv(dst))?;
+        let shared = self.recv_values(&items, Source::Rdma(conn))?;
         let codes = self.put_items(&items, shared);
         reply(conn, h, &codec::encode_codes(&codes))
     }

@@ -128,30 +128,58 @@ impl Session {
 
     fn put(&mut self, conn: &mut Conn, h: &Header, meta: &[u8]) -> ClusterResult<()> {
         let items = checked(conn, h, codec::decode_put(meta, h.payload_len))?;
-        let shared = self.recv_values(&items, |dst| Ok(conn.recv_exact_vectored(dst)?))?;
+        let shared = self.recv_values(&items, Source::Socket(conn))?;
         let codes = self.put_items(&items, shared);
         reply(conn, h, &codec::encode_codes(&codes))
     }
 
-    /// Receives a put's values with `recv`, which fills one slice per item: each straight into a
-    /// fresh shared buffer that the write-back queue keeps, or, without write-back, back to back
-    /// into the reusable put buffer. Returns the shared buffers when there are any.
+    /// Receives a put's values from `src`: each straight into a fresh shared buffer that the
+    /// write-back queue keeps (from the socket without zeroing it first), or, without write-back,
+    /// back to back into the reusable put buffer. Returns the shared buffers when there are any.
     pub(super) fn recv_values(
         &mut self,
         items: &[codec::PutItem<'_>],
-        recv: impl FnOnce(&mut [&mut [u8]]) -> ClusterResult<()>,
+        mut src: Source<'_>,
     ) -> ClusterResult<Option<Vec<Arc<[u8]>>>> {
         if self.store.has_write_back() {
-            let mut values: Vec<Arc<[u8]>> = items
+            let mut bufs: Vec<Arc<[std::mem::MaybeUninit<u8>]>> = items
                 .iter()
-                .map(|it| zeroed_shared(it.len as usize))
+                .map(|it| Arc::new_uninit_slice(it.len as usize))
                 .collect();
-            let mut dst: Vec<&mut [u8]> = values
+            let uniq = bufs
                 .iter_mut()
-                .map(|v| Arc::get_mut(v).expect("just allocated, so unique"))
-                .collect();
-            recv(&mut dst)?;
-            return Ok(Some(values));
+                .map(|b| Arc::get_mut(b).expect("just allocated, so unique"));
+            match &mut src {
+                Source::Socket(c) => {
+                    let raw: Vec<(*mut u8, usize)> = uniq
+                        .map(|b| (b.as_mut_ptr().cast::<u8>(), b.len()))
+                        .collect();
+                    // SAFETY: each destination is a fresh buffer of `len` bytes owned here and
+                    // touched by nothing else during the call.
+                    unsafe { c.recv_exact_raw(&raw)? };
+                }
+                Source::Rdma(_) => {
+                    let mut dst: Vec<&mut [u8]> = uniq
+                        .map(|b| {
+                            for x in b.iter_mut() {
+                                x.write(0);
+                            }
+                            // SAFETY: every byte was just initialised.
+                            unsafe {
+                                std::slice::from_raw_parts_mut(b.as_mut_ptr().cast(), b.len())
+                            }
+                        })
+                        .collect();
+                    src.recv(&mut dst)?;
+                }
+            }
+            // SAFETY: on success every byte of every buffer was written (by the socket read, or
+            // zeroed and then overwritten by the queue pair's receive).
+            return Ok(Some(
+                bufs.into_iter()
+                    .map(|b| unsafe { b.assume_init() })
+                    .collect(),
+            ));
         }
         let total = self.reserve_put_buf(items);
         let mut rest: &mut [u8] = &mut self.put_buf[..total];
@@ -161,7 +189,7 @@ impl Session {
             dst.push(a);
             rest = b;
         }
-        recv(&mut dst)?;
+        src.recv(&mut dst)?;
         Ok(None)
     }
 
@@ -392,6 +420,24 @@ fn put_runs<'a, V: Clone>(
     codes
 }
 
+/// Where a put's value bytes come from.
+pub(super) enum Source<'a> {
+    /// The frame's payload, on the connection's socket.
+    Socket(&'a mut Conn),
+    /// The connection's RDMA queue pair.
+    Rdma(&'a mut Conn),
+}
+
+impl Source<'_> {
+    /// Fills every slice in order.
+    fn recv(&mut self, dst: &mut [&mut [u8]]) -> ClusterResult<()> {
+        match self {
+            Source::Socket(c) => Ok(c.recv_exact_vectored(dst)?),
+            Source::Rdma(c) => c.rdma_recv(dst),
+        }
+    }
+}
+
 /// The values a GET answers with, in item order (see [`Session::read_hits`]).
 pub struct Hits(Vec<Hit>);
 
@@ -417,16 +463,6 @@ impl Hits {
 
 /// A put item whose value is a shared buffer: key, value, depth.
 pub type SharedPut<'a> = (&'a [u8], Arc<[u8]>, Option<u32>);
-
-/// A shared buffer of `n` zero bytes (to receive a value into).
-fn zeroed_shared(n: usize) -> Arc<[u8]> {
-    let mut b: Arc<[std::mem::MaybeUninit<u8>]> = Arc::new_uninit_slice(n);
-    for x in Arc::get_mut(&mut b).expect("just allocated, so unique") {
-        x.write(0);
-    }
-    // SAFETY: every byte was written above.
-    unsafe { b.assume_init() }
-}
 
 /// Reads each remote range of process `pid` into a fresh shared buffer of its length.
 fn read_shared(pid: i32, remote: &[(u64, usize)]) -> std::io::Result<Vec<Arc<[u8]>>> {

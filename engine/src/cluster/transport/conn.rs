@@ -135,6 +135,56 @@ impl Conn {
         Ok(())
     }
 
+    /// Fills each `(ptr, len)` destination in order, like [`Conn::recv_exact_vectored`], with
+    /// `readv` on raw memory: the destinations may be uninitialised (a fresh page buffer need not
+    /// be zeroed first only to be overwritten). At most IOV_MAX iovecs per call.
+    ///
+    /// # Safety
+    /// Every `ptr..ptr + len` must be valid for writes and not accessed by anyone else until this
+    /// returns. After `Ok` every byte of every destination has been written.
+    pub unsafe fn recv_exact_raw(&mut self, bufs: &[(*mut u8, usize)]) -> io::Result<()> {
+        const IOV_MAX: usize = 1024;
+        let fd = self.stream.raw_fd();
+        let mut iov: Vec<libc::iovec> = bufs
+            .iter()
+            .filter(|b| b.1 > 0)
+            .map(|&(p, l)| libc::iovec {
+                iov_base: p.cast(),
+                iov_len: l,
+            })
+            .collect();
+        let mut at = 0;
+        while at < iov.len() {
+            let cnt = (iov.len() - at).min(IOV_MAX) as libc::c_int;
+            // SAFETY: the iovecs describe caller memory valid for writes (this fn's contract).
+            let n = unsafe { libc::readv(fd, iov[at..].as_ptr(), cnt) };
+            if n < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            let mut n = n as usize;
+            while n > 0 {
+                let v = &mut iov[at];
+                if n >= v.iov_len {
+                    n -= v.iov_len;
+                    at += 1;
+                } else {
+                    // SAFETY: `n < iov_len`, so the advanced base stays inside the destination.
+                    v.iov_base = unsafe { v.iov_base.cast::<u8>().add(n) }.cast();
+                    v.iov_len -= n;
+                    n = 0;
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Reads and drops `n` payload bytes.
     pub fn skip(&mut self, n: u64) -> io::Result<()> {
         let copied = io::copy(&mut (&mut self.stream).take(n), &mut io::sink())?;
