@@ -97,7 +97,10 @@ impl Drop for NodeHandle {
 
 /// Opens the engine, starts serving and registers with the master.
 pub fn start(cfg: NodeConfig) -> ClusterResult<NodeHandle> {
-    heap::reserve(cfg.store.write_back);
+    if cfg.store.write_back > 0 {
+        // Flushed write-back pages stay alive in the DRAM tier, so both live off this heap.
+        heap::reserve(cfg.store.write_back + cfg.store.memory);
+    }
     let store = Arc::new(Store::open(cfg.store.clone())?);
     let listener = listen(&cfg.listen)?;
     start_with(cfg, store, listener)
