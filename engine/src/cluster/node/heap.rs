@@ -8,8 +8,8 @@
 //! colocated 4 MiB puts had a p99 of 2.5 ms against a p50 of 0.4 ms. Mooncake maps its segment
 //! at start for the same reason.
 //!
-//! The node reserves its write-back buffer plus its DRAM tier: the tier adopts flushed write-back
-//! pages without a copy, so both hold page buffers from this heap.
+//! The node reserves its write-back buffer's size. (Its DRAM tier adopts flushed pages too, but
+//! reserving for both measured slower for colocated puts; see `node::start`.)
 //!
 //! [`reserve`] tunes glibc for the whole process — one shared arena, blocks below 32 MiB from
 //! the heap instead of their own mappings, no trimming of the heap's free top — then allocates,
