@@ -14,7 +14,7 @@ use crate::cluster::error::{code, ClusterError, ClusterResult};
 use crate::cluster::node::serve::put_batch;
 use crate::cluster::proto::{codec, GetItem, MemberInfo, Op, PutItem};
 use crate::cluster::transport::Conn;
-use crate::{MAX_KEY_LEN, MAX_VALUE_LEN};
+use crate::{Store, MAX_KEY_LEN, MAX_VALUE_LEN};
 
 /// Most keys in one request.
 const CHUNK_KEYS: usize = 1024;
@@ -376,19 +376,62 @@ impl Inner {
 
     pub(super) fn batch_is_exist<K: AsRef<[u8]>>(&self, keys: &[K]) -> Vec<i32> {
         let keys: Vec<&[u8]> = keys.iter().map(|k| k.as_ref()).collect();
-        let mut res = vec![0; keys.len()];
+        let yes = self.any_replica(
+            &keys,
+            Op::Exists,
+            |store, k| store.exists(k),
+            codec::decode_flags,
+        );
+        yes.into_iter().map(i32::from).collect()
+    }
+
+    pub(super) fn batch_remove<K: AsRef<[u8]>>(&self, keys: &[K]) -> Vec<i32> {
+        let keys: Vec<&[u8]> = keys.iter().map(|k| k.as_ref()).collect();
+        let yes = self.any_replica(
+            &keys,
+            Op::Remove,
+            |store, k| store.remove(k).unwrap_or(false),
+            |m, n| {
+                Ok(codec::decode_codes(m, n)?
+                    .into_iter()
+                    .map(|c| c == code::OK)
+                    .collect())
+            },
+        );
+        keys.iter()
+            .zip(yes)
+            .map(|(k, y)| match (key_ok(k), y) {
+                (false, _) => code::INVALID_PARAMS,
+                (true, true) => code::OK,
+                (true, false) => code::OBJECT_NOT_FOUND,
+            })
+            .collect()
+    }
+
+    /// Runs a keys-only operation (EXISTS or REMOVE) on every replica of every valid key — by a
+    /// direct call for this process's own segment (`local`), by `op` frames for the other nodes,
+    /// whose answers `decode` turns into one flag per key — and returns, per key, whether any
+    /// replica answered yes.
+    fn any_replica(
+        &self,
+        keys: &[&[u8]],
+        op: Op,
+        local: impl Fn(&Store, &[u8]) -> bool,
+        decode: impl Fn(&[u8], usize) -> ClusterResult<Vec<bool>> + Sync,
+    ) -> Vec<bool> {
+        let mut yes = vec![false; keys.len()];
         let todo: Vec<usize> = (0..keys.len()).filter(|&i| key_ok(keys[i])).collect();
         let members = self.usable();
         if members.is_empty() {
-            return res;
+            return yes;
         }
-        let groups = self.group(&keys, &todo, &members, true);
+        let groups = self.group(keys, &todo, &members, true);
         let mut remote = BTreeMap::new();
         for (n, idxs) in groups {
             if let Some(store) = self.local_store(&members[n]) {
                 idxs.iter()
-                    .filter(|&&i| store.exists(keys[i]))
-                    .for_each(|&i| res[i] = 1);
+                    .filter(|&&i| local(store, keys[i]))
+                    .for_each(|&i| yes[i] = true);
             } else {
                 remote.insert(n, idxs);
             }
@@ -397,11 +440,11 @@ impl Inner {
             jobs(remote, &members, self.cfg.streams, |_| 0),
             |c, idxs| {
                 let ks: Vec<&[u8]> = idxs.iter().map(|&i| keys[i]).collect();
-                Ok(c.send_request(Op::Exists, &codec::encode_keys(&ks), &[])?)
+                Ok(c.send_request(op, &codec::encode_keys(&ks), &[])?)
             },
             |c, id, idxs| {
-                let (_, m) = c.recv_response(Op::Exists, id)?;
-                codec::decode_flags(&m, idxs.len())
+                let (_, m) = c.recv_response(op, id)?;
+                decode(&m, idxs.len())
             },
         );
         for (job, r) in results {
@@ -410,50 +453,10 @@ impl Inner {
                     .iter()
                     .zip(flags)
                     .filter(|(_, f)| *f)
-                    .for_each(|(&i, _)| res[i] = 1);
+                    .for_each(|(&i, _)| yes[i] = true);
             }
         }
-        res
-    }
-
-    pub(super) fn batch_remove<K: AsRef<[u8]>>(&self, keys: &[K]) -> Vec<i32> {
-        let keys: Vec<&[u8]> = keys.iter().map(|k| k.as_ref()).collect();
-        let mut res = vec![code::INVALID_PARAMS; keys.len()];
-        let todo: Vec<usize> = (0..keys.len()).filter(|&i| key_ok(keys[i])).collect();
-        todo.iter().for_each(|&i| res[i] = code::OBJECT_NOT_FOUND);
-        let members = self.usable();
-        let groups = self.group(&keys, &todo, &members, true);
-        let mut remote = BTreeMap::new();
-        for (n, idxs) in groups {
-            if let Some(store) = self.local_store(&members[n]) {
-                idxs.iter()
-                    .filter(|&&i| store.remove(keys[i]).unwrap_or(false))
-                    .for_each(|&i| res[i] = code::OK);
-            } else {
-                remote.insert(n, idxs);
-            }
-        }
-        let results = self.fanout(
-            jobs(remote, &members, self.cfg.streams, |_| 0),
-            |c, idxs| {
-                let ks: Vec<&[u8]> = idxs.iter().map(|&i| keys[i]).collect();
-                Ok(c.send_request(Op::Remove, &codec::encode_keys(&ks), &[])?)
-            },
-            |c, id, idxs| {
-                let (_, m) = c.recv_response(Op::Remove, id)?;
-                codec::decode_codes(&m, idxs.len())
-            },
-        );
-        for (job, r) in results {
-            if let Ok(codes) = r {
-                job.idxs
-                    .iter()
-                    .zip(codes)
-                    .filter(|(_, c)| *c == code::OK)
-                    .for_each(|(&i, _)| res[i] = code::OK);
-            }
-        }
-        res
+        yes
     }
 
     pub(super) fn clear(&self) -> ClusterResult<()> {
