@@ -133,12 +133,7 @@ impl StoreInner {
         if let Err(e) = check_key(key) {
             return Plan::Done(Err(e));
         }
-        if let Some(v) = self
-            .wb
-            .as_ref()
-            .and_then(|w| w.get(key))
-            .or_else(|| self.mem.get(key))
-        {
+        if let Some(v) = self.dram(key) {
             if buf.len() < v.len() {
                 return Plan::Done(Err(Error::BufferTooSmall {
                     have: buf.len(),
@@ -209,19 +204,35 @@ impl StoreInner {
         Ok(Some(n))
     }
 
-    /// The value when it is in DRAM (the write-back buffer or the DRAM tier), shared without a
-    /// copy; `None` when it is only on the device (or absent). Counts as a get and a memory hit.
-    pub fn get_shared(&self, key: &[u8]) -> Option<std::sync::Arc<[u8]>> {
-        check_key(key).ok()?;
-        let v = self
-            .wb
-            .as_ref()
-            .and_then(|w| w.get(key))
-            .or_else(|| self.mem.get(key))?;
+    /// The value when it is in DRAM (the write-back buffer or the DRAM tier) and at most
+    /// `max_len` bytes, shared without a copy (counted as a get and a memory hit); `Err(len)` when
+    /// it is in DRAM but longer than `max_len`; `Ok(None)` when it is only on the device or absent.
+    pub fn get_shared(
+        &self,
+        key: &[u8],
+        max_len: usize,
+    ) -> std::result::Result<Option<std::sync::Arc<[u8]>>, usize> {
+        if check_key(key).is_err() {
+            return Ok(None);
+        }
+        let Some(v) = self.dram(key) else {
+            return Ok(None);
+        };
+        if v.len() > max_len {
+            return Err(v.len());
+        }
         self.counters.gets.fetch_add(1, Ordering::Relaxed);
         self.counters.hits.fetch_add(1, Ordering::Relaxed);
         self.counters.memory_hits.fetch_add(1, Ordering::Relaxed);
-        Some(v)
+        Ok(Some(v))
+    }
+
+    /// The DRAM copy of `key`: the write-back buffer first, then the DRAM tier.
+    fn dram(&self, key: &[u8]) -> Option<std::sync::Arc<[u8]>> {
+        self.wb
+            .as_ref()
+            .and_then(|w| w.get(key))
+            .or_else(|| self.mem.get(key))
     }
 
     /// True when `key` is stored.

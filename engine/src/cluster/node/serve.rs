@@ -321,18 +321,24 @@ impl Session {
         let mut hits: Vec<Hit> = Vec::new();
         let mut total = 0usize;
         for it in items {
-            match self.store.value_len(it.key) {
+            let max = it.max_len as usize;
+            // DRAM first (one lookup gives the bytes and their length), the index otherwise.
+            let len = match self.store.get_shared(it.key, max) {
+                Ok(Some(v)) => {
+                    lens.push(v.len() as i64);
+                    hits.push(Hit::Shared(v));
+                    continue;
+                }
+                Err(l) => Some(l),
+                Ok(None) => self.store.value_len(it.key),
+            };
+            match len {
                 None => lens.push(code::OBJECT_NOT_FOUND as i64),
-                Some(l) if l > it.max_len as usize => lens.push(code::BUFFER_OVERFLOW as i64),
+                Some(l) if l > max => lens.push(code::BUFFER_OVERFLOW as i64),
                 Some(l) => {
                     lens.push(l as i64);
-                    match self.store.get_shared(it.key).filter(|v| v.len() == l) {
-                        Some(v) => hits.push(Hit::Shared(v)),
-                        None => {
-                            hits.push(Hit::Buf(total, l));
-                            total += round_up(l);
-                        }
-                    }
+                    hits.push(Hit::Buf(total, l));
+                    total += round_up(l);
                 }
             }
         }
