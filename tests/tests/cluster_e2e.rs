@@ -71,17 +71,8 @@ fn three_nodes_two_clients_failures_and_restarts() {
     // A writes, B reads: byte-exact across all three nodes.
     let n = 240;
     let keys: Vec<String> = (0..n).map(|i| format!("page-{seed:x}-{i}")).collect();
-    let vals: Vec<Vec<u8>> = (0..n)
-        .map(|_| {
-            let mut v = vec![0u8; rng.random_range(1..=(200 << 10))];
-            rng.fill_bytes(&mut v);
-            v
-        })
-        .collect();
-    for (ks, vs) in keys.chunks(16).zip(vals.chunks(16)) {
-        let refs: Vec<&[u8]> = vs.iter().map(|v| &v[..]).collect();
-        assert!(a.batch_put_from(ks, &refs).iter().all(|&c| c == 0));
-    }
+    let vals = random_values(&mut rng, n);
+    put_all(&a, &keys, &vals);
     // A second put of existing keys succeeds and keeps the bytes.
     let other = vec![7u8; 10];
     assert_eq!(a.put_from(&keys[0], &other), 0);
@@ -242,17 +233,8 @@ fn write_back_node_same_host_puts_read_back_exactly() {
     assert!(wait_until(Duration::from_secs(10), || alive(&local) == 1));
     let n = 96;
     let keys: Vec<String> = (0..n).map(|i| format!("wb-{seed:x}-{i}")).collect();
-    let vals: Vec<Vec<u8>> = (0..n)
-        .map(|_| {
-            let mut v = vec![0u8; rng.random_range(1..=(200 << 10))];
-            rng.fill_bytes(&mut v);
-            v
-        })
-        .collect();
-    for (ks, vs) in keys.chunks(16).zip(vals.chunks(16)) {
-        let refs: Vec<&[u8]> = vs.iter().map(|v| &v[..]).collect();
-        assert!(local.batch_put_from(ks, &refs).iter().all(|&c| c == 0));
-    }
+    let vals = random_values(&mut rng, n);
+    put_all(&local, &keys, &vals);
     assert_eq!(local.put_from(&keys[0], &[9u8; 64]), 0);
     // The TCP path receives values straight into write-back pages too.
     let (half, rest) = (n / 2, n - n / 2);
@@ -266,5 +248,24 @@ fn write_back_node_same_host_puts_read_back_exactly() {
     for c in [&local, &tcp] {
         assert!(read_all(c, &keys, &vals).iter().all(|&l| l >= 0));
         assert!(read_all(c, &tkeys, &tvals).iter().all(|&l| l >= 0));
+    }
+}
+
+/// `n` values of 1 byte to 200 KiB of random bytes.
+fn random_values(rng: &mut rand::rngs::StdRng, n: usize) -> Vec<Vec<u8>> {
+    (0..n)
+        .map(|_| {
+            let mut v = vec![0u8; rng.random_range(1..=(200 << 10))];
+            rng.fill_bytes(&mut v);
+            v
+        })
+        .collect()
+}
+
+/// Puts every key with its value through `c`, 16 at a time; every put must succeed.
+fn put_all(c: &Client, keys: &[String], vals: &[Vec<u8>]) {
+    for (ks, vs) in keys.chunks(16).zip(vals.chunks(16)) {
+        let refs: Vec<&[u8]> = vs.iter().map(|v| &v[..]).collect();
+        assert!(c.batch_put_from(ks, &refs).iter().all(|&c| c == 0));
     }
 }
