@@ -152,6 +152,27 @@ __device__ __forceinline__ void dec2_chunk(const float (*qf)[8], const uint4* kr
     }
 }
 
+// What one decode block works on: grid x = tile (one query row of one sequence), y = KV head,
+// z = split of the sequence's keys; keys [kbeg, kend) through block table `bt`.
+struct Dec2Block {
+    const int* bt;
+    int g, split, nsplit, row, kbeg, kend;
+};
+
+__device__ __forceinline__ Dec2Block dec2_block(const int* tile_info, const int* block_tables,
+                                                int max_pages, int split_len) {
+    const int tile = blockIdx.x;
+    Dec2Block b;
+    b.g = blockIdx.y;
+    b.split = blockIdx.z;
+    b.nsplit = gridDim.z;
+    b.row = tile_info[tile * 4 + 1];
+    b.bt = block_tables + (u64)tile_info[tile * 4 + 0] * max_pages;
+    b.kbeg = b.split * split_len;
+    b.kend = min(tile_info[tile * 4 + 3] + 1, b.kbeg + split_len);
+    return b;
+}
+
 // Loads this lane's 8 dims of the G scaled queries and clears the softmax state.
 template <int G, int HD>
 __device__ __forceinline__ void dec2_start(const bf16_t* q, int q_stride, int row, int g, int li,
@@ -246,17 +267,14 @@ __device__ __forceinline__ void dec2_body(
     constexpr int LPK = HD / 8;
     constexpr int KPS = 32 / LPK;
     constexpr int STEP = KPS * UNR;
-    const int tile = blockIdx.x, g = blockIdx.y, split = blockIdx.z, nsplit = gridDim.z;
-    const int seq = tile_info[tile * 4 + 0], row = tile_info[tile * 4 + 1];
-    const int pos0 = tile_info[tile * 4 + 3];
-    const int kbeg = split * split_len;
-    const int kend = min(pos0 + 1, kbeg + split_len);
+    const Dec2Block blk = dec2_block(tile_info, block_tables, max_pages, split_len);
+    const int g = blk.g, row = blk.row, kbeg = blk.kbeg, kend = blk.kend;
+    const int* bt = blk.bt;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int sub = lane / LPK, li = lane % LPK;
 
     float qf[G][8], m[G], l[G], acc[G][8];
     dec2_start<G, HD>(q, q_stride, row, g, li, scale, qf, m, l, acc);
-    const int* bt = block_tables + (u64)seq * max_pages;
     const u64 head_off = (u64)g * HD + li * 8;
 
     const int stride = DEC2_WARPS * STEP;
@@ -298,7 +316,7 @@ __device__ __forceinline__ void dec2_body(
         }
     }
 
-    dec2_finish<G, HD>(m, l, acc, g, row, split, nsplit, out, out_stride, part_acc, part_ml,
+    dec2_finish<G, HD>(m, l, acc, g, row, blk.split, blk.nsplit, out, out_stride, part_acc, part_ml,
                        total_rows, n_heads);
 }
 
@@ -334,14 +352,11 @@ __device__ __forceinline__ void dec2_async_body(
     __shared__ __align__(16) uint4 ks[ANST][ATK * LPK];
     __shared__ __align__(16) uint4 vs[ANST][ATK * LPK];
 
-    const int tile = blockIdx.x, g = blockIdx.y, split = blockIdx.z, nsplit = gridDim.z;
-    const int seq = tile_info[tile * 4 + 0], row = tile_info[tile * 4 + 1];
-    const int pos0 = tile_info[tile * 4 + 3];
-    const int kbeg = split * split_len;
-    const int kend = min(pos0 + 1, kbeg + split_len);
+    const Dec2Block blk = dec2_block(tile_info, block_tables, max_pages, split_len);
+    const int g = blk.g, row = blk.row, kbeg = blk.kbeg, kend = blk.kend;
+    const int* bt = blk.bt;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int sub = lane / LPK, li = lane % LPK;
-    const int* bt = block_tables + (u64)seq * max_pages;
 
     // Issues the copies of the tile starting at key t0 into stage st.
     // A tile of ATK <= page_size keys spans at most two pages: one division per tile, not per key.
@@ -399,7 +414,7 @@ __device__ __forceinline__ void dec2_async_body(
         dec2_chunk<G, HD, UNR>(qf, kr, vr, ok, m, l, acc);
     }
     cp_async_wait<0>();
-    dec2_finish<G, HD>(m, l, acc, g, row, split, nsplit, out, out_stride, part_acc, part_ml,
+    dec2_finish<G, HD>(m, l, acc, g, row, blk.split, blk.nsplit, out, out_stride, part_acc, part_ml,
                        total_rows, n_heads);
 }
 
