@@ -5,11 +5,9 @@ use super::request::{Event, FinishReason};
 use super::seq::Seq;
 use super::Scheduler;
 use crate::kv::KvPool;
-use crate::model::{ForwardBatch, SeqSlice};
+use crate::model::{ForwardBatch, ModelRunner, SampleReq, Sampled, SeqSlice};
 use crate::stats::Stats;
 use std::collections::VecDeque;
-use strata_kernels::sampling::{logprob_of, sample};
-use strata_kernels::Backend;
 
 /// What one sequence feeds in this round: tokens `start..end` of `Seq::tokens`.
 struct Item {
@@ -17,7 +15,7 @@ struct Item {
     end: usize,
 }
 
-impl<B: Backend> Scheduler<B> {
+impl<R: ModelRunner> Scheduler<R> {
     /// Makes `s` hold pages for its first `upto` tokens, evicting cached prefixes if needed.
     fn ensure_pages(&mut self, s: &mut Seq, upto: usize) -> bool {
         let need = upto
@@ -172,7 +170,7 @@ impl<B: Backend> Scheduler<B> {
     fn forward(&mut self, items: Vec<(usize, Item)>) {
         let ps = self.cfg.page_size as u32;
         let mut batch = ForwardBatch::default();
-        let mut sample_rows = Vec::new(); // (running index, logits row)
+        let mut sample_rows = Vec::new(); // running index of each logits row
         for (i, it) in &items {
             let s = &self.running[*i];
             let table = s.page_table();
@@ -191,13 +189,31 @@ impl<B: Backend> Scheduler<B> {
                 pages: table,
             });
             if it.end == s.tokens.len() {
-                sample_rows.push((*i, batch.logit_rows.len()));
+                sample_rows.push(*i);
                 batch.logit_rows.push(batch.tokens.len() - 1);
             }
         }
         Stats::add(&self.stats.forward_passes, 1);
         let t0 = std::time::Instant::now();
-        let logits = match self.model.forward(&batch, &mut self.pool.buffers) {
+        let banned: Vec<Vec<u32>> = sample_rows.iter().map(|&i| self.banned_tokens(i)).collect();
+        let reqs: Vec<SampleReq<'_>> = sample_rows
+            .iter()
+            .zip(&banned)
+            .map(|(&i, banned)| {
+                let s = &self.running[i];
+                let out_len = s.tokens.len() - s.prompt_len;
+                SampleReq {
+                    params: &s.req.params,
+                    output: &s.tokens[s.prompt_len..],
+                    banned,
+                    uniform: crate::sampling::uniform(s.seed, out_len),
+                    logprob: s.req.return_logprob,
+                }
+            })
+            .collect();
+        let sampled = self.model.run_batch(&batch, &reqs, &mut self.pool.buffers);
+        drop(reqs);
+        let sampled = match sampled {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!("forward pass failed: {e}");
@@ -213,12 +229,10 @@ impl<B: Backend> Scheduler<B> {
         for (i, it) in &items {
             self.running[*i].computed = it.end;
         }
-        let vocab = self.model.cfg.vocab_size;
         let mut finished = Vec::new();
         let decode_tokens = sample_rows.len() as u64;
-        for (i, row) in sample_rows {
-            let mut l = logits[row * vocab..(row + 1) * vocab].to_vec();
-            if let Some(reason) = self.sample_into(i, &mut l) {
+        for (i, t) in sample_rows.into_iter().zip(sampled) {
+            if let Some(reason) = self.accept_token(i, t) {
                 finished.push((i, reason));
             }
         }
@@ -234,23 +248,27 @@ impl<B: Backend> Scheduler<B> {
         }
     }
 
-    /// Samples the next token of running sequence `i`; returns a finish reason if it is done.
-    fn sample_into(&mut self, i: usize, logits: &mut [f32]) -> Option<FinishReason> {
-        let ctx = self.cfg.context_length;
-        let s = &mut self.running[i];
+    /// Tokens running sequence `i` may not sample now (EOS and stop ids before `min_new_tokens`).
+    fn banned_tokens(&self, i: usize) -> Vec<u32> {
+        let s = &self.running[i];
         let p = &s.req.params;
-        let out_len = s.tokens.len() - s.prompt_len;
         let mut banned = Vec::new();
-        if out_len < p.min_new_tokens {
+        if s.tokens.len() - s.prompt_len < p.min_new_tokens {
             banned.extend(self.eos.iter().copied());
             banned.extend(p.stop_token_ids.iter().copied());
         }
-        p.apply_penalties(logits, &s.tokens[s.prompt_len..], &banned);
-        let tok = sample(logits, &p.sample, crate::sampling::uniform(s.seed, out_len)) as u32;
-        let logprob = s
-            .req
-            .return_logprob
-            .then(|| logprob_of(logits, tok as usize));
+        banned
+    }
+
+    /// Appends sampled token `t` to running sequence `i` and streams it; returns a finish reason
+    /// if the sequence is done.
+    fn accept_token(&mut self, i: usize, t: Sampled) -> Option<FinishReason> {
+        let ctx = self.cfg.context_length;
+        let s = &mut self.running[i];
+        let Sampled {
+            token: tok,
+            logprob,
+        } = t;
         s.tokens.push(tok);
         if s.first_token_at.is_none() {
             s.first_token_at = Some(std::time::Instant::now());
