@@ -6,7 +6,7 @@
 //! negative ones for tokens already generated. The random number for step `i` is a pure function of
 //! (seed, i), so a seeded request reproduces its output even after a retraction.
 
-use crate::make_model::SplitMix64;
+use crate::seeded::SplitMix64;
 use serde::Deserialize;
 use std::collections::HashMap;
 use strata_kernels::sampling::SampleParams;

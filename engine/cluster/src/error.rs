@@ -36,7 +36,7 @@ pub enum ClusterError {
     #[error("unauthorized: wrong or missing auth token")]
     Unauthorized,
     #[error("engine: {0}")]
-    Engine(#[from] crate::Error),
+    Engine(#[from] strata_engine::Error),
     #[error("invalid configuration: {0}")]
     Config(String),
     #[error("no store node is alive")]
@@ -51,11 +51,11 @@ impl ClusterError {
             Self::Protocol(_) => code::PROTOCOL_ERROR,
             Self::Remote { code, .. } => *code,
             Self::Unauthorized => code::UNAUTHORIZED,
-            Self::Engine(crate::Error::Full) => code::NO_AVAILABLE_HANDLE,
-            Self::Engine(crate::Error::KeyLen(_) | crate::Error::ValueLen(_)) => {
+            Self::Engine(strata_engine::Error::Full) => code::NO_AVAILABLE_HANDLE,
+            Self::Engine(strata_engine::Error::KeyLen(_) | strata_engine::Error::ValueLen(_)) => {
                 code::INVALID_PARAMS
             }
-            Self::Engine(crate::Error::BufferTooSmall { .. }) => code::BUFFER_OVERFLOW,
+            Self::Engine(strata_engine::Error::BufferTooSmall { .. }) => code::BUFFER_OVERFLOW,
             Self::Engine(_) => code::INTERNAL_ERROR,
             Self::Config(_) => code::INVALID_PARAMS,
             Self::NoNodes => code::SEGMENT_NOT_FOUND,

@@ -1,5 +1,6 @@
-//! The distributed L3: a master (membership, heartbeats, HTTP metadata, metrics), store nodes serving
-//! an engine [`crate::Store`] each, and the client library the inference server links.
+//! strata-cluster: the distributed L3. A master (membership, heartbeats, HTTP metadata, metrics),
+//! store nodes serving a page store ([`strata_engine::Store`]) each, and the client library the
+//! inference server links.
 //!
 //! ```text
 //!  client ──MEMBERS (every 500 ms)──▶ master ◀──REGISTER/HEARTBEAT── store node
@@ -8,11 +9,13 @@
 //! ```
 //!
 //! The master is off the data path: placement is a pure function of the membership (see
-//! `client::placement` and the "Cluster" section of docs/architecture.md). Wire format: docs/protocol.md.
+//! [`membership::placement`] and the "Cluster" section of docs/architecture.md). Wire format:
+//! docs/protocol.md.
 
 pub mod client;
 pub mod error;
 pub mod master;
+pub mod membership;
 pub mod node;
 pub mod proto;
 pub mod transport;

@@ -15,12 +15,12 @@ use axum::Json;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::router::config::normalize_url;
-use crate::router::error::{Result, RouterError};
-use crate::router::health::wait_healthy;
-use crate::router::proxy::{fan_out, get_first};
-use crate::router::worker::{Worker, WorkerKind};
-use crate::router::Router;
+use crate::config::normalize_url;
+use crate::error::{Result, RouterError};
+use crate::health::wait_healthy;
+use crate::proxy::{fan_out, get_first};
+use crate::worker::{Worker, WorkerKind};
+use crate::Router;
 
 type S = State<Arc<Router>>;
 

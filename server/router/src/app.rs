@@ -14,9 +14,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use bytes::Bytes;
 
-use crate::router::admin;
-use crate::router::error::{Result, RouterError};
-use crate::router::{pd, proxy, Router};
+use crate::admin;
+use crate::error::{Result, RouterError};
+use crate::{pd, proxy, Router};
 
 async fn handle(r: Arc<Router>, route: usize, headers: HeaderMap, body: Bytes) -> Response {
     let start = Instant::now();
@@ -182,7 +182,7 @@ fn serve_one(
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     use axum::serve::ListenerExt;
-    crate::router::client::set_pool_slot(i + 1);
+    crate::client::set_pool_slot(i + 1);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;

@@ -4,7 +4,7 @@
 //! [`RouterConfig::validate`]. Durations are kept in the units the flags use (seconds, milliseconds)
 //! so that the struct reads like the flag list.
 
-use crate::router::error::{Result, RouterError};
+use crate::error::{Result, RouterError};
 
 /// Which routing policy a pool uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -229,7 +229,7 @@ impl Default for RouterConfig {
 }
 
 impl RouterConfig {
-    /// Checks cross-flag rules and normalises URLs; call once before [`crate::router::Router::new`].
+    /// Checks cross-flag rules and normalises URLs; call once before [`crate::Router::new`].
     pub fn validate(mut self) -> Result<Self> {
         if self.pd_disaggregation {
             if !self.worker_urls.is_empty() {

@@ -9,11 +9,11 @@ use std::time::{Duration, Instant};
 
 use axum::http::HeaderMap;
 
-use crate::router::client::Client;
-use crate::router::config::HealthConfig;
-use crate::router::error::{Result, RouterError};
-use crate::router::worker::Worker;
-use crate::router::Router;
+use crate::client::Client;
+use crate::config::HealthConfig;
+use crate::error::{Result, RouterError};
+use crate::worker::Worker;
+use crate::Router;
 
 /// Consecutive probe outcomes of one worker.
 #[derive(Debug, Default, Clone)]

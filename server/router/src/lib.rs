@@ -1,5 +1,5 @@
-//! The router (`strata router`): an HTTP front for SGLang-compatible workers, in regular mode
-//! (`--worker-urls`) or prefill/decode disaggregated mode (`--pd-disaggregation`).
+//! strata-router, the router (`strata router`): an HTTP front for SGLang-compatible workers, in
+//! regular mode (`--worker-urls`) or prefill/decode disaggregated mode (`--pd-disaggregation`).
 //!
 //! Layout: `config` (flags and defaults), `policy/` + `tree` (where a request goes), `worker`
 //! (workers, pools, load accounting), `health` / `circuit` / `retry` / `queue` (resilience),

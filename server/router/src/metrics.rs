@@ -8,7 +8,7 @@ use std::fmt::Write;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use crate::router::Router;
+use crate::Router;
 
 /// Routes with their own request counters.
 pub const ROUTES: [&str; 3] = ["/generate", "/v1/completions", "/v1/chat/completions"];

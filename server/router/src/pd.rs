@@ -25,13 +25,13 @@ use axum::response::{IntoResponse, Response};
 use bytes::Bytes;
 use futures::Stream;
 
-use crate::router::error::{Result, RouterError};
-use crate::router::policy::RouteKey;
-use crate::router::proxy::{admit, passthrough, Held};
-use crate::router::request::{bootstrap_fields, inject, probe, Probe};
-use crate::router::retry::{backoff, is_retryable, is_worker_failure};
-use crate::router::worker::{LoadGuard, Worker, WorkerKind};
-use crate::router::Router;
+use crate::error::{Result, RouterError};
+use crate::policy::RouteKey;
+use crate::proxy::{admit, passthrough, Held};
+use crate::request::{bootstrap_fields, inject, probe, Probe};
+use crate::retry::{backoff, is_retryable, is_worker_failure};
+use crate::worker::{LoadGuard, Worker, WorkerKind};
+use crate::Router;
 
 /// How the prefill leg ended.
 #[derive(Debug)]

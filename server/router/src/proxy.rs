@@ -17,13 +17,13 @@ use bytes::Bytes;
 use futures::Stream;
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::router::client::{Reply, SendError};
-use crate::router::error::{Result, RouterError};
-use crate::router::policy::RouteKey;
-use crate::router::request;
-use crate::router::retry::{backoff, is_retryable, is_worker_failure};
-use crate::router::worker::LoadGuard;
-use crate::router::Router;
+use crate::client::{Reply, SendError};
+use crate::error::{Result, RouterError};
+use crate::policy::RouteKey;
+use crate::request;
+use crate::retry::{backoff, is_retryable, is_worker_failure};
+use crate::worker::LoadGuard;
+use crate::Router;
 
 /// What a reply body holds on to until it ends.
 #[derive(Debug, Default)]

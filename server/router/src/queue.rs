@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::router::error::{Result, RouterError};
+use crate::error::{Result, RouterError};
 
 #[derive(Debug)]
 pub struct Limiter {

@@ -8,7 +8,7 @@
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
-use crate::router::error::{Result, RouterError};
+use crate::error::{Result, RouterError};
 
 #[derive(Deserialize)]
 struct Raw<'a> {

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use rand::Rng;
 
-use crate::router::config::RetryConfig;
+use crate::config::RetryConfig;
 
 /// Statuses worth another attempt (possibly on another worker).
 pub fn is_retryable(status: u16) -> bool {

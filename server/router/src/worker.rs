@@ -11,10 +11,10 @@ use std::time::Instant;
 
 use parking_lot::{Mutex, RwLock};
 
-use crate::router::circuit::{CircuitBreaker, CircuitState};
-use crate::router::config::CircuitConfig;
-use crate::router::health::HealthCounter;
-use crate::router::policy::{Candidate, Policy, RouteKey};
+use crate::circuit::{CircuitBreaker, CircuitState};
+use crate::config::CircuitConfig;
+use crate::health::HealthCounter;
+use crate::policy::{Candidate, Policy, RouteKey};
 
 /// What a worker does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -54,7 +54,7 @@ impl Worker {
     pub fn new(url: String, kind: WorkerKind, circuit: &CircuitConfig) -> Arc<Self> {
         Arc::new(Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            host: crate::router::config::url_host(&url),
+            host: crate::config::url_host(&url),
             url,
             kind,
             healthy: AtomicBool::new(true),

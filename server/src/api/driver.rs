@@ -37,7 +37,7 @@ pub fn new_rid() -> String {
     format!(
         "{:016x}{:016x}",
         t as u64,
-        crate::make_model::SplitMix64(n).next_u64()
+        crate::seeded::SplitMix64(n).next_u64()
     )
 }
 

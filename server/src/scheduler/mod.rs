@@ -179,7 +179,7 @@ impl<R: ModelRunner> Scheduler<R> {
                 self.seed_counter += 1;
                 let seed = req.params.seed.unwrap_or_else(|| {
                     let t = req.arrival.elapsed().as_nanos() as u64;
-                    crate::make_model::SplitMix64(self.seed_counter ^ t ^ 0x5EED).next_u64()
+                    crate::seeded::SplitMix64(self.seed_counter ^ t ^ 0x5EED).next_u64()
                 });
                 let mut seq = Seq::new(*req, seed);
                 let cached = if self.cfg.radix_cache {

@@ -1,8 +1,9 @@
-//! `strata make-model`: a deterministic random-weight checkpoint in the Hugging Face layout.
+//! strata-make-model: a deterministic random-weight checkpoint in the Hugging Face layout, for
+//! `strata make-model` and the tests (kept out of the server library).
 //!
 //! Output is a pure function of (arch, size, seed, dtype) on every platform: weights come from a
-//! hand-written SplitMix64 stream (Box–Muller in f64), the tokenizer is a byte-level BPE trained by
-//! a deterministic greedy merge loop (ties broken by the pair's text) on a corpus embedded here, and
+//! SplitMix64 stream (`strata_server::seeded`, Box–Muller in f64), the tokenizer is a byte-level BPE
+//! trained by a deterministic greedy merge loop (ties broken by the pair's text) on a corpus embedded here, and
 //! JSON/safetensors are written with sorted keys. Files: `config.json`, `generation_config.json`,
 //! `model.safetensors`, `tokenizer.json`, `tokenizer_config.json`.
 
@@ -17,6 +18,7 @@ use files::{write_json, write_safetensors};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
+use strata_server::seeded::SplitMix64;
 
 /// Model sizes offered by `--size`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,34 +38,10 @@ pub enum DType {
 /// What to generate.
 #[derive(Debug, Clone)]
 pub struct MakeModel {
-    pub arch: crate::model::Arch,
+    pub arch: strata_server::model::Arch,
     pub size: Size,
     pub seed: u64,
     pub dtype: DType,
-}
-
-/// SplitMix64: the specified PRNG of the generator.
-#[derive(Debug, Clone)]
-pub struct SplitMix64(pub u64);
-
-impl SplitMix64 {
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [0, 1) with 53 bits.
-    pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    /// Standard normal (Box–Muller, one value per call).
-    pub fn normal(&mut self) -> f64 {
-        let u1 = 1.0 - self.next_f64();
-        let u2 = self.next_f64();
-        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-    }
 }
 
 /// Special tokens appended after the BPE vocabulary, in id order.
@@ -87,8 +65,8 @@ struct Dims {
     merges: usize,
 }
 
-fn dims(arch: crate::model::Arch, size: Size) -> Dims {
-    use crate::model::Arch;
+fn dims(arch: strata_server::model::Arch, size: Size) -> Dims {
+    use strata_server::model::Arch;
     match size {
         Size::Tiny => Dims {
             hidden: 64,
@@ -115,7 +93,7 @@ fn dims(arch: crate::model::Arch, size: Size) -> Dims {
 
 /// Writes the model to `out` (created if needed).
 pub fn make_model(spec: &MakeModel, out: &Path) -> std::io::Result<()> {
-    use crate::model::Arch;
+    use strata_server::model::Arch;
     std::fs::create_dir_all(out)?;
     let d = dims(spec.arch, spec.size);
     let (bpe_vocab, merges) = train_bpe(d.merges);
@@ -346,14 +324,6 @@ pub fn make_model(spec: &MakeModel, out: &Path) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn splitmix_reference_values() {
-        // First outputs for seed 0 (the published SplitMix64 reference sequence).
-        let mut r = SplitMix64(0);
-        assert_eq!(r.next_u64(), 0xE220_A839_7B1D_CDAF);
-        assert_eq!(r.next_u64(), 0x6E78_9E6A_A1B9_65F4);
-    }
 
     #[test]
     fn byte_map_is_a_bijection() {

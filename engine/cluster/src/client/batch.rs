@@ -9,12 +9,13 @@
 
 use std::collections::BTreeMap;
 
-use super::{placement, Inner};
-use crate::cluster::error::{code, ClusterError, ClusterResult};
-use crate::cluster::node::serve::put_batch;
-use crate::cluster::proto::{codec, GetItem, MemberInfo, Op, PutItem};
-use crate::cluster::transport::Conn;
-use crate::{Store, MAX_KEY_LEN, MAX_VALUE_LEN};
+use super::Inner;
+use crate::error::{code, ClusterError, ClusterResult};
+use crate::membership::placement;
+use crate::node::serve::put_batch;
+use crate::proto::{codec, GetItem, MemberInfo, Op, PutItem};
+use crate::transport::Conn;
+use strata_engine::{Store, MAX_KEY_LEN, MAX_VALUE_LEN};
 
 /// Most keys in one request.
 const CHUNK_KEYS: usize = 1024;

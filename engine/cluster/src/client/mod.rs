@@ -1,8 +1,8 @@
 //! The cluster client (linked into `strata serve` and `strata bench store`).
 //!
 //! It learns the membership from the master (refreshed in the background every `refresh`), places
-//! each key with rendezvous hashing ([`placement`]), and talks to store nodes directly over pooled
-//! TCP connections ([`pool`]); batched calls fan out to every node involved at once (all requests are
+//! each key with rendezvous hashing ([`crate::membership::placement`]), and talks to store nodes
+//! directly over pooled TCP connections ([`pool`]); batched calls fan out to every node involved at once (all requests are
 //! written before any response is read). Per-key results are codes (`error::code`, Mooncake's
 //! numbering). A node that dies or fails mid-call is marked down locally at once and its keys read as
 //! misses: no call fails because a node is gone.
@@ -12,8 +12,6 @@
 //! on it are served by a direct call into the engine (a memcpy, no socket).
 
 mod batch;
-pub mod master_link;
-pub mod placement;
 pub mod pool;
 
 use std::collections::HashMap;
@@ -23,12 +21,11 @@ use std::time::{Duration, Instant};
 
 use parking_lot::{Mutex, RwLock};
 
-pub use master_link::MasterLink;
-
-use crate::cluster::error::{code, ClusterError, ClusterResult};
-use crate::cluster::node::{self, NodeConfig, NodeHandle};
-use crate::cluster::proto::{MemberInfo, Members, Op};
-use crate::{Store, StoreConfig};
+use crate::error::{code, ClusterError, ClusterResult};
+use crate::membership::MasterLink;
+use crate::node::{self, NodeConfig, NodeHandle};
+use crate::proto::{MemberInfo, Members, Op};
+use strata_engine::{Store, StoreConfig};
 
 /// How a client connects.
 #[derive(Debug, Clone)]
@@ -129,7 +126,7 @@ impl Client {
                 "replica_num must be at least 1".into(),
             ));
         }
-        let data_path = crate::cluster::transport::select(&cfg.rdma_devices);
+        let data_path = crate::transport::select(&cfg.rdma_devices);
         let mut local_handle = None;
         let mut local = None;
         if let Some(sc) = &cfg.local_segment {

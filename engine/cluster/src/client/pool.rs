@@ -9,9 +9,9 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 
-use crate::cluster::error::ClusterResult;
-use crate::cluster::transport::rdma::DataPath;
-use crate::cluster::transport::{connect, connect_local, Conn};
+use crate::error::ClusterResult;
+use crate::transport::rdma::DataPath;
+use crate::transport::{connect, connect_local, Conn};
 
 pub struct Pool {
     token: String,
@@ -94,7 +94,7 @@ impl Pool {
         #[cfg(feature = "rdma")]
         if let DataPath::Rdma(dev) = self.rdma {
             if !self.tcp_only.lock().contains(addr) {
-                let offered = crate::cluster::transport::rdma::setup::offer(c, dev, self.timeout)?;
+                let offered = crate::transport::rdma::setup::offer(c, dev, self.timeout)?;
                 if let Err(why) = offered {
                     tracing::warn!(%addr, "client: RDMA not used with this node, page traffic uses TCP: {why}");
                     self.tcp_only.lock().insert(addr.to_owned());

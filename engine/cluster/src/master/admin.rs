@@ -13,7 +13,7 @@ use axum::routing::get;
 use axum::Router;
 
 use super::{http_authorized, Master};
-use crate::cluster::client::placement;
+use crate::membership::placement;
 
 type Reply = (StatusCode, String);
 

@@ -3,7 +3,7 @@
 //! (see [`persist`]).
 //!
 //! The master holds no per-key locations: placement is a function of the membership
-//! (`client::placement`), so the master is off the data path entirely and a restart of it costs
+//! (`membership::placement`), so the master is off the data path entirely and a restart of it costs
 //! clients nothing but a missed membership refresh.
 
 pub mod admin;
@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::cluster::error::ClusterResult;
+use crate::error::ClusterResult;
 use state::{Change, State};
 
 /// How the master runs.
@@ -179,5 +179,5 @@ pub fn http_authorized(token: &str, headers: &axum::http::HeaderMap) -> bool {
     [bearer, plain]
         .into_iter()
         .flatten()
-        .any(|t| crate::cluster::transport::tcp::ct_eq(t.as_bytes(), token.as_bytes()))
+        .any(|t| crate::transport::tcp::ct_eq(t.as_bytes(), token.as_bytes()))
 }

@@ -11,8 +11,8 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use super::state::{Member, State};
-use crate::cluster::error::{ClusterError, ClusterResult};
-use crate::cluster::proto::MemberInfo;
+use crate::error::{ClusterError, ClusterResult};
+use crate::proto::MemberInfo;
 
 #[derive(Serialize, Deserialize)]
 struct Saved {
@@ -86,7 +86,7 @@ pub fn load(path: &Path, now: Instant) -> ClusterResult<State> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cluster::proto::Register;
+    use crate::proto::Register;
 
     #[test]
     fn save_load_roundtrip() {

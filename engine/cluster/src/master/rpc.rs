@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use super::Master;
-use crate::cluster::error::{code, ClusterError, ClusterResult};
-use crate::cluster::proto::{Header, Heartbeat, Op, Reader, Register, Writer};
-use crate::cluster::transport::{Conn, ServerAuth};
+use crate::error::{code, ClusterError, ClusterResult};
+use crate::proto::{Header, Heartbeat, Op, Reader, Register, Writer};
+use crate::transport::{Conn, ServerAuth};
 
 pub fn spawn(master: Arc<Master>, listener: TcpListener) -> ClusterResult<()> {
     std::thread::Builder::new()

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crate::cluster::proto::{MemberInfo, Members, Register};
+use crate::proto::{MemberInfo, Members, Register};
 
 /// One store node (or client-contributed segment).
 #[derive(Debug, Clone)]

@@ -3,9 +3,9 @@
 
 use std::time::Duration;
 
-use crate::cluster::error::ClusterResult;
-use crate::cluster::proto::Op;
-use crate::cluster::transport::{connect, Conn};
+use crate::error::ClusterResult;
+use crate::proto::Op;
+use crate::transport::{connect, Conn};
 
 pub struct MasterLink {
     addr: String,

@@ -10,7 +10,7 @@
 
 use xxhash_rust::xxh3::Xxh3;
 
-use crate::cluster::proto::MemberInfo;
+use crate::proto::MemberInfo;
 
 /// The score of `key` on member `id` with weight `w` (higher wins).
 pub fn score(id: &str, key: &[u8], w: f64) -> f64 {

@@ -17,12 +17,12 @@ use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
-use crate::cluster::client::MasterLink;
-use crate::cluster::error::{ClusterError, ClusterResult};
-use crate::cluster::proto::{Heartbeat, Op, Reader, Register};
-use crate::cluster::transport::rdma::DataPath;
-use crate::cluster::transport::{listen, shm, Conn, ServerAuth};
-use crate::{Store, StoreConfig};
+use crate::error::{ClusterError, ClusterResult};
+use crate::membership::MasterLink;
+use crate::proto::{Heartbeat, Op, Reader, Register};
+use crate::transport::rdma::DataPath;
+use crate::transport::{listen, shm, Conn, ServerAuth};
+use strata_engine::{Store, StoreConfig};
 
 /// How a store node runs.
 #[derive(Debug, Clone)]
@@ -77,7 +77,7 @@ impl NodeHandle {
     /// without waiting for the heartbeat timeout), and make every completed put durable.
     pub fn shutdown(&self) -> ClusterResult<()> {
         self.stop.store(true, Ordering::Relaxed);
-        let mut w = crate::cluster::proto::Writer::new();
+        let mut w = crate::proto::Writer::new();
         w.str(&self.node_id);
         let left = MasterLink::new(&self.master, &self.token, &self.node_id)
             .call(Op::Unregister, &w.finish());
@@ -270,7 +270,7 @@ fn heartbeat_loop(
         thread::sleep(period);
     }
     let _ = link.call(Op::Unregister, &{
-        let mut w = crate::cluster::proto::Writer::new();
+        let mut w = crate::proto::Writer::new();
         w.str(&reg.node_id);
         w.finish()
     });

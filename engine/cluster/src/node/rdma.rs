@@ -5,10 +5,10 @@
 use std::time::Duration;
 
 use super::serve::{checked, reply, Session, Source};
-use crate::cluster::error::{code, ClusterResult};
-use crate::cluster::proto::{codec, Header, Op};
-use crate::cluster::transport::rdma::{self, wire::RdmaHello, DataPath};
-use crate::cluster::transport::{parse_devices, Conn};
+use crate::error::{code, ClusterResult};
+use crate::proto::{codec, Header, Op};
+use crate::transport::rdma::{self, wire::RdmaHello, DataPath};
+use crate::transport::{parse_devices, Conn};
 
 /// Longest wait for one completion on the node. Longer than a client's request timeout: a client
 /// that fans out to several nodes drains one node's GET while the others wait for their receives.
@@ -107,11 +107,11 @@ mod tests {
     use std::sync::Arc;
 
     use super::*;
-    use crate::cluster::error::ClusterError;
-    use crate::cluster::proto::{GetItem, Hello, PutItem, PROTO_VERSION};
-    use crate::cluster::transport::rdma::wire::Endpoint;
-    use crate::cluster::transport::ServerAuth;
-    use crate::{IoEngineKind, Store, StoreConfig};
+    use crate::error::ClusterError;
+    use crate::proto::{GetItem, Hello, PutItem, PROTO_VERSION};
+    use crate::transport::rdma::wire::Endpoint;
+    use crate::transport::ServerAuth;
+    use strata_engine::{IoEngineKind, Store, StoreConfig};
 
     /// A node session without RDMA over a socket pair (no peer pid: served as a remote connection),
     /// and the client end after HELLO.
@@ -124,7 +124,7 @@ mod tests {
         let store = Arc::new(Store::open(cfg).unwrap());
         let (a, b) = UnixStream::pair().unwrap();
         std::thread::spawn(move || {
-            crate::cluster::node::serve::serve_conn(
+            crate::node::serve::serve_conn(
                 store,
                 ServerAuth::default(),
                 DataPath::Tcp,

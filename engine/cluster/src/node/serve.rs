@@ -7,12 +7,12 @@
 
 use std::sync::Arc;
 
-use crate::cluster::error::{code, ClusterError, ClusterResult};
-use crate::cluster::proto::{codec, Header, Op};
-use crate::cluster::transport::rdma::DataPath;
-use crate::cluster::transport::{shm, Conn, ServerAuth};
-use crate::io::buf::round_up;
-use crate::{AlignedBuf, PutOptions, Store};
+use crate::error::{code, ClusterError, ClusterResult};
+use crate::proto::{codec, Header, Op};
+use crate::transport::rdma::DataPath;
+use crate::transport::{shm, Conn, ServerAuth};
+use strata_engine::io::buf::round_up;
+use strata_engine::{AlignedBuf, PutOptions, Store};
 
 /// Serves one accepted connection until it closes or misbehaves. `conn.peer_pid` is set for
 /// same-host connections, which may use the *_LOCAL operations; `rdma` is the node's RDMA device,
@@ -398,7 +398,7 @@ pub fn put_batch_shared(store: &Store, items: &[SharedPut<'_>]) -> Vec<i32> {
 /// Mooncake codes.
 fn put_runs<'a, V: Clone>(
     items: &[(&'a [u8], V, Option<u32>)],
-    put: impl Fn(&[(&'a [u8], V)], PutOptions) -> Vec<crate::Result<bool>>,
+    put: impl Fn(&[(&'a [u8], V)], PutOptions) -> Vec<strata_engine::Result<bool>>,
 ) -> Vec<i32> {
     let mut codes = Vec::with_capacity(items.len());
     let mut start = 0;

@@ -3,8 +3,8 @@
 //! allocate or index, and a body must be consumed exactly (trailing bytes are an error).
 
 use super::{MAX_ITEMS, MAX_STR};
-use crate::cluster::error::{ClusterError, ClusterResult};
-use crate::{MAX_KEY_LEN, MAX_VALUE_LEN};
+use crate::error::{ClusterError, ClusterResult};
+use strata_engine::{MAX_KEY_LEN, MAX_VALUE_LEN};
 
 fn err<T>(m: impl Into<String>) -> ClusterResult<T> {
     Err(ClusterError::Protocol(m.into()))
@@ -465,7 +465,7 @@ pub fn encode_error(code: i32, message: &str) -> Vec<u8> {
 pub fn decode_error(meta: &[u8]) -> ClusterError {
     let mut r = Reader::new(meta);
     match (r.i32(), r.str()) {
-        (Ok(code), Ok(m)) if code == crate::cluster::error::code::UNAUTHORIZED => {
+        (Ok(code), Ok(m)) if code == crate::error::code::UNAUTHORIZED => {
             let _ = m;
             ClusterError::Unauthorized
         }

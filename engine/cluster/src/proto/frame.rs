@@ -3,7 +3,7 @@
 //! Invariant: a decoded [`Header`] always satisfies `meta_len <= MAX_META` and
 //! `payload_len <= MAX_PAYLOAD`, and names a known opcode.
 
-use crate::cluster::error::{ClusterError, ClusterResult};
+use crate::error::{ClusterError, ClusterResult};
 
 pub const MAGIC: [u8; 4] = *b"STRT";
 pub const VERSION: u8 = 1;

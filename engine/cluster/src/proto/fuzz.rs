@@ -5,8 +5,8 @@ use proptest::prelude::*;
 
 use super::codec::{self, GetItem, PutItem};
 use super::{Header, Hello, Members, Register, HEADER_LEN};
-use crate::cluster::transport::rdma::plan;
-use crate::cluster::transport::rdma::wire::{self, Endpoint, RdmaHello};
+use crate::transport::rdma::plan;
+use crate::transport::rdma::wire::{self, Endpoint, RdmaHello};
 
 fn key() -> impl Strategy<Value = Vec<u8>> {
     proptest::collection::vec(any::<u8>(), 1..=128)

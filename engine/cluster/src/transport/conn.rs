@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use super::stream::Stream;
 
-use crate::cluster::error::{ClusterError, ClusterResult};
-use crate::cluster::proto::{codec, Header, Op, HEADER_LEN};
+use crate::error::{ClusterError, ClusterResult};
+use crate::proto::{codec, Header, Op, HEADER_LEN};
 
 /// One framed connection over TCP or the same-host Unix socket.
 pub struct Conn {

@@ -5,8 +5,8 @@ use std::net::{TcpListener, TcpStream, ToSocketAddrs};
 use std::time::Duration;
 
 use super::Conn;
-use crate::cluster::error::{code, ClusterError, ClusterResult};
-use crate::cluster::proto::{Header, Hello, Op, Writer, PROTO_VERSION};
+use crate::error::{code, ClusterError, ClusterResult};
+use crate::proto::{Header, Hello, Op, Writer, PROTO_VERSION};
 
 /// Dials `addr`, sends HELLO with `token`, and waits for the answer.
 pub fn connect(addr: &str, token: &str, peer: &str, timeout: Duration) -> ClusterResult<Conn> {

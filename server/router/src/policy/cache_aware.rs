@@ -16,8 +16,8 @@
 use parking_lot::Mutex;
 
 use super::{least_loaded, Candidate, Policy, RouteKey};
-use crate::router::config::CacheAwareConfig;
-use crate::router::tree::{RadixTree, Tenant};
+use crate::config::CacheAwareConfig;
+use crate::tree::{RadixTree, Tenant};
 
 #[derive(Debug, Default)]
 struct Trees {
@@ -50,7 +50,7 @@ impl CacheAware {
 fn choose(
     cfg: &CacheAwareConfig,
     c: &[Candidate<'_>],
-    m: crate::router::tree::Match,
+    m: crate::tree::Match,
     key_len: usize,
     size: impl Fn(Tenant) -> usize,
 ) -> usize {

@@ -14,7 +14,7 @@ pub use power_of_two::PowerOfTwo;
 pub use random::RandomPolicy;
 pub use round_robin::RoundRobin;
 
-use crate::router::config::{CacheAwareConfig, PolicyKind};
+use crate::config::{CacheAwareConfig, PolicyKind};
 
 /// One available worker as a policy sees it.
 #[derive(Debug, Clone, Copy)]

@@ -113,7 +113,7 @@ async fn fan_out_passthrough_loads_and_metrics() {
     let (_, _, loads) = call(&r, "GET", "/get_loads", None, &[]).await;
     assert_eq!(json(&loads)["workers"].as_array().unwrap().len(), 2);
     call(&r, "POST", "/generate", Some(json!({"text": "x"})), &[]).await;
-    let text = crate::router::metrics::render(&r);
+    let text = crate::metrics::render(&r);
     assert!(
         text.contains("sgl_router_requests_total{route=\"/generate\"} 1"),
         "{text}"

@@ -14,8 +14,8 @@ use axum::http::{Request, StatusCode};
 use serde_json::Value;
 use tower::ServiceExt;
 
-use crate::router::config::{PolicyKind, PrefillSpec, RouterConfig};
-use crate::router::Router;
+use crate::config::{PolicyKind, PrefillSpec, RouterConfig};
+use crate::Router;
 
 /// A regular-mode config over `urls` with fast retries and no background health checks.
 pub fn regular(urls: &[&str], policy: PolicyKind) -> RouterConfig {
@@ -67,7 +67,7 @@ pub async fn call(
         Some(v) => Body::from(serde_json::to_vec(&v).unwrap()),
         None => Body::empty(),
     };
-    let resp = crate::router::app::app(r.clone())
+    let resp = crate::app::app(r.clone())
         .oneshot(b.body(body).unwrap())
         .await
         .unwrap();
@@ -87,7 +87,7 @@ pub fn json(b: &[u8]) -> Value {
 pub async fn listen(r: &Arc<Router>) -> String {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    let app = crate::router::app::app(r.clone());
+    let app = crate::app::app(r.clone());
     tokio::spawn(async move {
         let _ = axum::serve(listener, app).await;
     });

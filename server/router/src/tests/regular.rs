@@ -243,10 +243,7 @@ async fn bad_json_is_a_400_and_unknown_path_a_404() {
     let req = axum::http::Request::post("/generate")
         .body(Body::from("{oops"))
         .unwrap();
-    let resp = crate::router::app::app(r.clone())
-        .oneshot(req)
-        .await
-        .unwrap();
+    let resp = crate::app::app(r.clone()).oneshot(req).await.unwrap();
     assert_eq!(resp.status(), StatusCode::BAD_REQUEST);
     let (st, _, b) = call(&r, "GET", "/nope", None, &[]).await;
     assert_eq!(st, StatusCode::NOT_FOUND);

@@ -6,8 +6,8 @@ use serde_json::json;
 
 use super::mock::{Mock, Opts};
 use super::*;
-use crate::router::circuit::CircuitState;
-use crate::router::health;
+use crate::circuit::CircuitState;
+use crate::health;
 
 fn body() -> Option<Value> {
     Some(json!({"text": "x"}))
@@ -63,7 +63,7 @@ async fn retries_exhausted_pass_the_last_reply_through_after_backoff() {
     let m = Mock::ok("a").await;
     m.s.set_fail(1.0, 503);
     let mut cfg = regular(&[&m.url], PolicyKind::RoundRobin);
-    cfg.retry = crate::router::config::RetryConfig {
+    cfg.retry = crate::config::RetryConfig {
         max_retries: 3,
         initial_backoff_ms: 50,
         max_backoff_ms: 1000,

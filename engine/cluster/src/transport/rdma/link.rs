@@ -23,7 +23,7 @@ use ibverbs::{
 use super::device::Device;
 use super::plan::{self, Chunk};
 use super::wire::Endpoint;
-use crate::cluster::error::{ClusterError, ClusterResult};
+use crate::error::{ClusterError, ClusterResult};
 
 /// Retry forever on "receiver not ready" (7 is the protocol's "infinite").
 const RNR_RETRY: u8 = 7;

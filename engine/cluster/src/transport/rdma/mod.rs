@@ -24,7 +24,7 @@ pub mod link;
 pub mod setup;
 
 use super::Conn;
-use crate::cluster::error::{ClusterError, ClusterResult};
+use crate::error::{ClusterError, ClusterResult};
 
 /// Receive chunk a side offers (512 KiB).
 pub const CHUNK: u32 = 512 << 10;
@@ -100,12 +100,9 @@ mod tests {
         let why = open(&["strata-no-such-nic".into()]).unwrap_err();
         assert!(!why.is_empty());
         assert!(matches!(
-            crate::cluster::transport::select("strata-no-such-nic"),
+            crate::transport::select("strata-no-such-nic"),
             DataPath::Tcp
         ));
-        assert!(matches!(
-            crate::cluster::transport::select(""),
-            DataPath::Tcp
-        ));
+        assert!(matches!(crate::transport::select(""), DataPath::Tcp));
     }
 }

@@ -5,8 +5,8 @@
 //! compute the same plan from the same lengths (the PUT items, or the GET response's hit lengths),
 //! so no per-chunk header travels: a chunk's spans say which bytes of which items it carries.
 
-use crate::cluster::error::{ClusterError, ClusterResult};
-use crate::cluster::proto::MAX_PAYLOAD;
+use crate::error::{ClusterError, ClusterResult};
+use crate::proto::MAX_PAYLOAD;
 
 /// `len` bytes of item `item` starting at offset `off` of that item's value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

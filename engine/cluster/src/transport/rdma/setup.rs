@@ -7,9 +7,9 @@ use super::device::Device;
 use super::link::Pending;
 use super::wire::RdmaHello;
 use super::{CHUNK, DEPTH};
-use crate::cluster::error::{code, ClusterError, ClusterResult};
-use crate::cluster::proto::{Header, Op};
-use crate::cluster::transport::Conn;
+use crate::error::{code, ClusterError, ClusterResult};
+use crate::proto::{Header, Op};
+use crate::transport::Conn;
 
 /// Client side, right after HELLO. `Ok(Err(why))`: RDMA is not used on this connection (the node
 /// declined, or this side's verbs failed) and it keeps carrying TCP frames; `Err`: the connection

@@ -14,8 +14,8 @@
 //! The client offers its maximum chunk and depth; the node answers with the values both sides then
 //! use (never larger than the offer).
 
-use crate::cluster::error::{ClusterError, ClusterResult};
-use crate::cluster::proto::{Reader, Writer};
+use crate::error::{ClusterError, ClusterResult};
+use crate::proto::{Reader, Writer};
 
 /// Version byte of the RDMA_HELLO body.
 pub const WIRE_VERSION: u8 = 1;
