@@ -35,10 +35,9 @@ impl DType {
     }
 }
 
-/// A device tensor. Dropping the last tensor over an allocation frees the memory
-/// (stream-ordered); [`DTensor::view`] makes further tensors over a part of one.
+/// A device tensor. Dropping it frees the memory (stream-ordered).
 pub struct DTensor {
-    buf: Arc<CudaSlice<u8>>,
+    buf: CudaSlice<u8>,
     ptr: u64,
     dtype: DType,
     shape: Vec<usize>,
@@ -59,7 +58,7 @@ impl DTensor {
         };
         Ok(Self {
             ptr,
-            buf: Arc::new(buf),
+            buf,
             dtype,
             shape: shape.to_vec(),
             ordinal: stream.context().ordinal(),
@@ -131,25 +130,7 @@ impl DTensor {
             format!("{what}: needs {numel} elements, has {}", self.numel())
         })
     }
-    /// A tensor of `shape` over this one's elements from `offset` on (same dtype), sharing the
-    /// allocation (bounds-checked; the memory lives while any view does).
-    pub fn view(&self, offset: usize, shape: &[usize]) -> Result<Self> {
-        let numel: usize = shape.iter().product();
-        ensure(offset + numel <= self.numel(), || {
-            format!(
-                "view of {numel} elements at {offset} past {} elements",
-                self.numel()
-            )
-        })?;
-        Ok(Self {
-            buf: self.buf.clone(),
-            ptr: self.ptr + (offset * self.dtype.size()) as u64,
-            dtype: self.dtype,
-            shape: shape.to_vec(),
-            ordinal: self.ordinal,
-        })
-    }
-    /// The underlying cudarc allocation (the whole of it, also for a view).
+    /// The underlying cudarc allocation.
     pub fn slice(&self) -> &CudaSlice<u8> {
         &self.buf
     }

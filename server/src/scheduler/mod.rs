@@ -14,12 +14,13 @@
 
 mod batch;
 pub mod hooks;
+pub mod logprobs;
 pub mod request;
 mod seq;
 
 use crate::cache::RadixCache;
 use crate::kv::{DeviceKvPool, KvPool};
-use crate::model::{ModelRunner, Tokenizer};
+use crate::model::{Model, Tokenizer};
 use crate::stats::Stats;
 use hooks::{NoPrefetch, PrefetchHook};
 use request::{Event, Finish, FinishReason, Msg, Request};
@@ -27,6 +28,7 @@ use seq::Seq;
 use std::collections::{HashSet, VecDeque};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
+use strata_kernels::Backend;
 
 /// Scheduling limits.
 #[derive(Debug, Clone)]
@@ -40,10 +42,10 @@ pub struct SchedulerConfig {
 }
 
 /// The scheduler state (lives on its own thread; see [`spawn`]).
-pub struct Scheduler<R: ModelRunner> {
+pub struct Scheduler<B: Backend> {
     cfg: SchedulerConfig,
-    model: R,
-    pool: DeviceKvPool<R>,
+    model: Model<B>,
+    pool: DeviceKvPool<B>,
     tree: RadixCache,
     tokenizer: Arc<Tokenizer>,
     stats: Arc<Stats>,
@@ -81,10 +83,10 @@ impl SchedulerHandle {
 }
 
 /// Starts the scheduler thread.
-pub fn spawn<R: ModelRunner>(
+pub fn spawn<B: Backend>(
     cfg: SchedulerConfig,
-    model: R,
-    pool: DeviceKvPool<R>,
+    model: Model<B>,
+    pool: DeviceKvPool<B>,
     tokenizer: Arc<Tokenizer>,
     stats: Arc<Stats>,
 ) -> std::io::Result<SchedulerHandle> {
@@ -92,10 +94,10 @@ pub fn spawn<R: ModelRunner>(
 }
 
 /// Starts the scheduler thread with a prefetch hook (hierarchical cache, PD decode side).
-pub fn spawn_with_hook<R: ModelRunner>(
+pub fn spawn_with_hook<B: Backend>(
     cfg: SchedulerConfig,
-    model: R,
-    pool: DeviceKvPool<R>,
+    model: Model<B>,
+    pool: DeviceKvPool<B>,
     tokenizer: Arc<Tokenizer>,
     stats: Arc<Stats>,
     hook: Box<dyn PrefetchHook>,
@@ -108,15 +110,15 @@ pub fn spawn_with_hook<R: ModelRunner>(
     Ok(SchedulerHandle { tx })
 }
 
-impl<R: ModelRunner> Scheduler<R> {
+impl<B: Backend> Scheduler<B> {
     pub fn new(
         cfg: SchedulerConfig,
-        model: R,
-        pool: DeviceKvPool<R>,
+        model: Model<B>,
+        pool: DeviceKvPool<B>,
         tokenizer: Arc<Tokenizer>,
         stats: Arc<Stats>,
     ) -> Self {
-        let eos = model.cfg().eos_token_ids.clone();
+        let eos = model.cfg.eos_token_ids.clone();
         Stats::set(&stats.total_pages, pool.total_pages() as u64);
         Stats::set(&stats.free_pages, pool.free_pages() as u64);
         Scheduler {
@@ -179,7 +181,7 @@ impl<R: ModelRunner> Scheduler<R> {
                 self.seed_counter += 1;
                 let seed = req.params.seed.unwrap_or_else(|| {
                     let t = req.arrival.elapsed().as_nanos() as u64;
-                    crate::seeded::SplitMix64(self.seed_counter ^ t ^ 0x5EED).next_u64()
+                    crate::make_model::SplitMix64(self.seed_counter ^ t ^ 0x5EED).next_u64()
                 });
                 let mut seq = Seq::new(*req, seed);
                 let cached = if self.cfg.radix_cache {
