@@ -1,11 +1,11 @@
-//! strata-engine: the L3 page store.
+//! strata-engine: the L3 page store (one process, one device; no networking: the cluster crate,
+//! `strata-cluster`, serves it to other processes).
 //!
 //! An embeddable, log-structured store of immutable pages (`put`, `get`, `exists`, their batched forms,
 //! `remove`, `clear`) on a file or block device opened `O_DIRECT`, driven by io_uring (or a pread/pwrite
 //! pool, or a simulated device for fault-injection tests). See `docs/format.md` for the bytes on disk
 //! and `docs/architecture.md` for the picture.
 
-pub mod cluster;
 pub mod config;
 pub mod error;
 pub mod format;

@@ -140,3 +140,34 @@ extern "C" __global__ void fill_uniform_bf16(bf16_t* out, u64 n, u64 seed, float
         out[i] = f2bf((2.f * u - 1.f) * scale);
     }
 }
+
+// After the fused qkv GEMM of Qwen2 / Qwen3, in place on one token row per block: adds the q|k|v
+// bias over the first `width` columns (bias == 0: none), then RMSNorm of each q and k head over
+// head_dim with weights q_norm / k_norm (q_norm == 0: none), rounding as Hugging Face does
+// (normalised value to bf16, then times the weight). q heads then k heads start at column 0.
+extern "C" __global__ void qkv_bias_norm(bf16_t* qkv, int stride, const bf16_t* bias, int width,
+                                         const bf16_t* q_norm, const bf16_t* k_norm, int n_q_heads,
+                                         int n_k_heads, int head_dim, float eps) {
+    pdl_enter();
+    bf16_t* row = qkv + (u64)blockIdx.x * stride;
+    if (bias) {
+        for (int i = threadIdx.x; i < width; i += blockDim.x)
+            row[i] = f2bf(bf2f(row[i]) + bf2f(bias[i]));
+        __syncthreads();
+    }
+    if (!q_norm) return;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, nw = blockDim.x >> 5;
+    for (int h = warp; h < n_q_heads + n_k_heads; h += nw) {
+        bf16_t* v = row + (u64)h * head_dim;
+        const bf16_t* w = h < n_q_heads ? q_norm : k_norm;
+        float ss = 0.f;
+        for (int i = lane; i < head_dim; i += 32) {
+            const float x = bf2f(v[i]);
+            ss += x * x;
+        }
+        ss = warp_sum(ss);
+        const float r = rsqrtf(ss / (float)head_dim + eps);
+        for (int i = lane; i < head_dim; i += 32)
+            v[i] = f2bf(bf2f(f2bf(bf2f(v[i]) * r)) * bf2f(w[i]));
+    }
+}

@@ -136,3 +136,21 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_tokens(
     // Rounding can leave target >= total: then the last kept token is taken.
     if (tid == 0) out_tokens[row] = pick != 0x7fffffff ? pick : fallback;
 }
+
+// Greedy pick per row of f32 logits [rows, vocab]: the index of the largest value, lowest index on
+// ties (the CPU `argmax`). One block of 256 threads per row; graph-capturable (no host inputs).
+extern "C" __global__ void __launch_bounds__(256) argmax_rows(const float* logits, int vocab,
+                                                              int* out_tokens) {
+    pdl_enter();
+    __shared__ float shv[32];
+    __shared__ int shi[32];
+    const float* row = logits + (u64)blockIdx.x * vocab;
+    float v = NEG_INF;
+    int i = 0x7fffffff;
+    for (int j = threadIdx.x; j < vocab; j += blockDim.x) {
+        const float x = row[j];
+        if (x > v) { v = x; i = j; }
+    }
+    block_argmax(v, i, shv, shi);
+    if (threadIdx.x == 0) out_tokens[blockIdx.x] = i == 0x7fffffff ? 0 : i;
+}

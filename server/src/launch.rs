@@ -1,16 +1,17 @@
 //! Start-up: load the model directory, size the KV pool, start the scheduler thread, and build the
 //! HTTP application state. Used by `strata serve` and by in-process tests.
 //!
-//! KV sizing on the CPU backend: `--max-total-tokens` when given; otherwise
-//! `mem_fraction_static × MemAvailable − weight bytes`, capped at
+//! KV sizing: `--max-total-tokens` when given. Otherwise, on a device runner (CUDA), the runner's
+//! budget: `mem_fraction_static × GPU memory − memory in use after weights and workspaces` (as
+//! SGLang); on the CPU, `mem_fraction_static × MemAvailable − weight bytes`. Either is capped at
 //! `context_length × max_running_requests` (more could never be used), rounded down to pages.
 
 use crate::api::{AppState, ServerInfo};
 use crate::kv::{DeviceKvPool, KvPool};
-use crate::model::{Model, ModelConfig, ModelError, Tokenizer};
+use crate::model::{Model, ModelConfig, ModelError, ModelRunner, Tokenizer};
 use crate::scheduler::{spawn, SchedulerConfig};
 use crate::stats::Stats;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use strata_kernels::{Backend, CpuBackend};
 
@@ -57,8 +58,15 @@ pub fn launch_cpu(opts: &ServeOptions) -> Result<AppState, LaunchError> {
     launch(opts, CpuBackend)
 }
 
-/// Loads everything and starts the scheduler on `backend`.
+/// Loads everything and starts the scheduler on `backend` (the per-op f32 runner).
 pub fn launch<B: Backend>(opts: &ServeOptions, backend: B) -> Result<AppState, LaunchError> {
+    launch_with(opts, |dir, _cfg, max_positions| {
+        Ok(Model::load(dir, backend, max_positions)?)
+    })
+}
+
+/// Checks the options and reads the model's configuration.
+fn prepare(opts: &ServeOptions) -> Result<(ModelConfig, usize), LaunchError> {
     let dir = &opts.model_path;
     if !dir.is_dir() {
         return Err(LaunchError::Config(format!(
@@ -76,25 +84,37 @@ pub fn launch<B: Backend>(opts: &ServeOptions, backend: B) -> Result<AppState, L
             "--context-length must be at least 2".into(),
         ));
     }
+    Ok((cfg, context_length))
+}
+
+/// Loads everything and starts the scheduler on the runner `load` builds from
+/// (model dir, config, RoPE positions).
+pub fn launch_with<R, F>(opts: &ServeOptions, load: F) -> Result<AppState, LaunchError>
+where
+    R: ModelRunner,
+    F: FnOnce(&Path, &ModelConfig, usize) -> Result<R, LaunchError>,
+{
+    let dir = &opts.model_path;
+    let (cfg, context_length) = prepare(opts)?;
     let tokenizer = Tokenizer::load(dir)?;
     tracing::info!(path = %dir.display(), arch = cfg.arch.hf_name(), "loading weights");
     let t0 = std::time::Instant::now();
-    let model = Model::load(dir, backend, context_length + 1)?;
-    let params: usize = cfg.num_layers
-        * (2 * cfg.hidden_size * cfg.num_heads * cfg.head_dim
-            + 2 * cfg.hidden_size * cfg.kv_dim()
-            + 3 * cfg.hidden_size * cfg.intermediate_size)
-        + 2 * cfg.vocab_size * cfg.hidden_size;
+    let model = load(dir, &cfg, context_length + 1)?;
+    let params = param_count(&cfg);
     tracing::info!(params, secs = t0.elapsed().as_secs_f64(), "weights loaded");
     let per_token = model.kv_bytes_per_token();
     let max_running = opts.max_running_requests.max(1);
     let tokens = match opts.max_total_tokens {
         Some(t) => t,
-        None => {
-            let avail = mem_available_bytes().unwrap_or(8 << 30) as f64;
-            let budget = (opts.mem_fraction_static * avail - (params * 4) as f64).max(0.0);
-            ((budget as usize) / per_token).min(context_length * max_running)
-        }
+        None => match model.kv_budget_bytes(opts.mem_fraction_static) {
+            // Device memory: the runner knows what its weights and workspaces took.
+            Some(budget) => (budget / per_token).min(context_length * max_running),
+            None => {
+                let avail = mem_available_bytes().unwrap_or(8 << 30) as f64;
+                let budget = (opts.mem_fraction_static * avail - (params * 4) as f64).max(0.0);
+                ((budget as usize) / per_token).min(context_length * max_running)
+            }
+        },
     };
     let num_pages = tokens / opts.page_size;
     if num_pages < 2 {
@@ -122,7 +142,7 @@ pub fn launch<B: Backend>(opts: &ServeOptions, backend: B) -> Result<AppState, L
         vocab_size: cfg.vocab_size,
         max_total_tokens,
         page_size: opts.page_size,
-        backend: model.backend().name().to_string(),
+        backend: model.name().to_string(),
         server_args: opts.server_args.clone(),
     };
     let stats = Arc::new(Stats::default());
@@ -142,4 +162,13 @@ pub fn launch<B: Backend>(opts: &ServeOptions, backend: B) -> Result<AppState, L
         info: Arc::new(info),
         api_key: opts.api_key.as_deref().map(Arc::from),
     })
+}
+
+/// Parameters of a Llama-family checkpoint (matrices, embeddings and LM head).
+pub fn param_count(cfg: &ModelConfig) -> usize {
+    cfg.num_layers
+        * (2 * cfg.hidden_size * cfg.num_heads * cfg.head_dim
+            + 2 * cfg.hidden_size * cfg.kv_dim()
+            + 3 * cfg.hidden_size * cfg.intermediate_size)
+        + 2 * cfg.vocab_size * cfg.hidden_size
 }

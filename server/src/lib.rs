@@ -1,13 +1,13 @@
 //! strata-server: the inference server (model, scheduler, KV pools, radix + hierarchical cache, PD
-//! disaggregation, HTTP API) and the router (`router` module, `strata router`).
+//! disaggregation, HTTP API). The router is its own crate (`strata-router`), and so is the test
+//! checkpoint generator (`strata-make-model`).
 
 pub mod api;
 pub mod cache;
 pub mod kv;
 pub mod launch;
-pub mod make_model;
 pub mod model;
-pub mod router;
 pub mod sampling;
 pub mod scheduler;
+pub mod seeded;
 pub mod stats;

@@ -5,9 +5,9 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use serde_json::{json, Value};
+use strata_make_model::{make_model, DType, MakeModel, Size};
 use strata_server::api::app;
 use strata_server::launch::{launch_cpu, ServeOptions};
-use strata_server::make_model::{make_model, DType, MakeModel, Size};
 use strata_server::model::Arch;
 use tower::ServiceExt;
 

@@ -9,7 +9,7 @@
 use serde_json::Value;
 use std::path::PathBuf;
 use strata_kernels::CpuBackend;
-use strata_server::make_model::{make_model, DType, MakeModel, Size};
+use strata_make_model::{make_model, DType, MakeModel, Size};
 use strata_server::model::{Arch, ForwardBatch, Model, SeqSlice, Tokenizer};
 
 fn fixture(arch: &str) -> Value {
@@ -153,7 +153,7 @@ fn sharded_checkpoint_gives_identical_logits() {
         )
         .unwrap();
     }
-    strata_server::make_model::shard_checkpoint(sharded.path(), 3).unwrap();
+    strata_make_model::shard_checkpoint(sharded.path(), 3).unwrap();
     assert!(!sharded.path().join("model.safetensors").exists());
     assert!(sharded
         .path()

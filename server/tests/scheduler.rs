@@ -5,8 +5,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use strata_kernels::CpuBackend;
+use strata_make_model::{make_model, DType, MakeModel, Size};
 use strata_server::kv::DeviceKvPool;
-use strata_server::make_model::{make_model, DType, MakeModel, Size};
 use strata_server::model::{Arch, Model, Tokenizer};
 use strata_server::sampling::SamplingParams;
 use strata_server::scheduler::hooks::PrefetchHook;
@@ -43,7 +43,7 @@ fn request(rid: &str, ids: Vec<u32>) -> (Request, mpsc::UnboundedReceiver<Event>
             rid: rid.into(),
             input_ids: ids,
             params,
-            logprobs: None,
+            return_logprob: false,
             events: tx,
             arrival: Instant::now(),
         },

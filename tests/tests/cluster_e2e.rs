@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use cluster_util::*;
 use rand::{Rng, RngCore, SeedableRng};
-use strata_engine::cluster::client::placement;
-use strata_engine::cluster::{code, Client, ClientConfig};
+use strata_cluster::membership::placement;
+use strata_cluster::{code, Client, ClientConfig};
 
 const MISS: i64 = code::OBJECT_NOT_FOUND as i64;
 

@@ -9,8 +9,8 @@ use std::net::TcpStream;
 use std::time::Duration;
 
 use cluster_util::*;
-use strata_engine::cluster::proto::{codec, Header, Hello, Op, HEADER_LEN, PROTO_VERSION};
-use strata_engine::cluster::{Client, ClientConfig, ClusterError};
+use strata_cluster::proto::{codec, Header, Hello, Op, HEADER_LEN, PROTO_VERSION};
+use strata_cluster::{Client, ClientConfig, ClusterError};
 
 const TOKEN: &str = "s3cret-token";
 

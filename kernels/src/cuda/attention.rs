@@ -397,3 +397,67 @@ impl CudaOps {
         Ok(())
     }
 }
+
+impl CudaOps {
+    /// A decode plan of fixed shape for CUDA-graph replay: `batch` one-token sequences with page
+    /// tables of up to `max_pages` pages and up to `max_pages * page_size` keys. Split count and
+    /// split length are chosen for the longest sequence; shorter ones leave later splits empty.
+    /// Rewrite its device tables with [`CudaOps::update_decode_plan`] before each replay.
+    pub fn decode_plan_fixed(
+        &self,
+        shape: AttnShape,
+        batch: usize,
+        max_pages: usize,
+    ) -> Result<AttnPlan> {
+        ensure(batch > 0 && max_pages > 0, || "empty fixed plan".into())?;
+        let seq = AttnSeq {
+            q_len: 1,
+            kv_len: max_pages * shape.page_size,
+            pages: vec![0; max_pages],
+        };
+        self.attention_plan(shape, &vec![seq; batch], None)
+    }
+
+    /// Points a fixed decode plan at `seqs` (at most the plan's batch, one new token each); the
+    /// plan's remaining rows attend to key 0 of page 0 (padding, discarded by the caller).
+    /// Stream-ordered: launches queued after this call see the new tables.
+    pub fn update_decode_plan(&self, plan: &AttnPlan, seqs: &[AttnSeq]) -> Result<()> {
+        let s = plan.shape;
+        let batch = plan.total_rows;
+        ensure(plan.n_tiles == batch && seqs.len() <= batch, || {
+            format!(
+                "{} sequences for a fixed plan of {batch} decode rows",
+                seqs.len()
+            )
+        })?;
+        let cap = plan.splits * plan.split_len;
+        let mut tiles = Vec::with_capacity(4 * batch);
+        let mut tables = vec![0i32; batch * plan.max_pages];
+        for (si, q) in seqs.iter().enumerate() {
+            ensure(q.q_len == 1 && q.kv_len >= 1 && q.kv_len <= cap, || {
+                format!(
+                    "seq {si}: q_len {} kv_len {} (fixed plan holds {cap} keys)",
+                    q.q_len, q.kv_len
+                )
+            })?;
+            ensure(
+                q.pages.len() <= plan.max_pages && q.pages.len() * s.page_size >= q.kv_len,
+                || format!("seq {si}: {} pages for {} keys", q.pages.len(), q.kv_len),
+            )?;
+            ensure(
+                q.pages
+                    .iter()
+                    .all(|&p| p >= 0 && (p as usize) < s.pool_pages),
+                || format!("seq {si}: page id outside pool of {}", s.pool_pages),
+            )?;
+            tables[si * plan.max_pages..si * plan.max_pages + q.pages.len()]
+                .copy_from_slice(&q.pages);
+            tiles.extend_from_slice(&[si as i32, si as i32, 1, q.kv_len as i32 - 1]);
+        }
+        for si in seqs.len()..batch {
+            tiles.extend_from_slice(&[si as i32, si as i32, 1, 0]);
+        }
+        self.ctx.write_i32(&plan.tiles, &tiles)?;
+        self.ctx.write_i32(&plan.tables, &tables)
+    }
+}

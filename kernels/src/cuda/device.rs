@@ -195,6 +195,91 @@ impl GpuContext {
         Ok(t)
     }
 
+    /// Uploads bf16 bit patterns as a bf16 tensor (checkpoint weights, no f32 round trip).
+    pub fn upload_bf16_bits(&self, shape: &[usize], data: &[u16]) -> Result<DTensor> {
+        self.upload_raw(DType::Bf16, shape, data)
+    }
+
+    /// Copies `data` into the first elements of an existing 4-byte tensor, stream-ordered (the
+    /// host slice is staged by the driver before this returns; later launches see the values).
+    pub fn write_i32(&self, t: &DTensor, data: &[i32]) -> Result<()> {
+        ensure(t.dtype().size() == 4 && data.len() <= t.numel(), || {
+            format!("write_i32: {} values into {:?}", data.len(), t.shape())
+        })?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        self.ctx.bind_to_thread()?;
+        // SAFETY: the destination range lies inside `t`; pageable source memory is copied to a
+        // staging buffer before cuMemcpyHtoDAsync returns.
+        unsafe {
+            sys::cuMemcpyHtoDAsync_v2(
+                t.ptr(),
+                data.as_ptr() as *const c_void,
+                std::mem::size_of_val(data),
+                self.stream.cu_stream(),
+            )
+            .result()?;
+        }
+        Ok(())
+    }
+
+    /// Downloads `n` f32 values of `t` from element `offset` on (synchronises the stream).
+    pub fn download_f32_range(&self, t: &DTensor, offset: usize, n: usize) -> Result<Vec<f32>> {
+        t.expect_at_least("download_f32_range", DType::F32, offset + n)?;
+        let mut out = vec![0f32; n];
+        self.stream.synchronize()?;
+        self.ctx.bind_to_thread()?;
+        // SAFETY: the source range lies inside `t`; `out` has room; synchronous copy.
+        unsafe {
+            sys::cuMemcpyDtoH_v2(
+                out.as_mut_ptr() as *mut c_void,
+                t.ptr() + (offset * 4) as u64,
+                n * 4,
+            )
+            .result()?;
+        }
+        Ok(out)
+    }
+
+    /// Copies `out.len()` bytes of `t` from byte `offset` on to the host (synchronous).
+    pub fn download_bytes(&self, t: &DTensor, offset: usize, out: &mut [u8]) -> Result<()> {
+        ensure(offset + out.len() <= t.bytes(), || {
+            format!("copy of {} bytes at {offset} past {}", out.len(), t.bytes())
+        })?;
+        self.stream.synchronize()?;
+        self.ctx.bind_to_thread()?;
+        // SAFETY: the device range lies inside `t`; `out` has room; synchronous copy.
+        unsafe {
+            sys::cuMemcpyDtoH_v2(
+                out.as_mut_ptr() as *mut c_void,
+                t.ptr() + offset as u64,
+                out.len(),
+            )
+            .result()?;
+        }
+        Ok(())
+    }
+
+    /// Copies `src` into `t` from byte `offset` on (synchronous).
+    pub fn upload_bytes(&self, t: &DTensor, offset: usize, src: &[u8]) -> Result<()> {
+        ensure(offset + src.len() <= t.bytes(), || {
+            format!("copy of {} bytes at {offset} past {}", src.len(), t.bytes())
+        })?;
+        self.stream.synchronize()?;
+        self.ctx.bind_to_thread()?;
+        // SAFETY: the device range lies inside `t`; `src` is valid for its length; synchronous.
+        unsafe {
+            sys::cuMemcpyHtoD_v2(
+                t.ptr() + offset as u64,
+                src.as_ptr() as *const c_void,
+                src.len(),
+            )
+            .result()?;
+        }
+        Ok(())
+    }
+
     /// Uploads f32 values as a bf16 tensor.
     pub fn upload_bf16(&self, shape: &[usize], data: &[f32]) -> Result<DTensor> {
         self.upload_raw(DType::Bf16, shape, &to_bf16_bits(data))

@@ -24,6 +24,7 @@ pub struct CudaOps {
     silu_mul: CudaFunction,
     kv_write: CudaFunction,
     rope_kv_write: CudaFunction,
+    qkv_bias_norm: CudaFunction,
     fill: CudaFunction,
     pub(crate) attention: CudaFunction,
     pub(crate) combine: CudaFunction,
@@ -33,6 +34,7 @@ pub struct CudaOps {
     /// `attention::DECODE2_VARIANTS`, for side-by-side timing.
     pub(crate) attention_decode2_variants: Vec<CudaFunction>,
     pub(crate) sample: CudaFunction,
+    pub(crate) argmax: CudaFunction,
 }
 
 fn threads_for(width: usize) -> u32 {
@@ -57,6 +59,7 @@ impl CudaOps {
             silu_mul: e("silu_mul")?,
             kv_write: e("kv_write")?,
             rope_kv_write: e("rope_kv_write")?,
+            qkv_bias_norm: e("qkv_bias_norm")?,
             fill: e("fill_uniform_bf16")?,
             attention: ctx.function(Program::Attention, "paged_attention")?,
             combine: ctx.function(Program::Attention, "attention_combine")?,
@@ -70,6 +73,7 @@ impl CudaOps {
                 .map(|n| ctx.function(Program::Attention, n))
                 .collect::<Result<_>>()?,
             sample: ctx.function(Program::Sampling, "sample_tokens")?,
+            argmax: ctx.function(Program::Sampling, "argmax_rows")?,
             ctx,
         })
     }
@@ -354,6 +358,79 @@ impl CudaOps {
             || format!("slot out of range (pool has {n_slots})"),
         )?;
         Ok(kv_dim)
+    }
+
+    /// In place on the fused qkv rows [T, W] (q heads, then k heads, from column 0): adds
+    /// `bias` [width] to the first `width` columns, then (with `qk_norm`) RMSNorm of every q and
+    /// k head with weights `(q_norm [head_dim], k_norm [head_dim])` (Qwen2 bias, Qwen3 qk-norm).
+    #[allow(clippy::too_many_arguments)]
+    pub fn qkv_bias_norm(
+        &self,
+        qkv: &DTensor,
+        bias: Option<&DTensor>,
+        qk_norm: Option<(&DTensor, &DTensor)>,
+        n_q_heads: usize,
+        n_k_heads: usize,
+        head_dim: usize,
+        eps: f32,
+    ) -> Result<()> {
+        self.on_gpu(&[("qkv", qkv)])?;
+        ensure(qkv.shape().len() == 2, || {
+            "qkv must be [tokens, width]".into()
+        })?;
+        let (t, w) = (qkv.shape()[0], qkv.shape()[1]);
+        qkv.expect("qkv", DType::Bf16, &[t, w])?;
+        ensure((n_q_heads + n_k_heads) * head_dim <= w, || {
+            "q/k heads past row end".into()
+        })?;
+        let (bp, width) = match bias {
+            Some(b) => {
+                self.ctx.check_device("bias", b)?;
+                ensure(b.numel() <= w, || "bias wider than the row".into())?;
+                b.expect("bias", DType::Bf16, &[b.numel()])?;
+                (b.ptr(), b.numel())
+            }
+            None => (0, 0),
+        };
+        let (qn, kn) = match qk_norm {
+            Some((q, k)) => {
+                self.on_gpu(&[("q_norm", q), ("k_norm", k)])?;
+                q.expect("q_norm", DType::Bf16, &[head_dim])?;
+                k.expect("k_norm", DType::Bf16, &[head_dim])?;
+                (q.ptr(), k.ptr())
+            }
+            None => (0, 0),
+        };
+        if bp == 0 && qn == 0 {
+            return Ok(());
+        }
+        let args = [
+            Arg::U64(qkv.ptr()),
+            i(w),
+            Arg::U64(bp),
+            i(width),
+            Arg::U64(qn),
+            Arg::U64(kn),
+            i(n_q_heads),
+            i(n_k_heads),
+            i(head_dim),
+            Arg::F32(eps),
+        ];
+        self.go(&self.qkv_bias_norm, Dims::rows(t, 256), &args)
+    }
+
+    /// out [B] i32 = argmax of each row of logits [B, V] f32 (lowest index on ties), without a
+    /// host round trip (graph-capturable).
+    pub fn argmax_rows(&self, logits: &DTensor, out: &DTensor) -> Result<()> {
+        self.on_gpu(&[("logits", logits), ("out", out)])?;
+        ensure(logits.shape().len() == 2, || {
+            "logits must be [batch, vocab]".into()
+        })?;
+        let (b, v) = (logits.shape()[0], logits.shape()[1]);
+        logits.expect("logits", DType::F32, &[b, v])?;
+        out.expect("out", DType::I32, &[b])?;
+        let args = [Arg::U64(logits.ptr()), i(v), Arg::U64(out.ptr())];
+        self.go(&self.argmax, Dims::rows(b, 256), &args)
     }
 
     /// Fills a bf16 tensor with uniform(-scale, scale) values derived from `seed`.

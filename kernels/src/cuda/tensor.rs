@@ -35,9 +35,10 @@ impl DType {
     }
 }
 
-/// A device tensor. Dropping it frees the memory (stream-ordered).
+/// A device tensor. Dropping the last tensor over an allocation frees the memory
+/// (stream-ordered); [`DTensor::view`] makes further tensors over a part of one.
 pub struct DTensor {
-    buf: CudaSlice<u8>,
+    buf: Arc<CudaSlice<u8>>,
     ptr: u64,
     dtype: DType,
     shape: Vec<usize>,
@@ -58,7 +59,7 @@ impl DTensor {
         };
         Ok(Self {
             ptr,
-            buf,
+            buf: Arc::new(buf),
             dtype,
             shape: shape.to_vec(),
             ordinal: stream.context().ordinal(),
@@ -130,7 +131,25 @@ impl DTensor {
             format!("{what}: needs {numel} elements, has {}", self.numel())
         })
     }
-    /// The underlying cudarc allocation.
+    /// A tensor of `shape` over this one's elements from `offset` on (same dtype), sharing the
+    /// allocation (bounds-checked; the memory lives while any view does).
+    pub fn view(&self, offset: usize, shape: &[usize]) -> Result<Self> {
+        let numel: usize = shape.iter().product();
+        ensure(offset + numel <= self.numel(), || {
+            format!(
+                "view of {numel} elements at {offset} past {} elements",
+                self.numel()
+            )
+        })?;
+        Ok(Self {
+            buf: self.buf.clone(),
+            ptr: self.ptr + (offset * self.dtype.size()) as u64,
+            dtype: self.dtype,
+            shape: shape.to_vec(),
+            ordinal: self.ordinal,
+        })
+    }
+    /// The underlying cudarc allocation (the whole of it, also for a view).
     pub fn slice(&self) -> &CudaSlice<u8> {
         &self.buf
     }

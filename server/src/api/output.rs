@@ -7,16 +7,13 @@
 
 use crate::model::Tokenizer;
 use crate::sampling::SamplingParams;
-use crate::scheduler::request::{Event, Finish, FinishReason, PosLogprobs};
+use crate::scheduler::request::{Event, Finish, FinishReason};
 
 /// The output of one request so far.
 #[derive(Debug, Default)]
 pub struct Output {
     pub ids: Vec<u32>,
-    /// Per output token, when log-probabilities were asked for.
-    pub logprobs: Vec<PosLogprobs>,
-    /// Per reported prompt position, when log-probabilities were asked for.
-    pub input_logprobs: Vec<PosLogprobs>,
+    pub logprobs: Vec<f32>,
     pub finish: Option<Finish>,
     sent: usize,
 }
@@ -32,14 +29,10 @@ impl Output {
     /// Applies one event; returns the text delta that may be sent now.
     pub fn push(&mut self, ev: Event, tok: &Tokenizer, p: &SamplingParams) -> String {
         match ev {
-            Event::Input(lps) => {
-                self.input_logprobs.extend(lps);
-                String::new()
-            }
             Event::Token { id, logprob } => {
                 self.ids.push(id);
                 if let Some(l) = logprob {
-                    self.logprobs.push(*l);
+                    self.logprobs.push(l);
                 }
                 let text = tok.decode(&self.ids, p.skip_special_tokens);
                 let mut end = text.len();

@@ -7,7 +7,7 @@
 
 use super::radix::RadixCache;
 use crate::kv::FreeList;
-use crate::make_model::SplitMix64;
+use crate::seeded::SplitMix64;
 use std::collections::HashMap;
 
 fn run(seed: u64, page_size: usize, steps: usize) {

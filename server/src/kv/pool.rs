@@ -2,14 +2,14 @@
 //!
 //! [`KvPool`] is the seam for the hierarchical cache: the device pool (L1) here, a host pool (L2,
 //! page-first layout, pinned when a GPU is present) and the PD transfer buffers later. All share the
-//! page accounting of [`FreeList`]; they differ in where the floats are and in layout. The device
-//! pool is layer-first: for each layer one K and one V buffer of `pages × page_size × kv_dim` floats
-//! in the compute backend's memory.
+//! page accounting of [`FreeList`]; they differ in where the values are and in layout. The device
+//! pool's contents are the model runner's KV cache ([`ModelRunner::Kv`]): layer-first, for each
+//! layer one K and one V buffer of `pages × page_size × kv_dim` values (f32 on the CPU runner,
+//! bf16 on the CUDA runner).
 
 use super::page::{FreeList, Page};
-use crate::model::{KvBuffers, Model, ModelError};
+use crate::model::{ModelError, ModelRunner};
 use std::sync::Arc;
-use strata_kernels::Backend;
 
 /// Memory tier of a pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -44,27 +44,29 @@ pub trait KvPool: Send {
     }
 }
 
-/// The L1 pool: pages in the compute backend's memory, read by attention.
-pub struct DeviceKvPool<B: Backend> {
-    pub buffers: KvBuffers<B>,
+/// The L1 pool: pages in the compute device's memory, read by attention.
+pub struct DeviceKvPool<R: ModelRunner> {
+    pub buffers: R::Kv,
+    page_size: usize,
     list: Arc<FreeList>,
     page_bytes: usize,
 }
 
-impl<B: Backend> DeviceKvPool<B> {
+impl<R: ModelRunner> DeviceKvPool<R> {
     /// Allocates `num_pages` pages of `page_size` tokens for `model`.
-    pub fn new(model: &Model<B>, num_pages: usize, page_size: usize) -> Result<Self, ModelError> {
+    pub fn new(model: &R, num_pages: usize, page_size: usize) -> Result<Self, ModelError> {
         Ok(DeviceKvPool {
             buffers: model.new_kv(num_pages, page_size)?,
+            page_size,
             list: FreeList::new(num_pages),
             page_bytes: model.kv_bytes_per_token() * page_size,
         })
     }
 }
 
-impl<B: Backend> KvPool for DeviceKvPool<B> {
+impl<R: ModelRunner> KvPool for DeviceKvPool<R> {
     fn page_size(&self) -> usize {
-        self.buffers.page_size
+        self.page_size
     }
     fn tier(&self) -> MemoryTier {
         MemoryTier::Device

@@ -4,11 +4,13 @@
 pub mod chat_template;
 pub mod config;
 pub mod llama;
+pub mod runner;
 pub mod tokenizer;
 pub mod weights;
 
 pub use config::{Arch, ModelConfig};
 pub use llama::{ForwardBatch, KvBuffers, Model, SeqSlice};
+pub use runner::{sample_host, ModelRunner, SampleReq, Sampled};
 pub use tokenizer::Tokenizer;
 
 use std::path::Path;

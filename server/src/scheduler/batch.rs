@@ -1,16 +1,13 @@
 //! One scheduling round: page allocation (with eviction and retraction), admission, the forward
 //! pass, sampling and finishing.
 
-use super::logprobs;
-use super::request::{Event, FinishReason, PosLogprobs};
+use super::request::{Event, FinishReason};
 use super::seq::Seq;
 use super::Scheduler;
 use crate::kv::KvPool;
-use crate::model::{ForwardBatch, SeqSlice};
+use crate::model::{ForwardBatch, ModelRunner, SampleReq, Sampled, SeqSlice};
 use crate::stats::Stats;
 use std::collections::VecDeque;
-use strata_kernels::sampling::sample;
-use strata_kernels::Backend;
 
 /// What one sequence feeds in this round: tokens `start..end` of `Seq::tokens`.
 struct Item {
@@ -18,7 +15,7 @@ struct Item {
     end: usize,
 }
 
-impl<B: Backend> Scheduler<B> {
+impl<R: ModelRunner> Scheduler<R> {
     /// Makes `s` hold pages for its first `upto` tokens, evicting cached prefixes if needed.
     fn ensure_pages(&mut self, s: &mut Seq, upto: usize) -> bool {
         let need = upto
@@ -109,7 +106,8 @@ impl<B: Backend> Scheduler<B> {
                 }
             }
             if self.cfg.radix_cache {
-                let limit = s.cache_match_limit();
+                // Leave at least one token to compute so that there are logits to sample from.
+                let limit = s.tokens.len() - 1;
                 let m = self.tree.match_prefix(&s.tokens[..limit]);
                 self.tree.lock(m.node);
                 s.lock_node = Some(m.node);
@@ -172,8 +170,7 @@ impl<B: Backend> Scheduler<B> {
     fn forward(&mut self, items: Vec<(usize, Item)>) {
         let ps = self.cfg.page_size as u32;
         let mut batch = ForwardBatch::default();
-        let mut sample_rows = Vec::new(); // (running index, logits row)
-        let mut input_rows = Vec::new(); // (running index, first logits row, prompt rows)
+        let mut sample_rows = Vec::new(); // running index of each logits row
         for (i, it) in &items {
             let s = &self.running[*i];
             let table = s.page_table();
@@ -191,27 +188,32 @@ impl<B: Backend> Scheduler<B> {
                 kv_len: it.end,
                 pages: table,
             });
-            // Prompt rows whose log-probabilities are owed (none unless asked for).
-            let owed = s.lp_row.max(it.start)..s.owed_rows_end().min(it.end);
-            debug_assert!(
-                owed.is_empty() || s.lp_row >= it.start,
-                "owed rows were skipped"
-            );
-            if !owed.is_empty() || s.lp_head {
-                let first = batch.logit_rows.len();
-                batch
-                    .logit_rows
-                    .extend(owed.clone().map(|p| q_start + p - it.start));
-                input_rows.push((*i, first, owed));
-            }
             if it.end == s.tokens.len() {
-                sample_rows.push((*i, batch.logit_rows.len()));
+                sample_rows.push(*i);
                 batch.logit_rows.push(batch.tokens.len() - 1);
             }
         }
         Stats::add(&self.stats.forward_passes, 1);
         let t0 = std::time::Instant::now();
-        let logits = match self.model.forward(&batch, &mut self.pool.buffers) {
+        let banned: Vec<Vec<u32>> = sample_rows.iter().map(|&i| self.banned_tokens(i)).collect();
+        let reqs: Vec<SampleReq<'_>> = sample_rows
+            .iter()
+            .zip(&banned)
+            .map(|(&i, banned)| {
+                let s = &self.running[i];
+                let out_len = s.tokens.len() - s.prompt_len;
+                SampleReq {
+                    params: &s.req.params,
+                    output: &s.tokens[s.prompt_len..],
+                    banned,
+                    uniform: crate::sampling::uniform(s.seed, out_len),
+                    logprob: s.req.return_logprob,
+                }
+            })
+            .collect();
+        let sampled = self.model.run_batch(&batch, &reqs, &mut self.pool.buffers);
+        drop(reqs);
+        let sampled = match sampled {
             Ok(l) => l,
             Err(e) => {
                 tracing::error!("forward pass failed: {e}");
@@ -227,26 +229,10 @@ impl<B: Backend> Scheduler<B> {
         for (i, it) in &items {
             self.running[*i].computed = it.end;
         }
-        let vocab = self.model.cfg.vocab_size;
-        for (i, first, owed) in input_rows {
-            let s = &mut self.running[i];
-            let spec = s.req.logprobs.as_ref().expect("input rows only when asked");
-            let mut out = Vec::with_capacity(owed.len() + 1);
-            if std::mem::take(&mut s.lp_head) {
-                out.push(PosLogprobs::default());
-            }
-            for (k, p) in owed.clone().enumerate() {
-                let row = &logits[(first + k) * vocab..(first + k + 1) * vocab];
-                out.push(logprobs::at_position(row, s.tokens[p + 1], spec));
-            }
-            s.lp_row = s.lp_row.max(owed.end);
-            let _ = s.req.events.send(Event::Input(out));
-        }
         let mut finished = Vec::new();
         let decode_tokens = sample_rows.len() as u64;
-        for (i, row) in sample_rows {
-            let mut l = logits[row * vocab..(row + 1) * vocab].to_vec();
-            if let Some(reason) = self.sample_into(i, &mut l) {
+        for (i, t) in sample_rows.into_iter().zip(sampled) {
+            if let Some(reason) = self.accept_token(i, t) {
                 finished.push((i, reason));
             }
         }
@@ -262,28 +248,27 @@ impl<B: Backend> Scheduler<B> {
         }
     }
 
-    /// Samples the next token of running sequence `i`; returns a finish reason if it is done.
-    fn sample_into(&mut self, i: usize, logits: &mut [f32]) -> Option<FinishReason> {
-        let ctx = self.cfg.context_length;
-        let s = &mut self.running[i];
+    /// Tokens running sequence `i` may not sample now (EOS and stop ids before `min_new_tokens`).
+    fn banned_tokens(&self, i: usize) -> Vec<u32> {
+        let s = &self.running[i];
         let p = &s.req.params;
-        let out_len = s.tokens.len() - s.prompt_len;
-        if out_len >= p.max_new_tokens {
-            // `max_new_tokens: 0`: the prompt is scored (and cached), nothing is generated.
-            return Some(FinishReason::Length(out_len));
-        }
         let mut banned = Vec::new();
-        if out_len < p.min_new_tokens {
+        if s.tokens.len() - s.prompt_len < p.min_new_tokens {
             banned.extend(self.eos.iter().copied());
             banned.extend(p.stop_token_ids.iter().copied());
         }
-        p.apply_penalties(logits, &s.tokens[s.prompt_len..], &banned);
-        let tok = sample(logits, &p.sample, crate::sampling::uniform(s.seed, out_len)) as u32;
-        let logprob = s
-            .req
-            .logprobs
-            .as_ref()
-            .map(|spec| Box::new(logprobs::at_position(logits, tok, spec)));
+        banned
+    }
+
+    /// Appends sampled token `t` to running sequence `i` and streams it; returns a finish reason
+    /// if the sequence is done.
+    fn accept_token(&mut self, i: usize, t: Sampled) -> Option<FinishReason> {
+        let ctx = self.cfg.context_length;
+        let s = &mut self.running[i];
+        let Sampled {
+            token: tok,
+            logprob,
+        } = t;
         s.tokens.push(tok);
         if s.first_token_at.is_none() {
             s.first_token_at = Some(std::time::Instant::now());

@@ -14,13 +14,12 @@
 
 mod batch;
 pub mod hooks;
-pub mod logprobs;
 pub mod request;
 mod seq;
 
 use crate::cache::RadixCache;
 use crate::kv::{DeviceKvPool, KvPool};
-use crate::model::{Model, Tokenizer};
+use crate::model::{ModelRunner, Tokenizer};
 use crate::stats::Stats;
 use hooks::{NoPrefetch, PrefetchHook};
 use request::{Event, Finish, FinishReason, Msg, Request};
@@ -28,7 +27,6 @@ use seq::Seq;
 use std::collections::{HashSet, VecDeque};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
-use strata_kernels::Backend;
 
 /// Scheduling limits.
 #[derive(Debug, Clone)]
@@ -42,10 +40,10 @@ pub struct SchedulerConfig {
 }
 
 /// The scheduler state (lives on its own thread; see [`spawn`]).
-pub struct Scheduler<B: Backend> {
+pub struct Scheduler<R: ModelRunner> {
     cfg: SchedulerConfig,
-    model: Model<B>,
-    pool: DeviceKvPool<B>,
+    model: R,
+    pool: DeviceKvPool<R>,
     tree: RadixCache,
     tokenizer: Arc<Tokenizer>,
     stats: Arc<Stats>,
@@ -83,10 +81,10 @@ impl SchedulerHandle {
 }
 
 /// Starts the scheduler thread.
-pub fn spawn<B: Backend>(
+pub fn spawn<R: ModelRunner>(
     cfg: SchedulerConfig,
-    model: Model<B>,
-    pool: DeviceKvPool<B>,
+    model: R,
+    pool: DeviceKvPool<R>,
     tokenizer: Arc<Tokenizer>,
     stats: Arc<Stats>,
 ) -> std::io::Result<SchedulerHandle> {
@@ -94,10 +92,10 @@ pub fn spawn<B: Backend>(
 }
 
 /// Starts the scheduler thread with a prefetch hook (hierarchical cache, PD decode side).
-pub fn spawn_with_hook<B: Backend>(
+pub fn spawn_with_hook<R: ModelRunner>(
     cfg: SchedulerConfig,
-    model: Model<B>,
-    pool: DeviceKvPool<B>,
+    model: R,
+    pool: DeviceKvPool<R>,
     tokenizer: Arc<Tokenizer>,
     stats: Arc<Stats>,
     hook: Box<dyn PrefetchHook>,
@@ -110,15 +108,15 @@ pub fn spawn_with_hook<B: Backend>(
     Ok(SchedulerHandle { tx })
 }
 
-impl<B: Backend> Scheduler<B> {
+impl<R: ModelRunner> Scheduler<R> {
     pub fn new(
         cfg: SchedulerConfig,
-        model: Model<B>,
-        pool: DeviceKvPool<B>,
+        model: R,
+        pool: DeviceKvPool<R>,
         tokenizer: Arc<Tokenizer>,
         stats: Arc<Stats>,
     ) -> Self {
-        let eos = model.cfg.eos_token_ids.clone();
+        let eos = model.cfg().eos_token_ids.clone();
         Stats::set(&stats.total_pages, pool.total_pages() as u64);
         Stats::set(&stats.free_pages, pool.free_pages() as u64);
         Scheduler {
@@ -181,7 +179,7 @@ impl<B: Backend> Scheduler<B> {
                 self.seed_counter += 1;
                 let seed = req.params.seed.unwrap_or_else(|| {
                     let t = req.arrival.elapsed().as_nanos() as u64;
-                    crate::make_model::SplitMix64(self.seed_counter ^ t ^ 0x5EED).next_u64()
+                    crate::seeded::SplitMix64(self.seed_counter ^ t ^ 0x5EED).next_u64()
                 });
                 let mut seq = Seq::new(*req, seed);
                 let cached = if self.cfg.radix_cache {

@@ -13,34 +13,9 @@ pub struct Request {
     pub rid: String,
     pub input_ids: Vec<u32>,
     pub params: SamplingParams,
-    /// The log-probabilities to report; `None` reports none.
-    pub logprobs: Option<LogprobSpec>,
+    pub return_logprob: bool,
     pub events: mpsc::UnboundedSender<Event>,
     pub arrival: Instant,
-}
-
-/// Which log-probabilities a request wants (SGLang's `return_logprob` family).
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct LogprobSpec {
-    /// First prompt position reported as an input position (the prompt length reports none).
-    /// Position `start` itself has no log-probability (SGLang reports `null` there); position
-    /// `k > start` gets the log-probability of prompt token `k` given the tokens before it.
-    pub start: usize,
-    /// How many of the most likely tokens to report per position (0: none).
-    pub top_n: usize,
-    /// Tokens whose log-probabilities are reported at every position (`None`: not asked).
-    pub token_ids: Option<Vec<u32>>,
-}
-
-/// Log-probabilities at one position of a sequence, all from one log-softmax of its logits.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct PosLogprobs {
-    /// Of the token at this position (`None` for the first reported prompt position).
-    pub logprob: Option<f32>,
-    /// The `top_n` most likely tokens, most likely first (empty for the first prompt position).
-    pub top: Vec<(u32, f32)>,
-    /// The requested `token_ids`, in request order.
-    pub ids: Vec<(u32, f32)>,
 }
 
 /// Why a request finished (serialised as SGLang's `meta_info.finish_reason`).
@@ -68,14 +43,8 @@ pub struct Finish {
 /// One step of a request's output.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    /// Log-probabilities of the next prompt positions, in order, starting at
-    /// [`LogprobSpec::start`]; all of them arrive before the first token.
-    Input(Vec<PosLogprobs>),
-    /// A generated token (with its log-probabilities when asked for).
-    Token {
-        id: u32,
-        logprob: Option<Box<PosLogprobs>>,
-    },
+    /// A generated token (with its log-probability when asked for).
+    Token { id: u32, logprob: Option<f32> },
     /// The request is over; no event follows.
     Done(Finish),
 }

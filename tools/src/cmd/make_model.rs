@@ -1,7 +1,7 @@
 //! `strata make-model`: writes a deterministic random-weight model in the Hugging Face layout.
 
 use std::path::PathBuf;
-use strata_server::make_model::{make_model, DType, MakeModel, Size};
+use strata_make_model::{make_model, DType, MakeModel, Size};
 use strata_server::model::Arch;
 
 #[derive(clap::Args)]

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use strata_engine::cluster::MasterConfig;
+use strata_cluster::MasterConfig;
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -67,7 +67,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         heartbeat_timeout: Duration::from_millis(a.heartbeat_timeout_ms),
         auth_token: a.auth_token,
     };
-    let h = strata_engine::cluster::master::start(cfg)?;
+    let h = strata_cluster::master::start(cfg)?;
     let none = || "-".to_string();
     println!(
         "strata master ready rpc={} http_metadata={} metrics={}",

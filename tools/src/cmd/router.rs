@@ -4,8 +4,8 @@
 
 use anyhow::Context;
 use clap::ArgAction;
-use strata_server::router::config::{PolicyKind, PrefillSpec, DEFAULT_REQUEST_ID_HEADERS};
-use strata_server::router::RouterConfig;
+use strata_router::config::{PolicyKind, PrefillSpec, DEFAULT_REQUEST_ID_HEADERS};
+use strata_router::RouterConfig;
 
 const POLICIES: [&str; 4] = ["cache_aware", "round_robin", "random", "power_of_two"];
 
@@ -197,6 +197,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("tokio runtime")?;
-    rt.block_on(strata_server::router::run(cfg))?;
+    rt.block_on(strata_router::run(cfg))?;
     Ok(())
 }

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use strata_engine::cluster::NodeConfig;
+use strata_cluster::NodeConfig;
 use strata_engine::{IoEngineKind, StoreConfig};
 
 #[derive(clap::Args)]
@@ -75,7 +75,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     nc.node_id = a.node_id;
     nc.auth_token = a.auth_token;
     nc.heartbeat = Duration::from_millis(a.heartbeat_ms);
-    let h = strata_engine::cluster::node::start(nc)?;
+    let h = strata_cluster::node::start(nc)?;
     println!("strata store ready node_id={} addr={}", h.node_id, h.addr);
     std::io::stdout().flush()?;
     wait_for_shutdown_signal()?;

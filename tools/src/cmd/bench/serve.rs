@@ -15,8 +15,8 @@ use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use strata_server::make_model::SplitMix64;
 use strata_server::model::Tokenizer;
+use strata_server::seeded::SplitMix64;
 
 #[derive(clap::Args, Debug)]
 pub struct Args {

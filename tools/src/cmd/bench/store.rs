@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Instant;
 
 use rand::RngCore;
-use strata_engine::cluster::{Client, ClientConfig};
+use strata_cluster::{Client, ClientConfig};
 use strata_engine::{AlignedBuf, StoreConfig};
 
 const MB: usize = 1 << 20;

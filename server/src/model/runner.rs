@@ -1,0 +1,138 @@
+//! The forward-level model-runner interface between the scheduler and a compute stack.
+//!
+//! The scheduler hands one [`ForwardBatch`] (token ids, positions, KV slots, per-sequence page
+//! tables, the rows that need logits) plus one [`SampleReq`] per such row, and gets back one
+//! [`Sampled`] token (with its logprob when asked) per row. How logits are made and where they are
+//! sampled is the runner's business: the CPU runner ([`Model`] over any f32 [`Backend`]) runs
+//! today's per-op forward and samples on the host; the CUDA runner (`super::cuda`) runs the bf16
+//! stack with batch metadata uploaded once per forward and decode replayed from CUDA graphs.
+//!
+//! Sampling semantics are shared: [`sample_host`] is the one definition (penalties, banned tokens,
+//! temperature / top-k / top-p / min-p, the caller's uniform draw), so a seed means the same on
+//! every runner.
+
+use super::llama::{ForwardBatch, KvBuffers, Model};
+use super::{ModelConfig, ModelError};
+use crate::sampling::SamplingParams;
+use strata_kernels::sampling::{logprob_of, sample};
+use strata_kernels::Backend;
+
+/// How to sample one logits row.
+#[derive(Debug, Clone, Copy)]
+pub struct SampleReq<'a> {
+    pub params: &'a SamplingParams,
+    /// Tokens generated so far (for the penalties).
+    pub output: &'a [u32],
+    /// Tokens masked to -inf (EOS before `min_new_tokens`).
+    pub banned: &'a [u32],
+    /// The request's uniform draw for this step, in [0, 1).
+    pub uniform: f64,
+    /// Return the token's logprob.
+    pub logprob: bool,
+}
+
+impl SampleReq<'_> {
+    /// True when the token is the plain argmax of the raw logits (no penalty, mask or logprob).
+    pub fn is_plain_greedy(&self) -> bool {
+        let s = &self.params.sample;
+        (s.temperature <= 0.0 || s.top_k == Some(1))
+            && !self.params.has_penalties()
+            && self.banned.is_empty()
+            && !self.logprob
+    }
+}
+
+/// One sampled token.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Sampled {
+    pub token: u32,
+    pub logprob: Option<f32>,
+}
+
+/// Samples one row on the host (the CPU runner's path, and the CUDA runner's for rows with
+/// penalties, masks or logprobs). `logits` is modified by the penalties.
+pub fn sample_host(logits: &mut [f32], r: &SampleReq<'_>) -> Sampled {
+    r.params.apply_penalties(logits, r.output, r.banned);
+    let token = sample(logits, &r.params.sample, r.uniform) as u32;
+    let logprob = r.logprob.then(|| logprob_of(logits, token as usize));
+    Sampled { token, logprob }
+}
+
+/// A model runner: owns the weights and runs whole batches.
+pub trait ModelRunner: Send + 'static {
+    /// The paged KV cache this runner reads and writes.
+    type Kv: Send;
+    /// The model's configuration.
+    fn cfg(&self) -> &ModelConfig;
+    /// Short name for logs and `/get_server_info` ("cpu", "cuda").
+    fn name(&self) -> &'static str;
+    /// Bytes of KV cache per token (all layers, K and V).
+    fn kv_bytes_per_token(&self) -> usize;
+    /// Bytes the KV cache may take under `--mem-fraction-static` when the runner owns device
+    /// memory (None: size from host memory, the CPU rule).
+    fn kv_budget_bytes(&self, _mem_fraction_static: f64) -> Option<usize> {
+        None
+    }
+    /// Allocates a zeroed paged KV cache of `num_pages` pages of `page_size` tokens.
+    fn new_kv(&self, num_pages: usize, page_size: usize) -> Result<Self::Kv, ModelError>;
+    /// Runs `batch` and samples one token per `batch.logit_rows` entry (`sampling` is parallel to
+    /// it).
+    fn run_batch(
+        &mut self,
+        batch: &ForwardBatch,
+        sampling: &[SampleReq<'_>],
+        kv: &mut Self::Kv,
+    ) -> Result<Vec<Sampled>, ModelError>;
+}
+
+/// The per-op forward over a [`Backend`] (the CPU runner; also the f32 CUDA reference path):
+/// logits come back to the host and every row is sampled there.
+impl<B: Backend> ModelRunner for Model<B> {
+    type Kv = KvBuffers<B>;
+
+    fn cfg(&self) -> &ModelConfig {
+        &self.cfg
+    }
+    fn name(&self) -> &'static str {
+        self.backend().name()
+    }
+    fn kv_bytes_per_token(&self) -> usize {
+        Model::kv_bytes_per_token(self)
+    }
+    fn new_kv(&self, num_pages: usize, page_size: usize) -> Result<Self::Kv, ModelError> {
+        Model::new_kv(self, num_pages, page_size)
+    }
+    fn run_batch(
+        &mut self,
+        batch: &ForwardBatch,
+        sampling: &[SampleReq<'_>],
+        kv: &mut Self::Kv,
+    ) -> Result<Vec<Sampled>, ModelError> {
+        check_sampling(batch, sampling)?;
+        let logits = self.forward(batch, kv)?;
+        let vocab = self.cfg.vocab_size;
+        Ok(sampling
+            .iter()
+            .enumerate()
+            .map(|(row, r)| sample_host(&mut logits[row * vocab..(row + 1) * vocab].to_vec(), r))
+            .collect())
+    }
+}
+
+/// Errors unless there is one sampling request per logits row.
+pub(crate) fn check_sampling(
+    batch: &ForwardBatch,
+    sampling: &[SampleReq<'_>],
+) -> Result<(), ModelError> {
+    if batch.logit_rows.len() != sampling.len() {
+        return Err(ModelError::Kernel(strata_kernels::KernelError::Shape {
+            op: "run_batch",
+            detail: format!(
+                "{} logit rows but {} sampling requests",
+                batch.logit_rows.len(),
+                sampling.len()
+            ),
+        }));
+    }
+    Ok(())
+}

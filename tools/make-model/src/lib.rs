@@ -1,0 +1,337 @@
+//! strata-make-model: a deterministic random-weight checkpoint in the Hugging Face layout, for
+//! `strata make-model` and the tests (kept out of the server library).
+//!
+//! Output is a pure function of (arch, size, seed, dtype) on every platform: weights come from a
+//! SplitMix64 stream (`strata_server::seeded`, Box–Muller in f64), the tokenizer is a byte-level BPE
+//! trained by a deterministic greedy merge loop (ties broken by the pair's text) on a corpus embedded here, and
+//! JSON/safetensors are written with sorted keys. Files: `config.json`, `generation_config.json`,
+//! `model.safetensors`, `tokenizer.json`, `tokenizer_config.json`.
+
+mod bpe;
+mod files;
+
+pub use bpe::byte_chars;
+pub use files::shard_checkpoint;
+
+use bpe::train_bpe;
+use files::{write_json, write_safetensors};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::Path;
+use strata_server::seeded::SplitMix64;
+
+/// Model sizes offered by `--size`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Size {
+    Tiny,
+    Small,
+}
+
+/// On-disk dtype of the weights.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DType {
+    F32,
+    BF16,
+    F16,
+}
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct MakeModel {
+    pub arch: strata_server::model::Arch,
+    pub size: Size,
+    pub seed: u64,
+    pub dtype: DType,
+}
+
+/// Special tokens appended after the BPE vocabulary, in id order.
+pub const SPECIAL_TOKENS: [&str; 4] = [
+    "<|begin_of_text|>",
+    "<|end_of_text|>",
+    "<|im_start|>",
+    "<|im_end|>",
+];
+
+const CHAT_TEMPLATE: &str = "{{ bos_token }}{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+
+struct Dims {
+    hidden: usize,
+    inter: usize,
+    layers: usize,
+    heads: usize,
+    kv_heads: usize,
+    head_dim: usize,
+    vocab: usize,
+    merges: usize,
+}
+
+fn dims(arch: strata_server::model::Arch, size: Size) -> Dims {
+    use strata_server::model::Arch;
+    match size {
+        Size::Tiny => Dims {
+            hidden: 64,
+            inter: 160,
+            layers: 2,
+            heads: 4,
+            kv_heads: 2,
+            head_dim: if arch == Arch::Qwen3 { 32 } else { 16 },
+            vocab: 512,
+            merges: 240,
+        },
+        Size::Small => Dims {
+            hidden: 384,
+            inter: 1024,
+            layers: 6,
+            heads: 6,
+            kv_heads: 2,
+            head_dim: 64,
+            vocab: 2048,
+            merges: 1500,
+        },
+    }
+}
+
+/// Writes the model to `out` (created if needed).
+pub fn make_model(spec: &MakeModel, out: &Path) -> std::io::Result<()> {
+    use strata_server::model::Arch;
+    std::fs::create_dir_all(out)?;
+    let d = dims(spec.arch, spec.size);
+    let (bpe_vocab, merges) = train_bpe(d.merges);
+    let first_special = bpe_vocab.len();
+    assert!(
+        first_special + SPECIAL_TOKENS.len() <= d.vocab,
+        "vocab too small for the tokenizer"
+    );
+    let special_id = |i: usize| (first_special + i) as u32;
+    let (bos, eos, im_end) = (special_id(0), special_id(1), special_id(3));
+    let llama = spec.arch == Arch::Llama;
+
+    // Tokenizer.
+    let vocab: serde_json::Map<String, Value> = bpe_vocab
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), json!(i)))
+        .collect();
+    let added: Vec<Value> = SPECIAL_TOKENS
+        .iter()
+        .enumerate()
+        .map(|(i, t)| json!({"id": special_id(i), "content": t, "single_word": false, "lstrip": false, "rstrip": false, "normalized": false, "special": true}))
+        .collect();
+    let post = if llama {
+        json!({"type": "TemplateProcessing",
+            "single": [{"SpecialToken": {"id": SPECIAL_TOKENS[0], "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}}],
+            "pair": [{"SpecialToken": {"id": SPECIAL_TOKENS[0], "type_id": 0}}, {"Sequence": {"id": "A", "type_id": 0}},
+                     {"SpecialToken": {"id": SPECIAL_TOKENS[0], "type_id": 1}}, {"Sequence": {"id": "B", "type_id": 1}}],
+            "special_tokens": {SPECIAL_TOKENS[0]: {"id": SPECIAL_TOKENS[0], "ids": [bos], "tokens": [SPECIAL_TOKENS[0]]}}})
+    } else {
+        Value::Null
+    };
+    let tokenizer = json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": added, "normalizer": null,
+        "pre_tokenizer": {"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true},
+        "post_processor": post,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": true, "trim_offsets": true, "use_regex": true},
+        "model": {"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
+            "end_of_word_suffix": null, "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
+            "vocab": vocab, "merges": merges.iter().map(|(a, b)| format!("{a} {b}")).collect::<Vec<_>>()}
+    });
+    write_json(&out.join("tokenizer.json"), &tokenizer)?;
+    let eos_tok = if llama {
+        SPECIAL_TOKENS[1]
+    } else {
+        SPECIAL_TOKENS[3]
+    };
+    write_json(
+        &out.join("tokenizer_config.json"),
+        &json!({"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": if llama { json!(SPECIAL_TOKENS[0]) } else { Value::Null },
+            "eos_token": eos_tok, "pad_token": SPECIAL_TOKENS[1], "model_max_length": 4096, "chat_template": CHAT_TEMPLATE}),
+    )?;
+
+    // Config.
+    let tied = spec.arch != Arch::Llama;
+    let mut cfg = json!({
+        "architectures": [spec.arch.hf_name()],
+        "model_type": match spec.arch { Arch::Llama => "llama", Arch::Qwen2 => "qwen2", Arch::Qwen3 => "qwen3" },
+        "vocab_size": d.vocab, "hidden_size": d.hidden, "intermediate_size": d.inter,
+        "num_hidden_layers": d.layers, "num_attention_heads": d.heads, "num_key_value_heads": d.kv_heads,
+        "head_dim": d.head_dim, "hidden_act": "silu", "max_position_embeddings": 4096, "rms_norm_eps": 1e-6,
+        "tie_word_embeddings": tied, "bos_token_id": bos, "eos_token_id": if llama { eos } else { im_end },
+        "torch_dtype": match spec.dtype { DType::F32 => "float32", DType::BF16 => "bfloat16", DType::F16 => "float16" },
+        "attention_dropout": 0.0, "use_cache": true,
+    });
+    let o = cfg.as_object_mut().expect("object");
+    match spec.arch {
+        Arch::Llama => {
+            o.insert("rope_theta".into(), json!(500000.0));
+            o.insert("attention_bias".into(), json!(false));
+            o.insert("mlp_bias".into(), json!(false));
+            o.insert(
+                "rope_scaling".into(),
+                json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0, "original_max_position_embeddings": 256}),
+            );
+        }
+        Arch::Qwen2 | Arch::Qwen3 => {
+            o.insert("rope_theta".into(), json!(1000000.0));
+            o.insert("use_sliding_window".into(), json!(false));
+            o.insert("sliding_window".into(), Value::Null);
+            o.insert("max_window_layers".into(), json!(d.layers));
+            if spec.arch == Arch::Qwen3 {
+                o.insert("attention_bias".into(), json!(false));
+            }
+        }
+    }
+    write_json(&out.join("config.json"), &cfg)?;
+    write_json(
+        &out.join("generation_config.json"),
+        &json!({"bos_token_id": bos, "eos_token_id": [eos, im_end], "do_sample": false}),
+    )?;
+
+    // Weights, drawn in a fixed order.
+    let mut rng = SplitMix64(spec.seed);
+    let mut tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)> = BTreeMap::new();
+    let mut put = |name: String, shape: Vec<usize>, std: f64, mean: f64, rng: &mut SplitMix64| {
+        let n: usize = shape.iter().product();
+        let data = (0..n).map(|_| (mean + std * rng.normal()) as f32).collect();
+        tensors.insert(name, (shape, data));
+    };
+    let (h, qd, kvd) = (d.hidden, d.heads * d.head_dim, d.kv_heads * d.head_dim);
+    put(
+        "model.embed_tokens.weight".into(),
+        vec![d.vocab, h],
+        0.1,
+        0.0,
+        &mut rng,
+    );
+    for l in 0..d.layers {
+        let p = format!("model.layers.{l}");
+        put(
+            format!("{p}.input_layernorm.weight"),
+            vec![h],
+            0.1,
+            1.0,
+            &mut rng,
+        );
+        put(
+            format!("{p}.self_attn.q_proj.weight"),
+            vec![qd, h],
+            1.0 / (h as f64).sqrt(),
+            0.0,
+            &mut rng,
+        );
+        put(
+            format!("{p}.self_attn.k_proj.weight"),
+            vec![kvd, h],
+            1.0 / (h as f64).sqrt(),
+            0.0,
+            &mut rng,
+        );
+        put(
+            format!("{p}.self_attn.v_proj.weight"),
+            vec![kvd, h],
+            1.0 / (h as f64).sqrt(),
+            0.0,
+            &mut rng,
+        );
+        if spec.arch == Arch::Qwen2 {
+            put(
+                format!("{p}.self_attn.q_proj.bias"),
+                vec![qd],
+                0.1,
+                0.0,
+                &mut rng,
+            );
+            put(
+                format!("{p}.self_attn.k_proj.bias"),
+                vec![kvd],
+                0.1,
+                0.0,
+                &mut rng,
+            );
+            put(
+                format!("{p}.self_attn.v_proj.bias"),
+                vec![kvd],
+                0.1,
+                0.0,
+                &mut rng,
+            );
+        }
+        if spec.arch == Arch::Qwen3 {
+            put(
+                format!("{p}.self_attn.q_norm.weight"),
+                vec![d.head_dim],
+                0.1,
+                1.0,
+                &mut rng,
+            );
+            put(
+                format!("{p}.self_attn.k_norm.weight"),
+                vec![d.head_dim],
+                0.1,
+                1.0,
+                &mut rng,
+            );
+        }
+        put(
+            format!("{p}.self_attn.o_proj.weight"),
+            vec![h, qd],
+            1.0 / (qd as f64).sqrt(),
+            0.0,
+            &mut rng,
+        );
+        put(
+            format!("{p}.post_attention_layernorm.weight"),
+            vec![h],
+            0.1,
+            1.0,
+            &mut rng,
+        );
+        put(
+            format!("{p}.mlp.gate_proj.weight"),
+            vec![d.inter, h],
+            1.0 / (h as f64).sqrt(),
+            0.0,
+            &mut rng,
+        );
+        put(
+            format!("{p}.mlp.up_proj.weight"),
+            vec![d.inter, h],
+            1.0 / (h as f64).sqrt(),
+            0.0,
+            &mut rng,
+        );
+        put(
+            format!("{p}.mlp.down_proj.weight"),
+            vec![h, d.inter],
+            1.0 / (d.inter as f64).sqrt(),
+            0.0,
+            &mut rng,
+        );
+    }
+    put("model.norm.weight".into(), vec![h], 0.1, 1.0, &mut rng);
+    if !tied {
+        put(
+            "lm_head.weight".into(),
+            vec![d.vocab, h],
+            1.0 / (h as f64).sqrt(),
+            0.0,
+            &mut rng,
+        );
+    }
+    write_safetensors(&out.join("model.safetensors"), &tensors, spec.dtype)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn byte_map_is_a_bijection() {
+        let m = byte_chars();
+        let mut s: Vec<char> = m.clone();
+        s.sort();
+        s.dedup();
+        assert_eq!(s.len(), 256);
+        assert_eq!(m[b' ' as usize], 'Ġ');
+    }
+}
