@@ -6,6 +6,7 @@ pub mod api;
 pub mod cache;
 pub mod kv;
 pub mod launch;
+pub mod logprobs;
 pub mod model;
 pub mod sampling;
 pub mod scheduler;

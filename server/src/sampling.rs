@@ -28,8 +28,11 @@ impl StringOrList {
     }
 }
 
-/// SGLang's sampling parameters as accepted on the wire (unknown fields are rejected, as SGLang's
-/// `SamplingParams(**d)` does).
+/// SGLang's sampling parameters as accepted on the wire: every field of SGLang's `SamplingParams`
+/// is accepted (null means absent); unknown fields are rejected, as SGLang's `SamplingParams(**d)`
+/// does. Constrained decoding (`regex`, `json_schema`, `ebnf`, `structural_tag`, `stop_regex`) is
+/// not implemented and answers 400 when set rather than silently producing unconstrained text;
+/// `stream_interval` and `custom_params` do not change the output here and are ignored.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SamplingParamsWire {
@@ -51,6 +54,15 @@ pub struct SamplingParamsWire {
     #[serde(alias = "sampling_seed")]
     pub seed: Option<u64>,
     pub n: Option<u32>,
+    /// Token id (as a string key, OpenAI's shape) -> value added to its logit.
+    pub logit_bias: Option<HashMap<String, f32>>,
+    pub regex: Option<serde_json::Value>,
+    pub json_schema: Option<serde_json::Value>,
+    pub ebnf: Option<serde_json::Value>,
+    pub structural_tag: Option<serde_json::Value>,
+    pub stop_regex: Option<serde_json::Value>,
+    pub stream_interval: Option<serde_json::Value>,
+    pub custom_params: Option<serde_json::Value>,
 }
 
 /// Validated sampling parameters.
@@ -68,6 +80,8 @@ pub struct SamplingParams {
     pub skip_special_tokens: bool,
     pub no_stop_trim: bool,
     pub seed: Option<u64>,
+    /// (token id, added to its logit), sorted by id.
+    pub logit_bias: Vec<(u32, f32)>,
 }
 
 impl Default for SamplingParams {
@@ -79,7 +93,8 @@ impl Default for SamplingParams {
 }
 
 impl SamplingParamsWire {
-    fn default_wire() -> Self {
+    /// Every field absent.
+    pub fn default_wire() -> Self {
         serde_json::from_str("{}").expect("empty object")
     }
 
@@ -132,6 +147,27 @@ impl SamplingParamsWire {
         if self.n.unwrap_or(1) != 1 {
             return Err("n > 1 is not supported; send the prompt several times.".into());
         }
+        for (name, v) in [
+            ("regex", &self.regex),
+            ("json_schema", &self.json_schema),
+            ("ebnf", &self.ebnf),
+            ("structural_tag", &self.structural_tag),
+            ("stop_regex", &self.stop_regex),
+        ] {
+            if v.as_ref().is_some_and(|v| !v.is_null()) {
+                return Err(format!(
+                    "{name}: constrained decoding is not supported by this server."
+                ));
+            }
+        }
+        let mut logit_bias = Vec::new();
+        for (k, b) in self.logit_bias.unwrap_or_default() {
+            let t: u32 = k
+                .parse()
+                .map_err(|_| format!("logit_bias keys must be token ids, got {k:?}."))?;
+            logit_bias.push((t, b));
+        }
+        logit_bias.sort_unstable_by_key(|x| x.0);
         let stop = self.stop.map(StringOrList::into_vec).unwrap_or_default();
         if stop.iter().any(String::is_empty) {
             return Err("stop strings must not be empty.".into());
@@ -158,6 +194,7 @@ impl SamplingParamsWire {
             skip_special_tokens: self.skip_special_tokens.unwrap_or(true),
             no_stop_trim: self.no_stop_trim.unwrap_or(false),
             seed: self.seed,
+            logit_bias,
         })
     }
 }
@@ -168,12 +205,21 @@ impl SamplingParams {
         self.frequency_penalty != 0.0
             || self.presence_penalty != 0.0
             || self.repetition_penalty != 1.0
+            || !self.logit_bias.is_empty()
     }
 
-    /// Applies the penalties for `output` (the tokens generated so far) to `logits` in place, and
-    /// masks `banned` tokens (EOS before `min_new_tokens`).
+    /// Applies the logit bias and the penalties for `output` (the tokens generated so far) to
+    /// `logits` in place, and masks `banned` tokens (EOS before `min_new_tokens`).
     pub fn apply_penalties(&self, logits: &mut [f32], output: &[u32], banned: &[u32]) {
-        if self.has_penalties() {
+        for &(t, b) in &self.logit_bias {
+            if let Some(l) = logits.get_mut(t as usize) {
+                *l += b;
+            }
+        }
+        if self.frequency_penalty != 0.0
+            || self.presence_penalty != 0.0
+            || self.repetition_penalty != 1.0
+        {
             let mut counts: HashMap<u32, u32> = HashMap::new();
             for &t in output {
                 *counts.entry(t).or_insert(0) += 1;
@@ -226,6 +272,13 @@ mod tests {
         assert_eq!(p.stop, vec!["x".to_string()]);
         assert_eq!(p.seed, Some(3));
         assert_eq!(p.max_new_tokens, 128);
+        // Every SGLang field is accepted; null is absent; constrained decoding is refused.
+        let p = parse(r#"{"regex": null, "json_schema": null, "stream_interval": 4, "custom_params": {"a": 1}, "logit_bias": {"3": 2.5}}"#).unwrap();
+        assert_eq!(p.logit_bias, vec![(3, 2.5)]);
+        assert!(parse(r#"{"regex": "a+"}"#)
+            .unwrap_err()
+            .contains("not supported"));
+        assert!(parse(r#"{"logit_bias": {"x": 1}}"#).is_err());
     }
 
     #[test]
@@ -234,5 +287,9 @@ mod tests {
         let mut l = vec![2.0, -1.0, 0.5];
         p.apply_penalties(&mut l, &[0, 0, 1], &[2]);
         assert_eq!(l, vec![2.0 / 2.0 - 2.0, -2.0 - 1.0, f32::NEG_INFINITY]);
+        let p = parse(r#"{"logit_bias": {"1": 3.0}}"#).unwrap();
+        let mut l = vec![2.0, -1.0];
+        p.apply_penalties(&mut l, &[], &[]);
+        assert_eq!(l, vec![2.0, 2.0]);
     }
 }

@@ -43,7 +43,7 @@ fn request(rid: &str, ids: Vec<u32>) -> (Request, mpsc::UnboundedReceiver<Event>
             rid: rid.into(),
             input_ids: ids,
             params,
-            return_logprob: false,
+            logprobs: None,
             events: tx,
             arrival: Instant::now(),
         },

@@ -39,7 +39,14 @@ async fn bad_inputs_get_400_and_the_server_keeps_serving() {
             "/generate",
             r#"{"text": "hi", "sampling_params": {"no_such_param": 1}}"#.into(),
         ),
-        ("/generate", r#"{"text": "hi", "no_such_field": 1}"#.into()),
+        (
+            "/generate",
+            r#"{"text": "hi", "return_logprob": true, "logprob_start_len": 100}"#.into(),
+        ),
+        (
+            "/generate",
+            r#"{"text": "hi", "sampling_params": {"regex": "a+"}}"#.into(),
+        ),
         ("/generate", r#"{"input_ids": [100000]}"#.into()),
         ("/generate", r#"{"input_ids": []}"#.into()),
         (
@@ -62,6 +69,19 @@ async fn bad_inputs_get_400_and_the_server_keeps_serving() {
     }
     let (st, body) = s.get("/no/such/endpoint").await;
     assert_openai_error(st, &serde_json::from_str(&body).unwrap(), 404);
+    // Unknown fields and every GenerateReqInput field a client may send (here the ones
+    // sglang-router 0.3.2 adds when it re-serialises a body) are accepted, as SGLang does.
+    let (st, v) = s
+        .post(
+            "/generate",
+            &json!({"text": "hi", "no_such_field": 1, "model": null, "return_hidden_states": false,
+                "background": false, "no_logs": false, "return_bytes": false, "return_entropy": false,
+                "log_metrics": true, "lora_path": null, "image_data": null, "session_params": null,
+                "bootstrap_host": null, "bootstrap_room": null, "custom_labels": null, "priority": 0,
+                "sampling_params": {"max_new_tokens": 2, "json_schema": null, "stream_interval": 1}}),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
     // Still serving.
     let v = s.greedy("Let me tell you a long story ", 8).await;
     assert_eq!(v["meta_info"]["completion_tokens"], 8);

@@ -8,7 +8,7 @@ use super::error::ApiError;
 use super::output::Output;
 use super::AppState;
 use crate::sampling::SamplingParams;
-use crate::scheduler::request::{Event, Request};
+use crate::scheduler::request::{Event, LogprobSpec, Request};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 use tokio::sync::mpsc;
@@ -20,6 +20,9 @@ pub struct Driver {
     pub rid: String,
     pub params: SamplingParams,
     pub prompt_tokens: usize,
+    /// The log-probabilities asked for, and the prompt tokens from its start on.
+    pub logprobs: Option<LogprobSpec>,
+    pub lp_prompt_ids: Vec<u32>,
     pub out: Output,
     pub arrival: Instant,
     rx: mpsc::UnboundedReceiver<Event>,
@@ -47,7 +50,7 @@ impl Driver {
         state: &AppState,
         input_ids: Vec<u32>,
         mut params: SamplingParams,
-        return_logprob: bool,
+        logprobs: Option<LogprobSpec>,
         rid: Option<String>,
     ) -> Result<Driver, ApiError> {
         let ctx = state.info.context_length;
@@ -76,16 +79,29 @@ impl Driver {
                 state.info.max_total_tokens
             )));
         }
+        if let Some(l) = &logprobs {
+            if l.start > input_ids.len() {
+                return Err(ApiError::bad_request(format!(
+                    "logprob_start_len ({}) is larger than the input ({} tokens).",
+                    l.start,
+                    input_ids.len()
+                )));
+            }
+        }
         params.max_new_tokens = params.max_new_tokens.min(ctx - input_ids.len());
         let rid = rid.unwrap_or_else(new_rid);
         let (tx, rx) = mpsc::unbounded_channel();
         let arrival = Instant::now();
         let prompt_tokens = input_ids.len();
+        let lp_prompt_ids = logprobs
+            .as_ref()
+            .map(|l| input_ids[l.start..].to_vec())
+            .unwrap_or_default();
         let req = Request {
             rid: rid.clone(),
             input_ids,
             params: params.clone(),
-            return_logprob,
+            logprobs: logprobs.clone(),
             events: tx,
             arrival,
         };
@@ -96,6 +112,8 @@ impl Driver {
             rid,
             params,
             prompt_tokens,
+            logprobs,
+            lp_prompt_ids,
             out: Output::default(),
             arrival,
             rx,
@@ -104,21 +122,29 @@ impl Driver {
         })
     }
 
-    /// Waits for the next event; returns the text delta it allows, or `None` once finished.
+    /// Waits for the next token or the end; returns the text delta it allows, or `None` once
+    /// finished. Input log-probabilities are gathered on the way.
     pub async fn next(&mut self) -> Option<String> {
         if self.out.finish.is_some() {
             return None;
         }
-        let ev = match self.rx.recv().await {
-            Some(ev) => ev,
-            None => Event::Done(crate::scheduler::request::Finish {
-                reason: crate::scheduler::request::FinishReason::Abort(
-                    "The scheduler dropped the request.".into(),
-                ),
-                prompt_tokens: self.prompt_tokens,
-                completion_tokens: self.out.ids.len(),
-                cached_tokens: 0,
-            }),
+        let ev = loop {
+            match self.rx.recv().await {
+                Some(ev @ Event::Input(_)) => {
+                    self.out.push(ev, &self.state.tokenizer, &self.params);
+                }
+                Some(ev) => break ev,
+                None => {
+                    break Event::Done(crate::scheduler::request::Finish {
+                        reason: crate::scheduler::request::FinishReason::Abort(
+                            "The scheduler dropped the request.".into(),
+                        ),
+                        prompt_tokens: self.prompt_tokens,
+                        completion_tokens: self.out.ids.len(),
+                        cached_tokens: 0,
+                    })
+                }
+            }
         };
         let now = Instant::now();
         let stats = &self.state.stats;
@@ -131,6 +157,7 @@ impl Driver {
                 self.last_token_at = Some(now);
             }
             Event::Done(_) => stats.e2e.observe((now - self.arrival).as_secs_f64()),
+            Event::Input(_) => {}
         }
         Some(self.out.push(ev, &self.state.tokenizer, &self.params))
     }

@@ -1,5 +1,7 @@
 //! `POST /generate`, SGLang's native endpoint: `text` or `input_ids` (single or batch),
-//! `sampling_params`, `stream`, `return_logprob`, `rid`.
+//! `sampling_params`, `stream`, `rid` (else the `x-request-id` header), and the log-probability
+//! fields `return_logprob`, `logprob_start_len`, `top_logprobs_num`, `token_ids_logprob`,
+//! `return_text_in_logprobs` with SGLang's `meta_info` shapes (`[logprob, token_id, text]`).
 //!
 //! Streaming sends SSE events whose `text` is cumulative (SGLang's default), ending with
 //! `data: [DONE]`; the last event before it carries `meta_info.finish_reason`. Batches are
@@ -9,47 +11,105 @@ use super::driver::Driver;
 use super::error::{parse_body, ApiError};
 use super::output::finish_reason_json;
 use super::AppState;
+use crate::model::Tokenizer;
 use crate::sampling::{SamplingParams, SamplingParamsWire};
+use crate::scheduler::request::LogprobSpec;
 use axum::body::Bytes;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde::Deserialize;
 use serde_json::{json, Value};
 use std::convert::Infallible;
+use std::sync::Arc;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(untagged)]
-enum OneOrMany<T> {
+pub enum OneOrMany<T> {
     One(T),
     Many(Vec<T>),
 }
 
+impl<T: Clone> OneOrMany<T> {
+    /// One value per prompt: a single value applies to all, a list must match the batch.
+    fn per_prompt(v: Option<Self>, n: usize, what: &str) -> Result<Vec<Option<T>>, ApiError> {
+        match v {
+            None => Ok(vec![None; n]),
+            Some(OneOrMany::One(x)) => Ok(vec![Some(x); n]),
+            Some(OneOrMany::Many(xs)) if xs.len() == n => Ok(xs.into_iter().map(Some).collect()),
+            Some(OneOrMany::Many(xs)) => Err(ApiError::bad_request(format!(
+                "{what} has {} entries for {n} prompts.",
+                xs.len()
+            ))),
+        }
+    }
+}
+
+/// SGLang's `GenerateReqInput`. The fields Strata acts on are named; every other field (SGLang
+/// has many: multimodal inputs, LoRA, sessions, PD bootstrap, hidden states, routing hints, and
+/// whatever a newer client adds) is accepted and ignored, with a debug log when it carries a
+/// value, as SGLang ignores fields it does not know.
 #[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct GenerateWire {
     text: Option<OneOrMany<String>>,
     input_ids: Option<OneOrMany<Vec<u32>>>,
     sampling_params: Option<Value>,
-    #[serde(default)]
-    stream: bool,
-    #[serde(default)]
-    return_logprob: bool,
+    stream: Option<bool>,
+    return_logprob: Option<OneOrMany<bool>>,
+    logprob_start_len: Option<OneOrMany<i64>>,
+    top_logprobs_num: Option<OneOrMany<i64>>,
+    token_ids_logprob: Option<OneOrMany<Vec<u32>>>,
+    return_text_in_logprobs: Option<bool>,
     rid: Option<OneOrMany<String>>,
-    // Accepted for compatibility; they do not change the output here.
-    #[allow(dead_code)]
-    logprob_start_len: Option<Value>,
-    #[allow(dead_code)]
-    top_logprobs_num: Option<Value>,
-    #[allow(dead_code)]
-    return_text_in_logprobs: Option<Value>,
-    #[allow(dead_code)]
-    log_metrics: Option<Value>,
-    #[allow(dead_code)]
-    lora_path: Option<Value>,
-    #[allow(dead_code)]
-    data_parallel_rank: Option<Value>,
+    #[serde(flatten)]
+    ignored: serde_json::Map<String, Value>,
+}
+
+/// A value that asks for nothing: absent, null, false, zero, empty.
+fn is_unset(v: &Value) -> bool {
+    match v {
+        Value::Null => true,
+        Value::Bool(b) => !b,
+        Value::Number(n) => n.as_f64() == Some(0.0),
+        Value::String(s) => s.is_empty(),
+        Value::Array(a) => a.iter().all(is_unset),
+        Value::Object(o) => o.is_empty(),
+    }
+}
+
+/// The log-probability part of a request, before it is resolved against one prompt.
+#[derive(Debug, Clone, Default)]
+pub struct LogprobArgs {
+    /// SGLang's `logprob_start_len`: negative means "output tokens only".
+    pub start: Option<i64>,
+    pub top_n: Option<i64>,
+    pub token_ids: Option<Vec<u32>>,
+}
+
+impl LogprobArgs {
+    /// Resolves against a prompt of `len` tokens that will generate `max_new_tokens`. The
+    /// default start reports only the last prompt token (with no value), as SGLang does, or no
+    /// prompt position at all when nothing is generated.
+    pub fn resolve(&self, len: usize, max_new_tokens: usize) -> Result<LogprobSpec, ApiError> {
+        let start = match self.start {
+            Some(s) if s >= 0 => s as usize,
+            _ if max_new_tokens == 0 => len,
+            _ => len.saturating_sub(1),
+        };
+        let top_n = self.top_n.unwrap_or(0);
+        if top_n < 0 {
+            return Err(ApiError::bad_request(format!(
+                "top_logprobs_num must be at least 0, got {top_n}."
+            )));
+        }
+        Ok(LogprobSpec {
+            start,
+            top_n: top_n as usize,
+            token_ids: self.token_ids.clone(),
+        })
+    }
 }
 
 /// Parses `sampling_params` (an object, a list of objects, or absent) for `n` prompts.
@@ -77,8 +137,17 @@ pub fn sampling_params_for(v: Option<Value>, n: usize) -> Result<Vec<SamplingPar
     }
 }
 
-pub async fn generate(State(st): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn generate(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let w: GenerateWire = parse_body(&body)?;
+    for (k, v) in &w.ignored {
+        if !is_unset(v) {
+            tracing::debug!(field = %k, "ignoring a /generate field Strata does not act on");
+        }
+    }
     let (prompts, batch): (Vec<Vec<u32>>, bool) = match (w.text, w.input_ids) {
         (Some(_), Some(_)) | (None, None) => {
             return Err(ApiError::bad_request(
@@ -93,37 +162,66 @@ pub async fn generate(State(st): State<AppState>, body: Bytes) -> Result<Respons
         (None, Some(OneOrMany::One(ids))) => (vec![ids], false),
         (None, Some(OneOrMany::Many(ids))) => (ids, true),
     };
-    if batch && prompts.is_empty() {
+    let n = prompts.len();
+    if batch && n == 0 {
         return Err(ApiError::bad_request("The batch is empty."));
     }
-    let params = sampling_params_for(w.sampling_params, prompts.len())?;
-    let rids: Vec<Option<String>> = match w.rid {
-        None => vec![None; prompts.len()],
+    let params = sampling_params_for(w.sampling_params, n)?;
+    // A batch given one rid (or an x-request-id header) numbers its items after it, as SGLang
+    // does; a single request takes it as is.
+    let rids: Vec<Option<String>> = match w.rid.or_else(|| header_rid(&headers)) {
+        None => vec![None; n],
         Some(OneOrMany::One(r)) if !batch => vec![Some(r)],
-        Some(OneOrMany::Many(r)) if r.len() == prompts.len() => r.into_iter().map(Some).collect(),
+        Some(OneOrMany::One(r)) => (0..n).map(|i| Some(format!("{r}_{i}"))).collect(),
+        Some(OneOrMany::Many(r)) if r.len() == n => r.into_iter().map(Some).collect(),
         Some(_) => {
             return Err(ApiError::bad_request(
                 "rid must match the shape of the input.",
             ))
         }
     };
-    if w.stream && batch {
+    let stream = w.stream.unwrap_or(false);
+    if stream && batch {
         return Err(ApiError::bad_request(
             "Streaming a batch is not supported; send the prompts separately.",
         ));
     }
+    let want = OneOrMany::per_prompt(w.return_logprob, n, "return_logprob")?;
+    let starts = OneOrMany::per_prompt(w.logprob_start_len, n, "logprob_start_len")?;
+    let tops = OneOrMany::per_prompt(w.top_logprobs_num, n, "top_logprobs_num")?;
+    let id_lists = match w.token_ids_logprob {
+        // One list of ids applies to every prompt.
+        Some(OneOrMany::One(ids)) => vec![Some(ids); n],
+        other => OneOrMany::per_prompt(other, n, "token_ids_logprob")?,
+    };
+    let text_in_lp = w.return_text_in_logprobs.unwrap_or(false);
     let mut drivers = Vec::new();
-    for ((ids, p), rid) in prompts.into_iter().zip(params).zip(rids) {
-        drivers.push(Driver::submit(&st, ids, p, w.return_logprob, rid)?);
+    for (i, ((ids, p), rid)) in prompts.into_iter().zip(params).zip(rids).enumerate() {
+        let lp = match want[i] {
+            Some(true) => Some(
+                LogprobArgs {
+                    start: starts[i],
+                    top_n: tops[i],
+                    token_ids: id_lists[i].clone(),
+                }
+                .resolve(ids.len(), p.max_new_tokens)?,
+            ),
+            _ => None,
+        };
+        drivers.push(Driver::submit(&st, ids, p, lp, rid)?);
     }
-    if w.stream {
+    let render = Render {
+        text_in_lp,
+        tokenizer: st.tokenizer.clone(),
+    };
+    if stream {
         let d = drivers.pop().expect("one prompt");
-        return Ok(stream(d, w.return_logprob).into_response());
+        return Ok(stream_response(d, render).into_response());
     }
     let mut results = Vec::new();
     for mut d in drivers {
         let text = d.run_to_end().await;
-        results.push(result_json(&d, text, w.return_logprob));
+        results.push(render.result_json(&d, text));
     }
     Ok(if batch {
         Json(Value::Array(results))
@@ -133,49 +231,136 @@ pub async fn generate(State(st): State<AppState>, body: Bytes) -> Result<Respons
     .into_response())
 }
 
-fn result_json(d: &Driver, text: String, logprob: bool) -> Value {
-    let f = d.out.finish.as_ref();
-    let mut meta = json!({
-        "id": d.rid,
-        "finish_reason": f.map(|f| finish_reason_json(&f.reason)),
-        "prompt_tokens": d.prompt_tokens,
-        "completion_tokens": d.out.ids.len(),
-        "cached_tokens": f.map(|f| f.cached_tokens).unwrap_or(0),
-        "e2e_latency": d.arrival.elapsed().as_secs_f64(),
-    });
-    if logprob {
-        let lp: Vec<Value> = d
+/// The request id a client or router sent in `x-request-id`.
+pub fn header_rid(headers: &HeaderMap) -> Option<OneOrMany<String>> {
+    headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| !v.is_empty())
+        .map(|v| OneOrMany::One(v.to_string()))
+}
+
+/// How a result is rendered.
+struct Render {
+    text_in_lp: bool,
+    tokenizer: Arc<Tokenizer>,
+}
+
+impl Render {
+    /// `[logprob, token_id, text]` (text null unless `return_text_in_logprobs`).
+    fn triple(&self, lp: Option<f32>, id: u32) -> Value {
+        let text = if self.text_in_lp {
+            json!(self.tokenizer.decode(&[id], false))
+        } else {
+            Value::Null
+        };
+        json!([lp.map(finite), id, text])
+    }
+
+    fn list(&self, xs: &[(u32, f32)]) -> Value {
+        xs.iter()
+            .map(|&(id, lp)| self.triple(Some(lp), id))
+            .collect()
+    }
+
+    /// SGLang's logprob fields of `meta_info`; the first reported prompt position is null in
+    /// the top and token-id lists.
+    fn logprobs(&self, d: &Driver, meta: &mut Value) {
+        let Some(spec) = d.logprobs.as_ref() else {
+            return;
+        };
+        let prompt_ids = &d.lp_prompt_ids;
+        let inp = &d.out.input_logprobs;
+        let out = &d.out.logprobs;
+        let first = |k: usize| k == 0;
+        meta["input_token_logprobs"] = prompt_ids
+            .iter()
+            .zip(inp)
+            .map(|(&id, p)| self.triple(p.logprob, id))
+            .collect();
+        meta["output_token_logprobs"] = d
             .out
             .ids
             .iter()
-            .zip(&d.out.logprobs)
-            .map(|(id, lp)| json!([lp, id, null]))
+            .zip(out)
+            .map(|(&id, p)| self.triple(p.logprob, id))
             .collect();
-        meta["output_token_logprobs"] = Value::Array(lp);
+        if spec.top_n > 0 {
+            meta["input_top_logprobs"] = inp
+                .iter()
+                .enumerate()
+                .map(|(k, p)| {
+                    if first(k) {
+                        Value::Null
+                    } else {
+                        self.list(&p.top)
+                    }
+                })
+                .collect();
+            meta["output_top_logprobs"] = out.iter().map(|p| self.list(&p.top)).collect();
+        }
+        if spec.token_ids.is_some() {
+            meta["input_token_ids_logprobs"] = inp
+                .iter()
+                .enumerate()
+                .map(|(k, p)| {
+                    if first(k) {
+                        Value::Null
+                    } else {
+                        self.list(&p.ids)
+                    }
+                })
+                .collect();
+            meta["output_token_ids_logprobs"] = out.iter().map(|p| self.list(&p.ids)).collect();
+        }
     }
-    json!({"text": text, "output_ids": d.out.ids, "meta_info": meta})
+
+    fn result_json(&self, d: &Driver, text: String) -> Value {
+        let f = d.out.finish.as_ref();
+        let mut meta = json!({
+            "id": d.rid,
+            "finish_reason": f.map(|f| finish_reason_json(&f.reason)),
+            "prompt_tokens": d.prompt_tokens,
+            "completion_tokens": d.out.ids.len(),
+            "cached_tokens": f.map(|f| f.cached_tokens).unwrap_or(0),
+            "e2e_latency": d.arrival.elapsed().as_secs_f64(),
+        });
+        self.logprobs(d, &mut meta);
+        json!({"text": text, "output_ids": d.out.ids, "meta_info": meta})
+    }
 }
 
-fn stream(
+/// JSON has no -inf: a token with no probability reports the lowest finite value, as a client
+/// doing `exp` expects ~0.
+pub fn finite(lp: f32) -> f32 {
+    if lp.is_finite() {
+        lp
+    } else {
+        -9999.0
+    }
+}
+
+fn stream_response(
     d: Driver,
-    logprob: bool,
+    render: Render,
 ) -> Sse<impl futures::Stream<Item = Result<SseEvent, Infallible>>> {
-    let s = futures::stream::unfold(
-        (d, String::new(), false),
-        move |(mut d, mut text, done)| async move {
+    let render = Arc::new(render);
+    let s = futures::stream::unfold((d, String::new(), false), move |(mut d, mut text, done)| {
+        let render = render.clone();
+        async move {
             if done {
                 return None;
             }
             match d.next().await {
                 Some(delta) => {
                     text.push_str(&delta);
-                    let ev = SseEvent::default()
-                        .data(result_json(&d, text.clone(), logprob).to_string());
+                    let ev =
+                        SseEvent::default().data(render.result_json(&d, text.clone()).to_string());
                     Some((Ok(ev), (d, text, false)))
                 }
                 None => Some((Ok(SseEvent::default().data("[DONE]")), (d, text, true))),
             }
-        },
-    );
+        }
+    });
     Sse::new(s)
 }

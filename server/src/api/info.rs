@@ -24,7 +24,7 @@ pub async fn health_generate(State(st): State<AppState>) -> Result<StatusCode, A
         ..SamplingParams::default()
     };
     let first = st.info.vocab_size.min(1) as u32;
-    let mut d = Driver::submit(&st, vec![first], params, false, None)?;
+    let mut d = Driver::submit(&st, vec![first], params, None, None)?;
     let run = d.run_to_end();
     match tokio::time::timeout(std::time::Duration::from_secs(20), run).await {
         Ok(_) if d.out.ids.len() == 1 => Ok(StatusCode::OK),

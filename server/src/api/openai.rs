@@ -4,12 +4,15 @@
 
 use super::driver::Driver;
 use super::error::{parse_body, ApiError};
+use super::generate::{finite, header_rid, OneOrMany};
 use super::output::openai_finish_reason;
 use super::AppState;
 use crate::model::chat_template::{render, ChatMessage};
 use crate::sampling::{SamplingParams, SamplingParamsWire, StringOrList};
+use crate::scheduler::request::{LogprobSpec, PosLogprobs};
 use axum::body::Bytes;
 use axum::extract::State;
+use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -79,6 +82,12 @@ struct OpenAiWire {
     stream_options: Option<StreamOptions>,
     #[serde(default)]
     echo: bool,
+    /// Completions: how many top tokens per position (null: no log-probabilities). Chat: a
+    /// bool, with the count in `top_logprobs`.
+    logprobs: Option<Value>,
+    top_logprobs: Option<i64>,
+    rid: Option<String>,
+    logit_bias: Option<std::collections::HashMap<String, f32>>,
 }
 
 impl OpenAiWire {
@@ -105,10 +114,115 @@ impl OpenAiWire {
             no_stop_trim: self.no_stop_trim,
             seed: self.seed,
             n: self.n,
+            logit_bias: self.logit_bias.take(),
+            ..SamplingParamsWire::default_wire()
         }
         .validate()
         .map_err(ApiError::bad_request)
     }
+}
+
+/// The top-token count the request asks for: `None` when it wants no log-probabilities.
+fn logprob_count(w: &OpenAiWire) -> Result<Option<usize>, ApiError> {
+    let top = w.top_logprobs.unwrap_or(0);
+    let n = match &w.logprobs {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => return Ok(None),
+        Some(Value::Bool(true)) => top,
+        Some(Value::Number(n)) => n.as_i64().unwrap_or(-1),
+        Some(v) => {
+            return Err(ApiError::bad_request(format!(
+                "logprobs must be a bool or an integer, got {v}."
+            )))
+        }
+    };
+    if !(0..=20).contains(&n) || !(0..=20).contains(&top) {
+        return Err(ApiError::bad_request(
+            "The number of top log-probabilities must be in [0, 20].",
+        ));
+    }
+    Ok(Some(n as usize))
+}
+
+/// The spec for `n` top tokens; with `echo` the whole prompt is scored too.
+fn logprob_spec(n: Option<usize>, prompt_len: usize, echo: bool) -> Option<LogprobSpec> {
+    n.map(|top_n| LogprobSpec {
+        start: if echo { 0 } else { prompt_len },
+        top_n,
+        token_ids: None,
+    })
+}
+
+/// The request id: `rid`, else the router's `x-request-id`, without a prefix we add ourselves.
+fn client_rid(w: &OpenAiWire, headers: &HeaderMap, prefix: &str) -> Option<String> {
+    let r = w.rid.clone().or_else(|| match header_rid(headers) {
+        Some(OneOrMany::One(r)) => Some(r),
+        _ => None,
+    })?;
+    Some(r.strip_prefix(prefix).map(str::to_string).unwrap_or(r))
+}
+
+fn token_str(st: &AppState, id: u32) -> String {
+    st.tokenizer.decode(&[id], false)
+}
+
+/// The completions `logprobs` object over the prompt positions reported (echo) and the output
+/// tokens `from..to`.
+fn completion_logprobs(st: &AppState, d: &Driver, from: usize, to: usize, echo: bool) -> Value {
+    if d.logprobs.is_none() {
+        return Value::Null;
+    }
+    let mut rows: Vec<(u32, &PosLogprobs)> = Vec::new();
+    if echo && from == 0 {
+        rows.extend(d.lp_prompt_ids.iter().copied().zip(&d.out.input_logprobs));
+    }
+    rows.extend(
+        d.out.ids[from..to]
+            .iter()
+            .copied()
+            .zip(&d.out.logprobs[from..to]),
+    );
+    let (mut tokens, mut lps, mut tops, mut offsets) = (vec![], vec![], vec![], vec![]);
+    let mut offset = 0;
+    for (k, (id, p)) in rows.into_iter().enumerate() {
+        let t = token_str(st, id);
+        offsets.push(offset);
+        offset += t.chars().count();
+        tokens.push(t);
+        lps.push(p.logprob.map(finite));
+        let first_prompt = echo && from == 0 && k == 0;
+        tops.push(if first_prompt {
+            Value::Null
+        } else {
+            let m: serde_json::Map<String, Value> = p
+                .top
+                .iter()
+                .map(|&(t, lp)| (token_str(st, t), json!(finite(lp))))
+                .collect();
+            Value::Object(m)
+        });
+    }
+    json!({"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops, "text_offset": offsets})
+}
+
+/// The chat `logprobs` object over output tokens `from..to`.
+fn chat_logprobs(st: &AppState, d: &Driver, from: usize, to: usize) -> Value {
+    if d.logprobs.is_none() {
+        return Value::Null;
+    }
+    let entry = |id: u32, lp: f32| {
+        let t = token_str(st, id);
+        json!({"token": t, "logprob": finite(lp), "bytes": t.as_bytes()})
+    };
+    let content: Vec<Value> = d.out.ids[from..to]
+        .iter()
+        .zip(&d.out.logprobs[from..to])
+        .map(|(&id, p)| {
+            let mut e = entry(id, p.logprob.unwrap_or(f32::NEG_INFINITY));
+            e["top_logprobs"] = p.top.iter().map(|&(t, lp)| entry(t, lp)).collect();
+            e
+        })
+        .collect();
+    json!({"content": content})
 }
 
 fn now_secs() -> u64 {
@@ -133,9 +247,15 @@ fn finish_str(d: &Driver) -> Value {
         .unwrap_or(Value::Null)
 }
 
-pub async fn completions(State(st): State<AppState>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn completions(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
     let mut w: OpenAiWire = parse_body(&body)?;
     let params = w.params(16)?;
+    let n_lp = logprob_count(&w)?;
+    let rid = client_rid(&w, &headers, "cmpl-");
     let prompts: Vec<(Vec<u32>, String)> = match w.prompt.take() {
         None => return Err(ApiError::bad_request("`prompt` is required.")),
         Some(Prompt::Text(t)) => vec![(st.encode(&t)?, t)],
@@ -161,8 +281,13 @@ pub async fn completions(State(st): State<AppState>, body: Bytes) -> Result<Resp
         .clone()
         .unwrap_or_else(|| st.info.served_model_name.clone());
     let mut drivers = Vec::new();
-    for (ids, text) in prompts {
-        drivers.push((Driver::submit(&st, ids, params.clone(), false, None)?, text));
+    let many = prompts.len() > 1;
+    for (i, (ids, text)) in prompts.into_iter().enumerate() {
+        let lp = logprob_spec(n_lp, ids.len(), w.echo);
+        let rid = rid
+            .as_ref()
+            .map(|r| if many { format!("{r}_{i}") } else { r.clone() });
+        drivers.push((Driver::submit(&st, ids, params.clone(), lp, rid)?, text));
     }
     let id = format!("cmpl-{}", drivers[0].0.rid);
     let created = now_secs();
@@ -170,10 +295,13 @@ pub async fn completions(State(st): State<AppState>, body: Bytes) -> Result<Resp
         let (d, prompt_text) = drivers.pop().expect("one");
         let include_usage = w.stream_options.as_ref().is_some_and(|o| o.include_usage);
         let prefix = if w.echo { prompt_text } else { String::new() };
-        return Ok(sse(d, include_usage, move |d, delta, first| {
+        let echo = w.echo;
+        let st2 = st.clone();
+        return Ok(sse(d, include_usage, move |d, delta, first, lp| {
             let text = if first { format!("{prefix}{delta}") } else { delta };
+            let lps = completion_logprobs(&st2, d, lp.start, lp.end, echo && first);
             json!({"id": id, "object": "text_completion", "created": created, "model": model,
-                "choices": [{"index": 0, "text": text, "logprobs": null, "finish_reason": finish_str(d)}]})
+                "choices": [{"index": 0, "text": text, "logprobs": lps, "finish_reason": finish_str(d)}]})
         })
         .into_response());
     }
@@ -190,8 +318,9 @@ pub async fn completions(State(st): State<AppState>, body: Bytes) -> Result<Resp
         cached += u["prompt_tokens_details"]["cached_tokens"]
             .as_u64()
             .unwrap_or(0);
+        let lps = completion_logprobs(&st, &d, 0, d.out.logprobs.len(), w.echo);
         choices.push(
-            json!({"index": i, "text": text, "logprobs": null, "finish_reason": finish_str(&d)}),
+            json!({"index": i, "text": text, "logprobs": lps, "finish_reason": finish_str(&d)}),
         );
     }
     Ok(Json(json!({"id": id, "object": "text_completion", "created": created, "model": model, "choices": choices,
@@ -202,10 +331,13 @@ pub async fn completions(State(st): State<AppState>, body: Bytes) -> Result<Resp
 
 pub async fn chat_completions(
     State(st): State<AppState>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let mut w: OpenAiWire = parse_body(&body)?;
     let params = w.params(st.info.context_length as i64)?;
+    let n_lp = logprob_count(&w)?;
+    let rid = client_rid(&w, &headers, "chatcmpl-");
     let msgs = w
         .messages
         .take()
@@ -255,65 +387,87 @@ pub async fn chat_completions(
         .model
         .clone()
         .unwrap_or_else(|| st.info.served_model_name.clone());
-    let mut d = Driver::submit(&st, ids, params, false, None)?;
+    let lp = logprob_spec(n_lp, ids.len(), false);
+    let mut d = Driver::submit(&st, ids, params, lp, rid)?;
     let id = format!("chatcmpl-{}", d.rid);
     let created = now_secs();
     if w.stream {
         let include_usage = w.stream_options.as_ref().is_some_and(|o| o.include_usage);
-        return Ok(sse(d, include_usage, move |d, delta, first| {
+        let st2 = st.clone();
+        return Ok(sse(d, include_usage, move |d, delta, first, lp| {
             let delta = if first { json!({"role": "assistant", "content": delta}) } else { json!({"content": delta}) };
+            let lps = chat_logprobs(&st2, d, lp.start, lp.end);
             json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-                "choices": [{"index": 0, "delta": delta, "logprobs": null, "finish_reason": finish_str(d)}]})
+                "choices": [{"index": 0, "delta": delta, "logprobs": lps, "finish_reason": finish_str(d)}]})
         })
         .into_response());
     }
     let text = d.run_to_end().await;
-    Ok(Json(json!({"id": id, "object": "chat.completion", "created": created, "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": null,
+    let lps = chat_logprobs(&st, &d, 0, d.out.logprobs.len());
+    Ok(Json(
+        json!({"id": id, "object": "chat.completion", "created": created, "model": model,
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": lps,
             "finish_reason": finish_str(&d)}],
-        "usage": usage(&d)}))
+        "usage": usage(&d)}),
+    )
     .into_response())
 }
 
-/// Streams `d` as OpenAI chunks built by `chunk(driver, delta, is_first)`, then an optional usage
-/// chunk, then `[DONE]`. Empty deltas (bytes held back) are not sent.
+/// Streams `d` as OpenAI chunks built by `chunk(driver, delta, is_first, new_logprobs)`, then an
+/// optional usage chunk, then `[DONE]`. Empty deltas (bytes held back) are not sent; a chunk
+/// carries the log-probabilities of the tokens that arrived since the previous chunk.
 fn sse<F>(
     d: Driver,
     include_usage: bool,
     chunk: F,
 ) -> Sse<impl futures::Stream<Item = Result<SseEvent, Infallible>>>
 where
-    F: Fn(&Driver, String, bool) -> Value + Send + Sync + 'static,
+    F: Fn(&Driver, String, bool, std::ops::Range<usize>) -> Value + Send + Sync + 'static,
 {
     let chunk = std::sync::Arc::new(chunk);
     // Phases: 0 = streaming, 2 = [DONE] pending, 3 = over.
-    let s = futures::stream::unfold((d, 0u8, true), move |(mut d, phase, first)| {
-        let chunk = chunk.clone();
-        async move {
-            match phase {
-                2 => return Some((Ok(SseEvent::default().data("[DONE]")), (d, 3, first))),
-                3 => return None,
-                _ => {}
-            }
-            loop {
-                match d.next().await {
-                    Some(delta) => {
-                        if delta.is_empty() && d.out.finish.is_none() && !first {
-                            continue;
+    let s = futures::stream::unfold(
+        (d, 0u8, true, 0usize),
+        move |(mut d, phase, first, sent)| {
+            let chunk = chunk.clone();
+            async move {
+                match phase {
+                    2 => {
+                        return Some((Ok(SseEvent::default().data("[DONE]")), (d, 3, first, sent)))
+                    }
+                    3 => return None,
+                    _ => {}
+                }
+                loop {
+                    match d.next().await {
+                        Some(delta) => {
+                            if delta.is_empty() && d.out.finish.is_none() && !first {
+                                continue;
+                            }
+                            let now = d.out.logprobs.len();
+                            let ev = SseEvent::default()
+                                .data(chunk(&d, delta, first, sent..now).to_string());
+                            return Some((Ok(ev), (d, 0, false, now)));
                         }
-                        let ev = SseEvent::default().data(chunk(&d, delta, first).to_string());
-                        return Some((Ok(ev), (d, 0, false)));
+                        None if include_usage => {
+                            let mut u = chunk(&d, String::new(), false, sent..sent);
+                            u["choices"] = json!([]);
+                            u["usage"] = usage(&d);
+                            return Some((
+                                Ok(SseEvent::default().data(u.to_string())),
+                                (d, 2, first, sent),
+                            ));
+                        }
+                        None => {
+                            return Some((
+                                Ok(SseEvent::default().data("[DONE]")),
+                                (d, 3, first, sent),
+                            ))
+                        }
                     }
-                    None if include_usage => {
-                        let mut u = chunk(&d, String::new(), false);
-                        u["choices"] = json!([]);
-                        u["usage"] = usage(&d);
-                        return Some((Ok(SseEvent::default().data(u.to_string())), (d, 2, first)));
-                    }
-                    None => return Some((Ok(SseEvent::default().data("[DONE]")), (d, 3, first))),
                 }
             }
-        }
-    });
+        },
+    );
     Sse::new(s)
 }

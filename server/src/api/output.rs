@@ -7,13 +7,16 @@
 
 use crate::model::Tokenizer;
 use crate::sampling::SamplingParams;
-use crate::scheduler::request::{Event, Finish, FinishReason};
+use crate::scheduler::request::{Event, Finish, FinishReason, PosLogprobs};
 
 /// The output of one request so far.
 #[derive(Debug, Default)]
 pub struct Output {
     pub ids: Vec<u32>,
-    pub logprobs: Vec<f32>,
+    /// Per output token, when log-probabilities were asked for.
+    pub logprobs: Vec<PosLogprobs>,
+    /// Per reported prompt position, when log-probabilities were asked for.
+    pub input_logprobs: Vec<PosLogprobs>,
     pub finish: Option<Finish>,
     sent: usize,
 }
@@ -29,10 +32,14 @@ impl Output {
     /// Applies one event; returns the text delta that may be sent now.
     pub fn push(&mut self, ev: Event, tok: &Tokenizer, p: &SamplingParams) -> String {
         match ev {
+            Event::Input(lps) => {
+                self.input_logprobs.extend(lps);
+                String::new()
+            }
             Event::Token { id, logprob } => {
                 self.ids.push(id);
                 if let Some(l) = logprob {
-                    self.logprobs.push(l);
+                    self.logprobs.push(*l);
                 }
                 let text = tok.decode(&self.ids, p.skip_special_tokens);
                 let mut end = text.len();

@@ -13,8 +13,9 @@
 
 use super::llama::{ForwardBatch, KvBuffers, Model};
 use super::{ModelConfig, ModelError};
+use crate::logprobs::{at_position, LogprobSpec, PosLogprobs};
 use crate::sampling::SamplingParams;
-use strata_kernels::sampling::{logprob_of, sample};
+use strata_kernels::sampling::sample;
 use strata_kernels::Backend;
 
 /// How to sample one logits row.
@@ -27,8 +28,11 @@ pub struct SampleReq<'a> {
     pub banned: &'a [u32],
     /// The request's uniform draw for this step, in [0, 1).
     pub uniform: f64,
-    /// Return the token's logprob.
-    pub logprob: bool,
+    /// The log-probabilities to return for this row (`None`: none).
+    pub logprobs: Option<&'a LogprobSpec>,
+    /// A prompt row kept only for its log-probabilities: nothing is sampled, the "sampled" token
+    /// is this one (the next prompt token) and its values come from the raw logits.
+    pub score: Option<u32>,
 }
 
 impl SampleReq<'_> {
@@ -38,24 +42,34 @@ impl SampleReq<'_> {
         (s.temperature <= 0.0 || s.top_k == Some(1))
             && !self.params.has_penalties()
             && self.banned.is_empty()
-            && !self.logprob
+            && self.logprobs.is_none()
+            && self.score.is_none()
     }
 }
 
 /// One sampled token.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct Sampled {
     pub token: u32,
-    pub logprob: Option<f32>,
+    /// When asked for: log-softmax of the logits after penalties (raw for a scored prompt row).
+    pub logprobs: Option<Box<PosLogprobs>>,
 }
 
 /// Samples one row on the host (the CPU runner's path, and the CUDA runner's for rows with
 /// penalties, masks or logprobs). `logits` is modified by the penalties.
 pub fn sample_host(logits: &mut [f32], r: &SampleReq<'_>) -> Sampled {
+    if let Some(token) = r.score {
+        let logprobs = r
+            .logprobs
+            .map(|spec| Box::new(at_position(logits, token, spec)));
+        return Sampled { token, logprobs };
+    }
     r.params.apply_penalties(logits, r.output, r.banned);
     let token = sample(logits, &r.params.sample, r.uniform) as u32;
-    let logprob = r.logprob.then(|| logprob_of(logits, token as usize));
-    Sampled { token, logprob }
+    let logprobs = r
+        .logprobs
+        .map(|spec| Box::new(at_position(logits, token, spec)));
+    Sampled { token, logprobs }
 }
 
 /// A model runner: owns the weights and runs whole batches.

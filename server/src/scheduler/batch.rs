@@ -1,7 +1,7 @@
 //! One scheduling round: page allocation (with eviction and retraction), admission, the forward
 //! pass, sampling and finishing.
 
-use super::request::{Event, FinishReason};
+use super::request::{Event, FinishReason, PosLogprobs};
 use super::seq::Seq;
 use super::Scheduler;
 use crate::kv::KvPool;
@@ -106,8 +106,7 @@ impl<R: ModelRunner> Scheduler<R> {
                 }
             }
             if self.cfg.radix_cache {
-                // Leave at least one token to compute so that there are logits to sample from.
-                let limit = s.tokens.len() - 1;
+                let limit = s.cache_match_limit();
                 let m = self.tree.match_prefix(&s.tokens[..limit]);
                 self.tree.lock(m.node);
                 s.lock_node = Some(m.node);
@@ -170,7 +169,11 @@ impl<R: ModelRunner> Scheduler<R> {
     fn forward(&mut self, items: Vec<(usize, Item)>) {
         let ps = self.cfg.page_size as u32;
         let mut batch = ForwardBatch::default();
-        let mut sample_rows = Vec::new(); // running index of each logits row
+        // Per logits row: the running index and, for a prompt row kept for its
+        // log-probabilities, the prompt position it scores (else the row samples a token).
+        let mut rows: Vec<(usize, Option<usize>)> = Vec::new();
+        let mut heads = Vec::new(); // sequences whose first input position is still to be sent
+        let mut done = Vec::new(); // sequences at their length limit without sampling
         for (i, it) in &items {
             let s = &self.running[*i];
             let table = s.page_table();
@@ -188,18 +191,43 @@ impl<R: ModelRunner> Scheduler<R> {
                 kv_len: it.end,
                 pages: table,
             });
+            // Prompt rows whose log-probabilities are owed (none unless asked for): row `p`
+            // scores prompt token `p + 1`.
+            let owed = s.lp_row.max(it.start)..s.owed_rows_end().min(it.end);
+            debug_assert!(
+                owed.is_empty() || s.lp_row >= it.start,
+                "owed rows were skipped"
+            );
+            if s.lp_head {
+                heads.push(*i);
+            }
+            for p in owed {
+                rows.push((*i, Some(p + 1)));
+                batch.logit_rows.push(q_start + p - it.start);
+            }
             if it.end == s.tokens.len() {
-                sample_rows.push(*i);
-                batch.logit_rows.push(batch.tokens.len() - 1);
+                if s.tokens.len() - s.prompt_len >= s.req.params.max_new_tokens {
+                    // `max_new_tokens: 0`: the prompt is run (scored, cached), nothing sampled.
+                    done.push(*i);
+                } else {
+                    rows.push((*i, None));
+                    batch.logit_rows.push(batch.tokens.len() - 1);
+                }
             }
         }
         Stats::add(&self.stats.forward_passes, 1);
         let t0 = std::time::Instant::now();
-        let banned: Vec<Vec<u32>> = sample_rows.iter().map(|&i| self.banned_tokens(i)).collect();
-        let reqs: Vec<SampleReq<'_>> = sample_rows
+        let banned: Vec<Vec<u32>> = rows
+            .iter()
+            .map(|&(i, score)| match score {
+                None => self.banned_tokens(i),
+                Some(_) => Vec::new(),
+            })
+            .collect();
+        let reqs: Vec<SampleReq<'_>> = rows
             .iter()
             .zip(&banned)
-            .map(|(&i, banned)| {
+            .map(|(&(i, score), banned)| {
                 let s = &self.running[i];
                 let out_len = s.tokens.len() - s.prompt_len;
                 SampleReq {
@@ -207,7 +235,8 @@ impl<R: ModelRunner> Scheduler<R> {
                     output: &s.tokens[s.prompt_len..],
                     banned,
                     uniform: crate::sampling::uniform(s.seed, out_len),
-                    logprob: s.req.return_logprob,
+                    logprobs: s.req.logprobs.as_ref(),
+                    score: score.map(|p| s.tokens[p]),
                 }
             })
             .collect();
@@ -229,12 +258,45 @@ impl<R: ModelRunner> Scheduler<R> {
         for (i, it) in &items {
             self.running[*i].computed = it.end;
         }
+        // Input log-probabilities first (they precede the first token on the event channel).
+        let mut input: Vec<(usize, Vec<PosLogprobs>)> = heads
+            .into_iter()
+            .map(|i| {
+                self.running[i].lp_head = false;
+                (i, vec![PosLogprobs::default()])
+            })
+            .collect();
         let mut finished = Vec::new();
-        let decode_tokens = sample_rows.len() as u64;
-        for (i, t) in sample_rows.into_iter().zip(sampled) {
+        let mut decode_tokens = 0;
+        for ((i, score), t) in rows.into_iter().zip(sampled) {
+            if let Some(p) = score {
+                let s = &mut self.running[i];
+                s.lp_row = s.lp_row.max(p);
+                let lp = t.logprobs.map(|b| *b).unwrap_or_default();
+                match input.iter_mut().find(|x| x.0 == i) {
+                    Some(x) => x.1.push(lp),
+                    None => input.push((i, vec![lp])),
+                }
+                continue;
+            }
+            if let Some((_, lps)) = input
+                .iter()
+                .position(|x| x.0 == i)
+                .map(|k| input.swap_remove(k))
+            {
+                let _ = self.running[i].req.events.send(Event::Input(lps));
+            }
+            decode_tokens += 1;
             if let Some(reason) = self.accept_token(i, t) {
                 finished.push((i, reason));
             }
+        }
+        for (i, lps) in input {
+            let _ = self.running[i].req.events.send(Event::Input(lps));
+        }
+        for i in done {
+            let s = &self.running[i];
+            finished.push((i, FinishReason::Length(s.tokens.len() - s.prompt_len)));
         }
         let dt = t0.elapsed().as_secs_f64().max(1e-9);
         Stats::set(
@@ -267,7 +329,7 @@ impl<R: ModelRunner> Scheduler<R> {
         let s = &mut self.running[i];
         let Sampled {
             token: tok,
-            logprob,
+            logprobs: logprob,
         } = t;
         s.tokens.push(tok);
         if s.first_token_at.is_none() {

@@ -3,6 +3,7 @@
 //! A [`Request`] carries its own event channel; the scheduler sends [`Event`]s on it and treats a
 //! closed channel as a client disconnect (abort). The HTTP layer never sees pages or batches.
 
+pub use crate::logprobs::{LogprobSpec, PosLogprobs};
 use crate::sampling::SamplingParams;
 use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
@@ -13,7 +14,8 @@ pub struct Request {
     pub rid: String,
     pub input_ids: Vec<u32>,
     pub params: SamplingParams,
-    pub return_logprob: bool,
+    /// The log-probabilities to report; `None` reports none.
+    pub logprobs: Option<LogprobSpec>,
     pub events: mpsc::UnboundedSender<Event>,
     pub arrival: Instant,
 }
@@ -43,8 +45,14 @@ pub struct Finish {
 /// One step of a request's output.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Event {
-    /// A generated token (with its log-probability when asked for).
-    Token { id: u32, logprob: Option<f32> },
+    /// Log-probabilities of the next prompt positions, in order, starting at
+    /// [`LogprobSpec::start`]; all of them arrive before the first token.
+    Input(Vec<PosLogprobs>),
+    /// A generated token (with its log-probabilities when asked for).
+    Token {
+        id: u32,
+        logprob: Option<Box<PosLogprobs>>,
+    },
     /// The request is over; no event follows.
     Done(Finish),
 }

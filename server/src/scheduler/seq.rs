@@ -28,12 +28,21 @@ pub struct Seq {
     pub admitted_once: bool,
     pub seed: u64,
     pub first_token_at: Option<Instant>,
+    /// Input log-probabilities: whether the first reported prompt position (which has no value)
+    /// is still to be sent, and the next logits row of the prompt whose log-probabilities are
+    /// owed (row `r` scores prompt token `r + 1`). Rows already reported are never sent again,
+    /// even when a retraction recomputes them.
+    pub lp_head: bool,
+    pub lp_row: usize,
 }
 
 impl Seq {
     pub fn new(req: Request, seed: u64) -> Self {
         let tokens = req.input_ids.clone();
+        let lp_start = req.logprobs.as_ref().map_or(tokens.len(), |l| l.start);
         Seq {
+            lp_head: lp_start < tokens.len(),
+            lp_row: lp_start,
             prompt_len: tokens.len(),
             tokens,
             req,
@@ -60,6 +69,26 @@ impl Seq {
             .copied()
             .chain(self.own_pages.iter().map(Page::id))
             .collect()
+    }
+
+    /// Prompt rows `lp_row..owed_rows_end()` still need their logits reported.
+    pub fn owed_rows_end(&self) -> usize {
+        if self.req.logprobs.is_some() {
+            self.prompt_len - 1
+        } else {
+            0
+        }
+    }
+
+    /// How many leading tokens may come from the prefix cache: all but the last (there must be
+    /// logits to sample from), and none of the prompt rows whose log-probabilities are owed.
+    pub fn cache_match_limit(&self) -> usize {
+        let limit = self.tokens.len() - 1;
+        if self.lp_row < self.owed_rows_end() {
+            limit.min(self.lp_row)
+        } else {
+            limit
+        }
     }
 
     /// Tokens still to feed through the model.
