@@ -131,12 +131,7 @@ fn bad_frames_and_wrong_tokens_are_refused() {
     // A node that may not touch client memory (strict ptrace policy): the same-host client falls
     // back to TCP within the same call, nothing fails.
     let dev2 = dir.path().join("n1.strata");
-    let strict = store_env(
-        &maddr,
-        &dev2,
-        &["--auth-token", TOKEN],
-        &[("STRATA_TEST_DENY_LOCAL", "1")],
-    );
+    let strict = store(&maddr, &dev2, &["--auth-token", TOKEN, "--deny-same-host"]);
     let _ = strict.get("addr");
     assert!(wait_until(Duration::from_secs(10), || {
         let _ = good.refresh();

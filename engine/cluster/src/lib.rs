@@ -17,7 +17,9 @@ pub mod error;
 pub mod master;
 pub mod membership;
 pub mod node;
+mod path;
 pub mod proto;
+mod store_ops;
 pub mod transport;
 
 pub use client::{Client, ClientConfig};

@@ -39,15 +39,9 @@ impl Drop for Proc {
 
 /// Starts `strata ARGS` and waits (at most 60 s) for its "ready" stdout line.
 pub fn spawn(args: &[String]) -> Proc {
-    spawn_env(args, &[])
-}
-
-/// [`spawn`] with extra environment variables.
-pub fn spawn_env(args: &[String], env: &[(&str, &str)]) -> Proc {
     let bin = strata_tests::build_strata().expect("build strata");
     let mut child = Command::new(bin)
         .args(args)
-        .envs(env.iter().copied())
         .env("RUST_LOG", "info")
         .env_remove("STRATA_AUTH_TOKEN")
         .stdin(Stdio::null())
@@ -102,11 +96,6 @@ pub fn master(dir: &Path, rpc_port: u16, extra: &[&str]) -> Proc {
 
 /// A store node on a free port with its device at `dev`.
 pub fn store(master: &str, dev: &Path, extra: &[&str]) -> Proc {
-    store_env(master, dev, extra, &[])
-}
-
-/// [`store`] with extra environment variables.
-pub fn store_env(master: &str, dev: &Path, extra: &[&str], env: &[(&str, &str)]) -> Proc {
     let mut a = s(&[
         "store",
         "--master",
@@ -123,7 +112,7 @@ pub fn store_env(master: &str, dev: &Path, extra: &[&str], env: &[(&str, &str)])
         "300",
     ]);
     a.extend(s(extra));
-    spawn_env(&a, env)
+    spawn(&a)
 }
 
 /// Polls `f` every 50 ms until it returns true or `timeout` passes.

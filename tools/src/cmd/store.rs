@@ -57,6 +57,10 @@ pub struct Args {
         hide_env_values = true
     )]
     auth_token: String,
+    /// Refuse same-host (cross-memory) requests with LOCAL_DENIED, as a kernel with a strict ptrace
+    /// policy does; same-host clients then use TCP with this node.
+    #[arg(long)]
+    deny_same_host: bool,
     #[arg(long, default_value = "info")]
     log_level: String,
 }
@@ -75,6 +79,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     nc.node_id = a.node_id;
     nc.auth_token = a.auth_token;
     nc.heartbeat = Duration::from_millis(a.heartbeat_ms);
+    nc.deny_same_host = a.deny_same_host;
     let h = strata_cluster::node::start(nc)?;
     println!("strata store ready node_id={} addr={}", h.node_id, h.addr);
     std::io::stdout().flush()?;

@@ -1,6 +1,7 @@
 //! The batched operations behind [`super::Client`]: group keys by node, split big groups into
-//! chunks sent on parallel pooled connections, write every request before reading any response, and
-//! fold per-node outcomes into per-key codes.
+//! chunks sent on parallel pooled paths, and fold per-node outcomes into per-key codes. Each
+//! operation is written once against [`DataPath`]; which transport carries a job is the pool's
+//! choice (or the in-process path for this client's own segment).
 //!
 //! Failure rule: an I/O failure of a node marks it down for this client and turns its keys into misses
 //! (reads, exists) or into a retry on the next-ranked node (puts). Bytes land in a caller's buffer only
@@ -12,10 +13,9 @@ use std::collections::BTreeMap;
 use super::Inner;
 use crate::error::{code, ClusterError, ClusterResult};
 use crate::membership::placement;
-use crate::node::serve::put_batch;
-use crate::proto::{codec, GetItem, MemberInfo, Op, PutItem};
-use crate::transport::Conn;
-use strata_engine::{Store, MAX_KEY_LEN, MAX_VALUE_LEN};
+use crate::path::DataPath;
+use crate::proto::{GetItem, MemberInfo, PutItem};
+use strata_engine::{MAX_KEY_LEN, MAX_VALUE_LEN};
 
 /// Most keys in one request.
 const CHUNK_KEYS: usize = 1024;
@@ -34,57 +34,67 @@ fn key_ok(k: &[u8]) -> bool {
     !k.is_empty() && k.len() <= MAX_KEY_LEN
 }
 
-/// Splits each node's keys into jobs bounded by [`CHUNK_KEYS`]/[`CHUNK_BYTES`], and into up to
-/// `streams` parallel jobs when the group is large.
-fn jobs(
-    groups: BTreeMap<usize, Vec<usize>>,
-    members: &[MemberInfo],
-    streams: usize,
-    size: impl Fn(usize) -> usize,
-) -> Vec<Job> {
-    let mut out = Vec::new();
-    for (n, idxs) in groups {
-        let total: usize = idxs.iter().map(|&i| size(i)).sum();
-        let target = (total / streams.max(1)).clamp(MIN_SPLIT, CHUNK_BYTES);
-        let mut cur = Vec::new();
-        let mut bytes = 0;
-        for i in idxs {
-            if !cur.is_empty() && (cur.len() == CHUNK_KEYS || bytes + size(i) > target) {
-                out.push(Job {
-                    node: members[n].clone(),
-                    idxs: std::mem::take(&mut cur),
-                });
-                bytes = 0;
-            }
-            bytes += size(i);
-            cur.push(i);
-        }
-        if !cur.is_empty() {
-            out.push(Job {
-                node: members[n].clone(),
-                idxs: cur,
-            });
-        }
-    }
-    out
-}
-
 impl Inner {
-    /// Runs every job: each on its own pooled connection, several at once on scoped threads (one
-    /// per job beyond the first), so the socket copies of a batch's jobs — to different nodes, or
-    /// the `streams` parts of one large batch to one node — use every core instead of queueing
-    /// behind one thread. Local jobs never reach here.
+    /// Splits each node's keys into jobs bounded by [`CHUNK_KEYS`]/[`CHUNK_BYTES`], and into up to
+    /// `streams` parallel jobs when the group is large. This client's own segment gets one job
+    /// with all its keys, first (it runs on the calling thread).
+    fn jobs(
+        &self,
+        groups: BTreeMap<usize, Vec<usize>>,
+        members: &[MemberInfo],
+        size: impl Fn(usize) -> usize,
+    ) -> Vec<Job> {
+        let mut out = Vec::new();
+        for (n, idxs) in groups {
+            let node = &members[n];
+            if self.local_store(node).is_some() {
+                out.insert(
+                    0,
+                    Job {
+                        node: node.clone(),
+                        idxs,
+                    },
+                );
+                continue;
+            }
+            let total: usize = idxs.iter().map(|&i| size(i)).sum();
+            let target = (total / self.cfg.streams.max(1)).clamp(MIN_SPLIT, CHUNK_BYTES);
+            let mut cur = Vec::new();
+            let mut bytes = 0;
+            for i in idxs {
+                if !cur.is_empty() && (cur.len() == CHUNK_KEYS || bytes + size(i) > target) {
+                    out.push(Job {
+                        node: node.clone(),
+                        idxs: std::mem::take(&mut cur),
+                    });
+                    bytes = 0;
+                }
+                bytes += size(i);
+                cur.push(i);
+            }
+            if !cur.is_empty() {
+                out.push(Job {
+                    node: node.clone(),
+                    idxs: cur,
+                });
+            }
+        }
+        out
+    }
+
+    /// Runs every job: each on its own data path (pooled, or in-process), several at once on
+    /// scoped threads (one per job beyond the first), so the socket copies of a batch's jobs — to
+    /// different nodes, or the `streams` parts of one large batch to one node — use every core
+    /// instead of queueing behind one thread.
     fn fanout<R: Send>(
         &self,
         jobs: Vec<Job>,
-        send: impl Fn(&mut Conn, &[usize]) -> ClusterResult<u32> + Sync,
-        recv: impl Fn(&mut Conn, u32, &[usize]) -> ClusterResult<R> + Sync,
+        op: impl Fn(&mut dyn DataPath, &[usize]) -> ClusterResult<R> + Sync,
     ) -> Vec<(Job, ClusterResult<R>)> {
         let run = |job: &Job| -> ClusterResult<R> {
-            let mut c = self.pool.take(&job.node.addr)?;
-            let id = send(&mut c, &job.idxs)?;
-            let r = recv(&mut c, id, &job.idxs)?;
-            self.pool.give(&job.node.addr, c);
+            let mut path = self.path(&job.node)?;
+            let r = op(path.as_mut(), &job.idxs)?;
+            self.give(&job.node, path);
             Ok(r)
         };
         let mut out = Vec::with_capacity(jobs.len());
@@ -182,72 +192,30 @@ impl Inner {
                 break;
             }
             let groups = self.group(&keys, &todo, &members, true);
+            let js = self.jobs(groups, &members, |i| values[i].len());
+            let results = self.fanout(js, |path, idxs| {
+                let items: Vec<PutItem> = idxs
+                    .iter()
+                    .map(|&i| PutItem {
+                        key: keys[i],
+                        len: values[i].len() as u32,
+                        depth: depth(i),
+                    })
+                    .collect();
+                let vals: Vec<&[u8]> = idxs.iter().map(|&i| values[i]).collect();
+                path.put(&items, &vals)
+            });
             // Per key: Some(code) once any replica answered; success wins over failure.
             let mut best: Vec<Option<i32>> = vec![None; keys.len()];
-            let mut fold = |i: usize, c: i32| {
-                let c = if c == code::EXISTED { code::OK } else { c };
-                best[i] = Some(match best[i] {
-                    Some(code::OK) => code::OK,
-                    _ => c,
-                });
-            };
-            let mut remote = BTreeMap::new();
-            for (n, idxs) in groups {
-                if let Some(store) = self.local_store(&members[n]) {
-                    let items: Vec<_> = idxs
-                        .iter()
-                        .map(|&i| (keys[i], values[i], depth(i)))
-                        .collect();
-                    for (&i, c) in idxs.iter().zip(put_batch(store, &items)) {
-                        fold(i, c);
-                    }
-                } else {
-                    remote.insert(n, idxs);
-                }
-            }
-            let js = jobs(remote, &members, self.cfg.streams, |i| values[i].len());
-            let results = self.fanout(
-                js,
-                |c, idxs| {
-                    let items: Vec<PutItem> = idxs
-                        .iter()
-                        .map(|&i| PutItem {
-                            key: keys[i],
-                            len: values[i].len() as u32,
-                            depth: depth(i),
-                        })
-                        .collect();
-                    if c.local {
-                        let addrs: Vec<u64> =
-                            idxs.iter().map(|&i| values[i].as_ptr() as u64).collect();
-                        let meta = codec::encode_put_local(&items, &addrs);
-                        return Ok(c.send_request(Op::PutLocal, &meta, &[])?);
-                    }
-                    let vals: Vec<&[u8]> = idxs.iter().map(|&i| values[i]).collect();
-                    if c.has_rdma() {
-                        // Keys and lengths as a frame, then the values over the queue pair.
-                        let id = c.send_request(Op::PutRdma, &codec::encode_put(&items), &[])?;
-                        c.rdma_send(&vals)?;
-                        return Ok(id);
-                    }
-                    Ok(c.send_request(Op::Put, &codec::encode_put(&items), &vals)?)
-                },
-                |c, id, idxs| {
-                    let op = if c.local {
-                        Op::PutLocal
-                    } else if c.has_rdma() {
-                        Op::PutRdma
-                    } else {
-                        Op::Put
-                    };
-                    let (_, m) = c.recv_response(op, id)?;
-                    codec::decode_codes(&m, idxs.len())
-                },
-            );
             for (job, r) in results {
                 // Unanswered keys stay `None` and are retried on a fresh placement.
-                if let Ok(codes) = r {
-                    job.idxs.iter().zip(codes).for_each(|(&i, c)| fold(i, c));
+                let Ok(codes) = r else { continue };
+                for (&i, c) in job.idxs.iter().zip(codes) {
+                    let c = if c == code::EXISTED { code::OK } else { c };
+                    best[i] = Some(match best[i] {
+                        Some(code::OK) => code::OK,
+                        _ => c,
+                    });
                 }
             }
             let mut retry = Vec::new();
@@ -270,8 +238,8 @@ impl Inner {
             return res;
         }
         let caps: Vec<usize> = bufs.iter().map(|b| b.len().min(MAX_VALUE_LEN)).collect();
-        // Destination addresses for the same-host path, where the node writes into them directly.
-        let dst: Vec<u64> = bufs.iter_mut().map(|b| b.as_mut_ptr() as u64).collect();
+        // The callers' buffers by address: jobs on several threads each fill their own keys'.
+        let dst: Vec<usize> = bufs.iter_mut().map(|b| b.as_mut_ptr() as usize).collect();
         let mut todo: Vec<usize> = (0..keys.len()).filter(|&i| key_ok(keys[i])).collect();
         todo.iter()
             .for_each(|&i| res[i] = code::OBJECT_NOT_FOUND as i64);
@@ -292,79 +260,25 @@ impl Inner {
                     groups.entry(n).or_default().push(i);
                 }
             }
-            let mut remote = BTreeMap::new();
-            for (n, idxs) in groups {
-                if let Some(store) = self.local_store(&members[n]) {
-                    for i in idxs {
-                        res[i] = match store.get_into(keys[i], &mut bufs[i][..caps[i]]) {
-                            Ok(Some(l)) => l as i64,
-                            Ok(None) => code::OBJECT_NOT_FOUND as i64,
-                            Err(e) => ClusterError::from(e).code() as i64,
-                        };
-                    }
-                } else {
-                    remote.insert(n, idxs);
-                }
-            }
-            let js = jobs(remote, &members, self.cfg.streams, |i| caps[i]);
-            let results = self.fanout(
-                js,
-                |c, idxs| {
-                    let items: Vec<GetItem> = idxs
-                        .iter()
-                        .map(|&i| GetItem {
-                            key: keys[i],
-                            max_len: caps[i] as u32,
-                        })
-                        .collect();
-                    if c.local {
-                        let addrs: Vec<u64> = idxs.iter().map(|&i| dst[i]).collect();
-                        let meta = codec::encode_get_local(&items, &addrs);
-                        return Ok(c.send_request(Op::GetLocal, &meta, &[])?);
-                    }
-                    let op = if c.has_rdma() { Op::GetRdma } else { Op::Get };
-                    Ok(c.send_request(op, &codec::encode_get(&items), &[])?)
-                },
-                |c, id, idxs| {
-                    let my_caps: Vec<usize> = idxs.iter().map(|&i| caps[i]).collect();
-                    if c.local {
-                        // The node already wrote the values into our buffers.
-                        let (_, m) = c.recv_response(Op::GetLocal, id)?;
-                        return codec::decode_lens(&m, &my_caps, None);
-                    }
-                    let rdma = c.has_rdma();
-                    let (h, m) = c.recv_response(if rdma { Op::GetRdma } else { Op::Get }, id)?;
-                    let lens = if rdma {
-                        // The values follow over the queue pair, never in the frame.
-                        if h.payload_len != 0 {
-                            return Err(ClusterError::Protocol("payload on GET_RDMA".into()));
-                        }
-                        codec::decode_lens(&m, &my_caps, None)?
-                    } else {
-                        codec::decode_lens(&m, &my_caps, Some(h.payload_len))?
-                    };
-                    // One vectored read loop straight into the callers' buffers, in payload order.
-                    let mut dsts: Vec<&mut [u8]> = Vec::with_capacity(idxs.len());
-                    for (&i, &l) in idxs.iter().zip(&lens) {
-                        if l >= 0 {
-                            // SAFETY: `dst[i]` is the start of the caller's buffer `bufs[i]`,
-                            // exclusively borrowed by this call and not otherwise touched while
-                            // jobs run; `l <= caps[i] <= bufs[i].len()` (decode_lens checks); each
-                            // index belongs to exactly one job, so the slices are disjoint even
-                            // when jobs run on several threads.
-                            dsts.push(unsafe {
-                                std::slice::from_raw_parts_mut(dst[i] as *mut u8, l as usize)
-                            });
-                        }
-                    }
-                    if rdma {
-                        c.rdma_recv(&mut dsts)?;
-                    } else {
-                        c.recv_exact_vectored(&mut dsts)?;
-                    }
-                    Ok(lens)
-                },
-            );
+            let js = self.jobs(groups, &members, |i| caps[i]);
+            let results = self.fanout(js, |path, idxs| {
+                let items: Vec<GetItem> = idxs
+                    .iter()
+                    .map(|&i| GetItem {
+                        key: keys[i],
+                        max_len: caps[i] as u32,
+                    })
+                    .collect();
+                let mut out: Vec<&mut [u8]> = idxs
+                    .iter()
+                    // SAFETY: `dst[i]` is the start of the caller's buffer `bufs[i]`, exclusively
+                    // borrowed by this call and not otherwise touched while jobs run, and
+                    // `caps[i] <= bufs[i].len()`; each index belongs to exactly one job, so the
+                    // slices are disjoint even when jobs run on several threads.
+                    .map(|&i| unsafe { std::slice::from_raw_parts_mut(dst[i] as *mut u8, caps[i]) })
+                    .collect();
+                path.get(&items, &mut out)
+            });
             for (job, r) in results {
                 if let Ok(lens) = r {
                     job.idxs.iter().zip(lens).for_each(|(&i, l)| res[i] = l);
@@ -377,28 +291,19 @@ impl Inner {
 
     pub(super) fn batch_is_exist<K: AsRef<[u8]>>(&self, keys: &[K]) -> Vec<i32> {
         let keys: Vec<&[u8]> = keys.iter().map(|k| k.as_ref()).collect();
-        let yes = self.any_replica(
-            &keys,
-            Op::Exists,
-            |store, k| store.exists(k),
-            codec::decode_flags,
-        );
+        let yes = self.any_replica(&keys, |path, ks| path.exists(ks));
         yes.into_iter().map(i32::from).collect()
     }
 
     pub(super) fn batch_remove<K: AsRef<[u8]>>(&self, keys: &[K]) -> Vec<i32> {
         let keys: Vec<&[u8]> = keys.iter().map(|k| k.as_ref()).collect();
-        let yes = self.any_replica(
-            &keys,
-            Op::Remove,
-            |store, k| store.remove(k).unwrap_or(false),
-            |m, n| {
-                Ok(codec::decode_codes(m, n)?
-                    .into_iter()
-                    .map(|c| c == code::OK)
-                    .collect())
-            },
-        );
+        let yes = self.any_replica(&keys, |path, ks| {
+            Ok(path
+                .remove(ks)?
+                .into_iter()
+                .map(|c| c == code::OK)
+                .collect())
+        });
         keys.iter()
             .zip(yes)
             .map(|(k, y)| match (key_ok(k), y) {
@@ -409,16 +314,12 @@ impl Inner {
             .collect()
     }
 
-    /// Runs a keys-only operation (EXISTS or REMOVE) on every replica of every valid key — by a
-    /// direct call for this process's own segment (`local`), by `op` frames for the other nodes,
-    /// whose answers `decode` turns into one flag per key — and returns, per key, whether any
-    /// replica answered yes.
+    /// Runs a keys-only operation (EXISTS or REMOVE) on every replica of every valid key; `op`
+    /// answers one flag per key of a node. Returns, per key, whether any replica answered yes.
     fn any_replica(
         &self,
         keys: &[&[u8]],
-        op: Op,
-        local: impl Fn(&Store, &[u8]) -> bool,
-        decode: impl Fn(&[u8], usize) -> ClusterResult<Vec<bool>> + Sync,
+        op: impl Fn(&mut dyn DataPath, &[&[u8]]) -> ClusterResult<Vec<bool>> + Sync,
     ) -> Vec<bool> {
         let mut yes = vec![false; keys.len()];
         let todo: Vec<usize> = (0..keys.len()).filter(|&i| key_ok(keys[i])).collect();
@@ -427,27 +328,10 @@ impl Inner {
             return yes;
         }
         let groups = self.group(keys, &todo, &members, true);
-        let mut remote = BTreeMap::new();
-        for (n, idxs) in groups {
-            if let Some(store) = self.local_store(&members[n]) {
-                idxs.iter()
-                    .filter(|&&i| local(store, keys[i]))
-                    .for_each(|&i| yes[i] = true);
-            } else {
-                remote.insert(n, idxs);
-            }
-        }
-        let results = self.fanout(
-            jobs(remote, &members, self.cfg.streams, |_| 0),
-            |c, idxs| {
-                let ks: Vec<&[u8]> = idxs.iter().map(|&i| keys[i]).collect();
-                Ok(c.send_request(op, &codec::encode_keys(&ks), &[])?)
-            },
-            |c, id, idxs| {
-                let (_, m) = c.recv_response(op, id)?;
-                decode(&m, idxs.len())
-            },
-        );
+        let results = self.fanout(self.jobs(groups, &members, |_| 0), |path, idxs| {
+            let ks: Vec<&[u8]> = idxs.iter().map(|&i| keys[i]).collect();
+            op(path, &ks)
+        });
         for (job, r) in results {
             if let Ok(flags) = r {
                 job.idxs
@@ -461,24 +345,15 @@ impl Inner {
     }
 
     pub(super) fn clear(&self) -> ClusterResult<()> {
-        let members = self.usable();
-        let mut remote = Vec::new();
-        for m in &members {
-            if let Some(store) = self.local_store(m) {
-                store.clear()?;
-            } else {
-                remote.push(Job {
-                    node: m.clone(),
-                    idxs: Vec::new(),
-                });
-            }
-        }
-        let results = self.fanout(
-            remote,
-            |c, _| Ok(c.send_request(Op::Clear, &[], &[])?),
-            |c, id, _| c.recv_response(Op::Clear, id).map(|_| ()),
-        );
-        for (_, r) in results {
+        let jobs = self
+            .usable()
+            .into_iter()
+            .map(|node| Job {
+                node,
+                idxs: Vec::new(),
+            })
+            .collect();
+        for (_, r) in self.fanout(jobs, |path, _| path.clear()) {
             r?;
         }
         Ok(())

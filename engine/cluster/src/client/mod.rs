@@ -2,8 +2,8 @@
 //!
 //! It learns the membership from the master (refreshed in the background every `refresh`), places
 //! each key with rendezvous hashing ([`crate::membership::placement`]), and talks to store nodes
-//! directly over pooled TCP connections ([`pool`]); batched calls fan out to every node involved at once (all requests are
-//! written before any response is read). Per-key results are codes (`error::code`, Mooncake's
+//! directly over pooled data paths (`pool`: same-host, TCP or RDMA, see [`crate::path`]); batched
+//! calls fan out to every node involved at once. Per-key results are codes (`error::code`, Mooncake's
 //! numbering). A node that dies or fails mid-call is marked down locally at once and its keys read as
 //! misses: no call fails because a node is gone.
 //!
@@ -12,7 +12,7 @@
 //! on it are served by a direct call into the engine (a memcpy, no socket).
 
 mod batch;
-pub mod pool;
+mod pool;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -24,6 +24,8 @@ use parking_lot::{Mutex, RwLock};
 use crate::error::{code, ClusterError, ClusterResult};
 use crate::membership::MasterLink;
 use crate::node::{self, NodeConfig, NodeHandle};
+use crate::path::in_process::InProcess;
+use crate::path::DataPath;
 use crate::proto::{MemberInfo, Members, Op};
 use strata_engine::{Store, StoreConfig};
 
@@ -312,6 +314,21 @@ impl Inner {
         self.pool.forget(&m.addr);
         let until = Instant::now() + self.cfg.refresh * 4 + Duration::from_secs(1);
         self.view.write().down.insert(m.id.clone(), until);
+    }
+
+    /// The data path to `m`: the in-process one for this client's own segment, else a pooled one.
+    fn path(&self, m: &MemberInfo) -> ClusterResult<Box<dyn DataPath>> {
+        match self.local_store(m) {
+            Some(store) => Ok(Box::new(InProcess(store.clone()))),
+            None => self.pool.take(&m.addr),
+        }
+    }
+
+    /// Returns a path that served a request cleanly (pooled ones go back to the pool).
+    fn give(&self, m: &MemberInfo, path: Box<dyn DataPath>) {
+        if self.local_store(m).is_none() {
+            self.pool.give(&m.addr, path);
+        }
     }
 
     fn local_store(&self, m: &MemberInfo) -> Option<&Arc<Store>> {

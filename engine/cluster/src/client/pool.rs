@@ -1,8 +1,8 @@
-//! Pooled, authenticated connections to store nodes, keyed by address. A connection goes back to the
-//! pool only after a request completed cleanly on it; any error drops it.
+//! Pooled data paths to store nodes (each one authenticated connection), keyed by address. A path
+//! goes back to the pool only after a request completed cleanly on it; any error drops it.
 //!
 //! A new connection is the same-host path when the node is on this host, else TCP; a TCP connection
-//! also offers RDMA (RDMA_HELLO) when the client opened a device and the node has not declined.
+//! becomes the RDMA path (RDMA_HELLO) when the client opened a device and the node has not declined.
 
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
@@ -10,32 +10,29 @@ use std::time::Duration;
 use parking_lot::Mutex;
 
 use crate::error::ClusterResult;
-use crate::transport::rdma::DataPath;
+use crate::path::same_host::SameHost;
+use crate::path::tcp::Tcp;
+use crate::path::DataPath;
+use crate::transport::rdma::Nic;
 use crate::transport::{connect, connect_local, Conn};
 
 pub struct Pool {
     token: String,
     name: String,
     timeout: Duration,
-    idle: Mutex<HashMap<String, Vec<Conn>>>,
+    idle: Mutex<HashMap<String, Vec<Box<dyn DataPath>>>>,
     /// Try the same-host path first.
     same_host: bool,
     /// Nodes known not to be reachable (or usable) through the same-host path.
     remote_only: Mutex<HashSet<String>>,
     /// The device new TCP connections offer RDMA on.
-    rdma: DataPath,
+    rdma: Nic,
     /// Nodes that declined RDMA (or whose queue pair could not be set up): TCP only.
     tcp_only: Mutex<HashSet<String>>,
 }
 
 impl Pool {
-    pub fn new(
-        token: &str,
-        name: &str,
-        timeout: Duration,
-        same_host: bool,
-        rdma: DataPath,
-    ) -> Self {
+    pub fn new(token: &str, name: &str, timeout: Duration, same_host: bool, rdma: Nic) -> Self {
         Self {
             token: token.to_owned(),
             name: name.to_owned(),
@@ -48,16 +45,16 @@ impl Pool {
         }
     }
 
-    /// An idle connection to `addr`, or a new one.
-    pub fn take(&self, addr: &str) -> ClusterResult<Conn> {
-        if let Some(c) = self.idle.lock().get_mut(addr).and_then(Vec::pop) {
-            return Ok(c);
+    /// An idle path to `addr`, or a new one.
+    pub fn take(&self, addr: &str) -> ClusterResult<Box<dyn DataPath>> {
+        if let Some(p) = self.idle.lock().get_mut(addr).and_then(Vec::pop) {
+            return Ok(p);
         }
         if self.same_host && !self.remote_only.lock().contains(addr) {
             match connect_local(addr, &self.token, &self.name) {
                 Ok(c) => {
                     c.set_timeouts(Some(self.timeout))?;
-                    return Ok(c);
+                    return Ok(Box::new(SameHost(c)));
                 }
                 Err(e) => {
                     tracing::debug!(%addr, "client: no same-host path, using TCP: {e}");
@@ -65,15 +62,16 @@ impl Pool {
                 }
             }
         }
-        let mut c = self.dial(addr)?;
-        if let Err(e) = self.offer_rdma(addr, &mut c) {
-            // A node that predates RDMA_HELLO closes the connection on the unknown opcode: talk
-            // plain TCP to it (if it is really gone, dialing again fails).
-            tracing::warn!(%addr, "client: RDMA_HELLO broke the connection, using TCP with this node: {e}");
-            self.tcp_only.lock().insert(addr.to_owned());
-            c = self.dial(addr)?;
+        match self.offer_rdma(addr, self.dial(addr)?) {
+            Ok(p) => Ok(p),
+            Err(e) => {
+                // A node that predates RDMA_HELLO closes the connection on the unknown opcode: talk
+                // plain TCP to it (if it is really gone, dialing again fails).
+                tracing::warn!(%addr, "client: RDMA_HELLO broke the connection, using TCP with this node: {e}");
+                self.tcp_only.lock().insert(addr.to_owned());
+                Ok(Box::new(Tcp(self.dial(addr)?)))
+            }
         }
-        Ok(c)
     }
 
     /// A new TCP connection after HELLO, with the request timeout set.
@@ -88,29 +86,34 @@ impl Pool {
         Ok(c)
     }
 
-    /// Sets up the RDMA queue pair of a new TCP connection when this client has a device and the
-    /// node has not declined before. A node that declines is logged once and gets TCP from then on.
-    fn offer_rdma(&self, addr: &str, c: &mut Conn) -> ClusterResult<()> {
+    /// The path of a new TCP connection: RDMA when this client has a device, the node has not
+    /// declined before and the queue pair comes up; TCP otherwise. A node that declines is logged
+    /// once and gets TCP from then on.
+    fn offer_rdma(&self, addr: &str, c: Conn) -> ClusterResult<Box<dyn DataPath>> {
         #[cfg(feature = "rdma")]
-        if let DataPath::Rdma(dev) = self.rdma {
+        if let Nic::Open(dev) = self.rdma {
             if !self.tcp_only.lock().contains(addr) {
-                let offered = crate::transport::rdma::setup::offer(c, dev, self.timeout)?;
-                if let Err(why) = offered {
-                    tracing::warn!(%addr, "client: RDMA not used with this node, page traffic uses TCP: {why}");
-                    self.tcp_only.lock().insert(addr.to_owned());
+                let mut c = c;
+                match crate::transport::rdma::setup::offer(&mut c, dev, self.timeout)? {
+                    Ok(link) => return Ok(Box::new(crate::path::rdma::Rdma { conn: c, link })),
+                    Err(why) => {
+                        tracing::warn!(%addr, "client: RDMA not used with this node, page traffic uses TCP: {why}");
+                        self.tcp_only.lock().insert(addr.to_owned());
+                    }
                 }
+                return Ok(Box::new(Tcp(c)));
             }
         }
-        let _ = (addr, c, &self.rdma, &self.tcp_only);
-        Ok(())
+        let _ = (addr, &self.rdma, &self.tcp_only);
+        Ok(Box::new(Tcp(c)))
     }
 
-    /// Returns a healthy connection.
-    pub fn give(&self, addr: &str, c: Conn) {
+    /// Returns a healthy path.
+    pub fn give(&self, addr: &str, p: Box<dyn DataPath>) {
         let mut idle = self.idle.lock();
         let v = idle.entry(addr.to_owned()).or_default();
         if v.len() < 16 {
-            v.push(c);
+            v.push(p);
         }
     }
 

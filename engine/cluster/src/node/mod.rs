@@ -8,7 +8,7 @@
 
 pub mod heap;
 mod rdma;
-pub mod serve;
+mod serve;
 
 use std::net::TcpListener;
 use std::os::unix::net::UnixListener;
@@ -20,8 +20,9 @@ use std::time::Duration;
 use crate::error::{ClusterError, ClusterResult};
 use crate::membership::MasterLink;
 use crate::proto::{Heartbeat, Op, Reader, Register};
-use crate::transport::rdma::DataPath;
+use crate::transport::rdma::Nic;
 use crate::transport::{listen, shm, Conn, ServerAuth};
+use serve::{serve_conn, Serving};
 use strata_engine::{Store, StoreConfig};
 
 /// How a store node runs.
@@ -44,6 +45,10 @@ pub struct NodeConfig {
     /// RDMA NICs to serve the RDMA data path on (same list format as the client's). Default from
     /// `MOONCAKE_DEVICE`; empty = TCP only. Needs the `rdma` cargo feature.
     pub rdma_devices: String,
+    /// Refuse every same-host operation with LOCAL_DENIED, as the kernel does under a strict ptrace
+    /// policy; clients then use TCP with this node. Default false (`strata store
+    /// --deny-same-host`; tests use it to cover the client's fallback).
+    pub deny_same_host: bool,
 }
 
 impl NodeConfig {
@@ -57,6 +62,7 @@ impl NodeConfig {
             auth_token: String::new(),
             heartbeat: Duration::from_secs(1),
             rdma_devices: std::env::var("MOONCAKE_DEVICE").unwrap_or_default(),
+            deny_same_host: false,
         }
     }
 }
@@ -132,19 +138,26 @@ pub fn start_with(
         token: cfg.auth_token.clone(),
         name: node_id.clone(),
     };
-    let rdma = rdma::open(&cfg.rdma_devices);
-    let st = store.clone();
-    let au = auth.clone();
+    let serving = Serving {
+        store: store.clone(),
+        auth,
+        rdma: rdma::open(&cfg.rdma_devices),
+        deny_same_host: cfg.deny_same_host,
+    };
+    let sv = serving.clone();
     thread::Builder::new()
         .name("strata-accept".into())
-        .spawn(move || accept_loop(listener, st, au, rdma))?;
+        .spawn(move || accept_loop(listener, sv))?;
     match shm::bind(&addr) {
         Ok(l) => {
-            let st = store.clone();
-            let au = auth.clone();
+            // A same-host connection never sets up RDMA.
+            let sv = Serving {
+                rdma: Nic::None,
+                ..serving
+            };
             thread::Builder::new()
                 .name("strata-accept-local".into())
-                .spawn(move || accept_local_loop(l, st, au))?;
+                .spawn(move || accept_local_loop(l, sv))?;
         }
         Err(e) => tracing::warn!("store: same-host socket unavailable, TCP only: {e}"),
     }
@@ -181,15 +194,15 @@ pub fn start_with(
     })
 }
 
-fn accept_loop(listener: TcpListener, store: Arc<Store>, auth: ServerAuth, rdma: DataPath) {
+fn accept_loop(listener: TcpListener, serving: Serving) {
     for stream in listener.incoming() {
         match stream {
             Ok(s) => {
                 let _ = s.set_nodelay(true);
-                let (st, au) = (store.clone(), auth.clone());
+                let sv = serving.clone();
                 let _ = thread::Builder::new()
                     .name("strata-conn".into())
-                    .spawn(move || serve::serve_conn(st, au, rdma, Conn::new(s)));
+                    .spawn(move || serve_conn(sv, Conn::new(s), None));
             }
             Err(e) => {
                 tracing::warn!("store: accept failed: {e}");
@@ -199,7 +212,7 @@ fn accept_loop(listener: TcpListener, store: Arc<Store>, auth: ServerAuth, rdma:
     }
 }
 
-fn accept_local_loop(listener: UnixListener, store: Arc<Store>, auth: ServerAuth) {
+fn accept_local_loop(listener: UnixListener, serving: Serving) {
     for stream in listener.incoming() {
         let s = match stream {
             Ok(s) => s,
@@ -216,14 +229,10 @@ fn accept_local_loop(listener: UnixListener, store: Arc<Store>, auth: ServerAuth
                 continue;
             }
         };
-        let (st, au) = (store.clone(), auth.clone());
+        let sv = serving.clone();
         let _ = thread::Builder::new()
             .name("strata-conn-local".into())
-            .spawn(move || {
-                let mut c = Conn::new(s);
-                c.peer_pid = Some(pid);
-                serve::serve_conn(st, au, DataPath::Tcp, c)
-            });
+            .spawn(move || serve_conn(sv, Conn::new(s), Some(pid)));
     }
 }
 

@@ -1,13 +1,13 @@
-//! The node side of the RDMA data path: answering RDMA_HELLO, and PUT_RDMA / GET_RDMA, which run
-//! the same engine calls as PUT / GET (`serve`'s helpers) with the values moved over the
-//! connection's queue pair instead of the TCP payload.
+//! The node side of RDMA_HELLO: opening the node's NIC, and connecting a queue pair for a client
+//! that offers one. PUT_RDMA / GET_RDMA are then served by `serve`'s PUT and GET through the
+//! connection's `path::rdma::RdmaEnd`.
 
 use std::time::Duration;
 
-use super::serve::{checked, reply, Session, Source};
+use super::serve::{checked, Session};
 use crate::error::{code, ClusterResult};
-use crate::proto::{codec, Header, Op};
-use crate::transport::rdma::{self, wire::RdmaHello, DataPath};
+use crate::proto::Header;
+use crate::transport::rdma::{self, wire::RdmaHello, Nic};
 use crate::transport::{parse_devices, Conn};
 
 /// Longest wait for one completion on the node. Longer than a client's request timeout: a client
@@ -17,10 +17,10 @@ const NODE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Opens the node's RDMA device (`NodeConfig::rdma_devices`) and logs the one line that says
 /// whether the node serves RDMA and why not.
-pub(super) fn open(devices: &str) -> DataPath {
+pub(super) fn open(devices: &str) -> Nic {
     let wanted = parse_devices(devices);
     if wanted.is_empty() {
-        return DataPath::Tcp;
+        return Nic::None;
     }
     match rdma::open(&wanted) {
         Ok(p) => {
@@ -29,7 +29,7 @@ pub(super) fn open(devices: &str) -> DataPath {
         }
         Err(why) => {
             tracing::warn!("store: RDMA unavailable ({why}); serving TCP only");
-            DataPath::Tcp
+            Nic::None
         }
     }
 }
@@ -44,15 +44,17 @@ impl Session {
         meta: &[u8],
     ) -> ClusterResult<()> {
         let offer = checked(conn, h, RdmaHello::decode(meta))?;
-        if conn.has_rdma() {
+        if self.rdma.is_some() {
             return self
                 .refuse(conn, h, "second RDMA_HELLO on one connection")
                 .map(|_| ());
         }
-        match self.rdma {
+        match self.node.rdma {
             #[cfg(feature = "rdma")]
-            DataPath::Rdma(dev) if conn.peer_pid.is_none() => {
-                rdma::setup::accept(conn, h.request_id, &offer, dev, NODE_TIMEOUT)
+            Nic::Open(dev) if self.peer_pid.is_none() => {
+                let link = rdma::setup::accept(conn, h.request_id, &offer, dev, NODE_TIMEOUT)?;
+                self.rdma = link.map(|l| Box::new(crate::path::rdma::RdmaEnd(l)) as _);
+                Ok(())
             }
             _ => {
                 let _ = offer;
@@ -66,39 +68,6 @@ impl Session {
             }
         }
     }
-
-    /// PUT_RDMA: PUT whose values arrive over the queue pair.
-    pub(super) fn put_rdma(
-        &mut self,
-        conn: &mut Conn,
-        h: &Header,
-        meta: &[u8],
-    ) -> ClusterResult<()> {
-        let items = checked(conn, h, codec::decode_put_rdma(meta))?;
-        let shared = self.recv_values(&items, Source::Rdma(conn))?;
-        let codes = self.put_items(&items, shared);
-        reply(conn, h, &codec::encode_codes(&codes))
-    }
-
-    /// GET_RDMA: the lengths go back as a frame first (so the client can plan its receives), then
-    /// the hits' bytes over the queue pair, in item order.
-    pub(super) fn get_rdma(
-        &mut self,
-        conn: &mut Conn,
-        h: &Header,
-        meta: &[u8],
-    ) -> ClusterResult<()> {
-        let items = checked(conn, h, codec::decode_get(meta))?;
-        let (lens, hits) = self.read_hits(&items);
-        let out = hits.slices(&self.get_buf);
-        let meta = codec::encode_lens(&lens);
-        conn.send(
-            Header::response(Op::GetRdma, h.request_id, meta.len(), 0),
-            &meta,
-            &[],
-        )?;
-        conn.rdma_send(&out)
-    }
 }
 
 #[cfg(test)]
@@ -108,7 +77,8 @@ mod tests {
 
     use super::*;
     use crate::error::ClusterError;
-    use crate::proto::{GetItem, Hello, PutItem, PROTO_VERSION};
+    use crate::node::serve::{serve_conn, Serving};
+    use crate::proto::{codec, GetItem, Hello, Op, PutItem, PROTO_VERSION};
     use crate::transport::rdma::wire::Endpoint;
     use crate::transport::ServerAuth;
     use strata_engine::{IoEngineKind, Store, StoreConfig};
@@ -123,14 +93,13 @@ mod tests {
             .with_io_engine(IoEngineKind::Psync);
         let store = Arc::new(Store::open(cfg).unwrap());
         let (a, b) = UnixStream::pair().unwrap();
-        std::thread::spawn(move || {
-            crate::node::serve::serve_conn(
-                store,
-                ServerAuth::default(),
-                DataPath::Tcp,
-                Conn::new(b),
-            )
-        });
+        let node = Serving {
+            store,
+            auth: ServerAuth::default(),
+            rdma: Nic::None,
+            deny_same_host: false,
+        };
+        std::thread::spawn(move || serve_conn(node, Conn::new(b), None));
         let mut c = Conn::new(a);
         let hello = Hello {
             version: PROTO_VERSION,
@@ -162,7 +131,6 @@ mod tests {
             Err(ClusterError::Remote { code: k, .. }) => assert_eq!(k, code::RDMA_UNAVAILABLE),
             other => panic!("expected RDMA_UNAVAILABLE, got {other:?}"),
         }
-        assert!(!c.has_rdma());
         // The same connection still carries PUT and GET.
         let item = PutItem {
             key: b"k",
@@ -189,7 +157,6 @@ mod tests {
         let mut v = [0u8; 3];
         c.recv_exact(&mut v).unwrap();
         assert_eq!(&v, b"abc");
-        assert!(c.rdma_send(&[b"x"]).is_err());
     }
 
     #[test]

@@ -1,31 +1,49 @@
 //! The store node's per-connection loop: decode a request, run it against the engine, answer.
 //!
-//! PUT values are read from the socket straight into one reusable per-connection buffer and handed to
-//! the engine as slices; GET values are read by the engine into 4 KiB-aligned slots of one reusable
-//! buffer (the engine's zero-copy path) and written to the socket with one vectored write.
-//! A protocol error closes this connection only.
+//! PUT and GET are each written once, against the connection's data path ([`NodeEnd`]: TCP frames,
+//! the same-host copy, or the RDMA queue pair): PUT values are received straight into one reusable
+//! per-connection buffer (or, with write-back, into fresh shared buffers the write-back queue
+//! keeps) and handed to the engine; GET values are read by the engine into 4 KiB-aligned slots of
+//! one reusable buffer (the engine's zero-copy path) or shared from DRAM, and leave in one go. The
+//! keys-only requests are answered by [`store_ops::answer`]. A protocol error closes this
+//! connection only.
 
 use std::sync::Arc;
 
 use crate::error::{code, ClusterError, ClusterResult};
+use crate::path::same_host::SameHostEnd;
+use crate::path::tcp::TcpEnd;
+use crate::path::NodeEnd;
 use crate::proto::{codec, Header, Op};
-use crate::transport::rdma::DataPath;
-use crate::transport::{shm, Conn, ServerAuth};
+use crate::store_ops::{self, put_batch, put_batch_shared, SharedPut};
+use crate::transport::rdma::Nic;
+use crate::transport::{Conn, ServerAuth};
 use strata_engine::io::buf::round_up;
-use strata_engine::{AlignedBuf, PutOptions, Store};
+use strata_engine::{AlignedBuf, Store};
 
-/// Serves one accepted connection until it closes or misbehaves. `conn.peer_pid` is set for
-/// same-host connections, which may use the *_LOCAL operations; `rdma` is the node's RDMA device,
-/// if it has one, offered to clients that send RDMA_HELLO.
-pub fn serve_conn(store: Arc<Store>, auth: ServerAuth, rdma: DataPath, mut conn: Conn) {
+/// What every connection of one node shares.
+#[derive(Clone)]
+pub struct Serving {
+    pub store: Arc<Store>,
+    pub auth: ServerAuth,
+    /// The node's RDMA NIC, offered to clients that send RDMA_HELLO.
+    pub rdma: Nic,
+    /// Refuse the same-host operations (`NodeConfig::deny_same_host`).
+    pub deny_same_host: bool,
+}
+
+/// Serves one accepted connection until it closes or misbehaves. `peer_pid` is the client's pid on
+/// a same-host connection (from the kernel), which may use the *_LOCAL operations.
+pub fn serve_conn(node: Serving, mut conn: Conn, peer_pid: Option<i32>) {
     let peer = conn.peer();
-    if let Err(e) = auth.accept(&mut conn) {
+    if let Err(e) = node.auth.accept(&mut conn) {
         tracing::warn!(%peer, "store: handshake refused: {e}");
         return;
     }
     let mut s = Session {
-        store,
-        rdma,
+        node,
+        peer_pid,
+        rdma: None,
         put_buf: AlignedBuf::new(1 << 20),
         get_buf: AlignedBuf::new(1 << 20),
     };
@@ -51,10 +69,12 @@ fn is_disconnect(e: &ClusterError) -> bool {
 }
 
 pub(super) struct Session {
-    pub(super) store: Arc<Store>,
-    pub(super) rdma: DataPath,
+    pub(super) node: Serving,
+    pub(super) peer_pid: Option<i32>,
+    /// The node's end of this connection's queue pair, after a successful RDMA_HELLO.
+    pub(super) rdma: Option<Box<dyn NodeEnd>>,
     put_buf: AlignedBuf,
-    pub(super) get_buf: AlignedBuf,
+    get_buf: AlignedBuf,
 }
 
 impl Session {
@@ -71,54 +91,48 @@ impl Session {
             return self.refuse(conn, &h, "payload on a request that takes none");
         }
         match h.op {
-            Op::Put => self.put(conn, &h, &meta)?,
-            Op::Get => self.get(conn, &h, &meta)?,
-            Op::PutLocal | Op::GetLocal if conn.peer_pid.is_none() => {
-                return self.refuse(conn, &h, "local operation on a remote connection");
+            Op::Put | Op::Get => self.data(conn, &h, &meta, &mut TcpEnd)?,
+            Op::PutLocal | Op::GetLocal => {
+                let Some(pid) = self.peer_pid else {
+                    return self.refuse(conn, &h, "local operation on a remote connection");
+                };
+                let mut end = SameHostEnd::new(pid, self.node.deny_same_host);
+                self.data(conn, &h, &meta, &mut end)?
             }
-            Op::PutLocal => self.put_local(conn, &h, &meta)?,
-            Op::GetLocal => self.get_local(conn, &h, &meta)?,
             Op::RdmaHello => self.rdma_hello(conn, &h, &meta)?,
-            Op::PutRdma | Op::GetRdma if !conn.has_rdma() => {
-                return self.refuse(conn, &h, "RDMA operation before a successful RDMA_HELLO");
+            Op::PutRdma | Op::GetRdma => {
+                let Some(mut end) = self.rdma.take() else {
+                    return self.refuse(conn, &h, "RDMA operation before a successful RDMA_HELLO");
+                };
+                let r = self.data(conn, &h, &meta, end.as_mut());
+                self.rdma = Some(end);
+                r?
             }
-            Op::PutRdma => self.put_rdma(conn, &h, &meta)?,
-            Op::GetRdma => self.get_rdma(conn, &h, &meta)?,
-            Op::Exists => {
-                let keys = checked(conn, &h, codec::decode_keys(&meta))?;
-                let flags: Vec<bool> = keys.iter().map(|k| self.store.exists(k)).collect();
-                reply(conn, &h, &codec::encode_flags(&flags))?;
-            }
-            Op::Remove => {
-                let keys = checked(conn, &h, codec::decode_keys(&meta))?;
-                let codes: Vec<i32> = keys
-                    .iter()
-                    .map(|k| match self.store.remove(k) {
-                        Ok(true) => code::OK,
-                        Ok(false) => code::OBJECT_NOT_FOUND,
-                        Err(e) => ClusterError::from(e).code(),
-                    })
-                    .collect();
-                reply(conn, &h, &codec::encode_codes(&codes))?;
-            }
-            Op::Clear => {
-                checked(conn, &h, codec::Reader::new(&meta).finish())?;
-                match self.store.clear() {
-                    Ok(()) => reply(conn, &h, &[])?,
+            Op::Exists | Op::Remove | Op::Clear | Op::Stats => {
+                match checked(conn, &h, store_ops::answer(&self.node.store, h.op, &meta))? {
+                    Ok(m) => reply(conn, &h, &m)?,
                     Err(e) => {
                         conn.send_error(h.request_id, code::INTERNAL_ERROR, &e.to_string())?
                     }
                 }
             }
-            Op::Stats => {
-                let json = serde_json::to_vec(&self.store.stats()).unwrap_or_default();
-                let mut w = codec::Writer::new();
-                w.blob(&json);
-                reply(conn, &h, &w.finish())?;
-            }
             _ => return self.refuse(conn, &h, "operation not served by a store node"),
         }
         Ok(true)
+    }
+
+    /// A PUT or GET (of any data path) through `end`.
+    fn data(
+        &mut self,
+        conn: &mut Conn,
+        h: &Header,
+        meta: &[u8],
+        end: &mut dyn NodeEnd,
+    ) -> ClusterResult<()> {
+        match h.op {
+            Op::Put | Op::PutLocal | Op::PutRdma => self.put(conn, h, meta, end),
+            _ => self.get(conn, h, meta, end),
+        }
     }
 
     pub(super) fn refuse(&self, conn: &mut Conn, h: &Header, why: &str) -> ClusterResult<bool> {
@@ -126,55 +140,50 @@ impl Session {
         Err(ClusterError::Protocol(format!("{:?}: {why}", h.op)))
     }
 
-    fn put(&mut self, conn: &mut Conn, h: &Header, meta: &[u8]) -> ClusterResult<()> {
-        let items = checked(conn, h, codec::decode_put(meta, h.payload_len))?;
-        let shared = self.recv_values(&items, Source::Socket(conn))?;
+    fn put(
+        &mut self,
+        conn: &mut Conn,
+        h: &Header,
+        meta: &[u8],
+        end: &mut dyn NodeEnd,
+    ) -> ClusterResult<()> {
+        let items = match end.put_items(meta, h.payload_len) {
+            Ok(items) => items,
+            Err(e) => return declined(conn, h, e, true),
+        };
+        let shared = match self.recv_values(conn, end, &items) {
+            Ok(shared) => shared,
+            Err(e) => return declined(conn, h, e, false),
+        };
         let codes = self.put_items(&items, shared);
         reply(conn, h, &codec::encode_codes(&codes))
     }
 
-    /// Receives a put's values from `src`: each straight into a fresh shared buffer that the
-    /// write-back queue keeps (from the socket without zeroing it first), or, without write-back,
-    /// back to back into the reusable put buffer. Returns the shared buffers when there are any.
-    pub(super) fn recv_values(
+    /// Receives a put's values through `end`: each straight into a fresh shared buffer that the
+    /// write-back queue keeps (uninitialised until the path fills it), or, without write-back, back
+    /// to back into the reusable put buffer. Returns the shared buffers when there are any.
+    fn recv_values(
         &mut self,
+        conn: &mut Conn,
+        end: &mut dyn NodeEnd,
         items: &[codec::PutItem<'_>],
-        mut src: Source<'_>,
     ) -> ClusterResult<Option<Vec<Arc<[u8]>>>> {
-        if self.store.has_write_back() {
+        if self.node.store.has_write_back() {
             let mut bufs: Vec<Arc<[std::mem::MaybeUninit<u8>]>> = items
                 .iter()
                 .map(|it| Arc::new_uninit_slice(it.len as usize))
                 .collect();
-            let uniq = bufs
+            let raw: Vec<(*mut u8, usize)> = bufs
                 .iter_mut()
-                .map(|b| Arc::get_mut(b).expect("just allocated, so unique"));
-            match &mut src {
-                Source::Socket(c) => {
-                    let raw: Vec<(*mut u8, usize)> = uniq
-                        .map(|b| (b.as_mut_ptr().cast::<u8>(), b.len()))
-                        .collect();
-                    // SAFETY: each destination is a fresh buffer of `len` bytes owned here and
-                    // touched by nothing else during the call.
-                    unsafe { c.recv_exact_raw(&raw)? };
-                }
-                Source::Rdma(_) => {
-                    let mut dst: Vec<&mut [u8]> = uniq
-                        .map(|b| {
-                            for x in b.iter_mut() {
-                                x.write(0);
-                            }
-                            // SAFETY: every byte was just initialised.
-                            unsafe {
-                                std::slice::from_raw_parts_mut(b.as_mut_ptr().cast(), b.len())
-                            }
-                        })
-                        .collect();
-                    src.recv(&mut dst)?;
-                }
-            }
-            // SAFETY: on success every byte of every buffer was written (by the socket read, or
-            // zeroed and then overwritten by the queue pair's receive).
+                .map(|b| {
+                    let b = Arc::get_mut(b).expect("just allocated, so unique");
+                    (b.as_mut_ptr().cast::<u8>(), b.len())
+                })
+                .collect();
+            // SAFETY: each destination is a fresh buffer of `len` bytes owned here and touched by
+            // nothing else during the call.
+            unsafe { end.recv_raw(conn, &raw)? };
+            // SAFETY: on success every byte of every buffer was written (`recv_raw`'s contract).
             return Ok(Some(
                 bufs.into_iter()
                     .map(|b| unsafe { b.assume_init() })
@@ -189,7 +198,7 @@ impl Session {
             dst.push(a);
             rest = b;
         }
-        src.recv(&mut dst)?;
+        end.recv(conn, &mut dst)?;
         Ok(None)
     }
 
@@ -204,18 +213,14 @@ impl Session {
 
     /// Stores the items whose values are in `shared` (one buffer each) or, without it, back to
     /// back in the put buffer; one code per item.
-    pub(super) fn put_items(
-        &self,
-        items: &[codec::PutItem<'_>],
-        shared: Option<Vec<Arc<[u8]>>>,
-    ) -> Vec<i32> {
+    fn put_items(&self, items: &[codec::PutItem<'_>], shared: Option<Vec<Arc<[u8]>>>) -> Vec<i32> {
         if let Some(values) = shared {
             let batch: Vec<SharedPut<'_>> = items
                 .iter()
                 .zip(values)
                 .map(|(it, v)| (it.key, v, it.depth))
                 .collect();
-            return put_batch_shared(&self.store, &batch);
+            return put_batch_shared(&self.node.store, &batch);
         }
         let mut off = 0;
         let batch: Vec<(&[u8], &[u8], Option<u32>)> = items
@@ -226,111 +231,47 @@ impl Session {
                 (it.key, v, it.depth)
             })
             .collect();
-        put_batch(&self.store, &batch)
+        put_batch(&self.node.store, &batch)
     }
 
-    fn get(&mut self, conn: &mut Conn, h: &Header, meta: &[u8]) -> ClusterResult<()> {
-        let items = checked(conn, h, codec::decode_get(meta))?;
+    fn get(
+        &mut self,
+        conn: &mut Conn,
+        h: &Header,
+        meta: &[u8],
+        end: &mut dyn NodeEnd,
+    ) -> ClusterResult<()> {
+        let items = match end.get_items(meta) {
+            Ok(items) => items,
+            Err(e) => return declined(conn, h, e, true),
+        };
         let (lens, hits) = self.read_hits(&items);
         let out = hits.slices(&self.get_buf);
         let meta = codec::encode_lens(&lens);
-        let plen = out.iter().map(|p| p.len() as u64).sum();
-        conn.send(
-            Header::response(Op::Get, h.request_id, meta.len(), plen),
-            &meta,
-            &out,
-        )?;
-        Ok(())
-    }
-
-    /// PUT whose values are read straight out of the (same-host) client's memory.
-    fn put_local(&mut self, conn: &mut Conn, h: &Header, meta: &[u8]) -> ClusterResult<()> {
-        let (items, addrs) = checked(conn, h, codec::decode_put_local(meta))?;
-        let pid = conn.peer_pid.expect("checked by the caller");
-        if deny_local_for_tests() {
-            conn.send_error(
-                h.request_id,
-                code::LOCAL_DENIED,
-                "denied (STRATA_TEST_DENY_LOCAL)",
-            )?;
-            return Ok(());
+        match end.send_get(conn, h, &meta, &lens, &out) {
+            Ok(()) => Ok(()),
+            Err(e) => declined(conn, h, e, false),
         }
-        let remote: Vec<(u64, usize)> = addrs
-            .iter()
-            .zip(&items)
-            .map(|(&a, it)| (a, it.len as usize))
-            .collect();
-        let read = if self.store.has_write_back() {
-            // Each value is read straight into the buffer the write-back queue keeps.
-            read_shared(pid, &remote).map(Some)
-        } else {
-            let total = self.reserve_put_buf(&items);
-            shm::read_from(pid, &remote, &mut self.put_buf[..total]).map(|_| None)
-        };
-        let shared = match read {
-            Ok(v) => v,
-            Err(e) => {
-                tracing::warn!(pid, "store: reading client memory failed: {e}");
-                conn.send_error(h.request_id, code::LOCAL_DENIED, &e.to_string())?;
-                return Ok(());
-            }
-        };
-        let codes = self.put_items(&items, shared);
-        reply(conn, h, &codec::encode_codes(&codes))
-    }
-
-    /// GET whose values are written straight into the (same-host) client's buffers.
-    fn get_local(&mut self, conn: &mut Conn, h: &Header, meta: &[u8]) -> ClusterResult<()> {
-        let (items, addrs) = checked(conn, h, codec::decode_get_local(meta))?;
-        let pid = conn.peer_pid.expect("checked by the caller");
-        if deny_local_for_tests() {
-            conn.send_error(
-                h.request_id,
-                code::LOCAL_DENIED,
-                "denied (STRATA_TEST_DENY_LOCAL)",
-            )?;
-            return Ok(());
-        }
-        let (lens, hits) = self.read_hits(&items);
-        let out = hits.slices(&self.get_buf);
-        let remote: Vec<(u64, usize)> = addrs
-            .iter()
-            .zip(&lens)
-            .filter(|(_, &l)| l >= 0)
-            .map(|(&a, &l)| (a, l as usize))
-            .collect();
-        if let Err(e) = shm::write_to(pid, &out, &remote) {
-            tracing::warn!(pid, "store: writing client memory failed: {e}");
-            conn.send_error(h.request_id, code::LOCAL_DENIED, &e.to_string())?;
-            return Ok(());
-        }
-        let meta = codec::encode_lens(&lens);
-        conn.send(
-            Header::response(Op::GetLocal, h.request_id, meta.len(), 0),
-            &meta,
-            &[],
-        )?;
-        Ok(())
     }
 
     /// Looks up a GET batch: one length or error code per item, and the hits in item order — DRAM
     /// values shared as they are (sent without a copy), the rest read from the device into the
     /// reusable get buffer.
-    pub(super) fn read_hits(&mut self, items: &[codec::GetItem<'_>]) -> (Vec<i64>, Hits) {
+    fn read_hits(&mut self, items: &[codec::GetItem<'_>]) -> (Vec<i64>, Hits) {
         let mut lens: Vec<i64> = Vec::with_capacity(items.len());
         let mut hits: Vec<Hit> = Vec::new();
         let mut total = 0usize;
         for it in items {
             let max = it.max_len as usize;
             // DRAM first (one lookup gives the bytes and their length), the index otherwise.
-            let len = match self.store.get_shared(it.key, max) {
+            let len = match self.node.store.get_shared(it.key, max) {
                 Ok(Some(v)) => {
                     lens.push(v.len() as i64);
                     hits.push(Hit::Shared(v));
                     continue;
                 }
                 Err(l) => Some(l),
-                Ok(None) => self.store.value_len(it.key),
+                Ok(None) => self.node.store.value_len(it.key),
             };
             match len {
                 None => lens.push(code::OBJECT_NOT_FOUND as i64),
@@ -357,7 +298,11 @@ impl Session {
                 dev_keys.push(it.key);
             }
         }
-        let mut results = self.store.batch_get_into(&dev_keys, &mut parts).into_iter();
+        let mut results = self
+            .node
+            .store
+            .batch_get_into(&dev_keys, &mut parts)
+            .into_iter();
         let mut kept = Vec::with_capacity(hits.len());
         let mut hits = hits.into_iter();
         for l in lens.iter_mut().filter(|l| **l >= 0) {
@@ -379,68 +324,6 @@ impl Session {
             kept.push(hit);
         }
         (lens, Hits(kept))
-    }
-}
-
-/// Puts `(key, value, depth)` items into the engine and returns one code per item. Runs of items
-/// whose depths are absent or consecutive go to the engine as one batch, so their writes are in
-/// flight together.
-pub fn put_batch(store: &Store, items: &[(&[u8], &[u8], Option<u32>)]) -> Vec<i32> {
-    put_runs(items, |run, opts| store.batch_put_with(run, opts))
-}
-
-/// [`put_batch`] of values held as shared buffers (kept without a copy by a write-back buffer).
-pub fn put_batch_shared(store: &Store, items: &[SharedPut<'_>]) -> Vec<i32> {
-    put_runs(items, |run, opts| store.batch_put_shared(run, opts))
-}
-
-/// Splits items into runs of consecutive depths, puts each run with `put`, maps the results to
-/// Mooncake codes.
-fn put_runs<'a, V: Clone>(
-    items: &[(&'a [u8], V, Option<u32>)],
-    put: impl Fn(&[(&'a [u8], V)], PutOptions) -> Vec<strata_engine::Result<bool>>,
-) -> Vec<i32> {
-    let mut codes = Vec::with_capacity(items.len());
-    let mut start = 0;
-    while start < items.len() {
-        let mut end = start + 1;
-        while end < items.len() && continues(items[end - 1].2, items[end].2) {
-            end += 1;
-        }
-        let run: Vec<(&[u8], V)> = items[start..end]
-            .iter()
-            .map(|i| (i.0, i.1.clone()))
-            .collect();
-        let opts = PutOptions {
-            depth: items[start].2,
-        };
-        for r in put(&run, opts) {
-            codes.push(match r {
-                Ok(true) => code::OK,
-                Ok(false) => code::EXISTED,
-                Err(e) => ClusterError::from(e).code(),
-            });
-        }
-        start = end;
-    }
-    codes
-}
-
-/// Where a put's value bytes come from.
-pub(super) enum Source<'a> {
-    /// The frame's payload, on the connection's socket.
-    Socket(&'a mut Conn),
-    /// The connection's RDMA queue pair.
-    Rdma(&'a mut Conn),
-}
-
-impl Source<'_> {
-    /// Fills every slice in order.
-    fn recv(&mut self, dst: &mut [&mut [u8]]) -> ClusterResult<()> {
-        match self {
-            Source::Socket(c) => Ok(c.recv_exact_vectored(dst)?),
-            Source::Rdma(c) => c.rdma_recv(dst),
-        }
     }
 }
 
@@ -467,42 +350,16 @@ impl Hits {
     }
 }
 
-/// A put item whose value is a shared buffer: key, value, depth.
-pub type SharedPut<'a> = (&'a [u8], Arc<[u8]>, Option<u32>);
-
-/// Reads each remote range of process `pid` into a fresh shared buffer of its length.
-fn read_shared(pid: i32, remote: &[(u64, usize)]) -> std::io::Result<Vec<Arc<[u8]>>> {
-    let mut bufs: Vec<Arc<[std::mem::MaybeUninit<u8>]>> =
-        remote.iter().map(|r| Arc::new_uninit_slice(r.1)).collect();
-    let local: Vec<(*mut u8, usize)> = bufs
-        .iter_mut()
-        .map(|b| {
-            let b = Arc::get_mut(b).expect("just allocated, so unique");
-            (b.as_mut_ptr().cast::<u8>(), b.len())
-        })
-        .collect();
-    shm::read_into(pid, remote, &local)?;
-    // SAFETY: `read_into` returned Ok only after the kernel filled every byte of every buffer
-    // (a short copy is an error).
-    Ok(bufs
-        .into_iter()
-        .map(|b| unsafe { b.assume_init() })
-        .collect())
-}
-
-/// `STRATA_TEST_DENY_LOCAL=1` makes the node refuse every same-host operation as the kernel would
-/// under a strict ptrace policy, so tests can cover the client's fallback to TCP as root.
-fn deny_local_for_tests() -> bool {
-    static DENY: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *DENY.get_or_init(|| std::env::var("STRATA_TEST_DENY_LOCAL").is_ok_and(|v| v == "1"))
-}
-
-/// Whether an item with depth `next` can join a batch whose last item had depth `prev`.
-fn continues(prev: Option<u32>, next: Option<u32>) -> bool {
-    match (prev, next) {
-        (None, None) => true,
-        (Some(p), Some(n)) => p.checked_add(1) == Some(n),
-        _ => false,
+/// A request `end` could not serve: a refusal (`ClusterError::Remote`) is answered with its code
+/// and the connection stays up; anything else closes it, after a PROTOCOL_ERROR frame when the
+/// request did not decode (`decoding`).
+fn declined(conn: &mut Conn, h: &Header, e: ClusterError, decoding: bool) -> ClusterResult<()> {
+    match e {
+        ClusterError::Remote { code, message } => {
+            Ok(conn.send_error(h.request_id, code, &message)?)
+        }
+        e if decoding => checked(conn, h, Err(e)),
+        e => Err(e),
     }
 }
 

@@ -1,6 +1,8 @@
 //! A framed connection: vectored frame writes straight from the caller's buffers, and reads that put
 //! payload bytes straight into the caller's destination slices.
 //!
+//! A connection knows nothing of the data path it serves (`crate::path` does): it moves frames.
+//!
 //! Invariant: after any error (including one on the connection's RDMA queue pair) the connection is
 //! in an unknown position in the stream and must be dropped; callers never reuse it (the client pool
 //! discards it, the server closes it).
@@ -18,13 +20,6 @@ pub struct Conn {
     stream: Stream,
     next_id: u32,
     meta: Vec<u8>,
-    /// Server side of a same-host connection: the peer's pid from the kernel.
-    pub peer_pid: Option<i32>,
-    /// Client side: this connection is the same-host path (use the *_LOCAL operations).
-    pub local: bool,
-    /// The queue pair set up by RDMA_HELLO (both sides); PUT_RDMA / GET_RDMA move values over it.
-    #[cfg(feature = "rdma")]
-    pub rdma: Option<super::rdma::link::Link>,
 }
 
 impl Conn {
@@ -33,10 +28,6 @@ impl Conn {
             stream: stream.into(),
             next_id: 1,
             meta: Vec::new(),
-            peer_pid: None,
-            local: false,
-            #[cfg(feature = "rdma")]
-            rdma: None,
         }
     }
 

@@ -26,10 +26,10 @@ pub fn parse_devices(list: &str) -> Vec<String> {
 /// `--disaggregation-ib-device` or `MOONCAKE_DEVICE`), and logs the one line that says which and why
 /// when RDMA was asked for. With a device open, each node is still asked (RDMA_HELLO on every new
 /// connection); a node that declines gets TCP, with one warning per node.
-pub fn select(devices: &str) -> rdma::DataPath {
+pub fn select(devices: &str) -> rdma::Nic {
     let wanted = parse_devices(devices);
     if wanted.is_empty() {
-        return rdma::DataPath::Tcp;
+        return rdma::Nic::None;
     }
     match rdma::open(&wanted) {
         Ok(path) => {
@@ -41,7 +41,7 @@ pub fn select(devices: &str) -> rdma::DataPath {
         }
         Err(why) => {
             tracing::warn!("RDMA unavailable ({why}); page traffic uses TCP");
-            rdma::DataPath::Tcp
+            rdma::Nic::None
         }
     }
 }

@@ -26,9 +26,7 @@ pub fn connect_local(addr: &str, token: &str, peer: &str) -> ClusterResult<Conn>
     if let Ok(pid) = super::shm::peer_pid(&stream) {
         super::shm::allow_tracer(pid);
     }
-    let mut conn = handshake(Conn::new(stream), token, peer)?;
-    conn.local = true;
-    Ok(conn)
+    handshake(Conn::new(stream), token, peer)
 }
 
 fn handshake(mut conn: Conn, token: &str, peer: &str) -> ClusterResult<Conn> {

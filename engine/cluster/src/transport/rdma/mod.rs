@@ -1,11 +1,12 @@
 //! The RDMA data path (verbs, through the `ibverbs` crate), built with the off-by-default `rdma`
 //! cargo feature.
 //!
-//! Control stays on the TCP [`Conn`]: after HELLO, a client with an open NIC sends RDMA_HELLO with
+//! Control stays on the TCP connection: after HELLO, a client with an open NIC sends RDMA_HELLO with
 //! its queue pair's endpoint; a node that can serve RDMA answers with its own, both connect their
-//! queue pairs, and the pair lives as long as the TCP connection ([`Conn::rdma`]). PUT_RDMA and
-//! GET_RDMA then carry keys, lengths and codes as frames on the TCP connection while the values
-//! travel over the queue pair, cut into chunks by [`plan`]. A node or build without RDMA answers
+//! queue pairs, and the pair lives as long as the TCP connection (the client's `path::rdma::Rdma`,
+//! the node's `path::rdma::RdmaEnd`). PUT_RDMA and GET_RDMA then carry keys, lengths and codes as
+//! frames on the TCP connection while the values travel over the queue pair, cut into chunks by
+//! [`plan`]. A node or build without RDMA answers
 //! RDMA_HELLO with `RDMA_UNAVAILABLE` and the connection carries plain PUT/GET.
 //!
 //! Files: [`wire`] (RDMA_HELLO body) and [`plan`] (chunking) are pure and always compiled, so CI
@@ -23,8 +24,8 @@ pub mod link;
 #[cfg(feature = "rdma")]
 pub mod setup;
 
-use super::Conn;
-use crate::error::{ClusterError, ClusterResult};
+#[cfg(feature = "rdma")]
+use crate::error::ClusterResult;
 
 /// Receive chunk a side offers (512 KiB).
 pub const CHUNK: u32 = 512 << 10;
@@ -32,61 +33,40 @@ pub const CHUNK: u32 = 512 << 10;
 /// connection.
 pub const DEPTH: u32 = 8;
 
-/// The data path a process uses for page traffic to remote nodes.
+/// The NIC a process moves page bytes over to (or from) remote peers, if any.
 #[derive(Clone, Copy, Debug, Default)]
-pub enum DataPath {
-    /// TCP frames only.
+pub enum Nic {
+    /// No NIC: TCP frames only.
     #[default]
-    Tcp,
-    /// RDMA through this device, for nodes that accept RDMA_HELLO.
+    None,
+    /// RDMA through this device, for peers that accept RDMA_HELLO.
     #[cfg(feature = "rdma")]
-    Rdma(&'static device::Device),
+    Open(&'static device::Device),
 }
 
 /// Opens the first usable device of `wanted` (non-empty) or says why RDMA is not available.
-pub fn open(wanted: &[String]) -> Result<DataPath, String> {
+pub fn open(wanted: &[String]) -> Result<Nic, String> {
     #[cfg(feature = "rdma")]
-    return device::open_first(wanted).map(DataPath::Rdma);
+    return device::open_first(wanted).map(Nic::Open);
     #[cfg(not(feature = "rdma"))]
     Err(format!(
         "RDMA devices {wanted:?} requested but this build has no `rdma` feature"
     ))
 }
 
-impl Conn {
-    /// Whether this connection has a connected queue pair (after RDMA_HELLO).
-    pub fn has_rdma(&self) -> bool {
-        #[cfg(feature = "rdma")]
-        return self.rdma.is_some();
-        #[cfg(not(feature = "rdma"))]
-        false
-    }
-
+#[cfg(feature = "rdma")]
+impl link::Link {
     /// Sends values (one slice per item, back to back in item order) over the queue pair.
-    pub fn rdma_send(&mut self, values: &[&[u8]]) -> ClusterResult<()> {
-        #[cfg(feature = "rdma")]
-        if let Some(l) = self.rdma.as_mut() {
-            let lens: Vec<usize> = values.iter().map(|v| v.len()).collect();
-            return l.send(&plan::plan(&lens, l.chunk())?, values);
-        }
-        let _ = values;
-        Err(no_link())
+    pub fn send_values(&mut self, values: &[&[u8]]) -> ClusterResult<()> {
+        let lens: Vec<usize> = values.iter().map(|v| v.len()).collect();
+        self.send(&plan::plan(&lens, self.chunk())?, values)
     }
 
     /// Receives values into `dst` (one slice per item, each filled completely) over the queue pair.
-    pub fn rdma_recv(&mut self, dst: &mut [&mut [u8]]) -> ClusterResult<()> {
-        #[cfg(feature = "rdma")]
-        if let Some(l) = self.rdma.as_mut() {
-            let lens: Vec<usize> = dst.iter().map(|v| v.len()).collect();
-            return l.recv(&plan::plan(&lens, l.chunk())?, dst);
-        }
-        let _ = dst;
-        Err(no_link())
+    pub fn recv_values(&mut self, dst: &mut [&mut [u8]]) -> ClusterResult<()> {
+        let lens: Vec<usize> = dst.iter().map(|v| v.len()).collect();
+        self.recv(&plan::plan(&lens, self.chunk())?, dst)
     }
-}
-
-fn no_link() -> ClusterError {
-    ClusterError::Protocol("RDMA transfer on a connection without a queue pair".into())
 }
 
 #[cfg(test)]
@@ -101,8 +81,8 @@ mod tests {
         assert!(!why.is_empty());
         assert!(matches!(
             crate::transport::select("strata-no-such-nic"),
-            DataPath::Tcp
+            Nic::None
         ));
-        assert!(matches!(crate::transport::select(""), DataPath::Tcp));
+        assert!(matches!(crate::transport::select(""), Nic::None));
     }
 }

@@ -4,21 +4,21 @@
 use std::time::Duration;
 
 use super::device::Device;
-use super::link::Pending;
+use super::link::{Link, Pending};
 use super::wire::RdmaHello;
 use super::{CHUNK, DEPTH};
 use crate::error::{code, ClusterError, ClusterResult};
 use crate::proto::{Header, Op};
 use crate::transport::Conn;
 
-/// Client side, right after HELLO. `Ok(Err(why))`: RDMA is not used on this connection (the node
-/// declined, or this side's verbs failed) and it keeps carrying TCP frames; `Err`: the connection
-/// broke.
+/// Client side, right after HELLO: the connection's queue pair. `Ok(Err(why))`: RDMA is not used on
+/// this connection (the node declined, or this side's verbs failed) and it keeps carrying TCP
+/// frames; `Err`: the connection broke.
 pub fn offer(
     conn: &mut Conn,
     dev: &'static Device,
     timeout: Duration,
-) -> ClusterResult<Result<(), String>> {
+) -> ClusterResult<Result<Link, String>> {
     let pending = match Pending::new(dev, DEPTH) {
         Ok(p) => p,
         Err(e) => {
@@ -48,24 +48,22 @@ pub fn offer(
         )));
     }
     match pending.connect(answer.endpoint, answer.chunk, answer.depth, timeout) {
-        Ok(link) => {
-            conn.rdma = Some(link);
-            Ok(Ok(()))
-        }
+        Ok(link) => Ok(Ok(link)),
         // The node's queue pair stays unused; it serves plain PUT/GET on this connection too.
         Err(e) => Ok(Err(format!("connecting the queue pair failed: {e}"))),
     }
 }
 
-/// Node side: connects a queue pair to the client's offer and answers with its endpoint, or
-/// answers RDMA_UNAVAILABLE when the verbs calls fail (the connection stays up either way).
+/// Node side: connects a queue pair to the client's offer and answers with its endpoint (returning
+/// the queue pair), or answers RDMA_UNAVAILABLE when the verbs calls fail (`None`; the connection
+/// stays up either way).
 pub fn accept(
     conn: &mut Conn,
     request_id: u32,
     offer: &RdmaHello,
     dev: &'static Device,
     timeout: Duration,
-) -> ClusterResult<()> {
+) -> ClusterResult<Option<Link>> {
     let (chunk, depth) = offer.agree(CHUNK, DEPTH);
     let made = Pending::new(dev, depth)
         .map_err(ClusterError::from)
@@ -87,13 +85,13 @@ pub fn accept(
                 &meta,
                 &[],
             )?;
-            conn.rdma = Some(link);
+            Ok(Some(link))
         }
         Err(e) => {
             tracing::warn!(peer = %conn.peer(), "store: RDMA queue pair setup failed: {e}");
             let why = format!("queue pair setup on {} failed: {e}", dev.name);
             conn.send_error(request_id, code::RDMA_UNAVAILABLE, &why)?;
+            Ok(None)
         }
     }
-    Ok(())
 }
