@@ -139,6 +139,21 @@ pub trait Backend: Send + Sync + 'static {
         src_rows: &[usize],
         out: &mut Self::Buf,
     ) -> Result<(), KernelError>;
+    /// Copies `out.len()` floats starting at float `offset` of `buf` to the host (the hierarchical
+    /// cache's device -> host page copies).
+    fn read_range(
+        &self,
+        buf: &Self::Buf,
+        offset: usize,
+        out: &mut [f32],
+    ) -> Result<(), KernelError>;
+    /// Copies `data` into `buf` starting at float `offset` (host -> device page loads).
+    fn write_range(
+        &self,
+        buf: &mut Self::Buf,
+        offset: usize,
+        data: &[f32],
+    ) -> Result<(), KernelError>;
     /// Copies whole KV pages `src → dst` within one layer's cache (copy-on-write of shared pages,
     /// and the seam the hierarchical cache's page movers use).
     fn copy_pages(

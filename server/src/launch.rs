@@ -7,9 +7,13 @@
 //! `context_length × max_running_requests` (more could never be used), rounded down to pages.
 
 use crate::api::{AppState, ServerInfo};
+use crate::hicache::storage::Storage;
+use crate::hicache::{HiCache, HiCacheConfig};
+use crate::kv::HostKvPool;
 use crate::kv::{DeviceKvPool, KvPool};
 use crate::model::{Model, ModelConfig, ModelError, ModelRunner, Tokenizer};
-use crate::scheduler::{spawn, SchedulerConfig};
+use crate::scheduler::hooks::NoPrefetch;
+use crate::scheduler::{spawn_with_hook, SchedulerConfig};
 use crate::stats::Stats;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -27,7 +31,11 @@ pub struct ServeOptions {
     pub mem_fraction_static: f64,
     pub max_total_tokens: Option<usize>,
     pub disable_radix_cache: bool,
+    /// `--radix-eviction-policy lfu`.
+    pub radix_eviction_lfu: bool,
     pub api_key: Option<String>,
+    /// The hierarchical cache (`--enable-hierarchical-cache`), or none.
+    pub hicache: Option<HiCacheConfig>,
     /// Launch arguments echoed by `/get_server_info`.
     pub server_args: serde_json::Value,
 }
@@ -51,6 +59,68 @@ fn mem_available_bytes() -> Option<u64> {
         .parse::<u64>()
         .ok()
         .map(|kb| kb * 1024)
+}
+
+/// Sizes the host pool (`--hicache-size` GB, else `--hicache-ratio` × the device pool), checks that
+/// the memory exists, and starts the L3 I/O threads when a store is configured.
+fn build_hicache(
+    hc: &HiCacheConfig,
+    cfg: &ModelConfig,
+    page_size: usize,
+    device_pages: usize,
+    elem: usize,
+    stats: &Arc<Stats>,
+) -> Result<HiCache, LaunchError> {
+    let object = page_size * cfg.num_layers * cfg.kv_dim() * elem;
+    let pages = if hc.size_gb > 0.0 {
+        (hc.size_gb * 1e9 / (2 * object) as f64) as usize
+    } else {
+        (hc.ratio * device_pages as f64) as usize
+    };
+    if pages < 1 {
+        return Err(LaunchError::Config(
+            "the host KV pool would hold no page; raise --hicache-ratio or --hicache-size".into(),
+        ));
+    }
+    let bytes = pages * 2 * object;
+    let avail = mem_available_bytes().unwrap_or(u64::MAX) as f64;
+    if bytes as f64 > 0.9 * avail {
+        return Err(LaunchError::Config(format!(
+            "the host KV pool needs {} MiB but only {} MiB of memory is available; lower --hicache-ratio or set --hicache-size (GB)",
+            bytes >> 20,
+            (avail as u64) >> 20
+        )));
+    }
+    let host = Arc::new(
+        HostKvPool::new(
+            pages,
+            page_size,
+            cfg.num_layers,
+            cfg.kv_dim(),
+            elem,
+            hc.layout,
+        )
+        .map_err(LaunchError::Config)?,
+    );
+    let storage = match &hc.storage_master {
+        Some(m) => Some(Storage::start(m.clone(), host.region())?),
+        None => None,
+    };
+    tracing::info!(
+        host_pages = pages,
+        host_mib = bytes >> 20,
+        write_policy = ?hc.write_policy,
+        prefetch_policy = ?hc.prefetch_policy,
+        storage = hc.storage_master.as_deref().unwrap_or("none"),
+        "hierarchical cache ready"
+    );
+    Ok(HiCache::new(
+        hc.clone(),
+        page_size,
+        host,
+        storage,
+        stats.clone(),
+    ))
 }
 
 /// Loads everything and starts the scheduler on the CPU backend.
@@ -153,8 +223,34 @@ where
         chunked_prefill_size: opts.chunked_prefill_size,
         context_length,
         radix_cache: !opts.disable_radix_cache,
+        eviction_lfu: opts.radix_eviction_lfu,
     };
-    let handle = spawn(sched_cfg, model, pool, tokenizer.clone(), stats.clone())?;
+    let hicache = match &opts.hicache {
+        Some(_) if !model.kv_page_io() => {
+            return Err(LaunchError::Config(format!(
+                "--enable-hierarchical-cache is not available on the {} runner yet; use --device cpu or --dtype float32",
+                model.name()
+            )))
+        }
+        Some(hc) => Some(build_hicache(
+            hc,
+            &cfg,
+            opts.page_size,
+            num_pages,
+            model.kv_elem_bytes(),
+            &stats,
+        )?),
+        None => None,
+    };
+    let handle = spawn_with_hook(
+        sched_cfg,
+        model,
+        pool,
+        tokenizer.clone(),
+        stats.clone(),
+        Box::new(NoPrefetch),
+        hicache,
+    )?;
     Ok(AppState {
         scheduler: handle,
         tokenizer,

@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod cache;
+pub mod hicache;
 pub mod kv;
 pub mod launch;
 pub mod logprobs;

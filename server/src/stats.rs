@@ -54,6 +54,8 @@ pub struct Stats {
     /// Decode throughput of the last scheduler window, in tokens/s × 1000.
     pub gen_throughput_milli: AtomicU64,
     pub ttft: Histogram,
+    /// Hierarchical cache counters (all zero when HiCache is off).
+    pub hicache: crate::hicache::HiCacheStats,
     pub itl: Histogram,
     pub e2e: Histogram,
 }

@@ -13,6 +13,7 @@ use tower::ServiceExt;
 
 fn opts(dir: &std::path::Path) -> ServeOptions {
     ServeOptions {
+        hicache: None,
         model_path: dir.to_path_buf(),
         served_model_name: None,
         page_size: 4,
@@ -22,6 +23,7 @@ fn opts(dir: &std::path::Path) -> ServeOptions {
         mem_fraction_static: 0.5,
         max_total_tokens: Some(1024),
         disable_radix_cache: false,
+        radix_eviction_lfu: false,
         api_key: None,
         server_args: json!({}),
     }

@@ -86,6 +86,7 @@ fn held_request_does_not_block_others_and_pages_return() {
         chunked_prefill_size: Some(16),
         context_length: 512,
         radix_cache: true,
+        eviction_lfu: false,
     };
     let release = Arc::new(AtomicBool::new(false));
     let h = spawn_with_hook(
@@ -95,6 +96,7 @@ fn held_request_does_not_block_others_and_pages_return() {
         tok,
         stats.clone(),
         Box::new(HoldUntil(release.clone())),
+        None,
     )
     .unwrap();
     let (held, mut held_rx) = request("held", (1..30).collect());

@@ -27,7 +27,7 @@ enum Command {
     /// A store node: serves a page store to the cluster.
     Store(cmd::store::Args),
     /// The inference server (flags of `python -m sglang.launch_server`).
-    Serve(cmd::serve::Args),
+    Serve(Box<cmd::serve::Args>),
     /// Write a deterministic random-weight model (Hugging Face layout).
     MakeModel(cmd::make_model::Args),
     /// Benchmarks (engine, store, serve, router).
@@ -48,7 +48,7 @@ fn main() -> anyhow::Result<()> {
         Command::Inspect(args) => cmd::inspect::run(args),
         Command::Master(args) => cmd::master::run(args),
         Command::Store(args) => cmd::store::run(args),
-        Command::Serve(a) => cmd::serve::run(a),
+        Command::Serve(a) => cmd::serve::run(*a),
         Command::MakeModel(a) => cmd::make_model::run(a),
         Command::Bench(b) => cmd::bench::run(b),
         Command::Router(a) => cmd::router::run(*a),

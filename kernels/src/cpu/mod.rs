@@ -235,6 +235,28 @@ impl Backend for CpuBackend {
         Ok(())
     }
 
+    fn read_range(
+        &self,
+        buf: &Vec<f32>,
+        offset: usize,
+        out: &mut [f32],
+    ) -> Result<(), KernelError> {
+        need("read_range", "buf", buf.len(), offset + out.len())?;
+        out.copy_from_slice(&buf[offset..offset + out.len()]);
+        Ok(())
+    }
+
+    fn write_range(
+        &self,
+        buf: &mut Vec<f32>,
+        offset: usize,
+        data: &[f32],
+    ) -> Result<(), KernelError> {
+        need("write_range", "buf", buf.len(), offset + data.len())?;
+        buf[offset..offset + data.len()].copy_from_slice(data);
+        Ok(())
+    }
+
     fn copy_pages(
         &self,
         cache: &mut Vec<f32>,

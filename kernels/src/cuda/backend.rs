@@ -354,6 +354,16 @@ impl Backend for CudaBackend {
         self.copy_rows(src, &sr, out, &dr, row_len)
     }
 
+    fn read_range(&self, buf: &CudaBuf, offset: usize, out: &mut [f32]) -> R {
+        need("read_range", "buf", buf.len(), offset + out.len())?;
+        Ok(self.k.download(buf.ptr() + (offset * 4) as u64, out)?)
+    }
+
+    fn write_range(&self, buf: &mut CudaBuf, offset: usize, data: &[f32]) -> R {
+        need("write_range", "buf", buf.len(), offset + data.len())?;
+        Ok(self.k.upload_at(buf.ptr() + (offset * 4) as u64, data)?)
+    }
+
     fn copy_pages(&self, cache: &mut CudaBuf, page_floats: usize, pairs: &[(u32, u32)]) -> R {
         // One stream-ordered copy per pair keeps the CPU backend's sequential semantics even when
         // a page is both a destination and a later source.

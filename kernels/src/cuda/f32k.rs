@@ -106,6 +106,23 @@ impl F32Kernels {
         Ok(())
     }
 
+    /// Copies host `data` to device address `dst`, after the stream drains (synchronous).
+    pub fn upload_at(&self, dst: u64, data: &[f32]) -> Result<()> {
+        self.ctx.stream().synchronize()?;
+        self.ctx.cuda().bind_to_thread()?;
+        // SAFETY: the caller checked that `dst` holds at least `data.len()` floats; `data` is a
+        // valid host buffer of that size; the copy is synchronous.
+        unsafe {
+            sys::cuMemcpyHtoD_v2(
+                dst,
+                data.as_ptr() as *const c_void,
+                std::mem::size_of_val(data),
+            )
+            .result()?;
+        }
+        Ok(())
+    }
+
     /// Stream-ordered device-to-device copy of `bytes` bytes.
     pub fn copy_d2d(&self, dst: u64, src: u64, bytes: usize) -> Result<()> {
         self.ctx.cuda().bind_to_thread()?;

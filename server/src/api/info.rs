@@ -98,6 +98,21 @@ pub async fn flush_cache(State(st): State<AppState>) -> Response {
     }
 }
 
+/// `/clear_hicache_storage_backend`: removes every page from the L3 store.
+pub async fn clear_hicache_storage(State(st): State<AppState>) -> Response {
+    match st.scheduler.clear_storage().await {
+        Ok(()) => (
+            StatusCode::OK,
+            "Hierarchical cache storage backend cleared.\n",
+        )
+            .into_response(),
+        Err(e) => ApiError::bad_request(format!(
+            "Hierarchical cache storage backend not cleared: {e}"
+        ))
+        .into_response(),
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct AbortWire {

@@ -64,6 +64,77 @@ fn gpu_gauges(out: &mut String, gpus: &[strata_kernels::cuda::GpuInfo]) {
     }
 }
 
+/// SGLang's HiCache series plus per-tier occupancy (only when HiCache is on).
+fn hicache_series(o: &mut String, h: &crate::hicache::HiCacheStats) {
+    if Stats::get(&h.enabled) == 0 {
+        return;
+    }
+    let c = |o: &mut String, name: &str, help: &str, v: &std::sync::atomic::AtomicU64| {
+        counter(o, name, help, Stats::get(v))
+    };
+    c(
+        o,
+        "prefetched_tokens",
+        "Tokens prefetched from the L3 store into host memory.",
+        &h.prefetched_tokens,
+    );
+    c(
+        o,
+        "backuped_tokens",
+        "Tokens written to the L3 store.",
+        &h.backuped_tokens,
+    );
+    c(
+        o,
+        "load_back_tokens",
+        "Tokens loaded from host memory back to the device pool.",
+        &h.load_back_tokens,
+    );
+    c(
+        o,
+        "evicted_tokens",
+        "Tokens evicted from the device and host tiers.",
+        &h.evicted_tokens,
+    );
+    c(
+        o,
+        "l3_hit_tokens",
+        "Tokens found in the L3 store by prefetch queries.",
+        &h.l3_hit_tokens,
+    );
+    c(
+        o,
+        "prefetch_skipped",
+        "Prefetches skipped because loading would be slower than recomputing.",
+        &h.prefetch_skipped,
+    );
+    gauge(
+        o,
+        "prefetch_bandwidth",
+        "Last measured L3 read bandwidth (bytes/s).",
+        Stats::get(&h.prefetch_bandwidth) as f64,
+    );
+    gauge(
+        o,
+        "backup_bandwidth",
+        "Last measured L3 write bandwidth (bytes/s).",
+        Stats::get(&h.backup_bandwidth) as f64,
+    );
+    let total = Stats::get(&h.host_total_pages).max(1) as f64;
+    gauge(
+        o,
+        "hicache_host_used_ratio",
+        "Fraction of host KV pages holding cached prefixes.",
+        Stats::get(&h.host_cached_pages) as f64 / total,
+    );
+    gauge(
+        o,
+        "hicache_host_cached_pages",
+        "Host KV pages holding cached prefixes.",
+        Stats::get(&h.host_cached_pages) as f64,
+    );
+}
+
 pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
     let s = &st.stats;
     let mut o = String::new();
@@ -131,6 +202,7 @@ pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
         "Requests retracted for lack of KV memory.",
         Stats::get(&s.retractions),
     );
+    hicache_series(&mut o, &s.hicache);
     histogram(
         &mut o,
         "time_to_first_token_seconds",

@@ -92,6 +92,10 @@ pub fn app(state: AppState) -> Router {
             "/flush_cache",
             get(info::flush_cache).post(info::flush_cache),
         )
+        .route(
+            "/clear_hicache_storage_backend",
+            get(info::clear_hicache_storage).post(info::clear_hicache_storage),
+        )
         .route("/abort_request", post(info::abort_request))
         .route("/metrics", get(metrics::metrics))
         .fallback(not_found)

@@ -2,7 +2,7 @@
 
 pub mod radix;
 
-pub use radix::{NodeId, PrefixMatch, RadixCache};
+pub use radix::{Fresh, NodeId, PrefixMatch, RadixCache, Tier};
 
 #[cfg(test)]
 mod radix_tests;

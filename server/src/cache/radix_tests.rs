@@ -3,25 +3,32 @@
 //! Every page handed to the tree is recorded with the tokens it holds; any match must return pages
 //! whose recorded tokens equal the query, locked matches must survive eviction, and page accounting
 //! (`free + cached == total`) must hold after every step. The seed is printed; set
-//! `STRATA_TEST_SEED` to replay one.
+//! `STRATA_TEST_SEED` to replay one. The tiered runs add a host pool: write-through backups,
+//! write-back on eviction, prefetched host-only nodes, load-backs and host eviction, with page
+//! contents followed across tiers.
 
-use super::radix::RadixCache;
+use super::radix::{RadixCache, Tier};
 use crate::kv::FreeList;
 use crate::seeded::SplitMix64;
 use std::collections::HashMap;
 
-fn run(seed: u64, page_size: usize, steps: usize) {
+fn run(seed: u64, page_size: usize, steps: usize, tiers: bool) {
     let total = 160;
     let list = FreeList::new(total);
+    let host_total = if tiers { 240 } else { 0 };
+    let hlist = FreeList::new(host_total);
     let mut tree = RadixCache::new(page_size);
     let mut rng = SplitMix64(seed);
+    // Tokens each page holds, per tier (the "bytes" a load-back or backup copies).
     let mut content: HashMap<u32, Vec<u32>> = HashMap::new();
+    let mut hcontent: HashMap<u32, Vec<u32>> = HashMap::new();
     let mut seqs: Vec<Vec<u32>> = Vec::new();
     let mut locks: Vec<(usize, Vec<u32>, Vec<u32>)> = Vec::new(); // node, tokens, pages
     let mut r = |n: u64| (rng.next_u64() % n) as usize;
     let (mut matched, mut evicted, mut inserted) = (0usize, 0usize, 0usize);
+    let (mut loaded, mut backed, mut host_evicted) = (0usize, 0usize, 0usize);
     for step in 0..steps {
-        let op = r(10);
+        let op = r(14);
         // A query: often an extension of an earlier sequence, over a tiny alphabet.
         let mut q: Vec<u32> = if !seqs.is_empty() && r(3) > 0 {
             let base = &seqs[r(seqs.len() as u64)];
@@ -32,8 +39,33 @@ fn run(seed: u64, page_size: usize, steps: usize) {
         for _ in 0..r(8 * page_size as u64) {
             q.push(r(3) as u32);
         }
-        let m = tree.match_prefix(&q);
+        let mut m = tree.match_prefix(&q);
         assert_eq!(m.tokens, m.pages.len() * page_size);
+        if !tiers {
+            assert_eq!(m.host_tokens, 0);
+        }
+        // Load the host-only part back to the device (what admission does).
+        if m.host_tokens > 0 && r(2) == 0 {
+            tree.lock(m.host_node);
+            let path = tree.host_only_path(m.host_node);
+            let need: usize = path.iter().map(|&n| tree.node_pages(n)).sum();
+            if list.free_count() < need {
+                tree.evict(need - list.free_count());
+            }
+            if let Some(mut dev) = list.alloc(need) {
+                for &n in &path {
+                    let host = tree.pages_of(n, Tier::Host);
+                    let pages: Vec<_> = dev.drain(..host.len()).collect();
+                    for (h, d) in host.iter().zip(&pages) {
+                        content.insert(d.id(), hcontent[h].clone());
+                    }
+                    loaded += pages.len();
+                    tree.set_pages(n, Tier::Device, pages);
+                }
+            }
+            tree.unlock(m.host_node);
+            m = tree.match_prefix(&q);
+        }
         matched += m.tokens;
         for (i, p) in m.pages.iter().enumerate() {
             assert_eq!(
@@ -56,8 +88,22 @@ fn run(seed: u64, page_size: usize, steps: usize) {
                         content.insert(p.id(), q[at..at + page_size].to_vec());
                     }
                     inserted += need;
-                    let already = tree.insert(&q[..full], m.pages.len(), own);
+                    let (already, fresh) = tree.insert(&q[..full], m.pages.len(), own);
                     assert!(already >= m.tokens);
+                    // Write-through: back up fresh nodes when the host has room.
+                    for f in fresh {
+                        if !tiers || r(3) == 0 {
+                            continue;
+                        }
+                        if let Some(host) = hlist.alloc(f.pages) {
+                            let dev = tree.pages_of(f.node, Tier::Device);
+                            for (d, h) in dev.iter().zip(&host) {
+                                hcontent.insert(h.id(), content[d].clone());
+                            }
+                            backed += host.len();
+                            tree.set_pages(f.node, Tier::Host, host);
+                        }
+                    }
                     seqs.push(q.clone());
                     let again = tree.match_prefix(&q);
                     assert_eq!(
@@ -77,8 +123,41 @@ fn run(seed: u64, page_size: usize, steps: usize) {
                     tree.unlock(node);
                 }
             }
+            8 | 9 if tiers => {
+                // A prefetch from L3: the query's pages past the match arrive on the host.
+                let upto = q.len() / page_size;
+                let have = (m.tokens + m.host_tokens) / page_size;
+                let n = upto.saturating_sub(have);
+                tree.lock(m.host_node);
+                if hlist.free_count() < n {
+                    host_evicted += tree.evict_host(n - hlist.free_count());
+                }
+                if let Some(host) = hlist.alloc(n) {
+                    for (i, h) in host.iter().enumerate() {
+                        let at = (have + i) * page_size;
+                        hcontent.insert(h.id(), q[at..at + page_size].to_vec());
+                    }
+                    tree.insert_host(&q[..upto * page_size], have, host);
+                    let again = tree.match_prefix(&q);
+                    assert_eq!(again.tokens + again.host_tokens, upto * page_size);
+                }
+                tree.unlock(m.host_node);
+            }
+            10 if tiers => host_evicted += tree.evict_host(r(40)),
             _ => {
-                evicted += tree.evict(r(40));
+                // Device eviction; write-back half of the time.
+                let wb = tiers && r(2) == 0;
+                let mut backup = |dev: &[u32]| -> Option<Vec<crate::kv::Page>> {
+                    if !wb {
+                        return None;
+                    }
+                    let host = hlist.alloc(dev.len())?;
+                    for (d, h) in dev.iter().zip(&host) {
+                        hcontent.insert(h.id(), content[d].clone());
+                    }
+                    Some(host)
+                };
+                evicted += tree.evict_with(r(40), &mut backup).0;
                 for (_, toks, pages) in &locks {
                     let again = tree.match_prefix(toks);
                     assert_eq!(
@@ -94,20 +173,34 @@ fn run(seed: u64, page_size: usize, steps: usize) {
             total,
             "seed {seed} step {step}: page accounting"
         );
+        assert_eq!(
+            hlist.free_count() + tree.host_pages(),
+            host_total,
+            "seed {seed} step {step}: host page accounting"
+        );
     }
     // The run must have exercised reuse, insertion and eviction, not just empty trees.
     assert!(
         matched > 0 && inserted > 0 && evicted > 0,
         "seed {seed}: matched {matched} inserted {inserted} evicted {evicted}"
     );
+    if tiers {
+        assert!(
+            loaded > 0 && backed > 0 && host_evicted > 0,
+            "seed {seed}: loaded {loaded} backed {backed} host-evicted {host_evicted}"
+        );
+    }
     for (node, _, _) in locks.drain(..) {
         tree.unlock(node);
     }
-    let cached = tree.cached_pages();
-    assert_eq!(tree.evict(usize::MAX), cached);
+    tree.evict(usize::MAX);
+    tree.evict_host(usize::MAX);
+    tree.evict(usize::MAX);
+    assert_eq!(tree.cached_pages() + tree.host_pages(), 0);
     assert!(tree.reset());
     drop(tree);
     assert_eq!(list.free_count(), total);
+    assert_eq!(hlist.free_count(), host_total);
 }
 
 #[test]
@@ -123,6 +216,7 @@ fn randomised_radix_invariants() {
         });
     eprintln!("radix randomised test seed {seed} (replay with STRATA_TEST_SEED={seed})");
     for (i, ps) in [1usize, 2, 4].into_iter().enumerate() {
-        run(seed.wrapping_add(i as u64), ps, 4000);
+        run(seed.wrapping_add(i as u64), ps, 4000, false);
+        run(seed.wrapping_add(100 + i as u64), ps, 4000, true);
     }
 }

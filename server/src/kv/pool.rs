@@ -7,9 +7,11 @@
 //! layer one K and one V buffer of `pages × page_size × kv_dim` values (f32 on the CPU runner,
 //! bf16 on the CUDA runner).
 
-use super::page::{FreeList, Page};
-use crate::model::{ModelError, ModelRunner};
+use super::host::HostKvPool;
+use super::page::{FreeList, Page, PageId};
+use crate::model::{KvBuffers, ModelError, ModelRunner};
 use std::sync::Arc;
+use strata_kernels::{Backend, KernelError};
 
 /// Memory tier of a pool.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -77,4 +79,66 @@ impl<R: ModelRunner> KvPool for DeviceKvPool<R> {
     fn page_bytes(&self) -> usize {
         self.page_bytes
     }
+}
+
+/// Copies device pages `dev[i]` of an f32 backend's KV cache into host pages `host[i]` (all layers,
+/// K and V), converting the layer-first device layout into the host pool's page-first layout.
+pub fn save_pages<B: Backend>(
+    backend: &B,
+    kv: &KvBuffers<B>,
+    dev: &[PageId],
+    host_pool: &HostKvPool,
+    host: &[PageId],
+) -> Result<(), KernelError> {
+    assert_eq!(dev.len(), host.len());
+    let (ps, kvd) = (kv.page_size, host_pool.kv_dim);
+    let mut tmp = vec![0f32; ps * kvd];
+    for (&d, &h) in dev.iter().zip(host) {
+        for (v, bufs) in [(false, &kv.k), (true, &kv.v)] {
+            // SAFETY: the caller owns host page `h` exclusively (freshly allocated, no I/O).
+            let obj = unsafe { host_pool.object_mut(h, v) };
+            for (l, buf) in bufs.iter().enumerate() {
+                backend.read_range(buf, d as usize * ps * kvd, &mut tmp)?;
+                for t in 0..ps {
+                    let at = host_pool.offset(t, l);
+                    let row = &tmp[t * kvd..(t + 1) * kvd];
+                    for (dst, x) in obj[at..at + kvd * 4].chunks_exact_mut(4).zip(row) {
+                        dst.copy_from_slice(&x.to_le_bytes());
+                    }
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Copies host pages `host[i]` into device pages `dev[i]` (the inverse of [`save_pages`]).
+pub fn load_pages<B: Backend>(
+    backend: &B,
+    kv: &mut KvBuffers<B>,
+    host_pool: &HostKvPool,
+    host: &[PageId],
+    dev: &[PageId],
+) -> Result<(), KernelError> {
+    assert_eq!(dev.len(), host.len());
+    let (ps, kvd) = (kv.page_size, host_pool.kv_dim);
+    let mut tmp = vec![0f32; ps * kvd];
+    for (&h, &d) in host.iter().zip(dev) {
+        for v in [false, true] {
+            // SAFETY: host page `h` is locked in the tree; nothing writes it meanwhile.
+            let obj = unsafe { host_pool.object(h, v) };
+            let bufs = if v { &mut kv.v } else { &mut kv.k };
+            for (l, buf) in bufs.iter_mut().enumerate() {
+                for t in 0..ps {
+                    let at = host_pool.offset(t, l);
+                    let row = &mut tmp[t * kvd..(t + 1) * kvd];
+                    for (x, src) in row.iter_mut().zip(obj[at..at + kvd * 4].chunks_exact(4)) {
+                        *x = f32::from_le_bytes(src.try_into().expect("4 bytes"));
+                    }
+                }
+                backend.write_range(buf, d as usize * ps * kvd, &tmp)?;
+            }
+        }
+    }
+    Ok(())
 }

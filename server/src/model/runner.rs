@@ -14,6 +14,7 @@
 use super::llama::{ForwardBatch, KvBuffers, Model};
 use super::{ModelConfig, ModelError};
 use crate::logprobs::{at_position, LogprobSpec, PosLogprobs};
+use crate::kv::{HostKvPool, PageId};
 use crate::sampling::SamplingParams;
 use strata_kernels::sampling::sample;
 use strata_kernels::Backend;
@@ -89,6 +90,36 @@ pub trait ModelRunner: Send + 'static {
     }
     /// Allocates a zeroed paged KV cache of `num_pages` pages of `page_size` tokens.
     fn new_kv(&self, num_pages: usize, page_size: usize) -> Result<Self::Kv, ModelError>;
+    /// Bytes of one KV element (the host pool stores pages in the same type).
+    fn kv_elem_bytes(&self) -> usize {
+        4
+    }
+    /// Whether [`save_pages`](Self::save_pages) / [`load_pages`](Self::load_pages) work (the
+    /// hierarchical cache needs them).
+    fn kv_page_io(&self) -> bool {
+        false
+    }
+    /// Copies device pages `dev[i]` into host-pool pages `host_pages[i]` (all layers, K and V),
+    /// in the host pool's page-first layout.
+    fn save_pages(
+        &self,
+        _kv: &Self::Kv,
+        _dev: &[PageId],
+        _host: &HostKvPool,
+        _host_pages: &[PageId],
+    ) -> Result<(), ModelError> {
+        Err(no_page_io(self.name()))
+    }
+    /// Copies host-pool pages `host_pages[i]` into device pages `dev[i]`.
+    fn load_pages(
+        &self,
+        _kv: &mut Self::Kv,
+        _host: &HostKvPool,
+        _host_pages: &[PageId],
+        _dev: &[PageId],
+    ) -> Result<(), ModelError> {
+        Err(no_page_io(self.name()))
+    }
     /// Runs `batch` and samples one token per `batch.logit_rows` entry (`sampling` is parallel to
     /// it).
     fn run_batch(
@@ -116,6 +147,39 @@ impl<B: Backend> ModelRunner for Model<B> {
     fn new_kv(&self, num_pages: usize, page_size: usize) -> Result<Self::Kv, ModelError> {
         Model::new_kv(self, num_pages, page_size)
     }
+    fn kv_page_io(&self) -> bool {
+        true
+    }
+    fn save_pages(
+        &self,
+        kv: &Self::Kv,
+        dev: &[PageId],
+        host: &HostKvPool,
+        host_pages: &[PageId],
+    ) -> Result<(), ModelError> {
+        Ok(crate::kv::pool::save_pages(
+            self.backend(),
+            kv,
+            dev,
+            host,
+            host_pages,
+        )?)
+    }
+    fn load_pages(
+        &self,
+        kv: &mut Self::Kv,
+        host: &HostKvPool,
+        host_pages: &[PageId],
+        dev: &[PageId],
+    ) -> Result<(), ModelError> {
+        Ok(crate::kv::pool::load_pages(
+            self.backend(),
+            kv,
+            host,
+            host_pages,
+            dev,
+        )?)
+    }
     fn run_batch(
         &mut self,
         batch: &ForwardBatch,
@@ -131,6 +195,12 @@ impl<B: Backend> ModelRunner for Model<B> {
             .map(|(row, r)| sample_host(&mut logits[row * vocab..(row + 1) * vocab].to_vec(), r))
             .collect())
     }
+}
+
+fn no_page_io(runner: &str) -> ModelError {
+    ModelError::Kernel(strata_kernels::KernelError::Device(format!(
+        "the {runner} runner cannot copy KV pages to the host yet (hierarchical cache)"
+    )))
 }
 
 /// Errors unless there is one sampling request per logits row.

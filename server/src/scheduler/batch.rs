@@ -4,7 +4,9 @@
 use super::request::{Event, FinishReason, PosLogprobs};
 use super::seq::Seq;
 use super::Scheduler;
-use crate::kv::KvPool;
+use crate::cache::{NodeId, Tier};
+use crate::hicache::{WritePolicy, SELECTIVE_HITS};
+use crate::kv::{KvPool, Page, PageId};
 use crate::model::{ForwardBatch, ModelRunner, SampleReq, Sampled, SeqSlice};
 use crate::stats::Stats;
 use std::collections::VecDeque;
@@ -26,7 +28,7 @@ impl<R: ModelRunner> Scheduler<R> {
         }
         let free = self.pool.free_pages();
         if free < need {
-            self.tree.evict(need - free);
+            self.evict_device(need - free);
         }
         match self.pool.alloc(need) {
             Some(p) => {
@@ -35,6 +37,80 @@ impl<R: ModelRunner> Scheduler<R> {
             }
             None => false,
         }
+    }
+
+    /// Frees device pages from the prefix cache; under write_back, evicted nodes are copied to the
+    /// host (and on to the L3) first.
+    pub(super) fn evict_device(&mut self, pages: usize) {
+        let Some(h) = self.hicache.as_mut() else {
+            self.tree.evict(pages);
+            return;
+        };
+        let before = self.tree.cached_pages();
+        let host = h.host().clone();
+        let backed = if h.write_policy() == WritePolicy::WriteBack {
+            let (pool, model) = (&self.pool, &self.model);
+            let mut backup = |dev: &[PageId]| -> Option<Vec<Page>> {
+                let hp = host.alloc(dev.len())?;
+                let ids: Vec<PageId> = hp.iter().map(Page::id).collect();
+                super::copy_out(model, pool, &host, dev, &ids).then_some(hp)
+            };
+            self.tree.evict_with(pages, &mut backup).1
+        } else {
+            self.tree.evict(pages);
+            Vec::new()
+        };
+        for node in backed {
+            h.store_node(&mut self.tree, node);
+        }
+        let freed = before - self.tree.cached_pages();
+        Stats::add(
+            &self.stats.hicache.evicted_tokens,
+            (freed * self.cfg.page_size) as u64,
+        );
+    }
+
+    /// Loads the host-only part of a match back into device pages (L2 -> L1). Returns false when
+    /// the device pool has no room (the request then computes those tokens).
+    fn load_back(&mut self, deep: NodeId) -> bool {
+        let Some(h) = self.hicache.as_ref() else {
+            return false;
+        };
+        let host = h.host().clone();
+        self.tree.lock(deep);
+        let path = self.tree.host_only_path(deep);
+        let need: usize = path.iter().map(|&n| self.tree.node_pages(n)).sum();
+        let free = self.pool.free_pages();
+        if free < need {
+            self.evict_device(need - free);
+        }
+        let ok = match self.pool.alloc(need) {
+            Some(mut dev) => {
+                let mut ok = true;
+                for &n in &path {
+                    let hp = self.tree.pages_of(n, Tier::Host);
+                    let pages: Vec<Page> = dev.drain(..hp.len()).collect();
+                    let ids: Vec<PageId> = pages.iter().map(Page::id).collect();
+                    let kv = &mut self.pool.buffers;
+                    if let Err(e) = self.model.load_pages(kv, &host, &hp, &ids) {
+                        tracing::error!("hicache: host -> device copy failed: {e}");
+                        ok = false;
+                        break;
+                    }
+                    self.tree.set_pages(n, Tier::Device, pages);
+                }
+                if ok {
+                    Stats::add(
+                        &self.stats.hicache.load_back_tokens,
+                        (need * self.cfg.page_size) as u64,
+                    );
+                }
+                ok
+            }
+            None => false,
+        };
+        self.tree.unlock(deep);
+        ok
     }
 
     /// Runs one round; false if nothing could run.
@@ -98,7 +174,11 @@ impl<R: ModelRunner> Scheduler<R> {
                 break;
             };
             if s.held {
-                if self.hook.ready(&s.req.rid) {
+                let l3_ready = match self.hicache.as_mut() {
+                    Some(h) => h.prefetch_ready(&mut self.tree, &s.req.rid),
+                    None => true,
+                };
+                if l3_ready && self.hook.ready(&s.req.rid) {
                     s.held = false;
                 } else {
                     held.push_back(s);
@@ -107,7 +187,11 @@ impl<R: ModelRunner> Scheduler<R> {
             }
             if self.cfg.radix_cache {
                 let limit = s.cache_match_limit();
-                let m = self.tree.match_prefix(&s.tokens[..limit]);
+                let mut m = self.tree.match_prefix(&s.tokens[..limit]);
+                if m.host_tokens > 0 && self.load_back(m.host_node) {
+                    m = self.tree.match_prefix(&s.tokens[..limit]);
+                }
+                self.backup_selective(m.node);
                 self.tree.lock(m.node);
                 s.lock_node = Some(m.node);
                 s.prefix_pages = m.pages;
@@ -156,6 +240,22 @@ impl<R: ModelRunner> Scheduler<R> {
         }
         self.forward(items);
         true
+    }
+
+    /// write_through_selective: backs up the nodes of a match that became hot.
+    fn backup_selective(&mut self, node: NodeId) {
+        let Some(h) = self.hicache.as_mut() else {
+            return;
+        };
+        if h.write_policy() != WritePolicy::WriteThroughSelective {
+            return;
+        }
+        let host = h.host().clone();
+        let (pool, model) = (&self.pool, &self.model);
+        let mut copy = |dev: &[u32], hp: &[u32]| super::copy_out(model, pool, &host, dev, hp);
+        for n in self.tree.unbacked_path(node, SELECTIVE_HITS) {
+            h.backup_node(&mut self.tree, n, &mut copy);
+        }
     }
 
     /// Frees a running sequence's pages (caching what it computed) and requeues it at the front.
@@ -255,6 +355,14 @@ impl<R: ModelRunner> Scheduler<R> {
                 return;
             }
         };
+        let prefill: usize = items
+            .iter()
+            .map(|(_, it)| it.end - it.start)
+            .filter(|&n| n > 1)
+            .sum();
+        if let Some(h) = &mut self.hicache {
+            h.observe_prefill(prefill, t0.elapsed().as_secs_f64());
+        }
         for (i, it) in &items {
             self.running[*i].computed = it.end;
         }

@@ -18,6 +18,7 @@ pub mod request;
 mod seq;
 
 use crate::cache::RadixCache;
+use crate::hicache::HiCache;
 use crate::kv::{DeviceKvPool, KvPool};
 use crate::model::{ModelRunner, Tokenizer};
 use crate::stats::Stats;
@@ -37,6 +38,8 @@ pub struct SchedulerConfig {
     pub chunked_prefill_size: Option<usize>,
     pub context_length: usize,
     pub radix_cache: bool,
+    /// Evict the least frequently (instead of least recently) used prefixes first.
+    pub eviction_lfu: bool,
 }
 
 /// The scheduler state (lives on its own thread; see [`spawn`]).
@@ -48,6 +51,8 @@ pub struct Scheduler<R: ModelRunner> {
     tokenizer: Arc<Tokenizer>,
     stats: Arc<Stats>,
     hook: Box<dyn PrefetchHook>,
+    /// The hierarchical cache (host tier and L3), when enabled.
+    hicache: Option<HiCache>,
     waiting: VecDeque<Seq>,
     running: Vec<Seq>,
     aborts: HashSet<String>,
@@ -70,6 +75,15 @@ impl SchedulerHandle {
     pub fn abort(&self, rid: &str) {
         let _ = self.tx.send(Msg::Abort(rid.to_string()));
     }
+    /// Empties the L3 store (`/clear_hicache_storage_backend`).
+    pub async fn clear_storage(&self) -> Result<(), String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.tx.send(Msg::ClearStorage(tx)).is_err() {
+            return Err("the scheduler is gone".into());
+        }
+        rx.await
+            .unwrap_or_else(|_| Err("the scheduler is gone".into()))
+    }
     /// Asks to flush the prefix cache.
     pub async fn flush(&self) -> bool {
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -88,10 +102,18 @@ pub fn spawn<R: ModelRunner>(
     tokenizer: Arc<Tokenizer>,
     stats: Arc<Stats>,
 ) -> std::io::Result<SchedulerHandle> {
-    spawn_with_hook(cfg, model, pool, tokenizer, stats, Box::new(NoPrefetch))
+    spawn_with_hook(
+        cfg,
+        model,
+        pool,
+        tokenizer,
+        stats,
+        Box::new(NoPrefetch),
+        None,
+    )
 }
 
-/// Starts the scheduler thread with a prefetch hook (hierarchical cache, PD decode side).
+/// Starts the scheduler thread with a prefetch hook (PD decode side) and the hierarchical cache.
 pub fn spawn_with_hook<R: ModelRunner>(
     cfg: SchedulerConfig,
     model: R,
@@ -99,9 +121,12 @@ pub fn spawn_with_hook<R: ModelRunner>(
     tokenizer: Arc<Tokenizer>,
     stats: Arc<Stats>,
     hook: Box<dyn PrefetchHook>,
+    hicache: Option<HiCache>,
 ) -> std::io::Result<SchedulerHandle> {
     let (tx, rx) = std::sync::mpsc::channel();
-    let s = Scheduler::new(cfg, model, pool, tokenizer, stats).with_hook(hook);
+    let s = Scheduler::new(cfg, model, pool, tokenizer, stats)
+        .with_hook(hook)
+        .with_hicache(hicache);
     std::thread::Builder::new()
         .name("strata-scheduler".into())
         .spawn(move || s.run(rx))?;
@@ -120,13 +145,14 @@ impl<R: ModelRunner> Scheduler<R> {
         Stats::set(&stats.total_pages, pool.total_pages() as u64);
         Stats::set(&stats.free_pages, pool.free_pages() as u64);
         Scheduler {
-            tree: RadixCache::new(cfg.page_size),
+            tree: RadixCache::new(cfg.page_size).with_lfu(cfg.eviction_lfu),
             cfg,
             model,
             pool,
             tokenizer,
             stats,
             hook: Box::new(NoPrefetch),
+            hicache: None,
             waiting: VecDeque::new(),
             running: Vec::new(),
             aborts: HashSet::new(),
@@ -135,18 +161,34 @@ impl<R: ModelRunner> Scheduler<R> {
         }
     }
 
-    /// Replaces the prefetch hook (hierarchical cache, PD decode side).
+    /// Replaces the prefetch hook (PD decode side).
     pub fn with_hook(mut self, hook: Box<dyn PrefetchHook>) -> Self {
         self.hook = hook;
         self
     }
 
+    /// Turns the hierarchical cache on.
+    pub fn with_hicache(mut self, hicache: Option<HiCache>) -> Self {
+        self.hicache = hicache;
+        self
+    }
+
     fn run(mut self, rx: Receiver<Msg>) {
         loop {
+            let l3_busy = self.hicache.as_ref().is_some_and(HiCache::busy);
             if self.running.is_empty() && self.waiting.is_empty() {
-                match rx.recv() {
-                    Ok(m) => self.handle(m),
-                    Err(_) => return,
+                if l3_busy {
+                    // Finish the L3 jobs in flight (unlock written nodes, free parked pages).
+                    match rx.recv_timeout(std::time::Duration::from_millis(1)) {
+                        Ok(m) => self.handle(m),
+                        Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                        Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                    }
+                } else {
+                    match rx.recv() {
+                        Ok(m) => self.handle(m),
+                        Err(_) => return,
+                    }
                 }
             }
             loop {
@@ -162,6 +204,9 @@ impl<R: ModelRunner> Scheduler<R> {
                 }
             }
             self.reap_aborted();
+            if let Some(h) = &mut self.hicache {
+                h.poll(&mut self.tree);
+            }
             let progressed = self.step();
             self.publish();
             if !progressed {
@@ -188,6 +233,9 @@ impl<R: ModelRunner> Scheduler<R> {
                     0
                 };
                 seq.held = self.hook.on_enqueue(&seq.req.rid, &seq.tokens, cached);
+                if let Some(h) = self.hicache.as_mut().filter(|_| self.cfg.radix_cache) {
+                    seq.held |= h.start_prefetch(&mut self.tree, &seq.req.rid, &seq.tokens);
+                }
                 self.waiting.push_back(seq);
             }
             Msg::Abort(rid) => {
@@ -205,6 +253,13 @@ impl<R: ModelRunner> Scheduler<R> {
             Msg::Flush(reply) => {
                 let ok = self.running.is_empty() && self.tree.reset();
                 let _ = reply.send(ok);
+            }
+            Msg::ClearStorage(reply) => {
+                let r = match &self.hicache {
+                    Some(h) => h.clear_storage(),
+                    None => Err("hierarchical cache is not enabled".into()),
+                };
+                let _ = reply.send(r);
             }
         }
     }
@@ -233,6 +288,9 @@ impl<R: ModelRunner> Scheduler<R> {
         while let Some(s) = self.waiting.pop_front() {
             if gone(&s) {
                 self.hook.on_dequeue(&s.req.rid);
+                if let Some(h) = &mut self.hicache {
+                    h.finish_prefetch(&mut self.tree, &s.req.rid);
+                }
                 self.finish(
                     s,
                     FinishReason::Abort("Aborted by the client or /abort_request.".into()),
@@ -256,7 +314,13 @@ impl<R: ModelRunner> Scheduler<R> {
             let extra = full.saturating_sub(prefix.len()).min(own.len());
             own.truncate(extra);
             let full = prefix.len() + own.len();
-            self.tree.insert(&s.tokens[..full * ps], prefix.len(), own);
+            let (_, fresh) = self.tree.insert(&s.tokens[..full * ps], prefix.len(), own);
+            if let Some(h) = &mut self.hicache {
+                let host = h.host().clone();
+                let (pool, model) = (&self.pool, &self.model);
+                let mut copy = |dev: &[u32], hp: &[u32]| copy_out(model, pool, &host, dev, hp);
+                h.after_insert(&mut self.tree, &fresh, &mut copy);
+            }
         } else {
             drop(own);
         }
@@ -286,5 +350,25 @@ impl<R: ModelRunner> Scheduler<R> {
         Stats::set(&st.waiting, self.waiting.len() as u64);
         Stats::set(&st.free_pages, self.pool.free_pages() as u64);
         Stats::set(&st.cached_pages, self.tree.cached_pages() as u64);
+        if let Some(h) = &self.hicache {
+            h.publish(&self.tree);
+        }
+    }
+}
+
+/// Copies device pages to host pages, logging (and reporting) a failure.
+fn copy_out<R: ModelRunner>(
+    model: &R,
+    pool: &DeviceKvPool<R>,
+    host: &crate::kv::HostKvPool,
+    dev: &[u32],
+    hp: &[u32],
+) -> bool {
+    match model.save_pages(&pool.buffers, dev, host, hp) {
+        Ok(()) => true,
+        Err(e) => {
+            tracing::error!("hicache: device -> host copy failed: {e}");
+            false
+        }
     }
 }

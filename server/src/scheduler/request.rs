@@ -65,4 +65,6 @@ pub enum Msg {
     Abort(String),
     /// Drop the prefix cache; answers false while requests hold cached pages.
     Flush(oneshot::Sender<bool>),
+    /// Empty the L3 store.
+    ClearStorage(oneshot::Sender<Result<(), String>>),
 }

@@ -8,6 +8,9 @@
 
 use std::path::PathBuf;
 use strata_kernels::cuda::{select, BackendKind, CudaBackend};
+use strata_server::hicache::{
+    apply_extra_config, parse_layout, parse_prefetch_policy, parse_write_policy, HiCacheConfig,
+};
 use strata_server::launch::{launch, launch_cpu, ServeOptions};
 
 #[derive(clap::Args, Debug, serde::Serialize)]
@@ -68,6 +71,102 @@ pub struct Args {
     /// Accepted for compatibility.
     #[arg(long)]
     skip_server_warmup: bool,
+    /// Hierarchical KV cache: device pool (L1), host pool (L2) and, with
+    /// --hicache-storage-backend, the Strata store (L3).
+    #[arg(long, visible_alias = "enable-hicache")]
+    enable_hierarchical_cache: bool,
+    /// Host pool size as a multiple of the device KV pool.
+    #[arg(long, default_value_t = 2.0)]
+    hicache_ratio: f64,
+    /// Host pool size in GB (overrides --hicache-ratio when > 0).
+    #[arg(long, default_value_t = 0.0)]
+    hicache_size: f64,
+    /// When device pages are copied to the host: write_through, write_through_selective or
+    /// write_back.
+    #[arg(long, default_value = "write_through")]
+    hicache_write_policy: String,
+    /// How pages move between device and host: kernel or direct (both are page copies here).
+    #[arg(long, default_value = "kernel")]
+    hicache_io_backend: String,
+    /// Host pool layout: page_first, page_first_direct, or layer_first (rewritten to page_first).
+    #[arg(long, default_value = "page_first")]
+    hicache_mem_layout: String,
+    /// L3 backend: strata (alias mooncake), the Strata cluster whose master comes from the extra
+    /// config's master_server_address, MOONCAKE_MASTER or STRATA_MASTER.
+    #[arg(long)]
+    hicache_storage_backend: Option<String>,
+    /// When a request waiting on an L3 prefetch may run: best_effort, wait_complete or timeout.
+    #[arg(long, default_value = "best_effort")]
+    hicache_storage_prefetch_policy: String,
+    /// JSON object of backend options: master_server_address, prefetch_threshold (tokens),
+    /// prefetch_timeout_base and prefetch_timeout_per_ki_token (seconds), extra_backend_tag.
+    #[arg(long)]
+    hicache_storage_backend_extra_config: Option<String>,
+    /// Prefix cache eviction order: lru or lfu.
+    #[arg(long, default_value = "lru")]
+    radix_eviction_policy: String,
+}
+
+/// Builds the HiCache configuration from the flags (None when HiCache is off).
+fn hicache_config(a: &Args) -> anyhow::Result<Option<HiCacheConfig>> {
+    if !a.enable_hierarchical_cache {
+        if a.hicache_storage_backend.is_some() {
+            tracing::warn!(
+                "--hicache-storage-backend is ignored without --enable-hierarchical-cache"
+            );
+        }
+        return Ok(None);
+    }
+    if a.disable_radix_cache {
+        anyhow::bail!(
+            "--enable-hierarchical-cache needs the radix cache; drop --disable-radix-cache"
+        );
+    }
+    if !matches!(a.hicache_io_backend.as_str(), "kernel" | "direct") {
+        anyhow::bail!(
+            "--hicache-io-backend {}: expected kernel or direct",
+            a.hicache_io_backend
+        );
+    }
+    let mut c = HiCacheConfig {
+        ratio: a.hicache_ratio,
+        size_gb: a.hicache_size,
+        write_policy: parse_write_policy(&a.hicache_write_policy).map_err(anyhow::Error::msg)?,
+        prefetch_policy: parse_prefetch_policy(&a.hicache_storage_prefetch_policy)
+            .map_err(anyhow::Error::msg)?,
+        model_name: Some(
+            a.served_model_name
+                .clone()
+                .unwrap_or_else(|| a.model_path.display().to_string()),
+        ),
+        ..HiCacheConfig::default()
+    };
+    if c.ratio <= 0.0 && c.size_gb <= 0.0 {
+        anyhow::bail!("--hicache-ratio must be positive (or set --hicache-size)");
+    }
+    let extra_master = match &a.hicache_storage_backend_extra_config {
+        Some(j) => apply_extra_config(&mut c, j).map_err(anyhow::Error::msg)?,
+        None => None,
+    };
+    c.storage_master = match a.hicache_storage_backend.as_deref() {
+        None => None,
+        Some("strata" | "mooncake") => Some(
+            extra_master
+                .or_else(|| std::env::var("MOONCAKE_MASTER").ok())
+                .or_else(|| std::env::var("STRATA_MASTER").ok())
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--hicache-storage-backend: no master address; set \"master_server_address\" in --hicache-storage-backend-extra-config, MOONCAKE_MASTER or STRATA_MASTER"
+                    )
+                })?,
+        ),
+        Some(other) => anyhow::bail!(
+            "--hicache-storage-backend {other}: expected strata or mooncake (the Strata cluster)"
+        ),
+    };
+    c.layout = parse_layout(&a.hicache_mem_layout, c.storage_master.is_some())
+        .map_err(anyhow::Error::msg)?;
+    Ok(Some(c))
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
@@ -101,7 +200,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         mem_fraction_static: a.mem_fraction_static,
         max_total_tokens: a.max_total_tokens,
         disable_radix_cache: a.disable_radix_cache,
+        radix_eviction_lfu: match a.radix_eviction_policy.as_str() {
+            "lru" => false,
+            "lfu" => true,
+            p => anyhow::bail!("--radix-eviction-policy {p}: expected lru or lfu"),
+        },
         api_key: a.api_key.clone(),
+        hicache: hicache_config(&a)?,
         server_args: {
             let mut v = serde_json::to_value(&a)?;
             v["api_key"] = serde_json::Value::Null;

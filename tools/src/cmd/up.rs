@@ -224,6 +224,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             serve.to_string(),
             s("--page-size"),
             s("64"),
+            // The seed's quick start: HiCache with the store above as its L3.
+            s("--enable-hierarchical-cache"),
+            s("--hicache-storage-prefetch-policy"),
+            s("timeout"),
+            s("--hicache-storage-backend"),
+            s("strata"),
+            s("--hicache-storage-backend-extra-config"),
+            format!(r#"{{"master_server_address": "127.0.0.1:{rpc}"}}"#),
         ],
         &dir.join("serve.log"),
     )?;

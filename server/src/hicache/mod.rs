@@ -1,0 +1,507 @@
+//! The hierarchical KV cache (SGLang's HiCache): device pool (L1), host pool (L2), the Strata
+//! cluster (L3).
+//!
+//! The radix tree ([`crate::cache::RadixCache`]) records which nodes live in L1, L2 or both; this
+//! module moves pages between the tiers and decides when:
+//! - **Backup** L1 -> L2 by the write policy (write_through: every new node at insertion;
+//!   write_through_selective: once a node was hit twice; write_back: at device eviction), then
+//!   L2 -> L3 right after, skipping objects that already exist. A node is locked while its L3 write
+//!   is in flight, so its host pages cannot be reused under the I/O.
+//! - **Prefetch** L3 -> L2 when a request is queued and its L1+L2 miss is at least
+//!   `prefetch_threshold` tokens: one exists query, then reads in chunks into fresh host pages.
+//!   The request is held (skipped by admission, never blocking others) until the prefetch policy
+//!   releases it; what arrived by then is inserted as host-only nodes. Pages whose reads are still
+//!   in flight at release are parked until their completion arrives.
+//! - **Load back** L2 -> L1 at admission, for the host-only nodes on the request's matched path.
+//! - **Adaptive skip**: a prefetch whose estimated load time (measured store bandwidth) exceeds
+//!   the estimated recompute time (measured prefill rate) is dropped after the exists query, so a
+//!   slow L3 costs at most that one query.
+
+mod config;
+pub mod keys;
+pub mod storage;
+
+pub use config::{
+    apply_extra_config, parse_layout, parse_prefetch_policy, parse_write_policy, HiCacheConfig,
+    MemLayout, PrefetchPolicy, WritePolicy, SELECTIVE_HITS,
+};
+
+use crate::cache::{Fresh, NodeId, RadixCache, Tier};
+use crate::kv::{HostKvPool, Page};
+use crate::stats::Stats;
+use keys::{page_hashes, KeyScheme, PageHash};
+use std::collections::HashMap;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Instant;
+use storage::{Done, Job, Span, Storage};
+
+/// Pages per L3 read job: the granularity at which a best_effort or timed-out prefetch can use a
+/// partial result.
+const CHUNK_PAGES: usize = 16;
+
+/// HiCache counters, exported by `/metrics` with SGLang's series names.
+#[derive(Debug, Default)]
+pub struct HiCacheStats {
+    pub enabled: AtomicU64,
+    pub host_total_pages: AtomicU64,
+    pub host_cached_pages: AtomicU64,
+    pub prefetched_tokens: AtomicU64,
+    pub prefetch_skipped: AtomicU64,
+    pub backuped_tokens: AtomicU64,
+    pub load_back_tokens: AtomicU64,
+    pub evicted_tokens: AtomicU64,
+    pub l3_hit_tokens: AtomicU64,
+    /// Bytes/s × 1, last measured.
+    pub prefetch_bandwidth: AtomicU64,
+    pub backup_bandwidth: AtomicU64,
+}
+
+enum Stage {
+    /// Waiting for the exists answer of job `id`.
+    Querying(u64),
+    /// Reads in flight: (job id, pages of the job, pages that arrived once done).
+    Fetching {
+        jobs: Vec<(u64, usize, Option<usize>)>,
+        pages: Vec<Page>,
+    },
+}
+
+struct Prefetch {
+    /// Locked tree node where the prefetch starts (the L1+L2 match at enqueue).
+    node: NodeId,
+    start_page: usize,
+    /// Hashes of pages `start_page..`.
+    hashes: Vec<PageHash>,
+    /// The tokens of the pages `..start_page + hashes.len()`.
+    tokens: Vec<u32>,
+    stage: Stage,
+    deadline: Instant,
+}
+
+/// Exponentially weighted estimates used by the adaptive skip.
+#[derive(Debug, Clone, Copy)]
+struct Estimates {
+    /// Store read bandwidth, bytes/s (optimistic until measured).
+    store_bw: f64,
+    /// Prefill tokens/s; `None` until measured (then the L3 is always used).
+    prefill_rate: Option<f64>,
+}
+
+/// The hierarchical cache's state, owned by the scheduler thread.
+pub struct HiCache {
+    cfg: HiCacheConfig,
+    page_size: usize,
+    host: Arc<HostKvPool>,
+    storage: Option<Storage>,
+    keys: KeyScheme,
+    prefetches: HashMap<String, Prefetch>,
+    /// Host pages of abandoned reads, freed when their job completes.
+    parked: HashMap<u64, Vec<Page>>,
+    /// Nodes locked by in-flight L3 writes.
+    writes: HashMap<u64, NodeId>,
+    next_id: u64,
+    est: Estimates,
+    stats: Arc<Stats>,
+}
+
+impl HiCache {
+    /// Builds the host pool's companion state; `storage` is the L3 (started by the caller).
+    pub fn new(
+        cfg: HiCacheConfig,
+        page_size: usize,
+        host: Arc<HostKvPool>,
+        storage: Option<Storage>,
+        stats: Arc<Stats>,
+    ) -> Self {
+        let keys = KeyScheme::new(
+            cfg.extra_backend_tag.as_deref(),
+            cfg.model_name.as_deref(),
+            cfg.tp_rank,
+        );
+        let h = &stats.hicache;
+        Stats::set(&h.enabled, 1);
+        Stats::set(&h.host_total_pages, host.total_pages() as u64);
+        HiCache {
+            cfg,
+            page_size,
+            host,
+            storage,
+            keys,
+            prefetches: HashMap::new(),
+            parked: HashMap::new(),
+            writes: HashMap::new(),
+            next_id: 0,
+            est: Estimates {
+                store_bw: 1e9,
+                prefill_rate: None,
+            },
+            stats,
+        }
+    }
+
+    pub fn host(&self) -> &Arc<HostKvPool> {
+        &self.host
+    }
+
+    pub fn write_policy(&self) -> WritePolicy {
+        self.cfg.write_policy
+    }
+
+    pub fn has_storage(&self) -> bool {
+        self.storage.is_some()
+    }
+
+    /// Empties the L3 store.
+    pub fn clear_storage(&self) -> Result<(), String> {
+        match &self.storage {
+            Some(s) => s.clear(),
+            None => Err("no L3 storage backend is configured".into()),
+        }
+    }
+
+    fn id(&mut self) -> u64 {
+        self.next_id += 1;
+        self.next_id
+    }
+
+    /// Folds one prefill measurement (tokens computed in `secs`) into the recompute estimate.
+    pub fn observe_prefill(&mut self, tokens: usize, secs: f64) {
+        if tokens < 64 || secs <= 0.0 {
+            return;
+        }
+        let r = tokens as f64 / secs;
+        self.est.prefill_rate = Some(match self.est.prefill_rate {
+            Some(old) => 0.8 * old + 0.2 * r,
+            None => r,
+        });
+    }
+
+    /// Host pages for `n` pages, evicting host-cached nodes if needed.
+    pub fn alloc_host(&self, tree: &mut RadixCache, n: usize) -> Option<Vec<Page>> {
+        let free = self.host.free_pages();
+        if free < n {
+            let freed = tree.evict_host(n - free);
+            Stats::add(
+                &self.stats.hicache.evicted_tokens,
+                (freed * self.page_size) as u64,
+            );
+        }
+        self.host.alloc(n)
+    }
+
+    // ---- L2 -> L3 ----
+
+    /// Writes node `node`'s host pages to the L3 (objects already there are skipped). The node
+    /// stays locked until the write completes.
+    pub fn store_node(&mut self, tree: &mut RadixCache, node: NodeId) {
+        if self.storage.is_none() {
+            return;
+        }
+        let host = tree.pages_of(node, Tier::Host);
+        if host.is_empty() {
+            return;
+        }
+        let tokens = tree.path_tokens(node);
+        let hashes = page_hashes(&tokens, self.page_size);
+        let first = hashes.len() - host.len();
+        let keys = self.keys.keys(&hashes[first..]);
+        let obj = self.host.object_bytes();
+        let src: Vec<Span> = host
+            .iter()
+            .flat_map(|&p| {
+                [false, true].map(|v| Span {
+                    ptr: self.host.object_ptr(p, v),
+                    len: obj,
+                })
+            })
+            .collect();
+        let depths = (first..hashes.len()).flat_map(|d| [d as u32; 2]).collect();
+        tree.lock(node);
+        let id = self.id();
+        self.writes.insert(id, node);
+        if let Some(s) = &self.storage {
+            s.backup(Job::Put {
+                id,
+                keys,
+                src,
+                depths,
+            });
+        }
+    }
+
+    // ---- L3 -> L2 ----
+
+    /// Called when a request is queued. Starts an L3 prefetch when the part of `tokens` missing
+    /// from L1 and L2 is at least the threshold; returns true to hold the request meanwhile.
+    pub fn start_prefetch(&mut self, tree: &mut RadixCache, rid: &str, tokens: &[u32]) -> bool {
+        let Some(storage) = &self.storage else {
+            return false;
+        };
+        if tokens.len() < 2 || self.prefetches.contains_key(rid) {
+            return false;
+        }
+        let ps = self.page_size;
+        let upto = (tokens.len() - 1) / ps; // leave a token to compute
+        let m = tree.match_prefix(&tokens[..upto * ps]);
+        let start = (m.tokens + m.host_tokens) / ps;
+        if (upto - start) * ps < self.cfg.prefetch_threshold.max(1) {
+            return false;
+        }
+        let all = page_hashes(&tokens[..upto * ps], ps);
+        let hashes = all[start..].to_vec();
+        let id = self.next_id + 1;
+        self.next_id = id;
+        storage.prefetch(Job::Exists {
+            id,
+            keys: self.keys.keys(&hashes),
+        });
+        tree.lock(m.host_node);
+        self.prefetches.insert(
+            rid.to_string(),
+            Prefetch {
+                node: m.host_node,
+                start_page: start,
+                hashes,
+                tokens: tokens[..upto * ps].to_vec(),
+                stage: Stage::Querying(id),
+                deadline: Instant::now() + self.cfg.prefetch_timeout((upto - start) * ps),
+            },
+        );
+        true
+    }
+
+    /// Processes finished L3 jobs: starts reads after exists answers, unlocks written nodes,
+    /// frees parked pages. Call once per scheduling round.
+    pub fn poll(&mut self, tree: &mut RadixCache) {
+        let Some(storage) = &self.storage else { return };
+        for d in storage.poll() {
+            match d {
+                Done::Exists { id, pages } => self.on_exists(tree, id, pages),
+                Done::Get {
+                    id,
+                    pages,
+                    bytes,
+                    secs,
+                } => {
+                    if bytes > 0 && secs > 0.0 {
+                        let bw = bytes as f64 / secs;
+                        self.est.store_bw = 0.7 * self.est.store_bw + 0.3 * bw;
+                        Stats::set(&self.stats.hicache.prefetch_bandwidth, bw as u64);
+                    }
+                    if self.parked.remove(&id).is_some() {
+                        continue;
+                    }
+                    for p in self.prefetches.values_mut() {
+                        if let Stage::Fetching { jobs, .. } = &mut p.stage {
+                            if let Some(j) = jobs.iter_mut().find(|j| j.0 == id) {
+                                j.2 = Some(pages);
+                            }
+                        }
+                    }
+                }
+                Done::Put {
+                    id,
+                    written,
+                    failed,
+                    bytes,
+                    secs,
+                } => {
+                    if let Some(node) = self.writes.remove(&id) {
+                        tree.unlock(node);
+                    }
+                    if failed > 0 {
+                        tracing::debug!(written, failed, "hicache: L3 backup incomplete");
+                    }
+                    Stats::add(
+                        &self.stats.hicache.backuped_tokens,
+                        (written / 2 * self.page_size) as u64,
+                    );
+                    if bytes > 0 && secs > 0.0 {
+                        Stats::set(
+                            &self.stats.hicache.backup_bandwidth,
+                            (bytes as f64 / secs) as u64,
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    fn on_exists(&mut self, tree: &mut RadixCache, id: u64, hit: usize) {
+        let Some(rid) = self
+            .prefetches
+            .iter()
+            .find(|(_, p)| matches!(p.stage, Stage::Querying(q) if q == id))
+            .map(|(r, _)| r.clone())
+        else {
+            return; // released or aborted before the answer came
+        };
+        let ps = self.page_size;
+        let too_small = hit * ps < self.cfg.prefetch_threshold.max(1);
+        let bytes = (hit * 2 * self.host.object_bytes()) as f64;
+        let slow = self
+            .est
+            .prefill_rate
+            .is_some_and(|r| bytes / self.est.store_bw > (hit * ps) as f64 / r);
+        if slow {
+            Stats::add(&self.stats.hicache.prefetch_skipped, 1);
+        }
+        let pages = if too_small || slow {
+            None
+        } else {
+            self.alloc_host(tree, hit)
+        };
+        let Some(pages) = pages else {
+            let p = self.prefetches.remove(&rid).expect("present");
+            tree.unlock(p.node);
+            return;
+        };
+        Stats::add(&self.stats.hicache.l3_hit_tokens, (hit * ps) as u64);
+        let p = self.prefetches.get_mut(&rid).expect("present");
+        let obj = self.host.object_bytes();
+        let mut jobs = Vec::new();
+        for (c, chunk) in pages.chunks(CHUNK_PAGES).enumerate() {
+            let at = c * CHUNK_PAGES;
+            let id = self.next_id + 1;
+            self.next_id = id;
+            let dst = chunk
+                .iter()
+                .flat_map(|pg| {
+                    [false, true].map(|v| Span {
+                        ptr: self.host.object_ptr(pg.id(), v),
+                        len: obj,
+                    })
+                })
+                .collect();
+            let keys = self.keys.keys(&p.hashes[at..at + chunk.len()]);
+            if let Some(s) = &self.storage {
+                s.prefetch(Job::Get { id, keys, dst });
+            }
+            jobs.push((id, chunk.len(), None));
+        }
+        p.stage = Stage::Fetching { jobs, pages };
+    }
+
+    /// Whether the held request `rid` may go ahead now (its prefetch's policy says so); on
+    /// release, what arrived is inserted into the tree as host-only nodes.
+    pub fn prefetch_ready(&mut self, tree: &mut RadixCache, rid: &str) -> bool {
+        let Some(p) = self.prefetches.get(rid) else {
+            return true;
+        };
+        let complete = match &p.stage {
+            Stage::Querying(_) => false,
+            Stage::Fetching { jobs, .. } => {
+                // Done, or stopped early by a short read.
+                jobs.iter().all(|j| j.2.is_some())
+                    || jobs.iter().any(|j| j.2.is_some_and(|n| n < j.1))
+            }
+        };
+        let go = complete
+            || match self.cfg.prefetch_policy {
+                PrefetchPolicy::BestEffort => true,
+                PrefetchPolicy::WaitComplete => false,
+                PrefetchPolicy::Timeout => Instant::now() >= p.deadline,
+            };
+        if go {
+            self.finish_prefetch(tree, rid);
+        }
+        go
+    }
+
+    /// Ends a prefetch (release or abort): inserts the leading pages that arrived, parks the
+    /// pages of reads still in flight, unlocks the start node.
+    pub fn finish_prefetch(&mut self, tree: &mut RadixCache, rid: &str) {
+        let Some(p) = self.prefetches.remove(rid) else {
+            return;
+        };
+        if let Stage::Fetching { jobs, mut pages } = p.stage {
+            let mut arrived = 0;
+            let mut contiguous = true;
+            let mut rest = Vec::new();
+            let mut at = 0;
+            for (id, n, got) in jobs {
+                let chunk: Vec<Page> = pages.drain(..n).collect();
+                match got {
+                    Some(g) if contiguous => {
+                        arrived += g;
+                        contiguous = g == n;
+                        let mut chunk = chunk;
+                        rest.extend(chunk.drain(..g));
+                    }
+                    Some(_) => {}
+                    None => {
+                        contiguous = false;
+                        self.parked.insert(id, chunk);
+                    }
+                }
+                at += n;
+            }
+            debug_assert!(at >= arrived);
+            if arrived > 0 {
+                let ps = self.page_size;
+                let end = (p.start_page + arrived) * ps;
+                tree.insert_host(&p.tokens[..end], p.start_page, rest);
+                Stats::add(&self.stats.hicache.prefetched_tokens, (arrived * ps) as u64);
+            }
+        }
+        tree.unlock(p.node);
+    }
+
+    // ---- L1 -> L2 ----
+
+    /// Backs up, by the write policy, the nodes an insertion created (write_through), then
+    /// writes them on to the L3. `copy` copies device pages to host pages.
+    pub fn after_insert(
+        &mut self,
+        tree: &mut RadixCache,
+        fresh: &[Fresh],
+        copy: &mut dyn FnMut(&[u32], &[u32]) -> bool,
+    ) {
+        if self.cfg.write_policy != WritePolicy::WriteThrough {
+            return;
+        }
+        for f in fresh {
+            self.backup_node(tree, f.node, copy);
+        }
+    }
+
+    /// Copies node `node` (device-resident, not backed up) to new host pages and on to the L3.
+    pub fn backup_node(
+        &mut self,
+        tree: &mut RadixCache,
+        node: NodeId,
+        copy: &mut dyn FnMut(&[u32], &[u32]) -> bool,
+    ) {
+        if !tree.is_live(node) || !tree.pages_of(node, Tier::Host).is_empty() {
+            return;
+        }
+        let dev = tree.pages_of(node, Tier::Device);
+        if dev.is_empty() {
+            return;
+        }
+        tree.lock(node); // keep it while host eviction makes room
+        let host = self.alloc_host(tree, dev.len());
+        tree.unlock(node);
+        let Some(host) = host else { return };
+        let ids: Vec<u32> = host.iter().map(Page::id).collect();
+        if !copy(&dev, &ids) {
+            return;
+        }
+        tree.set_pages(node, Tier::Host, host);
+        self.store_node(tree, node);
+    }
+
+    /// Publishes tier occupancy.
+    pub fn publish(&self, tree: &RadixCache) {
+        Stats::set(
+            &self.stats.hicache.host_cached_pages,
+            tree.host_pages() as u64,
+        );
+    }
+
+    /// Whether L3 jobs are in flight (the scheduler then polls instead of sleeping on its queue).
+    pub fn busy(&self) -> bool {
+        !self.prefetches.is_empty() || !self.writes.is_empty() || !self.parked.is_empty()
+    }
+}

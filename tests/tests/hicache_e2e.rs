@@ -1,0 +1,228 @@
+//! End-to-end tests of the hierarchical cache with real processes: `strata serve` with HiCache
+//! against a reference server that recomputes everything, and against a real master + store as L3.
+//!
+//! Every answer is greedy and compared token for token with the reference; the tier that served a
+//! prefix is read from `meta_info.cached_tokens` and the `/metrics` HiCache series. Prompts are
+//! random token ids from a seeded generator (the seed is printed).
+
+mod cluster_util;
+mod serve_common;
+
+use cluster_util::{free_port, master, seed, store};
+use rand::{Rng, SeedableRng};
+use serde_json::json;
+use serve_common::{MadeModel, Server};
+use std::time::{Duration, Instant};
+
+fn prompt(rng: &mut rand::rngs::StdRng, shared: &[u32], extra: usize) -> Vec<u32> {
+    let mut p = shared.to_vec();
+    p.extend((0..extra).map(|_| rng.random_range(3..500u32)));
+    p
+}
+
+async fn gen(s: &Server, ids: &[u32], n: usize) -> (Vec<u64>, u64) {
+    let (st, v) = s
+        .post(
+            "/generate",
+            &json!({"input_ids": ids, "sampling_params": {"temperature": 0, "max_new_tokens": n, "ignore_eos": true}}),
+        )
+        .await;
+    assert_eq!(st, 200, "generate failed: {v}");
+    let out = v["output_ids"]
+        .as_array()
+        .expect("output_ids")
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect();
+    (out, v["meta_info"]["cached_tokens"].as_u64().unwrap_or(0))
+}
+
+async fn metric(s: &Server, name: &str) -> f64 {
+    let (_, body) = s.get("/metrics").await;
+    body.lines()
+        .find(|l| l.starts_with(&format!("sglang:{name} ")))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("metric {name} missing"))
+}
+
+/// Polls a metric until it reaches `min` (backups are asynchronous).
+async fn wait_metric(s: &Server, name: &str, min: f64) -> f64 {
+    let t = Instant::now();
+    loop {
+        let v = metric(s, name).await;
+        if v >= min || t.elapsed() > Duration::from_secs(20) {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn reference(model: &MadeModel) -> Server {
+    Server::start(
+        model.path(),
+        &["--page-size", "16", "--disable-radix-cache"],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn host_tier_hits_give_identical_greedy_output() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed());
+    let model = MadeModel::new("llama", "tiny");
+    let refs = reference(&model);
+    // A device pool of 24 pages forces eviction to the host between turns.
+    let hc = Server::start(
+        model.path(),
+        &[
+            "--page-size",
+            "16",
+            "--max-total-tokens",
+            "384",
+            "--enable-hierarchical-cache",
+            "--hicache-ratio",
+            "8",
+        ],
+    );
+    let shared: Vec<u32> = prompt(&mut rng, &[], 96);
+    let a = prompt(&mut rng, &shared, 100);
+    let b = prompt(&mut rng, &[], 200);
+    let (ra, _) = gen(&refs, &a, 8).await;
+    let (rb, _) = gen(&refs, &b, 8).await;
+    // First turn of `a`: computed, cached on the device and written through to the host.
+    assert_eq!(gen(&hc, &a, 8).await.0, ra);
+    // L1 hit.
+    let (out, cached) = gen(&hc, &a, 8).await;
+    assert_eq!(out, ra);
+    assert!(cached >= 192, "L1 hit expected, cached {cached}");
+    // `b` needs most of the device pool: `a` is evicted to the host...
+    assert_eq!(gen(&hc, &b, 8).await.0, rb);
+    // ...and comes back from it (L2 hit).
+    let before = metric(&hc, "load_back_tokens_total").await;
+    let (out, cached) = gen(&hc, &a, 8).await;
+    assert_eq!(out, ra, "L2 load-back changed the output");
+    assert!(cached >= 96, "L2 hit expected, cached {cached}");
+    assert!(metric(&hc, "load_back_tokens_total").await > before);
+    // 16 concurrent requests sharing a prefix, with eviction going on.
+    let prompts: Vec<Vec<u32>> = (0..16)
+        .map(|i| prompt(&mut rng, &shared[..if i % 2 == 0 { 96 } else { 48 }], 40))
+        .collect();
+    let mut want = Vec::new();
+    for p in &prompts {
+        want.push(gen(&refs, p, 6).await.0);
+    }
+    let got = futures::future::join_all(prompts.iter().map(|p| gen(&hc, p, 6))).await;
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(&g.0, w, "concurrent request {i}");
+    }
+    assert!(metric(&hc, "evicted_tokens_total").await > 0.0);
+    hc.wait_idle().await;
+}
+
+/// A HiCache server on the cluster at `master` with `policy`.
+fn l3_server(model: &MadeModel, master: &str, policy: &str) -> Server {
+    let extra = json!({"master_server_address": master, "prefetch_threshold": 32}).to_string();
+    Server::start(
+        model.path(),
+        &[
+            "--page-size",
+            "16",
+            "--enable-hierarchical-cache",
+            "--hicache-storage-backend",
+            "mooncake",
+            "--hicache-storage-prefetch-policy",
+            policy,
+            "--hicache-storage-backend-extra-config",
+            &extra,
+        ],
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn l3_hits_across_instances_restarts_and_policies() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed());
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let _m = master(dir.path(), port, &[]);
+    let addr = format!("127.0.0.1:{port}");
+    let _st = store(&addr, &dir.path().join("dev.strata"), &[]);
+    let model = MadeModel::new("llama", "tiny");
+    let refs = reference(&model);
+    let p = prompt(&mut rng, &[], 300);
+    let (want, _) = gen(&refs, &p, 8).await;
+
+    let a = l3_server(&model, &addr, "wait_complete");
+    let (out, cached) = gen(&a, &p, 8).await;
+    assert_eq!((out, cached), (want.clone(), 0));
+    // 300 prompt + 7 computed output tokens = 19 full pages written to the store.
+    let backed = wait_metric(&a, "backuped_tokens_total", 19.0 * 16.0).await;
+    assert!(backed >= 19.0 * 16.0, "backuped {backed}");
+
+    // A second, fresh server sharing the master finds the prompt in L3.
+    for policy in ["wait_complete", "timeout"] {
+        let b = l3_server(&model, &addr, policy);
+        let (out, cached) = gen(&b, &p, 8).await;
+        assert_eq!(out, want, "{policy}: L3 hit changed the output");
+        assert!(cached >= 288, "{policy}: L3 hit expected, cached {cached}");
+        assert!(metric(&b, "prefetched_tokens_total").await >= 288.0);
+    }
+    // best_effort releases the request as soon as it could run: the output is the same whatever
+    // arrived by then.
+    let b = l3_server(&model, &addr, "best_effort");
+    assert_eq!(gen(&b, &p, 8).await.0, want);
+    drop(b);
+
+    // The same server restarted (its L1/L2 are gone) reuses the store.
+    drop(a);
+    let a = l3_server(&model, &addr, "timeout");
+    let (out, cached) = gen(&a, &p, 8).await;
+    assert_eq!(out, want);
+    assert!(cached >= 288, "after restart: cached {cached}");
+    // A continuation of the first answer hits L3 for prompt + answer (multi-turn).
+    let mut turn2 = p.clone();
+    turn2.extend(want.iter().map(|&t| t as u32));
+    turn2.extend((0..40).map(|_| rng.random_range(3..500u32)));
+    let (want2, _) = gen(&refs, &turn2, 6).await;
+    let c = l3_server(&model, &addr, "wait_complete");
+    let (out, cached) = gen(&c, &turn2, 6).await;
+    assert_eq!(out, want2);
+    assert!(cached >= 304, "turn 2: cached {cached}");
+
+    // /clear_hicache_storage_backend empties L3: a fresh server recomputes.
+    let (s, body) = c.get("/clear_hicache_storage_backend").await;
+    assert_eq!(s, 200, "{body}");
+    let d = l3_server(&model, &addr, "wait_complete");
+    let (out, cached) = gen(&d, &p, 8).await;
+    assert_eq!((out, cached), (want, 0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn l3_faults_never_change_answers() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed());
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let model = MadeModel::new("llama", "tiny");
+    let refs = reference(&model);
+    let prompts: Vec<Vec<u32>> = (0..3).map(|_| prompt(&mut rng, &[], 200)).collect();
+    let mut want = Vec::new();
+    for p in &prompts {
+        want.push(gen(&refs, p, 6).await.0);
+    }
+    // The L3 is down at start: the server serves without it...
+    let s = l3_server(&model, &addr, "timeout");
+    assert_eq!(gen(&s, &prompts[0], 6).await.0, want[0]);
+    // ...and uses it once it comes up.
+    let _m = master(dir.path(), port, &[]);
+    let mut st = store(&addr, &dir.path().join("dev.strata"), &[]);
+    tokio::time::sleep(Duration::from_millis(2500)).await; // past the reconnect interval
+    assert_eq!(gen(&s, &prompts[1], 6).await.0, want[1]);
+    let backed = wait_metric(&s, "backuped_tokens_total", 160.0).await;
+    assert!(backed >= 160.0, "no backup after the L3 came up: {backed}");
+    // A store node killed mid-run: its pages read as misses, answers stay right.
+    st.kill9();
+    let t = l3_server(&model, &addr, "wait_complete");
+    for (p, w) in prompts.iter().zip(&want) {
+        assert_eq!(&gen(&t, p, 6).await.0, w);
+    }
+    assert!(metric(&t, "prefetched_tokens_total").await == 0.0);
+}
