@@ -12,7 +12,7 @@ use crossbeam_channel::{Receiver, Sender};
 use parking_lot::Mutex;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use strata_engine::cluster::{Client, ClientConfig};
+use strata_cluster::{Client, ClientConfig};
 
 const RETRY: Duration = Duration::from_secs(2);
 
