@@ -108,6 +108,18 @@ fn hicache_series(o: &mut String, h: &crate::hicache::HiCacheStats) {
         "Prefetches skipped because loading would be slower than recomputing.",
         &h.prefetch_skipped,
     );
+    c(
+        o,
+        "prefetch_bytes",
+        "Bytes read from the L3 store by prefetches.",
+        &h.prefetch_bytes,
+    );
+    gauge(
+        o,
+        "prefetch_seconds_total",
+        "Seconds spent in L3 prefetch reads.",
+        Stats::get(&h.prefetch_micros) as f64 / 1e6,
+    );
     gauge(
         o,
         "prefetch_bandwidth",

@@ -52,6 +52,9 @@ pub struct HiCacheStats {
     pub load_back_tokens: AtomicU64,
     pub evicted_tokens: AtomicU64,
     pub l3_hit_tokens: AtomicU64,
+    /// L3 bytes read by prefetches, and the seconds (× 1e6) those reads took.
+    pub prefetch_bytes: AtomicU64,
+    pub prefetch_micros: AtomicU64,
     /// Bytes/s × 1, last measured.
     pub prefetch_bandwidth: AtomicU64,
     pub backup_bandwidth: AtomicU64,
@@ -285,6 +288,9 @@ impl HiCache {
                     secs,
                 } => {
                     if bytes > 0 && secs > 0.0 {
+                        let h = &self.stats.hicache;
+                        Stats::add(&h.prefetch_bytes, bytes as u64);
+                        Stats::add(&h.prefetch_micros, (secs * 1e6) as u64);
                         let bw = bytes as f64 / secs;
                         self.est.store_bw = 0.7 * self.est.store_bw + 0.3 * bw;
                         Stats::set(&self.stats.hicache.prefetch_bandwidth, bw as u64);

@@ -3,6 +3,7 @@
 use clap::Subcommand;
 
 pub mod engine;
+mod multiturn;
 pub mod serve;
 pub mod store;
 

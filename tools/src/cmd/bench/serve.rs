@@ -22,13 +22,13 @@ use strata_server::seeded::SplitMix64;
 pub struct Args {
     /// Server URL.
     #[arg(long, default_value = "http://127.0.0.1:30000")]
-    base_url: String,
+    pub(super) base_url: String,
     /// sglang (POST /generate) or openai (POST /v1/completions).
     #[arg(long, default_value = "sglang")]
     backend: String,
-    /// random or generated-shared-prefix.
+    /// random, generated-shared-prefix or multiturn.
     #[arg(long, default_value = "random")]
-    dataset_name: String,
+    pub(super) dataset_name: String,
     #[arg(long, default_value_t = 64)]
     num_prompts: usize,
     #[arg(long, default_value_t = 128)]
@@ -48,12 +48,24 @@ pub struct Args {
     gsp_question_len: usize,
     #[arg(long, default_value_t = 32)]
     gsp_output_len: usize,
+    /// multiturn: concurrent conversations.
+    #[arg(long, default_value_t = 8)]
+    pub(super) num_clients: usize,
+    /// multiturn: rounds per conversation.
+    #[arg(long, default_value_t = 4)]
+    pub(super) num_rounds: usize,
+    /// multiturn: tokens of each round's new question.
+    #[arg(long, default_value_t = 512)]
+    pub(super) request_length: usize,
+    /// multiturn: tokens of each answer.
+    #[arg(long, default_value_t = 32)]
+    pub(super) output_length: usize,
     /// Requests per second (Poisson arrivals); inf sends all at once.
     #[arg(long, default_value_t = f64::INFINITY)]
     request_rate: f64,
     /// Most requests in flight.
     #[arg(long)]
-    max_concurrency: Option<usize>,
+    pub(super) max_concurrency: Option<usize>,
     /// tokenizer.json or a model directory (default: the server's model_path).
     #[arg(long)]
     tokenizer: Option<PathBuf>,
@@ -61,7 +73,7 @@ pub struct Args {
     #[arg(long)]
     model: Option<String>,
     #[arg(long, default_value_t = 1)]
-    seed: u64,
+    pub(super) seed: u64,
     /// Let generation stop at EOS (by default EOS is ignored so output lengths are exact).
     #[arg(long)]
     disable_ignore_eos: bool,
@@ -70,7 +82,7 @@ pub struct Args {
     warmup_requests: usize,
     /// Append the results as one JSON line to this file.
     #[arg(long)]
-    output_file: Option<PathBuf>,
+    pub(super) output_file: Option<PathBuf>,
 }
 
 struct Prompt {
@@ -169,7 +181,9 @@ fn dataset(a: &Args, tok: &Tokenizer) -> anyhow::Result<Vec<Prompt>> {
             }
         }
         other => {
-            anyhow::bail!("--dataset-name {other}: expected random or generated-shared-prefix")
+            anyhow::bail!(
+                "--dataset-name {other}: expected random, generated-shared-prefix or multiturn"
+            )
         }
     }
     Ok(out)
@@ -312,6 +326,9 @@ async fn run_async(a: Args) -> anyhow::Result<()> {
         }
     };
     let tok = load_tokenizer(&tok_path)?;
+    if a.dataset_name == "multiturn" {
+        return super::multiturn::run(&client, &a, tok.vocab_size()).await;
+    }
     let prompts = Arc::new(dataset(&a, &tok)?);
     let a = Arc::new(a);
     for p in prompts.iter().take(a.warmup_requests) {
