@@ -29,6 +29,8 @@ fn opts(dir: &std::path::Path) -> ServeOptions {
         mem_fraction_static: 0.5,
         max_total_tokens: Some(1024),
         disable_radix_cache: false,
+        radix_eviction_lfu: false,
+        hicache: None,
         api_key: None,
         server_args: json!({}),
     }

@@ -13,8 +13,8 @@
 
 use super::llama::{ForwardBatch, KvBuffers, Model};
 use super::{ModelConfig, ModelError};
-use crate::logprobs::{at_position, LogprobSpec, PosLogprobs};
 use crate::kv::{HostKvPool, PageId};
+use crate::logprobs::{at_position, LogprobSpec, PosLogprobs};
 use crate::sampling::SamplingParams;
 use strata_kernels::sampling::sample;
 use strata_kernels::Backend;
