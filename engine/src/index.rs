@@ -131,10 +131,6 @@ impl Index {
         self.shards.iter().map(|s| s.read().map.len()).sum()
     }
 
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Sum of live value bytes.
     pub fn live_bytes(&self) -> u64 {
         self.shards

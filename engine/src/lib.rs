@@ -9,16 +9,16 @@
 pub mod config;
 pub mod error;
 pub mod format;
-pub mod index;
+mod index;
 pub mod io;
 pub mod log;
-pub mod memtier;
+mod memtier;
 mod store;
 
 pub use config::{IoEngineKind, StoreConfig};
 pub use error::{Error, Result};
 pub use io::buf::AlignedBuf;
-pub use store::{open_readonly, PutOptions, Stats, Store, StoreInner};
+pub use store::{open_readonly, PutOptions, Stats, Store};
 
 /// Alignment of every device offset, length and buffer.
 pub const ALIGN: usize = 4096;

@@ -4,4 +4,4 @@
 //! - [`segments`]: per-segment state, the append allocator, and sealing.
 
 pub mod layout;
-pub mod segments;
+pub(crate) mod segments;

@@ -1,24 +1,33 @@
-//! The page store: the facade over index, DRAM tier, segments and the I/O engine.
+//! The page store: a narrow public [`Store`] over components that each own their state.
 //!
 //! Semantics: a put of an existing key succeeds and keeps the stored bytes; a put is readable as soon
 //! as it returns and survives `kill -9` from then on; `sync` makes it survive a power cut. A record
 //! whose checksum fails is never returned: it becomes a miss, counted and logged.
 //!
-//! - `open.rs`: format or recover, then hand out a `Store`;
-//! - `write.rs`: put, remove (tombstones), batches;
-//! - `read.rs`: get, get into caller memory, batches, exists;
-//! - `reclaim.rs`: freeing whole segments when the device is full.
+//! Components (foyer's shape), each in its own file with its own state and counters:
+//! - [`crate::index::Index`]: key -> location, in-flight put claims;
+//! - [`crate::memtier::MemTier`]: the DRAM tier;
+//! - [`crate::log::segments::Segments`]: segment states, the append allocator, sealing;
+//! - `write.rs`, [`Writer`]: puts and tombstones appended as records (write combining, window);
+//! - `read.rs`, [`Reader`]: reads from DRAM or the device, checked against the key-bound crc;
+//! - `reclaim.rs`, [`Reclaimer`]: frees the oldest sealed segment when none is free;
+//! - `writeback.rs` + `flush.rs`, [`Flusher`]: the DRAM write-back buffer and its thread;
+//! - `recover.rs`: format or recover, then assemble the components.
+//!
+//! They meet in [`Core`], which only holds them; every operation is a method of the component that
+//! owns its state, taking the `Core` for the others it needs.
 
-mod open;
+mod flush;
 mod read;
 mod reclaim;
+mod recover;
 mod write;
 mod writeback;
 
-pub use open::open_readonly;
+pub use recover::open_readonly;
 
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
@@ -29,6 +38,11 @@ use crate::io::engine::IoEngine;
 use crate::log::segments::{SegState, Segments};
 use crate::memtier::MemTier;
 use crate::{Error, Result, StoreConfig, MAX_KEY_LEN};
+use flush::Flusher;
+use read::Reader;
+use reclaim::Reclaimer;
+use write::Writer;
+use writeback::WriteBack;
 
 /// Hints attached to a put.
 #[derive(Debug, Clone, Copy, Default)]
@@ -62,127 +76,219 @@ pub struct Stats {
     pub recovery_bad_records: u64,
 }
 
-#[derive(Default)]
-pub(crate) struct Counters {
-    pub puts: AtomicU64,
-    pub put_bytes: AtomicU64,
-    pub gets: AtomicU64,
-    pub hits: AtomicU64,
-    pub memory_hits: AtomicU64,
-    pub corrupt_reads: AtomicU64,
-    pub io_errors: AtomicU64,
-    pub reclaimed_segments: AtomicU64,
-    pub relocated_pages: AtomicU64,
-    pub recovered_keys: AtomicU64,
-    pub recovery_bad_records: AtomicU64,
-}
-
-/// An open page store. `Send + Sync`: share it through an `Arc`. Its operations are those of
-/// [`StoreInner`] (reached through `Deref`); this handle owns the write-back flusher, if any.
+/// An open page store. `Send + Sync`: share it through an `Arc`.
 pub struct Store {
-    inner: Arc<StoreInner>,
-    flusher: Option<std::thread::JoinHandle<()>>,
+    core: Arc<Core>,
+    /// The write-back flusher thread, when there is a write-back buffer.
+    flusher: Option<Flusher>,
 }
 
-/// The store's state and operations, shared with the write-back flusher thread.
-pub struct StoreInner {
-    pub(crate) path: PathBuf,
-    pub(crate) engine: Arc<dyn IoEngine>,
-    pub(crate) segments: Segments,
-    pub(crate) index: Index,
-    pub(crate) mem: MemTier,
-    pub(crate) sb: Mutex<Superblock>,
-    pub(crate) counters: Counters,
+/// Where the components meet: each field is a component (or the device state they share), and
+/// holds its own state.
+struct Core {
+    path: PathBuf,
+    engine: Arc<dyn IoEngine>,
+    segments: Segments,
+    index: Index,
+    mem: MemTier,
+    /// The write-back buffer, when puts are acknowledged from DRAM.
+    wb: Option<WriteBack>,
+    writer: Writer,
+    reader: Reader,
+    reclaimer: Reclaimer,
+    /// The superblock as last written (`clear` rewrites it).
+    sb: Mutex<Superblock>,
     /// Held shared by every write and exclusively by `clear`.
-    pub(crate) ops: RwLock<()>,
-    pub(crate) reclaim_lock: Mutex<()>,
-    pub(crate) max_value_len: usize,
-    pub(crate) wb: Option<writeback::WriteBack>,
-    /// Records one caller keeps in flight (the configured queue depth).
-    pub(crate) window: usize,
-    /// Most bytes of one combined write (`StoreConfig::with_write_combine`).
-    pub(crate) combine: u64,
-}
-
-impl std::ops::Deref for Store {
-    type Target = StoreInner;
-    fn deref(&self) -> &StoreInner {
-        &self.inner
-    }
+    ops: RwLock<()>,
+    /// What recovery found at open: keys indexed, damaged records skipped.
+    recovered: (u64, u64),
 }
 
 impl Store {
     /// Opens (or creates) the store that `cfg` describes.
     pub fn open(cfg: StoreConfig) -> Result<Self> {
-        Ok(Self::start(StoreInner::open(cfg)?))
+        Ok(Self::start(recover::open(cfg)?))
     }
 
     /// Opens a store on an explicit engine (the simulated disk in tests).
     pub fn open_with_engine(cfg: StoreConfig, engine: Arc<dyn IoEngine>) -> Result<Self> {
-        Ok(Self::start(StoreInner::open_with_engine(cfg, engine)?))
+        Ok(Self::start(recover::open_with_engine(cfg, engine)?))
     }
 
-    fn start(inner: StoreInner) -> Self {
-        let inner = Arc::new(inner);
-        let flusher = inner.wb.is_some().then(|| {
-            let i = inner.clone();
-            std::thread::Builder::new()
-                .name("strata-flusher".into())
-                .spawn(move || {
-                    lower_priority();
-                    i.flush_loop()
-                })
-                .expect("spawn the write-back flusher")
-        });
-        Self { inner, flusher }
+    fn start(core: Core) -> Self {
+        let core = Arc::new(core);
+        let flusher = core.wb.is_some().then(|| Flusher::start(core.clone()));
+        Self { core, flusher }
     }
-}
 
-/// Makes the calling thread yield the CPU to request threads: `SCHED_IDLE` (Linux, per thread),
-/// else nice +10. The write-back flusher works in the background, and on a small machine its
-/// copies and checksums otherwise delay the puts and gets it shares cores with (their tail
-/// latency): an idle-class thread runs only on a CPU nothing else wants and is preempted at once
-/// by a waking request thread, where a nice +10 thread still holds the CPU for part of a slice.
-/// A full buffer makes puts wait, which frees the CPUs for it, so it cannot fall behind without
-/// bound.
-fn lower_priority() {
-    // SAFETY: plain syscalls on the calling thread's own id; failure only leaves the priority.
-    unsafe {
-        let tid = libc::syscall(libc::SYS_gettid) as libc::pid_t;
-        let param = libc::sched_param { sched_priority: 0 };
-        if libc::sched_setscheduler(tid, libc::SCHED_IDLE, &param) != 0 {
-            let _ = libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, 10);
-        }
+    /// Stores `value` under `key`. `Ok(true)` when stored, `Ok(false)` when the key already existed
+    /// (its bytes are kept) or another put of it is in flight.
+    pub fn put(&self, key: &[u8], value: &[u8]) -> Result<bool> {
+        self.put_with(key, value, PutOptions::default())
     }
-}
 
-pub(crate) fn check_key(key: &[u8]) -> Result<()> {
-    if key.is_empty() || key.len() > MAX_KEY_LEN {
-        return Err(Error::KeyLen(key.len()));
+    pub fn put_with(&self, key: &[u8], value: &[u8], opts: PutOptions) -> Result<bool> {
+        self.batch_put_with(&[(key, value)], opts)
+            .pop()
+            .expect("one result")
     }
-    Ok(())
-}
 
-impl StoreInner {
+    /// Stores many pages with their writes in flight together. One result per item.
+    pub fn batch_put(&self, items: &[(&[u8], &[u8])]) -> Vec<Result<bool>> {
+        self.batch_put_with(items, PutOptions::default())
+    }
+
+    /// [`Store::batch_put`] where `opts.depth` is the depth of the first item and each next item is
+    /// one deeper (a run of consecutive pages of one prefix).
+    pub fn batch_put_with(&self, items: &[(&[u8], &[u8])], opts: PutOptions) -> Vec<Result<bool>> {
+        self.core.writer.batch_put(&self.core, items, opts)
+    }
+
+    /// [`Store::batch_put_with`] of values held as shared buffers: with a write-back buffer the
+    /// buffer keeps them as they are (no copy); otherwise they are written like any other value.
+    pub fn batch_put_shared(
+        &self,
+        items: &[(&[u8], Arc<[u8]>)],
+        opts: PutOptions,
+    ) -> Vec<Result<bool>> {
+        self.core.writer.batch_put_shared(&self.core, items, opts)
+    }
+
+    /// Whether puts are acknowledged from a DRAM write-back buffer.
+    pub fn has_write_back(&self) -> bool {
+        self.core.wb.is_some()
+    }
+
+    /// Removes `key`. `Ok(true)` when it was present. A tombstone record makes the removal durable.
+    pub fn remove(&self, key: &[u8]) -> Result<bool> {
+        self.core.writer.remove(&self.core, key)
+    }
+
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.batch_get(&[key]).pop().expect("one result")
+    }
+
+    pub fn batch_get(&self, keys: &[&[u8]]) -> Vec<Result<Option<Vec<u8>>>> {
+        self.core.reader.batch_get(&self.core, keys)
+    }
+
+    /// Reads the value into `buf`. Returns its length, or `None` on a miss. A 4 KiB-aligned `buf` at
+    /// least `roundup4k(len)` long is filled by the device directly.
+    pub fn get_into(&self, key: &[u8], buf: &mut [u8]) -> Result<Option<usize>> {
+        self.batch_get_into(&[key], &mut [buf])
+            .pop()
+            .expect("one result")
+    }
+
+    /// Batched [`Store::get_into`]; device reads of a batch are in flight together.
+    pub fn batch_get_into(
+        &self,
+        keys: &[&[u8]],
+        bufs: &mut [&mut [u8]],
+    ) -> Vec<Result<Option<usize>>> {
+        self.core.reader.batch_get_into(&self.core, keys, bufs)
+    }
+
+    /// The value when it is in DRAM (the write-back buffer or the DRAM tier) and at most
+    /// `max_len` bytes, shared without a copy (counted as a get and a memory hit); `Err(len)` when
+    /// it is in DRAM but longer than `max_len`; `Ok(None)` when it is only on the device or absent.
+    pub fn get_shared(
+        &self,
+        key: &[u8],
+        max_len: usize,
+    ) -> std::result::Result<Option<Arc<[u8]>>, usize> {
+        self.core.reader.get_shared(&self.core, key, max_len)
+    }
+
+    /// True when `key` is stored.
+    pub fn exists(&self, key: &[u8]) -> bool {
+        self.core.exists(key)
+    }
+
+    /// How many keys hit consecutively from the start (the prefix-cache query).
+    pub fn batch_exists(&self, keys: &[&[u8]]) -> usize {
+        keys.iter().take_while(|k| self.core.exists(k)).count()
+    }
+
+    /// Length of the value stored under `key`.
+    pub fn value_len(&self, key: &[u8]) -> Option<usize> {
+        read::value_len(&self.core, key)
+    }
+
     /// Makes every completed put (and remove) survive a power cut (draining the write-back buffer
     /// first).
     pub fn sync(&self) -> Result<()> {
-        if let Some(wb) = &self.wb {
+        let c = &self.core;
+        if let Some(wb) = &c.wb {
             wb.drain();
             let lost = wb.take_failures();
             if lost > 0 {
-                self.engine.sync()?;
+                c.engine.sync()?;
                 return Err(Error::Io(std::io::Error::other(format!(
                     "{lost} buffered pages could not be written since the last sync"
                 ))));
             }
         }
-        self.engine.sync()?;
+        c.engine.sync()?;
         Ok(())
     }
 
     /// Removes everything; durable when it returns (a synced superblock write records the cut-off).
     pub fn clear(&self) -> Result<()> {
+        self.core.clear()
+    }
+
+    /// Registers caller memory (for example a server's pinned host KV pool) so that reads landing in
+    /// it use io_uring fixed buffers. Returns false when the I/O engine has no use for it.
+    ///
+    /// # Safety
+    /// `ptr..ptr+len` must stay valid until the store is dropped.
+    pub unsafe fn register_buffer(&self, ptr: *mut u8, len: usize) -> Result<bool> {
+        // SAFETY: forwarded contract.
+        Ok(unsafe { self.core.engine.register(ptr, len) }?)
+    }
+
+    /// Largest value this store accepts (bounded by its segment size).
+    pub fn max_value_len(&self) -> usize {
+        self.core.writer.max_value_len()
+    }
+
+    /// The path the store was opened from.
+    pub fn path(&self) -> &Path {
+        &self.core.path
+    }
+
+    pub fn stats(&self) -> Stats {
+        let c = &self.core;
+        let sb = *c.sb.lock();
+        let free = c.segments.alloc.lock().free.len() as u64;
+        let mut s = Stats {
+            io_engine: c.engine.name(),
+            keys: c.index.len() as u64,
+            live_bytes: c.index.live_bytes(),
+            capacity: sb.capacity,
+            segment_size: sb.segment_size,
+            segments: sb.segment_count as u64,
+            segments_free: free,
+            memory_bytes: c.mem.bytes(),
+            write_back_bytes: c.wb.as_ref().map_or(0, |w| w.bytes()),
+            recovered_keys: c.recovered.0,
+            recovery_bad_records: c.recovered.1,
+            ..Stats::default()
+        };
+        c.writer.report(&mut s);
+        c.reader.report(&mut s);
+        c.reclaimer.report(&mut s);
+        s
+    }
+}
+
+impl Core {
+    fn exists(&self, key: &[u8]) -> bool {
+        self.index.contains(key) || self.wb.as_ref().is_some_and(|w| w.contains(key))
+    }
+
+    fn clear(&self) -> Result<()> {
         if let Some(wb) = &self.wb {
             wb.drain();
         }
@@ -204,73 +310,12 @@ impl StoreInner {
         let mut next = *sb;
         next.generation += 1;
         next.clear_seq = a.next_seq - 1;
-        self.write_superblock(&next)?;
+        write_superblock(self.engine.as_ref(), &next)?;
         self.engine.sync()?;
         *sb = next;
         self.index.clear();
         self.mem.clear();
         Ok(())
-    }
-
-    pub(crate) fn write_superblock(&self, sb: &Superblock) -> Result<()> {
-        let mut buf = self.engine.alloc(crate::format::BLOCK);
-        buf[..crate::format::BLOCK].copy_from_slice(&sb.encode());
-        let (_, r) = crate::io::engine::run_one(
-            self.engine.as_ref(),
-            crate::io::engine::Op::Write,
-            sb.offset(),
-            buf,
-        );
-        Ok(r?)
-    }
-
-    /// Registers caller memory (for example a server's pinned host KV pool) so that reads landing in
-    /// it use io_uring fixed buffers. Returns false when the I/O engine has no use for it.
-    ///
-    /// # Safety
-    /// `ptr..ptr+len` must stay valid until the store is dropped.
-    pub unsafe fn register_buffer(&self, ptr: *mut u8, len: usize) -> Result<bool> {
-        // SAFETY: forwarded contract.
-        Ok(unsafe { self.engine.register(ptr, len) }?)
-    }
-
-    /// Largest value this store accepts (bounded by its segment size).
-    pub fn max_value_len(&self) -> usize {
-        self.max_value_len
-    }
-
-    /// The path the store was opened from.
-    pub fn path(&self) -> &std::path::Path {
-        &self.path
-    }
-
-    pub fn stats(&self) -> Stats {
-        let c = &self.counters;
-        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
-        let sb = *self.sb.lock();
-        let free = self.segments.alloc.lock().free.len() as u64;
-        Stats {
-            io_engine: self.engine.name(),
-            keys: self.index.len() as u64,
-            live_bytes: self.index.live_bytes(),
-            capacity: sb.capacity,
-            segment_size: sb.segment_size,
-            segments: sb.segment_count as u64,
-            segments_free: free,
-            memory_bytes: self.mem.bytes(),
-            write_back_bytes: self.wb.as_ref().map_or(0, |w| w.bytes()),
-            puts: l(&c.puts),
-            put_bytes: l(&c.put_bytes),
-            gets: l(&c.gets),
-            hits: l(&c.hits),
-            memory_hits: l(&c.memory_hits),
-            corrupt_reads: l(&c.corrupt_reads),
-            io_errors: l(&c.io_errors),
-            reclaimed_segments: l(&c.reclaimed_segments),
-            relocated_pages: l(&c.relocated_pages),
-            recovered_keys: l(&c.recovered_keys),
-            recovery_bad_records: l(&c.recovery_bad_records),
-        }
     }
 }
 
@@ -278,24 +323,37 @@ impl Drop for Store {
     /// A clean stop writes what is buffered, then seals the open segment, so the next open reads
     /// summaries only (no scan).
     fn drop(&mut self) {
-        if let Some(wb) = &self.inner.wb {
-            wb.stop();
-        }
         if let Some(f) = self.flusher.take() {
-            let _ = f.join();
+            f.stop(&self.core);
         }
-        let open = self.segments.alloc.lock().open.take();
+        let segments = &self.core.segments;
+        let open = segments.alloc.lock().open.take();
         if let Some(seg) = open {
             {
-                let mut m = self.segments.segs[seg as usize].meta.lock();
+                let mut m = segments.segs[seg as usize].meta.lock();
                 if m.in_flight != 0 {
                     return;
                 }
                 m.state = SegState::Sealing;
             }
-            if let Err(e) = self.segments.seal(seg) {
+            if let Err(e) = segments.seal(seg) {
                 tracing::warn!(error = %e, "sealing the open segment at close failed");
             }
         }
     }
+}
+
+pub(crate) fn check_key(key: &[u8]) -> Result<()> {
+    if key.is_empty() || key.len() > MAX_KEY_LEN {
+        return Err(Error::KeyLen(key.len()));
+    }
+    Ok(())
+}
+
+/// Writes `sb` to its place (not synced).
+fn write_superblock(engine: &dyn IoEngine, sb: &Superblock) -> Result<()> {
+    let mut buf = engine.alloc(crate::format::BLOCK);
+    buf[..crate::format::BLOCK].copy_from_slice(&sb.encode());
+    let (_, r) = crate::io::engine::run_one(engine, crate::io::engine::Op::Write, sb.offset(), buf);
+    Ok(r?)
 }

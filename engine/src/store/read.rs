@@ -3,9 +3,10 @@
 //! against the key-bound crc; a mismatch is a miss, never bytes.
 
 use std::collections::VecDeque;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 
-use super::{check_key, StoreInner};
+use super::{check_key, Core, Stats};
 use crate::format::{segment_offset, value_crc, BLOCK};
 use crate::index::Location;
 use crate::io::buf::{is_aligned, round_up};
@@ -18,18 +19,46 @@ enum Plan {
     Read { loc: Location, bounce: bool },
 }
 
-impl StoreInner {
-    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
-        self.batch_get(&[key]).pop().expect("one result")
+/// The read path: owns the read window and the read counters.
+pub(super) struct Reader {
+    /// Device reads one caller keeps in flight (the configured queue depth).
+    window: usize,
+    gets: AtomicU64,
+    hits: AtomicU64,
+    memory_hits: AtomicU64,
+    corrupt_reads: AtomicU64,
+    io_errors: AtomicU64,
+}
+
+impl Reader {
+    pub(super) fn new(window: usize) -> Self {
+        Self {
+            window,
+            gets: AtomicU64::new(0),
+            hits: AtomicU64::new(0),
+            memory_hits: AtomicU64::new(0),
+            corrupt_reads: AtomicU64::new(0),
+            io_errors: AtomicU64::new(0),
+        }
     }
 
-    pub fn batch_get(&self, keys: &[&[u8]]) -> Vec<Result<Option<Vec<u8>>>> {
+    pub(super) fn report(&self, s: &mut Stats) {
+        let l = |a: &AtomicU64| a.load(Ordering::Relaxed);
+        s.gets = l(&self.gets);
+        s.hits = l(&self.hits);
+        s.memory_hits = l(&self.memory_hits);
+        s.corrupt_reads = l(&self.corrupt_reads);
+        s.io_errors += l(&self.io_errors);
+    }
+
+    /// Whole values (see [`super::Store::batch_get`]).
+    pub(super) fn batch_get(&self, c: &Core, keys: &[&[u8]]) -> Vec<Result<Option<Vec<u8>>>> {
         let mut bufs: Vec<Vec<u8>> = keys
             .iter()
-            .map(|k| vec![0; self.value_len(k).unwrap_or(0)])
+            .map(|k| vec![0; value_len(c, k).unwrap_or(0)])
             .collect();
         let mut refs: Vec<&mut [u8]> = bufs.iter_mut().map(|b| b.as_mut_slice()).collect();
-        let rs = self.batch_get_into(keys, &mut refs);
+        let rs = self.batch_get_into(c, keys, &mut refs);
         rs.into_iter()
             .zip(bufs)
             .map(|(r, mut b)| {
@@ -43,20 +72,13 @@ impl StoreInner {
             .collect()
     }
 
-    /// Reads the value into `buf`. Returns its length, or `None` on a miss. A 4 KiB-aligned `buf` at
-    /// least `roundup4k(len)` long is filled by the device directly.
-    pub fn get_into(&self, key: &[u8], buf: &mut [u8]) -> Result<Option<usize>> {
-        self.batch_get_into(&[key], &mut [buf])
-            .pop()
-            .expect("one result")
-    }
-
-    /// Batched [`Store::get_into`]. Device reads slide through a window of the store's queue depth
+    /// Batched [`super::Store::get_into`]. Device reads slide through a window of the store's queue depth
     /// in key order: when the window is full the oldest read is waited for and checked while the
     /// rest stay in flight, then the next read goes in — so the checksum work overlaps the device
     /// instead of leaving the queue empty at the end of the batch.
-    pub fn batch_get_into(
+    pub(super) fn batch_get_into(
         &self,
+        c: &Core,
         keys: &[&[u8]],
         bufs: &mut [&mut [u8]],
     ) -> Vec<Result<Option<usize>>> {
@@ -65,75 +87,51 @@ impl StoreInner {
         let mut pending: VecDeque<(usize, Location, bool, Completion)> =
             VecDeque::with_capacity(self.window);
         for i in 0..keys.len() {
-            self.counters.gets.fetch_add(1, Ordering::Relaxed);
-            match self.plan(keys[i], bufs[i]) {
+            self.gets.fetch_add(1, Ordering::Relaxed);
+            match self.plan(c, keys[i], bufs[i]) {
                 Plan::Done(r) => out.push(Some(r)),
                 Plan::Read { loc, bounce } => {
                     out.push(None);
                     if pending.len() >= self.window {
-                        let (j, loc, bounce, c) = pending.pop_front().expect("full window");
-                        out[j] = Some(self.complete(keys[j], bufs[j], &loc, bounce, c));
+                        let (j, loc, bounce, done) = pending.pop_front().expect("full window");
+                        out[j] = Some(self.complete(c, keys[j], bufs[j], &loc, bounce, done));
                     }
-                    let req = self.read_req(&loc, bounce, bufs[i]);
-                    let c = self.engine.submit(vec![req]).pop().expect("one completion");
-                    pending.push_back((i, loc, bounce, c));
+                    let req = read_req(c, &loc, bounce, bufs[i]);
+                    let done = c.engine.submit(vec![req]).pop().expect("one completion");
+                    pending.push_back((i, loc, bounce, done));
                 }
             }
         }
-        for (j, loc, bounce, c) in pending {
-            out[j] = Some(self.complete(keys[j], bufs[j], &loc, bounce, c));
+        for (j, loc, bounce, done) in pending {
+            out[j] = Some(self.complete(c, keys[j], bufs[j], &loc, bounce, done));
         }
         out.into_iter()
             .map(|r| r.expect("every key answered"))
             .collect()
     }
 
-    /// The device read for a planned key: straight into `buf` or into a bounce buffer.
-    fn read_req(&self, loc: &Location, bounce: bool, buf: &mut [u8]) -> IoReq {
-        let len = round_up(loc.value_len as usize);
-        let io = if bounce {
-            self.engine.alloc(len)
-        } else {
-            // SAFETY: `buf` is aligned, at least `len` long, exclusively borrowed by
-            // `batch_get_into`, and every read is waited for there before the borrow ends.
-            unsafe {
-                IoBuf::raw(
-                    buf.as_mut_ptr(),
-                    len,
-                    self.engine.registered(buf.as_ptr(), len),
-                )
-            }
-        };
-        IoReq {
-            op: Op::Read,
-            offset: segment_offset(loc.segment, self.segments.segment_size)
-                + loc.offset as u64
-                + BLOCK as u64,
-            buf: io,
-        }
-    }
-
     /// Waits for one read, releases its segment and checks it.
     fn complete(
         &self,
+        c: &Core,
         key: &[u8],
         buf: &mut [u8],
         loc: &Location,
         bounce: bool,
-        c: Completion,
+        done: Completion,
     ) -> Result<Option<usize>> {
-        let (io, r) = c.wait();
-        self.segments.segs[loc.segment as usize]
+        let read = done.wait();
+        c.segments.segs[loc.segment as usize]
             .readers
             .fetch_sub(1, Ordering::SeqCst);
-        self.finish(key, buf, loc, bounce, &io, r)
+        self.finish(c, key, buf, loc, bounce, read)
     }
 
-    fn plan(&self, key: &[u8], buf: &mut [u8]) -> Plan {
+    fn plan(&self, c: &Core, key: &[u8], buf: &mut [u8]) -> Plan {
         if let Err(e) = check_key(key) {
             return Plan::Done(Err(e));
         }
-        if let Some(v) = self.dram(key) {
+        if let Some(v) = dram(c, key) {
             if buf.len() < v.len() {
                 return Plan::Done(Err(Error::BufferTooSmall {
                     have: buf.len(),
@@ -141,11 +139,11 @@ impl StoreInner {
                 }));
             }
             buf[..v.len()].copy_from_slice(&v);
-            self.counters.hits.fetch_add(1, Ordering::Relaxed);
-            self.counters.memory_hits.fetch_add(1, Ordering::Relaxed);
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            self.memory_hits.fetch_add(1, Ordering::Relaxed);
             return Plan::Done(Ok(Some(v.len())));
         }
-        let Some(loc) = self.index.get(key, true) else {
+        let Some(loc) = c.index.get(key, true) else {
             return Plan::Done(Ok(None));
         };
         let need = loc.value_len as usize;
@@ -155,7 +153,7 @@ impl StoreInner {
                 need,
             }));
         }
-        let seg = &self.segments.segs[loc.segment as usize];
+        let seg = &c.segments.segs[loc.segment as usize];
         seg.readers.fetch_add(1, Ordering::SeqCst);
         if seg.epoch.load(Ordering::SeqCst) != loc.epoch {
             seg.readers.fetch_sub(1, Ordering::SeqCst);
@@ -167,29 +165,29 @@ impl StoreInner {
 
     fn finish(
         &self,
+        c: &Core,
         key: &[u8],
         buf: &mut [u8],
         loc: &Location,
         bounce: bool,
-        io: &IoBuf,
-        r: std::io::Result<()>,
+        (io, r): (IoBuf, std::io::Result<()>),
     ) -> Result<Option<usize>> {
         let n = loc.value_len as usize;
         if let Err(e) = r {
-            self.counters.io_errors.fetch_add(1, Ordering::Relaxed);
+            self.io_errors.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(error = %e, "page read failed");
             return Err(Error::Io(e));
         }
         let data: &[u8] = if bounce { &io[..n] } else { &buf[..n] };
         if value_crc(key, data) != loc.crc {
-            self.counters.corrupt_reads.fetch_add(1, Ordering::Relaxed);
+            self.corrupt_reads.fetch_add(1, Ordering::Relaxed);
             tracing::error!(
                 segment = loc.segment,
                 offset = loc.offset,
                 "page failed its checksum; dropping it"
             );
-            if self.index.remove(key, Some(loc.seq)).is_some() {
-                self.tombstone_corrupt(key);
+            if c.index.remove(key, Some(loc.seq)).is_some() {
+                c.writer.tombstone_corrupt(c, key);
             }
             if !bounce {
                 buf[..n].fill(0);
@@ -199,57 +197,72 @@ impl StoreInner {
         if bounce {
             buf[..n].copy_from_slice(&io[..n]);
         }
-        self.mem.insert(key, &buf[..n]);
-        self.counters.hits.fetch_add(1, Ordering::Relaxed);
+        c.mem.insert(key, &buf[..n]);
+        self.hits.fetch_add(1, Ordering::Relaxed);
         Ok(Some(n))
     }
 
     /// The value when it is in DRAM (the write-back buffer or the DRAM tier) and at most
     /// `max_len` bytes, shared without a copy (counted as a get and a memory hit); `Err(len)` when
     /// it is in DRAM but longer than `max_len`; `Ok(None)` when it is only on the device or absent.
-    pub fn get_shared(
+    pub(super) fn get_shared(
         &self,
+        c: &Core,
         key: &[u8],
         max_len: usize,
-    ) -> std::result::Result<Option<std::sync::Arc<[u8]>>, usize> {
+    ) -> std::result::Result<Option<Arc<[u8]>>, usize> {
         if check_key(key).is_err() {
             return Ok(None);
         }
-        let Some(v) = self.dram(key) else {
+        let Some(v) = dram(c, key) else {
             return Ok(None);
         };
         if v.len() > max_len {
             return Err(v.len());
         }
-        self.counters.gets.fetch_add(1, Ordering::Relaxed);
-        self.counters.hits.fetch_add(1, Ordering::Relaxed);
-        self.counters.memory_hits.fetch_add(1, Ordering::Relaxed);
+        self.gets.fetch_add(1, Ordering::Relaxed);
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        self.memory_hits.fetch_add(1, Ordering::Relaxed);
         Ok(Some(v))
     }
+}
 
-    /// The DRAM copy of `key`: the write-back buffer first, then the DRAM tier.
-    fn dram(&self, key: &[u8]) -> Option<std::sync::Arc<[u8]>> {
-        self.wb
-            .as_ref()
-            .and_then(|w| w.get(key))
-            .or_else(|| self.mem.get(key))
-    }
-
-    /// True when `key` is stored.
-    pub fn exists(&self, key: &[u8]) -> bool {
-        self.index.contains(key) || self.wb.as_ref().is_some_and(|w| w.contains(key))
-    }
-
-    /// Length of the value stored under `key`.
-    pub fn value_len(&self, key: &[u8]) -> Option<usize> {
-        if let Some(v) = self.wb.as_ref().and_then(|w| w.get(key)) {
-            return Some(v.len());
+/// The device read for a planned key: straight into `buf` or into a bounce buffer.
+fn read_req(c: &Core, loc: &Location, bounce: bool, buf: &mut [u8]) -> IoReq {
+    let len = round_up(loc.value_len as usize);
+    let io = if bounce {
+        c.engine.alloc(len)
+    } else {
+        // SAFETY: `buf` is aligned, at least `len` long, exclusively borrowed by
+        // `batch_get_into`, and every read is waited for there before the borrow ends.
+        unsafe {
+            IoBuf::raw(
+                buf.as_mut_ptr(),
+                len,
+                c.engine.registered(buf.as_ptr(), len),
+            )
         }
-        self.index.get(key, false).map(|l| l.value_len as usize)
+    };
+    IoReq {
+        op: Op::Read,
+        offset: segment_offset(loc.segment, c.segments.segment_size)
+            + loc.offset as u64
+            + BLOCK as u64,
+        buf: io,
     }
+}
 
-    /// How many keys hit consecutively from the start (the prefix-cache query).
-    pub fn batch_exists(&self, keys: &[&[u8]]) -> usize {
-        keys.iter().take_while(|k| self.exists(k)).count()
+/// The DRAM copy of `key`: the write-back buffer first, then the DRAM tier.
+fn dram(c: &Core, key: &[u8]) -> Option<Arc<[u8]>> {
+    c.wb.as_ref()
+        .and_then(|w| w.get(key))
+        .or_else(|| c.mem.get(key))
+}
+
+/// Length of the value stored under `key`.
+pub(super) fn value_len(c: &Core, key: &[u8]) -> Option<usize> {
+    if let Some(v) = c.wb.as_ref().and_then(|w| w.get(key)) {
+        return Some(v.len());
     }
+    c.index.get(key, false).map(|l| l.value_len as usize)
 }
