@@ -110,23 +110,6 @@ impl Reader {
             .collect()
     }
 
-    /// Waits for one read, releases its segment and checks it.
-    fn complete(
-        &self,
-        c: &Core,
-        key: &[u8],
-        buf: &mut [u8],
-        loc: &Location,
-        bounce: bool,
-        done: Completion,
-    ) -> Result<Option<usize>> {
-        let read = done.wait();
-        c.segments.segs[loc.segment as usize]
-            .readers
-            .fetch_sub(1, Ordering::SeqCst);
-        self.finish(c, key, buf, loc, bounce, read)
-    }
-
     fn plan(&self, c: &Core, key: &[u8], buf: &mut [u8]) -> Plan {
         if let Err(e) = check_key(key) {
             return Plan::Done(Err(e));
@@ -163,15 +146,20 @@ impl Reader {
         Plan::Read { loc, bounce }
     }
 
-    fn finish(
+    /// Waits for one read, releases its segment and checks the bytes.
+    fn complete(
         &self,
         c: &Core,
         key: &[u8],
         buf: &mut [u8],
         loc: &Location,
         bounce: bool,
-        (io, r): (IoBuf, std::io::Result<()>),
+        done: Completion,
     ) -> Result<Option<usize>> {
+        let (io, r) = done.wait();
+        c.segments.segs[loc.segment as usize]
+            .readers
+            .fetch_sub(1, Ordering::SeqCst);
         let n = loc.value_len as usize;
         if let Err(e) = r {
             self.io_errors.fetch_add(1, Ordering::Relaxed);

@@ -162,6 +162,20 @@ impl Writer {
         if c.index.remove(key, None).is_none() {
             return Ok(false);
         }
+        self.tombstone(c, key).map(|_| true)
+    }
+
+    /// Writes a tombstone for a key whose record failed its checksum, so that the damaged record is
+    /// not indexed again at the next open (best effort: a failure is logged).
+    pub(super) fn tombstone_corrupt(&self, c: &Core, key: &[u8]) {
+        let _ops = c.ops.read();
+        if let Err(e) = self.tombstone(c, key) {
+            tracing::warn!(error = %e, "could not write a tombstone for a corrupt page");
+        }
+    }
+
+    /// Appends a tombstone record for `key` (the caller holds `ops`).
+    fn tombstone(&self, c: &Core, key: &[u8]) -> Result<bool> {
         let mut results = vec![Ok(true)];
         let todo = vec![Pending {
             item: 0,
@@ -172,24 +186,6 @@ impl Writer {
         }];
         self.write_records(c, todo, &mut results);
         results.pop().expect("one result")
-    }
-
-    /// Writes a tombstone for a key whose record failed its checksum, so that the damaged record is
-    /// not indexed again at the next open (best effort: a failure is logged).
-    pub(super) fn tombstone_corrupt(&self, c: &Core, key: &[u8]) {
-        let _ops = c.ops.read();
-        let mut results = vec![Ok(true)];
-        let todo = vec![Pending {
-            item: 0,
-            key,
-            value: None,
-            shared: None,
-            depth: DEPTH_UNKNOWN,
-        }];
-        self.write_records(c, todo, &mut results);
-        if let Some(Err(e)) = results.pop() {
-            tracing::warn!(error = %e, "could not write a tombstone for a corrupt page");
-        }
     }
 
     /// Writes records, recording each outcome in `results[item]`. Page keys must be claimed.

@@ -38,20 +38,12 @@ pub struct Args {
     /// A store node silent for this long is dead and its keys become misses.
     #[arg(long, default_value_t = 3000)]
     heartbeat_timeout_ms: u64,
-    /// Token required on every connection and HTTP request.
-    #[arg(
-        long,
-        env = "STRATA_AUTH_TOKEN",
-        default_value = "",
-        hide_env_values = true
-    )]
-    auth_token: String,
-    #[arg(long, default_value = "info")]
-    log_level: String,
+    #[command(flatten)]
+    service: super::service::ServiceArgs,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    super::logging::init(&a.log_level);
+    super::logging::init(&a.service.log_level);
     let cfg = MasterConfig {
         rpc: format!("{}:{}", a.rpc_address, a.rpc_port),
         http_metadata: a.enable_http_metadata_server.then(|| {
@@ -65,7 +57,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             .then(|| format!("{}:{}", a.metrics_host, a.metrics_port)),
         state_file: a.state_file,
         heartbeat_timeout: Duration::from_millis(a.heartbeat_timeout_ms),
-        auth_token: a.auth_token,
+        auth_token: a.service.auth_token,
     };
     let h = strata_cluster::master::start(cfg)?;
     let none = || "-".to_string();

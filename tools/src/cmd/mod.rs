@@ -8,6 +8,7 @@ pub mod make_model;
 pub mod master;
 pub mod router;
 pub mod serve;
+pub mod service;
 pub mod size;
 pub mod store;
 pub mod up;

@@ -49,24 +49,16 @@ pub struct Args {
     /// Heartbeat period.
     #[arg(long, default_value_t = 1000)]
     heartbeat_ms: u64,
-    /// Token required on every connection (and sent to the master).
-    #[arg(
-        long,
-        env = "STRATA_AUTH_TOKEN",
-        default_value = "",
-        hide_env_values = true
-    )]
-    auth_token: String,
     /// Refuse same-host (cross-memory) requests with LOCAL_DENIED, as a kernel with a strict ptrace
     /// policy does; same-host clients then use TCP with this node.
     #[arg(long)]
     deny_same_host: bool,
-    #[arg(long, default_value = "info")]
-    log_level: String,
+    #[command(flatten)]
+    service: super::service::ServiceArgs,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    super::logging::init(&a.log_level);
+    super::logging::init(&a.service.log_level);
     let sc = StoreConfig::new(&a.device)
         .with_capacity(a.capacity)
         .with_memory(a.memory)
@@ -77,7 +69,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     nc.listen = format!("{}:{}", a.host, a.port);
     nc.advertise_host = a.advertise_host;
     nc.node_id = a.node_id;
-    nc.auth_token = a.auth_token;
+    nc.auth_token = a.service.auth_token;
     nc.heartbeat = Duration::from_millis(a.heartbeat_ms);
     nc.deny_same_host = a.deny_same_host;
     let h = strata_cluster::node::start(nc)?;

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use crate::error::{code, ClusterError, ClusterResult};
 use crate::path::same_host::SameHostEnd;
 use crate::path::tcp::TcpEnd;
-use crate::path::NodeEnd;
+use crate::path::{GetAnswer, NodeEnd};
 use crate::proto::{codec, Header, Op};
 use crate::store_ops::{self, put_batch, put_batch_shared, SharedPut};
 use crate::transport::rdma::Nic;
@@ -63,6 +63,9 @@ pub fn serve_conn(node: Serving, mut conn: Conn, peer_pid: Option<i32>) {
     }
 }
 
+/// A request as read off the connection: its header and meta.
+type Req<'a> = (&'a Header, &'a [u8]);
+
 fn is_disconnect(e: &ClusterError) -> bool {
     use std::io::ErrorKind::*;
     matches!(e, ClusterError::Io(io) if matches!(io.kind(), UnexpectedEof | ConnectionReset | BrokenPipe))
@@ -91,20 +94,20 @@ impl Session {
             return self.refuse(conn, &h, "payload on a request that takes none");
         }
         match h.op {
-            Op::Put | Op::Get => self.data(conn, &h, &meta, &mut TcpEnd)?,
+            Op::Put | Op::Get => self.data(conn, (&h, &meta), &mut TcpEnd)?,
             Op::PutLocal | Op::GetLocal => {
                 let Some(pid) = self.peer_pid else {
                     return self.refuse(conn, &h, "local operation on a remote connection");
                 };
                 let mut end = SameHostEnd::new(pid, self.node.deny_same_host);
-                self.data(conn, &h, &meta, &mut end)?
+                self.data(conn, (&h, &meta), &mut end)?
             }
             Op::RdmaHello => self.rdma_hello(conn, &h, &meta)?,
             Op::PutRdma | Op::GetRdma => {
                 let Some(mut end) = self.rdma.take() else {
                     return self.refuse(conn, &h, "RDMA operation before a successful RDMA_HELLO");
                 };
-                let r = self.data(conn, &h, &meta, end.as_mut());
+                let r = self.data(conn, (&h, &meta), end.as_mut());
                 self.rdma = Some(end);
                 r?
             }
@@ -122,16 +125,10 @@ impl Session {
     }
 
     /// A PUT or GET (of any data path) through `end`.
-    fn data(
-        &mut self,
-        conn: &mut Conn,
-        h: &Header,
-        meta: &[u8],
-        end: &mut dyn NodeEnd,
-    ) -> ClusterResult<()> {
-        match h.op {
-            Op::Put | Op::PutLocal | Op::PutRdma => self.put(conn, h, meta, end),
-            _ => self.get(conn, h, meta, end),
+    fn data(&mut self, conn: &mut Conn, req: Req<'_>, end: &mut dyn NodeEnd) -> ClusterResult<()> {
+        match req.0.op {
+            Op::Put | Op::PutLocal | Op::PutRdma => self.put(conn, req, end),
+            _ => self.get(conn, req, end),
         }
     }
 
@@ -140,13 +137,8 @@ impl Session {
         Err(ClusterError::Protocol(format!("{:?}: {why}", h.op)))
     }
 
-    fn put(
-        &mut self,
-        conn: &mut Conn,
-        h: &Header,
-        meta: &[u8],
-        end: &mut dyn NodeEnd,
-    ) -> ClusterResult<()> {
+    fn put(&mut self, conn: &mut Conn, req: Req<'_>, end: &mut dyn NodeEnd) -> ClusterResult<()> {
+        let (h, meta) = req;
         let items = match end.put_items(meta, h.payload_len) {
             Ok(items) => items,
             Err(e) => return declined(conn, h, e, true),
@@ -234,21 +226,21 @@ impl Session {
         put_batch(&self.node.store, &batch)
     }
 
-    fn get(
-        &mut self,
-        conn: &mut Conn,
-        h: &Header,
-        meta: &[u8],
-        end: &mut dyn NodeEnd,
-    ) -> ClusterResult<()> {
+    fn get(&mut self, conn: &mut Conn, req: Req<'_>, end: &mut dyn NodeEnd) -> ClusterResult<()> {
+        let (h, meta) = req;
         let items = match end.get_items(meta) {
             Ok(items) => items,
             Err(e) => return declined(conn, h, e, true),
         };
         let (lens, hits) = self.read_hits(&items);
         let out = hits.slices(&self.get_buf);
-        let meta = codec::encode_lens(&lens);
-        match end.send_get(conn, h, &meta, &lens, &out) {
+        let answer = GetAnswer {
+            request_id: h.request_id,
+            lens: &lens,
+            meta: &codec::encode_lens(&lens),
+            hits: &out,
+        };
+        match end.send_get(conn, &answer) {
             Ok(()) => Ok(()),
             Err(e) => declined(conn, h, e, false),
         }

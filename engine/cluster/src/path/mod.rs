@@ -22,7 +22,7 @@ pub mod same_host;
 pub mod tcp;
 
 use crate::error::ClusterResult;
-use crate::proto::{codec, GetItem, Header, Op, PutItem};
+use crate::proto::{codec, GetItem, Op, PutItem};
 use crate::transport::Conn;
 
 /// The client's end of a data path to one node. A path that returns an error is dropped (its
@@ -97,16 +97,19 @@ pub trait NodeEnd {
     /// Decodes a GET request's meta.
     fn get_items<'m>(&mut self, meta: &'m [u8]) -> ClusterResult<Vec<GetItem<'m>>>;
 
-    /// Answers the GET `h`: `meta` holds the encoded `lens` (one per item), `hits` the found values'
-    /// bytes in item order.
-    fn send_get(
-        &mut self,
-        conn: &mut Conn,
-        h: &Header,
-        meta: &[u8],
-        lens: &[i64],
-        hits: &[&[u8]],
-    ) -> ClusterResult<()>;
+    /// Sends the answer to a GET.
+    fn send_get(&mut self, conn: &mut Conn, a: &GetAnswer<'_>) -> ClusterResult<()>;
+}
+
+/// The answer to one GET, as the node's handler prepared it.
+pub struct GetAnswer<'a> {
+    pub request_id: u32,
+    /// One length (or negative code) per item.
+    pub lens: &'a [i64],
+    /// `lens` encoded as the response's meta.
+    pub meta: &'a [u8],
+    /// The found values' bytes, in item order.
+    pub hits: &'a [&'a [u8]],
 }
 
 /// One request frame without payload and its response's meta (the keys-only requests of the

@@ -1,7 +1,7 @@
 //! RDMA (feature `rdma`): keys, lengths and codes as frames on the TCP connection, the values over
 //! the queue pair RDMA_HELLO set up for it (see `transport::rdma`).
 
-use super::{frame_call, hit_slices, DataPath, NodeEnd};
+use super::{frame_call, hit_slices, DataPath, GetAnswer, NodeEnd};
 use crate::error::{ClusterError, ClusterResult};
 use crate::proto::{codec, GetItem, Header, Op, PutItem};
 use crate::transport::rdma::link::Link;
@@ -62,16 +62,9 @@ impl NodeEnd for RdmaEnd {
 
     /// The lengths go back as a frame first (so the client can plan its receives), then the hits'
     /// bytes over the queue pair, in item order.
-    fn send_get(
-        &mut self,
-        conn: &mut Conn,
-        h: &Header,
-        meta: &[u8],
-        _lens: &[i64],
-        hits: &[&[u8]],
-    ) -> ClusterResult<()> {
-        let header = Header::response(Op::GetRdma, h.request_id, meta.len(), 0);
-        conn.send(header, meta, &[])?;
-        self.0.send_values(hits)
+    fn send_get(&mut self, conn: &mut Conn, a: &GetAnswer<'_>) -> ClusterResult<()> {
+        let header = Header::response(Op::GetRdma, a.request_id, a.meta.len(), 0);
+        conn.send(header, a.meta, &[])?;
+        self.0.send_values(a.hits)
     }
 }

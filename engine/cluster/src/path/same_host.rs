@@ -4,7 +4,7 @@
 //! the client (the kernel's ptrace check, or `NodeConfig::deny_same_host`) it answers LOCAL_DENIED
 //! and the client uses TCP with that node.
 
-use super::{frame_call, DataPath, NodeEnd};
+use super::{frame_call, DataPath, GetAnswer, NodeEnd};
 use crate::error::{code, ClusterError, ClusterResult};
 use crate::proto::{codec, GetItem, Header, Op, PutItem};
 use crate::transport::{shm, Conn};
@@ -115,17 +115,10 @@ impl NodeEnd for SameHostEnd {
         Ok(items)
     }
 
-    fn send_get(
-        &mut self,
-        conn: &mut Conn,
-        h: &Header,
-        meta: &[u8],
-        lens: &[i64],
-        hits: &[&[u8]],
-    ) -> ClusterResult<()> {
-        let remote = self.ranges(lens.iter().copied());
-        shm::write_to(self.pid, hits, &remote).map_err(|e| self.failed("writing", e))?;
-        let header = Header::response(Op::GetLocal, h.request_id, meta.len(), 0);
-        Ok(conn.send(header, meta, &[])?)
+    fn send_get(&mut self, conn: &mut Conn, a: &GetAnswer<'_>) -> ClusterResult<()> {
+        let remote = self.ranges(a.lens.iter().copied());
+        shm::write_to(self.pid, a.hits, &remote).map_err(|e| self.failed("writing", e))?;
+        let header = Header::response(Op::GetLocal, a.request_id, a.meta.len(), 0);
+        Ok(conn.send(header, a.meta, &[])?)
     }
 }

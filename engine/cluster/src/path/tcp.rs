@@ -1,7 +1,7 @@
 //! TCP: a frame is `header | meta | raw values`. Values go out with one vectored write from the
 //! sender's buffers and are read straight into the receiver's destinations.
 
-use super::{frame_call, hit_slices, DataPath, NodeEnd};
+use super::{frame_call, hit_slices, DataPath, GetAnswer, NodeEnd};
 use crate::error::ClusterResult;
 use crate::proto::{codec, GetItem, Header, Op, PutItem};
 use crate::transport::Conn;
@@ -61,16 +61,9 @@ impl NodeEnd for TcpEnd {
         codec::decode_get(meta)
     }
 
-    fn send_get(
-        &mut self,
-        conn: &mut Conn,
-        h: &Header,
-        meta: &[u8],
-        _lens: &[i64],
-        hits: &[&[u8]],
-    ) -> ClusterResult<()> {
-        let plen = hits.iter().map(|p| p.len() as u64).sum();
-        let header = Header::response(Op::Get, h.request_id, meta.len(), plen);
-        Ok(conn.send(header, meta, hits)?)
+    fn send_get(&mut self, conn: &mut Conn, a: &GetAnswer<'_>) -> ClusterResult<()> {
+        let plen = a.hits.iter().map(|p| p.len() as u64).sum();
+        let header = Header::response(Op::Get, a.request_id, a.meta.len(), plen);
+        Ok(conn.send(header, a.meta, a.hits)?)
     }
 }

@@ -36,21 +36,6 @@ impl<'a> Reader<'a> {
     pub fn u8(&mut self) -> ClusterResult<u8> {
         Ok(self.take(1)?[0])
     }
-    pub fn u16(&mut self) -> ClusterResult<u16> {
-        Ok(u16::from_le_bytes(self.take(2)?.try_into().expect("2")))
-    }
-    pub fn u32(&mut self) -> ClusterResult<u32> {
-        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4")))
-    }
-    pub fn u64(&mut self) -> ClusterResult<u64> {
-        Ok(u64::from_le_bytes(self.take(8)?.try_into().expect("8")))
-    }
-    pub fn i32(&mut self) -> ClusterResult<i32> {
-        Ok(i32::from_le_bytes(self.take(4)?.try_into().expect("4")))
-    }
-    pub fn i64(&mut self) -> ClusterResult<i64> {
-        Ok(i64::from_le_bytes(self.take(8)?.try_into().expect("8")))
-    }
 
     /// An item count, at most [`MAX_ITEMS`].
     pub fn count(&mut self) -> ClusterResult<usize> {
@@ -102,6 +87,24 @@ impl<'a> Reader<'a> {
     }
 }
 
+/// The little-endian integer fields of a meta section: `Reader::u32()`, `Writer::u32(v)`, ...
+macro_rules! le_fields {
+    ($($t:ident),*) => {
+        impl Reader<'_> {
+            $(pub fn $t(&mut self) -> ClusterResult<$t> {
+                Ok($t::from_le_bytes(self.array()?))
+            })*
+        }
+        impl Writer {
+            $(pub fn $t(&mut self, v: $t) -> &mut Self {
+                self.buf.extend_from_slice(&v.to_le_bytes());
+                self
+            })*
+        }
+    };
+}
+le_fields!(u16, u32, u64, i32, i64);
+
 /// Builds a meta section.
 #[derive(Default)]
 pub struct Writer {
@@ -114,26 +117,6 @@ impl Writer {
     }
     pub fn u8(&mut self, v: u8) -> &mut Self {
         self.buf.push(v);
-        self
-    }
-    pub fn u16(&mut self, v: u16) -> &mut Self {
-        self.buf.extend_from_slice(&v.to_le_bytes());
-        self
-    }
-    pub fn u32(&mut self, v: u32) -> &mut Self {
-        self.buf.extend_from_slice(&v.to_le_bytes());
-        self
-    }
-    pub fn u64(&mut self, v: u64) -> &mut Self {
-        self.buf.extend_from_slice(&v.to_le_bytes());
-        self
-    }
-    pub fn i32(&mut self, v: i32) -> &mut Self {
-        self.buf.extend_from_slice(&v.to_le_bytes());
-        self
-    }
-    pub fn i64(&mut self, v: i64) -> &mut Self {
-        self.buf.extend_from_slice(&v.to_le_bytes());
         self
     }
     /// Callers validate key lengths first (the client API does); an invalid key panics here.

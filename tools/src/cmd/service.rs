@@ -1,0 +1,17 @@
+//! Flags shared by the long-running cluster services (`strata master`, `strata store`).
+
+/// Authentication and logging of a cluster service.
+#[derive(clap::Args)]
+pub struct ServiceArgs {
+    /// Token required on every connection and HTTP request (a store node also sends it to the
+    /// master).
+    #[arg(
+        long,
+        env = "STRATA_AUTH_TOKEN",
+        default_value = "",
+        hide_env_values = true
+    )]
+    pub auth_token: String,
+    #[arg(long, default_value = "info")]
+    pub log_level: String,
+}
