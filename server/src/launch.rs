@@ -12,8 +12,10 @@ use crate::hicache::{HiCache, HiCacheConfig};
 use crate::kv::HostKvPool;
 use crate::kv::{DeviceKvPool, KvPool};
 use crate::model::{Model, ModelConfig, ModelError, ModelRunner, Tokenizer};
-use crate::scheduler::hooks::NoPrefetch;
-use crate::scheduler::{spawn_with_hook, SchedulerConfig};
+use crate::pd::decode::{Fetcher, Geometry};
+use crate::pd::prefill::Registry;
+use crate::pd::{Mode, PdConfig};
+use crate::scheduler::{spawn_with_hook, PdSide, SchedulerConfig, Seams};
 use crate::stats::Stats;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -36,6 +38,8 @@ pub struct ServeOptions {
     pub api_key: Option<String>,
     /// The hierarchical cache (`--enable-hierarchical-cache`), or none.
     pub hicache: Option<HiCacheConfig>,
+    /// PD disaggregation role (`--disaggregation-mode`), or none.
+    pub pd: Option<PdConfig>,
     /// Launch arguments echoed by `/get_server_info`.
     pub server_args: serde_json::Value,
 }
@@ -222,7 +226,9 @@ where
         max_running_requests: max_running,
         chunked_prefill_size: opts.chunked_prefill_size,
         context_length,
-        radix_cache: !opts.disable_radix_cache,
+        // The decode side keeps each request's pages private (SGLang's chunk cache on decode).
+        radix_cache: !opts.disable_radix_cache
+            && opts.pd.as_ref().is_none_or(|c| c.mode != Mode::Decode),
         eviction_lfu: opts.radix_eviction_lfu,
     };
     let hicache = match &opts.hicache {
@@ -242,14 +248,39 @@ where
         )?),
         None => None,
     };
+    let (pd, pd_registry) = match &opts.pd {
+        Some(c) if c.mode == Mode::Prefill => {
+            let reg = Registry::start(c.clone())?;
+            (Some(PdSide::Prefill(reg.clone())), Some(reg))
+        }
+        Some(c) if c.mode == Mode::Decode => {
+            if !model.kv_page_io() {
+                return Err(LaunchError::Config(format!(
+                    "--disaggregation-mode decode is not available on the {} runner yet",
+                    model.name()
+                )));
+            }
+            let geo = Geometry {
+                page_size: opts.page_size,
+                layers: cfg.num_layers,
+                kv_dim: cfg.kv_dim(),
+                elem: model.kv_elem_bytes(),
+            };
+            (Some(PdSide::Decode(Fetcher::new(c.clone(), geo))), None)
+        }
+        _ => (None, None),
+    };
     let handle = spawn_with_hook(
         sched_cfg,
         model,
         pool,
         tokenizer.clone(),
         stats.clone(),
-        Box::new(NoPrefetch),
-        hicache,
+        Seams {
+            hicache,
+            pd,
+            ..Seams::default()
+        },
     )?;
     Ok(AppState {
         scheduler: handle,
@@ -257,6 +288,7 @@ where
         stats,
         info: Arc::new(info),
         api_key: opts.api_key.as_deref().map(Arc::from),
+        pd_registry,
     })
 }
 

@@ -9,6 +9,7 @@ pub mod kv;
 pub mod launch;
 pub mod logprobs;
 pub mod model;
+pub mod pd;
 pub mod sampling;
 pub mod scheduler;
 pub mod seeded;

@@ -14,6 +14,7 @@ use tower::ServiceExt;
 fn opts(dir: &std::path::Path) -> ServeOptions {
     ServeOptions {
         hicache: None,
+        pd: None,
         model_path: dir.to_path_buf(),
         served_model_name: None,
         page_size: 4,

@@ -31,6 +31,7 @@ fn opts(dir: &std::path::Path) -> ServeOptions {
         disable_radix_cache: false,
         radix_eviction_lfu: false,
         hicache: None,
+        pd: None,
         api_key: None,
         server_args: json!({}),
     }

@@ -11,7 +11,7 @@ use strata_server::model::{Arch, Model, Tokenizer};
 use strata_server::sampling::SamplingParams;
 use strata_server::scheduler::hooks::PrefetchHook;
 use strata_server::scheduler::request::{Event, FinishReason, Request};
-use strata_server::scheduler::{spawn_with_hook, SchedulerConfig};
+use strata_server::scheduler::{spawn_with_hook, SchedulerConfig, Seams};
 use strata_server::stats::Stats;
 use tokio::sync::mpsc;
 
@@ -40,6 +40,7 @@ fn request(rid: &str, ids: Vec<u32>) -> (Request, mpsc::UnboundedReceiver<Event>
     };
     (
         Request {
+            bootstrap: None,
             rid: rid.into(),
             input_ids: ids,
             params,
@@ -95,8 +96,10 @@ fn held_request_does_not_block_others_and_pages_return() {
         pool,
         tok,
         stats.clone(),
-        Box::new(HoldUntil(release.clone())),
-        None,
+        Seams {
+            hook: Box::new(HoldUntil(release.clone())),
+            ..Seams::default()
+        },
     )
     .unwrap();
     let (held, mut held_rx) = request("held", (1..30).collect());

@@ -49,9 +49,22 @@ impl Driver {
     pub fn submit(
         state: &AppState,
         input_ids: Vec<u32>,
+        params: SamplingParams,
+        logprobs: Option<LogprobSpec>,
+        rid: Option<String>,
+    ) -> Result<Driver, ApiError> {
+        Self::submit_pd(state, input_ids, params, logprobs, rid, None)
+    }
+
+    /// [`submit`](Self::submit) for one leg of a PD pair; a prefill server claims the room (a
+    /// room already in use is a 400).
+    pub fn submit_pd(
+        state: &AppState,
+        input_ids: Vec<u32>,
         mut params: SamplingParams,
         logprobs: Option<LogprobSpec>,
         rid: Option<String>,
+        bootstrap: Option<crate::pd::Bootstrap>,
     ) -> Result<Driver, ApiError> {
         let ctx = state.info.context_length;
         if input_ids.is_empty() {
@@ -97,7 +110,16 @@ impl Driver {
             .as_ref()
             .map(|l| input_ids[l.start..].to_vec())
             .unwrap_or_default();
+        if let (Some(reg), Some(b)) = (&state.pd_registry, &bootstrap) {
+            if b.is_real() && !reg.claim(b.room) {
+                return Err(ApiError::bad_request(format!(
+                    "Duplicate bootstrap_room {}: another request is using it.",
+                    b.room
+                )));
+            }
+        }
         let req = Request {
+            bootstrap,
             rid: rid.clone(),
             input_ids,
             params: params.clone(),

@@ -12,6 +12,7 @@ use super::error::{parse_body, ApiError};
 use super::output::finish_reason_json;
 use super::AppState;
 use crate::model::Tokenizer;
+use crate::pd::Bootstrap;
 use crate::sampling::{SamplingParams, SamplingParamsWire};
 use crate::scheduler::request::LogprobSpec;
 use axum::body::Bytes;
@@ -63,8 +64,54 @@ struct GenerateWire {
     token_ids_logprob: Option<OneOrMany<Vec<u32>>>,
     return_text_in_logprobs: Option<bool>,
     rid: Option<OneOrMany<String>>,
+    bootstrap_host: Option<Value>,
+    bootstrap_port: Option<Value>,
+    bootstrap_room: Option<Value>,
     #[serde(flatten)]
     ignored: serde_json::Map<String, Value>,
+}
+
+/// The PD bootstrap fields of each prompt (a batch carries lists). A request without a room is
+/// not a PD leg.
+fn bootstraps(
+    host: &Option<Value>,
+    port: &Option<Value>,
+    room: &Option<Value>,
+    n: usize,
+    batch: bool,
+) -> Result<Vec<Option<Bootstrap>>, ApiError> {
+    let at = |v: &Option<Value>, i: usize| -> Value {
+        match v {
+            Some(Value::Array(a)) if batch => a.get(i).cloned().unwrap_or(Value::Null),
+            Some(v) => v.clone(),
+            None => Value::Null,
+        }
+    };
+    (0..n)
+        .map(|i| {
+            let r = at(room, i);
+            if r.is_null() {
+                return Ok(None);
+            }
+            let room = r.as_u64().ok_or_else(|| {
+                ApiError::bad_request(format!(
+                    "bootstrap_room must be a non-negative integer, got {r}."
+                ))
+            })?;
+            let host = at(host, i).as_str().unwrap_or("127.0.0.1").to_string();
+            let port = match at(port, i) {
+                Value::Null => None,
+                p => Some(
+                    p.as_u64()
+                        .and_then(|p| u16::try_from(p).ok())
+                        .ok_or_else(|| {
+                            ApiError::bad_request(format!("bootstrap_port {p} is not a port."))
+                        })?,
+                ),
+            };
+            Ok(Some(Bootstrap { host, port, room }))
+        })
+        .collect()
 }
 
 /// A value that asks for nothing: absent, null, false, zero, empty.
@@ -195,6 +242,13 @@ pub async fn generate(
         other => OneOrMany::per_prompt(other, n, "token_ids_logprob")?,
     };
     let text_in_lp = w.return_text_in_logprobs.unwrap_or(false);
+    let boots = bootstraps(
+        &w.bootstrap_host,
+        &w.bootstrap_port,
+        &w.bootstrap_room,
+        n,
+        batch,
+    )?;
     let mut drivers = Vec::new();
     for (i, ((ids, p), rid)) in prompts.into_iter().zip(params).zip(rids).enumerate() {
         let lp = match want[i] {
@@ -208,7 +262,7 @@ pub async fn generate(
             ),
             _ => None,
         };
-        drivers.push(Driver::submit(&st, ids, p, lp, rid)?);
+        drivers.push(Driver::submit_pd(&st, ids, p, lp, rid, boots[i].clone())?);
     }
     let render = Render {
         text_in_lp,

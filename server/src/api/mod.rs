@@ -47,6 +47,8 @@ pub struct AppState {
     pub stats: Arc<Stats>,
     pub info: Arc<ServerInfo>,
     pub api_key: Option<Arc<str>>,
+    /// The PD bootstrap registry of a prefill server.
+    pub pd_registry: Option<Arc<crate::pd::prefill::Registry>>,
 }
 
 impl AppState {

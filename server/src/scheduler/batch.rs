@@ -169,10 +169,19 @@ impl<R: ModelRunner> Scheduler<R> {
         }
         // 3. Admission of queued requests.
         let mut held = VecDeque::new();
+        let mut installed = false;
         while budget > 0 && self.running.len() < self.cfg.max_running_requests {
             let Some(mut s) = self.waiting.pop_front() else {
                 break;
             };
+            if s.pd_fetch {
+                match self.pd_install(s) {
+                    Some(s) => held.push_back(s),
+                    // Installed (or finished): that is progress even without a forward.
+                    None => installed = true,
+                }
+                continue;
+            }
             if s.held {
                 let l3_ready = match self.hicache.as_mut() {
                     Some(h) => h.prefetch_ready(&mut self.tree, &s.req.rid),
@@ -219,6 +228,9 @@ impl<R: ModelRunner> Scheduler<R> {
             self.waiting.push_front(s);
         }
         if items.is_empty() {
+            if installed {
+                return true;
+            }
             if self.running.is_empty() {
                 return false;
             }
@@ -240,6 +252,66 @@ impl<R: ModelRunner> Scheduler<R> {
         }
         self.forward(items);
         true
+    }
+
+    /// PD decode side: once the prompt's KV arrived, loads it into fresh device pages and starts
+    /// decoding from the prefill's first token (no forward over the prompt); a failed transfer
+    /// finishes the request with its reason. Gives the sequence back while the KV is on its way
+    /// or the pool has no room (returns it).
+    fn pd_install(&mut self, mut s: Seq) -> Option<Seq> {
+        let Some(super::PdSide::Decode(f)) = &self.pd else {
+            s.pd_fetch = false;
+            s.held = false;
+            self.waiting.push_back(s);
+            return None;
+        };
+        let Some(got) = f.take(&s.req.rid) else {
+            return Some(s);
+        };
+        let got = match got {
+            Ok(g) => g,
+            Err(e) => {
+                self.finish(s, FinishReason::Abort(e));
+                return None;
+            }
+        };
+        let upto = s.prompt_len + 1;
+        if !self.ensure_pages(&mut s, upto) {
+            // Keep the KV; try again when pages free up.
+            if let Some(super::PdSide::Decode(f)) = &self.pd {
+                f.put_back(&s.req.rid, got);
+            }
+            return Some(s);
+        }
+        let dev: Vec<PageId> = s.own_pages[..got.n_pages].iter().map(Page::id).collect();
+        let host: Vec<PageId> = (0..got.n_pages as u32).collect();
+        if let Err(e) = self
+            .model
+            .load_pages(&mut self.pool.buffers, &got.staging, &host, &dev)
+        {
+            self.finish(
+                s,
+                FinishReason::Abort(format!("PD: cannot load the KV cache: {e}")),
+            );
+            return None;
+        }
+        s.pd_fetch = false;
+        s.held = false;
+        s.computed = s.prompt_len;
+        s.admitted_once = true;
+        Stats::add(&self.stats.prompt_tokens, s.prompt_len as u64);
+        self.hook.on_dequeue(&s.req.rid);
+        self.running.push(s);
+        let i = self.running.len() - 1;
+        let first = Sampled {
+            token: got.first_token,
+            logprobs: None,
+        };
+        if let Some(reason) = self.accept_token(i, first) {
+            let s = self.running.remove(i);
+            self.finish(s, reason);
+        }
+        None
     }
 
     /// write_through_selective: backs up the nodes of a match that became hot.

@@ -53,11 +53,21 @@ pub struct Scheduler<R: ModelRunner> {
     hook: Box<dyn PrefetchHook>,
     /// The hierarchical cache (host tier and L3), when enabled.
     hicache: Option<HiCache>,
+    /// This server's PD role, when it has one.
+    pd: Option<PdSide>,
     waiting: VecDeque<Seq>,
     running: Vec<Seq>,
     aborts: HashSet<String>,
     eos: Vec<u32>,
     seed_counter: u64,
+}
+
+/// The scheduler's part of PD disaggregation.
+pub enum PdSide {
+    /// Finished prefills hand their KV to the bootstrap server's registry.
+    Prefill(Arc<crate::pd::prefill::Registry>),
+    /// Requests are held while their KV is fetched from the prefill.
+    Decode(crate::pd::decode::Fetcher),
 }
 
 /// A handle to the scheduler thread.
@@ -102,31 +112,41 @@ pub fn spawn<R: ModelRunner>(
     tokenizer: Arc<Tokenizer>,
     stats: Arc<Stats>,
 ) -> std::io::Result<SchedulerHandle> {
-    spawn_with_hook(
-        cfg,
-        model,
-        pool,
-        tokenizer,
-        stats,
-        Box::new(NoPrefetch),
-        None,
-    )
+    spawn_with_hook(cfg, model, pool, tokenizer, stats, Seams::default())
 }
 
-/// Starts the scheduler thread with a prefetch hook (PD decode side) and the hierarchical cache.
+/// What plugs into the scheduler besides the model: a prefetch hook, the hierarchical cache, a PD
+/// role.
+pub struct Seams {
+    pub hook: Box<dyn PrefetchHook>,
+    pub hicache: Option<HiCache>,
+    pub pd: Option<PdSide>,
+}
+
+impl Default for Seams {
+    fn default() -> Self {
+        Seams {
+            hook: Box::new(NoPrefetch),
+            hicache: None,
+            pd: None,
+        }
+    }
+}
+
+/// Starts the scheduler thread with its seams (prefetch hook, hierarchical cache, PD role).
 pub fn spawn_with_hook<R: ModelRunner>(
     cfg: SchedulerConfig,
     model: R,
     pool: DeviceKvPool<R>,
     tokenizer: Arc<Tokenizer>,
     stats: Arc<Stats>,
-    hook: Box<dyn PrefetchHook>,
-    hicache: Option<HiCache>,
+    seams: Seams,
 ) -> std::io::Result<SchedulerHandle> {
     let (tx, rx) = std::sync::mpsc::channel();
     let s = Scheduler::new(cfg, model, pool, tokenizer, stats)
-        .with_hook(hook)
-        .with_hicache(hicache);
+        .with_hook(seams.hook)
+        .with_hicache(seams.hicache)
+        .with_pd(seams.pd);
     std::thread::Builder::new()
         .name("strata-scheduler".into())
         .spawn(move || s.run(rx))?;
@@ -153,6 +173,7 @@ impl<R: ModelRunner> Scheduler<R> {
             stats,
             hook: Box::new(NoPrefetch),
             hicache: None,
+            pd: None,
             waiting: VecDeque::new(),
             running: Vec::new(),
             aborts: HashSet::new(),
@@ -164,6 +185,12 @@ impl<R: ModelRunner> Scheduler<R> {
     /// Replaces the prefetch hook (PD decode side).
     pub fn with_hook(mut self, hook: Box<dyn PrefetchHook>) -> Self {
         self.hook = hook;
+        self
+    }
+
+    /// Gives the server a PD role.
+    pub fn with_pd(mut self, pd: Option<PdSide>) -> Self {
+        self.pd = pd;
         self
     }
 
@@ -226,7 +253,19 @@ impl<R: ModelRunner> Scheduler<R> {
                     let t = req.arrival.elapsed().as_nanos() as u64;
                     crate::seeded::SplitMix64(self.seed_counter ^ t ^ 0x5EED).next_u64()
                 });
+                let mut req = req;
+                let real_pd = req.bootstrap.as_ref().is_some_and(|b| b.is_real());
+                if real_pd && matches!(self.pd, Some(PdSide::Prefill(_))) {
+                    // The prefill leg computes the prompt and the first token only.
+                    req.params.max_new_tokens = req.params.max_new_tokens.min(1);
+                }
                 let mut seq = Seq::new(*req, seed);
+                if let (true, Some(PdSide::Decode(f))) = (real_pd, &self.pd) {
+                    let b = seq.req.bootstrap.clone().expect("bootstrap");
+                    f.start(&seq.req.rid, &b, seq.prompt_len);
+                    seq.held = true;
+                    seq.pd_fetch = true;
+                }
                 let cached = if self.cfg.radix_cache {
                     self.peek_cached(&seq.tokens)
                 } else {
@@ -288,6 +327,9 @@ impl<R: ModelRunner> Scheduler<R> {
         while let Some(s) = self.waiting.pop_front() {
             if gone(&s) {
                 self.hook.on_dequeue(&s.req.rid);
+                if let Some(PdSide::Decode(f)) = &self.pd {
+                    f.forget(&s.req.rid);
+                }
                 if let Some(h) = &mut self.hicache {
                     h.finish_prefetch(&mut self.tree, &s.req.rid);
                 }
@@ -333,6 +375,19 @@ impl<R: ModelRunner> Scheduler<R> {
 
     fn finish(&mut self, s: Seq, reason: FinishReason) {
         let ok = !matches!(reason, FinishReason::Abort(_));
+        // A PD prefill leg hands its prompt's KV over before its pages go back.
+        let handoff = match (&self.pd, &s.req.bootstrap) {
+            (Some(PdSide::Prefill(reg)), Some(b)) if b.is_real() => {
+                let reg = reg.clone();
+                let staged = if ok {
+                    self.stage_prompt_kv(&s)
+                } else {
+                    Err("the prefill request was aborted".into())
+                };
+                Some((reg, b.room, staged))
+            }
+            _ => None,
+        };
         let s = self.release(s, ok);
         let done = Finish {
             reason,
@@ -341,7 +396,63 @@ impl<R: ModelRunner> Scheduler<R> {
             cached_tokens: s.cached_tokens,
         };
         Stats::add(&self.stats.requests_finished, 1);
-        let _ = s.req.events.send(Event::Done(done));
+        match handoff {
+            Some((reg, room, Ok((staging, n_pages)))) => {
+                let events = s.req.events.clone();
+                let first_token = s.tokens.get(s.prompt_len).copied().unwrap_or(0);
+                reg.ready(
+                    room,
+                    crate::pd::prefill::Handoff {
+                        n_tokens: s.prompt_len as u32,
+                        first_token,
+                        staging,
+                        n_pages,
+                        page_size: self.cfg.page_size,
+                        deliver: Box::new(move |r| {
+                            let done = match r {
+                                Ok(()) => done,
+                                Err(e) => Finish {
+                                    reason: FinishReason::Abort(e),
+                                    ..done
+                                },
+                            };
+                            let _ = events.send(Event::Done(done));
+                        }),
+                    },
+                );
+            }
+            Some((reg, room, Err(why))) => {
+                reg.fail(room, &why);
+                let _ = s.req.events.send(Event::Done(done));
+            }
+            None => {
+                let _ = s.req.events.send(Event::Done(done));
+            }
+        }
+    }
+
+    /// Copies the prompt's KV pages of `s` into a new staging host pool (PD prefill side).
+    fn stage_prompt_kv(&self, s: &Seq) -> Result<(crate::kv::HostKvPool, usize), String> {
+        let ps = self.cfg.page_size;
+        let n_pages = s.prompt_len.div_ceil(ps);
+        let table = s.page_table();
+        if table.len() < n_pages || s.computed < s.prompt_len {
+            return Err("the prompt's KV is incomplete".into());
+        }
+        let cfg = self.model.cfg();
+        let staging = crate::kv::HostKvPool::new(
+            n_pages,
+            ps,
+            cfg.num_layers,
+            cfg.kv_dim(),
+            self.model.kv_elem_bytes(),
+            crate::hicache::MemLayout::PageFirst,
+        )?;
+        let host: Vec<u32> = (0..n_pages as u32).collect();
+        self.model
+            .save_pages(&self.pool.buffers, &table[..n_pages], &staging, &host)
+            .map_err(|e| format!("cannot copy the KV cache out: {e}"))?;
+        Ok((staging, n_pages))
     }
 
     fn publish(&self) {

@@ -18,6 +18,8 @@ pub struct Request {
     pub logprobs: Option<LogprobSpec>,
     pub events: mpsc::UnboundedSender<Event>,
     pub arrival: Instant,
+    /// PD bootstrap fields (set by the router), when this request is one leg of a PD pair.
+    pub bootstrap: Option<crate::pd::Bootstrap>,
 }
 
 /// Why a request finished (serialised as SGLang's `meta_info.finish_reason`).

@@ -25,6 +25,8 @@ pub struct Seq {
     /// Prompt tokens served from the prefix cache at (first) admission.
     pub cached_tokens: usize,
     pub held: bool,
+    /// Held until its prompt's KV arrives from a PD prefill server.
+    pub pd_fetch: bool,
     pub admitted_once: bool,
     pub seed: u64,
     pub first_token_at: Option<Instant>,
@@ -52,6 +54,7 @@ impl Seq {
             own_pages: Vec::new(),
             cached_tokens: 0,
             held: false,
+            pd_fetch: false,
             admitted_once: false,
             seed,
             first_token_at: None,

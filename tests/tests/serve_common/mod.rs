@@ -49,8 +49,14 @@ impl Drop for Server {
 impl Server {
     /// Starts a server on `model` with extra flags; waits until it listens.
     pub fn start(model: &Path, flags: &[&str]) -> Server {
+        Self::start_env(model, flags, &[])
+    }
+
+    /// [`Server::start`] with extra environment variables.
+    pub fn start_env(model: &Path, flags: &[&str], env: &[(&str, &str)]) -> Server {
         let bin = strata_tests::build_strata().expect("build strata");
         let mut child = Command::new(bin)
+            .envs(env.iter().copied())
             .args(["serve", "--model-path"])
             .arg(model)
             .args(["--port", "0", "--log-level", "info"])

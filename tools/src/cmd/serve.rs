@@ -12,6 +12,7 @@ use strata_server::hicache::{
     apply_extra_config, parse_layout, parse_prefetch_policy, parse_write_policy, HiCacheConfig,
 };
 use strata_server::launch::{launch, launch_cpu, ServeOptions};
+use strata_server::pd::{parse_mode, Mode, PdConfig};
 
 #[derive(clap::Args, Debug, serde::Serialize)]
 pub struct Args {
@@ -102,9 +103,64 @@ pub struct Args {
     /// prefetch_timeout_base and prefetch_timeout_per_ki_token (seconds), extra_backend_tag.
     #[arg(long)]
     hicache_storage_backend_extra_config: Option<String>,
+    /// PD disaggregation role: null (colocated), prefill or decode.
+    #[arg(long, default_value = "null")]
+    disaggregation_mode: String,
+    /// The prefill server's bootstrap port (the decode side's default for requests whose
+    /// bootstrap_port is null).
+    #[arg(long, default_value_t = 8998)]
+    disaggregation_bootstrap_port: u16,
+    /// KV transfer backend: strata (alias mooncake): TCP between the two servers.
+    #[arg(long, default_value = "strata")]
+    disaggregation_transfer_backend: String,
+    /// RDMA NIC for the KV transfer; accepted everywhere, noted in the log (RDMA transfer needs
+    /// the `rdma` build).
+    #[arg(long)]
+    disaggregation_ib_device: Option<String>,
+    /// Decode side: write generated tokens' KV to the L3 (accepted; not implemented yet).
+    #[arg(long)]
+    disaggregation_decode_enable_offload_kvcache: bool,
+    /// Decode side: tokens reserved per request when admitting (accepted; pages are allocated
+    /// on demand here).
+    #[arg(long)]
+    num_reserved_decode_tokens: Option<usize>,
     /// Prefix cache eviction order: lru or lfu.
     #[arg(long, default_value = "lru")]
     radix_eviction_policy: String,
+}
+
+/// Builds the PD role from the flags (None when colocated).
+fn pd_config(a: &Args) -> anyhow::Result<Option<PdConfig>> {
+    let mode = parse_mode(&a.disaggregation_mode).map_err(anyhow::Error::msg)?;
+    if !matches!(
+        a.disaggregation_transfer_backend.as_str(),
+        "strata" | "mooncake"
+    ) {
+        anyhow::bail!(
+            "--disaggregation-transfer-backend {}: expected strata or mooncake",
+            a.disaggregation_transfer_backend
+        );
+    }
+    if mode == Mode::Null {
+        return Ok(None);
+    }
+    if let Some(dev) = &a.disaggregation_ib_device {
+        tracing::info!(
+            device = %dev,
+            "--disaggregation-ib-device: the KV transfer runs over TCP in this build"
+        );
+    }
+    if a.disaggregation_decode_enable_offload_kvcache {
+        tracing::warn!(
+            "--disaggregation-decode-enable-offload-kvcache is accepted but not implemented yet: decoded KV is not written to L3"
+        );
+    }
+    Ok(Some(PdConfig::new(
+        mode,
+        a.disaggregation_bootstrap_port,
+        &a.host,
+        a.api_key.as_deref().unwrap_or(""),
+    )))
 }
 
 /// Builds the HiCache configuration from the flags (None when HiCache is off).
@@ -207,6 +263,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         },
         api_key: a.api_key.clone(),
         hicache: hicache_config(&a)?,
+        pd: pd_config(&a)?,
         server_args: {
             let mut v = serde_json::to_value(&a)?;
             v["api_key"] = serde_json::Value::Null;

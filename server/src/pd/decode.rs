@@ -1,0 +1,145 @@
+//! The decode side: fetches a request's prompt KV from the prefill's bootstrap server on a
+//! background thread while the scheduler holds the request, then hands the pages over.
+
+use super::wire::{self, KvHeader, Want};
+use super::{Bootstrap, PdConfig};
+use crate::hicache::MemLayout;
+use crate::kv::HostKvPool;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::io::{BufReader, Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::Arc;
+
+/// The prompt's KV, received.
+pub struct Fetched {
+    pub first_token: u32,
+    pub staging: HostKvPool,
+    pub n_pages: usize,
+}
+
+/// Page geometry both sides must agree on.
+#[derive(Debug, Clone, Copy)]
+pub struct Geometry {
+    pub page_size: usize,
+    pub layers: usize,
+    pub kv_dim: usize,
+    pub elem: usize,
+}
+
+type Results = Arc<Mutex<HashMap<String, Result<Fetched, String>>>>;
+
+/// Fetches in flight and finished, by request id.
+pub struct Fetcher {
+    cfg: PdConfig,
+    geo: Geometry,
+    results: Results,
+}
+
+impl Fetcher {
+    pub fn new(cfg: PdConfig, geo: Geometry) -> Self {
+        Fetcher {
+            cfg,
+            geo,
+            results: Arc::new(Mutex::new(HashMap::new())),
+        }
+    }
+
+    /// Starts fetching the KV of `rid` (a prompt of `prompt_len` tokens) from `b`'s prefill.
+    pub fn start(&self, rid: &str, b: &Bootstrap, prompt_len: usize) {
+        let (cfg, geo, results) = (self.cfg.clone(), self.geo, self.results.clone());
+        let (id, b) = (rid.to_string(), b.clone());
+        let spawned = std::thread::Builder::new()
+            .name("strata-pd-fetch".into())
+            .spawn(move || {
+                let r = fetch(&cfg, geo, &b, prompt_len);
+                if let Err(e) = &r {
+                    tracing::warn!(rid = id, room = b.room, "PD: {e}");
+                }
+                results.lock().insert(id, r);
+            });
+        if let Err(e) = spawned {
+            self.results.lock().insert(
+                rid.to_string(),
+                Err(format!("cannot start a PD fetch: {e}")),
+            );
+        }
+    }
+
+    /// The finished fetch of `rid`, if any (removed).
+    pub fn take(&self, rid: &str) -> Option<Result<Fetched, String>> {
+        self.results.lock().remove(rid)
+    }
+
+    /// Returns a fetched result that could not be used yet.
+    pub fn put_back(&self, rid: &str, f: Fetched) {
+        self.results.lock().insert(rid.to_string(), Ok(f));
+    }
+
+    /// Forgets `rid` (aborted); a fetch still running stores a result nobody takes, dropped at
+    /// the next [`take`](Self::take) of the same id or with the fetcher.
+    pub fn forget(&self, rid: &str) {
+        self.results.lock().remove(rid);
+    }
+}
+
+fn fetch(cfg: &PdConfig, g: Geometry, b: &Bootstrap, prompt_len: usize) -> Result<Fetched, String> {
+    let port = b.port.unwrap_or(cfg.bootstrap_port);
+    let addr = (b.host.as_str(), port)
+        .to_socket_addrs()
+        .map_err(|e| format!("bootstrap address {}:{port}: {e}", b.host))?
+        .next()
+        .ok_or_else(|| format!("bootstrap address {}:{port} does not resolve", b.host))?;
+    let conn = TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(10))
+        .map_err(|e| format!("cannot reach the prefill's bootstrap server {addr}: {e}"))?;
+    let _ = conn.set_nodelay(true);
+    conn.set_read_timeout(Some(cfg.timeout))
+        .and_then(|_| conn.set_write_timeout(Some(cfg.timeout)))
+        .map_err(|e| e.to_string())?;
+    let staging_pages = prompt_len.div_ceil(g.page_size);
+    let staging = HostKvPool::new(
+        staging_pages,
+        g.page_size,
+        g.layers,
+        g.kv_dim,
+        g.elem,
+        MemLayout::PageFirst,
+    )?;
+    let obj = staging.object_bytes();
+    let mut w = conn.try_clone().map_err(|e| e.to_string())?;
+    Want {
+        room: b.room,
+        prompt_len: prompt_len as u32,
+        page_size: g.page_size as u32,
+        object_bytes: obj as u32,
+        token: cfg.token.clone(),
+    }
+    .write(&mut w)
+    .map_err(|e| format!("bootstrap request: {e}"))?;
+    let mut r = BufReader::with_capacity(1 << 20, conn);
+    let h = KvHeader::read(&mut r).map_err(|e| {
+        format!("the prefill server closed the transfer before sending the KV cache: {e}")
+    })?;
+    if h.status != wire::OK {
+        return Err(format!(
+            "the prefill server refused the transfer: {}",
+            h.msg
+        ));
+    }
+    if h.n_pages as usize != staging_pages || h.object_bytes as usize != obj {
+        return Err("the prefill server sent KV of another geometry".into());
+    }
+    for p in 0..staging_pages as u32 {
+        for v in [false, true] {
+            // SAFETY: the staging pool was just created by this thread and is not shared yet.
+            r.read_exact(unsafe { staging.object_mut(p, v) })
+                .map_err(|e| format!("the prefill server broke off the KV transfer: {e}"))?;
+        }
+    }
+    w.write_all(&[1]).map_err(|e| e.to_string())?;
+    Ok(Fetched {
+        first_token: h.first_token,
+        staging,
+        n_pages: staging_pages,
+    })
+}

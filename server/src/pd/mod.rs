@@ -1,0 +1,100 @@
+//! Prefill/decode disaggregation (SGLang's `--disaggregation-mode prefill|decode`).
+//!
+//! The router sends the same request to a prefill server and a decode server, with
+//! `bootstrap_host` / `bootstrap_port` / `bootstrap_room` naming the prefill's bootstrap endpoint
+//! and a room shared by the two legs:
+//!
+//! ```text
+//!  decode                                   prefill (bootstrap port, default 8998)
+//!  queue request, hold it  ──WANT room──▶   wait until the room's prefill finished
+//!                          ◀──KV pages───   (all layers, page-first) + first token
+//!  load pages, ack         ───ACK──────▶    answer its HTTP request (success)
+//!  decode from the first token, no forward over the prompt
+//! ```
+//!
+//! States (SGLang's names): Bootstrapping (decode connecting) → WaitingForInput (the prefill
+//! computing) → Transferring → Success | Failed. Every wait has a deadline
+//! (`SGLANG_DISAGGREGATION_BOOTSTRAP_TIMEOUT`, 300 s; `SGLANG_DISAGGREGATION_WAITING_TIMEOUT`, 300 s);
+//! a broken connection fails the request on both sides at once. Requests without bootstrap
+//! fields, or with SGLang's fake bootstrap host (warm-up and health checks), run colocated.
+//! The wire format is in docs/protocol.md ("PD KV transfer").
+
+pub mod decode;
+pub mod prefill;
+pub mod wire;
+
+use std::time::Duration;
+
+/// SGLang's placeholder host for warm-up requests that must not transfer anything.
+pub const FAKE_BOOTSTRAP_HOST: &str = "2.2.2.2";
+
+/// The server's role.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Mode {
+    #[default]
+    Null,
+    Prefill,
+    Decode,
+}
+
+/// Parses `--disaggregation-mode`.
+pub fn parse_mode(s: &str) -> Result<Mode, String> {
+    match s {
+        "null" | "" => Ok(Mode::Null),
+        "prefill" => Ok(Mode::Prefill),
+        "decode" => Ok(Mode::Decode),
+        _ => Err(format!(
+            "--disaggregation-mode {s}: expected null, prefill or decode"
+        )),
+    }
+}
+
+/// PD options.
+#[derive(Debug, Clone)]
+pub struct PdConfig {
+    pub mode: Mode,
+    /// The prefill's bootstrap port (`--disaggregation-bootstrap-port`), also the decode side's
+    /// default when a request's `bootstrap_port` is null.
+    pub bootstrap_port: u16,
+    /// Address the prefill's bootstrap server binds (the server's `--host`).
+    pub bind_host: String,
+    /// How long either side waits for the other.
+    pub timeout: Duration,
+    /// Shared token (the server's `--api-key`), checked on the bootstrap connection.
+    pub token: String,
+}
+
+impl PdConfig {
+    /// Defaults with SGLang's environment overrides.
+    pub fn new(mode: Mode, bootstrap_port: u16, bind_host: &str, token: &str) -> Self {
+        let secs = |k: &str, d: u64| {
+            std::env::var(k)
+                .ok()
+                .and_then(|v| v.parse::<f64>().ok())
+                .map_or(Duration::from_secs(d), Duration::from_secs_f64)
+        };
+        PdConfig {
+            mode,
+            bootstrap_port,
+            bind_host: bind_host.to_string(),
+            timeout: secs("SGLANG_DISAGGREGATION_BOOTSTRAP_TIMEOUT", 300)
+                .min(secs("SGLANG_DISAGGREGATION_WAITING_TIMEOUT", 300)),
+            token: token.to_string(),
+        }
+    }
+}
+
+/// A request's bootstrap fields (set by the router).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Bootstrap {
+    pub host: String,
+    pub port: Option<u16>,
+    pub room: u64,
+}
+
+impl Bootstrap {
+    /// Whether this request really takes part in a transfer.
+    pub fn is_real(&self) -> bool {
+        self.host != FAKE_BOOTSTRAP_HOST
+    }
+}

@@ -1,0 +1,242 @@
+//! The prefill side: the bootstrap server and the registry of rooms.
+//!
+//! A request with bootstrap fields claims its room when it is accepted (a second request with the
+//! same room is refused with a 400, never a crash). When its prefill finishes, the scheduler copies
+//! the prompt's KV pages into a staging host pool and hands them over ([`Registry::ready`]); the
+//! request's HTTP answer is held until the decode side fetched and acknowledged the pages, then
+//! completes (or fails with the reason). The bootstrap server answers one decode connection per
+//! room: it waits for the room's pages (up to the timeout), checks the geometry, sends them and
+//! waits for the acknowledgement. A room nobody fetches within the timeout fails, and its pages are
+//! freed.
+
+use super::wire::{self, KvHeader, Want};
+use super::PdConfig;
+use crate::kv::HostKvPool;
+use parking_lot::{Condvar, Mutex};
+use std::collections::HashMap;
+use std::io::{BufReader, BufWriter, Write};
+use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// What a finished prefill hands to the decode side.
+pub struct Handoff {
+    pub n_tokens: u32,
+    pub first_token: u32,
+    /// Pages `0..n_pages` hold the prompt's KV.
+    pub staging: HostKvPool,
+    pub n_pages: usize,
+    pub page_size: usize,
+    /// Completes the prefill request's HTTP answer: Ok after the decode side acknowledged.
+    pub deliver: Box<dyn FnOnce(Result<(), String>) + Send>,
+}
+
+enum Room {
+    /// Accepted; its prefill is running.
+    Claimed(Instant),
+    Ready(Handoff, Instant),
+    /// The prefill failed; the decode side gets the reason.
+    Failed(String, Instant),
+}
+
+/// Rooms of one prefill server.
+pub struct Registry {
+    rooms: Mutex<HashMap<u64, Room>>,
+    cv: Condvar,
+    cfg: PdConfig,
+}
+
+impl Registry {
+    /// Starts the bootstrap server on `cfg.bind_host:cfg.bootstrap_port` and the expiry thread.
+    pub fn start(cfg: PdConfig) -> std::io::Result<Arc<Self>> {
+        let addr = format!("{}:{}", cfg.bind_host, cfg.bootstrap_port);
+        let listener = TcpListener::bind(&addr).map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot bind the PD bootstrap port {addr}: {e}"),
+            )
+        })?;
+        tracing::info!(addr = %listener.local_addr()?, "PD bootstrap server listening");
+        let reg = Arc::new(Registry {
+            rooms: Mutex::new(HashMap::new()),
+            cv: Condvar::new(),
+            cfg,
+        });
+        let r = reg.clone();
+        std::thread::Builder::new()
+            .name("strata-pd-bootstrap".into())
+            .spawn(move || {
+                for conn in listener.incoming().flatten() {
+                    let r = r.clone();
+                    let _ = std::thread::Builder::new()
+                        .name("strata-pd-send".into())
+                        .spawn(move || r.serve(conn));
+                }
+            })?;
+        let weak = Arc::downgrade(&reg);
+        std::thread::Builder::new()
+            .name("strata-pd-expiry".into())
+            .spawn(move || loop {
+                std::thread::sleep(Duration::from_millis(200));
+                let Some(r) = weak.upgrade() else { return };
+                r.expire();
+            })?;
+        Ok(reg)
+    }
+
+    /// Claims `room` for a new request; false when it is in use.
+    pub fn claim(&self, room: u64) -> bool {
+        let mut g = self.rooms.lock();
+        if g.contains_key(&room) {
+            return false;
+        }
+        g.insert(room, Room::Claimed(Instant::now() + self.cfg.timeout));
+        true
+    }
+
+    /// The room's prefill finished: its pages wait for the decode side.
+    pub fn ready(&self, room: u64, h: Handoff) {
+        self.rooms
+            .lock()
+            .insert(room, Room::Ready(h, Instant::now() + self.cfg.timeout));
+        self.cv.notify_all();
+    }
+
+    /// The room's prefill failed or was aborted.
+    pub fn fail(&self, room: u64, why: &str) {
+        self.rooms.lock().insert(
+            room,
+            Room::Failed(why.to_string(), Instant::now() + self.cfg.timeout),
+        );
+        self.cv.notify_all();
+    }
+
+    fn expire(&self) {
+        let now = Instant::now();
+        let mut late = Vec::new();
+        {
+            let mut g = self.rooms.lock();
+            let keys: Vec<u64> = g
+                .iter()
+                .filter(|(_, r)| match r {
+                    Room::Claimed(d) | Room::Ready(_, d) | Room::Failed(_, d) => *d <= now,
+                })
+                .map(|(k, _)| *k)
+                .collect();
+            for k in keys {
+                if let Some(Room::Ready(h, _)) = g.remove(&k) {
+                    late.push((k, h));
+                }
+            }
+        }
+        for (room, h) in late {
+            tracing::warn!(room, "PD: the decode side never fetched the KV; freeing it");
+            (h.deliver)(Err(
+                "PD transfer failed: the decode server did not fetch the KV cache in time".into(),
+            ));
+        }
+    }
+
+    /// Waits for `room` to be ready (or failed) until the deadline.
+    fn take(&self, room: u64) -> Result<Handoff, (i32, String)> {
+        let deadline = Instant::now() + self.cfg.timeout;
+        let mut g = self.rooms.lock();
+        loop {
+            match g.remove(&room) {
+                Some(Room::Ready(h, _)) => return Ok(h),
+                Some(Room::Failed(why, _)) => return Err((wire::ERR_FAILED, why)),
+                Some(other) => {
+                    g.insert(room, other);
+                }
+                None => {}
+            }
+            if self.cv.wait_until(&mut g, deadline).timed_out() {
+                return Err((
+                    wire::ERR_TIMEOUT,
+                    format!("room {room}: the prefill did not finish in time"),
+                ));
+            }
+        }
+    }
+
+    fn serve(&self, conn: TcpStream) {
+        let _ = conn.set_nodelay(true);
+        let _ = conn.set_read_timeout(Some(self.cfg.timeout));
+        let _ = conn.set_write_timeout(Some(self.cfg.timeout));
+        let Ok(rd) = conn.try_clone() else { return };
+        let mut rd = BufReader::new(rd);
+        let mut wr = BufWriter::with_capacity(1 << 20, conn);
+        let want = match Want::read(&mut rd) {
+            Ok(w) => w,
+            Err(e) => {
+                tracing::debug!("PD bootstrap: bad request: {e}");
+                return;
+            }
+        };
+        if want.token != self.cfg.token {
+            let _ = KvHeader::error(wire::ERR_REFUSED, "unauthorized").write(&mut wr);
+            let _ = wr.flush();
+            return;
+        }
+        let h = match self.take(want.room) {
+            Ok(h) => h,
+            Err((status, msg)) => {
+                let _ = KvHeader::error(status, msg).write(&mut wr);
+                let _ = wr.flush();
+                return;
+            }
+        };
+        let obj = h.staging.object_bytes();
+        let result = if want.prompt_len != h.n_tokens
+            || want.page_size as usize != h.page_size
+            || want.object_bytes as usize != obj
+        {
+            let msg = format!(
+                "PD transfer refused: decode expects {} tokens in pages of {} ({} B objects), prefill has {} tokens in pages of {} ({} B)",
+                want.prompt_len, want.page_size, want.object_bytes, h.n_tokens, h.page_size, obj
+            );
+            let _ = KvHeader::error(wire::ERR_MISMATCH, msg.clone()).write(&mut wr);
+            let _ = wr.flush();
+            Err(msg)
+        } else {
+            send_pages(&h, &mut wr, &mut rd)
+        };
+        if let Err(e) = &result {
+            tracing::warn!(room = want.room, "PD transfer failed: {e}");
+        }
+        (h.deliver)(result.map_err(|e| format!("PD transfer failed: {e}")));
+    }
+}
+
+fn send_pages(
+    h: &Handoff,
+    wr: &mut BufWriter<TcpStream>,
+    rd: &mut BufReader<TcpStream>,
+) -> Result<(), String> {
+    let obj = h.staging.object_bytes();
+    let io = |e: std::io::Error| e.to_string();
+    KvHeader {
+        status: wire::OK,
+        n_tokens: h.n_tokens,
+        first_token: h.first_token,
+        n_pages: h.n_pages as u32,
+        object_bytes: obj as u32,
+        msg: String::new(),
+    }
+    .write(wr)
+    .map_err(io)?;
+    for p in 0..h.n_pages as u32 {
+        for v in [false, true] {
+            // SAFETY: the staging pool is owned by this handoff alone; nothing writes it.
+            wr.write_all(unsafe { h.staging.object(p, v) })
+                .map_err(io)?;
+        }
+    }
+    wr.flush().map_err(io)?;
+    let mut ack = [0u8; 1];
+    std::io::Read::read_exact(rd, &mut ack).map_err(|e| format!("no acknowledgement: {e}"))?;
+    if ack[0] != 1 {
+        return Err("the decode side refused the pages".into());
+    }
+    Ok(())
+}
