@@ -250,7 +250,7 @@ where
     };
     let (pd, pd_registry) = match &opts.pd {
         Some(c) if c.mode == Mode::Prefill => {
-            let reg = Registry::start(c.clone())?;
+            let reg = Registry::start(c.clone(), stats.clone())?;
             (Some(PdSide::Prefill(reg.clone())), Some(reg))
         }
         Some(c) if c.mode == Mode::Decode => {

@@ -54,6 +54,12 @@ pub struct Stats {
     /// Decode throughput of the last scheduler window, in tokens/s × 1000.
     pub gen_throughput_milli: AtomicU64,
     pub ttft: Histogram,
+    /// PD prefill side: KV bytes sent to decode servers, the microseconds those sends took
+    /// (header to acknowledgement), transfers that succeeded and that failed.
+    pub pd_bytes: AtomicU64,
+    pub pd_micros: AtomicU64,
+    pub pd_ok: AtomicU64,
+    pub pd_failed: AtomicU64,
     /// Hierarchical cache counters (all zero when HiCache is off).
     pub hicache: crate::hicache::HiCacheStats,
     pub itl: Histogram,

@@ -1,5 +1,6 @@
 //! `strata up --smoke`: the README's first command end to end — model generation, master, store node,
-//! server and router as real processes, one request through the router, then a clean stop.
+//! server and router as real processes, one request through the router, then a clean stop; and
+//! `--pd` (prefill + decode behind the router) giving the same greedy answer.
 
 use std::process::Command;
 
@@ -54,4 +55,30 @@ fn up_smoke_serves_a_request_through_the_router() {
         .to_string();
     let v2: serde_json::Value = serde_json::from_str(&json2).unwrap();
     assert_eq!(v["text"], v2["text"]);
+    // The PD deployment (prefill with HiCache + L3, decode, router in PD mode) answers the same.
+    let pd = Command::new(&bin)
+        .args([
+            "up",
+            "--smoke",
+            "--pd",
+            "--port",
+            &(port + 20).to_string(),
+            "--data-dir",
+        ])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        pd.status.success(),
+        "{}",
+        String::from_utf8_lossy(&pd.stderr)
+    );
+    let json3 = String::from_utf8_lossy(&pd.stdout)
+        .split_once("-> ")
+        .unwrap()
+        .1
+        .trim()
+        .to_string();
+    let v3: serde_json::Value = serde_json::from_str(&json3).unwrap();
+    assert_eq!(v["text"], v3["text"], "PD answer differs from colocated");
 }

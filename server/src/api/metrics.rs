@@ -214,6 +214,32 @@ pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
         "Requests retracted for lack of KV memory.",
         Stats::get(&s.retractions),
     );
+    if Stats::get(&s.pd_ok) + Stats::get(&s.pd_failed) > 0 {
+        counter(
+            &mut o,
+            "pd_transfers",
+            "PD KV transfers that succeeded.",
+            Stats::get(&s.pd_ok),
+        );
+        counter(
+            &mut o,
+            "pd_transfer_failures",
+            "PD KV transfers that failed.",
+            Stats::get(&s.pd_failed),
+        );
+        counter(
+            &mut o,
+            "pd_transfer_bytes",
+            "PD KV bytes sent to decode servers.",
+            Stats::get(&s.pd_bytes),
+        );
+        gauge(
+            &mut o,
+            "pd_transfer_seconds_total",
+            "Seconds spent sending PD KV (header to acknowledgement).",
+            Stats::get(&s.pd_micros) as f64 / 1e6,
+        );
+    }
     hicache_series(&mut o, &s.hicache);
     histogram(
         &mut o,

@@ -12,6 +12,7 @@
 use super::wire::{self, KvHeader, Want};
 use super::PdConfig;
 use crate::kv::HostKvPool;
+use crate::stats::Stats;
 use parking_lot::{Condvar, Mutex};
 use std::collections::HashMap;
 use std::io::{BufReader, BufWriter, Write};
@@ -44,11 +45,12 @@ pub struct Registry {
     rooms: Mutex<HashMap<u64, Room>>,
     cv: Condvar,
     cfg: PdConfig,
+    stats: Arc<Stats>,
 }
 
 impl Registry {
     /// Starts the bootstrap server on `cfg.bind_host:cfg.bootstrap_port` and the expiry thread.
-    pub fn start(cfg: PdConfig) -> std::io::Result<Arc<Self>> {
+    pub fn start(cfg: PdConfig, stats: Arc<Stats>) -> std::io::Result<Arc<Self>> {
         let addr = format!("{}:{}", cfg.bind_host, cfg.bootstrap_port);
         let listener = TcpListener::bind(&addr).map_err(|e| {
             std::io::Error::new(
@@ -61,6 +63,7 @@ impl Registry {
             rooms: Mutex::new(HashMap::new()),
             cv: Condvar::new(),
             cfg,
+            stats,
         });
         let r = reg.clone();
         std::thread::Builder::new()
@@ -131,6 +134,7 @@ impl Registry {
         }
         for (room, h) in late {
             tracing::warn!(room, "PD: the decode side never fetched the KV; freeing it");
+            Stats::add(&self.stats.pd_failed, 1);
             (h.deliver)(Err(
                 "PD transfer failed: the decode server did not fetch the KV cache in time".into(),
             ));
@@ -199,10 +203,20 @@ impl Registry {
             let _ = wr.flush();
             Err(msg)
         } else {
-            send_pages(&h, &mut wr, &mut rd)
+            let t0 = Instant::now();
+            let r = send_pages(&h, &mut wr, &mut rd);
+            if r.is_ok() {
+                Stats::add(&self.stats.pd_bytes, (h.n_pages * 2 * obj) as u64);
+                Stats::add(&self.stats.pd_micros, t0.elapsed().as_micros() as u64);
+            }
+            r
         };
-        if let Err(e) = &result {
-            tracing::warn!(room = want.room, "PD transfer failed: {e}");
+        match &result {
+            Ok(()) => Stats::add(&self.stats.pd_ok, 1),
+            Err(e) => {
+                Stats::add(&self.stats.pd_failed, 1);
+                tracing::warn!(room = want.room, "PD transfer failed: {e}");
+            }
         }
         (h.deliver)(result.map_err(|e| format!("PD transfer failed: {e}")));
     }

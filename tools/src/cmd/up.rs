@@ -1,6 +1,7 @@
 //! `strata up`: the whole stack on one machine from a built-in default — a generated tiny model, a
-//! master, one store node (its page store under the data folder), an inference server and a router in
-//! front — then one request through the router. It keeps serving until Ctrl-C (or exits after the
+//! master, one store node (its page store under the data folder), an inference server with HiCache on
+//! that store (or, with `--pd`, a prefill and a decode server) and a router in front — then one
+//! request through the router. It keeps serving until Ctrl-C (or exits after the
 //! request with `--smoke`).
 //!
 //! Every role runs as a child process of this same binary, exactly as an operator would start them.
@@ -26,6 +27,10 @@ pub struct Args {
     /// Send one request through the router, print the answer, stop everything and exit.
     #[arg(long)]
     smoke: bool,
+    /// The PD deployment: a prefill server (HiCache + L3, bootstrap port +5) and a decode server
+    /// (+6) behind the router in PD mode, instead of one colocated server.
+    #[arg(long)]
+    pd: bool,
 }
 
 /// Children are killed when this guard drops, whatever the exit path.
@@ -213,45 +218,92 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         ],
         &dir.join("store.log"),
     )?;
+    let (boot, decode) = (p + 5, p + 6);
+    let mut serve_args = vec![
+        s("serve"),
+        s("--model-path"),
+        model.display().to_string(),
+        s("--port"),
+        serve.to_string(),
+        s("--page-size"),
+        s("64"),
+        // The seed's quick start: HiCache with the store above as its L3.
+        s("--enable-hierarchical-cache"),
+        s("--hicache-storage-prefetch-policy"),
+        s("timeout"),
+        s("--hicache-storage-backend"),
+        s("strata"),
+        s("--hicache-storage-backend-extra-config"),
+        format!(r#"{{"master_server_address": "127.0.0.1:{rpc}"}}"#),
+    ];
+    if a.pd {
+        serve_args.extend([
+            s("--disaggregation-mode"),
+            s("prefill"),
+            s("--disaggregation-bootstrap-port"),
+            boot.to_string(),
+        ]);
+    }
+    let name = if a.pd { "prefill" } else { "serve" };
     spawn(
         &mut kids,
-        "serve",
-        &[
-            s("serve"),
-            s("--model-path"),
-            model.display().to_string(),
+        name,
+        &serve_args,
+        &dir.join(format!("{name}.log")),
+    )?;
+    if a.pd {
+        spawn(
+            &mut kids,
+            "decode",
+            &[
+                s("serve"),
+                s("--model-path"),
+                model.display().to_string(),
+                s("--port"),
+                decode.to_string(),
+                s("--page-size"),
+                s("64"),
+                s("--disaggregation-mode"),
+                s("decode"),
+                s("--disaggregation-bootstrap-port"),
+                boot.to_string(),
+            ],
+            &dir.join("decode.log"),
+        )?;
+    }
+    for port in if a.pd {
+        vec![serve, decode]
+    } else {
+        vec![serve]
+    } {
+        wait_http(
+            &mut kids,
+            &format!("http://127.0.0.1:{port}/health"),
+            Duration::from_secs(120),
+        )?;
+    }
+    let router_args = if a.pd {
+        vec![
+            s("router"),
+            s("--pd-disaggregation"),
+            s("--prefill"),
+            format!("http://127.0.0.1:{serve}"),
+            boot.to_string(),
+            s("--decode"),
+            format!("http://127.0.0.1:{decode}"),
             s("--port"),
-            serve.to_string(),
-            s("--page-size"),
-            s("64"),
-            // The seed's quick start: HiCache with the store above as its L3.
-            s("--enable-hierarchical-cache"),
-            s("--hicache-storage-prefetch-policy"),
-            s("timeout"),
-            s("--hicache-storage-backend"),
-            s("strata"),
-            s("--hicache-storage-backend-extra-config"),
-            format!(r#"{{"master_server_address": "127.0.0.1:{rpc}"}}"#),
-        ],
-        &dir.join("serve.log"),
-    )?;
-    wait_http(
-        &mut kids,
-        &format!("http://127.0.0.1:{serve}/health"),
-        Duration::from_secs(120),
-    )?;
-    spawn(
-        &mut kids,
-        "router",
-        &[
+            p.to_string(),
+        ]
+    } else {
+        vec![
             s("router"),
             s("--worker-urls"),
             format!("http://127.0.0.1:{serve}"),
             s("--port"),
             p.to_string(),
-        ],
-        &dir.join("router.log"),
-    )?;
+        ]
+    };
+    spawn(&mut kids, "router", &router_args, &dir.join("router.log"))?;
     wait_http(
         &mut kids,
         &format!("http://127.0.0.1:{p}/health"),
@@ -270,9 +322,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "\nstrata is up: router http://127.0.0.1:{p}  server :{serve}  master :{rpc} (metadata :{meta}, metrics :{metrics})\n\
+        "\nstrata is up: router http://127.0.0.1:{p}  {}  master :{rpc} (metadata :{meta}, metrics :{metrics})\n\
          try: curl -s http://127.0.0.1:{p}/generate -d '{{\"text\": \"Hello\", \"sampling_params\": {{\"temperature\": 0}}}}'\n\
-         Ctrl-C stops everything."
+         Ctrl-C stops everything.",
+        if a.pd {
+            format!("prefill :{serve} (bootstrap :{boot})  decode :{decode}")
+        } else {
+            format!("server :{serve}")
+        }
     );
     let (tx, rx) = std::sync::mpsc::channel();
     ctrlc_channel(tx);
