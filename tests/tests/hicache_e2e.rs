@@ -187,6 +187,46 @@ async fn l3_hits_across_instances_restarts_and_policies() {
     assert_eq!(out, want2);
     assert!(cached >= 304, "turn 2: cached {cached}");
 
+    // Concurrent L3 hits into a device pool too small for all of them at once, each request's
+    // own earlier turn still on the device: finished prefetches must not pin device pages while
+    // their requests wait for admission (this used to deadlock).
+    let firsts: Vec<Vec<u32>> = (0..3).map(|_| prompt(&mut rng, &[], 128)).collect();
+    let seconds: Vec<Vec<u32>> = firsts.iter().map(|f| prompt(&mut rng, f, 200)).collect();
+    let mut want_s = Vec::new();
+    for q in &seconds {
+        want_s.push(gen(&refs, q, 4).await.0);
+        gen(&c, q, 4).await; // into L3
+    }
+    wait_metric(&c, "backuped_tokens_total", 3.0 * 320.0).await;
+    let small = Server::start(
+        model.path(),
+        &[
+            "--page-size",
+            "16",
+            "--max-total-tokens",
+            "512",
+            "--enable-hierarchical-cache",
+            "--hicache-storage-backend",
+            "strata",
+            "--hicache-storage-prefetch-policy",
+            "wait_complete",
+            "--hicache-storage-backend-extra-config",
+            &json!({"master_server_address": addr, "prefetch_threshold": 32}).to_string(),
+        ],
+    );
+    for f in &firsts {
+        gen(&small, f, 1).await; // 8 pages each stay on the device
+    }
+    let all = tokio::time::timeout(
+        Duration::from_secs(60),
+        futures::future::join_all(seconds.iter().map(|q| gen(&small, q, 4))),
+    )
+    .await
+    .expect("concurrent L3 hits into a small device pool hung");
+    for (g, w) in all.iter().zip(&want_s) {
+        assert_eq!(&g.0, w);
+    }
+    assert!(metric(&small, "prefetched_tokens_total").await > 0.0);
     // /clear_hicache_storage_backend empties L3: a fresh server recomputes.
     let (s, body) = c.get("/clear_hicache_storage_backend").await;
     assert_eq!(s, 200, "{body}");

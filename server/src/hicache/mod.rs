@@ -70,6 +70,19 @@ enum Stage {
     },
 }
 
+impl Prefetch {
+    /// Every read finished, or one came back short (nothing after it can be used).
+    fn complete(&self) -> bool {
+        match &self.stage {
+            Stage::Querying(_) => false,
+            Stage::Fetching { jobs, .. } => {
+                jobs.iter().all(|j| j.2.is_some())
+                    || jobs.iter().any(|j| j.2.is_some_and(|n| n < j.1))
+            }
+        }
+    }
+}
+
 struct Prefetch {
     /// Locked tree node where the prefetch starts (the L1+L2 match at enqueue).
     node: NodeId,
@@ -275,8 +288,23 @@ impl HiCache {
     }
 
     /// Processes finished L3 jobs: starts reads after exists answers, unlocks written nodes,
-    /// frees parked pages. Call once per scheduling round.
+    /// frees parked pages, and ends complete prefetches at once — their pages join the tree as
+    /// host-only nodes and their lock goes, so a finished prefetch never pins device pages while
+    /// its request waits for admission. Call once per scheduling round.
     pub fn poll(&mut self, tree: &mut RadixCache) {
+        self.poll_jobs(tree);
+        let done: Vec<String> = self
+            .prefetches
+            .iter()
+            .filter(|(_, p)| p.complete())
+            .map(|(r, _)| r.clone())
+            .collect();
+        for rid in done {
+            self.finish_prefetch(tree, &rid);
+        }
+    }
+
+    fn poll_jobs(&mut self, tree: &mut RadixCache) {
         let Some(storage) = &self.storage else { return };
         for d in storage.poll() {
             match d {
@@ -395,15 +423,7 @@ impl HiCache {
         let Some(p) = self.prefetches.get(rid) else {
             return true;
         };
-        let complete = match &p.stage {
-            Stage::Querying(_) => false,
-            Stage::Fetching { jobs, .. } => {
-                // Done, or stopped early by a short read.
-                jobs.iter().all(|j| j.2.is_some())
-                    || jobs.iter().any(|j| j.2.is_some_and(|n| n < j.1))
-            }
-        };
-        let go = complete
+        let go = p.complete()
             || match self.cfg.prefetch_policy {
                 PrefetchPolicy::BestEffort => true,
                 PrefetchPolicy::WaitComplete => false,
