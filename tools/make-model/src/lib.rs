@@ -190,133 +190,51 @@ pub fn make_model(spec: &MakeModel, out: &Path) -> std::io::Result<()> {
     // Weights, drawn in a fixed order.
     let mut rng = SplitMix64(spec.seed);
     let mut tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)> = BTreeMap::new();
-    let mut put = |name: String, shape: Vec<usize>, std: f64, mean: f64, rng: &mut SplitMix64| {
+    let mut put = |name: String, shape: Vec<usize>, std: f64, mean: f64| {
         let n: usize = shape.iter().product();
         let data = (0..n).map(|_| (mean + std * rng.normal()) as f32).collect();
         tensors.insert(name, (shape, data));
     };
     let (h, qd, kvd) = (d.hidden, d.heads * d.head_dim, d.kv_heads * d.head_dim);
-    put(
-        "model.embed_tokens.weight".into(),
-        vec![d.vocab, h],
-        0.1,
-        0.0,
-        &mut rng,
+    // Projections are scaled by 1/sqrt(fan-in); norms are 1 + noise; biases and embeddings noise.
+    let (by_h, by_qd, by_inter) = (
+        1.0 / (h as f64).sqrt(),
+        1.0 / (qd as f64).sqrt(),
+        1.0 / (d.inter as f64).sqrt(),
     );
+    let embed = "model.embed_tokens.weight".to_string();
+    put(embed, vec![d.vocab, h], 0.1, 0.0);
     for l in 0..d.layers {
-        let p = format!("model.layers.{l}");
-        put(
-            format!("{p}.input_layernorm.weight"),
-            vec![h],
-            0.1,
-            1.0,
-            &mut rng,
-        );
-        put(
-            format!("{p}.self_attn.q_proj.weight"),
-            vec![qd, h],
-            1.0 / (h as f64).sqrt(),
-            0.0,
-            &mut rng,
-        );
-        put(
-            format!("{p}.self_attn.k_proj.weight"),
-            vec![kvd, h],
-            1.0 / (h as f64).sqrt(),
-            0.0,
-            &mut rng,
-        );
-        put(
-            format!("{p}.self_attn.v_proj.weight"),
-            vec![kvd, h],
-            1.0 / (h as f64).sqrt(),
-            0.0,
-            &mut rng,
-        );
+        // (name, shape, std, mean), in the order they are drawn.
+        let mut w: Vec<(&str, Vec<usize>, f64, f64)> = vec![
+            ("input_layernorm.weight", vec![h], 0.1, 1.0),
+            ("self_attn.q_proj.weight", vec![qd, h], by_h, 0.0),
+            ("self_attn.k_proj.weight", vec![kvd, h], by_h, 0.0),
+            ("self_attn.v_proj.weight", vec![kvd, h], by_h, 0.0),
+        ];
         if spec.arch == Arch::Qwen2 {
-            put(
-                format!("{p}.self_attn.q_proj.bias"),
-                vec![qd],
-                0.1,
-                0.0,
-                &mut rng,
-            );
-            put(
-                format!("{p}.self_attn.k_proj.bias"),
-                vec![kvd],
-                0.1,
-                0.0,
-                &mut rng,
-            );
-            put(
-                format!("{p}.self_attn.v_proj.bias"),
-                vec![kvd],
-                0.1,
-                0.0,
-                &mut rng,
-            );
+            w.push(("self_attn.q_proj.bias", vec![qd], 0.1, 0.0));
+            w.push(("self_attn.k_proj.bias", vec![kvd], 0.1, 0.0));
+            w.push(("self_attn.v_proj.bias", vec![kvd], 0.1, 0.0));
         }
         if spec.arch == Arch::Qwen3 {
-            put(
-                format!("{p}.self_attn.q_norm.weight"),
-                vec![d.head_dim],
-                0.1,
-                1.0,
-                &mut rng,
-            );
-            put(
-                format!("{p}.self_attn.k_norm.weight"),
-                vec![d.head_dim],
-                0.1,
-                1.0,
-                &mut rng,
-            );
+            w.push(("self_attn.q_norm.weight", vec![d.head_dim], 0.1, 1.0));
+            w.push(("self_attn.k_norm.weight", vec![d.head_dim], 0.1, 1.0));
         }
-        put(
-            format!("{p}.self_attn.o_proj.weight"),
-            vec![h, qd],
-            1.0 / (qd as f64).sqrt(),
-            0.0,
-            &mut rng,
-        );
-        put(
-            format!("{p}.post_attention_layernorm.weight"),
-            vec![h],
-            0.1,
-            1.0,
-            &mut rng,
-        );
-        put(
-            format!("{p}.mlp.gate_proj.weight"),
-            vec![d.inter, h],
-            1.0 / (h as f64).sqrt(),
-            0.0,
-            &mut rng,
-        );
-        put(
-            format!("{p}.mlp.up_proj.weight"),
-            vec![d.inter, h],
-            1.0 / (h as f64).sqrt(),
-            0.0,
-            &mut rng,
-        );
-        put(
-            format!("{p}.mlp.down_proj.weight"),
-            vec![h, d.inter],
-            1.0 / (d.inter as f64).sqrt(),
-            0.0,
-            &mut rng,
-        );
+        w.extend([
+            ("self_attn.o_proj.weight", vec![h, qd], by_qd, 0.0),
+            ("post_attention_layernorm.weight", vec![h], 0.1, 1.0),
+            ("mlp.gate_proj.weight", vec![d.inter, h], by_h, 0.0),
+            ("mlp.up_proj.weight", vec![d.inter, h], by_h, 0.0),
+            ("mlp.down_proj.weight", vec![h, d.inter], by_inter, 0.0),
+        ]);
+        for (name, shape, std, mean) in w {
+            put(format!("model.layers.{l}.{name}"), shape, std, mean);
+        }
     }
-    put("model.norm.weight".into(), vec![h], 0.1, 1.0, &mut rng);
+    put("model.norm.weight".into(), vec![h], 0.1, 1.0);
     if !tied {
-        put(
-            "lm_head.weight".into(),
-            vec![d.vocab, h],
-            1.0 / (h as f64).sqrt(),
-            0.0,
-            &mut rng,
-        );
+        put("lm_head.weight".into(), vec![d.vocab, h], by_h, 0.0);
     }
     write_safetensors(&out.join("model.safetensors"), &tensors, spec.dtype)
 }
