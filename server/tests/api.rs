@@ -62,9 +62,12 @@ async fn errors_are_openai_shaped_and_generation_works() {
     let router = app(launch_cpu(&opts(dir.path())).unwrap());
     let (st, v) = call(&router, "POST", "/generate", "{\"text\": ").await;
     assert_eq!(st, StatusCode::BAD_REQUEST);
-    assert_eq!(v["object"], "error");
-    assert_eq!(v["type"], "BadRequestError");
-    assert_eq!(v["code"], 400);
+    // sglang-router's shape, the same as `strata router` answers with.
+    assert_eq!(v["error"]["type"], "invalid_request_error", "{v}");
+    assert_eq!(v["error"]["code"], 400);
+    assert!(v["error"]["message"]
+        .as_str()
+        .is_some_and(|m| !m.is_empty()));
     let (st, v) = call(
         &router,
         "POST",
@@ -77,6 +80,16 @@ async fn errors_are_openai_shaped_and_generation_works() {
     assert_eq!(v["output_ids"].as_array().unwrap().len(), 5);
     let (st, _) = call(&router, "GET", "/health", "").await;
     assert_eq!(st, StatusCode::OK);
+    // Over the body limit: a JSON 413 that names the flag, not axum's plain text.
+    let small = strata_server::api::app_with_limit(launch_cpu(&opts(dir.path())).unwrap(), 1000);
+    let body = serde_json::json!({"text": "x".repeat(5000)}).to_string();
+    let (st, v) = call(&small, "POST", "/generate", &body).await;
+    assert_eq!(st, StatusCode::PAYLOAD_TOO_LARGE);
+    assert_eq!(v["error"]["code"], 413, "{v}");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("--max-payload-size"));
 }
 
 #[tokio::test]

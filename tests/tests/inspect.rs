@@ -111,6 +111,23 @@ fn refusals_are_clear() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a strata store"));
 
+    // Small non-store files (a README, /dev/null): "not a strata store", in one line, with no
+    // backtrace even when RUST_BACKTRACE is set; never the I/O layer's "short transfer".
+    let readme = dir.path().join("README.md");
+    std::fs::write(&readme, "# hello\n").unwrap();
+    for p in [readme.to_str().unwrap(), "/dev/null"] {
+        let bin = strata_tests::build_strata().unwrap();
+        let out = Command::new(bin)
+            .args(["inspect", "summary", p])
+            .env("RUST_BACKTRACE", "1")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(err.contains(&format!("{p}: not a strata store")), "{err}");
+    }
+
     // Missing path.
     let out = inspect(&["summary", dir.path().join("nope").to_str().unwrap()]);
     assert!(!out.status.success());
@@ -129,4 +146,42 @@ fn refusals_are_clear() {
     let out = inspect(&["summary", p]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("unsupported format version 99"));
+}
+
+#[test]
+fn dump_json_and_closed_pipes() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("store");
+    make_store(&path);
+    {
+        let s = Store::open(cfg(&path)).unwrap();
+        s.put(b"big", &vec![7u8; 300_000]).unwrap();
+    }
+    let p = path.to_str().unwrap();
+    // --json: metadata and the value in hex, not raw bytes.
+    let out = inspect(&["dump", p, "page-003", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["key"], "page-003");
+    assert_eq!(v["value_len"], 20_003);
+    assert_eq!(v["value_hex"].as_str().unwrap(), "03".repeat(20_003));
+    assert!(v["segment"].is_number() && v["seq"].is_number());
+    // A reader that stops early (`| head`) ends the dump quietly: no "Broken pipe" error.
+    let bin = strata_tests::build_strata().unwrap();
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "'{}' inspect dump '{p}' big | head -c 10 > /dev/null",
+            bin.display()
+        ))
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(!err.to_lowercase().contains("broken pipe"), "{err}");
+    assert!(err.trim().is_empty(), "{err}");
 }

@@ -7,11 +7,17 @@ use serde_json::{json, Value};
 use serve_common::{bin, MadeModel, Server};
 use std::process::Command;
 
+/// The error shape shared with `strata router` and sglang-router: `{"error": {message, type, code}}`.
 fn assert_openai_error(status: u16, v: &Value, want: u16) {
     assert_eq!(status, want, "{v}");
-    assert_eq!(v["object"], "error", "{v}");
-    assert_eq!(v["code"], want, "{v}");
-    assert!(v["message"].as_str().is_some_and(|m| !m.is_empty()), "{v}");
+    assert_eq!(v["error"]["code"], want, "{v}");
+    assert!(v["error"]["type"].is_string(), "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()),
+        "{v}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -69,6 +75,29 @@ async fn bad_inputs_get_400_and_the_server_keeps_serving() {
     }
     let (st, body) = s.get("/no/such/endpoint").await;
     assert_openai_error(st, &serde_json::from_str(&body).unwrap(), 404);
+    // A 5 MB body is parsed (and refused for its content), not cut off by a body limit.
+    let ids = vec![1u32; 2_500_000];
+    let (st, v) = s.post("/generate", &json!({"input_ids": ids})).await;
+    assert_openai_error(st, &v, 400);
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("context length"),
+        "{v}"
+    );
+    // A body without a JSON content type is a JSON error too.
+    let r = s
+        .client
+        .post(s.url("/generate"))
+        .body("{}")
+        .header("content-type", "text/plain")
+        .send()
+        .await
+        .unwrap();
+    let st = r.status().as_u16();
+    let v: Value = r.json().await.unwrap_or(Value::Null);
+    assert_openai_error(st, &v, 400);
     // Unknown fields and every GenerateReqInput field a client may send (here the ones
     // sglang-router 0.3.2 adds when it re-serialises a body) are accepted, as SGLang does.
     let (st, v) = s
@@ -348,7 +377,33 @@ async fn bench_serve_drives_both_backends() {
             String::from_utf8_lossy(&o.stderr)
         );
         assert!(String::from_utf8_lossy(&o.stdout).contains("Serving Benchmark Result"));
+        // Not a terminal: no progress bar in the captured output.
+        assert!(!String::from_utf8_lossy(&o.stderr).contains("requests ["));
     }
+    // On a terminal (a pty from Python's `pty` module) the run shows a progress bar.
+    let o = Command::new("python3")
+        .args([
+            "-c",
+            "import pty, sys; sys.exit(pty.spawn(sys.argv[1:]) >> 8)",
+        ])
+        .arg(bin())
+        .args([
+            "bench",
+            "serve",
+            "--base-url",
+            &s.base,
+            "--num-prompts",
+            "4",
+        ])
+        .args(["--random-input-len", "8", "--random-output-len", "4"])
+        .output()
+        .unwrap();
+    let tty = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{tty}");
+    assert!(
+        tty.contains("/4 requests ["),
+        "no progress bar on a terminal: {tty}"
+    );
     let lines: Vec<Value> = std::fs::read_to_string(&out)
         .unwrap()
         .lines()

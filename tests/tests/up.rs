@@ -1,6 +1,8 @@
 //! `strata up --smoke`: the README's first command end to end — model generation, master, store node,
-//! server and router as real processes, one request through the router, then a clean stop; and
-//! `--pd` (prefill + decode behind the router) giving the same greedy answer.
+//! server and router as real processes, one request through the router, then a clean stop (SIGTERM
+//! to every child, logs free of colour codes, every address printed); `--pd` (prefill + decode
+//! behind the router) giving the same greedy answer. A taken port is refused by name before
+//! anything starts.
 
 use std::process::Command;
 
@@ -23,7 +25,44 @@ fn up_smoke_serves_a_request_through_the_router() {
         stdout,
         String::from_utf8_lossy(&out.stderr)
     );
-    let json = stdout.split_once("-> ").expect("the answer line").1.trim();
+    let json = stdout
+        .split_once("-> ")
+        .expect("the answer line")
+        .1
+        .lines()
+        .next()
+        .unwrap()
+        .trim();
+    // Every address, metrics included.
+    for want in [
+        format!("http://127.0.0.1:{port} "),
+        format!("http://127.0.0.1:{}/metrics", port + 7),
+        format!("http://127.0.0.1:{}/metrics", port + 1),
+        format!("127.0.0.1:{}", port + 2),
+        format!("http://127.0.0.1:{}/metadata", port + 3),
+        format!("http://127.0.0.1:{}/metrics", port + 4),
+    ] {
+        assert!(stdout.contains(&want), "{want} missing from:\n{stdout}");
+    }
+    // Children were stopped with SIGTERM (each logs its own clean stop), and logs written to
+    // files carry no ANSI colour codes.
+    let log = |name: &str| std::fs::read_to_string(dir.path().join(name)).unwrap();
+    assert!(
+        log("store.log").contains("shutting down"),
+        "{}",
+        log("store.log")
+    );
+    assert!(
+        log("serve.log").contains("server stopped"),
+        "{}",
+        log("serve.log")
+    );
+    for name in ["master.log", "store.log", "serve.log", "router.log"] {
+        assert!(!log(name).contains('\u{1b}'), "{name} has escape codes");
+    }
+    // The router's metrics answer on the printed port... while it ran; after the stop every port
+    // is free again.
+    assert!(std::net::TcpListener::bind(("0.0.0.0", port + 7)).is_ok());
     let v: serde_json::Value = serde_json::from_str(json).unwrap();
     assert_eq!(v["meta_info"]["completion_tokens"], 32);
     assert!(
@@ -51,6 +90,9 @@ fn up_smoke_serves_a_request_through_the_router() {
         .split_once("-> ")
         .unwrap()
         .1
+        .lines()
+        .next()
+        .unwrap()
         .trim()
         .to_string();
     let v2: serde_json::Value = serde_json::from_str(&json2).unwrap();
@@ -77,8 +119,35 @@ fn up_smoke_serves_a_request_through_the_router() {
         .split_once("-> ")
         .unwrap()
         .1
+        .lines()
+        .next()
+        .unwrap()
         .trim()
         .to_string();
     let v3: serde_json::Value = serde_json::from_str(&json3).unwrap();
     assert_eq!(v["text"], v3["text"], "PD answer differs from colocated");
+}
+
+#[test]
+fn up_refuses_a_taken_port_by_name() {
+    let bin = strata_tests::build_strata().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let port = 20_000 + ((std::process::id() + 5_000) % 12_000) as u16;
+    // Hold the router's metrics port (the clash that used to be one WARN line in a log).
+    let _held = std::net::TcpListener::bind(("127.0.0.1", port + 7)).unwrap();
+    let out = Command::new(&bin)
+        .args(["up", "--smoke", "--port", &port.to_string(), "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&format!("port {} (router metrics)", port + 7)),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("master.log").exists(),
+        "nothing is started before the ports are checked"
+    );
 }

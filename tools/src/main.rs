@@ -30,7 +30,7 @@ enum Command {
     Serve(Box<cmd::serve::Args>),
     /// Write a deterministic random-weight model (Hugging Face layout).
     MakeModel(cmd::make_model::Args),
-    /// Benchmarks (engine, store, serve, router).
+    /// Benchmarks (engine, store, serve).
     #[command(subcommand)]
     Bench(cmd::bench::BenchCommand),
     /// The whole stack on this machine from a built-in default (tiny model, master, store, server,
@@ -42,9 +42,30 @@ enum Command {
     Gpu(cmd::gpu::Args),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
     let cli = Cli::parse_from(cmd::master::normalize_args(std::env::args_os()));
-    match cli.command {
+    if matches!(
+        cli.command,
+        Command::Inspect(_) | Command::MakeModel(_) | Command::Bench(_)
+    ) {
+        // Commands whose output is meant for pipes: `| head` ends them quietly, as it does any
+        // Unix tool, instead of a "Broken pipe" error. Servers keep SIGPIPE ignored (a client
+        // going away must never kill them).
+        // SAFETY: restoring a signal's default disposition before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
+    if let Err(e) = run(cli.command) {
+        // One line, the cause chain joined by ": ", never a backtrace (RUST_BACKTRACE is for
+        // panics, not for a user's mistake).
+        eprintln!("strata: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<()> {
+    match command {
         Command::Inspect(args) => cmd::inspect::run(args),
         Command::Master(args) => cmd::master::run(args),
         Command::Store(args) => cmd::store::run(args),
@@ -54,5 +75,56 @@ fn main() -> anyhow::Result<()> {
         Command::Router(a) => cmd::router::run(*a),
         Command::Up(a) => cmd::up::run(a),
         Command::Gpu(a) => cmd::gpu::run(a),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Cli;
+    use clap::CommandFactory;
+
+    /// Every flag and positional argument of every subcommand says what it is.
+    #[test]
+    fn every_argument_has_help() {
+        fn walk(c: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in c.get_arguments() {
+                let id = a.get_id().as_str();
+                if id == "help" || id == "version" || a.is_hide_set() {
+                    continue;
+                }
+                if a.get_help().is_none() && a.get_long_help().is_none() {
+                    missing.push(format!("{path} --{id}"));
+                }
+            }
+            for s in c.get_subcommands() {
+                walk(s, &format!("{path} {}", s.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        walk(&Cli::command(), "strata", &mut missing);
+        assert!(
+            missing.is_empty(),
+            "arguments without help:\n{}",
+            missing.join("\n")
+        );
+    }
+
+    /// The top-level help names only subcommands that exist.
+    #[test]
+    fn help_names_only_existing_subcommands() {
+        let c = Cli::command();
+        let bench = c.find_subcommand("bench").unwrap();
+        let about = bench.get_about().unwrap().to_string();
+        let list = about
+            .split_once('(')
+            .and_then(|(_, r)| r.split_once(')'))
+            .map(|(l, _)| l)
+            .unwrap();
+        for name in list.split(", ") {
+            assert!(
+                bench.find_subcommand(name).is_some(),
+                "`strata bench` help names `{name}`, which does not exist"
+            );
+        }
     }
 }

@@ -233,6 +233,32 @@ impl Store {
         Ok(())
     }
 
+    /// Seals the open segment (after draining the write-back buffer) and syncs, so that a clean
+    /// stop of a process that cannot drop the store (it is shared with serving threads) leaves
+    /// every segment with an intact summary. A later put opens a fresh segment.
+    pub fn seal_open(&self) -> Result<()> {
+        let c = &self.core;
+        if let Some(wb) = &c.wb {
+            wb.drain();
+        }
+        {
+            // No put is between its allocation and its completion while this is held.
+            let _ops = c.ops.write();
+            let mut a = c.segments.alloc.lock();
+            if let Some(seg) = a.open {
+                let mut m = c.segments.segs[seg as usize].meta.lock();
+                if m.in_flight == 0 {
+                    m.state = SegState::Sealing;
+                    a.open = None;
+                    drop(m);
+                    drop(a);
+                    c.segments.seal(seg)?;
+                }
+            }
+        }
+        self.sync()
+    }
+
     /// Removes everything; durable when it returns (a synced superblock write records the cut-off).
     pub fn clear(&self) -> Result<()> {
         self.core.clear()

@@ -96,8 +96,12 @@ pub fn app(router: Arc<Router>) -> axum::Router {
         .route("/health", get(admin::liveness))
         .route("/liveness", get(admin::liveness))
         .route("/readiness", get(admin::readiness));
+    let limit = router.cfg.max_payload_size;
     open.merge(api)
         .layer(DefaultBodyLimit::max(router.cfg.max_payload_size))
+        .layer(middleware::map_response(move |r: Response| {
+            crate::error::json_rejections(r, limit)
+        }))
         .with_state(router)
 }
 

@@ -1,8 +1,11 @@
 //! The router's one error type and the one place where an error becomes an HTTP response.
 //!
 //! Every failure the router itself produces reaches the client as an OpenAI-shaped body
-//! `{"error": {"message", "type", "code"}}` with the matching status. Worker replies are never
-//! rewritten here: a worker's own non-retryable error is passed through byte for byte by the proxy.
+//! `{"error": {"message", "type", "code"}}` with the matching status: sglang-router's shape, which
+//! `strata serve` workers answer with too, so a client sees one shape with or without a router.
+//! A worker's JSON error is passed through byte for byte by the proxy; plain-text error replies
+//! (axum's rejections here, e.g. a body over `--max-payload-size`, or a foreign worker's text) are
+//! rewritten into the same shape by [`json_rejections`].
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -57,7 +60,7 @@ impl RouterError {
 
     fn kind(&self) -> &'static str {
         match self.status().as_u16() {
-            400 => "invalid_request_error",
+            400 | 405 | 413 | 415 | 422 => "invalid_request_error",
             401 => "authentication_error",
             404 => "not_found_error",
             408 | 504 => "timeout_error",
@@ -87,6 +90,43 @@ impl IntoResponse for RouterError {
         tracing::debug!(error = %self, "request failed");
         error_body(self.status(), self.kind(), &message)
     }
+}
+
+/// Rewrites an error response that is not JSON into the router's error shape; `limit` is the
+/// body limit, named in 413s.
+pub async fn json_rejections(resp: Response, limit: usize) -> Response {
+    let status = resp.status();
+    let json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || json {
+        return resp;
+    }
+    let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        format!(
+            "request body is larger than the router's limit of {limit} bytes (--max-payload-size)"
+        )
+    } else {
+        let body = axum::body::to_bytes(resp.into_body(), 64 << 10)
+            .await
+            .unwrap_or_default();
+        let text = String::from_utf8_lossy(&body).trim().to_string();
+        if text.is_empty() {
+            status.canonical_reason().unwrap_or("error").to_string()
+        } else {
+            text
+        }
+    };
+    let kind = match status.as_u16() {
+        400 | 405 | 413 | 415 | 422 => "invalid_request_error",
+        401 => "authentication_error",
+        404 => "not_found_error",
+        503 => "service_unavailable",
+        _ => "server_error",
+    };
+    error_body(status, kind, &message)
 }
 
 pub type Result<T, E = RouterError> = std::result::Result<T, E>;

@@ -187,6 +187,16 @@ pub async fn run(cfg: RouterConfig) -> Result<()> {
     let seed = rand::random::<u64>();
     let router = Router::new(cfg, seed)?;
     let cfg = &router.cfg;
+    // Bound before waiting for workers, so a taken port fails the start at once and by name
+    // instead of leaving a router whose /metrics never answers.
+    let prom = tokio::net::TcpListener::bind((cfg.prometheus_host.as_str(), cfg.prometheus_port))
+        .await
+        .map_err(|e| {
+            RouterError::Config(format!(
+                "cannot listen on {}:{} for metrics (--prometheus-port): {e}",
+                cfg.prometheus_host, cfg.prometheus_port
+            ))
+        })?;
     let urls: Vec<String> = router.all_workers().iter().map(|w| w.url.clone()).collect();
     health::wait_healthy(
         &router.client,
@@ -198,16 +208,8 @@ pub async fn run(cfg: RouterConfig) -> Result<()> {
     )
     .await?;
     router.spawn_upkeep();
-    let prom =
-        tokio::net::TcpListener::bind((cfg.prometheus_host.as_str(), cfg.prometheus_port)).await;
-    match prom {
-        Ok(l) => {
-            tokio::spawn(metrics::serve(router.clone(), l));
-        }
-        Err(e) => {
-            tracing::warn!(error = %e, port = cfg.prometheus_port, "metrics listener not started")
-        }
-    }
+    tracing::info!(addr = %prom.local_addr()?, "metrics listening");
+    tokio::spawn(metrics::serve(router.clone(), prom));
     let threads = serving_threads();
     let listeners = app::bind(&cfg.host, cfg.port, threads).await?;
     tracing::info!(

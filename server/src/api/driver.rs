@@ -106,6 +106,7 @@ impl Driver {
         let (tx, rx) = mpsc::unbounded_channel();
         let arrival = Instant::now();
         let prompt_tokens = input_ids.len();
+        let want_lp = logprobs.is_some();
         let lp_prompt_ids = logprobs
             .as_ref()
             .map(|l| input_ids[l.start..].to_vec())
@@ -136,7 +137,10 @@ impl Driver {
             prompt_tokens,
             logprobs,
             lp_prompt_ids,
-            out: Output::default(),
+            out: Output {
+                want_logprobs: want_lp,
+                ..Output::default()
+            },
             arrival,
             rx,
             state: state.clone(),

@@ -1,6 +1,9 @@
-//! The one error type of the HTTP layer, rendered in one place as an OpenAI-shaped JSON body:
-//! `{"object": "error", "message": ..., "type": ..., "param": null, "code": <status>}`.
-//! Messages describe the request's problem and never include internal details.
+//! The one error type of the HTTP layer, rendered in one place as the JSON body sglang-router
+//! (and so `strata router`) answers with: `{"error": {"message", "type", "code": <status>}}`.
+//! One shape whether a client talks to a worker or to a router in front of it. Messages describe
+//! the request's problem and never include internal details. Rejections made below the handlers
+//! (an oversized body, a wrong content type) are rewritten into the same shape by
+//! [`json_rejections`].
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
@@ -39,13 +42,14 @@ impl ApiError {
             message: message.into(),
         }
     }
+    /// OpenAI's error type names, the ones the router uses.
     fn kind(&self) -> &'static str {
         match self.status.as_u16() {
-            400 => "BadRequestError",
-            401 => "AuthenticationError",
-            404 => "NotFoundError",
-            503 => "ServiceUnavailableError",
-            _ => "InternalServerError",
+            400 | 405 | 413 | 415 | 422 => "invalid_request_error",
+            401 => "authentication_error",
+            404 => "not_found_error",
+            503 => "service_unavailable",
+            _ => "server_error",
         }
     }
 }
@@ -53,11 +57,11 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::json!({
-            "object": "error",
-            "message": self.message,
-            "type": self.kind(),
-            "param": null,
-            "code": self.status.as_u16(),
+            "error": {
+                "message": self.message,
+                "type": self.kind(),
+                "code": self.status.as_u16(),
+            }
         });
         (self.status, Json(body)).into_response()
     }
@@ -67,4 +71,35 @@ impl IntoResponse for ApiError {
 pub fn parse_body<T: serde::de::DeserializeOwned>(body: &[u8]) -> Result<T, ApiError> {
     serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("Invalid request body: {e}")))
+}
+
+/// Rewrites an error response that is not JSON (axum's plain-text rejections: body over the
+/// limit, missing content type) into an [`ApiError`]; `limit` is the body limit, named in 413s.
+pub async fn json_rejections(resp: Response, limit: usize) -> Response {
+    let status = resp.status();
+    let json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !(status.is_client_error() || status.is_server_error()) || json {
+        return resp;
+    }
+    let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        format!(
+            "The request body is larger than the server's limit of {limit} bytes \
+             (--max-payload-size)."
+        )
+    } else {
+        let body = axum::body::to_bytes(resp.into_body(), 64 << 10)
+            .await
+            .unwrap_or_default();
+        let text = String::from_utf8_lossy(&body).trim().to_string();
+        if text.is_empty() {
+            status.canonical_reason().unwrap_or("error").to_string()
+        } else {
+            text
+        }
+    };
+    ApiError { status, message }.into_response()
 }

@@ -79,8 +79,17 @@ async fn not_found() -> ApiError {
     ApiError::not_found("No such endpoint.")
 }
 
-/// The server's router.
+/// The default request body limit: 512 MiB, sglang-router's, so that whatever the router
+/// forwards a worker accepts (a 1M-token prompt is a few MB as text or token ids).
+pub const DEFAULT_MAX_PAYLOAD: usize = 512 << 20;
+
+/// The server's router with the default body limit.
 pub fn app(state: AppState) -> Router {
+    app_with_limit(state, DEFAULT_MAX_PAYLOAD)
+}
+
+/// The server's router; bodies over `max_payload` bytes get a JSON 413.
+pub fn app_with_limit(state: AppState, max_payload: usize) -> Router {
     Router::new()
         .route("/generate", post(generate::generate))
         .route("/v1/completions", post(openai::completions))
@@ -102,5 +111,9 @@ pub fn app(state: AppState) -> Router {
         .route("/metrics", get(metrics::metrics))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
+        .layer(axum::extract::DefaultBodyLimit::max(max_payload))
+        .layer(axum::middleware::map_response(move |r: Response| {
+            error::json_rejections(r, max_payload)
+        }))
         .with_state(state)
 }

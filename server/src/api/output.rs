@@ -17,6 +17,8 @@ pub struct Output {
     pub logprobs: Vec<PosLogprobs>,
     /// Per reported prompt position, when log-probabilities were asked for.
     pub input_logprobs: Vec<PosLogprobs>,
+    /// Log-probabilities were asked for (`logprobs` then has one entry per id).
+    pub want_logprobs: bool,
     pub finish: Option<Finish>,
     sent: usize,
 }
@@ -38,8 +40,12 @@ impl Output {
             }
             Event::Token { id, logprob } => {
                 self.ids.push(id);
-                if let Some(l) = logprob {
-                    self.logprobs.push(*l);
+                match logprob {
+                    Some(l) => self.logprobs.push(*l),
+                    // A token that arrived without values (PD decode: the first token comes
+                    // from the prefill leg) keeps the lists aligned with `ids` as nulls.
+                    None if self.want_logprobs => self.logprobs.push(PosLogprobs::default()),
+                    None => {}
                 }
                 let text = tok.decode(&self.ids, p.skip_special_tokens);
                 let mut end = text.len();

@@ -43,7 +43,8 @@ enum What {
     },
     /// Checks every checksum; exits non-zero and reports on corruption.
     Verify(Common),
-    /// Writes one value to a file or stdout.
+    /// Writes one value to a file or stdout (raw bytes), or with --json its metadata and the
+    /// value in hex.
     Dump {
         #[command(flatten)]
         common: Common,
@@ -71,8 +72,17 @@ struct Loaded {
 }
 
 fn load(c: &Common) -> anyhow::Result<Loaded> {
-    if !c.path.exists() {
-        bail!("{}: no such file or device", c.path.display());
+    let md = std::fs::metadata(&c.path)
+        .with_context(|| format!("{}: no such file or device", c.path.display()))?;
+    {
+        use std::os::unix::fs::FileTypeExt;
+        // A store starts with two superblock blocks; anything smaller, and anything that is not
+        // a file or a block device (/dev/null, a directory), cannot be one.
+        let ft = md.file_type();
+        if !(ft.is_file() || ft.is_block_device()) || (ft.is_file() && md.len() < 2 * BLOCK as u64)
+        {
+            bail!("{}: not a strata store", c.path.display());
+        }
     }
     let (engine, sb) = strata_engine::open_readonly(&c.path)
         .with_context(|| format!("cannot inspect {}", c.path.display()))?;
@@ -310,6 +320,22 @@ fn dump(c: &Common, key: &str, out: Option<PathBuf>) -> anyhow::Result<()> {
             s.index,
             e.offset
         );
+    }
+    if c.json {
+        let v = serde_json::json!({
+            "key": key,
+            "segment": s.index,
+            "offset": e.offset,
+            "seq": e.seq,
+            "value_len": e.value_len,
+            "crc": e.crc,
+            "value_hex": hex::encode(value),
+        });
+        let text = serde_json::to_string_pretty(&v)? + "\n";
+        return match out {
+            Some(p) => std::fs::write(&p, text).with_context(|| format!("writing {}", p.display())),
+            None => Ok(std::io::stdout().lock().write_all(text.as_bytes())?),
+        };
     }
     match out {
         Some(p) => std::fs::write(&p, value).with_context(|| format!("writing {}", p.display()))?,

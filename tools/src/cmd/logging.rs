@@ -1,5 +1,6 @@
 //! Logging set-up shared by every subcommand: `tracing` to stderr, filtered by `--log-level` or
-//! `RUST_LOG`.
+//! `RUST_LOG`. Colours only when stderr is a terminal and `NO_COLOR` is unset, so logs written to
+//! files and pipes (`strata up` children, systemd, `2>log`) carry no escape codes.
 
 use tracing_subscriber::EnvFilter;
 
@@ -10,5 +11,12 @@ pub fn init(level: &str) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour())
         .try_init();
+}
+
+/// Whether stderr should get ANSI colours.
+pub fn colour() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }

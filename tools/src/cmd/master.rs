@@ -20,13 +20,16 @@ pub struct Args {
     /// Serve the Mooncake-style HTTP metadata server (`/metadata?key=`).
     #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value = "false")]
     enable_http_metadata_server: bool,
+    /// HTTP metadata server port (0 = any free port).
     #[arg(long, default_value_t = 8080)]
     http_metadata_server_port: u16,
+    /// HTTP metadata server bind address.
     #[arg(long, default_value = "127.0.0.1")]
     http_metadata_server_host: String,
     /// Metrics/admin port (`/metrics`, `/metrics/summary`, `/query_key`, `/get_all_segments`).
     #[arg(long, default_value_t = 9003)]
     metrics_port: u16,
+    /// Metrics/admin bind address.
     #[arg(long, default_value = "127.0.0.1")]
     metrics_host: String,
     /// Serve metrics at all.

@@ -25,8 +25,10 @@ pub struct Args {
     /// Name reported by /v1/models (default: the model path).
     #[arg(long)]
     served_model_name: Option<String>,
+    /// Bind address.
     #[arg(long, default_value = "127.0.0.1")]
     host: String,
+    /// HTTP port (0 = any free port; the log line `listening on http://...` names it).
     #[arg(long, default_value_t = 30000)]
     port: u16,
     /// Tokens per KV page.
@@ -47,11 +49,17 @@ pub struct Args {
     /// KV cache size in tokens (overrides --mem-fraction-static).
     #[arg(long)]
     max_total_tokens: Option<usize>,
+    /// Turn off the prefix (radix) cache: every prompt is computed from scratch.
     #[arg(long)]
     disable_radix_cache: bool,
     /// Require `Authorization: Bearer KEY` on every request.
     #[arg(long)]
     api_key: Option<String>,
+    /// Largest request body accepted, in bytes (larger bodies get a JSON 413). The default,
+    /// 512 MiB as sglang-router's, fits long-context prompts as text or token ids.
+    #[arg(long, default_value_t = strata_server::api::DEFAULT_MAX_PAYLOAD)]
+    max_payload_size: usize,
+    /// Log filter (`tracing` syntax, e.g. info or strata_server=debug); RUST_LOG wins.
     #[arg(long, default_value = "info")]
     log_level: String,
     /// GPU the CUDA backend runs on (the CPU backend ignores it).
@@ -278,6 +286,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }
         _ => launch_cpu(&opts)?,
     };
+    let max_payload = a.max_payload_size;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -289,9 +298,12 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e}"))?;
         tracing::info!("listening on http://{}", listener.local_addr()?);
         tracing::info!("The server is fired up and ready to roll!");
-        axum::serve(listener, strata_server::api::app(state))
-            .with_graceful_shutdown(shutdown())
-            .await?;
+        axum::serve(
+            listener,
+            strata_server::api::app_with_limit(state, max_payload),
+        )
+        .with_graceful_shutdown(shutdown())
+        .await?;
         tracing::info!("server stopped");
         anyhow::Ok(())
     })

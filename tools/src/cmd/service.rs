@@ -12,6 +12,7 @@ pub struct ServiceArgs {
         hide_env_values = true
     )]
     pub auth_token: String,
+    /// Log filter (`tracing` syntax, e.g. info or strata_cluster=debug); RUST_LOG wins.
     #[arg(long, default_value = "info")]
     pub log_level: String,
 }

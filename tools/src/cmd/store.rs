@@ -2,8 +2,9 @@
 //! engine on `--device`, registers with `--master`, heartbeats, and serves batch get/put/exists/remove.
 
 use crate::cmd::size::parse_size;
+use anyhow::{bail, Context};
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use strata_cluster::NodeConfig;
@@ -59,6 +60,7 @@ pub struct Args {
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     super::logging::init(&a.service.log_level);
+    check_space(&a.device, a.capacity)?;
     let sc = StoreConfig::new(&a.device)
         .with_capacity(a.capacity)
         .with_memory(a.memory)
@@ -72,13 +74,65 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     nc.auth_token = a.service.auth_token;
     nc.heartbeat = Duration::from_millis(a.heartbeat_ms);
     nc.deny_same_host = a.deny_same_host;
-    let h = strata_cluster::node::start(nc)?;
+    let master = nc.master.clone();
+    let h = strata_cluster::node::start(nc)
+        .with_context(|| format!("store on {} (master {master})", a.device.display()))?;
     println!("strata store ready node_id={} addr={}", h.node_id, h.addr);
     std::io::stdout().flush()?;
     wait_for_shutdown_signal()?;
     tracing::info!("shutting down: leaving the cluster and syncing the store");
     h.shutdown()?;
     Ok(())
+}
+
+/// Refuses a `--capacity` that a file-backed store could not grow to: the file's current size
+/// plus the free space of its file system (a sparse file would otherwise fail puts much later,
+/// with ENOSPC, once the disk fills). Block devices are sized by the engine.
+fn check_space(device: &Path, capacity: u64) -> anyhow::Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    let existing = match std::fs::metadata(device) {
+        Ok(m) if m.file_type().is_block_device() => return Ok(()),
+        Ok(m) => m.len(),
+        Err(_) => 0,
+    };
+    let dir = match device.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let c = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes())?;
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statvfs.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        // No such directory: the engine's open reports it.
+        return Ok(());
+    }
+    let free = st.f_bavail as u64 * st.f_frsize as u64;
+    if capacity > existing + free {
+        bail!(
+            "--capacity {} does not fit on {}: {} free on its file system{}; lower --capacity \
+             or free space",
+            human(capacity),
+            device.display(),
+            human(free),
+            if existing > 0 {
+                format!(" plus {} already in the file", human(existing))
+            } else {
+                String::new()
+            }
+        );
+    }
+    Ok(())
+}
+
+fn human(b: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    format!("{v:.1} {}", UNITS[u])
 }
 
 /// Blocks until SIGTERM or SIGINT.

@@ -5,6 +5,10 @@
 //! request with `--smoke`).
 //!
 //! Every role runs as a child process of this same binary, exactly as an operator would start them.
+//! Ports are checked before anything starts (a taken one is refused by name); every address is
+//! printed once the stack is up; stopping sends SIGTERM to the children one at a time, newest
+//! first, and SIGKILL only to one still running after a grace period, so the store seals its open
+//! segment and leaves the membership, and the servers and router finish in-flight requests.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -17,8 +21,9 @@ pub struct Args {
     /// Folder for the model, the page store and the master's state (created if missing).
     #[arg(long, default_value = "strata-data")]
     data_dir: PathBuf,
-    /// Router port (the server, master and store take the ports above it: +1 server, +2 master RPC,
-    /// +3 metadata HTTP, +4 master metrics).
+    /// Router port (the ports above it are taken too: +1 server, +2 master RPC, +3 metadata HTTP,
+    /// +4 master metrics, +5 and +6 the PD bootstrap and decode ports with --pd, +7 router
+    /// metrics).
     #[arg(long, default_value_t = 8000)]
     port: u16,
     /// Page store capacity.
@@ -33,16 +38,53 @@ pub struct Args {
     pd: bool,
 }
 
-/// Children are killed when this guard drops, whatever the exit path.
+/// How long a child gets to stop after SIGTERM before SIGKILL.
+const GRACE: Duration = Duration::from_secs(10);
+
+/// Children are stopped when this guard drops, whatever the exit path, one at a time and newest
+/// first (router, servers, store, master: the store leaves the membership while the master still
+/// runs): SIGTERM, then SIGKILL if it is still running after [`GRACE`].
 struct Children(Vec<(String, Child)>);
 
 impl Drop for Children {
     fn drop(&mut self) {
-        for (_, c) in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
+        for (name, c) in self.0.iter_mut().rev() {
+            if let Ok(None) = c.try_wait() {
+                // SAFETY: kill(2) on the pid of a child we have not reaped yet.
+                unsafe {
+                    libc::kill(c.id() as libc::pid_t, libc::SIGTERM);
+                }
+            }
+            let deadline = Instant::now() + GRACE;
+            loop {
+                match c.try_wait() {
+                    Ok(Some(_)) | Err(_) => break,
+                    Ok(None) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
+                    Ok(None) => {
+                        eprintln!("{name} did not stop within {GRACE:?} of SIGTERM; killing it");
+                        let _ = c.kill();
+                        let _ = c.wait();
+                        break;
+                    }
+                }
+            }
         }
     }
+}
+
+/// Fails, naming the port and its role, when any port `up` needs is taken.
+fn check_ports(ports: &[(u16, &str)]) -> anyhow::Result<()> {
+    for &(port, role) in ports {
+        if let Err(e) = std::net::TcpListener::bind(("0.0.0.0", port)) {
+            bail!(
+                "port {port} ({role}) is not available: {e}; choose another --port \
+                 (strata up uses --port to --port+7)"
+            );
+        }
+    }
+    Ok(())
 }
 
 fn spawn(kids: &mut Children, name: &str, args: &[String], log: &Path) -> anyhow::Result<()> {
@@ -160,6 +202,24 @@ mod http {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
+    let p = a.port;
+    if p > u16::MAX - 7 {
+        bail!("--port {p}: strata up needs --port to --port+7");
+    }
+    let (serve, rpc, meta, metrics) = (p + 1, p + 2, p + 3, p + 4);
+    let (boot, decode, router_metrics) = (p + 5, p + 6, p + 7);
+    let mut ports = vec![
+        (p, "router"),
+        (serve, if a.pd { "prefill server" } else { "server" }),
+        (rpc, "master RPC"),
+        (meta, "master metadata HTTP"),
+        (metrics, "master metrics"),
+        (router_metrics, "router metrics"),
+    ];
+    if a.pd {
+        ports.extend([(boot, "PD bootstrap"), (decode, "decode server")]);
+    }
+    check_ports(&ports)?;
     std::fs::create_dir_all(&a.data_dir)?;
     let dir = a.data_dir.canonicalize()?;
     let model = dir.join("model-tiny");
@@ -175,8 +235,6 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }
         eprintln!("made a tiny llama model in {}", model.display());
     }
-    let p = a.port;
-    let (serve, rpc, meta, metrics) = (p + 1, p + 2, p + 3, p + 4);
     let s = |v: &str| v.to_string();
     let d = |f: &str| dir.join(f).display().to_string();
     let mut kids = Children(Vec::new());
@@ -218,7 +276,6 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         ],
         &dir.join("store.log"),
     )?;
-    let (boot, decode) = (p + 5, p + 6);
     let mut serve_args = vec![
         s("serve"),
         s("--model-path"),
@@ -293,6 +350,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             format!("http://127.0.0.1:{decode}"),
             s("--port"),
             p.to_string(),
+            s("--prometheus-port"),
+            router_metrics.to_string(),
         ]
     } else {
         vec![
@@ -301,6 +360,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             format!("http://127.0.0.1:{serve}"),
             s("--port"),
             p.to_string(),
+            s("--prometheus-port"),
+            router_metrics.to_string(),
         ]
     };
     spawn(&mut kids, "router", &router_args, &dir.join("router.log"))?;
@@ -318,18 +379,34 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         bail!("the smoke request failed: {}", r.body);
     }
     println!("POST /generate via the router -> {}", r.body.trim());
+    let h = "http://127.0.0.1";
+    let servers = if a.pd {
+        format!(
+            "  prefill server  {h}:{serve}   (metrics {h}:{serve}/metrics, PD bootstrap :{boot})\n\
+             \x20 decode server   {h}:{decode}   (metrics {h}:{decode}/metrics)"
+        )
+    } else {
+        format!("  server          {h}:{serve}   (metrics {h}:{serve}/metrics)")
+    };
+    println!(
+        "\nstrata is up:\n\
+         \x20 router          {h}:{p}   (metrics {h}:{router_metrics}/metrics)\n\
+         {servers}\n\
+         \x20 master RPC      127.0.0.1:{rpc}\n\
+         \x20 master metadata {h}:{meta}/metadata\n\
+         \x20 master metrics  {h}:{metrics}/metrics\n\
+         \x20 store           {} (registered with the master; log {})\n\
+         \x20 logs            {}/*.log",
+        d("store.strata"),
+        d("store.log"),
+        dir.display()
+    );
     if a.smoke {
         return Ok(());
     }
     println!(
-        "\nstrata is up: router http://127.0.0.1:{p}  {}  master :{rpc} (metadata :{meta}, metrics :{metrics})\n\
-         try: curl -s http://127.0.0.1:{p}/generate -d '{{\"text\": \"Hello\", \"sampling_params\": {{\"temperature\": 0}}}}'\n\
-         Ctrl-C stops everything.",
-        if a.pd {
-            format!("prefill :{serve} (bootstrap :{boot})  decode :{decode}")
-        } else {
-            format!("server :{serve}")
-        }
+        "try: curl -s {h}:{p}/generate -d '{{\"text\": \"Hello\", \"sampling_params\": {{\"temperature\": 0}}}}'\n\
+         Ctrl-C stops everything."
     );
     let (tx, rx) = std::sync::mpsc::channel();
     ctrlc_channel(tx);

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use crate::error::ClusterResult;
+use crate::error::{ClusterError, ClusterResult};
 use state::{Change, State};
 
 /// How the master runs.
@@ -114,7 +114,7 @@ pub fn start(cfg: MasterConfig) -> ClusterResult<MasterHandle> {
         rpc_requests: AtomicU64::new(0),
         rpc_errors: AtomicU64::new(0),
     });
-    let rpc = TcpListener::bind(&cfg.rpc)?;
+    let rpc = bind(&cfg.rpc, "RPC (--rpc-port)")?;
     let rpc_addr = rpc.local_addr()?.to_string();
     rpc::spawn(master.clone(), rpc)?;
     let m = master.clone();
@@ -134,12 +134,12 @@ pub fn start(cfg: MasterConfig) -> ClusterResult<MasterHandle> {
         metrics: None,
     };
     if let Some(a) = &cfg.http_metadata {
-        let l = TcpListener::bind(a)?;
+        let l = bind(a, "HTTP metadata (--http-metadata-server-port)")?;
         addrs.http_metadata = Some(l.local_addr()?.to_string());
         serve_http(&runtime, l, http_meta::app(master.clone()))?;
     }
     if let Some(a) = &cfg.metrics {
-        let l = TcpListener::bind(a)?;
+        let l = bind(a, "metrics (--metrics-port)")?;
         addrs.metrics = Some(l.local_addr()?.to_string());
         serve_http(&runtime, l, admin::app(master.clone()))?;
     }
@@ -180,4 +180,12 @@ pub fn http_authorized(token: &str, headers: &axum::http::HeaderMap) -> bool {
         .into_iter()
         .flatten()
         .any(|t| crate::transport::tcp::ct_eq(t.as_bytes(), token.as_bytes()))
+}
+
+/// Binds `addr`, naming the address and the flag that chose it when that fails (a port in use is
+/// the common case, and "Address already in use" alone does not say which of three).
+fn bind(addr: &str, what: &str) -> ClusterResult<TcpListener> {
+    TcpListener::bind(addr).map_err(|e| {
+        ClusterError::Config(format!("cannot listen on {addr} for the {what} port: {e}"))
+    })
 }

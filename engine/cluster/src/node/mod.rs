@@ -80,7 +80,8 @@ pub struct NodeHandle {
 
 impl NodeHandle {
     /// Graceful stop: no more heartbeats, leave the membership now (clients stop routing here
-    /// without waiting for the heartbeat timeout), and make every completed put durable.
+    /// without waiting for the heartbeat timeout), and make every completed put durable with the
+    /// open segment sealed (the next open reads summaries only; `inspect` sees no torn tail).
     pub fn shutdown(&self) -> ClusterResult<()> {
         self.stop.store(true, Ordering::Relaxed);
         let mut w = crate::proto::Writer::new();
@@ -90,7 +91,7 @@ impl NodeHandle {
         if let Err(e) = &left {
             tracing::warn!("store: could not leave the membership: {e}");
         }
-        self.store.sync()?;
+        self.store.seal_open()?;
         Ok(())
     }
 }
@@ -173,6 +174,14 @@ pub fn start_with(
     // an unreachable master is retried by the heartbeat thread.
     let registered = match link.call(Op::Register, &reg.encode()) {
         Ok(_) => true,
+        // A refused token is a configuration error, not a network fault: retrying cannot fix it.
+        Err(ClusterError::Unauthorized) => {
+            return Err(ClusterError::Config(format!(
+                "the master at {} refused this node's auth token (--auth-token / \
+                 STRATA_AUTH_TOKEN must match the master's)",
+                cfg.master
+            )))
+        }
         Err(e) => {
             tracing::warn!("store: master {} unreachable, will retry: {e}", cfg.master);
             false

@@ -279,3 +279,25 @@ async fn client_disconnect_cancels_the_worker_request() {
         "load released"
     );
 }
+
+#[tokio::test]
+async fn oversized_and_malformed_bodies_get_the_json_error_shape() {
+    let m = Mock::ok("a").await;
+    let mut cfg = regular(&[&m.url], PolicyKind::RoundRobin);
+    cfg.max_payload_size = 1000;
+    let r = router(cfg);
+    let big = json!({"text": "x".repeat(5000)});
+    let (st, _, b) = call(&r, "POST", "/generate", Some(big), &[]).await;
+    assert_eq!(st, StatusCode::PAYLOAD_TOO_LARGE);
+    let v = json(&b);
+    assert_eq!(v["error"]["code"], 413, "{v}");
+    assert_eq!(v["error"]["type"], "invalid_request_error");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("--max-payload-size"));
+    assert_eq!(m.s.hits(), 0, "never forwarded");
+    let (st, _, b) = call(&r, "GET", "/no/such/path", None, &[]).await;
+    assert_eq!(st, StatusCode::NOT_FOUND);
+    assert_eq!(json(&b)["error"]["code"], 404);
+}

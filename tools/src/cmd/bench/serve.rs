@@ -29,23 +29,31 @@ pub struct Args {
     /// random, generated-shared-prefix or multiturn.
     #[arg(long, default_value = "random")]
     pub(super) dataset_name: String,
+    /// Requests in the run (random dataset).
     #[arg(long, default_value_t = 64)]
     num_prompts: usize,
+    /// Prompt tokens per request (random dataset).
     #[arg(long, default_value_t = 128)]
     random_input_len: usize,
+    /// Output tokens per request (random dataset).
     #[arg(long, default_value_t = 64)]
     random_output_len: usize,
     /// Lengths are drawn uniformly from [len × ratio, len].
     #[arg(long, default_value_t = 1.0)]
     random_range_ratio: f64,
+    /// Shared-prefix groups (generated-shared-prefix dataset).
     #[arg(long, default_value_t = 4)]
     gsp_num_groups: usize,
+    /// Requests per group.
     #[arg(long, default_value_t = 8)]
     gsp_prompts_per_group: usize,
+    /// Tokens of each group's shared system prompt.
     #[arg(long, default_value_t = 512)]
     gsp_system_prompt_len: usize,
+    /// Tokens of each request's own question.
     #[arg(long, default_value_t = 32)]
     gsp_question_len: usize,
+    /// Output tokens per request (generated-shared-prefix dataset).
     #[arg(long, default_value_t = 32)]
     gsp_output_len: usize,
     /// multiturn: concurrent conversations.
@@ -72,6 +80,7 @@ pub struct Args {
     /// Model name sent to the OpenAI endpoint.
     #[arg(long)]
     model: Option<String>,
+    /// Seed of the dataset and the arrival times.
     #[arg(long, default_value_t = 1)]
     pub(super) seed: u64,
     /// Let generation stop at EOS (by default EOS is ignored so output lengths are exact).
@@ -339,6 +348,18 @@ async fn run_async(a: Args) -> anyhow::Result<()> {
         a.max_concurrency.unwrap_or(usize::MAX >> 4),
     ));
     let mut rng = SplitMix64(a.seed ^ 0xA11CE);
+    // Progress on a terminal (as sglang.bench_serving's tqdm bar), nothing in pipes and files.
+    let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        indicatif::ProgressBar::new(prompts.len() as u64)
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    bar.set_style(
+        indicatif::ProgressStyle::with_template(
+            "{bar:40} {pos}/{len} requests [{elapsed_precise}<{eta_precise}]",
+        )
+        .expect("template"),
+    );
     let start = Instant::now();
     let mut tasks = Vec::new();
     for i in 0..prompts.len() {
@@ -347,10 +368,11 @@ async fn run_async(a: Args) -> anyhow::Result<()> {
             tokio::time::sleep(Duration::from_secs_f64(gap)).await;
         }
         let permit = sem.clone().acquire_owned().await?;
-        let (client, a, prompts) = (client.clone(), a.clone(), prompts.clone());
+        let (client, a, prompts, bar) = (client.clone(), a.clone(), prompts.clone(), bar.clone());
         tasks.push(tokio::spawn(async move {
             let o = send(&client, &a, &prompts[i]).await;
             drop(permit);
+            bar.inc(1);
             o
         }));
     }
@@ -358,6 +380,7 @@ async fn run_async(a: Args) -> anyhow::Result<()> {
     for t in tasks {
         outcomes.push(t.await?);
     }
+    bar.finish_and_clear();
     let duration = start.elapsed().as_secs_f64();
     report(&a, &prompts, &outcomes, duration)
 }

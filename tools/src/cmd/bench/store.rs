@@ -30,6 +30,7 @@ pub struct Args {
     /// Device file for the `single` role's segment (default: a file in the temp dir).
     #[arg(long)]
     device: Option<PathBuf>,
+    /// Value sizes in bytes, comma-separated; one table row each.
     #[arg(long, default_value = "65536,262144,1048576,4194304")]
     sizes: String,
     /// Bytes written per value size.
@@ -38,6 +39,7 @@ pub struct Args {
     /// Bytes per batch call (keys per batch = this / size, at most 128).
     #[arg(long, default_value_t = 32)]
     batch_bytes_mb: usize,
+    /// Times every key is read back per size.
     #[arg(long, default_value_t = 3)]
     read_passes: usize,
     /// Single-key put/get operations for latency.
@@ -46,6 +48,7 @@ pub struct Args {
     /// Bytes moved by `tcp-copy`.
     #[arg(long, default_value_t = 4096)]
     copy_mb: usize,
+    /// Check every value read back byte for byte.
     #[arg(long)]
     verify: bool,
     /// `single` role: the local segment's write-back buffer (as `strata store --write-back`).
