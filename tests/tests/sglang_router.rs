@@ -223,3 +223,74 @@ async fn sglang_router_fronts_two_strata_workers() {
     );
     drop(router);
 }
+
+/// `strata router` in front of a real worker: the id the router answers with in `x-request-id`
+/// is the worker's `meta_info.id`, and errors have one shape whether the router or the worker
+/// made them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn strata_router_ids_and_error_shapes_match_the_worker() {
+    let m = MadeModel::new("llama", "tiny");
+    let w = Server::start(m.path(), &[]);
+    let port = free_port();
+    let bin = strata_tests::build_strata().unwrap();
+    let _router = KillOnDrop(
+        Command::new(bin)
+            .args(["router", "--worker-urls", &w.base, "--host", "127.0.0.1"])
+            .args(["--port", &port.to_string(), "--prometheus-port", "0"])
+            .args(["--policy", "round_robin", "--max-payload-size", "100000"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client
+        .get(format!("{base}/health"))
+        .send()
+        .await
+        .map_or(true, |r| r.status() != 200)
+    {
+        assert!(Instant::now() < deadline, "strata router did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let r = client
+        .post(format!("{base}/generate"))
+        .json(&json!({"text": "hi", "sampling_params": {"max_new_tokens": 2}}))
+        .send()
+        .await
+        .unwrap();
+    let hdr = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["meta_info"]["id"], hdr.as_str(), "router id -> meta_info.id");
+    // The worker's error, through the router; the router's own 413 and 404; the worker direct.
+    let bad = client
+        .post(format!("{base}/generate"))
+        .json(&json!({"text": "hi", "sampling_params": {"top_p": 0}}))
+        .send()
+        .await
+        .unwrap();
+    let big = client
+        .post(format!("{base}/generate"))
+        .json(&json!({"text": "x".repeat(200_000)}))
+        .send()
+        .await
+        .unwrap();
+    let missing = client.get(format!("{base}/nope")).send().await.unwrap();
+    let direct = client
+        .post(format!("{}/generate", w.base))
+        .json(&json!({"text": "hi", "sampling_params": {"top_p": 0}}))
+        .send()
+        .await
+        .unwrap();
+    for (r, code) in [(bad, 400), (big, 413), (missing, 404), (direct, 400)] {
+        assert_eq!(r.status().as_u16(), code);
+        let v: Value = r.json().await.unwrap();
+        let mut keys: Vec<&String> = v["error"].as_object().unwrap().keys().collect();
+        keys.sort();
+        assert_eq!(keys, ["code", "message", "type"], "{v}");
+        assert_eq!(v.as_object().unwrap().len(), 1, "{v}");
+        assert_eq!(v["error"]["code"], code, "{v}");
+    }
+}

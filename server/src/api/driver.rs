@@ -137,10 +137,7 @@ impl Driver {
             prompt_tokens,
             logprobs,
             lp_prompt_ids,
-            out: Output {
-                want_logprobs: want_lp,
-                ..Output::default()
-            },
+            out: Output::new(want_lp),
             arrival,
             rx,
             state: state.clone(),

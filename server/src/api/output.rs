@@ -31,6 +31,14 @@ fn floor_boundary(s: &str, mut i: usize) -> usize {
 }
 
 impl Output {
+    /// An empty output; `want_logprobs` when the request asked for log-probabilities.
+    pub fn new(want_logprobs: bool) -> Self {
+        Output {
+            want_logprobs,
+            ..Output::default()
+        }
+    }
+
     /// Applies one event; returns the text delta that may be sent now.
     pub fn push(&mut self, ev: Event, tok: &Tokenizer, p: &SamplingParams) -> String {
         match ev {
