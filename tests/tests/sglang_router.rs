@@ -263,7 +263,11 @@ async fn strata_router_ids_and_error_shapes_match_the_worker() {
         .unwrap();
     let hdr = r.headers()["x-request-id"].to_str().unwrap().to_string();
     let v: Value = r.json().await.unwrap();
-    assert_eq!(v["meta_info"]["id"], hdr.as_str(), "router id -> meta_info.id");
+    assert_eq!(
+        v["meta_info"]["id"],
+        hdr.as_str(),
+        "router id -> meta_info.id"
+    );
     // The worker's error, through the router; the router's own 413 and 404; the worker direct.
     let bad = client
         .post(format!("{base}/generate"))

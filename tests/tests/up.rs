@@ -6,13 +6,24 @@
 
 use std::process::Command;
 
+/// A base port with the 16 ports from it free right now (`up` takes base..base+5, and the smoke
+/// test's second run base+10..base+15). Below Linux's ephemeral range (32768+): the stack's own
+/// outgoing connections (store to master, ...) take ephemeral ports, and one of them could land on
+/// a port `up` is about to bind. Other processes on the machine may hold ports in the range too,
+/// so candidates are probed rather than assumed.
+fn free_base(offset: u32) -> u16 {
+    let start = (std::process::id() + offset) % 12_000;
+    (0..750)
+        .map(|k| 20_000 + ((start + k * 16) % 12_000) as u16)
+        .find(|&b| (b..b + 16).all(|p| std::net::TcpListener::bind(("0.0.0.0", p)).is_ok()))
+        .expect("no 16 free ports in 20000..32000")
+}
+
 #[test]
 fn up_smoke_serves_a_request_through_the_router() {
     let bin = strata_tests::build_strata().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    // Below Linux's ephemeral range (32768+): the stack's own outgoing connections (store to
-    // master, ...) take ephemeral ports, and one of them can land on a port `up` is about to bind.
-    let port = 20_000 + (std::process::id() % 12_000) as u16;
+    let port = free_base(0);
     let out = Command::new(&bin)
         .args(["up", "--smoke", "--port", &port.to_string(), "--data-dir"])
         .arg(dir.path())
@@ -132,7 +143,7 @@ fn up_smoke_serves_a_request_through_the_router() {
 fn up_refuses_a_taken_port_by_name() {
     let bin = strata_tests::build_strata().unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let port = 20_000 + ((std::process::id() + 5_000) % 12_000) as u16;
+    let port = free_base(5_000);
     // Hold the router's metrics port (the clash that used to be one WARN line in a log).
     let _held = std::net::TcpListener::bind(("127.0.0.1", port + 7)).unwrap();
     let out = Command::new(&bin)
