@@ -6,17 +6,17 @@
 
 use std::process::Command;
 
-/// A base port with the 16 ports from it free right now (`up` takes base..base+5, and the smoke
-/// test's second run base+10..base+15). Below Linux's ephemeral range (32768+): the stack's own
+/// A base port with the 32 ports from it free right now (`up` takes base..base+7; the smoke test's
+/// later runs start at base+10 and base+20). Below Linux's ephemeral range (32768+): the stack's own
 /// outgoing connections (store to master, ...) take ephemeral ports, and one of them could land on
 /// a port `up` is about to bind. Other processes on the machine may hold ports in the range too,
 /// so candidates are probed rather than assumed.
 fn free_base(offset: u32) -> u16 {
     let start = (std::process::id() + offset) % 12_000;
-    (0..750)
-        .map(|k| 20_000 + ((start + k * 16) % 12_000) as u16)
-        .find(|&b| (b..b + 16).all(|p| std::net::TcpListener::bind(("0.0.0.0", p)).is_ok()))
-        .expect("no 16 free ports in 20000..32000")
+    (0..375)
+        .map(|k| 20_000 + ((start + k * 32) % 12_000) as u16)
+        .find(|&b| (b..b + 32).all(|p| std::net::TcpListener::bind(("0.0.0.0", p)).is_ok()))
+        .expect("no 32 free ports in 20000..32000")
 }
 
 #[test]
