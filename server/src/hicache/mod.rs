@@ -38,7 +38,7 @@ use storage::{Done, Job, Span, Storage};
 
 /// Pages per L3 read job: the granularity at which a best_effort or timed-out prefetch can use a
 /// partial result.
-const CHUNK_PAGES: usize = 16;
+const CHUNK_PAGES: usize = 64;
 
 /// HiCache counters, exported by `/metrics` with SGLang's series names.
 #[derive(Debug, Default)]
