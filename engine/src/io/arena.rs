@@ -46,10 +46,6 @@ impl Arena {
         self.mem.len()
     }
 
-    pub fn is_empty(&self) -> bool {
-        false
-    }
-
     pub(crate) fn ptr_at(&self, offset: usize) -> *mut u8 {
         // SAFETY: offsets handed out by `alloc` lie inside the arena.
         unsafe { (self.mem.as_ptr() as *mut u8).add(offset) }
@@ -104,6 +100,7 @@ impl Arena {
     }
 
     /// Free bytes (for tests).
+    #[cfg(test)]
     pub fn free_bytes(&self) -> usize {
         let free = self.free.lock();
         free.iter()

@@ -1,15 +1,17 @@
-//! The I/O layers, bottom up: 4 KiB-aligned buffers ([`buf`], [`iobuf`], the registered [`arena`]),
-//! the [`device`] (file or block device, `O_DIRECT`, locked), and the engines that move bytes — the
-//! [`engine::IoEngine`] trait with [`uring`], [`psync`] and [`sim`] implementations.
+//! The I/O layers, bottom up: 4 KiB-aligned buffers ([`buf`], [`iobuf`], the registered `arena`),
+//! the `device` (file or block device, `O_DIRECT`, locked), and the engines that move bytes — the
+//! [`engine::IoEngine`] trait with `uring`, `psync` and [`sim`] implementations. Public: the
+//! buffers, the trait (inspection reads through it) and the simulated disk (fault-injection
+//! tests); the rest is the store's.
 
-pub mod arena;
+pub(crate) mod arena;
 pub mod buf;
 pub mod device;
 pub mod engine;
 pub mod iobuf;
-pub mod psync;
+pub(crate) mod psync;
 pub mod sim;
-pub mod uring;
+pub(crate) mod uring;
 
 use std::sync::Arc;
 
@@ -19,7 +21,7 @@ use engine::IoEngine;
 
 /// Opens the configured engine on `dev`; `Auto` tries io_uring and falls back to pread/pwrite with one
 /// log line saying why.
-pub fn open_engine(
+pub(crate) fn open_engine(
     dev: Arc<Device>,
     kind: IoEngineKind,
     threads: usize,
