@@ -298,3 +298,84 @@ async fn strata_router_ids_and_error_shapes_match_the_worker() {
         assert_eq!(v["error"]["code"], code, "{v}");
     }
 }
+
+/// The seed's PD setup with the real sglang-router 0.3.2 in front: a Strata prefill and a Strata
+/// decode server; greedy output must equal a colocated server's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sglang_router_pd_mode_over_strata_prefill_and_decode() {
+    let python = router_python();
+    let m = MadeModel::new("llama", "tiny");
+    let colo = Server::start(m.path(), &["--page-size", "16"]);
+    let boot = free_port().to_string();
+    let prefill = Server::start(
+        m.path(),
+        &[
+            "--page-size",
+            "16",
+            "--disaggregation-mode",
+            "prefill",
+            "--disaggregation-bootstrap-port",
+            &boot,
+        ],
+    );
+    let decode = Server::start(
+        m.path(),
+        &[
+            "--page-size",
+            "16",
+            "--disaggregation-mode",
+            "decode",
+            "--disaggregation-bootstrap-port",
+            &boot,
+        ],
+    );
+    let port = free_port();
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let _router = KillOnDrop(
+        Command::new(&python)
+            .args(["-m", "sglang_router.launch_router", "--pd-disaggregation"])
+            .args(["--prefill", &prefill.base, &boot])
+            .args(["--decode", &decode.base])
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--prometheus-port", &free_port().to_string()])
+            .stdout(Stdio::null())
+            .stderr(log.reopen().unwrap())
+            .spawn()
+            .expect("start sglang-router"),
+    );
+    let url = format!("http://127.0.0.1:{port}/generate");
+    let client = reqwest::Client::new();
+    let texts = [
+        "Hello there",
+        "The quick brown fox jumps over the lazy dog and keeps running",
+    ];
+    let body =
+        |t: &str| json!({"text": t, "sampling_params": {"temperature": 0, "max_new_tokens": 8}});
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(r) = client.post(&url).json(&body(texts[0])).send().await {
+            if r.status() == 200 {
+                break;
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "sglang-router (PD) never served /generate; its log:\n{}",
+            std::fs::read_to_string(log.path()).unwrap_or_default()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    for t in texts {
+        let want = colo.greedy(t, 8).await;
+        let r = client.post(&url).json(&body(t)).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let v: Value = r.json().await.unwrap();
+        assert_eq!(
+            v["output_ids"], want["output_ids"],
+            "PD via sglang-router: {v}"
+        );
+        assert_eq!(v["text"], want["text"]);
+    }
+    decode.wait_idle().await;
+    prefill.wait_idle().await;
+}
