@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# End-to-end check of the CUDA backend, in one device call: for each made tiny model (llama, qwen2,
-# qwen3) `strata gpu golden` (CUDA logits vs the Hugging Face fixture and the CPU backend), then two
-# `strata serve` instances on the same model, one on CUDA and one with --device cpu, fed the same
+# End-to-end check of the f32 CUDA reference path, in one device call: for each made tiny model
+# (llama, qwen2, qwen3) `strata gpu golden` (CUDA logits vs the Hugging Face fixture and the CPU
+# backend), then two `strata serve` instances on the same model, one on CUDA with --dtype float32
+# and one with --device cpu, fed the same
 # greedy requests (scripts/gpu_serve_compare.py), which must give identical text.
 # Usage (on the GPU machine): scripts/gpu-serve-check.sh [OUTDIR]
 # Environment: STRATA (binary, default target/release/strata), FIXTURES (default
@@ -34,7 +35,7 @@ for arch in ${ARCHS:-llama qwen2 qwen3}; do
   "$STRATA" gpu golden --model-path "$model" --fixture "$FIXTURES/$arch.json" 2>&1 | tee "$OUTDIR/golden-$arch.log"
   [ "${PIPESTATUS[0]}" = 0 ] || fail=1
   common=(--model-path "$model" --page-size 16 --max-total-tokens 16384 --host 127.0.0.1)
-  "$STRATA" serve "${common[@]}" --port $port >"$OUTDIR/serve-cuda-$arch.log" 2>&1 &
+  "$STRATA" serve "${common[@]}" --port $port --dtype float32 >"$OUTDIR/serve-cuda-$arch.log" 2>&1 &
   pids+=($!)
   "$STRATA" serve "${common[@]}" --port $((port + 1)) --device cpu >"$OUTDIR/serve-cpu-$arch.log" 2>&1 &
   pids+=($!)

@@ -180,3 +180,213 @@ extern "C" __global__ void attention_combine(const float* part_acc, const float*
         out[(u64)row * out_stride + (u64)h * head_dim + d] = f2bf(a * inv);
     }
 }
+
+// Tensor-core prefill / prefix-extend attention (mma.sync m16n8k16 bf16 -> f32, sm_80+).
+// Work unit as paged_attention but 64 (token, head) rows per tile: tile_info packs 64 / group
+// tokens; blockIdx = (tile, kv head, split); 4 warps, warp w owns rows 16w..16w+15, row r being
+// token r / group and query head g * group + r % group (GQA: one K/V tile serves all of them).
+// Per 64-key tile: K is staged row-major [key][HD + 8] and V transposed [dim][64 + 8] in shared
+// memory (bf16), S = Q K^T and O += P V run on the tensor cores, the online softmax in f32 on the
+// accumulator fragments (exp2 with the scale folded in). Masked scores (causal, past the split)
+// contribute exactly 0. Output and split partials as paged_attention (attention_combine merges).
+#define MMA_KT 64
+#define MMA_ROWS 64
+
+__device__ __forceinline__ void mma_bf16_16816(float* c, const u32* a, u32 b0, u32 b1) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+__device__ __forceinline__ u32 pack_bf16x2(float lo, float hi) {
+    return (u32)f2bf(lo) | ((u32)f2bf(hi) << 16);
+}
+
+template <int HD>
+__device__ __forceinline__ void paged_attention_mma_body(
+    const bf16_t* q, int q_stride, const bf16_t* k_pool, const bf16_t* v_pool,
+    const int* block_tables, int max_pages, int page_size, const int* tile_info, int n_heads,
+    int n_kv_heads, float scale, int split_len, bf16_t* out, int out_stride, float* part_acc,
+    float* part_ml, int total_rows) {
+    constexpr int KS = HD + 8;       // K row stride (bf16)
+    constexpr int VS = MMA_KT + 8;   // V^T row stride (bf16)
+    __shared__ __align__(16) bf16_t ks[MMA_KT * KS];
+    __shared__ __align__(16) bf16_t vt[HD * VS];
+    const int group = n_heads / n_kv_heads;
+    const int tile = blockIdx.x, g = blockIdx.y, split = blockIdx.z, nsplit = gridDim.z;
+    const int seq = tile_info[tile * 4 + 0], row0 = tile_info[tile * 4 + 1];
+    const int qcount = tile_info[tile * 4 + 2], pos0 = tile_info[tile * 4 + 3];
+    const int nrows = qcount * group;
+    const int kbeg = split * split_len;
+    const int kend = min(pos0 + qcount, kbeg + split_len);
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int gid = lane >> 2, tig = lane & 3;
+    const float sl2 = scale * 1.4426950408889634f;
+
+    // This thread's two rows (gid, gid + 8 of the warp's 16) and their causal limits.
+    int rr[2], lim[2], qi[2], hh[2];
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        rr[i] = warp * 16 + gid + 8 * i;
+        qi[i] = rr[i] / group;
+        hh[i] = g * group + rr[i] % group;
+        lim[i] = rr[i] < nrows ? pos0 + qi[i] + 1 : 0;
+    }
+    // Q fragments for every 16-wide k step.
+    u32 qf[HD / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; ++kk) {
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            u32 lo = 0, hi = 0;
+            if (rr[i] < nrows) {
+                const bf16_t* qr = q + (u64)(row0 + qi[i]) * q_stride + (u64)hh[i] * HD + kk * 16 + tig * 2;
+                lo = *(const u32*)qr;
+                hi = *(const u32*)(qr + 8);
+            }
+            qf[kk][i] = lo;      // a0 (row gid) / a1 (row gid + 8)
+            qf[kk][2 + i] = hi;  // a2 / a3
+        }
+    }
+    float o[HD / 8][4];
+#pragma unroll
+    for (int n = 0; n < HD / 8; ++n)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) o[n][e] = 0.f;
+    float m[2] = {NEG_BIG, NEG_BIG}, l[2] = {0.f, 0.f};
+    const int* bt = block_tables + (u64)seq * max_pages;
+
+    for (int t0 = kbeg; t0 < kend; t0 += MMA_KT) {
+        __syncthreads();
+        for (int idx = threadIdx.x; idx < MMA_KT * (HD / 8); idx += blockDim.x) {
+            const int j = idx / (HD / 8), d = (idx % (HD / 8)) * 8;
+            const int key = t0 + j;
+            uint4 kv4 = make_uint4(0, 0, 0, 0), vv4 = make_uint4(0, 0, 0, 0);
+            if (key < kend) {
+                const u64 slot = (u64)bt[key / page_size] * page_size + key % page_size;
+                const u64 off = (slot * n_kv_heads + g) * HD + d;
+                kv4 = *(const uint4*)(k_pool + off);
+                vv4 = *(const uint4*)(v_pool + off);
+            }
+            *(uint4*)(ks + j * KS + d) = kv4;
+            const u32 vw[4] = {vv4.x, vv4.y, vv4.z, vv4.w};
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                vt[(d + 2 * e) * VS + j] = (bf16_t)(vw[e] & 0xffff);
+                vt[(d + 2 * e + 1) * VS + j] = (bf16_t)(vw[e] >> 16);
+            }
+        }
+        __syncthreads();
+        // S = Q K^T: 16 rows x 64 keys per warp (8 n-tiles of 8 keys).
+        float s[MMA_KT / 8][4];
+#pragma unroll
+        for (int n = 0; n < MMA_KT / 8; ++n) {
+#pragma unroll
+            for (int e = 0; e < 4; ++e) s[n][e] = 0.f;
+            const bf16_t* kr = ks + (n * 8 + gid) * KS + tig * 2;
+#pragma unroll
+            for (int kk = 0; kk < HD / 16; ++kk) {
+                const u32 b0 = *(const u32*)(kr + kk * 16);
+                const u32 b1 = *(const u32*)(kr + kk * 16 + 8);
+                mma_bf16_16816(s[n], qf[kk], b0, b1);
+            }
+        }
+        // Online softmax per row (the 4 threads of a quad share a row).
+        float mt[2] = {NEG_BIG, NEG_BIG};
+#pragma unroll
+        for (int n = 0; n < MMA_KT / 8; ++n)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int i = e >> 1, key = t0 + n * 8 + tig * 2 + (e & 1);
+                const bool ok = key < kend && key < lim[i];
+                s[n][e] = ok ? s[n][e] * sl2 : NEG_INF;
+                mt[i] = fmaxf(mt[i], s[n][e]);
+            }
+        float corr[2], rs[2] = {0.f, 0.f};
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            mt[i] = fmaxf(mt[i], __shfl_xor_sync(FULL_MASK, mt[i], 1));
+            mt[i] = fmaxf(mt[i], __shfl_xor_sync(FULL_MASK, mt[i], 2));
+            const float mnew = fmaxf(m[i], mt[i]);
+            corr[i] = exp2f(m[i] - mnew);
+            m[i] = mnew;
+        }
+#pragma unroll
+        for (int n = 0; n < MMA_KT / 8; ++n)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const int i = e >> 1;
+                const float p = s[n][e] == NEG_INF ? 0.f : exp2f(s[n][e] - m[i]);
+                s[n][e] = p;
+                rs[i] += p;
+            }
+#pragma unroll
+        for (int i = 0; i < 2; ++i) {
+            rs[i] += __shfl_xor_sync(FULL_MASK, rs[i], 1);
+            rs[i] += __shfl_xor_sync(FULL_MASK, rs[i], 2);
+            l[i] = l[i] * corr[i] + rs[i];
+        }
+#pragma unroll
+        for (int n = 0; n < HD / 8; ++n) {
+            o[n][0] *= corr[0];
+            o[n][1] *= corr[0];
+            o[n][2] *= corr[1];
+            o[n][3] *= corr[1];
+        }
+        // O += P V: P from the S fragments (16 keys per k step), V^T rows as B columns.
+#pragma unroll
+        for (int kk = 0; kk < MMA_KT / 16; ++kk) {
+            u32 a[4];
+            a[0] = pack_bf16x2(s[2 * kk][0], s[2 * kk][1]);
+            a[1] = pack_bf16x2(s[2 * kk][2], s[2 * kk][3]);
+            a[2] = pack_bf16x2(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+            a[3] = pack_bf16x2(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+            for (int n = 0; n < HD / 8; ++n) {
+                const bf16_t* vr = vt + (n * 8 + gid) * VS + kk * 16 + tig * 2;
+                mma_bf16_16816(o[n], a, *(const u32*)vr, *(const u32*)(vr + 8));
+            }
+        }
+    }
+
+#pragma unroll
+    for (int i = 0; i < 2; ++i) {
+        if (rr[i] >= nrows) continue;
+        const int grow = row0 + qi[i], h = hh[i];
+        if (nsplit == 1) {
+            const float inv = l[i] > 0.f ? 1.f / l[i] : 0.f;
+#pragma unroll
+            for (int n = 0; n < HD / 8; ++n)
+                *(u32*)(out + (u64)grow * out_stride + (u64)h * HD + n * 8 + tig * 2) =
+                    pack_bf16x2(o[n][2 * i] * inv, o[n][2 * i + 1] * inv);
+        } else {
+            const u64 base = ((u64)split * total_rows + grow) * n_heads + h;
+#pragma unroll
+            for (int n = 0; n < HD / 8; ++n) {
+                part_acc[base * HD + n * 8 + tig * 2] = o[n][2 * i];
+                part_acc[base * HD + n * 8 + tig * 2 + 1] = o[n][2 * i + 1];
+            }
+            // Partials use natural-log units like paged_attention's.
+            if (tig == 0) {
+                part_ml[base * 2] = m[i] == NEG_BIG ? NEG_BIG : m[i] * 0.6931471805599453f;
+                part_ml[base * 2 + 1] = l[i];
+            }
+        }
+    }
+}
+
+#define MMA_KERNEL(HD)                                                                            \
+    extern "C" __global__ void __launch_bounds__(128) paged_attention_mma_d##HD(                  \
+        const bf16_t* q, int q_stride, const bf16_t* k_pool, const bf16_t* v_pool,                \
+        const int* block_tables, int max_pages, int page_size, const int* tile_info, int n_heads, \
+        int n_kv_heads, int head_dim, float scale, int split_len, bf16_t* out, int out_stride,    \
+        float* part_acc, float* part_ml, int total_rows) {                                        \
+        pdl_enter();                                                                              \
+        paged_attention_mma_body<HD>(q, q_stride, k_pool, v_pool, block_tables, max_pages,        \
+                                     page_size, tile_info, n_heads, n_kv_heads, scale, split_len, \
+                                     out, out_stride, part_acc, part_ml, total_rows);             \
+    }
+MMA_KERNEL(64)
+MMA_KERNEL(128)

@@ -173,7 +173,7 @@ where
     let tokenizer = Tokenizer::load(dir)?;
     tracing::info!(path = %dir.display(), arch = cfg.arch.hf_name(), "loading weights");
     let t0 = std::time::Instant::now();
-    let model = load(dir, &cfg, context_length + 1)?;
+    let mut model = load(dir, &cfg, context_length + 1)?;
     let params = param_count(&cfg);
     tracing::info!(params, secs = t0.elapsed().as_secs_f64(), "weights loaded");
     let per_token = model.kv_bytes_per_token();
@@ -196,7 +196,8 @@ where
             "the KV cache would hold only {tokens} tokens; raise --mem-fraction-static or --max-total-tokens"
         )));
     }
-    let pool = DeviceKvPool::new(&model, num_pages, opts.page_size)?;
+    let mut pool = DeviceKvPool::new(&model, num_pages, opts.page_size)?;
+    model.warmup(&mut pool.buffers)?;
     let max_total_tokens = pool.total_pages() * opts.page_size;
     tracing::info!(
         max_total_tokens,

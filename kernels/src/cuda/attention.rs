@@ -35,7 +35,38 @@ pub enum AttnKernel {
     Decode,
     /// `paged_attention_decode2_*`: one query per sequence, group 1/2/4/8, head_dim 64/128.
     Decode2,
+    /// `paged_attention_mma_d{64,128}`: tensor-core prefill / prefix-extend, 64 rows per tile.
+    PrefillMma,
 }
+
+/// Rows (token x head pairs) one tensor-core prefill block serves; mirrors MMA_ROWS.
+const MMA_ROWS: usize = 64;
+
+static MMA: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Whether plans for prefill use the tensor-core kernel (default on; `STRATA_ATTN_MMA=0` or
+/// `set_mma(false)` picks the f32 `paged_attention` instead, for A/B runs and checks).
+pub fn mma_enabled() -> bool {
+    MMA.load(std::sync::atomic::Ordering::Relaxed)
+        && std::env::var("STRATA_ATTN_MMA").map_or(true, |v| v != "0")
+}
+
+/// Turns the tensor-core prefill kernel on or off for plans made after this call.
+pub fn set_mma(on: bool) {
+    MMA.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Index of the tensor-core prefill kernel for `head_dim`, if there is one.
+pub(crate) fn mma_index(head_dim: usize) -> Option<usize> {
+    match head_dim {
+        64 => Some(0),
+        128 => Some(1),
+        _ => None,
+    }
+}
+
+/// Kernel names of the tensor-core prefill kernels, in `mma_index` order.
+pub(crate) const MMA_NAMES: [&str; 2] = ["paged_attention_mma_d64", "paged_attention_mma_d128"];
 
 /// Index of the decode2 instantiation for (group, head_dim), if there is one.
 pub(crate) fn decode2_index(group: usize, head_dim: usize) -> Option<usize> {
@@ -132,9 +163,13 @@ impl AttnPlan {
     pub fn kernel(&self) -> AttnKernel {
         self.kernel
     }
-    /// Forces the general kernel (for checks); a decode kernel cannot be forced on.
+    /// Forces the general kernel on a decode plan (for checks); a decode kernel cannot be forced
+    /// on, and a tensor-core prefill plan keeps its kernel (its tiles are larger: plan with
+    /// `set_mma(false)` instead).
     pub fn force_general_kernel(&mut self) {
-        self.kernel = AttnKernel::General;
+        if self.kernel != AttnKernel::PrefillMma {
+            self.kernel = AttnKernel::General;
+        }
     }
     /// Runs alternative `DECODE2_VARIANTS[i]` instead of the default decode2 kernel (group 4,
     /// head_dim 128 plans only; false otherwise).
@@ -195,7 +230,20 @@ impl CudaOps {
         ensure(s.page_size > 0 && !seqs.is_empty(), || {
             "empty batch or page size".into()
         })?;
-        let qt = ROWS / group;
+        let decode = seqs.iter().all(|q| q.q_len == 1) && group <= DECODE_MAX_GROUP;
+        let kernel = match (decode, decode2_index(group, s.head_dim)) {
+            (true, Some(_)) => AttnKernel::Decode2,
+            (true, None) => AttnKernel::Decode,
+            (false, _) if mma_enabled() && mma_index(s.head_dim).is_some() => {
+                AttnKernel::PrefillMma
+            }
+            (false, _) => AttnKernel::General,
+        };
+        let qt = if kernel == AttnKernel::PrefillMma {
+            MMA_ROWS / group
+        } else {
+            ROWS / group
+        };
         let max_pages = seqs.iter().map(|q| q.pages.len()).max().unwrap_or(1).max(1);
         let mut tiles = Vec::new();
         let mut tables = vec![0i32; seqs.len() * max_pages];
@@ -235,16 +283,11 @@ impl CudaOps {
             max_kv = max_kv.max(q.kv_len);
         }
         let n_tiles = tiles.len() / 4;
-        let decode = seqs.iter().all(|q| q.q_len == 1) && group <= DECODE_MAX_GROUP;
-        let kernel = match (decode, decode2_index(group, s.head_dim)) {
-            (true, Some(_)) => AttnKernel::Decode2,
-            (true, None) => AttnKernel::Decode,
-            (false, _) => AttnKernel::General,
-        };
         let min_split = match kernel {
             AttnKernel::Decode2 => DECODE2_MIN_SPLIT,
             AttnKernel::Decode => DECODE_MIN_SPLIT,
             AttnKernel::General => 2 * KEY_TILE,
+            AttnKernel::PrefillMma => 2 * MMA_ROWS,
         };
         let blocks = n_tiles * s.n_kv_heads;
         // Aim for ~4 resident blocks per SM; never split below two key tiles per split.
@@ -368,6 +411,9 @@ impl CudaOps {
             self.go(f, decode_dims, &args)?;
         } else if plan.kernel == AttnKernel::Decode {
             self.go(&self.attention_decode, decode_dims, &args)?;
+        } else if plan.kernel == AttnKernel::PrefillMma {
+            let idx = mma_index(hd).expect("planned only for supported head sizes");
+            self.go(&self.attention_mma[idx], decode_dims, &args)?;
         } else {
             let dims = Dims {
                 grid,

@@ -53,6 +53,21 @@ impl LlamaShape {
             eps: 1e-5,
         }
     }
+    /// Llama-3.2-1B dimensions (its LM head is tied to the embedding; here it is a separate
+    /// matrix of the same size, so a decode step reads the same bytes).
+    pub fn llama32_1b() -> Self {
+        Self {
+            hidden: 2048,
+            n_heads: 32,
+            n_kv_heads: 8,
+            head_dim: 64,
+            inter: 8192,
+            layers: 16,
+            vocab: 128256,
+            rope_theta: 500000.0,
+            eps: 1e-5,
+        }
+    }
     /// Width of the fused qkv projection.
     pub fn qkv_width(&self) -> usize {
         (self.n_heads + 2 * self.n_kv_heads) * self.head_dim

@@ -31,6 +31,8 @@ pub struct CudaOps {
     pub(crate) attention_decode: CudaFunction,
     /// `paged_attention_decode2_*`, in `attention::decode2_index` order.
     pub(crate) attention_decode2: Vec<CudaFunction>,
+    /// `paged_attention_mma_*`, in `attention::mma_index` order.
+    pub(crate) attention_mma: Vec<CudaFunction>,
     /// `attention::DECODE2_VARIANTS`, for side-by-side timing.
     pub(crate) attention_decode2_variants: Vec<CudaFunction>,
     pub(crate) sample: CudaFunction,
@@ -65,6 +67,10 @@ impl CudaOps {
             combine: ctx.function(Program::Attention, "attention_combine")?,
             attention_decode: ctx.function(Program::Attention, "paged_attention_decode")?,
             attention_decode2: super::attention::DECODE2_NAMES
+                .iter()
+                .map(|n| ctx.function(Program::Attention, n))
+                .collect::<Result<_>>()?,
+            attention_mma: super::attention::MMA_NAMES
                 .iter()
                 .map(|n| ctx.function(Program::Attention, n))
                 .collect::<Result<_>>()?,

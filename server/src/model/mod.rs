@@ -3,6 +3,7 @@
 
 pub mod chat_template;
 pub mod config;
+pub mod cuda;
 pub mod llama;
 pub mod runner;
 pub mod tokenizer;
@@ -27,6 +28,8 @@ pub enum ModelError {
     Bad { path: String, msg: String },
     #[error("kernel error: {0}")]
     Kernel(#[from] strata_kernels::KernelError),
+    #[error("CUDA: {0}")]
+    Cuda(#[from] strata_kernels::cuda::CudaError),
 }
 
 impl ModelError {

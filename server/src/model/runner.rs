@@ -120,6 +120,10 @@ pub trait ModelRunner: Send + 'static {
     ) -> Result<(), ModelError> {
         Err(no_page_io(self.name()))
     }
+    /// Start-up work once the KV cache exists (the CUDA runner captures its decode graphs).
+    fn warmup(&mut self, _kv: &mut Self::Kv) -> Result<(), ModelError> {
+        Ok(())
+    }
     /// Runs `batch` and samples one token per `batch.logit_rows` entry (`sampling` is parallel to
     /// it).
     fn run_batch(

@@ -24,7 +24,7 @@ pub struct WeightMap {
     dir: PathBuf,
 }
 
-fn shard_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
+pub(crate) fn shard_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
     let single = dir.join("model.safetensors");
     if single.exists() {
         return Ok(vec![single]);

@@ -9,6 +9,7 @@
 
 mod bpe;
 mod files;
+mod large;
 
 pub use bpe::byte_chars;
 pub use files::shard_checkpoint;
@@ -25,6 +26,38 @@ use strata_server::seeded::SplitMix64;
 pub enum Size {
     Tiny,
     Small,
+    /// The shapes of Llama-3.2-1B (tied embeddings), random weights.
+    Llama32_1b,
+    /// The shapes of Llama-3.1-8B, random weights.
+    Llama31_8b,
+    /// The shapes of Qwen3-8B, random weights.
+    Qwen3_8b,
+}
+
+impl Size {
+    /// Parses a `--size` name.
+    pub fn parse(s: &str) -> Option<Size> {
+        Some(match s {
+            "tiny" => Size::Tiny,
+            "small" => Size::Small,
+            "llama-3.2-1b" | "llama3.2-1b" | "1b" => Size::Llama32_1b,
+            "llama-3.1-8b" | "llama3.1-8b" | "8b" => Size::Llama31_8b,
+            "qwen3-8b" => Size::Qwen3_8b,
+            _ => return None,
+        })
+    }
+    /// The architecture a real-shape size is named after (None: any); the default of `--arch`.
+    pub fn arch(self) -> Option<strata_server::model::Arch> {
+        use strata_server::model::Arch;
+        match self {
+            Size::Tiny | Size::Small => None,
+            Size::Llama32_1b | Size::Llama31_8b => Some(Arch::Llama),
+            Size::Qwen3_8b => Some(Arch::Qwen3),
+        }
+    }
+    fn is_large(self) -> bool {
+        self.arch().is_some()
+    }
 }
 
 /// On-disk dtype of the weights.
@@ -55,6 +88,10 @@ pub const SPECIAL_TOKENS: [&str; 4] = [
 const CHAT_TEMPLATE: &str = "{{ bos_token }}{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
 
 struct Dims {
+    /// (rope_theta, llama3 factor, original max positions) for Llama; max positions; tied.
+    rope: (f64, f64, usize),
+    max_pos: usize,
+    tied: Option<bool>,
     hidden: usize,
     inter: usize,
     layers: usize,
@@ -67,8 +104,16 @@ struct Dims {
 
 fn dims(arch: strata_server::model::Arch, size: Size) -> Dims {
     use strata_server::model::Arch;
+    let small_theta = if arch == Arch::Llama {
+        500000.0
+    } else {
+        1000000.0
+    };
     match size {
         Size::Tiny => Dims {
+            rope: (small_theta, 8.0, 256),
+            max_pos: 4096,
+            tied: None,
             hidden: 64,
             inter: 160,
             layers: 2,
@@ -79,6 +124,9 @@ fn dims(arch: strata_server::model::Arch, size: Size) -> Dims {
             merges: 240,
         },
         Size::Small => Dims {
+            rope: (small_theta, 8.0, 256),
+            max_pos: 4096,
+            tied: None,
             hidden: 384,
             inter: 1024,
             layers: 6,
@@ -86,6 +134,45 @@ fn dims(arch: strata_server::model::Arch, size: Size) -> Dims {
             kv_heads: 2,
             head_dim: 64,
             vocab: 2048,
+            merges: 1500,
+        },
+        Size::Llama32_1b => Dims {
+            rope: (500000.0, 32.0, 8192),
+            max_pos: 131072,
+            tied: Some(true),
+            hidden: 2048,
+            inter: 8192,
+            layers: 16,
+            heads: 32,
+            kv_heads: 8,
+            head_dim: 64,
+            vocab: 128256,
+            merges: 1500,
+        },
+        Size::Llama31_8b => Dims {
+            rope: (500000.0, 8.0, 8192),
+            max_pos: 131072,
+            tied: Some(false),
+            hidden: 4096,
+            inter: 14336,
+            layers: 32,
+            heads: 32,
+            kv_heads: 8,
+            head_dim: 128,
+            vocab: 128256,
+            merges: 1500,
+        },
+        Size::Qwen3_8b => Dims {
+            rope: (1000000.0, 1.0, 0),
+            max_pos: 40960,
+            tied: Some(false),
+            hidden: 4096,
+            inter: 12288,
+            layers: 36,
+            heads: 32,
+            kv_heads: 8,
+            head_dim: 128,
+            vocab: 151936,
             merges: 1500,
         },
     }
@@ -148,13 +235,13 @@ pub fn make_model(spec: &MakeModel, out: &Path) -> std::io::Result<()> {
     )?;
 
     // Config.
-    let tied = spec.arch != Arch::Llama;
+    let tied = d.tied.unwrap_or(spec.arch != Arch::Llama);
     let mut cfg = json!({
         "architectures": [spec.arch.hf_name()],
         "model_type": match spec.arch { Arch::Llama => "llama", Arch::Qwen2 => "qwen2", Arch::Qwen3 => "qwen3" },
         "vocab_size": d.vocab, "hidden_size": d.hidden, "intermediate_size": d.inter,
         "num_hidden_layers": d.layers, "num_attention_heads": d.heads, "num_key_value_heads": d.kv_heads,
-        "head_dim": d.head_dim, "hidden_act": "silu", "max_position_embeddings": 4096, "rms_norm_eps": 1e-6,
+        "head_dim": d.head_dim, "hidden_act": "silu", "max_position_embeddings": d.max_pos, "rms_norm_eps": 1e-6,
         "tie_word_embeddings": tied, "bos_token_id": bos, "eos_token_id": if llama { eos } else { im_end },
         "torch_dtype": match spec.dtype { DType::F32 => "float32", DType::BF16 => "bfloat16", DType::F16 => "float16" },
         "attention_dropout": 0.0, "use_cache": true,
@@ -162,17 +249,17 @@ pub fn make_model(spec: &MakeModel, out: &Path) -> std::io::Result<()> {
     let o = cfg.as_object_mut().expect("object");
     match spec.arch {
         Arch::Llama => {
-            o.insert("rope_theta".into(), json!(500000.0));
+            o.insert("rope_theta".into(), json!(d.rope.0));
             o.insert("attention_bias".into(), json!(false));
             o.insert("mlp_bias".into(), json!(false));
             o.insert(
                 "rope_scaling".into(),
-                json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-                "high_freq_factor": 4.0, "original_max_position_embeddings": 256}),
+                json!({"rope_type": "llama3", "factor": d.rope.1, "low_freq_factor": 1.0,
+                "high_freq_factor": 4.0, "original_max_position_embeddings": d.rope.2}),
             );
         }
         Arch::Qwen2 | Arch::Qwen3 => {
-            o.insert("rope_theta".into(), json!(1000000.0));
+            o.insert("rope_theta".into(), json!(d.rope.0));
             o.insert("use_sliding_window".into(), json!(false));
             o.insert("sliding_window".into(), Value::Null);
             o.insert("max_window_layers".into(), json!(d.layers));
@@ -188,12 +275,34 @@ pub fn make_model(spec: &MakeModel, out: &Path) -> std::io::Result<()> {
     )?;
 
     // Weights, drawn in a fixed order.
+    let specs = weight_specs(spec.arch, &d, tied);
+    let path = out.join("model.safetensors");
+    if spec.size.is_large() {
+        return large::write(&path, specs, spec.seed, spec.dtype);
+    }
     let mut rng = SplitMix64(spec.seed);
     let mut tensors: BTreeMap<String, (Vec<usize>, Vec<f32>)> = BTreeMap::new();
+    for t in specs {
+        let n: usize = t.shape.iter().product();
+        let data = (0..n)
+            .map(|_| (t.mean + t.std * rng.normal()) as f32)
+            .collect();
+        tensors.insert(t.name, (t.shape, data));
+    }
+    write_safetensors(&path, &tensors, spec.dtype)
+}
+
+/// Every tensor of the checkpoint with its distribution, in drawing order.
+fn weight_specs(arch: strata_server::model::Arch, d: &Dims, tied: bool) -> Vec<large::Spec> {
+    use strata_server::model::Arch;
+    let mut v = Vec::new();
     let mut put = |name: String, shape: Vec<usize>, std: f64, mean: f64| {
-        let n: usize = shape.iter().product();
-        let data = (0..n).map(|_| (mean + std * rng.normal()) as f32).collect();
-        tensors.insert(name, (shape, data));
+        v.push(large::Spec {
+            name,
+            shape,
+            std,
+            mean,
+        })
     };
     let (h, qd, kvd) = (d.hidden, d.heads * d.head_dim, d.kv_heads * d.head_dim);
     // Projections are scaled by 1/sqrt(fan-in); norms are 1 + noise; biases and embeddings noise.
@@ -212,12 +321,12 @@ pub fn make_model(spec: &MakeModel, out: &Path) -> std::io::Result<()> {
             ("self_attn.k_proj.weight", vec![kvd, h], by_h, 0.0),
             ("self_attn.v_proj.weight", vec![kvd, h], by_h, 0.0),
         ];
-        if spec.arch == Arch::Qwen2 {
+        if arch == Arch::Qwen2 {
             w.push(("self_attn.q_proj.bias", vec![qd], 0.1, 0.0));
             w.push(("self_attn.k_proj.bias", vec![kvd], 0.1, 0.0));
             w.push(("self_attn.v_proj.bias", vec![kvd], 0.1, 0.0));
         }
-        if spec.arch == Arch::Qwen3 {
+        if arch == Arch::Qwen3 {
             w.push(("self_attn.q_norm.weight", vec![d.head_dim], 0.1, 1.0));
             w.push(("self_attn.k_norm.weight", vec![d.head_dim], 0.1, 1.0));
         }
@@ -236,7 +345,7 @@ pub fn make_model(spec: &MakeModel, out: &Path) -> std::io::Result<()> {
     if !tied {
         put("lm_head.weight".into(), vec![d.vocab, h], by_h, 0.0);
     }
-    write_safetensors(&out.join("model.safetensors"), &tensors, spec.dtype)
+    v
 }
 
 #[cfg(test)]

@@ -9,10 +9,12 @@ pub struct Args {
     /// Output directory (created if missing; files are overwritten).
     #[arg(long)]
     out: PathBuf,
-    /// Architecture: llama, qwen2 or qwen3.
-    #[arg(long, default_value = "llama")]
-    arch: String,
-    /// tiny (~0.1M params, for tests) or small (~10M params, for benchmarks).
+    /// Architecture: llama, qwen2 or qwen3 (default: the one a real-shape size is named after,
+    /// else llama; another arch on a real shape keeps its dimensions).
+    #[arg(long)]
+    arch: Option<String>,
+    /// tiny (~0.1M params, for tests), small (~10M params), or the real shapes of
+    /// llama-3.2-1b, llama-3.1-8b, qwen3-8b (random weights; these imply --arch).
     #[arg(long, default_value = "tiny")]
     size: String,
     /// Seed of the weight generator.
@@ -24,16 +26,18 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let arch = match a.arch.as_str() {
-        "llama" => Arch::Llama,
-        "qwen2" => Arch::Qwen2,
-        "qwen3" => Arch::Qwen3,
-        o => anyhow::bail!("--arch: unknown architecture `{o}` (llama, qwen2, qwen3)"),
-    };
-    let size = match a.size.as_str() {
-        "tiny" => Size::Tiny,
-        "small" => Size::Small,
-        o => anyhow::bail!("--size: unknown size `{o}` (tiny, small)"),
+    let size = Size::parse(&a.size).ok_or_else(|| {
+        anyhow::anyhow!(
+            "--size: unknown size `{}` (tiny, small, llama-3.2-1b, llama-3.1-8b, qwen3-8b)",
+            a.size
+        )
+    })?;
+    let arch = match a.arch.as_deref() {
+        Some("llama") => Arch::Llama,
+        Some("qwen2") => Arch::Qwen2,
+        Some("qwen3") => Arch::Qwen3,
+        None => size.arch().unwrap_or(Arch::Llama),
+        Some(o) => anyhow::bail!("--arch: unknown architecture `{o}` (llama, qwen2, qwen3)"),
     };
     let dtype = match a.dtype.as_str() {
         "f32" | "float32" => DType::F32,
@@ -53,7 +57,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     eprintln!(
         "wrote {} ({}, {}, seed {})",
         a.out.display(),
-        a.arch,
+        arch.hf_name(),
         a.size,
         a.seed
     );

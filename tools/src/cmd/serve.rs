@@ -2,7 +2,9 @@
 //!
 //! The compute backend is chosen by `--device`: `auto` (default) takes CUDA on GPU `--base-gpu-id`
 //! when the driver, a GPU and the CUDA libraries are present and the CPU otherwise, logging which and
-//! why; `cuda` fails instead of falling back; `cpu` never probes. `--tp-size` other than 1 is refused
+//! why; `cuda` fails instead of falling back; `cpu` never probes. On CUDA the bf16 model runner
+//! serves (`--dtype auto|bfloat16|float16`, CUDA graphs for decode), or the f32 reference backend
+//! with `--dtype float32` (docs/gpu.md). `--tp-size` other than 1 is refused
 //! until tensor parallelism exists. Unknown flags are rejected by clap, naming
 //! the flag.
 
@@ -11,7 +13,8 @@ use strata_kernels::cuda::{select, BackendKind, CudaBackend};
 use strata_server::hicache::{
     apply_extra_config, parse_layout, parse_prefetch_policy, parse_write_policy, HiCacheConfig,
 };
-use strata_server::launch::{launch, launch_cpu, ServeOptions};
+use strata_server::launch::{launch, launch_cpu, launch_with, ServeOptions};
+use strata_server::model::cuda::{CudaRunner, CudaRunnerOptions};
 use strata_server::pd::{parse_mode, Mode, PdConfig};
 
 #[derive(clap::Args, Debug, serde::Serialize)]
@@ -43,9 +46,10 @@ pub struct Args {
     /// Context length (default: max_position_embeddings of config.json).
     #[arg(long)]
     context_length: Option<usize>,
-    /// Fraction of available memory for weights + KV cache.
-    #[arg(long, default_value_t = 0.5)]
-    mem_fraction_static: f64,
+    /// Fraction of memory for weights + KV cache: of the GPU's memory on CUDA (default 0.88, as
+    /// SGLang on large GPUs), of available host memory on the CPU (default 0.5).
+    #[arg(long)]
+    mem_fraction_static: Option<f64>,
     /// KV cache size in tokens (overrides --mem-fraction-static).
     #[arg(long)]
     max_total_tokens: Option<usize>,
@@ -71,9 +75,20 @@ pub struct Args {
     /// Accepted for compatibility (no remote code is ever run).
     #[arg(long)]
     trust_remote_code: bool,
-    /// Weight dtype: auto or float32 (the CPU backend computes in f32 whatever is on disk).
+    /// Weight/compute dtype: auto, bfloat16 or float16 run the bf16 CUDA stack (float16 weights
+    /// are rounded to bf16); float32 runs the f32 CUDA reference path, whose greedy output equals
+    /// the CPU backend's. The CPU backend computes in f32 whatever is on disk.
     #[arg(long, default_value = "auto")]
     dtype: String,
+    /// KV cache dtype: auto or bfloat16 (bf16 on the CUDA stack, f32 on the CPU and float32 paths).
+    #[arg(long, default_value = "auto")]
+    kv_cache_dtype: String,
+    /// Largest decode batch replayed from a CUDA graph (default: --max-running-requests, at most 256).
+    #[arg(long)]
+    cuda_graph_max_bs: Option<usize>,
+    /// Run every decode step eagerly (no CUDA graphs).
+    #[arg(long)]
+    disable_cuda_graph: bool,
     /// Compute device: auto (CUDA when a GPU is usable, else CPU), cuda, or cpu.
     #[arg(long, default_value = "auto")]
     device: String,
@@ -250,10 +265,21 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             a.dtype
         );
     }
+    if !matches!(a.kv_cache_dtype.as_str(), "auto" | "bfloat16" | "bf16") {
+        anyhow::bail!(
+            "--kv-cache-dtype {}: expected auto or bfloat16 (fp8 KV caches are not implemented)",
+            a.kv_cache_dtype
+        );
+    }
+    if let Some(f) = a.mem_fraction_static {
+        if !(f > 0.0 && f <= 1.0) {
+            anyhow::bail!("--mem-fraction-static {f}: expected a fraction in (0, 1]");
+        }
+    }
     if !matches!(a.device.as_str(), "auto" | "cpu" | "cuda") {
         anyhow::bail!("--device {}: expected auto, cuda or cpu", a.device);
     }
-    let opts = ServeOptions {
+    let mut opts = ServeOptions {
         model_path: a.model_path.clone(),
         served_model_name: a.served_model_name.clone(),
         page_size: a.page_size,
@@ -261,7 +287,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         chunked_prefill_size: (a.chunked_prefill_size > 0)
             .then_some(a.chunked_prefill_size as usize),
         context_length: a.context_length,
-        mem_fraction_static: a.mem_fraction_static,
+        mem_fraction_static: a.mem_fraction_static.unwrap_or(0.5),
         max_total_tokens: a.max_total_tokens,
         disable_radix_cache: a.disable_radix_cache,
         radix_eviction_lfu: match a.radix_eviction_policy.as_str() {
@@ -280,7 +306,34 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     };
     let (kind, ctx) = select(a.base_gpu_id as usize, a.device == "cpu");
     let state = match (kind, ctx) {
-        (BackendKind::Cuda { .. }, Some(ctx)) => launch(&opts, CudaBackend::new(ctx)?)?,
+        (BackendKind::Cuda { .. }, Some(ctx))
+            if matches!(a.dtype.as_str(), "float32" | "float") =>
+        {
+            launch(&opts, CudaBackend::new(ctx)?)?
+        }
+        (BackendKind::Cuda { .. }, Some(ctx)) => {
+            opts.mem_fraction_static = a.mem_fraction_static.unwrap_or(0.88);
+            if matches!(a.dtype.as_str(), "float16" | "half") {
+                tracing::info!(
+                    "--dtype float16: weights are rounded to bfloat16 (the CUDA kernels are bf16)"
+                );
+            }
+            let max_running = a.max_running_requests.max(1);
+            let graph_bs = if a.disable_cuda_graph {
+                0
+            } else {
+                a.cuda_graph_max_bs.unwrap_or(max_running.min(256))
+            };
+            launch_with(&opts, |dir, cfg, max_positions| {
+                let ro = CudaRunnerOptions {
+                    context_length: max_positions,
+                    cuda_graph_max_bs: graph_bs,
+                    max_prefill_tokens: opts.chunked_prefill_size.unwrap_or(max_positions),
+                    max_running_requests: max_running,
+                };
+                Ok(CudaRunner::load(ctx, dir, cfg, ro)?)
+            })?
+        }
         (BackendKind::Cpu { reason }, _) if a.device == "cuda" => {
             anyhow::bail!("--device cuda: {reason}")
         }

@@ -39,6 +39,9 @@ pub struct Args {
     /// Override the layer count (default: Llama-3-8B's 32).
     #[arg(long)]
     pub layers: Option<usize>,
+    /// Model shape of the decode/prefill benchmark: llama-3.1-8b or llama-3.2-1b.
+    #[arg(long, default_value = "llama-3.1-8b")]
+    pub shape: String,
     /// Write all numbers as JSON here.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,

@@ -62,7 +62,11 @@ pub fn run(
     gemm_rate: Option<f64>,
     summary: &mut Vec<String>,
 ) -> anyhow::Result<Value> {
-    let mut shape = LlamaShape::llama3_8b();
+    let mut shape = match args.shape.as_str() {
+        "llama-3.2-1b" | "1b" => LlamaShape::llama32_1b(),
+        "llama-3.1-8b" | "8b" => LlamaShape::llama3_8b(),
+        o => anyhow::bail!("--shape {o}: expected llama-3.1-8b or llama-3.2-1b"),
+    };
     if let Some(l) = args.layers {
         shape.layers = l;
     }

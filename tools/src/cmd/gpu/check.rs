@@ -97,7 +97,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let ops = CudaOps::new(ctx.clone()).context("compiling kernels")?;
     println!("kernels ready in {:.2}s", t0.elapsed().as_secs_f64());
     let gemm = Gemm::new(ctx.clone()).context("cuBLAS")?;
-    let steps: [Step; 11] = [
+    let steps: [Step; 14] = [
         ("transfer", &|c| check_transfer(&ctx, c)),
         ("embedding", &|c| check_ops::embedding(&ops, c)),
         ("rmsnorm", &|c| check_ops::rmsnorm(&ops, c)),
@@ -109,6 +109,11 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ("silu_linear", &|c| check_ops::silu_linear(&ops, &gemm, c)),
         ("attention", &|c| check_ops::attention(&ops, c)),
         ("sampling", &|c| check_ops::sampling(&ops, c)),
+        ("qkv_bias_norm", &|c| check_ops::qkv_bias_norm(&ops, c)),
+        ("argmax_rows", &|c| check_ops::argmax_rows(&ops, c)),
+        ("fixed_decode_plan", &|c| {
+            check_ops::fixed_decode_plan(&ops, c)
+        }),
     ];
     for (name, f) in steps {
         if let Err(e) = f(&mut ck) {

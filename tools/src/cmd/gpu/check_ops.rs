@@ -376,6 +376,26 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
             Some(3),
         ),
         ("prefill long", 32, 8, 128, 64, vec![(300, 1500)], None),
+        (
+            "prefill split",
+            32,
+            8,
+            128,
+            16,
+            vec![(64, 600), (7, 40)],
+            Some(4),
+        ),
+        (
+            "prefill g8 d64",
+            16,
+            2,
+            64,
+            16,
+            vec![(50, 130), (3, 3)],
+            None,
+        ),
+        ("prefill g1", 8, 8, 128, 16, vec![(70, 70)], None),
+        ("prefill gen long", 32, 8, 128, 64, vec![(300, 1500)], None),
     ];
     // Every timed decode2 alternative, on the Llama-3-8B head shape it is built for.
     let variants = (0..DECODE2_VARIANTS.len()).map(|i| {
@@ -418,7 +438,14 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
             page_size: page,
             pool_pages,
         };
-        let mut plan = ops.attention_plan(shape, &seqs, splits)?;
+        // "prefill gen" cases plan the f32 kernel instead of the tensor-core one.
+        let gen = name.starts_with("prefill gen");
+        if gen {
+            strata_kernels::cuda::attention::set_mma(false);
+        }
+        let plan = ops.attention_plan(shape, &seqs, splits);
+        strata_kernels::cuda::attention::set_mma(true);
+        let mut plan = plan?;
         if name == "decode general" {
             plan.force_general_kernel();
         }
@@ -452,6 +479,7 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
             AttnKernel::Decode2 => "dec2",
             AttnKernel::Decode => "dec",
             AttnKernel::General => "gen",
+            AttnKernel::PrefillMma => "mma",
         };
         let desc = format!(
             "{name} h{nh}/{nkv} d{hd} p{page} {lens:?} s{} {kernel}",
@@ -541,6 +569,145 @@ pub fn sampling(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
             format!("V{vocab} rows{rows} (fraction != CPU pick)"),
             differ as f64 / rows as f64,
             0.05,
+        );
+    }
+    Ok(())
+}
+
+fn rb(x: f32) -> f32 {
+    r::round_bf16(&[x])[0]
+}
+
+/// `qkv_bias_norm` (Qwen2 bias, Qwen3 per-head q/k RMSNorm) against the CPU arithmetic with
+/// Hugging Face's rounding (normalised value to bf16, then times the weight).
+pub fn qkv_bias_norm(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
+    let c = ops.context();
+    for (t, nh, nkv, hd, bias, norm) in [
+        (3, 4, 2, 64, true, false),
+        (9, 32, 8, 128, false, true),
+        (5, 14, 2, 64, true, true),
+    ] {
+        let width = (nh + 2 * nkv) * hd;
+        let x = ck.bf16_vec(t * width, 2.0);
+        let b = ck.bf16_vec(width, 0.5);
+        let (qn, kn) = (ck.bf16_vec(hd, 1.5), ck.bf16_vec(hd, 1.5));
+        let g = c.upload_bf16(&[t, width], &x)?;
+        let gb = c.upload_bf16(&[width], &b)?;
+        let (gq, gk) = (c.upload_bf16(&[hd], &qn)?, c.upload_bf16(&[hd], &kn)?);
+        ops.qkv_bias_norm(
+            &g,
+            bias.then_some(&gb),
+            norm.then_some((&gq, &gk)),
+            nh,
+            nkv,
+            hd,
+            1e-6,
+        )?;
+        let mut want = x.clone();
+        for row in want.chunks_mut(width) {
+            if bias {
+                for (v, bb) in row.iter_mut().zip(&b) {
+                    *v = rb(*v + bb);
+                }
+            }
+            if norm {
+                for h in 0..nh + nkv {
+                    let w = if h < nh { &qn } else { &kn };
+                    let v = &mut row[h * hd..(h + 1) * hd];
+                    let ss: f64 = v.iter().map(|&x| (x as f64) * (x as f64)).sum();
+                    let rr = (1.0 / (ss / hd as f64 + 1e-6).sqrt()) as f32;
+                    for (x, w) in v.iter_mut().zip(w) {
+                        *x = rb(rb(*x * rr) * w);
+                    }
+                }
+            }
+        }
+        let err = r::rel_err(&c.download_f32(&g)?, &want);
+        ck.rel(
+            "qkv_bias_norm",
+            format!("T{t} heads{nh}/{nkv} hd{hd} bias={bias} norm={norm}"),
+            err,
+            BF16_TOL,
+        );
+    }
+    Ok(())
+}
+
+/// `argmax_rows` (the CUDA runner's greedy pick) must equal the CPU `argmax` exactly, ties to
+/// the lowest index included.
+pub fn argmax_rows(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
+    let c = ops.context();
+    for (b, v) in [(1, 1000), (7, 128256), (33, 151936)] {
+        let mut logits: Vec<f32> = (0..b * v)
+            .map(|_| ck.rng.random_range(-4.0f32..4.0))
+            .collect();
+        // Plant ties: row 0's maximum appears twice.
+        let m = logits[..v].iter().copied().fold(f32::MIN, f32::max) + 1.0;
+        logits[v / 3] = m;
+        logits[v / 2] = m;
+        let gl = c.upload_f32(&[b, v], &logits)?;
+        let out = c.alloc(strata_kernels::cuda::DType::I32, &[b])?;
+        ops.argmax_rows(&gl, &out)?;
+        let got = c.download_i32(&out)?;
+        let bad = logits
+            .chunks(v)
+            .zip(&got)
+            .filter(|(row, &g)| strata_kernels::sampling::argmax(row) as i32 != g)
+            .count();
+        ck.exact("argmax_rows", format!("B{b} V{v}"), bad);
+    }
+    Ok(())
+}
+
+/// A fixed decode plan (CUDA-graph replay) rewritten in place must give the same attention as a
+/// plan built for the batch, for batches smaller than the plan and of mixed lengths.
+pub fn fixed_decode_plan(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
+    let c = ops.context();
+    let (nh, nkv, hd, ps, pool_pages) = (32, 8, 128, 16, 96);
+    let shape = AttnShape {
+        n_heads: nh,
+        n_kv_heads: nkv,
+        head_dim: hd,
+        page_size: ps,
+        pool_pages,
+    };
+    let kv_dim = nkv * hd;
+    let slots = pool_pages * ps;
+    let k = c.upload_bf16(&[slots, kv_dim], &ck.bf16_vec(slots * kv_dim, 1.0))?;
+    let v = c.upload_bf16(&[slots, kv_dim], &ck.bf16_vec(slots * kv_dim, 1.0))?;
+    let max_pages = 24;
+    let plan = ops.decode_plan_fixed(shape, 8, max_pages)?;
+    for n in [1usize, 5, 8] {
+        let mut pages: Vec<i32> = (0..pool_pages as i32).collect();
+        shuffle(&mut ck.rng, &mut pages);
+        let seqs: Vec<AttnSeq> = (0..n)
+            .map(|i| {
+                let kv_len = ck.rng.random_range(1..=max_pages * ps);
+                let np = kv_len.div_ceil(ps);
+                AttnSeq {
+                    q_len: 1,
+                    kv_len,
+                    pages: pages[i * 12 % 72..][..np.min(24)].to_vec(),
+                }
+            })
+            .collect();
+        let q_host = ck.bf16_vec(8 * nh * hd, 1.0);
+        let q = c.upload_bf16(&[8, nh * hd], &q_host)?;
+        let q_n = c.upload_bf16(&[n, nh * hd], &q_host[..n * nh * hd])?;
+        let out_fixed = bf16_out(ops, &[8, nh * hd])?;
+        let out_ref = bf16_out(ops, &[n, nh * hd])?;
+        ops.update_decode_plan(&plan, &seqs)?;
+        ops.paged_attention(&plan, &q, 0, &k, &v, &out_fixed, 0.088)?;
+        let fresh = ops.attention_plan(shape, &seqs, None)?;
+        ops.paged_attention(&fresh, &q_n, 0, &k, &v, &out_ref, 0.088)?;
+        let got = c.download_f32(&out_fixed)?;
+        let want = c.download_f32(&out_ref)?;
+        let err = r::rel_err(&got[..n * nh * hd], &want);
+        ck.rel(
+            "fixed_decode_plan",
+            format!("{n} of 8 rows, pages<=24, {} splits", plan.splits()),
+            err,
+            BF16_TOL,
         );
     }
     Ok(())

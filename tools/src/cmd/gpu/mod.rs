@@ -14,6 +14,7 @@ mod bench_model;
 mod check;
 mod check_ops;
 mod golden;
+mod runner_logits;
 
 #[derive(ClapArgs)]
 pub struct Args {
@@ -31,6 +32,9 @@ enum GpuCommand {
     Bench(bench::Args),
     /// `CudaBackend`'s forward pass against the golden logits and the CPU backend.
     Golden(golden::Args),
+    /// The bf16 CUDA runner's logits for token-id prompts (compared with transformers by
+    /// scripts/hf_runner_compare.py).
+    RunnerLogits(runner_logits::Args),
 }
 
 #[derive(ClapArgs, Clone)]
@@ -47,6 +51,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         GpuCommand::Check(a) => check::run(a),
         GpuCommand::Bench(a) => bench::run(a),
         GpuCommand::Golden(a) => golden::run(a),
+        GpuCommand::RunnerLogits(a) => runner_logits::run(a),
     }
 }
 

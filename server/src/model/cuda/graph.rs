@@ -1,0 +1,164 @@
+//! Decode CUDA graphs: one per batch-size bucket up to `--cuda-graph-max-bs`, captured at start-up
+//! against the KV pool, each with its own activations, metadata buffer and fixed attention plan.
+//!
+//! A replay rewrites the bucket's metadata (ids, positions, slots; padded rows get slot -1 and
+//! write no KV) and the plan's block tables in place, stream-ordered before the launch, so the
+//! captured kernels read the new batch. A batch is replayed only when every sequence decodes one
+//! token, fits the plan's page-table width and the batch fits a bucket; otherwise it runs eagerly.
+
+use super::{Acts, CudaKv, CudaRunner, Meta};
+use crate::model::runner::{SampleReq, Sampled};
+use crate::model::ForwardBatch;
+use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+use cudarc::driver::CudaGraph;
+use strata_kernels::cuda::{AttnPlan, AttnSeq, CudaError};
+
+/// Batch-size buckets up to `max_bs` (SGLang-like: 1, 2, 4, 8, then steps of 8 to 64, of 16
+/// to 256, of 32 beyond), always ending at `max_bs` itself.
+pub(super) fn buckets(max_bs: usize) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut b = 1;
+    while b <= max_bs {
+        out.push(b);
+        b = match b {
+            1 | 2 | 4 => 2 * b,
+            _ if b < 64 => b + 8,
+            _ if b < 256 => b + 16,
+            _ => b + 32,
+        };
+    }
+    if out.last().is_some_and(|&l| l != max_bs) {
+        out.push(max_bs);
+    }
+    out
+}
+
+/// A captured graph executable. CUDA graph objects must not be used from two threads at once;
+/// this one is owned by the runner, which lives on one thread (the scheduler's) at a time.
+struct Exec(CudaGraph);
+// SAFETY: see above: exclusive ownership serialises every call on the graph.
+unsafe impl Send for Exec {}
+
+struct DecodeGraph {
+    bs: usize,
+    acts: Acts,
+    meta: Meta,
+    plan: AttnPlan,
+    exec: Exec,
+}
+
+/// The captured graphs of one runner (empty when disabled).
+#[derive(Default)]
+pub(super) struct Graphs {
+    graphs: Vec<DecodeGraph>,
+    max_pages: usize,
+    pool_ptr: u64,
+}
+
+impl Graphs {
+    /// The captured bucket sizes.
+    pub(super) fn sizes(&self) -> Vec<usize> {
+        self.graphs.iter().map(|g| g.bs).collect()
+    }
+
+    /// Captures one graph per bucket against `kv`.
+    pub(super) fn capture(r: &CudaRunner, kv: &CudaKv) -> Result<Self, CudaError> {
+        let max_pages = r
+            .opts
+            .context_length
+            .div_ceil(kv.page_size)
+            .min(kv.num_pages)
+            .max(1);
+        let mut graphs = Vec::new();
+        for bs in buckets(r.opts.cuda_graph_max_bs) {
+            let acts = r.acts(bs, bs)?;
+            let mut host = vec![0i32; 4 * bs];
+            host[2 * bs..3 * bs].fill(-1);
+            for (i, x) in host[3 * bs..].iter_mut().enumerate() {
+                *x = i as i32;
+            }
+            let buf = r.ctx.upload_i32(&[4 * bs], &host)?;
+            let meta = Meta::views(buf, bs, bs, vec![-1; bs])?;
+            let plan = r.ops.decode_plan_fixed(r.attn_shape(kv), bs, max_pages)?;
+            r.ops.update_decode_plan(&plan, &[])?;
+            // One eager pass first: cuBLASLt times its algorithms outside capture.
+            r.forward(&acts, &meta, &plan, kv)?;
+            r.ctx.synchronize()?;
+            let stream = r.ctx.stream();
+            stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
+            let run = r.forward(&acts, &meta, &plan, kv);
+            let g = stream.end_capture(CUgraphInstantiate_flags(0));
+            run?;
+            let g = g?.ok_or_else(|| CudaError::Shape("empty graph captured".into()))?;
+            g.upload()?;
+            graphs.push(DecodeGraph {
+                bs,
+                acts,
+                meta,
+                plan,
+                exec: Exec(g),
+            });
+        }
+        r.ctx.synchronize()?;
+        Ok(Graphs {
+            graphs,
+            max_pages,
+            pool_ptr: kv.pool.ptr(),
+        })
+    }
+
+    /// Replays the smallest fitting bucket for a decode-only batch; None when the batch does not
+    /// qualify (it then runs eagerly).
+    pub(super) fn try_run(
+        &self,
+        r: &CudaRunner,
+        batch: &ForwardBatch,
+        sampling: &[SampleReq<'_>],
+        kv: &CudaKv,
+    ) -> Result<Option<Vec<Sampled>>, CudaError> {
+        let n = batch.tokens.len();
+        if n == 0 || kv.pool.ptr() != self.pool_ptr || batch.logit_rows.len() != n {
+            return Ok(None);
+        }
+        let Some(g) = self.graphs.iter().find(|g| g.bs >= n) else {
+            return Ok(None);
+        };
+        let decode =
+            batch.seqs.len() == n
+                && batch.seqs.iter().enumerate().all(|(i, s)| {
+                    s.q_len == 1 && s.q_start == i && s.pages.len() <= self.max_pages
+                })
+                && batch.logit_rows.iter().enumerate().all(|(i, &r)| r == i);
+        if !decode {
+            return Ok(None);
+        }
+        let slots_cap = kv.num_pages * kv.page_size;
+        if batch.slots.iter().any(|&s| s as usize >= slots_cap) {
+            return Err(CudaError::Shape(format!(
+                "slot outside pool of {slots_cap}"
+            )));
+        }
+        let bs = g.bs;
+        let mut host = vec![0i32; 3 * bs];
+        host[2 * bs..].fill(-1);
+        for i in 0..n {
+            host[i] = batch.tokens[i] as i32;
+            host[bs + i] = batch.positions[i] as i32;
+            host[2 * bs + i] = batch.slots[i] as i32;
+        }
+        let seqs: Vec<AttnSeq> = batch
+            .seqs
+            .iter()
+            .map(|s| AttnSeq {
+                q_len: 1,
+                kv_len: s.kv_len,
+                pages: s.pages.iter().map(|&p| p as i32).collect(),
+            })
+            .collect();
+        r.ops.update_decode_plan(&g.plan, &seqs)?;
+        r.ctx.write_i32(&g.meta.buf, &host)?;
+        g.exec.0.launch()?;
+        let (_, logits, tokens) = g.acts.head.as_ref().expect("graphs have logits rows");
+        r.sample(logits, tokens, sampling).map(Some)
+    }
+}

@@ -1,0 +1,500 @@
+//! The CUDA model runner: the bf16 stack of `strata_kernels::cuda` (cuBLAS/cuBLASLt GEMMs and the
+//! single-row GEMV, fused RMSNorm + residual, fused RoPE + KV write, the paged decode kernels)
+//! over real weights from a safetensors checkpoint (bf16, f16 or f32 on disk, bf16 on the GPU),
+//! for Llama, Qwen2 (q/k/v bias) and Qwen3 (q/k RMSNorm).
+//!
+//! One forward per scheduler round. The batch metadata (token ids, positions, KV slots, the rows
+//! whose logits are needed) goes up in one copy; the attention plan's block tables in one more.
+//! Decode-only batches of up to `--cuda-graph-max-bs` sequences replay a CUDA graph captured at
+//! start-up for the next batch-size bucket (padded rows write no KV and are discarded); other
+//! batches (prefill chunks, mixed, larger) run eagerly. Greedy rows are picked by an argmax
+//! kernel on the GPU (only the token ids come back); rows with temperature, penalties, masks or
+//! logprobs download their logits row and go through [`sample_host`], so a seed means exactly what
+//! it means on the CPU runner.
+
+mod graph;
+mod kv;
+mod load;
+
+pub use kv::CudaKv;
+
+use super::runner::{check_sampling, sample_host, ModelRunner, SampleReq, Sampled};
+use super::{ForwardBatch, ModelConfig, ModelError};
+use crate::kv::{HostKvPool, PageId};
+use load::Bf16Map;
+use std::path::Path;
+use std::sync::Arc;
+use strata_kernels::cuda::{
+    AttnPlan, AttnSeq, AttnShape, CudaError, CudaOps, DTensor, DType, Gemm, GpuContext,
+};
+
+/// Start-up options of the CUDA runner.
+#[derive(Debug, Clone)]
+pub struct CudaRunnerOptions {
+    /// Longest sequence (sizes the graphs' page tables).
+    pub context_length: usize,
+    /// Largest decode batch replayed from a CUDA graph (0: none).
+    pub cuda_graph_max_bs: usize,
+    /// Tokens of the largest eager forward (reserved out of the KV budget).
+    pub max_prefill_tokens: usize,
+    /// Largest number of sequences in one forward (reserved out of the KV budget).
+    pub max_running_requests: usize,
+}
+
+struct Layer {
+    in_norm: DTensor,
+    qkv: DTensor,
+    qkv_bias: Option<DTensor>,
+    qk_norm: Option<(DTensor, DTensor)>,
+    o: DTensor,
+    post_norm: DTensor,
+    gate_up: DTensor,
+    down: DTensor,
+}
+
+/// Activations for `tokens` rows, `rows` of which get logits.
+struct Acts {
+    resid: DTensor,
+    y: DTensor,
+    h: DTensor,
+    qkv: DTensor,
+    attn: DTensor,
+    gu: DTensor,
+    act: DTensor,
+    /// [rows, hidden], [rows, vocab] f32 and [rows] i32 (argmax); None when rows == 0.
+    head: Option<(DTensor, DTensor, DTensor)>,
+}
+
+/// The per-forward inputs in one i32 buffer: ids, positions, slots (each `tokens`), then the
+/// logits rows.
+struct Meta {
+    ids: DTensor,
+    pos: DTensor,
+    slots: DTensor,
+    last: DTensor,
+    buf: DTensor,
+    host_slots: Vec<i32>,
+}
+
+impl Meta {
+    fn views(
+        buf: DTensor,
+        tokens: usize,
+        rows: usize,
+        host_slots: Vec<i32>,
+    ) -> Result<Self, CudaError> {
+        Ok(Meta {
+            ids: buf.view(0, &[tokens])?,
+            pos: buf.view(tokens, &[tokens])?,
+            slots: buf.view(2 * tokens, &[tokens])?,
+            last: buf.view(3 * tokens, &[rows])?,
+            buf,
+            host_slots,
+        })
+    }
+}
+
+/// The bf16 runner on one GPU.
+pub struct CudaRunner {
+    cfg: ModelConfig,
+    ctx: Arc<GpuContext>,
+    ops: CudaOps,
+    gemm: Gemm,
+    embed: DTensor,
+    layers: Vec<Layer>,
+    norm: DTensor,
+    lm_head: Option<DTensor>,
+    inv_freq: DTensor,
+    opts: CudaRunnerOptions,
+    graphs: graph::Graphs,
+    /// Forwards run and how many of them replayed a graph (logged every 1024 forwards).
+    counts: (u64, u64),
+}
+
+/// Bytes of activations per token row of a forward, and per logits row.
+fn act_bytes(cfg: &ModelConfig) -> (usize, usize) {
+    let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+    let qd = cfg.num_heads * cfg.head_dim;
+    let qkvw = qd + 2 * cfg.kv_dim();
+    (
+        2 * (3 * h + qkvw + qd + 3 * i) + 12,
+        2 * h + 4 * cfg.vocab_size + 8,
+    )
+}
+
+impl CudaRunner {
+    /// Loads the checkpoint in `dir` onto the GPU of `ctx`.
+    pub fn load(
+        ctx: Arc<GpuContext>,
+        dir: &Path,
+        cfg: &ModelConfig,
+        opts: CudaRunnerOptions,
+    ) -> Result<Self, ModelError> {
+        let hd = cfg.head_dim;
+        let group = cfg.num_heads / cfg.num_kv_heads.max(1);
+        if hd % 32 != 0 || hd > 128 || 16 % group != 0 {
+            return Err(ModelError::bad(
+                dir,
+                format!(
+                    "head_dim {hd} / GQA group {group}: the bf16 CUDA kernels need head_dim a multiple of 32 up to 128 and a group dividing 16; use --dtype float32"
+                ),
+            ));
+        }
+        let ops = CudaOps::new(ctx.clone())?;
+        let gemm = Gemm::new(ctx.clone())?;
+        let mut w = Bf16Map::load(dir)?;
+        let (h, i, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
+        let (qd, kvd) = (cfg.num_heads * hd, cfg.kv_dim());
+        let up = |data: Vec<u16>, shape: &[usize]| ctx.upload_bf16_bits(shape, &data);
+        let tied = cfg.tie_word_embeddings && !w.contains("lm_head.weight");
+        let embed = up(w.take("model.embed_tokens.weight", &[v, h])?, &[v, h])?;
+        let mut layers = Vec::with_capacity(cfg.num_layers);
+        for l in 0..cfg.num_layers {
+            let p = format!("model.layers.{l}");
+            let n = |s: &str| format!("{p}.{s}");
+            let qkv = w.take_cat(&[
+                (n("self_attn.q_proj.weight"), vec![qd, h]),
+                (n("self_attn.k_proj.weight"), vec![kvd, h]),
+                (n("self_attn.v_proj.weight"), vec![kvd, h]),
+            ])?;
+            let qkv_bias = if cfg.qkv_bias {
+                let b = w.take_cat(&[
+                    (n("self_attn.q_proj.bias"), vec![qd]),
+                    (n("self_attn.k_proj.bias"), vec![kvd]),
+                    (n("self_attn.v_proj.bias"), vec![kvd]),
+                ])?;
+                Some(up(b, &[qd + 2 * kvd])?)
+            } else {
+                None
+            };
+            let qk_norm = if cfg.qk_norm {
+                Some((
+                    up(w.take(&n("self_attn.q_norm.weight"), &[hd])?, &[hd])?,
+                    up(w.take(&n("self_attn.k_norm.weight"), &[hd])?, &[hd])?,
+                ))
+            } else {
+                None
+            };
+            let gate_up = w.take_cat(&[
+                (n("mlp.gate_proj.weight"), vec![i, h]),
+                (n("mlp.up_proj.weight"), vec![i, h]),
+            ])?;
+            layers.push(Layer {
+                in_norm: up(w.take(&n("input_layernorm.weight"), &[h])?, &[h])?,
+                qkv: up(qkv, &[qd + 2 * kvd, h])?,
+                qkv_bias,
+                qk_norm,
+                o: up(w.take(&n("self_attn.o_proj.weight"), &[h, qd])?, &[h, qd])?,
+                post_norm: up(w.take(&n("post_attention_layernorm.weight"), &[h])?, &[h])?,
+                gate_up: up(gate_up, &[2 * i, h])?,
+                down: up(w.take(&n("mlp.down_proj.weight"), &[h, i])?, &[h, i])?,
+            });
+        }
+        let norm = up(w.take("model.norm.weight", &[h])?, &[h])?;
+        let lm_head = if tied {
+            None
+        } else {
+            Some(up(w.take("lm_head.weight", &[v, h])?, &[v, h])?)
+        };
+        let inv = strata_kernels::rope::inv_freq(hd, cfg.rope_theta, &cfg.rope_scaling);
+        let inv_freq = ctx.upload_f32(&[inv.len()], &inv)?;
+        Ok(CudaRunner {
+            cfg: cfg.clone(),
+            ops,
+            gemm,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            inv_freq,
+            graphs: graph::Graphs::default(),
+            counts: (0, 0),
+            opts,
+            ctx,
+        })
+    }
+
+    /// The GPU this runner uses.
+    pub fn context(&self) -> &Arc<GpuContext> {
+        &self.ctx
+    }
+
+    /// Bytes kept out of the KV budget for activations and graph workspaces.
+    fn reserve_bytes(&self) -> usize {
+        let (per_tok, per_row) = act_bytes(&self.cfg);
+        let graph_rows: usize = graph::buckets(self.opts.cuda_graph_max_bs).iter().sum();
+        let eager = self.opts.max_prefill_tokens + self.opts.max_running_requests;
+        (eager + graph_rows) * per_tok
+            + (self.opts.max_running_requests + graph_rows) * per_row
+            + (1 << 30)
+    }
+
+    fn attn_shape(&self, kv: &CudaKv) -> AttnShape {
+        AttnShape {
+            n_heads: self.cfg.num_heads,
+            n_kv_heads: self.cfg.num_kv_heads,
+            head_dim: self.cfg.head_dim,
+            page_size: kv.page_size,
+            pool_pages: kv.num_pages,
+        }
+    }
+
+    fn acts(&self, tokens: usize, rows: usize) -> Result<Acts, CudaError> {
+        let c = &self.cfg;
+        let b = |d: &[usize]| self.ctx.alloc(DType::Bf16, d);
+        let qd = c.num_heads * c.head_dim;
+        let (h, i) = (c.hidden_size, c.intermediate_size);
+        let head = if rows > 0 {
+            Some((
+                b(&[rows, h])?,
+                self.ctx.alloc(DType::F32, &[rows, c.vocab_size])?,
+                self.ctx.alloc(DType::I32, &[rows])?,
+            ))
+        } else {
+            None
+        };
+        Ok(Acts {
+            resid: b(&[tokens, h])?,
+            y: b(&[tokens, h])?,
+            h: b(&[tokens, h])?,
+            qkv: b(&[tokens, qd + 2 * c.kv_dim()])?,
+            attn: b(&[tokens, qd])?,
+            gu: b(&[tokens, 2 * i])?,
+            act: b(&[tokens, i])?,
+            head,
+        })
+    }
+
+    /// Queues the whole forward (and the greedy argmax of the logits rows) on the stream.
+    fn forward(&self, a: &Acts, m: &Meta, plan: &AttnPlan, kv: &CudaKv) -> Result<(), CudaError> {
+        let c = &self.cfg;
+        let (ops, gemm) = (&self.ops, &self.gemm);
+        let (nh, nkv, hd, eps) = (c.num_heads, c.num_kv_heads, c.head_dim, c.rms_norm_eps);
+        let (q_w, kv_w) = (nh * hd, nkv * hd);
+        let scale = 1.0 / (hd as f32).sqrt();
+        ops.embedding(&m.ids, &self.embed, &a.resid)?;
+        for (li, l) in self.layers.iter().enumerate() {
+            if li == 0 {
+                ops.rmsnorm(&a.resid, None, &l.in_norm, &a.h, eps)?;
+            } else {
+                ops.rmsnorm(&a.y, Some(&a.resid), &l.in_norm, &a.h, eps)?;
+            }
+            gemm.linear(&a.h, &l.qkv, &a.qkv)?;
+            if l.qkv_bias.is_some() || l.qk_norm.is_some() {
+                let qn = l.qk_norm.as_ref().map(|(q, k)| (q, k));
+                ops.qkv_bias_norm(&a.qkv, l.qkv_bias.as_ref(), qn, nh, nkv, hd, eps)?;
+            }
+            ops.rope_kv_write(
+                &a.qkv,
+                0,
+                nh,
+                q_w,
+                nkv,
+                q_w + kv_w,
+                hd,
+                &m.pos,
+                &self.inv_freq,
+                &kv.k[li],
+                &kv.v[li],
+                &m.slots,
+                &m.host_slots,
+            )?;
+            ops.paged_attention(plan, &a.qkv, 0, &kv.k[li], &kv.v[li], &a.attn, scale)?;
+            gemm.linear(&a.attn, &l.o, &a.y)?;
+            ops.rmsnorm(&a.y, Some(&a.resid), &l.post_norm, &a.h, eps)?;
+            gemm.linear(&a.h, &l.gate_up, &a.gu)?;
+            if !gemm.silu_linear_t1(&a.gu, &l.down, &a.y)? {
+                ops.silu_mul(&a.gu, &a.act)?;
+                gemm.linear(&a.act, &l.down, &a.y)?;
+            }
+        }
+        if let Some((last, logits, tokens)) = &a.head {
+            ops.rmsnorm(&a.y, Some(&a.resid), &self.norm, &a.h, eps)?;
+            ops.embedding(&m.last, &a.h, last)?;
+            gemm.linear(last, self.lm_head.as_ref().unwrap_or(&self.embed), logits)?;
+            ops.argmax_rows(logits, tokens)?;
+        }
+        Ok(())
+    }
+
+    /// Brings back one token per sampling request from a finished forward's head buffers.
+    fn sample(
+        &self,
+        logits: &DTensor,
+        tokens: &DTensor,
+        sampling: &[SampleReq<'_>],
+    ) -> Result<Vec<Sampled>, CudaError> {
+        let greedy = self.ctx.download_i32(tokens)?;
+        let v = self.cfg.vocab_size;
+        sampling
+            .iter()
+            .enumerate()
+            .map(|(r, req)| {
+                if req.is_plain_greedy() {
+                    Ok(Sampled {
+                        token: greedy[r] as u32,
+                        logprobs: None,
+                    })
+                } else {
+                    let mut row = self.ctx.download_f32_range(logits, r * v, v)?;
+                    Ok(sample_host(&mut row, req))
+                }
+            })
+            .collect()
+    }
+
+    /// Queues `batch` eagerly (no graph); returns its activations (logits in `head`).
+    fn eager(&self, batch: &ForwardBatch, kv: &CudaKv) -> Result<Acts, CudaError> {
+        let n = batch.tokens.len();
+        let rows = batch.logit_rows.len();
+        let slots_cap = kv.num_pages * kv.page_size;
+        if batch.positions.len() != n
+            || batch.slots.len() != n
+            || batch.logit_rows.iter().any(|&r| r >= n)
+            || batch.slots.iter().any(|&s| s as usize >= slots_cap)
+        {
+            return Err(CudaError::Shape(format!(
+                "batch of {n} tokens: positions, slots (< {slots_cap}) or logit rows do not fit"
+            )));
+        }
+        let mut host = Vec::with_capacity(3 * n + rows);
+        host.extend(batch.tokens.iter().map(|&t| t as i32));
+        host.extend(batch.positions.iter().map(|&p| p as i32));
+        host.extend(batch.slots.iter().map(|&s| s as i32));
+        host.extend(batch.logit_rows.iter().map(|&r| r as i32));
+        let host_slots = host[2 * n..3 * n].to_vec();
+        let buf = self.ctx.upload_i32(&[host.len()], &host)?;
+        let meta = Meta::views(buf, n, rows, host_slots)?;
+        let seqs: Vec<AttnSeq> = batch
+            .seqs
+            .iter()
+            .map(|s| AttnSeq {
+                q_len: s.q_len,
+                kv_len: s.kv_len,
+                pages: s.pages.iter().map(|&p| p as i32).collect(),
+            })
+            .collect();
+        let plan = self.ops.attention_plan(self.attn_shape(kv), &seqs, None)?;
+        let acts = self.acts(n, rows)?;
+        self.forward(&acts, &meta, &plan, kv)?;
+        Ok(acts)
+    }
+
+    /// Runs a batch without a graph and samples it.
+    fn run_eager(
+        &self,
+        batch: &ForwardBatch,
+        sampling: &[SampleReq<'_>],
+        kv: &CudaKv,
+    ) -> Result<Vec<Sampled>, CudaError> {
+        let acts = self.eager(batch, kv)?;
+        match &acts.head {
+            Some((_, logits, tokens)) => self.sample(logits, tokens, sampling),
+            None => {
+                self.ctx.synchronize()?;
+                Ok(Vec::new())
+            }
+        }
+    }
+
+    /// Runs `batch` eagerly and returns the logits of its `logit_rows` ([rows, vocab] f32) and
+    /// their greedy picks (for correctness checks against a reference implementation).
+    pub fn logits(
+        &self,
+        batch: &ForwardBatch,
+        kv: &mut CudaKv,
+    ) -> Result<(Vec<f32>, Vec<i32>), ModelError> {
+        let acts = self.eager(batch, kv)?;
+        match &acts.head {
+            Some((_, logits, tokens)) => Ok((
+                self.ctx.download_f32(logits)?,
+                self.ctx.download_i32(tokens)?,
+            )),
+            None => Ok((Vec::new(), Vec::new())),
+        }
+    }
+}
+
+impl ModelRunner for CudaRunner {
+    type Kv = CudaKv;
+
+    fn cfg(&self) -> &ModelConfig {
+        &self.cfg
+    }
+    fn name(&self) -> &'static str {
+        "cuda"
+    }
+    fn kv_bytes_per_token(&self) -> usize {
+        2 * self.cfg.num_layers * self.cfg.kv_dim() * 2
+    }
+    fn kv_budget_bytes(&self, mem_fraction_static: f64) -> Option<usize> {
+        let (free, total) = self.ctx.mem_info().ok()?;
+        let budget = strata_kernels::cuda::info::kv_budget(total, free, mem_fraction_static);
+        Some(budget.saturating_sub(self.reserve_bytes()))
+    }
+    fn new_kv(&self, num_pages: usize, page_size: usize) -> Result<CudaKv, ModelError> {
+        Ok(CudaKv::new(
+            &self.ctx,
+            self.cfg.num_layers,
+            self.cfg.kv_dim(),
+            num_pages,
+            page_size,
+        )?)
+    }
+    fn kv_elem_bytes(&self) -> usize {
+        2
+    }
+    fn kv_page_io(&self) -> bool {
+        true
+    }
+    fn save_pages(
+        &self,
+        kv: &CudaKv,
+        dev: &[PageId],
+        host: &HostKvPool,
+        host_pages: &[PageId],
+    ) -> Result<(), ModelError> {
+        Ok(kv.save_pages(dev, host, host_pages)?)
+    }
+    fn load_pages(
+        &self,
+        kv: &mut CudaKv,
+        host: &HostKvPool,
+        host_pages: &[PageId],
+        dev: &[PageId],
+    ) -> Result<(), ModelError> {
+        Ok(kv.load_pages(host, host_pages, dev)?)
+    }
+    fn warmup(&mut self, kv: &mut CudaKv) -> Result<(), ModelError> {
+        let t0 = std::time::Instant::now();
+        let graphs = graph::Graphs::capture(self, kv)?;
+        tracing::info!(
+            buckets = ?graphs.sizes(),
+            secs = t0.elapsed().as_secs_f64(),
+            "CUDA graphs captured for decode"
+        );
+        self.graphs = graphs;
+        Ok(())
+    }
+    fn run_batch(
+        &mut self,
+        batch: &ForwardBatch,
+        sampling: &[SampleReq<'_>],
+        kv: &mut CudaKv,
+    ) -> Result<Vec<Sampled>, ModelError> {
+        check_sampling(batch, sampling)?;
+        self.counts.0 += 1;
+        if self.counts.0 % 1024 == 0 {
+            tracing::info!(
+                forwards = self.counts.0,
+                graph_replays = self.counts.1,
+                "CUDA runner"
+            );
+        }
+        if let Some(out) = self.graphs.try_run(self, batch, sampling, kv)? {
+            self.counts.1 += 1;
+            return Ok(out);
+        }
+        Ok(self.run_eager(batch, sampling, kv)?)
+    }
+}
