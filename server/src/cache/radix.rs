@@ -532,39 +532,53 @@ impl RadixCache {
         backup: &mut dyn FnMut(&[PageId]) -> Option<Vec<Page>>,
     ) -> (usize, Vec<NodeId>) {
         let mut backed = Vec::new();
+        let freed = self.evict_loop(pages, Self::device_candidate, &mut |t, id| {
+            if t.node(id).host.is_empty() {
+                let dev: Vec<PageId> = t.node(id).device.iter().map(Page::id).collect();
+                if let Some(host) = backup(&dev) {
+                    t.set_pages(id, Tier::Host, host);
+                    backed.push(id);
+                }
+            }
+            if t.node(id).host.is_empty() {
+                t.remove_subtree(id);
+            } else {
+                let dev = std::mem::take(&mut t.node_mut(id).device);
+                t.cached_pages -= dev.len();
+            }
+        });
+        (freed, backed)
+    }
+
+    /// The loop both tiers' eviction share: takes candidates in eviction order, lets `act` free
+    /// each one's pages in its tier, until `pages` pages were freed; a parent that becomes a
+    /// candidate joins the queue. Returns pages freed.
+    fn evict_loop(
+        &mut self,
+        pages: usize,
+        candidate: fn(&Self, NodeId) -> bool,
+        act: &mut dyn FnMut(&mut Self, NodeId),
+    ) -> usize {
         let mut heap: BinaryHeap<(std::cmp::Reverse<(u64, u64)>, NodeId)> = BinaryHeap::new();
         for id in 0..self.nodes.len() {
-            if self.is_live(id) && self.device_candidate(id) {
+            if self.is_live(id) && candidate(self, id) {
                 heap.push((self.prio(id), id));
             }
         }
         let mut freed = 0;
         while freed < pages {
             let Some((_, id)) = heap.pop() else { break };
-            if !self.is_live(id) || !self.device_candidate(id) {
+            if !self.is_live(id) || !candidate(self, id) {
                 continue;
             }
             let parent = self.node(id).parent;
-            let n_pages = self.node_pages(id);
-            if self.node(id).host.is_empty() {
-                let dev: Vec<PageId> = self.node(id).device.iter().map(Page::id).collect();
-                if let Some(host) = backup(&dev) {
-                    self.set_pages(id, Tier::Host, host);
-                    backed.push(id);
-                }
-            }
-            if self.node(id).host.is_empty() {
-                self.remove_subtree(id);
-            } else {
-                let dev = std::mem::take(&mut self.node_mut(id).device);
-                self.cached_pages -= dev.len();
-            }
-            freed += n_pages;
-            if self.device_candidate(parent) {
+            freed += self.node_pages(id);
+            act(self, id);
+            if candidate(self, parent) {
                 heap.push((self.prio(parent), parent));
             }
         }
-        (freed, backed)
+        freed
     }
 
     /// Removes `id` and its subtree (all unlocked), returning their pages to their pools.
@@ -596,32 +610,14 @@ impl RadixCache {
     /// removes host-only leaves, until at least `pages` host pages were freed or nothing is
     /// evictable. Returns host pages freed.
     pub fn evict_host(&mut self, pages: usize) -> usize {
-        let mut heap: BinaryHeap<(std::cmp::Reverse<(u64, u64)>, NodeId)> = BinaryHeap::new();
-        for id in 0..self.nodes.len() {
-            if self.is_live(id) && self.host_candidate(id) {
-                heap.push((self.prio(id), id));
-            }
-        }
-        let mut freed = 0;
-        while freed < pages {
-            let Some((_, id)) = heap.pop() else { break };
-            if !self.is_live(id) || !self.host_candidate(id) {
-                continue;
-            }
-            let parent = self.node(id).parent;
-            let n = self.node_pages(id);
-            if self.node(id).device.is_empty() {
-                self.remove_subtree(id);
+        self.evict_loop(pages, Self::host_candidate, &mut |t, id| {
+            if t.node(id).device.is_empty() {
+                t.remove_subtree(id);
             } else {
-                let host = std::mem::take(&mut self.node_mut(id).host);
-                self.host_pages -= host.len();
+                let host = std::mem::take(&mut t.node_mut(id).host);
+                t.host_pages -= host.len();
             }
-            freed += n;
-            if self.host_candidate(parent) {
-                heap.push((self.prio(parent), parent));
-            }
-        }
-        freed
+        })
     }
 
     /// Drops every cached page in both tiers; refuses (returns false) while any node is locked.
