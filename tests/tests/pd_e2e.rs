@@ -128,6 +128,39 @@ async fn pd_greedy_output_equals_colocated() {
     let events = decode_stream(&c, &format!("{}/generate", r.base), &sb).await;
     let last: Value = serde_json::from_str(events.last().expect("events")).unwrap();
     assert_eq!(ids_of(&last), want[3]);
+    // Log-probabilities through the pair: the router puts the prefill's input list in front of
+    // the decode's (empty: the decode leg never runs the prompt), as sglang-router merges them,
+    // so it equals the colocated one; output values equal colocated after the first token (that
+    // one is sampled on the prefill leg and crosses without its values: null, kept aligned).
+    let mut lb = body(&prompts[1], 6);
+    lb["return_logprob"] = json!(true);
+    lb["logprob_start_len"] = json!(0);
+    let (_, cv) = post(&c, &colo.url("/generate"), &lb).await;
+    let (s, pv) = post(&c, &format!("{}/generate", r.base), &lb).await;
+    assert_eq!(s, 200, "{pv}");
+    let close = |a: &Value, b: &Value, what: &str| match (a.as_f64(), b.as_f64()) {
+        (Some(x), Some(y)) => assert!((x - y).abs() <= 1e-4, "{what}: {x} vs {y}"),
+        _ => assert_eq!(a, b, "{what}"),
+    };
+    let (ci, pi) = (
+        cv["meta_info"]["input_token_logprobs"].as_array().unwrap(),
+        pv["meta_info"]["input_token_logprobs"].as_array().unwrap(),
+    );
+    assert_eq!(pi.len(), prompts[1].len(), "{pv}");
+    for (k, (x, y)) in ci.iter().zip(pi).enumerate() {
+        assert_eq!(x[1], y[1]);
+        close(&x[0], &y[0], &format!("input {k}"));
+    }
+    let (co, po) = (
+        cv["meta_info"]["output_token_logprobs"].as_array().unwrap(),
+        pv["meta_info"]["output_token_logprobs"].as_array().unwrap(),
+    );
+    assert_eq!(po.len(), 6, "{pv}");
+    assert_eq!(po[0][0], Value::Null);
+    for j in 1..6 {
+        assert_eq!(co[j][1], po[j][1]);
+        close(&co[j][0], &po[j][0], &format!("output {j}"));
+    }
     // A client that bypasses the router and reuses a room gets a 400 from the prefill.
     let mut dup = body(&prompts[0], 4);
     dup["bootstrap_host"] = json!("127.0.0.1");

@@ -298,6 +298,10 @@ impl<R: ModelRunner> Scheduler<R> {
         s.pd_fetch = false;
         s.held = false;
         s.computed = s.prompt_len;
+        // The prompt never runs here: the prefill leg reports its log-probabilities and the
+        // router puts them in front of this leg's (none), as sglang-router merges them.
+        s.lp_head = false;
+        s.lp_row = s.prompt_len;
         s.admitted_once = true;
         Stats::add(&self.stats.prompt_tokens, s.prompt_len as u64);
         self.hook.on_dequeue(&s.req.rid);
