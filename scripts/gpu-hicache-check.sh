@@ -23,7 +23,7 @@ sleep 1
 sleep 1
 EXTRA='{"master_server_address": "127.0.0.1:50951", "prefetch_threshold": 64}'
 serve() { # port
-  "$STRATA" serve --model-path "$W/m" --port $1 --page-size 64 --max-total-tokens 16384 \
+  "$STRATA" serve --model-path "$W/m" --port $1 --page-size 64 --max-total-tokens 12288 \
     --enable-hierarchical-cache --hicache-ratio 4 --hicache-storage-backend strata \
     --hicache-storage-prefetch-policy wait_complete --hicache-storage-backend-extra-config "$EXTRA" \
     > "$OUTDIR/hc-serve-$1.log" 2>&1 & pids+=($!)
@@ -44,7 +44,7 @@ def metric(port, name):
     return float([l.split()[1] for l in body.splitlines() if l.startswith(f"sglang:{name} ")][0])
 rng = random.Random(1)
 P = [rng.randrange(10, 120000) for _ in range(8192)]
-Q = [rng.randrange(10, 120000) for _ in range(12000)]
+Q = [rng.randrange(10, 120000) for _ in range(11000)]
 fails = 0
 o1, c1, t1 = gen(31501, P)
 R, c2, t2 = gen(31501, P)
