@@ -113,3 +113,27 @@ fn answer(
     let json = stdout.split_once("-> ").expect("the answer line").1;
     serde_json::from_str(json.lines().next().unwrap().trim()).unwrap()
 }
+
+#[test]
+fn up_refuses_a_taken_port_by_name() {
+    let bin = strata_tests::build_strata().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_base(5_000);
+    // Hold the router's metrics port (the clash that used to be one WARN line in a log).
+    let _held = std::net::TcpListener::bind(("127.0.0.1", port + 7)).unwrap();
+    let out = Command::new(&bin)
+        .args(["up", "--smoke", "--port", &port.to_string(), "--data-dir"])
+        .arg(dir.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains(&format!("port {} (router metrics)", port + 7)),
+        "{err}"
+    );
+    assert!(
+        !dir.path().join("master.log").exists(),
+        "nothing is started before the ports are checked"
+    );
+}
