@@ -13,6 +13,9 @@ STRATA=${STRATA:-target/release/strata}
 OUTDIR=${1:-${OUT:-/tmp/strata-gpu}}
 mkdir -p "$OUTDIR"
 . scripts/gpu-env.sh
+# Heuristic GEMM picks: with per-process autotuning two servers may compute bf16 with different
+# kernels, and the cross-instance comparison would measure that instead of the KV pages.
+export STRATA_LT_TUNE=${STRATA_LT_TUNE:-0}
 W=$(mktemp -d)
 pids=()
 trap 'for p in "${pids[@]}"; do kill $p 2>/dev/null; done' EXIT
@@ -31,8 +34,8 @@ serve() { # port
   echo "server $1 did not start"; tail -20 "$OUTDIR/hc-serve-$1.log"; exit 1
 }
 serve 31501
-python3 - "$OUTDIR" <<'PY' 2>&1 | tee "$OUTDIR/hc-check.txt"
-import json, random, subprocess, sys, time, urllib.request
+cat > "$W/hc.py" <<'PY'
+import json, random, time, urllib.request
 def gen(port, ids, n=16):
     t = time.time()
     r = urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/generate",
@@ -42,6 +45,10 @@ def gen(port, ids, n=16):
 def metric(port, name):
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
     return float([l.split()[1] for l in body.splitlines() if l.startswith(f"sglang:{name} ")][0])
+PY
+python3 - "$OUTDIR" "$W/hc.py" <<'PY' 2>&1 | tee "$OUTDIR/hc-check.txt"
+import sys
+exec(open(sys.argv[2]).read())
 rng = random.Random(1)
 P = [rng.randrange(10, 120000) for _ in range(8192)]
 Q = [rng.randrange(10, 120000) for _ in range(11000)]
@@ -62,17 +69,9 @@ sys.stdout.flush()
 PY
 [ "${PIPESTATUS[0]}" = 0 ] || exit 1
 serve 31502
-python3 - <<'PY' 2>&1 | tee -a "$OUTDIR/hc-check.txt"
-import json, random, time, urllib.request
-def gen(port, ids, n=16):
-    t = time.time()
-    r = urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/generate",
-        data=json.dumps({"input_ids": ids, "sampling_params": {"temperature": 0, "max_new_tokens": n, "ignore_eos": True}}).encode()), timeout=300)
-    v = json.loads(r.read())
-    return v["output_ids"], v["meta_info"]["cached_tokens"], time.time() - t
-def metric(port, name):
-    body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
-    return float([l.split()[1] for l in body.splitlines() if l.startswith(f"sglang:{name} ")][0])
+python3 - "$W/hc.py" <<'PY' 2>&1 | tee -a "$OUTDIR/hc-check.txt"
+import sys
+exec(open(sys.argv[1]).read())
 rng = random.Random(1)
 P = [rng.randrange(10, 120000) for _ in range(8192)]
 R, _, _ = gen(31501, P)
