@@ -526,6 +526,11 @@ impl HiCache {
         );
     }
 
+    /// Whether L3 writes are in flight (their nodes stay locked until they finish).
+    pub fn writes_pending(&self) -> bool {
+        !self.writes.is_empty()
+    }
+
     /// Whether L3 jobs are in flight (the scheduler then polls instead of sleeping on its queue).
     pub fn busy(&self) -> bool {
         !self.prefetches.is_empty() || !self.writes.is_empty() || !self.parked.is_empty()

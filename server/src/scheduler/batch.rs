@@ -5,7 +5,7 @@ use super::request::{Event, FinishReason, PosLogprobs};
 use super::seq::Seq;
 use super::Scheduler;
 use crate::cache::{NodeId, Tier};
-use crate::hicache::{WritePolicy, SELECTIVE_HITS};
+use crate::hicache::{HiCache, WritePolicy, SELECTIVE_HITS};
 use crate::kv::{KvPool, Page, PageId};
 use crate::model::{ForwardBatch, ModelRunner, SampleReq, Sampled, SeqSlice};
 use crate::stats::Stats;
@@ -37,6 +37,11 @@ impl<R: ModelRunner> Scheduler<R> {
             }
             None => false,
         }
+    }
+
+    /// Whether L3 writes (which keep their nodes locked) are still in flight.
+    fn l3_writes_pending(&self) -> bool {
+        self.hicache.as_ref().is_some_and(HiCache::writes_pending)
     }
 
     /// Frees device pages from the prefix cache; under write_back, evicted nodes are copied to the
@@ -144,7 +149,9 @@ impl<R: ModelRunner> Scheduler<R> {
                     },
                 ));
                 self.running.push(s);
-            } else if !self.running.is_empty() {
+            } else if !self.running.is_empty() || self.l3_writes_pending() {
+                // In-flight L3 writes keep their nodes locked for a moment: wait for them
+                // rather than fail a request that fits.
                 self.retract(s);
             } else {
                 self.finish(
@@ -237,6 +244,10 @@ impl<R: ModelRunner> Scheduler<R> {
             // Prefilling sequences hold pages but none can get more: free the newest one so the
             // others can go on. Alone it could have taken every page (prompts that cannot fit the
             // pool are refused at submission), so this is a last-resort guard against a hang.
+            if self.l3_writes_pending() {
+                // Pages pinned by in-flight L3 writes come back when the writes finish.
+                return false;
+            }
             let s = self.running.pop().expect("non-empty");
             if self.running.is_empty() {
                 self.finish(
