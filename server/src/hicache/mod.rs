@@ -27,7 +27,7 @@ pub use config::{
 };
 
 use crate::cache::{Fresh, NodeId, RadixCache, Tier};
-use crate::kv::{HostKvPool, Page};
+use crate::kv::{HostKvPool, Page, PageId};
 use crate::stats::Stats;
 use keys::{page_hashes, KeyScheme, PageHash};
 use std::collections::HashMap;
@@ -176,6 +176,26 @@ impl HiCache {
         }
     }
 
+    /// The K and V objects of host pages `pages`, in key order (k0, v0, k1, v1, ...).
+    fn spans(&self, pages: &[PageId]) -> Vec<Span> {
+        let obj = self.host.object_bytes();
+        pages
+            .iter()
+            .flat_map(|&p| {
+                [false, true].map(|v| Span {
+                    ptr: self.host.object_ptr(p, v),
+                    len: obj,
+                })
+            })
+            .collect()
+    }
+
+    fn submit_prefetch(&self, job: Job) {
+        if let Some(s) = &self.storage {
+            s.prefetch(job);
+        }
+    }
+
     fn id(&mut self) -> u64 {
         self.next_id += 1;
         self.next_id
@@ -222,16 +242,7 @@ impl HiCache {
         let hashes = page_hashes(&tokens, self.page_size);
         let first = hashes.len() - host.len();
         let keys = self.keys.keys(&hashes[first..]);
-        let obj = self.host.object_bytes();
-        let src: Vec<Span> = host
-            .iter()
-            .flat_map(|&p| {
-                [false, true].map(|v| Span {
-                    ptr: self.host.object_ptr(p, v),
-                    len: obj,
-                })
-            })
-            .collect();
+        let src = self.spans(&host);
         let depths = (first..hashes.len()).flat_map(|d| [d as u32; 2]).collect();
         tree.lock(node);
         let id = self.id();
@@ -251,10 +262,7 @@ impl HiCache {
     /// Called when a request is queued. Starts an L3 prefetch when the part of `tokens` missing
     /// from L1 and L2 is at least the threshold; returns true to hold the request meanwhile.
     pub fn start_prefetch(&mut self, tree: &mut RadixCache, rid: &str, tokens: &[u32]) -> bool {
-        let Some(storage) = &self.storage else {
-            return false;
-        };
-        if tokens.len() < 2 || self.prefetches.contains_key(rid) {
+        if self.storage.is_none() || tokens.len() < 2 || self.prefetches.contains_key(rid) {
             return false;
         }
         let ps = self.page_size;
@@ -266,9 +274,8 @@ impl HiCache {
         }
         let all = page_hashes(&tokens[..upto * ps], ps);
         let hashes = all[start..].to_vec();
-        let id = self.next_id + 1;
-        self.next_id = id;
-        storage.prefetch(Job::Exists {
+        let id = self.id();
+        self.submit_prefetch(Job::Exists {
             id,
             keys: self.keys.keys(&hashes),
         });
@@ -392,28 +399,19 @@ impl HiCache {
             return;
         };
         Stats::add(&self.stats.hicache.l3_hit_tokens, (hit * ps) as u64);
-        let p = self.prefetches.get_mut(&rid).expect("present");
-        let obj = self.host.object_bytes();
+        let hashes = std::mem::take(&mut self.prefetches.get_mut(&rid).expect("present").hashes);
         let mut jobs = Vec::new();
         for (c, chunk) in pages.chunks(CHUNK_PAGES).enumerate() {
             let at = c * CHUNK_PAGES;
-            let id = self.next_id + 1;
-            self.next_id = id;
-            let dst = chunk
-                .iter()
-                .flat_map(|pg| {
-                    [false, true].map(|v| Span {
-                        ptr: self.host.object_ptr(pg.id(), v),
-                        len: obj,
-                    })
-                })
-                .collect();
-            let keys = self.keys.keys(&p.hashes[at..at + chunk.len()]);
-            if let Some(s) = &self.storage {
-                s.prefetch(Job::Get { id, keys, dst });
-            }
+            let id = self.id();
+            let ids: Vec<PageId> = chunk.iter().map(Page::id).collect();
+            let dst = self.spans(&ids);
+            let keys = self.keys.keys(&hashes[at..at + chunk.len()]);
+            self.submit_prefetch(Job::Get { id, keys, dst });
             jobs.push((id, chunk.len(), None));
         }
+        let p = self.prefetches.get_mut(&rid).expect("present");
+        p.hashes = hashes;
         p.stage = Stage::Fetching { jobs, pages };
     }
 
