@@ -27,7 +27,9 @@ pub struct Geometry {
     pub elem: usize,
 }
 
-type Results = Arc<Mutex<HashMap<String, Result<Fetched, String>>>>;
+/// Per request id: `None` while its fetch runs, then the result. A forgotten (aborted) request
+/// has no entry, so a fetch that finishes after the abort drops its pages at once.
+type Results = Arc<Mutex<HashMap<String, Option<Result<Fetched, String>>>>>;
 
 /// Fetches in flight and finished, by request id.
 pub struct Fetcher {
@@ -49,6 +51,7 @@ impl Fetcher {
     pub fn start(&self, rid: &str, b: &Bootstrap, prompt_len: usize) {
         let (cfg, geo, results) = (self.cfg.clone(), self.geo, self.results.clone());
         let (id, b) = (rid.to_string(), b.clone());
+        self.results.lock().insert(rid.to_string(), None);
         let spawned = std::thread::Builder::new()
             .name("strata-pd-fetch".into())
             .spawn(move || {
@@ -56,28 +59,31 @@ impl Fetcher {
                 if let Err(e) = &r {
                     tracing::warn!(rid = id, room = b.room, "PD: {e}");
                 }
-                results.lock().insert(id, r);
+                if let Some(slot) = results.lock().get_mut(&id) {
+                    *slot = Some(r);
+                }
             });
         if let Err(e) = spawned {
             self.results.lock().insert(
                 rid.to_string(),
-                Err(format!("cannot start a PD fetch: {e}")),
+                Some(Err(format!("cannot start a PD fetch: {e}"))),
             );
         }
     }
 
     /// The finished fetch of `rid`, if any (removed).
     pub fn take(&self, rid: &str) -> Option<Result<Fetched, String>> {
-        self.results.lock().remove(rid)
+        let mut g = self.results.lock();
+        g.get(rid)?.as_ref()?;
+        g.remove(rid).flatten()
     }
 
     /// Returns a fetched result that could not be used yet.
     pub fn put_back(&self, rid: &str, f: Fetched) {
-        self.results.lock().insert(rid.to_string(), Ok(f));
+        self.results.lock().insert(rid.to_string(), Some(Ok(f)));
     }
 
-    /// Forgets `rid` (aborted); a fetch still running stores a result nobody takes, dropped at
-    /// the next [`take`](Self::take) of the same id or with the fetcher.
+    /// Forgets `rid` (aborted); a fetch still running drops its result when it finishes.
     pub fn forget(&self, rid: &str) {
         self.results.lock().remove(rid);
     }
