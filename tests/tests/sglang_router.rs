@@ -281,6 +281,9 @@ async fn strata_router_ids_and_error_shapes_match_the_worker() {
         .send()
         .await
         .unwrap();
+    // The unread body ends the connection; the 413 must say so, or the pooled connection is
+    // reused for the next request and that request fails (seen in CI).
+    assert_eq!(big.headers()["connection"], "close");
     let missing = client.get(format!("{base}/nope")).send().await.unwrap();
     let direct = client
         .post(format!("{}/generate", w.base))

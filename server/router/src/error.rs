@@ -126,7 +126,16 @@ pub async fn json_rejections(resp: Response, limit: usize) -> Response {
         503 => "service_unavailable",
         _ => "server_error",
     };
-    error_body(status, kind, &message)
+    let mut resp = error_body(status, kind, &message);
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        // The body was not read, so the connection cannot carry another request: say so, or a
+        // client that pools connections sends its next request into a closing socket.
+        resp.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    resp
 }
 
 pub type Result<T, E = RouterError> = std::result::Result<T, E>;

@@ -101,5 +101,14 @@ pub async fn json_rejections(resp: Response, limit: usize) -> Response {
             text
         }
     };
-    ApiError { status, message }.into_response()
+    let mut resp = ApiError { status, message }.into_response();
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        // The body was not read, so the connection cannot carry another request: say so, or a
+        // client that pools connections sends its next request into a closing socket.
+        resp.headers_mut().insert(
+            axum::http::header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    resp
 }
