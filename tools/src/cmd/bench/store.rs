@@ -144,11 +144,11 @@ fn workload(store: &Client, a: &Args) -> anyhow::Result<()> {
     let run = std::process::id();
 
     // Warm-up: touch the whole round's worth of space once, then free it.
-    let wsz = 4 * MB;
+    let wsz = (4 * MB).min(batch_bytes);
     let wkeys: Vec<String> = (0..(a.round_mb * MB) / wsz)
         .map(|i| format!("warm_{run}_{i}"))
         .collect();
-    for ks in wkeys.chunks(8) {
+    for ks in wkeys.chunks((batch_bytes / wsz).clamp(1, 8)) {
         let vals: Vec<&[u8]> = (0..ks.len())
             .map(|j| &src[j * wsz..(j + 1) * wsz])
             .collect();
