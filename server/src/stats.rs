@@ -60,6 +60,8 @@ pub struct Stats {
     pub pd_micros: AtomicU64,
     pub pd_ok: AtomicU64,
     pub pd_failed: AtomicU64,
+    /// PD decode side: tokens whose KV was queued for the L3 by decode offload.
+    pub pd_offloaded_tokens: AtomicU64,
     /// Hierarchical cache counters (all zero when HiCache is off).
     pub hicache: crate::hicache::HiCacheStats,
     pub itl: Histogram,

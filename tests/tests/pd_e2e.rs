@@ -128,6 +128,48 @@ async fn pd_greedy_output_equals_colocated() {
     let events = decode_stream(&c, &format!("{}/generate", r.base), &sb).await;
     let last: Value = serde_json::from_str(events.last().expect("events")).unwrap();
     assert_eq!(ids_of(&last), want[3]);
+    // The OpenAI endpoints as PD legs: the router adds the bootstrap fields to their bodies too,
+    // and each prompt's KV crosses from prefill to decode (counted by the prefill).
+    let before = metric(&prefill, "pd_transfers_total").await;
+    for (path, b) in [
+        (
+            "/v1/completions",
+            json!({"prompt": prompts[2], "max_tokens": 10, "temperature": 0}),
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": ["tell me", "a story"], "max_tokens": 6, "temperature": 0}),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "hello there"}], "max_tokens": 10, "temperature": 0}),
+        ),
+    ] {
+        let (cs, cv) = post(&c, &colo.url(path), &b).await;
+        let (ps, pv) = post(&c, &format!("{}{path}", r.base), &b).await;
+        assert_eq!((cs, ps), (200, 200), "{path}: {cv} / {pv}");
+        let texts = |v: &Value| -> Vec<Value> {
+            v["choices"]
+                .as_array()
+                .unwrap_or_else(|| panic!("{path}: no choices in {v}"))
+                .iter()
+                .map(|ch| {
+                    if ch["message"].is_null() {
+                        ch["text"].clone()
+                    } else {
+                        ch["message"]["content"].clone()
+                    }
+                })
+                .collect()
+        };
+        assert_eq!(texts(&pv), texts(&cv), "{path}: PD differs from colocated");
+        assert_eq!(
+            pv["usage"]["completion_tokens"],
+            cv["usage"]["completion_tokens"]
+        );
+    }
+    let after = metric(&prefill, "pd_transfers_total").await;
+    assert_eq!(after - before, 4.0, "one transfer per /v1 prompt");
     // Log-probabilities through the pair: the router puts the prefill's input list in front of
     // the decode's (empty: the decode leg never runs the prompt), as sglang-router merges them,
     // so it equals the colocated one; output values equal colocated after the first token (that
@@ -276,4 +318,111 @@ async fn decode_stream(c: &reqwest::Client, url: &str, b: &Value) -> Vec<String>
         .filter_map(|e| e.trim().strip_prefix("data: ").map(str::to_string))
         .filter(|d| d != "[DONE]")
         .collect()
+}
+
+/// `sglang:<name>` from a server's `/metrics` (0 when absent).
+async fn metric(s: &Server, name: &str) -> f64 {
+    let (_, body) = s.get("/metrics").await;
+    body.lines()
+        .find(|l| l.starts_with(&format!("sglang:{name} ")))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Polls a metric until it reaches `min` (L3 writes are asynchronous).
+async fn wait_metric(s: &Server, name: &str, min: f64) -> f64 {
+    let t = Instant::now();
+    loop {
+        let v = metric(s, name).await;
+        if v >= min || t.elapsed() > Duration::from_secs(20) {
+            return v;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Decode offload: the decode server writes prompt + answer to the L3, so the next turn's
+/// prefill (and any other server on the cluster) finds the answer's pages there, and every
+/// answer stays equal to a server that recomputes everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pd_decode_offload_lets_the_next_turn_hit_l3() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed());
+    let dir = tempfile::tempdir().unwrap();
+    let rpc = free_port();
+    let addr = format!("127.0.0.1:{rpc}");
+    let _m = cluster_util::master(dir.path(), rpc, &[]);
+    let _st = cluster_util::store(&addr, &dir.path().join("dev.strata"), &[]);
+    let model = MadeModel::new("llama", "tiny");
+    let c = reqwest::Client::new();
+    let refs = Server::start(
+        model.path(),
+        &["--page-size", "16", "--disable-radix-cache"],
+    );
+    let extra = json!({"master_server_address": addr, "prefetch_threshold": 32}).to_string();
+    let l3 = [
+        "--hicache-storage-backend",
+        "mooncake",
+        "--hicache-storage-backend-extra-config",
+        &extra,
+    ];
+    let boot = free_port();
+    let b = boot.to_string();
+    let mut pf = vec!["--page-size", "16", "--disaggregation-mode", "prefill"];
+    pf.extend([
+        "--disaggregation-bootstrap-port",
+        &b,
+        "--enable-hierarchical-cache",
+    ]);
+    pf.extend(["--hicache-storage-prefetch-policy", "wait_complete"]);
+    pf.extend(l3);
+    let prefill = Server::start(model.path(), &pf);
+    let mut df = vec!["--page-size", "16", "--disaggregation-mode", "decode"];
+    df.extend(["--disaggregation-bootstrap-port", &b]);
+    df.push("--disaggregation-decode-enable-offload-kvcache");
+    df.extend(l3);
+    let decode = Server::start(model.path(), &df);
+    let r = router(&prefill.base, boot, &decode.base);
+    // Turn 1: a 100-token prompt, 40 answer tokens.
+    let p1: Vec<u32> = (0..100).map(|_| rng.random_range(3..500u32)).collect();
+    let want1 = ids_of(&post(&c, &refs.url("/generate"), &body(&p1, 40)).await.1);
+    let (s, v) = post(&c, &format!("{}/generate", r.base), &body(&p1, 40)).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(ids_of(&v), want1, "PD output differs from the reference");
+    // The decode side holds KV for prompt + answer minus the last token: 139 -> 8 whole pages.
+    let off = wait_metric(&decode, "pd_decode_offloaded_tokens_total", 128.0).await;
+    assert_eq!(off, 128.0, "decode offload queued {off} tokens");
+    let written = wait_metric(&decode, "backuped_tokens_total", 32.0).await;
+    assert!(
+        written >= 32.0,
+        "decode wrote {written} tokens: the answer's pages must reach the L3"
+    );
+    // Turn 2 through the pair: prompt + answer + a new question. The prefill has the prompt's
+    // pages itself; the answer's pages come from the L3, written by the decode side.
+    let mut p2: Vec<u32> = p1.clone();
+    p2.extend(want1.iter().map(|&t| t as u32));
+    p2.extend((0..20).map(|_| rng.random_range(3..500u32)));
+    let want2 = ids_of(&post(&c, &refs.url("/generate"), &body(&p2, 8)).await.1);
+    let (s, v) = post(&c, &format!("{}/generate", r.base), &body(&p2, 8)).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(ids_of(&v), want2, "second turn differs from the reference");
+    let fetched = metric(&prefill, "prefetched_tokens_total").await;
+    assert!(
+        fetched >= 32.0,
+        "the prefill fetched {fetched} tokens from the L3 (the answer's pages)"
+    );
+    // A fresh colocated server on the same cluster reuses prompt + answer from the L3 too.
+    let mut fresh = vec!["--page-size", "16", "--enable-hierarchical-cache"];
+    fresh.extend(["--hicache-storage-prefetch-policy", "wait_complete"]);
+    fresh.extend(l3);
+    let f = Server::start(model.path(), &fresh);
+    let (s, v) = post(&c, &f.url("/generate"), &body(&p2, 8)).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(ids_of(&v), want2, "L3 reuse changed the answer");
+    let cached = v["meta_info"]["cached_tokens"].as_u64().unwrap_or(0);
+    assert!(
+        cached >= 128,
+        "fresh server reused {cached} tokens, want >= 128"
+    );
+    decode.wait_idle().await;
 }

@@ -73,7 +73,7 @@ struct GenerateWire {
 
 /// The PD bootstrap fields of each prompt (a batch carries lists). A request without a room is
 /// not a PD leg.
-fn bootstraps(
+pub(super) fn bootstraps(
     host: &Option<Value>,
     port: &Option<Value>,
     room: &Option<Value>,

@@ -240,6 +240,14 @@ pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
             Stats::get(&s.pd_micros) as f64 / 1e6,
         );
     }
+    if Stats::get(&s.pd_offloaded_tokens) > 0 {
+        counter(
+            &mut o,
+            "pd_decode_offloaded_tokens",
+            "Tokens whose KV the PD decode side queued for the L3 (decode offload).",
+            Stats::get(&s.pd_offloaded_tokens),
+        );
+    }
     hicache_series(&mut o, &s.hicache);
     histogram(
         &mut o,

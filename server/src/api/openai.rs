@@ -4,7 +4,7 @@
 
 use super::driver::Driver;
 use super::error::{parse_body, ApiError};
-use super::generate::{finite, header_rid, OneOrMany};
+use super::generate::{bootstraps, finite, header_rid, OneOrMany};
 use super::output::openai_finish_reason;
 use super::AppState;
 use crate::model::chat_template::{render, ChatMessage};
@@ -88,6 +88,10 @@ struct OpenAiWire {
     top_logprobs: Option<i64>,
     rid: Option<String>,
     logit_bias: Option<std::collections::HashMap<String, f32>>,
+    /// PD: the fields a PD router adds (one leg of a prefill/decode pair), as on `/generate`.
+    bootstrap_host: Option<Value>,
+    bootstrap_port: Option<Value>,
+    bootstrap_room: Option<Value>,
 }
 
 impl OpenAiWire {
@@ -256,6 +260,8 @@ pub async fn completions(
     let params = w.params(16)?;
     let n_lp = logprob_count(&w)?;
     let rid = client_rid(&w, &headers, "cmpl-");
+    // A list of strings is a batch: a PD router then sends one bootstrap entry per prompt.
+    let listed = matches!(w.prompt, Some(Prompt::Texts(_)));
     let prompts: Vec<(Vec<u32>, String)> = match w.prompt.take() {
         None => return Err(ApiError::bad_request("`prompt` is required.")),
         Some(Prompt::Text(t)) => vec![(st.encode(&t)?, t)],
@@ -282,12 +288,20 @@ pub async fn completions(
         .unwrap_or_else(|| st.info.served_model_name.clone());
     let mut drivers = Vec::new();
     let many = prompts.len() > 1;
-    for (i, (ids, text)) in prompts.into_iter().enumerate() {
+    let boots = bootstraps(
+        &w.bootstrap_host,
+        &w.bootstrap_port,
+        &w.bootstrap_room,
+        prompts.len(),
+        listed,
+    )?;
+    for (i, ((ids, text), boot)) in prompts.into_iter().zip(boots).enumerate() {
         let lp = logprob_spec(n_lp, ids.len(), w.echo);
         let rid = rid
             .as_ref()
             .map(|r| if many { format!("{r}_{i}") } else { r.clone() });
-        drivers.push((Driver::submit(&st, ids, params.clone(), lp, rid)?, text));
+        let d = Driver::submit_pd(&st, ids, params.clone(), lp, rid, boot)?;
+        drivers.push((d, text));
     }
     let id = format!("cmpl-{}", drivers[0].0.rid);
     let created = now_secs();
@@ -388,7 +402,16 @@ pub async fn chat_completions(
         .clone()
         .unwrap_or_else(|| st.info.served_model_name.clone());
     let lp = logprob_spec(n_lp, ids.len(), false);
-    let mut d = Driver::submit(&st, ids, params, lp, rid)?;
+    let boot = bootstraps(
+        &w.bootstrap_host,
+        &w.bootstrap_port,
+        &w.bootstrap_room,
+        1,
+        false,
+    )?
+    .pop()
+    .flatten();
+    let mut d = Driver::submit_pd(&st, ids, params, lp, rid, boot)?;
     let id = format!("chatcmpl-{}", d.rid);
     let created = now_secs();
     if w.stream {

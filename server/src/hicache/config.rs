@@ -58,6 +58,9 @@ pub struct HiCacheConfig {
     /// Model name in the key prefix (SGLang uses the served model name).
     pub model_name: Option<String>,
     pub tp_rank: usize,
+    /// PD decode side (`--disaggregation-decode-enable-offload-kvcache`): write each finished
+    /// request's KV (prompt and generated tokens) to the L3.
+    pub decode_offload: bool,
 }
 
 impl Default for HiCacheConfig {
@@ -75,6 +78,7 @@ impl Default for HiCacheConfig {
             extra_backend_tag: None,
             model_name: None,
             tp_rank: 0,
+            decode_offload: false,
         }
     }
 }

@@ -13,6 +13,9 @@
 //!   releases it; what arrived by then is inserted as host-only nodes. Pages whose reads are still
 //!   in flight at release are parked until their completion arrives.
 //! - **Load back** L2 -> L1 at admission, for the host-only nodes on the request's matched path.
+//! - **Decode offload** (PD decode side): a finished request's full pages, prompt and generated
+//!   tokens, go device -> fresh host pages -> L3 under the same chained keys, so the next turn's
+//!   prefill finds prompt + answer in the L3. The host pages are freed when the write completes.
 //! - **Adaptive skip**: a prefetch whose estimated load time (measured store bandwidth) exceeds
 //!   the estimated recompute time (measured prefill rate) is dropped after the exists query, so a
 //!   slow L3 costs at most that one query.
@@ -116,6 +119,8 @@ pub struct HiCache {
     parked: HashMap<u64, Vec<Page>>,
     /// Nodes locked by in-flight L3 writes.
     writes: HashMap<u64, NodeId>,
+    /// Host pages of in-flight decode offloads, freed when their write completes.
+    offloads: HashMap<u64, Vec<Page>>,
     next_id: u64,
     est: Estimates,
     stats: Arc<Stats>,
@@ -147,6 +152,7 @@ impl HiCache {
             prefetches: HashMap::new(),
             parked: HashMap::new(),
             writes: HashMap::new(),
+            offloads: HashMap::new(),
             next_id: 0,
             est: Estimates {
                 store_bw: 1e9,
@@ -257,6 +263,48 @@ impl HiCache {
         }
     }
 
+    /// Decode offload: copies the device pages `dev` holding the KV of `tokens` (whole pages) to
+    /// fresh host pages and writes them to the L3 (objects already there are skipped). Returns
+    /// the pages queued; none when offload is off, there is no L3, or the host pool is full.
+    pub fn offload(
+        &mut self,
+        tokens: &[u32],
+        dev: &[u32],
+        copy: &mut dyn FnMut(&[u32], &[u32]) -> bool,
+    ) -> usize {
+        let ps = self.page_size;
+        let n = dev.len().min(tokens.len() / ps);
+        if !self.cfg.decode_offload || self.storage.is_none() || n == 0 {
+            return 0;
+        }
+        let Some(host) = self.host.alloc(n) else {
+            tracing::debug!(pages = n, "hicache: decode offload skipped, host pool full");
+            return 0;
+        };
+        let ids: Vec<u32> = host.iter().map(Page::id).collect();
+        if !copy(&dev[..n], &ids) {
+            return 0;
+        }
+        let hashes = page_hashes(&tokens[..n * ps], ps);
+        let id = self.id();
+        let job = Job::Put {
+            id,
+            keys: self.keys.keys(&hashes),
+            src: self.spans(&ids),
+            depths: (0..n).flat_map(|d| [d as u32; 2]).collect(),
+        };
+        self.offloads.insert(id, host);
+        if let Some(s) = &self.storage {
+            s.backup(job);
+        }
+        n
+    }
+
+    /// Whether finished decode requests are offloaded to the L3.
+    pub fn decode_offload(&self) -> bool {
+        self.cfg.decode_offload && self.storage.is_some()
+    }
+
     // ---- L3 -> L2 ----
 
     /// Called when a request is queued. Starts an L3 prefetch when the part of `tokens` missing
@@ -351,6 +399,7 @@ impl HiCache {
                     if let Some(node) = self.writes.remove(&id) {
                         tree.unlock(node);
                     }
+                    self.offloads.remove(&id); // frees an offload's host pages
                     if failed > 0 {
                         tracing::debug!(written, failed, "hicache: L3 backup incomplete");
                     }
@@ -531,6 +580,9 @@ impl HiCache {
 
     /// Whether L3 jobs are in flight (the scheduler then polls instead of sleeping on its queue).
     pub fn busy(&self) -> bool {
-        !self.prefetches.is_empty() || !self.writes.is_empty() || !self.parked.is_empty()
+        !self.prefetches.is_empty()
+            || !self.writes.is_empty()
+            || !self.parked.is_empty()
+            || !self.offloads.is_empty()
     }
 }

@@ -388,6 +388,9 @@ impl<R: ModelRunner> Scheduler<R> {
             }
             _ => None,
         };
+        if ok && matches!(self.pd, Some(PdSide::Decode(_))) {
+            self.offload_kv(&s);
+        }
         let s = self.release(s, ok);
         let done = Finish {
             reason,
@@ -429,6 +432,25 @@ impl<R: ModelRunner> Scheduler<R> {
                 let _ = s.req.events.send(Event::Done(done));
             }
         }
+    }
+
+    /// PD decode with offload on: writes the KV of `s`'s computed tokens (whole pages) to the L3.
+    fn offload_kv(&mut self, s: &Seq) {
+        let Some(h) = self.hicache.as_mut().filter(|h| h.decode_offload()) else {
+            return;
+        };
+        let ps = self.cfg.page_size;
+        let full = (s.computed / ps).min(s.tokens.len() / ps);
+        let table = s.page_table();
+        let host = h.host().clone();
+        let (pool, model) = (&self.pool, &self.model);
+        let mut copy = |dev: &[u32], hp: &[u32]| copy_out(model, pool, &host, dev, hp);
+        let n = h.offload(
+            &s.tokens[..full * ps],
+            &table[..full.min(table.len())],
+            &mut copy,
+        );
+        Stats::add(&self.stats.pd_offloaded_tokens, (n * ps) as u64);
     }
 
     /// Copies the prompt's KV pages of `s` into a new staging host pool (PD prefill side).

@@ -140,7 +140,8 @@ pub struct Args {
     /// the `rdma` build).
     #[arg(long)]
     disaggregation_ib_device: Option<String>,
-    /// Decode side: write generated tokens' KV to the L3 (accepted; not implemented yet).
+    /// Decode side: write each finished request's KV (prompt and generated tokens) to the L3
+    /// given by --hicache-storage-backend, so the next turn's prefill finds it there.
     #[arg(long)]
     disaggregation_decode_enable_offload_kvcache: bool,
     /// Decode side: tokens reserved per request when admitting (accepted; pages are allocated
@@ -173,9 +174,9 @@ fn pd_config(a: &Args) -> anyhow::Result<Option<PdConfig>> {
             "--disaggregation-ib-device: the KV transfer runs over TCP in this build"
         );
     }
-    if a.disaggregation_decode_enable_offload_kvcache {
+    if a.disaggregation_decode_enable_offload_kvcache && mode == Mode::Prefill {
         tracing::warn!(
-            "--disaggregation-decode-enable-offload-kvcache is accepted but not implemented yet: decoded KV is not written to L3"
+            "--disaggregation-decode-enable-offload-kvcache applies to the decode side; ignored on prefill"
         );
     }
     Ok(Some(PdConfig::new(
@@ -188,7 +189,16 @@ fn pd_config(a: &Args) -> anyhow::Result<Option<PdConfig>> {
 
 /// Builds the HiCache configuration from the flags (None when HiCache is off).
 fn hicache_config(a: &Args) -> anyhow::Result<Option<HiCacheConfig>> {
-    if !a.enable_hierarchical_cache {
+    // Decode offload needs the host pool and the L3 of HiCache, not its tree (decode keeps each
+    // request's pages private), so it turns the L3 machinery on by itself, as SGLang's does.
+    let offload = a.disaggregation_decode_enable_offload_kvcache
+        && a.disaggregation_mode.eq_ignore_ascii_case("decode");
+    if offload && a.hicache_storage_backend.is_none() {
+        anyhow::bail!(
+            "--disaggregation-decode-enable-offload-kvcache needs an L3: add --hicache-storage-backend strata (or mooncake) and the master address"
+        );
+    }
+    if !a.enable_hierarchical_cache && !offload {
         if a.hicache_storage_backend.is_some() {
             tracing::warn!(
                 "--hicache-storage-backend is ignored without --enable-hierarchical-cache"
@@ -196,7 +206,7 @@ fn hicache_config(a: &Args) -> anyhow::Result<Option<HiCacheConfig>> {
         }
         return Ok(None);
     }
-    if a.disable_radix_cache {
+    if a.disable_radix_cache && !offload {
         anyhow::bail!(
             "--enable-hierarchical-cache needs the radix cache; drop --disable-radix-cache"
         );
@@ -218,6 +228,7 @@ fn hicache_config(a: &Args) -> anyhow::Result<Option<HiCacheConfig>> {
                 .clone()
                 .unwrap_or_else(|| a.model_path.display().to_string()),
         ),
+        decode_offload: offload,
         ..HiCacheConfig::default()
     };
     if c.ratio <= 0.0 && c.size_gb <= 0.0 {
