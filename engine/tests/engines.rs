@@ -69,7 +69,12 @@ fn round_trip_and_reopen() {
                 value(i, sizes[i as usize])
             );
         }
-        s.clear().unwrap();
+        // Keys 0, 2, 3 and 4 were live (1 was removed).
+        assert_eq!(
+            s.clear().unwrap(),
+            4,
+            "clear answers how many keys it removed"
+        );
         assert_eq!(s.get(&key(2)).unwrap(), None);
         assert!(s.put(&key(7), &value(7, 9000)).unwrap());
         drop(s);

@@ -101,10 +101,10 @@ pub fn answer(
         }
         Op::Clear => {
             codec::Reader::new(meta).finish()?;
-            if let Err(e) = store.clear() {
-                return Ok(Err(e));
+            match store.clear() {
+                Ok(n) => n.to_le_bytes().to_vec(),
+                Err(e) => return Ok(Err(e)),
             }
-            Vec::new()
         }
         Op::Stats => {
             let json = serde_json::to_vec(&store.stats()).unwrap_or_default();

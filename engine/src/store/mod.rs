@@ -260,7 +260,8 @@ impl Store {
     }
 
     /// Removes everything; durable when it returns (a synced superblock write records the cut-off).
-    pub fn clear(&self) -> Result<()> {
+    /// Returns how many keys it removed.
+    pub fn clear(&self) -> Result<u64> {
         self.core.clear()
     }
 
@@ -314,11 +315,12 @@ impl Core {
         self.index.contains(key) || self.wb.as_ref().is_some_and(|w| w.contains(key))
     }
 
-    fn clear(&self) -> Result<()> {
+    fn clear(&self) -> Result<u64> {
         if let Some(wb) = &self.wb {
             wb.drain();
         }
         let _ops = self.ops.write();
+        let removed = self.index.len() as u64;
         let mut a = self.segments.alloc.lock();
         for s in &self.segments.segs {
             s.epoch.store(0, Ordering::SeqCst);
@@ -341,7 +343,7 @@ impl Core {
         *sb = next;
         self.index.clear();
         self.mem.clear();
-        Ok(())
+        Ok(removed)
     }
 }
 

@@ -344,7 +344,7 @@ impl Inner {
         yes
     }
 
-    pub(super) fn clear(&self) -> ClusterResult<()> {
+    pub(super) fn clear(&self) -> ClusterResult<u64> {
         let jobs = self
             .usable()
             .into_iter()
@@ -353,9 +353,10 @@ impl Inner {
                 idxs: Vec::new(),
             })
             .collect();
+        let mut removed = 0;
         for (_, r) in self.fanout(jobs, |path, _| path.clear()) {
-            r?;
+            removed += r?;
         }
-        Ok(())
+        Ok(removed)
     }
 }

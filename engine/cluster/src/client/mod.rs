@@ -44,6 +44,8 @@ pub struct ClientConfig {
     pub refresh: Duration,
     /// Contribute this engine as a segment served from this process. Default none.
     pub local_segment: Option<StoreConfig>,
+    /// Where the local segment's node listens (`host:port`; port 0 = any). Default `127.0.0.1:0`.
+    pub local_listen: String,
     /// Name sent in HELLO.
     pub name: String,
     /// Parallel connections (and node threads) one large batch uses per node. Default 2;
@@ -68,6 +70,7 @@ impl ClientConfig {
             timeout: Duration::from_secs(10),
             refresh: Duration::from_millis(500),
             local_segment: None,
+            local_listen: "127.0.0.1:0".into(),
             name: format!("client-{}", std::process::id()),
             streams: std::env::var("STRATA_STREAMS")
                 .ok()
@@ -134,6 +137,7 @@ impl Client {
         if let Some(sc) = &cfg.local_segment {
             let mut nc = NodeConfig::new(cfg.master.clone(), sc.clone());
             nc.auth_token = cfg.auth_token.clone();
+            nc.listen = cfg.local_listen.clone();
             let h = node::start(nc)?;
             local = Some((h.node_id.clone(), h.store.clone()));
             local_handle = Some(Arc::new(h));
@@ -272,6 +276,21 @@ impl Client {
 
     /// Removes every key on every alive node. Fails if any alive node could not be cleared.
     pub fn clear(&self) -> ClusterResult<()> {
+        self.inner.clear().map(|_| ())
+    }
+
+    /// Takes this client's own segment (if any) out of the membership now, making its completed
+    /// puts durable; other clients stop placing keys on it at once. The client keeps working for
+    /// keys on other nodes.
+    pub fn leave(&self) -> ClusterResult<()> {
+        match &self._local {
+            Some(h) => h.shutdown(),
+            None => Ok(()),
+        }
+    }
+
+    /// [`Client::clear`], answering how many keys the nodes removed (Mooncake's `remove_all`).
+    pub fn clear_count(&self) -> ClusterResult<u64> {
         self.inner.clear()
     }
 }

@@ -54,9 +54,12 @@ pub trait DataPath: Send {
         )
     }
 
-    /// Removes every key on the node.
-    fn clear(&mut self) -> ClusterResult<()> {
-        self.call(Op::Clear, &[]).map(|_| ())
+    /// Removes every key on the node; how many it removed (0 from a node that predates the count).
+    fn clear(&mut self) -> ClusterResult<u64> {
+        let meta = self.call(Op::Clear, &[])?;
+        Ok(meta
+            .get(..8)
+            .map_or(0, |b| u64::from_le_bytes(b.try_into().expect("8 bytes"))))
     }
 }
 
