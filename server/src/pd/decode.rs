@@ -142,6 +142,10 @@ fn fetch(cfg: &PdConfig, g: Geometry, b: &Bootstrap, prompt_len: usize) -> Resul
                 .map_err(|e| format!("the prefill server broke off the KV transfer: {e}"))?;
         }
     }
+    if cfg.inject_fault(b.room) {
+        let _ = w.write_all(&[0]);
+        return Err("injected test fault: the decode side refused the pages".into());
+    }
     w.write_all(&[1]).map_err(|e| e.to_string())?;
     Ok(Fetched {
         first_token: h.first_token,

@@ -62,6 +62,26 @@ pub struct PdConfig {
     pub timeout: Duration,
     /// Shared token (the server's `--api-key`), checked on the bootstrap connection.
     pub token: String,
+    /// Test-only fault rate (`--disaggregation-test-failure-prob`, env
+    /// `DISAGGREGATION_TEST_FAILURE_PROB` as in SGLang): the fraction of transfers this side
+    /// breaks on purpose — a prefill cuts the connection halfway through the pages, a decode
+    /// refuses the pages it received. Chosen per room by a seeded hash, so a run is replayable.
+    pub failure_prob: f64,
+}
+
+impl PdConfig {
+    /// Whether this side breaks the transfer of `room` on purpose (see `failure_prob`).
+    pub fn inject_fault(&self, room: u64) -> bool {
+        if self.failure_prob <= 0.0 {
+            return false;
+        }
+        let salt = match self.mode {
+            Mode::Decode => 0xDEC0,
+            _ => 0x9F11,
+        };
+        let x = crate::seeded::SplitMix64(room ^ salt).next_u64();
+        ((x >> 11) as f64 / (1u64 << 53) as f64) < self.failure_prob
+    }
 }
 
 impl PdConfig {
@@ -80,6 +100,7 @@ impl PdConfig {
             timeout: secs("SGLANG_DISAGGREGATION_BOOTSTRAP_TIMEOUT", 300)
                 .min(secs("SGLANG_DISAGGREGATION_WAITING_TIMEOUT", 300)),
             token: token.to_string(),
+            failure_prob: 0.0,
         }
     }
 }

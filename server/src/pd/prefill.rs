@@ -204,7 +204,11 @@ impl Registry {
             Err(msg)
         } else {
             let t0 = Instant::now();
-            let r = send_pages(&h, &mut wr, &mut rd);
+            let r = if self.cfg.inject_fault(want.room) {
+                send_half(&h, &mut wr)
+            } else {
+                send_pages(&h, &mut wr, &mut rd)
+            };
             if r.is_ok() {
                 Stats::add(&self.stats.pd_bytes, (h.n_pages * 2 * obj) as u64);
                 Stats::add(&self.stats.pd_micros, t0.elapsed().as_micros() as u64);
@@ -220,6 +224,29 @@ impl Registry {
         }
         (h.deliver)(result.map_err(|e| format!("PD transfer failed: {e}")));
     }
+}
+
+/// Test-only fault: the header and half the pages, then the connection drops (a prefill that
+/// dies mid-transfer, as the decode side sees it).
+fn send_half(h: &Handoff, wr: &mut BufWriter<TcpStream>) -> Result<(), String> {
+    let obj = h.staging.object_bytes();
+    KvHeader {
+        status: wire::OK,
+        n_tokens: h.n_tokens,
+        first_token: h.first_token,
+        n_pages: h.n_pages as u32,
+        object_bytes: obj as u32,
+        msg: String::new(),
+    }
+    .write(wr)
+    .map_err(|e| e.to_string())?;
+    for p in 0..(h.n_pages / 2) as u32 {
+        // SAFETY: as in `send_pages`.
+        let _ = wr.write_all(unsafe { h.staging.object(p, false) });
+    }
+    let _ = wr.flush();
+    let _ = wr.get_ref().shutdown(std::net::Shutdown::Both);
+    Err("injected test fault: the transfer was cut halfway".into())
 }
 
 fn send_pages(

@@ -148,6 +148,15 @@ pub struct Args {
     /// on demand here).
     #[arg(long)]
     num_reserved_decode_tokens: Option<usize>,
+    /// Test only: the fraction of PD transfers this server breaks on purpose (SGLang's
+    /// DISAGGREGATION_TEST_FAILURE_PROB), to test that every request still ends cleanly.
+    #[arg(
+        long,
+        env = "DISAGGREGATION_TEST_FAILURE_PROB",
+        default_value_t = 0.0,
+        hide = true
+    )]
+    disaggregation_test_failure_prob: f64,
     /// Prefix cache eviction order: lru or lfu.
     #[arg(long, default_value = "lru")]
     radix_eviction_policy: String,
@@ -179,12 +188,26 @@ fn pd_config(a: &Args) -> anyhow::Result<Option<PdConfig>> {
             "--disaggregation-decode-enable-offload-kvcache applies to the decode side; ignored on prefill"
         );
     }
-    Ok(Some(PdConfig::new(
+    if !(0.0..=1.0).contains(&a.disaggregation_test_failure_prob) {
+        anyhow::bail!(
+            "--disaggregation-test-failure-prob {}: expected a probability in [0, 1]",
+            a.disaggregation_test_failure_prob
+        );
+    }
+    let mut c = PdConfig::new(
         mode,
         a.disaggregation_bootstrap_port,
         &a.host,
         a.api_key.as_deref().unwrap_or(""),
-    )))
+    );
+    c.failure_prob = a.disaggregation_test_failure_prob;
+    if c.failure_prob > 0.0 {
+        tracing::warn!(
+            prob = c.failure_prob,
+            "PD test fault injection is on: transfers will fail on purpose"
+        );
+    }
+    Ok(Some(c))
 }
 
 /// Builds the HiCache configuration from the flags (None when HiCache is off).
