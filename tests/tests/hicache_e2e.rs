@@ -266,3 +266,49 @@ async fn l3_faults_never_change_answers() {
     }
     assert!(metric(&t, "prefetched_tokens_total").await == 0.0);
 }
+
+/// Bytes flipped in the L3's device file while the store is down: the damaged pages fail their
+/// checksum and count as misses (the store drops them at recovery or at read), the pages before
+/// them are still used, and the answer stays the reference's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn l3_pages_failing_their_checksum_are_misses() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed());
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let dev = dir.path().join("dev.strata");
+    let model = MadeModel::new("llama", "tiny");
+    let refs = reference(&model);
+    let p = prompt(&mut rng, &[], 120); // 7 whole pages of 16 leave a token to compute
+    let (want, _) = gen(&refs, &p, 6).await;
+    let _m = master(dir.path(), port, &[]);
+    let mut st = store(&addr, &dev, &[]);
+    let a = l3_server(&model, &addr, "wait_complete");
+    assert_eq!(gen(&a, &p, 6).await.0, want);
+    let backed = wait_metric(&a, "backuped_tokens_total", 112.0).await;
+    assert!(backed >= 112.0, "server A backed up {backed} tokens");
+    drop(a);
+    // Puts are acknowledged after their O_DIRECT write: the records are on the device now.
+    st.kill9();
+    // Flip one value byte of every page record at chain depth >= 2 (docs/format.md: a record
+    // header starts "STRATARC" on a 4 KiB boundary, depth hint at byte 15, value after 4 KiB).
+    let mut bytes = std::fs::read(&dev).unwrap();
+    let mut flipped = 0;
+    for off in (0..bytes.len().saturating_sub(8192)).step_by(4096) {
+        if &bytes[off..off + 8] == b"STRATARC" && bytes[off + 14] == 1 && bytes[off + 15] >= 2 {
+            bytes[off + 4096 + 100] ^= 0x5A;
+            flipped += 1;
+        }
+    }
+    assert!(flipped >= 10, "found {flipped} deep page records to damage");
+    std::fs::write(&dev, &bytes).unwrap();
+    let _st = store(&addr, &dev, &[]);
+    tokio::time::sleep(Duration::from_millis(1500)).await; // the node rejoins the master
+    let b = l3_server(&model, &addr, "wait_complete");
+    let (out, cached) = gen(&b, &p, 6).await;
+    assert_eq!(out, want, "a damaged L3 page changed the answer");
+    assert_eq!(
+        cached, 32,
+        "pages 0 and 1 are intact, page 2 on are damaged"
+    );
+}
