@@ -38,6 +38,9 @@ enum Command {
     Up(cmd::up::Args),
     /// Request router in front of SGLang-compatible workers (regular or PD mode).
     Router(Box<cmd::router::Args>),
+    /// The whole deployment under load while faults are injected at seeded times; every answer
+    /// checked (docs/chaos.md).
+    Chaos(cmd::chaos::Args),
     /// CUDA backend: device info, op checks against the CPU reference, GPU benchmarks.
     Gpu(cmd::gpu::Args),
 }
@@ -75,6 +78,7 @@ fn run(command: Command) -> anyhow::Result<()> {
         Command::Router(a) => cmd::router::run(*a),
         Command::Up(a) => cmd::up::run(a),
         Command::Gpu(a) => cmd::gpu::run(a),
+        Command::Chaos(a) => cmd::chaos::run(a),
     }
 }
 

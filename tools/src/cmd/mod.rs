@@ -1,6 +1,7 @@
 //! One module per `strata` subcommand.
 
 pub mod bench;
+pub mod chaos;
 pub mod gpu;
 pub mod inspect;
 pub mod logging;
@@ -10,5 +11,6 @@ pub mod router;
 pub mod serve;
 pub mod service;
 pub mod size;
+pub mod stack;
 pub mod store;
 pub mod up;

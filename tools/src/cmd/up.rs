@@ -10,11 +10,12 @@
 //! first, and SIGKILL only to one still running after a grace period, so the store seals its open
 //! segment and leaves the membership, and the servers and router finish in-flight requests.
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::time::Duration;
 
-use anyhow::{bail, Context};
+use anyhow::bail;
+
+use super::stack::{check_ports, http, roles, Stack};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -38,169 +39,6 @@ pub struct Args {
     pd: bool,
 }
 
-/// How long a child gets to stop after SIGTERM before SIGKILL.
-const GRACE: Duration = Duration::from_secs(10);
-
-/// Children are stopped when this guard drops, whatever the exit path, one at a time and newest
-/// first (router, servers, store, master: the store leaves the membership while the master still
-/// runs): SIGTERM, then SIGKILL if it is still running after [`GRACE`].
-struct Children(Vec<(String, Child)>);
-
-impl Drop for Children {
-    fn drop(&mut self) {
-        for (name, c) in self.0.iter_mut().rev() {
-            if let Ok(None) = c.try_wait() {
-                // SAFETY: kill(2) on the pid of a child we have not reaped yet.
-                unsafe {
-                    libc::kill(c.id() as libc::pid_t, libc::SIGTERM);
-                }
-            }
-            let deadline = Instant::now() + GRACE;
-            loop {
-                match c.try_wait() {
-                    Ok(Some(_)) | Err(_) => break,
-                    Ok(None) if Instant::now() < deadline => {
-                        std::thread::sleep(Duration::from_millis(20))
-                    }
-                    Ok(None) => {
-                        eprintln!("{name} did not stop within {GRACE:?} of SIGTERM; killing it");
-                        let _ = c.kill();
-                        let _ = c.wait();
-                        break;
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Fails, naming the port and its role, when any port `up` needs is taken.
-fn check_ports(ports: &[(u16, &str)]) -> anyhow::Result<()> {
-    for &(port, role) in ports {
-        if let Err(e) = std::net::TcpListener::bind(("0.0.0.0", port)) {
-            bail!(
-                "port {port} ({role}) is not available: {e}; choose another --port \
-                 (strata up uses --port to --port+7)"
-            );
-        }
-    }
-    Ok(())
-}
-
-fn spawn(kids: &mut Children, name: &str, args: &[String], log: &Path) -> anyhow::Result<()> {
-    let exe = std::env::current_exe()?;
-    let out = std::fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
-    let child = Command::new(exe)
-        .args(args)
-        .stdout(out.try_clone()?)
-        .stderr(out)
-        .stdin(Stdio::null())
-        .spawn()
-        .with_context(|| format!("starting {name}"))?;
-    eprintln!(
-        "started {name:<7} (pid {}, log {})",
-        child.id(),
-        log.display()
-    );
-    kids.0.push((name.to_string(), child));
-    Ok(())
-}
-
-fn wait_http(kids: &mut Children, url: &str, timeout: Duration) -> anyhow::Result<()> {
-    let deadline = Instant::now() + timeout;
-    let client = http::blocking_client()?;
-    loop {
-        if client
-            .get(url)
-            .send()
-            .is_ok_and(|r| r.status().is_success())
-        {
-            return Ok(());
-        }
-        for (name, c) in &mut kids.0 {
-            if let Some(status) = c.try_wait()? {
-                bail!("{name} exited early ({status}); see its log in the data folder");
-            }
-        }
-        if Instant::now() > deadline {
-            bail!("{url} did not become healthy within {timeout:?}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-mod http {
-    //! A tiny blocking HTTP/1.1 client over std (enough for health checks and one request).
-    use std::io::{Read, Write};
-    use std::net::TcpStream;
-
-    pub struct Client;
-    pub struct Resp {
-        status: u16,
-        pub body: String,
-    }
-    impl Resp {
-        pub fn status(&self) -> Status {
-            Status(self.status)
-        }
-    }
-    pub struct Status(u16);
-    impl Status {
-        pub fn is_success(&self) -> bool {
-            (200..300).contains(&self.0)
-        }
-    }
-    pub struct Req {
-        url: String,
-        body: Option<String>,
-    }
-    pub fn blocking_client() -> std::io::Result<Client> {
-        Ok(Client)
-    }
-    impl Client {
-        pub fn get(&self, url: &str) -> Req {
-            Req {
-                url: url.into(),
-                body: None,
-            }
-        }
-        pub fn post(&self, url: &str, body: String) -> Req {
-            Req {
-                url: url.into(),
-                body: Some(body),
-            }
-        }
-    }
-    impl Req {
-        pub fn send(self) -> std::io::Result<Resp> {
-            let rest = self.url.strip_prefix("http://").unwrap_or(&self.url);
-            let (host, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
-            let mut s = TcpStream::connect(host)?;
-            s.set_read_timeout(Some(std::time::Duration::from_secs(60)))?;
-            let req = match &self.body {
-                None => format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
-                Some(b) => format!(
-                    "POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{b}",
-                    b.len()
-                ),
-            };
-            s.write_all(req.as_bytes())?;
-            let mut raw = String::new();
-            s.read_to_string(&mut raw)?;
-            let status = raw
-                .split_whitespace()
-                .nth(1)
-                .and_then(|c| c.parse().ok())
-                .unwrap_or(0);
-            let body = raw
-                .split_once("\r\n\r\n")
-                .map(|(_, b)| b.to_string())
-                .unwrap_or_default();
-            Ok(Resp { status, body })
-        }
-    }
-}
-
 pub fn run(a: Args) -> anyhow::Result<()> {
     let p = a.port;
     if p > u16::MAX - 7 {
@@ -219,163 +57,75 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if a.pd {
         ports.extend([(boot, "PD bootstrap"), (decode, "decode server")]);
     }
-    check_ports(&ports)?;
+    check_ports(
+        &ports,
+        "choose another --port (strata up uses --port to --port+7)",
+    )?;
     std::fs::create_dir_all(&a.data_dir)?;
     let dir = a.data_dir.canonicalize()?;
-    let model = dir.join("model-tiny");
-    let exe = std::env::current_exe()?;
-    if !model.join("config.json").exists() {
-        let st = Command::new(&exe)
-            .args(["make-model", "--out"])
-            .arg(&model)
-            .args(["--arch", "llama", "--size", "tiny"])
-            .status()?;
-        if !st.success() {
-            bail!("make-model failed");
-        }
-        eprintln!("made a tiny llama model in {}", model.display());
-    }
-    let s = |v: &str| v.to_string();
+    let model = roles::ensure_model(&dir)?;
     let d = |f: &str| dir.join(f).display().to_string();
-    let mut kids = Children(Vec::new());
-    spawn(
-        &mut kids,
+    let log = |name: &str| dir.join(format!("{name}.log"));
+    let mut kids = Stack::default();
+    kids.spawn(
         "master",
-        &[
-            s("master"),
-            s("--rpc-port"),
-            rpc.to_string(),
-            s("--enable-http-metadata-server=true"),
-            s("--http-metadata-server-port"),
-            meta.to_string(),
-            s("--metrics-port"),
-            metrics.to_string(),
-            s("--state-file"),
-            d("master-state.json"),
-        ],
-        &dir.join("master.log"),
+        roles::master(rpc, meta, metrics, &dir.join("master-state.json")),
+        &log("master"),
     )?;
-    wait_http(
-        &mut kids,
+    kids.wait_http(
         &format!("http://127.0.0.1:{metrics}/metrics"),
         Duration::from_secs(30),
     )?;
-    spawn(
-        &mut kids,
+    let master = format!("127.0.0.1:{rpc}");
+    kids.spawn(
         "store",
-        &[
-            s("store"),
-            s("--master"),
-            format!("127.0.0.1:{rpc}"),
-            s("--device"),
-            d("store.strata"),
-            s("--capacity"),
-            a.capacity.clone(),
-            s("--memory"),
-            s("256MiB"),
-        ],
-        &dir.join("store.log"),
+        roles::store(&master, &dir.join("store.strata"), &a.capacity, "256MiB"),
+        &log("store"),
     )?;
-    let mut serve_args = vec![
-        s("serve"),
-        s("--model-path"),
-        model.display().to_string(),
-        s("--port"),
-        serve.to_string(),
-        s("--page-size"),
-        s("64"),
-        // The seed's quick start: HiCache with the store above as its L3.
-        s("--enable-hierarchical-cache"),
-        s("--hicache-storage-prefetch-policy"),
-        s("timeout"),
-        s("--hicache-storage-backend"),
-        s("strata"),
-        s("--hicache-storage-backend-extra-config"),
-        format!(r#"{{"master_server_address": "127.0.0.1:{rpc}"}}"#),
-    ];
+    let mut serve_args = roles::serve(&model, serve, 64, Some(&master), "");
     if a.pd {
-        serve_args.extend([
-            s("--disaggregation-mode"),
-            s("prefill"),
-            s("--disaggregation-bootstrap-port"),
-            boot.to_string(),
-        ]);
+        serve_args.extend(roles::pd_side("prefill", boot));
     }
     let name = if a.pd { "prefill" } else { "serve" };
-    spawn(
-        &mut kids,
-        name,
-        &serve_args,
-        &dir.join(format!("{name}.log")),
-    )?;
+    kids.spawn(name, serve_args, &log(name))?;
     if a.pd {
-        spawn(
-            &mut kids,
-            "decode",
-            &[
-                s("serve"),
-                s("--model-path"),
-                model.display().to_string(),
-                s("--port"),
-                decode.to_string(),
-                s("--page-size"),
-                s("64"),
-                s("--disaggregation-mode"),
-                s("decode"),
-                s("--disaggregation-bootstrap-port"),
-                boot.to_string(),
-            ],
-            &dir.join("decode.log"),
-        )?;
+        let mut dec = roles::serve(&model, decode, 64, None, "");
+        dec.extend(roles::pd_side("decode", boot));
+        kids.spawn("decode", dec, &log("decode"))?;
     }
     for port in if a.pd {
         vec![serve, decode]
     } else {
         vec![serve]
     } {
-        wait_http(
-            &mut kids,
+        kids.wait_http(
             &format!("http://127.0.0.1:{port}/health"),
             Duration::from_secs(120),
         )?;
     }
     let router_args = if a.pd {
-        vec![
-            s("router"),
-            s("--pd-disaggregation"),
-            s("--prefill"),
-            format!("http://127.0.0.1:{serve}"),
-            boot.to_string(),
-            s("--decode"),
-            format!("http://127.0.0.1:{decode}"),
-            s("--port"),
-            p.to_string(),
-            s("--prometheus-port"),
-            router_metrics.to_string(),
-        ]
+        roles::pd_router(
+            &format!("http://127.0.0.1:{serve}"),
+            boot,
+            &format!("http://127.0.0.1:{decode}"),
+            p,
+            router_metrics,
+        )
     } else {
-        vec![
-            s("router"),
-            s("--worker-urls"),
-            format!("http://127.0.0.1:{serve}"),
-            s("--port"),
-            p.to_string(),
-            s("--prometheus-port"),
-            router_metrics.to_string(),
-        ]
+        roles::router(&[format!("http://127.0.0.1:{serve}")], p, router_metrics)
     };
-    spawn(&mut kids, "router", &router_args, &dir.join("router.log"))?;
-    wait_http(
-        &mut kids,
+    kids.spawn("router", router_args, &log("router"))?;
+    kids.wait_http(
         &format!("http://127.0.0.1:{p}/health"),
         Duration::from_secs(30),
     )?;
     let body = r#"{"text": "Let me tell you a long story ", "sampling_params": {"temperature": 0, "max_new_tokens": 32}}"#;
-    let client = http::blocking_client()?;
-    let r = client
-        .post(&format!("http://127.0.0.1:{p}/generate"), body.to_string())
-        .send()?;
-    if !r.status().is_success() {
+    let r = http::post(
+        &format!("http://127.0.0.1:{p}/generate"),
+        body,
+        Duration::from_secs(60),
+    )?;
+    if !r.is_success() {
         bail!("the smoke request failed: {}", r.body);
     }
     println!("POST /generate via the router -> {}", r.body.trim());
@@ -415,13 +165,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             eprintln!("stopping");
             return Ok(());
         }
-        for (name, c) in &mut kids.0 {
-            if let Some(status) = c.try_wait()? {
-                bail!(
-                    "{name} exited ({status}); see {}",
-                    dir.join(format!("{name}.log")).display()
-                );
-            }
+        if let Some((i, status)) = kids.exited().into_iter().next() {
+            let p = &kids.procs[i];
+            bail!("{} exited ({status}); see {}", p.name, p.log().display());
         }
     }
 }
