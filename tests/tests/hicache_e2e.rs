@@ -312,3 +312,109 @@ async fn l3_pages_failing_their_checksum_are_misses() {
         "pages 0 and 1 are intact, page 2 on are damaged"
     );
 }
+
+fn signal(p: &cluster_util::Proc, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &p.child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig}");
+}
+
+/// The store node dies while a prefetch waits on it (stopped first, so the kill lands mid-query):
+/// the request goes on without the L3 long before its prefetch deadline, with the reference's
+/// answer; a node that stops answering holds a request no longer than the timeout policy allows.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn l3_node_killed_mid_prefetch_releases_the_request() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed());
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let addr = format!("127.0.0.1:{port}");
+    let model = MadeModel::new("llama", "tiny");
+    let refs = reference(&model);
+    let prompts: Vec<Vec<u32>> = (0..2).map(|_| prompt(&mut rng, &[], 120)).collect();
+    let mut want = Vec::new();
+    for p in &prompts {
+        want.push(gen(&refs, p, 6).await.0);
+    }
+    let _m = master(dir.path(), port, &[]);
+    let st = store(&addr, &dir.path().join("dev.strata"), &[]);
+    let a = l3_server(&model, &addr, "wait_complete");
+    for p in &prompts {
+        gen(&a, p, 6).await;
+    }
+    let backed = wait_metric(&a, "backuped_tokens_total", 224.0).await;
+    assert!(backed >= 224.0, "server A backed up {backed} tokens");
+    // A node that stops answering: the timeout policy releases the request at its deadline.
+    let short = json!({"master_server_address": addr, "prefetch_threshold": 32,
+        "prefetch_timeout_base": 0.5, "prefetch_timeout_per_ki_token": 0})
+    .to_string();
+    let l3 = |policy: &str, extra: &str| {
+        Server::start(
+            model.path(),
+            &[
+                "--page-size",
+                "16",
+                "--enable-hierarchical-cache",
+                "--hicache-storage-backend",
+                "strata",
+                "--hicache-storage-prefetch-policy",
+                policy,
+                "--hicache-storage-backend-extra-config",
+                extra,
+            ],
+        )
+    };
+    let b = l3("timeout", &short);
+    signal(&st, "-STOP");
+    let t = Instant::now();
+    let (out, cached) = gen(&b, &prompts[0], 6).await;
+    assert_eq!((out, cached), (want[0].clone(), 0));
+    assert!(
+        t.elapsed() < Duration::from_secs(5),
+        "held {:?}",
+        t.elapsed()
+    );
+    // The node killed while a wait_complete prefetch is in flight on it.
+    let c = l3(
+        "wait_complete",
+        &json!({"master_server_address": addr, "prefetch_threshold": 32}).to_string(),
+    );
+    let t = Instant::now();
+    let pending = tokio::spawn({
+        let (base, p) = (c.base.clone(), prompts[1].clone());
+        async move {
+            let r = reqwest::Client::new()
+                .post(format!("{base}/generate"))
+                .json(&json!({"input_ids": p, "sampling_params": {"temperature": 0, "max_new_tokens": 6, "ignore_eos": true}}))
+                .send()
+                .await
+                .expect("send");
+            r.json::<serde_json::Value>().await.expect("json")
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut st = st;
+    st.kill9();
+    let v = tokio::time::timeout(Duration::from_secs(20), pending)
+        .await
+        .expect("the request stayed held after the node died")
+        .unwrap();
+    let out: Vec<u64> = v["output_ids"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{v}"))
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect();
+    assert_eq!(out, want[1], "answer after the node died mid-prefetch");
+    // Held until the kill (wait_complete has no deadline), released right after it.
+    let held = t.elapsed();
+    println!("released {held:?} after the request");
+    assert!(
+        held >= Duration::from_millis(450),
+        "not held by the prefetch: {held:?}"
+    );
+    c.wait_idle().await;
+    b.wait_idle().await;
+}
