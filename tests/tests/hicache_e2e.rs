@@ -37,26 +37,40 @@ async fn gen(s: &Server, ids: &[u32], n: usize) -> (Vec<u64>, u64) {
     (out, v["meta_info"]["cached_tokens"].as_u64().unwrap_or(0))
 }
 
-async fn metric(s: &Server, name: &str) -> f64 {
-    let (_, body) = s.get("/metrics").await;
-    body.lines()
-        .find(|l| l.starts_with(&format!("sglang:{name} ")))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("metric {name} missing"))
+/// What each L3 test starts from: a scratch directory, a free port for the master and its
+/// address, a made model, `n` seeded random prompts of `len` tokens, the reference server's
+/// 6-token greedy answers to them, and that server.
+async fn setup(n: usize, len: usize) -> Setup {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed());
+    let port = free_port();
+    let model = MadeModel::new("llama", "tiny");
+    let refs = reference(&model);
+    let prompts: Vec<Vec<u32>> = (0..n).map(|_| prompt(&mut rng, &[], len)).collect();
+    let mut want = Vec::new();
+    for p in &prompts {
+        want.push(gen(&refs, p, 6).await.0);
+    }
+    let dir = tempfile::tempdir().unwrap();
+    (
+        dir,
+        port,
+        format!("127.0.0.1:{port}"),
+        model,
+        prompts,
+        want,
+        refs,
+    )
 }
 
-/// Polls a metric until it reaches `min` (backups are asynchronous).
-async fn wait_metric(s: &Server, name: &str, min: f64) -> f64 {
-    let t = Instant::now();
-    loop {
-        let v = metric(s, name).await;
-        if v >= min || t.elapsed() > Duration::from_secs(20) {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
+type Setup = (
+    tempfile::TempDir,
+    u16,
+    String,
+    MadeModel,
+    Vec<Vec<u32>>,
+    Vec<Vec<u64>>,
+    Server,
+);
 
 fn reference(model: &MadeModel) -> Server {
     Server::start(
@@ -97,11 +111,11 @@ async fn host_tier_hits_give_identical_greedy_output() {
     // `b` needs most of the device pool: `a` is evicted to the host...
     assert_eq!(gen(&hc, &b, 8).await.0, rb);
     // ...and comes back from it (L2 hit).
-    let before = metric(&hc, "load_back_tokens_total").await;
+    let before = hc.metric("load_back_tokens_total").await;
     let (out, cached) = gen(&hc, &a, 8).await;
     assert_eq!(out, ra, "L2 load-back changed the output");
     assert!(cached >= 96, "L2 hit expected, cached {cached}");
-    assert!(metric(&hc, "load_back_tokens_total").await > before);
+    assert!(hc.metric("load_back_tokens_total").await > before);
     // 16 concurrent requests sharing a prefix, with eviction going on.
     let prompts: Vec<Vec<u32>> = (0..16)
         .map(|i| prompt(&mut rng, &shared[..if i % 2 == 0 { 96 } else { 48 }], 40))
@@ -114,13 +128,18 @@ async fn host_tier_hits_give_identical_greedy_output() {
     for (i, (g, w)) in got.iter().zip(&want).enumerate() {
         assert_eq!(&g.0, w, "concurrent request {i}");
     }
-    assert!(metric(&hc, "evicted_tokens_total").await > 0.0);
+    assert!(hc.metric("evicted_tokens_total").await > 0.0);
     hc.wait_idle().await;
 }
 
 /// A HiCache server on the cluster at `master` with `policy`.
 fn l3_server(model: &MadeModel, master: &str, policy: &str) -> Server {
     let extra = json!({"master_server_address": master, "prefetch_threshold": 32}).to_string();
+    l3_server_with(model, policy, &extra)
+}
+
+/// [`l3_server`] with its whole `--hicache-storage-backend-extra-config`.
+fn l3_server_with(model: &MadeModel, policy: &str, extra: &str) -> Server {
     Server::start(
         model.path(),
         &[
@@ -132,7 +151,7 @@ fn l3_server(model: &MadeModel, master: &str, policy: &str) -> Server {
             "--hicache-storage-prefetch-policy",
             policy,
             "--hicache-storage-backend-extra-config",
-            &extra,
+            extra,
         ],
     )
 }
@@ -154,7 +173,7 @@ async fn l3_hits_across_instances_restarts_and_policies() {
     let (out, cached) = gen(&a, &p, 8).await;
     assert_eq!((out, cached), (want.clone(), 0));
     // 300 prompt + 7 computed output tokens = 19 full pages written to the store.
-    let backed = wait_metric(&a, "backuped_tokens_total", 19.0 * 16.0).await;
+    let backed = a.wait_metric("backuped_tokens_total", 19.0 * 16.0).await;
     assert!(backed >= 19.0 * 16.0, "backuped {backed}");
 
     // A second, fresh server sharing the master finds the prompt in L3.
@@ -163,7 +182,7 @@ async fn l3_hits_across_instances_restarts_and_policies() {
         let (out, cached) = gen(&b, &p, 8).await;
         assert_eq!(out, want, "{policy}: L3 hit changed the output");
         assert!(cached >= 288, "{policy}: L3 hit expected, cached {cached}");
-        assert!(metric(&b, "prefetched_tokens_total").await >= 288.0);
+        assert!(b.metric("prefetched_tokens_total").await >= 288.0);
     }
     // best_effort releases the request as soon as it could run: the output is the same whatever
     // arrived by then.
@@ -197,7 +216,7 @@ async fn l3_hits_across_instances_restarts_and_policies() {
         want_s.push(gen(&refs, q, 4).await.0);
         gen(&c, q, 4).await; // into L3
     }
-    wait_metric(&c, "backuped_tokens_total", 3.0 * 320.0).await;
+    c.wait_metric("backuped_tokens_total", 3.0 * 320.0).await;
     let small = Server::start(
         model.path(),
         &[
@@ -226,7 +245,7 @@ async fn l3_hits_across_instances_restarts_and_policies() {
     for (g, w) in all.iter().zip(&want_s) {
         assert_eq!(&g.0, w);
     }
-    assert!(metric(&small, "prefetched_tokens_total").await > 0.0);
+    assert!(small.metric("prefetched_tokens_total").await > 0.0);
     // /clear_hicache_storage_backend empties L3: a fresh server recomputes.
     let (s, body) = c.get("/clear_hicache_storage_backend").await;
     assert_eq!(s, 200, "{body}");
@@ -237,17 +256,7 @@ async fn l3_hits_across_instances_restarts_and_policies() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn l3_faults_never_change_answers() {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed());
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let model = MadeModel::new("llama", "tiny");
-    let refs = reference(&model);
-    let prompts: Vec<Vec<u32>> = (0..3).map(|_| prompt(&mut rng, &[], 200)).collect();
-    let mut want = Vec::new();
-    for p in &prompts {
-        want.push(gen(&refs, p, 6).await.0);
-    }
+    let (dir, port, addr, model, prompts, want, _refs) = setup(3, 200).await;
     // The L3 is down at start: the server serves without it...
     let s = l3_server(&model, &addr, "timeout");
     assert_eq!(gen(&s, &prompts[0], 6).await.0, want[0]);
@@ -256,7 +265,7 @@ async fn l3_faults_never_change_answers() {
     let mut st = store(&addr, &dir.path().join("dev.strata"), &[]);
     tokio::time::sleep(Duration::from_millis(2500)).await; // past the reconnect interval
     assert_eq!(gen(&s, &prompts[1], 6).await.0, want[1]);
-    let backed = wait_metric(&s, "backuped_tokens_total", 160.0).await;
+    let backed = s.wait_metric("backuped_tokens_total", 160.0).await;
     assert!(backed >= 160.0, "no backup after the L3 came up: {backed}");
     // A store node killed mid-run: its pages read as misses, answers stay right.
     st.kill9();
@@ -264,7 +273,7 @@ async fn l3_faults_never_change_answers() {
     for (p, w) in prompts.iter().zip(&want) {
         assert_eq!(&gen(&t, p, 6).await.0, w);
     }
-    assert!(metric(&t, "prefetched_tokens_total").await == 0.0);
+    assert!(t.metric("prefetched_tokens_total").await == 0.0);
 }
 
 /// Bytes flipped in the L3's device file while the store is down: the damaged pages fail their
@@ -272,20 +281,15 @@ async fn l3_faults_never_change_answers() {
 /// them are still used, and the answer stays the reference's.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn l3_pages_failing_their_checksum_are_misses() {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed());
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
+    let (dir, port, addr, model, prompts, want, _refs) = setup(1, 120).await;
     let dev = dir.path().join("dev.strata");
-    let model = MadeModel::new("llama", "tiny");
-    let refs = reference(&model);
-    let p = prompt(&mut rng, &[], 120); // 7 whole pages of 16 leave a token to compute
-    let (want, _) = gen(&refs, &p, 6).await;
+    // 7 whole pages of 16 leave a token to compute.
+    let (p, want) = (prompts[0].clone(), want[0].clone());
     let _m = master(dir.path(), port, &[]);
     let mut st = store(&addr, &dev, &[]);
     let a = l3_server(&model, &addr, "wait_complete");
     assert_eq!(gen(&a, &p, 6).await.0, want);
-    let backed = wait_metric(&a, "backuped_tokens_total", 112.0).await;
+    let backed = a.wait_metric("backuped_tokens_total", 112.0).await;
     assert!(backed >= 112.0, "server A backed up {backed} tokens");
     drop(a);
     // Puts are acknowledged after their O_DIRECT write: the records are on the device now.
@@ -327,46 +331,20 @@ fn signal(p: &cluster_util::Proc, sig: &str) {
 /// answer; a node that stops answering holds a request no longer than the timeout policy allows.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn l3_node_killed_mid_prefetch_releases_the_request() {
-    let mut rng = rand::rngs::StdRng::seed_from_u64(seed());
-    let dir = tempfile::tempdir().unwrap();
-    let port = free_port();
-    let addr = format!("127.0.0.1:{port}");
-    let model = MadeModel::new("llama", "tiny");
-    let refs = reference(&model);
-    let prompts: Vec<Vec<u32>> = (0..2).map(|_| prompt(&mut rng, &[], 120)).collect();
-    let mut want = Vec::new();
-    for p in &prompts {
-        want.push(gen(&refs, p, 6).await.0);
-    }
+    let (dir, port, addr, model, prompts, want, _refs) = setup(2, 120).await;
     let _m = master(dir.path(), port, &[]);
     let st = store(&addr, &dir.path().join("dev.strata"), &[]);
     let a = l3_server(&model, &addr, "wait_complete");
     for p in &prompts {
         gen(&a, p, 6).await;
     }
-    let backed = wait_metric(&a, "backuped_tokens_total", 224.0).await;
+    let backed = a.wait_metric("backuped_tokens_total", 224.0).await;
     assert!(backed >= 224.0, "server A backed up {backed} tokens");
     // A node that stops answering: the timeout policy releases the request at its deadline.
     let short = json!({"master_server_address": addr, "prefetch_threshold": 32,
         "prefetch_timeout_base": 0.5, "prefetch_timeout_per_ki_token": 0})
     .to_string();
-    let l3 = |policy: &str, extra: &str| {
-        Server::start(
-            model.path(),
-            &[
-                "--page-size",
-                "16",
-                "--enable-hierarchical-cache",
-                "--hicache-storage-backend",
-                "strata",
-                "--hicache-storage-prefetch-policy",
-                policy,
-                "--hicache-storage-backend-extra-config",
-                extra,
-            ],
-        )
-    };
-    let b = l3("timeout", &short);
+    let b = l3_server_with(&model, "timeout", &short);
     signal(&st, "-STOP");
     let t = Instant::now();
     let (out, cached) = gen(&b, &prompts[0], 6).await;
@@ -377,7 +355,8 @@ async fn l3_node_killed_mid_prefetch_releases_the_request() {
         t.elapsed()
     );
     // The node killed while a wait_complete prefetch is in flight on it.
-    let c = l3(
+    let c = l3_server_with(
+        &model,
         "wait_complete",
         &json!({"master_server_address": addr, "prefetch_threshold": 32}).to_string(),
     );

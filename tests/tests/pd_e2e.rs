@@ -130,7 +130,7 @@ async fn pd_greedy_output_equals_colocated() {
     assert_eq!(ids_of(&last), want[3]);
     // The OpenAI endpoints as PD legs: the router adds the bootstrap fields to their bodies too,
     // and each prompt's KV crosses from prefill to decode (counted by the prefill).
-    let before = metric(&prefill, "pd_transfers_total").await;
+    let before = prefill.metric("pd_transfers_total").await;
     for (path, b) in [
         (
             "/v1/completions",
@@ -168,7 +168,7 @@ async fn pd_greedy_output_equals_colocated() {
             cv["usage"]["completion_tokens"]
         );
     }
-    let after = metric(&prefill, "pd_transfers_total").await;
+    let after = prefill.metric("pd_transfers_total").await;
     assert_eq!(after - before, 4.0, "one transfer per /v1 prompt");
     // Log-probabilities through the pair: the router puts the prefill's input list in front of
     // the decode's (empty: the decode leg never runs the prompt), as sglang-router merges them,
@@ -320,28 +320,6 @@ async fn decode_stream(c: &reqwest::Client, url: &str, b: &Value) -> Vec<String>
         .collect()
 }
 
-/// `sglang:<name>` from a server's `/metrics` (0 when absent).
-async fn metric(s: &Server, name: &str) -> f64 {
-    let (_, body) = s.get("/metrics").await;
-    body.lines()
-        .find(|l| l.starts_with(&format!("sglang:{name} ")))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
-}
-
-/// Polls a metric until it reaches `min` (L3 writes are asynchronous).
-async fn wait_metric(s: &Server, name: &str, min: f64) -> f64 {
-    let t = Instant::now();
-    loop {
-        let v = metric(s, name).await;
-        if v >= min || t.elapsed() > Duration::from_secs(20) {
-            return v;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Decode offload: the decode server writes prompt + answer to the L3, so the next turn's
 /// prefill (and any other server on the cluster) finds the answer's pages there, and every
 /// answer stays equal to a server that recomputes everything.
@@ -390,9 +368,11 @@ async fn pd_decode_offload_lets_the_next_turn_hit_l3() {
     assert_eq!(s, 200, "{v}");
     assert_eq!(ids_of(&v), want1, "PD output differs from the reference");
     // The decode side holds KV for prompt + answer minus the last token: 139 -> 8 whole pages.
-    let off = wait_metric(&decode, "pd_decode_offloaded_tokens_total", 128.0).await;
+    let off = decode
+        .wait_metric("pd_decode_offloaded_tokens_total", 128.0)
+        .await;
     assert_eq!(off, 128.0, "decode offload queued {off} tokens");
-    let written = wait_metric(&decode, "backuped_tokens_total", 32.0).await;
+    let written = decode.wait_metric("backuped_tokens_total", 32.0).await;
     assert!(
         written >= 32.0,
         "decode wrote {written} tokens: the answer's pages must reach the L3"
@@ -406,7 +386,7 @@ async fn pd_decode_offload_lets_the_next_turn_hit_l3() {
     let (s, v) = post(&c, &format!("{}/generate", r.base), &body(&p2, 8)).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(ids_of(&v), want2, "second turn differs from the reference");
-    let fetched = metric(&prefill, "prefetched_tokens_total").await;
+    let fetched = prefill.metric("prefetched_tokens_total").await;
     assert!(
         fetched >= 32.0,
         "the prefill fetched {fetched} tokens from the L3 (the answer's pages)"
@@ -477,7 +457,7 @@ async fn pd_random_faults_end_every_request_cleanly() {
         ok > 0 && failed_n > 0,
         "faults: {failed_n}, successes: {ok}"
     );
-    assert!(metric(&prefill, "pd_transfer_failures_total").await > 0.0);
+    assert!(prefill.metric("pd_transfer_failures_total").await > 0.0);
     // Nothing leaked on either side, and both keep serving.
     prefill.wait_idle().await;
     decode.wait_idle().await;

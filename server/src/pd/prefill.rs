@@ -226,20 +226,22 @@ impl Registry {
     }
 }
 
-/// Test-only fault: the header and half the pages, then the connection drops (a prefill that
-/// dies mid-transfer, as the decode side sees it).
-fn send_half(h: &Handoff, wr: &mut BufWriter<TcpStream>) -> Result<(), String> {
-    let obj = h.staging.object_bytes();
+/// The header that announces `h`'s pages.
+fn header(h: &Handoff) -> KvHeader {
     KvHeader {
         status: wire::OK,
         n_tokens: h.n_tokens,
         first_token: h.first_token,
         n_pages: h.n_pages as u32,
-        object_bytes: obj as u32,
+        object_bytes: h.staging.object_bytes() as u32,
         msg: String::new(),
     }
-    .write(wr)
-    .map_err(|e| e.to_string())?;
+}
+
+/// Test-only fault: the header and half the pages, then the connection drops (a prefill that
+/// dies mid-transfer, as the decode side sees it).
+fn send_half(h: &Handoff, wr: &mut BufWriter<TcpStream>) -> Result<(), String> {
+    header(h).write(wr).map_err(|e| e.to_string())?;
     for p in 0..(h.n_pages / 2) as u32 {
         // SAFETY: as in `send_pages`.
         let _ = wr.write_all(unsafe { h.staging.object(p, false) });
@@ -254,18 +256,8 @@ fn send_pages(
     wr: &mut BufWriter<TcpStream>,
     rd: &mut BufReader<TcpStream>,
 ) -> Result<(), String> {
-    let obj = h.staging.object_bytes();
     let io = |e: std::io::Error| e.to_string();
-    KvHeader {
-        status: wire::OK,
-        n_tokens: h.n_tokens,
-        first_token: h.first_token,
-        n_pages: h.n_pages as u32,
-        object_bytes: obj as u32,
-        msg: String::new(),
-    }
-    .write(wr)
-    .map_err(io)?;
+    header(h).write(wr).map_err(io)?;
     for p in 0..h.n_pages as u32 {
         for v in [false, true] {
             // SAFETY: the staging pool is owned by this handoff alone; nothing writes it.

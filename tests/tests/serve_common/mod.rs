@@ -172,6 +172,29 @@ impl Server {
             .collect()
     }
 
+    /// `sglang:<name>` from `/metrics`; 0 when the series is absent.
+    pub async fn metric(&self, name: &str) -> f64 {
+        let (_, body) = self.get("/metrics").await;
+        body.lines()
+            .find(|l| l.starts_with(&format!("sglang:{name} ")))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
+
+    /// Polls [`metric`](Self::metric) until it reaches `min` or 20 s pass (L3 writes and other
+    /// counters move asynchronously); returns the last value.
+    pub async fn wait_metric(&self, name: &str, min: f64) -> f64 {
+        let t = Instant::now();
+        loop {
+            let v = self.metric(name).await;
+            if v >= min || t.elapsed() > Duration::from_secs(20) {
+                return v;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// `/get_server_info` internal state.
     pub async fn state(&self) -> Value {
         let (_, t) = self.get("/get_server_info").await;
