@@ -1,7 +1,8 @@
 //! `strata store` as an operator runs it: SIGTERM seals the open segment (the next `inspect` finds
 //! every segment summarised, none to scan) and leaves the membership at once; a `--capacity` the
 //! file system cannot hold is refused at start; a token the master refuses ends the process with
-//! one clear line instead of retrying forever.
+//! one clear line instead of retrying forever; `--advertise-port` is the port clients dial (a
+//! forwarder in front of the node).
 
 mod cluster_util;
 
@@ -194,4 +195,64 @@ fn master_names_the_port_it_cannot_bind() {
         );
         assert_eq!(err.trim().lines().count(), 1, "{err}");
     }
+}
+
+/// A forwarder from a free port to `target`: every connection is copied both ways; returns its
+/// port and how many connections it carried.
+fn forwarder(target: String) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::net::{TcpListener, TcpStream};
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    let n = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = n.clone();
+    std::thread::spawn(move || {
+        for down in l.incoming().map_while(Result::ok) {
+            let Ok(up) = TcpStream::connect(&target) else {
+                continue;
+            };
+            count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            for (mut a, mut b) in [
+                (down.try_clone().unwrap(), up.try_clone().unwrap()),
+                (up, down),
+            ] {
+                std::thread::spawn(move || {
+                    let _ = std::io::copy(&mut a, &mut b);
+                    let _ = b.shutdown(std::net::Shutdown::Both);
+                });
+            }
+        }
+    });
+    (port, n)
+}
+
+#[test]
+fn clients_dial_the_advertised_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = master(dir.path(), free_port(), &[]);
+    let rpc = m.get("rpc");
+    let bound = free_port();
+    let (advertised, carried) = forwarder(format!("127.0.0.1:{bound}"));
+    let node = store(
+        &rpc,
+        &dir.path().join("node.strata"),
+        &[
+            "--port",
+            &bound.to_string(),
+            "--advertise-port",
+            &advertised.to_string(),
+        ],
+    );
+    assert_eq!(node.get("addr"), format!("127.0.0.1:{advertised}"));
+    let c = client(&rpc);
+    assert!(wait_until(Duration::from_secs(10), || {
+        let _ = c.refresh();
+        c.members().1.len() == 1
+    }));
+    assert_eq!(c.members().1[0].addr, format!("127.0.0.1:{advertised}"));
+    let v = vec![7u8; 5000];
+    assert_eq!(c.put_from("k", &v), 0);
+    let mut buf = vec![0u8; 8192];
+    assert_eq!(c.get_into("k", &mut buf), 5000);
+    assert_eq!(&buf[..5000], &v[..]);
+    assert!(carried.load(std::sync::atomic::Ordering::Relaxed) >= 1);
 }

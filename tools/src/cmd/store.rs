@@ -44,6 +44,10 @@ pub struct Args {
     /// Host clients should dial (default: the bind host).
     #[arg(long)]
     advertise_host: Option<String>,
+    /// Port clients should dial (default: the bound port), for a proxy or NAT that forwards
+    /// another port to this node.
+    #[arg(long)]
+    advertise_port: Option<u16>,
     /// Stable node identity (default: derived from the advertised host and the device path).
     #[arg(long)]
     node_id: Option<String>,
@@ -70,6 +74,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let mut nc = NodeConfig::new(a.master, sc);
     nc.listen = format!("{}:{}", a.host, a.port);
     nc.advertise_host = a.advertise_host;
+    nc.advertise_port = a.advertise_port;
     nc.node_id = a.node_id;
     nc.auth_token = a.service.auth_token;
     nc.heartbeat = Duration::from_millis(a.heartbeat_ms);

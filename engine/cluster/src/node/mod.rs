@@ -34,6 +34,9 @@ pub struct NodeConfig {
     pub listen: String,
     /// Host clients dial; the bound port is appended. Default: the bind host.
     pub advertise_host: Option<String>,
+    /// Port clients dial, when something in front of the node (a proxy, a NAT) forwards another
+    /// port to the bound one. Default: the bound port.
+    pub advertise_port: Option<u16>,
     /// Stable identity; default derived from the advertised host and the device path.
     pub node_id: Option<String>,
     /// The engine to serve.
@@ -57,6 +60,7 @@ impl NodeConfig {
             master: master.into(),
             listen: "127.0.0.1:0".into(),
             advertise_host: None,
+            advertise_port: None,
             node_id: None,
             store,
             auth_token: String::new(),
@@ -129,7 +133,7 @@ pub fn start_with(
             "binding a wildcard address needs --advertise-host".into(),
         ));
     }
-    let addr = format!("{host}:{}", bound.port());
+    let addr = format!("{host}:{}", cfg.advertise_port.unwrap_or(bound.port()));
     let node_id = cfg.node_id.clone().unwrap_or_else(|| {
         let dev = std::fs::canonicalize(&cfg.store.path).unwrap_or(cfg.store.path.clone());
         let h = xxhash_rust::xxh3::xxh3_64(format!("{host}|{}", dev.display()).as_bytes());

@@ -1,7 +1,8 @@
 //! The deployment a chaos run attacks, on loopback: a master, three store nodes (each dialling the
-//! master through a fault proxy of its own; one on the run's size-limited file system when it can
-//! be mounted), two inference servers with HiCache on the store cluster, a router in front of them
-//! (through one fault proxy per server), and with `--pd` a prefill/decode pair behind a router of
+//! master through a fault proxy of its own, and advertising a proxy in front of its data port; one
+//! on the run's size-limited file system when it can be mounted), two inference servers with
+//! HiCache on the store cluster (server0's client over TCP through the stores' proxies, server1's
+//! over the same-host path), a router in front of them (through one fault proxy per server), and with `--pd` a prefill/decode pair behind a router of
 //! its own. Every role is a child process started by [`crate::cmd::stack`] as `strata up` starts
 //! it, with shorter heartbeats so that faults are noticed within the run.
 
@@ -71,6 +72,8 @@ pub struct Deployment {
     master_metrics: String,
     /// The run's folder (logs are `<role>.log` there).
     dir: PathBuf,
+    /// Environment of the next role [`Deployment::add`] starts.
+    env: Vec<(String, String)>,
     /// The size-limited file system holding store 0's device, or why there is none.
     pub small_fs: Result<SmallFs, String>,
 }
@@ -97,6 +100,7 @@ impl Deployment {
         let model = roles::ensure_model(dir)?;
         let mut d = Deployment {
             dir: dir.to_path_buf(),
+            env: Vec::new(),
             stack: Stack::default(),
             roles: Vec::new(),
             proxies: Vec::new(),
@@ -137,7 +141,14 @@ impl Deployment {
             ))?;
             let mut args = roles::store(&format!("127.0.0.1:{}", p.port), &dev, "128MiB", "16MiB");
             let port = free_port()?;
+            let data = rt.block_on(Proxy::start(
+                &format!("clients->store{j}"),
+                format!("127.0.0.1:{port}"),
+                seed ^ (0x7000 + j as u64),
+            ))?;
             args.extend([
+                s("--advertise-port"),
+                data.port.to_string(),
                 s("--segment-size"),
                 s("4MiB"),
                 s("--heartbeat-ms"),
@@ -149,7 +160,7 @@ impl Deployment {
             ]);
             let h = Health::Tcp(format!("127.0.0.1:{port}"));
             d.add(Kind::Store, &format!("store{j}"), args, h)?;
-            d.proxies.push(p);
+            d.proxies.extend([p, data]);
             d.devices.push(dev);
         }
         if !d.wait_members(Duration::from_secs(30)) {
@@ -161,7 +172,13 @@ impl Deployment {
             let port = free_port()?;
             let mut args = roles::serve(&model, port, PAGE, Some(&d.master_rpc), extra);
             args.extend(SERVE_FLAGS.iter().map(|x| s(x)));
+            if i == 0 {
+                // server0's cluster client dials the stores over TCP, through their proxies;
+                // server1's uses the same-host path (Unix socket and cross-memory copies).
+                d.env = vec![(s("STRATA_SAME_HOST"), s("0"))];
+            }
             let base = d.add_http(Kind::Server, &format!("server{i}"), args, port)?;
+            d.env.clear();
             d.servers.push(base);
             let p = rt.block_on(Proxy::start(
                 &format!("router->server{i}"),
@@ -230,7 +247,7 @@ impl Deployment {
         health: Health,
     ) -> anyhow::Result<()> {
         let log = self.dir.join(format!("{name}.log"));
-        let proc = self.stack.spawn(name, args, &log)?;
+        let proc = self.stack.spawn_env(name, args, self.env.clone(), &log)?;
         self.roles.push(Role { kind, proc, health });
         Ok(())
     }

@@ -215,6 +215,8 @@ fn store_client(master: &str) -> anyhow::Result<strata_cluster::Client> {
     c.timeout = Duration::from_secs(5);
     c.refresh = Duration::from_millis(200);
     c.name = "chaos".into();
+    // Over TCP, through the stores' fault proxies.
+    c.same_host = false;
     Ok(strata_cluster::Client::connect(c)?)
 }
 

@@ -253,7 +253,14 @@ impl Report {
                 );
             }
         }
-        if self.passed() {
+        let skipped: Vec<String> = self.not_injected.lock().keys().cloned().collect();
+        if self.passed() && !skipped.is_empty() {
+            let _ = writeln!(
+                o,
+                "  result     PASS for the faults injected; {} NOT injected (see above)",
+                skipped.join(", ")
+            );
+        } else if self.passed() {
             let _ = writeln!(o, "  result     PASS");
         } else {
             let _ = writeln!(o, "  result     FAIL; replay with: {}", self.replay);
