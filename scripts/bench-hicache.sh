@@ -3,10 +3,11 @@
 # multiturn, modelled on SGLang's bench_multiturn.py) against four server configurations in one run:
 #   1. radix cache only          2. HiCache L1+L2          3. HiCache L1+L2+L3 (Strata store)
 #   4. HiCache L1+L2+L3 on a fresh server whose L3 was filled by run 3 (cross-instance reuse)
-# then decode ITL with HiCache (L3) on vs off, and the L3 read rate vs `strata bench store` GETs of
-# the same object size.
+# then the L3 read rate (one long prompt's prefetch vs `strata bench store` GETs of one batch of the
+# same objects, alternating rounds), and decode ITL with HiCache (L3) on vs off (alternating rounds).
 # Usage: scripts/bench-hicache.sh [strata binary] ; env: SIZE (small), CLIENTS (4), ROUNDS (4),
-# REQ (512 tokens per new question), OUT (16 answer tokens), L1 (device pool tokens, 4096).
+# REQ (512 tokens per new question), OUT (16 answer tokens), L1 (device pool tokens, 4096),
+# LONG (tokens of the read-rate prompts, L1 - 64), READS (read-rate rounds, 5).
 set -euo pipefail
 BIN=${1:-${CARGO_TARGET_DIR:-target}/release/strata}
 SIZE=${SIZE:-small} CLIENTS=${CLIENTS:-4} ROUNDS=${ROUNDS:-4} REQ=${REQ:-512} OUT=${OUT:-16} L1=${L1:-4096}
@@ -44,20 +45,59 @@ echo "# model $SIZE, page 64, L1 $L1 tokens, $CLIENTS clients x $ROUNDS rounds, 
 echo "## 1. radix cache only"; serve; multiturn; stop
 echo "## 2. HiCache L1+L2"; serve "${HC[@]}"; multiturn
 echo "   load_back_tokens $(metric load_back_tokens_total)"; stop
+OBJ=$(( 64 * $(python3 -c "import json;c=json.load(open('$WORK/m/config.json'));print(c['num_hidden_layers']*c['num_key_value_heads']*(c.get('head_dim') or c['hidden_size']//c['num_attention_heads'])*4)") ))
+LONG=${LONG:-$((L1 - 64))} READS=${READS:-5}
+# One long prompt per seed: `long SEED` prints "<prefetch bytes> <prefetch seconds>" of its request.
+long() {
+  python3 - "$1" "$LONG" $PORT <<'PY'
+import json, re, sys, urllib.request, random
+seed, n, port = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+rnd = random.Random(seed)
+ids = [rnd.randrange(3, 1000) for _ in range(n)]
+def m():
+    t = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+    g = lambda k: float(re.search(r"^sglang:%s (\S+)" % k, t, re.M).group(1))
+    return g("prefetch_bytes_total"), g("prefetch_seconds_total")
+b0, s0 = m()
+body = {"input_ids": ids, "sampling_params": {"max_new_tokens": 1, "temperature": 0}}
+urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/generate",
+    data=json.dumps(body).encode(), headers={"content-type": "application/json"})).read()
+b1, s1 = m()
+print(int(b1 - b0), s1 - s0)
+PY
+}
 echo "## 3. HiCache L1+L2+L3"; serve "${L3[@]}"; multiturn
+for r in $(seq $READS); do long $((100 + r)) > /dev/null; done
 sleep 1; echo "   backuped_tokens $(metric backuped_tokens_total)"; stop
 echo "## 4. fresh server, L3 filled by run 3"; serve "${L3[@]}"; multiturn
 echo "   prefetched_tokens $(metric prefetched_tokens_total)  L3 read $(metric prefetch_bytes_total) B in $(metric prefetch_seconds_total) s"
-stop
-echo "## decode ITL, 16 concurrent random requests (128 in / 64 out)"
-for mode in off on; do
-  if [ $mode = on ]; then serve "${L3[@]}"; else serve; fi
-  printf "HiCache %-4s" $mode
-  "$BIN" bench serve --base-url http://127.0.0.1:$PORT --num-prompts 32 --random-input-len 128 \
-    --random-output-len 64 --max-concurrency 16 --seed 3 | grep -E "Median ITL|Mean ITL" | tr -s ' ' | tr '\n' ' '
-  echo; stop
+echo "## L3 -> host read rate: a $LONG-token prompt's prefetch (one batch, warm server) vs \`bench store\`"
+echo "## GETs in batches of the same size (4 batches x 3 passes), alternating, $READS rounds (GB/s)"
+RATIOS=()
+for r in $(seq $READS); do
+  read -r bytes secs < <(long $((100 + r)))
+  mb=$(( (bytes + (1 << 20) - 1) >> 20 ))
+  # The store's steady read rate at this batch size: 4 batches read 3 times (a single cold batch
+  # would charge the store for the benchmark process's first connection).
+  st=$("$BIN" bench store --role client --master 127.0.0.1:$RPC --sizes $OBJ --round-mb $((4 * mb)) \
+    --batch-bytes-mb $mb --read-passes 3 --lat-ops 5 2> /dev/null | tail -n 1 | awk '{print $4}')
+  hc=$(python3 -c "print(f'{$bytes / max($secs, 1e-9) / 1e9:.2f}')")
+  ratio=$(python3 -c "print(f'{$hc / $st:.2f}')")
+  RATIOS+=("$ratio")
+  echo "   round $r: prefetch $bytes B in $(python3 -c "print(f'{$secs * 1e3:.2f}')") ms = $hc GB/s; bench store GET $st GB/s; ratio $ratio"
 done
-OBJ=$(( 64 * $(python3 -c "import json;c=json.load(open('$WORK/m/config.json'));print(c['num_hidden_layers']*c['num_key_value_heads']*(c.get('head_dim') or c['hidden_size']//c['num_attention_heads'])*4)") ))
+echo "   median ratio $(printf '%s\n' "${RATIOS[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')"
+stop
+echo "## decode ITL, 16 concurrent random requests (128 in / 64 out), off/on alternating, 3 rounds"
+for r in 1 2 3; do
+  for mode in off on; do
+    if [ $mode = on ]; then serve "${L3[@]}"; else serve; fi
+    printf "round %d HiCache %-4s" $r $mode
+    "$BIN" bench serve --base-url http://127.0.0.1:$PORT --num-prompts 32 --random-input-len 128 \
+      --random-output-len 64 --max-concurrency 16 --seed 3 | grep -E "Median ITL|Mean ITL" | tr -s ' ' | tr '\n' ' '
+    echo; stop
+  done
+done
 echo "## strata bench store GET, ${OBJ}-byte values (the L3 objects' size)"
 "$BIN" bench store --role client --master 127.0.0.1:$RPC --sizes $OBJ --round-mb 64 --read-passes 2 \
   --lat-ops 50 2> /dev/null | tail -n 8 || true

@@ -6,7 +6,9 @@
 #    single-stream loopback TCP copy (`strata bench store --role tcp-copy`);
 #  - decode ITL under mixed load: a decode stream (64-token prompts, 128 out, 4 at a time) while
 #    long prefills (2K tokens, 1 out) arrive, PD vs colocated.
-# Usage: scripts/bench-pd.sh [strata binary]; env SIZE (small).
+# Usage: scripts/bench-pd.sh [strata binary]; env SIZE (small), PIN (unset: every server may use
+# every core; PIN=1: the prefill runs on core 0 and the decode on core 1, as two devices would
+# separate them, while the colocated server keeps both cores).
 set -euo pipefail
 BIN=${1:-${CARGO_TARGET_DIR:-target}/release/strata}
 SIZE=${SIZE:-small}
@@ -16,21 +18,25 @@ trap 'kill "${PIDS[@]}" 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$
 "$BIN" make-model --out "$WORK/m" --arch llama --size "$SIZE" --seed 0 2> /dev/null
 start() { # name port flags...
   local name=$1 port=$2; shift 2
-  "$BIN" "$@" > "$WORK/$name.log" 2>&1 & PIDS+=($!)
+  $BIN "$@" > "$WORK/$name.log" 2>&1 & PIDS+=($!)
   for _ in $(seq 300); do curl -sf "localhost:$port/health" > /dev/null && return; sleep 0.1; done
   echo "$name did not start" >&2; cat "$WORK/$name.log" >&2; exit 1
 }
 S=(serve --model-path "$WORK/m" --page-size 64 --log-level warn)
+P0=() P1=()
+if [ -n "${PIN:-}" ]; then P0=(taskset -c 0) P1=(taskset -c 1); fi
 start colo 30701 "${S[@]}" --port 30701
-start prefill 30702 "${S[@]}" --port 30702 --disaggregation-mode prefill --disaggregation-bootstrap-port 30799
-start decode 30703 "${S[@]}" --port 30703 --disaggregation-mode decode --disaggregation-bootstrap-port 30799
+BIN0=$BIN
+BIN="${P0[*]} $BIN0" start prefill 30702 "${S[@]}" --port 30702 --disaggregation-mode prefill --disaggregation-bootstrap-port 30799
+BIN="${P1[*]} $BIN0" start decode 30703 "${S[@]}" --port 30703 --disaggregation-mode decode --disaggregation-bootstrap-port 30799
+BIN=$BIN0
 start router-pd 30710 router --pd-disaggregation --prefill http://127.0.0.1:30702 30799 \
   --decode http://127.0.0.1:30703 --port 30710 --prometheus-port 30711 --log-level warn
 start router-colo 30720 router --worker-urls http://127.0.0.1:30701 --port 30720 \
   --prometheus-port 30721 --log-level warn
 bench() { "$BIN" bench serve --tokenizer "$WORK/m" "$@"; }
 pick() { grep -E "$1" | tr -s ' ' | sed 's/^ //'; }
-echo "# model $SIZE, page 64"
+echo "# model $SIZE, page 64, pinned: ${PIN:-no}"
 echo "## TTFT, concurrency 1, 1024-token prompts, 16 out"
 for mode in colo pd; do
   port=$([ $mode = pd ] && echo 30710 || echo 30720)
