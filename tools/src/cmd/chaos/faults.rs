@@ -291,3 +291,40 @@ fn flip_bytes(path: &std::path::Path, n: usize, rng: &mut Rng) -> Vec<u64> {
     let _ = f.sync_all();
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flips_land_only_in_written_extents() {
+        let path = std::env::temp_dir().join(format!("strata-chaos-flip-{}", std::process::id()));
+        let f = std::fs::File::create(&path).unwrap();
+        f.set_len(4 << 20).unwrap();
+        let (a, b) = (0u64, 2u64 << 20);
+        f.write_all_at(&[0xAAu8; 8192], a).unwrap();
+        f.write_all_at(&[0xAAu8; 8192], b).unwrap();
+        f.sync_all().unwrap();
+        let mut rng = Rng(SplitMix64(5));
+        let offs = flip_bytes(&path, 16, &mut rng);
+        let data = std::fs::read(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert_eq!(offs.len(), 16);
+        for &o in &offs {
+            // File systems may report a larger data extent than written, never a smaller one.
+            assert_ne!(data[o as usize], 0xAA, "offset {o} not flipped");
+        }
+        let changed = data
+            .iter()
+            .enumerate()
+            .filter(|&(i, &x)| {
+                x != if (i as u64 % (2 << 20)) < 8192 {
+                    0xAA
+                } else {
+                    0
+                }
+            })
+            .count();
+        assert!(changed <= 16 && changed > 0, "{changed} bytes changed");
+    }
+}

@@ -345,3 +345,150 @@ pub fn store_worker(
     }
     next
 }
+
+#[cfg(test)]
+mod tests {
+    //! The answer checks against a mock worker (axum on a loopback port) that answers every
+    //! `/generate` with a scripted status, output and delay, plain or as SSE.
+    use super::*;
+    use axum::extract::State;
+    use axum::response::{IntoResponse, Response};
+    use std::sync::Arc;
+
+    #[derive(Clone)]
+    struct Script {
+        status: u16,
+        /// Cumulative outputs, one per streamed event (a plain answer is the last).
+        events: Vec<Vec<u64>>,
+        done: bool,
+        finish: &'static str,
+        delay: Duration,
+    }
+
+    async fn answer(State(s): State<Arc<Script>>, body: axum::Json<Value>) -> Response {
+        tokio::time::sleep(s.delay).await;
+        let code = axum::http::StatusCode::from_u16(s.status).unwrap();
+        let ev = |out: &Vec<u64>| json!({"output_ids": out, "meta_info": {"finish_reason": {"type": s.finish}}});
+        if body["stream"] == true {
+            let mut t: String = s
+                .events
+                .iter()
+                .map(|o| format!("data: {}\n\n", ev(o)))
+                .collect();
+            if s.done {
+                t.push_str("data: [DONE]\n\n");
+            }
+            (code, [("content-type", "text/event-stream")], t).into_response()
+        } else {
+            (code, axum::Json(ev(s.events.last().unwrap()))).into_response()
+        }
+    }
+
+    async fn outcome(s: Script, stream: bool, timeout: Duration) -> Outcome {
+        let app = axum::Router::new()
+            .route("/generate", axum::routing::post(answer))
+            .with_state(Arc::new(s));
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", l.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(l, app).await });
+        let p = Prompt {
+            ids: vec![5, 6, 7],
+            max_new: 3,
+            reference: vec![1, 2, 3],
+        };
+        let http = reqwest::Client::new();
+        generate(&http, &base, &p, stream, Some(&p.reference), timeout).await
+    }
+
+    fn script(events: &[&[u64]]) -> Script {
+        Script {
+            status: 200,
+            events: events.iter().map(|e| e.to_vec()).collect(),
+            done: true,
+            finish: "length",
+            delay: Duration::ZERO,
+        }
+    }
+
+    const T: Duration = Duration::from_secs(10);
+
+    #[tokio::test]
+    async fn plain_answers_must_equal_the_reference() {
+        assert!(matches!(
+            outcome(script(&[&[1, 2, 3]]), false, T).await,
+            Outcome::Ok(_)
+        ));
+        assert!(matches!(
+            outcome(script(&[&[1, 2, 4]]), false, T).await,
+            Outcome::Wrong(o) if o == [1, 2, 4]
+        ));
+        // Failing is allowed: an error status, an aborted finish.
+        let s = Script {
+            status: 503,
+            ..script(&[&[1, 2, 3]])
+        };
+        assert!(matches!(outcome(s, false, T).await, Outcome::Failed(_)));
+        let s = Script {
+            finish: "abort",
+            ..script(&[&[1]])
+        };
+        assert!(matches!(outcome(s, false, T).await, Outcome::Failed(_)));
+    }
+
+    #[tokio::test]
+    async fn streamed_events_must_be_prefixes_and_end_with_the_reference() {
+        let ok = script(&[&[1], &[1, 2], &[1, 2, 3]]);
+        assert!(matches!(outcome(ok.clone(), true, T).await, Outcome::Ok(o) if o == [1, 2, 3]));
+        // A wrong event is a wrong answer even if the stream then breaks off.
+        let s = Script {
+            done: false,
+            ..script(&[&[1], &[9, 2]])
+        };
+        assert!(matches!(outcome(s, true, T).await, Outcome::Wrong(o) if o == [9, 2]));
+        // A complete stream that ends short of the reference is wrong.
+        assert!(matches!(
+            outcome(script(&[&[1], &[1, 2]]), true, T).await,
+            Outcome::Wrong(_)
+        ));
+        // A stream cut before [DONE] failed (allowed).
+        let s = Script {
+            done: false,
+            ..script(&[&[1], &[1, 2]])
+        };
+        assert!(matches!(outcome(s, true, T).await, Outcome::Failed(_)));
+    }
+
+    #[tokio::test]
+    async fn an_answer_later_than_the_timeout_is_a_hang() {
+        let s = Script {
+            delay: Duration::from_secs(3),
+            ..script(&[&[1, 2, 3]])
+        };
+        assert!(matches!(
+            outcome(s.clone(), false, Duration::from_millis(300)).await,
+            Outcome::Hung
+        ));
+        assert!(matches!(
+            outcome(s, true, Duration::from_millis(300)).await,
+            Outcome::Hung
+        ));
+    }
+
+    #[test]
+    fn stored_values_depend_only_on_seed_and_key() {
+        assert_eq!(value(7, 3), value(7, 3));
+        assert_ne!(value(7, 3), value(7, 4));
+        assert_ne!(value(7, 3), value(8, 3));
+        for k in 0..50 {
+            assert!((1024..64 * 1024).contains(&value(1, k).len()));
+        }
+        assert_eq!(prompts(3, 2, 2).len(), 4);
+        let (a, b) = (prompts(3, 2, 2), prompts(3, 2, 2));
+        assert!(a
+            .iter()
+            .zip(&b)
+            .all(|(x, y)| x.ids == y.ids && x.max_new == y.max_new));
+        // Prompts on one prefix share it.
+        assert_eq!(a[0].ids[..48], a[1].ids[..48]);
+    }
+}

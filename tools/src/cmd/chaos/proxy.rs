@@ -122,3 +122,72 @@ impl Proxy {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An echo server; returns its address.
+    async fn echo() -> String {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let a = l.local_addr().unwrap().to_string();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = l.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        a
+    }
+
+    /// Sends `msg` through a new connection; the echo, or None when none came within `wait`.
+    async fn roundtrip(s: &mut TcpStream, msg: &[u8], wait: Duration) -> Option<Vec<u8>> {
+        s.write_all(msg).await.ok()?;
+        let mut buf = vec![0u8; msg.len()];
+        match tokio::time::timeout(wait, s.read_exact(&mut buf)).await {
+            Ok(Ok(_)) => Some(buf),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn modes_delay_partition_and_drop() {
+        let p = Proxy::start("t", echo().await, 1).await.unwrap();
+        let addr = format!("127.0.0.1:{}", p.port);
+        let mut c = TcpStream::connect(&addr).await.unwrap();
+        let w = Duration::from_secs(5);
+        assert_eq!(roundtrip(&mut c, b"hello", w).await.unwrap(), b"hello");
+        // Delay: each direction waits.
+        p.set(Mode::Delay(Duration::from_millis(150)));
+        let t = std::time::Instant::now();
+        assert_eq!(roundtrip(&mut c, b"slow", w).await.unwrap(), b"slow");
+        assert!(
+            t.elapsed() >= Duration::from_millis(300),
+            "{:?}",
+            t.elapsed()
+        );
+        // Partition: nothing comes back; after the heal the connection is closed.
+        p.set(Mode::Partition);
+        assert!(roundtrip(&mut c, b"lost", Duration::from_millis(400))
+            .await
+            .is_none());
+        p.set(Mode::Normal);
+        let mut b = [0u8; 1];
+        let r = tokio::time::timeout(w, c.read(&mut b)).await.unwrap();
+        assert!(matches!(r, Ok(0) | Err(_)), "{r:?}");
+        // A new connection works again.
+        let mut c = TcpStream::connect(&addr).await.unwrap();
+        assert_eq!(roundtrip(&mut c, b"back", w).await.unwrap(), b"back");
+        // Drop with probability 1: the connection dies at its next chunk, new ones at once.
+        p.set(Mode::Drop(1.0));
+        assert!(roundtrip(&mut c, b"x", Duration::from_secs(1))
+            .await
+            .is_none());
+        let mut c = TcpStream::connect(&addr).await.unwrap();
+        assert!(roundtrip(&mut c, b"y", Duration::from_secs(1))
+            .await
+            .is_none());
+    }
+}

@@ -290,3 +290,47 @@ fn pcts(v: &[f64]) -> serde_json::Value {
     };
     json!({"n": s.len(), "p50": at(0.5), "p99": at(0.99), "max": s.last().copied().unwrap_or(0.0)})
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_violation_stops_the_run_and_the_report_says_how_to_replay() {
+        let log = std::env::temp_dir().join(format!("strata-chaos-rep-{}", std::process::id()));
+        let r = Report::new(42, "strata chaos --seed 42".into(), &log).unwrap();
+        r.event("fault kill: SIGKILL store1");
+        assert!(r.passed() && !r.stopped());
+        r.violation("wrong_bytes", "get k returned other bytes");
+        assert!(!r.passed() && r.stopped());
+        let kinds = vec!["kill".to_string()];
+        let t = r.text(Duration::from_secs(20), &kinds);
+        assert!(t.contains("wrong bytes 1"), "{t}");
+        assert!(
+            t.contains("FAIL; replay with: strata chaos --seed 42"),
+            "{t}"
+        );
+        assert!(
+            t.contains("SIGKILL store1") && t.contains("VIOLATION wrong_bytes"),
+            "{t}"
+        );
+        let written = std::fs::read_to_string(&log).unwrap();
+        std::fs::remove_file(&log).unwrap();
+        assert!(written.contains("VIOLATION wrong_bytes"), "{written}");
+        assert_eq!(
+            r.json(Duration::from_secs(20), &kinds)["violations"]["wrong_bytes"],
+            1
+        );
+    }
+
+    #[test]
+    fn percentiles_by_nearest_rank() {
+        let v: Vec<f64> = (1..=100).map(f64::from).collect();
+        let p = pcts(&v);
+        assert_eq!(
+            (p["p50"].as_f64(), p["p99"].as_f64()),
+            (Some(50.0), Some(99.0))
+        );
+        assert_eq!(pcts(&[])["n"], 0);
+    }
+}
