@@ -226,7 +226,10 @@ async fn pd_greedy_output_equals_colocated() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pd_failures_end_requests_cleanly() {
-    let short = [("SGLANG_DISAGGREGATION_BOOTSTRAP_TIMEOUT", "3")];
+    let short = [
+        ("SGLANG_DISAGGREGATION_BOOTSTRAP_TIMEOUT", "3"),
+        ("SGLANG_DISAGGREGATION_HEARTBEAT_INTERVAL", "0.3"),
+    ];
     let model = MadeModel::new("llama", "tiny");
     let boot = free_port();
     let c = reqwest::Client::new();
@@ -278,6 +281,61 @@ async fn pd_failures_end_requests_cleanly() {
     let (s, v) = post(&c, &prefill.url("/generate"), &b).await;
     assert!(failed(s, &v), "{v}");
     assert!(v.to_string().contains("decode"), "{v}");
+    prefill.wait_idle().await;
+    // A prefill that stops answering (SIGSTOP) while a decode waits: no heartbeat for two
+    // intervals and the decode leg fails with that reason, long before the bootstrap timeout.
+    b["bootstrap_room"] = json!(8);
+    let waiting = tokio::spawn({
+        let (c, url, d) = (c.clone(), decode.url("/generate"), b.clone());
+        async move { post(&c, &url, &d).await }
+    });
+    tokio::time::sleep(Duration::from_millis(700)).await; // heartbeats flow meanwhile
+    let sig = |s: &str| {
+        let pid = prefill.pid().to_string();
+        assert!(Command::new("kill")
+            .args([s, &pid])
+            .status()
+            .unwrap()
+            .success());
+    };
+    sig("-STOP");
+    let t = Instant::now();
+    let (s, v) = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("decode leg hung on a stopped prefill")
+        .unwrap();
+    sig("-CONT");
+    assert!(failed(s, &v), "{v}");
+    assert!(v.to_string().contains("stopped answering"), "{v}");
+    assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
+    // A decode leg that goes away before its prefill leg arrives: the prefill leg fails as soon as
+    // its prefill finishes (its missing heartbeat told the prefill), not after the timeout.
+    let gone = Server::start_env(
+        model.path(),
+        &[
+            "--page-size",
+            "16",
+            "--disaggregation-mode",
+            "decode",
+            "--disaggregation-bootstrap-port",
+            &b2,
+        ],
+        &short,
+    );
+    b["bootstrap_room"] = json!(9);
+    let orphan = tokio::spawn({
+        let (c, url, d) = (c.clone(), gone.url("/generate"), b.clone());
+        async move { c.post(url).json(&d).send().await.is_err() } // its server dies under it
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    drop(gone); // killed with its fetch waiting on the prefill
+    assert!(orphan.await.unwrap(), "the killed decode server answered");
+    tokio::time::sleep(Duration::from_millis(900)).await; // a heartbeat or two fail
+    let t = Instant::now();
+    let (s, v) = post(&c, &prefill.url("/generate"), &b).await;
+    assert!(failed(s, &v), "{v}");
+    assert!(v.to_string().contains("went away"), "{v}");
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
     prefill.wait_idle().await;
     // The prefill killed while the decode waits for it: the decode leg fails, never hangs.
     b["bootstrap_room"] = json!(7);

@@ -99,9 +99,12 @@ fn fetch(cfg: &PdConfig, g: Geometry, b: &Bootstrap, prompt_len: usize) -> Resul
     let conn = TcpStream::connect_timeout(&addr, std::time::Duration::from_secs(10))
         .map_err(|e| format!("cannot reach the prefill's bootstrap server {addr}: {e}"))?;
     let _ = conn.set_nodelay(true);
-    conn.set_read_timeout(Some(cfg.timeout))
+    // Reads time out after the heartbeat window: a prefill that stops answering (hung, paused,
+    // cut off) fails the request then, not after the whole bootstrap timeout.
+    conn.set_read_timeout(Some(cfg.silence_limit()))
         .and_then(|_| conn.set_write_timeout(Some(cfg.timeout)))
         .map_err(|e| e.to_string())?;
+    let started = std::time::Instant::now();
     let staging_pages = prompt_len.div_ceil(g.page_size);
     let staging = HostKvPool::new(
         staging_pages,
@@ -123,9 +126,28 @@ fn fetch(cfg: &PdConfig, g: Geometry, b: &Bootstrap, prompt_len: usize) -> Resul
     .write(&mut w)
     .map_err(|e| format!("bootstrap request: {e}"))?;
     let mut r = BufReader::with_capacity(1 << 20, conn);
-    let h = KvHeader::read(&mut r).map_err(|e| {
-        format!("the prefill server closed the transfer before sending the KV cache: {e}")
-    })?;
+    let silent = |e: std::io::Error| {
+        if matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ) {
+            format!(
+                "the prefill server stopped answering (no heartbeat for {:?})",
+                cfg.silence_limit()
+            )
+        } else {
+            format!("the prefill server closed the transfer before sending the KV cache: {e}")
+        }
+    };
+    let h = loop {
+        let h = KvHeader::read(&mut r).map_err(silent)?;
+        if h.status != wire::WAITING {
+            break h;
+        }
+        if started.elapsed() > cfg.timeout {
+            return Err("the prefill did not finish in time".into());
+        }
+    };
     if h.status != wire::OK {
         return Err(format!(
             "the prefill server refused the transfer: {}",

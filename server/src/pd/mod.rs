@@ -60,6 +60,11 @@ pub struct PdConfig {
     pub bind_host: String,
     /// How long either side waits for the other.
     pub timeout: Duration,
+    /// While a decode waits for a room, the prefill sends a heartbeat this often; a decode that
+    /// hears nothing for `heartbeat × heartbeat_failures` gives up on the prefill (SGLang's
+    /// SGLANG_DISAGGREGATION_HEARTBEAT_INTERVAL, 5 s, and _MAX_FAILURE, 2).
+    pub heartbeat: Duration,
+    pub heartbeat_failures: u32,
     /// Shared token (the server's `--api-key`), checked on the bootstrap connection.
     pub token: String,
     /// Test-only fault rate (`--disaggregation-test-failure-prob`, env
@@ -70,6 +75,11 @@ pub struct PdConfig {
 }
 
 impl PdConfig {
+    /// How long a decode waits without hearing from the prefill before it gives up.
+    pub fn silence_limit(&self) -> Duration {
+        self.heartbeat * self.heartbeat_failures
+    }
+
     /// Whether this side breaks the transfer of `room` on purpose (see `failure_prob`).
     pub fn inject_fault(&self, room: u64) -> bool {
         if self.failure_prob <= 0.0 {
@@ -100,6 +110,13 @@ impl PdConfig {
             timeout: secs("SGLANG_DISAGGREGATION_BOOTSTRAP_TIMEOUT", 300)
                 .min(secs("SGLANG_DISAGGREGATION_WAITING_TIMEOUT", 300)),
             token: token.to_string(),
+            heartbeat: secs("SGLANG_DISAGGREGATION_HEARTBEAT_INTERVAL", 5)
+                .max(Duration::from_millis(50)),
+            heartbeat_failures: std::env::var("SGLANG_DISAGGREGATION_HEARTBEAT_MAX_FAILURE")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(2u32)
+                .max(1),
             failure_prob: 0.0,
         }
     }

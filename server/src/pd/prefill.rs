@@ -38,11 +38,15 @@ enum Room {
     Ready(Handoff, Instant),
     /// The prefill failed; the decode side gets the reason.
     Failed(String, Instant),
+    /// The decode side went away while the prefill ran.
+    Abandoned(Instant),
 }
 
 /// Rooms of one prefill server.
 pub struct Registry {
     rooms: Mutex<HashMap<u64, Room>>,
+    /// Rooms whose decode side went away before their prefill request arrived (until expiry).
+    gone: Mutex<HashMap<u64, Instant>>,
     cv: Condvar,
     cfg: PdConfig,
     stats: Arc<Stats>,
@@ -61,6 +65,7 @@ impl Registry {
         tracing::info!(addr = %listener.local_addr()?, "PD bootstrap server listening");
         let reg = Arc::new(Registry {
             rooms: Mutex::new(HashMap::new()),
+            gone: Mutex::new(HashMap::new()),
             cv: Condvar::new(),
             cfg,
             stats,
@@ -97,11 +102,23 @@ impl Registry {
         true
     }
 
-    /// The room's prefill finished: its pages wait for the decode side.
+    /// The room's prefill finished: its pages wait for the decode side (or are freed at once
+    /// when that side went away).
     pub fn ready(&self, room: u64, h: Handoff) {
-        self.rooms
-            .lock()
-            .insert(room, Room::Ready(h, Instant::now() + self.cfg.timeout));
+        let mut g = self.rooms.lock();
+        let gone = self.gone.lock().remove(&room).is_some();
+        if gone || matches!(g.get(&room), Some(Room::Abandoned(_))) {
+            g.remove(&room);
+            drop(g);
+            Stats::add(&self.stats.pd_failed, 1);
+            (h.deliver)(Err(
+                "PD transfer failed: the decode server went away before the KV cache was ready"
+                    .into(),
+            ));
+            return;
+        }
+        g.insert(room, Room::Ready(h, Instant::now() + self.cfg.timeout));
+        drop(g);
         self.cv.notify_all();
     }
 
@@ -116,13 +133,17 @@ impl Registry {
 
     fn expire(&self) {
         let now = Instant::now();
+        self.gone.lock().retain(|_, d| *d > now);
         let mut late = Vec::new();
         {
             let mut g = self.rooms.lock();
             let keys: Vec<u64> = g
                 .iter()
                 .filter(|(_, r)| match r {
-                    Room::Claimed(d) | Room::Ready(_, d) | Room::Failed(_, d) => *d <= now,
+                    Room::Claimed(d)
+                    | Room::Ready(_, d)
+                    | Room::Failed(_, d)
+                    | Room::Abandoned(d) => *d <= now,
                 })
                 .map(|(k, _)| *k)
                 .collect();
@@ -141,11 +162,19 @@ impl Registry {
         }
     }
 
-    /// Waits for `room` to be ready (or failed) until the deadline.
-    fn take(&self, room: u64) -> Result<Handoff, (i32, String)> {
+    /// Waits for `room` to be ready (or failed) until the deadline, sending the decode side a
+    /// heartbeat every `cfg.heartbeat` meanwhile. A heartbeat that cannot be sent means the decode
+    /// side is gone: the room is then given up (its prefill's answer fails when it finishes).
+    fn take(&self, room: u64, wr: &mut BufWriter<TcpStream>) -> Result<Handoff, (i32, String)> {
         let deadline = Instant::now() + self.cfg.timeout;
         let mut g = self.rooms.lock();
         loop {
+            if Instant::now() >= deadline {
+                return Err((
+                    wire::ERR_TIMEOUT,
+                    format!("room {room}: the prefill did not finish in time"),
+                ));
+            }
             match g.remove(&room) {
                 Some(Room::Ready(h, _)) => return Ok(h),
                 Some(Room::Failed(why, _)) => return Err((wire::ERR_FAILED, why)),
@@ -154,11 +183,37 @@ impl Registry {
                 }
                 None => {}
             }
-            if self.cv.wait_until(&mut g, deadline).timed_out() {
-                return Err((
-                    wire::ERR_TIMEOUT,
-                    format!("room {room}: the prefill did not finish in time"),
-                ));
+            let beat = (Instant::now() + self.cfg.heartbeat).min(deadline);
+            if self.cv.wait_until(&mut g, beat).timed_out() && Instant::now() < deadline {
+                let sent = KvHeader::error(wire::WAITING, "")
+                    .write(wr)
+                    .and_then(|_| wr.flush());
+                if sent.is_err() {
+                    self.abandon(&mut g, room);
+                    return Err((wire::ERR_FAILED, "the decode side went away".into()));
+                }
+            }
+        }
+    }
+
+    /// The decode side of `room` went away while its prefill runs: the prefill's answer fails as
+    /// soon as it finishes, instead of waiting out the timeout.
+    fn abandon(&self, g: &mut HashMap<u64, Room>, room: u64) {
+        tracing::warn!(
+            room,
+            "PD: the decode side went away before the KV was ready"
+        );
+        match g.remove(&room) {
+            Some(Room::Claimed(d)) => {
+                g.insert(room, Room::Abandoned(d));
+            }
+            Some(other) => {
+                g.insert(room, other);
+            }
+            None => {
+                self.gone
+                    .lock()
+                    .insert(room, Instant::now() + self.cfg.timeout);
             }
         }
     }
@@ -182,7 +237,7 @@ impl Registry {
             let _ = wr.flush();
             return;
         }
-        let h = match self.take(want.room) {
+        let h = match self.take(want.room, &mut wr) {
             Ok(h) => h,
             Err((status, msg)) => {
                 let _ = KvHeader::error(status, msg).write(&mut wr);

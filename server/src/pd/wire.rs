@@ -6,6 +6,7 @@
 //! KV   (prefill -> decode): "SPD1" i32 status  u32 n_tokens  u32 first_token  u32 n_pages
 //!                           u32 object_bytes  u32 msg_len  msg bytes (UTF-8, errors only)
 //!                           then n_pages x (K object, V object), object_bytes each
+//!                           (status 1 = WAITING: a heartbeat, another KV header follows)
 //! ACK  (decode -> prefill): u8 1
 //! ```
 
@@ -14,6 +15,8 @@ use std::io::{self, Read, Write};
 pub const MAGIC: &[u8; 4] = b"SPD1";
 /// Status codes of the KV header.
 pub const OK: i32 = 0;
+/// Heartbeat: the room's prefill has not finished yet; another header follows.
+pub const WAITING: i32 = 1;
 pub const ERR_REFUSED: i32 = -1;
 pub const ERR_MISMATCH: i32 = -2;
 pub const ERR_TIMEOUT: i32 = -3;

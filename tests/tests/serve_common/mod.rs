@@ -172,6 +172,11 @@ impl Server {
             .collect()
     }
 
+    /// The server process's id (for signals).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// `sglang:<name>` from `/metrics`; 0 when the series is absent.
     pub async fn metric(&self, name: &str) -> f64 {
         let (_, body) = self.get("/metrics").await;
