@@ -9,6 +9,7 @@ as skipped, with the reason, unless STRATA_REQUIRE_MOONCAKE=1 makes that a failu
 
 import os
 import random
+import time
 
 import pytest
 
@@ -43,6 +44,11 @@ def pair(cluster, mc_master):
     os.environ.setdefault("MC_TCP_BIND_ADDRESS", "127.0.0.1")
     mc = MooncakeStore()
     assert mc.setup("127.0.0.1", mc_master.metadata, 256 * MB, 16 * MB, "tcp", "", mc_master.addr) == 0
+    # Mooncake's transfer engine may refuse the first puts while it starts (SGLang retries too).
+    for _ in range(20):
+        if mc.put("warmup", b"x") == 0:
+            break
+        time.sleep(0.5)
     st = strata.MooncakeDistributedStore()
     assert st.setup("127.0.0.1", "P2PHANDSHAKE", 0, 0, "tcp", "", cluster.addr) == 0
     mc.remove_all(True)

@@ -257,8 +257,12 @@ def test_setup_releases_the_gil():
     t = threading.Thread(target=fake_master, daemon=True)
     t.start()
     s = strata.MooncakeDistributedStore()
+    t0 = time.perf_counter()
     rc = s.setup("localhost", "P2PHANDSHAKE", 0, 0, "tcp", "", f"127.0.0.1:{port}")
+    # With the GIL held, the fake master could not close the connection, and setup would wait for
+    # the client's 10 s read timeout instead.
     assert served.is_set(), "the Python thread never ran during setup()"
+    assert time.perf_counter() - t0 < 5, "setup waited for its timeout: the GIL was held"
     assert rc < 0
     srv.close()
 
