@@ -15,6 +15,9 @@
 #   scripts/bench-python.sh                  # builds the strata binary and the wheel if needed
 #   ROUND_MB=64 scripts/bench-python.sh      # smaller rounds (default 256, the peer script's)
 #   SKIP_MOONCAKE=1 scripts/bench-python.sh
+#   STRATA_WRITE_BACK=1GiB ROUNDS=0 scripts/bench-python.sh  # Strata acknowledges puts from DRAM (its store
+#                                                           # node and the colocated segments), as Mooncake
+#                                                           # does; ROUNDS=0 skips the layer comparison
 #
 # Everything binds 127.0.0.1; every process started here is stopped by PID on exit.
 set -euo pipefail
@@ -26,6 +29,8 @@ VENV=${PY_VENV:-/tmp/strata-py-bench-env}
 OUT=${OUT:-/tmp/strata-bench-python}
 ROUND_MB=${ROUND_MB:-256}
 ROUNDS=${ROUNDS:-5}
+WB=${STRATA_WRITE_BACK:-0}
+export STRATA_WRITE_BACK=$WB   # the Python client's colocated segment reads it
 rm -rf "$OUT" && mkdir -p "$OUT"
 PIDS=()
 cleanup() { for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
@@ -49,7 +54,7 @@ sed "s/^\(\s*\)$IMPORT/\1from strata import MooncakeDistributedStore/" "$PEERS/m
 grep -q "from strata import MooncakeDistributedStore" "$OUT/bench_strata.py"
 ARGS=(--verify --round-mb "$ROUND_MB")
 echo "machine: $(nproc) vCPU, $(uname -sr), $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
-echo "load before: $(cut -d' ' -f1-3 /proc/loadavg); commit $(git rev-parse --short HEAD)"
+echo "load before: $(cut -d' ' -f1-3 /proc/loadavg); commit $(git rev-parse --short HEAD); strata write-back: $WB"
 
 if [ -z "${SKIP_MOONCAKE:-}" ]; then
   export MC_TCP_BIND_ADDRESS=127.0.0.1
@@ -73,7 +78,7 @@ fi
 PIDS+=($!); STM=$!
 wait_port 50051
 "$STRATA_BIN" store --master 127.0.0.1:50051 --device "$OUT/strata-store.dev" --capacity 2GiB --memory 1GiB \
-    > "$OUT/st-store.log" 2>&1 &
+    --write-back "$WB" > "$OUT/st-store.log" 2>&1 &
 PIDS+=($!); STS=$!
 for _ in $(seq 300); do grep -q "strata store ready" "$OUT/st-store.log" && break; sleep 0.1; done
 sleep 0.5
@@ -86,7 +91,8 @@ wait $STS 2>/dev/null || true
 echo "== Strata Python client: colocated (single)"
 STRATA_SEGMENT_DIR=$OUT $PY "$OUT/bench_strata.py" --role single --segment-mb 1024 "${ARGS[@]}" | tee "$OUT/py-single.txt"
 echo "== Strata Rust client: colocated (single)"
-"$STRATA_BIN" bench store --role single --master 127.0.0.1:50051 --device "$OUT/strata-single.dev" "${ARGS[@]}" \
+"$STRATA_BIN" bench store --role single --master 127.0.0.1:50051 --device "$OUT/strata-single.dev" --write-back "$WB" \
+    "${ARGS[@]}" \
     | tee "$OUT/rs-single.txt"
 
 # The colocated Rust client's segment left without unregistering: let the master time it out.
@@ -154,6 +160,8 @@ def col(kind, size, key, i=None):
         if row:
             vals.append(row[key] if i is None else row[key][i])
     return vals
+if rounds == 0:
+    sys.exit(0)
 fails = sum(rows(f"ab-{k}-{r}.txt").get(s, {}).get("fails", 1)
             for k, s in (("py-1m", 1048576), ("rs-1m", 1048576), ("py-4k", 4096), ("rs-4k", 4096))
             for r in range(1, rounds + 1))

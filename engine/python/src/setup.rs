@@ -5,7 +5,7 @@
 //! |---|---|
 //! | `local_hostname` | host the local segment's node listens on and advertises (`host` or `host:port`) |
 //! | `metadata_server` | accepted and unused: Strata needs no transfer-engine metadata service |
-//! | `global_segment_size` | bytes this process contributes as a segment (0 = a pure client): a store engine on a file in `segment_dir` / `STRATA_SEGMENT_DIR` (default the temp dir), with a DRAM tier of the same size |
+//! | `global_segment_size` | bytes this process contributes as a segment (0 = a pure client): a store engine on a file in `segment_dir` / `STRATA_SEGMENT_DIR` (default the temp dir), with a DRAM tier of the same size; `write_back` / `STRATA_WRITE_BACK` (bytes, or `512MiB`-style; default 0) gives it a write-back buffer, so that puts are acknowledged from DRAM as Mooncake's are |
 //! | `local_buffer_size` | accepted and unused: zero-copy calls move bytes straight from/to the caller's buffers |
 //! | `protocol` | `tcp`, or `rdma` (uses `rdma_devices`; falls back to TCP with a log line when this build or host has no RDMA) |
 //! | `rdma_devices` | NIC list, as `MOONCAKE_DEVICE` |
@@ -55,6 +55,8 @@ pub struct SetupArgs {
     pub rdma_devices: String,
     pub master: String,
     pub segment_dir: Option<PathBuf>,
+    /// The local segment's write-back buffer in bytes (0 = puts are written through).
+    pub write_back: u64,
 }
 
 impl SetupArgs {
@@ -115,6 +117,7 @@ impl SetupArgs {
             let known = POSITIONAL.contains(&name.as_str())
                 || IGNORED.contains(&name.as_str())
                 || name == "segment_dir"
+                || name == "write_back"
                 || name == "master_server_address";
             if !known {
                 return Err(PyTypeError::new_err(format!(
@@ -139,6 +142,20 @@ impl SetupArgs {
             m => m,
         };
         let dir = s("segment_dir", "")?;
+        let wb = match d.get_item("write_back")? {
+            Some(v) if !v.is_none() => match v.extract::<u64>() {
+                Ok(n) => n,
+                Err(_) => parse_size(&v.extract::<String>()?).ok_or_else(|| {
+                    PyTypeError::new_err("setup(): write_back must be bytes or a size like '1GiB'")
+                })?,
+            },
+            _ => match std::env::var("STRATA_WRITE_BACK") {
+                Ok(v) => parse_size(&v).ok_or_else(|| {
+                    PyTypeError::new_err(format!("STRATA_WRITE_BACK={v:?} is not a size"))
+                })?,
+                Err(_) => 0,
+            },
+        };
         Ok(Self {
             local_hostname: s("local_hostname", "localhost")?,
             global_segment_size: n("global_segment_size")?,
@@ -149,6 +166,7 @@ impl SetupArgs {
                 .trim_end_matches('/')
                 .to_string(),
             segment_dir: (!dir.is_empty()).then(|| PathBuf::from(dir)),
+            write_back: wb,
         })
     }
 
@@ -184,11 +202,28 @@ impl SetupArgs {
                 std::process::id(),
                 SEGMENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
             ));
-            cfg.local_segment = Some(segment_config(&path, self.global_segment_size));
+            cfg.local_segment = Some(
+                segment_config(&path, self.global_segment_size).with_write_back(self.write_back),
+            );
             device = Some(path);
         }
         Ok((cfg, device))
     }
+}
+
+/// `1048576`, `512MiB`, `1GiB`, `64M`, `4k` (binary units).
+fn parse_size(s: &str) -> Option<u64> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let n: u64 = t[..split].parse().ok()?;
+    let mult: u64 = match t[split..].trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 1,
+        "k" | "kb" | "kib" => 1 << 10,
+        "m" | "mb" | "mib" => 1 << 20,
+        "g" | "gb" | "gib" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(mult)
 }
 
 static SEGMENTS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);

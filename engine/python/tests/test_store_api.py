@@ -201,6 +201,28 @@ def test_local_segment_serves_other_clients(cluster, seed):
     b.close()
 
 
+def test_local_segment_with_write_back(cluster, seed, tmp_path):
+    """A segment with a write-back buffer (puts acknowledged from DRAM): values read back whole,
+    from this client and from another one."""
+    rng = random.Random(seed + 7)
+    a = strata.MooncakeDistributedStore()
+    assert a.setup({"local_hostname": "127.0.0.1", "metadata_server": "P2PHANDSHAKE", "global_segment_size": 64 * MB,
+                    "master_server_addr": cluster.addr, "segment_dir": str(tmp_path), "write_back": "32MiB"}) == 0
+    assert list(tmp_path.glob("strata-py-segment-*")), "the segment's device file is not in segment_dir"
+    b = strata.MooncakeDistributedStore()
+    assert b.setup("localhost", "P2PHANDSHAKE", 0, 0, "tcp", "", cluster.addr) == 0
+    vals = {f"wb{i}": rng.randbytes(100_000) for i in range(40)}
+    assert a.put_batch(list(vals), list(vals.values())) == 0
+    assert a.get_batch(list(vals)) == list(vals.values())
+    assert b.get_batch(list(vals)) == list(vals.values())
+    with pytest.raises(TypeError, match="write_back"):
+        strata.MooncakeDistributedStore().setup({"master_server_addr": cluster.addr, "write_back": "lots"})
+    a.close()
+    assert not list(tmp_path.glob("strata-py-segment-*")), "close() left the segment's file behind"
+    b.remove_all()
+    b.close()
+
+
 def _gil_free_progress(call) -> tuple:
     """Runs `call` while another Python thread counts; how far it counted during the call."""
     count = [0]
