@@ -172,11 +172,12 @@ async fn pd_greedy_output_equals_colocated() {
     assert_eq!(after - before, 4.0, "one transfer per /v1 prompt");
     // Log-probabilities through the pair: the router puts the prefill's input list in front of
     // the decode's (empty: the decode leg never runs the prompt), as sglang-router merges them,
-    // so it equals the colocated one; output values equal colocated after the first token (that
-    // one is sampled on the prefill leg and crosses without its values: null, kept aligned).
+    // so it equals the colocated one; the first output token's values cross with the KV (it is
+    // sampled on the prefill leg), so every output position equals colocated too.
     let mut lb = body(&prompts[1], 6);
     lb["return_logprob"] = json!(true);
     lb["logprob_start_len"] = json!(0);
+    lb["top_logprobs_num"] = json!(3);
     let (_, cv) = post(&c, &colo.url("/generate"), &lb).await;
     let (s, pv) = post(&c, &format!("{}/generate", r.base), &lb).await;
     assert_eq!(s, 200, "{pv}");
@@ -198,10 +199,20 @@ async fn pd_greedy_output_equals_colocated() {
         pv["meta_info"]["output_token_logprobs"].as_array().unwrap(),
     );
     assert_eq!(po.len(), 6, "{pv}");
-    assert_eq!(po[0][0], Value::Null);
-    for j in 1..6 {
+    let (ct, pt) = (
+        cv["meta_info"]["output_top_logprobs"].as_array().unwrap(),
+        pv["meta_info"]["output_top_logprobs"].as_array().unwrap(),
+    );
+    for j in 0..6 {
         assert_eq!(co[j][1], po[j][1]);
         close(&co[j][0], &po[j][0], &format!("output {j}"));
+        let (a, b) = (ct[j].as_array().unwrap(), pt[j].as_array().unwrap());
+        assert_eq!(a.len(), 3, "{cv}");
+        assert_eq!(b.len(), 3, "output {j}: {pv}");
+        for (x, y) in a.iter().zip(b) {
+            assert_eq!(x[1], y[1], "top id at output {j}");
+            close(&x[0], &y[0], &format!("top at output {j}"));
+        }
     }
     // A client that bypasses the router and reuses a room gets a 400 from the prefill.
     let mut dup = body(&prompts[0], 4);

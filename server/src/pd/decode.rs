@@ -14,6 +14,8 @@ use std::sync::Arc;
 /// The prompt's KV, received.
 pub struct Fetched {
     pub first_token: u32,
+    /// The first token's log-probabilities as the prefill computed them (when asked for).
+    pub first_logprobs: Option<crate::logprobs::PosLogprobs>,
     pub staging: HostKvPool,
     pub n_pages: usize,
 }
@@ -171,6 +173,7 @@ fn fetch(cfg: &PdConfig, g: Geometry, b: &Bootstrap, prompt_len: usize) -> Resul
     w.write_all(&[1]).map_err(|e| e.to_string())?;
     Ok(Fetched {
         first_token: h.first_token,
+        first_logprobs: h.first_logprobs,
         staging,
         n_pages: staging_pages,
     })

@@ -24,6 +24,8 @@ use std::time::{Duration, Instant};
 pub struct Handoff {
     pub n_tokens: u32,
     pub first_token: u32,
+    /// The first token's log-probabilities, when the request asked for them.
+    pub first_logprobs: Option<crate::logprobs::PosLogprobs>,
     /// Pages `0..n_pages` hold the prompt's KV.
     pub staging: HostKvPool,
     pub n_pages: usize,
@@ -290,6 +292,7 @@ fn header(h: &Handoff) -> KvHeader {
         n_pages: h.n_pages as u32,
         object_bytes: h.staging.object_bytes() as u32,
         msg: String::new(),
+        first_logprobs: h.first_logprobs.clone(),
     }
 }
 

@@ -3,16 +3,22 @@
 //! ```text
 //! WANT (decode -> prefill): "SPD1" u64 room  u32 prompt_len  u32 page_size  u32 object_bytes
 //!                           u16 token_len  token bytes
-//! KV   (prefill -> decode): "SPD1" i32 status  u32 n_tokens  u32 first_token  u32 n_pages
+//! KV   (prefill -> decode): "SPD2" i32 status  u32 n_tokens  u32 first_token  u32 n_pages
 //!                           u32 object_bytes  u32 msg_len  msg bytes (UTF-8, errors only)
+//!                           u32 lp_len  lp bytes (the first token's log-probabilities, below)
 //!                           then n_pages x (K object, V object), object_bytes each
 //!                           (status 1 = WAITING: a heartbeat, another KV header follows)
 //! ACK  (decode -> prefill): u8 1
+//!
+//! lp (empty when not asked for): u8 has_logprob  f32 logprob  u32 n_top  n_top x (u32 id, f32)
+//!                                u32 n_ids  n_ids x (u32 id, f32)
 //! ```
 
+use crate::logprobs::PosLogprobs;
 use std::io::{self, Read, Write};
 
-pub const MAGIC: &[u8; 4] = b"SPD1";
+/// Version 2 added the first token's log-probabilities to the KV header.
+pub const MAGIC: &[u8; 4] = b"SPD2";
 /// Status codes of the KV header.
 pub const OK: i32 = 0;
 /// Heartbeat: the room's prefill has not finished yet; another header follows.
@@ -33,7 +39,7 @@ pub struct Want {
 }
 
 /// The prefill side's answer header.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct KvHeader {
     pub status: i32,
     pub n_tokens: u32,
@@ -41,6 +47,7 @@ pub struct KvHeader {
     pub n_pages: u32,
     pub object_bytes: u32,
     pub msg: String,
+    pub first_logprobs: Option<PosLogprobs>,
 }
 
 fn bad(what: &str) -> io::Error {
@@ -94,6 +101,7 @@ impl KvHeader {
             n_pages: 0,
             object_bytes: 0,
             msg: msg.into(),
+            first_logprobs: None,
         }
     }
 
@@ -112,6 +120,13 @@ impl KvHeader {
             b.extend_from_slice(&v.to_le_bytes());
         }
         b.extend_from_slice(m);
+        let lp = self
+            .first_logprobs
+            .as_ref()
+            .map(encode_lp)
+            .unwrap_or_default();
+        b.extend_from_slice(&(lp.len() as u32).to_le_bytes());
+        b.extend_from_slice(&lp);
         w.write_all(&b)
     }
 
@@ -127,6 +142,19 @@ impl KvHeader {
         }
         let mut m = vec![0u8; ml];
         r.read_exact(&mut m)?;
+        let mut l = [0u8; 4];
+        r.read_exact(&mut l)?;
+        let ll = u32::from_le_bytes(l) as usize;
+        if ll > 1 << 20 {
+            return Err(bad("PD log-probabilities too long"));
+        }
+        let mut lp = vec![0u8; ll];
+        r.read_exact(&mut lp)?;
+        let first_logprobs = if lp.is_empty() {
+            None
+        } else {
+            Some(decode_lp(&lp).ok_or_else(|| bad("malformed PD log-probabilities"))?)
+        };
         Ok(KvHeader {
             status: i32::from_le_bytes(b[4..8].try_into().expect("4 bytes")),
             n_tokens: u32_at(&b, 8),
@@ -134,8 +162,58 @@ impl KvHeader {
             n_pages: u32_at(&b, 16),
             object_bytes: u32_at(&b, 20),
             msg: String::from_utf8_lossy(&m).into_owned(),
+            first_logprobs,
         })
     }
+}
+
+fn encode_lp(p: &PosLogprobs) -> Vec<u8> {
+    let mut b = Vec::with_capacity(13 + 8 * (p.top.len() + p.ids.len()));
+    b.push(p.logprob.is_some() as u8);
+    b.extend_from_slice(&p.logprob.unwrap_or(0.0).to_le_bytes());
+    for list in [&p.top, &p.ids] {
+        b.extend_from_slice(&(list.len() as u32).to_le_bytes());
+        for &(id, v) in list.iter() {
+            b.extend_from_slice(&id.to_le_bytes());
+            b.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+    b
+}
+
+fn decode_lp(b: &[u8]) -> Option<PosLogprobs> {
+    let f32_at = |at: usize| {
+        b.get(at..at + 4)
+            .map(|s| f32::from_le_bytes(s.try_into().unwrap()))
+    };
+    let u32_at = |at: usize| {
+        b.get(at..at + 4)
+            .map(|s| u32::from_le_bytes(s.try_into().unwrap()))
+    };
+    let has = *b.first()? != 0;
+    let logprob = f32_at(1)?;
+    let mut at = 5;
+    let mut lists = [Vec::new(), Vec::new()];
+    for list in &mut lists {
+        let n = u32_at(at)? as usize;
+        at += 4;
+        if n > (b.len() - at) / 8 {
+            return None;
+        }
+        for _ in 0..n {
+            list.push((u32_at(at)?, f32_at(at + 4)?));
+            at += 8;
+        }
+    }
+    if at != b.len() {
+        return None;
+    }
+    let [top, ids] = lists;
+    Some(PosLogprobs {
+        logprob: has.then_some(logprob),
+        top,
+        ids,
+    })
 }
 
 #[cfg(test)]
@@ -159,6 +237,19 @@ mod tests {
         h.write(&mut b).unwrap();
         assert_eq!(KvHeader::read(&mut b.as_slice()).unwrap(), h);
         assert!(Want::read(&mut &b"GET / HTTP/1.1\r\n\r\n......"[..]).is_err());
-        assert!(KvHeader::read(&mut &b"SPD1"[..]).is_err());
+        assert!(KvHeader::read(&mut &b"SPD2"[..]).is_err());
+        // The first token's log-probabilities ride along; a truncated list is refused.
+        let mut h = KvHeader::error(OK, "");
+        h.first_logprobs = Some(PosLogprobs {
+            logprob: Some(-0.25),
+            top: vec![(7, -0.25), (3, -1.5)],
+            ids: vec![(11, -9.0)],
+        });
+        let mut b = Vec::new();
+        h.write(&mut b).unwrap();
+        assert_eq!(KvHeader::read(&mut b.as_slice()).unwrap(), h);
+        let lp = encode_lp(h.first_logprobs.as_ref().unwrap());
+        assert!(decode_lp(&lp[..lp.len() - 3]).is_none());
+        assert!(decode_lp(&[1, 0, 0]).is_none());
     }
 }

@@ -306,6 +306,8 @@ impl<R: ModelRunner> Scheduler<R> {
             );
             return None;
         }
+        // The first token was sampled on the prefill leg, which sent its log-probabilities along.
+        let wants_lp = s.req.logprobs.is_some();
         s.pd_fetch = false;
         s.held = false;
         s.computed = s.prompt_len;
@@ -320,7 +322,7 @@ impl<R: ModelRunner> Scheduler<R> {
         let i = self.running.len() - 1;
         let first = Sampled {
             token: got.first_token,
-            logprobs: None,
+            logprobs: got.first_logprobs.filter(|_| wants_lp).map(Box::new),
         };
         if let Some(reason) = self.accept_token(i, first) {
             let s = self.running.remove(i);
@@ -529,6 +531,9 @@ impl<R: ModelRunner> Scheduler<R> {
         s.tokens.push(tok);
         if s.first_token_at.is_none() {
             s.first_token_at = Some(std::time::Instant::now());
+            if s.req.bootstrap.is_some() {
+                s.first_lp.clone_from(&logprob); // a PD prefill leg hands it over
+            }
         }
         Stats::add(&self.stats.generation_tokens, 1);
         let _ = s.req.events.send(Event::Token { id: tok, logprob });

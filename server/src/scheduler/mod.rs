@@ -408,6 +408,7 @@ impl<R: ModelRunner> Scheduler<R> {
                     crate::pd::prefill::Handoff {
                         n_tokens: s.prompt_len as u32,
                         first_token,
+                        first_logprobs: s.first_lp.as_deref().cloned(),
                         staging,
                         n_pages,
                         page_size: self.cfg.page_size,

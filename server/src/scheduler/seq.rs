@@ -36,6 +36,8 @@ pub struct Seq {
     /// even when a retraction recomputes them.
     pub lp_head: bool,
     pub lp_row: usize,
+    /// PD prefill leg: the first output token's log-probabilities, handed to the decode side.
+    pub first_lp: Option<Box<crate::logprobs::PosLogprobs>>,
 }
 
 impl Seq {
@@ -58,6 +60,7 @@ impl Seq {
             admitted_once: false,
             seed,
             first_token_at: None,
+            first_lp: None,
         }
     }
 
