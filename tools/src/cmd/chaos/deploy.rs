@@ -197,6 +197,9 @@ impl Deployment {
             let pbase = d.add_http(Kind::Server, "prefill", args, pport)?;
             let mut args = roles::serve(&model, dport, PAGE, None, "");
             args.extend(roles::pd_side("decode", boot));
+            // Decode writes prompt + answer to the L3, where the next turn's prefill finds them.
+            args.extend(roles::l3_backend(&d.master_rpc, extra));
+            args.push(s("--disaggregation-decode-enable-offload-kvcache"));
             let dbase = d.add_http(Kind::Server, "decode", args, dport)?;
             d.servers.extend([pbase.clone(), dbase.clone()]);
             pd_urls = Some((pbase, boot, dbase));

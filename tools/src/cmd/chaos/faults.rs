@@ -65,12 +65,16 @@ pub fn run(d: &mut Deployment, rep: &Report, kinds: &[String], until: Instant) {
         if !injected {
             continue;
         }
+        // Every injection ends its fault (restart, SIGCONT, filler deleted, link healed) last.
+        let ended = Instant::now();
         rep.faults.add(&kind, 1);
         match wait_healthy(d, rep) {
             Ok(()) => {
-                let secs = t0.elapsed().as_secs_f64();
-                rep.event(format!("healthy {secs:.2} s after the {kind} fault"));
-                rep.recovered(&kind, secs);
+                let (secs, after) = (t0.elapsed().as_secs_f64(), ended.elapsed().as_secs_f64());
+                rep.event(format!(
+                    "healthy {secs:.2} s after the {kind} fault ({after:.2} s after it ended)"
+                ));
+                rep.recovered(&kind, secs, after);
             }
             Err(why) => rep.violation(
                 "not_recovered",

@@ -46,6 +46,27 @@ pub fn prompts(seed: u64, prefixes: usize, per: usize) -> Vec<Prompt> {
     out
 }
 
+/// Second turns: for every `per`-th prompt, a prompt that continues it with its reference answer
+/// and a few new tokens (a conversation's next turn, whose prefix includes the first answer: with
+/// `--pd`, decode offload has written those pages to the L3).
+pub fn next_turns(seed: u64, first: &[Prompt], per: usize) -> Vec<Prompt> {
+    let mut r = SplitMix64(seed ^ 0x9E0_0002);
+    first
+        .iter()
+        .step_by(per.max(1))
+        .map(|p| {
+            let mut ids = p.ids.clone();
+            ids.extend(p.reference.iter().map(|&t| t as u32));
+            ids.extend((0..4 + r.next_u64() % 20).map(|_| 3 + (r.next_u64() % 497) as u32));
+            Prompt {
+                ids,
+                max_new: p.max_new,
+                reference: Vec::new(),
+            }
+        })
+        .collect()
+}
+
 fn body(p: &Prompt, stream: bool) -> Value {
     json!({
         "input_ids": p.ids,
@@ -338,7 +359,14 @@ pub fn store_worker(
             puts(c, rep, next, 4, timeout);
             next += 4;
         } else {
-            let ks: Vec<u64> = (0..8).map(|_| r.next_u64() % next).collect();
+            // Half of the gets among the last 512 keys (likely still stored: the keys put over a
+            // long run exceed the stores' capacity), half among all.
+            let ks: Vec<u64> = (0..8)
+                .map(|i| match i % 2 {
+                    0 => next - 1 - r.next_u64() % next.min(512),
+                    _ => r.next_u64() % next,
+                })
+                .collect();
             check_gets(c, rep, &ks, timeout);
         }
         std::thread::sleep(Duration::from_millis(5));

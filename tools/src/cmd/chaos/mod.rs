@@ -121,6 +121,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let http = reqwest::Client::new();
     rt.block_on(async {
         load::references(&http, &d.servers[0], &mut ps).await?;
+        let mut next = load::next_turns(seed, &ps, 4);
+        load::references(&http, &d.servers[0], &mut next).await?;
+        ps.extend(next);
         // Every server (and router) must give the reference before any fault.
         for base in d.servers.iter().skip(1).chain(&d.routers) {
             for (i, p) in ps.iter().enumerate() {

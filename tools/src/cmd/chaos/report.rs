@@ -51,8 +51,8 @@ pub struct Report {
     pub violations: Counters,
     /// Fault kinds that could not be injected here, with why.
     pub not_injected: Mutex<BTreeMap<String, String>>,
-    /// (fault kind, seconds from injection to healthy).
-    pub recoveries: Mutex<Vec<(String, f64)>>,
+    /// (fault kind, seconds from injection to healthy, seconds from the fault's end to healthy).
+    pub recoveries: Mutex<Vec<(String, f64, f64)>>,
     last_sampled: AtomicU64,
     skipped: AtomicU64,
     events: Mutex<(Vec<String>, Option<std::fs::File>)>,
@@ -126,8 +126,12 @@ impl Report {
         self.stop.store(true, Ordering::Relaxed);
     }
 
-    pub fn recovered(&self, kind: &str, secs: f64) {
-        self.recoveries.lock().push((kind.to_string(), secs));
+    /// A fault of `kind` was followed by a healthy deployment `secs` after its injection and
+    /// `after_end` after it ended.
+    pub fn recovered(&self, kind: &str, secs: f64, after_end: f64) {
+        self.recoveries
+            .lock()
+            .push((kind.to_string(), secs, after_end));
     }
 
     pub fn passed(&self) -> bool {
@@ -138,10 +142,13 @@ impl Report {
     pub fn json(&self, duration: Duration, faults_enabled: &[String]) -> serde_json::Value {
         let rec = self.recoveries.lock();
         let all: Vec<f64> = rec.iter().map(|r| r.1).collect();
-        let mut per_kind = serde_json::Map::new();
+        let all_end: Vec<f64> = rec.iter().map(|r| r.2).collect();
+        let (mut per_kind, mut per_kind_end) = (serde_json::Map::new(), serde_json::Map::new());
         for k in faults_enabled {
             let v: Vec<f64> = rec.iter().filter(|r| &r.0 == k).map(|r| r.1).collect();
             per_kind.insert(k.clone(), pcts(&v));
+            let v: Vec<f64> = rec.iter().filter(|r| &r.0 == k).map(|r| r.2).collect();
+            per_kind_end.insert(k.clone(), pcts(&v));
         }
         let violations: BTreeMap<&str, u64> = VIOLATIONS
             .iter()
@@ -158,6 +165,7 @@ impl Report {
             "not_injected": *self.not_injected.lock(),
             "violations": violations,
             "recovery_s": {"all": pcts(&all), "per_kind": per_kind},
+            "recovery_after_end_s": {"all": pcts(&all_end), "per_kind": per_kind_end},
         })
     }
 
@@ -196,11 +204,12 @@ impl Report {
         let _ = writeln!(
             o,
             "  hicache    tokens written to L3 {}, prefetched from L3 {}, loaded back from host {}, \
-             evicted {} (servers running at the end)",
+             evicted {}, offloaded by PD decode {} (servers running at the end)",
             c("hicache_backuped_tokens"),
             c("hicache_prefetched_tokens"),
             c("hicache_load_back_tokens"),
             c("hicache_evicted_tokens"),
+            c("hicache_pd_decode_offloaded_tokens"),
         );
         let faults = self.faults.snapshot();
         let _ = writeln!(
@@ -233,23 +242,31 @@ impl Report {
                 .join(", ")
         );
         let r = &j["recovery_s"]["all"];
+        let e = &j["recovery_after_end_s"]["all"];
+        let f = |v: &serde_json::Value, k: &str| v[k].as_f64().unwrap_or(0.0);
         let _ = writeln!(
             o,
-            "  recovery   fault to healthy: {} faults, p50 {:.2} s, p99 {:.2} s, max {:.2} s",
+            "  recovery   {} faults; fault to healthy p50 {:.2} s, p99 {:.2} s, max {:.2} s; \
+             end of fault to healthy p50 {:.2} s, p99 {:.2} s",
             r["n"],
-            r["p50"].as_f64().unwrap_or(0.0),
-            r["p99"].as_f64().unwrap_or(0.0),
-            r["max"].as_f64().unwrap_or(0.0)
+            f(r, "p50"),
+            f(r, "p99"),
+            f(r, "max"),
+            f(e, "p50"),
+            f(e, "p99"),
         );
         for k in faults_enabled {
             let r = &j["recovery_s"]["per_kind"][k];
+            let e = &j["recovery_after_end_s"]["per_kind"][k];
             if r["n"].as_u64().unwrap_or(0) > 0 {
                 let _ = writeln!(
                     o,
-                    "             {k:<9} n {:>3}, p50 {:.2} s, p99 {:.2} s",
+                    "             {k:<9} n {:>3}: p50 {:.2} s, p99 {:.2} s; after its end p50 {:.2} s, p99 {:.2} s",
                     r["n"],
-                    r["p50"].as_f64().unwrap_or(0.0),
-                    r["p99"].as_f64().unwrap_or(0.0)
+                    f(r, "p50"),
+                    f(r, "p99"),
+                    f(e, "p50"),
+                    f(e, "p99"),
                 );
             }
         }

@@ -82,13 +82,21 @@ pub fn serve(
             s("--enable-hierarchical-cache"),
             s("--hicache-storage-prefetch-policy"),
             s("timeout"),
-            s("--hicache-storage-backend"),
-            s("strata"),
-            s("--hicache-storage-backend-extra-config"),
-            format!(r#"{{"master_server_address": "{m}"{extra_config}}}"#),
         ]);
+        a.extend(l3_backend(m, extra_config));
     }
     a
+}
+
+/// The flags naming the store cluster at `master` as the L3 backend, `extra_config` merged into its
+/// JSON (HiCache uses them, and so does a decode server's offload).
+pub fn l3_backend(master: &str, extra_config: &str) -> [String; 4] {
+    [
+        s("--hicache-storage-backend"),
+        s("strata"),
+        s("--hicache-storage-backend-extra-config"),
+        format!(r#"{{"master_server_address": "{master}"{extra_config}}}"#),
+    ]
 }
 
 /// The flags that make a server one side of a PD pair (`prefill` or `decode`).
