@@ -1,5 +1,6 @@
 //! `strata chaos`, the short form CI runs: the whole deployment (master, three stores, two HiCache
-//! servers, a router) under load for 20 s while every fault kind is injected, with a fixed seed.
+//! servers, a router, and a prefill/decode pair behind a PD router) under load for 20 s while every
+//! fault kind is injected, with a fixed seed.
 //! It must end without a single violation (wrong answer, wrong bytes, hung request, unexpected
 //! exit, failed recovery, resources off their baseline), having injected every kind at least
 //! once, except disk-full where the environment cannot mount a file system (then the report must
@@ -15,7 +16,7 @@ fn chaos_short_run_has_no_violations_and_injects_every_fault_kind() {
     let seed = std::env::var("STRATA_TEST_SEED").unwrap_or_else(|_| "17".into());
     eprintln!("seed = {seed} (replay with STRATA_TEST_SEED={seed})");
     let out = Command::new(bin)
-        .args(["chaos", "--duration", "20s", "--seed", &seed, "--data-dir"])
+        .args(["chaos", "--pd", "--duration", "20s", "--seed", &seed, "--data-dir"])
         .arg(dir.path().join("run"))
         .arg("--report")
         .arg(&report)
@@ -41,6 +42,8 @@ fn chaos_short_run_has_no_violations_and_injects_every_fault_kind() {
     // Load really ran, answers were checked, and the report says so.
     assert!(v["ops"]["generate_ok"].as_u64().unwrap() > 50, "{v}");
     assert!(v["ops"]["store_get_hit"].as_u64().unwrap() > 50, "{v}");
+    // The L3 served prefixes back (HiCache prefetch) during the run.
+    assert!(v["ops"]["hicache_prefetched_tokens"].as_u64().unwrap() > 0, "{v}");
     for line in [
         "generate",
         "store",

@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::bail;
 
-use super::stack::{check_ports, http, roles, Stack};
+use super::stack::{self, check_ports, http, roles, Stack};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -158,8 +158,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         "try: curl -s {h}:{p}/generate -d '{{\"text\": \"Hello\", \"sampling_params\": {{\"temperature\": 0}}}}'\n\
          Ctrl-C stops everything."
     );
-    let (tx, rx) = std::sync::mpsc::channel();
-    ctrlc_channel(tx);
+    let rx = stack::stop_signal();
     loop {
         if rx.recv_timeout(Duration::from_millis(500)).is_ok() {
             eprintln!("stopping");
@@ -170,24 +169,4 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             bail!("{} exited ({status}); see {}", p.name, p.log().display());
         }
     }
-}
-
-/// Sends once on SIGINT/SIGTERM (a tokio runtime on a helper thread waits for the signals).
-fn ctrlc_channel(tx: std::sync::mpsc::Sender<()>) {
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("signal");
-            tokio::select! {
-                _ = tokio::signal::ctrl_c() => {}
-                _ = term.recv() => {}
-            }
-        });
-        let _ = tx.send(());
-    });
 }

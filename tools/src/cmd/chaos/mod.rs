@@ -102,6 +102,15 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     let dir = dir.canonicalize()?;
     let rep = Arc::new(Report::new(seed, replay, &dir.join("events.log"))?);
+    // Ctrl-C or SIGTERM ends the run early (the children have process groups of their own, so
+    // they see no signal): faults end, the deployment stops, the mount goes, a report is printed.
+    let stop = stack::stop_signal();
+    let r = rep.clone();
+    std::thread::spawn(move || {
+        if stop.recv().is_ok() {
+            r.interrupt();
+        }
+    });
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -179,7 +188,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }
     });
     let keys = join_store(store, &rep, a.request_timeout);
-    if !rep.stopped() {
+    if !rep.stopped() && !rep.interrupted() {
         after_run(
             &mut d,
             &rep,
@@ -201,6 +210,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     }
     drop(client);
     drop(d);
+    if rep.interrupted() {
+        bail!("interrupted; logs and events.log are in {}", dir.display());
+    }
     if !rep.passed() {
         bail!(
             "chaos found violations; logs and events.log are in {}",
@@ -344,6 +356,7 @@ fn hicache_totals(d: &Deployment, rep: &Report) {
             "prefetched_tokens",
             "load_back_tokens",
             "evicted_tokens",
+            "pd_decode_offloaded_tokens",
         ] {
             let v: f64 = r
                 .body

@@ -46,6 +46,7 @@ pub struct Report {
     pub replay: String,
     start: Instant,
     pub stop: AtomicBool,
+    interrupted: AtomicBool,
     pub ops: Counters,
     pub faults: Counters,
     pub violations: Counters,
@@ -65,6 +66,7 @@ impl Report {
             replay,
             start: Instant::now(),
             stop: AtomicBool::new(false),
+            interrupted: AtomicBool::new(false),
             ops: Counters::default(),
             faults: Counters::default(),
             violations: Counters::default(),
@@ -115,6 +117,17 @@ impl Report {
                 what.as_ref()
             )),
         }
+    }
+
+    /// Ends the run early at the operator's request (not a violation).
+    pub fn interrupt(&self) {
+        self.interrupted.store(true, Ordering::Relaxed);
+        self.event("interrupted (SIGINT or SIGTERM)");
+        self.stop.store(true, Ordering::Relaxed);
+    }
+
+    pub fn interrupted(&self) -> bool {
+        self.interrupted.load(Ordering::Relaxed)
     }
 
     /// Records a violation of kind `kind` (one of [`VIOLATIONS`]) and stops the run.
@@ -271,7 +284,9 @@ impl Report {
             }
         }
         let skipped: Vec<String> = self.not_injected.lock().keys().cloned().collect();
-        if self.passed() && !skipped.is_empty() {
+        if self.interrupted() && self.passed() {
+            let _ = writeln!(o, "  result     INTERRUPTED (no violation until then)");
+        } else if self.passed() && !skipped.is_empty() {
             let _ = writeln!(
                 o,
                 "  result     PASS for the faults injected; {} NOT injected (see above)",

@@ -11,6 +11,7 @@
 pub mod http;
 pub mod roles;
 
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -83,6 +84,9 @@ impl Stack {
             .open(&p.log)
             .with_context(|| format!("opening {}", p.log.display()))?;
         let child = Command::new(exe)
+            // A process group of its own: a Ctrl-C at the terminal reaches only this binary, which
+            // then stops the children in order (newest first) instead of all of them at once.
+            .process_group(0)
             .args(&p.args)
             .envs(p.env.iter().map(|(k, v)| (k, v)))
             .env("NO_COLOR", "1")
@@ -200,4 +204,27 @@ pub fn check_ports(ports: &[(u16, &str)], hint: &str) -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A receiver that gets one message on the first SIGINT or SIGTERM (a tokio runtime on a helper
+/// thread waits for the signals).
+pub fn stop_signal() -> std::sync::mpsc::Receiver<()> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        rt.block_on(async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("signal");
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+        });
+        let _ = tx.send(());
+    });
+    rx
 }
