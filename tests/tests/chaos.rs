@@ -16,7 +16,15 @@ fn chaos_short_run_has_no_violations_and_injects_every_fault_kind() {
     let seed = std::env::var("STRATA_TEST_SEED").unwrap_or_else(|_| "17".into());
     eprintln!("seed = {seed} (replay with STRATA_TEST_SEED={seed})");
     let out = Command::new(bin)
-        .args(["chaos", "--pd", "--duration", "20s", "--seed", &seed, "--data-dir"])
+        .args([
+            "chaos",
+            "--pd",
+            "--duration",
+            "20s",
+            "--seed",
+            &seed,
+            "--data-dir",
+        ])
         .arg(dir.path().join("run"))
         .arg("--report")
         .arg(&report)
@@ -24,7 +32,14 @@ fn chaos_short_run_has_no_violations_and_injects_every_fault_kind() {
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "chaos failed:\n{stdout}\n{stderr}");
+    if !out.status.success() {
+        // Keep the run's folder (every role's log, events.log) for the post-mortem.
+        let kept = dir.keep();
+        panic!(
+            "chaos failed (logs kept in {}):\n{stdout}\n{stderr}",
+            kept.display()
+        );
+    }
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&report).unwrap()).unwrap();
     assert_eq!(v["passed"], true, "{v}");
@@ -43,7 +58,10 @@ fn chaos_short_run_has_no_violations_and_injects_every_fault_kind() {
     assert!(v["ops"]["generate_ok"].as_u64().unwrap() > 50, "{v}");
     assert!(v["ops"]["store_get_hit"].as_u64().unwrap() > 50, "{v}");
     // The L3 served prefixes back (HiCache prefetch) during the run.
-    assert!(v["ops"]["hicache_prefetched_tokens"].as_u64().unwrap() > 0, "{v}");
+    assert!(
+        v["ops"]["hicache_prefetched_tokens"].as_u64().unwrap() > 0,
+        "{v}"
+    );
     for line in [
         "generate",
         "store",

@@ -78,10 +78,28 @@ pub struct Deployment {
     pub small_fs: Result<SmallFs, String>,
 }
 
+/// A free port for a role, below the kernel's ephemeral range: outgoing connections (of which a
+/// run makes many) take their local ports from that range, and one could take a role's port
+/// between this probe and the role's bind, or while a killed role is down before its restart.
+/// Candidates start at a per-process offset (concurrent runs pick apart) and are probed.
 fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let ephemeral = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32768);
+    let (lo, hi) = (10_000u32, ephemeral.max(12_000));
+    let base = std::process::id().wrapping_mul(2_654_435_761) % (hi - lo);
+    for _ in 0..(hi - lo) {
+        let port = (lo + (base + NEXT.fetch_add(1, Ordering::Relaxed)) % (hi - lo)) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok()
+            && std::net::TcpListener::bind(("0.0.0.0", port)).is_ok()
+        {
+            return Ok(port);
+        }
+    }
+    bail!("no free port in {lo}..{hi}")
 }
 
 fn s(v: &str) -> String {
@@ -158,6 +176,11 @@ impl Deployment {
                 s("--node-id"),
                 format!("store{j}"),
             ]);
+            if j == 0 {
+                // store0 acknowledges puts from a DRAM write-back buffer (Mooncake's way), so
+                // kills lose acknowledged puts (misses, allowed) and the flusher meets the full disk.
+                args.extend([s("--write-back"), s("8MiB")]);
+            }
             let h = Health::Tcp(format!("127.0.0.1:{port}"));
             d.add(Kind::Store, &format!("store{j}"), args, h)?;
             d.proxies.extend([p, data]);
