@@ -2,9 +2,11 @@
 //! master through a fault proxy of its own, and advertising a proxy in front of its data port; one
 //! on the run's size-limited file system when it can be mounted), two inference servers with
 //! HiCache on the store cluster (server0's client over TCP through the stores' proxies, server1's
-//! over the same-host path), a router in front of them (through one fault proxy per server), and with `--pd` a prefill/decode pair behind a router of
-//! its own. Every role is a child process started by [`crate::cmd::stack`] as `strata up` starts
-//! it, with shorter heartbeats so that faults are noticed within the run.
+//! over the same-host path), a router in front of them (through one fault proxy per server), and
+//! with `--pd` a prefill/decode pair behind a router of its own (its links to both sides, and the
+//! decode's KV fetch from the prefill's bootstrap port, through proxies too). Every role is a child
+//! process started by [`crate::cmd::stack`] as `strata up` starts it, with shorter heartbeats so
+//! that faults are noticed within the run.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -152,21 +154,23 @@ impl Deployment {
                 (Ok(fs), 0) => fs.dir.join("store0.strata"),
                 _ => dir.join(format!("store{j}.strata")),
             };
-            let p = rt.block_on(Proxy::start(
+            let p = d.proxy(
+                rt,
                 &format!("store{j}->master"),
-                d.master_rpc.clone(),
+                rpc,
                 seed ^ (0x5000 + j as u64),
-            ))?;
-            let mut args = roles::store(&format!("127.0.0.1:{}", p.port), &dev, "128MiB", "16MiB");
+            )?;
+            let mut args = roles::store(&format!("127.0.0.1:{p}"), &dev, "128MiB", "16MiB");
             let port = free_port()?;
-            let data = rt.block_on(Proxy::start(
+            let data = d.proxy(
+                rt,
                 &format!("clients->store{j}"),
-                format!("127.0.0.1:{port}"),
+                port,
                 seed ^ (0x7000 + j as u64),
-            ))?;
+            )?;
             args.extend([
                 s("--advertise-port"),
-                data.port.to_string(),
+                data.to_string(),
                 s("--segment-size"),
                 s("4MiB"),
                 s("--heartbeat-ms"),
@@ -183,7 +187,6 @@ impl Deployment {
             }
             let h = Health::Tcp(format!("127.0.0.1:{port}"));
             d.add(Kind::Store, &format!("store{j}"), args, h)?;
-            d.proxies.extend([p, data]);
             d.devices.push(dev);
         }
         if !d.wait_members(Duration::from_secs(30)) {
@@ -203,13 +206,13 @@ impl Deployment {
             let base = d.add_http(Kind::Server, &format!("server{i}"), args, port)?;
             d.env.clear();
             d.servers.push(base);
-            let p = rt.block_on(Proxy::start(
+            let p = d.proxy(
+                rt,
                 &format!("router->server{i}"),
-                format!("127.0.0.1:{port}"),
+                port,
                 seed ^ (0x6000 + i as u64),
-            ))?;
-            workers.push(format!("http://127.0.0.1:{}", p.port));
-            d.proxies.push(p);
+            )?;
+            workers.push(format!("http://127.0.0.1:{p}"));
         }
         let mut pd_urls = None;
         if pd {
@@ -224,8 +227,17 @@ impl Deployment {
             args.extend(roles::l3_backend(&d.master_rpc, extra));
             args.push(s("--disaggregation-decode-enable-offload-kvcache"));
             let dbase = d.add_http(Kind::Server, "decode", args, dport)?;
-            d.servers.extend([pbase.clone(), dbase.clone()]);
-            pd_urls = Some((pbase, boot, dbase));
+            d.servers.extend([pbase, dbase]);
+            // The PD router reaches both sides, and decode fetches the KV from the prefill's
+            // bootstrap port, through proxies.
+            let pp = d.proxy(rt, "pd-router->prefill", pport, seed ^ 0x6100)?;
+            let bp = d.proxy(rt, "decode->prefill-kv", boot, seed ^ 0x6101)?;
+            let dp = d.proxy(rt, "pd-router->decode", dport, seed ^ 0x6102)?;
+            pd_urls = Some((
+                format!("http://127.0.0.1:{pp}"),
+                bp,
+                format!("http://127.0.0.1:{dp}"),
+            ));
         }
         for r in &d.roles {
             if let Health::Http(h) = &r.health {
@@ -276,6 +288,20 @@ impl Deployment {
         let proc = self.stack.spawn_env(name, args, self.env.clone(), &log)?;
         self.roles.push(Role { kind, proc, health });
         Ok(())
+    }
+
+    /// Starts a fault proxy `name` in front of loopback `port`; returns the proxy's port.
+    fn proxy(
+        &mut self,
+        rt: &tokio::runtime::Runtime,
+        name: &str,
+        port: u16,
+        seed: u64,
+    ) -> anyhow::Result<u16> {
+        let p = rt.block_on(Proxy::start(name, format!("127.0.0.1:{port}"), seed))?;
+        let port = p.port;
+        self.proxies.push(p);
+        Ok(port)
     }
 
     /// [`Deployment::add`] for a role serving HTTP on `port` (healthy when `/health` answers);
