@@ -49,6 +49,13 @@ m() { curl -s localhost:30702/metrics | awk -v k="sglang:$1" '$1 == k {print $2}
 B=$(m pd_transfer_bytes_total) T=$(m pd_transfer_seconds_total)
 echo "## KV transfer: $(m pd_transfers_total) transfers, $B bytes in $T s -> $(echo "$B / $T / 1000000" | bc -l | cut -c1-8) MB/s"
 "$BIN" bench store --role tcp-copy --copy-mb 1024 2> /dev/null | tail -n 3
+# The same copy at one transfer's size on a fresh connection each time (what a PD transfer is).
+N=$(m pd_transfers_total); MB=$(python3 -c "print(max(1, round($B / $N / 1048576)))")
+RATES=$(for i in 1 2 3 4 5; do
+  "$BIN" bench store --role tcp-copy --copy-mb $MB --batch-bytes-mb $MB 2> /dev/null | tail -n 1 \
+    | sed -E 's/.*= ([0-9.]+) GB\/s.*/\1/'
+done | sort -n | tr '\n' ' ')
+echo "tcp-copy of one transfer ($MB MiB, fresh connection each), 5 runs: $RATES-> median $(echo $RATES | cut -d' ' -f3) GB/s"
 echo "## decode ITL under mixed load (decode: 64 in / 128 out x 4 at a time; prefills: 2048 in / 1 out)"
 for mode in colo pd; do
   port=$([ $mode = pd ] && echo 30710 || echo 30720)

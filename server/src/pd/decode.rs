@@ -127,7 +127,9 @@ fn fetch(cfg: &PdConfig, g: Geometry, b: &Bootstrap, prompt_len: usize) -> Resul
     }
     .write(&mut w)
     .map_err(|e| format!("bootstrap request: {e}"))?;
-    let mut r = BufReader::with_capacity(1 << 20, conn);
+    // A small buffer: headers are read through it, and page objects (larger than it) go from the
+    // socket straight into the staging pool instead of through one more copy.
+    let mut r = BufReader::with_capacity(4096, conn);
     let silent = |e: std::io::Error| {
         if matches!(
             e.kind(),

@@ -226,7 +226,9 @@ impl Registry {
         let _ = conn.set_write_timeout(Some(self.cfg.timeout));
         let Ok(rd) = conn.try_clone() else { return };
         let mut rd = BufReader::new(rd);
-        let mut wr = BufWriter::with_capacity(1 << 20, conn);
+        // A small buffer: headers are gathered in it, page objects (larger than it) are written
+        // from the staging pool straight to the socket instead of through one more copy.
+        let mut wr = BufWriter::with_capacity(4096, conn);
         let want = match Want::read(&mut rd) {
             Ok(w) => w,
             Err(e) => {
