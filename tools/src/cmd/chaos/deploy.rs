@@ -76,6 +76,8 @@ pub struct Deployment {
     dir: PathBuf,
     /// Environment of the next role [`Deployment::add`] starts.
     env: Vec<(String, String)>,
+    /// The run's seed.
+    seed: u64,
     /// The size-limited file system holding store 0's device, or why there is none.
     pub small_fs: Result<SmallFs, String>,
 }
@@ -121,6 +123,7 @@ impl Deployment {
         let mut d = Deployment {
             dir: dir.to_path_buf(),
             env: Vec::new(),
+            seed,
             stack: Stack::default(),
             roles: Vec::new(),
             proxies: Vec::new(),
@@ -154,20 +157,10 @@ impl Deployment {
                 (Ok(fs), 0) => fs.dir.join("store0.strata"),
                 _ => dir.join(format!("store{j}.strata")),
             };
-            let p = d.proxy(
-                rt,
-                &format!("store{j}->master"),
-                rpc,
-                seed ^ (0x5000 + j as u64),
-            )?;
+            let p = d.proxy(rt, &format!("store{j}->master"), rpc)?;
             let mut args = roles::store(&format!("127.0.0.1:{p}"), &dev, "128MiB", "16MiB");
             let port = free_port()?;
-            let data = d.proxy(
-                rt,
-                &format!("clients->store{j}"),
-                port,
-                seed ^ (0x7000 + j as u64),
-            )?;
+            let data = d.proxy(rt, &format!("clients->store{j}"), port)?;
             args.extend([
                 s("--advertise-port"),
                 data.to_string(),
@@ -206,12 +199,7 @@ impl Deployment {
             let base = d.add_http(Kind::Server, &format!("server{i}"), args, port)?;
             d.env.clear();
             d.servers.push(base);
-            let p = d.proxy(
-                rt,
-                &format!("router->server{i}"),
-                port,
-                seed ^ (0x6000 + i as u64),
-            )?;
+            let p = d.proxy(rt, &format!("router->server{i}"), port)?;
             workers.push(format!("http://127.0.0.1:{p}"));
         }
         let mut pd_urls = None;
@@ -230,9 +218,9 @@ impl Deployment {
             d.servers.extend([pbase, dbase]);
             // The PD router reaches both sides, and decode fetches the KV from the prefill's
             // bootstrap port, through proxies.
-            let pp = d.proxy(rt, "pd-router->prefill", pport, seed ^ 0x6100)?;
-            let bp = d.proxy(rt, "decode->prefill-kv", boot, seed ^ 0x6101)?;
-            let dp = d.proxy(rt, "pd-router->decode", dport, seed ^ 0x6102)?;
+            let pp = d.proxy(rt, "pd-router->prefill", pport)?;
+            let bp = d.proxy(rt, "decode->prefill-kv", boot)?;
+            let dp = d.proxy(rt, "pd-router->decode", dport)?;
             pd_urls = Some((
                 format!("http://127.0.0.1:{pp}"),
                 bp,
@@ -290,15 +278,23 @@ impl Deployment {
         Ok(())
     }
 
-    /// Starts a fault proxy `name` in front of loopback `port`; returns the proxy's port.
+    /// Starts a fault proxy `name` in front of loopback `port`; returns the proxy's port. Its
+    /// random stream (drop decisions) comes from the run's seed and its name.
     fn proxy(
         &mut self,
         rt: &tokio::runtime::Runtime,
         name: &str,
         port: u16,
-        seed: u64,
     ) -> anyhow::Result<u16> {
-        let p = rt.block_on(Proxy::start(name, format!("127.0.0.1:{port}"), seed))?;
+        // FNV-1a of the name: a stable, distinct stream per link.
+        let h = name.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+        });
+        let p = rt.block_on(Proxy::start(
+            name,
+            format!("127.0.0.1:{port}"),
+            self.seed ^ h,
+        ))?;
         let port = p.port;
         self.proxies.push(p);
         Ok(port)

@@ -200,6 +200,17 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             a.request_timeout,
         );
     }
+    // Stop the deployment before the report: a role that SIGTERM does not stop in time is named.
+    let killed = d.stack.stop_all();
+    rep.ops.add("stop_needed_sigkill", killed.len() as u64);
+    if !killed.is_empty() {
+        rep.event(format!(
+            "did not stop within {:?} of SIGTERM (killed): {}",
+            stack::GRACE,
+            killed.join(", ")
+        ));
+        rep.not_stopped.lock().extend(killed);
+    }
     let text = rep.text(a.duration, &a.faults);
     print!("{text}");
     if let Some(p) = &a.report {

@@ -52,6 +52,8 @@ pub struct Report {
     pub violations: Counters,
     /// Fault kinds that could not be injected here, with why.
     pub not_injected: Mutex<BTreeMap<String, String>>,
+    /// Roles that SIGTERM did not stop at the end (they were killed); reported, not a violation.
+    pub not_stopped: Mutex<Vec<String>>,
     /// (fault kind, seconds from injection to healthy, seconds from the fault's end to healthy).
     pub recoveries: Mutex<Vec<(String, f64, f64)>>,
     last_sampled: AtomicU64,
@@ -71,6 +73,7 @@ impl Report {
             faults: Counters::default(),
             violations: Counters::default(),
             not_injected: Mutex::new(BTreeMap::new()),
+            not_stopped: Mutex::new(Vec::new()),
             recoveries: Mutex::new(Vec::new()),
             last_sampled: AtomicU64::new(0),
             skipped: AtomicU64::new(0),
@@ -176,6 +179,7 @@ impl Report {
             "ops": self.ops.snapshot(),
             "faults": self.faults.snapshot(),
             "not_injected": *self.not_injected.lock(),
+            "not_stopped_by_sigterm": *self.not_stopped.lock(),
             "violations": violations,
             "recovery_s": {"all": pcts(&all), "per_kind": per_kind},
             "recovery_after_end_s": {"all": pcts(&all_end), "per_kind": per_kind_end},
@@ -283,6 +287,15 @@ impl Report {
                 );
             }
         }
+        let ns = self.not_stopped.lock();
+        if !ns.is_empty() {
+            let _ = writeln!(
+                o,
+                "  shutdown   needed SIGKILL after SIGTERM's grace (not an invariant; see their logs): {}",
+                ns.join(", ")
+            );
+        }
+        drop(ns);
         let skipped: Vec<String> = self.not_injected.lock().keys().cloned().collect();
         if self.interrupted() && self.passed() {
             let _ = writeln!(o, "  result     INTERRUPTED (no violation until then)");

@@ -155,8 +155,10 @@ impl Stack {
         }
     }
 
-    /// Stops every child, newest first (see the module comment).
-    pub fn stop_all(&mut self) {
+    /// Stops every child, newest first (see the module comment); returns the names of those that
+    /// had to be killed because SIGTERM did not stop them within [`GRACE`].
+    pub fn stop_all(&mut self) -> Vec<String> {
+        let mut killed = Vec::new();
         for p in self.procs.iter_mut().rev() {
             let Some(mut c) = p.child.take() else {
                 continue;
@@ -182,17 +184,19 @@ impl Stack {
                         );
                         let _ = c.kill();
                         let _ = c.wait();
+                        killed.push(p.name.clone());
                         break;
                     }
                 }
             }
         }
+        killed
     }
 }
 
 impl Drop for Stack {
     fn drop(&mut self) {
-        self.stop_all();
+        let _ = self.stop_all();
     }
 }
 
