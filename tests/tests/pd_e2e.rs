@@ -341,7 +341,7 @@ async fn pd_failures_end_requests_cleanly() {
     tokio::time::sleep(Duration::from_millis(400)).await;
     drop(gone); // killed with its fetch waiting on the prefill
     assert!(orphan.await.unwrap(), "the killed decode server answered");
-    tokio::time::sleep(Duration::from_millis(900)).await; // a heartbeat or two fail
+    tokio::time::sleep(Duration::from_millis(1500)).await; // a heartbeat or two fail
     let t = Instant::now();
     let (s, v) = post(&c, &prefill.url("/generate"), &b).await;
     assert!(failed(s, &v), "{v}");
