@@ -247,18 +247,22 @@ async fn pd_failures_end_requests_cleanly() {
     let ids: Vec<u32> = (3..60).collect();
     // A decode leg whose prefill never answers: a clear error once the wait times out.
     let b2 = boot.to_string();
-    let decode = Server::start_env(
-        model.path(),
-        &[
-            "--page-size",
-            "16",
-            "--disaggregation-mode",
-            "decode",
-            "--disaggregation-bootstrap-port",
-            &b2,
-        ],
-        &short,
-    );
+    // A server of PD `mode` on the test's bootstrap port, with short timeouts and heartbeats.
+    let role = |mode: &str| {
+        Server::start_env(
+            model.path(),
+            &[
+                "--page-size",
+                "16",
+                "--disaggregation-mode",
+                mode,
+                "--disaggregation-bootstrap-port",
+                &b2,
+            ],
+            &short,
+        )
+    };
+    let decode = role("decode");
     let mut b = body(&ids, 4);
     b["bootstrap_host"] = json!("127.0.0.1");
     b["bootstrap_room"] = json!(5);
@@ -269,18 +273,7 @@ async fn pd_failures_end_requests_cleanly() {
     assert!(v.to_string().contains("bootstrap"), "{v}");
     assert!(t.elapsed() < Duration::from_secs(10));
     // A prefill that is up but never gets the room's request: the decode leg times out.
-    let prefill = Server::start_env(
-        model.path(),
-        &[
-            "--page-size",
-            "16",
-            "--disaggregation-mode",
-            "prefill",
-            "--disaggregation-bootstrap-port",
-            &b2,
-        ],
-        &short,
-    );
+    let prefill = role("prefill");
     let t = Instant::now();
     let (s, v) = post(&c, &decode.url("/generate"), &b).await;
     assert!(failed(s, &v), "{v}");
@@ -321,18 +314,7 @@ async fn pd_failures_end_requests_cleanly() {
     assert!(t.elapsed() < Duration::from_secs(3), "{:?}", t.elapsed());
     // A decode leg that goes away before its prefill leg arrives: the prefill leg fails as soon as
     // its prefill finishes (its missing heartbeat told the prefill), not after the timeout.
-    let gone = Server::start_env(
-        model.path(),
-        &[
-            "--page-size",
-            "16",
-            "--disaggregation-mode",
-            "decode",
-            "--disaggregation-bootstrap-port",
-            &b2,
-        ],
-        &short,
-    );
+    let gone = role("decode");
     b["bootstrap_room"] = json!(9);
     let orphan = tokio::spawn({
         let (c, url, d) = (c.clone(), gone.url("/generate"), b.clone());
