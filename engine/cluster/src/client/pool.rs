@@ -51,7 +51,7 @@ impl Pool {
             return Ok(p);
         }
         if self.same_host && !self.remote_only.lock().contains(addr) {
-            match connect_local(addr, &self.token, &self.name) {
+            match connect_local(addr, &self.token, &self.name, self.timeout) {
                 Ok(c) => {
                     c.set_timeouts(Some(self.timeout))?;
                     return Ok(Box::new(SameHost(c)));

@@ -8,7 +8,9 @@ use super::Conn;
 use crate::error::{code, ClusterError, ClusterResult};
 use crate::proto::{Header, Hello, Op, Writer, PROTO_VERSION};
 
-/// Dials `addr`, sends HELLO with `token`, and waits for the answer.
+/// Dials `addr`, sends HELLO with `token`, and waits for the answer; `timeout` bounds the dial and
+/// each read and write of the handshake (a peer that accepts but never answers, such as a stopped
+/// process or a black-holed link, is an error, not a hang). The caller sets its own timeouts after.
 pub fn connect(addr: &str, token: &str, peer: &str, timeout: Duration) -> ClusterResult<Conn> {
     let sa = addr
         .to_socket_addrs()?
@@ -16,20 +18,26 @@ pub fn connect(addr: &str, token: &str, peer: &str, timeout: Duration) -> Cluste
         .ok_or_else(|| ClusterError::Config(format!("cannot resolve {addr}")))?;
     let stream = TcpStream::connect_timeout(&sa, timeout)?;
     stream.set_nodelay(true)?;
-    handshake(Conn::new(stream), token, peer)
+    handshake(Conn::new(stream), token, peer, timeout)
 }
 
 /// Dials the same-host socket of the node whose TCP address is `addr` (fails unless it runs on this
-/// host) and sends HELLO.
-pub fn connect_local(addr: &str, token: &str, peer: &str) -> ClusterResult<Conn> {
+/// host) and sends HELLO, each handshake read and write bounded by `timeout`.
+pub fn connect_local(
+    addr: &str,
+    token: &str,
+    peer: &str,
+    timeout: Duration,
+) -> ClusterResult<Conn> {
     let stream = super::shm::connect(addr)?;
     if let Ok(pid) = super::shm::peer_pid(&stream) {
         super::shm::allow_tracer(pid);
     }
-    handshake(Conn::new(stream), token, peer)
+    handshake(Conn::new(stream), token, peer, timeout)
 }
 
-fn handshake(mut conn: Conn, token: &str, peer: &str) -> ClusterResult<Conn> {
+fn handshake(mut conn: Conn, token: &str, peer: &str, timeout: Duration) -> ClusterResult<Conn> {
+    conn.set_timeouts(Some(timeout))?;
     let hello = Hello {
         version: PROTO_VERSION,
         token: token.to_owned(),
@@ -100,4 +108,27 @@ pub fn ct_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A peer that accepts the connection but never answers HELLO (a stopped process, a
+    /// black-holed link) makes the dial fail within its timeout instead of hanging.
+    #[test]
+    fn a_silent_peer_fails_the_handshake_within_the_timeout() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap().to_string();
+        let held = std::thread::spawn(move || l.accept().map(|(s, _)| s));
+        let t = std::time::Instant::now();
+        let r = connect(&addr, "", "test", Duration::from_millis(300));
+        assert!(r.is_err(), "a silent peer completed a handshake");
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "took {:?}",
+            t.elapsed()
+        );
+        drop(held.join());
+    }
 }
