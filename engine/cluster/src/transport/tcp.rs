@@ -52,6 +52,9 @@ pub fn listen(addr: &str) -> ClusterResult<TcpListener> {
     Ok(TcpListener::bind(addr)?)
 }
 
+/// How long a server waits for a new connection's HELLO.
+pub const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The server side of authentication.
 #[derive(Clone, Debug, Default)]
 pub struct ServerAuth {
@@ -63,8 +66,22 @@ pub struct ServerAuth {
 
 impl ServerAuth {
     /// Reads the first frame, which must be a valid HELLO with the right token, and answers it.
-    /// Returns the peer's name; on any failure the caller closes the connection.
+    /// Returns the peer's name; on any failure the caller closes the connection. A peer that
+    /// sends no HELLO within [`HELLO_TIMEOUT`] is refused (it would hold the connection's thread
+    /// for ever); afterwards the connection has no timeout (pooled connections idle freely).
     pub fn accept(&self, conn: &mut Conn) -> ClusterResult<String> {
+        self.accept_within(conn, HELLO_TIMEOUT)
+    }
+
+    /// [`ServerAuth::accept`] with the HELLO read and answer bounded by `timeout`.
+    pub fn accept_within(&self, conn: &mut Conn, timeout: Duration) -> ClusterResult<String> {
+        conn.set_timeouts(Some(timeout))?;
+        let peer = self.hello(conn)?;
+        conn.set_timeouts(None)?;
+        Ok(peer)
+    }
+
+    fn hello(&self, conn: &mut Conn) -> ClusterResult<String> {
         let h: Header = conn
             .recv_header()?
             .ok_or_else(|| ClusterError::Protocol("closed before HELLO".into()))?;
@@ -130,5 +147,23 @@ mod tests {
             t.elapsed()
         );
         drop(held.join());
+    }
+
+    /// A client that connects and sends nothing is refused after the HELLO timeout.
+    #[test]
+    fn a_silent_client_is_refused_after_the_hello_timeout() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let _silent = std::net::TcpStream::connect(addr).unwrap();
+        let (s, _) = l.accept().unwrap();
+        let mut conn = Conn::new(s);
+        let t = std::time::Instant::now();
+        let r = ServerAuth::default().accept_within(&mut conn, Duration::from_millis(300));
+        assert!(r.is_err());
+        assert!(
+            t.elapsed() < Duration::from_secs(3),
+            "took {:?}",
+            t.elapsed()
+        );
     }
 }
