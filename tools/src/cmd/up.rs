@@ -91,6 +91,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if a.pd {
         let mut dec = roles::serve(&model, decode, 64, None, "");
         dec.extend(roles::pd_side("decode", boot));
+        // The decode side writes each finished turn (prompt + answer) to the store too, so the
+        // next turn's prefill finds the answer's pages there.
+        dec.push("--disaggregation-decode-enable-offload-kvcache".into());
+        dec.extend(roles::l3_backend(&master, ""));
         kids.spawn("decode", dec, &log("decode"))?;
     }
     for port in if a.pd {
