@@ -34,21 +34,28 @@ unsafe impl Sync for AlignedBuf {}
 impl AlignedBuf {
     /// Allocates at least `len` bytes, rounded up to a multiple of 4 KiB (minimum 4 KiB).
     pub fn new(len: usize) -> Self {
+        Self::try_new(len).unwrap_or_else(|| {
+            let layout = Layout::from_size_align(round_up(len.max(1)), ALIGN).expect("layout");
+            std::alloc::handle_alloc_error(layout)
+        })
+    }
+
+    /// [`new`](Self::new), or `None` when the memory cannot be had (for callers that report it).
+    pub fn try_new(len: usize) -> Option<Self> {
         let len = round_up(len.max(1));
         if len >= HUGE {
             if let Some(b) = Self::mapped(len) {
-                return b;
+                return Some(b);
             }
         }
-        let layout = Layout::from_size_align(len, ALIGN).expect("buffer layout");
+        let layout = Layout::from_size_align(len, ALIGN).ok()?;
         // SAFETY: `layout` has non-zero size.
-        let ptr = unsafe { alloc_zeroed(layout) };
-        let ptr = NonNull::new(ptr).unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
-        Self {
+        let ptr = NonNull::new(unsafe { alloc_zeroed(layout) })?;
+        Some(Self {
             ptr,
             len,
             map: None,
-        }
+        })
     }
 
     /// A fresh anonymous mapping (zero-filled by the kernel) starting on a 2 MiB boundary, advised

@@ -58,12 +58,8 @@ impl HostKvPool {
         let half = page_size * layers * kv_dim * elem;
         let len = 2 * half * pages;
         // Fail with a message rather than abort inside the allocator.
-        let mut probe: Vec<u8> = Vec::new();
-        probe
-            .try_reserve_exact(len)
-            .map_err(|_| format!("cannot allocate a {} MiB host KV pool", len >> 20))?;
-        drop(probe);
-        let mut mem = AlignedBuf::new(len);
+        let mut mem = AlignedBuf::try_new(len)
+            .ok_or_else(|| format!("cannot allocate a {} MiB host KV pool", len >> 20))?;
         let ptr = mem.as_mut_ptr();
         Ok(HostKvPool {
             _mem: mem,
