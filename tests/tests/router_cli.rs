@@ -200,6 +200,13 @@ fn pd_mode_parses_repeated_prefill_flags() {
         let (status, _) = http(r.port, "POST", "/generate", r#"{"text":"hi"}"#).unwrap();
         assert_eq!(status, 200);
     }
+    // The mock prefills record a body when they have read it, which can trail the router's answer.
+    let t = std::time::Instant::now();
+    while (pb1.lock().unwrap().is_empty() || pb2.lock().unwrap().is_empty())
+        && t.elapsed() < std::time::Duration::from_secs(5)
+    {
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
     let (b1, b2) = (
         pb1.lock().unwrap()[0].clone(),
         pb2.lock().unwrap()[0].clone(),
