@@ -267,7 +267,10 @@ where
                 kv_dim: cfg.kv_dim(),
                 elem: model.kv_elem_bytes(),
             };
-            (Some(PdSide::Decode(Fetcher::new(c.clone(), geo))), None)
+            (
+                Some(PdSide::Decode(Fetcher::new(c.clone(), geo, stats.clone()))),
+                None,
+            )
         }
         _ => (None, None),
     };

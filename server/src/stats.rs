@@ -60,6 +60,11 @@ pub struct Stats {
     pub pd_micros: AtomicU64,
     pub pd_ok: AtomicU64,
     pub pd_failed: AtomicU64,
+    /// PD prefill side: transfers whose pages the decode copied out of this process's memory (the
+    /// same-host path) instead of receiving them on the socket.
+    pub pd_local: AtomicU64,
+    /// PD decode side: connections opened to prefill bootstrap servers (reuse does not count).
+    pub pd_connections: AtomicU64,
     /// PD decode side: tokens whose KV was queued for the L3 by decode offload.
     pub pd_offloaded_tokens: AtomicU64,
     /// Hierarchical cache counters (all zero when HiCache is off).

@@ -170,6 +170,18 @@ async fn pd_greedy_output_equals_colocated() {
     }
     let after = prefill.metric("pd_transfers_total").await;
     assert_eq!(after - before, 4.0, "one transfer per /v1 prompt");
+    // Prefill and decode share this host: every page crossed by the same-host copy, on
+    // connections the decode kept (at most one per concurrent transfer, not one per transfer).
+    assert_eq!(
+        prefill.metric("pd_transfers_same_host_total").await,
+        after,
+        "transfers that did not take the same-host path"
+    );
+    let conns = decode.metric("pd_bootstrap_connections_total").await;
+    assert!(
+        (1.0..=13.0).contains(&conns),
+        "{conns} connections for {after} transfers"
+    );
     // Log-probabilities through the pair: the router puts the prefill's input list in front of
     // the decode's (empty: the decode leg never runs the prompt), as sglang-router merges them,
     // so it equals the colocated one; the first output token's values cross with the KV (it is
@@ -347,6 +359,138 @@ async fn pd_failures_end_requests_cleanly() {
     // Requests without bootstrap fields (health checks, warm-up) run colocated on either role.
     let (s, _) = decode.get("/health_generate").await;
     assert_eq!(s, 200);
+}
+
+/// The two legs of one PD request sent straight to the servers (no router), as a router would.
+async fn legs(
+    c: &reqwest::Client,
+    prefill: &Server,
+    decode: &Server,
+    boot: u16,
+    room: u64,
+    b: &Value,
+) -> ((u16, Value), (u16, Value)) {
+    let mut b = b.clone();
+    b["bootstrap_host"] = json!("127.0.0.1");
+    b["bootstrap_port"] = json!(boot);
+    b["bootstrap_room"] = json!(room);
+    futures::future::join(
+        post(c, &prefill.url("/generate"), &b),
+        post(c, &decode.url("/generate"), &b),
+    )
+    .await
+}
+
+/// The KV over forced TCP (`STRATA_SAME_HOST=0`, the store cluster client's switch) gives the
+/// colocated output on one reused connection; and a prefill killed mid-transfer on the same-host
+/// path (after its KV header announced the pages, before the decode copied them) ends the decode
+/// leg with a clear error, frees its pages, and a prefill restarted on the same port serves the
+/// same decode server again (its pooled connections to the dead one are dropped).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pd_tcp_path_and_a_prefill_killed_mid_transfer() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed());
+    let model = MadeModel::new("llama", "tiny");
+    let c = reqwest::Client::new();
+    let colo = Server::start(model.path(), &["--page-size", "16"]);
+    let role = |mode: &str, boot: u16, extra: &[&str], env: &[(&str, &str)]| {
+        let b = boot.to_string();
+        let mut f = vec!["--page-size", "16", "--disaggregation-mode", mode];
+        f.extend(["--disaggregation-bootstrap-port", &b]);
+        f.extend(extra);
+        Server::start_env(model.path(), &f, env)
+    };
+    let prompts: Vec<Vec<u32>> = (0..6)
+        .map(|i| {
+            (0..[9, 40, 77][i % 3])
+                .map(|_| rng.random_range(3..500u32))
+                .collect()
+        })
+        .collect();
+    let mut want = Vec::new();
+    for p in &prompts {
+        want.push(ids_of(
+            &post(&c, &colo.url("/generate"), &body(p, 8)).await.1,
+        ));
+    }
+    // Forced TCP on both sides.
+    let tcp = [("STRATA_SAME_HOST", "0")];
+    let boot = free_port();
+    let prefill = role("prefill", boot, &[], &tcp);
+    let decode = role("decode", boot, &[], &tcp);
+    for (i, (p, w)) in prompts.iter().zip(&want).enumerate() {
+        let ((ps, pv), (ds, dv)) =
+            legs(&c, &prefill, &decode, boot, 100 + i as u64, &body(p, 8)).await;
+        assert_eq!((ps, ds), (200, 200), "{pv} / {dv}");
+        assert_eq!(&ids_of(&dv), w, "PD over TCP differs from colocated");
+    }
+    assert_eq!(prefill.metric("pd_transfers_total").await, 6.0);
+    assert_eq!(prefill.metric("pd_transfers_same_host_total").await, 0.0);
+    assert_eq!(
+        decode.metric("pd_bootstrap_connections_total").await,
+        1.0,
+        "one connection for six transfers in a row"
+    );
+    prefill.wait_idle().await;
+    decode.wait_idle().await;
+    drop((prefill, decode));
+    // Same host: the decode stalls 2 s after each KV header, before copying the pages.
+    let boot = free_port();
+    let prefill = role("prefill", boot, &[], &[]);
+    let decode = role(
+        "decode",
+        boot,
+        &["--disaggregation-test-stall-ms", "2000"],
+        &[],
+    );
+    let ((ps, pv), (ds, dv)) = legs(&c, &prefill, &decode, boot, 200, &body(&prompts[1], 8)).await;
+    assert_eq!((ps, ds), (200, 200), "{pv} / {dv}");
+    assert_eq!(
+        ids_of(&dv),
+        want[1],
+        "PD over the same-host path differs from colocated"
+    );
+    assert_eq!(prefill.metric("pd_transfers_same_host_total").await, 1.0);
+    let b = {
+        let mut b = body(&prompts[2], 8);
+        b["bootstrap_host"] = json!("127.0.0.1");
+        b["bootstrap_port"] = json!(boot);
+        b["bootstrap_room"] = json!(201);
+        b
+    };
+    let dleg = tokio::spawn({
+        let (c, url, b) = (c.clone(), decode.url("/generate"), b.clone());
+        async move { post(&c, &url, &b).await }
+    });
+    let pleg = tokio::spawn({
+        let (c, url, b) = (c.clone(), prefill.url("/generate"), b.clone());
+        async move { c.post(url).json(&b).send().await.is_err() } // its server dies under it
+    });
+    // The room's prefill finished (its pages are announced right after), then the kill.
+    assert!(prefill.wait_metric("num_requests_total", 2.0).await >= 2.0);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    drop(prefill);
+    let t = Instant::now();
+    let (s, v) = tokio::time::timeout(Duration::from_secs(10), dleg)
+        .await
+        .expect("decode leg hung on a killed prefill")
+        .unwrap();
+    assert!(failed(s, &v), "{v}");
+    assert!(
+        v.to_string().contains("broke off"),
+        "not a mid-transfer failure: {v}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert!(pleg.await.unwrap(), "the killed prefill answered");
+    decode.wait_idle().await;
+    // A new prefill on the same bootstrap port: the decode drops its dead connections and
+    // fetches from the new one.
+    let prefill = role("prefill", boot, &[], &[]);
+    let ((ps, pv), (ds, dv)) = legs(&c, &prefill, &decode, boot, 202, &body(&prompts[4], 8)).await;
+    assert_eq!((ps, ds), (200, 200), "{pv} / {dv}");
+    assert_eq!(ids_of(&dv), want[4]);
+    assert_eq!(prefill.metric("pd_transfers_same_host_total").await, 1.0);
+    prefill.wait_idle().await;
+    decode.wait_idle().await;
 }
 
 /// An error status, or a 200 whose finish reason is an abort (SGLang's shape for a request that

@@ -233,11 +233,25 @@ pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
             "PD KV bytes sent to decode servers.",
             Stats::get(&s.pd_bytes),
         );
+        counter(
+            &mut o,
+            "pd_transfers_same_host",
+            "PD KV transfers whose pages the decode copied out of this server's memory (same-host path).",
+            Stats::get(&s.pd_local),
+        );
         gauge(
             &mut o,
             "pd_transfer_seconds_total",
             "Seconds spent sending PD KV (header to acknowledgement).",
             Stats::get(&s.pd_micros) as f64 / 1e6,
+        );
+    }
+    if Stats::get(&s.pd_connections) > 0 {
+        counter(
+            &mut o,
+            "pd_bootstrap_connections",
+            "Connections this PD decode server opened to prefill bootstrap servers (each is reused).",
+            Stats::get(&s.pd_connections),
         );
     }
     if Stats::get(&s.pd_offloaded_tokens) > 0 {

@@ -12,6 +12,10 @@
 //!  decode from the first token, no forward over the prompt
 //! ```
 //!
+//! The decode keeps its connections to a prefill open and reuses them ([`link`]). With a prefill on
+//! the same host they are the abstract Unix socket of the store cluster's same-host path, and the
+//! pages move with one cross-memory copy instead of through the socket; otherwise TCP.
+//!
 //! States (SGLang's names): Bootstrapping (decode connecting) → WaitingForInput (the prefill
 //! computing) → Transferring → Success | Failed. Every wait has a deadline
 //! (`SGLANG_DISAGGREGATION_BOOTSTRAP_TIMEOUT`, 300 s; `SGLANG_DISAGGREGATION_WAITING_TIMEOUT`, 300 s);
@@ -20,6 +24,7 @@
 //! The wire format is in docs/protocol.md ("PD KV transfer").
 
 pub mod decode;
+pub mod link;
 pub mod prefill;
 pub mod wire;
 
@@ -72,6 +77,13 @@ pub struct PdConfig {
     /// breaks on purpose — a prefill cuts the connection halfway through the pages, a decode
     /// refuses the pages it received. Chosen per room by a seeded hash, so a run is replayable.
     pub failure_prob: f64,
+    /// Use the same-host path (abstract Unix socket + cross-memory copy) with a peer on this host;
+    /// `STRATA_SAME_HOST=0`, the store cluster client's switch, turns it off (TCP only).
+    pub same_host: bool,
+    /// Test only (`--disaggregation-test-stall-ms`): the decode side waits this long after a KV
+    /// header with pages arrived, before it copies them, so a test can kill the prefill
+    /// mid-transfer.
+    pub test_stall: Duration,
 }
 
 impl PdConfig {
@@ -118,6 +130,8 @@ impl PdConfig {
                 .unwrap_or(2u32)
                 .max(1),
             failure_prob: 0.0,
+            same_host: std::env::var("STRATA_SAME_HOST").map_or(true, |v| v != "0"),
+            test_stall: Duration::ZERO,
         }
     }
 }

@@ -4,21 +4,30 @@
 //! same room is refused with a 400, never a crash). When its prefill finishes, the scheduler copies
 //! the prompt's KV pages into a staging host pool and hands them over ([`Registry::ready`]); the
 //! request's HTTP answer is held until the decode side fetched and acknowledged the pages, then
-//! completes (or fails with the reason). The bootstrap server answers one decode connection per
-//! room: it waits for the room's pages (up to the timeout), checks the geometry, sends them and
-//! waits for the acknowledgement. A room nobody fetches within the timeout fails, and its pages are
+//! completes (or fails with the reason). The bootstrap server listens on TCP and, for decode
+//! servers on this host, on the same-host Unix socket ([`super::link::bind_local`]); a decode keeps
+//! its connections and sends one room's request after another on each. Per request it waits for
+//! the room's pages (up to the timeout), checks the geometry, sends them — on the same-host socket
+//! it announces where they are in this process instead, and the decode copies them — and waits
+//! for the acknowledgement. A room nobody fetches within the timeout fails, and its pages are
 //! freed.
 
+use super::link::{bind_local, PREFILL_IDLE};
 use super::wire::{self, KvHeader, Want};
 use super::PdConfig;
 use crate::kv::HostKvPool;
 use crate::stats::Stats;
 use parking_lot::{Condvar, Mutex};
 use std::collections::HashMap;
-use std::io::{BufReader, BufWriter, Write};
-use std::net::{TcpListener, TcpStream};
+use std::io::{BufReader, BufWriter, Read, Write};
+use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use strata_cluster::transport::shm;
+use strata_cluster::transport::stream::Stream;
+
+type Reader = BufReader<Stream>;
+type Writer = BufWriter<Stream>;
 
 /// What a finished prefill hands to the decode side.
 pub struct Handoff {
@@ -64,7 +73,15 @@ impl Registry {
                 format!("cannot bind the PD bootstrap port {addr}: {e}"),
             )
         })?;
-        tracing::info!(addr = %listener.local_addr()?, "PD bootstrap server listening");
+        let local_addr = listener.local_addr()?;
+        tracing::info!(addr = %local_addr, "PD bootstrap server listening");
+        let local = if cfg.same_host {
+            bind_local(local_addr)
+                .map_err(|e| tracing::warn!(addr = %local_addr, "PD: no same-host socket, decode servers on this host use TCP: {e}"))
+                .ok()
+        } else {
+            None
+        };
         let reg = Arc::new(Registry {
             rooms: Mutex::new(HashMap::new()),
             gone: Mutex::new(HashMap::new()),
@@ -77,12 +94,31 @@ impl Registry {
             .name("strata-pd-bootstrap".into())
             .spawn(move || {
                 for conn in listener.incoming().flatten() {
+                    let _ = conn.set_nodelay(true);
                     let r = r.clone();
                     let _ = std::thread::Builder::new()
                         .name("strata-pd-send".into())
-                        .spawn(move || r.serve(conn));
+                        .spawn(move || r.serve(Stream::Tcp(conn)));
                 }
             })?;
+        if let Some(local) = local {
+            let r = reg.clone();
+            std::thread::Builder::new()
+                .name("strata-pd-local".into())
+                .spawn(move || {
+                    for conn in local.incoming().flatten() {
+                        // Under Yama's restricted ptrace the decode may read this process's
+                        // staging pages only once it is named (one process at a time).
+                        if let Ok(pid) = shm::peer_pid(&conn) {
+                            shm::allow_tracer(pid);
+                        }
+                        let r = r.clone();
+                        let _ = std::thread::Builder::new()
+                            .name("strata-pd-send".into())
+                            .spawn(move || r.serve(Stream::Unix(conn)));
+                    }
+                })?;
+        }
         let weak = Arc::downgrade(&reg);
         std::thread::Builder::new()
             .name("strata-pd-expiry".into())
@@ -167,7 +203,7 @@ impl Registry {
     /// Waits for `room` to be ready (or failed) until the deadline, sending the decode side a
     /// heartbeat every `cfg.heartbeat` meanwhile. A heartbeat that cannot be sent means the decode
     /// side is gone: the room is then given up (its prefill's answer fails when it finishes).
-    fn take(&self, room: u64, wr: &mut BufWriter<TcpStream>) -> Result<Handoff, (i32, String)> {
+    fn take(&self, room: u64, wr: &mut Writer) -> Result<Handoff, (i32, String)> {
         let deadline = Instant::now() + self.cfg.timeout;
         let mut g = self.rooms.lock();
         loop {
@@ -220,37 +256,53 @@ impl Registry {
         }
     }
 
-    fn serve(&self, conn: TcpStream) {
-        let _ = conn.set_nodelay(true);
-        let _ = conn.set_read_timeout(Some(self.cfg.timeout));
-        let _ = conn.set_write_timeout(Some(self.cfg.timeout));
-        let Ok(rd) = conn.try_clone() else { return };
-        let mut rd = BufReader::new(rd);
+    /// Serves one decode connection: one room's request after another until the decode closes it
+    /// (or it idles for [`PREFILL_IDLE`], or a transfer leaves it mid-frame).
+    fn serve(&self, conn: Stream) {
+        let Ok(w) = conn.try_clone() else { return };
+        let mut rd = BufReader::new(conn);
         // A small buffer: headers are gathered in it, page objects (larger than it) are written
         // from the staging pool straight to the socket instead of through one more copy.
-        let mut wr = BufWriter::with_capacity(4096, conn);
-        let want = match Want::read(&mut rd) {
-            Ok(w) => w,
-            Err(e) => {
-                tracing::debug!("PD bootstrap: bad request: {e}");
+        let mut wr = BufWriter::with_capacity(4096, w);
+        loop {
+            if rd.get_ref().set_timeouts(Some(PREFILL_IDLE)).is_err() {
                 return;
             }
+            let want = match Want::read(&mut rd) {
+                Ok(w) => w,
+                Err(e) => {
+                    if e.kind() != std::io::ErrorKind::UnexpectedEof {
+                        tracing::debug!("PD bootstrap: bad or no request: {e}");
+                    }
+                    return;
+                }
+            };
+            if rd.get_ref().set_timeouts(Some(self.cfg.timeout)).is_err()
+                || !self.answer(&want, &mut rd, &mut wr)
+            {
+                return;
+            }
+        }
+    }
+
+    /// Answers one WANT; false when the connection cannot carry another one.
+    fn answer(&self, want: &Want, rd: &mut Reader, wr: &mut Writer) -> bool {
+        let reply = |wr: &mut Writer, status: i32, msg: String| {
+            KvHeader::error(status, msg)
+                .write(wr)
+                .and_then(|_| wr.flush())
+                .is_ok()
         };
         if want.token != self.cfg.token {
-            let _ = KvHeader::error(wire::ERR_REFUSED, "unauthorized").write(&mut wr);
-            let _ = wr.flush();
-            return;
+            let _ = reply(wr, wire::ERR_REFUSED, "unauthorized".into());
+            return false;
         }
-        let h = match self.take(want.room, &mut wr) {
+        let h = match self.take(want.room, wr) {
             Ok(h) => h,
-            Err((status, msg)) => {
-                let _ = KvHeader::error(status, msg).write(&mut wr);
-                let _ = wr.flush();
-                return;
-            }
+            Err((status, msg)) => return reply(wr, status, msg),
         };
         let obj = h.staging.object_bytes();
-        let result = if want.prompt_len != h.n_tokens
+        let (result, open) = if want.prompt_len != h.n_tokens
             || want.page_size as usize != h.page_size
             || want.object_bytes as usize != obj
         {
@@ -258,21 +310,24 @@ impl Registry {
                 "PD transfer refused: decode expects {} tokens in pages of {} ({} B objects), prefill has {} tokens in pages of {} ({} B)",
                 want.prompt_len, want.page_size, want.object_bytes, h.n_tokens, h.page_size, obj
             );
-            let _ = KvHeader::error(wire::ERR_MISMATCH, msg.clone()).write(&mut wr);
-            let _ = wr.flush();
-            Err(msg)
+            let open = reply(wr, wire::ERR_MISMATCH, msg.clone());
+            (Err(msg), open)
         } else {
             let t0 = Instant::now();
             let r = if self.cfg.inject_fault(want.room) {
-                send_half(&h, &mut wr)
+                (send_half(&h, wr), false)
             } else {
-                send_pages(&h, &mut wr, &mut rd)
+                let in_place = want.flags & wire::CAN_READ != 0 && wr.get_ref().is_local();
+                send_pages(&h, wr, rd, in_place)
             };
-            if r.is_ok() {
+            if let (Ok(local), _) = &r {
                 Stats::add(&self.stats.pd_bytes, (h.n_pages * 2 * obj) as u64);
                 Stats::add(&self.stats.pd_micros, t0.elapsed().as_micros() as u64);
+                if *local {
+                    Stats::add(&self.stats.pd_local, 1);
+                }
             }
-            r
+            (r.0.map(|_| ()), r.1)
         };
         match &result {
             Ok(()) => Stats::add(&self.stats.pd_ok, 1),
@@ -282,6 +337,7 @@ impl Registry {
             }
         }
         (h.deliver)(result.map_err(|e| format!("PD transfer failed: {e}")));
+        open
     }
 }
 
@@ -293,43 +349,88 @@ fn header(h: &Handoff) -> KvHeader {
         first_token: h.first_token,
         n_pages: h.n_pages as u32,
         object_bytes: h.staging.object_bytes() as u32,
+        flags: 0,
         msg: String::new(),
         first_logprobs: h.first_logprobs.clone(),
+        ranges: Vec::new(),
     }
 }
 
 /// Test-only fault: the header and half the pages, then the connection drops (a prefill that
 /// dies mid-transfer, as the decode side sees it).
-fn send_half(h: &Handoff, wr: &mut BufWriter<TcpStream>) -> Result<(), String> {
+fn send_half(h: &Handoff, wr: &mut Writer) -> Result<bool, String> {
     header(h).write(wr).map_err(|e| e.to_string())?;
     for p in 0..(h.n_pages / 2) as u32 {
-        // SAFETY: as in `send_pages`.
+        // SAFETY: as in `send_objects`.
         let _ = wr.write_all(unsafe { h.staging.object(p, false) });
     }
     let _ = wr.flush();
-    let _ = wr.get_ref().shutdown(std::net::Shutdown::Both);
+    let _ = wr.get_ref().shutdown();
     Err("injected test fault: the transfer was cut halfway".into())
 }
 
+/// Sends `h`'s pages and waits for the acknowledgement. `in_place`: announce the staging objects'
+/// addresses for the decode to copy (same-host socket), and send the bytes only when it asks.
+/// Ok(whether the pages were copied in place); the flag says whether the connection is still at a
+/// frame boundary.
 fn send_pages(
     h: &Handoff,
-    wr: &mut BufWriter<TcpStream>,
-    rd: &mut BufReader<TcpStream>,
-) -> Result<(), String> {
-    let io = |e: std::io::Error| e.to_string();
-    header(h).write(wr).map_err(io)?;
+    wr: &mut Writer,
+    rd: &mut Reader,
+    in_place: bool,
+) -> (Result<bool, String>, bool) {
+    let io = |e: std::io::Error| (Err(e.to_string()), false);
+    let mut hd = header(h);
+    if in_place {
+        hd.flags = wire::IN_PLACE;
+        hd.ranges = (0..h.n_pages as u32)
+            .flat_map(|p| {
+                [false, true].map(|v| {
+                    (
+                        h.staging.object_ptr(p, v) as u64,
+                        h.staging.object_bytes() as u64,
+                    )
+                })
+            })
+            .collect();
+        if let Err(e) = hd.write(wr).and_then(|_| wr.flush()) {
+            return io(e);
+        }
+    } else if let Err(e) = hd.write(wr).and_then(|_| send_objects(h, wr)) {
+        return io(e);
+    }
+    let mut ack = [0u8; 1];
+    let no_ack = |e: std::io::Error| (Err(format!("no acknowledgement: {e}")), false);
+    if let Err(e) = rd.read_exact(&mut ack) {
+        return no_ack(e);
+    }
+    let mut local = in_place;
+    if in_place && ack[0] == wire::ACK_SEND {
+        // The decode could not copy them: the bytes on the socket after all.
+        local = false;
+        if let Err(e) = send_objects(h, wr) {
+            return io(e);
+        }
+        if let Err(e) = rd.read_exact(&mut ack) {
+            return no_ack(e);
+        }
+    }
+    match ack[0] {
+        wire::ACK_OK => (Ok(local), true),
+        wire::ACK_REFUSED => (Err("the decode side refused the pages".into()), true),
+        _ => (
+            Err("the decode side sent an unknown acknowledgement".into()),
+            false,
+        ),
+    }
+}
+
+fn send_objects(h: &Handoff, wr: &mut Writer) -> std::io::Result<()> {
     for p in 0..h.n_pages as u32 {
         for v in [false, true] {
             // SAFETY: the staging pool is owned by this handoff alone; nothing writes it.
-            wr.write_all(unsafe { h.staging.object(p, v) })
-                .map_err(io)?;
+            wr.write_all(unsafe { h.staging.object(p, v) })?;
         }
     }
-    wr.flush().map_err(io)?;
-    let mut ack = [0u8; 1];
-    std::io::Read::read_exact(rd, &mut ack).map_err(|e| format!("no acknowledgement: {e}"))?;
-    if ack[0] != 1 {
-        return Err("the decode side refused the pages".into());
-    }
-    Ok(())
+    wr.flush()
 }

@@ -1,14 +1,15 @@
 //! Bytes of the PD KV transfer (docs/protocol.md, "PD KV transfer"). Little-endian throughout.
 //!
 //! ```text
-//! WANT (decode -> prefill): "SPD1" u64 room  u32 prompt_len  u32 page_size  u32 object_bytes
-//!                           u16 token_len  token bytes
-//! KV   (prefill -> decode): "SPD2" i32 status  u32 n_tokens  u32 first_token  u32 n_pages
-//!                           u32 object_bytes  u32 msg_len  msg bytes (UTF-8, errors only)
+//! WANT (decode -> prefill): "SPD3" u64 room  u32 prompt_len  u32 page_size  u32 object_bytes
+//!                           u8 flags (CAN_READ)  u16 token_len  token bytes
+//! KV   (prefill -> decode): "SPD3" i32 status  u32 n_tokens  u32 first_token  u32 n_pages
+//!                           u32 object_bytes  u32 flags (IN_PLACE)  u32 msg_len  msg bytes
 //!                           u32 lp_len  lp bytes (the first token's log-probabilities, below)
-//!                           then n_pages x (K object, V object), object_bytes each
+//!                           u32 n_ranges  n_ranges x (u64 address, u64 length)
+//!                           then, unless IN_PLACE, n_pages x (K object, V object)
 //!                           (status 1 = WAITING: a heartbeat, another KV header follows)
-//! ACK  (decode -> prefill): u8 1
+//! ACK  (decode -> prefill): u8 1 received, 0 refused, 2 send the pages on the socket after all
 //!
 //! lp (empty when not asked for): u8 has_logprob  f32 logprob  u32 n_top  n_top x (u32 id, f32)
 //!                                u32 n_ids  n_ids x (u32 id, f32)
@@ -17,8 +18,20 @@
 use crate::logprobs::PosLogprobs;
 use std::io::{self, Read, Write};
 
-/// Version 2 added the first token's log-probabilities to the KV header.
-pub const MAGIC: &[u8; 4] = b"SPD2";
+/// Version 3 added persistent connections, the flags and the same-host ranges; version 2 the
+/// first token's log-probabilities.
+pub const MAGIC: &[u8; 4] = b"SPD3";
+/// WANT flag: the decode may copy the pages out of the prefill's memory (same-host socket only).
+pub const CAN_READ: u8 = 1;
+/// KV flag: no page bytes follow; `ranges` are the prefill's staging objects to copy.
+pub const IN_PLACE: u32 = 1;
+/// ACK values.
+pub const ACK_OK: u8 = 1;
+pub const ACK_REFUSED: u8 = 0;
+/// After IN_PLACE: the copy failed, send the pages on the socket.
+pub const ACK_SEND: u8 = 2;
+/// Most ranges one header may announce (2 per page; a 1M-token prompt in pages of 16).
+const MAX_RANGES: usize = 1 << 17;
 /// Status codes of the KV header.
 pub const OK: i32 = 0;
 /// Heartbeat: the room's prefill has not finished yet; another header follows.
@@ -35,6 +48,7 @@ pub struct Want {
     pub prompt_len: u32,
     pub page_size: u32,
     pub object_bytes: u32,
+    pub flags: u8,
     pub token: String,
 }
 
@@ -46,8 +60,11 @@ pub struct KvHeader {
     pub first_token: u32,
     pub n_pages: u32,
     pub object_bytes: u32,
+    pub flags: u32,
     pub msg: String,
     pub first_logprobs: Option<PosLogprobs>,
+    /// IN_PLACE: the prefill's staging objects, (address in its memory, length), in page order.
+    pub ranges: Vec<(u64, u64)>,
 }
 
 fn bad(what: &str) -> io::Error {
@@ -67,18 +84,19 @@ impl Want {
         b.extend_from_slice(&self.prompt_len.to_le_bytes());
         b.extend_from_slice(&self.page_size.to_le_bytes());
         b.extend_from_slice(&self.object_bytes.to_le_bytes());
+        b.push(self.flags);
         b.extend_from_slice(&(t.len().min(u16::MAX as usize) as u16).to_le_bytes());
         b.extend_from_slice(&t[..t.len().min(u16::MAX as usize)]);
         w.write_all(&b)
     }
 
     pub fn read(r: &mut impl Read) -> io::Result<Self> {
-        let mut b = [0u8; 26];
+        let mut b = [0u8; 27];
         r.read_exact(&mut b)?;
         if &b[..4] != MAGIC {
             return Err(bad("not a PD transfer request"));
         }
-        let tl = u16::from_le_bytes([b[24], b[25]]) as usize;
+        let tl = u16::from_le_bytes([b[25], b[26]]) as usize;
         let mut t = vec![0u8; tl];
         r.read_exact(&mut t)?;
         Ok(Want {
@@ -86,6 +104,7 @@ impl Want {
             prompt_len: u32_at(&b, 12),
             page_size: u32_at(&b, 16),
             object_bytes: u32_at(&b, 20),
+            flags: b[24],
             token: String::from_utf8(t).map_err(|_| bad("token is not UTF-8"))?,
         })
     }
@@ -100,14 +119,16 @@ impl KvHeader {
             first_token: 0,
             n_pages: 0,
             object_bytes: 0,
+            flags: 0,
             msg: msg.into(),
             first_logprobs: None,
+            ranges: Vec::new(),
         }
     }
 
     pub fn write(&self, w: &mut impl Write) -> io::Result<()> {
         let m = self.msg.as_bytes();
-        let mut b = Vec::with_capacity(28 + m.len());
+        let mut b = Vec::with_capacity(40 + m.len() + 16 * self.ranges.len());
         b.extend_from_slice(MAGIC);
         b.extend_from_slice(&self.status.to_le_bytes());
         for v in [
@@ -115,6 +136,7 @@ impl KvHeader {
             self.first_token,
             self.n_pages,
             self.object_bytes,
+            self.flags,
             m.len() as u32,
         ] {
             b.extend_from_slice(&v.to_le_bytes());
@@ -127,16 +149,21 @@ impl KvHeader {
             .unwrap_or_default();
         b.extend_from_slice(&(lp.len() as u32).to_le_bytes());
         b.extend_from_slice(&lp);
+        b.extend_from_slice(&(self.ranges.len() as u32).to_le_bytes());
+        for &(a, l) in &self.ranges {
+            b.extend_from_slice(&a.to_le_bytes());
+            b.extend_from_slice(&l.to_le_bytes());
+        }
         w.write_all(&b)
     }
 
     pub fn read(r: &mut impl Read) -> io::Result<Self> {
-        let mut b = [0u8; 28];
+        let mut b = [0u8; 32];
         r.read_exact(&mut b)?;
         if &b[..4] != MAGIC {
             return Err(bad("not a PD transfer answer"));
         }
-        let ml = u32_at(&b, 24) as usize;
+        let ml = u32_at(&b, 28) as usize;
         if ml > 1 << 16 {
             return Err(bad("PD error message too long"));
         }
@@ -155,14 +182,27 @@ impl KvHeader {
         } else {
             Some(decode_lp(&lp).ok_or_else(|| bad("malformed PD log-probabilities"))?)
         };
+        r.read_exact(&mut l)?;
+        let nr = u32::from_le_bytes(l) as usize;
+        if nr > MAX_RANGES {
+            return Err(bad("too many PD ranges"));
+        }
+        let mut rb = vec![0u8; 16 * nr];
+        r.read_exact(&mut rb)?;
+        let u64_at = |at: usize| u64::from_le_bytes(rb[at..at + 8].try_into().expect("8 bytes"));
+        let ranges = (0..nr)
+            .map(|i| (u64_at(16 * i), u64_at(16 * i + 8)))
+            .collect();
         Ok(KvHeader {
             status: i32::from_le_bytes(b[4..8].try_into().expect("4 bytes")),
             n_tokens: u32_at(&b, 8),
             first_token: u32_at(&b, 12),
             n_pages: u32_at(&b, 16),
             object_bytes: u32_at(&b, 20),
+            flags: u32_at(&b, 24),
             msg: String::from_utf8_lossy(&m).into_owned(),
             first_logprobs,
+            ranges,
         })
     }
 }
@@ -227,6 +267,7 @@ mod tests {
             prompt_len: 300,
             page_size: 16,
             object_bytes: 4096,
+            flags: CAN_READ,
             token: "tok".into(),
         };
         let mut b = Vec::new();
@@ -237,7 +278,19 @@ mod tests {
         h.write(&mut b).unwrap();
         assert_eq!(KvHeader::read(&mut b.as_slice()).unwrap(), h);
         assert!(Want::read(&mut &b"GET / HTTP/1.1\r\n\r\n......"[..]).is_err());
-        assert!(KvHeader::read(&mut &b"SPD2"[..]).is_err());
+        assert!(KvHeader::read(&mut &b"SPD3"[..]).is_err());
+        // A version-2 peer's frames are refused.
+        let mut old = b.clone();
+        old[..4].copy_from_slice(b"SPD2");
+        assert!(KvHeader::read(&mut old.as_slice()).is_err());
+        // Same-host ranges ride in the header.
+        let mut h = KvHeader::error(OK, "");
+        h.flags = IN_PLACE;
+        h.ranges = vec![(0x7f00_0000_1000, 4096), (0x7f00_0000_3000, 4096)];
+        let mut b = Vec::new();
+        h.write(&mut b).unwrap();
+        assert_eq!(KvHeader::read(&mut b.as_slice()).unwrap(), h);
+        assert!(KvHeader::read(&mut &b[..b.len() - 1]).is_err());
         // The first token's log-probabilities ride along; a truncated list is refused.
         let mut h = KvHeader::error(OK, "");
         h.first_logprobs = Some(PosLogprobs {

@@ -157,6 +157,10 @@ pub struct Args {
         hide = true
     )]
     disaggregation_test_failure_prob: f64,
+    /// Test only: the decode side waits this many milliseconds after a KV header with pages
+    /// arrived, before it copies them (so a test can kill the prefill mid-transfer).
+    #[arg(long, default_value_t = 0, hide = true)]
+    disaggregation_test_stall_ms: u64,
     /// Prefix cache eviction order: lru or lfu.
     #[arg(long, default_value = "lru")]
     radix_eviction_policy: String,
@@ -180,7 +184,7 @@ fn pd_config(a: &Args) -> anyhow::Result<Option<PdConfig>> {
     if let Some(dev) = &a.disaggregation_ib_device {
         tracing::info!(
             device = %dev,
-            "--disaggregation-ib-device: the KV transfer runs over TCP in this build"
+            "--disaggregation-ib-device: the PD KV transfer has no RDMA path yet; it uses the same-host path with a server on this host, else TCP"
         );
     }
     if a.disaggregation_decode_enable_offload_kvcache && mode == Mode::Prefill {
@@ -201,6 +205,10 @@ fn pd_config(a: &Args) -> anyhow::Result<Option<PdConfig>> {
         a.api_key.as_deref().unwrap_or(""),
     );
     c.failure_prob = a.disaggregation_test_failure_prob;
+    c.test_stall = std::time::Duration::from_millis(a.disaggregation_test_stall_ms);
+    if !c.same_host {
+        tracing::info!("STRATA_SAME_HOST=0: PD KV transfers with servers on this host use TCP");
+    }
     if c.failure_prob > 0.0 {
         tracing::warn!(
             prob = c.failure_prob,

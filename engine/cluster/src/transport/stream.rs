@@ -33,6 +33,34 @@ impl Stream {
         }
     }
 
+    /// A second handle on the same socket (one side reads, the other writes).
+    pub fn try_clone(&self) -> io::Result<Self> {
+        Ok(match self {
+            Self::Tcp(s) => Self::Tcp(s.try_clone()?),
+            Self::Unix(s) => Self::Unix(s.try_clone()?),
+        })
+    }
+
+    pub fn set_nonblocking(&self, on: bool) -> io::Result<()> {
+        match self {
+            Self::Tcp(s) => s.set_nonblocking(on),
+            Self::Unix(s) => s.set_nonblocking(on),
+        }
+    }
+
+    /// Shuts both directions down (the peer reads end-of-stream at once).
+    pub fn shutdown(&self) -> io::Result<()> {
+        match self {
+            Self::Tcp(s) => s.shutdown(std::net::Shutdown::Both),
+            Self::Unix(s) => s.shutdown(std::net::Shutdown::Both),
+        }
+    }
+
+    /// Whether this is the same-host Unix socket.
+    pub fn is_local(&self) -> bool {
+        matches!(self, Self::Unix(_))
+    }
+
     pub fn peer(&self) -> String {
         match self {
             Self::Tcp(s) => s.peer_addr().map(|a| a.to_string()).unwrap_or_default(),
