@@ -43,3 +43,52 @@ extern "C" __global__ void kv_page_copy(char* pool, char* host, const int* pool_
         copy_chunk((const uint4*)(host + host_off), (uint4*)(pool + pool_off), n16);
     }
 }
+
+// The inference server's host pool (HiCache L2), see server/src/kv/host.rs:
+// Host:     [k|v region][host_page][object], object = page_size * layers rows of row_bytes, row
+//           (t, l) at byte t * tok_stride + l * layer_stride (page_first: tok_stride =
+//           layers * row_bytes, layer_stride = row_bytes; page_first_direct: tok_stride =
+//           row_bytes, layer_stride = page_size * row_bytes);
+// GPU pool: [layer][k|v][slot][row_bytes], slot = pool_page * page_size + t.
+// blockIdx.x = item over (page_index, layer in [layer_begin, layer_end), k|v); one block moves one
+// page of one layer's K or V: page_size rows, each 16-byte aligned (row_bytes % 16 == 0, checked
+// by the launcher). Every thread keeps COPY_UNROLL 16-byte loads in flight before storing, as
+// kv_page_copy does, to cover PCIe latency when the host side is read over the bus.
+extern "C" __global__ void kv_host_copy(char* pool, char* host, const int* pool_pages,
+                                        const int* host_pages, int layer_begin, int layer_end,
+                                        u64 pool_slots, int page_size, u64 row_bytes,
+                                        u64 tok_stride, u64 layer_stride, u64 obj_bytes,
+                                        u64 v_region, int to_host) {
+    pdl_enter();
+    int span = layer_end - layer_begin;
+    int item = blockIdx.x;
+    int kv = item & 1;
+    int layer = layer_begin + (item >> 1) % span;
+    int p = (item >> 1) / span;
+    char* dev = pool + (((u64)layer * 2 + kv) * pool_slots + (u64)pool_pages[p] * page_size) * row_bytes;
+    char* hst = host + (kv ? v_region : 0) + (u64)host_pages[p] * obj_bytes + (u64)layer * layer_stride;
+    u64 r16 = row_bytes / 16;
+    u64 n16 = r16 * (u64)page_size;
+    u64 step = (u64)blockDim.x * COPY_UNROLL;
+    for (u64 i = threadIdx.x; i < n16; i += step) {
+        uint4 r[COPY_UNROLL];
+#pragma unroll
+        for (int u = 0; u < COPY_UNROLL; ++u) {
+            u64 j = i + (u64)u * blockDim.x;
+            if (j < n16) {
+                const uint4* h = (const uint4*)(hst + (j / r16) * tok_stride + (j % r16) * 16);
+                const uint4* d = (const uint4*)(dev + j * 16);
+                r[u] = to_host ? *d : *h;
+            }
+        }
+#pragma unroll
+        for (int u = 0; u < COPY_UNROLL; ++u) {
+            u64 j = i + (u64)u * blockDim.x;
+            if (j < n16) {
+                uint4* h = (uint4*)(hst + (j / r16) * tok_stride + (j % r16) * 16);
+                uint4* d = (uint4*)(dev + j * 16);
+                if (to_host) *h = r[u]; else *d = r[u];
+            }
+        }
+    }
+}

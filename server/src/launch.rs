@@ -239,14 +239,23 @@ where
                 model.name()
             )))
         }
-        Some(hc) => Some(build_hicache(
-            hc,
-            &cfg,
-            opts.page_size,
-            num_pages,
-            model.kv_elem_bytes(),
-            &stats,
-        )?),
+        Some(hc) => {
+            let h = build_hicache(
+                hc,
+                &cfg,
+                opts.page_size,
+                num_pages,
+                model.kv_elem_bytes(),
+                &stats,
+            )?;
+            let t0 = std::time::Instant::now();
+            model.attach_host(&mut pool.buffers, h.host(), hc.direct_io)?;
+            tracing::debug!(
+                secs = t0.elapsed().as_secs_f64(),
+                "host pool attached to the runner"
+            );
+            Some(h)
+        }
         None => None,
     };
     let (pd, pd_registry) = match &opts.pd {

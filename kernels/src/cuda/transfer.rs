@@ -61,9 +61,32 @@ impl PagePairs {
 /// One event per layer, recorded on the copy stream when that layer's pages have landed.
 pub struct LayerEvents {
     events: Vec<CudaEvent>,
+    /// Device buffers the queued copies still read (freed only after the events).
+    _keep: Vec<DTensor>,
 }
 
 impl LayerEvents {
+    pub(super) fn from_events(events: Vec<CudaEvent>, keep: Vec<DTensor>) -> Self {
+        Self {
+            events,
+            _keep: keep,
+        }
+    }
+    /// Number of layers.
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+    /// True when there is no layer.
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+    /// Makes `stream` wait until every layer has been loaded.
+    pub fn wait_all(&self, stream: &CudaStream) -> Result<()> {
+        match self.events.last() {
+            Some(e) => Ok(stream.wait(e)?),
+            None => Ok(()),
+        }
+    }
     /// Makes `stream` wait until layer `layer` has been loaded.
     pub fn wait(&self, layer: usize, stream: &CudaStream) -> Result<()> {
         Ok(stream.wait(&self.events[layer])?)
@@ -202,6 +225,6 @@ impl PageMover {
             self.launch_copy(pool, host, pairs, (l, l + 1), false)?;
             events.push(self.ctx.copy_stream().record_event(None)?);
         }
-        Ok(LayerEvents { events })
+        Ok(LayerEvents::from_events(events, Vec::new()))
     }
 }

@@ -61,6 +61,9 @@ pub struct HiCacheConfig {
     /// PD decode side (`--disaggregation-decode-enable-offload-kvcache`): write each finished
     /// request's KV (prompt and generated tokens) to the L3.
     pub decode_offload: bool,
+    /// `--hicache-io-backend direct`: pages cross between device and host by one async memcpy
+    /// per page run instead of the copy kernel (needs page_first_direct; see `parse_layout`).
+    pub direct_io: bool,
 }
 
 impl Default for HiCacheConfig {
@@ -78,6 +81,7 @@ impl Default for HiCacheConfig {
             extra_backend_tag: None,
             model_name: None,
             tp_rank: 0,
+            direct_io: false,
             decode_offload: false,
         }
     }

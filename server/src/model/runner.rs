@@ -120,6 +120,22 @@ pub trait ModelRunner: Send + 'static {
     ) -> Result<(), ModelError> {
         Err(no_page_io(self.name()))
     }
+    /// Attaches the HiCache host pool: a runner with a faster path for that pool's pages (the
+    /// CUDA runner page-locks it and copies on a separate stream, `direct_io` choosing one async
+    /// memcpy per run over the copy kernel) sets it up here. Other pools keep the plain path.
+    fn attach_host(
+        &self,
+        _kv: &mut Self::Kv,
+        _host: &HostKvPool,
+        _direct_io: bool,
+    ) -> Result<(), ModelError> {
+        Ok(())
+    }
+    /// Blocks until every queued host <-> device page copy is done (a load may otherwise finish
+    /// during the next forward; callers that give host pages away first call this).
+    fn finish_host_io(&self, _kv: &mut Self::Kv) -> Result<(), ModelError> {
+        Ok(())
+    }
     /// Start-up work once the KV cache exists (the CUDA runner captures its decode graphs).
     fn warmup(&mut self, _kv: &mut Self::Kv) -> Result<(), ModelError> {
         Ok(())

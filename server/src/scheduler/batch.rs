@@ -216,6 +216,10 @@ impl<R: ModelRunner> Scheduler<R> {
             let start = s.computed;
             let end = start + s.remaining().min(budget);
             if !self.ensure_pages(&mut s, end) {
+                // A load-back queued for it must land before its host pages can be given away.
+                if let Err(e) = self.model.finish_host_io(&mut self.pool.buffers) {
+                    tracing::error!("hicache: host -> device copy failed: {e}");
+                }
                 let s = self.release(s, false);
                 self.waiting.push_front(s);
                 break;

@@ -12,6 +12,7 @@ use std::path::PathBuf;
 use strata_kernels::cuda::{select, BackendKind, CudaBackend};
 use strata_server::hicache::{
     apply_extra_config, parse_layout, parse_prefetch_policy, parse_write_policy, HiCacheConfig,
+    MemLayout,
 };
 use strata_server::launch::{launch, launch_cpu, launch_with, ServeOptions};
 use strata_server::model::cuda::{CudaRunner, CudaRunnerOptions};
@@ -109,7 +110,7 @@ pub struct Args {
     /// write_back.
     #[arg(long, default_value = "write_through")]
     hicache_write_policy: String,
-    /// How pages move between device and host: kernel or direct (both are page copies here).
+    /// How pages move between device and host on a GPU: kernel (a copy kernel reads the page-locked host pool) or direct (one async memcpy per page and layer; switches page_first to page_first_direct).
     #[arg(long, default_value = "kernel")]
     hicache_io_backend: String,
     /// Host pool layout: page_first, page_first_direct, or layer_first (rewritten to page_first).
@@ -287,6 +288,14 @@ fn hicache_config(a: &Args) -> anyhow::Result<Option<HiCacheConfig>> {
     };
     c.layout = parse_layout(&a.hicache_mem_layout, c.storage_master.is_some())
         .map_err(anyhow::Error::msg)?;
+    c.direct_io = a.hicache_io_backend == "direct";
+    if c.direct_io && c.layout == MemLayout::PageFirst {
+        // SGLang does the same: a direct copy moves one contiguous run per page and layer.
+        tracing::warn!(
+            "--hicache-io-backend direct needs each page's layers contiguous; using --hicache-mem-layout page_first_direct"
+        );
+        c.layout = MemLayout::PageFirstDirect;
+    }
     Ok(Some(c))
 }
 

@@ -132,6 +132,10 @@ impl Graphs {
         if !decode {
             return Ok(None);
         }
+        // A graph cannot wait per layer: a pending L2 -> L1 load must land first.
+        if let Some(p) = &kv.pending {
+            p.wait_all(r.ctx.stream())?;
+        }
         let slots_cap = kv.num_pages * kv.page_size;
         if batch.slots.iter().any(|&s| s as usize >= slots_cap) {
             return Err(CudaError::Shape(format!(

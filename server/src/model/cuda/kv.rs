@@ -1,12 +1,30 @@
 //! The CUDA runner's paged KV cache: one bf16 allocation laid out `[layer][k|v][slot][kv_dim]`
 //! (slot = page * page_size + offset), with per-layer K and V views for the kernels (the GPU
 //! direct path's `PageLayout`). Whole pages move to and from the hierarchical cache's host pool
-//! (`HostKvPool`, bf16 elements, page_first or page_first_direct) with one copy per page, layer
-//! and K/V, placed token by token on the host.
+//! (`HostKvPool`, bf16 elements, page_first or page_first_direct):
+//!
+//! - the HiCache L2 pool is attached once ([`CudaKv::attach_host`]): page-locked in place and
+//!   served by `HostKvCopy` on the copy stream (the `kv_host_copy` kernel, or one async memcpy
+//!   per run with `--hicache-io-backend direct`). A load is queued layer by layer and left
+//!   pending: the next forward waits for layer l's event just before layer l's attention, so
+//!   later layers cross the bus while earlier ones compute. A store waits for the compute
+//!   stream, then for its own copy.
+//! - any other host pool (the PD staging buffers) goes through the synchronous fallback: one
+//!   copy per page, layer and K/V, placed token by token on the host.
 
 use crate::kv::{HostKvPool, PageId};
 use std::sync::Arc;
-use strata_kernels::cuda::{CudaError, DTensor, DType, GpuContext};
+use strata_kernels::cuda::{
+    CudaError, DTensor, DType, GpuContext, HostIo, HostKvCopy, HostKvGeometry, HostRegion,
+    LayerEvents,
+};
+
+/// The attached L2 pool: its registration and the mover (field order = drop order: the mover's
+/// kernel handle before the region's unregistration).
+struct Attached {
+    copy: HostKvCopy,
+    region: HostRegion,
+}
 
 /// The paged KV cache on one GPU.
 pub struct CudaKv {
@@ -15,6 +33,9 @@ pub struct CudaKv {
     pub(super) v: Vec<DTensor>,
     pub(super) page_size: usize,
     pub(super) num_pages: usize,
+    /// Layer events of the last queued load (waited for by the next forward).
+    pub(super) pending: Option<LayerEvents>,
+    attached: Option<Attached>,
     ctx: Arc<GpuContext>,
 }
 
@@ -43,7 +64,59 @@ impl CudaKv {
             v,
             page_size,
             num_pages,
+            pending: None,
+            attached: None,
         })
+    }
+
+    /// Page-locks the HiCache host pool in place and moves its pages on the copy stream from
+    /// now on (`io`: the kernel or one async memcpy per run).
+    pub fn attach_host(&mut self, host: &HostKvPool, io: HostIo) -> Result<(), CudaError> {
+        self.check_host(host, &[], &[])?;
+        let row = host.kv_dim * host.elem;
+        let (tok_stride, layer_stride) = match host.layout {
+            crate::hicache::MemLayout::PageFirst => (host.layers * row, row),
+            crate::hicache::MemLayout::PageFirstDirect => (row, host.page_size * row),
+        };
+        let geo = HostKvGeometry {
+            layers: host.layers,
+            page_size: host.page_size,
+            row_bytes: row,
+            pool_pages: self.num_pages,
+            host_pages: host.total_pages(),
+            tok_stride,
+            layer_stride,
+        };
+        let copy = HostKvCopy::new(self.ctx.clone(), geo, io)?;
+        let (ptr, len) = host.region();
+        // SAFETY: the host pool outlives the device pool's use of it: both live until the
+        // scheduler stops, and `Drop for CudaKv` drops this registration first (it synchronises
+        // the device before unregistering).
+        let region = unsafe { HostRegion::register(&self.ctx, ptr, len)? };
+        self.attached = Some(Attached { copy, region });
+        Ok(())
+    }
+
+    /// The attached mover when `host` is the attached pool.
+    fn mover(&self, host: &HostKvPool) -> Option<&Attached> {
+        let (ptr, len) = host.region();
+        self.attached.as_ref().filter(|a| a.region.is(ptr, len))
+    }
+
+    /// Makes the compute stream wait for layer `l` of a pending load.
+    pub(super) fn wait_layer(&self, l: usize) -> Result<(), CudaError> {
+        match &self.pending {
+            Some(ev) => ev.wait(l, self.ctx.stream()),
+            None => Ok(()),
+        }
+    }
+
+    /// Makes the compute stream wait for every pending load and forgets it.
+    pub(super) fn settle(&mut self) -> Result<(), CudaError> {
+        if let Some(ev) = self.pending.take() {
+            ev.wait_all(self.ctx.stream())?;
+        }
+        Ok(())
     }
 
     /// Copies device pages `dev[i]` into host-pool pages `host_pages[i]` (all layers, K and V) in
@@ -56,6 +129,9 @@ impl CudaKv {
         host_pages: &[PageId],
     ) -> Result<(), CudaError> {
         let (row, run) = self.check_host(host, dev, host_pages)?;
+        if let Some(a) = self.mover(host) {
+            return a.copy.store(&self.pool, &a.region, dev, host_pages);
+        }
         let mut tmp = vec![0u8; run];
         for (&d, &h) in dev.iter().zip(host_pages) {
             for (v, bufs) in [(false, &self.k), (true, &self.v)] {
@@ -74,7 +150,10 @@ impl CudaKv {
     }
 
     /// Copies host-pool pages `host_pages[i]` into device pages `dev[i]` (inverse of
-    /// [`CudaKv::save_pages`]); synchronous, so later forwards see them.
+    /// [`CudaKv::save_pages`]). From the attached pool the copy is queued layer by layer and the
+    /// next forward waits for it; otherwise it is synchronous. Either way later forwards see the
+    /// pages. The host pages must not be rewritten until that forward has run (they are locked
+    /// in the tree for the request being loaded).
     pub fn load_pages(
         &mut self,
         host: &HostKvPool,
@@ -82,6 +161,13 @@ impl CudaKv {
         dev: &[PageId],
     ) -> Result<(), CudaError> {
         let (row, run) = self.check_host(host, dev, host_pages)?;
+        if let Some(a) = self.mover(host) {
+            // Each queued load waits for the compute stream and the copy stream is in order, so
+            // the newest load's layer-l event also covers every earlier load's layers.
+            let ev = a.copy.load(&self.pool, &a.region, host_pages, dev)?;
+            self.pending = Some(ev);
+            return Ok(());
+        }
         let mut tmp = vec![0u8; run];
         for (&h, &d) in host_pages.iter().zip(dev) {
             for v in [false, true] {
@@ -123,5 +209,14 @@ impl CudaKv {
         }
         let row = kv_dim * 2;
         Ok((row, row * self.page_size))
+    }
+}
+
+impl Drop for CudaKv {
+    fn drop(&mut self) {
+        // Queued copies read the host pool and the page lists: finish them, then unregister.
+        let _ = self.ctx.synchronize();
+        self.pending = None;
+        self.attached = None;
     }
 }

@@ -299,6 +299,9 @@ impl CudaRunner {
                 &m.slots,
                 &m.host_slots,
             )?;
+            // A pending L2 -> L1 load: this layer's pages must have landed (later layers may
+            // still be crossing the bus).
+            kv.wait_layer(li)?;
             ops.paged_attention(plan, &a.qkv, 0, &kv.k[li], &kv.v[li], &a.attn, scale)?;
             gemm.linear(&a.attn, &l.o, &a.y)?;
             ops.rmsnorm(&a.y, Some(&a.resid), &l.post_norm, &a.h, eps)?;
@@ -405,6 +408,7 @@ impl CudaRunner {
         kv: &mut CudaKv,
     ) -> Result<(Vec<f32>, Vec<i32>), ModelError> {
         let acts = self.eager(batch, kv)?;
+        kv.settle()?;
         match &acts.head {
             Some((_, logits, tokens)) => Ok((
                 self.ctx.download_f32(logits)?,
@@ -465,6 +469,23 @@ impl ModelRunner for CudaRunner {
     ) -> Result<(), ModelError> {
         Ok(kv.load_pages(host, host_pages, dev)?)
     }
+    fn attach_host(
+        &self,
+        kv: &mut CudaKv,
+        host: &HostKvPool,
+        direct_io: bool,
+    ) -> Result<(), ModelError> {
+        let io = if direct_io {
+            strata_kernels::cuda::HostIo::Direct
+        } else {
+            strata_kernels::cuda::HostIo::Kernel
+        };
+        Ok(kv.attach_host(host, io)?)
+    }
+    fn finish_host_io(&self, kv: &mut CudaKv) -> Result<(), ModelError> {
+        kv.settle()?;
+        Ok(self.ctx.synchronize()?)
+    }
     fn warmup(&mut self, kv: &mut CudaKv) -> Result<(), ModelError> {
         let t0 = std::time::Instant::now();
         let graphs = graph::Graphs::capture(self, kv)?;
@@ -491,10 +512,14 @@ impl ModelRunner for CudaRunner {
                 "CUDA runner"
             );
         }
-        if let Some(out) = self.graphs.try_run(self, batch, sampling, kv)? {
-            self.counts.1 += 1;
-            return Ok(out);
-        }
-        Ok(self.run_eager(batch, sampling, kv)?)
+        let out = match self.graphs.try_run(self, batch, sampling, kv)? {
+            Some(out) => {
+                self.counts.1 += 1;
+                out
+            }
+            None => self.run_eager(batch, sampling, kv)?,
+        };
+        kv.settle()?;
+        Ok(out)
     }
 }

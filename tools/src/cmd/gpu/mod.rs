@@ -12,6 +12,7 @@ use strata_kernels::cuda::{self, select, BackendKind};
 mod bench;
 mod bench_model;
 mod check;
+mod check_host_copy;
 mod check_ops;
 mod golden;
 mod runner_logits;

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# One device call that runs the system checks on the GPU machine, each step time-boxed, with the
+# stripped binary carried in .devbin/ (no Rust toolchain there):
+#   check    `strata gpu check` (every kernel against the CPU reference)
+#   serve    scripts/gpu-serve-check.sh on the llama tiny model (f32 path vs CPU; logprobs f32 and bf16)
+#   hc1b     scripts/gpu-hicache-check.sh (1B shape: L2 load-back and L3 answers byte-exact)
+#   hc8b     scripts/gpu-hicache-bench.sh (8B shape: L3-hit TTFT vs recompute at 8K..32K)
+#   pd       scripts/gpu-pd-check.sh (PD on one GPU: greedy, TTFT, transfer, mixed-load ITL)
+#   runner   scripts/gpu-runner-check.sh (bf16 runner vs transformers, greedy consistency, bench)
+#   sampling scripts/gpu_sampling_compare.py on a 1B bf16 server
+# Usage: scripts/gpu-all.sh "STEP..." (default "check serve hc1b hc8b pd"); output in $OUT.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export STRATA=${STRATA:-$PWD/.devbin/strata}
+OUT=${OUT:-/tmp/strata-gpu}
+mkdir -p "$OUT"
+. scripts/gpu-env.sh
+STEPS=${1:-check serve hc1b hc8b pd}
+declare -A rcs
+START=$(date +%s)
+BUDGET=${BUDGET:-570} # seconds for all steps (a device call is cut at 600)
+left() { local l=$(( BUDGET - ($(date +%s) - START) )); [ "$l" -lt "$1" ] && echo $(( l > 5 ? l : 5 )) || echo "$1"; }
+for s in $STEPS; do
+  t0=$(date +%s)
+  echo "######## $s"
+  case $s in
+    check) timeout $(left 200) "$STRATA" gpu check --json "$OUT/check.json" > "$OUT/check.log" 2>&1
+      rc=$?; grep -E "FAIL|gpu check:" "$OUT/check.log" | tail -15 ;;
+    serve) ARCHS=llama timeout $(left 150) scripts/gpu-serve-check.sh "$OUT" > "$OUT/serve-check.log" 2>&1
+      rc=$?; grep -E "SAME|DIFF|PASS|FAIL|agree|within|max \||output ids|gpu-serve-check" "$OUT/serve-check.log" | tail -20 ;;
+    hc1b) timeout $(left 200) scripts/gpu-hicache-check.sh "$OUT" > "$OUT/hc1b.log" 2>&1; rc=$?; tail -8 "$OUT/hc1b.log" ;;
+    hc8b) timeout $(left ${HC8B_TIMEOUT:-330}) scripts/gpu-hicache-bench.sh "$OUT" > "$OUT/hc8b.log" 2>&1; rc=$?; grep -vE "^\s*$" "$OUT/hc8b.log" | tail -30 ;;
+    pd) timeout $(left ${PD_TIMEOUT:-300}) scripts/gpu-pd-check.sh "$OUT" > "$OUT/pd.log" 2>&1; rc=$?; tail -40 "$OUT/pd.log" ;;
+    runner) timeout $(left 400) scripts/gpu-runner-check.sh "$OUT" > "$OUT/runner.log" 2>&1; rc=$?; tail -40 "$OUT/runner.log" ;;
+    *) echo "unknown step $s"; rc=2 ;;
+  esac
+  rcs[$s]=$rc
+  echo "######## $s rc=$rc in $(( $(date +%s) - t0 )) s"
+done
+for s in $STEPS; do printf "%s=%s " "$s" "${rcs[$s]}"; done; echo
