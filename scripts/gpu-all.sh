@@ -12,7 +12,9 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export STRATA=${STRATA:-$PWD/.devbin/strata}
-OUT=${OUT:-/tmp/strata-gpu}
+RESULT=${OUT:-/tmp/strata-gpu}
+# Every step's logs go to one folder that comes back as one archive (a device call returns few files).
+OUT=$RESULT/logs
 mkdir -p "$OUT"
 . scripts/gpu-env.sh
 STEPS=${1:-check serve hc1b hc8b pd}
@@ -38,3 +40,4 @@ for s in $STEPS; do
   echo "######## $s rc=$rc in $(( $(date +%s) - t0 )) s"
 done
 for s in $STEPS; do printf "%s=%s " "$s" "${rcs[$s]}"; done; echo
+tar czf "$RESULT/logs.tgz" -C "$RESULT" logs && rm -rf "$OUT"

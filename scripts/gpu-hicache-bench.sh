@@ -37,12 +37,17 @@ rm -f "$W/store.strata"
 sleep 2
 EXTRA='{"master_server_address": "127.0.0.1:50961", "prefetch_threshold": 256}'
 serve() { # port
-  "$STRATA" serve --model-path "$W/$SIZE" --port $1 --page-size 64 --mem-fraction-static 0.4 \
+  "$STRATA" serve --model-path "$W/$SIZE" --port $1 --page-size 64 --max-total-tokens 131072 \
     --context-length 40000 --enable-hierarchical-cache --hicache-size 24 --hicache-io-backend "$IO" \
     --hicache-mem-layout "$LAYOUT" --hicache-storage-backend strata \
     --hicache-storage-prefetch-policy wait_complete --hicache-storage-backend-extra-config "$EXTRA" \
     > "$OUTDIR/hb-serve-$1.log" 2>&1 & pids+=($!)
-  for _ in $(seq 600); do curl -sf localhost:$1/health > /dev/null && return 0; sleep 0.5; done
+  local pid=$!
+  for _ in $(seq 600); do
+    curl -sf localhost:$1/health > /dev/null && return 0
+    kill -0 $pid 2>/dev/null || break
+    sleep 0.5
+  done
   echo "server $1 did not start"; tail -20 "$OUTDIR/hb-serve-$1.log"; exit 1
 }
 cat > "$W/hb.py" <<'PY'
@@ -104,5 +109,5 @@ sys.exit(1 if fails else 0)
 PY
 rc=${PIPESTATUS[0]}
 grep -hiE "panic|error" "$OUTDIR"/hb-serve-*.log | head -5
-grep -hE "host pool|hicache|KV pool" "$OUTDIR/hb-serve-31602.log" | head -5 | cut -c1-300
+grep -hE "host pool|hicache|KV pool|weights loaded" "$OUTDIR/hb-serve-31602.log" | head -6 | cut -c1-300
 exit $rc

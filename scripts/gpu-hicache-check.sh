@@ -81,3 +81,4 @@ b = metric(31502, 'prefetch_bytes_total'); s = metric(31502, 'prefetch_seconds_t
 print(f"B: L3 read {b/1e6:.1f} MB in {s*1000:.1f} ms = {b/s/1e9 if s else 0:.2f} GB/s")
 PY
 grep -iE "error|panic" "$OUTDIR"/hc-serve-*.log | head -5
+true

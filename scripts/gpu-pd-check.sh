@@ -26,14 +26,19 @@ fail=0
 start() { # name port args...
   local name=$1 port=$2; shift 2
   "$STRATA" "$@" > "$OUTDIR/pd-$name.log" 2>&1 & pids+=($!)
-  for _ in $(seq 600); do curl -sf localhost:$port/health > /dev/null && return 0; sleep 0.5; done
+  local pid=$!
+  for _ in $(seq 600); do
+    curl -sf localhost:$port/health > /dev/null && return 0
+    kill -0 $pid 2>/dev/null || break
+    sleep 0.5
+  done
   echo "FAIL: $name did not start"; tail -20 "$OUTDIR/pd-$name.log"; return 1
 }
 for size in $SIZES; do
   echo "=== $size"
   [ -f "$W/$size/config.json" ] || "$STRATA" make-model --out "$W/$size" --arch llama --size "$size" --dtype bf16 > /dev/null 2>&1 \
     || { echo "FAIL: make-model"; fail=1; continue; }
-  S=(serve --model-path "$W/$size" --page-size 64 --mem-fraction-static 0.25 --context-length 16384 --log-level warn)
+  S=(serve --model-path "$W/$size" --page-size 64 --max-total-tokens 65536 --context-length 16384 --log-level warn)
   start colo 32101 "${S[@]}" --port 32101 || { fail=1; cleanup; continue; }
   start prefill 32102 "${S[@]}" --port 32102 --disaggregation-mode prefill --disaggregation-bootstrap-port 32199 || { fail=1; cleanup; continue; }
   start decode 32103 "${S[@]}" --port 32103 --disaggregation-mode decode || { fail=1; cleanup; continue; }

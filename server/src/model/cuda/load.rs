@@ -22,7 +22,13 @@ fn to_bf16(path: &Path, name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<u1
         .chunks_exact(2)
         .map(|c| u16::from_le_bytes([c[0], c[1]]));
     Ok(match dtype {
-        Dtype::BF16 => pairs.collect(),
+        Dtype::BF16 => {
+            let mut out = vec![0u16; bytes.len() / 2];
+            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = u16::from_le_bytes([c[0], c[1]]);
+            }
+            out
+        }
         Dtype::F16 => pairs
             .map(|b| half::bf16::from_f32(half::f16::from_bits(b).to_f32()).to_bits())
             .collect(),
@@ -43,13 +49,38 @@ impl Bf16Map {
     /// Reads every tensor of the checkpoint in `dir`.
     pub fn load(dir: &Path) -> Result<Self, ModelError> {
         let mut tensors = HashMap::new();
+        let threads = std::thread::available_parallelism().map_or(4, |n| n.get().min(16));
         for file in shard_files(dir)? {
             let bytes = std::fs::read(&file).map_err(|e| ModelError::io(&file, e))?;
             let st = SafeTensors::deserialize(&bytes)
                 .map_err(|e| ModelError::bad(&file, e.to_string()))?;
-            for (name, view) in st.tensors() {
-                let data = to_bf16(&file, &name, view.dtype(), view.data())?;
-                tensors.insert(name, (view.shape().to_vec(), data, file.clone()));
+            // Convert the shard's tensors on several threads (an 8B checkpoint is ~16 GB).
+            let views = st.tensors();
+            let per = views.len().div_ceil(threads).max(1);
+            let converted: Vec<Result<Vec<_>, ModelError>> = std::thread::scope(|sc| {
+                let handles: Vec<_> = views
+                    .chunks(per)
+                    .map(|part| {
+                        let file = &file;
+                        sc.spawn(move || {
+                            part.iter()
+                                .map(|(name, view)| {
+                                    let data = to_bf16(file, name, view.dtype(), view.data())?;
+                                    Ok((name.clone(), view.shape().to_vec(), data))
+                                })
+                                .collect()
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("weight conversion thread panicked"))
+                    .collect()
+            });
+            for part in converted {
+                for (name, shape, data) in part? {
+                    tensors.insert(name, (shape, data, file.clone()));
+                }
             }
         }
         Ok(Bf16Map {
