@@ -1,14 +1,38 @@
-// Token sampling on the GPU, one block of 1024 threads per row of f32 logits.
+// Token sampling and log-probabilities on the GPU with the CPU sampler's semantics
+// (`strata_kernels::sampling::sample` after the server's penalties; docs/gpu.md "GPU sampling").
 //
-// temperature <= 0: greedy (argmax, ties to the lowest index). Otherwise p = softmax(logits / T)
-// and the kept set is {i : p_i >= tau}, tau = max(tau_k, tau_p, min_p * p_max) where tau_k is the
-// k-th largest probability (top_k > 0 and < vocab) and tau_p the probability of the last token of
-// the shortest descending prefix whose mass reaches top_p (top_p < 1). Both are found exactly by
-// bisection on the IEEE bit pattern (non-negative floats order like their bits). The token is the
-// first index, in index order, where the running kept mass exceeds uniform * kept mass.
-// `probs` is a [rows, vocab] f32 scratch buffer.
+// One block of SAMPLE_THREADS threads per logits row. Per-row parameters and penalty entries come
+// packed in one i32 buffer (layout: kernels/src/sample_rows.rs, ROW_WORDS words per row):
+//   0 mode (0 skip, 1 greedy, 2 sample, 3 fixed token) | 16 if the repetition/frequency/presence
+//     penalties apply      1 temperature   2 top_k (0: off)   3 top_p   4 min_p
+//   5 repetition   6 frequency   7 presence   8 first entry   9 entries   10 fixed token
+//   11 logprob top_n (-1: no logprobs)   12..13 uniform (f64)   14 first id   15 ids   16 out word
+// An entry is 3 words: token (< vocab), count | BAN | BIAS flags, bias (f32 bits); tokens of a
+// row are distinct, so one thread per entry edits the logits in place without conflicts.
+//
+// Sampling works on the CPU sampler's sorted order (probability descending, index ascending),
+// represented exactly without sorting: x_i = (l_i - max) / T in f32 (as the CPU), the sort key is
+// the bit pattern of |x_i| (ascending key = descending probability), the weight is
+// w_i = round(exp((double)x_i) * 2^S) as a u64 (S = 62 - ceil(log2 vocab): the row's total fits in 2^62).
+// top-k, top-p and min-p each keep a prefix of that order, so the kept set is its first N
+// positions; the draw is the first position whose inclusive cumulative weight exceeds
+// floor(u * kept weight). Positions are found by a 3-level radix select on the key (11 + 10 + 10
+// bits; shared-memory histograms of counts and integer weights), inside a group of equal keys by
+// arithmetic (all its weights are equal), and the token is the r-th index of its key group in
+// index order (ballot scan). Integer weights make every sum order-independent: the result is
+// deterministic and independent of the batch.
 
 #define SAMPLE_THREADS 1024
+#define ROW_WORDS 20
+#define E_BAN (1 << 30)
+#define E_BIAS (1 << 29)
+#define E_COUNT ((1 << 29) - 1)
+#define MODE_SKIP 0
+#define MODE_GREEDY 1
+#define MODE_SAMPLE 2
+#define MODE_FIXED 3
+#define MODE_PENALTY 16
+#define KEY_NONE 0x7f800000u  // the key of -inf / NaN: weight 0
 
 __device__ void block_argmax(float& v, int& i, float* shv, int* shi) {
     int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
@@ -31,110 +55,385 @@ __device__ void block_argmax(float& v, int& i, float* shv, int* shi) {
     }
 }
 
-extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_tokens(
-    const float* logits, float* probs, int vocab, const float* temperature, const int* top_k,
-    const float* top_p, const float* min_p, const float* uniform, int* out_tokens) {
+// Integer sum over the block; every thread gets the total.
+__device__ long long block_sum_ll(long long v, long long* sh) {
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+    __syncthreads();
+    if (lane == 0) sh[w] = v;
+    __syncthreads();
+    long long t = lane < nw ? sh[lane] : 0;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(FULL_MASK, t, o);
+    return t;
+}
+
+// f64 sum over the block in a fixed order (deterministic for a fixed block size).
+__device__ double block_sum_f64(double v, double* sh) {
+    int lane = threadIdx.x & 31, w = threadIdx.x >> 5, nw = blockDim.x >> 5;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);
+    __syncthreads();
+    if (lane == 0) sh[w] = v;
+    __syncthreads();
+    double t = lane < nw ? sh[lane] : 0.0;
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) t += __shfl_xor_sync(FULL_MASK, t, o);
+    return t;
+}
+
+// The sampling key of logit l: bits of |(l - mx) / T| with the CPU's f32 rounding (no FMA).
+__device__ __forceinline__ u32 samp_key(float l, float mx, float t, float* x) {
+    if (!(l > NEG_INF)) { *x = NEG_INF; return KEY_NONE; }  // -inf and NaN
+    float v = __fdiv_rn(__fsub_rn(l, mx), t);
+    *x = v;
+    return __float_as_uint(v) & 0x7fffffffu;
+}
+
+__device__ __forceinline__ u64 samp_weight(float x, double scale) {
+    return __double2ull_rn(exp((double)x) * scale);
+}
+
+// The logprob top-N key: ascending key = descending logit (NaN last).
+__device__ __forceinline__ u32 logit_key(float l) {
+    if (l != l) return 0xffffffffu;
+    u32 u = __float_as_uint(l);
+    u32 ordered = (u & 0x80000000u) ? ~u : (u | 0x80000000u);  // ascending with l
+    return ~ordered;
+}
+
+// Shared scratch of one row's radix selections (the histograms are separate arrays).
+struct SelShared {
+    u32 wcnt[32];
+    u64 wmass[32];
+    int found_digit;
+    u32 found_cnt_before;
+    u64 found_mass_before;
+    int found_index;
+    int seen;
+};
+
+// Scans bins [0, nbins) of sh (count, mass) in order and finds the bin holding the target: by
+// count, the bin whose counts before it are <= target < counts through it; by mass, the bin whose
+// mass before it is < target <= mass through it. Writes the digit and the totals before it.
+__device__ void scan_find(SelShared& sh, const u32* cnt, const u64* mass, int nbins, bool by_mass,
+                          u64 target) {
+    const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
+    const int per = nbins / SAMPLE_THREADS;  // 1 or 2 (nbins is 1024 or 2048)
+    if (tid == 0) sh.found_digit = 0;
+    u32 c = 0;
+    u64 m = 0;
+    for (int j = 0; j < per; ++j) { c += cnt[tid * per + j]; m += mass[tid * per + j]; }
+    // Inclusive warp scan.
+    u32 ci = c;
+    u64 mi = m;
+#pragma unroll
+    for (int o = 1; o < 32; o <<= 1) {
+        u32 oc = __shfl_up_sync(FULL_MASK, ci, o);
+        u64 om = __shfl_up_sync(FULL_MASK, mi, o);
+        if (lane >= o) { ci += oc; mi += om; }
+    }
+    if (lane == 31) { sh.wcnt[w] = ci; sh.wmass[w] = mi; }
+    __syncthreads();
+    u32 cb = 0;
+    u64 mb = 0;
+    for (int j = 0; j < w; ++j) { cb += sh.wcnt[j]; mb += sh.wmass[j]; }
+    cb += ci - c;
+    mb += mi - m;
+    for (int j = 0; j < per; ++j) {
+        const int d = tid * per + j;
+        const u32 bc = cnt[d];
+        const u64 bm = mass[d];
+        const bool hit = by_mass ? (mb < target && target <= mb + bm)
+                                 : ((u64)cb <= target && target < (u64)cb + bc);
+        if (hit) { sh.found_digit = d; sh.found_cnt_before = cb; sh.found_mass_before = mb; }
+        cb += bc;
+        mb += bm;
+    }
+    __syncthreads();
+}
+
+// A selected position of the sorted order: its key, the count and weight of smaller keys, and
+// the count and weight of its key group.
+struct Sel {
+    u32 key;
+    u32 cnt_before;
+    u64 mass_before;
+    u32 grp_cnt;
+    u64 grp_mass;
+};
+
+// Histogram of the elements whose key agrees with `prefix` above bit `shift + bits` into the
+// 2^bits bins of digit (key >> shift); with `mass`, weights too. `sampling`: keys and weights of
+// samp_key; otherwise logit_key and no weights.
+__device__ void hist_pass(u32* cnt, u64* mass_out, const float* lg, int vocab, float mx, float t, double scale,
+                          bool sampling, int shift, int bits, u32 prefix, bool mass) {
+    const int nb = 1 << bits;
+    for (int d = threadIdx.x; d < nb; d += SAMPLE_THREADS) { cnt[d] = 0; mass_out[d] = 0; }
+    __syncthreads();
+    const int hi = shift + bits;
+    for (int i = threadIdx.x; i < vocab; i += SAMPLE_THREADS) {
+        const float l = lg[i];
+        float x = 0.f;
+        const u32 key = sampling ? samp_key(l, mx, t, &x) : logit_key(l);
+        if (hi < 32 && (key >> hi) != prefix) continue;
+        const int d = (key >> shift) & (nb - 1);
+        atomicAdd(&cnt[d], 1u);
+        if (mass) {
+            const u64 wgt = samp_weight(x, scale);
+            if (wgt) atomicAdd((unsigned long long*)&mass_out[d], (unsigned long long)wgt);
+        }
+    }
+    __syncthreads();
+}
+
+// The index of the r-th element (index order, 0-based) whose key equals `key`; -1 if none.
+__device__ int nth_with_key(SelShared& sh, const float* lg, int vocab, float mx, float t,
+                            bool sampling, u32 key, int r) {
+    const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5, nw = SAMPLE_THREADS >> 5;
+    if (tid == 0) { sh.found_index = -1; sh.seen = 0; }
+    __syncthreads();
+    for (int base = 0; base < vocab; base += SAMPLE_THREADS) {
+        const int i = base + tid;
+        bool m = false;
+        if (i < vocab) {
+            float x;
+            m = (sampling ? samp_key(lg[i], mx, t, &x) : logit_key(lg[i])) == key;
+        }
+        const u32 b = __ballot_sync(FULL_MASK, m);
+        if (lane == 0) sh.wcnt[w] = __popc(b);
+        __syncthreads();
+        int before = sh.seen, total = 0;
+        for (int j = 0; j < nw; ++j) {
+            const int c = sh.wcnt[j];
+            if (j < w) before += c;
+            total += c;
+        }
+        if (m && before + __popc(b & ((1u << lane) - 1u)) == r) sh.found_index = i;
+        __syncthreads();
+        if (tid == 0) sh.seen += total;
+        __syncthreads();
+        if (sh.seen > r) break;
+    }
+    return sh.found_index;
+}
+
+// Radix select over the sampling keys (levels of 11 + 10 + 10 bits; level 0 given in l0_cnt /
+// l0_mass) or the logit keys (11 + 11 + 10 bits; level 0 computed here, l0_cnt null). The work
+// histograms wc / wm hold 2048 bins for logit keys, 1024 for sampling keys.
+__device__ Sel radix_select(SelShared& sh, const u32* l0_cnt, const u64* l0_mass, u32* wc, u64* wm,
+                            const float* lg, int vocab, float mx, float t, double scale,
+                            bool sampling, bool by_mass, u64 target) {
+    const int shifts[3] = {sampling ? 20 : 21, 10, 0};
+    const int bits[3] = {11, sampling ? 10 : 11, 10};
+    u32 prefix = 0, cnt_before = 0;
+    u64 mass_before = 0;
+    Sel s;
+    for (int lv = 0; lv < 3; ++lv) {
+        const u32* c = wc;
+        const u64* m = wm;
+        if (lv == 0 && l0_cnt) {
+            c = l0_cnt;
+            m = l0_mass;
+        } else {
+            hist_pass(wc, wm, lg, vocab, mx, t, scale, sampling, shifts[lv], bits[lv], prefix,
+                      sampling);
+        }
+        const u64 tgt = by_mass ? target - mass_before : target - cnt_before;
+        scan_find(sh, c, m, 1 << bits[lv], by_mass, tgt);
+        const int d = sh.found_digit;
+        cnt_before += sh.found_cnt_before;
+        mass_before += sh.found_mass_before;
+        prefix = (prefix << bits[lv]) | (u32)d;
+        if (lv == 2) { s.grp_cnt = c[d]; s.grp_mass = m[d]; }
+        __syncthreads();
+    }
+    s.key = prefix;
+    s.cnt_before = cnt_before;
+    s.mass_before = mass_before;
+    return s;
+}
+
+// Position (in the sorted order) of the first element whose inclusive cumulative weight reaches
+// theta, given the selection that found its group.
+__device__ __forceinline__ u32 pos_by_mass(const Sel& s, u64 theta) {
+    const u64 w = s.grp_mass / s.grp_cnt;  // equal keys have equal weights
+    const u64 need = theta - s.mass_before;
+    return s.cnt_before + (u32)((need + w - 1) / w) - 1;
+}
+
+extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_rows(
+    float* logits, int vocab, const int* params, const int* entries, int scale_bits,
+    int* out_tokens) {
     pdl_enter();
+    __shared__ SelShared sh;
+    __shared__ u32 l0_cnt[2048];
+    __shared__ u64 l0_mass[2048];
+    __shared__ u32 wc[1024];
+    __shared__ u64 wm[1024];
     __shared__ float shf[32];
     __shared__ int shi[32];
-    __shared__ float scan[SAMPLE_THREADS];
-    __shared__ int pick, fallback;
-    const int row = blockIdx.x, tid = threadIdx.x, bd = blockDim.x;
-    const float* lg = logits + (u64)row * vocab;
-    float* pr = probs + (u64)row * vocab;
+    __shared__ long long shl[32];
+    const int row = blockIdx.x, tid = threadIdx.x;
+    const int* P = params + (u64)row * ROW_WORDS;
+    const int mode = P[0] & 15;
+    if (mode == MODE_SKIP) return;
+    if (mode == MODE_FIXED) {
+        if (tid == 0) out_tokens[row] = P[10];
+        return;
+    }
+    float* lg = logits + (u64)row * vocab;
+    // Penalties, bias and bans, in place (the logprobs report the penalised logits, as the CPU).
+    const bool pen = (P[0] & MODE_PENALTY) != 0;
+    const float rep = __int_as_float(P[5]), freq = __int_as_float(P[6]),
+                pres = __int_as_float(P[7]);
+    for (int e = tid; e < P[9]; e += SAMPLE_THREADS) {
+        const int* E = entries + 3 * (u64)(P[8] + e);
+        const int tok = E[0], f = E[1];
+        float l = lg[tok];
+        if (f & E_BIAS) l = __fadd_rn(l, __int_as_float(E[2]));
+        const int c = f & E_COUNT;
+        if (pen && c > 0) {
+            if (rep != 1.f) l = l > 0.f ? __fdiv_rn(l, rep) : __fmul_rn(l, rep);
+            l = __fsub_rn(l, __fadd_rn(__fmul_rn(freq, (float)c), pres));
+        }
+        if (f & E_BAN) l = NEG_INF;
+        lg[tok] = l;
+    }
+    __syncthreads();
 
     float best = NEG_INF;
     int bi = 0x7fffffff;
-    for (int i = tid; i < vocab; i += bd) {
-        float v = lg[i];
+    for (int i = tid; i < vocab; i += SAMPLE_THREADS) {
+        const float v = lg[i];
         if (v > best || (v == best && i < bi)) { best = v; bi = i; }
     }
     block_argmax(best, bi, shf, shi);
-    const float temp = temperature[row];
-    if (!(temp > 0.f)) {
-        if (tid == 0) out_tokens[row] = bi;
+    const float temp = __int_as_float(P[1]);
+    const int top_k = P[2];
+    if (mode == MODE_GREEDY || !(temp > 0.f) || top_k == 1 || !(best > NEG_INF)) {
+        if (tid == 0) out_tokens[row] = bi == 0x7fffffff ? 0 : bi;
         return;
     }
     const float mx = best;
-    float sum = 0.f;
-    for (int i = tid; i < vocab; i += bd) {
-        float e = expf((lg[i] - mx) / temp);
-        pr[i] = e;
-        sum += e;
-    }
-    const float inv = 1.f / block_sum(sum, shf);
-    for (int i = tid; i < vocab; i += bd) pr[i] *= inv;
-    // The chunked scan below reads elements other threads normalised: a barrier is needed even
-    // when no bisection pass (which has its own barriers) runs.
+    const double scale = ldexp(1.0, scale_bits);
+    const float top_p = __int_as_float(P[3]), min_p = __int_as_float(P[4]);
+    const double u = __hiloint2double(P[13], P[12]);
+
+    // Level 0 of every selection: counts and weights over the top 11 key bits; also the number
+    // of tokens min-p keeps (e >= min_p * e_max, e_max = 1).
+    for (int d = tid; d < 2048; d += SAMPLE_THREADS) { l0_cnt[d] = 0; l0_mass[d] = 0; }
     __syncthreads();
-    const float pmax = inv;  // the argmax has e = 1
-
-    const int k = top_k[row];
-    const bool use_k = k > 0 && k < vocab;
-    const float pp = top_p[row];
-    const bool use_p = pp < 1.f;
-    u32 lo_k = 0, hi_k = use_k ? __float_as_uint(pmax) : 0;
-    u32 lo_p = 0, hi_p = use_p ? __float_as_uint(pmax) : 0;
-    while (lo_k < hi_k || lo_p < hi_p) {
-        u32 mid_k = lo_k + (hi_k - lo_k + 1) / 2;
-        u32 mid_p = lo_p + (hi_p - lo_p + 1) / 2;
-        float tk = __uint_as_float(mid_k), tp = __uint_as_float(mid_p);
-        float cnt = 0.f, mass = 0.f;
-        for (int i = tid; i < vocab; i += bd) {
-            float p = pr[i];
-            cnt += p >= tk ? 1.f : 0.f;
-            mass += p >= tp ? p : 0.f;
-        }
-        cnt = block_sum(cnt, shf);
-        mass = block_sum(mass, shf);
-        if (lo_k < hi_k) { if (cnt >= (float)k) lo_k = mid_k; else hi_k = mid_k - 1; }
-        if (lo_p < hi_p) { if (mass >= pp) lo_p = mid_p; else hi_p = mid_p - 1; }
-    }
-    float tau = min_p[row] > 0.f ? min_p[row] * pmax : 0.f;
-    if (use_k) tau = fmaxf(tau, __uint_as_float(lo_k));
-    if (use_p) tau = fmaxf(tau, __uint_as_float(lo_p));
-
-    // Index-order prefix sum of kept mass: thread tid owns the contiguous chunk [c0, c1).
-    const int chunk = (vocab + bd - 1) / bd;
-    const int c0 = min(tid * chunk, vocab), c1 = min(c0 + chunk, vocab);
-    float own = 0.f;
-    int last_kept = -1;
-    for (int i = c0; i < c1; ++i) {
-        float p = pr[i];
-        if (p >= tau) { own += p; last_kept = i; }
+    long long n_min = 0;
+    for (int i = tid; i < vocab; i += SAMPLE_THREADS) {
+        float x;
+        const u32 key = samp_key(lg[i], mx, temp, &x);
+        const int d = key >> 20;
+        const double e = exp((double)x);
+        atomicAdd(&l0_cnt[d], 1u);
+        const u64 wgt = __double2ull_rn(e * scale);
+        if (wgt) atomicAdd((unsigned long long*)&l0_mass[d], (unsigned long long)wgt);
+        if (min_p > 0.f && e >= (double)min_p) ++n_min;
     }
     __syncthreads();
-    scan[tid] = own;
+    n_min = block_sum_ll(n_min, shl);
+    long long total = 0;
+    for (int d = tid; d < 2048; d += SAMPLE_THREADS) total += (long long)l0_mass[d];
+    const u64 W = (u64)block_sum_ll(total, shl);
+
+    // Kept prefix length N = min(top_k, top-p cut, min-p count).
+    u32 n = (u32)vocab;
+    if (top_k > 0 && top_k < vocab) n = (u32)top_k;
+    if (top_p < 1.f) {
+        u64 theta = (u64)ceil((double)top_p * (double)W);
+        theta = theta < 1 ? 1 : (theta > W ? W : theta);
+        const Sel s = radix_select(sh, l0_cnt, l0_mass, wc, wm, lg, vocab, mx, temp, scale, true, true, theta);
+        const u32 np = pos_by_mass(s, theta) + 1;
+        n = np < n ? np : n;
+    }
+    if (min_p > 0.f) {
+        const u32 nm = n_min < 1 ? 1u : (u32)n_min;
+        n = nm < n ? nm : n;
+    }
+    u64 kept = W;
+    if (n < (u32)vocab) {
+        const Sel s = radix_select(sh, l0_cnt, l0_mass, wc, wm, lg, vocab, mx, temp, scale, true, false,
+                                   (u64)(n - 1));
+        kept = s.mass_before + (u64)(n - s.cnt_before) * (s.grp_mass / s.grp_cnt);
+    }
+    // The draw: the first position whose inclusive weight exceeds floor(u * kept).
+    u64 theta = (u64)floor(u * (double)kept) + 1;
+    if (theta > kept) theta = kept;
+    const Sel s = radix_select(sh, l0_cnt, l0_mass, wc, wm, lg, vocab, mx, temp, scale, true, true, theta);
+    u32 pos = pos_by_mass(s, theta);
+    if (pos > n - 1) pos = n - 1;  // only reachable through a zero-weight tail
+    const int r = (int)(pos - s.cnt_before);
+    const int tok = nth_with_key(sh, lg, vocab, mx, temp, true, s.key, r);
+    if (tid == 0) out_tokens[row] = tok < 0 ? bi : tok;
+}
+
+// Log-probabilities of the (penalised) logits rows, for rows with P[11] >= 0 (top_n): writes at
+// word P[16] of `out`: lse (f32), the logit of tokens[row], the logits of the P[15] requested ids
+// (ids[P[14]..]; an id < 0 or >= vocab gives -inf), then top_n (token, logit) pairs, unordered
+// (the host orders them: logit descending, then token ascending). lse = max + ln(sum exp(l - max))
+// with the sum in f64, as logprobs.rs.
+extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) logprob_rows(
+    const float* logits, int vocab, const int* params, const int* ids, const int* tokens,
+    int* out) {
+    pdl_enter();
+    __shared__ SelShared sh;
+    __shared__ u32 wc[2048];
+    __shared__ u64 wm[2048];
+    __shared__ float shf[32];
+    __shared__ int shi[32];
+    __shared__ double shd[32];
+    __shared__ int slot;
+    const int row = blockIdx.x, tid = threadIdx.x;
+    const int* P = params + (u64)row * ROW_WORDS;
+    const int top_n = P[11];
+    if (top_n < 0) return;
+    const float* lg = logits + (u64)row * vocab;
+    int* o = out + P[16];
+    float mx = NEG_INF;
+    int mi = 0x7fffffff;
+    for (int i = tid; i < vocab; i += SAMPLE_THREADS) {
+        const float v = lg[i];
+        if (v > mx || (v == mx && i < mi)) { mx = v; mi = i; }
+    }
+    block_argmax(mx, mi, shf, shi);
+    double sum = 0.0;
+    if (mx > NEG_INF) {
+        for (int i = tid; i < vocab; i += SAMPLE_THREADS) sum += exp((double)(lg[i] - mx));
+    }
+    sum = block_sum_f64(sum, shd);
+    const float lse = mx > NEG_INF ? mx + (float)log(sum) : NEG_INF;
+    const int nids = P[15];
     if (tid == 0) {
-        pick = 0x7fffffff;
-        fallback = -1;
+        o[0] = __float_as_int(lse);
+        const int t = tokens[row];
+        o[1] = __float_as_int(t >= 0 && t < vocab ? lg[t] : NEG_INF);
     }
+    for (int j = tid; j < nids; j += SAMPLE_THREADS) {
+        const int t = ids[P[14] + j];
+        o[2 + j] = __float_as_int(t >= 0 && t < vocab ? lg[t] : NEG_INF);
+    }
+    const int n = top_n < vocab ? top_n : vocab;
+    if (n == 0) return;
+    int* top = o + 2 + nids;
+    const Sel s = radix_select(sh, nullptr, nullptr, wc, wm, lg, vocab, 0.f, 1.f, 1.0, false, false,
+                               (u64)(n - 1));
+    const int last = nth_with_key(sh, lg, vocab, 0.f, 1.f, false, s.key, (int)(n - 1 - s.cnt_before));
+    if (tid == 0) slot = 0;
     __syncthreads();
-    for (int off = 1; off < bd; off <<= 1) {
-        float add = tid >= off ? scan[tid - off] : 0.f;
-        __syncthreads();
-        scan[tid] += add;
-        __syncthreads();
-    }
-    const float total = scan[bd - 1];
-    const float target = uniform[row] * total;
-    const float before = scan[tid] - own;
-    if (own > 0.f && target < before + own && target >= before) {
-        float cum = before;
-        int found = last_kept;
-        for (int i = c0; i < c1; ++i) {
-            float p = pr[i];
-            if (p >= tau) {
-                cum += p;
-                if (cum > target) { found = i; break; }
-            }
+    for (int i = tid; i < vocab; i += SAMPLE_THREADS) {
+        const u32 k = logit_key(lg[i]);
+        if (k < s.key || (k == s.key && i <= last)) {
+            const int at = atomicAdd(&slot, 1);
+            top[2 * at] = i;
+            top[2 * at + 1] = __float_as_int(lg[i]);
         }
-        atomicMin(&pick, found);
     }
-    if (last_kept >= 0) atomicMax(&fallback, last_kept);
-    __syncthreads();
-    // Rounding can leave target >= total: then the last kept token is taken.
-    if (tid == 0) out_tokens[row] = pick != 0x7fffffff ? pick : fallback;
 }
 
 // Greedy pick per row of f32 logits [rows, vocab]: the index of the largest value, lowest index on

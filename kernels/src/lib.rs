@@ -17,6 +17,7 @@ pub mod cpu;
 pub mod cuda;
 pub mod reference;
 pub mod rope;
+pub mod sample_rows;
 pub mod sampling;
 
 pub use backend::{AttnSeq, AttnShape, Backend, KernelError};

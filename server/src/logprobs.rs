@@ -77,6 +77,24 @@ pub fn at_position(logits: &[f32], token: u32, spec: &LogprobSpec) -> PosLogprob
     }
 }
 
+/// [`at_position`]'s values from what the GPU sampler returns for a row (its log-sum-exp, the
+/// logit of the row's token, the logits of `spec.token_ids` in order and the top logits already ordered):
+/// every log-probability is `logit - lse`, computed in f32 as on the host.
+pub fn from_gpu(spec: &LogprobSpec, row: &strata_kernels::sample_rows::RowLogprobs) -> PosLogprobs {
+    let lse = row.lse;
+    PosLogprobs {
+        logprob: Some(row.chosen - lse),
+        top: row.top.iter().map(|&(t, l)| (t, l - lse)).collect(),
+        ids: spec
+            .token_ids
+            .iter()
+            .flatten()
+            .zip(&row.ids)
+            .map(|(&t, &l)| (t, l - lse))
+            .collect(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -105,6 +123,24 @@ mod tests {
             .map(|(t, _)| (at_position(&logits, t as u32, &spec).logprob.unwrap() as f64).exp())
             .sum();
         assert!((total - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn gpu_parts_give_the_host_values() {
+        let logits = [1.0f32, 3.0, 3.0, -2.0, 0.5];
+        let spec = LogprobSpec {
+            start: 0,
+            top_n: 2,
+            token_ids: Some(vec![4, 99]),
+        };
+        let want = at_position(&logits, 0, &spec);
+        let row = strata_kernels::sample_rows::RowLogprobs {
+            lse: log_sum_exp(&logits),
+            chosen: logits[0],
+            ids: vec![logits[4], f32::NEG_INFINITY],
+            top: vec![(1, 3.0), (2, 3.0)],
+        };
+        assert_eq!(from_gpu(&spec, &row), want);
     }
 
     #[test]

@@ -80,7 +80,7 @@ pub struct SamplingParams {
     pub skip_special_tokens: bool,
     pub no_stop_trim: bool,
     pub seed: Option<u64>,
-    /// (token id, added to its logit), sorted by id.
+    /// (token id, added to its logit), sorted by id, one entry per id.
     pub logit_bias: Vec<(u32, f32)>,
 }
 
@@ -167,7 +167,16 @@ impl SamplingParamsWire {
                 .map_err(|_| format!("logit_bias keys must be token ids, got {k:?}."))?;
             logit_bias.push((t, b));
         }
-        logit_bias.sort_unstable_by_key(|x| x.0);
+        // One entry per token: keys such as "3" and "03" name the same id; their biases add
+        // (in a fixed order, so every runner applies the same value).
+        logit_bias.sort_unstable_by(|a: &(u32, f32), b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+        logit_bias.dedup_by(|later, kept| {
+            let same = later.0 == kept.0;
+            if same {
+                kept.1 += later.1;
+            }
+            same
+        });
         let stop = self.stop.map(StringOrList::into_vec).unwrap_or_default();
         if stop.iter().any(String::is_empty) {
             return Err("stop strings must not be empty.".into());
@@ -279,6 +288,8 @@ mod tests {
             .unwrap_err()
             .contains("not supported"));
         assert!(parse(r#"{"logit_bias": {"x": 1}}"#).is_err());
+        let p = parse(r#"{"logit_bias": {"3": 1.0, "03": 0.5, "1": -1}}"#).unwrap();
+        assert_eq!(p.logit_bias, vec![(1, -1.0), (3, 1.5)]);
     }
 
     #[test]

@@ -110,8 +110,6 @@ pub struct Workspace {
     last: DTensor,
     /// Logits of the sampled rows, [batch, vocab] f32.
     pub logits: DTensor,
-    /// Sampling scratch, [batch, vocab] f32.
-    pub probs: DTensor,
 }
 
 /// One forward step's inputs (rows = new tokens of all sequences, in order).
@@ -224,7 +222,6 @@ impl LlamaModel {
             act: b(&[tokens, s.inter])?,
             last: b(&[batch, s.hidden])?,
             logits: c.alloc(DType::F32, &[batch, s.vocab])?,
-            probs: c.alloc(DType::F32, &[batch, s.vocab])?,
         })
     }
 

@@ -39,7 +39,6 @@ pub use host_copy::{HostIo, HostKvCopy, HostKvGeometry, HostRegion};
 pub use info::{gpu_inventory, GpuInfo};
 pub use ops::CudaOps;
 pub use pinned::PinnedBuf;
-pub use sampling::SamplingParams;
 pub use select::{select, BackendKind};
 pub use tensor::{DTensor, DType};
 pub use transfer::{LayerEvents, PageLayout, PageMover, PagePairs};

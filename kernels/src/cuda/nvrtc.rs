@@ -26,7 +26,7 @@ pub enum Program {
     Elementwise,
     /// Paged attention (prefill and decode) and its split combine.
     Attention,
-    /// Greedy / temperature / top-k / top-p / min-p sampling.
+    /// Sampling with penalties, top-k / top-p / min-p and seeds; logprobs; greedy argmax.
     Sampling,
     /// Skinny GEMM (decode batches of up to 8 rows).
     Gemv,

@@ -36,6 +36,7 @@ pub struct CudaOps {
     /// `attention::DECODE2_VARIANTS`, for side-by-side timing.
     pub(crate) attention_decode2_variants: Vec<CudaFunction>,
     pub(crate) sample: CudaFunction,
+    pub(crate) logprobs: CudaFunction,
     pub(crate) argmax: CudaFunction,
 }
 
@@ -78,7 +79,8 @@ impl CudaOps {
                 .iter()
                 .map(|n| ctx.function(Program::Attention, n))
                 .collect::<Result<_>>()?,
-            sample: ctx.function(Program::Sampling, "sample_tokens")?,
+            sample: ctx.function(Program::Sampling, "sample_rows")?,
+            logprobs: ctx.function(Program::Sampling, "logprob_rows")?,
             argmax: ctx.function(Program::Sampling, "argmax_rows")?,
             ctx,
         })

@@ -1,101 +1,161 @@
-//! Sampling launcher: per-row parameters go up with the call, token ids come back.
+//! Sampling launchers: penalties, bans, temperature, top-k / top-p / min-p and the draw per
+//! logits row on the GPU (`sample_rows`), the log-probabilities a request asks for
+//! (`logprob_rows`), with the CPU sampler's semantics (see `crate::sample_rows` for the
+//! algorithm, the packing and how the GPU can differ from the CPU).
 //!
-//! The random draw is an input (one uniform in [0, 1) per row), so the GPU result is a pure
-//! function of logits, parameters and draws and can be compared with the CPU reference.
+//! The random draw is an input (the caller's per-request uniform in [0, 1)), so a seed means the
+//! same on the GPU as on the CPU. Per step one i32 buffer goes up (rows x 20 words, the penalty
+//! entries, the logprob ids); token ids and the few logprob words come back.
 
 use super::error::{ensure, Result};
 use super::launch::{Arg, Dims};
 use super::ops::CudaOps;
 use super::tensor::{DTensor, DType};
+use crate::sample_rows::{
+    pack_rows, scale_bits, unpack_logprobs, PackedRows, RowLogprobs, RowSpec, ENTRY_WORDS,
+    ROW_WORDS,
+};
 
-/// Per-request sampling parameters (the OpenAI / SGLang knobs).
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct SamplingParams {
-    /// 0 means greedy.
-    pub temperature: f32,
-    /// 0 (or >= vocab) disables top-k.
-    pub top_k: i32,
-    /// 1 disables top-p.
-    pub top_p: f32,
-    /// 0 disables min-p.
-    pub min_p: f32,
-}
-
-impl SamplingParams {
-    /// Greedy decoding.
-    pub const GREEDY: SamplingParams = SamplingParams {
-        temperature: 0.0,
-        top_k: 0,
-        top_p: 1.0,
-        min_p: 0.0,
-    };
-}
+/// Threads per row block of both kernels (the `SAMPLE_THREADS` of sampling.cu).
+const THREADS: u32 = 1024;
 
 impl CudaOps {
-    /// Samples one token per row of logits [B, V] f32. `probs` is a [B, V] f32 scratch tensor.
-    /// Returns the tokens (synchronises the compute stream).
-    pub fn sample(
+    /// Queues the sampling of `packed`'s rows of `logits` [B, V] f32 into `tokens` [B] i32 (rows
+    /// in `Skip` mode keep what `tokens` holds, e.g. `argmax_rows`' pick), applying each row's
+    /// penalties and bans to `logits` in place, then (when a row asks) its log-probabilities.
+    /// Returns the logprob words on the GPU (None when no row asked); read them with
+    /// [`CudaOps::download_logprobs`] after the stream reaches them.
+    pub fn sample_rows(
         &self,
         logits: &DTensor,
-        probs: &DTensor,
-        params: &[SamplingParams],
-        uniforms: &[f32],
-    ) -> Result<Vec<i32>> {
-        let out = self.sample_async(logits, probs, params, uniforms)?;
-        self.ctx.download_i32(&out)
-    }
-
-    /// Like [`CudaOps::sample`] but leaves the tokens on the GPU ([B] i32).
-    pub fn sample_async(
-        &self,
-        logits: &DTensor,
-        probs: &DTensor,
-        params: &[SamplingParams],
-        uniforms: &[f32],
-    ) -> Result<DTensor> {
+        packed: &PackedRows,
+        tokens: &DTensor,
+    ) -> Result<Option<DTensor>> {
         self.ctx.check_device("logits", logits)?;
-        self.ctx.check_device("probs", probs)?;
+        self.ctx.check_device("tokens", tokens)?;
         ensure(logits.shape().len() == 2, || {
             "logits must be [batch, vocab]".into()
         })?;
         let (b, v) = (logits.shape()[0], logits.shape()[1]);
         logits.expect("logits", DType::F32, &[b, v])?;
-        probs.expect("probs", DType::F32, &[b, v])?;
-        ensure(params.len() == b && uniforms.len() == b, || {
-            format!("{b} rows need {b} params and draws")
+        tokens.expect("tokens", DType::I32, &[b])?;
+        ensure(v > 0 && v < i32::MAX as usize, || {
+            format!("vocab {v} out of range")
         })?;
-        ensure(uniforms.iter().all(|u| (0.0..1.0).contains(u)), || {
-            "uniform draws must lie in [0, 1)".into()
-        })?;
-        ensure(
-            params
-                .iter()
-                .all(|p| p.top_p > 0.0 && p.min_p >= 0.0 && p.min_p <= 1.0),
-            || "top_p must be > 0 and min_p in [0, 1]".into(),
-        )?;
-        let temp: Vec<f32> = params.iter().map(|p| p.temperature).collect();
-        let top_k: Vec<i32> = params.iter().map(|p| p.top_k).collect();
-        let top_p: Vec<f32> = params.iter().map(|p| p.top_p).collect();
-        let min_p: Vec<f32> = params.iter().map(|p| p.min_p).collect();
-        let temp = self.ctx.upload_f32(&[b], &temp)?;
-        let top_k = self.ctx.upload_i32(&[b], &top_k)?;
-        let top_p = self.ctx.upload_f32(&[b], &top_p)?;
-        let min_p = self.ctx.upload_f32(&[b], &min_p)?;
-        let unif = self.ctx.upload_f32(&[b], uniforms)?;
-        let out = self.ctx.alloc(DType::I32, &[b])?;
+        validate(packed, b, v)?;
+        if b == 0 {
+            return Ok(None);
+        }
+        let words = &packed.words;
+        let buf = self.ctx.upload_i32(&[words.len()], words)?;
         let args = [
             Arg::U64(logits.ptr()),
-            Arg::U64(probs.ptr()),
             Arg::I32(v as i32),
-            Arg::U64(temp.ptr()),
-            Arg::U64(top_k.ptr()),
-            Arg::U64(top_p.ptr()),
-            Arg::U64(min_p.ptr()),
-            Arg::U64(unif.ptr()),
+            Arg::U64(buf.ptr()),
+            Arg::U64(buf.ptr_at(packed.entries_at())?),
+            Arg::I32(scale_bits(v)),
+            Arg::U64(tokens.ptr()),
+        ];
+        self.go(&self.sample, Dims::rows(b, THREADS), &args)?;
+        if packed.lp_words == 0 {
+            return Ok(None);
+        }
+        let out = self.ctx.alloc(DType::I32, &[packed.lp_words])?;
+        let args = [
+            Arg::U64(logits.ptr()),
+            Arg::I32(v as i32),
+            Arg::U64(buf.ptr()),
+            Arg::U64(buf.ptr_at(packed.ids_at())?),
+            Arg::U64(tokens.ptr()),
             Arg::U64(out.ptr()),
         ];
-        self.go(&self.sample, Dims::rows(b, 1024), &args)?;
-        // The parameter tensors are freed stream-ordered after the launch that reads them.
-        Ok(out)
+        self.go(&self.logprobs, Dims::rows(b, THREADS), &args)?;
+        // `buf` is freed stream-ordered after the launches that read it.
+        Ok(Some(out))
     }
+
+    /// Downloads and decodes the logprob words `sample_rows` returned (synchronises).
+    pub fn download_logprobs(
+        &self,
+        packed: &PackedRows,
+        out: &DTensor,
+    ) -> Result<Vec<Option<RowLogprobs>>> {
+        let words = self.ctx.download_i32(out)?;
+        Ok((0..packed.rows)
+            .map(|r| unpack_logprobs(packed, &words, r))
+            .collect())
+    }
+
+    /// Samples `rows` of `logits` [B, V] f32 (modified in place by the penalties): greedy picks
+    /// by `argmax_rows` for `Skip` rows, everything else by `sample_rows`. Returns the tokens and
+    /// each row's log-probabilities (synchronises).
+    pub fn sample(
+        &self,
+        logits: &DTensor,
+        rows: &[RowSpec<'_>],
+    ) -> Result<(Vec<i32>, Vec<Option<RowLogprobs>>)> {
+        ensure(logits.shape().len() == 2, || {
+            "logits must be [batch, vocab]".into()
+        })?;
+        let (b, v) = (logits.shape()[0], logits.shape()[1]);
+        let tokens = self.ctx.alloc(DType::I32, &[b])?;
+        self.argmax_rows(logits, &tokens)?;
+        let packed = pack_rows(rows, v);
+        let lp = self.sample_rows(logits, &packed, &tokens)?;
+        let logprobs = match &lp {
+            Some(out) => self.download_logprobs(&packed, out)?,
+            None => vec![None; b],
+        };
+        Ok((self.ctx.download_i32(&tokens)?, logprobs))
+    }
+}
+
+/// The kernels index with the packed offsets and tokens unchecked: check them here.
+fn validate(p: &PackedRows, rows: usize, vocab: usize) -> Result<()> {
+    ensure(p.rows == rows && p.lp_at.len() == rows, || {
+        format!("{} packed rows for {rows} logits rows", p.rows)
+    })?;
+    ensure(p.words.len() == p.ids_at() + p.ids, || {
+        "packed words do not match their counts".into()
+    })?;
+    let entries = &p.words[p.entries_at()..p.ids_at()];
+    ensure(
+        entries
+            .chunks_exact(ENTRY_WORDS)
+            .all(|e| e[0] >= 0 && (e[0] as usize) < vocab),
+        || format!("penalty entry outside the vocabulary of {vocab}"),
+    )?;
+    let ids = &p.words[p.ids_at()..];
+    ensure(ids.iter().all(|&t| t < vocab as i32), || {
+        format!("logprob id outside the vocabulary of {vocab}")
+    })?;
+    for (r, h) in p.words[..p.entries_at()]
+        .chunks_exact(ROW_WORDS)
+        .enumerate()
+    {
+        let span =
+            |at: i32, n: i32, len: usize| at >= 0 && n >= 0 && (at as usize) + (n as usize) <= len;
+        ensure(span(h[8], h[9], p.entries), || {
+            format!("row {r}: penalty entries out of range")
+        })?;
+        let u = f64::from_bits((h[12] as u32 as u64) | ((h[13] as u32 as u64) << 32));
+        ensure((0.0..1.0).contains(&u), || {
+            format!("row {r}: uniform draw {u} outside [0, 1)")
+        })?;
+        if (h[0] & 15) == 3 {
+            ensure(h[10] >= 0 && (h[10] as usize) < vocab, || {
+                format!("row {r}: fixed token {} outside the vocabulary", h[10])
+            })?;
+        }
+        if h[11] >= 0 {
+            ensure(span(h[14], h[15], p.ids), || {
+                format!("row {r}: logprob ids out of range")
+            })?;
+            let need = 2 + h[15] as usize + 2 * (h[11] as usize).min(vocab);
+            ensure(h[16] >= 0 && h[16] as usize + need <= p.lp_words, || {
+                format!("row {r}: logprob output out of range")
+            })?;
+        }
+    }
+    Ok(())
 }

@@ -3,13 +3,13 @@
 //!
 //! They define the semantics the kernels are checked against: same layouts, same rounding points
 //! (bf16 values are passed in already rounded, outputs are compared with a relative tolerance).
+//! Sampling has no separate reference: the GPU sampler is checked against the CPU sampler itself
+//! (`crate::sampling::sample` after the server's penalties; `crate::sample_rows::agreement`).
 
 mod attention;
 mod ops;
-mod sampling;
 
 pub use attention::{paged_attention, RefSeq};
 pub use ops::{
     embedding, linear, rel_err, rmsnorm, rope, rope_inv_freq, round_bf16, silu_mul, Llama3Scaling,
 };
-pub use sampling::{kept_set, sample};

@@ -16,6 +16,7 @@ use super::{ModelConfig, ModelError};
 use crate::kv::{HostKvPool, PageId};
 use crate::logprobs::{at_position, LogprobSpec, PosLogprobs};
 use crate::sampling::SamplingParams;
+use strata_kernels::sample_rows::{RowMode, RowSpec};
 use strata_kernels::sampling::sample;
 use strata_kernels::Backend;
 
@@ -45,6 +46,39 @@ impl SampleReq<'_> {
             && self.banned.is_empty()
             && self.logprobs.is_none()
             && self.score.is_none()
+    }
+}
+
+/// The GPU sampler's description of `r` (`strata_kernels::sample_rows`, same semantics as
+/// [`sample_host`]): plain greedy rows are `Skip` (the runner's argmax already picked them), a
+/// scored prompt row is `Fixed`, other greedy rows (penalties, bans or logprobs) `Greedy`, the
+/// rest `Sample`.
+pub fn gpu_row<'a>(r: &SampleReq<'a>) -> RowSpec<'a> {
+    let p = r.params;
+    let s = &p.sample;
+    let mode = if let Some(t) = r.score {
+        RowMode::Fixed(t)
+    } else if r.is_plain_greedy() {
+        RowMode::Skip
+    } else if s.temperature <= 0.0 || s.top_k == Some(1) {
+        RowMode::Greedy
+    } else {
+        RowMode::Sample
+    };
+    let scored = r.score.is_some();
+    RowSpec {
+        mode,
+        params: *s,
+        repetition_penalty: p.repetition_penalty,
+        frequency_penalty: p.frequency_penalty,
+        presence_penalty: p.presence_penalty,
+        logit_bias: if scored { &[] } else { &p.logit_bias },
+        output: if scored { &[] } else { r.output },
+        banned: if scored { &[] } else { r.banned },
+        uniform: r.uniform,
+        logprobs: r
+            .logprobs
+            .map(|spec| (spec.top_n, spec.token_ids.as_deref().unwrap_or(&[]))),
     }
 }
 

@@ -8,7 +8,9 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 use strata_kernels::cuda::llama::{LlamaModel, LlamaShape, StepInput};
-use strata_kernels::cuda::{launch, AttnSeq, CudaOps, Gemm, GemmPath, SamplingParams};
+use strata_kernels::cuda::{launch, AttnSeq, CudaOps, Gemm, GemmPath};
+use strata_kernels::sample_rows::{RowMode, RowSpec};
+use strata_kernels::sampling::SampleParams;
 
 use super::bench::{gpu_ms, median, Args};
 
@@ -92,11 +94,16 @@ pub fn run(
             let seqs: Vec<(usize, usize)> = (0..b).map(|_| (1, args.decode_ctx)).collect();
             let input = step_input(ops, &model, &seqs)?;
             let ws = model.workspace(ops, b, b)?;
-            let params = vec![SamplingParams::GREEDY; b];
-            let unif = vec![0.5f32; b];
+            let greedy = SampleParams {
+                temperature: 0.0,
+                top_k: None,
+                top_p: 1.0,
+                min_p: 0.0,
+            };
+            let picks = vec![RowSpec::plain(RowMode::Skip, greedy, 0.5); b];
             let step = || -> anyhow::Result<Vec<i32>> {
                 model.forward(ops, gemm, &ws, &input)?;
-                Ok(ops.sample(&ws.logits, &ws.probs, &params, &unif)?)
+                Ok(ops.sample(&ws.logits, &picks)?.0)
             };
             for _ in 0..3 {
                 step()?;
@@ -119,7 +126,7 @@ pub fn run(
                         for k in 0..18 {
                             let t = Instant::now();
                             g.launch()?;
-                            ops.sample(&ws.logits, &ws.probs, &params, &unif)?;
+                            ops.sample(&ws.logits, &picks)?;
                             if k >= 3 {
                                 w.push(t.elapsed().as_secs_f64() * 1e3);
                             }

@@ -11,7 +11,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use strata_kernels::cuda::{CudaOps, Gemm, GpuContext, PageLayout, PageMover, PinnedBuf};
 
-use super::{check_ops, Common};
+use super::{check_ops, check_sampling, Common};
 
 #[derive(ClapArgs)]
 pub struct Args {
@@ -111,7 +111,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ("gemm", &|c| check_ops::gemm(&ops, &gemm, c)),
         ("silu_linear", &|c| check_ops::silu_linear(&ops, &gemm, c)),
         ("attention", &|c| check_ops::attention(&ops, c)),
-        ("sampling", &|c| check_ops::sampling(&ops, c)),
+        ("sampling", &|c| check_sampling::sampling(&ops, c)),
         ("qkv_bias_norm", &|c| check_ops::qkv_bias_norm(&ops, c)),
         ("argmax_rows", &|c| check_ops::argmax_rows(&ops, c)),
         ("fixed_decode_plan", &|c| {

@@ -2,8 +2,7 @@
 
 use rand::Rng;
 use strata_kernels::cuda::{
-    AttnKernel, AttnSeq, AttnShape, CudaOps, DTensor, Gemm, GemmPath, SamplingParams,
-    DECODE2_VARIANTS,
+    AttnKernel, AttnSeq, AttnShape, CudaOps, DTensor, Gemm, GemmPath, DECODE2_VARIANTS,
 };
 use strata_kernels::reference as r;
 
@@ -486,90 +485,6 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
             plan.splits()
         );
         ck.rel("attention", desc, err, BF16_TOL);
-    }
-    Ok(())
-}
-
-pub fn sampling(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
-    let c = ops.context();
-    let presets = [
-        SamplingParams::GREEDY,
-        SamplingParams {
-            temperature: 0.7,
-            top_k: 0,
-            top_p: 1.0,
-            min_p: 0.0,
-        },
-        SamplingParams {
-            temperature: 1.0,
-            top_k: 50,
-            top_p: 1.0,
-            min_p: 0.0,
-        },
-        SamplingParams {
-            temperature: 1.0,
-            top_k: 0,
-            top_p: 0.9,
-            min_p: 0.0,
-        },
-        SamplingParams {
-            temperature: 1.0,
-            top_k: 0,
-            top_p: 1.0,
-            min_p: 0.05,
-        },
-        SamplingParams {
-            temperature: 1.3,
-            top_k: 20,
-            top_p: 0.8,
-            min_p: 0.02,
-        },
-        SamplingParams {
-            temperature: 0.5,
-            top_k: 1,
-            top_p: 1.0,
-            min_p: 0.0,
-        },
-    ];
-    for vocab in [1000, 32000, 128256] {
-        let rows = 4 * presets.len();
-        let logits: Vec<f32> = (0..rows * vocab)
-            .map(|_| ck.rng.random_range(-4.0f32..4.0).powi(3) / 8.0)
-            .collect();
-        let params: Vec<SamplingParams> = (0..rows).map(|i| presets[i % presets.len()]).collect();
-        let unif: Vec<f32> = (0..rows)
-            .map(|_| ck.rng.random_range(0.0f32..1.0))
-            .collect();
-        let gl = c.upload_f32(&[rows, vocab], &logits)?;
-        let gp = c.alloc(strata_kernels::cuda::DType::F32, &[rows, vocab])?;
-        let got = ops.sample(&gl, &gp, &params, &unif)?;
-        let (mut outside, mut differ) = (0, 0);
-        for (i, p) in params.iter().enumerate() {
-            let row = &logits[i * vocab..(i + 1) * vocab];
-            let want = r::sample(row, p.temperature, p.top_k, p.top_p, p.min_p, unif[i]);
-            let g = got[i];
-            let kept = if p.temperature > 0.0 {
-                r::kept_set(row, p.temperature, p.top_k, p.top_p, p.min_p)
-            } else {
-                vec![want]
-            };
-            if g < 0 || !kept.contains(&(g as usize)) {
-                outside += 1;
-            } else if g as usize != want {
-                differ += 1;
-            }
-        }
-        ck.exact(
-            "sample.kept",
-            format!("V{vocab} rows{rows} (token outside CPU kept set)"),
-            outside,
-        );
-        ck.rel(
-            "sample.same",
-            format!("V{vocab} rows{rows} (fraction != CPU pick)"),
-            differ as f64 / rows as f64,
-            0.05,
-        );
     }
     Ok(())
 }

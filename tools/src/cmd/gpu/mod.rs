@@ -14,6 +14,7 @@ mod bench_model;
 mod check;
 mod check_host_copy;
 mod check_ops;
+mod check_sampling;
 mod golden;
 mod runner_logits;
 

@@ -1,0 +1,267 @@
+//! The GPU sampler in `strata gpu check`: `sample_rows` + `logprob_rows` (through the server's
+//! own mapping, `gpu_row` and `logprobs::from_gpu`) against the server's host sampler
+//! `sample_host` on seeded random logits rows (the check's seed), for every parameter
+//! combination the API offers (greedy with penalties, temperature, top-k, top-p, min-p, all of
+//! them with repetition / frequency / presence penalties, logit bias and a banned token, logprobs,
+//! a scored prompt row), at the vocabularies of Llama 3 (128256) and Qwen (151936), 220 rows per
+//! launch. Rules: penalised logits bitwise equal; tokens equal except where `agreement` finds a
+//! boundary within 1e-6 (counted, reported); logprob values within 1e-5 and top lists equal for
+//! equal tokens; a second launch on the same inputs gives the same tokens (determinism).
+
+use rand::Rng;
+use strata_kernels::cuda::CudaOps;
+use strata_kernels::sample_rows::{agreement, Agreement};
+use strata_server::logprobs::{from_gpu, LogprobSpec};
+use strata_server::model::runner::{gpu_row, sample_host, SampleReq};
+use strata_server::sampling::{SamplingParams, SamplingParamsWire};
+
+use super::check::Checker;
+
+const EPS: f64 = 1e-6;
+
+fn params(json: &str) -> SamplingParams {
+    serde_json::from_str::<SamplingParamsWire>(json)
+        .expect("check presets parse")
+        .validate()
+        .expect("check presets are valid")
+}
+
+/// A parameter combination of the check: sampling params, whether a token is banned, logprobs.
+struct Case {
+    name: &'static str,
+    params: SamplingParams,
+    ban: bool,
+    logprobs: Option<LogprobSpec>,
+    score: bool,
+}
+
+fn cases() -> Vec<Case> {
+    let lp = |top_n: usize, ids: Option<Vec<u32>>| {
+        Some(LogprobSpec {
+            start: 0,
+            top_n,
+            token_ids: ids,
+        })
+    };
+    let c = |name, json: &str, ban, logprobs, score| Case {
+        name,
+        params: params(json),
+        ban,
+        logprobs,
+        score,
+    };
+    vec![
+        c("greedy", r#"{"temperature": 0}"#, false, None, false),
+        c(
+            "greedy+pen+ban",
+            r#"{"temperature": 0, "frequency_penalty": 0.5, "repetition_penalty": 1.3}"#,
+            true,
+            None,
+            false,
+        ),
+        c("temp0.7", r#"{"temperature": 0.7}"#, false, None, false),
+        c("topk50", r#"{"top_k": 50}"#, false, None, false),
+        c("topp0.9", r#"{"top_p": 0.9}"#, false, None, false),
+        c("minp0.05", r#"{"min_p": 0.05}"#, false, None, false),
+        c(
+            "all+pen+bias+ban",
+            r#"{"temperature": 0.7, "top_p": 0.9, "top_k": 50, "min_p": 0.05, "frequency_penalty": 0.3, "presence_penalty": 0.2, "repetition_penalty": 1.1, "logit_bias": {"17": 2.5, "5": -1.0}}"#,
+            true,
+            None,
+            false,
+        ),
+        c(
+            "temp1.3+presence-+ban+lp",
+            r#"{"temperature": 1.3, "presence_penalty": -0.5}"#,
+            true,
+            lp(5, Some(vec![0, 17, 4_000_000])),
+            false,
+        ),
+        c(
+            "topk1",
+            r#"{"temperature": 0.5, "top_k": 1}"#,
+            false,
+            lp(3, None),
+            false,
+        ),
+        c(
+            "greedy+lp20",
+            r#"{"temperature": 0}"#,
+            false,
+            lp(20, Some(vec![1])),
+            false,
+        ),
+        c(
+            "score+lp",
+            r#"{"temperature": 0.7}"#,
+            false,
+            lp(4, None),
+            true,
+        ),
+    ]
+}
+
+/// Logits like a model's: a noisy body and, in most rows, a few peaked tokens.
+fn row(ck: &mut Checker, v: usize, r: usize) -> Vec<f32> {
+    let sigma = [1.0f32, 2.0, 3.0][r % 3];
+    let mut l: Vec<f32> = (0..v)
+        .map(|_| {
+            let s: f32 = (0..4).map(|_| ck.rng.random_range(-1.0f32..1.0)).sum();
+            s * sigma * 0.87
+        })
+        .collect();
+    if r % 4 != 3 {
+        for _ in 0..(1 + r % 6) {
+            let i = ck.rng.random_range(0..v);
+            l[i] = ck.rng.random_range(6.0f32..14.0);
+        }
+    }
+    // An exact tie somewhere.
+    let (a, b) = (ck.rng.random_range(0..v), ck.rng.random_range(0..v));
+    l[a] = l[b];
+    l
+}
+
+pub fn sampling(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
+    let c = ops.context();
+    let cases = cases();
+    let per_case = 20;
+    for vocab in [128256usize, 151936] {
+        let n = cases.len() * per_case;
+        let mut logits = Vec::with_capacity(n * vocab);
+        let mut outputs: Vec<Vec<u32>> = Vec::with_capacity(n);
+        let mut banned: Vec<Vec<u32>> = Vec::with_capacity(n);
+        let mut uniforms = Vec::with_capacity(n);
+        for r in 0..n {
+            let l = row(ck, vocab, r);
+            // Generated so far: mostly the likeliest tokens (so the penalties bite), some noise.
+            let mut top: Vec<u32> = (0..vocab as u32).collect();
+            top.select_nth_unstable_by(8, |&a, &b| l[b as usize].total_cmp(&l[a as usize]));
+            let out: Vec<u32> = (0..24)
+                .map(|k| {
+                    if k % 3 == 0 {
+                        ck.rng.random_range(0..vocab as u32)
+                    } else {
+                        top[ck.rng.random_range(0..8)]
+                    }
+                })
+                .collect();
+            banned.push(vec![top[0]]);
+            outputs.push(out);
+            uniforms.push(ck.rng.random_range(0.0f64..1.0));
+            logits.extend(l);
+        }
+        let reqs: Vec<SampleReq> = (0..n)
+            .map(|r| {
+                let case = &cases[r / per_case];
+                SampleReq {
+                    params: &case.params,
+                    output: &outputs[r],
+                    banned: if case.ban { &banned[r] } else { &[] },
+                    uniform: uniforms[r],
+                    logprobs: case.logprobs.as_ref(),
+                    score: case.score.then_some((r * 7919 % vocab) as u32),
+                }
+            })
+            .collect();
+        let specs: Vec<_> = reqs.iter().map(gpu_row).collect();
+        let gl = c.upload_f32(&[n, vocab], &logits)?;
+        let (tokens, lps) = ops.sample(&gl, &specs)?;
+        let penalised = c.download_f32(&gl)?;
+        let gl2 = c.upload_f32(&[n, vocab], &logits)?;
+        let (tokens2, _) = ops.sample(&gl2, &specs)?;
+
+        let mut per = vec![(0usize, 0usize, 0usize); cases.len()];
+        let (mut pen_bad, mut lp_err, mut top_bad) = (0usize, 0f64, 0usize);
+        for (r, req) in reqs.iter().enumerate() {
+            let mut l = logits[r * vocab..(r + 1) * vocab].to_vec();
+            let want = sample_host(&mut l, req);
+            let g = &penalised[r * vocab..(r + 1) * vocab];
+            pen_bad += l
+                .iter()
+                .zip(g)
+                .filter(|(a, b)| a.to_bits() != b.to_bits())
+                .count();
+            let got = tokens[r];
+            let verdict = if req.score.is_some() {
+                if got as u32 == want.token {
+                    Agreement::Same
+                } else {
+                    Agreement::Differs
+                }
+            } else {
+                agreement(&l, &req.params.sample, req.uniform, got as usize, EPS)
+            };
+            let e = &mut per[r / per_case];
+            match verdict {
+                Agreement::Same => e.0 += 1,
+                Agreement::Near => e.1 += 1,
+                Agreement::Differs => {
+                    e.2 += 1;
+                    println!(
+                        "sampling V{vocab} row {r} ({}): gpu {got}, cpu {} (u {})",
+                        cases[r / per_case].name,
+                        want.token,
+                        req.uniform
+                    );
+                }
+            }
+            if let (Some(spec), Some(w)) = (req.logprobs, &want.logprobs) {
+                let Some(gp) = &lps[r] else {
+                    top_bad += 1;
+                    continue;
+                };
+                if got as u32 != want.token {
+                    continue;
+                }
+                let p = from_gpu(spec, gp);
+                let d = |a: f32, b: f32| {
+                    if a == b {
+                        0.0
+                    } else {
+                        (a as f64 - b as f64).abs()
+                    }
+                };
+                lp_err = lp_err.max(d(p.logprob.unwrap_or(0.0), w.logprob.unwrap_or(0.0)));
+                for (a, b) in p.ids.iter().zip(&w.ids) {
+                    lp_err = lp_err.max(d(a.1, b.1));
+                }
+                if p.top.len() != w.top.len() || p.ids.len() != w.ids.len() {
+                    top_bad += 1;
+                }
+                for (a, b) in p.top.iter().zip(&w.top) {
+                    if a.0 != b.0 {
+                        top_bad += 1;
+                    }
+                    lp_err = lp_err.max(d(a.1, b.1));
+                }
+            }
+        }
+        for (case, (same, near, bad)) in cases.iter().zip(&per) {
+            ck.exact(
+                "sample",
+                format!("V{vocab} {} {same} same {near} near", case.name),
+                *bad,
+            );
+        }
+        ck.exact(
+            "sample.pen",
+            format!("V{vocab} rows{n} penalised logits bitwise"),
+            pen_bad,
+        );
+        ck.rel(
+            "sample.lp",
+            format!("V{vocab} rows{n} logprob abs err"),
+            lp_err,
+            1e-5,
+        );
+        ck.exact("sample.top", format!("V{vocab} rows{n} top-n ids"), top_bad);
+        let nondet = tokens.iter().zip(&tokens2).filter(|(a, b)| a != b).count();
+        ck.exact(
+            "sample.det",
+            format!("V{vocab} rows{n} second launch"),
+            nondet,
+        );
+    }
+    Ok(())
+}
