@@ -12,7 +12,7 @@ use super::launch::{Arg, Dims};
 use super::ops::CudaOps;
 use super::tensor::{DTensor, DType};
 use crate::sample_rows::{
-    pack_rows, scale_bits, unpack_logprobs, PackedRows, RowLogprobs, RowSpec, ENTRY_WORDS,
+    pack_rows, scale_bits, unpack_logprobs, PackedRows, RowLogprobs, RowMode, RowSpec, ENTRY_WORDS,
     ROW_WORDS,
 };
 
@@ -101,7 +101,14 @@ impl CudaOps {
         let tokens = self.ctx.alloc(DType::I32, &[b])?;
         self.argmax_rows(logits, &tokens)?;
         let packed = pack_rows(rows, v);
-        let lp = self.sample_rows(logits, &packed, &tokens)?;
+        let gpu_work = rows
+            .iter()
+            .any(|r| r.mode != RowMode::Skip || r.logprobs.is_some());
+        let lp = if gpu_work {
+            self.sample_rows(logits, &packed, &tokens)?
+        } else {
+            None
+        };
         let logprobs = match &lp {
             Some(out) => self.download_logprobs(&packed, out)?,
             None => vec![None; b],

@@ -274,3 +274,62 @@ pub(crate) fn check_sampling(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sampling::SamplingParamsWire;
+
+    fn params(json: &str) -> SamplingParams {
+        serde_json::from_str::<SamplingParamsWire>(json)
+            .unwrap()
+            .validate()
+            .unwrap()
+    }
+
+    fn req<'a>(p: &'a SamplingParams, banned: &'a [u32]) -> SampleReq<'a> {
+        SampleReq {
+            params: p,
+            output: &[4, 4, 9],
+            banned,
+            uniform: 0.25,
+            logprobs: None,
+            score: None,
+        }
+    }
+
+    /// Which GPU mode each kind of request gets, and what travels with it.
+    #[test]
+    fn gpu_rows_follow_the_host_semantics() {
+        let greedy = params(r#"{"temperature": 0}"#);
+        assert_eq!(gpu_row(&req(&greedy, &[])).mode, RowMode::Skip);
+        assert_eq!(gpu_row(&req(&greedy, &[2])).mode, RowMode::Greedy);
+        let pen = params(r#"{"temperature": 0, "presence_penalty": 0.5}"#);
+        assert_eq!(gpu_row(&req(&pen, &[])).mode, RowMode::Greedy);
+        let k1 = params(r#"{"temperature": 0.8, "top_k": 1, "logit_bias": {"3": 1}}"#);
+        assert_eq!(gpu_row(&req(&k1, &[])).mode, RowMode::Greedy);
+        let s = params(r#"{"temperature": 0.7, "top_p": 0.9, "repetition_penalty": 1.2}"#);
+        let row = gpu_row(&req(&s, &[7]));
+        assert_eq!(row.mode, RowMode::Sample);
+        assert_eq!((row.params, row.repetition_penalty), (s.sample, 1.2));
+        assert_eq!(
+            (row.output, row.banned, row.uniform),
+            (&[4, 4, 9][..], &[7][..], 0.25)
+        );
+        let spec = LogprobSpec {
+            start: 0,
+            top_n: 3,
+            token_ids: Some(vec![1, 2]),
+        };
+        let mut scored = req(&s, &[7]);
+        scored.score = Some(11);
+        scored.logprobs = Some(&spec);
+        let row = gpu_row(&scored);
+        assert_eq!(row.mode, RowMode::Fixed(11));
+        assert!(row.output.is_empty() && row.banned.is_empty() && row.logit_bias.is_empty());
+        assert_eq!(row.logprobs, Some((3, &[1u32, 2][..])));
+        let mut lp = req(&greedy, &[]);
+        lp.logprobs = Some(&spec);
+        assert_eq!(gpu_row(&lp).mode, RowMode::Greedy);
+    }
+}

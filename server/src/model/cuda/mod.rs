@@ -7,10 +7,13 @@
 //! whose logits are needed) goes up in one copy; the attention plan's block tables in one more.
 //! Decode-only batches of up to `--cuda-graph-max-bs` sequences replay a CUDA graph captured at
 //! start-up for the next batch-size bucket (padded rows write no KV and are discarded); other
-//! batches (prefill chunks, mixed, larger) run eagerly. Greedy rows are picked by an argmax
-//! kernel on the GPU (only the token ids come back); rows with temperature, penalties, masks or
-//! logprobs download their logits row and go through [`sample_host`], so a seed means exactly what
-//! it means on the CPU runner.
+//! batches (prefill chunks, mixed, larger) run eagerly. Every row is sampled on the GPU: plain
+//! greedy rows by the argmax kernel in the forward, the others (temperature, top-k/p, min-p,
+//! penalties, logit bias, banned tokens, logprobs, scored prompt rows) by `sample_rows` /
+//! `logprob_rows` with the semantics of [`sample_host`] and the request's own uniform draw, so a
+//! seed means what it means on the CPU runner (up to the boundary cases docs/gpu.md states). Only
+//! token ids and the asked-for logprob values come back; the host path remains for a scored
+//! prompt token outside the vocabulary.
 
 mod graph;
 mod kv;
@@ -18,7 +21,7 @@ mod load;
 
 pub use kv::CudaKv;
 
-use super::runner::{check_sampling, sample_host, ModelRunner, SampleReq, Sampled};
+use super::runner::{check_sampling, gpu_row, sample_host, ModelRunner, SampleReq, Sampled};
 use super::{ForwardBatch, ModelConfig, ModelError};
 use crate::kv::{HostKvPool, PageId};
 use load::Bf16Map;
@@ -27,6 +30,7 @@ use std::sync::Arc;
 use strata_kernels::cuda::{
     AttnPlan, AttnSeq, AttnShape, CudaError, CudaOps, DTensor, DType, Gemm, GpuContext,
 };
+use strata_kernels::sample_rows::{pack_rows, RowMode, RowSpec};
 
 /// Start-up options of the CUDA runner.
 #[derive(Debug, Clone)]
@@ -320,28 +324,60 @@ impl CudaRunner {
         Ok(())
     }
 
-    /// Brings back one token per sampling request from a finished forward's head buffers.
+    /// Samples a finished forward's logits rows on the GPU (the argmax is already in `tokens`)
+    /// and brings back one token, and the asked-for logprobs, per sampling request.
     fn sample(
         &self,
         logits: &DTensor,
         tokens: &DTensor,
         sampling: &[SampleReq<'_>],
     ) -> Result<Vec<Sampled>, CudaError> {
-        let greedy = self.ctx.download_i32(tokens)?;
         let v = self.cfg.vocab_size;
+        // The one case left to the host: at_position reports -inf for a token outside the
+        // vocabulary, which the kernel does not index.
+        let on_host = |r: &SampleReq<'_>| r.score.is_some_and(|t| t as usize >= v);
+        let specs: Vec<RowSpec<'_>> = sampling
+            .iter()
+            .map(|r| {
+                if on_host(r) {
+                    RowSpec::plain(RowMode::Skip, r.params.sample, 0.0)
+                } else {
+                    gpu_row(r)
+                }
+            })
+            .collect();
+        let gpu_work = specs
+            .iter()
+            .any(|s| s.mode != RowMode::Skip || s.logprobs.is_some());
+        let (picked, lps) = if gpu_work {
+            let packed = pack_rows(&specs, v);
+            let lp = self.ops.sample_rows(logits, &packed, tokens)?;
+            let picked = self.ctx.download_i32(tokens)?;
+            let lps = match &lp {
+                Some(out) => self.ops.download_logprobs(&packed, out)?,
+                None => vec![None; sampling.len()],
+            };
+            (picked, lps)
+        } else {
+            (self.ctx.download_i32(tokens)?, vec![None; sampling.len()])
+        };
         sampling
             .iter()
+            .zip(picked.iter().zip(lps))
             .enumerate()
-            .map(|(r, req)| {
-                if req.is_plain_greedy() {
-                    Ok(Sampled {
-                        token: greedy[r] as u32,
-                        logprobs: None,
-                    })
-                } else {
+            .map(|(r, (req, (&token, lp)))| {
+                if on_host(req) {
                     let mut row = self.ctx.download_f32_range(logits, r * v, v)?;
-                    Ok(sample_host(&mut row, req))
+                    return Ok(sample_host(&mut row, req));
                 }
+                let logprobs = match (req.logprobs, lp) {
+                    (Some(spec), Some(lp)) => Some(Box::new(crate::logprobs::from_gpu(spec, &lp))),
+                    _ => None,
+                };
+                Ok(Sampled {
+                    token: token as u32,
+                    logprobs,
+                })
             })
             .collect()
     }

@@ -1,6 +1,7 @@
 //! `strata gpu bench`: the page path (kernel gather/scatter vs one plain pinned memcpy of the same
 //! bytes), device-to-device copy bandwidth, the cuBLAS bf16 GEMM rate, then decode and prefill of
-//! a Llama-3-8B-shaped stack (bench_model.rs) against floors measured in the same run.
+//! a Llama-3-8B-shaped stack (bench_model.rs) against floors measured in the same run, and the
+//! GPU sampler (bench_sampling.rs).
 //! GPU times come from CUDA events (median of repeats after warm-up); inputs are random.
 
 use std::ffi::c_void;
@@ -24,7 +25,7 @@ pub struct Args {
     #[arg(
         long,
         value_delimiter = ',',
-        default_value = "transfer,copy,gemm,decode,prefill"
+        default_value = "transfer,copy,gemm,decode,prefill,sampling"
     )]
     pub only: Vec<String>,
     /// Decode batch sizes.
@@ -118,6 +119,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if want("decode") || want("prefill") {
         let m = bench_model::run(&ops, &gemm, &args, copy_bw, rate, &mut summary)?;
         doc["model"] = m;
+    }
+    if want("sampling") {
+        doc["sampling"] = super::bench_sampling::run(&ops, &mut summary)?;
     }
     println!("\n== summary ({}) ==", ctx.name());
     for s in &summary {
