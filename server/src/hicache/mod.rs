@@ -39,9 +39,13 @@ use std::sync::Arc;
 use std::time::Instant;
 use storage::{Done, Job, Span, Storage};
 
-/// Pages per L3 read job: the granularity at which a best_effort or timed-out prefetch can use a
-/// partial result.
+/// Most pages per L3 read job: the granularity at which a best_effort or timed-out prefetch can
+/// use a partial result.
 const CHUNK_PAGES: usize = 64;
+/// Most bytes per L3 read job (K + V of its pages), so that a long prompt of a large model is
+/// read as several jobs that the prefetch threads run in parallel (an 8B model's page of 64
+/// tokens is 8 MiB: 8 pages per job).
+const CHUNK_BYTES: usize = 64 << 20;
 
 /// HiCache counters, exported by `/metrics` with SGLang's series names.
 #[derive(Debug, Default)]
@@ -70,6 +74,9 @@ enum Stage {
     Fetching {
         jobs: Vec<(u64, usize, Option<usize>)>,
         pages: Vec<Page>,
+        /// When the reads were queued (the read rate is measured over the whole prefetch:
+        /// its jobs run in parallel).
+        started: Instant,
     },
 }
 
@@ -364,29 +371,34 @@ impl HiCache {
         for d in storage.poll() {
             match d {
                 Done::Exists { id, pages } => self.on_exists(tree, id, pages),
-                Done::Get {
-                    id,
-                    pages,
-                    bytes,
-                    secs,
-                } => {
-                    if bytes > 0 && secs > 0.0 {
-                        let h = &self.stats.hicache;
-                        Stats::add(&h.prefetch_bytes, bytes as u64);
-                        Stats::add(&h.prefetch_micros, (secs * 1e6) as u64);
-                        let bw = bytes as f64 / secs;
-                        self.est.store_bw = 0.7 * self.est.store_bw + 0.3 * bw;
-                        Stats::set(&self.stats.hicache.prefetch_bandwidth, bw as u64);
-                    }
+                Done::Get { id, pages, .. } => {
                     if self.parked.remove(&id).is_some() {
                         continue;
                     }
+                    let object = self.host.object_bytes();
                     for p in self.prefetches.values_mut() {
-                        if let Stage::Fetching { jobs, .. } = &mut p.stage {
-                            if let Some(j) = jobs.iter_mut().find(|j| j.0 == id) {
-                                j.2 = Some(pages);
-                            }
+                        let Stage::Fetching { jobs, started, .. } = &mut p.stage else {
+                            continue;
+                        };
+                        let Some(j) = jobs.iter_mut().find(|j| j.0 == id) else {
+                            continue;
+                        };
+                        j.2 = Some(pages);
+                        if jobs.iter().any(|j| j.2.is_none()) {
+                            break;
                         }
+                        // The whole prefetch arrived: its bytes over its wall time.
+                        let got: usize = jobs.iter().map(|j| j.2.unwrap_or(0) * 2 * object).sum();
+                        let secs = started.elapsed().as_secs_f64();
+                        if got > 0 && secs > 0.0 {
+                            let h = &self.stats.hicache;
+                            Stats::add(&h.prefetch_bytes, got as u64);
+                            Stats::add(&h.prefetch_micros, (secs * 1e6) as u64);
+                            let bw = got as f64 / secs;
+                            self.est.store_bw = 0.7 * self.est.store_bw + 0.3 * bw;
+                            Stats::set(&h.prefetch_bandwidth, bw as u64);
+                        }
+                        break;
                     }
                 }
                 Done::Put {
@@ -450,8 +462,10 @@ impl HiCache {
         Stats::add(&self.stats.hicache.l3_hit_tokens, (hit * ps) as u64);
         let hashes = std::mem::take(&mut self.prefetches.get_mut(&rid).expect("present").hashes);
         let mut jobs = Vec::new();
-        for (c, chunk) in pages.chunks(CHUNK_PAGES).enumerate() {
-            let at = c * CHUNK_PAGES;
+        let started = Instant::now();
+        let per = (CHUNK_BYTES / (2 * self.host.object_bytes()).max(1)).clamp(1, CHUNK_PAGES);
+        for (c, chunk) in pages.chunks(per).enumerate() {
+            let at = c * per;
             let id = self.id();
             let ids: Vec<PageId> = chunk.iter().map(Page::id).collect();
             let dst = self.spans(&ids);
@@ -461,7 +475,11 @@ impl HiCache {
         }
         let p = self.prefetches.get_mut(&rid).expect("present");
         p.hashes = hashes;
-        p.stage = Stage::Fetching { jobs, pages };
+        p.stage = Stage::Fetching {
+            jobs,
+            pages,
+            started,
+        };
     }
 
     /// Whether the held request `rid` may go ahead now (its prefetch's policy says so); on
@@ -488,7 +506,10 @@ impl HiCache {
         let Some(p) = self.prefetches.remove(rid) else {
             return;
         };
-        if let Stage::Fetching { jobs, mut pages } = p.stage {
+        if let Stage::Fetching {
+            jobs, mut pages, ..
+        } = p.stage
+        {
             let mut arrived = 0;
             let mut contiguous = true;
             let mut rest = Vec::new();
