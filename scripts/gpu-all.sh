@@ -7,7 +7,7 @@
 #   hc8b     scripts/gpu-hicache-bench.sh (8B shape: L3-hit TTFT vs recompute at 8K..32K)
 #   pd       scripts/gpu-pd-check.sh (PD on one GPU: greedy, TTFT, transfer, mixed-load ITL)
 #   runner   scripts/gpu-runner-check.sh (bf16 runner vs transformers, greedy consistency, bench)
-#   sampling scripts/gpu_sampling_compare.py on a 1B bf16 server
+#   sampling scripts/gpu-sampling-check.sh (GPU sampler: bench, served determinism, two servers)
 # Usage: scripts/gpu-all.sh "STEP..." (default "check serve hc1b hc8b pd"); output in $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +33,7 @@ for s in $STEPS; do
     hc1b) timeout $(left 200) scripts/gpu-hicache-check.sh "$OUT" > "$OUT/hc1b.log" 2>&1; rc=$?; tail -8 "$OUT/hc1b.log" ;;
     hc8b) timeout $(left ${HC8B_TIMEOUT:-330}) scripts/gpu-hicache-bench.sh "$OUT" > "$OUT/hc8b.log" 2>&1; rc=$?; grep -vE "^\s*$" "$OUT/hc8b.log" | tail -30 ;;
     pd) timeout $(left ${PD_TIMEOUT:-300}) scripts/gpu-pd-check.sh "$OUT" > "$OUT/pd.log" 2>&1; rc=$?; tail -40 "$OUT/pd.log" ;;
+    sampling) timeout $(left 200) scripts/gpu-sampling-check.sh "$OUT" > "$OUT/sampling.log" 2>&1; rc=$?; tail -30 "$OUT/sampling.log" ;;
     runner) timeout $(left 400) scripts/gpu-runner-check.sh "$OUT" > "$OUT/runner.log" 2>&1; rc=$?; tail -40 "$OUT/runner.log" ;;
     *) echo "unknown step $s"; rc=2 ;;
   esac

@@ -58,10 +58,11 @@ for arch in ${ARCHS:-llama qwen2 qwen3}; do
   cleanup; pids=(); sleep 1
   port=$((port + 2))
 done
-# The bf16 runner's log-probabilities (its kernels need head_dim >= 32: the `small` made model)
-# against the CPU backend's on the prompt positions, within the bf16 bound.
-small=/tmp/strata-model-small
-"$STRATA" make-model --out "$small" --size small >/dev/null || fail=1
+# The bf16 runner's log-probabilities (its kernels need head_dim a multiple of 32 and a GQA group
+# dividing 16: the tiny made Qwen3) against the CPU backend's on the prompt positions, within the
+# bf16 bound.
+small=/tmp/strata-model-bf16lp
+"$STRATA" make-model --out "$small" --size tiny --arch qwen3 >/dev/null || fail=1
 "$STRATA" serve --model-path "$small" --page-size 16 --max-total-tokens 16384 --host 127.0.0.1 --port 31090 >"$OUTDIR/serve-bf16-small.log" 2>&1 &
 pids+=($!)
 "$STRATA" serve --model-path "$small" --page-size 16 --max-total-tokens 16384 --host 127.0.0.1 --port 31091 --device cpu >"$OUTDIR/serve-cpu-small.log" 2>&1 &
@@ -69,7 +70,7 @@ pids+=($!)
 if wait_up http://127.0.0.1:31090 && wait_up http://127.0.0.1:31091; then
   python3 scripts/gpu_logprobs_compare.py http://127.0.0.1:31090 http://127.0.0.1:31091 --bf16 2>&1 | tee "$OUTDIR/logprobs-bf16.log"
   [ "${PIPESTATUS[0]}" = 0 ] || fail=1
-else echo "FAIL: small-model servers did not come up"; tail -5 "$OUTDIR/serve-bf16-small.log" "$OUTDIR/serve-cpu-small.log"; fail=1; fi
+else echo "FAIL: bf16 logprob servers did not come up"; tail -5 "$OUTDIR/serve-bf16-small.log" "$OUTDIR/serve-cpu-small.log"; fail=1; fi
 cleanup
 echo "== gpu-serve-check: $([ $fail = 0 ] && echo PASS || echo FAIL) =="
 exit $fail
