@@ -106,8 +106,10 @@ fn build_hicache(
         )
         .map_err(LaunchError::Config)?,
     );
-    let storage = match &hc.storage_master {
-        Some(m) => Some(Storage::start(m.clone(), host.region())?),
+    let storage = match &hc.storage {
+        Some(b) => Some(
+            Storage::start(b, host.region(), host.object_bytes()).map_err(LaunchError::Config)?,
+        ),
         None => None,
     };
     tracing::info!(
@@ -115,7 +117,7 @@ fn build_hicache(
         host_mib = bytes >> 20,
         write_policy = ?hc.write_policy,
         prefetch_policy = ?hc.prefetch_policy,
-        storage = hc.storage_master.as_deref().unwrap_or("none"),
+        storage = hc.storage.as_ref().map_or("none".into(), |b| b.to_string()),
         "hierarchical cache ready"
     );
     Ok(HiCache::new(

@@ -397,3 +397,217 @@ async fn l3_node_killed_mid_prefetch_releases_the_request() {
     c.wait_idle().await;
     b.wait_idle().await;
 }
+
+// ---- The file backend (`--hicache-storage-backend file`, SGLang's HiCacheFile) ----
+
+/// A HiCache server whose L3 is the directory `dir` (given as SGLang does, by environment).
+fn file_server(model: &MadeModel, dir: &std::path::Path) -> Server {
+    Server::start_env(
+        model.path(),
+        &[
+            "--page-size",
+            "16",
+            "--enable-hierarchical-cache",
+            "--hicache-storage-backend",
+            "file",
+            "--hicache-storage-prefetch-policy",
+            "wait_complete",
+            "--hicache-storage-backend-extra-config",
+            r#"{"prefetch_threshold": 32}"#,
+        ],
+        &[(
+            "SGLANG_HICACHE_FILE_BACKEND_STORAGE_DIR",
+            dir.to_str().unwrap(),
+        )],
+    )
+}
+
+/// The object files (`*.skv`) in `dir`.
+fn objects(dir: &std::path::Path) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .filter(|n| n.ends_with(".skv"))
+        .collect()
+}
+
+/// Polls `cond` every 50 ms for up to 20 s (L3 writes finish after the answer); returns it.
+async fn eventually(mut cond: impl FnMut() -> bool) -> bool {
+    let t = Instant::now();
+    while !cond() {
+        if t.elapsed() > Duration::from_secs(20) {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    true
+}
+
+/// Cross-instance reuse through a shared directory, two servers writing the same keys at once,
+/// damaged object files (misses, removed when read, rewritten by the next backup), and clear.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn file_l3_hits_across_instances_and_damaged_files_are_misses() {
+    let (tmp, _port, _addr, model, prompts, want, _refs) = setup(2, 120).await;
+    let dir = tmp.path().join("l3");
+    let (p, q) = (prompts[0].clone(), prompts[1].clone());
+
+    let a = file_server(&model, &dir);
+    // Growing prefixes of `p` tell which files hold which page (the page chain depends on nothing
+    // after a page): a prefix of 16k + 1 tokens plus 5 computed answer tokens ends with k full
+    // pages.
+    let mut pages: Vec<Vec<String>> = Vec::new();
+    let mut seen = std::collections::BTreeSet::new();
+    for k in [2usize, 3, 4, 5] {
+        gen(&a, &p[..16 * k + 1], 6).await;
+        a.wait_metric("backuped_tokens_total", 16.0 * k as f64)
+            .await;
+        let now = objects(&dir);
+        pages.push(now.difference(&seen).cloned().collect());
+        seen = now;
+    }
+    assert_eq!(
+        pages[0].len(),
+        4,
+        "pages 0 and 1 as K and V objects: {:?}",
+        pages[0]
+    );
+    assert!(pages[1..].iter().all(|f| f.len() == 2), "{pages:?}");
+    let (out, cached) = gen(&a, &p, 6).await;
+    assert_eq!(out, want[0]);
+    assert!(cached >= 80, "L1 hit on the prefixes, cached {cached}");
+    // 120 prompt + 5 computed output tokens = 7 full pages.
+    let backed = a.wait_metric("backuped_tokens_total", 112.0).await;
+    assert!(backed >= 112.0, "backuped {backed}");
+    assert_eq!(objects(&dir).len(), 14);
+
+    // A second, freshly started server sharing the directory: an L3 hit, the same answer.
+    let b = file_server(&model, &dir);
+    let (out, cached) = gen(&b, &p, 6).await;
+    assert_eq!(
+        out, want[0],
+        "an L3 hit from the file backend changed the output"
+    );
+    assert!(
+        cached >= 112,
+        "cross-instance L3 hit expected, cached {cached}"
+    );
+    assert!(b.metric("prefetched_tokens_total").await >= 112.0);
+
+    // Both servers compute `q` at once and write the same keys into the directory; a third
+    // server reads what they wrote.
+    let (ra, rb) = futures::future::join(gen(&a, &q, 6), gen(&b, &q, 6)).await;
+    assert_eq!((ra.0, rb.0), (want[1].clone(), want[1].clone()));
+    assert!(
+        eventually(|| objects(&dir).len() == 28).await,
+        "q's 14 objects"
+    );
+    b.wait_idle().await;
+    a.wait_idle().await;
+    drop((a, b));
+    let c = file_server(&model, &dir);
+    let (out, cached) = gen(&c, &q, 6).await;
+    assert_eq!(out, want[1], "objects written by two servers at once");
+    assert!(cached >= 112, "q: cached {cached}");
+    drop(c);
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        28,
+        "temp files left"
+    );
+
+    // Page 2's first object gets a flipped value byte (its size still passes `exists`), page 4's
+    // second is torn (cut short).
+    let flip = dir.join(&pages[1][0]);
+    let mut bytes = std::fs::read(&flip).unwrap();
+    let at = bytes.len() - 7;
+    bytes[at] ^= 0x5A;
+    std::fs::write(&flip, &bytes).unwrap();
+    let torn = dir.join(&pages[3][1]);
+    let len = std::fs::metadata(&torn).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&torn)
+        .unwrap()
+        .set_len(len / 2)
+        .unwrap();
+    let c = file_server(&model, &dir);
+    let (out, cached) = gen(&c, &p, 6).await;
+    assert_eq!(out, want[0], "a damaged L3 file changed the answer");
+    assert_eq!(cached, 32, "pages 0 and 1 are intact, page 2 is damaged");
+    // The damaged files are replaced by the backup of pages 2..7 (the flipped one removed when
+    // read, the torn one failing `exists`); the next server hits all of `p`.
+    let healed = || {
+        std::fs::read(&flip).is_ok_and(|b| b != bytes)
+            && std::fs::metadata(&torn).is_ok_and(|m| m.len() == len)
+    };
+    assert!(eventually(healed).await, "damaged objects not rewritten");
+    let d = file_server(&model, &dir);
+    let (out, cached) = gen(&d, &p, 6).await;
+    assert_eq!(out, want[0]);
+    assert!(cached >= 112, "after the rewrite: cached {cached}");
+
+    // Clear removes the objects and nothing else.
+    std::fs::write(dir.join("keep.txt"), "not ours").unwrap();
+    let (s, body) = d.get("/clear_hicache_storage_backend").await;
+    assert_eq!(s, 200, "{body}");
+    assert!(objects(&dir).is_empty());
+    assert!(dir.join("keep.txt").exists());
+    let e = file_server(&model, &dir);
+    assert_eq!(gen(&e, &p, 6).await, (want[0].clone(), 0));
+}
+
+/// A directory that cannot be created is a clear start-up error (as in SGLang); one that becomes
+/// unusable while serving gives one warning, and serving goes on with the reference's answers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn file_l3_directory_faults() {
+    let (tmp, _port, _addr, model, prompts, want, _refs) = setup(3, 60).await;
+    let blocker = tmp.path().join("a-file");
+    std::fs::write(&blocker, "x").unwrap();
+    let mut child = std::process::Command::new(serve_common::bin())
+        .args(["serve", "--model-path"])
+        .arg(model.path())
+        .args(["--port", "0", "--enable-hierarchical-cache"])
+        .args(["--hicache-storage-backend", "file"])
+        .env(
+            "SGLANG_HICACHE_FILE_BACKEND_STORAGE_DIR",
+            blocker.join("l3"),
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(t.elapsed() < Duration::from_secs(60), "serve did not exit");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success());
+    assert!(
+        err.contains("cannot create the directory") && err.contains("a-file/l3"),
+        "{err}"
+    );
+
+    let dir = tmp.path().join("l3");
+    let s = file_server(&model, &dir);
+    assert_eq!(gen(&s, &prompts[0], 6).await.0, want[0]);
+    s.wait_metric("backuped_tokens_total", 64.0).await;
+    s.wait_idle().await;
+    // The directory is replaced by a file: nothing can be written or read there any more.
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::write(&dir, "in the way").unwrap();
+    for (p, w) in prompts.iter().zip(&want).skip(1) {
+        assert_eq!(&gen(&s, p, 6).await.0, w);
+    }
+    let warning = "cannot write to the L3 directory";
+    assert!(eventually(|| s.log_count(warning) > 0).await, "no warning");
+    assert_eq!(gen(&s, &prompts[0], 6).await.0, want[0]);
+    let (st, _) = s.get("/health").await;
+    assert_eq!(st, 200);
+    s.wait_idle().await;
+    assert_eq!(s.log_count(warning), 1, "one warning for the failed writes");
+}

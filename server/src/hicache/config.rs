@@ -1,5 +1,6 @@
 //! HiCache options: SGLang's flag names, values and defaults, plus the backend's extra config.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// When device pages are copied to the host pool.
@@ -36,6 +37,36 @@ pub enum MemLayout {
     PageFirstDirect,
 }
 
+/// Where the L3 lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StorageBackend {
+    /// The Strata cluster whose master is at this address (`strata`, alias `mooncake`).
+    Cluster { master: String },
+    /// One file per object in this directory (`file`, SGLang's HiCacheFile).
+    File { dir: PathBuf },
+}
+
+impl std::fmt::Display for StorageBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            StorageBackend::Cluster { master } => write!(f, "cluster at {master}"),
+            StorageBackend::File { dir } => write!(f, "files in {}", dir.display()),
+        }
+    }
+}
+
+/// SGLang's variable naming the file backend's directory, and its default.
+pub const FILE_DIR_ENV: &str = "SGLANG_HICACHE_FILE_BACKEND_STORAGE_DIR";
+pub const FILE_DIR_DEFAULT: &str = "/tmp/hicache";
+
+/// The file backend's directory: `$SGLANG_HICACHE_FILE_BACKEND_STORAGE_DIR` when set and not
+/// empty, else `/tmp/hicache` (SGLang has no extra-config key for it).
+pub fn file_backend_dir() -> PathBuf {
+    std::env::var_os(FILE_DIR_ENV)
+        .filter(|d| !d.is_empty())
+        .map_or_else(|| PathBuf::from(FILE_DIR_DEFAULT), PathBuf::from)
+}
+
 /// Everything HiCache needs beyond the server's own options.
 #[derive(Debug, Clone)]
 pub struct HiCacheConfig {
@@ -46,8 +77,8 @@ pub struct HiCacheConfig {
     pub write_policy: WritePolicy,
     pub layout: MemLayout,
     pub prefetch_policy: PrefetchPolicy,
-    /// The L3 store: master address of the Strata cluster, or none (L1 + L2 only).
-    pub storage_master: Option<String>,
+    /// The L3 (`--hicache-storage-backend`), or none (L1 + L2 only).
+    pub storage: Option<StorageBackend>,
     /// Minimum L3 hit, in tokens, worth a prefetch (extra config `prefetch_threshold`, 256).
     pub prefetch_threshold: usize,
     /// Timeout policy deadline: `base + per_ki_token × tokens / 1024` (1 s, 0.25 s).
@@ -74,7 +105,7 @@ impl Default for HiCacheConfig {
             write_policy: WritePolicy::WriteThrough,
             layout: MemLayout::PageFirst,
             prefetch_policy: PrefetchPolicy::BestEffort,
-            storage_master: None,
+            storage: None,
             prefetch_threshold: 256,
             prefetch_timeout_base: Duration::from_secs(1),
             prefetch_timeout_per_ki_token: Duration::from_millis(250),

@@ -1,5 +1,5 @@
 //! The hierarchical KV cache (SGLang's HiCache): device pool (L1), host pool (L2), the Strata
-//! cluster (L3).
+//! cluster or a directory of files (L3, [`storage`]).
 //!
 //! The radix tree ([`crate::cache::RadixCache`]) records which nodes live in L1, L2 or both; this
 //! module moves pages between the tiers and decides when:
@@ -20,13 +20,16 @@
 //!   the estimated recompute time (measured prefill rate) is dropped after the exists query, so a
 //!   slow L3 costs at most that one query.
 
+mod cluster_backend;
 mod config;
+pub mod file_backend;
 pub mod keys;
 pub mod storage;
 
 pub use config::{
-    apply_extra_config, parse_layout, parse_prefetch_policy, parse_write_policy, HiCacheConfig,
-    MemLayout, PrefetchPolicy, WritePolicy, SELECTIVE_HITS,
+    apply_extra_config, file_backend_dir, parse_layout, parse_prefetch_policy, parse_write_policy,
+    HiCacheConfig, MemLayout, PrefetchPolicy, StorageBackend, WritePolicy, FILE_DIR_DEFAULT,
+    FILE_DIR_ENV, SELECTIVE_HITS,
 };
 
 use crate::cache::{Fresh, NodeId, RadixCache, Tier};

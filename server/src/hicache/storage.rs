@@ -1,26 +1,35 @@
-//! The L3 tier: the Strata cluster client behind two I/O threads, so the scheduler never waits on
-//! the network.
+//! The L3 tier behind two I/O threads, so the scheduler never waits on it.
 //!
 //! Prefetch threads serve exists queries and reads into host pages (several, so one long prompt's
 //! chunks arrive in parallel), one more thread serves backups (writes from host pages), so a burst
-//! of backups cannot delay a prefetch. Both share one client,
-//! connected lazily: when the master is unreachable, jobs answer as misses (a prefetch finds
-//! nothing, a backup is skipped) with one warning, and the connection is retried at most every
-//! `RETRY` — serving never depends on the L3 being up. Reads and writes go straight between the
-//! store and the host pool's memory (the client's zero-copy batch calls).
+//! of backups cannot delay a prefetch. All call one [`L3Backend`]: the Strata cluster ([`super::cluster_backend`], connected lazily and retried)
+//! or a directory of files ([`super::file_backend`]). A backend that cannot be reached answers
+//! `None`, and the job then answers as a miss (a prefetch finds nothing, a backup is skipped):
+//! serving never depends on the L3 being up. Reads and writes go straight between the backend and
+//! the host pool's memory.
 
+use super::config::StorageBackend;
 use crossbeam_channel::{Receiver, Sender};
-use parking_lot::Mutex;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
-use strata_cluster::{Client, ClientConfig};
-
-const RETRY: Duration = Duration::from_secs(2);
+use std::time::Instant;
 
 /// Threads taking prefetch jobs off one queue: a long prompt's read is split into chunks
 /// (`super::CHUNK_BYTES`) that these fetch side by side (one thread's copy tops out near
 /// 7 GB/s from a same-host store node on the H200 host).
 const PREFETCH_THREADS: usize = 4;
+
+/// The batch calls the I/O threads make on an L3. `None` means the backend is unreachable right
+/// now (the job answers as a miss); otherwise one answer per key, in order.
+pub trait L3Backend: Send + Sync {
+    /// Whether each object exists.
+    fn exists(&self, keys: &[String]) -> Option<Vec<bool>>;
+    /// Reads each object into its buffer; true where the whole object arrived intact.
+    fn get_into(&self, keys: &[String], dst: &mut [&mut [u8]]) -> Option<Vec<bool>>;
+    /// Writes each object (`depths`: chain position, a placement hint); true where stored.
+    fn put(&self, keys: &[&String], vals: &[&[u8]], depths: &[u32]) -> Option<Vec<bool>>;
+    /// Removes every object.
+    fn clear(&self) -> Result<(), String>;
+}
 
 /// A host memory range handed to an I/O thread; valid until its job's [`Done`] is received (see
 /// the sharing protocol of [`crate::kv::host`]).
@@ -77,87 +86,56 @@ pub enum Done {
     },
 }
 
-struct Shared {
-    master: String,
-    client: Mutex<(Option<Client>, Option<Instant>)>,
-    region: (usize, usize),
-}
-
-impl Shared {
-    fn client(&self) -> Option<Client> {
-        let mut g = self.client.lock();
-        if let Some(c) = &g.0 {
-            return Some(c.clone());
-        }
-        if g.1.is_some_and(|t| t.elapsed() < RETRY) {
-            return None;
-        }
-        let first = g.1.is_none();
-        g.1 = Some(Instant::now());
-        match Client::connect(ClientConfig::new(self.master.clone())) {
-            Ok(c) => {
-                // SAFETY: the host pool outlives the storage (the scheduler drops it last).
-                let region = unsafe {
-                    std::slice::from_raw_parts(self.region.0 as *const u8, self.region.1)
-                };
-                c.register_buffer(region);
-                tracing::info!(master = %self.master, "hicache: L3 store connected");
-                g.0 = Some(c.clone());
-                Some(c)
-            }
-            Err(e) => {
-                if first {
-                    tracing::warn!(
-                        master = %self.master,
-                        "hicache: L3 store unreachable, serving without it and retrying: {e}"
-                    );
-                }
-                None
-            }
-        }
-    }
-}
-
 /// The L3 handle the scheduler owns.
 pub struct Storage {
     prefetch_tx: Sender<Job>,
     backup_tx: Sender<Job>,
     done_rx: Receiver<Done>,
-    shared: Arc<Shared>,
+    backend: Arc<dyn L3Backend>,
 }
 
 impl Storage {
-    /// Starts the I/O threads for the cluster whose master is `master`; `region` is the host
-    /// pool's memory (registered with the client once connected).
-    pub fn start(master: String, region: (*mut u8, usize)) -> std::io::Result<Self> {
-        let shared = Arc::new(Shared {
-            master,
-            client: Mutex::new((None, None)),
-            region: (region.0 as usize, region.1),
-        });
+    /// Opens the configured backend and starts the I/O threads. `region` is the host pool's
+    /// memory (registered with the cluster client once connected); `object_bytes` the size of
+    /// every object (the file backend checks it). Errors are start-up errors (an unusable
+    /// directory); an unreachable cluster is not one.
+    pub fn start(
+        cfg: &StorageBackend,
+        region: (*mut u8, usize),
+        object_bytes: usize,
+    ) -> Result<Self, String> {
+        let backend: Arc<dyn L3Backend> = match cfg {
+            StorageBackend::Cluster { master } => {
+                super::cluster_backend::ClusterBackend::start(master.clone(), region)
+                    .map_err(|e| format!("cannot start the L3 connect thread: {e}"))?
+            }
+            StorageBackend::File { dir } => {
+                Arc::new(super::file_backend::FileBackend::open(dir, object_bytes)?)
+            }
+        };
+        Self::with_backend(backend).map_err(|e| format!("cannot start the L3 I/O threads: {e}"))
+    }
+
+    /// Starts the I/O threads on `backend`.
+    pub fn with_backend(backend: Arc<dyn L3Backend>) -> std::io::Result<Self> {
         let (done_tx, done_rx) = crossbeam_channel::unbounded();
         let spawn = |name: &str, threads: usize| -> std::io::Result<Sender<Job>> {
             let (tx, rx) = crossbeam_channel::unbounded::<Job>();
             for _ in 0..threads {
-                let (sh, done, rx) = (shared.clone(), done_tx.clone(), rx.clone());
+                let (b, done, rx) = (backend.clone(), done_tx.clone(), rx.clone());
                 std::thread::Builder::new()
                     .name(name.into())
-                    .spawn(move || io_loop(sh, rx, done))?;
+                    .spawn(move || io_loop(&*b, rx, done))?;
             }
             Ok(tx)
         };
         let prefetch_tx = spawn("strata-l3-prefetch", PREFETCH_THREADS)?;
         let backup_tx = spawn("strata-l3-backup", 1)?;
-        // Connect in the background now, so the first request does not pay for it.
-        let sh = shared.clone();
-        std::thread::Builder::new()
-            .name("strata-l3-connect".into())
-            .spawn(move || drop(sh.client()))?;
         Ok(Storage {
             prefetch_tx,
             backup_tx,
             done_rx,
-            shared,
+            backend,
         })
     }
 
@@ -178,38 +156,38 @@ impl Storage {
 
     /// Removes every key in the L3 (`/clear_hicache_storage_backend`).
     pub fn clear(&self) -> Result<(), String> {
-        let c = self
-            .shared
-            .client()
-            .ok_or("the L3 store is not reachable")?;
-        c.clear().map_err(|e| e.to_string())
+        self.backend.clear()
     }
 }
 
-fn io_loop(sh: Arc<Shared>, rx: Receiver<Job>, done: Sender<Done>) {
+fn io_loop(b: &dyn L3Backend, rx: Receiver<Job>, done: Sender<Done>) {
     for job in rx {
-        let d = run(&sh, job);
+        let d = run(b, job);
         if done.send(d).is_err() {
             return;
         }
     }
 }
 
-fn run(sh: &Shared, job: Job) -> Done {
-    let client = sh.client();
+/// Leading pages (K and V objects in pairs) whose both objects are `true`.
+fn leading_pages(ok: &[bool]) -> usize {
+    ok.chunks(2).take_while(|p| p.iter().all(|&x| x)).count()
+}
+
+fn run(b: &dyn L3Backend, job: Job) -> Done {
     match job {
-        Job::Exists { id, keys } => {
-            let pages = client.map_or(0, |c| {
-                let ex = c.batch_is_exist(&keys);
-                ex.chunks(2)
-                    .take_while(|p| p.iter().all(|&e| e == 1))
-                    .count()
-            });
-            Done::Exists { id, pages }
-        }
+        Job::Exists { id, keys } => Done::Exists {
+            id,
+            pages: b.exists(&keys).map_or(0, |ex| leading_pages(&ex)),
+        },
         Job::Get { id, keys, dst } => {
             let t0 = Instant::now();
-            let Some(c) = client else {
+            let mut bufs: Vec<&mut [u8]> = dst
+                .iter()
+                // SAFETY: each span is a distinct host-pool object reserved for this job.
+                .map(|s| unsafe { std::slice::from_raw_parts_mut(s.ptr, s.len) })
+                .collect();
+            let Some(ok) = b.get_into(&keys, &mut bufs) else {
                 return Done::Get {
                     id,
                     pages: 0,
@@ -217,18 +195,7 @@ fn run(sh: &Shared, job: Job) -> Done {
                     secs: 0.0,
                 };
             };
-            let mut bufs: Vec<&mut [u8]> = dst
-                .iter()
-                // SAFETY: each span is a distinct host-pool object reserved for this job.
-                .map(|s| unsafe { std::slice::from_raw_parts_mut(s.ptr, s.len) })
-                .collect();
-            let codes = c.batch_get_into(&keys, &mut bufs);
-            let ok = codes
-                .iter()
-                .zip(&dst)
-                .map(|(&r, s)| r == s.len as i64)
-                .collect::<Vec<_>>();
-            let pages = ok.chunks(2).take_while(|p| p.iter().all(|&x| x)).count();
+            let pages = leading_pages(&ok);
             Done::Get {
                 id,
                 pages,
@@ -243,7 +210,8 @@ fn run(sh: &Shared, job: Job) -> Done {
             depths,
         } => {
             let t0 = Instant::now();
-            let Some(c) = client else {
+            // Ask first and send only what is missing (a shared prefix is usually stored already).
+            let Some(ex) = b.exists(&keys) else {
                 return Done::Put {
                     id,
                     written: 0,
@@ -252,9 +220,7 @@ fn run(sh: &Shared, job: Job) -> Done {
                     secs: 0.0,
                 };
             };
-            // Ask first and send only what is missing (a shared prefix is usually stored already).
-            let ex = c.batch_is_exist(&keys);
-            let missing: Vec<usize> = (0..keys.len()).filter(|&i| ex[i] != 1).collect();
+            let missing: Vec<usize> = (0..keys.len()).filter(|&i| !ex[i]).collect();
             let mkeys: Vec<&String> = missing.iter().map(|&i| &keys[i]).collect();
             let vals: Vec<&[u8]> = missing
                 .iter()
@@ -262,20 +228,21 @@ fn run(sh: &Shared, job: Job) -> Done {
                 .map(|&i| unsafe { std::slice::from_raw_parts(src[i].ptr, src[i].len) })
                 .collect();
             let mdepths: Vec<u32> = missing.iter().map(|&i| depths[i]).collect();
-            let codes = if mkeys.is_empty() {
+            let ok = if mkeys.is_empty() {
                 Vec::new()
             } else {
-                c.batch_put_from_with_depth(&mkeys, &vals, &mdepths)
+                b.put(&mkeys, &vals, &mdepths)
+                    .unwrap_or_else(|| vec![false; mkeys.len()])
             };
-            let written = codes.iter().filter(|&&r| r == 0).count();
+            let written = ok.iter().filter(|&&r| r).count();
             Done::Put {
                 id,
                 written,
-                failed: codes.len() - written,
+                failed: ok.len() - written,
                 bytes: vals
                     .iter()
-                    .zip(&codes)
-                    .filter(|(_, &r)| r == 0)
+                    .zip(&ok)
+                    .filter(|(_, &r)| r)
                     .map(|(v, _)| v.len())
                     .sum(),
                 secs: t0.elapsed().as_secs_f64(),

@@ -37,6 +37,8 @@ pub struct Server {
     child: Child,
     pub base: String,
     pub client: reqwest::Client,
+    /// Every line the server wrote to stderr so far.
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
 }
 
 impl Drop for Server {
@@ -69,9 +71,12 @@ impl Server {
             .expect("spawn strata serve");
         let stderr = child.stderr.take().expect("stderr");
         let (tx, rx) = std::sync::mpsc::channel();
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = log.clone();
         std::thread::spawn(move || {
             let mut sent = false;
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                sink.lock().unwrap().push(strip_ansi(&line));
                 if !sent {
                     if let Some(i) = line.find("listening on http://") {
                         let addr = line[i + "listening on ".len()..].trim().to_string();
@@ -92,7 +97,18 @@ impl Server {
             child,
             base,
             client: reqwest::Client::new(),
+            log,
         }
+    }
+
+    /// How many lines of the server's log so far contain `needle`.
+    pub fn log_count(&self, needle: &str) -> usize {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|l| l.contains(needle))
+            .count()
     }
 
     pub fn url(&self, path: &str) -> String {

@@ -11,8 +11,8 @@
 use std::path::PathBuf;
 use strata_kernels::cuda::{select, BackendKind, CudaBackend};
 use strata_server::hicache::{
-    apply_extra_config, parse_layout, parse_prefetch_policy, parse_write_policy, HiCacheConfig,
-    MemLayout,
+    apply_extra_config, file_backend_dir, parse_layout, parse_prefetch_policy, parse_write_policy,
+    HiCacheConfig, MemLayout, StorageBackend,
 };
 use strata_server::launch::{launch, launch_cpu, launch_with, ServeOptions};
 use strata_server::model::cuda::{CudaRunner, CudaRunnerOptions};
@@ -117,7 +117,8 @@ pub struct Args {
     #[arg(long, default_value = "page_first")]
     hicache_mem_layout: String,
     /// L3 backend: strata (alias mooncake), the Strata cluster whose master comes from the extra
-    /// config's master_server_address, MOONCAKE_MASTER or STRATA_MASTER.
+    /// config's master_server_address, MOONCAKE_MASTER or STRATA_MASTER; or file, one file per
+    /// object in $SGLANG_HICACHE_FILE_BACKEND_STORAGE_DIR (default /tmp/hicache).
     #[arg(long)]
     hicache_storage_backend: Option<String>,
     /// When a request waiting on an L3 prefetch may run: best_effort, wait_complete or timeout.
@@ -227,7 +228,7 @@ fn hicache_config(a: &Args) -> anyhow::Result<Option<HiCacheConfig>> {
         && a.disaggregation_mode.eq_ignore_ascii_case("decode");
     if offload && a.hicache_storage_backend.is_none() {
         anyhow::bail!(
-            "--disaggregation-decode-enable-offload-kvcache needs an L3: add --hicache-storage-backend strata (or mooncake) and the master address"
+            "--disaggregation-decode-enable-offload-kvcache needs an L3: add --hicache-storage-backend strata (or mooncake, with the master address) or file"
         );
     }
     if !a.enable_hierarchical_cache && !offload {
@@ -270,10 +271,10 @@ fn hicache_config(a: &Args) -> anyhow::Result<Option<HiCacheConfig>> {
         Some(j) => apply_extra_config(&mut c, j).map_err(anyhow::Error::msg)?,
         None => None,
     };
-    c.storage_master = match a.hicache_storage_backend.as_deref() {
+    c.storage = match a.hicache_storage_backend.as_deref() {
         None => None,
-        Some("strata" | "mooncake") => Some(
-            extra_master
+        Some("strata" | "mooncake") => Some(StorageBackend::Cluster {
+            master: extra_master
                 .or_else(|| std::env::var("MOONCAKE_MASTER").ok())
                 .or_else(|| std::env::var("STRATA_MASTER").ok())
                 .ok_or_else(|| {
@@ -281,13 +282,16 @@ fn hicache_config(a: &Args) -> anyhow::Result<Option<HiCacheConfig>> {
                         "--hicache-storage-backend: no master address; set \"master_server_address\" in --hicache-storage-backend-extra-config, MOONCAKE_MASTER or STRATA_MASTER"
                     )
                 })?,
-        ),
+        }),
+        Some("file") => Some(StorageBackend::File {
+            dir: file_backend_dir(),
+        }),
         Some(other) => anyhow::bail!(
-            "--hicache-storage-backend {other}: expected strata or mooncake (the Strata cluster)"
+            "--hicache-storage-backend {other}: expected strata or mooncake (the Strata cluster) or file (a directory: SGLANG_HICACHE_FILE_BACKEND_STORAGE_DIR, default /tmp/hicache)"
         ),
     };
-    c.layout = parse_layout(&a.hicache_mem_layout, c.storage_master.is_some())
-        .map_err(anyhow::Error::msg)?;
+    c.layout =
+        parse_layout(&a.hicache_mem_layout, c.storage.is_some()).map_err(anyhow::Error::msg)?;
     c.direct_io = a.hicache_io_backend == "direct";
     if c.direct_io && c.layout == MemLayout::PageFirst {
         // SGLang does the same: a direct copy moves one contiguous run per page and layer.
