@@ -76,7 +76,8 @@ PY
   done
   m() { curl -s localhost:32102/metrics | awk -v k="sglang:$1" '$1 == k {print $2}'; }
   B=$(m pd_transfer_bytes_total) T=$(m pd_transfer_seconds_total)
-  echo "## KV transfer: $(m pd_transfers_total) transfers, $B bytes in $T s -> $(python3 -c "print(f'{$B / max($T, 1e-9) / 1e6:.0f}')") MB/s"
+  md() { curl -s localhost:32103/metrics | awk -v k="sglang:$1" '$1 == k {print $2}'; }
+  echo "## KV transfer: $(m pd_transfers_total) transfers ($(m pd_transfers_same_host_total) over the same-host path, $(md pd_bootstrap_connections_total) bootstrap connections), $B bytes in $T s -> $(python3 -c "print(f'{$B / max($T, 1e-9) / 1e6:.0f}')") MB/s"
   N=$(m pd_transfers_total); MB=$(python3 -c "print(max(1, round($B / max($N, 1) / 1048576)))")
   "$STRATA" bench store --role tcp-copy --copy-mb $MB --batch-bytes-mb $MB 2> /dev/null | tail -n 1
   "$STRATA" bench store --role tcp-copy --copy-mb 1024 2> /dev/null | tail -n 1

@@ -159,7 +159,7 @@ impl HostKvCopy {
     fn check(
         &self,
         pool: &DTensor,
-        region: &HostRegion,
+        side_len: usize,
         dev: &[u32],
         host: &[u32],
     ) -> Result<(Vec<i32>, Vec<i32>)> {
@@ -168,10 +168,9 @@ impl HostKvCopy {
             pool.bytes() == g.layers * 2 * g.pool_pages * g.page_size * g.row_bytes,
             || format!("pool of {} bytes does not match the geometry", pool.bytes()),
         )?;
-        ensure(region.len == g.host_bytes(), || {
+        ensure(side_len == g.host_bytes(), || {
             format!(
-                "host region of {} bytes, geometry says {}",
-                region.len,
+                "host side of {side_len} bytes, geometry says {}",
                 g.host_bytes()
             )
         })?;
@@ -194,7 +193,7 @@ impl HostKvCopy {
     fn queue(
         &self,
         pool: &DTensor,
-        region: &HostRegion,
+        side: Side,
         ids: &(DTensor, DTensor, Vec<i32>, Vec<i32>),
         (lo, hi): (usize, usize),
         to_host: bool,
@@ -203,11 +202,15 @@ impl HostKvCopy {
         let stream = self.ctx.copy_stream().cu_stream();
         let n = ids.2.len();
         self.ctx.cuda().bind_to_thread()?;
-        match self.io {
-            HostIo::Kernel => {
+        match (self.io, side) {
+            (HostIo::Kernel, _) | (_, Side::Device(_)) => {
+                let base = match side {
+                    Side::Region(r) => r.device_ptr(),
+                    Side::Device(p) => p,
+                };
                 let args = [
                     Arg::U64(pool.ptr()),
-                    Arg::U64(region.device_ptr()),
+                    Arg::U64(base),
                     Arg::U64(ids.0.ptr()),
                     Arg::U64(ids.1.ptr()),
                     Arg::I32(lo as i32),
@@ -234,7 +237,7 @@ impl HostKvCopy {
                     )
                 }
             }
-            HostIo::Direct => {
+            (HostIo::Direct, Side::Region(region)) => {
                 let run = g.page_size * g.row_bytes;
                 let slots = g.pool_pages * g.page_size;
                 for l in lo..hi {
@@ -291,14 +294,43 @@ impl HostKvCopy {
         dev: &[u32],
         host: &[u32],
     ) -> Result<()> {
-        let (d, h) = self.check(pool, region, dev, host)?;
+        self.store_side(pool, Side::Region(region), region.len, dev, host)
+    }
+
+    /// As [`store`](Self::store), into `staging`: device memory laid out like the host pool
+    /// (the caller then brings it down in one copy; for host memory that is not page-locked).
+    pub fn store_device(
+        &self,
+        pool: &DTensor,
+        staging: &DTensor,
+        dev: &[u32],
+        host: &[u32],
+    ) -> Result<()> {
+        self.store_side(
+            pool,
+            Side::Device(staging.ptr()),
+            staging.bytes(),
+            dev,
+            host,
+        )
+    }
+
+    fn store_side(
+        &self,
+        pool: &DTensor,
+        side: Side,
+        len: usize,
+        dev: &[u32],
+        host: &[u32],
+    ) -> Result<()> {
+        let (d, h) = self.check(pool, len, dev, host)?;
         if dev.is_empty() {
             return Ok(());
         }
         let ids = self.upload(d, h)?;
         let ready = self.ctx.stream().record_event(None)?;
         self.ctx.copy_stream().wait(&ready)?;
-        self.queue(pool, region, &ids, (0, self.geo.layers), true)?;
+        self.queue(pool, side, &ids, (0, self.geo.layers), true)?;
         let done: CudaEvent = self.ctx.copy_stream().record_event(None)?;
         Ok(done.synchronize()?)
     }
@@ -312,18 +344,58 @@ impl HostKvCopy {
         host: &[u32],
         dev: &[u32],
     ) -> Result<LayerEvents> {
-        let (d, h) = self.check(pool, region, dev, host)?;
+        self.load_side(
+            pool,
+            Side::Region(region),
+            region.len,
+            host,
+            dev,
+            Vec::new(),
+        )
+    }
+
+    /// As [`load`](Self::load), from `staging`: device memory laid out like the host pool (the
+    /// caller filled it in one copy); it is kept alive by the returned events.
+    pub fn load_device(
+        &self,
+        pool: &DTensor,
+        staging: DTensor,
+        host: &[u32],
+        dev: &[u32],
+    ) -> Result<LayerEvents> {
+        let (ptr, len) = (staging.ptr(), staging.bytes());
+        self.load_side(pool, Side::Device(ptr), len, host, dev, vec![staging])
+    }
+
+    fn load_side(
+        &self,
+        pool: &DTensor,
+        side: Side,
+        len: usize,
+        host: &[u32],
+        dev: &[u32],
+        mut keep: Vec<DTensor>,
+    ) -> Result<LayerEvents> {
+        let (d, h) = self.check(pool, len, dev, host)?;
         let ids = self.upload(d, h)?;
         let ready = self.ctx.stream().record_event(None)?;
         self.ctx.copy_stream().wait(&ready)?;
         let mut events = Vec::with_capacity(self.geo.layers);
         for l in 0..self.geo.layers {
             if !dev.is_empty() {
-                self.queue(pool, region, &ids, (l, l + 1), false)?;
+                self.queue(pool, side, &ids, (l, l + 1), false)?;
             }
             events.push(self.ctx.copy_stream().record_event(None)?);
         }
-        // The page lists stay alive until the events are dropped (the copies read them).
-        Ok(LayerEvents::from_events(events, vec![ids.0, ids.1]))
+        // The page lists (and a staging buffer) stay alive until the events are dropped.
+        keep.extend([ids.0, ids.1]);
+        Ok(LayerEvents::from_events(events, keep))
     }
+}
+
+/// Where the host-layout bytes are: a registered host region, or device memory.
+#[derive(Clone, Copy)]
+enum Side<'a> {
+    Region(&'a HostRegion),
+    Device(u64),
 }

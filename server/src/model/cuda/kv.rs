@@ -9,8 +9,9 @@
 //!   pending: the next forward waits for layer l's event just before layer l's attention, so
 //!   later layers cross the bus while earlier ones compute. A store waits for the compute
 //!   stream, then for its own copy.
-//! - any other host pool (the PD staging buffers) goes through the synchronous fallback: one
-//!   copy per page, layer and K/V, placed token by token on the host.
+//! - any other host pool (the PD staging buffers, not page-locked) is staged through device
+//!   memory laid out like the host pool: the same kernel gathers (or scatters, layer by layer,
+//!   pending like a load from the L2) and each page's K and V object crosses in one plain copy.
 
 use crate::kv::{HostKvPool, PageId};
 use std::sync::Arc;
@@ -73,21 +74,7 @@ impl CudaKv {
     /// now on (`io`: the kernel or one async memcpy per run).
     pub fn attach_host(&mut self, host: &HostKvPool, io: HostIo) -> Result<(), CudaError> {
         self.check_host(host, &[], &[])?;
-        let row = host.kv_dim * host.elem;
-        let (tok_stride, layer_stride) = match host.layout {
-            crate::hicache::MemLayout::PageFirst => (host.layers * row, row),
-            crate::hicache::MemLayout::PageFirstDirect => (row, host.page_size * row),
-        };
-        let geo = HostKvGeometry {
-            layers: host.layers,
-            page_size: host.page_size,
-            row_bytes: row,
-            pool_pages: self.num_pages,
-            host_pages: host.total_pages(),
-            tok_stride,
-            layer_stride,
-        };
-        let copy = HostKvCopy::new(self.ctx.clone(), geo, io)?;
+        let copy = HostKvCopy::new(self.ctx.clone(), self.geometry(host), io)?;
         let (ptr, len) = host.region();
         // SAFETY: the host pool outlives the device pool's use of it: both live until the
         // scheduler stops, and `Drop for CudaKv` drops this registration first (it synchronises
@@ -128,22 +115,22 @@ impl CudaKv {
         host: &HostKvPool,
         host_pages: &[PageId],
     ) -> Result<(), CudaError> {
-        let (row, run) = self.check_host(host, dev, host_pages)?;
+        self.check_host(host, dev, host_pages)?;
         if let Some(a) = self.mover(host) {
             return a.copy.store(&self.pool, &a.region, dev, host_pages);
         }
-        let mut tmp = vec![0u8; run];
-        for (&d, &h) in dev.iter().zip(host_pages) {
-            for (v, bufs) in [(false, &self.k), (true, &self.v)] {
+        // Not page-locked: gather on the device into a staging buffer in the host layout, then
+        // bring each listed page's K and V object down in one copy.
+        let staging = self.ctx.alloc(DType::U8, &[host.region().1])?;
+        self.staging_copy(host)?
+            .store_device(&self.pool, &staging, dev, host_pages)?;
+        let obj = host.object_bytes();
+        for &h in host_pages {
+            for v in [false, true] {
                 // SAFETY: the caller owns host page `h` exclusively (freshly allocated, no I/O).
-                let obj = unsafe { host.object_mut(h, v) };
-                for (l, buf) in bufs.iter().enumerate() {
-                    self.ctx.download_bytes(buf, d as usize * run, &mut tmp)?;
-                    for t in 0..self.page_size {
-                        let at = host.offset(t, l);
-                        obj[at..at + row].copy_from_slice(&tmp[t * row..(t + 1) * row]);
-                    }
-                }
+                let dst = unsafe { host.object_mut(h, v) };
+                let at = (v as usize * host.total_pages() + h as usize) * obj;
+                self.ctx.download_bytes(&staging, at, dst)?;
             }
         }
         Ok(())
@@ -160,7 +147,7 @@ impl CudaKv {
         host_pages: &[PageId],
         dev: &[PageId],
     ) -> Result<(), CudaError> {
-        let (row, run) = self.check_host(host, dev, host_pages)?;
+        self.check_host(host, dev, host_pages)?;
         if let Some(a) = self.mover(host) {
             // Each queued load waits for the compute stream and the copy stream is in order, so
             // the newest load's layer-l event also covers every earlier load's layers.
@@ -168,32 +155,55 @@ impl CudaKv {
             self.pending = Some(ev);
             return Ok(());
         }
-        let mut tmp = vec![0u8; run];
-        for (&h, &d) in host_pages.iter().zip(dev) {
+        // Not page-locked: each listed page's K and V object goes up in one copy into a staging
+        // buffer in the host layout, then the copy kernel scatters it layer by layer.
+        let staging = self.ctx.alloc(DType::U8, &[host.region().1])?;
+        let obj = host.object_bytes();
+        for &h in host_pages {
             for v in [false, true] {
-                // SAFETY: host page `h` is locked in the tree; nothing writes it meanwhile.
-                let obj = unsafe { host.object(h, v) };
-                let bufs = if v { &self.v } else { &self.k };
-                for (l, buf) in bufs.iter().enumerate() {
-                    for t in 0..self.page_size {
-                        let at = host.offset(t, l);
-                        tmp[t * row..(t + 1) * row].copy_from_slice(&obj[at..at + row]);
-                    }
-                    self.ctx.upload_bytes(buf, d as usize * run, &tmp)?;
-                }
+                // SAFETY: host page `h` is held for this copy; nothing writes it meanwhile.
+                let src = unsafe { host.object(h, v) };
+                let at = (v as usize * host.total_pages() + h as usize) * obj;
+                self.ctx.upload_bytes(&staging, at, src)?;
             }
         }
+        let ev = self
+            .staging_copy(host)?
+            .load_device(&self.pool, staging, host_pages, dev)?;
+        self.pending = Some(ev);
         Ok(())
     }
 
-    /// Checks the host pool's geometry against this pool; returns (bytes of one token's row of
-    /// one layer, bytes of one page of one layer).
+    /// The page mover for a host pool's geometry (staged through device memory).
+    fn staging_copy(&self, host: &HostKvPool) -> Result<HostKvCopy, CudaError> {
+        HostKvCopy::new(self.ctx.clone(), self.geometry(host), HostIo::Kernel)
+    }
+
+    /// The copy geometry between this pool and `host`.
+    fn geometry(&self, host: &HostKvPool) -> HostKvGeometry {
+        let row = host.kv_dim * host.elem;
+        let (tok_stride, layer_stride) = match host.layout {
+            crate::hicache::MemLayout::PageFirst => (host.layers * row, row),
+            crate::hicache::MemLayout::PageFirstDirect => (row, host.page_size * row),
+        };
+        HostKvGeometry {
+            layers: host.layers,
+            page_size: host.page_size,
+            row_bytes: row,
+            pool_pages: self.num_pages,
+            host_pages: host.total_pages(),
+            tok_stride,
+            layer_stride,
+        }
+    }
+
+    /// Checks the host pool's geometry and the page lists against this pool.
     fn check_host(
         &self,
         host: &HostKvPool,
         dev: &[PageId],
         host_pages: &[PageId],
-    ) -> Result<(usize, usize), CudaError> {
+    ) -> Result<(), CudaError> {
         let kv_dim = self.pool.shape()[1];
         let fits = host.elem == 2
             && host.kv_dim == kv_dim
@@ -207,8 +217,7 @@ impl CudaKv {
                 host.elem, host.kv_dim, host.layers, host.page_size
             )));
         }
-        let row = kv_dim * 2;
-        Ok((row, row * self.page_size))
+        Ok(())
     }
 }
 

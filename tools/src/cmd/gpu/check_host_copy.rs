@@ -119,11 +119,70 @@ pub fn check_host_copy(ctx: &Arc<GpuContext>, ck: &mut Checker) -> anyhow::Resul
             }
             ck.exact(
                 "hicache_store",
-                shape,
+                shape.clone(),
                 diff(&host[..g.host_bytes()], &expect_h),
             );
             drop(region);
+            if io == HostIo::Kernel {
+                staged(ctx, ck, &copy, &g, &pool_bytes, &dev, &hp, &shape)?;
+            }
         }
     }
+    Ok(())
+}
+
+/// The same moves staged through device memory laid out like the host pool (host memory that is
+/// not page-locked, e.g. PD staging buffers): `load_device` from a random staging buffer and
+/// `store_device` into a poisoned one, byte-exact.
+#[allow(clippy::too_many_arguments)]
+fn staged(
+    ctx: &Arc<GpuContext>,
+    ck: &mut Checker,
+    copy: &HostKvCopy,
+    g: &HostKvGeometry,
+    pool_bytes: &[u8],
+    dev: &[u32],
+    hp: &[u32],
+    shape: &str,
+) -> anyhow::Result<()> {
+    let row = g.row_bytes;
+    let mut src = vec![0u8; g.host_bytes()];
+    ck.rng.fill(&mut src[..]);
+    let pool = ctx.upload_u8(&[pool_bytes.len()], pool_bytes)?;
+    let staging = ctx.upload_u8(&[src.len()], &src)?;
+    let ev = copy.load_device(&pool, staging, hp, dev)?;
+    for l in 0..g.layers {
+        ev.synchronize(l)?;
+    }
+    let got = ctx.download_u8(&pool)?;
+    let mut expect = pool_bytes.to_vec();
+    for (&d, &h) in dev.iter().zip(hp) {
+        for l in 0..g.layers {
+            for kv in 0..2 {
+                for t in 0..g.page_size {
+                    let po = pool_off(g, d as usize, kv, t, l);
+                    let ho = host_off(g, h as usize, kv, t, l);
+                    expect[po..po + row].copy_from_slice(&src[ho..ho + row]);
+                }
+            }
+        }
+    }
+    ck.exact("staged_load", shape.to_string(), diff(&got, &expect));
+    let out = ctx.upload_u8(&[src.len()], &vec![0xA5u8; src.len()])?;
+    copy.store_device(&pool, &out, dev, hp)?;
+    let got_h = ctx.download_u8(&out)?;
+    let mut expect_h = vec![0xA5u8; src.len()];
+    for (&d, &h) in dev.iter().zip(hp) {
+        for l in 0..g.layers {
+            for kv in 0..2 {
+                for t in 0..g.page_size {
+                    let po = pool_off(g, d as usize, kv, t, l);
+                    let ho = host_off(g, h as usize, kv, t, l);
+                    expect_h[ho..ho + row].copy_from_slice(&expect[po..po + row]);
+                }
+            }
+        }
+    }
+    ck.exact("staged_store", shape.to_string(), diff(&got_h, &expect_h));
     Ok(())
 }
