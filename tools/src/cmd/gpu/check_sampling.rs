@@ -12,7 +12,7 @@ use rand::Rng;
 use strata_kernels::cuda::CudaOps;
 use strata_kernels::sample_rows::{agreement, Agreement};
 use strata_server::logprobs::{from_gpu, LogprobSpec};
-use strata_server::model::runner::{gpu_row, sample_host, SampleReq};
+use strata_server::model::runner::{gpu_row, sample_host, SampleReq, Sampled};
 use strata_server::sampling::{SamplingParams, SamplingParamsWire};
 
 use super::check::Checker;
@@ -173,9 +173,48 @@ pub fn sampling(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
 
         let mut per = vec![(0usize, 0usize, 0usize); cases.len()];
         let (mut pen_bad, mut lp_err, mut top_bad) = (0usize, 0f64, 0usize);
-        for (r, req) in reqs.iter().enumerate() {
-            let mut l = logits[r * vocab..(r + 1) * vocab].to_vec();
-            let want = sample_host(&mut l, req);
+        // The host reference (a sort of the whole row each), on every core, then in row order:
+        // each row's verdict (the agreement rule sorts again only for a differing token).
+        let threads = std::thread::available_parallelism().map_or(4, |n| n.get());
+        let chunk = n.div_ceil(threads);
+        let host: Vec<(Vec<f32>, Agreement, Sampled)> = std::thread::scope(|s| {
+            let jobs: Vec<_> = reqs
+                .chunks(chunk)
+                .enumerate()
+                .map(|(c, part)| {
+                    let (logits, tokens) = (&logits, &tokens);
+                    s.spawn(move || {
+                        part.iter()
+                            .enumerate()
+                            .map(|(k, req)| {
+                                let r = c * chunk + k;
+                                let mut l = logits[r * vocab..(r + 1) * vocab].to_vec();
+                                let want = sample_host(&mut l, req);
+                                let got = tokens[r];
+                                let verdict = if got as u32 == want.token {
+                                    Agreement::Same
+                                } else if req.score.is_some() {
+                                    Agreement::Differs
+                                } else {
+                                    agreement(
+                                        &l,
+                                        &req.params.sample,
+                                        req.uniform,
+                                        got as usize,
+                                        EPS,
+                                    )
+                                };
+                                (l, verdict, want)
+                            })
+                            .collect::<Vec<_>>()
+                    })
+                })
+                .collect();
+            jobs.into_iter()
+                .flat_map(|j| j.join().expect("reference thread"))
+                .collect()
+        });
+        for ((r, req), (l, verdict, want)) in reqs.iter().enumerate().zip(host) {
             let g = &penalised[r * vocab..(r + 1) * vocab];
             pen_bad += l
                 .iter()
@@ -183,15 +222,6 @@ pub fn sampling(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
                 .filter(|(a, b)| a.to_bits() != b.to_bits())
                 .count();
             let got = tokens[r];
-            let verdict = if req.score.is_some() {
-                if got as u32 == want.token {
-                    Agreement::Same
-                } else {
-                    Agreement::Differs
-                }
-            } else {
-                agreement(&l, &req.params.sample, req.uniform, got as usize, EPS)
-            };
             let e = &mut per[r / per_case];
             match verdict {
                 Agreement::Same => e.0 += 1,
