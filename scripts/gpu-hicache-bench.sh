@@ -21,7 +21,7 @@ IO=${IO:-kernel}
 LAYOUT=${LAYOUT:-page_first}
 mkdir -p "$OUTDIR"
 . scripts/gpu-env.sh
-export STRATA_LT_TUNE=${STRATA_LT_TUNE:-0}
+# cuBLASLt tuning stays on: its machine-wide table (kernels/src/cuda/lt_table.rs) makes A and B agree.
 W=${HB_WORK:-/tmp/strata-hb}
 mkdir -p "$W"
 pids=()

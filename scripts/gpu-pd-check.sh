@@ -16,7 +16,7 @@ OUTDIR=${1:-${OUT:-/tmp/strata-gpu}}
 SIZES=${SIZES:-llama-3.2-1b llama-3.1-8b}
 mkdir -p "$OUTDIR"
 . scripts/gpu-env.sh
-export STRATA_LT_TUNE=${STRATA_LT_TUNE:-0} PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 # cuBLASLt tuning on: its machine-wide table keeps processes consistent
 W=${PD_WORK:-/tmp/strata-hb}
 mkdir -p "$W"
 pids=()

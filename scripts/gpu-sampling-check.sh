@@ -2,7 +2,7 @@
 # The GPU sampler on the H200, one step of scripts/gpu-all.sh: `strata gpu bench --only sampling`
 # (GPU sampler vs the previous download-and-host path), then two bf16 servers on the made 1B model
 # and scripts/gpu_sampling_compare.py: seeded non-greedy requests must be deterministic on one
-# server and identical across the two (concurrency 1, heuristic GEMM picks on both).
+# server and identical across the two (concurrency 1, cuBLASLt tuning on: the machine-wide table).
 # Usage: scripts/gpu-sampling-check.sh [OUTDIR]; env STRATA.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -10,7 +10,7 @@ STRATA=${STRATA:-target/release/strata}
 OUTDIR=${1:-${OUT:-/tmp/strata-gpu}}
 mkdir -p "$OUTDIR"
 . scripts/gpu-env.sh
-export STRATA_LT_TUNE=0 PYTHONUNBUFFERED=1
+export PYTHONUNBUFFERED=1 # cuBLASLt tuning on: the machine-wide table keeps the two servers consistent
 W=${PD_WORK:-/tmp/strata-hb}
 mkdir -p "$W"
 pids=()

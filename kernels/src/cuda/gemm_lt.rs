@@ -8,7 +8,9 @@
 //! and the fastest kept. Decode GEMMs are skinny (2-64 rows): the heuristic's first pick often
 //! leaves SMs idle (too few output tiles) where a split-K candidate fills the GPU. Inside a
 //! capture (no timing possible) the heuristic's first pick is used. `STRATA_LT_TUNE=0` disables
-//! the timing.
+//! the timing. Winners go to the machine-wide table of [`super::lt_table`]: the first process to
+//! tune a shape fixes it for every later process on the same GPU model, driver and library, so
+//! two servers compute the same bf16 bits for the same input.
 //!
 //! Layouts (column-major, as cuBLAS sees the row-major tensors): A = w as [in, out] with
 //! TRANSA = T, B = x as [in, T], C = D = y as [out, T].
@@ -22,6 +24,7 @@ use cudarc::cublaslt::sys;
 
 use super::device::GpuContext;
 use super::error::{CudaError, Result};
+use super::lt_table::LtTable;
 use super::tensor::{DTensor, DType};
 
 const WORKSPACE: usize = 32 << 20;
@@ -70,6 +73,7 @@ pub struct GemmLt {
     plans: Mutex<HashMap<(usize, usize, usize, bool), Plan>>,
     tuned: Mutex<Vec<Tuned>>,
     tune: bool,
+    table: LtTable,
 }
 
 // SAFETY: the raw handles are only used under `plans`' lock or for launches on the context's
@@ -87,7 +91,12 @@ impl GemmLt {
         ctx.cuda().bind_to_thread()?;
         let handle = lt::create_handle().map_err(lt_err)?;
         let workspace = ctx.alloc(DType::F32, &[WORKSPACE / 4])?;
+        // SAFETY: a plain query of the loaded library.
+        let version = unsafe { sys::cublasLtGetVersion() };
+        let key = format!("{}-driver{}-lt{version}", ctx.name(), ctx.driver());
+        let table = LtTable::open(super::nvrtc::cache_dir(), &key);
         Ok(Self {
+            table,
             ctx,
             handle,
             workspace,
@@ -181,7 +190,12 @@ impl GemmLt {
             self.ctx.stream().capture_status(),
             Ok(cudarc::driver::sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE)
         );
-        if self.tune && !capturing && found.len() > 1 {
+        let key = (t, n, k, y_f32);
+        let known = self.table.get(key).filter(|&i| i < found.len());
+        if let (true, Some(i)) = (self.tune, known) {
+            // Tuned before, here or by another process on this machine.
+            plan.algo = found[i].algo;
+        } else if self.tune && !capturing && found.len() > 1 {
             let mut times = Vec::with_capacity(found.len());
             for r in &found {
                 plan.algo = r.algo;
@@ -190,7 +204,9 @@ impl GemmLt {
             let best = (0..times.len())
                 .min_by(|&i, &j| times[i].total_cmp(&times[j]))
                 .unwrap_or(0);
-            plan.algo = found[if times[best].is_finite() { best } else { 0 }].algo;
+            let best = if times[best].is_finite() { best } else { 0 };
+            let pick = self.table.record(key, best);
+            plan.algo = found[if pick < found.len() { pick } else { best }].algo;
             self.tuned
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())

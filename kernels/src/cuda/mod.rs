@@ -22,6 +22,7 @@ pub mod host_copy;
 pub mod info;
 pub mod launch;
 pub mod llama;
+pub mod lt_table;
 pub mod nvrtc;
 pub mod ops;
 pub mod pinned;
