@@ -3,7 +3,8 @@
 # round (a new random prompt each time): TTFT on a radix-only server (recompute), then on a
 # HiCache server with `--hicache-storage-backend file` (computes and writes the directory), then on
 # a freshly started second server sharing the directory (an L3 hit: read from the files, warm page
-# cache). TTFT = the time of a /generate with max_new_tokens 1.
+# cache). TTFT = the time of a /generate with max_new_tokens 1; the hit's L3 read (bytes, seconds)
+# comes from the fresh server's prefetch metrics.
 # Usage: scripts/bench-hicache-file.sh [strata binary] ; env: SIZE (small), LENS ("1024 2048 4032"),
 # ROUNDS (3).
 set -euo pipefail
@@ -47,15 +48,17 @@ backed() {
 FILE=(--enable-hierarchical-cache --hicache-storage-backend file --hicache-storage-prefetch-policy
   wait_complete --hicache-storage-backend-extra-config '{"prefetch_threshold": 64}')
 echo "# model $SIZE, page 64, TTFT in ms (cached tokens); recompute = radix-only server"
-echo "| prompt tokens | round | recompute | HiCache server (computes, writes L3) | fresh server, L3 file hit | recompute / hit |"
-echo "|---|---|---|---|---|---|"
+echo "| prompt tokens | round | recompute | HiCache server (computes, writes L3) | fresh server, L3 file hit | its L3 read | recompute / hit |"
+echo "|---|---|---|---|---|---|---|"
 for len in $LENS; do
   for r in $(seq "$ROUNDS"); do
     seed=$((len * 100 + r))
     serve; read -r t0 c0 < <(ttft $seed "$len"); stop
     serve "${FILE[@]}"; read -r t1 c1 < <(ttft $seed "$len"); backed $(( (len / 64) * 64 )); stop
-    serve "${FILE[@]}"; read -r t2 c2 < <(ttft $seed "$len"); stop
-    python3 -c "print(f'| $len | $r | {$t0*1e3:.0f} ($c0) | {$t1*1e3:.0f} ($c1) | {$t2*1e3:.0f} ($c2) | {$t0/$t2:.1f}x |')"
+    serve "${FILE[@]}"; read -r t2 c2 < <(ttft $seed "$len")
+    read -r rb rs < <(curl -s localhost:$PORT/metrics | awk '$1 == "sglang:prefetch_bytes_total" {b=$2}
+      $1 == "sglang:prefetch_seconds_total" {s=$2} END {print b, s}'); stop
+    python3 -c "print(f'| $len | $r | {$t0*1e3:.0f} ($c0) | {$t1*1e3:.0f} ($c1) | {$t2*1e3:.0f} ($c2) | {$rb/1e6:.1f} MB in {$rs*1e3:.1f} ms | {$t0/$t2:.1f}x |')"
   done
 done
 echo "L3 directory: $(ls "$WORK/l3" | wc -l) files, $(du -sh "$WORK/l3" | cut -f1)"
