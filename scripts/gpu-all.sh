@@ -5,6 +5,7 @@
 #   serve    scripts/gpu-serve-check.sh on the llama tiny model (f32 path vs CPU; logprobs f32 and bf16)
 #   hc1b     scripts/gpu-hicache-check.sh (1B shape: L2 load-back and L3 answers byte-exact)
 #   hc8b     scripts/gpu-hicache-bench.sh (8B shape: L3-hit TTFT vs recompute at 8K..32K)
+#   mt       scripts/gpu-hicache-multiturn.sh (multiturn bench, four HiCache configurations)
 #   pd       scripts/gpu-pd-check.sh (PD on one GPU: greedy, TTFT, transfer, mixed-load ITL)
 #   runner   scripts/gpu-runner-check.sh (bf16 runner vs transformers, greedy consistency, bench)
 #   sampling scripts/gpu-sampling-check.sh (GPU sampler: bench, served determinism, two servers)
@@ -32,6 +33,7 @@ for s in $STEPS; do
       rc=$?; grep -E "SAME|DIFF|PASS|FAIL|agree|within|max \||output ids|gpu-serve-check" "$OUT/serve-check.log" | tail -20 ;;
     hc1b) timeout $(left 200) scripts/gpu-hicache-check.sh "$OUT" > "$OUT/hc1b.log" 2>&1; rc=$?; tail -8 "$OUT/hc1b.log" ;;
     hc8b) timeout $(left ${HC8B_TIMEOUT:-330}) scripts/gpu-hicache-bench.sh "$OUT" > "$OUT/hc8b.log" 2>&1; rc=$?; grep -vE "^\s*$" "$OUT/hc8b.log" | tail -30 ;;
+    mt) timeout $(left ${MT_TIMEOUT:-200}) scripts/gpu-hicache-multiturn.sh "$OUT" > "$OUT/mt.log" 2>&1; rc=$?; cat "$OUT/mt.log" ;;
     pd) timeout $(left ${PD_TIMEOUT:-300}) scripts/gpu-pd-check.sh "$OUT" > "$OUT/pd.log" 2>&1; rc=$?; tail -40 "$OUT/pd.log" ;;
     sampling) timeout $(left 200) scripts/gpu-sampling-check.sh "$OUT" > "$OUT/sampling.log" 2>&1; rc=$?; tail -30 "$OUT/sampling.log" ;;
     runner) timeout $(left 400) scripts/gpu-runner-check.sh "$OUT" > "$OUT/runner.log" 2>&1; rc=$?; tail -40 "$OUT/runner.log" ;;
