@@ -23,6 +23,24 @@ fn pool_off(g: &HostKvGeometry, p: usize, kv: usize, t: usize, l: usize) -> usiz
     ((l * 2 + kv) * g.pool_pages * g.page_size + p * g.page_size + t) * g.row_bytes
 }
 
+/// The expected bytes of a copy of pages `hp[i]` <-> `dev[i]`, every row of every layer: host ->
+/// pool (`to_pool`, `src` host bytes, `dst` pool bytes) or pool -> host.
+fn place(g: &HostKvGeometry, dev: &[u32], hp: &[u32], src: &[u8], dst: &mut [u8], to_pool: bool) {
+    let row = g.row_bytes;
+    for (&d, &h) in dev.iter().zip(hp) {
+        for l in 0..g.layers {
+            for kv in 0..2 {
+                for t in 0..g.page_size {
+                    let po = pool_off(g, d as usize, kv, t, l);
+                    let ho = host_off(g, h as usize, kv, t, l);
+                    let (from, to) = if to_pool { (ho, po) } else { (po, ho) };
+                    dst[to..to + row].copy_from_slice(&src[from..from + row]);
+                }
+            }
+        }
+    }
+}
+
 fn diff(a: &[u8], b: &[u8]) -> usize {
     a.iter().zip(b).filter(|(x, y)| x != y).count() + a.len().abs_diff(b.len())
 }
@@ -84,19 +102,7 @@ pub fn check_host_copy(ctx: &Arc<GpuContext>, ck: &mut Checker) -> anyhow::Resul
             }
             let got = ctx.download_u8(&pool)?;
             let mut expect = pool_bytes.clone();
-            for (&d, &h) in dev.iter().zip(&hp) {
-                for l in 0..layers {
-                    for kv in 0..2 {
-                        for t in 0..ps {
-                            let (po, ho) = (
-                                pool_off(&g, d as usize, kv, t, l),
-                                host_off(&g, h as usize, kv, t, l),
-                            );
-                            expect[po..po + row].copy_from_slice(&host[ho..ho + row]);
-                        }
-                    }
-                }
-            }
+            place(&g, &dev, &hp, &host[..g.host_bytes()], &mut expect, true);
             ck.exact("hicache_load", shape.clone(), diff(&got, &expect));
             // Store: GPU -> host with another pairing, into a pool poisoned with 0xA5.
             drop(ev);
@@ -104,19 +110,7 @@ pub fn check_host_copy(ctx: &Arc<GpuContext>, ck: &mut Checker) -> anyhow::Resul
             shuffle(&mut ck.rng, &mut hp);
             copy.store(&pool, &region, &dev, &hp)?;
             let mut expect_h = vec![0xA5u8; g.host_bytes()];
-            for (&d, &h) in dev.iter().zip(&hp) {
-                for l in 0..layers {
-                    for kv in 0..2 {
-                        for t in 0..ps {
-                            let (po, ho) = (
-                                pool_off(&g, d as usize, kv, t, l),
-                                host_off(&g, h as usize, kv, t, l),
-                            );
-                            expect_h[ho..ho + row].copy_from_slice(&expect[po..po + row]);
-                        }
-                    }
-                }
-            }
+            place(&g, &dev, &hp, &expect, &mut expect_h, false);
             ck.exact(
                 "hicache_store",
                 shape.clone(),
@@ -145,7 +139,6 @@ fn staged(
     hp: &[u32],
     shape: &str,
 ) -> anyhow::Result<()> {
-    let row = g.row_bytes;
     let mut src = vec![0u8; g.host_bytes()];
     ck.rng.fill(&mut src[..]);
     let pool = ctx.upload_u8(&[pool_bytes.len()], pool_bytes)?;
@@ -156,33 +149,13 @@ fn staged(
     }
     let got = ctx.download_u8(&pool)?;
     let mut expect = pool_bytes.to_vec();
-    for (&d, &h) in dev.iter().zip(hp) {
-        for l in 0..g.layers {
-            for kv in 0..2 {
-                for t in 0..g.page_size {
-                    let po = pool_off(g, d as usize, kv, t, l);
-                    let ho = host_off(g, h as usize, kv, t, l);
-                    expect[po..po + row].copy_from_slice(&src[ho..ho + row]);
-                }
-            }
-        }
-    }
+    place(g, dev, hp, &src, &mut expect, true);
     ck.exact("staged_load", shape.to_string(), diff(&got, &expect));
     let out = ctx.upload_u8(&[src.len()], &vec![0xA5u8; src.len()])?;
     copy.store_device(&pool, &out, dev, hp)?;
     let got_h = ctx.download_u8(&out)?;
     let mut expect_h = vec![0xA5u8; src.len()];
-    for (&d, &h) in dev.iter().zip(hp) {
-        for l in 0..g.layers {
-            for kv in 0..2 {
-                for t in 0..g.page_size {
-                    let po = pool_off(g, d as usize, kv, t, l);
-                    let ho = host_off(g, h as usize, kv, t, l);
-                    expect_h[ho..ho + row].copy_from_slice(&expect[po..po + row]);
-                }
-            }
-        }
-    }
+    place(g, dev, hp, &expect, &mut expect_h, false);
     ck.exact("staged_store", shape.to_string(), diff(&got_h, &expect_h));
     Ok(())
 }
