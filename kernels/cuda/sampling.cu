@@ -22,7 +22,9 @@
 // index order (ballot scan). Integer weights make every sum order-independent: the result is
 // deterministic and independent of the batch.
 
+#ifndef SAMPLE_THREADS  // the launchers use 1024; the CI emulation builds with fewer
 #define SAMPLE_THREADS 1024
+#endif
 #define ROW_WORDS 20
 #define E_BAN (1 << 30)
 #define E_BIAS (1 << 29)
@@ -120,7 +122,7 @@ struct SelShared {
 __device__ void scan_find(SelShared& sh, const u32* cnt, const u64* mass, int nbins, bool by_mass,
                           u64 target) {
     const int tid = threadIdx.x, lane = tid & 31, w = tid >> 5;
-    const int per = nbins / SAMPLE_THREADS;  // 1 or 2 (nbins is 1024 or 2048)
+    const int per = nbins / SAMPLE_THREADS;  // bins per thread (nbins is 1024 or 2048)
     if (tid == 0) sh.found_digit = 0;
     u32 c = 0;
     u64 m = 0;

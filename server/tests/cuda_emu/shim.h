@@ -1,0 +1,76 @@
+// Minimal CUDA emulation on host threads, for the kernels' logic in CI (which has no GPU): one
+// std::thread per CUDA thread, blocks run one after another, `__syncthreads` is a std::barrier of
+// the block, warp shuffles and ballots exchange through a per-warp buffer between two per-warp
+// barriers, `__shared__` variables are function statics (shared by the block's threads), atomics
+// are std::atomic_ref. Valid only for kernels whose barriers and warp collectives are reached by
+// every thread (block-uniform control flow), as the sampling kernels are. Float arithmetic is the
+// host's IEEE single/double (compile with -ffp-contract=off); `exp`/`log` are the host libm's.
+#include <atomic>
+#include <barrier>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <thread>
+#include <vector>
+#include <memory>
+struct Dim3 { unsigned x, y, z; };
+thread_local Dim3 threadIdx, blockIdx;
+Dim3 blockDim, gridDim;
+std::unique_ptr<std::barrier<>> g_block_bar;
+std::vector<std::unique_ptr<std::barrier<>>> g_warp_bar;
+static uint64_t g_warp_buf[64][32];
+#define __global__
+#define __device__
+#define __forceinline__ inline
+#define __launch_bounds__(x)
+#define __shared__ static
+inline void __syncthreads() { g_block_bar->arrive_and_wait(); }
+template <class T> T shfl_from(T v, int src) {
+    int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    uint64_t bits = 0; std::memcpy(&bits, &v, sizeof(T));
+    g_warp_buf[w][lane] = bits;
+    g_warp_bar[w]->arrive_and_wait();
+    uint64_t got = g_warp_buf[w][src];
+    g_warp_bar[w]->arrive_and_wait();
+    T r; std::memcpy(&r, &got, sizeof(T));
+    return r;
+}
+template <class T> T __shfl_xor_sync(unsigned, T v, int o) { return shfl_from(v, (threadIdx.x & 31) ^ o); }
+template <class T> T __shfl_up_sync(unsigned, T v, unsigned o) {
+    int lane = threadIdx.x & 31; return shfl_from(v, lane >= (int)o ? lane - (int)o : lane);
+}
+inline unsigned __ballot_sync(unsigned, bool p) {
+    int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    g_warp_buf[w][lane] = p ? 1 : 0;
+    g_warp_bar[w]->arrive_and_wait();
+    unsigned m = 0; for (int j = 0; j < 32; ++j) if (g_warp_buf[w][j]) m |= 1u << j;
+    g_warp_bar[w]->arrive_and_wait();
+    return m;
+}
+template <class T, class U> T atomicAdd(T* p, U v) { return std::atomic_ref<T>(*p).fetch_add((T)v); }
+inline int __popc(unsigned x) { return __builtin_popcount(x); }
+inline float __int_as_float(int x) { float f; std::memcpy(&f, &x, 4); return f; }
+inline int __float_as_int(float x) { int f; std::memcpy(&f, &x, 4); return f; }
+inline float __uint_as_float(unsigned x) { float f; std::memcpy(&f, &x, 4); return f; }
+inline unsigned __float_as_uint(float x) { unsigned f; std::memcpy(&f, &x, 4); return f; }
+inline float __fdiv_rn(float a, float b) { return a / b; }
+inline float __fsub_rn(float a, float b) { return a - b; }
+inline float __fadd_rn(float a, float b) { return a + b; }
+inline float __fmul_rn(float a, float b) { return a * b; }
+inline unsigned long long __double2ull_rn(double x) { return (unsigned long long)std::nearbyint(x); }
+inline double __hiloint2double(int hi, int lo) {
+    uint64_t b = ((uint64_t)(uint32_t)hi << 32) | (uint32_t)lo; double d; std::memcpy(&d, &b, 8); return d;
+}
+using std::exp; using std::log; using std::ceil; using std::floor; using std::ldexp;
+template <class F> void launch(unsigned grid, unsigned block, F f) {
+    blockDim = {block, 1, 1}; gridDim = {grid, 1, 1};
+    for (unsigned b = 0; b < grid; ++b) {
+        g_block_bar = std::make_unique<std::barrier<>>(block);
+        g_warp_bar.clear();
+        for (unsigned w = 0; w < block / 32; ++w) g_warp_bar.push_back(std::make_unique<std::barrier<>>(32));
+        std::vector<std::thread> ts;
+        for (unsigned t = 0; t < block; ++t)
+            ts.emplace_back([=] { threadIdx = {t, 0, 0}; blockIdx = {b, 0, 0}; f(); });
+        for (auto& t : ts) t.join();
+    }
+}

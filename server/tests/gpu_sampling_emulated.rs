@@ -1,0 +1,280 @@
+//! The GPU sampler's CUDA source (kernels/cuda/sampling.cu: `argmax_rows`, `sample_rows`,
+//! `logprob_rows`) run on the CPU under a host-thread CUDA emulation (tests/cuda_emu/shim.h,
+//! compiled with g++), against the server's host sampler `sample_host`: CI has no GPU, so this is
+//! where the kernels' logic (penalties, radix selection, tie groups, draw, logprob top-N) is held
+//! to the CPU semantics on every change; `strata gpu check` repeats it on real hardware at the
+//! real vocabularies. Seeded rows (the seed is printed); one row per parameter combination, and a
+//! second pass on logits rounded to 0.5 so that equal keys (tie groups) are everywhere. Skipped,
+//! with a message, where no C++20 g++ exists.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use strata_kernels::sample_rows::{agreement, pack_rows, scale_bits, unpack_logprobs, Agreement};
+use strata_server::logprobs::{from_gpu, LogprobSpec};
+use strata_server::model::runner::{gpu_row, sample_host, SampleReq};
+use strata_server::sampling::{SamplingParams, SamplingParamsWire};
+use strata_server::seeded::SplitMix64;
+
+fn params(json: &str) -> SamplingParams {
+    serde_json::from_str::<SamplingParamsWire>(json)
+        .unwrap()
+        .validate()
+        .unwrap()
+}
+
+/// Builds the emulator; None (the test skips) when g++ is missing.
+fn build(dir: &Path) -> Option<PathBuf> {
+    if Command::new("g++").arg("--version").output().is_err() {
+        return None;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let exe = dir.join("emu");
+    let out = Command::new("g++")
+        .args(["-std=c++20", "-O1", "-ffp-contract=off", "-pthread", "-w"])
+        // 128 threads per row block instead of the GPU's 1024: the kernels' logic is the same
+        // for any multiple of 32 that divides 1024 (bins per thread 8 / 16 instead of 1 / 2),
+        // and host threads are expensive. The 1024-thread shape was emulated when written.
+        .arg("-DSAMPLE_THREADS=128")
+        .arg("-I")
+        .arg(root.join("tests/cuda_emu"))
+        .arg("-I")
+        .arg(root.join("../kernels/cuda"))
+        .arg(root.join("tests/cuda_emu/main.cpp"))
+        .arg("-o")
+        .arg(&exe)
+        .output()
+        .expect("run g++");
+    assert!(
+        out.status.success(),
+        "g++ failed on the emulated kernels:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(exe)
+}
+
+struct Case {
+    name: &'static str,
+    params: SamplingParams,
+    ban: bool,
+    logprobs: Option<LogprobSpec>,
+    score: bool,
+}
+
+fn cases() -> Vec<Case> {
+    let lp = |top_n, ids: Option<Vec<u32>>| {
+        Some(LogprobSpec {
+            start: 0,
+            top_n,
+            token_ids: ids,
+        })
+    };
+    let c = |name, json: &str, ban, logprobs, score| Case {
+        name,
+        params: params(json),
+        ban,
+        logprobs,
+        score,
+    };
+    vec![
+        c("greedy", r#"{"temperature": 0}"#, false, None, false),
+        c(
+            "greedy+pen+ban",
+            r#"{"temperature": 0, "frequency_penalty": 0.5, "repetition_penalty": 1.3}"#,
+            true,
+            None,
+            false,
+        ),
+        c("temp0.7", r#"{"temperature": 0.7}"#, false, None, false),
+        c("topk50", r#"{"top_k": 50}"#, false, None, false),
+        c("topp0.9", r#"{"top_p": 0.9}"#, false, None, false),
+        c("minp0.05", r#"{"min_p": 0.05}"#, false, None, false),
+        c(
+            "all+pen+bias+ban",
+            r#"{"temperature": 0.7, "top_p": 0.9, "top_k": 50, "min_p": 0.05, "frequency_penalty": 0.3, "presence_penalty": 0.2, "repetition_penalty": 1.1, "logit_bias": {"17": 2.5, "5": -1.0}}"#,
+            true,
+            None,
+            false,
+        ),
+        c(
+            "temp1.3+lp",
+            r#"{"temperature": 1.3, "presence_penalty": -0.5}"#,
+            true,
+            lp(5, Some(vec![0, 17, 4_000_000])),
+            false,
+        ),
+        c(
+            "topk1+lp",
+            r#"{"temperature": 0.5, "top_k": 1}"#,
+            false,
+            lp(3, None),
+            false,
+        ),
+        c(
+            "greedy+lp20",
+            r#"{"temperature": 0}"#,
+            false,
+            lp(20, Some(vec![1])),
+            false,
+        ),
+        c(
+            "score+lp",
+            r#"{"temperature": 0.7}"#,
+            false,
+            lp(4, None),
+            true,
+        ),
+        c(
+            "topp0.3+topk200",
+            r#"{"top_p": 0.3, "top_k": 200, "temperature": 1.5}"#,
+            false,
+            None,
+            false,
+        ),
+    ]
+}
+
+/// Runs every case on one seeded row of `vocab` logits (rounded to `quant` when given) through
+/// the emulated kernels; returns the failures.
+fn run(exe: &Path, dir: &Path, vocab: usize, seed: u64, quant: Option<f32>) -> Vec<String> {
+    let mut rng = SplitMix64(seed);
+    let cases = cases();
+    let n = cases.len();
+    let (mut logits, mut outs, mut bans, mut us) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for r in 0..n {
+        let sigma = [1.0f32, 2.0, 3.0][r % 3];
+        let mut l: Vec<f32> = (0..vocab)
+            .map(|_| {
+                let s: f64 = (0..4).map(|_| rng.next_f64()).sum();
+                ((s * 2.0 - 4.0) as f32) * sigma * 0.87
+            })
+            .collect();
+        if r % 4 != 3 {
+            for _ in 0..(1 + r % 6) {
+                let i = (rng.next_u64() % vocab as u64) as usize;
+                l[i] = 6.0 + 8.0 * rng.next_f64() as f32;
+            }
+        }
+        let a = (rng.next_u64() % vocab as u64) as usize;
+        let b = (rng.next_u64() % vocab as u64) as usize;
+        l[a] = l[b];
+        if let Some(q) = quant {
+            l.iter_mut().for_each(|x| *x = (*x / q).round() * q);
+        }
+        let mut top: Vec<u32> = (0..vocab as u32).collect();
+        top.select_nth_unstable_by(8, |&a, &b| l[b as usize].total_cmp(&l[a as usize]));
+        let out: Vec<u32> = (0..24)
+            .map(|k| {
+                let x = rng.next_u64();
+                if k % 3 == 0 {
+                    (x % vocab as u64) as u32
+                } else {
+                    top[(x % 8) as usize]
+                }
+            })
+            .collect();
+        outs.push(out);
+        bans.push(vec![top[0]]);
+        us.push(rng.next_f64());
+        logits.extend(l);
+    }
+    let reqs: Vec<SampleReq> = (0..n)
+        .map(|r| SampleReq {
+            params: &cases[r].params,
+            output: &outs[r],
+            banned: if cases[r].ban { &bans[r] } else { &[] },
+            uniform: us[r],
+            logprobs: cases[r].logprobs.as_ref(),
+            score: cases[r].score.then_some((r * 7919 % vocab) as u32),
+        })
+        .collect();
+    let specs: Vec<_> = reqs.iter().map(gpu_row).collect();
+    let p = pack_rows(&specs, vocab);
+    let mut buf = Vec::new();
+    let head = [
+        vocab as u32,
+        n as u32,
+        scale_bits(vocab) as u32,
+        p.words.len() as u32,
+        p.lp_words as u32,
+        p.ids_at() as u32,
+    ];
+    head.iter().for_each(|h| buf.extend(h.to_le_bytes()));
+    p.words.iter().for_each(|w| buf.extend(w.to_le_bytes()));
+    logits.iter().for_each(|x| buf.extend(x.to_le_bytes()));
+    let (inp, outp) = (dir.join("in.bin"), dir.join("out.bin"));
+    std::fs::write(&inp, &buf).unwrap();
+    let st = Command::new(exe).arg(&inp).arg(&outp).status().unwrap();
+    assert!(st.success(), "emulator failed: {st}");
+    let words: Vec<i32> = std::fs::read(&outp)
+        .unwrap()
+        .chunks_exact(4)
+        .map(|c| i32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    let (tokens, rest) = words.split_at(n);
+    let (pen, lpw) = rest.split_at(n * vocab);
+    let mut bad = Vec::new();
+    for (r, req) in reqs.iter().enumerate() {
+        let name = cases[r].name;
+        let mut l = logits[r * vocab..(r + 1) * vocab].to_vec();
+        let want = sample_host(&mut l, req);
+        let got = tokens[r];
+        let pen_diff = l
+            .iter()
+            .zip(&pen[r * vocab..(r + 1) * vocab])
+            .filter(|(a, &b)| a.to_bits() != b as u32)
+            .count();
+        if pen_diff > 0 {
+            bad.push(format!("{name}: {pen_diff} penalised logits differ"));
+        }
+        let verdict = if got as u32 == want.token {
+            Agreement::Same
+        } else if req.score.is_some() {
+            Agreement::Differs
+        } else {
+            agreement(&l, &req.params.sample, req.uniform, got as usize, 1e-6)
+        };
+        if verdict == Agreement::Differs {
+            bad.push(format!("{name}: token {got}, host {}", want.token));
+        }
+        if let (Some(spec), Some(w)) = (req.logprobs, &want.logprobs) {
+            let g = from_gpu(spec, &unpack_logprobs(&p, lpw, r).expect("logprob words"));
+            let ids = |v: &[(u32, f32)]| v.iter().map(|x| x.0).collect::<Vec<_>>();
+            let close = |a: Option<f32>, b: Option<f32>| match (a, b) {
+                (Some(a), Some(b)) => a == b || (a - b).abs() <= 1e-5,
+                _ => a == b,
+            };
+            if got as u32 == want.token
+                && (ids(&g.top) != ids(&w.top)
+                    || ids(&g.ids) != ids(&w.ids)
+                    || !close(g.logprob, w.logprob)
+                    || g.top
+                        .iter()
+                        .zip(&w.top)
+                        .any(|(a, b)| !close(Some(a.1), Some(b.1)))
+                    || g.ids
+                        .iter()
+                        .zip(&w.ids)
+                        .any(|(a, b)| !close(Some(a.1), Some(b.1))))
+            {
+                bad.push(format!("{name}: logprobs {g:?} vs host {w:?}"));
+            }
+        }
+    }
+    bad
+}
+
+#[test]
+fn emulated_kernels_sample_like_the_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let Some(exe) = build(dir.path()) else {
+        println!("SKIPPED: no g++ to build the CUDA emulation");
+        return;
+    };
+    let seed = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(14, |d| d.as_nanos() as u64);
+    println!("seed {seed}");
+    let mut bad = run(&exe, dir.path(), 1000, seed, None);
+    bad.extend(run(&exe, dir.path(), 700, seed ^ 1, Some(0.5)));
+    assert!(bad.is_empty(), "seed {seed}: {bad:#?}");
+}
