@@ -65,6 +65,10 @@ pub struct Stats {
     pub pd_local: AtomicU64,
     /// PD decode side: connections opened to prefill bootstrap servers (reuse does not count).
     pub pd_connections: AtomicU64,
+    /// PD decode side: transfers received, and the microseconds from their KV header's arrival to
+    /// the acknowledgement sent (the copy, or the bytes read from the socket).
+    pub pd_received: AtomicU64,
+    pub pd_recv_micros: AtomicU64,
     /// PD decode side: tokens whose KV was queued for the L3 by decode offload.
     pub pd_offloaded_tokens: AtomicU64,
     /// Hierarchical cache counters (all zero when HiCache is off).

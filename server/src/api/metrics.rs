@@ -253,6 +253,18 @@ pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
             "Connections this PD decode server opened to prefill bootstrap servers (each is reused).",
             Stats::get(&s.pd_connections),
         );
+        counter(
+            &mut o,
+            "pd_received_transfers",
+            "PD KV transfers this decode server received.",
+            Stats::get(&s.pd_received),
+        );
+        gauge(
+            &mut o,
+            "pd_receive_seconds_total",
+            "Seconds from a received KV header to its acknowledgement (the copy or the socket read).",
+            Stats::get(&s.pd_recv_micros) as f64 / 1e6,
+        );
     }
     if Stats::get(&s.pd_offloaded_tokens) > 0 {
         counter(

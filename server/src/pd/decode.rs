@@ -4,6 +4,7 @@
 //! straight out of the prefill's staging memory, otherwise they come on the socket.
 
 use super::link::{Link, Links};
+use super::staging::StagingCache;
 use super::wire::{self, KvHeader, Want};
 use super::{Bootstrap, PdConfig};
 use crate::hicache::MemLayout;
@@ -43,7 +44,13 @@ pub struct Fetcher {
     geo: Geometry,
     results: Results,
     links: Arc<Links>,
+    /// Tells the scheduler a fetch finished (so it need not poll for it).
+    waker: Arc<Mutex<Option<Waker>>>,
+    /// Staging pools whose pages were loaded, for the next fetches.
+    staging: Arc<StagingCache>,
 }
+
+type Waker = Box<dyn Fn() + Send + Sync>;
 
 impl Fetcher {
     pub fn new(cfg: PdConfig, geo: Geometry, stats: Arc<crate::stats::Stats>) -> Self {
@@ -53,24 +60,39 @@ impl Fetcher {
             geo,
             results: Arc::new(Mutex::new(HashMap::new())),
             links,
+            waker: Arc::new(Mutex::new(None)),
+            staging: Arc::new(StagingCache::default()),
         }
+    }
+
+    /// Gives back the staging pool of a fetch whose pages were loaded.
+    pub fn recycle(&self, staging: HostKvPool) {
+        self.staging.give(staging);
+    }
+
+    /// Called after every finished fetch.
+    pub fn set_waker(&self, w: Waker) {
+        *self.waker.lock() = Some(w);
     }
 
     /// Starts fetching the KV of `rid` (a prompt of `prompt_len` tokens) from `b`'s prefill.
     pub fn start(&self, rid: &str, b: &Bootstrap, prompt_len: usize) {
         let (cfg, geo, results) = (self.cfg.clone(), self.geo, self.results.clone());
-        let links = self.links.clone();
+        let (links, waker, cache) = (self.links.clone(), self.waker.clone(), self.staging.clone());
         let (id, b) = (rid.to_string(), b.clone());
         self.results.lock().insert(rid.to_string(), None);
         let spawned = std::thread::Builder::new()
             .name("strata-pd-fetch".into())
             .spawn(move || {
-                let r = fetch(&cfg, geo, &b, prompt_len, &links);
+                let r = fetch(&cfg, geo, &b, prompt_len, &links, &cache);
                 if let Err(e) = &r {
                     tracing::warn!(rid = id, room = b.room, "PD: {e}");
                 }
                 if let Some(slot) = results.lock().get_mut(&id) {
                     *slot = Some(r);
+                }
+                if let Some(w) = waker.lock().as_ref() {
+                    w();
                 }
             });
         if let Err(e) = spawned {
@@ -125,6 +147,7 @@ fn fetch(
     b: &Bootstrap,
     prompt_len: usize,
     links: &Links,
+    cache: &StagingCache,
 ) -> Result<Fetched, String> {
     let port = b.port.unwrap_or(cfg.bootstrap_port);
     let addr = (b.host.as_str(), port)
@@ -133,14 +156,17 @@ fn fetch(
         .next()
         .ok_or_else(|| format!("bootstrap address {}:{port} does not resolve", b.host))?;
     let staging_pages = prompt_len.div_ceil(g.page_size);
-    let staging = HostKvPool::new(
-        staging_pages,
-        g.page_size,
-        g.layers,
-        g.kv_dim,
-        g.elem,
-        MemLayout::PageFirst,
-    )?;
+    let object_bytes = g.page_size * g.layers * g.kv_dim * g.elem;
+    let staging = cache.take(staging_pages, object_bytes, |pages| {
+        HostKvPool::new(
+            pages,
+            g.page_size,
+            g.layers,
+            g.kv_dim,
+            g.elem,
+            MemLayout::PageFirst,
+        )
+    })?;
     let want = Want {
         room: b.room,
         prompt_len: prompt_len as u32,
@@ -150,11 +176,11 @@ fn fetch(
         token: cfg.token.clone(),
     };
     let mut link = links.take(addr)?;
-    let mut r = exchange(cfg, links, addr, &mut link, &want, &staging);
+    let mut r = exchange(cfg, links, addr, &mut link, &want, &staging, staging_pages);
     if matches!(&r, Err(f) if f.stale) {
         tracing::debug!(%addr, "PD: a pooled connection was closed by the prefill; dialing again");
         link = links.dial(addr)?;
-        r = exchange(cfg, links, addr, &mut link, &want, &staging);
+        r = exchange(cfg, links, addr, &mut link, &want, &staging, staging_pages);
     }
     match r {
         Ok(h) => {
@@ -183,6 +209,7 @@ fn exchange(
     link: &mut Link,
     want: &Want,
     staging: &HostKvPool,
+    n_pages: usize,
 ) -> Result<KvHeader, Fail> {
     let started = std::time::Instant::now();
     let mut want = want.clone();
@@ -249,7 +276,6 @@ fn exchange(
             stale: false,
         });
     }
-    let n_pages = staging.total_pages();
     let obj = staging.object_bytes();
     if h.n_pages as usize != n_pages || h.object_bytes as usize != obj {
         return Err(Fail::broken(
@@ -259,11 +285,12 @@ fn exchange(
     if !cfg.test_stall.is_zero() {
         std::thread::sleep(cfg.test_stall);
     }
+    let got_header = std::time::Instant::now();
     let broke = |e: std::io::Error| {
         Fail::broken(format!("the prefill server broke off the KV transfer: {e}"))
     };
     let on_socket = if h.flags & wire::IN_PLACE != 0 {
-        match copy_in_place(link.peer_pid, &h.ranges, staging) {
+        match copy_in_place(link.peer_pid, &h.ranges, staging, n_pages) {
             Ok(()) => false,
             Err(e) => {
                 // EPERM / EACCES: the kernel's ptrace check said no.
@@ -300,6 +327,11 @@ fn exchange(
     link.wr
         .write_all(&[wire::ACK_OK])
         .map_err(|e| Fail::broken(e.to_string()))?;
+    crate::stats::Stats::add(&links.stats.pd_received, 1);
+    crate::stats::Stats::add(
+        &links.stats.pd_recv_micros,
+        got_header.elapsed().as_micros() as u64,
+    );
     Ok(h)
 }
 
@@ -309,10 +341,10 @@ fn copy_in_place(
     pid: Option<i32>,
     ranges: &[(u64, u64)],
     staging: &HostKvPool,
+    n: usize,
 ) -> std::io::Result<()> {
     let pid = pid.ok_or_else(|| std::io::Error::other("the prefill's pid is unknown"))?;
     let obj = staging.object_bytes();
-    let n = staging.total_pages();
     if ranges.len() != 2 * n || ranges.iter().any(|&(_, l)| l != obj as u64) {
         return Err(std::io::Error::other(
             "the prefill announced ranges of another geometry",
@@ -425,12 +457,14 @@ mod tests {
             let dstats = Arc::new(Stats::default());
             let dcfg = cfg(Mode::Decode, port, same_host);
             let links = Links::new(same_host, dcfg.silence_limit(), dstats.clone());
+            let cache = StagingCache::default();
             let local_before = Stats::get(&pstats.pd_local);
             for n in [1, 4, 13] {
                 room += 1;
                 let rx = ready(&reg, room, n);
-                let f = fetch(&dcfg, G, &b(room), n, &links).unwrap();
+                let f = fetch(&dcfg, G, &b(room), n, &links, &cache).unwrap();
                 check(&f, room);
+                cache.give(f.staging); // the next fetch reuses it: stale bytes must not matter
                 assert_eq!(rx.recv().unwrap(), Ok(()));
             }
             assert_eq!(
@@ -443,11 +477,11 @@ mod tests {
             // A geometry mismatch is an error header: the connection stays usable.
             room += 1;
             let rx = ready(&reg, room, 5);
-            assert!(fetch(&dcfg, G, &b(room), 6, &links).is_err());
+            assert!(fetch(&dcfg, G, &b(room), 6, &links, &cache).is_err());
             assert!(rx.recv().unwrap().is_err());
             room += 1;
             let rx = ready(&reg, room, 6);
-            check(&fetch(&dcfg, G, &b(room), 6, &links).unwrap(), room);
+            check(&fetch(&dcfg, G, &b(room), 6, &links, &cache).unwrap(), room);
             assert_eq!(rx.recv().unwrap(), Ok(()));
             assert_eq!(Stats::get(&dstats.pd_connections), 1);
         }
@@ -479,7 +513,7 @@ mod tests {
             token: String::new(),
         };
         let local_before = Stats::get(&pstats.pd_local);
-        let h = exchange(&dcfg, &links, addr, &mut link, &want, &staging)
+        let h = exchange(&dcfg, &links, addr, &mut link, &want, &staging, 3)
             .unwrap_or_else(|f| panic!("{}", f.msg));
         check(
             &Fetched {

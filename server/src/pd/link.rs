@@ -81,8 +81,8 @@ pub struct Links {
     idle: Mutex<HashMap<SocketAddr, Vec<Link>>>,
     /// Prefills whose memory this process may not read: their pages come on the socket.
     no_read: Mutex<HashSet<SocketAddr>>,
-    /// `pd_connections` counts the connections opened.
-    stats: Arc<Stats>,
+    /// `pd_connections` counts the connections opened; the fetches count what they receive.
+    pub stats: Arc<Stats>,
 }
 
 impl Links {

@@ -26,6 +26,7 @@
 pub mod decode;
 pub mod link;
 pub mod prefill;
+pub mod staging;
 pub mod wire;
 
 use std::time::Duration;

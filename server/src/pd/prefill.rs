@@ -13,6 +13,7 @@
 //! freed.
 
 use super::link::{bind_local, PREFILL_IDLE};
+use super::staging::StagingCache;
 use super::wire::{self, KvHeader, Want};
 use super::PdConfig;
 use crate::kv::HostKvPool;
@@ -61,6 +62,8 @@ pub struct Registry {
     cv: Condvar,
     cfg: PdConfig,
     stats: Arc<Stats>,
+    /// Staging pools of finished transfers, for the next prefills.
+    staging: StagingCache,
 }
 
 impl Registry {
@@ -88,6 +91,7 @@ impl Registry {
             cv: Condvar::new(),
             cfg,
             stats,
+            staging: StagingCache::default(),
         });
         let r = reg.clone();
         std::thread::Builder::new()
@@ -128,6 +132,11 @@ impl Registry {
                 r.expire();
             })?;
         Ok(reg)
+    }
+
+    /// Where the scheduler gets the pools it copies finished prompts' KV into.
+    pub fn staging(&self) -> &StagingCache {
+        &self.staging
     }
 
     /// Claims `room` for a new request; false when it is in use.
@@ -336,7 +345,12 @@ impl Registry {
                 tracing::warn!(room = want.room, "PD transfer failed: {e}");
             }
         }
+        let ok = result.is_ok();
         (h.deliver)(result.map_err(|e| format!("PD transfer failed: {e}")));
+        if ok {
+            // The decode acknowledged: it no longer reads these pages.
+            self.staging.give(h.staging);
+        }
         open
     }
 }

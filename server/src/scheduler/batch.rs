@@ -328,6 +328,9 @@ impl<R: ModelRunner> Scheduler<R> {
             token: got.first_token,
             logprobs: got.first_logprobs.filter(|_| wants_lp).map(Box::new),
         };
+        if let Some(super::PdSide::Decode(f)) = &self.pd {
+            f.recycle(got.staging);
+        }
         if let Some(reason) = self.accept_token(i, first) {
             let s = self.running.remove(i);
             self.finish(s, reason);

@@ -143,6 +143,12 @@ pub fn spawn_with_hook<R: ModelRunner>(
     seams: Seams,
 ) -> std::io::Result<SchedulerHandle> {
     let (tx, rx) = std::sync::mpsc::channel();
+    if let Some(PdSide::Decode(f)) = &seams.pd {
+        let wake = tx.clone();
+        f.set_waker(Box::new(move || {
+            let _ = wake.send(Msg::Wake);
+        }));
+    }
     let s = Scheduler::new(cfg, model, pool, tokenizer, stats)
         .with_hook(seams.hook)
         .with_hicache(seams.hicache)
@@ -289,6 +295,7 @@ impl<R: ModelRunner> Scheduler<R> {
                     self.aborts.insert(rid);
                 }
             }
+            Msg::Wake => {}
             Msg::Flush(reply) => {
                 let ok = self.running.is_empty() && self.tree.reset();
                 let _ = reply.send(ok);
@@ -463,14 +470,24 @@ impl<R: ModelRunner> Scheduler<R> {
             return Err("the prompt's KV is incomplete".into());
         }
         let cfg = self.model.cfg();
-        let staging = crate::kv::HostKvPool::new(
-            n_pages,
-            ps,
-            cfg.num_layers,
-            cfg.kv_dim(),
-            self.model.kv_elem_bytes(),
-            crate::hicache::MemLayout::PageFirst,
-        )?;
+        let (layers, kv_dim, elem) = (cfg.num_layers, cfg.kv_dim(), self.model.kv_elem_bytes());
+        let make = |pages| {
+            crate::kv::HostKvPool::new(
+                pages,
+                ps,
+                layers,
+                kv_dim,
+                elem,
+                crate::hicache::MemLayout::PageFirst,
+            )
+        };
+        let staging = match &self.pd {
+            Some(PdSide::Prefill(reg)) => {
+                reg.staging()
+                    .take(n_pages, ps * layers * kv_dim * elem, make)?
+            }
+            _ => make(n_pages)?,
+        };
         let host: Vec<u32> = (0..n_pages as u32).collect();
         self.model
             .save_pages(&self.pool.buffers, &table[..n_pages], &staging, &host)

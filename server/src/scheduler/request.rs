@@ -69,4 +69,6 @@ pub enum Msg {
     Flush(oneshot::Sender<bool>),
     /// Empty the L3 store.
     ClearStorage(oneshot::Sender<Result<(), String>>),
+    /// Nothing to do but look again (a PD decode fetch finished: its request can start now).
+    Wake,
 }

@@ -2,6 +2,7 @@
 
 use clap::Subcommand;
 
+mod copy;
 pub mod engine;
 mod multiturn;
 pub mod serve;

@@ -3,10 +3,10 @@
 //!
 //! Roles: `client` (a pure client; a `strata store` process holds the data and every byte crosses
 //! TCP), `single` (the quick-start shape: this process contributes the segment and is the client, so
-//! data moves by a direct engine call), and `tcp-copy` (a plain single-stream loopback TCP copy, the
-//! ceiling the client role is measured against).
+//! data moves by a direct engine call), `tcp-copy` (a plain single-stream loopback TCP copy, the
+//! ceiling the client role is measured against) and `cma-copy` (the same-host path's cross-memory
+//! copy); the two copies live in [`super::copy`].
 
-use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -18,7 +18,7 @@ const MB: usize = 1 << 20;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// client, single or tcp-copy.
+    /// client, single, tcp-copy or cma-copy.
     #[arg(long, default_value = "single")]
     role: String,
     /// Master RPC address.
@@ -45,9 +45,13 @@ pub struct Args {
     /// Single-key put/get operations for latency.
     #[arg(long, default_value_t = 200)]
     lat_ops: usize,
-    /// Bytes moved by `tcp-copy`.
+    /// Bytes moved by `tcp-copy` / `cma-copy` (per round).
     #[arg(long, default_value_t = 4096)]
     copy_mb: usize,
+    /// `tcp-copy` / `cma-copy`: rounds of `copy_mb` on one connection (one buffer), each
+    /// acknowledged before the next; more than one reports the first and the median of the others.
+    #[arg(long, default_value_t = 1)]
+    rounds: usize,
     /// Check every value read back byte for byte.
     #[arg(long)]
     verify: bool,
@@ -58,8 +62,10 @@ pub struct Args {
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     super::super::logging::init("warn");
-    if a.role == "tcp-copy" {
-        return tcp_copy(a.copy_mb, a.batch_bytes_mb * MB);
+    match a.role.as_str() {
+        "tcp-copy" => return super::copy::tcp(a.copy_mb, a.batch_bytes_mb * MB, a.rounds),
+        "cma-copy" => return super::copy::cma(a.copy_mb, a.batch_bytes_mb * MB, a.rounds),
+        _ => {}
     }
     let mut cfg = ClientConfig::new(a.master.clone());
     let _tmp;
@@ -83,7 +89,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             );
             a.segment_mb
         }
-        r => anyhow::bail!("unknown role {r:?} (client, single or tcp-copy)"),
+        r => anyhow::bail!("unknown role {r:?} (client, single, tcp-copy or cma-copy)"),
     };
     let t0 = Instant::now();
     let store = Client::connect(cfg)?;
@@ -251,52 +257,5 @@ fn workload(store: &Client, a: &Args) -> anyhow::Result<()> {
     }
     store.unregister_buffer(&src);
     store.unregister_buffer(&dst);
-    Ok(())
-}
-
-/// A plain single-stream TCP copy over loopback: `total_mb` MiB written in `chunk`-byte writes into
-/// one reader thread.
-fn tcp_copy(total_mb: usize, chunk: usize) -> anyhow::Result<()> {
-    let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-    let addr = l.local_addr()?;
-    let total = total_mb * MB;
-    let reader = std::thread::spawn(move || -> std::io::Result<usize> {
-        let (mut s, _) = l.accept()?;
-        let mut buf = AlignedBuf::new(chunk);
-        let mut got = 0;
-        while got < total {
-            let n = s.read(&mut buf[..])?;
-            if n == 0 {
-                break;
-            }
-            got += n;
-        }
-        s.write_all(b"k")?;
-        Ok(got)
-    });
-    let mut s = std::net::TcpStream::connect(addr)?;
-    s.set_nodelay(true)?;
-    let buf = AlignedBuf::new(chunk);
-    let t = Instant::now();
-    let mut sent = 0;
-    while sent < total {
-        let n = chunk.min(total - sent);
-        s.write_all(&buf[..n])?;
-        sent += n;
-    }
-    let mut ack = [0u8; 1];
-    s.read_exact(&mut ack)?;
-    let secs = t.elapsed().as_secs_f64();
-    let got = reader
-        .join()
-        .map_err(|_| anyhow::anyhow!("reader panicked"))??;
-    anyhow::ensure!(got == total, "copied {got} of {total} bytes");
-    println!(
-        "tcp-copy {} MiB in {:.3}s = {:.2} GB/s (single stream, loopback, {} MiB writes)",
-        total_mb,
-        secs,
-        total as f64 / secs / 1e9,
-        chunk / MB
-    );
     Ok(())
 }
