@@ -20,8 +20,9 @@ use crate::sample_rows::{
 const THREADS: u32 = 1024;
 
 impl CudaOps {
-    /// Queues the sampling of `packed`'s rows of `logits` [B, V] f32 into `tokens` [B] i32 (rows
-    /// in `Skip` mode keep what `tokens` holds, e.g. `argmax_rows`' pick), applying each row's
+    /// Queues the sampling of `packed`'s rows of `logits` [B, V] f32 into `tokens` [B] i32 (the
+    /// first `packed.rows` <= B rows: a padded CUDA-graph bucket leaves its tail alone; rows in
+    /// `Skip` mode keep what `tokens` holds, e.g. `argmax_rows`' pick), applying each row's
     /// penalties and bans to `logits` in place, then (when a row asks) its log-probabilities.
     /// Returns the logprob words on the GPU (None when no row asked); read them with
     /// [`CudaOps::download_logprobs`] after the stream reaches them.
@@ -43,6 +44,7 @@ impl CudaOps {
             format!("vocab {v} out of range")
         })?;
         validate(packed, b, v)?;
+        let b = packed.rows;
         if b == 0 {
             return Ok(None);
         }
@@ -118,8 +120,8 @@ impl CudaOps {
 }
 
 /// The kernels index with the packed offsets and tokens unchecked: check them here.
-fn validate(p: &PackedRows, rows: usize, vocab: usize) -> Result<()> {
-    ensure(p.rows == rows && p.lp_at.len() == rows, || {
+pub(crate) fn validate(p: &PackedRows, rows: usize, vocab: usize) -> Result<()> {
+    ensure(p.rows <= rows && p.lp_at.len() == p.rows, || {
         format!("{} packed rows for {rows} logits rows", p.rows)
     })?;
     ensure(p.words.len() == p.ids_at() + p.ids, || {

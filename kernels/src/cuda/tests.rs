@@ -226,3 +226,47 @@ fn cuda_backend_matches_cpu_backend_when_a_gpu_exists() {
     let err = r::rel_err(&got, &want);
     assert!(err < 1e-5, "attention rel err {err}");
 }
+
+/// The sampling launcher's checks of a packed upload (the kernels index with it unchecked): a
+/// packing may cover fewer rows than the logits (a padded graph bucket), never more; entries,
+/// fixed tokens and draws must be in range.
+#[test]
+fn sampling_launcher_validates_packed_rows() {
+    use super::sampling::validate;
+    use crate::sample_rows::{pack_rows, RowMode, RowSpec, ROW_WORDS};
+    use crate::sampling::SampleParams;
+    let p = SampleParams {
+        temperature: 0.7,
+        top_k: None,
+        top_p: 1.0,
+        min_p: 0.0,
+    };
+    let mut s = RowSpec::plain(RowMode::Sample, p, 0.5);
+    s.banned = &[3];
+    let rows = [s, RowSpec::plain(RowMode::Fixed(9), p, 0.0)];
+    let packed = pack_rows(&rows, 10);
+    assert!(validate(&packed, 2, 10).is_ok());
+    assert!(validate(&packed, 4, 10).is_ok(), "padded bucket");
+    assert!(
+        validate(&packed, 1, 10).is_err(),
+        "more packed rows than logits rows"
+    );
+    assert!(
+        validate(&packed, 2, 9).is_err(),
+        "fixed token 9 outside a vocabulary of 9"
+    );
+    let mut bad = packed.clone();
+    let at = bad.entries_at();
+    bad.words[at] = 10;
+    assert!(
+        validate(&bad, 2, 10).is_err(),
+        "entry token outside the vocabulary"
+    );
+    let mut bad = packed.clone();
+    bad.words[12] = 0;
+    bad.words[13] = (1.0f64.to_bits() >> 32) as u32 as i32;
+    assert!(validate(&bad, 2, 10).is_err(), "draw of 1.0");
+    let mut bad = packed;
+    bad.words[ROW_WORDS + 9] = 5;
+    assert!(validate(&bad, 2, 10).is_err(), "entries past the end");
+}
