@@ -1,9 +1,10 @@
-//! The L3 tier behind two I/O threads, so the scheduler never waits on it.
+//! The L3 tier behind its own I/O threads, so the scheduler never waits on it.
 //!
 //! Prefetch threads serve exists queries and reads into host pages (several, so one long prompt's
 //! chunks arrive in parallel), one more thread serves backups (writes from host pages), so a burst
-//! of backups cannot delay a prefetch. All call one [`L3Backend`]: the Strata cluster ([`super::cluster_backend`], connected lazily and retried)
-//! or a directory of files ([`super::file_backend`]). A backend that cannot be reached answers
+//! of backups cannot delay a prefetch. All call one [`L3Backend`]: the Strata cluster
+//! ([`super::cluster_backend`], connected lazily and retried) or a directory of files
+//! ([`super::file_backend`]). A backend that cannot be reached answers
 //! `None`, and the job then answers as a miss (a prefetch finds nothing, a backup is skipped):
 //! serving never depends on the L3 being up. Reads and writes go straight between the backend and
 //! the host pool's memory.
