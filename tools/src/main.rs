@@ -46,7 +46,24 @@ enum Command {
 }
 
 fn main() {
-    let cli = Cli::parse_from(cmd::master::normalize_args(std::env::args_os()));
+    let args = cmd::master::normalize_args(std::env::args_os());
+    let sub = args
+        .get(1)
+        .and_then(|s| s.to_str())
+        .unwrap_or("")
+        .to_string();
+    let args = match cmd::compat::strip(args, &implemented_flags(&sub)) {
+        Ok((args, ignored)) => {
+            cmd::compat::remember(&sub, ignored);
+            args
+        }
+        Err(e) => {
+            // A command-line error, like clap's own: exit status 2.
+            eprintln!("strata: error: {e}");
+            std::process::exit(2);
+        }
+    };
+    let cli = Cli::parse_from(args);
     if matches!(
         cli.command,
         Command::Inspect(_) | Command::MakeModel(_) | Command::Bench(_)
@@ -65,6 +82,24 @@ fn main() {
         eprintln!("strata: error: {e:#}");
         std::process::exit(1);
     }
+}
+
+/// The long flag names and aliases (with `--`) that subcommand `sub` defines.
+fn implemented_flags(sub: &str) -> std::collections::HashSet<String> {
+    use clap::CommandFactory;
+    let mut c = Cli::command();
+    c.build();
+    let mut names: std::collections::HashSet<String> =
+        ["--help".to_string(), "--version".to_string()].into();
+    if let Some(s) = c.find_subcommand(sub) {
+        for a in s.get_arguments() {
+            let aliases = a.get_all_aliases().unwrap_or_default();
+            for n in a.get_long().into_iter().chain(aliases) {
+                names.insert(format!("--{n}"));
+            }
+        }
+    }
+    names
 }
 
 fn run(command: Command) -> anyhow::Result<()> {
@@ -111,6 +146,23 @@ mod tests {
             "arguments without help:\n{}",
             missing.join("\n")
         );
+    }
+
+    /// A foreign flag is either implemented under every one of its names or under none: an alias
+    /// of an implemented flag must never be ignored as a compatibility no-op.
+    #[test]
+    fn foreign_aliases_follow_implemented_flags() {
+        for sub in ["serve", "router", "master"] {
+            let implemented = super::implemented_flags(sub);
+            assert!(implemented.len() > 5, "{sub}");
+            for names in crate::cmd::compat::alias_groups(sub) {
+                let have: Vec<_> = names.iter().filter(|n| implemented.contains(**n)).collect();
+                assert!(
+                    have.is_empty() || have.len() == names.len(),
+                    "strata {sub} implements {have:?} but not all of {names:?}"
+                );
+            }
+        }
     }
 
     /// The top-level help names only subcommands that exist.

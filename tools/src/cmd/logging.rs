@@ -13,6 +13,7 @@ pub fn init(level: &str) {
         .with_writer(std::io::stderr)
         .with_ansi(colour())
         .try_init();
+    super::compat::log_ignored();
 }
 
 /// Whether stderr should get ANSI colours.

@@ -1,6 +1,7 @@
 //! `strata master`: the cluster's membership and metadata service (the counterpart of
 //! `mooncake_master --enable_http_metadata_server=true`). Accepts Mooncake's gflags spellings
-//! (`--rpc_port`, `--enable_http_metadata_server=true`) as well as kebab-case.
+//! (`--rpc_port`, `-rpc_port`, `--enable_http_metadata_server=true`) as well as kebab-case; its
+//! other flags are accepted and ignored with a warning (`compat.rs`).
 
 use std::ffi::OsString;
 use std::io::Write;
@@ -11,8 +12,8 @@ use strata_cluster::MasterConfig;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// RPC port (store nodes and clients).
-    #[arg(long, default_value_t = 50051)]
+    /// RPC port (store nodes and clients); `--port` is mooncake_master's deprecated spelling.
+    #[arg(long, alias = "port", default_value_t = 50051)]
     rpc_port: u16,
     /// RPC bind address.
     #[arg(long, default_value = "127.0.0.1")]
@@ -77,18 +78,28 @@ pub fn run(a: Args) -> anyhow::Result<()> {
 }
 
 /// Rewrites gflags-style `--foo_bar[=v]` into `--foo-bar[=v]` for the `master` and `store`
-/// subcommands (values are left alone), so Mooncake command lines work unchanged.
+/// subcommands (values are left alone), and for `master` also gflags' single-dash `-foo_bar`, so
+/// Mooncake command lines work unchanged.
 pub fn normalize_args(args: impl IntoIterator<Item = OsString>) -> Vec<OsString> {
     let args: Vec<OsString> = args.into_iter().collect();
-    let applies = matches!(
-        args.get(1).and_then(|s| s.to_str()),
-        Some("master" | "store")
-    );
-    if !applies {
+    let sub = args.get(1).and_then(|s| s.to_str()).unwrap_or("");
+    if !matches!(sub, "master" | "store") {
         return args;
     }
+    let single_dash = sub == "master";
     args.into_iter()
         .map(|a| match a.to_str() {
+            // gflags takes `-name` as `--name`; `-h` and negative numbers stay as they are.
+            Some(s)
+                if single_dash
+                    && s.len() > 2
+                    && s.starts_with('-')
+                    && s.as_bytes()[1].is_ascii_alphabetic() =>
+            {
+                let s = format!("-{s}");
+                let (name, rest) = s.split_at(s.find('=').unwrap_or(s.len()));
+                OsString::from(format!("{}{rest}", name.replace('_', "-")))
+            }
             Some(s) if s.starts_with("--") => {
                 let (name, rest) = s.split_at(s.find('=').unwrap_or(s.len()));
                 OsString::from(format!("{}{rest}", name.replace('_', "-")))
@@ -122,5 +133,13 @@ mod tests {
             .map(OsString::from)
             .collect();
         assert_eq!(normalize_args(v)[2], "--a_b");
+        let v: Vec<OsString> = ["strata", "master", "-rpc_port=5", "-h", "-1", "-v", "2"]
+            .iter()
+            .map(OsString::from)
+            .collect();
+        assert_eq!(
+            normalize_args(v)[2..],
+            ["--rpc-port=5", "-h", "-1", "-v", "2"].map(OsString::from)
+        );
     }
 }

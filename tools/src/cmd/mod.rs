@@ -2,6 +2,8 @@
 
 pub mod bench;
 pub mod chaos;
+pub mod compat;
+mod compat_flags;
 pub mod gpu;
 pub mod inspect;
 pub mod logging;

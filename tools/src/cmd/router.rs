@@ -1,6 +1,6 @@
 //! `strata router`: the flags of `python -m sglang_router.launch_router` (names and defaults of
-//! sglang-router 0.3.2), turned into a `RouterConfig`. Unknown flags are clap errors that name the
-//! flag.
+//! sglang-router 0.3.2), turned into a `RouterConfig`. The rest of 0.3.2's flags are accepted and
+//! ignored with a warning (`compat.rs`); unknown flags are clap errors that name the flag.
 
 use anyhow::Context;
 use clap::ArgAction;

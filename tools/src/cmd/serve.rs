@@ -5,8 +5,8 @@
 //! why; `cuda` fails instead of falling back; `cpu` never probes. On CUDA the bf16 model runner
 //! serves (`--dtype auto|bfloat16|float16`, CUDA graphs for decode), or the f32 reference backend
 //! with `--dtype float32` (docs/gpu.md). `--tp-size` other than 1 is refused
-//! until tensor parallelism exists. Unknown flags are rejected by clap, naming
-//! the flag.
+//! until tensor parallelism exists. Other `sglang.launch_server` flags are accepted and ignored
+//! with a warning (`compat.rs`); unknown flags are rejected by clap, naming the flag.
 
 use std::path::PathBuf;
 use strata_kernels::cuda::{select, BackendKind, CudaBackend};
@@ -21,7 +21,7 @@ use strata_server::pd::{parse_mode, Mode, PdConfig};
 #[derive(clap::Args, Debug, serde::Serialize)]
 pub struct Args {
     /// Model directory in the Hugging Face layout (config.json, *.safetensors, tokenizer.json).
-    #[arg(long)]
+    #[arg(long, alias = "model")]
     model_path: PathBuf,
     /// Accepted for compatibility; the tokenizer is read from --model-path.
     #[arg(long)]
@@ -71,7 +71,7 @@ pub struct Args {
     #[arg(long, default_value_t = 0)]
     base_gpu_id: u32,
     /// Tensor-parallel degree (only 1 is supported).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, alias = "tensor-parallel-size", default_value_t = 1)]
     tp_size: u32,
     /// Accepted for compatibility (no remote code is ever run).
     #[arg(long)]
