@@ -64,7 +64,8 @@ pub struct Args {
     /// 512 MiB as sglang-router's, fits long-context prompts as text or token ids.
     #[arg(long, default_value_t = strata_server::api::DEFAULT_MAX_PAYLOAD)]
     max_payload_size: usize,
-    /// Log filter (`tracing` syntax, e.g. info or strata_server=debug); RUST_LOG wins.
+    /// Log filter (`tracing` syntax, e.g. info or strata_server=debug; Python's level names such
+    /// as warning and critical too); RUST_LOG wins.
     #[arg(long, default_value = "info")]
     log_level: String,
     /// GPU the CUDA backend runs on (the CPU backend ignores it).
@@ -135,7 +136,8 @@ pub struct Args {
     /// bootstrap_port is null).
     #[arg(long, default_value_t = 8998)]
     disaggregation_bootstrap_port: u16,
-    /// KV transfer backend: strata (alias mooncake): TCP between the two servers.
+    /// KV transfer backend: strata (aliases mooncake, mooncake_tcp): TCP between the two servers
+    /// (or the same-host path).
     #[arg(long, default_value = "strata")]
     disaggregation_transfer_backend: String,
     /// RDMA NIC for the KV transfer; accepted everywhere, noted in the log (RDMA transfer needs
@@ -173,10 +175,10 @@ fn pd_config(a: &Args) -> anyhow::Result<Option<PdConfig>> {
     let mode = parse_mode(&a.disaggregation_mode).map_err(anyhow::Error::msg)?;
     if !matches!(
         a.disaggregation_transfer_backend.as_str(),
-        "strata" | "mooncake"
+        "strata" | "mooncake" | "mooncake_tcp"
     ) {
         anyhow::bail!(
-            "--disaggregation-transfer-backend {}: expected strata or mooncake",
+            "--disaggregation-transfer-backend {}: expected strata, mooncake or mooncake_tcp",
             a.disaggregation_transfer_backend
         );
     }
