@@ -107,8 +107,7 @@ impl CudaKv {
     }
 
     /// Copies device pages `dev[i]` into host-pool pages `host_pages[i]` (all layers, K and V) in
-    /// the host pool's layout (`HostKvPool::offset`): per page and layer, the page's rows come
-    /// down in one copy and are placed token by token (one run for page_first_direct).
+    /// the host pool's layout (`HostKvPool::offset`); returns when the bytes are on the host.
     pub fn save_pages(
         &self,
         dev: &[PageId],
@@ -137,10 +136,11 @@ impl CudaKv {
     }
 
     /// Copies host-pool pages `host_pages[i]` into device pages `dev[i]` (inverse of
-    /// [`CudaKv::save_pages`]). From the attached pool the copy is queued layer by layer and the
-    /// next forward waits for it; otherwise it is synchronous. Either way later forwards see the
-    /// pages. The host pages must not be rewritten until that forward has run (they are locked
-    /// in the tree for the request being loaded).
+    /// [`CudaKv::save_pages`]). The copy is queued layer by layer and the next forward waits for
+    /// it (from the attached pool directly; from any other pool after one upload per page object
+    /// into a device staging buffer), so later forwards see the pages. Attached-pool pages must
+    /// not be rewritten until that forward has run (they are locked in the tree for the request
+    /// being loaded, or the scheduler calls `finish_host_io` first).
     pub fn load_pages(
         &mut self,
         host: &HostKvPool,
