@@ -428,3 +428,47 @@ async fn shutdown() {
         _ = term.recv() => {},
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        a: Args,
+    }
+
+    fn hc(extra: &[&str]) -> anyhow::Result<Option<HiCacheConfig>> {
+        let argv = [
+            &["serve", "--model-path", "m", "--enable-hierarchical-cache"],
+            extra,
+        ]
+        .concat();
+        hicache_config(&Cli::try_parse_from(argv).expect("flags parse").a)
+    }
+
+    #[test]
+    fn direct_io_backend_switches_page_first_to_page_first_direct() {
+        let c = hc(&["--hicache-io-backend", "direct"]).unwrap().unwrap();
+        assert!(c.direct_io);
+        assert_eq!(c.layout, MemLayout::PageFirstDirect);
+        let c = hc(&[]).unwrap().unwrap();
+        assert!(!c.direct_io, "kernel is the default");
+        assert_eq!(c.layout, MemLayout::PageFirst);
+        let c = hc(&[
+            "--hicache-io-backend",
+            "direct",
+            "--hicache-mem-layout",
+            "page_first_direct",
+        ])
+        .unwrap()
+        .unwrap();
+        assert_eq!(c.layout, MemLayout::PageFirstDirect);
+        let e = hc(&["--hicache-io-backend", "dma"])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("kernel or direct"), "{e}");
+    }
+}
