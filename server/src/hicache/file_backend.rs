@@ -26,6 +26,8 @@ const MAX_NAME: usize = 200;
 /// Object file extension (SGLang's raw files are `.bin`: the two never read each other's).
 const EXT: &str = ".skv";
 const TMP: &str = ".skv.tmp.";
+/// Age past which a temp file is an abandoned write (swept when a server opens the directory).
+const STALE_TEMP: std::time::Duration = std::time::Duration::from_secs(600);
 
 /// The file name stem of `key`: bytes outside `[A-Za-z0-9_.-]` (and a leading '.') as `%XX`; a
 /// stem over [`MAX_NAME`] bytes becomes `~<sha256 hex of key>`.
@@ -138,8 +140,34 @@ impl FileBackend {
             Ok(_) => drop(fs::remove_file(&probe)),
             Err(e) => b.warn_write(&e),
         }
-        tracing::info!(dir = %dir.display(), "hicache: L3 is a file directory");
+        let swept = b.sweep_stale_temps(STALE_TEMP);
+        tracing::info!(dir = %dir.display(), swept, "hicache: L3 is a file directory");
         Ok(b)
+    }
+
+    /// Removes temp files of writes that never finished (a server killed mid-write) once they are
+    /// older than `age`; a live writer's temp file exists for milliseconds, so servers sharing the
+    /// directory never lose one in flight. Returns how many were removed.
+    fn sweep_stale_temps(&self, age: std::time::Duration) -> usize {
+        let Ok(rd) = fs::read_dir(&self.dir) else {
+            return 0;
+        };
+        let now = std::time::SystemTime::now();
+        rd.flatten()
+            .filter(|e| {
+                let name = e.file_name();
+                name.to_str()
+                    .is_some_and(|n| n.starts_with('.') && n.contains(TMP))
+            })
+            .filter(|e| {
+                e.metadata().is_ok_and(|m| {
+                    m.is_file()
+                        && m.modified()
+                            .is_ok_and(|t| now.duration_since(t).is_ok_and(|d| d > age))
+                })
+            })
+            .filter(|e| fs::remove_file(e.path()).is_ok())
+            .count()
     }
 
     fn path(&self, key: &str) -> PathBuf {

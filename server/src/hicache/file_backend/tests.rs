@@ -275,3 +275,34 @@ fn get_sized(b: &FileBackend, k: &str, n: usize) -> Vec<u8> {
     assert!(b.get_into(&[k.to_string()], &mut [&mut buf[..]]).unwrap()[0]);
     buf
 }
+
+#[test]
+fn abandoned_temp_files_are_swept_at_open_and_fresh_ones_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir
+        .path()
+        .join(format!(".{}.skv.tmp.1.00aa", file_stem(&key(1))));
+    let fresh = dir
+        .path()
+        .join(format!(".{}.skv.tmp.2.00bb", file_stem(&key(2))));
+    fs::write(&old, "half a write").unwrap();
+    fs::write(&fresh, "a write in flight").unwrap();
+    let an_hour_ago = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    fs::File::options()
+        .write(true)
+        .open(&old)
+        .unwrap()
+        .set_modified(an_hour_ago)
+        .unwrap();
+    fs::write(dir.path().join(".hidden-notes"), "not ours").unwrap();
+    let _b = FileBackend::open(dir.path(), OBJ).unwrap();
+    assert!(
+        !old.exists(),
+        "an abandoned temp file older than the limit is removed"
+    );
+    assert!(
+        fresh.exists(),
+        "a recent temp file may be another server's write in flight"
+    );
+    assert!(dir.path().join(".hidden-notes").exists());
+}
