@@ -374,7 +374,7 @@ impl HiCache {
         for d in storage.poll() {
             match d {
                 Done::Exists { id, pages } => self.on_exists(tree, id, pages),
-                Done::Get { id, pages, .. } => {
+                Done::Get { id, pages } => {
                     if self.parked.remove(&id).is_some() {
                         continue;
                     }

@@ -70,12 +70,11 @@ pub enum Done {
         id: u64,
         pages: usize,
     },
-    /// `pages`: leading pages whose K and V both arrived intact.
+    /// `pages`: leading pages whose K and V both arrived intact (the read rate is measured by
+    /// the scheduler over a whole prefetch: its jobs run in parallel).
     Get {
         id: u64,
         pages: usize,
-        bytes: usize,
-        secs: f64,
     },
     /// `written`: objects newly stored; `failed`: objects neither stored nor present.
     Put {
@@ -182,27 +181,16 @@ fn run(b: &dyn L3Backend, job: Job) -> Done {
             pages: b.exists(&keys).map_or(0, |ex| leading_pages(&ex)),
         },
         Job::Get { id, keys, dst } => {
-            let t0 = Instant::now();
             let mut bufs: Vec<&mut [u8]> = dst
                 .iter()
                 // SAFETY: each span is a distinct host-pool object reserved for this job.
                 .map(|s| unsafe { std::slice::from_raw_parts_mut(s.ptr, s.len) })
                 .collect();
             let Some(ok) = b.get_into(&keys, &mut bufs) else {
-                return Done::Get {
-                    id,
-                    pages: 0,
-                    bytes: 0,
-                    secs: 0.0,
-                };
+                return Done::Get { id, pages: 0 };
             };
             let pages = leading_pages(&ok);
-            Done::Get {
-                id,
-                pages,
-                bytes: pages * 2 * dst.first().map_or(0, |s| s.len),
-                secs: t0.elapsed().as_secs_f64(),
-            }
+            Done::Get { id, pages }
         }
         Job::Put {
             id,

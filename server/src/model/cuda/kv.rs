@@ -9,8 +9,8 @@
 //!   pending: the next forward waits for layer l's event just before layer l's attention, so
 //!   later layers cross the bus while earlier ones compute. A store waits for the compute
 //!   stream, then for its own copy.
-//! - any other host pool (the PD staging buffers, not page-locked) is staged through device
-//!   memory laid out like the host pool: the same kernel gathers (or scatters, layer by layer,
+//! - any other host pool (the PD staging buffers, not page-locked) is staged through a device
+//!   buffer of just the listed pages, laid out like the host pool: the same kernel gathers (or scatters, layer by layer,
 //!   pending like a load from the L2) and each page's K and V object crosses in one plain copy.
 
 use crate::kv::{HostKvPool, PageId};
@@ -118,17 +118,20 @@ impl CudaKv {
         if let Some(a) = self.mover(host) {
             return a.copy.store(&self.pool, &a.region, dev, host_pages);
         }
-        // Not page-locked: gather on the device into a staging buffer in the host layout, then
-        // bring each listed page's K and V object down in one copy.
-        let staging = self.ctx.alloc(DType::U8, &[host.region().1])?;
-        self.staging_copy(host)?
-            .store_device(&self.pool, &staging, dev, host_pages)?;
+        // Not page-locked: gather on the device into a staging buffer holding just the listed
+        // pages in the host layout (page i of the list at slot i), then bring each page's K and V
+        // object down in one copy.
+        if dev.is_empty() {
+            return Ok(());
+        }
+        let (copy, slots, staging) = self.staging(host, host_pages.len())?;
+        copy.store_device(&self.pool, &staging, dev, &slots)?;
         let obj = host.object_bytes();
-        for &h in host_pages {
+        for (i, &h) in host_pages.iter().enumerate() {
             for v in [false, true] {
                 // SAFETY: the caller owns host page `h` exclusively (freshly allocated, no I/O).
                 let dst = unsafe { host.object_mut(h, v) };
-                let at = (v as usize * host.total_pages() + h as usize) * obj;
+                let at = (v as usize * slots.len() + i) * obj;
                 self.ctx.download_bytes(&staging, at, dst)?;
             }
         }
@@ -156,27 +159,41 @@ impl CudaKv {
             return Ok(());
         }
         // Not page-locked: each listed page's K and V object goes up in one copy into a staging
-        // buffer in the host layout, then the copy kernel scatters it layer by layer.
-        let staging = self.ctx.alloc(DType::U8, &[host.region().1])?;
+        // buffer holding just those pages (page i of the list at slot i), then the copy kernel
+        // scatters it layer by layer.
+        if dev.is_empty() {
+            return Ok(());
+        }
+        let (copy, slots, staging) = self.staging(host, host_pages.len())?;
         let obj = host.object_bytes();
-        for &h in host_pages {
+        for (i, &h) in host_pages.iter().enumerate() {
             for v in [false, true] {
                 // SAFETY: host page `h` is held for this copy; nothing writes it meanwhile.
                 let src = unsafe { host.object(h, v) };
-                let at = (v as usize * host.total_pages() + h as usize) * obj;
+                let at = (v as usize * slots.len() + i) * obj;
                 self.ctx.upload_bytes(&staging, at, src)?;
             }
         }
-        let ev = self
-            .staging_copy(host)?
-            .load_device(&self.pool, staging, host_pages, dev)?;
+        let ev = copy.load_device(&self.pool, staging, &slots, dev)?;
         self.pending = Some(ev);
         Ok(())
     }
 
-    /// The page mover for a host pool's geometry (staged through device memory).
-    fn staging_copy(&self, host: &HostKvPool) -> Result<HostKvCopy, CudaError> {
-        HostKvCopy::new(self.ctx.clone(), self.geometry(host), HostIo::Kernel)
+    /// For `n` pages of a host pool that is not page-locked: the mover for a device staging
+    /// buffer of just `n` pages in that pool's layout, the slot list `0..n`, and the buffer (sized
+    /// by the transfer, not by the pool, which may be a larger reused one).
+    fn staging(
+        &self,
+        host: &HostKvPool,
+        n: usize,
+    ) -> Result<(HostKvCopy, Vec<u32>, DTensor), CudaError> {
+        let geo = HostKvGeometry {
+            host_pages: n,
+            ..self.geometry(host)
+        };
+        let staging = self.ctx.alloc(DType::U8, &[geo.host_bytes()])?;
+        let copy = HostKvCopy::new(self.ctx.clone(), geo, HostIo::Kernel)?;
+        Ok((copy, (0..n as u32).collect(), staging))
     }
 
     /// The copy geometry between this pool and `host`.

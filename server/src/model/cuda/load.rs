@@ -22,13 +22,7 @@ fn to_bf16(path: &Path, name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<u1
         .chunks_exact(2)
         .map(|c| u16::from_le_bytes([c[0], c[1]]));
     Ok(match dtype {
-        Dtype::BF16 => {
-            let mut out = vec![0u16; bytes.len() / 2];
-            for (o, c) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                *o = u16::from_le_bytes([c[0], c[1]]);
-            }
-            out
-        }
+        Dtype::BF16 => pairs.collect(),
         Dtype::F16 => pairs
             .map(|b| half::bf16::from_f32(half::f16::from_bits(b).to_f32()).to_bits())
             .collect(),
