@@ -2,16 +2,22 @@
 # The issue's HiCache benchmark on the GPU, one device step: `strata bench serve --dataset-name
 # multiturn` (SGLang's bench_multiturn shape: clients x rounds, each round = history + answer + a
 # new question, round barrier) against four configurations of a bf16 server on a made model
-# (default the Llama-3.2-1B shape; an 8B run costs ~25 s of weight loading per server):
+# (default the Llama-3.2-1B shape):
 #   1. radix cache only   2. HiCache L1+L2   3. HiCache L1+L2+L3   4. a fresh server, L3 from run 3.
+# Servers 1-3 load at the same time on one GPU (their KV pools are capped by --max-total-tokens)
+# and are benchmarked one after the other, so an 8B run pays two weight loads, not four. Then, on
+# the warm servers: decode ITL with HiCache (L3) off vs on, alternating rounds (server 1 vs 3), and
+# the L3 -> host read rate (a long prompt's prefetch on server 4 vs `strata bench store` GETs of
+# the same batch size, alternating rounds).
 # The device pool (L1) is kept small (L1 tokens) so later rounds' histories must come from L2/L3.
 # Usage: scripts/gpu-hicache-multiturn.sh [OUTDIR]; env STRATA, SIZE (llama-3.2-1b), CLIENTS (4),
-# ROUNDS (5), REQ (2048), ANS (32), L1 (16384), HC_GB (host pool, 8).
+# ROUNDS (5), REQ (2048), ANS (32), L1 (16384), HC_GB (host pool, 8), READS (3), ITLR (2).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 STRATA=${STRATA:-target/release/strata}
 OUTDIR=${1:-${OUT:-/tmp/strata-gpu}}
 SIZE=${SIZE:-llama-3.2-1b} CLIENTS=${CLIENTS:-4} ROUNDS=${ROUNDS:-5} REQ=${REQ:-2048} ANS=${ANS:-32} L1=${L1:-16384}
+READS=${READS:-3} ITLR=${ITLR:-2}
 mkdir -p "$OUTDIR"
 . scripts/gpu-env.sh
 W=${HB_WORK:-/tmp/strata-hb}
@@ -20,40 +26,98 @@ pids=()
 trap 'for p in "${pids[@]}"; do kill $p 2>/dev/null; done' EXIT
 [ -f "$W/$SIZE/config.json" ] || "$STRATA" make-model --out "$W/$SIZE" --arch llama --size "$SIZE" --dtype bf16 > /dev/null 2>&1 \
   || { echo "make-model failed"; exit 1; }
-"$STRATA" master --rpc-port 50971 --http-metadata-server-port 0 --metrics-port 0 --state-file "$W/mt-ms.json" > "$OUTDIR/mt-master.log" 2>&1 & pids+=($!)
+RPC=50971
+"$STRATA" master --rpc-port $RPC --http-metadata-server-port 0 --metrics-port 0 --state-file "$W/mt-ms.json" > "$OUTDIR/mt-master.log" 2>&1 & pids+=($!)
 sleep 1
 rm -f "$W/mt-store.strata"
-"$STRATA" store --master 127.0.0.1:50971 --device "$W/mt-store.strata" --capacity 16GiB --memory 8GiB > "$OUTDIR/mt-store.log" 2>&1 & pids+=($!)
+"$STRATA" store --master 127.0.0.1:$RPC --device "$W/mt-store.strata" --capacity 24GiB --memory 12GiB > "$OUTDIR/mt-store.log" 2>&1 & pids+=($!)
 sleep 1
-EXTRA='{"master_server_address": "127.0.0.1:50971", "prefetch_threshold": 256}'
-SERVE=
-serve() { # name flags...
-  local name=$1; shift
-  "$STRATA" serve --model-path "$W/$SIZE" --port 32301 --page-size 64 --max-total-tokens "$L1" \
+EXTRA="{\"master_server_address\": \"127.0.0.1:$RPC\", \"prefetch_threshold\": 256}"
+declare -A SPID
+launch() { # name port flags...
+  local name=$1 port=$2; shift 2
+  "$STRATA" serve --model-path "$W/$SIZE" --port "$port" --page-size 64 --max-total-tokens "$L1" \
     --context-length 16384 --log-level warn "$@" > "$OUTDIR/mt-serve-$name.log" 2>&1 &
-  SERVE=$!; pids+=($!)
-  for _ in $(seq 240); do
-    curl -sf localhost:32301/health > /dev/null && return 0
-    kill -0 $SERVE 2>/dev/null || break
+  SPID[$name]=$!; pids+=($!)
+}
+ready() { # name port
+  for _ in $(seq 400); do
+    curl -sf localhost:$2/health > /dev/null && return 0
+    kill -0 ${SPID[$1]} 2>/dev/null || break
     sleep 0.5
   done
-  echo "server $name did not start"; tail -5 "$OUTDIR/mt-serve-$name.log"; exit 1
+  echo "server $1 did not start"; tail -5 "$OUTDIR/mt-serve-$1.log"; exit 1
 }
-stop() { kill $SERVE; wait $SERVE 2> /dev/null || true; }
-multiturn() {
-  "$STRATA" bench serve --base-url http://127.0.0.1:32301 --dataset-name multiturn --num-clients "$CLIENTS" \
+stop() { kill ${SPID[$1]}; wait ${SPID[$1]} 2> /dev/null || true; }
+multiturn() { # port
+  "$STRATA" bench serve --base-url http://127.0.0.1:$1 --dataset-name multiturn --num-clients "$CLIENTS" \
     --num-rounds "$ROUNDS" --request-length "$REQ" --output-length "$ANS" --seed 7 | grep -vE "^=+"
 }
-metric() { curl -s localhost:32301/metrics | awk -v m="sglang:$1" '$1 == m {print $2}'; }
+metric() { curl -s localhost:$1/metrics | awk -v m="sglang:$2" '$1 == m {print $2}'; }
 HC=(--enable-hierarchical-cache --hicache-size ${HC_GB:-8})
 L3=("${HC[@]}" --hicache-storage-backend strata --hicache-storage-prefetch-policy wait_complete
   --hicache-storage-backend-extra-config "$EXTRA")
 echo "# $SIZE bf16 on $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1), page 64, L1 $L1 tokens, $CLIENTS clients x $ROUNDS rounds, +$REQ tokens/round, $ANS out"
-echo "## 1. radix cache only"; serve radix; multiturn; stop
-echo "## 2. HiCache L1+L2"; serve l2 "${HC[@]}"; multiturn
-echo "   load_back_tokens $(metric load_back_tokens_total)"; stop
-echo "## 3. HiCache L1+L2+L3"; serve l3 "${L3[@]}"; multiturn
-sleep 2; echo "   backuped_tokens $(metric backuped_tokens_total)"; stop
-echo "## 4. fresh server, L3 filled by run 3"; serve l3b "${L3[@]}"; multiturn
-echo "   prefetched_tokens $(metric prefetched_tokens_total)  L3 read $(metric prefetch_bytes_total) B in $(metric prefetch_seconds_total) s"
-stop
+t0=$(date +%s)
+launch radix 32301; launch l2 32302 "${HC[@]}"; launch l3 32303 "${L3[@]}"
+ready radix 32301; ready l2 32302; ready l3 32303
+echo "# three servers up in $(( $(date +%s) - t0 )) s"
+echo "## 1. radix cache only"; multiturn 32301
+echo "## 2. HiCache L1+L2"; multiturn 32302
+echo "   load_back_tokens $(metric 32302 load_back_tokens_total)"; stop l2
+echo "## 3. HiCache L1+L2+L3"; multiturn 32303
+sleep 2; echo "   backuped_tokens $(metric 32303 backuped_tokens_total)"
+echo "## decode ITL, 16 concurrent random requests (128 in / 64 out), HiCache L3 off (server 1) vs on (server 3), alternating"
+for r in $(seq $ITLR); do
+  for mode in off on; do
+    port=32301; [ $mode = on ] && port=32303
+    printf "   round %d HiCache %-4s" $r $mode
+    "$STRATA" bench serve --base-url http://127.0.0.1:$port --num-prompts 32 --random-input-len 128 \
+      --random-output-len 64 --max-concurrency 16 --seed $((30 + r)) | grep -E "Median ITL|Mean ITL" | tr -s ' ' | tr '\n' ' '
+    echo
+  done
+done
+stop radix; stop l3
+echo "## 4. fresh server, L3 filled by run 3"; launch l3b 32304 "${L3[@]}"; ready l3b 32304; multiturn 32304
+echo "   prefetched_tokens $(metric 32304 prefetched_tokens_total)  L3 read $(metric 32304 prefetch_bytes_total) B in $(metric 32304 prefetch_seconds_total) s"
+OBJ=$(( 64 * $(python3 -c "import json;c=json.load(open('$W/$SIZE/config.json'));print(c['num_hidden_layers']*c['num_key_value_heads']*(c.get('head_dim') or c['hidden_size']//c['num_attention_heads'])*2)") ))
+LONG=${LONG:-$((L1 - 64))}
+# One long prompt per seed on server 4: `long SEED` prints "<prefetch bytes> <prefetch seconds>".
+long() {
+  python3 - "$1" "$LONG" 32304 "$W/$SIZE/config.json" <<'PY'
+import json, re, sys, urllib.request, random
+seed, n, port = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+vocab = json.load(open(sys.argv[4]))["vocab_size"]
+rnd = random.Random(seed)
+ids = [rnd.randrange(3, vocab - 1) for _ in range(n)]
+def m():
+    t = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+    g = lambda k: float(re.search(r"^sglang:%s (\S+)" % k, t, re.M).group(1))
+    return g("prefetch_bytes_total"), g("prefetch_seconds_total")
+b0, s0 = m()
+body = {"input_ids": ids, "sampling_params": {"max_new_tokens": 1, "temperature": 0}}
+urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/generate",
+    data=json.dumps(body).encode(), headers={"content-type": "application/json"})).read()
+b1, s1 = m()
+print(int(b1 - b0), s1 - s0)
+PY
+}
+echo "## L3 -> host read rate: a $LONG-token prompt's prefetch vs \`bench store\` GETs of the same batch size, $READS rounds (GB/s)"
+# Write each long prompt once (server 4 computes it and writes it through), flush L1+L2 so the
+# next request has to come from L3.
+for r in $(seq $READS); do long $((100 + r)) > /dev/null; done
+sleep 3
+RATIOS=()
+for r in $(seq $READS); do
+  curl -s -X POST localhost:32304/flush_cache > /dev/null
+  read -r bytes secs < <(long $((100 + r)))
+  mb=$(( (bytes + (1 << 20) - 1) >> 20 ))
+  st=$("$STRATA" bench store --role client --master 127.0.0.1:$RPC --sizes $OBJ --round-mb $((4 * mb)) \
+    --batch-bytes-mb $mb --read-passes 3 --lat-ops 5 2> /dev/null | tail -n 1 | awk '{print $4}')
+  hc=$(python3 -c "print(f'{$bytes / max($secs, 1e-9) / 1e9:.2f}')")
+  ratio=$(python3 -c "print(f'{$hc / max(float(\"${st:-0}\" or 0), 1e-9):.2f}')")
+  RATIOS+=("$ratio")
+  echo "   round $r: prefetch $bytes B in $(python3 -c "print(f'{$secs * 1e3:.2f}')") ms = $hc GB/s; bench store GET $st GB/s; ratio $ratio"
+done
+echo "   median ratio $(printf '%s\n' "${RATIOS[@]}" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}')"
+stop l3b
