@@ -58,11 +58,48 @@ pub enum CudaError {
     },
 }
 
+impl CudaError {
+    /// True for the driver errors that leave the context unusable: after one of these every
+    /// later call in the process fails too (the CUDA programming guide's "sticky" errors).
+    pub fn is_sticky(&self) -> bool {
+        use cudarc::driver::sys::CUresult as R;
+        matches!(
+            self,
+            CudaError::Driver(DriverError(
+                R::CUDA_ERROR_ILLEGAL_ADDRESS
+                    | R::CUDA_ERROR_LAUNCH_FAILED
+                    | R::CUDA_ERROR_MISALIGNED_ADDRESS
+                    | R::CUDA_ERROR_ILLEGAL_INSTRUCTION
+                    | R::CUDA_ERROR_INVALID_ADDRESS_SPACE
+                    | R::CUDA_ERROR_INVALID_PC
+                    | R::CUDA_ERROR_HARDWARE_STACK_ERROR
+                    | R::CUDA_ERROR_ECC_UNCORRECTABLE
+                    | R::CUDA_ERROR_ASSERT
+            ))
+        )
+    }
+}
+
 /// Builds a [`CudaError::Shape`] when `cond` is false.
 pub(crate) fn ensure(cond: bool, msg: impl FnOnce() -> String) -> Result<()> {
     if cond {
         Ok(())
     } else {
         Err(CudaError::Shape(msg()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use cudarc::driver::sys::CUresult as R;
+
+    #[test]
+    fn sticky_errors_are_the_context_losing_ones() {
+        assert!(CudaError::Driver(DriverError(R::CUDA_ERROR_ILLEGAL_ADDRESS)).is_sticky());
+        assert!(CudaError::Driver(DriverError(R::CUDA_ERROR_LAUNCH_FAILED)).is_sticky());
+        assert!(!CudaError::Driver(DriverError(R::CUDA_ERROR_OUT_OF_MEMORY)).is_sticky());
+        assert!(!CudaError::Driver(DriverError(R::CUDA_ERROR_INVALID_VALUE)).is_sticky());
+        assert!(!CudaError::Shape("x".into()).is_sticky());
     }
 }

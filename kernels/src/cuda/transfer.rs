@@ -80,6 +80,15 @@ impl LayerEvents {
     pub fn is_empty(&self) -> bool {
         self.events.is_empty()
     }
+    /// Takes over the device buffers an older load's queued copies still read, so a new load
+    /// can replace it as the pending one. Buffers are freed stream-ordered on the compute
+    /// stream, not the copy stream: dropping the older load's page lists while its copies are
+    /// still queued let the allocator hand their memory to the next allocation, and the copies
+    /// then read garbage page ids (an illegal address on an H200). The newer load's events come
+    /// later on the same in-order copy stream, so waiting for them covers the older copies.
+    pub fn absorb(&mut self, older: LayerEvents) {
+        self._keep.extend(older._keep);
+    }
     /// Makes `stream` wait until every layer has been loaded.
     pub fn wait_all(&self, stream: &CudaStream) -> Result<()> {
         match self.events.last() {

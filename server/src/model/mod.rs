@@ -33,6 +33,10 @@ pub enum ModelError {
 }
 
 impl ModelError {
+    /// True when the device is lost for this process (a sticky CUDA error): nothing more can run.
+    pub fn is_fatal(&self) -> bool {
+        matches!(self, ModelError::Cuda(e) if e.is_sticky())
+    }
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
         ModelError::Io {
             path: path.display().to_string(),

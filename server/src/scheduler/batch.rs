@@ -448,6 +448,14 @@ impl<R: ModelRunner> Scheduler<R> {
                     let s = self.running.remove(i);
                     self.finish(s, FinishReason::Abort(format!("internal error: {e}")));
                 }
+                if e.is_fatal() {
+                    // The GPU context is gone: every later forward would fail the same way and
+                    // /health would keep answering. Exit (as SGLang's scheduler does) so a
+                    // supervisor restarts the server; the aborted requests' answers go out first.
+                    tracing::error!("the GPU context is lost ({e}); exiting");
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                    std::process::exit(70);
+                }
                 return;
             }
         };

@@ -155,7 +155,7 @@ impl CudaKv {
             // Each queued load waits for the compute stream and the copy stream is in order, so
             // the newest load's layer-l event also covers every earlier load's layers.
             let ev = a.copy.load(&self.pool, &a.region, host_pages, dev)?;
-            self.pending = Some(ev);
+            self.set_pending(ev);
             return Ok(());
         }
         // Not page-locked: each listed page's K and V object goes up in one copy into a staging
@@ -175,8 +175,17 @@ impl CudaKv {
             }
         }
         let ev = copy.load_device(&self.pool, staging, &slots, dev)?;
-        self.pending = Some(ev);
+        self.set_pending(ev);
         Ok(())
+    }
+
+    /// Makes `ev` the pending load, keeping an earlier pending load's buffers alive with it
+    /// (their copies may still be queued on the copy stream; see `LayerEvents::absorb`).
+    fn set_pending(&mut self, mut ev: LayerEvents) {
+        if let Some(older) = self.pending.take() {
+            ev.absorb(older);
+        }
+        self.pending = Some(ev);
     }
 
     /// For `n` pages of a host pool that is not page-locked: the mover for a device staging
