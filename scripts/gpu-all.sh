@@ -9,6 +9,9 @@
 #   pd       scripts/gpu-pd-check.sh (PD on one GPU: greedy, TTFT, transfer, mixed-load ITL)
 #   runner   scripts/gpu-runner-check.sh (bf16 runner vs transformers, greedy consistency, bench)
 #   sampling scripts/gpu-sampling-check.sh (GPU sampler: bench, served determinism, two servers)
+#   prefill  `gpu check --only attention` (both tensor-core prefill kernels, 8K prompts, pages 16
+#            and 64), `gpu bench --only gemm,prefill` at 2K and 8K (forward and attention alone,
+#            FA2 vs first mma kernel, 2048-token chunks) and transformers' forward at 2K and 8K
 # Usage: scripts/gpu-all.sh "STEP..." (default "check serve hc1b hc8b pd"); output in $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -36,6 +39,15 @@ for s in $STEPS; do
     mt) timeout $(left ${MT_TIMEOUT:-200}) scripts/gpu-hicache-multiturn.sh "$OUT" > "$OUT/mt.log" 2>&1; rc=$?; cat "$OUT/mt.log" ;;
     pd) timeout $(left ${PD_TIMEOUT:-300}) scripts/gpu-pd-check.sh "$OUT" > "$OUT/pd.log" 2>&1; rc=$?; tail -40 "$OUT/pd.log" ;;
     sampling) timeout $(left 200) scripts/gpu-sampling-check.sh "$OUT" > "$OUT/sampling.log" 2>&1; rc=$?; tail -30 "$OUT/sampling.log" ;;
+    prefill) timeout $(left 150) "$STRATA" gpu check --only attention --json "$OUT/check-attention.json" > "$OUT/prefill-check.log" 2>&1
+      rc=$?; grep -E "FAIL|prefill|extend|gpu check:" "$OUT/prefill-check.log" | tail -30
+      timeout $(left 150) "$STRATA" gpu bench --only gemm,prefill --prefill-lens 2048,8192 --decode-batches 1 \
+        --json "$OUT/prefill-bench.json" > "$OUT/prefill-bench.log" 2>&1
+      r2=$?; grep -A30 "== summary" "$OUT/prefill-bench.log" | grep -vE "cuBLASLt tuning" || tail -20 "$OUT/prefill-bench.log"
+      timeout $(left 150) python3 scripts/hf-llama-bench.py --batches "" --prefill 2048,8192 \
+        --json "$OUT/prefill-hf.json" > "$OUT/prefill-hf.log" 2>&1
+      r3=$?; grep -E "^hf" "$OUT/prefill-hf.log" || tail -5 "$OUT/prefill-hf.log"
+      [ $rc -eq 0 ] && rc=$r2; [ $rc -eq 0 ] && rc=$r3 ;;
     runner) timeout $(left 400) scripts/gpu-runner-check.sh "$OUT" > "$OUT/runner.log" 2>&1; rc=$?; tail -40 "$OUT/runner.log" ;;
     *) echo "unknown step $s"; rc=2 ;;
   esac

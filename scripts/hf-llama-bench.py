@@ -2,7 +2,10 @@
 """Hugging Face transformers baseline for `strata gpu bench`: a Llama-3-8B-shaped model with
 random bf16 weights made on the GPU (no download), greedy generation from a 1024-token random
 prompt at batch 1 and 32. Decode step time = (time for 1+N new tokens - time for 1) / N, so the
-prefill is excluded, matching strata's per-step decode number at ctx 1024."""
+prefill is excluded, matching strata's per-step decode number at ctx 1024.
+--prefill 2048,8192: one forward of one random prompt of each length (SDPA attention; best of 3
+after a warm-up), with logits for every position (what `model(ids)` does) and for the last only
+(as `strata gpu bench` prefill computes); --batches "" skips the decode part."""
 import argparse
 import json
 import time
@@ -15,6 +18,7 @@ ap.add_argument("--json")
 ap.add_argument("--batches", default="1,32")
 ap.add_argument("--prompt", type=int, default=1024)
 ap.add_argument("--new", type=int, default=32)
+ap.add_argument("--prefill", default="")
 a = ap.parse_args()
 
 cfg = LlamaConfig(
@@ -22,7 +26,7 @@ cfg = LlamaConfig(
     num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0, max_position_embeddings=131072,
     rope_scaling={"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                   "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
-    bos_token_id=None, eos_token_id=None, pad_token_id=0)
+    bos_token_id=None, eos_token_id=None, pad_token_id=0, attn_implementation="sdpa")
 torch.set_default_dtype(torch.bfloat16)
 t0 = time.time()
 with torch.device("cuda"):
@@ -45,7 +49,24 @@ def gen(ids, n):
 
 
 rows = []
-for b in [int(x) for x in a.batches.split(",")]:
+for n in [int(x) for x in a.prefill.split(",") if x]:
+    ids = torch.randint(0, cfg.vocab_size, (1, n), device="cuda")
+    best = {}
+    for keep, label in [(0, "all"), (1, "last")]:
+        def fwd():
+            torch.cuda.synchronize()
+            t = time.time()
+            with torch.no_grad():
+                model(ids, logits_to_keep=keep)
+            torch.cuda.synchronize()
+            return time.time() - t
+        fwd()
+        best[label] = min(fwd() for _ in range(3)) * 1e3
+        torch.cuda.empty_cache()
+    rows.append({"prefill": n, "ms_all_logits": best["all"], "ms_last_logits": best["last"]})
+    print(f"hf prefill {n}: {best['all']:.1f} ms (logits of every position), "
+          f"{best['last']:.1f} ms (last position only)", flush=True)
+for b in [int(x) for x in a.batches.split(",") if x]:
     ids = torch.randint(0, cfg.vocab_size, (b, a.prompt), device="cuda")
     gen(ids, 2)  # warm-up
     t1 = min(gen(ids, 1) for _ in range(2))

@@ -2,7 +2,9 @@
 //! `paged_attention` (any batch) or, when every sequence has one new token, a decode kernel:
 //! `paged_attention_decode2_g{G}_d{HD}` (GQA group 1/2/4/8, head_dim 64/128: compile-time
 //! shapes, bandwidth-shaped loads) or `paged_attention_decode` (other shapes, group <= 8); and
-//! `attention_combine` when the sequence is split.
+//! `attention_combine` when the sequence is split. Prompts and prefix-extends run a tensor-core
+//! kernel: `paged_attention_fa2_d{64,128}` (attention_prefill.cu, the default) or the first
+//! `paged_attention_mma_d{64,128}` (`STRATA_ATTN_MMA=1`); `STRATA_ATTN_MMA=0` picks the f32 one.
 //!
 //! An `AttnPlan` is built once per batch shape from the host-side block tables (validated here:
 //! every page id inside the pool, enough pages for every sequence), uploads them with the tile
@@ -37,23 +39,70 @@ pub enum AttnKernel {
     Decode2,
     /// `paged_attention_mma_d{64,128}`: tensor-core prefill / prefix-extend, 64 rows per tile.
     PrefillMma,
+    /// `paged_attention_fa2_d{64,128}`: tensor-core prefill / prefix-extend, 128 rows per tile,
+    /// cp.async-pipelined K/V tiles, ldmatrix fragments.
+    PrefillFa2,
 }
 
 /// Rows (token x head pairs) one tensor-core prefill block serves; mirrors MMA_ROWS.
 const MMA_ROWS: usize = 64;
+/// Rows one FA2-style prefill block serves; mirrors FA_ROWS in attention_prefill.cu.
+const FA2_ROWS: usize = 128;
+/// Keys per FA2 shared-memory tile; mirrors FA_KT.
+const FA2_KEY_TILE: usize = 64;
+/// Most tiles of one FA2 launch (grid y).
+const FA2_MAX_TILES: usize = 65_535;
 
-static MMA: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
-
-/// Whether plans for prefill use the tensor-core kernel (default on; `STRATA_ATTN_MMA=0` or
-/// `set_mma(false)` picks the f32 `paged_attention` instead, for A/B runs and checks).
-pub fn mma_enabled() -> bool {
-    MMA.load(std::sync::atomic::Ordering::Relaxed)
-        && std::env::var("STRATA_ATTN_MMA").map_or(true, |v| v != "0")
+/// Which kernel plans for prompts and prefix-extends use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrefillKernel {
+    /// The f32 `paged_attention` (`STRATA_ATTN_MMA=0`).
+    General,
+    /// `paged_attention_mma_d*` (`STRATA_ATTN_MMA=1`).
+    Mma,
+    /// `paged_attention_fa2_d*` (the default; `STRATA_ATTN_MMA=2`).
+    Fa2,
 }
 
-/// Turns the tensor-core prefill kernel on or off for plans made after this call.
-pub fn set_mma(on: bool) {
-    MMA.store(on, std::sync::atomic::Ordering::Relaxed);
+/// 0 = follow `STRATA_ATTN_MMA`, else 1 + the forced kernel's index.
+static PREFILL: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// The prefill kernel later plans use: the one forced by [`set_prefill_kernel`], else
+/// `STRATA_ATTN_MMA` (0 = f32, 1 = first mma kernel, anything else = FA2-style kernel). Head sizes
+/// without a tensor-core kernel (not 64 or 128) always plan the f32 one.
+pub fn prefill_kernel() -> PrefillKernel {
+    match PREFILL.load(std::sync::atomic::Ordering::Relaxed) {
+        1 => PrefillKernel::General,
+        2 => PrefillKernel::Mma,
+        3 => PrefillKernel::Fa2,
+        _ => match std::env::var("STRATA_ATTN_MMA").as_deref() {
+            Ok("0") => PrefillKernel::General,
+            Ok("1") => PrefillKernel::Mma,
+            _ => PrefillKernel::Fa2,
+        },
+    }
+}
+
+/// Forces the prefill kernel of plans made after this call (None: back to `STRATA_ATTN_MMA`);
+/// for checks and side-by-side timing.
+pub fn set_prefill_kernel(k: Option<PrefillKernel>) {
+    let v = match k {
+        None => 0,
+        Some(PrefillKernel::General) => 1,
+        Some(PrefillKernel::Mma) => 2,
+        Some(PrefillKernel::Fa2) => 3,
+    };
+    PREFILL.store(v, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Kernel names of the FA2-style prefill kernels, in `mma_index` order.
+pub(crate) const FA2_NAMES: [&str; 2] = ["paged_attention_fa2_d64", "paged_attention_fa2_d128"];
+
+/// Dynamic shared memory of `paged_attention_fa2_d{head_dim}`: Q rows plus 2 x stages K/V
+/// tiles, rows padded to head_dim + 8 bf16 (stages: 3 at 64, 2 at 128; see FA_KERNEL).
+pub(crate) fn fa2_smem(head_dim: usize) -> u32 {
+    let stages = if head_dim == 64 { 3 } else { 2 };
+    ((FA2_ROWS + 2 * stages * FA2_KEY_TILE) * (head_dim + 8) * 2) as u32
 }
 
 /// Index of the tensor-core prefill kernel for `head_dim`, if there is one.
@@ -167,7 +216,7 @@ impl AttnPlan {
     /// on, and a tensor-core prefill plan keeps its kernel (its tiles are larger: plan with
     /// `set_mma(false)` instead).
     pub fn force_general_kernel(&mut self) {
-        if self.kernel != AttnKernel::PrefillMma {
+        if !matches!(self.kernel, AttnKernel::PrefillMma | AttnKernel::PrefillFa2) {
             self.kernel = AttnKernel::General;
         }
     }
@@ -234,15 +283,18 @@ impl CudaOps {
         let kernel = match (decode, decode2_index(group, s.head_dim)) {
             (true, Some(_)) => AttnKernel::Decode2,
             (true, None) => AttnKernel::Decode,
-            (false, _) if mma_enabled() && mma_index(s.head_dim).is_some() => {
-                AttnKernel::PrefillMma
-            }
-            (false, _) => AttnKernel::General,
+            (false, _) => match (prefill_kernel(), mma_index(s.head_dim)) {
+                (PrefillKernel::Fa2, Some(i)) if self.attention_fa2[i].is_some() => {
+                    AttnKernel::PrefillFa2
+                }
+                (PrefillKernel::Fa2 | PrefillKernel::Mma, Some(_)) => AttnKernel::PrefillMma,
+                _ => AttnKernel::General,
+            },
         };
-        let qt = if kernel == AttnKernel::PrefillMma {
-            MMA_ROWS / group
-        } else {
-            ROWS / group
+        let qt = match kernel {
+            AttnKernel::PrefillMma => MMA_ROWS / group,
+            AttnKernel::PrefillFa2 => FA2_ROWS / group,
+            _ => ROWS / group,
         };
         let max_pages = seqs.iter().map(|q| q.pages.len()).max().unwrap_or(1).max(1);
         let mut tiles = Vec::new();
@@ -283,15 +335,26 @@ impl CudaOps {
             max_kv = max_kv.max(q.kv_len);
         }
         let n_tiles = tiles.len() / 4;
+        ensure(
+            kernel != AttnKernel::PrefillFa2 || n_tiles <= FA2_MAX_TILES,
+            || format!("{n_tiles} prefill tiles in one batch (at most {FA2_MAX_TILES})"),
+        )?;
         let min_split = match kernel {
             AttnKernel::Decode2 => DECODE2_MIN_SPLIT,
             AttnKernel::Decode => DECODE_MIN_SPLIT,
             AttnKernel::General => 2 * KEY_TILE,
             AttnKernel::PrefillMma => 2 * MMA_ROWS,
+            AttnKernel::PrefillFa2 => 2 * FA2_KEY_TILE,
         };
         let blocks = n_tiles * s.n_kv_heads;
-        // Aim for ~4 resident blocks per SM; never split below two key tiles per split.
-        let resident = 4 * self.ctx.sm_count().max(1);
+        // Aim for ~4 resident blocks per SM (2 for the FA2 kernel: its shared memory and
+        // registers allow two); never split below two key tiles per split.
+        let per_sm = if kernel == AttnKernel::PrefillFa2 {
+            2
+        } else {
+            4
+        };
+        let resident = per_sm * self.ctx.sm_count().max(1);
         let want = splits.unwrap_or_else(|| {
             if kernel == AttnKernel::Decode2 {
                 // 4 blocks fit on an SM (128 registers/thread): as many splits as keep the grid
@@ -414,6 +477,23 @@ impl CudaOps {
         } else if plan.kernel == AttnKernel::PrefillMma {
             let idx = mma_index(hd).expect("planned only for supported head sizes");
             self.go(&self.attention_mma[idx], decode_dims, &args)?;
+        } else if plan.kernel == AttnKernel::PrefillFa2 {
+            // Q rows are copied 16 bytes at a time.
+            ensure(q.ptr_at(q_col)? % 16 == 0 && w % 8 == 0, || {
+                format!(
+                    "tensor-core prefill needs 16-byte aligned q rows (width {w}, column {q_col})"
+                )
+            })?;
+            let idx = mma_index(hd).expect("planned only for supported head sizes");
+            let f = self.attention_fa2[idx]
+                .as_ref()
+                .expect("planned only where the kernel loaded");
+            let dims = Dims {
+                grid: (s.n_kv_heads as u32, plan.n_tiles as u32, plan.splits as u32),
+                block: 128,
+                smem: fa2_smem(hd),
+            };
+            self.go(f, dims, &args)?;
         } else {
             let dims = Dims {
                 grid,

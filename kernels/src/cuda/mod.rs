@@ -31,7 +31,10 @@ pub mod select;
 pub mod tensor;
 pub mod transfer;
 
-pub use attention::{AttnKernel, AttnPlan, AttnSeq, AttnShape, DECODE2_VARIANTS};
+pub use attention::{
+    prefill_kernel, set_prefill_kernel, AttnKernel, AttnPlan, AttnSeq, AttnShape, PrefillKernel,
+    DECODE2_VARIANTS,
+};
 pub use backend::{CudaBackend, CudaBuf};
 pub use device::GpuContext;
 pub use error::{CudaError, Result};

@@ -67,7 +67,9 @@ impl Program {
                 "\n",
                 include_str!("../../cuda/attention_decode.cu"),
                 "\n",
-                include_str!("../../cuda/attention_decode2.cu")
+                include_str!("../../cuda/attention_decode2.cu"),
+                "\n",
+                include_str!("../../cuda/attention_prefill.cu")
             ),
             Program::Sampling => include_str!("../../cuda/sampling.cu"),
             Program::Gemv => include_str!("../../cuda/gemv.cu"),
@@ -116,6 +118,12 @@ fn options(arch: &str) -> Vec<String> {
 
 /// Compiles `program` for `arch` (e.g. `sm_90`) to a cubin, without any cache.
 pub fn compile(program: Program, arch: &str) -> Result<Vec<u8>> {
+    compile_with(program, arch, &[]).map(|(cubin, _)| cubin)
+}
+
+/// Compiles `program` for `arch` with `extra` NVRTC options; returns the cubin and the compile
+/// log (with `--ptxas-options=-v`, ptxas' register and spill report per kernel).
+pub fn compile_with(program: Program, arch: &str, extra: &[&str]) -> Result<(Vec<u8>, String)> {
     if !nvrtc_present() {
         return Err(CudaError::MissingLibrary("libnvrtc"));
     }
@@ -127,23 +135,24 @@ pub fn compile(program: Program, arch: &str) -> Result<Vec<u8>> {
     let name = CString::new(program.name()).map_err(|e| err(e.to_string()))?;
     let prog = nvrtc_result::create_program(&src, Some(name.as_c_str()))
         .map_err(|e| err(e.to_string()))?;
-    let opts = options(arch);
+    let mut opts = options(arch);
+    opts.extend(extra.iter().map(|o| o.to_string()));
     // SAFETY: `prog` is a live program until destroy_program below; the options outlive the call.
     let compiled = unsafe { nvrtc_result::compile_program(prog, &opts) };
+    // SAFETY: `prog` is live; the log is NUL-terminated by NVRTC.
+    let log = unsafe { nvrtc_result::get_program_log(prog) }
+        .map(|l| {
+            // SAFETY: NVRTC NUL-terminates the log buffer it fills.
+            unsafe { CStr::from_ptr(l.as_ptr()) }
+                .to_string_lossy()
+                .into_owned()
+        })
+        .unwrap_or_default();
     let out = match compiled {
-        Err(e) => {
-            // SAFETY: `prog` is live; the log is NUL-terminated by NVRTC.
-            let log = unsafe { nvrtc_result::get_program_log(prog) }
-                .map(|l| {
-                    // SAFETY: NVRTC NUL-terminates the log buffer it fills.
-                    unsafe { CStr::from_ptr(l.as_ptr()) }
-                        .to_string_lossy()
-                        .into_owned()
-                })
-                .unwrap_or_default();
-            Err(err(format!("{e:?}: {log}")))
-        }
-        Ok(()) => cubin_of(prog).map_err(|e| err(format!("get cubin: {e:?}"))),
+        Err(e) => Err(err(format!("{e:?}: {log}"))),
+        Ok(()) => cubin_of(prog)
+            .map(|c| (c, log))
+            .map_err(|e| err(format!("get cubin: {e:?}"))),
     };
     // SAFETY: `prog` was created above and is destroyed exactly once.
     let _ = unsafe { nvrtc_result::destroy_program(prog) };

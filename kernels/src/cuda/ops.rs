@@ -33,6 +33,9 @@ pub struct CudaOps {
     pub(crate) attention_decode2: Vec<CudaFunction>,
     /// `paged_attention_mma_*`, in `attention::mma_index` order.
     pub(crate) attention_mma: Vec<CudaFunction>,
+    /// `paged_attention_fa2_*`, in `attention::mma_index` order; None where the device cannot
+    /// give the kernel its dynamic shared memory (plans then use `attention_mma`).
+    pub(crate) attention_fa2: Vec<Option<CudaFunction>>,
     /// `attention::DECODE2_VARIANTS`, for side-by-side timing.
     pub(crate) attention_decode2_variants: Vec<CudaFunction>,
     pub(crate) sample: CudaFunction,
@@ -74,6 +77,16 @@ impl CudaOps {
             attention_mma: super::attention::MMA_NAMES
                 .iter()
                 .map(|n| ctx.function(Program::Attention, n))
+                .collect::<Result<_>>()?,
+            attention_fa2: super::attention::FA2_NAMES
+                .iter()
+                .zip([64, 128])
+                .map(|(n, hd)| {
+                    let f = ctx.function(Program::Attention, n)?;
+                    let want = super::attention::fa2_smem(hd) as i32;
+                    let attr = cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+                    Ok(f.set_attribute(attr, want).ok().map(|_| f))
+                })
                 .collect::<Result<_>>()?,
             attention_decode2_variants: super::attention::DECODE2_VARIANTS
                 .iter()

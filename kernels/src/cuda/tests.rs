@@ -37,6 +37,9 @@ fn absurd_gpu_id_falls_back_to_cpu() {
     assert!(matches!(kind, BackendKind::Cpu { .. }));
 }
 
+/// Every program compiles for sm_90; the attention one also for sm_80 (the tensor-core prefill
+/// kernels' oldest target). ptxas' report (through NVRTC) must show the FA2-style prefill kernels
+/// within 255 registers and without spills; printed so a CI log shows the register counts.
 #[test]
 fn nvrtc_programs_compile_where_nvrtc_exists() {
     if !nvrtc::nvrtc_present() {
@@ -44,8 +47,27 @@ fn nvrtc_programs_compile_where_nvrtc_exists() {
         return;
     }
     for p in Program::ALL {
+        if p == Program::Attention {
+            continue;
+        }
         let cubin = nvrtc::compile(p, "sm_90").unwrap_or_else(|e| panic!("{e}"));
         assert!(cubin.len() > 100, "{}: empty cubin", p.name());
+    }
+    for arch in ["sm_80", "sm_90"] {
+        let (cubin, log) = nvrtc::compile_with(Program::Attention, arch, &["--ptxas-options=-v"])
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert!(cubin.len() > 100, "{arch}: empty attention cubin");
+        for name in super::attention::FA2_NAMES {
+            let at = log
+                .find(&format!("'{name}'"))
+                .unwrap_or_else(|| panic!("{arch}: no ptxas report for {name}:\n{log}"));
+            let report: String = log[at..].lines().take(4).collect::<Vec<_>>().join(" | ");
+            println!("{arch} {report}");
+            assert!(
+                report.contains(" 0 bytes spill stores") && report.contains(" 0 bytes spill loads"),
+                "{arch} {name} spills: {report}"
+            );
+        }
     }
 }
 

@@ -25,6 +25,35 @@ pub fn paged_attention(
     page_size: usize,
     scale: f32,
 ) -> Vec<f32> {
+    paged_attention_rows(
+        q,
+        k_pool,
+        v_pool,
+        seqs,
+        n_heads,
+        n_kv,
+        hd,
+        page_size,
+        scale,
+        &|_, _| true,
+    )
+}
+
+/// [`paged_attention`] for the query rows `keep(i, q_len)` selects (i = query index within its
+/// sequence); the other rows stay 0. Lets checks of long prompts compare a sample of rows.
+#[allow(clippy::too_many_arguments)]
+pub fn paged_attention_rows(
+    q: &[f32],
+    k_pool: &[f32],
+    v_pool: &[f32],
+    seqs: &[RefSeq],
+    n_heads: usize,
+    n_kv: usize,
+    hd: usize,
+    page_size: usize,
+    scale: f32,
+    keep: &dyn Fn(usize, usize) -> bool,
+) -> Vec<f32> {
     let group = n_heads / n_kv;
     let qw = n_heads * hd;
     let kvw = n_kv * hd;
@@ -33,7 +62,7 @@ pub fn paged_attention(
     let mut row = 0;
     for s in seqs {
         let prefix = s.kv_len - s.q_len;
-        for i in 0..s.q_len {
+        for i in (0..s.q_len).filter(|&i| keep(i, s.q_len)) {
             let limit = prefix + i + 1;
             for h in 0..n_heads {
                 let g = h / group;

@@ -9,7 +9,7 @@
 mod attention;
 mod ops;
 
-pub use attention::{paged_attention, RefSeq};
+pub use attention::{paged_attention, paged_attention_rows, RefSeq};
 pub use ops::{
     embedding, linear, rel_err, rmsnorm, rope, rope_inv_freq, round_bf16, silu_mul, Llama3Scaling,
 };

@@ -41,9 +41,11 @@ pub struct Args {
     /// Most requests decoding at once.
     #[arg(long, default_value_t = 64)]
     max_running_requests: usize,
-    /// Prefill tokens per scheduling round; -1 disables chunking.
-    #[arg(long, default_value_t = 2048, allow_negative_numbers = true)]
-    chunked_prefill_size: i64,
+    /// Prefill tokens per scheduling round; -1 disables chunking. Default as SGLang's by GPU
+    /// memory (2048 under 35 GiB, 4096 under 60, 8192 under 160, 16384 above; docs/gpu.md);
+    /// 2048 on the CPU.
+    #[arg(long, allow_negative_numbers = true)]
+    chunked_prefill_size: Option<i64>,
     /// Context length (default: max_position_embeddings of config.json).
     #[arg(long)]
     context_length: Option<usize>,
@@ -341,8 +343,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         served_model_name: a.served_model_name.clone(),
         page_size: a.page_size,
         max_running_requests: a.max_running_requests,
-        chunked_prefill_size: (a.chunked_prefill_size > 0)
-            .then_some(a.chunked_prefill_size as usize),
+        chunked_prefill_size: chunk_flag(a.chunked_prefill_size, CPU_CHUNKED_PREFILL),
         context_length: a.context_length,
         mem_fraction_static: a.mem_fraction_static.unwrap_or(0.5),
         max_total_tokens: a.max_total_tokens,
@@ -358,6 +359,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         server_args: {
             let mut v = serde_json::to_value(&a)?;
             v["api_key"] = serde_json::Value::Null;
+            // The resolved budget (the CUDA path below replaces it with its own default).
+            v["chunked_prefill_size"] =
+                serde_json::json!(chunk_flag(a.chunked_prefill_size, CPU_CHUNKED_PREFILL)
+                    .map_or(-1, |n| n as i64));
             v
         },
     };
@@ -370,6 +375,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         }
         (BackendKind::Cuda { .. }, Some(ctx)) => {
             opts.mem_fraction_static = a.mem_fraction_static.unwrap_or(0.88);
+            let (_, total) = ctx.mem_info()?;
+            opts.chunked_prefill_size =
+                chunk_flag(a.chunked_prefill_size, gpu_chunked_prefill(total));
+            opts.server_args["chunked_prefill_size"] =
+                serde_json::json!(opts.chunked_prefill_size.map_or(-1, |n| n as i64));
             if matches!(a.dtype.as_str(), "float16" | "half") {
                 tracing::info!(
                     "--dtype float16: weights are rounded to bfloat16 (the CUDA kernels are bf16)"
@@ -429,6 +439,33 @@ async fn shutdown() {
     }
 }
 
+/// `--chunked-prefill-size` on the CPU when the flag is not given.
+const CPU_CHUNKED_PREFILL: usize = 2048;
+
+/// SGLang's `--chunked-prefill-size` default for a GPU of `total` bytes (its server_args tiers
+/// by memory): 2048 under 35 GiB, 4096 under 60 GiB, 8192 under 160 GiB (H100, H200), else 16384.
+fn gpu_chunked_prefill(total: usize) -> usize {
+    let gib = total as f64 / (1u64 << 30) as f64;
+    if gib < 35.0 {
+        2048
+    } else if gib < 60.0 {
+        4096
+    } else if gib < 160.0 {
+        8192
+    } else {
+        16384
+    }
+}
+
+/// The chunk budget from the flag: absent = `default`, <= 0 = whole prompts (None).
+fn chunk_flag(flag: Option<i64>, default: usize) -> Option<usize> {
+    match flag {
+        None => Some(default),
+        Some(n) if n > 0 => Some(n as usize),
+        Some(_) => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -447,6 +484,25 @@ mod tests {
         ]
         .concat();
         hicache_config(&Cli::try_parse_from(argv).expect("flags parse").a)
+    }
+
+    #[test]
+    fn chunked_prefill_default_follows_gpu_memory_like_sglang() {
+        let gib = |g: usize| g << 30;
+        assert_eq!(gpu_chunked_prefill(gib(24)), 2048);
+        assert_eq!(gpu_chunked_prefill(gib(40)), 4096);
+        assert_eq!(gpu_chunked_prefill(gib(80)), 8192);
+        assert_eq!(gpu_chunked_prefill(140_400_000_000), 8192, "H200");
+        assert_eq!(gpu_chunked_prefill(gib(180)), 16384, "B200");
+        assert_eq!(chunk_flag(None, 8192), Some(8192));
+        assert_eq!(chunk_flag(Some(7), 8192), Some(7));
+        assert_eq!(chunk_flag(Some(-1), 8192), None);
+        let a = Cli::try_parse_from(["serve", "--model-path", "m"])
+            .unwrap()
+            .a;
+        assert_eq!(a.chunked_prefill_size, None);
+        let a = Cli::try_parse_from(["serve", "--model-path", "m", "--chunked-prefill-size", "-1"]);
+        assert_eq!(a.unwrap().a.chunked_prefill_size, Some(-1));
     }
 
     #[test]

@@ -236,14 +236,96 @@ pub fn run(
                 ms, tps, floor.unwrap_or(f64::NAN), floor.map_or(f64::NAN, |f| t as f64 / f * 1e3),
                 floor.map_or(f64::NAN, |f| f / ms * 100.0), attn / 1e12, (mat + attn) / 1e12
             ));
+            // The same forward with the first tensor-core kernel, each kernel alone on one layer,
+            // and the prompt prefilled in 2048-token chunks (the old --chunked-prefill-size).
+            use strata_kernels::cuda::{set_prefill_kernel, PrefillKernel};
+            set_prefill_kernel(Some(PrefillKernel::Mma));
+            let mma_ms = (|| -> anyhow::Result<f64> {
+                let input = step_input(ops, &model, &[(t, t)])?;
+                gpu_ms(ops.context(), false, 1, 3, || {
+                    Ok(model.forward(ops, gemm, &ws, &input)?)
+                })
+            })();
+            set_prefill_kernel(None);
+            let mma_ms = mma_ms?;
+            let layer_flops = attn / shape.layers as f64;
+            let mut alone = serde_json::Map::new();
+            let mut line = format!("  prefill {t} attention alone per layer:");
+            for (name, k) in [("fa2", PrefillKernel::Fa2), ("mma", PrefillKernel::Mma)] {
+                let a = prefill_attention_alone(ops, &model, t, k)?;
+                line += &format!(" {name} {a:.3} ms ({:.0} TFLOP/s)", layer_flops / a / 1e9);
+                alone.insert(name.to_string(), json!(a));
+            }
+            summary.push(line);
+            summary.push(format!(
+                "  prefill {t} forward with the first mma kernel: {mma_ms:.1} ms (default kernel x{:.2})",
+                ms / mma_ms
+            ));
+            let mut chunked = None;
+            if t > 2048 {
+                let chunks: Vec<StepInput> = (0..t.div_ceil(2048))
+                    .map(|c| {
+                        let end = ((c + 1) * 2048).min(t);
+                        step_input(ops, &model, &[(end - c * 2048, end)])
+                    })
+                    .collect::<anyhow::Result<_>>()?;
+                let cws = model.workspace(ops, 2048, 1)?;
+                let cms = gpu_ms(ops.context(), false, 1, 3, || {
+                    for input in &chunks {
+                        model.forward(ops, gemm, &cws, input)?;
+                    }
+                    Ok(())
+                })?;
+                summary.push(format!(
+                    "  prefill {t} in 2048-token chunks: {cms:.1} ms (whole prompt x{:.2})",
+                    ms / cms
+                ));
+                chunked = Some(cms);
+            }
             rows.push(
                 json!({"tokens": t, "ms": ms, "tokens_per_s": tps, "gemm_floor_ms": floor,
-                "matrix_flops": mat, "attention_flops": attn}),
+                "matrix_flops": mat, "attention_flops": attn, "mma_kernel_ms": mma_ms,
+                "attention_layer_ms": alone, "chunked_2048_ms": chunked}),
             );
         }
         out["prefill"] = json!(rows);
     }
     Ok(out)
+}
+
+/// One layer's prefill attention of a `t`-token prompt alone (no cached prefix, random q and
+/// pools) with prefill kernel `k`, milliseconds.
+fn prefill_attention_alone(
+    ops: &CudaOps,
+    model: &LlamaModel,
+    t: usize,
+    k: strata_kernels::cuda::PrefillKernel,
+) -> anyhow::Result<f64> {
+    let c = ops.context();
+    let s = model.shape;
+    let shape = model.attn_shape();
+    let seqs = [AttnSeq {
+        q_len: t,
+        kv_len: t,
+        pages: (0..t.div_ceil(PAGE) as i32).collect(),
+    }];
+    strata_kernels::cuda::set_prefill_kernel(Some(k));
+    let plan = ops.attention_plan(shape, &seqs, None);
+    strata_kernels::cuda::set_prefill_kernel(None);
+    let plan = plan?;
+    let kvw = s.n_kv_heads * s.head_dim;
+    let slots = shape.pool_pages * PAGE;
+    let bf = strata_kernels::cuda::DType::Bf16;
+    let (kp, vp) = (c.alloc(bf, &[slots, kvw])?, c.alloc(bf, &[slots, kvw])?);
+    let q = c.alloc(bf, &[t, s.qkv_width()])?;
+    let o = c.alloc(bf, &[t, s.n_heads * s.head_dim])?;
+    for (i, x) in [&kp, &vp, &q].into_iter().enumerate() {
+        ops.fill_uniform(x, 200 + i as u64, 1.0)?;
+    }
+    let scale = 1.0 / (s.head_dim as f32).sqrt();
+    gpu_ms(c, false, 2, 10, || {
+        Ok(ops.paged_attention(&plan, &q, 0, &kp, &vp, &o, scale)?)
+    })
 }
 
 /// One layer's decode attention alone (fresh random pools of the same size), microseconds, with

@@ -23,6 +23,9 @@ pub struct Args {
     /// Write the results as JSON here.
     #[arg(long)]
     json: Option<std::path::PathBuf>,
+    /// Run only these steps (comma-separated names, e.g. `attention`; default: all).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
 }
 
 /// A named group of comparisons.
@@ -118,7 +121,17 @@ pub fn run(args: Args) -> anyhow::Result<()> {
             check_ops::fixed_decode_plan(&ops, c)
         }),
     ];
+    if let Some(o) = args
+        .only
+        .iter()
+        .find(|o| !steps.iter().any(|(n, _)| n == o))
+    {
+        bail!("--only {o}: no such step");
+    }
     for (name, f) in steps {
+        if !args.only.is_empty() && !args.only.iter().any(|o| o == name) {
+            continue;
+        }
         if let Err(e) = f(&mut ck) {
             ck.out.push(Outcome {
                 op: name.into(),
