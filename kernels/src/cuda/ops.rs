@@ -84,8 +84,15 @@ impl CudaOps {
                 .map(|(n, hd)| {
                     let f = ctx.function(Program::Attention, n)?;
                     let want = super::attention::fa2_smem(hd) as i32;
+                    ctx.cuda().bind_to_thread()?;
                     let attr = cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
-                    Ok(f.set_attribute(attr, want).ok().map(|_| f))
+                    match f.set_attribute(attr, want) {
+                        Ok(()) => Ok(Some(f)),
+                        Err(e) => {
+                            tracing::warn!("{n}: {want} bytes of shared memory refused ({e:?}); prefill plans use paged_attention_mma_d{hd}");
+                            Ok(None)
+                        }
+                    }
                 })
                 .collect::<Result<_>>()?,
             attention_decode2_variants: super::attention::DECODE2_VARIANTS

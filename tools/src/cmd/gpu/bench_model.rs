@@ -257,6 +257,14 @@ pub fn run(
                 alone.insert(name.to_string(), json!(a));
             }
             summary.push(line);
+            let (gemm_ms, gemm_line) = prefill_gemms(ops, gemm, &shape, t)?;
+            let attn_ms = alone["fa2"].as_f64().unwrap_or(f64::NAN) * shape.layers as f64;
+            summary.push(gemm_line);
+            summary.push(format!(
+                "  prefill {t} forward split: GEMMs {gemm_ms:.1} ms + attention {attn_ms:.1} ms (alone, x{} layers) + rest {:.1} ms",
+                shape.layers,
+                ms - gemm_ms - attn_ms
+            ));
             summary.push(format!(
                 "  prefill {t} forward with the first mma kernel: {mma_ms:.1} ms (default kernel x{:.2})",
                 ms / mma_ms
@@ -326,6 +334,40 @@ fn prefill_attention_alone(
     gpu_ms(c, false, 2, 10, || {
         Ok(ops.paged_attention(&plan, &q, 0, &kp, &vp, &o, scale)?)
     })
+}
+
+/// The prefill GEMMs of a `t`-token prompt alone (cuBLAS through `GemmPath::Auto`): the four
+/// per-layer projections and the one-row LM head; returns the forward's GEMM total (ms) and a
+/// summary line with each projection's TFLOP/s.
+fn prefill_gemms(
+    ops: &CudaOps,
+    gemm: &Gemm,
+    s: &LlamaShape,
+    t: usize,
+) -> anyhow::Result<(f64, String)> {
+    let c = ops.context();
+    let bf = strata_kernels::cuda::DType::Bf16;
+    let h = s.hidden;
+    let mut total = 0.0;
+    let mut line = format!("  prefill {t} GEMMs alone:");
+    for (name, n, k, rows, times) in [
+        ("qkv", s.qkv_width(), h, t, s.layers),
+        ("o", h, s.n_heads * s.head_dim, t, s.layers),
+        ("gate_up", 2 * s.inter, h, t, s.layers),
+        ("down", h, s.inter, t, s.layers),
+        ("lm_head", s.vocab, h, 1, 1),
+    ] {
+        let w = c.alloc(bf, &[n, k])?;
+        let x = c.alloc(bf, &[rows, k])?;
+        let y = c.alloc(bf, &[rows, n])?;
+        ops.fill_uniform(&w, 9, 0.02)?;
+        ops.fill_uniform(&x, 10, 1.0)?;
+        let ms = gpu_ms(c, false, 2, 10, || Ok(gemm.linear(&x, &w, &y)?))?;
+        total += ms * times as f64;
+        let tf = 2.0 * (rows * n * k) as f64 / ms / 1e9;
+        line += &format!(" {name} {:.3} ms ({tf:.0} TFLOP/s)", ms);
+    }
+    Ok((total, line))
 }
 
 /// One layer's decode attention alone (fresh random pools of the same size), microseconds, with

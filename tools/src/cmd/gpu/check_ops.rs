@@ -512,6 +512,20 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
         let plan = ops.attention_plan(shape, &seqs, splits);
         set_prefill_kernel(None);
         let mut plan = plan?;
+        let prefill = lens.iter().any(|&(q, _)| q > 1) || nh / nkv > 8;
+        let fa2_case =
+            prefill && !name.starts_with("prefill gen") && !name.starts_with("prefill mma");
+        if fa2_case && matches!(hd, 64 | 128) && plan.kernel() != AttnKernel::PrefillFa2 {
+            ck.rel(
+                "attention",
+                format!(
+                    "{name}: FA2 prefill kernel not planned ({:?})",
+                    plan.kernel()
+                ),
+                f64::INFINITY,
+                BF16_TOL,
+            );
+        }
         if name == "decode general" {
             plan.force_general_kernel();
         }
