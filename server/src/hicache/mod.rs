@@ -16,12 +16,13 @@
 //! - **Decode offload** (PD decode side): a finished request's full pages, prompt and generated
 //!   tokens, go device -> fresh host pages -> L3 under the same chained keys, so the next turn's
 //!   prefill finds prompt + answer in the L3. The host pages are freed when the write completes.
-//! - **Adaptive skip**: a prefetch whose estimated load time (measured store bandwidth) exceeds
-//!   the estimated recompute time (measured prefill rate) is dropped after the exists query, so a
-//!   slow L3 costs at most that one query.
+//! - **Adaptive skip**: a prefetch whose estimated load time (measured aggregate store bandwidth)
+//!   exceeds the estimated recompute time (measured prefill rate) is dropped after the exists
+//!   query, so a slow L3 costs at most that one query (estimate.rs).
 
 mod cluster_backend;
 mod config;
+mod estimate;
 pub mod file_backend;
 pub mod keys;
 pub mod storage;
@@ -35,6 +36,7 @@ pub use config::{
 use crate::cache::{Fresh, NodeId, RadixCache, Tier};
 use crate::kv::{HostKvPool, Page, PageId};
 use crate::stats::Stats;
+use estimate::Estimates;
 use keys::{page_hashes, KeyScheme, PageHash};
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
@@ -108,15 +110,6 @@ struct Prefetch {
     deadline: Instant,
 }
 
-/// Exponentially weighted estimates used by the adaptive skip.
-#[derive(Debug, Clone, Copy)]
-struct Estimates {
-    /// Store read bandwidth, bytes/s (optimistic until measured).
-    store_bw: f64,
-    /// Prefill tokens/s; `None` until measured (then the L3 is always used).
-    prefill_rate: Option<f64>,
-}
-
 /// The hierarchical cache's state, owned by the scheduler thread.
 pub struct HiCache {
     cfg: HiCacheConfig,
@@ -164,10 +157,7 @@ impl HiCache {
             writes: HashMap::new(),
             offloads: HashMap::new(),
             next_id: 0,
-            est: Estimates {
-                store_bw: 1e9,
-                prefill_rate: None,
-            },
+            est: Estimates::default(),
             stats,
         }
     }
@@ -219,14 +209,7 @@ impl HiCache {
 
     /// Folds one prefill measurement (tokens computed in `secs`) into the recompute estimate.
     pub fn observe_prefill(&mut self, tokens: usize, secs: f64) {
-        if tokens < 64 || secs <= 0.0 {
-            return;
-        }
-        let r = tokens as f64 / secs;
-        self.est.prefill_rate = Some(match self.est.prefill_rate {
-            Some(old) => 0.8 * old + 0.2 * r,
-            None => r,
-        });
+        self.est.observe_prefill(tokens, secs);
     }
 
     /// Host pages for `n` pages, evicting host-cached nodes if needed.
@@ -397,8 +380,7 @@ impl HiCache {
                             let h = &self.stats.hicache;
                             Stats::add(&h.prefetch_bytes, got as u64);
                             Stats::add(&h.prefetch_micros, (secs * 1e6) as u64);
-                            let bw = got as f64 / secs;
-                            self.est.store_bw = 0.7 * self.est.store_bw + 0.3 * bw;
+                            let bw = self.est.observe_read(*started, Instant::now(), got);
                             Stats::set(&h.prefetch_bandwidth, bw as u64);
                         }
                         break;
@@ -445,10 +427,7 @@ impl HiCache {
         let ps = self.page_size;
         let too_small = hit * ps < self.cfg.prefetch_threshold.max(1);
         let bytes = (hit * 2 * self.host.object_bytes()) as f64;
-        let slow = self
-            .est
-            .prefill_rate
-            .is_some_and(|r| bytes / self.est.store_bw > (hit * ps) as f64 / r);
+        let slow = !too_small && self.est.skip(bytes, hit * ps);
         if slow {
             Stats::add(&self.stats.hicache.prefetch_skipped, 1);
         }

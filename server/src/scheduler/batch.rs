@@ -76,7 +76,8 @@ impl<R: ModelRunner> Scheduler<R> {
     }
 
     /// Loads the host-only part of a match back into device pages (L2 -> L1). Returns false when
-    /// the device pool has no room (the request then computes those tokens).
+    /// the device pool has no room (the request then waits while others hold the pool, or
+    /// computes those tokens when it is alone).
     fn load_back(&mut self, deep: NodeId) -> bool {
         let Some(h) = self.hicache.as_ref() else {
             return false;
@@ -204,8 +205,17 @@ impl<R: ModelRunner> Scheduler<R> {
             if self.cfg.radix_cache {
                 let limit = s.cache_match_limit();
                 let mut m = self.tree.match_prefix(&s.tokens[..limit]);
-                if m.host_tokens > 0 && self.load_back(m.host_node) {
-                    m = self.tree.match_prefix(&s.tokens[..limit]);
+                if m.host_tokens > 0 {
+                    if self.load_back(m.host_node) {
+                        m = self.tree.match_prefix(&s.tokens[..limit]);
+                    } else if !self.running.is_empty() {
+                        // No device room for the host-cached prefix while other sequences hold
+                        // the pool (chunked prefills): wait for it rather than recompute what the
+                        // host pool holds. Alone, a request always gets room (eviction frees
+                        // every unlocked page), so this cannot stall the server.
+                        self.waiting.push_front(s);
+                        break;
+                    }
                 }
                 self.backup_selective(m.node);
                 self.tree.lock(m.node);
