@@ -7,11 +7,12 @@
 # Servers 1-3 load at the same time on one GPU (their KV pools are capped by --max-total-tokens)
 # and are benchmarked one after the other, so an 8B run pays two weight loads, not four. Then, on
 # the warm servers: decode ITL with HiCache (L3) off vs on, alternating rounds (server 1 vs 3), and
-# the L3 -> host read rate (a long prompt's prefetch on server 4 vs `strata bench store` GETs of
-# the same batch size, alternating rounds).
+# the L3 -> host read rate (a long prompt's prefetch on server 4 vs four parallel `strata bench
+# store` clients' GETs, alternating rounds).
 # The device pool (L1) is kept small (L1 tokens) so later rounds' histories must come from L2/L3.
 # Usage: scripts/gpu-hicache-multiturn.sh [OUTDIR]; env STRATA, SIZE (llama-3.2-1b), CLIENTS (4),
-# ROUNDS (5), REQ (2048), ANS (32), L1 (16384), HC_GB (host pool, 8), READS (3), ITLR (2).
+# ROUNDS (5), REQ (2048), ANS (32), L1 (16384), HC_GB (host pool, 8), READS (3), ITLR (2),
+# CAP / MEM (the store's device file and DRAM tier, 32GiB / 24GiB).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 STRATA=${STRATA:-target/release/strata}
@@ -30,8 +31,9 @@ RPC=50971
 "$STRATA" master --rpc-port $RPC --http-metadata-server-port 0 --metrics-port 0 --state-file "$W/mt-ms.json" > "$OUTDIR/mt-master.log" 2>&1 & pids+=($!)
 sleep 1
 rm -f "$W/mt-store.strata"
-"$STRATA" store --master 127.0.0.1:$RPC --device "$W/mt-store.strata" --capacity 24GiB --memory 12GiB > "$OUTDIR/mt-store.log" 2>&1 & pids+=($!)
+"$STRATA" store --master 127.0.0.1:$RPC --device "$W/mt-store.strata" --capacity ${CAP:-32GiB} --memory ${MEM:-24GiB} > "$OUTDIR/mt-store.log" 2>&1 & pids+=($!)
 sleep 1
+kill -0 ${pids[-1]} 2> /dev/null || { echo "store did not start"; tail -3 "$OUTDIR/mt-store.log"; exit 1; }
 EXTRA="{\"master_server_address\": \"127.0.0.1:$RPC\", \"prefetch_threshold\": 256}"
 declare -A SPID
 launch() { # name port flags...
@@ -102,7 +104,7 @@ b1, s1 = m()
 print(int(b1 - b0), s1 - s0)
 PY
 }
-echo "## L3 -> host read rate: a $LONG-token prompt's prefetch vs \`bench store\` GETs of the same batch size, $READS rounds (GB/s)"
+echo "## L3 -> host read rate: a $LONG-token prompt's prefetch vs four parallel \`bench store\` clients (64 MiB batches), $READS rounds (GB/s)"
 # Write each long prompt once (server 4 computes it and writes it through), flush L1+L2 so the
 # next request has to come from L3.
 for r in $(seq $READS); do long $((100 + r)) > /dev/null; done
@@ -112,8 +114,15 @@ for r in $(seq $READS); do
   curl -s -X POST localhost:32304/flush_cache > /dev/null
   read -r bytes secs < <(long $((100 + r)))
   mb=$(( (bytes + (1 << 20) - 1) >> 20 ))
-  st=$("$STRATA" bench store --role client --master 127.0.0.1:$RPC --sizes $OBJ --round-mb $((4 * mb)) \
-    --batch-bytes-mb $mb --read-passes 3 --lat-ops 5 2> /dev/null | tail -n 1 | awk '{print $4}')
+  # The store's aggregate read rate the way the prefetch reads it: four clients at once (the
+  # prefetch's four reader threads), batches of 64 MiB (its job size), a quarter of the bytes each.
+  bs=()
+  for j in 1 2 3 4; do
+    "$STRATA" bench store --role client --master 127.0.0.1:$RPC --sizes $OBJ --round-mb $(( (mb + 3) / 4 )) \
+      --batch-bytes-mb 64 --read-passes 3 --lat-ops 5 2> /dev/null | tail -n 1 | awk '{print $4}' > "$W/bs.$j" & bs+=($!)
+  done
+  wait "${bs[@]}" 2> /dev/null
+  st=$(cat "$W"/bs.[1-4] | awk '{s += $1} END {printf "%.2f", s}')
   hc=$(python3 -c "print(f'{$bytes / max($secs, 1e-9) / 1e9:.2f}')")
   ratio=$(python3 -c "print(f'{$hc / max(float(\"${st:-0}\" or 0), 1e-9):.2f}')")
   RATIOS+=("$ratio")
