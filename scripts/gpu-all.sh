@@ -9,6 +9,8 @@
 #   pd       scripts/gpu-pd-check.sh (PD on one GPU: greedy, TTFT, transfer, mixed-load ITL)
 #   runner   scripts/gpu-runner-check.sh (bf16 runner vs transformers, greedy consistency, bench)
 #   sampling scripts/gpu-sampling-check.sh (GPU sampler: bench, served determinism, two servers)
+#   sbench   scripts/gpu-serve-bench.sh (raw `gpu bench` + served speed; env SB_SIZES, SB_SHAPES,
+#            SB_CONCS, HF; the runner's step profile lines come from the server log)
 #   prefill  `gpu check --only attention` (both tensor-core prefill kernels, 8K prompts, pages 16
 #            and 64), `gpu bench --only gemm,prefill` at 2K and 8K (forward and attention alone,
 #            FA2 vs first mma kernel, 2048-token chunks) and transformers' forward at 2K and 8K
@@ -48,6 +50,8 @@ for s in $STEPS; do
         --json "$OUT/prefill-hf.json" > "$OUT/prefill-hf.log" 2>&1
       r3=$?; grep -E "^hf" "$OUT/prefill-hf.log" || tail -5 "$OUT/prefill-hf.log"
       [ $rc -eq 0 ] && rc=$r2; [ $rc -eq 0 ] && rc=$r3 ;;
+    sbench) SIZES=${SB_SIZES:-llama-3.1-8b} HF=${HF:-0} SHAPES=${SB_SHAPES:-1024:256} CONCS=${SB_CONCS:-1 16} \
+      timeout $(left ${SB_TIMEOUT:-300}) scripts/gpu-serve-bench.sh "$OUT" > "$OUT/sbench.log" 2>&1; rc=$?; tail -40 "$OUT/sbench.log" ;;
     runner) timeout $(left 400) scripts/gpu-runner-check.sh "$OUT" > "$OUT/runner.log" 2>&1; rc=$?; tail -40 "$OUT/runner.log" ;;
     *) echo "unknown step $s"; rc=2 ;;
   esac

@@ -65,7 +65,7 @@ for size in ${SIZES:-llama-3.1-8b}; do
       grep -iE "output token throughput|mean ttft|median ttft|mean itl|median itl|median tpot" "$OUTDIR/bench-$size-$in-c$c.log" | head -6
     done
   done
-  grep -h "CUDA runner" "$OUTDIR/serve-$size.log" | sed 's/.*INFO//' | tail -2
+  grep -h "CUDA runner" "$OUTDIR/serve-$size.log" | sed 's/.*INFO//' | tail -6
   cleanup
   if [ "${HF:-1}" = 1 ]; then
     timeout 240 python3 scripts/hf-serve-bench.py --model $M/$size --concs "$(echo ${HF_CONCS:-${CONCS:-1 16 64}} | tr ' ' ,)" \

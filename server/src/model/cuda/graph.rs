@@ -107,15 +107,16 @@ impl Graphs {
         })
     }
 
-    /// Replays the smallest fitting bucket for a decode-only batch; None when the batch does not
-    /// qualify (it then runs eagerly).
+    /// Replays the smallest fitting bucket for a decode-only batch, returning the sampled rows
+    /// and when the graph was launched; None when the batch does not qualify (it then runs
+    /// eagerly).
     pub(super) fn try_run(
         &self,
         r: &CudaRunner,
         batch: &ForwardBatch,
         sampling: &[SampleReq<'_>],
         kv: &CudaKv,
-    ) -> Result<Option<Vec<Sampled>>, CudaError> {
+    ) -> Result<Option<(Vec<Sampled>, std::time::Instant)>, CudaError> {
         let n = batch.tokens.len();
         if n == 0 || kv.pool.ptr() != self.pool_ptr || batch.logit_rows.len() != n {
             return Ok(None);
@@ -161,8 +162,10 @@ impl Graphs {
             .collect();
         r.ops.update_decode_plan(&g.plan, &seqs)?;
         r.ctx.write_i32(&g.meta.buf, &host)?;
+        let launched = std::time::Instant::now();
         g.exec.0.launch()?;
         let (_, logits, tokens) = g.acts.head.as_ref().expect("graphs have logits rows");
-        r.sample(logits, tokens, sampling).map(Some)
+        r.sample(logits, tokens, sampling)
+            .map(|out| Some((out, launched)))
     }
 }

@@ -113,6 +113,8 @@ pub struct CudaRunner {
     graphs: graph::Graphs,
     /// Forwards run and how many of them replayed a graph (logged every 1024 forwards).
     counts: (u64, u64),
+    /// Where the time of graph-replayed decode steps goes (logged with the counts).
+    prof: StepProfile,
 }
 
 /// Bytes of activations per token row of a forward, and per logits row.
@@ -213,6 +215,7 @@ impl CudaRunner {
             inv_freq,
             graphs: graph::Graphs::default(),
             counts: (0, 0),
+            prof: StepProfile::default(),
             opts,
             ctx,
         })
@@ -540,6 +543,7 @@ impl ModelRunner for CudaRunner {
         kv: &mut CudaKv,
     ) -> Result<Vec<Sampled>, ModelError> {
         check_sampling(batch, sampling)?;
+        let entered = std::time::Instant::now();
         self.counts.0 += 1;
         if self.counts.0 % 1024 == 0 {
             tracing::info!(
@@ -548,14 +552,65 @@ impl ModelRunner for CudaRunner {
                 "CUDA runner"
             );
         }
+        if self.counts.0 % 512 == 0 {
+            self.prof.log();
+        }
         let out = match self.graphs.try_run(self, batch, sampling, kv)? {
-            Some(out) => {
+            Some((out, launched)) => {
                 self.counts.1 += 1;
+                self.prof.add(entered, launched);
                 out
             }
             None => self.run_eager(batch, sampling, kv)?,
         };
         kv.settle()?;
+        self.prof.last_return = Some(std::time::Instant::now());
         Ok(out)
+    }
+}
+
+/// Time of graph-replayed decode steps, split at the runner's edges: `between` (the previous
+/// step's return to this step's call: the scheduler, token delivery, the next batch), `prep`
+/// (the call to the graph launch: metadata and plan tables written) and `run` (the launch to
+/// the return: the GPU's step, the sampler and the token download). Logged every 512 forwards.
+#[derive(Default)]
+struct StepProfile {
+    steps: u64,
+    between: f64,
+    prep: f64,
+    run: f64,
+    last_return: Option<std::time::Instant>,
+}
+
+impl StepProfile {
+    fn add(&mut self, entered: std::time::Instant, launched: std::time::Instant) {
+        let now = std::time::Instant::now();
+        // A gap over 50 ms is the server idling between requests, not a step's overhead.
+        let gap = self
+            .last_return
+            .map(|r| entered.duration_since(r).as_secs_f64());
+        if gap.is_some_and(|g| g < 0.05) {
+            self.steps += 1;
+            self.between += gap.unwrap_or(0.0);
+            self.prep += launched.duration_since(entered).as_secs_f64();
+            self.run += now.duration_since(launched).as_secs_f64();
+        }
+    }
+
+    fn log(&mut self) {
+        if self.steps > 0 {
+            let us = |x: f64| (x / self.steps as f64 * 1e6).round();
+            tracing::info!(
+                steps = self.steps,
+                between_us = us(self.between),
+                prep_us = us(self.prep),
+                run_us = us(self.run),
+                "CUDA runner: back-to-back graph decode steps"
+            );
+        }
+        *self = StepProfile {
+            last_return: self.last_return,
+            ..Default::default()
+        };
     }
 }
