@@ -85,6 +85,8 @@ __device__ __forceinline__ void fa_prefill_body(
     auto issue = [&](int t0, int st) {
         bf16_t* kd = ks + st * FA_KT * ST;
         bf16_t* vd = vs + st * FA_KT * ST;
+        // Not unrolled: the unrolled copies' addresses stay live across the whole tile loop.
+#pragma unroll 1
         for (int c = tid; c < FA_KT * CPR; c += FA_THREADS) {
             const int j = c / CPR, piece = c % CPR, key = t0 + j;
             const bool live = key < kend;
@@ -199,18 +201,21 @@ __device__ __forceinline__ void fa_prefill_body(
             corr[i] = exp2f(m[i] - mnew);
             m[i] = mnew;
         }
+        // P = exp2(S - m), packed to bf16 pairs at once (the f32 scores die here: registers).
         float rs[4] = {0.f, 0.f, 0.f, 0.f};
+        u32 pk[2][NT][2];
 #pragma unroll
         for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
             for (int n = 0; n < NT; ++n)
 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int i = 2 * mt + (e >> 1);
-                    const float v = s[mt][n][e];
-                    const float p = v == NEG_INF ? 0.f : exp2f(v - m[i]);
-                    s[mt][n][e] = p;
-                    rs[i] += p;
+                for (int h = 0; h < 2; ++h) {
+                    const int i = 2 * mt + h;
+                    const float v0 = s[mt][n][2 * h], v1 = s[mt][n][2 * h + 1];
+                    const float p0 = v0 == NEG_INF ? 0.f : exp2f(v0 - m[i]);
+                    const float p1 = v1 == NEG_INF ? 0.f : exp2f(v1 - m[i]);
+                    rs[i] += p0 + p1;
+                    pk[mt][n][h] = pack_bf16x2(p0, p1);
                 }
 #pragma unroll
         for (int i = 0; i < 4; ++i) l[i] = l[i] * corr[i] + rs[i];
@@ -230,10 +235,10 @@ __device__ __forceinline__ void fa_prefill_body(
             u32 a[2][4];
 #pragma unroll
             for (int mt = 0; mt < 2; ++mt) {
-                a[mt][0] = pack_bf16x2(s[mt][2 * kk][0], s[mt][2 * kk][1]);
-                a[mt][1] = pack_bf16x2(s[mt][2 * kk][2], s[mt][2 * kk][3]);
-                a[mt][2] = pack_bf16x2(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
-                a[mt][3] = pack_bf16x2(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+                a[mt][0] = pk[mt][2 * kk][0];      // row gid, keys 2 tig (+1)
+                a[mt][1] = pk[mt][2 * kk][1];      // row gid + 8
+                a[mt][2] = pk[mt][2 * kk + 1][0];  // row gid, keys 8 + 2 tig (+1)
+                a[mt][3] = pk[mt][2 * kk + 1][1];  // row gid + 8, keys 8 + 2 tig (+1)
             }
 #pragma unroll
             for (int dp = 0; dp < DT / 2; ++dp) {
