@@ -11,9 +11,11 @@
 #   sampling scripts/gpu-sampling-check.sh (GPU sampler: bench, served determinism, two servers)
 #   sbench   scripts/gpu-serve-bench.sh (raw `gpu bench` + served speed; env SB_SIZES, SB_SHAPES,
 #            SB_CONCS, HF; the runner's step profile lines come from the server log)
-#   prefill  `gpu check --only attention` (both tensor-core prefill kernels, 8K prompts, pages 16
+#   prefill  `gpu check --only attention,silu_mul` (both tensor-core prefill kernels, 8K prompts, pages 16
 #            and 64), `gpu bench --only gemm,prefill` at 2K and 8K (forward and attention alone,
 #            FA2 vs first mma kernel, 2048-token chunks) and transformers' forward at 2K and 8K
+#   ttft     served TTFT at concurrency 1 of 2K and 8K prompts on the 8B shape (make-model + serve +
+#            bench serve, default chunked-prefill size; compare with the prefill step's raw lines)
 # Usage: scripts/gpu-all.sh "STEP..." (default "check serve hc1b hc8b pd"); output in $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -41,8 +43,8 @@ for s in $STEPS; do
     mt) timeout $(left ${MT_TIMEOUT:-200}) scripts/gpu-hicache-multiturn.sh "$OUT" > "$OUT/mt.log" 2>&1; rc=$?; cat "$OUT/mt.log" ;;
     pd) timeout $(left ${PD_TIMEOUT:-300}) scripts/gpu-pd-check.sh "$OUT" > "$OUT/pd.log" 2>&1; rc=$?; tail -40 "$OUT/pd.log" ;;
     sampling) timeout $(left 200) scripts/gpu-sampling-check.sh "$OUT" > "$OUT/sampling.log" 2>&1; rc=$?; tail -30 "$OUT/sampling.log" ;;
-    prefill) timeout $(left 150) "$STRATA" gpu check --only attention --json "$OUT/check-attention.json" > "$OUT/prefill-check.log" 2>&1
-      rc=$?; grep -E "FAIL|prefill|extend|gpu check:" "$OUT/prefill-check.log" | tail -30
+    prefill) timeout $(left 150) "$STRATA" gpu check --only attention,silu_mul --json "$OUT/check-attention.json" > "$OUT/prefill-check.log" 2>&1
+      rc=$?; grep -E "FAIL|prefill|extend|silu|gpu check:" "$OUT/prefill-check.log" | tail -30
       timeout $(left 150) "$STRATA" gpu bench --only gemm,prefill --prefill-lens 2048,8192 --decode-batches 1 \
         --json "$OUT/prefill-bench.json" > "$OUT/prefill-bench.log" 2>&1
       r2=$?; grep -A30 "== summary" "$OUT/prefill-bench.log" | grep -vE "cuBLASLt tuning" || tail -20 "$OUT/prefill-bench.log"
@@ -52,6 +54,9 @@ for s in $STEPS; do
       [ $rc -eq 0 ] && rc=$r2; [ $rc -eq 0 ] && rc=$r3 ;;
     sbench) SIZES=${SB_SIZES:-llama-3.1-8b} HF=${HF:-0} SHAPES=${SB_SHAPES:-1024:256} CONCS=${SB_CONCS:-1 16} \
       timeout $(left ${SB_TIMEOUT:-300}) scripts/gpu-serve-bench.sh "$OUT" > "$OUT/sbench.log" 2>&1; rc=$?; tail -40 "$OUT/sbench.log" ;;
+    ttft) SIZES=llama-3.1-8b RAW=0 HF=0 SHAPES="2048:32 8192:32" CONCS=1 timeout $(left 250) \
+        scripts/gpu-serve-bench.sh "$OUT/ttft" > "$OUT/ttft.log" 2>&1
+      rc=$?; grep -vE "^\s*$" "$OUT/ttft.log" | tail -20 ;;
     runner) timeout $(left 400) scripts/gpu-runner-check.sh "$OUT" > "$OUT/runner.log" 2>&1; rc=$?; tail -40 "$OUT/runner.log" ;;
     *) echo "unknown step $s"; rc=2 ;;
   esac

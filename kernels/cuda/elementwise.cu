@@ -98,14 +98,36 @@ extern "C" __global__ void rope_kv_write(bf16_t* qkv, int stride, int q_col, int
     }
 }
 
+__device__ __forceinline__ float silu_times(float g, float u) { return g / (1.f + expf(-g)) * u; }
+
 // out[t, i] = silu(gu[t, i]) * gu[t, inter + i]   (gate first, up second, as one fused GEMM output).
+// 16 bytes (8 elements) per load and store when rows allow it (inter % 8 == 0, aligned bases);
+// the arithmetic per element is the same either way.
 extern "C" __global__ void silu_mul(const bf16_t* gu, bf16_t* out, int inter) {
     pdl_enter();
     u64 t = blockIdx.x;
+    if ((inter & 7) == 0 && (((u64)gu | (u64)out) & 15) == 0) {
+        const uint4* g4 = (const uint4*)(gu + t * 2 * inter);
+        const uint4* u4 = (const uint4*)(gu + t * 2 * inter + inter);
+        uint4* o4 = (uint4*)(out + t * inter);
+        for (int c = threadIdx.x; c < inter / 8; c += blockDim.x) {
+            const uint4 gv = g4[c], uv = u4[c];
+            const u32 gw[4] = {gv.x, gv.y, gv.z, gv.w}, uw[4] = {uv.x, uv.y, uv.z, uv.w};
+            u32 ow[4];
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+                const float lo = silu_times(bf2f((bf16_t)(gw[e] & 0xffff)), bf2f((bf16_t)(uw[e] & 0xffff)));
+                const float hi = silu_times(bf2f((bf16_t)(gw[e] >> 16)), bf2f((bf16_t)(uw[e] >> 16)));
+                ow[e] = (u32)f2bf(lo) | ((u32)f2bf(hi) << 16);
+            }
+            o4[c] = make_uint4(ow[0], ow[1], ow[2], ow[3]);
+        }
+        return;
+    }
     for (int i = threadIdx.x; i < inter; i += blockDim.x) {
         float g = bf2f(gu[t * 2 * inter + i]);
         float u = bf2f(gu[t * 2 * inter + inter + i]);
-        out[t * inter + i] = f2bf(g / (1.f + expf(-g)) * u);
+        out[t * inter + i] = f2bf(silu_times(g, u));
     }
 }
 
