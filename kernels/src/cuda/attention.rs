@@ -356,10 +356,12 @@ impl CudaOps {
         };
         let resident = per_sm * self.ctx.sm_count().max(1);
         let want = splits.unwrap_or_else(|| {
-            if kernel == AttnKernel::Decode2 {
+            if matches!(kernel, AttnKernel::Decode2 | AttnKernel::PrefillFa2) {
                 // 4 blocks fit on an SM (128 registers/thread): as many splits as keep the grid
                 // within one wave, since a partial second wave costs as much as a full one
-                // (H100, Llama-3-8B shape: b32 83 us with 2 splits vs 100 us with 3).
+                // (H100, Llama-3-8B shape: b32 83 us with 2 splits vs 100 us with 3). The FA2
+                // prefill kernel (2 blocks/SM) likewise: a 1K prompt of the 8B shape is 256
+                // blocks, one wave of 264 on an H200, not worth a split and a combine pass.
                 (resident / blocks).max(1)
             } else if blocks >= resident {
                 1
