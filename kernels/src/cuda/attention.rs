@@ -48,8 +48,6 @@ pub enum AttnKernel {
 const MMA_ROWS: usize = 64;
 /// Rows one FA2-style prefill block serves; mirrors FA_ROWS in attention_prefill.cu.
 const FA2_ROWS: usize = 128;
-/// Keys per FA2 shared-memory tile; mirrors FA_KT.
-const FA2_KEY_TILE: usize = 64;
 /// Most tiles of one FA2 launch (grid y).
 const FA2_MAX_TILES: usize = 65_535;
 
@@ -98,11 +96,21 @@ pub fn set_prefill_kernel(k: Option<PrefillKernel>) {
 /// Kernel names of the FA2-style prefill kernels, in `mma_index` order.
 pub(crate) const FA2_NAMES: [&str; 2] = ["paged_attention_fa2_d64", "paged_attention_fa2_d128"];
 
+/// Keys per shared-memory tile and pipeline stages of `paged_attention_fa2_d{head_dim}`; mirrors
+/// the FA_KERNEL lines of attention_prefill.cu (a unit test compares them).
+pub(crate) fn fa2_tile(head_dim: usize) -> (usize, usize) {
+    if head_dim == 64 {
+        (64, 3)
+    } else {
+        (32, 3)
+    }
+}
+
 /// Dynamic shared memory of `paged_attention_fa2_d{head_dim}`: Q rows plus 2 x stages K/V
-/// tiles, rows padded to head_dim + 8 bf16 (stages: 3 at 64, 2 at 128; see FA_KERNEL).
+/// tiles, rows padded to head_dim + 8 bf16.
 pub(crate) fn fa2_smem(head_dim: usize) -> u32 {
-    let stages = if head_dim == 64 { 3 } else { 2 };
-    ((FA2_ROWS + 2 * stages * FA2_KEY_TILE) * (head_dim + 8) * 2) as u32
+    let (kt, stages) = fa2_tile(head_dim);
+    ((FA2_ROWS + 2 * stages * kt) * (head_dim + 8) * 2) as u32
 }
 
 /// Index of the tensor-core prefill kernel for `head_dim`, if there is one.
@@ -344,7 +352,7 @@ impl CudaOps {
             AttnKernel::Decode => DECODE_MIN_SPLIT,
             AttnKernel::General => 2 * KEY_TILE,
             AttnKernel::PrefillMma => 2 * MMA_ROWS,
-            AttnKernel::PrefillFa2 => 2 * FA2_KEY_TILE,
+            AttnKernel::PrefillFa2 => 2 * fa2_tile(s.head_dim).0,
         };
         let blocks = n_tiles * s.n_kv_heads;
         // Aim for ~4 resident blocks per SM (2 for the FA2 kernel: its shared memory and

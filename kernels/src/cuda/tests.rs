@@ -71,6 +71,33 @@ fn nvrtc_programs_compile_where_nvrtc_exists() {
     }
 }
 
+/// The launcher's shared-memory size for the FA2 prefill kernels matches the tile shapes the
+/// kernels are instantiated with (FA_KERNEL(HD, KT, NST, MINB) lines of attention_prefill.cu).
+#[test]
+fn fa2_launch_shared_memory_matches_the_kernel_instantiations() {
+    let src = include_str!("../../cuda/attention_prefill.cu");
+    let mut seen = 0;
+    for line in src.lines().filter(|l| l.starts_with("FA_KERNEL(")) {
+        let nums: Vec<usize> = line["FA_KERNEL(".len()..line.len() - 1]
+            .split(',')
+            .map(|v| v.trim().parse().expect("numeric FA_KERNEL arguments"))
+            .collect();
+        let (hd, kt, nst) = (nums[0], nums[1], nums[2]);
+        assert_eq!(super::attention::fa2_tile(hd), (kt, nst), "d{hd}");
+        assert_eq!(
+            super::attention::fa2_smem(hd) as usize,
+            (128 + 2 * nst * kt) * (hd + 8) * 2,
+            "d{hd}"
+        );
+        assert!(
+            super::attention::fa2_smem(hd) <= 227 * 1024,
+            "d{hd}: above sm_90's limit"
+        );
+        seen += 1;
+    }
+    assert_eq!(seen, super::attention::FA2_NAMES.len());
+}
+
 #[test]
 fn cache_key_depends_on_every_input() {
     let a = nvrtc::cache_key(Program::Attention, "sm_90", (13, 0), 13000);
