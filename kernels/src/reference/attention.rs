@@ -59,39 +59,66 @@ pub fn paged_attention_rows(
     let kvw = n_kv * hd;
     let rows: usize = seqs.iter().map(|s| s.q_len).sum();
     let mut out = vec![0.0f32; rows * qw];
+    // Every kept (sequence, query) row with its output row; rows are independent, so they are
+    // spread over the host's cores (each computed exactly as alone: same result on any count).
+    let mut tasks: Vec<(&RefSeq, usize, usize, &mut [f32])> = Vec::new();
+    let mut rows_out = out.chunks_mut(qw);
     let mut row = 0;
     for s in seqs {
-        let prefix = s.kv_len - s.q_len;
-        for i in (0..s.q_len).filter(|&i| keep(i, s.q_len)) {
-            let limit = prefix + i + 1;
-            for h in 0..n_heads {
-                let g = h / group;
-                let qv = &q[(row + i) * qw + h * hd..][..hd];
-                let slot =
-                    |key: usize| s.pages[key / page_size] as usize * page_size + key % page_size;
-                let scores: Vec<f64> = (0..limit)
-                    .map(|key| {
-                        let kv = &k_pool[slot(key) * kvw + g * hd..][..hd];
-                        qv.iter()
-                            .zip(kv)
-                            .map(|(&a, &b)| a as f64 * b as f64)
-                            .sum::<f64>()
-                            * scale as f64
-                    })
-                    .collect();
-                let mx = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
-                let e: Vec<f64> = scores.iter().map(|x| (x - mx).exp()).collect();
-                let z: f64 = e.iter().sum();
-                let o = &mut out[(row + i) * qw + h * hd..][..hd];
-                for (key, &p) in e.iter().enumerate() {
-                    let vv = &v_pool[slot(key) * kvw + g * hd..][..hd];
-                    for (od, &vd) in o.iter_mut().zip(vv) {
-                        *od += (p / z * vd as f64) as f32;
-                    }
-                }
+        for i in 0..s.q_len {
+            let o = rows_out.next().expect("one output row per query");
+            if keep(i, s.q_len) {
+                tasks.push((s, i, row + i, o));
             }
         }
         row += s.q_len;
     }
+    let one = |s: &RefSeq, i: usize, row: usize, o: &mut [f32]| {
+        let limit = s.kv_len - s.q_len + i + 1;
+        let slot = |key: usize| s.pages[key / page_size] as usize * page_size + key % page_size;
+        for h in 0..n_heads {
+            let g = h / group;
+            let qv = &q[row * qw + h * hd..][..hd];
+            let scores: Vec<f64> = (0..limit)
+                .map(|key| {
+                    let kv = &k_pool[slot(key) * kvw + g * hd..][..hd];
+                    qv.iter()
+                        .zip(kv)
+                        .map(|(&a, &b)| a as f64 * b as f64)
+                        .sum::<f64>()
+                        * scale as f64
+                })
+                .collect();
+            let mx = scores.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+            let e: Vec<f64> = scores.iter().map(|x| (x - mx).exp()).collect();
+            let z: f64 = e.iter().sum();
+            let oh = &mut o[h * hd..][..hd];
+            for (key, &p) in e.iter().enumerate() {
+                let vv = &v_pool[slot(key) * kvw + g * hd..][..hd];
+                for (od, &vd) in oh.iter_mut().zip(vv) {
+                    *od += (p / z * vd as f64) as f32;
+                }
+            }
+        }
+    };
+    // Small batches inline; large ones dealt round-robin to the cores (causal rows grow).
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(tasks.len() / 16)
+        .max(1);
+    let mut buckets: Vec<Vec<_>> = (0..threads).map(|_| Vec::new()).collect();
+    for (n, t) in tasks.into_iter().enumerate() {
+        buckets[n % threads].push(t);
+    }
+    std::thread::scope(|sc| {
+        for bucket in buckets {
+            let one = &one;
+            sc.spawn(move || {
+                for (s, i, row, o) in bucket {
+                    one(s, i, row, o);
+                }
+            });
+        }
+    });
     out
 }
