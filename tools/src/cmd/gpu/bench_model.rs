@@ -271,16 +271,20 @@ pub fn run(
             ));
             let mut chunked = None;
             if t > 2048 {
-                let chunks: Vec<StepInput> = (0..t.div_ceil(2048))
+                // (a workspace per chunk: forward wants one of exactly the chunk's rows)
+                let chunks = (0..t.div_ceil(2048))
                     .map(|c| {
                         let end = ((c + 1) * 2048).min(t);
-                        step_input(ops, &model, &[(end - c * 2048, end)])
+                        let n = end - c * 2048;
+                        Ok((
+                            step_input(ops, &model, &[(n, end)])?,
+                            model.workspace(ops, n, 1)?,
+                        ))
                     })
-                    .collect::<anyhow::Result<_>>()?;
-                let cws = model.workspace(ops, 2048, 1)?;
+                    .collect::<anyhow::Result<Vec<_>>>()?;
                 let cms = gpu_ms(ops.context(), false, 1, 3, || {
-                    for input in &chunks {
-                        model.forward(ops, gemm, &cws, input)?;
+                    for (input, cws) in &chunks {
+                        model.forward(ops, gemm, cws, input)?;
                     }
                     Ok(())
                 })?;
