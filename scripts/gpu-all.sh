@@ -16,6 +16,8 @@
 #            FA2 vs first mma kernel, 2048-token chunks) and transformers' forward at 2K and 8K
 #   ttft     served TTFT at concurrency 1 of 2K and 8K prompts on the 8B shape (make-model + serve +
 #            bench serve, default chunked-prefill size; compare with the prefill step's raw lines)
+#   det      scripts/gpu-det-check.sh (batch-invariant mode vs default: served greedy at c=1/8/32,
+#            graphs on/off, prefix extend, seeded repeats; decode bench c=1/16 in both modes)
 # Usage: scripts/gpu-all.sh "STEP..." (default "check serve hc1b hc8b pd"); output in $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -57,6 +59,8 @@ for s in $STEPS; do
     ttft) SIZES=llama-3.1-8b RAW=0 HF=0 SHAPES="2048:32 8192:32" CONCS=1 timeout $(left 250) \
         scripts/gpu-serve-bench.sh "$OUT/ttft" > "$OUT/ttft.log" 2>&1
       rc=$?; grep -vE "^\s*$" "$OUT/ttft.log" | tail -20 ;;
+    det) timeout $(left ${DET_TIMEOUT:-330}) scripts/gpu-det-check.sh "$OUT" > "$OUT/det.log" 2>&1; rc=$?
+      grep -E "SAME|DIFF|bench|PASS|FAIL|batch-invariant|error" "$OUT/det.log" | tail -40 ;;
     runner) timeout $(left 400) scripts/gpu-runner-check.sh "$OUT" > "$OUT/runner.log" 2>&1; rc=$?; tail -40 "$OUT/runner.log" ;;
     *) echo "unknown step $s"; rc=2 ;;
   esac

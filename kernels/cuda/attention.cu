@@ -165,17 +165,24 @@ extern "C" __global__ void attention_combine(const float* part_acc, const float*
     float mx = NEG_BIG;
     for (int s = 0; s < n_splits; ++s)
         mx = fmaxf(mx, part_ml[(((u64)s * total_rows + row) * n_heads + h) * 2]);
+    // Splits of weight 0 (empty ones: no keys of this row) are skipped, not added as zeros: the
+    // result is then the same bits whatever number of empty splits the plan has (batch-invariant
+    // mode relies on it; their partial acc may be left unwritten).
     float sum = 0.f;
     for (int s = 0; s < n_splits; ++s) {
         u64 b = ((u64)s * total_rows + row) * n_heads + h;
-        sum += part_ml[b * 2 + 1] * expf(part_ml[b * 2] - mx);
+        const float w = expf(part_ml[b * 2] - mx);
+        if (w == 0.f) continue;
+        sum += part_ml[b * 2 + 1] * w;
     }
     float inv = sum > 0.f ? 1.f / sum : 0.f;
     for (int d = threadIdx.x; d < head_dim; d += blockDim.x) {
         float a = 0.f;
         for (int s = 0; s < n_splits; ++s) {
             u64 b = ((u64)s * total_rows + row) * n_heads + h;
-            a += part_acc[b * head_dim + d] * expf(part_ml[b * 2] - mx);
+            const float w = expf(part_ml[b * 2] - mx);
+            if (w == 0.f) continue;
+            a += part_acc[b * head_dim + d] * w;
         }
         out[(u64)row * out_stride + (u64)h * head_dim + d] = f2bf(a * inv);
     }

@@ -246,7 +246,9 @@ __device__ __forceinline__ void dec2_finish(float* m, float* l, float (*acc)[8],
             out[(u64)row * out_stride + (u64)h * HD + d] = f2bf(sum > 0.f ? a / sum : 0.f);
         } else {
             const u64 b = ((u64)split * total_rows + row) * n_heads + h;
-            part_acc[b * HD + d] = a;
+            // An empty split (no keys: sum 0) has weight 0 in attention_combine, which skips
+            // it; only its max and sum are needed.
+            if (sum > 0.f) part_acc[b * HD + d] = a;
             if (d == 0) {
                 part_ml[b * 2] = mx * DEC2_LN2;  // back to natural-log units for the combine
                 part_ml[b * 2 + 1] = sum;

@@ -48,6 +48,7 @@ fn logits_all(
                 q_len: n,
                 kv_len: end,
                 pages: pages[..end.div_ceil(page_size)].to_vec(),
+                decode: false,
             }],
             logit_rows: (0..n).collect(),
         };

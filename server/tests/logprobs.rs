@@ -66,6 +66,7 @@ fn reference(model: &Model<CpuBackend>, ids: &[u32]) -> Vec<Vec<f64>> {
             q_len: ids.len(),
             kv_len: ids.len(),
             pages: (0..pages as u32).collect(),
+            decode: false,
         }],
         logit_rows: (0..ids.len()).collect(),
     };

@@ -165,6 +165,21 @@ mod tests {
         }
     }
 
+    /// `--enable-deterministic-inference` is implemented (batch-invariant CUDA runner), so the
+    /// compatibility pass leaves it to clap instead of ignoring it with a WARN.
+    #[test]
+    fn deterministic_inference_is_not_a_compat_no_op() {
+        let implemented = super::implemented_flags("serve");
+        assert!(implemented.contains("--enable-deterministic-inference"));
+        let args: Vec<std::ffi::OsString> = ["strata", "serve", "--enable-deterministic-inference"]
+            .iter()
+            .map(Into::into)
+            .collect();
+        let (kept, ignored) = crate::cmd::compat::strip(args.clone(), &implemented).unwrap();
+        assert_eq!(kept, args);
+        assert!(ignored.is_empty());
+    }
+
     /// The top-level help names only subcommands that exist.
     #[test]
     fn help_names_only_existing_subcommands() {

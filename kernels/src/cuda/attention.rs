@@ -256,6 +256,117 @@ impl AttnPlan {
     pub fn splits(&self) -> usize {
         self.splits
     }
+    /// Keys per split.
+    pub fn split_len(&self) -> usize {
+        self.split_len
+    }
+    /// Makes this plan use `other`'s split workspace (freeing its own), for plans that never run
+    /// at the same time (the CUDA-graph buckets, replayed one after another on one stream).
+    /// False, and nothing changed, when `other`'s workspace is too small.
+    pub fn share_workspace(&mut self, other: &AttnPlan) -> Result<bool> {
+        let (Some(a), Some(m), Some(oa), Some(om)) = (
+            &self.part_acc,
+            &self.part_ml,
+            &other.part_acc,
+            &other.part_ml,
+        ) else {
+            return Ok(false);
+        };
+        if oa.numel() < a.numel() || om.numel() < m.numel() {
+            return Ok(false);
+        }
+        let (na, nm) = (a.numel(), m.numel());
+        self.part_acc = Some(oa.view(0, &[na])?);
+        self.part_ml = Some(om.view(0, &[nm])?);
+        Ok(true)
+    }
+}
+
+/// How a plan is made.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PlanOpts {
+    /// Forces the split count (None picks one that fills the GPU: decode of few sequences is
+    /// split, prefill is not). Ignored in batch-invariant mode.
+    pub splits: Option<usize>,
+    /// Batch-invariant mode (`det.rs`): fixed decode splits at absolute key positions, always
+    /// merged by the combine pass; prefill never split.
+    pub deterministic: bool,
+    /// Keys per decode split in batch-invariant mode (0: [`super::det::SPLIT_LEN`]); a runner
+    /// passes `det::split_len(context_length)` to every plan.
+    pub det_split_len: usize,
+    /// Plans these sequences as prompt rows (the prefill kernel) even when every one has a
+    /// single new token (a one-token prompt tail or extend), so a prompt row is computed by the
+    /// same kernel however the prompt was chunked.
+    pub prefill: bool,
+}
+
+/// Split count and split length (keys) of a plan. Batch-invariant mode (`det_len` = Some(split
+/// length), 0 meaning [`super::det::SPLIT_LEN`]): decode kernels use that split length and at
+/// least 2 splits (so the combine pass always runs; empty splits carry zero weight), prefill
+/// kernels one split. Otherwise as many splits as fill about
+/// 4 blocks per SM (`forced` overrides), never shorter than the kernel's minimum.
+pub(crate) fn choose_splits(
+    kernel: AttnKernel,
+    blocks: usize,
+    sm_count: usize,
+    max_kv: usize,
+    forced: Option<usize>,
+    det_len: Option<usize>,
+    fa2_key_tile: usize,
+) -> (usize, usize) {
+    let max_kv = max_kv.max(1);
+    let prefill = matches!(
+        kernel,
+        AttnKernel::PrefillMma | AttnKernel::PrefillFa2 | AttnKernel::General
+    );
+    if let Some(len) = det_len {
+        return if prefill {
+            (1, max_kv.div_ceil(KEY_TILE) * KEY_TILE)
+        } else {
+            let len = if len == 0 {
+                super::det::SPLIT_LEN
+            } else {
+                len.div_ceil(super::det::SPLIT_LEN) * super::det::SPLIT_LEN
+            };
+            (max_kv.div_ceil(len).max(2), len)
+        };
+    }
+    let min_split = match kernel {
+        AttnKernel::Decode2 => DECODE2_MIN_SPLIT,
+        AttnKernel::Decode => DECODE_MIN_SPLIT,
+        AttnKernel::General => 2 * KEY_TILE,
+        AttnKernel::PrefillMma => 2 * MMA_ROWS,
+        AttnKernel::PrefillFa2 => 2 * fa2_key_tile,
+    };
+    // Aim for ~4 resident blocks per SM (2 for the FA2 kernel: its shared memory and registers
+    // allow two); never split below two key tiles per split.
+    let per_sm = if kernel == AttnKernel::PrefillFa2 {
+        2
+    } else {
+        4
+    };
+    let resident = per_sm * sm_count.max(1);
+    let blocks = blocks.max(1);
+    let want = forced.unwrap_or_else(|| {
+        if matches!(kernel, AttnKernel::Decode2 | AttnKernel::PrefillFa2) {
+            // 4 blocks fit on an SM (128 registers/thread): as many splits as keep the grid
+            // within one wave, since a partial second wave costs as much as a full one
+            // (H100, Llama-3-8B shape: b32 83 us with 2 splits vs 100 us with 3). The FA2
+            // prefill kernel (2 blocks/SM) likewise: a 1K prompt of the 8B shape is 256
+            // blocks, one wave of 264 on an H200, not worth a split and a combine pass.
+            (resident / blocks).max(1)
+        } else if blocks >= resident {
+            1
+        } else {
+            resident.div_ceil(blocks)
+        }
+    });
+    let want = match forced {
+        Some(_) => want.clamp(1, max_kv.div_ceil(KEY_TILE)),
+        None => want.clamp(1, max_kv.div_ceil(min_split)),
+    };
+    let split_len = max_kv.div_ceil(want).div_ceil(KEY_TILE) * KEY_TILE;
+    (max_kv.div_ceil(split_len), split_len)
 }
 
 impl CudaOps {
@@ -266,6 +377,20 @@ impl CudaOps {
         shape: AttnShape,
         seqs: &[AttnSeq],
         splits: Option<usize>,
+    ) -> Result<AttnPlan> {
+        let opts = PlanOpts {
+            splits,
+            ..PlanOpts::default()
+        };
+        self.attention_plan_with(shape, seqs, opts)
+    }
+
+    /// Plans attention for `seqs` with `opts` (see [`PlanOpts`]).
+    pub fn attention_plan_with(
+        &self,
+        shape: AttnShape,
+        seqs: &[AttnSeq],
+        opts: PlanOpts,
     ) -> Result<AttnPlan> {
         let s = shape;
         ensure(
@@ -287,7 +412,8 @@ impl CudaOps {
         ensure(s.page_size > 0 && !seqs.is_empty(), || {
             "empty batch or page size".into()
         })?;
-        let decode = seqs.iter().all(|q| q.q_len == 1) && group <= DECODE_MAX_GROUP;
+        let decode =
+            !opts.prefill && seqs.iter().all(|q| q.q_len == 1) && group <= DECODE_MAX_GROUP;
         let kernel = match (decode, decode2_index(group, s.head_dim)) {
             (true, Some(_)) => AttnKernel::Decode2,
             (true, None) => AttnKernel::Decode,
@@ -299,6 +425,7 @@ impl CudaOps {
                 _ => AttnKernel::General,
             },
         };
+        let decode_role = !opts.prefill && seqs.iter().all(|q| q.q_len == 1);
         let qt = match kernel {
             AttnKernel::PrefillMma => MMA_ROWS / group,
             AttnKernel::PrefillFa2 => FA2_ROWS / group,
@@ -347,42 +474,22 @@ impl CudaOps {
             kernel != AttnKernel::PrefillFa2 || n_tiles <= FA2_MAX_TILES,
             || format!("{n_tiles} prefill tiles in one batch (at most {FA2_MAX_TILES})"),
         )?;
-        let min_split = match kernel {
-            AttnKernel::Decode2 => DECODE2_MIN_SPLIT,
-            AttnKernel::Decode => DECODE_MIN_SPLIT,
-            AttnKernel::General => 2 * KEY_TILE,
-            AttnKernel::PrefillMma => 2 * MMA_ROWS,
-            AttnKernel::PrefillFa2 => 2 * fa2_tile(s.head_dim).0,
-        };
-        let blocks = n_tiles * s.n_kv_heads;
-        // Aim for ~4 resident blocks per SM (2 for the FA2 kernel: its shared memory and
-        // registers allow two); never split below two key tiles per split.
-        let per_sm = if kernel == AttnKernel::PrefillFa2 {
-            2
+        // Batch-invariant mode: a decode batch on the general kernel (GQA group past
+        // DECODE_MAX_GROUP) keeps the decode split policy.
+        let policy_kernel = if opts.deterministic && decode_role && kernel == AttnKernel::General {
+            AttnKernel::Decode
         } else {
-            4
+            kernel
         };
-        let resident = per_sm * self.ctx.sm_count().max(1);
-        let want = splits.unwrap_or_else(|| {
-            if matches!(kernel, AttnKernel::Decode2 | AttnKernel::PrefillFa2) {
-                // 4 blocks fit on an SM (128 registers/thread): as many splits as keep the grid
-                // within one wave, since a partial second wave costs as much as a full one
-                // (H100, Llama-3-8B shape: b32 83 us with 2 splits vs 100 us with 3). The FA2
-                // prefill kernel (2 blocks/SM) likewise: a 1K prompt of the 8B shape is 256
-                // blocks, one wave of 264 on an H200, not worth a split and a combine pass.
-                (resident / blocks).max(1)
-            } else if blocks >= resident {
-                1
-            } else {
-                resident.div_ceil(blocks)
-            }
-        });
-        let want = match splits {
-            Some(_) => want.clamp(1, max_kv.div_ceil(KEY_TILE)),
-            None => want.clamp(1, max_kv.div_ceil(min_split)),
-        };
-        let split_len = max_kv.div_ceil(want).div_ceil(KEY_TILE) * KEY_TILE;
-        let splits = max_kv.div_ceil(split_len);
+        let (splits, split_len) = choose_splits(
+            policy_kernel,
+            n_tiles * s.n_kv_heads,
+            self.ctx.sm_count(),
+            max_kv,
+            opts.splits,
+            opts.deterministic.then_some(opts.det_split_len),
+            fa2_tile(s.head_dim).0,
+        );
         let (part_acc, part_ml) = if splits > 1 {
             let n = splits * row * s.n_heads;
             (
@@ -545,13 +652,30 @@ impl CudaOps {
         batch: usize,
         max_pages: usize,
     ) -> Result<AttnPlan> {
+        self.decode_plan_fixed_with(shape, batch, max_pages, PlanOpts::default())
+    }
+
+    /// [`CudaOps::decode_plan_fixed`] with the batch-invariant options of `opts`
+    /// (`deterministic`, `det_split_len`, as every eager decode plan of the runner must use).
+    pub fn decode_plan_fixed_with(
+        &self,
+        shape: AttnShape,
+        batch: usize,
+        max_pages: usize,
+        opts: PlanOpts,
+    ) -> Result<AttnPlan> {
         ensure(batch > 0 && max_pages > 0, || "empty fixed plan".into())?;
         let seq = AttnSeq {
             q_len: 1,
             kv_len: max_pages * shape.page_size,
             pages: vec![0; max_pages],
         };
-        self.attention_plan(shape, &vec![seq; batch], None)
+        let opts = PlanOpts {
+            splits: None,
+            prefill: false,
+            ..opts
+        };
+        self.attention_plan_with(shape, &vec![seq; batch], opts)
     }
 
     /// Points a fixed decode plan at `seqs` (at most the plan's batch, one new token each); the
@@ -595,5 +719,66 @@ impl CudaOps {
         }
         self.ctx.write_i32(&plan.tiles, &tiles)?;
         self.ctx.write_i32(&plan.tables, &tables)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cuda::det::SPLIT_LEN;
+
+    #[test]
+    fn deterministic_splits_do_not_depend_on_the_batch() {
+        // Whatever the batch (blocks), SM count or longest sequence, a decode row's keys are
+        // split at multiples of SPLIT_LEN and the combine pass runs (>= 2 splits); prefill is
+        // never split.
+        for kernel in [AttnKernel::Decode2, AttnKernel::Decode] {
+            for blocks in [1, 8, 64, 256, 4096] {
+                for sms in [1, 78, 132] {
+                    for max_kv in [1, 17, 255, 256, 257, 1000, 10240] {
+                        for forced in [None, Some(1), Some(7)] {
+                            let (n, len) =
+                                choose_splits(kernel, blocks, sms, max_kv, forced, Some(0), 64);
+                            assert_eq!(len, SPLIT_LEN);
+                            assert_eq!(n, max_kv.div_ceil(SPLIT_LEN).max(2));
+                            assert!(n * len >= max_kv);
+                        }
+                    }
+                }
+            }
+        }
+        for kernel in [
+            AttnKernel::PrefillMma,
+            AttnKernel::PrefillFa2,
+            AttnKernel::General,
+        ] {
+            for blocks in [1, 8, 4096] {
+                for max_kv in [1, 100, 2048, 8192] {
+                    let (n, len) = choose_splits(kernel, blocks, 132, max_kv, Some(4), Some(0), 32);
+                    assert_eq!(n, 1);
+                    assert!(len >= max_kv && len % KEY_TILE == 0);
+                }
+            }
+        }
+        // A configured split length (a server's det::split_len(context)) is used as given.
+        let (n, len) = choose_splits(AttnKernel::Decode2, 8, 132, 100_000, None, Some(2048), 64);
+        assert_eq!((n, len), (49, 2048));
+        assert_eq!(SPLIT_LEN % KEY_TILE, 0);
+        assert_eq!(SPLIT_LEN % DECODE_MIN_SPLIT, 0);
+        assert_eq!(SPLIT_LEN % MMA_ROWS, 0);
+    }
+
+    #[test]
+    fn default_splits_follow_occupancy() {
+        // The default policy does depend on the batch (that is what batch-invariant mode fixes):
+        // one sequence is split, a large batch is not.
+        let (one, _) = choose_splits(AttnKernel::Decode2, 8, 132, 4096, None, None, 64);
+        let (many, _) = choose_splits(AttnKernel::Decode2, 64 * 8, 132, 4096, None, None, 64);
+        assert!(one > 1, "{one}");
+        assert_eq!(many, 1);
+        // Forced splits are honoured, split lengths are whole key tiles covering every key.
+        let (n, len) = choose_splits(AttnKernel::General, 8, 132, 1000, Some(3), None, 64);
+        assert_eq!((n, len % KEY_TILE), (3, 0));
+        assert!(n * len >= 1000);
     }
 }

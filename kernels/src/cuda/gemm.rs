@@ -38,6 +38,9 @@ pub enum GemmPath {
     GemvT1Wide,
     /// cuBLASLt with its heuristic's algorithm (see gemm_lt.rs).
     CublasLt,
+    /// cuBLASLt with the weight shape's batch-invariant algorithm (what `Auto` runs in
+    /// batch-invariant mode).
+    CublasLtDet,
 }
 
 /// Most rows `GemmPath::Auto` sends to cuBLASLt (decode batches).
@@ -67,6 +70,7 @@ pub struct Gemm {
     gemv_t1_silu: CudaFunction,
     gemv_max_rows: usize,
     lt: Option<super::gemm_lt::GemmLt>,
+    deterministic: bool,
 }
 
 impl Gemm {
@@ -96,7 +100,26 @@ impl Gemm {
             gemv_t1_silu,
             lt,
             gemv_max_rows: 1,
+            deterministic: false,
         })
+    }
+
+    /// Batch-invariant mode (`det.rs`): `GemmPath::Auto` runs every row count through the
+    /// weight shape's one cuBLASLt algorithm (no GEMV kernels, no split-K), so a row's result does
+    /// not depend on how many rows the call has. Fails without cuBLASLt.
+    pub fn with_deterministic(mut self, on: bool) -> Result<Self> {
+        if on && self.lt.is_none() {
+            return Err(CudaError::MissingLibrary(
+                "libcublasLt (batch-invariant GEMMs need it)",
+            ));
+        }
+        self.deterministic = on;
+        Ok(self)
+    }
+
+    /// Whether batch-invariant mode is on.
+    pub fn deterministic(&self) -> bool {
+        self.deterministic
     }
 
     /// Largest x row count sent to the GEMV kernel by `GemmPath::Auto` (default 1, at most 8;
@@ -160,7 +183,13 @@ impl Gemm {
             "gu [T, 2*in] and w [out, in] expected".into()
         })?;
         let (t, k, n_out) = (gu.shape()[0], w.shape()[1], w.shape()[0]);
-        if t != 1 || k % 8 != 0 || k > GEMV_T1_MAX_IN || gu.ptr() % 16 != 0 || w.ptr() % 16 != 0 {
+        if self.deterministic
+            || t != 1
+            || k % 8 != 0
+            || k > GEMV_T1_MAX_IN
+            || gu.ptr() % 16 != 0
+            || w.ptr() % 16 != 0
+        {
             return Ok(false);
         }
         gu.expect("gu", DType::Bf16, &[1, 2 * k])?;
@@ -210,6 +239,7 @@ impl Gemm {
         // heuristic matched or beat cuBLAS on every decode shape at 32 rows (up to 8 % on the o
         // projection); prefill sizes stay on cuBLAS (not measured with cuBLASLt).
         let path = match path {
+            GemmPath::Auto if self.deterministic => GemmPath::CublasLtDet,
             GemmPath::Auto
                 if self.gemv_max_rows >= 1 && gemv_ok && t == 1 && k <= GEMV_T1_MAX_IN =>
             {
@@ -225,6 +255,12 @@ impl Gemm {
             p => p,
         };
         self.ctx.cuda().bind_to_thread()?;
+        if path == GemmPath::CublasLtDet {
+            return match &self.lt {
+                Some(lt) => lt.linear_det(x, w, y),
+                None => Err(CudaError::MissingLibrary("libcublasLt")),
+            };
+        }
         if path == GemmPath::CublasLt {
             return match &self.lt {
                 Some(lt) => lt.linear(x, w, y),

@@ -12,6 +12,15 @@
 //! tune a shape fixes it for every later process on the same GPU model, driver and library, so
 //! two servers compute the same bf16 bits for the same input.
 //!
+//! Batch-invariant mode ([`GemmLt::linear_det`], `det.rs`): one algorithm per (out, in, y dtype)
+//! for every row count. Candidates are the heuristic's answers at [`DET_ROWS`] rows with no
+//! workspace allowed (so no split-K with a separate reduction and no stream-K) whose
+//! configuration says split-K 1 and reduction scheme none, and that `cublasLtMatmulAlgoCheck`
+//! accepts at every row count of [`DET_CHECK_ROWS`]; the one with the smallest worst slowdown
+//! against the per-row-count best (timed at [`DET_ROWS`], decode only for f32 logits) is kept,
+//! in the machine-wide table under rows 0. A fixed tile configuration without split-K computes
+//! each output element with the same reduction whatever the other rows are.
+//!
 //! Layouts (column-major, as cuBLAS sees the row-major tensors): A = w as [in, out] with
 //! TRANSA = T, B = x as [in, T], C = D = y as [out, T].
 
@@ -32,6 +41,11 @@ const WORKSPACE: usize = 32 << 20;
 pub const CANDIDATES: usize = 16;
 /// Timed runs per candidate.
 const REPS: usize = 5;
+/// Row counts whose heuristic answers are the batch-invariant candidates, and at which they are
+/// timed (a decode batch and a prefill chunk).
+pub const DET_ROWS: [usize; 2] = [32, 1024];
+/// Row counts at which a batch-invariant candidate must be supported.
+pub const DET_CHECK_ROWS: [usize; 6] = [1, 3, 32, 1024, 8192, 65536];
 
 /// True when libcublasLt can be loaded.
 pub fn cublaslt_present() -> bool {
@@ -43,13 +57,131 @@ fn lt_err(e: lt::CublasError) -> CudaError {
     CudaError::CublasLt(e)
 }
 
-/// The descriptors and chosen algorithm of one problem shape.
-struct Plan {
+/// The matmul descriptor and matrix layouts of one problem shape (destroyed on drop).
+struct Descs {
     desc: sys::cublasLtMatmulDesc_t,
     a: sys::cublasLtMatrixLayout_t,
     b: sys::cublasLtMatrixLayout_t,
     c: sys::cublasLtMatrixLayout_t,
+}
+
+impl Descs {
+    /// y [t, n] = x [t, k] * w [n, k]^T in cuBLASLt's column-major terms.
+    fn new(t: usize, n: usize, k: usize, y_f32: bool) -> Result<Self> {
+        let bf = sys::cudaDataType::CUDA_R_16BF;
+        let yt = if y_f32 {
+            sys::cudaDataType::CUDA_R_32F
+        } else {
+            bf
+        };
+        let desc = lt::create_matmul_desc(
+            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            sys::cudaDataType::CUDA_R_32F,
+        )
+        .map_err(lt_err)?;
+        let mut d = Descs {
+            desc,
+            a: std::ptr::null_mut(),
+            b: std::ptr::null_mut(),
+            c: std::ptr::null_mut(),
+        };
+        let trans: i32 = 1; // CUBLAS_OP_T
+                            // SAFETY: the attribute buffer is an i32 as cuBLASLt documents for TRANSA.
+        unsafe {
+            lt::set_matmul_desc_attribute(
+                d.desc,
+                sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA,
+                &trans as *const i32 as *const c_void,
+                std::mem::size_of::<i32>(),
+            )
+        }
+        .map_err(lt_err)?;
+        d.a = lt::create_matrix_layout(bf, k as u64, n as u64, k as i64).map_err(lt_err)?;
+        d.b = lt::create_matrix_layout(bf, k as u64, t as u64, k as i64).map_err(lt_err)?;
+        d.c = lt::create_matrix_layout(yt, n as u64, t as u64, n as i64).map_err(lt_err)?;
+        Ok(d)
+    }
+}
+
+impl Drop for Descs {
+    fn drop(&mut self) {
+        // SAFETY: created by `Descs::new` (null where creation did not get that far) and not
+        // used after drop.
+        unsafe {
+            for l in [self.a, self.b, self.c] {
+                if !l.is_null() {
+                    let _ = lt::destroy_matrix_layout(l);
+                }
+            }
+            let _ = lt::destroy_matmul_desc(self.desc);
+        }
+    }
+}
+
+/// The descriptors and chosen algorithm of one problem shape.
+struct Plan {
+    d: Descs,
     algo: sys::cublasLtMatmulAlgo_t,
+}
+
+/// The batch-invariant algorithm of one weight shape.
+#[derive(Clone, Copy)]
+struct DetAlgo {
+    algo: sys::cublasLtMatmulAlgo_t,
+}
+
+/// One i32/u32 configuration attribute of an algorithm.
+fn algo_config(
+    algo: &sys::cublasLtMatmulAlgo_t,
+    attr: sys::cublasLtMatmulAlgoConfigAttributes_t,
+) -> Option<u32> {
+    let mut v: u32 = 0;
+    let mut written: usize = 0;
+    // SAFETY: a 4-byte buffer for a 4-byte attribute (split-K count, reduction scheme); cuBLASLt
+    // writes at most `size_of::<u32>()` bytes and reports how many.
+    let st = unsafe {
+        sys::cublasLtMatmulAlgoConfigGetAttribute(
+            algo,
+            attr,
+            &mut v as *mut u32 as *mut c_void,
+            std::mem::size_of::<u32>(),
+            &mut written,
+        )
+    };
+    (st == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS && written == 4).then_some(v)
+}
+
+/// `algo` with split-K forced to 1 and the reduction scheme to none (cuBLASLt may refuse a
+/// value; `single_pass` and `cublasLtMatmulAlgoCheck` decide what is kept).
+fn forced_single_pass(mut algo: sys::cublasLtMatmulAlgo_t) -> sys::cublasLtMatmulAlgo_t {
+    use sys::cublasLtMatmulAlgoConfigAttributes_t as A;
+    let one: i32 = 1;
+    let none: u32 = 0;
+    // SAFETY: 4-byte values for 4-byte attributes (int32 split count, uint32 scheme).
+    unsafe {
+        let _ = sys::cublasLtMatmulAlgoConfigSetAttribute(
+            &mut algo,
+            A::CUBLASLT_ALGO_CONFIG_SPLITK_NUM,
+            &one as *const i32 as *const c_void,
+            4,
+        );
+        let _ = sys::cublasLtMatmulAlgoConfigSetAttribute(
+            &mut algo,
+            A::CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME,
+            &none as *const u32 as *const c_void,
+            4,
+        );
+    }
+    algo
+}
+
+/// True when `algo` reduces each output element in one pass: split-K count 1 (or unset) and no
+/// reduction scheme.
+fn single_pass(algo: &sys::cublasLtMatmulAlgo_t) -> bool {
+    use sys::cublasLtMatmulAlgoConfigAttributes_t as A;
+    let split = algo_config(algo, A::CUBLASLT_ALGO_CONFIG_SPLITK_NUM);
+    let red = algo_config(algo, A::CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME);
+    matches!(split, Some(0 | 1)) && red == Some(0)
 }
 
 /// What tuning found for one shape: the heuristic's first pick and the fastest candidate.
@@ -71,6 +203,8 @@ pub struct GemmLt {
     handle: sys::cublasLtHandle_t,
     workspace: DTensor,
     plans: Mutex<HashMap<(usize, usize, usize, bool), Plan>>,
+    det_plans: Mutex<HashMap<(usize, usize, usize, bool), Plan>>,
+    det_algos: Mutex<HashMap<(usize, usize, bool), DetAlgo>>,
     tuned: Mutex<Vec<Tuned>>,
     tune: bool,
     table: LtTable,
@@ -101,6 +235,8 @@ impl GemmLt {
             handle,
             workspace,
             plans: Mutex::new(HashMap::new()),
+            det_plans: Mutex::new(HashMap::new()),
+            det_algos: Mutex::new(HashMap::new()),
             tuned: Mutex::new(Vec::new()),
             tune: !std::env::var("STRATA_LT_TUNE").is_ok_and(|v| v == "0"),
         })
@@ -111,37 +247,13 @@ impl GemmLt {
         self.tuned.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    fn plan(&self, x: &DTensor, w: &DTensor, y: &DTensor) -> Result<Plan> {
-        let (t, k) = (x.shape()[0], x.shape()[1]);
-        let n = w.shape()[0];
-        let y_f32 = y.dtype() == DType::F32;
-        let bf = sys::cudaDataType::CUDA_R_16BF;
-        let yt = if y_f32 {
-            sys::cudaDataType::CUDA_R_32F
-        } else {
-            bf
-        };
-        let desc = lt::create_matmul_desc(
-            sys::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-            sys::cudaDataType::CUDA_R_32F,
-        )
-        .map_err(lt_err)?;
-        let trans: i32 = 1; // CUBLAS_OP_T
-                            // SAFETY: the attribute buffer is an i32 as cuBLASLt documents for TRANSA.
-        unsafe {
-            lt::set_matmul_desc_attribute(
-                desc,
-                sys::cublasLtMatmulDescAttributes_t::CUBLASLT_MATMUL_DESC_TRANSA,
-                &trans as *const i32 as *const c_void,
-                std::mem::size_of::<i32>(),
-            )
-        }
-        .map_err(lt_err)?;
-        let a = lt::create_matrix_layout(bf, k as u64, n as u64, k as i64).map_err(lt_err)?;
-        let b = lt::create_matrix_layout(bf, k as u64, t as u64, k as i64).map_err(lt_err)?;
-        let c = lt::create_matrix_layout(yt, n as u64, t as u64, n as i64).map_err(lt_err)?;
+    /// The heuristic's candidates for `d` (at most [`CANDIDATES`]) with `workspace` bytes allowed.
+    fn heuristic(
+        &self,
+        d: &Descs,
+        workspace: u64,
+    ) -> Result<Vec<sys::cublasLtMatmulHeuristicResult_t>> {
         let pref = lt::create_matmul_pref().map_err(lt_err)?;
-        let ws = WORKSPACE as u64;
         let mut found: Vec<sys::cublasLtMatmulHeuristicResult_t> = Vec::with_capacity(CANDIDATES);
         let mut count: i32 = 0;
         // SAFETY: u64 attribute as documented for MAX_WORKSPACE_BYTES; the descriptors are live;
@@ -150,17 +262,17 @@ impl GemmLt {
             lt::set_matmul_pref_attribute(
                 pref,
                 sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                &ws as *const u64 as *const c_void,
+                &workspace as *const u64 as *const c_void,
                 std::mem::size_of::<u64>(),
             )
             .and_then(|_| {
                 sys::cublasLtMatmulAlgoGetHeuristic(
                     self.handle,
-                    desc,
-                    a,
-                    b,
-                    c,
-                    c,
+                    d.desc,
+                    d.a,
+                    d.b,
+                    d.c,
+                    d.c,
                     pref,
                     CANDIDATES as i32,
                     found.as_mut_ptr(),
@@ -174,16 +286,41 @@ impl GemmLt {
         heur.map_err(lt_err)?;
         // SAFETY: cuBLASLt initialised the first `count` results.
         unsafe { found.set_len(count.clamp(0, CANDIDATES as i32) as usize) };
+        Ok(found)
+    }
+
+    /// `cublasLtMatmulAlgoCheck`: the workspace `algo` needs for problem `d`, or the status
+    /// that refused it.
+    fn check(
+        &self,
+        d: &Descs,
+        algo: &sys::cublasLtMatmulAlgo_t,
+    ) -> std::result::Result<usize, sys::cublasStatus_t> {
+        // SAFETY: all-zero is a valid bit pattern for this plain C result struct.
+        let mut r: sys::cublasLtMatmulHeuristicResult_t = unsafe { std::mem::zeroed() };
+        // SAFETY: live descriptors and algorithm; `r` is written by the call.
+        let st = unsafe {
+            sys::cublasLtMatmulAlgoCheck(self.handle, d.desc, d.a, d.b, d.c, d.c, algo, &mut r)
+        };
+        match st {
+            sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS => Ok(r.workspaceSize),
+            e => Err(e),
+        }
+    }
+
+    fn plan(&self, x: &DTensor, w: &DTensor, y: &DTensor) -> Result<Plan> {
+        let (t, k) = (x.shape()[0], x.shape()[1]);
+        let n = w.shape()[0];
+        let y_f32 = y.dtype() == DType::F32;
+        let d = Descs::new(t, n, k, y_f32)?;
+        let found = self.heuristic(&d, WORKSPACE as u64)?;
         if found.is_empty() {
             return Err(lt_err(lt::CublasError(
                 sys::cublasStatus_t::CUBLAS_STATUS_NOT_SUPPORTED,
             )));
         }
         let mut plan = Plan {
-            desc,
-            a,
-            b,
-            c,
+            d,
             algo: found[0].algo,
         };
         let capturing = !matches!(
@@ -240,17 +377,17 @@ impl GemmLt {
         unsafe {
             lt::matmul(
                 self.handle,
-                p.desc,
+                p.d.desc,
                 &alpha as *const f32 as *const c_void,
                 &beta as *const f32 as *const c_void,
                 w.ptr() as *const c_void,
-                p.a,
+                p.d.a,
                 x.ptr() as *const c_void,
-                p.b,
+                p.d.b,
                 y.ptr() as *const c_void,
-                p.c,
+                p.d.c,
                 y.ptr() as *mut c_void,
-                p.c,
+                p.d.c,
                 &p.algo,
                 self.workspace.ptr() as *mut c_void,
                 WORKSPACE,
@@ -277,17 +414,198 @@ impl GemmLt {
     }
 }
 
+impl GemmLt {
+    /// The batch-invariant algorithm for weight shape (n, k) and output dtype, chosen on first
+    /// use (see the module doc); `w` is the real weight, used for timing.
+    fn det_algo(&self, n: usize, k: usize, y_f32: bool, w: &DTensor) -> Result<DetAlgo> {
+        let key = (n, k, y_f32);
+        if let Some(a) = self
+            .det_algos
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+        {
+            return Ok(*a);
+        }
+        // Candidates: single-pass, workspace-free answers of the heuristic at DET_ROWS, in
+        // order, without repeats (the same list in every process on this GPU and library).
+        let mut cands: Vec<sys::cublasLtMatmulAlgo_t> = Vec::new();
+        for t in DET_ROWS {
+            let d = Descs::new(t, n, k, y_f32)?;
+            // No answer at one size (CUBLAS_STATUS_NOT_SUPPORTED) leaves the other's.
+            for r in self.heuristic(&d, 0).unwrap_or_default() {
+                let a = if single_pass(&r.algo) {
+                    r.algo
+                } else {
+                    forced_single_pass(r.algo)
+                };
+                if r.workspaceSize == 0
+                    && single_pass(&a)
+                    && !cands.iter().any(|c| c.data == a.data)
+                {
+                    cands.push(a);
+                }
+            }
+        }
+        let checks = DET_CHECK_ROWS
+            .iter()
+            .map(|&t| Descs::new(t, n, k, y_f32))
+            .collect::<Result<Vec<_>>>()?;
+        cands.retain(|a| checks.iter().all(|d| self.check(d, a) == Ok(0)));
+        if cands.is_empty() {
+            return Err(CudaError::Shape(format!(
+                "batch-invariant GEMM: cuBLASLt offers no single-pass, workspace-free algorithm \
+                 for out {n}, in {k} ({} output) supported at rows {DET_CHECK_ROWS:?}",
+                if y_f32 { "f32" } else { "bf16" }
+            )));
+        }
+        let capturing = !matches!(
+            self.ctx.stream().capture_status(),
+            Ok(cudarc::driver::sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE)
+        );
+        let shape = (0, n, k, y_f32);
+        let known = self.table.get(shape).filter(|&i| i < cands.len());
+        let pick = match known {
+            Some(i) if self.tune => i,
+            _ if self.tune && !capturing && cands.len() > 1 => {
+                let best = match self.det_time(&cands, n, k, y_f32, w) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        // Not recorded: a later process times it again.
+                        tracing::warn!(n, k, error = %e, "batch-invariant GEMM: timing failed; using the first candidate");
+                        return self.keep_det(key, cands[0]);
+                    }
+                };
+                let pick = self.table.record(shape, best);
+                if pick < cands.len() {
+                    pick
+                } else {
+                    best
+                }
+            }
+            _ => 0,
+        };
+        tracing::info!(
+            out = n,
+            r#in = k,
+            f32_out = y_f32,
+            candidates = cands.len(),
+            pick,
+            "batch-invariant GEMM: one cuBLASLt algorithm for every row count"
+        );
+        self.keep_det(key, cands[pick])
+    }
+
+    fn keep_det(
+        &self,
+        key: (usize, usize, bool),
+        algo: sys::cublasLtMatmulAlgo_t,
+    ) -> Result<DetAlgo> {
+        let a = DetAlgo { algo };
+        self.det_algos
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(key, a);
+        Ok(a)
+    }
+
+    /// Times every candidate at each of DET_ROWS (only the decode size for f32 logits) on
+    /// scratch inputs and returns the index with the smallest worst ratio to the fastest.
+    fn det_time(
+        &self,
+        cands: &[sys::cublasLtMatmulAlgo_t],
+        n: usize,
+        k: usize,
+        y_f32: bool,
+        w: &DTensor,
+    ) -> Result<usize> {
+        let rows: &[usize] = if y_f32 { &DET_ROWS[..1] } else { &DET_ROWS };
+        let ydt = if y_f32 { DType::F32 } else { DType::Bf16 };
+        // times[c][r]
+        let mut times = vec![vec![f64::INFINITY; rows.len()]; cands.len()];
+        for (ri, &t) in rows.iter().enumerate() {
+            let x = self.ctx.alloc(DType::Bf16, &[t, k])?;
+            let y = self.ctx.alloc(ydt, &[t, n])?;
+            self.ctx.memset(&x, 0)?;
+            let mut plan = Plan {
+                d: Descs::new(t, n, k, y_f32)?,
+                algo: cands[0],
+            };
+            for (ci, c) in cands.iter().enumerate() {
+                plan.algo = *c;
+                times[ci][ri] = self.time(&plan, &x, w, &y).unwrap_or(f64::INFINITY);
+            }
+            self.ctx.synchronize()?;
+        }
+        let best: Vec<f64> = (0..rows.len())
+            .map(|r| times.iter().map(|t| t[r]).fold(f64::INFINITY, f64::min))
+            .collect();
+        let score = |c: usize| {
+            (0..rows.len())
+                .map(|r| times[c][r] / best[r])
+                .fold(0.0f64, f64::max)
+        };
+        let pick = (0..cands.len())
+            .min_by(|&i, &j| score(i).total_cmp(&score(j)))
+            .unwrap_or(0);
+        let pick = if score(pick).is_finite() { pick } else { 0 };
+        self.tuned
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Tuned {
+                shape: (0, n, k),
+                candidates: cands.len(),
+                heuristic_us: times[0][0],
+                best_us: times[pick][0],
+            });
+        Ok(pick)
+    }
+
+    /// Batch-invariant y = x * w^T: the weight shape's one algorithm whatever the row count
+    /// (shapes checked by the caller). Fails, naming the shape, if cuBLASLt does not accept that
+    /// algorithm at this row count, rather than computing with another one.
+    pub fn linear_det(&self, x: &DTensor, w: &DTensor, y: &DTensor) -> Result<()> {
+        let (t, k) = (x.shape()[0], x.shape()[1]);
+        let n = w.shape()[0];
+        let y_f32 = y.dtype() == DType::F32;
+        self.ctx.cuda().bind_to_thread()?;
+        let key = (t, n, k, y_f32);
+        let mut plans = self.det_plans.lock().unwrap_or_else(|e| e.into_inner());
+        let p = match plans.entry(key) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let algo = self.det_algo(n, k, y_f32, w)?.algo;
+                let d = Descs::new(t, n, k, y_f32)?;
+                match self.check(&d, &algo) {
+                    Ok(0) => {}
+                    other => {
+                        return Err(CudaError::Shape(format!(
+                            "batch-invariant GEMM: the algorithm pinned for out {n}, in {k} is \
+                             not usable at {t} rows (cublasLtMatmulAlgoCheck: {})",
+                            match other {
+                                Ok(ws) => format!("needs {ws} bytes of workspace"),
+                                Err(st) => format!("{st:?}"),
+                            }
+                        )))
+                    }
+                }
+                e.insert(Plan { d, algo })
+            }
+        };
+        self.run(p, x, w, y)
+    }
+}
+
 impl Drop for GemmLt {
     fn drop(&mut self) {
-        // SAFETY: every descriptor and the handle were created by this value and are not used
-        // after drop.
+        // Plans destroy their descriptors; the handle goes last.
+        self.plans.lock().unwrap_or_else(|e| e.into_inner()).clear();
+        self.det_plans
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
+        // SAFETY: the handle was created by this value and is not used after drop.
         unsafe {
-            for (_, p) in self.plans.lock().unwrap_or_else(|e| e.into_inner()).drain() {
-                let _ = lt::destroy_matrix_layout(p.a);
-                let _ = lt::destroy_matrix_layout(p.b);
-                let _ = lt::destroy_matrix_layout(p.c);
-                let _ = lt::destroy_matmul_desc(p.desc);
-            }
             let _ = lt::destroy_handle(self.handle);
         }
     }

@@ -13,6 +13,7 @@
 
 pub mod attention;
 pub mod backend;
+pub mod det;
 pub mod device;
 pub mod error;
 mod f32k;
@@ -32,8 +33,8 @@ pub mod tensor;
 pub mod transfer;
 
 pub use attention::{
-    prefill_kernel, set_prefill_kernel, AttnKernel, AttnPlan, AttnSeq, AttnShape, PrefillKernel,
-    DECODE2_VARIANTS,
+    prefill_kernel, set_prefill_kernel, AttnKernel, AttnPlan, AttnSeq, AttnShape, PlanOpts,
+    PrefillKernel, DECODE2_VARIANTS,
 };
 pub use backend::{CudaBackend, CudaBuf};
 pub use device::GpuContext;

@@ -396,6 +396,8 @@ impl<R: ModelRunner> Scheduler<R> {
                 q_len: it.end - it.start,
                 kv_len: it.end,
                 pages: table,
+                // Feeding back a sampled token (not re-running a prompt or a retracted output).
+                decode: it.end - it.start == 1 && it.start >= s.prompt_len,
             });
             // Prompt rows whose log-probabilities are owed (none unless asked for): row `p`
             // scores prompt token `p + 1`.

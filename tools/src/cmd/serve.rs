@@ -93,6 +93,12 @@ pub struct Args {
     /// Run every decode step eagerly (no CUDA graphs).
     #[arg(long)]
     disable_cuda_graph: bool,
+    /// Batch-invariant (deterministic) inference on the bf16 CUDA stack: a request's tokens do
+    /// not depend on the batch it ran in, CUDA graphs, or prefix-cache hits (docs/gpu.md).
+    /// `STRATA_DETERMINISTIC=1|0` sets it when the flag is absent. The CPU backend and
+    /// `--dtype float32` are batch-invariant anyway.
+    #[arg(long)]
+    enable_deterministic_inference: bool,
     /// Compute device: auto (CUDA when a GPU is usable, else CPU), cuda, or cpu.
     #[arg(long, default_value = "auto")]
     device: String,
@@ -386,6 +392,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 );
             }
             let max_running = a.max_running_requests.max(1);
+            let deterministic =
+                strata_kernels::cuda::det::from_env(a.enable_deterministic_inference);
             let graph_bs = if a.disable_cuda_graph {
                 0
             } else {
@@ -397,6 +405,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                     cuda_graph_max_bs: graph_bs,
                     max_prefill_tokens: opts.chunked_prefill_size.unwrap_or(max_positions),
                     max_running_requests: max_running,
+                    deterministic,
                 };
                 Ok(CudaRunner::load(ctx, dir, cfg, ro)?)
             })?
@@ -526,5 +535,15 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("kernel or direct"), "{e}");
+    }
+
+    #[test]
+    fn deterministic_inference_is_a_real_flag() {
+        let parse = |extra: &[&str]| {
+            let argv = [&["serve", "--model-path", "m"], extra].concat();
+            Cli::try_parse_from(argv).expect("flags parse").a
+        };
+        assert!(parse(&["--enable-deterministic-inference"]).enable_deterministic_inference);
+        assert!(!parse(&[]).enable_deterministic_inference);
     }
 }

@@ -70,7 +70,20 @@ impl Graphs {
             .min(kv.num_pages)
             .max(1);
         let mut graphs = Vec::new();
-        for bs in buckets(r.opts.cuda_graph_max_bs) {
+        let sizes = buckets(r.opts.cuda_graph_max_bs);
+        let shape = r.attn_shape(kv);
+        // Batch-invariant plans have many splits (a fixed split length over the whole context):
+        // every bucket uses the largest bucket's split workspace (replays never overlap).
+        let shared = match sizes.last() {
+            Some(&max) if r.opts.deterministic => {
+                Some(
+                    r.ops
+                        .decode_plan_fixed_with(shape, max, max_pages, r.plan_opts())?,
+                )
+            }
+            _ => None,
+        };
+        for bs in sizes {
             let acts = r.acts(bs, bs)?;
             let mut host = vec![0i32; 4 * bs];
             host[2 * bs..3 * bs].fill(-1);
@@ -79,7 +92,12 @@ impl Graphs {
             }
             let buf = r.ctx.upload_i32(&[4 * bs], &host)?;
             let meta = Meta::views(buf, bs, bs, vec![-1; bs])?;
-            let plan = r.ops.decode_plan_fixed(r.attn_shape(kv), bs, max_pages)?;
+            let mut plan = r
+                .ops
+                .decode_plan_fixed_with(shape, bs, max_pages, r.plan_opts())?;
+            if let Some(s) = &shared {
+                plan.share_workspace(s)?;
+            }
             r.ops.update_decode_plan(&plan, &[])?;
             // One eager pass first: cuBLASLt times its algorithms outside capture.
             r.forward(&acts, &meta, &plan, kv)?;
@@ -124,12 +142,16 @@ impl Graphs {
         let Some(g) = self.graphs.iter().find(|g| g.bs >= n) else {
             return Ok(None);
         };
-        let decode =
-            batch.seqs.len() == n
-                && batch.seqs.iter().enumerate().all(|(i, s)| {
-                    s.q_len == 1 && s.q_start == i && s.pages.len() <= self.max_pages
-                })
-                && batch.logit_rows.iter().enumerate().all(|(i, &r)| r == i);
+        let decode = batch.seqs.len() == n
+            && batch.seqs.iter().enumerate().all(|(i, s)| {
+                s.q_len == 1
+                        && s.q_start == i
+                        && s.pages.len() <= self.max_pages
+                        // Batch-invariant mode: a one-token prompt tail is a prompt row (prefill
+                        // kernel), so it runs eagerly.
+                        && (s.decode || !r.opts.deterministic)
+            })
+            && batch.logit_rows.iter().enumerate().all(|(i, &r)| r == i);
         if !decode {
             return Ok(None);
         }

@@ -28,7 +28,7 @@ use load::Bf16Map;
 use std::path::Path;
 use std::sync::Arc;
 use strata_kernels::cuda::{
-    AttnPlan, AttnSeq, AttnShape, CudaError, CudaOps, DTensor, DType, Gemm, GpuContext,
+    AttnPlan, AttnSeq, AttnShape, CudaError, CudaOps, DTensor, DType, Gemm, GpuContext, PlanOpts,
 };
 use strata_kernels::sample_rows::{pack_rows, RowMode, RowSpec};
 
@@ -43,6 +43,9 @@ pub struct CudaRunnerOptions {
     pub max_prefill_tokens: usize,
     /// Largest number of sequences in one forward (reserved out of the KV budget).
     pub max_running_requests: usize,
+    /// Batch-invariant mode (`strata_kernels::cuda::det`): a row's logits do not depend on the
+    /// rest of the batch, graph padding or how its prompt was chunked.
+    pub deterministic: bool,
 }
 
 struct Layer {
@@ -67,6 +70,13 @@ struct Acts {
     act: DTensor,
     /// [rows, hidden], [rows, vocab] f32 and [rows] i32 (argmax); None when rows == 0.
     head: Option<(DTensor, DTensor, DTensor)>,
+}
+
+/// The attention of rows `rows` of a forward (all of them unless batch-invariant mode splits a
+/// mixed round into its decode and prompt parts).
+struct AttnPart {
+    rows: std::ops::Range<usize>,
+    plan: AttnPlan,
 }
 
 /// The per-forward inputs in one i32 buffer: ids, positions, slots (each `tokens`), then the
@@ -147,7 +157,12 @@ impl CudaRunner {
             ));
         }
         let ops = CudaOps::new(ctx.clone())?;
-        let gemm = Gemm::new(ctx.clone())?;
+        let gemm = Gemm::new(ctx.clone())?.with_deterministic(opts.deterministic)?;
+        if opts.deterministic {
+            tracing::info!(
+                "batch-invariant (deterministic) inference: one cuBLASLt algorithm per weight shape, fixed decode splits, prompt and decode rows on their own attention kernels"
+            );
+        }
         let mut w = Bf16Map::load(dir)?;
         let (h, i, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
         let (qd, kvd) = (cfg.num_heads * hd, cfg.kv_dim());
@@ -274,6 +289,78 @@ impl CudaRunner {
 
     /// Queues the whole forward (and the greedy argmax of the logits rows) on the stream.
     fn forward(&self, a: &Acts, m: &Meta, plan: &AttnPlan, kv: &CudaKv) -> Result<(), CudaError> {
+        self.forward_parts(a, m, std::slice::from_ref(plan), &[], kv)
+    }
+
+    /// The attention options every plan of this runner uses (batch-invariant mode: its split
+    /// length, fixed by `--context-length`).
+    fn plan_opts(&self) -> PlanOpts {
+        PlanOpts {
+            splits: None,
+            deterministic: self.opts.deterministic,
+            det_split_len: strata_kernels::cuda::det::split_len(self.opts.context_length),
+            prefill: false,
+        }
+    }
+
+    /// The attention plans of an eager batch: one over every row, or in batch-invariant mode one
+    /// per run of consecutive sequences of the same kind (decoding a generated token, or prompt
+    /// rows), each with its own kernel and split policy.
+    fn attn_parts(&self, batch: &ForwardBatch, kv: &CudaKv) -> Result<Vec<AttnPart>, CudaError> {
+        let seq = |s: &crate::model::SeqSlice| AttnSeq {
+            q_len: s.q_len,
+            kv_len: s.kv_len,
+            pages: s.pages.iter().map(|&p| p as i32).collect(),
+        };
+        let n = batch.tokens.len();
+        if !self.opts.deterministic {
+            let seqs: Vec<AttnSeq> = batch.seqs.iter().map(seq).collect();
+            let plan = self.ops.attention_plan(self.attn_shape(kv), &seqs, None)?;
+            return Ok(vec![AttnPart { rows: 0..n, plan }]);
+        }
+        let mut parts = Vec::new();
+        let mut i = 0;
+        while i < batch.seqs.len() {
+            let decode = batch.seqs[i].decode;
+            let mut j = i;
+            let mut end = batch.seqs[i].q_start;
+            while j < batch.seqs.len() && batch.seqs[j].decode == decode {
+                if batch.seqs[j].q_start != end {
+                    return Err(CudaError::Shape(format!(
+                        "sequence {j} starts at row {} instead of {end}",
+                        batch.seqs[j].q_start
+                    )));
+                }
+                end += batch.seqs[j].q_len;
+                j += 1;
+            }
+            let seqs: Vec<AttnSeq> = batch.seqs[i..j].iter().map(seq).collect();
+            let opts = PlanOpts {
+                prefill: !decode,
+                ..self.plan_opts()
+            };
+            let plan = self
+                .ops
+                .attention_plan_with(self.attn_shape(kv), &seqs, opts)?;
+            parts.push(AttnPart {
+                rows: batch.seqs[i].q_start..end,
+                plan,
+            });
+            i = j;
+        }
+        Ok(parts)
+    }
+
+    /// [`CudaRunner::forward`] with the attention given as `single` (one plan over every row) or,
+    /// when `single` is empty, as `parts` (row ranges of the batch with their own plans).
+    fn forward_parts(
+        &self,
+        a: &Acts,
+        m: &Meta,
+        single: &[AttnPlan],
+        parts: &[AttnPart],
+        kv: &CudaKv,
+    ) -> Result<(), CudaError> {
         let c = &self.cfg;
         let (ops, gemm) = (&self.ops, &self.gemm);
         let (nh, nkv, hd, eps) = (c.num_heads, c.num_kv_heads, c.head_dim, c.rms_norm_eps);
@@ -309,7 +396,17 @@ impl CudaRunner {
             // A pending L2 -> L1 load: this layer's pages must have landed (later layers may
             // still be crossing the bus).
             kv.wait_layer(li)?;
-            ops.paged_attention(plan, &a.qkv, 0, &kv.k[li], &kv.v[li], &a.attn, scale)?;
+            if let Some(plan) = single.first() {
+                ops.paged_attention(plan, &a.qkv, 0, &kv.k[li], &kv.v[li], &a.attn, scale)?;
+            }
+            for p in parts {
+                // Row views of q and the output (the whole tensors when one part covers all).
+                let (qw, ow) = (a.qkv.shape()[1], a.attn.shape()[1]);
+                let rows = p.rows.len();
+                let q = a.qkv.view(p.rows.start * qw, &[rows, qw])?;
+                let o = a.attn.view(p.rows.start * ow, &[rows, ow])?;
+                ops.paged_attention(&p.plan, &q, 0, &kv.k[li], &kv.v[li], &o, scale)?;
+            }
             gemm.linear(&a.attn, &l.o, &a.y)?;
             ops.rmsnorm(&a.y, Some(&a.resid), &l.post_norm, &a.h, eps)?;
             gemm.linear(&a.h, &l.gate_up, &a.gu)?;
@@ -407,18 +504,9 @@ impl CudaRunner {
         let host_slots = host[2 * n..3 * n].to_vec();
         let buf = self.ctx.upload_i32(&[host.len()], &host)?;
         let meta = Meta::views(buf, n, rows, host_slots)?;
-        let seqs: Vec<AttnSeq> = batch
-            .seqs
-            .iter()
-            .map(|s| AttnSeq {
-                q_len: s.q_len,
-                kv_len: s.kv_len,
-                pages: s.pages.iter().map(|&p| p as i32).collect(),
-            })
-            .collect();
-        let plan = self.ops.attention_plan(self.attn_shape(kv), &seqs, None)?;
+        let parts = self.attn_parts(batch, kv)?;
         let acts = self.acts(n, rows)?;
-        self.forward(&acts, &meta, &plan, kv)?;
+        self.forward_parts(&acts, &meta, &[], &parts, kv)?;
         Ok(acts)
     }
 

@@ -1,7 +1,9 @@
 //! `strata gpu check`: every CUDA op against the CPU reference on fresh random inputs (seeded;
 //! the seed is printed for replay), several shapes each including sizes that are not multiples
 //! of the tile sizes, outputs poisoned with NaN before each launch. bf16 outputs must be within
-//! a relative error of 1e-2 (‖gpu − ref‖ / ‖ref‖); copies must be byte-exact.
+//! a relative error of 1e-2 (‖gpu − ref‖ / ‖ref‖); copies must be byte-exact. The batch-invariance
+//! cases (`check_det.rs`) require bitwise-equal rows in batch-invariant mode and report the
+//! default mode's count of differing rows (bound `inf`).
 
 use std::sync::Arc;
 
@@ -11,7 +13,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use strata_kernels::cuda::{CudaOps, Gemm, GpuContext, PageLayout, PageMover, PinnedBuf};
 
-use super::{check_ops, check_sampling, Common};
+use super::{check_det, check_ops, check_sampling, Common};
 
 #[derive(ClapArgs)]
 pub struct Args {
@@ -100,7 +102,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let ops = CudaOps::new(ctx.clone()).context("compiling kernels")?;
     println!("kernels ready in {:.2}s", t0.elapsed().as_secs_f64());
     let gemm = Gemm::new(ctx.clone()).context("cuBLAS")?;
-    let steps: [Step; 15] = [
+    let steps: [Step; 18] = [
         ("transfer", &|c| check_transfer(&ctx, c)),
         ("host_copy", &|c| {
             super::check_host_copy::check_host_copy(&ctx, c)
@@ -119,6 +121,13 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ("argmax_rows", &|c| check_ops::argmax_rows(&ops, c)),
         ("fixed_decode_plan", &|c| {
             check_ops::fixed_decode_plan(&ops, c)
+        }),
+        ("gemm_rows", &|c| check_det::gemm_rows(&ops, c)),
+        ("attn_decode_rows", &|c| {
+            check_det::attention_decode_rows(&ops, c)
+        }),
+        ("attn_extend_rows", &|c| {
+            check_det::attention_extend_rows(&ops, c)
         }),
     ];
     if let Some(o) = args

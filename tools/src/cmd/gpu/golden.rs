@@ -55,6 +55,7 @@ fn logits_all<B: Backend>(
                 q_len: end - start,
                 kv_len: end,
                 pages: pages[..end.div_ceil(PAGE)].to_vec(),
+                decode: false,
             }],
             logit_rows: (0..end - start).collect(),
         };

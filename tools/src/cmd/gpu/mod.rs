@@ -13,6 +13,7 @@ mod bench;
 mod bench_model;
 mod bench_sampling;
 mod check;
+mod check_det;
 mod check_host_copy;
 mod check_ops;
 mod check_sampling;

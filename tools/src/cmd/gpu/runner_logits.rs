@@ -57,6 +57,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         cuda_graph_max_bs: 0,
         max_prefill_tokens: longest,
         max_running_requests: 1,
+        deterministic: strata_kernels::cuda::det::from_env(false),
     };
     let runner = CudaRunner::load(ctx, &a.model_path, &cfg, opts)?;
     let n_pages = longest.div_ceil(PAGE) + 3;
@@ -86,6 +87,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                     q_len: end - start,
                     kv_len: end,
                     pages: pages[..end.div_ceil(PAGE)].to_vec(),
+                    decode: false,
                 }],
                 logit_rows: (0..end - start).collect(),
             };
