@@ -137,3 +137,103 @@ fn held_request_does_not_block_others_and_pages_return() {
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// Records the (q_len, kv_len, decode) of every sequence slice the scheduler hands the model.
+struct Recorder {
+    inner: Model<CpuBackend>,
+    log: Arc<std::sync::Mutex<Vec<(usize, usize, bool)>>>,
+}
+
+impl strata_server::model::ModelRunner for Recorder {
+    type Kv = strata_server::model::KvBuffers<CpuBackend>;
+    fn cfg(&self) -> &strata_server::model::ModelConfig {
+        self.inner.cfg()
+    }
+    fn name(&self) -> &'static str {
+        "recorder"
+    }
+    fn kv_bytes_per_token(&self) -> usize {
+        self.inner.kv_bytes_per_token()
+    }
+    fn new_kv(
+        &self,
+        num_pages: usize,
+        page_size: usize,
+    ) -> Result<Self::Kv, strata_server::model::ModelError> {
+        self.inner.new_kv(num_pages, page_size)
+    }
+    fn run_batch(
+        &mut self,
+        batch: &strata_server::model::ForwardBatch,
+        sampling: &[strata_server::model::SampleReq<'_>],
+        kv: &mut Self::Kv,
+    ) -> Result<Vec<strata_server::model::Sampled>, strata_server::model::ModelError> {
+        let mut log = self.log.lock().unwrap();
+        log.extend(batch.seqs.iter().map(|s| (s.q_len, s.kv_len, s.decode)));
+        drop(log);
+        strata_server::model::ModelRunner::run_batch(&mut self.inner, batch, sampling, kv)
+    }
+}
+
+/// Batch-invariant runners compute generated tokens with the decode kernels and every prompt row
+/// with the prefill kernels: the scheduler marks a slice `decode` only when it feeds back a
+/// sampled token, never for a one-token prompt tail left by chunked prefill.
+#[test]
+fn only_generated_tokens_are_marked_decode() {
+    let dir = tempfile::tempdir().unwrap();
+    make_model(
+        &MakeModel {
+            arch: Arch::Llama,
+            size: Size::Tiny,
+            seed: 0,
+            dtype: DType::F32,
+        },
+        dir.path(),
+    )
+    .unwrap();
+    let inner = Model::load(dir.path(), CpuBackend, 512).unwrap();
+    let log = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let model = Recorder {
+        inner,
+        log: log.clone(),
+    };
+    let tok = Arc::new(Tokenizer::load(dir.path()).unwrap());
+    let pool = DeviceKvPool::new(&model, 64, 4).unwrap();
+    let cfg = SchedulerConfig {
+        page_size: 4,
+        max_running_requests: 8,
+        chunked_prefill_size: Some(16),
+        context_length: 512,
+        radix_cache: true,
+        eviction_lfu: false,
+    };
+    let h = spawn_with_hook(
+        cfg,
+        model,
+        pool,
+        tok,
+        Arc::new(Stats::default()),
+        Seams::default(),
+    )
+    .unwrap();
+    // 17 prompt tokens in chunks of 16: a one-token prompt tail, then 4 decode steps (5 tokens,
+    // the first sampled at the end of the prompt).
+    let (r, mut rx) = request("tail", (1..18).collect());
+    assert!(h.submit(r));
+    assert!(matches!(
+        wait_done(&mut rx, Duration::from_secs(10)),
+        Some(FinishReason::Length(5))
+    ));
+    let got = log.lock().unwrap().clone();
+    assert_eq!(
+        got,
+        vec![
+            (16, 16, false),
+            (1, 17, false),
+            (1, 18, true),
+            (1, 19, true),
+            (1, 20, true),
+            (1, 21, true)
+        ]
+    );
+}
