@@ -60,7 +60,7 @@ for s in $STEPS; do
         scripts/gpu-serve-bench.sh "$OUT/ttft" > "$OUT/ttft.log" 2>&1
       rc=$?; grep -vE "^\s*$" "$OUT/ttft.log" | tail -20 ;;
     det) timeout $(left ${DET_TIMEOUT:-330}) scripts/gpu-det-check.sh "$OUT" > "$OUT/det.log" 2>&1; rc=$?
-      grep -E "SAME|DIFF|bench|PASS|FAIL|batch-invariant|error" "$OUT/det.log" | tail -40 ;;
+      grep -E "SAME|DIFF|bench|raw|PASS|FAIL|batch-invariant|error" "$OUT/det.log" | tail -50 ;;
     runner) timeout $(left 400) scripts/gpu-runner-check.sh "$OUT" > "$OUT/runner.log" 2>&1; rc=$?; tail -40 "$OUT/runner.log" ;;
     *) echo "unknown step $s"; rc=2 ;;
   esac

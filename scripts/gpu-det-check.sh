@@ -6,7 +6,8 @@
 # Llama-3.2-1B-shaped model (graphs on / --disable-cuda-graph) and scripts/gpu_det_compare.py
 # (greedy at concurrency 1/8/32, graphs on/off, prefix extend vs whole, seeded repeats), then a
 # short decode bench on the graph server: `strata bench serve` 512 in / 128 out at concurrency 1
-# and 16 (median ITL and output tok/s: the cost of the mode).
+# and 16 (median ITL and output tok/s: the cost of the mode). Last, `strata gpu bench --only
+# decode` on the 8B shape with and without --deterministic (raw graph step; DET_RAW=0 skips it).
 # Usage: scripts/gpu-det-check.sh [OUTDIR]; env STRATA, DET_MODES (default "det default"),
 # DET_SIZE (default llama-3.2-1b), DET_N (prompts, default 32), DET_NEW (tokens, default 48).
 # Exit status: non-zero when the det mode shows any difference or a server fails (differences in
@@ -68,5 +69,15 @@ for mode in $MODES; do
   fi
   cleanup
 done
+# Raw decode step of the 8B shape (random weights, no server) with and without the mode: the
+# cost without scheduler noise (graph step at ctx 1024; the det GEMM tuning lines show the
+# candidates per weight shape).
+if [ "${DET_RAW:-1}" = 1 ]; then
+  for f in "" --deterministic; do
+    timeout 100 "$STRATA" gpu bench --only decode --decode-batches ${DET_RAW_BATCHES:-1,32} $f \
+      > "$OUTDIR/det-raw${f:+-det}.log" 2>&1 || echo "raw bench ${f:-default} rc=$?"
+    grep -E "^decode b|tuning \[0x" "$OUTDIR/det-raw${f:+-det}.log" | sed "s/^/raw ${f:-default}: /" | cut -c1-260
+  done
+fi
 echo "== gpu-det-check: $([ $fail = 0 ] && echo PASS || echo FAIL) =="
 exit $fail

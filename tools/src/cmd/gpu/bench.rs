@@ -46,6 +46,10 @@ pub struct Args {
     /// Write all numbers as JSON here.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
+    /// Batch-invariant mode (`strata serve --enable-deterministic-inference`): every GEMM on the
+    /// weight shape's one cuBLASLt algorithm, fixed decode splits.
+    #[arg(long)]
+    pub deterministic: bool,
 }
 
 /// Median GPU time in ms of `f` on `stream`, timed with events, after `warm` unmeasured runs.
@@ -94,8 +98,14 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ctx.driver()
     );
     let ops = CudaOps::new(ctx.clone())?;
-    let gemm = Gemm::new(ctx.clone())?;
-    let mut doc = json!({"device": ctx.name(), "arch": ctx.arch()});
+    let gemm = Gemm::new(ctx.clone())?.with_deterministic(args.deterministic)?;
+    if args.deterministic {
+        println!(
+            "batch-invariant mode: one cuBLASLt algorithm per weight shape, fixed decode splits"
+        );
+    }
+    let mut doc =
+        json!({"device": ctx.name(), "arch": ctx.arch(), "deterministic": args.deterministic});
     let want = |s: &str| args.only.iter().any(|o| o == s);
     let mut summary: Vec<String> = Vec::new();
     if want("transfer") {

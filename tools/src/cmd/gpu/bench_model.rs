@@ -16,10 +16,13 @@ use super::bench::{gpu_ms, median, Args};
 
 const PAGE: usize = 16;
 
+/// The forward input of `seqs` ((new tokens, keys) each); `det`: batch-invariant attention plan
+/// (`--deterministic`).
 fn step_input(
     ops: &CudaOps,
     model: &LlamaModel,
     seqs: &[(usize, usize)],
+    det: bool,
 ) -> anyhow::Result<StepInput> {
     let c = ops.context();
     let mut ids = Vec::new();
@@ -51,7 +54,14 @@ fn step_input(
         pos: c.upload_i32(&[t], &pos)?,
         slots: c.upload_i32(&[t], &slots)?,
         host_slots: slots,
-        plan: ops.attention_plan(model.attn_shape(), &aseqs, None)?,
+        plan: ops.attention_plan_with(
+            model.attn_shape(),
+            &aseqs,
+            strata_kernels::cuda::PlanOpts {
+                deterministic: det,
+                ..Default::default()
+            },
+        )?,
         last_rows: c.upload_i32(&[last.len()], &last)?,
     })
 }
@@ -92,7 +102,7 @@ pub fn run(
         let mut rows = Vec::new();
         for &b in &args.decode_batches {
             let seqs: Vec<(usize, usize)> = (0..b).map(|_| (1, args.decode_ctx)).collect();
-            let input = step_input(ops, &model, &seqs)?;
+            let input = step_input(ops, &model, &seqs, args.deterministic)?;
             let ws = model.workspace(ops, b, b)?;
             let greedy = SampleParams {
                 temperature: 0.0,
@@ -218,7 +228,7 @@ pub fn run(
     if want("prefill") {
         let mut rows = Vec::new();
         for &t in &args.prefill_lens {
-            let input = step_input(ops, &model, &[(t, t)])?;
+            let input = step_input(ops, &model, &[(t, t)], args.deterministic)?;
             let ws = model.workspace(ops, t, 1)?;
             let ms = gpu_ms(ops.context(), false, 1, 3, || {
                 Ok(model.forward(ops, gemm, &ws, &input)?)
@@ -241,7 +251,7 @@ pub fn run(
             use strata_kernels::cuda::{set_prefill_kernel, PrefillKernel};
             set_prefill_kernel(Some(PrefillKernel::Mma));
             let mma_ms = (|| -> anyhow::Result<f64> {
-                let input = step_input(ops, &model, &[(t, t)])?;
+                let input = step_input(ops, &model, &[(t, t)], args.deterministic)?;
                 gpu_ms(ops.context(), false, 1, 3, || {
                     Ok(model.forward(ops, gemm, &ws, &input)?)
                 })
@@ -277,7 +287,7 @@ pub fn run(
                         let end = ((c + 1) * 2048).min(t);
                         let n = end - c * 2048;
                         Ok((
-                            step_input(ops, &model, &[(n, end)])?,
+                            step_input(ops, &model, &[(n, end)], args.deterministic)?,
                             model.workspace(ops, n, 1)?,
                         ))
                     })
