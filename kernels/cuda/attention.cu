@@ -157,11 +157,16 @@ extern "C" __global__ void __launch_bounds__(128) paged_attention(
 }
 
 // Merges the per-split partials of paged_attention. blockIdx = (row, head); threads over head_dim.
+// `decode_tiles` (a decode plan's tile list, tile i = row i, null otherwise): only the splits that
+// hold keys of the row, [0, pos / split_len], are read; the decode2 kernels leave the others
+// unwritten (their blocks exit at once).
 extern "C" __global__ void attention_combine(const float* part_acc, const float* part_ml,
                                              int n_splits, int total_rows, int n_heads,
-                                             int head_dim, bf16_t* out, int out_stride) {
+                                             int head_dim, bf16_t* out, int out_stride,
+                                             const int* decode_tiles, int split_len) {
     pdl_enter();
     int row = blockIdx.x, h = blockIdx.y;
+    if (decode_tiles != nullptr) n_splits = min(n_splits, decode_tiles[row * 4 + 3] / split_len + 1);
     float mx = NEG_BIG;
     for (int s = 0; s < n_splits; ++s)
         mx = fmaxf(mx, part_ml[(((u64)s * total_rows + row) * n_heads + h) * 2]);

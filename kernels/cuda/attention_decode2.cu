@@ -270,6 +270,9 @@ __device__ __forceinline__ void dec2_body(
     constexpr int KPS = 32 / LPK;
     constexpr int STEP = KPS * UNR;
     const Dec2Block blk = dec2_block(tile_info, block_tables, max_pages, split_len);
+    // A split past the row's keys: nothing to do (attention_combine reads only the row's splits;
+    // uniform over the block, so no barrier is skipped by part of it).
+    if (blk.kbeg >= blk.kend) return;
     const int g = blk.g, row = blk.row, kbeg = blk.kbeg, kend = blk.kend;
     const int* bt = blk.bt;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -355,6 +358,9 @@ __device__ __forceinline__ void dec2_async_body(
     __shared__ __align__(16) uint4 vs[ANST][ATK * LPK];
 
     const Dec2Block blk = dec2_block(tile_info, block_tables, max_pages, split_len);
+    // A split past the row's keys: nothing to do (attention_combine reads only the row's splits;
+    // uniform over the block, so no barrier is skipped by part of it).
+    if (blk.kbeg >= blk.kend) return;
     const int g = blk.g, row = blk.row, kbeg = blk.kbeg, kend = blk.kend;
     const int* bt = blk.bt;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;

@@ -629,6 +629,14 @@ impl CudaOps {
                 Arg::I32(hd as i32),
                 Arg::U64(out.ptr()),
                 Arg::I32(ow as i32),
+                // Decode2 blocks of empty splits write nothing: the combine reads only the
+                // splits that hold each row's keys (tile i is row i in a decode plan).
+                Arg::U64(if plan.kernel == AttnKernel::Decode2 {
+                    plan.tiles.ptr()
+                } else {
+                    0
+                }),
+                Arg::I32(plan.split_len as i32),
             ];
             let dims = Dims {
                 grid: (plan.total_rows as u32, s.n_heads as u32, 1),

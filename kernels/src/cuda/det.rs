@@ -5,8 +5,9 @@
 //! split over a cached prefix (docs/gpu.md, "Batch-invariant mode"):
 //! - GEMMs: one cuBLASLt algorithm per (out, in, output dtype) for every row count, without
 //!   split-K, stream-K or workspace (`gemm_lt.rs`); no GEMV kernels.
-//! - Decode attention: splits of [`SPLIT_LEN`] keys at absolute positions, always merged by
-//!   `attention_combine` in split order (zero-weight splits skipped), whatever the batch.
+//! - Decode attention: splits of [`split_len`] keys at absolute positions, always merged by
+//!   `attention_combine` in split order over the splits holding the row's keys, whatever the
+//!   batch.
 //! - Prefill / extend attention: never split, so a query row sees the key tiles [0, 64), [64,
 //!   128), ... up to its own position whatever rows share its tile.
 //! - Generated-token rows always go through the decode kernel and prompt rows through the
