@@ -8,15 +8,16 @@
 // paged_attention's. Grid = (kv head, tile, split) with tiles taken last-first, so the longest
 // (latest, causal) tiles of a prompt start first and the short ones fill the tail.
 // 4 warps; warp w owns rows 32w..32w+31 as two m16 tiles. Q [128][HD] is copied to shared
-// memory once; K and V tiles of KT keys (64 at head_dim 64, 32 at 128) are copied row-major into NST shared-memory stages
-// with cp.async (zero-filled past the block's last key), NST - 1 tiles in flight while the warps
-// compute. S = Q K^T and O += P V run on mma.sync m16n8k16 bf16 -> f32 with ldmatrix fragments
-// (V through ldmatrix.trans, no transposed copy); rows are padded to HD + 8 elements so the 8
-// row addresses of an ldmatrix phase hit 8 different 16-byte bank groups. Online softmax in f32
-// on the accumulator fragments (exp2, scale folded in; row sums kept per thread and summed over
-// the quad at the end). A warp skips the math of tiles past every one of its rows' causal limits
-// and masks only tiles that cross a limit or the block's key end. Masked scores contribute
-// exactly 0. Output and split partials as paged_attention (attention_combine merges them).
+// memory once; K and V tiles of KT keys (64 at head_dim 64, 32 at 128: registers) are copied
+// row-major into NST shared-memory stages with cp.async (zero-filled past the block's last key),
+// NST - 1 tiles in flight while the warps compute. S = Q K^T and O += P V run on mma.sync
+// m16n8k16 bf16 -> f32 with ldmatrix fragments (V through ldmatrix.trans, no transposed copy);
+// rows are padded to HD + 8 elements so the 8 row addresses of an ldmatrix phase hit 8 different
+// 16-byte bank groups. Online softmax in f32 on the accumulator fragments (exp2, scale folded in;
+// P packed to bf16 as computed; row sums kept per thread and summed over the quad at the end).
+// A warp skips the math of tiles past every one of its rows' causal limits and masks only tiles
+// that cross a limit or the block's key end. Masked scores contribute exactly 0. Output and
+// split partials as paged_attention (attention_combine merges them).
 #define FA_WARPS 4
 #define FA_THREADS 128
 #define FA_ROWS 128
