@@ -16,7 +16,7 @@
 //! for every row count. Candidates are the heuristic's answers at [`DET_ROWS`] rows with no
 //! workspace allowed (so no split-K with a separate reduction and no stream-K) whose
 //! configuration says split-K 1 and reduction scheme none, and that `cublasLtMatmulAlgoCheck`
-//! accepts at every row count of [`DET_CHECK_ROWS`]; the one with the smallest worst slowdown
+//! accepts at the row counts of [`DET_CHECK_ROWS`]; the one with the smallest worst slowdown
 //! against the per-row-count best (timed at [`DET_ROWS`], decode only for f32 logits) is kept,
 //! in the machine-wide table under rows 0. A fixed tile configuration without split-K computes
 //! each output element with the same reduction whatever the other rows are.
@@ -44,8 +44,10 @@ const REPS: usize = 5;
 /// Row counts whose heuristic answers are the batch-invariant candidates, and at which they are
 /// timed (a decode batch and a prefill chunk).
 pub const DET_ROWS: [usize; 2] = [32, 1024];
-/// Row counts at which a batch-invariant candidate must be supported.
-pub const DET_CHECK_ROWS: [usize; 6] = [1, 3, 32, 1024, 8192, 65536];
+/// Row counts at which a batch-invariant candidate must be supported (a row count past these is
+/// checked when it first occurs; the f32 logits GEMM only up to 1024 rows, it takes one row per
+/// sequence).
+pub const DET_CHECK_ROWS: [usize; 5] = [1, 3, 32, 1024, 8192];
 
 /// True when libcublasLt can be loaded.
 pub fn cublaslt_present() -> bool {
@@ -449,6 +451,7 @@ impl GemmLt {
         }
         let checks = DET_CHECK_ROWS
             .iter()
+            .filter(|&&t| !y_f32 || t <= 1024)
             .map(|&t| Descs::new(t, n, k, y_f32))
             .collect::<Result<Vec<_>>>()?;
         cands.retain(|a| checks.iter().all(|d| self.check(d, a) == Ok(0)));
