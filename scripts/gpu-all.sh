@@ -16,6 +16,8 @@
 #            FA2 vs first mma kernel, 2048-token chunks) and transformers' forward at 2K and 8K
 #   ttft     served TTFT at concurrency 1 of 2K and 8K prompts on the 8B shape (make-model + serve +
 #            bench serve, default chunked-prefill size; compare with the prefill step's raw lines)
+#   detcheck `gpu check --only gemm,fixed_decode_plan,gemm_rows,attn_decode_rows,attn_extend_rows`
+#            (the batch-invariance cases: exact in det mode, default-mode counts reported)
 #   det      scripts/gpu-det-check.sh (batch-invariant mode vs default: served greedy at c=1/8/32,
 #            graphs on/off, prefix extend, seeded repeats; decode bench c=1/16 in both modes)
 # Usage: scripts/gpu-all.sh "STEP..." (default "check serve hc1b hc8b pd"); output in $OUT.
@@ -59,7 +61,11 @@ for s in $STEPS; do
     ttft) SIZES=llama-3.1-8b RAW=0 HF=0 SHAPES="2048:32 8192:32" CONCS=1 timeout $(left 250) \
         scripts/gpu-serve-bench.sh "$OUT/ttft" > "$OUT/ttft.log" 2>&1
       rc=$?; grep -vE "^\s*$" "$OUT/ttft.log" | tail -20 ;;
-    det) timeout $(left ${DET_TIMEOUT:-330}) scripts/gpu-det-check.sh "$OUT" > "$OUT/det.log" 2>&1; rc=$?
+    detcheck) timeout $(left 150) "$STRATA" gpu check --only gemm,fixed_decode_plan,gemm_rows,attn_decode_rows,attn_extend_rows \
+        --json "$OUT/check-det.json" > "$OUT/check-det.log" 2>&1
+      rc=$?; grep -E "FAIL|error|gpu check:" "$OUT/check-det.log" | tail -30
+      python3 scripts/det_check_summary.py "$OUT/check-det.json" ;;
+    det) timeout $(left ${DET_TIMEOUT:-360}) scripts/gpu-det-check.sh "$OUT" > "$OUT/det.log" 2>&1; rc=$?
       grep -E "SAME|DIFF|bench|raw|PASS|FAIL|batch-invariant|error" "$OUT/det.log" | tail -50 ;;
     runner) timeout $(left 400) scripts/gpu-runner-check.sh "$OUT" > "$OUT/runner.log" 2>&1; rc=$?; tail -40 "$OUT/runner.log" ;;
     *) echo "unknown step $s"; rc=2 ;;

@@ -74,7 +74,7 @@ done
 # candidates per weight shape).
 if [ "${DET_RAW:-1}" = 1 ]; then
   for f in "" --deterministic; do
-    timeout 100 "$STRATA" gpu bench --only decode --decode-batches ${DET_RAW_BATCHES:-1,32} $f \
+    timeout 120 "$STRATA" gpu bench --only decode --decode-batches ${DET_RAW_BATCHES:-1,32} $f \
       > "$OUTDIR/det-raw${f:+-det}.log" 2>&1 || echo "raw bench ${f:-default} rc=$?"
     grep -E "^decode b|tuning \[0x" "$OUTDIR/det-raw${f:+-det}.log" | sed "s/^/raw ${f:-default}: /" | cut -c1-260
   done
