@@ -3,7 +3,8 @@
 # multiturn` (SGLang's bench_multiturn shape: clients x rounds, each round = history + answer + a
 # new question, round barrier) against four configurations of a bf16 server on a made model
 # (default the Llama-3.2-1B shape):
-#   1. radix cache only   2. HiCache L1+L2   3. HiCache L1+L2+L3   4. a fresh server, L3 from run 3.
+#   1. radix cache only   2. HiCache L1+L2   3. HiCache L1+L2+L3   4. a fresh server, L3 from run 3
+#   (continuing run 3's conversations: `--record-answers` / `--replay-answers`).
 # Servers 1-3 load at the same time on one GPU (their KV pools are capped by --max-total-tokens)
 # and are benchmarked one after the other, so an 8B run pays two weight loads, not four. Then, on
 # the warm servers: decode ITL with HiCache (L3) off vs on, alternating rounds (server 1 vs 3), and
@@ -51,9 +52,10 @@ ready() { # name port
   echo "server $1 did not start"; tail -5 "$OUTDIR/mt-serve-$1.log"; exit 1
 }
 stop() { kill ${SPID[$1]}; wait ${SPID[$1]} 2> /dev/null || true; }
-multiturn() { # port
-  "$STRATA" bench serve --base-url http://127.0.0.1:$1 --dataset-name multiturn --num-clients "$CLIENTS" \
-    --num-rounds "$ROUNDS" --request-length "$REQ" --output-length "$ANS" --seed 7 | grep -vE "^=+"
+multiturn() { # port [flags]
+  local port=$1; shift
+  "$STRATA" bench serve --base-url http://127.0.0.1:$port --dataset-name multiturn --num-clients "$CLIENTS" \
+    --num-rounds "$ROUNDS" --request-length "$REQ" --output-length "$ANS" --seed 7 "$@" | grep -vE "^=+"
 }
 metric() { curl -s localhost:$1/metrics | awk -v m="sglang:$2" '$1 == m {print $2}'; }
 HC=(--enable-hierarchical-cache --hicache-size ${HC_GB:-8})
@@ -67,7 +69,7 @@ echo "# three servers up in $(( $(date +%s) - t0 )) s"
 echo "## 1. radix cache only"; multiturn 32301
 echo "## 2. HiCache L1+L2"; multiturn 32302
 echo "   load_back_tokens $(metric 32302 load_back_tokens_total)"; stop l2
-echo "## 3. HiCache L1+L2+L3"; multiturn 32303
+echo "## 3. HiCache L1+L2+L3"; multiturn 32303 --record-answers "$W/mt-answers.json"
 sleep 2; echo "   backuped_tokens $(metric 32303 backuped_tokens_total)"
 echo "## decode ITL, 16 concurrent random requests (128 in / 64 out), HiCache L3 off (server 1) vs on (server 3), alternating"
 for r in $(seq $ITLR); do
@@ -80,7 +82,10 @@ for r in $(seq $ITLR); do
   done
 done
 stop radix; stop l3
-echo "## 4. fresh server, L3 filled by run 3"; launch l3b 32304 "${L3[@]}"; ready l3b 32304; multiturn 32304
+# Run 4 continues run 3's conversations (its answers replayed): bf16 greedy answers depend on
+# the batch they ran in, so a fresh run's own answers would part from run 3's after round 1.
+echo "## 4. fresh server, L3 filled by run 3 (run 3's conversations, answers replayed)"
+launch l3b 32304 "${L3[@]}"; ready l3b 32304; multiturn 32304 --replay-answers "$W/mt-answers.json"
 echo "   prefetched_tokens $(metric 32304 prefetched_tokens_total)  L3 read $(metric 32304 prefetch_bytes_total) B in $(metric 32304 prefetch_seconds_total) s"
 OBJ=$(( 64 * $(python3 -c "import json;c=json.load(open('$W/$SIZE/config.json'));print(c['num_hidden_layers']*c['num_key_value_heads']*(c.get('head_dim') or c['hidden_size']//c['num_attention_heads'])*2)") ))
 LONG=${LONG:-$((L1 - 64))}

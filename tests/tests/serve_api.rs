@@ -417,3 +417,101 @@ async fn bench_serve_drives_both_backends() {
     assert_eq!(lines[1]["total_output_tokens"], 6 * 4);
     assert!(lines[1]["median_ttft_ms"].as_f64().unwrap() > 0.0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_multiturn_records_and_replays_answers() {
+    // The multiturn benchmark keeps the answers it got, and a second run replays them: its
+    // histories are the first run's conversations (prompt tokens and cache hits as the first
+    // run's), whatever the server answers this time.
+    let m = MadeModel::new("llama", "tiny");
+    let s = Server::start(m.path(), &["--page-size", "16"]);
+    let dir = tempfile::tempdir().unwrap();
+    let answers = dir.path().join("answers.json");
+    let run = |flag: &str| {
+        let o = Command::new(bin())
+            .args([
+                "bench",
+                "serve",
+                "--base-url",
+                &s.base,
+                "--dataset-name",
+                "multiturn",
+            ])
+            .args([
+                "--num-clients",
+                "2",
+                "--num-rounds",
+                "3",
+                "--request-length",
+                "20",
+            ])
+            .args(["--output-length", "4", "--seed", "5", flag])
+            .arg(&answers)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "multiturn failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let first = run("--record-answers");
+    let recorded: Vec<Vec<Vec<u32>>> =
+        serde_json::from_slice(&std::fs::read(&answers).unwrap()).unwrap();
+    assert_eq!(recorded.len(), 3, "rounds");
+    assert!(recorded
+        .iter()
+        .all(|r| r.len() == 2 && r.iter().all(|a| a.len() == 4)));
+    let second = run("--replay-answers");
+    // Same prompt lengths per round (column 2 of the round lines); the replay's rounds 2-3 hit
+    // the first run's cached conversations.
+    let prompts = |t: &str| -> Vec<String> {
+        t.lines()
+            .filter(|l| {
+                l.split_whitespace()
+                    .next()
+                    .is_some_and(|w| w.parse::<u32>().is_ok())
+            })
+            .map(|l| l.split_whitespace().nth(1).unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(prompts(&first), vec!["20", "44", "68"], "{first}");
+    assert_eq!(prompts(&first), prompts(&second), "{second}");
+    let hits: Vec<f64> = second
+        .lines()
+        .filter(|l| {
+            l.split_whitespace()
+                .next()
+                .is_some_and(|w| w.parse::<u32>().is_ok())
+        })
+        .map(|l| l.split_whitespace().last().unwrap().parse().unwrap())
+        .collect();
+    assert!(
+        hits.iter().all(|&h| h > 0.5),
+        "replayed rounds should hit the cache: {second}"
+    );
+    // A file that covers fewer rounds is refused.
+    std::fs::write(&answers, "[[[1,2]]]").unwrap();
+    let o = Command::new(bin())
+        .args([
+            "bench",
+            "serve",
+            "--base-url",
+            &s.base,
+            "--dataset-name",
+            "multiturn",
+        ])
+        .args([
+            "--num-clients",
+            "2",
+            "--num-rounds",
+            "3",
+            "--replay-answers",
+        ])
+        .arg(&answers)
+        .output()
+        .unwrap();
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("fewer rounds"));
+}

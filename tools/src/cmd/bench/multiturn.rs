@@ -8,7 +8,11 @@
 //! so per-round numbers compare like with like. Requests are streamed `POST /generate` with
 //! `input_ids` (exact lengths, no tokenizer round trip); per round the tool reports TTFT (mean,
 //! median, p90), the prompt length and the cache hit ratio `Σ cached_tokens / Σ prompt_tokens`
-//! from `meta_info`.
+//! from `meta_info`. `--record-answers FILE` keeps the answers; `--replay-answers FILE` builds the
+//! histories from recorded answers instead of this server's own, so a second server continues
+//! exactly the conversations the first one had (a bf16 GPU server's greedy answers depend on the
+//! batch it ran in, so without a replay two servers' conversations part after the first answer
+//! and the second finds nothing of the first's later rounds in a shared L3).
 
 use super::serve::Args;
 use futures::StreamExt;
@@ -98,6 +102,20 @@ pub async fn run(client: &reqwest::Client, a: &Args, vocab: usize) -> anyhow::Re
         "{:<6}{:>10}{:>14}{:>14}{:>14}{:>12}",
         "round", "prompt", "mean TTFT ms", "p50 TTFT ms", "p90 TTFT ms", "cache hit"
     );
+    let replay: Option<Vec<Vec<Vec<u32>>>> = match &a.replay_answers {
+        Some(p) => {
+            let v: Vec<Vec<Vec<u32>>> = serde_json::from_slice(&std::fs::read(p)?)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))?;
+            anyhow::ensure!(
+                v.len() >= a.num_rounds && v.iter().all(|r| r.len() >= a.num_clients),
+                "{}: recorded answers cover fewer rounds or clients than asked",
+                p.display()
+            );
+            Some(v)
+        }
+        None => None,
+    };
+    let mut answers: Vec<Vec<Vec<u32>>> = Vec::new();
     let mut rounds = Vec::new();
     for round in 1..=a.num_rounds {
         let prompts: Vec<Vec<u32>> = history
@@ -130,10 +148,16 @@ pub async fn run(client: &reqwest::Client, a: &Args, vocab: usize) -> anyhow::Re
             json!({"round": round, "mean_prompt_tokens": avg_prompt, "mean_ttft_ms": mean,
             "median_ttft_ms": p50, "p90_ttft_ms": p90, "cache_hit_ratio": hit}),
         );
-        for ((h, p), t) in history.iter_mut().zip(prompts).zip(&turns) {
+        let given: Vec<Vec<u32>> = turns.iter().map(|t| t.output.clone()).collect();
+        let used = replay.as_ref().map_or(&given, |r| &r[round - 1]);
+        for ((h, p), out) in history.iter_mut().zip(prompts).zip(used) {
             *h = p;
-            h.extend(&t.output);
+            h.extend(out);
         }
+        answers.push(given);
+    }
+    if let Some(p) = &a.record_answers {
+        std::fs::write(p, serde_json::to_vec(&answers)?)?;
     }
     println!("==============================================================");
     if let Some(path) = &a.output_file {

@@ -68,6 +68,14 @@ pub struct Args {
     /// multiturn: tokens of each answer.
     #[arg(long, default_value_t = 32)]
     pub(super) output_length: usize,
+    /// multiturn: write the answers the server gave (per round and client, JSON) to this file.
+    #[arg(long)]
+    pub(super) record_answers: Option<std::path::PathBuf>,
+    /// multiturn: build each history from the answers in this file (written by
+    /// `--record-answers`) instead of this server's, so another server continues the same
+    /// conversations (what a client moving between servers sends).
+    #[arg(long)]
+    pub(super) replay_answers: Option<std::path::PathBuf>,
     /// Requests per second (Poisson arrivals); inf sends all at once.
     #[arg(long, default_value_t = f64::INFINITY)]
     request_rate: f64,
