@@ -66,7 +66,7 @@ for s in $STEPS; do
       rc=$?; grep -E "FAIL|error|gpu check:" "$OUT/check-det.log" | tail -30
       python3 scripts/det_check_summary.py "$OUT/check-det.json" ;;
     det) timeout $(left ${DET_TIMEOUT:-360}) scripts/gpu-det-check.sh "$OUT" > "$OUT/det.log" 2>&1; rc=$?
-      grep -E "SAME|DIFF|bench|raw|PASS|FAIL|batch-invariant|error" "$OUT/det.log" | tail -50 ;;
+      grep -E "SAME|DIFF|bench|raw|PASS|FAIL|batch-invariant|prefix cache|error" "$OUT/det.log" | tail -50 ;;
     runner) timeout $(left 400) scripts/gpu-runner-check.sh "$OUT" > "$OUT/runner.log" 2>&1; rc=$?; tail -40 "$OUT/runner.log" ;;
     *) echo "unknown step $s"; rc=2 ;;
   esac

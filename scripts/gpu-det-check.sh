@@ -49,7 +49,7 @@ for mode in $MODES; do
   # caller exported STRATA_DETERMINISTIC=1 (e.g. to run the pd step in det mode).
   [ "$mode" = det ] && flag=(--enable-deterministic-inference)
   export STRATA_DETERMINISTIC=$([ "$mode" = det ] && echo 1 || echo 0)
-  if up 32300 "$OUTDIR/det-$mode-graph.log" "${flag[@]}" && up 32301 "$OUTDIR/det-$mode-nograph.log" --disable-cuda-graph "${flag[@]}"; then
+  if up 32300 "$OUTDIR/det-$mode-graph.log" ${flag[@]+"${flag[@]}"} && up 32301 "$OUTDIR/det-$mode-nograph.log" --disable-cuda-graph ${flag[@]+"${flag[@]}"}; then
     grep -hE "batch-invariant|CUDA graphs captured" "$OUTDIR/det-$mode-graph.log" | cut -c1-200
     timeout 240 python3 scripts/gpu_det_compare.py "$mode" http://127.0.0.1:32300 http://127.0.0.1:32301 \
       "$OUTDIR/det-$mode.json" "${DET_N:-32}" "${DET_NEW:-48}" 2>&1 | tee "$OUTDIR/det-$mode-compare.log"

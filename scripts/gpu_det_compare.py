@@ -28,12 +28,17 @@ def post(url, body):
         return json.loads(r.read())
 
 
+CACHED = {}  # url -> prompt tokens served from the prefix cache, summed over its requests
+
+
 def run(url, bodies, conc):
     out = [None] * len(bodies)
 
     def one(i):
         try:
-            out[i] = post(url, bodies[i]).get("output_ids")
+            r = post(url, bodies[i])
+            out[i] = r.get("output_ids")
+            CACHED[url] = CACHED.get(url, 0) + int((r.get("meta_info") or {}).get("cached_tokens") or 0)
         except Exception as e:  # reported as a difference
             out[i] = f"error: {e}"
 
@@ -79,7 +84,10 @@ def main():
     pairs = [(text(ext, 200, 400), text(ext, 10, 120)) for _ in range(8)]
     run(g, [{"text": a, "sampling_params": {**greedy, "max_new_tokens": 4}} for a, _ in pairs], 8)
     ab = [{"text": a + " " + b, "sampling_params": greedy} for a, b in pairs]
+    before = CACHED.get(g, 0)
     extended = run(g, ab, 8)
+    print(f"{label} extend: {CACHED.get(g, 0) - before} prompt tokens of the 8 A+B requests came "
+          "from the prefix cache (A's pages)")
     whole = run(ng, ab, 8)
     results["extend over cached prefix vs whole"] = (compare(whole, extended), len(ab))
     # Seeded sampling, repeated over the cache and on the other server.
