@@ -6,9 +6,13 @@
 #    (identical ids); 8 concurrent ones are reported as a count (the bf16 runner is not batch
 #    invariant yet, issue 14);
 #  - TTFT at concurrency 1 (2K-token prompts, 16 out), PD vs colocated, both through a router;
-#  - KV transfer rate (the prefill's pd_transfer counters) and the TCP loopback copy rate;
+#  - KV transfer: which path each transfer took (CUDA IPC device to device / same-host copy /
+#    socket; staged through host memory or not), the time per transfer and its rate (the
+#    prefill's pd_transfer counters, header to acknowledgement), against the raw device-to-device
+#    copy of one transfer's bytes (`gpu bench --only pd-copy`) and the TCP loopback copy rate;
 #  - decode ITL under mixed load (4 decode streams while 8K-token prefills arrive), PD vs colocated.
-# Usage: scripts/gpu-pd-check.sh [OUTDIR]; env STRATA, SIZES ("llama-3.2-1b llama-3.1-8b").
+# Usage: scripts/gpu-pd-check.sh [OUTDIR]; env STRATA, SIZES ("llama-3.2-1b llama-3.1-8b"),
+# PD_IPC (1; 0 runs the pair with STRATA_PD_IPC=0: the staged path, for comparison).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 STRATA=${STRATA:-target/release/strata}
@@ -38,10 +42,11 @@ for size in $SIZES; do
   echo "=== $size"
   [ -f "$W/$size/config.json" ] || "$STRATA" make-model --out "$W/$size" --arch llama --size "$size" --dtype bf16 > /dev/null 2>&1 \
     || { echo "FAIL: make-model"; fail=1; continue; }
-  S=(serve --model-path "$W/$size" --page-size 64 --max-total-tokens 65536 --context-length 16384 --log-level warn)
-  start colo 32101 "${S[@]}" --port 32101 || { fail=1; cleanup; continue; }
-  start prefill 32102 "${S[@]}" --port 32102 --disaggregation-mode prefill --disaggregation-bootstrap-port 32199 || { fail=1; cleanup; continue; }
-  start decode 32103 "${S[@]}" --port 32103 --disaggregation-mode decode || { fail=1; cleanup; continue; }
+  S=(serve --model-path "$W/$size" --page-size 64 --max-total-tokens 65536 --context-length 16384)
+  start colo 32101 "${S[@]}" --log-level warn --port 32101 || { fail=1; cleanup; continue; }
+  export STRATA_PD_IPC=${PD_IPC:-1}
+  start prefill 32102 "${S[@]}" --log-level warn --port 32102 --disaggregation-mode prefill --disaggregation-bootstrap-port 32199 || { fail=1; cleanup; continue; }
+  start decode 32103 "${S[@]}" --port 32103 --disaggregation-mode decode --log-level info || { fail=1; cleanup; continue; }
   start router-pd 32110 router --pd-disaggregation --prefill http://127.0.0.1:32102 32199 \
     --decode http://127.0.0.1:32103 --port 32110 --prometheus-port 32111 --log-level warn || { fail=1; cleanup; continue; }
   start router-colo 32120 router --worker-urls http://127.0.0.1:32101 --port 32120 --prometheus-port 32121 --log-level warn \
@@ -75,12 +80,27 @@ PY
     echo
   done
   m() { curl -s localhost:32102/metrics | awk -v k="sglang:$1" '$1 == k {print $2}'; }
-  B=$(m pd_transfer_bytes_total) T=$(m pd_transfer_seconds_total)
   md() { curl -s localhost:32103/metrics | awk -v k="sglang:$1" '$1 == k {print $2}'; }
-  echo "## KV transfer: $(m pd_transfers_total) transfers ($(m pd_transfers_same_host_total) over the same-host path, $(md pd_bootstrap_connections_total) bootstrap connections), $B bytes in $T s -> $(python3 -c "print(f'{$B / max($T, 1e-9) / 1e6:.0f}')") MB/s"
-  N=$(m pd_transfers_total); MB=$(python3 -c "print(max(1, round($B / max($N, 1) / 1048576)))")
+  B=$(m pd_transfer_bytes_total) T=$(m pd_transfer_seconds_total) N=$(m pd_transfers_total)
+  echo "## KV transfer paths: $N transfers: $(m pd_transfers_cuda_ipc_total) CUDA IPC (decode: $(md pd_received_cuda_ipc_total)), $(m pd_transfers_same_host_total) same-host copy, $(m pd_transfers_staged_total) staged through host memory; $(md pd_bootstrap_connections_total) bootstrap connections"
+  grep -h "KV transfers on this connection take" "$OUTDIR/pd-decode.log" | sed 's/^.*PD: /  decode log: /' | sort | uniq -c
+  IB=$(m pd_transfer_cuda_ipc_bytes_total) IT=$(m pd_transfer_cuda_ipc_seconds_total) IN=$(m pd_transfers_cuda_ipc_total)
+  python3 -c "
+b, t, n = float('${B:-0}' or 0), float('${T:-0}' or 0), max(float('${N:-0}' or 0), 1)
+print(f'## KV transfer, all paths: {b/n/1e6:.1f} MB per transfer in {t/n*1e3:.2f} ms (header to ack) = {b/max(t,1e-9)/1e9:.2f} GB/s')
+b, t, n = float('${IB:-0}' or 0), float('${IT:-0}' or 0), float('${IN:-0}' or 0)
+if n: print(f'## KV transfer, CUDA IPC only: {n:.0f} transfers, {b/n/1e6:.1f} MB per transfer in {t/n*1e3:.2f} ms (header to ack) = {b/max(t,1e-9)/1e9:.2f} GB/s')"
+  # The raw copy is measured at the size of the transfers being compared (IPC ones when any).
+  SEL_B=$([ "${IN:-0}" != 0 ] && echo "${IB:-0}" || echo "${B:-0}") SEL_T=$([ "${IN:-0}" != 0 ] && echo "${IT:-0}" || echo "${T:-0}") SEL_N=$([ "${IN:-0}" != 0 ] && echo "${IN:-0}" || echo "${N:-0}")
+  MBX=$(python3 -c "print(round(float('${SEL_B:-0}' or 0) / max(float('${SEL_N:-0}' or 0), 1) / 1e6, 1))")
+  timeout 60 "$STRATA" gpu bench --only pd-copy --shape $size --pd-copy-mb $MBX 2> /dev/null | grep "^pd-copy" | head -1 | tee "$OUTDIR/pd-copy-$size.txt"
+  python3 -c "
+import re
+b, t, n = float('${SEL_B:-0}' or 0), float('${SEL_T:-0}' or 0), max(float('${SEL_N:-0}' or 0), 1)
+m = re.search(r'raw d2d memcpy ([0-9.]+) ms', open('$OUTDIR/pd-copy-$size.txt').read())
+if m and t > 0: print(f'## transfer / raw d2d copy of the same bytes: {float(m.group(1)) / (t / n * 1e3):.2f}x (target >= 0.7x)')"
+  MB=$(python3 -c "print(max(1, round(float('${B:-0}' or 0) / max(float('${N:-0}' or 0), 1) / 1048576)))")
   "$STRATA" bench store --role tcp-copy --copy-mb $MB --batch-bytes-mb $MB 2> /dev/null | tail -n 1
-  "$STRATA" bench store --role tcp-copy --copy-mb 1024 2> /dev/null | tail -n 1
   echo "## decode ITL under mixed load (decode: 128 in / 128 out x 4 at a time; prefills: 8192 in / 1 out x 2)"
   for mode in colo pd; do
     port=$([ $mode = pd ] && echo 32110 || echo 32120)

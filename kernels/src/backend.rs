@@ -59,6 +59,11 @@ pub trait Backend: Send + Sync + 'static {
     fn download(&self, buf: &Self::Buf, out: &mut [f32]) -> Result<(), KernelError>;
     /// Number of floats in `buf`.
     fn len(&self, buf: &Self::Buf) -> usize;
+    /// Address of `buf`'s first float in this process's memory, when the backend keeps buffers
+    /// in host memory (the CPU backend); stable for the buffer's life.
+    fn host_ptr(&self, _buf: &Self::Buf) -> Option<*const u8> {
+        None
+    }
 
     /// `out[i] = table[ids[i]]` (rows of `dim`).
     fn embedding(

@@ -263,6 +263,7 @@ where
     let (pd, pd_registry) = match &opts.pd {
         Some(c) if c.mode == Mode::Prefill => {
             let reg = Registry::start(c.clone(), stats.clone())?;
+            reg.set_share(pd_share(&model, &pool.buffers));
             (Some(PdSide::Prefill(reg.clone())), Some(reg))
         }
         Some(c) if c.mode == Mode::Decode => {
@@ -279,7 +280,10 @@ where
                 elem: model.kv_elem_bytes(),
             };
             (
-                Some(PdSide::Decode(Fetcher::new(c.clone(), geo, stats.clone()))),
+                Some(PdSide::Decode(
+                    Fetcher::new(c.clone(), geo, stats.clone())
+                        .with_device(model.device_kv(&pool.buffers)),
+                )),
                 None,
             )
         }
@@ -305,6 +309,24 @@ where
         api_key: opts.api_key.as_deref().map(Arc::from),
         pd_registry,
     })
+}
+
+/// How a PD prefill's transfer threads reach its KV pool: the CPU runner's pages where they are,
+/// the CUDA runner's pool through CUDA IPC (when the export works), else neither (every
+/// transfer staged). `STRATA_PD_POOL=0` forces the staged path (for comparisons).
+fn pd_share<R: ModelRunner>(model: &R, kv: &R::Kv) -> crate::pd::prefill::Share {
+    if std::env::var("STRATA_PD_POOL").is_ok_and(|v| v == "0") {
+        return Default::default();
+    }
+    let host = model.host_spans(kv).map(Arc::new);
+    let device = match (&host, model.device_kv(kv)) {
+        (None, Some(d)) => d
+            .export()
+            .map_err(|e| tracing::warn!("PD: the GPU KV pool cannot be exported over CUDA IPC, transfers are staged through host memory: {e}"))
+            .ok(),
+        _ => None,
+    };
+    crate::pd::prefill::Share { host, device }
 }
 
 /// Parameters of a Llama-family checkpoint (matrices, embeddings and LM head).

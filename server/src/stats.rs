@@ -63,12 +63,23 @@ pub struct Stats {
     /// PD prefill side: transfers whose pages the decode copied out of this process's memory (the
     /// same-host path) instead of receiving them on the socket.
     pub pd_local: AtomicU64,
+    /// PD prefill side: transfers the decode copied device to device out of this server's GPU
+    /// pool (CUDA IPC), and transfers whose pages went through a staging copy first (the GPU
+    /// runner without IPC); the others were sent from the KV pool itself.
+    pub pd_ipc: AtomicU64,
+    pub pd_staged: AtomicU64,
+    /// PD prefill side: bytes and microseconds (header to acknowledgement) of the CUDA IPC
+    /// transfers alone.
+    pub pd_ipc_bytes: AtomicU64,
+    pub pd_ipc_micros: AtomicU64,
     /// PD decode side: connections opened to prefill bootstrap servers (reuse does not count).
     pub pd_connections: AtomicU64,
     /// PD decode side: transfers received, and the microseconds from their KV header's arrival to
     /// the acknowledgement sent (the copy, or the bytes read from the socket).
     pub pd_received: AtomicU64,
     pub pd_recv_micros: AtomicU64,
+    /// PD decode side: received transfers copied device to device (CUDA IPC).
+    pub pd_recv_ipc: AtomicU64,
     /// PD decode side: tokens whose KV was queued for the L3 by decode offload.
     pub pd_offloaded_tokens: AtomicU64,
     /// Hierarchical cache counters (all zero when HiCache is off).

@@ -664,3 +664,46 @@ async fn pd_random_faults_end_every_request_cleanly() {
     let (s, _) = prefill.get("/health_generate").await;
     assert_eq!(s, 200);
 }
+
+/// Pages left in the prefill's pool for a transfer whose acknowledgement never comes (the decode
+/// stalls past the prefill's timeout before copying them) are freed when the prefill gives up; the
+/// decode, which copies them afterwards, sees that the prefill gave up and fails the request with
+/// a clear error instead of using pages that may have been reused. Both sides end idle with every
+/// page free.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pd_unacknowledged_transfer_times_out_and_frees_the_pool_pages() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed());
+    let model = MadeModel::new("llama", "tiny");
+    let c = reqwest::Client::new();
+    let boot = free_port();
+    let b = boot.to_string();
+    let common = ["--page-size", "16", "--disaggregation-bootstrap-port", &b];
+    let mut pf = vec!["--disaggregation-mode", "prefill"];
+    pf.extend(common);
+    let prefill = Server::start_env(
+        model.path(),
+        &pf,
+        &[("SGLANG_DISAGGREGATION_BOOTSTRAP_TIMEOUT", "2")],
+    );
+    let mut df = vec!["--disaggregation-mode", "decode"];
+    df.extend(common);
+    df.extend(["--disaggregation-test-stall-ms", "3500"]);
+    let decode = Server::start(model.path(), &df);
+    let p: Vec<u32> = (0..70).map(|_| rng.random_range(3..500u32)).collect();
+    let t = Instant::now();
+    let ((ps, pv), (ds, dv)) = legs(&c, &prefill, &decode, boot, 7, &body(&p, 4)).await;
+    assert!(
+        failed(ps, &pv),
+        "the prefill leg succeeded without an ACK: {pv}"
+    );
+    assert!(pv.to_string().contains("acknowledgement"), "{pv}");
+    assert!(
+        failed(ds, &dv),
+        "the decode used pages the prefill had freed: {dv}"
+    );
+    assert!(dv.to_string().contains("gave up"), "{dv}");
+    assert!(t.elapsed() < Duration::from_secs(15), "{:?}", t.elapsed());
+    assert_eq!(prefill.metric("pd_transfer_failures_total").await, 1.0);
+    prefill.wait_idle().await;
+    decode.wait_idle().await;
+}

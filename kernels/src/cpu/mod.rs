@@ -25,6 +25,7 @@ impl Backend for CpuBackend {
         let mut v = Vec::new();
         v.try_reserve_exact(len)
             .map_err(|_| KernelError::OutOfMemory(len))?;
+        advise_huge(v.as_ptr(), v.capacity());
         v.resize(len, 0.0);
         Ok(v)
     }
@@ -37,6 +38,10 @@ impl Backend for CpuBackend {
         need("download", "src", buf.len(), out.len())?;
         out.copy_from_slice(&buf[..out.len()]);
         Ok(())
+    }
+
+    fn host_ptr(&self, buf: &Vec<f32>) -> Option<*const u8> {
+        Some(buf.as_ptr().cast())
     }
 
     fn len(&self, buf: &Vec<f32>) -> usize {
@@ -269,5 +274,23 @@ impl Backend for CpuBackend {
             cache.copy_within(s..s + page_floats, d);
         }
         Ok(())
+    }
+}
+
+/// Asks for transparent huge pages on a large buffer before its first touch (a no-op where THP
+/// is off or the buffer is small): the KV cache is read by other processes page run by page run
+/// (the PD same-host copy pins every 4 KiB page it crosses; a huge page once), and attention
+/// walks it with fewer TLB misses.
+fn advise_huge(ptr: *const f32, capacity: usize) {
+    const HUGE: usize = 2 << 20;
+    let (start, len) = (ptr as usize, capacity * 4);
+    if len < 4 * HUGE {
+        return;
+    }
+    let lo = start.next_multiple_of(HUGE);
+    let hi = (start + len) / HUGE * HUGE;
+    if hi > lo {
+        // SAFETY: advice only, on whole pages inside this process's own allocation.
+        unsafe { libc::madvise(lo as *mut libc::c_void, hi - lo, libc::MADV_HUGEPAGE) };
     }
 }

@@ -24,6 +24,12 @@ pub enum CudaError {
     /// A CUDA driver API call failed.
     #[error("CUDA driver: {0}")]
     Driver(#[from] DriverError),
+    /// A named CUDA driver call failed.
+    #[error("{call}: {source}")]
+    Call {
+        call: &'static str,
+        source: DriverError,
+    },
     /// NVRTC refused a kernel source.
     #[error("NVRTC compile of {program} failed: {log}")]
     Compile { program: String, log: String },

@@ -35,10 +35,19 @@ impl DType {
     }
 }
 
+/// What keeps a tensor's memory alive: a cudarc allocation (stream-ordered), or memory owned by
+/// something else (a `cuMemAlloc` allocation that can be exported, a mapping of another process's
+/// allocation), freed when that owner drops.
+#[derive(Clone)]
+enum Backing {
+    Slice(Arc<CudaSlice<u8>>),
+    Other(#[allow(dead_code)] Arc<dyn std::any::Any + Send + Sync>),
+}
+
 /// A device tensor. Dropping the last tensor over an allocation frees the memory
 /// (stream-ordered); [`DTensor::view`] makes further tensors over a part of one.
 pub struct DTensor {
-    buf: Arc<CudaSlice<u8>>,
+    buf: Backing,
     ptr: u64,
     dtype: DType,
     shape: Vec<usize>,
@@ -59,11 +68,32 @@ impl DTensor {
         };
         Ok(Self {
             ptr,
-            buf: Arc::new(buf),
+            buf: Backing::Slice(Arc::new(buf)),
             dtype,
             shape: shape.to_vec(),
             ordinal: stream.context().ordinal(),
         })
+    }
+
+    /// A tensor over device memory at `ptr` that `owner` keeps alive (and frees).
+    ///
+    /// # Safety
+    /// `ptr` must address at least `numel(shape) * dtype.size()` bytes of device memory on GPU
+    /// `ordinal`, valid while `owner` lives.
+    pub(crate) unsafe fn over(
+        owner: Arc<dyn std::any::Any + Send + Sync>,
+        ptr: u64,
+        dtype: DType,
+        shape: &[usize],
+        ordinal: usize,
+    ) -> Self {
+        Self {
+            buf: Backing::Other(owner),
+            ptr,
+            dtype,
+            shape: shape.to_vec(),
+            ordinal,
+        }
     }
 
     /// Device address of element 0.
@@ -149,9 +179,12 @@ impl DTensor {
             ordinal: self.ordinal,
         })
     }
-    /// The underlying cudarc allocation (the whole of it, also for a view).
-    pub fn slice(&self) -> &CudaSlice<u8> {
-        &self.buf
+    /// The underlying cudarc allocation (the whole of it, also for a view), if cudarc made it.
+    pub fn slice(&self) -> Option<&CudaSlice<u8>> {
+        match &self.buf {
+            Backing::Slice(s) => Some(s),
+            Backing::Other(_) => None,
+        }
     }
 }
 

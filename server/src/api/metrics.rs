@@ -239,6 +239,30 @@ pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
             "PD KV transfers whose pages the decode copied out of this server's memory (same-host path).",
             Stats::get(&s.pd_local),
         );
+        counter(
+            &mut o,
+            "pd_transfers_cuda_ipc",
+            "PD KV transfers the decode copied device to device out of this server's GPU pool (CUDA IPC).",
+            Stats::get(&s.pd_ipc),
+        );
+        counter(
+            &mut o,
+            "pd_transfer_cuda_ipc_bytes",
+            "PD KV bytes the decode copied device to device (CUDA IPC).",
+            Stats::get(&s.pd_ipc_bytes),
+        );
+        gauge(
+            &mut o,
+            "pd_transfer_cuda_ipc_seconds_total",
+            "Seconds of the CUDA IPC transfers (header to acknowledgement).",
+            Stats::get(&s.pd_ipc_micros) as f64 / 1e6,
+        );
+        counter(
+            &mut o,
+            "pd_transfers_staged",
+            "PD KV transfers whose pages were copied into a host staging buffer first (not sent from the pool).",
+            Stats::get(&s.pd_staged),
+        );
         gauge(
             &mut o,
             "pd_transfer_seconds_total",
@@ -258,6 +282,12 @@ pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
             "pd_received_transfers",
             "PD KV transfers this decode server received.",
             Stats::get(&s.pd_received),
+        );
+        counter(
+            &mut o,
+            "pd_received_cuda_ipc",
+            "PD KV transfers this decode server copied device to device (CUDA IPC).",
+            Stats::get(&s.pd_recv_ipc),
         );
         gauge(
             &mut o,

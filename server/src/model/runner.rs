@@ -16,6 +16,7 @@ use super::{ModelConfig, ModelError};
 use crate::kv::{HostKvPool, PageId};
 use crate::logprobs::{at_position, LogprobSpec, PosLogprobs};
 use crate::sampling::SamplingParams;
+use std::sync::Arc;
 use strata_kernels::sample_rows::{RowMode, RowSpec};
 use strata_kernels::sampling::sample;
 use strata_kernels::Backend;
@@ -154,6 +155,25 @@ pub trait ModelRunner: Send + 'static {
     ) -> Result<(), ModelError> {
         Err(no_page_io(self.name()))
     }
+    /// PD: the pool's pages in this process's memory, when they are there (the CPU runner), so
+    /// the transfer threads can send them without a staging copy.
+    fn host_spans(&self, _kv: &Self::Kv) -> Option<crate::pd::share::HostSpans> {
+        None
+    }
+    /// PD: the pool as other processes on this host can open it (the CUDA runner's IPC path).
+    fn device_kv(&self, _kv: &Self::Kv) -> Option<Arc<dyn crate::pd::share::DeviceKv>> {
+        None
+    }
+    /// PD: loads pages a [`DeviceKv::pull`](crate::pd::share::DeviceKv::pull) staged (page `i` of
+    /// the staging into device page `dev[i]`); queued like `load_pages`.
+    fn load_staged(
+        &self,
+        _kv: &mut Self::Kv,
+        _staged: crate::pd::share::Staged,
+        _dev: &[PageId],
+    ) -> Result<(), ModelError> {
+        Err(no_page_io(self.name()))
+    }
     /// Attaches the HiCache host pool: a runner with a faster path for that pool's pages (the
     /// CUDA runner page-locks it and copies on a separate stream, `direct_io` choosing one async
     /// memcpy per run over the copy kernel) sets it up here. Other pools keep the plain path.
@@ -203,6 +223,21 @@ impl<B: Backend> ModelRunner for Model<B> {
     }
     fn kv_page_io(&self) -> bool {
         true
+    }
+    fn host_spans(&self, kv: &Self::Kv) -> Option<crate::pd::share::HostSpans> {
+        let b = self.backend();
+        let run = kv.page_size * self.cfg.kv_dim() * 4;
+        let base = |bufs: &[B::Buf]| -> Option<Vec<usize>> {
+            bufs.iter()
+                .map(|buf| b.host_ptr(buf).map(|p| p as usize))
+                .collect()
+        };
+        Some(crate::pd::share::HostSpans {
+            k: base(&kv.k)?,
+            v: base(&kv.v)?,
+            run,
+            pages: kv.num_pages,
+        })
     }
     fn save_pages(
         &self,

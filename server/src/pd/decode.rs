@@ -1,11 +1,18 @@
 //! The decode side: fetches a request's prompt KV from the prefill's bootstrap server on a
 //! background thread while the scheduler holds the request, then hands the pages over. The
-//! connection comes from the pool of [`super::link`]; on the same-host socket the pages are copied
-//! straight out of the prefill's staging memory, otherwise they come on the socket.
+//! connection comes from the pool of [`super::link`]. Three data paths, chosen per transfer:
+//!
+//! - CUDA IPC (same host, GPU runners on both sides): the pages stay in the prefill's GPU pool,
+//!   which this process opened once per prefill (the handle came in an earlier header); they are
+//!   gathered device to device into a device buffer, which the scheduler scatters into the pool.
+//! - same-host copy: the pages are copied with `process_vm_readv` straight out of the prefill's
+//!   memory (its KV pool on the CPU runner, else its staging pool) into a staging pool here.
+//! - the socket (TCP, or the fallback of the other two).
 
 use super::link::{Link, Links};
+use super::share::{DeviceKv, Opened, Staged};
 use super::staging::StagingCache;
-use super::wire::{self, KvHeader, Want};
+use super::wire::{self, DeviceInfo, KvHeader, Want};
 use super::{Bootstrap, PdConfig};
 use crate::hicache::MemLayout;
 use crate::kv::HostKvPool;
@@ -16,12 +23,20 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use strata_cluster::transport::shm;
 
+/// Where received pages wait for the scheduler.
+pub enum Payload {
+    /// A host staging pool (pages `0..n_pages`).
+    Host(HostKvPool),
+    /// A device buffer of the runner's ([`DeviceKv::pull`]).
+    Device(Staged),
+}
+
 /// The prompt's KV, received.
 pub struct Fetched {
     pub first_token: u32,
     /// The first token's log-probabilities as the prefill computed them (when asked for).
     pub first_logprobs: Option<crate::logprobs::PosLogprobs>,
-    pub staging: HostKvPool,
+    pub payload: Payload,
     pub n_pages: usize,
 }
 
@@ -48,6 +63,8 @@ pub struct Fetcher {
     waker: Arc<Mutex<Option<Waker>>>,
     /// Staging pools whose pages were loaded, for the next fetches.
     staging: Arc<StagingCache>,
+    /// The runner's GPU pool, when it can take pages device to device (CUDA IPC).
+    device: Option<Arc<dyn DeviceKv>>,
 }
 
 type Waker = Box<dyn Fn() + Send + Sync>;
@@ -62,7 +79,14 @@ impl Fetcher {
             links,
             waker: Arc::new(Mutex::new(None)),
             staging: Arc::new(StagingCache::default()),
+            device: None,
         }
+    }
+
+    /// Lets same-host transfers from GPU prefills go device to device (CUDA IPC).
+    pub fn with_device(mut self, device: Option<Arc<dyn DeviceKv>>) -> Self {
+        self.device = device;
+        self
     }
 
     /// Gives back the staging pool of a fetch whose pages were loaded.
@@ -79,12 +103,12 @@ impl Fetcher {
     pub fn start(&self, rid: &str, b: &Bootstrap, prompt_len: usize) {
         let (cfg, geo, results) = (self.cfg.clone(), self.geo, self.results.clone());
         let (links, waker, cache) = (self.links.clone(), self.waker.clone(), self.staging.clone());
-        let (id, b) = (rid.to_string(), b.clone());
+        let (id, b, device) = (rid.to_string(), b.clone(), self.device.clone());
         self.results.lock().insert(rid.to_string(), None);
         let spawned = std::thread::Builder::new()
             .name("strata-pd-fetch".into())
             .spawn(move || {
-                let r = fetch(&cfg, geo, &b, prompt_len, &links, &cache);
+                let r = fetch(&cfg, geo, &b, prompt_len, &links, &cache, device.as_deref());
                 if let Err(e) = &r {
                     tracing::warn!(rid = id, room = b.room, "PD: {e}");
                 }
@@ -148,6 +172,7 @@ fn fetch(
     prompt_len: usize,
     links: &Links,
     cache: &StagingCache,
+    device: Option<&dyn DeviceKv>,
 ) -> Result<Fetched, String> {
     let port = b.port.unwrap_or(cfg.bootstrap_port);
     let addr = (b.host.as_str(), port)
@@ -157,7 +182,7 @@ fn fetch(
         .ok_or_else(|| format!("bootstrap address {}:{port} does not resolve", b.host))?;
     let staging_pages = prompt_len.div_ceil(g.page_size);
     let object_bytes = g.page_size * g.layers * g.kv_dim * g.elem;
-    let staging = cache.take(staging_pages, object_bytes, |pages| {
+    let mut staging = cache.take(staging_pages, object_bytes, |pages| {
         HostKvPool::new(
             pages,
             g.page_size,
@@ -172,23 +197,36 @@ fn fetch(
         prompt_len: prompt_len as u32,
         page_size: g.page_size as u32,
         object_bytes: staging.object_bytes() as u32,
-        flags: 0,
+        flags: wire::TAKES_DIRECT,
         token: cfg.token.clone(),
     };
     let mut link = links.take(addr)?;
-    let mut r = exchange(cfg, links, addr, &mut link, &want, &staging, staging_pages);
+    let ex = Exchange {
+        cfg,
+        links,
+        addr,
+        device,
+    };
+    let mut r = ex.run(&mut link, &want, &mut staging, staging_pages);
     if matches!(&r, Err(f) if f.stale) {
         tracing::debug!(%addr, "PD: a pooled connection was closed by the prefill; dialing again");
         link = links.dial(addr)?;
-        r = exchange(cfg, links, addr, &mut link, &want, &staging, staging_pages);
+        r = ex.run(&mut link, &want, &mut staging, staging_pages);
     }
     match r {
-        Ok(h) => {
+        Ok((h, dev)) => {
             links.give(addr, link);
+            let payload = match dev {
+                Some(d) => {
+                    cache.give(staging);
+                    Payload::Device(d)
+                }
+                None => Payload::Host(staging),
+            };
             Ok(Fetched {
                 first_token: h.first_token,
                 first_logprobs: h.first_logprobs,
-                staging,
+                payload,
                 n_pages: staging_pages,
             })
         }
@@ -201,142 +239,232 @@ fn fetch(
     }
 }
 
-/// One transfer on `link`: WANT, heartbeats, the KV header and its pages, ACK.
-fn exchange(
-    cfg: &PdConfig,
-    links: &Links,
+/// What one transfer needs besides its connection.
+struct Exchange<'a> {
+    cfg: &'a PdConfig,
+    links: &'a Links,
     addr: SocketAddr,
-    link: &mut Link,
-    want: &Want,
-    staging: &HostKvPool,
-    n_pages: usize,
-) -> Result<KvHeader, Fail> {
-    let started = std::time::Instant::now();
-    let mut want = want.clone();
-    if link.is_local() && link.peer_pid.is_some() && links.may_read(addr) {
-        want.flags |= wire::CAN_READ;
-    }
-    let reused = link.reused;
-    let stale_or = |msg: String| Fail {
-        msg,
-        keep: false,
-        stale: reused,
-    };
-    want.write(&mut link.wr)
-        .map_err(|e| stale_or(format!("bootstrap request: {e}")))?;
-    let silent = |e: std::io::Error| {
-        Fail::broken(
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-            ) {
-                format!(
-                    "the prefill server stopped answering (no heartbeat for {:?})",
-                    cfg.silence_limit()
-                )
-            } else {
-                format!("the prefill server closed the transfer before sending the KV cache: {e}")
-            },
-        )
-    };
-    // The first answer byte tells a connection the prefill closed while it was pooled.
-    match link.rd.fill_buf() {
-        Ok([]) => {
-            return Err(stale_or(
-                "the prefill server closed the transfer before sending the KV cache".into(),
-            ))
-        }
-        Err(e)
-            if matches!(
-                e.kind(),
-                std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
-            ) =>
-        {
-            return Err(stale_or(format!(
-                "the prefill server closed the transfer before sending the KV cache: {e}"
-            )))
-        }
-        Err(e) => return Err(silent(e)),
-        Ok(_) => {}
-    }
-    let h = loop {
-        let h = KvHeader::read(&mut link.rd).map_err(silent)?;
-        if h.status != wire::WAITING {
-            break h;
-        }
-        if started.elapsed() > cfg.timeout {
-            return Err(Fail::broken("the prefill did not finish in time".into()));
-        }
-    };
-    if h.status != wire::OK {
-        return Err(Fail {
-            msg: format!("the prefill server refused the transfer: {}", h.msg),
-            // A refused token closes the connection on the prefill's side.
-            keep: h.status != wire::ERR_REFUSED,
-            stale: false,
-        });
-    }
-    let obj = staging.object_bytes();
-    if h.n_pages as usize != n_pages || h.object_bytes as usize != obj {
-        return Err(Fail::broken(
-            "the prefill server sent KV of another geometry".into(),
-        ));
-    }
-    if !cfg.test_stall.is_zero() {
-        std::thread::sleep(cfg.test_stall);
-    }
-    let got_header = std::time::Instant::now();
-    let broke = |e: std::io::Error| {
-        Fail::broken(format!("the prefill server broke off the KV transfer: {e}"))
-    };
-    let on_socket = if h.flags & wire::IN_PLACE != 0 {
-        match copy_in_place(link.peer_pid, &h.ranges, staging, n_pages) {
-            Ok(()) => false,
-            Err(e) => {
-                // EPERM / EACCES: the kernel's ptrace check said no.
-                if e.kind() == std::io::ErrorKind::PermissionDenied {
-                    links.deny_read(addr, &e.to_string());
-                } else {
-                    tracing::warn!(%addr, room = want.room, "PD: same-host copy failed ({e}); asking for the pages on the socket");
-                }
-                link.wr.write_all(&[wire::ACK_SEND]).map_err(broke)?;
-                true
-            }
-        }
-    } else {
-        true
-    };
-    if on_socket {
-        for p in 0..n_pages as u32 {
-            for v in [false, true] {
-                // SAFETY: the staging pool was created by this fetch and is not shared yet.
-                link.rd
-                    .read_exact(unsafe { staging.object_mut(p, v) })
-                    .map_err(broke)?;
-            }
-        }
-    }
-    if cfg.inject_fault(want.room) {
-        let _ = link.wr.write_all(&[wire::ACK_REFUSED]);
-        return Err(Fail {
-            msg: "injected test fault: the decode side refused the pages".into(),
-            keep: true,
-            stale: false,
-        });
-    }
-    link.wr
-        .write_all(&[wire::ACK_OK])
-        .map_err(|e| Fail::broken(e.to_string()))?;
-    crate::stats::Stats::add(&links.stats.pd_received, 1);
-    crate::stats::Stats::add(
-        &links.stats.pd_recv_micros,
-        got_header.elapsed().as_micros() as u64,
-    );
-    Ok(h)
+    device: Option<&'a dyn DeviceKv>,
 }
 
-/// Copies the prefill's staging objects (`ranges`, in page order: K, V, K, V, ...) straight into
-/// `staging` with one cross-memory read.
+impl Exchange<'_> {
+    /// One transfer on `link`: WANT, heartbeats, the KV header and its pages, ACK. Returns the
+    /// header and, when the pages came device to device, the runner's staged buffer.
+    fn run(
+        &self,
+        link: &mut Link,
+        want: &Want,
+        staging: &mut HostKvPool,
+        n_pages: usize,
+    ) -> Result<(KvHeader, Option<Staged>), Fail> {
+        let (cfg, links, addr) = (self.cfg, self.links, self.addr);
+        let started = std::time::Instant::now();
+        let mut want = want.clone();
+        if link.is_local() && link.peer_pid.is_some() && links.may_read(addr) {
+            want.flags |= wire::CAN_READ;
+        }
+        let ipc = self
+            .device
+            .filter(|_| link.is_local() && links.may_ipc(addr));
+        if ipc.is_some() {
+            want.flags |= wire::CAN_IPC;
+            if link.ipc.is_some() {
+                want.flags |= wire::IPC_READY;
+            }
+        }
+        let reused = link.reused;
+        let stale_or = |msg: String| Fail {
+            msg,
+            keep: false,
+            stale: reused,
+        };
+        want.write(&mut link.wr)
+            .map_err(|e| stale_or(format!("bootstrap request: {e}")))?;
+        let silent = |e: std::io::Error| {
+            Fail::broken(
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) {
+                    format!(
+                        "the prefill server stopped answering (no heartbeat for {:?})",
+                        cfg.silence_limit()
+                    )
+                } else {
+                    format!(
+                        "the prefill server closed the transfer before sending the KV cache: {e}"
+                    )
+                },
+            )
+        };
+        // The first answer byte tells a connection the prefill closed while it was pooled.
+        match link.rd.fill_buf() {
+            Ok([]) => {
+                return Err(stale_or(
+                    "the prefill server closed the transfer before sending the KV cache".into(),
+                ))
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::ConnectionReset | std::io::ErrorKind::BrokenPipe
+                ) =>
+            {
+                return Err(stale_or(format!(
+                    "the prefill server closed the transfer before sending the KV cache: {e}"
+                )))
+            }
+            Err(e) => return Err(silent(e)),
+            Ok(_) => {}
+        }
+        let h = loop {
+            let h = KvHeader::read(&mut link.rd).map_err(silent)?;
+            if h.status != wire::WAITING {
+                break h;
+            }
+            if started.elapsed() > cfg.timeout {
+                return Err(Fail::broken("the prefill did not finish in time".into()));
+            }
+        };
+        if h.status != wire::OK {
+            return Err(Fail {
+                msg: format!("the prefill server refused the transfer: {}", h.msg),
+                // A refused token closes the connection on the prefill's side.
+                keep: h.status != wire::ERR_REFUSED,
+                stale: false,
+            });
+        }
+        let obj = staging.object_bytes();
+        if h.n_pages as usize != n_pages || h.object_bytes as usize != obj {
+            return Err(Fail::broken(
+                "the prefill server sent KV of another geometry".into(),
+            ));
+        }
+        if !cfg.test_stall.is_zero() {
+            std::thread::sleep(cfg.test_stall);
+        }
+        let got_header = std::time::Instant::now();
+        let broke = |e: std::io::Error| {
+            Fail::broken(format!("the prefill server broke off the KV transfer: {e}"))
+        };
+        let mut path = "the socket";
+        let mut pulled = None;
+        if h.flags & wire::ON_DEVICE != 0 {
+            let info = h.device.as_ref().expect("checked by KvHeader::read");
+            let r = match ipc {
+                Some(d) => self.open(d, link, info).and_then(|m| d.pull(&m, info)),
+                None => Err("this server did not ask for device pages".into()),
+            };
+            match r {
+                Ok(p) if info.pages.len() == n_pages => {
+                    pulled = Some(p);
+                    path = "CUDA IPC (device to device)";
+                }
+                other => {
+                    let e = other.err().unwrap_or_else(|| "page count differs".into());
+                    links.deny_ipc(addr, &e);
+                    let _ = link.wr.write_all(&[wire::ACK_REFUSED]);
+                    return Err(Fail {
+                        msg: format!("the CUDA IPC copy from the prefill failed: {e}"),
+                        keep: true,
+                        stale: false,
+                    });
+                }
+            }
+        } else {
+            staging.layout = if h.flags & wire::DIRECT != 0 {
+                MemLayout::PageFirstDirect
+            } else {
+                MemLayout::PageFirst
+            };
+            let on_socket = if h.flags & wire::IN_PLACE != 0 {
+                match copy_in_place(link.peer_pid, &h.ranges, staging, n_pages) {
+                    Ok(()) => {
+                        path = "the same-host copy (process_vm_readv)";
+                        false
+                    }
+                    Err(e) => {
+                        // EPERM / EACCES: the kernel's ptrace check said no.
+                        if e.kind() == std::io::ErrorKind::PermissionDenied {
+                            links.deny_read(addr, &e.to_string());
+                        } else {
+                            tracing::warn!(%addr, room = want.room, "PD: same-host copy failed ({e}); asking for the pages on the socket");
+                        }
+                        link.wr.write_all(&[wire::ACK_SEND]).map_err(broke)?;
+                        true
+                    }
+                }
+            } else {
+                true
+            };
+            if on_socket {
+                for p in 0..n_pages as u32 {
+                    for v in [false, true] {
+                        // SAFETY: the staging pool is this fetch's and is not shared yet.
+                        link.rd
+                            .read_exact(unsafe { staging.object_mut(p, v) })
+                            .map_err(broke)?;
+                    }
+                }
+            }
+        }
+        // Pages copied out of the prefill's memory (not off the socket) are valid only if the
+        // prefill still held them when the copy ended: it shuts the connection down before it
+        // frees pages of a transfer it gave up on (no ACK in time).
+        if path != "the socket" && link.gave_up() {
+            return Err(Fail::broken(
+                "the prefill server gave up on the KV transfer before it was acknowledged".into(),
+            ));
+        }
+        if cfg.inject_fault(want.room) {
+            let _ = link.wr.write_all(&[wire::ACK_REFUSED]);
+            return Err(Fail {
+                msg: "injected test fault: the decode side refused the pages".into(),
+                keep: true,
+                stale: false,
+            });
+        }
+        link.wr
+            .write_all(&[wire::ACK_OK])
+            .map_err(|e| Fail::broken(e.to_string()))?;
+        let st = &links.stats;
+        crate::stats::Stats::add(&st.pd_received, 1);
+        crate::stats::Stats::add(&st.pd_recv_micros, got_header.elapsed().as_micros() as u64);
+        if pulled.is_some() {
+            crate::stats::Stats::add(&st.pd_recv_ipc, 1);
+        }
+        if !link.logged {
+            link.logged = true;
+            tracing::info!(%addr, "PD: KV transfers on this connection take {path}");
+        }
+        // The prefill's GPU pool, announced for the next transfers: opened once (after the
+        // acknowledgement, so this transfer does not wait for it).
+        if let (Some(d), Some(info), None) = (ipc, &h.device, &pulled) {
+            if link.ipc.as_ref().is_none_or(|(hd, _)| *hd != info.handle) {
+                if let Err(e) = self.open(d, link, info) {
+                    links.deny_ipc(addr, &e);
+                }
+            }
+        }
+        Ok((h, pulled))
+    }
+
+    /// The prefill's GPU pool `info`, opened (once per pool: the connection keeps it).
+    fn open(&self, d: &dyn DeviceKv, link: &mut Link, info: &DeviceInfo) -> Result<Opened, String> {
+        if let Some((hd, m)) = &link.ipc {
+            if *hd == info.handle {
+                return Ok(m.clone());
+            }
+        }
+        let m = d.open(info)?;
+        link.ipc = Some((info.handle, m.clone()));
+        self.links.opened(self.addr, info.handle, &m);
+        Ok(m)
+    }
+}
+
+/// Copies the prefill's memory (`ranges`, in transfer order: each page's K object bytes, then its
+/// V object bytes) straight into `staging` with cross-memory reads.
 fn copy_in_place(
     pid: Option<i32>,
     ranges: &[(u64, u64)],
@@ -344,24 +472,46 @@ fn copy_in_place(
     n: usize,
 ) -> std::io::Result<()> {
     let pid = pid.ok_or_else(|| std::io::Error::other("the prefill's pid is unknown"))?;
-    let obj = staging.object_bytes();
-    if ranges.len() != 2 * n || ranges.iter().any(|&(_, l)| l != obj as u64) {
-        return Err(std::io::Error::other(
-            "the prefill announced ranges of another geometry",
-        ));
-    }
-    let local: Vec<(*mut u8, usize)> = (0..n as u32)
-        .flat_map(|p| [false, true].map(|v| (staging.object_ptr(p, v), obj)))
-        .collect();
+    let local = local_spans(staging, n, ranges)
+        .ok_or_else(|| std::io::Error::other("the prefill announced ranges of another geometry"))?;
     let remote: Vec<(u64, usize)> = ranges.iter().map(|&(a, l)| (a, l as usize)).collect();
     // The local spans are this fetch's own staging objects, written by nothing else meanwhile.
     shm::read_into(pid, &remote, &local)
 }
 
+/// The local spans matching `ranges` one to one: the staging objects of pages `0..n` in transfer
+/// order, cut where the ranges are (a range never straddles two objects); None when the ranges do
+/// not cover them exactly.
+fn local_spans(
+    staging: &HostKvPool,
+    n: usize,
+    ranges: &[(u64, u64)],
+) -> Option<Vec<(*mut u8, usize)>> {
+    let obj = staging.object_bytes();
+    let mut out = Vec::with_capacity(ranges.len());
+    let (mut i, mut off) = (0usize, 0usize);
+    for &(_, l) in ranges {
+        let l = l as usize;
+        if i >= 2 * n || l == 0 || off + l > obj {
+            return None;
+        }
+        let base = staging.object_ptr((i / 2) as u32, i % 2 == 1);
+        // SAFETY: `off + l <= obj`: inside the object.
+        out.push((unsafe { base.add(off) }, l));
+        off += l;
+        if off == obj {
+            i += 1;
+            off = 0;
+        }
+    }
+    (i == 2 * n && off == 0).then_some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::pd::prefill::{Handoff, Registry};
+    use crate::pd::prefill::{Handoff, Hold, Pages, Registry};
+    use crate::pd::share::HostSpans;
     use crate::pd::Mode;
     use crate::stats::Stats;
     use std::sync::mpsc;
@@ -409,9 +559,10 @@ mod tests {
                 n_tokens: n as u32,
                 first_token: 42,
                 first_logprobs: None,
-                staging,
+                pages: Pages::Staged(staging),
                 n_pages: pages,
                 page_size: G.page_size,
+                hold: None,
                 deliver: Box::new(move |r| {
                     let _ = tx.send(r);
                 }),
@@ -420,12 +571,19 @@ mod tests {
         rx
     }
 
+    fn host(f: &Fetched) -> &HostKvPool {
+        match &f.payload {
+            Payload::Host(p) => p,
+            Payload::Device(_) => panic!("device pages on the CPU"),
+        }
+    }
+
     fn check(f: &Fetched, room: u64) {
         assert_eq!(f.first_token, 42);
         for p in 0..f.n_pages as u32 {
             for v in [false, true] {
                 // SAFETY: the fetched pool is this test's alone.
-                let o = unsafe { f.staging.object(p, v) };
+                let o = unsafe { host(f).object(p, v) };
                 for (i, b) in o.iter().enumerate() {
                     let want = (room as usize * 31 + p as usize * 7 + v as usize * 3 + i) as u8;
                     assert_eq!(*b, want, "room {room} page {p} v {v} byte {i}");
@@ -462,9 +620,12 @@ mod tests {
             for n in [1, 4, 13] {
                 room += 1;
                 let rx = ready(&reg, room, n);
-                let f = fetch(&dcfg, G, &b(room), n, &links, &cache).unwrap();
+                let f = fetch(&dcfg, G, &b(room), n, &links, &cache, None).unwrap();
                 check(&f, room);
-                cache.give(f.staging); // the next fetch reuses it: stale bytes must not matter
+                let Payload::Host(st) = f.payload else {
+                    panic!()
+                };
+                cache.give(st); // the next fetch reuses it: stale bytes must not matter
                 assert_eq!(rx.recv().unwrap(), Ok(()));
             }
             assert_eq!(
@@ -477,11 +638,14 @@ mod tests {
             // A geometry mismatch is an error header: the connection stays usable.
             room += 1;
             let rx = ready(&reg, room, 5);
-            assert!(fetch(&dcfg, G, &b(room), 6, &links, &cache).is_err());
+            assert!(fetch(&dcfg, G, &b(room), 6, &links, &cache, None).is_err());
             assert!(rx.recv().unwrap().is_err());
             room += 1;
             let rx = ready(&reg, room, 6);
-            check(&fetch(&dcfg, G, &b(room), 6, &links, &cache).unwrap(), room);
+            check(
+                &fetch(&dcfg, G, &b(room), 6, &links, &cache, None).unwrap(),
+                room,
+            );
             assert_eq!(rx.recv().unwrap(), Ok(()));
             assert_eq!(Stats::get(&dstats.pd_connections), 1);
         }
@@ -495,7 +659,7 @@ mod tests {
         link.peer_pid = Some(i32::MAX);
         room += 1;
         let rx = ready(&reg, room, 9);
-        let staging = HostKvPool::new(
+        let mut staging = HostKvPool::new(
             3,
             G.page_size,
             G.layers,
@@ -513,13 +677,20 @@ mod tests {
             token: String::new(),
         };
         let local_before = Stats::get(&pstats.pd_local);
-        let h = exchange(&dcfg, &links, addr, &mut link, &want, &staging, 3)
+        let ex = Exchange {
+            cfg: &dcfg,
+            links: &links,
+            addr,
+            device: None,
+        };
+        let (h, _) = ex
+            .run(&mut link, &want, &mut staging, 3)
             .unwrap_or_else(|f| panic!("{}", f.msg));
         check(
             &Fetched {
                 first_token: h.first_token,
                 first_logprobs: None,
-                staging,
+                payload: Payload::Host(staging),
                 n_pages: 3,
             },
             room,
@@ -530,5 +701,217 @@ mod tests {
             local_before,
             "counted as in place"
         );
+    }
+
+    /// A made KV pool in this process's memory (the CPU runner's layout: per layer one K and one
+    /// V buffer of `[page][token][kv_dim]` f32), its bytes a function of (room, kv, layer, byte).
+    struct FakePool {
+        k: Vec<Vec<u8>>,
+        v: Vec<Vec<u8>>,
+        run: usize,
+    }
+
+    impl FakePool {
+        fn new(room: u64, pages: usize) -> Self {
+            let run = G.page_size * G.kv_dim * G.elem;
+            let fill = |kv: usize, l: usize| -> Vec<u8> {
+                (0..pages * run)
+                    .map(|i| (room as usize * 13 + kv * 101 + l * 37 + i * 7 + i / 251) as u8)
+                    .collect()
+            };
+            FakePool {
+                k: (0..G.layers).map(|l| fill(0, l)).collect(),
+                v: (0..G.layers).map(|l| fill(1, l)).collect(),
+                run,
+            }
+        }
+
+        fn spans(&self) -> Arc<HostSpans> {
+            let base = |b: &Vec<Vec<u8>>| b.iter().map(|x| x.as_ptr() as usize).collect();
+            Arc::new(HostSpans {
+                k: base(&self.k),
+                v: base(&self.v),
+                run: self.run,
+                pages: self.k[0].len() / self.run,
+            })
+        }
+
+        /// The received staging holds, for each listed page, every token's row of every layer
+        /// (read through the staging's own layout).
+        fn check(&self, st: &HostKvPool, pages: &[u32]) {
+            let row = G.kv_dim * G.elem;
+            for (i, &p) in pages.iter().enumerate() {
+                for (v, bufs) in [(false, &self.k), (true, &self.v)] {
+                    // SAFETY: the fetched pool is this test's alone.
+                    let o = unsafe { st.object(i as u32, v) };
+                    for (l, buf) in bufs.iter().enumerate() {
+                        for t in 0..G.page_size {
+                            let at = st.offset(t, l);
+                            let src = (p as usize * G.page_size + t) * row;
+                            assert_eq!(
+                                &o[at..at + row],
+                                &buf[src..src + row],
+                                "page {i} (pool {p}) v {v} layer {l} token {t} ({:?})",
+                                st.layout
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Pages left in the prefill's pool (the CPU runner's zero-staging path) arrive intact over
+    /// the same-host copy, over TCP, and to a decode that only takes page_first objects (an
+    /// older peer: gathered on the prefill); the pool pages are released (the hold dropped)
+    /// once the transfer ended, after a success and after a refusal alike.
+    #[test]
+    fn pool_pages_arrive_on_every_path_and_are_released_after_the_transfer() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let pstats = Arc::new(Stats::default());
+        let reg = Registry::start(cfg(Mode::Prefill, port, true), pstats.clone()).unwrap();
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let pool = FakePool::new(7, 16);
+        let pages: Vec<u32> = vec![5, 2, 9, 15];
+        let n = 3 * G.page_size + 1;
+        let released = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let mut room = 100;
+        let offer = |room: u64| {
+            let (tx, rx) = mpsc::channel();
+            let r = released.clone();
+            assert!(reg.claim(room));
+            reg.ready(
+                room,
+                Handoff {
+                    n_tokens: n as u32,
+                    first_token: 42,
+                    first_logprobs: None,
+                    pages: Pages::Pool {
+                        spans: pool.spans(),
+                        pages: pages.clone(),
+                    },
+                    n_pages: pages.len(),
+                    page_size: G.page_size,
+                    hold: Some(Hold::new(move || {
+                        r.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    })),
+                    deliver: Box::new(move |r| {
+                        let _ = tx.send(r);
+                    }),
+                },
+            );
+            rx
+        };
+        let released_now = || released.load(std::sync::atomic::Ordering::SeqCst);
+        for (same_host, direct) in [(true, true), (false, true), (true, false), (false, false)] {
+            room += 1;
+            let rx = offer(room);
+            let dcfg = cfg(Mode::Decode, port, same_host);
+            let links = Links::new(same_host, dcfg.silence_limit(), Arc::new(Stats::default()));
+            let mut link = links.dial(addr).unwrap();
+            let mut st = HostKvPool::new(
+                pages.len(),
+                G.page_size,
+                G.layers,
+                G.kv_dim,
+                G.elem,
+                MemLayout::PageFirst,
+            )
+            .unwrap();
+            let want = Want {
+                room,
+                prompt_len: n as u32,
+                page_size: G.page_size as u32,
+                object_bytes: st.object_bytes() as u32,
+                flags: if direct { wire::TAKES_DIRECT } else { 0 },
+                token: String::new(),
+            };
+            let before = (released_now(), Stats::get(&pstats.pd_local));
+            let ex = Exchange {
+                cfg: &dcfg,
+                links: &links,
+                addr,
+                device: None,
+            };
+            let (h, dev) = ex
+                .run(&mut link, &want, &mut st, pages.len())
+                .unwrap_or_else(|f| panic!("{}", f.msg));
+            assert!(dev.is_none());
+            assert_eq!(h.flags & wire::DIRECT != 0, direct, "layout announced");
+            let want_layout = if direct {
+                MemLayout::PageFirstDirect
+            } else {
+                MemLayout::PageFirst
+            };
+            assert_eq!(st.layout, want_layout);
+            assert_eq!(rx.recv().unwrap(), Ok(()));
+            pool.check(&st, &pages);
+            assert_eq!(released_now(), before.0 + 1, "pages released after the ACK");
+            let local = Stats::get(&pstats.pd_local) - before.1;
+            assert_eq!(
+                local,
+                (same_host && direct) as u64,
+                "same-host copy only when direct"
+            );
+        }
+        // A decode that refuses the pages: the prefill leg fails, the pages are released.
+        room += 1;
+        let rx = offer(room);
+        let before = released_now();
+        let links = Links::new(
+            false,
+            std::time::Duration::from_secs(5),
+            Arc::new(Stats::default()),
+        );
+        let mut link = links.dial(addr).unwrap();
+        Want {
+            room,
+            prompt_len: n as u32 + 1, // a geometry mismatch: refused by the prefill
+            page_size: G.page_size as u32,
+            object_bytes: (pool.run * G.layers) as u32,
+            flags: wire::TAKES_DIRECT,
+            token: String::new(),
+        }
+        .write(&mut link.wr)
+        .unwrap();
+        let h = KvHeader::read(&mut link.rd).unwrap();
+        assert_eq!(h.status, wire::ERR_MISMATCH);
+        assert!(rx.recv().unwrap().is_err());
+        assert_eq!(released_now(), before + 1, "pages released after a failure");
+        // A room nobody fetches: released at expiry (the handoff dropped by the expiry thread).
+        drop(reg);
+    }
+
+    /// Same-host ranges of any granularity map one to one onto the staging objects; ranges that
+    /// straddle objects or do not cover them exactly are refused.
+    #[test]
+    fn local_spans_cut_the_staging_objects_at_the_ranges() {
+        let st = HostKvPool::new(
+            2,
+            G.page_size,
+            G.layers,
+            G.kv_dim,
+            G.elem,
+            MemLayout::PageFirstDirect,
+        )
+        .unwrap();
+        let obj = st.object_bytes() as u64;
+        let half = obj / 2;
+        let per_layer: Vec<(u64, u64)> = (0..8).map(|i| (i, half)).collect();
+        let l = local_spans(&st, 2, &per_layer).unwrap();
+        assert_eq!(l.len(), 8);
+        assert_eq!(l[1].0 as usize - l[0].0 as usize, half as usize);
+        assert_eq!(l[2].0, st.object_ptr(0, true));
+        assert_eq!(l[4].0, st.object_ptr(1, false));
+        let whole: Vec<(u64, u64)> = (0..4).map(|i| (i, obj)).collect();
+        assert_eq!(local_spans(&st, 2, &whole).unwrap().len(), 4);
+        assert!(local_spans(&st, 2, &whole[..3]).is_none(), "short");
+        assert!(local_spans(&st, 1, &whole).is_none(), "too long");
+        let straddle = vec![(0, half), (0, obj), (0, half), (0, obj), (0, obj)];
+        assert!(local_spans(&st, 2, &straddle).is_none());
     }
 }

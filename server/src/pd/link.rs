@@ -12,15 +12,20 @@
 //! after [`PREFILL_IDLE`], much later, so a connection the decode picks is not closed under it).
 
 use parking_lot::Mutex;
+use std::any::Any;
 use std::collections::{HashMap, HashSet};
 use std::io::{BufReader, Read};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use strata_cluster::transport::shm;
 use strata_cluster::transport::stream::Stream;
 
+use super::share::Opened;
 use crate::stats::Stats;
+
+/// A prefill's GPU pool as the decode's connections share it (open while one holds it).
+type WeakOpened = Weak<dyn Any + Send + Sync>;
 
 /// The decode side drops a pooled connection idle this long.
 pub const MAX_IDLE: Duration = Duration::from_secs(60);
@@ -38,6 +43,11 @@ pub struct Link {
     pub peer_pid: Option<i32>,
     /// Whether this connection served a transfer before (its peer may have closed it since).
     pub reused: bool,
+    /// The prefill's GPU pool, opened (CUDA IPC): its handle and the mapping this connection
+    /// keeps open.
+    pub ipc: Option<([u8; 64], Opened)>,
+    /// Whether the path of this connection's transfers was logged.
+    pub logged: bool,
     idle_since: Instant,
 }
 
@@ -52,12 +62,21 @@ impl Link {
             wr,
             peer_pid,
             reused: false,
+            ipc: None,
+            logged: false,
             idle_since: Instant::now(),
         })
     }
 
     pub fn is_local(&self) -> bool {
         self.wr.is_local()
+    }
+
+    /// Whether the prefill closed (or wrote to) this connection while a transfer waits for the
+    /// decode's ACK: then it gave up on the transfer and may have reused the pages just copied
+    /// out of its memory.
+    pub fn gave_up(&mut self) -> bool {
+        !self.alive()
     }
 
     /// Whether the idle connection is still open: nothing may be waiting on it (it sits at a frame
@@ -81,6 +100,10 @@ pub struct Links {
     idle: Mutex<HashMap<SocketAddr, Vec<Link>>>,
     /// Prefills whose memory this process may not read: their pages come on the socket.
     no_read: Mutex<HashSet<SocketAddr>>,
+    /// Prefills whose GPU pool this process cannot open or copy from: staged transfers only.
+    no_ipc: Mutex<HashSet<SocketAddr>>,
+    /// Per prefill, its GPU pool's handle and the mapping while some connection holds it.
+    ipc: Mutex<HashMap<SocketAddr, ([u8; 64], WeakOpened)>>,
     /// `pd_connections` counts the connections opened; the fetches count what they receive.
     pub stats: Arc<Stats>,
 }
@@ -92,6 +115,8 @@ impl Links {
             timeout,
             idle: Mutex::new(HashMap::new()),
             no_read: Mutex::new(HashSet::new()),
+            no_ipc: Mutex::new(HashSet::new()),
+            ipc: Mutex::new(HashMap::new()),
             stats,
         }
     }
@@ -106,7 +131,34 @@ impl Links {
                 return Ok(l);
             }
         }
-        self.dial(addr)
+        let mut l = self.dial(addr)?;
+        if l.is_local() {
+            // Another connection to this prefill has its GPU pool open: share the mapping.
+            l.ipc = self
+                .ipc
+                .lock()
+                .get(&addr)
+                .and_then(|(h, w)| Some((*h, w.upgrade()?)));
+        }
+        Ok(l)
+    }
+
+    /// Records the prefill's opened GPU pool for later connections to it.
+    pub fn opened(&self, addr: SocketAddr, handle: [u8; 64], m: &Opened) {
+        self.ipc.lock().insert(addr, (handle, Arc::downgrade(m)));
+    }
+
+    /// Whether the decode may ask `addr`'s prefill for its GPU pool (CUDA IPC).
+    pub fn may_ipc(&self, addr: SocketAddr) -> bool {
+        !self.no_ipc.lock().contains(&addr)
+    }
+
+    /// The GPU pool of `addr`'s prefill could not be opened or copied from: staged from now on.
+    pub fn deny_ipc(&self, addr: SocketAddr, why: &str) {
+        self.ipc.lock().remove(&addr);
+        if self.no_ipc.lock().insert(addr) {
+            tracing::warn!(%addr, "PD: no CUDA IPC with this prefill ({why}); its pages come staged through host memory");
+        }
     }
 
     /// Returns a connection that ended a transfer at a frame boundary.

@@ -14,7 +14,11 @@
 //!
 //! The decode keeps its connections to a prefill open and reuses them ([`link`]). With a prefill on
 //! the same host they are the abstract Unix socket of the store cluster's same-host path, and the
-//! pages move with one cross-memory copy instead of through the socket; otherwise TCP.
+//! pages move with one cross-memory copy instead of through the socket; otherwise TCP. A prefill
+//! leaves the prompt's pages in its KV pool until the decode acknowledged them ([`share`]): the
+//! CPU runner's pages are sent (or copied by the decode) straight from the pool, and a GPU
+//! prefill's pages are copied device to device by a same-host GPU decode that opened the pool
+//! with CUDA IPC; a GPU prefill stages them through host memory for any other decode.
 //!
 //! States (SGLang's names): Bootstrapping (decode connecting) → WaitingForInput (the prefill
 //! computing) → Transferring → Success | Failed. Every wait has a deadline
@@ -26,6 +30,7 @@
 pub mod decode;
 pub mod link;
 pub mod prefill;
+pub mod share;
 pub mod staging;
 pub mod wire;
 

@@ -13,16 +13,17 @@
 //! freed.
 
 use super::link::{bind_local, PREFILL_IDLE};
+use super::share::HostSpans;
 use super::staging::StagingCache;
-use super::wire::{self, KvHeader, Want};
+use super::wire::{self, DeviceInfo, KvHeader, Want};
 use super::PdConfig;
 use crate::kv::HostKvPool;
 use crate::stats::Stats;
 use parking_lot::{Condvar, Mutex};
 use std::collections::HashMap;
-use std::io::{BufReader, BufWriter, Read, Write};
+use std::io::{BufReader, BufWriter, IoSlice, Read, Write};
 use std::net::TcpListener;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 use strata_cluster::transport::shm;
 use strata_cluster::transport::stream::Stream;
@@ -30,24 +31,85 @@ use strata_cluster::transport::stream::Stream;
 type Reader = BufReader<Stream>;
 type Writer = BufWriter<Stream>;
 
+/// Where a finished prompt's pages are.
+pub enum Pages {
+    /// Copied into a staging pool, page_first (the GPU runner without the IPC path).
+    Staged(HostKvPool),
+    /// Left in this process's KV pool (the CPU runner): `pages`, reached through `spans`.
+    Pool {
+        spans: Arc<HostSpans>,
+        pages: Vec<u32>,
+    },
+    /// Left in the GPU pool, which the decode has open (CUDA IPC); `info.pages` lists them.
+    Device(DeviceInfo),
+}
+
+impl Pages {
+    /// Bytes of one page's K (or V) object.
+    fn object_bytes(&self) -> usize {
+        match self {
+            Pages::Staged(p) => p.object_bytes(),
+            Pages::Pool { spans, .. } => spans.object_bytes(),
+            Pages::Device(d) => (d.chunk_bytes * d.layers as u64) as usize,
+        }
+    }
+}
+
+/// Gives pages left in the pool back to the scheduler when dropped (after the decode's
+/// acknowledgement, a failure, or the room's expiry: every path drops the handoff).
+pub struct Hold(Option<Box<dyn FnOnce() + Send>>);
+
+impl Hold {
+    pub fn new(release: impl FnOnce() + Send + 'static) -> Self {
+        Hold(Some(Box::new(release)))
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+}
+
 /// What a finished prefill hands to the decode side.
 pub struct Handoff {
     pub n_tokens: u32,
     pub first_token: u32,
     /// The first token's log-probabilities, when the request asked for them.
     pub first_logprobs: Option<crate::logprobs::PosLogprobs>,
-    /// Pages `0..n_pages` hold the prompt's KV.
-    pub staging: HostKvPool,
+    /// Pages `0..n_pages` of the prompt.
+    pub pages: Pages,
     pub n_pages: usize,
     pub page_size: usize,
+    /// Pages left in the pool stay the request's until this drops.
+    pub hold: Option<Hold>,
     /// Completes the prefill request's HTTP answer: Ok after the decode side acknowledged.
     pub deliver: Box<dyn FnOnce(Result<(), String>) + Send>,
+}
+
+/// This server's KV pool as the transfer threads reach it.
+#[derive(Default)]
+pub struct Share {
+    /// The pool's pages in this process's memory (CPU runner).
+    pub host: Option<Arc<HostSpans>>,
+    /// The GPU pool's export (CUDA runner, IPC on and the export worked).
+    pub device: Option<DeviceInfo>,
+}
+
+/// How a transfer's pages went.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Path {
+    Socket,
+    SameHost,
+    Ipc,
 }
 
 enum Room {
     /// Accepted; its prefill is running.
     Claimed(Instant),
-    Ready(Handoff, Instant),
+    Ready(Box<Handoff>, Instant),
     /// The prefill failed; the decode side gets the reason.
     Failed(String, Instant),
     /// The decode side went away while the prefill ran.
@@ -64,6 +126,9 @@ pub struct Registry {
     stats: Arc<Stats>,
     /// Staging pools of finished transfers, for the next prefills.
     staging: StagingCache,
+    share: OnceLock<Share>,
+    /// Rooms a decode on this host is waiting for, with its WANT flags.
+    asked: Mutex<HashMap<u64, u8>>,
 }
 
 impl Registry {
@@ -92,6 +157,8 @@ impl Registry {
             cfg,
             stats,
             staging: StagingCache::default(),
+            share: OnceLock::new(),
+            asked: Mutex::new(HashMap::new()),
         });
         let r = reg.clone();
         std::thread::Builder::new()
@@ -134,6 +201,39 @@ impl Registry {
         Ok(reg)
     }
 
+    /// Tells the transfer threads how to reach this server's pool (once, at start).
+    pub fn set_share(&self, share: Share) {
+        if let Some(d) = &share.device {
+            tracing::info!(
+                pool_pages = d.pool_pages,
+                "PD: the GPU KV pool is exported for same-host decode servers (CUDA IPC)"
+            );
+        }
+        let _ = self.share.set(share);
+    }
+
+    /// The pool's pages in this process's memory, when the transfer threads can send them from
+    /// there (no staging copy).
+    pub fn host_spans(&self) -> Option<Arc<HostSpans>> {
+        self.share.get().and_then(|s| s.host.clone())
+    }
+
+    fn device(&self) -> Option<&DeviceInfo> {
+        self.share.get().and_then(|s| s.device.as_ref())
+    }
+
+    /// The GPU pool's export with `pages` listed, when the decode waiting for `room` has the
+    /// pool open: the prompt's pages may then stay in the pool (CUDA IPC).
+    pub fn device_for(&self, room: u64, pages: Vec<u32>) -> Option<DeviceInfo> {
+        let d = self.device()?;
+        let ready = self
+            .asked
+            .lock()
+            .get(&room)
+            .is_some_and(|f| f & wire::IPC_READY != 0);
+        ready.then(|| DeviceInfo { pages, ..d.clone() })
+    }
+
     /// Where the scheduler gets the pools it copies finished prompts' KV into.
     pub fn staging(&self) -> &StagingCache {
         &self.staging
@@ -164,7 +264,10 @@ impl Registry {
             ));
             return;
         }
-        g.insert(room, Room::Ready(h, Instant::now() + self.cfg.timeout));
+        g.insert(
+            room,
+            Room::Ready(Box::new(h), Instant::now() + self.cfg.timeout),
+        );
         drop(g);
         self.cv.notify_all();
     }
@@ -223,7 +326,7 @@ impl Registry {
                 ));
             }
             match g.remove(&room) {
-                Some(Room::Ready(h, _)) => return Ok(h),
+                Some(Room::Ready(h, _)) => return Ok(*h),
                 Some(Room::Failed(why, _)) => return Err((wire::ERR_FAILED, why)),
                 Some(other) => {
                     g.insert(room, other);
@@ -306,11 +409,19 @@ impl Registry {
             let _ = reply(wr, wire::ERR_REFUSED, "unauthorized".into());
             return false;
         }
-        let h = match self.take(want.room, wr) {
+        let local = wr.get_ref().is_local();
+        if local {
+            self.asked.lock().insert(want.room, want.flags);
+        }
+        let taken = self.take(want.room, wr);
+        if local {
+            self.asked.lock().remove(&want.room);
+        }
+        let h = match taken {
             Ok(h) => h,
             Err((status, msg)) => return reply(wr, status, msg),
         };
-        let obj = h.staging.object_bytes();
+        let obj = h.pages.object_bytes();
         let (result, open) = if want.prompt_len != h.n_tokens
             || want.page_size as usize != h.page_size
             || want.object_bytes as usize != obj
@@ -326,14 +437,23 @@ impl Registry {
             let r = if self.cfg.inject_fault(want.room) {
                 (send_half(&h, wr), false)
             } else {
-                let in_place = want.flags & wire::CAN_READ != 0 && wr.get_ref().is_local();
-                send_pages(&h, wr, rd, in_place)
+                self.send_pages(&h, want, wr, rd)
             };
-            if let (Ok(local), _) = &r {
-                Stats::add(&self.stats.pd_bytes, (h.n_pages * 2 * obj) as u64);
-                Stats::add(&self.stats.pd_micros, t0.elapsed().as_micros() as u64);
-                if *local {
-                    Stats::add(&self.stats.pd_local, 1);
+            if let (Ok(path), _) = &r {
+                let st = &self.stats;
+                Stats::add(&st.pd_bytes, (h.n_pages * 2 * obj) as u64);
+                Stats::add(&st.pd_micros, t0.elapsed().as_micros() as u64);
+                match path {
+                    Path::SameHost => Stats::add(&st.pd_local, 1),
+                    Path::Ipc => {
+                        Stats::add(&st.pd_ipc, 1);
+                        Stats::add(&st.pd_ipc_bytes, (h.n_pages * 2 * obj) as u64);
+                        Stats::add(&st.pd_ipc_micros, t0.elapsed().as_micros() as u64);
+                    }
+                    Path::Socket => {}
+                }
+                if matches!(h.pages, Pages::Staged(_)) {
+                    Stats::add(&st.pd_staged, 1);
                 }
             }
             (r.0.map(|_| ()), r.1)
@@ -345,13 +465,106 @@ impl Registry {
                 tracing::warn!(room = want.room, "PD transfer failed: {e}");
             }
         }
-        let ok = result.is_ok();
-        (h.deliver)(result.map_err(|e| format!("PD transfer failed: {e}")));
-        if ok {
-            // The decode acknowledged: it no longer reads these pages.
-            self.staging.give(h.staging);
+        let Handoff {
+            pages,
+            hold,
+            deliver,
+            ..
+        } = h;
+        if !open {
+            // A decode still copying out of the pool must see that this side gave up before the
+            // pages can be reused (it checks the connection after its copy).
+            let _ = wr.get_ref().shutdown();
         }
+        // Pages left in the pool go back to the scheduler first, so that a request the client
+        // sends once it has this answer finds them in the prefix cache.
+        drop(hold);
+        if let (Ok(()), Pages::Staged(p)) = (&result, pages) {
+            // The decode acknowledged: it no longer reads these pages.
+            self.staging.give(p);
+        }
+        deliver(result.map_err(|e| format!("PD transfer failed: {e}")));
         open
+    }
+
+    /// Sends `h`'s pages the way the decode asked (`want`) and this connection allows, and waits
+    /// for the acknowledgement. Ok(the path the pages took); the flag says whether the connection
+    /// is still at a frame boundary.
+    fn send_pages(
+        &self,
+        h: &Handoff,
+        want: &Want,
+        wr: &mut Writer,
+        rd: &mut Reader,
+    ) -> (Result<Path, String>, bool) {
+        let io = |e: std::io::Error| (Err(e.to_string()), false);
+        let local = wr.get_ref().is_local();
+        let direct = want.flags & wire::TAKES_DIRECT != 0;
+        let mut hd = header(h);
+        if local && want.flags & wire::CAN_IPC != 0 {
+            if let Some(d) = self.device() {
+                // The decode opens it for the next transfers.
+                hd.flags |= wire::DEVICE_INFO;
+                hd.device = Some(d.clone());
+            }
+        }
+        let mut path = Path::Socket;
+        match &h.pages {
+            Pages::Device(info) => {
+                hd.flags |= wire::ON_DEVICE | wire::DEVICE_INFO;
+                hd.device = Some(info.clone());
+                if let Err(e) = hd.write(wr).and_then(|_| wr.flush()) {
+                    return io(e);
+                }
+                path = Path::Ipc;
+            }
+            Pages::Pool { .. } if !direct => {
+                // A decode that only takes page_first objects: gathered page by page below.
+                if let Err(e) = hd.write(wr).and_then(|_| send_objects(h, wr, false)) {
+                    return io(e);
+                }
+            }
+            _ => {
+                let pool = matches!(h.pages, Pages::Pool { .. });
+                if pool {
+                    hd.flags |= wire::DIRECT;
+                }
+                if want.flags & wire::CAN_READ != 0 && local {
+                    hd.flags |= wire::IN_PLACE;
+                    hd.ranges = ranges(h);
+                    if let Err(e) = hd.write(wr).and_then(|_| wr.flush()) {
+                        return io(e);
+                    }
+                    path = Path::SameHost;
+                } else if let Err(e) = hd.write(wr).and_then(|_| send_objects(h, wr, pool)) {
+                    return io(e);
+                }
+            }
+        }
+        let mut ack = [0u8; 1];
+        let no_ack = |e: std::io::Error| (Err(format!("no acknowledgement: {e}")), false);
+        if let Err(e) = rd.read_exact(&mut ack) {
+            return no_ack(e);
+        }
+        if path == Path::SameHost && ack[0] == wire::ACK_SEND {
+            // The decode could not copy them: the bytes on the socket after all.
+            path = Path::Socket;
+            let direct = hd.flags & wire::DIRECT != 0;
+            if let Err(e) = send_objects(h, wr, direct) {
+                return io(e);
+            }
+            if let Err(e) = rd.read_exact(&mut ack) {
+                return no_ack(e);
+            }
+        }
+        match ack[0] {
+            wire::ACK_OK => (Ok(path), true),
+            wire::ACK_REFUSED => (Err("the decode side refused the pages".into()), true),
+            _ => (
+                Err("the decode side sent an unknown acknowledgement".into()),
+                false,
+            ),
+        }
     }
 }
 
@@ -362,89 +575,110 @@ fn header(h: &Handoff) -> KvHeader {
         n_tokens: h.n_tokens,
         first_token: h.first_token,
         n_pages: h.n_pages as u32,
-        object_bytes: h.staging.object_bytes() as u32,
+        object_bytes: h.pages.object_bytes() as u32,
         flags: 0,
         msg: String::new(),
         first_logprobs: h.first_logprobs.clone(),
         ranges: Vec::new(),
+        device: None,
     }
 }
 
 /// Test-only fault: the header and half the pages, then the connection drops (a prefill that
 /// dies mid-transfer, as the decode side sees it).
-fn send_half(h: &Handoff, wr: &mut Writer) -> Result<bool, String> {
+fn send_half(h: &Handoff, wr: &mut Writer) -> Result<Path, String> {
     header(h).write(wr).map_err(|e| e.to_string())?;
-    for p in 0..(h.n_pages / 2) as u32 {
-        // SAFETY: as in `send_objects`.
-        let _ = wr.write_all(unsafe { h.staging.object(p, false) });
-    }
+    let _ = send_first(h, wr, false, h.n_pages / 2);
     let _ = wr.flush();
     let _ = wr.get_ref().shutdown();
     Err("injected test fault: the transfer was cut halfway".into())
 }
 
-/// Sends `h`'s pages and waits for the acknowledgement. `in_place`: announce the staging objects'
-/// addresses for the decode to copy (same-host socket), and send the bytes only when it asks.
-/// Ok(whether the pages were copied in place); the flag says whether the connection is still at a
-/// frame boundary.
-fn send_pages(
-    h: &Handoff,
-    wr: &mut Writer,
-    rd: &mut Reader,
-    in_place: bool,
-) -> (Result<bool, String>, bool) {
-    let io = |e: std::io::Error| (Err(e.to_string()), false);
-    let mut hd = header(h);
-    if in_place {
-        hd.flags = wire::IN_PLACE;
-        hd.ranges = (0..h.n_pages as u32)
+/// The memory a same-host decode copies, in transfer order: the staging objects (page_first),
+/// or the pool's per-layer runs (page_first_direct).
+fn ranges(h: &Handoff) -> Vec<(u64, u64)> {
+    match &h.pages {
+        Pages::Staged(s) => (0..h.n_pages as u32)
             .flat_map(|p| {
-                [false, true].map(|v| {
-                    (
-                        h.staging.object_ptr(p, v) as u64,
-                        h.staging.object_bytes() as u64,
-                    )
-                })
+                [false, true].map(|v| (s.object_ptr(p, v) as u64, s.object_bytes() as u64))
             })
-            .collect();
-        if let Err(e) = hd.write(wr).and_then(|_| wr.flush()) {
-            return io(e);
-        }
-    } else if let Err(e) = hd.write(wr).and_then(|_| send_objects(h, wr)) {
-        return io(e);
-    }
-    let mut ack = [0u8; 1];
-    let no_ack = |e: std::io::Error| (Err(format!("no acknowledgement: {e}")), false);
-    if let Err(e) = rd.read_exact(&mut ack) {
-        return no_ack(e);
-    }
-    let mut local = in_place;
-    if in_place && ack[0] == wire::ACK_SEND {
-        // The decode could not copy them: the bytes on the socket after all.
-        local = false;
-        if let Err(e) = send_objects(h, wr) {
-            return io(e);
-        }
-        if let Err(e) = rd.read_exact(&mut ack) {
-            return no_ack(e);
-        }
-    }
-    match ack[0] {
-        wire::ACK_OK => (Ok(local), true),
-        wire::ACK_REFUSED => (Err("the decode side refused the pages".into()), true),
-        _ => (
-            Err("the decode side sent an unknown acknowledgement".into()),
-            false,
-        ),
+            .collect(),
+        Pages::Pool { spans, pages } => spans.ranges(&pages[..h.n_pages]),
+        Pages::Device(_) => Vec::new(),
     }
 }
 
-fn send_objects(h: &Handoff, wr: &mut Writer) -> std::io::Result<()> {
-    for p in 0..h.n_pages as u32 {
-        for v in [false, true] {
-            // SAFETY: the staging pool is owned by this handoff alone; nothing writes it.
-            wr.write_all(unsafe { h.staging.object(p, v) })?;
+/// Writes the first `h.n_pages` pages on the socket: page after page, K object then V object,
+/// page_first_direct from the pool when `direct` (else page_first).
+fn send_objects(h: &Handoff, wr: &mut Writer, direct: bool) -> std::io::Result<()> {
+    send_first(h, wr, direct, h.n_pages)
+}
+
+/// [`send_objects`] of the first `n` pages.
+fn send_first(h: &Handoff, wr: &mut Writer, direct: bool, n: usize) -> std::io::Result<()> {
+    match &h.pages {
+        Pages::Staged(s) => {
+            for p in 0..n as u32 {
+                for v in [false, true] {
+                    // SAFETY: the staging pool is owned by this handoff alone; nothing writes it.
+                    wr.write_all(unsafe { s.object(p, v) })?;
+                }
+            }
+        }
+        Pages::Pool { spans, pages } if direct => {
+            wr.flush()?;
+            write_ranges(wr.get_mut(), &spans.ranges(&pages[..n]))?;
+        }
+        Pages::Pool { spans, pages } => {
+            // page_first: token-major rows, gathered one object at a time.
+            let layers = spans.k.len();
+            let row = spans.run / h.page_size.max(1);
+            let mut obj = vec![0u8; spans.object_bytes()];
+            for &p in &pages[..n] {
+                for bases in [&spans.k, &spans.v] {
+                    for (l, &b) in bases.iter().enumerate() {
+                        let run = b + p as usize * spans.run;
+                        for t in 0..h.page_size {
+                            // SAFETY: the page is held for this transfer; nothing writes it.
+                            let src = unsafe {
+                                std::slice::from_raw_parts((run + t * row) as *const u8, row)
+                            };
+                            let at = (t * layers + l) * row;
+                            obj[at..at + row].copy_from_slice(src);
+                        }
+                    }
+                    wr.write_all(&obj)?;
+                }
+            }
+        }
+        Pages::Device(_) => {
+            return Err(std::io::Error::other(
+                "the pages are in the GPU pool; they cannot go on the socket",
+            ))
         }
     }
     wr.flush()
+}
+
+/// Writes the bytes of `ranges` (memory of this process that nothing writes meanwhile) with
+/// vectored writes, up to 512 ranges per system call.
+fn write_ranges(w: &mut impl Write, ranges: &[(u64, u64)]) -> std::io::Result<()> {
+    for chunk in ranges.chunks(512) {
+        // SAFETY: each range is held memory of this process (pages of a held handoff).
+        let mut bufs: Vec<IoSlice<'_>> = chunk
+            .iter()
+            .map(|&(a, l)| {
+                IoSlice::new(unsafe { std::slice::from_raw_parts(a as *const u8, l as usize) })
+            })
+            .collect();
+        let mut rest = &mut bufs[..];
+        while !rest.is_empty() {
+            let n = w.write_vectored(rest)?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::WriteZero.into());
+            }
+            IoSlice::advance_slices(&mut rest, n);
+        }
+    }
+    Ok(())
 }

@@ -9,7 +9,11 @@
 //!                           u32 n_ranges  n_ranges x (u64 address, u64 length)
 //!                           then, unless IN_PLACE, n_pages x (K object, V object)
 //!                           (status 1 = WAITING: a heartbeat, another KV header follows)
+//!                           then, when flags has DEVICE_INFO or ON_DEVICE: u32 dev_len  dev bytes
 //! ACK  (decode -> prefill): u8 1 received, 0 refused, 2 send the pages on the socket after all
+//!
+//! dev: 64-byte CUDA IPC handle of the prefill's GPU KV pool  u64 pool_pages  u32 layers
+//!      u64 chunk_bytes (one page of one layer's K or V)  u32 n_ids  n_ids x u32 pool page
 //!
 //! lp (empty when not asked for): u8 has_logprob  f32 logprob  u32 n_top  n_top x (u32 id, f32)
 //!                                u32 n_ids  n_ids x (u32 id, f32)
@@ -23,8 +27,24 @@ use std::io::{self, Read, Write};
 pub const MAGIC: &[u8; 4] = b"SPD3";
 /// WANT flag: the decode may copy the pages out of the prefill's memory (same-host socket only).
 pub const CAN_READ: u8 = 1;
-/// KV flag: no page bytes follow; `ranges` are the prefill's staging objects to copy.
+/// WANT flag: the decode takes page objects in page_first_direct order (`[layer][token]`), the
+/// order a pool's pages are in; without it a prefill sends page_first (`[token][layer]`).
+pub const TAKES_DIRECT: u8 = 2;
+/// WANT flag: the decode can open CUDA IPC handles (same-host socket, a GPU runner, IPC on):
+/// the prefill adds its pool's handle to the header (DEVICE_INFO).
+pub const CAN_IPC: u8 = 4;
+/// WANT flag: the decode has this prefill's pool handle open (learned from an earlier header):
+/// the prefill may leave the pages in its GPU pool (ON_DEVICE).
+pub const IPC_READY: u8 = 8;
+/// KV flag: no page bytes follow; `ranges` are the prefill's memory to copy.
 pub const IN_PLACE: u32 = 1;
+/// KV flag: the objects (on the socket or in `ranges`) are in page_first_direct order.
+pub const DIRECT: u32 = 2;
+/// KV flag: the header carries the prefill's GPU pool handle (`device`).
+pub const DEVICE_INFO: u32 = 4;
+/// KV flag: the pages stay in the prefill's GPU pool (`device.pages`); no bytes follow; the
+/// decode copies them device to device and acknowledges (never ACK_SEND).
+pub const ON_DEVICE: u32 = 8;
 /// ACK values.
 pub const ACK_OK: u8 = 1;
 pub const ACK_REFUSED: u8 = 0;
@@ -63,8 +83,56 @@ pub struct KvHeader {
     pub flags: u32,
     pub msg: String,
     pub first_logprobs: Option<PosLogprobs>,
-    /// IN_PLACE: the prefill's staging objects, (address in its memory, length), in page order.
+    /// IN_PLACE: the prefill's memory, (address in its memory, length), in transfer order: page
+    /// after page, each page's K object bytes then its V object bytes.
     pub ranges: Vec<(u64, u64)>,
+    /// DEVICE_INFO / ON_DEVICE: the prefill's GPU pool (and, ON_DEVICE, the pages in it).
+    pub device: Option<DeviceInfo>,
+}
+
+/// The prefill's GPU KV pool as another process on the host can open it (CUDA IPC).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// `cuIpcGetMemHandle` of the pool allocation (`[layer][k|v][page][chunk]`).
+    pub handle: [u8; 64],
+    pub pool_pages: u64,
+    pub layers: u32,
+    /// Bytes of one page of one layer's K (or V).
+    pub chunk_bytes: u64,
+    /// ON_DEVICE: the prompt's pages in that pool, in order.
+    pub pages: Vec<u32>,
+}
+
+impl DeviceInfo {
+    fn encode(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(88 + 4 * self.pages.len());
+        b.extend_from_slice(&self.handle);
+        b.extend_from_slice(&self.pool_pages.to_le_bytes());
+        b.extend_from_slice(&self.layers.to_le_bytes());
+        b.extend_from_slice(&self.chunk_bytes.to_le_bytes());
+        b.extend_from_slice(&(self.pages.len() as u32).to_le_bytes());
+        for p in &self.pages {
+            b.extend_from_slice(&p.to_le_bytes());
+        }
+        b
+    }
+
+    fn decode(b: &[u8]) -> Option<Self> {
+        if b.len() < 88 {
+            return None;
+        }
+        let n = u32_at(b, 84) as usize;
+        if b.len() != 88 + 4 * n {
+            return None;
+        }
+        Some(DeviceInfo {
+            handle: b[..64].try_into().ok()?,
+            pool_pages: u64::from_le_bytes(b[64..72].try_into().ok()?),
+            layers: u32_at(b, 72),
+            chunk_bytes: u64::from_le_bytes(b[76..84].try_into().ok()?),
+            pages: (0..n).map(|i| u32_at(b, 88 + 4 * i)).collect(),
+        })
+    }
 }
 
 fn bad(what: &str) -> io::Error {
@@ -123,6 +191,7 @@ impl KvHeader {
             msg: msg.into(),
             first_logprobs: None,
             ranges: Vec::new(),
+            device: None,
         }
     }
 
@@ -153,6 +222,15 @@ impl KvHeader {
         for &(a, l) in &self.ranges {
             b.extend_from_slice(&a.to_le_bytes());
             b.extend_from_slice(&l.to_le_bytes());
+        }
+        if self.flags & (DEVICE_INFO | ON_DEVICE) != 0 {
+            let d = self
+                .device
+                .as_ref()
+                .map(DeviceInfo::encode)
+                .unwrap_or_default();
+            b.extend_from_slice(&(d.len() as u32).to_le_bytes());
+            b.extend_from_slice(&d);
         }
         w.write_all(&b)
     }
@@ -193,16 +271,33 @@ impl KvHeader {
         let ranges = (0..nr)
             .map(|i| (u64_at(16 * i), u64_at(16 * i + 8)))
             .collect();
+        let flags = u32_at(&b, 24);
+        let device = if flags & (DEVICE_INFO | ON_DEVICE) != 0 {
+            r.read_exact(&mut l)?;
+            let dl = u32::from_le_bytes(l) as usize;
+            if dl > 88 + 4 * MAX_RANGES {
+                return Err(bad("PD device block too long"));
+            }
+            let mut d = vec![0u8; dl];
+            r.read_exact(&mut d)?;
+            Some(DeviceInfo::decode(&d).ok_or_else(|| bad("malformed PD device block"))?)
+        } else {
+            None
+        };
+        if flags & ON_DEVICE != 0 && device.is_none() {
+            return Err(bad("PD pages on the device without a device block"));
+        }
         Ok(KvHeader {
             status: i32::from_le_bytes(b[4..8].try_into().expect("4 bytes")),
             n_tokens: u32_at(&b, 8),
             first_token: u32_at(&b, 12),
             n_pages: u32_at(&b, 16),
             object_bytes: u32_at(&b, 20),
-            flags: u32_at(&b, 24),
+            flags,
             msg: String::from_utf8_lossy(&m).into_owned(),
             first_logprobs,
             ranges,
+            device,
         })
     }
 }
@@ -304,5 +399,77 @@ mod tests {
         let lp = encode_lp(h.first_logprobs.as_ref().unwrap());
         assert!(decode_lp(&lp[..lp.len() - 3]).is_none());
         assert!(decode_lp(&[1, 0, 0]).is_none());
+    }
+
+    fn dev(pages: Vec<u32>) -> DeviceInfo {
+        let mut handle = [0u8; 64];
+        for (i, b) in handle.iter_mut().enumerate() {
+            *b = i as u8 ^ 0xA5;
+        }
+        DeviceInfo {
+            handle,
+            pool_pages: 1 << 20,
+            layers: 32,
+            chunk_bytes: 128 << 10,
+            pages,
+        }
+    }
+
+    /// The GPU pool block rides after the ranges when (and only when) a flag announces it; a
+    /// header without those flags is byte-identical to what a peer without IPC sends and reads.
+    #[test]
+    fn device_block_round_trips_and_old_headers_are_unchanged() {
+        for (flags, pages) in [
+            (DEVICE_INFO, vec![]),
+            (ON_DEVICE | DIRECT, vec![7, 3, 900_000]),
+        ] {
+            let mut h = KvHeader::error(OK, "");
+            h.n_pages = pages.len() as u32;
+            h.flags = flags;
+            h.device = Some(dev(pages));
+            let mut b = Vec::new();
+            h.write(&mut b).unwrap();
+            let first = b.len();
+            // A following frame on the same connection is untouched.
+            KvHeader::error(WAITING, "").write(&mut b).unwrap();
+            let mut r = b.as_slice();
+            assert_eq!(KvHeader::read(&mut r).unwrap(), h);
+            assert_eq!(KvHeader::read(&mut r).unwrap().status, WAITING);
+            assert!(r.is_empty());
+            // Truncated or inconsistent blocks are refused.
+            let mut r = &b[..first - 3];
+            assert!(KvHeader::read(&mut r).is_err());
+        }
+        // Without DEVICE_INFO / ON_DEVICE no block is written even when one is set: an old decode
+        // (which never asks for it) reads the header as before.
+        let mut h = KvHeader::error(OK, "");
+        h.device = Some(dev(vec![1]));
+        let (mut with, mut without) = (Vec::new(), Vec::new());
+        h.write(&mut with).unwrap();
+        KvHeader::error(OK, "").write(&mut without).unwrap();
+        assert_eq!(with, without);
+        // ON_DEVICE without a block is malformed.
+        let mut b = Vec::new();
+        let mut h = KvHeader::error(OK, "");
+        h.flags = DEVICE_INFO;
+        h.write(&mut b).unwrap();
+        let at = 24;
+        b[at..at + 4].copy_from_slice(&ON_DEVICE.to_le_bytes());
+        // (the block is empty: length 0)
+        assert!(KvHeader::read(&mut b.as_slice()).is_err());
+        // A WANT's new flags are plain bits of the old flags byte: an old prefill reads the same
+        // frame length and ignores them.
+        let w = Want {
+            room: 5,
+            prompt_len: 64,
+            page_size: 16,
+            object_bytes: 1024,
+            flags: CAN_READ | TAKES_DIRECT | CAN_IPC | IPC_READY,
+            token: String::new(),
+        };
+        let mut b = Vec::new();
+        w.write(&mut b).unwrap();
+        assert_eq!(b.len(), 27);
+        assert_eq!(Want::read(&mut b.as_slice()).unwrap(), w);
     }
 }

@@ -309,11 +309,23 @@ impl<R: ModelRunner> Scheduler<R> {
             return Some(s);
         }
         let dev: Vec<PageId> = s.own_pages[..got.n_pages].iter().map(Page::id).collect();
-        let host: Vec<PageId> = (0..got.n_pages as u32).collect();
-        if let Err(e) = self
-            .model
-            .load_pages(&mut self.pool.buffers, &got.staging, &host, &dev)
-        {
+        let (first_token, first_logprobs) = (got.first_token, got.first_logprobs);
+        let loaded = match got.payload {
+            crate::pd::decode::Payload::Host(staging) => {
+                let host: Vec<PageId> = (0..got.n_pages as u32).collect();
+                let r = self
+                    .model
+                    .load_pages(&mut self.pool.buffers, &staging, &host, &dev);
+                if let Some(super::PdSide::Decode(f)) = &self.pd {
+                    f.recycle(staging);
+                }
+                r
+            }
+            crate::pd::decode::Payload::Device(staged) => {
+                self.model.load_staged(&mut self.pool.buffers, staged, &dev)
+            }
+        };
+        if let Err(e) = loaded {
             self.finish(
                 s,
                 FinishReason::Abort(format!("PD: cannot load the KV cache: {e}")),
@@ -335,12 +347,9 @@ impl<R: ModelRunner> Scheduler<R> {
         self.running.push(s);
         let i = self.running.len() - 1;
         let first = Sampled {
-            token: got.first_token,
-            logprobs: got.first_logprobs.filter(|_| wants_lp).map(Box::new),
+            token: first_token,
+            logprobs: first_logprobs.filter(|_| wants_lp).map(Box::new),
         };
-        if let Some(super::PdSide::Decode(f)) = &self.pd {
-            f.recycle(got.staging);
-        }
         if let Some(reason) = self.accept_token(i, first) {
             let s = self.running.remove(i);
             self.finish(s, reason);

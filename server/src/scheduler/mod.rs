@@ -25,7 +25,7 @@ use crate::stats::Stats;
 use hooks::{NoPrefetch, PrefetchHook};
 use request::{Event, Finish, FinishReason, Msg, Request};
 use seq::Seq;
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 
@@ -60,6 +60,11 @@ pub struct Scheduler<R: ModelRunner> {
     aborts: HashSet<String>,
     eos: Vec<u32>,
     seed_counter: u64,
+    /// PD prefill: finished legs whose pages stay in the pool until their transfer ends, by id.
+    parked: HashMap<u64, Seq>,
+    parked_next: u64,
+    /// PD prefill: where a transfer thread says a parked leg's transfer ended.
+    pd_tx: Option<Sender<Msg>>,
 }
 
 /// The scheduler's part of PD disaggregation.
@@ -149,10 +154,14 @@ pub fn spawn_with_hook<R: ModelRunner>(
             let _ = wake.send(Msg::Wake);
         }));
     }
-    let s = Scheduler::new(cfg, model, pool, tokenizer, stats)
+    let prefill = matches!(seams.pd, Some(PdSide::Prefill(_)));
+    let mut s = Scheduler::new(cfg, model, pool, tokenizer, stats)
         .with_hook(seams.hook)
         .with_hicache(seams.hicache)
         .with_pd(seams.pd);
+    if prefill {
+        s.pd_tx = Some(tx.clone());
+    }
     std::thread::Builder::new()
         .name("strata-scheduler".into())
         .spawn(move || s.run(rx))?;
@@ -185,6 +194,9 @@ impl<R: ModelRunner> Scheduler<R> {
             aborts: HashSet::new(),
             eos,
             seed_counter: 0,
+            parked: HashMap::new(),
+            parked_next: 0,
+            pd_tx: None,
         }
     }
 
@@ -296,6 +308,11 @@ impl<R: ModelRunner> Scheduler<R> {
                 }
             }
             Msg::Wake => {}
+            Msg::PdRelease(id) => {
+                if let Some(s) = self.parked.remove(&id) {
+                    drop(self.release(s, true));
+                }
+            }
             Msg::Flush(reply) => {
                 let ok = self.running.is_empty() && self.tree.reset();
                 let _ = reply.send(ok);
@@ -382,43 +399,60 @@ impl<R: ModelRunner> Scheduler<R> {
 
     fn finish(&mut self, s: Seq, reason: FinishReason) {
         let ok = !matches!(reason, FinishReason::Abort(_));
-        // A PD prefill leg hands its prompt's KV over before its pages go back.
+        // A PD prefill leg hands its prompt's KV over: left in the pool (the pages stay the
+        // leg's until the transfer ends) or copied to a staging pool before its pages go back.
         let handoff = match (&self.pd, &s.req.bootstrap) {
             (Some(PdSide::Prefill(reg)), Some(b)) if b.is_real() => {
                 let reg = reg.clone();
-                let staged = if ok {
-                    self.stage_prompt_kv(&s)
+                let pages = if ok {
+                    self.handoff_pages(&reg, b.room, &s)
                 } else {
                     Err("the prefill request was aborted".into())
                 };
-                Some((reg, b.room, staged))
+                Some((reg, b.room, pages))
             }
             _ => None,
         };
         if ok && matches!(self.pd, Some(PdSide::Decode(_))) {
             self.offload_kv(&s);
         }
-        let s = self.release(s, ok);
         let done = Finish {
             reason,
             prompt_tokens: s.prompt_len,
             completion_tokens: s.tokens.len() - s.prompt_len,
             cached_tokens: s.cached_tokens,
         };
+        let events = s.req.events.clone();
+        let first_token = s.tokens.get(s.prompt_len).copied().unwrap_or(0);
+        let first_logprobs = s.first_lp.as_deref().cloned();
+        let prompt_len = s.prompt_len;
         Stats::add(&self.stats.requests_finished, 1);
         match handoff {
-            Some((reg, room, Ok((staging, n_pages)))) => {
-                let events = s.req.events.clone();
-                let first_token = s.tokens.get(s.prompt_len).copied().unwrap_or(0);
+            Some((reg, room, Ok((pages, n_pages)))) => {
+                let hold = if matches!(pages, crate::pd::prefill::Pages::Staged(_)) {
+                    drop(self.release(s, ok));
+                    None
+                } else {
+                    let id = self.parked_next;
+                    self.parked_next += 1;
+                    self.parked.insert(id, s);
+                    let tx = self.pd_tx.clone();
+                    Some(crate::pd::prefill::Hold::new(move || {
+                        if let Some(tx) = tx {
+                            let _ = tx.send(Msg::PdRelease(id));
+                        }
+                    }))
+                };
                 reg.ready(
                     room,
                     crate::pd::prefill::Handoff {
-                        n_tokens: s.prompt_len as u32,
+                        n_tokens: prompt_len as u32,
                         first_token,
-                        first_logprobs: s.first_lp.as_deref().cloned(),
-                        staging,
+                        first_logprobs,
+                        pages,
                         n_pages,
                         page_size: self.cfg.page_size,
+                        hold,
                         deliver: Box::new(move |r| {
                             let done = match r {
                                 Ok(()) => done,
@@ -433,13 +467,41 @@ impl<R: ModelRunner> Scheduler<R> {
                 );
             }
             Some((reg, room, Err(why))) => {
+                drop(self.release(s, ok));
                 reg.fail(room, &why);
-                let _ = s.req.events.send(Event::Done(done));
+                let _ = events.send(Event::Done(done));
             }
             None => {
-                let _ = s.req.events.send(Event::Done(done));
+                drop(self.release(s, ok));
+                let _ = events.send(Event::Done(done));
             }
         }
+    }
+
+    /// The prompt's pages of a finished PD prefill leg: left in the pool when the transfer
+    /// threads can reach them there (the CPU runner's memory; the GPU pool, when the waiting
+    /// decode has it open), else copied into a staging pool.
+    fn handoff_pages(
+        &self,
+        reg: &crate::pd::prefill::Registry,
+        room: u64,
+        s: &Seq,
+    ) -> Result<(crate::pd::prefill::Pages, usize), String> {
+        use crate::pd::prefill::Pages;
+        let n_pages = s.prompt_len.div_ceil(self.cfg.page_size);
+        let table = s.page_table();
+        if table.len() < n_pages || s.computed < s.prompt_len {
+            return Err("the prompt's KV is incomplete".into());
+        }
+        let ids = table[..n_pages].to_vec();
+        if let Some(spans) = reg.host_spans() {
+            return Ok((Pages::Pool { spans, pages: ids }, n_pages));
+        }
+        if let Some(info) = reg.device_for(room, ids) {
+            return Ok((Pages::Device(info), n_pages));
+        }
+        let (staging, n) = self.stage_prompt_kv(s)?;
+        Ok((Pages::Staged(staging), n))
     }
 
     /// PD decode with offload on: writes the KV of `s`'s computed tokens (whole pages) to the L3.

@@ -71,4 +71,6 @@ pub enum Msg {
     ClearStorage(oneshot::Sender<Result<(), String>>),
     /// Nothing to do but look again (a PD decode fetch finished: its request can start now).
     Wake,
+    /// A PD prefill leg's transfer ended: its pages, left in the pool for it, go back.
+    PdRelease(u64),
 }

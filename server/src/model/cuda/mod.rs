@@ -16,6 +16,7 @@
 //! prompt token outside the vocabulary.
 
 mod graph;
+mod ipc;
 mod kv;
 mod load;
 
@@ -595,6 +596,29 @@ impl ModelRunner for CudaRunner {
         dev: &[PageId],
     ) -> Result<(), ModelError> {
         Ok(kv.load_pages(host, host_pages, dev)?)
+    }
+    fn device_kv(&self, kv: &CudaKv) -> Option<Arc<dyn crate::pd::share::DeviceKv>> {
+        if !crate::pd::share::ipc_enabled() {
+            return None;
+        }
+        match ipc::CudaDeviceKv::new(kv) {
+            Ok(d) => Some(Arc::new(d)),
+            Err(e) => {
+                tracing::warn!("PD: no CUDA IPC path: {e}");
+                None
+            }
+        }
+    }
+    fn load_staged(
+        &self,
+        kv: &mut CudaKv,
+        staged: crate::pd::share::Staged,
+        dev: &[PageId],
+    ) -> Result<(), ModelError> {
+        let s = staged
+            .downcast::<ipc::StagedPages>()
+            .map_err(|_| CudaError::Shape("not pages staged by this runner".into()))?;
+        Ok(kv.load_staged(s.buf, s.pages, dev)?)
     }
     fn attach_host(
         &self,

@@ -43,6 +43,10 @@ pub struct Args {
     /// Model shape of the decode/prefill benchmark: llama-3.1-8b or llama-3.2-1b.
     #[arg(long, default_value = "llama-3.1-8b")]
     pub shape: String,
+    /// `pd-copy`: transfer sizes in MB (one PD transfer's bytes): the raw device-to-device copy
+    /// and the page gather of a CUDA IPC pull, timed on the host like a transfer.
+    #[arg(long, value_delimiter = ',', default_value = "55,219")]
+    pub pd_copy_mb: Vec<f64>,
     /// Write all numbers as JSON here.
     #[arg(long)]
     pub json: Option<std::path::PathBuf>,
@@ -133,6 +137,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if want("sampling") {
         doc["sampling"] = super::bench_sampling::run(&ops, &mut summary)?;
     }
+    if want("pd-copy") {
+        doc["pd_copy"] = pd_copy(&ctx, &args, &mut summary)?;
+    }
     println!("\n== summary ({}) ==", ctx.name());
     for s in &summary {
         println!("{s}");
@@ -155,6 +162,71 @@ fn copy_bandwidth(ctx: &Arc<GpuContext>) -> anyhow::Result<f64> {
         Ok(())
     })?;
     Ok(2.0 * bytes as f64 / (ms / 1e3))
+}
+
+/// The device-to-device side of a PD transfer over CUDA IPC, in one process: a plain
+/// `cuMemcpyDtoDAsync` of one transfer's bytes (the raw copy rate the transfer is compared with)
+/// and the page gather a decode runs on an opened prefill pool (`PeerGather`, the shape's pages
+/// of 64 tokens scattered over a pool, into a fresh buffer), both timed on the host from launch to
+/// completion, median of 7 after 2 warm-ups.
+fn pd_copy(ctx: &Arc<GpuContext>, args: &Args, summary: &mut Vec<String>) -> anyhow::Result<Value> {
+    use strata_kernels::cuda::{HostKvGeometry, PeerGather};
+    let (layers, kv_dim) = match args.shape.as_str() {
+        "llama-3.2-1b" => (16, 512),
+        _ => (32, 1024),
+    };
+    let page = 64;
+    let row = kv_dim * 2;
+    let page_bytes = layers * 2 * page * row;
+    let g = PeerGather::new(ctx.clone())?;
+    let mut rng = StdRng::seed_from_u64(11);
+    let mut out = Vec::new();
+    for &mb in &args.pd_copy_mb {
+        let n = ((mb * 1e6 / page_bytes as f64).ceil() as usize).max(1);
+        let bytes = n * page_bytes;
+        let pool_pages = 2 * n + 7;
+        let pool = ctx.alloc(DType::U8, &[layers * 2 * pool_pages * page * row])?;
+        ctx.memset(&pool, 0x3C)?;
+        let src = ctx.alloc(DType::U8, &[bytes])?;
+        let dst = ctx.alloc(DType::U8, &[bytes])?;
+        ctx.memset(&src, 0x5A)?;
+        ctx.synchronize()?;
+        let mut ids: Vec<i32> = (0..pool_pages as i32).collect();
+        shuffle(&mut rng, &mut ids);
+        let pages: Vec<u32> = ids[..n].iter().map(|&p| p as u32).collect();
+        let geo = HostKvGeometry {
+            layers,
+            page_size: page,
+            row_bytes: row,
+            pool_pages,
+            host_pages: n,
+            tok_stride: layers * row,
+            layer_stride: row,
+        };
+        let mut gather = Vec::new();
+        for i in 0..9 {
+            let t = std::time::Instant::now();
+            drop(g.gather(&pool, geo, &pages)?);
+            if i >= 2 {
+                gather.push(t.elapsed().as_secs_f64());
+            }
+        }
+        let memcpy = g.memcpy_rounds(&src, &dst, 9)?[2..].to_vec();
+        let (gs, ms) = (median(gather), median(memcpy));
+        let line = format!(
+            "pd-copy {:.0} MB ({n} pages of {} KiB): raw d2d memcpy {:.3} ms = {:.1} GB/s; IPC page gather (incl. its buffer) {:.3} ms = {:.1} GB/s",
+            bytes as f64 / 1e6,
+            page_bytes >> 10,
+            ms * 1e3,
+            bytes as f64 / ms / 1e9,
+            gs * 1e3,
+            bytes as f64 / gs / 1e9
+        );
+        println!("{line}");
+        summary.push(line);
+        out.push(json!({"bytes": bytes, "memcpy_s": ms, "gather_s": gs}));
+    }
+    Ok(Value::Array(out))
 }
 
 fn gemm_rate(ops: &CudaOps, gemm: &Gemm) -> anyhow::Result<f64> {

@@ -1,0 +1,135 @@
+//! The CUDA runner's side of PD transfers over CUDA IPC (same host): the prefill's pool is
+//! exported once, a decode opens it once per prefill (cached while any connection to that prefill
+//! holds it) and gathers the listed pages into a device buffer of its own on a stream of its own;
+//! the scheduler then scatters that buffer into the decode's pool like any staged load
+//! ([`CudaKv::load_staged`]). No host memory is touched. See docs/protocol.md ("PD KV transfer")
+//! for the handshake and docs/perf.md for the measurements.
+
+use super::kv::CudaKv;
+use crate::pd::share::{DeviceKv, Opened, Staged};
+use crate::pd::wire::DeviceInfo;
+use parking_lot::Mutex;
+use std::collections::HashMap;
+use std::sync::{Arc, Weak};
+use strata_kernels::cuda::{
+    ipc_handle, DTensor, GpuContext, HostKvGeometry, IpcMapping, PeerGather,
+};
+
+/// Pages gathered out of a peer's pool: `pages` pages in page_first layout.
+pub(super) struct StagedPages {
+    pub buf: DTensor,
+    pub pages: usize,
+}
+
+/// One CUDA pool as PD transfers see it.
+pub(super) struct CudaDeviceKv {
+    ctx: Arc<GpuContext>,
+    /// The whole pool (a view sharing the allocation; the pool lives as long as the server).
+    pool: DTensor,
+    layers: usize,
+    page_size: usize,
+    kv_dim: usize,
+    num_pages: usize,
+    gather: Mutex<Option<Arc<PeerGather>>>,
+    /// Peer pools opened in this process, by handle (kept open while a connection holds one).
+    opened: Mutex<HashMap<[u8; 64], Weak<IpcMapping>>>,
+}
+
+impl CudaDeviceKv {
+    pub(super) fn new(kv: &CudaKv) -> Result<Self, String> {
+        Ok(CudaDeviceKv {
+            ctx: kv.context().clone(),
+            pool: kv
+                .pool
+                .view(0, kv.pool.shape())
+                .map_err(|e| e.to_string())?,
+            layers: kv.k.len(),
+            page_size: kv.page_size,
+            kv_dim: kv.pool.shape()[1],
+            num_pages: kv.num_pages,
+            gather: Mutex::new(None),
+            opened: Mutex::new(HashMap::new()),
+        })
+    }
+
+    fn chunk_bytes(&self) -> u64 {
+        (self.page_size * self.kv_dim * 2) as u64
+    }
+
+    /// The page_first geometry of `n` staged pages gathered out of a pool of `pool_pages`.
+    fn geometry(&self, pool_pages: usize, n: usize) -> HostKvGeometry {
+        let row = self.kv_dim * 2;
+        HostKvGeometry {
+            layers: self.layers,
+            page_size: self.page_size,
+            row_bytes: row,
+            pool_pages,
+            host_pages: n,
+            tok_stride: self.layers * row,
+            layer_stride: row,
+        }
+    }
+
+    fn gatherer(&self) -> Result<Arc<PeerGather>, String> {
+        let mut g = self.gather.lock();
+        if let Some(p) = g.as_ref() {
+            return Ok(p.clone());
+        }
+        let p = Arc::new(
+            PeerGather::new(self.ctx.clone())
+                .map_err(|e| format!("cannot set up the device-to-device copy: {e}"))?,
+        );
+        *g = Some(p.clone());
+        Ok(p)
+    }
+}
+
+impl DeviceKv for CudaDeviceKv {
+    fn export(&self) -> Result<DeviceInfo, String> {
+        let handle = ipc_handle(&self.ctx, &self.pool).map_err(|e| e.to_string())?;
+        Ok(DeviceInfo {
+            handle,
+            pool_pages: self.num_pages as u64,
+            layers: self.layers as u32,
+            chunk_bytes: self.chunk_bytes(),
+            pages: Vec::new(),
+        })
+    }
+
+    fn open(&self, info: &DeviceInfo) -> Result<Opened, String> {
+        if info.layers as usize != self.layers || info.chunk_bytes != self.chunk_bytes() {
+            return Err(format!(
+                "the prefill's GPU pool has {} layers of {}-byte page chunks, this one {} of {}",
+                info.layers,
+                info.chunk_bytes,
+                self.layers,
+                self.chunk_bytes()
+            ));
+        }
+        let mut g = self.opened.lock();
+        g.retain(|_, w| w.strong_count() > 0);
+        if let Some(m) = g.get(&info.handle).and_then(Weak::upgrade) {
+            return Ok(m);
+        }
+        let bytes = info.layers as usize * 2 * info.pool_pages as usize * info.chunk_bytes as usize;
+        let m = IpcMapping::open(&self.ctx, &info.handle, bytes).map_err(|e| e.to_string())?;
+        g.insert(info.handle, Arc::downgrade(&m));
+        Ok(m)
+    }
+
+    fn pull(&self, opened: &Opened, info: &DeviceInfo) -> Result<Staged, String> {
+        let m = opened
+            .clone()
+            .downcast::<IpcMapping>()
+            .map_err(|_| "not an opened GPU pool".to_string())?;
+        let geo = self.geometry(info.pool_pages as usize, info.pages.len());
+        let buf = self
+            .gatherer()?
+            .gather(&m.tensor(), geo, &info.pages)
+            .map_err(|e| e.to_string())?;
+        Ok(Box::new(StagedPages {
+            buf,
+            pages: info.pages.len(),
+        }))
+    }
+}

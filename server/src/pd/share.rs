@@ -1,0 +1,98 @@
+//! What a KV pool offers the PD transfer threads, which run beside the scheduler (which owns the
+//! pool) and must not go through it:
+//!
+//! - [`HostSpans`]: a pool in this process's memory (the CPU runner). The prefill leaves a
+//!   finished prompt's pages where they are until the decode acknowledged them; the bootstrap
+//!   thread writes them to the socket from there, or announces their addresses for the decode's
+//!   cross-memory copy (no staging copy on the prefill).
+//! - [`DeviceKv`]: a GPU pool other processes on the host can open (the CUDA runner, CUDA IPC).
+//!   The prefill announces its pool's handle; a decode opens it once and copies the listed pages
+//!   device to device.
+//!
+//! The transfer order of one page's bytes is page_first_direct: the K object (every layer's K
+//! rows of the page, layer after layer), then the V object.
+
+use super::wire::DeviceInfo;
+use std::any::Any;
+use std::sync::Arc;
+
+/// A pool's pages in this process's memory: page `p` of layer `l` is `run` bytes at
+/// `k[l] + p * run` (K) and `v[l] + p * run` (V).
+#[derive(Debug, Clone)]
+pub struct HostSpans {
+    pub k: Vec<usize>,
+    pub v: Vec<usize>,
+    pub run: usize,
+    pub pages: usize,
+}
+
+impl HostSpans {
+    /// Bytes of one page's K (or V) object.
+    pub fn object_bytes(&self) -> usize {
+        self.run * self.k.len()
+    }
+
+    /// The (address, length) ranges of `pages` in transfer order.
+    pub fn ranges(&self, pages: &[u32]) -> Vec<(u64, u64)> {
+        let mut out = Vec::with_capacity(pages.len() * 2 * self.k.len());
+        for &p in pages {
+            assert!((p as usize) < self.pages, "page {p} outside the pool");
+            let off = p as usize * self.run;
+            for bases in [&self.k, &self.v] {
+                out.extend(bases.iter().map(|&b| ((b + off) as u64, self.run as u64)));
+            }
+        }
+        out
+    }
+}
+
+/// A GPU pool opened from another process (kept open while held).
+pub type Opened = Arc<dyn Any + Send + Sync>;
+/// Pages copied into a device buffer of this process, for [`crate::model::ModelRunner::load_staged`].
+pub type Staged = Box<dyn Any + Send>;
+
+/// A GPU runner's pool as PD transfers reach it.
+pub trait DeviceKv: Send + Sync {
+    /// This pool as another process opens it (no pages listed).
+    fn export(&self) -> Result<DeviceInfo, String>;
+    /// Opens another process's pool (at most once per pool and process: later calls while it
+    /// is held return the same mapping).
+    fn open(&self, info: &DeviceInfo) -> Result<Opened, String>;
+    /// Copies `info.pages` of an opened pool into a device buffer of this process, in the order
+    /// listed; returns when the bytes have landed.
+    fn pull(&self, opened: &Opened, info: &DeviceInfo) -> Result<Staged, String>;
+}
+
+/// Whether `STRATA_PD_IPC` allows the CUDA IPC path (default on; `0` turns it off).
+pub fn ipc_enabled() -> bool {
+    std::env::var("STRATA_PD_IPC").map_or(true, |v| v != "0")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_follow_the_page_first_direct_order() {
+        let s = HostSpans {
+            k: vec![1000, 2000],
+            v: vec![3000, 4000],
+            run: 10,
+            pages: 8,
+        };
+        assert_eq!(s.object_bytes(), 20);
+        assert_eq!(
+            s.ranges(&[3, 0]),
+            vec![
+                (1030, 10),
+                (2030, 10),
+                (3030, 10),
+                (4030, 10),
+                (1000, 10),
+                (2000, 10),
+                (3000, 10),
+                (4000, 10)
+            ]
+        );
+    }
+}
