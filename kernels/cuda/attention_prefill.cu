@@ -308,3 +308,20 @@ __device__ __forceinline__ void fa_prefill_body(
 // tiles, 3 stages; 64-key tiles need more than 255 registers there).
 FA_KERNEL(64, 64, 3, 2)
 FA_KERNEL(128, 32, 3, 2)
+
+// Alternative head_dim-128 tile shapes (attention::FA2_VARIANTS), timed beside the default by
+// `strata gpu bench`: 64-key tiles in 2 stages (104448 bytes; ptxas spills a few registers) and
+// 32-key tiles in 2 stages (69632 bytes).
+#define FA_VARIANT(NAME, HD, KT, NST)                                                             \
+    extern "C" __global__ void __launch_bounds__(FA_THREADS, 2) NAME(                             \
+        const bf16_t* q, int q_stride, const bf16_t* k_pool, const bf16_t* v_pool,                \
+        const int* block_tables, int max_pages, int page_size, const int* tile_info, int n_heads, \
+        int n_kv_heads, int head_dim, float scale, int split_len, bf16_t* out, int out_stride,    \
+        float* part_acc, float* part_ml, int total_rows) {                                        \
+        pdl_enter();                                                                              \
+        fa_prefill_body<HD, KT, NST>(q, q_stride, k_pool, v_pool, block_tables, max_pages,        \
+                                     page_size, tile_info, n_heads, n_kv_heads, scale, split_len, \
+                                     out, out_stride, part_acc, part_ml, total_rows);             \
+    }
+FA_VARIANT(paged_attention_fa2_d128_kt64s2, 128, 64, 2)
+FA_VARIANT(paged_attention_fa2_d128_kt32s2, 128, 32, 2)

@@ -93,6 +93,19 @@ pub fn set_prefill_kernel(k: Option<PrefillKernel>) {
     PREFILL.store(v, std::sync::atomic::Ordering::Relaxed);
 }
 
+/// Alternative tile shapes of the head_dim-128 FA2 prefill kernel, (name, keys per tile, stages),
+/// timed beside the default by `strata gpu bench` and checked by `strata gpu check` (the
+/// 64-key one spills a few registers; see the FA_KERNEL lines of attention_prefill.cu).
+pub const FA2_VARIANTS: [(&str, usize, usize); 2] = [
+    ("paged_attention_fa2_d128_kt64s2", 64, 2),
+    ("paged_attention_fa2_d128_kt32s2", 32, 2),
+];
+
+/// Dynamic shared memory of an FA2 kernel of `head_dim` with `kt`-key tiles in `stages` stages.
+pub(crate) fn fa2_smem_of(head_dim: usize, kt: usize, stages: usize) -> u32 {
+    ((FA2_ROWS + 2 * stages * kt) * (head_dim + 8) * 2) as u32
+}
+
 /// Kernel names of the FA2-style prefill kernels, in `mma_index` order.
 pub(crate) const FA2_NAMES: [&str; 2] = ["paged_attention_fa2_d64", "paged_attention_fa2_d128"];
 
@@ -110,7 +123,7 @@ pub(crate) fn fa2_tile(head_dim: usize) -> (usize, usize) {
 /// tiles, rows padded to head_dim + 8 bf16.
 pub(crate) fn fa2_smem(head_dim: usize) -> u32 {
     let (kt, stages) = fa2_tile(head_dim);
-    ((FA2_ROWS + 2 * stages * kt) * (head_dim + 8) * 2) as u32
+    fa2_smem_of(head_dim, kt, stages)
 }
 
 /// Index of the tensor-core prefill kernel for `head_dim`, if there is one.
@@ -236,6 +249,20 @@ impl AttnPlan {
             && s.n_heads == 4 * s.n_kv_heads
             && s.head_dim == 128
             && i < DECODE2_VARIANTS.len();
+        if fits {
+            self.variant = Some(i);
+        }
+        fits
+    }
+    /// Runs alternative `FA2_VARIANTS[i]` instead of the default FA2 prefill kernel (head_dim 128
+    /// FA2 plans only, where the device gave the variant its shared memory; false otherwise).
+    pub fn set_fa2_variant(&mut self, i: usize, ops: &CudaOps) -> bool {
+        let fits = self.kernel == AttnKernel::PrefillFa2
+            && self.shape.head_dim == 128
+            && ops
+                .attention_fa2_variants
+                .get(i)
+                .is_some_and(|f| f.is_some());
         if fits {
             self.variant = Some(i);
         }
@@ -602,13 +629,18 @@ impl CudaOps {
                 )
             })?;
             let idx = mma_index(hd).expect("planned only for supported head sizes");
-            let f = self.attention_fa2[idx]
-                .as_ref()
-                .expect("planned only where the kernel loaded");
+            let (f, smem) = match plan.variant {
+                Some(v) => {
+                    let (_, kt, st) = FA2_VARIANTS[v];
+                    (&self.attention_fa2_variants[v], fa2_smem_of(hd, kt, st))
+                }
+                None => (&self.attention_fa2[idx], fa2_smem(hd)),
+            };
+            let f = f.as_ref().expect("planned only where the kernel loaded");
             let dims = Dims {
                 grid: (s.n_kv_heads as u32, plan.n_tiles as u32, plan.splits as u32),
                 block: 128,
-                smem: fa2_smem(hd),
+                smem,
             };
             self.go(f, dims, &args)?;
         } else {

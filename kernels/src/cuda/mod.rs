@@ -35,7 +35,7 @@ pub mod transfer;
 
 pub use attention::{
     prefill_kernel, set_prefill_kernel, AttnKernel, AttnPlan, AttnSeq, AttnShape, PlanOpts,
-    PrefillKernel, DECODE2_VARIANTS,
+    PrefillKernel, DECODE2_VARIANTS, FA2_VARIANTS,
 };
 pub use backend::{CudaBackend, CudaBuf};
 pub use device::GpuContext;

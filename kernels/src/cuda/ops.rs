@@ -36,6 +36,8 @@ pub struct CudaOps {
     /// `paged_attention_fa2_*`, in `attention::mma_index` order; None where the device cannot
     /// give the kernel its dynamic shared memory (plans then use `attention_mma`).
     pub(crate) attention_fa2: Vec<Option<CudaFunction>>,
+    /// `attention::FA2_VARIANTS` (head_dim 128), None where the shared memory was refused.
+    pub(crate) attention_fa2_variants: Vec<Option<CudaFunction>>,
     /// `attention::DECODE2_VARIANTS`, for side-by-side timing.
     pub(crate) attention_decode2_variants: Vec<CudaFunction>,
     pub(crate) sample: CudaFunction,
@@ -81,18 +83,12 @@ impl CudaOps {
             attention_fa2: super::attention::FA2_NAMES
                 .iter()
                 .zip([64, 128])
-                .map(|(n, hd)| {
-                    let f = ctx.function(Program::Attention, n)?;
-                    let want = super::attention::fa2_smem(hd) as i32;
-                    ctx.cuda().bind_to_thread()?;
-                    let attr = cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
-                    match f.set_attribute(attr, want) {
-                        Ok(()) => Ok(Some(f)),
-                        Err(e) => {
-                            tracing::warn!("{n}: {want} bytes of shared memory refused ({e:?}); prefill plans use paged_attention_mma_d{hd}");
-                            Ok(None)
-                        }
-                    }
+                .map(|(n, hd)| fa2_function(&ctx, n, super::attention::fa2_smem(hd)))
+                .collect::<Result<_>>()?,
+            attention_fa2_variants: super::attention::FA2_VARIANTS
+                .iter()
+                .map(|&(n, kt, st)| {
+                    fa2_function(&ctx, n, super::attention::fa2_smem_of(128, kt, st))
                 })
                 .collect::<Result<_>>()?,
             attention_decode2_variants: super::attention::DECODE2_VARIANTS
@@ -475,5 +471,23 @@ impl CudaOps {
             Arg::F32(scale),
         ];
         self.go(&self.fill, Dims::rows(blocks, 256), &args)
+    }
+}
+
+/// Loads FA2 prefill kernel `name` and opts it in to `smem` bytes of dynamic shared memory; None
+/// (logged) where the device refuses that much, so plans fall back to the first mma kernel.
+fn fa2_function(ctx: &Arc<GpuContext>, name: &str, smem: u32) -> Result<Option<CudaFunction>> {
+    let f = ctx.function(Program::Attention, name)?;
+    ctx.cuda().bind_to_thread()?;
+    let attr =
+        cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+    match f.set_attribute(attr, smem as i32) {
+        Ok(()) => Ok(Some(f)),
+        Err(e) => {
+            tracing::warn!(
+                "{name}: {smem} bytes of shared memory refused ({e:?}); prefill plans use paged_attention_mma_*"
+            );
+            Ok(None)
+        }
     }
 }

@@ -96,6 +96,28 @@ fn fa2_launch_shared_memory_matches_the_kernel_instantiations() {
         seen += 1;
     }
     assert_eq!(seen, super::attention::FA2_NAMES.len());
+    // The timed alternatives: FA_VARIANT(name, HD, KT, NST) as attention::FA2_VARIANTS lists.
+    let variants: Vec<(String, usize, usize)> = src
+        .lines()
+        .filter(|l| l.starts_with("FA_VARIANT("))
+        .map(|l| {
+            let f: Vec<&str> = l["FA_VARIANT(".len()..l.len() - 1]
+                .split(',')
+                .map(str::trim)
+                .collect();
+            assert_eq!(f[1], "128", "{l}");
+            (
+                f[0].to_string(),
+                f[2].parse().unwrap(),
+                f[3].parse().unwrap(),
+            )
+        })
+        .collect();
+    let listed: Vec<(String, usize, usize)> = super::attention::FA2_VARIANTS
+        .iter()
+        .map(|&(n, kt, st)| (n.to_string(), kt, st))
+        .collect();
+    assert_eq!(variants, listed);
 }
 
 #[test]

@@ -261,10 +261,19 @@ pub fn run(
             let layer_flops = attn / shape.layers as f64;
             let mut alone = serde_json::Map::new();
             let mut line = format!("  prefill {t} attention alone per layer:");
-            for (name, k) in [("fa2", PrefillKernel::Fa2), ("mma", PrefillKernel::Mma)] {
-                let a = prefill_attention_alone(ops, &model, t, k)?;
-                line += &format!(" {name} {a:.3} ms ({:.0} TFLOP/s)", layer_flops / a / 1e9);
-                alone.insert(name.to_string(), json!(a));
+            let mut kinds = vec![
+                ("fa2".to_string(), PrefillKernel::Fa2, None),
+                ("mma".to_string(), PrefillKernel::Mma, None),
+            ];
+            for (i, v) in strata_kernels::cuda::FA2_VARIANTS.iter().enumerate() {
+                kinds.push((v.0.to_string(), PrefillKernel::Fa2, Some(i)));
+            }
+            for (name, k, variant) in kinds {
+                let a = prefill_attention_alone(ops, &model, t, k, variant)?;
+                if a.is_finite() {
+                    line += &format!(" {name} {a:.3} ms ({:.0} TFLOP/s)", layer_flops / a / 1e9);
+                    alone.insert(name, json!(a));
+                }
             }
             summary.push(line);
             let (gemm_ms, gemm_line) = prefill_gemms(ops, gemm, &shape, t)?;
@@ -316,12 +325,14 @@ pub fn run(
 }
 
 /// One layer's prefill attention of a `t`-token prompt alone (no cached prefix, random q and
-/// pools) with prefill kernel `k`, milliseconds.
+/// pools) with prefill kernel `k` (and FA2 tile-shape variant `fa2_variant`), milliseconds; NaN
+/// where the variant does not apply.
 fn prefill_attention_alone(
     ops: &CudaOps,
     model: &LlamaModel,
     t: usize,
     k: strata_kernels::cuda::PrefillKernel,
+    fa2_variant: Option<usize>,
 ) -> anyhow::Result<f64> {
     let c = ops.context();
     let s = model.shape;
@@ -334,7 +345,12 @@ fn prefill_attention_alone(
     strata_kernels::cuda::set_prefill_kernel(Some(k));
     let plan = ops.attention_plan(shape, &seqs, None);
     strata_kernels::cuda::set_prefill_kernel(None);
-    let plan = plan?;
+    let mut plan = plan?;
+    if let Some(i) = fa2_variant {
+        if !plan.set_fa2_variant(i, ops) {
+            return Ok(f64::NAN);
+        }
+    }
     let kvw = s.n_kv_heads * s.head_dim;
     let slots = shape.pool_pages * PAGE;
     let bf = strata_kernels::cuda::DType::Bf16;

@@ -3,6 +3,7 @@
 use rand::Rng;
 use strata_kernels::cuda::{
     AttnKernel, AttnSeq, AttnShape, CudaOps, DTensor, Gemm, GemmPath, DECODE2_VARIANTS,
+    FA2_VARIANTS,
 };
 use strata_kernels::reference as r;
 
@@ -459,6 +460,29 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
         ),
     ];
     // Every timed decode2 alternative, on the Llama-3-8B head shape it is built for.
+    // Every timed FA2 tile-shape alternative (head_dim 128), whole prompts and forced splits.
+    let fa2_variants = (0..FA2_VARIANTS.len()).flat_map(|i| {
+        [
+            (
+                format!("prefill fa2var{i}"),
+                32,
+                8,
+                128,
+                16,
+                vec![(300, 1500), (77, 77)],
+                None,
+            ),
+            (
+                format!("prefill fa2var{i} split"),
+                8,
+                2,
+                128,
+                64,
+                vec![(64, 600), (7, 40)],
+                Some(3),
+            ),
+        ]
+    });
     let variants = (0..DECODE2_VARIANTS.len()).map(|i| {
         let lens = vec![(1, 1000), (1, 33), (1, 1)];
         (format!("decode var{i}"), 32, 8, 128, 16, lens, None)
@@ -466,7 +490,8 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
     let cases = cases
         .into_iter()
         .map(|(n, nh, nkv, hd, page, lens, sp)| (n.to_string(), nh, nkv, hd, page, lens, sp))
-        .chain(variants);
+        .chain(variants)
+        .chain(fa2_variants);
     for (name, nh, nkv, hd, page, lens, splits) in cases {
         let pages_needed: usize = lens.iter().map(|&(_, kv)| kv.div_ceil(page)).sum();
         let pool_pages = pages_needed + 5;
@@ -533,6 +558,15 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
             plan.force_decode_v1();
         }
         let mut variant = "";
+        if let Some(rest) = name.strip_prefix("prefill fa2var") {
+            let i: usize = rest.split(' ').next().unwrap_or("").parse()?;
+            if !plan.set_fa2_variant(i, ops) {
+                let why = format!("{name}: variant not planned (shared memory refused?)");
+                ck.rel("attention", why, f64::INFINITY, BF16_TOL);
+                continue;
+            }
+            variant = FA2_VARIANTS[i].0;
+        }
         if let Some(i) = name.strip_prefix("decode var") {
             let i: usize = i.parse()?;
             anyhow::ensure!(plan.set_decode2_variant(i), "variant {i} does not fit");
@@ -583,6 +617,7 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
             AttnKernel::Decode => "dec",
             AttnKernel::General => "gen",
             AttnKernel::PrefillMma => "mma",
+            AttnKernel::PrefillFa2 if !variant.is_empty() => variant,
             AttnKernel::PrefillFa2 => "fa2",
         };
         let desc = format!(
