@@ -18,6 +18,8 @@
 #            bench serve, default chunked-prefill size; compare with the prefill step's raw lines)
 #   detcheck `gpu check --only gemm,fixed_decode_plan,gemm_rows,attn_decode_rows,attn_extend_rows`
 #            (the batch-invariance cases: exact in det mode, default-mode counts reported)
+#   itl      scripts/gpu-itl-ab.sh (served ITL at c=1, graph plan per context tier vs one plan, vs
+#            the raw graph step; env SIZE)
 #   det      scripts/gpu-det-check.sh (batch-invariant mode vs default: served greedy at c=1/8/32,
 #            graphs on/off, prefix extend, seeded repeats; decode bench c=1/16 in both modes)
 # Usage: scripts/gpu-all.sh "STEP..." (default "check serve hc1b hc8b pd"); output in $OUT.
@@ -67,6 +69,7 @@ for s in $STEPS; do
       python3 scripts/det_check_summary.py "$OUT/check-det.json" ;;
     det) timeout $(left ${DET_TIMEOUT:-360}) scripts/gpu-det-check.sh "$OUT" > "$OUT/det.log" 2>&1; rc=$?
       grep -E "SAME|DIFF|bench|raw|PASS|FAIL|batch-invariant|prefix cache|error" "$OUT/det.log" | tail -50 ;;
+    itl) timeout $(left ${ITL_TIMEOUT:-200}) scripts/gpu-itl-ab.sh "$OUT" > "$OUT/itl.log" 2>&1; rc=$?; cat "$OUT/itl.log" ;;
     runner) timeout $(left 400) scripts/gpu-runner-check.sh "$OUT" > "$OUT/runner.log" 2>&1; rc=$?; tail -40 "$OUT/runner.log" ;;
     *) echo "unknown step $s"; rc=2 ;;
   esac
