@@ -20,8 +20,9 @@
 #            (the batch-invariance cases: exact in det mode, default-mode counts reported)
 #   itl      scripts/gpu-itl-ab.sh (served ITL at c=1, graph plan per context tier vs one plan, vs
 #            the raw graph step; env SIZE)
-#   det      scripts/gpu-det-check.sh (batch-invariant mode vs default: served greedy at c=1/8/32,
-#            graphs on/off, prefix extend, seeded repeats; decode bench c=1/16 in both modes)
+#   det      scripts/gpu-det-check.sh (batch-invariant mode, also with STRATA_DET_ATTN=prefill, vs
+#            default: served greedy at c=1/8/32, graphs on/off, prefix extend, seeded repeats;
+#            decode bench c=1/16 in each mode; raw 8B decode step with and without the mode)
 # Usage: scripts/gpu-all.sh "STEP..." (default "check serve hc1b hc8b pd"); output in $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -67,7 +68,7 @@ for s in $STEPS; do
         --json "$OUT/check-det.json" > "$OUT/check-det.log" 2>&1
       rc=$?; grep -E "FAIL|error|gpu check:" "$OUT/check-det.log" | tail -30
       python3 scripts/det_check_summary.py "$OUT/check-det.json" ;;
-    det) timeout $(left ${DET_TIMEOUT:-360}) scripts/gpu-det-check.sh "$OUT" > "$OUT/det.log" 2>&1; rc=$?
+    det) timeout $(left ${DET_TIMEOUT:-400}) scripts/gpu-det-check.sh "$OUT" > "$OUT/det.log" 2>&1; rc=$?
       grep -E "SAME|DIFF|bench|raw|PASS|FAIL|batch-invariant|prefix cache|error" "$OUT/det.log" | tail -50 ;;
     itl) timeout $(left ${ITL_TIMEOUT:-200}) scripts/gpu-itl-ab.sh "$OUT" > "$OUT/itl.log" 2>&1; rc=$?; cat "$OUT/itl.log" ;;
     runner) timeout $(left 400) scripts/gpu-runner-check.sh "$OUT" > "$OUT/runner.log" 2>&1; rc=$?; tail -40 "$OUT/runner.log" ;;

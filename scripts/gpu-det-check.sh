@@ -1,22 +1,23 @@
 #!/usr/bin/env bash
 # Batch-invariant ("deterministic") inference on the GPU, one step of scripts/gpu-all.sh (`det`).
 # (The kernel-level cases, gemm_rows / attn_decode_rows / attn_extend_rows, are part of
-# `strata gpu check`, the `check` step.) For MODE in det (--enable-deterministic-inference) and
-# default: two servers of the made
+# `strata gpu check`, the `check` / `detcheck` steps.) For MODE in det
+# (--enable-deterministic-inference), det1 (the same with STRATA_DET_ATTN=prefill: decode rows on
+# the prefill attention kernel too) and default: two servers of the made
 # Llama-3.2-1B-shaped model (graphs on / --disable-cuda-graph) and scripts/gpu_det_compare.py
 # (greedy at concurrency 1/8/32, graphs on/off, prefix extend vs whole, seeded repeats), then a
 # short decode bench on the graph server: `strata bench serve` 512 in / 128 out at concurrency 1
 # and 16 (median ITL and output tok/s: the cost of the mode). Last, `strata gpu bench --only
 # decode` on the 8B shape with and without --deterministic (raw graph step; DET_RAW=0 skips it).
-# Usage: scripts/gpu-det-check.sh [OUTDIR]; env STRATA, DET_MODES (default "det default"),
+# Usage: scripts/gpu-det-check.sh [OUTDIR]; env STRATA, DET_MODES (default "det det1 default"),
 # DET_SIZE (default llama-3.2-1b), DET_N (prompts, default 32), DET_NEW (tokens, default 48).
-# Exit status: non-zero when the det mode shows any difference or a server fails (differences in
+# Exit status: non-zero when det or det1 shows any difference or a server fails (differences in
 # the default mode are expected and only reported).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 STRATA=${STRATA:-target/release/strata}
 OUTDIR=${1:-${OUT:-/tmp/strata-gpu}}
-MODES=${DET_MODES:-det default}
+MODES=${DET_MODES:-det det1 default}
 SIZE=${DET_SIZE:-llama-3.2-1b}
 mkdir -p "$OUTDIR"
 . scripts/gpu-env.sh
@@ -45,16 +46,18 @@ up() { # port log extra-args...
 fail=0
 for mode in $MODES; do
   flag=()
-  # The flag for det; STRATA_DETERMINISTIC=0 keeps the default servers default even when the
-  # caller exported STRATA_DETERMINISTIC=1 (e.g. to run the pd step in det mode).
-  [ "$mode" = det ] && flag=(--enable-deterministic-inference)
-  export STRATA_DETERMINISTIC=$([ "$mode" = det ] && echo 1 || echo 0)
+  # The flag for det and det1 (det1: every row on the prefill attention kernel,
+  # STRATA_DET_ATTN=prefill); STRATA_DETERMINISTIC=0 keeps the default servers default even when
+  # the caller exported STRATA_DETERMINISTIC=1 (e.g. to run the pd step in det mode).
+  [ "$mode" != default ] && flag=(--enable-deterministic-inference)
+  export STRATA_DETERMINISTIC=$([ "$mode" != default ] && echo 1 || echo 0)
+  export STRATA_DET_ATTN=$([ "$mode" = det1 ] && echo prefill || echo split)
   if up 32300 "$OUTDIR/det-$mode-graph.log" ${flag[@]+"${flag[@]}"} && up 32301 "$OUTDIR/det-$mode-nograph.log" --disable-cuda-graph ${flag[@]+"${flag[@]}"}; then
     grep -hE "batch-invariant|CUDA graphs captured" "$OUTDIR/det-$mode-graph.log" | cut -c1-200
     timeout 240 python3 scripts/gpu_det_compare.py "$mode" http://127.0.0.1:32300 http://127.0.0.1:32301 \
       "$OUTDIR/det-$mode.json" "${DET_N:-32}" "${DET_NEW:-48}" 2>&1 | tee "$OUTDIR/det-$mode-compare.log"
     rc=${PIPESTATUS[0]}
-    [ "$mode" = det ] && [ "$rc" != 0 ] && fail=1
+    [ "$mode" != default ] && [ "$rc" != 0 ] && fail=1
     for c in 1 16; do
       n=$(( c == 1 ? 4 : 2 * c ))
       timeout 90 "$STRATA" bench serve --base-url http://127.0.0.1:32300 --num-prompts $n --random-input-len 512 \

@@ -710,9 +710,10 @@ impl CudaOps {
             kv_len: max_pages * shape.page_size,
             pages: vec![0; max_pages],
         };
+        // `opts.prefill`: decode rows on the prefill kernel (batch-invariant mode with
+        // STRATA_DET_ATTN=prefill); its tiles are one row each here, as the decode kernels'.
         let opts = PlanOpts {
             splits: None,
-            prefill: false,
             ..opts
         };
         self.attention_plan_with(shape, &vec![seq; batch], opts)

@@ -39,6 +39,24 @@ pub fn split_len(context_length: usize) -> usize {
 /// Whether batch-invariant mode is on by default (no flag, no `STRATA_DETERMINISTIC`).
 pub const DEFAULT: bool = false;
 
+/// How decode rows (generated tokens) are attended in batch-invariant mode, from
+/// `STRATA_DET_ATTN`: `split` (the default) runs the decode kernels with fixed splits, so a
+/// generated token's KV differs in the last bits from the same token computed as a prompt row
+/// (a later request whose prompt contains it, a retracted request recomputed); `prefill` runs every
+/// row, decode included, through the prefill kernel unsplit, so those are equal too, at the cost
+/// of decode attention over long contexts at small batches (one block per KV head and sequence).
+pub fn decode_as_prefill(env: Option<&str>) -> bool {
+    matches!(
+        env.map(|v| v.trim().to_ascii_lowercase()).as_deref(),
+        Some("prefill" | "one" | "one-kernel")
+    )
+}
+
+/// [`decode_as_prefill`] with the process environment.
+pub fn decode_as_prefill_from_env() -> bool {
+    decode_as_prefill(std::env::var("STRATA_DET_ATTN").ok().as_deref())
+}
+
 /// The mode from the command-line flag and the `STRATA_DETERMINISTIC` value: the flag turns it
 /// on; otherwise `1`/`true`/`on` turns it on and `0`/`false`/`off` off; anything else (or
 /// nothing) keeps [`DEFAULT`].
@@ -75,6 +93,14 @@ mod tests {
             assert_eq!(l % SPLIT_LEN, 0);
             assert!(ctx.div_ceil(l) <= MAX_SPLITS);
         }
+    }
+
+    #[test]
+    fn decode_attention_choice() {
+        assert!(!decode_as_prefill(None));
+        assert!(!decode_as_prefill(Some("split")));
+        assert!(decode_as_prefill(Some("prefill")));
+        assert!(decode_as_prefill(Some(" One ")));
     }
 
     #[test]

@@ -122,6 +122,9 @@ pub struct CudaRunner {
     inv_freq: DTensor,
     opts: CudaRunnerOptions,
     graphs: graph::Graphs,
+    /// Batch-invariant mode with every row on the prefill attention kernel
+    /// (`STRATA_DET_ATTN=prefill`, `det::decode_as_prefill`).
+    one_kernel: bool,
     /// Forwards run and how many of them replayed a graph (logged every 1024 forwards).
     counts: (u64, u64),
     /// Where the time of graph-replayed decode steps goes (logged with the counts).
@@ -159,7 +162,13 @@ impl CudaRunner {
         }
         let ops = CudaOps::new(ctx.clone())?;
         let gemm = Gemm::new(ctx.clone())?.with_deterministic(opts.deterministic)?;
-        if opts.deterministic {
+        let one_kernel =
+            opts.deterministic && strata_kernels::cuda::det::decode_as_prefill_from_env();
+        if one_kernel {
+            tracing::info!(
+                "batch-invariant (deterministic) inference: one cuBLASLt algorithm per weight shape, every row (decode included) on the prefill attention kernel, unsplit (STRATA_DET_ATTN=prefill)"
+            );
+        } else if opts.deterministic {
             tracing::info!(
                 "batch-invariant (deterministic) inference: one cuBLASLt algorithm per weight shape, fixed decode splits, prompt and decode rows on their own attention kernels"
             );
@@ -230,6 +239,7 @@ impl CudaRunner {
             lm_head,
             inv_freq,
             graphs: graph::Graphs::default(),
+            one_kernel,
             counts: (0, 0),
             prof: StepProfile::default(),
             opts,
@@ -300,7 +310,7 @@ impl CudaRunner {
             splits: None,
             deterministic: self.opts.deterministic,
             det_split_len: strata_kernels::cuda::det::split_len(self.opts.context_length),
-            prefill: false,
+            prefill: self.one_kernel,
         }
     }
 
@@ -314,9 +324,12 @@ impl CudaRunner {
             pages: s.pages.iter().map(|&p| p as i32).collect(),
         };
         let n = batch.tokens.len();
-        if !self.opts.deterministic {
+        if !self.opts.deterministic || self.one_kernel {
+            // One plan over every row (batch-invariant with one kernel: the prefill kernel).
             let seqs: Vec<AttnSeq> = batch.seqs.iter().map(seq).collect();
-            let plan = self.ops.attention_plan(self.attn_shape(kv), &seqs, None)?;
+            let plan =
+                self.ops
+                    .attention_plan_with(self.attn_shape(kv), &seqs, self.plan_opts())?;
             return Ok(vec![AttnPart { rows: 0..n, plan }]);
         }
         let mut parts = Vec::new();

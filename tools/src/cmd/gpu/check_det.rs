@@ -128,7 +128,8 @@ fn opts(det: bool, prefill: bool) -> PlanOpts {
 /// Decode attention: each sequence's row computed alone vs inside eager batches of 3, 8, 32 and
 /// 40 sequences (shuffled) and inside fixed graph plans of 8 / 48 rows (padded), for the decode2
 /// kernel (head_dim 128 and 64), the first decode kernel (head_dim 96) and the general kernel
-/// (GQA group 16). Lengths cross the 256-key split boundaries.
+/// (GQA group 16); in batch-invariant mode also with the rows on the prefill kernel
+/// (`STRATA_DET_ATTN=prefill`). Lengths cross the 256-key split boundaries.
 pub fn attention_decode_rows(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
     let c = ops.context();
     for (nh, nkv, hd) in [(32, 8, 128), (32, 8, 64), (8, 2, 96), (16, 1, 64)] {
@@ -170,11 +171,15 @@ pub fn attention_decode_rows(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<
             ops.paged_attention(plan, &q, 0, &p.k, &p.v, &out, scale)?;
             Ok(c.download_f32(&out)?[..order.len() * w].to_vec())
         };
-        let tag = format!("H{nh}/{nkv} D{hd}");
-        for det in [true, false] {
+        // (batch-invariant, decode rows on the prefill kernel: STRATA_DET_ATTN=prefill)
+        for (det, pk) in [(true, false), (true, true), (false, false)] {
+            let tag = format!(
+                "H{nh}/{nkv} D{hd}{}",
+                if pk { " prefill-kernel" } else { "" }
+            );
             let mut alone = Vec::with_capacity(lens.len());
             for i in 0..lens.len() {
-                let plan = ops.attention_plan_with(shape, &[seq(i)], opts(det, false))?;
+                let plan = ops.attention_plan_with(shape, &[seq(i)], opts(det, pk))?;
                 alone.extend(run(&plan, &[i], 1)?);
             }
             let mut order: Vec<usize> = (0..lens.len()).collect();
@@ -182,7 +187,7 @@ pub fn attention_decode_rows(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<
                 shuffle(&mut ck.rng, &mut order);
                 let sub = &order[..bs];
                 let seqs: Vec<AttnSeq> = sub.iter().map(|&i| seq(i)).collect();
-                let plan = ops.attention_plan_with(shape, &seqs, opts(det, false))?;
+                let plan = ops.attention_plan_with(shape, &seqs, opts(det, pk))?;
                 let got = run(&plan, sub, bs)?;
                 let want: Vec<f32> = sub
                     .iter()
@@ -196,8 +201,7 @@ pub fn attention_decode_rows(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<
                 shuffle(&mut ck.rng, &mut order);
                 let sub = &order[..bs];
                 let seqs: Vec<AttnSeq> = sub.iter().map(|&i| seq(i)).collect();
-                let plan =
-                    ops.decode_plan_fixed_with(shape, bucket, max_pages, opts(det, false))?;
+                let plan = ops.decode_plan_fixed_with(shape, bucket, max_pages, opts(det, pk))?;
                 ops.update_decode_plan(&plan, &seqs)?;
                 let got = run(&plan, sub, bucket)?;
                 let want: Vec<f32> = sub
