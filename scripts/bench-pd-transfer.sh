@@ -7,9 +7,11 @@
 #  - ROUNDS rounds of fresh prompts of each length in LENS (1 output token), sent to the four
 #    pairs in rotating order, one at a time;
 #  - per pair and length: the prefill's pd_transfer counters (header sent to ACK received: the
-#    whole transfer, both wake-ups included) and the decode's part (header to ACK sent);
+#    whole transfer, both wake-ups included), the decode's part (header to ACK sent), and the
+#    answer time (1 output token: the TTFT, staging copies included), pool vs staged paired;
 #  - then the raw copy of one transfer's bytes over each transport, warm rounds on one
-#    connection (`strata bench store --role cma-copy` / `--role tcp-copy`), and the ratios.
+#    connection (`strata bench store --role cma-copy` / `--role tcp-copy`), and the same-host copy
+#    again from memory rather than the caches (`--cold`: a different buffer pair each round).
 # Usage: scripts/bench-pd-transfer.sh [strata binary]; env SIZE (small), LENS ("1024 2000"),
 # ROUNDS (12).
 set -euo pipefail
@@ -45,12 +47,15 @@ import json, random, statistics, sys, urllib.request
 rng = random.Random(5)
 pairs = {"shm-pool": (30810, 30802, 30803), "tcp-pool": (30811, 30804, 30805),
          "shm-staged": (30812, 30806, 30807), "tcp-staged": (30813, 30808, 30809)}
+import time
 def ask(port, n):
     ids = [rng.randrange(3, 500) for _ in range(n)]
     body = json.dumps({"input_ids": ids, "sampling_params": {"temperature": 0, "max_new_tokens": 1, "ignore_eos": True}}).encode()
+    t = time.perf_counter()
     with urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/generate", body, {"Content-Type": "application/json"})) as r:
         v = json.load(r)
     assert v["meta_info"]["finish_reason"]["type"] != "abort", v
+    return (time.perf_counter() - t) * 1000
 def counters(port):
     text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
     val = {l.split()[0]: float(l.split()[1]) for l in text.splitlines() if l.startswith("sglang:pd_")}
@@ -62,15 +67,20 @@ for plen in lens:
     ask(30810, plen)  # warm-up of this length (not counted: counters are read after it)
     before = {k: (counters(p), counters(d)) for k, (_, p, d) in pairs.items()}
     order = list(pairs)
+    ms = {k: [] for k in pairs}
     for i in range(rounds):
         for k in order[i % 4:] + order[:i % 4]:
-            ask(pairs[k][0], plen)
+            ms[k].append(ask(pairs[k][0], plen))
     for k, (_, p, d) in pairs.items():
         n, b, t, l, s, _, _ = (a - z for a, z in zip(counters(p), before[k][0]))
         dn, dt = [a - z for a, z in zip(counters(d), before[k][1])][5:]
         sizes[plen] = b / n
         print(f"{plen:5d} tokens {k:10s}: {n:.0f} transfers ({l:.0f} same-host, {s:.0f} staged), {b / n / 2**20:.2f} MiB each, "
-              f"{t / n * 1000:.2f} ms each = {b / t / 1e9:.2f} GB/s (prefill: header to ACK); decode part {dt / max(dn, 1) * 1000:.2f} ms")
+              f"{t / n * 1000:.2f} ms each = {b / t / 1e9:.2f} GB/s (prefill: header to ACK); decode part {dt / max(dn, 1) * 1000:.2f} ms; "
+              f"answer (TTFT) median {statistics.median(ms[k]):.1f} ms")
+    for net in ("shm", "tcp"):
+        d = [a - b for a, b in zip(ms[f"{net}-pool"], ms[f"{net}-staged"])]
+        print(f"{plen:5d} tokens {net}: pool - staged answer time, median of per-round differences {statistics.median(d):+.1f} ms")
 json.dump(sizes, open(f"{work}/sizes.json", "w"))
 PY
 echo "## raw copies of one transfer's bytes, 9 warm rounds on one connection / buffer pair (median of rounds 2-9)"
@@ -78,6 +88,8 @@ for plen in ${LENS:-1024 2000}; do
   MB=$(python3 -c "import json; print(max(1, round(json.load(open('$WORK/sizes.json'))['$plen'] / 2**20)))")
   printf "%5d tokens (%s MiB): " $plen $MB
   "$BIN" bench store --role cma-copy --copy-mb $MB --batch-bytes-mb 1 --rounds 9 2> /dev/null | tail -n 1 | tr -s ' '
+  printf "%5d tokens (%s MiB): " $plen $MB
+  "$BIN" bench store --role cma-copy --copy-mb $MB --batch-bytes-mb 1 --rounds 9 --cold 2> /dev/null | tail -n 1 | tr -s ' '
   printf "%5d tokens (%s MiB): " $plen $MB
   "$BIN" bench store --role tcp-copy --copy-mb $MB --batch-bytes-mb $MB --rounds 9 2> /dev/null | tail -n 1 | tr -s ' '
 done

@@ -6,11 +6,16 @@
 //!   which this process opened once per prefill (the handle came in an earlier header); they are
 //!   gathered device to device into a device buffer, which the scheduler scatters into the pool.
 //! - same-host copy: the pages are copied with `process_vm_readv` straight out of the prefill's
-//!   memory (its KV pool on the CPU runner, else its staging pool) into a staging pool here.
+//!   memory (its KV pool on the CPU runner, else its staging pool).
 //! - the socket (TCP, or the fallback of the other two).
+//!
+//! On the CPU runner the scheduler gives a fetch its pool pages up front ([`Dest`]) when the pool
+//! has room: pages the prefill sends in the pool's own order (page_first_direct, from its pool)
+//! land there directly, by either of the last two paths, and nothing is copied again. Otherwise
+//! they land in a staging pool that the scheduler loads into the pool.
 
 use super::link::{Link, Links};
-use super::share::{DeviceKv, Opened, Staged};
+use super::share::{DeviceKv, HostSpans, Opened, Staged};
 use super::staging::StagingCache;
 use super::wire::{self, DeviceInfo, KvHeader, Want};
 use super::{Bootstrap, PdConfig};
@@ -29,6 +34,18 @@ pub enum Payload {
     Host(HostKvPool),
     /// A device buffer of the runner's ([`DeviceKv::pull`]).
     Device(Staged),
+    /// Already in the pool pages the scheduler gave the fetch ([`Dest`]), which come back in
+    /// [`Fetched::pages`].
+    InPool,
+}
+
+/// Pool pages the scheduler allocated for a fetch, with the pool's memory (the CPU runner): pages
+/// in page_first_direct order go straight there, no staging copy. The fetch owns the pages until
+/// the scheduler takes the result, so an aborted request's pages cannot be reused while a copy
+/// into them runs.
+pub struct Dest {
+    pub pages: Vec<crate::kv::Page>,
+    pub spans: Arc<HostSpans>,
 }
 
 /// The prompt's KV, received.
@@ -38,6 +55,9 @@ pub struct Fetched {
     pub first_logprobs: Option<crate::logprobs::PosLogprobs>,
     pub payload: Payload,
     pub n_pages: usize,
+    /// The pool pages given with the fetch ([`Dest`]), the prompt's KV in them when the payload
+    /// is `InPool`.
+    pub pages: Option<Vec<crate::kv::Page>>,
 }
 
 /// Page geometry both sides must agree on.
@@ -99,8 +119,9 @@ impl Fetcher {
         *self.waker.lock() = Some(w);
     }
 
-    /// Starts fetching the KV of `rid` (a prompt of `prompt_len` tokens) from `b`'s prefill.
-    pub fn start(&self, rid: &str, b: &Bootstrap, prompt_len: usize) {
+    /// Starts fetching the KV of `rid` (a prompt of `prompt_len` tokens) from `b`'s prefill,
+    /// into `dest`'s pool pages when given and the prefill sends page_first_direct.
+    pub fn start(&self, rid: &str, b: &Bootstrap, prompt_len: usize, dest: Option<Dest>) {
         let (cfg, geo, results) = (self.cfg.clone(), self.geo, self.results.clone());
         let (links, waker, cache) = (self.links.clone(), self.waker.clone(), self.staging.clone());
         let (id, b, device) = (rid.to_string(), b.clone(), self.device.clone());
@@ -108,7 +129,16 @@ impl Fetcher {
         let spawned = std::thread::Builder::new()
             .name("strata-pd-fetch".into())
             .spawn(move || {
-                let r = fetch(&cfg, geo, &b, prompt_len, &links, &cache, device.as_deref());
+                let r = fetch(
+                    &cfg,
+                    geo,
+                    &b,
+                    prompt_len,
+                    &links,
+                    &cache,
+                    device.as_deref(),
+                    dest,
+                );
                 if let Err(e) = &r {
                     tracing::warn!(rid = id, room = b.room, "PD: {e}");
                 }
@@ -165,6 +195,7 @@ impl Fail {
     }
 }
 
+#[allow(clippy::too_many_arguments)] // one transfer's whole context
 fn fetch(
     cfg: &PdConfig,
     g: Geometry,
@@ -173,6 +204,7 @@ fn fetch(
     links: &Links,
     cache: &StagingCache,
     device: Option<&dyn DeviceKv>,
+    dest: Option<Dest>,
 ) -> Result<Fetched, String> {
     let port = b.port.unwrap_or(cfg.bootstrap_port);
     let addr = (b.host.as_str(), port)
@@ -201,11 +233,16 @@ fn fetch(
         token: cfg.token.clone(),
     };
     let mut link = links.take(addr)?;
+    let dest = dest.filter(|d| d.pages.len() == staging_pages);
     let ex = Exchange {
         cfg,
         links,
         addr,
         device,
+        dest: dest.as_ref().map(|d| {
+            let ids: Vec<u32> = d.pages.iter().map(crate::kv::Page::id).collect();
+            d.spans.ranges(&ids)
+        }),
     };
     let mut r = ex.run(&mut link, &want, &mut staging, staging_pages);
     if matches!(&r, Err(f) if f.stale) {
@@ -217,17 +254,22 @@ fn fetch(
         Ok((h, dev)) => {
             links.give(addr, link);
             let payload = match dev {
-                Some(d) => {
+                Got::Device(d) => {
                     cache.give(staging);
                     Payload::Device(d)
                 }
-                None => Payload::Host(staging),
+                Got::InPool => {
+                    cache.give(staging);
+                    Payload::InPool
+                }
+                Got::Staging => Payload::Host(staging),
             };
             Ok(Fetched {
                 first_token: h.first_token,
                 first_logprobs: h.first_logprobs,
                 payload,
                 n_pages: staging_pages,
+                pages: dest.map(|d| d.pages),
             })
         }
         Err(f) => {
@@ -245,6 +287,15 @@ struct Exchange<'a> {
     links: &'a Links,
     addr: SocketAddr,
     device: Option<&'a dyn DeviceKv>,
+    /// The destination pool pages' memory, in transfer order (page_first_direct), if any.
+    dest: Option<Vec<(u64, u64)>>,
+}
+
+/// Where one transfer's pages landed.
+enum Got {
+    Staging,
+    InPool,
+    Device(Staged),
 }
 
 impl Exchange<'_> {
@@ -256,7 +307,7 @@ impl Exchange<'_> {
         want: &Want,
         staging: &mut HostKvPool,
         n_pages: usize,
-    ) -> Result<(KvHeader, Option<Staged>), Fail> {
+    ) -> Result<(KvHeader, Got), Fail> {
         let (cfg, links, addr) = (self.cfg, self.links, self.addr);
         let started = std::time::Instant::now();
         let mut want = want.clone();
@@ -349,6 +400,7 @@ impl Exchange<'_> {
         };
         let mut path = "the socket";
         let mut pulled = None;
+        let mut into_pool = false;
         if h.flags & wire::ON_DEVICE != 0 {
             let info = h.device.as_ref().expect("checked by KvHeader::read");
             let r = match ipc {
@@ -377,8 +429,19 @@ impl Exchange<'_> {
             } else {
                 MemLayout::PageFirst
             };
+            // page_first_direct is the pool's own order: straight into the given pool pages.
+            let dest = self.dest.as_ref().filter(|_| h.flags & wire::DIRECT != 0);
+            let local: Vec<(*mut u8, usize)> = match dest {
+                Some(d) => d.iter().map(|&(a, l)| (a as *mut u8, l as usize)).collect(),
+                None => (0..n_pages as u32)
+                    .flat_map(|p| [false, true].map(|v| (staging.object_ptr(p, v), obj)))
+                    .collect(),
+            };
+            if dest.is_some() {
+                into_pool = true;
+            }
             let on_socket = if h.flags & wire::IN_PLACE != 0 {
-                match copy_in_place(link.peer_pid, &h.ranges, staging, n_pages) {
+                match copy_in_place(link.peer_pid, &h.ranges, &local) {
                     Ok(()) => {
                         path = "the same-host copy (process_vm_readv)";
                         false
@@ -398,13 +461,11 @@ impl Exchange<'_> {
                 true
             };
             if on_socket {
-                for p in 0..n_pages as u32 {
-                    for v in [false, true] {
-                        // SAFETY: the staging pool is this fetch's and is not shared yet.
-                        link.rd
-                            .read_exact(unsafe { staging.object_mut(p, v) })
-                            .map_err(broke)?;
-                    }
+                for &(at, len) in &local {
+                    // SAFETY: the staging pool, or the pool pages this fetch owns, written by
+                    // nothing else until the scheduler takes the result.
+                    let buf = unsafe { std::slice::from_raw_parts_mut(at, len) };
+                    link.rd.read_exact(buf).map_err(broke)?;
                 }
             }
         }
@@ -446,7 +507,12 @@ impl Exchange<'_> {
                 }
             }
         }
-        Ok((h, pulled))
+        let got = match pulled {
+            Some(p) => Got::Device(p),
+            None if into_pool => Got::InPool,
+            None => Got::Staging,
+        };
+        Ok((h, got))
     }
 
     /// The prefill's GPU pool `info`, opened (once per pool: the connection keeps it).
@@ -464,47 +530,41 @@ impl Exchange<'_> {
 }
 
 /// Copies the prefill's memory (`ranges`, in transfer order: each page's K object bytes, then its
-/// V object bytes) straight into `staging` with cross-memory reads.
+/// V object bytes) straight into `local` (the same bytes in the same order, staging objects or
+/// pool runs) with cross-memory reads.
 fn copy_in_place(
     pid: Option<i32>,
     ranges: &[(u64, u64)],
-    staging: &HostKvPool,
-    n: usize,
+    local: &[(*mut u8, usize)],
 ) -> std::io::Result<()> {
     let pid = pid.ok_or_else(|| std::io::Error::other("the prefill's pid is unknown"))?;
-    let local = local_spans(staging, n, ranges)
+    let local = cut(local, ranges)
         .ok_or_else(|| std::io::Error::other("the prefill announced ranges of another geometry"))?;
     let remote: Vec<(u64, usize)> = ranges.iter().map(|&(a, l)| (a, l as usize)).collect();
-    // The local spans are this fetch's own staging objects, written by nothing else meanwhile.
+    // The local spans are this fetch's own memory, written by nothing else meanwhile.
     shm::read_into(pid, &remote, &local)
 }
 
-/// The local spans matching `ranges` one to one: the staging objects of pages `0..n` in transfer
-/// order, cut where the ranges are (a range never straddles two objects); None when the ranges do
-/// not cover them exactly.
-fn local_spans(
-    staging: &HostKvPool,
-    n: usize,
-    ranges: &[(u64, u64)],
-) -> Option<Vec<(*mut u8, usize)>> {
-    let obj = staging.object_bytes();
+/// `local` cut to match `ranges` one to one (a range never straddles two local spans); None when
+/// the ranges do not cover the local spans exactly.
+fn cut(local: &[(*mut u8, usize)], ranges: &[(u64, u64)]) -> Option<Vec<(*mut u8, usize)>> {
     let mut out = Vec::with_capacity(ranges.len());
     let (mut i, mut off) = (0usize, 0usize);
     for &(_, l) in ranges {
         let l = l as usize;
-        if i >= 2 * n || l == 0 || off + l > obj {
+        let &(base, len) = local.get(i)?;
+        if l == 0 || off + l > len {
             return None;
         }
-        let base = staging.object_ptr((i / 2) as u32, i % 2 == 1);
-        // SAFETY: `off + l <= obj`: inside the object.
+        // SAFETY: `off + l <= len`: inside the span.
         out.push((unsafe { base.add(off) }, l));
         off += l;
-        if off == obj {
+        if off == len {
             i += 1;
             off = 0;
         }
     }
-    (i == 2 * n && off == 0).then_some(out)
+    (i == local.len() && off == 0).then_some(out)
 }
 
 #[cfg(test)]
@@ -574,7 +634,7 @@ mod tests {
     fn host(f: &Fetched) -> &HostKvPool {
         match &f.payload {
             Payload::Host(p) => p,
-            Payload::Device(_) => panic!("device pages on the CPU"),
+            _ => panic!("not staged on the host"),
         }
     }
 
@@ -620,10 +680,10 @@ mod tests {
             for n in [1, 4, 13] {
                 room += 1;
                 let rx = ready(&reg, room, n);
-                let f = fetch(&dcfg, G, &b(room), n, &links, &cache, None).unwrap();
+                let f = fetch(&dcfg, G, &b(room), n, &links, &cache, None, None).unwrap();
                 check(&f, room);
                 let Payload::Host(st) = f.payload else {
-                    panic!()
+                    panic!("not staged on the host")
                 };
                 cache.give(st); // the next fetch reuses it: stale bytes must not matter
                 assert_eq!(rx.recv().unwrap(), Ok(()));
@@ -638,12 +698,12 @@ mod tests {
             // A geometry mismatch is an error header: the connection stays usable.
             room += 1;
             let rx = ready(&reg, room, 5);
-            assert!(fetch(&dcfg, G, &b(room), 6, &links, &cache, None).is_err());
+            assert!(fetch(&dcfg, G, &b(room), 6, &links, &cache, None, None).is_err());
             assert!(rx.recv().unwrap().is_err());
             room += 1;
             let rx = ready(&reg, room, 6);
             check(
-                &fetch(&dcfg, G, &b(room), 6, &links, &cache, None).unwrap(),
+                &fetch(&dcfg, G, &b(room), 6, &links, &cache, None, None).unwrap(),
                 room,
             );
             assert_eq!(rx.recv().unwrap(), Ok(()));
@@ -682,6 +742,7 @@ mod tests {
             links: &links,
             addr,
             device: None,
+            dest: None,
         };
         let (h, _) = ex
             .run(&mut link, &want, &mut staging, 3)
@@ -692,6 +753,7 @@ mod tests {
                 first_logprobs: None,
                 payload: Payload::Host(staging),
                 n_pages: 3,
+                pages: None,
             },
             room,
         );
@@ -734,6 +796,22 @@ mod tests {
                 run: self.run,
                 pages: self.k[0].len() / self.run,
             })
+        }
+
+        /// This pool's pages `mine[i]` equal `src`'s pages `theirs[i]`, every layer, K and V.
+        fn check_pool(&self, src: &FakePool, mine: &[u32], theirs: &[u32]) {
+            for (&m, &t) in mine.iter().zip(theirs) {
+                for (a, b) in [(&self.k, &src.k), (&self.v, &src.v)] {
+                    for (l, (x, y)) in a.iter().zip(b.iter()).enumerate() {
+                        let (mr, tr) = (m as usize * self.run, t as usize * self.run);
+                        assert_eq!(
+                            &x[mr..mr + self.run],
+                            &y[tr..tr + self.run],
+                            "pool page {m} <- {t}, layer {l}"
+                        );
+                    }
+                }
+            }
         }
 
         /// The received staging holds, for each listed page, every token's row of every layer
@@ -807,7 +885,17 @@ mod tests {
             rx
         };
         let released_now = || released.load(std::sync::atomic::Ordering::SeqCst);
-        for (same_host, direct) in [(true, true), (false, true), (true, false), (false, false)] {
+        // The decode's own pool, which a direct transfer fills in place (pages 1, 3, 0, 6).
+        let mine = FakePool::new(0, 8);
+        let my_pages: Vec<u32> = vec![1, 3, 0, 6];
+        for (same_host, direct, into) in [
+            (true, true, false),
+            (false, true, false),
+            (true, false, false),
+            (false, false, false),
+            (true, true, true),
+            (false, true, true),
+        ] {
             room += 1;
             let rx = offer(room);
             let dcfg = cfg(Mode::Decode, port, same_host);
@@ -836,11 +924,15 @@ mod tests {
                 links: &links,
                 addr,
                 device: None,
+                dest: into.then(|| mine.spans().ranges(&my_pages)),
             };
-            let (h, dev) = ex
+            let (h, got) = ex
                 .run(&mut link, &want, &mut st, pages.len())
                 .unwrap_or_else(|f| panic!("{}", f.msg));
-            assert!(dev.is_none());
+            assert_eq!(matches!(got, Got::InPool), into);
+            if into {
+                mine.check_pool(&pool, &my_pages, &pages);
+            }
             assert_eq!(h.flags & wire::DIRECT != 0, direct, "layout announced");
             let want_layout = if direct {
                 MemLayout::PageFirstDirect
@@ -849,7 +941,9 @@ mod tests {
             };
             assert_eq!(st.layout, want_layout);
             assert_eq!(rx.recv().unwrap(), Ok(()));
-            pool.check(&st, &pages);
+            if !into {
+                pool.check(&st, &pages);
+            }
             assert_eq!(released_now(), before.0 + 1, "pages released after the ACK");
             let local = Stats::get(&pstats.pd_local) - before.1;
             assert_eq!(
@@ -886,32 +980,26 @@ mod tests {
         drop(reg);
     }
 
-    /// Same-host ranges of any granularity map one to one onto the staging objects; ranges that
-    /// straddle objects or do not cover them exactly are refused.
+    /// Same-host ranges of any granularity map one to one onto the local spans (staging objects
+    /// or pool runs); ranges that straddle spans or do not cover them exactly are refused.
     #[test]
-    fn local_spans_cut_the_staging_objects_at_the_ranges() {
-        let st = HostKvPool::new(
-            2,
-            G.page_size,
-            G.layers,
-            G.kv_dim,
-            G.elem,
-            MemLayout::PageFirstDirect,
-        )
-        .unwrap();
-        let obj = st.object_bytes() as u64;
-        let half = obj / 2;
-        let per_layer: Vec<(u64, u64)> = (0..8).map(|i| (i, half)).collect();
-        let l = local_spans(&st, 2, &per_layer).unwrap();
+    fn local_spans_are_cut_at_the_ranges() {
+        let mut mem = vec![0u8; 4096];
+        let base = mem.as_mut_ptr();
+        // SAFETY: inside `mem`.
+        let at = |o: usize| unsafe { base.add(o) };
+        let local: Vec<(*mut u8, usize)> = (0..4).map(|i| (at(i * 1024), 1024)).collect();
+        let halves: Vec<(u64, u64)> = (0..8).map(|i| (i, 512)).collect();
+        let l = cut(&local, &halves).unwrap();
         assert_eq!(l.len(), 8);
-        assert_eq!(l[1].0 as usize - l[0].0 as usize, half as usize);
-        assert_eq!(l[2].0, st.object_ptr(0, true));
-        assert_eq!(l[4].0, st.object_ptr(1, false));
-        let whole: Vec<(u64, u64)> = (0..4).map(|i| (i, obj)).collect();
-        assert_eq!(local_spans(&st, 2, &whole).unwrap().len(), 4);
-        assert!(local_spans(&st, 2, &whole[..3]).is_none(), "short");
-        assert!(local_spans(&st, 1, &whole).is_none(), "too long");
-        let straddle = vec![(0, half), (0, obj), (0, half), (0, obj), (0, obj)];
-        assert!(local_spans(&st, 2, &straddle).is_none());
+        assert_eq!(l[1].0 as usize - l[0].0 as usize, 512);
+        assert_eq!(l[2].0, local[1].0);
+        assert_eq!(l[7], (at(3584), 512));
+        let whole: Vec<(u64, u64)> = (0..4).map(|i| (i, 1024)).collect();
+        assert_eq!(cut(&local, &whole).unwrap(), local);
+        assert!(cut(&local, &whole[..3]).is_none(), "short");
+        assert!(cut(&local[..3], &whole).is_none(), "too long");
+        let straddle = vec![(0, 512), (0, 1024), (0, 512), (0, 1024), (0, 1024)];
+        assert!(cut(&local, &straddle).is_none());
     }
 }

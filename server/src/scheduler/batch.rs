@@ -300,6 +300,13 @@ impl<R: ModelRunner> Scheduler<R> {
                 return None;
             }
         };
+        let mut got = got;
+        if let Some(pages) = got.pages.take() {
+            // The pages the fetch was given, the first of the sequence's (a held request has
+            // none of its own before).
+            debug_assert!(s.own_pages.is_empty() && s.prefix_pages.is_empty());
+            s.own_pages.extend(pages);
+        }
         let upto = s.prompt_len + 1;
         if !self.ensure_pages(&mut s, upto) {
             // Keep the KV; try again when pages free up.
@@ -324,6 +331,8 @@ impl<R: ModelRunner> Scheduler<R> {
             crate::pd::decode::Payload::Device(staged) => {
                 self.model.load_staged(&mut self.pool.buffers, staged, &dev)
             }
+            // Already there.
+            crate::pd::decode::Payload::InPool => Ok(()),
         };
         if let Err(e) = loaded {
             self.finish(

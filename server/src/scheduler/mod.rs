@@ -65,6 +65,9 @@ pub struct Scheduler<R: ModelRunner> {
     parked_next: u64,
     /// PD prefill: where a transfer thread says a parked leg's transfer ended.
     pd_tx: Option<Sender<Msg>>,
+    /// PD decode: the pool's memory, when fetches can write straight into pool pages (the CPU
+    /// runner).
+    pd_spans: Option<Arc<crate::pd::share::HostSpans>>,
 }
 
 /// The scheduler's part of PD disaggregation.
@@ -197,6 +200,7 @@ impl<R: ModelRunner> Scheduler<R> {
             parked: HashMap::new(),
             parked_next: 0,
             pd_tx: None,
+            pd_spans: None,
         }
     }
 
@@ -208,8 +212,26 @@ impl<R: ModelRunner> Scheduler<R> {
 
     /// Gives the server a PD role.
     pub fn with_pd(mut self, pd: Option<PdSide>) -> Self {
+        if matches!(pd, Some(PdSide::Decode(_)))
+            && std::env::var("STRATA_PD_POOL").map_or(true, |v| v != "0")
+        {
+            self.pd_spans = self.model.host_spans(&self.pool.buffers).map(Arc::new);
+        }
         self.pd = pd;
         self
+    }
+
+    /// PD decode: pool pages for a prompt of `prompt_len` tokens for its fetch to write into
+    /// (no staging copy), when the pool memory is reachable and an eighth of the pool stays free
+    /// for the running requests afterwards; else the fetch stages the pages.
+    fn pd_dest(&self, prompt_len: usize) -> Option<crate::pd::decode::Dest> {
+        let spans = self.pd_spans.clone()?;
+        let n = prompt_len.div_ceil(self.cfg.page_size);
+        if self.pool.free_pages() < n + self.pool.total_pages() / 8 {
+            return None;
+        }
+        let pages = self.pool.alloc(n)?;
+        Some(crate::pd::decode::Dest { pages, spans })
     }
 
     /// Turns the hierarchical cache on.
@@ -278,9 +300,12 @@ impl<R: ModelRunner> Scheduler<R> {
                     req.params.max_new_tokens = req.params.max_new_tokens.min(1);
                 }
                 let mut seq = Seq::new(*req, seed);
-                if let (true, Some(PdSide::Decode(f))) = (real_pd, &self.pd) {
+                if real_pd && matches!(self.pd, Some(PdSide::Decode(_))) {
                     let b = seq.req.bootstrap.clone().expect("bootstrap");
-                    f.start(&seq.req.rid, &b, seq.prompt_len);
+                    let dest = self.pd_dest(seq.prompt_len);
+                    if let Some(PdSide::Decode(f)) = &self.pd {
+                        f.start(&seq.req.rid, &b, seq.prompt_len, dest);
+                    }
                     seq.held = true;
                     seq.pd_fetch = true;
                 }

@@ -71,32 +71,55 @@ pub fn tcp(total_mb: usize, chunk: usize, rounds: usize) -> anyhow::Result<()> {
 /// between two processes, without a second process to start). Each round is what a same-host PD
 /// transfer does: a request on a Unix socket wakes the copying thread, which copies and answers
 /// on the socket. The copy alone (no socket, no wake-up) is reported too.
-pub fn cma(total_mb: usize, chunk: usize, rounds: usize) -> anyhow::Result<()> {
+pub fn cma(total_mb: usize, chunk: usize, rounds: usize, cold: bool) -> anyhow::Result<()> {
     use std::os::unix::net::UnixStream;
     let total = total_mb * MB;
     let chunk = chunk.clamp(4096, total.max(4096));
-    let mut src = AlignedBuf::new(total);
-    src[..].fill(0x5a);
+    let rounds = rounds.max(1);
+    // Cold: as many buffer pairs as fill 512 MiB (far beyond the caches), one per round in turn.
+    let pairs = if cold {
+        ((512 * MB) / (2 * total).max(1)).clamp(1, rounds)
+    } else {
+        1
+    };
+    let srcs: Vec<AlignedBuf> = (0..pairs)
+        .map(|i| {
+            let mut b = AlignedBuf::new(total);
+            b[..].fill(0x5a ^ i as u8);
+            b
+        })
+        .collect();
     let pid = std::process::id() as i32;
-    let base = src.as_ptr() as u64;
-    let ranges: Vec<(u64, usize)> = (0..total)
-        .step_by(chunk)
-        .map(|o| (base + o as u64, chunk.min(total - o)))
+    let ranges: Vec<Vec<(u64, usize)>> = srcs
+        .iter()
+        .map(|src| {
+            let base = src.as_ptr() as u64;
+            (0..total)
+                .step_by(chunk)
+                .map(|o| (base + o as u64, chunk.min(total - o)))
+                .collect()
+        })
         .collect();
     let (mut ctl, mut peer) = UnixStream::pair()?;
-    let rounds = rounds.max(1);
-    let copier = std::thread::spawn(move || -> anyhow::Result<(AlignedBuf, Vec<f64>)> {
-        let mut dst = AlignedBuf::new(total);
+    let copier = std::thread::spawn(move || -> anyhow::Result<(Vec<AlignedBuf>, Vec<f64>)> {
+        let mut dsts: Vec<AlignedBuf> = (0..pairs)
+            .map(|_| {
+                let mut b = AlignedBuf::new(total);
+                b[..].fill(0);
+                b
+            })
+            .collect();
         let mut copy_secs = Vec::new();
         let mut b = [0u8; 1];
-        for _ in 0..rounds {
+        for r in 0..rounds {
             peer.read_exact(&mut b)?;
             let t = Instant::now();
-            strata_cluster::transport::shm::read_from(pid, &ranges, &mut dst[..])?;
+            let i = r % pairs;
+            strata_cluster::transport::shm::read_from(pid, &ranges[i], &mut dsts[i][..])?;
             copy_secs.push(t.elapsed().as_secs_f64());
             peer.write_all(b"k")?;
         }
-        Ok((dst, copy_secs))
+        Ok((dsts, copy_secs))
     });
     let mut secs = Vec::new();
     for _ in 0..rounds {
@@ -106,14 +129,24 @@ pub fn cma(total_mb: usize, chunk: usize, rounds: usize) -> anyhow::Result<()> {
         ctl.read_exact(&mut ack)?;
         secs.push(t.elapsed().as_secs_f64());
     }
-    let (dst, copy_secs) = copier
+    let (dsts, copy_secs) = copier
         .join()
         .map_err(|_| anyhow::anyhow!("copier panicked"))??;
-    anyhow::ensure!(dst[..] == src[..], "the copy differs");
-    let what = format!("process_vm_readv, {} KiB ranges, copy only", chunk >> 10);
+    for (i, d) in dsts.iter().enumerate().take(rounds) {
+        anyhow::ensure!(d[..] == srcs[i][..], "the copy differs");
+    }
+    let kind = if pairs > 1 {
+        format!(", {pairs} buffer pairs in turn (cold)")
+    } else {
+        String::new()
+    };
+    let what = format!(
+        "process_vm_readv, {} KiB ranges{kind}, copy only",
+        chunk >> 10
+    );
     report("cma-copy", total_mb, &copy_secs, &what);
     let what = format!(
-        "process_vm_readv, {} KiB ranges, request and answer on a Unix socket",
+        "process_vm_readv, {} KiB ranges{kind}, request and answer on a Unix socket",
         chunk >> 10
     );
     report("cma-copy", total_mb, &secs, &what);

@@ -52,6 +52,10 @@ pub struct Args {
     /// acknowledged before the next; more than one reports the first and the median of the others.
     #[arg(long, default_value_t = 1)]
     rounds: usize,
+    /// `cma-copy`: each round copies between a different pair of buffers (pre-faulted, 512 MiB
+    /// in all), so the bytes come from memory, not from the caches, as a PD transfer's do.
+    #[arg(long)]
+    cold: bool,
     /// Check every value read back byte for byte.
     #[arg(long)]
     verify: bool,
@@ -64,7 +68,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     super::super::logging::init("warn");
     match a.role.as_str() {
         "tcp-copy" => return super::copy::tcp(a.copy_mb, a.batch_bytes_mb * MB, a.rounds),
-        "cma-copy" => return super::copy::cma(a.copy_mb, a.batch_bytes_mb * MB, a.rounds),
+        "cma-copy" => return super::copy::cma(a.copy_mb, a.batch_bytes_mb * MB, a.rounds, a.cold),
         _ => {}
     }
     let mut cfg = ClientConfig::new(a.master.clone());
