@@ -427,28 +427,32 @@ async fn bench_multiturn_records_and_replays_answers() {
     let s = Server::start(m.path(), &["--page-size", "16"]);
     let dir = tempfile::tempdir().unwrap();
     let answers = dir.path().join("answers.json");
-    let run = |flag: &str| {
-        let o = Command::new(bin())
+    let multiturn = |flag: &str| {
+        Command::new(bin())
+            .args(["bench", "serve", "--base-url", &s.base])
             .args([
-                "bench",
-                "serve",
-                "--base-url",
-                &s.base,
                 "--dataset-name",
                 "multiturn",
-            ])
-            .args([
                 "--num-clients",
                 "2",
                 "--num-rounds",
                 "3",
+            ])
+            .args([
                 "--request-length",
                 "20",
+                "--output-length",
+                "4",
+                "--seed",
+                "5",
+                flag,
             ])
-            .args(["--output-length", "4", "--seed", "5", flag])
             .arg(&answers)
             .output()
-            .unwrap();
+            .unwrap()
+    };
+    let run = |flag: &str| {
+        let o = multiturn(flag);
         assert!(
             o.status.success(),
             "multiturn failed: {}",
@@ -493,25 +497,7 @@ async fn bench_multiturn_records_and_replays_answers() {
     );
     // A file that covers fewer rounds is refused.
     std::fs::write(&answers, "[[[1,2]]]").unwrap();
-    let o = Command::new(bin())
-        .args([
-            "bench",
-            "serve",
-            "--base-url",
-            &s.base,
-            "--dataset-name",
-            "multiturn",
-        ])
-        .args([
-            "--num-clients",
-            "2",
-            "--num-rounds",
-            "3",
-            "--replay-answers",
-        ])
-        .arg(&answers)
-        .output()
-        .unwrap();
+    let o = multiturn("--replay-answers");
     assert!(!o.status.success());
     assert!(String::from_utf8_lossy(&o.stderr).contains("fewer rounds"));
 }
