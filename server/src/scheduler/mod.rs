@@ -336,6 +336,9 @@ impl<R: ModelRunner> Scheduler<R> {
             Msg::PdRelease(id) => {
                 if let Some(s) = self.parked.remove(&id) {
                     drop(self.release(s, true));
+                    // The loop may go back to waiting without another round: show the pages
+                    // free now.
+                    self.publish();
                 }
             }
             Msg::Flush(reply) => {
