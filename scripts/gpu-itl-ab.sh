@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Served decode ITL at concurrency 1 against the raw graph step, one device step: two bf16
 # servers on the same made model side by side, A with one graph plan for the whole context
-# (STRATA_GRAPH_TIERS=0, the previous behaviour) and B with the context tiers (default), benched
+# (STRATA_GRAPH_TIERS=0, the default) and B with the context tiers (STRATA_GRAPH_TIERS=1), benched
 # alternately (1K in / 256 out, 4 prompts per run), then `strata gpu bench` for the raw decode
 # step of the same shape at 1K context. Each server's step profile (scheduler gap, metadata prep,
 # launch-to-return) comes from its log.
@@ -22,7 +22,7 @@ trap 'for p in "${pids[@]}"; do kill $p 2>/dev/null; done' EXIT
 S=(serve --model-path "$W/$SIZE" --page-size 16 --context-length 10240 --max-running-requests 64
   --max-total-tokens 65536 --log-level info)
 STRATA_GRAPH_TIERS=0 "$STRATA" "${S[@]}" --port 32501 > "$OUTDIR/itl-A.log" 2>&1 & pids+=($!)
-"$STRATA" "${S[@]}" --port 32502 > "$OUTDIR/itl-B.log" 2>&1 & pids+=($!)
+STRATA_GRAPH_TIERS=1 "$STRATA" "${S[@]}" --port 32502 > "$OUTDIR/itl-B.log" 2>&1 & pids+=($!)
 for port in 32501 32502; do
   for _ in $(seq 400); do curl -sf localhost:$port/health > /dev/null && break; sleep 0.5; done
   curl -sf localhost:$port/health > /dev/null || { echo "server $port did not start"; exit 1; }
