@@ -48,24 +48,7 @@ echo "   load_back_tokens $(metric load_back_tokens_total)"; stop
 OBJ=$(( 64 * $(python3 -c "import json;c=json.load(open('$WORK/m/config.json'));print(c['num_hidden_layers']*c['num_key_value_heads']*(c.get('head_dim') or c['hidden_size']//c['num_attention_heads'])*4)") ))
 LONG=${LONG:-$((L1 - 64))} READS=${READS:-5}
 # One long prompt per seed: `long SEED` prints "<prefetch bytes> <prefetch seconds>" of its request.
-long() {
-  python3 - "$1" "$LONG" $PORT <<'PY'
-import json, re, sys, urllib.request, random
-seed, n, port = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-rnd = random.Random(seed)
-ids = [rnd.randrange(3, 1000) for _ in range(n)]
-def m():
-    t = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
-    g = lambda k: float(re.search(r"^sglang:%s (\S+)" % k, t, re.M).group(1))
-    return g("prefetch_bytes_total"), g("prefetch_seconds_total")
-b0, s0 = m()
-body = {"input_ids": ids, "sampling_params": {"max_new_tokens": 1, "temperature": 0}}
-urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/generate",
-    data=json.dumps(body).encode(), headers={"content-type": "application/json"})).read()
-b1, s1 = m()
-print(int(b1 - b0), s1 - s0)
-PY
-}
+long() { python3 "$(dirname "$0")/hc_long_prompt.py" "$1" "$LONG" $PORT; }
 echo "## 3. HiCache L1+L2+L3"; serve "${L3[@]}"; multiturn
 for r in $(seq $READS); do long $((100 + r)) > /dev/null; done
 sleep 1; echo "   backuped_tokens $(metric backuped_tokens_total)"; stop

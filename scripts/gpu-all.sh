@@ -18,8 +18,8 @@
 #            bench serve, default chunked-prefill size; compare with the prefill step's raw lines)
 #   detcheck `gpu check --only gemm,fixed_decode_plan,gemm_rows,attn_decode_rows,attn_extend_rows`
 #            (the batch-invariance cases: exact in det mode, default-mode counts reported)
-#   itl      scripts/gpu-itl-ab.sh (served ITL at c=1, graph plan per context tier vs one plan, vs
-#            the raw graph step; env SIZE)
+#   itl      scripts/gpu-itl-ab.sh (served ITL at c=1 on two identical servers vs the raw graph
+#            step, with the runner's step profile; env SIZE)
 #   det      scripts/gpu-det-check.sh (batch-invariant mode, also with STRATA_DET_ATTN=prefill, vs
 #            default: served greedy at c=1/8/32, graphs on/off, prefix extend, seeded repeats;
 #            decode bench c=1/16 in each mode; raw 8B decode step with and without the mode)

@@ -91,23 +91,8 @@ OBJ=$(( 64 * $(python3 -c "import json;c=json.load(open('$W/$SIZE/config.json'))
 LONG=${LONG:-$((L1 - 64))}
 # One long prompt per seed on server 4: `long SEED` prints "<prefetch bytes> <prefetch seconds>".
 long() {
-  python3 - "$1" "$LONG" 32304 "$W/$SIZE/config.json" <<'PY'
-import json, re, sys, urllib.request, random
-seed, n, port = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-vocab = json.load(open(sys.argv[4]))["vocab_size"]
-rnd = random.Random(seed)
-ids = [rnd.randrange(3, vocab - 1) for _ in range(n)]
-def m():
-    t = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
-    g = lambda k: float(re.search(r"^sglang:%s (\S+)" % k, t, re.M).group(1))
-    return g("prefetch_bytes_total"), g("prefetch_seconds_total")
-b0, s0 = m()
-body = {"input_ids": ids, "sampling_params": {"max_new_tokens": 1, "temperature": 0}}
-urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/generate",
-    data=json.dumps(body).encode(), headers={"content-type": "application/json"})).read()
-b1, s1 = m()
-print(int(b1 - b0), s1 - s0)
-PY
+  python3 scripts/hc_long_prompt.py "$1" "$LONG" 32304 \
+    "$(python3 -c "import json; print(json.load(open('$W/$SIZE/config.json'))['vocab_size'] - 1)")"
 }
 echo "## L3 -> host read rate: a $LONG-token prompt's prefetch vs four parallel \`bench store\` clients (64 MiB batches), $READS rounds (GB/s)"
 # Write each long prompt once (server 4 computes it and writes it through), flush L1+L2 so the

@@ -1,10 +1,9 @@
 #!/usr/bin/env bash
 # Served decode ITL at concurrency 1 against the raw graph step, one device step: two bf16
-# servers on the same made model side by side, A with one graph plan for the whole context
-# (STRATA_GRAPH_TIERS=0, the default) and B with the context tiers (STRATA_GRAPH_TIERS=1), benched
-# alternately (1K in / 256 out, 4 prompts per run), then `strata gpu bench` for the raw decode
-# step of the same shape at 1K context. Each server's step profile (scheduler gap, metadata prep,
-# launch-to-return) comes from its log.
+# servers on the same made model side by side (A and B, identical: their spread is the noise),
+# benched alternately (1K in / 256 out, 4 prompts per run), then `strata gpu bench` for the raw
+# decode step of the same shape at 1K context. Each server's step profile (scheduler gap,
+# metadata prep, launch-to-return) comes from its log.
 # Usage: scripts/gpu-itl-ab.sh [OUTDIR]; env STRATA, SIZE (llama-3.1-8b), ROUNDS (2).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -21,13 +20,13 @@ trap 'for p in "${pids[@]}"; do kill $p 2>/dev/null; done' EXIT
   || { echo "make-model failed"; exit 1; }
 S=(serve --model-path "$W/$SIZE" --page-size 16 --context-length 10240 --max-running-requests 64
   --max-total-tokens 65536 --log-level info)
-STRATA_GRAPH_TIERS=0 "$STRATA" "${S[@]}" --port 32501 > "$OUTDIR/itl-A.log" 2>&1 & pids+=($!)
-STRATA_GRAPH_TIERS=1 "$STRATA" "${S[@]}" --port 32502 > "$OUTDIR/itl-B.log" 2>&1 & pids+=($!)
+"$STRATA" "${S[@]}" --port 32501 > "$OUTDIR/itl-A.log" 2>&1 & pids+=($!)
+"$STRATA" "${S[@]}" --port 32502 > "$OUTDIR/itl-B.log" 2>&1 & pids+=($!)
 for port in 32501 32502; do
   for _ in $(seq 400); do curl -sf localhost:$port/health > /dev/null && break; sleep 0.5; done
   curl -sf localhost:$port/health > /dev/null || { echo "server $port did not start"; exit 1; }
 done
-echo "# $SIZE on $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1): served decode at c=1 (1024 in / 256 out), A = one plan for the context, B = context tiers"
+echo "# $SIZE on $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1): served decode at c=1 (1024 in / 256 out)"
 for r in $(seq $ROUNDS); do
   for ab in A B; do
     port=32501; [ $ab = B ] && port=32502

@@ -1,8 +1,5 @@
-//! Decode CUDA graphs: per batch-size bucket up to `--cuda-graph-max-bs`, captured at start-up
-//! against the KV pool, each bucket with its own activations and metadata buffer, and one graph
-//! per context tier, each with a fixed attention plan whose splits are sized for its tier. By
-//! default there is one tier (`--context-length`); `STRATA_GRAPH_TIERS=1` adds tiers up to 2K
-//! and 8K keys (measured no faster on the H200 once empty splits exit at once: docs/perf.md).
+//! Decode CUDA graphs: one per batch-size bucket up to `--cuda-graph-max-bs`, captured at start-up
+//! against the KV pool, each with its own activations, metadata buffer and fixed attention plan.
 //!
 //! A replay rewrites the bucket's metadata (ids, positions, slots; padded rows get slot -1 and
 //! write no KV) and the plan's block tables in place, stream-ordered before the launch, so the
@@ -42,22 +39,12 @@ struct Exec(CudaGraph);
 // SAFETY: see above: exclusive ownership serialises every call on the graph.
 unsafe impl Send for Exec {}
 
-/// Context tiers (keys) below `--context-length` that get graphs of their own.
-const TIERS: [usize; 2] = [2048, 8192];
-
-/// One captured graph of a bucket: its plan covers sequences of up to `pages` pages.
-struct Tier {
-    pages: usize,
-    plan: AttnPlan,
-    exec: Exec,
-}
-
 struct DecodeGraph {
     bs: usize,
     acts: Acts,
     meta: Meta,
-    /// Ascending page counts; the last covers the whole context.
-    tiers: Vec<Tier>,
+    plan: AttnPlan,
+    exec: Exec,
 }
 
 /// The captured graphs of one runner (empty when disabled).
@@ -96,16 +83,6 @@ impl Graphs {
             }
             _ => None,
         };
-        // Off by default: measured on the H200 (8B, 1K context, c=1) the tiers gave 5.01 ms vs
-        // 4.93 ms with one plan, since empty decode splits already exit at once;
-        // `STRATA_GRAPH_TIERS=1` turns them on for side-by-side runs.
-        let tiered = std::env::var("STRATA_GRAPH_TIERS").is_ok_and(|v| v.trim() == "1");
-        let mut tier_pages: Vec<usize> = TIERS
-            .iter()
-            .map(|&t| t.div_ceil(kv.page_size))
-            .filter(|&p| tiered && p < max_pages)
-            .collect();
-        tier_pages.push(max_pages);
         for bs in sizes {
             let acts = r.acts(bs, bs)?;
             let mut host = vec![0i32; 4 * bs];
@@ -115,36 +92,29 @@ impl Graphs {
             }
             let buf = r.ctx.upload_i32(&[4 * bs], &host)?;
             let meta = Meta::views(buf, bs, bs, vec![-1; bs])?;
-            let mut tiers = Vec::with_capacity(tier_pages.len());
-            for &pages in &tier_pages {
-                let mut plan = r
-                    .ops
-                    .decode_plan_fixed_with(shape, bs, pages, r.plan_opts())?;
-                if let Some(s) = &shared {
-                    plan.share_workspace(s)?;
-                }
-                r.ops.update_decode_plan(&plan, &[])?;
-                // One eager pass first: cuBLASLt times its algorithms outside capture.
-                r.forward(&acts, &meta, &plan, kv)?;
-                r.ctx.synchronize()?;
-                let stream = r.ctx.stream();
-                stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
-                let run = r.forward(&acts, &meta, &plan, kv);
-                let g = stream.end_capture(CUgraphInstantiate_flags(0));
-                run?;
-                let g = g?.ok_or_else(|| CudaError::Shape("empty graph captured".into()))?;
-                g.upload()?;
-                tiers.push(Tier {
-                    pages,
-                    plan,
-                    exec: Exec(g),
-                });
+            let mut plan = r
+                .ops
+                .decode_plan_fixed_with(shape, bs, max_pages, r.plan_opts())?;
+            if let Some(s) = &shared {
+                plan.share_workspace(s)?;
             }
+            r.ops.update_decode_plan(&plan, &[])?;
+            // One eager pass first: cuBLASLt times its algorithms outside capture.
+            r.forward(&acts, &meta, &plan, kv)?;
+            r.ctx.synchronize()?;
+            let stream = r.ctx.stream();
+            stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
+            let run = r.forward(&acts, &meta, &plan, kv);
+            let g = stream.end_capture(CUgraphInstantiate_flags(0));
+            run?;
+            let g = g?.ok_or_else(|| CudaError::Shape("empty graph captured".into()))?;
+            g.upload()?;
             graphs.push(DecodeGraph {
                 bs,
                 acts,
                 meta,
-                tiers,
+                plan,
+                exec: Exec(g),
             });
         }
         r.ctx.synchronize()?;
@@ -170,10 +140,6 @@ impl Graphs {
             return Ok(None);
         }
         let Some(g) = self.graphs.iter().find(|g| g.bs >= n) else {
-            return Ok(None);
-        };
-        let longest = batch.seqs.iter().map(|s| s.pages.len()).max().unwrap_or(0);
-        let Some(tier) = g.tiers.iter().find(|t| t.pages >= longest) else {
             return Ok(None);
         };
         let decode = batch.seqs.len() == n
@@ -216,10 +182,10 @@ impl Graphs {
                 pages: s.pages.iter().map(|&p| p as i32).collect(),
             })
             .collect();
-        r.ops.update_decode_plan(&tier.plan, &seqs)?;
+        r.ops.update_decode_plan(&g.plan, &seqs)?;
         r.ctx.write_i32(&g.meta.buf, &host)?;
         let launched = std::time::Instant::now();
-        tier.exec.0.launch()?;
+        g.exec.0.launch()?;
         let (_, logits, tokens) = g.acts.head.as_ref().expect("graphs have logits rows");
         r.sample(logits, tokens, sampling)
             .map(|out| Some((out, launched)))
