@@ -20,6 +20,10 @@
 #            (the batch-invariance cases: exact in det mode, default-mode counts reported)
 #   itl      scripts/gpu-itl-ab.sh (served ITL at c=1 on two identical servers vs the raw graph
 #            step, with the runner's step profile; env SIZE)
+#   trained  scripts/train_tiny_llama.py trains a small Llama on the machine (TRAIN_S seconds, default
+#            90; no downloads) and scripts/hf_runner_compare.py compares the bf16 runner with
+#            transformers on it over held-out text prompts of 16..4096 tokens (the top-1 target on
+#            a model with real logit margins; made models have flat logits)
 #   det      scripts/gpu-det-check.sh (batch-invariant mode, also with STRATA_DET_ATTN=prefill, vs
 #            default: served greedy at c=1/8/32, graphs on/off, prefix extend, seeded repeats;
 #            decode bench c=1/16 in each mode; raw 8B decode step with and without the mode)
@@ -70,6 +74,12 @@ for s in $STEPS; do
       python3 scripts/det_check_summary.py "$OUT/check-det.json" ;;
     det) timeout $(left ${DET_TIMEOUT:-400}) scripts/gpu-det-check.sh "$OUT" > "$OUT/det.log" 2>&1; rc=$?
       grep -E "SAME|DIFF|bench|raw|PASS|FAIL|batch-invariant|prefix cache|error" "$OUT/det.log" | tail -50 ;;
+    trained) timeout $(left $(( ${TRAIN_S:-90} + 150 ))) python3 scripts/train_tiny_llama.py \
+        --out /tmp/strata-models/trained --seconds ${TRAIN_S:-90} > "$OUT/trained.log" 2>&1
+      rc=$?; grep -E "corpus|tokenizer:|trained|saved|Error" "$OUT/trained.log"
+      timeout $(left 200) python3 scripts/hf_runner_compare.py --strata "$STRATA" --models /tmp/strata-models/trained \
+        --json "$OUT/trained-compare.json" 2>&1 | grep -v Warning > "$OUT/trained-compare.log"
+      r2=${PIPESTATUS[0]}; cat "$OUT/trained-compare.log"; [ $rc -eq 0 ] && rc=$r2 ;;
     itl) timeout $(left ${ITL_TIMEOUT:-200}) scripts/gpu-itl-ab.sh "$OUT" > "$OUT/itl.log" 2>&1; rc=$?; cat "$OUT/itl.log" ;;
     runner) timeout $(left 400) scripts/gpu-runner-check.sh "$OUT" > "$OUT/runner.log" 2>&1; rc=$?; tail -40 "$OUT/runner.log" ;;
     *) echo "unknown step $s"; rc=2 ;;
