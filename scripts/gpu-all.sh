@@ -26,7 +26,8 @@
 #            a model with real logit margins; made models have flat logits)
 #   det      scripts/gpu-det-check.sh (batch-invariant mode, also with STRATA_DET_ATTN=prefill, vs
 #            default: served greedy at c=1/8/32, graphs on/off, prefix extend, seeded repeats;
-#            decode bench c=1/16 in each mode; raw 8B decode step with and without the mode)
+#            decode bench c=1/16 in each mode; 1B and 8B; raw 1B and 8B decode steps with and
+#            without the mode; `cost` lines and a final PASS/FAIL; give it DET_TIMEOUT=560 alone)
 # Usage: scripts/gpu-all.sh "STEP..." (default "check serve hc1b hc8b pd"); output in $OUT.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -73,7 +74,7 @@ for s in $STEPS; do
       rc=$?; grep -E "FAIL|error|gpu check:" "$OUT/check-det.log" | tail -30
       python3 scripts/det_check_summary.py "$OUT/check-det.json" ;;
     det) timeout $(left ${DET_TIMEOUT:-400}) scripts/gpu-det-check.sh "$OUT" > "$OUT/det.log" 2>&1; rc=$?
-      grep -E "SAME|DIFF|bench|raw|PASS|FAIL|batch-invariant|prefix cache|error" "$OUT/det.log" | tail -50 ;;
+      grep -E "SAME|DIFF|bench|raw|PASS|FAIL|batch-invariant|prefix cache|error|^cost|^==" "$OUT/det.log" | tail -70 ;;
     trained) timeout $(left $(( ${TRAIN_S:-90} + 150 ))) python3 scripts/train_tiny_llama.py \
         --out /tmp/strata-models/trained --seconds ${TRAIN_S:-90} > "$OUT/trained.log" 2>&1
       rc=$?; grep -E "corpus|tokenizer:|trained|saved|Error" "$OUT/trained.log"

@@ -1,4 +1,6 @@
-// Skinny GEMM for decode: y[t, n] = sum_k x[t, k] * w[n, k] for up to GEMV_MAX_T rows of x.
+// Skinny GEMM for decode: y[t, n] = sum_k x[t, k] * w[n, k], GEMV_MAX_T rows of x per block row
+// (grid y = ceil(T / GEMV_MAX_T) chunks; each output element is the same fixed-order sum whatever
+// the other rows of its chunk, so the result is batch-invariant: the batch-invariant fallback).
 // Memory-bound on w: one warp streams one weight row with 16-byte loads (8 in flight per lane),
 // x (a few KB, shared by every warp) is re-read through L1. f32 accumulation, warp-shuffle
 // reduction; y is bf16 (y_f32 == 0) or f32. k % 8 == 0 and 16-byte aligned rows (launcher checks).
@@ -19,6 +21,11 @@ extern "C" __global__ void __launch_bounds__(256) gemv_bf16(const bf16_t* x, con
     const int row = (int)((blockIdx.x * (u64)blockDim.x + threadIdx.x) >> 5);
     const int lane = threadIdx.x & 31;
     if (row >= n) return;
+    // This block's chunk of rows: x, y and T relative to it.
+    const int t0 = blockIdx.y * GEMV_MAX_T;
+    x += (u64)t0 * k;
+    y = y_f32 ? (void*)((float*)y + (u64)t0 * n) : (void*)((bf16_t*)y + (u64)t0 * n);
+    T = min(T - t0, GEMV_MAX_T);
     const uint4* wr = (const uint4*)(w + (u64)row * k);
     const int k8 = k / 8;
     float acc[GEMV_MAX_T];

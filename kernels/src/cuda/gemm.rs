@@ -39,8 +39,11 @@ pub enum GemmPath {
     /// cuBLASLt with its heuristic's algorithm (see gemm_lt.rs).
     CublasLt,
     /// cuBLASLt with the weight shape's batch-invariant algorithm (what `Auto` runs in
-    /// batch-invariant mode).
+    /// batch-invariant mode; `gemm_det.rs`), or the GEMV fallback where no cuBLASLt
+    /// configuration qualifies.
     CublasLtDet,
+    /// The batch-invariant fallback itself: `gemv_bf16` over chunks of 8 rows, any row count.
+    DetGemv,
 }
 
 /// Most rows `GemmPath::Auto` sends to cuBLASLt (decode batches).
@@ -71,6 +74,7 @@ pub struct Gemm {
     gemv_max_rows: usize,
     lt: Option<super::gemm_lt::GemmLt>,
     deterministic: bool,
+    det_fallback: bool,
 }
 
 impl Gemm {
@@ -101,6 +105,7 @@ impl Gemm {
             lt,
             gemv_max_rows: 1,
             deterministic: false,
+            det_fallback: false,
         })
     }
 
@@ -115,6 +120,14 @@ impl Gemm {
         }
         self.deterministic = on;
         Ok(self)
+    }
+
+    /// Batch-invariant mode with the GEMV fallback for every shape instead of cuBLASLt (for
+    /// `strata gpu check` and A/B timing; `gemm_det.rs` picks it only where no cuBLASLt
+    /// configuration qualifies).
+    pub fn with_det_fallback(mut self, on: bool) -> Self {
+        self.det_fallback = on;
+        self
     }
 
     /// Whether batch-invariant mode is on.
@@ -255,11 +268,23 @@ impl Gemm {
             p => p,
         };
         self.ctx.cuda().bind_to_thread()?;
-        if path == GemmPath::CublasLtDet {
-            return match &self.lt {
-                Some(lt) => lt.linear_det(x, w, y),
-                None => Err(CudaError::MissingLibrary("libcublasLt")),
+        if path == GemmPath::CublasLtDet && !self.det_fallback {
+            let ran = match &self.lt {
+                Some(lt) => lt.linear_det(x, w, y)?,
+                None => return Err(CudaError::MissingLibrary("libcublasLt")),
             };
+            if ran {
+                return Ok(());
+            }
+        }
+        if matches!(path, GemmPath::CublasLtDet | GemmPath::DetGemv) {
+            ensure(k % 8 == 0 && x.ptr() % 16 == 0 && w.ptr() % 16 == 0, || {
+                format!(
+                    "batch-invariant GEMV fallback needs in % 8 == 0 and 16-byte aligned rows \
+                     (out {n_out}, in {k})"
+                )
+            })?;
+            return self.gemv_rows(x, w, y, t, n_out, k);
         }
         if path == GemmPath::CublasLt {
             return match &self.lt {
@@ -284,25 +309,7 @@ impl Gemm {
             ensure(gemv_ok, || {
                 format!("GEMV needs <= {GEMV_MAX_ROWS} rows and in % 8 == 0")
             })?;
-            let args = [
-                Arg::U64(x.ptr()),
-                Arg::U64(w.ptr()),
-                Arg::U64(y.ptr()),
-                Arg::I32(t as i32),
-                Arg::I32(n_out as i32),
-                Arg::I32(k as i32),
-                Arg::I32((y.dtype() == DType::F32) as i32),
-            ];
-            // SAFETY: shapes and dtypes checked above; rows are 16-byte aligned (k % 8 == 0 and
-            // aligned bases), t <= GEMV_MAX_T; one warp per output column of y.
-            return unsafe {
-                launch(
-                    &self.gemv,
-                    self.ctx.stream().cu_stream(),
-                    Dims::rows((n_out * 32).div_ceil(256), 256),
-                    &args,
-                )
-            };
+            return self.gemv_rows(x, w, y, t, n_out, k);
         }
         let alpha = 1.0f32;
         let beta = 0.0f32;
@@ -332,5 +339,41 @@ impl Gemm {
             )?;
         }
         Ok(())
+    }
+
+    /// `gemv_bf16` over row chunks of [`GEMV_MAX_ROWS`] (grid y): one warp per output column and
+    /// chunk. Each output element is the same fixed-order sum whatever the chunk's other rows,
+    /// so the result is batch-invariant by construction (the batch-invariant fallback).
+    fn gemv_rows(
+        &self,
+        x: &DTensor,
+        w: &DTensor,
+        y: &DTensor,
+        t: usize,
+        n_out: usize,
+        k: usize,
+    ) -> Result<()> {
+        let args = [
+            Arg::U64(x.ptr()),
+            Arg::U64(w.ptr()),
+            Arg::U64(y.ptr()),
+            Arg::I32(t as i32),
+            Arg::I32(n_out as i32),
+            Arg::I32(k as i32),
+            Arg::I32((y.dtype() == DType::F32) as i32),
+        ];
+        let dims = Dims {
+            grid: (
+                (n_out * 32).div_ceil(256) as u32,
+                t.div_ceil(GEMV_MAX_ROWS) as u32,
+                1,
+            ),
+            block: 256,
+            smem: 0,
+        };
+        // SAFETY: the caller checked shapes and dtypes (x [t, k], w [n_out, k] bf16, y [t, n_out]
+        // bf16 or f32), k % 8 == 0 and 16-byte aligned rows; each block reads at most
+        // GEMV_MAX_ROWS rows of x starting at its chunk and writes only those rows of y.
+        unsafe { launch(&self.gemv, self.ctx.stream().cu_stream(), dims, &args) }
     }
 }

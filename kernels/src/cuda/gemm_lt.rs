@@ -12,14 +12,8 @@
 //! tune a shape fixes it for every later process on the same GPU model, driver and library, so
 //! two servers compute the same bf16 bits for the same input.
 //!
-//! Batch-invariant mode ([`GemmLt::linear_det`], `det.rs`): one algorithm per (out, in, y dtype)
-//! for every row count. Candidates are the heuristic's answers at [`DET_ROWS`] rows with no
-//! workspace allowed (so no split-K with a separate reduction and no stream-K) whose
-//! configuration says split-K 1 and reduction scheme none, and that `cublasLtMatmulAlgoCheck`
-//! accepts at the row counts of [`DET_CHECK_ROWS`]; the one with the smallest worst slowdown
-//! against the per-row-count best (timed at [`DET_ROWS`], decode only for f32 logits) is kept,
-//! in the machine-wide table under rows 0. A fixed tile configuration without split-K computes
-//! each output element with the same reduction whatever the other rows are.
+//! Batch-invariant mode (one algorithm per weight shape for every row count) is `gemm_det.rs`,
+//! on the same handle and workspace.
 //!
 //! Layouts (column-major, as cuBLAS sees the row-major tensors): A = w as [in, out] with
 //! TRANSA = T, B = x as [in, T], C = D = y as [out, T].
@@ -36,40 +30,34 @@ use super::error::{CudaError, Result};
 use super::lt_table::LtTable;
 use super::tensor::{DTensor, DType};
 
-const WORKSPACE: usize = 32 << 20;
+/// Bytes of the preallocated workspace every algorithm runs with (also the batch-invariant
+/// ones: `gemm_det.rs`).
+pub(super) const WORKSPACE: usize = 32 << 20;
 /// Heuristic candidates timed per shape.
 pub const CANDIDATES: usize = 16;
 /// Timed runs per candidate.
 const REPS: usize = 5;
-/// Row counts whose heuristic answers are the batch-invariant candidates, and at which they are
-/// timed (a decode batch and a prefill chunk).
-pub const DET_ROWS: [usize; 2] = [32, 1024];
-/// Row counts at which a batch-invariant candidate must be supported (a row count past these is
-/// checked when it first occurs; the f32 logits GEMM only up to 1024 rows, it takes one row per
-/// sequence).
-pub const DET_CHECK_ROWS: [usize; 5] = [1, 3, 32, 1024, 8192];
-
 /// True when libcublasLt can be loaded.
 pub fn cublaslt_present() -> bool {
     // SAFETY: only attempts to dlopen libcublasLt.
     unsafe { sys::is_culib_present() }
 }
 
-fn lt_err(e: lt::CublasError) -> CudaError {
+pub(super) fn lt_err(e: lt::CublasError) -> CudaError {
     CudaError::CublasLt(e)
 }
 
 /// The matmul descriptor and matrix layouts of one problem shape (destroyed on drop).
-struct Descs {
-    desc: sys::cublasLtMatmulDesc_t,
-    a: sys::cublasLtMatrixLayout_t,
-    b: sys::cublasLtMatrixLayout_t,
-    c: sys::cublasLtMatrixLayout_t,
+pub(super) struct Descs {
+    pub(super) desc: sys::cublasLtMatmulDesc_t,
+    pub(super) a: sys::cublasLtMatrixLayout_t,
+    pub(super) b: sys::cublasLtMatrixLayout_t,
+    pub(super) c: sys::cublasLtMatrixLayout_t,
 }
 
 impl Descs {
     /// y [t, n] = x [t, k] * w [n, k]^T in cuBLASLt's column-major terms.
-    fn new(t: usize, n: usize, k: usize, y_f32: bool) -> Result<Self> {
+    pub(super) fn new(t: usize, n: usize, k: usize, y_f32: bool) -> Result<Self> {
         let bf = sys::cudaDataType::CUDA_R_16BF;
         let yt = if y_f32 {
             sys::cudaDataType::CUDA_R_32F
@@ -121,69 +109,9 @@ impl Drop for Descs {
 }
 
 /// The descriptors and chosen algorithm of one problem shape.
-struct Plan {
-    d: Descs,
-    algo: sys::cublasLtMatmulAlgo_t,
-}
-
-/// The batch-invariant algorithm of one weight shape.
-#[derive(Clone, Copy)]
-struct DetAlgo {
-    algo: sys::cublasLtMatmulAlgo_t,
-}
-
-/// One i32/u32 configuration attribute of an algorithm.
-fn algo_config(
-    algo: &sys::cublasLtMatmulAlgo_t,
-    attr: sys::cublasLtMatmulAlgoConfigAttributes_t,
-) -> Option<u32> {
-    let mut v: u32 = 0;
-    let mut written: usize = 0;
-    // SAFETY: a 4-byte buffer for a 4-byte attribute (split-K count, reduction scheme); cuBLASLt
-    // writes at most `size_of::<u32>()` bytes and reports how many.
-    let st = unsafe {
-        sys::cublasLtMatmulAlgoConfigGetAttribute(
-            algo,
-            attr,
-            &mut v as *mut u32 as *mut c_void,
-            std::mem::size_of::<u32>(),
-            &mut written,
-        )
-    };
-    (st == sys::cublasStatus_t::CUBLAS_STATUS_SUCCESS && written == 4).then_some(v)
-}
-
-/// `algo` with split-K forced to 1 and the reduction scheme to none (cuBLASLt may refuse a
-/// value; `single_pass` and `cublasLtMatmulAlgoCheck` decide what is kept).
-fn forced_single_pass(mut algo: sys::cublasLtMatmulAlgo_t) -> sys::cublasLtMatmulAlgo_t {
-    use sys::cublasLtMatmulAlgoConfigAttributes_t as A;
-    let one: i32 = 1;
-    let none: u32 = 0;
-    // SAFETY: 4-byte values for 4-byte attributes (int32 split count, uint32 scheme).
-    unsafe {
-        let _ = sys::cublasLtMatmulAlgoConfigSetAttribute(
-            &mut algo,
-            A::CUBLASLT_ALGO_CONFIG_SPLITK_NUM,
-            &one as *const i32 as *const c_void,
-            4,
-        );
-        let _ = sys::cublasLtMatmulAlgoConfigSetAttribute(
-            &mut algo,
-            A::CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME,
-            &none as *const u32 as *const c_void,
-            4,
-        );
-    }
-    algo
-}
-
-/// True when `algo` reduces each output element in one pass: split-K count 1 (or unset) and no
-/// reduction scheme.
-fn single_pass(algo: &sys::cublasLtMatmulAlgo_t) -> bool {
-    use sys::cublasLtMatmulAlgoConfigAttributes_t as A;
-    let split = algo_config(algo, A::CUBLASLT_ALGO_CONFIG_SPLITK_NUM);
-    let red = algo_config(algo, A::CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME);
-    matches!(split, Some(0 | 1)) && red == Some(0)
+pub(super) struct Plan {
+    pub(super) d: Descs,
+    pub(super) algo: sys::cublasLtMatmulAlgo_t,
 }
 
 /// What tuning found for one shape: the heuristic's first pick and the fastest candidate.
@@ -201,15 +129,15 @@ pub struct Tuned {
 
 /// A cuBLASLt handle with its workspace and per-shape plans.
 pub struct GemmLt {
-    ctx: Arc<GpuContext>,
-    handle: sys::cublasLtHandle_t,
+    pub(super) ctx: Arc<GpuContext>,
+    pub(super) handle: sys::cublasLtHandle_t,
     workspace: DTensor,
     plans: Mutex<HashMap<(usize, usize, usize, bool), Plan>>,
-    det_plans: Mutex<HashMap<(usize, usize, usize, bool), Plan>>,
-    det_algos: Mutex<HashMap<(usize, usize, bool), DetAlgo>>,
-    tuned: Mutex<Vec<Tuned>>,
-    tune: bool,
-    table: LtTable,
+    pub(super) det_plans: Mutex<HashMap<(usize, usize, usize, bool), Plan>>,
+    pub(super) det_algos: Mutex<HashMap<(usize, usize, bool), super::gemm_det::DetChoice>>,
+    pub(super) tuned: Mutex<Vec<Tuned>>,
+    pub(super) tune: bool,
+    pub(super) table: LtTable,
 }
 
 // SAFETY: the raw handles are only used under `plans`' lock or for launches on the context's
@@ -249,17 +177,22 @@ impl GemmLt {
         self.tuned.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
-    /// The heuristic's candidates for `d` (at most [`CANDIDATES`]) with `workspace` bytes allowed.
-    fn heuristic(
+    /// The heuristic's candidates for `d` (at most `max`) with `workspace` bytes allowed;
+    /// `none_only`: only algorithms whose reduction scheme is none (no split-K reduction).
+    pub(super) fn heuristic(
         &self,
         d: &Descs,
         workspace: u64,
+        max: usize,
+        none_only: bool,
     ) -> Result<Vec<sys::cublasLtMatmulHeuristicResult_t>> {
         let pref = lt::create_matmul_pref().map_err(lt_err)?;
-        let mut found: Vec<sys::cublasLtMatmulHeuristicResult_t> = Vec::with_capacity(CANDIDATES);
+        let mut found: Vec<sys::cublasLtMatmulHeuristicResult_t> = Vec::with_capacity(max);
         let mut count: i32 = 0;
-        // SAFETY: u64 attribute as documented for MAX_WORKSPACE_BYTES; the descriptors are live;
-        // `found` has room for CANDIDATES results and cuBLASLt writes `count` <= CANDIDATES.
+        let mask: u32 = 0; // CUBLASLT_REDUCTION_SCHEME_NONE
+                           // SAFETY: u64 attribute as documented for MAX_WORKSPACE_BYTES, u32 for the reduction
+                           // scheme mask; the descriptors are live; `found` has room for `max` results and cuBLASLt
+                           // writes `count` <= `max`.
         let heur = unsafe {
             lt::set_matmul_pref_attribute(
                 pref,
@@ -267,6 +200,17 @@ impl GemmLt {
                 &workspace as *const u64 as *const c_void,
                 std::mem::size_of::<u64>(),
             )
+            .and_then(|_| {
+                if !none_only {
+                    return Ok(());
+                }
+                lt::set_matmul_pref_attribute(
+                    pref,
+                    sys::cublasLtMatmulPreferenceAttributes_t::CUBLASLT_MATMUL_PREF_REDUCTION_SCHEME_MASK,
+                    &mask as *const u32 as *const c_void,
+                    std::mem::size_of::<u32>(),
+                )
+            })
             .and_then(|_| {
                 sys::cublasLtMatmulAlgoGetHeuristic(
                     self.handle,
@@ -276,7 +220,7 @@ impl GemmLt {
                     d.c,
                     d.c,
                     pref,
-                    CANDIDATES as i32,
+                    max as i32,
                     found.as_mut_ptr(),
                     &mut count,
                 )
@@ -287,13 +231,13 @@ impl GemmLt {
         let _ = unsafe { lt::destroy_matmul_pref(pref) };
         heur.map_err(lt_err)?;
         // SAFETY: cuBLASLt initialised the first `count` results.
-        unsafe { found.set_len(count.clamp(0, CANDIDATES as i32) as usize) };
+        unsafe { found.set_len(count.clamp(0, max as i32) as usize) };
         Ok(found)
     }
 
     /// `cublasLtMatmulAlgoCheck`: the workspace `algo` needs for problem `d`, or the status
     /// that refused it.
-    fn check(
+    pub(super) fn check(
         &self,
         d: &Descs,
         algo: &sys::cublasLtMatmulAlgo_t,
@@ -315,7 +259,7 @@ impl GemmLt {
         let n = w.shape()[0];
         let y_f32 = y.dtype() == DType::F32;
         let d = Descs::new(t, n, k, y_f32)?;
-        let found = self.heuristic(&d, WORKSPACE as u64)?;
+        let found = self.heuristic(&d, WORKSPACE as u64, CANDIDATES, false)?;
         if found.is_empty() {
             return Err(lt_err(lt::CublasError(
                 sys::cublasStatus_t::CUBLAS_STATUS_NOT_SUPPORTED,
@@ -360,7 +304,7 @@ impl GemmLt {
     }
 
     /// Microseconds per call of `p` on these tensors (one warm-up, then [`REPS`] timed calls).
-    fn time(&self, p: &Plan, x: &DTensor, w: &DTensor, y: &DTensor) -> Result<f64> {
+    pub(super) fn time(&self, p: &Plan, x: &DTensor, w: &DTensor, y: &DTensor) -> Result<f64> {
         let stream = self.ctx.stream();
         let timing = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
         self.run(p, x, w, y)?;
@@ -372,7 +316,7 @@ impl GemmLt {
         Ok(start.elapsed_ms(&end)? as f64 * 1e3 / REPS as f64)
     }
 
-    fn run(&self, p: &Plan, x: &DTensor, w: &DTensor, y: &DTensor) -> Result<()> {
+    pub(super) fn run(&self, p: &Plan, x: &DTensor, w: &DTensor, y: &DTensor) -> Result<()> {
         let (alpha, beta) = (1.0f32, 0.0f32);
         // SAFETY: layouts describe exactly the tensors' extents (checked by the caller), the
         // workspace holds WORKSPACE bytes, and the launch goes to the context's stream.
@@ -411,189 +355,6 @@ impl GemmLt {
         let p = match plans.entry(key) {
             std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
             std::collections::hash_map::Entry::Vacant(e) => e.insert(self.plan(x, w, y)?),
-        };
-        self.run(p, x, w, y)
-    }
-}
-
-impl GemmLt {
-    /// The batch-invariant algorithm for weight shape (n, k) and output dtype, chosen on first
-    /// use (see the module doc); `w` is the real weight, used for timing.
-    fn det_algo(&self, n: usize, k: usize, y_f32: bool, w: &DTensor) -> Result<DetAlgo> {
-        let key = (n, k, y_f32);
-        if let Some(a) = self
-            .det_algos
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(&key)
-        {
-            return Ok(*a);
-        }
-        // Candidates: single-pass, workspace-free answers of the heuristic at DET_ROWS, in
-        // order, without repeats (the same list in every process on this GPU and library).
-        let mut cands: Vec<sys::cublasLtMatmulAlgo_t> = Vec::new();
-        for t in DET_ROWS {
-            let d = Descs::new(t, n, k, y_f32)?;
-            // No answer at one size (CUBLAS_STATUS_NOT_SUPPORTED) leaves the other's.
-            for r in self.heuristic(&d, 0).unwrap_or_default() {
-                let a = if single_pass(&r.algo) {
-                    r.algo
-                } else {
-                    forced_single_pass(r.algo)
-                };
-                if r.workspaceSize == 0
-                    && single_pass(&a)
-                    && !cands.iter().any(|c| c.data == a.data)
-                {
-                    cands.push(a);
-                }
-            }
-        }
-        let checks = DET_CHECK_ROWS
-            .iter()
-            .filter(|&&t| !y_f32 || t <= 1024)
-            .map(|&t| Descs::new(t, n, k, y_f32))
-            .collect::<Result<Vec<_>>>()?;
-        cands.retain(|a| checks.iter().all(|d| self.check(d, a) == Ok(0)));
-        if cands.is_empty() {
-            return Err(CudaError::Shape(format!(
-                "batch-invariant GEMM: cuBLASLt offers no single-pass, workspace-free algorithm \
-                 for out {n}, in {k} ({} output) supported at rows {DET_CHECK_ROWS:?}",
-                if y_f32 { "f32" } else { "bf16" }
-            )));
-        }
-        let capturing = !matches!(
-            self.ctx.stream().capture_status(),
-            Ok(cudarc::driver::sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE)
-        );
-        let shape = (0, n, k, y_f32);
-        let known = self.table.get(shape).filter(|&i| i < cands.len());
-        let pick = match known {
-            Some(i) if self.tune => i,
-            _ if self.tune && !capturing && cands.len() > 1 => {
-                let best = match self.det_time(&cands, n, k, y_f32, w) {
-                    Ok(b) => b,
-                    Err(e) => {
-                        // Not recorded: a later process times it again.
-                        tracing::warn!(n, k, error = %e, "batch-invariant GEMM: timing failed; using the first candidate");
-                        return self.keep_det(key, cands[0]);
-                    }
-                };
-                let pick = self.table.record(shape, best);
-                if pick < cands.len() {
-                    pick
-                } else {
-                    best
-                }
-            }
-            _ => 0,
-        };
-        tracing::info!(
-            out = n,
-            r#in = k,
-            f32_out = y_f32,
-            candidates = cands.len(),
-            pick,
-            "batch-invariant GEMM: one cuBLASLt algorithm for every row count"
-        );
-        self.keep_det(key, cands[pick])
-    }
-
-    fn keep_det(
-        &self,
-        key: (usize, usize, bool),
-        algo: sys::cublasLtMatmulAlgo_t,
-    ) -> Result<DetAlgo> {
-        let a = DetAlgo { algo };
-        self.det_algos
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(key, a);
-        Ok(a)
-    }
-
-    /// Times every candidate at each of DET_ROWS (only the decode size for f32 logits) on
-    /// scratch inputs and returns the index with the smallest worst ratio to the fastest.
-    fn det_time(
-        &self,
-        cands: &[sys::cublasLtMatmulAlgo_t],
-        n: usize,
-        k: usize,
-        y_f32: bool,
-        w: &DTensor,
-    ) -> Result<usize> {
-        let rows: &[usize] = if y_f32 { &DET_ROWS[..1] } else { &DET_ROWS };
-        let ydt = if y_f32 { DType::F32 } else { DType::Bf16 };
-        // times[c][r]
-        let mut times = vec![vec![f64::INFINITY; rows.len()]; cands.len()];
-        for (ri, &t) in rows.iter().enumerate() {
-            let x = self.ctx.alloc(DType::Bf16, &[t, k])?;
-            let y = self.ctx.alloc(ydt, &[t, n])?;
-            self.ctx.memset(&x, 0)?;
-            let mut plan = Plan {
-                d: Descs::new(t, n, k, y_f32)?,
-                algo: cands[0],
-            };
-            for (ci, c) in cands.iter().enumerate() {
-                plan.algo = *c;
-                times[ci][ri] = self.time(&plan, &x, w, &y).unwrap_or(f64::INFINITY);
-            }
-            self.ctx.synchronize()?;
-        }
-        let best: Vec<f64> = (0..rows.len())
-            .map(|r| times.iter().map(|t| t[r]).fold(f64::INFINITY, f64::min))
-            .collect();
-        let score = |c: usize| {
-            (0..rows.len())
-                .map(|r| times[c][r] / best[r])
-                .fold(0.0f64, f64::max)
-        };
-        let pick = (0..cands.len())
-            .min_by(|&i, &j| score(i).total_cmp(&score(j)))
-            .unwrap_or(0);
-        let pick = if score(pick).is_finite() { pick } else { 0 };
-        self.tuned
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(Tuned {
-                shape: (0, n, k),
-                candidates: cands.len(),
-                heuristic_us: times[0][0],
-                best_us: times[pick][0],
-            });
-        Ok(pick)
-    }
-
-    /// Batch-invariant y = x * w^T: the weight shape's one algorithm whatever the row count
-    /// (shapes checked by the caller). Fails, naming the shape, if cuBLASLt does not accept that
-    /// algorithm at this row count, rather than computing with another one.
-    pub fn linear_det(&self, x: &DTensor, w: &DTensor, y: &DTensor) -> Result<()> {
-        let (t, k) = (x.shape()[0], x.shape()[1]);
-        let n = w.shape()[0];
-        let y_f32 = y.dtype() == DType::F32;
-        self.ctx.cuda().bind_to_thread()?;
-        let key = (t, n, k, y_f32);
-        let mut plans = self.det_plans.lock().unwrap_or_else(|e| e.into_inner());
-        let p = match plans.entry(key) {
-            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
-            std::collections::hash_map::Entry::Vacant(e) => {
-                let algo = self.det_algo(n, k, y_f32, w)?.algo;
-                let d = Descs::new(t, n, k, y_f32)?;
-                match self.check(&d, &algo) {
-                    Ok(0) => {}
-                    other => {
-                        return Err(CudaError::Shape(format!(
-                            "batch-invariant GEMM: the algorithm pinned for out {n}, in {k} is \
-                             not usable at {t} rows (cublasLtMatmulAlgoCheck: {})",
-                            match other {
-                                Ok(ws) => format!("needs {ws} bytes of workspace"),
-                                Err(st) => format!("{st:?}"),
-                            }
-                        )))
-                    }
-                }
-                e.insert(Plan { d, algo })
-            }
         };
         self.run(p, x, w, y)
     }

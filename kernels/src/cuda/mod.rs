@@ -18,6 +18,7 @@ pub mod device;
 pub mod error;
 mod f32k;
 pub mod gemm;
+pub mod gemm_det;
 pub mod gemm_lt;
 pub mod host_copy;
 pub mod info;
