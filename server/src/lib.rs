@@ -11,6 +11,7 @@ pub mod logprobs;
 pub mod model;
 pub mod pd;
 pub mod sampling;
+pub mod sampling_cases;
 pub mod scheduler;
 pub mod seeded;
 pub mod stats;

@@ -10,17 +10,9 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use strata_kernels::sample_rows::{agreement, pack_rows, scale_bits, unpack_logprobs, Agreement};
-use strata_server::logprobs::{from_gpu, LogprobSpec};
+use strata_server::logprobs::from_gpu;
 use strata_server::model::runner::{gpu_row, sample_host, SampleReq};
-use strata_server::sampling::{SamplingParams, SamplingParamsWire};
 use strata_server::seeded::SplitMix64;
-
-fn params(json: &str) -> SamplingParams {
-    serde_json::from_str::<SamplingParamsWire>(json)
-        .unwrap()
-        .validate()
-        .unwrap()
-}
 
 /// Builds the emulator; None (the test skips) when g++ is missing.
 fn build(dir: &Path) -> Option<PathBuf> {
@@ -52,92 +44,11 @@ fn build(dir: &Path) -> Option<PathBuf> {
     Some(exe)
 }
 
-struct Case {
-    name: &'static str,
-    params: SamplingParams,
-    ban: bool,
-    logprobs: Option<LogprobSpec>,
-    score: bool,
-}
-
-fn cases() -> Vec<Case> {
-    let lp = |top_n, ids: Option<Vec<u32>>| {
-        Some(LogprobSpec {
-            start: 0,
-            top_n,
-            token_ids: ids,
-        })
-    };
-    let c = |name, json: &str, ban, logprobs, score| Case {
-        name,
-        params: params(json),
-        ban,
-        logprobs,
-        score,
-    };
-    vec![
-        c("greedy", r#"{"temperature": 0}"#, false, None, false),
-        c(
-            "greedy+pen+ban",
-            r#"{"temperature": 0, "frequency_penalty": 0.5, "repetition_penalty": 1.3}"#,
-            true,
-            None,
-            false,
-        ),
-        c("temp0.7", r#"{"temperature": 0.7}"#, false, None, false),
-        c("topk50", r#"{"top_k": 50}"#, false, None, false),
-        c("topp0.9", r#"{"top_p": 0.9}"#, false, None, false),
-        c("minp0.05", r#"{"min_p": 0.05}"#, false, None, false),
-        c(
-            "all+pen+bias+ban",
-            r#"{"temperature": 0.7, "top_p": 0.9, "top_k": 50, "min_p": 0.05, "frequency_penalty": 0.3, "presence_penalty": 0.2, "repetition_penalty": 1.1, "logit_bias": {"17": 2.5, "5": -1.0}}"#,
-            true,
-            None,
-            false,
-        ),
-        c(
-            "temp1.3+lp",
-            r#"{"temperature": 1.3, "presence_penalty": -0.5}"#,
-            true,
-            lp(5, Some(vec![0, 17, 4_000_000])),
-            false,
-        ),
-        c(
-            "topk1+lp",
-            r#"{"temperature": 0.5, "top_k": 1}"#,
-            false,
-            lp(3, None),
-            false,
-        ),
-        c(
-            "greedy+lp20",
-            r#"{"temperature": 0}"#,
-            false,
-            lp(20, Some(vec![1])),
-            false,
-        ),
-        c(
-            "score+lp",
-            r#"{"temperature": 0.7}"#,
-            false,
-            lp(4, None),
-            true,
-        ),
-        c(
-            "topp0.3+topk200",
-            r#"{"top_p": 0.3, "top_k": 200, "temperature": 1.5}"#,
-            false,
-            None,
-            false,
-        ),
-    ]
-}
-
 /// Runs every case on one seeded row of `vocab` logits (rounded to `quant` when given) through
 /// the emulated kernels; returns the failures.
 fn run(exe: &Path, dir: &Path, vocab: usize, seed: u64, quant: Option<f32>) -> Vec<String> {
     let mut rng = SplitMix64(seed);
-    let cases = cases();
+    let cases = strata_server::sampling_cases::cases();
     let n = cases.len();
     let (mut logits, mut outs, mut bans, mut us) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for r in 0..n {

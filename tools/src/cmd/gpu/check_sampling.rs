@@ -11,95 +11,12 @@
 use rand::Rng;
 use strata_kernels::cuda::CudaOps;
 use strata_kernels::sample_rows::{agreement, Agreement};
-use strata_server::logprobs::{from_gpu, LogprobSpec};
+use strata_server::logprobs::from_gpu;
 use strata_server::model::runner::{gpu_row, sample_host, SampleReq, Sampled};
-use strata_server::sampling::{SamplingParams, SamplingParamsWire};
 
 use super::check::Checker;
 
 const EPS: f64 = 1e-6;
-
-fn params(json: &str) -> SamplingParams {
-    serde_json::from_str::<SamplingParamsWire>(json)
-        .expect("check presets parse")
-        .validate()
-        .expect("check presets are valid")
-}
-
-/// A parameter combination of the check: sampling params, whether a token is banned, logprobs.
-struct Case {
-    name: &'static str,
-    params: SamplingParams,
-    ban: bool,
-    logprobs: Option<LogprobSpec>,
-    score: bool,
-}
-
-fn cases() -> Vec<Case> {
-    let lp = |top_n: usize, ids: Option<Vec<u32>>| {
-        Some(LogprobSpec {
-            start: 0,
-            top_n,
-            token_ids: ids,
-        })
-    };
-    let c = |name, json: &str, ban, logprobs, score| Case {
-        name,
-        params: params(json),
-        ban,
-        logprobs,
-        score,
-    };
-    vec![
-        c("greedy", r#"{"temperature": 0}"#, false, None, false),
-        c(
-            "greedy+pen+ban",
-            r#"{"temperature": 0, "frequency_penalty": 0.5, "repetition_penalty": 1.3}"#,
-            true,
-            None,
-            false,
-        ),
-        c("temp0.7", r#"{"temperature": 0.7}"#, false, None, false),
-        c("topk50", r#"{"top_k": 50}"#, false, None, false),
-        c("topp0.9", r#"{"top_p": 0.9}"#, false, None, false),
-        c("minp0.05", r#"{"min_p": 0.05}"#, false, None, false),
-        c(
-            "all+pen+bias+ban",
-            r#"{"temperature": 0.7, "top_p": 0.9, "top_k": 50, "min_p": 0.05, "frequency_penalty": 0.3, "presence_penalty": 0.2, "repetition_penalty": 1.1, "logit_bias": {"17": 2.5, "5": -1.0}}"#,
-            true,
-            None,
-            false,
-        ),
-        c(
-            "temp1.3+presence-+ban+lp",
-            r#"{"temperature": 1.3, "presence_penalty": -0.5}"#,
-            true,
-            lp(5, Some(vec![0, 17, 4_000_000])),
-            false,
-        ),
-        c(
-            "topk1",
-            r#"{"temperature": 0.5, "top_k": 1}"#,
-            false,
-            lp(3, None),
-            false,
-        ),
-        c(
-            "greedy+lp20",
-            r#"{"temperature": 0}"#,
-            false,
-            lp(20, Some(vec![1])),
-            false,
-        ),
-        c(
-            "score+lp",
-            r#"{"temperature": 0.7}"#,
-            false,
-            lp(4, None),
-            true,
-        ),
-    ]
-}
 
 /// Logits like a model's: a noisy body and, in most rows, a few peaked tokens.
 fn row(ck: &mut Checker, v: usize, r: usize) -> Vec<f32> {
@@ -124,7 +41,7 @@ fn row(ck: &mut Checker, v: usize, r: usize) -> Vec<f32> {
 
 pub fn sampling(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
     let c = ops.context();
-    let cases = cases();
+    let cases = strata_server::sampling_cases::cases();
     let per_case = 20;
     for vocab in [128256usize, 151936] {
         let n = cases.len() * per_case;
