@@ -4,20 +4,29 @@
 //
 // Work unit: a tile = FA_ROWS (token, head) rows of one sequence for one KV head g: 128 / group
 // consecutive query tokens times the group's query heads (row r = token r / group, query head
-// g * group + r % group), so one K/V tile in shared memory serves 128 rows. tile_info as
-// paged_attention's. Grid = (kv head, tile, split) with tiles taken last-first, so the longest
-// (latest, causal) tiles of a prompt start first and the short ones fill the tail.
-// 4 warps; warp w owns rows 32w..32w+31 as two m16 tiles. Q [128][HD] is copied to shared
-// memory once; K and V tiles of KT keys (64 at head_dim 64, 32 at 128: registers) are copied
-// row-major into NST shared-memory stages with cp.async (zero-filled past the block's last key),
-// NST - 1 tiles in flight while the warps compute. S = Q K^T and O += P V run on mma.sync
-// m16n8k16 bf16 -> f32 with ldmatrix fragments (V through ldmatrix.trans, no transposed copy);
-// rows are padded to HD + 8 elements so the 8 row addresses of an ldmatrix phase hit 8 different
-// 16-byte bank groups. Online softmax in f32 on the accumulator fragments (exp2, scale folded in;
-// P packed to bf16 as computed; row sums kept per thread and summed over the quad at the end).
-// A warp skips the math of tiles past every one of its rows' causal limits and masks only tiles
-// that cross a limit or the block's key end. Masked scores contribute exactly 0. Output and
-// split partials as paged_attention (attention_combine merges them).
+// g * group + r % group; group is a power of two, it divides 16), so one K/V tile in shared
+// memory serves 128 rows. tile_info as paged_attention's. Grid = (kv head, tile, split) with tiles
+// taken last-first, so the longest (latest, causal) tiles of a prompt start first and the short
+// ones fill the tail.
+// 4 warps; warp w owns rows 32w..32w+31 as two m16 tiles. Q [128][HD] is copied to shared memory
+// once; K and V tiles of KT keys are copied row-major into NST shared-memory stages with cp.async
+// (zero-filled past the block's last key), NST - 1 tiles in flight while the warps compute; the
+// warps compute a tile in steps of KS keys (the f32 scores of KS keys are live in registers:
+// at head_dim 128, 64 keys do not fit beside the 128 accumulators, so 64-key tiles halve the
+// barriers and copy-issue work per key while the math runs on 32 keys at a time). A tile's
+// page-table lookups are made an iteration before its copies are issued, once per key by one
+// lane of the warp that copies that key, and handed to the copying lanes by shuffle (no division
+// per 16-byte piece).
+// S = Q K^T and O += P V run on mma.sync m16n8k16 bf16 -> f32 with ldmatrix fragments (V through
+// ldmatrix.trans, no transposed copy; P stays in registers as the A operand); rows are padded to
+// HD + 8 elements so the 8 row addresses of an ldmatrix phase hit 8 different 16-byte bank
+// groups. Online softmax in base 2 on the accumulator fragments: the row max over raw scores,
+// p = ex2(s * scale * log2(e) - m) as one FFMA and one MUFU.EX2 (approx, ftz), P packed to bf16
+// as computed, row sums kept per thread and summed over the quad at the end; O and the row sums
+// are rescaled only when some row max of the warp grew (warp vote), which after the first tiles
+// is rare. A warp skips the math of tiles past every one of its rows' causal limits and masks
+// (per element) only tiles that cross a limit or the block's key end. Masked scores contribute
+// exactly 0. Output and split partials as paged_attention (attention_combine merges them).
 #define FA_WARPS 4
 #define FA_THREADS 128
 #define FA_ROWS 128
@@ -44,23 +53,41 @@ __device__ __forceinline__ void fa_ldsm4_t(u32* r, const bf16_t* p) {
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(a));
 }
+// bf16 pair {lo, hi} in one F2FP (round to nearest even, as f2bf for every finite value).
+__device__ __forceinline__ u32 fa_pack(float lo, float hi) {
+    u32 r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+// 2^x in one MUFU.EX2 (flush-to-zero; 2^-inf = +0).
+__device__ __forceinline__ float fa_ex2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
 
-template <int HD, int FA_KT, int NST>
+template <int HD, int KT, int KS, int NST>
 __device__ __forceinline__ void fa_prefill_body(
     const bf16_t* q, int q_stride, const bf16_t* k_pool, const bf16_t* v_pool,
     const int* block_tables, int max_pages, int page_size, const int* tile_info, int n_heads,
     int n_kv_heads, float scale, int split_len, bf16_t* out, int out_stride, float* part_acc,
     float* part_ml, int total_rows) {
-    constexpr int ST = HD + 8;    // shared row stride (bf16 elements)
-    constexpr int CPR = HD / 8;   // 16-byte pieces per row
-    constexpr int NT = FA_KT / 8; // 8-key n-tiles of S per tile
-    constexpr int DT = HD / 8;    // 8-dim n-tiles of O
+    constexpr int ST = HD + 8;            // shared row stride (bf16 elements)
+    constexpr int CPR = HD / 8;           // 16-byte pieces per row
+    constexpr int NT = KS / 8;            // 8-key n-tiles of S per compute step
+    constexpr int DT = HD / 8;            // 8-dim n-tiles of O
+    constexpr int KPW = 32 / CPR;         // keys one warp copies per pass
+    constexpr int KPP = FA_THREADS / CPR; // keys the block copies per pass
+    constexpr int PASSES = KT / KPP;      // copy passes per tile
+    static_assert(KPW * PASSES <= 32, "one lane looks up each key its warp copies");
+    static_assert(KT % KPP == 0 && KT % KS == 0 && NT % 2 == 0, "tile shape");
     extern __shared__ __align__(16) unsigned char fa_smem[];
     bf16_t* qs = (bf16_t*)fa_smem;       // [FA_ROWS][ST]
-    bf16_t* ks = qs + FA_ROWS * ST;      // [NST][FA_KT][ST]
-    bf16_t* vs = ks + NST * FA_KT * ST;  // [NST][FA_KT][ST]
+    bf16_t* ks = qs + FA_ROWS * ST;      // [NST][KT][ST]
+    bf16_t* vs = ks + NST * KT * ST;     // [NST][KT][ST]
 
     const int group = n_heads / n_kv_heads;
+    const int gsh = __ffs(group) - 1;    // log2(group)
     const int g = blockIdx.x, tile = gridDim.y - 1 - blockIdx.y;
     const int split = blockIdx.z, nsplit = gridDim.z;
     const int seq = tile_info[tile * 4 + 0], row0 = tile_info[tile * 4 + 1];
@@ -79,40 +106,50 @@ __device__ __forceinline__ void fa_prefill_body(
         const bool live = r < nrows;
         const bf16_t* src = q;
         if (live)
-            src = q + (u64)(row0 + r / group) * q_stride + (u64)(g * group + r % group) * HD + piece * 8;
+            src = q + (u64)(row0 + (r >> gsh)) * q_stride +
+                  (u64)(g * group + (r & (group - 1))) * HD + piece * 8;
         fa_cp16(qs + r * ST + piece * 8, src, live ? 16 : 0);
     }
-    // Copies K and V rows of keys [t0, t0 + FA_KT) into stage st (zeros past kend).
-    auto issue = [&](int t0, int st) {
-        bf16_t* kd = ks + st * FA_KT * ST;
-        bf16_t* vd = vs + st * FA_KT * ST;
-        // Not unrolled: the unrolled copies' addresses stay live across the whole tile loop.
-#pragma unroll 1
-        for (int c = tid; c < FA_KT * CPR; c += FA_THREADS) {
-            const int j = c / CPR, piece = c % CPR, key = t0 + j;
-            const bool live = key < kend;
-            u64 off = 0;
-            if (live) {
-                const int p = key / page_size;
-                const u64 slot = (u64)bt[p] * page_size + (key - p * page_size);
-                off = (slot * n_kv_heads + g) * HD + piece * 8;
-            }
-            fa_cp16(kd + j * ST + piece * 8, k_pool + off, live ? 16 : 0);
-            fa_cp16(vd + j * ST + piece * 8, v_pool + off, live ? 16 : 0);
+    // K/V copies: this thread moves piece `tid % CPR` of keys jc + KPP * i of a tile (i <
+    // PASSES). Lane L < KPW * PASSES of warp w looks up the pool slot of key
+    // w * KPW + L % KPW + KPP * (L / KPW) (one division and one L1-cached page-table load per
+    // key and tile, made right after the previous tile's copies were issued) and hands it to the
+    // copying lanes by shuffle as 2 * slot + live (dead keys past kend: 0, zero-filled).
+    const int jc = tid / CPR;
+    const u64 row_bytes = (u64)n_kv_heads * HD * 2;
+    const u32 tcol = (g * HD + (tid % CPR) * 8) * 2;  // byte column of this thread's piece
+    const int my_key = warp * KPW + lane % KPW + KPP * (lane / KPW);
+    u32 code = 0;
+    auto lookup = [&](int t0) {
+        const int key = t0 + my_key;
+        code = 0;
+        if (lane < KPW * PASSES && key < kend) {
+            const int p = (u32)key / (u32)page_size;
+            code = (u32)(__ldg(bt + p) * page_size + key - p * page_size) * 2u + 1u;
+        }
+    };
+    auto issue = [&](int st) {
+        const u32 kd = (u32)__cvta_generic_to_shared(ks + st * KT * ST + jc * ST + (tid % CPR) * 8);
+        const u32 vd = kd + NST * KT * ST * 2;
+#pragma unroll
+        for (int i = 0; i < PASSES; ++i) {
+            const u32 c = __shfl_sync(FULL_MASK, code, i * KPW + lane / CPR);
+            const u64 off = (u64)(c >> 1) * row_bytes + tcol;
+            const int bytes = (c & 1) * 16;
+            asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(kd + i * KPP * ST * 2),
+                         "l"((const char*)k_pool + off), "r"(bytes)
+                         : "memory");
+            asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(vd + i * KPP * ST * 2),
+                         "l"((const char*)v_pool + off), "r"(bytes)
+                         : "memory");
         }
     };
 
-    // This thread's 4 rows: i = 2 * mt + h is row 32 * warp + 16 * mt + gid + 8 * h.
+    // Warp rows: the thread's row i = 2 * mt + h is row 32 * warp + 16 * mt + gid + 8 * h.
     const int wr0 = warp * 32;
-    int lim[4];
-#pragma unroll
-    for (int i = 0; i < 4; ++i) {
-        const int r = wr0 + 16 * (i >> 1) + gid + 8 * (i & 1);
-        lim[i] = r < nrows ? pos0 + r / group + 1 : 0;
-    }
     // Largest and smallest causal limit over the warp's 32 rows (rows past the tile: limit 0).
-    const int w_hi = wr0 < nrows ? pos0 + (min(wr0 + 31, nrows - 1)) / group + 1 : 0;
-    const int w_lo = wr0 + 31 < nrows ? pos0 + wr0 / group + 1 : 0;
+    const int w_hi = wr0 < nrows ? pos0 + (min(wr0 + 31, nrows - 1) >> gsh) + 1 : 0;
+    const int w_lo = wr0 + 31 < nrows ? pos0 + (wr0 >> gsh) + 1 : 0;
     const int w_full = min(kend, w_lo);
 
     float o[2][DT][4];
@@ -129,127 +166,145 @@ __device__ __forceinline__ void fa_prefill_body(
         l[i] = 0.f;
     }
 
-    const int ntiles = kend > kbeg ? (kend - kbeg + FA_KT - 1) / FA_KT : 0;
+    const int ntiles = kend > kbeg ? (kend - kbeg + KT - 1) / KT : 0;
+    lookup(kbeg);
 #pragma unroll
     for (int p = 0; p < NST - 1; ++p) {
-        if (p < ntiles) issue(kbeg + p * FA_KT, p);
+        if (p < ntiles) issue(p);
         fa_commit();
+        lookup(kbeg + (p + 1) * KT);
     }
     for (int it = 0; it < ntiles; ++it) {
         fa_wait<NST - 2>();
         __syncthreads();
         // The stage refilled here was read in iteration it - 1, which every warp has finished.
         const int nxt = it + NST - 1;
-        if (nxt < ntiles) issue(kbeg + nxt * FA_KT, nxt % NST);
+        if (nxt < ntiles) issue(nxt % NST);
         fa_commit();
-        const int t0 = kbeg + it * FA_KT;
-        if (t0 >= w_hi) continue;  // past the causal limit of every row of this warp
-        const bool full = t0 + FA_KT <= w_full;
-        const bf16_t* kt = ks + (it % NST) * FA_KT * ST;
-        const bf16_t* vt = vs + (it % NST) * FA_KT * ST;
+        lookup(kbeg + (nxt + 1) * KT);
+        // The tile in compute steps of KS keys (registers: the scores of KS keys are live).
+#pragma unroll
+        for (int sub = 0; sub < KT / KS; ++sub) {
+            const int t0 = kbeg + it * KT + sub * KS;
+            if (t0 >= w_hi) break;  // past the causal limit of every row of this warp
+            const bf16_t* kt = ks + (it % NST) * KT * ST + sub * KS * ST;
+            const bf16_t* vt = vs + (it % NST) * KT * ST + sub * KS * ST;
 
-        // S = Q K^T: 32 rows x FA_KT keys per warp.
-        float s[2][NT][4];
-#pragma unroll
-        for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-            for (int n = 0; n < NT; ++n)
-#pragma unroll
-                for (int e = 0; e < 4; ++e) s[mt][n][e] = 0.f;
-        // Not unrolled: unrolled, ptxas hoists the fragment loads of every k step (spills at d128).
-#pragma unroll 1
-        for (int kk = 0; kk < HD / 16; ++kk) {
-            u32 a[2][4];
+            // S = Q K^T (raw scores): 32 rows x KS keys per warp.
+            float s[2][NT][4];
 #pragma unroll
             for (int mt = 0; mt < 2; ++mt)
-                fa_ldsm4(a[mt], qs + (wr0 + 16 * mt + (lane & 15)) * ST + kk * 16 + (lane >> 4) * 8);
 #pragma unroll
-            for (int np = 0; np < NT / 2; ++np) {
-                u32 b[4];
-                fa_ldsm4(b, kt + (np * 16 + (lane & 7) + ((lane >> 4) << 3)) * ST + kk * 16 +
-                                ((lane >> 3) & 1) * 8);
+                for (int n = 0; n < NT; ++n)
 #pragma unroll
-                for (int mt = 0; mt < 2; ++mt) {
-                    mma_bf16_16816(s[mt][2 * np], a[mt], b[0], b[1]);
-                    mma_bf16_16816(s[mt][2 * np + 1], a[mt], b[2], b[3]);
+                    for (int e = 0; e < 4; ++e) s[mt][n][e] = 0.f;
+            // Unrolled by 2: fully unrolled, ptxas hoists every k step's fragments (spills).
+#pragma unroll 2
+            for (int kk = 0; kk < HD / 16; ++kk) {
+                u32 a[2][4];
+#pragma unroll
+                for (int mt = 0; mt < 2; ++mt)
+                    fa_ldsm4(a[mt],
+                             qs + (wr0 + 16 * mt + (lane & 15)) * ST + kk * 16 + (lane >> 4) * 8);
+#pragma unroll
+                for (int np = 0; np < NT / 2; ++np) {
+                    u32 b[4];
+                    fa_ldsm4(b, kt + (np * 16 + (lane & 7) + ((lane >> 4) << 3)) * ST + kk * 16 +
+                                    ((lane >> 3) & 1) * 8);
+#pragma unroll
+                    for (int mt = 0; mt < 2; ++mt) {
+                        mma_bf16_16816(s[mt][2 * np], a[mt], b[0], b[1]);
+                        mma_bf16_16816(s[mt][2 * np + 1], a[mt], b[2], b[3]);
+                    }
                 }
             }
-        }
-
-        // Online softmax (base 2) per row; the 4 threads of a quad share a row.
-        float mx[4] = {NEG_INF, NEG_INF, NEG_INF, NEG_INF};
+            // Tiles that cross a row's causal limit or the block's key end: -inf past the limit.
+            if (t0 + KS > w_full) {
 #pragma unroll
-        for (int mt = 0; mt < 2; ++mt)
+                for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
-            for (int n = 0; n < NT; ++n)
+                    for (int h = 0; h < 2; ++h) {
+                        const int r = wr0 + 16 * mt + gid + 8 * h;
+                        const int lim =
+                            r < nrows ? min(kend, pos0 + (r >> gsh) + 1) - t0 - tig * 2 : 0;
 #pragma unroll
-                for (int e = 0; e < 4; ++e) {
-                    const int i = 2 * mt + (e >> 1);
-                    float v = s[mt][n][e] * sl2;
-                    if (!full) {
-                        const int key = t0 + n * 8 + tig * 2 + (e & 1);
-                        if (!(key < kend && key < lim[i])) v = NEG_INF;
+                        for (int n = 0; n < NT; ++n) {
+                            if (n * 8 >= lim) s[mt][n][2 * h] = NEG_INF;
+                            if (n * 8 + 1 >= lim) s[mt][n][2 * h + 1] = NEG_INF;
+                        }
                     }
-                    s[mt][n][e] = v;
-                    mx[i] = fmaxf(mx[i], v);
+            }
+
+            // Online softmax (base 2) per row; the 4 threads of a quad share a row.
+            float mx[4] = {NEG_INF, NEG_INF, NEG_INF, NEG_INF};
+#pragma unroll
+            for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+                for (int n = 0; n < NT; ++n) {
+                    mx[2 * mt] = fmaxf(mx[2 * mt], fmaxf(s[mt][n][0], s[mt][n][1]));
+                    mx[2 * mt + 1] = fmaxf(mx[2 * mt + 1], fmaxf(s[mt][n][2], s[mt][n][3]));
                 }
-        float corr[4];
+            bool grew = false;
 #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-            mx[i] = fmaxf(mx[i], __shfl_xor_sync(FULL_MASK, mx[i], 1));
-            mx[i] = fmaxf(mx[i], __shfl_xor_sync(FULL_MASK, mx[i], 2));
-            const float mnew = fmaxf(m[i], mx[i]);
-            corr[i] = exp2f(m[i] - mnew);
-            m[i] = mnew;
-        }
-        // P = exp2(S - m), packed to bf16 pairs at once (the f32 scores die here: registers).
-        float rs[4] = {0.f, 0.f, 0.f, 0.f};
-        u32 pk[2][NT][2];
+            for (int i = 0; i < 4; ++i) {
+                mx[i] = fmaxf(mx[i], __shfl_xor_sync(FULL_MASK, mx[i], 1));
+                mx[i] = fmaxf(mx[i], __shfl_xor_sync(FULL_MASK, mx[i], 2));
+                mx[i] = fmaxf(m[i], mx[i] * sl2);  // the new max, in scaled units
+                grew |= mx[i] > m[i];
+            }
+            if (__any_sync(FULL_MASK, grew)) {
 #pragma unroll
-        for (int mt = 0; mt < 2; ++mt)
+                for (int i = 0; i < 4; ++i) {
+                    const float corr = fa_ex2(m[i] - mx[i]);
+                    m[i] = mx[i];
+                    l[i] *= corr;
 #pragma unroll
-            for (int n = 0; n < NT; ++n)
+                    for (int n = 0; n < DT; ++n) {
+                        o[i >> 1][n][2 * (i & 1)] *= corr;
+                        o[i >> 1][n][2 * (i & 1) + 1] *= corr;
+                    }
+                }
+            }
+            // P = exp2(S * scale * log2(e) - m), packed to bf16 pairs at once.
+            u32 pk[2][NT][2];
+#pragma unroll
+            for (int mt = 0; mt < 2; ++mt)
 #pragma unroll
                 for (int h = 0; h < 2; ++h) {
                     const int i = 2 * mt + h;
-                    const float v0 = s[mt][n][2 * h], v1 = s[mt][n][2 * h + 1];
-                    const float p0 = v0 == NEG_INF ? 0.f : exp2f(v0 - m[i]);
-                    const float p1 = v1 == NEG_INF ? 0.f : exp2f(v1 - m[i]);
-                    rs[i] += p0 + p1;
-                    pk[mt][n][h] = pack_bf16x2(p0, p1);
+                    const float nm = -m[i];
+                    float rs = 0.f;
+#pragma unroll
+                    for (int n = 0; n < NT; ++n) {
+                        const float p0 = fa_ex2(fmaf(s[mt][n][2 * h], sl2, nm));
+                        const float p1 = fa_ex2(fmaf(s[mt][n][2 * h + 1], sl2, nm));
+                        rs += p0 + p1;
+                        pk[mt][n][h] = fa_pack(p0, p1);
+                    }
+                    l[i] += rs;
                 }
-#pragma unroll
-        for (int i = 0; i < 4; ++i) l[i] = l[i] * corr[i] + rs[i];
-#pragma unroll
-        for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-            for (int n = 0; n < DT; ++n) {
-                o[mt][n][0] *= corr[2 * mt];
-                o[mt][n][1] *= corr[2 * mt];
-                o[mt][n][2] *= corr[2 * mt + 1];
-                o[mt][n][3] *= corr[2 * mt + 1];
-            }
 
-        // O += P V: P from the S fragments (16 keys per k step), V fragments by ldmatrix.trans.
+            // O += P V: P from the S fragments (16 keys per k step), V fragments by ldmatrix.trans.
 #pragma unroll
-        for (int kk = 0; kk < FA_KT / 16; ++kk) {
-            u32 a[2][4];
-#pragma unroll
-            for (int mt = 0; mt < 2; ++mt) {
-                a[mt][0] = pk[mt][2 * kk][0];      // row gid, keys 2 tig (+1)
-                a[mt][1] = pk[mt][2 * kk][1];      // row gid + 8
-                a[mt][2] = pk[mt][2 * kk + 1][0];  // row gid, keys 8 + 2 tig (+1)
-                a[mt][3] = pk[mt][2 * kk + 1][1];  // row gid + 8, keys 8 + 2 tig (+1)
-            }
-#pragma unroll
-            for (int dp = 0; dp < DT / 2; ++dp) {
-                u32 b[4];
-                fa_ldsm4_t(b, vt + (kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3)) * ST + dp * 16 +
-                                  (lane >> 4) * 8);
+            for (int kk = 0; kk < KS / 16; ++kk) {
+                u32 a[2][4];
 #pragma unroll
                 for (int mt = 0; mt < 2; ++mt) {
-                    mma_bf16_16816(o[mt][2 * dp], a[mt], b[0], b[1]);
-                    mma_bf16_16816(o[mt][2 * dp + 1], a[mt], b[2], b[3]);
+                    a[mt][0] = pk[mt][2 * kk][0];      // row gid, keys 2 tig (+1)
+                    a[mt][1] = pk[mt][2 * kk][1];      // row gid + 8
+                    a[mt][2] = pk[mt][2 * kk + 1][0];  // row gid, keys 8 + 2 tig (+1)
+                    a[mt][3] = pk[mt][2 * kk + 1][1];  // row gid + 8, keys 8 + 2 tig (+1)
+                }
+#pragma unroll
+                for (int dp = 0; dp < DT / 2; ++dp) {
+                    u32 b[4];
+                    fa_ldsm4_t(b, vt + (kk * 16 + (lane & 7) + (((lane >> 3) & 1) << 3)) * ST +
+                                      dp * 16 + (lane >> 4) * 8);
+#pragma unroll
+                    for (int mt = 0; mt < 2; ++mt) {
+                        mma_bf16_16816(o[mt][2 * dp], a[mt], b[0], b[1]);
+                        mma_bf16_16816(o[mt][2 * dp + 1], a[mt], b[2], b[3]);
+                    }
                 }
             }
         }
@@ -268,13 +323,14 @@ __device__ __forceinline__ void fa_prefill_body(
             const int i = 2 * mt + h;
             const int r = wr0 + 16 * mt + gid + 8 * h;
             if (r >= nrows) continue;
-            const int grow = row0 + r / group, head = g * group + r % group;
+            const int grow = row0 + (r >> gsh), head = g * group + (r & (group - 1));
             if (nsplit == 1) {
                 const float inv = l[i] > 0.f ? 1.f / l[i] : 0.f;
                 bf16_t* orow = out + (u64)grow * out_stride + (u64)head * HD + tig * 2;
 #pragma unroll
                 for (int n = 0; n < DT; ++n)
-                    *(u32*)(orow + n * 8) = pack_bf16x2(o[mt][n][2 * h] * inv, o[mt][n][2 * h + 1] * inv);
+                    *(u32*)(orow + n * 8) =
+                        fa_pack(o[mt][n][2 * h] * inv, o[mt][n][2 * h + 1] * inv);
             } else {
                 const u64 base = ((u64)split * total_rows + grow) * n_heads + head;
                 float* pa = part_acc + base * HD + tig * 2;
@@ -292,36 +348,34 @@ __device__ __forceinline__ void fa_prefill_body(
         }
 }
 
-#define FA_KERNEL(HD, KT, NST, MINB)                                                                  \
+#define FA_KERNEL(HD, KT, KS, NST, MINB)                                                                  \
     extern "C" __global__ void __launch_bounds__(FA_THREADS, MINB) paged_attention_fa2_d##HD(      \
         const bf16_t* q, int q_stride, const bf16_t* k_pool, const bf16_t* v_pool,                \
         const int* block_tables, int max_pages, int page_size, const int* tile_info, int n_heads, \
         int n_kv_heads, int head_dim, float scale, int split_len, bf16_t* out, int out_stride,    \
         float* part_acc, float* part_ml, int total_rows) {                                        \
         pdl_enter();                                                                              \
-        fa_prefill_body<HD, KT, NST>(q, q_stride, k_pool, v_pool, block_tables, max_pages, page_size, \
+        fa_prefill_body<HD, KT, KS, NST>(q, q_stride, k_pool, v_pool, block_tables, max_pages, page_size, \
                                  tile_info, n_heads, n_kv_heads, scale, split_len, out,           \
                                  out_stride, part_acc, part_ml, total_rows);                      \
     }
-// Shared memory: (FA_ROWS + 2 * NST * KT) * (HD + 8) * 2 bytes, mirrored by fa2_smem in
-// kernels/src/cuda/attention.rs: 73728 (d64: 64-key tiles, 3 stages) and 87040 (d128: 32-key
-// tiles, 3 stages; 64-key tiles need more than 255 registers there).
-FA_KERNEL(64, 64, 3, 2)
-FA_KERNEL(128, 32, 3, 2)
+// FA_KERNEL(HD, KT, KS, NST, MINB). Shared memory: (FA_ROWS + 2 * NST * KT) * (HD + 8) * 2 bytes,
+// mirrored by fa2_smem in kernels/src/cuda/attention.rs: 73728 (d64: 64-key tiles in one step,
+// 3 stages) and 104448 (d128: 64-key tiles in two 32-key steps, 2 stages; two blocks fit an SM).
+FA_KERNEL(64, 64, 64, 3, 2)
+FA_KERNEL(128, 64, 32, 2, 2)
 
-// Alternative head_dim-128 tile shapes (attention::FA2_VARIANTS), timed beside the default by
-// `strata gpu bench`: 64-key tiles in 2 stages (104448 bytes; ptxas spills a few registers) and
-// 32-key tiles in 2 stages (69632 bytes).
-#define FA_VARIANT(NAME, HD, KT, NST)                                                             \
+// Alternative head_dim-128 tile shape (attention::FA2_VARIANTS), timed beside the default by
+// `strata gpu bench`: 32-key tiles in 3 stages (87040 bytes).
+#define FA_VARIANT(NAME, HD, KT, KS, NST)                                                             \
     extern "C" __global__ void __launch_bounds__(FA_THREADS, 2) NAME(                             \
         const bf16_t* q, int q_stride, const bf16_t* k_pool, const bf16_t* v_pool,                \
         const int* block_tables, int max_pages, int page_size, const int* tile_info, int n_heads, \
         int n_kv_heads, int head_dim, float scale, int split_len, bf16_t* out, int out_stride,    \
         float* part_acc, float* part_ml, int total_rows) {                                        \
         pdl_enter();                                                                              \
-        fa_prefill_body<HD, KT, NST>(q, q_stride, k_pool, v_pool, block_tables, max_pages,        \
+        fa_prefill_body<HD, KT, KS, NST>(q, q_stride, k_pool, v_pool, block_tables, max_pages,        \
                                      page_size, tile_info, n_heads, n_kv_heads, scale, split_len, \
                                      out, out_stride, part_acc, part_ml, total_rows);             \
     }
-FA_VARIANT(paged_attention_fa2_d128_kt64s2, 128, 64, 2)
-FA_VARIANT(paged_attention_fa2_d128_kt32s2, 128, 32, 2)
+FA_VARIANT(paged_attention_fa2_d128_kt32s3, 128, 32, 32, 3)

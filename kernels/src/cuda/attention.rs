@@ -94,12 +94,9 @@ pub fn set_prefill_kernel(k: Option<PrefillKernel>) {
 }
 
 /// Alternative tile shapes of the head_dim-128 FA2 prefill kernel, (name, keys per tile, stages),
-/// timed beside the default by `strata gpu bench` and checked by `strata gpu check` (the
-/// 64-key one spills a few registers; see the FA_KERNEL lines of attention_prefill.cu).
-pub const FA2_VARIANTS: [(&str, usize, usize); 2] = [
-    ("paged_attention_fa2_d128_kt64s2", 64, 2),
-    ("paged_attention_fa2_d128_kt32s2", 32, 2),
-];
+/// timed beside the default by `strata gpu bench` and checked by `strata gpu check` (see the
+/// FA_VARIANT lines of attention_prefill.cu).
+pub const FA2_VARIANTS: [(&str, usize, usize); 1] = [("paged_attention_fa2_d128_kt32s3", 32, 3)];
 
 /// Dynamic shared memory of an FA2 kernel of `head_dim` with `kt`-key tiles in `stages` stages.
 pub(crate) fn fa2_smem_of(head_dim: usize, kt: usize, stages: usize) -> u32 {
@@ -115,7 +112,7 @@ pub(crate) fn fa2_tile(head_dim: usize) -> (usize, usize) {
     if head_dim == 64 {
         (64, 3)
     } else {
-        (32, 3)
+        (64, 2)
     }
 }
 

@@ -39,7 +39,8 @@ fn absurd_gpu_id_falls_back_to_cpu() {
 
 /// Every program compiles for sm_90; the attention one also for sm_80 (the tensor-core prefill
 /// kernels' oldest target). ptxas' report (through NVRTC) must show the FA2-style prefill kernels
-/// within 255 registers and without spills; printed so a CI log shows the register counts.
+/// and their timed alternatives within 255 registers and without spills; printed so a CI log
+/// shows the register counts.
 #[test]
 fn nvrtc_programs_compile_where_nvrtc_exists() {
     if !nvrtc::nvrtc_present() {
@@ -57,7 +58,8 @@ fn nvrtc_programs_compile_where_nvrtc_exists() {
         let (cubin, log) = nvrtc::compile_with(Program::Attention, arch, &["--ptxas-options=-v"])
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(cubin.len() > 100, "{arch}: empty attention cubin");
-        for name in super::attention::FA2_NAMES {
+        let variants = super::attention::FA2_VARIANTS.iter().map(|v| v.0);
+        for name in super::attention::FA2_NAMES.into_iter().chain(variants) {
             let at = log
                 .find(&format!("'{name}'"))
                 .unwrap_or_else(|| panic!("{arch}: no ptxas report for {name}:\n{log}"));
@@ -72,7 +74,7 @@ fn nvrtc_programs_compile_where_nvrtc_exists() {
 }
 
 /// The launcher's shared-memory size for the FA2 prefill kernels matches the tile shapes the
-/// kernels are instantiated with (FA_KERNEL(HD, KT, NST, MINB) lines of attention_prefill.cu).
+/// kernels are instantiated with (FA_KERNEL(HD, KT, KS, NST, MINB) lines of attention_prefill.cu).
 #[test]
 fn fa2_launch_shared_memory_matches_the_kernel_instantiations() {
     let src = include_str!("../../cuda/attention_prefill.cu");
@@ -82,7 +84,11 @@ fn fa2_launch_shared_memory_matches_the_kernel_instantiations() {
             .split(',')
             .map(|v| v.trim().parse().expect("numeric FA_KERNEL arguments"))
             .collect();
-        let (hd, kt, nst) = (nums[0], nums[1], nums[2]);
+        let (hd, kt, ks, nst) = (nums[0], nums[1], nums[2], nums[3]);
+        assert!(
+            kt % ks == 0 && ks % 16 == 0,
+            "d{hd}: compute step {ks} of a {kt}-key tile"
+        );
         assert_eq!(super::attention::fa2_tile(hd), (kt, nst), "d{hd}");
         assert_eq!(
             super::attention::fa2_smem(hd) as usize,
@@ -96,7 +102,7 @@ fn fa2_launch_shared_memory_matches_the_kernel_instantiations() {
         seen += 1;
     }
     assert_eq!(seen, super::attention::FA2_NAMES.len());
-    // The timed alternatives: FA_VARIANT(name, HD, KT, NST) as attention::FA2_VARIANTS lists.
+    // The timed alternatives: FA_VARIANT(name, HD, KT, KS, NST) as attention::FA2_VARIANTS lists.
     let variants: Vec<(String, usize, usize)> = src
         .lines()
         .filter(|l| l.starts_with("FA_VARIANT("))
@@ -109,7 +115,7 @@ fn fa2_launch_shared_memory_matches_the_kernel_instantiations() {
             (
                 f[0].to_string(),
                 f[2].parse().unwrap(),
-                f[3].parse().unwrap(),
+                f[4].parse().unwrap(),
             )
         })
         .collect();
