@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
-# PD disaggregation on one GPU, one device call: a colocated server, a prefill server and a decode
-# server share the GPU (split --mem-fraction-static), the Strata router in front of each setup.
+# PD disaggregation, one device call: a colocated server, a prefill server and a decode server,
+# the Strata router in front of each setup. On one GPU they share it; when `nvidia-smi -L` lists
+# two or more, the decode runs on GPU 1 (--base-gpu-id 1) and the others on GPU 0, so the decode
+# opens the prefill's pool across the peer link (or falls back to the staged path, with a log
+# line, when the GPUs cannot reach each other).
 # For each model shape (SIZES, made with random bf16 weights):
 #  - greedy: 6 prompts one at a time through the PD router must give the colocated answer
 #    (identical ids); 8 concurrent ones are reported as a count (the bf16 runner is not batch
@@ -38,6 +41,10 @@ start() { # name port args...
   done
   echo "FAIL: $name did not start"; tail -20 "$OUTDIR/pd-$name.log"; return 1
 }
+NGPU=$(nvidia-smi -L 2> /dev/null | grep -c '^GPU' || true)
+DGPU=0
+[ "${NGPU:-0}" -ge 2 ] && DGPU=1
+echo "# $NGPU GPU(s): prefill and colocated on GPU 0, decode on GPU $DGPU"
 for size in $SIZES; do
   echo "=== $size"
   [ -f "$W/$size/config.json" ] || "$STRATA" make-model --out "$W/$size" --arch llama --size "$size" --dtype bf16 > /dev/null 2>&1 \
@@ -46,7 +53,7 @@ for size in $SIZES; do
   start colo 32101 "${S[@]}" --log-level warn --port 32101 || { fail=1; cleanup; continue; }
   export STRATA_PD_IPC=${PD_IPC:-1}
   start prefill 32102 "${S[@]}" --log-level warn --port 32102 --disaggregation-mode prefill --disaggregation-bootstrap-port 32199 || { fail=1; cleanup; continue; }
-  start decode 32103 "${S[@]}" --port 32103 --disaggregation-mode decode --log-level info || { fail=1; cleanup; continue; }
+  start decode 32103 "${S[@]}" --port 32103 --disaggregation-mode decode --base-gpu-id $DGPU --log-level info || { fail=1; cleanup; continue; }
   start router-pd 32110 router --pd-disaggregation --prefill http://127.0.0.1:32102 32199 \
     --decode http://127.0.0.1:32103 --port 32110 --prometheus-port 32111 --log-level warn || { fail=1; cleanup; continue; }
   start router-colo 32120 router --worker-urls http://127.0.0.1:32101 --port 32120 --prometheus-port 32121 --log-level warn \
@@ -83,7 +90,7 @@ PY
   md() { curl -s localhost:32103/metrics | awk -v k="sglang:$1" '$1 == k {print $2}'; }
   B=$(m pd_transfer_bytes_total) T=$(m pd_transfer_seconds_total) N=$(m pd_transfers_total)
   echo "## KV transfer paths: $N transfers: $(m pd_transfers_cuda_ipc_total) CUDA IPC (decode: $(md pd_received_cuda_ipc_total)), $(m pd_transfers_same_host_total) same-host copy, $(m pd_transfers_staged_total) staged through host memory; $(md pd_bootstrap_connections_total) bootstrap connections"
-  grep -h "KV transfers on this connection take" "$OUTDIR/pd-decode.log" | sed 's/^.*PD: /  decode log: /' | sort | uniq -c
+  grep -hE "KV transfers on this connection take|no CUDA IPC with this prefill" "$OUTDIR/pd-decode.log" | sed 's/^.*PD: /  decode log: /' | sort | uniq -c
   IB=$(m pd_transfer_cuda_ipc_bytes_total) IT=$(m pd_transfer_cuda_ipc_seconds_total) IN=$(m pd_transfers_cuda_ipc_total)
   python3 -c "
 b, t, n = float('${B:-0}' or 0), float('${T:-0}' or 0), max(float('${N:-0}' or 0), 1)

@@ -92,3 +92,29 @@ extern "C" __global__ void kv_host_copy(char* pool, char* host, const int* pool_
         }
     }
 }
+
+// Pool to pool (PD over CUDA IPC: a decode copies a prefill's pages straight into its own pages).
+// Both pools: [layer][k|v][pool_page][chunk_bytes], with their own page counts. Page i of the
+// list moves from src page src_pages[i] to dst page dst_pages[i], every layer, K and V.
+// blockIdx.x = item * parts + part, item over (page index, layer, k|v); a chunk is cut into
+// `parts` equal runs of 16-byte vectors so that one launch has enough blocks to keep HBM (or
+// NVLink, when the source lives on another GPU) busy whatever the chunk size.
+extern "C" __global__ void kv_pool_copy(const char* src, char* dst, const int* src_pages,
+                                        const int* dst_pages, int layers, u64 src_pool_pages,
+                                        u64 dst_pool_pages, u64 chunk_bytes, int parts) {
+    pdl_enter();
+    u64 item = blockIdx.x / parts;
+    u64 part = blockIdx.x % parts;
+    int kv = item & 1;
+    u64 layer = (item >> 1) % layers;
+    u64 p = (item >> 1) / layers;
+    u64 lane = layer * 2 + kv;
+    u64 n16 = chunk_bytes / 16;
+    u64 per = (n16 + parts - 1) / parts;
+    u64 begin = part * per;
+    if (begin >= n16) return;
+    u64 count = n16 - begin < per ? n16 - begin : per;
+    const uint4* s = (const uint4*)(src + (lane * src_pool_pages + (u64)src_pages[p]) * chunk_bytes) + begin;
+    uint4* d = (uint4*)(dst + (lane * dst_pool_pages + (u64)dst_pages[p]) * chunk_bytes) + begin;
+    copy_chunk(s, d, count);
+}

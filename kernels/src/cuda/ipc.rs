@@ -2,19 +2,21 @@
 //!
 //! The prefill allocates its KV pool with `cuMemAlloc` ([`GpuContext::alloc_exportable`]; memory
 //! from the stream-ordered pool allocator cannot be exported) and hands out the pool's
-//! `cuIpcGetMemHandle` ([`ipc_handle`]). A decode process opens it once
-//! ([`IpcMapping::open`], `CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS`, so a pool on another GPU with
-//! peer access works too) and gathers the listed pages out of it into a device buffer of its own
-//! on a stream of its own ([`PeerGather`]), without waiting for its compute stream. A handle
-//! cannot be opened in the process that exported it (the driver refuses), so nothing here can be
-//! exercised by one process alone. Every driver call's failure names the call.
+//! `cuIpcGetMemHandle` ([`ipc_handle`]). A decode process opens it once ([`IpcMapping::open`],
+//! `CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS`: a pool on another GPU is read over the peer link, and
+//! one on a GPU this one cannot reach is refused with a clear error) and copies the listed pages
+//! straight into its own pool ([`super::peer_copy::PeerCopy`]); a mapping is closed only after
+//! the last copy out of it finished. [`PeerGather`] gathers pages into a fresh device buffer
+//! instead (the fallback when the decode's pool has no pages to spare yet). A handle cannot be
+//! opened in the process that exported it (the driver refuses), so nothing here can be exercised
+//! by one process alone. Every driver call's failure names the call.
 
 use std::any::Any;
 use std::ffi::c_void;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use cudarc::driver::sys;
-use cudarc::driver::{CudaContext, CudaFunction, CudaStream};
+use cudarc::driver::{CudaContext, CudaEvent, CudaFunction, CudaStream};
 
 use super::device::GpuContext;
 use super::error::{ensure, CudaError, Result};
@@ -78,11 +80,31 @@ pub fn ipc_handle(ctx: &GpuContext, t: &DTensor) -> Result<[u8; 64]> {
     Ok(h.reserved.map(|c| c as u8))
 }
 
-/// Another process's allocation mapped into this context; unmapped when dropped.
+/// Whether GPU `a` can read GPU `b`'s memory (peer access).
+fn can_access_peer(a: usize, b: usize) -> Result<bool> {
+    let (mut da, mut db, mut ok): (sys::CUdevice, sys::CUdevice, i32) = (0, 0, 0);
+    // SAFETY: valid out-pointers; the ordinals are the driver's.
+    unsafe {
+        call(sys::cuDeviceGet(&mut da, a as i32), "cuDeviceGet")?;
+        call(sys::cuDeviceGet(&mut db, b as i32), "cuDeviceGet")?;
+        call(
+            sys::cuDeviceCanAccessPeer(&mut ok, da, db),
+            "cuDeviceCanAccessPeer",
+        )?;
+    }
+    Ok(ok != 0)
+}
+
+/// Another process's allocation mapped into this context; unmapped when dropped, after the
+/// last copy that read it ([`IpcMapping::used_until`]) has finished.
 pub struct IpcMapping {
     ptr: u64,
     bytes: usize,
     ctx: Arc<GpuContext>,
+    /// The GPU the memory lives on (this process's numbering).
+    device: usize,
+    /// Completes when the last queued copy out of the mapping has.
+    last_use: Mutex<Option<CudaEvent>>,
 }
 
 impl IpcMapping {
@@ -106,11 +128,36 @@ impl IpcMapping {
             },
             "cuIpcOpenMemHandle",
         )?;
-        let m = Arc::new(IpcMapping {
+        let mut m = IpcMapping {
             ptr,
             bytes,
             ctx: ctx.clone(),
-        });
+            device: ctx.ordinal(),
+            last_use: Mutex::new(None),
+        };
+        // Memory of another GPU (a prefill on another --base-gpu-id): the kernels of this
+        // context read it over the peer link, which the lazy flag above enables when the two
+        // GPUs can reach each other; when they cannot, say so (the caller falls back).
+        let mut ordinal: i32 = -1;
+        // SAFETY: valid out-pointer of the attribute's type (int); `ptr` is mapped.
+        let rc = unsafe {
+            sys::cuPointerGetAttribute(
+                &mut ordinal as *mut i32 as *mut c_void,
+                sys::CUpointer_attribute::CU_POINTER_ATTRIBUTE_DEVICE_ORDINAL,
+                ptr,
+            )
+        };
+        if rc == sys::CUresult::CUDA_SUCCESS && ordinal >= 0 && ordinal as usize != ctx.ordinal() {
+            m.device = ordinal as usize;
+            let peer = can_access_peer(ctx.ordinal(), m.device)?;
+            ensure(peer, || {
+                format!(
+                    "the prefill's pool is on GPU {ordinal}, which GPU {} cannot reach (no peer access)",
+                    ctx.ordinal()
+                )
+            })?;
+        }
+        let m = Arc::new(m);
         // The mapping must be at least as large as announced (when the driver can tell).
         let (mut base, mut size) = (0u64, 0usize);
         // SAFETY: valid out-pointers; `ptr` is mapped.
@@ -121,6 +168,18 @@ impl IpcMapping {
             })?;
         }
         Ok(m)
+    }
+
+    /// The GPU the mapped memory lives on (another one than this context's: read over the peer
+    /// link).
+    pub fn device(&self) -> usize {
+        self.device
+    }
+
+    /// Records that queued work reads the mapping until `done` completes: the mapping is closed
+    /// only after that (a later call replaces the event: copies on one stream finish in order).
+    pub fn used_until(&self, done: CudaEvent) {
+        *self.last_use.lock().unwrap_or_else(|e| e.into_inner()) = Some(done);
     }
 
     /// The mapped memory as a byte tensor (keeps the mapping open).
@@ -142,6 +201,18 @@ impl IpcMapping {
 impl Drop for IpcMapping {
     fn drop(&mut self) {
         let _ = self.ctx.cuda().bind_to_thread();
+        // A copy still reading the peer's memory finishes first (the peer may have gone away:
+        // its memory stays mapped here until the close below).
+        if let Some(e) = self
+            .last_use
+            .get_mut()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+        {
+            if let Err(e) = e.synchronize() {
+                eprintln!("strata: waiting for the last copy out of a peer pool: {e}");
+            }
+        }
         // SAFETY: opened once by `open`, closed once here; users hold the mapping (Arc) while
         // their copies run and synchronise before letting go.
         let rc = unsafe { sys::cuIpcCloseMemHandle(self.ptr) };
@@ -238,27 +309,6 @@ impl PeerGather {
         // are 256-byte aligned (driver allocations).
         unsafe { launch(&self.kernel, s, Dims::rows(n * geo.layers * 2, 256), &args) }?;
         self.stream.synchronize()?;
-        Ok(out)
-    }
-
-    /// Raw device-to-device copy of `bytes` bytes between two buffers on this stream, `rounds`
-    /// times; returns the seconds of each round (the baseline of the PD transfer rate).
-    pub fn memcpy_rounds(&self, src: &DTensor, dst: &DTensor, rounds: usize) -> Result<Vec<f64>> {
-        let bytes = src.bytes().min(dst.bytes());
-        self.ctx.cuda().bind_to_thread()?;
-        let mut out = Vec::with_capacity(rounds);
-        for _ in 0..rounds {
-            let t = std::time::Instant::now();
-            // SAFETY: both ranges lie inside their tensors.
-            call(
-                unsafe {
-                    sys::cuMemcpyDtoDAsync_v2(dst.ptr(), src.ptr(), bytes, self.stream.cu_stream())
-                },
-                "cuMemcpyDtoDAsync",
-            )?;
-            self.stream.synchronize()?;
-            out.push(t.elapsed().as_secs_f64());
-        }
         Ok(out)
     }
 }

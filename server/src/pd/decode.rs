@@ -15,7 +15,7 @@
 //! they land in a staging pool that the scheduler loads into the pool.
 
 use super::link::{Link, Links};
-use super::share::{DeviceKv, HostSpans, Opened, Staged};
+use super::share::{DeviceKv, Fence, HostSpans, Opened, Staged};
 use super::staging::StagingCache;
 use super::wire::{self, DeviceInfo, KvHeader, Want};
 use super::{Bootstrap, PdConfig};
@@ -39,13 +39,15 @@ pub enum Payload {
     InPool,
 }
 
-/// Pool pages the scheduler allocated for a fetch, with the pool's memory (the CPU runner): pages
-/// in page_first_direct order go straight there, no staging copy. The fetch owns the pages until
-/// the scheduler takes the result, so an aborted request's pages cannot be reused while a copy
-/// into them runs.
+/// Pool pages the scheduler allocated for a fetch: pages in page_first_direct order go straight
+/// there (the CPU runner, whose pool memory `spans` reaches), as do pages copied device to device
+/// out of a prefill's GPU pool (the CUDA runner: the copy waits for `fence`); no staging copy.
+/// The fetch owns the pages until the scheduler takes the result, so an aborted request's pages
+/// cannot be reused while a copy into them runs.
 pub struct Dest {
     pub pages: Vec<crate::kv::Page>,
-    pub spans: Arc<HostSpans>,
+    pub spans: Option<Arc<HostSpans>>,
+    pub fence: Option<Fence>,
 }
 
 /// The prompt's KV, received.
@@ -107,6 +109,11 @@ impl Fetcher {
     pub fn with_device(mut self, device: Option<Arc<dyn DeviceKv>>) -> Self {
         self.device = device;
         self
+    }
+
+    /// The runner's GPU pool as transfers reach it (CUDA IPC), if any.
+    pub fn device(&self) -> Option<Arc<dyn DeviceKv>> {
+        self.device.clone()
     }
 
     /// Gives back the staging pool of a fetch whose pages were loaded.
@@ -234,15 +241,19 @@ fn fetch(
     };
     let mut link = links.take(addr)?;
     let dest = dest.filter(|d| d.pages.len() == staging_pages);
+    let ids: Vec<u32> = dest.as_ref().map_or(Vec::new(), |d| {
+        d.pages.iter().map(crate::kv::Page::id).collect()
+    });
     let ex = Exchange {
         cfg,
         links,
         addr,
         device,
-        dest: dest.as_ref().map(|d| {
-            let ids: Vec<u32> = d.pages.iter().map(crate::kv::Page::id).collect();
-            d.spans.ranges(&ids)
-        }),
+        dest: dest
+            .as_ref()
+            .and_then(|d| Some(d.spans.as_ref()?.ranges(&ids))),
+        dest_pages: dest.as_ref().map(|_| ids.as_slice()),
+        fence: dest.as_ref().and_then(|d| d.fence.as_ref()),
     };
     let mut r = ex.run(&mut link, &want, &mut staging, staging_pages);
     if matches!(&r, Err(f) if f.stale) {
@@ -289,6 +300,10 @@ struct Exchange<'a> {
     device: Option<&'a dyn DeviceKv>,
     /// The destination pool pages' memory, in transfer order (page_first_direct), if any.
     dest: Option<Vec<(u64, u64)>>,
+    /// The destination pool pages (for a device-to-device copy), if any.
+    dest_pages: Option<&'a [u32]>,
+    /// Orders a device-to-device copy into `dest_pages` after the compute stream's earlier work.
+    fence: Option<&'a Fence>,
 }
 
 /// Where one transfer's pages landed.
@@ -401,19 +416,28 @@ impl Exchange<'_> {
         let mut path = "the socket";
         let mut pulled = None;
         let mut into_pool = false;
+        let mut via_ipc = false;
         if h.flags & wire::ON_DEVICE != 0 {
             let info = h.device.as_ref().expect("checked by KvHeader::read");
             let r = match ipc {
-                Some(d) => self.open(d, link, info).and_then(|m| d.pull(&m, info)),
+                _ if info.pages.len() != n_pages => Err("page count differs".into()),
+                Some(d) => self
+                    .open(d, link, info)
+                    .and_then(|m| match self.dest_pages {
+                        // Straight into the pool pages this fetch owns.
+                        Some(dst) => d.pull_into(&m, info, dst, self.fence).map(|()| None),
+                        None => d.pull(&m, info).map(Some),
+                    }),
                 None => Err("this server did not ask for device pages".into()),
             };
             match r {
-                Ok(p) if info.pages.len() == n_pages => {
-                    pulled = Some(p);
+                Ok(p) => {
+                    into_pool = p.is_none();
+                    pulled = p;
+                    via_ipc = true;
                     path = "CUDA IPC (device to device)";
                 }
-                other => {
-                    let e = other.err().unwrap_or_else(|| "page count differs".into());
+                Err(e) => {
                     links.deny_ipc(addr, &e);
                     let _ = link.wr.write_all(&[wire::ACK_REFUSED]);
                     return Err(Fail {
@@ -474,7 +498,7 @@ impl Exchange<'_> {
         // frees pages of a transfer it gave up on (no ACK in time).
         if path != "the socket" && link.gave_up() {
             return Err(Fail::broken(
-                "the prefill server gave up on the KV transfer before it was acknowledged".into(),
+                "the prefill server closed the connection before the KV transfer was acknowledged (it gave up or went away)".into(),
             ));
         }
         if cfg.inject_fault(want.room) {
@@ -491,7 +515,7 @@ impl Exchange<'_> {
         let st = &links.stats;
         crate::stats::Stats::add(&st.pd_received, 1);
         crate::stats::Stats::add(&st.pd_recv_micros, got_header.elapsed().as_micros() as u64);
-        if pulled.is_some() {
+        if via_ipc {
             crate::stats::Stats::add(&st.pd_recv_ipc, 1);
         }
         if !link.logged {
@@ -500,7 +524,7 @@ impl Exchange<'_> {
         }
         // The prefill's GPU pool, announced for the next transfers: opened once (after the
         // acknowledgement, so this transfer does not wait for it).
-        if let (Some(d), Some(info), None) = (ipc, &h.device, &pulled) {
+        if let (Some(d), Some(info), false) = (ipc, &h.device, via_ipc) {
             if link.ipc.as_ref().is_none_or(|(hd, _)| *hd != info.handle) {
                 if let Err(e) = self.open(d, link, info) {
                     links.deny_ipc(addr, &e);
@@ -743,6 +767,8 @@ mod tests {
             addr,
             device: None,
             dest: None,
+            dest_pages: None,
+            fence: None,
         };
         let (h, _) = ex
             .run(&mut link, &want, &mut staging, 3)
@@ -925,6 +951,8 @@ mod tests {
                 addr,
                 device: None,
                 dest: into.then(|| mine.spans().ranges(&my_pages)),
+                dest_pages: None,
+                fence: None,
             };
             let (h, got) = ex
                 .run(&mut link, &want, &mut st, pages.len())
@@ -978,6 +1006,228 @@ mod tests {
         assert_eq!(released_now(), before + 1, "pages released after a failure");
         // A room nobody fetches: released at expiry (the handoff dropped by the expiry thread).
         drop(reg);
+    }
+
+    /// One device-to-device copy: source pages, destination pages, whether it had a fence.
+    type Copied = (Vec<u32>, Vec<u32>, bool);
+
+    /// A GPU pool as the transfer threads see it, without a GPU: records every device-to-device
+    /// copy (which takes `copy_ms`) and whether an opened pool was closed while one ran.
+    #[derive(Default)]
+    struct FakeDevice {
+        copies: Mutex<Vec<Copied>>,
+        copy_ms: u64,
+        busy: Arc<std::sync::atomic::AtomicBool>,
+        closed_busy: Arc<std::sync::atomic::AtomicBool>,
+        closed: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    struct FakeMapping {
+        busy: Arc<std::sync::atomic::AtomicBool>,
+        closed_busy: Arc<std::sync::atomic::AtomicBool>,
+        closed: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl Drop for FakeMapping {
+        fn drop(&mut self) {
+            use std::sync::atomic::Ordering::SeqCst;
+            if self.busy.load(SeqCst) {
+                self.closed_busy.store(true, SeqCst);
+            }
+            self.closed.fetch_add(1, SeqCst);
+        }
+    }
+
+    impl DeviceKv for FakeDevice {
+        fn export(&self) -> Result<DeviceInfo, String> {
+            Err("not exported in this test".into())
+        }
+        fn open(&self, _info: &DeviceInfo) -> Result<Opened, String> {
+            Ok(Arc::new(FakeMapping {
+                busy: self.busy.clone(),
+                closed_busy: self.closed_busy.clone(),
+                closed: self.closed.clone(),
+            }))
+        }
+        fn pull(&self, _o: &Opened, _info: &DeviceInfo) -> Result<Staged, String> {
+            Err("this test copies into pool pages only".into())
+        }
+        fn fence(&self) -> Result<Fence, String> {
+            Ok(Box::new(()))
+        }
+        fn pull_into(
+            &self,
+            _o: &Opened,
+            info: &DeviceInfo,
+            dst: &[u32],
+            after: Option<&Fence>,
+        ) -> Result<(), String> {
+            use std::sync::atomic::Ordering::SeqCst;
+            self.busy.store(true, SeqCst);
+            std::thread::sleep(std::time::Duration::from_millis(self.copy_ms));
+            self.copies
+                .lock()
+                .push((info.pages.clone(), dst.to_vec(), after.is_some()));
+            self.busy.store(false, SeqCst);
+            Ok(())
+        }
+    }
+
+    fn device_info(pages: Vec<u32>) -> DeviceInfo {
+        DeviceInfo {
+            handle: [7; 64],
+            pool_pages: 32,
+            layers: G.layers as u32,
+            chunk_bytes: (G.page_size * G.kv_dim * G.elem) as u64,
+            pages,
+        }
+    }
+
+    /// Pages left in the prefill's GPU pool (ON_DEVICE) are copied device to device straight
+    /// into the pool pages the scheduler gave the fetch, after its fence, listed page for page;
+    /// the fetch hands those pages back with the payload in place and the prefill leg succeeds.
+    #[test]
+    fn device_pages_are_copied_straight_into_the_fetch_pool_pages() {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let reg =
+            Registry::start(cfg(Mode::Prefill, port, true), Arc::new(Stats::default())).unwrap();
+        let dev = Arc::new(FakeDevice::default());
+        let dcfg = cfg(Mode::Decode, port, true);
+        let dstats = Arc::new(Stats::default());
+        let links = Links::new(true, dcfg.silence_limit(), dstats.clone());
+        let cache = StagingCache::default();
+        let free = crate::kv::FreeList::new(8);
+        let n = 3 * G.page_size - 1;
+        let src = vec![30, 4, 17];
+        let (tx, rx) = mpsc::channel();
+        assert!(reg.claim(1));
+        reg.ready(
+            1,
+            Handoff {
+                n_tokens: n as u32,
+                first_token: 42,
+                first_logprobs: None,
+                pages: Pages::Device(device_info(src.clone())),
+                n_pages: 3,
+                page_size: G.page_size,
+                hold: None,
+                deliver: Box::new(move |r| {
+                    let _ = tx.send(r);
+                }),
+            },
+        );
+        let dest = Dest {
+            pages: free.alloc(3).unwrap(),
+            spans: None,
+            fence: Some(dev.fence().unwrap()),
+        };
+        let mine: Vec<u32> = dest.pages.iter().map(crate::kv::Page::id).collect();
+        let b = Bootstrap {
+            host: "127.0.0.1".into(),
+            port: Some(port),
+            room: 1,
+        };
+        let f = fetch(&dcfg, G, &b, n, &links, &cache, Some(&*dev), Some(dest)).unwrap();
+        assert!(
+            matches!(f.payload, Payload::InPool),
+            "not copied into the pool"
+        );
+        let back: Vec<u32> = f
+            .pages
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(crate::kv::Page::id)
+            .collect();
+        assert_eq!(back, mine);
+        assert_eq!(*dev.copies.lock(), vec![(src, mine, true)]);
+        assert_eq!(rx.recv().unwrap(), Ok(()));
+        assert_eq!(Stats::get(&dstats.pd_recv_ipc), 1);
+        drop(f);
+        assert_eq!(free.free_count(), 8);
+    }
+
+    /// A prefill that goes away while the decode copies its GPU pages (here: it closes the
+    /// connection right after the ON_DEVICE header, as a killed process does) fails the fetch
+    /// with a clear error, frees the fetch's pool pages, and the prefill's opened pool is closed
+    /// only after the copy finished, never under it.
+    #[test]
+    fn a_prefill_lost_mid_device_copy_fails_the_fetch_and_frees_its_pages() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let listener = crate::pd::link::bind_local(addr).unwrap();
+        let n = 2 * G.page_size;
+        let object_bytes = (G.page_size * G.layers * G.kv_dim * G.elem) as u32;
+        let prefill = std::thread::spawn(move || {
+            let (conn, _) = listener.accept().unwrap();
+            let mut rd = std::io::BufReader::new(conn.try_clone().unwrap());
+            let want = Want::read(&mut rd).unwrap();
+            assert_ne!(
+                want.flags & wire::CAN_IPC,
+                0,
+                "the decode did not offer CUDA IPC"
+            );
+            let mut w = conn;
+            KvHeader {
+                status: wire::OK,
+                n_tokens: n as u32,
+                first_token: 42,
+                n_pages: 2,
+                object_bytes,
+                flags: wire::ON_DEVICE | wire::DEVICE_INFO,
+                msg: String::new(),
+                first_logprobs: None,
+                ranges: Vec::new(),
+                device: Some(device_info(vec![5, 6])),
+            }
+            .write(&mut w)
+            .unwrap();
+            w.flush().unwrap();
+            // Gone, mid-copy.
+        });
+        let dev = Arc::new(FakeDevice {
+            copy_ms: 300,
+            ..Default::default()
+        });
+        let dcfg = cfg(Mode::Decode, port, true);
+        let links = Links::new(true, dcfg.silence_limit(), Arc::new(Stats::default()));
+        let cache = StagingCache::default();
+        let free = crate::kv::FreeList::new(4);
+        let dest = Dest {
+            pages: free.alloc(2).unwrap(),
+            spans: None,
+            fence: Some(dev.fence().unwrap()),
+        };
+        let b = Bootstrap {
+            host: "127.0.0.1".into(),
+            port: Some(port),
+            room: 9,
+        };
+        let t = std::time::Instant::now();
+        let e = match fetch(&dcfg, G, &b, n, &links, &cache, Some(&*dev), Some(dest)) {
+            Err(e) => e,
+            Ok(_) => panic!("a fetch from a lost prefill succeeded"),
+        };
+        prefill.join().unwrap();
+        assert!(e.contains("closed the connection"), "unclear error: {e}");
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(5),
+            "{:?}",
+            t.elapsed()
+        );
+        assert_eq!(dev.copies.lock().len(), 1, "the copy ran to its end");
+        assert_eq!(free.free_count(), 4, "the fetch's pages were not freed");
+        assert_eq!(dev.closed.load(SeqCst), 1, "the opened pool was not closed");
+        assert!(!dev.closed_busy.load(SeqCst), "closed while the copy ran");
     }
 
     /// Same-host ranges of any granularity map one to one onto the local spans (staging objects

@@ -7,7 +7,8 @@
 //!   cross-memory copy (no staging copy on the prefill).
 //! - [`DeviceKv`]: a GPU pool other processes on the host can open (the CUDA runner, CUDA IPC).
 //!   The prefill announces its pool's handle; a decode opens it once and copies the listed pages
-//!   device to device.
+//!   device to device, straight into the pool pages the scheduler gave the fetch (a fence orders
+//!   the copy after the compute stream's earlier work on them).
 //!
 //! The transfer order of one page's bytes is page_first_direct: the K object (every layer's K
 //! rows of the page, layer after layer), then the V object.
@@ -50,6 +51,9 @@ impl HostSpans {
 pub type Opened = Arc<dyn Any + Send + Sync>;
 /// Pages copied into a device buffer of this process, for [`crate::model::ModelRunner::load_staged`].
 pub type Staged = Box<dyn Any + Send>;
+/// A point in the runner's compute stream (an event): a copy into pages handed out then starts
+/// after the work queued before it.
+pub type Fence = Box<dyn Any + Send + Sync>;
 
 /// A GPU runner's pool as PD transfers reach it.
 pub trait DeviceKv: Send + Sync {
@@ -61,6 +65,20 @@ pub trait DeviceKv: Send + Sync {
     /// Copies `info.pages` of an opened pool into a device buffer of this process, in the order
     /// listed; returns when the bytes have landed.
     fn pull(&self, opened: &Opened, info: &DeviceInfo) -> Result<Staged, String>;
+    /// Marks the work queued so far on the compute stream (called on the scheduler's thread when
+    /// it hands pool pages to a fetch).
+    fn fence(&self) -> Result<Fence, String>;
+    /// Copies `info.pages[i]` of an opened pool straight into this pool's page `dst[i]` (every
+    /// layer, K and V), after `after`; returns when the bytes have landed (waiting for the copy,
+    /// not for the device), also when it fails after the copy was queued. The opened pool stays
+    /// mapped until the copy finished.
+    fn pull_into(
+        &self,
+        opened: &Opened,
+        info: &DeviceInfo,
+        dst: &[u32],
+        after: Option<&Fence>,
+    ) -> Result<(), String>;
 }
 
 /// Whether `STRATA_PD_IPC` allows the CUDA IPC path (default on; `0` turns it off).

@@ -68,6 +68,9 @@ pub struct Scheduler<R: ModelRunner> {
     /// PD decode: the pool's memory, when fetches can write straight into pool pages (the CPU
     /// runner).
     pd_spans: Option<Arc<crate::pd::share::HostSpans>>,
+    /// PD decode: the GPU pool, when fetches can copy device to device into pool pages (CUDA
+    /// IPC).
+    pd_device: Option<Arc<dyn crate::pd::share::DeviceKv>>,
 }
 
 /// The scheduler's part of PD disaggregation.
@@ -201,6 +204,7 @@ impl<R: ModelRunner> Scheduler<R> {
             parked_next: 0,
             pd_tx: None,
             pd_spans: None,
+            pd_device: None,
         }
     }
 
@@ -212,10 +216,11 @@ impl<R: ModelRunner> Scheduler<R> {
 
     /// Gives the server a PD role.
     pub fn with_pd(mut self, pd: Option<PdSide>) -> Self {
-        if matches!(pd, Some(PdSide::Decode(_)))
-            && std::env::var("STRATA_PD_POOL").map_or(true, |v| v != "0")
-        {
-            self.pd_spans = self.model.host_spans(&self.pool.buffers).map(Arc::new);
+        if let Some(PdSide::Decode(f)) = &pd {
+            if std::env::var("STRATA_PD_POOL").map_or(true, |v| v != "0") {
+                self.pd_spans = self.model.host_spans(&self.pool.buffers).map(Arc::new);
+                self.pd_device = f.device();
+            }
         }
         self.pd = pd;
         self
@@ -225,13 +230,31 @@ impl<R: ModelRunner> Scheduler<R> {
     /// (no staging copy), when the pool memory is reachable and an eighth of the pool stays free
     /// for the running requests afterwards; else the fetch stages the pages.
     fn pd_dest(&self, prompt_len: usize) -> Option<crate::pd::decode::Dest> {
-        let spans = self.pd_spans.clone()?;
+        let spans = self.pd_spans.clone();
+        if spans.is_none() && self.pd_device.is_none() {
+            return None;
+        }
         let n = prompt_len.div_ceil(self.cfg.page_size);
         if self.pool.free_pages() < n + self.pool.total_pages() / 8 {
             return None;
         }
+        // A device-to-device copy into the pages starts after the forwards queued so far.
+        let fence = match (&spans, &self.pd_device) {
+            (None, Some(d)) => match d.fence() {
+                Ok(f) => Some(f),
+                Err(e) => {
+                    tracing::warn!("PD: {e}; the KV is staged");
+                    return None;
+                }
+            },
+            _ => None,
+        };
         let pages = self.pool.alloc(n)?;
-        Some(crate::pd::decode::Dest { pages, spans })
+        Some(crate::pd::decode::Dest {
+            pages,
+            spans,
+            fence,
+        })
     }
 
     /// Turns the hierarchical cache on.

@@ -1,18 +1,20 @@
 //! The CUDA runner's side of PD transfers over CUDA IPC (same host): the prefill's pool is
 //! exported once, a decode opens it once per prefill (cached while any connection to that prefill
-//! holds it) and gathers the listed pages into a device buffer of its own on a stream of its own;
-//! the scheduler then scatters that buffer into the decode's pool like any staged load
-//! ([`CudaKv::load_staged`]). No host memory is touched. See docs/protocol.md ("PD KV transfer")
+//! holds it) and copies the listed pages straight into the pool pages the scheduler gave the
+//! fetch (`PeerCopy`: one kernel launch on a PD stream, after a fence on the compute stream, no
+//! allocation per transfer, the fetch thread waits for the copy's event only). Without pages to
+//! land in (the pool was short) it gathers them into a device buffer of its own, which the
+//! scheduler scatters like any staged load ([`CudaKv::load_staged`]). No host memory is touched. See docs/protocol.md ("PD KV transfer")
 //! for the handshake and docs/perf.md for the measurements.
 
 use super::kv::CudaKv;
-use crate::pd::share::{DeviceKv, Opened, Staged};
+use crate::pd::share::{DeviceKv, Fence, Opened, Staged};
 use crate::pd::wire::DeviceInfo;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
 use strata_kernels::cuda::{
-    ipc_handle, DTensor, GpuContext, HostKvGeometry, IpcMapping, PeerGather,
+    ipc_handle, DTensor, GpuContext, HostKvGeometry, IpcMapping, PageLayout, PeerCopy, PeerGather,
 };
 
 /// Pages gathered out of a peer's pool: `pages` pages in page_first layout.
@@ -31,6 +33,7 @@ pub(super) struct CudaDeviceKv {
     kv_dim: usize,
     num_pages: usize,
     gather: Mutex<Option<Arc<PeerGather>>>,
+    copy: Mutex<Option<Arc<PeerCopy>>>,
     /// Peer pools opened in this process, by handle (kept open while a connection holds one).
     opened: Mutex<HashMap<[u8; 64], Weak<IpcMapping>>>,
 }
@@ -48,6 +51,7 @@ impl CudaDeviceKv {
             kv_dim: kv.pool.shape()[1],
             num_pages: kv.num_pages,
             gather: Mutex::new(None),
+            copy: Mutex::new(None),
             opened: Mutex::new(HashMap::new()),
         })
     }
@@ -67,6 +71,27 @@ impl CudaDeviceKv {
             host_pages: n,
             tok_stride: self.layers * row,
             layer_stride: row,
+        }
+    }
+
+    fn copier(&self) -> Result<Arc<PeerCopy>, String> {
+        let mut g = self.copy.lock();
+        if let Some(p) = g.as_ref() {
+            return Ok(p.clone());
+        }
+        let p = Arc::new(
+            PeerCopy::new(self.ctx.clone())
+                .map_err(|e| format!("cannot set up the device-to-device copy: {e}"))?,
+        );
+        *g = Some(p.clone());
+        Ok(p)
+    }
+
+    fn layout(&self, pool_pages: usize) -> PageLayout {
+        PageLayout {
+            layers: self.layers,
+            pool_pages,
+            chunk_bytes: self.chunk_bytes() as usize,
         }
     }
 
@@ -131,5 +156,52 @@ impl DeviceKv for CudaDeviceKv {
             buf,
             pages: info.pages.len(),
         }))
+    }
+
+    fn fence(&self) -> Result<Fence, String> {
+        let e = self
+            .ctx
+            .stream()
+            .record_event(None)
+            .map_err(|e| format!("cannot record a fence on the compute stream: {e}"))?;
+        Ok(Box::new(e))
+    }
+
+    fn pull_into(
+        &self,
+        opened: &Opened,
+        info: &DeviceInfo,
+        dst: &[u32],
+        after: Option<&Fence>,
+    ) -> Result<(), String> {
+        let m = opened
+            .clone()
+            .downcast::<IpcMapping>()
+            .map_err(|_| "not an opened GPU pool".to_string())?;
+        let after = match after {
+            Some(f) => Some(
+                f.downcast_ref::<cudarc::driver::CudaEvent>()
+                    .ok_or("not a fence of this runner")?,
+            ),
+            None => None,
+        };
+        let copy = self.copier()?;
+        let done = copy
+            .copy(
+                (&m.tensor(), self.layout(info.pool_pages as usize)),
+                (&self.pool, self.layout(self.num_pages)),
+                &info.pages,
+                dst,
+                after,
+            )
+            .map_err(|e| {
+                // Whatever was queued finishes before the mapping can be closed.
+                let _ = copy.stream().synchronize();
+                e.to_string()
+            })?;
+        let waited = done.synchronize();
+        // Kept for the mapping's close even though it completed (a failed wait leaves it there).
+        m.used_until(done);
+        waited.map_err(|e| format!("the device-to-device copy failed: {e}"))
     }
 }
