@@ -11,7 +11,7 @@
 #   sampling scripts/gpu-sampling-check.sh (GPU sampler: bench, served determinism, two servers)
 #   sbench   scripts/gpu-serve-bench.sh (raw `gpu bench` + served speed; env SB_SIZES, SB_SHAPES,
 #            SB_CONCS, HF; the runner's step profile lines come from the server log)
-#   prefill  `gpu check --only attention,silu_mul` (both tensor-core prefill kernels, 8K prompts, pages 16
+#   prefill  `gpu check --only attention,silu_mul,rmsnorm,rope,rope_kv_write` (both tensor-core prefill kernels, 8K prompts, pages 16
 #            and 64), `gpu bench --only gemm,prefill` at 2K and 8K (forward and attention alone,
 #            FA2 vs first mma kernel, 2048-token chunks) and transformers' forward at 2K and 8K
 #   ttft     served TTFT at concurrency 1 of 2K and 8K prompts on the 8B shape (make-model + serve +
@@ -55,8 +55,8 @@ for s in $STEPS; do
     mt) timeout $(left ${MT_TIMEOUT:-200}) scripts/gpu-hicache-multiturn.sh "$OUT" > "$OUT/mt.log" 2>&1; rc=$?; cat "$OUT/mt.log" ;;
     pd) timeout $(left ${PD_TIMEOUT:-300}) scripts/gpu-pd-check.sh "$OUT" > "$OUT/pd.log" 2>&1; rc=$?; tail -40 "$OUT/pd.log" ;;
     sampling) timeout $(left 200) scripts/gpu-sampling-check.sh "$OUT" > "$OUT/sampling.log" 2>&1; rc=$?; tail -30 "$OUT/sampling.log" ;;
-    prefill) timeout $(left 150) "$STRATA" gpu check --only attention,silu_mul --json "$OUT/check-attention.json" > "$OUT/prefill-check.log" 2>&1
-      rc=$?; grep -E "FAIL|prefill|extend|silu|gpu check:" "$OUT/prefill-check.log" | tail -30
+    prefill) timeout $(left 150) "$STRATA" gpu check --only attention,silu_mul,rmsnorm,rope,rope_kv_write --json "$OUT/check-attention.json" > "$OUT/prefill-check.log" 2>&1
+      rc=$?; grep -E "FAIL|prefill|extend|silu|rmsnorm|rope|gpu check:" "$OUT/prefill-check.log" | tail -40
       timeout $(left 150) "$STRATA" gpu bench --only gemm,prefill --prefill-lens 2048,8192 --decode-batches 1 \
         --json "$OUT/prefill-bench.json" > "$OUT/prefill-bench.log" 2>&1
       r2=$?; grep -A30 "== summary" "$OUT/prefill-bench.log" | grep -vE "cuBLASLt tuning" || tail -20 "$OUT/prefill-bench.log"

@@ -15,12 +15,68 @@ extern "C" __global__ void embedding(const int* ids, const bf16_t* table, bf16_t
 
 // With residual: residual[t] = bf16(x[t] + residual[t]); out[t] = bf16(rms(residual[t]) * w).
 // Without (residual == 0): out[t] = bf16(rms(x[t]) * w). `out` may alias `x`: every element is read
-// and written by the same thread.
+// and written by the same thread. Rows of a multiple of 8 elements with 16-byte aligned bases take
+// 16-byte loads and stores and keep the row in registers (up to RMS_VEC chunks of 8 per thread: one
+// read of x and residual, no second pass over memory); the per-element arithmetic is the same as
+// the scalar path's, only the order of the sum of squares differs.
+#define RMS_VEC 4
+__device__ __forceinline__ float bf_lo(u32 v) { return __uint_as_float(v << 16); }
+__device__ __forceinline__ float bf_hi(u32 v) { return __uint_as_float(v & 0xffff0000u); }
+__device__ __forceinline__ u32 bf_pair(float lo, float hi) { return (u32)f2bf(lo) | ((u32)f2bf(hi) << 16); }
+
 extern "C" __global__ void rmsnorm(const bf16_t* x, bf16_t* residual, const bf16_t* w, bf16_t* out,
                                    int hidden, float eps) {
     pdl_enter();
     __shared__ float sh[32];
     u64 base = (u64)blockIdx.x * hidden;
+    const int nc = hidden >> 3;
+    if ((hidden & 7) == 0 && nc <= RMS_VEC * (int)blockDim.x &&
+        ((((u64)x | (u64)residual | (u64)w | (u64)out) & 15) == 0)) {
+        const uint4* x4 = (const uint4*)(x + base);
+        uint4* r4 = (uint4*)(residual + base);
+        uint4 v[RMS_VEC];
+        float ss = 0.f;
+#pragma unroll
+        for (int k = 0; k < RMS_VEC; ++k) {
+            const int c = threadIdx.x + k * blockDim.x;
+            if (c < nc) {
+                uint4 a = x4[c];
+                if (residual) {
+                    const uint4 b = r4[c];
+                    a.x = bf_pair(bf_lo(a.x) + bf_lo(b.x), bf_hi(a.x) + bf_hi(b.x));
+                    a.y = bf_pair(bf_lo(a.y) + bf_lo(b.y), bf_hi(a.y) + bf_hi(b.y));
+                    a.z = bf_pair(bf_lo(a.z) + bf_lo(b.z), bf_hi(a.z) + bf_hi(b.z));
+                    a.w = bf_pair(bf_lo(a.w) + bf_lo(b.w), bf_hi(a.w) + bf_hi(b.w));
+                    r4[c] = a;
+                }
+                v[k] = a;
+                const u32 e[4] = {a.x, a.y, a.z, a.w};
+#pragma unroll
+                for (int j = 0; j < 4; ++j) {
+                    const float lo = bf_lo(e[j]), hi = bf_hi(e[j]);
+                    ss += lo * lo;
+                    ss += hi * hi;
+                }
+            }
+        }
+        const float r = rsqrtf(block_sum(ss, sh) / (float)hidden + eps);
+        const uint4* w4 = (const uint4*)w;
+        uint4* o4 = (uint4*)(out + base);
+#pragma unroll
+        for (int k = 0; k < RMS_VEC; ++k) {
+            const int c = threadIdx.x + k * blockDim.x;
+            if (c < nc) {
+                const uint4 a = v[k], g = w4[c];
+                uint4 y;
+                y.x = bf_pair(bf_lo(a.x) * r * bf_lo(g.x), bf_hi(a.x) * r * bf_hi(g.x));
+                y.y = bf_pair(bf_lo(a.y) * r * bf_lo(g.y), bf_hi(a.y) * r * bf_hi(g.y));
+                y.z = bf_pair(bf_lo(a.z) * r * bf_lo(g.z), bf_hi(a.z) * r * bf_hi(g.z));
+                y.w = bf_pair(bf_lo(a.w) * r * bf_lo(g.w), bf_hi(a.w) * r * bf_hi(g.w));
+                o4[c] = y;
+            }
+        }
+        return;
+    }
     float ss = 0.f;
     for (int i = threadIdx.x; i < hidden; i += blockDim.x) {
         float v = bf2f(x[base + i]);
@@ -37,6 +93,14 @@ extern "C" __global__ void rmsnorm(const bf16_t* x, bf16_t* residual, const bf16
         float v = residual ? bf2f(residual[base + i]) : bf2f(x[base + i]);
         out[base + i] = f2bf(v * r * bf2f(w[i]));
     }
+}
+
+// One rotate-half pair: (x1, x2) -> (x1 c - x2 s, x2 c + x1 s), rounded to bf16. Every RoPE kernel
+// goes through it, so they round (and contract to FMA) identically.
+__device__ __forceinline__ void rope_rot(float x1, float x2, float c, float s, bf16_t* y1,
+                                         bf16_t* y2) {
+    *y1 = f2bf(x1 * c - x2 * s);
+    *y2 = f2bf(x2 * c + x1 * s);
 }
 
 // Rotary embedding, rotate-half (GPT-NeoX / Hugging Face Llama) layout, in place on q and k.
@@ -56,15 +120,24 @@ extern "C" __global__ void rope(bf16_t* q, int q_stride, int n_q_heads, bf16_t* 
                                   : k + (u64)t * k_stride + (u64)(h - n_q_heads) * head_dim;
         float s, c;
         sincosf(p * inv_freq[i], &s, &c);
-        float x1 = bf2f(v[i]), x2 = bf2f(v[i + half]);
-        v[i] = f2bf(x1 * c - x2 * s);
-        v[i + half] = f2bf(x2 * c + x1 * s);
+        rope_rot(bf2f(v[i]), bf2f(v[i + half]), c, s, &v[i], &v[i + half]);
     }
+}
+
+// True when rope_kv_write can move 16-byte chunks: half heads of a multiple of 8 elements,
+// 8-element-aligned columns and strides, 16-byte aligned bases. Mirrored on the host to size the
+// block (CudaOps::rope_kv_write).
+__device__ __forceinline__ bool rope_vec_ok(const bf16_t* qkv, int stride, int q_col, int k_col,
+                                            int v_col, int head_dim, const bf16_t* k_pool,
+                                            const bf16_t* v_pool) {
+    return (head_dim & 15) == 0 && ((stride | q_col | k_col | v_col) & 7) == 0 &&
+           ((((u64)qkv | (u64)k_pool | (u64)v_pool) & 15) == 0);
 }
 
 // `rope` and `kv_write` in one kernel for a fused qkv row (one block per token): q and k heads are
 // rotated in place, and the rotated K and the V of the token are written to its pool slot
-// (slot < 0: rotate only). Same arithmetic and rounding as the two kernels in sequence.
+// (slot < 0: rotate only). Same arithmetic and rounding as the two kernels in sequence; where
+// rope_vec_ok, each thread rotates 8 consecutive pairs of a head with 16-byte loads and stores.
 extern "C" __global__ void rope_kv_write(bf16_t* qkv, int stride, int q_col, int n_q_heads,
                                          int k_col, int n_k_heads, int v_col, const int* pos,
                                          const float* inv_freq, int head_dim, bf16_t* k_pool,
@@ -75,6 +148,48 @@ extern "C" __global__ void rope_kv_write(bf16_t* qkv, int stride, int q_col, int
     const long long slot = slots[t];
     const int kv_dim = n_k_heads * head_dim;
     bf16_t* row = qkv + (u64)t * stride;
+    if (rope_vec_ok(qkv, stride, q_col, k_col, v_col, head_dim, k_pool, v_pool)) {
+        const int hc = half >> 3;  // 8-pair chunks per head
+        const int items = (n_q_heads + n_k_heads) * hc;
+        for (int j = threadIdx.x; j < items; j += blockDim.x) {
+            const int h = j / hc, i0 = (j - h * hc) * 8;
+            const bool is_k = h >= n_q_heads;
+            bf16_t* v = is_k ? row + k_col + (h - n_q_heads) * head_dim : row + q_col + h * head_dim;
+            const uint4 a = *(const uint4*)(v + i0), b = *(const uint4*)(v + half + i0);
+            const u32 aw[4] = {a.x, a.y, a.z, a.w}, bw[4] = {b.x, b.y, b.z, b.w};
+            bf16_t y1[8], y2[8];
+#pragma unroll
+            for (int e = 0; e < 8; ++e) {
+                const u32 sh = (e & 1) ? 16 : 0;
+                float s, c;
+                sincosf(p * inv_freq[i0 + e], &s, &c);
+                rope_rot(bf2f((bf16_t)(aw[e >> 1] >> sh)), bf2f((bf16_t)(bw[e >> 1] >> sh)), c, s,
+                         &y1[e], &y2[e]);
+            }
+            uint4 ya, yb;
+            ya.x = (u32)y1[0] | ((u32)y1[1] << 16);
+            ya.y = (u32)y1[2] | ((u32)y1[3] << 16);
+            ya.z = (u32)y1[4] | ((u32)y1[5] << 16);
+            ya.w = (u32)y1[6] | ((u32)y1[7] << 16);
+            yb.x = (u32)y2[0] | ((u32)y2[1] << 16);
+            yb.y = (u32)y2[2] | ((u32)y2[3] << 16);
+            yb.z = (u32)y2[4] | ((u32)y2[5] << 16);
+            yb.w = (u32)y2[6] | ((u32)y2[7] << 16);
+            *(uint4*)(v + i0) = ya;
+            *(uint4*)(v + half + i0) = yb;
+            if (is_k && slot >= 0) {
+                bf16_t* kp = k_pool + (u64)slot * kv_dim + (u64)(h - n_q_heads) * head_dim;
+                *(uint4*)(kp + i0) = ya;
+                *(uint4*)(kp + half + i0) = yb;
+            }
+        }
+        if (slot >= 0) {
+            const uint4* src = (const uint4*)(row + v_col);
+            uint4* dst = (uint4*)(v_pool + (u64)slot * kv_dim);
+            for (int c = threadIdx.x; c < kv_dim / 8; c += blockDim.x) dst[c] = src[c];
+        }
+        return;
+    }
     const int total = (n_q_heads + n_k_heads) * half;
     for (int j = threadIdx.x; j < total; j += blockDim.x) {
         const int h = j / half, i = j % half;
@@ -82,8 +197,8 @@ extern "C" __global__ void rope_kv_write(bf16_t* qkv, int stride, int q_col, int
         bf16_t* v = is_k ? row + k_col + (h - n_q_heads) * head_dim : row + q_col + h * head_dim;
         float s, c;
         sincosf(p * inv_freq[i], &s, &c);
-        const float x1 = bf2f(v[i]), x2 = bf2f(v[i + half]);
-        const bf16_t y1 = f2bf(x1 * c - x2 * s), y2 = f2bf(x2 * c + x1 * s);
+        bf16_t y1, y2;
+        rope_rot(bf2f(v[i]), bf2f(v[i + half]), c, s, &y1, &y2);
         v[i] = y1;
         v[i + half] = y2;
         if (is_k && slot >= 0) {

@@ -171,9 +171,11 @@ impl CudaOps {
             i(h),
             Arg::F32(eps),
         ];
+        // 16-byte chunks per thread when rows allow it (the kernel keeps up to 4 per thread).
+        let lanes = if h % 8 == 0 { h / 8 } else { h };
         self.go(
             &self.rmsnorm,
-            Dims::rows(t, threads_for(h.min(1024))),
+            Dims::rows(t, threads_for(lanes.min(1024))),
             &args,
         )
     }
@@ -255,7 +257,15 @@ impl CudaOps {
             Arg::U64(v_pool.ptr()),
             Arg::U64(slots.ptr()),
         ];
-        let work = ((n_q_heads + n_k_heads) * head_dim / 2).max(kv_dim);
+        // Mirrors rope_vec_ok in elementwise.cu: 8 rotated pairs (16 bytes) per thread there.
+        let vec = head_dim % 16 == 0
+            && (w | q_col | k_col | v_col) % 8 == 0
+            && (qkv.ptr() | k_pool.ptr() | v_pool.ptr()) % 16 == 0;
+        let work = if vec {
+            ((n_q_heads + n_k_heads) * head_dim / 16).max(kv_dim / 8)
+        } else {
+            ((n_q_heads + n_k_heads) * head_dim / 2).max(kv_dim)
+        };
         self.go(
             &self.rope_kv_write,
             Dims::rows(t, threads_for(work.min(1024))),

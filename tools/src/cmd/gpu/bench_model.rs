@@ -276,11 +276,13 @@ pub fn run(
                 }
             }
             summary.push(line);
+            let (rows_ms, rows_line) = prefill_row_ops(ops, &shape, t)?;
+            summary.push(rows_line);
             let (gemm_ms, gemm_line) = prefill_gemms(ops, gemm, &shape, t)?;
             let attn_ms = alone["fa2"].as_f64().unwrap_or(f64::NAN) * shape.layers as f64;
             summary.push(gemm_line);
             summary.push(format!(
-                "  prefill {t} forward split: GEMMs {gemm_ms:.1} ms + attention {attn_ms:.1} ms (alone, x{} layers) + rest {:.1} ms",
+                "  prefill {t} forward split: GEMMs {gemm_ms:.1} ms + attention {attn_ms:.1} ms (alone, x{} layers) + rest {:.1} ms (of which the row ops alone {rows_ms:.1} ms)",
                 shape.layers,
                 ms - gemm_ms - attn_ms
             ));
@@ -364,6 +366,69 @@ fn prefill_attention_alone(
     gpu_ms(c, false, 2, 10, || {
         Ok(ops.paged_attention(&plan, &q, 0, &kp, &vp, &o, scale)?)
     })
+}
+
+/// The row-wise ops of a `t`-token prefill alone (random data): the two fused residual-add +
+/// RMSNorm passes, RoPE + KV write and SiLU*mul of one layer. Returns their forward total (ms:
+/// each layer's four, plus the final norm) and a summary line with each op's time and bytes/s.
+fn prefill_row_ops(ops: &CudaOps, s: &LlamaShape, t: usize) -> anyhow::Result<(f64, String)> {
+    let c = ops.context();
+    let bf = strata_kernels::cuda::DType::Bf16;
+    let (h, kvw, qw) = (s.hidden, s.n_kv_heads * s.head_dim, s.n_heads * s.head_dim);
+    let x = c.alloc(bf, &[t, h])?;
+    let resid = c.alloc(bf, &[t, h])?;
+    let out = c.alloc(bf, &[t, h])?;
+    let w = c.alloc(bf, &[h])?;
+    let qkv = c.alloc(bf, &[t, s.qkv_width()])?;
+    let (kp, vp) = (c.alloc(bf, &[t, kvw])?, c.alloc(bf, &[t, kvw])?);
+    let gu = c.alloc(bf, &[t, 2 * s.inter])?;
+    let act = c.alloc(bf, &[t, s.inter])?;
+    for (i, a) in [&x, &resid, &w, &qkv, &gu].into_iter().enumerate() {
+        ops.fill_uniform(a, 300 + i as u64, 1.0)?;
+    }
+    let pos_h: Vec<i32> = (0..t as i32).collect();
+    let pos = c.upload_i32(&[t], &pos_h)?;
+    let slots = c.upload_i32(&[t], &pos_h)?;
+    let inv = strata_kernels::reference::rope_inv_freq(
+        s.head_dim,
+        s.rope_theta,
+        Some(strata_kernels::reference::Llama3Scaling::default()),
+    );
+    let inv = c.upload_f32(&[inv.len()], &inv)?;
+    let norm = gpu_ms(c, false, 2, 10, || {
+        Ok(ops.rmsnorm(&x, Some(&resid), &w, &out, s.eps)?)
+    })?;
+    let rope = gpu_ms(c, false, 2, 10, || {
+        Ok(ops.rope_kv_write(
+            &qkv,
+            0,
+            s.n_heads,
+            qw,
+            s.n_kv_heads,
+            qw + kvw,
+            s.head_dim,
+            &pos,
+            &inv,
+            &kp,
+            &vp,
+            &slots,
+            &pos_h,
+        )?)
+    })?;
+    let silu = gpu_ms(c, false, 2, 10, || Ok(ops.silu_mul(&gu, &act)?))?;
+    // Bytes each op must move at least (bf16): norm reads x and the residual, writes both.
+    let gbs = |bytes: usize, ms: f64| bytes as f64 / ms / 1e6;
+    let norm_b = 4 * t * h * 2;
+    let rope_b = (2 * t * (qw + kvw) + t * kvw + 2 * t * kvw) * 2;
+    let silu_b = 3 * t * s.inter * 2;
+    let total = s.layers as f64 * (2.0 * norm + rope + silu) + norm;
+    let line = format!(
+        "  prefill {t} row ops alone per layer: rmsnorm+residual {norm:.3} ms ({:.0} GB/s) x2, rope_kv_write {rope:.3} ms ({:.0} GB/s), silu_mul {silu:.3} ms ({:.0} GB/s); {total:.1} ms per forward",
+        gbs(norm_b, norm),
+        gbs(rope_b, rope),
+        gbs(silu_b, silu)
+    );
+    Ok((total, line))
 }
 
 /// The prefill GEMMs of a `t`-token prompt alone (cuBLAS through `GemmPath::Auto`): the four
