@@ -171,3 +171,188 @@ extern "C" __global__ void __launch_bounds__(256) gemv_bf16_t1_wide(const bf16_t
                                                                     int n, int k, int y_f32) {
     gemv_t1_body<16, false>(x, w, y, n, k, y_f32);
 }
+
+// ---- Single-row GEMV with fused prologue / epilogue (decode at batch 1; fewer kernels per layer).
+//
+// NORM prologue: the staged row is rmsnorm(y + resid_in) * nw exactly as the `rmsnorm` kernel
+// computes it (same bf16 rounding of the residual sum, and the sum of squares in that kernel's
+// order: its block of `nvt` threads, element i to thread i % nvt, warp sums, then the sum of the
+// warp sums), so the result is bitwise that of rmsnorm + gemv_bf16_t1. y == 0: no residual add
+// (layer 0 normalises the embedding). Every block normalises the row itself (it is 2-28 KB, read
+// from L2); block 0 also writes the new residual to resid_out (never resid_in: other blocks are
+// still reading that, so the caller alternates two residual buffers).
+//
+// ROPE epilogue (the fused qkv projection of one token): warps are mapped to rows so that a block
+// of the rotated part (q and k heads) holds 4 rows i..i+3 of one head and their partners i+half..;
+// after the dot products the block applies RoPE to the pairs exactly as rope_kv_write (bf16 round,
+// rotate in f32, round), writes q and k to `out` and the token's K and V rows to the pools at
+// slots[0] (slot < 0: no pool write). Blocks past the rotated part hold V rows.
+
+__device__ __forceinline__ uint4 add_bf16x8(uint4 a, uint4 b) {
+    const u32 av[4] = {a.x, a.y, a.z, a.w}, bv[4] = {b.x, b.y, b.z, b.w};
+    u32 o[4];
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+        const u32 lo = f2bf(bf2f((bf16_t)(av[e] & 0xffff)) + bf2f((bf16_t)(bv[e] & 0xffff)));
+        const u32 hi = f2bf(bf2f((bf16_t)(av[e] >> 16)) + bf2f((bf16_t)(bv[e] >> 16)));
+        o[e] = lo | (hi << 16);
+    }
+    return make_uint4(o[0], o[1], o[2], o[3]);
+}
+
+__device__ __forceinline__ uint4 scale_bf16x8(uint4 a, float r, uint4 w) {
+    const u32 av[4] = {a.x, a.y, a.z, a.w}, wv[4] = {w.x, w.y, w.z, w.w};
+    u32 o[4];
+#pragma unroll
+    for (int e = 0; e < 4; ++e) {
+        const u32 lo =
+            f2bf(bf2f((bf16_t)(av[e] & 0xffff)) * r * bf2f((bf16_t)(wv[e] & 0xffff)));
+        const u32 hi = f2bf(bf2f((bf16_t)(av[e] >> 16)) * r * bf2f((bf16_t)(wv[e] >> 16)));
+        o[e] = lo | (hi << 16);
+    }
+    return make_uint4(o[0], o[1], o[2], o[3]);
+}
+
+template <bool ROPE>
+__device__ __forceinline__ void gemv_t1_fused_body(
+    const bf16_t* y, const bf16_t* resid_in, bf16_t* resid_out, const bf16_t* nw, float eps,
+    int nvt, const bf16_t* w, void* out, int n, int k, int y_f32, const int* pos,
+    const float* inv_freq, bf16_t* k_pool, bf16_t* v_pool, const int* slots, int n_q, int n_kv,
+    int hd) {
+    extern __shared__ uint4 xs[];
+    __shared__ float red[32];
+    const int k8 = k / 8;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    int row = blockIdx.x * 8 + warp;
+    int head = 0, pair = 0;
+    const int half = hd / 2;
+    const bool rotated = ROPE && (int)blockIdx.x < (n_q + n_kv) * hd / 8;
+    if (rotated) {
+        const int per_head = half / 4;
+        head = blockIdx.x / per_head;
+        pair = (blockIdx.x % per_head) * 4;
+        row = head * hd + (warp >> 2) * half + pair + (warp & 3);
+    }
+    const bool live = row < n;
+    const uint4* wr = (const uint4*)(w + (u64)(live ? row : 0) * k);
+    constexpr int UNR = 8;
+    uint4 wv[UNR];
+    int c = lane;
+    if (live && c + 32 * (UNR - 1) < k8) {
+#pragma unroll
+        for (int u = 0; u < UNR; ++u) wv[u] = __ldg(wr + c + 32 * u);
+    }
+    pdl_enter();
+    const uint4* r4 = (const uint4*)resid_in;
+    const uint4* y4 = (const uint4*)y;
+    for (int i = threadIdx.x; i < k8; i += blockDim.x) {
+        const uint4 s = y4 ? add_bf16x8(y4[i], r4[i]) : r4[i];
+        xs[i] = s;
+        if (resid_out && blockIdx.x == 0) ((uint4*)resid_out)[i] = s;
+    }
+    __syncthreads();
+    // Sum of squares in the rmsnorm kernel's order (virtual block of nvt threads).
+    const bf16_t* xb = (const bf16_t*)xs;
+    const int nvw = nvt >> 5;
+    for (int vw = warp; vw < nvw; vw += (int)(blockDim.x >> 5)) {
+        float ss = 0.f;
+        for (int i = vw * 32 + lane; i < k; i += nvt) {
+            const float v = bf2f(xb[i]);
+            ss += v * v;
+        }
+        ss = warp_sum(ss);
+        if (lane == 0) red[vw] = ss;
+    }
+    __syncthreads();
+    const float total = warp_sum(lane < nvw ? red[lane] : 0.f);
+    const float rs = rsqrtf(total / (float)k + eps);
+    for (int i = threadIdx.x; i < k8; i += blockDim.x)
+        xs[i] = scale_bf16x8(xs[i], rs, ((const uint4*)nw)[i]);
+    __syncthreads();
+    float acc0 = 0.f, acc1 = 0.f;
+    if (live) {
+        for (; c + 32 * (UNR - 1) < k8; c += 32 * UNR) {
+            if (c != lane) {
+#pragma unroll
+                for (int u = 0; u < UNR; ++u) wv[u] = __ldg(wr + c + 32 * u);
+            }
+#pragma unroll
+            for (int u = 0; u < UNR; ++u) {
+                float wf[8], xf[8];
+                unpack8(wv[u], wf);
+                unpack8(xs[c + 32 * u], xf);
+#pragma unroll
+                for (int e = 0; e < 8; e += 2) {
+                    acc0 += wf[e] * xf[e];
+                    acc1 += wf[e + 1] * xf[e + 1];
+                }
+            }
+        }
+        for (; c < k8; c += 32) {
+            float wf[8], xf[8];
+            unpack8(__ldg(wr + c), wf);
+            unpack8(xs[c], xf);
+#pragma unroll
+            for (int e = 0; e < 8; e += 2) {
+                acc0 += wf[e] * xf[e];
+                acc1 += wf[e + 1] * xf[e + 1];
+            }
+        }
+    }
+    const float s = warp_sum(acc0 + acc1);
+    if (!ROPE) {
+        if (live && lane == 0) {
+            if (y_f32) ((float*)out)[row] = s;
+            else ((bf16_t*)out)[row] = f2bf(s);
+        }
+        return;
+    }
+    // Every warp reaches this barrier (no early exit above in ROPE mode); `red` is free again
+    // (all its readers passed the staging barrier).
+    if (lane == 0) red[warp] = s;
+    __syncthreads();
+    bf16_t* o = (bf16_t*)out;
+    const long long slot = slots[0];
+    const int kv_dim = n_kv * hd;
+    if (rotated) {
+        if (threadIdx.x < 4) {
+            const int i = pair + threadIdx.x;
+            const float p = (float)pos[0];
+            float sn, cs;
+            sincosf(p * inv_freq[i], &sn, &cs);
+            const float x1 = bf2f(f2bf(red[threadIdx.x])), x2 = bf2f(f2bf(red[threadIdx.x + 4]));
+            const bf16_t y1 = f2bf(x1 * cs - x2 * sn), y2 = f2bf(x2 * cs + x1 * sn);
+            o[head * hd + i] = y1;
+            o[head * hd + half + i] = y2;
+            if (head >= n_q && slot >= 0) {
+                bf16_t* kp = k_pool + (u64)slot * kv_dim + (u64)(head - n_q) * hd;
+                kp[i] = y1;
+                kp[i + half] = y2;
+            }
+        }
+    } else if (threadIdx.x < 8) {
+        const int r = blockIdx.x * 8 + threadIdx.x;
+        if (r < n) {
+            const bf16_t v = f2bf(red[threadIdx.x]);
+            o[r] = v;
+            if (slot >= 0) v_pool[(u64)slot * kv_dim + (r - (n_q + n_kv) * hd)] = v;
+        }
+    }
+}
+
+// out = rmsnorm(y + resid_in) * nw  x  w^T for one row (see above); resid_out gets y + resid_in.
+extern "C" __global__ void __launch_bounds__(256) gemv_bf16_t1_norm(
+    const bf16_t* y, const bf16_t* resid_in, bf16_t* resid_out, const bf16_t* nw, float eps,
+    int nvt, const bf16_t* w, void* out, int n, int k, int y_f32) {
+    gemv_t1_fused_body<false>(y, resid_in, resid_out, nw, eps, nvt, w, out, n, k, y_f32, 0, 0, 0,
+                              0, 0, 0, 0, 2);
+}
+
+// The same with the qkv projection's RoPE + K/V pool write fused in (out is the qkv row).
+extern "C" __global__ void __launch_bounds__(256) gemv_bf16_t1_norm_rope(
+    const bf16_t* y, const bf16_t* resid_in, bf16_t* resid_out, const bf16_t* nw, float eps,
+    int nvt, const bf16_t* w, bf16_t* out, int n, int k, const int* pos, const float* inv_freq,
+    bf16_t* k_pool, bf16_t* v_pool, const int* slots, int n_q, int n_kv, int hd) {
+    gemv_t1_fused_body<true>(y, resid_in, resid_out, nw, eps, nvt, w, out, n, k, 0, pos, inv_freq,
+                             k_pool, v_pool, slots, n_q, n_kv, hd);
+}

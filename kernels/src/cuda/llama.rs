@@ -11,6 +11,7 @@ use cudarc::driver::CudaGraph;
 
 use super::attention::{AttnPlan, AttnShape};
 use super::error::Result;
+use super::fused::{Resid, RopeKv};
 use super::gemm::Gemm;
 use super::ops::CudaOps;
 use super::tensor::{DTensor, DType};
@@ -101,6 +102,8 @@ struct Layer {
 pub struct Workspace {
     tokens: usize,
     resid: DTensor,
+    /// The residual's second buffer (fused single-row steps alternate: `fused.rs`).
+    resid2: DTensor,
     y: DTensor,
     h: DTensor,
     qkv: DTensor,
@@ -214,6 +217,7 @@ impl LlamaModel {
         Ok(Workspace {
             tokens,
             resid: b(&[tokens, s.hidden])?,
+            resid2: b(&[tokens, s.hidden])?,
             y: b(&[tokens, s.hidden])?,
             h: b(&[tokens, s.hidden])?,
             qkv: b(&[tokens, s.qkv_width()])?,
@@ -235,6 +239,20 @@ impl LlamaModel {
         ws: &Workspace,
         input: &StepInput,
     ) -> Result<()> {
+        self.forward_marked(ops, gemm, ws, input, &mut |_| Ok(()))
+    }
+
+    /// [`LlamaModel::forward`], calling `mark(op)` after each op's launches (`gpu bench` records
+    /// a CUDA event there for its per-op breakdown). One row runs the fused single-row steps
+    /// (`fused.rs`): norm + qkv + RoPE/KV write, norm + gate_up, norm + LM head.
+    pub fn forward_marked(
+        &self,
+        ops: &CudaOps,
+        gemm: &Gemm,
+        ws: &Workspace,
+        input: &StepInput,
+        mark: &mut dyn FnMut(&'static str) -> Result<()>,
+    ) -> Result<()> {
         let s = self.shape;
         super::error::ensure(ws.tokens == input.plan.rows(), || {
             format!(
@@ -247,28 +265,55 @@ impl LlamaModel {
         let q_w = s.n_heads * s.head_dim;
         let kv_w = s.n_kv_heads * s.head_dim;
         ops.embedding(&input.ids, &self.embed, &ws.resid)?;
+        mark("embedding")?;
+        let mut resid = Resid::new(&ws.resid, &ws.resid2);
         for (i, l) in self.layers.iter().enumerate() {
-            if i == 0 {
-                ops.rmsnorm(&ws.resid, None, &l.in_norm, &ws.h, s.eps)?;
-            } else {
-                ops.rmsnorm(&ws.y, Some(&ws.resid), &l.in_norm, &ws.h, s.eps)?;
-            }
-            gemm.linear(&ws.h, &l.qkv, &ws.qkv)?;
-            ops.rope_kv_write(
+            let rope = RopeKv {
+                n_q: s.n_heads,
+                n_kv: s.n_kv_heads,
+                head_dim: s.head_dim,
+                pos: &input.pos,
+                inv_freq: &self.inv_freq,
+                k_pool: &l.k_pool,
+                v_pool: &l.v_pool,
+                slots: &input.slots,
+                host_slots: &input.host_slots,
+            };
+            let y = (i > 0).then_some(&ws.y);
+            let roped = resid.norm_linear(
+                ops,
+                gemm,
+                y,
+                &l.in_norm,
+                s.eps,
+                &ws.h,
+                &l.qkv,
                 &ws.qkv,
-                0,
-                s.n_heads,
-                q_w,
-                s.n_kv_heads,
-                q_w + kv_w,
-                s.head_dim,
-                &input.pos,
-                &self.inv_freq,
-                &l.k_pool,
-                &l.v_pool,
-                &input.slots,
-                &input.host_slots,
+                Some(&rope),
             )?;
+            mark(if roped {
+                "norm+qkv+rope_kv"
+            } else {
+                "norm+qkv"
+            })?;
+            if !roped {
+                ops.rope_kv_write(
+                    &ws.qkv,
+                    0,
+                    s.n_heads,
+                    q_w,
+                    s.n_kv_heads,
+                    q_w + kv_w,
+                    s.head_dim,
+                    &input.pos,
+                    &self.inv_freq,
+                    &l.k_pool,
+                    &l.v_pool,
+                    &input.slots,
+                    &input.host_slots,
+                )?;
+                mark("rope_kv_write")?;
+            }
             ops.paged_attention(
                 &input.plan,
                 &ws.qkv,
@@ -278,17 +323,47 @@ impl LlamaModel {
                 &ws.attn,
                 scale,
             )?;
+            mark("attention")?;
             gemm.linear(&ws.attn, &l.o, &ws.y)?;
-            ops.rmsnorm(&ws.y, Some(&ws.resid), &l.post_norm, &ws.h, s.eps)?;
-            gemm.linear(&ws.h, &l.gate_up, &ws.gu)?;
+            mark("o")?;
+            resid.norm_linear(
+                ops,
+                gemm,
+                Some(&ws.y),
+                &l.post_norm,
+                s.eps,
+                &ws.h,
+                &l.gate_up,
+                &ws.gu,
+                None,
+            )?;
+            mark("norm+gate_up")?;
             if !gemm.silu_linear_t1(&ws.gu, &l.down, &ws.y)? {
                 ops.silu_mul(&ws.gu, &ws.act)?;
                 gemm.linear(&ws.act, &l.down, &ws.y)?;
             }
+            mark("silu+down")?;
         }
-        ops.rmsnorm(&ws.y, Some(&ws.resid), &self.norm, &ws.h, s.eps)?;
+        if ws.tokens == 1 && ws.logits.shape()[0] == 1 {
+            // One row, the sampled one: no gather.
+            resid.norm_linear(
+                ops,
+                gemm,
+                Some(&ws.y),
+                &self.norm,
+                s.eps,
+                &ws.h,
+                &self.lm_head,
+                &ws.logits,
+                None,
+            )?;
+            return mark("norm+lm_head");
+        }
+        resid.norm(ops, Some(&ws.y), &self.norm, s.eps, &ws.h)?;
         ops.embedding(&input.last_rows, &ws.h, &ws.last)?;
-        gemm.linear(&ws.last, &self.lm_head, &ws.logits)
+        mark("final norm+gather")?;
+        gemm.linear(&ws.last, &self.lm_head, &ws.logits)?;
+        mark("lm_head")
     }
 
     /// Captures `forward` for fixed inputs into a CUDA graph (replay with `launch()`): one

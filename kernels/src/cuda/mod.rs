@@ -17,6 +17,7 @@ pub mod det;
 pub mod device;
 pub mod error;
 mod f32k;
+pub mod fused;
 pub mod gemm;
 pub mod gemm_det;
 pub mod gemm_lt;

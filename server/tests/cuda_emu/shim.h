@@ -61,7 +61,11 @@ inline unsigned long long __double2ull_rn(double x) { return (unsigned long long
 inline double __hiloint2double(int hi, int lo) {
     uint64_t b = ((uint64_t)(uint32_t)hi << 32) | (uint32_t)lo; double d; std::memcpy(&d, &b, 8); return d;
 }
-using std::exp; using std::log; using std::ceil; using std::floor; using std::ldexp;
+using std::exp; using std::log; using std::ceil; using std::floor; using std::ldexp; using std::min;
+struct uint4 { unsigned x, y, z, w; };
+inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
+template <class T> T __ldg(const T* p) { return *p; }
+inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
 template <class F> void launch(unsigned grid, unsigned block, F f) {
     blockDim = {block, 1, 1}; gridDim = {grid, 1, 1};
     for (unsigned b = 0; b < grid; ++b) {

@@ -7,7 +7,8 @@
 use std::time::Instant;
 
 use serde_json::{json, Value};
-use strata_kernels::cuda::llama::{LlamaModel, LlamaShape, StepInput};
+use strata_kernels::cuda::fused;
+use strata_kernels::cuda::llama::{LlamaModel, LlamaShape, StepInput, Workspace};
 use strata_kernels::cuda::{launch, AttnSeq, CudaOps, Gemm, GemmPath};
 use strata_kernels::sample_rows::{RowMode, RowSpec};
 use strata_kernels::sampling::SampleParams;
@@ -165,6 +166,32 @@ pub fn run(
                     a / n
                 ));
             }
+            // Batch 1: the same graph with the fused single-row steps off (kernels fused.rs).
+            let graphed_unfused = if b == 1 && fused::fusion() != 0 {
+                let f = fused::fusion();
+                fused::set_fusion(0);
+                let r = replay();
+                fused::set_fusion(f);
+                r?
+            } else {
+                None
+            };
+            if let (Some(a), Some(n)) = (graphed, graphed_unfused) {
+                summary.push(format!(
+                    "  b{b} graph step with fused single-row steps {a:.3} ms, without {n:.3} ms (x{:.3})",
+                    a / n
+                ));
+            }
+            let ops_on = op_breakdown(ops, gemm, &model, &ws, &input, b, fwd, "", summary)?;
+            let ops_off = if b == 1 && fused::fusion() != 0 {
+                let f = fused::fusion();
+                fused::set_fusion(0);
+                let r = op_breakdown(ops, gemm, &model, &ws, &input, b, fwd, " unfused", summary);
+                fused::set_fusion(f);
+                Some(r?)
+            } else {
+                None
+            };
             let attn_layer_us = attention_alone(ops, &model, b, args.decode_ctx, None, &|_| true)?;
             for sp in [1, 2, 4, 8, 16, 32] {
                 let us = attention_alone(ops, &model, b, args.decode_ctx, Some(sp), &|_| true)?;
@@ -198,7 +225,8 @@ pub fn run(
                 args.decode_ctx, wall, graphed.map_or("-".to_string(), |g| format!("{g:.2} ms")), fwd, attn_layer_us, attn_v1_us,
                 b as f64 / best * 1e3, floor_ms.unwrap_or(f64::NAN), ratio.unwrap_or(f64::NAN), kv_floor.unwrap_or(f64::NAN)
             ));
-            rows.push(json!({"batch": b, "step_ms": wall, "graph_step_ms": graphed, "graph_step_ms_no_pdl": graphed_no_pdl, "forward_gpu_ms": fwd,
+            rows.push(json!({"batch": b, "step_ms": wall, "graph_step_ms": graphed, "graph_step_ms_no_pdl": graphed_no_pdl,
+                "graph_step_ms_unfused": graphed_unfused, "ops_us": ops_on, "ops_us_unfused": ops_off, "forward_gpu_ms": fwd,
                 "attention_us_per_layer": attn_layer_us, "attention_v1_us_per_layer": attn_v1_us, "attention_variants_us": variants, "tokens_per_s": b as f64 / best * 1e3,
                 "floor_weights_ms": floor_ms, "floor_weights_kv_ms": kv_floor, "ratio_to_floor": ratio}));
             if b == 1 {
@@ -324,6 +352,71 @@ pub fn run(
         out["prefill"] = json!(rows);
     }
     Ok(out)
+}
+
+/// Where one eager decode step's GPU time goes: a CUDA event after every op of
+/// `forward_marked` (which also keeps consecutive kernels from overlapping, so the sum exceeds the
+/// graph step: each op's time here includes its launch and ramp), medians of 5 steps after a
+/// warm-up, summed per op over the layers. One summary line, largest first.
+#[allow(clippy::too_many_arguments)]
+fn op_breakdown(
+    ops: &CudaOps,
+    gemm: &Gemm,
+    model: &LlamaModel,
+    ws: &Workspace,
+    input: &StepInput,
+    b: usize,
+    fwd_ms: f64,
+    tag: &str,
+    summary: &mut Vec<String>,
+) -> anyhow::Result<Value> {
+    let stream = ops.context().stream();
+    let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
+    // label -> (calls per step, per-step totals in us), in first-seen order.
+    let mut per: Vec<(&'static str, usize, Vec<f64>)> = Vec::new();
+    for rep in 0..6 {
+        let mut evs = vec![("start", stream.record_event(flags)?)];
+        model.forward_marked(ops, gemm, ws, input, &mut |l| {
+            evs.push((l, stream.record_event(flags)?));
+            Ok(())
+        })?;
+        ops.context().synchronize()?;
+        if rep == 0 {
+            continue;
+        }
+        let mut step: Vec<(&'static str, usize, f64)> = Vec::new();
+        for w in evs.windows(2) {
+            let us = w[0].1.elapsed_ms(&w[1].1)? as f64 * 1e3;
+            match step.iter_mut().find(|e| e.0 == w[1].0) {
+                Some(e) => {
+                    e.1 += 1;
+                    e.2 += us;
+                }
+                None => step.push((w[1].0, 1, us)),
+            }
+        }
+        for (l, n, us) in step {
+            match per.iter_mut().find(|e| e.0 == l) {
+                Some(e) => e.2.push(us),
+                None => per.push((l, n, vec![us])),
+            }
+        }
+    }
+    let mut rows: Vec<(&'static str, usize, f64)> =
+        per.into_iter().map(|(l, n, v)| (l, n, median(v))).collect();
+    let total: f64 = rows.iter().map(|r| r.2).sum();
+    rows.sort_by(|a, c| c.2.total_cmp(&a.2));
+    let mut line = format!(
+        "  b{b} op breakdown{tag} (eager, an event after each op; sum {:.2} ms vs forward {fwd_ms:.2} ms):",
+        total / 1e3
+    );
+    let mut doc = serde_json::Map::new();
+    for (l, n, us) in &rows {
+        line += &format!(" {l} {:.0} us ({n} x {:.1});", us, us / *n as f64);
+        doc.insert(l.to_string(), json!({"calls": n, "us": us}));
+    }
+    summary.push(line);
+    Ok(Value::Object(doc))
 }
 
 /// One layer's prefill attention of a `t`-token prompt alone (no cached prefix, random q and
@@ -540,9 +633,16 @@ fn gemv_breakdown(
                     GemmPath::Gemv,
                     GemmPath::GemvT1,
                     GemmPath::GemvT1Wide,
+                    GemmPath::CublasLtDet,
+                    GemmPath::DetGemv,
                 ]
             } else {
-                &[GemmPath::Cublas, GemmPath::CublasLt]
+                &[
+                    GemmPath::Cublas,
+                    GemmPath::CublasLt,
+                    GemmPath::CublasLtDet,
+                    GemmPath::DetGemv,
+                ]
             };
             for &path in paths {
                 let ms = match gpu_ms(c, false, 3, 20, || Ok(gemm.linear_with(&x, &w, &y, path)?)) {
@@ -561,6 +661,44 @@ fn gemv_breakdown(
                     frac * 100.0
                 ));
                 rows.push(json!({"rows": t, "name": name, "path": format!("{path:?}"), "n": n, "k": k, "us": ms * 1e3, "gbs": gbs}));
+            }
+            if t == 1 && name != "down" && name != "o" {
+                // The fused residual add + RMSNorm + GEMV (what qkv, gate_up and the LM head run
+                // at batch 1), against rmsnorm + GemvT1.
+                let (r0, r1, nw) = (
+                    c.alloc(bf, &[1, k])?,
+                    c.alloc(bf, &[1, k])?,
+                    c.alloc(bf, &[k])?,
+                );
+                for (i, t) in [&r0, &r1, &nw].into_iter().enumerate() {
+                    ops.fill_uniform(t, 30 + i as u64, 1.0)?;
+                }
+                let input = fused::NormIn {
+                    y: Some(&x),
+                    resid: &r0,
+                    resid_out: Some(&r1),
+                    weight: &nw,
+                    eps: 1e-5,
+                };
+                let f = fused::fusion();
+                fused::set_fusion(fused::FUSE_NORM | fused::FUSE_ROPE);
+                let fused_ms = gpu_ms(c, false, 3, 20, || {
+                    anyhow::ensure!(gemm.norm_linear_t1(ops, &input, &w, &y, None)?, "refused");
+                    Ok(())
+                });
+                fused::set_fusion(f);
+                let sep_ms = gpu_ms(c, false, 3, 20, || {
+                    ops.rmsnorm(&x, Some(&r0), &nw, &r1, 1e-5)?;
+                    Ok(gemm.linear_with(&r1, &w, &y, GemmPath::GemvT1)?)
+                })?;
+                match fused_ms {
+                    Ok(ms) => summary.push(format!(
+                        "  b1 norm+GemvT1 {name} [{n}x{k}]: fused {:.1} us, rmsnorm + GemvT1 {:.1} us",
+                        ms * 1e3,
+                        sep_ms * 1e3
+                    )),
+                    Err(e) => summary.push(format!("  b1 fused norm {name}: {e}")),
+                }
             }
         }
     }

@@ -116,6 +116,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ("rope_kv_write", &|c| check_ops::rope_kv_write(&ops, c)),
         ("gemm", &|c| check_ops::gemm(&ops, &gemm, c)),
         ("silu_linear", &|c| check_ops::silu_linear(&ops, &gemm, c)),
+        ("fused_t1", &|c| {
+            super::check_fused::fused_t1(&ops, &gemm, c)
+        }),
         ("attention", &|c| check_ops::attention(&ops, c)),
         ("sampling", &|c| check_sampling::sampling(&ops, c)),
         ("qkv_bias_norm", &|c| check_ops::qkv_bias_norm(&ops, c)),

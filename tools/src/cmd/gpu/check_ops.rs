@@ -231,7 +231,7 @@ pub fn rope_kv_write(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
 
 pub fn gemm(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Result<()> {
     let c = ops.context();
-    use GemmPath::{Cublas, CublasLt, Gemv, GemvT1, GemvT1Wide};
+    use GemmPath::{Cublas, CublasLt, DetGemv, Gemv, GemvT1, GemvT1Wide};
     for (t, k, n, f32_out, path) in [
         (1, 4096, 1024, false, Cublas),
         (33, 1000, 777, false, Cublas),
@@ -251,6 +251,13 @@ pub fn gemm(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Result<()> 
         (1, 4096, 1000, false, GemvT1Wide),
         (1, 14336, 300, true, GemvT1Wide),
         (1, 1000, 777, false, GemvT1Wide),
+        // The batch-invariant fallback: gemv_bf16 over 8-row chunks, any row count.
+        (1, 4096, 1000, false, DetGemv),
+        (3, 2048, 777, true, DetGemv),
+        (8, 14336, 300, false, DetGemv),
+        (9, 4096, 1000, false, DetGemv),
+        (17, 1000, 777, true, DetGemv),
+        (100, 2048, 513, false, DetGemv),
     ] {
         let x = ck.bf16_vec(t * k, 1.0);
         let w = ck.bf16_vec(n * k, 1.0 / (k as f32).sqrt());

@@ -1,0 +1,319 @@
+//! Fused single-row decode steps (batch 1: a decode step is launch- and latency-bound, every
+//! kernel removed saves its launch gap and its memory round trips):
+//! - `gemv_bf16_t1_norm`: the residual add + RMSNorm in the projection's x staging (removes both
+//!   `rmsnorm` launches of a layer and the final one before the LM head);
+//! - `gemv_bf16_t1_norm_rope`: the same for the qkv projection, with RoPE and the K/V pool write
+//!   in its epilogue (removes `rope_kv_write`).
+//!
+//! Both give the same bits as the unfused kernels (kernels/cuda/gemv.cu says how), so a row's
+//! result does not depend on whether it ran fused. Used only at one row in the default mode
+//! (batch-invariant mode runs no GEMV kernels). The fused residual add writes the new residual to
+//! the other of two buffers (the kernel's other blocks still read the old one): [`Resid`] keeps
+//! track of which buffer is current. `STRATA_FUSE=0` turns the fusions off (`none`, `norm`:
+//! norm only, `all`: the default), also switchable at run time by [`set_fusion`] for A/B timing.
+
+use std::sync::atomic::{AtomicU8, Ordering};
+
+use super::error::{ensure, Result};
+use super::gemm::{Gemm, GEMV_T1_MAX_IN};
+use super::launch::{launch, Arg, Dims};
+use super::ops::CudaOps;
+use super::tensor::{DTensor, DType};
+
+/// Fuse the residual add + RMSNorm into the next single-row projection.
+pub const FUSE_NORM: u8 = 1;
+/// Fuse RoPE + the K/V pool write into the single-row qkv projection (needs [`FUSE_NORM`]).
+pub const FUSE_ROPE: u8 = 2;
+
+static FUSION: AtomicU8 = AtomicU8::new(u8::MAX);
+
+/// The fusion flags from `STRATA_FUSE` (`0`/`none`/`off`: none; `norm`: [`FUSE_NORM`]; anything
+/// else: all).
+pub fn fusion_from(env: Option<&str>) -> u8 {
+    match env.map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+        Some("0" | "none" | "off" | "false") => 0,
+        Some("norm") => FUSE_NORM,
+        _ => FUSE_NORM | FUSE_ROPE,
+    }
+}
+
+/// The fusion flags in force (`STRATA_FUSE` on first use, or the last [`set_fusion`]).
+pub fn fusion() -> u8 {
+    let f = FUSION.load(Ordering::Relaxed);
+    if f != u8::MAX {
+        return f;
+    }
+    let f = fusion_from(std::env::var("STRATA_FUSE").ok().as_deref());
+    FUSION.store(f, Ordering::Relaxed);
+    f
+}
+
+/// Sets the fusion flags for later forwards and graph captures (A/B runs of `gpu bench`).
+pub fn set_fusion(flags: u8) {
+    FUSION.store(flags, Ordering::Relaxed);
+}
+
+/// The normalised input of a fused projection: rmsnorm(y + resid) * weight (y None: of resid).
+pub struct NormIn<'a> {
+    /// The sub-layer output to add to the residual (None: normalise `resid` as it is).
+    pub y: Option<&'a DTensor>,
+    /// The residual stream [1, in], read.
+    pub resid: &'a DTensor,
+    /// Where y + resid goes (another buffer than `resid`); None with `y` None.
+    pub resid_out: Option<&'a DTensor>,
+    /// The RMSNorm weight [in].
+    pub weight: &'a DTensor,
+    /// The RMSNorm epsilon.
+    pub eps: f32,
+}
+
+/// RoPE + the K/V pool write of a fused qkv row (the arguments of `CudaOps::rope_kv_write` with
+/// q, k and v at columns 0, n_q * head_dim and (n_q + n_kv) * head_dim).
+pub struct RopeKv<'a> {
+    /// Query heads.
+    pub n_q: usize,
+    /// KV heads.
+    pub n_kv: usize,
+    /// Head dimension.
+    pub head_dim: usize,
+    /// Positions [1] i32.
+    pub pos: &'a DTensor,
+    /// RoPE inverse frequencies [head_dim / 2] f32.
+    pub inv_freq: &'a DTensor,
+    /// This layer's K pool.
+    pub k_pool: &'a DTensor,
+    /// This layer's V pool.
+    pub v_pool: &'a DTensor,
+    /// KV slot [1] i32.
+    pub slots: &'a DTensor,
+    /// Host copy of `slots`.
+    pub host_slots: &'a [i32],
+}
+
+impl Gemm {
+    /// out [1, out] = (rmsnorm(y + resid) * norm weight) * w^T in one kernel, with RoPE + the
+    /// K/V write when `rope` is given (out is then the qkv row). `Ok(false)`: not applicable
+    /// (more than one row, batch-invariant mode, fusion off, shapes or alignment): nothing ran
+    /// and the caller runs the separate kernels.
+    pub fn norm_linear_t1(
+        &self,
+        ops: &CudaOps,
+        norm: &NormIn<'_>,
+        w: &DTensor,
+        out: &DTensor,
+        rope: Option<&RopeKv<'_>>,
+    ) -> Result<bool> {
+        let flags = fusion();
+        let (n, k) = (w.shape()[0], *w.shape().get(1).unwrap_or(&0));
+        let aligned = |t: &DTensor| t.ptr() % 16 == 0;
+        if self.deterministic()
+            || flags & FUSE_NORM == 0
+            || (rope.is_some() && flags & FUSE_ROPE == 0)
+            || norm.resid.shape() != [1, k]
+            || k > GEMV_T1_MAX_IN
+            || k % 8 != 0
+            || !aligned(w)
+            || !aligned(norm.resid)
+            || !aligned(norm.weight)
+            || norm.y.is_some_and(|y| !aligned(y))
+            || norm.resid_out.is_some_and(|r| !aligned(r))
+            || out.shape() != [1, n]
+        {
+            return Ok(false);
+        }
+        let ctx = self.context();
+        for (what, t) in [
+            ("w", w),
+            ("out", out),
+            ("resid", norm.resid),
+            ("norm", norm.weight),
+        ] {
+            ctx.check_device(what, t)?;
+        }
+        w.expect("w", DType::Bf16, &[n, k])?;
+        norm.weight.expect("norm weight", DType::Bf16, &[k])?;
+        norm.resid.expect("resid", DType::Bf16, &[1, k])?;
+        if let Some(y) = norm.y {
+            ctx.check_device("y", y)?;
+            y.expect("y", DType::Bf16, &[1, k])?;
+        }
+        ensure(norm.y.is_some() == norm.resid_out.is_some(), || {
+            "a fused residual add needs both y and resid_out".into()
+        })?;
+        if let Some(r) = norm.resid_out {
+            ctx.check_device("resid_out", r)?;
+            r.expect("resid_out", DType::Bf16, &[1, k])?;
+            ensure(r.ptr() != norm.resid.ptr(), || {
+                "resid_out must be another buffer than resid".into()
+            })?;
+        }
+        // The rmsnorm kernel's block size: the fused sum of squares follows its order.
+        let nvt = (k.div_ceil(32) * 32).clamp(32, 1024);
+        let mut args = vec![
+            Arg::U64(norm.y.map_or(0, |y| y.ptr())),
+            Arg::U64(norm.resid.ptr()),
+            Arg::U64(norm.resid_out.map_or(0, |r| r.ptr())),
+            Arg::U64(norm.weight.ptr()),
+            Arg::F32(norm.eps),
+            Arg::I32(nvt as i32),
+            Arg::U64(w.ptr()),
+            Arg::U64(out.ptr()),
+            Arg::I32(n as i32),
+            Arg::I32(k as i32),
+        ];
+        let f = match rope {
+            None => {
+                ensure(matches!(out.dtype(), DType::Bf16 | DType::F32), || {
+                    format!("out: bf16 or f32, got {:?}", out.dtype())
+                })?;
+                args.push(Arg::I32((out.dtype() == DType::F32) as i32));
+                self.gemv_t1_norm()
+            }
+            Some(r) => {
+                let hd = r.head_dim;
+                ensure(
+                    n == (r.n_q + 2 * r.n_kv) * hd && hd % 8 == 0 && r.n_kv > 0,
+                    || {
+                        format!(
+                            "fused qkv: {n} rows for {} q and {} kv heads of {hd}",
+                            r.n_q, r.n_kv
+                        )
+                    },
+                )?;
+                ops.check_rope_kv_write(
+                    out,
+                    r.n_q,
+                    r.n_kv,
+                    hd,
+                    r.pos,
+                    r.inv_freq,
+                    r.k_pool,
+                    r.v_pool,
+                    r.slots,
+                    r.host_slots,
+                )?;
+                args.extend([
+                    Arg::U64(r.pos.ptr()),
+                    Arg::U64(r.inv_freq.ptr()),
+                    Arg::U64(r.k_pool.ptr()),
+                    Arg::U64(r.v_pool.ptr()),
+                    Arg::U64(r.slots.ptr()),
+                    Arg::I32(r.n_q as i32),
+                    Arg::I32(r.n_kv as i32),
+                    Arg::I32(hd as i32),
+                ]);
+                self.gemv_t1_norm_rope()
+            }
+        };
+        let dims = Dims {
+            grid: (n.div_ceil(8) as u32, 1, 1),
+            block: 256,
+            smem: (k * 2) as u32,
+        };
+        ctx.cuda().bind_to_thread()?;
+        // SAFETY: checked above: device, dtype and shape of every tensor (x rows of k bf16,
+        // 16-byte aligned; w [n, k]; out [1, n]; the rope case's pools, slot range, positions
+        // and frequencies as rope_kv_write checks them); k <= GEMV_T1_MAX_IN fits the dynamic
+        // shared memory.
+        unsafe { launch(f, ctx.stream().cu_stream(), dims, &args) }?;
+        Ok(true)
+    }
+}
+
+/// The residual stream of a forward over two buffers, and the norm + projection steps that
+/// read it: fused at one row ([`Gemm::norm_linear_t1`], which writes the new residual to the
+/// other buffer), else `rmsnorm` (in place) then the GEMM.
+pub struct Resid<'a> {
+    bufs: [&'a DTensor; 2],
+    cur: usize,
+}
+
+impl<'a> Resid<'a> {
+    /// `a` holds the stream (the embedding); `b` is the second buffer, same shape.
+    pub fn new(a: &'a DTensor, b: &'a DTensor) -> Self {
+        Self {
+            bufs: [a, b],
+            cur: 0,
+        }
+    }
+
+    /// The buffer holding the residual now.
+    pub fn current(&self) -> &'a DTensor {
+        self.bufs[self.cur]
+    }
+
+    /// resid += y (when given); out = (rmsnorm(resid) * norm) * w^T, with `h` as the unfused
+    /// path's scratch. `rope`: also RoPE + K/V write when that fuses; returns whether it did
+    /// (if not, the caller runs `rope_kv_write`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn norm_linear(
+        &mut self,
+        ops: &CudaOps,
+        gemm: &Gemm,
+        y: Option<&DTensor>,
+        norm: &DTensor,
+        eps: f32,
+        h: &DTensor,
+        w: &DTensor,
+        out: &DTensor,
+        rope: Option<&RopeKv<'_>>,
+    ) -> Result<bool> {
+        let (cur, other) = (self.bufs[self.cur], self.bufs[1 - self.cur]);
+        if h.shape()[0] == 1 {
+            let input = NormIn {
+                y,
+                resid: cur,
+                resid_out: y.map(|_| other),
+                weight: norm,
+                eps,
+            };
+            if rope.is_some() && gemm.norm_linear_t1(ops, &input, w, out, rope)? {
+                self.flip(y.is_some());
+                return Ok(true);
+            }
+            if gemm.norm_linear_t1(ops, &input, w, out, None)? {
+                self.flip(y.is_some());
+                return Ok(false);
+            }
+        }
+        self.norm(ops, y, norm, eps, h)?;
+        gemm.linear(h, w, out)?;
+        Ok(false)
+    }
+
+    /// The unfused step: resid += y (in place) and h = rmsnorm(resid) * norm.
+    pub fn norm(
+        &mut self,
+        ops: &CudaOps,
+        y: Option<&DTensor>,
+        norm: &DTensor,
+        eps: f32,
+        h: &DTensor,
+    ) -> Result<()> {
+        let cur = self.bufs[self.cur];
+        match y {
+            Some(y) => ops.rmsnorm(y, Some(cur), norm, h, eps),
+            None => ops.rmsnorm(cur, None, norm, h, eps),
+        }
+    }
+
+    fn flip(&mut self, added: bool) {
+        if added {
+            self.cur = 1 - self.cur;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fusion_flags_from_env() {
+        assert_eq!(fusion_from(None), FUSE_NORM | FUSE_ROPE);
+        assert_eq!(fusion_from(Some("0")), 0);
+        assert_eq!(fusion_from(Some(" None ")), 0);
+        assert_eq!(fusion_from(Some("norm")), FUSE_NORM);
+        assert_eq!(fusion_from(Some("all")), FUSE_NORM | FUSE_ROPE);
+    }
+}

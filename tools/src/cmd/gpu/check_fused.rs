@@ -1,0 +1,185 @@
+//! `strata gpu check` cases of the fused single-row decode kernels (kernels `fused.rs`):
+//! `gemv_bf16_t1_norm` (residual add + RMSNorm + GEMV) and `gemv_bf16_t1_norm_rope` (the same
+//! with RoPE + the K/V pool write), against the CPU reference (bf16 tolerance) and bitwise against
+//! the separate kernels they replace (rmsnorm, gemv_bf16_t1, rope_kv_write), for the Llama-3.2-1B
+//! and Llama-3.1-8B shapes and an odd one (head_dim 96), with and without the residual add, with
+//! a pool slot and with slot -1 (no write).
+
+use rand::Rng;
+use strata_kernels::cuda::fused::{NormIn, RopeKv};
+use strata_kernels::cuda::{CudaOps, DType, Gemm, GemmPath};
+use strata_kernels::reference as r;
+
+use super::check::Checker;
+
+const BF16_TOL: f64 = 1e-2;
+
+fn bits_differing(a: &[f32], b: &[f32]) -> usize {
+    a.iter()
+        .zip(b)
+        .filter(|(p, q)| p.to_bits() != q.to_bits())
+        .count()
+        + a.len().abs_diff(b.len())
+}
+
+pub fn fused_t1(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Result<()> {
+    let c = ops.context();
+    // (hidden, q heads, kv heads, head_dim, gate_up-like out rows)
+    for (h, nh, nkv, hd, n_mlp) in [
+        (2048, 32, 8, 64, 2048),
+        (4096, 32, 8, 128, 3000),
+        (1152, 6, 2, 96, 777),
+    ] {
+        let qkv_n = (nh + 2 * nkv) * hd;
+        let kv_dim = nkv * hd;
+        let slots = 24;
+        let inv = r::rope_inv_freq(hd, 500000.0, Some(r::Llama3Scaling::default()));
+        let gi = c.upload_f32(&[hd / 2], &inv)?;
+        for (add, slot) in [(false, 5i32), (true, 17), (true, -1)] {
+            let y = ck.bf16_vec(h, 2.0);
+            let res = ck.bf16_vec(h, 2.0);
+            let nw = ck.bf16_vec(h, 1.5);
+            let wq = ck.bf16_vec(qkv_n * h, 1.0 / (h as f32).sqrt());
+            let wm = ck.bf16_vec(n_mlp * h, 1.0 / (h as f32).sqrt());
+            let pool0 = ck.bf16_vec(slots * kv_dim, 1.0);
+            let pos: i32 = ck.rng.random_range(0..9000);
+            let (gy, gnw) = (c.upload_bf16(&[1, h], &y)?, c.upload_bf16(&[h], &nw)?);
+            let (gwq, gwm) = (
+                c.upload_bf16(&[qkv_n, h], &wq)?,
+                c.upload_bf16(&[n_mlp, h], &wm)?,
+            );
+            let gp = c.upload_i32(&[1], &[pos])?;
+            let gs = c.upload_i32(&[1], &[slot])?;
+            let tag = format!("H{h} heads{nh}/{nkv} hd{hd} add={add} slot{slot}");
+            // CPU reference: h = bf16(rmsnorm(y + res)), qkv = bf16(h w^T), rope on q and k.
+            let mut res_ref = res.clone();
+            let hn = r::round_bf16(&r::rmsnorm(&y, add.then_some(&mut res_ref[..]), &nw, 1e-5));
+            let hn = if add {
+                hn
+            } else {
+                r::round_bf16(&r::rmsnorm(&res, None, &nw, 1e-5))
+            };
+            let mut qkv_ref = r::round_bf16(&r::linear(&hn, &wq, h));
+            r::rope(&mut qkv_ref, qkv_n, 0, nh, hd, &[pos], &inv);
+            r::rope(&mut qkv_ref, qkv_n, nh * hd, nkv, hd, &[pos], &inv);
+            let mlp_ref = r::linear(&hn, &wm, h);
+            // Fused, then unfused, from the same inputs.
+            let mut runs = Vec::new();
+            for fused in [true, false] {
+                let r_in = c.upload_bf16(&[1, h], &res)?;
+                let r_out = c.alloc(DType::Bf16, &[1, h])?;
+                let kp = c.upload_bf16(&[slots, kv_dim], &pool0)?;
+                let vp = c.upload_bf16(&[slots, kv_dim], &pool0)?;
+                let qkv = c.alloc(DType::Bf16, &[1, qkv_n])?;
+                let mlp = c.alloc(DType::Bf16, &[1, n_mlp])?;
+                for t in [&r_out, &qkv, &mlp] {
+                    c.memset(t, 0xff)?;
+                }
+                let rope = RopeKv {
+                    n_q: nh,
+                    n_kv: nkv,
+                    head_dim: hd,
+                    pos: &gp,
+                    inv_freq: &gi,
+                    k_pool: &kp,
+                    v_pool: &vp,
+                    slots: &gs,
+                    host_slots: &[slot],
+                };
+                if fused {
+                    let input = NormIn {
+                        y: add.then_some(&gy),
+                        resid: &r_in,
+                        resid_out: add.then_some(&r_out),
+                        weight: &gnw,
+                        eps: 1e-5,
+                    };
+                    anyhow::ensure!(
+                        gemm.norm_linear_t1(ops, &input, &gwq, &qkv, Some(&rope))?,
+                        "fused qkv refused for {tag}"
+                    );
+                    anyhow::ensure!(
+                        gemm.norm_linear_t1(ops, &input, &gwm, &mlp, None)?,
+                        "fused norm GEMV refused for {tag}"
+                    );
+                } else {
+                    let hb = c.alloc(DType::Bf16, &[1, h])?;
+                    if add {
+                        ops.rmsnorm(&gy, Some(&r_in), &gnw, &hb, 1e-5)?;
+                    } else {
+                        ops.rmsnorm(&r_in, None, &gnw, &hb, 1e-5)?;
+                    }
+                    gemm.linear_with(&hb, &gwq, &qkv, GemmPath::GemvT1)?;
+                    ops.rope_kv_write(
+                        &qkv,
+                        0,
+                        nh,
+                        nh * hd,
+                        nkv,
+                        (nh + nkv) * hd,
+                        hd,
+                        &gp,
+                        &gi,
+                        &kp,
+                        &vp,
+                        &gs,
+                        &[slot],
+                    )?;
+                    gemm.linear_with(&hb, &gwm, &mlp, GemmPath::GemvT1)?;
+                }
+                let resid_now = if fused && add { &r_out } else { &r_in };
+                runs.push([
+                    c.download_f32(&qkv)?,
+                    c.download_f32(&mlp)?,
+                    c.download_f32(&kp)?,
+                    c.download_f32(&vp)?,
+                    c.download_f32(resid_now)?,
+                ]);
+            }
+            let f = &runs[0];
+            ck.rel(
+                "fused_t1",
+                format!("norm+qkv+rope {tag}"),
+                r::rel_err(&f[0], &qkv_ref),
+                BF16_TOL,
+            );
+            ck.rel(
+                "fused_t1",
+                format!("norm+gemv {tag}"),
+                r::rel_err(&f[1], &mlp_ref),
+                BF16_TOL,
+            );
+            // Pools: the K and V rows of the slot are the rotated k / the v of the row; the rest
+            // untouched.
+            let mut kp_ref = r::round_bf16(&pool0);
+            let mut vp_ref = kp_ref.clone();
+            if slot >= 0 {
+                let s = slot as usize * kv_dim;
+                kp_ref[s..s + kv_dim].copy_from_slice(&f[0][nh * hd..nh * hd + kv_dim]);
+                vp_ref[s..s + kv_dim].copy_from_slice(&f[0][nh * hd + kv_dim..]);
+            }
+            ck.exact(
+                "fused_t1",
+                format!("pools {tag}"),
+                bits_differing(&f[2], &kp_ref) + bits_differing(&f[3], &vp_ref),
+            );
+            if add {
+                ck.rel(
+                    "fused_t1",
+                    format!("resid_out {tag}"),
+                    r::rel_err(&f[4], &res_ref),
+                    1e-6,
+                );
+            }
+            let differing: usize = (0..5)
+                .map(|i| bits_differing(&runs[0][i], &runs[1][i]))
+                .sum();
+            ck.exact(
+                "fused_t1",
+                format!("fused vs unfused bits {tag}"),
+                differing,
+            );
+        }
+    }
+    Ok(())
+}
