@@ -174,10 +174,10 @@ extern "C" __global__ void __launch_bounds__(256) gemv_bf16_t1_wide(const bf16_t
 
 // ---- Single-row GEMV with fused prologue / epilogue (decode at batch 1; fewer kernels per layer).
 //
-// NORM prologue: the staged row is rmsnorm(y + resid_in) * nw exactly as the `rmsnorm` kernel
-// computes it (same bf16 rounding of the residual sum, and the sum of squares in that kernel's
-// order: its block of `nvt` threads, element i to thread i % nvt, warp sums, then the sum of the
-// warp sums), so the result is bitwise that of rmsnorm + gemv_bf16_t1. y == 0: no residual add
+// NORM prologue: the staged row is rmsnorm(y + resid_in) * nw exactly as the `rmsnorm` kernel's
+// 16-byte path computes it (same bf16 rounding of the residual sum, and the sum of squares in that
+// kernel's order: its block of `nvt` threads, 16-byte chunk c to thread c % nvt, warp sums, then
+// the sum of the warp sums), so the result is bitwise that of rmsnorm + gemv_bf16_t1. y == 0: no residual add
 // (layer 0 normalises the embedding). Every block normalises the row itself (it is 2-28 KB, read
 // from L2); block 0 also writes the new residual to resid_out (never resid_in: other blocks are
 // still reading that, so the caller alternates two residual buffers).
@@ -251,14 +251,20 @@ __device__ __forceinline__ void gemv_t1_fused_body(
         if (resid_out && blockIdx.x == 0) ((uint4*)resid_out)[i] = s;
     }
     __syncthreads();
-    // Sum of squares in the rmsnorm kernel's order (virtual block of nvt threads).
-    const bf16_t* xb = (const bf16_t*)xs;
+    // Sum of squares in the rmsnorm kernel's order: its block of nvt threads (emulated as nvt/32
+    // virtual warps), thread t summing the 16-byte chunks t, t + nvt, ... element by element.
     const int nvw = nvt >> 5;
     for (int vw = warp; vw < nvw; vw += (int)(blockDim.x >> 5)) {
         float ss = 0.f;
-        for (int i = vw * 32 + lane; i < k; i += nvt) {
-            const float v = bf2f(xb[i]);
-            ss += v * v;
+        for (int ch = vw * 32 + lane; ch < k8; ch += nvt) {
+            const uint4 a = xs[ch];
+            const u32 e[4] = {a.x, a.y, a.z, a.w};
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const float lo = __uint_as_float(e[j] << 16), hi = __uint_as_float(e[j] & 0xffff0000u);
+                ss += lo * lo;
+                ss += hi * hi;
+            }
         }
         ss = warp_sum(ss);
         if (lane == 0) red[vw] = ss;
@@ -321,6 +327,7 @@ __device__ __forceinline__ void gemv_t1_fused_body(
             float sn, cs;
             sincosf(p * inv_freq[i], &sn, &cs);
             const float x1 = bf2f(f2bf(red[threadIdx.x])), x2 = bf2f(f2bf(red[threadIdx.x + 4]));
+            // The expression of rope_rot (elementwise.cu), so it rounds and contracts alike.
             const bf16_t y1 = f2bf(x1 * cs - x2 * sn), y2 = f2bf(x2 * cs + x1 * sn);
             o[head * hd + i] = y1;
             o[head * hd + half + i] = y2;

@@ -59,9 +59,9 @@ fn fused_single_row_kernels_equal_the_unfused_ones_bitwise() {
         .unwrap_or(7);
     println!("seed {seed}");
     // (in, q heads, kv heads, head_dim, residual add, slot): head_dim 64 and 96, the rmsnorm
-    // block wider than the GEMV's (in 2048: 1024 threads = 32 virtual warps over 8), no add
+    // block wider than the GEMV's (in 4096: 512 threads = 16 virtual warps over 8), no add
     // (layer 0), slot -1 (no pool write).
-    for case in ["256 4 2 64 1 3", "384 2 1 96 0 -1", "2048 2 1 64 1 6"] {
+    for case in ["256 4 2 64 1 3", "384 2 1 96 0 -1", "4096 2 1 64 1 6"] {
         let args: Vec<&str> = case.split(' ').collect();
         let run = Command::new(&exe)
             .args(&args)

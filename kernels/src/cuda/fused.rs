@@ -147,8 +147,9 @@ impl Gemm {
                 "resid_out must be another buffer than resid".into()
             })?;
         }
-        // The rmsnorm kernel's block size: the fused sum of squares follows its order.
-        let nvt = (k.div_ceil(32) * 32).clamp(32, 1024);
+        // The rmsnorm kernel's block size on its 16-byte path (one thread per 8 elements, at
+        // most 1024): the fused sum of squares follows its order.
+        let nvt = ((k / 8).div_ceil(32) * 32).clamp(32, 1024);
         let mut args = vec![
             Arg::U64(norm.y.map_or(0, |y| y.ptr())),
             Arg::U64(norm.resid.ptr()),

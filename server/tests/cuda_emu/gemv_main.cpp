@@ -40,7 +40,7 @@ int main(int argc, char** argv) {
     std::vector<float> inv(hd / 2);
     for (int i = 0; i < hd / 2; ++i) inv[i] = std::pow(500000.f, -2.f * i / hd);
     int pos = 1234, sl = slot;
-    const int nvt = std::min(std::max((k + 31) / 32 * 32, 32), 1024);
+    const int nvt = std::min(std::max((k / 8 + 31) / 32 * 32, 32), 1024);  // rmsnorm's 16-byte path
     // Unfused: rmsnorm (its real block size), gemv_bf16_t1, rope_kv_write; the same GEMV with an
     // extra f32 and bf16 output for the norm-only kernel.
     std::vector<bf16_t> r_a = res, h(k), qkv_a(n), kp_a = pool, vp_a = pool, m_a(nm);

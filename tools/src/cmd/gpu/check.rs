@@ -102,7 +102,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let ops = CudaOps::new(ctx.clone()).context("compiling kernels")?;
     println!("kernels ready in {:.2}s", t0.elapsed().as_secs_f64());
     let gemm = Gemm::new(ctx.clone()).context("cuBLAS")?;
-    let steps: [Step; 19] = [
+    let steps: [Step; 20] = [
         ("transfer", &|c| check_transfer(&ctx, c)),
         ("pd_copy", &|c| super::check_pd_copy::check_pd_copy(&ctx, c)),
         ("host_copy", &|c| {
