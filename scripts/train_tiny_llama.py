@@ -5,8 +5,9 @@ flat logits, where bf16 rounding alone flips the top-1 token on ~5 % of position
 own bf16 forward against its fp32 one), so a top-1 agreement target is only meaningful on a
 model whose logits have real margins.
 
-Corpus: the Python standard library's .py files on the machine (sorted; every 20th file held out
-for evaluation). Tokenizer: byte-level BPE trained on the corpus with `tokenizers`, saved as
+Corpus: the .py files of the machine's Python standard library and site-packages (sorted, at
+most --max-files; every 20th file held out for evaluation). Tokenizer: byte-level BPE trained
+on the corpus with `tokenizers`, saved as
 tokenizer.json (what `strata serve` loads). Model: Llama (default 8 layers, hidden 1024, GQA
 8/2 heads of 128), trained with
 AdamW in bf16 autocast for a fixed time budget, saved as bf16 safetensors. Also writes
@@ -37,13 +38,16 @@ ap.add_argument("--seq", type=int, default=2048)
 ap.add_argument("--batch", type=int, default=16)
 ap.add_argument("--lens", default="16,100,512,1024,2048,4096")
 ap.add_argument("--seed", type=int, default=1234)
+ap.add_argument("--max-files", type=int, default=6000)
 a = ap.parse_args()
 os.makedirs(a.out, exist_ok=True)
 torch.manual_seed(a.seed)
 print(f"train_tiny_llama: seed {a.seed}", flush=True)
 
 t0 = time.time()
-files = sorted(glob.glob(os.path.join(sysconfig.get_paths()["stdlib"], "**", "*.py"), recursive=True))
+roots = [sysconfig.get_paths()[k] for k in ("stdlib", "purelib")]
+files = sorted({f for r in roots for f in glob.glob(os.path.join(r, "**", "*.py"), recursive=True)})
+files = files[:a.max_files]
 train_txt, eval_txt = [], []
 for i, f in enumerate(files):
     try:
