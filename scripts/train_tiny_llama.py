@@ -5,14 +5,13 @@ flat logits, where bf16 rounding alone flips the top-1 token on ~5 % of position
 own bf16 forward against its fp32 one), so a top-1 agreement target is only meaningful on a
 model whose logits have real margins.
 
-Corpus: the .py files of the machine's Python standard library and site-packages (sorted, at
-most --max-files; every 20th file held out for evaluation). Tokenizer: byte-level BPE trained
-on the corpus with `tokenizers`, saved as
-tokenizer.json (what `strata serve` loads). Model: Llama (default 8 layers, hidden 1024, GQA
-8/2 heads of 128), trained with
-AdamW in bf16 autocast for a fixed time budget, saved as bf16 safetensors. Also writes
-eval_prompts.json: held-out token slices of the requested lengths, which
-scripts/hf_runner_compare.py uses instead of random tokens when the file exists.
+Corpus: the .py files of the machine's Python standard library and site-packages (sorted, at most
+--max-files; every 20th file held out for evaluation). Tokenizer: byte-level BPE trained on the
+corpus with `tokenizers`, saved as tokenizer.json (what `strata serve` loads). Model: Llama (default
+8 layers, hidden 1024, GQA 8/2 heads of 128), trained with AdamW in bf16 autocast for a fixed time
+budget, saved as bf16 safetensors. Also writes eval_prompts.json: held-out token slices of the
+requested lengths, which scripts/hf_runner_compare.py uses instead of random tokens when the file
+exists.
 
 Usage: train_tiny_llama.py --out DIR [--seconds 90] [--lens 16,100,512,1024,2048,4096]"""
 import argparse
