@@ -182,6 +182,10 @@ extern "C" __global__ void __launch_bounds__(256) gemv_bf16_t1_wide(const bf16_t
 // from L2); block 0 also writes the new residual to resid_out (never resid_in: other blocks are
 // still reading that, so the caller alternates two residual buffers).
 //
+// SILU epilogue (the gate_up projection): a block holds gate rows i..i+3 and their up rows
+// inter + i..; it writes act[i] = silu(gate) * up (bf16-rounded inputs, as silu_mul), so the down
+// projection stages a plain row (no per-block SiLU over the whole row as gemv_bf16_t1_silu does).
+//
 // ROPE epilogue (the fused qkv projection of one token): warps are mapped to rows so that a block
 // of the rotated part (q and k heads) holds 4 rows i..i+3 of one head and their partners i+half..;
 // after the dot products the block applies RoPE to the pairs exactly as rope_kv_write (bf16 round,
@@ -213,7 +217,10 @@ __device__ __forceinline__ uint4 scale_bf16x8(uint4 a, float r, uint4 w) {
     return make_uint4(o[0], o[1], o[2], o[3]);
 }
 
-template <bool ROPE>
+#define EPI_STORE 0
+#define EPI_ROPE 1
+#define EPI_SILU 2
+template <int EPI>
 __device__ __forceinline__ void gemv_t1_fused_body(
     const bf16_t* y, const bf16_t* resid_in, bf16_t* resid_out, const bf16_t* nw, float eps,
     int nvt, const bf16_t* w, void* out, int n, int k, int y_f32, const int* pos,
@@ -223,6 +230,7 @@ __device__ __forceinline__ void gemv_t1_fused_body(
     __shared__ float red[32];
     const int k8 = k / 8;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    constexpr bool ROPE = EPI == EPI_ROPE;
     int row = blockIdx.x * 8 + warp;
     int head = 0, pair = 0;
     const int half = hd / 2;
@@ -232,6 +240,11 @@ __device__ __forceinline__ void gemv_t1_fused_body(
         head = blockIdx.x / per_head;
         pair = (blockIdx.x % per_head) * 4;
         row = head * hd + (warp >> 2) * half + pair + (warp & 3);
+    }
+    if (EPI == EPI_SILU) {
+        // Rows i..i+3 of the gate half and their up partners inter + i.. (n = 2 * inter).
+        pair = blockIdx.x * 4;
+        row = (warp >> 2) * (n >> 1) + pair + (warp & 3);
     }
     const bool live = row < n;
     const uint4* wr = (const uint4*)(w + (u64)(live ? row : 0) * k);
@@ -306,6 +319,16 @@ __device__ __forceinline__ void gemv_t1_fused_body(
         }
     }
     const float s = warp_sum(acc0 + acc1);
+    if (EPI == EPI_SILU) {
+        // out[i] = silu(gate_i) * up_i from the bf16-rounded projections, as silu_mul computes it.
+        if (lane == 0) red[warp] = s;
+        __syncthreads();
+        if (threadIdx.x < 4 && pair + (int)threadIdx.x < (n >> 1)) {
+            const float g = bf2f(f2bf(red[threadIdx.x])), u = bf2f(f2bf(red[threadIdx.x + 4]));
+            ((bf16_t*)out)[pair + threadIdx.x] = f2bf(g / (1.f + expf(-g)) * u);
+        }
+        return;
+    }
     if (!ROPE) {
         if (live && lane == 0) {
             if (y_f32) ((float*)out)[row] = s;
@@ -351,8 +374,17 @@ __device__ __forceinline__ void gemv_t1_fused_body(
 extern "C" __global__ void __launch_bounds__(256) gemv_bf16_t1_norm(
     const bf16_t* y, const bf16_t* resid_in, bf16_t* resid_out, const bf16_t* nw, float eps,
     int nvt, const bf16_t* w, void* out, int n, int k, int y_f32) {
-    gemv_t1_fused_body<false>(y, resid_in, resid_out, nw, eps, nvt, w, out, n, k, y_f32, 0, 0, 0,
-                              0, 0, 0, 0, 2);
+    gemv_t1_fused_body<EPI_STORE>(y, resid_in, resid_out, nw, eps, nvt, w, out, n, k, y_f32, 0, 0,
+                                  0, 0, 0, 0, 0, 2);
+}
+
+// The same for the gate_up projection (w [2 * inter, k]) with SiLU-mul in the epilogue: out is
+// act [inter] = silu(gate) * up, what silu_mul would write (the down projection's input).
+extern "C" __global__ void __launch_bounds__(256) gemv_bf16_t1_norm_silu(
+    const bf16_t* y, const bf16_t* resid_in, bf16_t* resid_out, const bf16_t* nw, float eps,
+    int nvt, const bf16_t* w, bf16_t* out, int n, int k) {
+    gemv_t1_fused_body<EPI_SILU>(y, resid_in, resid_out, nw, eps, nvt, w, out, n, k, 0, 0, 0, 0,
+                                 0, 0, 0, 0, 2);
 }
 
 // The same with the qkv projection's RoPE + K/V pool write fused in (out is the qkv row).
@@ -360,6 +392,6 @@ extern "C" __global__ void __launch_bounds__(256) gemv_bf16_t1_norm_rope(
     const bf16_t* y, const bf16_t* resid_in, bf16_t* resid_out, const bf16_t* nw, float eps,
     int nvt, const bf16_t* w, bf16_t* out, int n, int k, const int* pos, const float* inv_freq,
     bf16_t* k_pool, bf16_t* v_pool, const int* slots, int n_q, int n_kv, int hd) {
-    gemv_t1_fused_body<true>(y, resid_in, resid_out, nw, eps, nvt, w, out, n, k, 0, pos, inv_freq,
-                             k_pool, v_pool, slots, n_q, n_kv, hd);
+    gemv_t1_fused_body<EPI_ROPE>(y, resid_in, resid_out, nw, eps, nvt, w, out, n, k, 0, pos,
+                                 inv_freq, k_pool, v_pool, slots, n_q, n_kv, hd);
 }

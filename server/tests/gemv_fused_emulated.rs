@@ -1,12 +1,13 @@
 //! The fused single-row decode kernels (kernels/cuda/gemv.cu: `gemv_bf16_t1_norm`,
-//! `gemv_bf16_t1_norm_rope`) run on the CPU under the host-thread CUDA emulation
-//! (tests/cuda_emu/shim.h, g++ with FMA contraction off) next to the kernels they replace
-//! (`rmsnorm`, `gemv_bf16_t1`, `rope_kv_write`) on the same seeded inputs: every output (the qkv
-//! row after RoPE, the K/V pool rows, the new residual, a norm-fused GEMV in bf16 and f32) must
-//! be bitwise equal. This holds the fused kernels' indexing (the RoPE pair mapping of warps, the
-//! V blocks, the slot write) and their reproduction of rmsnorm's sum-of-squares order to the
-//! unfused path in CI, which has no GPU; `strata gpu check` (`fused_t1`) repeats it on hardware.
-//! Skipped, with a message, where no C++20 g++ exists.
+//! `gemv_bf16_t1_norm_rope`, `gemv_bf16_t1_norm_silu`) run on the CPU under the host-thread CUDA
+//! emulation (tests/cuda_emu/shim.h, g++ with FMA contraction off) next to the kernels they
+//! replace (`rmsnorm`, `gemv_bf16_t1`, `rope_kv_write`, `silu_mul`) on the same seeded inputs:
+//! every output (the qkv row after RoPE, the K/V pool rows, the new residual, a norm-fused GEMV in
+//! bf16 and f32, the SiLU-mul of a fused gate_up) must be bitwise equal. This holds the fused
+//! kernels' indexing (the RoPE and SiLU pair mapping of warps, the V blocks, the slot write) and
+//! their reproduction of rmsnorm's sum-of-squares order to the unfused path in CI, which has no
+//! GPU; `strata gpu check` (`fused_t1`) repeats it on hardware. Skipped, with a message, where no
+//! C++20 g++ exists.
 
 use std::path::Path;
 use std::process::Command;
@@ -72,7 +73,7 @@ fn fused_single_row_kernels_equal_the_unfused_ones_bitwise() {
         assert!(run.status.success(), "case {case}: exit {:?}", run.status);
         assert_eq!(
             text.trim(),
-            "qkv 0, pools 0, resid 0, norm_gemv 0, norm_gemv_f32 0",
+            "qkv 0, pools 0, resid 0, norm_gemv 0, norm_gemv_f32 0, silu 0",
             "case {case} (seed {seed})"
         );
     }

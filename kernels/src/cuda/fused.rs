@@ -3,7 +3,9 @@
 //! - `gemv_bf16_t1_norm`: the residual add + RMSNorm in the projection's x staging (removes both
 //!   `rmsnorm` launches of a layer and the final one before the LM head);
 //! - `gemv_bf16_t1_norm_rope`: the same for the qkv projection, with RoPE and the K/V pool write
-//!   in its epilogue (removes `rope_kv_write`).
+//!   in its epilogue (removes `rope_kv_write`);
+//! - `gemv_bf16_t1_norm_silu`: the same for gate_up, with SiLU-mul in its epilogue (the down
+//!   projection then stages a plain row instead of computing SiLU over the whole row per block).
 //!
 //! Both give the same bits as the unfused kernels (kernels/cuda/gemv.cu says how), so a row's
 //! result does not depend on whether it ran fused. Used only at one row in the default mode
@@ -24,16 +26,29 @@ use super::tensor::{DTensor, DType};
 pub const FUSE_NORM: u8 = 1;
 /// Fuse RoPE + the K/V pool write into the single-row qkv projection (needs [`FUSE_NORM`]).
 pub const FUSE_ROPE: u8 = 2;
+/// Fuse SiLU-mul into the single-row gate_up projection (needs [`FUSE_NORM`]).
+pub const FUSE_SILU: u8 = 4;
 
 static FUSION: AtomicU8 = AtomicU8::new(u8::MAX);
 
-/// The fusion flags from `STRATA_FUSE` (`0`/`none`/`off`: none; `norm`: [`FUSE_NORM`]; anything
-/// else: all).
+/// Every fusion.
+pub const FUSE_ALL: u8 = FUSE_NORM | FUSE_ROPE | FUSE_SILU;
+
+/// The fusion flags from `STRATA_FUSE` (`0`/`none`/`off`: none; `norm`: [`FUSE_NORM`];
+/// `norm,rope` / `norm,silu`: those; anything else: all).
 pub fn fusion_from(env: Option<&str>) -> u8 {
-    match env.map(|v| v.trim().to_ascii_lowercase()).as_deref() {
+    let v = env.map(|v| v.trim().to_ascii_lowercase());
+    match v.as_deref() {
         Some("0" | "none" | "off" | "false") => 0,
-        Some("norm") => FUSE_NORM,
-        _ => FUSE_NORM | FUSE_ROPE,
+        Some(list) if list.starts_with("norm") => list.split(',').fold(0, |f, p| {
+            f | match p.trim() {
+                "norm" => FUSE_NORM,
+                "rope" => FUSE_ROPE,
+                "silu" => FUSE_SILU,
+                _ => 0,
+            }
+        }),
+        _ => FUSE_ALL,
     }
 }
 
@@ -67,6 +82,17 @@ pub struct NormIn<'a> {
     pub eps: f32,
 }
 
+/// What a fused single-row projection does with its output.
+#[derive(Clone, Copy)]
+pub enum Epilogue<'a> {
+    /// Store the projection.
+    Store,
+    /// The qkv projection: RoPE + the K/V pool write.
+    Rope(&'a RopeKv<'a>),
+    /// The gate_up projection [2 * inter rows]: write act [1, inter] = silu(gate) * up.
+    SiluMul(&'a DTensor),
+}
+
 /// RoPE + the K/V pool write of a fused qkv row (the arguments of `CudaOps::rope_kv_write` with
 /// q, k and v at columns 0, n_q * head_dim and (n_q + n_kv) * head_dim).
 pub struct RopeKv<'a> {
@@ -91,24 +117,29 @@ pub struct RopeKv<'a> {
 }
 
 impl Gemm {
-    /// out [1, out] = (rmsnorm(y + resid) * norm weight) * w^T in one kernel, with RoPE + the
-    /// K/V write when `rope` is given (out is then the qkv row). `Ok(false)`: not applicable
-    /// (more than one row, batch-invariant mode, fusion off, shapes or alignment): nothing ran
-    /// and the caller runs the separate kernels.
+    /// out [1, out] = (rmsnorm(y + resid) * norm weight) * w^T in one kernel, with the
+    /// epilogue `epi` (RoPE + K/V write: out is the qkv row; SiLU-mul: the result goes to the
+    /// epilogue's act tensor and `out` is not written). `Ok(false)`: not applicable (more than one
+    /// row, batch-invariant mode, fusion off, shapes or alignment): nothing ran and the caller
+    /// runs the separate kernels.
     pub fn norm_linear_t1(
         &self,
         ops: &CudaOps,
         norm: &NormIn<'_>,
         w: &DTensor,
         out: &DTensor,
-        rope: Option<&RopeKv<'_>>,
+        epi: Epilogue<'_>,
     ) -> Result<bool> {
         let flags = fusion();
         let (n, k) = (w.shape()[0], *w.shape().get(1).unwrap_or(&0));
         let aligned = |t: &DTensor| t.ptr() % 16 == 0;
+        let wanted = match epi {
+            Epilogue::Store => FUSE_NORM,
+            Epilogue::Rope(_) => FUSE_NORM | FUSE_ROPE,
+            Epilogue::SiluMul(_) => FUSE_NORM | FUSE_SILU,
+        };
         if self.deterministic()
-            || flags & FUSE_NORM == 0
-            || (rope.is_some() && flags & FUSE_ROPE == 0)
+            || flags & wanted != wanted
             || norm.resid.shape() != [1, k]
             || k > GEMV_T1_MAX_IN
             || k % 8 != 0
@@ -162,15 +193,24 @@ impl Gemm {
             Arg::I32(n as i32),
             Arg::I32(k as i32),
         ];
-        let f = match rope {
-            None => {
+        let f = match epi {
+            Epilogue::Store => {
                 ensure(matches!(out.dtype(), DType::Bf16 | DType::F32), || {
                     format!("out: bf16 or f32, got {:?}", out.dtype())
                 })?;
                 args.push(Arg::I32((out.dtype() == DType::F32) as i32));
                 self.gemv_t1_norm()
             }
-            Some(r) => {
+            Epilogue::SiluMul(act) => {
+                ensure(n % 8 == 0, || {
+                    format!("fused gate_up + SiLU: {n} rows, a multiple of 8 expected")
+                })?;
+                ctx.check_device("act", act)?;
+                act.expect("act", DType::Bf16, &[1, n / 2])?;
+                args[7] = Arg::U64(act.ptr());
+                self.gemv_t1_norm_silu()
+            }
+            Epilogue::Rope(r) => {
                 let hd = r.head_dim;
                 ensure(
                     n == (r.n_q + 2 * r.n_kv) * hd && hd % 8 == 0 && r.n_kv > 0,
@@ -223,7 +263,8 @@ impl Gemm {
 
 /// The residual stream of a forward over two buffers, and the norm + projection steps that
 /// read it: fused at one row ([`Gemm::norm_linear_t1`], which writes the new residual to the
-/// other buffer), else `rmsnorm` (in place) then the GEMM.
+/// other buffer), else `rmsnorm` (in place) then the GEMM. An epilogue that cannot fuse is
+/// dropped before the norm is (RoPE or SiLU alone off: norm + plain store).
 pub struct Resid<'a> {
     bufs: [&'a DTensor; 2],
     cur: usize,
@@ -244,8 +285,9 @@ impl<'a> Resid<'a> {
     }
 
     /// resid += y (when given); out = (rmsnorm(resid) * norm) * w^T, with `h` as the unfused
-    /// path's scratch. `rope`: also RoPE + K/V write when that fuses; returns whether it did
-    /// (if not, the caller runs `rope_kv_write`).
+    /// path's scratch. Returns whether the epilogue `epi` ran fused (RoPE + K/V write done, or
+    /// act written instead of out); if not, out holds the plain projection and the caller runs
+    /// `rope_kv_write` / the SiLU itself.
     #[allow(clippy::too_many_arguments)]
     pub fn norm_linear(
         &mut self,
@@ -257,7 +299,7 @@ impl<'a> Resid<'a> {
         h: &DTensor,
         w: &DTensor,
         out: &DTensor,
-        rope: Option<&RopeKv<'_>>,
+        epi: Epilogue<'_>,
     ) -> Result<bool> {
         let (cur, other) = (self.bufs[self.cur], self.bufs[1 - self.cur]);
         if h.shape()[0] == 1 {
@@ -268,11 +310,11 @@ impl<'a> Resid<'a> {
                 weight: norm,
                 eps,
             };
-            if rope.is_some() && gemm.norm_linear_t1(ops, &input, w, out, rope)? {
+            if !matches!(epi, Epilogue::Store) && gemm.norm_linear_t1(ops, &input, w, out, epi)? {
                 self.flip(y.is_some());
                 return Ok(true);
             }
-            if gemm.norm_linear_t1(ops, &input, w, out, None)? {
+            if gemm.norm_linear_t1(ops, &input, w, out, Epilogue::Store)? {
                 self.flip(y.is_some());
                 return Ok(false);
             }
@@ -311,10 +353,12 @@ mod tests {
 
     #[test]
     fn fusion_flags_from_env() {
-        assert_eq!(fusion_from(None), FUSE_NORM | FUSE_ROPE);
+        assert_eq!(fusion_from(None), FUSE_ALL);
         assert_eq!(fusion_from(Some("0")), 0);
         assert_eq!(fusion_from(Some(" None ")), 0);
         assert_eq!(fusion_from(Some("norm")), FUSE_NORM);
-        assert_eq!(fusion_from(Some("all")), FUSE_NORM | FUSE_ROPE);
+        assert_eq!(fusion_from(Some("norm,silu")), FUSE_NORM | FUSE_SILU);
+        assert_eq!(fusion_from(Some("norm, rope")), FUSE_NORM | FUSE_ROPE);
+        assert_eq!(fusion_from(Some("all")), FUSE_ALL);
     }
 }

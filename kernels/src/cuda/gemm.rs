@@ -73,6 +73,7 @@ pub struct Gemm {
     gemv_t1_silu: CudaFunction,
     gemv_t1_norm: CudaFunction,
     gemv_t1_norm_rope: CudaFunction,
+    gemv_t1_norm_silu: CudaFunction,
     gemv_max_rows: usize,
     lt: Option<super::gemm_lt::GemmLt>,
     deterministic: bool,
@@ -92,6 +93,7 @@ impl Gemm {
         let gemv_t1_silu = ctx.function(Program::Gemv, "gemv_bf16_t1_silu")?;
         let gemv_t1_norm = ctx.function(Program::Gemv, "gemv_bf16_t1_norm")?;
         let gemv_t1_norm_rope = ctx.function(Program::Gemv, "gemv_bf16_t1_norm_rope")?;
+        let gemv_t1_norm_silu = ctx.function(Program::Gemv, "gemv_bf16_t1_norm_silu")?;
         let lt = match super::gemm_lt::GemmLt::new(ctx.clone()) {
             Ok(l) => Some(l),
             Err(e) => {
@@ -108,6 +110,7 @@ impl Gemm {
             gemv_t1_silu,
             gemv_t1_norm,
             gemv_t1_norm_rope,
+            gemv_t1_norm_silu,
             lt,
             gemv_max_rows: 1,
             deterministic: false,
@@ -149,6 +152,11 @@ impl Gemm {
     /// The fused norm + single-row qkv GEMV + RoPE / K/V write kernel (`fused.rs`).
     pub(super) fn gemv_t1_norm_rope(&self) -> &CudaFunction {
         &self.gemv_t1_norm_rope
+    }
+
+    /// The fused norm + single-row gate_up GEMV + SiLU-mul kernel (`fused.rs`).
+    pub(super) fn gemv_t1_norm_silu(&self) -> &CudaFunction {
+        &self.gemv_t1_norm_silu
     }
 
     /// Whether batch-invariant mode is on.

@@ -11,7 +11,7 @@ use cudarc::driver::CudaGraph;
 
 use super::attention::{AttnPlan, AttnShape};
 use super::error::Result;
-use super::fused::{Resid, RopeKv};
+use super::fused::{Epilogue, Resid, RopeKv};
 use super::gemm::Gemm;
 use super::ops::CudaOps;
 use super::tensor::{DTensor, DType};
@@ -289,7 +289,7 @@ impl LlamaModel {
                 &ws.h,
                 &l.qkv,
                 &ws.qkv,
-                Some(&rope),
+                Epilogue::Rope(&rope),
             )?;
             mark(if roped {
                 "norm+qkv+rope_kv"
@@ -326,7 +326,7 @@ impl LlamaModel {
             mark("attention")?;
             gemm.linear(&ws.attn, &l.o, &ws.y)?;
             mark("o")?;
-            resid.norm_linear(
+            let act = resid.norm_linear(
                 ops,
                 gemm,
                 Some(&ws.y),
@@ -335,10 +335,16 @@ impl LlamaModel {
                 &ws.h,
                 &l.gate_up,
                 &ws.gu,
-                None,
+                Epilogue::SiluMul(&ws.act),
             )?;
-            mark("norm+gate_up")?;
-            if !gemm.silu_linear_t1(&ws.gu, &l.down, &ws.y)? {
+            mark(if act {
+                "norm+gate_up+silu"
+            } else {
+                "norm+gate_up"
+            })?;
+            if act {
+                gemm.linear(&ws.act, &l.down, &ws.y)?;
+            } else if !gemm.silu_linear_t1(&ws.gu, &l.down, &ws.y)? {
                 ops.silu_mul(&ws.gu, &ws.act)?;
                 gemm.linear(&ws.act, &l.down, &ws.y)?;
             }
@@ -355,7 +361,7 @@ impl LlamaModel {
                 &ws.h,
                 &self.lm_head,
                 &ws.logits,
-                None,
+                Epilogue::Store,
             )?;
             return mark("norm+lm_head");
         }

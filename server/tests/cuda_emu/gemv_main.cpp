@@ -1,9 +1,9 @@
 // Runs the fused single-row GEMV kernels of kernels/cuda/gemv.cu (gemv_bf16_t1_norm,
-// gemv_bf16_t1_norm_rope) under shim.h next to the kernels they replace (rmsnorm, gemv_bf16_t1,
-// rope_kv_write from elementwise.cu) on the same seeded inputs, and counts outputs whose bits
+// gemv_bf16_t1_norm_rope, gemv_bf16_t1_norm_silu) under shim.h next to the kernels they replace
+// (rmsnorm, gemv_bf16_t1, rope_kv_write and silu_mul from elementwise.cu) on the same seeded inputs, and counts outputs whose bits
 // differ. `gemv_src.cu` / `elementwise_src.cu` are the kernel sources with dynamic shared memory
 // made static (the test harness writes them). Usage: gemv_emu K NQ NKV HD ADD SLOT SEED.
-// Prints "qkv D, pools D, resid D, norm_gemv D, norm_gemv_f32 D" (D = differing values).
+// Prints "qkv D, pools D, resid D, norm_gemv D, norm_gemv_f32 D, silu D" (D = differing values).
 #include "shim.h"
 #include <cstdio>
 #include <cstdlib>
@@ -35,7 +35,9 @@ int main(int argc, char** argv) {
     const int n = (nq + 2 * nkv) * hd, kv_dim = nkv * hd, slots = 8, nm = 64;
     const float eps = 1e-5f;
     auto y = bf_vec(k, 2.f), res = bf_vec(k, 2.f), nw = bf_vec(k, 1.5f);
+    const int inter = 36;
     auto w = bf_vec((size_t)n * k, 0.05f), wm = bf_vec((size_t)nm * k, 0.05f);
+    auto wg = bf_vec((size_t)2 * inter * k, 0.05f);
     auto pool = bf_vec((size_t)slots * kv_dim, 1.f);
     std::vector<float> inv(hd / 2);
     for (int i = 0; i < hd / 2; ++i) inv[i] = std::pow(500000.f, -2.f * i / hd);
@@ -45,6 +47,7 @@ int main(int argc, char** argv) {
     // extra f32 and bf16 output for the norm-only kernel.
     std::vector<bf16_t> r_a = res, h(k), qkv_a(n), kp_a = pool, vp_a = pool, m_a(nm);
     std::vector<float> mf_a(nm);
+    std::vector<bf16_t> gu_a(2 * inter), act_a(inter);
     {
         bf16_t *Y = y.data(), *R = r_a.data(), *NW = nw.data(), *H = h.data();
         launch(1, nvt, [=] { rmsnorm(add ? Y : R, add ? R : nullptr, NW, H, k, eps); });
@@ -53,6 +56,9 @@ int main(int argc, char** argv) {
         launch((n + 7) / 8, 256, [=] { gemv_bf16_t1(H, W, Q, n, k, 0); });
         launch((nm + 7) / 8, 256, [=] { gemv_bf16_t1(H, WM, M, nm, k, 0); });
         launch((nm + 7) / 8, 256, [=] { gemv_bf16_t1(H, WM, MF, nm, k, 1); });
+        bf16_t *WG = wg.data(), *GU = gu_a.data(), *ACT = act_a.data();
+        launch(2 * inter / 8, 256, [=] { gemv_bf16_t1(H, WG, GU, 2 * inter, k, 0); });
+        launch(1, 64, [=] { silu_mul(GU, ACT, inter); });
         int *P = &pos, *S = &sl;
         float* I = inv.data();
         bf16_t *KP = kp_a.data(), *VP = vp_a.data();
@@ -63,6 +69,7 @@ int main(int argc, char** argv) {
     // Fused.
     std::vector<bf16_t> r_in = res, r_out(k, 0x7fff), qkv_b(n, 0x7fff), kp_b = pool, vp_b = pool, m_b(nm);
     std::vector<float> mf_b(nm);
+    std::vector<bf16_t> act_b(inter, 0x7fff);
     {
         bf16_t *Y = add ? y.data() : nullptr, *RI = r_in.data(), *RO = add ? r_out.data() : nullptr;
         bf16_t *NW = nw.data(), *W = w.data(), *Q = qkv_b.data(), *WM = wm.data(), *M = m_b.data();
@@ -74,9 +81,13 @@ int main(int argc, char** argv) {
         });
         launch((nm + 7) / 8, 256, [=] { gemv_bf16_t1_norm(Y, RI, RO, NW, eps, nvt, WM, M, nm, k, 0); });
         launch((nm + 7) / 8, 256, [=] { gemv_bf16_t1_norm(Y, RI, RO, NW, eps, nvt, WM, MF, nm, k, 1); });
+        bf16_t *WG = wg.data(), *ACT = act_b.data();
+        launch(2 * inter / 8, 256,
+               [=] { gemv_bf16_t1_norm_silu(Y, RI, RO, NW, eps, nvt, WG, ACT, 2 * inter, k); });
     }
     size_t dr = add ? differing(r_out, r_a) : differing(r_in, res);
-    printf("qkv %zu, pools %zu, resid %zu, norm_gemv %zu, norm_gemv_f32 %zu\n", differing(qkv_b, qkv_a),
-           differing(kp_b, kp_a) + differing(vp_b, vp_a), dr, differing(m_b, m_a), differing(mf_b, mf_a));
+    printf("qkv %zu, pools %zu, resid %zu, norm_gemv %zu, norm_gemv_f32 %zu, silu %zu\n",
+           differing(qkv_b, qkv_a), differing(kp_b, kp_a) + differing(vp_b, vp_a), dr,
+           differing(m_b, m_a), differing(mf_b, mf_a), differing(act_b, act_a));
     return 0;
 }

@@ -28,7 +28,7 @@ use crate::kv::{HostKvPool, PageId};
 use load::Bf16Map;
 use std::path::Path;
 use std::sync::Arc;
-use strata_kernels::cuda::fused::{Resid, RopeKv};
+use strata_kernels::cuda::fused::{Epilogue, Resid, RopeKv};
 use strata_kernels::cuda::{
     AttnPlan, AttnSeq, AttnShape, CudaError, CudaOps, DTensor, DType, Gemm, GpuContext, PlanOpts,
 };
@@ -411,7 +411,11 @@ impl CudaRunner {
                 &a.h,
                 &l.qkv,
                 &a.qkv,
-                plain.then_some(&rope),
+                if plain {
+                    Epilogue::Rope(&rope)
+                } else {
+                    Epilogue::Store
+                },
             )?;
             if l.qkv_bias.is_some() || l.qk_norm.is_some() {
                 let qn = l.qk_norm.as_ref().map(|(q, k)| (q, k));
@@ -449,7 +453,7 @@ impl CudaRunner {
                 ops.paged_attention(&p.plan, &q, 0, &kv.k[li], &kv.v[li], &o, scale)?;
             }
             gemm.linear(&a.attn, &l.o, &a.y)?;
-            resid.norm_linear(
+            let act = resid.norm_linear(
                 ops,
                 gemm,
                 Some(&a.y),
@@ -458,9 +462,11 @@ impl CudaRunner {
                 &a.h,
                 &l.gate_up,
                 &a.gu,
-                None,
+                Epilogue::SiluMul(&a.act),
             )?;
-            if !gemm.silu_linear_t1(&a.gu, &l.down, &a.y)? {
+            if act {
+                gemm.linear(&a.act, &l.down, &a.y)?;
+            } else if !gemm.silu_linear_t1(&a.gu, &l.down, &a.y)? {
                 ops.silu_mul(&a.gu, &a.act)?;
                 gemm.linear(&a.act, &l.down, &a.y)?;
             }
@@ -478,7 +484,7 @@ impl CudaRunner {
                     &a.h,
                     head,
                     logits,
-                    None,
+                    Epilogue::Store,
                 )?;
             } else {
                 resid.norm(ops, Some(&a.y), &self.norm, eps, &a.h)?;

@@ -681,9 +681,12 @@ fn gemv_breakdown(
                     eps: 1e-5,
                 };
                 let f = fused::fusion();
-                fused::set_fusion(fused::FUSE_NORM | fused::FUSE_ROPE);
+                fused::set_fusion(fused::FUSE_ALL);
                 let fused_ms = gpu_ms(c, false, 3, 20, || {
-                    anyhow::ensure!(gemm.norm_linear_t1(ops, &input, &w, &y, None)?, "refused");
+                    anyhow::ensure!(
+                        gemm.norm_linear_t1(ops, &input, &w, &y, fused::Epilogue::Store)?,
+                        "refused"
+                    );
                     Ok(())
                 });
                 fused::set_fusion(f);

@@ -1,12 +1,12 @@
 //! `strata gpu check` cases of the fused single-row decode kernels (kernels `fused.rs`):
-//! `gemv_bf16_t1_norm` (residual add + RMSNorm + GEMV) and `gemv_bf16_t1_norm_rope` (the same
-//! with RoPE + the K/V pool write), against the CPU reference (bf16 tolerance) and bitwise against
-//! the separate kernels they replace (rmsnorm, gemv_bf16_t1, rope_kv_write), for the Llama-3.2-1B
+//! `gemv_bf16_t1_norm` (residual add + RMSNorm + GEMV), `gemv_bf16_t1_norm_rope` (the same
+//! with RoPE + the K/V pool write) and `gemv_bf16_t1_norm_silu` (with SiLU-mul), against the CPU reference (bf16 tolerance) and bitwise against
+//! the separate kernels they replace (rmsnorm, gemv_bf16_t1, rope_kv_write, silu_mul), for the Llama-3.2-1B
 //! and Llama-3.1-8B shapes and an odd one (head_dim 96), with and without the residual add, with
 //! a pool slot and with slot -1 (no write).
 
 use rand::Rng;
-use strata_kernels::cuda::fused::{NormIn, RopeKv};
+use strata_kernels::cuda::fused::{Epilogue, NormIn, RopeKv};
 use strata_kernels::cuda::{CudaOps, DType, Gemm, GemmPath};
 use strata_kernels::reference as r;
 
@@ -24,11 +24,11 @@ fn bits_differing(a: &[f32], b: &[f32]) -> usize {
 
 pub fn fused_t1(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Result<()> {
     let c = ops.context();
-    // (hidden, q heads, kv heads, head_dim, gate_up-like out rows)
-    for (h, nh, nkv, hd, n_mlp) in [
-        (2048, 32, 8, 64, 2048),
-        (4096, 32, 8, 128, 3000),
-        (1152, 6, 2, 96, 777),
+    // (hidden, q heads, kv heads, head_dim, plain out rows, gate_up inter)
+    for (h, nh, nkv, hd, n_mlp, inter) in [
+        (2048, 32, 8, 64, 2048, 1024),
+        (4096, 32, 8, 128, 3000, 1500),
+        (1152, 6, 2, 96, 777, 388),
     ] {
         let qkv_n = (nh + 2 * nkv) * hd;
         let kv_dim = nkv * hd;
@@ -41,12 +41,14 @@ pub fn fused_t1(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Result<
             let nw = ck.bf16_vec(h, 1.5);
             let wq = ck.bf16_vec(qkv_n * h, 1.0 / (h as f32).sqrt());
             let wm = ck.bf16_vec(n_mlp * h, 1.0 / (h as f32).sqrt());
+            let wg = ck.bf16_vec(2 * inter * h, 1.0 / (h as f32).sqrt());
             let pool0 = ck.bf16_vec(slots * kv_dim, 1.0);
             let pos: i32 = ck.rng.random_range(0..9000);
             let (gy, gnw) = (c.upload_bf16(&[1, h], &y)?, c.upload_bf16(&[h], &nw)?);
-            let (gwq, gwm) = (
+            let (gwq, gwm, gwg) = (
                 c.upload_bf16(&[qkv_n, h], &wq)?,
                 c.upload_bf16(&[n_mlp, h], &wm)?,
+                c.upload_bf16(&[2 * inter, h], &wg)?,
             );
             let gp = c.upload_i32(&[1], &[pos])?;
             let gs = c.upload_i32(&[1], &[slot])?;
@@ -63,6 +65,7 @@ pub fn fused_t1(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Result<
             r::rope(&mut qkv_ref, qkv_n, 0, nh, hd, &[pos], &inv);
             r::rope(&mut qkv_ref, qkv_n, nh * hd, nkv, hd, &[pos], &inv);
             let mlp_ref = r::linear(&hn, &wm, h);
+            let act_ref = r::silu_mul(&r::round_bf16(&r::linear(&hn, &wg, h)), inter);
             // Fused, then unfused, from the same inputs.
             let mut runs = Vec::new();
             for fused in [true, false] {
@@ -72,7 +75,9 @@ pub fn fused_t1(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Result<
                 let vp = c.upload_bf16(&[slots, kv_dim], &pool0)?;
                 let qkv = c.alloc(DType::Bf16, &[1, qkv_n])?;
                 let mlp = c.alloc(DType::Bf16, &[1, n_mlp])?;
-                for t in [&r_out, &qkv, &mlp] {
+                let gu = c.alloc(DType::Bf16, &[1, 2 * inter])?;
+                let act = c.alloc(DType::Bf16, &[1, inter])?;
+                for t in [&r_out, &qkv, &mlp, &act] {
                     c.memset(t, 0xff)?;
                 }
                 let rope = RopeKv {
@@ -94,13 +99,18 @@ pub fn fused_t1(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Result<
                         weight: &gnw,
                         eps: 1e-5,
                     };
+                    // The qkv kernel writes resid_out; the others write the same values again.
                     anyhow::ensure!(
-                        gemm.norm_linear_t1(ops, &input, &gwq, &qkv, Some(&rope))?,
+                        gemm.norm_linear_t1(ops, &input, &gwq, &qkv, Epilogue::Rope(&rope))?,
                         "fused qkv refused for {tag}"
                     );
                     anyhow::ensure!(
-                        gemm.norm_linear_t1(ops, &input, &gwm, &mlp, None)?,
+                        gemm.norm_linear_t1(ops, &input, &gwm, &mlp, Epilogue::Store)?,
                         "fused norm GEMV refused for {tag}"
+                    );
+                    anyhow::ensure!(
+                        gemm.norm_linear_t1(ops, &input, &gwg, &gu, Epilogue::SiluMul(&act))?,
+                        "fused gate_up + SiLU refused for {tag}"
                     );
                 } else {
                     let hb = c.alloc(DType::Bf16, &[1, h])?;
@@ -126,6 +136,8 @@ pub fn fused_t1(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Result<
                         &[slot],
                     )?;
                     gemm.linear_with(&hb, &gwm, &mlp, GemmPath::GemvT1)?;
+                    gemm.linear_with(&hb, &gwg, &gu, GemmPath::GemvT1)?;
+                    ops.silu_mul(&gu, &act)?;
                 }
                 let resid_now = if fused && add { &r_out } else { &r_in };
                 runs.push([
@@ -134,6 +146,7 @@ pub fn fused_t1(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Result<
                     c.download_f32(&kp)?,
                     c.download_f32(&vp)?,
                     c.download_f32(resid_now)?,
+                    c.download_f32(&act)?,
                 ]);
             }
             let f = &runs[0];
@@ -147,6 +160,12 @@ pub fn fused_t1(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Result<
                 "fused_t1",
                 format!("norm+gemv {tag}"),
                 r::rel_err(&f[1], &mlp_ref),
+                BF16_TOL,
+            );
+            ck.rel(
+                "fused_t1",
+                format!("norm+gate_up+silu inter{inter} {tag}"),
+                r::rel_err(&f[5], &act_ref),
                 BF16_TOL,
             );
             // Pools: the K and V rows of the slot are the rotated k / the v of the row; the rest
@@ -171,7 +190,7 @@ pub fn fused_t1(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Result<
                     1e-6,
                 );
             }
-            let differing: usize = (0..5)
+            let differing: usize = (0..6)
                 .map(|i| bits_differing(&runs[0][i], &runs[1][i]))
                 .sum();
             ck.exact(
