@@ -1,6 +1,14 @@
 #!/usr/bin/env bash
 # PD KV transfer rate vs the raw copy rate of the same transport, side by side in one run (the
-# issue-15 target: transfer >= 0.7x raw), on this machine's CPU backend:
+# issue-15 target: transfer >= 0.7x raw), on this machine's CPU backend.
+#
+# Part 1 (always): `strata bench pd-transfer` — THROUGHPUT with N transfers in flight (CONC,
+# default 1,4,16) of prompts of each length in LENS, over the same-host path and TCP: the servers'
+# transfer code (bootstrap server in a child process over a KV pool, decode fetches landing in
+# pool pages) without the model, against the raw copy of the same bytes over the same transport
+# with the same concurrency, plus the per-transfer breakdown (waiting / moving / ACK).
+#
+# Part 2 (SERVERS=1): real servers, one transfer at a time:
 #  - four PD pairs behind four Strata routers: {same-host path, TCP forced (STRATA_SAME_HOST=0)}
 #    x {pages sent from the KV pool (the default), staged (STRATA_PD_POOL=0: copied into a
 #    staging pool first, the path before zero-staging)};
@@ -12,10 +20,16 @@
 #  - then the raw copy of one transfer's bytes over each transport, warm rounds on one
 #    connection (`strata bench store --role cma-copy` / `--role tcp-copy`), and the same-host copy
 #    again from memory rather than the caches (`--cold`: a different buffer pair each round).
-# Usage: scripts/bench-pd-transfer.sh [strata binary]; env SIZE (small), LENS ("1024 2000"),
-# ROUNDS (12).
+# Usage: scripts/bench-pd-transfer.sh [strata binary]; env SIZE (small), LENS ("1024 2048"),
+# ROUNDS (12), CONC ("1,4,16"), SERVERS (0).
 set -euo pipefail
 BIN=${1:-${CARGO_TARGET_DIR:-target}/release/strata}
+echo "## KV transfer throughput, N in flight, vs the raw copy of the transport (strata bench pd-transfer)"
+for plen in ${LENS:-1024 2048}; do
+  "$BIN" bench pd-transfer --tokens $plen --concurrency ${CONC:-1,4,16} --rounds ${ROUNDS:-12}
+done
+[ "${SERVERS:-0}" = 1 ] || exit 0
+echo "## real servers, one transfer at a time"
 SIZE=${SIZE:-small}
 WORK=$(mktemp -d)
 PIDS=()
@@ -42,7 +56,7 @@ for p in "${PAIRS[@]}"; do
     --decode http://127.0.0.1:$dp --port $rp --prometheus-port $((rp + 100)) --log-level warn
 done
 echo "# model $SIZE, page 64, $(nproc) CPUs, load before: $(cut -d' ' -f1-3 /proc/loadavg)"
-python3 - "${ROUNDS:-12}" "${LENS:-1024 2000}" "$WORK" <<'PY'
+python3 - "${ROUNDS:-12}" "${LENS:-1024 2048}" "$WORK" <<'PY'
 import json, random, statistics, sys, urllib.request
 rng = random.Random(5)
 pairs = {"shm-pool": (30810, 30802, 30803), "tcp-pool": (30811, 30804, 30805),
@@ -84,7 +98,7 @@ for plen in lens:
 json.dump(sizes, open(f"{work}/sizes.json", "w"))
 PY
 echo "## raw copies of one transfer's bytes, 9 warm rounds on one connection / buffer pair (median of rounds 2-9)"
-for plen in ${LENS:-1024 2000}; do
+for plen in ${LENS:-1024 2048}; do
   MB=$(python3 -c "import json; print(max(1, round(json.load(open('$WORK/sizes.json'))['$plen'] / 2**20)))")
   printf "%5d tokens (%s MiB): " $plen $MB
   "$BIN" bench store --role cma-copy --copy-mb $MB --batch-bytes-mb 1 --rounds 9 2> /dev/null | tail -n 1 | tr -s ' '

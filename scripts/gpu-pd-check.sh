@@ -12,7 +12,11 @@
 #  - KV transfer: which path each transfer took (CUDA IPC device to device / same-host copy /
 #    socket; staged through host memory or not), the time per transfer and its rate (the
 #    prefill's pd_transfer counters, header to acknowledgement), against the raw device-to-device
-#    copy of one transfer's bytes (`gpu bench --only pd-copy`) and the TCP loopback copy rate;
+#    copy of one transfer's bytes (`gpu bench --only pd-copy`, which also times the decode's
+#    pool-to-pool copy kernel alone) and the TCP loopback copy rate;
+#  - KV transfer throughput with 1, 4 and 16 transfers in flight (concurrent 2K-token prompts):
+#    the decode's received bytes over the wall time with at least one transfer between header
+#    and ACK, against the same raw d2d memcpy rate;
 #  - decode ITL under mixed load (4 decode streams while 8K-token prefills arrive), PD vs colocated.
 # Usage: scripts/gpu-pd-check.sh [OUTDIR]; env STRATA, SIZES ("llama-3.2-1b llama-3.1-8b"),
 # PD_IPC (1; 0 runs the pair with STRATA_PD_IPC=0: the staged path, for comparison).
@@ -106,6 +110,36 @@ import re
 b, t, n = float('${SEL_B:-0}' or 0), float('${SEL_T:-0}' or 0), max(float('${SEL_N:-0}' or 0), 1)
 m = re.search(r'raw d2d memcpy ([0-9.]+) ms', open('$OUTDIR/pd-copy-$size.txt').read())
 if m and t > 0: print(f'## transfer / raw d2d copy of the same bytes: {float(m.group(1)) / (t / n * 1e3):.2f}x (target >= 0.7x)')"
+  echo "## KV transfer throughput with N in flight (N concurrent 2048-token prompts, 1 out; decode counters: bytes / wall time with >= 1 transfer between header and ACK), vs the raw d2d memcpy above"
+  python3 - "$OUTDIR/pd-copy-$size.txt" <<'PY' 2>&1 | tee "$OUTDIR/pd-throughput-$size.txt"
+import json, random, re, sys, urllib.request
+from concurrent.futures import ThreadPoolExecutor
+m = re.search(r'raw d2d memcpy [0-9.]+ ms = ([0-9.]+) GB/s', open(sys.argv[1]).read() if sys.argv[1] else '')
+raw = float(m.group(1)) if m else 0.0
+rng = random.Random(17)
+def metrics():
+    t = urllib.request.urlopen("http://127.0.0.1:32103/metrics").read().decode()
+    v = {l.split()[0]: float(l.split()[1]) for l in t.splitlines() if l.startswith("sglang:pd_")}
+    g = lambda k: v.get("sglang:" + k, 0.0)
+    return [g("pd_received_bytes_total"), g("pd_receive_busy_seconds_total"), g("pd_received_transfers_total"),
+            g("pd_receive_seconds_total"), g("pd_received_cuda_ipc_total")]
+def ask(_):
+    ids = [rng.randrange(10, 120000) for _ in range(2048)]
+    r = urllib.request.urlopen(urllib.request.Request("http://127.0.0.1:32110/generate",
+        data=json.dumps({"input_ids": ids, "sampling_params": {"temperature": 0, "max_new_tokens": 1}}).encode()), timeout=300)
+    return json.loads(r.read())["meta_info"]["finish_reason"]["type"] != "abort"
+for c in (1, 4, 16):
+    for attempt in range(2):  # the first opens the connections (their first transfer is staged)
+        before = metrics()
+        with ThreadPoolExecutor(c) as ex:
+            ok = sum(ex.map(ask, range(c)))
+        d = [a - b for a, b in zip(metrics(), before)]
+    b, busy, n, secs, ipc = d
+    rate = b / busy / 1e9 if busy > 0 else 0.0
+    ratio = f"{rate / raw:.3f}x the raw d2d memcpy ({raw:.0f} GB/s)" if raw else "no raw rate"
+    print(f"{c:2d} in flight: {ok}/{c} ok, {n:.0f} transfers ({ipc:.0f} CUDA IPC), {b / max(n, 1) / 1e6:.1f} MB each, "
+          f"aggregate {rate:.2f} GB/s = {ratio}; per transfer {secs / max(n, 1) * 1e3:.2f} ms header to ACK")
+PY
   MB=$(python3 -c "print(max(1, round(float('${B:-0}' or 0) / max(float('${N:-0}' or 0), 1) / 1048576)))")
   "$STRATA" bench store --role tcp-copy --copy-mb $MB --batch-bytes-mb $MB 2> /dev/null | tail -n 1
   echo "## decode ITL under mixed load (decode: 128 in / 128 out x 4 at a time; prefills: 8192 in / 1 out x 2)"

@@ -80,6 +80,11 @@ pub struct Stats {
     pub pd_recv_micros: AtomicU64,
     /// PD decode side: received transfers copied device to device (CUDA IPC).
     pub pd_recv_ipc: AtomicU64,
+    /// PD decode side: bytes received, and the wall time during which at least one transfer was
+    /// between its KV header and its acknowledgement (their ratio is the aggregate transfer rate
+    /// with several transfers in flight).
+    pub pd_recv_bytes: AtomicU64,
+    pub pd_recv_busy: BusyClock,
     /// PD decode side: tokens whose KV was queued for the L3 by decode offload.
     pub pd_offloaded_tokens: AtomicU64,
     /// Hierarchical cache counters (all zero when HiCache is off).
@@ -97,5 +102,74 @@ impl Stats {
     }
     pub fn add(v: &AtomicU64, x: u64) {
         v.fetch_add(x, Relaxed);
+    }
+}
+
+/// Wall time during which at least one of several overlapping activities ran.
+#[derive(Debug, Default)]
+pub struct BusyClock {
+    /// Activities running, and since when the count has been above zero.
+    state: parking_lot::Mutex<(u32, Option<std::time::Instant>)>,
+    micros: AtomicU64,
+}
+
+/// One running activity of a [`BusyClock`]; ends when dropped.
+pub struct Busy<'a>(&'a BusyClock);
+
+impl BusyClock {
+    /// Starts an activity.
+    pub fn enter(&self) -> Busy<'_> {
+        let mut g = self.state.lock();
+        if g.0 == 0 {
+            g.1 = Some(std::time::Instant::now());
+        }
+        g.0 += 1;
+        Busy(self)
+    }
+
+    /// Busy microseconds so far (an interval still open counts up to now).
+    pub fn micros(&self) -> u64 {
+        let g = self.state.lock();
+        let open =
+            g.1.filter(|_| g.0 > 0)
+                .map_or(0, |t| t.elapsed().as_micros() as u64);
+        self.micros.load(Relaxed) + open
+    }
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        let mut g = self.0.state.lock();
+        g.0 -= 1;
+        if g.0 == 0 {
+            if let Some(t) = g.1.take() {
+                self.0
+                    .micros
+                    .fetch_add(t.elapsed().as_micros() as u64, Relaxed);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod busy_tests {
+    use super::*;
+    use std::time::Duration;
+
+    /// Overlapping activities count their common wall time once; idle gaps do not count.
+    #[test]
+    fn overlapping_activities_count_once() {
+        let c = BusyClock::default();
+        let a = c.enter();
+        std::thread::sleep(Duration::from_millis(30));
+        let b = c.enter();
+        std::thread::sleep(Duration::from_millis(30));
+        drop(a);
+        std::thread::sleep(Duration::from_millis(30));
+        drop(b);
+        let busy = c.micros();
+        std::thread::sleep(Duration::from_millis(50)); // idle
+        assert_eq!(c.micros(), busy, "idle time counted");
+        assert!((90_000..200_000).contains(&busy), "{busy} us");
     }
 }

@@ -295,6 +295,18 @@ pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
             "Seconds from a received KV header to its acknowledgement (the copy or the socket read).",
             Stats::get(&s.pd_recv_micros) as f64 / 1e6,
         );
+        counter(
+            &mut o,
+            "pd_received_bytes",
+            "Bytes of the PD KV transfers this decode server received.",
+            Stats::get(&s.pd_recv_bytes),
+        );
+        gauge(
+            &mut o,
+            "pd_receive_busy_seconds_total",
+            "Wall seconds during which at least one received transfer was between its KV header and its acknowledgement (bytes / this = the aggregate rate with transfers in flight together).",
+            s.pd_recv_busy.micros() as f64 / 1e6,
+        );
     }
     if Stats::get(&s.pd_offloaded_tokens) > 0 {
         counter(

@@ -50,6 +50,19 @@ pub struct Dest {
     pub fence: Option<Fence>,
 }
 
+/// Where one transfer's time went, on the decode side.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Timing {
+    /// From the WANT to the KV header: waiting for the prefill's pages (its compute, its
+    /// wake-up, the header).
+    pub waited: std::time::Duration,
+    /// From the header to the bytes in place (the copy, or the socket read).
+    pub moved: std::time::Duration,
+    /// From the bytes in place to the acknowledgement sent.
+    pub acked: std::time::Duration,
+    pub bytes: u64,
+}
+
 /// The prompt's KV, received.
 pub struct Fetched {
     pub first_token: u32,
@@ -60,6 +73,7 @@ pub struct Fetched {
     /// The pool pages given with the fetch ([`Dest`]), the prompt's KV in them when the payload
     /// is `InPool`.
     pub pages: Option<Vec<crate::kv::Page>>,
+    pub timing: Timing,
 }
 
 /// Page geometry both sides must agree on.
@@ -262,7 +276,7 @@ fn fetch(
         r = ex.run(&mut link, &want, &mut staging, staging_pages);
     }
     match r {
-        Ok((h, dev)) => {
+        Ok((h, dev, timing)) => {
             links.give(addr, link);
             let payload = match dev {
                 Got::Device(d) => {
@@ -278,6 +292,7 @@ fn fetch(
             Ok(Fetched {
                 first_token: h.first_token,
                 first_logprobs: h.first_logprobs,
+                timing,
                 payload,
                 n_pages: staging_pages,
                 pages: dest.map(|d| d.pages),
@@ -322,7 +337,7 @@ impl Exchange<'_> {
         want: &Want,
         staging: &mut HostKvPool,
         n_pages: usize,
-    ) -> Result<(KvHeader, Got), Fail> {
+    ) -> Result<(KvHeader, Got, Timing), Fail> {
         let (cfg, links, addr) = (self.cfg, self.links, self.addr);
         let started = std::time::Instant::now();
         let mut want = want.clone();
@@ -410,6 +425,7 @@ impl Exchange<'_> {
             std::thread::sleep(cfg.test_stall);
         }
         let got_header = std::time::Instant::now();
+        let _busy = links.stats.pd_recv_busy.enter();
         let broke = |e: std::io::Error| {
             Fail::broken(format!("the prefill server broke off the KV transfer: {e}"))
         };
@@ -496,6 +512,7 @@ impl Exchange<'_> {
         // Pages copied out of the prefill's memory (not off the socket) are valid only if the
         // prefill still held them when the copy ended: it shuts the connection down before it
         // frees pages of a transfer it gave up on (no ACK in time).
+        let landed = std::time::Instant::now();
         if path != "the socket" && link.gave_up() {
             return Err(Fail::broken(
                 "the prefill server closed the connection before the KV transfer was acknowledged (it gave up or went away)".into(),
@@ -512,8 +529,15 @@ impl Exchange<'_> {
         link.wr
             .write_all(&[wire::ACK_OK])
             .map_err(|e| Fail::broken(e.to_string()))?;
+        let timing = Timing {
+            waited: got_header - started,
+            moved: landed - got_header,
+            acked: landed.elapsed(),
+            bytes: (n_pages * 2 * obj) as u64,
+        };
         let st = &links.stats;
         crate::stats::Stats::add(&st.pd_received, 1);
+        crate::stats::Stats::add(&st.pd_recv_bytes, timing.bytes);
         crate::stats::Stats::add(&st.pd_recv_micros, got_header.elapsed().as_micros() as u64);
         if via_ipc {
             crate::stats::Stats::add(&st.pd_recv_ipc, 1);
@@ -536,7 +560,7 @@ impl Exchange<'_> {
             None if into_pool => Got::InPool,
             None => Got::Staging,
         };
-        Ok((h, got))
+        Ok((h, got, timing))
     }
 
     /// The prefill's GPU pool `info`, opened (once per pool: the connection keeps it).
@@ -770,7 +794,7 @@ mod tests {
             dest_pages: None,
             fence: None,
         };
-        let (h, _) = ex
+        let (h, _, _) = ex
             .run(&mut link, &want, &mut staging, 3)
             .unwrap_or_else(|f| panic!("{}", f.msg));
         check(
@@ -780,6 +804,7 @@ mod tests {
                 payload: Payload::Host(staging),
                 n_pages: 3,
                 pages: None,
+                timing: Timing::default(),
             },
             room,
         );
@@ -954,7 +979,7 @@ mod tests {
                 dest_pages: None,
                 fence: None,
             };
-            let (h, got) = ex
+            let (h, got, _) = ex
                 .run(&mut link, &want, &mut st, pages.len())
                 .unwrap_or_else(|f| panic!("{}", f.msg));
             assert_eq!(matches!(got, Got::InPool), into);

@@ -5,6 +5,7 @@ use clap::Subcommand;
 mod copy;
 pub mod engine;
 mod multiturn;
+mod pd_transfer;
 pub mod serve;
 pub mod store;
 
@@ -16,6 +17,8 @@ pub enum BenchCommand {
     Store(store::Args),
     /// Online serving load against a server with the SGLang API (throughput, TTFT, ITL).
     Serve(Box<serve::Args>),
+    /// PD KV transfer throughput with N transfers in flight vs the raw copy of the transport.
+    PdTransfer(pd_transfer::Args),
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -23,5 +26,6 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Engine(a) => engine::run(a),
         BenchCommand::Store(a) => store::run(a),
         BenchCommand::Serve(a) => serve::run(*a),
+        BenchCommand::PdTransfer(a) => pd_transfer::run(a),
     }
 }

@@ -1,0 +1,524 @@
+//! `strata bench pd-transfer`: PD KV transfer throughput, prefill -> decode, against the raw copy
+//! rate of the same transport, measured in the same run (issue 15: transfer >= 0.7x raw).
+//!
+//! The transfer is the servers' own code without the model: a child process runs the prefill's
+//! bootstrap server ([`Registry`]) over a KV pool in its memory (the CPU runner's layout, filled
+//! with a known pattern), every room readied with a prompt's pages from that pool (a shuffled,
+//! pool-wide page order, so the bytes come from memory rather than the caches); this process is
+//! the decode ([`Fetcher`]), landing each transfer in pool pages of its own, as the decode server
+//! does (same-host path: `process_vm_readv` of one range per page and layer; TCP: the prefill's
+//! vectored writes from its pool into reads straight into the pool pages). With N transfers in
+//! flight (N fetches started together on N kept connections, `--concurrency`), the aggregate rate
+//! is the bytes of all N over the wall time until the last one was acknowledged; median over
+//! rounds, after a warm-up round that also opens the connections and checks the bytes.
+//!
+//! The raw copy of the same transport moves the same bytes with the same concurrency: same-host,
+//! N threads each `process_vm_readv`-ing one transfer's bytes out of the prefill child's pool in
+//! contiguous per-layer ranges into this process's pool; TCP, N loopback connections each sending
+//! one transfer's bytes in 1 MiB writes. Per transfer the decode's breakdown is printed: waiting
+//! (WANT to KV header: the prefill's wake-up and header), moving (header to bytes in place), ACK
+//! (bytes in place to the acknowledgement written).
+
+use std::io::{BufRead, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::sync::{mpsc, Arc};
+use std::time::{Duration, Instant};
+
+use clap::Args as ClapArgs;
+use rand::rngs::StdRng;
+use rand::seq::SliceRandom;
+use rand::SeedableRng;
+use serde_json::json;
+use strata_engine::AlignedBuf;
+use strata_server::kv::FreeList;
+use strata_server::pd::decode::{Dest, Fetcher, Geometry, Payload, Timing};
+use strata_server::pd::prefill::{Handoff, Pages, Registry, Share};
+use strata_server::pd::share::HostSpans;
+use strata_server::pd::{Bootstrap, Mode, PdConfig};
+use strata_server::stats::Stats;
+
+#[derive(ClapArgs)]
+pub struct Args {
+    /// Transfers in flight together (one table row each).
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+    concurrency: Vec<usize>,
+    /// Prompt tokens per transfer.
+    #[arg(long, default_value_t = 2048)]
+    tokens: usize,
+    #[arg(long, default_value_t = 64)]
+    page_size: usize,
+    /// Model layers (default: the `small` made model).
+    #[arg(long, default_value_t = 6)]
+    layers: usize,
+    /// KV values per token and layer (KV heads x head dim).
+    #[arg(long, default_value_t = 128)]
+    kv_dim: usize,
+    /// Bytes per KV value (4: the CPU runner's f32).
+    #[arg(long, default_value_t = 4)]
+    elem: usize,
+    /// Measured rounds per row (after one warm-up round).
+    #[arg(long, default_value_t = 5)]
+    rounds: usize,
+    /// Pool size of each side in MiB (the prompts' pages are spread over it).
+    #[arg(long, default_value_t = 256)]
+    pool_mib: usize,
+    /// Transports: same-host, tcp.
+    #[arg(long, value_delimiter = ',', default_value = "same-host,tcp")]
+    transports: Vec<String>,
+    /// Internal: run as the prefill child on this bootstrap port.
+    #[arg(long, hide = true)]
+    prefill_child: Option<u16>,
+}
+
+/// One side's KV pool in this process's memory, as the CPU runner lays it out: per layer a K and
+/// a V buffer of `pages` runs of `run` bytes.
+struct Pool {
+    k: Vec<AlignedBuf>,
+    v: Vec<AlignedBuf>,
+    run: usize,
+    pages: usize,
+}
+
+impl Pool {
+    fn new(a: &Args, fill: bool) -> Self {
+        let run = a.page_size * a.kv_dim * a.elem;
+        let pages = ((a.pool_mib << 20) / (2 * a.layers * run)).max(1);
+        let make = |kv: usize, l: usize| {
+            let mut b = AlignedBuf::new(pages * run);
+            if fill {
+                for (i, x) in b[..].iter_mut().enumerate() {
+                    *x = pattern(kv, l, i);
+                }
+            } else {
+                b[..].fill(0);
+            }
+            b
+        };
+        Pool {
+            k: (0..a.layers).map(|l| make(0, l)).collect(),
+            v: (0..a.layers).map(|l| make(1, l)).collect(),
+            run,
+            pages,
+        }
+    }
+
+    fn spans(&self) -> HostSpans {
+        let base = |b: &Vec<AlignedBuf>| b.iter().map(|x| x.as_ptr() as usize).collect();
+        HostSpans {
+            k: base(&self.k),
+            v: base(&self.v),
+            run: self.run,
+            pages: self.pages,
+        }
+    }
+}
+
+/// The prefill pool's byte `i` of layer `l`'s K (`kv` 0) or V buffer.
+fn pattern(kv: usize, l: usize, i: usize) -> u8 {
+    (i.wrapping_mul(31) ^ (i >> 9) ^ (l * 7 + kv * 101)) as u8
+}
+
+/// Pool pages of room `room` (1-based): `n` pages of a fixed shuffled order of the whole pool.
+fn room_pages(order: &[u32], room: u64, n: usize) -> Vec<u32> {
+    let per = (order.len() / n).max(1);
+    let at = ((room as usize - 1) % per) * n;
+    order[at..at + n].to_vec()
+}
+
+fn shuffled(pages: usize) -> Vec<u32> {
+    let mut v: Vec<u32> = (0..pages as u32).collect();
+    v.shuffle(&mut StdRng::seed_from_u64(15));
+    v
+}
+
+fn n_pages(a: &Args) -> usize {
+    a.tokens.div_ceil(a.page_size)
+}
+
+fn rooms_needed(a: &Args) -> u64 {
+    let per: usize = a.concurrency.iter().sum();
+    (per * (a.rounds + 1) * a.transports.len()) as u64
+}
+
+/// The prefill child: the bootstrap server over its pool, every room ready; prints the pool's
+/// addresses, then serves until its stdin closes.
+fn prefill_child(a: &Args, port: u16) -> anyhow::Result<()> {
+    let pool = Pool::new(a, true);
+    let spans = Arc::new(pool.spans());
+    let cfg = PdConfig::new(Mode::Prefill, port, "127.0.0.1", "");
+    let reg = Registry::start(cfg, Arc::new(Stats::default()))?;
+    reg.set_share(Share {
+        host: Some(spans.clone()),
+        device: None,
+    });
+    let n = n_pages(a);
+    let order = shuffled(pool.pages);
+    for room in 1..=rooms_needed(a) {
+        anyhow::ensure!(reg.claim(room), "room {room} taken");
+        reg.ready(
+            room,
+            Handoff {
+                n_tokens: a.tokens as u32,
+                first_token: 1,
+                first_logprobs: None,
+                pages: Pages::Pool {
+                    spans: spans.clone(),
+                    pages: room_pages(&order, room, n),
+                },
+                n_pages: n,
+                page_size: a.page_size,
+                hold: None,
+                deliver: Box::new(|_| {}),
+            },
+        );
+    }
+    let info = json!({"pid": std::process::id(), "k": spans.k, "v": spans.v});
+    println!("{info}");
+    std::io::stdout().flush()?;
+    let mut sink = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut sink);
+    drop(pool);
+    Ok(())
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+pub fn run(a: Args) -> anyhow::Result<()> {
+    super::super::logging::init("warn");
+    if let Some(port) = a.prefill_child {
+        return prefill_child(&a, port);
+    }
+    let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let mut child = Command::new(std::env::current_exe()?)
+        .args(["bench", "pd-transfer", "--prefill-child", &port.to_string()])
+        .args(["--tokens", &a.tokens.to_string()])
+        .args(["--page-size", &a.page_size.to_string()])
+        .args(["--layers", &a.layers.to_string()])
+        .args(["--kv-dim", &a.kv_dim.to_string()])
+        .args(["--elem", &a.elem.to_string()])
+        .args(["--rounds", &a.rounds.to_string()])
+        .args(["--pool-mib", &a.pool_mib.to_string()])
+        .arg("--concurrency")
+        .arg(
+            a.concurrency
+                .iter()
+                .map(|c| c.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
+        )
+        .arg("--transports")
+        .arg(a.transports.join(","))
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
+    let info: serde_json::Value = serde_json::from_str(line.trim())
+        .map_err(|e| anyhow::anyhow!("the prefill child did not start ({e}): {line:?}"))?;
+    let r = measure(&a, port, &info);
+    drop(child.stdin.take());
+    let _ = child.wait();
+    r
+}
+
+fn measure(a: &Args, port: u16, info: &serde_json::Value) -> anyhow::Result<()> {
+    let pid = info["pid"].as_i64().unwrap_or(0) as i32;
+    let addrs = |k: &str| -> Vec<u64> {
+        info[k]
+            .as_array()
+            .map(|v| v.iter().filter_map(|x| x.as_u64()).collect())
+            .unwrap_or_default()
+    };
+    let (pk, pv) = (addrs("k"), addrs("v"));
+    let mine = Pool::new(a, false);
+    let spans = Arc::new(mine.spans());
+    let free = FreeList::new(mine.pages);
+    let n = n_pages(a);
+    let bytes = n * 2 * a.layers * mine.run;
+    let max_c = a.concurrency.iter().copied().max().unwrap_or(1);
+    anyhow::ensure!(
+        n * max_c <= mine.pages,
+        "--pool-mib too small for {max_c} transfers of {n} pages"
+    );
+    let order = shuffled(mine.pages);
+    let geo = Geometry {
+        page_size: a.page_size,
+        layers: a.layers,
+        kv_dim: a.kv_dim,
+        elem: a.elem,
+    };
+    println!(
+        "# pd-transfer: {} tokens per transfer = {n} pages of {} KiB = {:.2} MiB ({} layers x {} values x {} B, page {}); pools of {} MiB each side; {} CPUs, load {}",
+        a.tokens,
+        (2 * a.layers * mine.run) >> 10,
+        bytes as f64 / (1 << 20) as f64,
+        a.layers,
+        a.kv_dim,
+        a.elem,
+        a.page_size,
+        a.pool_mib,
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
+    println!("| transport | in flight | transfer, aggregate | raw copy, same concurrency | transfer / raw | per transfer (median ms): waiting / moving / ACK |");
+    println!("|---|---|---|---|---|---|");
+    let mut room = 0u64;
+    for t in &a.transports {
+        let same_host = match t.as_str() {
+            "same-host" => true,
+            "tcp" => false,
+            o => anyhow::bail!("--transports {o}: expected same-host or tcp"),
+        };
+        let mut cfg = PdConfig::new(Mode::Decode, port, "127.0.0.1", "");
+        cfg.same_host = same_host;
+        let stats = Arc::new(Stats::default());
+        let fetcher = Fetcher::new(cfg, geo, stats.clone());
+        let (tx, rx) = mpsc::channel::<()>();
+        let tx = std::sync::Mutex::new(tx);
+        fetcher.set_waker(Box::new(move || {
+            let _ = tx.lock().map(|t| t.send(()));
+        }));
+        for &c in &a.concurrency {
+            let mut rates = Vec::new();
+            let mut timings: Vec<Timing> = Vec::new();
+            for round in 0..=a.rounds {
+                let t0 = Instant::now();
+                let mut rids = Vec::new();
+                for _ in 0..c {
+                    room += 1;
+                    let rid = format!("r{room}");
+                    let pages = free
+                        .alloc(n)
+                        .ok_or_else(|| anyhow::anyhow!("decode pool exhausted"))?;
+                    let b = Bootstrap {
+                        host: "127.0.0.1".into(),
+                        port: Some(port),
+                        room,
+                    };
+                    let dest = Dest {
+                        pages,
+                        spans: Some(spans.clone()),
+                        fence: None,
+                    };
+                    fetcher.start(&rid, &b, a.tokens, Some(dest));
+                    rids.push((rid, room));
+                }
+                let mut done = Vec::new();
+                while done.len() < c {
+                    for (rid, room) in &rids {
+                        if done.iter().any(|(r, _): &(String, _)| r == rid) {
+                            continue;
+                        }
+                        if let Some(r) = fetcher.take(rid) {
+                            let f = r.map_err(|e| anyhow::anyhow!("transfer {rid}: {e}"))?;
+                            done.push((rid.clone(), (*room, f)));
+                        }
+                    }
+                    if done.len() < c {
+                        let _ = rx.recv_timeout(Duration::from_millis(50));
+                    }
+                }
+                let wall = t0.elapsed().as_secs_f64();
+                for (_, (room, f)) in &done {
+                    anyhow::ensure!(
+                        matches!(f.payload, Payload::InPool),
+                        "not landed in the pool"
+                    );
+                    if round == 0 {
+                        let got = f.pages.as_ref().expect("dest pages");
+                        check(&mine, &order, *room, got, n)?;
+                    } else {
+                        timings.push(f.timing);
+                    }
+                }
+                if round > 0 {
+                    rates.push((c * bytes) as f64 / wall);
+                }
+                drop(done); // pages back to the free list
+            }
+            let raw = if same_host {
+                raw_cma(pid, (&pk, &pv), &mine, n, c, a.rounds)?
+            } else {
+                raw_tcp(bytes, c, a.rounds)?
+            };
+            let rate = median(rates);
+            let ms = |f: fn(&Timing) -> Duration| {
+                median(timings.iter().map(|t| f(t).as_secs_f64() * 1e3).collect())
+            };
+            println!(
+                "| {t} | {c} | {:.2} GB/s | {:.2} GB/s | **{:.2}x** | {:.2} / {:.2} / {:.3} |",
+                rate / 1e9,
+                raw / 1e9,
+                rate / raw,
+                ms(|t| t.waited),
+                ms(|t| t.moved),
+                ms(|t| t.acked),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The decode's pool pages `got` hold the prefill's pages of `room`, byte for byte.
+fn check(
+    mine: &Pool,
+    order: &[u32],
+    room: u64,
+    got: &[strata_server::kv::Page],
+    n: usize,
+) -> anyhow::Result<()> {
+    let theirs = room_pages(order, room, n);
+    for (p, t) in got.iter().zip(&theirs) {
+        for (kv, bufs) in [(0, &mine.k), (1, &mine.v)] {
+            for (l, b) in bufs.iter().enumerate() {
+                let at = p.id() as usize * mine.run;
+                let from = *t as usize * mine.run;
+                let bad = (0..mine.run).find(|&i| b[at + i] != pattern(kv, l, from + i));
+                anyhow::ensure!(
+                    bad.is_none(),
+                    "room {room}: page {} layer {l} differs",
+                    p.id()
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Same-host raw copy: `c` threads, each `process_vm_readv` of one transfer's bytes (pages of a
+/// room, contiguous per-layer ranges of the prefill child's pool) into this process's pool.
+fn raw_cma(
+    pid: i32,
+    (pk, pv): (&[u64], &[u64]),
+    mine: &Pool,
+    n: usize,
+    c: usize,
+    rounds: usize,
+) -> anyhow::Result<f64> {
+    let span = n * mine.run;
+    let slots = (mine.pages / n).max(1);
+    let mut rates = Vec::new();
+    for round in 0..=rounds {
+        let t0 = Instant::now();
+        std::thread::scope(|s| -> anyhow::Result<()> {
+            let mut hs = Vec::new();
+            for i in 0..c {
+                let slot = (round * c + i) % slots;
+                let off = slot * span;
+                let remote: Vec<(u64, usize)> = pk
+                    .iter()
+                    .chain(pv)
+                    .map(|&b| (b + off as u64, span))
+                    .collect();
+                let local: Vec<(*mut u8, usize)> = mine
+                    .k
+                    .iter()
+                    .chain(&mine.v)
+                    // SAFETY: inside the buffer (slot * span + span <= pages * run).
+                    .map(|b| (unsafe { (b.as_ptr() as *mut u8).add(off) }, span))
+                    .collect();
+                let local = Sendable(local);
+                hs.push(s.spawn(move || {
+                    let local = local;
+                    strata_cluster::transport::shm::read_into(pid, &remote, &local.0)
+                }));
+            }
+            for h in hs {
+                h.join()
+                    .map_err(|_| anyhow::anyhow!("copy thread panicked"))??;
+            }
+            Ok(())
+        })?;
+        if round > 0 {
+            rates.push((c * 2 * pk.len() * span) as f64 / t0.elapsed().as_secs_f64());
+        }
+    }
+    Ok(median(rates))
+}
+
+/// Raw pointers handed to a copy thread (each thread writes its own disjoint ranges).
+struct Sendable(Vec<(*mut u8, usize)>);
+// SAFETY: the ranges are disjoint per thread and outlive the scoped threads.
+unsafe impl Send for Sendable {}
+
+/// TCP raw copy: `c` loopback connections, each moving `bytes` in 1 MiB writes into a reader
+/// thread, acknowledged; aggregate over the slowest.
+fn raw_tcp(bytes: usize, c: usize, rounds: usize) -> anyhow::Result<f64> {
+    const CHUNK: usize = 1 << 20;
+    let l = TcpListener::bind("127.0.0.1:0")?;
+    let addr = l.local_addr()?;
+    let mut senders = Vec::new();
+    let mut readers = Vec::new();
+    for _ in 0..c {
+        let s = TcpStream::connect(addr)?;
+        s.set_nodelay(true)?;
+        let (r, _) = l.accept()?;
+        senders.push(s);
+        readers.push(r);
+    }
+    let mut reader_threads = Vec::new();
+    for mut r in readers {
+        reader_threads.push(std::thread::spawn(move || -> std::io::Result<()> {
+            let mut buf = AlignedBuf::new(bytes);
+            buf[..].fill(0);
+            for _ in 0..=rounds {
+                let mut got = 0;
+                while got < bytes {
+                    let k = r.read(&mut buf[got..(got + CHUNK).min(bytes)])?;
+                    if k == 0 {
+                        return Err(std::io::ErrorKind::UnexpectedEof.into());
+                    }
+                    got += k;
+                }
+                r.write_all(b"k")?;
+            }
+            Ok(())
+        }));
+    }
+    let srcs: Vec<AlignedBuf> = (0..c)
+        .map(|i| {
+            let mut b = AlignedBuf::new(bytes);
+            b[..].fill(i as u8 ^ 0x5a);
+            b
+        })
+        .collect();
+    let mut rates = Vec::new();
+    for round in 0..=rounds {
+        let t0 = Instant::now();
+        std::thread::scope(|s| -> anyhow::Result<()> {
+            let hs: Vec<_> = senders
+                .iter_mut()
+                .zip(&srcs)
+                .map(|(w, src)| {
+                    s.spawn(move || -> std::io::Result<()> {
+                        for chunk in src[..bytes].chunks(CHUNK) {
+                            w.write_all(chunk)?;
+                        }
+                        let mut ack = [0u8; 1];
+                        w.read_exact(&mut ack)
+                    })
+                })
+                .collect();
+            for h in hs {
+                h.join().map_err(|_| anyhow::anyhow!("sender panicked"))??;
+            }
+            Ok(())
+        })?;
+        if round > 0 {
+            rates.push((c * bytes) as f64 / t0.elapsed().as_secs_f64());
+        }
+    }
+    for t in reader_threads {
+        t.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
+    }
+    Ok(median(rates))
+}
