@@ -72,6 +72,10 @@ pub struct Stats {
     /// transfers alone.
     pub pd_ipc_bytes: AtomicU64,
     pub pd_ipc_micros: AtomicU64,
+    /// PD prefill side: parts sent ahead of the final header (a finished chunk's pages each).
+    pub pd_parts: AtomicU64,
+    /// PD decode side: parts received.
+    pub pd_recv_parts: AtomicU64,
     /// PD decode side: connections opened to prefill bootstrap servers (reuse does not count).
     pub pd_connections: AtomicU64,
     /// PD decode side: transfers received, and the microseconds from their KV header's arrival to

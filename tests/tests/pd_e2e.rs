@@ -493,6 +493,86 @@ async fn pd_tcp_path_and_a_prefill_killed_mid_transfer() {
     decode.wait_idle().await;
 }
 
+/// Per-chunk push: a prompt spanning four prefill chunks (`--chunked-prefill-size 32`, pages of
+/// 16) goes to the decode in parts as each chunk finishes (three parts, then the rest with the
+/// first token), over the same-host path and over TCP, and the greedy output equals the colocated
+/// server's (same chunking); a prefill killed between chunks (it pauses after each part) ends the
+/// decode leg with a clear error within seconds, and the decode's pool is idle again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pd_pushes_each_chunk_and_survives_a_prefill_killed_between_chunks() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed());
+    let model = MadeModel::new("llama", "tiny");
+    let c = reqwest::Client::new();
+    let chunk = ["--page-size", "16", "--chunked-prefill-size", "32"];
+    let colo = Server::start(model.path(), &chunk);
+    let role = |mode: &str, boot: u16, extra: &[&str], env: &[(&str, &str)]| {
+        let b = boot.to_string();
+        let mut f = chunk.to_vec();
+        f.extend(["--disaggregation-mode", mode]);
+        f.extend(["--disaggregation-bootstrap-port", &b]);
+        f.extend(extra);
+        Server::start_env(model.path(), &f, env)
+    };
+    let prompt: Vec<u32> = (0..100).map(|_| rng.random_range(3..500u32)).collect();
+    let want = ids_of(&post(&c, &colo.url("/generate"), &body(&prompt, 8)).await.1);
+    for (room, env) in [(300, vec![]), (301, vec![("STRATA_SAME_HOST", "0")])] {
+        let boot = free_port();
+        let prefill = role("prefill", boot, &[], &env);
+        let decode = role("decode", boot, &[], &env);
+        let ((ps, pv), (ds, dv)) = legs(&c, &prefill, &decode, boot, room, &body(&prompt, 8)).await;
+        assert_eq!((ps, ds), (200, 200), "{pv} / {dv}");
+        assert_eq!(
+            ids_of(&dv),
+            want,
+            "PD in parts differs from colocated ({env:?})"
+        );
+        let parts = prefill.metric("pd_transfer_parts_total").await;
+        assert!(parts >= 2.0, "{parts} parts sent for a prompt of 4 chunks");
+        assert_eq!(decode.metric("pd_received_parts_total").await, parts);
+        prefill.wait_idle().await;
+        decode.wait_idle().await;
+    }
+    // The prefill pauses 3 s after each part; it is killed once the decode has one.
+    let boot = free_port();
+    let prefill = role(
+        "prefill",
+        boot,
+        &["--disaggregation-test-stall-ms", "3000"],
+        &[],
+    );
+    let decode = role("decode", boot, &[], &[]);
+    let b = {
+        let mut b = body(&prompt, 8);
+        b["bootstrap_host"] = json!("127.0.0.1");
+        b["bootstrap_port"] = json!(boot);
+        b["bootstrap_room"] = json!(302);
+        b
+    };
+    let dleg = tokio::spawn({
+        let (c, url, b) = (c.clone(), decode.url("/generate"), b.clone());
+        async move { post(&c, &url, &b).await }
+    });
+    let pleg = tokio::spawn({
+        let (c, url, b) = (c.clone(), prefill.url("/generate"), b.clone());
+        async move { c.post(url).json(&b).send().await.is_err() } // its server dies under it
+    });
+    assert!(decode.wait_metric("pd_received_parts_total", 1.0).await >= 1.0);
+    drop(prefill);
+    let t = Instant::now();
+    let (s, v) = tokio::time::timeout(Duration::from_secs(10), dleg)
+        .await
+        .expect("decode leg hung on a prefill killed between chunks")
+        .unwrap();
+    assert!(failed(s, &v), "{v}");
+    assert!(
+        v.to_string().contains("broke off the KV transfer after"),
+        "not a failure between parts: {v}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(5), "{:?}", t.elapsed());
+    assert!(pleg.await.unwrap(), "the killed prefill answered");
+    decode.wait_idle().await;
+}
+
 /// An error status, or a 200 whose finish reason is an abort (SGLang's shape for a request that
 /// ended in an error after it was accepted).
 fn failed(status: u16, v: &Value) -> bool {

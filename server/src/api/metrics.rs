@@ -266,8 +266,14 @@ pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
         gauge(
             &mut o,
             "pd_transfer_seconds_total",
-            "Seconds spent sending PD KV (header to acknowledgement).",
+            "Seconds spent sending PD KV (first part or header to acknowledgement).",
             Stats::get(&s.pd_micros) as f64 / 1e6,
+        );
+        counter(
+            &mut o,
+            "pd_transfer_parts",
+            "Parts of PD KV transfers sent as their prefill chunk finished, ahead of the final header.",
+            Stats::get(&s.pd_parts),
         );
     }
     if Stats::get(&s.pd_connections) > 0 {
@@ -294,6 +300,12 @@ pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
             "pd_receive_seconds_total",
             "Seconds from a received KV header to its acknowledgement (the copy or the socket read).",
             Stats::get(&s.pd_recv_micros) as f64 / 1e6,
+        );
+        counter(
+            &mut o,
+            "pd_received_parts",
+            "Parts of PD KV transfers this decode server received ahead of their final header.",
+            Stats::get(&s.pd_recv_parts),
         );
         counter(
             &mut o,

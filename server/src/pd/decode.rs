@@ -245,16 +245,23 @@ fn fetch(
             MemLayout::PageFirst,
         )
     })?;
+    let dest = dest.filter(|d| d.pages.len() == staging_pages);
+    // Parts land in the pool pages given, or (host pages) in the staging pool; device pages
+    // without pool pages to land in come whole.
+    let parts = if dest.is_some() || device.is_none() {
+        wire::TAKES_PARTS
+    } else {
+        0
+    };
     let want = Want {
         room: b.room,
         prompt_len: prompt_len as u32,
         page_size: g.page_size as u32,
         object_bytes: staging.object_bytes() as u32,
-        flags: wire::TAKES_DIRECT,
+        flags: wire::TAKES_DIRECT | parts,
         token: cfg.token.clone(),
     };
     let mut link = links.take(addr)?;
-    let dest = dest.filter(|d| d.pages.len() == staging_pages);
     let ids: Vec<u32> = dest.as_ref().map_or(Vec::new(), |d| {
         d.pages.iter().map(crate::kv::Page::id).collect()
     });
@@ -319,6 +326,28 @@ struct Exchange<'a> {
     dest_pages: Option<&'a [u32]>,
     /// Orders a device-to-device copy into `dest_pages` after the compute stream's earlier work.
     fence: Option<&'a Fence>,
+}
+
+/// How one transfer's pages have landed so far (parts, then the rest).
+struct Landing {
+    path: &'static str,
+    pulled: Option<Staged>,
+    into_pool: bool,
+    via_ipc: bool,
+    /// A same-host copy failed: the decode asks for every page on the socket at the end.
+    resend: bool,
+}
+
+impl Default for Landing {
+    fn default() -> Self {
+        Landing {
+            path: "the socket",
+            pulled: None,
+            into_pool: false,
+            via_ipc: false,
+            resend: false,
+        }
+    }
 }
 
 /// Where one transfer's pages landed.
@@ -398,25 +427,59 @@ impl Exchange<'_> {
             Err(e) => return Err(silent(e)),
             Ok(_) => {}
         }
+        let obj = staging.object_bytes();
+        let broke = |e: std::io::Error| {
+            Fail::broken(format!("the prefill server broke off the KV transfer: {e}"))
+        };
+        let mut l = Landing::default();
+        // Parts (finished prefill chunks' pages) land as they come; the final header has the rest.
+        let mut off = 0usize;
+        let mut got_header = None;
+        let mut busy = None;
         let h = loop {
-            let h = KvHeader::read(&mut link.rd).map_err(silent)?;
-            if h.status != wire::WAITING {
-                break h;
-            }
-            if started.elapsed() > cfg.timeout {
-                return Err(Fail::broken("the prefill did not finish in time".into()));
+            let h = KvHeader::read(&mut link.rd).map_err(|e| {
+                if off == 0 {
+                    silent(e)
+                } else {
+                    Fail::broken(format!(
+                        "the prefill server broke off the KV transfer after {off} of {n_pages} pages: {e}"
+                    ))
+                }
+            })?;
+            match h.status {
+                wire::WAITING => {
+                    if started.elapsed() > cfg.timeout {
+                        return Err(Fail::broken("the prefill did not finish in time".into()));
+                    }
+                }
+                wire::PARTIAL => {
+                    if h.object_bytes as usize != obj
+                        || off + h.n_pages as usize > n_pages
+                        || h.flags & wire::DIRECT == 0
+                    {
+                        return Err(Fail::broken(
+                            "the prefill server sent a part of another geometry".into(),
+                        ));
+                    }
+                    got_header.get_or_insert_with(std::time::Instant::now);
+                    busy.get_or_insert_with(|| links.stats.pd_recv_busy.enter());
+                    self.land(link, &h, off, n_pages, staging, ipc, &mut l, true)?;
+                    off += h.n_pages as usize;
+                    crate::stats::Stats::add(&links.stats.pd_recv_parts, 1);
+                }
+                _ => break h,
             }
         };
         if h.status != wire::OK {
             return Err(Fail {
                 msg: format!("the prefill server refused the transfer: {}", h.msg),
-                // A refused token closes the connection on the prefill's side.
-                keep: h.status != wire::ERR_REFUSED,
+                // A refused token closes the connection on the prefill's side; after parts the
+                // connection may be anywhere.
+                keep: h.status != wire::ERR_REFUSED && off == 0,
                 stale: false,
             });
         }
-        let obj = staging.object_bytes();
-        if h.n_pages as usize != n_pages || h.object_bytes as usize != obj {
+        if off + h.n_pages as usize != n_pages || h.object_bytes as usize != obj {
             return Err(Fail::broken(
                 "the prefill server sent KV of another geometry".into(),
             ));
@@ -424,91 +487,27 @@ impl Exchange<'_> {
         if !cfg.test_stall.is_zero() {
             std::thread::sleep(cfg.test_stall);
         }
-        let got_header = std::time::Instant::now();
-        let _busy = links.stats.pd_recv_busy.enter();
-        let broke = |e: std::io::Error| {
-            Fail::broken(format!("the prefill server broke off the KV transfer: {e}"))
-        };
-        let mut path = "the socket";
-        let mut pulled = None;
-        let mut into_pool = false;
-        let mut via_ipc = false;
-        if h.flags & wire::ON_DEVICE != 0 {
-            let info = h.device.as_ref().expect("checked by KvHeader::read");
-            let r = match ipc {
-                _ if info.pages.len() != n_pages => Err("page count differs".into()),
-                Some(d) => self
-                    .open(d, link, info)
-                    .and_then(|m| match self.dest_pages {
-                        // Straight into the pool pages this fetch owns.
-                        Some(dst) => d.pull_into(&m, info, dst, self.fence).map(|()| None),
-                        None => d.pull(&m, info).map(Some),
-                    }),
-                None => Err("this server did not ask for device pages".into()),
-            };
-            match r {
-                Ok(p) => {
-                    into_pool = p.is_none();
-                    pulled = p;
-                    via_ipc = true;
-                    path = "CUDA IPC (device to device)";
-                }
-                Err(e) => {
-                    links.deny_ipc(addr, &e);
-                    let _ = link.wr.write_all(&[wire::ACK_REFUSED]);
-                    return Err(Fail {
-                        msg: format!("the CUDA IPC copy from the prefill failed: {e}"),
-                        keep: true,
-                        stale: false,
-                    });
-                }
+        let got_header = got_header.unwrap_or_else(std::time::Instant::now);
+        let _busy = busy.unwrap_or_else(|| links.stats.pd_recv_busy.enter());
+        self.land(link, &h, off, n_pages, staging, ipc, &mut l, false)?;
+        if l.resend {
+            // A same-host copy failed: every page of the prompt on the socket after all.
+            link.wr.write_all(&[wire::ACK_SEND]).map_err(broke)?;
+            for (at, len) in self.local(staging, &h, 0, n_pages, n_pages) {
+                // SAFETY: the staging pool, or the pool pages this fetch owns, written by nothing
+                // else until the scheduler takes the result.
+                let buf = unsafe { std::slice::from_raw_parts_mut(at, len) };
+                link.rd.read_exact(buf).map_err(broke)?;
             }
-        } else {
-            staging.layout = if h.flags & wire::DIRECT != 0 {
-                MemLayout::PageFirstDirect
-            } else {
-                MemLayout::PageFirst
-            };
-            // page_first_direct is the pool's own order: straight into the given pool pages.
-            let dest = self.dest.as_ref().filter(|_| h.flags & wire::DIRECT != 0);
-            let local: Vec<(*mut u8, usize)> = match dest {
-                Some(d) => d.iter().map(|&(a, l)| (a as *mut u8, l as usize)).collect(),
-                None => (0..n_pages as u32)
-                    .flat_map(|p| [false, true].map(|v| (staging.object_ptr(p, v), obj)))
-                    .collect(),
-            };
-            if dest.is_some() {
-                into_pool = true;
-            }
-            let on_socket = if h.flags & wire::IN_PLACE != 0 {
-                match copy_in_place(link.peer_pid, &h.ranges, &local) {
-                    Ok(()) => {
-                        path = "the same-host copy (process_vm_readv)";
-                        false
-                    }
-                    Err(e) => {
-                        // EPERM / EACCES: the kernel's ptrace check said no.
-                        if e.kind() == std::io::ErrorKind::PermissionDenied {
-                            links.deny_read(addr, &e.to_string());
-                        } else {
-                            tracing::warn!(%addr, room = want.room, "PD: same-host copy failed ({e}); asking for the pages on the socket");
-                        }
-                        link.wr.write_all(&[wire::ACK_SEND]).map_err(broke)?;
-                        true
-                    }
-                }
-            } else {
-                true
-            };
-            if on_socket {
-                for &(at, len) in &local {
-                    // SAFETY: the staging pool, or the pool pages this fetch owns, written by
-                    // nothing else until the scheduler takes the result.
-                    let buf = unsafe { std::slice::from_raw_parts_mut(at, len) };
-                    link.rd.read_exact(buf).map_err(broke)?;
-                }
-            }
+            l.path = "the socket";
         }
+        let Landing {
+            path,
+            pulled,
+            into_pool,
+            via_ipc,
+            ..
+        } = l;
         // Pages copied out of the prefill's memory (not off the socket) are valid only if the
         // prefill still held them when the copy ended: it shuts the connection down before it
         // frees pages of a transfer it gave up on (no ACK in time).
@@ -561,6 +560,124 @@ impl Exchange<'_> {
             None => Got::Staging,
         };
         Ok((h, got, timing))
+    }
+
+    /// The memory the prompt's pages `from..to` land in, in transfer order: the given pool
+    /// pages (page_first_direct pages, one range per page and layer), else staging objects.
+    fn local(
+        &self,
+        staging: &HostKvPool,
+        h: &KvHeader,
+        from: usize,
+        to: usize,
+        n_pages: usize,
+    ) -> Vec<(*mut u8, usize)> {
+        match self.dest.as_ref().filter(|_| h.flags & wire::DIRECT != 0) {
+            Some(d) => {
+                let per = d.len() / n_pages.max(1);
+                d[from * per..to * per]
+                    .iter()
+                    .map(|&(a, l)| (a as *mut u8, l as usize))
+                    .collect()
+            }
+            None => {
+                let obj = staging.object_bytes();
+                (from as u32..to as u32)
+                    .flat_map(|p| [false, true].map(|v| (staging.object_ptr(p, v), obj)))
+                    .collect()
+            }
+        }
+    }
+
+    /// Lands the pages `h` announces (the prompt's pages `from..from + h.n_pages`, a part or the
+    /// rest): device to device, copied out of the prefill's memory, or read off the socket.
+    #[allow(clippy::too_many_arguments)] // one landing's whole context
+    fn land(
+        &self,
+        link: &mut Link,
+        h: &KvHeader,
+        from: usize,
+        n_pages: usize,
+        staging: &mut HostKvPool,
+        ipc: Option<&dyn DeviceKv>,
+        l: &mut Landing,
+        part: bool,
+    ) -> Result<(), Fail> {
+        let (links, addr) = (self.links, self.addr);
+        let to = from + h.n_pages as usize;
+        if h.flags & wire::ON_DEVICE != 0 {
+            let info = h.device.as_ref().expect("checked by KvHeader::read");
+            let r = match ipc {
+                _ if info.pages.len() != to - from => Err("page count differs".into()),
+                Some(d) => self
+                    .open(d, link, info)
+                    .and_then(|m| match self.dest_pages {
+                        // Straight into the pool pages this fetch owns.
+                        Some(dst) => d
+                            .pull_into(&m, info, &dst[from..to], self.fence)
+                            .map(|()| None),
+                        None if from == 0 && !part => d.pull(&m, info).map(Some),
+                        None => Err("pages in parts need pool pages to land in".into()),
+                    }),
+                None => Err("this server did not ask for device pages".into()),
+            };
+            return match r {
+                Ok(p) => {
+                    l.into_pool = p.is_none();
+                    l.pulled = p;
+                    l.via_ipc = true;
+                    l.path = "CUDA IPC (device to device)";
+                    Ok(())
+                }
+                Err(e) => {
+                    links.deny_ipc(addr, &e);
+                    let _ = link.wr.write_all(&[wire::ACK_REFUSED]);
+                    Err(Fail {
+                        msg: format!("the CUDA IPC copy from the prefill failed: {e}"),
+                        // After a part the prefill may still be sending.
+                        keep: !part,
+                        stale: false,
+                    })
+                }
+            };
+        }
+        staging.layout = if h.flags & wire::DIRECT != 0 {
+            MemLayout::PageFirstDirect
+        } else {
+            MemLayout::PageFirst
+        };
+        let local = self.local(staging, h, from, to, n_pages);
+        // page_first_direct is the pool's own order: straight into the given pool pages.
+        if self.dest.is_some() && h.flags & wire::DIRECT != 0 {
+            l.into_pool = true;
+        }
+        if h.flags & wire::IN_PLACE != 0 {
+            if l.resend {
+                return Ok(()); // everything comes on the socket at the end
+            }
+            match copy_in_place(link.peer_pid, &h.ranges, &local) {
+                Ok(()) => l.path = "the same-host copy (process_vm_readv)",
+                Err(e) => {
+                    // EPERM / EACCES: the kernel's ptrace check said no.
+                    if e.kind() == std::io::ErrorKind::PermissionDenied {
+                        links.deny_read(addr, &e.to_string());
+                    } else {
+                        tracing::warn!(%addr, "PD: same-host copy failed ({e}); asking for the pages on the socket");
+                    }
+                    l.resend = true;
+                }
+            }
+        } else {
+            for &(at, len) in &local {
+                // SAFETY: the staging pool, or the pool pages this fetch owns, written by
+                // nothing else until the scheduler takes the result.
+                let buf = unsafe { std::slice::from_raw_parts_mut(at, len) };
+                link.rd.read_exact(buf).map_err(|e| {
+                    Fail::broken(format!("the prefill server broke off the KV transfer: {e}"))
+                })?;
+            }
+        }
+        Ok(())
     }
 
     /// The prefill's GPU pool `info`, opened (once per pool: the connection keeps it).
@@ -1253,6 +1370,118 @@ mod tests {
         assert_eq!(free.free_count(), 4, "the fetch's pages were not freed");
         assert_eq!(dev.closed.load(SeqCst), 1, "the opened pool was not closed");
         assert!(!dev.closed_busy.load(SeqCst), "closed while the copy ran");
+    }
+
+    /// Parts (finished chunks' pages, handed over while the prefill still runs) reach a decode
+    /// that takes them ahead of the final header, over the same-host copy and over TCP, straight
+    /// into its pool pages, and the final header carries the rest; a decode that does not take
+    /// parts gets every page with the final header. The bytes are exact either way.
+    #[test]
+    fn parts_go_ahead_of_the_rest_and_land_in_the_pool_pages() {
+        use crate::pd::prefill::Part;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let pstats = Arc::new(Stats::default());
+        let reg = Registry::start(cfg(Mode::Prefill, port, true), pstats.clone()).unwrap();
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        let pool = FakePool::new(3, 16);
+        let pages: Vec<u32> = vec![9, 1, 14, 6, 2];
+        let n = 4 * G.page_size + 3;
+        let mine = FakePool::new(0, 8);
+        let my_pages: Vec<u32> = vec![7, 0, 3, 5, 1];
+        for (room, same_host, takes_parts) in [(1, true, true), (2, false, true), (3, true, false)]
+        {
+            let (tx, rx) = mpsc::channel();
+            assert!(reg.claim(room));
+            let part = |from: usize, to: usize| Part {
+                n_tokens: n as u32,
+                page_size: G.page_size,
+                pages: Pages::Pool {
+                    spans: pool.spans(),
+                    pages: pages[from..to].to_vec(),
+                },
+                n_pages: to - from,
+            };
+            reg.part(room, part(0, 2));
+            let handoff = Handoff {
+                n_tokens: n as u32,
+                first_token: 42,
+                first_logprobs: None,
+                pages: Pages::Pool {
+                    spans: pool.spans(),
+                    pages: pages.clone(),
+                },
+                n_pages: pages.len(),
+                page_size: G.page_size,
+                hold: None,
+                deliver: Box::new(move |r| {
+                    let _ = tx.send(r);
+                }),
+            };
+            // The second part and the rest come while the decode waits.
+            let later = {
+                let reg = reg.clone();
+                let p2 = part(2, 3);
+                std::thread::spawn(move || {
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    reg.part(room, p2);
+                    std::thread::sleep(std::time::Duration::from_millis(100));
+                    reg.ready(room, handoff);
+                })
+            };
+            let dcfg = cfg(Mode::Decode, port, same_host);
+            let dstats = Arc::new(Stats::default());
+            let links = Links::new(same_host, dcfg.silence_limit(), dstats.clone());
+            let mut link = links.dial(addr).unwrap();
+            let mut st = HostKvPool::new(
+                pages.len(),
+                G.page_size,
+                G.layers,
+                G.kv_dim,
+                G.elem,
+                MemLayout::PageFirst,
+            )
+            .unwrap();
+            let flags = wire::TAKES_DIRECT
+                | if takes_parts { wire::TAKES_PARTS } else { 0 }
+                | if same_host { wire::CAN_READ } else { 0 };
+            let want = Want {
+                room,
+                prompt_len: n as u32,
+                page_size: G.page_size as u32,
+                object_bytes: st.object_bytes() as u32,
+                flags,
+                token: String::new(),
+            };
+            let parts_before = Stats::get(&pstats.pd_parts);
+            let ex = Exchange {
+                cfg: &dcfg,
+                links: &links,
+                addr,
+                device: None,
+                dest: Some(mine.spans().ranges(&my_pages)),
+                dest_pages: None,
+                fence: None,
+            };
+            let (h, got, _) = ex
+                .run(&mut link, &want, &mut st, pages.len())
+                .unwrap_or_else(|f| panic!("{}", f.msg));
+            later.join().unwrap();
+            assert!(matches!(got, Got::InPool));
+            assert_eq!(h.first_token, 42);
+            mine.check_pool(&pool, &my_pages, &pages);
+            let parts = if takes_parts { 2 } else { 0 };
+            assert_eq!(
+                h.n_pages as usize,
+                pages.len() - if takes_parts { 3 } else { 0 }
+            );
+            assert_eq!(Stats::get(&dstats.pd_recv_parts), parts);
+            assert_eq!(Stats::get(&pstats.pd_parts) - parts_before, parts);
+            assert_eq!(rx.recv().unwrap(), Ok(()));
+        }
     }
 
     /// Same-host ranges of any granularity map one to one onto the local spans (staging objects

@@ -89,6 +89,25 @@ pub struct Handoff {
     pub deliver: Box<dyn FnOnce(Result<(), String>) + Send>,
 }
 
+/// One finished prefill chunk's pages, sent ahead of the rest (a PARTIAL header) to a decode that
+/// takes parts, while the next chunk computes. Only pages that stay where they are: the CPU
+/// runner's pool, or the GPU pool a same-host decode has open; never staged. They are the
+/// running request's own pages, which nothing rewrites before the transfer ends.
+pub struct Part {
+    /// The whole prompt's tokens (for the geometry check).
+    pub n_tokens: u32,
+    pub page_size: usize,
+    /// `Pages::Pool` or `Pages::Device`: the next `n_pages` pages of the prompt.
+    pub pages: Pages,
+    pub n_pages: usize,
+}
+
+/// What the bootstrap thread serving a room sends next.
+enum Next {
+    Part(Part),
+    Done(Box<Handoff>),
+}
+
 /// This server's KV pool as the transfer threads reach it.
 #[derive(Default)]
 pub struct Share {
@@ -107,8 +126,8 @@ enum Path {
 }
 
 enum Room {
-    /// Accepted; its prefill is running.
-    Claimed(Instant),
+    /// Accepted; its prefill is running (finished chunks' pages not yet sent wait here).
+    Claimed(Instant, Vec<Part>),
     Ready(Box<Handoff>, Instant),
     /// The prefill failed; the decode side gets the reason.
     Failed(String, Instant),
@@ -234,6 +253,12 @@ impl Registry {
         ready.then(|| DeviceInfo { pages, ..d.clone() })
     }
 
+    /// Test only: how long the scheduler pauses after handing over a part (so a test can kill
+    /// the prefill between chunks).
+    pub fn test_stall(&self) -> Duration {
+        self.cfg.test_stall
+    }
+
     /// Where the scheduler gets the pools it copies finished prompts' KV into.
     pub fn staging(&self) -> &StagingCache {
         &self.staging
@@ -245,7 +270,10 @@ impl Registry {
         if g.contains_key(&room) {
             return false;
         }
-        g.insert(room, Room::Claimed(Instant::now() + self.cfg.timeout));
+        g.insert(
+            room,
+            Room::Claimed(Instant::now() + self.cfg.timeout, Vec::new()),
+        );
         true
     }
 
@@ -272,6 +300,24 @@ impl Registry {
         self.cv.notify_all();
     }
 
+    /// A prefill chunk of the room finished: its pages go to the decode now if it takes parts
+    /// (else the final handoff covers them).
+    pub fn part(&self, room: u64, p: Part) {
+        let mut g = self.rooms.lock();
+        if let Some(Room::Claimed(_, parts)) = g.get_mut(&room) {
+            parts.push(p);
+            drop(g);
+            self.cv.notify_all();
+        }
+    }
+
+    /// The decode side of `room` can no longer get its pages (a part could not be sent): the
+    /// room's prefill leg fails when it finishes.
+    fn give_up(&self, room: u64) {
+        let mut g = self.rooms.lock();
+        self.abandon(&mut g, room);
+    }
+
     /// The room's prefill failed or was aborted.
     pub fn fail(&self, room: u64, why: &str) {
         self.rooms.lock().insert(
@@ -290,7 +336,7 @@ impl Registry {
             let keys: Vec<u64> = g
                 .iter()
                 .filter(|(_, r)| match r {
-                    Room::Claimed(d)
+                    Room::Claimed(d, _)
                     | Room::Ready(_, d)
                     | Room::Failed(_, d)
                     | Room::Abandoned(d) => *d <= now,
@@ -315,7 +361,7 @@ impl Registry {
     /// Waits for `room` to be ready (or failed) until the deadline, sending the decode side a
     /// heartbeat every `cfg.heartbeat` meanwhile. A heartbeat that cannot be sent means the decode
     /// side is gone: the room is then given up (its prefill's answer fails when it finishes).
-    fn take(&self, room: u64, wr: &mut Writer) -> Result<Handoff, (i32, String)> {
+    fn take(&self, room: u64, wr: &mut Writer, parts: bool) -> Result<Next, (i32, String)> {
         let deadline = Instant::now() + self.cfg.timeout;
         let mut g = self.rooms.lock();
         loop {
@@ -326,8 +372,13 @@ impl Registry {
                 ));
             }
             match g.remove(&room) {
-                Some(Room::Ready(h, _)) => return Ok(*h),
+                Some(Room::Ready(h, _)) => return Ok(Next::Done(h)),
                 Some(Room::Failed(why, _)) => return Err((wire::ERR_FAILED, why)),
+                Some(Room::Claimed(d, mut ps)) if parts && !ps.is_empty() => {
+                    let p = ps.remove(0);
+                    g.insert(room, Room::Claimed(d, ps));
+                    return Ok(Next::Part(p));
+                }
                 Some(other) => {
                     g.insert(room, other);
                 }
@@ -354,7 +405,7 @@ impl Registry {
             "PD: the decode side went away before the KV was ready"
         );
         match g.remove(&room) {
-            Some(Room::Claimed(d)) => {
+            Some(Room::Claimed(d, _)) => {
                 g.insert(room, Room::Abandoned(d));
             }
             Some(other) => {
@@ -413,18 +464,43 @@ impl Registry {
         if local {
             self.asked.lock().insert(want.room, want.flags);
         }
-        let taken = self.take(want.room, wr);
+        // Finished chunks' pages go ahead as parts (to a decode that takes them in the pool's
+        // order); the final header then carries the rest.
+        let parts = want.flags & wire::TAKES_PARTS != 0 && want.flags & wire::TAKES_DIRECT != 0;
+        let mut sent = 0usize;
+        let mut t0 = None;
+        let taken = loop {
+            match self.take(want.room, wr, parts) {
+                Ok(Next::Done(h)) => break Ok(h),
+                Ok(Next::Part(p)) => {
+                    t0.get_or_insert_with(Instant::now);
+                    match self.send_part(&p, sent, want, wr) {
+                        Ok(()) => sent += p.n_pages,
+                        Err((open, msg)) => {
+                            tracing::warn!(room = want.room, "PD transfer failed: {msg}");
+                            if local {
+                                self.asked.lock().remove(&want.room);
+                            }
+                            self.give_up(want.room);
+                            return open && reply(wr, wire::ERR_MISMATCH, msg);
+                        }
+                    }
+                }
+                Err(e) => break Err(e),
+            }
+        };
         if local {
             self.asked.lock().remove(&want.room);
         }
         let h = match taken {
-            Ok(h) => h,
+            Ok(h) => *h,
             Err((status, msg)) => return reply(wr, status, msg),
         };
         let obj = h.pages.object_bytes();
         let (result, open) = if want.prompt_len != h.n_tokens
             || want.page_size as usize != h.page_size
             || want.object_bytes as usize != obj
+            || sent > h.n_pages
         {
             let msg = format!(
                 "PD transfer refused: decode expects {} tokens in pages of {} ({} B objects), prefill has {} tokens in pages of {} ({} B)",
@@ -433,11 +509,11 @@ impl Registry {
             let open = reply(wr, wire::ERR_MISMATCH, msg.clone());
             (Err(msg), open)
         } else {
-            let t0 = Instant::now();
+            let t0 = t0.unwrap_or_else(Instant::now);
             let r = if self.cfg.inject_fault(want.room) {
-                (send_half(&h, wr), false)
+                (send_half(&h, sent, wr), false)
             } else {
-                self.send_pages(&h, want, wr, rd)
+                self.send_pages(&h, sent, want, wr, rd)
             };
             if let (Ok(path), _) = &r {
                 let st = &self.stats;
@@ -487,12 +563,74 @@ impl Registry {
         open
     }
 
-    /// Sends `h`'s pages the way the decode asked (`want`) and this connection allows, and waits
-    /// for the acknowledgement. Ok(the path the pages took); the flag says whether the connection
-    /// is still at a frame boundary.
+    /// Sends part `p` (the prompt's pages `sent..sent + p.n_pages`) the way the decode asked:
+    /// a PARTIAL header, and the pages on the socket unless the decode copies them (IN_PLACE
+    /// ranges, or ON_DEVICE ids). No acknowledgement. Err((the connection is at a frame boundary,
+    /// why)) on a geometry mismatch or a broken connection.
+    fn send_part(
+        &self,
+        p: &Part,
+        sent: usize,
+        want: &Want,
+        wr: &mut Writer,
+    ) -> Result<(), (bool, String)> {
+        let obj = p.pages.object_bytes();
+        if want.prompt_len != p.n_tokens
+            || want.page_size as usize != p.page_size
+            || want.object_bytes as usize != obj
+            || sent + p.n_pages > want.prompt_len.div_ceil(want.page_size.max(1)) as usize
+        {
+            return Err((
+                true,
+                format!(
+                    "PD transfer refused: decode expects {} tokens in pages of {} ({} B objects), prefill has {} tokens in pages of {} ({} B)",
+                    want.prompt_len, want.page_size, want.object_bytes, p.n_tokens, p.page_size, obj
+                ),
+            ));
+        }
+        let mut hd = KvHeader {
+            status: wire::PARTIAL,
+            n_tokens: p.n_tokens,
+            first_token: 0,
+            n_pages: p.n_pages as u32,
+            object_bytes: obj as u32,
+            flags: wire::DIRECT,
+            msg: String::new(),
+            first_logprobs: None,
+            ranges: Vec::new(),
+            device: None,
+        };
+        let io = |e: std::io::Error| (false, format!("sending a part of the KV cache: {e}"));
+        match &p.pages {
+            Pages::Device(info) => {
+                hd.flags = wire::ON_DEVICE;
+                hd.device = Some(info.clone());
+                hd.write(wr).and_then(|_| wr.flush()).map_err(io)?;
+            }
+            Pages::Pool { .. } => {
+                if want.flags & wire::CAN_READ != 0 && wr.get_ref().is_local() {
+                    hd.flags |= wire::IN_PLACE;
+                    hd.ranges = page_ranges(&p.pages, 0, p.n_pages);
+                    hd.write(wr).and_then(|_| wr.flush()).map_err(io)?;
+                } else {
+                    hd.write(wr)
+                        .and_then(|_| send_range(&p.pages, p.page_size, wr, true, 0, p.n_pages))
+                        .map_err(io)?;
+                }
+            }
+            Pages::Staged(_) => return Err((false, "a staged part".into())),
+        }
+        Stats::add(&self.stats.pd_parts, 1);
+        Ok(())
+    }
+
+    /// Sends `h`'s pages from `sent` on (the earlier ones went as parts) the way the decode asked
+    /// (`want`) and this connection allows, and waits for the acknowledgement. Ok(the path the
+    /// pages took); the flag says whether the connection is still at a frame boundary.
     fn send_pages(
         &self,
         h: &Handoff,
+        sent: usize,
         want: &Want,
         wr: &mut Writer,
         rd: &mut Reader,
@@ -500,7 +638,8 @@ impl Registry {
         let io = |e: std::io::Error| (Err(e.to_string()), false);
         let local = wr.get_ref().is_local();
         let direct = want.flags & wire::TAKES_DIRECT != 0;
-        let mut hd = header(h);
+        let n = h.n_pages;
+        let mut hd = header(h, sent);
         if local && want.flags & wire::CAN_IPC != 0 {
             if let Some(d) = self.device() {
                 // The decode opens it for the next transfers.
@@ -512,7 +651,10 @@ impl Registry {
         match &h.pages {
             Pages::Device(info) => {
                 hd.flags |= wire::ON_DEVICE | wire::DEVICE_INFO;
-                hd.device = Some(info.clone());
+                hd.device = Some(DeviceInfo {
+                    pages: info.pages[sent.min(info.pages.len())..].to_vec(),
+                    ..info.clone()
+                });
                 if let Err(e) = hd.write(wr).and_then(|_| wr.flush()) {
                     return io(e);
                 }
@@ -520,7 +662,10 @@ impl Registry {
             }
             Pages::Pool { .. } if !direct => {
                 // A decode that only takes page_first objects: gathered page by page below.
-                if let Err(e) = hd.write(wr).and_then(|_| send_objects(h, wr, false)) {
+                if let Err(e) = hd
+                    .write(wr)
+                    .and_then(|_| send_range(&h.pages, h.page_size, wr, false, sent, n))
+                {
                     return io(e);
                 }
             }
@@ -531,12 +676,15 @@ impl Registry {
                 }
                 if want.flags & wire::CAN_READ != 0 && local {
                     hd.flags |= wire::IN_PLACE;
-                    hd.ranges = ranges(h);
+                    hd.ranges = page_ranges(&h.pages, sent, n);
                     if let Err(e) = hd.write(wr).and_then(|_| wr.flush()) {
                         return io(e);
                     }
                     path = Path::SameHost;
-                } else if let Err(e) = hd.write(wr).and_then(|_| send_objects(h, wr, pool)) {
+                } else if let Err(e) = hd
+                    .write(wr)
+                    .and_then(|_| send_range(&h.pages, h.page_size, wr, pool, sent, n))
+                {
                     return io(e);
                 }
             }
@@ -547,10 +695,11 @@ impl Registry {
             return no_ack(e);
         }
         if path == Path::SameHost && ack[0] == wire::ACK_SEND {
-            // The decode could not copy them: the bytes on the socket after all.
+            // The decode could not copy them: the bytes on the socket after all, every page of
+            // the prompt (also those of parts it could not copy).
             path = Path::Socket;
             let direct = hd.flags & wire::DIRECT != 0;
-            if let Err(e) = send_objects(h, wr, direct) {
+            if let Err(e) = send_range(&h.pages, h.page_size, wr, direct, 0, n) {
                 return io(e);
             }
             if let Err(e) = rd.read_exact(&mut ack) {
@@ -568,13 +717,13 @@ impl Registry {
     }
 }
 
-/// The header that announces `h`'s pages.
-fn header(h: &Handoff) -> KvHeader {
+/// The final header: `h`'s pages from `sent` on (the earlier ones went as parts).
+fn header(h: &Handoff, sent: usize) -> KvHeader {
     KvHeader {
         status: wire::OK,
         n_tokens: h.n_tokens,
         first_token: h.first_token,
-        n_pages: h.n_pages as u32,
+        n_pages: (h.n_pages - sent) as u32,
         object_bytes: h.pages.object_bytes() as u32,
         flags: 0,
         msg: String::new(),
@@ -584,41 +733,44 @@ fn header(h: &Handoff) -> KvHeader {
     }
 }
 
-/// Test-only fault: the header and half the pages, then the connection drops (a prefill that
-/// dies mid-transfer, as the decode side sees it).
-fn send_half(h: &Handoff, wr: &mut Writer) -> Result<Path, String> {
-    header(h).write(wr).map_err(|e| e.to_string())?;
-    let _ = send_first(h, wr, false, h.n_pages / 2);
+/// Test-only fault: the header and half the remaining pages, then the connection drops (a
+/// prefill that dies mid-transfer, as the decode side sees it).
+fn send_half(h: &Handoff, sent: usize, wr: &mut Writer) -> Result<Path, String> {
+    header(h, sent).write(wr).map_err(|e| e.to_string())?;
+    let half = sent + (h.n_pages - sent) / 2;
+    let _ = send_range(&h.pages, h.page_size, wr, false, sent, half);
     let _ = wr.flush();
     let _ = wr.get_ref().shutdown();
     Err("injected test fault: the transfer was cut halfway".into())
 }
 
-/// The memory a same-host decode copies, in transfer order: the staging objects (page_first),
-/// or the pool's per-layer runs (page_first_direct).
-fn ranges(h: &Handoff) -> Vec<(u64, u64)> {
-    match &h.pages {
-        Pages::Staged(s) => (0..h.n_pages as u32)
+/// The memory of the prompt's pages `from..to` a same-host decode copies, in transfer order: the
+/// staging objects (page_first), or the pool's per-layer runs (page_first_direct).
+fn page_ranges(pages: &Pages, from: usize, to: usize) -> Vec<(u64, u64)> {
+    match pages {
+        Pages::Staged(s) => (from as u32..to as u32)
             .flat_map(|p| {
                 [false, true].map(|v| (s.object_ptr(p, v) as u64, s.object_bytes() as u64))
             })
             .collect(),
-        Pages::Pool { spans, pages } => spans.ranges(&pages[..h.n_pages]),
+        Pages::Pool { spans, pages } => spans.ranges(&pages[from..to]),
         Pages::Device(_) => Vec::new(),
     }
 }
 
-/// Writes the first `h.n_pages` pages on the socket: page after page, K object then V object,
+/// Writes the prompt's pages `from..to` on the socket: page after page, K object then V object,
 /// page_first_direct from the pool when `direct` (else page_first).
-fn send_objects(h: &Handoff, wr: &mut Writer, direct: bool) -> std::io::Result<()> {
-    send_first(h, wr, direct, h.n_pages)
-}
-
-/// [`send_objects`] of the first `n` pages.
-fn send_first(h: &Handoff, wr: &mut Writer, direct: bool, n: usize) -> std::io::Result<()> {
-    match &h.pages {
+fn send_range(
+    pages: &Pages,
+    page_size: usize,
+    wr: &mut Writer,
+    direct: bool,
+    from: usize,
+    to: usize,
+) -> std::io::Result<()> {
+    match pages {
         Pages::Staged(s) => {
-            for p in 0..n as u32 {
+            for p in from as u32..to as u32 {
                 for v in [false, true] {
                     // SAFETY: the staging pool is owned by this handoff alone; nothing writes it.
                     wr.write_all(unsafe { s.object(p, v) })?;
@@ -627,18 +779,18 @@ fn send_first(h: &Handoff, wr: &mut Writer, direct: bool, n: usize) -> std::io::
         }
         Pages::Pool { spans, pages } if direct => {
             wr.flush()?;
-            write_ranges(wr.get_mut(), &spans.ranges(&pages[..n]))?;
+            write_ranges(wr.get_mut(), &spans.ranges(&pages[from..to]))?;
         }
         Pages::Pool { spans, pages } => {
             // page_first: token-major rows, gathered one object at a time.
             let layers = spans.k.len();
-            let row = spans.run / h.page_size.max(1);
+            let row = spans.run / page_size.max(1);
             let mut obj = vec![0u8; spans.object_bytes()];
-            for &p in &pages[..n] {
+            for &p in &pages[from..to] {
                 for bases in [&spans.k, &spans.v] {
                     for (l, &b) in bases.iter().enumerate() {
                         let run = b + p as usize * spans.run;
-                        for t in 0..h.page_size {
+                        for t in 0..page_size {
                             // SAFETY: the page is held for this transfer; nothing writes it.
                             let src = unsafe {
                                 std::slice::from_raw_parts((run + t * row) as *const u8, row)

@@ -8,7 +8,9 @@
 //!                           u32 lp_len  lp bytes (the first token's log-probabilities, below)
 //!                           u32 n_ranges  n_ranges x (u64 address, u64 length)
 //!                           then, unless IN_PLACE, n_pages x (K object, V object)
-//!                           (status 1 = WAITING: a heartbeat, another KV header follows)
+//!                           (status 1 = WAITING: a heartbeat, another KV header follows;
+//!                            status 2 = PARTIAL: the next n_pages pages, another header follows,
+//!                            the final one then carries the rest)
 //!                           then, when flags has DEVICE_INFO or ON_DEVICE: u32 dev_len  dev bytes
 //! ACK  (decode -> prefill): u8 1 received, 0 refused, 2 send the pages on the socket after all
 //!
@@ -36,6 +38,9 @@ pub const CAN_IPC: u8 = 4;
 /// WANT flag: the decode has this prefill's pool handle open (learned from an earlier header):
 /// the prefill may leave the pages in its GPU pool (ON_DEVICE).
 pub const IPC_READY: u8 = 8;
+/// WANT flag: the decode takes the prompt's pages in parts, each sent as soon as its prefill
+/// chunk finished (PARTIAL headers before the final one, which then carries the rest).
+pub const TAKES_PARTS: u8 = 16;
 /// KV flag: no page bytes follow; `ranges` are the prefill's memory to copy.
 pub const IN_PLACE: u32 = 1;
 /// KV flag: the objects (on the socket or in `ranges`) are in page_first_direct order.
@@ -56,6 +61,9 @@ const MAX_RANGES: usize = 1 << 17;
 pub const OK: i32 = 0;
 /// Heartbeat: the room's prefill has not finished yet; another header follows.
 pub const WAITING: i32 = 1;
+/// A part: the next `n_pages` pages of the prompt (one finished prefill chunk's), no ACK;
+/// another header follows.
+pub const PARTIAL: i32 = 2;
 pub const ERR_REFUSED: i32 = -1;
 pub const ERR_MISMATCH: i32 = -2;
 pub const ERR_TIMEOUT: i32 = -3;

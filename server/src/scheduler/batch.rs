@@ -384,6 +384,17 @@ impl<R: ModelRunner> Scheduler<R> {
 
     /// Frees a running sequence's pages (caching what it computed) and requeues it at the front.
     fn retract(&mut self, s: Seq) {
+        if s.pd_sent > 0 {
+            // Part of its KV went to the decode already; recomputing it elsewhere in the pool
+            // would break that promise: the PD request fails (cleanly, on both legs).
+            self.finish(
+                s,
+                FinishReason::Abort(
+                    "PD prefill retracted (KV pool exhausted) after part of its KV was sent".into(),
+                ),
+            );
+            return;
+        }
         tracing::info!(rid = %s.req.rid, "retracting request: KV pool exhausted");
         Stats::add(&self.stats.retractions, 1);
         let s = self.release(s, true);
@@ -500,6 +511,8 @@ impl<R: ModelRunner> Scheduler<R> {
         for (i, it) in &items {
             self.running[*i].computed = it.end;
         }
+        let idx: Vec<usize> = items.iter().map(|(i, _)| *i).collect();
+        self.pd_push_parts(&idx);
         // Input log-probabilities first (they precede the first token on the event channel).
         let mut input: Vec<(usize, Vec<PosLogprobs>)> = heads
             .into_iter()

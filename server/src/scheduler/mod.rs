@@ -257,6 +257,56 @@ impl<R: ModelRunner> Scheduler<R> {
         })
     }
 
+    /// PD prefill: hands the pages a chunk just finished (whole pages; not the prompt's last
+    /// chunk, whose pages go with the final handoff) of running prefill legs `idx` to the
+    /// registry as parts, sent to the decode while the next chunk computes. Only pages the
+    /// transfer threads reach where they are (the CPU runner's pool; the GPU pool, when the
+    /// waiting decode has it open). The runner's forward has returned, so the KV is written.
+    pub(super) fn pd_push_parts(&mut self, idx: &[usize]) {
+        let Some(PdSide::Prefill(reg)) = &self.pd else {
+            return;
+        };
+        let reg = reg.clone();
+        let ps = self.cfg.page_size;
+        for &i in idx {
+            let s = &mut self.running[i];
+            let Some(room) = s
+                .req
+                .bootstrap
+                .as_ref()
+                .filter(|b| b.is_real())
+                .map(|b| b.room)
+            else {
+                continue;
+            };
+            let full = s.computed / ps;
+            if s.computed >= s.prompt_len || full <= s.pd_sent {
+                continue;
+            }
+            let ids = s.page_table()[s.pd_sent..full].to_vec();
+            let pages = if let Some(spans) = reg.host_spans() {
+                crate::pd::prefill::Pages::Pool { spans, pages: ids }
+            } else if let Some(info) = reg.device_for(room, ids) {
+                crate::pd::prefill::Pages::Device(info)
+            } else {
+                continue;
+            };
+            reg.part(
+                room,
+                crate::pd::prefill::Part {
+                    n_tokens: s.prompt_len as u32,
+                    page_size: ps,
+                    pages,
+                    n_pages: full - s.pd_sent,
+                },
+            );
+            s.pd_sent = full;
+            if !reg.test_stall().is_zero() {
+                std::thread::sleep(reg.test_stall());
+            }
+        }
+    }
+
     /// Turns the hierarchical cache on.
     pub fn with_hicache(mut self, hicache: Option<HiCache>) -> Self {
         self.hicache = hicache;

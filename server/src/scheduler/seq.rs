@@ -38,6 +38,8 @@ pub struct Seq {
     pub lp_row: usize,
     /// PD prefill leg: the first output token's log-probabilities, handed to the decode side.
     pub first_lp: Option<Box<crate::logprobs::PosLogprobs>>,
+    /// PD prefill leg: the prompt's pages already handed over as parts (finished chunks').
+    pub pd_sent: usize,
 }
 
 impl Seq {
@@ -61,6 +63,7 @@ impl Seq {
             seed,
             first_token_at: None,
             first_lp: None,
+            pd_sent: 0,
         }
     }
 

@@ -170,7 +170,8 @@ pub struct Args {
     )]
     disaggregation_test_failure_prob: f64,
     /// Test only: the decode side waits this many milliseconds after a KV header with pages
-    /// arrived, before it copies them (so a test can kill the prefill mid-transfer).
+    /// arrived, before it copies them; the prefill side after it handed a finished chunk's pages
+    /// over as a part (so a test can kill the prefill mid-transfer or between chunks).
     #[arg(long, default_value_t = 0, hide = true)]
     disaggregation_test_stall_ms: u64,
     /// Prefix cache eviction order: lru or lfu.
