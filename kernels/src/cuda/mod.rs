@@ -37,8 +37,8 @@ pub mod tensor;
 pub mod transfer;
 
 pub use attention::{
-    prefill_kernel, set_prefill_kernel, AttnKernel, AttnPlan, AttnSeq, AttnShape, PlanOpts,
-    PrefillKernel, DECODE2_VARIANTS, FA2_VARIANTS,
+    fused_combine, prefill_kernel, set_fused_combine, set_prefill_kernel, AttnKernel, AttnPlan,
+    AttnSeq, AttnShape, PlanOpts, PrefillKernel, DECODE2_VARIANTS, FA2_VARIANTS,
 };
 pub use backend::{CudaBackend, CudaBuf};
 pub use device::GpuContext;

@@ -9,7 +9,7 @@ use std::time::Instant;
 use serde_json::{json, Value};
 use strata_kernels::cuda::fused;
 use strata_kernels::cuda::llama::{LlamaModel, LlamaShape, StepInput, Workspace};
-use strata_kernels::cuda::{launch, AttnSeq, CudaOps, Gemm, GemmPath};
+use strata_kernels::cuda::{launch, set_fused_combine, AttnSeq, CudaOps, Gemm, GemmPath};
 use strata_kernels::sample_rows::{RowMode, RowSpec};
 use strata_kernels::sampling::SampleParams;
 
@@ -130,8 +130,8 @@ pub fn run(
                 Ok(model.forward(ops, gemm, &ws, &input)?)
             })?;
             // The same step replayed from a CUDA graph (forward only; sampling stays eager).
-            let replay = || -> anyhow::Result<Option<f64>> {
-                Ok(match model.capture(ops, gemm, &ws, &input) {
+            let replay_with = |input: &StepInput| -> anyhow::Result<Option<f64>> {
+                Ok(match model.capture(ops, gemm, &ws, input) {
                     Ok(g) => {
                         let mut w = Vec::new();
                         for k in 0..18 {
@@ -150,6 +150,7 @@ pub fn run(
                     }
                 })
             };
+            let replay = || replay_with(&input);
             let graphed = replay()?;
             // The same graph without programmatic dependent launch, side by side.
             let graphed_no_pdl = if launch::pdl() {
@@ -166,32 +167,49 @@ pub fn run(
                     a / n
                 ));
             }
-            // Batch 1: the same graph with the fused single-row steps off (kernels fused.rs).
-            let graphed_unfused = if b == 1 && fused::fusion() != 0 {
-                let f = fused::fusion();
+            // The same graph without this session's fusions (the single-row steps of
+            // kernels fused.rs at batch 1, the in-kernel split merge of decode attention), side by
+            // side; and each op's share of an eager step both ways.
+            let f = fused::fusion();
+            fused::set_fusion(0);
+            set_fused_combine(Some(false));
+            let unfused_input = step_input(ops, &model, &seqs, args.deterministic);
+            fused::set_fusion(f);
+            set_fused_combine(None);
+            let unfused_input = unfused_input?;
+            let unfused = |run: &mut dyn FnMut() -> anyhow::Result<()>| -> anyhow::Result<()> {
                 fused::set_fusion(0);
-                let r = replay();
+                let r = run();
                 fused::set_fusion(f);
-                r?
-            } else {
-                None
+                r
             };
+            let mut graphed_unfused = None;
+            unfused(&mut || {
+                graphed_unfused = replay_with(&unfused_input)?;
+                Ok(())
+            })?;
             if let (Some(a), Some(n)) = (graphed, graphed_unfused) {
                 summary.push(format!(
-                    "  b{b} graph step with fused single-row steps {a:.3} ms, without {n:.3} ms (x{:.3})",
+                    "  b{b} graph step with the fused steps {a:.3} ms, without {n:.3} ms (x{:.3})",
                     a / n
                 ));
             }
             let ops_on = op_breakdown(ops, gemm, &model, &ws, &input, b, fwd, "", summary)?;
-            let ops_off = if b == 1 && fused::fusion() != 0 {
-                let f = fused::fusion();
-                fused::set_fusion(0);
-                let r = op_breakdown(ops, gemm, &model, &ws, &input, b, fwd, " unfused", summary);
-                fused::set_fusion(f);
-                Some(r?)
-            } else {
-                None
-            };
+            let mut ops_off = Value::Null;
+            unfused(&mut || {
+                ops_off = op_breakdown(
+                    ops,
+                    gemm,
+                    &model,
+                    &ws,
+                    &unfused_input,
+                    b,
+                    fwd,
+                    " unfused",
+                    summary,
+                )?;
+                Ok(())
+            })?;
             let attn_layer_us = attention_alone(ops, &model, b, args.decode_ctx, None, &|_| true)?;
             for sp in [1, 2, 4, 8, 16, 32] {
                 let us = attention_alone(ops, &model, b, args.decode_ctx, Some(sp), &|_| true)?;

@@ -202,3 +202,74 @@ pub fn fused_t1(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Result<
     }
     Ok(())
 }
+
+/// Decode attention with the in-kernel split merge (decode2 plans, the default) against the same
+/// plan shape with the separate `attention_combine` launch: bitwise equal, for GQA groups 1/4/8 at
+/// head_dim 128 and 4 at 64, batches of 1/3/8 sequences of mixed lengths (short ones leave
+/// splits empty), planner and forced split counts; a second launch of the same plan checks that
+/// the counters were reset. Also a fixed (graph) plan rewritten for fewer rows.
+pub fn fused_combine(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
+    use strata_kernels::cuda::{set_fused_combine, AttnSeq, AttnShape};
+    let c = ops.context();
+    for (nh, nkv, hd) in [(32, 8, 128), (8, 8, 128), (64, 8, 128), (32, 8, 64)] {
+        let (ps, pool_pages) = (16, 800);
+        let shape = AttnShape {
+            n_heads: nh,
+            n_kv_heads: nkv,
+            head_dim: hd,
+            page_size: ps,
+            pool_pages,
+        };
+        let kv_dim = nkv * hd;
+        let slots = pool_pages * ps;
+        let k = c.upload_bf16(&[slots, kv_dim], &ck.bf16_vec(slots * kv_dim, 1.0))?;
+        let v = c.upload_bf16(&[slots, kv_dim], &ck.bf16_vec(slots * kv_dim, 1.0))?;
+        for (b, splits) in [(1usize, None), (3, None), (8, None), (3, Some(7))] {
+            let mut next = 0i32;
+            let seqs: Vec<AttnSeq> = (0..b)
+                .map(|i| {
+                    let kv_len: usize = if i == 0 {
+                        1024
+                    } else {
+                        ck.rng.random_range(1..=1500)
+                    };
+                    let np = kv_len.div_ceil(ps) as i32;
+                    let pages = (next..next + np).collect();
+                    next += np;
+                    AttnSeq {
+                        q_len: 1,
+                        kv_len,
+                        pages,
+                    }
+                })
+                .collect();
+            let q = c.upload_bf16(&[b, nh * hd], &ck.bf16_vec(b * nh * hd, 1.0))?;
+            let mut outs = Vec::new();
+            let mut nsplits = 0;
+            for fused in [true, false] {
+                set_fused_combine(Some(fused));
+                let plan = ops.attention_plan(shape, &seqs, splits);
+                set_fused_combine(None);
+                let plan = plan?;
+                nsplits = plan.splits();
+                for _ in 0..2 {
+                    let o = c.alloc(DType::Bf16, &[b, nh * hd])?;
+                    c.memset(&o, 0xff)?;
+                    ops.paged_attention(&plan, &q, 0, &k, &v, &o, 0.088)?;
+                    outs.push(c.download_f32(&o)?);
+                }
+            }
+            let bad = bits_differing(&outs[0], &outs[2])
+                + bits_differing(&outs[1], &outs[2])
+                + bits_differing(&outs[3], &outs[2]);
+            ck.exact(
+                "fused_combine",
+                format!(
+                    "heads {nh}/{nkv} hd{hd} b{b} {nsplits} splits, in-kernel vs combine launch"
+                ),
+                bad,
+            );
+        }
+    }
+    Ok(())
+}
