@@ -465,6 +465,17 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
             vec![(2500, 2500)],
             Some(1),
         ),
+        // GQA group 16 (8 tokens per FA2 tile) at head_dim 128 on 7-token pages, with a cached
+        // prefix so tiles start mid-page.
+        (
+            "prefill g16 d128 p7",
+            32,
+            2,
+            128,
+            7,
+            vec![(200, 260), (33, 33)],
+            None,
+        ),
     ];
     // Every timed decode2 alternative, on the Llama-3-8B head shape it is built for.
     // Every timed FA2 tile-shape alternative (head_dim 128), whole prompts and forced splits.
