@@ -395,9 +395,11 @@ __device__ __forceinline__ void dec2_async_body(
     __shared__ __align__(16) uint4 ks[ANST][ATK * LPK];
     __shared__ __align__(16) uint4 vs[ANST][ATK * LPK];
 
+    // (Called before pdl_enter: the tile list is written before the forward starts.)
     const Dec2Block blk = dec2_block(tile_info, block_tables, max_pages, split_len);
     // A split past the row's keys: nothing to do (attention_combine reads only the row's splits;
-    // uniform over the block, so no barrier is skipped by part of it).
+    // uniform over the block, so no barrier is skipped by part of it). An exited block counts as
+    // having triggered its dependents.
     if (blk.kbeg >= blk.kend) return;
     const int g = blk.g, row = blk.row, kbeg = blk.kbeg, kend = blk.kend;
     const int* bt = blk.bt;
@@ -431,15 +433,25 @@ __device__ __forceinline__ void dec2_async_body(
         }
     };
 
+    // Programmatic dependent launch: the previous kernel (the qkv projection) writes q and this
+    // token's own K/V row (key pos); every other key, the tile list and the block tables were
+    // written before it started. A split that ends before pos issues its first tiles before
+    // waiting, so they stream in during the previous kernel's tail.
+    const int ntiles = kend > kbeg ? (kend - kbeg + ATK - 1) / ATK : 0;
+    const bool early = kend <= blk.pos;
+    auto prologue = [&]() {
+#pragma unroll
+        for (int p = 0; p < ANST - 1; ++p) {
+            if (p < ntiles) issue(kbeg + p * ATK, p);
+            cp_async_commit();
+        }
+    };
+    if (early) prologue();
+    pdl_enter();
+    if (!early) prologue();
+
     float qf[G][8], m[G], l[G], acc[G][8];
     dec2_start<G, HD>(q, q_stride, row, g, li, scale, qf, m, l, acc);
-
-    const int ntiles = kend > kbeg ? (kend - kbeg + ATK - 1) / ATK : 0;
-#pragma unroll
-    for (int p = 0; p < ANST - 1; ++p) {
-        if (p < ntiles) issue(kbeg + p * ATK, p);
-        cp_async_commit();
-    }
     for (int i = 0; i < ntiles; ++i) {
         cp_async_wait<ANST - 2>();
         __syncthreads();
@@ -471,7 +483,6 @@ __device__ __forceinline__ void dec2_async_body(
         const int* block_tables, int max_pages, int page_size, const int* tile_info,            \
         int n_heads, int n_kv_heads, int head_dim, float scale, int split_len, bf16_t* out,     \
         int out_stride, float* part_acc, float* part_ml, int total_rows, int* counters) {       \
-        pdl_enter();                                                                            \
         dec2_async_body<G, HD, ATK, ANST>(q, q_stride, k_pool, v_pool, block_tables, max_pages, \
                                           page_size, tile_info, n_heads, n_kv_heads, scale,     \
                                           split_len, out, out_stride, part_acc, part_ml,        \

@@ -17,7 +17,7 @@
 use std::sync::atomic::{AtomicU8, Ordering};
 
 use super::error::{ensure, Result};
-use super::gemm::{Gemm, GEMV_T1_MAX_IN};
+use super::gemm::Gemm;
 use super::launch::{launch, Arg, Dims};
 use super::ops::CudaOps;
 use super::tensor::{DTensor, DType};
@@ -28,6 +28,10 @@ pub const FUSE_NORM: u8 = 1;
 pub const FUSE_ROPE: u8 = 2;
 /// Fuse SiLU-mul into the single-row gate_up projection (needs [`FUSE_NORM`]).
 pub const FUSE_SILU: u8 = 4;
+
+/// Longest normalised row the fused kernels take (x in dynamic shared memory next to their
+/// static 128 bytes, within the default 48 KiB).
+pub const FUSED_MAX_IN: usize = 16 * 1024;
 
 static FUSION: AtomicU8 = AtomicU8::new(u8::MAX);
 
@@ -141,7 +145,7 @@ impl Gemm {
         if self.deterministic()
             || flags & wanted != wanted
             || norm.resid.shape() != [1, k]
-            || k > GEMV_T1_MAX_IN
+            || k > FUSED_MAX_IN
             || k % 8 != 0
             || !aligned(w)
             || !aligned(norm.resid)
