@@ -439,18 +439,36 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) logprob_rows(
 }
 
 // Greedy pick per row of f32 logits [rows, vocab]: the index of the largest value, lowest index on
-// ties (the CPU `argmax`). One block of 256 threads per row; graph-capturable (no host inputs).
-extern "C" __global__ void __launch_bounds__(256) argmax_rows(const float* logits, int vocab,
-                                                              int* out_tokens) {
+// ties (the CPU `argmax`). One block per row (1024 threads from the launcher: at batch 1 the pick is
+// one block's latency, so each thread reads 16-byte chunks, several in flight); graph-capturable (no
+// host inputs). Each thread visits its elements in increasing index order and keeps the first of
+// equal maxima, and block_argmax prefers the lower index, so the result does not depend on the
+// block size or the chunking.
+extern "C" __global__ void __launch_bounds__(1024) argmax_rows(const float* logits, int vocab,
+                                                               int* out_tokens) {
     pdl_enter();
     __shared__ float shv[32];
     __shared__ int shi[32];
     const float* row = logits + (u64)blockIdx.x * vocab;
     float v = NEG_INF;
     int i = 0x7fffffff;
-    for (int j = threadIdx.x; j < vocab; j += blockDim.x) {
-        const float x = row[j];
-        if (x > v) { v = x; i = j; }
+    if ((vocab & 3) == 0 && ((u64)row & 15) == 0) {
+        const float4* r4 = (const float4*)row;
+        const int n4 = vocab >> 2;
+#pragma unroll 4
+        for (int c = threadIdx.x; c < n4; c += blockDim.x) {
+            const float4 x = r4[c];
+            const int j = c * 4;
+            if (x.x > v) { v = x.x; i = j; }
+            if (x.y > v) { v = x.y; i = j + 1; }
+            if (x.z > v) { v = x.z; i = j + 2; }
+            if (x.w > v) { v = x.w; i = j + 3; }
+        }
+    } else {
+        for (int j = threadIdx.x; j < vocab; j += blockDim.x) {
+            const float x = row[j];
+            if (x > v) { v = x; i = j; }
+        }
     }
     block_argmax(v, i, shv, shi);
     if (threadIdx.x == 0) out_tokens[blockIdx.x] = i == 0x7fffffff ? 0 : i;

@@ -487,7 +487,7 @@ impl CudaOps {
         logits.expect("logits", DType::F32, &[b, v])?;
         out.expect("out", DType::I32, &[b])?;
         let args = [Arg::U64(logits.ptr()), i(v), Arg::U64(out.ptr())];
-        self.go(&self.argmax, Dims::rows(b, 256), &args)
+        self.go(&self.argmax, Dims::rows(b, 1024), &args)
     }
 
     /// Fills a bf16 tensor with uniform(-scale, scale) values derived from `seed`.

@@ -194,7 +194,9 @@ pub fn run(
                     a / n
                 ));
             }
-            let ops_on = op_breakdown(ops, gemm, &model, &ws, &input, b, fwd, "", summary)?;
+            let ops_on = op_breakdown(ops, gemm, &model, &ws, &input, b, fwd, true, "", summary)?;
+            let ops_eager =
+                op_breakdown(ops, gemm, &model, &ws, &input, b, fwd, false, "", summary)?;
             let mut ops_off = Value::Null;
             unfused(&mut || {
                 ops_off = op_breakdown(
@@ -205,6 +207,7 @@ pub fn run(
                     &unfused_input,
                     b,
                     fwd,
+                    true,
                     " unfused",
                     summary,
                 )?;
@@ -244,7 +247,7 @@ pub fn run(
                 b as f64 / best * 1e3, floor_ms.unwrap_or(f64::NAN), ratio.unwrap_or(f64::NAN), kv_floor.unwrap_or(f64::NAN)
             ));
             rows.push(json!({"batch": b, "step_ms": wall, "graph_step_ms": graphed, "graph_step_ms_no_pdl": graphed_no_pdl,
-                "graph_step_ms_unfused": graphed_unfused, "ops_us": ops_on, "ops_us_unfused": ops_off, "forward_gpu_ms": fwd,
+                "graph_step_ms_unfused": graphed_unfused, "ops_us": ops_on, "ops_us_eager": ops_eager, "ops_us_unfused": ops_off, "forward_gpu_ms": fwd,
                 "attention_us_per_layer": attn_layer_us, "attention_v1_us_per_layer": attn_v1_us, "attention_variants_us": variants, "tokens_per_s": b as f64 / best * 1e3,
                 "floor_weights_ms": floor_ms, "floor_weights_kv_ms": kv_floor, "ratio_to_floor": ratio}));
             if b == 1 {
@@ -372,10 +375,12 @@ pub fn run(
     Ok(out)
 }
 
-/// Where one eager decode step's GPU time goes: a CUDA event after every op of
-/// `forward_marked` (which also keeps consecutive kernels from overlapping, so the sum exceeds the
-/// graph step: each op's time here includes its launch and ramp), medians of 5 steps after a
-/// warm-up, summed per op over the layers. One summary line, largest first.
+/// Where one decode step's GPU time goes: a CUDA event after every op of `forward_marked`,
+/// medians of 5 steps after a warm-up, summed per op over the layers. `graph`: the events are
+/// captured with the forward into a CUDA graph and the graph is replayed (no host launch gaps;
+/// the event nodes still keep consecutive kernels from overlapping under PDL, so the sum exceeds
+/// the plain graph step); else an eager step, where small kernels also show the host's launch
+/// rate. One summary line, largest first.
 #[allow(clippy::too_many_arguments)]
 fn op_breakdown(
     ops: &CudaOps,
@@ -385,6 +390,7 @@ fn op_breakdown(
     input: &StepInput,
     b: usize,
     fwd_ms: f64,
+    graph: bool,
     tag: &str,
     summary: &mut Vec<String>,
 ) -> anyhow::Result<Value> {
@@ -392,16 +398,51 @@ fn op_breakdown(
     let flags = Some(cudarc::driver::sys::CUevent_flags::CU_EVENT_DEFAULT);
     // label -> (calls per step, per-step totals in us), in first-seen order.
     let mut per: Vec<(&'static str, usize, Vec<f64>)> = Vec::new();
-    for rep in 0..6 {
-        let mut evs = vec![("start", stream.record_event(flags)?)];
+    let record = |evs: &mut Vec<(&'static str, cudarc::driver::CudaEvent)>| -> anyhow::Result<()> {
+        evs.push(("start", stream.record_event(flags)?));
         model.forward_marked(ops, gemm, ws, input, &mut |l| {
             evs.push((l, stream.record_event(flags)?));
             Ok(())
         })?;
+        Ok(())
+    };
+    let mut captured = None;
+    let mut graph_evs = Vec::new();
+    if graph {
+        use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+        stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
+        let r = record(&mut graph_evs);
+        let g = stream.end_capture(CUgraphInstantiate_flags(0));
+        match (r, g) {
+            (Ok(()), Ok(Some(g))) => captured = Some(g),
+            (r, g) => {
+                let why = r
+                    .err()
+                    .map(|e| e.to_string())
+                    .or(g.err().map(|e| e.to_string()));
+                summary.push(format!(
+                    "  b{b} op breakdown{tag}: graph capture with events failed ({}); eager below",
+                    why.unwrap_or_else(|| "empty graph".into())
+                ));
+                return op_breakdown(ops, gemm, model, ws, input, b, fwd_ms, false, tag, summary);
+            }
+        }
+    }
+    for rep in 0..6 {
+        let mut eager_evs = Vec::new();
+        match &captured {
+            Some(g) => g.launch()?,
+            None => record(&mut eager_evs)?,
+        }
         ops.context().synchronize()?;
         if rep == 0 {
             continue;
         }
+        let evs = if captured.is_some() {
+            &graph_evs
+        } else {
+            &eager_evs
+        };
         let mut step: Vec<(&'static str, usize, f64)> = Vec::new();
         for w in evs.windows(2) {
             let us = w[0].1.elapsed_ms(&w[1].1)? as f64 * 1e3;
@@ -425,7 +466,8 @@ fn op_breakdown(
     let total: f64 = rows.iter().map(|r| r.2).sum();
     rows.sort_by(|a, c| c.2.total_cmp(&a.2));
     let mut line = format!(
-        "  b{b} op breakdown{tag} (eager, an event after each op; sum {:.2} ms vs forward {fwd_ms:.2} ms):",
+        "  b{b} op breakdown{tag} ({}, an event after each op; sum {:.2} ms vs eager forward {fwd_ms:.2} ms):",
+        if captured.is_some() { "graph" } else { "eager" },
         total / 1e3
     );
     let mut doc = serde_json::Map::new();
