@@ -220,8 +220,15 @@ impl GemmLt {
         if !cands.is_empty() && !capture {
             let before = cands.len();
             let mut kept = Vec::with_capacity(before);
+            // One probe input for every candidate.
+            let r = if y_f32 { 256 } else { PROBE_ROWS };
+            let ydt = if y_f32 { DType::F32 } else { DType::Bf16 };
+            let x = self
+                .ctx
+                .upload_bf16(&[r, k], &probe_values(r * k, (n * 31 + k) as u64))?;
+            let y = self.ctx.alloc(ydt, &[r, n])?;
             for a in cands {
-                match self.det_probe(&a, n, k, y_f32, w) {
+                match self.det_probe(&a, n, k, y_f32, w, &x, &y) {
                     Ok(None) => kept.push(a),
                     Ok(Some(why)) => {
                         log.push(format!("probe rejected {:x}: {why}", fingerprint(&a)))
@@ -480,8 +487,9 @@ impl GemmLt {
         Ok(cands)
     }
 
-    /// The invariance probe: `None` when rows computed alone equal the same rows of one large
-    /// call bitwise, else what differed.
+    /// The invariance probe on input x [r, k] (y [r, n] its scratch output): `None` when rows
+    /// computed alone equal the same rows of one r-row call bitwise, else what differed.
+    #[allow(clippy::too_many_arguments)]
     fn det_probe(
         &self,
         a: &sys::cublasLtMatmulAlgo_t,
@@ -489,21 +497,19 @@ impl GemmLt {
         k: usize,
         y_f32: bool,
         w: &DTensor,
+        x: &DTensor,
+        y: &DTensor,
     ) -> Result<Option<String>> {
-        let r = if y_f32 { 256 } else { PROBE_ROWS };
-        let ydt = if y_f32 { DType::F32 } else { DType::Bf16 };
-        let x = self
-            .ctx
-            .upload_bf16(&[r, k], &probe_values(r * k, (n * 31 + k) as u64))?;
-        let y = self.ctx.alloc(ydt, &[r, n])?;
+        let r = x.shape()[0];
+        let ydt = y.dtype();
         self.run(
             &Plan {
                 d: Descs::new(r, n, k, y_f32)?,
                 algo: *a,
             },
-            &x,
+            x,
             w,
-            &y,
+            y,
         )?;
         for (m, off) in [(1, 0), (1, r - 1), (3, 5), (32, 40), (100, r - 100)] {
             let xm = x.view(off * k, &[m, k])?;
