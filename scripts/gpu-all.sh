@@ -6,7 +6,10 @@
 #   hc1b     scripts/gpu-hicache-check.sh (1B shape: L2 load-back and L3 answers byte-exact)
 #   hc8b     scripts/gpu-hicache-bench.sh (8B shape: L3-hit TTFT vs recompute at 8K..32K)
 #   mt       scripts/gpu-hicache-multiturn.sh (multiturn bench, four HiCache configurations)
-#   pd       scripts/gpu-pd-check.sh (PD on one GPU: greedy, TTFT, transfer, mixed-load ITL)
+#   pd       scripts/gpu-pd-check.sh (PD on one GPU, or decode on GPU 1 when there are two:
+#            greedy, TTFT, transfer paths and rate, throughput with 1/4/16 in flight, mixed-load ITL)
+#   pdcopy   `gpu check --only pd_copy` + `gpu bench --only pd-copy` (the decode's pool-to-pool
+#            IPC copy kernel: byte-exact, and timed beside a raw d2d memcpy of the same bytes)
 #   runner   scripts/gpu-runner-check.sh (bf16 runner vs transformers, greedy consistency, bench)
 #   sampling scripts/gpu-sampling-check.sh (GPU sampler: bench, served determinism, two servers)
 #   sbench   scripts/gpu-serve-bench.sh (raw `gpu bench` + served speed; env SB_SIZES, SB_SHAPES,
@@ -58,6 +61,9 @@ for s in $STEPS; do
     hc8b) timeout $(left ${HC8B_TIMEOUT:-330}) scripts/gpu-hicache-bench.sh "$OUT" > "$OUT/hc8b.log" 2>&1; rc=$?; grep -vE "^\s*$" "$OUT/hc8b.log" | tail -30 ;;
     mt) timeout $(left ${MT_TIMEOUT:-200}) scripts/gpu-hicache-multiturn.sh "$OUT" > "$OUT/mt.log" 2>&1; rc=$?; cat "$OUT/mt.log" ;;
     pd) timeout $(left ${PD_TIMEOUT:-300}) scripts/gpu-pd-check.sh "$OUT" > "$OUT/pd.log" 2>&1; rc=$?; tail -40 "$OUT/pd.log" ;;
+    pdcopy) timeout $(left 120) "$STRATA" gpu check --only pd_copy > "$OUT/pdcopy.log" 2>&1; rc=$?
+      timeout $(left 60) "$STRATA" gpu bench --only pd-copy --pd-copy-mb 55,230 >> "$OUT/pdcopy.log" 2>&1; r2=$?
+      grep -E "pd_pool_copy|FAIL|gpu check:|^pd-copy" "$OUT/pdcopy.log" | tail -20; [ $rc -eq 0 ] && rc=$r2 ;;
     sampling) timeout $(left 200) scripts/gpu-sampling-check.sh "$OUT" > "$OUT/sampling.log" 2>&1; rc=$?; tail -30 "$OUT/sampling.log" ;;
     prefill) timeout $(left 150) "$STRATA" gpu check --only attention,silu_mul,rmsnorm,rope,rope_kv_write --json "$OUT/check-attention.json" > "$OUT/prefill-check.log" 2>&1
       rc=$?; grep -E "FAIL|prefill|extend|silu|rmsnorm|rope|gpu check:" "$OUT/prefill-check.log" | tail -40

@@ -493,12 +493,8 @@ impl Exchange<'_> {
         if l.resend {
             // A same-host copy failed: every page of the prompt on the socket after all.
             link.wr.write_all(&[wire::ACK_SEND]).map_err(broke)?;
-            for (at, len) in self.local(staging, &h, 0, n_pages, n_pages) {
-                // SAFETY: the staging pool, or the pool pages this fetch owns, written by nothing
-                // else until the scheduler takes the result.
-                let buf = unsafe { std::slice::from_raw_parts_mut(at, len) };
-                link.rd.read_exact(buf).map_err(broke)?;
-            }
+            let local = self.local(staging, &h, 0, n_pages, n_pages);
+            read_ranges(&mut link.rd, &local).map_err(broke)?;
             l.path = "the socket";
         }
         let Landing {
@@ -668,14 +664,9 @@ impl Exchange<'_> {
                 }
             }
         } else {
-            for &(at, len) in &local {
-                // SAFETY: the staging pool, or the pool pages this fetch owns, written by
-                // nothing else until the scheduler takes the result.
-                let buf = unsafe { std::slice::from_raw_parts_mut(at, len) };
-                link.rd.read_exact(buf).map_err(|e| {
-                    Fail::broken(format!("the prefill server broke off the KV transfer: {e}"))
-                })?;
-            }
+            read_ranges(&mut link.rd, &local).map_err(|e| {
+                Fail::broken(format!("the prefill server broke off the KV transfer: {e}"))
+            })?;
         }
         Ok(())
     }
@@ -692,6 +683,33 @@ impl Exchange<'_> {
         self.links.opened(self.addr, info.handle, &m);
         Ok(m)
     }
+}
+
+/// Reads exactly the bytes of `local` (memory this fetch owns: the staging pool, or its pool
+/// pages, written by nothing else until the scheduler takes the result), in order, with
+/// vectored reads of up to 1,024 ranges (one system call for many pages and layers).
+fn read_ranges(
+    rd: &mut std::io::BufReader<strata_cluster::transport::stream::Stream>,
+    local: &[(*mut u8, usize)],
+) -> std::io::Result<()> {
+    for chunk in local.chunks(1024) {
+        let mut bufs: Vec<std::io::IoSliceMut<'_>> = chunk
+            .iter()
+            // SAFETY: see above; the ranges do not overlap.
+            .map(|&(at, len)| {
+                std::io::IoSliceMut::new(unsafe { std::slice::from_raw_parts_mut(at, len) })
+            })
+            .collect();
+        let mut rest = &mut bufs[..];
+        while !rest.is_empty() {
+            let n = rd.read_vectored(rest)?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            std::io::IoSliceMut::advance_slices(&mut rest, n);
+        }
+    }
+    Ok(())
 }
 
 /// Copies the prefill's memory (`ranges`, in transfer order: each page's K object bytes, then its
