@@ -235,16 +235,22 @@ fn fetch(
         .ok_or_else(|| format!("bootstrap address {}:{port} does not resolve", b.host))?;
     let staging_pages = prompt_len.div_ceil(g.page_size);
     let object_bytes = g.page_size * g.layers * g.kv_dim * g.elem;
-    let mut staging = cache.take(staging_pages, object_bytes, |pages| {
-        HostKvPool::new(
-            pages,
-            g.page_size,
-            g.layers,
-            g.kv_dim,
-            g.elem,
-            MemLayout::PageFirst,
-        )
-    })?;
+    let make = || {
+        cache.take(staging_pages, object_bytes, |pages| {
+            HostKvPool::new(
+                pages,
+                g.page_size,
+                g.layers,
+                g.kv_dim,
+                g.elem,
+                MemLayout::PageFirst,
+            )
+        })
+    };
+    let mut staging = Staging {
+        pool: None,
+        make: Some(&make),
+    };
     let dest = dest.filter(|d| d.pages.len() == staging_pages);
     // Parts land in the pool pages given, or (host pages) in the staging pool; device pages
     // without pool pages to land in come whole.
@@ -257,7 +263,7 @@ fn fetch(
         room: b.room,
         prompt_len: prompt_len as u32,
         page_size: g.page_size as u32,
-        object_bytes: staging.object_bytes() as u32,
+        object_bytes: object_bytes as u32,
         flags: wire::TAKES_DIRECT | parts,
         token: cfg.token.clone(),
     };
@@ -286,15 +292,21 @@ fn fetch(
         Ok((h, dev, timing)) => {
             links.give(addr, link);
             let payload = match dev {
-                Got::Device(d) => {
-                    cache.give(staging);
-                    Payload::Device(d)
+                Got::Staging => Payload::Host(
+                    staging
+                        .pool
+                        .take()
+                        .ok_or("no staging pool for staged pages")?,
+                ),
+                other => {
+                    if let Some(p) = staging.pool.take() {
+                        cache.give(p);
+                    }
+                    match other {
+                        Got::Device(d) => Payload::Device(d),
+                        _ => Payload::InPool,
+                    }
                 }
-                Got::InPool => {
-                    cache.give(staging);
-                    Payload::InPool
-                }
-                Got::Staging => Payload::Host(staging),
             };
             Ok(Fetched {
                 first_token: h.first_token,
@@ -326,6 +338,26 @@ struct Exchange<'a> {
     dest_pages: Option<&'a [u32]>,
     /// Orders a device-to-device copy into `dest_pages` after the compute stream's earlier work.
     fence: Option<&'a Fence>,
+}
+
+/// A fetch's staging pool, made only when pages land there: pages that go straight into pool
+/// pages need none (taking a prompt-sized pool per transfer, with many transfers in flight more
+/// than the cache keeps, cost more than the copy itself).
+pub(crate) struct Staging<'a> {
+    pool: Option<HostKvPool>,
+    make: Option<&'a dyn Fn() -> Result<HostKvPool, String>>,
+}
+
+impl Staging<'_> {
+    fn get(&mut self) -> Result<&mut HostKvPool, Fail> {
+        if self.pool.is_none() {
+            let make = self
+                .make
+                .ok_or_else(|| Fail::broken("no staging pool for this transfer".into()))?;
+            self.pool = Some(make().map_err(Fail::broken)?);
+        }
+        Ok(self.pool.as_mut().expect("set above"))
+    }
 }
 
 /// How one transfer's pages have landed so far (parts, then the rest).
@@ -364,7 +396,7 @@ impl Exchange<'_> {
         &self,
         link: &mut Link,
         want: &Want,
-        staging: &mut HostKvPool,
+        staging: &mut Staging<'_>,
         n_pages: usize,
     ) -> Result<(KvHeader, Got, Timing), Fail> {
         let (cfg, links, addr) = (self.cfg, self.links, self.addr);
@@ -427,7 +459,7 @@ impl Exchange<'_> {
             Err(e) => return Err(silent(e)),
             Ok(_) => {}
         }
-        let obj = staging.object_bytes();
+        let obj = want.object_bytes as usize;
         let broke = |e: std::io::Error| {
             Fail::broken(format!("the prefill server broke off the KV transfer: {e}"))
         };
@@ -493,7 +525,7 @@ impl Exchange<'_> {
         if l.resend {
             // A same-host copy failed: every page of the prompt on the socket after all.
             link.wr.write_all(&[wire::ACK_SEND]).map_err(broke)?;
-            let local = self.local(staging, &h, 0, n_pages, n_pages);
+            let local = self.local(staging.pool.as_ref(), &h, 0, n_pages, n_pages);
             read_ranges(&mut link.rd, &local).map_err(broke)?;
             l.path = "the socket";
         }
@@ -562,7 +594,7 @@ impl Exchange<'_> {
     /// pages (page_first_direct pages, one range per page and layer), else staging objects.
     fn local(
         &self,
-        staging: &HostKvPool,
+        staging: Option<&HostKvPool>,
         h: &KvHeader,
         from: usize,
         to: usize,
@@ -577,6 +609,9 @@ impl Exchange<'_> {
                     .collect()
             }
             None => {
+                let Some(staging) = staging else {
+                    return Vec::new(); // made by `land` before: unreachable
+                };
                 let obj = staging.object_bytes();
                 (from as u32..to as u32)
                     .flat_map(|p| [false, true].map(|v| (staging.object_ptr(p, v), obj)))
@@ -594,7 +629,7 @@ impl Exchange<'_> {
         h: &KvHeader,
         from: usize,
         n_pages: usize,
-        staging: &mut HostKvPool,
+        staging: &mut Staging<'_>,
         ipc: Option<&dyn DeviceKv>,
         l: &mut Landing,
         part: bool,
@@ -637,16 +672,17 @@ impl Exchange<'_> {
                 }
             };
         }
-        staging.layout = if h.flags & wire::DIRECT != 0 {
-            MemLayout::PageFirstDirect
-        } else {
-            MemLayout::PageFirst
-        };
-        let local = self.local(staging, h, from, to, n_pages);
         // page_first_direct is the pool's own order: straight into the given pool pages.
         if self.dest.is_some() && h.flags & wire::DIRECT != 0 {
             l.into_pool = true;
+        } else {
+            staging.get()?.layout = if h.flags & wire::DIRECT != 0 {
+                MemLayout::PageFirstDirect
+            } else {
+                MemLayout::PageFirst
+            };
         }
+        let local = self.local(staging.pool.as_ref(), h, from, to, n_pages);
         if h.flags & wire::IN_PLACE != 0 {
             if l.resend {
                 return Ok(()); // everything comes on the socket at the end
@@ -902,7 +938,7 @@ mod tests {
         link.peer_pid = Some(i32::MAX);
         room += 1;
         let rx = ready(&reg, room, 9);
-        let mut staging = HostKvPool::new(
+        let staging = HostKvPool::new(
             3,
             G.page_size,
             G.layers,
@@ -929,9 +965,14 @@ mod tests {
             dest_pages: None,
             fence: None,
         };
+        let mut sg = Staging {
+            pool: Some(staging),
+            make: None,
+        };
         let (h, _, _) = ex
-            .run(&mut link, &want, &mut staging, 3)
+            .run(&mut link, &want, &mut sg, 3)
             .unwrap_or_else(|f| panic!("{}", f.msg));
+        let staging = sg.pool.unwrap();
         check(
             &Fetched {
                 first_token: h.first_token,
@@ -1087,7 +1128,7 @@ mod tests {
             let dcfg = cfg(Mode::Decode, port, same_host);
             let links = Links::new(same_host, dcfg.silence_limit(), Arc::new(Stats::default()));
             let mut link = links.dial(addr).unwrap();
-            let mut st = HostKvPool::new(
+            let st = HostKvPool::new(
                 pages.len(),
                 G.page_size,
                 G.layers,
@@ -1114,9 +1155,14 @@ mod tests {
                 dest_pages: None,
                 fence: None,
             };
+            let mut sg = Staging {
+                pool: Some(st),
+                make: None,
+            };
             let (h, got, _) = ex
-                .run(&mut link, &want, &mut st, pages.len())
+                .run(&mut link, &want, &mut sg, pages.len())
                 .unwrap_or_else(|f| panic!("{}", f.msg));
+            let st = sg.pool.unwrap();
             assert_eq!(matches!(got, Got::InPool), into);
             if into {
                 mine.check_pool(&pool, &my_pages, &pages);
@@ -1127,9 +1173,9 @@ mod tests {
             } else {
                 MemLayout::PageFirst
             };
-            assert_eq!(st.layout, want_layout);
             assert_eq!(rx.recv().unwrap(), Ok(()));
             if !into {
+                assert_eq!(st.layout, want_layout);
                 pool.check(&st, &pages);
             }
             assert_eq!(released_now(), before.0 + 1, "pages released after the ACK");
@@ -1454,7 +1500,7 @@ mod tests {
             let dstats = Arc::new(Stats::default());
             let links = Links::new(same_host, dcfg.silence_limit(), dstats.clone());
             let mut link = links.dial(addr).unwrap();
-            let mut st = HostKvPool::new(
+            let st = HostKvPool::new(
                 pages.len(),
                 G.page_size,
                 G.layers,
@@ -1484,9 +1530,14 @@ mod tests {
                 dest_pages: None,
                 fence: None,
             };
+            let mut sg = Staging {
+                pool: Some(st),
+                make: None,
+            };
             let (h, got, _) = ex
-                .run(&mut link, &want, &mut st, pages.len())
+                .run(&mut link, &want, &mut sg, pages.len())
                 .unwrap_or_else(|f| panic!("{}", f.msg));
+            drop(sg);
             later.join().unwrap();
             assert!(matches!(got, Got::InPool));
             assert_eq!(h.first_token, 42);

@@ -12,7 +12,8 @@
 //! is the bytes of all N over the wall time until the last one was acknowledged; median over
 //! rounds, after a warm-up round that also opens the connections and checks the bytes.
 //!
-//! The raw copy of the same transport moves the same bytes with the same concurrency: same-host,
+//! The raw copy of the same transport moves the same bytes with the same concurrency, one raw
+//! round after each transfer round (the ratio is the median of the per-round ratios): same-host,
 //! N threads each `process_vm_readv`-ing one transfer's bytes out of the prefill child's pool in
 //! contiguous per-layer ranges into this process's pool; TCP, N loopback connections each sending
 //! one transfer's bytes in 1 MiB writes. Per transfer the decode's breakdown is printed: waiting
@@ -269,7 +270,7 @@ fn measure(a: &Args, port: u16, info: &serde_json::Value) -> anyhow::Result<()> 
             .collect::<Vec<_>>()
             .join(" ")
     );
-    println!("| transport | in flight | transfer, aggregate | raw copy, same concurrency | transfer / raw | per transfer (median ms): waiting / moving / ACK |");
+    println!("| transport | in flight | transfer, aggregate | raw copy, same concurrency | transfer / raw (median of rounds) | per transfer (median ms): waiting / moving / ACK |");
     println!("|---|---|---|---|---|---|");
     let mut room = 0u64;
     for t in &a.transports {
@@ -288,6 +289,19 @@ fn measure(a: &Args, port: u16, info: &serde_json::Value) -> anyhow::Result<()> 
             let _ = tx.lock().map(|t| t.send(()));
         }));
         for &c in &a.concurrency {
+            let mut raw = if same_host {
+                Raw::Cma {
+                    pid,
+                    pk: &pk,
+                    pv: &pv,
+                    mine: &mine,
+                    n,
+                    c,
+                }
+            } else {
+                Raw::tcp(bytes, c)?
+            };
+            let (mut raws, mut ratios) = (Vec::new(), Vec::new());
             let mut rates = Vec::new();
             let mut timings: Vec<Timing> = Vec::new();
             for round in 0..=a.rounds {
@@ -340,17 +354,17 @@ fn measure(a: &Args, port: u16, info: &serde_json::Value) -> anyhow::Result<()> 
                         timings.push(f.timing);
                     }
                 }
-                if round > 0 {
-                    rates.push((c * bytes) as f64 / wall);
-                }
                 drop(done); // pages back to the free list
+                let r = raw.round(round)?;
+                if round > 0 {
+                    let rate = (c * bytes) as f64 / wall;
+                    rates.push(rate);
+                    raws.push(r);
+                    ratios.push(rate / r);
+                }
             }
-            let raw = if same_host {
-                raw_cma(pid, (&pk, &pv), &mine, n, c, a.rounds)?
-            } else {
-                raw_tcp(bytes, c, a.rounds)?
-            };
-            let rate = median(rates);
+            raw.finish()?;
+            let (rate, raw, ratio) = (median(rates), median(raws), median(ratios));
             let ms = |f: fn(&Timing) -> Duration| {
                 median(timings.iter().map(|t| f(t).as_secs_f64() * 1e3).collect())
             };
@@ -358,7 +372,7 @@ fn measure(a: &Args, port: u16, info: &serde_json::Value) -> anyhow::Result<()> 
                 "| {t} | {c} | {:.2} GB/s | {:.2} GB/s | **{:.2}x** | {:.2} / {:.2} / {:.3} |",
                 rate / 1e9,
                 raw / 1e9,
-                rate / raw,
+                ratio,
                 ms(|t| t.waited),
                 ms(|t| t.moved),
                 ms(|t| t.acked),
@@ -394,55 +408,27 @@ fn check(
     Ok(())
 }
 
-/// Same-host raw copy: `c` threads, each `process_vm_readv` of one transfer's bytes (pages of a
-/// room, contiguous per-layer ranges of the prefill child's pool) into this process's pool.
-fn raw_cma(
-    pid: i32,
-    (pk, pv): (&[u64], &[u64]),
-    mine: &Pool,
-    n: usize,
-    c: usize,
-    rounds: usize,
-) -> anyhow::Result<f64> {
-    let span = n * mine.run;
-    let slots = (mine.pages / n).max(1);
-    let mut rates = Vec::new();
-    for round in 0..=rounds {
-        let t0 = Instant::now();
-        std::thread::scope(|s| -> anyhow::Result<()> {
-            let mut hs = Vec::new();
-            for i in 0..c {
-                let slot = (round * c + i) % slots;
-                let off = slot * span;
-                let remote: Vec<(u64, usize)> = pk
-                    .iter()
-                    .chain(pv)
-                    .map(|&b| (b + off as u64, span))
-                    .collect();
-                let local: Vec<(*mut u8, usize)> = mine
-                    .k
-                    .iter()
-                    .chain(&mine.v)
-                    // SAFETY: inside the buffer (slot * span + span <= pages * run).
-                    .map(|b| (unsafe { (b.as_ptr() as *mut u8).add(off) }, span))
-                    .collect();
-                let local = Sendable(local);
-                hs.push(s.spawn(move || {
-                    let local = local;
-                    strata_cluster::transport::shm::read_into(pid, &remote, &local.0)
-                }));
-            }
-            for h in hs {
-                h.join()
-                    .map_err(|_| anyhow::anyhow!("copy thread panicked"))??;
-            }
-            Ok(())
-        })?;
-        if round > 0 {
-            rates.push((c * 2 * pk.len() * span) as f64 / t0.elapsed().as_secs_f64());
-        }
-    }
-    Ok(median(rates))
+/// The raw copy of one transport at one concurrency, a round at a time (interleaved with the
+/// transfer rounds, so that both see the same machine).
+enum Raw<'a> {
+    /// `c` threads, each `process_vm_readv` of one transfer's bytes (contiguous per-layer ranges
+    /// of the prefill child's pool, a different slot each round) into this process's pool.
+    Cma {
+        pid: i32,
+        pk: &'a [u64],
+        pv: &'a [u64],
+        mine: &'a Pool,
+        n: usize,
+        c: usize,
+    },
+    /// `c` loopback connections, each moving one transfer's bytes in 1 MiB writes into a reader
+    /// thread, acknowledged.
+    Tcp {
+        senders: Vec<TcpStream>,
+        srcs: Vec<AlignedBuf>,
+        readers: Vec<std::thread::JoinHandle<std::io::Result<()>>>,
+        bytes: usize,
+    },
 }
 
 /// Raw pointers handed to a copy thread (each thread writes its own disjoint ranges).
@@ -450,75 +436,140 @@ struct Sendable(Vec<(*mut u8, usize)>);
 // SAFETY: the ranges are disjoint per thread and outlive the scoped threads.
 unsafe impl Send for Sendable {}
 
-/// TCP raw copy: `c` loopback connections, each moving `bytes` in 1 MiB writes into a reader
-/// thread, acknowledged; aggregate over the slowest.
-fn raw_tcp(bytes: usize, c: usize, rounds: usize) -> anyhow::Result<f64> {
-    const CHUNK: usize = 1 << 20;
-    let l = TcpListener::bind("127.0.0.1:0")?;
-    let addr = l.local_addr()?;
-    let mut senders = Vec::new();
-    let mut readers = Vec::new();
-    for _ in 0..c {
-        let s = TcpStream::connect(addr)?;
-        s.set_nodelay(true)?;
-        let (r, _) = l.accept()?;
-        senders.push(s);
-        readers.push(r);
-    }
-    let mut reader_threads = Vec::new();
-    for mut r in readers {
-        reader_threads.push(std::thread::spawn(move || -> std::io::Result<()> {
-            let mut buf = AlignedBuf::new(bytes);
-            buf[..].fill(0);
-            for _ in 0..=rounds {
-                let mut got = 0;
-                while got < bytes {
-                    let k = r.read(&mut buf[got..(got + CHUNK).min(bytes)])?;
-                    if k == 0 {
-                        return Err(std::io::ErrorKind::UnexpectedEof.into());
-                    }
-                    got += k;
-                }
-                r.write_all(b"k")?;
-            }
-            Ok(())
-        }));
-    }
-    let srcs: Vec<AlignedBuf> = (0..c)
-        .map(|i| {
-            let mut b = AlignedBuf::new(bytes);
-            b[..].fill(i as u8 ^ 0x5a);
-            b
-        })
-        .collect();
-    let mut rates = Vec::new();
-    for round in 0..=rounds {
-        let t0 = Instant::now();
-        std::thread::scope(|s| -> anyhow::Result<()> {
-            let hs: Vec<_> = senders
-                .iter_mut()
-                .zip(&srcs)
-                .map(|(w, src)| {
-                    s.spawn(move || -> std::io::Result<()> {
-                        for chunk in src[..bytes].chunks(CHUNK) {
-                            w.write_all(chunk)?;
+const CHUNK: usize = 1 << 20;
+
+impl Raw<'_> {
+    fn tcp(bytes: usize, c: usize) -> anyhow::Result<Self> {
+        let l = TcpListener::bind("127.0.0.1:0")?;
+        let addr = l.local_addr()?;
+        let (mut senders, mut readers) = (Vec::new(), Vec::new());
+        for _ in 0..c {
+            let s = TcpStream::connect(addr)?;
+            s.set_nodelay(true)?;
+            let (mut r, _) = l.accept()?;
+            senders.push(s);
+            readers.push(std::thread::spawn(move || -> std::io::Result<()> {
+                let mut buf = AlignedBuf::new(bytes);
+                buf[..].fill(0);
+                loop {
+                    let mut got = 0;
+                    while got < bytes {
+                        let k = r.read(&mut buf[got..(got + CHUNK).min(bytes)])?;
+                        if k == 0 && got == 0 {
+                            return Ok(()); // closed between rounds
                         }
-                        let mut ack = [0u8; 1];
-                        w.read_exact(&mut ack)
-                    })
-                })
-                .collect();
-            for h in hs {
-                h.join().map_err(|_| anyhow::anyhow!("sender panicked"))??;
-            }
-            Ok(())
-        })?;
-        if round > 0 {
-            rates.push((c * bytes) as f64 / t0.elapsed().as_secs_f64());
+                        if k == 0 {
+                            return Err(std::io::ErrorKind::UnexpectedEof.into());
+                        }
+                        got += k;
+                    }
+                    r.write_all(b"k")?;
+                }
+            }));
         }
+        let srcs = (0..c)
+            .map(|i| {
+                let mut b = AlignedBuf::new(bytes);
+                b[..].fill(i as u8 ^ 0x5a);
+                b
+            })
+            .collect();
+        Ok(Raw::Tcp {
+            senders,
+            srcs,
+            readers,
+            bytes,
+        })
     }
-    for t in reader_threads {
-        t.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
+
+    /// One round; its aggregate rate in bytes/s.
+    fn round(&mut self, round: usize) -> anyhow::Result<f64> {
+        let t0 = Instant::now();
+        let moved = match self {
+            Raw::Cma {
+                pid,
+                pk,
+                pv,
+                mine,
+                n,
+                c,
+            } => {
+                let (pid, n, c) = (*pid, *n, *c);
+                let span = n * mine.run;
+                let slots = (mine.pages / n).max(1);
+                std::thread::scope(|s| -> anyhow::Result<()> {
+                    let mut hs = Vec::new();
+                    for i in 0..c {
+                        let off = ((round * c + i) % slots) * span;
+                        let remote: Vec<(u64, usize)> = pk
+                            .iter()
+                            .chain(pv.iter())
+                            .map(|&b| (b + off as u64, span))
+                            .collect();
+                        let local = Sendable(
+                            mine.k
+                                .iter()
+                                .chain(&mine.v)
+                                // SAFETY: inside the buffer (slot * span + span <= pages * run).
+                                .map(|b| (unsafe { (b.as_ptr() as *mut u8).add(off) }, span))
+                                .collect(),
+                        );
+                        hs.push(s.spawn(move || {
+                            let local = local;
+                            strata_cluster::transport::shm::read_into(pid, &remote, &local.0)
+                        }));
+                    }
+                    for h in hs {
+                        h.join()
+                            .map_err(|_| anyhow::anyhow!("copy thread panicked"))??;
+                    }
+                    Ok(())
+                })?;
+                c * 2 * pk.len() * span
+            }
+            Raw::Tcp {
+                senders,
+                srcs,
+                bytes,
+                ..
+            } => {
+                let bytes = *bytes;
+                std::thread::scope(|s| -> anyhow::Result<()> {
+                    let hs: Vec<_> = senders
+                        .iter_mut()
+                        .zip(srcs.iter())
+                        .map(|(w, src)| {
+                            s.spawn(move || -> std::io::Result<()> {
+                                for chunk in src[..bytes].chunks(CHUNK) {
+                                    w.write_all(chunk)?;
+                                }
+                                let mut ack = [0u8; 1];
+                                w.read_exact(&mut ack)
+                            })
+                        })
+                        .collect();
+                    for h in hs {
+                        h.join().map_err(|_| anyhow::anyhow!("sender panicked"))??;
+                    }
+                    Ok(())
+                })?;
+                senders.len() * bytes
+            }
+        };
+        Ok(moved as f64 / t0.elapsed().as_secs_f64())
     }
-    Ok(median(rates))
+
+    /// Closes the connections and collects the reader threads.
+    fn finish(self) -> anyhow::Result<()> {
+        if let Raw::Tcp {
+            senders, readers, ..
+        } = self
+        {
+            drop(senders);
+            for t in readers {
+                t.join().map_err(|_| anyhow::anyhow!("reader panicked"))??;
+            }
+        }
+        Ok(())
+    }
 }
