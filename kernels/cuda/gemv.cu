@@ -179,7 +179,8 @@ extern "C" __global__ void __launch_bounds__(256) gemv_bf16_t1_wide(const bf16_t
 // kernel's order: its block of `nvt` threads, 16-byte chunk c to thread c % nvt, warp sums, then
 // the sum of the warp sums), so the result is bitwise that of rmsnorm + gemv_bf16_t1. y == 0: no residual add
 // (layer 0 normalises the embedding). Every block normalises the row itself (it is 2-28 KB, read
-// from L2); block 0 also writes the new residual to resid_out (never resid_in: other blocks are
+// from L2; the norm weight is staged in shared memory before the PDL wait, so the dynamic shared
+// memory is 2 * k bf16); block 0 also writes the new residual to resid_out (never resid_in: other blocks are
 // still reading that, so the caller alternates two residual buffers).
 //
 // SILU epilogue (the gate_up projection): a block holds gate rows i..i+3 and their up rows
@@ -255,6 +256,10 @@ __device__ __forceinline__ void gemv_t1_fused_body(
 #pragma unroll
         for (int u = 0; u < UNR; ++u) wv[u] = __ldg(wr + c + 32 * u);
     }
+    // The norm weight is constant too: staged next to x (second half of the dynamic shared
+    // memory) before waiting, so the normalise pass below reads no global memory.
+    uint4* nws = xs + k8;
+    for (int i = threadIdx.x; i < k8; i += blockDim.x) nws[i] = ((const uint4*)nw)[i];
     pdl_enter();
     const uint4* r4 = (const uint4*)resid_in;
     const uint4* y4 = (const uint4*)y;
@@ -286,7 +291,7 @@ __device__ __forceinline__ void gemv_t1_fused_body(
     const float total = warp_sum(lane < nvw ? red[lane] : 0.f);
     const float rs = rsqrtf(total / (float)k + eps);
     for (int i = threadIdx.x; i < k8; i += blockDim.x)
-        xs[i] = scale_bf16x8(xs[i], rs, ((const uint4*)nw)[i]);
+        xs[i] = scale_bf16x8(xs[i], rs, nws[i]);
     __syncthreads();
     float acc0 = 0.f, acc1 = 0.f;
     if (live) {

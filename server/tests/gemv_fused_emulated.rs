@@ -24,7 +24,7 @@ fn fused_single_row_kernels_equal_the_unfused_ones_bitwise() {
     std::fs::create_dir_all(&dir).unwrap();
     // The emulation has no dynamic shared memory: a static array stands in for it.
     let gemv = std::fs::read_to_string(kernels.join("gemv.cu")).unwrap();
-    let gemv = gemv.replace("extern __shared__ uint4 xs[];", "static uint4 xs[8192];");
+    let gemv = gemv.replace("extern __shared__ uint4 xs[];", "static uint4 xs[16384];");
     assert!(
         !gemv.contains("extern __shared__"),
         "another dynamic shared array"

@@ -29,9 +29,9 @@ pub const FUSE_ROPE: u8 = 2;
 /// Fuse SiLU-mul into the single-row gate_up projection (needs [`FUSE_NORM`]).
 pub const FUSE_SILU: u8 = 4;
 
-/// Longest normalised row the fused kernels take (x in dynamic shared memory next to their
-/// static 128 bytes, within the default 48 KiB).
-pub const FUSED_MAX_IN: usize = 16 * 1024;
+/// Longest normalised row the fused kernels take (x and the norm weight in dynamic shared memory,
+/// 4 bytes per element, next to their static 128 bytes, within the default 48 KiB).
+pub const FUSED_MAX_IN: usize = 8 * 1024;
 
 static FUSION: AtomicU8 = AtomicU8::new(u8::MAX);
 
@@ -253,13 +253,13 @@ impl Gemm {
         let dims = Dims {
             grid: (n.div_ceil(8) as u32, 1, 1),
             block: 256,
-            smem: (k * 2) as u32,
+            smem: (k * 4) as u32,
         };
         ctx.cuda().bind_to_thread()?;
         // SAFETY: checked above: device, dtype and shape of every tensor (x rows of k bf16,
         // 16-byte aligned; w [n, k]; out [1, n]; the rope case's pools, slot range, positions
-        // and frequencies as rope_kv_write checks them); k <= GEMV_T1_MAX_IN fits the dynamic
-        // shared memory.
+        // and frequencies as rope_kv_write checks them); k <= FUSED_MAX_IN: x and the norm
+        // weight (4k bytes) fit the dynamic shared memory.
         unsafe { launch(f, ctx.stream().cu_stream(), dims, &args) }?;
         Ok(true)
     }
