@@ -194,12 +194,21 @@ pub fn run(
                     a / n
                 ));
             }
-            let ops_on = op_breakdown(ops, gemm, &model, &ws, &input, b, fwd, true, "", summary)?;
-            let ops_eager =
-                op_breakdown(ops, gemm, &model, &ws, &input, b, fwd, false, "", summary)?;
-            let mut ops_off = Value::Null;
+            // (A failed breakdown is reported and the bench goes on.)
+            let soft = |r: anyhow::Result<Value>, summary: &mut Vec<String>| match r {
+                Ok(v) => v,
+                Err(e) => {
+                    summary.push(format!("  b{b} op breakdown failed: {e:#}"));
+                    Value::Null
+                }
+            };
+            let r = op_breakdown(ops, gemm, &model, &ws, &input, b, fwd, true, "", summary);
+            let ops_on = soft(r, summary);
+            let r = op_breakdown(ops, gemm, &model, &ws, &input, b, fwd, false, "", summary);
+            let ops_eager = soft(r, summary);
+            let mut r = Ok(Value::Null);
             unfused(&mut || {
-                ops_off = op_breakdown(
+                r = op_breakdown(
                     ops,
                     gemm,
                     &model,
@@ -210,9 +219,10 @@ pub fn run(
                     true,
                     " unfused",
                     summary,
-                )?;
+                );
                 Ok(())
             })?;
+            let ops_off = soft(r, summary);
             let attn_layer_us = attention_alone(ops, &model, b, args.decode_ctx, None, &|_| true)?;
             for sp in [1, 2, 4, 8, 16, 32] {
                 let us = attention_alone(ops, &model, b, args.decode_ctx, Some(sp), &|_| true)?;
