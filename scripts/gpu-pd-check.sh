@@ -94,7 +94,7 @@ PY
   md() { curl -s localhost:32103/metrics | awk -v k="sglang:$1" '$1 == k {print $2}'; }
   B=$(m pd_transfer_bytes_total) T=$(m pd_transfer_seconds_total) N=$(m pd_transfers_total)
   echo "## KV transfer paths: $N transfers: $(m pd_transfers_cuda_ipc_total) CUDA IPC (decode: $(md pd_received_cuda_ipc_total)), $(m pd_transfers_same_host_total) same-host copy, $(m pd_transfers_staged_total) staged through host memory; $(md pd_bootstrap_connections_total) bootstrap connections"
-  grep -hE "KV transfers on this connection take|no CUDA IPC with this prefill" "$OUTDIR/pd-decode.log" | sed 's/^.*PD: /  decode log: /' | sort | uniq -c
+  grep -hE "KV transfers on this connection take|no CUDA IPC with this prefill|over the peer link" "$OUTDIR/pd-decode.log" | sed 's/^.*PD: /  decode log: /' | sort | uniq -c
   IB=$(m pd_transfer_cuda_ipc_bytes_total) IT=$(m pd_transfer_cuda_ipc_seconds_total) IN=$(m pd_transfers_cuda_ipc_total)
   python3 -c "
 b, t, n = float('${B:-0}' or 0), float('${T:-0}' or 0), max(float('${N:-0}' or 0), 1)

@@ -138,6 +138,13 @@ impl DeviceKv for CudaDeviceKv {
         }
         let bytes = info.layers as usize * 2 * info.pool_pages as usize * info.chunk_bytes as usize;
         let m = IpcMapping::open(&self.ctx, &info.handle, bytes).map_err(|e| e.to_string())?;
+        if m.device() != self.ctx.ordinal() {
+            tracing::info!(
+                "PD: the prefill's GPU KV pool is on GPU {}, copied over the peer link to GPU {}",
+                m.device(),
+                self.ctx.ordinal()
+            );
+        }
         g.insert(info.handle, Arc::downgrade(&m));
         Ok(m)
     }

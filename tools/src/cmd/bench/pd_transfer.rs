@@ -47,6 +47,7 @@ pub struct Args {
     /// Prompt tokens per transfer.
     #[arg(long, default_value_t = 2048)]
     tokens: usize,
+    /// Tokens per KV page.
     #[arg(long, default_value_t = 64)]
     page_size: usize,
     /// Model layers (default: the `small` made model).
