@@ -90,7 +90,10 @@ __device__ __forceinline__ u32 silu_mul2(u32 g, u32 u) {
 
 // SILU: x is [gate | up] of width 2k (the gate_up projection's output row) and the staged row is
 // silu(gate) * up, exactly as silu_mul would have written it (the down projection's input).
-template <int UNR, bool SILU>
+// RES: y is the residual stream [n] bf16 and gets the projection added in place, rounded as the
+// rmsnorm kernel's residual add does (bf16(bf16(x w^T) + residual)); each element is read and
+// written by one lane, so in place is safe.
+template <int UNR, bool SILU, bool RES = false>
 __device__ __forceinline__ void gemv_t1_body(const bf16_t* x, const bf16_t* w, void* y, int n,
                                              int k, int y_f32) {
     extern __shared__ uint4 xs[];
@@ -149,8 +152,14 @@ __device__ __forceinline__ void gemv_t1_body(const bf16_t* x, const bf16_t* w, v
     }
     const float s = warp_sum(acc0 + acc1);
     if (lane == 0) {
-        if (y_f32) ((float*)y)[row] = s;
-        else ((bf16_t*)y)[row] = f2bf(s);
+        if (RES) {
+            bf16_t* r = (bf16_t*)y + row;
+            *r = f2bf(bf2f(f2bf(s)) + bf2f(*r));
+        } else if (y_f32) {
+            ((float*)y)[row] = s;
+        } else {
+            ((bf16_t*)y)[row] = f2bf(s);
+        }
     }
 }
 
@@ -164,6 +173,14 @@ extern "C" __global__ void __launch_bounds__(256) gemv_bf16_t1_silu(const bf16_t
                                                                     const bf16_t* w, void* y,
                                                                     int n, int k, int y_f32) {
     gemv_t1_body<8, true>(gu, w, y, n, k, y_f32);
+}
+
+// resid += x w^T for one row (the o and down projections at batch 1, `fused.rs`): the residual
+// add of the next rmsnorm moved into this epilogue, so the next fused norm reads one row.
+extern "C" __global__ void __launch_bounds__(256) gemv_bf16_t1_res(const bf16_t* x,
+                                                                   const bf16_t* w, bf16_t* resid,
+                                                                   int n, int k) {
+    gemv_t1_body<8, false, true>(x, w, resid, n, k, 0);
 }
 
 extern "C" __global__ void __launch_bounds__(256) gemv_bf16_t1_wide(const bf16_t* x,

@@ -1,5 +1,5 @@
 //! The fused single-row decode kernels (kernels/cuda/gemv.cu: `gemv_bf16_t1_norm`,
-//! `gemv_bf16_t1_norm_rope`, `gemv_bf16_t1_norm_silu`) run on the CPU under the host-thread CUDA
+//! `gemv_bf16_t1_norm_rope`, `gemv_bf16_t1_norm_silu`, `gemv_bf16_t1_res`) run on the CPU under the host-thread CUDA
 //! emulation (tests/cuda_emu/shim.h, g++ with FMA contraction off) next to the kernels they
 //! replace (`rmsnorm`, `gemv_bf16_t1`, `rope_kv_write`, `silu_mul`) on the same seeded inputs:
 //! every output (the qkv row after RoPE, the K/V pool rows, the new residual, a norm-fused GEMV in
@@ -73,7 +73,7 @@ fn fused_single_row_kernels_equal_the_unfused_ones_bitwise() {
         assert!(run.status.success(), "case {case}: exit {:?}", run.status);
         assert_eq!(
             text.trim(),
-            "qkv 0, pools 0, resid 0, norm_gemv 0, norm_gemv_f32 0, silu 0",
+            "qkv 0, pools 0, resid 0, norm_gemv 0, norm_gemv_f32 0, silu 0, res 0",
             "case {case} (seed {seed})"
         );
     }

@@ -5,7 +5,9 @@
 //! - `gemv_bf16_t1_norm_rope`: the same for the qkv projection, with RoPE and the K/V pool write
 //!   in its epilogue (removes `rope_kv_write`);
 //! - `gemv_bf16_t1_norm_silu`: the same for gate_up, with SiLU-mul in its epilogue (the down
-//!   projection then stages a plain row instead of computing SiLU over the whole row per block).
+//!   projection then stages a plain row instead of computing SiLU over the whole row per block);
+//! - `gemv_bf16_t1_res`: the o and down projections add into the residual in their epilogue, so
+//!   the next fused norm stages one row (the residual) instead of two (y and the residual).
 //!
 //! Both give the same bits as the unfused kernels (kernels/cuda/gemv.cu says how), so a row's
 //! result does not depend on whether it ran fused. Used only at one row in the default mode
@@ -35,11 +37,13 @@ pub const FUSED_MAX_IN: usize = 8 * 1024;
 
 static FUSION: AtomicU8 = AtomicU8::new(u8::MAX);
 
+/// Add the o and down projections into the residual in their epilogue (single row).
+pub const FUSE_RES: u8 = 8;
 /// Every fusion.
-pub const FUSE_ALL: u8 = FUSE_NORM | FUSE_ROPE | FUSE_SILU;
+pub const FUSE_ALL: u8 = FUSE_NORM | FUSE_ROPE | FUSE_SILU | FUSE_RES;
 
 /// The fusion flags from `STRATA_FUSE` (`0`/`none`/`off`: none; `norm`: [`FUSE_NORM`];
-/// `norm,rope` / `norm,silu`: those; anything else: all).
+/// `norm,rope,silu,res`: a comma list starting with norm; anything else: all).
 pub fn fusion_from(env: Option<&str>) -> u8 {
     let v = env.map(|v| v.trim().to_ascii_lowercase());
     match v.as_deref() {
@@ -49,6 +53,7 @@ pub fn fusion_from(env: Option<&str>) -> u8 {
                 "norm" => FUSE_NORM,
                 "rope" => FUSE_ROPE,
                 "silu" => FUSE_SILU,
+                "res" => FUSE_RES,
                 _ => 0,
             }
         }),
@@ -121,6 +126,48 @@ pub struct RopeKv<'a> {
 }
 
 impl Gemm {
+    /// resid [1, out] += x [1, in] * w^T in one kernel (the sum rounded as rmsnorm's residual add
+    /// rounds it). `Ok(false)`: not applicable (more than one row, batch-invariant mode,
+    /// [`FUSE_RES`] off, shapes or alignment): nothing ran.
+    pub fn linear_add_t1(&self, x: &DTensor, w: &DTensor, resid: &DTensor) -> Result<bool> {
+        let (n, k) = (w.shape()[0], *w.shape().get(1).unwrap_or(&0));
+        if self.deterministic()
+            || fusion() & FUSE_RES == 0
+            || x.shape() != [1, k]
+            || resid.shape() != [1, n]
+            || k % 8 != 0
+            || k > super::gemm::GEMV_T1_MAX_IN
+            || x.ptr() % 16 != 0
+            || w.ptr() % 16 != 0
+        {
+            return Ok(false);
+        }
+        let ctx = self.context();
+        for (what, t) in [("x", x), ("w", w), ("resid", resid)] {
+            ctx.check_device(what, t)?;
+        }
+        x.expect("x", DType::Bf16, &[1, k])?;
+        w.expect("w", DType::Bf16, &[n, k])?;
+        resid.expect("resid", DType::Bf16, &[1, n])?;
+        let args = [
+            Arg::U64(x.ptr()),
+            Arg::U64(w.ptr()),
+            Arg::U64(resid.ptr()),
+            Arg::I32(n as i32),
+            Arg::I32(k as i32),
+        ];
+        let dims = Dims {
+            grid: (n.div_ceil(8) as u32, 1, 1),
+            block: 256,
+            smem: (k * 2) as u32,
+        };
+        ctx.cuda().bind_to_thread()?;
+        // SAFETY: x [1, k] and w [n, k] bf16 with 16-byte aligned rows, resid [1, n] bf16, all
+        // on this GPU (checked above); k <= GEMV_T1_MAX_IN: x fits the dynamic shared memory.
+        unsafe { launch(self.gemv_t1_res(), ctx.stream().cu_stream(), dims, &args) }?;
+        Ok(true)
+    }
+
     /// out [1, out] = (rmsnorm(y + resid) * norm weight) * w^T in one kernel, with the
     /// epilogue `epi` (RoPE + K/V write: out is the qkv row; SiLU-mul: the result goes to the
     /// epilogue's act tensor and `out` is not written). `Ok(false)`: not applicable (more than one
@@ -265,13 +312,17 @@ impl Gemm {
     }
 }
 
-/// The residual stream of a forward over two buffers, and the norm + projection steps that
-/// read it: fused at one row ([`Gemm::norm_linear_t1`], which writes the new residual to the
-/// other buffer), else `rmsnorm` (in place) then the GEMM. An epilogue that cannot fuse is
+/// The residual stream of a forward over two buffers, and the steps that touch it. A sub-layer's
+/// output projection (o, down) adds into it: at one row with [`FUSE_RES`] in place in the GEMV's
+/// epilogue (`gemv_bf16_t1_res`), else the output goes to a scratch tensor that stays *pending*
+/// until the next norm adds it. The norm + projection steps read it: fused at one row
+/// ([`Gemm::norm_linear_t1`]; a pending add is done there, writing the sum to the other buffer),
+/// else `rmsnorm` (in place, with the pending add) then the GEMM. An epilogue that cannot fuse is
 /// dropped before the norm is (RoPE or SiLU alone off: norm + plain store).
 pub struct Resid<'a> {
     bufs: [&'a DTensor; 2],
     cur: usize,
+    pending: Option<&'a DTensor>,
 }
 
 impl<'a> Resid<'a> {
@@ -280,24 +331,52 @@ impl<'a> Resid<'a> {
         Self {
             bufs: [a, b],
             cur: 0,
+            pending: None,
         }
     }
 
-    /// The buffer holding the residual now.
+    /// The buffer holding the residual now (without a pending add).
     pub fn current(&self) -> &'a DTensor {
         self.bufs[self.cur]
     }
 
-    /// resid += y (when given); out = (rmsnorm(resid) * norm) * w^T, with `h` as the unfused
-    /// path's scratch. Returns whether the epilogue `epi` ran fused (RoPE + K/V write done, or
-    /// act written instead of out); if not, out holds the plain projection and the caller runs
+    /// resid += x * w^T: in place at one row when that fuses, else y = x * w^T (pending).
+    pub fn add_linear(
+        &mut self,
+        gemm: &Gemm,
+        x: &DTensor,
+        w: &DTensor,
+        y: &'a DTensor,
+    ) -> Result<()> {
+        ensure(self.pending.is_none(), || {
+            "two residual adds without a norm between them".into()
+        })?;
+        if gemm.linear_add_t1(x, w, self.bufs[self.cur])? {
+            return Ok(());
+        }
+        gemm.linear(x, w, y)?;
+        self.pending = Some(y);
+        Ok(())
+    }
+
+    /// y (written by the caller) is to be added to the residual by the next norm.
+    pub fn add_later(&mut self, y: &'a DTensor) -> Result<()> {
+        ensure(self.pending.is_none(), || {
+            "two residual adds without a norm between them".into()
+        })?;
+        self.pending = Some(y);
+        Ok(())
+    }
+
+    /// out = (rmsnorm(resid [+ the pending add]) * norm) * w^T, with `h` as the unfused path's
+    /// scratch. Returns whether the epilogue `epi` ran fused (RoPE + K/V write done, or act
+    /// written instead of out); if not, out holds the plain projection and the caller runs
     /// `rope_kv_write` / the SiLU itself.
     #[allow(clippy::too_many_arguments)]
     pub fn norm_linear(
         &mut self,
         ops: &CudaOps,
         gemm: &Gemm,
-        y: Option<&DTensor>,
         norm: &DTensor,
         eps: f32,
         h: &DTensor,
@@ -306,6 +385,7 @@ impl<'a> Resid<'a> {
         epi: Epilogue<'_>,
     ) -> Result<bool> {
         let (cur, other) = (self.bufs[self.cur], self.bufs[1 - self.cur]);
+        let y = self.pending;
         if h.shape()[0] == 1 {
             let input = NormIn {
                 y,
@@ -315,37 +395,31 @@ impl<'a> Resid<'a> {
                 eps,
             };
             if !matches!(epi, Epilogue::Store) && gemm.norm_linear_t1(ops, &input, w, out, epi)? {
-                self.flip(y.is_some());
+                self.added_into_other();
                 return Ok(true);
             }
             if gemm.norm_linear_t1(ops, &input, w, out, Epilogue::Store)? {
-                self.flip(y.is_some());
+                self.added_into_other();
                 return Ok(false);
             }
         }
-        self.norm(ops, y, norm, eps, h)?;
+        self.norm(ops, norm, eps, h)?;
         gemm.linear(h, w, out)?;
         Ok(false)
     }
 
-    /// The unfused step: resid += y (in place) and h = rmsnorm(resid) * norm.
-    pub fn norm(
-        &mut self,
-        ops: &CudaOps,
-        y: Option<&DTensor>,
-        norm: &DTensor,
-        eps: f32,
-        h: &DTensor,
-    ) -> Result<()> {
+    /// The unfused step: resid += the pending add (in place) and h = rmsnorm(resid) * norm.
+    pub fn norm(&mut self, ops: &CudaOps, norm: &DTensor, eps: f32, h: &DTensor) -> Result<()> {
         let cur = self.bufs[self.cur];
-        match y {
+        match self.pending.take() {
             Some(y) => ops.rmsnorm(y, Some(cur), norm, h, eps),
             None => ops.rmsnorm(cur, None, norm, h, eps),
         }
     }
 
-    fn flip(&mut self, added: bool) {
-        if added {
+    /// After a fused norm: a pending add went into the other buffer, which is now current.
+    fn added_into_other(&mut self) {
+        if self.pending.take().is_some() {
             self.cur = 1 - self.cur;
         }
     }
@@ -364,5 +438,6 @@ mod tests {
         assert_eq!(fusion_from(Some("norm,silu")), FUSE_NORM | FUSE_SILU);
         assert_eq!(fusion_from(Some("norm, rope")), FUSE_NORM | FUSE_ROPE);
         assert_eq!(fusion_from(Some("all")), FUSE_ALL);
+        assert_eq!(fusion_from(Some("norm,res")), FUSE_NORM | FUSE_RES);
     }
 }

@@ -74,6 +74,7 @@ pub struct Gemm {
     gemv_t1_norm: CudaFunction,
     gemv_t1_norm_rope: CudaFunction,
     gemv_t1_norm_silu: CudaFunction,
+    gemv_t1_res: CudaFunction,
     gemv_max_rows: usize,
     lt: Option<super::gemm_lt::GemmLt>,
     deterministic: bool,
@@ -94,6 +95,7 @@ impl Gemm {
         let gemv_t1_norm = ctx.function(Program::Gemv, "gemv_bf16_t1_norm")?;
         let gemv_t1_norm_rope = ctx.function(Program::Gemv, "gemv_bf16_t1_norm_rope")?;
         let gemv_t1_norm_silu = ctx.function(Program::Gemv, "gemv_bf16_t1_norm_silu")?;
+        let gemv_t1_res = ctx.function(Program::Gemv, "gemv_bf16_t1_res")?;
         let lt = match super::gemm_lt::GemmLt::new(ctx.clone()) {
             Ok(l) => Some(l),
             Err(e) => {
@@ -111,6 +113,7 @@ impl Gemm {
             gemv_t1_norm,
             gemv_t1_norm_rope,
             gemv_t1_norm_silu,
+            gemv_t1_res,
             lt,
             gemv_max_rows: 1,
             deterministic: false,
@@ -152,6 +155,11 @@ impl Gemm {
     /// The fused norm + single-row qkv GEMV + RoPE / K/V write kernel (`fused.rs`).
     pub(super) fn gemv_t1_norm_rope(&self) -> &CudaFunction {
         &self.gemv_t1_norm_rope
+    }
+
+    /// The single-row GEMV that adds into the residual (`fused.rs`).
+    pub(super) fn gemv_t1_res(&self) -> &CudaFunction {
+        &self.gemv_t1_res
     }
 
     /// The fused norm + single-row gate_up GEMV + SiLU-mul kernel (`fused.rs`).

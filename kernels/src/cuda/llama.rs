@@ -244,7 +244,8 @@ impl LlamaModel {
 
     /// [`LlamaModel::forward`], calling `mark(op)` after each op's launches (`gpu bench` records
     /// a CUDA event there for its per-op breakdown). One row runs the fused single-row steps
-    /// (`fused.rs`): norm + qkv + RoPE/KV write, norm + gate_up, norm + LM head.
+    /// (`fused.rs`): norm + qkv + RoPE/KV write, o + residual add, norm + gate_up + SiLU,
+    /// down + residual add, norm + LM head.
     pub fn forward_marked(
         &self,
         ops: &CudaOps,
@@ -267,7 +268,7 @@ impl LlamaModel {
         ops.embedding(&input.ids, &self.embed, &ws.resid)?;
         mark("embedding")?;
         let mut resid = Resid::new(&ws.resid, &ws.resid2);
-        for (i, l) in self.layers.iter().enumerate() {
+        for l in &self.layers {
             let rope = RopeKv {
                 n_q: s.n_heads,
                 n_kv: s.n_kv_heads,
@@ -279,11 +280,9 @@ impl LlamaModel {
                 slots: &input.slots,
                 host_slots: &input.host_slots,
             };
-            let y = (i > 0).then_some(&ws.y);
             let roped = resid.norm_linear(
                 ops,
                 gemm,
-                y,
                 &l.in_norm,
                 s.eps,
                 &ws.h,
@@ -324,12 +323,11 @@ impl LlamaModel {
                 scale,
             )?;
             mark("attention")?;
-            gemm.linear(&ws.attn, &l.o, &ws.y)?;
+            resid.add_linear(gemm, &ws.attn, &l.o, &ws.y)?;
             mark("o")?;
             let act = resid.norm_linear(
                 ops,
                 gemm,
-                Some(&ws.y),
                 &l.post_norm,
                 s.eps,
                 &ws.h,
@@ -343,10 +341,13 @@ impl LlamaModel {
                 "norm+gate_up"
             })?;
             if act {
-                gemm.linear(&ws.act, &l.down, &ws.y)?;
-            } else if !gemm.silu_linear_t1(&ws.gu, &l.down, &ws.y)? {
-                ops.silu_mul(&ws.gu, &ws.act)?;
-                gemm.linear(&ws.act, &l.down, &ws.y)?;
+                resid.add_linear(gemm, &ws.act, &l.down, &ws.y)?;
+            } else {
+                if !gemm.silu_linear_t1(&ws.gu, &l.down, &ws.y)? {
+                    ops.silu_mul(&ws.gu, &ws.act)?;
+                    gemm.linear(&ws.act, &l.down, &ws.y)?;
+                }
+                resid.add_later(&ws.y)?;
             }
             mark("silu+down")?;
         }
@@ -355,7 +356,6 @@ impl LlamaModel {
             resid.norm_linear(
                 ops,
                 gemm,
-                Some(&ws.y),
                 &self.norm,
                 s.eps,
                 &ws.h,
@@ -365,7 +365,7 @@ impl LlamaModel {
             )?;
             return mark("norm+lm_head");
         }
-        resid.norm(ops, Some(&ws.y), &self.norm, s.eps, &ws.h)?;
+        resid.norm(ops, &self.norm, s.eps, &ws.h)?;
         ops.embedding(&input.last_rows, &ws.h, &ws.last)?;
         mark("final norm+gather")?;
         gemm.linear(&ws.last, &self.lm_head, &ws.logits)?;

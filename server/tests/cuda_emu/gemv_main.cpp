@@ -3,7 +3,8 @@
 // (rmsnorm, gemv_bf16_t1, rope_kv_write and silu_mul from elementwise.cu) on the same seeded inputs, and counts outputs whose bits
 // differ. `gemv_src.cu` / `elementwise_src.cu` are the kernel sources with dynamic shared memory
 // made static (the test harness writes them). Usage: gemv_emu K NQ NKV HD ADD SLOT SEED.
-// Prints "qkv D, pools D, resid D, norm_gemv D, norm_gemv_f32 D, silu D" (D = differing values).
+// Prints "qkv D, pools D, resid D, norm_gemv D, norm_gemv_f32 D, silu D, res D" (D = differing
+// values; res: gemv_bf16_t1_res vs gemv_bf16_t1 + rmsnorm's residual add).
 #include "shim.h"
 #include <cstdio>
 #include <cstdlib>
@@ -48,6 +49,8 @@ int main(int argc, char** argv) {
     std::vector<bf16_t> r_a = res, h(k), qkv_a(n), kp_a = pool, vp_a = pool, m_a(nm);
     std::vector<float> mf_a(nm);
     std::vector<bf16_t> gu_a(2 * inter), act_a(inter);
+    auto res2 = bf_vec(nm, 2.f);
+    std::vector<bf16_t> res2_a = res2, res2_b = res2, yo(nm), scratch(nm), nw2(nm, f2bf(1.f));
     {
         bf16_t *Y = y.data(), *R = r_a.data(), *NW = nw.data(), *H = h.data();
         launch(1, nvt, [=] { rmsnorm(add ? Y : R, add ? R : nullptr, NW, H, k, eps); });
@@ -59,6 +62,10 @@ int main(int argc, char** argv) {
         bf16_t *WG = wg.data(), *GU = gu_a.data(), *ACT = act_a.data();
         launch(2 * inter / 8, 256, [=] { gemv_bf16_t1(H, WG, GU, 2 * inter, k, 0); });
         launch(1, 64, [=] { silu_mul(GU, ACT, inter); });
+        // The o/down projection + the next rmsnorm's residual add.
+        bf16_t *YO = yo.data(), *R2 = res2_a.data(), *N2 = nw2.data(), *SC = scratch.data();
+        launch((nm + 7) / 8, 256, [=] { gemv_bf16_t1(H, WM, YO, nm, k, 0); });
+        launch(1, 32, [=] { rmsnorm(YO, R2, N2, SC, nm, eps); });
         int *P = &pos, *S = &sl;
         float* I = inv.data();
         bf16_t *KP = kp_a.data(), *VP = vp_a.data();
@@ -84,10 +91,14 @@ int main(int argc, char** argv) {
         bf16_t *WG = wg.data(), *ACT = act_b.data();
         launch(2 * inter / 8, 256,
                [=] { gemv_bf16_t1_norm_silu(Y, RI, RO, NW, eps, nvt, WG, ACT, 2 * inter, k); });
+        // gemv_bf16_t1_res takes the same normalised row as the unfused GEMV above.
+        bf16_t *H = h.data(), *R2 = res2_b.data();
+        launch((nm + 7) / 8, 256, [=] { gemv_bf16_t1_res(H, WM, R2, nm, k); });
     }
     size_t dr = add ? differing(r_out, r_a) : differing(r_in, res);
-    printf("qkv %zu, pools %zu, resid %zu, norm_gemv %zu, norm_gemv_f32 %zu, silu %zu\n",
+    printf("qkv %zu, pools %zu, resid %zu, norm_gemv %zu, norm_gemv_f32 %zu, silu %zu, res %zu\n",
            differing(qkv_b, qkv_a), differing(kp_b, kp_a) + differing(vp_b, vp_a), dr,
-           differing(m_b, m_a), differing(mf_b, mf_a), differing(act_b, act_a));
+           differing(m_b, m_a), differing(mf_b, mf_a), differing(act_b, act_a),
+           differing(res2_b, res2_a) + (res2_b == res2 ? 1 : 0));
     return 0;
 }

@@ -401,11 +401,9 @@ impl CudaRunner {
                 slots: &m.slots,
                 host_slots: &m.host_slots,
             };
-            let y = (li > 0).then_some(&a.y);
             let roped = resid.norm_linear(
                 ops,
                 gemm,
-                y,
                 &l.in_norm,
                 eps,
                 &a.h,
@@ -452,11 +450,10 @@ impl CudaRunner {
                 let o = a.attn.view(p.rows.start * ow, &[rows, ow])?;
                 ops.paged_attention(&p.plan, &q, 0, &kv.k[li], &kv.v[li], &o, scale)?;
             }
-            gemm.linear(&a.attn, &l.o, &a.y)?;
+            resid.add_linear(gemm, &a.attn, &l.o, &a.y)?;
             let act = resid.norm_linear(
                 ops,
                 gemm,
-                Some(&a.y),
                 &l.post_norm,
                 eps,
                 &a.h,
@@ -465,10 +462,13 @@ impl CudaRunner {
                 Epilogue::SiluMul(&a.act),
             )?;
             if act {
-                gemm.linear(&a.act, &l.down, &a.y)?;
-            } else if !gemm.silu_linear_t1(&a.gu, &l.down, &a.y)? {
-                ops.silu_mul(&a.gu, &a.act)?;
-                gemm.linear(&a.act, &l.down, &a.y)?;
+                resid.add_linear(gemm, &a.act, &l.down, &a.y)?;
+            } else {
+                if !gemm.silu_linear_t1(&a.gu, &l.down, &a.y)? {
+                    ops.silu_mul(&a.gu, &a.act)?;
+                    gemm.linear(&a.act, &l.down, &a.y)?;
+                }
+                resid.add_later(&a.y)?;
             }
         }
         if let Some((last, logits, tokens)) = &a.head {
@@ -478,7 +478,6 @@ impl CudaRunner {
                 resid.norm_linear(
                     ops,
                     gemm,
-                    Some(&a.y),
                     &self.norm,
                     eps,
                     &a.h,
@@ -487,7 +486,7 @@ impl CudaRunner {
                     Epilogue::Store,
                 )?;
             } else {
-                resid.norm(ops, Some(&a.y), &self.norm, eps, &a.h)?;
+                resid.norm(ops, &self.norm, eps, &a.h)?;
                 ops.embedding(&m.last, &a.h, last)?;
                 gemm.linear(last, head, logits)?;
             }

@@ -190,6 +190,39 @@ pub fn fused_t1(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Result<
                     1e-6,
                 );
             }
+            // The o/down projection adding into the residual (gemv_bf16_t1_res) against
+            // gemv_bf16_t1 + rmsnorm's residual add, and the CPU.
+            {
+                let x = c.upload_bf16(&[1, h], &hn)?;
+                let r0 = ck.bf16_vec(n_mlp, 2.0);
+                let (ra, rb) = (
+                    c.upload_bf16(&[1, n_mlp], &r0)?,
+                    c.upload_bf16(&[1, n_mlp], &r0)?,
+                );
+                let yo = c.alloc(DType::Bf16, &[1, n_mlp])?;
+                let ones = c.upload_bf16(&[n_mlp], &vec![1.0; n_mlp])?;
+                let scratch = c.alloc(DType::Bf16, &[1, n_mlp])?;
+                gemm.linear_with(&x, &gwm, &yo, GemmPath::GemvT1)?;
+                ops.rmsnorm(&yo, Some(&ra), &ones, &scratch, 1e-5)?;
+                anyhow::ensure!(gemm.linear_add_t1(&x, &gwm, &rb)?, "linear_add_t1 refused");
+                let (a, b) = (c.download_f32(&ra)?, c.download_f32(&rb)?);
+                let want: Vec<f32> = r::round_bf16(&r::linear(&hn, &wm, h))
+                    .iter()
+                    .zip(&r0)
+                    .map(|(y, r)| half::bf16::from_f32(y + r).to_f32())
+                    .collect();
+                ck.rel(
+                    "fused_t1",
+                    format!("gemv+residual add {tag}"),
+                    r::rel_err(&b, &want),
+                    BF16_TOL,
+                );
+                ck.exact(
+                    "fused_t1",
+                    format!("gemv+residual add vs gemv + rmsnorm add bits {tag}"),
+                    bits_differing(&a, &b),
+                );
+            }
             let differing: usize = (0..6)
                 .map(|i| bits_differing(&runs[0][i], &runs[1][i]))
                 .sum();
