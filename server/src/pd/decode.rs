@@ -1357,6 +1357,86 @@ mod tests {
         assert_eq!(free.free_count(), 8);
     }
 
+    /// Parts left in the prefill's GPU pool (a chunk's pages, ON_DEVICE) go ahead of the final
+    /// header like socket parts and are copied device to device into the fetch's pool pages in
+    /// prompt order; the final header carries the rest (the H200 run at 17:07 UTC refused such
+    /// parts as "of another geometry": the part header had lost its DIRECT flag).
+    #[test]
+    fn device_parts_go_ahead_of_the_rest() {
+        use crate::pd::prefill::Part;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let reg =
+            Registry::start(cfg(Mode::Prefill, port, true), Arc::new(Stats::default())).unwrap();
+        let dev = Arc::new(FakeDevice::default());
+        let dcfg = cfg(Mode::Decode, port, true);
+        let dstats = Arc::new(Stats::default());
+        let links = Links::new(true, dcfg.silence_limit(), dstats.clone());
+        let cache = StagingCache::default();
+        let free = crate::kv::FreeList::new(8);
+        let n = 3 * G.page_size - 1;
+        let src = vec![30, 4, 17];
+        let (tx, rx) = mpsc::channel();
+        assert!(reg.claim(1));
+        reg.part(
+            1,
+            Part {
+                n_tokens: n as u32,
+                page_size: G.page_size,
+                pages: Pages::Device(device_info(src[..2].to_vec())),
+                n_pages: 2,
+            },
+        );
+        // The rest comes while the decode waits (a ready handoff would carry every page).
+        let handoff = Handoff {
+            n_tokens: n as u32,
+            first_token: 42,
+            first_logprobs: None,
+            pages: Pages::Device(device_info(src.clone())),
+            n_pages: 3,
+            page_size: G.page_size,
+            hold: None,
+            deliver: Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        };
+        let later = {
+            let reg = reg.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(150));
+                reg.ready(1, handoff);
+            })
+        };
+        let dest = Dest {
+            pages: free.alloc(3).unwrap(),
+            spans: None,
+            fence: Some(dev.fence().unwrap()),
+        };
+        let mine: Vec<u32> = dest.pages.iter().map(crate::kv::Page::id).collect();
+        let b = Bootstrap {
+            host: "127.0.0.1".into(),
+            port: Some(port),
+            room: 1,
+        };
+        let f = fetch(&dcfg, G, &b, n, &links, &cache, Some(&*dev), Some(dest))
+            .unwrap_or_else(|e| panic!("a fetch with device parts failed: {e}"));
+        later.join().unwrap();
+        assert!(matches!(f.payload, Payload::InPool));
+        let (mut from, mut to) = (Vec::new(), Vec::new());
+        for (s, d, _) in dev.copies.lock().iter() {
+            from.extend_from_slice(s);
+            to.extend_from_slice(d);
+        }
+        assert_eq!((from, to), (src, mine), "pages copied out of order");
+        assert!(Stats::get(&dstats.pd_recv_parts) >= 1, "no part was taken");
+        assert_eq!(rx.recv().unwrap(), Ok(()));
+        drop(f);
+        assert_eq!(free.free_count(), 8);
+    }
+
     /// A prefill that goes away while the decode copies its GPU pages (here: it closes the
     /// connection right after the ON_DEVICE header, as a killed process does) fails the fetch
     /// with a clear error, frees the fetch's pool pages, and the prefill's opened pool is closed

@@ -603,7 +603,7 @@ impl Registry {
         let io = |e: std::io::Error| (false, format!("sending a part of the KV cache: {e}"));
         match &p.pages {
             Pages::Device(info) => {
-                hd.flags = wire::ON_DEVICE;
+                hd.flags |= wire::ON_DEVICE;
                 hd.device = Some(info.clone());
                 hd.write(wr).and_then(|_| wr.flush()).map_err(io)?;
             }
