@@ -487,7 +487,7 @@ impl Exchange<'_> {
                 wire::PARTIAL => {
                     if h.object_bytes as usize != obj
                         || off + h.n_pages as usize > n_pages
-                        || h.flags & wire::DIRECT == 0
+                        || h.flags & (wire::DIRECT | wire::ON_DEVICE) == 0
                     {
                         return Err(Fail::broken(
                             "the prefill server sent a part of another geometry".into(),
@@ -1435,6 +1435,82 @@ mod tests {
         assert_eq!(rx.recv().unwrap(), Ok(()));
         drop(f);
         assert_eq!(free.free_count(), 8);
+    }
+
+    /// Device pages in several parts are copied as they come, each straight into its slice of
+    /// the fetch's pool pages, then the rest. (The decode also accepts device parts without the
+    /// DIRECT flag, as a prefill before 16c60e8 sent them.)
+    #[test]
+    fn device_parts_are_copied_into_their_slices_of_the_pool_pages() {
+        use crate::pd::prefill::Part;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let reg =
+            Registry::start(cfg(Mode::Prefill, port, true), Arc::new(Stats::default())).unwrap();
+        let dev = Arc::new(FakeDevice::default());
+        let dcfg = cfg(Mode::Decode, port, true);
+        let links = Links::new(true, dcfg.silence_limit(), Arc::new(Stats::default()));
+        let cache = StagingCache::default();
+        let free = crate::kv::FreeList::new(8);
+        let n = 4 * G.page_size;
+        let src = vec![11, 3, 25, 8];
+        let (tx, rx) = mpsc::channel();
+        assert!(reg.claim(5));
+        let part = |from: usize, to: usize| Part {
+            n_tokens: n as u32,
+            page_size: G.page_size,
+            pages: Pages::Device(device_info(src[from..to].to_vec())),
+            n_pages: to - from,
+        };
+        reg.part(5, part(0, 2));
+        reg.part(5, part(2, 3));
+        let handoff = Handoff {
+            n_tokens: n as u32,
+            first_token: 42,
+            first_logprobs: None,
+            pages: Pages::Device(device_info(src.clone())),
+            n_pages: 4,
+            page_size: G.page_size,
+            hold: None,
+            deliver: Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        };
+        // The prefill finishes while the decode takes the parts (a room readied before the
+        // decode asks sends everything with the final header).
+        let later = {
+            let reg = reg.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                reg.ready(5, handoff);
+            })
+        };
+        let dest = Dest {
+            pages: free.alloc(4).unwrap(),
+            spans: None,
+            fence: Some(dev.fence().unwrap()),
+        };
+        let mine: Vec<u32> = dest.pages.iter().map(crate::kv::Page::id).collect();
+        let b = Bootstrap {
+            host: "127.0.0.1".into(),
+            port: Some(port),
+            room: 5,
+        };
+        let f = fetch(&dcfg, G, &b, n, &links, &cache, Some(&*dev), Some(dest)).unwrap();
+        later.join().unwrap();
+        assert!(matches!(f.payload, Payload::InPool));
+        assert_eq!(
+            *dev.copies.lock(),
+            vec![
+                (src[..2].to_vec(), mine[..2].to_vec(), true),
+                (src[2..3].to_vec(), mine[2..3].to_vec(), true),
+                (src[3..].to_vec(), mine[3..].to_vec(), true),
+            ]
+        );
+        assert_eq!(rx.recv().unwrap(), Ok(()));
     }
 
     /// A prefill that goes away while the decode copies its GPU pages (here: it closes the
