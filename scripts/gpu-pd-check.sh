@@ -19,7 +19,8 @@
 #    and ACK, against the same raw d2d memcpy rate;
 #  - decode ITL under mixed load (4 decode streams while 8K-token prefills arrive), PD vs colocated.
 # Usage: scripts/gpu-pd-check.sh [OUTDIR]; env STRATA, SIZES ("llama-3.2-1b llama-3.1-8b"),
-# PD_IPC (1; 0 runs the pair with STRATA_PD_IPC=0: the staged path, for comparison).
+# PD_IPC (1; 0 runs the pair with STRATA_PD_IPC=0: the staged path, for comparison), PD_CHUNK
+# (1024: --chunked-prefill-size of every server; 0 leaves the server default).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 STRATA=${STRATA:-target/release/strata}
@@ -54,6 +55,10 @@ for size in $SIZES; do
   [ -f "$W/$size/config.json" ] || "$STRATA" make-model --out "$W/$size" --arch llama --size "$size" --dtype bf16 > /dev/null 2>&1 \
     || { echo "FAIL: make-model"; fail=1; continue; }
   S=(serve --model-path "$W/$size" --page-size 64 --max-total-tokens 65536 --context-length 16384)
+  # Chunked prefill on every server (the same chunking keeps greedy answers comparable): the
+  # prefill sends each finished chunk's pages as a part, so the 1,000- and 2,500-token greedy
+  # prompts and the 8K load exercise the per-chunk push over CUDA IPC. PD_CHUNK=0: server default.
+  [ "${PD_CHUNK:-1024}" != 0 ] && S+=(--chunked-prefill-size ${PD_CHUNK:-1024})
   start colo 32101 "${S[@]}" --log-level warn --port 32101 || { fail=1; cleanup; continue; }
   export STRATA_PD_IPC=${PD_IPC:-1}
   start prefill 32102 "${S[@]}" --log-level warn --port 32102 --disaggregation-mode prefill --disaggregation-bootstrap-port 32199 || { fail=1; cleanup; continue; }
@@ -93,7 +98,7 @@ PY
   m() { curl -s localhost:32102/metrics | awk -v k="sglang:$1" '$1 == k {print $2}'; }
   md() { curl -s localhost:32103/metrics | awk -v k="sglang:$1" '$1 == k {print $2}'; }
   B=$(m pd_transfer_bytes_total) T=$(m pd_transfer_seconds_total) N=$(m pd_transfers_total)
-  echo "## KV transfer paths: $N transfers: $(m pd_transfers_cuda_ipc_total) CUDA IPC (decode: $(md pd_received_cuda_ipc_total)), $(m pd_transfers_same_host_total) same-host copy, $(m pd_transfers_staged_total) staged through host memory; $(md pd_bootstrap_connections_total) bootstrap connections"
+  echo "## KV transfer paths: $N transfers: $(m pd_transfers_cuda_ipc_total) CUDA IPC (decode: $(md pd_received_cuda_ipc_total)), $(m pd_transfers_same_host_total) same-host copy, $(m pd_transfers_staged_total) staged through host memory; $(m pd_transfer_parts_total) chunk parts sent ahead (decode: $(md pd_received_parts_total)); $(md pd_bootstrap_connections_total) bootstrap connections"
   grep -hE "KV transfers on this connection take|no CUDA IPC with this prefill|over the peer link" "$OUTDIR/pd-decode.log" | sed 's/^.*PD: /  decode log: /' | sort | uniq -c
   IB=$(m pd_transfer_cuda_ipc_bytes_total) IT=$(m pd_transfer_cuda_ipc_seconds_total) IN=$(m pd_transfers_cuda_ipc_total)
   python3 -c "
