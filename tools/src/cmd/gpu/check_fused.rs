@@ -6,7 +6,7 @@
 //! a pool slot and with slot -1 (no write).
 
 use rand::Rng;
-use strata_kernels::cuda::fused::{Epilogue, NormIn, RopeKv};
+use strata_kernels::cuda::fused::{self, Epilogue, NormIn, RopeKv};
 use strata_kernels::cuda::{CudaOps, DType, Gemm, GemmPath};
 use strata_kernels::reference as r;
 
@@ -22,7 +22,16 @@ fn bits_differing(a: &[f32], b: &[f32]) -> usize {
         + a.len().abs_diff(b.len())
 }
 
+/// The fused kernels are checked whatever `STRATA_FUSE` says (they are opt-in for serving).
 pub fn fused_t1(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Result<()> {
+    let was = fused::fusion();
+    fused::set_fusion(fused::FUSE_ALL);
+    let r = fused_t1_all(ops, gemm, ck);
+    fused::set_fusion(was);
+    r
+}
+
+fn fused_t1_all(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Result<()> {
     let c = ops.context();
     // (hidden, q heads, kv heads, head_dim, plain out rows, gate_up inter)
     for (h, nh, nkv, hd, n_mlp, inter) in [
