@@ -31,6 +31,10 @@
 #            90; no downloads) and scripts/hf_runner_compare.py compares the bf16 runner with
 #            transformers on it over held-out text prompts of 16..4096 tokens (the top-1 target on
 #            a model with real logit margins; made models have flat logits)
+#   profile  scripts/gpu-prefill-profile.sh (the 8K prefill forward under Nsight Systems when nsys
+#            exists: time per kernel class and idle gaps inside one forward; SM clock and power)
+#   pdmps    the `pd` step with an MPS control daemon running for the call (the prefill and decode
+#            processes then share the GPU's SMs instead of time-slicing it; stopped afterwards)
 #   det      scripts/gpu-det-check.sh (batch-invariant mode, also with STRATA_DET_ATTN=prefill, vs
 #            default: served greedy at c=1/8/32, graphs on/off, prefix extend, seeded repeats;
 #            decode bench c=1/16 in each mode; 1B and 8B; raw 1B and 8B decode steps with and
@@ -100,6 +104,16 @@ for s in $STEPS; do
         echo "== $shape"
         grep -E "^decode b|graph step|op breakdown|norm\+GemvT1|GemvT1 |CublasLtDet|DetGemv|d2d copy" "$OUT/decode-$shape.log" | cut -c1-400
       done ;;
+    profile) timeout $(left 200) scripts/gpu-prefill-profile.sh "$OUT" > "$OUT/profile.log" 2>&1; rc=$?; cat "$OUT/profile.log" ;;
+    pdmps) export CUDA_MPS_PIPE_DIRECTORY=/tmp/strata-mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/strata-mps-log
+      mkdir -p $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY
+      if nvidia-cuda-mps-control -d; then
+        echo "MPS control daemon started"
+        timeout $(left ${PD_TIMEOUT:-300}) scripts/gpu-pd-check.sh "$OUT/mps" > "$OUT/pdmps.log" 2>&1; rc=$?; tail -40 "$OUT/pdmps.log"
+        echo quit | nvidia-cuda-mps-control; sleep 2
+      else echo "MPS control daemon did not start"; rc=1; fi
+      cp -r $CUDA_MPS_LOG_DIRECTORY "$OUT/mps-log" 2>/dev/null
+      unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY ;;
     itl) timeout $(left ${ITL_TIMEOUT:-200}) scripts/gpu-itl-ab.sh "$OUT" > "$OUT/itl.log" 2>&1; rc=$?; cat "$OUT/itl.log" ;;
     runner) timeout $(left 400) scripts/gpu-runner-check.sh "$OUT" > "$OUT/runner.log" 2>&1; rc=$?; tail -40 "$OUT/runner.log" ;;
     *) echo "unknown step $s"; rc=2 ;;
