@@ -34,7 +34,8 @@
 #   profile  scripts/gpu-prefill-profile.sh (the 8K prefill forward under Nsight Systems when nsys
 #            exists: time per kernel class and idle gaps inside one forward; SM clock and power)
 #   pdmps    the `pd` step with an MPS control daemon running for the call (the prefill and decode
-#            processes then share the GPU's SMs instead of time-slicing it; stopped afterwards)
+#            processes then share the GPU's SMs instead of time-slicing it; the prefill runs at MPS
+#            client priority PD_PREFILL_MPS_PRIORITY, default 1 = below normal; stopped afterwards)
 #   det      scripts/gpu-det-check.sh (batch-invariant mode, also with STRATA_DET_ATTN=prefill, vs
 #            default: served greedy at c=1/8/32, graphs on/off, prefix extend, seeded repeats;
 #            decode bench c=1/16 in each mode; 1B and 8B; raw 1B and 8B decode steps with and
@@ -109,7 +110,7 @@ for s in $STEPS; do
       mkdir -p $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY
       if nvidia-cuda-mps-control -d; then
         echo "MPS control daemon started"
-        timeout $(left ${PD_TIMEOUT:-300}) scripts/gpu-pd-check.sh "$OUT/mps" > "$OUT/pdmps.log" 2>&1; rc=$?; tail -40 "$OUT/pdmps.log"
+        PD_PREFILL_MPS_PRIORITY=${PD_PREFILL_MPS_PRIORITY:-1} timeout $(left ${PD_TIMEOUT:-300}) scripts/gpu-pd-check.sh "$OUT/mps" > "$OUT/pdmps.log" 2>&1; rc=$?; tail -40 "$OUT/pdmps.log"
         echo quit | nvidia-cuda-mps-control; sleep 2
       else echo "MPS control daemon did not start"; rc=1; fi
       cp -r $CUDA_MPS_LOG_DIRECTORY "$OUT/mps-log" 2>/dev/null

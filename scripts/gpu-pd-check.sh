@@ -20,7 +20,8 @@
 #  - decode ITL under mixed load (4 decode streams while 8K-token prefills arrive), PD vs colocated.
 # Usage: scripts/gpu-pd-check.sh [OUTDIR]; env STRATA, SIZES ("llama-3.2-1b llama-3.1-8b"),
 # PD_IPC (1; 0 runs the pair with STRATA_PD_IPC=0: the staged path, for comparison), PD_CHUNK
-# (1024: --chunked-prefill-size of every server; 0 leaves the server default).
+# (1024: --chunked-prefill-size of every server; 0 leaves the server default), PD_PREFILL_MPS_PRIORITY
+# (under MPS: the prefill's CUDA_MPS_CLIENT_PRIORITY, 1 = below normal, so the decode's kernels go first).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 STRATA=${STRATA:-target/release/strata}
@@ -61,7 +62,7 @@ for size in $SIZES; do
   [ "${PD_CHUNK:-1024}" != 0 ] && S+=(--chunked-prefill-size ${PD_CHUNK:-1024})
   start colo 32101 "${S[@]}" --log-level warn --port 32101 || { fail=1; cleanup; continue; }
   export STRATA_PD_IPC=${PD_IPC:-1}
-  start prefill 32102 "${S[@]}" --log-level warn --port 32102 --disaggregation-mode prefill --disaggregation-bootstrap-port 32199 || { fail=1; cleanup; continue; }
+  CUDA_MPS_CLIENT_PRIORITY=${PD_PREFILL_MPS_PRIORITY:-0} start prefill 32102 "${S[@]}" --log-level warn --port 32102 --disaggregation-mode prefill --disaggregation-bootstrap-port 32199 || { fail=1; cleanup; continue; }
   start decode 32103 "${S[@]}" --port 32103 --disaggregation-mode decode --base-gpu-id $DGPU --log-level info || { fail=1; cleanup; continue; }
   start router-pd 32110 router --pd-disaggregation --prefill http://127.0.0.1:32102 32199 \
     --decode http://127.0.0.1:32103 --port 32110 --prometheus-port 32111 --log-level warn || { fail=1; cleanup; continue; }
