@@ -21,10 +21,10 @@
 #            bench serve, default chunked-prefill size; compare with the prefill step's raw lines)
 #   detcheck `gpu check --only gemm,fixed_decode_plan,gemm_rows,attn_decode_rows,attn_extend_rows`
 #            (the batch-invariance cases: exact in det mode, default-mode counts reported)
-#   decode   `gpu check` of every kernel the decode-speed work changed (fused single-row steps, in-kernel
-#            split merge, argmax, GEMMs incl. the det GEMV fallback, attention, row ops), then `gpu
-#            bench --only decode` at batch 1 and 32, ctx 1024, for the 8B and 1B shapes: graph step with
-#            and without the fusions, per-op breakdowns (graph and eager), per-shape GEMV paths
+#   decode   `gpu check` of every kernel the decode-speed work changed (argmax, GEMMs incl. the det
+#            GEMV fallback, attention, row ops), then `gpu bench --only decode` at batch 1 and 32,
+#            ctx 1024, for the 8B and 1B shapes: graph step with and without PDL, the eager per-op
+#            breakdown, attention by split count, per-shape GEMV paths
 #   itl      scripts/gpu-itl-ab.sh (served ITL at c=1 on two identical servers vs the raw graph
 #            step, with the runner's step profile; env SIZE)
 #   trained  scripts/train_tiny_llama.py trains a small Llama on the machine (TRAIN_S seconds, default
@@ -96,14 +96,14 @@ for s in $STEPS; do
       timeout $(left 200) python3 scripts/hf_runner_compare.py --strata "$STRATA" --models /tmp/strata-models/trained \
         --json "$OUT/trained-compare.json" 2>&1 | grep -v Warning > "$OUT/trained-compare.log"
       r2=${PIPESTATUS[0]}; cat "$OUT/trained-compare.log"; [ $rc -eq 0 ] && rc=$r2 ;;
-    decode) timeout $(left 150) "$STRATA" gpu check --only fused_t1,fused_combine,argmax_rows,gemm,silu_linear,rmsnorm,rope_kv_write,attention,fixed_decode_plan \
+    decode) timeout $(left 150) "$STRATA" gpu check --only argmax_rows,gemm,silu_linear,rmsnorm,rope_kv_write,attention,fixed_decode_plan \
         --json "$OUT/check-decode.json" > "$OUT/check-decode.log" 2>&1
       rc=$?; grep -E "FAIL|error|gpu check:" "$OUT/check-decode.log" | tail -30
       for shape in ${DECODE_SHAPES:-llama-3.1-8b llama-3.2-1b}; do
         timeout $(left 200) "$STRATA" gpu bench --only decode --shape "$shape" --decode-batches ${DECODE_BATCHES:-1,32} \
           --decode-ctx 1024 --json "$OUT/decode-$shape.json" > "$OUT/decode-$shape.log" 2>&1 || { echo "bench $shape rc=$?"; rc=1; }
         echo "== $shape"
-        grep -E "^decode b|graph step|op breakdown|norm\+GemvT1|GemvT1 |CublasLtDet|DetGemv|d2d copy" "$OUT/decode-$shape.log" | cut -c1-400
+        grep -E "^decode b|graph step|op breakdown|GemvT1 |CublasLtDet|DetGemv|d2d copy" "$OUT/decode-$shape.log" | cut -c1-400
       done ;;
     profile) timeout $(left 200) scripts/gpu-prefill-profile.sh "$OUT" > "$OUT/profile.log" 2>&1; rc=$?; cat "$OUT/profile.log" ;;
     pdmps) export CUDA_MPS_PIPE_DIRECTORY=/tmp/strata-mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/strata-mps-log

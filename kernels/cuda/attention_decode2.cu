@@ -195,14 +195,11 @@ __device__ __forceinline__ void dec2_start(const bf16_t* q, int q_stride, int ro
 
 // Merges the KPS key streams of each warp (lanes li, li + LPK, ...) by shuffle and the warps
 // through shared memory, then writes the output row (one split) or this split's partials.
-// With `counters` (one int per (row, KV head), zero between launches), the last block of a row's
-// non-empty splits to finish also merges the splits, exactly as attention_combine does (same
-// order and arithmetic, so the same bits), and resets its counter: no combine launch.
 template <int G, int HD>
 __device__ __forceinline__ void dec2_finish(float* m, float* l, float (*acc)[8], int g, int row,
                                             int split, int nsplit, bf16_t* out, int out_stride,
                                             float* part_acc, float* part_ml, int total_rows,
-                                            int n_heads, int pos, int split_len, int* counters) {
+                                            int n_heads) {
     constexpr int LPK = HD / 8;
     __shared__ float red_m[DEC2_WARPS][G], red_l[DEC2_WARPS][G];
     __shared__ __align__(16) float red_acc[DEC2_WARPS][G][HD];
@@ -259,40 +256,6 @@ __device__ __forceinline__ void dec2_finish(float* m, float* l, float (*acc)[8],
             }
         }
     }
-    if (nsplit == 1 || counters == nullptr) return;
-    __shared__ int last;
-    __threadfence();
-    __syncthreads();
-    // The splits holding this row's keys (blocks of the others exit at once and never count).
-    const int want = min(nsplit, pos / split_len + 1);
-    int* cnt = counters + (u64)row * (n_heads / G) + g;
-    if (threadIdx.x == 0) last = atomicAdd(cnt, 1) == want - 1;
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
-    for (int idx = threadIdx.x; idx < G * HD; idx += blockDim.x) {
-        const int r = idx / HD, d = idx % HD, h = g * G + r;
-        float mx = NEG_BIG;
-        for (int s = 0; s < want; ++s)
-            mx = fmaxf(mx, __ldcg(&part_ml[(((u64)s * total_rows + row) * n_heads + h) * 2]));
-        float sum = 0.f;
-        for (int s = 0; s < want; ++s) {
-            const u64 b = ((u64)s * total_rows + row) * n_heads + h;
-            const float w = expf(__ldcg(&part_ml[b * 2]) - mx);
-            if (w == 0.f) continue;
-            sum += __ldcg(&part_ml[b * 2 + 1]) * w;
-        }
-        const float inv = sum > 0.f ? 1.f / sum : 0.f;
-        float a = 0.f;
-        for (int s = 0; s < want; ++s) {
-            const u64 b = ((u64)s * total_rows + row) * n_heads + h;
-            const float w = expf(__ldcg(&part_ml[b * 2]) - mx);
-            if (w == 0.f) continue;
-            a += __ldcg(&part_acc[b * HD + d]) * w;
-        }
-        out[(u64)row * out_stride + (u64)h * HD + d] = f2bf(a * inv);
-    }
-    if (threadIdx.x == 0) *cnt = 0;
 }
 
 // UNR: steps of KPS keys per warp iteration. PIPE: load the next iteration's K/V before
@@ -303,7 +266,7 @@ __device__ __forceinline__ void dec2_body(
     const bf16_t* q, int q_stride, const bf16_t* k_pool, const bf16_t* v_pool,
     const int* block_tables, int max_pages, int page_size, const int* tile_info, int n_heads,
     int n_kv_heads, float scale, int split_len, bf16_t* out, int out_stride, float* part_acc,
-    float* part_ml, int total_rows, int* counters) {
+    float* part_ml, int total_rows) {
     constexpr int LPK = HD / 8;
     constexpr int KPS = 32 / LPK;
     constexpr int STEP = KPS * UNR;
@@ -360,7 +323,7 @@ __device__ __forceinline__ void dec2_body(
     }
 
     dec2_finish<G, HD>(m, l, acc, g, row, blk.split, blk.nsplit, out, out_stride, part_acc, part_ml,
-                       total_rows, n_heads, blk.pos, split_len, counters);
+                       total_rows, n_heads);
 }
 
 // Shared-memory pipelined form (the planner's kernels): the block streams its keys in tiles of
@@ -386,7 +349,7 @@ __device__ __forceinline__ void dec2_async_body(
     const bf16_t* q, int q_stride, const bf16_t* k_pool, const bf16_t* v_pool,
     const int* block_tables, int max_pages, int page_size, const int* tile_info, int n_heads,
     int n_kv_heads, float scale, int split_len, bf16_t* out, int out_stride, float* part_acc,
-    float* part_ml, int total_rows, int* counters) {
+    float* part_ml, int total_rows) {
     constexpr int LPK = HD / 8;
     constexpr int KPS = 32 / LPK;
     constexpr int PER_WARP = ATK / DEC2_WARPS;  // keys of a tile per warp
@@ -473,7 +436,7 @@ __device__ __forceinline__ void dec2_async_body(
     }
     cp_async_wait<0>();
     dec2_finish<G, HD>(m, l, acc, g, row, blk.split, blk.nsplit, out, out_stride, part_acc, part_ml,
-                       total_rows, n_heads, blk.pos, split_len, counters);
+                       total_rows, n_heads);
 }
 
 #define DEC2_ASYNC(NAME, G, HD, ATK, ANST) DEC2_ASYNC_LB(NAME, G, HD, ATK, ANST, 1)
@@ -482,11 +445,11 @@ __device__ __forceinline__ void dec2_async_body(
         const bf16_t* q, int q_stride, const bf16_t* k_pool, const bf16_t* v_pool,              \
         const int* block_tables, int max_pages, int page_size, const int* tile_info,            \
         int n_heads, int n_kv_heads, int head_dim, float scale, int split_len, bf16_t* out,     \
-        int out_stride, float* part_acc, float* part_ml, int total_rows, int* counters) {       \
+        int out_stride, float* part_acc, float* part_ml, int total_rows) {                      \
         dec2_async_body<G, HD, ATK, ANST>(q, q_stride, k_pool, v_pool, block_tables, max_pages, \
                                           page_size, tile_info, n_heads, n_kv_heads, scale,     \
                                           split_len, out, out_stride, part_acc, part_ml,        \
-                                          total_rows, counters);                                \
+                                          total_rows);                                          \
     }
 
 #define DEC2_VARIANT_LB(NAME, G, HD, UNR, PIPE, CHUNK, MINB)                                     \
@@ -494,11 +457,11 @@ __device__ __forceinline__ void dec2_async_body(
         const bf16_t* q, int q_stride, const bf16_t* k_pool, const bf16_t* v_pool,              \
         const int* block_tables, int max_pages, int page_size, const int* tile_info,            \
         int n_heads, int n_kv_heads, int head_dim, float scale, int split_len, bf16_t* out,     \
-        int out_stride, float* part_acc, float* part_ml, int total_rows, int* counters) {       \
+        int out_stride, float* part_acc, float* part_ml, int total_rows) {                      \
         pdl_enter();                                                                            \
         dec2_body<G, HD, UNR, PIPE, CHUNK>(q, q_stride, k_pool, v_pool, block_tables, max_pages, page_size,        \
                          tile_info, n_heads, n_kv_heads, scale, split_len, out, out_stride,      \
-                         part_acc, part_ml, total_rows, counters);                               \
+                         part_acc, part_ml, total_rows);                                         \
     }
 
 #define DEC2_VARIANT(NAME, G, HD, UNR, PIPE, CHUNK) DEC2_VARIANT_LB(NAME, G, HD, UNR, PIPE, CHUNK, 1)

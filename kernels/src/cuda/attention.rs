@@ -93,36 +93,6 @@ pub fn set_prefill_kernel(k: Option<PrefillKernel>) {
     PREFILL.store(v, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// 0 = follow `STRATA_FUSED_COMBINE`, 1 = off, 2 = on.
-static FUSED_COMBINE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
-
-/// Whether later decode2 plans merge their splits in the kernel (the last block of a row's
-/// splits combines them; no `attention_combine` launch): [`set_fused_combine`], else
-/// `STRATA_FUSED_COMBINE` (`1` on; off by default: with the fused steps it made the 8B batch-1
-/// graph step slower on the H200, 16:58 UTC, and alone at batch 32 6.79 vs 6.60 ms). Same bits
-/// either way.
-pub fn fused_combine() -> bool {
-    match FUSED_COMBINE.load(std::sync::atomic::Ordering::Relaxed) {
-        1 => false,
-        2 => true,
-        _ => matches!(
-            std::env::var("STRATA_FUSED_COMBINE").as_deref(),
-            Ok("1" | "on" | "true")
-        ),
-    }
-}
-
-/// Forces [`fused_combine`] for plans made after this call (None: back to the environment); for
-/// checks and side-by-side timing.
-pub fn set_fused_combine(on: Option<bool>) {
-    let v = match on {
-        None => 0,
-        Some(false) => 1,
-        Some(true) => 2,
-    };
-    FUSED_COMBINE.store(v, std::sync::atomic::Ordering::Relaxed);
-}
-
 /// Alternative tile shapes of the head_dim-128 FA2 prefill kernel, (name, keys per tile, stages),
 /// timed beside the default by `strata gpu bench` and checked by `strata gpu check` (see the
 /// FA_VARIANT lines of attention_prefill.cu).
@@ -247,9 +217,6 @@ pub struct AttnPlan {
     split_len: usize,
     part_acc: Option<DTensor>,
     part_ml: Option<DTensor>,
-    /// Decode2 with splits and [`fused_combine`]: one zeroed i32 per (row, KV head), counting
-    /// the row's finished splits (the last merges them and resets it).
-    counters: Option<DTensor>,
     kernel: AttnKernel,
     variant: Option<usize>,
 }
@@ -556,13 +523,6 @@ impl CudaOps {
         } else {
             (None, None)
         };
-        let counters = if kernel == AttnKernel::Decode2 && splits > 1 && fused_combine() {
-            let c = self.ctx.alloc(DType::I32, &[row * s.n_kv_heads])?;
-            self.ctx.memset(&c, 0)?;
-            Some(c)
-        } else {
-            None
-        };
         Ok(AttnPlan {
             shape,
             tiles: self.ctx.upload_i32(&[tiles.len()], &tiles)?,
@@ -574,7 +534,6 @@ impl CudaOps {
             split_len,
             part_acc,
             part_ml,
-            counters,
             kernel,
             variant: None,
         })
@@ -646,7 +605,6 @@ impl CudaOps {
             block: 128,
             smem: 0,
         };
-        let fused = plan.kernel == AttnKernel::Decode2 && plan.counters.is_some();
         if plan.kernel == AttnKernel::Decode2 {
             let group = s.n_heads / s.n_kv_heads;
             let idx = decode2_index(group, hd).expect("planned only for supported shapes");
@@ -654,8 +612,6 @@ impl CudaOps {
                 Some(v) => &self.attention_decode2_variants[v],
                 None => &self.attention_decode2[idx],
             };
-            let mut args = args.to_vec();
-            args.push(Arg::U64(plan.counters.as_ref().map_or(0, |c| c.ptr())));
             self.go(f, decode_dims, &args)?;
         } else if plan.kernel == AttnKernel::Decode {
             self.go(&self.attention_decode, decode_dims, &args)?;
@@ -692,7 +648,7 @@ impl CudaOps {
             };
             self.go(&self.attention, dims, &args)?;
         }
-        if plan.splits > 1 && !fused {
+        if plan.splits > 1 {
             let args = [
                 Arg::U64(pa),
                 Arg::U64(pm),

@@ -71,10 +71,6 @@ pub struct Gemm {
     gemv_t1: CudaFunction,
     gemv_t1_wide: CudaFunction,
     gemv_t1_silu: CudaFunction,
-    gemv_t1_norm: CudaFunction,
-    gemv_t1_norm_rope: CudaFunction,
-    gemv_t1_norm_silu: CudaFunction,
-    gemv_t1_res: CudaFunction,
     gemv_max_rows: usize,
     lt: Option<super::gemm_lt::GemmLt>,
     deterministic: bool,
@@ -92,10 +88,6 @@ impl Gemm {
         let gemv_t1 = ctx.function(Program::Gemv, "gemv_bf16_t1")?;
         let gemv_t1_wide = ctx.function(Program::Gemv, "gemv_bf16_t1_wide")?;
         let gemv_t1_silu = ctx.function(Program::Gemv, "gemv_bf16_t1_silu")?;
-        let gemv_t1_norm = ctx.function(Program::Gemv, "gemv_bf16_t1_norm")?;
-        let gemv_t1_norm_rope = ctx.function(Program::Gemv, "gemv_bf16_t1_norm_rope")?;
-        let gemv_t1_norm_silu = ctx.function(Program::Gemv, "gemv_bf16_t1_norm_silu")?;
-        let gemv_t1_res = ctx.function(Program::Gemv, "gemv_bf16_t1_res")?;
         let lt = match super::gemm_lt::GemmLt::new(ctx.clone()) {
             Ok(l) => Some(l),
             Err(e) => {
@@ -110,10 +102,6 @@ impl Gemm {
             gemv_t1,
             gemv_t1_wide,
             gemv_t1_silu,
-            gemv_t1_norm,
-            gemv_t1_norm_rope,
-            gemv_t1_norm_silu,
-            gemv_t1_res,
             lt,
             gemv_max_rows: 1,
             deterministic: false,
@@ -145,26 +133,6 @@ impl Gemm {
     /// The GPU this handle runs on.
     pub fn context(&self) -> &Arc<GpuContext> {
         &self.ctx
-    }
-
-    /// The fused norm + single-row GEMV kernel (`fused.rs`).
-    pub(super) fn gemv_t1_norm(&self) -> &CudaFunction {
-        &self.gemv_t1_norm
-    }
-
-    /// The fused norm + single-row qkv GEMV + RoPE / K/V write kernel (`fused.rs`).
-    pub(super) fn gemv_t1_norm_rope(&self) -> &CudaFunction {
-        &self.gemv_t1_norm_rope
-    }
-
-    /// The single-row GEMV that adds into the residual (`fused.rs`).
-    pub(super) fn gemv_t1_res(&self) -> &CudaFunction {
-        &self.gemv_t1_res
-    }
-
-    /// The fused norm + single-row gate_up GEMV + SiLU-mul kernel (`fused.rs`).
-    pub(super) fn gemv_t1_norm_silu(&self) -> &CudaFunction {
-        &self.gemv_t1_norm_silu
     }
 
     /// Whether batch-invariant mode is on.

@@ -11,7 +11,6 @@ use cudarc::driver::CudaGraph;
 
 use super::attention::{AttnPlan, AttnShape};
 use super::error::Result;
-use super::fused::{Epilogue, Resid, RopeKv};
 use super::gemm::Gemm;
 use super::ops::CudaOps;
 use super::tensor::{DTensor, DType};
@@ -102,8 +101,6 @@ struct Layer {
 pub struct Workspace {
     tokens: usize,
     resid: DTensor,
-    /// The residual's second buffer (fused single-row steps alternate: `fused.rs`).
-    resid2: DTensor,
     y: DTensor,
     h: DTensor,
     qkv: DTensor,
@@ -217,7 +214,6 @@ impl LlamaModel {
         Ok(Workspace {
             tokens,
             resid: b(&[tokens, s.hidden])?,
-            resid2: b(&[tokens, s.hidden])?,
             y: b(&[tokens, s.hidden])?,
             h: b(&[tokens, s.hidden])?,
             qkv: b(&[tokens, s.qkv_width()])?,
@@ -243,9 +239,7 @@ impl LlamaModel {
     }
 
     /// [`LlamaModel::forward`], calling `mark(op)` after each op's launches (`gpu bench` records
-    /// a CUDA event there for its per-op breakdown). One row runs the fused single-row steps
-    /// (`fused.rs`): norm + qkv + RoPE/KV write, o + residual add, norm + gate_up + SiLU,
-    /// down + residual add, norm + LM head.
+    /// a CUDA event there for its per-op breakdown).
     pub fn forward_marked(
         &self,
         ops: &CudaOps,
@@ -267,52 +261,28 @@ impl LlamaModel {
         let kv_w = s.n_kv_heads * s.head_dim;
         ops.embedding(&input.ids, &self.embed, &ws.resid)?;
         mark("embedding")?;
-        let mut resid = Resid::new(&ws.resid, &ws.resid2);
-        for l in &self.layers {
-            let rope = RopeKv {
-                n_q: s.n_heads,
-                n_kv: s.n_kv_heads,
-                head_dim: s.head_dim,
-                pos: &input.pos,
-                inv_freq: &self.inv_freq,
-                k_pool: &l.k_pool,
-                v_pool: &l.v_pool,
-                slots: &input.slots,
-                host_slots: &input.host_slots,
-            };
-            let roped = resid.norm_linear(
-                ops,
-                gemm,
-                &l.in_norm,
-                s.eps,
-                &ws.h,
-                &l.qkv,
+        for (i, l) in self.layers.iter().enumerate() {
+            // Layer 0 normalises the embedding; later layers add the previous sub-layer's y.
+            let y = (i > 0).then_some(&ws.y);
+            self.norm(ops, y, &ws.resid, &l.in_norm, &ws.h)?;
+            gemm.linear(&ws.h, &l.qkv, &ws.qkv)?;
+            mark("norm+qkv")?;
+            ops.rope_kv_write(
                 &ws.qkv,
-                Epilogue::Rope(&rope),
+                0,
+                s.n_heads,
+                q_w,
+                s.n_kv_heads,
+                q_w + kv_w,
+                s.head_dim,
+                &input.pos,
+                &self.inv_freq,
+                &l.k_pool,
+                &l.v_pool,
+                &input.slots,
+                &input.host_slots,
             )?;
-            mark(if roped {
-                "norm+qkv+rope_kv"
-            } else {
-                "norm+qkv"
-            })?;
-            if !roped {
-                ops.rope_kv_write(
-                    &ws.qkv,
-                    0,
-                    s.n_heads,
-                    q_w,
-                    s.n_kv_heads,
-                    q_w + kv_w,
-                    s.head_dim,
-                    &input.pos,
-                    &self.inv_freq,
-                    &l.k_pool,
-                    &l.v_pool,
-                    &input.slots,
-                    &input.host_slots,
-                )?;
-                mark("rope_kv_write")?;
-            }
+            mark("rope_kv_write")?;
             ops.paged_attention(
                 &input.plan,
                 &ws.qkv,
@@ -323,53 +293,43 @@ impl LlamaModel {
                 scale,
             )?;
             mark("attention")?;
-            resid.add_linear(gemm, &ws.attn, &l.o, &ws.y)?;
+            gemm.linear(&ws.attn, &l.o, &ws.y)?;
             mark("o")?;
-            let act = resid.norm_linear(
-                ops,
-                gemm,
-                &l.post_norm,
-                s.eps,
-                &ws.h,
-                &l.gate_up,
-                &ws.gu,
-                Epilogue::SiluMul(&ws.act),
-            )?;
-            mark(if act {
-                "norm+gate_up+silu"
-            } else {
-                "norm+gate_up"
-            })?;
-            if act {
-                resid.add_linear(gemm, &ws.act, &l.down, &ws.y)?;
-            } else {
-                if !gemm.silu_linear_t1(&ws.gu, &l.down, &ws.y)? {
-                    ops.silu_mul(&ws.gu, &ws.act)?;
-                    gemm.linear(&ws.act, &l.down, &ws.y)?;
-                }
-                resid.add_later(&ws.y)?;
+            ops.rmsnorm(&ws.y, Some(&ws.resid), &l.post_norm, &ws.h, s.eps)?;
+            gemm.linear(&ws.h, &l.gate_up, &ws.gu)?;
+            mark("norm+gate_up")?;
+            if !gemm.silu_linear_t1(&ws.gu, &l.down, &ws.y)? {
+                ops.silu_mul(&ws.gu, &ws.act)?;
+                gemm.linear(&ws.act, &l.down, &ws.y)?;
             }
             mark("silu+down")?;
         }
+        let y = (!self.layers.is_empty()).then_some(&ws.y);
+        self.norm(ops, y, &ws.resid, &self.norm, &ws.h)?;
         if ws.tokens == 1 && ws.logits.shape()[0] == 1 {
             // One row, the sampled one: no gather.
-            resid.norm_linear(
-                ops,
-                gemm,
-                &self.norm,
-                s.eps,
-                &ws.h,
-                &self.lm_head,
-                &ws.logits,
-                Epilogue::Store,
-            )?;
+            gemm.linear(&ws.h, &self.lm_head, &ws.logits)?;
             return mark("norm+lm_head");
         }
-        resid.norm(ops, &self.norm, s.eps, &ws.h)?;
         ops.embedding(&input.last_rows, &ws.h, &ws.last)?;
         mark("final norm+gather")?;
         gemm.linear(&ws.last, &self.lm_head, &ws.logits)?;
         mark("lm_head")
+    }
+
+    /// h = rmsnorm(resid [+= y]) * weight (the residual add in place when `y` is given).
+    fn norm(
+        &self,
+        ops: &CudaOps,
+        y: Option<&DTensor>,
+        resid: &DTensor,
+        weight: &DTensor,
+        h: &DTensor,
+    ) -> Result<()> {
+        match y {
+            Some(y) => ops.rmsnorm(y, Some(resid), weight, h, self.shape.eps),
+            None => ops.rmsnorm(resid, None, weight, h, self.shape.eps),
+        }
     }
 
     /// Captures `forward` for fixed inputs into a CUDA graph (replay with `launch()`): one

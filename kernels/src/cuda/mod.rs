@@ -17,7 +17,6 @@ pub mod det;
 pub mod device;
 pub mod error;
 mod f32k;
-pub mod fused;
 pub mod gemm;
 pub mod gemm_det;
 pub mod gemm_lt;
@@ -37,8 +36,8 @@ pub mod tensor;
 pub mod transfer;
 
 pub use attention::{
-    fused_combine, prefill_kernel, set_fused_combine, set_prefill_kernel, AttnKernel, AttnPlan,
-    AttnSeq, AttnShape, PlanOpts, PrefillKernel, DECODE2_VARIANTS, FA2_VARIANTS,
+    prefill_kernel, set_prefill_kernel, AttnKernel, AttnPlan, AttnSeq, AttnShape, PlanOpts,
+    PrefillKernel, DECODE2_VARIANTS, FA2_VARIANTS,
 };
 pub use backend::{CudaBackend, CudaBuf};
 pub use device::GpuContext;

@@ -273,29 +273,6 @@ impl CudaOps {
         )
     }
 
-    /// The checks of [`CudaOps::rope_kv_write`] without the launch (for kernels that fuse it).
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn check_rope_kv_write(
-        &self,
-        qkv: &DTensor,
-        n_q_heads: usize,
-        n_k_heads: usize,
-        head_dim: usize,
-        pos: &DTensor,
-        inv_freq: &DTensor,
-        k_pool: &DTensor,
-        v_pool: &DTensor,
-        slots: &DTensor,
-        host_slots: &[i32],
-    ) -> Result<()> {
-        let (q_w, kv_w) = (n_q_heads * head_dim, n_k_heads * head_dim);
-        self.rope_checks(qkv, 0, n_q_heads, q_w, n_k_heads, head_dim, pos, inv_freq)?;
-        let kv_dim = self.kv_checks(qkv, q_w, q_w + kv_w, k_pool, v_pool, slots, host_slots)?;
-        ensure(kv_dim == kv_w, || {
-            format!("pool rows of {kv_dim} for {n_k_heads} k heads of {head_dim}")
-        })
-    }
-
     #[allow(clippy::too_many_arguments)]
     fn rope_checks(
         &self,

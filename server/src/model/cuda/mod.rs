@@ -28,7 +28,6 @@ use crate::kv::{HostKvPool, PageId};
 use load::Bf16Map;
 use std::path::Path;
 use std::sync::Arc;
-use strata_kernels::cuda::fused::{Epilogue, Resid, RopeKv};
 use strata_kernels::cuda::{
     AttnPlan, AttnSeq, AttnShape, CudaError, CudaOps, DTensor, DType, Gemm, GpuContext, PlanOpts,
 };
@@ -64,8 +63,6 @@ struct Layer {
 /// Activations for `tokens` rows, `rows` of which get logits.
 struct Acts {
     resid: DTensor,
-    /// The residual's second buffer: fused single-row steps alternate (kernels `fused.rs`).
-    resid2: DTensor,
     y: DTensor,
     h: DTensor,
     qkv: DTensor,
@@ -291,7 +288,6 @@ impl CudaRunner {
         };
         Ok(Acts {
             resid: b(&[tokens, h])?,
-            resid2: b(&[tokens, h])?,
             y: b(&[tokens, h])?,
             h: b(&[tokens, h])?,
             qkv: b(&[tokens, qd + 2 * c.kv_dim()])?,
@@ -385,57 +381,33 @@ impl CudaRunner {
         let (q_w, kv_w) = (nh * hd, nkv * hd);
         let scale = 1.0 / (hd as f32).sqrt();
         ops.embedding(&m.ids, &self.embed, &a.resid)?;
-        // One row (a decode at batch 1) runs the fused single-row steps; anything else the
-        // separate kernels (same bits either way).
-        let mut resid = Resid::new(&a.resid, &a.resid2);
         for (li, l) in self.layers.iter().enumerate() {
-            let plain = l.qkv_bias.is_none() && l.qk_norm.is_none();
-            let rope = RopeKv {
-                n_q: nh,
-                n_kv: nkv,
-                head_dim: hd,
-                pos: &m.pos,
-                inv_freq: &self.inv_freq,
-                k_pool: &kv.k[li],
-                v_pool: &kv.v[li],
-                slots: &m.slots,
-                host_slots: &m.host_slots,
-            };
-            let roped = resid.norm_linear(
-                ops,
-                gemm,
-                &l.in_norm,
-                eps,
-                &a.h,
-                &l.qkv,
-                &a.qkv,
-                if plain {
-                    Epilogue::Rope(&rope)
-                } else {
-                    Epilogue::Store
-                },
-            )?;
+            // Layer 0 normalises the embedding; later layers add the previous sub-layer's y.
+            if li == 0 {
+                ops.rmsnorm(&a.resid, None, &l.in_norm, &a.h, eps)?;
+            } else {
+                ops.rmsnorm(&a.y, Some(&a.resid), &l.in_norm, &a.h, eps)?;
+            }
+            gemm.linear(&a.h, &l.qkv, &a.qkv)?;
             if l.qkv_bias.is_some() || l.qk_norm.is_some() {
                 let qn = l.qk_norm.as_ref().map(|(q, k)| (q, k));
                 ops.qkv_bias_norm(&a.qkv, l.qkv_bias.as_ref(), qn, nh, nkv, hd, eps)?;
             }
-            if !roped {
-                ops.rope_kv_write(
-                    &a.qkv,
-                    0,
-                    nh,
-                    q_w,
-                    nkv,
-                    q_w + kv_w,
-                    hd,
-                    &m.pos,
-                    &self.inv_freq,
-                    &kv.k[li],
-                    &kv.v[li],
-                    &m.slots,
-                    &m.host_slots,
-                )?;
-            }
+            ops.rope_kv_write(
+                &a.qkv,
+                0,
+                nh,
+                q_w,
+                nkv,
+                q_w + kv_w,
+                hd,
+                &m.pos,
+                &self.inv_freq,
+                &kv.k[li],
+                &kv.v[li],
+                &m.slots,
+                &m.host_slots,
+            )?;
             // A pending L2 -> L1 load: this layer's pages must have landed (later layers may
             // still be crossing the bus).
             kv.wait_layer(li)?;
@@ -450,43 +422,25 @@ impl CudaRunner {
                 let o = a.attn.view(p.rows.start * ow, &[rows, ow])?;
                 ops.paged_attention(&p.plan, &q, 0, &kv.k[li], &kv.v[li], &o, scale)?;
             }
-            resid.add_linear(gemm, &a.attn, &l.o, &a.y)?;
-            let act = resid.norm_linear(
-                ops,
-                gemm,
-                &l.post_norm,
-                eps,
-                &a.h,
-                &l.gate_up,
-                &a.gu,
-                Epilogue::SiluMul(&a.act),
-            )?;
-            if act {
-                resid.add_linear(gemm, &a.act, &l.down, &a.y)?;
-            } else {
-                if !gemm.silu_linear_t1(&a.gu, &l.down, &a.y)? {
-                    ops.silu_mul(&a.gu, &a.act)?;
-                    gemm.linear(&a.act, &l.down, &a.y)?;
-                }
-                resid.add_later(&a.y)?;
+            gemm.linear(&a.attn, &l.o, &a.y)?;
+            ops.rmsnorm(&a.y, Some(&a.resid), &l.post_norm, &a.h, eps)?;
+            gemm.linear(&a.h, &l.gate_up, &a.gu)?;
+            if !gemm.silu_linear_t1(&a.gu, &l.down, &a.y)? {
+                ops.silu_mul(&a.gu, &a.act)?;
+                gemm.linear(&a.act, &l.down, &a.y)?;
             }
         }
         if let Some((last, logits, tokens)) = &a.head {
             let head = self.lm_head.as_ref().unwrap_or(&self.embed);
-            if a.h.shape()[0] == 1 && logits.shape()[0] == 1 {
-                // One row, the sampled one: no gather (fused with the norm at one row).
-                resid.norm_linear(
-                    ops,
-                    gemm,
-                    &self.norm,
-                    eps,
-                    &a.h,
-                    head,
-                    logits,
-                    Epilogue::Store,
-                )?;
+            if self.layers.is_empty() {
+                ops.rmsnorm(&a.resid, None, &self.norm, &a.h, eps)?;
             } else {
-                resid.norm(ops, &self.norm, eps, &a.h)?;
+                ops.rmsnorm(&a.y, Some(&a.resid), &self.norm, &a.h, eps)?;
+            }
+            if a.h.shape()[0] == 1 && logits.shape()[0] == 1 {
+                // One row, the sampled one: no gather.
+                gemm.linear(&a.h, head, logits)?;
+            } else {
                 ops.embedding(&m.last, &a.h, last)?;
                 gemm.linear(last, head, logits)?;
             }

@@ -7,9 +7,8 @@
 use std::time::Instant;
 
 use serde_json::{json, Value};
-use strata_kernels::cuda::fused;
 use strata_kernels::cuda::llama::{LlamaModel, LlamaShape, StepInput, Workspace};
-use strata_kernels::cuda::{launch, set_fused_combine, AttnSeq, CudaOps, Gemm, GemmPath};
+use strata_kernels::cuda::{launch, AttnSeq, CudaOps, Gemm, GemmPath};
 use strata_kernels::sample_rows::{RowMode, RowSpec};
 use strata_kernels::sampling::SampleParams;
 
@@ -167,33 +166,6 @@ pub fn run(
                     a / n
                 ));
             }
-            // The same graph without this session's fusions (the single-row steps of
-            // kernels fused.rs at batch 1, the in-kernel split merge of decode attention), side by
-            // side; and each op's share of an eager step both ways.
-            let f = fused::fusion();
-            fused::set_fusion(0);
-            set_fused_combine(Some(false));
-            let unfused_input = step_input(ops, &model, &seqs, args.deterministic);
-            fused::set_fusion(f);
-            set_fused_combine(None);
-            let unfused_input = unfused_input?;
-            let unfused = |run: &mut dyn FnMut() -> anyhow::Result<()>| -> anyhow::Result<()> {
-                fused::set_fusion(0);
-                let r = run();
-                fused::set_fusion(f);
-                r
-            };
-            let mut graphed_unfused = None;
-            unfused(&mut || {
-                graphed_unfused = replay_with(&unfused_input)?;
-                Ok(())
-            })?;
-            if let (Some(a), Some(n)) = (graphed, graphed_unfused) {
-                summary.push(format!(
-                    "  b{b} graph step with the fused steps {a:.3} ms, without {n:.3} ms (x{:.3})",
-                    a / n
-                ));
-            }
             // (A failed breakdown is reported and the bench goes on.)
             let soft = |r: anyhow::Result<Value>, summary: &mut Vec<String>| match r {
                 Ok(v) => v,
@@ -204,26 +176,8 @@ pub fn run(
             };
             // (Eager: events recorded inside a captured graph cannot be timed on the H200 driver,
             // cuEventElapsedTime gave CUDA_ERROR_INVALID_VALUE at 16:58 UTC.)
-            let r = op_breakdown(ops, gemm, &model, &ws, &input, b, fwd, false, "", summary);
+            let r = op_breakdown(ops, gemm, &model, &ws, &input, b, fwd, false, summary);
             let ops_on = soft(r, summary);
-            let ops_eager = ops_on.clone();
-            let mut r = Ok(Value::Null);
-            unfused(&mut || {
-                r = op_breakdown(
-                    ops,
-                    gemm,
-                    &model,
-                    &ws,
-                    &unfused_input,
-                    b,
-                    fwd,
-                    false,
-                    " unfused",
-                    summary,
-                );
-                Ok(())
-            })?;
-            let ops_off = soft(r, summary);
             let attn_layer_us = attention_alone(ops, &model, b, args.decode_ctx, None, &|_| true)?;
             for sp in [1, 2, 4, 8, 16, 32] {
                 let us = attention_alone(ops, &model, b, args.decode_ctx, Some(sp), &|_| true)?;
@@ -258,7 +212,7 @@ pub fn run(
                 b as f64 / best * 1e3, floor_ms.unwrap_or(f64::NAN), ratio.unwrap_or(f64::NAN), kv_floor.unwrap_or(f64::NAN)
             ));
             rows.push(json!({"batch": b, "step_ms": wall, "graph_step_ms": graphed, "graph_step_ms_no_pdl": graphed_no_pdl,
-                "graph_step_ms_unfused": graphed_unfused, "ops_us": ops_on, "ops_us_eager": ops_eager, "ops_us_unfused": ops_off, "forward_gpu_ms": fwd,
+                "ops_us": ops_on, "forward_gpu_ms": fwd,
                 "attention_us_per_layer": attn_layer_us, "attention_v1_us_per_layer": attn_v1_us, "attention_variants_us": variants, "tokens_per_s": b as f64 / best * 1e3,
                 "floor_weights_ms": floor_ms, "floor_weights_kv_ms": kv_floor, "ratio_to_floor": ratio}));
             if b == 1 {
@@ -402,7 +356,6 @@ fn op_breakdown(
     b: usize,
     fwd_ms: f64,
     graph: bool,
-    tag: &str,
     summary: &mut Vec<String>,
 ) -> anyhow::Result<Value> {
     let stream = ops.context().stream();
@@ -432,10 +385,10 @@ fn op_breakdown(
                     .map(|e| e.to_string())
                     .or(g.err().map(|e| e.to_string()));
                 summary.push(format!(
-                    "  b{b} op breakdown{tag}: graph capture with events failed ({}); eager below",
+                    "  b{b} op breakdown: graph capture with events failed ({}); eager below",
                     why.unwrap_or_else(|| "empty graph".into())
                 ));
-                return op_breakdown(ops, gemm, model, ws, input, b, fwd_ms, false, tag, summary);
+                return op_breakdown(ops, gemm, model, ws, input, b, fwd_ms, false, summary);
             }
         }
     }
@@ -477,7 +430,7 @@ fn op_breakdown(
     let total: f64 = rows.iter().map(|r| r.2).sum();
     rows.sort_by(|a, c| c.2.total_cmp(&a.2));
     let mut line = format!(
-        "  b{b} op breakdown{tag} ({}, an event after each op; sum {:.2} ms vs eager forward {fwd_ms:.2} ms):",
+        "  b{b} op breakdown ({}, an event after each op; sum {:.2} ms vs eager forward {fwd_ms:.2} ms):",
         if captured.is_some() { "graph" } else { "eager" },
         total / 1e3
     );
@@ -732,47 +685,6 @@ fn gemv_breakdown(
                     frac * 100.0
                 ));
                 rows.push(json!({"rows": t, "name": name, "path": format!("{path:?}"), "n": n, "k": k, "us": ms * 1e3, "gbs": gbs}));
-            }
-            if t == 1 && name != "down" && name != "o" {
-                // The fused residual add + RMSNorm + GEMV (what qkv, gate_up and the LM head run
-                // at batch 1), against rmsnorm + GemvT1.
-                let (r0, r1, nw) = (
-                    c.alloc(bf, &[1, k])?,
-                    c.alloc(bf, &[1, k])?,
-                    c.alloc(bf, &[k])?,
-                );
-                for (i, t) in [&r0, &r1, &nw].into_iter().enumerate() {
-                    ops.fill_uniform(t, 30 + i as u64, 1.0)?;
-                }
-                let input = fused::NormIn {
-                    y: Some(&x),
-                    resid: &r0,
-                    resid_out: Some(&r1),
-                    weight: &nw,
-                    eps: 1e-5,
-                };
-                let f = fused::fusion();
-                fused::set_fusion(fused::FUSE_ALL);
-                let fused_ms = gpu_ms(c, false, 3, 20, || {
-                    anyhow::ensure!(
-                        gemm.norm_linear_t1(ops, &input, &w, &y, fused::Epilogue::Store)?,
-                        "refused"
-                    );
-                    Ok(())
-                });
-                fused::set_fusion(f);
-                let sep_ms = gpu_ms(c, false, 3, 20, || {
-                    ops.rmsnorm(&x, Some(&r0), &nw, &r1, 1e-5)?;
-                    Ok(gemm.linear_with(&r1, &w, &y, GemmPath::GemvT1)?)
-                })?;
-                match fused_ms {
-                    Ok(ms) => summary.push(format!(
-                        "  b1 norm+GemvT1 {name} [{n}x{k}]: fused {:.1} us, rmsnorm + GemvT1 {:.1} us",
-                        ms * 1e3,
-                        sep_ms * 1e3
-                    )),
-                    Err(e) => summary.push(format!("  b1 fused norm {name}: {e}")),
-                }
             }
         }
     }

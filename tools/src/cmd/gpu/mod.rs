@@ -14,7 +14,6 @@ mod bench_model;
 mod bench_sampling;
 mod check;
 mod check_det;
-mod check_fused;
 mod check_host_copy;
 mod check_ops;
 mod check_pd_copy;
