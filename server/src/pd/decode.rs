@@ -487,7 +487,7 @@ impl Exchange<'_> {
                 wire::PARTIAL => {
                     if h.object_bytes as usize != obj
                         || off + h.n_pages as usize > n_pages
-                        || h.flags & (wire::DIRECT | wire::ON_DEVICE) == 0
+                        || h.flags & wire::DIRECT == 0
                     {
                         return Err(Fail::broken(
                             "the prefill server sent a part of another geometry".into(),
