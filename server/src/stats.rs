@@ -54,8 +54,9 @@ pub struct Stats {
     /// Decode throughput of the last scheduler window, in tokens/s × 1000.
     pub gen_throughput_milli: AtomicU64,
     pub ttft: Histogram,
-    /// PD prefill side: KV bytes sent to decode servers, the microseconds those sends took
-    /// (header to acknowledgement), transfers that succeeded and that failed.
+    /// PD prefill side: KV bytes sent to decode servers (parts included), the microseconds from
+    /// each transfer's final header to its acknowledgement (not the chunks between parts),
+    /// transfers that succeeded and that failed.
     pub pd_bytes: AtomicU64,
     pub pd_micros: AtomicU64,
     pub pd_ok: AtomicU64,
@@ -68,8 +69,8 @@ pub struct Stats {
     /// runner without IPC); the others were sent from the KV pool itself.
     pub pd_ipc: AtomicU64,
     pub pd_staged: AtomicU64,
-    /// PD prefill side: bytes and microseconds (header to acknowledgement) of the CUDA IPC
-    /// transfers alone.
+    /// PD prefill side: bytes (parts included) and microseconds (final header to
+    /// acknowledgement) of the CUDA IPC transfers alone.
     pub pd_ipc_bytes: AtomicU64,
     pub pd_ipc_micros: AtomicU64,
     /// PD prefill side: parts sent ahead of the final header (a finished chunk's pages each).
@@ -78,15 +79,26 @@ pub struct Stats {
     pub pd_recv_parts: AtomicU64,
     /// PD decode side: connections opened to prefill bootstrap servers (reuse does not count).
     pub pd_connections: AtomicU64,
-    /// PD decode side: transfers received, and the microseconds from their KV header's arrival to
-    /// the acknowledgement sent (the copy, or the bytes read from the socket).
+    /// PD decode side: transfers received, and the microseconds from each of their KV headers'
+    /// arrival (parts and the final one) to its pages landed, and for the final one to the
+    /// acknowledgement sent (the copy, or the bytes read from the socket): transfer time, not
+    /// the prefill's chunks between parts.
     pub pd_received: AtomicU64,
     pub pd_recv_micros: AtomicU64,
     /// PD decode side: received transfers copied device to device (CUDA IPC).
     pub pd_recv_ipc: AtomicU64,
-    /// PD decode side: bytes received, and the wall time during which at least one transfer was
-    /// between its KV header and its acknowledgement (their ratio is the aggregate transfer rate
-    /// with several transfers in flight).
+    /// PD decode side, CUDA IPC: device-to-device copies (one per part and final header) and
+    /// their bytes; microseconds from a header to its copy queued (the host's control path),
+    /// from queued to seen complete (waiting behind the fence and the GPU's other work, the copy,
+    /// the completion seen), and the copies' own device time (their start and end events).
+    pub pd_recv_ipc_copies: AtomicU64,
+    pub pd_recv_ipc_bytes: AtomicU64,
+    pub pd_recv_ipc_enqueue_micros: AtomicU64,
+    pub pd_recv_ipc_wait_micros: AtomicU64,
+    pub pd_recv_ipc_device_micros: AtomicU64,
+    /// PD decode side: bytes received, and the wall time during which at least one transfer's
+    /// pages were between their KV header and their landing (the final header's: its
+    /// acknowledgement); their ratio is the aggregate transfer rate with several in flight.
     pub pd_recv_bytes: AtomicU64,
     pub pd_recv_busy: BusyClock,
     /// PD decode side: tokens whose KV was queued for the L3 by decode offload.

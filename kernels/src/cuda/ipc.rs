@@ -6,23 +6,19 @@
 //! `CU_IPC_MEM_LAZY_ENABLE_PEER_ACCESS`: a pool on another GPU is read over the peer link, and
 //! one on a GPU this one cannot reach is refused with a clear error) and copies the listed pages
 //! straight into its own pool ([`super::peer_copy::PeerCopy`]); a mapping is closed only after
-//! the last copy out of it finished. [`PeerGather`] gathers pages into a fresh device buffer
-//! instead (the fallback when the decode's pool has no pages to spare yet). A handle cannot be
-//! opened in the process that exported it (the driver refuses), so nothing here can be exercised
-//! by one process alone. Every driver call's failure names the call.
+//! the last copy out of it finished. A handle cannot be opened in the process that exported it
+//! (the driver refuses), so nothing here can be exercised by one process alone. Every driver
+//! call's failure names the call.
 
 use std::any::Any;
 use std::ffi::c_void;
 use std::sync::{Arc, Mutex};
 
 use cudarc::driver::sys;
-use cudarc::driver::{CudaContext, CudaEvent, CudaFunction, CudaStream};
+use cudarc::driver::{CudaContext, CudaEvent};
 
 use super::device::GpuContext;
 use super::error::{ensure, CudaError, Result};
-use super::host_copy::HostKvGeometry;
-use super::launch::{launch, Arg, Dims};
-use super::nvrtc::Program;
 use super::tensor::{DTensor, DType};
 
 /// Turns a driver status into an error naming the call.
@@ -104,7 +100,7 @@ pub struct IpcMapping {
     /// The GPU the memory lives on (this process's numbering).
     device: usize,
     /// Completes when the last queued copy out of the mapping has.
-    last_use: Mutex<Option<CudaEvent>>,
+    last_use: Mutex<Option<Arc<CudaEvent>>>,
 }
 
 impl IpcMapping {
@@ -178,7 +174,7 @@ impl IpcMapping {
 
     /// Records that queued work reads the mapping until `done` completes: the mapping is closed
     /// only after that (a later call replaces the event: copies on one stream finish in order).
-    pub fn used_until(&self, done: CudaEvent) {
+    pub fn used_until(&self, done: Arc<CudaEvent>) {
         *self.last_use.lock().unwrap_or_else(|e| e.into_inner()) = Some(done);
     }
 
@@ -219,96 +215,5 @@ impl Drop for IpcMapping {
         if let Err(e) = call(rc, "cuIpcCloseMemHandle") {
             eprintln!("strata: {e}");
         }
-    }
-}
-
-/// Gathers pages of a (mapped) pool into a device buffer in a host pool's layout, on a stream of
-/// its own.
-pub struct PeerGather {
-    ctx: Arc<GpuContext>,
-    stream: Arc<CudaStream>,
-    kernel: CudaFunction,
-}
-
-impl PeerGather {
-    pub fn new(ctx: Arc<GpuContext>) -> Result<Self> {
-        let stream = ctx.cuda().new_stream()?;
-        let kernel = ctx.function(Program::Transfer, "kv_host_copy")?;
-        Ok(Self {
-            ctx,
-            stream,
-            kernel,
-        })
-    }
-
-    /// Copies pool pages `pages[i]` of `pool` (geometry `geo`, `geo.pool_pages` pages) into page
-    /// `i` of a new device buffer laid out like a host pool of `pages.len()` pages (`geo`'s
-    /// strides), and returns it once the copy is complete.
-    pub fn gather(&self, pool: &DTensor, geo: HostKvGeometry, pages: &[u32]) -> Result<DTensor> {
-        let n = pages.len();
-        let geo = HostKvGeometry {
-            host_pages: n,
-            ..geo
-        };
-        ensure(geo.row_bytes % 16 == 0 && geo.row_bytes > 0, || {
-            format!("row of {} bytes is not a multiple of 16", geo.row_bytes)
-        })?;
-        let pool_bytes = geo.layers * 2 * geo.pool_pages * geo.page_size * geo.row_bytes;
-        ensure(pool.bytes() >= pool_bytes, || {
-            format!("pool of {} bytes, geometry says {pool_bytes}", pool.bytes())
-        })?;
-        ensure(pages.iter().all(|&p| (p as usize) < geo.pool_pages), || {
-            format!("page outside a pool of {}", geo.pool_pages)
-        })?;
-        // Not from the stream-ordered allocator: the buffer is read later on another stream (the
-        // decode's copy stream) and must not be recycled in this stream's order meanwhile.
-        let out = self.ctx.alloc_exportable(DType::U8, &[geo.host_bytes()])?;
-        if n == 0 {
-            return Ok(out);
-        }
-        let src: Vec<i32> = pages.iter().map(|&p| p as i32).collect();
-        let dst: Vec<i32> = (0..n as i32).collect();
-        let ids = DTensor::alloc(&self.stream, DType::I32, &[2 * n])?;
-        self.ctx.cuda().bind_to_thread()?;
-        let s = self.stream.cu_stream();
-        // SAFETY: `ids` holds 2n i32; the host vectors live until the stream is synchronised
-        // below (pageable sources are staged by the driver anyway).
-        unsafe {
-            call(
-                sys::cuMemcpyHtoDAsync_v2(ids.ptr(), src.as_ptr() as *const c_void, 4 * n, s),
-                "cuMemcpyHtoDAsync",
-            )?;
-            call(
-                sys::cuMemcpyHtoDAsync_v2(
-                    ids.ptr() + 4 * n as u64,
-                    dst.as_ptr() as *const c_void,
-                    4 * n,
-                    s,
-                ),
-                "cuMemcpyHtoDAsync",
-            )?;
-        }
-        let args = [
-            Arg::U64(pool.ptr()),
-            Arg::U64(out.ptr()),
-            Arg::U64(ids.ptr()),
-            Arg::U64(ids.ptr() + 4 * n as u64),
-            Arg::I32(0),
-            Arg::I32(geo.layers as i32),
-            Arg::U64((geo.pool_pages * geo.page_size) as u64),
-            Arg::I32(geo.page_size as i32),
-            Arg::U64(geo.row_bytes as u64),
-            Arg::U64(geo.tok_stride as u64),
-            Arg::U64(geo.layer_stride as u64),
-            Arg::U64(geo.obj_bytes() as u64),
-            Arg::U64((geo.host_pages * geo.obj_bytes()) as u64),
-            Arg::I32(1),
-        ];
-        // SAFETY: the argument list is kv_host_copy's; page ids were range-checked against the
-        // pool, `out` holds `n` pages in `geo`'s layout, rows are 16-byte multiples and both bases
-        // are 256-byte aligned (driver allocations).
-        unsafe { launch(&self.kernel, s, Dims::rows(n * geo.layers * 2, 256), &args) }?;
-        self.stream.synchronize()?;
-        Ok(out)
     }
 }

@@ -45,7 +45,7 @@ pub use error::{CudaError, Result};
 pub use gemm::{Gemm, GemmPath};
 pub use host_copy::{HostIo, HostKvCopy, HostKvGeometry, HostRegion};
 pub use info::{gpu_inventory, GpuInfo};
-pub use ipc::{ipc_handle, IpcMapping, PeerGather};
+pub use ipc::{ipc_handle, IpcMapping};
 pub use ops::CudaOps;
 pub use peer_copy::PeerCopy;
 pub use pinned::PinnedBuf;

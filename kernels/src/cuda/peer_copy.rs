@@ -71,6 +71,33 @@ impl PeerCopy {
         dst_pages: &[u32],
         after: Option<&CudaEvent>,
     ) -> Result<CudaEvent> {
+        Ok(self.queue(src, dst, src_pages, dst_pages, after, false)?.1)
+    }
+
+    /// [`PeerCopy::copy`] between two timing events: the first recorded once the stream waited
+    /// for `after` (the copy's start on the device), the second after the copy (its end; wait for
+    /// this one). `start.elapsed_ms(&end)` is the copy's own device time.
+    pub fn copy_timed(
+        &self,
+        src: (&DTensor, PageLayout),
+        dst: (&DTensor, PageLayout),
+        src_pages: &[u32],
+        dst_pages: &[u32],
+        after: Option<&CudaEvent>,
+    ) -> Result<(CudaEvent, CudaEvent)> {
+        let (start, end) = self.queue(src, dst, src_pages, dst_pages, after, true)?;
+        Ok((start.expect("asked for"), end))
+    }
+
+    fn queue(
+        &self,
+        src: (&DTensor, PageLayout),
+        dst: (&DTensor, PageLayout),
+        src_pages: &[u32],
+        dst_pages: &[u32],
+        after: Option<&CudaEvent>,
+        timed: bool,
+    ) -> Result<(Option<CudaEvent>, CudaEvent)> {
         let ((src, src_layout), (dst, dst_layout)) = (src, dst);
         let n = src_pages.len();
         ensure(dst_pages.len() == n, || {
@@ -123,6 +150,11 @@ impl PeerCopy {
         if let Some(e) = after {
             self.stream.wait(e)?;
         }
+        let timing = timed.then_some(sys::CUevent_flags::CU_EVENT_DEFAULT);
+        let start = match timing {
+            Some(f) => Some(self.stream.record_event(Some(f))?),
+            None => None,
+        };
         if n > 0 {
             let mut lists = self.lists.lock().unwrap_or_else(|e| e.into_inner());
             if lists.as_ref().is_none_or(|(_, cap)| *cap < n) {
@@ -171,7 +203,7 @@ impl PeerCopy {
             // stream replaces them.
             unsafe { launch(&self.kernel, s, Dims::rows(blocks, threads as u32), &args) }?;
         }
-        Ok(self.stream.record_event(None)?)
+        Ok((start, self.stream.record_event(timing)?))
     }
 
     /// Raw device-to-device copy of `bytes` bytes between two buffers on this stream, `rounds`

@@ -254,7 +254,7 @@ pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
         gauge(
             &mut o,
             "pd_transfer_cuda_ipc_seconds_total",
-            "Seconds of the CUDA IPC transfers (header to acknowledgement).",
+            "Seconds of the CUDA IPC transfers (final header to acknowledgement).",
             Stats::get(&s.pd_ipc_micros) as f64 / 1e6,
         );
         counter(
@@ -266,7 +266,7 @@ pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
         gauge(
             &mut o,
             "pd_transfer_seconds_total",
-            "Seconds spent sending PD KV (first part or header to acknowledgement).",
+            "Seconds from each PD KV transfer's final header to its acknowledgement (parts sent ahead are not timed here; the decode's pd_receive_seconds_total times them).",
             Stats::get(&s.pd_micros) as f64 / 1e6,
         );
         counter(
@@ -298,7 +298,7 @@ pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
         gauge(
             &mut o,
             "pd_receive_seconds_total",
-            "Seconds from a received KV header to its acknowledgement (the copy or the socket read).",
+            "Seconds from each received KV header (parts and the final one) to its pages landed, the final one's to its acknowledgement (the copy or the socket read; not the prefill's chunks between parts).",
             Stats::get(&s.pd_recv_micros) as f64 / 1e6,
         );
         counter(
@@ -316,9 +316,42 @@ pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
         gauge(
             &mut o,
             "pd_receive_busy_seconds_total",
-            "Wall seconds during which at least one received transfer was between its KV header and its acknowledgement (bytes / this = the aggregate rate with transfers in flight together).",
+            "Wall seconds during which at least one received transfer's pages were between their KV header and their landing (the final header's: its acknowledgement); bytes / this = the aggregate rate with transfers in flight together.",
             s.pd_recv_busy.micros() as f64 / 1e6,
         );
+        if Stats::get(&s.pd_recv_ipc_copies) > 0 {
+            counter(
+                &mut o,
+                "pd_received_cuda_ipc_copies",
+                "Device-to-device copies (one per part and final header) of PD KV received over CUDA IPC.",
+                Stats::get(&s.pd_recv_ipc_copies),
+            );
+            counter(
+                &mut o,
+                "pd_received_cuda_ipc_bytes",
+                "Bytes of PD KV received over CUDA IPC.",
+                Stats::get(&s.pd_recv_ipc_bytes),
+            );
+            for (name, help, v) in [
+                (
+                    "pd_receive_cuda_ipc_enqueue_seconds_total",
+                    "Seconds from a KV header to its device-to-device copy queued (the host's control path).",
+                    &s.pd_recv_ipc_enqueue_micros,
+                ),
+                (
+                    "pd_receive_cuda_ipc_wait_seconds_total",
+                    "Seconds from a device-to-device copy queued to it seen complete (waiting behind the fence and the GPU's other work, the copy, the completion seen).",
+                    &s.pd_recv_ipc_wait_micros,
+                ),
+                (
+                    "pd_receive_cuda_ipc_device_seconds_total",
+                    "Device time of the device-to-device copies themselves (their start and end events).",
+                    &s.pd_recv_ipc_device_micros,
+                ),
+            ] {
+                gauge(&mut o, name, help, Stats::get(v) as f64 / 1e6);
+            }
+        }
     }
     if Stats::get(&s.pd_offloaded_tokens) > 0 {
         counter(

@@ -164,16 +164,6 @@ pub trait ModelRunner: Send + 'static {
     fn device_kv(&self, _kv: &Self::Kv) -> Option<Arc<dyn crate::pd::share::DeviceKv>> {
         None
     }
-    /// PD: loads pages a [`DeviceKv::pull`](crate::pd::share::DeviceKv::pull) staged (page `i` of
-    /// the staging into device page `dev[i]`); queued like `load_pages`.
-    fn load_staged(
-        &self,
-        _kv: &mut Self::Kv,
-        _staged: crate::pd::share::Staged,
-        _dev: &[PageId],
-    ) -> Result<(), ModelError> {
-        Err(no_page_io(self.name()))
-    }
     /// Attaches the HiCache host pool: a runner with a faster path for that pool's pages (the
     /// CUDA runner page-locks it and copies on a separate stream, `direct_io` choosing one async
     /// memcpy per run over the copy kernel) sets it up here. Other pools keep the plain path.

@@ -4,7 +4,8 @@
 //!
 //! - CUDA IPC (same host, GPU runners on both sides): the pages stay in the prefill's GPU pool,
 //!   which this process opened once per prefill (the handle came in an earlier header); they are
-//!   gathered device to device into a device buffer, which the scheduler scatters into the pool.
+//!   copied device to device straight into the pool pages the scheduler gave the fetch ([`Dest`]).
+//!   A fetch without pool pages does not ask for device pages (the prefill stages them).
 //! - same-host copy: the pages are copied with `process_vm_readv` straight out of the prefill's
 //!   memory (its KV pool on the CPU runner, else its staging pool).
 //! - the socket (TCP, or the fallback of the other two).
@@ -15,7 +16,7 @@
 //! they land in a staging pool that the scheduler loads into the pool.
 
 use super::link::{Link, Links};
-use super::share::{DeviceKv, Fence, HostSpans, Opened, Staged};
+use super::share::{DeviceKv, Fence, HostSpans, Opened};
 use super::staging::StagingCache;
 use super::wire::{self, DeviceInfo, KvHeader, Want};
 use super::{Bootstrap, PdConfig};
@@ -32,8 +33,6 @@ use strata_cluster::transport::shm;
 pub enum Payload {
     /// A host staging pool (pages `0..n_pages`).
     Host(HostKvPool),
-    /// A device buffer of the runner's ([`DeviceKv::pull`]).
-    Device(Staged),
     /// Already in the pool pages the scheduler gave the fetch ([`Dest`]), which come back in
     /// [`Fetched::pages`].
     InPool,
@@ -53,10 +52,11 @@ pub struct Dest {
 /// Where one transfer's time went, on the decode side.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Timing {
-    /// From the WANT to the KV header: waiting for the prefill's pages (its compute, its
-    /// wake-up, the header).
+    /// From the WANT to the final KV header, less the time parts spent landing: waiting for the
+    /// prefill's pages (its compute, its wake-up, the headers).
     pub waited: std::time::Duration,
-    /// From the header to the bytes in place (the copy, or the socket read).
+    /// From each KV header (parts and the final one) to its bytes in place (the copy, or the
+    /// socket read), summed: the transfer itself, not the prefill's chunks between parts.
     pub moved: std::time::Duration,
     /// From the bytes in place to the acknowledgement sent.
     pub acked: std::time::Duration,
@@ -252,19 +252,14 @@ fn fetch(
         make: Some(&make),
     };
     let dest = dest.filter(|d| d.pages.len() == staging_pages);
-    // Parts land in the pool pages given, or (host pages) in the staging pool; device pages
-    // without pool pages to land in come whole.
-    let parts = if dest.is_some() || device.is_none() {
-        wire::TAKES_PARTS
-    } else {
-        0
-    };
+    // Parts land in the pool pages given, or (host pages) in the staging pool; device pages are
+    // asked for only with pool pages to land in.
     let want = Want {
         room: b.room,
         prompt_len: prompt_len as u32,
         page_size: g.page_size as u32,
         object_bytes: object_bytes as u32,
-        flags: wire::TAKES_DIRECT | parts,
+        flags: wire::TAKES_DIRECT | wire::TAKES_PARTS,
         token: cfg.token.clone(),
     };
     let mut link = links.take(addr)?;
@@ -289,23 +284,20 @@ fn fetch(
         r = ex.run(&mut link, &want, &mut staging, staging_pages);
     }
     match r {
-        Ok((h, dev, timing)) => {
+        Ok((h, got, timing)) => {
             links.give(addr, link);
-            let payload = match dev {
+            let payload = match got {
                 Got::Staging => Payload::Host(
                     staging
                         .pool
                         .take()
                         .ok_or("no staging pool for staged pages")?,
                 ),
-                other => {
+                Got::InPool => {
                     if let Some(p) = staging.pool.take() {
                         cache.give(p);
                     }
-                    match other {
-                        Got::Device(d) => Payload::Device(d),
-                        _ => Payload::InPool,
-                    }
+                    Payload::InPool
                 }
             };
             Ok(Fetched {
@@ -363,7 +355,6 @@ impl Staging<'_> {
 /// How one transfer's pages have landed so far (parts, then the rest).
 struct Landing {
     path: &'static str,
-    pulled: Option<Staged>,
     into_pool: bool,
     via_ipc: bool,
     /// A same-host copy failed: the decode asks for every page on the socket at the end.
@@ -374,7 +365,6 @@ impl Default for Landing {
     fn default() -> Self {
         Landing {
             path: "the socket",
-            pulled: None,
             into_pool: false,
             via_ipc: false,
             resend: false,
@@ -386,12 +376,11 @@ impl Default for Landing {
 enum Got {
     Staging,
     InPool,
-    Device(Staged),
 }
 
 impl Exchange<'_> {
-    /// One transfer on `link`: WANT, heartbeats, the KV header and its pages, ACK. Returns the
-    /// header and, when the pages came device to device, the runner's staged buffer.
+    /// One transfer on `link`: WANT, heartbeats, the KV headers (parts, then the final one) and
+    /// their pages, ACK. Returns the final header and where the pages landed.
     fn run(
         &self,
         link: &mut Link,
@@ -410,7 +399,9 @@ impl Exchange<'_> {
             .filter(|_| link.is_local() && links.may_ipc(addr));
         if ipc.is_some() {
             want.flags |= wire::CAN_IPC;
-            if link.ipc.is_some() {
+            // Device pages only with pool pages to copy them into: without, the prefill stages
+            // them (no device buffer of this fetch's own, no allocation on the hot path).
+            if link.ipc.is_some() && self.dest_pages.is_some() {
                 want.flags |= wire::IPC_READY;
             }
         }
@@ -465,9 +456,10 @@ impl Exchange<'_> {
         };
         let mut l = Landing::default();
         // Parts (finished prefill chunks' pages) land as they come; the final header has the rest.
+        // Each header's pages count as busy from the header to their landing: the prefill's
+        // chunks between parts are not transfer time.
         let mut off = 0usize;
-        let mut got_header = None;
-        let mut busy = None;
+        let mut parts_moved = std::time::Duration::ZERO;
         let h = loop {
             let h = KvHeader::read(&mut link.rd).map_err(|e| {
                 if off == 0 {
@@ -493,9 +485,11 @@ impl Exchange<'_> {
                             "the prefill server sent a part of another geometry".into(),
                         ));
                     }
-                    got_header.get_or_insert_with(std::time::Instant::now);
-                    busy.get_or_insert_with(|| links.stats.pd_recv_busy.enter());
+                    let t = std::time::Instant::now();
+                    let busy = links.stats.pd_recv_busy.enter();
                     self.land(link, &h, off, n_pages, staging, ipc, &mut l, true)?;
+                    drop(busy);
+                    parts_moved += t.elapsed();
                     off += h.n_pages as usize;
                     crate::stats::Stats::add(&links.stats.pd_recv_parts, 1);
                 }
@@ -519,8 +513,8 @@ impl Exchange<'_> {
         if !cfg.test_stall.is_zero() {
             std::thread::sleep(cfg.test_stall);
         }
-        let got_header = got_header.unwrap_or_else(std::time::Instant::now);
-        let _busy = busy.unwrap_or_else(|| links.stats.pd_recv_busy.enter());
+        let got_header = std::time::Instant::now();
+        let _busy = links.stats.pd_recv_busy.enter();
         self.land(link, &h, off, n_pages, staging, ipc, &mut l, false)?;
         if l.resend {
             // A same-host copy failed: every page of the prompt on the socket after all.
@@ -531,7 +525,6 @@ impl Exchange<'_> {
         }
         let Landing {
             path,
-            pulled,
             into_pool,
             via_ipc,
             ..
@@ -557,15 +550,18 @@ impl Exchange<'_> {
             .write_all(&[wire::ACK_OK])
             .map_err(|e| Fail::broken(e.to_string()))?;
         let timing = Timing {
-            waited: got_header - started,
-            moved: landed - got_header,
+            waited: (got_header - started).saturating_sub(parts_moved),
+            moved: parts_moved + (landed - got_header),
             acked: landed.elapsed(),
             bytes: (n_pages * 2 * obj) as u64,
         };
         let st = &links.stats;
         crate::stats::Stats::add(&st.pd_received, 1);
         crate::stats::Stats::add(&st.pd_recv_bytes, timing.bytes);
-        crate::stats::Stats::add(&st.pd_recv_micros, got_header.elapsed().as_micros() as u64);
+        crate::stats::Stats::add(
+            &st.pd_recv_micros,
+            (timing.moved + timing.acked).as_micros() as u64,
+        );
         if via_ipc {
             crate::stats::Stats::add(&st.pd_recv_ipc, 1);
         }
@@ -582,11 +578,7 @@ impl Exchange<'_> {
                 }
             }
         }
-        let got = match pulled {
-            Some(p) => Got::Device(p),
-            None if into_pool => Got::InPool,
-            None => Got::Staging,
-        };
+        let got = if into_pool { Got::InPool } else { Got::Staging };
         Ok((h, got, timing))
     }
 
@@ -638,24 +630,34 @@ impl Exchange<'_> {
         let to = from + h.n_pages as usize;
         if h.flags & wire::ON_DEVICE != 0 {
             let info = h.device.as_ref().expect("checked by KvHeader::read");
-            let r = match ipc {
+            let t = std::time::Instant::now();
+            let r = match (ipc, self.dest_pages) {
                 _ if info.pages.len() != to - from => Err("page count differs".into()),
-                Some(d) => self
-                    .open(d, link, info)
-                    .and_then(|m| match self.dest_pages {
-                        // Straight into the pool pages this fetch owns.
-                        Some(dst) => d
-                            .pull_into(&m, info, &dst[from..to], self.fence)
-                            .map(|()| None),
-                        None if from == 0 && !part => d.pull(&m, info).map(Some),
-                        None => Err("pages in parts need pool pages to land in".into()),
-                    }),
-                None => Err("this server did not ask for device pages".into()),
+                // Straight into the pool pages this fetch owns: queued on the runner's PD
+                // stream after the fence, then waited for (the copy's event only).
+                (Some(d), Some(dst)) => self.open(d, link, info).and_then(|m| {
+                    let c = d.copy_into(&m, info, &dst[from..to], self.fence)?;
+                    let queued = std::time::Instant::now();
+                    Ok((queued, d.wait(c)?))
+                }),
+                (Some(_), None) => Err("device pages need pool pages to land in".into()),
+                (None, _) => Err("this server did not ask for device pages".into()),
             };
             return match r {
-                Ok(p) => {
-                    l.into_pool = p.is_none();
-                    l.pulled = p;
+                Ok((queued, device)) => {
+                    let st = &links.stats;
+                    let us = |d: std::time::Duration| d.as_micros() as u64;
+                    crate::stats::Stats::add(&st.pd_recv_ipc_copies, 1);
+                    crate::stats::Stats::add(
+                        &st.pd_recv_ipc_bytes,
+                        (to - from) as u64 * 2 * h.object_bytes as u64,
+                    );
+                    crate::stats::Stats::add(&st.pd_recv_ipc_enqueue_micros, us(queued - t));
+                    crate::stats::Stats::add(&st.pd_recv_ipc_wait_micros, us(queued.elapsed()));
+                    if let Some(d) = device {
+                        crate::stats::Stats::add(&st.pd_recv_ipc_device_micros, us(d));
+                    }
+                    l.into_pool = true;
                     l.via_ipc = true;
                     l.path = "CUDA IPC (device to device)";
                     Ok(())
@@ -790,7 +792,7 @@ fn cut(local: &[(*mut u8, usize)], ranges: &[(u64, u64)]) -> Option<Vec<(*mut u8
 mod tests {
     use super::*;
     use crate::pd::prefill::{Handoff, Hold, Pages, Registry};
-    use crate::pd::share::HostSpans;
+    use crate::pd::share::{Copying, HostSpans};
     use crate::pd::Mode;
     use crate::stats::Stats;
     use std::sync::mpsc;
@@ -806,6 +808,15 @@ mod tests {
         let mut c = PdConfig::new(mode, port, "127.0.0.1", "");
         c.same_host = same_host;
         c
+    }
+
+    /// A TCP port nothing listens on (for a test's bootstrap server).
+    fn free_port() -> u16 {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
     }
 
     /// Readies `room` on `reg` with a prompt of `n` tokens whose bytes are a function of `room`;
@@ -876,11 +887,7 @@ mod tests {
     /// one connection across transfers.
     #[test]
     fn same_host_tcp_and_fallback_deliver_the_pages_on_reused_connections() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let pstats = Arc::new(Stats::default());
         let reg = Registry::start(cfg(Mode::Prefill, port, true), pstats.clone()).unwrap();
         let b = |room| Bootstrap {
@@ -1072,11 +1079,7 @@ mod tests {
     /// once the transfer ended, after a success and after a refusal alike.
     #[test]
     fn pool_pages_arrive_on_every_path_and_are_released_after_the_transfer() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let pstats = Arc::new(Stats::default());
         let reg = Registry::start(cfg(Mode::Prefill, port, true), pstats.clone()).unwrap();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
@@ -1218,18 +1221,20 @@ mod tests {
     type Copied = (Vec<u32>, Vec<u32>, bool);
 
     /// A GPU pool as the transfer threads see it, without a GPU: records every device-to-device
-    /// copy (which takes `copy_ms`) and whether an opened pool was closed while one ran.
+    /// copy queued (each takes `copy_ms` to land, seen by `wait`), how many landed, and whether
+    /// an opened pool was closed while a copy was queued or running.
     #[derive(Default)]
     struct FakeDevice {
         copies: Mutex<Vec<Copied>>,
         copy_ms: u64,
-        busy: Arc<std::sync::atomic::AtomicBool>,
+        landed: std::sync::atomic::AtomicUsize,
+        busy: Arc<std::sync::atomic::AtomicUsize>,
         closed_busy: Arc<std::sync::atomic::AtomicBool>,
         closed: Arc<std::sync::atomic::AtomicUsize>,
     }
 
     struct FakeMapping {
-        busy: Arc<std::sync::atomic::AtomicBool>,
+        busy: Arc<std::sync::atomic::AtomicUsize>,
         closed_busy: Arc<std::sync::atomic::AtomicBool>,
         closed: Arc<std::sync::atomic::AtomicUsize>,
     }
@@ -1237,7 +1242,7 @@ mod tests {
     impl Drop for FakeMapping {
         fn drop(&mut self) {
             use std::sync::atomic::Ordering::SeqCst;
-            if self.busy.load(SeqCst) {
+            if self.busy.load(SeqCst) > 0 {
                 self.closed_busy.store(true, SeqCst);
             }
             self.closed.fetch_add(1, SeqCst);
@@ -1255,27 +1260,31 @@ mod tests {
                 closed: self.closed.clone(),
             }))
         }
-        fn pull(&self, _o: &Opened, _info: &DeviceInfo) -> Result<Staged, String> {
-            Err("this test copies into pool pages only".into())
-        }
         fn fence(&self) -> Result<Fence, String> {
             Ok(Box::new(()))
         }
-        fn pull_into(
+        fn copy_into(
             &self,
             _o: &Opened,
             info: &DeviceInfo,
             dst: &[u32],
             after: Option<&Fence>,
-        ) -> Result<(), String> {
+        ) -> Result<Copying, String> {
             use std::sync::atomic::Ordering::SeqCst;
-            self.busy.store(true, SeqCst);
-            std::thread::sleep(std::time::Duration::from_millis(self.copy_ms));
+            self.busy.fetch_add(1, SeqCst);
             self.copies
                 .lock()
                 .push((info.pages.clone(), dst.to_vec(), after.is_some()));
-            self.busy.store(false, SeqCst);
-            Ok(())
+            Ok(Box::new(std::time::Instant::now()))
+        }
+        fn wait(&self, c: Copying) -> Result<Option<std::time::Duration>, String> {
+            use std::sync::atomic::Ordering::SeqCst;
+            let queued = *c.downcast::<std::time::Instant>().unwrap();
+            let ms = std::time::Duration::from_millis(self.copy_ms);
+            std::thread::sleep(ms.saturating_sub(queued.elapsed()));
+            self.landed.fetch_add(1, SeqCst);
+            self.busy.fetch_sub(1, SeqCst);
+            Ok(Some(ms))
         }
     }
 
@@ -1289,55 +1298,97 @@ mod tests {
         }
     }
 
+    /// A decode with a fake GPU pool of 8 pages, fetching over the same-host socket from the
+    /// prefill whose bootstrap port is `port`.
+    struct DeviceRig {
+        port: u16,
+        dev: Arc<FakeDevice>,
+        cfg: PdConfig,
+        stats: Arc<Stats>,
+        links: Links,
+        cache: StagingCache,
+        free: Arc<crate::kv::FreeList>,
+    }
+
+    impl DeviceRig {
+        fn new(port: u16, dev: FakeDevice) -> Self {
+            let cfg = cfg(Mode::Decode, port, true);
+            let stats = Arc::new(Stats::default());
+            DeviceRig {
+                port,
+                dev: Arc::new(dev),
+                links: Links::new(true, cfg.silence_limit(), stats.clone()),
+                cfg,
+                stats,
+                cache: StagingCache::default(),
+                free: crate::kv::FreeList::new(8),
+            }
+        }
+
+        /// Fetches `room`'s prompt of `n` tokens; with `pooled`, into pool pages handed out after
+        /// a fence (as the scheduler does when its pool has room), whose ids come back too.
+        fn fetch(&self, room: u64, n: usize, pooled: bool) -> (Result<Fetched, String>, Vec<u32>) {
+            let dest = pooled.then(|| Dest {
+                pages: self.free.alloc(n.div_ceil(G.page_size)).unwrap(),
+                spans: None,
+                fence: Some(self.dev.fence().unwrap()),
+            });
+            let mine = dest.as_ref().map_or(Vec::new(), |d| {
+                d.pages.iter().map(crate::kv::Page::id).collect()
+            });
+            let b = Bootstrap {
+                host: "127.0.0.1".into(),
+                port: Some(self.port),
+                room,
+            };
+            let dev: &dyn DeviceKv = &*self.dev;
+            let (cfg, links, cache) = (&self.cfg, &self.links, &self.cache);
+            (fetch(cfg, G, &b, n, links, cache, Some(dev), dest), mine)
+        }
+    }
+
+    /// A prefill leg of `n` tokens whose pages stay in its GPU pool (`src`), readied on `reg`
+    /// under `room`; the receiver gets the leg's outcome.
+    fn device_handoff(n: usize, src: &[u32]) -> (Handoff, mpsc::Receiver<Result<(), String>>) {
+        let (tx, rx) = mpsc::channel();
+        let h = Handoff {
+            n_tokens: n as u32,
+            first_token: 42,
+            first_logprobs: None,
+            pages: Pages::Device(device_info(src.to_vec())),
+            n_pages: src.len(),
+            page_size: G.page_size,
+            hold: None,
+            deliver: Box::new(move |r| {
+                let _ = tx.send(r);
+            }),
+        };
+        (h, rx)
+    }
+
     /// Pages left in the prefill's GPU pool (ON_DEVICE) are copied device to device straight
     /// into the pool pages the scheduler gave the fetch, after its fence, listed page for page;
     /// the fetch hands those pages back with the payload in place and the prefill leg succeeds.
+    /// The copy's time is counted (queued, waited for, its device time).
     #[test]
     fn device_pages_are_copied_straight_into_the_fetch_pool_pages() {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let reg =
             Registry::start(cfg(Mode::Prefill, port, true), Arc::new(Stats::default())).unwrap();
-        let dev = Arc::new(FakeDevice::default());
-        let dcfg = cfg(Mode::Decode, port, true);
-        let dstats = Arc::new(Stats::default());
-        let links = Links::new(true, dcfg.silence_limit(), dstats.clone());
-        let cache = StagingCache::default();
-        let free = crate::kv::FreeList::new(8);
-        let n = 3 * G.page_size - 1;
-        let src = vec![30, 4, 17];
-        let (tx, rx) = mpsc::channel();
-        assert!(reg.claim(1));
-        reg.ready(
-            1,
-            Handoff {
-                n_tokens: n as u32,
-                first_token: 42,
-                first_logprobs: None,
-                pages: Pages::Device(device_info(src.clone())),
-                n_pages: 3,
-                page_size: G.page_size,
-                hold: None,
-                deliver: Box::new(move |r| {
-                    let _ = tx.send(r);
-                }),
+        let rig = DeviceRig::new(
+            port,
+            FakeDevice {
+                copy_ms: 20,
+                ..Default::default()
             },
         );
-        let dest = Dest {
-            pages: free.alloc(3).unwrap(),
-            spans: None,
-            fence: Some(dev.fence().unwrap()),
-        };
-        let mine: Vec<u32> = dest.pages.iter().map(crate::kv::Page::id).collect();
-        let b = Bootstrap {
-            host: "127.0.0.1".into(),
-            port: Some(port),
-            room: 1,
-        };
-        let f = fetch(&dcfg, G, &b, n, &links, &cache, Some(&*dev), Some(dest)).unwrap();
+        let n = 3 * G.page_size - 1;
+        let src = vec![30, 4, 17];
+        let (h, rx) = device_handoff(n, &src);
+        assert!(reg.claim(1));
+        reg.ready(1, h);
+        let (f, mine) = rig.fetch(1, n, true);
+        let f = f.unwrap();
         assert!(
             matches!(f.payload, Payload::InPool),
             "not copied into the pool"
@@ -1350,34 +1401,32 @@ mod tests {
             .map(crate::kv::Page::id)
             .collect();
         assert_eq!(back, mine);
-        assert_eq!(*dev.copies.lock(), vec![(src, mine, true)]);
+        assert_eq!(*rig.dev.copies.lock(), vec![(src, mine, true)]);
         assert_eq!(rx.recv().unwrap(), Ok(()));
-        assert_eq!(Stats::get(&dstats.pd_recv_ipc), 1);
+        let st = &rig.stats;
+        assert_eq!(Stats::get(&st.pd_recv_ipc), 1);
+        assert_eq!(Stats::get(&st.pd_recv_ipc_copies), 1);
+        let bytes = 3 * 2 * (G.page_size * G.layers * G.kv_dim * G.elem) as u64;
+        assert_eq!(Stats::get(&st.pd_recv_ipc_bytes), bytes);
+        assert_eq!(Stats::get(&st.pd_recv_ipc_device_micros), 20_000);
+        assert!(Stats::get(&st.pd_recv_ipc_wait_micros) >= 20_000);
+        assert!(Stats::get(&st.pd_recv_micros) >= 20_000);
         drop(f);
-        assert_eq!(free.free_count(), 8);
+        assert_eq!(rig.free.free_count(), 8);
     }
 
     /// Device pages in several parts are copied as they come, each straight into its slice of
-    /// the fetch's pool pages, then the rest. (The decode also accepts device parts without the
-    /// DIRECT flag, as a prefill before 16c60e8 sent them.)
+    /// the fetch's pool pages, then the rest; each part counts as transfer time from its header
+    /// to its landing only (the 200 ms the prefill computes between parts do not count).
     #[test]
     fn device_parts_are_copied_into_their_slices_of_the_pool_pages() {
         use crate::pd::prefill::Part;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let reg =
             Registry::start(cfg(Mode::Prefill, port, true), Arc::new(Stats::default())).unwrap();
-        let dev = Arc::new(FakeDevice::default());
-        let dcfg = cfg(Mode::Decode, port, true);
-        let links = Links::new(true, dcfg.silence_limit(), Arc::new(Stats::default()));
-        let cache = StagingCache::default();
-        let free = crate::kv::FreeList::new(8);
+        let rig = DeviceRig::new(port, FakeDevice::default());
         let n = 4 * G.page_size;
         let src = vec![11, 3, 25, 8];
-        let (tx, rx) = mpsc::channel();
         assert!(reg.claim(5));
         let part = |from: usize, to: usize| Part {
             n_tokens: n as u32,
@@ -1387,18 +1436,7 @@ mod tests {
         };
         reg.part(5, part(0, 2));
         reg.part(5, part(2, 3));
-        let handoff = Handoff {
-            n_tokens: n as u32,
-            first_token: 42,
-            first_logprobs: None,
-            pages: Pages::Device(device_info(src.clone())),
-            n_pages: 4,
-            page_size: G.page_size,
-            hold: None,
-            deliver: Box::new(move |r| {
-                let _ = tx.send(r);
-            }),
-        };
+        let (handoff, rx) = device_handoff(n, &src);
         // The prefill finishes while the decode takes the parts (a room readied before the
         // decode asks sends everything with the final header).
         let later = {
@@ -1408,22 +1446,12 @@ mod tests {
                 reg.ready(5, handoff);
             })
         };
-        let dest = Dest {
-            pages: free.alloc(4).unwrap(),
-            spans: None,
-            fence: Some(dev.fence().unwrap()),
-        };
-        let mine: Vec<u32> = dest.pages.iter().map(crate::kv::Page::id).collect();
-        let b = Bootstrap {
-            host: "127.0.0.1".into(),
-            port: Some(port),
-            room: 5,
-        };
-        let f = fetch(&dcfg, G, &b, n, &links, &cache, Some(&*dev), Some(dest)).unwrap();
+        let (f, mine) = rig.fetch(5, n, true);
+        let f = f.unwrap();
         later.join().unwrap();
         assert!(matches!(f.payload, Payload::InPool));
         assert_eq!(
-            *dev.copies.lock(),
+            *rig.dev.copies.lock(),
             vec![
                 (src[..2].to_vec(), mine[..2].to_vec(), true),
                 (src[2..3].to_vec(), mine[2..3].to_vec(), true),
@@ -1431,25 +1459,23 @@ mod tests {
             ]
         );
         assert_eq!(rx.recv().unwrap(), Ok(()));
+        assert_eq!(Stats::get(&rig.stats.pd_recv_ipc_copies), 3);
+        let moved = f.timing.moved;
+        assert!(moved < std::time::Duration::from_millis(150), "{moved:?}");
+        assert!(
+            Stats::get(&rig.stats.pd_recv_micros) < 150_000,
+            "the prefill's compute between parts counted as transfer"
+        );
+        assert!(rig.stats.pd_recv_busy.micros() < 150_000);
     }
 
-    /// A prefill that goes away while the decode copies its GPU pages (here: it closes the
-    /// connection right after the ON_DEVICE header, as a killed process does) fails the fetch
-    /// with a clear error, frees the fetch's pool pages, and the prefill's opened pool is closed
-    /// only after the copy finished, never under it.
-    #[test]
-    fn a_prefill_lost_mid_device_copy_fails_the_fetch_and_frees_its_pages() {
-        use std::sync::atomic::Ordering::SeqCst;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+    /// A bootstrap server on this host's same-host socket for `port` that takes one WANT (it
+    /// must offer CUDA IPC), answers with `headers`, then goes away (closes the connection, as a
+    /// killed process does). The thread gives the WANT.
+    fn raw_prefill(port: u16, headers: Vec<KvHeader>) -> std::thread::JoinHandle<Want> {
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();
         let listener = crate::pd::link::bind_local(addr).unwrap();
-        let n = 2 * G.page_size;
-        let object_bytes = (G.page_size * G.layers * G.kv_dim * G.elem) as u32;
-        let prefill = std::thread::spawn(move || {
+        std::thread::spawn(move || {
             let (conn, _) = listener.accept().unwrap();
             let mut rd = std::io::BufReader::new(conn.try_clone().unwrap());
             let want = Want::read(&mut rd).unwrap();
@@ -1459,43 +1485,53 @@ mod tests {
                 "the decode did not offer CUDA IPC"
             );
             let mut w = conn;
-            KvHeader {
-                status: wire::OK,
-                n_tokens: n as u32,
-                first_token: 42,
-                n_pages: 2,
-                object_bytes,
-                flags: wire::ON_DEVICE | wire::DEVICE_INFO,
-                msg: String::new(),
-                first_logprobs: None,
-                ranges: Vec::new(),
-                device: Some(device_info(vec![5, 6])),
+            for h in headers {
+                h.write(&mut w).unwrap();
             }
-            .write(&mut w)
-            .unwrap();
             w.flush().unwrap();
-            // Gone, mid-copy.
-        });
-        let dev = Arc::new(FakeDevice {
-            copy_ms: 300,
-            ..Default::default()
-        });
-        let dcfg = cfg(Mode::Decode, port, true);
-        let links = Links::new(true, dcfg.silence_limit(), Arc::new(Stats::default()));
-        let cache = StagingCache::default();
-        let free = crate::kv::FreeList::new(4);
-        let dest = Dest {
-            pages: free.alloc(2).unwrap(),
-            spans: None,
-            fence: Some(dev.fence().unwrap()),
-        };
-        let b = Bootstrap {
-            host: "127.0.0.1".into(),
-            port: Some(port),
-            room: 9,
-        };
+            want
+        })
+    }
+
+    /// A KV header announcing `pages` of the prefill's GPU pool (ON_DEVICE) for a prompt of
+    /// `n_tokens`, with `status` and `flags` besides.
+    fn device_header(status: i32, n_tokens: usize, pages: Vec<u32>, flags: u32) -> KvHeader {
+        KvHeader {
+            status,
+            n_tokens: n_tokens as u32,
+            first_token: 42,
+            n_pages: pages.len() as u32,
+            object_bytes: (G.page_size * G.layers * G.kv_dim * G.elem) as u32,
+            flags: wire::ON_DEVICE | flags,
+            msg: String::new(),
+            first_logprobs: None,
+            ranges: Vec::new(),
+            device: Some(device_info(pages)),
+        }
+    }
+
+    /// A prefill that goes away while the decode copies its GPU pages (here: it closes the
+    /// connection right after the ON_DEVICE header, as a killed process does) fails the fetch
+    /// with a clear error, frees the fetch's pool pages, and the prefill's opened pool is closed
+    /// only after the copy finished, never under it.
+    #[test]
+    fn a_prefill_lost_mid_device_copy_fails_the_fetch_and_frees_its_pages() {
+        use std::sync::atomic::Ordering::SeqCst;
+        let port = free_port();
+        let n = 2 * G.page_size;
+        let prefill = raw_prefill(
+            port,
+            vec![device_header(wire::OK, n, vec![5, 6], wire::DEVICE_INFO)],
+        );
+        let rig = DeviceRig::new(
+            port,
+            FakeDevice {
+                copy_ms: 300,
+                ..Default::default()
+            },
+        );
         let t = std::time::Instant::now();
-        let e = match fetch(&dcfg, G, &b, n, &links, &cache, Some(&*dev), Some(dest)) {
+        let e = match rig.fetch(9, n, true).0 {
             Err(e) => e,
             Ok(_) => panic!("a fetch from a lost prefill succeeded"),
         };
@@ -1506,10 +1542,59 @@ mod tests {
             "{:?}",
             t.elapsed()
         );
-        assert_eq!(dev.copies.lock().len(), 1, "the copy ran to its end");
-        assert_eq!(free.free_count(), 4, "the fetch's pages were not freed");
+        let dev = &rig.dev;
+        assert_eq!(dev.landed.load(SeqCst), 1, "the copy ran to its end");
+        assert_eq!(rig.free.free_count(), 8, "the fetch's pages were not freed");
         assert_eq!(dev.closed.load(SeqCst), 1, "the opened pool was not closed");
         assert!(!dev.closed_busy.load(SeqCst), "closed while the copy ran");
+    }
+
+    /// A part must say its pages are in page_first_direct order (DIRECT), also a part left in the
+    /// GPU pool: one without is refused as of another geometry, and nothing is copied.
+    #[test]
+    fn a_device_part_without_the_direct_flag_is_refused() {
+        let port = free_port();
+        let n = 2 * G.page_size;
+        let prefill = raw_prefill(port, vec![device_header(wire::PARTIAL, n, vec![5], 0)]);
+        let rig = DeviceRig::new(port, FakeDevice::default());
+        let e = match rig.fetch(3, n, true).0 {
+            Err(e) => e,
+            Ok(_) => panic!("a part without DIRECT was taken"),
+        };
+        prefill.join().unwrap();
+        assert!(
+            e.contains("a part of another geometry"),
+            "unclear error: {e}"
+        );
+        assert!(rig.dev.copies.lock().is_empty());
+        assert_eq!(rig.free.free_count(), 8);
+    }
+
+    /// A decode that has the prefill's GPU pool open asks for device pages (IPC_READY) only when
+    /// the fetch has pool pages to copy them into; without (its pool short of pages), the prefill
+    /// stages them through host memory: no device buffer of the fetch's own is ever allocated.
+    #[test]
+    fn device_pages_are_asked_for_only_with_pool_pages_to_land_in() {
+        for pooled in [true, false] {
+            let port = free_port();
+            let prefill = raw_prefill(port, vec![KvHeader::error(wire::ERR_FAILED, "stop")]);
+            let rig = DeviceRig::new(port, FakeDevice::default());
+            // Another connection to this prefill opened its pool (the handle of an earlier
+            // header): a new connection shares the mapping.
+            let m = rig.dev.open(&device_info(Vec::new())).unwrap();
+            let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+            rig.links.opened(addr, [7; 64], &m);
+            let (r, _) = rig.fetch(4, 2 * G.page_size, pooled);
+            assert!(r.is_err());
+            let want = prefill.join().unwrap();
+            assert_eq!(
+                want.flags & wire::IPC_READY != 0,
+                pooled,
+                "IPC_READY with pool pages: {pooled}"
+            );
+            assert_ne!(want.flags & wire::TAKES_PARTS, 0);
+            assert_eq!(rig.free.free_count(), 8);
+        }
     }
 
     /// Parts (finished chunks' pages, handed over while the prefill still runs) reach a decode
@@ -1519,11 +1604,7 @@ mod tests {
     #[test]
     fn parts_go_ahead_of_the_rest_and_land_in_the_pool_pages() {
         use crate::pd::prefill::Part;
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
+        let port = free_port();
         let pstats = Arc::new(Stats::default());
         let reg = Registry::start(cfg(Mode::Prefill, port, true), pstats.clone()).unwrap();
         let addr: SocketAddr = ([127, 0, 0, 1], port).into();

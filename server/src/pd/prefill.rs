@@ -468,24 +468,20 @@ impl Registry {
         // order); the final header then carries the rest.
         let parts = want.flags & wire::TAKES_PARTS != 0 && want.flags & wire::TAKES_DIRECT != 0;
         let mut sent = 0usize;
-        let mut t0 = None;
         let taken = loop {
             match self.take(want.room, wr, parts) {
                 Ok(Next::Done(h)) => break Ok(h),
-                Ok(Next::Part(p)) => {
-                    t0.get_or_insert_with(Instant::now);
-                    match self.send_part(&p, sent, want, wr) {
-                        Ok(()) => sent += p.n_pages,
-                        Err((open, msg)) => {
-                            tracing::warn!(room = want.room, "PD transfer failed: {msg}");
-                            if local {
-                                self.asked.lock().remove(&want.room);
-                            }
-                            self.give_up(want.room);
-                            return open && reply(wr, wire::ERR_MISMATCH, msg);
+                Ok(Next::Part(p)) => match self.send_part(&p, sent, want, wr) {
+                    Ok(()) => sent += p.n_pages,
+                    Err((open, msg)) => {
+                        tracing::warn!(room = want.room, "PD transfer failed: {msg}");
+                        if local {
+                            self.asked.lock().remove(&want.room);
                         }
+                        self.give_up(want.room);
+                        return open && reply(wr, wire::ERR_MISMATCH, msg);
                     }
-                }
+                },
                 Err(e) => break Err(e),
             }
         };
@@ -509,7 +505,9 @@ impl Registry {
             let open = reply(wr, wire::ERR_MISMATCH, msg.clone());
             (Err(msg), open)
         } else {
-            let t0 = t0.unwrap_or_else(Instant::now);
+            // Timed from the final header (the last part's): the chunks computed between parts
+            // are prefill, not transfer.
+            let t0 = Instant::now();
             let r = if self.cfg.inject_fault(want.room) {
                 (send_half(&h, sent, wr), false)
             } else {

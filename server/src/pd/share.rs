@@ -8,7 +8,8 @@
 //! - [`DeviceKv`]: a GPU pool other processes on the host can open (the CUDA runner, CUDA IPC).
 //!   The prefill announces its pool's handle; a decode opens it once and copies the listed pages
 //!   device to device, straight into the pool pages the scheduler gave the fetch (a fence orders
-//!   the copy after the compute stream's earlier work on them).
+//!   the copy after the compute stream's earlier work on them). A decode without pool pages for
+//!   the fetch does not ask for device pages: the prefill stages them through host memory.
 //!
 //! The transfer order of one page's bytes is page_first_direct: the K object (every layer's K
 //! rows of the page, layer after layer), then the V object.
@@ -49,11 +50,11 @@ impl HostSpans {
 
 /// A GPU pool opened from another process (kept open while held).
 pub type Opened = Arc<dyn Any + Send + Sync>;
-/// Pages copied into a device buffer of this process, for [`crate::model::ModelRunner::load_staged`].
-pub type Staged = Box<dyn Any + Send>;
 /// A point in the runner's compute stream (an event): a copy into pages handed out then starts
 /// after the work queued before it.
 pub type Fence = Box<dyn Any + Send + Sync>;
+/// A device-to-device copy queued by [`DeviceKv::copy_into`], until [`DeviceKv::wait`].
+pub type Copying = Box<dyn Any + Send>;
 
 /// A GPU runner's pool as PD transfers reach it.
 pub trait DeviceKv: Send + Sync {
@@ -62,23 +63,23 @@ pub trait DeviceKv: Send + Sync {
     /// Opens another process's pool (at most once per pool and process: later calls while it
     /// is held return the same mapping).
     fn open(&self, info: &DeviceInfo) -> Result<Opened, String>;
-    /// Copies `info.pages` of an opened pool into a device buffer of this process, in the order
-    /// listed; returns when the bytes have landed.
-    fn pull(&self, opened: &Opened, info: &DeviceInfo) -> Result<Staged, String>;
     /// Marks the work queued so far on the compute stream (called on the scheduler's thread when
     /// it hands pool pages to a fetch).
     fn fence(&self) -> Result<Fence, String>;
-    /// Copies `info.pages[i]` of an opened pool straight into this pool's page `dst[i]` (every
-    /// layer, K and V), after `after`; returns when the bytes have landed (waiting for the copy,
-    /// not for the device), also when it fails after the copy was queued. The opened pool stays
-    /// mapped until the copy finished.
-    fn pull_into(
+    /// Queues the copy of `info.pages[i]` of an opened pool straight into this pool's page
+    /// `dst[i]` (every layer, K and V), after `after`, and returns at once (no allocation, no
+    /// wait). The opened pool stays mapped until the copy finished, also when the caller lets go
+    /// of it and of the returned copy.
+    fn copy_into(
         &self,
         opened: &Opened,
         info: &DeviceInfo,
         dst: &[u32],
         after: Option<&Fence>,
-    ) -> Result<(), String>;
+    ) -> Result<Copying, String>;
+    /// Waits until the bytes of `copy` have landed (its event, not the device); returns the
+    /// copy's own time on the device when the runner measured it (its start and end events).
+    fn wait(&self, copy: Copying) -> Result<Option<std::time::Duration>, String>;
 }
 
 /// Whether `STRATA_PD_IPC` allows the CUDA IPC path (default on; `0` turns it off).

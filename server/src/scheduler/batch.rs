@@ -328,9 +328,6 @@ impl<R: ModelRunner> Scheduler<R> {
                 }
                 r
             }
-            crate::pd::decode::Payload::Device(staged) => {
-                self.model.load_staged(&mut self.pool.buffers, staged, &dev)
-            }
             // Already there.
             crate::pd::decode::Payload::InPool => Ok(()),
         };

@@ -2,25 +2,25 @@
 //! exported once, a decode opens it once per prefill (cached while any connection to that prefill
 //! holds it) and copies the listed pages straight into the pool pages the scheduler gave the
 //! fetch (`PeerCopy`: one kernel launch on a PD stream, after a fence on the compute stream, no
-//! allocation per transfer, the fetch thread waits for the copy's event only). Without pages to
-//! land in (the pool was short) it gathers them into a device buffer of its own, which the
-//! scheduler scatters like any staged load ([`CudaKv::load_staged`]). No host memory is touched. See docs/protocol.md ("PD KV transfer")
-//! for the handshake and docs/perf.md for the measurements.
+//! allocation per transfer; the fetch thread waits for the copy's event only). A fetch without
+//! pool pages does not ask for device pages (the prefill stages them), so nothing here allocates.
+//! Each copy runs between two timing events, so the decode's metrics split a transfer into the
+//! host's control path, the wait for the GPU, and the copy itself. No host memory is touched. See
+//! docs/protocol.md ("PD KV transfer") for the handshake and docs/perf.md for the measurements.
 
 use super::kv::CudaKv;
-use crate::pd::share::{DeviceKv, Fence, Opened, Staged};
+use crate::pd::share::{Copying, DeviceKv, Fence, Opened};
 use crate::pd::wire::DeviceInfo;
+use cudarc::driver::CudaEvent;
 use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::{Arc, Weak};
-use strata_kernels::cuda::{
-    ipc_handle, DTensor, GpuContext, HostKvGeometry, IpcMapping, PageLayout, PeerCopy, PeerGather,
-};
+use strata_kernels::cuda::{ipc_handle, DTensor, GpuContext, IpcMapping, PageLayout, PeerCopy};
 
-/// Pages gathered out of a peer's pool: `pages` pages in page_first layout.
-pub(super) struct StagedPages {
-    pub buf: DTensor,
-    pub pages: usize,
+/// A queued copy: its start and end events (the mapping it reads holds the end event too).
+struct Queued {
+    start: CudaEvent,
+    done: Arc<CudaEvent>,
 }
 
 /// One CUDA pool as PD transfers see it.
@@ -32,7 +32,6 @@ pub(super) struct CudaDeviceKv {
     page_size: usize,
     kv_dim: usize,
     num_pages: usize,
-    gather: Mutex<Option<Arc<PeerGather>>>,
     copy: Mutex<Option<Arc<PeerCopy>>>,
     /// Peer pools opened in this process, by handle (kept open while a connection holds one).
     opened: Mutex<HashMap<[u8; 64], Weak<IpcMapping>>>,
@@ -50,7 +49,6 @@ impl CudaDeviceKv {
             page_size: kv.page_size,
             kv_dim: kv.pool.shape()[1],
             num_pages: kv.num_pages,
-            gather: Mutex::new(None),
             copy: Mutex::new(None),
             opened: Mutex::new(HashMap::new()),
         })
@@ -58,20 +56,6 @@ impl CudaDeviceKv {
 
     fn chunk_bytes(&self) -> u64 {
         (self.page_size * self.kv_dim * 2) as u64
-    }
-
-    /// The page_first geometry of `n` staged pages gathered out of a pool of `pool_pages`.
-    fn geometry(&self, pool_pages: usize, n: usize) -> HostKvGeometry {
-        let row = self.kv_dim * 2;
-        HostKvGeometry {
-            layers: self.layers,
-            page_size: self.page_size,
-            row_bytes: row,
-            pool_pages,
-            host_pages: n,
-            tok_stride: self.layers * row,
-            layer_stride: row,
-        }
     }
 
     fn copier(&self) -> Result<Arc<PeerCopy>, String> {
@@ -93,19 +77,6 @@ impl CudaDeviceKv {
             pool_pages,
             chunk_bytes: self.chunk_bytes() as usize,
         }
-    }
-
-    fn gatherer(&self) -> Result<Arc<PeerGather>, String> {
-        let mut g = self.gather.lock();
-        if let Some(p) = g.as_ref() {
-            return Ok(p.clone());
-        }
-        let p = Arc::new(
-            PeerGather::new(self.ctx.clone())
-                .map_err(|e| format!("cannot set up the device-to-device copy: {e}"))?,
-        );
-        *g = Some(p.clone());
-        Ok(p)
     }
 }
 
@@ -149,22 +120,6 @@ impl DeviceKv for CudaDeviceKv {
         Ok(m)
     }
 
-    fn pull(&self, opened: &Opened, info: &DeviceInfo) -> Result<Staged, String> {
-        let m = opened
-            .clone()
-            .downcast::<IpcMapping>()
-            .map_err(|_| "not an opened GPU pool".to_string())?;
-        let geo = self.geometry(info.pool_pages as usize, info.pages.len());
-        let buf = self
-            .gatherer()?
-            .gather(&m.tensor(), geo, &info.pages)
-            .map_err(|e| e.to_string())?;
-        Ok(Box::new(StagedPages {
-            buf,
-            pages: info.pages.len(),
-        }))
-    }
-
     fn fence(&self) -> Result<Fence, String> {
         let e = self
             .ctx
@@ -174,27 +129,27 @@ impl DeviceKv for CudaDeviceKv {
         Ok(Box::new(e))
     }
 
-    fn pull_into(
+    fn copy_into(
         &self,
         opened: &Opened,
         info: &DeviceInfo,
         dst: &[u32],
         after: Option<&Fence>,
-    ) -> Result<(), String> {
+    ) -> Result<Copying, String> {
         let m = opened
             .clone()
             .downcast::<IpcMapping>()
             .map_err(|_| "not an opened GPU pool".to_string())?;
         let after = match after {
             Some(f) => Some(
-                f.downcast_ref::<cudarc::driver::CudaEvent>()
+                f.downcast_ref::<CudaEvent>()
                     .ok_or("not a fence of this runner")?,
             ),
             None => None,
         };
         let copy = self.copier()?;
-        let done = copy
-            .copy(
+        let (start, done) = copy
+            .copy_timed(
                 (&m.tensor(), self.layout(info.pool_pages as usize)),
                 (&self.pool, self.layout(self.num_pages)),
                 &info.pages,
@@ -206,9 +161,22 @@ impl DeviceKv for CudaDeviceKv {
                 let _ = copy.stream().synchronize();
                 e.to_string()
             })?;
-        let waited = done.synchronize();
-        // Kept for the mapping's close even though it completed (a failed wait leaves it there).
-        m.used_until(done);
-        waited.map_err(|e| format!("the device-to-device copy failed: {e}"))
+        let done = Arc::new(done);
+        // The mapping is closed only after this copy (and the earlier ones) finished.
+        m.used_until(done.clone());
+        Ok(Box::new(Queued { start, done }))
+    }
+
+    fn wait(&self, copy: Copying) -> Result<Option<std::time::Duration>, String> {
+        let q = copy
+            .downcast::<Queued>()
+            .map_err(|_| "not a copy of this runner".to_string())?;
+        q.done
+            .synchronize()
+            .map_err(|e| format!("the device-to-device copy failed: {e}"))?;
+        Ok(q.start
+            .elapsed_ms(&q.done)
+            .ok()
+            .map(|ms| std::time::Duration::from_secs_f64(f64::from(ms.max(0.0)) / 1e3)))
     }
 }

@@ -76,43 +76,6 @@ impl CudaKv {
         &self.ctx
     }
 
-    /// Scatters `n` pages staged in page_first layout on this GPU (a PD pull from another
-    /// process's pool) into device pages `dev[i]`; queued layer by layer like a load.
-    pub fn load_staged(
-        &mut self,
-        staged: DTensor,
-        n: usize,
-        dev: &[PageId],
-    ) -> Result<(), CudaError> {
-        let kv_dim = self.pool.shape()[1];
-        let row = kv_dim * 2;
-        let layers = self.k.len();
-        let geo = HostKvGeometry {
-            layers,
-            page_size: self.page_size,
-            row_bytes: row,
-            pool_pages: self.num_pages,
-            host_pages: n,
-            tok_stride: layers * row,
-            layer_stride: row,
-        };
-        if dev.len() != n || dev.iter().any(|&d| d as usize >= self.num_pages) {
-            return Err(CudaError::Shape(format!(
-                "{} staged pages for {} device pages",
-                n,
-                dev.len()
-            )));
-        }
-        if n == 0 {
-            return Ok(());
-        }
-        let copy = HostKvCopy::new(self.ctx.clone(), geo, HostIo::Kernel)?;
-        let slots: Vec<u32> = (0..n as u32).collect();
-        let ev = copy.load_device(&self.pool, staged, &slots, dev)?;
-        self.pending = Some(ev);
-        Ok(())
-    }
-
     /// Page-locks the HiCache host pool in place and moves its pages on the copy stream from
     /// now on (`io`: the kernel or one async memcpy per run).
     pub fn attach_host(&mut self, host: &HostKvPool, io: HostIo) -> Result<(), CudaError> {

@@ -633,17 +633,6 @@ impl ModelRunner for CudaRunner {
             }
         }
     }
-    fn load_staged(
-        &self,
-        kv: &mut CudaKv,
-        staged: crate::pd::share::Staged,
-        dev: &[PageId],
-    ) -> Result<(), ModelError> {
-        let s = staged
-            .downcast::<ipc::StagedPages>()
-            .map_err(|_| CudaError::Shape("not pages staged by this runner".into()))?;
-        Ok(kv.load_staged(s.buf, s.pages, dev)?)
-    }
     fn attach_host(
         &self,
         kv: &mut CudaKv,
