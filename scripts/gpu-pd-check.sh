@@ -10,14 +10,23 @@
 #    invariant yet, issue 14);
 #  - TTFT at concurrency 1 (2K-token prompts, 16 out), PD vs colocated, both through a router;
 #  - KV transfer: which path each transfer took (CUDA IPC device to device / same-host copy /
-#    socket; staged through host memory or not), the time per transfer and its rate (the
-#    prefill's pd_transfer counters, header to acknowledgement), against the raw device-to-device
-#    copy of one transfer's bytes (`gpu bench --only pd-copy`, which also times the decode's
-#    pool-to-pool copy kernel alone) and the TCP loopback copy rate;
+#    socket; staged through host memory or not), the time per transfer and its rate, timed by
+#    the decode per KV header (each part and the final one, header to pages landed: with
+#    per-chunk push the prefill's later chunks are not transfer time), the CUDA IPC copies split
+#    into the host's control path (header to copy queued), the wait (queued to seen complete)
+#    and the copy's own device time (its events); against the raw device-to-device copy of one
+#    copy's bytes (`gpu bench --only pd-copy`, which also times the decode's pool-to-pool copy
+#    kernel alone) and the TCP loopback copy rate;
 #  - KV transfer throughput with 1, 4 and 16 transfers in flight (concurrent 2K-token prompts):
-#    the decode's received bytes over the wall time with at least one transfer between header
-#    and ACK, against the same raw d2d memcpy rate;
-#  - decode ITL under mixed load (4 decode streams while 8K-token prefills arrive), PD vs colocated.
+#    the decode's received bytes over the wall time with at least one part's pages between their
+#    header and their landing, against the same raw d2d memcpy rate;
+#  - decode ITL under mixed load (4 decode streams while 8K-token prefills arrive), PD vs colocated;
+#  - a prefill killed (-9) mid CUDA IPC copy: the decode restarted with
+#    --disaggregation-test-stall-ms 1500 (it waits 1.5 s after the final KV header before it copies
+#    the pages out of the prefill's GPU pool), a long prompt's legs sent straight to both servers,
+#    the prefill killed in that window; the decode must answer that leg with a clear error within
+#    the heartbeat window (10 s), its pool must go back to idle, and after a new prefill starts
+#    on the same ports the next PD request must give the colocated answer. One PASS/FAIL line.
 # Usage: scripts/gpu-pd-check.sh [OUTDIR]; env STRATA, SIZES ("llama-3.2-1b llama-3.1-8b"),
 # PD_IPC (1; 0 runs the pair with STRATA_PD_IPC=0: the staged path, for comparison), PD_CHUNK
 # (1024: --chunked-prefill-size of every server; 0 leaves the server default), PD_PREFILL_MPS_PRIORITY
@@ -36,10 +45,11 @@ pids=()
 cleanup() { for p in "${pids[@]}"; do kill $p 2>/dev/null; done; pids=(); sleep 1; }
 trap cleanup EXIT
 fail=0
-start() { # name port args...
+start() { # name port args...; LASTPID is the server's pid
   local name=$1 port=$2; shift 2
-  "$STRATA" "$@" > "$OUTDIR/pd-$name.log" 2>&1 & pids+=($!)
+  "$STRATA" "$@" >> "$OUTDIR/pd-$name.log" 2>&1 & pids+=($!)
   local pid=$!
+  LASTPID=$pid
   for _ in $(seq 600); do
     curl -sf localhost:$port/health > /dev/null && return 0
     kill -0 $pid 2>/dev/null || break
@@ -62,8 +72,13 @@ for size in $SIZES; do
   [ "${PD_CHUNK:-1024}" != 0 ] && S+=(--chunked-prefill-size ${PD_CHUNK:-1024})
   start colo 32101 "${S[@]}" --log-level warn --port 32101 || { fail=1; cleanup; continue; }
   export STRATA_PD_IPC=${PD_IPC:-1}
-  CUDA_MPS_CLIENT_PRIORITY=${PD_PREFILL_MPS_PRIORITY:-0} start prefill 32102 "${S[@]}" --log-level warn --port 32102 --disaggregation-mode prefill --disaggregation-bootstrap-port 32199 || { fail=1; cleanup; continue; }
-  start decode 32103 "${S[@]}" --port 32103 --disaggregation-mode decode --base-gpu-id $DGPU --log-level info || { fail=1; cleanup; continue; }
+  for n in colo prefill decode router-pd router-colo; do : > "$OUTDIR/pd-$n.log"; done
+  PF=("${S[@]}" --log-level warn --port 32102 --disaggregation-mode prefill --disaggregation-bootstrap-port 32199)
+  DC=("${S[@]}" --port 32103 --disaggregation-mode decode --base-gpu-id $DGPU --log-level info)
+  CUDA_MPS_CLIENT_PRIORITY=${PD_PREFILL_MPS_PRIORITY:-0} start prefill 32102 "${PF[@]}" || { fail=1; cleanup; continue; }
+  PREFILL_PID=$LASTPID
+  start decode 32103 "${DC[@]}" || { fail=1; cleanup; continue; }
+  DECODE_PID=$LASTPID
   start router-pd 32110 router --pd-disaggregation --prefill http://127.0.0.1:32102 32199 \
     --decode http://127.0.0.1:32103 --port 32110 --prometheus-port 32111 --log-level warn || { fail=1; cleanup; continue; }
   start router-colo 32120 router --worker-urls http://127.0.0.1:32101 --port 32120 --prometheus-port 32121 --log-level warn \
@@ -101,22 +116,30 @@ PY
   B=$(m pd_transfer_bytes_total) T=$(m pd_transfer_seconds_total) N=$(m pd_transfers_total)
   echo "## KV transfer paths: $N transfers: $(m pd_transfers_cuda_ipc_total) CUDA IPC (decode: $(md pd_received_cuda_ipc_total)), $(m pd_transfers_same_host_total) same-host copy, $(m pd_transfers_staged_total) staged through host memory; $(m pd_transfer_parts_total) chunk parts sent ahead (decode: $(md pd_received_parts_total)); $(md pd_bootstrap_connections_total) bootstrap connections"
   grep -hE "KV transfers on this connection take|no CUDA IPC with this prefill|over the peer link" "$OUTDIR/pd-decode.log" | sed 's/^.*PD: /  decode log: /' | sort | uniq -c
-  IB=$(m pd_transfer_cuda_ipc_bytes_total) IT=$(m pd_transfer_cuda_ipc_seconds_total) IN=$(m pd_transfers_cuda_ipc_total)
+  # The decode times each KV header (part or final) to its pages landed; the prefill's counters
+  # run from the final header to the ACK (parts are not timed there).
+  DB=$(md pd_received_bytes_total) DT=$(md pd_receive_seconds_total) DN=$(md pd_received_transfers_total)
+  IC=$(md pd_received_cuda_ipc_copies_total) IB=$(md pd_received_cuda_ipc_bytes_total)
+  IQ=$(md pd_receive_cuda_ipc_enqueue_seconds_total) IW=$(md pd_receive_cuda_ipc_wait_seconds_total) ID=$(md pd_receive_cuda_ipc_device_seconds_total)
+  f() { python3 -c "import sys; print(float(sys.argv[1] or 0))" "${1:-0}"; }
+  DB=$(f "$DB") DT=$(f "$DT") DN=$(f "$DN") IC=$(f "$IC") IB=$(f "$IB") IQ=$(f "$IQ") IW=$(f "$IW") ID=$(f "$ID")
   python3 -c "
-b, t, n = float('${B:-0}' or 0), float('${T:-0}' or 0), max(float('${N:-0}' or 0), 1)
-print(f'## KV transfer, all paths: {b/n/1e6:.1f} MB per transfer in {t/n*1e3:.2f} ms (header to ack) = {b/max(t,1e-9)/1e9:.2f} GB/s')
-b, t, n = float('${IB:-0}' or 0), float('${IT:-0}' or 0), float('${IN:-0}' or 0)
-if n: print(f'## KV transfer, CUDA IPC only: {n:.0f} transfers, {b/n/1e6:.1f} MB per transfer in {t/n*1e3:.2f} ms (header to ack) = {b/max(t,1e-9)/1e9:.2f} GB/s')"
-  # The raw copy is measured at the size of the transfers being compared (IPC ones when any).
-  SEL_B=$([ "${IN:-0}" != 0 ] && echo "${IB:-0}" || echo "${B:-0}") SEL_T=$([ "${IN:-0}" != 0 ] && echo "${IT:-0}" || echo "${T:-0}") SEL_N=$([ "${IN:-0}" != 0 ] && echo "${IN:-0}" || echo "${N:-0}")
-  MBX=$(python3 -c "print(round(float('${SEL_B:-0}' or 0) / max(float('${SEL_N:-0}' or 0), 1) / 1e6, 1))")
+pb, pt, pn = float('${B:-0}' or 0), float('${T:-0}' or 0), max(float('${N:-0}' or 0), 1)
+print(f'## KV transfer, prefill side: {pb/pn/1e6:.1f} MB per transfer, final header to ACK {pt/pn*1e3:.3f} ms')
+db, dt, dn = $DB, $DT, max($DN, 1)
+print(f'## KV transfer, all paths (decode, each header to its pages landed): {db/dn/1e6:.1f} MB per transfer in {dt/dn*1e3:.3f} ms = {db/max(dt,1e-9)/1e9:.2f} GB/s')
+ic, ib, iq, iw, idv = $IC, $IB, $IQ, $IW, $ID
+if ic: print(f'## KV transfer, CUDA IPC: {ic:.0f} copies (parts and finals), {ib/ic/1e6:.1f} MB per copy, header to landed {(iq+iw)/ic*1e3:.3f} ms = {ib/max(iq+iw,1e-9)/1e9:.1f} GB/s; header to copy queued {iq/ic*1e3:.3f} ms, queued to seen complete {iw/ic*1e3:.3f} ms, of which the copy on the device {idv/ic*1e3:.3f} ms')"
+  # The raw copy is measured at the size of the copies being compared (IPC ones when any).
+  MBX=$(python3 -c "print(round(($IB / $IC if $IC else $DB / max($DN, 1)) / 1e6, 1))")
   timeout 60 "$STRATA" gpu bench --only pd-copy --shape $size --pd-copy-mb $MBX 2> /dev/null | grep "^pd-copy" | head -1 | tee "$OUTDIR/pd-copy-$size.txt"
   python3 -c "
 import re
-b, t, n = float('${SEL_B:-0}' or 0), float('${SEL_T:-0}' or 0), max(float('${SEL_N:-0}' or 0), 1)
+ic, ib, t = $IC, $IB, $IQ + $IW
+if not ic: ic, ib, t = max($DN, 1), $DB, $DT
 m = re.search(r'raw d2d memcpy ([0-9.]+) ms', open('$OUTDIR/pd-copy-$size.txt').read())
-if m and t > 0: print(f'## transfer / raw d2d copy of the same bytes: {float(m.group(1)) / (t / n * 1e3):.2f}x (target >= 0.7x)')"
-  echo "## KV transfer throughput with N in flight (N concurrent 2048-token prompts, 1 out; decode counters: bytes / wall time with >= 1 transfer between header and ACK), vs the raw d2d memcpy above"
+if m and t > 0: print(f'## transfer (header to landed) / raw d2d copy of the same bytes: {float(m.group(1)) / (t / ic * 1e3):.2f}x (target >= 0.7x)')"
+  echo "## KV transfer throughput with N in flight (N concurrent 2048-token prompts, 1 out; decode counters: bytes / wall time with >= 1 part or final header's pages between the header and their landing), vs the raw d2d memcpy above"
   python3 - "$OUTDIR/pd-copy-$size.txt" <<'PY' 2>&1 | tee "$OUTDIR/pd-throughput-$size.txt"
 import json, random, re, sys, urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -128,7 +151,9 @@ def metrics():
     v = {l.split()[0]: float(l.split()[1]) for l in t.splitlines() if l.startswith("sglang:pd_")}
     g = lambda k: v.get("sglang:" + k, 0.0)
     return [g("pd_received_bytes_total"), g("pd_receive_busy_seconds_total"), g("pd_received_transfers_total"),
-            g("pd_receive_seconds_total"), g("pd_received_cuda_ipc_total")]
+            g("pd_receive_seconds_total"), g("pd_received_cuda_ipc_total"), g("pd_received_cuda_ipc_copies_total"),
+            g("pd_receive_cuda_ipc_enqueue_seconds_total"), g("pd_receive_cuda_ipc_wait_seconds_total"),
+            g("pd_receive_cuda_ipc_device_seconds_total")]
 def ask(_):
     ids = [rng.randrange(10, 120000) for _ in range(2048)]
     r = urllib.request.urlopen(urllib.request.Request("http://127.0.0.1:32110/generate",
@@ -140,11 +165,13 @@ for c in (1, 4, 16):
         with ThreadPoolExecutor(c) as ex:
             ok = sum(ex.map(ask, range(c)))
         d = [a - b for a, b in zip(metrics(), before)]
-    b, busy, n, secs, ipc = d
+    b, busy, n, secs, ipc, copies, enq, wait, dev = d
     rate = b / busy / 1e9 if busy > 0 else 0.0
     ratio = f"{rate / raw:.3f}x the raw d2d memcpy ({raw:.0f} GB/s)" if raw else "no raw rate"
+    per = (f"; per IPC copy ({copies:.0f}): queued {enq / copies * 1e3:.3f} ms, waited {wait / copies * 1e3:.3f} ms, "
+           f"device {dev / copies * 1e3:.3f} ms") if copies else ""
     print(f"{c:2d} in flight: {ok}/{c} ok, {n:.0f} transfers ({ipc:.0f} CUDA IPC), {b / max(n, 1) / 1e6:.1f} MB each, "
-          f"aggregate {rate:.2f} GB/s = {ratio}; per transfer {secs / max(n, 1) * 1e3:.2f} ms header to ACK")
+          f"aggregate {rate:.2f} GB/s = {ratio}; per transfer {secs / max(n, 1) * 1e3:.3f} ms headers to landed{per}")
 PY
   MB=$(python3 -c "print(max(1, round(float('${B:-0}' or 0) / max(float('${N:-0}' or 0), 1) / 1048576)))")
   "$STRATA" bench store --role tcp-copy --copy-mb $MB --batch-bytes-mb $MB 2> /dev/null | tail -n 1
@@ -159,6 +186,114 @@ PY
     echo
     wait $LOAD || true
   done
+  echo "## prefill killed mid CUDA IPC copy (decode restarted with --disaggregation-test-stall-ms 1500)"
+  kill $DECODE_PID 2> /dev/null; wait $DECODE_PID 2> /dev/null
+  start decode 32103 "${DC[@]}" --disaggregation-test-stall-ms 1500 || { fail=1; cleanup; continue; }
+  DECODE_PID=$LASTPID
+  python3 - $PREFILL_PID <<'PY' 2>&1 | tee "$OUTDIR/pd-kill-$size.txt"
+import json, os, random, signal, sys, threading, time, urllib.request
+pid = int(sys.argv[1])
+rng = random.Random(23)
+def post(port, body, timeout=120):
+    try:
+        r = urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/generate",
+            data=json.dumps(body).encode()), timeout=timeout)
+        return r.status, json.loads(r.read())
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode(errors="replace")
+    except Exception as e:  # the killed prefill's leg
+        return 0, str(e)
+def legs(room, ids, n=8):
+    b = {"input_ids": ids, "sampling_params": {"temperature": 0, "max_new_tokens": n, "ignore_eos": True},
+         "bootstrap_host": "127.0.0.1", "bootstrap_port": 32199, "bootstrap_room": room}
+    out = {}
+    ts = [threading.Thread(target=lambda k=k, p=p: out.__setitem__(k, post(p, b))) for k, p in (("prefill", 32102), ("decode", 32103))]
+    for t in ts: t.start()
+    return ts, out
+def metric(port, k):
+    t = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+    return sum(float(l.split()[1]) for l in t.splitlines() if l.split() and l.split()[0] == "sglang:" + k)
+def failed(s, v):
+    return s != 200 or (isinstance(v, dict) and v.get("meta_info", {}).get("finish_reason", {}).get("type") == "abort")
+# Warm-up: the decode's new connection opens the prefill's pool (its first transfer is staged).
+ts, out = legs(7001, [rng.randrange(10, 120000) for _ in range(300)])
+for t in ts: t.join()
+warm = out["decode"][0] == 200 and out["prefill"][0] == 200
+# A long prompt: its chunks' pages go over CUDA IPC as parts, the final header's pages wait 1.5 s.
+ids = [rng.randrange(10, 120000) for _ in range(8192)]
+parts0, copies0 = metric(32103, "pd_received_parts_total"), metric(32103, "pd_received_cuda_ipc_copies_total")
+ts, out = legs(7002, ids)
+def state(port):
+    return json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/get_server_info").read())["internal_states"][0]
+# Parts land as the chunks finish; once the prefill has no request left running, its final KV
+# header went out and the decode sits in its 1.5 s stall before the copy: kill then.
+deadline = time.time() + 120
+while time.time() < deadline:
+    st = state(32102)
+    if metric(32103, "pd_received_parts_total") > parts0 and st["num_running_reqs"] + st["num_waiting_reqs"] == 0:
+        break
+    time.sleep(0.005)
+parts = metric(32103, "pd_received_parts_total") - parts0
+time.sleep(0.2)
+copies = metric(32103, "pd_received_cuda_ipc_copies_total") - copies0
+os.kill(pid, signal.SIGKILL)
+killed = time.time()
+ts[1].join(30)
+took = time.time() - killed
+ds, dv = out.get("decode", (None, None))
+msg = json.dumps(dv) if not isinstance(dv, str) else dv
+clear = ds is not None and failed(ds, dv) and ("prefill" in msg)
+print(f"  warm-up ok: {warm}; {parts:.0f} parts landed, {copies:.0f} CUDA IPC copies before the kill")
+print(f"  decode leg after the kill: status {ds} in {took:.2f} s: {msg[:300]}")
+# The decode's pool back to idle.
+idle, st = False, {}
+for _ in range(300):
+    st = state(32103)
+    n = lambda k: st.get(k, -1)
+    if n("num_running_reqs") == 0 and n("num_waiting_reqs") == 0 and n("free_pages") + n("cached_pages") == n("total_pages"):
+        idle = True
+        break
+    time.sleep(0.1)
+print(f"  decode pool idle: {idle} (free {st.get('free_pages')} + cached {st.get('cached_pages')} of {st.get('total_pages')})")
+ok = warm and copies > 0 and clear and took < 10 and idle
+sys.exit(0 if ok else 1)
+PY
+  KILL_RC=${PIPESTATUS[0]}
+  CUDA_MPS_CLIENT_PRIORITY=${PD_PREFILL_MPS_PRIORITY:-0} start prefill 32102 "${PF[@]}" || { fail=1; cleanup; continue; }
+  PREFILL_PID=$LASTPID
+  python3 - <<'PY' 2>&1 | tee -a "$OUTDIR/pd-kill-$size.txt"
+import json, random, sys, threading, urllib.request
+rng = random.Random(29)
+ids = [rng.randrange(10, 120000) for _ in range(300)]
+def post(port, extra={}):
+    b = {"input_ids": ids, "sampling_params": {"temperature": 0, "max_new_tokens": 16, "ignore_eos": True}, **extra}
+    try:
+        r = urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/generate", data=json.dumps(b).encode()), timeout=120)
+        return r.status, json.loads(r.read())
+    except Exception as e:
+        return 0, str(e)
+cs, cv = post(32101)
+if cs != 200:
+    print(f"  the colocated server did not answer: {cs} {cv}")
+    sys.exit(1)
+want = cv["output_ids"]
+boot = {"bootstrap_host": "127.0.0.1", "bootstrap_port": 32199, "bootstrap_room": 7003}
+out = {}
+ts = [threading.Thread(target=lambda k=k, p=p: out.__setitem__(k, post(p, boot))) for k, p in (("prefill", 32102), ("decode", 32103))]
+for t in ts: t.start()
+for t in ts: t.join()
+(ps, pv), (ds, dv) = out["prefill"], out["decode"]
+same = ps == 200 and ds == 200 and isinstance(dv, dict) and dv.get("output_ids") == want
+print(f"  next PD request after a new prefill started (legs straight to both servers): prefill {ps}, decode {ds}, "
+      f"{'equals' if same else 'DIFFERS from'} the colocated answer")
+sys.exit(0 if same else 1)
+PY
+  NEXT_RC=${PIPESTATUS[0]}
+  if [ "$KILL_RC" = 0 ] && [ "$NEXT_RC" = 0 ]; then
+    echo "## prefill killed mid CUDA IPC copy: PASS (clear error within the heartbeat window, decode pool idle, next PD request served)"
+  else
+    echo "## prefill killed mid CUDA IPC copy: FAIL (see the lines above)"; fail=1
+  fi
   grep -hiE "panic|error" "$OUTDIR"/pd-*.log | head -5
   cleanup
 done
