@@ -52,16 +52,25 @@ fn router(prefill: &str, boot: u16, decode: &str) -> Router {
     panic!("router did not come up");
 }
 
-fn pd_pair(model: &MadeModel, boot: u16, extra: &[&str]) -> (Server, Server) {
+/// A `strata serve` in PD `mode` ("prefill" or "decode") on bootstrap port `boot`, pages of 16,
+/// with `extra` flags and `env`: every PD server of these tests starts here.
+fn pd_server(
+    model: &MadeModel,
+    mode: &str,
+    boot: u16,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Server {
     let b = boot.to_string();
-    let mut pf = vec!["--page-size", "16", "--disaggregation-mode", "prefill"];
-    pf.extend(["--disaggregation-bootstrap-port", &b]);
-    pf.extend(extra);
-    let prefill = Server::start(model.path(), &pf);
-    let mut df = vec!["--page-size", "16", "--disaggregation-mode", "decode"];
-    df.extend(["--disaggregation-bootstrap-port", &b]);
-    df.extend(extra);
-    let decode = Server::start(model.path(), &df);
+    let mut f = vec!["--page-size", "16", "--disaggregation-mode", mode];
+    f.extend(["--disaggregation-bootstrap-port", &b]);
+    f.extend(extra);
+    Server::start_env(model.path(), &f, env)
+}
+
+fn pd_pair(model: &MadeModel, boot: u16, extra: &[&str]) -> (Server, Server) {
+    let prefill = pd_server(model, "prefill", boot, extra, &[]);
+    let decode = pd_server(model, "decode", boot, extra, &[]);
     (prefill, decode)
 }
 
@@ -258,22 +267,8 @@ async fn pd_failures_end_requests_cleanly() {
     let c = reqwest::Client::new();
     let ids: Vec<u32> = (3..60).collect();
     // A decode leg whose prefill never answers: a clear error once the wait times out.
-    let b2 = boot.to_string();
     // A server of PD `mode` on the test's bootstrap port, with short timeouts and heartbeats.
-    let role = |mode: &str| {
-        Server::start_env(
-            model.path(),
-            &[
-                "--page-size",
-                "16",
-                "--disaggregation-mode",
-                mode,
-                "--disaggregation-bootstrap-port",
-                &b2,
-            ],
-            &short,
-        )
-    };
+    let role = |mode: &str| pd_server(&model, mode, boot, &[], &short);
     let decode = role("decode");
     let mut b = body(&ids, 4);
     b["bootstrap_host"] = json!("127.0.0.1");
@@ -393,11 +388,7 @@ async fn pd_tcp_path_and_a_prefill_killed_mid_transfer() {
     let c = reqwest::Client::new();
     let colo = Server::start(model.path(), &["--page-size", "16"]);
     let role = |mode: &str, boot: u16, extra: &[&str], env: &[(&str, &str)]| {
-        let b = boot.to_string();
-        let mut f = vec!["--page-size", "16", "--disaggregation-mode", mode];
-        f.extend(["--disaggregation-bootstrap-port", &b]);
-        f.extend(extra);
-        Server::start_env(model.path(), &f, env)
+        pd_server(&model, mode, boot, extra, env)
     };
     let prompts: Vec<Vec<u32>> = (0..6)
         .map(|i| {
@@ -506,12 +497,7 @@ async fn pd_pushes_each_chunk_and_survives_a_prefill_killed_between_chunks() {
     let chunk = ["--page-size", "16", "--chunked-prefill-size", "32"];
     let colo = Server::start(model.path(), &chunk);
     let role = |mode: &str, boot: u16, extra: &[&str], env: &[(&str, &str)]| {
-        let b = boot.to_string();
-        let mut f = chunk.to_vec();
-        f.extend(["--disaggregation-mode", mode]);
-        f.extend(["--disaggregation-bootstrap-port", &b]);
-        f.extend(extra);
-        Server::start_env(model.path(), &f, env)
+        pd_server(&model, mode, boot, &[&chunk[2..], extra].concat(), env)
     };
     let prompt: Vec<u32> = (0..100).map(|_| rng.random_range(3..500u32)).collect();
     let want = ids_of(&post(&c, &colo.url("/generate"), &body(&prompt, 8)).await.1);
@@ -620,21 +606,13 @@ async fn pd_decode_offload_lets_the_next_turn_hit_l3() {
         &extra,
     ];
     let boot = free_port();
-    let b = boot.to_string();
-    let mut pf = vec!["--page-size", "16", "--disaggregation-mode", "prefill"];
-    pf.extend([
-        "--disaggregation-bootstrap-port",
-        &b,
-        "--enable-hierarchical-cache",
-    ]);
+    let mut pf = vec!["--enable-hierarchical-cache"];
     pf.extend(["--hicache-storage-prefetch-policy", "wait_complete"]);
     pf.extend(l3);
-    let prefill = Server::start(model.path(), &pf);
-    let mut df = vec!["--page-size", "16", "--disaggregation-mode", "decode"];
-    df.extend(["--disaggregation-bootstrap-port", &b]);
-    df.push("--disaggregation-decode-enable-offload-kvcache");
+    let prefill = pd_server(&model, "prefill", boot, &pf, &[]);
+    let mut df = vec!["--disaggregation-decode-enable-offload-kvcache"];
     df.extend(l3);
-    let decode = Server::start(model.path(), &df);
+    let decode = pd_server(&model, "decode", boot, &df, &[]);
     let r = router(&prefill.base, boot, &decode.base);
     // Turn 1: a 100-token prompt, 40 answer tokens.
     let p1: Vec<u32> = (0..100).map(|_| rng.random_range(3..500u32)).collect();
@@ -756,19 +734,10 @@ async fn pd_unacknowledged_transfer_times_out_and_frees_the_pool_pages() {
     let model = MadeModel::new("llama", "tiny");
     let c = reqwest::Client::new();
     let boot = free_port();
-    let b = boot.to_string();
-    let common = ["--page-size", "16", "--disaggregation-bootstrap-port", &b];
-    let mut pf = vec!["--disaggregation-mode", "prefill"];
-    pf.extend(common);
-    let prefill = Server::start_env(
-        model.path(),
-        &pf,
-        &[("SGLANG_DISAGGREGATION_BOOTSTRAP_TIMEOUT", "2")],
-    );
-    let mut df = vec!["--disaggregation-mode", "decode"];
-    df.extend(common);
-    df.extend(["--disaggregation-test-stall-ms", "3500"]);
-    let decode = Server::start(model.path(), &df);
+    let timeout = [("SGLANG_DISAGGREGATION_BOOTSTRAP_TIMEOUT", "2")];
+    let prefill = pd_server(&model, "prefill", boot, &[], &timeout);
+    let stall = ["--disaggregation-test-stall-ms", "3500"];
+    let decode = pd_server(&model, "decode", boot, &stall, &[]);
     let p: Vec<u32> = (0..70).map(|_| rng.random_range(3..500u32)).collect();
     let t = Instant::now();
     let ((ps, pv), (ds, dv)) = legs(&c, &prefill, &decode, boot, 7, &body(&p, 4)).await;
