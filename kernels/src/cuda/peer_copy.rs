@@ -62,34 +62,10 @@ impl PeerCopy {
     /// Queues the copy of page `src_pages[i]` of pool `src` (its memory and layout) into page
     /// `dst_pages[i]` of pool `dst` (same layers and chunk size), every layer, K and V, after
     /// `after` (an event of another stream of this context) when given. Returns the event
-    /// recorded after the copy; both pools must stay mapped until it completed.
+    /// recorded after the copy (both pools must stay mapped until it completed) and, when
+    /// `timed`, a timing event recorded before it once the stream waited for `after`: then both
+    /// are timing events and `start.elapsed_ms(&end)` is the copy's own device time.
     pub fn copy(
-        &self,
-        src: (&DTensor, PageLayout),
-        dst: (&DTensor, PageLayout),
-        src_pages: &[u32],
-        dst_pages: &[u32],
-        after: Option<&CudaEvent>,
-    ) -> Result<CudaEvent> {
-        Ok(self.queue(src, dst, src_pages, dst_pages, after, false)?.1)
-    }
-
-    /// [`PeerCopy::copy`] between two timing events: the first recorded once the stream waited
-    /// for `after` (the copy's start on the device), the second after the copy (its end; wait for
-    /// this one). `start.elapsed_ms(&end)` is the copy's own device time.
-    pub fn copy_timed(
-        &self,
-        src: (&DTensor, PageLayout),
-        dst: (&DTensor, PageLayout),
-        src_pages: &[u32],
-        dst_pages: &[u32],
-        after: Option<&CudaEvent>,
-    ) -> Result<(CudaEvent, CudaEvent)> {
-        let (start, end) = self.queue(src, dst, src_pages, dst_pages, after, true)?;
-        Ok((start.expect("asked for"), end))
-    }
-
-    fn queue(
         &self,
         src: (&DTensor, PageLayout),
         dst: (&DTensor, PageLayout),

@@ -320,18 +320,20 @@ pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
             s.pd_recv_busy.micros() as f64 / 1e6,
         );
         if Stats::get(&s.pd_recv_ipc_copies) > 0 {
-            counter(
-                &mut o,
-                "pd_received_cuda_ipc_copies",
-                "Device-to-device copies (one per part and final header) of PD KV received over CUDA IPC.",
-                Stats::get(&s.pd_recv_ipc_copies),
-            );
-            counter(
-                &mut o,
-                "pd_received_cuda_ipc_bytes",
-                "Bytes of PD KV received over CUDA IPC.",
-                Stats::get(&s.pd_recv_ipc_bytes),
-            );
+            for (name, help, v) in [
+                (
+                    "pd_received_cuda_ipc_copies",
+                    "Device-to-device copies (one per part and final header) of PD KV received over CUDA IPC.",
+                    &s.pd_recv_ipc_copies,
+                ),
+                (
+                    "pd_received_cuda_ipc_bytes",
+                    "Bytes of PD KV received over CUDA IPC.",
+                    &s.pd_recv_ipc_bytes,
+                ),
+            ] {
+                counter(&mut o, name, help, Stats::get(v));
+            }
             for (name, help, v) in [
                 (
                     "pd_receive_cuda_ipc_enqueue_seconds_total",

@@ -812,11 +812,8 @@ mod tests {
 
     /// A TCP port nothing listens on (for a test's bootstrap server).
     fn free_port() -> u16 {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port()
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
     }
 
     /// Readies `room` on `reg` with a prompt of `n` tokens whose bytes are a function of `room`;

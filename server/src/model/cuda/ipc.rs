@@ -149,18 +149,20 @@ impl DeviceKv for CudaDeviceKv {
         };
         let copy = self.copier()?;
         let (start, done) = copy
-            .copy_timed(
+            .copy(
                 (&m.tensor(), self.layout(info.pool_pages as usize)),
                 (&self.pool, self.layout(self.num_pages)),
                 &info.pages,
                 dst,
                 after,
+                true,
             )
             .map_err(|e| {
                 // Whatever was queued finishes before the mapping can be closed.
                 let _ = copy.stream().synchronize();
                 e.to_string()
             })?;
+        let start = start.ok_or("the copy was not timed")?;
         let done = Arc::new(done);
         // The mapping is closed only after this copy (and the earlier ones) finished.
         m.used_until(done.clone());

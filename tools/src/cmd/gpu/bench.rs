@@ -208,8 +208,16 @@ fn pd_copy(ctx: &Arc<GpuContext>, args: &Args, summary: &mut Vec<String>) -> any
             let (sp, dp) = (pick(&mut rng, sl.pool_pages), pick(&mut rng, dl.pool_pages));
             let fence = ctx.stream().record_event(None)?;
             let t = std::time::Instant::now();
-            g.copy((&src_pool, sl), (&dst_pool, dl), &sp, &dp, Some(&fence))?
-                .synchronize()?;
+            g.copy(
+                (&src_pool, sl),
+                (&dst_pool, dl),
+                &sp,
+                &dp,
+                Some(&fence),
+                false,
+            )?
+            .1
+            .synchronize()?;
             if i >= 3 {
                 direct.push(t.elapsed().as_secs_f64());
             }

@@ -4,8 +4,9 @@
 //! thing. Random page lists between two pools of different page counts, chunks of 16- and
 //! 64-token pages (Llama-3-8B's 8 KV heads x 128) and odd small ones, each copy after a fence on
 //! the compute stream, twice through one `PeerCopy` (the reused page-list buffer, and its growth
-//! when a longer list comes): the destination pool must equal the expected bytes exactly (listed
-//! pages from the source, every other byte untouched).
+//! when a longer list comes; the second time between timing events, as a PD decode copies): the
+//! destination pool must equal the expected bytes exactly (listed pages from the source, every
+//! other byte untouched).
 
 use std::sync::Arc;
 
@@ -51,8 +52,14 @@ pub fn check_pd_copy(ctx: &Arc<GpuContext>, ck: &mut Checker) -> anyhow::Result<
             let sp: Vec<u32> = sp[..take].iter().map(|&p| p as u32).collect();
             let dp: Vec<u32> = dp[..take].iter().map(|&p| p as u32).collect();
             let fence = ctx.stream().record_event(None)?;
-            copy.copy((&src, sl), (&dst, dl), &sp, &dp, Some(&fence))?
-                .synchronize()?;
+            // The second round is timed as the decode times its copies (start and end events).
+            let (start, done) =
+                copy.copy((&src, sl), (&dst, dl), &sp, &dp, Some(&fence), round == 1)?;
+            done.synchronize()?;
+            if let Some(start) = start {
+                let ms = start.elapsed_ms(&done)?;
+                anyhow::ensure!(ms >= 0.0, "a copy timed at {ms} ms");
+            }
             for (&s, &d) in sp.iter().zip(&dp) {
                 for lane in 0..layers * 2 {
                     let so = (lane * src_pages + s as usize) * chunk;
