@@ -364,18 +364,3 @@ __device__ __forceinline__ void fa_prefill_body(
 // 3 stages) and 104448 (d128: 64-key tiles in two 32-key steps, 2 stages; two blocks fit an SM).
 FA_KERNEL(64, 64, 64, 3, 2)
 FA_KERNEL(128, 64, 32, 2, 2)
-
-// Alternative head_dim-128 tile shape (attention::FA2_VARIANTS), timed beside the default by
-// `strata gpu bench`: 32-key tiles in 3 stages (87040 bytes).
-#define FA_VARIANT(NAME, HD, KT, KS, NST)                                                             \
-    extern "C" __global__ void __launch_bounds__(FA_THREADS, 2) NAME(                             \
-        const bf16_t* q, int q_stride, const bf16_t* k_pool, const bf16_t* v_pool,                \
-        const int* block_tables, int max_pages, int page_size, const int* tile_info, int n_heads, \
-        int n_kv_heads, int head_dim, float scale, int split_len, bf16_t* out, int out_stride,    \
-        float* part_acc, float* part_ml, int total_rows) {                                        \
-        pdl_enter();                                                                              \
-        fa_prefill_body<HD, KT, KS, NST>(q, q_stride, k_pool, v_pool, block_tables, max_pages,        \
-                                     page_size, tile_info, n_heads, n_kv_heads, scale, split_len, \
-                                     out, out_stride, part_acc, part_ml, total_rows);             \
-    }
-FA_VARIANT(paged_attention_fa2_d128_kt32s3, 128, 32, 32, 3)

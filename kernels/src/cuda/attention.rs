@@ -3,8 +3,10 @@
 //! `paged_attention_decode2_g{G}_d{HD}` (GQA group 1/2/4/8, head_dim 64/128: compile-time
 //! shapes, bandwidth-shaped loads) or `paged_attention_decode` (other shapes, group <= 8); and
 //! `attention_combine` when the sequence is split. Prompts and prefix-extends run a tensor-core
-//! kernel: `paged_attention_fa2_d{64,128}` (attention_prefill.cu, the default) or the first
-//! `paged_attention_mma_d{64,128}` (`STRATA_ATTN_MMA=1`); `STRATA_ATTN_MMA=0` picks the f32 one.
+//! kernel: `paged_attention_fa2_d{64,128}` (attention_prefill.cu, the default), the wgmma one
+//! `paged_attention_wg_d128` (attention_prefill_wg.cu, compute 9.0 and head_dim 128 only;
+//! `STRATA_PREFILL_ATTN=wgmma`) or the first `paged_attention_mma_d{64,128}`
+//! (`STRATA_ATTN_MMA=1`); `STRATA_ATTN_MMA=0` picks the f32 one.
 //!
 //! An `AttnPlan` is built once per batch shape from the host-side block tables (validated here:
 //! every page id inside the pool, enough pages for every sequence), uploads them with the tile
@@ -42,6 +44,9 @@ pub enum AttnKernel {
     /// `paged_attention_fa2_d{64,128}`: tensor-core prefill / prefix-extend, 128 rows per tile,
     /// cp.async-pipelined K/V tiles, ldmatrix fragments.
     PrefillFa2,
+    /// `paged_attention_wg_d128`: wgmma (sm_90a) prefill / prefix-extend, 128 rows per tile as
+    /// the FA2 kernel's, 128-key tiles, 2 warpgroups, one block per SM.
+    PrefillWg,
 }
 
 /// Rows (token x head pairs) one tensor-core prefill block serves; mirrors MMA_ROWS.
@@ -60,23 +65,34 @@ pub enum PrefillKernel {
     Mma,
     /// `paged_attention_fa2_d*` (the default; `STRATA_ATTN_MMA=2`).
     Fa2,
+    /// `paged_attention_wg_d128` (`STRATA_PREFILL_ATTN=wgmma`) where it loaded (compute 9.0)
+    /// and head_dim is 128; the FA2 kernel otherwise.
+    Wgmma,
 }
 
 /// 0 = follow `STRATA_ATTN_MMA`, else 1 + the forced kernel's index.
 static PREFILL: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
 /// The prefill kernel later plans use: the one forced by [`set_prefill_kernel`], else
-/// `STRATA_ATTN_MMA` (0 = f32, 1 = first mma kernel, anything else = FA2-style kernel). Head sizes
-/// without a tensor-core kernel (not 64 or 128) always plan the f32 one.
+/// `STRATA_PREFILL_ATTN` (`wgmma`, `fa2`, `mma`, `f32`), else `STRATA_ATTN_MMA` (0 = f32, 1 =
+/// first mma kernel, anything else = FA2-style kernel). Head sizes without a tensor-core kernel
+/// (not 64 or 128) always plan the f32 one.
 pub fn prefill_kernel() -> PrefillKernel {
     match PREFILL.load(std::sync::atomic::Ordering::Relaxed) {
         1 => PrefillKernel::General,
         2 => PrefillKernel::Mma,
         3 => PrefillKernel::Fa2,
-        _ => match std::env::var("STRATA_ATTN_MMA").as_deref() {
-            Ok("0") => PrefillKernel::General,
-            Ok("1") => PrefillKernel::Mma,
-            _ => PrefillKernel::Fa2,
+        4 => PrefillKernel::Wgmma,
+        _ => match std::env::var("STRATA_PREFILL_ATTN").as_deref() {
+            Ok("wgmma" | "wg") => PrefillKernel::Wgmma,
+            Ok("fa2") => PrefillKernel::Fa2,
+            Ok("mma") => PrefillKernel::Mma,
+            Ok("f32" | "general") => PrefillKernel::General,
+            _ => match std::env::var("STRATA_ATTN_MMA").as_deref() {
+                Ok("0") => PrefillKernel::General,
+                Ok("1") => PrefillKernel::Mma,
+                _ => PrefillKernel::Fa2,
+            },
         },
     }
 }
@@ -89,18 +105,53 @@ pub fn set_prefill_kernel(k: Option<PrefillKernel>) {
         Some(PrefillKernel::General) => 1,
         Some(PrefillKernel::Mma) => 2,
         Some(PrefillKernel::Fa2) => 3,
+        Some(PrefillKernel::Wgmma) => 4,
     };
     PREFILL.store(v, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// Alternative tile shapes of the head_dim-128 FA2 prefill kernel, (name, keys per tile, stages),
-/// timed beside the default by `strata gpu bench` and checked by `strata gpu check` (see the
-/// FA_VARIANT lines of attention_prefill.cu).
-pub const FA2_VARIANTS: [(&str, usize, usize); 1] = [("paged_attention_fa2_d128_kt32s3", 32, 3)];
-
 /// Dynamic shared memory of an FA2 kernel of `head_dim` with `kt`-key tiles in `stages` stages.
 pub(crate) fn fa2_smem_of(head_dim: usize, kt: usize, stages: usize) -> u32 {
     ((FA2_ROWS + 2 * stages * kt) * (head_dim + 8) * 2) as u32
+}
+
+/// The wgmma prefill kernels (head_dim 128): the default (a tile's O += P V overlaps the next
+/// tile's softmax) and the serial one (timed beside it; [`set_wg_serial`]).
+pub(crate) const WG_NAMES: [&str; 2] =
+    ["paged_attention_wg_d128", "paged_attention_wg_d128_serial"];
+
+/// 0 = follow `STRATA_WG_SERIAL`, 1 = pipelined, 2 = serial.
+static WG_SERIAL: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Makes later wgmma prefill plans run the serial wgmma kernel (Some(true)), the pipelined one
+/// (Some(false)) or whatever `STRATA_WG_SERIAL=1` says (None); for checks and timing.
+pub fn set_wg_serial(serial: Option<bool>) {
+    let v = match serial {
+        None => 0,
+        Some(false) => 1,
+        Some(true) => 2,
+    };
+    WG_SERIAL.store(v, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn wg_serial() -> bool {
+    match WG_SERIAL.load(std::sync::atomic::Ordering::Relaxed) {
+        1 => false,
+        2 => true,
+        _ => matches!(std::env::var("STRATA_WG_SERIAL").as_deref(), Ok("1")),
+    }
+}
+/// Keys per K/V tile of the wgmma kernel; mirrors WG_KT in attention_prefill_wg.cu.
+const WG_KEY_TILE: usize = 128;
+/// Pipeline stages of `paged_attention_wg_d128`; mirrors its WG_KERNEL line.
+pub(crate) const WG_STAGES: usize = 3;
+/// Threads of a wgmma prefill block (two warpgroups).
+const WG_THREADS: u32 = 256;
+
+/// Dynamic shared memory of the wgmma kernel: 1024 bytes of alignment slack, Q [128][128] and
+/// `WG_STAGES` K and V tiles [128][128], bf16.
+pub(crate) fn wg_smem() -> u32 {
+    (1024 + FA2_ROWS * 128 * 2 + WG_STAGES * 2 * WG_KEY_TILE * 128 * 2) as u32
 }
 
 /// Kernel names of the FA2-style prefill kernels, in `mma_index` order.
@@ -234,7 +285,10 @@ impl AttnPlan {
     /// on, and a tensor-core prefill plan keeps its kernel (its tiles are larger: plan with
     /// `set_mma(false)` instead).
     pub fn force_general_kernel(&mut self) {
-        if !matches!(self.kernel, AttnKernel::PrefillMma | AttnKernel::PrefillFa2) {
+        if !matches!(
+            self.kernel,
+            AttnKernel::PrefillMma | AttnKernel::PrefillFa2 | AttnKernel::PrefillWg
+        ) {
             self.kernel = AttnKernel::General;
         }
     }
@@ -246,20 +300,6 @@ impl AttnPlan {
             && s.n_heads == 4 * s.n_kv_heads
             && s.head_dim == 128
             && i < DECODE2_VARIANTS.len();
-        if fits {
-            self.variant = Some(i);
-        }
-        fits
-    }
-    /// Runs alternative `FA2_VARIANTS[i]` instead of the default FA2 prefill kernel (head_dim 128
-    /// FA2 plans only, where the device gave the variant its shared memory; false otherwise).
-    pub fn set_fa2_variant(&mut self, i: usize, ops: &CudaOps) -> bool {
-        let fits = self.kernel == AttnKernel::PrefillFa2
-            && self.shape.head_dim == 128
-            && ops
-                .attention_fa2_variants
-                .get(i)
-                .is_some_and(|f| f.is_some());
         if fits {
             self.variant = Some(i);
         }
@@ -341,7 +381,10 @@ pub(crate) fn choose_splits(
     let max_kv = max_kv.max(1);
     let prefill = matches!(
         kernel,
-        AttnKernel::PrefillMma | AttnKernel::PrefillFa2 | AttnKernel::General
+        AttnKernel::PrefillMma
+            | AttnKernel::PrefillFa2
+            | AttnKernel::PrefillWg
+            | AttnKernel::General
     );
     if let Some(len) = det_len {
         return if prefill {
@@ -361,18 +404,23 @@ pub(crate) fn choose_splits(
         AttnKernel::General => 2 * KEY_TILE,
         AttnKernel::PrefillMma => 2 * MMA_ROWS,
         AttnKernel::PrefillFa2 => 2 * fa2_key_tile,
+        AttnKernel::PrefillWg => 2 * WG_KEY_TILE,
     };
     // Aim for ~4 resident blocks per SM (2 for the FA2 kernel: its shared memory and registers
     // allow two); never split below two key tiles per split.
-    let per_sm = if kernel == AttnKernel::PrefillFa2 {
-        2
-    } else {
-        4
+    // The wgmma kernel: one (its shared memory).
+    let per_sm = match kernel {
+        AttnKernel::PrefillFa2 => 2,
+        AttnKernel::PrefillWg => 1,
+        _ => 4,
     };
     let resident = per_sm * sm_count.max(1);
     let blocks = blocks.max(1);
     let want = forced.unwrap_or_else(|| {
-        if matches!(kernel, AttnKernel::Decode2 | AttnKernel::PrefillFa2) {
+        if matches!(
+            kernel,
+            AttnKernel::Decode2 | AttnKernel::PrefillFa2 | AttnKernel::PrefillWg
+        ) {
             // 4 blocks fit on an SM (128 registers/thread): as many splits as keep the grid
             // within one wave, since a partial second wave costs as much as a full one
             // (H100, Llama-3-8B shape: b32 83 us with 2 splits vs 100 us with 3). The FA2
@@ -442,17 +490,26 @@ impl CudaOps {
             (true, Some(_)) => AttnKernel::Decode2,
             (true, None) => AttnKernel::Decode,
             (false, _) => match (prefill_kernel(), mma_index(s.head_dim)) {
-                (PrefillKernel::Fa2, Some(i)) if self.attention_fa2[i].is_some() => {
+                (PrefillKernel::Wgmma, Some(_))
+                    if s.head_dim == 128 && self.attention_wg[wg_serial() as usize].is_some() =>
+                {
+                    AttnKernel::PrefillWg
+                }
+                (PrefillKernel::Fa2 | PrefillKernel::Wgmma, Some(i))
+                    if self.attention_fa2[i].is_some() =>
+                {
                     AttnKernel::PrefillFa2
                 }
-                (PrefillKernel::Fa2 | PrefillKernel::Mma, Some(_)) => AttnKernel::PrefillMma,
+                (PrefillKernel::Fa2 | PrefillKernel::Wgmma | PrefillKernel::Mma, Some(_)) => {
+                    AttnKernel::PrefillMma
+                }
                 _ => AttnKernel::General,
             },
         };
         let decode_role = !opts.prefill && seqs.iter().all(|q| q.q_len == 1);
         let qt = match kernel {
             AttnKernel::PrefillMma => MMA_ROWS / group,
-            AttnKernel::PrefillFa2 => FA2_ROWS / group,
+            AttnKernel::PrefillFa2 | AttnKernel::PrefillWg => FA2_ROWS / group,
             _ => ROWS / group,
         };
         let max_pages = seqs.iter().map(|q| q.pages.len()).max().unwrap_or(1).max(1);
@@ -495,7 +552,8 @@ impl CudaOps {
         }
         let n_tiles = tiles.len() / 4;
         ensure(
-            kernel != AttnKernel::PrefillFa2 || n_tiles <= FA2_MAX_TILES,
+            !matches!(kernel, AttnKernel::PrefillFa2 | AttnKernel::PrefillWg)
+                || n_tiles <= FA2_MAX_TILES,
             || format!("{n_tiles} prefill tiles in one batch (at most {FA2_MAX_TILES})"),
         )?;
         // Batch-invariant mode: a decode batch on the general kernel (GQA group past
@@ -535,7 +593,7 @@ impl CudaOps {
             part_acc,
             part_ml,
             kernel,
-            variant: None,
+            variant: (kernel == AttnKernel::PrefillWg).then(|| wg_serial() as usize),
         })
     }
 
@@ -618,7 +676,7 @@ impl CudaOps {
         } else if plan.kernel == AttnKernel::PrefillMma {
             let idx = mma_index(hd).expect("planned only for supported head sizes");
             self.go(&self.attention_mma[idx], decode_dims, &args)?;
-        } else if plan.kernel == AttnKernel::PrefillFa2 {
+        } else if matches!(plan.kernel, AttnKernel::PrefillFa2 | AttnKernel::PrefillWg) {
             // Q rows are copied 16 bytes at a time.
             ensure(q.ptr_at(q_col)? % 16 == 0 && w % 8 == 0, || {
                 format!(
@@ -626,17 +684,16 @@ impl CudaOps {
                 )
             })?;
             let idx = mma_index(hd).expect("planned only for supported head sizes");
-            let (f, smem) = match plan.variant {
-                Some(v) => {
-                    let (_, kt, st) = FA2_VARIANTS[v];
-                    (&self.attention_fa2_variants[v], fa2_smem_of(hd, kt, st))
-                }
-                None => (&self.attention_fa2[idx], fa2_smem(hd)),
+            let (f, smem, block) = if plan.kernel == AttnKernel::PrefillWg {
+                let v = plan.variant.unwrap_or(0);
+                (&self.attention_wg[v], wg_smem(), WG_THREADS)
+            } else {
+                (&self.attention_fa2[idx], fa2_smem(hd), 128)
             };
             let f = f.as_ref().expect("planned only where the kernel loaded");
             let dims = Dims {
                 grid: (s.n_kv_heads as u32, plan.n_tiles as u32, plan.splits as u32),
-                block: 128,
+                block,
                 smem,
             };
             self.go(f, dims, &args)?;
@@ -788,6 +845,7 @@ mod tests {
         for kernel in [
             AttnKernel::PrefillMma,
             AttnKernel::PrefillFa2,
+            AttnKernel::PrefillWg,
             AttnKernel::General,
         ] {
             for blocks in [1, 8, 4096] {

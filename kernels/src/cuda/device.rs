@@ -141,7 +141,13 @@ impl GpuContext {
         if let Some(m) = map.get(&program) {
             return Ok(m.clone());
         }
-        let (cubin, origin) = nvrtc::cubin_cached(program, &self.arch, self.driver)?;
+        let arch = program
+            .arch_for(&self.arch)
+            .ok_or_else(|| CudaError::Compile {
+                program: program.name().to_string(),
+                log: format!("not built for {}", self.arch),
+            })?;
+        let (cubin, origin) = nvrtc::cubin_cached(program, &arch, self.driver)?;
         let module = self.ctx.load_module(Ptx::from_binary(cubin))?;
         map.insert(program, (module.clone(), origin));
         Ok((module, origin))

@@ -32,18 +32,33 @@ pub enum Program {
     Gemv,
     /// The f32 ops of `CudaBackend` (the server's `Backend` trait).
     BackendF32,
+    /// The wgmma prefill attention (`paged_attention_wg_d128`): compiled for `sm_90a` only, on
+    /// compute-9.0 devices ([`Program::arch_for`]).
+    AttentionWg,
 }
 
 impl Program {
     /// Every program, for eager compilation and syntax checks.
-    pub const ALL: [Program; 6] = [
+    pub const ALL: [Program; 7] = [
         Program::Transfer,
         Program::Elementwise,
         Program::Attention,
         Program::Sampling,
         Program::Gemv,
         Program::BackendF32,
+        Program::AttentionWg,
     ];
+
+    /// The NVRTC architecture `program` is compiled for on a device of architecture
+    /// `device_arch` (`sm_XY`), None where it does not run there: the wgmma program needs the
+    /// arch-specific `sm_90a` target and exists on compute 9.0 only; every other program is
+    /// compiled for the device's own architecture.
+    pub fn arch_for(self, device_arch: &str) -> Option<String> {
+        match self {
+            Program::AttentionWg => (device_arch == "sm_90").then(|| "sm_90a".to_string()),
+            _ => Some(device_arch.to_string()),
+        }
+    }
 
     /// File name, for logs and errors.
     pub fn name(self) -> &'static str {
@@ -54,6 +69,7 @@ impl Program {
             Program::Sampling => "sampling.cu",
             Program::Gemv => "gemv.cu",
             Program::BackendF32 => "backend_f32.cu",
+            Program::AttentionWg => "attention_prefill_wg.cu",
         }
     }
 
@@ -74,6 +90,7 @@ impl Program {
             Program::Sampling => include_str!("../../cuda/sampling.cu"),
             Program::Gemv => include_str!("../../cuda/gemv.cu"),
             Program::BackendF32 => include_str!("../../cuda/backend_f32.cu"),
+            Program::AttentionWg => include_str!("../../cuda/attention_prefill_wg.cu"),
         };
         format!("{COMMON}\n#line 1 \"{}\"\n{body}", self.name())
     }

@@ -36,8 +36,9 @@ pub struct CudaOps {
     /// `paged_attention_fa2_*`, in `attention::mma_index` order; None where the device cannot
     /// give the kernel its dynamic shared memory (plans then use `attention_mma`).
     pub(crate) attention_fa2: Vec<Option<CudaFunction>>,
-    /// `attention::FA2_VARIANTS` (head_dim 128), None where the shared memory was refused.
-    pub(crate) attention_fa2_variants: Vec<Option<CudaFunction>>,
+    /// `attention::WG_NAMES` (attention_prefill_wg.cu, sm_90a): only on compute-9.0 devices,
+    /// None elsewhere or where they did not load (plans then use `attention_fa2`).
+    pub(crate) attention_wg: [Option<CudaFunction>; 2],
     /// `attention::DECODE2_VARIANTS`, for side-by-side timing.
     pub(crate) attention_decode2_variants: Vec<CudaFunction>,
     pub(crate) sample: CudaFunction,
@@ -85,12 +86,7 @@ impl CudaOps {
                 .zip([64, 128])
                 .map(|(n, hd)| fa2_function(&ctx, n, super::attention::fa2_smem(hd)))
                 .collect::<Result<_>>()?,
-            attention_fa2_variants: super::attention::FA2_VARIANTS
-                .iter()
-                .map(|&(n, kt, st)| {
-                    fa2_function(&ctx, n, super::attention::fa2_smem_of(128, kt, st))
-                })
-                .collect::<Result<_>>()?,
+            attention_wg: super::attention::WG_NAMES.map(|n| wg_function(&ctx, n)),
             attention_decode2_variants: super::attention::DECODE2_VARIANTS
                 .iter()
                 .map(|n| ctx.function(Program::Attention, n))
@@ -100,6 +96,12 @@ impl CudaOps {
             argmax: ctx.function(Program::Sampling, "argmax_rows")?,
             ctx,
         })
+    }
+
+    /// True when the wgmma prefill kernel loaded (compute 9.0 devices), so
+    /// `PrefillKernel::Wgmma` plans head_dim-128 prompts on it.
+    pub fn has_wgmma_prefill(&self) -> bool {
+        self.attention_wg.iter().all(|f| f.is_some())
     }
 
     /// The GPU these ops run on.
@@ -486,6 +488,26 @@ impl CudaOps {
 
 /// Loads FA2 prefill kernel `name` and opts it in to `smem` bytes of dynamic shared memory; None
 /// (logged) where the device refuses that much, so plans fall back to the first mma kernel.
+/// The wgmma prefill kernel where the device is compute 9.0 (sm_90a), with its shared memory;
+/// None elsewhere, or (logged) where it did not compile or load.
+fn wg_function(ctx: &Arc<GpuContext>, name: &str) -> Option<CudaFunction> {
+    Program::AttentionWg.arch_for(ctx.arch())?;
+    let smem = super::attention::wg_smem();
+    let loaded = ctx.function(Program::AttentionWg, name).and_then(|f| {
+        ctx.cuda().bind_to_thread()?;
+        let attr = cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+        f.set_attribute(attr, smem as i32)?;
+        Ok(f)
+    });
+    match loaded {
+        Ok(f) => Some(f),
+        Err(e) => {
+            tracing::warn!("{name} ({smem} bytes of shared memory) not loaded: {e}; prefill plans use the FA2 kernel");
+            None
+        }
+    }
+}
+
 fn fa2_function(ctx: &Arc<GpuContext>, name: &str, smem: u32) -> Result<Option<CudaFunction>> {
     let f = ctx.function(Program::Attention, name)?;
     ctx.cuda().bind_to_thread()?;

@@ -272,21 +272,43 @@ pub fn run(
             })();
             set_prefill_kernel(None);
             let mma_ms = mma_ms?;
+            // The wgmma kernel (compute 9.0 only): the same forward with it.
+            let wg_ms = if ops.has_wgmma_prefill() {
+                set_prefill_kernel(Some(PrefillKernel::Wgmma));
+                let r = (|| -> anyhow::Result<f64> {
+                    let input = step_input(ops, &model, &[(t, t)], args.deterministic)?;
+                    gpu_ms(ops.context(), false, 1, 3, || {
+                        Ok(model.forward(ops, gemm, &ws, &input)?)
+                    })
+                })();
+                set_prefill_kernel(None);
+                Some(r?)
+            } else {
+                None
+            };
             let layer_flops = attn / shape.layers as f64;
             let mut alone = serde_json::Map::new();
             let mut line = format!("  prefill {t} attention alone per layer:");
-            let mut kinds = vec![
-                ("fa2".to_string(), PrefillKernel::Fa2, None),
-                ("mma".to_string(), PrefillKernel::Mma, None),
-            ];
-            for (i, v) in strata_kernels::cuda::FA2_VARIANTS.iter().enumerate() {
-                kinds.push((v.0.to_string(), PrefillKernel::Fa2, Some(i)));
+            let mut kinds = vec![("fa2", PrefillKernel::Fa2), ("mma", PrefillKernel::Mma)];
+            if ops.has_wgmma_prefill() {
+                kinds.push(("wgmma", PrefillKernel::Wgmma));
             }
-            for (name, k, variant) in kinds {
-                let a = prefill_attention_alone(ops, &model, t, k, variant)?;
+            for (name, k) in kinds {
+                let a = prefill_attention_alone(ops, &model, t, k)?;
+                if name == "wgmma" {
+                    strata_kernels::cuda::set_wg_serial(Some(true));
+                    let b = prefill_attention_alone(ops, &model, t, k);
+                    strata_kernels::cuda::set_wg_serial(None);
+                    let b = b?;
+                    line += &format!(
+                        " wgmma-serial {b:.3} ms ({:.0} TFLOP/s)",
+                        layer_flops / b / 1e9
+                    );
+                    alone.insert("wgmma-serial".to_string(), json!(b));
+                }
                 if a.is_finite() {
                     line += &format!(" {name} {a:.3} ms ({:.0} TFLOP/s)", layer_flops / a / 1e9);
-                    alone.insert(name, json!(a));
+                    alone.insert(name.to_string(), json!(a));
                 }
             }
             summary.push(line);
@@ -300,6 +322,14 @@ pub fn run(
                 shape.layers,
                 ms - gemm_ms - attn_ms
             ));
+            if let (Some(w), Some(a)) = (wg_ms, alone.get("wgmma").and_then(|a| a.as_f64())) {
+                let wattn = a * shape.layers as f64;
+                summary.push(format!(
+                    "  prefill {t} forward with the wgmma kernel: {w:.1} ms (default kernel {ms:.1} ms, x{:.2} faster); split: GEMMs {gemm_ms:.1} ms + attention {wattn:.1} ms (alone) + rest {:.1} ms",
+                    ms / w,
+                    w - gemm_ms - wattn
+                ));
+            }
             summary.push(format!(
                 "  prefill {t} forward with the first mma kernel: {mma_ms:.1} ms (default kernel {ms:.1} ms, speed-up x{:.2})",
                 mma_ms / ms
@@ -332,6 +362,7 @@ pub fn run(
             rows.push(
                 json!({"tokens": t, "ms": ms, "tokens_per_s": tps, "gemm_floor_ms": floor,
                 "matrix_flops": mat, "attention_flops": attn, "mma_kernel_ms": mma_ms,
+                "wgmma_kernel_ms": wg_ms,
                 "attention_layer_ms": alone, "chunked_2048_ms": chunked}),
             );
         }
@@ -444,14 +475,12 @@ fn op_breakdown(
 }
 
 /// One layer's prefill attention of a `t`-token prompt alone (no cached prefix, random q and
-/// pools) with prefill kernel `k` (and FA2 tile-shape variant `fa2_variant`), milliseconds; NaN
-/// where the variant does not apply.
+/// pools) with prefill kernel `k`, milliseconds.
 fn prefill_attention_alone(
     ops: &CudaOps,
     model: &LlamaModel,
     t: usize,
     k: strata_kernels::cuda::PrefillKernel,
-    fa2_variant: Option<usize>,
 ) -> anyhow::Result<f64> {
     let c = ops.context();
     let s = model.shape;
@@ -464,12 +493,7 @@ fn prefill_attention_alone(
     strata_kernels::cuda::set_prefill_kernel(Some(k));
     let plan = ops.attention_plan(shape, &seqs, None);
     strata_kernels::cuda::set_prefill_kernel(None);
-    let mut plan = plan?;
-    if let Some(i) = fa2_variant {
-        if !plan.set_fa2_variant(i, ops) {
-            return Ok(f64::NAN);
-        }
-    }
+    let plan = plan?;
     let kvw = s.n_kv_heads * s.head_dim;
     let slots = shape.pool_pages * PAGE;
     let bf = strata_kernels::cuda::DType::Bf16;

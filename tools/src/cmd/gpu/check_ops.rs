@@ -3,7 +3,6 @@
 use rand::Rng;
 use strata_kernels::cuda::{
     AttnKernel, AttnSeq, AttnShape, CudaOps, DTensor, Gemm, GemmPath, DECODE2_VARIANTS,
-    FA2_VARIANTS,
 };
 use strata_kernels::reference as r;
 
@@ -402,6 +401,16 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
             None,
         ),
         ("prefill g1", 8, 8, 128, 16, vec![(70, 70)], None),
+        // GQA group 8 at head_dim 128 on 7-token pages, a prompt and an extend over a prefix.
+        (
+            "prefill g8 d128 p7",
+            16,
+            2,
+            128,
+            7,
+            vec![(300, 300), (45, 190)],
+            None,
+        ),
         ("prefill gen long", 32, 8, 128, 64, vec![(300, 1500)], None),
         // The first tensor-core kernel (STRATA_ATTN_MMA=1) on the shapes the FA2 one runs.
         ("prefill mma long", 32, 8, 128, 64, vec![(300, 1500)], None),
@@ -478,38 +487,39 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
         ),
     ];
     // Every timed decode2 alternative, on the Llama-3-8B head shape it is built for.
-    // Every timed FA2 tile-shape alternative (head_dim 128), whole prompts and forced splits.
-    let fa2_variants = (0..FA2_VARIANTS.len()).flat_map(|i| {
-        [
-            (
-                format!("prefill fa2var{i}"),
-                32,
-                8,
-                128,
-                16,
-                vec![(300, 1500), (77, 77)],
-                None,
-            ),
-            (
-                format!("prefill fa2var{i} split"),
-                8,
-                2,
-                128,
-                64,
-                vec![(64, 600), (7, 40)],
-                Some(3),
-            ),
-        ]
-    });
     let variants = (0..DECODE2_VARIANTS.len()).map(|i| {
         let lens = vec![(1, 1000), (1, 33), (1, 1)];
         (format!("decode var{i}"), 32, 8, 128, 16, lens, None)
+    });
+    // The wgmma prefill kernel (compute 9.0, head_dim 128) on every head_dim-128 case the FA2
+    // kernel runs: prompts, prefix extends, forced splits, GQA 1/4/8/16, pages 7/16/64, 8K.
+    let wg = ops.has_wgmma_prefill();
+    if !wg {
+        println!("attention: no wgmma prefill kernel on this device (compute 9.0 only); its cases skipped");
+    }
+    let wg_cases: Vec<Case> = cases
+        .iter()
+        .filter(|c| {
+            let fa2 = !c.0.starts_with("prefill gen") && !c.0.starts_with("prefill mma");
+            let prefill = c.5.iter().any(|&(q, _)| q > 1) || c.1 / c.2 > 8;
+            wg && fa2 && prefill && c.3 == 128
+        })
+        .cloned()
+        .collect();
+    // Each on the default (pipelined) wgmma kernel and on the serial one.
+    let wg_cases = ["wg", "wgserial"].into_iter().flat_map(|tag| {
+        wg_cases
+            .clone()
+            .into_iter()
+            .map(move |(n, nh, nkv, hd, page, lens, sp)| {
+                (format!("{tag} {n}"), nh, nkv, hd, page, lens, sp)
+            })
     });
     let cases = cases
         .into_iter()
         .map(|(n, nh, nkv, hd, page, lens, sp)| (n.to_string(), nh, nkv, hd, page, lens, sp))
         .chain(variants)
-        .chain(fa2_variants);
+        .chain(wg_cases);
     for (name, nh, nkv, hd, page, lens, splits) in cases {
         let pages_needed: usize = lens.iter().map(|&(_, kv)| kv.div_ceil(page)).sum();
         let pool_pages = pages_needed + 5;
@@ -543,9 +553,13 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
             pool_pages,
         };
         // "prefill gen" cases plan the f32 kernel, "prefill mma" ones the first tensor-core
-        // kernel; the others the planner's default (the FA2-style kernel).
+        // kernel, "wg" ones the wgmma kernel; the others the FA2-style kernel.
         use strata_kernels::cuda::{set_prefill_kernel, PrefillKernel};
-        if name.starts_with("prefill gen") {
+        let wg_case = name.starts_with("wg");
+        strata_kernels::cuda::set_wg_serial(Some(name.starts_with("wgserial ")));
+        if wg_case {
+            set_prefill_kernel(Some(PrefillKernel::Wgmma));
+        } else if name.starts_with("prefill gen") {
             set_prefill_kernel(Some(PrefillKernel::General));
         } else if name.starts_with("prefill mma") {
             set_prefill_kernel(Some(PrefillKernel::Mma));
@@ -554,15 +568,21 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
         }
         let plan = ops.attention_plan(shape, &seqs, splits);
         set_prefill_kernel(None);
+        strata_kernels::cuda::set_wg_serial(None);
         let mut plan = plan?;
         let prefill = lens.iter().any(|&(q, _)| q > 1) || nh / nkv > 8;
         let fa2_case =
             prefill && !name.starts_with("prefill gen") && !name.starts_with("prefill mma");
-        if fa2_case && matches!(hd, 64 | 128) && plan.kernel() != AttnKernel::PrefillFa2 {
+        let want_kernel = if wg_case {
+            AttnKernel::PrefillWg
+        } else {
+            AttnKernel::PrefillFa2
+        };
+        if fa2_case && matches!(hd, 64 | 128) && plan.kernel() != want_kernel {
             ck.rel(
                 "attention",
                 format!(
-                    "{name}: FA2 prefill kernel not planned ({:?})",
+                    "{name}: {want_kernel:?} prefill kernel not planned ({:?})",
                     plan.kernel()
                 ),
                 f64::INFINITY,
@@ -576,15 +596,6 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
             plan.force_decode_v1();
         }
         let mut variant = "";
-        if let Some(rest) = name.strip_prefix("prefill fa2var") {
-            let i: usize = rest.split(' ').next().unwrap_or("").parse()?;
-            if !plan.set_fa2_variant(i, ops) {
-                let why = format!("{name}: variant not planned (shared memory refused?)");
-                ck.rel("attention", why, f64::INFINITY, BF16_TOL);
-                continue;
-            }
-            variant = FA2_VARIANTS[i].0;
-        }
         if let Some(i) = name.strip_prefix("decode var") {
             let i: usize = i.parse()?;
             anyhow::ensure!(plan.set_decode2_variant(i), "variant {i} does not fit");
@@ -635,8 +646,9 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
             AttnKernel::Decode => "dec",
             AttnKernel::General => "gen",
             AttnKernel::PrefillMma => "mma",
-            AttnKernel::PrefillFa2 if !variant.is_empty() => variant,
             AttnKernel::PrefillFa2 => "fa2",
+            AttnKernel::PrefillWg if name.starts_with("wgserial ") => "wgmma-serial",
+            AttnKernel::PrefillWg => "wgmma",
         };
         let desc = format!(
             "{name} h{nh}/{nkv} d{hd} p{page} {lens:?} s{} {kernel}",

@@ -1,0 +1,410 @@
+// wgmma (sm_90a) flash-attention prefill / prefix-extend over the paged KV pool, head_dim 128:
+// `paged_attention_wg_d128`, its own NVRTC program (Program::AttentionWg) compiled for sm_90a
+// only on compute-9.0 devices; every other GPU runs attention_prefill.cu's FA2 kernel.
+// Arguments, tile_info, splits and outputs are the FA2 kernel's (FA_ROWS = 128 rows per tile:
+// 128 / group consecutive query tokens times the group's query heads; grid = (kv head, tile,
+// split), tiles taken last-first).
+//
+// 256 threads = 2 warpgroups; warpgroup w owns tile rows 64w..64w+63. Q [128][128] is copied
+// once, K and V tiles of 128 keys into NST shared-memory stages by cp.async from every thread
+// (each key's pool slot looked up once per tile through the page table and handed to the copying
+// lanes by shuffle; zero-filled past the block's last key), NST - 1 tiles in flight. Shared
+// tiles are stored as two 64-dim halves, each [rows][128 bytes] in the 128-byte swizzle
+// (16-byte chunk c of row r at chunk c ^ (r & 7), halves and buffers 1024-byte aligned), the
+// canonical layout wgmma reads through a matrix descriptor: K-major for Q (A) and K (B) of
+// S = Q K^T, N-major (transposed B) for V in O += P V.
+// Per tile and warpgroup: S [64][128] = 8 x wgmma m64n128k16 (Q, K from shared memory) in f32
+// registers; per-element causal / key-end mask only on tiles that cross a row's limit; online
+// softmax in base 2 (row max over the quad, p = ex2(s * scale * log2(e) - m), O and the row sums
+// rescaled only when some row max of the warp grew), P packed to bf16 in registers as the A
+// operand of O += P V (8 x wgmma m64n128k16, A from registers: the accumulator fragment of S
+// is the A fragment of P). cp.async writes reach the wgmma (async proxy) reads through
+// cp.async.wait_group + fence.proxy.async + __syncthreads. A warpgroup skips tiles past every
+// one of its rows' causal limits. Output and split partials as the FA2 kernel's.
+#define WG_THREADS 256
+#define WG_ROWS 128
+#define WG_KT 128
+
+__device__ __forceinline__ void wg_cp16(u32 dst, const void* src, int src_bytes) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes)
+                 : "memory");
+}
+__device__ __forceinline__ void wg_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void wg_cp_wait() {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+// Makes this thread's completed cp.async writes visible to wgmma's (async proxy) reads.
+__device__ __forceinline__ void wg_fence_async() {
+    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
+__device__ __forceinline__ void wg_commit_mma() {
+    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+template <int N>
+__device__ __forceinline__ void wg_wait_mma() {
+    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+// Keeps the compiler from moving accesses of an accumulator across the asynchronous wgmma.
+template <int N>
+__device__ __forceinline__ void wg_pin(float* d) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
+}
+template <int N>
+__device__ __forceinline__ void wg_pin_u(u32* d) {
+#pragma unroll
+    for (int i = 0; i < N; ++i) asm volatile("" : "+r"(d[i])::"memory");
+}
+// Shared-memory matrix descriptor, 128-byte swizzle: start address, leading and stride byte
+// offsets (16-byte units), swizzle mode 1 in bits 62-63.
+__device__ __forceinline__ u64 wg_desc(u32 addr, u32 lbo, u32 sbo) {
+    return (u64)((addr & 0x3FFFFu) >> 4) | ((u64)(lbo >> 4) << 16) | ((u64)(sbo >> 4) << 32) |
+           (1ull << 62);
+}
+// d (+)= A B: A [64][16] and B [16][128] from shared memory, both K-major; d = A B when
+// `acc` is 0.
+__device__ __forceinline__ void wg_mma_ss(float* d, u64 da, u64 db, int acc) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+        "}, %64, %65, p, 1, 1, 0, 0;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "l"(da), "l"(db), "r"(acc));
+}
+// d += A B: A [64][16] bf16 from registers (the m16n8k16 A fragment per warp), B [16][128]
+// from shared memory, N-major (transposed).
+__device__ __forceinline__ void wg_mma_rs(float* d, const u32* a, u64 db) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
+        "}, {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
+}
+__device__ __forceinline__ u32 wg_pack(float lo, float hi) {
+    u32 r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+}
+__device__ __forceinline__ float wg_ex2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
+
+template <int NST, bool PIPE>
+__device__ __forceinline__ void wg_prefill_body(
+    const bf16_t* q, int q_stride, const bf16_t* k_pool, const bf16_t* v_pool,
+    const int* block_tables, int max_pages, int page_size, const int* tile_info, int n_heads,
+    int n_kv_heads, float scale, int split_len, bf16_t* out, int out_stride, float* part_acc,
+    float* part_ml, int total_rows) {
+    constexpr int HD = 128, KT = WG_KT;
+    constexpr u32 HALF_Q = WG_ROWS * 128;  // one 64-dim half of Q, bytes
+    constexpr u32 HALF_T = KT * 128;       // one 64-dim half of a K or V tile
+    constexpr u32 TILE = 2 * HALF_T;
+    extern __shared__ unsigned char wg_smem[];
+    const u32 qs = ((u32)__cvta_generic_to_shared(wg_smem) + 1023u) & ~1023u;
+    const u32 ks = qs + 2 * HALF_Q;
+    const u32 vs = ks + NST * TILE;
+
+    const int group = n_heads / n_kv_heads;
+    const int gsh = __ffs(group) - 1;
+    const int g = blockIdx.x, tile = gridDim.y - 1 - blockIdx.y;
+    const int split = blockIdx.z, nsplit = gridDim.z;
+    const int seq = tile_info[tile * 4 + 0], row0 = tile_info[tile * 4 + 1];
+    const int qcount = tile_info[tile * 4 + 2], pos0 = tile_info[tile * 4 + 3];
+    const int nrows = qcount * group;
+    const int kbeg = split * split_len;
+    const int kend = min(pos0 + qcount, kbeg + split_len);
+    const int tid = threadIdx.x, lane = tid & 31;
+    const int wg = tid >> 7, warp = (tid >> 5) & 3;
+    const int gid = lane >> 2, tig = lane & 3;
+    const float sl2 = scale * 1.4426950408889634f;
+    const int* bt = block_tables + (u64)seq * max_pages;
+
+    // Copies: thread t moves 16-byte piece t % 16 (dims 8 * (t % 16) ..) of rows t / 16 + 16 i.
+    // Rows r and r + 16 i share r & 7, so one swizzled offset serves every pass.
+    const int piece = tid & 15, r0 = tid >> 4;
+    const u32 swz = (u32)(piece >> 3) * HALF_Q + (u32)r0 * 128u + ((u32)((piece & 7) ^ (r0 & 7)) << 4);
+    const u32 swz_t = (u32)(piece >> 3) * HALF_T + (u32)r0 * 128u + ((u32)((piece & 7) ^ (r0 & 7)) << 4);
+#pragma unroll
+    for (int i = 0; i < WG_ROWS / 16; ++i) {
+        const int r = r0 + 16 * i;
+        const bool live = r < nrows;
+        const bf16_t* src = q;
+        if (live)
+            src = q + (u64)(row0 + (r >> gsh)) * q_stride + (u64)(g * group + (r & (group - 1))) * HD +
+                  piece * 8;
+        wg_cp16(qs + swz + i * 16 * 128, src, live ? 16 : 0);
+    }
+    // Lane L < 16 of warp W looks up key 2W + (L & 1) + 16 (L >> 1) of a tile (the keys W's
+    // lanes copy) and hands 2 * slot + live to them by shuffle.
+    const u64 row_bytes = (u64)n_kv_heads * HD * 2;
+    const u32 tcol = (u32)(g * HD + piece * 8) * 2u;
+    const int my_key = 2 * (tid >> 5) + (lane & 1) + 16 * (lane >> 1);
+    u32 code = 0;
+    auto lookup = [&](int t0) {
+        const int key = t0 + my_key;
+        code = 0;
+        if (lane < 16 && key < kend) {
+            const int p = (u32)key / (u32)page_size;
+            code = (u32)(__ldg(bt + p) * page_size + key - p * page_size) * 2u + 1u;
+        }
+    };
+    auto issue = [&](int st) {
+        const u32 kd = ks + st * TILE + swz_t, vd = vs + st * TILE + swz_t;
+#pragma unroll
+        for (int i = 0; i < KT / 16; ++i) {
+            const u32 c = __shfl_sync(FULL_MASK, code, 2 * i + (lane >> 4));
+            const u64 off = (u64)(c >> 1) * row_bytes + tcol;
+            const int bytes = (c & 1) * 16;
+            wg_cp16(kd + i * 16 * 128, (const char*)k_pool + off, bytes);
+            wg_cp16(vd + i * 16 * 128, (const char*)v_pool + off, bytes);
+        }
+    };
+
+    // The warpgroup's largest and smallest causal limit (rows past the tile: limit 0).
+    const int gr0 = wg * 64;
+    const int g_hi = gr0 < nrows ? pos0 + (min(gr0 + 63, nrows - 1) >> gsh) + 1 : 0;
+    const int g_lo = gr0 + 63 < nrows ? pos0 + (gr0 >> gsh) + 1 : 0;
+    const int g_full = min(kend, g_lo);
+    // This thread's rows: gr0 + 16 warp + gid + 8 h.
+    int lim0[2];
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const int r = gr0 + 16 * warp + gid + 8 * h;
+        lim0[h] = r < nrows ? min(kend, pos0 + (r >> gsh) + 1) - 2 * tig : 0;
+    }
+
+    float o[64];
+#pragma unroll
+    for (int i = 0; i < 64; ++i) o[i] = 0.f;
+    float m[2] = {NEG_BIG, NEG_BIG}, l[2] = {0.f, 0.f};
+    // Q descriptors of this warpgroup (k step kk: half kk / 4, 32 bytes per step within it).
+    const u64 qd = wg_desc(qs + gr0 * 128, 16, 1024);
+
+    const int ntiles = kend > kbeg ? (kend - kbeg + KT - 1) / KT : 0;
+    // Copies run LEAD tiles ahead: NST - 1 when a tile's O += P V completes in its own
+    // iteration; NST - 2 when it runs on into the next one (PIPE), whose stage must stay intact.
+    constexpr int LEAD = PIPE ? NST - 2 : NST - 1;
+    static_assert(LEAD >= 1, "stages");
+    lookup(kbeg);
+#pragma unroll
+    for (int p = 0; p < LEAD; ++p) {
+        if (p < ntiles) issue(p);
+        wg_commit();
+        lookup(kbeg + (p + 1) * KT);
+    }
+    // P of the last computed tile as bf16 pairs: pk[2 n + h] holds row h's keys 8 n + 2 tig
+    // (+1), so pk[4 kk .. 4 kk + 3] is the A fragment of keys 16 kk .. 16 kk + 15.
+    // PIPE: pk waits for its O += P V (V in stage pv_stage). The loop always queues the
+    // previous tile's O += P V (P = 0 before the first tile) and a warpgroup past its rows'
+    // causal limits runs fully masked tiles (at most one: the warpgroups' limits differ by
+    // 64 / group tokens), so no wgmma wait sits on a divergent path (ptxas would serialize
+    // every wgmma of the kernel).
+    u32 pk[KT / 4];
+#pragma unroll
+    for (int i = 0; i < KT / 4; ++i) pk[i] = 0;
+    int pv_stage = 0;
+    // O += P V: V's k step kk is keys 16 kk .. (rows 16 kk of both halves); the two 64-dim
+    // halves are HALF_T apart (leading byte offset), 8-key groups 1024 bytes (stride).
+    auto pv = [&](int st) {
+        const u64 vd = wg_desc(vs + st * TILE, HALF_T, 1024);
+        wg_pin<64>(o);
+        wg_pin_u<KT / 4>(pk);
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < KT / 16; ++kk)
+            wg_mma_rs(o, pk + 4 * kk, vd + (u64)((kk * 16 * 128) >> 4));
+        wg_commit_mma();
+    };
+    for (int it = 0; it < ntiles; ++it) {
+        wg_cp_wait<LEAD - 1>();
+        wg_fence_async();
+        __syncthreads();
+        // The stage refilled here was last read in an iteration every warpgroup finished.
+        const int nxt = it + LEAD;
+        if (nxt < ntiles) issue(nxt % NST);
+        wg_commit();
+        lookup(kbeg + (nxt + 1) * KT);
+        const int t0 = kbeg + it * KT;
+        if (!PIPE && t0 >= g_hi) continue;  // past the causal limit of every row of this warpgroup
+        const u64 kd = wg_desc(ks + (it % NST) * TILE, 16, 1024);
+
+        // S = Q K^T; with PIPE the previous tile's O += P V is queued behind it and runs
+        // while this tile's softmax does.
+        float s[64];
+        wg_fence();
+#pragma unroll
+        for (int kk = 0; kk < HD / 16; ++kk) {
+            const u64 step = (u64)(((kk >> 2) * HALF_Q + (kk & 3) * 32) >> 4);
+            const u64 kstep = (u64)(((kk >> 2) * HALF_T + (kk & 3) * 32) >> 4);
+            wg_mma_ss(s, qd + step, kd + kstep, kk);
+        }
+        wg_commit_mma();
+        if (PIPE) {
+            pv(pv_stage);
+            wg_wait_mma<1>();
+        } else {
+            wg_wait_mma<0>();
+        }
+        wg_pin<64>(s);
+
+        // Tiles that cross a row's causal limit or the block's key end: -inf past the limit.
+        if (t0 + KT > g_full) {
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const int lim = lim0[h] - t0;
+#pragma unroll
+                for (int n = 0; n < KT / 8; ++n) {
+                    if (n * 8 >= lim) s[4 * n + 2 * h] = NEG_INF;
+                    if (n * 8 + 1 >= lim) s[4 * n + 2 * h + 1] = NEG_INF;
+                }
+            }
+        }
+        // Online softmax (base 2); the 4 threads of a quad share a row.
+        float mx[2] = {NEG_INF, NEG_INF};
+#pragma unroll
+        for (int n = 0; n < KT / 8; ++n) {
+            mx[0] = fmaxf(mx[0], fmaxf(s[4 * n], s[4 * n + 1]));
+            mx[1] = fmaxf(mx[1], fmaxf(s[4 * n + 2], s[4 * n + 3]));
+        }
+        bool grew = false;
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            mx[h] = fmaxf(mx[h], __shfl_xor_sync(FULL_MASK, mx[h], 1));
+            mx[h] = fmaxf(mx[h], __shfl_xor_sync(FULL_MASK, mx[h], 2));
+            mx[h] = fmaxf(m[h], mx[h] * sl2);
+            grew |= mx[h] > m[h];
+        }
+        const bool rescale = __any_sync(FULL_MASK, grew);
+        float corr[2] = {1.f, 1.f};
+        if (rescale) {
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                corr[h] = wg_ex2(m[h] - mx[h]);
+                m[h] = mx[h];
+                l[h] *= corr[h];
+            }
+        }
+        // P = exp2(S * scale * log2(e) - m), in place.
+#pragma unroll
+        for (int h = 0; h < 2; ++h) {
+            const float nm = -m[h];
+            float rs = 0.f;
+#pragma unroll
+            for (int n = 0; n < KT / 8; ++n) {
+                s[4 * n + 2 * h] = wg_ex2(fmaf(s[4 * n + 2 * h], sl2, nm));
+                s[4 * n + 2 * h + 1] = wg_ex2(fmaf(s[4 * n + 2 * h + 1], sl2, nm));
+                rs += s[4 * n + 2 * h] + s[4 * n + 2 * h + 1];
+            }
+            l[h] += rs;
+        }
+        if (PIPE) {  // the previous O += P V: O and pk free again
+            wg_wait_mma<0>();
+            wg_pin<64>(o);
+            wg_pin_u<KT / 4>(pk);
+        }
+        if (rescale) {
+#pragma unroll
+            for (int h = 0; h < 2; ++h)
+#pragma unroll
+                for (int n = 0; n < HD / 8; ++n) {
+                    o[4 * n + 2 * h] *= corr[h];
+                    o[4 * n + 2 * h + 1] *= corr[h];
+                }
+        }
+#pragma unroll
+        for (int n = 0; n < KT / 8; ++n)
+#pragma unroll
+            for (int h = 0; h < 2; ++h) pk[2 * n + h] = wg_pack(s[4 * n + 2 * h], s[4 * n + 2 * h + 1]);
+        if (PIPE) {
+            pv_stage = it % NST;
+        } else {
+            pv(it % NST);
+            wg_wait_mma<0>();
+            wg_pin<64>(o);
+            wg_pin_u<KT / 4>(pk);
+        }
+    }
+    if (PIPE && ntiles > 0) {
+        pv(pv_stage);
+        wg_wait_mma<0>();
+        wg_pin<64>(o);
+    }
+    wg_cp_wait<0>();
+
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        l[h] += __shfl_xor_sync(FULL_MASK, l[h], 1);
+        l[h] += __shfl_xor_sync(FULL_MASK, l[h], 2);
+    }
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+        const int r = gr0 + 16 * warp + gid + 8 * h;
+        if (r >= nrows) continue;
+        const int grow = row0 + (r >> gsh), head = g * group + (r & (group - 1));
+        if (nsplit == 1) {
+            const float inv = l[h] > 0.f ? 1.f / l[h] : 0.f;
+            bf16_t* orow = out + (u64)grow * out_stride + (u64)head * HD + tig * 2;
+#pragma unroll
+            for (int n = 0; n < HD / 8; ++n)
+                *(u32*)(orow + n * 8) = wg_pack(o[4 * n + 2 * h] * inv, o[4 * n + 2 * h + 1] * inv);
+        } else {
+            const u64 base = ((u64)split * total_rows + grow) * n_heads + head;
+            float* pa = part_acc + base * HD + tig * 2;
+#pragma unroll
+            for (int n = 0; n < HD / 8; ++n) {
+                pa[n * 8] = o[4 * n + 2 * h];
+                pa[n * 8 + 1] = o[4 * n + 2 * h + 1];
+            }
+            // Partials in natural-log units like paged_attention's.
+            if (tig == 0) {
+                part_ml[base * 2] = m[h] == NEG_BIG ? NEG_BIG : m[h] * 0.6931471805599453f;
+                part_ml[base * 2 + 1] = l[h];
+            }
+        }
+    }
+}
+
+// WG_KERNEL(NAME, NST, PIPE): NST stages of 128-key K and V tiles; PIPE: a tile's O += P V
+// overlaps the next tile's softmax (copies then run NST - 2 tiles ahead). Dynamic shared memory
+// 1024 (alignment slack) + 32768 (Q) + NST * 65536 bytes, mirrored by wg_smem in
+// kernels/src/cuda/attention.rs.
+#define WG_KERNEL(NAME, NST, PIPE)                                                                    \
+    extern "C" __global__ void __launch_bounds__(WG_THREADS, 1) NAME(                             \
+        const bf16_t* q, int q_stride, const bf16_t* k_pool, const bf16_t* v_pool,                \
+        const int* block_tables, int max_pages, int page_size, const int* tile_info, int n_heads, \
+        int n_kv_heads, int head_dim, float scale, int split_len, bf16_t* out, int out_stride,    \
+        float* part_acc, float* part_ml, int total_rows) {                                        \
+        pdl_enter();                                                                              \
+        wg_prefill_body<NST, PIPE>(q, q_stride, k_pool, v_pool, block_tables, max_pages, page_size,     \
+                             tile_info, n_heads, n_kv_heads, scale, split_len, out, out_stride,   \
+                             part_acc, part_ml, total_rows);                                      \
+    }
+WG_KERNEL(paged_attention_wg_d128, 3, true)
+WG_KERNEL(paged_attention_wg_d128_serial, 3, false)
