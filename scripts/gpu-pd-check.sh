@@ -227,10 +227,12 @@ def state(port):
     return json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/get_server_info").read())["internal_states"][0]
 # Parts land as the chunks finish; once the prefill has no request left running, its final KV
 # header went out and the decode sits in its 1.5 s stall before the copy: kill then.
-deadline = time.time() + 120
-while time.time() < deadline:
+deadline, seen_busy = time.time() + 60, False
+while time.time() < deadline and "decode" not in out:
     st = state(32102)
-    if metric(32103, "pd_received_parts_total") > parts0 and st["num_running_reqs"] + st["num_waiting_reqs"] == 0:
+    busy = st["num_running_reqs"] + st["num_waiting_reqs"] > 0
+    seen_busy |= busy
+    if not busy and (seen_busy or metric(32103, "pd_received_parts_total") > parts0):
         break
     time.sleep(0.005)
 parts = metric(32103, "pd_received_parts_total") - parts0
