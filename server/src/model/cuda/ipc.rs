@@ -162,10 +162,10 @@ impl DeviceKv for CudaDeviceKv {
                 let _ = copy.stream().synchronize();
                 e.to_string()
             })?;
-        let start = start.ok_or("the copy was not timed")?;
         let done = Arc::new(done);
         // The mapping is closed only after this copy (and the earlier ones) finished.
         m.used_until(done.clone());
+        let start = start.ok_or("the copy was not timed")?;
         Ok(Box::new(Queued { start, done }))
     }
 
