@@ -116,7 +116,7 @@ __device__ __forceinline__ float wg_ex2(float x) {
     return y;
 }
 
-template <int NST, bool PIPE>
+template <int NST, bool PIPE, bool SPLIT>
 __device__ __forceinline__ void wg_prefill_body(
     const bf16_t* q, int q_stride, const bf16_t* k_pool, const bf16_t* v_pool,
     const int* block_tables, int max_pages, int page_size, const int* tile_info, int n_heads,
@@ -175,17 +175,20 @@ __device__ __forceinline__ void wg_prefill_body(
             code = (u32)(__ldg(bt + p) * page_size + key - p * page_size) * 2u + 1u;
         }
     };
-    auto issue = [&](int st) {
-        const u32 kd = ks + st * TILE + swz_t, vd = vs + st * TILE + swz_t;
+    // Copies of one tile's K (to stage kst) and / or V (to stage vst; -1: none) whose slots
+    // the lookup lanes hold in `c0`.
+    auto issue_kv = [&](int kst, int vst, u32 c0) {
+        const u32 kd = ks + kst * TILE + swz_t, vd = vs + vst * TILE + swz_t;
 #pragma unroll
         for (int i = 0; i < KT / 16; ++i) {
-            const u32 c = __shfl_sync(FULL_MASK, code, 2 * i + (lane >> 4));
+            const u32 c = __shfl_sync(FULL_MASK, c0, 2 * i + (lane >> 4));
             const u64 off = (u64)(c >> 1) * row_bytes + tcol;
             const int bytes = (c & 1) * 16;
-            wg_cp16(kd + i * 16 * 128, (const char*)k_pool + off, bytes);
-            wg_cp16(vd + i * 16 * 128, (const char*)v_pool + off, bytes);
+            if (kst >= 0) wg_cp16(kd + i * 16 * 128, (const char*)k_pool + off, bytes);
+            if (vst >= 0) wg_cp16(vd + i * 16 * 128, (const char*)v_pool + off, bytes);
         }
     };
+    auto issue = [&](int st) { issue_kv(st, st, code); };
 
     // The warpgroup's largest and smallest causal limit (rows past the tile: limit 0).
     const int gr0 = wg * 64;
@@ -210,14 +213,28 @@ __device__ __forceinline__ void wg_prefill_body(
     const int ntiles = kend > kbeg ? (kend - kbeg + KT - 1) / KT : 0;
     // Copies run LEAD tiles ahead: NST - 1 when a tile's O += P V completes in its own
     // iteration; NST - 2 when it runs on into the next one (PIPE), whose stage must stay intact.
-    constexpr int LEAD = PIPE ? NST - 2 : NST - 1;
-    static_assert(LEAD >= 1, "stages");
+    // SPLIT (PIPE, 3 stages): K and V rings apart; iteration j copies K of tile j + 2 and V of
+    // tile j + 1 (V of tile j is read in iteration j + 1), so both arrive two iterations
+    // before they are read; the slots of V's tile were looked up for its K an iteration ago.
+    constexpr int LEAD = SPLIT ? 2 : PIPE ? NST - 2 : NST - 1;
+    static_assert(LEAD >= 1 && (!SPLIT || (PIPE && NST == 3)), "stages");
+    u32 code_prev = 0;
     lookup(kbeg);
-#pragma unroll
-    for (int p = 0; p < LEAD; ++p) {
-        if (p < ntiles) issue(p);
+    if (SPLIT) {
+        if (ntiles > 0) issue_kv(0, 0, code);
+        lookup(kbeg + KT);
+        if (ntiles > 1) issue_kv(1, -1, code);
         wg_commit();
-        lookup(kbeg + (p + 1) * KT);
+        wg_commit();  // empty: iteration j waits for all but the newest group
+        code_prev = code;
+        lookup(kbeg + 2 * KT);
+    } else {
+#pragma unroll
+        for (int p = 0; p < LEAD; ++p) {
+            if (p < ntiles) issue(p);
+            wg_commit();
+            lookup(kbeg + (p + 1) * KT);
+        }
     }
     // P of the last computed tile as bf16 pairs: pk[2 n + h] holds row h's keys 8 n + 2 tig
     // (+1), so pk[4 kk .. 4 kk + 3] is the A fragment of keys 16 kk .. 16 kk + 15.
@@ -248,7 +265,13 @@ __device__ __forceinline__ void wg_prefill_body(
         __syncthreads();
         // The stage refilled here was last read in an iteration every warpgroup finished.
         const int nxt = it + LEAD;
-        if (nxt < ntiles) issue(nxt % NST);
+        if (SPLIT) {
+            if (nxt < ntiles) issue_kv(nxt % NST, -1, code);
+            if (nxt - 1 < ntiles) issue_kv(-1, (nxt - 1) % NST, code_prev);
+            code_prev = code;
+        } else if (nxt < ntiles) {
+            issue(nxt % NST);
+        }
         wg_commit();
         lookup(kbeg + (nxt + 1) * KT);
         const int t0 = kbeg + it * KT;
@@ -391,20 +414,22 @@ __device__ __forceinline__ void wg_prefill_body(
     }
 }
 
-// WG_KERNEL(NAME, NST, PIPE): NST stages of 128-key K and V tiles; PIPE: a tile's O += P V
-// overlaps the next tile's softmax (copies then run NST - 2 tiles ahead). Dynamic shared memory
+// WG_KERNEL(NAME, NST, PIPE, SPLIT): NST stages of 128-key K and V tiles; PIPE: a tile's
+// O += P V overlaps the next tile's softmax (copies then run NST - 2 tiles ahead, or 2 with
+// SPLIT's separate K and V rings). Dynamic shared memory
 // 1024 (alignment slack) + 32768 (Q) + NST * 65536 bytes, mirrored by wg_smem in
 // kernels/src/cuda/attention.rs.
-#define WG_KERNEL(NAME, NST, PIPE)                                                                    \
+#define WG_KERNEL(NAME, NST, PIPE, SPLIT)                                                                  \
     extern "C" __global__ void __launch_bounds__(WG_THREADS, 1) NAME(                             \
         const bf16_t* q, int q_stride, const bf16_t* k_pool, const bf16_t* v_pool,                \
         const int* block_tables, int max_pages, int page_size, const int* tile_info, int n_heads, \
         int n_kv_heads, int head_dim, float scale, int split_len, bf16_t* out, int out_stride,    \
         float* part_acc, float* part_ml, int total_rows) {                                        \
         pdl_enter();                                                                              \
-        wg_prefill_body<NST, PIPE>(q, q_stride, k_pool, v_pool, block_tables, max_pages, page_size,     \
+        wg_prefill_body<NST, PIPE, SPLIT>(q, q_stride, k_pool, v_pool, block_tables, max_pages, page_size,     \
                              tile_info, n_heads, n_kv_heads, scale, split_len, out, out_stride,   \
                              part_acc, part_ml, total_rows);                                      \
     }
-WG_KERNEL(paged_attention_wg_d128, 3, true)
-WG_KERNEL(paged_attention_wg_d128_serial, 3, false)
+WG_KERNEL(paged_attention_wg_d128, 3, true, false)
+WG_KERNEL(paged_attention_wg_d128_split, 3, true, true)
+WG_KERNEL(paged_attention_wg_d128_serial, 3, false, false)

@@ -115,32 +115,37 @@ pub(crate) fn fa2_smem_of(head_dim: usize, kt: usize, stages: usize) -> u32 {
     ((FA2_ROWS + 2 * stages * kt) * (head_dim + 8) * 2) as u32
 }
 
-/// The wgmma prefill kernels (head_dim 128): the default (a tile's O += P V overlaps the next
-/// tile's softmax) and the serial one (timed beside it; [`set_wg_serial`]).
-pub(crate) const WG_NAMES: [&str; 2] =
-    ["paged_attention_wg_d128", "paged_attention_wg_d128_serial"];
+/// The wgmma prefill kernels (head_dim 128), timed side by side by `strata gpu bench`: the
+/// default (a tile's O += P V overlaps the next tile's softmax; tiles copied one ahead),
+/// `_split` (K and V in separate rings, each copied two tiles before it is read) and `_serial`
+/// (no overlap within a warpgroup).
+pub const WG_NAMES: [&str; 3] = [
+    "paged_attention_wg_d128",
+    "paged_attention_wg_d128_split",
+    "paged_attention_wg_d128_serial",
+];
 
-/// 0 = follow `STRATA_WG_SERIAL`, 1 = pipelined, 2 = serial.
-static WG_SERIAL: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+/// 0 = follow `STRATA_WG_VARIANT`, else 1 + the forced index into [`WG_NAMES`].
+static WG_VARIANT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
-/// Makes later wgmma prefill plans run the serial wgmma kernel (Some(true)), the pipelined one
-/// (Some(false)) or whatever `STRATA_WG_SERIAL=1` says (None); for checks and timing.
-pub fn set_wg_serial(serial: Option<bool>) {
-    let v = match serial {
-        None => 0,
-        Some(false) => 1,
-        Some(true) => 2,
-    };
-    WG_SERIAL.store(v, std::sync::atomic::Ordering::Relaxed);
+/// Makes later wgmma prefill plans run `WG_NAMES[i]` (None: `STRATA_WG_VARIANT`, default 0);
+/// for checks and timing.
+pub fn set_wg_variant(i: Option<usize>) {
+    let v = i.map_or(0, |i| 1 + i.min(WG_NAMES.len() - 1) as u8);
+    WG_VARIANT.store(v, std::sync::atomic::Ordering::Relaxed);
 }
 
-fn wg_serial() -> bool {
-    match WG_SERIAL.load(std::sync::atomic::Ordering::Relaxed) {
-        1 => false,
-        2 => true,
-        _ => matches!(std::env::var("STRATA_WG_SERIAL").as_deref(), Ok("1")),
+fn wg_variant() -> usize {
+    match WG_VARIANT.load(std::sync::atomic::Ordering::Relaxed) {
+        0 => std::env::var("STRATA_WG_VARIANT")
+            .ok()
+            .and_then(|v| v.parse::<usize>().ok())
+            .filter(|&v| v < WG_NAMES.len())
+            .unwrap_or(0),
+        v => v as usize - 1,
     }
 }
+
 /// Keys per K/V tile of the wgmma kernel; mirrors WG_KT in attention_prefill_wg.cu.
 const WG_KEY_TILE: usize = 128;
 /// Pipeline stages of `paged_attention_wg_d128`; mirrors its WG_KERNEL line.
@@ -491,7 +496,7 @@ impl CudaOps {
             (true, None) => AttnKernel::Decode,
             (false, _) => match (prefill_kernel(), mma_index(s.head_dim)) {
                 (PrefillKernel::Wgmma, Some(_))
-                    if s.head_dim == 128 && self.attention_wg[wg_serial() as usize].is_some() =>
+                    if s.head_dim == 128 && self.attention_wg[wg_variant()].is_some() =>
                 {
                     AttnKernel::PrefillWg
                 }
@@ -593,7 +598,7 @@ impl CudaOps {
             part_acc,
             part_ml,
             kernel,
-            variant: (kernel == AttnKernel::PrefillWg).then(|| wg_serial() as usize),
+            variant: (kernel == AttnKernel::PrefillWg).then(wg_variant),
         })
     }
 

@@ -38,7 +38,7 @@ pub struct CudaOps {
     pub(crate) attention_fa2: Vec<Option<CudaFunction>>,
     /// `attention::WG_NAMES` (attention_prefill_wg.cu, sm_90a): only on compute-9.0 devices,
     /// None elsewhere or where they did not load (plans then use `attention_fa2`).
-    pub(crate) attention_wg: [Option<CudaFunction>; 2],
+    pub(crate) attention_wg: [Option<CudaFunction>; 3],
     /// `attention::DECODE2_VARIANTS`, for side-by-side timing.
     pub(crate) attention_decode2_variants: Vec<CudaFunction>,
     pub(crate) sample: CudaFunction,

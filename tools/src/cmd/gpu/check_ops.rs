@@ -506,8 +506,8 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
         })
         .cloned()
         .collect();
-    // Each on the default (pipelined) wgmma kernel and on the serial one.
-    let wg_cases = ["wg", "wgserial"].into_iter().flat_map(|tag| {
+    // Each on every wgmma kernel (WG_NAMES: "wg" the default, "wg1" / "wg2" the others).
+    let wg_cases = ["wg", "wg1", "wg2"].into_iter().flat_map(|tag| {
         wg_cases
             .clone()
             .into_iter()
@@ -556,7 +556,12 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
         // kernel, "wg" ones the wgmma kernel; the others the FA2-style kernel.
         use strata_kernels::cuda::{set_prefill_kernel, PrefillKernel};
         let wg_case = name.starts_with("wg");
-        strata_kernels::cuda::set_wg_serial(Some(name.starts_with("wgserial ")));
+        let wg_index = match name.split(' ').next() {
+            Some("wg1") => 1,
+            Some("wg2") => 2,
+            _ => 0,
+        };
+        strata_kernels::cuda::set_wg_variant(Some(wg_index));
         if wg_case {
             set_prefill_kernel(Some(PrefillKernel::Wgmma));
         } else if name.starts_with("prefill gen") {
@@ -568,7 +573,7 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
         }
         let plan = ops.attention_plan(shape, &seqs, splits);
         set_prefill_kernel(None);
-        strata_kernels::cuda::set_wg_serial(None);
+        strata_kernels::cuda::set_wg_variant(None);
         let mut plan = plan?;
         let prefill = lens.iter().any(|&(q, _)| q > 1) || nh / nkv > 8;
         let fa2_case =
@@ -647,8 +652,7 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
             AttnKernel::General => "gen",
             AttnKernel::PrefillMma => "mma",
             AttnKernel::PrefillFa2 => "fa2",
-            AttnKernel::PrefillWg if name.starts_with("wgserial ") => "wgmma-serial",
-            AttnKernel::PrefillWg => "wgmma",
+            AttnKernel::PrefillWg => strata_kernels::cuda::WG_NAMES[wg_index],
         };
         let desc = format!(
             "{name} h{nh}/{nkv} d{hd} p{page} {lens:?} s{} {kernel}",
