@@ -23,8 +23,9 @@
 #            (the batch-invariance cases: exact in det mode, default-mode counts reported)
 #   decode   `gpu check` of every kernel the decode-speed work changed (argmax, GEMMs incl. the det
 #            GEMV fallback, attention, row ops), then `gpu bench --only decode` at batch 1 and 32,
-#            ctx 1024, for the 8B and 1B shapes: graph step with and without PDL, the eager per-op
-#            breakdown, attention by split count, per-shape GEMV paths
+#            ctx 1024, for the 8B and 1B shapes: graph step with and without PDL, cluster vs split
+#            attention, each layer op's share of the graph step, the eager per-op breakdown,
+#            attention by split count and cluster size, per-shape GEMV paths
 #   itl      scripts/gpu-itl-ab.sh (served ITL at c=1 on two identical servers vs the raw graph
 #            step, with the runner's step profile; env SIZE)
 #   trained  scripts/train_tiny_llama.py trains a small Llama on the machine (TRAIN_S seconds, default
@@ -103,7 +104,7 @@ for s in $STEPS; do
         timeout $(left 200) "$STRATA" gpu bench --only decode --shape "$shape" --decode-batches ${DECODE_BATCHES:-1,32} \
           --decode-ctx 1024 --json "$OUT/decode-$shape.json" > "$OUT/decode-$shape.log" 2>&1 || { echo "bench $shape rc=$?"; rc=1; }
         echo "== $shape"
-        grep -E "^decode b|graph step|op breakdown|GemvT1 |CublasLtDet|DetGemv|d2d copy" "$OUT/decode-$shape.log" | cut -c1-400
+        grep -E "^decode b|graph step|op breakdown|attention (as|cluster)|GemvT1 |GemvT1Pipe|CublasLtDet|DetGemv|d2d copy" "$OUT/decode-$shape.log" | cut -c1-400
       done ;;
     profile) timeout $(left 200) scripts/gpu-prefill-profile.sh "$OUT" > "$OUT/profile.log" 2>&1; rc=$?; cat "$OUT/profile.log" ;;
     pdmps) export CUDA_MPS_PIPE_DIRECTORY=/tmp/strata-mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/strata-mps-log

@@ -193,16 +193,13 @@ __device__ __forceinline__ void dec2_start(const bf16_t* q, int q_stride, int ro
     }
 }
 
-// Merges the KPS key streams of each warp (lanes li, li + LPK, ...) by shuffle and the warps
-// through shared memory, then writes the output row (one split) or this split's partials.
+// Merges the KPS key streams of each warp (lanes li, li + LPK, ...) by shuffle and leaves each
+// warp's state in red_m / red_l / red_acc (then a block barrier).
 template <int G, int HD>
-__device__ __forceinline__ void dec2_finish(float* m, float* l, float (*acc)[8], int g, int row,
-                                            int split, int nsplit, bf16_t* out, int out_stride,
-                                            float* part_acc, float* part_ml, int total_rows,
-                                            int n_heads) {
+__device__ __forceinline__ void dec2_warps_to_shared(float* m, float* l, float (*acc)[8],
+                                                     float (*red_m)[G], float (*red_l)[G],
+                                                     float (*red_acc)[G][HD]) {
     constexpr int LPK = HD / 8;
-    __shared__ float red_m[DEC2_WARPS][G], red_l[DEC2_WARPS][G];
-    __shared__ __align__(16) float red_acc[DEC2_WARPS][G][HD];
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int sub = lane / LPK, li = lane % LPK;
     // Merge the KPS key streams of the warp (lanes li, li + LPK, ...).
@@ -230,6 +227,18 @@ __device__ __forceinline__ void dec2_finish(float* m, float* l, float (*acc)[8],
         }
     }
     __syncthreads();
+}
+
+// Merges the KPS key streams of each warp and the warps through shared memory, then writes the
+// output row (one split) or this split's partials.
+template <int G, int HD>
+__device__ __forceinline__ void dec2_finish(float* m, float* l, float (*acc)[8], int g, int row,
+                                            int split, int nsplit, bf16_t* out, int out_stride,
+                                            float* part_acc, float* part_ml, int total_rows,
+                                            int n_heads) {
+    __shared__ float red_m[DEC2_WARPS][G], red_l[DEC2_WARPS][G];
+    __shared__ __align__(16) float red_acc[DEC2_WARPS][G][HD];
+    dec2_warps_to_shared<G, HD>(m, l, acc, red_m, red_l, red_acc);
     for (int idx = threadIdx.x; idx < G * HD; idx += blockDim.x) {
         const int r = idx / HD, d = idx % HD;
         float mx = NEG_BIG;
@@ -256,6 +265,94 @@ __device__ __forceinline__ void dec2_finish(float* m, float* l, float (*acc)[8],
             }
         }
     }
+}
+
+// ---- Cluster form (decode batches of few rows, default mode; sm_90+). The nsplit blocks of one
+// (row, KV head) are one thread-block cluster (grid z = cluster size): each takes an equal share
+// of the row's keys, computed here from the row's length (so one fixed graph plan serves any
+// length), and the shares are merged through distributed shared memory instead of split partials
+// in global memory and an attention_combine launch. Block `rank` merges outputs
+// [rank * G * HD / nsplit, ...) of the group's G heads, reading every block's (max, sum, acc).
+#define DEC2_MAX_CLUSTER 16
+
+__device__ __forceinline__ void dec2_cluster_sync() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("barrier.cluster.arrive.release.aligned;\n"
+                 "barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+#endif
+}
+
+// Reads the float at shared address `p` of cluster block `rank`.
+__device__ __forceinline__ float dec2_ld_cluster(const float* p, u32 rank) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    u32 a = (u32)__cvta_generic_to_shared(p), r;
+    float v;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(rank));
+    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(r) : "memory");
+    return v;
+#else
+    return 0.f;
+#endif
+}
+
+template <int G, int HD>
+__device__ __forceinline__ void dec2_finish_cluster(float* m, float* l, float (*acc)[8], int g,
+                                                    int row, int rank, int nsplit, bf16_t* out,
+                                                    int out_stride) {
+    __shared__ float red_m[DEC2_WARPS][G], red_l[DEC2_WARPS][G];
+    __shared__ __align__(16) float red_acc[DEC2_WARPS][G][HD];
+    __shared__ float cl_m[G], cl_l[G];
+    __shared__ __align__(16) float cl_acc[G][HD];
+    dec2_warps_to_shared<G, HD>(m, l, acc, red_m, red_l, red_acc);
+    // This block's share (an empty one: max NEG_BIG, sum 0, weight 0 below).
+    for (int idx = threadIdx.x; idx < G * HD; idx += blockDim.x) {
+        const int r = idx / HD, d = idx % HD;
+        float mx = NEG_BIG;
+#pragma unroll
+        for (int w = 0; w < DEC2_WARPS; ++w) mx = fmaxf(mx, red_m[w][r]);
+        float sum = 0.f, a = 0.f;
+#pragma unroll
+        for (int w = 0; w < DEC2_WARPS; ++w) {
+            const float f = exp2f(red_m[w][r] - mx);
+            sum += red_l[w][r] * f;
+            a += red_acc[w][r][d] * f;
+        }
+        cl_acc[r][d] = a;
+        if (d == 0) {
+            cl_m[r] = mx;
+            cl_l[r] = sum;
+        }
+    }
+    dec2_cluster_sync();  // every block's share written and visible to the cluster
+    const int per = G * HD / nsplit;  // G * HD >= 64 and nsplit <= 16, both powers of two
+    for (int i = threadIdx.x; i < per; i += blockDim.x) {
+        const int idx = rank * per + i, r = idx / HD, d = idx % HD;
+        float ms[DEC2_MAX_CLUSTER], ls[DEC2_MAX_CLUSTER], as[DEC2_MAX_CLUSTER];
+#pragma unroll
+        for (int c = 0; c < DEC2_MAX_CLUSTER; ++c) {
+            if (c < nsplit) {
+                ms[c] = dec2_ld_cluster(&cl_m[r], c);
+                ls[c] = dec2_ld_cluster(&cl_l[r], c);
+                as[c] = dec2_ld_cluster(&cl_acc[r][d], c);
+            }
+        }
+        float mx = NEG_BIG;
+#pragma unroll
+        for (int c = 0; c < DEC2_MAX_CLUSTER; ++c)
+            if (c < nsplit) mx = fmaxf(mx, ms[c]);
+        float sum = 0.f, a = 0.f;
+#pragma unroll
+        for (int c = 0; c < DEC2_MAX_CLUSTER; ++c) {
+            if (c < nsplit) {
+                const float f = exp2f(ms[c] - mx);
+                sum += ls[c] * f;
+                a += as[c] * f;
+            }
+        }
+        const int h = g * G + r;
+        out[(u64)row * out_stride + (u64)h * HD + d] = f2bf(sum > 0.f ? a / sum : 0.f);
+    }
+    dec2_cluster_sync();  // no block leaves while another may still read its shared memory
 }
 
 // UNR: steps of KPS keys per warp iteration. PIPE: load the next iteration's K/V before
@@ -344,7 +441,7 @@ __device__ __forceinline__ void cp_async_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
 }
 
-template <int G, int HD, int ATK, int ANST>
+template <int G, int HD, int ATK, int ANST, bool CLUSTER = false>
 __device__ __forceinline__ void dec2_async_body(
     const bf16_t* q, int q_stride, const bf16_t* k_pool, const bf16_t* v_pool,
     const int* block_tables, int max_pages, int page_size, const int* tile_info, int n_heads,
@@ -359,11 +456,20 @@ __device__ __forceinline__ void dec2_async_body(
     __shared__ __align__(16) uint4 vs[ANST][ATK * LPK];
 
     // (Called before pdl_enter: the tile list is written before the forward starts.)
-    const Dec2Block blk = dec2_block(tile_info, block_tables, max_pages, split_len);
-    // A split past the row's keys: nothing to do (attention_combine reads only the row's splits;
-    // uniform over the block, so no barrier is skipped by part of it). An exited block counts as
-    // having triggered its dependents.
-    if (blk.kbeg >= blk.kend) return;
+    Dec2Block blk = dec2_block(tile_info, block_tables, max_pages, split_len);
+    if (CLUSTER) {
+        // An equal share of the row's keys per cluster block, whole tiles; blocks past the end
+        // get none but still take part in the cluster's merge.
+        const int n = blk.pos + 1;
+        const int share = ((n + blk.nsplit - 1) / blk.nsplit + ATK - 1) / ATK * ATK;
+        blk.kbeg = min(blk.split * share, n);
+        blk.kend = min(n, blk.kbeg + share);
+    } else if (blk.kbeg >= blk.kend) {
+        // A split past the row's keys: nothing to do (attention_combine reads only the row's
+        // splits; uniform over the block, so no barrier is skipped by part of it). An exited
+        // block counts as having triggered its dependents.
+        return;
+    }
     const int g = blk.g, row = blk.row, kbeg = blk.kbeg, kend = blk.kend;
     const int* bt = blk.bt;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -435,8 +541,11 @@ __device__ __forceinline__ void dec2_async_body(
         dec2_chunk<G, HD, UNR>(qf, kr, vr, ok, m, l, acc);
     }
     cp_async_wait<0>();
-    dec2_finish<G, HD>(m, l, acc, g, row, blk.split, blk.nsplit, out, out_stride, part_acc, part_ml,
-                       total_rows, n_heads);
+    if (CLUSTER)
+        dec2_finish_cluster<G, HD>(m, l, acc, g, row, blk.split, blk.nsplit, out, out_stride);
+    else
+        dec2_finish<G, HD>(m, l, acc, g, row, blk.split, blk.nsplit, out, out_stride, part_acc,
+                           part_ml, total_rows, n_heads);
 }
 
 #define DEC2_ASYNC(NAME, G, HD, ATK, ANST) DEC2_ASYNC_LB(NAME, G, HD, ATK, ANST, 1)
@@ -450,6 +559,20 @@ __device__ __forceinline__ void dec2_async_body(
                                           page_size, tile_info, n_heads, n_kv_heads, scale,     \
                                           split_len, out, out_stride, part_acc, part_ml,        \
                                           total_rows);                                          \
+    }
+
+// The cluster form (grid z = the cluster size, launched with that cluster shape; split_len and
+// the partial buffers are unused).
+#define DEC2_CLUSTER(NAME, G, HD, ATK, ANST)                                                    \
+    extern "C" __global__ void __launch_bounds__(128, 1) NAME(                                  \
+        const bf16_t* q, int q_stride, const bf16_t* k_pool, const bf16_t* v_pool,              \
+        const int* block_tables, int max_pages, int page_size, const int* tile_info,            \
+        int n_heads, int n_kv_heads, int head_dim, float scale, int split_len, bf16_t* out,     \
+        int out_stride, float* part_acc, float* part_ml, int total_rows) {                      \
+        dec2_async_body<G, HD, ATK, ANST, true>(q, q_stride, k_pool, v_pool, block_tables,      \
+                                                max_pages, page_size, tile_info, n_heads,       \
+                                                n_kv_heads, scale, split_len, out, out_stride,  \
+                                                part_acc, part_ml, total_rows);                 \
     }
 
 #define DEC2_VARIANT_LB(NAME, G, HD, UNR, PIPE, CHUNK, MINB)                                     \
@@ -478,6 +601,17 @@ DEC2_ASYNC(paged_attention_decode2_g1_d128, 1, 128, 16, 4)
 DEC2_ASYNC(paged_attention_decode2_g2_d128, 2, 128, 16, 4)
 DEC2_ASYNC(paged_attention_decode2_g4_d128, 4, 128, 16, 4)
 DEC2_ASYNC(paged_attention_decode2_g8_d128, 8, 128, 16, 3)
+
+// The cluster forms, same shapes (3 stages at G = 8, head_dim 128: the cluster merge's shared
+// memory comes on top).
+DEC2_CLUSTER(paged_attention_decode2c_g1_d64, 1, 64, 16, 4)
+DEC2_CLUSTER(paged_attention_decode2c_g2_d64, 2, 64, 16, 4)
+DEC2_CLUSTER(paged_attention_decode2c_g4_d64, 4, 64, 16, 4)
+DEC2_CLUSTER(paged_attention_decode2c_g8_d64, 8, 64, 16, 4)
+DEC2_CLUSTER(paged_attention_decode2c_g1_d128, 1, 128, 16, 4)
+DEC2_CLUSTER(paged_attention_decode2c_g2_d128, 2, 128, 16, 4)
+DEC2_CLUSTER(paged_attention_decode2c_g4_d128, 4, 128, 16, 4)
+DEC2_CLUSTER(paged_attention_decode2c_g8_d128, 8, 128, 16, 3)
 
 // Alternatives timed against the default by `strata gpu bench` (Llama-3-8B shape only).
 DEC2_VARIANT(paged_attention_decode2_var_perkey_u4, 4, 128, 4, false, false)

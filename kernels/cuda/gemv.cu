@@ -154,6 +154,116 @@ __device__ __forceinline__ void gemv_t1_body(const bf16_t* x, const bf16_t* w, v
     }
 }
 
+// The same with two steps of UNR loads in flight per lane (for rows of several steps: k >= 4096
+// at UNR 8): step 0 is issued before the PDL wait as above, step 1 right after it (ahead of the
+// x staging), and each later step while the one before it is folded. Same sums in the same order
+// as gemv_t1_body. The x staging has 4 loads in flight per thread.
+template <int UNR, bool SILU>
+__device__ __forceinline__ void gemv_t1_pipe_body(const bf16_t* x, const bf16_t* w, void* y, int n,
+                                             int k, int y_f32) {
+    extern __shared__ uint4 xs[];
+    const int k8 = k / 8;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int row = blockIdx.x * (blockDim.x >> 5) + warp;
+    const bool live = row < n;
+    const uint4* wr = (const uint4*)(w + (u64)(live ? row : 0) * k);
+    // Full steps of UNR loads of this lane (lane + 32 (UNR i + u) < k8 for every u); the rest of
+    // the row goes one load at a time after them.
+    int full = 0;
+    if (live) {
+        const int r = k8 - 32 * (UNR - 1) - lane;
+        full = r > 0 ? (r + 32 * UNR - 1) / (32 * UNR) : 0;
+    }
+    // Two steps' loads in flight (a while b lands): the weights are constant, so step 0 goes
+    // out before waiting for x (under PDL it overlaps the tail of the kernel that produces x)
+    // and step 1 right after, ahead of the x staging.
+    uint4 wa[UNR], wb[UNR];
+    int c = lane;
+    if (full > 0) {
+#pragma unroll
+        for (int u = 0; u < UNR; ++u) wa[u] = __ldg(wr + c + 32 * u);
+    }
+    pdl_enter();
+    if (full > 1) {
+#pragma unroll
+        for (int u = 0; u < UNR; ++u) wb[u] = __ldg(wr + c + 32 * UNR + 32 * u);
+    }
+    // x staging, 4 rows of loads in flight per thread.
+    for (int i0 = threadIdx.x; i0 < k8; i0 += 4 * blockDim.x) {
+        uint4 g[4], up[4];
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int i = i0 + j * blockDim.x;
+            if (i < k8) {
+                g[j] = ((const uint4*)x)[i];
+                if (SILU) up[j] = ((const uint4*)x)[k8 + i];
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            const int i = i0 + j * blockDim.x;
+            if (i < k8) {
+                if (SILU) {
+                    xs[i] = make_uint4(silu_mul2(g[j].x, up[j].x), silu_mul2(g[j].y, up[j].y),
+                                       silu_mul2(g[j].z, up[j].z), silu_mul2(g[j].w, up[j].w));
+                } else {
+                    xs[i] = g[j];
+                }
+            }
+        }
+    }
+    __syncthreads();
+    if (!live) return;
+    float acc0 = 0.f, acc1 = 0.f;
+    auto fold = [&](const uint4* wv, int at) {
+#pragma unroll
+        for (int u = 0; u < UNR; ++u) {
+            float wf[8], xf[8];
+            unpack8(wv[u], wf);
+            unpack8(xs[at + 32 * u], xf);
+#pragma unroll
+            for (int e = 0; e < 8; e += 2) {
+                acc0 += wf[e] * xf[e];
+                acc1 += wf[e + 1] * xf[e + 1];
+            }
+        }
+    };
+    int it = 0;
+    for (; it + 1 < full; it += 2) {
+        fold(wa, c);
+        c += 32 * UNR;
+        if (it + 2 < full) {
+#pragma unroll
+            for (int u = 0; u < UNR; ++u) wa[u] = __ldg(wr + c + 32 * UNR + 32 * u);
+        }
+        fold(wb, c);
+        c += 32 * UNR;
+        if (it + 3 < full) {
+#pragma unroll
+            for (int u = 0; u < UNR; ++u) wb[u] = __ldg(wr + c + 32 * UNR + 32 * u);
+        }
+    }
+    if (it < full) {
+        fold(wa, c);
+        c += 32 * UNR;
+    }
+    for (; c < k8; c += 32) {
+        float wf[8], xf[8];
+        unpack8(__ldg(wr + c), wf);
+        unpack8(xs[c], xf);
+#pragma unroll
+        for (int e = 0; e < 8; e += 2) {
+            acc0 += wf[e] * xf[e];
+            acc1 += wf[e + 1] * xf[e + 1];
+        }
+    }
+    const float s = warp_sum(acc0 + acc1);
+    if (lane == 0) {
+        if (y_f32) ((float*)y)[row] = s;
+        else ((bf16_t*)y)[row] = f2bf(s);
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(256) gemv_bf16_t1(const bf16_t* x, const bf16_t* w,
                                                                void* y, int n, int k, int y_f32) {
     gemv_t1_body<8, false>(x, w, y, n, k, y_f32);
@@ -170,4 +280,17 @@ extern "C" __global__ void __launch_bounds__(256) gemv_bf16_t1_wide(const bf16_t
                                                                     const bf16_t* w, void* y,
                                                                     int n, int k, int y_f32) {
     gemv_t1_body<16, false>(x, w, y, n, k, y_f32);
+}
+
+// Two steps in flight (gemv_t1_pipe_body), plain and with SiLU-mul staging.
+extern "C" __global__ void __launch_bounds__(256) gemv_bf16_t1_pipe(const bf16_t* x,
+                                                                    const bf16_t* w, void* y,
+                                                                    int n, int k, int y_f32) {
+    gemv_t1_pipe_body<8, false>(x, w, y, n, k, y_f32);
+}
+
+extern "C" __global__ void __launch_bounds__(256) gemv_bf16_t1_silu_pipe(const bf16_t* gu,
+                                                                         const bf16_t* w, void* y,
+                                                                         int n, int k, int y_f32) {
+    gemv_t1_pipe_body<8, true>(gu, w, y, n, k, y_f32);
 }

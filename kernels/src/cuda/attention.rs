@@ -235,6 +235,35 @@ pub(crate) const DECODE2_NAMES: [&str; 8] = [
     "paged_attention_decode2_g8_d128",
 ];
 
+/// Kernel names of the decode2 cluster form, in `decode2_index` order.
+pub(crate) const DECODE2C_NAMES: [&str; 8] = [
+    "paged_attention_decode2c_g1_d64",
+    "paged_attention_decode2c_g2_d64",
+    "paged_attention_decode2c_g4_d64",
+    "paged_attention_decode2c_g8_d64",
+    "paged_attention_decode2c_g1_d128",
+    "paged_attention_decode2c_g2_d128",
+    "paged_attention_decode2c_g4_d128",
+    "paged_attention_decode2c_g8_d128",
+];
+
+/// Blocks per cluster of the decode2 cluster form for a decode of `blocks` (row, KV head) pairs
+/// and rows of up to `max_kv` keys (0: the split kernel instead). Only small batches, where the
+/// split kernel's combine launch and partial round trip are a large part of the attention: as
+/// many blocks per pair as keep the grid within about two blocks per SM, at least 2, at most the
+/// device's largest cluster, and no more than one 16-key tile per block.
+pub(crate) fn choose_cluster(blocks: usize, sm_count: usize, max_kv: usize, max: usize) -> usize {
+    let blocks = blocks.max(1);
+    if max < 2 || 2 * blocks > sm_count {
+        return 0;
+    }
+    let mut n = max;
+    while n > 2 && (blocks * n > 2 * sm_count || n * 16 > max_kv) {
+        n /= 2;
+    }
+    n
+}
+
 /// One sequence of the batch.
 #[derive(Clone, Debug)]
 pub struct AttnSeq {
@@ -275,6 +304,12 @@ pub struct AttnPlan {
     part_ml: Option<DTensor>,
     kernel: AttnKernel,
     variant: Option<usize>,
+    /// Decode2 in thread-block clusters of this many blocks per (row, KV head) (0: off): the
+    /// cluster form splits each row's keys at run time and merges in the cluster (no partials,
+    /// no combine); `splits` is then 1 and `split_len` the plan's key capacity.
+    cluster: usize,
+    /// Largest cluster the device takes (0: no cluster form).
+    max_cluster: usize,
 }
 
 impl AttnPlan {
@@ -295,6 +330,7 @@ impl AttnPlan {
             AttnKernel::PrefillMma | AttnKernel::PrefillFa2 | AttnKernel::PrefillWg
         ) {
             self.kernel = AttnKernel::General;
+            self.cluster = 0;
         }
     }
     /// Runs alternative `DECODE2_VARIANTS[i]` instead of the default decode2 kernel (group 4,
@@ -307,6 +343,7 @@ impl AttnPlan {
             && i < DECODE2_VARIANTS.len();
         if fits {
             self.variant = Some(i);
+            self.cluster = 0;
         }
         fits
     }
@@ -315,7 +352,28 @@ impl AttnPlan {
     pub fn force_decode_v1(&mut self) {
         if self.kernel == AttnKernel::Decode2 {
             self.kernel = AttnKernel::Decode;
+            self.cluster = 0;
         }
+    }
+    /// Blocks per cluster of the decode2 cluster form (0: not used).
+    pub fn cluster(&self) -> usize {
+        self.cluster
+    }
+    /// Runs a decode2 plan as the cluster form with `n` blocks per (row, KV head) (2, 4, 8 or
+    /// 16, at most what the device takes), or (0) the split kernel without splits; for checks
+    /// and side-by-side timing. False, and nothing changed, where that does not apply.
+    pub fn set_cluster(&mut self, n: usize) -> bool {
+        let fits = self.kernel == AttnKernel::Decode2
+            && self.variant.is_none()
+            && (n == 0 || (n.is_power_of_two() && (2..=self.max_cluster).contains(&n)));
+        if fits {
+            self.split_len *= self.splits;
+            self.splits = 1;
+            self.part_acc = None;
+            self.part_ml = None;
+            self.cluster = n;
+        }
+        fits
     }
     /// Number of query rows (tokens) the plan covers.
     pub fn rows(&self) -> usize {
@@ -367,6 +425,9 @@ pub struct PlanOpts {
     /// single new token (a one-token prompt tail or extend), so a prompt row is computed by the
     /// same kernel however the prompt was chunked.
     pub prefill: bool,
+    /// Plans small decode batches with the split kernel instead of the decode2 cluster form
+    /// (side-by-side timing).
+    pub no_cluster: bool,
 }
 
 /// Split count and split length (keys) of a plan. Batch-invariant mode (`det_len` = Some(split
@@ -577,6 +638,26 @@ impl CudaOps {
             opts.deterministic.then_some(opts.det_split_len),
             fa2_tile(s.head_dim).0,
         );
+        // Small decode batches in default mode (not forced splits): the cluster form.
+        let cluster = if kernel == AttnKernel::Decode2
+            && !opts.deterministic
+            && !opts.no_cluster
+            && opts.splits.is_none()
+        {
+            choose_cluster(
+                n_tiles * s.n_kv_heads,
+                self.ctx.sm_count(),
+                max_kv,
+                self.decode2_max_cluster,
+            )
+        } else {
+            0
+        };
+        let (splits, split_len) = if cluster > 0 {
+            (1, max_kv.div_ceil(KEY_TILE) * KEY_TILE)
+        } else {
+            (splits, split_len)
+        };
         let (part_acc, part_ml) = if splits > 1 {
             let n = splits * row * s.n_heads;
             (
@@ -599,6 +680,8 @@ impl CudaOps {
             part_ml,
             kernel,
             variant: (kernel == AttnKernel::PrefillWg).then(wg_variant),
+            cluster,
+            max_cluster: self.decode2_max_cluster,
         })
     }
 
@@ -668,7 +751,30 @@ impl CudaOps {
             block: 128,
             smem: 0,
         };
-        if plan.kernel == AttnKernel::Decode2 {
+        if plan.kernel == AttnKernel::Decode2 && plan.cluster > 0 {
+            let group = s.n_heads / s.n_kv_heads;
+            let idx = decode2_index(group, hd).expect("planned only for supported shapes");
+            let dims = Dims {
+                grid: (
+                    plan.n_tiles as u32,
+                    s.n_kv_heads as u32,
+                    plan.cluster as u32,
+                ),
+                ..decode_dims
+            };
+            self.ctx.cuda().bind_to_thread()?;
+            // SAFETY: as `go`: every pointer in `args` checked above against the kernel's
+            // indexing; the cluster form reads the same tables and writes only `out` rows.
+            unsafe {
+                super::launch::launch_in_clusters(
+                    &self.attention_decode2c[idx],
+                    self.ctx.stream().cu_stream(),
+                    dims,
+                    Some(plan.cluster as u32),
+                    &args,
+                )
+            }?;
+        } else if plan.kernel == AttnKernel::Decode2 {
             let group = s.n_heads / s.n_kv_heads;
             let idx = decode2_index(group, hd).expect("planned only for supported shapes");
             let f = match plan.variant {
@@ -826,6 +932,33 @@ impl CudaOps {
 mod tests {
     use super::*;
     use crate::cuda::det::SPLIT_LEN;
+
+    #[test]
+    fn cluster_form_only_for_small_decode_batches() {
+        // (blocks = rows x KV heads, SMs, longest row, device's largest cluster) -> blocks per
+        // cluster: within about two blocks per SM, at most one 16-key tile per block, 0 from
+        // half an SM per pair or without clusters.
+        for (blocks, sms, max_kv, max, want) in [
+            (8, 132, 1024, 16, 16),
+            (8, 132, 10240, 8, 8),
+            (16, 132, 1024, 16, 16),
+            (32, 132, 1024, 16, 8),
+            (64, 132, 1024, 16, 4),
+            (66, 132, 1024, 16, 4),
+            (67, 132, 1024, 16, 0),
+            (256, 132, 1024, 16, 0),
+            (8, 132, 20, 16, 2),
+            (8, 132, 1, 16, 2),
+            (8, 132, 64, 16, 4),
+            (8, 132, 1024, 0, 0),
+        ] {
+            assert_eq!(
+                choose_cluster(blocks, sms, max_kv, max),
+                want,
+                "{blocks} blocks, {sms} SMs, {max_kv} keys, max {max}"
+            );
+        }
+    }
 
     #[test]
     fn deterministic_splits_do_not_depend_on_the_batch() {

@@ -36,6 +36,9 @@ pub enum GemmPath {
     GemvT1,
     /// The single-row GEMV kernel with 16 loads in flight per lane.
     GemvT1Wide,
+    /// The single-row GEMV kernel with two steps of 8 loads in flight per lane (what `Auto`
+    /// runs at one row from in = [`GEMV_T1_PIPE_MIN_IN`]).
+    GemvT1Pipe,
     /// cuBLASLt with its heuristic's algorithm (see gemm_lt.rs).
     CublasLt,
     /// cuBLASLt with the weight shape's batch-invariant algorithm (what `Auto` runs in
@@ -51,6 +54,13 @@ pub const LT_MAX_ROWS: usize = 64;
 
 /// Longest input row the single-row kernels take (x is staged in 48 KiB of shared memory).
 pub const GEMV_T1_MAX_IN: usize = 24 * 1024;
+
+/// Shortest input row `GemmPath::Auto` (and the single-row SiLU GEMV) runs with two steps of
+/// loads in flight: a row of 2048 is one step per lane (the second buffer's registers would halve
+/// the blocks per SM for nothing), and at 4096 (Llama-3.1-8B qkv, o, gate_up) the plain kernel
+/// was as fast or faster alone on the H200 (docs/perf.md); the down projections (8192, 14336)
+/// gain.
+pub const GEMV_T1_PIPE_MIN_IN: usize = 8192;
 
 /// Most rows the GEMV kernel accepts (GEMV_MAX_T in gemv.cu).
 pub const GEMV_MAX_ROWS: usize = 8;
@@ -71,6 +81,8 @@ pub struct Gemm {
     gemv_t1: CudaFunction,
     gemv_t1_wide: CudaFunction,
     gemv_t1_silu: CudaFunction,
+    gemv_t1_pipe: CudaFunction,
+    gemv_t1_silu_pipe: CudaFunction,
     gemv_max_rows: usize,
     lt: Option<super::gemm_lt::GemmLt>,
     deterministic: bool,
@@ -88,6 +100,8 @@ impl Gemm {
         let gemv_t1 = ctx.function(Program::Gemv, "gemv_bf16_t1")?;
         let gemv_t1_wide = ctx.function(Program::Gemv, "gemv_bf16_t1_wide")?;
         let gemv_t1_silu = ctx.function(Program::Gemv, "gemv_bf16_t1_silu")?;
+        let gemv_t1_pipe = ctx.function(Program::Gemv, "gemv_bf16_t1_pipe")?;
+        let gemv_t1_silu_pipe = ctx.function(Program::Gemv, "gemv_bf16_t1_silu_pipe")?;
         let lt = match super::gemm_lt::GemmLt::new(ctx.clone()) {
             Ok(l) => Some(l),
             Err(e) => {
@@ -102,6 +116,8 @@ impl Gemm {
             gemv_t1,
             gemv_t1_wide,
             gemv_t1_silu,
+            gemv_t1_pipe,
+            gemv_t1_silu_pipe,
             lt,
             gemv_max_rows: 1,
             deterministic: false,
@@ -220,7 +236,12 @@ impl Gemm {
         })?;
         self.ctx.cuda().bind_to_thread()?;
         // SAFETY: shapes, dtypes and alignment checked above; gu holds 2k and w n_out x k bf16.
-        unsafe { self.launch_t1(&self.gemv_t1_silu, gu, w, y, n_out, k) }?;
+        let f = if k >= GEMV_T1_PIPE_MIN_IN {
+            &self.gemv_t1_silu_pipe
+        } else {
+            &self.gemv_t1_silu
+        };
+        unsafe { self.launch_t1(f, gu, w, y, n_out, k) }?;
         Ok(true)
     }
 
@@ -261,7 +282,11 @@ impl Gemm {
             GemmPath::Auto
                 if self.gemv_max_rows >= 1 && gemv_ok && t == 1 && k <= GEMV_T1_MAX_IN =>
             {
-                GemmPath::GemvT1
+                if k >= GEMV_T1_PIPE_MIN_IN {
+                    GemmPath::GemvT1Pipe
+                } else {
+                    GemmPath::GemvT1
+                }
             }
             GemmPath::Auto if gemv_ok && t <= self.gemv_max_rows && k <= GEMV_MAX_IN => {
                 GemmPath::Gemv
@@ -297,14 +322,17 @@ impl Gemm {
                 None => Err(CudaError::MissingLibrary("libcublasLt")),
             };
         }
-        if matches!(path, GemmPath::GemvT1 | GemmPath::GemvT1Wide) {
+        if matches!(
+            path,
+            GemmPath::GemvT1 | GemmPath::GemvT1Wide | GemmPath::GemvT1Pipe
+        ) {
             ensure(gemv_ok && t == 1 && k <= GEMV_T1_MAX_IN, || {
                 format!("single-row GEMV needs 1 row and in % 8 == 0, in <= {GEMV_T1_MAX_IN}")
             })?;
-            let f = if path == GemmPath::GemvT1 {
-                &self.gemv_t1
-            } else {
-                &self.gemv_t1_wide
+            let f = match path {
+                GemmPath::GemvT1 => &self.gemv_t1,
+                GemmPath::GemvT1Pipe => &self.gemv_t1_pipe,
+                _ => &self.gemv_t1_wide,
             };
             // SAFETY: shapes and dtypes checked above; one row of x (k <= GEMV_T1_MAX_IN bf16 in
             // shared memory), 16-byte aligned rows.

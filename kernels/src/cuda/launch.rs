@@ -81,6 +81,24 @@ pub(crate) fn init_pdl(major: i32) {
 /// must address device-accessible memory of the extent the kernel will touch. Launchers establish
 /// this with their shape checks.
 pub unsafe fn launch(f: &CudaFunction, stream: CUstream, dims: Dims, args: &[Arg]) -> Result<()> {
+    // SAFETY: forwarded from the caller.
+    unsafe { launch_in_clusters(f, stream, dims, None, args) }
+}
+
+/// [`launch`] with the grid in thread-block clusters of `cluster` blocks along z (sm_90+; grid z
+/// must be a multiple of it), or none.
+///
+/// # Safety
+/// `args` must match the kernel's parameter list in number, order and type, and every pointer
+/// must address device-accessible memory of the extent the kernel will touch. Launchers establish
+/// this with their shape checks.
+pub unsafe fn launch_in_clusters(
+    f: &CudaFunction,
+    stream: CUstream,
+    dims: Dims,
+    cluster: Option<u32>,
+    args: &[Arg],
+) -> Result<()> {
     let mut vals: Vec<Arg> = args.to_vec();
     let mut ptrs: Vec<*mut c_void> = vals
         .iter_mut()
@@ -96,7 +114,7 @@ pub unsafe fn launch(f: &CudaFunction, stream: CUstream, dims: Dims, args: &[Arg
     // SAFETY: the caller guarantees the argument list matches the kernel; `vals` outlives the
     // call and is not moved while `ptrs` points into it.
     unsafe {
-        if !pdl() {
+        if !pdl() && cluster.is_none() {
             cudarc::driver::result::launch_kernel(
                 f.cu_function(),
                 dims.grid,
@@ -107,13 +125,27 @@ pub unsafe fn launch(f: &CudaFunction, stream: CUstream, dims: Dims, args: &[Arg
             )?;
             return Ok(());
         }
-        let mut value: CUlaunchAttributeValue = std::mem::zeroed();
-        value.programmaticStreamSerializationAllowed = 1;
-        let mut attr = CUlaunchAttribute {
-            id: CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
-            pad: [0; 4],
-            value,
-        };
+        let mut attrs = Vec::with_capacity(2);
+        if pdl() {
+            let mut value: CUlaunchAttributeValue = std::mem::zeroed();
+            value.programmaticStreamSerializationAllowed = 1;
+            attrs.push(CUlaunchAttribute {
+                id: CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_PROGRAMMATIC_STREAM_SERIALIZATION,
+                pad: [0; 4],
+                value,
+            });
+        }
+        if let Some(z) = cluster {
+            let mut value: CUlaunchAttributeValue = std::mem::zeroed();
+            value.clusterDim.x = 1;
+            value.clusterDim.y = 1;
+            value.clusterDim.z = z;
+            attrs.push(CUlaunchAttribute {
+                id: CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,
+                pad: [0; 4],
+                value,
+            });
+        }
         let cfg = CUlaunchConfig {
             gridDimX: dims.grid.0,
             gridDimY: dims.grid.1,
@@ -123,8 +155,8 @@ pub unsafe fn launch(f: &CudaFunction, stream: CUstream, dims: Dims, args: &[Arg
             blockDimZ: 1,
             sharedMemBytes: dims.smem,
             hStream: stream,
-            attrs: &mut attr,
-            numAttrs: 1,
+            attrs: attrs.as_mut_ptr(),
+            numAttrs: attrs.len() as u32,
         };
         sys::cuLaunchKernelEx(
             &cfg,

@@ -248,6 +248,33 @@ impl LlamaModel {
         input: &StepInput,
         mark: &mut dyn FnMut(&'static str) -> Result<()>,
     ) -> Result<()> {
+        self.forward_hooked(ops, gemm, ws, input, &|_| false, mark)
+    }
+
+    /// Ops of a layer [`LlamaModel::forward_hooked`] can leave out (`gpu bench` times a step's
+    /// graph without each, for what that op adds to the step; the logits are then garbage).
+    pub const LAYER_OPS: [&'static str; 8] = [
+        "norm1",
+        "qkv",
+        "rope_kv_write",
+        "attention",
+        "o",
+        "norm2",
+        "gate_up",
+        "silu+down",
+    ];
+
+    /// [`LlamaModel::forward_marked`] leaving out every layer op for which `skip(op)` holds
+    /// (names in [`LlamaModel::LAYER_OPS`]).
+    pub fn forward_hooked(
+        &self,
+        ops: &CudaOps,
+        gemm: &Gemm,
+        ws: &Workspace,
+        input: &StepInput,
+        skip: &dyn Fn(&str) -> bool,
+        mark: &mut dyn FnMut(&'static str) -> Result<()>,
+    ) -> Result<()> {
         let s = self.shape;
         super::error::ensure(ws.tokens == input.plan.rows(), || {
             format!(
@@ -264,41 +291,55 @@ impl LlamaModel {
         for (i, l) in self.layers.iter().enumerate() {
             // Layer 0 normalises the embedding; later layers add the previous sub-layer's y.
             let y = (i > 0).then_some(&ws.y);
-            self.norm(ops, y, &ws.resid, &l.in_norm, &ws.h)?;
-            gemm.linear(&ws.h, &l.qkv, &ws.qkv)?;
+            if !skip("norm1") {
+                self.norm(ops, y, &ws.resid, &l.in_norm, &ws.h)?;
+            }
+            if !skip("qkv") {
+                gemm.linear(&ws.h, &l.qkv, &ws.qkv)?;
+            }
             mark("norm+qkv")?;
-            ops.rope_kv_write(
-                &ws.qkv,
-                0,
-                s.n_heads,
-                q_w,
-                s.n_kv_heads,
-                q_w + kv_w,
-                s.head_dim,
-                &input.pos,
-                &self.inv_freq,
-                &l.k_pool,
-                &l.v_pool,
-                &input.slots,
-                &input.host_slots,
-            )?;
+            if !skip("rope_kv_write") {
+                ops.rope_kv_write(
+                    &ws.qkv,
+                    0,
+                    s.n_heads,
+                    q_w,
+                    s.n_kv_heads,
+                    q_w + kv_w,
+                    s.head_dim,
+                    &input.pos,
+                    &self.inv_freq,
+                    &l.k_pool,
+                    &l.v_pool,
+                    &input.slots,
+                    &input.host_slots,
+                )?;
+            }
             mark("rope_kv_write")?;
-            ops.paged_attention(
-                &input.plan,
-                &ws.qkv,
-                0,
-                &l.k_pool,
-                &l.v_pool,
-                &ws.attn,
-                scale,
-            )?;
+            if !skip("attention") {
+                ops.paged_attention(
+                    &input.plan,
+                    &ws.qkv,
+                    0,
+                    &l.k_pool,
+                    &l.v_pool,
+                    &ws.attn,
+                    scale,
+                )?;
+            }
             mark("attention")?;
-            gemm.linear(&ws.attn, &l.o, &ws.y)?;
+            if !skip("o") {
+                gemm.linear(&ws.attn, &l.o, &ws.y)?;
+            }
             mark("o")?;
-            ops.rmsnorm(&ws.y, Some(&ws.resid), &l.post_norm, &ws.h, s.eps)?;
-            gemm.linear(&ws.h, &l.gate_up, &ws.gu)?;
+            if !skip("norm2") {
+                ops.rmsnorm(&ws.y, Some(&ws.resid), &l.post_norm, &ws.h, s.eps)?;
+            }
+            if !skip("gate_up") {
+                gemm.linear(&ws.h, &l.gate_up, &ws.gu)?;
+            }
             mark("norm+gate_up")?;
-            if !gemm.silu_linear_t1(&ws.gu, &l.down, &ws.y)? {
+            if !skip("silu+down") && !gemm.silu_linear_t1(&ws.gu, &l.down, &ws.y)? {
                 ops.silu_mul(&ws.gu, &ws.act)?;
                 gemm.linear(&ws.act, &l.down, &ws.y)?;
             }
@@ -342,9 +383,21 @@ impl LlamaModel {
         ws: &Workspace,
         input: &StepInput,
     ) -> Result<CudaGraph> {
+        self.capture_skipping(ops, gemm, ws, input, &|_| false)
+    }
+
+    /// [`LlamaModel::capture`] of [`LlamaModel::forward_hooked`] with `skip`.
+    pub fn capture_skipping(
+        &self,
+        ops: &CudaOps,
+        gemm: &Gemm,
+        ws: &Workspace,
+        input: &StepInput,
+        skip: &dyn Fn(&str) -> bool,
+    ) -> Result<CudaGraph> {
         let stream = ops.context().stream();
         stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
-        let run = self.forward(ops, gemm, ws, input);
+        let run = self.forward_hooked(ops, gemm, ws, input, skip, &mut |_| Ok(()));
         let graph = stream.end_capture(CUgraphInstantiate_flags(0));
         run?;
         graph?.ok_or_else(|| super::error::CudaError::Shape("empty graph captured".into()))

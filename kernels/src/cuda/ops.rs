@@ -41,6 +41,11 @@ pub struct CudaOps {
     pub(crate) attention_wg: [Option<CudaFunction>; 3],
     /// `attention::DECODE2_VARIANTS`, for side-by-side timing.
     pub(crate) attention_decode2_variants: Vec<CudaFunction>,
+    /// `paged_attention_decode2c_*` (the cluster form), in `attention::decode2_index` order;
+    /// empty before sm_90.
+    pub(crate) attention_decode2c: Vec<CudaFunction>,
+    /// Largest cluster the cluster form may be launched with (0: none, else 8 or 16).
+    pub(crate) decode2_max_cluster: usize,
     pub(crate) sample: CudaFunction,
     pub(crate) logprobs: CudaFunction,
     pub(crate) argmax: CudaFunction,
@@ -61,6 +66,7 @@ impl CudaOps {
     /// Compiles (or loads from cache) the elementwise, attention and sampling programs.
     pub fn new(ctx: Arc<GpuContext>) -> Result<Self> {
         let e = |n| ctx.function(Program::Elementwise, n);
+        let (attention_decode2c, decode2_max_cluster) = decode2_cluster_functions(&ctx)?;
         Ok(Self {
             embedding: e("embedding")?,
             rmsnorm: e("rmsnorm")?,
@@ -91,6 +97,8 @@ impl CudaOps {
                 .iter()
                 .map(|n| ctx.function(Program::Attention, n))
                 .collect::<Result<_>>()?,
+            attention_decode2c,
+            decode2_max_cluster,
             sample: ctx.function(Program::Sampling, "sample_rows")?,
             logprobs: ctx.function(Program::Sampling, "logprob_rows")?,
             argmax: ctx.function(Program::Sampling, "argmax_rows")?,
@@ -522,4 +530,65 @@ fn fa2_function(ctx: &Arc<GpuContext>, name: &str, smem: u32) -> Result<Option<C
             Ok(None)
         }
     }
+}
+
+/// The cluster form of the decode2 kernels and the largest cluster they may use: 16 blocks where
+/// the device accepts that non-portable size for the largest of them (one block per SM of a GPC
+/// being enough), else the portable 8; none before sm_90 (no clusters) or with
+/// `STRATA_DECODE_CLUSTER=0` (every decode on the split kernel, as `STRATA_PDL=0` for PDL).
+fn decode2_cluster_functions(ctx: &Arc<GpuContext>) -> Result<(Vec<CudaFunction>, usize)> {
+    let sm: usize = ctx.arch().trim_start_matches("sm_").parse().unwrap_or(0);
+    let off = std::env::var("STRATA_DECODE_CLUSTER").is_ok_and(|v| v == "0");
+    if sm < 90 || off {
+        return Ok((Vec::new(), 0));
+    }
+    let fs = super::attention::DECODE2C_NAMES
+        .iter()
+        .map(|n| ctx.function(Program::Attention, n))
+        .collect::<Result<Vec<_>>>()?;
+    ctx.cuda().bind_to_thread()?;
+    use cudarc::driver::sys;
+    let attr = sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED;
+    let mut max = 16;
+    for f in &fs {
+        if f.set_attribute(attr, 1).is_err() {
+            max = 8;
+        }
+    }
+    if max == 16 {
+        // SAFETY: a query on a loaded function with a config that lives through the call.
+        let n = unsafe {
+            let mut value: sys::CUlaunchAttributeValue = std::mem::zeroed();
+            value.clusterDim.x = 1;
+            value.clusterDim.y = 1;
+            value.clusterDim.z = 16;
+            let mut at = sys::CUlaunchAttribute {
+                id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,
+                pad: [0; 4],
+                value,
+            };
+            let cfg = sys::CUlaunchConfig {
+                gridDimX: 1,
+                gridDimY: 1,
+                gridDimZ: 16,
+                blockDimX: 128,
+                blockDimY: 1,
+                blockDimZ: 1,
+                sharedMemBytes: 0,
+                hStream: std::ptr::null_mut(),
+                attrs: &mut at,
+                numAttrs: 1,
+            };
+            let mut n: std::ffi::c_int = 0;
+            let big = fs.last().expect("one per decode2 shape");
+            match sys::cuOccupancyMaxActiveClusters(&mut n, big.cu_function(), &cfg).result() {
+                Ok(()) => n,
+                Err(_) => 0,
+            }
+        };
+        if n < 1 {
+            max = 8;
+        }
+    }
+    Ok((fs, max))
 }

@@ -311,6 +311,7 @@ impl CudaRunner {
             deterministic: self.opts.deterministic,
             det_split_len: strata_kernels::cuda::det::split_len(self.opts.context_length),
             prefill: self.one_kernel,
+            no_cluster: false,
         }
     }
 

@@ -23,6 +23,7 @@ fn step_input(
     model: &LlamaModel,
     seqs: &[(usize, usize)],
     det: bool,
+    no_cluster: bool,
 ) -> anyhow::Result<StepInput> {
     let c = ops.context();
     let mut ids = Vec::new();
@@ -59,6 +60,7 @@ fn step_input(
             &aseqs,
             strata_kernels::cuda::PlanOpts {
                 deterministic: det,
+                no_cluster,
                 ..Default::default()
             },
         )?,
@@ -102,7 +104,7 @@ pub fn run(
         let mut rows = Vec::new();
         for &b in &args.decode_batches {
             let seqs: Vec<(usize, usize)> = (0..b).map(|_| (1, args.decode_ctx)).collect();
-            let input = step_input(ops, &model, &seqs, args.deterministic)?;
+            let input = step_input(ops, &model, &seqs, args.deterministic, false)?;
             let ws = model.workspace(ops, b, b)?;
             let greedy = SampleParams {
                 temperature: 0.0,
@@ -166,6 +168,48 @@ pub fn run(
                     a / n
                 ));
             }
+            // Small batches plan the decode2 cluster form: the same graph with the split kernel
+            // (and its combine launch), side by side.
+            let graphed_split = if input.plan.cluster() > 0 {
+                let split_input = step_input(ops, &model, &seqs, args.deterministic, true)?;
+                let n = replay_with(&split_input)?;
+                if let (Some(a), Some(n)) = (graphed, n) {
+                    summary.push(format!(
+                        "  b{b} graph step with the cluster attention ({} blocks) {a:.3} ms, split kernel ({} splits) {n:.3} ms (x{:.3})",
+                        input.plan.cluster(),
+                        split_input.plan.splits(),
+                        a / n
+                    ));
+                }
+                n
+            } else {
+                None
+            };
+            // What each layer op adds to the graph step: the step's graph without it (every
+            // layer's), against the whole step, per layer.
+            let mut minus = serde_json::Map::new();
+            if let Some(full) = graphed {
+                let mut parts = Vec::new();
+                for op in LlamaModel::LAYER_OPS {
+                    let g = model.capture_skipping(ops, gemm, &ws, &input, &|o| o == op)?;
+                    let mut w = Vec::new();
+                    for k in 0..18 {
+                        let t = Instant::now();
+                        g.launch()?;
+                        ops.sample(&ws.logits, &picks)?;
+                        if k >= 3 {
+                            w.push(t.elapsed().as_secs_f64() * 1e3);
+                        }
+                    }
+                    let us = (full - median(w)) * 1e3 / shape.layers as f64;
+                    parts.push(format!("{op} {us:.1}"));
+                    minus.insert(op.to_string(), json!(us));
+                }
+                summary.push(format!(
+                    "  b{b} graph step minus each layer op (us per layer): {}",
+                    parts.join(", ")
+                ));
+            }
             // (A failed breakdown is reported and the bench goes on.)
             let soft = |r: anyhow::Result<Value>, summary: &mut Vec<String>| match r {
                 Ok(v) => v,
@@ -178,19 +222,37 @@ pub fn run(
             // cuEventElapsedTime gave CUDA_ERROR_INVALID_VALUE at 16:58 UTC.)
             let r = op_breakdown(ops, gemm, &model, &ws, &input, b, fwd, false, summary);
             let ops_on = soft(r, summary);
-            let attn_layer_us = attention_alone(ops, &model, b, args.decode_ctx, None, &|_| true)?;
+            // Attention alone: one launch timed eagerly (with the host's launch gap), and the
+            // per-call time of 32 calls replayed from a graph (as in a step, PDL between them).
+            let (attn_layer_us, attn_graph_us) =
+                attention_alone(ops, &model, b, args.decode_ctx, None, &|_| true)?;
+            summary.push(format!(
+                "  b{b} attention as planned: {attn_layer_us:.1} us (in a graph {attn_graph_us:.1} us)"
+            ));
             for sp in [1, 2, 4, 8, 16, 32] {
-                let us = attention_alone(ops, &model, b, args.decode_ctx, Some(sp), &|_| true)?;
-                summary.push(format!("  b{b} attention with {sp} splits: {us:.1} us"));
+                let (us, g) =
+                    attention_alone(ops, &model, b, args.decode_ctx, Some(sp), &|_| true)?;
+                summary.push(format!(
+                    "  b{b} attention with {sp} splits: {us:.1} us (in a graph {g:.1} us)"
+                ));
             }
-            let attn_v1_us = attention_alone(ops, &model, b, args.decode_ctx, None, &|p| {
+            for n in [2, 4, 8, 16] {
+                let (us, g) =
+                    attention_alone(ops, &model, b, args.decode_ctx, None, &|p| p.set_cluster(n))?;
+                if us.is_finite() {
+                    summary.push(format!(
+                        "  b{b} attention cluster of {n}: {us:.1} us (in a graph {g:.1} us)"
+                    ));
+                }
+            }
+            let (attn_v1_us, _) = attention_alone(ops, &model, b, args.decode_ctx, None, &|p| {
                 p.force_decode_v1();
                 true
             })?;
             let mut variants = serde_json::Map::new();
             for (i, name) in strata_kernels::cuda::DECODE2_VARIANTS.iter().enumerate() {
                 for sp in [None, Some(2), Some(3), Some(4), Some(6)] {
-                    let us = attention_alone(ops, &model, b, args.decode_ctx, sp, &|p| {
+                    let (us, _) = attention_alone(ops, &model, b, args.decode_ctx, sp, &|p| {
                         p.set_decode2_variant(i)
                     })?;
                     if us.is_finite() {
@@ -211,9 +273,9 @@ pub fn run(
                 args.decode_ctx, wall, graphed.map_or("-".to_string(), |g| format!("{g:.2} ms")), fwd, attn_layer_us, attn_v1_us,
                 b as f64 / best * 1e3, floor_ms.unwrap_or(f64::NAN), ratio.unwrap_or(f64::NAN), kv_floor.unwrap_or(f64::NAN)
             ));
-            rows.push(json!({"batch": b, "step_ms": wall, "graph_step_ms": graphed, "graph_step_ms_no_pdl": graphed_no_pdl,
+            rows.push(json!({"batch": b, "step_ms": wall, "graph_step_ms": graphed, "graph_step_ms_no_pdl": graphed_no_pdl, "graph_step_ms_split_attention": graphed_split, "graph_step_minus_op_us_per_layer": minus,
                 "ops_us": ops_on, "forward_gpu_ms": fwd,
-                "attention_us_per_layer": attn_layer_us, "attention_v1_us_per_layer": attn_v1_us, "attention_variants_us": variants, "tokens_per_s": b as f64 / best * 1e3,
+                "attention_us_per_layer": attn_layer_us, "attention_graph_us_per_layer": attn_graph_us, "attention_v1_us_per_layer": attn_v1_us, "attention_variants_us": variants, "tokens_per_s": b as f64 / best * 1e3,
                 "floor_weights_ms": floor_ms, "floor_weights_kv_ms": kv_floor, "ratio_to_floor": ratio}));
             if b == 1 {
                 gemv_breakdown(ops, gemm, &shape, copy_bw, summary, &mut out)?;
@@ -242,7 +304,7 @@ pub fn run(
     if want("prefill") {
         let mut rows = Vec::new();
         for &t in &args.prefill_lens {
-            let input = step_input(ops, &model, &[(t, t)], args.deterministic)?;
+            let input = step_input(ops, &model, &[(t, t)], args.deterministic, false)?;
             let ws = model.workspace(ops, t, 1)?;
             let ms = gpu_ms(ops.context(), false, 1, 3, || {
                 Ok(model.forward(ops, gemm, &ws, &input)?)
@@ -265,7 +327,7 @@ pub fn run(
             use strata_kernels::cuda::{set_prefill_kernel, PrefillKernel};
             set_prefill_kernel(Some(PrefillKernel::Mma));
             let mma_ms = (|| -> anyhow::Result<f64> {
-                let input = step_input(ops, &model, &[(t, t)], args.deterministic)?;
+                let input = step_input(ops, &model, &[(t, t)], args.deterministic, false)?;
                 gpu_ms(ops.context(), false, 1, 3, || {
                     Ok(model.forward(ops, gemm, &ws, &input)?)
                 })
@@ -276,7 +338,7 @@ pub fn run(
             let wg_ms = if ops.has_wgmma_prefill() {
                 set_prefill_kernel(Some(PrefillKernel::Wgmma));
                 let r = (|| -> anyhow::Result<f64> {
-                    let input = step_input(ops, &model, &[(t, t)], args.deterministic)?;
+                    let input = step_input(ops, &model, &[(t, t)], args.deterministic, false)?;
                     gpu_ms(ops.context(), false, 1, 3, || {
                         Ok(model.forward(ops, gemm, &ws, &input)?)
                     })
@@ -345,7 +407,7 @@ pub fn run(
                         let end = ((c + 1) * 2048).min(t);
                         let n = end - c * 2048;
                         Ok((
-                            step_input(ops, &model, &[(n, end)], args.deterministic)?,
+                            step_input(ops, &model, &[(n, end)], args.deterministic, false)?,
                             model.workspace(ops, n, 1)?,
                         ))
                     })
@@ -618,7 +680,7 @@ fn attention_alone(
     ctx_len: usize,
     splits: Option<usize>,
     tweak: &dyn Fn(&mut strata_kernels::cuda::AttnPlan) -> bool,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<(f64, f64)> {
     let c = ops.context();
     let s = model.shape;
     let shape = model.attn_shape();
@@ -632,7 +694,7 @@ fn attention_alone(
         .collect();
     let mut plan = ops.attention_plan(shape, &seqs, splits)?;
     if !tweak(&mut plan) {
-        return Ok(f64::NAN);
+        return Ok((f64::NAN, f64::NAN));
     }
     let kvw = s.n_kv_heads * s.head_dim;
     let slots = shape.pool_pages * PAGE;
@@ -647,7 +709,35 @@ fn attention_alone(
     let ms = gpu_ms(c, false, 2, 10, || {
         Ok(ops.paged_attention(&plan, &q, 0, &k, &v, &o, scale)?)
     })?;
-    Ok(ms * 1e3)
+    let g = graph_us(c, || {
+        Ok(ops.paged_attention(&plan, &q, 0, &k, &v, &o, scale)?)
+    })
+    .unwrap_or(f64::NAN);
+    Ok((ms * 1e3, g))
+}
+
+/// Per-call microseconds of `f` captured 32 times into one CUDA graph and replayed (the launch
+/// gaps of a step's graph, PDL between the calls as in a step).
+fn graph_us(
+    c: &strata_kernels::cuda::GpuContext,
+    mut f: impl FnMut() -> anyhow::Result<()>,
+) -> anyhow::Result<f64> {
+    use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
+    const REPS: usize = 32;
+    let stream = c.stream();
+    stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
+    let mut r = Ok(());
+    for _ in 0..REPS {
+        r = f();
+        if r.is_err() {
+            break;
+        }
+    }
+    let g = stream.end_capture(CUgraphInstantiate_flags(0));
+    r?;
+    let g = g?.ok_or_else(|| anyhow::anyhow!("empty graph"))?;
+    let ms = gpu_ms(c, false, 2, 7, || Ok(g.launch()?))?;
+    Ok(ms * 1e3 / REPS as f64)
 }
 
 /// Decode GEMMs of one layer and the LM head alone at batch 1 and 32, every implementation:
@@ -683,6 +773,7 @@ fn gemv_breakdown(
                     GemmPath::CublasLt,
                     GemmPath::Gemv,
                     GemmPath::GemvT1,
+                    GemmPath::GemvT1Pipe,
                     GemmPath::GemvT1Wide,
                     GemmPath::CublasLtDet,
                     GemmPath::DetGemv,
@@ -705,13 +796,16 @@ fn gemv_breakdown(
                 };
                 let gbs = (n * k * 2) as f64 / (ms / 1e3) / 1e9;
                 let frac = copy_bw.map_or(f64::NAN, |bw| gbs * 1e9 / bw);
+                let g = graph_us(c, || Ok(gemm.linear_with(&x, &w, &y, path)?)).unwrap_or(f64::NAN);
+                let gfrac = copy_bw.map_or(f64::NAN, |bw| (n * k * 2) as f64 / (g / 1e6) / bw);
                 summary.push(format!(
-                    "  b{t} {path:?} {name} [{n}x{k}]: {:.1} us, {:.0} GB/s ({:.0}% of copy rate)",
+                    "  b{t} {path:?} {name} [{n}x{k}]: {:.1} us, {:.0} GB/s ({:.0}% of copy rate); in a graph {g:.1} us ({:.0}%)",
                     ms * 1e3,
                     gbs,
-                    frac * 100.0
+                    frac * 100.0,
+                    gfrac * 100.0
                 ));
-                rows.push(json!({"rows": t, "name": name, "path": format!("{path:?}"), "n": n, "k": k, "us": ms * 1e3, "gbs": gbs}));
+                rows.push(json!({"rows": t, "name": name, "path": format!("{path:?}"), "n": n, "k": k, "us": ms * 1e3, "gbs": gbs, "graph_us": g}));
             }
         }
     }

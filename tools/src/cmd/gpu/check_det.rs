@@ -160,6 +160,7 @@ fn opts(det: bool, prefill: bool) -> PlanOpts {
         deterministic: det,
         det_split_len: 0,
         prefill,
+        no_cluster: false,
     }
 }
 

@@ -230,7 +230,7 @@ pub fn rope_kv_write(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
 
 pub fn gemm(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Result<()> {
     let c = ops.context();
-    use GemmPath::{Cublas, CublasLt, DetGemv, Gemv, GemvT1, GemvT1Wide};
+    use GemmPath::{Cublas, CublasLt, DetGemv, Gemv, GemvT1, GemvT1Pipe, GemvT1Wide};
     for (t, k, n, f32_out, path) in [
         (1, 4096, 1024, false, Cublas),
         (33, 1000, 777, false, Cublas),
@@ -250,6 +250,13 @@ pub fn gemm(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Result<()> 
         (1, 4096, 1000, false, GemvT1Wide),
         (1, 14336, 300, true, GemvT1Wide),
         (1, 1000, 777, false, GemvT1Wide),
+        // Two steps in flight: rows of 1, 2, 4 and 7 steps and a partial one, the 1B down shape.
+        (1, 2048, 3072, false, GemvT1Pipe),
+        (1, 4096, 1000, false, GemvT1Pipe),
+        (1, 8192, 2048, false, GemvT1Pipe),
+        (1, 14336, 300, true, GemvT1Pipe),
+        (1, 1000, 777, false, GemvT1Pipe),
+        (1, 8192, 2048, false, GemvT1),
         // The batch-invariant fallback: gemv_bf16 over 8-row chunks, any row count.
         (1, 4096, 1000, false, DetGemv),
         (3, 2048, 777, true, DetGemv),
@@ -286,7 +293,14 @@ pub fn gemm(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Result<()> 
 /// The fused single-row SiLU-mul + GEMV against silu_mul then linear on the CPU.
 pub fn silu_linear(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Result<()> {
     let c = ops.context();
-    for (k, n) in [(14336, 512), (1000, 777), (64, 3)] {
+    // (In >= 8192: the two-steps-in-flight kernel.)
+    for (k, n) in [
+        (14336, 512),
+        (8192, 2048),
+        (4096, 100),
+        (1000, 777),
+        (64, 3),
+    ] {
         let gu = ck.bf16_vec(2 * k, 2.0);
         let w = ck.bf16_vec(n * k, 1.0 / (k as f32).sqrt());
         let ggu = c.upload_bf16(&[1, 2 * k], &gu)?;
@@ -515,10 +529,54 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
                 (format!("{tag} {n}"), nh, nkv, hd, page, lens, sp)
             })
     });
+    // The decode2 cluster form at every cluster size, on the 1B and 8B head shapes, GQA 1/2/8,
+    // rows shorter than one tile per block (empty blocks), odd pages.
+    let clusters: Vec<Case> = vec![
+        (
+            "decode cl2",
+            32,
+            8,
+            128,
+            16,
+            vec![(1, 1), (1, 300), (1, 1000)],
+            None,
+        ),
+        (
+            "decode cl4",
+            32,
+            8,
+            64,
+            16,
+            vec![(1, 1024), (1, 17), (1, 5)],
+            None,
+        ),
+        ("decode cl8", 16, 2, 64, 16, vec![(1, 500), (1, 129)], None),
+        ("decode cl16", 32, 8, 64, 16, vec![(1, 1024)], None),
+        (
+            "decode cl16",
+            32,
+            8,
+            128,
+            16,
+            vec![(1, 1000), (1, 16), (1, 1)],
+            None,
+        ),
+        ("decode cl8", 8, 8, 128, 7, vec![(1, 700), (1, 5)], None),
+        ("decode cl16", 64, 8, 128, 16, vec![(1, 333)], None),
+        ("decode cl4", 8, 4, 64, 16, vec![(1, 300), (1, 64)], None),
+        ("decode cl16", 8, 4, 64, 16, vec![(1, 4099)], None),
+    ];
     let cases = cases
         .into_iter()
         .map(|(n, nh, nkv, hd, page, lens, sp)| (n.to_string(), nh, nkv, hd, page, lens, sp))
         .chain(variants)
+        .chain(
+            clusters
+                .into_iter()
+                .map(|(n, nh, nkv, hd, page, lens, sp)| {
+                    (n.to_string(), nh, nkv, hd, page, lens, sp)
+                }),
+        )
         .chain(wg_cases);
     for (name, nh, nkv, hd, page, lens, splits) in cases {
         let pages_needed: usize = lens.iter().map(|&(_, kv)| kv.div_ceil(page)).sum();
@@ -601,6 +659,14 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
             plan.force_decode_v1();
         }
         let mut variant = "";
+        if let Some(n) = name.strip_prefix("decode cl") {
+            let n: usize = n.parse()?;
+            if !plan.set_cluster(n) {
+                // (16 needs the device's non-portable cluster size; sm_80 has no clusters.)
+                println!("  attention {name}: cluster of {n} not available here, skipped");
+                continue;
+            }
+        }
         if let Some(i) = name.strip_prefix("decode var") {
             let i: usize = i.parse()?;
             anyhow::ensure!(plan.set_decode2_variant(i), "variant {i} does not fit");
@@ -647,6 +713,7 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
         };
         let kernel = match plan.kernel() {
             AttnKernel::Decode2 if !variant.is_empty() => variant,
+            AttnKernel::Decode2 if plan.cluster() > 0 => "dec2c",
             AttnKernel::Decode2 => "dec2",
             AttnKernel::Decode => "dec",
             AttnKernel::General => "gen",
@@ -655,8 +722,9 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
             AttnKernel::PrefillWg => strata_kernels::cuda::WG_NAMES[wg_index],
         };
         let desc = format!(
-            "{name} h{nh}/{nkv} d{hd} p{page} {lens:?} s{} {kernel}",
-            plan.splits()
+            "{name} h{nh}/{nkv} d{hd} p{page} {lens:?} s{} c{} {kernel}",
+            plan.splits(),
+            plan.cluster()
         );
         ck.rel("attention", desc, err, BF16_TOL);
     }
@@ -765,8 +833,9 @@ pub fn fixed_decode_plan(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> 
     let k = c.upload_bf16(&[slots, kv_dim], &ck.bf16_vec(slots * kv_dim, 1.0))?;
     let v = c.upload_bf16(&[slots, kv_dim], &ck.bf16_vec(slots * kv_dim, 1.0))?;
     let max_pages = 24;
-    let plan = ops.decode_plan_fixed(shape, 8, max_pages)?;
-    for n in [1usize, 5, 8] {
+    // Batch 8 and batch 1 fixed plans (on sm_90 the decode2 cluster form with 4 and 16 blocks).
+    for (fixed, n) in [(8usize, 1usize), (8, 5), (8, 8), (1, 1)] {
+        let plan = ops.decode_plan_fixed(shape, fixed, max_pages)?;
         let mut pages: Vec<i32> = (0..pool_pages as i32).collect();
         shuffle(&mut ck.rng, &mut pages);
         let seqs: Vec<AttnSeq> = (0..n)
@@ -780,10 +849,10 @@ pub fn fixed_decode_plan(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> 
                 }
             })
             .collect();
-        let q_host = ck.bf16_vec(8 * nh * hd, 1.0);
-        let q = c.upload_bf16(&[8, nh * hd], &q_host)?;
+        let q_host = ck.bf16_vec(fixed * nh * hd, 1.0);
+        let q = c.upload_bf16(&[fixed, nh * hd], &q_host)?;
         let q_n = c.upload_bf16(&[n, nh * hd], &q_host[..n * nh * hd])?;
-        let out_fixed = bf16_out(ops, &[8, nh * hd])?;
+        let out_fixed = bf16_out(ops, &[fixed, nh * hd])?;
         let out_ref = bf16_out(ops, &[n, nh * hd])?;
         ops.update_decode_plan(&plan, &seqs)?;
         ops.paged_attention(&plan, &q, 0, &k, &v, &out_fixed, 0.088)?;
@@ -794,7 +863,11 @@ pub fn fixed_decode_plan(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> 
         let err = r::rel_err(&got[..n * nh * hd], &want);
         ck.rel(
             "fixed_decode_plan",
-            format!("{n} of 8 rows, pages<=24, {} splits", plan.splits()),
+            format!(
+                "{n} of {fixed} rows, pages<=24, {} splits, cluster {}",
+                plan.splits(),
+                plan.cluster()
+            ),
             err,
             BF16_TOL,
         );
