@@ -20,7 +20,11 @@
 // operand of O += P V (8 x wgmma m64n128k16, A from registers: the accumulator fragment of S
 // is the A fragment of P). cp.async writes reach the wgmma (async proxy) reads through
 // cp.async.wait_group + fence.proxy.async + __syncthreads. A warpgroup skips tiles past every
-// one of its rows' causal limits. Output and split partials as the FA2 kernel's.
+// one of its rows' causal limits (serial form only). Output and split partials as the FA2
+// kernel's. Kernels (WG_KERNEL lines): the default queues a tile's O += P V behind the next
+// tile's S (ptxas then waits for it before that tile's exponentials: the mask's branch rejoins
+// in between), `_early` queues it after the mask so the exponentials overlap it, `_split` is
+// `_early` with K and V copied two tiles ahead in separate rings.
 #define WG_THREADS 256
 #define WG_ROWS 128
 #define WG_KT 128
@@ -116,7 +120,7 @@ __device__ __forceinline__ float wg_ex2(float x) {
     return y;
 }
 
-template <int NST, bool PIPE, bool SPLIT>
+template <int NST, bool PIPE, bool SPLIT, bool EARLY>
 __device__ __forceinline__ void wg_prefill_body(
     const bf16_t* q, int q_stride, const bf16_t* k_pool, const bf16_t* v_pool,
     const int* block_tables, int max_pages, int page_size, const int* tile_info, int n_heads,
@@ -289,7 +293,7 @@ __device__ __forceinline__ void wg_prefill_body(
             wg_mma_ss(s, qd + step, kd + kstep, kk);
         }
         wg_commit_mma();
-        if (PIPE) {
+        if (PIPE && !EARLY) {
             pv(pv_stage);
             wg_wait_mma<1>();
         } else {
@@ -309,6 +313,10 @@ __device__ __forceinline__ void wg_prefill_body(
                 }
             }
         }
+        // EARLY: the previous O += P V is queued only now, after the mask's (divergent) branch:
+        // ptxas waits for every wgmma in flight where a divergent branch rejoins, which put the
+        // wait before the softmax (SASS of the default kernel: only the row max overlapped).
+        if (PIPE && EARLY) pv(pv_stage);
         // Online softmax (base 2); the 4 threads of a quad share a row.
         float mx[2] = {NEG_INF, NEG_INF};
 #pragma unroll
@@ -348,6 +356,13 @@ __device__ __forceinline__ void wg_prefill_body(
             l[h] += rs;
         }
         if (PIPE) {  // the previous O += P V: O and pk free again
+            // EARLY: P and the row sums pinned first, so the compiler cannot sink the ex2s
+            // below the wait (without it the SASS of the default kernel waits before them:
+            // only the row max overlaps the tensor cores).
+            if (EARLY) {
+                wg_pin<64>(s);
+                wg_pin<2>(l);
+            }
             wg_wait_mma<0>();
             wg_pin<64>(o);
             wg_pin_u<KT / 4>(pk);
@@ -414,22 +429,23 @@ __device__ __forceinline__ void wg_prefill_body(
     }
 }
 
-// WG_KERNEL(NAME, NST, PIPE, SPLIT): NST stages of 128-key K and V tiles; PIPE: a tile's
-// O += P V overlaps the next tile's softmax (copies then run NST - 2 tiles ahead, or 2 with
-// SPLIT's separate K and V rings). Dynamic shared memory
+// WG_KERNEL(NAME, NST, PIPE, SPLIT, EARLY): NST stages of 128-key K and V tiles; PIPE: a
+// tile's O += P V overlaps the next tile's softmax (copies then run NST - 2 tiles ahead, or 2
+// with SPLIT's separate K and V rings); EARLY: the exponentials are kept before the wait for
+// that O += P V. Dynamic shared memory
 // 1024 (alignment slack) + 32768 (Q) + NST * 65536 bytes, mirrored by wg_smem in
 // kernels/src/cuda/attention.rs.
-#define WG_KERNEL(NAME, NST, PIPE, SPLIT)                                                                  \
+#define WG_KERNEL(NAME, NST, PIPE, SPLIT, EARLY)                                                                  \
     extern "C" __global__ void __launch_bounds__(WG_THREADS, 1) NAME(                             \
         const bf16_t* q, int q_stride, const bf16_t* k_pool, const bf16_t* v_pool,                \
         const int* block_tables, int max_pages, int page_size, const int* tile_info, int n_heads, \
         int n_kv_heads, int head_dim, float scale, int split_len, bf16_t* out, int out_stride,    \
         float* part_acc, float* part_ml, int total_rows) {                                        \
         pdl_enter();                                                                              \
-        wg_prefill_body<NST, PIPE, SPLIT>(q, q_stride, k_pool, v_pool, block_tables, max_pages, page_size,     \
+        wg_prefill_body<NST, PIPE, SPLIT, EARLY>(q, q_stride, k_pool, v_pool, block_tables, max_pages, page_size,     \
                              tile_info, n_heads, n_kv_heads, scale, split_len, out, out_stride,   \
                              part_acc, part_ml, total_rows);                                      \
     }
-WG_KERNEL(paged_attention_wg_d128, 3, true, false)
-WG_KERNEL(paged_attention_wg_d128_split, 3, true, true)
-WG_KERNEL(paged_attention_wg_d128_serial, 3, false, false)
+WG_KERNEL(paged_attention_wg_d128, 3, true, false, false)
+WG_KERNEL(paged_attention_wg_d128_split, 3, true, true, true)
+WG_KERNEL(paged_attention_wg_d128_early, 3, true, false, true)

@@ -116,13 +116,16 @@ pub(crate) fn fa2_smem_of(head_dim: usize, kt: usize, stages: usize) -> u32 {
 }
 
 /// The wgmma prefill kernels (head_dim 128), timed side by side by `strata gpu bench`: the
-/// default (a tile's O += P V overlaps the next tile's softmax; tiles copied one ahead),
-/// `_split` (K and V in separate rings, each copied two tiles before it is read) and `_serial`
-/// (no overlap within a warpgroup).
+/// default (a tile's O += P V queued behind the next tile's S; tiles copied one ahead; in its
+/// SASS ptxas waits for that O += P V before the exponentials, see attention_prefill_wg.cu),
+/// `_split` (`_early` plus K and V in separate rings, each copied two tiles before it is read)
+/// and `_early` (the O += P V queued after the mask, so the exponentials run while it does).
+/// The serial form (no overlap within a warpgroup) lost on the H200 (1.496 vs 1.384 ms at 8K,
+/// 20:29 UTC) and was removed.
 pub const WG_NAMES: [&str; 3] = [
     "paged_attention_wg_d128",
     "paged_attention_wg_d128_split",
-    "paged_attention_wg_d128_serial",
+    "paged_attention_wg_d128_early",
 ];
 
 /// 0 = follow `STRATA_WG_VARIANT`, else 1 + the forced index into [`WG_NAMES`].
