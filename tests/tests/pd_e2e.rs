@@ -505,7 +505,21 @@ async fn pd_pushes_each_chunk_and_survives_a_prefill_killed_between_chunks() {
         let boot = free_port();
         let prefill = role("prefill", boot, &[], &env);
         let decode = role("decode", boot, &[], &env);
-        let ((ps, pv), (ds, dv)) = legs(&c, &prefill, &decode, boot, room, &body(&prompt, 8)).await;
+        // The decode leg first, the prefill's once the decode is connected to its bootstrap
+        // server: parts are only sent to a decode that asked for the room before the prompt's
+        // last chunk (a decode that asks later gets every page with the final header; under a
+        // loaded CI machine that happened and the test saw 0 parts).
+        let mut b = body(&prompt, 8);
+        b["bootstrap_host"] = json!("127.0.0.1");
+        b["bootstrap_port"] = json!(boot);
+        b["bootstrap_room"] = json!(room);
+        let dleg = tokio::spawn({
+            let (c, url, b) = (c.clone(), decode.url("/generate"), b.clone());
+            async move { post(&c, &url, &b).await }
+        });
+        assert!(decode.wait_metric("pd_bootstrap_connections", 1.0).await >= 1.0);
+        let (ps, pv) = post(&c, &prefill.url("/generate"), &b).await;
+        let (ds, dv) = dleg.await.unwrap();
         assert_eq!((ps, ds), (200, 200), "{pv} / {dv}");
         assert_eq!(
             ids_of(&dv),

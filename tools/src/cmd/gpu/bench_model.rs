@@ -348,6 +348,27 @@ pub fn run(
             } else {
                 None
             };
+            // The forward with each other wgmma form (WG_NAMES[1..]), timed in the same process.
+            let mut wg_forms = serde_json::Map::new();
+            if ops.has_wgmma_prefill() {
+                let mut line = format!("  prefill {t} forward with the other wgmma forms:");
+                for (i, wn) in strata_kernels::cuda::WG_NAMES.iter().enumerate().skip(1) {
+                    set_prefill_kernel(Some(PrefillKernel::Wgmma));
+                    strata_kernels::cuda::set_wg_variant(Some(i));
+                    let r = (|| -> anyhow::Result<f64> {
+                        let input = step_input(ops, &model, &[(t, t)], args.deterministic, false)?;
+                        gpu_ms(ops.context(), false, 1, 3, || {
+                            Ok(model.forward(ops, gemm, &ws, &input)?)
+                        })
+                    })();
+                    strata_kernels::cuda::set_wg_variant(None);
+                    set_prefill_kernel(None);
+                    let f = r?;
+                    line += &format!(" {wn} {f:.1} ms");
+                    wg_forms.insert(wn.to_string(), json!(f));
+                }
+                summary.push(line);
+            }
             let layer_flops = attn / shape.layers as f64;
             let mut alone = serde_json::Map::new();
             let mut line = format!("  prefill {t} attention alone per layer:");
@@ -427,7 +448,7 @@ pub fn run(
             rows.push(
                 json!({"tokens": t, "ms": ms, "tokens_per_s": tps, "gemm_floor_ms": floor,
                 "matrix_flops": mat, "attention_flops": attn, "mma_kernel_ms": mma_ms,
-                "wgmma_kernel_ms": wg_ms,
+                "wgmma_kernel_ms": wg_ms, "wgmma_forms_ms": wg_forms,
                 "attention_layer_ms": alone, "chunked_2048_ms": chunked}),
             );
         }
