@@ -5,8 +5,8 @@
 // Work unit: a tile = FA_ROWS (token, head) rows of one sequence for one KV head g: 128 / group
 // consecutive query tokens times the group's query heads (row r = token r / group, query head
 // g * group + r % group; group is a power of two, it divides 16), so one K/V tile in shared
-// memory serves 128 rows. tile_info as paged_attention's. Grid = (kv head, tile, split) with tiles
-// taken last-first, so the longest (latest, causal) tiles of a prompt start first and the short
+// memory serves 128 rows. tile_info, the grid, page lookups and the row store: prefill_common.cuh
+// (shared with the wgmma kernel). Grid = (kv head, tile, split) with tiles taken last-first, so the longest (latest, causal) tiles of a prompt start first and the short
 // ones fill the tail.
 // 4 warps; warp w owns rows 32w..32w+31 as two m16 tiles. Q [128][HD] is copied to shared memory
 // once; K and V tiles of KT keys are copied row-major into NST shared-memory stages with cp.async
@@ -31,16 +31,7 @@
 #define FA_THREADS 128
 #define FA_ROWS 128
 
-__device__ __forceinline__ void fa_cp16(void* dst, const void* src, int src_bytes) {
-    const u32 d = (u32)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(src_bytes)
-                 : "memory");
-}
-__device__ __forceinline__ void fa_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void fa_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
+__device__ __forceinline__ u32 fa_smem_addr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
 __device__ __forceinline__ void fa_ldsm4(u32* r, const bf16_t* p) {
     const u32 a = (u32)__cvta_generic_to_shared(p);
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
@@ -52,18 +43,6 @@ __device__ __forceinline__ void fa_ldsm4_t(u32* r, const bf16_t* p) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(a));
-}
-// bf16 pair {lo, hi} in one F2FP (round to nearest even, as f2bf for every finite value).
-__device__ __forceinline__ u32 fa_pack(float lo, float hi) {
-    u32 r;
-    asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
-    return r;
-}
-// 2^x in one MUFU.EX2 (flush-to-zero; 2^-inf = +0).
-__device__ __forceinline__ float fa_ex2(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-    return y;
 }
 
 template <int HD, int KT, int KS, int NST>
@@ -86,29 +65,18 @@ __device__ __forceinline__ void fa_prefill_body(
     bf16_t* ks = qs + FA_ROWS * ST;      // [NST][KT][ST]
     bf16_t* vs = ks + NST * KT * ST;     // [NST][KT][ST]
 
-    const int group = n_heads / n_kv_heads;
-    const int gsh = __ffs(group) - 1;    // log2(group)
-    const int g = blockIdx.x, tile = gridDim.y - 1 - blockIdx.y;
-    const int split = blockIdx.z, nsplit = gridDim.z;
-    const int seq = tile_info[tile * 4 + 0], row0 = tile_info[tile * 4 + 1];
-    const int qcount = tile_info[tile * 4 + 2], pos0 = tile_info[tile * 4 + 3];
-    const int nrows = qcount * group;
-    const int kbeg = split * split_len;
-    const int kend = min(pos0 + qcount, kbeg + split_len);
+    const PfTile T = pf_tile(tile_info, block_tables, max_pages, n_heads, n_kv_heads, split_len);
+    const int gsh = T.gsh, pos0 = T.pos0, nrows = T.nrows, kbeg = T.kbeg, kend = T.kend;
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int gid = lane >> 2, tig = lane & 3;
     const float sl2 = scale * 1.4426950408889634f;
-    const int* bt = block_tables + (u64)seq * max_pages;
 
     // Q rows of the tile (zero past its last row): part of the first copy group.
     for (int c = tid; c < FA_ROWS * CPR; c += FA_THREADS) {
         const int r = c / CPR, piece = c % CPR;
         const bool live = r < nrows;
-        const bf16_t* src = q;
-        if (live)
-            src = q + (u64)(row0 + (r >> gsh)) * q_stride +
-                  (u64)(g * group + (r & (group - 1))) * HD + piece * 8;
-        fa_cp16(qs + r * ST + piece * 8, src, live ? 16 : 0);
+        pf_cp16(fa_smem_addr(qs + r * ST + piece * 8), live ? pf_q_src<HD>(T, q, q_stride, r, piece) : q,
+                live ? 16 : 0);
     }
     // K/V copies: this thread moves piece `tid % CPR` of keys jc + KPP * i of a tile (i <
     // PASSES). Lane L < KPW * PASSES of warp w looks up the pool slot of key
@@ -117,31 +85,20 @@ __device__ __forceinline__ void fa_prefill_body(
     // copying lanes by shuffle as 2 * slot + live (dead keys past kend: 0, zero-filled).
     const int jc = tid / CPR;
     const u64 row_bytes = (u64)n_kv_heads * HD * 2;
-    const u32 tcol = (g * HD + (tid % CPR) * 8) * 2;  // byte column of this thread's piece
+    const u32 tcol = (T.g * HD + (tid % CPR) * 8) * 2;  // byte column of this thread's piece
     const int my_key = warp * KPW + lane % KPW + KPP * (lane / KPW);
     u32 code = 0;
-    auto lookup = [&](int t0) {
-        const int key = t0 + my_key;
-        code = 0;
-        if (lane < KPW * PASSES && key < kend) {
-            const int p = (u32)key / (u32)page_size;
-            code = (u32)(__ldg(bt + p) * page_size + key - p * page_size) * 2u + 1u;
-        }
-    };
+    auto lookup = [&](int t0) { code = pf_slot_code(T, t0 + my_key, page_size, lane < KPW * PASSES); };
     auto issue = [&](int st) {
-        const u32 kd = (u32)__cvta_generic_to_shared(ks + st * KT * ST + jc * ST + (tid % CPR) * 8);
+        const u32 kd = fa_smem_addr(ks + st * KT * ST + jc * ST + (tid % CPR) * 8);
         const u32 vd = kd + NST * KT * ST * 2;
 #pragma unroll
         for (int i = 0; i < PASSES; ++i) {
             const u32 c = __shfl_sync(FULL_MASK, code, i * KPW + lane / CPR);
             const u64 off = (u64)(c >> 1) * row_bytes + tcol;
             const int bytes = (c & 1) * 16;
-            asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(kd + i * KPP * ST * 2),
-                         "l"((const char*)k_pool + off), "r"(bytes)
-                         : "memory");
-            asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(vd + i * KPP * ST * 2),
-                         "l"((const char*)v_pool + off), "r"(bytes)
-                         : "memory");
+            pf_cp16(kd + i * KPP * ST * 2, (const char*)k_pool + off, bytes);
+            pf_cp16(vd + i * KPP * ST * 2, (const char*)v_pool + off, bytes);
         }
     };
 
@@ -171,16 +128,16 @@ __device__ __forceinline__ void fa_prefill_body(
 #pragma unroll
     for (int p = 0; p < NST - 1; ++p) {
         if (p < ntiles) issue(p);
-        fa_commit();
+        pf_commit();
         lookup(kbeg + (p + 1) * KT);
     }
     for (int it = 0; it < ntiles; ++it) {
-        fa_wait<NST - 2>();
+        pf_cp_wait<NST - 2>();
         __syncthreads();
         // The stage refilled here was read in iteration it - 1, which every warp has finished.
         const int nxt = it + NST - 1;
         if (nxt < ntiles) issue(nxt % NST);
-        fa_commit();
+        pf_commit();
         lookup(kbeg + (nxt + 1) * KT);
         // The tile in compute steps of KS keys (registers: the scores of KS keys are live).
 #pragma unroll
@@ -255,7 +212,7 @@ __device__ __forceinline__ void fa_prefill_body(
             if (__any_sync(FULL_MASK, grew)) {
 #pragma unroll
                 for (int i = 0; i < 4; ++i) {
-                    const float corr = fa_ex2(m[i] - mx[i]);
+                    const float corr = pf_ex2(m[i] - mx[i]);
                     m[i] = mx[i];
                     l[i] *= corr;
 #pragma unroll
@@ -276,10 +233,10 @@ __device__ __forceinline__ void fa_prefill_body(
                     float rs = 0.f;
 #pragma unroll
                     for (int n = 0; n < NT; ++n) {
-                        const float p0 = fa_ex2(fmaf(s[mt][n][2 * h], sl2, nm));
-                        const float p1 = fa_ex2(fmaf(s[mt][n][2 * h + 1], sl2, nm));
+                        const float p0 = pf_ex2(fmaf(s[mt][n][2 * h], sl2, nm));
+                        const float p1 = pf_ex2(fmaf(s[mt][n][2 * h + 1], sl2, nm));
                         rs += p0 + p1;
-                        pk[mt][n][h] = fa_pack(p0, p1);
+                        pk[mt][n][h] = pf_pack(p0, p1);
                     }
                     l[i] += rs;
                 }
@@ -309,7 +266,7 @@ __device__ __forceinline__ void fa_prefill_body(
             }
         }
     }
-    fa_wait<0>();
+    pf_cp_wait<0>();
 
 #pragma unroll
     for (int i = 0; i < 4; ++i) {
@@ -323,28 +280,8 @@ __device__ __forceinline__ void fa_prefill_body(
             const int i = 2 * mt + h;
             const int r = wr0 + 16 * mt + gid + 8 * h;
             if (r >= nrows) continue;
-            const int grow = row0 + (r >> gsh), head = g * group + (r & (group - 1));
-            if (nsplit == 1) {
-                const float inv = l[i] > 0.f ? 1.f / l[i] : 0.f;
-                bf16_t* orow = out + (u64)grow * out_stride + (u64)head * HD + tig * 2;
-#pragma unroll
-                for (int n = 0; n < DT; ++n)
-                    *(u32*)(orow + n * 8) =
-                        fa_pack(o[mt][n][2 * h] * inv, o[mt][n][2 * h + 1] * inv);
-            } else {
-                const u64 base = ((u64)split * total_rows + grow) * n_heads + head;
-                float* pa = part_acc + base * HD + tig * 2;
-#pragma unroll
-                for (int n = 0; n < DT; ++n) {
-                    pa[n * 8] = o[mt][n][2 * h];
-                    pa[n * 8 + 1] = o[mt][n][2 * h + 1];
-                }
-                // Partials in natural-log units like paged_attention's.
-                if (tig == 0) {
-                    part_ml[base * 2] = m[i] == NEG_BIG ? NEG_BIG : m[i] * 0.6931471805599453f;
-                    part_ml[base * 2 + 1] = l[i];
-                }
-            }
+            pf_store_row<HD>(T, r, tig, m[i], l[i], [&](int n, int e) { return o[mt][n][2 * h + e]; }, out,
+                             out_stride, part_acc, part_ml, n_heads, total_rows);
         }
 }
 

@@ -1,9 +1,9 @@
 // wgmma (sm_90a) flash-attention prefill / prefix-extend over the paged KV pool, head_dim 128:
 // `paged_attention_wg_d128`, its own NVRTC program (Program::AttentionWg) compiled for sm_90a
 // only on compute-9.0 devices; every other GPU runs attention_prefill.cu's FA2 kernel.
-// Arguments, tile_info, splits and outputs are the FA2 kernel's (FA_ROWS = 128 rows per tile:
-// 128 / group consecutive query tokens times the group's query heads; grid = (kv head, tile,
-// split), tiles taken last-first).
+// Arguments, tile_info, splits and outputs are the FA2 kernel's (128 rows per tile: 128 / group
+// consecutive query tokens times the group's query heads); the tile decoding, page lookups and
+// row store are prefill_common.cuh's, shared with it.
 //
 // 256 threads = 2 warpgroups; warpgroup w owns tile rows 64w..64w+63. Q [128][128] is copied
 // once, K and V tiles of 128 keys into NST shared-memory stages by cp.async from every thread
@@ -29,15 +29,6 @@
 #define WG_ROWS 128
 #define WG_KT 128
 
-__device__ __forceinline__ void wg_cp16(u32 dst, const void* src, int src_bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(src_bytes)
-                 : "memory");
-}
-__device__ __forceinline__ void wg_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void wg_cp_wait() {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
 // Makes this thread's completed cp.async writes visible to wgmma's (async proxy) reads.
 __device__ __forceinline__ void wg_fence_async() {
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
@@ -109,17 +100,6 @@ __device__ __forceinline__ void wg_mma_rs(float* d, const u32* a, u64 db) {
           "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
 }
-__device__ __forceinline__ u32 wg_pack(float lo, float hi) {
-    u32 r;
-    asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
-    return r;
-}
-__device__ __forceinline__ float wg_ex2(float x) {
-    float y;
-    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
-    return y;
-}
-
 template <int NST, bool PIPE, bool SPLIT, bool EARLY>
 __device__ __forceinline__ void wg_prefill_body(
     const bf16_t* q, int q_stride, const bf16_t* k_pool, const bf16_t* v_pool,
@@ -135,20 +115,12 @@ __device__ __forceinline__ void wg_prefill_body(
     const u32 ks = qs + 2 * HALF_Q;
     const u32 vs = ks + NST * TILE;
 
-    const int group = n_heads / n_kv_heads;
-    const int gsh = __ffs(group) - 1;
-    const int g = blockIdx.x, tile = gridDim.y - 1 - blockIdx.y;
-    const int split = blockIdx.z, nsplit = gridDim.z;
-    const int seq = tile_info[tile * 4 + 0], row0 = tile_info[tile * 4 + 1];
-    const int qcount = tile_info[tile * 4 + 2], pos0 = tile_info[tile * 4 + 3];
-    const int nrows = qcount * group;
-    const int kbeg = split * split_len;
-    const int kend = min(pos0 + qcount, kbeg + split_len);
+    const PfTile T = pf_tile(tile_info, block_tables, max_pages, n_heads, n_kv_heads, split_len);
+    const int gsh = T.gsh, pos0 = T.pos0, nrows = T.nrows, kbeg = T.kbeg, kend = T.kend;
     const int tid = threadIdx.x, lane = tid & 31;
     const int wg = tid >> 7, warp = (tid >> 5) & 3;
     const int gid = lane >> 2, tig = lane & 3;
     const float sl2 = scale * 1.4426950408889634f;
-    const int* bt = block_tables + (u64)seq * max_pages;
 
     // Copies: thread t moves 16-byte piece t % 16 (dims 8 * (t % 16) ..) of rows t / 16 + 16 i.
     // Rows r and r + 16 i share r & 7, so one swizzled offset serves every pass.
@@ -159,26 +131,15 @@ __device__ __forceinline__ void wg_prefill_body(
     for (int i = 0; i < WG_ROWS / 16; ++i) {
         const int r = r0 + 16 * i;
         const bool live = r < nrows;
-        const bf16_t* src = q;
-        if (live)
-            src = q + (u64)(row0 + (r >> gsh)) * q_stride + (u64)(g * group + (r & (group - 1))) * HD +
-                  piece * 8;
-        wg_cp16(qs + swz + i * 16 * 128, src, live ? 16 : 0);
+        pf_cp16(qs + swz + i * 16 * 128, live ? pf_q_src<HD>(T, q, q_stride, r, piece) : q, live ? 16 : 0);
     }
     // Lane L < 16 of warp W looks up key 2W + (L & 1) + 16 (L >> 1) of a tile (the keys W's
     // lanes copy) and hands 2 * slot + live to them by shuffle.
     const u64 row_bytes = (u64)n_kv_heads * HD * 2;
-    const u32 tcol = (u32)(g * HD + piece * 8) * 2u;
+    const u32 tcol = (u32)(T.g * HD + piece * 8) * 2u;
     const int my_key = 2 * (tid >> 5) + (lane & 1) + 16 * (lane >> 1);
     u32 code = 0;
-    auto lookup = [&](int t0) {
-        const int key = t0 + my_key;
-        code = 0;
-        if (lane < 16 && key < kend) {
-            const int p = (u32)key / (u32)page_size;
-            code = (u32)(__ldg(bt + p) * page_size + key - p * page_size) * 2u + 1u;
-        }
-    };
+    auto lookup = [&](int t0) { code = pf_slot_code(T, t0 + my_key, page_size, lane < 16); };
     // Copies of one tile's K (to stage kst) and / or V (to stage vst; -1: none) whose slots
     // the lookup lanes hold in `c0`.
     auto issue_kv = [&](int kst, int vst, u32 c0) {
@@ -188,8 +149,8 @@ __device__ __forceinline__ void wg_prefill_body(
             const u32 c = __shfl_sync(FULL_MASK, c0, 2 * i + (lane >> 4));
             const u64 off = (u64)(c >> 1) * row_bytes + tcol;
             const int bytes = (c & 1) * 16;
-            if (kst >= 0) wg_cp16(kd + i * 16 * 128, (const char*)k_pool + off, bytes);
-            if (vst >= 0) wg_cp16(vd + i * 16 * 128, (const char*)v_pool + off, bytes);
+            if (kst >= 0) pf_cp16(kd + i * 16 * 128, (const char*)k_pool + off, bytes);
+            if (vst >= 0) pf_cp16(vd + i * 16 * 128, (const char*)v_pool + off, bytes);
         }
     };
     auto issue = [&](int st) { issue_kv(st, st, code); };
@@ -228,15 +189,15 @@ __device__ __forceinline__ void wg_prefill_body(
         if (ntiles > 0) issue_kv(0, 0, code);
         lookup(kbeg + KT);
         if (ntiles > 1) issue_kv(1, -1, code);
-        wg_commit();
-        wg_commit();  // empty: iteration j waits for all but the newest group
+        pf_commit();
+        pf_commit();  // empty: iteration j waits for all but the newest group
         code_prev = code;
         lookup(kbeg + 2 * KT);
     } else {
 #pragma unroll
         for (int p = 0; p < LEAD; ++p) {
             if (p < ntiles) issue(p);
-            wg_commit();
+            pf_commit();
             lookup(kbeg + (p + 1) * KT);
         }
     }
@@ -264,7 +225,7 @@ __device__ __forceinline__ void wg_prefill_body(
         wg_commit_mma();
     };
     for (int it = 0; it < ntiles; ++it) {
-        wg_cp_wait<LEAD - 1>();
+        pf_cp_wait<LEAD - 1>();
         wg_fence_async();
         __syncthreads();
         // The stage refilled here was last read in an iteration every warpgroup finished.
@@ -276,7 +237,7 @@ __device__ __forceinline__ void wg_prefill_body(
         } else if (nxt < ntiles) {
             issue(nxt % NST);
         }
-        wg_commit();
+        pf_commit();
         lookup(kbeg + (nxt + 1) * KT);
         const int t0 = kbeg + it * KT;
         if (!PIPE && t0 >= g_hi) continue;  // past the causal limit of every row of this warpgroup
@@ -337,7 +298,7 @@ __device__ __forceinline__ void wg_prefill_body(
         if (rescale) {
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
-                corr[h] = wg_ex2(m[h] - mx[h]);
+                corr[h] = pf_ex2(m[h] - mx[h]);
                 m[h] = mx[h];
                 l[h] *= corr[h];
             }
@@ -349,8 +310,8 @@ __device__ __forceinline__ void wg_prefill_body(
             float rs = 0.f;
 #pragma unroll
             for (int n = 0; n < KT / 8; ++n) {
-                s[4 * n + 2 * h] = wg_ex2(fmaf(s[4 * n + 2 * h], sl2, nm));
-                s[4 * n + 2 * h + 1] = wg_ex2(fmaf(s[4 * n + 2 * h + 1], sl2, nm));
+                s[4 * n + 2 * h] = pf_ex2(fmaf(s[4 * n + 2 * h], sl2, nm));
+                s[4 * n + 2 * h + 1] = pf_ex2(fmaf(s[4 * n + 2 * h + 1], sl2, nm));
                 rs += s[4 * n + 2 * h] + s[4 * n + 2 * h + 1];
             }
             l[h] += rs;
@@ -379,7 +340,7 @@ __device__ __forceinline__ void wg_prefill_body(
 #pragma unroll
         for (int n = 0; n < KT / 8; ++n)
 #pragma unroll
-            for (int h = 0; h < 2; ++h) pk[2 * n + h] = wg_pack(s[4 * n + 2 * h], s[4 * n + 2 * h + 1]);
+            for (int h = 0; h < 2; ++h) pk[2 * n + h] = pf_pack(s[4 * n + 2 * h], s[4 * n + 2 * h + 1]);
         if (PIPE) {
             pv_stage = it % NST;
         } else {
@@ -394,7 +355,7 @@ __device__ __forceinline__ void wg_prefill_body(
         wg_wait_mma<0>();
         wg_pin<64>(o);
     }
-    wg_cp_wait<0>();
+    pf_cp_wait<0>();
 
 #pragma unroll
     for (int h = 0; h < 2; ++h) {
@@ -405,27 +366,8 @@ __device__ __forceinline__ void wg_prefill_body(
     for (int h = 0; h < 2; ++h) {
         const int r = gr0 + 16 * warp + gid + 8 * h;
         if (r >= nrows) continue;
-        const int grow = row0 + (r >> gsh), head = g * group + (r & (group - 1));
-        if (nsplit == 1) {
-            const float inv = l[h] > 0.f ? 1.f / l[h] : 0.f;
-            bf16_t* orow = out + (u64)grow * out_stride + (u64)head * HD + tig * 2;
-#pragma unroll
-            for (int n = 0; n < HD / 8; ++n)
-                *(u32*)(orow + n * 8) = wg_pack(o[4 * n + 2 * h] * inv, o[4 * n + 2 * h + 1] * inv);
-        } else {
-            const u64 base = ((u64)split * total_rows + grow) * n_heads + head;
-            float* pa = part_acc + base * HD + tig * 2;
-#pragma unroll
-            for (int n = 0; n < HD / 8; ++n) {
-                pa[n * 8] = o[4 * n + 2 * h];
-                pa[n * 8 + 1] = o[4 * n + 2 * h + 1];
-            }
-            // Partials in natural-log units like paged_attention's.
-            if (tig == 0) {
-                part_ml[base * 2] = m[h] == NEG_BIG ? NEG_BIG : m[h] * 0.6931471805599453f;
-                part_ml[base * 2 + 1] = l[h];
-            }
-        }
+        pf_store_row<HD>(T, r, tig, m[h], l[h], [&](int n, int e) { return o[4 * n + 2 * h + e]; }, out, out_stride,
+                         part_acc, part_ml, n_heads, total_rows);
     }
 }
 

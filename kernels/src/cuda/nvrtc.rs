@@ -1,7 +1,8 @@
 //! NVRTC compilation of the `.cu` programs with an on-disk cubin cache.
 //!
-//! Each program is `common.cuh` + one `.cu` file, embedded in the binary with `include_str!`, so
-//! the release binary needs no source tree. It is compiled for the device's real architecture
+//! Each program is `common.cuh` + its `.cu` files (the prefill kernels' after
+//! `prefill_common.cuh`), embedded in the binary with `include_str!`, so the release binary needs
+//! no source tree. It is compiled for the device's real architecture
 //! (`sm_XY`) straight to a cubin; the cubin is stored under `$XDG_CACHE_HOME/strata/kernels`
 //! (else `~/.cache/strata/kernels`) named by SHA-256 over the source, the options, the
 //! architecture, the NVRTC version and the driver version, so any change recompiles. A cache
@@ -85,12 +86,18 @@ impl Program {
                 "\n",
                 include_str!("../../cuda/attention_decode2.cu"),
                 "\n",
+                include_str!("../../cuda/prefill_common.cuh"),
+                "\n",
                 include_str!("../../cuda/attention_prefill.cu")
             ),
             Program::Sampling => include_str!("../../cuda/sampling.cu"),
             Program::Gemv => include_str!("../../cuda/gemv.cu"),
             Program::BackendF32 => include_str!("../../cuda/backend_f32.cu"),
-            Program::AttentionWg => include_str!("../../cuda/attention_prefill_wg.cu"),
+            Program::AttentionWg => concat!(
+                include_str!("../../cuda/prefill_common.cuh"),
+                "\n",
+                include_str!("../../cuda/attention_prefill_wg.cu")
+            ),
         };
         format!("{COMMON}\n#line 1 \"{}\"\n{body}", self.name())
     }
