@@ -10,7 +10,9 @@
 // iteration and issues all their K and V loads before any math (memory-level parallelism);
 // scores are reduced over the LPK lanes of a key with xor shuffles, then every lane of the key
 // updates its own online-softmax state and its 8 accumulator dims. At the end the KPS key
-// streams of a warp merge by shuffle and the 4 warps through shared memory.
+// streams of a warp merge by shuffle and the 4 warps through shared memory (dec2_block_merge),
+// and an output step takes the block's state: the split form writes the output row or its split
+// partials, the cluster form merges the cluster's blocks in distributed shared memory.
 
 #define DEC2_WARPS 4
 // Scores are kept in log2 units (queries pre-scaled by log2(e)), so every softmax exponential is
@@ -62,28 +64,36 @@ __device__ __forceinline__ void dec2_load(const bf16_t* k_pool, const bf16_t* v_
     }
 }
 
+// The G scores of the key whose 8 dims of this lane are `kr`: this lane's partial dot products,
+// summed over the LPK lanes of the key with xor shuffles.
+template <int G, int HD>
+__device__ __forceinline__ void dec2_score(const float (*qf)[8], uint4 kr, float* s) {
+    constexpr int LPK = HD / 8;
+    float kf[8];
+    dec2_unpack8(kr, kf);
+#pragma unroll
+    for (int r = 0; r < G; ++r) {
+        float d = 0.f;
+#pragma unroll
+        for (int i = 0; i < 8; ++i) d += qf[r][i] * kf[i];
+        s[r] = d;
+    }
+#pragma unroll
+    for (int o = LPK / 2; o > 0; o >>= 1) {
+#pragma unroll
+        for (int r = 0; r < G; ++r) s[r] += __shfl_xor_sync(FULL_MASK, s[r], o);
+    }
+}
+
 // Scores UNR loaded steps against the queries and folds them into the online softmax.
 template <int G, int HD, int UNR>
 __device__ __forceinline__ void dec2_step(const float (*qf)[8], const uint4* kr, const uint4* vr,
                                           const bool* ok, float* m, float* l, float (*acc)[8]) {
-    constexpr int LPK = HD / 8;
 #pragma unroll
     for (int u = 0; u < UNR; ++u) {
-        float kf[8], vf[8], s[G];
-        dec2_unpack8(kr[u], kf);
+        float vf[8], s[G];
+        dec2_score<G, HD>(qf, kr[u], s);
         dec2_unpack8(vr[u], vf);
-#pragma unroll
-        for (int r = 0; r < G; ++r) {
-            float d = 0.f;
-#pragma unroll
-            for (int i = 0; i < 8; ++i) d += qf[r][i] * kf[i];
-            s[r] = d;
-        }
-#pragma unroll
-        for (int o = LPK / 2; o > 0; o >>= 1) {
-#pragma unroll
-            for (int r = 0; r < G; ++r) s[r] += __shfl_xor_sync(FULL_MASK, s[r], o);
-        }
         if (ok[u]) {
 #pragma unroll
             for (int r = 0; r < G; ++r) {
@@ -108,22 +118,7 @@ __device__ __forceinline__ void dec2_chunk(const float (*qf)[8], const uint4* kr
     constexpr int LPK = HD / 8;
     float s[UNR][G];
 #pragma unroll
-    for (int u = 0; u < UNR; ++u) {
-        float kf[8];
-        dec2_unpack8(kr[u], kf);
-#pragma unroll
-        for (int r = 0; r < G; ++r) {
-            float d = 0.f;
-#pragma unroll
-            for (int i = 0; i < 8; ++i) d += qf[r][i] * kf[i];
-            s[u][r] = d;
-        }
-#pragma unroll
-        for (int o = LPK / 2; o > 0; o >>= 1) {
-#pragma unroll
-            for (int r = 0; r < G; ++r) s[u][r] += __shfl_xor_sync(FULL_MASK, s[u][r], o);
-        }
-    }
+    for (int u = 0; u < UNR; ++u) dec2_score<G, HD>(qf, kr[u], s[u]);
 #pragma unroll
     for (int r = 0; r < G; ++r) {
         float cm = NEG_BIG;
@@ -151,6 +146,18 @@ __device__ __forceinline__ void dec2_chunk(const float (*qf)[8], const uint4* kr
         }
     }
 }
+
+// The parameters of every kernel here and of the bodies they run (the launchers pass them all;
+// head_dim is fixed by the instantiation, and the cluster form leaves split_len and the partial
+// buffers unused).
+#define DEC2_PARAMS                                                                           \
+    const bf16_t* q, int q_stride, const bf16_t* k_pool, const bf16_t* v_pool,              \
+        const int* block_tables, int max_pages, int page_size, const int* tile_info,          \
+        int n_heads, int n_kv_heads, int head_dim, float scale, int split_len, bf16_t* out,   \
+        int out_stride, float* part_acc, float* part_ml, int total_rows
+#define DEC2_ARGS                                                                             \
+    q, q_stride, k_pool, v_pool, block_tables, max_pages, page_size, tile_info, n_heads,      \
+        n_kv_heads, head_dim, scale, split_len, out, out_stride, part_acc, part_ml, total_rows
 
 // What one decode block works on: grid x = tile (one query row of one sequence), y = KV head,
 // z = split of the sequence's keys; keys [kbeg, kend) through block table `bt`.
@@ -193,16 +200,40 @@ __device__ __forceinline__ void dec2_start(const bf16_t* q, int q_stride, int ro
     }
 }
 
-// Merges the KPS key streams of each warp (lanes li, li + LPK, ...) by shuffle and leaves each
-// warp's state in red_m / red_l / red_acc (then a block barrier).
-template <int G, int HD>
-__device__ __forceinline__ void dec2_warps_to_shared(float* m, float* l, float (*acc)[8],
-                                                     float (*red_m)[G], float (*red_l)[G],
-                                                     float (*red_acc)[G][HD]) {
+// Merges n <= N softmax states (max ms(c), sum ls(c), accumulator as(c)) in the order
+// c = 0, 1, ...: mx is their max, sum and a are in its scale. The warps of a block and the blocks
+// of a cluster are merged with it.
+template <int N, class M, class L, class A>
+__device__ __forceinline__ void dec2_combine(int n, M ms, L ls, A as, float& mx, float& sum,
+                                             float& a) {
+    mx = NEG_BIG;
+#pragma unroll
+    for (int c = 0; c < N; ++c)
+        if (c < n) mx = fmaxf(mx, ms(c));
+    sum = 0.f;
+    a = 0.f;
+#pragma unroll
+    for (int c = 0; c < N; ++c) {
+        if (c < n) {
+            const float f = exp2f(ms(c) - mx);
+            sum += ls(c) * f;
+            a += as(c) * f;
+        }
+    }
+}
+
+// Merges the KPS key streams of each warp (lanes li, li + LPK, ...) by shuffle and the warps
+// through red_m / red_l / red_acc, then hands the block's state of each output element (head r
+// of the group, dim d) to the output step, out(r, d, max, sum, acc): Dec2SplitOut or
+// Dec2ClusterOut. (The shared arrays are the callers' and the output steps functor types, not
+// lambdas: otherwise NVRTC places them after dec2_async_body's K/V tiles and the SASS changes.)
+template <int G, int HD, class Out>
+__device__ __forceinline__ void dec2_block_merge(float* m, float* l, float (*acc)[8],
+                                                 float (*red_m)[G], float (*red_l)[G],
+                                                 float (*red_acc)[G][HD], Out out) {
     constexpr int LPK = HD / 8;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int sub = lane / LPK, li = lane % LPK;
-    // Merge the KPS key streams of the warp (lanes li, li + LPK, ...).
 #pragma unroll
     for (int o = LPK; o < 32; o <<= 1) {
         float mo[G], lo[G], ao[G][8];
@@ -227,33 +258,36 @@ __device__ __forceinline__ void dec2_warps_to_shared(float* m, float* l, float (
         }
     }
     __syncthreads();
-}
-
-// Merges the KPS key streams of each warp and the warps through shared memory, then writes the
-// output row (one split) or this split's partials.
-template <int G, int HD>
-__device__ __forceinline__ void dec2_finish(float* m, float* l, float (*acc)[8], int g, int row,
-                                            int split, int nsplit, bf16_t* out, int out_stride,
-                                            float* part_acc, float* part_ml, int total_rows,
-                                            int n_heads) {
-    __shared__ float red_m[DEC2_WARPS][G], red_l[DEC2_WARPS][G];
-    __shared__ __align__(16) float red_acc[DEC2_WARPS][G][HD];
-    dec2_warps_to_shared<G, HD>(m, l, acc, red_m, red_l, red_acc);
     for (int idx = threadIdx.x; idx < G * HD; idx += blockDim.x) {
         const int r = idx / HD, d = idx % HD;
-        float mx = NEG_BIG;
-#pragma unroll
-        for (int w = 0; w < DEC2_WARPS; ++w) mx = fmaxf(mx, red_m[w][r]);
-        float sum = 0.f, a = 0.f;
-#pragma unroll
-        for (int w = 0; w < DEC2_WARPS; ++w) {
-            const float f = exp2f(red_m[w][r] - mx);
-            sum += red_l[w][r] * f;
-            a += red_acc[w][r][d] * f;
-        }
+        float mx, sum, a;
+        dec2_combine<DEC2_WARPS>(
+            DEC2_WARPS, [&](int w) { return red_m[w][r]; }, [&](int w) { return red_l[w][r]; },
+            [&](int w) { return red_acc[w][r][d]; }, mx, sum, a);
+        out(r, d, mx, sum, a);
+    }
+}
+
+// Writes element d of head h of the output row: the merged accumulator over the merged sum (0
+// for a row without keys).
+template <int HD>
+__device__ __forceinline__ void dec2_store(bf16_t* out, int out_stride, int row, int h, int d,
+                                           float sum, float a) {
+    out[(u64)row * out_stride + (u64)h * HD + d] = f2bf(sum > 0.f ? a / sum : 0.f);
+}
+
+// The split form's output step: the output row (one split) or this split's partials.
+template <int G, int HD>
+struct Dec2SplitOut {
+    int g, row, split, nsplit;
+    bf16_t* out;
+    int out_stride;
+    float *part_acc, *part_ml;
+    int total_rows, n_heads;
+    __device__ __forceinline__ void operator()(int r, int d, float mx, float sum, float a) const {
         const int h = g * G + r;
         if (nsplit == 1) {
-            out[(u64)row * out_stride + (u64)h * HD + d] = f2bf(sum > 0.f ? a / sum : 0.f);
+            dec2_store<HD>(out, out_stride, row, h, d, sum, a);
         } else {
             const u64 b = ((u64)split * total_rows + row) * n_heads + h;
             // An empty split (no keys: sum 0) has weight 0 in attention_combine, which skips
@@ -265,6 +299,18 @@ __device__ __forceinline__ void dec2_finish(float* m, float* l, float (*acc)[8],
             }
         }
     }
+};
+
+template <int G, int HD>
+__device__ __forceinline__ void dec2_finish(float* m, float* l, float (*acc)[8], int g, int row,
+                                            int split, int nsplit, bf16_t* out, int out_stride,
+                                            float* part_acc, float* part_ml, int total_rows,
+                                            int n_heads) {
+    __shared__ float red_m[DEC2_WARPS][G], red_l[DEC2_WARPS][G];
+    __shared__ __align__(16) float red_acc[DEC2_WARPS][G][HD];
+    const Dec2SplitOut<G, HD> step{g,        row,     split,      nsplit, out, out_stride,
+                                   part_acc, part_ml, total_rows, n_heads};
+    dec2_block_merge<G, HD>(m, l, acc, red_m, red_l, red_acc, step);
 }
 
 // ---- Cluster form (decode batches of few rows, default mode; sm_90+). The nsplit blocks of one
@@ -295,6 +341,21 @@ __device__ __forceinline__ float dec2_ld_cluster(const float* p, u32 rank) {
 #endif
 }
 
+// The cluster form's output step: this block's share of the row, kept in shared memory for
+// the cluster's merge.
+template <int G, int HD>
+struct Dec2ClusterOut {
+    float *m, *l;
+    float (*acc)[HD];
+    __device__ __forceinline__ void operator()(int r, int d, float mx, float sum, float a) const {
+        acc[r][d] = a;
+        if (d == 0) {
+            m[r] = mx;
+            l[r] = sum;
+        }
+    }
+};
+
 template <int G, int HD>
 __device__ __forceinline__ void dec2_finish_cluster(float* m, float* l, float (*acc)[8], int g,
                                                     int row, int rank, int nsplit, bf16_t* out,
@@ -303,30 +364,14 @@ __device__ __forceinline__ void dec2_finish_cluster(float* m, float* l, float (*
     __shared__ __align__(16) float red_acc[DEC2_WARPS][G][HD];
     __shared__ float cl_m[G], cl_l[G];
     __shared__ __align__(16) float cl_acc[G][HD];
-    dec2_warps_to_shared<G, HD>(m, l, acc, red_m, red_l, red_acc);
     // This block's share (an empty one: max NEG_BIG, sum 0, weight 0 below).
-    for (int idx = threadIdx.x; idx < G * HD; idx += blockDim.x) {
-        const int r = idx / HD, d = idx % HD;
-        float mx = NEG_BIG;
-#pragma unroll
-        for (int w = 0; w < DEC2_WARPS; ++w) mx = fmaxf(mx, red_m[w][r]);
-        float sum = 0.f, a = 0.f;
-#pragma unroll
-        for (int w = 0; w < DEC2_WARPS; ++w) {
-            const float f = exp2f(red_m[w][r] - mx);
-            sum += red_l[w][r] * f;
-            a += red_acc[w][r][d] * f;
-        }
-        cl_acc[r][d] = a;
-        if (d == 0) {
-            cl_m[r] = mx;
-            cl_l[r] = sum;
-        }
-    }
+    const Dec2ClusterOut<G, HD> step{cl_m, cl_l, cl_acc};
+    dec2_block_merge<G, HD>(m, l, acc, red_m, red_l, red_acc, step);
     dec2_cluster_sync();  // every block's share written and visible to the cluster
     const int per = G * HD / nsplit;  // G * HD >= 64 and nsplit <= 16, both powers of two
     for (int i = threadIdx.x; i < per; i += blockDim.x) {
         const int idx = rank * per + i, r = idx / HD, d = idx % HD;
+        // Every block's loads first, then the merge.
         float ms[DEC2_MAX_CLUSTER], ls[DEC2_MAX_CLUSTER], as[DEC2_MAX_CLUSTER];
 #pragma unroll
         for (int c = 0; c < DEC2_MAX_CLUSTER; ++c) {
@@ -336,21 +381,11 @@ __device__ __forceinline__ void dec2_finish_cluster(float* m, float* l, float (*
                 as[c] = dec2_ld_cluster(&cl_acc[r][d], c);
             }
         }
-        float mx = NEG_BIG;
-#pragma unroll
-        for (int c = 0; c < DEC2_MAX_CLUSTER; ++c)
-            if (c < nsplit) mx = fmaxf(mx, ms[c]);
-        float sum = 0.f, a = 0.f;
-#pragma unroll
-        for (int c = 0; c < DEC2_MAX_CLUSTER; ++c) {
-            if (c < nsplit) {
-                const float f = exp2f(ms[c] - mx);
-                sum += ls[c] * f;
-                a += as[c] * f;
-            }
-        }
-        const int h = g * G + r;
-        out[(u64)row * out_stride + (u64)h * HD + d] = f2bf(sum > 0.f ? a / sum : 0.f);
+        float mx, sum, a;
+        dec2_combine<DEC2_MAX_CLUSTER>(
+            nsplit, [&](int c) { return ms[c]; }, [&](int c) { return ls[c]; },
+            [&](int c) { return as[c]; }, mx, sum, a);
+        dec2_store<HD>(out, out_stride, row, g * G + r, d, sum, a);
     }
     dec2_cluster_sync();  // no block leaves while another may still read its shared memory
 }
@@ -359,14 +394,11 @@ __device__ __forceinline__ void dec2_finish_cluster(float* m, float* l, float (*
 // computing the current one (software pipelining; twice the load registers). CHUNK: fold with
 // dec2_chunk instead of dec2_step.
 template <int G, int HD, int UNR, bool PIPE, bool CHUNK>
-__device__ __forceinline__ void dec2_body(
-    const bf16_t* q, int q_stride, const bf16_t* k_pool, const bf16_t* v_pool,
-    const int* block_tables, int max_pages, int page_size, const int* tile_info, int n_heads,
-    int n_kv_heads, float scale, int split_len, bf16_t* out, int out_stride, float* part_acc,
-    float* part_ml, int total_rows) {
+__device__ __forceinline__ void dec2_body(DEC2_PARAMS) {
     constexpr int LPK = HD / 8;
     constexpr int KPS = 32 / LPK;
     constexpr int STEP = KPS * UNR;
+    pdl_enter();  // under PDL: q and this token's K/V row come from the previous kernel
     const Dec2Block blk = dec2_block(tile_info, block_tables, max_pages, split_len);
     // A split past the row's keys: nothing to do (attention_combine reads only the row's splits;
     // uniform over the block, so no barrier is skipped by part of it).
@@ -381,24 +413,26 @@ __device__ __forceinline__ void dec2_body(
     const u64 head_off = (u64)g * HD + li * 8;
 
     const int stride = DEC2_WARPS * STEP;
+    auto load = [&](int t0, uint4* kr, uint4* vr, bool* ok) {
+        dec2_load<HD, UNR>(k_pool, v_pool, bt, page_size, n_kv_heads, head_off, t0, sub, kend, kr,
+                           vr, ok);
+    };
+    auto fold = [&](const uint4* kr, const uint4* vr, const bool* ok) {
+        if (CHUNK)
+            dec2_chunk<G, HD, UNR>(qf, kr, vr, ok, m, l, acc);
+        else
+            dec2_step<G, HD, UNR>(qf, kr, vr, ok, m, l, acc);
+    };
     if (PIPE) {
         uint4 kc[UNR], vc[UNR];
         bool okc[UNR];
         int t0 = kbeg + warp * STEP;
-        if (t0 < kend)
-            dec2_load<HD, UNR>(k_pool, v_pool, bt, page_size, n_kv_heads, head_off, t0, sub, kend,
-                               kc, vc, okc);
+        if (t0 < kend) load(t0, kc, vc, okc);
         for (; t0 < kend; t0 += stride) {
             uint4 kn[UNR], vn[UNR];
             bool okn[UNR];
-            const int t1 = t0 + stride;
-            if (t1 < kend)
-                dec2_load<HD, UNR>(k_pool, v_pool, bt, page_size, n_kv_heads, head_off, t1, sub,
-                                   kend, kn, vn, okn);
-            if (CHUNK)
-                dec2_chunk<G, HD, UNR>(qf, kc, vc, okc, m, l, acc);
-            else
-                dec2_step<G, HD, UNR>(qf, kc, vc, okc, m, l, acc);
+            if (t0 + stride < kend) load(t0 + stride, kn, vn, okn);
+            fold(kc, vc, okc);
 #pragma unroll
             for (int u = 0; u < UNR; ++u) {
                 kc[u] = kn[u];
@@ -410,12 +444,8 @@ __device__ __forceinline__ void dec2_body(
         for (int t0 = kbeg + warp * STEP; t0 < kend; t0 += stride) {
             uint4 kr[UNR], vr[UNR];
             bool ok[UNR];
-            dec2_load<HD, UNR>(k_pool, v_pool, bt, page_size, n_kv_heads, head_off, t0, sub, kend,
-                               kr, vr, ok);
-            if (CHUNK)
-                dec2_chunk<G, HD, UNR>(qf, kr, vr, ok, m, l, acc);
-            else
-                dec2_step<G, HD, UNR>(qf, kr, vr, ok, m, l, acc);
+            load(t0, kr, vr, ok);
+            fold(kr, vr, ok);
         }
     }
 
@@ -442,11 +472,7 @@ __device__ __forceinline__ void cp_async_wait() {
 }
 
 template <int G, int HD, int ATK, int ANST, bool CLUSTER = false>
-__device__ __forceinline__ void dec2_async_body(
-    const bf16_t* q, int q_stride, const bf16_t* k_pool, const bf16_t* v_pool,
-    const int* block_tables, int max_pages, int page_size, const int* tile_info, int n_heads,
-    int n_kv_heads, float scale, int split_len, bf16_t* out, int out_stride, float* part_acc,
-    float* part_ml, int total_rows) {
+__device__ __forceinline__ void dec2_async_body(DEC2_PARAMS) {
     constexpr int LPK = HD / 8;
     constexpr int KPS = 32 / LPK;
     constexpr int PER_WARP = ATK / DEC2_WARPS;  // keys of a tile per warp
@@ -548,46 +574,21 @@ __device__ __forceinline__ void dec2_async_body(
                            part_ml, total_rows, n_heads);
 }
 
-#define DEC2_ASYNC(NAME, G, HD, ATK, ANST) DEC2_ASYNC_LB(NAME, G, HD, ATK, ANST, 1)
-#define DEC2_ASYNC_LB(NAME, G, HD, ATK, ANST, MINB)                                             \
-    extern "C" __global__ void __launch_bounds__(128, MINB) NAME(                               \
-        const bf16_t* q, int q_stride, const bf16_t* k_pool, const bf16_t* v_pool,              \
-        const int* block_tables, int max_pages, int page_size, const int* tile_info,            \
-        int n_heads, int n_kv_heads, int head_dim, float scale, int split_len, bf16_t* out,     \
-        int out_stride, float* part_acc, float* part_ml, int total_rows) {                      \
-        dec2_async_body<G, HD, ATK, ANST>(q, q_stride, k_pool, v_pool, block_tables, max_pages, \
-                                          page_size, tile_info, n_heads, n_kv_heads, scale,     \
-                                          split_len, out, out_stride, part_acc, part_ml,        \
-                                          total_rows);                                          \
+// Kernel NAME (MINB blocks per SM at least) runs the body given after it on its arguments.
+#define DEC2_KERNEL(NAME, MINB, ...)                                                          \
+    extern "C" __global__ void __launch_bounds__(128, MINB) NAME(DEC2_PARAMS) {               \
+        __VA_ARGS__(DEC2_ARGS);                                                               \
     }
 
-// The cluster form (grid z = the cluster size, launched with that cluster shape; split_len and
-// the partial buffers are unused).
-#define DEC2_CLUSTER(NAME, G, HD, ATK, ANST)                                                    \
-    extern "C" __global__ void __launch_bounds__(128, 1) NAME(                                  \
-        const bf16_t* q, int q_stride, const bf16_t* k_pool, const bf16_t* v_pool,              \
-        const int* block_tables, int max_pages, int page_size, const int* tile_info,            \
-        int n_heads, int n_kv_heads, int head_dim, float scale, int split_len, bf16_t* out,     \
-        int out_stride, float* part_acc, float* part_ml, int total_rows) {                      \
-        dec2_async_body<G, HD, ATK, ANST, true>(q, q_stride, k_pool, v_pool, block_tables,      \
-                                                max_pages, page_size, tile_info, n_heads,       \
-                                                n_kv_heads, scale, split_len, out, out_stride,  \
-                                                part_acc, part_ml, total_rows);                 \
-    }
-
-#define DEC2_VARIANT_LB(NAME, G, HD, UNR, PIPE, CHUNK, MINB)                                     \
-    extern "C" __global__ void __launch_bounds__(128, MINB) NAME(                                \
-        const bf16_t* q, int q_stride, const bf16_t* k_pool, const bf16_t* v_pool,              \
-        const int* block_tables, int max_pages, int page_size, const int* tile_info,            \
-        int n_heads, int n_kv_heads, int head_dim, float scale, int split_len, bf16_t* out,     \
-        int out_stride, float* part_acc, float* part_ml, int total_rows) {                      \
-        pdl_enter();                                                                            \
-        dec2_body<G, HD, UNR, PIPE, CHUNK>(q, q_stride, k_pool, v_pool, block_tables, max_pages, page_size,        \
-                         tile_info, n_heads, n_kv_heads, scale, split_len, out, out_stride,      \
-                         part_acc, part_ml, total_rows);                                         \
-    }
-
-#define DEC2_VARIANT(NAME, G, HD, UNR, PIPE, CHUNK) DEC2_VARIANT_LB(NAME, G, HD, UNR, PIPE, CHUNK, 1)
+#define DEC2_ASYNC(NAME, G, HD, ATK, ANST) \
+    DEC2_KERNEL(NAME, 1, dec2_async_body<G, HD, ATK, ANST>)
+// The cluster form (grid z = the cluster size, launched with that cluster shape).
+#define DEC2_CLUSTER(NAME, G, HD, ATK, ANST) \
+    DEC2_KERNEL(NAME, 1, dec2_async_body<G, HD, ATK, ANST, true>)
+#define DEC2_VARIANT_LB(NAME, G, HD, UNR, PIPE, CHUNK, MINB) \
+    DEC2_KERNEL(NAME, MINB, dec2_body<G, HD, UNR, PIPE, CHUNK>)
+#define DEC2_VARIANT(NAME, G, HD, UNR, PIPE, CHUNK) \
+    DEC2_VARIANT_LB(NAME, G, HD, UNR, PIPE, CHUNK, 1)
 
 // The planner's kernels (the defaults chosen by the side-by-side timing in docs/perf.md): the
 // cp.async pipeline, tiles of 16 keys, 4 stages (3 where G = 8 at head_dim 128, for the 48 KiB

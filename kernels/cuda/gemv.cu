@@ -77,7 +77,7 @@ extern "C" __global__ void __launch_bounds__(256) gemv_bf16(const bf16_t* x, con
 }
 
 // Single-row GEMV (decode at batch 1): x is staged once per block in shared memory (dynamic,
-// k bf16), each warp streams one weight row with UNR 16-byte loads in flight per lane, the sum is
+// k bf16), each warp streams one weight row in steps of UNR 16-byte loads per lane, the sum is
 // reduced with shuffles. No per-load re-read of x through L1 and no unused accumulators, so it
 // needs fewer registers and instructions than gemv_bf16 at T = 1.
 __device__ __forceinline__ u32 silu_mul2(u32 g, u32 u) {
@@ -88,111 +88,47 @@ __device__ __forceinline__ u32 silu_mul2(u32 g, u32 u) {
     return lo | (hi << 16);
 }
 
+// DEPTH: steps of UNR loads in flight per lane. 1: each step's loads are issued right before it
+// is folded. 2 (for rows of several steps: k >= 4096 at UNR 8): the next step's loads are in
+// flight while one is folded; the second buffer costs registers, so it pays only on long rows
+// (gemm.rs, GEMV_T1_PIPE_MIN_IN), and the x staging then keeps 4 loads in flight per thread.
+// Whatever DEPTH, the products are summed in the same order, so the result is the same.
 // SILU: x is [gate | up] of width 2k (the gate_up projection's output row) and the staged row is
 // silu(gate) * up, exactly as silu_mul would have written it (the down projection's input).
-template <int UNR, bool SILU>
+template <int UNR, int DEPTH, bool SILU>
 __device__ __forceinline__ void gemv_t1_body(const bf16_t* x, const bf16_t* w, void* y, int n,
                                              int k, int y_f32) {
+    static_assert(DEPTH == 1 || DEPTH == 2, "one or two steps in flight");
+    constexpr int STEP = 32 * UNR;
+    constexpr int XU = DEPTH == 1 ? 1 : 4;  // x staging loads in flight per thread
     extern __shared__ uint4 xs[];
     const int k8 = k / 8;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int row = blockIdx.x * (blockDim.x >> 5) + warp;
     const bool live = row < n;
     const uint4* wr = (const uint4*)(w + (u64)(live ? row : 0) * k);
-    // The weights are constant: the first UNR loads go out before waiting for x, so under PDL
-    // they overlap the tail of the kernel that produces x.
-    uint4 wv[UNR];
+    // True when a whole step of UNR loads starts at x position `at` of this lane (the rest of
+    // the row goes one load at a time after the whole steps).
+    auto whole = [&](int at) { return at + 32 * (UNR - 1) < k8; };
+    // Loads the step `ahead` steps past x position at.
+    auto load = [&](uint4* wv, int at, int ahead) {
+#pragma unroll
+        for (int u = 0; u < UNR; ++u) wv[u] = __ldg(wr + at + STEP * ahead + 32 * u);
+    };
+    // The weights are constant: step 0 goes out before waiting for x (under PDL it overlaps the
+    // tail of the kernel that produces x), the other steps in flight right after, ahead of the
+    // x staging.
+    uint4 wv[DEPTH][UNR];
     int c = lane;
-    if (live && c + 32 * (UNR - 1) < k8) {
-#pragma unroll
-        for (int u = 0; u < UNR; ++u) wv[u] = __ldg(wr + c + 32 * u);
-    }
+    if (live && whole(c)) load(wv[0], c, 0);
     pdl_enter();
-    for (int i = threadIdx.x; i < k8; i += blockDim.x) {
-        if (SILU) {
-            const uint4 g = ((const uint4*)x)[i], u = ((const uint4*)x)[k8 + i];
-            xs[i] = make_uint4(silu_mul2(g.x, u.x), silu_mul2(g.y, u.y), silu_mul2(g.z, u.z),
-                               silu_mul2(g.w, u.w));
-        } else {
-            xs[i] = ((const uint4*)x)[i];
-        }
-    }
-    __syncthreads();
-    if (!live) return;
-    float acc0 = 0.f, acc1 = 0.f;
-    for (; c + 32 * (UNR - 1) < k8; c += 32 * UNR) {
-        if (c != lane) {
 #pragma unroll
-            for (int u = 0; u < UNR; ++u) wv[u] = __ldg(wr + c + 32 * u);
-        }
+    for (int s = 1; s < DEPTH; ++s)
+        if (live && whole(c + s * STEP)) load(wv[s], c, s);
+    for (int i0 = threadIdx.x; i0 < k8; i0 += XU * blockDim.x) {
+        uint4 g[XU], up[XU];
 #pragma unroll
-        for (int u = 0; u < UNR; ++u) {
-            float wf[8], xf[8];
-            unpack8(wv[u], wf);
-            unpack8(xs[c + 32 * u], xf);
-#pragma unroll
-            for (int e = 0; e < 8; e += 2) {
-                acc0 += wf[e] * xf[e];
-                acc1 += wf[e + 1] * xf[e + 1];
-            }
-        }
-    }
-    for (; c < k8; c += 32) {
-        float wf[8], xf[8];
-        unpack8(__ldg(wr + c), wf);
-        unpack8(xs[c], xf);
-#pragma unroll
-        for (int e = 0; e < 8; e += 2) {
-            acc0 += wf[e] * xf[e];
-            acc1 += wf[e + 1] * xf[e + 1];
-        }
-    }
-    const float s = warp_sum(acc0 + acc1);
-    if (lane == 0) {
-        if (y_f32) ((float*)y)[row] = s;
-        else ((bf16_t*)y)[row] = f2bf(s);
-    }
-}
-
-// The same with two steps of UNR loads in flight per lane (for rows of several steps: k >= 4096
-// at UNR 8): step 0 is issued before the PDL wait as above, step 1 right after it (ahead of the
-// x staging), and each later step while the one before it is folded. Same sums in the same order
-// as gemv_t1_body. The x staging has 4 loads in flight per thread.
-template <int UNR, bool SILU>
-__device__ __forceinline__ void gemv_t1_pipe_body(const bf16_t* x, const bf16_t* w, void* y, int n,
-                                             int k, int y_f32) {
-    extern __shared__ uint4 xs[];
-    const int k8 = k / 8;
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int row = blockIdx.x * (blockDim.x >> 5) + warp;
-    const bool live = row < n;
-    const uint4* wr = (const uint4*)(w + (u64)(live ? row : 0) * k);
-    // Full steps of UNR loads of this lane (lane + 32 (UNR i + u) < k8 for every u); the rest of
-    // the row goes one load at a time after them.
-    int full = 0;
-    if (live) {
-        const int r = k8 - 32 * (UNR - 1) - lane;
-        full = r > 0 ? (r + 32 * UNR - 1) / (32 * UNR) : 0;
-    }
-    // Two steps' loads in flight (a while b lands): the weights are constant, so step 0 goes
-    // out before waiting for x (under PDL it overlaps the tail of the kernel that produces x)
-    // and step 1 right after, ahead of the x staging.
-    uint4 wa[UNR], wb[UNR];
-    int c = lane;
-    if (full > 0) {
-#pragma unroll
-        for (int u = 0; u < UNR; ++u) wa[u] = __ldg(wr + c + 32 * u);
-    }
-    pdl_enter();
-    if (full > 1) {
-#pragma unroll
-        for (int u = 0; u < UNR; ++u) wb[u] = __ldg(wr + c + 32 * UNR + 32 * u);
-    }
-    // x staging, 4 rows of loads in flight per thread.
-    for (int i0 = threadIdx.x; i0 < k8; i0 += 4 * blockDim.x) {
-        uint4 g[4], up[4];
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
+        for (int j = 0; j < XU; ++j) {
             const int i = i0 + j * blockDim.x;
             if (i < k8) {
                 g[j] = ((const uint4*)x)[i];
@@ -200,7 +136,7 @@ __device__ __forceinline__ void gemv_t1_pipe_body(const bf16_t* x, const bf16_t*
             }
         }
 #pragma unroll
-        for (int j = 0; j < 4; ++j) {
+        for (int j = 0; j < XU; ++j) {
             const int i = i0 + j * blockDim.x;
             if (i < k8) {
                 if (SILU) {
@@ -215,9 +151,10 @@ __device__ __forceinline__ void gemv_t1_pipe_body(const bf16_t* x, const bf16_t*
     __syncthreads();
     if (!live) return;
     float acc0 = 0.f, acc1 = 0.f;
-    auto fold = [&](const uint4* wv, int at) {
+    // Folds the loads wv[0..cnt) of x positions at, at + 32, ...
+    auto fold = [&](const uint4* wv, int at, int cnt) {
 #pragma unroll
-        for (int u = 0; u < UNR; ++u) {
+        for (int u = 0; u < cnt; ++u) {
             float wf[8], xf[8];
             unpack8(wv[u], wf);
             unpack8(xs[at + 32 * u], xf);
@@ -228,34 +165,28 @@ __device__ __forceinline__ void gemv_t1_pipe_body(const bf16_t* x, const bf16_t*
             }
         }
     };
-    int it = 0;
-    for (; it + 1 < full; it += 2) {
-        fold(wa, c);
-        c += 32 * UNR;
-        if (it + 2 < full) {
+    // Buffer s % DEPTH holds step s. Each step but the first starts by loading step
+    // s + DEPTH - 1 into the buffer the step before it was folded from (at DEPTH 1 that is step s
+    // itself, which the loop condition has just found whole).
+    while (whole(c + (DEPTH - 1) * STEP)) {
 #pragma unroll
-            for (int u = 0; u < UNR; ++u) wa[u] = __ldg(wr + c + 32 * UNR + 32 * u);
-        }
-        fold(wb, c);
-        c += 32 * UNR;
-        if (it + 3 < full) {
-#pragma unroll
-            for (int u = 0; u < UNR; ++u) wb[u] = __ldg(wr + c + 32 * UNR + 32 * u);
+        for (int s = 0; s < DEPTH; ++s) {
+            if (c != lane && (DEPTH == 1 || whole(c + (DEPTH - 1) * STEP)))
+                load(wv[(s + DEPTH - 1) % DEPTH], c, DEPTH - 1);
+            fold(wv[s], c, UNR);
+            c += STEP;
         }
     }
-    if (it < full) {
-        fold(wa, c);
-        c += 32 * UNR;
+#pragma unroll
+    for (int s = 0; s + 1 < DEPTH; ++s) {
+        if (whole(c)) {
+            fold(wv[s], c, UNR);
+            c += STEP;
+        }
     }
     for (; c < k8; c += 32) {
-        float wf[8], xf[8];
-        unpack8(__ldg(wr + c), wf);
-        unpack8(xs[c], xf);
-#pragma unroll
-        for (int e = 0; e < 8; e += 2) {
-            acc0 += wf[e] * xf[e];
-            acc1 += wf[e + 1] * xf[e + 1];
-        }
+        const uint4 wl = __ldg(wr + c);
+        fold(&wl, c, 1);
     }
     const float s = warp_sum(acc0 + acc1);
     if (lane == 0) {
@@ -264,33 +195,16 @@ __device__ __forceinline__ void gemv_t1_pipe_body(const bf16_t* x, const bf16_t*
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) gemv_bf16_t1(const bf16_t* x, const bf16_t* w,
-                                                               void* y, int n, int k, int y_f32) {
-    gemv_t1_body<8, false>(x, w, y, n, k, y_f32);
-}
+#define GEMV_T1(NAME, UNR, DEPTH, SILU)                                                       \
+    extern "C" __global__ void __launch_bounds__(256)                                         \
+        NAME(const bf16_t* x, const bf16_t* w, void* y, int n, int k, int y_f32) {            \
+        gemv_t1_body<UNR, DEPTH, SILU>(x, w, y, n, k, y_f32);                                 \
+    }
 
-// y = (silu(gate) * up) * w^T for one row: gu [1, 2k] is the gate_up output; fuses silu_mul.
-extern "C" __global__ void __launch_bounds__(256) gemv_bf16_t1_silu(const bf16_t* gu,
-                                                                    const bf16_t* w, void* y,
-                                                                    int n, int k, int y_f32) {
-    gemv_t1_body<8, true>(gu, w, y, n, k, y_f32);
-}
-
-extern "C" __global__ void __launch_bounds__(256) gemv_bf16_t1_wide(const bf16_t* x,
-                                                                    const bf16_t* w, void* y,
-                                                                    int n, int k, int y_f32) {
-    gemv_t1_body<16, false>(x, w, y, n, k, y_f32);
-}
-
-// Two steps in flight (gemv_t1_pipe_body), plain and with SiLU-mul staging.
-extern "C" __global__ void __launch_bounds__(256) gemv_bf16_t1_pipe(const bf16_t* x,
-                                                                    const bf16_t* w, void* y,
-                                                                    int n, int k, int y_f32) {
-    gemv_t1_pipe_body<8, false>(x, w, y, n, k, y_f32);
-}
-
-extern "C" __global__ void __launch_bounds__(256) gemv_bf16_t1_silu_pipe(const bf16_t* gu,
-                                                                         const bf16_t* w, void* y,
-                                                                         int n, int k, int y_f32) {
-    gemv_t1_pipe_body<8, true>(gu, w, y, n, k, y_f32);
-}
+GEMV_T1(gemv_bf16_t1, 8, 1, false)
+GEMV_T1(gemv_bf16_t1_wide, 16, 1, false)
+// Two steps in flight, for rows from GEMV_T1_PIPE_MIN_IN (gemm.rs).
+GEMV_T1(gemv_bf16_t1_pipe, 8, 2, false)
+// y = (silu(gate) * up) * w^T for one row: x is [1, 2k], the gate_up output; fuses silu_mul.
+GEMV_T1(gemv_bf16_t1_silu, 8, 1, true)
+GEMV_T1(gemv_bf16_t1_silu_pipe, 8, 2, true)
