@@ -517,7 +517,12 @@ async fn pd_pushes_each_chunk_and_survives_a_prefill_killed_between_chunks() {
             let (c, url, b) = (c.clone(), decode.url("/generate"), b.clone());
             async move { post(&c, &url, &b).await }
         });
-        assert!(decode.wait_metric("pd_bootstrap_connections", 1.0).await >= 1.0);
+        assert!(
+            decode
+                .wait_metric("pd_bootstrap_connections_total", 1.0)
+                .await
+                >= 1.0
+        );
         let (ps, pv) = post(&c, &prefill.url("/generate"), &b).await;
         let (ds, dv) = dleg.await.unwrap();
         assert_eq!((ps, ds), (200, 200), "{pv} / {dv}");
