@@ -322,53 +322,42 @@ pub fn run(
                 ms, tps, floor.unwrap_or(f64::NAN), floor.map_or(f64::NAN, |f| t as f64 / f * 1e3),
                 floor.map_or(f64::NAN, |f| f / ms * 100.0), attn / 1e12, (mat + attn) / 1e12
             ));
-            // The same forward with the first tensor-core kernel, each kernel alone on one layer,
-            // and the prompt prefilled in 2048-token chunks (the old --chunked-prefill-size).
-            use strata_kernels::cuda::{set_prefill_kernel, PrefillKernel};
-            set_prefill_kernel(Some(PrefillKernel::Mma));
-            let mma_ms = (|| -> anyhow::Result<f64> {
-                let input = step_input(ops, &model, &[(t, t)], args.deterministic, false)?;
-                gpu_ms(ops.context(), false, 1, 3, || {
-                    Ok(model.forward(ops, gemm, &ws, &input)?)
-                })
-            })();
-            set_prefill_kernel(None);
-            let mma_ms = mma_ms?;
-            // The wgmma kernel (compute 9.0 only): the same forward with it.
-            let wg_ms = if ops.has_wgmma_prefill() {
-                set_prefill_kernel(Some(PrefillKernel::Wgmma));
+            // The same forward with each prefill kernel forced (each wgmma form too), each kernel
+            // alone on one layer, and the prompt prefilled in 2048-token chunks (the old
+            // --chunked-prefill-size).
+            use strata_kernels::cuda::{
+                set_prefill_kernel, set_wg_variant, PrefillKernel, WG_NAMES,
+            };
+            let forward_with = |k: PrefillKernel, wg: Option<usize>| -> anyhow::Result<f64> {
+                set_prefill_kernel(Some(k));
+                set_wg_variant(wg);
                 let r = (|| -> anyhow::Result<f64> {
                     let input = step_input(ops, &model, &[(t, t)], args.deterministic, false)?;
                     gpu_ms(ops.context(), false, 1, 3, || {
                         Ok(model.forward(ops, gemm, &ws, &input)?)
                     })
                 })();
+                set_wg_variant(None);
                 set_prefill_kernel(None);
-                Some(r?)
-            } else {
-                None
+                r
             };
-            // The forward with each other wgmma form (WG_NAMES[1..]), timed in the same process.
+            let fa2_ms = forward_with(PrefillKernel::Fa2, None)?;
+            let mma_ms = forward_with(PrefillKernel::Mma, None)?;
+            let mut line = format!(
+                "  prefill {t} forward by kernel: FA2 {fa2_ms:.1} ms, first mma {mma_ms:.1} ms"
+            );
+            // The wgmma kernels (compute 9.0 only; WG_NAMES[0] is the one plans run).
+            let mut wg_ms = None;
             let mut wg_forms = serde_json::Map::new();
             if ops.has_wgmma_prefill() {
-                let mut line = format!("  prefill {t} forward with the other wgmma forms:");
-                for (i, wn) in strata_kernels::cuda::WG_NAMES.iter().enumerate().skip(1) {
-                    set_prefill_kernel(Some(PrefillKernel::Wgmma));
-                    strata_kernels::cuda::set_wg_variant(Some(i));
-                    let r = (|| -> anyhow::Result<f64> {
-                        let input = step_input(ops, &model, &[(t, t)], args.deterministic, false)?;
-                        gpu_ms(ops.context(), false, 1, 3, || {
-                            Ok(model.forward(ops, gemm, &ws, &input)?)
-                        })
-                    })();
-                    strata_kernels::cuda::set_wg_variant(None);
-                    set_prefill_kernel(None);
-                    let f = r?;
-                    line += &format!(" {wn} {f:.1} ms");
+                for (i, wn) in WG_NAMES.iter().enumerate() {
+                    let f = forward_with(PrefillKernel::Wgmma, Some(i))?;
+                    wg_ms.get_or_insert(f);
+                    line += &format!(", {wn} {f:.1} ms");
                     wg_forms.insert(wn.to_string(), json!(f));
                 }
-                summary.push(line);
             }
+            summary.push(line + &format!(" (as planned {ms:.1} ms)"));
             let layer_flops = attn / shape.layers as f64;
             let mut alone = serde_json::Map::new();
             let mut line = format!("  prefill {t} attention alone per layer:");
@@ -383,10 +372,10 @@ pub fn run(
                 let a = prefill_attention_alone(ops, &model, t, k)?;
                 if name == "wgmma" {
                     // The other wgmma kernels (WG_NAMES[1..]).
-                    for (i, wn) in strata_kernels::cuda::WG_NAMES.iter().enumerate().skip(1) {
-                        strata_kernels::cuda::set_wg_variant(Some(i));
+                    for (i, wn) in WG_NAMES.iter().enumerate().skip(1) {
+                        set_wg_variant(Some(i));
                         let b = prefill_attention_alone(ops, &model, t, k);
-                        strata_kernels::cuda::set_wg_variant(None);
+                        set_wg_variant(None);
                         let b = b?;
                         line += &format!(" {wn} {b:.3} ms ({:.0} TFLOP/s)", layer_flops / b / 1e9);
                         alone.insert(wn.to_string(), json!(b));
@@ -404,22 +393,18 @@ pub fn run(
             let attn_ms = alone["fa2"].as_f64().unwrap_or(f64::NAN) * shape.layers as f64;
             summary.push(gemm_line);
             summary.push(format!(
-                "  prefill {t} forward split: GEMMs {gemm_ms:.1} ms + attention {attn_ms:.1} ms (alone, x{} layers) + rest {:.1} ms (of which the row ops alone {rows_ms:.1} ms)",
+                "  prefill {t} forward split with FA2: GEMMs {gemm_ms:.1} ms + attention {attn_ms:.1} ms (alone, x{} layers) + rest {:.1} ms (of which the row ops alone {rows_ms:.1} ms)",
                 shape.layers,
-                ms - gemm_ms - attn_ms
+                fa2_ms - gemm_ms - attn_ms
             ));
             if let (Some(w), Some(a)) = (wg_ms, alone.get("wgmma").and_then(|a| a.as_f64())) {
                 let wattn = a * shape.layers as f64;
                 summary.push(format!(
-                    "  prefill {t} forward with the wgmma kernel: {w:.1} ms (default kernel {ms:.1} ms, x{:.2} faster); split: GEMMs {gemm_ms:.1} ms + attention {wattn:.1} ms (alone) + rest {:.1} ms",
-                    ms / w,
+                    "  prefill {t} forward with the wgmma kernel: {w:.1} ms (FA2 {fa2_ms:.1} ms, x{:.2} faster); split: GEMMs {gemm_ms:.1} ms + attention {wattn:.1} ms (alone) + rest {:.1} ms",
+                    fa2_ms / w,
                     w - gemm_ms - wattn
                 ));
             }
-            summary.push(format!(
-                "  prefill {t} forward with the first mma kernel: {mma_ms:.1} ms (default kernel {ms:.1} ms, speed-up x{:.2})",
-                mma_ms / ms
-            ));
             let mut chunked = None;
             if t > 2048 {
                 // (a workspace per chunk: forward wants one of exactly the chunk's rows)
@@ -447,7 +432,7 @@ pub fn run(
             }
             rows.push(
                 json!({"tokens": t, "ms": ms, "tokens_per_s": tps, "gemm_floor_ms": floor,
-                "matrix_flops": mat, "attention_flops": attn, "mma_kernel_ms": mma_ms,
+                "matrix_flops": mat, "attention_flops": attn, "fa2_kernel_ms": fa2_ms, "mma_kernel_ms": mma_ms,
                 "wgmma_kernel_ms": wg_ms, "wgmma_forms_ms": wg_forms,
                 "attention_layer_ms": alone, "chunked_2048_ms": chunked}),
             );
