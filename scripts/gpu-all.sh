@@ -17,7 +17,7 @@
 #   prefill  `gpu check --only attention,silu_mul,rmsnorm,rope,rope_kv_write` (both tensor-core prefill kernels, 8K prompts, pages 16
 #            and 64), `gpu bench --only gemm,prefill` at 2K and 8K (forward and attention alone,
 #            FA2 vs first mma kernel, 2048-token chunks) and transformers' forward at 2K and 8K
-#   wgfwd    `gpu bench --only prefill` at 2K and 8K (the forward with FA2 and each wgmma form),
+#   wgfwd    `gpu bench --only prefill` at 2K and 8K (the forward with FA2, mma and wgmma),
 #            then transformers' forward at 2K and 8K, in one call
 #   ttft     served TTFT at concurrency 1 of 2K and 8K prompts on the 8B shape (make-model + serve +
 #            bench serve, default chunked-prefill size; compare with the prefill step's raw lines)

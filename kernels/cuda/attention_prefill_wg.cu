@@ -19,12 +19,12 @@
 // rescaled only when some row max of the warp grew), P packed to bf16 in registers as the A
 // operand of O += P V (8 x wgmma m64n128k16, A from registers: the accumulator fragment of S
 // is the A fragment of P). cp.async writes reach the wgmma (async proxy) reads through
-// cp.async.wait_group + fence.proxy.async + __syncthreads. A warpgroup skips tiles past every
-// one of its rows' causal limits (serial form only). Output and split partials as the FA2
-// kernel's. Kernels (WG_KERNEL lines): the default queues a tile's O += P V behind the next
-// tile's S (ptxas then waits for it before that tile's exponentials: the mask's branch rejoins
-// in between), `_early` queues it after the mask so the exponentials overlap it, `_split` is
-// `_early` with K and V copied two tiles ahead in separate rings.
+// cp.async.wait_group + fence.proxy.async + __syncthreads. Output and split partials as the FA2
+// kernel's.
+// Overlap within a warpgroup: a tile's O += P V is queued after the next tile's S and mask and
+// runs while that tile's exponentials do (queued before the mask, ptxas waited for it where the
+// mask's divergent branch rejoins, i.e. before the exponentials: 1.363 vs 1.214 ms per layer at
+// 8K on the H200, 2026-12-03; K and V in separate rings copied two tiles ahead: 1.244 ms).
 #define WG_THREADS 256
 #define WG_ROWS 128
 #define WG_KT 128
@@ -100,7 +100,8 @@ __device__ __forceinline__ void wg_mma_rs(float* d, const u32* a, u64 db) {
           "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
 }
-template <int NST, bool PIPE, bool SPLIT, bool EARLY>
+// NST shared-memory stages of K and V tiles.
+template <int NST>
 __device__ __forceinline__ void wg_prefill_body(
     const bf16_t* q, int q_stride, const bf16_t* k_pool, const bf16_t* v_pool,
     const int* block_tables, int max_pages, int page_size, const int* tile_info, int n_heads,
@@ -140,24 +141,21 @@ __device__ __forceinline__ void wg_prefill_body(
     const int my_key = 2 * (tid >> 5) + (lane & 1) + 16 * (lane >> 1);
     u32 code = 0;
     auto lookup = [&](int t0) { code = pf_slot_code(T, t0 + my_key, page_size, lane < 16); };
-    // Copies of one tile's K (to stage kst) and / or V (to stage vst; -1: none) whose slots
-    // the lookup lanes hold in `c0`.
-    auto issue_kv = [&](int kst, int vst, u32 c0) {
-        const u32 kd = ks + kst * TILE + swz_t, vd = vs + vst * TILE + swz_t;
+    // Copies of one tile's K and V to stage st, the slots the lookup lanes hold in `code`.
+    auto issue = [&](int st) {
+        const u32 kd = ks + st * TILE + swz_t, vd = vs + st * TILE + swz_t;
 #pragma unroll
         for (int i = 0; i < KT / 16; ++i) {
-            const u32 c = __shfl_sync(FULL_MASK, c0, 2 * i + (lane >> 4));
+            const u32 c = __shfl_sync(FULL_MASK, code, 2 * i + (lane >> 4));
             const u64 off = (u64)(c >> 1) * row_bytes + tcol;
             const int bytes = (c & 1) * 16;
-            if (kst >= 0) pf_cp16(kd + i * 16 * 128, (const char*)k_pool + off, bytes);
-            if (vst >= 0) pf_cp16(vd + i * 16 * 128, (const char*)v_pool + off, bytes);
+            pf_cp16(kd + i * 16 * 128, (const char*)k_pool + off, bytes);
+            pf_cp16(vd + i * 16 * 128, (const char*)v_pool + off, bytes);
         }
     };
-    auto issue = [&](int st) { issue_kv(st, st, code); };
 
-    // The warpgroup's largest and smallest causal limit (rows past the tile: limit 0).
+    // The warpgroup's smallest causal limit (rows past the tile: limit 0).
     const int gr0 = wg * 64;
-    const int g_hi = gr0 < nrows ? pos0 + (min(gr0 + 63, nrows - 1) >> gsh) + 1 : 0;
     const int g_lo = gr0 + 63 < nrows ? pos0 + (gr0 >> gsh) + 1 : 0;
     const int g_full = min(kend, g_lo);
     // This thread's rows: gr0 + 16 warp + gid + 8 h.
@@ -176,34 +174,20 @@ __device__ __forceinline__ void wg_prefill_body(
     const u64 qd = wg_desc(qs + gr0 * 128, 16, 1024);
 
     const int ntiles = kend > kbeg ? (kend - kbeg + KT - 1) / KT : 0;
-    // Copies run LEAD tiles ahead: NST - 1 when a tile's O += P V completes in its own
-    // iteration; NST - 2 when it runs on into the next one (PIPE), whose stage must stay intact.
-    // SPLIT (PIPE, 3 stages): K and V rings apart; iteration j copies K of tile j + 2 and V of
-    // tile j + 1 (V of tile j is read in iteration j + 1), so both arrive two iterations
-    // before they are read; the slots of V's tile were looked up for its K an iteration ago.
-    constexpr int LEAD = SPLIT ? 2 : PIPE ? NST - 2 : NST - 1;
-    static_assert(LEAD >= 1 && (!SPLIT || (PIPE && NST == 3)), "stages");
-    u32 code_prev = 0;
+    // Copies run LEAD = NST - 2 tiles ahead: a tile's O += P V runs on into the next
+    // iteration, whose stage must stay intact.
+    constexpr int LEAD = NST - 2;
+    static_assert(LEAD >= 1, "stages");
     lookup(kbeg);
-    if (SPLIT) {
-        if (ntiles > 0) issue_kv(0, 0, code);
-        lookup(kbeg + KT);
-        if (ntiles > 1) issue_kv(1, -1, code);
-        pf_commit();
-        pf_commit();  // empty: iteration j waits for all but the newest group
-        code_prev = code;
-        lookup(kbeg + 2 * KT);
-    } else {
 #pragma unroll
-        for (int p = 0; p < LEAD; ++p) {
-            if (p < ntiles) issue(p);
-            pf_commit();
-            lookup(kbeg + (p + 1) * KT);
-        }
+    for (int p = 0; p < LEAD; ++p) {
+        if (p < ntiles) issue(p);
+        pf_commit();
+        lookup(kbeg + (p + 1) * KT);
     }
     // P of the last computed tile as bf16 pairs: pk[2 n + h] holds row h's keys 8 n + 2 tig
     // (+1), so pk[4 kk .. 4 kk + 3] is the A fragment of keys 16 kk .. 16 kk + 15.
-    // PIPE: pk waits for its O += P V (V in stage pv_stage). The loop always queues the
+    // pk waits for its O += P V (V in stage pv_stage). The loop always queues the
     // previous tile's O += P V (P = 0 before the first tile) and a warpgroup past its rows'
     // causal limits runs fully masked tiles (at most one: the warpgroups' limits differ by
     // 64 / group tokens), so no wgmma wait sits on a divergent path (ptxas would serialize
@@ -230,21 +214,13 @@ __device__ __forceinline__ void wg_prefill_body(
         __syncthreads();
         // The stage refilled here was last read in an iteration every warpgroup finished.
         const int nxt = it + LEAD;
-        if (SPLIT) {
-            if (nxt < ntiles) issue_kv(nxt % NST, -1, code);
-            if (nxt - 1 < ntiles) issue_kv(-1, (nxt - 1) % NST, code_prev);
-            code_prev = code;
-        } else if (nxt < ntiles) {
-            issue(nxt % NST);
-        }
+        if (nxt < ntiles) issue(nxt % NST);
         pf_commit();
         lookup(kbeg + (nxt + 1) * KT);
         const int t0 = kbeg + it * KT;
-        if (!PIPE && t0 >= g_hi) continue;  // past the causal limit of every row of this warpgroup
         const u64 kd = wg_desc(ks + (it % NST) * TILE, 16, 1024);
 
-        // S = Q K^T; with PIPE the previous tile's O += P V is queued behind it and runs
-        // while this tile's softmax does.
+        // S = Q K^T (the previous tile's O += P V is queued after the mask below).
         float s[64];
         wg_fence();
 #pragma unroll
@@ -254,12 +230,7 @@ __device__ __forceinline__ void wg_prefill_body(
             wg_mma_ss(s, qd + step, kd + kstep, kk);
         }
         wg_commit_mma();
-        if (PIPE && !EARLY) {
-            pv(pv_stage);
-            wg_wait_mma<1>();
-        } else {
-            wg_wait_mma<0>();
-        }
+        wg_wait_mma<0>();
         wg_pin<64>(s);
 
         // Tiles that cross a row's causal limit or the block's key end: -inf past the limit.
@@ -274,10 +245,9 @@ __device__ __forceinline__ void wg_prefill_body(
                 }
             }
         }
-        // EARLY: the previous O += P V is queued only now, after the mask's (divergent) branch:
-        // ptxas waits for every wgmma in flight where a divergent branch rejoins, which put the
-        // wait before the softmax (SASS of the default kernel: only the row max overlapped).
-        if (PIPE && EARLY) pv(pv_stage);
+        // The previous O += P V is queued only now, after the mask's (divergent) branch: ptxas
+        // waits for every wgmma in flight where a divergent branch rejoins.
+        pv(pv_stage);
         // Online softmax (base 2); the 4 threads of a quad share a row.
         float mx[2] = {NEG_INF, NEG_INF};
 #pragma unroll
@@ -316,18 +286,13 @@ __device__ __forceinline__ void wg_prefill_body(
             }
             l[h] += rs;
         }
-        if (PIPE) {  // the previous O += P V: O and pk free again
-            // EARLY: P and the row sums pinned first, so the compiler cannot sink the ex2s
-            // below the wait (without it the SASS of the default kernel waits before them:
-            // only the row max overlaps the tensor cores).
-            if (EARLY) {
-                wg_pin<64>(s);
-                wg_pin<2>(l);
-            }
-            wg_wait_mma<0>();
-            wg_pin<64>(o);
-            wg_pin_u<KT / 4>(pk);
-        }
+        // The previous O += P V done: O and pk free again. P and the row sums are pinned
+        // first, so the compiler cannot sink the exponentials below the wait.
+        wg_pin<64>(s);
+        wg_pin<2>(l);
+        wg_wait_mma<0>();
+        wg_pin<64>(o);
+        wg_pin_u<KT / 4>(pk);
         if (rescale) {
 #pragma unroll
             for (int h = 0; h < 2; ++h)
@@ -341,16 +306,9 @@ __device__ __forceinline__ void wg_prefill_body(
         for (int n = 0; n < KT / 8; ++n)
 #pragma unroll
             for (int h = 0; h < 2; ++h) pk[2 * n + h] = pf_pack(s[4 * n + 2 * h], s[4 * n + 2 * h + 1]);
-        if (PIPE) {
-            pv_stage = it % NST;
-        } else {
-            pv(it % NST);
-            wg_wait_mma<0>();
-            wg_pin<64>(o);
-            wg_pin_u<KT / 4>(pk);
-        }
+        pv_stage = it % NST;
     }
-    if (PIPE && ntiles > 0) {
+    if (ntiles > 0) {
         pv(pv_stage);
         wg_wait_mma<0>();
         wg_pin<64>(o);
@@ -371,23 +329,13 @@ __device__ __forceinline__ void wg_prefill_body(
     }
 }
 
-// WG_KERNEL(NAME, NST, PIPE, SPLIT, EARLY): NST stages of 128-key K and V tiles; PIPE: a
-// tile's O += P V overlaps the next tile's softmax (copies then run NST - 2 tiles ahead, or 2
-// with SPLIT's separate K and V rings); EARLY: the exponentials are kept before the wait for
-// that O += P V. Dynamic shared memory
-// 1024 (alignment slack) + 32768 (Q) + NST * 65536 bytes, mirrored by wg_smem in
-// kernels/src/cuda/attention.rs.
-#define WG_KERNEL(NAME, NST, PIPE, SPLIT, EARLY)                                                                  \
-    extern "C" __global__ void __launch_bounds__(WG_THREADS, 1) NAME(                             \
-        const bf16_t* q, int q_stride, const bf16_t* k_pool, const bf16_t* v_pool,                \
-        const int* block_tables, int max_pages, int page_size, const int* tile_info, int n_heads, \
-        int n_kv_heads, int head_dim, float scale, int split_len, bf16_t* out, int out_stride,    \
-        float* part_acc, float* part_ml, int total_rows) {                                        \
-        pdl_enter();                                                                              \
-        wg_prefill_body<NST, PIPE, SPLIT, EARLY>(q, q_stride, k_pool, v_pool, block_tables, max_pages, page_size,     \
-                             tile_info, n_heads, n_kv_heads, scale, split_len, out, out_stride,   \
-                             part_acc, part_ml, total_rows);                                      \
-    }
-WG_KERNEL(paged_attention_wg_d128, 3, true, false, false)
-WG_KERNEL(paged_attention_wg_d128_split, 3, true, true, true)
-WG_KERNEL(paged_attention_wg_d128_early, 3, true, false, true)
+// Dynamic shared memory: 1024 (alignment slack) + 32768 (Q) + 3 * 65536 bytes (3 stages of K
+// and V tiles), mirrored by wg_smem in kernels/src/cuda/attention.rs.
+extern "C" __global__ void __launch_bounds__(WG_THREADS, 1) paged_attention_wg_d128(
+    const bf16_t* q, int q_stride, const bf16_t* k_pool, const bf16_t* v_pool, const int* block_tables,
+    int max_pages, int page_size, const int* tile_info, int n_heads, int n_kv_heads, int head_dim, float scale,
+    int split_len, bf16_t* out, int out_stride, float* part_acc, float* part_ml, int total_rows) {
+    pdl_enter();
+    wg_prefill_body<3>(q, q_stride, k_pool, v_pool, block_tables, max_pages, page_size, tile_info, n_heads,
+                       n_kv_heads, scale, split_len, out, out_stride, part_acc, part_ml, total_rows);
+}

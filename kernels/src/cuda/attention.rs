@@ -3,10 +3,11 @@
 //! `paged_attention_decode2_g{G}_d{HD}` (GQA group 1/2/4/8, head_dim 64/128: compile-time
 //! shapes, bandwidth-shaped loads) or `paged_attention_decode` (other shapes, group <= 8); and
 //! `attention_combine` when the sequence is split. Prompts and prefix-extends run a tensor-core
-//! kernel: `paged_attention_fa2_d{64,128}` (attention_prefill.cu, the default), the wgmma one
-//! `paged_attention_wg_d128` (attention_prefill_wg.cu, compute 9.0 and head_dim 128 only;
-//! `STRATA_PREFILL_ATTN=wgmma`) or the first `paged_attention_mma_d{64,128}`
-//! (`STRATA_ATTN_MMA=1`); `STRATA_ATTN_MMA=0` picks the f32 one.
+//! kernel: the wgmma one `paged_attention_wg_d128` (attention_prefill_wg.cu) where the device
+//! is compute 9.0 and head_dim is 128 (the default), else `paged_attention_fa2_d{64,128}`
+//! (attention_prefill.cu; forced with `STRATA_PREFILL_ATTN=fa2`), or the first
+//! `paged_attention_mma_d{64,128}` (`STRATA_PREFILL_ATTN=mma`); `STRATA_PREFILL_ATTN=f32` picks
+//! the f32 one.
 //!
 //! An `AttnPlan` is built once per batch shape from the host-side block tables (validated here:
 //! every page id inside the pool, enough pages for every sequence), uploads them with the tile
@@ -63,10 +64,10 @@ pub enum PrefillKernel {
     General,
     /// `paged_attention_mma_d*` (`STRATA_ATTN_MMA=1`).
     Mma,
-    /// `paged_attention_fa2_d*` (the default; `STRATA_ATTN_MMA=2`).
+    /// `paged_attention_fa2_d*` (`STRATA_PREFILL_ATTN=fa2`, `STRATA_ATTN_MMA=2`).
     Fa2,
-    /// `paged_attention_wg_d128` (`STRATA_PREFILL_ATTN=wgmma`) where it loaded (compute 9.0)
-    /// and head_dim is 128; the FA2 kernel otherwise.
+    /// `paged_attention_wg_d128` where it loaded (compute 9.0) and head_dim is 128, the FA2
+    /// kernel otherwise: the default.
     Wgmma,
 }
 
@@ -75,8 +76,9 @@ static PREFILL: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0
 
 /// The prefill kernel later plans use: the one forced by [`set_prefill_kernel`], else
 /// `STRATA_PREFILL_ATTN` (`wgmma`, `fa2`, `mma`, `f32`), else `STRATA_ATTN_MMA` (0 = f32, 1 =
-/// first mma kernel, anything else = FA2-style kernel). Head sizes without a tensor-core kernel
-/// (not 64 or 128) always plan the f32 one.
+/// first mma kernel, 2 = FA2-style kernel), else the wgmma kernel where it runs (8K prompts on
+/// the H200: forward 215 vs 241 ms with FA2, 2026-12-03). Head sizes without a tensor-core
+/// kernel (not 64 or 128) always plan the f32 one.
 pub fn prefill_kernel() -> PrefillKernel {
     match PREFILL.load(std::sync::atomic::Ordering::Relaxed) {
         1 => PrefillKernel::General,
@@ -91,14 +93,15 @@ pub fn prefill_kernel() -> PrefillKernel {
             _ => match std::env::var("STRATA_ATTN_MMA").as_deref() {
                 Ok("0") => PrefillKernel::General,
                 Ok("1") => PrefillKernel::Mma,
-                _ => PrefillKernel::Fa2,
+                Ok("2") => PrefillKernel::Fa2,
+                _ => PrefillKernel::Wgmma,
             },
         },
     }
 }
 
-/// Forces the prefill kernel of plans made after this call (None: back to `STRATA_ATTN_MMA`);
-/// for checks and side-by-side timing.
+/// Forces the prefill kernel of plans made after this call (None: back to the environment and
+/// the default); for checks and side-by-side timing.
 pub fn set_prefill_kernel(k: Option<PrefillKernel>) {
     let v = match k {
         None => 0,
@@ -115,43 +118,16 @@ pub(crate) fn fa2_smem_of(head_dim: usize, kt: usize, stages: usize) -> u32 {
     ((FA2_ROWS + 2 * stages * kt) * (head_dim + 8) * 2) as u32
 }
 
-/// The wgmma prefill kernels (head_dim 128), timed side by side by `strata gpu bench`: the
-/// default (a tile's O += P V queued behind the next tile's S; tiles copied one ahead; in its
-/// SASS ptxas waits for that O += P V before the exponentials, see attention_prefill_wg.cu),
-/// `_split` (`_early` plus K and V in separate rings, each copied two tiles before it is read)
-/// and `_early` (the O += P V queued after the mask, so the exponentials run while it does).
-/// The serial form (no overlap within a warpgroup) lost on the H200 (1.496 vs 1.384 ms at 8K,
-/// 20:29 UTC) and was removed.
-pub const WG_NAMES: [&str; 3] = [
-    "paged_attention_wg_d128",
-    "paged_attention_wg_d128_split",
-    "paged_attention_wg_d128_early",
-];
-
-/// 0 = follow `STRATA_WG_VARIANT`, else 1 + the forced index into [`WG_NAMES`].
-static WG_VARIANT: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
-
-/// Makes later wgmma prefill plans run `WG_NAMES[i]` (None: `STRATA_WG_VARIANT`, default 0);
-/// for checks and timing.
-pub fn set_wg_variant(i: Option<usize>) {
-    let v = i.map_or(0, |i| 1 + i.min(WG_NAMES.len() - 1) as u8);
-    WG_VARIANT.store(v, std::sync::atomic::Ordering::Relaxed);
-}
-
-fn wg_variant() -> usize {
-    match WG_VARIANT.load(std::sync::atomic::Ordering::Relaxed) {
-        0 => std::env::var("STRATA_WG_VARIANT")
-            .ok()
-            .and_then(|v| v.parse::<usize>().ok())
-            .filter(|&v| v < WG_NAMES.len())
-            .unwrap_or(0),
-        v => v as usize - 1,
-    }
-}
+/// The wgmma prefill kernel (head_dim 128, compute 9.0): a tile's O += P V overlaps the next
+/// tile's exponentials. Forms timed beside it on the H200 and removed: the O += P V queued
+/// before the mask (1.363 ms per layer at 8K vs 1.214, 2026-12-03 UTC), K and V in separate
+/// rings copied two tiles ahead (1.244 ms), each tile's O += P V waited for at once (1.496 vs
+/// 1.384 ms, 2026-12-02).
+pub const WG_NAME: &str = "paged_attention_wg_d128";
 
 /// Keys per K/V tile of the wgmma kernel; mirrors WG_KT in attention_prefill_wg.cu.
 const WG_KEY_TILE: usize = 128;
-/// Pipeline stages of `paged_attention_wg_d128`; mirrors its WG_KERNEL line.
+/// Pipeline stages of `paged_attention_wg_d128`; mirrors its `wg_prefill_body<3>`.
 pub(crate) const WG_STAGES: usize = 3;
 /// Threads of a wgmma prefill block (two warpgroups).
 const WG_THREADS: u32 = 256;
@@ -560,7 +536,7 @@ impl CudaOps {
             (true, None) => AttnKernel::Decode,
             (false, _) => match (prefill_kernel(), mma_index(s.head_dim)) {
                 (PrefillKernel::Wgmma, Some(_))
-                    if s.head_dim == 128 && self.attention_wg[wg_variant()].is_some() =>
+                    if s.head_dim == 128 && self.attention_wg.is_some() =>
                 {
                     AttnKernel::PrefillWg
                 }
@@ -682,7 +658,7 @@ impl CudaOps {
             part_acc,
             part_ml,
             kernel,
-            variant: (kernel == AttnKernel::PrefillWg).then(wg_variant),
+            variant: None,
             cluster,
             max_cluster: self.decode2_max_cluster,
         })
@@ -799,8 +775,7 @@ impl CudaOps {
             })?;
             let idx = mma_index(hd).expect("planned only for supported head sizes");
             let (f, smem, block) = if plan.kernel == AttnKernel::PrefillWg {
-                let v = plan.variant.unwrap_or(0);
-                (&self.attention_wg[v], wg_smem(), WG_THREADS)
+                (&self.attention_wg, wg_smem(), WG_THREADS)
             } else {
                 (&self.attention_fa2[idx], fa2_smem(hd), 128)
             };

@@ -36,9 +36,9 @@ pub struct CudaOps {
     /// `paged_attention_fa2_*`, in `attention::mma_index` order; None where the device cannot
     /// give the kernel its dynamic shared memory (plans then use `attention_mma`).
     pub(crate) attention_fa2: Vec<Option<CudaFunction>>,
-    /// `attention::WG_NAMES` (attention_prefill_wg.cu, sm_90a): only on compute-9.0 devices,
-    /// None elsewhere or where they did not load (plans then use `attention_fa2`).
-    pub(crate) attention_wg: [Option<CudaFunction>; 3],
+    /// `paged_attention_wg_d128` (attention_prefill_wg.cu, sm_90a): only on compute-9.0
+    /// devices, None elsewhere or where it did not load (plans then use `attention_fa2`).
+    pub(crate) attention_wg: Option<CudaFunction>,
     /// `attention::DECODE2_VARIANTS`, for side-by-side timing.
     pub(crate) attention_decode2_variants: Vec<CudaFunction>,
     /// `paged_attention_decode2c_*` (the cluster form), in `attention::decode2_index` order;
@@ -92,7 +92,7 @@ impl CudaOps {
                 .zip([64, 128])
                 .map(|(n, hd)| fa2_function(&ctx, n, super::attention::fa2_smem(hd)))
                 .collect::<Result<_>>()?,
-            attention_wg: super::attention::WG_NAMES.map(|n| wg_function(&ctx, n)),
+            attention_wg: wg_function(&ctx, super::attention::WG_NAME),
             attention_decode2_variants: super::attention::DECODE2_VARIANTS
                 .iter()
                 .map(|n| ctx.function(Program::Attention, n))
@@ -109,7 +109,7 @@ impl CudaOps {
     /// True when the wgmma prefill kernel loaded (compute 9.0 devices), so
     /// `PrefillKernel::Wgmma` plans head_dim-128 prompts on it.
     pub fn has_wgmma_prefill(&self) -> bool {
-        self.attention_wg.iter().all(|f| f.is_some())
+        self.attention_wg.is_some()
     }
 
     /// The GPU these ops run on.

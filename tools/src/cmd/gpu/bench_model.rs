@@ -325,38 +325,31 @@ pub fn run(
             // The same forward with each prefill kernel forced (each wgmma form too), each kernel
             // alone on one layer, and the prompt prefilled in 2048-token chunks (the old
             // --chunked-prefill-size).
-            use strata_kernels::cuda::{
-                set_prefill_kernel, set_wg_variant, PrefillKernel, WG_NAMES,
-            };
-            let forward_with = |k: PrefillKernel, wg: Option<usize>| -> anyhow::Result<f64> {
+            use strata_kernels::cuda::{set_prefill_kernel, PrefillKernel};
+            let forward_with = |k: PrefillKernel| -> anyhow::Result<f64> {
                 set_prefill_kernel(Some(k));
-                set_wg_variant(wg);
                 let r = (|| -> anyhow::Result<f64> {
                     let input = step_input(ops, &model, &[(t, t)], args.deterministic, false)?;
                     gpu_ms(ops.context(), false, 1, 3, || {
                         Ok(model.forward(ops, gemm, &ws, &input)?)
                     })
                 })();
-                set_wg_variant(None);
                 set_prefill_kernel(None);
                 r
             };
-            let fa2_ms = forward_with(PrefillKernel::Fa2, None)?;
-            let mma_ms = forward_with(PrefillKernel::Mma, None)?;
+            let fa2_ms = forward_with(PrefillKernel::Fa2)?;
+            let mma_ms = forward_with(PrefillKernel::Mma)?;
             let mut line = format!(
                 "  prefill {t} forward by kernel: FA2 {fa2_ms:.1} ms, first mma {mma_ms:.1} ms"
             );
-            // The wgmma kernels (compute 9.0 only; WG_NAMES[0] is the one plans run).
-            let mut wg_ms = None;
-            let mut wg_forms = serde_json::Map::new();
-            if ops.has_wgmma_prefill() {
-                for (i, wn) in WG_NAMES.iter().enumerate() {
-                    let f = forward_with(PrefillKernel::Wgmma, Some(i))?;
-                    wg_ms.get_or_insert(f);
-                    line += &format!(", {wn} {f:.1} ms");
-                    wg_forms.insert(wn.to_string(), json!(f));
-                }
-            }
+            // The wgmma kernel (compute 9.0 only).
+            let wg_ms = if ops.has_wgmma_prefill() {
+                let f = forward_with(PrefillKernel::Wgmma)?;
+                line += &format!(", wgmma {f:.1} ms");
+                Some(f)
+            } else {
+                None
+            };
             summary.push(line + &format!(" (as planned {ms:.1} ms)"));
             let layer_flops = attn / shape.layers as f64;
             let mut alone = serde_json::Map::new();
@@ -370,17 +363,6 @@ pub fn run(
             prefill_attention_alone(ops, &model, t, PrefillKernel::Fa2)?;
             for (name, k) in kinds {
                 let a = prefill_attention_alone(ops, &model, t, k)?;
-                if name == "wgmma" {
-                    // The other wgmma kernels (WG_NAMES[1..]).
-                    for (i, wn) in WG_NAMES.iter().enumerate().skip(1) {
-                        set_wg_variant(Some(i));
-                        let b = prefill_attention_alone(ops, &model, t, k);
-                        set_wg_variant(None);
-                        let b = b?;
-                        line += &format!(" {wn} {b:.3} ms ({:.0} TFLOP/s)", layer_flops / b / 1e9);
-                        alone.insert(wn.to_string(), json!(b));
-                    }
-                }
                 if a.is_finite() {
                     line += &format!(" {name} {a:.3} ms ({:.0} TFLOP/s)", layer_flops / a / 1e9);
                     alone.insert(name.to_string(), json!(a));
@@ -433,7 +415,7 @@ pub fn run(
             rows.push(
                 json!({"tokens": t, "ms": ms, "tokens_per_s": tps, "gemm_floor_ms": floor,
                 "matrix_flops": mat, "attention_flops": attn, "fa2_kernel_ms": fa2_ms, "mma_kernel_ms": mma_ms,
-                "wgmma_kernel_ms": wg_ms, "wgmma_forms_ms": wg_forms,
+                "wgmma_kernel_ms": wg_ms,
                 "attention_layer_ms": alone, "chunked_2048_ms": chunked}),
             );
         }

@@ -520,15 +520,10 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
         })
         .cloned()
         .collect();
-    // Each on every wgmma kernel (WG_NAMES: "wg" the default, "wg1" / "wg2" the others).
-    let wg_cases = ["wg", "wg1", "wg2"].into_iter().flat_map(|tag| {
-        wg_cases
-            .clone()
-            .into_iter()
-            .map(move |(n, nh, nkv, hd, page, lens, sp)| {
-                (format!("{tag} {n}"), nh, nkv, hd, page, lens, sp)
-            })
-    });
+    // Each again on the wgmma kernel.
+    let wg_cases = wg_cases
+        .into_iter()
+        .map(|(n, nh, nkv, hd, page, lens, sp)| (format!("wg {n}"), nh, nkv, hd, page, lens, sp));
     // The decode2 cluster form at every cluster size, on the 1B and 8B head shapes, GQA 1/2/8,
     // rows shorter than one tile per block (empty blocks), odd pages.
     let clusters: Vec<Case> = vec![
@@ -614,12 +609,6 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
         // kernel, "wg" ones the wgmma kernel; the others the FA2-style kernel.
         use strata_kernels::cuda::{set_prefill_kernel, PrefillKernel};
         let wg_case = name.starts_with("wg");
-        let wg_index = match name.split(' ').next() {
-            Some("wg1") => 1,
-            Some("wg2") => 2,
-            _ => 0,
-        };
-        strata_kernels::cuda::set_wg_variant(Some(wg_index));
         if wg_case {
             set_prefill_kernel(Some(PrefillKernel::Wgmma));
         } else if name.starts_with("prefill gen") {
@@ -631,7 +620,6 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
         }
         let plan = ops.attention_plan(shape, &seqs, splits);
         set_prefill_kernel(None);
-        strata_kernels::cuda::set_wg_variant(None);
         let mut plan = plan?;
         let prefill = lens.iter().any(|&(q, _)| q > 1) || nh / nkv > 8;
         let fa2_case =
@@ -719,7 +707,7 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
             AttnKernel::General => "gen",
             AttnKernel::PrefillMma => "mma",
             AttnKernel::PrefillFa2 => "fa2",
-            AttnKernel::PrefillWg => strata_kernels::cuda::WG_NAMES[wg_index],
+            AttnKernel::PrefillWg => "wg",
         };
         let desc = format!(
             "{name} h{nh}/{nkv} d{hd} p{page} {lens:?} s{} c{} {kernel}",
