@@ -94,6 +94,31 @@ fn body(ids: &[u32], n: usize) -> Value {
     json!({"input_ids": ids, "sampling_params": {"temperature": 0, "max_new_tokens": n, "ignore_eos": true}})
 }
 
+/// `b` with the bootstrap fields a PD router adds (the prefill on this host, port `boot`).
+fn with_room(b: &Value, boot: u16, room: u64) -> Value {
+    let mut b = b.clone();
+    b["bootstrap_host"] = json!("127.0.0.1");
+    b["bootstrap_port"] = json!(boot);
+    b["bootstrap_room"] = json!(room);
+    b
+}
+
+/// [`post`] in the background.
+fn spawn_post(
+    c: &reqwest::Client,
+    url: String,
+    b: &Value,
+) -> tokio::task::JoinHandle<(u16, Value)> {
+    let (c, b) = (c.clone(), b.clone());
+    tokio::spawn(async move { post(&c, &url, &b).await })
+}
+
+/// A request in the background to a server the test kills under it: true when it got no answer.
+fn spawn_doomed(c: &reqwest::Client, url: String, b: &Value) -> tokio::task::JoinHandle<bool> {
+    let (c, b) = (c.clone(), b.clone());
+    tokio::spawn(async move { c.post(url).json(&b).send().await.is_err() })
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pd_greedy_output_equals_colocated() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed());
@@ -236,14 +261,8 @@ async fn pd_greedy_output_equals_colocated() {
         }
     }
     // A client that bypasses the router and reuses a room gets a 400 from the prefill.
-    let mut dup = body(&prompts[0], 4);
-    dup["bootstrap_host"] = json!("127.0.0.1");
-    dup["bootstrap_port"] = json!(boot);
-    dup["bootstrap_room"] = json!(77);
-    let first = tokio::spawn({
-        let (c, url, d) = (c.clone(), prefill.url("/generate"), dup.clone());
-        async move { post(&c, &url, &d).await }
-    });
+    let dup = with_room(&body(&prompts[0], 4), boot, 77);
+    let first = spawn_post(&c, prefill.url("/generate"), &dup);
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (s, v) = post(&c, &prefill.url("/generate"), &dup).await;
     assert_eq!(s, 400, "duplicate room: {v}");
@@ -296,10 +315,7 @@ async fn pd_failures_end_requests_cleanly() {
     // A prefill that stops answering (SIGSTOP) while a decode waits: no heartbeat for two
     // intervals and the decode leg fails with that reason, long before the bootstrap timeout.
     b["bootstrap_room"] = json!(8);
-    let waiting = tokio::spawn({
-        let (c, url, d) = (c.clone(), decode.url("/generate"), b.clone());
-        async move { post(&c, &url, &d).await }
-    });
+    let waiting = spawn_post(&c, decode.url("/generate"), &b);
     tokio::time::sleep(Duration::from_millis(700)).await; // heartbeats flow meanwhile
     let sig = |s: &str| {
         let pid = prefill.pid().to_string();
@@ -323,10 +339,7 @@ async fn pd_failures_end_requests_cleanly() {
     // its prefill finishes (its missing heartbeat told the prefill), not after the timeout.
     let gone = role("decode");
     b["bootstrap_room"] = json!(9);
-    let orphan = tokio::spawn({
-        let (c, url, d) = (c.clone(), gone.url("/generate"), b.clone());
-        async move { c.post(url).json(&d).send().await.is_err() } // its server dies under it
-    });
+    let orphan = spawn_doomed(&c, gone.url("/generate"), &b);
     tokio::time::sleep(Duration::from_millis(400)).await;
     drop(gone); // killed with its fetch waiting on the prefill
     assert!(orphan.await.unwrap(), "the killed decode server answered");
@@ -339,10 +352,7 @@ async fn pd_failures_end_requests_cleanly() {
     prefill.wait_idle().await;
     // The prefill killed while the decode waits for it: the decode leg fails, never hangs.
     b["bootstrap_room"] = json!(7);
-    let waiting = tokio::spawn({
-        let (c, url, d) = (c.clone(), decode.url("/generate"), b.clone());
-        async move { post(&c, &url, &d).await }
-    });
+    let waiting = spawn_post(&c, decode.url("/generate"), &b);
     tokio::time::sleep(Duration::from_millis(500)).await;
     drop(prefill);
     let (s, v) = tokio::time::timeout(Duration::from_secs(20), waiting)
@@ -365,10 +375,7 @@ async fn legs(
     room: u64,
     b: &Value,
 ) -> ((u16, Value), (u16, Value)) {
-    let mut b = b.clone();
-    b["bootstrap_host"] = json!("127.0.0.1");
-    b["bootstrap_port"] = json!(boot);
-    b["bootstrap_room"] = json!(room);
+    let b = with_room(b, boot, room);
     futures::future::join(
         post(c, &prefill.url("/generate"), &b),
         post(c, &decode.url("/generate"), &b),
@@ -441,21 +448,9 @@ async fn pd_tcp_path_and_a_prefill_killed_mid_transfer() {
         "PD over the same-host path differs from colocated"
     );
     assert_eq!(prefill.metric("pd_transfers_same_host_total").await, 1.0);
-    let b = {
-        let mut b = body(&prompts[2], 8);
-        b["bootstrap_host"] = json!("127.0.0.1");
-        b["bootstrap_port"] = json!(boot);
-        b["bootstrap_room"] = json!(201);
-        b
-    };
-    let dleg = tokio::spawn({
-        let (c, url, b) = (c.clone(), decode.url("/generate"), b.clone());
-        async move { post(&c, &url, &b).await }
-    });
-    let pleg = tokio::spawn({
-        let (c, url, b) = (c.clone(), prefill.url("/generate"), b.clone());
-        async move { c.post(url).json(&b).send().await.is_err() } // its server dies under it
-    });
+    let b = with_room(&body(&prompts[2], 8), boot, 201);
+    let dleg = spawn_post(&c, decode.url("/generate"), &b);
+    let pleg = spawn_doomed(&c, prefill.url("/generate"), &b);
     // The room's prefill finished (its pages are announced right after), then the kill.
     assert!(prefill.wait_metric("num_requests_total", 2.0).await >= 2.0);
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -509,14 +504,8 @@ async fn pd_pushes_each_chunk_and_survives_a_prefill_killed_between_chunks() {
         // server: parts are only sent to a decode that asked for the room before the prompt's
         // last chunk (a decode that asks later gets every page with the final header; under a
         // loaded CI machine that happened and the test saw 0 parts).
-        let mut b = body(&prompt, 8);
-        b["bootstrap_host"] = json!("127.0.0.1");
-        b["bootstrap_port"] = json!(boot);
-        b["bootstrap_room"] = json!(room);
-        let dleg = tokio::spawn({
-            let (c, url, b) = (c.clone(), decode.url("/generate"), b.clone());
-            async move { post(&c, &url, &b).await }
-        });
+        let b = with_room(&body(&prompt, 8), boot, room);
+        let dleg = spawn_post(&c, decode.url("/generate"), &b);
         assert!(
             decode
                 .wait_metric("pd_bootstrap_connections_total", 1.0)
@@ -546,21 +535,9 @@ async fn pd_pushes_each_chunk_and_survives_a_prefill_killed_between_chunks() {
         &[],
     );
     let decode = role("decode", boot, &[], &[]);
-    let b = {
-        let mut b = body(&prompt, 8);
-        b["bootstrap_host"] = json!("127.0.0.1");
-        b["bootstrap_port"] = json!(boot);
-        b["bootstrap_room"] = json!(302);
-        b
-    };
-    let dleg = tokio::spawn({
-        let (c, url, b) = (c.clone(), decode.url("/generate"), b.clone());
-        async move { post(&c, &url, &b).await }
-    });
-    let pleg = tokio::spawn({
-        let (c, url, b) = (c.clone(), prefill.url("/generate"), b.clone());
-        async move { c.post(url).json(&b).send().await.is_err() } // its server dies under it
-    });
+    let b = with_room(&body(&prompt, 8), boot, 302);
+    let dleg = spawn_post(&c, decode.url("/generate"), &b);
+    let pleg = spawn_doomed(&c, prefill.url("/generate"), &b);
     assert!(decode.wait_metric("pd_received_parts_total", 1.0).await >= 1.0);
     drop(prefill);
     let t = Instant::now();
