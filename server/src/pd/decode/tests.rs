@@ -22,6 +22,30 @@ fn cfg(mode: Mode, port: u16, same_host: bool) -> PdConfig {
     c
 }
 
+/// A finished prefill leg of `n` tokens (first token 42) in `n_pages` pages; the receiver gets
+/// the leg's outcome.
+fn handoff(
+    n: usize,
+    pages: Pages,
+    n_pages: usize,
+    hold: Option<Hold>,
+) -> (Handoff, mpsc::Receiver<Result<(), String>>) {
+    let (tx, rx) = mpsc::channel();
+    let h = Handoff {
+        n_tokens: n as u32,
+        first_token: 42,
+        first_logprobs: None,
+        pages,
+        n_pages,
+        page_size: G.page_size,
+        hold,
+        deliver: Box::new(move |r| {
+            let _ = tx.send(r);
+        }),
+    };
+    (h, rx)
+}
+
 /// An empty page_first staging pool of `pages` pages of the test geometry.
 fn staging_pool(pages: usize) -> HostKvPool {
     HostKvPool::new(
@@ -95,23 +119,9 @@ fn ready(reg: &Registry, room: u64, n: usize) -> mpsc::Receiver<Result<(), Strin
             }
         }
     }
-    let (tx, rx) = mpsc::channel();
+    let (h, rx) = handoff(n, Pages::Staged(staging), pages, None);
     assert!(reg.claim(room));
-    reg.ready(
-        room,
-        Handoff {
-            n_tokens: n as u32,
-            first_token: 42,
-            first_logprobs: None,
-            pages: Pages::Staged(staging),
-            n_pages: pages,
-            page_size: G.page_size,
-            hold: None,
-            deliver: Box::new(move |r| {
-                let _ = tx.send(r);
-            }),
-        },
-    );
+    reg.ready(room, h);
     rx
 }
 
@@ -243,6 +253,14 @@ impl FakePool {
         }
     }
 
+    /// Pages `ids` of this pool, left where they are (the CPU runner's zero-staging path).
+    fn pages(&self, ids: &[u32]) -> Pages {
+        Pages::Pool {
+            spans: self.spans(),
+            pages: ids.to_vec(),
+        }
+    }
+
     fn spans(&self) -> Arc<HostSpans> {
         let base = |b: &Vec<Vec<u8>>| b.iter().map(|x| x.as_ptr() as usize).collect();
         Arc::new(HostSpans {
@@ -310,29 +328,13 @@ fn pool_pages_arrive_on_every_path_and_are_released_after_the_transfer() {
     let released = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     let mut room = 100;
     let offer = |room: u64| {
-        let (tx, rx) = mpsc::channel();
         let r = released.clone();
+        let hold = Hold::new(move || {
+            r.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        });
+        let (h, rx) = handoff(n, pool.pages(&pages), pages.len(), Some(hold));
         assert!(reg.claim(room));
-        reg.ready(
-            room,
-            Handoff {
-                n_tokens: n as u32,
-                first_token: 42,
-                first_logprobs: None,
-                pages: Pages::Pool {
-                    spans: pool.spans(),
-                    pages: pages.clone(),
-                },
-                n_pages: pages.len(),
-                page_size: G.page_size,
-                hold: Some(Hold::new(move || {
-                    r.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                })),
-                deliver: Box::new(move |r| {
-                    let _ = tx.send(r);
-                }),
-            },
-        );
+        reg.ready(room, h);
         rx
     };
     let released_now = || released.load(std::sync::atomic::Ordering::SeqCst);
@@ -543,23 +545,10 @@ impl DeviceRig {
     }
 }
 
-/// A prefill leg of `n` tokens whose pages stay in its GPU pool (`src`), readied on `reg`
-/// under `room`; the receiver gets the leg's outcome.
+/// A prefill leg of `n` tokens whose pages stay in its GPU pool (`src`); the receiver gets the
+/// leg's outcome.
 fn device_handoff(n: usize, src: &[u32]) -> (Handoff, mpsc::Receiver<Result<(), String>>) {
-    let (tx, rx) = mpsc::channel();
-    let h = Handoff {
-        n_tokens: n as u32,
-        first_token: 42,
-        first_logprobs: None,
-        pages: Pages::Device(device_info(src.to_vec())),
-        n_pages: src.len(),
-        page_size: G.page_size,
-        hold: None,
-        deliver: Box::new(move |r| {
-            let _ = tx.send(r);
-        }),
-    };
-    (h, rx)
+    handoff(n, Pages::Device(device_info(src.to_vec())), src.len(), None)
 }
 
 /// Pages left in the prefill's GPU pool (ON_DEVICE) are copied device to device straight
@@ -808,33 +797,15 @@ fn parts_go_ahead_of_the_rest_and_land_in_the_pool_pages() {
     let mine = FakePool::new(0, 8);
     let my_pages: Vec<u32> = vec![7, 0, 3, 5, 1];
     for (room, same_host, takes_parts) in [(1, true, true), (2, false, true), (3, true, false)] {
-        let (tx, rx) = mpsc::channel();
         assert!(reg.claim(room));
         let part = |from: usize, to: usize| Part {
             n_tokens: n as u32,
             page_size: G.page_size,
-            pages: Pages::Pool {
-                spans: pool.spans(),
-                pages: pages[from..to].to_vec(),
-            },
+            pages: pool.pages(&pages[from..to]),
             n_pages: to - from,
         };
         reg.part(room, part(0, 2));
-        let handoff = Handoff {
-            n_tokens: n as u32,
-            first_token: 42,
-            first_logprobs: None,
-            pages: Pages::Pool {
-                spans: pool.spans(),
-                pages: pages.clone(),
-            },
-            n_pages: pages.len(),
-            page_size: G.page_size,
-            hold: None,
-            deliver: Box::new(move |r| {
-                let _ = tx.send(r);
-            }),
-        };
+        let (rest, rx) = handoff(n, pool.pages(&pages), pages.len(), None);
         // The second part and the rest come while the decode waits.
         let later = {
             let reg = reg.clone();
@@ -843,7 +814,7 @@ fn parts_go_ahead_of_the_rest_and_land_in_the_pool_pages() {
                 std::thread::sleep(std::time::Duration::from_millis(100));
                 reg.part(room, p2);
                 std::thread::sleep(std::time::Duration::from_millis(100));
-                reg.ready(room, handoff);
+                reg.ready(room, rest);
             })
         };
         let dcfg = cfg(Mode::Decode, port, same_host);
