@@ -14,9 +14,10 @@
 #   sampling scripts/gpu-sampling-check.sh (GPU sampler: bench, served determinism, two servers)
 #   sbench   scripts/gpu-serve-bench.sh (raw `gpu bench` + served speed; env SB_SIZES, SB_SHAPES,
 #            SB_CONCS, HF; the runner's step profile lines come from the server log)
-#   prefill  `gpu check --only attention,silu_mul,rmsnorm,rope,rope_kv_write` (both tensor-core prefill kernels, 8K prompts, pages 16
-#            and 64), `gpu bench --only gemm,prefill` at 2K and 8K (forward and attention alone,
-#            FA2 vs first mma kernel, 2048-token chunks) and transformers' forward at 2K and 8K
+#   prefill  `gpu check --only attention,silu_mul,rmsnorm,rope,rope_kv_write` (every tensor-core
+#            prefill kernel, 8K prompts, pages 16 and 64), `gpu bench --only gemm,prefill` at 2K
+#            and 8K (the forward with each kernel forced (wgmma, FA2, first mma), attention
+#            alone, 2048-token chunks) and transformers' forward at 2K and 8K
 #   wgfwd    `gpu bench --only prefill` at 2K and 8K (the forward with FA2, mma and wgmma),
 #            then transformers' forward at 2K and 8K, in one call
 #   ttft     served TTFT at concurrency 1 of 2K and 8K prompts on the 8B shape (make-model + serve +
