@@ -1,13 +1,15 @@
 // FA2-style tensor-core prefill / prefix-extend attention over the paged KV pool (sm_80+):
-// `paged_attention_fa2_d{64,128}`, the planner's default for prompts (attention.cu's
-// paged_attention_mma_d* stays selectable with STRATA_ATTN_MMA=1).
+// `paged_attention_fa2_d{64,128}`, the planner's kernel for prompts wherever the wgmma one
+// (attention_prefill_wg.cu) does not run (attention.cu's paged_attention_mma_d* stays selectable
+// with STRATA_PREFILL_ATTN=mma).
 //
 // Work unit: a tile = FA_ROWS (token, head) rows of one sequence for one KV head g: 128 / group
 // consecutive query tokens times the group's query heads (row r = token r / group, query head
 // g * group + r % group; group is a power of two, it divides 16), so one K/V tile in shared
-// memory serves 128 rows. tile_info, the grid, page lookups and the row store: prefill_common.cuh
-// (shared with the wgmma kernel). Grid = (kv head, tile, split) with tiles taken last-first, so the longest (latest, causal) tiles of a prompt start first and the short
-// ones fill the tail.
+// memory serves 128 rows. Grid = (kv head, tile, split) with tiles taken last-first, so the
+// longest (latest, causal) tiles of a prompt start first and the short ones fill the tail; the
+// tile decoding, page lookups and row store are prefill_common.cuh's (shared with the wgmma
+// kernel).
 // 4 warps; warp w owns rows 32w..32w+31 as two m16 tiles. Q [128][HD] is copied to shared memory
 // once; K and V tiles of KT keys are copied row-major into NST shared-memory stages with cp.async
 // (zero-filled past the block's last key), NST - 1 tiles in flight while the warps compute; the
@@ -33,13 +35,13 @@
 
 __device__ __forceinline__ u32 fa_smem_addr(const void* p) { return (u32)__cvta_generic_to_shared(p); }
 __device__ __forceinline__ void fa_ldsm4(u32* r, const bf16_t* p) {
-    const u32 a = (u32)__cvta_generic_to_shared(p);
+    const u32 a = fa_smem_addr(p);
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(a));
 }
 __device__ __forceinline__ void fa_ldsm4_t(u32* r, const bf16_t* p) {
-    const u32 a = (u32)__cvta_generic_to_shared(p);
+    const u32 a = fa_smem_addr(p);
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(a));

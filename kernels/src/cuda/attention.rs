@@ -282,6 +282,7 @@ pub struct AttnPlan {
     part_acc: Option<DTensor>,
     part_ml: Option<DTensor>,
     kernel: AttnKernel,
+    /// An alternative decode2 kernel (index into [`DECODE2_VARIANTS`]) set for timing.
     variant: Option<usize>,
     /// Decode2 in thread-block clusters of this many blocks per (row, KV head) (0: off): the
     /// cluster form splits each row's keys at run time and merges in the cluster (no partials,
