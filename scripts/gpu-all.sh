@@ -18,8 +18,6 @@
 #            prefill kernel, 8K prompts, pages 16 and 64), `gpu bench --only gemm,prefill` at 2K
 #            and 8K (the forward with each kernel forced (wgmma, FA2, first mma), attention
 #            alone, 2048-token chunks) and transformers' forward at 2K and 8K
-#   wgfwd    `gpu bench --only prefill` at 2K and 8K (the forward with FA2, mma and wgmma),
-#            then transformers' forward at 2K and 8K, in one call
 #   ttft     served TTFT at concurrency 1 of 2K and 8K prompts on the 8B shape (make-model + serve +
 #            bench serve, default chunked-prefill size; compare with the prefill step's raw lines)
 #   detcheck `gpu check --only gemm,fixed_decode_plan,gemm_rows,attn_decode_rows,attn_extend_rows`
@@ -83,12 +81,6 @@ for s in $STEPS; do
         --json "$OUT/prefill-hf.json" > "$OUT/prefill-hf.log" 2>&1
       r3=$?; grep -E "^hf" "$OUT/prefill-hf.log" || tail -5 "$OUT/prefill-hf.log"
       [ $rc -eq 0 ] && rc=$r2; [ $rc -eq 0 ] && rc=$r3 ;;
-    wgfwd) timeout $(left 200) "$STRATA" gpu bench --only prefill --prefill-lens 2048,8192 --decode-batches 1 \
-        --json "$OUT/wgfwd.json" > "$OUT/wgfwd.log" 2>&1; rc=$?
-      grep -E "^prefill|forward|attention alone" "$OUT/wgfwd.log" | cut -c1-400
-      timeout $(left 150) python3 scripts/hf-llama-bench.py --batches "" --prefill 2048,8192 \
-        --json "$OUT/wgfwd-hf.json" > "$OUT/wgfwd-hf.log" 2>&1 || rc=1
-      grep -E "^hf" "$OUT/wgfwd-hf.log" || tail -5 "$OUT/wgfwd-hf.log" ;;
     sbench) SIZES=${SB_SIZES:-llama-3.1-8b} HF=${HF:-0} SHAPES=${SB_SHAPES:-1024:256} CONCS=${SB_CONCS:-1 16} \
       timeout $(left ${SB_TIMEOUT:-300}) scripts/gpu-serve-bench.sh "$OUT" > "$OUT/sbench.log" 2>&1; rc=$?; tail -40 "$OUT/sbench.log" ;;
     ttft) SIZES=llama-3.1-8b RAW=0 HF=0 SHAPES="2048:32 8192:32" CONCS=1 timeout $(left 250) \

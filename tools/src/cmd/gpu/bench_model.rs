@@ -322,9 +322,8 @@ pub fn run(
                 ms, tps, floor.unwrap_or(f64::NAN), floor.map_or(f64::NAN, |f| t as f64 / f * 1e3),
                 floor.map_or(f64::NAN, |f| f / ms * 100.0), attn / 1e12, (mat + attn) / 1e12
             ));
-            // The same forward with each prefill kernel forced (each wgmma form too), each kernel
-            // alone on one layer, and the prompt prefilled in 2048-token chunks (the old
-            // --chunked-prefill-size).
+            // The same forward with each prefill kernel forced, each kernel alone on one layer,
+            // and the prompt prefilled in 2048-token chunks (the old --chunked-prefill-size).
             use strata_kernels::cuda::{set_prefill_kernel, PrefillKernel};
             let forward_with = |k: PrefillKernel| -> anyhow::Result<f64> {
                 set_prefill_kernel(Some(k));
