@@ -10,7 +10,8 @@
 #            greedy, TTFT, transfer paths and rate, throughput with 1/4/16 in flight, mixed-load ITL)
 #   pdcopy   `gpu check --only pd_copy` + `gpu bench --only pd-copy` (the decode's pool-to-pool
 #            IPC copy kernel: byte-exact, and timed beside a raw d2d memcpy of the same bytes)
-#   runner   scripts/gpu-runner-check.sh (bf16 runner vs transformers, greedy consistency, bench)
+#   runner   scripts/gpu-runner-check.sh (bf16 runner vs transformers, greedy consistency, bench;
+#            env RUNNER_STEPS picks its steps)
 #   sampling scripts/gpu-sampling-check.sh (GPU sampler: bench, served determinism, two servers)
 #   sbench   scripts/gpu-serve-bench.sh (raw `gpu bench` + served speed; env SB_SIZES, SB_SHAPES,
 #            SB_CONCS, HF; the runner's step profile lines come from the server log)
@@ -37,7 +38,8 @@
 #            exists: time per kernel class and idle gaps inside one forward; SM clock and power)
 #   pdmps    the `pd` step with an MPS control daemon running for the call (the prefill and decode
 #            processes then share the GPU's SMs instead of time-slicing it; the prefill runs at MPS
-#            client priority PD_PREFILL_MPS_PRIORITY, default 1 = below normal; stopped afterwards)
+#            client priority PD_PREFILL_MPS_PRIORITY, default 1 = below normal, and may use
+#            PD_PREFILL_SM_PCT % of the SMs, default 100; stopped afterwards)
 #   det      scripts/gpu-det-check.sh (batch-invariant mode, also with STRATA_DET_ATTN=prefill, vs
 #            default: served greedy at c=1/8/32, graphs on/off, prefix extend, seeded repeats;
 #            decode bench c=1/16 in each mode; 1B and 8B; raw 1B and 8B decode steps with and
@@ -118,7 +120,7 @@ for s in $STEPS; do
       cp -r $CUDA_MPS_LOG_DIRECTORY "$OUT/mps-log" 2>/dev/null
       unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY ;;
     itl) timeout $(left ${ITL_TIMEOUT:-200}) scripts/gpu-itl-ab.sh "$OUT" > "$OUT/itl.log" 2>&1; rc=$?; cat "$OUT/itl.log" ;;
-    runner) timeout $(left 400) scripts/gpu-runner-check.sh "$OUT" > "$OUT/runner.log" 2>&1; rc=$?; tail -40 "$OUT/runner.log" ;;
+    runner) STEPS="${RUNNER_STEPS:-check hf greedy f32 bench}" timeout $(left 400) scripts/gpu-runner-check.sh "$OUT" > "$OUT/runner.log" 2>&1; rc=$?; tail -40 "$OUT/runner.log" ;;
     *) echo "unknown step $s"; rc=2 ;;
   esac
   rcs[$s]=$rc

@@ -30,7 +30,9 @@
 # Usage: scripts/gpu-pd-check.sh [OUTDIR]; env STRATA, SIZES ("llama-3.2-1b llama-3.1-8b"),
 # PD_IPC (1; 0 runs the pair with STRATA_PD_IPC=0: the staged path, for comparison), PD_CHUNK
 # (1024: --chunked-prefill-size of every server; 0 leaves the server default), PD_PREFILL_MPS_PRIORITY
-# (under MPS: the prefill's CUDA_MPS_CLIENT_PRIORITY, 1 = below normal, so the decode's kernels go first).
+# (under MPS: the prefill's CUDA_MPS_CLIENT_PRIORITY, 1 = below normal, so the decode's kernels go first),
+# PD_PREFILL_SM_PCT / PD_DECODE_SM_PCT (under MPS: each server's CUDA_MPS_ACTIVE_THREAD_PERCENTAGE, the
+# share of the GPU's SMs its kernels may use; 100 = all, the default).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 STRATA=${STRATA:-target/release/strata}
@@ -71,13 +73,13 @@ for size in $SIZES; do
   # prompts and the 8K load exercise the per-chunk push over CUDA IPC. PD_CHUNK=0: server default.
   [ "${PD_CHUNK:-1024}" != 0 ] && S+=(--chunked-prefill-size ${PD_CHUNK:-1024})
   start colo 32101 "${S[@]}" --log-level warn --port 32101 || { fail=1; cleanup; continue; }
-  export STRATA_PD_IPC=${PD_IPC:-1}
+  export STRATA_PD_IPC=${PD_IPC:-1} STRATA_PD_PUSH=${PD_PUSH:-1}
   for n in colo prefill decode router-pd router-colo; do : > "$OUTDIR/pd-$n.log"; done
   PF=("${S[@]}" --log-level warn --port 32102 --disaggregation-mode prefill --disaggregation-bootstrap-port 32199)
   DC=("${S[@]}" --port 32103 --disaggregation-mode decode --base-gpu-id $DGPU --log-level info)
-  CUDA_MPS_CLIENT_PRIORITY=${PD_PREFILL_MPS_PRIORITY:-0} start prefill 32102 "${PF[@]}" || { fail=1; cleanup; continue; }
+  CUDA_MPS_CLIENT_PRIORITY=${PD_PREFILL_MPS_PRIORITY:-0} CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=${PD_PREFILL_SM_PCT:-100} start prefill 32102 "${PF[@]}" || { fail=1; cleanup; continue; }
   PREFILL_PID=$LASTPID
-  start decode 32103 "${DC[@]}" || { fail=1; cleanup; continue; }
+  CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=${PD_DECODE_SM_PCT:-100} start decode 32103 "${DC[@]}" || { fail=1; cleanup; continue; }
   DECODE_PID=$LASTPID
   start router-pd 32110 router --pd-disaggregation --prefill http://127.0.0.1:32102 32199 \
     --decode http://127.0.0.1:32103 --port 32110 --prometheus-port 32111 --log-level warn || { fail=1; cleanup; continue; }
@@ -121,25 +123,33 @@ PY
   DB=$(md pd_received_bytes_total) DT=$(md pd_receive_seconds_total) DN=$(md pd_received_transfers_total)
   IC=$(md pd_received_cuda_ipc_copies_total) IB=$(md pd_received_cuda_ipc_bytes_total)
   IQ=$(md pd_receive_cuda_ipc_enqueue_seconds_total) IW=$(md pd_receive_cuda_ipc_wait_seconds_total) ID=$(md pd_receive_cuda_ipc_device_seconds_total)
+  # Pushes (the prefill copies into the decode's pool): the prefill times them.
+  PC=$(m pd_push_copies_total) PB=$(m pd_push_bytes_total) PQ=$(m pd_push_enqueue_seconds_total)
+  PW=$(m pd_push_wait_seconds_total) PDV=$(m pd_push_device_seconds_total)
   f() { python3 -c "import sys; print(float(sys.argv[1] or 0))" "${1:-0}"; }
   DB=$(f "$DB") DT=$(f "$DT") DN=$(f "$DN") IC=$(f "$IC") IB=$(f "$IB") IQ=$(f "$IQ") IW=$(f "$IW") ID=$(f "$ID")
+  PC=$(f "$PC") PB=$(f "$PB") PQ=$(f "$PQ") PW=$(f "$PW") PDV=$(f "$PDV")
+  echo "## pushed by the prefill: $PC copies; decode headers PUSHED: $(md pd_received_pushed_total)"
   python3 -c "
 pb, pt, pn = float('${B:-0}' or 0), float('${T:-0}' or 0), max(float('${N:-0}' or 0), 1)
 print(f'## KV transfer, prefill side: {pb/pn/1e6:.1f} MB per transfer, final header to ACK {pt/pn*1e3:.3f} ms')
 db, dt, dn = $DB, $DT, max($DN, 1)
 print(f'## KV transfer, all paths (decode, each header to its pages landed): {db/dn/1e6:.1f} MB per transfer in {dt/dn*1e3:.3f} ms = {db/max(dt,1e-9)/1e9:.2f} GB/s')
 ic, ib, iq, iw, idv = $IC, $IB, $IQ, $IW, $ID
-if ic: print(f'## KV transfer, CUDA IPC: {ic:.0f} copies (parts and finals), {ib/ic/1e6:.1f} MB per copy, header to landed {(iq+iw)/ic*1e3:.3f} ms = {ib/max(iq+iw,1e-9)/1e9:.1f} GB/s; header to copy queued {iq/ic*1e3:.3f} ms, queued to seen complete {iw/ic*1e3:.3f} ms, of which the copy on the device {idv/ic*1e3:.3f} ms')"
+if ic: print(f'## KV transfer, CUDA IPC: {ic:.0f} copies (parts and finals), {ib/ic/1e6:.1f} MB per copy, header to landed {(iq+iw)/ic*1e3:.3f} ms = {ib/max(iq+iw,1e-9)/1e9:.1f} GB/s; header to copy queued {iq/ic*1e3:.3f} ms, queued to seen complete {iw/ic*1e3:.3f} ms, of which the copy on the device {idv/ic*1e3:.3f} ms')
+pc, pb, pq, pw, pdv = $PC, $PB, $PQ, $PW, $PDV
+if pc: print(f'## KV transfer, CUDA IPC push (prefill side): {pc:.0f} copies (parts and finals), {pb/pc/1e6:.1f} MB per copy, start to landed {(pq+pw)/pc*1e3:.3f} ms = {pb/max(pq+pw,1e-9)/1e9:.1f} GB/s; copy queued in {pq/pc*1e3:.3f} ms, queued to seen complete {pw/pc*1e3:.3f} ms, of which the copy on the device {pdv/pc*1e3:.3f} ms')"
   # The raw copy is measured at the size of the copies being compared (IPC ones when any).
-  MBX=$(python3 -c "print(round(($IB / $IC if $IC else $DB / max($DN, 1)) / 1e6, 1))")
+  MBX=$(python3 -c "print(round(($PB / $PC if $PC else $IB / $IC if $IC else $DB / max($DN, 1)) / 1e6, 1))")
   timeout 60 "$STRATA" gpu bench --only pd-copy --shape $size --pd-copy-mb $MBX 2> /dev/null | grep "^pd-copy" | head -1 | tee "$OUTDIR/pd-copy-$size.txt"
   python3 -c "
 import re
 ic, ib, t = $IC, $IB, $IQ + $IW
+if $PC: ic, ib, t = $PC, $PB, $PQ + $PW
 if not ic: ic, ib, t = max($DN, 1), $DB, $DT
 m = re.search(r'raw d2d memcpy ([0-9.]+) ms', open('$OUTDIR/pd-copy-$size.txt').read())
 if m and t > 0: print(f'## transfer (header to landed) / raw d2d copy of the same bytes: {float(m.group(1)) / (t / ic * 1e3):.2f}x (target >= 0.7x)')"
-  echo "## KV transfer throughput with N in flight (N concurrent 2048-token prompts, 1 out; decode counters: bytes / wall time with >= 1 part or final header's pages between the header and their landing), vs the raw d2d memcpy above"
+  echo "## KV transfer throughput with N in flight (N concurrent 2048-token prompts, 1 out; decode counters: bytes / wall time with >= 1 part or final header's pages between the header and their landing; pushed: the prefill's bytes / wall time with >= 1 push between its start and its header sent), vs the raw d2d memcpy above"
   python3 - "$OUTDIR/pd-copy-$size.txt" <<'PY' 2>&1 | tee "$OUTDIR/pd-throughput-$size.txt"
 import json, random, re, sys, urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -147,13 +157,17 @@ m = re.search(r'raw d2d memcpy [0-9.]+ ms = ([0-9.]+) GB/s', open(sys.argv[1]).r
 raw = float(m.group(1)) if m else 0.0
 rng = random.Random(17)
 def metrics():
-    t = urllib.request.urlopen("http://127.0.0.1:32103/metrics").read().decode()
-    v = {l.split()[0]: float(l.split()[1]) for l in t.splitlines() if l.startswith("sglang:pd_")}
+    v = {}
+    for port in (32103, 32102):
+        t = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+        v.update({l.split()[0]: float(l.split()[1]) for l in t.splitlines() if l.startswith("sglang:pd_")})
     g = lambda k: v.get("sglang:" + k, 0.0)
     return [g("pd_received_bytes_total"), g("pd_receive_busy_seconds_total"), g("pd_received_transfers_total"),
             g("pd_receive_seconds_total"), g("pd_received_cuda_ipc_total"), g("pd_received_cuda_ipc_copies_total"),
             g("pd_receive_cuda_ipc_enqueue_seconds_total"), g("pd_receive_cuda_ipc_wait_seconds_total"),
-            g("pd_receive_cuda_ipc_device_seconds_total")]
+            g("pd_receive_cuda_ipc_device_seconds_total"), g("pd_push_copies_total"), g("pd_push_bytes_total"),
+            g("pd_push_busy_seconds_total"), g("pd_push_enqueue_seconds_total"), g("pd_push_wait_seconds_total"),
+            g("pd_push_device_seconds_total")]
 def ask(_):
     ids = [rng.randrange(10, 120000) for _ in range(2048)]
     r = urllib.request.urlopen(urllib.request.Request("http://127.0.0.1:32110/generate",
@@ -165,10 +179,14 @@ for c in (1, 4, 16):
         with ThreadPoolExecutor(c) as ex:
             ok = sum(ex.map(ask, range(c)))
         d = [a - b for a, b in zip(metrics(), before)]
-    b, busy, n, secs, ipc, copies, enq, wait, dev = d
-    rate = b / busy / 1e9 if busy > 0 else 0.0
+    b, busy, n, secs, ipc, copies, enq, wait, dev, pc, pb, pbusy, penq, pwait, pdev = d
+    if pc:  # pushed: the prefill's copies are the transfer (the decode only counts them landed)
+        rate = pb / pbusy / 1e9 if pbusy > 0 else 0.0
+        copies, enq, wait, dev = pc, penq, pwait, pdev
+    else:
+        rate = b / busy / 1e9 if busy > 0 else 0.0
     ratio = f"{rate / raw:.3f}x the raw d2d memcpy ({raw:.0f} GB/s)" if raw else "no raw rate"
-    per = (f"; per IPC copy ({copies:.0f}): queued {enq / copies * 1e3:.3f} ms, waited {wait / copies * 1e3:.3f} ms, "
+    per = (f"; per IPC copy ({copies:.0f}{', pushed by the prefill' if pc else ''}): queued {enq / copies * 1e3:.3f} ms, waited {wait / copies * 1e3:.3f} ms, "
            f"device {dev / copies * 1e3:.3f} ms") if copies else ""
     print(f"{c:2d} in flight: {ok}/{c} ok, {n:.0f} transfers ({ipc:.0f} CUDA IPC), {b / max(n, 1) / 1e6:.1f} MB each, "
           f"aggregate {rate:.2f} GB/s = {ratio}; per transfer {secs / max(n, 1) * 1e3:.3f} ms headers to landed{per}")
@@ -186,82 +204,109 @@ PY
     echo
     wait $LOAD || true
   done
-  echo "## prefill killed mid CUDA IPC copy (decode restarted with --disaggregation-test-stall-ms 1500)"
-  kill $DECODE_PID 2> /dev/null; wait $DECODE_PID 2> /dev/null
-  start decode 32103 "${DC[@]}" --disaggregation-test-stall-ms 1500 || { fail=1; cleanup; continue; }
-  DECODE_PID=$LASTPID
-  python3 - $PREFILL_PID <<'PY' 2>&1 | tee "$OUTDIR/pd-kill-$size.txt"
+  # Which server copies: the prefill pushes into the decode's pool (default), or the decode
+  # pulls (PD_PUSH=0). The server that copies is restarted with --disaggregation-test-stall-ms
+  # 1500 (it waits 1.5 s with its copy queued, or before it copies), and a server is killed in
+  # that window: the prefill (then the decode's leg must fail clearly and its pool go idle) and,
+  # with push, the decode too (then the prefill's leg must fail clearly, the prefill keep
+  # serving and its pool go idle).
+  if [ "${PD_PUSH:-1}" = 1 ]; then
+    STALLED=prefill; kill $PREFILL_PID 2> /dev/null; wait $PREFILL_PID 2> /dev/null
+    CUDA_MPS_CLIENT_PRIORITY=${PD_PREFILL_MPS_PRIORITY:-0} CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=${PD_PREFILL_SM_PCT:-100} start prefill 32102 "${PF[@]}" --disaggregation-test-stall-ms 1500 || { fail=1; cleanup; continue; }
+    PREFILL_PID=$LASTPID
+  else
+    STALLED=decode; kill $DECODE_PID 2> /dev/null; wait $DECODE_PID 2> /dev/null
+    CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=${PD_DECODE_SM_PCT:-100} start decode 32103 "${DC[@]}" --disaggregation-test-stall-ms 1500 || { fail=1; cleanup; continue; }
+    DECODE_PID=$LASTPID
+  fi
+  echo "## prefill killed mid CUDA IPC copy ($STALLED restarted with --disaggregation-test-stall-ms 1500)"
+  kill_test() { # victim (prefill|decode) pid room prompt_len
+    python3 - "$@" <<'PY' 2>&1 | tee -a "$OUTDIR/pd-kill-$size.txt"
 import json, os, random, signal, sys, threading, time, urllib.request
-pid = int(sys.argv[1])
-rng = random.Random(23)
-def post(port, body, timeout=120):
+victim, pid, room, plen = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+other = "decode" if victim == "prefill" else "prefill"
+port = {"prefill": 32102, "decode": 32103}
+rng = random.Random(room)
+def post(p, body, timeout=120):
     try:
-        r = urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}/generate",
+        r = urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{p}/generate",
             data=json.dumps(body).encode()), timeout=timeout)
         return r.status, json.loads(r.read())
     except urllib.error.HTTPError as e:
         return e.code, e.read().decode(errors="replace")
-    except Exception as e:  # the killed prefill's leg
+    except Exception as e:  # the killed server's leg
         return 0, str(e)
 def legs(room, ids, n=8):
     b = {"input_ids": ids, "sampling_params": {"temperature": 0, "max_new_tokens": n, "ignore_eos": True},
          "bootstrap_host": "127.0.0.1", "bootstrap_port": 32199, "bootstrap_room": room}
     out = {}
-    ts = [threading.Thread(target=lambda k=k, p=p: out.__setitem__(k, post(p, b))) for k, p in (("prefill", 32102), ("decode", 32103))]
-    for t in ts: t.start()
+    ts = {k: threading.Thread(target=lambda k=k: out.__setitem__(k, post(port[k], b))) for k in port}
+    for t in ts.values(): t.start()
     return ts, out
-def metric(port, k):
-    t = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+def metric(p, k):
+    t = urllib.request.urlopen(f"http://127.0.0.1:{p}/metrics").read().decode()
     return sum(float(l.split()[1]) for l in t.splitlines() if l.split() and l.split()[0] == "sglang:" + k)
 def failed(s, v):
     return s != 200 or (isinstance(v, dict) and v.get("meta_info", {}).get("finish_reason", {}).get("type") == "abort")
-# Warm-up: the decode's new connection opens the prefill's pool (its first transfer is staged).
-ts, out = legs(7001, [rng.randrange(10, 120000) for _ in range(300)])
-for t in ts: t.join()
+def state(p):
+    return json.loads(urllib.request.urlopen(f"http://127.0.0.1:{p}/get_server_info").read())["internal_states"][0]
+# Warm-up: a new connection's first transfer is staged; it opens the pools for the next ones.
+ts, out = legs(room, [rng.randrange(10, 120000) for _ in range(300)])
+for t in ts.values(): t.join()
 warm = out["decode"][0] == 200 and out["prefill"][0] == 200
-# A long prompt: its chunks' pages go over CUDA IPC as parts, the final header's pages wait 1.5 s.
-ids = [rng.randrange(10, 120000) for _ in range(8192)]
-parts0, copies0 = metric(32103, "pd_received_parts_total"), metric(32103, "pd_received_cuda_ipc_copies_total")
-ts, out = legs(7002, ids)
-def state(port):
-    return json.loads(urllib.request.urlopen(f"http://127.0.0.1:{port}/get_server_info").read())["internal_states"][0]
-# Parts land as the chunks finish; once the prefill has no request left running, its final KV
-# header went out and the decode sits in its 1.5 s stall before the copy: kill then.
+ids = [rng.randrange(10, 120000) for _ in range(plen)]
+copies0 = metric(32103, "pd_received_cuda_ipc_copies_total") + metric(32102, "pd_push_copies_total")
+ts, out = legs(room + 1, ids)
+# Once the prefill has no request left running, its final pages are in the stalled copy
+# (the prefill's push, or the decode's copy after the final header): kill then.
 deadline, seen_busy = time.time() + 60, False
-while time.time() < deadline and "decode" not in out:
+while time.time() < deadline and other not in out:
     st = state(32102)
     busy = st["num_running_reqs"] + st["num_waiting_reqs"] > 0
     seen_busy |= busy
-    if not busy and (seen_busy or metric(32103, "pd_received_parts_total") > parts0):
+    if not busy and seen_busy:
         break
     time.sleep(0.005)
-parts = metric(32103, "pd_received_parts_total") - parts0
 time.sleep(0.2)
-copies = metric(32103, "pd_received_cuda_ipc_copies_total") - copies0
+copies = metric(32103, "pd_received_cuda_ipc_copies_total") + metric(32102, "pd_push_copies_total") - copies0
+stalled = seen_busy and other not in out
 os.kill(pid, signal.SIGKILL)
 killed = time.time()
-ts[1].join(30)
+ts[other].join(30)
 took = time.time() - killed
-ds, dv = out.get("decode", (None, None))
-msg = json.dumps(dv) if not isinstance(dv, str) else dv
-clear = ds is not None and failed(ds, dv) and ("prefill" in msg)
-print(f"  warm-up ok: {warm}; {parts:.0f} parts landed, {copies:.0f} CUDA IPC copies before the kill")
-print(f"  decode leg after the kill: status {ds} in {took:.2f} s: {msg[:300]}")
-# The decode's pool back to idle.
+s, v = out.get(other, (None, None))
+msg = json.dumps(v) if not isinstance(v, str) else v
+clear = s is not None and failed(s, v) and (victim in msg or "PD transfer failed" in msg)
+print(f"  {victim} killed: warm-up ok: {warm}; killed in the copy window: {stalled} ({copies:.0f} part copies landed before)")
+print(f"  {other} leg after the kill: status {s} in {took:.2f} s: {msg[:300]}")
 idle, st = False, {}
 for _ in range(300):
-    st = state(32103)
+    st = state(port[other])
     n = lambda k: st.get(k, -1)
     if n("num_running_reqs") == 0 and n("num_waiting_reqs") == 0 and n("free_pages") + n("cached_pages") == n("total_pages"):
         idle = True
         break
     time.sleep(0.1)
-print(f"  decode pool idle: {idle} (free {st.get('free_pages')} + cached {st.get('cached_pages')} of {st.get('total_pages')})")
-ok = warm and copies > 0 and clear and took < 10 and idle
+print(f"  {other} pool idle: {idle} (free {st.get('free_pages')} + cached {st.get('cached_pages')} of {st.get('total_pages')})")
+ok = warm and stalled and clear and took < 10 and idle
 sys.exit(0 if ok else 1)
 PY
-  KILL_RC=${PIPESTATUS[0]}
-  CUDA_MPS_CLIENT_PRIORITY=${PD_PREFILL_MPS_PRIORITY:-0} start prefill 32102 "${PF[@]}" || { fail=1; cleanup; continue; }
+    return ${PIPESTATUS[0]}
+  }
+  kill_test prefill $PREFILL_PID 7001 2048
+  KILL_RC=$?
+  DKILL_RC=0
+  if [ "$STALLED" = prefill ]; then
+    echo "## decode killed mid CUDA IPC push (prefill with --disaggregation-test-stall-ms 1500)"
+    CUDA_MPS_CLIENT_PRIORITY=${PD_PREFILL_MPS_PRIORITY:-0} CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=${PD_PREFILL_SM_PCT:-100} start prefill 32102 "${PF[@]}" --disaggregation-test-stall-ms 1500 || { fail=1; cleanup; continue; }
+    PREFILL_PID=$LASTPID
+    kill_test decode $DECODE_PID 7101 300; DKILL_RC=$?
+    curl -sf localhost:32102/health > /dev/null || { echo "  the prefill stopped serving after the decode was killed"; DKILL_RC=1; }
+    kill $PREFILL_PID 2> /dev/null; wait $PREFILL_PID 2> /dev/null
+    CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=${PD_DECODE_SM_PCT:-100} start decode 32103 "${DC[@]}" || { fail=1; cleanup; continue; }
+    DECODE_PID=$LASTPID
+  fi
+  CUDA_MPS_CLIENT_PRIORITY=${PD_PREFILL_MPS_PRIORITY:-0} CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=${PD_PREFILL_SM_PCT:-100} start prefill 32102 "${PF[@]}" || { fail=1; cleanup; continue; }
   PREFILL_PID=$LASTPID
   python3 - <<'PY' 2>&1 | tee -a "$OUTDIR/pd-kill-$size.txt"
 import json, random, sys, threading, urllib.request
@@ -292,9 +337,16 @@ sys.exit(0 if same else 1)
 PY
   NEXT_RC=${PIPESTATUS[0]}
   if [ "$KILL_RC" = 0 ] && [ "$NEXT_RC" = 0 ]; then
-    echo "## prefill killed mid CUDA IPC copy: PASS (clear error within the heartbeat window, decode pool idle, next PD request served)"
+    echo "## prefill killed mid CUDA IPC copy ($STALLED copying): PASS (clear error within the heartbeat window, decode pool idle, next PD request served)"
   else
-    echo "## prefill killed mid CUDA IPC copy: FAIL (see the lines above)"; fail=1
+    echo "## prefill killed mid CUDA IPC copy ($STALLED copying): FAIL (see the lines above)"; fail=1
+  fi
+  if [ "$STALLED" = prefill ]; then
+    if [ "$DKILL_RC" = 0 ] && [ "$NEXT_RC" = 0 ]; then
+      echo "## decode killed mid CUDA IPC push: PASS (prefill leg failed clearly, prefill kept serving, its pool idle, next PD request served)"
+    else
+      echo "## decode killed mid CUDA IPC push: FAIL (see the lines above)"; fail=1
+    fi
   fi
   grep -hiE "panic|error" "$OUTDIR"/pd-*.log | head -5
   cleanup

@@ -319,14 +319,17 @@ fn pd_share<R: ModelRunner>(model: &R, kv: &R::Kv) -> crate::pd::prefill::Share 
         return Default::default();
     }
     let host = model.host_spans(kv).map(Arc::new);
-    let device = match (&host, model.device_kv(kv)) {
-        (None, Some(d)) => d
-            .export()
-            .map_err(|e| tracing::warn!("PD: the GPU KV pool cannot be exported over CUDA IPC, transfers are staged through host memory: {e}"))
-            .ok(),
-        _ => None,
+    let (device, kv) = match (&host, model.device_kv(kv)) {
+        (None, Some(d)) => match d.export() {
+            Ok(e) => (Some(e), crate::pd::share::push_enabled().then_some(d)),
+            Err(e) => {
+                tracing::warn!("PD: the GPU KV pool cannot be exported over CUDA IPC, transfers are staged through host memory: {e}");
+                (None, None)
+            }
+        },
+        _ => (None, None),
     };
-    crate::pd::prefill::Share { host, device }
+    crate::pd::prefill::Share { host, device, kv }
 }
 
 /// Parameters of a Llama-family checkpoint (matrices, embeddings and LM head).

@@ -73,6 +73,17 @@ pub struct Stats {
     /// acknowledgement) of the CUDA IPC transfers alone.
     pub pd_ipc_bytes: AtomicU64,
     pub pd_ipc_micros: AtomicU64,
+    /// PD prefill side, CUDA IPC push (this server copies into the decode's pool): copies (one per
+    /// part and final header) and their bytes; microseconds from the pages handed to the
+    /// bootstrap thread to the copy queued (the host's control path), from queued to seen
+    /// complete, and the copies' own device time; and the wall time with at least one push
+    /// between its start and its header sent (bytes / that = the aggregate push rate).
+    pub pd_push_copies: AtomicU64,
+    pub pd_push_bytes: AtomicU64,
+    pub pd_push_enqueue_micros: AtomicU64,
+    pub pd_push_wait_micros: AtomicU64,
+    pub pd_push_device_micros: AtomicU64,
+    pub pd_push_busy: BusyClock,
     /// PD prefill side: parts sent ahead of the final header (a finished chunk's pages each).
     pub pd_parts: AtomicU64,
     /// PD decode side: parts received.
@@ -85,8 +96,10 @@ pub struct Stats {
     /// the prefill's chunks between parts.
     pub pd_received: AtomicU64,
     pub pd_recv_micros: AtomicU64,
-    /// PD decode side: received transfers copied device to device (CUDA IPC).
+    /// PD decode side: received transfers copied device to device (CUDA IPC), and headers
+    /// (parts and final ones) whose pages the prefill copied into this pool itself (PUSHED).
     pub pd_recv_ipc: AtomicU64,
+    pub pd_recv_pushed: AtomicU64,
     /// PD decode side, CUDA IPC: device-to-device copies (one per part and final header) and
     /// their bytes; microseconds from a header to its copy queued (the host's control path),
     /// from queued to seen complete (waiting behind the fence and the GPU's other work, the copy,

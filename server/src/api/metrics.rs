@@ -257,6 +257,46 @@ pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
             "Seconds of the CUDA IPC transfers (final header to acknowledgement).",
             Stats::get(&s.pd_ipc_micros) as f64 / 1e6,
         );
+        if Stats::get(&s.pd_push_copies) > 0 {
+            for (name, help, v) in [
+                (
+                    "pd_push_copies",
+                    "Device-to-device copies (one per part and final header) this server made into a decode's GPU pool (CUDA IPC push).",
+                    &s.pd_push_copies,
+                ),
+                (
+                    "pd_push_bytes",
+                    "Bytes this server copied into decode servers' GPU pools (CUDA IPC push).",
+                    &s.pd_push_bytes,
+                ),
+            ] {
+                counter(&mut o, name, help, Stats::get(v));
+            }
+            for (name, help, v) in [
+                (
+                    "pd_push_enqueue_seconds_total",
+                    "Seconds to queue the pushes' copies (the host's control path).",
+                    Stats::get(&s.pd_push_enqueue_micros),
+                ),
+                (
+                    "pd_push_wait_seconds_total",
+                    "Seconds from a push's copy queued to it seen complete.",
+                    Stats::get(&s.pd_push_wait_micros),
+                ),
+                (
+                    "pd_push_device_seconds_total",
+                    "Device time of the pushes' copies themselves (their start and end events).",
+                    Stats::get(&s.pd_push_device_micros),
+                ),
+                (
+                    "pd_push_busy_seconds_total",
+                    "Wall seconds during which at least one push was between its start and its header sent; pd_push_bytes / this = the aggregate push rate.",
+                    s.pd_push_busy.micros(),
+                ),
+            ] {
+                gauge(&mut o, name, help, v as f64 / 1e6);
+            }
+        }
         counter(
             &mut o,
             "pd_transfers_staged",
@@ -294,6 +334,12 @@ pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
             "pd_received_cuda_ipc",
             "PD KV transfers this decode server copied device to device (CUDA IPC).",
             Stats::get(&s.pd_recv_ipc),
+        );
+        counter(
+            &mut o,
+            "pd_received_pushed",
+            "KV headers (parts and final ones) whose pages the prefill copied into this server's GPU pool itself (CUDA IPC push).",
+            Stats::get(&s.pd_recv_pushed),
         );
         gauge(
             &mut o,

@@ -261,6 +261,7 @@ fn fetch(
         object_bytes: object_bytes as u32,
         flags: wire::TAKES_DIRECT | wire::TAKES_PARTS,
         token: cfg.token.clone(),
+        dest: None,
     };
     let mut link = links.take(addr)?;
     let ids: Vec<u32> = dest.as_ref().map_or(Vec::new(), |d| {
@@ -357,6 +358,8 @@ struct Landing {
     path: &'static str,
     into_pool: bool,
     via_ipc: bool,
+    /// The WANT asked the prefill to copy the pages into the pool pages itself (PUSH).
+    push_asked: bool,
     /// A same-host copy failed: the decode asks for every page on the socket at the end.
     resend: bool,
 }
@@ -367,6 +370,7 @@ impl Default for Landing {
             path: "the socket",
             into_pool: false,
             via_ipc: false,
+            push_asked: false,
             resend: false,
         }
     }
@@ -403,6 +407,10 @@ impl Exchange<'_> {
             // them (no device buffer of this fetch's own, no allocation on the hot path).
             if link.ipc.is_some() && self.dest_pages.is_some() {
                 want.flags |= wire::IPC_READY;
+                if let Some(dest) = ipc.and_then(|d| self.push_dest(d)) {
+                    want.flags |= wire::PUSH;
+                    want.dest = Some(dest);
+                }
             }
         }
         let reused = link.reused;
@@ -454,7 +462,10 @@ impl Exchange<'_> {
         let broke = |e: std::io::Error| {
             Fail::broken(format!("the prefill server broke off the KV transfer: {e}"))
         };
-        let mut l = Landing::default();
+        let mut l = Landing {
+            push_asked: want.flags & wire::PUSH != 0,
+            ..Landing::default()
+        };
         // Parts (finished prefill chunks' pages) land as they come; the final header has the rest.
         // Each header's pages count as busy from the header to their landing: the prefill's
         // chunks between parts are not transfer time.
@@ -565,6 +576,9 @@ impl Exchange<'_> {
         if via_ipc {
             crate::stats::Stats::add(&st.pd_recv_ipc, 1);
         }
+        if ipc.is_some() && h.flags & wire::PUSHES != 0 {
+            links.allow_push(addr);
+        }
         if !link.logged {
             link.logged = true;
             tracing::info!(%addr, "PD: KV transfers on this connection take {path}");
@@ -580,6 +594,27 @@ impl Exchange<'_> {
         }
         let got = if into_pool { Got::InPool } else { Got::Staging };
         Ok((h, got, timing))
+    }
+
+    /// This pool and the fetch's pool pages for a PUSH WANT, when `addr`'s prefill announced it
+    /// pushes: the compute stream's work before the pages were handed out is waited for first
+    /// (another process writes them next). None: the decode copies (or the pages are staged).
+    fn push_dest(&self, d: &dyn DeviceKv) -> Option<DeviceInfo> {
+        let pages = self.dest_pages?;
+        if !self.links.may_push(self.addr) || !super::share::push_enabled() {
+            return None;
+        }
+        let settled = self.fence.map_or(Ok(()), |f| d.settle(f));
+        match settled.and_then(|()| d.export()) {
+            Ok(mine) => Some(DeviceInfo {
+                pages: pages.to_vec(),
+                ..mine
+            }),
+            Err(e) => {
+                tracing::warn!(addr = %self.addr, "PD: cannot offer this GPU pool to the prefill ({e}); copying the pages here");
+                None
+            }
+        }
     }
 
     /// The memory the prompt's pages `from..to` land in, in transfer order: the given pool
@@ -628,6 +663,20 @@ impl Exchange<'_> {
     ) -> Result<(), Fail> {
         let (links, addr) = (self.links, self.addr);
         let to = from + h.n_pages as usize;
+        if h.flags & wire::PUSHED != 0 {
+            // The prefill copied them into our pool pages and waited until they landed.
+            if !l.push_asked || self.dest_pages.is_none_or(|d| to > d.len()) {
+                return Err(Fail::broken(
+                    "the prefill server reported pages copied into this pool that it was not asked for"
+                        .into(),
+                ));
+            }
+            crate::stats::Stats::add(&links.stats.pd_recv_pushed, 1);
+            l.into_pool = true;
+            l.via_ipc = true;
+            l.path = "CUDA IPC (copied by the prefill into this pool)";
+            return Ok(());
+        }
         if h.flags & wire::ON_DEVICE != 0 {
             let info = h.device.as_ref().expect("checked by KvHeader::read");
             let t = std::time::Instant::now();

@@ -104,6 +104,8 @@ pub struct Links {
     no_ipc: Mutex<HashSet<SocketAddr>>,
     /// Per prefill, its GPU pool's handle and the mapping while some connection holds it.
     ipc: Mutex<HashMap<SocketAddr, ([u8; 64], WeakOpened)>>,
+    /// Prefills that announced they copy pages into this pool themselves (PUSHES).
+    push: Mutex<HashSet<SocketAddr>>,
     /// `pd_connections` counts the connections opened; the fetches count what they receive.
     pub stats: Arc<Stats>,
 }
@@ -117,6 +119,7 @@ impl Links {
             no_read: Mutex::new(HashSet::new()),
             no_ipc: Mutex::new(HashSet::new()),
             ipc: Mutex::new(HashMap::new()),
+            push: Mutex::new(HashSet::new()),
             stats,
         }
     }
@@ -153,9 +156,20 @@ impl Links {
         !self.no_ipc.lock().contains(&addr)
     }
 
+    /// Whether `addr`'s prefill may be asked to copy the pages into this pool itself (PUSH).
+    pub fn may_push(&self, addr: SocketAddr) -> bool {
+        self.push.lock().contains(&addr) && self.may_ipc(addr)
+    }
+
+    /// `addr`'s prefill announced that it copies pages into a decode's pool (PUSHES).
+    pub fn allow_push(&self, addr: SocketAddr) {
+        self.push.lock().insert(addr);
+    }
+
     /// The GPU pool of `addr`'s prefill could not be opened or copied from: staged from now on.
     pub fn deny_ipc(&self, addr: SocketAddr, why: &str) {
         self.ipc.lock().remove(&addr);
+        self.push.lock().remove(&addr);
         if self.no_ipc.lock().insert(addr) {
             tracing::warn!(%addr, "PD: no CUDA IPC with this prefill ({why}); its pages come staged through host memory");
         }

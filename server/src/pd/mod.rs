@@ -17,8 +17,9 @@
 //! pages move with one cross-memory copy instead of through the socket; otherwise TCP. A prefill
 //! leaves the prompt's pages in its KV pool until the decode acknowledged them ([`share`]): the
 //! CPU runner's pages are sent (or copied by the decode) straight from the pool, and a GPU
-//! prefill's pages are copied device to device by a same-host GPU decode that opened the pool
-//! with CUDA IPC; a GPU prefill stages them through host memory for any other decode.
+//! prefill's pages are copied device to device over CUDA IPC, by the prefill into the pool pages
+//! a same-host GPU decode listed (push) or by the decode out of the prefill's pool; a GPU prefill
+//! stages them through host memory for any other decode.
 //!
 //! States (SGLang's names): Bootstrapping (decode connecting) → WaitingForInput (the prefill
 //! computing) → Transferring → Success | Failed. Every wait has a deadline

@@ -10,10 +10,11 @@
 //! the room's pages (up to the timeout), checks the geometry, sends them — on the same-host socket
 //! it announces where they are in this process instead, and the decode copies them — and waits
 //! for the acknowledgement. A room nobody fetches within the timeout fails, and its pages are
-//! freed.
+//! freed. A GPU prefill whose decode sent its own pool and pages (PUSH) copies the pages into
+//! them itself, device to device, and answers PUSHED once they landed.
 
 use super::link::{bind_local, PREFILL_IDLE};
-use super::share::HostSpans;
+use super::share::{DeviceKv, HostSpans, Opened};
 use super::staging::StagingCache;
 use super::wire::{self, DeviceInfo, KvHeader, Want};
 use super::PdConfig;
@@ -115,6 +116,8 @@ pub struct Share {
     pub host: Option<Arc<HostSpans>>,
     /// The GPU pool's export (CUDA runner, IPC on and the export worked).
     pub device: Option<DeviceInfo>,
+    /// The GPU pool, for copies into a decode's pool (PUSH); set with `device`.
+    pub kv: Option<Arc<dyn DeviceKv>>,
 }
 
 /// How a transfer's pages went.
@@ -123,7 +126,20 @@ enum Path {
     Socket,
     SameHost,
     Ipc,
+    /// This server copied the pages into the decode's GPU pool (PUSH).
+    Push,
 }
+
+/// A decode's GPU pool this connection copies pages into (PUSH): the WANT's pool and pages,
+/// opened once per connection.
+struct PushTarget<'a> {
+    kv: &'a dyn DeviceKv,
+    opened: Opened,
+    dest: &'a DeviceInfo,
+}
+
+/// The decode pool a connection has open for pushes: its handle and the mapping.
+type PeerPool = Option<([u8; 64], Opened)>;
 
 enum Room {
     /// Accepted; its prefill is running (finished chunks' pages not yet sent wait here).
@@ -239,6 +255,10 @@ impl Registry {
 
     fn device(&self) -> Option<&DeviceInfo> {
         self.share.get().and_then(|s| s.device.as_ref())
+    }
+
+    fn kv(&self) -> Option<&dyn DeviceKv> {
+        self.share.get().and_then(|s| s.kv.as_deref())
     }
 
     /// The GPU pool's export with `pages` listed, when the decode waiting for `room` has the
@@ -427,6 +447,8 @@ impl Registry {
         // A small buffer: headers are gathered in it, page objects (larger than it) are written
         // from the staging pool straight to the socket instead of through one more copy.
         let mut wr = BufWriter::with_capacity(4096, w);
+        // The decode's pool, once a PUSH WANT opened it (closed when the connection ends).
+        let mut peer: PeerPool = None;
         loop {
             if rd.get_ref().set_timeouts(Some(PREFILL_IDLE)).is_err() {
                 return;
@@ -441,15 +463,92 @@ impl Registry {
                 }
             };
             if rd.get_ref().set_timeouts(Some(self.cfg.timeout)).is_err()
-                || !self.answer(&want, &mut rd, &mut wr)
+                || !self.answer(&want, &mut rd, &mut wr, &mut peer)
             {
                 return;
             }
         }
     }
 
+    /// The decode pool to copy `want`'s pages into, when it asked for a push and this server
+    /// can (a GPU pool, the same-host socket, the pool opened); else the decode copies.
+    fn push_target<'a>(
+        &'a self,
+        want: &'a Want,
+        local: bool,
+        peer: &mut PeerPool,
+    ) -> Option<PushTarget<'a>> {
+        let dest = want
+            .dest
+            .as_ref()
+            .filter(|_| local && want.flags & wire::PUSH != 0)?;
+        let kv = self.kv()?;
+        if dest.pages.len() != want.prompt_len.div_ceil(want.page_size.max(1)) as usize {
+            tracing::warn!(
+                room = want.room,
+                "PD: the decode listed {} pool pages for a {}-token prompt; it copies the pages itself",
+                dest.pages.len(),
+                want.prompt_len
+            );
+            return None;
+        }
+        let opened = match peer {
+            Some((h, m)) if *h == dest.handle => m.clone(),
+            _ => match kv.open(dest) {
+                Ok(m) => {
+                    *peer = Some((dest.handle, m.clone()));
+                    m
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        room = want.room,
+                        "PD: cannot open the decode's GPU pool ({e}); it copies the pages itself"
+                    );
+                    return None;
+                }
+            },
+        };
+        Some(PushTarget { kv, opened, dest })
+    }
+
+    /// Copies this pool's pages `src` into the decode's pages `from..` of its list and waits
+    /// until they landed. The returned guard keeps the push clock running until the header
+    /// saying so is sent.
+    fn push(
+        &self,
+        t: &PushTarget<'_>,
+        src: &[u32],
+        from: usize,
+        obj: usize,
+    ) -> Result<crate::stats::Busy<'_>, String> {
+        let dst = t
+            .dest
+            .pages
+            .get(from..from + src.len())
+            .ok_or("more pages than the decode listed")?;
+        let st = &self.stats;
+        let busy = st.pd_push_busy.enter();
+        let t0 = Instant::now();
+        let c = t.kv.copy_out(&t.opened, t.dest, src, dst)?;
+        let queued = Instant::now();
+        if !self.cfg.test_stall.is_zero() {
+            // Test only: a window to kill this server while its copy is queued.
+            std::thread::sleep(self.cfg.test_stall);
+        }
+        let device = t.kv.wait(c)?;
+        let us = |d: Duration| d.as_micros() as u64;
+        Stats::add(&st.pd_push_copies, 1);
+        Stats::add(&st.pd_push_bytes, (src.len() * 2 * obj) as u64);
+        Stats::add(&st.pd_push_enqueue_micros, us(queued - t0));
+        Stats::add(&st.pd_push_wait_micros, us(queued.elapsed()));
+        if let Some(d) = device {
+            Stats::add(&st.pd_push_device_micros, us(d));
+        }
+        Ok(busy)
+    }
+
     /// Answers one WANT; false when the connection cannot carry another one.
-    fn answer(&self, want: &Want, rd: &mut Reader, wr: &mut Writer) -> bool {
+    fn answer(&self, want: &Want, rd: &mut Reader, wr: &mut Writer, peer: &mut PeerPool) -> bool {
         let reply = |wr: &mut Writer, status: i32, msg: String| {
             KvHeader::error(status, msg)
                 .write(wr)
@@ -464,6 +563,7 @@ impl Registry {
         if local {
             self.asked.lock().insert(want.room, want.flags);
         }
+        let push = self.push_target(want, local, peer);
         // Finished chunks' pages go ahead as parts (to a decode that takes them in the pool's
         // order); the final header then carries the rest.
         let parts = want.flags & wire::TAKES_PARTS != 0 && want.flags & wire::TAKES_DIRECT != 0;
@@ -471,7 +571,7 @@ impl Registry {
         let taken = loop {
             match self.take(want.room, wr, parts) {
                 Ok(Next::Done(h)) => break Ok(h),
-                Ok(Next::Part(p)) => match self.send_part(&p, sent, want, wr) {
+                Ok(Next::Part(p)) => match self.send_part(&p, sent, want, wr, push.as_ref()) {
                     Ok(()) => sent += p.n_pages,
                     Err((open, msg)) => {
                         tracing::warn!(room = want.room, "PD transfer failed: {msg}");
@@ -511,7 +611,7 @@ impl Registry {
             let r = if self.cfg.inject_fault(want.room) {
                 (send_half(&h, sent, wr), false)
             } else {
-                self.send_pages(&h, sent, want, wr, rd)
+                self.send_pages(&h, sent, want, wr, rd, push.as_ref())
             };
             if let (Ok(path), _) = &r {
                 let st = &self.stats;
@@ -519,7 +619,7 @@ impl Registry {
                 Stats::add(&st.pd_micros, t0.elapsed().as_micros() as u64);
                 match path {
                     Path::SameHost => Stats::add(&st.pd_local, 1),
-                    Path::Ipc => {
+                    Path::Ipc | Path::Push => {
                         Stats::add(&st.pd_ipc, 1);
                         Stats::add(&st.pd_ipc_bytes, (h.n_pages * 2 * obj) as u64);
                         Stats::add(&st.pd_ipc_micros, t0.elapsed().as_micros() as u64);
@@ -563,14 +663,16 @@ impl Registry {
 
     /// Sends part `p` (the prompt's pages `sent..sent + p.n_pages`) the way the decode asked:
     /// a PARTIAL header, and the pages on the socket unless the decode copies them (IN_PLACE
-    /// ranges, or ON_DEVICE ids). No acknowledgement. Err((the connection is at a frame boundary,
-    /// why)) on a geometry mismatch or a broken connection.
+    /// ranges, or ON_DEVICE ids) or this server copied them into its pool (PUSHED). No
+    /// acknowledgement. Err((the connection is at a frame boundary, why)) on a geometry mismatch
+    /// or a broken connection.
     fn send_part(
         &self,
         p: &Part,
         sent: usize,
         want: &Want,
         wr: &mut Writer,
+        push: Option<&PushTarget<'_>>,
     ) -> Result<(), (bool, String)> {
         let obj = p.pages.object_bytes();
         if want.prompt_len != p.n_tokens
@@ -600,11 +702,21 @@ impl Registry {
         };
         let io = |e: std::io::Error| (false, format!("sending a part of the KV cache: {e}"));
         match &p.pages {
-            Pages::Device(info) => {
-                hd.flags |= wire::ON_DEVICE;
-                hd.device = Some(info.clone());
-                hd.write(wr).and_then(|_| wr.flush()).map_err(io)?;
-            }
+            Pages::Device(info) => match push.map(|t| self.push(t, &info.pages, sent, obj)) {
+                Some(Ok(busy)) => {
+                    hd.flags |= wire::PUSHED;
+                    hd.write(wr).and_then(|_| wr.flush()).map_err(io)?;
+                    drop(busy);
+                }
+                pushed => {
+                    if let Some(Err(e)) = pushed {
+                        tracing::warn!(room = want.room, "PD: the copy into the decode's pool failed ({e}); it copies the pages itself");
+                    }
+                    hd.flags |= wire::ON_DEVICE;
+                    hd.device = Some(info.clone());
+                    hd.write(wr).and_then(|_| wr.flush()).map_err(io)?;
+                }
+            },
             Pages::Pool { .. } => {
                 if want.flags & wire::CAN_READ != 0 && wr.get_ref().is_local() {
                     hd.flags |= wire::IN_PLACE;
@@ -632,6 +744,7 @@ impl Registry {
         want: &Want,
         wr: &mut Writer,
         rd: &mut Reader,
+        push: Option<&PushTarget<'_>>,
     ) -> (Result<Path, String>, bool) {
         let io = |e: std::io::Error| (Err(e.to_string()), false);
         let local = wr.get_ref().is_local();
@@ -643,14 +756,38 @@ impl Registry {
                 // The decode opens it for the next transfers.
                 hd.flags |= wire::DEVICE_INFO;
                 hd.device = Some(d.clone());
+                if self.kv().is_some() {
+                    hd.flags |= wire::PUSHES;
+                }
             }
         }
         let mut path = Path::Socket;
+        let rest = |info: &DeviceInfo| info.pages[sent.min(info.pages.len())..].to_vec();
+        let pushed = match (&h.pages, push) {
+            (Pages::Device(info), Some(t)) => {
+                match self.push(t, &rest(info), sent, h.pages.object_bytes()) {
+                    Ok(busy) => Some(busy),
+                    Err(e) => {
+                        tracing::warn!(room = want.room, "PD: the copy into the decode's pool failed ({e}); it copies the pages itself");
+                        None
+                    }
+                }
+            }
+            _ => None,
+        };
         match &h.pages {
+            Pages::Device(_) if pushed.is_some() => {
+                hd.flags |= wire::PUSHED;
+                if let Err(e) = hd.write(wr).and_then(|_| wr.flush()) {
+                    return io(e);
+                }
+                drop(pushed);
+                path = Path::Push;
+            }
             Pages::Device(info) => {
                 hd.flags |= wire::ON_DEVICE | wire::DEVICE_INFO;
                 hd.device = Some(DeviceInfo {
-                    pages: info.pages[sent.min(info.pages.len())..].to_vec(),
+                    pages: rest(info),
                     ..info.clone()
                 });
                 if let Err(e) = hd.write(wr).and_then(|_| wr.flush()) {

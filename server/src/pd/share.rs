@@ -10,6 +10,9 @@
 //!   device to device, straight into the pool pages the scheduler gave the fetch (a fence orders
 //!   the copy after the compute stream's earlier work on them). A decode without pool pages for
 //!   the fetch does not ask for device pages: the prefill stages them through host memory.
+//!   With a decode that sends its own pool and pages (PUSH), the prefill copies instead, on its
+//!   own stream right where the pages were computed, and reports them landed: on one shared GPU
+//!   the copy then needs no switch to the decode's time slice.
 //!
 //! The transfer order of one page's bytes is page_first_direct: the K object (every layer's K
 //! rows of the page, layer after layer), then the V object.
@@ -77,14 +80,34 @@ pub trait DeviceKv: Send + Sync {
         dst: &[u32],
         after: Option<&Fence>,
     ) -> Result<Copying, String>;
+    /// Queues the copy of this pool's pages `src[i]` straight into page `dst[i]` of an opened
+    /// pool (`info` its geometry), every layer, K and V, and returns at once; the pages must be
+    /// written already (the prefill hands them over after their forward returned). The opened
+    /// pool stays mapped until the copy finished.
+    fn copy_out(
+        &self,
+        opened: &Opened,
+        info: &DeviceInfo,
+        src: &[u32],
+        dst: &[u32],
+    ) -> Result<Copying, String>;
     /// Waits until the bytes of `copy` have landed (its event, not the device); returns the
     /// copy's own time on the device when the runner measured it (its start and end events).
     fn wait(&self, copy: Copying) -> Result<Option<std::time::Duration>, String>;
+    /// Waits on the host until the compute-stream work before `fence` finished (a decode does so
+    /// before another process may write the pages handed out at the fence).
+    fn settle(&self, fence: &Fence) -> Result<(), String>;
 }
 
 /// Whether `STRATA_PD_IPC` allows the CUDA IPC path (default on; `0` turns it off).
 pub fn ipc_enabled() -> bool {
     std::env::var("STRATA_PD_IPC").map_or(true, |v| v != "0")
+}
+
+/// Whether `STRATA_PD_PUSH` allows a prefill to copy pages into a decode's pool (default on;
+/// `0` on either side keeps the decode copying, for comparisons).
+pub fn push_enabled() -> bool {
+    std::env::var("STRATA_PD_PUSH").map_or(true, |v| v != "0")
 }
 
 #[cfg(test)]

@@ -3,6 +3,8 @@
 //! ```text
 //! WANT (decode -> prefill): "SPD3" u64 room  u32 prompt_len  u32 page_size  u32 object_bytes
 //!                           u8 flags (CAN_READ)  u16 token_len  token bytes
+//!                           then, when flags has PUSH: u32 dest_len  dest bytes (a dev block:
+//!                           the decode's own pool and the request's pool pages there)
 //! KV   (prefill -> decode): "SPD3" i32 status  u32 n_tokens  u32 first_token  u32 n_pages
 //!                           u32 object_bytes  u32 flags (IN_PLACE)  u32 msg_len  msg bytes
 //!                           u32 lp_len  lp bytes (the first token's log-probabilities, below)
@@ -41,6 +43,10 @@ pub const IPC_READY: u8 = 8;
 /// WANT flag: the decode takes the prompt's pages in parts, each sent as soon as its prefill
 /// chunk finished (PARTIAL headers before the final one, which then carries the rest).
 pub const TAKES_PARTS: u8 = 16;
+/// WANT flag: the prefill may copy the pages itself, device to device, straight into the
+/// decode's pool pages listed in `dest` (sent with IPC_READY, to a prefill that announced
+/// PUSHES); it then answers PUSHED once they landed.
+pub const PUSH: u8 = 32;
 /// KV flag: no page bytes follow; `ranges` are the prefill's memory to copy.
 pub const IN_PLACE: u32 = 1;
 /// KV flag: the objects (on the socket or in `ranges`) are in page_first_direct order.
@@ -50,6 +56,11 @@ pub const DEVICE_INFO: u32 = 4;
 /// KV flag: the pages stay in the prefill's GPU pool (`device.pages`); no bytes follow; the
 /// decode copies them device to device and acknowledges (never ACK_SEND).
 pub const ON_DEVICE: u32 = 8;
+/// KV flag (with DEVICE_INFO): this prefill can copy pages into a decode's GPU pool (PUSH).
+pub const PUSHES: u32 = 16;
+/// KV flag: the prefill copied this header's pages (the next `n_pages` of the WANT's `dest`
+/// pages) into the decode's pool and they have landed; no bytes, no ids follow.
+pub const PUSHED: u32 = 32;
 /// ACK values.
 pub const ACK_OK: u8 = 1;
 pub const ACK_REFUSED: u8 = 0;
@@ -78,6 +89,8 @@ pub struct Want {
     pub object_bytes: u32,
     pub flags: u8,
     pub token: String,
+    /// PUSH: the decode's GPU pool and, in `pages`, the request's pages there in prompt order.
+    pub dest: Option<DeviceInfo>,
 }
 
 /// The prefill side's answer header.
@@ -98,7 +111,8 @@ pub struct KvHeader {
     pub device: Option<DeviceInfo>,
 }
 
-/// The prefill's GPU KV pool as another process on the host can open it (CUDA IPC).
+/// A GPU KV pool as another process on the host can open it (CUDA IPC): the prefill's in a KV
+/// header, the decode's in a PUSH WANT.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceInfo {
     /// `cuIpcGetMemHandle` of the pool allocation (`[layer][k|v][page][chunk]`).
@@ -163,6 +177,15 @@ impl Want {
         b.push(self.flags);
         b.extend_from_slice(&(t.len().min(u16::MAX as usize) as u16).to_le_bytes());
         b.extend_from_slice(&t[..t.len().min(u16::MAX as usize)]);
+        if self.flags & PUSH != 0 {
+            let d = self
+                .dest
+                .as_ref()
+                .map(DeviceInfo::encode)
+                .unwrap_or_default();
+            b.extend_from_slice(&(d.len() as u32).to_le_bytes());
+            b.extend_from_slice(&d);
+        }
         w.write_all(&b)
     }
 
@@ -175,13 +198,28 @@ impl Want {
         let tl = u16::from_le_bytes([b[25], b[26]]) as usize;
         let mut t = vec![0u8; tl];
         r.read_exact(&mut t)?;
+        let flags = b[24];
+        let dest = if flags & PUSH != 0 {
+            let mut l = [0u8; 4];
+            r.read_exact(&mut l)?;
+            let dl = u32::from_le_bytes(l) as usize;
+            if dl > 88 + 4 * MAX_RANGES {
+                return Err(bad("PD destination block too long"));
+            }
+            let mut d = vec![0u8; dl];
+            r.read_exact(&mut d)?;
+            Some(DeviceInfo::decode(&d).ok_or_else(|| bad("malformed PD destination block"))?)
+        } else {
+            None
+        };
         Ok(Want {
             room: u64::from_le_bytes(b[4..12].try_into().expect("8 bytes")),
             prompt_len: u32_at(&b, 12),
             page_size: u32_at(&b, 16),
             object_bytes: u32_at(&b, 20),
-            flags: b[24],
+            flags,
             token: String::from_utf8(t).map_err(|_| bad("token is not UTF-8"))?,
+            dest,
         })
     }
 }
@@ -372,6 +410,7 @@ mod tests {
             object_bytes: 4096,
             flags: CAN_READ,
             token: "tok".into(),
+            dest: None,
         };
         let mut b = Vec::new();
         w.write(&mut b).unwrap();
@@ -474,10 +513,56 @@ mod tests {
             object_bytes: 1024,
             flags: CAN_READ | TAKES_DIRECT | CAN_IPC | IPC_READY,
             token: String::new(),
+            dest: Some(dev(vec![1])),
         };
         let mut b = Vec::new();
         w.write(&mut b).unwrap();
         assert_eq!(b.len(), 27);
-        assert_eq!(Want::read(&mut b.as_slice()).unwrap(), w);
+        assert_eq!(
+            Want::read(&mut b.as_slice()).unwrap(),
+            Want { dest: None, ..w }
+        );
+    }
+
+    /// A PUSH WANT carries the decode's pool and its pages after the token; the next frame on
+    /// the connection is untouched, and a cut or malformed block is refused.
+    #[test]
+    fn push_want_carries_the_destination_pages() {
+        let w = Want {
+            room: 9,
+            prompt_len: 200,
+            page_size: 64,
+            object_bytes: 1 << 20,
+            flags: TAKES_DIRECT | CAN_IPC | IPC_READY | PUSH,
+            token: "t".into(),
+            dest: Some(dev(vec![5, 0, 1023, 77])),
+        };
+        let mut b = Vec::new();
+        w.write(&mut b).unwrap();
+        let first = b.len();
+        assert_eq!(first, 28 + 4 + 88 + 16);
+        Want {
+            dest: None,
+            flags: CAN_READ,
+            ..w.clone()
+        }
+        .write(&mut b)
+        .unwrap();
+        let mut r = b.as_slice();
+        assert_eq!(Want::read(&mut r).unwrap(), w);
+        assert_eq!(Want::read(&mut r).unwrap().flags, CAN_READ);
+        assert!(r.is_empty());
+        assert!(Want::read(&mut &b[..first - 1]).is_err());
+        // PUSH without a block is malformed (an empty block is not a pool).
+        let mut bare = Vec::new();
+        Want { dest: None, ..w }.write(&mut bare).unwrap();
+        assert!(Want::read(&mut bare.as_slice()).is_err());
+        // PUSHED headers carry no block.
+        let mut h = KvHeader::error(PARTIAL, "");
+        h.flags = DIRECT | PUSHED;
+        h.n_pages = 3;
+        let mut b = Vec::new();
+        h.write(&mut b).unwrap();
+        assert_eq!(KvHeader::read(&mut b.as_slice()).unwrap(), h);
     }
 }

@@ -79,6 +79,7 @@ fn exchange_host(
         object_bytes: st.object_bytes() as u32,
         flags,
         token: String::new(),
+        dest: None,
     };
     let ex = Exchange {
         cfg: dcfg,
@@ -404,6 +405,7 @@ fn pool_pages_arrive_on_every_path_and_are_released_after_the_transfer() {
         object_bytes: (pool.run * G.layers) as u32,
         flags: wire::TAKES_DIRECT,
         token: String::new(),
+        dest: None,
     }
     .write(&mut link.wr)
     .unwrap();
@@ -424,6 +426,14 @@ type Copied = (Vec<u32>, Vec<u32>, bool);
 #[derive(Default)]
 struct FakeDevice {
     copies: Mutex<Vec<Copied>>,
+    /// Copies out of this pool into an opened one (PUSH): (source pages, destination pages).
+    pushes: Mutex<Vec<(Vec<u32>, Vec<u32>)>>,
+    /// This pool's export (None: it cannot be exported).
+    exported: Option<DeviceInfo>,
+    /// Opening another pool fails.
+    no_open: bool,
+    /// Fences waited for on the host.
+    settled: std::sync::atomic::AtomicUsize,
     copy_ms: u64,
     landed: std::sync::atomic::AtomicUsize,
     busy: Arc<std::sync::atomic::AtomicUsize>,
@@ -449,9 +459,14 @@ impl Drop for FakeMapping {
 
 impl DeviceKv for FakeDevice {
     fn export(&self) -> Result<DeviceInfo, String> {
-        Err("not exported in this test".into())
+        self.exported
+            .clone()
+            .ok_or_else(|| "not exported in this test".into())
     }
     fn open(&self, _info: &DeviceInfo) -> Result<Opened, String> {
+        if self.no_open {
+            return Err("cannot open it in this test".into());
+        }
         Ok(Arc::new(FakeMapping {
             busy: self.busy.clone(),
             closed_busy: self.closed_busy.clone(),
@@ -474,6 +489,23 @@ impl DeviceKv for FakeDevice {
             .lock()
             .push((info.pages.clone(), dst.to_vec(), after.is_some()));
         Ok(Box::new(std::time::Instant::now()))
+    }
+    fn copy_out(
+        &self,
+        _o: &Opened,
+        _info: &DeviceInfo,
+        src: &[u32],
+        dst: &[u32],
+    ) -> Result<Copying, String> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.busy.fetch_add(1, SeqCst);
+        self.pushes.lock().push((src.to_vec(), dst.to_vec()));
+        Ok(Box::new(std::time::Instant::now()))
+    }
+    fn settle(&self, _fence: &Fence) -> Result<(), String> {
+        self.settled
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Ok(())
     }
     fn wait(&self, c: Copying) -> Result<Option<std::time::Duration>, String> {
         use std::sync::atomic::Ordering::SeqCst;
@@ -650,6 +682,121 @@ fn device_parts_are_copied_into_their_slices_of_the_pool_pages() {
         "the prefill's compute between parts counted as transfer"
     );
     assert!(rig.stats.pd_recv_busy.micros() < 150_000);
+}
+
+/// A prefill that announced PUSHES (with its pool, on the first transfer) is sent the decode's
+/// own pool and the fetch's pool pages with the next WANT, once the decode waited for its fence;
+/// it copies each part and then the rest into them itself and answers PUSHED: the decode copies
+/// nothing, the pages come back in place, both sides count the pushes. A prefill that cannot
+/// open the decode's pool leaves the pages ON_DEVICE instead and the decode copies them.
+#[test]
+fn a_pushing_prefill_copies_the_pages_into_the_decode_pool_itself() {
+    use crate::pd::prefill::{Part, Share};
+    for no_open in [false, true] {
+        let port = free_port();
+        let pstats = Arc::new(Stats::default());
+        let reg = Registry::start(cfg(Mode::Prefill, port, true), pstats.clone()).unwrap();
+        let pdev = Arc::new(FakeDevice {
+            copy_ms: 5,
+            no_open,
+            ..Default::default()
+        });
+        reg.set_share(Share {
+            host: None,
+            device: Some(device_info(Vec::new())),
+            kv: Some(pdev.clone()),
+        });
+        let mine_pool = DeviceInfo {
+            handle: [9; 64],
+            ..device_info(Vec::new())
+        };
+        let rig = DeviceRig::new(
+            port,
+            FakeDevice {
+                exported: Some(mine_pool.clone()),
+                ..Default::default()
+            },
+        );
+        // First transfer: pulled by the decode (it has not opened the prefill's pool yet, so
+        // it cannot ask for a push); the answer announces the pool and PUSHES.
+        let n = 2 * G.page_size;
+        let (h, rx) = device_handoff(n, &[20, 21]);
+        assert!(reg.claim(1));
+        reg.ready(1, h);
+        let f = rig.fetch(1, n, true).0.unwrap();
+        assert_eq!(rx.recv().unwrap(), Ok(()));
+        drop(f);
+        assert_eq!(rig.dev.copies.lock().len(), 1);
+        // Second transfer: two parts, then the rest.
+        let n = 4 * G.page_size;
+        let src = vec![11, 3, 25, 8];
+        assert!(reg.claim(2));
+        let part = |from: usize, to: usize| Part {
+            n_tokens: n as u32,
+            page_size: G.page_size,
+            pages: Pages::Device(device_info(src[from..to].to_vec())),
+            n_pages: to - from,
+        };
+        reg.part(2, part(0, 2));
+        let (handoff, rx) = device_handoff(n, &src);
+        let later = {
+            let reg = reg.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                reg.ready(2, handoff);
+            })
+        };
+        let (f, mine) = rig.fetch(2, n, true);
+        let f = f.unwrap();
+        later.join().unwrap();
+        assert!(matches!(f.payload, Payload::InPool), "no_open {no_open}");
+        let back: Vec<u32> = f
+            .pages
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(crate::kv::Page::id)
+            .collect();
+        assert_eq!(back, mine);
+        assert_eq!(rx.recv().unwrap(), Ok(()));
+        let settled = rig.dev.settled.load(std::sync::atomic::Ordering::SeqCst);
+        assert_eq!(
+            settled, 1,
+            "the decode did not wait for its fence before offering its pages"
+        );
+        if no_open {
+            assert!(pdev.pushes.lock().is_empty());
+            assert_eq!(
+                rig.dev.copies.lock()[1..],
+                [
+                    (src[..2].to_vec(), mine[..2].to_vec(), true),
+                    (src[2..].to_vec(), mine[2..].to_vec(), true),
+                ]
+            );
+            assert_eq!(Stats::get(&rig.stats.pd_recv_pushed), 0);
+            continue;
+        }
+        assert_eq!(
+            *pdev.pushes.lock(),
+            vec![
+                (src[..2].to_vec(), mine[..2].to_vec()),
+                (src[2..].to_vec(), mine[2..].to_vec()),
+            ]
+        );
+        assert_eq!(
+            rig.dev.copies.lock().len(),
+            1,
+            "the decode copied a pushed transfer"
+        );
+        assert_eq!(Stats::get(&rig.stats.pd_recv_pushed), 2);
+        assert_eq!(Stats::get(&pstats.pd_push_copies), 2);
+        let bytes = 4 * 2 * (G.page_size * G.layers * G.kv_dim * G.elem) as u64;
+        assert_eq!(Stats::get(&pstats.pd_push_bytes), bytes);
+        assert_eq!(Stats::get(&pstats.pd_push_device_micros), 10_000);
+        assert!(pstats.pd_push_busy.micros() >= 10_000);
+        drop(f);
+        assert_eq!(rig.free.free_count(), 8);
+    }
 }
 
 /// A bootstrap server on this host's same-host socket for `port` that takes one WANT (it

@@ -153,6 +153,7 @@ fn prefill_child(a: &Args, port: u16) -> anyhow::Result<()> {
     reg.set_share(Share {
         host: Some(spans.clone()),
         device: None,
+        kv: None,
     });
     let n = n_pages(a);
     let order = shuffled(pool.pages);
