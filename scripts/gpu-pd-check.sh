@@ -220,10 +220,10 @@ PY
     DECODE_PID=$LASTPID
   fi
   echo "## prefill killed mid CUDA IPC copy ($STALLED restarted with --disaggregation-test-stall-ms 1500)"
-  kill_test() { # victim (prefill|decode) pid room prompt_len
+  kill_test() { # victim (prefill|decode) pid room prompt_len stalled_side
     python3 - "$@" <<'PY' 2>&1 | tee -a "$OUTDIR/pd-kill-$size.txt"
 import json, os, random, signal, sys, threading, time, urllib.request
-victim, pid, room, plen = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+victim, pid, room, plen, stalled_side = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 other = "decode" if victim == "prefill" else "prefill"
 port = {"prefill": 32102, "decode": 32103}
 rng = random.Random(room)
@@ -257,19 +257,25 @@ warm = out["decode"][0] == 200 and out["prefill"][0] == 200
 ids = [rng.randrange(10, 120000) for _ in range(plen)]
 copies0 = metric(32103, "pd_received_cuda_ipc_copies_total") + metric(32102, "pd_push_copies_total")
 ts, out = legs(room + 1, ids)
-# Once the prefill has no request left running, its final pages are in the stalled copy
-# (the prefill's push, or the decode's copy after the final header): kill then.
-deadline, seen_busy = time.time() + 60, False
+# Pushing: once the prefill queued its last push (one per 1024-token chunk) it sits in the
+# stall with that copy queued. Pulling: once the prefill has no request left running, the
+# final header went out and the decode sits in its stall before the copy. Kill then.
+deadline, seen_busy, ready = time.time() + 60, False, False
+queued0 = metric(32102, "pd_push_queued_total")
 while time.time() < deadline and other not in out:
-    st = state(32102)
-    busy = st["num_running_reqs"] + st["num_waiting_reqs"] > 0
-    seen_busy |= busy
-    if not busy and seen_busy:
+    if stalled_side == "prefill":
+        ready = metric(32102, "pd_push_queued_total") - queued0 >= -(-plen // 1024)
+    else:
+        st = state(32102)
+        busy = st["num_running_reqs"] + st["num_waiting_reqs"] > 0
+        seen_busy |= busy
+        ready = not busy and seen_busy
+    if ready:
         break
     time.sleep(0.005)
 time.sleep(0.2)
 copies = metric(32103, "pd_received_cuda_ipc_copies_total") + metric(32102, "pd_push_copies_total") - copies0
-stalled = seen_busy and other not in out
+stalled = ready and other not in out
 os.kill(pid, signal.SIGKILL)
 killed = time.time()
 ts[other].join(30)
@@ -293,14 +299,14 @@ sys.exit(0 if ok else 1)
 PY
     return ${PIPESTATUS[0]}
   }
-  kill_test prefill $PREFILL_PID 7001 2048
+  kill_test prefill $PREFILL_PID 7001 2048 $STALLED
   KILL_RC=$?
   DKILL_RC=0
   if [ "$STALLED" = prefill ]; then
     echo "## decode killed mid CUDA IPC push (prefill with --disaggregation-test-stall-ms 1500)"
     CUDA_MPS_CLIENT_PRIORITY=${PD_PREFILL_MPS_PRIORITY:-0} CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=${PD_PREFILL_SM_PCT:-100} start prefill 32102 "${PF[@]}" --disaggregation-test-stall-ms 1500 || { fail=1; cleanup; continue; }
     PREFILL_PID=$LASTPID
-    kill_test decode $DECODE_PID 7101 300; DKILL_RC=$?
+    kill_test decode $DECODE_PID 7101 300 prefill; DKILL_RC=$?
     curl -sf localhost:32102/health > /dev/null || { echo "  the prefill stopped serving after the decode was killed"; DKILL_RC=1; }
     kill $PREFILL_PID 2> /dev/null; wait $PREFILL_PID 2> /dev/null
     CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=${PD_DECODE_SM_PCT:-100} start decode 32103 "${DC[@]}" || { fail=1; cleanup; continue; }

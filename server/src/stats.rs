@@ -79,6 +79,8 @@ pub struct Stats {
     /// complete, and the copies' own device time; and the wall time with at least one push
     /// between its start and its header sent (bytes / that = the aggregate push rate).
     pub pd_push_copies: AtomicU64,
+    /// PD prefill side: push copies queued (counted before their wait; a test can act then).
+    pub pd_push_queued: AtomicU64,
     pub pd_push_bytes: AtomicU64,
     pub pd_push_enqueue_micros: AtomicU64,
     pub pd_push_wait_micros: AtomicU64,

@@ -498,7 +498,15 @@ async fn pd_pushes_each_chunk_and_survives_a_prefill_killed_between_chunks() {
     let want = ids_of(&post(&c, &colo.url("/generate"), &body(&prompt, 8)).await.1);
     for (room, env) in [(300, vec![]), (301, vec![("STRATA_SAME_HOST", "0")])] {
         let boot = free_port();
-        let prefill = role("prefill", boot, &[], &env);
+        // The prefill pauses 200 ms after handing over each part: parts not yet sent when the
+        // prompt's last chunk finishes go with the final header instead, and on a loaded
+        // machine the tiny model's chunks outran the bootstrap thread (1 part seen).
+        let prefill = role(
+            "prefill",
+            boot,
+            &["--disaggregation-test-stall-ms", "200"],
+            &env,
+        );
         let decode = role("decode", boot, &[], &env);
         // The decode leg first, the prefill's once the decode is connected to its bootstrap
         // server: parts are only sent to a decode that asked for the room before the prompt's

@@ -257,8 +257,13 @@ pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
             "Seconds of the CUDA IPC transfers (final header to acknowledgement).",
             Stats::get(&s.pd_ipc_micros) as f64 / 1e6,
         );
-        if Stats::get(&s.pd_push_copies) > 0 {
+        if Stats::get(&s.pd_push_queued) > 0 {
             for (name, help, v) in [
+                (
+                    "pd_push_queued",
+                    "Copies into a decode's GPU pool this server queued (counted before it waits for them).",
+                    &s.pd_push_queued,
+                ),
                 (
                     "pd_push_copies",
                     "Device-to-device copies (one per part and final header) this server made into a decode's GPU pool (CUDA IPC push).",

@@ -531,6 +531,7 @@ impl Registry {
         let t0 = Instant::now();
         let c = t.kv.copy_out(&t.opened, t.dest, src, dst)?;
         let queued = Instant::now();
+        Stats::add(&st.pd_push_queued, 1);
         if !self.cfg.test_stall.is_zero() {
             // Test only: a window to kill this server while its copy is queued.
             std::thread::sleep(self.cfg.test_stall);

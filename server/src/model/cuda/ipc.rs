@@ -226,7 +226,6 @@ impl CudaDeviceKv {
             let _ = copy.stream().synchronize();
             e.to_string()
         })?;
-        let done = Arc::new(done);
         // The mapping is closed only after this copy (and the earlier ones) finished.
         m.used_until(done.clone());
         let start = start.ok_or("the copy was not timed")?;
