@@ -27,8 +27,12 @@
 #    the prefill killed in that window; the decode must answer that leg with a clear error within
 #    the heartbeat window (10 s), its pool must go back to idle, and after a new prefill starts
 #    on the same ports the next PD request must give the colocated answer. One PASS/FAIL line.
+#    With PD_PUSH=1 (the prefill copies into the decode's pool) the prefill is the one restarted
+#    with the stall (its copy queued, 1.5 s before it reports), and a second test kills the
+#    decode in that window: the prefill's leg must fail clearly and the prefill keep serving.
 # Usage: scripts/gpu-pd-check.sh [OUTDIR]; env STRATA, SIZES ("llama-3.2-1b llama-3.1-8b"),
-# PD_IPC (1; 0 runs the pair with STRATA_PD_IPC=0: the staged path, for comparison), PD_CHUNK
+# PD_IPC (1; 0 runs the pair with STRATA_PD_IPC=0: the staged path, for comparison), PD_PUSH
+# (0; 1 runs the pair with STRATA_PD_PUSH=1: the prefill copies into the decode's pool), PD_CHUNK
 # (1024: --chunked-prefill-size of every server; 0 leaves the server default), PD_PREFILL_MPS_PRIORITY
 # (under MPS: the prefill's CUDA_MPS_CLIENT_PRIORITY, 1 = below normal, so the decode's kernels go first),
 # PD_PREFILL_SM_PCT / PD_DECODE_SM_PCT (under MPS: each server's CUDA_MPS_ACTIVE_THREAD_PERCENTAGE, the
@@ -73,7 +77,7 @@ for size in $SIZES; do
   # prompts and the 8K load exercise the per-chunk push over CUDA IPC. PD_CHUNK=0: server default.
   [ "${PD_CHUNK:-1024}" != 0 ] && S+=(--chunked-prefill-size ${PD_CHUNK:-1024})
   start colo 32101 "${S[@]}" --log-level warn --port 32101 || { fail=1; cleanup; continue; }
-  export STRATA_PD_IPC=${PD_IPC:-1} STRATA_PD_PUSH=${PD_PUSH:-1}
+  export STRATA_PD_IPC=${PD_IPC:-1} STRATA_PD_PUSH=${PD_PUSH:-0}
   for n in colo prefill decode router-pd router-colo; do : > "$OUTDIR/pd-$n.log"; done
   PF=("${S[@]}" --log-level warn --port 32102 --disaggregation-mode prefill --disaggregation-bootstrap-port 32199)
   DC=("${S[@]}" --port 32103 --disaggregation-mode decode --base-gpu-id $DGPU --log-level info)
@@ -204,13 +208,13 @@ PY
     echo
     wait $LOAD || true
   done
-  # Which server copies: the prefill pushes into the decode's pool (default), or the decode
-  # pulls (PD_PUSH=0). The server that copies is restarted with --disaggregation-test-stall-ms
+  # Which server copies: the decode pulls out of the prefill's pool (default), or the prefill
+  # pushes into the decode's (PD_PUSH=1). The server that copies is restarted with --disaggregation-test-stall-ms
   # 1500 (it waits 1.5 s with its copy queued, or before it copies), and a server is killed in
   # that window: the prefill (then the decode's leg must fail clearly and its pool go idle) and,
   # with push, the decode too (then the prefill's leg must fail clearly, the prefill keep
   # serving and its pool go idle).
-  if [ "${PD_PUSH:-1}" = 1 ]; then
+  if [ "${PD_PUSH:-0}" = 1 ]; then
     STALLED=prefill; kill $PREFILL_PID 2> /dev/null; wait $PREFILL_PID 2> /dev/null
     CUDA_MPS_CLIENT_PRIORITY=${PD_PREFILL_MPS_PRIORITY:-0} CUDA_MPS_ACTIVE_THREAD_PERCENTAGE=${PD_PREFILL_SM_PCT:-100} start prefill 32102 "${PF[@]}" --disaggregation-test-stall-ms 1500 || { fail=1; cleanup; continue; }
     PREFILL_PID=$LASTPID
@@ -256,12 +260,12 @@ for t in ts.values(): t.join()
 warm = out["decode"][0] == 200 and out["prefill"][0] == 200
 ids = [rng.randrange(10, 120000) for _ in range(plen)]
 copies0 = metric(32103, "pd_received_cuda_ipc_copies_total") + metric(32102, "pd_push_copies_total")
+queued0 = metric(32102, "pd_push_queued_total")
 ts, out = legs(room + 1, ids)
 # Pushing: once the prefill queued its last push (one per 1024-token chunk) it sits in the
 # stall with that copy queued. Pulling: once the prefill has no request left running, the
 # final header went out and the decode sits in its stall before the copy. Kill then.
 deadline, seen_busy, ready = time.time() + 60, False, False
-queued0 = metric(32102, "pd_push_queued_total")
 while time.time() < deadline and other not in out:
     if stalled_side == "prefill":
         ready = metric(32102, "pd_push_queued_total") - queued0 >= -(-plen // 1024)

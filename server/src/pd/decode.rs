@@ -601,7 +601,7 @@ impl Exchange<'_> {
     /// (another process writes them next). None: the decode copies (or the pages are staged).
     fn push_dest(&self, d: &dyn DeviceKv) -> Option<DeviceInfo> {
         let pages = self.dest_pages?;
-        if !self.links.may_push(self.addr) || !super::share::push_enabled() {
+        if !self.cfg.push || !self.links.may_push(self.addr) {
             return None;
         }
         let settled = self.fence.map_or(Ok(()), |f| d.settle(f));

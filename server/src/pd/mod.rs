@@ -91,6 +91,11 @@ pub struct PdConfig {
     /// header with pages arrived, before it copies them, so a test can kill the prefill
     /// mid-transfer.
     pub test_stall: Duration,
+    /// Decode side: ask a same-host GPU prefill that announced PUSHES to copy the pages into
+    /// this pool itself (`STRATA_PD_PUSH=1`). Off by default: on one shared H200 the prefill's
+    /// copy waited longer behind its own forwards than the decode's copy waits for its time
+    /// slice (docs/perf.md, "PD on one H200").
+    pub push: bool,
 }
 
 impl PdConfig {
@@ -139,6 +144,7 @@ impl PdConfig {
             failure_prob: 0.0,
             same_host: std::env::var("STRATA_SAME_HOST").map_or(true, |v| v != "0"),
             test_stall: Duration::ZERO,
+            push: std::env::var("STRATA_PD_PUSH").is_ok_and(|v| v == "1"),
         }
     }
 }

@@ -710,13 +710,14 @@ fn a_pushing_prefill_copies_the_pages_into_the_decode_pool_itself() {
             handle: [9; 64],
             ..device_info(Vec::new())
         };
-        let rig = DeviceRig::new(
+        let mut rig = DeviceRig::new(
             port,
             FakeDevice {
                 exported: Some(mine_pool.clone()),
                 ..Default::default()
             },
         );
+        rig.cfg.push = true;
         // First transfer: pulled by the decode (it has not opened the prefill's pool yet, so
         // it cannot ask for a push); the answer announces the pool and PUSHES.
         let n = 2 * G.page_size;
