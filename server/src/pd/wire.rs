@@ -139,6 +139,26 @@ impl DeviceInfo {
         b
     }
 
+    /// Appends `u32 len  block` (an empty block when there is none).
+    fn write_block(d: Option<&Self>, b: &mut Vec<u8>) {
+        let d = d.map(DeviceInfo::encode).unwrap_or_default();
+        b.extend_from_slice(&(d.len() as u32).to_le_bytes());
+        b.extend_from_slice(&d);
+    }
+
+    /// Reads `u32 len  block`; `what` names the block in errors.
+    fn read_block(r: &mut impl Read, what: &str) -> io::Result<Self> {
+        let mut l = [0u8; 4];
+        r.read_exact(&mut l)?;
+        let dl = u32::from_le_bytes(l) as usize;
+        if dl > 88 + 4 * MAX_RANGES {
+            return Err(bad(&format!("PD {what} block too long")));
+        }
+        let mut d = vec![0u8; dl];
+        r.read_exact(&mut d)?;
+        DeviceInfo::decode(&d).ok_or_else(|| bad(&format!("malformed PD {what} block")))
+    }
+
     fn decode(b: &[u8]) -> Option<Self> {
         if b.len() < 88 {
             return None;
@@ -178,13 +198,7 @@ impl Want {
         b.extend_from_slice(&(t.len().min(u16::MAX as usize) as u16).to_le_bytes());
         b.extend_from_slice(&t[..t.len().min(u16::MAX as usize)]);
         if self.flags & PUSH != 0 {
-            let d = self
-                .dest
-                .as_ref()
-                .map(DeviceInfo::encode)
-                .unwrap_or_default();
-            b.extend_from_slice(&(d.len() as u32).to_le_bytes());
-            b.extend_from_slice(&d);
+            DeviceInfo::write_block(self.dest.as_ref(), &mut b);
         }
         w.write_all(&b)
     }
@@ -200,15 +214,7 @@ impl Want {
         r.read_exact(&mut t)?;
         let flags = b[24];
         let dest = if flags & PUSH != 0 {
-            let mut l = [0u8; 4];
-            r.read_exact(&mut l)?;
-            let dl = u32::from_le_bytes(l) as usize;
-            if dl > 88 + 4 * MAX_RANGES {
-                return Err(bad("PD destination block too long"));
-            }
-            let mut d = vec![0u8; dl];
-            r.read_exact(&mut d)?;
-            Some(DeviceInfo::decode(&d).ok_or_else(|| bad("malformed PD destination block"))?)
+            Some(DeviceInfo::read_block(r, "destination")?)
         } else {
             None
         };
@@ -270,13 +276,7 @@ impl KvHeader {
             b.extend_from_slice(&l.to_le_bytes());
         }
         if self.flags & (DEVICE_INFO | ON_DEVICE) != 0 {
-            let d = self
-                .device
-                .as_ref()
-                .map(DeviceInfo::encode)
-                .unwrap_or_default();
-            b.extend_from_slice(&(d.len() as u32).to_le_bytes());
-            b.extend_from_slice(&d);
+            DeviceInfo::write_block(self.device.as_ref(), &mut b);
         }
         w.write_all(&b)
     }
@@ -319,14 +319,7 @@ impl KvHeader {
             .collect();
         let flags = u32_at(&b, 24);
         let device = if flags & (DEVICE_INFO | ON_DEVICE) != 0 {
-            r.read_exact(&mut l)?;
-            let dl = u32::from_le_bytes(l) as usize;
-            if dl > 88 + 4 * MAX_RANGES {
-                return Err(bad("PD device block too long"));
-            }
-            let mut d = vec![0u8; dl];
-            r.read_exact(&mut d)?;
-            Some(DeviceInfo::decode(&d).ok_or_else(|| bad("malformed PD device block"))?)
+            Some(DeviceInfo::read_block(r, "device")?)
         } else {
             None
         };

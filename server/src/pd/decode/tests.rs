@@ -583,6 +583,52 @@ fn device_handoff(n: usize, src: &[u32]) -> (Handoff, mpsc::Receiver<Result<(), 
     handoff(n, Pages::Device(device_info(src.to_vec())), src.len(), None)
 }
 
+/// Claims `room` for a prompt of `n` tokens left in the prefill's GPU pool (`src`), hands its
+/// pages `cuts[i]..cuts[i + 1]` over as parts at once and the whole handoff `ms` later (the
+/// prefill computing its last chunk meanwhile). The thread ends once the room is ready; the
+/// receiver gets the leg's outcome.
+fn device_parts_then_ready(
+    reg: &Arc<Registry>,
+    room: u64,
+    n: usize,
+    src: &[u32],
+    cuts: &[usize],
+    ms: u64,
+) -> (
+    std::thread::JoinHandle<()>,
+    mpsc::Receiver<Result<(), String>>,
+) {
+    assert!(reg.claim(room));
+    for w in cuts.windows(2) {
+        reg.part(
+            room,
+            crate::pd::prefill::Part {
+                n_tokens: n as u32,
+                page_size: G.page_size,
+                pages: Pages::Device(device_info(src[w[0]..w[1]].to_vec())),
+                n_pages: w[1] - w[0],
+            },
+        );
+    }
+    let (handoff, rx) = device_handoff(n, src);
+    let reg = reg.clone();
+    let later = std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+        reg.ready(room, handoff);
+    });
+    (later, rx)
+}
+
+/// The pool pages a fetch hands back, by id.
+fn page_ids(f: &Fetched) -> Vec<u32> {
+    f.pages
+        .as_ref()
+        .unwrap()
+        .iter()
+        .map(crate::kv::Page::id)
+        .collect()
+}
+
 /// Pages left in the prefill's GPU pool (ON_DEVICE) are copied device to device straight
 /// into the pool pages the scheduler gave the fetch, after its fence, listed page for page;
 /// the fetch hands those pages back with the payload in place and the prefill leg succeeds.
@@ -609,14 +655,7 @@ fn device_pages_are_copied_straight_into_the_fetch_pool_pages() {
         matches!(f.payload, Payload::InPool),
         "not copied into the pool"
     );
-    let back: Vec<u32> = f
-        .pages
-        .as_ref()
-        .unwrap()
-        .iter()
-        .map(crate::kv::Page::id)
-        .collect();
-    assert_eq!(back, mine);
+    assert_eq!(page_ids(&f), mine);
     assert_eq!(*rig.dev.copies.lock(), vec![(src, mine, true)]);
     assert_eq!(rx.recv().unwrap(), Ok(()));
     let st = &rig.stats;
@@ -636,31 +675,14 @@ fn device_pages_are_copied_straight_into_the_fetch_pool_pages() {
 /// to its landing only (the 200 ms the prefill computes between parts do not count).
 #[test]
 fn device_parts_are_copied_into_their_slices_of_the_pool_pages() {
-    use crate::pd::prefill::Part;
     let port = free_port();
     let reg = Registry::start(cfg(Mode::Prefill, port, true), Arc::new(Stats::default())).unwrap();
     let rig = DeviceRig::new(port, FakeDevice::default());
     let n = 4 * G.page_size;
     let src = vec![11, 3, 25, 8];
-    assert!(reg.claim(5));
-    let part = |from: usize, to: usize| Part {
-        n_tokens: n as u32,
-        page_size: G.page_size,
-        pages: Pages::Device(device_info(src[from..to].to_vec())),
-        n_pages: to - from,
-    };
-    reg.part(5, part(0, 2));
-    reg.part(5, part(2, 3));
-    let (handoff, rx) = device_handoff(n, &src);
     // The prefill finishes while the decode takes the parts (a room readied before the
     // decode asks sends everything with the final header).
-    let later = {
-        let reg = reg.clone();
-        std::thread::spawn(move || {
-            std::thread::sleep(std::time::Duration::from_millis(200));
-            reg.ready(5, handoff);
-        })
-    };
+    let (later, rx) = device_parts_then_ready(&reg, 5, n, &src, &[0, 2, 3], 200);
     let (f, mine) = rig.fetch(5, n, true);
     let f = f.unwrap();
     later.join().unwrap();
@@ -691,7 +713,7 @@ fn device_parts_are_copied_into_their_slices_of_the_pool_pages() {
 /// open the decode's pool leaves the pages ON_DEVICE instead and the decode copies them.
 #[test]
 fn a_pushing_prefill_copies_the_pages_into_the_decode_pool_itself() {
-    use crate::pd::prefill::{Part, Share};
+    use crate::pd::prefill::Share;
     for no_open in [false, true] {
         let port = free_port();
         let pstats = Arc::new(Stats::default());
@@ -731,34 +753,12 @@ fn a_pushing_prefill_copies_the_pages_into_the_decode_pool_itself() {
         // Second transfer: two parts, then the rest.
         let n = 4 * G.page_size;
         let src = vec![11, 3, 25, 8];
-        assert!(reg.claim(2));
-        let part = |from: usize, to: usize| Part {
-            n_tokens: n as u32,
-            page_size: G.page_size,
-            pages: Pages::Device(device_info(src[from..to].to_vec())),
-            n_pages: to - from,
-        };
-        reg.part(2, part(0, 2));
-        let (handoff, rx) = device_handoff(n, &src);
-        let later = {
-            let reg = reg.clone();
-            std::thread::spawn(move || {
-                std::thread::sleep(std::time::Duration::from_millis(100));
-                reg.ready(2, handoff);
-            })
-        };
+        let (later, rx) = device_parts_then_ready(&reg, 2, n, &src, &[0, 2], 100);
         let (f, mine) = rig.fetch(2, n, true);
         let f = f.unwrap();
         later.join().unwrap();
         assert!(matches!(f.payload, Payload::InPool), "no_open {no_open}");
-        let back: Vec<u32> = f
-            .pages
-            .as_ref()
-            .unwrap()
-            .iter()
-            .map(crate::kv::Page::id)
-            .collect();
-        assert_eq!(back, mine);
+        assert_eq!(page_ids(&f), mine);
         assert_eq!(rx.recv().unwrap(), Ok(()));
         let settled = rig.dev.settled.load(std::sync::atomic::Ordering::SeqCst);
         assert_eq!(
