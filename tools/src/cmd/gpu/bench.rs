@@ -168,8 +168,10 @@ fn copy_bandwidth(ctx: &Arc<GpuContext>) -> anyhow::Result<f64> {
 /// `cuMemcpyDtoDAsync` of one transfer's bytes (the raw copy rate the transfer is compared with)
 /// and the copy a decode runs from an opened prefill pool straight into its own pool (`PeerCopy`:
 /// the shape's pages of 64 tokens at random places in one pool to random places in another, one
-/// launch on the PD stream, page lists in its reused buffer), both timed on the host from launch
-/// to completion (the event the decode waits for), median of 9 after 3 warm-ups.
+/// launch on the PD stream, page lists in its reused buffers), both timed on the host from launch
+/// to completion (the event the decode waits for), median of 9 after 3 warm-ups; and how long
+/// queuing that copy takes on the host (a fence, the copy between timing events, as a PD
+/// transfer queues it), with nothing else running.
 fn pd_copy(ctx: &Arc<GpuContext>, args: &Args, summary: &mut Vec<String>) -> anyhow::Result<Value> {
     use strata_kernels::cuda::PeerCopy;
     let (layers, kv_dim) = match args.shape.as_str() {
@@ -222,21 +224,43 @@ fn pd_copy(ctx: &Arc<GpuContext>, args: &Args, summary: &mut Vec<String>) -> any
                 direct.push(t.elapsed().as_secs_f64());
             }
         }
+        // The host's control path alone, as a PD transfer runs it (a fence recorded, the copy
+        // between timing events): how long `copy` takes to return.
+        let mut calls = Vec::new();
+        for i in 0..12 {
+            let (sp, dp) = (pick(&mut rng, sl.pool_pages), pick(&mut rng, dl.pool_pages));
+            let t = std::time::Instant::now();
+            let fence = ctx.stream().record_event(None)?;
+            let (_, done) = g.copy(
+                (&src_pool, sl),
+                (&dst_pool, dl),
+                &sp,
+                &dp,
+                Some(&fence),
+                true,
+            )?;
+            let called = t.elapsed().as_secs_f64();
+            done.synchronize()?;
+            if i >= 3 {
+                calls.push(called);
+            }
+        }
         let memcpy = g.memcpy_rounds(&src, &dst, 12)?[3..].to_vec();
-        let (ds, ms) = (median(direct), median(memcpy));
+        let (ds, ms, cs) = (median(direct), median(memcpy), median(calls));
         let line = format!(
-            "pd-copy {:.0} MB ({n} pages of {} KiB): raw d2d memcpy {:.3} ms = {:.1} GB/s; IPC pool-to-pool page copy {:.3} ms = {:.1} GB/s = {:.2}x the memcpy",
+            "pd-copy {:.0} MB ({n} pages of {} KiB): raw d2d memcpy {:.3} ms = {:.1} GB/s; IPC pool-to-pool page copy {:.3} ms = {:.1} GB/s = {:.2}x the memcpy; fence + timed copy queued in {:.1} us",
             bytes as f64 / 1e6,
             page_bytes >> 10,
             ms * 1e3,
             bytes as f64 / ms / 1e9,
             ds * 1e3,
             bytes as f64 / ds / 1e9,
-            ms / ds
+            ms / ds,
+            cs * 1e6
         );
         println!("{line}");
         summary.push(line);
-        out.push(json!({"bytes": bytes, "memcpy_s": ms, "direct_s": ds}));
+        out.push(json!({"bytes": bytes, "memcpy_s": ms, "direct_s": ds, "queue_s": cs}));
     }
     Ok(Value::Array(out))
 }
