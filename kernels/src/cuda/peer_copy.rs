@@ -175,7 +175,7 @@ impl PeerCopy {
             let ids = l.host.as_mut_slice();
             for (i, &p) in src_pages.iter().chain(dst_pages).enumerate() {
                 let at = if i < n { 4 * i } else { 4 * (cap + i - n) };
-                ids[at..at + 4].copy_from_slice(&(p as i32).to_ne_bytes());
+                ids[at..at + 4].copy_from_slice(&(p as i32).to_le_bytes()); // the GPU is little-endian
             }
         }
         let ids = l.dev.ptr();
