@@ -36,7 +36,8 @@
 # (1024: --chunked-prefill-size of every server; 0 leaves the server default), PD_PREFILL_MPS_PRIORITY
 # (under MPS: the prefill's CUDA_MPS_CLIENT_PRIORITY, 1 = below normal, so the decode's kernels go first),
 # PD_PREFILL_SM_PCT / PD_DECODE_SM_PCT (under MPS: each server's CUDA_MPS_ACTIVE_THREAD_PERCENTAGE, the
-# share of the GPU's SMs its kernels may use; 100 = all, the default).
+# share of the GPU's SMs its kernels may use; 100 = all, the default), PD_SERVE_ARGS (extra flags
+# for every server, e.g. --enable-deterministic-inference).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 STRATA=${STRATA:-target/release/strata}
@@ -76,6 +77,9 @@ for size in $SIZES; do
   # prefill sends each finished chunk's pages as a part, so the 1,000- and 2,500-token greedy
   # prompts and the 8K load exercise the per-chunk push over CUDA IPC. PD_CHUNK=0: server default.
   [ "${PD_CHUNK:-1024}" != 0 ] && S+=(--chunked-prefill-size ${PD_CHUNK:-1024})
+  # Extra flags for every server (e.g. --enable-deterministic-inference).
+  # shellcheck disable=SC2206
+  S+=(${PD_SERVE_ARGS:-})
   start colo 32101 "${S[@]}" --log-level warn --port 32101 || { fail=1; cleanup; continue; }
   export STRATA_PD_IPC=${PD_IPC:-1} STRATA_PD_PUSH=${PD_PUSH:-0}
   for n in colo prefill decode router-pd router-colo; do : > "$OUTDIR/pd-$n.log"; done
