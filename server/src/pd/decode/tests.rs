@@ -2,11 +2,17 @@
 //! same-host, TCP and fallback paths byte-exact, pool pages released after every transfer,
 //! parts landing ahead of the final header, and device-to-device copies through a fake GPU pool.
 
+use super::exchange::cut;
 use super::*;
+use crate::pd::link::Link;
 use crate::pd::prefill::{Handoff, Hold, Pages, Registry};
+use crate::pd::share::Opened;
 use crate::pd::share::{Copying, HostSpans};
+use crate::pd::wire::{DeviceInfo, KvHeader};
 use crate::pd::Mode;
 use crate::stats::Stats;
+use std::io::Write;
+use std::net::SocketAddr;
 use std::sync::mpsc;
 
 const G: Geometry = Geometry {
