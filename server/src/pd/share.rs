@@ -10,9 +10,9 @@
 //!   device to device, straight into the pool pages the scheduler gave the fetch (a fence orders
 //!   the copy after the compute stream's earlier work on them). A decode without pool pages for
 //!   the fetch does not ask for device pages: the prefill stages them through host memory.
-//!   With a decode that sends its own pool and pages (PUSH), the prefill copies instead, on its
-//!   own stream right where the pages were computed, and reports them landed: on one shared GPU
-//!   the copy then needs no switch to the decode's time slice.
+//!   With a decode that sends its own pool and pages (PUSH, opt-in), the prefill copies instead,
+//!   on its own stream, and reports them landed (on one shared GPU that was slower: the copy
+//!   waits behind the prefill's own forward kernels; docs/perf.md).
 //!
 //! The transfer order of one page's bytes is page_first_direct: the K object (every layer's K
 //! rows of the page, layer after layer), then the V object.
