@@ -1,15 +1,14 @@
 //! Pool-to-pool page copy for PD over CUDA IPC: a decode copies the prefill's pages (its pool,
 //! opened with [`super::ipc::IpcMapping`]) straight into its own pool's pages, one launch of
-//! `kv_pool_copy` (kernels/cuda/transfer.cu: 16-byte vector loads, every chunk cut into 32 KiB
-//! runs so the grid fills the GPU) on a stream of its own, at the context's highest priority (the
-//! copy's blocks go ahead of queued forward kernels as SMs free up). Nothing is allocated per
-//! transfer: the page lists are written into pinned host memory and copied from there to the
-//! device on the copy's stream (from pinned memory that copy is asynchronous; from pageable
-//! memory it would first wait for the stream), one pair of buffers per copy in flight, reused
-//! once the copy that read them has finished (a replaced device buffer is freed in the stream's
-//! order: cudarc frees a buffer on the stream that allocated it).
-//! The same copy serves both directions: a decode pulling out of an opened prefill pool, or a
-//! prefill pushing into an opened decode pool.
+//! `kv_pool_copy` (kernels/cuda/transfer.cu: 16-byte vector loads, every chunk cut into 32 KiB runs
+//! so the grid fills the GPU) on a stream of its own, at the context's highest priority (the copy's
+//! blocks go ahead of queued forward kernels as SMs free up). Nothing is allocated per transfer:
+//! the page lists go through one device buffer that grows when a longer list comes and is reused
+//! otherwise; it is written and read on the copy's own in-order stream, so a list is never
+//! overwritten while a queued copy still reads it, and a replaced buffer is freed in that stream's
+//! order too (cudarc frees a buffer on the stream that allocated it). The same copy serves both
+//! directions: a decode pulling out of an opened prefill pool, or a prefill pushing into an opened
+//! decode pool.
 //!
 //! Ordering: the copy waits for an event the caller recorded on its compute stream when the
 //! destination pages were handed out (a forward queued before may still use them), and returns
@@ -26,7 +25,6 @@ use super::device::GpuContext;
 use super::error::{ensure, CudaError, Result};
 use super::launch::{launch, Arg, Dims};
 use super::nvrtc::Program;
-use super::pinned::PinnedBuf;
 use super::tensor::{DTensor, DType};
 use super::transfer::PageLayout;
 
@@ -38,23 +36,13 @@ fn call(rc: sys::CUresult, name: &'static str) -> Result<()> {
         .map_err(|source| CudaError::Call { call: name, source })
 }
 
-/// One pair of page-list buffers, `[src ids | dst ids]` of `cap` pages each: written on the
-/// host (pinned), read by the kernel on the device; free again once the copy recorded in
-/// `busy_until` (the last one that used them) has finished.
-struct Lists {
-    host: PinnedBuf,
-    dev: DTensor,
-    cap: usize,
-    busy_until: Option<Arc<CudaEvent>>,
-}
-
 /// Copies pages between two pools of the same chunk geometry on one stream.
 pub struct PeerCopy {
     ctx: Arc<GpuContext>,
     stream: Arc<CudaStream>,
     kernel: CudaFunction,
-    /// Page-list buffers, one per copy in flight at most (reused once their copy finished).
-    lists: Mutex<Vec<Lists>>,
+    /// Reused page lists: `[src ids | dst ids]`, capacity in pages.
+    lists: Mutex<Option<(DTensor, usize)>>,
 }
 
 impl PeerCopy {
@@ -67,7 +55,7 @@ impl PeerCopy {
             ctx,
             stream,
             kernel,
-            lists: Mutex::new(Vec::new()),
+            lists: Mutex::new(None),
         })
     }
 
@@ -148,70 +136,55 @@ impl PeerCopy {
             Some(f) => Some(self.stream.record_event(Some(f))?),
             None => None,
         };
-        if n == 0 {
-            return Ok((start, Arc::new(self.stream.record_event(timing)?)));
-        }
-        let mut pool = self.lists.lock().unwrap_or_else(|e| e.into_inner());
-        // A buffer no queued copy reads any more, big enough; else a new one.
-        let free = pool
-            .iter()
-            .position(|l| l.cap >= n && l.busy_until.as_ref().is_none_or(|e| e.is_complete()));
-        let at = match free {
-            Some(i) => i,
-            None => {
+        if n > 0 {
+            let mut lists = self.lists.lock().unwrap_or_else(|e| e.into_inner());
+            if lists.as_ref().is_none_or(|(_, cap)| *cap < n) {
                 let cap = n.next_power_of_two().max(64);
-                pool.push(Lists {
-                    host: PinnedBuf::new(&self.ctx, 8 * cap)?,
-                    dev: DTensor::alloc(&self.stream, DType::I32, &[2 * cap])?,
-                    cap,
-                    busy_until: None,
-                });
-                pool.len() - 1
+                // The old buffer (if any) is freed on this stream, after the copies that read it.
+                *lists = Some((DTensor::alloc(&self.stream, DType::I32, &[2 * cap])?, cap));
             }
-        };
-        let l = &mut pool[at];
-        let cap = l.cap;
-        {
-            let ids = l.host.as_mut_slice();
-            for (i, &p) in src_pages.iter().chain(dst_pages).enumerate() {
-                let at = if i < n { 4 * i } else { 4 * (cap + i - n) };
-                ids[at..at + 4].copy_from_slice(&(p as i32).to_le_bytes()); // the GPU is little-endian
-            }
+            let (ids, cap) = lists.as_ref().expect("set above");
+            let mut host: Vec<i32> = Vec::with_capacity(2 * cap);
+            host.extend(src_pages.iter().map(|&p| p as i32));
+            host.resize(*cap, 0);
+            host.extend(dst_pages.iter().map(|&p| p as i32));
+            // SAFETY: `ids` holds 2 * cap i32 and `host` n + cap <= 2 * cap of them; a pageable
+            // source is copied to the driver's staging memory before the call returns, so
+            // `host` may go right after it; the write is ordered after earlier copies on `s`.
+            call(
+                unsafe {
+                    sys::cuMemcpyHtoDAsync_v2(
+                        ids.ptr(),
+                        host.as_ptr() as *const c_void,
+                        4 * host.len(),
+                        s,
+                    )
+                },
+                "cuMemcpyHtoDAsync",
+            )?;
+            let parts = chunk.div_ceil(RUN_BYTES);
+            let n16 = chunk / 16;
+            let threads = (n16.div_ceil(parts).div_ceil(4).div_ceil(32) * 32).clamp(32, 256);
+            let blocks = n * src_layout.layers * 2 * parts;
+            ensure(blocks < i32::MAX as usize, || format!("{blocks} blocks"))?;
+            let args = [
+                Arg::U64(src.ptr()),
+                Arg::U64(dst.ptr()),
+                Arg::U64(ids.ptr()),
+                Arg::U64(ids.ptr() + 4 * *cap as u64),
+                Arg::I32(src_layout.layers as i32),
+                Arg::U64(src_layout.pool_pages as u64),
+                Arg::U64(dst_layout.pool_pages as u64),
+                Arg::U64(chunk as u64),
+                Arg::I32(parts as i32),
+            ];
+            // SAFETY: the argument list is kv_pool_copy's; page ids were range-checked against
+            // both pools, both pools hold their layouts' bytes, chunks are 16-byte multiples and
+            // both bases 16-byte aligned; the lists stay allocated until a later copy on this
+            // stream replaces them.
+            unsafe { launch(&self.kernel, s, Dims::rows(blocks, threads as u32), &args) }?;
         }
-        let ids = l.dev.ptr();
-        // SAFETY: `dev` holds 2 * cap i32 and `host` 8 * cap bytes; both stay untouched until
-        // the event recorded after this copy completed (`busy_until`); pinned memory makes the
-        // copy asynchronous, ordered before the kernel on this stream.
-        call(
-            unsafe {
-                sys::cuMemcpyHtoDAsync_v2(ids, l.host.host_ptr() as *const c_void, 8 * cap, s)
-            },
-            "cuMemcpyHtoDAsync",
-        )?;
-        let parts = chunk.div_ceil(RUN_BYTES);
-        let n16 = chunk / 16;
-        let threads = (n16.div_ceil(parts).div_ceil(4).div_ceil(32) * 32).clamp(32, 256);
-        let blocks = n * src_layout.layers * 2 * parts;
-        ensure(blocks < i32::MAX as usize, || format!("{blocks} blocks"))?;
-        let args = [
-            Arg::U64(src.ptr()),
-            Arg::U64(dst.ptr()),
-            Arg::U64(ids),
-            Arg::U64(ids + 4 * cap as u64),
-            Arg::I32(src_layout.layers as i32),
-            Arg::U64(src_layout.pool_pages as u64),
-            Arg::U64(dst_layout.pool_pages as u64),
-            Arg::U64(chunk as u64),
-            Arg::I32(parts as i32),
-        ];
-        // SAFETY: the argument list is kv_pool_copy's; page ids were range-checked against
-        // both pools, both pools hold their layouts' bytes, chunks are 16-byte multiples and
-        // both bases 16-byte aligned; the id lists (written above, before the launch) stay
-        // untouched until the event recorded after this copy completed.
-        unsafe { launch(&self.kernel, s, Dims::rows(blocks, threads as u32), &args) }?;
-        let done = Arc::new(self.stream.record_event(timing)?);
-        l.busy_until = Some(done.clone());
-        Ok((start, done))
+        Ok((start, Arc::new(self.stream.record_event(timing)?)))
     }
 
     /// Raw device-to-device copy of `bytes` bytes between two buffers on this stream, `rounds`
