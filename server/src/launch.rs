@@ -321,7 +321,7 @@ fn pd_share<R: ModelRunner>(model: &R, kv: &R::Kv) -> crate::pd::prefill::Share 
     let host = model.host_spans(kv).map(Arc::new);
     let (device, kv) = match (&host, model.device_kv(kv)) {
         (None, Some(d)) => match d.export() {
-            Ok(e) => (Some(e), crate::pd::share::push_enabled().then_some(d)),
+            Ok(e) => (Some(e), Some(d)),
             Err(e) => {
                 tracing::warn!("PD: the GPU KV pool cannot be exported over CUDA IPC, transfers are staged through host memory: {e}");
                 (None, None)

@@ -74,8 +74,8 @@ pub struct Stats {
     pub pd_ipc_bytes: AtomicU64,
     pub pd_ipc_micros: AtomicU64,
     /// PD prefill side, CUDA IPC push (this server copies into the decode's pool): copies (one per
-    /// part and final header) and their bytes; microseconds from the pages handed to the
-    /// bootstrap thread to the copy queued (the host's control path), from queued to seen
+    /// part and final header) and their bytes; microseconds to queue each copy (the host's
+    /// control path), from queued to seen
     /// complete, and the copies' own device time; and the wall time with at least one push
     /// between its start and its header sent (bytes / that = the aggregate push rate).
     pub pd_push_copies: AtomicU64,

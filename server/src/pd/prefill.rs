@@ -120,7 +120,8 @@ pub struct Share {
     pub host: Option<Arc<HostSpans>>,
     /// The GPU pool's export (CUDA runner, IPC on and the export worked).
     pub device: Option<DeviceInfo>,
-    /// The GPU pool, for copies into a decode's pool (PUSH); set with `device`.
+    /// The GPU pool, for copies into a decode's pool (PUSH); set with `device`. A prefill offers
+    /// pushes whenever it has one; the decode decides (`PdConfig::push`).
     pub kv: Option<Arc<dyn DeviceKv>>,
 }
 

@@ -104,12 +104,6 @@ pub fn ipc_enabled() -> bool {
     std::env::var("STRATA_PD_IPC").map_or(true, |v| v != "0")
 }
 
-/// Whether a prefill offers to copy pages into a decode's pool (PUSHES; on unless
-/// `STRATA_PD_PUSH=0`). A decode asks only when its own `STRATA_PD_PUSH=1` (`PdConfig::push`).
-pub fn push_enabled() -> bool {
-    std::env::var("STRATA_PD_PUSH").map_or(true, |v| v != "0")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
