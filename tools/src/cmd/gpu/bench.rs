@@ -168,10 +168,10 @@ fn copy_bandwidth(ctx: &Arc<GpuContext>) -> anyhow::Result<f64> {
 /// `cuMemcpyDtoDAsync` of one transfer's bytes (the raw copy rate the transfer is compared with)
 /// and the copy a decode runs from an opened prefill pool straight into its own pool (`PeerCopy`:
 /// the shape's pages of 64 tokens at random places in one pool to random places in another, one
-/// launch on the PD stream, page lists in its reused buffers), both timed on the host from launch
-/// to completion (the event the decode waits for), median of 9 after 3 warm-ups; and how long
-/// queuing that copy takes on the host (a fence, the copy between timing events, as a PD
-/// transfer queues it), with nothing else running.
+/// launch on the PD stream, page lists in its reused buffer, queued as a PD transfer queues it:
+/// after a fence, between timing events), both timed on the host from launch (the fence, for the
+/// pool copy) to completion (the event the decode waits for), median of 9 after 3 warm-ups; and
+/// how long queuing the pool copy takes on the host, with nothing else running.
 fn pd_copy(ctx: &Arc<GpuContext>, args: &Args, summary: &mut Vec<String>) -> anyhow::Result<Value> {
     use strata_kernels::cuda::PeerCopy;
     let (layers, kv_dim) = match args.shape.as_str() {
@@ -205,28 +205,9 @@ fn pd_copy(ctx: &Arc<GpuContext>, args: &Args, summary: &mut Vec<String>) -> any
             shuffle(rng, &mut ids);
             ids[..n].iter().map(|&p| p as u32).collect()
         };
-        let mut direct = Vec::new();
-        for i in 0..12 {
-            let (sp, dp) = (pick(&mut rng, sl.pool_pages), pick(&mut rng, dl.pool_pages));
-            let fence = ctx.stream().record_event(None)?;
-            let t = std::time::Instant::now();
-            g.copy(
-                (&src_pool, sl),
-                (&dst_pool, dl),
-                &sp,
-                &dp,
-                Some(&fence),
-                false,
-            )?
-            .1
-            .synchronize()?;
-            if i >= 3 {
-                direct.push(t.elapsed().as_secs_f64());
-            }
-        }
-        // The host's control path alone, as a PD transfer runs it (a fence recorded, the copy
-        // between timing events): how long `copy` takes to return.
-        let mut calls = Vec::new();
+        // Timed as a PD transfer queues it (a fence, the copy between timing events): how long
+        // queuing takes on the host, and launch to completion.
+        let (mut direct, mut calls) = (Vec::new(), Vec::new());
         for i in 0..12 {
             let (sp, dp) = (pick(&mut rng, sl.pool_pages), pick(&mut rng, dl.pool_pages));
             let t = std::time::Instant::now();
@@ -242,6 +223,7 @@ fn pd_copy(ctx: &Arc<GpuContext>, args: &Args, summary: &mut Vec<String>) -> any
             let called = t.elapsed().as_secs_f64();
             done.synchronize()?;
             if i >= 3 {
+                direct.push(t.elapsed().as_secs_f64());
                 calls.push(called);
             }
         }
