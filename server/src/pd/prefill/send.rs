@@ -109,8 +109,26 @@ impl Registry {
 
     /// Copies this pool's pages `src` into the decode's pages `from..` of its list and waits
     /// until they landed. The returned guard keeps the push clock running until the header
-    /// saying so is sent.
+    /// saying so is sent. None (logged) when the copy failed: the decode copies them instead.
     fn push(
+        &self,
+        t: &PushTarget<'_>,
+        src: &[u32],
+        from: usize,
+        obj: usize,
+        room: u64,
+    ) -> Option<crate::stats::Busy<'_>> {
+        self.push_copy(t, src, from, obj)
+            .map_err(|e| {
+                tracing::warn!(
+                    room,
+                    "PD: the copy into the decode's pool failed ({e}); it copies the pages itself"
+                )
+            })
+            .ok()
+    }
+
+    fn push_copy(
         &self,
         t: &PushTarget<'_>,
         src: &[u32],
@@ -299,21 +317,20 @@ impl Registry {
         };
         let io = |e: std::io::Error| (false, format!("sending a part of the KV cache: {e}"));
         match &p.pages {
-            Pages::Device(info) => match push.map(|t| self.push(t, &info.pages, sent, obj)) {
-                Some(Ok(busy)) => {
-                    hd.flags |= wire::PUSHED;
-                    hd.write(wr).and_then(|_| wr.flush()).map_err(io)?;
-                    drop(busy);
-                }
-                pushed => {
-                    if let Some(Err(e)) = pushed {
-                        tracing::warn!(room = want.room, "PD: the copy into the decode's pool failed ({e}); it copies the pages itself");
+            Pages::Device(info) => {
+                match push.and_then(|t| self.push(t, &info.pages, sent, obj, want.room)) {
+                    Some(busy) => {
+                        hd.flags |= wire::PUSHED;
+                        hd.write(wr).and_then(|_| wr.flush()).map_err(io)?;
+                        drop(busy);
                     }
-                    hd.flags |= wire::ON_DEVICE;
-                    hd.device = Some(info.clone());
-                    hd.write(wr).and_then(|_| wr.flush()).map_err(io)?;
+                    None => {
+                        hd.flags |= wire::ON_DEVICE;
+                        hd.device = Some(info.clone());
+                        hd.write(wr).and_then(|_| wr.flush()).map_err(io)?;
+                    }
                 }
-            },
+            }
             Pages::Pool { .. } => {
                 if want.flags & wire::CAN_READ != 0 && wr.get_ref().is_local() {
                     hd.flags |= wire::IN_PLACE;
@@ -362,13 +379,7 @@ impl Registry {
         let rest = |info: &DeviceInfo| info.pages[sent.min(info.pages.len())..].to_vec();
         let pushed = match (&h.pages, push) {
             (Pages::Device(info), Some(t)) => {
-                match self.push(t, &rest(info), sent, h.pages.object_bytes()) {
-                    Ok(busy) => Some(busy),
-                    Err(e) => {
-                        tracing::warn!(room = want.room, "PD: the copy into the decode's pool failed ({e}); it copies the pages itself");
-                        None
-                    }
-                }
+                self.push(t, &rest(info), sent, h.pages.object_bytes(), want.room)
             }
             _ => None,
         };
