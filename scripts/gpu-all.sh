@@ -10,6 +10,9 @@
 #            greedy, TTFT, transfer paths and rate, throughput with 1/4/16 in flight, mixed-load ITL)
 #   pdcopy   `gpu check --only pd_copy` + `gpu bench --only pd-copy` (the decode's pool-to-pool
 #            IPC copy kernel: byte-exact, and timed beside a raw d2d memcpy of the same bytes)
+#   pdxfer   `strata bench pd-transfer --transports cuda-ipc,cuda-push` on the 8B KV geometry at 2K
+#            and 8K tokens, 1/4/16 in flight: the PD transfer path without a model (two processes,
+#            CUDA IPC, the byte check) against a raw d2d memcpy of the same bytes (env XFER_TOKENS)
 #   runner   scripts/gpu-runner-check.sh (bf16 runner vs transformers, greedy consistency, bench;
 #            env RUNNER_STEPS picks its steps)
 #   sampling scripts/gpu-sampling-check.sh (GPU sampler: bench, served determinism, two servers)
@@ -73,6 +76,11 @@ for s in $STEPS; do
     pdcopy) timeout $(left 120) "$STRATA" gpu check --only pd_copy > "$OUT/pdcopy.log" 2>&1; rc=$?
       timeout $(left 60) "$STRATA" gpu bench --only pd-copy --pd-copy-mb 55,230 >> "$OUT/pdcopy.log" 2>&1; r2=$?
       grep -E "pd_pool_copy|FAIL|gpu check:|^pd-copy" "$OUT/pdcopy.log" | tail -20; [ $rc -eq 0 ] && rc=$r2 ;;
+    pdxfer) rc=0; for t in ${XFER_TOKENS:-2048 8192}; do
+        timeout $(left 150) "$STRATA" bench pd-transfer --transports cuda-ipc,cuda-push --layers 32 --kv-dim 1024 \
+          --page-size 64 --tokens $t --concurrency 1,4,16 --rounds ${XFER_ROUNDS:-10} --pool-mib 4096 > "$OUT/pdxfer-$t.log" 2>&1 || rc=$?
+        cat "$OUT/pdxfer-$t.log" | cut -c1-400 | tail -12
+      done ;;
     sampling) timeout $(left 200) scripts/gpu-sampling-check.sh "$OUT" > "$OUT/sampling.log" 2>&1; rc=$?; tail -30 "$OUT/sampling.log" ;;
     prefill) timeout $(left 150) "$STRATA" gpu check --only attention,silu_mul,rmsnorm,rope,rope_kv_write --json "$OUT/check-attention.json" > "$OUT/prefill-check.log" 2>&1
       rc=$?; grep -E "FAIL|prefill|extend|silu|rmsnorm|rope|gpu check:" "$OUT/prefill-check.log" | tail -40

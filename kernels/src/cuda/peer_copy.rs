@@ -187,6 +187,27 @@ impl PeerCopy {
         Ok((start, Arc::new(self.stream.record_event(timing)?)))
     }
 
+    /// Raw device-to-device copies of `(dst, src, bytes)` device addresses, all queued on this
+    /// stream, then waited for; returns the seconds from the first call to completion seen by the
+    /// host (the baseline of `strata bench pd-transfer` on the GPU).
+    ///
+    /// # Safety
+    /// Every range must lie inside memory mapped in this context (allocated or opened over IPC)
+    /// for as long as the call runs, and no destination range may be in use by other work.
+    pub unsafe fn memcpy_ranges(&self, ranges: &[(u64, u64, usize)]) -> Result<f64> {
+        self.ctx.cuda().bind_to_thread()?;
+        let t = std::time::Instant::now();
+        for &(dst, src, bytes) in ranges {
+            // SAFETY: the caller's contract.
+            call(
+                unsafe { sys::cuMemcpyDtoDAsync_v2(dst, src, bytes, self.stream.cu_stream()) },
+                "cuMemcpyDtoDAsync",
+            )?;
+        }
+        self.stream.synchronize()?;
+        Ok(t.elapsed().as_secs_f64())
+    }
+
     /// Raw device-to-device copy of `bytes` bytes between two buffers on this stream, `rounds`
     /// times; returns the seconds of each round, launch to completion seen by the host (the
     /// baseline of the PD transfer rate).

@@ -30,6 +30,7 @@ use std::net::ToSocketAddrs;
 use std::sync::Arc;
 
 mod exchange;
+mod workers;
 use exchange::{Exchange, Got, Staging};
 
 /// Where received pages wait for the scheduler.
@@ -55,6 +56,9 @@ pub struct Dest {
 /// Where one transfer's time went, on the decode side.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Timing {
+    /// From the fetch's start to its connection ready, before the WANT (the fetch thread's
+    /// start, the address, the pooled connection's check).
+    pub began: std::time::Duration,
     /// From the WANT to the final KV header, less the time parts spent landing: waiting for the
     /// prefill's pages (its compute, its wake-up, the headers).
     pub waited: std::time::Duration,
@@ -102,6 +106,8 @@ pub struct Fetcher {
     waker: Arc<Mutex<Option<Waker>>>,
     /// Staging pools whose pages were loaded, for the next fetches.
     staging: Arc<StagingCache>,
+    /// The threads fetches run on.
+    workers: workers::Workers,
     /// The runner's GPU pool, when it can take pages device to device (CUDA IPC).
     device: Option<Arc<dyn DeviceKv>>,
 }
@@ -118,6 +124,7 @@ impl Fetcher {
             links,
             waker: Arc::new(Mutex::new(None)),
             staging: Arc::new(StagingCache::default()),
+            workers: Default::default(),
             device: None,
         }
     }
@@ -149,30 +156,30 @@ impl Fetcher {
         let (cfg, geo, results) = (self.cfg.clone(), self.geo, self.results.clone());
         let (links, waker, cache) = (self.links.clone(), self.waker.clone(), self.staging.clone());
         let (id, b, device) = (rid.to_string(), b.clone(), self.device.clone());
+        let t0 = std::time::Instant::now();
         self.results.lock().insert(rid.to_string(), None);
-        let spawned = std::thread::Builder::new()
-            .name("strata-pd-fetch".into())
-            .spawn(move || {
-                let r = fetch(
-                    &cfg,
-                    geo,
-                    &b,
-                    prompt_len,
-                    &links,
-                    &cache,
-                    device.as_deref(),
-                    dest,
-                );
-                if let Err(e) = &r {
-                    tracing::warn!(rid = id, room = b.room, "PD: {e}");
-                }
-                if let Some(slot) = results.lock().get_mut(&id) {
-                    *slot = Some(r);
-                }
-                if let Some(w) = waker.lock().as_ref() {
-                    w();
-                }
-            });
+        let spawned = self.workers.run(move || {
+            let r = fetch(
+                t0,
+                &cfg,
+                geo,
+                &b,
+                prompt_len,
+                &links,
+                &cache,
+                device.as_deref(),
+                dest,
+            );
+            if let Err(e) = &r {
+                tracing::warn!(rid = id, room = b.room, "PD: {e}");
+            }
+            if let Some(slot) = results.lock().get_mut(&id) {
+                *slot = Some(r);
+            }
+            if let Some(w) = waker.lock().as_ref() {
+                w();
+            }
+        });
         if let Err(e) = spawned {
             self.results.lock().insert(
                 rid.to_string(),
@@ -221,6 +228,7 @@ impl Fail {
 
 #[allow(clippy::too_many_arguments)] // one transfer's whole context
 fn fetch(
+    t0: std::time::Instant,
     cfg: &PdConfig,
     g: Geometry,
     b: &Bootstrap,
@@ -267,6 +275,7 @@ fn fetch(
         dest: None,
     };
     let mut link = links.take(addr)?;
+    let began = t0.elapsed();
     let ids: Vec<u32> = dest.as_ref().map_or(Vec::new(), |d| {
         d.pages.iter().map(crate::kv::Page::id).collect()
     });
@@ -307,7 +316,7 @@ fn fetch(
             Ok(Fetched {
                 first_token: h.first_token,
                 first_logprobs: h.first_logprobs,
-                timing,
+                timing: Timing { began, ..timing },
                 payload,
                 n_pages: staging_pages,
                 pages: dest.map(|d| d.pages),

@@ -71,6 +71,12 @@ impl CudaKv {
         })
     }
 
+    /// The whole pool, `[layer][k|v][page][page_size x kv_dim]` bf16 (benchmarks check bytes in
+    /// it; the runner goes through the per-layer views).
+    pub fn tensor(&self) -> &DTensor {
+        &self.pool
+    }
+
     /// The GPU this pool lives on.
     pub fn context(&self) -> &Arc<GpuContext> {
         &self.ctx

@@ -22,6 +22,12 @@ mod load;
 
 pub use kv::CudaKv;
 
+/// `kv` as PD transfers reach it over CUDA IPC (what a PD server's runner hands the bootstrap
+/// server and the fetcher; `strata bench pd-transfer` uses it without a model).
+pub fn device_kv(kv: &CudaKv) -> Result<Arc<dyn crate::pd::share::DeviceKv>, String> {
+    Ok(Arc::new(ipc::CudaDeviceKv::new(kv)?))
+}
+
 use super::runner::{check_sampling, gpu_row, sample_host, ModelRunner, SampleReq, Sampled};
 use super::{ForwardBatch, ModelConfig, ModelError};
 use crate::kv::{HostKvPool, PageId};
@@ -626,8 +632,8 @@ impl ModelRunner for CudaRunner {
         if !crate::pd::share::ipc_enabled() {
             return None;
         }
-        match ipc::CudaDeviceKv::new(kv) {
-            Ok(d) => Some(Arc::new(d)),
+        match device_kv(kv) {
+            Ok(d) => Some(d),
             Err(e) => {
                 tracing::warn!("PD: no CUDA IPC path: {e}");
                 None

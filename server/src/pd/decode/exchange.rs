@@ -256,6 +256,7 @@ impl Exchange<'_> {
             .write_all(&[wire::ACK_OK])
             .map_err(|e| Fail::broken(e.to_string()))?;
         let timing = Timing {
+            began: Default::default(),
             waited: (got_header - started).saturating_sub(parts_moved),
             moved: parts_moved + (landed - got_header),
             acked: landed.elapsed(),

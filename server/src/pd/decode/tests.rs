@@ -14,6 +14,7 @@ use crate::stats::Stats;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::mpsc;
+use std::time::Instant;
 
 const G: Geometry = Geometry {
     page_size: 4,
@@ -177,7 +178,18 @@ fn same_host_tcp_and_fallback_deliver_the_pages_on_reused_connections() {
         for n in [1, 4, 13] {
             room += 1;
             let rx = ready(&reg, room, n);
-            let f = fetch(&dcfg, G, &b(room), n, &links, &cache, None, None).unwrap();
+            let f = fetch(
+                Instant::now(),
+                &dcfg,
+                G,
+                &b(room),
+                n,
+                &links,
+                &cache,
+                None,
+                None,
+            )
+            .unwrap();
             check(&f, room);
             let Payload::Host(st) = f.payload else {
                 panic!("not staged on the host")
@@ -195,12 +207,34 @@ fn same_host_tcp_and_fallback_deliver_the_pages_on_reused_connections() {
         // A geometry mismatch is an error header: the connection stays usable.
         room += 1;
         let rx = ready(&reg, room, 5);
-        assert!(fetch(&dcfg, G, &b(room), 6, &links, &cache, None, None).is_err());
+        assert!(fetch(
+            Instant::now(),
+            &dcfg,
+            G,
+            &b(room),
+            6,
+            &links,
+            &cache,
+            None,
+            None
+        )
+        .is_err());
         assert!(rx.recv().unwrap().is_err());
         room += 1;
         let rx = ready(&reg, room, 6);
         check(
-            &fetch(&dcfg, G, &b(room), 6, &links, &cache, None, None).unwrap(),
+            &fetch(
+                Instant::now(),
+                &dcfg,
+                G,
+                &b(room),
+                6,
+                &links,
+                &cache,
+                None,
+                None,
+            )
+            .unwrap(),
             room,
         );
         assert_eq!(rx.recv().unwrap(), Ok(()));
@@ -579,7 +613,10 @@ impl DeviceRig {
         };
         let dev: &dyn DeviceKv = &*self.dev;
         let (cfg, links, cache) = (&self.cfg, &self.links, &self.cache);
-        (fetch(cfg, G, &b, n, links, cache, Some(dev), dest), mine)
+        (
+            fetch(Instant::now(), cfg, G, &b, n, links, cache, Some(dev), dest),
+            mine,
+        )
     }
 }
 

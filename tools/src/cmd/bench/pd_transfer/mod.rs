@@ -16,9 +16,10 @@
 //! round after each transfer round (the ratio is the median of the per-round ratios): same-host,
 //! N threads each `process_vm_readv`-ing one transfer's bytes out of the prefill child's pool in
 //! contiguous per-layer ranges into this process's pool; TCP, N loopback connections each sending
-//! one transfer's bytes in 1 MiB writes. Per transfer the decode's breakdown is printed: waiting
-//! (WANT to KV header: the prefill's wake-up and header), moving (header to bytes in place), ACK
-//! (bytes in place to the acknowledgement written).
+//! one transfer's bytes in 1 MiB writes. Per transfer the decode's breakdown is printed: starting
+//! (the fetch's start to its connection ready), waiting (WANT to KV header: the prefill's wake-up
+//! and header), moving (header to bytes in place), ACK (bytes in place to the acknowledgement
+//! written).
 
 use std::io::{BufRead, Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -26,14 +27,16 @@ use std::process::{Command, Stdio};
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
+mod cuda;
+
 use clap::Args as ClapArgs;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use serde_json::json;
 use strata_engine::AlignedBuf;
-use strata_server::kv::FreeList;
-use strata_server::pd::decode::{Dest, Fetcher, Geometry, Payload, Timing};
+use strata_server::kv::{FreeList, Page};
+use strata_server::pd::decode::{Dest, Fetched, Fetcher, Geometry, Payload, Timing};
 use strata_server::pd::prefill::{Handoff, Pages, Registry, Share};
 use strata_server::pd::share::HostSpans;
 use strata_server::pd::{Bootstrap, Mode, PdConfig};
@@ -65,7 +68,9 @@ pub struct Args {
     /// Pool size of each side in MiB (the prompts' pages are spread over it).
     #[arg(long, default_value_t = 256)]
     pool_mib: usize,
-    /// Transports: same-host, tcp.
+    /// Transports: same-host, tcp; or (GPU, with every other transport left out) cuda-ipc (the
+    /// decode copies out of the prefill's GPU pool) and cuda-push (the prefill copies into the
+    /// decode's).
     #[arg(long, value_delimiter = ',', default_value = "same-host,tcp")]
     transports: Vec<String>,
     /// Internal: run as the prefill child on this bootstrap port.
@@ -192,8 +197,13 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     super::super::logging::init("warn");
+    let gpu = cuda::wanted(&a.transports)?;
     if let Some(port) = a.prefill_child {
-        return prefill_child(&a, port);
+        return if gpu {
+            cuda::prefill_child(&a, port)
+        } else {
+            prefill_child(&a, port)
+        };
     }
     let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let mut child = Command::new(std::env::current_exe()?)
@@ -222,7 +232,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     std::io::BufReader::new(child.stdout.take().expect("piped")).read_line(&mut line)?;
     let info: serde_json::Value = serde_json::from_str(line.trim())
         .map_err(|e| anyhow::anyhow!("the prefill child did not start ({e}): {line:?}"))?;
-    let r = measure(&a, port, &info);
+    let r = if gpu {
+        cuda::measure(&a, port, &info)
+    } else {
+        measure(&a, port, &info)
+    };
     drop(child.stdin.take());
     let _ = child.wait();
     r
@@ -272,7 +286,7 @@ fn measure(a: &Args, port: u16, info: &serde_json::Value) -> anyhow::Result<()> 
             .collect::<Vec<_>>()
             .join(" ")
     );
-    println!("| transport | in flight | transfer, aggregate | raw copy, same concurrency | transfer / raw (median of rounds) | per transfer (median ms): waiting / moving / ACK |");
+    println!("| transport | in flight | transfer, aggregate | raw copy, same concurrency | transfer / raw (median of rounds) | per transfer (median ms): starting / waiting / moving / ACK |");
     println!("|---|---|---|---|---|---|");
     let mut room = 0u64;
     for t in &a.transports {
@@ -284,12 +298,7 @@ fn measure(a: &Args, port: u16, info: &serde_json::Value) -> anyhow::Result<()> 
         let mut cfg = PdConfig::new(Mode::Decode, port, "127.0.0.1", "");
         cfg.same_host = same_host;
         let stats = Arc::new(Stats::default());
-        let fetcher = Fetcher::new(cfg, geo, stats.clone());
-        let (tx, rx) = mpsc::channel::<()>();
-        let tx = std::sync::Mutex::new(tx);
-        fetcher.set_waker(Box::new(move || {
-            let _ = tx.lock().map(|t| t.send(()));
-        }));
+        let (fetcher, rx) = woken(Fetcher::new(cfg, geo, stats));
         for &c in &a.concurrency {
             let mut raw = if same_host {
                 Raw::Cma {
@@ -303,85 +312,173 @@ fn measure(a: &Args, port: u16, info: &serde_json::Value) -> anyhow::Result<()> 
             } else {
                 Raw::tcp(bytes, c)?
             };
-            let (mut raws, mut ratios) = (Vec::new(), Vec::new());
-            let mut rates = Vec::new();
-            let mut timings: Vec<Timing> = Vec::new();
+            let mut row = Row::default();
             for round in 0..=a.rounds {
-                let t0 = Instant::now();
-                let mut rids = Vec::new();
-                for _ in 0..c {
-                    room += 1;
-                    let rid = format!("r{room}");
-                    let pages = free
-                        .alloc(n)
-                        .ok_or_else(|| anyhow::anyhow!("decode pool exhausted"))?;
-                    let b = Bootstrap {
-                        host: "127.0.0.1".into(),
-                        port: Some(port),
-                        room,
-                    };
-                    let dest = Dest {
-                        pages,
-                        spans: Some(spans.clone()),
-                        fence: None,
-                    };
-                    fetcher.start(&rid, &b, a.tokens, Some(dest));
-                    rids.push((rid, room));
-                }
-                let mut done = Vec::new();
-                while done.len() < c {
-                    for (rid, room) in &rids {
-                        if done.iter().any(|(r, _): &(String, _)| r == rid) {
-                            continue;
-                        }
-                        if let Some(r) = fetcher.take(rid) {
-                            let f = r.map_err(|e| anyhow::anyhow!("transfer {rid}: {e}"))?;
-                            done.push((rid.clone(), (*room, f)));
-                        }
-                    }
-                    if done.len() < c {
-                        let _ = rx.recv_timeout(Duration::from_millis(50));
-                    }
-                }
-                let wall = t0.elapsed().as_secs_f64();
-                for (_, (room, f)) in &done {
-                    anyhow::ensure!(
-                        matches!(f.payload, Payload::InPool),
-                        "not landed in the pool"
-                    );
+                let (wall, done) = fetch_round(
+                    &fetcher,
+                    &rx,
+                    &free,
+                    n,
+                    c,
+                    port,
+                    a.tokens,
+                    &mut room,
+                    &|pages| {
+                        Ok(Dest {
+                            pages,
+                            spans: Some(spans.clone()),
+                            fence: None,
+                        })
+                    },
+                )?;
+                for (room, f) in &done {
                     if round == 0 {
                         let got = f.pages.as_ref().expect("dest pages");
                         check(&mine, &order, *room, got, n)?;
-                    } else {
-                        timings.push(f.timing);
                     }
                 }
+                let timings: Vec<Timing> = done.iter().map(|(_, f)| f.timing).collect();
                 drop(done); // pages back to the free list
                 let r = raw.round(round)?;
                 if round > 0 {
-                    let rate = (c * bytes) as f64 / wall;
-                    rates.push(rate);
-                    raws.push(r);
-                    ratios.push(rate / r);
+                    row.add(wall, (c * bytes) as f64, (c * bytes) as f64 / r, timings);
                 }
             }
             raw.finish()?;
-            let (rate, raw, ratio) = (median(rates), median(raws), median(ratios));
-            let ms = |f: fn(&Timing) -> Duration| {
-                median(timings.iter().map(|t| f(t).as_secs_f64() * 1e3).collect())
-            };
-            println!(
-                "| {t} | {c} | {:.2} GB/s | {:.2} GB/s | **{:.2}x** | {:.2} / {:.2} / {:.3} |",
-                rate / 1e9,
-                raw / 1e9,
-                ratio,
-                ms(|t| t.waited),
-                ms(|t| t.moved),
-                ms(|t| t.acked),
-            );
+            row.print(t, c);
         }
     }
     Ok(())
+}
+
+/// `f` with a waker: the receiver gets a message whenever a fetch finishes.
+fn woken(f: Fetcher) -> (Fetcher, mpsc::Receiver<()>) {
+    let (tx, rx) = mpsc::channel::<()>();
+    let tx = std::sync::Mutex::new(tx);
+    f.set_waker(Box::new(move || {
+        let _ = tx.lock().map(|t| t.send(()));
+    }));
+    (f, rx)
+}
+
+/// Starts `c` fetches of `n` pages together (the next rooms after `*room`, each into fresh pages
+/// of `free` through `dest`) and waits for all of them; the wall time and each room's result,
+/// landed in the pool.
+#[allow(clippy::too_many_arguments)]
+fn fetch_round(
+    fetcher: &Fetcher,
+    rx: &mpsc::Receiver<()>,
+    free: &Arc<FreeList>,
+    n: usize,
+    c: usize,
+    port: u16,
+    tokens: usize,
+    room: &mut u64,
+    dest: &dyn Fn(Vec<Page>) -> anyhow::Result<Dest>,
+) -> anyhow::Result<(f64, Vec<(u64, Fetched)>)> {
+    let t0 = Instant::now();
+    let mut rids = Vec::new();
+    for _ in 0..c {
+        *room += 1;
+        let rid = format!("r{room}");
+        let pages = free
+            .alloc(n)
+            .ok_or_else(|| anyhow::anyhow!("decode pool exhausted"))?;
+        let b = Bootstrap {
+            host: "127.0.0.1".into(),
+            port: Some(port),
+            room: *room,
+        };
+        fetcher.start(&rid, &b, tokens, Some(dest(pages)?));
+        rids.push((rid, *room));
+    }
+    let mut done: Vec<(String, (u64, Fetched))> = Vec::new();
+    while done.len() < c {
+        for (rid, room) in &rids {
+            if done.iter().any(|(r, _)| r == rid) {
+                continue;
+            }
+            if let Some(r) = fetcher.take(rid) {
+                let f = r.map_err(|e| anyhow::anyhow!("transfer {rid}: {e}"))?;
+                done.push((rid.clone(), (*room, f)));
+            }
+        }
+        if done.len() < c {
+            let _ = rx.recv_timeout(Duration::from_millis(50));
+        }
+    }
+    let wall = t0.elapsed().as_secs_f64();
+    let done: Vec<(u64, Fetched)> = done.into_iter().map(|(_, x)| x).collect();
+    anyhow::ensure!(
+        done.iter()
+            .all(|(_, f)| matches!(f.payload, Payload::InPool)),
+        "not landed in the pool"
+    );
+    Ok((wall, done))
+}
+
+/// One table row's measured rounds.
+#[derive(Default)]
+struct Row {
+    rates: Vec<f64>,
+    raws: Vec<f64>,
+    ratios: Vec<f64>,
+    timings: Vec<Timing>,
+    /// With one transfer in flight: the round's wall time not in the transfer's own timing (the
+    /// result's way back to the waiting thread).
+    rest: Vec<f64>,
+}
+
+impl Row {
+    /// A round: its wall time and bytes, the raw copy's seconds for the same bytes, and each
+    /// transfer's timing.
+    fn add(&mut self, wall: f64, bytes: f64, raw_secs: f64, timings: Vec<Timing>) {
+        let (rate, raw) = (bytes / wall, bytes / raw_secs);
+        self.rates.push(rate);
+        self.raws.push(raw);
+        self.ratios.push(rate / raw);
+        if let [t] = timings.as_slice() {
+            let parts = t.began + t.waited + t.moved + t.acked;
+            self.rest.push(wall - parts.as_secs_f64());
+        }
+        self.timings.extend(timings);
+    }
+
+    fn print(self, transport: &str, c: usize) {
+        self.print_with(transport, c, "");
+    }
+
+    /// The row, with `extra` as one more column when not empty.
+    fn print_with(self, transport: &str, c: usize, extra: &str) {
+        let ms = |f: fn(&Timing) -> Duration| {
+            median(
+                self.timings
+                    .iter()
+                    .map(|t| f(t).as_secs_f64() * 1e3)
+                    .collect(),
+            )
+        };
+        println!(
+            "| {transport} | {c} | {:.2} GB/s | {:.2} GB/s | **{:.2}x** | {:.3} / {:.3} / {:.3} / {:.3}{} |{}",
+            median(self.rates.clone()) / 1e9,
+            median(self.raws.clone()) / 1e9,
+            median(self.ratios.clone()),
+            ms(|t| t.began),
+            ms(|t| t.waited),
+            ms(|t| t.moved),
+            ms(|t| t.acked),
+            if self.rest.is_empty() {
+                String::new()
+            } else {
+                format!(" (+ {:.3} back)", median(self.rest.clone()) * 1e3)
+            },
+            if extra.is_empty() {
+                String::new()
+            } else {
+                format!(" {extra} |")
+            }
+        );
+    }
 }
 
 /// The decode's pool pages `got` hold the prefill's pages of `room`, byte for byte.
