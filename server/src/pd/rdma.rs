@@ -361,6 +361,13 @@ mod tests {
         assert_eq!(calls, 1);
     }
 
+    /// A device that does not exist (or a build without the feature) leaves the server on TCP.
+    #[test]
+    fn a_missing_device_opens_no_nic() {
+        assert!(matches!(open(&[]), Nic::None));
+        assert!(matches!(open(&["strata-no-such-nic".into()]), Nic::None));
+    }
+
     /// Offers this prefill cannot take are declined with the reason, never an error.
     #[test]
     fn declines_say_why() {

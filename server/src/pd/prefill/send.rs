@@ -514,13 +514,9 @@ fn send_half(
     wr: &mut Writer,
     qp: Option<&mut Qp>,
 ) -> Result<Path, String> {
-    let mut hd = header(h, sent);
-    if qp.is_some() {
-        hd.flags |= wire::VIA_RDMA;
-    }
-    hd.write(wr).map_err(|e| e.to_string())?;
     let half = sent + (h.n_pages - sent) / 2;
-    let _ = send_range((&h.pages, h.page_size, false, sent, half), (wr, qp));
+    let pages = (&h.pages, h.page_size, false, sent, half);
+    let _ = send_with_pages(&mut header(h, sent), pages, (wr, qp));
     let _ = wr.flush();
     let _ = wr.get_ref().shutdown();
     Err("injected test fault: the transfer was cut halfway".into())
