@@ -152,6 +152,9 @@ pub struct Registry {
     asked: Mutex<HashMap<u64, u8>>,
     /// The RDMA device decode connections' queue pairs are made on, if any.
     nic: strata_cluster::transport::rdma::Nic,
+    /// Test only: the queue pair the next RDMA offer is accepted with (an in-memory pair).
+    #[cfg(test)]
+    test_qp: Mutex<Option<super::rdma::Qp>>,
 }
 
 impl Registry {
@@ -183,6 +186,8 @@ impl Registry {
             asked: Mutex::new(HashMap::new()),
             nic: super::rdma::open(&cfg.ib_devices),
             cfg,
+            #[cfg(test)]
+            test_qp: Mutex::new(None),
         });
         let r = reg.clone();
         std::thread::Builder::new()
@@ -223,6 +228,13 @@ impl Registry {
                 r.expire();
             })?;
         Ok(reg)
+    }
+
+    /// Test only: accepts the next RDMA offer with `qp` (one end of [`super::rdma::fake_pair`]),
+    /// whatever this server's device.
+    #[cfg(test)]
+    pub fn accept_next_rdma_with(&self, qp: super::rdma::Qp) {
+        *self.test_qp.lock() = Some(qp);
     }
 
     /// Tells the transfer threads how to reach this server's pool (once, at start).

@@ -13,8 +13,9 @@
 //! [`BATCH_BYTES`], under the cluster's 1 GiB per `send_values`) the same way on both sides, so
 //! the SENDs are the stream cut into chunks, whatever the slices on either side. Negotiation and
 //! batching are compiled without the feature (a prefill built without it declines, and that is
-//! tested); [`Qp`] can then not be made. No RDMA hardware was available to develop this: the
-//! verbs data path compiles and lints with `--features rdma`; it has not run on a NIC.
+//! tested); [`Qp`] can then not be made, except in tests, where an in-memory pair stands in for
+//! the verbs link. No RDMA hardware was available to develop this: the verbs data path compiles
+//! and lints with `--features rdma`; it has not run on a NIC.
 
 use super::wire::{RdmaFrame, RDMA_ACCEPT, RDMA_DECLINE, RDMA_OFFER};
 use std::io::{self, Read, Write};
@@ -49,52 +50,119 @@ pub fn open(devices: &[String]) -> Nic {
     }
 }
 
-/// A connected queue pair of one PD connection. Without the `rdma` feature it cannot be made.
-pub struct Qp {
+/// A connected queue pair of one PD connection. Without the `rdma` feature it cannot be made
+/// (outside tests, whose in-memory pair stands in for the verbs one: [`fake_pair`]).
+pub struct Qp(Inner);
+
+enum Inner {
     #[cfg(feature = "rdma")]
-    link: Link,
-    #[cfg(not(feature = "rdma"))]
-    never: std::convert::Infallible,
+    Verbs(Link),
+    /// Test only: batches over a channel, cut as the verbs link would be.
+    #[cfg(test)]
+    Fake(fake::End),
+    #[cfg(not(any(feature = "rdma", test)))]
+    #[allow(dead_code)] // never made: a build without the feature has no queue pairs
+    Never(std::convert::Infallible),
 }
 
 impl Qp {
     #[cfg(feature = "rdma")]
     fn new(link: Link) -> Self {
-        Qp { link }
-    }
-
-    /// Bytes per batch: whole chunks, at most [`BATCH_BYTES`].
-    #[cfg(feature = "rdma")]
-    fn batch(&self) -> usize {
-        let c = self.link.chunk();
-        c * (BATCH_BYTES / c).max(1)
+        Qp(Inner::Verbs(link))
     }
 
     /// Sends `src` (one stream, in order) over the queue pair.
     pub fn send(&mut self, src: &[&[u8]]) -> io::Result<()> {
-        #[cfg(feature = "rdma")]
-        {
-            let batch = self.batch();
-            batched(src, batch, |b| self.link.send_values(b).map_err(qp_error))
-        }
-        #[cfg(not(feature = "rdma"))]
-        {
-            let _ = src;
-            match self.never {}
+        match &mut self.0 {
+            #[cfg(feature = "rdma")]
+            Inner::Verbs(link) => {
+                let batch = verbs_batch(link);
+                batched(src, batch, |b| link.send_values(b).map_err(qp_error))
+            }
+            #[cfg(test)]
+            Inner::Fake(end) => end.send(src),
+            #[cfg(not(any(feature = "rdma", test)))]
+            Inner::Never(n) => {
+                let _ = src;
+                match *n {}
+            }
         }
     }
 
     /// Fills `dst` (one stream, in order) from the queue pair.
     pub fn recv(&mut self, dst: Vec<&mut [u8]>) -> io::Result<()> {
-        #[cfg(feature = "rdma")]
-        {
-            let batch = self.batch();
-            batched_mut(dst, batch, |b| self.link.recv_values(b).map_err(qp_error))
+        match &mut self.0 {
+            #[cfg(feature = "rdma")]
+            Inner::Verbs(link) => {
+                let batch = verbs_batch(link);
+                batched_mut(dst, batch, |b| link.recv_values(b).map_err(qp_error))
+            }
+            #[cfg(test)]
+            Inner::Fake(end) => end.recv(dst),
+            #[cfg(not(any(feature = "rdma", test)))]
+            Inner::Never(n) => {
+                let _ = dst;
+                match *n {}
+            }
         }
-        #[cfg(not(feature = "rdma"))]
-        {
-            let _ = dst;
-            match self.never {}
+    }
+}
+
+/// Bytes per batch of a verbs link: whole chunks, at most [`BATCH_BYTES`].
+#[cfg(feature = "rdma")]
+fn verbs_batch(link: &Link) -> usize {
+    let c = link.chunk();
+    c * (BATCH_BYTES / c).max(1)
+}
+
+/// Two connected in-memory queue pairs (test only): each batch of `batch` bytes is one message,
+/// and a receiver whose next batch has another length fails, as the verbs link does.
+#[cfg(test)]
+pub fn fake_pair(batch: usize) -> (Qp, Qp) {
+    let (a_tx, a_rx) = crossbeam_channel::unbounded();
+    let (b_tx, b_rx) = crossbeam_channel::unbounded();
+    let end = |tx, rx| Qp(Inner::Fake(fake::End { tx, rx, batch }));
+    (end(a_tx, b_rx), end(b_tx, a_rx))
+}
+
+#[cfg(test)]
+mod fake {
+    use super::{batched, batched_mut};
+    use crossbeam_channel::{Receiver, Sender};
+    use std::io;
+    use std::time::Duration;
+
+    pub struct End {
+        pub tx: Sender<Vec<u8>>,
+        pub rx: Receiver<Vec<u8>>,
+        pub batch: usize,
+    }
+
+    impl End {
+        pub fn send(&mut self, src: &[&[u8]]) -> io::Result<()> {
+            batched(src, self.batch, |b| {
+                self.tx
+                    .send(b.concat())
+                    .map_err(|_| io::Error::other("the peer's queue pair is gone"))
+            })
+        }
+
+        pub fn recv(&mut self, dst: Vec<&mut [u8]>) -> io::Result<()> {
+            batched_mut(dst, self.batch, |b| {
+                let got = self
+                    .rx
+                    .recv_timeout(Duration::from_secs(10))
+                    .map_err(|e| io::Error::other(format!("no batch: {e}")))?;
+                if got.len() != b.iter().map(|s| s.len()).sum::<usize>() {
+                    return Err(io::Error::other("a batch of the wrong length"));
+                }
+                let mut at = 0;
+                for s in b.iter_mut() {
+                    s.copy_from_slice(&got[at..at + s.len()]);
+                    at += s.len();
+                }
+                Ok(())
+            })
         }
     }
 }

@@ -1159,3 +1159,115 @@ fn pages_announced_over_a_missing_queue_pair_fail_the_transfer() {
     drop(link);
     assert_eq!(prefill.join().unwrap().flags & wire::RDMA, 0);
 }
+
+/// With a queue pair on the connection (an in-memory pair standing in for verbs, cutting the
+/// stream into 100-byte batches that split objects), WANTs with RDMA get VIA_RDMA headers and the
+/// page bytes over it, exact: staged pages, pool pages in parts straight into pool pages, and
+/// page_first objects gathered from the pool. A WANT without RDMA on the same connection gets
+/// them on the socket.
+#[test]
+fn pages_go_over_the_queue_pair_when_the_want_asks() {
+    use crate::pd::prefill::Part;
+    use crate::pd::wire::{RdmaFrame, RDMA_ACCEPT, RDMA_OFFER};
+    let port = free_port();
+    let pstats = Arc::new(Stats::default());
+    let reg = Registry::start(cfg(Mode::Prefill, port, true), pstats.clone()).unwrap();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let (prefill_end, decode_end) = crate::pd::rdma::fake_pair(100);
+    reg.accept_next_rdma_with(prefill_end);
+    let dcfg = cfg(Mode::Decode, port, false);
+    let dstats = Arc::new(Stats::default());
+    let links = Links::new(false, dcfg.silence_limit(), dstats.clone());
+    let mut link = links.dial(addr).unwrap();
+    RdmaFrame {
+        kind: RDMA_OFFER,
+        body: Vec::new(),
+    }
+    .write(&mut link.wr)
+    .unwrap();
+    assert_eq!(RdmaFrame::read(&mut link.rd).unwrap().kind, RDMA_ACCEPT);
+    link.qp = Some(decode_end);
+    let staged = |link: &mut Link, room: u64, n: usize| {
+        let rx = ready(&reg, room, n);
+        let pages = n.div_ceil(G.page_size);
+        let (h, _, staging) = exchange_host(
+            &dcfg,
+            &links,
+            addr,
+            link,
+            (room, n, pages),
+            wire::TAKES_DIRECT,
+            None,
+        );
+        let f = Fetched {
+            first_token: h.first_token,
+            first_logprobs: None,
+            payload: Payload::Host(staging),
+            n_pages: pages,
+            pages: None,
+            timing: Timing::default(),
+        };
+        check(&f, room);
+        assert_eq!(rx.recv().unwrap(), Ok(()));
+        h.flags & wire::VIA_RDMA != 0
+    };
+    for (room, n) in [(1, 1), (2, 4), (3, 13)] {
+        assert!(staged(&mut link, room, n), "not over the queue pair");
+    }
+    // Pool pages: a part ahead, the rest after, straight into this side's pool pages.
+    let pool = FakePool::new(3, 16);
+    let pages: Vec<u32> = vec![9, 1, 14, 6, 2];
+    let n = 4 * G.page_size + 3;
+    let mine = FakePool::new(0, 8);
+    let my_pages: Vec<u32> = vec![7, 0, 3, 5, 1];
+    assert!(reg.claim(4));
+    reg.part(
+        4,
+        Part {
+            n_tokens: n as u32,
+            page_size: G.page_size,
+            pages: pool.pages(&pages[..2]),
+            n_pages: 2,
+        },
+    );
+    let (rest, rx) = handoff(n, pool.pages(&pages), pages.len(), None);
+    let later = {
+        let reg = reg.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            reg.ready(4, rest);
+        })
+    };
+    let (h, got, _) = exchange_host(
+        &dcfg,
+        &links,
+        addr,
+        &mut link,
+        (4, n, pages.len()),
+        wire::TAKES_DIRECT | wire::TAKES_PARTS,
+        Some(mine.spans().ranges(&my_pages)),
+    );
+    later.join().unwrap();
+    assert!(matches!(got, Got::InPool));
+    assert_ne!(h.flags & wire::VIA_RDMA, 0);
+    assert_eq!(h.n_pages, 3);
+    mine.check_pool(&pool, &my_pages, &pages);
+    assert_eq!(Stats::get(&dstats.pd_recv_parts), 1);
+    assert_eq!(rx.recv().unwrap(), Ok(()));
+    // page_first objects (a decode without TAKES_DIRECT), gathered from the pool.
+    let (h5, rx) = handoff(n, pool.pages(&pages), pages.len(), None);
+    assert!(reg.claim(5));
+    reg.ready(5, h5);
+    let (h, _, st) = exchange_host(&dcfg, &links, addr, &mut link, (5, n, pages.len()), 0, None);
+    assert_eq!(h.flags & (wire::VIA_RDMA | wire::DIRECT), wire::VIA_RDMA);
+    pool.check(&st, &pages);
+    assert_eq!(rx.recv().unwrap(), Ok(()));
+    // The same connection without RDMA in the WANT: the socket.
+    let qp = link.qp.take();
+    assert!(!staged(&mut link, 6, 9), "over the queue pair unasked");
+    link.qp = qp;
+    assert!(staged(&mut link, 7, 9));
+    assert_eq!(Stats::get(&pstats.pd_rdma), 6);
+    assert_eq!(Stats::get(&dstats.pd_recv_rdma), 6);
+    assert_eq!(Stats::get(&dstats.pd_connections), 1);
+}

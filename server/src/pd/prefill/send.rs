@@ -60,8 +60,7 @@ impl Registry {
                 Ok(Request::Want(w)) => w,
                 Ok(Request::Rdma(offer)) => {
                     let local = wr.get_ref().is_local();
-                    let (answer, made) =
-                        rdma::accept(self.nic, &offer, local, qp.is_some(), self.cfg.timeout);
+                    let (answer, made) = self.accept_rdma(&offer, local, qp.is_some());
                     if answer.write(&mut wr).and_then(|_| wr.flush()).is_err() {
                         return;
                     }
@@ -83,6 +82,24 @@ impl Registry {
                 return;
             }
         }
+    }
+
+    /// The answer to an RDMA offer and the queue pair it connected ([`rdma::accept`]).
+    fn accept_rdma(
+        &self,
+        offer: &wire::RdmaFrame,
+        local: bool,
+        connected: bool,
+    ) -> (wire::RdmaFrame, Option<Qp>) {
+        #[cfg(test)]
+        if let Some(qp) = self.test_qp.lock().take() {
+            let accept = wire::RdmaFrame {
+                kind: wire::RDMA_ACCEPT,
+                body: Vec::new(),
+            };
+            return (accept, Some(qp));
+        }
+        rdma::accept(self.nic, offer, local, connected, self.cfg.timeout)
     }
 
     /// The decode pool to copy `want`'s pages into, when it asked for a push and this server
