@@ -280,10 +280,10 @@ where
                 elem: model.kv_elem_bytes(),
             };
             (
-                Some(PdSide::Decode(
+                Some(PdSide::Decode(Box::new(
                     Fetcher::new(c.clone(), geo, stats.clone())
                         .with_device(model.device_kv(&pool.buffers)),
-                )),
+                ))),
                 None,
             )
         }

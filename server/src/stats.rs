@@ -64,6 +64,8 @@ pub struct Stats {
     /// PD prefill side: transfers whose pages the decode copied out of this process's memory (the
     /// same-host path) instead of receiving them on the socket.
     pub pd_local: AtomicU64,
+    /// PD prefill side: transfers whose page bytes went over the connection's RDMA queue pair.
+    pub pd_rdma: AtomicU64,
     /// PD prefill side: transfers the decode copied device to device out of this server's GPU
     /// pool (CUDA IPC), and transfers whose pages went through a staging copy first (the GPU
     /// runner without IPC); the others were sent from the KV pool itself.
@@ -101,6 +103,8 @@ pub struct Stats {
     /// PD decode side: received transfers copied device to device (CUDA IPC), and headers
     /// (parts and final ones) whose pages the prefill copied into this pool itself (PUSHED).
     pub pd_recv_ipc: AtomicU64,
+    /// PD decode side: received transfers whose page bytes came over an RDMA queue pair.
+    pub pd_recv_rdma: AtomicU64,
     pub pd_recv_pushed: AtomicU64,
     /// PD decode side, CUDA IPC: device-to-device copies (one per part and final header) and
     /// their bytes; microseconds from a header to its copy queued (the host's control path),

@@ -241,6 +241,12 @@ pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
         );
         counter(
             &mut o,
+            "pd_transfers_rdma",
+            "PD KV transfers whose page bytes went over an RDMA queue pair (the `rdma` build).",
+            Stats::get(&s.pd_rdma),
+        );
+        counter(
+            &mut o,
             "pd_transfers_cuda_ipc",
             "PD KV transfers the decode copied device to device out of this server's GPU pool (CUDA IPC).",
             Stats::get(&s.pd_ipc),
@@ -339,6 +345,12 @@ pub async fn metrics(State(st): State<AppState>) -> impl IntoResponse {
             "pd_received_cuda_ipc",
             "PD KV transfers this decode server copied device to device (CUDA IPC).",
             Stats::get(&s.pd_recv_ipc),
+        );
+        counter(
+            &mut o,
+            "pd_received_rdma",
+            "PD KV transfers this decode server received over an RDMA queue pair (the `rdma` build).",
+            Stats::get(&s.pd_recv_rdma),
         );
         counter(
             &mut o,

@@ -9,7 +9,8 @@
 //!   `STRATA_PD_PUSH=1` the prefill copies them into those pool pages itself (PUSHED).
 //! - same-host copy: the pages are copied with `process_vm_readv` straight out of the prefill's
 //!   memory (its KV pool on the CPU runner, else its staging pool).
-//! - the socket (TCP, or the fallback of the other two).
+//! - the socket (TCP, or the fallback of the other two); over TCP the page bytes go over the
+//!   connection's RDMA queue pair instead when it has one (the `rdma` build, [`super::rdma`]).
 //!
 //! On the CPU runner the scheduler gives a fetch its pool pages up front ([`Dest`]) when the pool
 //! has room: pages the prefill sends in the pool's own order (page_first_direct, from its pool)
@@ -116,7 +117,9 @@ type Waker = Box<dyn Fn() + Send + Sync>;
 
 impl Fetcher {
     pub fn new(cfg: PdConfig, geo: Geometry, stats: Arc<crate::stats::Stats>) -> Self {
-        let links = Arc::new(Links::new(cfg.same_host, cfg.silence_limit(), stats));
+        let links = Links::new(cfg.same_host, cfg.silence_limit(), stats)
+            .with_nic(super::rdma::open(&cfg.ib_devices));
+        let links = Arc::new(links);
         Fetcher {
             cfg,
             geo,

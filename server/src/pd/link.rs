@@ -5,7 +5,9 @@
 //! this host — the abstract Unix socket `strata/<ip:port>` of the store cluster's same-host path
 //! (`strata_cluster::transport::shm`), over which the pages can move with one cross-memory copy —
 //! and TCP otherwise. Both are a [`Stream`]; the PD frames on them are the same (docs/protocol.md,
-//! "PD KV transfer").
+//! "PD KV transfer"). With an RDMA device open, a new TCP connection first offers the prefill a
+//! queue pair ([`super::rdma`]); a prefill that declines (or closes the connection on the offer,
+//! an older one) is not asked again and its pages come on the socket.
 //!
 //! A connection goes back to the pool only at a frame boundary; before reuse it is checked for a
 //! close by the prefill, and one idle for [`MAX_IDLE`] is dropped (the prefill closes idle ones
@@ -18,9 +20,11 @@ use std::io::{BufReader, Read};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
+use strata_cluster::transport::rdma::Nic;
 use strata_cluster::transport::shm;
 use strata_cluster::transport::stream::Stream;
 
+use super::rdma::{self, Offered, Qp};
 use super::share::Opened;
 use crate::stats::Stats;
 
@@ -48,6 +52,8 @@ pub struct Link {
     pub ipc: Option<([u8; 64], Opened)>,
     /// Whether the path of this connection's transfers was logged.
     pub logged: bool,
+    /// The queue pair the prefill accepted for this connection (TCP only): page bytes go over it.
+    pub qp: Option<Qp>,
     idle_since: Instant,
 }
 
@@ -64,6 +70,7 @@ impl Link {
             reused: false,
             ipc: None,
             logged: false,
+            qp: None,
             idle_since: Instant::now(),
         })
     }
@@ -106,6 +113,10 @@ pub struct Links {
     ipc: Mutex<HashMap<SocketAddr, ([u8; 64], WeakOpened)>>,
     /// Prefills that announced they copy pages into this pool themselves (PUSHES).
     push: Mutex<HashSet<SocketAddr>>,
+    /// The RDMA device new TCP connections offer a queue pair on, if any.
+    nic: Nic,
+    /// Prefills that declined RDMA (or closed the connection on the offer): not asked again.
+    no_rdma: Mutex<HashSet<SocketAddr>>,
     /// `pd_connections` counts the connections opened; the fetches count what they receive.
     pub stats: Arc<Stats>,
 }
@@ -120,7 +131,22 @@ impl Links {
             no_ipc: Mutex::new(HashSet::new()),
             ipc: Mutex::new(HashMap::new()),
             push: Mutex::new(HashSet::new()),
+            nic: Nic::None,
+            no_rdma: Mutex::new(HashSet::new()),
             stats,
+        }
+    }
+
+    /// Offers a queue pair on `nic` on every new TCP connection (see [`super::rdma`]).
+    pub fn with_nic(mut self, nic: Nic) -> Self {
+        self.nic = nic;
+        self
+    }
+
+    /// `addr`'s prefill takes no RDMA: its pages come on the socket from now on.
+    fn deny_rdma(&self, addr: SocketAddr, why: &str) {
+        if self.no_rdma.lock().insert(addr) {
+            tracing::warn!(%addr, "PD: no RDMA with this prefill ({why}); its pages come over TCP");
         }
     }
 
@@ -199,9 +225,28 @@ impl Links {
         let conn = TcpStream::connect_timeout(&addr, Duration::from_secs(10))
             .map_err(|e| format!("cannot reach the prefill's bootstrap server {addr}: {e}"))?;
         let _ = conn.set_nodelay(true);
-        let l = Link::new(Stream::Tcp(conn), None, self.timeout).map_err(|e| e.to_string())?;
+        let mut l = Link::new(Stream::Tcp(conn), None, self.timeout).map_err(|e| e.to_string())?;
         Stats::add(&self.stats.pd_connections, 1);
-        Ok(l)
+        if matches!(self.nic, Nic::None) || self.no_rdma.lock().contains(&addr) {
+            return Ok(l);
+        }
+        match rdma::offer(self.nic, &mut l.rd, &mut l.wr, self.timeout) {
+            Ok(Offered::Connected(qp)) => {
+                tracing::info!(%addr, "PD: RDMA queue pair connected with this prefill");
+                l.qp = Some(qp);
+                Ok(l)
+            }
+            Ok(Offered::Declined(why)) => {
+                self.deny_rdma(addr, &why);
+                Ok(l)
+            }
+            Err(e) => {
+                // The connection is gone (an older prefill closes it on the unknown frame): a
+                // new one, without the offer.
+                self.deny_rdma(addr, &format!("the offer broke the connection: {e}"));
+                self.dial(addr)
+            }
+        }
     }
 
     /// Whether the decode may ask `addr`'s prefill for an in-place copy.

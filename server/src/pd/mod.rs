@@ -19,7 +19,8 @@
 //! CPU runner's pages are sent (or copied by the decode) straight from the pool, and a GPU
 //! prefill's pages are copied device to device over CUDA IPC, by the prefill into the pool pages
 //! a same-host GPU decode listed (push) or by the decode out of the prefill's pool; a GPU prefill
-//! stages them through host memory for any other decode.
+//! stages them through host memory for any other decode. Over TCP, with the `rdma` build and a
+//! NIC on both sides, the page bytes go over a queue pair set up per connection ([`rdma`]).
 //!
 //! States (SGLang's names): Bootstrapping (decode connecting) → WaitingForInput (the prefill
 //! computing) → Transferring → Success | Failed. Every wait has a deadline
@@ -31,6 +32,7 @@
 pub mod decode;
 pub mod link;
 pub mod prefill;
+pub mod rdma;
 pub mod share;
 pub mod staging;
 pub mod wire;
@@ -96,6 +98,10 @@ pub struct PdConfig {
     /// copy waited longer behind its own forwards than the decode's copy waits for its time
     /// slice (docs/perf.md, "PD on one H200").
     pub push: bool,
+    /// RDMA devices from `--disaggregation-ib-device` (SGLang's and Mooncake's list, e.g.
+    /// `mlx5_0,mlx5_1`; empty: none): with the `rdma` build, the first that opens carries the
+    /// page bytes of TCP connections whose peer accepts ([`rdma`]).
+    pub ib_devices: Vec<String>,
 }
 
 impl PdConfig {
@@ -145,6 +151,7 @@ impl PdConfig {
             same_host: std::env::var("STRATA_SAME_HOST").map_or(true, |v| v != "0"),
             test_stall: Duration::ZERO,
             push: std::env::var("STRATA_PD_PUSH").is_ok_and(|v| v == "1"),
+            ib_devices: Vec::new(),
         }
     }
 }

@@ -11,7 +11,9 @@
 //! it announces where they are in this process instead, and the decode copies them — and waits
 //! for the acknowledgement. A room nobody fetches within the timeout fails, and its pages are
 //! freed. A GPU prefill whose decode sent its own pool and pages (PUSH) copies the pages into
-//! them itself, device to device, and answers PUSHED once they landed.
+//! them itself, device to device, and answers PUSHED once they landed. A decode on another host
+//! may first offer an RDMA queue pair for its connection ([`super::rdma`]): with the `rdma` build
+//! and a device open this server accepts, and the pages of that connection's transfers go over it.
 //! What one decode connection is served (the WANTs, parts, final headers and ACKs) is in
 //! [`send`].
 
@@ -148,6 +150,11 @@ pub struct Registry {
     share: OnceLock<Share>,
     /// Rooms a decode on this host is waiting for, with its WANT flags.
     asked: Mutex<HashMap<u64, u8>>,
+    /// The RDMA device decode connections' queue pairs are made on, if any.
+    nic: strata_cluster::transport::rdma::Nic,
+    /// Test only: the queue pair the next RDMA offer is accepted with (an in-memory pair).
+    #[cfg(test)]
+    test_qp: Mutex<Option<super::rdma::Qp>>,
 }
 
 impl Registry {
@@ -173,11 +180,14 @@ impl Registry {
             rooms: Mutex::new(HashMap::new()),
             gone: Mutex::new(HashMap::new()),
             cv: Condvar::new(),
-            cfg,
             stats,
             staging: StagingCache::default(),
             share: OnceLock::new(),
             asked: Mutex::new(HashMap::new()),
+            nic: super::rdma::open(&cfg.ib_devices),
+            cfg,
+            #[cfg(test)]
+            test_qp: Mutex::new(None),
         });
         let r = reg.clone();
         std::thread::Builder::new()
@@ -218,6 +228,13 @@ impl Registry {
                 r.expire();
             })?;
         Ok(reg)
+    }
+
+    /// Test only: accepts the next RDMA offer with `qp` (one end of [`super::rdma::fake_pair`]),
+    /// whatever this server's device.
+    #[cfg(test)]
+    pub fn accept_next_rdma_with(&self, qp: super::rdma::Qp) {
+        *self.test_qp.lock() = Some(qp);
     }
 
     /// Tells the transfer threads how to reach this server's pool (once, at start).

@@ -15,6 +15,9 @@
 //!                            the final one then carries the rest)
 //!                           then, when flags has DEVICE_INFO or ON_DEVICE: u32 dev_len  dev bytes
 //! ACK  (decode -> prefill): u8 1 received, 0 refused, 2 send the pages on the socket after all
+//! RDMA (either way, before a WANT on TCP): "SPDR" u8 kind (1 OFFER, 2 ACCEPT, 3 DECLINE)
+//!                           u16 body_len  body (OFFER / ACCEPT: the store cluster's rdma_hello;
+//!                           DECLINE: the reason, UTF-8)
 //!
 //! dev: 64-byte CUDA IPC handle of the prefill's GPU KV pool  u64 pool_pages  u32 layers
 //!      u64 chunk_bytes (one page of one layer's K or V)  u32 n_ids  n_ids x u32 pool page
@@ -47,6 +50,9 @@ pub const TAKES_PARTS: u8 = 16;
 /// decode's pool pages listed in `dest` (sent with IPC_READY, to a prefill that announced
 /// PUSHES); it then answers PUSHED once they landed.
 pub const PUSH: u8 = 32;
+/// WANT flag: send this transfer's page bytes over the queue pair this connection set up
+/// (RDMA_ACCEPT); set only after one was connected, so a prefill that never accepted never sees it.
+pub const RDMA: u8 = 64;
 /// KV flag: no page bytes follow; `ranges` are the prefill's memory to copy.
 pub const IN_PLACE: u32 = 1;
 /// KV flag: the objects (on the socket or in `ranges`) are in page_first_direct order.
@@ -61,6 +67,20 @@ pub const PUSHES: u32 = 16;
 /// KV flag: the prefill copied this header's pages (the next `n_pages` of the WANT's `dest`
 /// pages) into the decode's pool and they have landed; no bytes, no ids follow.
 pub const PUSHED: u32 = 32;
+/// KV flag: this header's page bytes follow over the connection's queue pair, not on the socket
+/// (only after a WANT with RDMA).
+pub const VIA_RDMA: u32 = 64;
+/// First bytes of the RDMA frames: not WANT's, so a prefill that does not know them refuses the
+/// frame as not a PD transfer request and closes the connection (the decode then dials again
+/// and does not offer).
+pub const RDMA_MAGIC: &[u8; 4] = b"SPDR";
+/// RDMA frame kinds: the decode's queue pair and offered geometry; the prefill's queue pair
+/// (connected to the offer) and the agreed geometry; the prefill's refusal with a reason.
+pub const RDMA_OFFER: u8 = 1;
+pub const RDMA_ACCEPT: u8 = 2;
+pub const RDMA_DECLINE: u8 = 3;
+/// Longest RDMA frame body.
+const MAX_RDMA_BODY: usize = 1024;
 /// ACK values.
 pub const ACK_OK: u8 = 1;
 pub const ACK_REFUSED: u8 = 0;
@@ -185,6 +205,86 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
     u32::from_le_bytes(b[at..at + 4].try_into().expect("4 bytes"))
 }
 
+/// One RDMA frame (see [`RDMA_MAGIC`]): an offer, an accept or a decline.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RdmaFrame {
+    pub kind: u8,
+    /// OFFER / ACCEPT: an `rdma_hello` (`strata_cluster::transport::rdma::wire::RdmaHello`);
+    /// DECLINE: the reason.
+    pub body: Vec<u8>,
+}
+
+impl RdmaFrame {
+    /// A decline saying why (cut to the longest body).
+    pub fn decline(why: &str) -> Self {
+        let mut end = why.len().min(MAX_RDMA_BODY);
+        while !why.is_char_boundary(end) {
+            end -= 1;
+        }
+        RdmaFrame {
+            kind: RDMA_DECLINE,
+            body: why.as_bytes()[..end].to_vec(),
+        }
+    }
+
+    pub fn write(&self, w: &mut impl Write) -> io::Result<()> {
+        if self.body.len() > MAX_RDMA_BODY {
+            return Err(bad("PD RDMA frame body too long"));
+        }
+        let mut b = Vec::with_capacity(7 + self.body.len());
+        b.extend_from_slice(RDMA_MAGIC);
+        b.push(self.kind);
+        b.extend_from_slice(&(self.body.len() as u16).to_le_bytes());
+        b.extend_from_slice(&self.body);
+        w.write_all(&b)
+    }
+
+    pub fn read(r: &mut impl Read) -> io::Result<Self> {
+        let mut m = [0u8; 4];
+        r.read_exact(&mut m)?;
+        if &m != RDMA_MAGIC {
+            return Err(bad("not a PD RDMA frame"));
+        }
+        Self::read_rest(r)
+    }
+
+    /// The frame after its magic.
+    fn read_rest(r: &mut impl Read) -> io::Result<Self> {
+        let mut b = [0u8; 3];
+        r.read_exact(&mut b)?;
+        let kind = b[0];
+        if !(RDMA_OFFER..=RDMA_DECLINE).contains(&kind) {
+            return Err(bad(&format!("unknown PD RDMA frame kind {kind}")));
+        }
+        let n = u16::from_le_bytes([b[1], b[2]]) as usize;
+        if n > MAX_RDMA_BODY {
+            return Err(bad("PD RDMA frame body too long"));
+        }
+        let mut body = vec![0u8; n];
+        r.read_exact(&mut body)?;
+        Ok(RdmaFrame { kind, body })
+    }
+}
+
+/// What a decode sends its prefill's bootstrap server: a transfer's WANT, or an RDMA offer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    Want(Want),
+    Rdma(RdmaFrame),
+}
+
+impl Request {
+    pub fn read(r: &mut impl Read) -> io::Result<Self> {
+        let mut m = [0u8; 4];
+        r.read_exact(&mut m)?;
+        match &m {
+            m if m == MAGIC => Want::read_rest(r).map(Request::Want),
+            m if m == RDMA_MAGIC => RdmaFrame::read_rest(r).map(Request::Rdma),
+            _ => Err(bad("not a PD transfer request")),
+        }
+    }
+}
+
 impl Want {
     pub fn write(&self, w: &mut impl Write) -> io::Result<()> {
         let t = self.token.as_bytes();
@@ -204,11 +304,18 @@ impl Want {
     }
 
     pub fn read(r: &mut impl Read) -> io::Result<Self> {
-        let mut b = [0u8; 27];
-        r.read_exact(&mut b)?;
-        if &b[..4] != MAGIC {
+        let mut m = [0u8; 4];
+        r.read_exact(&mut m)?;
+        if &m != MAGIC {
             return Err(bad("not a PD transfer request"));
         }
+        Self::read_rest(r)
+    }
+
+    /// The WANT after its magic (the offsets below count the magic).
+    fn read_rest(r: &mut impl Read) -> io::Result<Self> {
+        let mut b = [0u8; 27];
+        r.read_exact(&mut b[4..])?;
         let tl = u16::from_le_bytes([b[25], b[26]]) as usize;
         let mut t = vec![0u8; tl];
         r.read_exact(&mut t)?;
@@ -557,5 +664,53 @@ mod tests {
         let mut b = Vec::new();
         h.write(&mut b).unwrap();
         assert_eq!(KvHeader::read(&mut b.as_slice()).unwrap(), h);
+    }
+
+    /// The RDMA frames' exact bytes; a bootstrap server reads either request kind off one
+    /// connection in turn, and refuses unknown kinds, oversize bodies and foreign magic.
+    #[test]
+    fn rdma_frames_have_their_own_magic_and_interleave_with_wants() {
+        let offer = RdmaFrame {
+            kind: RDMA_OFFER,
+            body: vec![1, 2, 3],
+        };
+        let mut b = Vec::new();
+        offer.write(&mut b).unwrap();
+        assert_eq!(b, [b'S', b'P', b'D', b'R', 1, 3, 0, 1, 2, 3]);
+        let w = Want {
+            room: 3,
+            prompt_len: 8,
+            page_size: 4,
+            object_bytes: 256,
+            flags: TAKES_DIRECT | RDMA,
+            token: String::new(),
+            dest: None,
+        };
+        w.write(&mut b).unwrap();
+        RdmaFrame::decline("no NIC").write(&mut b).unwrap();
+        let mut r = b.as_slice();
+        assert_eq!(Request::read(&mut r).unwrap(), Request::Rdma(offer));
+        assert_eq!(Request::read(&mut r).unwrap(), Request::Want(w));
+        let d = RdmaFrame::read(&mut r).unwrap();
+        assert_eq!((d.kind, d.body.as_slice()), (RDMA_DECLINE, &b"no NIC"[..]));
+        assert!(r.is_empty());
+        // An older prefill reads the offer as a WANT and refuses it (then closes the connection).
+        let mut o = Vec::new();
+        RdmaFrame::decline("x").write(&mut o).unwrap();
+        assert!(Want::read(&mut o.as_slice()).is_err());
+        assert!(RdmaFrame::read(&mut &b"SPDR\x04\x00\x00"[..]).is_err());
+        assert!(Request::read(&mut &b"SPDR\x01\xff\xff"[..]).is_err());
+        assert!(Request::read(&mut &b"SPDX\x01\x00\x00"[..]).is_err());
+        // A decline's reason is cut to the longest body, on a character boundary.
+        let long = "é".repeat(MAX_RDMA_BODY);
+        let d = RdmaFrame::decline(&long);
+        assert_eq!(d.body.len(), MAX_RDMA_BODY);
+        assert!(std::str::from_utf8(&d.body).is_ok());
+        assert!(RdmaFrame {
+            kind: RDMA_ACCEPT,
+            body: vec![0; MAX_RDMA_BODY + 1]
+        }
+        .write(&mut Vec::new())
+        .is_err());
     }
 }

@@ -77,8 +77,9 @@ pub struct Scheduler<R: ModelRunner> {
 pub enum PdSide {
     /// Finished prefills hand their KV to the bootstrap server's registry.
     Prefill(Arc<crate::pd::prefill::Registry>),
-    /// Requests are held while their KV is fetched from the prefill.
-    Decode(crate::pd::decode::Fetcher),
+    /// Requests are held while their KV is fetched from the prefill (boxed: the fetcher is
+    /// large, the registry a pointer).
+    Decode(Box<crate::pd::decode::Fetcher>),
 }
 
 /// A handle to the scheduler thread.

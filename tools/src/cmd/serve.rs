@@ -148,8 +148,9 @@ pub struct Args {
     /// (or the same-host path).
     #[arg(long, default_value = "strata")]
     disaggregation_transfer_backend: String,
-    /// RDMA NIC for the KV transfer; accepted everywhere, noted in the log (RDMA transfer needs
-    /// the `rdma` build).
+    /// RDMA NICs for the KV transfer (`mlx5_0,mlx5_1`): with the `rdma` build the first that opens
+    /// carries the page bytes of TCP connections whose peer accepts; otherwise a warning in the
+    /// log says why not and TCP is used.
     #[arg(long)]
     disaggregation_ib_device: Option<String>,
     /// Decode side: write each finished request's KV (prompt and generated tokens) to the L3
@@ -194,12 +195,6 @@ fn pd_config(a: &Args) -> anyhow::Result<Option<PdConfig>> {
     if mode == Mode::Null {
         return Ok(None);
     }
-    if let Some(dev) = &a.disaggregation_ib_device {
-        tracing::info!(
-            device = %dev,
-            "--disaggregation-ib-device: the PD KV transfer has no RDMA path yet; it uses the same-host path with a server on this host, else TCP"
-        );
-    }
     if a.disaggregation_decode_enable_offload_kvcache && mode == Mode::Prefill {
         tracing::warn!(
             "--disaggregation-decode-enable-offload-kvcache applies to the decode side; ignored on prefill"
@@ -217,6 +212,13 @@ fn pd_config(a: &Args) -> anyhow::Result<Option<PdConfig>> {
         &a.host,
         a.api_key.as_deref().unwrap_or(""),
     );
+    // Opened (or the reason it is not, e.g. a build without the `rdma` feature, logged) when the
+    // bootstrap server or the fetcher starts.
+    c.ib_devices = a
+        .disaggregation_ib_device
+        .as_deref()
+        .map(strata_cluster::transport::parse_devices)
+        .unwrap_or_default();
     c.failure_prob = a.disaggregation_test_failure_prob;
     c.test_stall = std::time::Duration::from_millis(a.disaggregation_test_stall_ms);
     if !c.same_host {

@@ -57,6 +57,8 @@ struct Landing {
     push_asked: bool,
     /// A same-host copy failed: the decode asks for every page on the socket at the end.
     resend: bool,
+    /// Page bytes came over the connection's queue pair (RDMA).
+    via_rdma: bool,
 }
 
 impl Default for Landing {
@@ -67,6 +69,7 @@ impl Default for Landing {
             via_ipc: false,
             push_asked: false,
             resend: false,
+            via_rdma: false,
         }
     }
 }
@@ -92,6 +95,9 @@ impl Exchange<'_> {
         let mut want = want.clone();
         if link.is_local() && link.peer_pid.is_some() && links.may_read(addr) {
             want.flags |= wire::CAN_READ;
+        }
+        if link.qp.is_some() {
+            want.flags |= wire::RDMA;
         }
         let ipc = self
             .device
@@ -226,20 +232,21 @@ impl Exchange<'_> {
             // A same-host copy failed: every page of the prompt on the socket after all.
             link.wr.write_all(&[wire::ACK_SEND]).map_err(broke)?;
             let local = self.local(staging.pool.as_ref(), &h, 0, n_pages, n_pages);
-            read_ranges(&mut link.rd, &local).map_err(broke)?;
+            read_pages(link, 0, &local).map_err(broke)?;
             l.path = "the socket";
         }
         let Landing {
             path,
             into_pool,
             via_ipc,
+            via_rdma,
             ..
         } = l;
         // Pages copied out of the prefill's memory (not off the socket) are valid only if the
         // prefill still held them when the copy ended: it shuts the connection down before it
         // frees pages of a transfer it gave up on (no ACK in time).
         let landed = std::time::Instant::now();
-        if path != "the socket" && link.gave_up() {
+        if path != "the socket" && !via_rdma && link.gave_up() {
             return Err(Fail::broken(
                 "the prefill server closed the connection before the KV transfer was acknowledged (it gave up or went away)".into(),
             ));
@@ -271,6 +278,9 @@ impl Exchange<'_> {
         );
         if via_ipc {
             crate::stats::Stats::add(&st.pd_recv_ipc, 1);
+        }
+        if via_rdma {
+            crate::stats::Stats::add(&st.pd_recv_rdma, 1);
         }
         if ipc.is_some() && h.flags & wire::PUSHES != 0 {
             links.allow_push(addr);
@@ -447,9 +457,13 @@ impl Exchange<'_> {
                 }
             }
         } else {
-            read_ranges(&mut link.rd, &local).map_err(|e| {
+            read_pages(link, h.flags, &local).map_err(|e| {
                 Fail::broken(format!("the prefill server broke off the KV transfer: {e}"))
             })?;
+            if h.flags & wire::VIA_RDMA != 0 {
+                l.via_rdma = true;
+                l.path = "RDMA (the connection's queue pair)";
+            }
         }
         Ok(())
     }
@@ -466,6 +480,27 @@ impl Exchange<'_> {
         self.links.opened(self.addr, info.handle, &m);
         Ok(m)
     }
+}
+
+/// Reads the page bytes a KV header with `flags` announces into `local` (see [`read_ranges`]):
+/// over the connection's queue pair when the header says so (VIA_RDMA), else off the socket. The
+/// one place that picks where page bytes come from.
+fn read_pages(link: &mut Link, flags: u32, local: &[(*mut u8, usize)]) -> std::io::Result<()> {
+    if flags & wire::VIA_RDMA == 0 {
+        return read_ranges(&mut link.rd, local);
+    }
+    let qp = link.qp.as_mut().ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "the prefill sent page bytes over a queue pair this connection does not have",
+        )
+    })?;
+    let dst = local
+        .iter()
+        // SAFETY: as in `read_ranges`.
+        .map(|&(at, len)| unsafe { std::slice::from_raw_parts_mut(at, len) })
+        .collect();
+    qp.recv(dst)
 }
 
 /// Reads exactly the bytes of `local` (memory this fetch owns: the staging pool, or its pool

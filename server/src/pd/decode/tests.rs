@@ -1062,3 +1062,249 @@ fn local_spans_are_cut_at_the_ranges() {
     let straddle = vec![(0, 512), (0, 1024), (0, 512), (0, 1024), (0, 1024)];
     assert!(cut(&local, &straddle).is_none());
 }
+
+/// A decode's RDMA offer to a prefill that cannot take it (no device here; without the `rdma`
+/// build no verbs at all) is declined with the reason, and so is a malformed offer and one on
+/// the same-host socket; the connection stays at a frame boundary and the transfers after it
+/// deliver the exact bytes on the socket, also for a WANT that asks for RDMA (no queue pair:
+/// no VIA_RDMA).
+#[test]
+fn a_declined_rdma_offer_leaves_the_connection_carrying_tcp() {
+    use crate::pd::wire::{RdmaFrame, RDMA_DECLINE, RDMA_OFFER};
+    use strata_cluster::transport::rdma::wire::{Endpoint, RdmaHello};
+    let port = free_port();
+    let pstats = Arc::new(Stats::default());
+    let reg = Registry::start(cfg(Mode::Prefill, port, true), pstats.clone()).unwrap();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    // A made-up queue pair: nothing on this host could connect to it.
+    let hello = RdmaHello {
+        endpoint: Endpoint {
+            qp_num: 0x12_3456,
+            lid: 7,
+            gid: Some([0xAB; 16]),
+        },
+        chunk: 512 << 10,
+        depth: 8,
+    };
+    let offer = |link: &mut Link, body: Vec<u8>| {
+        RdmaFrame {
+            kind: RDMA_OFFER,
+            body,
+        }
+        .write(&mut link.wr)
+        .unwrap();
+        let a = RdmaFrame::read(&mut link.rd).unwrap();
+        assert_eq!(a.kind, RDMA_DECLINE);
+        String::from_utf8(a.body).unwrap()
+    };
+    let mut room = 100;
+    for same_host in [false, true] {
+        let dstats = Arc::new(Stats::default());
+        let dcfg = cfg(Mode::Decode, port, same_host);
+        let links = Links::new(same_host, dcfg.silence_limit(), dstats.clone());
+        let mut link = links.dial(addr).unwrap();
+        assert_eq!(link.is_local(), same_host);
+        assert!(link.qp.is_none());
+        let why = offer(&mut link, hello.encode());
+        if same_host {
+            assert!(why.contains("same-host"), "{why}");
+        } else {
+            assert!(why.to_lowercase().contains("rdma"), "{why}");
+            assert!(offer(&mut link, vec![9, 9]).contains("RDMA_HELLO"));
+        }
+        for flags in [wire::TAKES_DIRECT, wire::TAKES_DIRECT | wire::RDMA] {
+            room += 1;
+            let rx = ready(&reg, room, 13);
+            let (h, _, staging) =
+                exchange_host(&dcfg, &links, addr, &mut link, (room, 13, 4), flags, None);
+            assert_eq!(h.flags & wire::VIA_RDMA, 0);
+            check(
+                &Fetched {
+                    first_token: h.first_token,
+                    first_logprobs: None,
+                    payload: Payload::Host(staging),
+                    n_pages: 4,
+                    pages: None,
+                    timing: Timing::default(),
+                },
+                room,
+            );
+            assert_eq!(rx.recv().unwrap(), Ok(()));
+        }
+        assert_eq!(Stats::get(&dstats.pd_connections), 1);
+        assert_eq!(Stats::get(&dstats.pd_recv_rdma), 0);
+    }
+    assert_eq!(Stats::get(&pstats.pd_rdma), 0);
+}
+
+/// A header that says its pages come over a queue pair the connection does not have fails the
+/// transfer with that reason (nothing is read off the socket as pages).
+#[test]
+fn pages_announced_over_a_missing_queue_pair_fail_the_transfer() {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let obj = G.page_size * G.layers * G.kv_dim * G.elem;
+    let prefill = std::thread::spawn(move || {
+        let (conn, _) = l.accept().unwrap();
+        let mut rd = std::io::BufReader::new(conn.try_clone().unwrap());
+        let want = Want::read(&mut rd).unwrap();
+        let mut h = KvHeader::error(wire::OK, "");
+        h.n_tokens = G.page_size as u32;
+        h.n_pages = 1;
+        h.object_bytes = obj as u32;
+        h.flags = wire::VIA_RDMA;
+        let mut w = conn;
+        h.write(&mut w).unwrap();
+        // Bytes that must not be taken for the pages.
+        w.write_all(&vec![0xEE; 2 * obj]).unwrap();
+        w.flush().unwrap();
+        let mut ack = [0u8; 1];
+        let _ = std::io::Read::read(&mut rd, &mut ack);
+        want
+    });
+    let dcfg = cfg(Mode::Decode, addr.port(), false);
+    let links = Links::new(false, dcfg.silence_limit(), Arc::new(Stats::default()));
+    let mut link = links.dial(addr).unwrap();
+    let want = Want {
+        room: 1,
+        prompt_len: G.page_size as u32,
+        page_size: G.page_size as u32,
+        object_bytes: obj as u32,
+        flags: wire::TAKES_DIRECT,
+        token: String::new(),
+        dest: None,
+    };
+    let ex = Exchange {
+        cfg: &dcfg,
+        links: &links,
+        addr,
+        device: None,
+        dest: None,
+        dest_pages: None,
+        fence: None,
+    };
+    let mut sg = Staging {
+        pool: Some(staging_pool(1)),
+        make: None,
+    };
+    let e = match ex.run(&mut link, &want, &mut sg, 1) {
+        Err(f) => f,
+        Ok(_) => panic!("pages over a missing queue pair were taken"),
+    };
+    assert!(e.msg.contains("queue pair"), "unclear error: {}", e.msg);
+    assert!(!e.keep);
+    drop(link);
+    assert_eq!(prefill.join().unwrap().flags & wire::RDMA, 0);
+}
+
+/// With a queue pair on the connection (an in-memory pair standing in for verbs, cutting the
+/// stream into 100-byte batches that split objects), WANTs with RDMA get VIA_RDMA headers and the
+/// page bytes over it, exact: staged pages, pool pages in parts straight into pool pages, and
+/// page_first objects gathered from the pool. A WANT without RDMA on the same connection gets
+/// them on the socket.
+#[test]
+fn pages_go_over_the_queue_pair_when_the_want_asks() {
+    use crate::pd::prefill::Part;
+    use crate::pd::wire::{RdmaFrame, RDMA_ACCEPT, RDMA_OFFER};
+    let port = free_port();
+    let pstats = Arc::new(Stats::default());
+    let reg = Registry::start(cfg(Mode::Prefill, port, true), pstats.clone()).unwrap();
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let (prefill_end, decode_end) = crate::pd::rdma::fake_pair(100);
+    reg.accept_next_rdma_with(prefill_end);
+    let dcfg = cfg(Mode::Decode, port, false);
+    let dstats = Arc::new(Stats::default());
+    let links = Links::new(false, dcfg.silence_limit(), dstats.clone());
+    let mut link = links.dial(addr).unwrap();
+    RdmaFrame {
+        kind: RDMA_OFFER,
+        body: Vec::new(),
+    }
+    .write(&mut link.wr)
+    .unwrap();
+    assert_eq!(RdmaFrame::read(&mut link.rd).unwrap().kind, RDMA_ACCEPT);
+    link.qp = Some(decode_end);
+    let staged = |link: &mut Link, room: u64, n: usize| {
+        let rx = ready(&reg, room, n);
+        let pages = n.div_ceil(G.page_size);
+        let (h, _, staging) = exchange_host(
+            &dcfg,
+            &links,
+            addr,
+            link,
+            (room, n, pages),
+            wire::TAKES_DIRECT,
+            None,
+        );
+        let f = Fetched {
+            first_token: h.first_token,
+            first_logprobs: None,
+            payload: Payload::Host(staging),
+            n_pages: pages,
+            pages: None,
+            timing: Timing::default(),
+        };
+        check(&f, room);
+        assert_eq!(rx.recv().unwrap(), Ok(()));
+        h.flags & wire::VIA_RDMA != 0
+    };
+    for (room, n) in [(1, 1), (2, 4), (3, 13)] {
+        assert!(staged(&mut link, room, n), "not over the queue pair");
+    }
+    // Pool pages: a part ahead, the rest after, straight into this side's pool pages.
+    let pool = FakePool::new(3, 16);
+    let pages: Vec<u32> = vec![9, 1, 14, 6, 2];
+    let n = 4 * G.page_size + 3;
+    let mine = FakePool::new(0, 8);
+    let my_pages: Vec<u32> = vec![7, 0, 3, 5, 1];
+    assert!(reg.claim(4));
+    reg.part(
+        4,
+        Part {
+            n_tokens: n as u32,
+            page_size: G.page_size,
+            pages: pool.pages(&pages[..2]),
+            n_pages: 2,
+        },
+    );
+    let (rest, rx) = handoff(n, pool.pages(&pages), pages.len(), None);
+    let later = {
+        let reg = reg.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            reg.ready(4, rest);
+        })
+    };
+    let (h, got, _) = exchange_host(
+        &dcfg,
+        &links,
+        addr,
+        &mut link,
+        (4, n, pages.len()),
+        wire::TAKES_DIRECT | wire::TAKES_PARTS,
+        Some(mine.spans().ranges(&my_pages)),
+    );
+    later.join().unwrap();
+    assert!(matches!(got, Got::InPool));
+    assert_ne!(h.flags & wire::VIA_RDMA, 0);
+    assert_eq!(h.n_pages, 3);
+    mine.check_pool(&pool, &my_pages, &pages);
+    assert_eq!(Stats::get(&dstats.pd_recv_parts), 1);
+    assert_eq!(rx.recv().unwrap(), Ok(()));
+    // page_first objects (a decode without TAKES_DIRECT), gathered from the pool.
+    let (h5, rx) = handoff(n, pool.pages(&pages), pages.len(), None);
+    assert!(reg.claim(5));
+    reg.ready(5, h5);
+    let (h, _, st) = exchange_host(&dcfg, &links, addr, &mut link, (5, n, pages.len()), 0, None);
+    assert_eq!(h.flags & (wire::VIA_RDMA | wire::DIRECT), wire::VIA_RDMA);
+    pool.check(&st, &pages);
+    assert_eq!(rx.recv().unwrap(), Ok(()));
+    // The same connection without RDMA in the WANT: the socket.
+    let qp = link.qp.take();
+    assert!(!staged(&mut link, 6, 9), "over the queue pair unasked");
+    link.qp = qp;
+    assert!(staged(&mut link, 7, 9));
+    assert_eq!(Stats::get(&pstats.pd_rdma), 6);
+    assert_eq!(Stats::get(&dstats.pd_recv_rdma), 6);
+    assert_eq!(Stats::get(&dstats.pd_connections), 1);
+}

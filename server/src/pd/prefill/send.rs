@@ -2,12 +2,15 @@
 //! another, each room's parts and final header sent the way the decode asked (the pages on the
 //! socket, announced for a same-host copy, left in the GPU pool for the decode's CUDA IPC copy,
 //! or copied into the decode's pool by this server when it asked for a push), then the
-//! acknowledgement awaited. The wire format is in docs/protocol.md ("PD KV transfer").
+//! acknowledgement awaited. An RDMA offer (before a WANT) is answered here too; a connection with
+//! a queue pair sends the page bytes of the WANTs that ask for it over the queue pair instead of
+//! the socket ([`send_range`] picks). The wire format is in docs/protocol.md ("PD KV transfer").
 
 use super::{Handoff, Next, Pages, Part, Reader, Registry, Writer};
 use crate::pd::link::PREFILL_IDLE;
+use crate::pd::rdma::{self, Qp};
 use crate::pd::share::{DeviceKv, Opened};
-use crate::pd::wire::{self, DeviceInfo, KvHeader, Want};
+use crate::pd::wire::{self, DeviceInfo, KvHeader, Request, Want};
 use crate::stats::Stats;
 use std::io::{BufReader, BufWriter, IoSlice, Read, Write};
 use std::time::{Duration, Instant};
@@ -21,6 +24,8 @@ enum Path {
     Ipc,
     /// This server copied the pages into the decode's GPU pool (PUSH).
     Push,
+    /// The page bytes went over the connection's RDMA queue pair.
+    Rdma,
 }
 
 /// A decode's GPU pool this connection copies pages into (PUSH): the WANT's pool and pages,
@@ -45,12 +50,23 @@ impl Registry {
         let mut wr = BufWriter::with_capacity(4096, w);
         // The decode's pool, once a PUSH WANT opened it (closed when the connection ends).
         let mut peer: PeerPool = None;
+        // The queue pair an RDMA offer connected (destroyed when the connection ends).
+        let mut qp: Option<Qp> = None;
         loop {
             if rd.get_ref().set_timeouts(Some(PREFILL_IDLE)).is_err() {
                 return;
             }
-            let want = match Want::read(&mut rd) {
-                Ok(w) => w,
+            let want = match Request::read(&mut rd) {
+                Ok(Request::Want(w)) => w,
+                Ok(Request::Rdma(offer)) => {
+                    let local = wr.get_ref().is_local();
+                    let (answer, made) = self.accept_rdma(&offer, local, qp.is_some());
+                    if answer.write(&mut wr).and_then(|_| wr.flush()).is_err() {
+                        return;
+                    }
+                    qp = made.or(qp);
+                    continue;
+                }
                 Err(e) => {
                     if e.kind() != std::io::ErrorKind::UnexpectedEof {
                         tracing::debug!("PD bootstrap: bad or no request: {e}");
@@ -58,12 +74,32 @@ impl Registry {
                     return;
                 }
             };
+            // Page bytes over the queue pair only when this WANT asks (and there is one).
+            let qp = qp.as_mut().filter(|_| want.flags & wire::RDMA != 0);
             if rd.get_ref().set_timeouts(Some(self.cfg.timeout)).is_err()
-                || !self.answer(&want, &mut rd, &mut wr, &mut peer)
+                || !self.answer(&want, &mut rd, &mut wr, &mut peer, qp)
             {
                 return;
             }
         }
+    }
+
+    /// The answer to an RDMA offer and the queue pair it connected ([`rdma::accept`]).
+    fn accept_rdma(
+        &self,
+        offer: &wire::RdmaFrame,
+        local: bool,
+        connected: bool,
+    ) -> (wire::RdmaFrame, Option<Qp>) {
+        #[cfg(test)]
+        if let Some(qp) = self.test_qp.lock().take() {
+            let accept = wire::RdmaFrame {
+                kind: wire::RDMA_ACCEPT,
+                body: Vec::new(),
+            };
+            return (accept, Some(qp));
+        }
+        rdma::accept(self.nic, offer, local, connected, self.cfg.timeout)
     }
 
     /// The decode pool to copy `want`'s pages into, when it asked for a push and this server
@@ -162,8 +198,16 @@ impl Registry {
         Ok(busy)
     }
 
-    /// Answers one WANT; false when the connection cannot carry another one.
-    fn answer(&self, want: &Want, rd: &mut Reader, wr: &mut Writer, peer: &mut PeerPool) -> bool {
+    /// Answers one WANT, the page bytes over `qp` when given; false when the connection cannot
+    /// carry another one.
+    fn answer(
+        &self,
+        want: &Want,
+        rd: &mut Reader,
+        wr: &mut Writer,
+        peer: &mut PeerPool,
+        mut qp: Option<&mut Qp>,
+    ) -> bool {
         let reply = |wr: &mut Writer, status: i32, msg: String| {
             KvHeader::error(status, msg)
                 .write(wr)
@@ -186,17 +230,19 @@ impl Registry {
         let taken = loop {
             match self.take(want.room, wr, parts) {
                 Ok(Next::Done(h)) => break Ok(h),
-                Ok(Next::Part(p)) => match self.send_part(&p, sent, want, wr, push.as_ref()) {
-                    Ok(()) => sent += p.n_pages,
-                    Err((open, msg)) => {
-                        tracing::warn!(room = want.room, "PD transfer failed: {msg}");
-                        if local {
-                            self.asked.lock().remove(&want.room);
+                Ok(Next::Part(p)) => {
+                    match self.send_part(&p, sent, want, (wr, qp.as_deref_mut()), push.as_ref()) {
+                        Ok(()) => sent += p.n_pages,
+                        Err((open, msg)) => {
+                            tracing::warn!(room = want.room, "PD transfer failed: {msg}");
+                            if local {
+                                self.asked.lock().remove(&want.room);
+                            }
+                            self.give_up(want.room);
+                            return open && reply(wr, wire::ERR_MISMATCH, msg);
                         }
-                        self.give_up(want.room);
-                        return open && reply(wr, wire::ERR_MISMATCH, msg);
                     }
-                },
+                }
                 Err(e) => break Err(e),
             }
         };
@@ -224,9 +270,9 @@ impl Registry {
             // are prefill, not transfer.
             let t0 = Instant::now();
             let r = if self.cfg.inject_fault(want.room) {
-                (send_half(&h, sent, wr), false)
+                (send_half(&h, sent, wr, qp), false)
             } else {
-                self.send_pages(&h, sent, want, wr, rd, push.as_ref())
+                self.send_pages(&h, sent, want, (wr, qp), rd, push.as_ref())
             };
             if let (Ok(path), _) = &r {
                 let st = &self.stats;
@@ -234,6 +280,7 @@ impl Registry {
                 Stats::add(&st.pd_micros, t0.elapsed().as_micros() as u64);
                 match path {
                     Path::SameHost => Stats::add(&st.pd_local, 1),
+                    Path::Rdma => Stats::add(&st.pd_rdma, 1),
                     Path::Ipc | Path::Push => {
                         Stats::add(&st.pd_ipc, 1);
                         Stats::add(&st.pd_ipc_bytes, (h.n_pages * 2 * obj) as u64);
@@ -286,7 +333,7 @@ impl Registry {
         p: &Part,
         sent: usize,
         want: &Want,
-        wr: &mut Writer,
+        (wr, qp): Out<'_>,
         push: Option<&PushTarget<'_>>,
     ) -> Result<(), (bool, String)> {
         let obj = p.pages.object_bytes();
@@ -337,9 +384,8 @@ impl Registry {
                     hd.ranges = page_ranges(&p.pages, 0, p.n_pages);
                     hd.write(wr).and_then(|_| wr.flush()).map_err(io)?;
                 } else {
-                    hd.write(wr)
-                        .and_then(|_| send_range(&p.pages, p.page_size, wr, true, 0, p.n_pages))
-                        .map_err(io)?;
+                    let pages = (&p.pages, p.page_size, true, 0, p.n_pages);
+                    send_with_pages(&mut hd, pages, (wr, qp)).map_err(io)?;
                 }
             }
             Pages::Staged(_) => return Err((false, "a staged part".into())),
@@ -356,7 +402,7 @@ impl Registry {
         h: &Handoff,
         sent: usize,
         want: &Want,
-        wr: &mut Writer,
+        (wr, qp): Out<'_>,
         rd: &mut Reader,
         push: Option<&PushTarget<'_>>,
     ) -> (Result<Path, String>, bool) {
@@ -375,7 +421,11 @@ impl Registry {
                 }
             }
         }
-        let mut path = Path::Socket;
+        let mut path = if qp.is_some() {
+            Path::Rdma
+        } else {
+            Path::Socket
+        };
         let rest = |info: &DeviceInfo| info.pages[sent.min(info.pages.len())..].to_vec();
         let pushed = match (&h.pages, push) {
             (Pages::Device(info), Some(t)) => {
@@ -405,10 +455,8 @@ impl Registry {
             }
             Pages::Pool { .. } if !direct => {
                 // A decode that only takes page_first objects: gathered page by page below.
-                if let Err(e) = hd
-                    .write(wr)
-                    .and_then(|_| send_range(&h.pages, h.page_size, wr, false, sent, n))
-                {
+                let pages = (&h.pages, h.page_size, false, sent, n);
+                if let Err(e) = send_with_pages(&mut hd, pages, (wr, qp)) {
                     return io(e);
                 }
             }
@@ -424,9 +472,8 @@ impl Registry {
                         return io(e);
                     }
                     path = Path::SameHost;
-                } else if let Err(e) = hd
-                    .write(wr)
-                    .and_then(|_| send_range(&h.pages, h.page_size, wr, pool, sent, n))
+                } else if let Err(e) =
+                    send_with_pages(&mut hd, (&h.pages, h.page_size, pool, sent, n), (wr, qp))
                 {
                     return io(e);
                 }
@@ -442,7 +489,7 @@ impl Registry {
             // the prompt (also those of parts it could not copy).
             path = Path::Socket;
             let direct = hd.flags & wire::DIRECT != 0;
-            if let Err(e) = send_range(&h.pages, h.page_size, wr, direct, 0, n) {
+            if let Err(e) = send_range((&h.pages, h.page_size, direct, 0, n), (wr, None)) {
                 return io(e);
             }
             if let Err(e) = rd.read_exact(&mut ack) {
@@ -478,10 +525,15 @@ fn header(h: &Handoff, sent: usize) -> KvHeader {
 
 /// Test-only fault: the header and half the remaining pages, then the connection drops (a
 /// prefill that dies mid-transfer, as the decode side sees it).
-fn send_half(h: &Handoff, sent: usize, wr: &mut Writer) -> Result<Path, String> {
-    header(h, sent).write(wr).map_err(|e| e.to_string())?;
+fn send_half(
+    h: &Handoff,
+    sent: usize,
+    wr: &mut Writer,
+    qp: Option<&mut Qp>,
+) -> Result<Path, String> {
     let half = sent + (h.n_pages - sent) / 2;
-    let _ = send_range(&h.pages, h.page_size, wr, false, sent, half);
+    let pages = (&h.pages, h.page_size, false, sent, half);
+    let _ = send_with_pages(&mut header(h, sent), pages, (wr, qp));
     let _ = wr.flush();
     let _ = wr.get_ref().shutdown();
     Err("injected test fault: the transfer was cut halfway".into())
@@ -501,34 +553,44 @@ fn page_ranges(pages: &Pages, from: usize, to: usize) -> Vec<(u64, u64)> {
     }
 }
 
-/// Writes the prompt's pages `from..to` on the socket: page after page, K object then V object,
-/// page_first_direct from the pool when `direct` (else page_first).
+/// Where a header's page bytes go: the connection, and its queue pair when the WANT asked for
+/// the pages over it.
+type Out<'a> = (&'a mut Writer, Option<&'a mut Qp>);
+
+/// The prompt's pages `from..to` of `pages` (pages of `page_size` tokens), page_first_direct
+/// from the pool when `direct` (else page_first).
+type Range<'a> = (&'a Pages, usize, bool, usize, usize);
+
+/// Writes `hd`, marked VIA_RDMA when its pages go over the queue pair, then the pages.
+fn send_with_pages(hd: &mut KvHeader, pages: Range<'_>, (wr, qp): Out<'_>) -> std::io::Result<()> {
+    if qp.is_some() {
+        hd.flags |= wire::VIA_RDMA;
+    }
+    hd.write(wr)?;
+    send_range(pages, (wr, qp))
+}
+
+/// Sends the prompt's pages `from..to`, page after page, K object then V object: over the queue
+/// pair when there is one in `out`, else on the socket (the one place that picks). The header
+/// before them is flushed first.
 fn send_range(
-    pages: &Pages,
-    page_size: usize,
-    wr: &mut Writer,
-    direct: bool,
-    from: usize,
-    to: usize,
+    (pages, page_size, direct, from, to): Range<'_>,
+    (wr, qp): Out<'_>,
 ) -> std::io::Result<()> {
+    wr.flush()?;
     match pages {
-        Pages::Staged(s) => {
-            for p in from as u32..to as u32 {
-                for v in [false, true] {
-                    // SAFETY: the staging pool is owned by this handoff alone; nothing writes it.
-                    wr.write_all(unsafe { s.object(p, v) })?;
-                }
-            }
-        }
-        Pages::Pool { spans, pages } if direct => {
-            wr.flush()?;
-            write_ranges(wr.get_mut(), &spans.ranges(&pages[from..to]))?;
-        }
-        Pages::Pool { spans, pages } => {
-            // page_first: token-major rows, gathered one object at a time.
+        Pages::Pool { spans, pages } if !direct => {
+            // page_first: token-major rows, gathered one object at a time (the whole range at
+            // once for the queue pair, whose SENDs are cut from one stream).
             let layers = spans.k.len();
             let row = spans.run / page_size.max(1);
-            let mut obj = vec![0u8; spans.object_bytes()];
+            let obj_bytes = spans.object_bytes();
+            let mut all = Vec::with_capacity(if qp.is_some() {
+                (to - from) * 2 * obj_bytes
+            } else {
+                0
+            });
+            let mut obj = vec![0u8; obj_bytes];
             for &p in &pages[from..to] {
                 for bases in [&spans.k, &spans.v] {
                     for (l, &b) in bases.iter().enumerate() {
@@ -542,17 +604,39 @@ fn send_range(
                             obj[at..at + row].copy_from_slice(src);
                         }
                     }
-                    wr.write_all(&obj)?;
+                    if qp.is_some() {
+                        all.extend_from_slice(&obj);
+                    } else {
+                        wr.write_all(&obj)?;
+                    }
                 }
             }
+            match qp {
+                Some(qp) => qp.send(&[&all]),
+                None => wr.flush(),
+            }
         }
-        Pages::Device(_) => {
-            return Err(std::io::Error::other(
-                "the pages are in the GPU pool; they cannot go on the socket",
-            ))
+        Pages::Device(_) => Err(std::io::Error::other(
+            "the pages are in the GPU pool; they cannot go on the socket",
+        )),
+        // The staging objects (page_first) or the pool's per-layer runs (page_first_direct).
+        _ => {
+            let ranges = page_ranges(pages, from, to);
+            match qp {
+                Some(qp) => {
+                    let src: Vec<&[u8]> = ranges
+                        .iter()
+                        // SAFETY: each range is held memory of this handoff; nothing writes it.
+                        .map(|&(a, l)| unsafe {
+                            std::slice::from_raw_parts(a as *const u8, l as usize)
+                        })
+                        .collect();
+                    qp.send(&src)
+                }
+                None => write_ranges(wr.get_mut(), &ranges),
+            }
         }
     }
-    wr.flush()
 }
 
 /// Writes the bytes of `ranges` (memory of this process that nothing writes meanwhile) with
