@@ -382,8 +382,12 @@ impl Registry {
     /// Waits for `room` to be ready (or failed) until the deadline, sending the decode side a
     /// heartbeat every `cfg.heartbeat` meanwhile. A heartbeat that cannot be sent means the decode
     /// side is gone: the room is then given up (its prefill's answer fails when it finishes).
+    /// The beat keeps its own clock: other rooms' events wake this wait too, and must not put the
+    /// next beat off (with many rooms finishing one after another, a beat timed from the last
+    /// wake-up never came, and a waiting decode gave the prefill up as silent).
     fn take(&self, room: u64, wr: &mut Writer, parts: bool) -> Result<Next, (i32, String)> {
         let deadline = Instant::now() + self.cfg.timeout;
+        let mut beat = Instant::now() + self.cfg.heartbeat;
         let mut g = self.rooms.lock();
         loop {
             if Instant::now() >= deadline {
@@ -405,8 +409,8 @@ impl Registry {
                 }
                 None => {}
             }
-            let beat = (Instant::now() + self.cfg.heartbeat).min(deadline);
-            if self.cv.wait_until(&mut g, beat).timed_out() && Instant::now() < deadline {
+            let now = Instant::now();
+            if now >= beat {
                 let sent = KvHeader::error(wire::WAITING, "")
                     .write(wr)
                     .and_then(|_| wr.flush());
@@ -414,7 +418,9 @@ impl Registry {
                     self.abandon(&mut g, room);
                     return Err((wire::ERR_FAILED, "the decode side went away".into()));
                 }
+                beat = now + self.cfg.heartbeat;
             }
+            self.cv.wait_until(&mut g, beat.min(deadline));
         }
     }
 

@@ -14,7 +14,7 @@ use crate::stats::Stats;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::mpsc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 const G: Geometry = Geometry {
     page_size: 4,
@@ -1307,4 +1307,40 @@ fn pages_go_over_the_queue_pair_when_the_want_asks() {
     assert_eq!(Stats::get(&pstats.pd_rdma), 6);
     assert_eq!(Stats::get(&dstats.pd_recv_rdma), 6);
     assert_eq!(Stats::get(&dstats.pd_connections), 1);
+}
+
+/// A decode waiting for a room whose prefill takes long hears the heartbeat on time even while
+/// other rooms' events keep waking the prefill's waiting thread (each event used to restart the
+/// beat's clock, so with rooms finishing more often than the beat, none was sent and the decode
+/// gave the prefill up as silent).
+#[test]
+fn heartbeats_keep_coming_while_other_rooms_finish() {
+    let port = free_port();
+    let mut pcfg = cfg(Mode::Prefill, port, false);
+    pcfg.heartbeat = Duration::from_millis(100);
+    let reg = Registry::start(pcfg, Arc::new(Stats::default())).unwrap();
+    let mut dcfg = cfg(Mode::Decode, port, false);
+    dcfg.heartbeat = Duration::from_millis(100);
+    let fetching = std::thread::spawn(move || {
+        let links = Links::new(false, dcfg.silence_limit(), Arc::new(Stats::default()));
+        let cache = StagingCache::default();
+        let b = Bootstrap {
+            host: "127.0.0.1".into(),
+            port: Some(port),
+            room: 1,
+        };
+        fetch(Instant::now(), &dcfg, G, &b, 7, &links, &cache, None, None)
+    });
+    // 0.8 s of other rooms failing every 30 ms: far past the decode's 0.2 s silence limit.
+    for i in 0..27 {
+        std::thread::sleep(Duration::from_millis(30));
+        reg.fail(1000 + i, "another request");
+    }
+    let rx = ready(&reg, 1, 7);
+    let f = fetching
+        .join()
+        .unwrap()
+        .expect("the waiting decode kept hearing the heartbeat");
+    check(&f, 1);
+    assert_eq!(rx.recv().unwrap(), Ok(()));
 }
