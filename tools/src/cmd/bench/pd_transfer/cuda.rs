@@ -25,7 +25,7 @@ use strata_server::pd::wire::DeviceInfo;
 use strata_server::pd::{Mode, PdConfig};
 use strata_server::stats::Stats;
 
-use super::{fetch_round, n_pages, room_pages, rooms_needed, shuffled, woken, Args, Row};
+use super::{n_pages, room_pages, rooms_needed, shuffled, Args, Decode, Row};
 use std::io::{Read, Write};
 
 /// Period of the fill pattern in bytes (not a multiple of any chunk size, so a page landed in
@@ -182,29 +182,19 @@ pub(super) fn measure(a: &Args, port: u16, info: &serde_json::Value) -> anyhow::
         cfg.same_host = true;
         cfg.push = t == "cuda-push";
         let stats = Arc::new(Stats::default());
-        let (fetcher, rx) =
-            woken(Fetcher::new(cfg, geo, stats.clone()).with_device(Some(dk.clone())));
+        let fetcher = Fetcher::new(cfg, geo, stats.clone()).with_device(Some(dk.clone()));
+        let decode = Decode::new(fetcher, free.clone(), a, port);
         for &c in &a.concurrency {
             let mut row = Row::default();
             let mut before = Copies::read(&stats);
             for round in 0..=a.rounds {
-                let (wall, done) = fetch_round(
-                    &fetcher,
-                    &rx,
-                    &free,
-                    n,
-                    c,
-                    port,
-                    a.tokens,
-                    &mut room,
-                    &|pages| {
-                        Ok(Dest {
-                            pages,
-                            spans: None,
-                            fence: Some(dk.fence().map_err(anyhow::Error::msg)?),
-                        })
-                    },
-                )?;
+                let (wall, done) = decode.round(c, &mut room, &|pages| {
+                    Ok(Dest {
+                        pages,
+                        spans: None,
+                        fence: Some(dk.fence().map_err(anyhow::Error::msg)?),
+                    })
+                })?;
                 if round == 0 {
                     for (i, (room, f)) in done.iter().enumerate() {
                         let got = f.pages.as_ref().expect("dest pages");

@@ -298,7 +298,7 @@ fn measure(a: &Args, port: u16, info: &serde_json::Value) -> anyhow::Result<()> 
         let mut cfg = PdConfig::new(Mode::Decode, port, "127.0.0.1", "");
         cfg.same_host = same_host;
         let stats = Arc::new(Stats::default());
-        let (fetcher, rx) = woken(Fetcher::new(cfg, geo, stats));
+        let decode = Decode::new(Fetcher::new(cfg, geo, stats), free.clone(), a, port);
         for &c in &a.concurrency {
             let mut raw = if same_host {
                 Raw::Cma {
@@ -314,23 +314,13 @@ fn measure(a: &Args, port: u16, info: &serde_json::Value) -> anyhow::Result<()> 
             };
             let mut row = Row::default();
             for round in 0..=a.rounds {
-                let (wall, done) = fetch_round(
-                    &fetcher,
-                    &rx,
-                    &free,
-                    n,
-                    c,
-                    port,
-                    a.tokens,
-                    &mut room,
-                    &|pages| {
-                        Ok(Dest {
-                            pages,
-                            spans: Some(spans.clone()),
-                            fence: None,
-                        })
-                    },
-                )?;
+                let (wall, done) = decode.round(c, &mut room, &|pages| {
+                    Ok(Dest {
+                        pages,
+                        spans: Some(spans.clone()),
+                        fence: None,
+                    })
+                })?;
                 for (room, f) in &done {
                     if round == 0 {
                         let got = f.pages.as_ref().expect("dest pages");
@@ -351,70 +341,86 @@ fn measure(a: &Args, port: u16, info: &serde_json::Value) -> anyhow::Result<()> 
     Ok(())
 }
 
-/// `f` with a waker: the receiver gets a message whenever a fetch finishes.
-fn woken(f: Fetcher) -> (Fetcher, mpsc::Receiver<()>) {
-    let (tx, rx) = mpsc::channel::<()>();
-    let tx = std::sync::Mutex::new(tx);
-    f.set_waker(Box::new(move || {
-        let _ = tx.lock().map(|t| t.send(()));
-    }));
-    (f, rx)
+/// The decode side of one transport's rows: the servers' fetcher (woken when a fetch finishes),
+/// the pool pages fetches land in, and what every fetch asks for.
+struct Decode {
+    fetcher: Fetcher,
+    rx: mpsc::Receiver<()>,
+    free: Arc<FreeList>,
+    /// Pages and tokens per transfer.
+    n: usize,
+    tokens: usize,
+    port: u16,
 }
 
-/// Starts `c` fetches of `n` pages together (the next rooms after `*room`, each into fresh pages
-/// of `free` through `dest`) and waits for all of them; the wall time and each room's result,
-/// landed in the pool.
-#[allow(clippy::too_many_arguments)]
-fn fetch_round(
-    fetcher: &Fetcher,
-    rx: &mpsc::Receiver<()>,
-    free: &Arc<FreeList>,
-    n: usize,
-    c: usize,
-    port: u16,
-    tokens: usize,
-    room: &mut u64,
-    dest: &dyn Fn(Vec<Page>) -> anyhow::Result<Dest>,
-) -> anyhow::Result<(f64, Vec<(u64, Fetched)>)> {
-    let t0 = Instant::now();
-    let mut rids = Vec::new();
-    for _ in 0..c {
-        *room += 1;
-        let rid = format!("r{room}");
-        let pages = free
-            .alloc(n)
-            .ok_or_else(|| anyhow::anyhow!("decode pool exhausted"))?;
-        let b = Bootstrap {
-            host: "127.0.0.1".into(),
-            port: Some(port),
-            room: *room,
-        };
-        fetcher.start(&rid, &b, tokens, Some(dest(pages)?));
-        rids.push((rid, *room));
-    }
-    let mut done: Vec<(String, (u64, Fetched))> = Vec::new();
-    while done.len() < c {
-        for (rid, room) in &rids {
-            if done.iter().any(|(r, _)| r == rid) {
-                continue;
-            }
-            if let Some(r) = fetcher.take(rid) {
-                let f = r.map_err(|e| anyhow::anyhow!("transfer {rid}: {e}"))?;
-                done.push((rid.clone(), (*room, f)));
-            }
-        }
-        if done.len() < c {
-            let _ = rx.recv_timeout(Duration::from_millis(50));
+impl Decode {
+    fn new(fetcher: Fetcher, free: Arc<FreeList>, a: &Args, port: u16) -> Self {
+        let (tx, rx) = mpsc::channel::<()>();
+        let tx = std::sync::Mutex::new(tx);
+        fetcher.set_waker(Box::new(move || {
+            let _ = tx.lock().map(|t| t.send(()));
+        }));
+        Decode {
+            fetcher,
+            rx,
+            free,
+            n: n_pages(a),
+            tokens: a.tokens,
+            port,
         }
     }
-    let wall = t0.elapsed().as_secs_f64();
-    let done: Vec<(u64, Fetched)> = done.into_iter().map(|(_, x)| x).collect();
-    anyhow::ensure!(
-        done.iter()
-            .all(|(_, f)| matches!(f.payload, Payload::InPool)),
-        "not landed in the pool"
-    );
-    Ok((wall, done))
+
+    /// Starts `c` fetches together (the next rooms after `*room`, each into fresh pool pages
+    /// through `dest`) and waits for all of them; the wall time and each room's result, landed
+    /// in the pool.
+    fn round(
+        &self,
+        c: usize,
+        room: &mut u64,
+        dest: &dyn Fn(Vec<Page>) -> anyhow::Result<Dest>,
+    ) -> anyhow::Result<(f64, Vec<(u64, Fetched)>)> {
+        let (fetcher, rx, n, port) = (&self.fetcher, &self.rx, self.n, self.port);
+        let t0 = Instant::now();
+        let mut rids = Vec::new();
+        for _ in 0..c {
+            *room += 1;
+            let rid = format!("r{room}");
+            let pages = self
+                .free
+                .alloc(n)
+                .ok_or_else(|| anyhow::anyhow!("decode pool exhausted"))?;
+            let b = Bootstrap {
+                host: "127.0.0.1".into(),
+                port: Some(port),
+                room: *room,
+            };
+            fetcher.start(&rid, &b, self.tokens, Some(dest(pages)?));
+            rids.push((rid, *room));
+        }
+        let mut done: Vec<(String, (u64, Fetched))> = Vec::new();
+        while done.len() < c {
+            for (rid, room) in &rids {
+                if done.iter().any(|(r, _)| r == rid) {
+                    continue;
+                }
+                if let Some(r) = fetcher.take(rid) {
+                    let f = r.map_err(|e| anyhow::anyhow!("transfer {rid}: {e}"))?;
+                    done.push((rid.clone(), (*room, f)));
+                }
+            }
+            if done.len() < c {
+                let _ = rx.recv_timeout(Duration::from_millis(50));
+            }
+        }
+        let wall = t0.elapsed().as_secs_f64();
+        let done: Vec<(u64, Fetched)> = done.into_iter().map(|(_, x)| x).collect();
+        anyhow::ensure!(
+            done.iter()
+                .all(|(_, f)| matches!(f.payload, Payload::InPool)),
+            "not landed in the pool"
+        );
+        Ok((wall, done))
+    }
 }
 
 /// One table row's measured rounds.
