@@ -108,6 +108,17 @@ fn exchange_host(
 }
 
 /// A TCP port nothing listens on (for a test's bootstrap server).
+/// A fetch with no pool pages and no GPU (the pages come staged), started now.
+fn fetch_staged(
+    cfg: &PdConfig,
+    b: &Bootstrap,
+    n: usize,
+    links: &Links,
+    cache: &StagingCache,
+) -> Result<Fetched, String> {
+    fetch(Instant::now(), cfg, G, b, n, links, cache, None, None)
+}
+
 fn free_port() -> u16 {
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     l.local_addr().unwrap().port()
@@ -178,18 +189,7 @@ fn same_host_tcp_and_fallback_deliver_the_pages_on_reused_connections() {
         for n in [1, 4, 13] {
             room += 1;
             let rx = ready(&reg, room, n);
-            let f = fetch(
-                Instant::now(),
-                &dcfg,
-                G,
-                &b(room),
-                n,
-                &links,
-                &cache,
-                None,
-                None,
-            )
-            .unwrap();
+            let f = fetch_staged(&dcfg, &b(room), n, &links, &cache).unwrap();
             check(&f, room);
             let Payload::Host(st) = f.payload else {
                 panic!("not staged on the host")
@@ -207,34 +207,12 @@ fn same_host_tcp_and_fallback_deliver_the_pages_on_reused_connections() {
         // A geometry mismatch is an error header: the connection stays usable.
         room += 1;
         let rx = ready(&reg, room, 5);
-        assert!(fetch(
-            Instant::now(),
-            &dcfg,
-            G,
-            &b(room),
-            6,
-            &links,
-            &cache,
-            None,
-            None
-        )
-        .is_err());
+        assert!(fetch_staged(&dcfg, &b(room), 6, &links, &cache).is_err());
         assert!(rx.recv().unwrap().is_err());
         room += 1;
         let rx = ready(&reg, room, 6);
         check(
-            &fetch(
-                Instant::now(),
-                &dcfg,
-                G,
-                &b(room),
-                6,
-                &links,
-                &cache,
-                None,
-                None,
-            )
-            .unwrap(),
+            &fetch_staged(&dcfg, &b(room), 6, &links, &cache).unwrap(),
             room,
         );
         assert_eq!(rx.recv().unwrap(), Ok(()));
@@ -1329,7 +1307,7 @@ fn heartbeats_keep_coming_while_other_rooms_finish() {
             port: Some(port),
             room: 1,
         };
-        fetch(Instant::now(), &dcfg, G, &b, 7, &links, &cache, None, None)
+        fetch_staged(&dcfg, &b, 7, &links, &cache)
     });
     // 0.8 s of other rooms failing every 30 ms: far past the decode's 0.2 s silence limit.
     for i in 0..27 {

@@ -20,12 +20,12 @@ use strata_kernels::cuda::{DTensor, GpuContext, IpcMapping, PeerCopy};
 use strata_server::kv::{FreeList, Page};
 use strata_server::model::cuda::{device_kv, CudaKv};
 use strata_server::pd::decode::{Dest, Fetcher, Geometry, Timing};
-use strata_server::pd::prefill::{Handoff, Pages, Registry, Share};
+use strata_server::pd::prefill::{Pages, Share};
 use strata_server::pd::wire::DeviceInfo;
 use strata_server::pd::{Mode, PdConfig};
 use strata_server::stats::Stats;
 
-use super::{n_pages, room_pages, rooms_needed, shuffled, Args, Decode, Row};
+use super::{n_pages, room_pages, serve_rooms, shuffled, Args, Decode, Row};
 use std::io::{Read, Write};
 
 /// Period of the fill pattern in bytes (not a multiple of any chunk size, so a page landed in
@@ -86,33 +86,17 @@ pub(super) fn prefill_child(a: &Args, port: u16) -> anyhow::Result<()> {
     ctx.synchronize()?;
     let dk = device_kv(&kv).map_err(anyhow::Error::msg)?;
     let export = dk.export().map_err(anyhow::Error::msg)?;
-    let cfg = PdConfig::new(Mode::Prefill, port, "127.0.0.1", "");
-    let reg = Registry::start(cfg, Arc::new(Stats::default()))?;
-    reg.set_share(Share {
+    let share = Share {
         host: None,
         device: Some(export.clone()),
         kv: Some(dk),
-    });
-    let order = shuffled(pages);
-    for room in 1..=rooms_needed(a) {
-        anyhow::ensure!(reg.claim(room), "room {room} taken");
-        reg.ready(
-            room,
-            Handoff {
-                n_tokens: a.tokens as u32,
-                first_token: 1,
-                first_logprobs: None,
-                pages: Pages::Device(DeviceInfo {
-                    pages: room_pages(&order, room, n),
-                    ..export.clone()
-                }),
-                n_pages: n,
-                page_size: a.page_size,
-                hold: None,
-                deliver: Box::new(|_| {}),
-            },
-        );
-    }
+    };
+    let _reg = serve_rooms(a, port, share, pages, &|pages| {
+        Pages::Device(DeviceInfo {
+            pages,
+            ..export.clone()
+        })
+    })?;
     let hex: String = export.handle.iter().map(|b| format!("{b:02x}")).collect();
     let info = json!({"pid": std::process::id(), "handle": hex, "pool_pages": export.pool_pages});
     println!("{info}");

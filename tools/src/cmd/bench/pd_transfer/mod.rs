@@ -148,20 +148,20 @@ fn rooms_needed(a: &Args) -> u64 {
     (per * (a.rounds + 1) * a.transports.len()) as u64
 }
 
-/// The prefill child: the bootstrap server over its pool, every room ready; prints the pool's
-/// addresses, then serves until its stdin closes.
-fn prefill_child(a: &Args, port: u16) -> anyhow::Result<()> {
-    let pool = Pool::new(a, true);
-    let spans = Arc::new(pool.spans());
+/// The prefill child's bootstrap server on `port` over `share`, every room the run needs ready
+/// with its pages of a `pool_pages` pool (`pages` makes a room's `Pages` from its page ids).
+fn serve_rooms(
+    a: &Args,
+    port: u16,
+    share: Share,
+    pool_pages: usize,
+    pages: &dyn Fn(Vec<u32>) -> Pages,
+) -> anyhow::Result<Arc<Registry>> {
     let cfg = PdConfig::new(Mode::Prefill, port, "127.0.0.1", "");
     let reg = Registry::start(cfg, Arc::new(Stats::default()))?;
-    reg.set_share(Share {
-        host: Some(spans.clone()),
-        device: None,
-        kv: None,
-    });
+    reg.set_share(share);
     let n = n_pages(a);
-    let order = shuffled(pool.pages);
+    let order = shuffled(pool_pages);
     for room in 1..=rooms_needed(a) {
         anyhow::ensure!(reg.claim(room), "room {room} taken");
         reg.ready(
@@ -170,10 +170,7 @@ fn prefill_child(a: &Args, port: u16) -> anyhow::Result<()> {
                 n_tokens: a.tokens as u32,
                 first_token: 1,
                 first_logprobs: None,
-                pages: Pages::Pool {
-                    spans: spans.clone(),
-                    pages: room_pages(&order, room, n),
-                },
+                pages: pages(room_pages(&order, room, n)),
                 n_pages: n,
                 page_size: a.page_size,
                 hold: None,
@@ -181,6 +178,23 @@ fn prefill_child(a: &Args, port: u16) -> anyhow::Result<()> {
             },
         );
     }
+    Ok(reg)
+}
+
+/// The prefill child: the bootstrap server over its pool, every room ready; prints the pool's
+/// addresses, then serves until its stdin closes.
+fn prefill_child(a: &Args, port: u16) -> anyhow::Result<()> {
+    let pool = Pool::new(a, true);
+    let spans = Arc::new(pool.spans());
+    let share = Share {
+        host: Some(spans.clone()),
+        device: None,
+        kv: None,
+    };
+    let _reg = serve_rooms(a, port, share, pool.pages, &|pages| Pages::Pool {
+        spans: spans.clone(),
+        pages,
+    })?;
     let info = json!({"pid": std::process::id(), "k": spans.k, "v": spans.v});
     println!("{info}");
     std::io::stdout().flush()?;
