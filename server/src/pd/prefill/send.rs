@@ -585,14 +585,14 @@ fn send_range(
             let layers = spans.k.len();
             let row = spans.run / page_size.max(1);
             let obj_bytes = spans.object_bytes();
-            let mut all = Vec::with_capacity(if qp.is_some() {
-                (to - from) * 2 * obj_bytes
-            } else {
-                0
-            });
-            let mut obj = vec![0u8; obj_bytes];
+            // The queue pair sends the whole range at once: objects are gathered straight into
+            // it; the socket takes one object at a time from a reused buffer.
+            let whole = if qp.is_some() { to - from } else { 1 };
+            let mut buf = vec![0u8; whole * 2 * obj_bytes];
+            let mut next = 0;
             for &p in &pages[from..to] {
                 for bases in [&spans.k, &spans.v] {
+                    let obj = &mut buf[next..next + obj_bytes];
                     for (l, &b) in bases.iter().enumerate() {
                         let run = b + p as usize * spans.run;
                         for t in 0..page_size {
@@ -605,14 +605,14 @@ fn send_range(
                         }
                     }
                     if qp.is_some() {
-                        all.extend_from_slice(&obj);
+                        next += obj_bytes;
                     } else {
-                        wr.write_all(&obj)?;
+                        wr.write_all(obj)?;
                     }
                 }
             }
             match qp {
-                Some(qp) => qp.send(&[&all]),
+                Some(qp) => qp.send(&[&buf]),
                 None => wr.flush(),
             }
         }
