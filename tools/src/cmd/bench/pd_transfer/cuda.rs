@@ -54,6 +54,11 @@ fn pattern(g: usize) -> u8 {
     (i.wrapping_mul(31) ^ (i >> 9) ^ (i >> 17)) as u8
 }
 
+/// One period of the pattern (a pool's bytes repeat it from byte 0).
+fn tile() -> Vec<u8> {
+    (0..PERIOD).map(pattern).collect()
+}
+
 /// Bytes of one page of one layer's K (or V).
 fn chunk(a: &Args) -> usize {
     a.page_size * a.kv_dim * 2
@@ -76,7 +81,7 @@ pub(super) fn prefill_child(a: &Args, port: u16) -> anyhow::Result<()> {
     let pages = pool_pages(a, 4 * n);
     let kv = CudaKv::new(&ctx, a.layers, a.kv_dim, pages, a.page_size)?;
     let t = kv.tensor();
-    let tile: Vec<u8> = (0..PERIOD).map(pattern).collect();
+    let tile = tile();
     let mut at = 0;
     while at < t.bytes() {
         let len = PERIOD.min(t.bytes() - at);
@@ -137,7 +142,7 @@ pub(super) fn measure(a: &Args, port: u16, info: &serde_json::Value) -> anyhow::
         .tensor();
     let raw = PeerCopy::new(ctx.clone())?;
     let free = FreeList::new(mine_pages);
-    let tile: Vec<u8> = (0..PERIOD).map(pattern).collect();
+    let expected = Expected::new(theirs_pages);
     let bytes = n * 2 * a.layers * chunk(a);
     let geo = Geometry {
         page_size: a.page_size,
@@ -183,17 +188,7 @@ pub(super) fn measure(a: &Args, port: u16, info: &serde_json::Value) -> anyhow::
                     for (i, (room, f)) in done.iter().enumerate() {
                         let got = f.pages.as_ref().expect("dest pages");
                         let (t, full) = (kv.tensor(), i == 0);
-                        check(
-                            &ctx,
-                            t,
-                            mine_pages,
-                            a,
-                            &tile,
-                            theirs_pages,
-                            *room,
-                            got,
-                            full,
-                        )?;
+                        expected.check(&ctx, (t, mine_pages), a, *room, got, full)?;
                     }
                 }
                 let timings: Vec<Timing> = done.iter().map(|(_, f)| f.timing).collect();
@@ -239,43 +234,59 @@ fn raw_ranges(
         .collect()
 }
 
-/// The decode pool's pages `got` hold the prefill's pages of `room`, byte for byte (`full`), or
-/// in the first 4 KiB of every page's K and V of each layer (enough to see a page landed in the
-/// wrong place or not at all, at a fraction of the download).
-#[allow(clippy::too_many_arguments)]
-fn check(
-    ctx: &GpuContext,
-    mine: &DTensor,
-    mine_pages: usize,
-    a: &Args,
-    tile: &[u8],
-    theirs_pages: usize,
-    room: u64,
-    got: &[Page],
-    full: bool,
-) -> anyhow::Result<()> {
-    let (n, ch) = (n_pages(a), chunk(a));
-    let theirs = room_pages(&shuffled(theirs_pages), room, n);
-    let mut buf = vec![0u8; if full { ch } else { ch.min(4096) }];
-    for (p, &t) in got.iter().zip(&theirs) {
-        for lk in 0..2 * a.layers {
-            ctx.download_bytes(mine, (lk * mine_pages + p.id() as usize) * ch, &mut buf)?;
-            let from = (lk * theirs_pages + t as usize) * ch;
-            let same = buf.chunks(4096).enumerate().all(|(i, b)| {
-                let at = (from + i * 4096) % PERIOD;
-                let first = b.len().min(PERIOD - at);
-                b[..first] == tile[at..at + first] && b[first..] == tile[..b.len() - first]
-            });
-            anyhow::ensure!(
-                same,
-                "room {room}: page {} (theirs {t}) layer {} {} differs",
-                p.id(),
-                lk / 2,
-                if lk % 2 == 0 { "K" } else { "V" }
-            );
+/// The prefill pool's contents as this process knows them: the fill pattern's period and the
+/// pool's shuffled page order (the rooms' pages).
+struct Expected {
+    tile: Vec<u8>,
+    order: Vec<u32>,
+    pages: usize,
+}
+
+impl Expected {
+    fn new(pages: usize) -> Self {
+        Expected {
+            tile: tile(),
+            order: shuffled(pages),
+            pages,
         }
     }
-    Ok(())
+
+    /// The decode pool's (`mine`, of that many pages) pages `got` hold the prefill's pages of
+    /// `room`, byte for byte (`full`), or in the first 4 KiB of every page's K and V of each
+    /// layer (enough to see a page landed in the wrong place or not at all, at a fraction of the
+    /// download).
+    fn check(
+        &self,
+        ctx: &GpuContext,
+        (mine, mine_pages): (&DTensor, usize),
+        a: &Args,
+        room: u64,
+        got: &[Page],
+        full: bool,
+    ) -> anyhow::Result<()> {
+        let (n, ch, tile) = (n_pages(a), chunk(a), &self.tile);
+        let theirs = room_pages(&self.order, room, n);
+        let mut buf = vec![0u8; if full { ch } else { ch.min(4096) }];
+        for (p, &t) in got.iter().zip(&theirs) {
+            for lk in 0..2 * a.layers {
+                ctx.download_bytes(mine, (lk * mine_pages + p.id() as usize) * ch, &mut buf)?;
+                let from = (lk * self.pages + t as usize) * ch;
+                let same = buf.chunks(4096).enumerate().all(|(i, b)| {
+                    let at = (from + i * 4096) % PERIOD;
+                    let first = b.len().min(PERIOD - at);
+                    b[..first] == tile[at..at + first] && b[first..] == tile[..b.len() - first]
+                });
+                anyhow::ensure!(
+                    same,
+                    "room {room}: page {} (theirs {t}) layer {} {} differs",
+                    p.id(),
+                    lk / 2,
+                    if lk % 2 == 0 { "K" } else { "V" }
+                );
+            }
+        }
+        Ok(())
+    }
 }
 
 /// The decode's per-copy counters (CUDA IPC copies it queued itself).
