@@ -21,7 +21,7 @@
 #   prefill  `gpu check --only attention,silu_mul,rmsnorm,rope,rope_kv_write` (every tensor-core
 #            prefill kernel, 8K prompts, pages 16 and 64), `gpu bench --only gemm,prefill` at 2K
 #            and 8K (the forward with each kernel forced (wgmma, FA2, first mma), attention
-#            alone, 2048-token chunks) and transformers' forward at 2K and 8K
+#            alone, 2048-token chunks) and transformers' forward at 2K and 8K (PREFILL_HF=0: not)
 #   ttft     served TTFT at concurrency 1 of 2K and 8K prompts on the 8B shape (make-model + serve +
 #            bench serve, default chunked-prefill size; compare with the prefill step's raw lines)
 #   detcheck `gpu check --only gemm,fixed_decode_plan,gemm_rows,attn_decode_rows,attn_extend_rows`
@@ -37,6 +37,8 @@
 #            90; no downloads) and scripts/hf_runner_compare.py compares the bf16 runner with
 #            transformers on it over held-out text prompts of 16..4096 tokens (the top-1 target on
 #            a model with real logit margins; made models have flat logits)
+#   ncuprefill scripts/gpu-ncu-prefill.sh (Nsight Compute on the wgmma prefill attention kernel:
+#            stall reasons, pipe use; when ncu exists on the machine)
 #   profile  scripts/gpu-prefill-profile.sh (the 8K prefill forward under Nsight Systems when nsys
 #            exists: time per kernel class and idle gaps inside one forward; SM clock and power)
 #   pdmps    the `pd` step with an MPS control daemon running for the call (the prefill and decode
@@ -87,9 +89,10 @@ for s in $STEPS; do
       timeout $(left 150) "$STRATA" gpu bench --only gemm,prefill --prefill-lens 2048,8192 --decode-batches 1 \
         --json "$OUT/prefill-bench.json" > "$OUT/prefill-bench.log" 2>&1
       r2=$?; grep -A30 "== summary" "$OUT/prefill-bench.log" | grep -vE "cuBLASLt tuning" || tail -20 "$OUT/prefill-bench.log"
-      timeout $(left 150) python3 scripts/hf-llama-bench.py --batches "" --prefill 2048,8192 \
-        --json "$OUT/prefill-hf.json" > "$OUT/prefill-hf.log" 2>&1
-      r3=$?; grep -E "^hf" "$OUT/prefill-hf.log" || tail -5 "$OUT/prefill-hf.log"
+      r3=0; if [ "${PREFILL_HF:-1}" = 1 ]; then
+        timeout $(left 150) python3 scripts/hf-llama-bench.py --batches "" --prefill 2048,8192 \
+          --json "$OUT/prefill-hf.json" > "$OUT/prefill-hf.log" 2>&1
+        r3=$?; grep -E "^hf" "$OUT/prefill-hf.log" || tail -5 "$OUT/prefill-hf.log"; fi
       [ $rc -eq 0 ] && rc=$r2; [ $rc -eq 0 ] && rc=$r3 ;;
     sbench) SIZES=${SB_SIZES:-llama-3.1-8b} HF=${HF:-0} SHAPES=${SB_SHAPES:-1024:256} CONCS=${SB_CONCS:-1 16} \
       timeout $(left ${SB_TIMEOUT:-300}) scripts/gpu-serve-bench.sh "$OUT" > "$OUT/sbench.log" 2>&1; rc=$?; tail -40 "$OUT/sbench.log" ;;
@@ -108,15 +111,16 @@ for s in $STEPS; do
       timeout $(left 200) python3 scripts/hf_runner_compare.py --strata "$STRATA" --models /tmp/strata-models/trained \
         --json "$OUT/trained-compare.json" 2>&1 | grep -v Warning > "$OUT/trained-compare.log"
       r2=${PIPESTATUS[0]}; cat "$OUT/trained-compare.log"; [ $rc -eq 0 ] && rc=$r2 ;;
-    decode) timeout $(left 150) "$STRATA" gpu check --only argmax_rows,gemm,silu_linear,rmsnorm,rope_kv_write,attention,fixed_decode_plan \
+    decode) timeout $(left 150) "$STRATA" gpu check --only argmax_rows,gemm,silu_linear,gate_silu,rmsnorm,rope_kv_write,attention,fixed_decode_plan \
         --json "$OUT/check-decode.json" > "$OUT/check-decode.log" 2>&1
       rc=$?; grep -E "FAIL|error|gpu check:" "$OUT/check-decode.log" | tail -30
       for shape in ${DECODE_SHAPES:-llama-3.1-8b llama-3.2-1b}; do
         timeout $(left 200) "$STRATA" gpu bench --only decode --shape "$shape" --decode-batches ${DECODE_BATCHES:-1,32} \
           --decode-ctx 1024 --json "$OUT/decode-$shape.json" > "$OUT/decode-$shape.log" 2>&1 || { echo "bench $shape rc=$?"; rc=1; }
         echo "== $shape"
-        grep -E "^decode b|graph step|op breakdown|attention (as|cluster)|GemvT1 |GemvT1Pipe|CublasLtDet|DetGemv|d2d copy" "$OUT/decode-$shape.log" | cut -c1-400
+        grep -E "^decode b|graph step|SiLU in gate_up|op breakdown|attention (as|cluster)|GemvT1 |GemvT1Pipe|CublasLtDet|DetGemv|d2d copy" "$OUT/decode-$shape.log" | cut -c1-400
       done ;;
+    ncuprefill) timeout $(left 250) scripts/gpu-ncu-prefill.sh "$OUT/ncu-prefill.txt"; rc=$? ;;
     profile) timeout $(left 200) scripts/gpu-prefill-profile.sh "$OUT" > "$OUT/profile.log" 2>&1; rc=$?; cat "$OUT/profile.log" ;;
     pdmps) export CUDA_MPS_PIPE_DIRECTORY=/tmp/strata-mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/strata-mps-log
       mkdir -p $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY

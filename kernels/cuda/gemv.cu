@@ -95,30 +95,41 @@ __device__ __forceinline__ u32 silu_mul2(u32 g, u32 u) {
 // Whatever DEPTH, the products are summed in the same order, so the result is the same.
 // SILU: x is [gate | up] of width 2k (the gate_up projection's output row) and the staged row is
 // silu(gate) * up, exactly as silu_mul would have written it (the down projection's input).
-template <int UNR, int DEPTH, bool SILU>
+// GATE: w is the gate_up projection [2n, k] and output j is silu(gate_j) * up_j, each of the two
+// sums rounded to bf16 first (what the plain GEMV would have written) and then rounded as
+// silu_mul rounds: the warp of output j streams weight rows j and n + j, each summed in the
+// plain kernel's order, so the result equals GEMV + silu_mul bit for bit and the down
+// projection reads a plain row.
+template <int UNR, int DEPTH, bool SILU, bool GATE>
 __device__ __forceinline__ void gemv_t1_body(const bf16_t* x, const bf16_t* w, void* y, int n,
                                              int k, int y_f32) {
     static_assert(DEPTH == 1 || DEPTH == 2, "one or two steps in flight");
+    static_assert(!(SILU && GATE), "SiLU either staged or in the epilogue");
     constexpr int STEP = 32 * UNR;
     constexpr int XU = DEPTH == 1 ? 1 : 4;  // x staging loads in flight per thread
+    constexpr int R = GATE ? 2 : 1;         // weight rows per warp
     extern __shared__ uint4 xs[];
     const int k8 = k / 8;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int row = blockIdx.x * (blockDim.x >> 5) + warp;
     const bool live = row < n;
-    const uint4* wr = (const uint4*)(w + (u64)(live ? row : 0) * k);
+    const uint4* wr[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) wr[r] = (const uint4*)(w + ((u64)(live ? row : 0) + (u64)r * n) * k);
     // True when a whole step of UNR loads starts at x position `at` of this lane (the rest of
     // the row goes one load at a time after the whole steps).
     auto whole = [&](int at) { return at + 32 * (UNR - 1) < k8; };
-    // Loads the step `ahead` steps past x position at.
-    auto load = [&](uint4* wv, int at, int ahead) {
+    // Loads the step `ahead` steps past x position at, of every row.
+    auto load = [&](uint4 (*wv)[UNR], int at, int ahead) {
 #pragma unroll
-        for (int u = 0; u < UNR; ++u) wv[u] = __ldg(wr + at + STEP * ahead + 32 * u);
+        for (int r = 0; r < R; ++r)
+#pragma unroll
+            for (int u = 0; u < UNR; ++u) wv[r][u] = __ldg(wr[r] + at + STEP * ahead + 32 * u);
     };
     // The weights are constant: step 0 goes out before waiting for x (under PDL it overlaps the
     // tail of the kernel that produces x), the other steps in flight right after, ahead of the
     // x staging.
-    uint4 wv[DEPTH][UNR];
+    uint4 wv[DEPTH][R][UNR];
     int c = lane;
     if (live && whole(c)) load(wv[0], c, 0);
     pdl_enter();
@@ -150,9 +161,11 @@ __device__ __forceinline__ void gemv_t1_body(const bf16_t* x, const bf16_t* w, v
     }
     __syncthreads();
     if (!live) return;
-    float acc0 = 0.f, acc1 = 0.f;
-    // Folds the loads wv[0..cnt) of x positions at, at + 32, ...
-    auto fold = [&](const uint4* wv, int at, int cnt) {
+    float acc0[R], acc1[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) acc0[r] = acc1[r] = 0.f;
+    // Folds row r's loads wv[0..cnt) of x positions at, at + 32, ...
+    auto fold = [&](int r, const uint4* wv, int at, int cnt) {
 #pragma unroll
         for (int u = 0; u < cnt; ++u) {
             float wf[8], xf[8];
@@ -160,8 +173,8 @@ __device__ __forceinline__ void gemv_t1_body(const bf16_t* x, const bf16_t* w, v
             unpack8(xs[at + 32 * u], xf);
 #pragma unroll
             for (int e = 0; e < 8; e += 2) {
-                acc0 += wf[e] * xf[e];
-                acc1 += wf[e + 1] * xf[e + 1];
+                acc0[r] += wf[e] * xf[e];
+                acc1[r] += wf[e + 1] * xf[e + 1];
             }
         }
     };
@@ -173,38 +186,53 @@ __device__ __forceinline__ void gemv_t1_body(const bf16_t* x, const bf16_t* w, v
         for (int s = 0; s < DEPTH; ++s) {
             if (c != lane && (DEPTH == 1 || whole(c + (DEPTH - 1) * STEP)))
                 load(wv[(s + DEPTH - 1) % DEPTH], c, DEPTH - 1);
-            fold(wv[s], c, UNR);
+#pragma unroll
+            for (int r = 0; r < R; ++r) fold(r, wv[s][r], c, UNR);
             c += STEP;
         }
     }
 #pragma unroll
     for (int s = 0; s + 1 < DEPTH; ++s) {
         if (whole(c)) {
-            fold(wv[s], c, UNR);
+#pragma unroll
+            for (int r = 0; r < R; ++r) fold(r, wv[s][r], c, UNR);
             c += STEP;
         }
     }
     for (; c < k8; c += 32) {
-        const uint4 wl = __ldg(wr + c);
-        fold(&wl, c, 1);
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            const uint4 wl = __ldg(wr[r] + c);
+            fold(r, &wl, c, 1);
+        }
     }
-    const float s = warp_sum(acc0 + acc1);
-    if (lane == 0) {
+    const float s = warp_sum(acc0[0] + acc1[0]);
+    if (GATE) {
+        const float su = warp_sum(acc0[R - 1] + acc1[R - 1]);
+        if (lane == 0) {
+            const float g = bf2f(f2bf(s)), u = bf2f(f2bf(su));
+            ((bf16_t*)y)[row] = f2bf(g / (1.f + expf(-g)) * u);
+        }
+    } else if (lane == 0) {
         if (y_f32) ((float*)y)[row] = s;
         else ((bf16_t*)y)[row] = f2bf(s);
     }
 }
 
-#define GEMV_T1(NAME, UNR, DEPTH, SILU)                                                       \
+#define GEMV_T1(NAME, UNR, DEPTH, SILU, GATE)                                                 \
     extern "C" __global__ void __launch_bounds__(256)                                         \
         NAME(const bf16_t* x, const bf16_t* w, void* y, int n, int k, int y_f32) {            \
-        gemv_t1_body<UNR, DEPTH, SILU>(x, w, y, n, k, y_f32);                                 \
+        gemv_t1_body<UNR, DEPTH, SILU, GATE>(x, w, y, n, k, y_f32);                           \
     }
 
-GEMV_T1(gemv_bf16_t1, 8, 1, false)
-GEMV_T1(gemv_bf16_t1_wide, 16, 1, false)
+GEMV_T1(gemv_bf16_t1, 8, 1, false, false)
+GEMV_T1(gemv_bf16_t1_wide, 16, 1, false, false)
 // Two steps in flight, for rows from GEMV_T1_PIPE_MIN_IN (gemm.rs).
-GEMV_T1(gemv_bf16_t1_pipe, 8, 2, false)
+GEMV_T1(gemv_bf16_t1_pipe, 8, 2, false, false)
 // y = (silu(gate) * up) * w^T for one row: x is [1, 2k], the gate_up output; fuses silu_mul.
-GEMV_T1(gemv_bf16_t1_silu, 8, 1, true)
-GEMV_T1(gemv_bf16_t1_silu_pipe, 8, 2, true)
+GEMV_T1(gemv_bf16_t1_silu, 8, 1, true, false)
+GEMV_T1(gemv_bf16_t1_silu_pipe, 8, 2, true, false)
+// y = silu(x * gate^T) * (x * up^T) for one row: w is [gate; up] [2n, k]; fuses silu_mul into
+// the gate_up projection (y bf16).
+GEMV_T1(gemv_bf16_t1_gate, 8, 1, false, true)
+GEMV_T1(gemv_bf16_t1_gate_pipe, 8, 2, false, true)

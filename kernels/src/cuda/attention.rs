@@ -69,6 +69,10 @@ pub enum PrefillKernel {
     /// `paged_attention_wg_d128` where it loaded (compute 9.0) and head_dim is 128, the FA2
     /// kernel otherwise: the default.
     Wgmma,
+    /// The warp-specialised form `paged_attention_wg_ws_d128` where it loaded (a producer warp
+    /// copies K/V, the two consumer warpgroups take turns at the tensor cores; for side-by-side
+    /// timing, `STRATA_PREFILL_ATTN=wgws`), else as `Wgmma`.
+    WgmmaWs,
 }
 
 /// 0 = follow `STRATA_ATTN_MMA`, else 1 + the forced kernel's index.
@@ -85,8 +89,10 @@ pub fn prefill_kernel() -> PrefillKernel {
         2 => PrefillKernel::Mma,
         3 => PrefillKernel::Fa2,
         4 => PrefillKernel::Wgmma,
+        5 => PrefillKernel::WgmmaWs,
         _ => match std::env::var("STRATA_PREFILL_ATTN").as_deref() {
             Ok("wgmma" | "wg") => PrefillKernel::Wgmma,
+            Ok("wgws") => PrefillKernel::WgmmaWs,
             Ok("fa2") => PrefillKernel::Fa2,
             Ok("mma") => PrefillKernel::Mma,
             Ok("f32" | "general") => PrefillKernel::General,
@@ -109,6 +115,7 @@ pub fn set_prefill_kernel(k: Option<PrefillKernel>) {
         Some(PrefillKernel::Mma) => 2,
         Some(PrefillKernel::Fa2) => 3,
         Some(PrefillKernel::Wgmma) => 4,
+        Some(PrefillKernel::WgmmaWs) => 5,
     };
     PREFILL.store(v, std::sync::atomic::Ordering::Relaxed);
 }
@@ -124,6 +131,16 @@ pub(crate) fn fa2_smem_of(head_dim: usize, kt: usize, stages: usize) -> u32 {
 /// rings copied two tiles ahead (1.244 ms), each tile's O += P V waited for at once (1.496 vs
 /// 1.384 ms, 2026-12-02).
 pub const WG_NAME: &str = "paged_attention_wg_d128";
+
+/// The warp-specialised wgmma prefill kernel (attention_prefill_wg.cu).
+pub const WG_WS_NAME: &str = "paged_attention_wg_ws_d128";
+/// Threads of a warp-specialised block: two consumer warpgroups and a producer warpgroup.
+const WG_WS_THREADS: u32 = 384;
+
+/// Dynamic shared memory of the warp-specialised kernel: [`wg_smem`] and 2 x 3 mbarriers.
+pub(crate) fn wg_ws_smem() -> u32 {
+    wg_smem() + 64
+}
 
 /// Keys per K/V tile of the wgmma kernel; mirrors WG_KT in attention_prefill_wg.cu.
 const WG_KEY_TILE: usize = 128;
@@ -290,6 +307,8 @@ pub struct AttnPlan {
     cluster: usize,
     /// Largest cluster the device takes (0: no cluster form).
     max_cluster: usize,
+    /// A `PrefillWg` plan runs the warp-specialised form.
+    wg_ws: bool,
 }
 
 impl AttnPlan {
@@ -300,6 +319,10 @@ impl AttnPlan {
     /// The kernel this plan launches.
     pub fn kernel(&self) -> AttnKernel {
         self.kernel
+    }
+    /// True when this `PrefillWg` plan runs the warp-specialised form.
+    pub fn wg_ws(&self) -> bool {
+        self.wg_ws
     }
     /// Forces the general kernel on a decode plan (for checks); a decode kernel cannot be forced
     /// on, and a tensor-core prefill plan keeps its kernel (its tiles are larger: plan with
@@ -536,19 +559,23 @@ impl CudaOps {
             (true, Some(_)) => AttnKernel::Decode2,
             (true, None) => AttnKernel::Decode,
             (false, _) => match (prefill_kernel(), mma_index(s.head_dim)) {
-                (PrefillKernel::Wgmma, Some(_))
+                (PrefillKernel::Wgmma | PrefillKernel::WgmmaWs, Some(_))
                     if s.head_dim == 128 && self.attention_wg.is_some() =>
                 {
                     AttnKernel::PrefillWg
                 }
-                (PrefillKernel::Fa2 | PrefillKernel::Wgmma, Some(i))
+                (PrefillKernel::Fa2 | PrefillKernel::Wgmma | PrefillKernel::WgmmaWs, Some(i))
                     if self.attention_fa2[i].is_some() =>
                 {
                     AttnKernel::PrefillFa2
                 }
-                (PrefillKernel::Fa2 | PrefillKernel::Wgmma | PrefillKernel::Mma, Some(_)) => {
-                    AttnKernel::PrefillMma
-                }
+                (
+                    PrefillKernel::Fa2
+                    | PrefillKernel::Wgmma
+                    | PrefillKernel::WgmmaWs
+                    | PrefillKernel::Mma,
+                    Some(_),
+                ) => AttnKernel::PrefillMma,
                 _ => AttnKernel::General,
             },
         };
@@ -662,6 +689,9 @@ impl CudaOps {
             variant: None,
             cluster,
             max_cluster: self.decode2_max_cluster,
+            wg_ws: kernel == AttnKernel::PrefillWg
+                && prefill_kernel() == PrefillKernel::WgmmaWs
+                && self.attention_wg_ws.is_some(),
         })
     }
 
@@ -775,7 +805,9 @@ impl CudaOps {
                 )
             })?;
             let idx = mma_index(hd).expect("planned only for supported head sizes");
-            let (f, smem, block) = if plan.kernel == AttnKernel::PrefillWg {
+            let (f, smem, block) = if plan.wg_ws {
+                (&self.attention_wg_ws, wg_ws_smem(), WG_WS_THREADS)
+            } else if plan.kernel == AttnKernel::PrefillWg {
                 (&self.attention_wg, wg_smem(), WG_THREADS)
             } else {
                 (&self.attention_fa2[idx], fa2_smem(hd), 128)

@@ -9,6 +9,7 @@
 //! op(B) = N on x (ldb = in), C = y (ldc = out), m = out, n = T, k = in.
 
 use std::ffi::c_void;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use cudarc::cublas::sys::{cublasComputeType_t, cublasGemmAlgo_t, cublasOperation_t, cudaDataType};
@@ -83,6 +84,11 @@ pub struct Gemm {
     gemv_t1_silu: CudaFunction,
     gemv_t1_pipe: CudaFunction,
     gemv_t1_silu_pipe: CudaFunction,
+    gemv_t1_gate: CudaFunction,
+    gemv_t1_gate_pipe: CudaFunction,
+    /// Single-row gate_up runs with the SiLU in its epilogue (`gate_silu_t1`); off only for
+    /// `gpu bench`'s side-by-side timing against the SiLU staged in the down projection.
+    gate_epilogue: AtomicBool,
     gemv_max_rows: usize,
     lt: Option<super::gemm_lt::GemmLt>,
     deterministic: bool,
@@ -102,6 +108,8 @@ impl Gemm {
         let gemv_t1_silu = ctx.function(Program::Gemv, "gemv_bf16_t1_silu")?;
         let gemv_t1_pipe = ctx.function(Program::Gemv, "gemv_bf16_t1_pipe")?;
         let gemv_t1_silu_pipe = ctx.function(Program::Gemv, "gemv_bf16_t1_silu_pipe")?;
+        let gemv_t1_gate = ctx.function(Program::Gemv, "gemv_bf16_t1_gate")?;
+        let gemv_t1_gate_pipe = ctx.function(Program::Gemv, "gemv_bf16_t1_gate_pipe")?;
         let lt = match super::gemm_lt::GemmLt::new(ctx.clone()) {
             Ok(l) => Some(l),
             Err(e) => {
@@ -118,6 +126,9 @@ impl Gemm {
             gemv_t1_silu,
             gemv_t1_pipe,
             gemv_t1_silu_pipe,
+            gemv_t1_gate,
+            gemv_t1_gate_pipe,
+            gate_epilogue: AtomicBool::new(true),
             lt,
             gemv_max_rows: 1,
             deterministic: false,
@@ -243,6 +254,54 @@ impl Gemm {
         };
         unsafe { self.launch_t1(f, gu, w, y, n_out, k) }?;
         Ok(true)
+    }
+
+    /// Whether [`Gemm::gate_silu_t1`] runs for x [T, in] and the gate_up weight w [2 * inter,
+    /// in]: one row, not batch-invariant mode, aligned, in short enough to stage.
+    pub fn gate_silu_applies(&self, x: &DTensor, w: &DTensor) -> bool {
+        let k = w.shape().get(1).copied().unwrap_or(0);
+        self.gate_epilogue.load(Ordering::Relaxed)
+            && !self.deterministic
+            && x.shape().first() == Some(&1)
+            && w.shape().len() == 2
+            && w.shape()[0] % 2 == 0
+            && k % 8 == 0
+            && k <= GEMV_T1_MAX_IN
+            && x.ptr() % 16 == 0
+            && w.ptr() % 16 == 0
+    }
+
+    /// act = silu(x * gate^T) * (x * up^T) for a single row: w [2 * inter, in] is the gate_up
+    /// weight (gate rows first), act [1, inter] bf16, the down projection's input. One kernel
+    /// instead of the gate_up GEMV + silu_mul, bit for bit the same result. `Ok(false)` when
+    /// [`Gemm::gate_silu_applies`] does not hold: the caller runs `linear` and silu_mul instead.
+    pub fn gate_silu_t1(&self, x: &DTensor, w: &DTensor, act: &DTensor) -> Result<bool> {
+        for (n, t) in [("x", x), ("w", w), ("act", act)] {
+            self.ctx.check_device(n, t)?;
+        }
+        if !self.gate_silu_applies(x, w) {
+            return Ok(false);
+        }
+        let (inter, k) = (w.shape()[0] / 2, w.shape()[1]);
+        x.expect("x", DType::Bf16, &[1, k])?;
+        w.expect("w", DType::Bf16, &[2 * inter, k])?;
+        act.expect("act", DType::Bf16, &[1, inter])?;
+        self.ctx.cuda().bind_to_thread()?;
+        let f = if k >= GEMV_T1_PIPE_MIN_IN {
+            &self.gemv_t1_gate_pipe
+        } else {
+            &self.gemv_t1_gate
+        };
+        // SAFETY: shapes, dtypes and alignment checked above: x holds k, w 2 * inter x k, act
+        // inter bf16 (the kernel's output count is inter, its up rows start at row inter).
+        unsafe { self.launch_t1(f, x, w, act, inter, k) }?;
+        Ok(true)
+    }
+
+    /// Turns the gate_up SiLU epilogue on or off (on by default; `gpu bench` times the decode
+    /// step both ways).
+    pub fn set_gate_epilogue(&self, on: bool) {
+        self.gate_epilogue.store(on, Ordering::Relaxed);
     }
 
     /// `linear` with an explicit implementation choice.

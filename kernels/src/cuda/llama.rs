@@ -335,13 +335,24 @@ impl LlamaModel {
             if !skip("norm2") {
                 ops.rmsnorm(&ws.y, Some(&ws.resid), &l.post_norm, &ws.h, s.eps)?;
             }
+            // One row: the SiLU in gate_up's epilogue, down a plain GEMV. Otherwise gate_up,
+            // then the SiLU staged in the single-row down GEMV or silu_mul.
+            let gated = gemm.gate_silu_applies(&ws.h, &l.gate_up);
             if !skip("gate_up") {
-                gemm.linear(&ws.h, &l.gate_up, &ws.gu)?;
+                if gated {
+                    gemm.gate_silu_t1(&ws.h, &l.gate_up, &ws.act)?;
+                } else {
+                    gemm.linear(&ws.h, &l.gate_up, &ws.gu)?;
+                }
             }
             mark("norm+gate_up")?;
-            if !skip("silu+down") && !gemm.silu_linear_t1(&ws.gu, &l.down, &ws.y)? {
-                ops.silu_mul(&ws.gu, &ws.act)?;
-                gemm.linear(&ws.act, &l.down, &ws.y)?;
+            if !skip("silu+down") {
+                if gated {
+                    gemm.linear(&ws.act, &l.down, &ws.y)?;
+                } else if !gemm.silu_linear_t1(&ws.gu, &l.down, &ws.y)? {
+                    ops.silu_mul(&ws.gu, &ws.act)?;
+                    gemm.linear(&ws.act, &l.down, &ws.y)?;
+                }
             }
             mark("silu+down")?;
         }

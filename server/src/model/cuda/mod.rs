@@ -431,10 +431,15 @@ impl CudaRunner {
             }
             gemm.linear(&a.attn, &l.o, &a.y)?;
             ops.rmsnorm(&a.y, Some(&a.resid), &l.post_norm, &a.h, eps)?;
-            gemm.linear(&a.h, &l.gate_up, &a.gu)?;
-            if !gemm.silu_linear_t1(&a.gu, &l.down, &a.y)? {
-                ops.silu_mul(&a.gu, &a.act)?;
+            // One row: the SiLU in gate_up's epilogue (Gemm::gate_silu_t1), down a plain GEMV.
+            if gemm.gate_silu_t1(&a.h, &l.gate_up, &a.act)? {
                 gemm.linear(&a.act, &l.down, &a.y)?;
+            } else {
+                gemm.linear(&a.h, &l.gate_up, &a.gu)?;
+                if !gemm.silu_linear_t1(&a.gu, &l.down, &a.y)? {
+                    ops.silu_mul(&a.gu, &a.act)?;
+                    gemm.linear(&a.act, &l.down, &a.y)?;
+                }
             }
         }
         if let Some((last, logits, tokens)) = &a.head {

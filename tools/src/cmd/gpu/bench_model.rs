@@ -168,6 +168,19 @@ pub fn run(
                     a / n
                 ));
             }
+            // One row: the same graph with the SiLU staged in the down GEMV instead of in
+            // gate_up's epilogue, side by side.
+            if b == 1 {
+                gemm.set_gate_epilogue(false);
+                let staged = replay();
+                gemm.set_gate_epilogue(true);
+                if let (Some(a), Some(n)) = (graphed, staged?) {
+                    summary.push(format!(
+                        "  b{b} graph step with the SiLU in gate_up's epilogue {a:.3} ms, staged in down {n:.3} ms (x{:.3})",
+                        a / n
+                    ));
+                }
+            }
             // Small batches plan the decode2 cluster form: the same graph with the split kernel
             // (and its combine launch), side by side.
             let graphed_split = if input.plan.cluster() > 0 {
@@ -220,7 +233,17 @@ pub fn run(
             };
             // (Eager: events recorded inside a captured graph cannot be timed on the H200 driver,
             // cuEventElapsedTime gave CUDA_ERROR_INVALID_VALUE at 16:58 UTC.)
-            let r = op_breakdown(ops, gemm, &model, &ws, &input, b, fwd, false, summary);
+            let r = op_breakdown(
+                ops,
+                gemm,
+                &model,
+                &ws,
+                &input,
+                &format!("b{b}"),
+                fwd,
+                false,
+                summary,
+            );
             let ops_on = soft(r, summary);
             // Attention alone: one launch timed eagerly (with the host's launch gap), and the
             // per-call time of 32 calls replayed from a graph (as in a step, PDL between them).
@@ -322,6 +345,21 @@ pub fn run(
                 ms, tps, floor.unwrap_or(f64::NAN), floor.map_or(f64::NAN, |f| t as f64 / f * 1e3),
                 floor.map_or(f64::NAN, |f| f / ms * 100.0), attn / 1e12, (mat + attn) / 1e12
             ));
+            // Where the forward's own time goes (an event after each op, eager): each op in
+            // place, beside the ops alone below.
+            if let Err(e) = op_breakdown(
+                ops,
+                gemm,
+                &model,
+                &ws,
+                &input,
+                &format!("prefill {t}"),
+                ms,
+                false,
+                summary,
+            ) {
+                summary.push(format!("  prefill {t} op breakdown failed: {e:#}"));
+            }
             // The same forward with each prefill kernel forced, each kernel alone on one layer,
             // and the prompt prefilled in 2048-token chunks (the old --chunked-prefill-size).
             use strata_kernels::cuda::{set_prefill_kernel, PrefillKernel};
@@ -344,7 +382,8 @@ pub fn run(
             // The wgmma kernel (compute 9.0 only).
             let wg_ms = if ops.has_wgmma_prefill() {
                 let f = forward_with(PrefillKernel::Wgmma)?;
-                line += &format!(", wgmma {f:.1} ms");
+                let ws = forward_with(PrefillKernel::WgmmaWs)?;
+                line += &format!(", wgmma {f:.1} ms, wgmma warp-specialised {ws:.1} ms");
                 Some(f)
             } else {
                 None
@@ -356,6 +395,7 @@ pub fn run(
             let mut kinds = vec![("fa2", PrefillKernel::Fa2), ("mma", PrefillKernel::Mma)];
             if ops.has_wgmma_prefill() {
                 kinds.push(("wgmma", PrefillKernel::Wgmma));
+                kinds.push(("wgws", PrefillKernel::WgmmaWs));
             }
             // (one untimed pass first: the first kernel timed after the forwards read up to
             // 35 % slow on the H200 at 20:29 UTC)
@@ -436,7 +476,7 @@ fn op_breakdown(
     model: &LlamaModel,
     ws: &Workspace,
     input: &StepInput,
-    b: usize,
+    b: &str,
     fwd_ms: f64,
     graph: bool,
     summary: &mut Vec<String>,
@@ -468,7 +508,7 @@ fn op_breakdown(
                     .map(|e| e.to_string())
                     .or(g.err().map(|e| e.to_string()));
                 summary.push(format!(
-                    "  b{b} op breakdown: graph capture with events failed ({}); eager below",
+                    "  {b} op breakdown: graph capture with events failed ({}); eager below",
                     why.unwrap_or_else(|| "empty graph".into())
                 ));
                 return op_breakdown(ops, gemm, model, ws, input, b, fwd_ms, false, summary);
@@ -513,7 +553,7 @@ fn op_breakdown(
     let total: f64 = rows.iter().map(|r| r.2).sum();
     rows.sort_by(|a, c| c.2.total_cmp(&a.2));
     let mut line = format!(
-        "  b{b} op breakdown ({}, an event after each op; sum {:.2} ms vs eager forward {fwd_ms:.2} ms):",
+        "  {b} op breakdown ({}, an event after each op; sum {:.2} ms vs eager forward {fwd_ms:.2} ms):",
         if captured.is_some() { "graph" } else { "eager" },
         total / 1e3
     );

@@ -324,6 +324,64 @@ pub fn silu_linear(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Resu
     Ok(())
 }
 
+/// The single-row gate_up GEMV with the SiLU in its epilogue against silu_mul of the linear on
+/// the CPU (gate and up rounded to bf16 first), and bit for bit against the GPU's own
+/// single-row GEMV + silu_mul (what it replaces).
+pub fn gate_silu(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Result<()> {
+    let c = ops.context();
+    // (in, inter): Llama-3.2-1B and -3.1-8B, a row of the two-steps-in-flight kernel, odd tails.
+    for (k, n) in [
+        (2048, 8192),
+        (4096, 14336),
+        (8192, 1024),
+        (1000, 777),
+        (64, 3),
+    ] {
+        let x = ck.bf16_vec(k, 1.0);
+        let w = ck.bf16_vec(2 * n * k, 2.0 / (k as f32).sqrt());
+        let gx = c.upload_bf16(&[1, k], &x)?;
+        let gw = c.upload_bf16(&[2 * n, k], &w)?;
+        let act = bf16_out(ops, &[1, n])?;
+        anyhow::ensure!(gemm.gate_silu_t1(&gx, &gw, &act)?, "shape {k}x{n} refused");
+        let got = c.download_f32(&act)?;
+        let gu = r::round_bf16(&r::linear(&x, &w, k));
+        let want: Vec<f32> = r::silu_mul(&gu, n)
+            .into_iter()
+            .map(|v| half::bf16::from_f32(v).to_f32())
+            .collect();
+        let err = r::rel_err(&got, &want);
+        ck.rel(
+            "gemm",
+            format!("gate_up+SiLU T1 in{k} inter{n}"),
+            err,
+            BF16_TOL,
+        );
+        // The unfused GPU path: the single-row GEMV (same kernel family, same sum order), then
+        // silu_mul.
+        let ggu = bf16_out(ops, &[1, 2 * n])?;
+        let path = if k >= strata_kernels::cuda::GEMV_T1_PIPE_MIN_IN {
+            GemmPath::GemvT1Pipe
+        } else {
+            GemmPath::GemvT1
+        };
+        gemm.linear_with(&gx, &gw, &ggu, path)?;
+        let unfused = bf16_out(ops, &[1, n])?;
+        ops.silu_mul(&ggu, &unfused)?;
+        let base = c.download_f32(&unfused)?;
+        let diff = got
+            .iter()
+            .zip(&base)
+            .filter(|(a, b)| a.to_bits() != b.to_bits())
+            .count();
+        ck.exact(
+            "gemm",
+            format!("gate_up+SiLU T1 in{k} inter{n} == GEMV + silu_mul"),
+            diff,
+        );
+    }
+    Ok(())
+}
+
 pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
     let c = ops.context();
     // (name, heads, kv heads, head_dim, page, [(q_len, kv_len)], forced splits)
@@ -520,10 +578,15 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
         })
         .cloned()
         .collect();
-    // Each again on the wgmma kernel.
+    // Each again on the wgmma kernel, and on its warp-specialised form.
     let wg_cases = wg_cases
         .into_iter()
-        .map(|(n, nh, nkv, hd, page, lens, sp)| (format!("wg {n}"), nh, nkv, hd, page, lens, sp));
+        .flat_map(|(n, nh, nkv, hd, page, lens, sp)| {
+            [
+                (format!("wg {n}"), nh, nkv, hd, page, lens.clone(), sp),
+                (format!("wgws {n}"), nh, nkv, hd, page, lens, sp),
+            ]
+        });
     // The decode2 cluster form at every cluster size, on the 1B and 8B head shapes, GQA 1/2/8,
     // rows shorter than one tile per block (empty blocks), odd pages.
     let clusters: Vec<Case> = vec![
@@ -609,7 +672,9 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
         // kernel, "wg" ones the wgmma kernel; the others the FA2-style kernel.
         use strata_kernels::cuda::{set_prefill_kernel, PrefillKernel};
         let wg_case = name.starts_with("wg");
-        if wg_case {
+        if name.starts_with("wgws") {
+            set_prefill_kernel(Some(PrefillKernel::WgmmaWs));
+        } else if wg_case {
             set_prefill_kernel(Some(PrefillKernel::Wgmma));
         } else if name.starts_with("prefill gen") {
             set_prefill_kernel(Some(PrefillKernel::General));
@@ -707,6 +772,7 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
             AttnKernel::General => "gen",
             AttnKernel::PrefillMma => "mma",
             AttnKernel::PrefillFa2 => "fa2",
+            AttnKernel::PrefillWg if plan.wg_ws() => "wgws",
             AttnKernel::PrefillWg => "wg",
         };
         let desc = format!(
