@@ -111,14 +111,14 @@ for s in $STEPS; do
       timeout $(left 200) python3 scripts/hf_runner_compare.py --strata "$STRATA" --models /tmp/strata-models/trained \
         --json "$OUT/trained-compare.json" 2>&1 | grep -v Warning > "$OUT/trained-compare.log"
       r2=${PIPESTATUS[0]}; cat "$OUT/trained-compare.log"; [ $rc -eq 0 ] && rc=$r2 ;;
-    decode) timeout $(left 150) "$STRATA" gpu check --only argmax_rows,gemm,silu_linear,gate_silu,rmsnorm,rope_kv_write,attention,fixed_decode_plan \
+    decode) timeout $(left 150) "$STRATA" gpu check --only argmax_rows,gemm,silu_linear,gate_silu,qkv_rope,rmsnorm,rope_kv_write,attention,fixed_decode_plan \
         --json "$OUT/check-decode.json" > "$OUT/check-decode.log" 2>&1
       rc=$?; grep -E "FAIL|error|gpu check:" "$OUT/check-decode.log" | tail -30
       for shape in ${DECODE_SHAPES:-llama-3.1-8b llama-3.2-1b}; do
         timeout $(left 200) "$STRATA" gpu bench --only decode --shape "$shape" --decode-batches ${DECODE_BATCHES:-1,32} \
           --decode-ctx 1024 --json "$OUT/decode-$shape.json" > "$OUT/decode-$shape.log" 2>&1 || { echo "bench $shape rc=$?"; rc=1; }
         echo "== $shape"
-        grep -E "^decode b|graph step|SiLU in gate_up|op breakdown|attention (as|cluster)|GemvT1 |GemvT1Pipe|CublasLtDet|DetGemv|d2d copy" "$OUT/decode-$shape.log" | cut -c1-400
+        grep -E "^decode b|graph step|op breakdown|attention (as|cluster)|GemvT1 |GemvT1Pipe|CublasLtDet|DetGemv|d2d copy" "$OUT/decode-$shape.log" | cut -c1-400
       done ;;
     ncuprefill) timeout $(left 250) scripts/gpu-ncu-prefill.sh "$OUT/ncu-prefill.txt"; rc=$? ;;
     profile) timeout $(left 200) scripts/gpu-prefill-profile.sh "$OUT" > "$OUT/profile.log" 2>&1; rc=$?; cat "$OUT/profile.log" ;;

@@ -95,19 +95,17 @@ __device__ __forceinline__ u32 silu_mul2(u32 g, u32 u) {
 // Whatever DEPTH, the products are summed in the same order, so the result is the same.
 // SILU: x is [gate | up] of width 2k (the gate_up projection's output row) and the staged row is
 // silu(gate) * up, exactly as silu_mul would have written it (the down projection's input).
-// GATE: w is the gate_up projection [2n, k] and output j is silu(gate_j) * up_j, each of the two
-// sums rounded to bf16 first (what the plain GEMV would have written) and then rounded as
-// silu_mul rounds: the warp of output j streams weight rows j and n + j, each summed in the
-// plain kernel's order, so the result equals GEMV + silu_mul bit for bit and the down
-// projection reads a plain row.
-template <int UNR, int DEPTH, bool SILU, bool GATE>
-__device__ __forceinline__ void gemv_t1_body(const bf16_t* x, const bf16_t* w, void* y, int n,
-                                             int k, int y_f32) {
+// R: weight rows per warp. Warp `row` (< n) streams weight rows wrow(row, r), r < R, each summed
+// in the same order whatever R, and lane 0 hands the R sums to epi(row, sums). With R = 2 the
+// epilogue can combine two rows (gemv_bf16_t1_gate: SiLU of the gate row times the up row;
+// gemv_bf16_t1_qkv_rope: RoPE of a pair of rows), each sum first rounded to bf16 as the plain
+// GEMV would have written it, so the result equals the unfused kernels' bit for bit.
+template <int UNR, int DEPTH, bool SILU, int R, class WRow, class Epi>
+__device__ __forceinline__ void gemv_t1_body(const bf16_t* x, const bf16_t* w, int n, int k,
+                                             WRow wrow, Epi epi) {
     static_assert(DEPTH == 1 || DEPTH == 2, "one or two steps in flight");
-    static_assert(!(SILU && GATE), "SiLU either staged or in the epilogue");
     constexpr int STEP = 32 * UNR;
     constexpr int XU = DEPTH == 1 ? 1 : 4;  // x staging loads in flight per thread
-    constexpr int R = GATE ? 2 : 1;         // weight rows per warp
     extern __shared__ uint4 xs[];
     const int k8 = k / 8;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
@@ -115,7 +113,7 @@ __device__ __forceinline__ void gemv_t1_body(const bf16_t* x, const bf16_t* w, v
     const bool live = row < n;
     const uint4* wr[R];
 #pragma unroll
-    for (int r = 0; r < R; ++r) wr[r] = (const uint4*)(w + ((u64)(live ? row : 0) + (u64)r * n) * k);
+    for (int r = 0; r < R; ++r) wr[r] = (const uint4*)(w + (u64)wrow(live ? row : 0, r) * k);
     // True when a whole step of UNR loads starts at x position `at` of this lane (the rest of
     // the row goes one load at a time after the whole steps).
     auto whole = [&](int at) { return at + 32 * (UNR - 1) < k8; };
@@ -206,33 +204,108 @@ __device__ __forceinline__ void gemv_t1_body(const bf16_t* x, const bf16_t* w, v
             fold(r, &wl, c, 1);
         }
     }
-    const float s = warp_sum(acc0[0] + acc1[0]);
-    if (GATE) {
-        const float su = warp_sum(acc0[R - 1] + acc1[R - 1]);
-        if (lane == 0) {
-            const float g = bf2f(f2bf(s)), u = bf2f(f2bf(su));
-            ((bf16_t*)y)[row] = f2bf(g / (1.f + expf(-g)) * u);
-        }
-    } else if (lane == 0) {
-        if (y_f32) ((float*)y)[row] = s;
-        else ((bf16_t*)y)[row] = f2bf(s);
-    }
+    float sums[R];
+#pragma unroll
+    for (int r = 0; r < R; ++r) sums[r] = warp_sum(acc0[r] + acc1[r]);
+    if (lane == 0) epi(row, sums);
 }
 
-#define GEMV_T1(NAME, UNR, DEPTH, SILU, GATE)                                                 \
+template <int UNR, int DEPTH, bool SILU>
+__device__ __forceinline__ void gemv_t1_plain(const bf16_t* x, const bf16_t* w, void* y, int n, int k,
+                                              int y_f32) {
+    gemv_t1_body<UNR, DEPTH, SILU, 1>(
+        x, w, n, k, [](int row, int) { return row; },
+        [&](int row, const float* s) {
+            if (y_f32) ((float*)y)[row] = s[0];
+            else ((bf16_t*)y)[row] = f2bf(s[0]);
+        });
+}
+
+#define GEMV_T1(NAME, UNR, DEPTH, SILU)                                                       \
     extern "C" __global__ void __launch_bounds__(256)                                         \
         NAME(const bf16_t* x, const bf16_t* w, void* y, int n, int k, int y_f32) {            \
-        gemv_t1_body<UNR, DEPTH, SILU, GATE>(x, w, y, n, k, y_f32);                           \
+        gemv_t1_plain<UNR, DEPTH, SILU>(x, w, y, n, k, y_f32);                                \
     }
 
-GEMV_T1(gemv_bf16_t1, 8, 1, false, false)
-GEMV_T1(gemv_bf16_t1_wide, 16, 1, false, false)
+GEMV_T1(gemv_bf16_t1, 8, 1, false)
+GEMV_T1(gemv_bf16_t1_wide, 16, 1, false)
 // Two steps in flight, for rows from GEMV_T1_PIPE_MIN_IN (gemm.rs).
-GEMV_T1(gemv_bf16_t1_pipe, 8, 2, false, false)
+GEMV_T1(gemv_bf16_t1_pipe, 8, 2, false)
 // y = (silu(gate) * up) * w^T for one row: x is [1, 2k], the gate_up output; fuses silu_mul.
-GEMV_T1(gemv_bf16_t1_silu, 8, 1, true, false)
-GEMV_T1(gemv_bf16_t1_silu_pipe, 8, 2, true, false)
-// y = silu(x * gate^T) * (x * up^T) for one row: w is [gate; up] [2n, k]; fuses silu_mul into
-// the gate_up projection (y bf16).
-GEMV_T1(gemv_bf16_t1_gate, 8, 1, false, true)
-GEMV_T1(gemv_bf16_t1_gate_pipe, 8, 2, false, true)
+GEMV_T1(gemv_bf16_t1_silu, 8, 1, true)
+GEMV_T1(gemv_bf16_t1_silu_pipe, 8, 2, true)
+
+// y[j] = silu(x * gate_j^T) * (x * up_j^T) for one row: w is [gate; up] [2n, k] (the gate_up
+// projection), y bf16 [n], the down projection's input; rounded as the GEMV then silu_mul.
+template <int DEPTH>
+__device__ __forceinline__ void gemv_t1_gate(const bf16_t* x, const bf16_t* w, bf16_t* y, int n, int k) {
+    gemv_t1_body<8, DEPTH, false, 2>(
+        x, w, n, k, [&](int row, int r) { return row + r * n; },
+        [&](int row, const float* s) {
+            const float g = bf2f(f2bf(s[0])), u = bf2f(f2bf(s[1]));
+            y[row] = f2bf(g / (1.f + expf(-g)) * u);
+        });
+}
+// (The plain kernels' arguments; y is always bf16, y_f32 unused.)
+extern "C" __global__ void __launch_bounds__(256)
+    gemv_bf16_t1_gate(const bf16_t* x, const bf16_t* w, void* y, int n, int k, int y_f32) {
+    gemv_t1_gate<1>(x, w, (bf16_t*)y, n, k);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    gemv_bf16_t1_gate_pipe(const bf16_t* x, const bf16_t* w, void* y, int n, int k, int y_f32) {
+    gemv_t1_gate<2>(x, w, (bf16_t*)y, n, k);
+}
+
+// One row of the fused qkv projection (q heads, k heads, v heads; head_dim hd) with RoPE and the
+// K/V pool write in the epilogue (rope_kv_write's work): warp j < (nq + 2 nk) * hd / 2 streams
+// weight rows c and c + hd / 2 of head h = j / (hd / 2), c = h * hd + j % (hd / 2); q and k
+// pairs are rotated as rope_kv_write rotates them (the sums first rounded to bf16, as the GEMV
+// writes them), v pairs kept; all written to y (the qkv row, as rope_kv_write leaves it) and k / v
+// also to the token's pool slot (slot < 0: none).
+__device__ __forceinline__ void gemv_rope_rot(float x1, float x2, float c, float s, bf16_t* y1, bf16_t* y2) {
+    *y1 = f2bf(x1 * c - x2 * s);
+    *y2 = f2bf(x2 * c + x1 * s);
+}
+template <int DEPTH>
+__device__ __forceinline__ void gemv_t1_qkv_rope(const bf16_t* x, const bf16_t* w, bf16_t* y, int n, int k,
+                                                 int nq, int nk, int hd, const int* pos,
+                                                 const float* inv_freq, bf16_t* k_pool, bf16_t* v_pool,
+                                                 const int* slots) {
+    const int half = hd >> 1;
+    gemv_t1_body<8, DEPTH, false, 2>(
+        x, w, n, k,
+        [&](int row, int r) {
+            const int h = row / half;
+            return h * hd + (row - h * half) + r * half;
+        },
+        [&](int row, const float* s) {
+            const int h = row / half, i = row - h * half, c = h * hd + i;
+            bf16_t y1 = f2bf(s[0]), y2 = f2bf(s[1]);
+            if (h < nq + nk) {
+                float sn, cs;
+                sincosf((float)pos[0] * inv_freq[i], &sn, &cs);
+                gemv_rope_rot(bf2f(y1), bf2f(y2), cs, sn, &y1, &y2);
+            }
+            y[c] = y1;
+            y[c + half] = y2;
+            const long long slot = slots[0];
+            if (h >= nq && slot >= 0) {
+                const bool is_k = h < nq + nk;
+                bf16_t* pr = (is_k ? k_pool : v_pool) + (u64)slot * (nk * hd) + (u64)(h - nq - (is_k ? 0 : nk)) * hd;
+                pr[i] = y1;
+                pr[i + half] = y2;
+            }
+        });
+}
+extern "C" __global__ void __launch_bounds__(256)
+    gemv_bf16_t1_qkv_rope(const bf16_t* x, const bf16_t* w, bf16_t* y, int n, int k, int nq, int nk, int hd,
+                          const int* pos, const float* inv_freq, bf16_t* k_pool, bf16_t* v_pool,
+                          const int* slots) {
+    gemv_t1_qkv_rope<1>(x, w, y, n, k, nq, nk, hd, pos, inv_freq, k_pool, v_pool, slots);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    gemv_bf16_t1_qkv_rope_pipe(const bf16_t* x, const bf16_t* w, bf16_t* y, int n, int k, int nq, int nk,
+                               int hd, const int* pos, const float* inv_freq, bf16_t* k_pool,
+                               bf16_t* v_pool, const int* slots) {
+    gemv_t1_qkv_rope<2>(x, w, y, n, k, nq, nk, hd, pos, inv_freq, k_pool, v_pool, slots);
+}

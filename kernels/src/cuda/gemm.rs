@@ -86,6 +86,11 @@ pub struct Gemm {
     gemv_t1_silu_pipe: CudaFunction,
     gemv_t1_gate: CudaFunction,
     gemv_t1_gate_pipe: CudaFunction,
+    gemv_t1_qkv_rope: CudaFunction,
+    gemv_t1_qkv_rope_pipe: CudaFunction,
+    /// Single-row qkv runs with RoPE and the K/V write in its epilogue (`qkv_rope_t1`); off only
+    /// for `gpu bench`'s side-by-side timing.
+    rope_epilogue: AtomicBool,
     /// Single-row gate_up runs with the SiLU in its epilogue (`gate_silu_t1`); off only for
     /// `gpu bench`'s side-by-side timing against the SiLU staged in the down projection.
     gate_epilogue: AtomicBool,
@@ -110,6 +115,8 @@ impl Gemm {
         let gemv_t1_silu_pipe = ctx.function(Program::Gemv, "gemv_bf16_t1_silu_pipe")?;
         let gemv_t1_gate = ctx.function(Program::Gemv, "gemv_bf16_t1_gate")?;
         let gemv_t1_gate_pipe = ctx.function(Program::Gemv, "gemv_bf16_t1_gate_pipe")?;
+        let gemv_t1_qkv_rope = ctx.function(Program::Gemv, "gemv_bf16_t1_qkv_rope")?;
+        let gemv_t1_qkv_rope_pipe = ctx.function(Program::Gemv, "gemv_bf16_t1_qkv_rope_pipe")?;
         let lt = match super::gemm_lt::GemmLt::new(ctx.clone()) {
             Ok(l) => Some(l),
             Err(e) => {
@@ -128,6 +135,9 @@ impl Gemm {
             gemv_t1_silu_pipe,
             gemv_t1_gate,
             gemv_t1_gate_pipe,
+            gemv_t1_qkv_rope,
+            gemv_t1_qkv_rope_pipe,
+            rope_epilogue: AtomicBool::new(true),
             gate_epilogue: AtomicBool::new(true),
             lt,
             gemv_max_rows: 1,
@@ -296,6 +306,99 @@ impl Gemm {
         // inter bf16 (the kernel's output count is inter, its up rows start at row inter).
         unsafe { self.launch_t1(f, x, w, act, inter, k) }?;
         Ok(true)
+    }
+
+    /// The single-row qkv projection with RoPE and the K/V pool write in its epilogue (one
+    /// kernel instead of the GEMV + `rope_kv_write`, bit for bit the same qkv row and pool rows):
+    /// x [1, in], w [(nq + 2 nk) * hd, in] (q, k, v heads), qkv [1, (nq + 2 nk) * hd] bf16, the
+    /// rest as [`CudaOps::rope_kv_write`] with q at column 0 and k, v right after. `Ok(false)`
+    /// when it does not apply (more than one row, batch-invariant mode, unaligned, in too
+    /// long, turned off): the caller runs `linear` and `rope_kv_write` instead.
+    #[allow(clippy::too_many_arguments)]
+    pub fn qkv_rope_t1(
+        &self,
+        ops: &super::ops::CudaOps,
+        x: &DTensor,
+        w: &DTensor,
+        qkv: &DTensor,
+        (nq, nk, hd): (usize, usize, usize),
+        pos: &DTensor,
+        inv_freq: &DTensor,
+        (k_pool, v_pool): (&DTensor, &DTensor),
+        slots: &DTensor,
+        host_slots: &[i32],
+    ) -> Result<bool> {
+        let k = w.shape().get(1).copied().unwrap_or(0);
+        let width = (nq + 2 * nk) * hd;
+        if !self.rope_epilogue.load(Ordering::Relaxed)
+            || self.deterministic
+            || x.shape().first() != Some(&1)
+            || k % 8 != 0
+            || k > GEMV_T1_MAX_IN
+            || x.ptr() % 16 != 0
+            || w.ptr() % 16 != 0
+            || hd % 2 != 0
+        {
+            return Ok(false);
+        }
+        for (n, t) in [("x", x), ("w", w)] {
+            self.ctx.check_device(n, t)?;
+        }
+        x.expect("x", DType::Bf16, &[1, k])?;
+        w.expect("w", DType::Bf16, &[width, k])?;
+        ops.rope_checks(qkv, 0, nq, nq * hd, nk, hd, pos, inv_freq)?;
+        let kv_dim = ops.kv_checks(
+            qkv,
+            nq * hd,
+            (nq + nk) * hd,
+            k_pool,
+            v_pool,
+            slots,
+            host_slots,
+        )?;
+        ensure(kv_dim == nk * hd && qkv.shape() == [1, width], || {
+            format!("qkv [1, {width}] and pool rows of {} expected", nk * hd)
+        })?;
+        self.ctx.cuda().bind_to_thread()?;
+        let pairs = width / 2;
+        let f = if k >= GEMV_T1_PIPE_MIN_IN {
+            &self.gemv_t1_qkv_rope_pipe
+        } else {
+            &self.gemv_t1_qkv_rope
+        };
+        let i = |v: usize| Arg::I32(v as i32);
+        let args = [
+            Arg::U64(x.ptr()),
+            Arg::U64(w.ptr()),
+            Arg::U64(qkv.ptr()),
+            i(pairs),
+            i(k),
+            i(nq),
+            i(nk),
+            i(hd),
+            Arg::U64(pos.ptr()),
+            Arg::U64(inv_freq.ptr()),
+            Arg::U64(k_pool.ptr()),
+            Arg::U64(v_pool.ptr()),
+            Arg::U64(slots.ptr()),
+        ];
+        let dims = Dims {
+            grid: (pairs.div_ceil(8) as u32, 1, 1),
+            block: 256,
+            smem: (k * 2) as u32,
+        };
+        // SAFETY: shapes, dtypes and alignment checked above (x one row of k bf16, w width x k,
+        // qkv one row of width, pools [slots, nk * hd] with every host slot in range, pos and
+        // slots one i32 each, inv_freq hd / 2 f32); warp j < pairs writes qkv columns c and
+        // c + hd / 2 of its pair and, for k / v heads, the same columns of the slot's pool row.
+        unsafe { launch(f, self.ctx.stream().cu_stream(), dims, &args) }?;
+        Ok(true)
+    }
+
+    /// Turns the qkv RoPE epilogue on or off (on by default; `gpu bench` times the decode step
+    /// both ways).
+    pub fn set_rope_epilogue(&self, on: bool) {
+        self.rope_epilogue.store(on, Ordering::Relaxed);
     }
 
     /// Turns the gate_up SiLU epilogue on or off (on by default; `gpu bench` times the decode

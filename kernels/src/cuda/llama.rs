@@ -294,11 +294,26 @@ impl LlamaModel {
             if !skip("norm1") {
                 self.norm(ops, y, &ws.resid, &l.in_norm, &ws.h)?;
             }
-            if !skip("qkv") {
+            // One row: RoPE and the K/V write in the qkv GEMV's epilogue (the "qkv" op then
+            // includes them and "rope_kv_write" is empty).
+            let fused = !skip("qkv")
+                && gemm.qkv_rope_t1(
+                    ops,
+                    &ws.h,
+                    &l.qkv,
+                    &ws.qkv,
+                    (s.n_heads, s.n_kv_heads, s.head_dim),
+                    &input.pos,
+                    &self.inv_freq,
+                    (&l.k_pool, &l.v_pool),
+                    &input.slots,
+                    &input.host_slots,
+                )?;
+            if !skip("qkv") && !fused {
                 gemm.linear(&ws.h, &l.qkv, &ws.qkv)?;
             }
             mark("norm+qkv")?;
-            if !skip("rope_kv_write") {
+            if !skip("rope_kv_write") && !fused {
                 ops.rope_kv_write(
                     &ws.qkv,
                     0,

@@ -291,7 +291,7 @@ impl CudaOps {
     }
 
     #[allow(clippy::too_many_arguments)]
-    fn rope_checks(
+    pub(crate) fn rope_checks(
         &self,
         qkv: &DTensor,
         q_col: usize,
@@ -373,7 +373,7 @@ impl CudaOps {
 
     /// Shape checks of a K/V write; returns the pools' row width.
     #[allow(clippy::too_many_arguments)]
-    fn kv_checks(
+    pub(crate) fn kv_checks(
         &self,
         src: &DTensor,
         k_col: usize,

@@ -395,26 +395,44 @@ impl CudaRunner {
             } else {
                 ops.rmsnorm(&a.y, Some(&a.resid), &l.in_norm, &a.h, eps)?;
             }
-            gemm.linear(&a.h, &l.qkv, &a.qkv)?;
-            if l.qkv_bias.is_some() || l.qk_norm.is_some() {
-                let qn = l.qk_norm.as_ref().map(|(q, k)| (q, k));
-                ops.qkv_bias_norm(&a.qkv, l.qkv_bias.as_ref(), qn, nh, nkv, hd, eps)?;
+            // One row of a model without qkv bias or qk-norm: RoPE and the K/V write in the qkv
+            // GEMV's epilogue (Gemm::qkv_rope_t1).
+            let plain = l.qkv_bias.is_none() && l.qk_norm.is_none();
+            let fused = plain
+                && gemm.qkv_rope_t1(
+                    ops,
+                    &a.h,
+                    &l.qkv,
+                    &a.qkv,
+                    (nh, nkv, hd),
+                    &m.pos,
+                    &self.inv_freq,
+                    (&kv.k[li], &kv.v[li]),
+                    &m.slots,
+                    &m.host_slots,
+                )?;
+            if !fused {
+                gemm.linear(&a.h, &l.qkv, &a.qkv)?;
+                if !plain {
+                    let qn = l.qk_norm.as_ref().map(|(q, k)| (q, k));
+                    ops.qkv_bias_norm(&a.qkv, l.qkv_bias.as_ref(), qn, nh, nkv, hd, eps)?;
+                }
+                ops.rope_kv_write(
+                    &a.qkv,
+                    0,
+                    nh,
+                    q_w,
+                    nkv,
+                    q_w + kv_w,
+                    hd,
+                    &m.pos,
+                    &self.inv_freq,
+                    &kv.k[li],
+                    &kv.v[li],
+                    &m.slots,
+                    &m.host_slots,
+                )?;
             }
-            ops.rope_kv_write(
-                &a.qkv,
-                0,
-                nh,
-                q_w,
-                nkv,
-                q_w + kv_w,
-                hd,
-                &m.pos,
-                &self.inv_freq,
-                &kv.k[li],
-                &kv.v[li],
-                &m.slots,
-                &m.host_slots,
-            )?;
             // A pending L2 -> L1 load: this layer's pages must have landed (later layers may
             // still be crossing the bus).
             kv.wait_layer(li)?;

@@ -180,6 +180,15 @@ pub fn run(
                         a / n
                     ));
                 }
+                gemm.set_rope_epilogue(false);
+                let apart = replay();
+                gemm.set_rope_epilogue(true);
+                if let (Some(a), Some(n)) = (graphed, apart?) {
+                    summary.push(format!(
+                        "  b{b} graph step with RoPE + K/V write in qkv's epilogue {a:.3} ms, rope_kv_write apart {n:.3} ms (x{:.3})",
+                        a / n
+                    ));
+                }
             }
             // Small batches plan the decode2 cluster form: the same graph with the split kernel
             // (and its combine launch), side by side.

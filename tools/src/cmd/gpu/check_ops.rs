@@ -382,6 +382,101 @@ pub fn gate_silu(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Result
     Ok(())
 }
 
+/// The single-row qkv GEMV with RoPE and the K/V pool write in its epilogue, bit for bit
+/// against the single-row GEMV + rope_kv_write it replaces: the qkv row and both pools (the
+/// token's slot written, every other row untouched). Llama-3.2-1B and -3.1-8B head shapes, a
+/// row of the two-steps-in-flight kernel, large positions (sincosf's slow path), no slot.
+pub fn qkv_rope(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Result<()> {
+    let c = ops.context();
+    for (k, nh, nkv, hd, pos, slot) in [
+        (2048, 32, 8, 64, 1000, 3),
+        (4096, 32, 8, 128, 131_000, 0),
+        (8192, 8, 2, 128, 77, 5),
+        (1000, 6, 2, 32, 9, -1),
+    ] {
+        let width = (nh + 2 * nkv) * hd;
+        let kv_dim = nkv * hd;
+        let slots = 8;
+        let x = ck.bf16_vec(k, 1.0);
+        let w = ck.bf16_vec(width * k, 2.0 / (k as f32).sqrt());
+        let pool0 = ck.bf16_vec(slots * kv_dim, 1.0);
+        let inv = r::rope_inv_freq(hd, 500000.0, Some(r::Llama3Scaling::default()));
+        let gx = c.upload_bf16(&[1, k], &x)?;
+        let gw = c.upload_bf16(&[width, k], &w)?;
+        let gp = c.upload_i32(&[1], &[pos])?;
+        let gi = c.upload_f32(&[hd / 2], &inv)?;
+        let gs = c.upload_i32(&[1], &[slot])?;
+        let run = |fused: bool| -> anyhow::Result<Vec<Vec<f32>>> {
+            let qkv = bf16_out(ops, &[1, width])?;
+            let kp = c.upload_bf16(&[slots, kv_dim], &pool0)?;
+            let vp = c.upload_bf16(&[slots, kv_dim], &pool0)?;
+            if fused {
+                anyhow::ensure!(
+                    gemm.qkv_rope_t1(
+                        ops,
+                        &gx,
+                        &gw,
+                        &qkv,
+                        (nh, nkv, hd),
+                        &gp,
+                        &gi,
+                        (&kp, &vp),
+                        &gs,
+                        &[slot],
+                    )?,
+                    "qkv_rope_t1 refused in{k}"
+                );
+            } else {
+                let path = if k >= strata_kernels::cuda::GEMV_T1_PIPE_MIN_IN {
+                    GemmPath::GemvT1Pipe
+                } else {
+                    GemmPath::GemvT1
+                };
+                gemm.linear_with(&gx, &gw, &qkv, path)?;
+                ops.rope_kv_write(
+                    &qkv,
+                    0,
+                    nh,
+                    nh * hd,
+                    nkv,
+                    (nh + nkv) * hd,
+                    hd,
+                    &gp,
+                    &gi,
+                    &kp,
+                    &vp,
+                    &gs,
+                    &[slot],
+                )?;
+            }
+            Ok(vec![
+                c.download_f32(&qkv)?,
+                c.download_f32(&kp)?,
+                c.download_f32(&vp)?,
+            ])
+        };
+        let (a, b) = (run(true)?, run(false)?);
+        let n: usize = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| {
+                x.iter()
+                    .zip(y)
+                    .filter(|(p, q)| p.to_bits() != q.to_bits())
+                    .count()
+            })
+            .sum();
+        ck.exact(
+            "gemm",
+            format!(
+                "qkv+RoPE T1 in{k} h{nh}/{nkv} d{hd} pos{pos} slot{slot} == GEMV + rope_kv_write"
+            ),
+            n,
+        );
+    }
+    Ok(())
+}
+
 pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
     let c = ops.context();
     // (name, heads, kv heads, head_dim, page, [(q_len, kv_len)], forced splits)
