@@ -69,10 +69,6 @@ pub enum PrefillKernel {
     /// `paged_attention_wg_d128` where it loaded (compute 9.0) and head_dim is 128, the FA2
     /// kernel otherwise: the default.
     Wgmma,
-    /// The warp-specialised form `paged_attention_wg_ws_d128` where it loaded (a producer warp
-    /// copies K/V, the two consumer warpgroups take turns at the tensor cores; for side-by-side
-    /// timing, `STRATA_PREFILL_ATTN=wgws`), else as `Wgmma`.
-    WgmmaWs,
 }
 
 /// 0 = follow `STRATA_ATTN_MMA`, else 1 + the forced kernel's index.
@@ -89,10 +85,8 @@ pub fn prefill_kernel() -> PrefillKernel {
         2 => PrefillKernel::Mma,
         3 => PrefillKernel::Fa2,
         4 => PrefillKernel::Wgmma,
-        5 => PrefillKernel::WgmmaWs,
         _ => match std::env::var("STRATA_PREFILL_ATTN").as_deref() {
             Ok("wgmma" | "wg") => PrefillKernel::Wgmma,
-            Ok("wgws") => PrefillKernel::WgmmaWs,
             Ok("fa2") => PrefillKernel::Fa2,
             Ok("mma") => PrefillKernel::Mma,
             Ok("f32" | "general") => PrefillKernel::General,
@@ -115,7 +109,6 @@ pub fn set_prefill_kernel(k: Option<PrefillKernel>) {
         Some(PrefillKernel::Mma) => 2,
         Some(PrefillKernel::Fa2) => 3,
         Some(PrefillKernel::Wgmma) => 4,
-        Some(PrefillKernel::WgmmaWs) => 5,
     };
     PREFILL.store(v, std::sync::atomic::Ordering::Relaxed);
 }
@@ -132,14 +125,27 @@ pub(crate) fn fa2_smem_of(head_dim: usize, kt: usize, stages: usize) -> u32 {
 /// 1.384 ms, 2026-12-02).
 pub const WG_NAME: &str = "paged_attention_wg_d128";
 
-/// The warp-specialised wgmma prefill kernel (attention_prefill_wg.cu).
-pub const WG_WS_NAME: &str = "paged_attention_wg_ws_d128";
-/// Threads of a warp-specialised block: two consumer warpgroups and a producer warpgroup.
-const WG_WS_THREADS: u32 = 384;
+/// Forms of the wgmma prefill kernel timed beside it (`gpu bench`, after [`set_wg_variant`]):
+/// (kernel, threads, shared memory beyond [`wg_smem`]). 0 is the default; 1 queues a tile's
+/// O += P V before S is waited for, with a branch-free causal mask; 2 and 3 are those two
+/// warp-specialised (a producer warpgroup copies K/V, the two consumer warpgroups take turns at
+/// the tensor cores through named barriers, stages handed over by mbarriers).
+pub const WG_VARIANTS: [(&str, u32, u32); 4] = [
+    (WG_NAME, 256, 0),
+    ("paged_attention_wg_early_d128", 256, 0),
+    ("paged_attention_wg_ws_d128", 384, 64),
+    ("paged_attention_wg_ws_early_d128", 384, 64),
+];
 
-/// Dynamic shared memory of the warp-specialised kernel: [`wg_smem`] and 2 x 3 mbarriers.
-pub(crate) fn wg_ws_smem() -> u32 {
-    wg_smem() + 64
+/// The wgmma form later prefill plans launch (index into [`WG_VARIANTS`]).
+static WG_VARIANT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Sets the wgmma form of later prefill plans (for checks and side-by-side timing; 0 = default).
+pub fn set_wg_variant(i: usize) {
+    WG_VARIANT.store(
+        i.min(WG_VARIANTS.len() - 1),
+        std::sync::atomic::Ordering::Relaxed,
+    );
 }
 
 /// Keys per K/V tile of the wgmma kernel; mirrors WG_KT in attention_prefill_wg.cu.
@@ -307,8 +313,8 @@ pub struct AttnPlan {
     cluster: usize,
     /// Largest cluster the device takes (0: no cluster form).
     max_cluster: usize,
-    /// A `PrefillWg` plan runs the warp-specialised form.
-    wg_ws: bool,
+    /// The form of a `PrefillWg` plan (index into [`WG_VARIANTS`]).
+    wg_variant: usize,
 }
 
 impl AttnPlan {
@@ -320,9 +326,9 @@ impl AttnPlan {
     pub fn kernel(&self) -> AttnKernel {
         self.kernel
     }
-    /// True when this `PrefillWg` plan runs the warp-specialised form.
-    pub fn wg_ws(&self) -> bool {
-        self.wg_ws
+    /// The wgmma form this plan runs (index into [`WG_VARIANTS`]; 0 for other kernels).
+    pub fn wg_variant(&self) -> usize {
+        self.wg_variant
     }
     /// Forces the general kernel on a decode plan (for checks); a decode kernel cannot be forced
     /// on, and a tensor-core prefill plan keeps its kernel (its tiles are larger: plan with
@@ -559,23 +565,19 @@ impl CudaOps {
             (true, Some(_)) => AttnKernel::Decode2,
             (true, None) => AttnKernel::Decode,
             (false, _) => match (prefill_kernel(), mma_index(s.head_dim)) {
-                (PrefillKernel::Wgmma | PrefillKernel::WgmmaWs, Some(_))
+                (PrefillKernel::Wgmma, Some(_))
                     if s.head_dim == 128 && self.attention_wg.is_some() =>
                 {
                     AttnKernel::PrefillWg
                 }
-                (PrefillKernel::Fa2 | PrefillKernel::Wgmma | PrefillKernel::WgmmaWs, Some(i))
+                (PrefillKernel::Fa2 | PrefillKernel::Wgmma, Some(i))
                     if self.attention_fa2[i].is_some() =>
                 {
                     AttnKernel::PrefillFa2
                 }
-                (
-                    PrefillKernel::Fa2
-                    | PrefillKernel::Wgmma
-                    | PrefillKernel::WgmmaWs
-                    | PrefillKernel::Mma,
-                    Some(_),
-                ) => AttnKernel::PrefillMma,
+                (PrefillKernel::Fa2 | PrefillKernel::Wgmma | PrefillKernel::Mma, Some(_)) => {
+                    AttnKernel::PrefillMma
+                }
                 _ => AttnKernel::General,
             },
         };
@@ -689,9 +691,18 @@ impl CudaOps {
             variant: None,
             cluster,
             max_cluster: self.decode2_max_cluster,
-            wg_ws: kernel == AttnKernel::PrefillWg
-                && prefill_kernel() == PrefillKernel::WgmmaWs
-                && self.attention_wg_ws.is_some(),
+            wg_variant: match WG_VARIANT.load(std::sync::atomic::Ordering::Relaxed) {
+                v if kernel == AttnKernel::PrefillWg
+                    && v > 0
+                    && self
+                        .attention_wg_alt
+                        .get(v - 1)
+                        .is_some_and(|f| f.is_some()) =>
+                {
+                    v
+                }
+                _ => 0,
+            },
         })
     }
 
@@ -805,8 +816,13 @@ impl CudaOps {
                 )
             })?;
             let idx = mma_index(hd).expect("planned only for supported head sizes");
-            let (f, smem, block) = if plan.wg_ws {
-                (&self.attention_wg_ws, wg_ws_smem(), WG_WS_THREADS)
+            let (f, smem, block) = if plan.wg_variant > 0 {
+                let (_, threads, extra) = WG_VARIANTS[plan.wg_variant];
+                (
+                    &self.attention_wg_alt[plan.wg_variant - 1],
+                    wg_smem() + extra,
+                    threads,
+                )
             } else if plan.kernel == AttnKernel::PrefillWg {
                 (&self.attention_wg, wg_smem(), WG_THREADS)
             } else {

@@ -39,8 +39,8 @@ pub struct CudaOps {
     /// `paged_attention_wg_d128` (attention_prefill_wg.cu, sm_90a): only on compute-9.0
     /// devices, None elsewhere or where it did not load (plans then use `attention_fa2`).
     pub(crate) attention_wg: Option<CudaFunction>,
-    /// `paged_attention_wg_ws_d128`, the warp-specialised form (compute 9.0 only).
-    pub(crate) attention_wg_ws: Option<CudaFunction>,
+    /// The other forms of `WG_VARIANTS` (index - 1), for side-by-side timing.
+    pub(crate) attention_wg_alt: Vec<Option<CudaFunction>>,
     /// `attention::DECODE2_VARIANTS`, for side-by-side timing.
     pub(crate) attention_decode2_variants: Vec<CudaFunction>,
     /// `paged_attention_decode2c_*` (the cluster form), in `attention::decode2_index` order;
@@ -95,11 +95,10 @@ impl CudaOps {
                 .map(|(n, hd)| fa2_function(&ctx, n, super::attention::fa2_smem(hd)))
                 .collect::<Result<_>>()?,
             attention_wg: wg_function(&ctx, super::attention::WG_NAME, super::attention::wg_smem()),
-            attention_wg_ws: wg_function(
-                &ctx,
-                super::attention::WG_WS_NAME,
-                super::attention::wg_ws_smem(),
-            ),
+            attention_wg_alt: super::attention::WG_VARIANTS[1..]
+                .iter()
+                .map(|&(n, _, extra)| wg_function(&ctx, n, super::attention::wg_smem() + extra))
+                .collect(),
             attention_decode2_variants: super::attention::DECODE2_VARIANTS
                 .iter()
                 .map(|n| ctx.function(Program::Attention, n))

@@ -75,7 +75,7 @@ fn nvrtc_programs_compile_where_nvrtc_exists() {
     let (cubin, log) = nvrtc::compile_with(Program::AttentionWg, "sm_90a", &["--ptxas-options=-v"])
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(cubin.len() > 100, "sm_90a: empty wgmma attention cubin");
-    for name in [super::attention::WG_NAME, super::attention::WG_WS_NAME] {
+    for (name, _, _) in super::attention::WG_VARIANTS {
         let at = log
             .find(&format!("'{name}'"))
             .unwrap_or_else(|| panic!("sm_90a: no ptxas report for {name}:\n{log}"));
