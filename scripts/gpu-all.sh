@@ -27,9 +27,10 @@
 #   detcheck `gpu check --only gemm,fixed_decode_plan,gemm_rows,attn_decode_rows,attn_extend_rows`
 #            (the batch-invariance cases: exact in det mode, default-mode counts reported)
 #   decode   `gpu check` of every kernel the decode-speed work changed (argmax, GEMMs incl. the det
-#            GEMV fallback, attention, row ops), then `gpu bench --only decode` at batch 1 and 32,
-#            ctx 1024, for the 8B and 1B shapes: graph step with and without PDL, cluster vs split
-#            attention, each layer op's share of the graph step, the eager per-op breakdown,
+#            GEMV fallback, the fused gate_up+SiLU and qkv+RoPE GEMVs, attention, row ops), then
+#            `gpu bench --only decode` at batch 1 and 32 (DECODE_BATCHES), ctx 1024, for the 8B and
+#            1B shapes: graph step with and without PDL, with and without each single-row epilogue
+#            fusion, cluster vs split attention, each layer op's share of the graph step, the eager per-op breakdown,
 #            attention by split count and cluster size, per-shape GEMV paths
 #   itl      scripts/gpu-itl-ab.sh (served ITL at c=1 on two identical servers vs the raw graph
 #            step, with the runner's step profile; env SIZE)
