@@ -10,6 +10,14 @@ use super::check::{shuffle, Checker};
 
 const BF16_TOL: f64 = 1e-2;
 
+/// How many elements of `a` and `b` differ in their bits (the exact comparisons' metric).
+fn bit_diffs(a: &[f32], b: &[f32]) -> usize {
+    a.iter()
+        .zip(b)
+        .filter(|(x, y)| x.to_bits() != y.to_bits())
+        .count()
+}
+
 fn poisoned(ops: &CudaOps, t: DTensor) -> anyhow::Result<DTensor> {
     ops.context().memset(&t, 0xFF)?;
     Ok(t)
@@ -39,11 +47,7 @@ pub fn embedding(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
         ops.embedding(&gi, &gt, &out)?;
         let got = c.download_f32(&out)?;
         let want = r::embedding(&ids, &table, hidden);
-        let bad = got
-            .iter()
-            .zip(&want)
-            .filter(|(a, b)| a.to_bits() != b.to_bits())
-            .count();
+        let bad = bit_diffs(&got, &want);
         ck.exact("embedding", format!("V{vocab} H{hidden} T{t}"), bad);
     }
     Ok(())
@@ -146,13 +150,7 @@ pub fn kv_write(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
             wk[s * kv_dim..][..kv_dim].copy_from_slice(&src[ti * width + k_col..][..kv_dim]);
             wv[s * kv_dim..][..kv_dim].copy_from_slice(&src[ti * width + v_col..][..kv_dim]);
         }
-        let bad = |g: Vec<f32>, w: &[f32]| {
-            g.iter()
-                .zip(w)
-                .filter(|(a, b)| a.to_bits() != b.to_bits())
-                .count()
-        };
-        let n = bad(c.download_f32(&kp)?, &wk) + bad(c.download_f32(&vp)?, &wv);
+        let n = bit_diffs(&c.download_f32(&kp)?, &wk) + bit_diffs(&c.download_f32(&vp)?, &wv);
         ck.exact("kv_write", format!("T{t} kv_dim{kv_dim} slots{slots}"), n);
     }
     Ok(())
@@ -209,16 +207,7 @@ pub fn rope_kv_write(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
             ])
         };
         let (a, b) = (run(true)?, run(false)?);
-        let n: usize = a
-            .iter()
-            .zip(&b)
-            .map(|(x, y)| {
-                x.iter()
-                    .zip(y)
-                    .filter(|(p, q)| p.to_bits() != q.to_bits())
-                    .count()
-            })
-            .sum();
+        let n: usize = a.iter().zip(&b).map(|(x, y)| bit_diffs(x, y)).sum();
         ck.exact(
             "rope_kv_write",
             format!("T{t} heads{nh}/{nkv} hd{hd} slots{slots}"),
@@ -368,11 +357,7 @@ pub fn gate_silu(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Result
         let unfused = bf16_out(ops, &[1, n])?;
         ops.silu_mul(&ggu, &unfused)?;
         let base = c.download_f32(&unfused)?;
-        let diff = got
-            .iter()
-            .zip(&base)
-            .filter(|(a, b)| a.to_bits() != b.to_bits())
-            .count();
+        let diff = bit_diffs(&got, &base);
         ck.exact(
             "gemm",
             format!("gate_up+SiLU T1 in{k} inter{n} == GEMV + silu_mul"),
@@ -456,16 +441,7 @@ pub fn qkv_rope(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Result<
             ])
         };
         let (a, b) = (run(true)?, run(false)?);
-        let n: usize = a
-            .iter()
-            .zip(&b)
-            .map(|(x, y)| {
-                x.iter()
-                    .zip(y)
-                    .filter(|(p, q)| p.to_bits() != q.to_bits())
-                    .count()
-            })
-            .sum();
+        let n: usize = a.iter().zip(&b).map(|(x, y)| bit_diffs(x, y)).sum();
         ck.exact(
             "gemm",
             format!(
