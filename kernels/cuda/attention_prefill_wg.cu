@@ -101,10 +101,7 @@ __device__ __forceinline__ void wg_mma_rs(float* d, const u32* a, u64 db) {
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
 }
 // NST shared-memory stages of K and V tiles.
-// EARLY: the previous tile's O += P V is queued right after S = Q K^T, before S is waited for,
-// and the causal mask is applied to every tile without a branch (so no wgmma wait sits at a
-// branch's rejoin); else it is queued after the mask, which only tiles crossing a limit run.
-template <int NST, bool EARLY>
+template <int NST>
 __device__ __forceinline__ void wg_prefill_body(
     const bf16_t* q, int q_stride, const bf16_t* k_pool, const bf16_t* v_pool,
     const int* block_tables, int max_pages, int page_size, const int* tile_info, int n_heads,
@@ -233,16 +230,11 @@ __device__ __forceinline__ void wg_prefill_body(
             wg_mma_ss(s, qd + step, kd + kstep, kk);
         }
         wg_commit_mma();
-        if (EARLY) {
-            pv(pv_stage);
-            wg_wait_mma<1>();
-        } else {
-            wg_wait_mma<0>();
-        }
+        wg_wait_mma<0>();
         wg_pin<64>(s);
 
         // Tiles that cross a row's causal limit or the block's key end: -inf past the limit.
-        if (EARLY || t0 + KT > g_full) {
+        if (t0 + KT > g_full) {
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
                 const int lim = lim0[h] - t0;
@@ -255,7 +247,7 @@ __device__ __forceinline__ void wg_prefill_body(
         }
         // The previous O += P V is queued only now, after the mask's (divergent) branch: ptxas
         // waits for every wgmma in flight where a divergent branch rejoins.
-        if (!EARLY) pv(pv_stage);
+        pv(pv_stage);
         // Online softmax (base 2); the 4 threads of a quad share a row.
         float mx[2] = {NEG_INF, NEG_INF};
 #pragma unroll
@@ -344,297 +336,6 @@ extern "C" __global__ void __launch_bounds__(WG_THREADS, 1) paged_attention_wg_d
     int max_pages, int page_size, const int* tile_info, int n_heads, int n_kv_heads, int head_dim, float scale,
     int split_len, bf16_t* out, int out_stride, float* part_acc, float* part_ml, int total_rows) {
     pdl_enter();
-    wg_prefill_body<3, false>(q, q_stride, k_pool, v_pool, block_tables, max_pages, page_size, tile_info, n_heads,
-                              n_kv_heads, scale, split_len, out, out_stride, part_acc, part_ml, total_rows);
+    wg_prefill_body<3>(q, q_stride, k_pool, v_pool, block_tables, max_pages, page_size, tile_info, n_heads,
+                       n_kv_heads, scale, split_len, out, out_stride, part_acc, part_ml, total_rows);
 }
-// The EARLY form (timed beside it by `gpu bench`; same shared memory).
-extern "C" __global__ void __launch_bounds__(WG_THREADS, 1) paged_attention_wg_early_d128(
-    const bf16_t* q, int q_stride, const bf16_t* k_pool, const bf16_t* v_pool, const int* block_tables,
-    int max_pages, int page_size, const int* tile_info, int n_heads, int n_kv_heads, int head_dim, float scale,
-    int split_len, bf16_t* out, int out_stride, float* part_acc, float* part_ml, int total_rows) {
-    pdl_enter();
-    wg_prefill_body<3, true>(q, q_stride, k_pool, v_pool, block_tables, max_pages, page_size, tile_info, n_heads,
-                             n_kv_heads, scale, split_len, out, out_stride, part_acc, part_ml, total_rows);
-}
-
-// ---------------------------------------------------------------------------------------------
-// Warp-specialised form, `paged_attention_wg_ws_d128` (288 threads): warps 0-7 are the two
-// consumer warpgroups (rows 64 cw .. 64 cw + 63, the math above), warp 8 the producer, which
-// alone copies Q and the K/V tiles (cp.async) into WG_WS_ST stages. Stages hand over through
-// mbarriers instead of a block-wide barrier per tile: full[s] (the producer's 128 threads arrive
-// once a tile's copies landed: cp.async.wait_group + fence.proxy.async, then arrive, the same
-// writer-side order as above) and empty[s] (each consumer warp arrives once its O += P V of the
-// tile finished reading V). The two consumer warpgroups take turns at the tensor cores (named
-// barriers 1 and 2, "ping-pong"): one issues S = Q K^T and its O += P V while the other runs its
-// exponentials, so the softmax of one overlaps the other's matrix products.
-#define WG_WS_THREADS 384
-#define WG_WS_ST 3
-
-__device__ __forceinline__ void ws_mbar_init(u32 bar, u32 count) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
-}
-__device__ __forceinline__ void ws_mbar_arrive(u32 bar) {
-    asm volatile("{\n.reg .b64 st;\nmbarrier.arrive.shared::cta.b64 st, [%0];\n}\n" ::"r"(bar) : "memory");
-}
-__device__ __forceinline__ void ws_mbar_wait(u32 bar, u32 parity) {
-    u32 done = 0;
-    while (!done) {
-        asm volatile(
-            "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
-            : "=r"(done)
-            : "r"(bar), "r"(parity)
-            : "memory");
-    }
-}
-__device__ __forceinline__ void ws_bar_sync(int id) { asm volatile("bar.sync %0, 256;\n" ::"r"(id) : "memory"); }
-__device__ __forceinline__ void ws_bar_arrive(int id) { asm volatile("bar.arrive %0, 256;\n" ::"r"(id) : "memory"); }
-
-// Dynamic shared memory: wg_smem (1024 + Q + 3 stages) + 64 bytes of mbarriers, mirrored by
-// wg_ws_smem in kernels/src/cuda/attention.rs.
-template <bool EARLY>
-__device__ __forceinline__ void wg_ws_body(
-    const bf16_t* q, int q_stride, const bf16_t* k_pool, const bf16_t* v_pool, const int* block_tables,
-    int max_pages, int page_size, const int* tile_info, int n_heads, int n_kv_heads, float scale,
-    int split_len, bf16_t* out, int out_stride, float* part_acc, float* part_ml, int total_rows) {
-    constexpr int HD = 128, KT = WG_KT, NST = WG_WS_ST;
-    constexpr u32 HALF_Q = WG_ROWS * 128;
-    constexpr u32 HALF_T = KT * 128;
-    constexpr u32 TILE = 2 * HALF_T;
-    extern __shared__ unsigned char ws_smem[];
-    const u32 qs = ((u32)__cvta_generic_to_shared(ws_smem) + 1023u) & ~1023u;
-    const u32 ks = qs + 2 * HALF_Q;
-    const u32 vs = ks + NST * TILE;
-    const u32 full = vs + NST * TILE;  // NST mbarriers, then NST more (empty)
-    const u32 empty = full + 8 * NST;
-    const int tid = threadIdx.x, lane = tid & 31;
-    if (tid == 0) {
-#pragma unroll
-        for (int s = 0; s < NST; ++s) {
-            ws_mbar_init(full + 8 * s, 128);
-            ws_mbar_init(empty + 8 * s, 8);
-        }
-    }
-    pdl_enter();
-    __syncthreads();
-
-    const PfTile T = pf_tile(tile_info, block_tables, max_pages, n_heads, n_kv_heads, split_len);
-    const int ntiles = T.kend > T.kbeg ? (T.kend - T.kbeg + KT - 1) / KT : 0;
-
-    if (tid >= 256) {
-        asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n" ::: "memory");
-        // Producer: thread p = tid - 256 moves 16-byte piece p % 16 of rows p / 16 + 8 i (i <
-        // 16) of Q, then of each K and V tile. Lane L of producer warp w looks up key
-        // 2 w + (L & 1) + 8 (L >> 1) of a tile (the keys its warp copies) and hands the slot to
-        // the copying lanes by shuffle.
-        const int p = tid - 256, pw = p >> 5;
-        const int piece = p & 15, r0 = p >> 4;
-        const u64 row_bytes = (u64)n_kv_heads * HD * 2;
-        const u32 tcol = (u32)(T.g * HD + piece * 8) * 2u;
-        // Rows r0 + 8 i share r0 & 7: one swizzled offset for every pass.
-        const u32 swq = (u32)(piece >> 3) * HALF_Q + (u32)r0 * 128u + ((u32)((piece & 7) ^ (r0 & 7)) << 4);
-        const u32 swt = (u32)(piece >> 3) * HALF_T + (u32)r0 * 128u + ((u32)((piece & 7) ^ (r0 & 7)) << 4);
-#pragma unroll
-        for (int i = 0; i < WG_ROWS / 8; ++i) {
-            const int r = r0 + 8 * i;
-            const bool live = r < T.nrows;
-            pf_cp16(qs + swq + i * 8 * 128, live ? pf_q_src<HD>(T, q, q_stride, r, piece) : q, live ? 16 : 0);
-        }
-        const int my_key = 2 * pw + (lane & 1) + 8 * (lane >> 1);
-        u32 code = pf_slot_code(T, T.kbeg + my_key, page_size, true);
-        for (int j = 0; j < ntiles; ++j) {
-            const int st = j % NST;
-            if (j >= NST) ws_mbar_wait(empty + 8 * st, (u32)((j / NST) - 1) & 1u);
-            const u32 kd = ks + st * TILE + swt, vd = vs + st * TILE + swt;
-#pragma unroll
-            for (int i = 0; i < KT / 8; ++i) {
-                const u32 c = __shfl_sync(FULL_MASK, code, 2 * i + (lane >> 4));
-                const u64 off = (u64)(c >> 1) * row_bytes + tcol;
-                const int bytes = (c & 1) * 16;
-                pf_cp16(kd + i * 8 * 128, (const char*)k_pool + off, bytes);
-                pf_cp16(vd + i * 8 * 128, (const char*)v_pool + off, bytes);
-            }
-            pf_commit();
-            code = pf_slot_code(T, T.kbeg + (j + 1) * KT + my_key, page_size, true);
-            // The previous tile (and Q with the first) landed: hand it over.
-            if (j >= 1) {
-                pf_cp_wait<1>();
-                wg_fence_async();
-                ws_mbar_arrive(full + 8 * ((j - 1) % NST));
-            }
-        }
-        pf_cp_wait<0>();
-        if (ntiles > 0) {
-            wg_fence_async();
-            ws_mbar_arrive(full + 8 * ((ntiles - 1) % NST));
-        }
-        return;
-    }
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n" ::: "memory");
-
-    // Consumers.
-    const int gsh = T.gsh, pos0 = T.pos0, nrows = T.nrows, kbeg = T.kbeg, kend = T.kend;
-    const int cw = tid >> 7, warp = (tid >> 5) & 3;
-    const int gid = lane >> 2, tig = lane & 3;
-    const float sl2 = scale * 1.4426950408889634f;
-    const int gr0 = cw * 64;
-    const int g_lo = gr0 + 63 < nrows ? pos0 + (gr0 >> gsh) + 1 : 0;
-    const int g_full = min(kend, g_lo);
-    int lim0[2];
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-        const int r = gr0 + 16 * warp + gid + 8 * h;
-        lim0[h] = r < nrows ? min(kend, pos0 + (r >> gsh) + 1) - 2 * tig : 0;
-    }
-    float o[64];
-#pragma unroll
-    for (int i = 0; i < 64; ++i) o[i] = 0.f;
-    float m[2] = {NEG_BIG, NEG_BIG}, l[2] = {0.f, 0.f};
-    const u64 qd = wg_desc(qs + gr0 * 128, 16, 1024);
-    u32 pk[KT / 4];
-#pragma unroll
-    for (int i = 0; i < KT / 4; ++i) pk[i] = 0;
-    int pv_stage = 0;
-    auto pv = [&](int st) {
-        const u64 vd = wg_desc(vs + st * TILE, HALF_T, 1024);
-        wg_pin<64>(o);
-        wg_pin_u<KT / 4>(pk);
-        wg_fence();
-#pragma unroll
-        for (int kk = 0; kk < KT / 16; ++kk) wg_mma_rs(o, pk + 4 * kk, vd + (u64)((kk * 16 * 128) >> 4));
-        wg_commit_mma();
-    };
-    // Warpgroup 0 takes the tensor cores first.
-    if (cw == 1) ws_bar_arrive(1);
-    for (int it = 0; it < ntiles; ++it) {
-        const int st = it % NST;
-        ws_mbar_wait(full + 8 * st, (u32)(it / NST) & 1u);
-        const int t0 = kbeg + it * KT;
-        const u64 kd = wg_desc(ks + st * TILE, 16, 1024);
-        ws_bar_sync(1 + cw);
-        float s[64];
-        wg_fence();
-#pragma unroll
-        for (int kk = 0; kk < HD / 16; ++kk) {
-            const u64 step = (u64)(((kk >> 2) * HALF_Q + (kk & 3) * 32) >> 4);
-            const u64 kstep = (u64)(((kk >> 2) * HALF_T + (kk & 3) * 32) >> 4);
-            wg_mma_ss(s, qd + step, kd + kstep, kk);
-        }
-        wg_commit_mma();
-        if (EARLY) {
-            // Both products queued: the other warpgroup's turn.
-            pv(pv_stage);
-            ws_bar_arrive(2 - cw);
-            wg_wait_mma<1>();
-        } else {
-            wg_wait_mma<0>();
-        }
-        wg_pin<64>(s);
-        if (EARLY || t0 + KT > g_full) {
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                const int lim = lim0[h] - t0;
-#pragma unroll
-                for (int n = 0; n < KT / 8; ++n) {
-                    if (n * 8 >= lim) s[4 * n + 2 * h] = NEG_INF;
-                    if (n * 8 + 1 >= lim) s[4 * n + 2 * h + 1] = NEG_INF;
-                }
-            }
-        }
-        if (!EARLY) {
-            pv(pv_stage);
-            // The other warpgroup's turn while this one runs its exponentials.
-            ws_bar_arrive(2 - cw);
-        }
-        float mx[2] = {NEG_INF, NEG_INF};
-#pragma unroll
-        for (int n = 0; n < KT / 8; ++n) {
-            mx[0] = fmaxf(mx[0], fmaxf(s[4 * n], s[4 * n + 1]));
-            mx[1] = fmaxf(mx[1], fmaxf(s[4 * n + 2], s[4 * n + 3]));
-        }
-        bool grew = false;
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            mx[h] = fmaxf(mx[h], __shfl_xor_sync(FULL_MASK, mx[h], 1));
-            mx[h] = fmaxf(mx[h], __shfl_xor_sync(FULL_MASK, mx[h], 2));
-            mx[h] = fmaxf(m[h], mx[h] * sl2);
-            grew |= mx[h] > m[h];
-        }
-        const bool rescale = __any_sync(FULL_MASK, grew);
-        float corr[2] = {1.f, 1.f};
-        if (rescale) {
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                corr[h] = pf_ex2(m[h] - mx[h]);
-                m[h] = mx[h];
-                l[h] *= corr[h];
-            }
-        }
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            const float nm = -m[h];
-            float rs = 0.f;
-#pragma unroll
-            for (int n = 0; n < KT / 8; ++n) {
-                s[4 * n + 2 * h] = pf_ex2(fmaf(s[4 * n + 2 * h], sl2, nm));
-                s[4 * n + 2 * h + 1] = pf_ex2(fmaf(s[4 * n + 2 * h + 1], sl2, nm));
-                rs += s[4 * n + 2 * h] + s[4 * n + 2 * h + 1];
-            }
-            l[h] += rs;
-        }
-        wg_pin<64>(s);
-        wg_pin<2>(l);
-        wg_wait_mma<0>();
-        wg_pin<64>(o);
-        wg_pin_u<KT / 4>(pk);
-        // The previous tile's V read: its stage back to the producer.
-        if (it > 0) {
-            __syncwarp();
-            if (lane == 0) ws_mbar_arrive(empty + 8 * pv_stage);
-        }
-        if (rescale) {
-#pragma unroll
-            for (int h = 0; h < 2; ++h)
-#pragma unroll
-                for (int n = 0; n < HD / 8; ++n) {
-                    o[4 * n + 2 * h] *= corr[h];
-                    o[4 * n + 2 * h + 1] *= corr[h];
-                }
-        }
-#pragma unroll
-        for (int n = 0; n < KT / 8; ++n)
-#pragma unroll
-            for (int h = 0; h < 2; ++h) pk[2 * n + h] = pf_pack(s[4 * n + 2 * h], s[4 * n + 2 * h + 1]);
-        pv_stage = st;
-    }
-    // Warpgroup 0 takes the last turn warpgroup 1 handed over.
-    if (cw == 0) ws_bar_sync(1);
-    if (ntiles > 0) {
-        pv(pv_stage);
-        wg_wait_mma<0>();
-        wg_pin<64>(o);
-    }
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-        l[h] += __shfl_xor_sync(FULL_MASK, l[h], 1);
-        l[h] += __shfl_xor_sync(FULL_MASK, l[h], 2);
-    }
-#pragma unroll
-    for (int h = 0; h < 2; ++h) {
-        const int r = gr0 + 16 * warp + gid + 8 * h;
-        if (r >= nrows) continue;
-        pf_store_row<HD>(T, r, tig, m[h], l[h], [&](int n, int e) { return o[4 * n + 2 * h + e]; }, out, out_stride,
-                         part_acc, part_ml, n_heads, total_rows);
-    }
-}
-
-#define WG_WS_KERNEL(NAME, EARLY)                                                                              \
-    extern "C" __global__ void __launch_bounds__(WG_WS_THREADS, 1) NAME(                                      \
-        const bf16_t* q, int q_stride, const bf16_t* k_pool, const bf16_t* v_pool, const int* block_tables,   \
-        int max_pages, int page_size, const int* tile_info, int n_heads, int n_kv_heads, int head_dim,        \
-        float scale, int split_len, bf16_t* out, int out_stride, float* part_acc, float* part_ml,             \
-        int total_rows) {                                                                                      \
-        wg_ws_body<EARLY>(q, q_stride, k_pool, v_pool, block_tables, max_pages, page_size, tile_info, n_heads, \
-                          n_kv_heads, scale, split_len, out, out_stride, part_acc, part_ml, total_rows);      \
-    }
-WG_WS_KERNEL(paged_attention_wg_ws_d128, false)
-WG_WS_KERNEL(paged_attention_wg_ws_early_d128, true)

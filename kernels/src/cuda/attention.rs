@@ -125,29 +125,6 @@ pub(crate) fn fa2_smem_of(head_dim: usize, kt: usize, stages: usize) -> u32 {
 /// 1.384 ms, 2026-12-02).
 pub const WG_NAME: &str = "paged_attention_wg_d128";
 
-/// Forms of the wgmma prefill kernel timed beside it (`gpu bench`, after [`set_wg_variant`]):
-/// (kernel, threads, shared memory beyond [`wg_smem`]). 0 is the default; 1 queues a tile's
-/// O += P V before S is waited for, with a branch-free causal mask; 2 and 3 are those two
-/// warp-specialised (a producer warpgroup copies K/V, the two consumer warpgroups take turns at
-/// the tensor cores through named barriers, stages handed over by mbarriers).
-pub const WG_VARIANTS: [(&str, u32, u32); 4] = [
-    (WG_NAME, 256, 0),
-    ("paged_attention_wg_early_d128", 256, 0),
-    ("paged_attention_wg_ws_d128", 384, 64),
-    ("paged_attention_wg_ws_early_d128", 384, 64),
-];
-
-/// The wgmma form later prefill plans launch (index into [`WG_VARIANTS`]).
-static WG_VARIANT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-
-/// Sets the wgmma form of later prefill plans (for checks and side-by-side timing; 0 = default).
-pub fn set_wg_variant(i: usize) {
-    WG_VARIANT.store(
-        i.min(WG_VARIANTS.len() - 1),
-        std::sync::atomic::Ordering::Relaxed,
-    );
-}
-
 /// Keys per K/V tile of the wgmma kernel; mirrors WG_KT in attention_prefill_wg.cu.
 const WG_KEY_TILE: usize = 128;
 /// Pipeline stages of `paged_attention_wg_d128`; mirrors its `wg_prefill_body<3>`.
@@ -313,8 +290,6 @@ pub struct AttnPlan {
     cluster: usize,
     /// Largest cluster the device takes (0: no cluster form).
     max_cluster: usize,
-    /// The form of a `PrefillWg` plan (index into [`WG_VARIANTS`]).
-    wg_variant: usize,
 }
 
 impl AttnPlan {
@@ -325,10 +300,6 @@ impl AttnPlan {
     /// The kernel this plan launches.
     pub fn kernel(&self) -> AttnKernel {
         self.kernel
-    }
-    /// The wgmma form this plan runs (index into [`WG_VARIANTS`]; 0 for other kernels).
-    pub fn wg_variant(&self) -> usize {
-        self.wg_variant
     }
     /// Forces the general kernel on a decode plan (for checks); a decode kernel cannot be forced
     /// on, and a tensor-core prefill plan keeps its kernel (its tiles are larger: plan with
@@ -691,18 +662,6 @@ impl CudaOps {
             variant: None,
             cluster,
             max_cluster: self.decode2_max_cluster,
-            wg_variant: match WG_VARIANT.load(std::sync::atomic::Ordering::Relaxed) {
-                v if kernel == AttnKernel::PrefillWg
-                    && v > 0
-                    && self
-                        .attention_wg_alt
-                        .get(v - 1)
-                        .is_some_and(|f| f.is_some()) =>
-                {
-                    v
-                }
-                _ => 0,
-            },
         })
     }
 
@@ -816,14 +775,7 @@ impl CudaOps {
                 )
             })?;
             let idx = mma_index(hd).expect("planned only for supported head sizes");
-            let (f, smem, block) = if plan.wg_variant > 0 {
-                let (_, threads, extra) = WG_VARIANTS[plan.wg_variant];
-                (
-                    &self.attention_wg_alt[plan.wg_variant - 1],
-                    wg_smem() + extra,
-                    threads,
-                )
-            } else if plan.kernel == AttnKernel::PrefillWg {
+            let (f, smem, block) = if plan.kernel == AttnKernel::PrefillWg {
                 (&self.attention_wg, wg_smem(), WG_THREADS)
             } else {
                 (&self.attention_fa2[idx], fa2_smem(hd), 128)

@@ -39,8 +39,6 @@ pub struct CudaOps {
     /// `paged_attention_wg_d128` (attention_prefill_wg.cu, sm_90a): only on compute-9.0
     /// devices, None elsewhere or where it did not load (plans then use `attention_fa2`).
     pub(crate) attention_wg: Option<CudaFunction>,
-    /// The other forms of `WG_VARIANTS` (index - 1), for side-by-side timing.
-    pub(crate) attention_wg_alt: Vec<Option<CudaFunction>>,
     /// `attention::DECODE2_VARIANTS`, for side-by-side timing.
     pub(crate) attention_decode2_variants: Vec<CudaFunction>,
     /// `paged_attention_decode2c_*` (the cluster form), in `attention::decode2_index` order;
@@ -94,11 +92,7 @@ impl CudaOps {
                 .zip([64, 128])
                 .map(|(n, hd)| fa2_function(&ctx, n, super::attention::fa2_smem(hd)))
                 .collect::<Result<_>>()?,
-            attention_wg: wg_function(&ctx, super::attention::WG_NAME, super::attention::wg_smem()),
-            attention_wg_alt: super::attention::WG_VARIANTS[1..]
-                .iter()
-                .map(|&(n, _, extra)| wg_function(&ctx, n, super::attention::wg_smem() + extra))
-                .collect(),
+            attention_wg: wg_function(&ctx, super::attention::WG_NAME),
             attention_decode2_variants: super::attention::DECODE2_VARIANTS
                 .iter()
                 .map(|n| ctx.function(Program::Attention, n))
@@ -504,8 +498,9 @@ impl CudaOps {
 /// (logged) where the device refuses that much, so plans fall back to the first mma kernel.
 /// The wgmma prefill kernel where the device is compute 9.0 (sm_90a), with its shared memory;
 /// None elsewhere, or (logged) where it did not compile or load.
-fn wg_function(ctx: &Arc<GpuContext>, name: &str, smem: u32) -> Option<CudaFunction> {
+fn wg_function(ctx: &Arc<GpuContext>, name: &str) -> Option<CudaFunction> {
     Program::AttentionWg.arch_for(ctx.arch())?;
+    let smem = super::attention::wg_smem();
     let loaded = ctx.function(Program::AttentionWg, name).and_then(|f| {
         ctx.cuda().bind_to_thread()?;
         let attr = cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;

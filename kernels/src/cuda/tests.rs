@@ -70,12 +70,13 @@ fn nvrtc_programs_compile_where_nvrtc_exists() {
             );
         }
     }
-    // The wgmma prefill kernels: sm_90a only, no spills, and no wgmma ptxas had to serialize
+    // The wgmma prefill kernel: sm_90a only, no spills, and no wgmma ptxas had to serialize
     // (its warning names the kernel).
     let (cubin, log) = nvrtc::compile_with(Program::AttentionWg, "sm_90a", &["--ptxas-options=-v"])
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(cubin.len() > 100, "sm_90a: empty wgmma attention cubin");
-    for (name, _, _) in super::attention::WG_VARIANTS {
+    {
+        let name = super::attention::WG_NAME;
         let at = log
             .find(&format!("'{name}'"))
             .unwrap_or_else(|| panic!("sm_90a: no ptxas report for {name}:\n{log}"));

@@ -392,13 +392,6 @@ pub fn run(
             let wg_ms = if ops.has_wgmma_prefill() {
                 let f = forward_with(PrefillKernel::Wgmma)?;
                 line += &format!(", wgmma {f:.1} ms");
-                // The other wgmma forms (WG_VARIANTS), each forced for a whole forward.
-                for v in 1..strata_kernels::cuda::WG_VARIANTS.len() {
-                    strata_kernels::cuda::set_wg_variant(v);
-                    let r = forward_with(PrefillKernel::Wgmma);
-                    strata_kernels::cuda::set_wg_variant(0);
-                    line += &format!(", wgmma form {v} {:.1} ms", r?);
-                }
                 Some(f)
             } else {
                 None
@@ -419,17 +412,6 @@ pub fn run(
                 if a.is_finite() {
                     line += &format!(" {name} {a:.3} ms ({:.0} TFLOP/s)", layer_flops / a / 1e9);
                     alone.insert(name.to_string(), json!(a));
-                }
-            }
-            if ops.has_wgmma_prefill() {
-                for v in 1..strata_kernels::cuda::WG_VARIANTS.len() {
-                    strata_kernels::cuda::set_wg_variant(v);
-                    let a = prefill_attention_alone(ops, &model, t, PrefillKernel::Wgmma);
-                    strata_kernels::cuda::set_wg_variant(0);
-                    let a = a?;
-                    let name = format!("wgmma form {v}");
-                    line += &format!(" {name} {a:.3} ms ({:.0} TFLOP/s)", layer_flops / a / 1e9);
-                    alone.insert(name, json!(a));
                 }
             }
             summary.push(line);

@@ -2,7 +2,7 @@
 
 use rand::Rng;
 use strata_kernels::cuda::{
-    AttnKernel, AttnSeq, AttnShape, CudaOps, DTensor, Gemm, GemmPath, DECODE2_VARIANTS, WG_VARIANTS,
+    AttnKernel, AttnSeq, AttnShape, CudaOps, DTensor, Gemm, GemmPath, DECODE2_VARIANTS,
 };
 use strata_kernels::reference as r;
 
@@ -649,19 +649,10 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
         })
         .cloned()
         .collect();
-    // Each again on the wgmma kernel ("wg"), and on each form timed beside it ("wg1", ...).
+    // Each again on the wgmma kernel.
     let wg_cases = wg_cases
         .into_iter()
-        .flat_map(|(n, nh, nkv, hd, page, lens, sp)| {
-            (0..WG_VARIANTS.len()).map(move |v| {
-                let tag = if v == 0 {
-                    "wg".to_string()
-                } else {
-                    format!("wg{v}")
-                };
-                (format!("{tag} {n}"), nh, nkv, hd, page, lens.clone(), sp)
-            })
-        });
+        .map(|(n, nh, nkv, hd, page, lens, sp)| (format!("wg {n}"), nh, nkv, hd, page, lens, sp));
     // The decode2 cluster form at every cluster size, on the 1B and 8B head shapes, GQA 1/2/8,
     // rows shorter than one tile per block (empty blocks), odd pages.
     let clusters: Vec<Case> = vec![
@@ -749,8 +740,6 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
         let wg_case = name.starts_with("wg");
         if wg_case {
             set_prefill_kernel(Some(PrefillKernel::Wgmma));
-            let tag = name.split(' ').next().unwrap_or("wg");
-            strata_kernels::cuda::set_wg_variant(tag[2..].parse().unwrap_or(0));
         } else if name.starts_with("prefill gen") {
             set_prefill_kernel(Some(PrefillKernel::General));
         } else if name.starts_with("prefill mma") {
@@ -760,7 +749,6 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
         }
         let plan = ops.attention_plan(shape, &seqs, splits);
         set_prefill_kernel(None);
-        strata_kernels::cuda::set_wg_variant(0);
         let mut plan = plan?;
         let prefill = lens.iter().any(|&(q, _)| q > 1) || nh / nkv > 8;
         let fa2_case =
@@ -848,7 +836,7 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
             AttnKernel::General => "gen",
             AttnKernel::PrefillMma => "mma",
             AttnKernel::PrefillFa2 => "fa2",
-            AttnKernel::PrefillWg => ["wg", "wg1", "wg2", "wg3"][plan.wg_variant().min(3)],
+            AttnKernel::PrefillWg => "wg",
         };
         let desc = format!(
             "{name} h{nh}/{nkv} d{hd} p{page} {lens:?} s{} c{} {kernel}",
