@@ -18,6 +18,18 @@ fn bit_diffs(a: &[f32], b: &[f32]) -> usize {
         .count()
 }
 
+/// The tensors' contents as f32, in order (for comparing whole runs with [`runs_bit_diffs`]).
+fn downloads(ops: &CudaOps, ts: &[&DTensor]) -> anyhow::Result<Vec<Vec<f32>>> {
+    ts.iter()
+        .map(|t| Ok(ops.context().download_f32(t)?))
+        .collect()
+}
+
+/// [`bit_diffs`] summed over two runs' tensors.
+fn runs_bit_diffs(a: &[Vec<f32>], b: &[Vec<f32>]) -> usize {
+    a.iter().zip(b).map(|(x, y)| bit_diffs(x, y)).sum()
+}
+
 fn poisoned(ops: &CudaOps, t: DTensor) -> anyhow::Result<DTensor> {
     ops.context().memset(&t, 0xFF)?;
     Ok(t)
@@ -200,14 +212,10 @@ pub fn rope_kv_write(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
                 ops.rope(&g, 0, nh, q_w, nkv, hd, &gp, &gi)?;
                 ops.kv_write(&g, q_w, q_w + kv_dim, &kp, &vp, &gs, &ids)?;
             }
-            Ok(vec![
-                c.download_f32(&g)?,
-                c.download_f32(&kp)?,
-                c.download_f32(&vp)?,
-            ])
+            downloads(ops, &[&g, &kp, &vp])
         };
         let (a, b) = (run(true)?, run(false)?);
-        let n: usize = a.iter().zip(&b).map(|(x, y)| bit_diffs(x, y)).sum();
+        let n = runs_bit_diffs(&a, &b);
         ck.exact(
             "rope_kv_write",
             format!("T{t} heads{nh}/{nkv} hd{hd} slots{slots}"),
@@ -297,10 +305,7 @@ pub fn silu_linear(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Resu
         let y = poisoned(ops, c.alloc(strata_kernels::cuda::DType::Bf16, &[1, n])?)?;
         anyhow::ensure!(gemm.silu_linear_t1(&ggu, &gw, &y)?, "shape {k}x{n} refused");
         // The fused kernel rounds silu*up to bf16 as silu_mul does before the GEMV.
-        let act: Vec<f32> = r::silu_mul(&gu, k)
-            .into_iter()
-            .map(|v| half::bf16::from_f32(v).to_f32())
-            .collect();
+        let act = r::round_bf16(&r::silu_mul(&gu, k));
         let want = r::linear(&act, &w, k);
         let err = r::rel_err(&c.download_f32(&y)?, &want);
         ck.rel(
@@ -334,10 +339,7 @@ pub fn gate_silu(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Result
         anyhow::ensure!(gemm.gate_silu_t1(&gx, &gw, &act)?, "shape {k}x{n} refused");
         let got = c.download_f32(&act)?;
         let gu = r::round_bf16(&r::linear(&x, &w, k));
-        let want: Vec<f32> = r::silu_mul(&gu, n)
-            .into_iter()
-            .map(|v| half::bf16::from_f32(v).to_f32())
-            .collect();
+        let want = r::round_bf16(&r::silu_mul(&gu, n));
         let err = r::rel_err(&got, &want);
         ck.rel(
             "gemm",
@@ -434,14 +436,10 @@ pub fn qkv_rope(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Result<
                     &[slot],
                 )?;
             }
-            Ok(vec![
-                c.download_f32(&qkv)?,
-                c.download_f32(&kp)?,
-                c.download_f32(&vp)?,
-            ])
+            downloads(ops, &[&qkv, &kp, &vp])
         };
         let (a, b) = (run(true)?, run(false)?);
-        let n: usize = a.iter().zip(&b).map(|(x, y)| bit_diffs(x, y)).sum();
+        let n = runs_bit_diffs(&a, &b);
         ck.exact(
             "gemm",
             format!(
