@@ -95,6 +95,65 @@ extern "C" __global__ void rmsnorm(const bf16_t* x, bf16_t* residual, const bf16
     }
 }
 
+// rmsnorm with two residual adds, for the one-row decode step whose input norm was staged into
+// the qkv GEMV (gemv_stage_norm, which leaves the residual alone): residual = (residual + x1) +
+// x2, each sum rounded to bf16 as two rmsnorm calls in sequence would round it, then out =
+// rmsnorm(residual) * w, the sum of squares in the vector path's order. Vector path only
+// (hidden % 8 == 0, hidden / 8 <= 4 * blockDim.x, 16-byte aligned rows; the host checks).
+extern "C" __global__ void rmsnorm_add2(const bf16_t* x1, const bf16_t* x2, bf16_t* residual, const bf16_t* w,
+                                        bf16_t* out, int hidden, float eps) {
+    pdl_enter();
+    __shared__ float sh[32];
+    const u64 base = (u64)blockIdx.x * hidden;
+    const int nc = hidden >> 3;
+    const uint4 *a4 = (const uint4*)(x1 + base), *b4 = (const uint4*)(x2 + base);
+    uint4* r4 = (uint4*)(residual + base);
+    uint4 v[RMS_VEC];
+    float ss = 0.f;
+#pragma unroll
+    for (int k = 0; k < RMS_VEC; ++k) {
+        const int c = threadIdx.x + k * blockDim.x;
+        if (c < nc) {
+            uint4 a = a4[c];
+            const uint4 r = r4[c], b = b4[c];
+            a.x = bf_pair(bf_lo(a.x) + bf_lo(r.x), bf_hi(a.x) + bf_hi(r.x));
+            a.y = bf_pair(bf_lo(a.y) + bf_lo(r.y), bf_hi(a.y) + bf_hi(r.y));
+            a.z = bf_pair(bf_lo(a.z) + bf_lo(r.z), bf_hi(a.z) + bf_hi(r.z));
+            a.w = bf_pair(bf_lo(a.w) + bf_lo(r.w), bf_hi(a.w) + bf_hi(r.w));
+            uint4 e2 = b;
+            e2.x = bf_pair(bf_lo(b.x) + bf_lo(a.x), bf_hi(b.x) + bf_hi(a.x));
+            e2.y = bf_pair(bf_lo(b.y) + bf_lo(a.y), bf_hi(b.y) + bf_hi(a.y));
+            e2.z = bf_pair(bf_lo(b.z) + bf_lo(a.z), bf_hi(b.z) + bf_hi(a.z));
+            e2.w = bf_pair(bf_lo(b.w) + bf_lo(a.w), bf_hi(b.w) + bf_hi(a.w));
+            r4[c] = e2;
+            v[k] = e2;
+            const u32 e[4] = {e2.x, e2.y, e2.z, e2.w};
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const float lo = bf_lo(e[j]), hi = bf_hi(e[j]);
+                ss += lo * lo;
+                ss += hi * hi;
+            }
+        }
+    }
+    const float r = rsqrtf(block_sum(ss, sh) / (float)hidden + eps);
+    const uint4* w4 = (const uint4*)w;
+    uint4* o4 = (uint4*)(out + base);
+#pragma unroll
+    for (int k = 0; k < RMS_VEC; ++k) {
+        const int c = threadIdx.x + k * blockDim.x;
+        if (c < nc) {
+            const uint4 a = v[k], g = w4[c];
+            uint4 y;
+            y.x = bf_pair(bf_lo(a.x) * r * bf_lo(g.x), bf_hi(a.x) * r * bf_hi(g.x));
+            y.y = bf_pair(bf_lo(a.y) * r * bf_lo(g.y), bf_hi(a.y) * r * bf_hi(g.y));
+            y.z = bf_pair(bf_lo(a.z) * r * bf_lo(g.z), bf_hi(a.z) * r * bf_hi(g.z));
+            y.w = bf_pair(bf_lo(a.w) * r * bf_lo(g.w), bf_hi(a.w) * r * bf_hi(g.w));
+            o4[c] = y;
+        }
+    }
+}
+
 // One rotate-half pair: (x1, x2) -> (x1 c - x2 s, x2 c + x1 s), rounded to bf16. Every RoPE kernel
 // goes through it, so they round (and contract to FMA) identically.
 __device__ __forceinline__ void rope_rot(float x1, float x2, float c, float s, bf16_t* y1,

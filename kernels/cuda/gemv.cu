@@ -95,6 +95,79 @@ __device__ __forceinline__ u32 silu_mul2(u32 g, u32 u) {
 // Whatever DEPTH, the products are summed in the same order, so the result is the same.
 // SILU: x is [gate | up] of width 2k (the gate_up projection's output row) and the staged row is
 // silu(gate) * up, exactly as silu_mul would have written it (the down projection's input).
+// The input RMSNorm staged into the GEMV's x (NORM bodies with `nin.w` set): x = rmsnorm(y +
+// resid) * w, where y may be null (no residual add), computed by every block exactly as the
+// rmsnorm kernel's vector path computes it with hidden / 8 threads (elementwise.cu): each of
+// this block's 256 threads stands for k / 2048 of those threads (one 16-byte chunk each), sums
+// its chunks' squares in the same order, and each warp reduces its stand-ins' warps with the
+// same butterfly, so the staged row equals rmsnorm's output bit for bit. The residual itself is
+// not written (the caller adds y again in the next norm). Needs k % 2048 == 0, k <= 8192.
+struct NormIn {
+    const bf16_t* resid;  // residual row [k]
+    const bf16_t* w;      // norm weight [k]; null: plain staging from x
+    float eps;
+};
+__device__ __forceinline__ float gv_lo(u32 v) { return __uint_as_float(v << 16); }
+__device__ __forceinline__ float gv_hi(u32 v) { return __uint_as_float(v & 0xffff0000u); }
+__device__ __forceinline__ u32 gv_pair(float lo, float hi) { return (u32)f2bf(lo) | ((u32)f2bf(hi) << 16); }
+__device__ __forceinline__ void gemv_stage_norm(const bf16_t* y, const NormIn& nin, int k, uint4* xs) {
+    __shared__ float nsh[32];
+    const int k8 = k / 8, per = k8 / 256;  // chunks (stand-in threads) per thread, 1..4
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    const uint4* r4 = (const uint4*)nin.resid;
+    uint4 a[4];
+    float ss[4];
+#pragma unroll
+    for (int m = 0; m < 4; ++m) {
+        ss[m] = 0.f;
+        if (m < per) {
+            const int c = threadIdx.x + 256 * m;
+            uint4 v = r4[c];
+            if (y) {
+                uint4 u = ((const uint4*)y)[c];
+                u.x = gv_pair(gv_lo(u.x) + gv_lo(v.x), gv_hi(u.x) + gv_hi(v.x));
+                u.y = gv_pair(gv_lo(u.y) + gv_lo(v.y), gv_hi(u.y) + gv_hi(v.y));
+                u.z = gv_pair(gv_lo(u.z) + gv_lo(v.z), gv_hi(u.z) + gv_hi(v.z));
+                u.w = gv_pair(gv_lo(u.w) + gv_lo(v.w), gv_hi(u.w) + gv_hi(v.w));
+                v = u;
+            }
+            a[m] = v;
+            const u32 e[4] = {v.x, v.y, v.z, v.w};
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                const float lo = gv_lo(e[j]), hi = gv_hi(e[j]);
+                ss[m] += lo * lo;
+                ss[m] += hi * hi;
+            }
+        }
+    }
+    // Stand-in thread t + 256 m is in stand-in warp warp + 8 m.
+#pragma unroll
+    for (int m = 0; m < 4; ++m) {
+        if (m < per) {
+            const float s = warp_sum(ss[m]);
+            if (lane == 0) nsh[warp + 8 * m] = s;
+        }
+    }
+    __syncthreads();
+    const float total = warp_sum(lane < k8 / 32 ? nsh[lane] : 0.f);
+    const float r = rsqrtf(total / (float)k + nin.eps);
+    const uint4* w4 = (const uint4*)nin.w;
+#pragma unroll
+    for (int m = 0; m < 4; ++m) {
+        if (m < per) {
+            const int c = threadIdx.x + 256 * m;
+            const uint4 v = a[m], g = w4[c];
+            uint4 o;
+            o.x = gv_pair(gv_lo(v.x) * r * gv_lo(g.x), gv_hi(v.x) * r * gv_hi(g.x));
+            o.y = gv_pair(gv_lo(v.y) * r * gv_lo(g.y), gv_hi(v.y) * r * gv_hi(g.y));
+            o.z = gv_pair(gv_lo(v.z) * r * gv_lo(g.z), gv_hi(v.z) * r * gv_hi(g.z));
+            o.w = gv_pair(gv_lo(v.w) * r * gv_lo(g.w), gv_hi(v.w) * r * gv_hi(g.w));
+            xs[c] = o;
+        }
+    }
+}
+
 // R: weight rows per warp. Warp `row` (< n) streams weight rows wrow(row, r), r < R, each summed
 // in the same order whatever R, and lane 0 hands the R sums to epi(row, sums). With R = 2 the
 // epilogue can combine two rows (gemv_bf16_t1_gate: SiLU of the gate row times the up row;
@@ -102,7 +175,7 @@ __device__ __forceinline__ u32 silu_mul2(u32 g, u32 u) {
 // GEMV would have written it, so the result equals the unfused kernels' bit for bit.
 template <int UNR, int DEPTH, bool SILU, int R, class WRow, class Epi>
 __device__ __forceinline__ void gemv_t1_body(const bf16_t* x, const bf16_t* w, int n, int k,
-                                             WRow wrow, Epi epi) {
+                                             WRow wrow, Epi epi, NormIn nin = NormIn{nullptr, nullptr, 0.f}) {
     static_assert(DEPTH == 1 || DEPTH == 2, "one or two steps in flight");
     constexpr int STEP = 32 * UNR;
     constexpr int XU = DEPTH == 1 ? 1 : 4;  // x staging loads in flight per thread
@@ -134,7 +207,8 @@ __device__ __forceinline__ void gemv_t1_body(const bf16_t* x, const bf16_t* w, i
 #pragma unroll
     for (int s = 1; s < DEPTH; ++s)
         if (live && whole(c + s * STEP)) load(wv[s], c, s);
-    for (int i0 = threadIdx.x; i0 < k8; i0 += XU * blockDim.x) {
+    if (nin.w) gemv_stage_norm(x, nin, k, xs);
+    for (int i0 = threadIdx.x; !nin.w && i0 < k8; i0 += XU * blockDim.x) {
         uint4 g[XU], up[XU];
 #pragma unroll
         for (int j = 0; j < XU; ++j) {
@@ -261,7 +335,8 @@ extern "C" __global__ void __launch_bounds__(256)
 // weight rows c and c + hd / 2 of head h = j / (hd / 2), c = h * hd + j % (hd / 2); q and k
 // pairs are rotated as rope_kv_write rotates them (the sums first rounded to bf16, as the GEMV
 // writes them), v pairs kept; all written to y (the qkv row, as rope_kv_write leaves it) and k / v
-// also to the token's pool slot (slot < 0: none).
+// also to the token's pool slot (slot < 0: none). With norm_w set, x is the input RMSNorm of
+// (x + resid) (x null: of resid alone), staged as gemv_stage_norm does.
 __device__ __forceinline__ void gemv_rope_rot(float x1, float x2, float c, float s, bf16_t* y1, bf16_t* y2) {
     *y1 = f2bf(x1 * c - x2 * s);
     *y2 = f2bf(x2 * c + x1 * s);
@@ -270,7 +345,7 @@ template <int DEPTH>
 __device__ __forceinline__ void gemv_t1_qkv_rope(const bf16_t* x, const bf16_t* w, bf16_t* y, int n, int k,
                                                  int nq, int nk, int hd, const int* pos,
                                                  const float* inv_freq, bf16_t* k_pool, bf16_t* v_pool,
-                                                 const int* slots) {
+                                                 const int* slots, NormIn nin) {
     const int half = hd >> 1;
     gemv_t1_body<8, DEPTH, false, 2>(
         x, w, n, k,
@@ -295,17 +370,21 @@ __device__ __forceinline__ void gemv_t1_qkv_rope(const bf16_t* x, const bf16_t* 
                 pr[i] = y1;
                 pr[i + half] = y2;
             }
-        });
+        },
+        nin);
 }
 extern "C" __global__ void __launch_bounds__(256)
     gemv_bf16_t1_qkv_rope(const bf16_t* x, const bf16_t* w, bf16_t* y, int n, int k, int nq, int nk, int hd,
                           const int* pos, const float* inv_freq, bf16_t* k_pool, bf16_t* v_pool,
-                          const int* slots) {
-    gemv_t1_qkv_rope<1>(x, w, y, n, k, nq, nk, hd, pos, inv_freq, k_pool, v_pool, slots);
+                          const int* slots, const bf16_t* resid, const bf16_t* norm_w, float eps) {
+    gemv_t1_qkv_rope<1>(x, w, y, n, k, nq, nk, hd, pos, inv_freq, k_pool, v_pool, slots,
+                        NormIn{resid, norm_w, eps});
 }
 extern "C" __global__ void __launch_bounds__(256)
     gemv_bf16_t1_qkv_rope_pipe(const bf16_t* x, const bf16_t* w, bf16_t* y, int n, int k, int nq, int nk,
                                int hd, const int* pos, const float* inv_freq, bf16_t* k_pool,
-                               bf16_t* v_pool, const int* slots) {
-    gemv_t1_qkv_rope<2>(x, w, y, n, k, nq, nk, hd, pos, inv_freq, k_pool, v_pool, slots);
+                               bf16_t* v_pool, const int* slots, const bf16_t* resid,
+                               const bf16_t* norm_w, float eps) {
+    gemv_t1_qkv_rope<2>(x, w, y, n, k, nq, nk, hd, pos, inv_freq, k_pool, v_pool, slots,
+                        NormIn{resid, norm_w, eps});
 }

@@ -74,6 +74,28 @@ pub fn cublas_present() -> bool {
     unsafe { cudarc::cublas::sys::is_culib_present() }
 }
 
+/// The model width at which [`QkvInput::Norm`] is staged (one 16-byte chunk per thread). The
+/// kernel is exact for any width that is a multiple of 2048 up to 8192, but on the H200 it paid
+/// only at 2048 (Llama-3.2-1B step x0.964) and cost at 4096 (Llama-3.1-8B x1.011: each of the
+/// 384 blocks re-reads 24 KB and reduces two chunks per thread), docs/perf.md.
+pub const NORM_IN_QKV: usize = 2048;
+
+/// The input row of [`Gemm::qkv_rope_t1`]: the normed row itself, or the layer's input RMSNorm
+/// staged in the kernel from `y + resid` (`y` None: `resid` alone), bit for bit what
+/// `CudaOps::rmsnorm` would write, without updating `resid` (the caller adds `y` in the
+/// layer's second norm, `CudaOps::rmsnorm_add2`).
+pub enum QkvInput<'a> {
+    /// h [1, in].
+    Row(&'a DTensor),
+    /// rmsnorm(y + resid) * weight, y and resid [1, in], weight [in].
+    Norm {
+        y: Option<&'a DTensor>,
+        resid: &'a DTensor,
+        weight: &'a DTensor,
+        eps: f32,
+    },
+}
+
 /// A cuBLAS handle bound to the context's compute stream.
 pub struct Gemm {
     ctx: Arc<GpuContext>,
@@ -91,6 +113,8 @@ pub struct Gemm {
     /// Single-row qkv runs with RoPE and the K/V write in its epilogue (`qkv_rope_t1`); off only
     /// for `gpu bench`'s side-by-side timing.
     rope_epilogue: AtomicBool,
+    /// `qkv_rope_t1` takes `QkvInput::Norm` (stages the input RMSNorm); off for timing.
+    norm_prologue: AtomicBool,
     /// Single-row gate_up runs with the SiLU in its epilogue (`gate_silu_t1`); off only for
     /// `gpu bench`'s side-by-side timing against the SiLU staged in the down projection.
     gate_epilogue: AtomicBool,
@@ -138,6 +162,7 @@ impl Gemm {
             gemv_t1_qkv_rope,
             gemv_t1_qkv_rope_pipe,
             rope_epilogue: AtomicBool::new(true),
+            norm_prologue: AtomicBool::new(true),
             gate_epilogue: AtomicBool::new(true),
             lt,
             gemv_max_rows: 1,
@@ -318,7 +343,7 @@ impl Gemm {
     pub fn qkv_rope_t1(
         &self,
         ops: &super::ops::CudaOps,
-        x: &DTensor,
+        input: &QkvInput<'_>,
         w: &DTensor,
         qkv: &DTensor,
         (nq, nk, hd): (usize, usize, usize),
@@ -330,22 +355,47 @@ impl Gemm {
     ) -> Result<bool> {
         let k = w.shape().get(1).copied().unwrap_or(0);
         let width = (nq + 2 * nk) * hd;
+        // The row tensors (x, or y and resid) and, for the staged norm, its weight and epsilon.
+        let (rows, norm): (Vec<&DTensor>, Option<(&DTensor, f32)>) = match input {
+            QkvInput::Row(x) => (vec![x], None),
+            QkvInput::Norm {
+                y,
+                resid,
+                weight,
+                eps,
+            } => (
+                y.iter().copied().chain([*resid]).collect(),
+                Some((*weight, *eps)),
+            ),
+        };
         if !self.rope_epilogue.load(Ordering::Relaxed)
             || self.deterministic
-            || x.shape().first() != Some(&1)
+            || rows
+                .iter()
+                .any(|t| t.shape().first() != Some(&1) || t.ptr() % 16 != 0)
             || k % 8 != 0
             || k > GEMV_T1_MAX_IN
-            || x.ptr() % 16 != 0
             || w.ptr() % 16 != 0
             || hd % 2 != 0
+            || (norm.is_some() && (!self.norm_prologue.load(Ordering::Relaxed) || k != NORM_IN_QKV))
         {
             return Ok(false);
         }
-        for (n, t) in [("x", x), ("w", w)] {
-            self.ctx.check_device(n, t)?;
+        for t in &rows {
+            self.ctx.check_device("x", t)?;
+            t.expect("x", DType::Bf16, &[1, k])?;
         }
-        x.expect("x", DType::Bf16, &[1, k])?;
+        self.ctx.check_device("w", w)?;
         w.expect("w", DType::Bf16, &[width, k])?;
+        if let Some((nw, _)) = norm {
+            self.ctx.check_device("norm weight", nw)?;
+            nw.expect("norm weight", DType::Bf16, &[k])?;
+            ensure(nw.ptr() % 16 == 0, || "norm weight: 16-byte aligned".into())?;
+        }
+        let (x_ptr, resid_ptr) = match input {
+            QkvInput::Row(x) => (x.ptr(), 0),
+            QkvInput::Norm { y, resid, .. } => (y.map_or(0, |y| y.ptr()), resid.ptr()),
+        };
         ops.rope_checks(qkv, 0, nq, nq * hd, nk, hd, pos, inv_freq)?;
         let kv_dim = ops.kv_checks(
             qkv,
@@ -368,7 +418,7 @@ impl Gemm {
         };
         let i = |v: usize| Arg::I32(v as i32);
         let args = [
-            Arg::U64(x.ptr()),
+            Arg::U64(x_ptr),
             Arg::U64(w.ptr()),
             Arg::U64(qkv.ptr()),
             i(pairs),
@@ -381,18 +431,28 @@ impl Gemm {
             Arg::U64(k_pool.ptr()),
             Arg::U64(v_pool.ptr()),
             Arg::U64(slots.ptr()),
+            Arg::U64(resid_ptr),
+            Arg::U64(norm.map_or(0, |(nw, _)| nw.ptr())),
+            Arg::F32(norm.map_or(0.0, |(_, e)| e)),
         ];
         let dims = Dims {
             grid: (pairs.div_ceil(8) as u32, 1, 1),
             block: 256,
             smem: (k * 2) as u32,
         };
-        // SAFETY: shapes, dtypes and alignment checked above (x one row of k bf16, w width x k,
+        // SAFETY: shapes, dtypes and alignment checked above (x, or y and resid, one row of k
+        // bf16 and the norm weight k bf16 with k % 2048 == 0, k <= 8192; w width x k,
         // qkv one row of width, pools [slots, nk * hd] with every host slot in range, pos and
         // slots one i32 each, inv_freq hd / 2 f32); warp j < pairs writes qkv columns c and
         // c + hd / 2 of its pair and, for k / v heads, the same columns of the slot's pool row.
         unsafe { launch(f, self.ctx.stream().cu_stream(), dims, &args) }?;
         Ok(true)
+    }
+
+    /// Turns the staged input norm of [`QkvInput::Norm`] on or off (on by default; `gpu bench`
+    /// times the decode step both ways).
+    pub fn set_norm_prologue(&self, on: bool) {
+        self.norm_prologue.store(on, Ordering::Relaxed);
     }
 
     /// Turns the qkv RoPE epilogue on or off (on by default; `gpu bench` times the decode step

@@ -11,7 +11,7 @@ use cudarc::driver::CudaGraph;
 
 use super::attention::{AttnPlan, AttnShape};
 use super::error::Result;
-use super::gemm::Gemm;
+use super::gemm::{Gemm, QkvInput};
 use super::ops::CudaOps;
 use super::tensor::{DTensor, DType};
 
@@ -102,6 +102,9 @@ pub struct Workspace {
     tokens: usize,
     resid: DTensor,
     y: DTensor,
+    /// The o projection's output (y still holds the down projection's when the input norm was
+    /// staged into the qkv GEMV).
+    y_o: DTensor,
     h: DTensor,
     qkv: DTensor,
     attn: DTensor,
@@ -215,6 +218,7 @@ impl LlamaModel {
             tokens,
             resid: b(&[tokens, s.hidden])?,
             y: b(&[tokens, s.hidden])?,
+            y_o: b(&[tokens, s.hidden])?,
             h: b(&[tokens, s.hidden])?,
             qkv: b(&[tokens, s.qkv_width()])?,
             attn: b(&[tokens, s.n_heads * s.head_dim])?,
@@ -291,15 +295,19 @@ impl LlamaModel {
         for (i, l) in self.layers.iter().enumerate() {
             // Layer 0 normalises the embedding; later layers add the previous sub-layer's y.
             let y = (i > 0).then_some(&ws.y);
-            if !skip("norm1") {
-                self.norm(ops, y, &ws.resid, &l.in_norm, &ws.h)?;
-            }
-            // One row: RoPE and the K/V write in the qkv GEMV's epilogue (the "qkv" op then
-            // includes them and "rope_kv_write" is empty).
-            let fused = !skip("qkv")
-                && gemm.qkv_rope_t1(
+            // One row: the input norm staged into the qkv GEMV (the residual then gets both
+            // sub-layer outputs in norm2), with RoPE and the K/V write in its epilogue (the
+            // "qkv" op then includes norm1 and rope_kv_write).
+            let staged = QkvInput::Norm {
+                y,
+                resid: &ws.resid,
+                weight: &l.in_norm,
+                eps: s.eps,
+            };
+            let rope_args = |qi: &QkvInput<'_>| {
+                gemm.qkv_rope_t1(
                     ops,
-                    &ws.h,
+                    qi,
                     &l.qkv,
                     &ws.qkv,
                     (s.n_heads, s.n_kv_heads, s.head_dim),
@@ -308,7 +316,13 @@ impl LlamaModel {
                     (&l.k_pool, &l.v_pool),
                     &input.slots,
                     &input.host_slots,
-                )?;
+                )
+            };
+            let norm_staged = !skip("qkv") && rope_args(&staged)?;
+            if !norm_staged && !skip("norm1") {
+                self.norm(ops, y, &ws.resid, &l.in_norm, &ws.h)?;
+            }
+            let fused = norm_staged || (!skip("qkv") && rope_args(&QkvInput::Row(&ws.h))?);
             if !skip("qkv") && !fused {
                 gemm.linear(&ws.h, &l.qkv, &ws.qkv)?;
             }
@@ -344,11 +358,16 @@ impl LlamaModel {
             }
             mark("attention")?;
             if !skip("o") {
-                gemm.linear(&ws.attn, &l.o, &ws.y)?;
+                gemm.linear(&ws.attn, &l.o, &ws.y_o)?;
             }
             mark("o")?;
             if !skip("norm2") {
-                ops.rmsnorm(&ws.y, Some(&ws.resid), &l.post_norm, &ws.h, s.eps)?;
+                match y {
+                    Some(y) if norm_staged => {
+                        ops.rmsnorm_add2(y, &ws.y_o, &ws.resid, &l.post_norm, &ws.h, s.eps)?
+                    }
+                    _ => ops.rmsnorm(&ws.y_o, Some(&ws.resid), &l.post_norm, &ws.h, s.eps)?,
+                }
             }
             // One row: the SiLU in gate_up's epilogue, down a plain GEMV. Otherwise gate_up,
             // then the SiLU staged in the single-row down GEMV or silu_mul.

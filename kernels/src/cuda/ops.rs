@@ -20,6 +20,7 @@ pub struct CudaOps {
     pub(crate) ctx: Arc<GpuContext>,
     embedding: CudaFunction,
     rmsnorm: CudaFunction,
+    rmsnorm_add2: CudaFunction,
     rope: CudaFunction,
     silu_mul: CudaFunction,
     kv_write: CudaFunction,
@@ -70,6 +71,7 @@ impl CudaOps {
         Ok(Self {
             embedding: e("embedding")?,
             rmsnorm: e("rmsnorm")?,
+            rmsnorm_add2: e("rmsnorm_add2")?,
             rope: e("rope")?,
             silu_mul: e("silu_mul")?,
             kv_write: e("kv_write")?,
@@ -185,6 +187,60 @@ impl CudaOps {
         let lanes = if h % 8 == 0 { h / 8 } else { h };
         self.go(
             &self.rmsnorm,
+            Dims::rows(t, threads_for(lanes.min(1024))),
+            &args,
+        )
+    }
+
+    /// residual = (residual + x1) + x2 (each sum rounded to bf16, as `rmsnorm(x1, residual)` then
+    /// `rmsnorm(x2, residual)` round them), out = rmsnorm(residual) * w: the layer's second norm
+    /// when its first was staged into the qkv GEMV (`QkvInput::Norm`, which leaves the residual
+    /// alone). All [T, hidden] bf16 (w [hidden]), hidden % 8 == 0, hidden <= 32768, 16-byte
+    /// aligned.
+    #[allow(clippy::too_many_arguments)]
+    pub fn rmsnorm_add2(
+        &self,
+        x1: &DTensor,
+        x2: &DTensor,
+        residual: &DTensor,
+        w: &DTensor,
+        out: &DTensor,
+        eps: f32,
+    ) -> Result<()> {
+        self.on_gpu(&[
+            ("x1", x1),
+            ("x2", x2),
+            ("residual", residual),
+            ("w", w),
+            ("out", out),
+        ])?;
+        ensure(x1.shape().len() == 2, || {
+            "x1 must be [tokens, hidden]".into()
+        })?;
+        let (t, h) = (x1.shape()[0], x1.shape()[1]);
+        for (n, x) in [("x1", x1), ("x2", x2), ("residual", residual), ("out", out)] {
+            x.expect(n, DType::Bf16, &[t, h])?;
+        }
+        w.expect("w", DType::Bf16, &[h])?;
+        let lanes = h / 8;
+        ensure(
+            h % 8 == 0
+                && lanes <= 4 * 1024
+                && [x1, x2, residual, w, out].iter().all(|x| x.ptr() % 16 == 0),
+            || format!("rmsnorm_add2: hidden {h} must be a multiple of 8, at most 32768, aligned"),
+        )?;
+        let args = [
+            Arg::U64(x1.ptr()),
+            Arg::U64(x2.ptr()),
+            Arg::U64(residual.ptr()),
+            Arg::U64(w.ptr()),
+            Arg::U64(out.ptr()),
+            i(h),
+            Arg::F32(eps),
+        ];
+        // The block size rmsnorm picks for this width, so the sum of squares runs the same tree.
+        self.go(
+            &self.rmsnorm_add2,
             Dims::rows(t, threads_for(lanes.min(1024))),
             &args,
         )

@@ -36,6 +36,7 @@ use std::path::Path;
 use std::sync::Arc;
 use strata_kernels::cuda::{
     AttnPlan, AttnSeq, AttnShape, CudaError, CudaOps, DTensor, DType, Gemm, GpuContext, PlanOpts,
+    QkvInput,
 };
 use strata_kernels::sample_rows::{pack_rows, RowMode, RowSpec};
 
@@ -401,7 +402,7 @@ impl CudaRunner {
             let fused = plain
                 && gemm.qkv_rope_t1(
                     ops,
-                    &a.h,
+                    &QkvInput::Row(&a.h),
                     &l.qkv,
                     &a.qkv,
                     (nh, nkv, hd),

@@ -180,6 +180,15 @@ pub fn run(
                         a / n
                     ));
                 }
+                gemm.set_norm_prologue(false);
+                let norm_apart = replay();
+                gemm.set_norm_prologue(true);
+                if let (Some(a), Some(n)) = (graphed, norm_apart?) {
+                    summary.push(format!(
+                        "  b{b} graph step with the input norm staged in qkv {a:.3} ms, rmsnorm apart {n:.3} ms (x{:.3})",
+                        a / n
+                    ));
+                }
                 gemm.set_rope_epilogue(false);
                 let apart = replay();
                 gemm.set_rope_epilogue(true);

@@ -2,7 +2,8 @@
 
 use rand::Rng;
 use strata_kernels::cuda::{
-    AttnKernel, AttnSeq, AttnShape, CudaOps, DTensor, Gemm, GemmPath, DECODE2_VARIANTS,
+    AttnKernel, AttnSeq, AttnShape, CudaOps, DTensor, Gemm, GemmPath, QkvInput, DECODE2_VARIANTS,
+    NORM_IN_QKV,
 };
 use strata_kernels::reference as r;
 
@@ -393,15 +394,35 @@ pub fn qkv_rope(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Result<
         let gp = c.upload_i32(&[1], &[pos])?;
         let gi = c.upload_f32(&[hd / 2], &inv)?;
         let gs = c.upload_i32(&[1], &[slot])?;
-        let run = |fused: bool| -> anyhow::Result<Vec<Vec<f32>>> {
+        // The input norm's operands (mode 1: rmsnorm(y + resid), mode 2: rmsnorm(resid)).
+        let (yv, rv, nwv) = (
+            ck.bf16_vec(k, 1.0),
+            ck.bf16_vec(k, 1.0),
+            ck.bf16_vec(k, 1.0),
+        );
+        let (gy, gnw) = (c.upload_bf16(&[1, k], &yv)?, c.upload_bf16(&[k], &nwv)?);
+        let eps = 1e-5;
+        // mode 0: the row given; 1 and 2: the input norm staged in the kernel (k % 2048 == 0).
+        let run = |mode: usize, fused: bool| -> anyhow::Result<Vec<Vec<f32>>> {
             let qkv = bf16_out(ops, &[1, width])?;
             let kp = c.upload_bf16(&[slots, kv_dim], &pool0)?;
             let vp = c.upload_bf16(&[slots, kv_dim], &pool0)?;
+            let resid = c.upload_bf16(&[1, k], &rv)?;
+            let y = (mode == 1).then_some(&gy);
             if fused {
+                let input = match mode {
+                    0 => QkvInput::Row(&gx),
+                    _ => QkvInput::Norm {
+                        y,
+                        resid: &resid,
+                        weight: &gnw,
+                        eps,
+                    },
+                };
                 anyhow::ensure!(
                     gemm.qkv_rope_t1(
                         ops,
-                        &gx,
+                        &input,
                         &gw,
                         &qkv,
                         (nh, nkv, hd),
@@ -411,15 +432,28 @@ pub fn qkv_rope(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Result<
                         &gs,
                         &[slot],
                     )?,
-                    "qkv_rope_t1 refused in{k}"
+                    "qkv_rope_t1 refused in{k} mode {mode}"
                 );
             } else {
+                let h = bf16_out(ops, &[1, k])?;
+                let x = if mode == 0 {
+                    &gx
+                } else {
+                    // (rmsnorm adds y into its own copy of the residual: the staged norm
+                    // leaves the residual alone, compared below.)
+                    let r2 = c.upload_bf16(&[1, k], &rv)?;
+                    match y {
+                        Some(y) => ops.rmsnorm(y, Some(&r2), &gnw, &h, eps)?,
+                        None => ops.rmsnorm(&r2, None, &gnw, &h, eps)?,
+                    }
+                    &h
+                };
                 let path = if k >= strata_kernels::cuda::GEMV_T1_PIPE_MIN_IN {
                     GemmPath::GemvT1Pipe
                 } else {
                     GemmPath::GemvT1
                 };
-                gemm.linear_with(&gx, &gw, &qkv, path)?;
+                gemm.linear_with(x, &gw, &qkv, path)?;
                 ops.rope_kv_write(
                     &qkv,
                     0,
@@ -436,15 +470,56 @@ pub fn qkv_rope(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Result<
                     &[slot],
                 )?;
             }
-            downloads(ops, &[&qkv, &kp, &vp])
+            downloads(ops, &[&qkv, &kp, &vp, &resid])
         };
-        let (a, b) = (run(true)?, run(false)?);
-        let n = runs_bit_diffs(&a, &b);
+        let modes: &[usize] = if k == NORM_IN_QKV { &[0, 1, 2] } else { &[0] };
+        for &mode in modes {
+            let (a, b) = (run(mode, true)?, run(mode, false)?);
+            let n = runs_bit_diffs(&a, &b);
+            let what = ["h", "rmsnorm(y + resid)", "rmsnorm(resid)"][mode];
+            ck.exact(
+                "gemm",
+                format!(
+                    "qkv+RoPE T1 of {what} in{k} h{nh}/{nkv} d{hd} pos{pos} slot{slot} == unfused"
+                ),
+                n,
+            );
+        }
+    }
+    Ok(())
+}
+
+/// rmsnorm_add2 (the second norm of a layer whose first was staged into the qkv GEMV) bit for
+/// bit against two rmsnorm calls in sequence: the output and the residual.
+pub fn rmsnorm_add2(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
+    let c = ops.context();
+    for (t, h) in [(1, 2048), (1, 4096), (3, 8192), (2, 1000)] {
+        let (x1, x2, r0, w) = (
+            ck.bf16_vec(t * h, 1.0),
+            ck.bf16_vec(t * h, 1.0),
+            ck.bf16_vec(t * h, 1.0),
+            ck.bf16_vec(h, 1.0),
+        );
+        let (g1, g2, gw) = (
+            c.upload_bf16(&[t, h], &x1)?,
+            c.upload_bf16(&[t, h], &x2)?,
+            c.upload_bf16(&[h], &w)?,
+        );
+        let run = |fused: bool| -> anyhow::Result<Vec<Vec<f32>>> {
+            let resid = c.upload_bf16(&[t, h], &r0)?;
+            let out = bf16_out(ops, &[t, h])?;
+            if fused {
+                ops.rmsnorm_add2(&g1, &g2, &resid, &gw, &out, 1e-5)?;
+            } else {
+                ops.rmsnorm(&g1, Some(&resid), &gw, &out, 1e-5)?;
+                ops.rmsnorm(&g2, Some(&resid), &gw, &out, 1e-5)?;
+            }
+            downloads(ops, &[&out, &resid])
+        };
+        let n = runs_bit_diffs(&run(true)?, &run(false)?);
         ck.exact(
-            "gemm",
-            format!(
-                "qkv+RoPE T1 in{k} h{nh}/{nkv} d{hd} pos{pos} slot{slot} == GEMV + rope_kv_write"
-            ),
+            "rmsnorm",
+            format!("rmsnorm_add2 T{t} H{h} == rmsnorm x2"),
             n,
         );
     }
