@@ -42,6 +42,47 @@ __device__ __forceinline__ bf16_t f2bf(float f) {
     return (bf16_t)(u >> 16);
 }
 
+// Arithmetic that several programs must round (and contract to FMA) identically, so a fused
+// kernel equals the kernels it replaces bit for bit: bf16 pairs packed in a u32, 16-byte chunks
+// of 8 bf16 (the residual add, the sum of squares and the scaling of every RMSNorm), SiLU * up
+// and one rotate-half RoPE pair.
+__device__ __forceinline__ float bf_lo(u32 v) { return __uint_as_float(v << 16); }
+__device__ __forceinline__ float bf_hi(u32 v) { return __uint_as_float(v & 0xffff0000u); }
+__device__ __forceinline__ u32 bf_pair(float lo, float hi) { return (u32)f2bf(lo) | ((u32)f2bf(hi) << 16); }
+// a = a + b per element, rounded to bf16.
+__device__ __forceinline__ void bf8_add(uint4& a, const uint4& b) {
+    a.x = bf_pair(bf_lo(a.x) + bf_lo(b.x), bf_hi(a.x) + bf_hi(b.x));
+    a.y = bf_pair(bf_lo(a.y) + bf_lo(b.y), bf_hi(a.y) + bf_hi(b.y));
+    a.z = bf_pair(bf_lo(a.z) + bf_lo(b.z), bf_hi(a.z) + bf_hi(b.z));
+    a.w = bf_pair(bf_lo(a.w) + bf_lo(b.w), bf_hi(a.w) + bf_hi(b.w));
+}
+// ss += the squares of the chunk's 8 values, in element order.
+__device__ __forceinline__ void bf8_sumsq(const uint4& a, float& ss) {
+    const u32 e[4] = {a.x, a.y, a.z, a.w};
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+        const float lo = bf_lo(e[j]), hi = bf_hi(e[j]);
+        ss += lo * lo;
+        ss += hi * hi;
+    }
+}
+// a * r * g per element, rounded to bf16 (RMSNorm's output).
+__device__ __forceinline__ uint4 bf8_norm(const uint4 a, const uint4 g, float r) {
+    uint4 y;
+    y.x = bf_pair(bf_lo(a.x) * r * bf_lo(g.x), bf_hi(a.x) * r * bf_hi(g.x));
+    y.y = bf_pair(bf_lo(a.y) * r * bf_lo(g.y), bf_hi(a.y) * r * bf_hi(g.y));
+    y.z = bf_pair(bf_lo(a.z) * r * bf_lo(g.z), bf_hi(a.z) * r * bf_hi(g.z));
+    y.w = bf_pair(bf_lo(a.w) * r * bf_lo(g.w), bf_hi(a.w) * r * bf_hi(g.w));
+    return y;
+}
+__device__ __forceinline__ float silu_times(float g, float u) { return g / (1.f + expf(-g)) * u; }
+// One rotate-half pair: (x1, x2) -> (x1 c - x2 s, x2 c + x1 s), rounded to bf16.
+__device__ __forceinline__ void rope_rot(float x1, float x2, float c, float s, bf16_t* y1,
+                                         bf16_t* y2) {
+    *y1 = f2bf(x1 * c - x2 * s);
+    *y2 = f2bf(x2 * c + x1 * s);
+}
+
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(FULL_MASK, v, o);

@@ -20,10 +20,6 @@ extern "C" __global__ void embedding(const int* ids, const bf16_t* table, bf16_t
 // read of x and residual, no second pass over memory); the per-element arithmetic is the same as
 // the scalar path's, only the order of the sum of squares differs.
 #define RMS_VEC 4
-__device__ __forceinline__ float bf_lo(u32 v) { return __uint_as_float(v << 16); }
-__device__ __forceinline__ float bf_hi(u32 v) { return __uint_as_float(v & 0xffff0000u); }
-__device__ __forceinline__ u32 bf_pair(float lo, float hi) { return (u32)f2bf(lo) | ((u32)f2bf(hi) << 16); }
-
 extern "C" __global__ void rmsnorm(const bf16_t* x, bf16_t* residual, const bf16_t* w, bf16_t* out,
                                    int hidden, float eps) {
     pdl_enter();
@@ -43,20 +39,11 @@ extern "C" __global__ void rmsnorm(const bf16_t* x, bf16_t* residual, const bf16
                 uint4 a = x4[c];
                 if (residual) {
                     const uint4 b = r4[c];
-                    a.x = bf_pair(bf_lo(a.x) + bf_lo(b.x), bf_hi(a.x) + bf_hi(b.x));
-                    a.y = bf_pair(bf_lo(a.y) + bf_lo(b.y), bf_hi(a.y) + bf_hi(b.y));
-                    a.z = bf_pair(bf_lo(a.z) + bf_lo(b.z), bf_hi(a.z) + bf_hi(b.z));
-                    a.w = bf_pair(bf_lo(a.w) + bf_lo(b.w), bf_hi(a.w) + bf_hi(b.w));
+                    bf8_add(a, b);
                     r4[c] = a;
                 }
                 v[k] = a;
-                const u32 e[4] = {a.x, a.y, a.z, a.w};
-#pragma unroll
-                for (int j = 0; j < 4; ++j) {
-                    const float lo = bf_lo(e[j]), hi = bf_hi(e[j]);
-                    ss += lo * lo;
-                    ss += hi * hi;
-                }
+                bf8_sumsq(a, ss);
             }
         }
         const float r = rsqrtf(block_sum(ss, sh) / (float)hidden + eps);
@@ -66,13 +53,7 @@ extern "C" __global__ void rmsnorm(const bf16_t* x, bf16_t* residual, const bf16
         for (int k = 0; k < RMS_VEC; ++k) {
             const int c = threadIdx.x + k * blockDim.x;
             if (c < nc) {
-                const uint4 a = v[k], g = w4[c];
-                uint4 y;
-                y.x = bf_pair(bf_lo(a.x) * r * bf_lo(g.x), bf_hi(a.x) * r * bf_hi(g.x));
-                y.y = bf_pair(bf_lo(a.y) * r * bf_lo(g.y), bf_hi(a.y) * r * bf_hi(g.y));
-                y.z = bf_pair(bf_lo(a.z) * r * bf_lo(g.z), bf_hi(a.z) * r * bf_hi(g.z));
-                y.w = bf_pair(bf_lo(a.w) * r * bf_lo(g.w), bf_hi(a.w) * r * bf_hi(g.w));
-                o4[c] = y;
+                o4[c] = bf8_norm(v[k], w4[c], r);
             }
         }
         return;
@@ -116,24 +97,12 @@ extern "C" __global__ void rmsnorm_add2(const bf16_t* x1, const bf16_t* x2, bf16
         if (c < nc) {
             uint4 a = a4[c];
             const uint4 r = r4[c], b = b4[c];
-            a.x = bf_pair(bf_lo(a.x) + bf_lo(r.x), bf_hi(a.x) + bf_hi(r.x));
-            a.y = bf_pair(bf_lo(a.y) + bf_lo(r.y), bf_hi(a.y) + bf_hi(r.y));
-            a.z = bf_pair(bf_lo(a.z) + bf_lo(r.z), bf_hi(a.z) + bf_hi(r.z));
-            a.w = bf_pair(bf_lo(a.w) + bf_lo(r.w), bf_hi(a.w) + bf_hi(r.w));
+            bf8_add(a, r);
             uint4 e2 = b;
-            e2.x = bf_pair(bf_lo(b.x) + bf_lo(a.x), bf_hi(b.x) + bf_hi(a.x));
-            e2.y = bf_pair(bf_lo(b.y) + bf_lo(a.y), bf_hi(b.y) + bf_hi(a.y));
-            e2.z = bf_pair(bf_lo(b.z) + bf_lo(a.z), bf_hi(b.z) + bf_hi(a.z));
-            e2.w = bf_pair(bf_lo(b.w) + bf_lo(a.w), bf_hi(b.w) + bf_hi(a.w));
+            bf8_add(e2, a);
             r4[c] = e2;
             v[k] = e2;
-            const u32 e[4] = {e2.x, e2.y, e2.z, e2.w};
-#pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                const float lo = bf_lo(e[j]), hi = bf_hi(e[j]);
-                ss += lo * lo;
-                ss += hi * hi;
-            }
+            bf8_sumsq(e2, ss);
         }
     }
     const float r = rsqrtf(block_sum(ss, sh) / (float)hidden + eps);
@@ -143,23 +112,9 @@ extern "C" __global__ void rmsnorm_add2(const bf16_t* x1, const bf16_t* x2, bf16
     for (int k = 0; k < RMS_VEC; ++k) {
         const int c = threadIdx.x + k * blockDim.x;
         if (c < nc) {
-            const uint4 a = v[k], g = w4[c];
-            uint4 y;
-            y.x = bf_pair(bf_lo(a.x) * r * bf_lo(g.x), bf_hi(a.x) * r * bf_hi(g.x));
-            y.y = bf_pair(bf_lo(a.y) * r * bf_lo(g.y), bf_hi(a.y) * r * bf_hi(g.y));
-            y.z = bf_pair(bf_lo(a.z) * r * bf_lo(g.z), bf_hi(a.z) * r * bf_hi(g.z));
-            y.w = bf_pair(bf_lo(a.w) * r * bf_lo(g.w), bf_hi(a.w) * r * bf_hi(g.w));
-            o4[c] = y;
+            o4[c] = bf8_norm(v[k], w4[c], r);
         }
     }
-}
-
-// One rotate-half pair: (x1, x2) -> (x1 c - x2 s, x2 c + x1 s), rounded to bf16. Every RoPE kernel
-// goes through it, so they round (and contract to FMA) identically.
-__device__ __forceinline__ void rope_rot(float x1, float x2, float c, float s, bf16_t* y1,
-                                         bf16_t* y2) {
-    *y1 = f2bf(x1 * c - x2 * s);
-    *y2 = f2bf(x2 * c + x1 * s);
 }
 
 // Rotary embedding, rotate-half (GPT-NeoX / Hugging Face Llama) layout, in place on q and k.
@@ -271,8 +226,6 @@ extern "C" __global__ void rope_kv_write(bf16_t* qkv, int stride, int q_col, int
             v_pool[(u64)slot * kv_dim + i] = row[v_col + i];
     }
 }
-
-__device__ __forceinline__ float silu_times(float g, float u) { return g / (1.f + expf(-g)) * u; }
 
 // out[t, i] = silu(gu[t, i]) * gu[t, inter + i]   (gate first, up second, as one fused GEMM output).
 // 16 bytes (8 elements) per load and store when rows allow it (inter % 8 == 0, aligned bases);

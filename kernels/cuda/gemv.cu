@@ -84,7 +84,7 @@ __device__ __forceinline__ u32 silu_mul2(u32 g, u32 u) {
     // Two bf16 lanes of silu(g) * u, rounded like silu_mul (elementwise.cu) does.
     const float g0 = __uint_as_float(g << 16), g1 = __uint_as_float(g & 0xffff0000u);
     const float u0 = __uint_as_float(u << 16), u1 = __uint_as_float(u & 0xffff0000u);
-    const u32 lo = f2bf(g0 / (1.f + expf(-g0)) * u0), hi = f2bf(g1 / (1.f + expf(-g1)) * u1);
+    const u32 lo = f2bf(silu_times(g0, u0)), hi = f2bf(silu_times(g1, u1));
     return lo | (hi << 16);
 }
 
@@ -107,9 +107,6 @@ struct NormIn {
     const bf16_t* w;      // norm weight [k]; null: plain staging from x
     float eps;
 };
-__device__ __forceinline__ float gv_lo(u32 v) { return __uint_as_float(v << 16); }
-__device__ __forceinline__ float gv_hi(u32 v) { return __uint_as_float(v & 0xffff0000u); }
-__device__ __forceinline__ u32 gv_pair(float lo, float hi) { return (u32)f2bf(lo) | ((u32)f2bf(hi) << 16); }
 __device__ __forceinline__ void gemv_stage_norm(const bf16_t* y, const NormIn& nin, int k, uint4* xs) {
     __shared__ float nsh[32];
     const int k8 = k / 8, per = k8 / 256;  // chunks (stand-in threads) per thread, 1..4
@@ -125,20 +122,11 @@ __device__ __forceinline__ void gemv_stage_norm(const bf16_t* y, const NormIn& n
             uint4 v = r4[c];
             if (y) {
                 uint4 u = ((const uint4*)y)[c];
-                u.x = gv_pair(gv_lo(u.x) + gv_lo(v.x), gv_hi(u.x) + gv_hi(v.x));
-                u.y = gv_pair(gv_lo(u.y) + gv_lo(v.y), gv_hi(u.y) + gv_hi(v.y));
-                u.z = gv_pair(gv_lo(u.z) + gv_lo(v.z), gv_hi(u.z) + gv_hi(v.z));
-                u.w = gv_pair(gv_lo(u.w) + gv_lo(v.w), gv_hi(u.w) + gv_hi(v.w));
+                bf8_add(u, v);
                 v = u;
             }
             a[m] = v;
-            const u32 e[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-            for (int j = 0; j < 4; ++j) {
-                const float lo = gv_lo(e[j]), hi = gv_hi(e[j]);
-                ss[m] += lo * lo;
-                ss[m] += hi * hi;
-            }
+            bf8_sumsq(v, ss[m]);
         }
     }
     // Stand-in thread t + 256 m is in stand-in warp warp + 8 m.
@@ -157,13 +145,7 @@ __device__ __forceinline__ void gemv_stage_norm(const bf16_t* y, const NormIn& n
     for (int m = 0; m < 4; ++m) {
         if (m < per) {
             const int c = threadIdx.x + 256 * m;
-            const uint4 v = a[m], g = w4[c];
-            uint4 o;
-            o.x = gv_pair(gv_lo(v.x) * r * gv_lo(g.x), gv_hi(v.x) * r * gv_hi(g.x));
-            o.y = gv_pair(gv_lo(v.y) * r * gv_lo(g.y), gv_hi(v.y) * r * gv_hi(g.y));
-            o.z = gv_pair(gv_lo(v.z) * r * gv_lo(g.z), gv_hi(v.z) * r * gv_hi(g.z));
-            o.w = gv_pair(gv_lo(v.w) * r * gv_lo(g.w), gv_hi(v.w) * r * gv_hi(g.w));
-            xs[c] = o;
+            xs[c] = bf8_norm(a[m], w4[c], r);
         }
     }
 }
@@ -316,8 +298,7 @@ __device__ __forceinline__ void gemv_t1_gate(const bf16_t* x, const bf16_t* w, b
     gemv_t1_body<8, DEPTH, false, 2>(
         x, w, n, k, [&](int row, int r) { return row + r * n; },
         [&](int row, const float* s) {
-            const float g = bf2f(f2bf(s[0])), u = bf2f(f2bf(s[1]));
-            y[row] = f2bf(g / (1.f + expf(-g)) * u);
+            y[row] = f2bf(silu_times(bf2f(f2bf(s[0])), bf2f(f2bf(s[1]))));
         });
 }
 // (The plain kernels' arguments; y is always bf16, y_f32 unused.)
@@ -337,10 +318,6 @@ extern "C" __global__ void __launch_bounds__(256)
 // writes them), v pairs kept; all written to y (the qkv row, as rope_kv_write leaves it) and k / v
 // also to the token's pool slot (slot < 0: none). With norm_w set, x is the input RMSNorm of
 // (x + resid) (x null: of resid alone), staged as gemv_stage_norm does.
-__device__ __forceinline__ void gemv_rope_rot(float x1, float x2, float c, float s, bf16_t* y1, bf16_t* y2) {
-    *y1 = f2bf(x1 * c - x2 * s);
-    *y2 = f2bf(x2 * c + x1 * s);
-}
 template <int DEPTH>
 __device__ __forceinline__ void gemv_t1_qkv_rope(const bf16_t* x, const bf16_t* w, bf16_t* y, int n, int k,
                                                  int nq, int nk, int hd, const int* pos,
@@ -359,7 +336,7 @@ __device__ __forceinline__ void gemv_t1_qkv_rope(const bf16_t* x, const bf16_t* 
             if (h < nq + nk) {
                 float sn, cs;
                 sincosf((float)pos[0] * inv_freq[i], &sn, &cs);
-                gemv_rope_rot(bf2f(y1), bf2f(y2), cs, sn, &y1, &y2);
+                rope_rot(bf2f(y1), bf2f(y2), cs, sn, &y1, &y2);
             }
             y[c] = y1;
             y[c + half] = y2;
