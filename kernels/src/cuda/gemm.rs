@@ -96,6 +96,33 @@ pub enum QkvInput<'a> {
     },
 }
 
+/// The single-row fusions (all on by default; `gpu bench` times the decode step with each off,
+/// side by side, through [`Gemm::set_fusion`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fusion {
+    /// The SiLU in gate_up's epilogue ([`Gemm::gate_silu_t1`]; off: staged in the down GEMV).
+    GateSilu,
+    /// RoPE and the K/V write in qkv's epilogue ([`Gemm::qkv_rope_t1`]; off: `rope_kv_write`).
+    QkvRope,
+    /// The input RMSNorm staged in the qkv GEMV ([`QkvInput::Norm`]; off: `rmsnorm` apart).
+    QkvNorm,
+}
+
+impl Fusion {
+    /// Every fusion, in [`Gemm::set_fusion`]'s table order.
+    pub const ALL: [Fusion; 3] = [Fusion::GateSilu, Fusion::QkvRope, Fusion::QkvNorm];
+}
+
+/// Launch shape of the single-row GEMV kernels: one warp per output (8 per block of 256), the
+/// input row of k bf16 staged in dynamic shared memory.
+fn t1_dims(n_out: usize, k: usize) -> Dims {
+    Dims {
+        grid: (n_out.div_ceil(8) as u32, 1, 1),
+        block: 256,
+        smem: (k * 2) as u32,
+    }
+}
+
 /// A cuBLAS handle bound to the context's compute stream.
 pub struct Gemm {
     ctx: Arc<GpuContext>,
@@ -110,14 +137,8 @@ pub struct Gemm {
     gemv_t1_gate_pipe: CudaFunction,
     gemv_t1_qkv_rope: CudaFunction,
     gemv_t1_qkv_rope_pipe: CudaFunction,
-    /// Single-row qkv runs with RoPE and the K/V write in its epilogue (`qkv_rope_t1`); off only
-    /// for `gpu bench`'s side-by-side timing.
-    rope_epilogue: AtomicBool,
-    /// `qkv_rope_t1` takes `QkvInput::Norm` (stages the input RMSNorm); off for timing.
-    norm_prologue: AtomicBool,
-    /// Single-row gate_up runs with the SiLU in its epilogue (`gate_silu_t1`); off only for
-    /// `gpu bench`'s side-by-side timing against the SiLU staged in the down projection.
-    gate_epilogue: AtomicBool,
+    /// Which [`Fusion`]s run, indexed as `Fusion::ALL`.
+    fusions: [AtomicBool; 3],
     gemv_max_rows: usize,
     lt: Option<super::gemm_lt::GemmLt>,
     deterministic: bool,
@@ -161,9 +182,7 @@ impl Gemm {
             gemv_t1_gate_pipe,
             gemv_t1_qkv_rope,
             gemv_t1_qkv_rope_pipe,
-            rope_epilogue: AtomicBool::new(true),
-            norm_prologue: AtomicBool::new(true),
-            gate_epilogue: AtomicBool::new(true),
+            fusions: Fusion::ALL.map(|_| AtomicBool::new(true)),
             lt,
             gemv_max_rows: 1,
             deterministic: false,
@@ -242,13 +261,8 @@ impl Gemm {
             Arg::I32(k as i32),
             Arg::I32((y.dtype() == DType::F32) as i32),
         ];
-        let dims = Dims {
-            grid: (n_out.div_ceil(8) as u32, 1, 1),
-            block: 256,
-            smem: (k * 2) as u32,
-        };
         // SAFETY: the caller guarantees the pointers and extents (see above).
-        unsafe { launch(f, self.ctx.stream().cu_stream(), dims, &args) }
+        unsafe { launch(f, self.ctx.stream().cu_stream(), t1_dims(n_out, k), &args) }
     }
 
     /// y = silu_mul(gu) * w^T for a single row: gu [1, 2 * in] is the gate_up projection's
@@ -295,7 +309,7 @@ impl Gemm {
     /// in]: one row, not batch-invariant mode, aligned, in short enough to stage.
     pub fn gate_silu_applies(&self, x: &DTensor, w: &DTensor) -> bool {
         let k = w.shape().get(1).copied().unwrap_or(0);
-        self.gate_epilogue.load(Ordering::Relaxed)
+        self.fused(Fusion::GateSilu)
             && !self.deterministic
             && x.shape().first() == Some(&1)
             && w.shape().len() == 2
@@ -355,47 +369,43 @@ impl Gemm {
     ) -> Result<bool> {
         let k = w.shape().get(1).copied().unwrap_or(0);
         let width = (nq + 2 * nk) * hd;
-        // The row tensors (x, or y and resid) and, for the staged norm, its weight and epsilon.
-        let (rows, norm): (Vec<&DTensor>, Option<(&DTensor, f32)>) = match input {
-            QkvInput::Row(x) => (vec![x], None),
+        // The kernel's x (None: the staged norm without a residual add), the residual and the
+        // norm weight and epsilon of a staged norm.
+        let (x, norm) = match *input {
+            QkvInput::Row(x) => (Some(x), None),
             QkvInput::Norm {
                 y,
                 resid,
                 weight,
                 eps,
-            } => (
-                y.iter().copied().chain([*resid]).collect(),
-                Some((*weight, *eps)),
-            ),
+            } => (y, Some((resid, weight, eps))),
         };
-        if !self.rope_epilogue.load(Ordering::Relaxed)
+        let rows = [x, norm.map(|(r, _, _)| r)];
+        if !self.fused(Fusion::QkvRope)
             || self.deterministic
             || rows
                 .iter()
+                .flatten()
                 .any(|t| t.shape().first() != Some(&1) || t.ptr() % 16 != 0)
             || k % 8 != 0
             || k > GEMV_T1_MAX_IN
             || w.ptr() % 16 != 0
             || hd % 2 != 0
-            || (norm.is_some() && (!self.norm_prologue.load(Ordering::Relaxed) || k != NORM_IN_QKV))
+            || (norm.is_some() && (!self.fused(Fusion::QkvNorm) || k != NORM_IN_QKV))
         {
             return Ok(false);
         }
-        for t in &rows {
+        for t in rows.iter().flatten() {
             self.ctx.check_device("x", t)?;
             t.expect("x", DType::Bf16, &[1, k])?;
         }
         self.ctx.check_device("w", w)?;
         w.expect("w", DType::Bf16, &[width, k])?;
-        if let Some((nw, _)) = norm {
+        if let Some((_, nw, _)) = norm {
             self.ctx.check_device("norm weight", nw)?;
             nw.expect("norm weight", DType::Bf16, &[k])?;
             ensure(nw.ptr() % 16 == 0, || "norm weight: 16-byte aligned".into())?;
         }
-        let (x_ptr, resid_ptr) = match input {
-            QkvInput::Row(x) => (x.ptr(), 0),
-            QkvInput::Norm { y, resid, .. } => (y.map_or(0, |y| y.ptr()), resid.ptr()),
-        };
         ops.rope_checks(qkv, 0, nq, nq * hd, nk, hd, pos, inv_freq)?;
         let kv_dim = ops.kv_checks(
             qkv,
@@ -418,7 +428,7 @@ impl Gemm {
         };
         let i = |v: usize| Arg::I32(v as i32);
         let args = [
-            Arg::U64(x_ptr),
+            Arg::U64(x.map_or(0, |x| x.ptr())),
             Arg::U64(w.ptr()),
             Arg::U64(qkv.ptr()),
             i(pairs),
@@ -431,40 +441,26 @@ impl Gemm {
             Arg::U64(k_pool.ptr()),
             Arg::U64(v_pool.ptr()),
             Arg::U64(slots.ptr()),
-            Arg::U64(resid_ptr),
-            Arg::U64(norm.map_or(0, |(nw, _)| nw.ptr())),
-            Arg::F32(norm.map_or(0.0, |(_, e)| e)),
+            Arg::U64(norm.map_or(0, |(r, _, _)| r.ptr())),
+            Arg::U64(norm.map_or(0, |(_, nw, _)| nw.ptr())),
+            Arg::F32(norm.map_or(0.0, |(_, _, e)| e)),
         ];
-        let dims = Dims {
-            grid: (pairs.div_ceil(8) as u32, 1, 1),
-            block: 256,
-            smem: (k * 2) as u32,
-        };
         // SAFETY: shapes, dtypes and alignment checked above (x, or y and resid, one row of k
-        // bf16 and the norm weight k bf16 with k % 2048 == 0, k <= 8192; w width x k,
+        // bf16 and the norm weight k bf16 with k == NORM_IN_QKV; w width x k,
         // qkv one row of width, pools [slots, nk * hd] with every host slot in range, pos and
         // slots one i32 each, inv_freq hd / 2 f32); warp j < pairs writes qkv columns c and
         // c + hd / 2 of its pair and, for k / v heads, the same columns of the slot's pool row.
-        unsafe { launch(f, self.ctx.stream().cu_stream(), dims, &args) }?;
+        unsafe { launch(f, self.ctx.stream().cu_stream(), t1_dims(pairs, k), &args) }?;
         Ok(true)
     }
 
-    /// Turns the staged input norm of [`QkvInput::Norm`] on or off (on by default; `gpu bench`
-    /// times the decode step both ways).
-    pub fn set_norm_prologue(&self, on: bool) {
-        self.norm_prologue.store(on, Ordering::Relaxed);
+    /// Turns a single-row fusion on or off (on by default; for side-by-side timing).
+    pub fn set_fusion(&self, f: Fusion, on: bool) {
+        self.fusions[f as usize].store(on, Ordering::Relaxed);
     }
 
-    /// Turns the qkv RoPE epilogue on or off (on by default; `gpu bench` times the decode step
-    /// both ways).
-    pub fn set_rope_epilogue(&self, on: bool) {
-        self.rope_epilogue.store(on, Ordering::Relaxed);
-    }
-
-    /// Turns the gate_up SiLU epilogue on or off (on by default; `gpu bench` times the decode
-    /// step both ways).
-    pub fn set_gate_epilogue(&self, on: bool) {
-        self.gate_epilogue.store(on, Ordering::Relaxed);
+    fn fused(&self, f: Fusion) -> bool {
+        self.fusions[f as usize].load(Ordering::Relaxed)
     }
 
     /// `linear` with an explicit implementation choice.

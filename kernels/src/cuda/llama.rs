@@ -304,7 +304,7 @@ impl LlamaModel {
                 weight: &l.in_norm,
                 eps: s.eps,
             };
-            let rope_args = |qi: &QkvInput<'_>| {
+            let qkv_rope = |qi: &QkvInput<'_>| {
                 gemm.qkv_rope_t1(
                     ops,
                     qi,
@@ -318,11 +318,11 @@ impl LlamaModel {
                     &input.host_slots,
                 )
             };
-            let norm_staged = !skip("qkv") && rope_args(&staged)?;
+            let norm_staged = !skip("qkv") && qkv_rope(&staged)?;
             if !norm_staged && !skip("norm1") {
                 self.norm(ops, y, &ws.resid, &l.in_norm, &ws.h)?;
             }
-            let fused = norm_staged || (!skip("qkv") && rope_args(&QkvInput::Row(&ws.h))?);
+            let fused = norm_staged || (!skip("qkv") && qkv_rope(&QkvInput::Row(&ws.h))?);
             if !skip("qkv") && !fused {
                 gemm.linear(&ws.h, &l.qkv, &ws.qkv)?;
             }

@@ -56,6 +56,14 @@ fn threads_for(width: usize) -> u32 {
     (width.div_ceil(32) * 32).clamp(32, 1024) as u32
 }
 
+/// One block per row of `h`: a thread per 16-byte chunk where rows allow it (the kernels keep
+/// up to 4 per thread), else per element. rmsnorm and rmsnorm_add2 share it, so their sums of
+/// squares reduce over the same tree (and gemv_stage_norm replays it for h = NORM_IN_QKV).
+fn rmsnorm_dims(t: usize, h: usize) -> Dims {
+    let lanes = if h % 8 == 0 { h / 8 } else { h };
+    Dims::rows(t, threads_for(lanes.min(1024)))
+}
+
 fn u(v: usize) -> Arg {
     Arg::U64(v as u64)
 }
@@ -183,13 +191,7 @@ impl CudaOps {
             i(h),
             Arg::F32(eps),
         ];
-        // 16-byte chunks per thread when rows allow it (the kernel keeps up to 4 per thread).
-        let lanes = if h % 8 == 0 { h / 8 } else { h };
-        self.go(
-            &self.rmsnorm,
-            Dims::rows(t, threads_for(lanes.min(1024))),
-            &args,
-        )
+        self.go(&self.rmsnorm, rmsnorm_dims(t, h), &args)
     }
 
     /// residual = (residual + x1) + x2 (each sum rounded to bf16, as `rmsnorm(x1, residual)` then
@@ -222,10 +224,9 @@ impl CudaOps {
             x.expect(n, DType::Bf16, &[t, h])?;
         }
         w.expect("w", DType::Bf16, &[h])?;
-        let lanes = h / 8;
         ensure(
             h % 8 == 0
-                && lanes <= 4 * 1024
+                && h / 8 <= 4 * 1024
                 && [x1, x2, residual, w, out].iter().all(|x| x.ptr() % 16 == 0),
             || format!("rmsnorm_add2: hidden {h} must be a multiple of 8, at most 32768, aligned"),
         )?;
@@ -238,12 +239,8 @@ impl CudaOps {
             i(h),
             Arg::F32(eps),
         ];
-        // The block size rmsnorm picks for this width, so the sum of squares runs the same tree.
-        self.go(
-            &self.rmsnorm_add2,
-            Dims::rows(t, threads_for(lanes.min(1024))),
-            &args,
-        )
+        // rmsnorm's block size, so the sum of squares runs the same tree.
+        self.go(&self.rmsnorm_add2, rmsnorm_dims(t, h), &args)
     }
 
     /// In-place RoPE on the q heads at column `q_col` and the k heads at column `k_col` of

@@ -168,35 +168,26 @@ pub fn run(
                     a / n
                 ));
             }
-            // One row: the same graph with the SiLU staged in the down GEMV instead of in
-            // gate_up's epilogue, side by side.
+            // One row: the same graph with each single-row fusion turned off, side by side.
             if b == 1 {
-                gemm.set_gate_epilogue(false);
-                let staged = replay();
-                gemm.set_gate_epilogue(true);
-                if let (Some(a), Some(n)) = (graphed, staged?) {
-                    summary.push(format!(
-                        "  b{b} graph step with the SiLU in gate_up's epilogue {a:.3} ms, staged in down {n:.3} ms (x{:.3})",
-                        a / n
-                    ));
-                }
-                gemm.set_norm_prologue(false);
-                let norm_apart = replay();
-                gemm.set_norm_prologue(true);
-                if let (Some(a), Some(n)) = (graphed, norm_apart?) {
-                    summary.push(format!(
-                        "  b{b} graph step with the input norm staged in qkv {a:.3} ms, rmsnorm apart {n:.3} ms (x{:.3})",
-                        a / n
-                    ));
-                }
-                gemm.set_rope_epilogue(false);
-                let apart = replay();
-                gemm.set_rope_epilogue(true);
-                if let (Some(a), Some(n)) = (graphed, apart?) {
-                    summary.push(format!(
-                        "  b{b} graph step with RoPE + K/V write in qkv's epilogue {a:.3} ms, rope_kv_write apart {n:.3} ms (x{:.3})",
-                        a / n
-                    ));
+                use strata_kernels::cuda::Fusion;
+                for f in Fusion::ALL {
+                    gemm.set_fusion(f, false);
+                    let apart = replay();
+                    gemm.set_fusion(f, true);
+                    let (with, without) = match f {
+                        Fusion::GateSilu => ("the SiLU in gate_up's epilogue", "staged in down"),
+                        Fusion::QkvRope => {
+                            ("RoPE + K/V write in qkv's epilogue", "rope_kv_write apart")
+                        }
+                        Fusion::QkvNorm => ("the input norm staged in qkv", "rmsnorm apart"),
+                    };
+                    if let (Some(a), Some(n)) = (graphed, apart?) {
+                        summary.push(format!(
+                            "  b{b} graph step with {with} {a:.3} ms, {without} {n:.3} ms (x{:.3})",
+                            a / n
+                        ));
+                    }
                 }
             }
             // Small batches plan the decode2 cluster form: the same graph with the split kernel
