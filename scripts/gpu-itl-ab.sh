@@ -4,7 +4,8 @@
 # benched alternately (1K in / 256 out, 4 prompts per run), then `strata gpu bench` for the raw
 # decode step of the same shape at 1K context. Each server's step profile (scheduler gap,
 # metadata prep, launch-to-return) comes from its log.
-# Usage: scripts/gpu-itl-ab.sh [OUTDIR]; env STRATA, SIZE (llama-3.1-8b), ROUNDS (2).
+# Usage: scripts/gpu-itl-ab.sh [OUTDIR]; env STRATA, SIZE (llama-3.1-8b), ROUNDS (2), ITL_B_ENV
+# (environment only server B gets, e.g. STRATA_L2_PREFETCH_MB=0 for a served A/B).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 STRATA=${STRATA:-target/release/strata}
@@ -21,7 +22,7 @@ trap 'for p in "${pids[@]}"; do kill $p 2>/dev/null; done' EXIT
 S=(serve --model-path "$W/$SIZE" --page-size 16 --context-length 10240 --max-running-requests 64
   --max-total-tokens 65536 --log-level info)
 "$STRATA" "${S[@]}" --port 32501 > "$OUTDIR/itl-A.log" 2>&1 & pids+=($!)
-"$STRATA" "${S[@]}" --port 32502 > "$OUTDIR/itl-B.log" 2>&1 & pids+=($!)
+env ${ITL_B_ENV:-} "$STRATA" "${S[@]}" --port 32502 > "$OUTDIR/itl-B.log" 2>&1 & pids+=($!)
 for port in 32501 32502; do
   for _ in $(seq 400); do curl -sf localhost:$port/health > /dev/null && break; sleep 0.5; done
   curl -sf localhost:$port/health > /dev/null || { echo "server $port did not start"; exit 1; }

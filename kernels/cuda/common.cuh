@@ -76,11 +76,14 @@ __device__ __forceinline__ uint4 bf8_norm(const uint4 a, const uint4 g, float r)
     return y;
 }
 __device__ __forceinline__ float silu_times(float g, float u) { return g / (1.f + expf(-g)) * u; }
-// One rotate-half pair: (x1, x2) -> (x1 c - x2 s, x2 c + x1 s), rounded to bf16.
+// One rotate-half pair: (x1, x2) -> (x1 c - x2 s, x2 c + x1 s), rounded to bf16. The FMAs are
+// spelled out: left to the compiler, `a * b - c * d` may contract either product depending on
+// the kernel it is inlined into, and the fused qkv GEMV then differed from rope_kv_write in one
+// f32 ulp (seen as one bf16 in a few thousand by `gpu check`).
 __device__ __forceinline__ void rope_rot(float x1, float x2, float c, float s, bf16_t* y1,
                                          bf16_t* y2) {
-    *y1 = f2bf(x1 * c - x2 * s);
-    *y2 = f2bf(x2 * c + x1 * s);
+    *y1 = f2bf(__fmaf_rn(x1, c, -__fmul_rn(x2, s)));
+    *y2 = f2bf(__fmaf_rn(x2, c, __fmul_rn(x1, s)));
 }
 
 __device__ __forceinline__ float warp_sum(float v) {

@@ -36,7 +36,7 @@ use std::path::Path;
 use std::sync::Arc;
 use strata_kernels::cuda::{
     AttnPlan, AttnSeq, AttnShape, CudaError, CudaOps, DTensor, DType, Gemm, GpuContext, PlanOpts,
-    QkvInput,
+    PostNorm, QkvInput,
 };
 use strata_kernels::sample_rows::{pack_rows, RowMode, RowSpec};
 
@@ -70,7 +70,11 @@ struct Layer {
 /// Activations for `tokens` rows, `rows` of which get logits.
 struct Acts {
     resid: DTensor,
+    /// The down projection's output (the MLP sub-layer's y).
     y: DTensor,
+    /// The o projection's output (the attention sub-layer's y): apart from `y`, which a qkv
+    /// GEMV with the input norm staged still reads (`QkvInput::Norm`).
+    y_o: DTensor,
     h: DTensor,
     qkv: DTensor,
     attn: DTensor,
@@ -144,7 +148,7 @@ fn act_bytes(cfg: &ModelConfig) -> (usize, usize) {
     let qd = cfg.num_heads * cfg.head_dim;
     let qkvw = qd + 2 * cfg.kv_dim();
     (
-        2 * (3 * h + qkvw + qd + 3 * i) + 12,
+        2 * (4 * h + qkvw + qd + 3 * i) + 12,
         2 * h + 4 * cfg.vocab_size + 8,
     )
 }
@@ -296,6 +300,7 @@ impl CudaRunner {
         Ok(Acts {
             resid: b(&[tokens, h])?,
             y: b(&[tokens, h])?,
+            y_o: b(&[tokens, h])?,
             h: b(&[tokens, h])?,
             qkv: b(&[tokens, qd + 2 * c.kv_dim()])?,
             attn: b(&[tokens, qd])?,
@@ -391,18 +396,15 @@ impl CudaRunner {
         ops.embedding(&m.ids, &self.embed, &a.resid)?;
         for (li, l) in self.layers.iter().enumerate() {
             // Layer 0 normalises the embedding; later layers add the previous sub-layer's y.
-            if li == 0 {
-                ops.rmsnorm(&a.resid, None, &l.in_norm, &a.h, eps)?;
-            } else {
-                ops.rmsnorm(&a.y, Some(&a.resid), &l.in_norm, &a.h, eps)?;
-            }
+            let y = (li > 0).then_some(&a.y);
             // One row of a model without qkv bias or qk-norm: RoPE and the K/V write in the qkv
-            // GEMV's epilogue (Gemm::qkv_rope_t1).
+            // GEMV's epilogue (Gemm::qkv_rope_t1), and at hidden NORM_IN_QKV the input norm
+            // staged in it too (the residual then gets both sub-layer outputs in norm2).
             let plain = l.qkv_bias.is_none() && l.qk_norm.is_none();
-            let fused = plain
-                && gemm.qkv_rope_t1(
+            let qkv_rope = |input: &QkvInput<'_>| {
+                gemm.qkv_rope_t1(
                     ops,
-                    &QkvInput::Row(&a.h),
+                    input,
                     &l.qkv,
                     &a.qkv,
                     (nh, nkv, hd),
@@ -411,7 +413,25 @@ impl CudaRunner {
                     (&kv.k[li], &kv.v[li]),
                     &m.slots,
                     &m.host_slots,
+                )
+            };
+            let staged = QkvInput::Norm {
+                y,
+                resid: &a.resid,
+                weight: &l.in_norm,
+                eps,
+            };
+            let norm_staged = plain && qkv_rope(&staged)?;
+            if !norm_staged {
+                ops.rmsnorm(
+                    y.unwrap_or(&a.resid),
+                    y.map(|_| &a.resid),
+                    &l.in_norm,
+                    &a.h,
+                    eps,
                 )?;
+            }
+            let fused = norm_staged || (plain && qkv_rope(&QkvInput::Row(&a.h))?);
             if !fused {
                 gemm.linear(&a.h, &l.qkv, &a.qkv)?;
                 if !plain {
@@ -448,8 +468,25 @@ impl CudaRunner {
                 let o = a.attn.view(p.rows.start * ow, &[rows, ow])?;
                 ops.paged_attention(&p.plan, &q, 0, &kv.k[li], &kv.v[li], &o, scale)?;
             }
-            gemm.linear(&a.attn, &l.o, &a.y)?;
-            ops.rmsnorm(&a.y, Some(&a.resid), &l.post_norm, &a.h, eps)?;
+            // One row at hidden NORM_IN_QKV: o added into the residual in its epilogue, the
+            // MLP's input norm staged in the gate GEMV (Gemm::o_norm_gate_t1).
+            let post = PostNorm {
+                resid: &a.resid,
+                add: if norm_staged { y } else { None },
+                weight: &l.post_norm,
+                eps,
+            };
+            if gemm.o_norm_gate_t1(&a.attn, &l.o, &post, &l.gate_up, &a.act)? {
+                gemm.linear(&a.act, &l.down, &a.y)?;
+                continue;
+            }
+            gemm.linear(&a.attn, &l.o, &a.y_o)?;
+            match y {
+                Some(y) if norm_staged => {
+                    ops.rmsnorm_add2(y, &a.y_o, &a.resid, &l.post_norm, &a.h, eps)?
+                }
+                _ => ops.rmsnorm(&a.y_o, Some(&a.resid), &l.post_norm, &a.h, eps)?,
+            }
             // One row: the SiLU in gate_up's epilogue (Gemm::gate_silu_t1), down a plain GEMV.
             if gemm.gate_silu_t1(&a.h, &l.gate_up, &a.act)? {
                 gemm.linear(&a.act, &l.down, &a.y)?;
