@@ -293,17 +293,13 @@ GEMV_T1(gemv_bf16_t1_silu_pipe, 8, 2, true)
 
 // y[j] = silu(x * gate_j^T) * (x * up_j^T) for one row: w is [gate; up] [2n, k] (the gate_up
 // projection), y bf16 [n], the down projection's input; rounded as the GEMV then silu_mul.
-// With nin.w set, x is the MLP's input RMSNorm of nin.resid (x null), staged as gemv_stage_norm
-// does (gemv_bf16_t1_gate_norm: after gemv_bf16_t1_resid has added the attention's output).
 template <int DEPTH>
-__device__ __forceinline__ void gemv_t1_gate(const bf16_t* x, const bf16_t* w, bf16_t* y, int n, int k,
-                                             NormIn nin = NormIn{nullptr, nullptr, 0.f}) {
+__device__ __forceinline__ void gemv_t1_gate(const bf16_t* x, const bf16_t* w, bf16_t* y, int n, int k) {
     gemv_t1_body<8, DEPTH, false, 2>(
         x, w, n, k, [&](int row, int r) { return row + r * n; },
         [&](int row, const float* s) {
             y[row] = f2bf(silu_times(bf2f(f2bf(s[0])), bf2f(f2bf(s[1]))));
-        },
-        nin);
+        });
 }
 // (The plain kernels' arguments; y is always bf16, y_f32 unused.)
 extern "C" __global__ void __launch_bounds__(256)
@@ -313,44 +309,6 @@ extern "C" __global__ void __launch_bounds__(256)
 extern "C" __global__ void __launch_bounds__(256)
     gemv_bf16_t1_gate_pipe(const bf16_t* x, const bf16_t* w, void* y, int n, int k, int y_f32) {
     gemv_t1_gate<2>(x, w, (bf16_t*)y, n, k);
-}
-
-// The single-row gate GEMV of the MLP's input norm, staged from the residual row.
-extern "C" __global__ void __launch_bounds__(256)
-    gemv_bf16_t1_gate_norm(const bf16_t* resid, const bf16_t* norm_w, float eps, const bf16_t* w,
-                           bf16_t* y, int n, int k) {
-    gemv_t1_gate<1>(nullptr, w, y, n, k, NormIn{resid, norm_w, eps});
-}
-extern "C" __global__ void __launch_bounds__(256)
-    gemv_bf16_t1_gate_norm_pipe(const bf16_t* resid, const bf16_t* norm_w, float eps,
-                                const bf16_t* w, bf16_t* y, int n, int k) {
-    gemv_t1_gate<2>(nullptr, w, y, n, k, NormIn{resid, norm_w, eps});
-}
-
-// One row of the o projection added into the residual in the epilogue, instead of written to
-// its own row for the next norm to add: resid[j] = (resid[j] + add[j]) + o_j (add null: no first
-// term; add is the MLP output of the layer before when the qkv GEMV staged the input norm and
-// left the residual alone), each sum rounded to bf16 as the GEMV, rmsnorm and rmsnorm_add2 round
-// them. Warp j alone reads and writes resid[j].
-template <int DEPTH>
-__device__ __forceinline__ void gemv_t1_resid(const bf16_t* x, const bf16_t* w, const bf16_t* add,
-                                              bf16_t* resid, int n, int k) {
-    gemv_t1_body<8, DEPTH, false, 1>(
-        x, w, n, k, [](int row, int) { return row; },
-        [&](int row, const float* s) {
-            float r = bf2f(resid[row]);
-            if (add) r = bf2f(f2bf(r + bf2f(add[row])));
-            resid[row] = f2bf(r + bf2f(f2bf(s[0])));
-        });
-}
-extern "C" __global__ void __launch_bounds__(256)
-    gemv_bf16_t1_resid(const bf16_t* x, const bf16_t* w, const bf16_t* add, bf16_t* resid, int n, int k) {
-    gemv_t1_resid<1>(x, w, add, resid, n, k);
-}
-extern "C" __global__ void __launch_bounds__(256)
-    gemv_bf16_t1_resid_pipe(const bf16_t* x, const bf16_t* w, const bf16_t* add, bf16_t* resid, int n,
-                            int k) {
-    gemv_t1_resid<2>(x, w, add, resid, n, k);
 }
 
 // One row of the fused qkv projection (q heads, k heads, v heads; head_dim hd) with RoPE and the

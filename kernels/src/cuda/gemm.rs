@@ -106,9 +106,6 @@ pub enum Fusion {
     QkvRope,
     /// The input RMSNorm staged in the qkv GEMV ([`QkvInput::Norm`]; off: `rmsnorm` apart).
     QkvNorm,
-    /// The o projection added into the residual in its epilogue and the MLP's input norm staged
-    /// in the gate GEMV ([`Gemm::o_norm_gate_t1`]; off: o, `rmsnorm(_add2)`, gate apart).
-    GateNorm,
 }
 
 impl Fusion {
@@ -119,27 +116,11 @@ impl Fusion {
             Fusion::GateSilu => "gate_silu",
             Fusion::QkvRope => "qkv_rope",
             Fusion::QkvNorm => "qkv_norm",
-            Fusion::GateNorm => "gate_norm",
         }
     }
 
     /// Every fusion, in [`Gemm::set_fusion`]'s table order.
-    pub const ALL: [Fusion; 4] = [
-        Fusion::GateSilu,
-        Fusion::QkvRope,
-        Fusion::QkvNorm,
-        Fusion::GateNorm,
-    ];
-}
-
-/// The MLP's input norm of [`Gemm::o_norm_gate_t1`]: the residual row the o projection is added
-/// into (after `add`, the previous MLP output, where the qkv GEMV staged the input norm and left
-/// the residual alone), the norm weight and epsilon.
-pub struct PostNorm<'a> {
-    pub resid: &'a DTensor,
-    pub add: Option<&'a DTensor>,
-    pub weight: &'a DTensor,
-    pub eps: f32,
+    pub const ALL: [Fusion; 3] = [Fusion::GateSilu, Fusion::QkvRope, Fusion::QkvNorm];
 }
 
 /// Launch shape of the single-row GEMV kernels: one warp per output (8 per block of 256), the
@@ -166,12 +147,8 @@ pub struct Gemm {
     gemv_t1_gate_pipe: CudaFunction,
     gemv_t1_qkv_rope: CudaFunction,
     gemv_t1_qkv_rope_pipe: CudaFunction,
-    gemv_t1_gate_norm: CudaFunction,
-    gemv_t1_gate_norm_pipe: CudaFunction,
-    gemv_t1_resid: CudaFunction,
-    gemv_t1_resid_pipe: CudaFunction,
     /// Which [`Fusion`]s run, indexed as `Fusion::ALL`.
-    fusions: [AtomicBool; 4],
+    fusions: [AtomicBool; 3],
     gemv_max_rows: usize,
     lt: Option<super::gemm_lt::GemmLt>,
     deterministic: bool,
@@ -195,10 +172,6 @@ impl Gemm {
         let gemv_t1_gate_pipe = ctx.function(Program::Gemv, "gemv_bf16_t1_gate_pipe")?;
         let gemv_t1_qkv_rope = ctx.function(Program::Gemv, "gemv_bf16_t1_qkv_rope")?;
         let gemv_t1_qkv_rope_pipe = ctx.function(Program::Gemv, "gemv_bf16_t1_qkv_rope_pipe")?;
-        let gemv_t1_gate_norm = ctx.function(Program::Gemv, "gemv_bf16_t1_gate_norm")?;
-        let gemv_t1_gate_norm_pipe = ctx.function(Program::Gemv, "gemv_bf16_t1_gate_norm_pipe")?;
-        let gemv_t1_resid = ctx.function(Program::Gemv, "gemv_bf16_t1_resid")?;
-        let gemv_t1_resid_pipe = ctx.function(Program::Gemv, "gemv_bf16_t1_resid_pipe")?;
         let lt = match super::gemm_lt::GemmLt::new(ctx.clone()) {
             Ok(l) => Some(l),
             Err(e) => {
@@ -219,10 +192,6 @@ impl Gemm {
             gemv_t1_gate_pipe,
             gemv_t1_qkv_rope,
             gemv_t1_qkv_rope_pipe,
-            gemv_t1_gate_norm,
-            gemv_t1_gate_norm_pipe,
-            gemv_t1_resid,
-            gemv_t1_resid_pipe,
             fusions: {
                 let off = std::env::var("STRATA_FUSION_OFF").unwrap_or_default();
                 Fusion::ALL.map(|f| AtomicBool::new(!off.split(',').any(|n| n.trim() == f.name())))
@@ -388,90 +357,6 @@ impl Gemm {
         // SAFETY: shapes, dtypes and alignment checked above: x holds k, w 2 * inter x k, act
         // inter bf16 (the kernel's output count is inter, its up rows start at row inter).
         unsafe { self.launch_t1(f, x, w, act, inter, k) }?;
-        Ok(true)
-    }
-
-    /// The end of a single-row attention sub-layer and the start of the MLP in two kernels
-    /// instead of three: the o projection of attn [1, q_dim] (w `o` [hidden, q_dim]) added into
-    /// the residual in its epilogue (`norm.add` first), then act = silu(gate) * up of
-    /// rmsnorm(resid) * weight, the norm staged in the gate GEMV (gate_up [2 * inter, hidden],
-    /// act [1, inter]). Bit for bit what o into its own row, `rmsnorm` (or `rmsnorm_add2`) and
-    /// [`Gemm::gate_silu_t1`] leave in resid and act. `Ok(false)` where it does not apply (more
-    /// than one row, batch-invariant mode, hidden other than [`NORM_IN_QKV`], unaligned,
-    /// turned off): the caller runs those three instead.
-    pub fn o_norm_gate_t1(
-        &self,
-        attn: &DTensor,
-        o: &DTensor,
-        norm: &PostNorm<'_>,
-        gate_up: &DTensor,
-        act: &DTensor,
-    ) -> Result<bool> {
-        let (h, qd) = match o.shape() {
-            [h, qd] => (*h, *qd),
-            _ => return Ok(false),
-        };
-        let rows = [Some(attn), Some(norm.resid), norm.add];
-        if !self.fused(Fusion::GateNorm)
-            || !self.gate_silu_applies(norm.resid, gate_up)
-            || h != NORM_IN_QKV
-            || gate_up.shape()[1] != h
-            || qd % 8 != 0
-            || qd > GEMV_T1_MAX_IN
-            || o.ptr() % 16 != 0
-            || norm.weight.ptr() % 16 != 0
-            || rows
-                .iter()
-                .flatten()
-                .any(|t| t.shape().first() != Some(&1) || t.ptr() % 16 != 0)
-        {
-            return Ok(false);
-        }
-        let inter = gate_up.shape()[0] / 2;
-        for (n, t, d) in [
-            ("attn", attn, [1, qd]),
-            ("o", o, [h, qd]),
-            ("resid", norm.resid, [1, h]),
-            ("gate_up", gate_up, [2 * inter, h]),
-            ("act", act, [1, inter]),
-        ] {
-            self.ctx.check_device(n, t)?;
-            t.expect(n, DType::Bf16, &d)?;
-        }
-        if let Some(a) = norm.add {
-            self.ctx.check_device("add", a)?;
-            a.expect("add", DType::Bf16, &[1, h])?;
-        }
-        self.ctx.check_device("norm weight", norm.weight)?;
-        norm.weight.expect("norm weight", DType::Bf16, &[h])?;
-        self.ctx.cuda().bind_to_thread()?;
-        let pick = |k: usize, pipe, one| if k >= GEMV_T1_PIPE_MIN_IN { pipe } else { one };
-        let stream = self.ctx.stream().cu_stream();
-        let resid_args = [
-            Arg::U64(attn.ptr()),
-            Arg::U64(o.ptr()),
-            Arg::U64(norm.add.map_or(0, |a| a.ptr())),
-            Arg::U64(norm.resid.ptr()),
-            Arg::I32(h as i32),
-            Arg::I32(qd as i32),
-        ];
-        let f = pick(qd, &self.gemv_t1_resid_pipe, &self.gemv_t1_resid);
-        // SAFETY: checked above: attn one row of qd bf16, o h x qd, add (if any) and resid one
-        // row of h; warp j < h reads add[j] and reads and writes resid[j] only.
-        unsafe { launch(f, stream, t1_dims(h, qd), &resid_args) }?;
-        let gate_args = [
-            Arg::U64(norm.resid.ptr()),
-            Arg::U64(norm.weight.ptr()),
-            Arg::F32(norm.eps),
-            Arg::U64(gate_up.ptr()),
-            Arg::U64(act.ptr()),
-            Arg::I32(inter as i32),
-            Arg::I32(h as i32),
-        ];
-        let f = pick(h, &self.gemv_t1_gate_norm_pipe, &self.gemv_t1_gate_norm);
-        // SAFETY: checked above: resid one row and the norm weight h == NORM_IN_QKV bf16 (the
-        // staged norm's shape), gate_up 2 * inter x h, act inter bf16.
-        unsafe { launch(f, stream, t1_dims(inter, h), &gate_args) }?;
         Ok(true)
     }
 

@@ -11,7 +11,7 @@ use cudarc::driver::CudaGraph;
 
 use super::attention::{AttnPlan, AttnShape};
 use super::error::Result;
-use super::gemm::{Gemm, PostNorm, QkvInput};
+use super::gemm::{Gemm, QkvInput};
 use super::ops::CudaOps;
 use super::tensor::{DTensor, DType};
 
@@ -357,22 +357,11 @@ impl LlamaModel {
                 )?;
             }
             mark("attention")?;
-            // One row at hidden NORM_IN_QKV: o added into the residual in its epilogue, the
-            // MLP's input norm staged in the gate GEMV (the "o" op then includes norm2 and
-            // gate_up).
-            let post = PostNorm {
-                resid: &ws.resid,
-                add: if norm_staged { y } else { None },
-                weight: &l.post_norm,
-                eps: s.eps,
-            };
-            let tail = !["o", "norm2", "gate_up"].iter().any(|op| skip(op))
-                && gemm.o_norm_gate_t1(&ws.attn, &l.o, &post, &l.gate_up, &ws.act)?;
-            if !skip("o") && !tail {
+            if !skip("o") {
                 gemm.linear(&ws.attn, &l.o, &ws.y_o)?;
             }
             mark("o")?;
-            if !skip("norm2") && !tail {
+            if !skip("norm2") {
                 match y {
                     Some(y) if norm_staged => {
                         ops.rmsnorm_add2(y, &ws.y_o, &ws.resid, &l.post_norm, &ws.h, s.eps)?
@@ -382,8 +371,8 @@ impl LlamaModel {
             }
             // One row: the SiLU in gate_up's epilogue, down a plain GEMV. Otherwise gate_up,
             // then the SiLU staged in the single-row down GEMV or silu_mul.
-            let gated = tail || gemm.gate_silu_applies(&ws.h, &l.gate_up);
-            if !skip("gate_up") && !tail {
+            let gated = gemm.gate_silu_applies(&ws.h, &l.gate_up);
+            if !skip("gate_up") {
                 if gated {
                     gemm.gate_silu_t1(&ws.h, &l.gate_up, &ws.act)?;
                 } else {

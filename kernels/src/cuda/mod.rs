@@ -42,7 +42,7 @@ pub use attention::{
 pub use backend::{CudaBackend, CudaBuf};
 pub use device::GpuContext;
 pub use error::{CudaError, Result};
-pub use gemm::{Fusion, Gemm, GemmPath, PostNorm, QkvInput, GEMV_T1_PIPE_MIN_IN, NORM_IN_QKV};
+pub use gemm::{Fusion, Gemm, GemmPath, QkvInput, GEMV_T1_PIPE_MIN_IN, NORM_IN_QKV};
 pub use host_copy::{HostIo, HostKvCopy, HostKvGeometry, HostRegion};
 pub use info::{gpu_inventory, GpuInfo};
 pub use ipc::{ipc_handle, IpcMapping};

@@ -36,7 +36,7 @@ use std::path::Path;
 use std::sync::Arc;
 use strata_kernels::cuda::{
     AttnPlan, AttnSeq, AttnShape, CudaError, CudaOps, DTensor, DType, Gemm, GpuContext, PlanOpts,
-    PostNorm, QkvInput,
+    QkvInput,
 };
 use strata_kernels::sample_rows::{pack_rows, RowMode, RowSpec};
 
@@ -467,18 +467,6 @@ impl CudaRunner {
                 let q = a.qkv.view(p.rows.start * qw, &[rows, qw])?;
                 let o = a.attn.view(p.rows.start * ow, &[rows, ow])?;
                 ops.paged_attention(&p.plan, &q, 0, &kv.k[li], &kv.v[li], &o, scale)?;
-            }
-            // One row at hidden NORM_IN_QKV: o added into the residual in its epilogue, the
-            // MLP's input norm staged in the gate GEMV (Gemm::o_norm_gate_t1).
-            let post = PostNorm {
-                resid: &a.resid,
-                add: if norm_staged { y } else { None },
-                weight: &l.post_norm,
-                eps,
-            };
-            if gemm.o_norm_gate_t1(&a.attn, &l.o, &post, &l.gate_up, &a.act)? {
-                gemm.linear(&a.act, &l.down, &a.y)?;
-                continue;
             }
             gemm.linear(&a.attn, &l.o, &a.y_o)?;
             match y {

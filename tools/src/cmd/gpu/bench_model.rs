@@ -181,10 +181,6 @@ pub fn run(
                             ("RoPE + K/V write in qkv's epilogue", "rope_kv_write apart")
                         }
                         Fusion::QkvNorm => ("the input norm staged in qkv", "rmsnorm apart"),
-                        Fusion::GateNorm => (
-                            "o into the residual, the MLP norm staged in gate",
-                            "o, norm2, gate apart",
-                        ),
                     };
                     if let (Some(a), Some(n)) = (graphed, apart?) {
                         summary.push(format!(
