@@ -38,6 +38,8 @@
 #            90; no downloads) and scripts/hf_runner_compare.py compares the bf16 runner with
 #            transformers on it over held-out text prompts of 16..4096 tokens (the top-1 target on
 #            a model with real logit margins; made models have flat logits)
+#   decmma   decode batches on the tensor-core prefill kernel vs decode2: gpu check of both, raw
+#            steps side by side (8B b8/32/64 at 1K, 1B b32, 8B b32 at 4K) and served 1B at c=32
 #   ncuprefill scripts/gpu-ncu-prefill.sh (Nsight Compute on the wgmma prefill attention kernel:
 #            stall reasons, pipe use; when ncu exists on the machine)
 #   profile  scripts/gpu-prefill-profile.sh (the 8K prefill forward under Nsight Systems when nsys
@@ -121,6 +123,19 @@ for s in $STEPS; do
         echo "== $shape"
         grep -E "^decode b|graph step|op breakdown|attention (as|cluster)|GemvT1 |GemvT1Pipe|CublasLtDet|DetGemv|d2d copy" "$OUT/decode-$shape.log" | cut -c1-400
       done ;;
+    decmma) timeout $(left 100) "$STRATA" gpu check --only attention,fixed_decode_plan --json "$OUT/check-decmma.json" \
+        > "$OUT/check-decmma.log" 2>&1
+      rc=$?; grep -E "FAIL|error|gpu check:|on-mma|Prefill" "$OUT/check-decmma.log" | tail -30
+      for run in "llama-3.1-8b 8,32,64 1024" "llama-3.2-1b 32 1024" "llama-3.1-8b 32 4096"; do
+        set -- $run
+        timeout $(left 150) "$STRATA" gpu bench --only decode --shape $1 --decode-batches $2 --decode-ctx $3 \
+          > "$OUT/decmma-$1-$3.log" 2>&1 || { echo "bench $run rc=$?"; rc=1; }
+        echo "== $run"
+        grep -E "^decode b|graph step with decode attention|prefill kernel|attention as planned" "$OUT/decmma-$1-$3.log" | cut -c1-300
+      done
+      SIZE=llama-3.2-1b CONC=32 NP=64 ROUNDS=1 RAW=0 ITL_A_ENV=STRATA_DECODE_ATTN=mma ITL_B_ENV=STRATA_DECODE_ATTN=decode2 \
+        timeout $(left 150) scripts/gpu-itl-ab.sh "$OUT/decmma-served" > "$OUT/decmma-served.log" 2>&1 || rc=1
+      cat "$OUT/decmma-served.log" ;;
     ncuprefill) timeout $(left 250) scripts/gpu-ncu-prefill.sh "$OUT/ncu-prefill.txt"; rc=$? ;;
     profile) timeout $(left 200) scripts/gpu-prefill-profile.sh "$OUT" > "$OUT/profile.log" 2>&1; rc=$?; cat "$OUT/profile.log" ;;
     pdmps) export CUDA_MPS_PIPE_DIRECTORY=/tmp/strata-mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/strata-mps-log

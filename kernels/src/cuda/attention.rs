@@ -7,7 +7,9 @@
 //! is compute 9.0 and head_dim is 128 (the default), else `paged_attention_fa2_d{64,128}`
 //! (attention_prefill.cu; forced with `STRATA_PREFILL_ATTN=fa2`), or the first
 //! `paged_attention_mma_d{64,128}` (`STRATA_PREFILL_ATTN=mma`); `STRATA_PREFILL_ATTN=f32` picks
-//! the f32 one.
+//! the f32 one. Default-mode decode batches of `DECODE_MMA_MIN_ROWS` (8) rows or more also run on
+//! the tensor-core prefill kernel, each tile one token's GQA group (`decode_on_mma`,
+//! `STRATA_DECODE_ATTN=mma|decode2` forces either): faster than decode2 there on the H200.
 //!
 //! An `AttnPlan` is built once per batch shape from the host-side block tables (validated here:
 //! every page id inside the pool, enough pages for every sequence), uploads them with the tile
@@ -69,6 +71,43 @@ pub enum PrefillKernel {
     /// `paged_attention_wg_d128` where it loaded (compute 9.0) and head_dim is 128, the FA2
     /// kernel otherwise: the default.
     Wgmma,
+}
+
+/// Default-mode decode batches of at least this many rows run on the tensor-core prefill kernel
+/// (a tile's MMA rows are the GQA group's heads of one token) instead of decode2 (see
+/// [`decode_on_mma`]). Measured side by side on an H200 (docs/perf.md): the graph step is
+/// x0.92-0.98 from 8 rows (8B at 1K and 4K context, 1B at 4K; 1B b8 at 1K even) and served
+/// output tok/s +20 % at c=16 (8B) and c=32 (1B); below 8 rows decode2 (the cluster form at
+/// batch 1-4) is as fast or faster (1B b1-b4 x1.06 on the prefill kernel).
+pub const DECODE_MMA_MIN_ROWS: usize = 8;
+
+/// 0 = [`DECODE_MMA_MIN_ROWS`] (or `STRATA_DECODE_ATTN`), 1 = decode2, 2 = the prefill kernel.
+static DECODE_ATTN: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Forces decode batches onto the tensor-core prefill kernel (`Some(true)`), onto decode2
+/// (`Some(false)`), or back to the default (`None`), for plans made after the call.
+pub fn set_decode_attn(mma: Option<bool>) {
+    let v = match mma {
+        None => 0,
+        Some(false) => 1,
+        Some(true) => 2,
+    };
+    DECODE_ATTN.store(v, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Whether a default-mode decode batch of `rows` one-token rows runs on the prefill kernel: as
+/// forced by [`set_decode_attn`], else `STRATA_DECODE_ATTN` (`mma` or `decode2`), else from
+/// [`DECODE_MMA_MIN_ROWS`] rows.
+pub fn decode_on_mma(rows: usize) -> bool {
+    match DECODE_ATTN.load(std::sync::atomic::Ordering::Relaxed) {
+        1 => false,
+        2 => true,
+        _ => match std::env::var("STRATA_DECODE_ATTN").as_deref() {
+            Ok("mma") => true,
+            Ok("decode2") => false,
+            _ => rows >= DECODE_MMA_MIN_ROWS,
+        },
+    }
 }
 
 /// 0 = follow `STRATA_ATTN_MMA`, else 1 + the forced kernel's index.
@@ -530,8 +569,13 @@ impl CudaOps {
         ensure(s.page_size > 0 && !seqs.is_empty(), || {
             "empty batch or page size".into()
         })?;
-        let decode =
-            !opts.prefill && seqs.iter().all(|q| q.q_len == 1) && group <= DECODE_MAX_GROUP;
+        // A default-mode decode batch may go to the tensor-core prefill kernel (decode_on_mma).
+        let one_token = seqs.iter().all(|q| q.q_len == 1);
+        let on_mma = !opts.deterministic
+            && one_token
+            && mma_index(s.head_dim).is_some()
+            && decode_on_mma(seqs.len());
+        let decode = !opts.prefill && !on_mma && one_token && group <= DECODE_MAX_GROUP;
         let kernel = match (decode, decode2_index(group, s.head_dim)) {
             (true, Some(_)) => AttnKernel::Decode2,
             (true, None) => AttnKernel::Decode,
@@ -911,6 +955,21 @@ impl CudaOps {
 mod tests {
     use super::*;
     use crate::cuda::det::SPLIT_LEN;
+
+    #[test]
+    fn decode_batches_from_eight_rows_go_to_the_prefill_kernel() {
+        if std::env::var_os("STRATA_DECODE_ATTN").is_some() {
+            return;
+        }
+        assert!(!decode_on_mma(1) && !decode_on_mma(DECODE_MMA_MIN_ROWS - 1));
+        assert!(decode_on_mma(DECODE_MMA_MIN_ROWS) && decode_on_mma(64));
+        set_decode_attn(Some(false));
+        assert!(!decode_on_mma(64));
+        set_decode_attn(Some(true));
+        assert!(decode_on_mma(1));
+        set_decode_attn(None);
+        assert!(!decode_on_mma(1) && decode_on_mma(64));
+    }
 
     #[test]
     fn cluster_form_only_for_small_decode_batches() {

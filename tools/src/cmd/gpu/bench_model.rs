@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 use strata_kernels::cuda::llama::{LlamaModel, LlamaShape, StepInput, Workspace};
-use strata_kernels::cuda::{launch, AttnSeq, CudaOps, Gemm, GemmPath};
+use strata_kernels::cuda::{launch, AttnKernel, AttnSeq, CudaOps, Gemm, GemmPath, PlanOpts};
 use strata_kernels::sample_rows::{RowMode, RowSpec};
 use strata_kernels::sampling::SampleParams;
 
@@ -168,6 +168,24 @@ pub fn run(
                     a / n
                 ));
             }
+            // The same step with the decode attention on the tensor-core prefill kernel and on
+            // decode2, side by side (default mode).
+            if !args.deterministic {
+                use strata_kernels::cuda::set_decode_attn;
+                let mut t = [None, None];
+                for (i, mma) in [true, false].into_iter().enumerate() {
+                    set_decode_attn(Some(mma));
+                    let forced = step_input(ops, &model, &seqs, false, false);
+                    set_decode_attn(None);
+                    t[i] = replay_with(&forced?)?;
+                }
+                if let [Some(a), Some(n)] = t {
+                    summary.push(format!(
+                        "  b{b} graph step with decode attention on the prefill kernel {a:.3} ms, decode2 {n:.3} ms (x{:.3})",
+                        a / n
+                    ));
+                }
+            }
             // One row: the same graph with each single-row fusion turned off, side by side.
             if b == 1 {
                 use strata_kernels::cuda::Fusion;
@@ -275,6 +293,25 @@ pub fn run(
                     summary.push(format!(
                         "  b{b} attention cluster of {n}: {us:.1} us (in a graph {g:.1} us)"
                     ));
+                }
+            }
+            // The decode rows on the tensor-core prefill kernels (GQA groups as rows of the MMA
+            // tiles), side by side.
+            {
+                use strata_kernels::cuda::{set_prefill_kernel, PrefillKernel};
+                for (name, k) in [("wgmma", PrefillKernel::Wgmma), ("fa2", PrefillKernel::Fa2)] {
+                    set_prefill_kernel(Some(k));
+                    let r = attention_alone_as(ops, &model, b, args.decode_ctx, None, true, &|p| {
+                        p.kernel() != AttnKernel::Decode2
+                    });
+                    set_prefill_kernel(None);
+                    match r {
+                        Ok((us, g)) if us.is_finite() => summary.push(format!(
+                            "  b{b} attention on the {name} prefill kernel: {us:.1} us (in a graph {g:.1} us)"
+                        )),
+                        Ok(_) => {}
+                        Err(e) => summary.push(format!("  b{b} attention on {name}: {e:#}")),
+                    }
                 }
             }
             let (attn_v1_us, _) = attention_alone(ops, &model, b, args.decode_ctx, None, &|p| {
@@ -715,6 +752,20 @@ fn attention_alone(
     splits: Option<usize>,
     tweak: &dyn Fn(&mut strata_kernels::cuda::AttnPlan) -> bool,
 ) -> anyhow::Result<(f64, f64)> {
+    attention_alone_as(ops, model, b, ctx_len, splits, false, tweak)
+}
+
+/// [`attention_alone`] with the decode rows planned as prompt rows (`prefill`: the tensor-core
+/// prefill kernel, `PlanOpts::prefill`) or not.
+fn attention_alone_as(
+    ops: &CudaOps,
+    model: &LlamaModel,
+    b: usize,
+    ctx_len: usize,
+    splits: Option<usize>,
+    prefill: bool,
+    tweak: &dyn Fn(&mut strata_kernels::cuda::AttnPlan) -> bool,
+) -> anyhow::Result<(f64, f64)> {
     let c = ops.context();
     let s = model.shape;
     let shape = model.attn_shape();
@@ -726,7 +777,12 @@ fn attention_alone(
             pages: ((i * n) as i32..((i + 1) * n) as i32).collect(),
         })
         .collect();
-    let mut plan = ops.attention_plan(shape, &seqs, splits)?;
+    let opts = PlanOpts {
+        splits,
+        prefill,
+        ..PlanOpts::default()
+    };
+    let mut plan = ops.attention_plan_with(shape, &seqs, opts)?;
     if !tweak(&mut plan) {
         return Ok((f64::NAN, f64::NAN));
     }

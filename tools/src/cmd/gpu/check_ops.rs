@@ -705,6 +705,41 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
             None,
         ),
     ];
+    // Decode batches on the tensor-core prefill kernels (`set_decode_attn`: the GQA group's heads
+    // of one token as a tile's MMA rows): FA2 here, wgmma below; GQA 4 and 1, head_dim 128 and 64,
+    // odd pages, forced splits, 40 rows.
+    let on_mma: Vec<Case> = vec![
+        (
+            "decode on-mma",
+            32,
+            8,
+            128,
+            16,
+            vec![(1, 1000), (1, 33), (1, 1), (1, 4099)],
+            None,
+        ),
+        (
+            "decode on-mma",
+            32,
+            8,
+            64,
+            16,
+            vec![(1, 1024), (1, 17), (1, 5)],
+            None,
+        ),
+        ("decode on-mma", 8, 8, 128, 7, vec![(1, 700), (1, 5)], None),
+        ("decode on-mma", 32, 8, 128, 16, vec![(1, 3000)], Some(4)),
+        (
+            "decode on-mma",
+            32,
+            8,
+            128,
+            16,
+            (0..40).map(|i| (1, 1 + 97 * i)).collect(),
+            None,
+        ),
+    ];
+    let cases: Vec<Case> = cases.into_iter().chain(on_mma).collect();
     // Every timed decode2 alternative, on the Llama-3-8B head shape it is built for.
     let variants = (0..DECODE2_VARIANTS.len()).map(|i| {
         let lens = vec![(1, 1000), (1, 33), (1, 1)];
@@ -720,7 +755,8 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
         .iter()
         .filter(|c| {
             let fa2 = !c.0.starts_with("prefill gen") && !c.0.starts_with("prefill mma");
-            let prefill = c.5.iter().any(|&(q, _)| q > 1) || c.1 / c.2 > 8;
+            let prefill =
+                c.5.iter().any(|&(q, _)| q > 1) || c.1 / c.2 > 8 || c.0.contains("on-mma");
             wg && fa2 && prefill && c.3 == 128
         })
         .cloned()
@@ -823,10 +859,13 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
         } else {
             set_prefill_kernel(Some(PrefillKernel::Fa2));
         }
+        let on_mma = name.contains("on-mma");
+        strata_kernels::cuda::set_decode_attn(Some(on_mma));
         let plan = ops.attention_plan(shape, &seqs, splits);
+        strata_kernels::cuda::set_decode_attn(None);
         set_prefill_kernel(None);
         let mut plan = plan?;
-        let prefill = lens.iter().any(|&(q, _)| q > 1) || nh / nkv > 8;
+        let prefill = lens.iter().any(|&(q, _)| q > 1) || nh / nkv > 8 || on_mma;
         let fa2_case =
             prefill && !name.starts_with("prefill gen") && !name.starts_with("prefill mma");
         let want_kernel = if wg_case {
@@ -1026,9 +1065,23 @@ pub fn fixed_decode_plan(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> 
     let k = c.upload_bf16(&[slots, kv_dim], &ck.bf16_vec(slots * kv_dim, 1.0))?;
     let v = c.upload_bf16(&[slots, kv_dim], &ck.bf16_vec(slots * kv_dim, 1.0))?;
     let max_pages = 24;
-    // Batch 8 and batch 1 fixed plans (on sm_90 the decode2 cluster form with 4 and 16 blocks).
-    for (fixed, n) in [(8usize, 1usize), (8, 5), (8, 8), (1, 1)] {
-        let plan = ops.decode_plan_fixed(shape, fixed, max_pages)?;
+    // Batch 8 and batch 1 fixed plans (on sm_90 the decode2 cluster form with 4 and 16 blocks),
+    // then batch 8 and 32 on the tensor-core prefill kernel (`set_decode_attn`), each against a
+    // fresh decode2 plan of the live rows.
+    use strata_kernels::cuda::set_decode_attn;
+    for (fixed, n, mma) in [
+        (8usize, 1usize, false),
+        (8, 5, false),
+        (8, 8, false),
+        (1, 1, false),
+        (8, 5, true),
+        (32, 32, true),
+        (32, 3, true),
+    ] {
+        set_decode_attn(Some(mma));
+        let plan = ops.decode_plan_fixed(shape, fixed, max_pages);
+        set_decode_attn(Some(false));
+        let plan = plan?;
         let mut pages: Vec<i32> = (0..pool_pages as i32).collect();
         shuffle(&mut ck.rng, &mut pages);
         let seqs: Vec<AttnSeq> = (0..n)
@@ -1049,7 +1102,9 @@ pub fn fixed_decode_plan(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> 
         let out_ref = bf16_out(ops, &[n, nh * hd])?;
         ops.update_decode_plan(&plan, &seqs)?;
         ops.paged_attention(&plan, &q, 0, &k, &v, &out_fixed, 0.088)?;
-        let fresh = ops.attention_plan(shape, &seqs, None)?;
+        let fresh = ops.attention_plan(shape, &seqs, None);
+        set_decode_attn(None);
+        let fresh = fresh?;
         ops.paged_attention(&fresh, &q_n, 0, &k, &v, &out_ref, 0.088)?;
         let got = c.download_f32(&out_fixed)?;
         let want = c.download_f32(&out_ref)?;
@@ -1057,7 +1112,8 @@ pub fn fixed_decode_plan(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> 
         ck.rel(
             "fixed_decode_plan",
             format!(
-                "{n} of {fixed} rows, pages<=24, {} splits, cluster {}",
+                "{n} of {fixed} rows, pages<=24, {:?}, {} splits, cluster {}",
+                plan.kernel(),
                 plan.splits(),
                 plan.cluster()
             ),
