@@ -274,8 +274,15 @@ pub fn run(
             let ops_on = soft(r, summary);
             // Attention alone: one launch timed eagerly (with the host's launch gap), and the
             // per-call time of 32 calls replayed from a graph (as in a step, PDL between them).
-            let (attn_layer_us, attn_graph_us) =
-                attention_alone(ops, &model, b, args.decode_ctx, None, &|_| true)?;
+            let (attn_layer_us, attn_graph_us) = attention_alone_as(
+                ops,
+                &model,
+                b,
+                args.decode_ctx,
+                None,
+                AttnAs::Planned,
+                &|_| true,
+            )?;
             summary.push(format!(
                 "  b{b} attention as planned: {attn_layer_us:.1} us (in a graph {attn_graph_us:.1} us)"
             ));
@@ -301,9 +308,15 @@ pub fn run(
                 use strata_kernels::cuda::{set_prefill_kernel, PrefillKernel};
                 for (name, k) in [("wgmma", PrefillKernel::Wgmma), ("fa2", PrefillKernel::Fa2)] {
                     set_prefill_kernel(Some(k));
-                    let r = attention_alone_as(ops, &model, b, args.decode_ctx, None, true, &|p| {
-                        p.kernel() != AttnKernel::Decode2
-                    });
+                    let r = attention_alone_as(
+                        ops,
+                        &model,
+                        b,
+                        args.decode_ctx,
+                        None,
+                        AttnAs::Prefill,
+                        &|p| p.kernel() != AttnKernel::Decode2,
+                    );
                     set_prefill_kernel(None);
                     match r {
                         Ok((us, g)) if us.is_finite() => summary.push(format!(
@@ -752,18 +765,29 @@ fn attention_alone(
     splits: Option<usize>,
     tweak: &dyn Fn(&mut strata_kernels::cuda::AttnPlan) -> bool,
 ) -> anyhow::Result<(f64, f64)> {
-    attention_alone_as(ops, model, b, ctx_len, splits, false, tweak)
+    attention_alone_as(ops, model, b, ctx_len, splits, AttnAs::Decode2, tweak)
 }
 
-/// [`attention_alone`] with the decode rows planned as prompt rows (`prefill`: the tensor-core
-/// prefill kernel, `PlanOpts::prefill`) or not.
+/// How [`attention_alone_as`] plans the decode rows.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum AttnAs {
+    /// As the runner would (decode2 below `DECODE_MMA_MIN_ROWS` rows, the prefill kernel from
+    /// there).
+    Planned,
+    /// On a decode kernel whatever the batch (the decode2 alternatives' lines).
+    Decode2,
+    /// As prompt rows: the tensor-core prefill kernel.
+    Prefill,
+}
+
+/// [`attention_alone`] with the decode rows planned as `how` says.
 fn attention_alone_as(
     ops: &CudaOps,
     model: &LlamaModel,
     b: usize,
     ctx_len: usize,
     splits: Option<usize>,
-    prefill: bool,
+    how: AttnAs,
     tweak: &dyn Fn(&mut strata_kernels::cuda::AttnPlan) -> bool,
 ) -> anyhow::Result<(f64, f64)> {
     let c = ops.context();
@@ -779,10 +803,14 @@ fn attention_alone_as(
         .collect();
     let opts = PlanOpts {
         splits,
-        prefill,
+        prefill: how == AttnAs::Prefill,
         ..PlanOpts::default()
     };
-    let mut plan = ops.attention_plan_with(shape, &seqs, opts)?;
+    let forced = (how == AttnAs::Decode2).then_some(false);
+    strata_kernels::cuda::set_decode_attn(forced);
+    let plan = ops.attention_plan_with(shape, &seqs, opts);
+    strata_kernels::cuda::set_decode_attn(None);
+    let mut plan = plan?;
     if !tweak(&mut plan) {
         return Ok((f64::NAN, f64::NAN));
     }
