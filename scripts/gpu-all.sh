@@ -40,6 +40,8 @@
 #            a model with real logit margins; made models have flat logits)
 #   decmma   decode batches on the tensor-core prefill kernel vs decode2: gpu check of both, raw
 #            steps side by side (8B b8/32/64 at 1K, 1B b32, 8B b32 at 4K) and served 1B at c=32
+#   ncudecode scripts/gpu-ncu.sh (Nsight Compute on the decode kernels, and the warp stalls of the
+#            batch-1 cluster attention)
 #   ncuprefill scripts/gpu-ncu-prefill.sh (Nsight Compute on the wgmma prefill attention kernel:
 #            stall reasons, pipe use; when ncu exists on the machine)
 #   profile  scripts/gpu-prefill-profile.sh (the 8K prefill forward under Nsight Systems when nsys
@@ -137,6 +139,7 @@ for s in $STEPS; do
         timeout $(left 150) scripts/gpu-itl-ab.sh "$OUT/decmma-served" > "$OUT/decmma-served.log" 2>&1 || rc=1
       cat "$OUT/decmma-served.log" ;;
     ncuprefill) timeout $(left 250) scripts/gpu-ncu-prefill.sh "$OUT/ncu-prefill.txt"; rc=$? ;;
+    ncudecode) timeout $(left 400) scripts/gpu-ncu.sh "$OUT/ncu-decode.txt"; rc=$? ;;
     profile) timeout $(left 200) scripts/gpu-prefill-profile.sh "$OUT" > "$OUT/profile.log" 2>&1; rc=$?; cat "$OUT/profile.log" ;;
     pdmps) export CUDA_MPS_PIPE_DIRECTORY=/tmp/strata-mps-pipe CUDA_MPS_LOG_DIRECTORY=/tmp/strata-mps-log
       mkdir -p $CUDA_MPS_PIPE_DIRECTORY $CUDA_MPS_LOG_DIRECTORY
