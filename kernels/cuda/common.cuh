@@ -30,6 +30,10 @@ __device__ __forceinline__ void pdl_enter() {
     pdl_wait();
     pdl_trigger();
 }
+// A kernel's dynamic shared memory (the CPU emulation of kernels/tests/cuda_emu defines its own).
+#ifndef DYN_SHARED
+#define DYN_SHARED(T, name) extern __shared__ T name[]
+#endif
 #define NEG_BIG (-1.0e30f)
 #define NEG_INF (__int_as_float(0xff800000))
 

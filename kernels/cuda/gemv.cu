@@ -161,7 +161,7 @@ __device__ __forceinline__ void gemv_t1_body(const bf16_t* x, const bf16_t* w, i
     static_assert(DEPTH == 1 || DEPTH == 2, "one or two steps in flight");
     constexpr int STEP = 32 * UNR;
     constexpr int XU = DEPTH == 1 ? 1 : 4;  // x staging loads in flight per thread
-    extern __shared__ uint4 xs[];
+    DYN_SHARED(uint4, xs);
     const int k8 = k / 8;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int row = blockIdx.x * (blockDim.x >> 5) + warp;

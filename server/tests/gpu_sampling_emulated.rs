@@ -1,6 +1,7 @@
 //! The GPU sampler's CUDA source (kernels/cuda/sampling.cu: `argmax_rows`, `sample_rows`,
-//! `logprob_rows`) run on the CPU under a host-thread CUDA emulation (tests/cuda_emu/shim.h,
-//! compiled with g++), against the server's host sampler `sample_host`: CI has no GPU, so this is
+//! `logprob_rows`) run on the CPU under a host-thread CUDA emulation
+//! (kernels/tests/cuda_emu/shim.h, compiled with g++), against the server's host sampler
+//! `sample_host`: CI has no GPU, so this is
 //! where the kernels' logic (penalties, radix selection, tie groups, draw, logprob top-N) is held
 //! to the CPU semantics on every change; `strata gpu check` repeats it on real hardware at the
 //! real vocabularies. Seeded rows (the seed is printed); one row per parameter combination, and a
@@ -28,7 +29,7 @@ fn build(dir: &Path) -> Option<PathBuf> {
         // and host threads are expensive. The 1024-thread shape was emulated when written.
         .arg("-DSAMPLE_THREADS=128")
         .arg("-I")
-        .arg(root.join("tests/cuda_emu"))
+        .arg(root.join("../kernels/tests/cuda_emu"))
         .arg("-I")
         .arg(root.join("../kernels/cuda"))
         .arg(root.join("tests/cuda_emu/main.cpp"))

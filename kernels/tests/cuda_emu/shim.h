@@ -1,10 +1,12 @@
 // Minimal CUDA emulation on host threads, for the kernels' logic in CI (which has no GPU): one
-// std::thread per CUDA thread, blocks run one after another, `__syncthreads` is a std::barrier of
-// the block, warp shuffles and ballots exchange through a per-warp buffer between two per-warp
-// barriers, `__shared__` variables are function statics (shared by the block's threads), atomics
-// are std::atomic_ref. Valid only for kernels whose barriers and warp collectives are reached by
-// every thread (block-uniform control flow), as the sampling kernels are. Float arithmetic is the
-// host's IEEE single/double (compile with -ffp-contract=off); `exp`/`log` are the host libm's.
+// std::thread per CUDA thread of a block, blocks run one after another on them, `__syncthreads`
+// is a std::barrier of the block, warp shuffles and ballots exchange through a per-warp buffer
+// between two per-warp barriers, `__shared__` variables are function statics (shared by the
+// block's threads), atomics are std::atomic_ref. Valid only for kernels whose barriers are
+// reached by every thread of the block and whose warp collectives by every lane of the warp, as
+// the sampling and single-row GEMV kernels' are. Float arithmetic is the host's IEEE single /
+// double (compile with -ffp-contract=off); `exp`/`log`/`sincosf` are the host libm's. Dynamic
+// shared memory (`DYN_SHARED`) is a static array of 128 KiB per declaration.
 #include <atomic>
 #include <barrier>
 #include <cmath>
@@ -22,7 +24,8 @@ static uint64_t g_warp_buf[64][32];
 #define __global__
 #define __device__
 #define __forceinline__ inline
-#define __launch_bounds__(x)
+#define __launch_bounds__(...)
+#define DYN_SHARED(T, name) static T name[(128 << 10) / sizeof(T)]
 #define __shared__ static
 inline void __syncthreads() { g_block_bar->arrive_and_wait(); }
 template <class T> T shfl_from(T v, int src) {
@@ -68,15 +71,23 @@ struct float4 { float x, y, z, w; };
 inline uint4 make_uint4(unsigned x, unsigned y, unsigned z, unsigned w) { return {x, y, z, w}; }
 template <class T> T __ldg(const T* p) { return *p; }
 inline float rsqrtf(float x) { return 1.0f / std::sqrt(x); }
+// Runs grid blocks of f one after another on `block` host threads (created once per launch and
+// reused: a block barrier between blocks, so a block's shared statics and warp buffers are free
+// before the next block starts).
 template <class F> void launch(unsigned grid, unsigned block, F f) {
     blockDim = {block, 1, 1}; gridDim = {grid, 1, 1};
-    for (unsigned b = 0; b < grid; ++b) {
-        g_block_bar = std::make_unique<std::barrier<>>(block);
-        g_warp_bar.clear();
-        for (unsigned w = 0; w < block / 32; ++w) g_warp_bar.push_back(std::make_unique<std::barrier<>>(32));
-        std::vector<std::thread> ts;
-        for (unsigned t = 0; t < block; ++t)
-            ts.emplace_back([=] { threadIdx = {t, 0, 0}; blockIdx = {b, 0, 0}; f(); });
-        for (auto& t : ts) t.join();
-    }
+    g_block_bar = std::make_unique<std::barrier<>>(block);
+    g_warp_bar.clear();
+    for (unsigned w = 0; w < block / 32; ++w) g_warp_bar.push_back(std::make_unique<std::barrier<>>(32));
+    std::vector<std::thread> ts;
+    for (unsigned t = 0; t < block; ++t)
+        ts.emplace_back([=] {
+            threadIdx = {t, 0, 0};
+            for (unsigned b = 0; b < grid; ++b) {
+                blockIdx = {b, 0, 0};
+                f();
+                g_block_bar->arrive_and_wait();
+            }
+        });
+    for (auto& t : ts) t.join();
 }

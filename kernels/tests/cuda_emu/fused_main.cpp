@@ -1,0 +1,135 @@
+// The fused single-row decode kernels of kernels/cuda/gemv.cu against the kernels they replace
+// (elementwise.cu and the plain GEMV), run on the CPU under shim.h: bit for bit, every output and
+// pool row. What this holds in CI is the kernels' logic (weight-row maps, epilogue indexing, the
+// staged norm replaying rmsnorm's reduction tree); rounding that depends on how nvcc contracts
+// FMAs is `strata gpu check`'s to see on a GPU.
+// Usage: fused_emu SEED. Prints one line per comparison ("ok" or "FAIL", the differing count);
+// exits 1 when any differs.
+#include "shim.h"
+#include <cstdio>
+#include <string>
+#include "common.cuh"
+#include "elementwise.cu"
+#include "gemv.cu"
+
+static uint64_t g_rng;
+static uint64_t next_u64() {
+    uint64_t z = (g_rng += 0x9e3779b97f4a7c15ull);
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    return z ^ (z >> 31);
+}
+// n bf16 values uniform in [center - scale, center + scale).
+static std::vector<bf16_t> bf16_vec(size_t n, float scale, float center = 0.f) {
+    std::vector<bf16_t> v(n);
+    for (auto& x : v) x = f2bf(center + scale * (float)((double)(next_u64() >> 11) / 9007199254740992.0 * 2.0 - 1.0));
+    return v;
+}
+static int g_failed = 0;
+static void expect_same(const std::string& what, const std::vector<bf16_t>& a, const std::vector<bf16_t>& b) {
+    size_t diff = a.size() == b.size() ? 0 : a.size() + b.size();
+    for (size_t i = 0; i < a.size() && i < b.size(); ++i) diff += a[i] != b[i];
+    printf("%s %s (%zu of %zu differ)\n", diff ? "FAIL" : "ok", what.c_str(), diff, a.size());
+    g_failed += diff != 0;
+}
+// Launch shape of the single-row GEMVs (gemm.rs t1_dims): a warp per output, 8 per block.
+static unsigned t1_grid(int n) { return (unsigned)((n + 7) / 8); }
+
+// The single-row qkv GEMV with RoPE and the pool write (mode 0: of the row x; 1: of the input
+// norm of y + resid staged; 2: of resid alone), DEPTH 1 and 2, against rmsnorm + GEMV +
+// rope_kv_write.
+static void qkv_rope(int nq, int nk, int hd, int pos, int slot) {
+    const int k = 2048, width = (nq + 2 * nk) * hd, kv_dim = nk * hd, slots = 8;
+    const auto x = bf16_vec(k, 1.f), y = bf16_vec(k, 1.f), resid0 = bf16_vec(k, 1.f);
+    const auto nw = bf16_vec(k, 0.5f, 1.f);
+    const auto w = bf16_vec((size_t)width * k, 0.05f), pool0 = bf16_vec((size_t)slots * kv_dim, 1.f);
+    std::vector<float> inv(hd / 2);
+    for (int i = 0; i < hd / 2; ++i) inv[i] = powf(500000.f, -2.f * i / hd);
+    const int p[1] = {pos}, s[1] = {slot};
+    const float eps = 1e-5f;
+    for (int mode = 0; mode < 3; ++mode) {
+        // Unfused: the norm into h (residual added into a copy), then the GEMV and rope_kv_write.
+        std::vector<bf16_t> h = x, r = resid0, qkv(width), kp = pool0, vp = pool0;
+        {
+            bf16_t *H = h.data(), *R = r.data();
+            const bf16_t *Y = y.data(), *NW = nw.data();
+            if (mode == 1) launch(1, k / 8, [=] { rmsnorm(Y, R, NW, H, k, eps); });
+            if (mode == 2) launch(1, k / 8, [=] { rmsnorm(R, nullptr, NW, H, k, eps); });
+            const bf16_t* W = w.data();
+            bf16_t *Q = qkv.data(), *KP = kp.data(), *VP = vp.data();
+            const float* I = inv.data();
+            launch(t1_grid(width), 256, [=] { gemv_bf16_t1(H, W, Q, width, k, 0); });
+            launch(1, 32, [=] { rope_kv_write(Q, width, 0, nq, nq * hd, nk, (nq + nk) * hd, p, I, hd, KP, VP, s); });
+        }
+        for (int depth = 1; depth <= 2; ++depth) {
+            std::vector<bf16_t> r2 = resid0, qkv2(width), kp2 = pool0, vp2 = pool0;
+            bf16_t *R = r2.data(), *Q = qkv2.data(), *KP = kp2.data(), *VP = vp2.data();
+            const bf16_t* X = mode == 0 ? x.data() : mode == 1 ? y.data() : nullptr;
+            const bf16_t *W = w.data(), *NW = mode == 0 ? nullptr : nw.data();
+            const bf16_t* RI = mode == 0 ? nullptr : R;
+            const float* I = inv.data();
+            const int pairs = width / 2;
+            if (depth == 1)
+                launch(t1_grid(pairs), 256, [=] {
+                    gemv_bf16_t1_qkv_rope(X, W, Q, pairs, k, nq, nk, hd, p, I, KP, VP, s, RI, NW, eps);
+                });
+            else
+                launch(t1_grid(pairs), 256, [=] {
+                    gemv_bf16_t1_qkv_rope_pipe(X, W, Q, pairs, k, nq, nk, hd, p, I, KP, VP, s, RI, NW, eps);
+                });
+            const char* of[] = {"h", "rmsnorm(y + resid)", "rmsnorm(resid)"};
+            const std::string what = std::string("qkv+RoPE of ") + of[mode] + " h" + std::to_string(nq) + "/" +
+                                     std::to_string(nk) + " d" + std::to_string(hd) + " pos" + std::to_string(pos) +
+                                     " slot" + std::to_string(slot) + " depth" + std::to_string(depth);
+            expect_same(what + ": qkv", qkv2, qkv);
+            expect_same(what + ": k pool", kp2, kp);
+            expect_same(what + ": v pool", vp2, vp);
+            // The staged norm leaves the residual alone.
+            expect_same(what + ": residual untouched", r2, resid0);
+        }
+    }
+}
+
+// The gate GEMV with SiLU * up in its epilogue against the GEMV of gate_up and silu_mul.
+static void gate_silu(int k, int inter) {
+    const auto x = bf16_vec(k, 1.f), w = bf16_vec((size_t)2 * inter * k, 0.05f);
+    std::vector<bf16_t> gu(2 * inter), act(inter), fused(inter);
+    const bf16_t *X = x.data(), *W = w.data();
+    bf16_t *GU = gu.data(), *A = act.data(), *F = fused.data();
+    launch(t1_grid(2 * inter), 256, [=] { gemv_bf16_t1(X, W, GU, 2 * inter, k, 0); });
+    launch(1, 256, [=] { silu_mul(GU, A, inter); });
+    for (int depth = 1; depth <= 2; ++depth) {
+        if (depth == 1) launch(t1_grid(inter), 256, [=] { gemv_bf16_t1_gate(X, W, F, inter, k, 0); });
+        else launch(t1_grid(inter), 256, [=] { gemv_bf16_t1_gate_pipe(X, W, F, inter, k, 0); });
+        expect_same("gate_up+SiLU in" + std::to_string(k) + " inter" + std::to_string(inter) + " depth" +
+                        std::to_string(depth),
+                    fused, act);
+    }
+}
+
+// rmsnorm_add2 against two rmsnorm calls: the output and the residual.
+static void rmsnorm_add2_case(int h) {
+    const auto x1 = bf16_vec(h, 1.f), x2 = bf16_vec(h, 1.f), r0 = bf16_vec(h, 1.f), w = bf16_vec(h, 0.5f, 1.f);
+    std::vector<bf16_t> ra = r0, rb = r0, oa(h), ob(h);
+    const bf16_t *X1 = x1.data(), *X2 = x2.data(), *W = w.data();
+    bf16_t *RA = ra.data(), *RB = rb.data(), *OA = oa.data(), *OB = ob.data();
+    const unsigned threads = (unsigned)((h / 8 + 31) / 32 * 32);
+    launch(1, threads, [=] { rmsnorm_add2(X1, X2, RA, W, OA, h, 1e-5f); });
+    launch(1, threads, [=] { rmsnorm(X1, RB, W, OB, h, 1e-5f); });
+    launch(1, threads, [=] { rmsnorm(X2, RB, W, OB, h, 1e-5f); });
+    expect_same("rmsnorm_add2 H" + std::to_string(h) + ": out", oa, ob);
+    expect_same("rmsnorm_add2 H" + std::to_string(h) + ": residual", ra, rb);
+}
+
+int main(int argc, char** argv) {
+    if (argc != 2) return 2;
+    g_rng = std::stoull(argv[1]);
+    qkv_rope(4, 2, 64, 1000, 3);
+    qkv_rope(2, 1, 128, 131000, 0);
+    qkv_rope(2, 2, 32, 9, -1);
+    gate_silu(2048, 256);
+    gate_silu(1000, 77);
+    rmsnorm_add2_case(2048);
+    rmsnorm_add2_case(4096);
+    return g_failed ? 1 : 0;
+}

@@ -1,0 +1,60 @@
+//! The fused single-row decode kernels of kernels/cuda/gemv.cu (qkv + RoPE + pool write, with
+//! the input norm staged or not, one and two steps in flight; gate_up + SiLU) and
+//! `rmsnorm_add2`, bit for bit against the kernels they replace, run on the CPU under the
+//! host-thread CUDA emulation (tests/cuda_emu/shim.h, compiled with g++; see fused_main.cpp).
+//! CI has no GPU: this holds the kernels' logic (weight-row maps, epilogue indexing, the staged
+//! norm's use of rmsnorm's reduction) on every change. Rounding that depends on how nvcc
+//! contracts FMAs inside each kernel is left to `strata gpu check` on a GPU. Seeded (the seed
+//! is printed; `STRATA_TEST_SEED` repeats one). Skipped, with a message, where no g++ exists.
+
+use std::path::Path;
+use std::process::Command;
+
+#[test]
+fn fused_single_row_kernels_equal_the_unfused_ones_under_emulation() {
+    if Command::new("g++").arg("--version").output().is_err() {
+        println!("SKIPPED: no g++ to build the CUDA emulation");
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let exe = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fused_emu");
+    let out = Command::new("g++")
+        .args(["-std=c++20", "-O1", "-ffp-contract=off", "-pthread", "-w"])
+        .arg("-I")
+        .arg(root.join("tests/cuda_emu"))
+        .arg("-I")
+        .arg(root.join("cuda"))
+        .arg(root.join("tests/cuda_emu/fused_main.cpp"))
+        .arg("-o")
+        .arg(&exe)
+        .output()
+        .expect("run g++");
+    assert!(
+        out.status.success(),
+        "g++ failed on the emulated kernels:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let seed = std::env::var("STRATA_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(15, |d| d.as_nanos() as u64)
+        });
+    println!("seed {seed}");
+    let run = Command::new(&exe)
+        .arg(seed.to_string())
+        .output()
+        .expect("run the emulation");
+    let report = String::from_utf8_lossy(&run.stdout);
+    let ok = report.lines().filter(|l| l.starts_with("ok ")).count();
+    let failed: Vec<&str> = report.lines().filter(|l| l.starts_with("FAIL")).collect();
+    assert!(
+        run.status.success() && failed.is_empty(),
+        "seed {seed}: {failed:#?}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    // 3 head shapes x 3 inputs x 2 depths x 4 outputs, 2 x 2 gate GEMVs, 2 x 2 norms.
+    assert_eq!(ok, 80, "seed {seed}: expected 80 comparisons:\n{report}");
+}
