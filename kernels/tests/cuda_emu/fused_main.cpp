@@ -107,6 +107,24 @@ static void gate_silu(int k, int inter) {
     }
 }
 
+// The down GEMV with silu_mul staged in every block (the fallback where the gate epilogue does
+// not apply) against silu_mul and the plain GEMV.
+static void silu_down(int inter, int out) {
+    const auto gu = bf16_vec(2 * inter, 2.f), w = bf16_vec((size_t)out * inter, 0.05f);
+    std::vector<bf16_t> act(inter), y(out), fused(out);
+    const bf16_t *GU = gu.data(), *W = w.data();
+    bf16_t *A = act.data(), *Y = y.data(), *F = fused.data();
+    launch(1, 256, [=] { silu_mul(GU, A, inter); });
+    launch(t1_grid(out), 256, [=] { gemv_bf16_t1(A, W, Y, out, inter, 0); });
+    for (int depth = 1; depth <= 2; ++depth) {
+        if (depth == 1) launch(t1_grid(out), 256, [=] { gemv_bf16_t1_silu(GU, W, F, out, inter, 0); });
+        else launch(t1_grid(out), 256, [=] { gemv_bf16_t1_silu_pipe(GU, W, F, out, inter, 0); });
+        expect_same("SiLU staged in down inter" + std::to_string(inter) + " out" + std::to_string(out) +
+                        " depth" + std::to_string(depth),
+                    fused, y);
+    }
+}
+
 // rmsnorm_add2 against two rmsnorm calls: the output and the residual.
 static void rmsnorm_add2_case(int h) {
     const auto x1 = bf16_vec(h, 1.f), x2 = bf16_vec(h, 1.f), r0 = bf16_vec(h, 1.f), w = bf16_vec(h, 0.5f, 1.f);
@@ -129,6 +147,8 @@ int main(int argc, char** argv) {
     qkv_rope(2, 2, 32, 9, -1);
     gate_silu(2048, 256);
     gate_silu(1000, 77);
+    silu_down(2048, 96);
+    silu_down(1000, 40);
     rmsnorm_add2_case(2048);
     rmsnorm_add2_case(4096);
     return g_failed ? 1 : 0;
