@@ -15,6 +15,7 @@
 pub mod backend;
 pub mod cpu;
 pub mod cuda;
+pub mod emu;
 pub mod reference;
 pub mod rope;
 pub mod sample_rows;

@@ -13,28 +13,13 @@ use std::process::Command;
 
 #[test]
 fn fused_single_row_kernels_equal_the_unfused_ones_under_emulation() {
-    if Command::new("g++").arg("--version").output().is_err() {
-        println!("SKIPPED: no g++ to build the CUDA emulation");
-        return;
-    }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let exe = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fused_emu");
-    let out = Command::new("g++")
-        .args(["-std=c++20", "-O1", "-ffp-contract=off", "-pthread", "-w"])
-        .arg("-I")
-        .arg(root.join("tests/cuda_emu"))
-        .arg("-I")
-        .arg(root.join("cuda"))
-        .arg(root.join("tests/cuda_emu/fused_main.cpp"))
-        .arg("-o")
-        .arg(&exe)
-        .output()
-        .expect("run g++");
-    assert!(
-        out.status.success(),
-        "g++ failed on the emulated kernels:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let main = root.join("tests/cuda_emu/fused_main.cpp");
+    let Some(exe) = strata_kernels::emu::build_emulator(&main, &exe, &[]) else {
+        println!("SKIPPED: no g++ to build the CUDA emulation");
+        return;
+    };
     let seed = std::env::var("STRATA_TEST_SEED")
         .ok()
         .and_then(|s| s.parse::<u64>().ok())

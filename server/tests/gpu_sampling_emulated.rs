@@ -15,34 +15,14 @@ use strata_server::logprobs::from_gpu;
 use strata_server::model::runner::{gpu_row, sample_host, SampleReq};
 use strata_server::seeded::SplitMix64;
 
-/// Builds the emulator; None (the test skips) when g++ is missing.
+/// Builds the emulator; None (the test skips) when g++ is missing. 128 threads per row block
+/// instead of the GPU's 1024: the kernels' logic is the same for any multiple of 32 that divides
+/// 1024 (bins per thread 8 / 16 instead of 1 / 2), and host threads are expensive. The
+/// 1024-thread shape was emulated when written.
 fn build(dir: &Path) -> Option<PathBuf> {
-    if Command::new("g++").arg("--version").output().is_err() {
-        return None;
-    }
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let exe = dir.join("emu");
-    let out = Command::new("g++")
-        .args(["-std=c++20", "-O1", "-ffp-contract=off", "-pthread", "-w"])
-        // 128 threads per row block instead of the GPU's 1024: the kernels' logic is the same
-        // for any multiple of 32 that divides 1024 (bins per thread 8 / 16 instead of 1 / 2),
-        // and host threads are expensive. The 1024-thread shape was emulated when written.
-        .arg("-DSAMPLE_THREADS=128")
-        .arg("-I")
-        .arg(root.join("../kernels/tests/cuda_emu"))
-        .arg("-I")
-        .arg(root.join("../kernels/cuda"))
-        .arg(root.join("tests/cuda_emu/main.cpp"))
-        .arg("-o")
-        .arg(&exe)
-        .output()
-        .expect("run g++");
-    assert!(
-        out.status.success(),
-        "g++ failed on the emulated kernels:\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Some(exe)
+    let main = root.join("tests/cuda_emu/main.cpp");
+    strata_kernels::emu::build_emulator(&main, &dir.join("emu"), &["SAMPLE_THREADS=128"])
 }
 
 /// Runs every case on one seeded row of `vocab` logits (rounded to `quant` when given) through
