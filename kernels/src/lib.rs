@@ -6,6 +6,7 @@
 //! math parallelised with `rayon`). [`cuda`] holds the NVRTC-compiled kernels, cuBLAS GEMMs and the
 //! pinned-host <-> GPU page path, checked against the naive f32 ops in [`reference`], and
 //! [`cuda::CudaBackend`], the f32 implementation of [`Backend`] on one GPU (see docs/gpu.md).
+//! [`emu`] builds host emulations of the CUDA sources, so CPU tests hold the kernels' logic.
 //!
 //! Invariant shared by every implementation: each output element is computed with a summation order
 //! that does not depend on how many other rows are in the batch, so a sequence's logits are bitwise
