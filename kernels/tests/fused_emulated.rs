@@ -1,12 +1,12 @@
 //! The fused single-row decode kernels of kernels/cuda/gemv.cu (qkv + RoPE + pool write, with
 //! the input norm staged or not, one and two steps in flight; gate_up + SiLU; the SiLU staged in
-//! the down GEMV) and
-//! `rmsnorm_add2`, bit for bit against the kernels they replace, run on the CPU under the
-//! host-thread CUDA emulation (tests/cuda_emu/shim.h, compiled with g++; see fused_main.cpp).
-//! CI has no GPU: this holds the kernels' logic (weight-row maps, epilogue indexing, the staged
-//! norm's use of rmsnorm's reduction) on every change. Rounding that depends on how nvcc
-//! contracts FMAs inside each kernel is left to `strata gpu check` on a GPU. Seeded (the seed
-//! is printed; `STRATA_TEST_SEED` repeats one). Skipped, with a message, where no g++ exists.
+//! the down GEMV), `rope_kv_write` (16-byte and scalar paths) and `rmsnorm_add2`, bit for bit
+//! against the kernels they replace, run on the CPU under the host-thread CUDA emulation
+//! (tests/cuda_emu/shim.h, compiled with g++; see fused_main.cpp). CI has no GPU: this holds the
+//! kernels' logic (weight-row maps, epilogue indexing, the staged norm's use of rmsnorm's
+//! reduction) on every change. Rounding that depends on how nvcc contracts FMAs inside each
+//! kernel is left to `strata gpu check` on a GPU. Seeded (the seed is printed;
+//! `STRATA_TEST_SEED` repeats one). Skipped, with a message, where no g++ exists.
 
 use std::path::Path;
 use std::process::Command;
@@ -42,6 +42,6 @@ fn fused_single_row_kernels_equal_the_unfused_ones_under_emulation() {
         String::from_utf8_lossy(&run.stderr)
     );
     // 3 head shapes x 3 inputs x 2 depths x 4 outputs, 2 x 2 gate GEMVs, 2 x 2 down GEMVs,
-    // 2 x 2 norms.
-    assert_eq!(ok, 84, "seed {seed}: expected 84 comparisons:\n{report}");
+    // 3 x 3 rope_kv_write outputs, 2 x 2 norms.
+    assert_eq!(ok, 93, "seed {seed}: expected 93 comparisons:\n{report}");
 }

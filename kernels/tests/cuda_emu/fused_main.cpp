@@ -125,6 +125,26 @@ static void silu_down(int inter, int out) {
     }
 }
 
+// rope_kv_write (its 16-byte path where head_dim allows) against rope + kv_write on T token
+// rows of a fused qkv projection, one slot skipped (-1).
+static void rope_kv_write_case(int nq, int nk, int hd) {
+    const int t = 3, width = (nq + 2 * nk) * hd, kv_dim = nk * hd, slots = 8;
+    const auto qkv0 = bf16_vec((size_t)t * width, 2.f), pool0 = bf16_vec((size_t)slots * kv_dim, 1.f);
+    std::vector<float> inv(hd / 2);
+    for (int i = 0; i < hd / 2; ++i) inv[i] = powf(500000.f, -2.f * i / hd);
+    static const int pos[3] = {5, 70000, 131071}, sl[3] = {6, -1, 1};
+    const float* I = inv.data();
+    std::vector<bf16_t> a = qkv0, ka = pool0, va = pool0, b = qkv0, kb = pool0, vb = pool0;
+    bf16_t *A = a.data(), *KA = ka.data(), *VA = va.data(), *B = b.data(), *KB = kb.data(), *VB = vb.data();
+    launch(t, 64, [=] { rope_kv_write(A, width, 0, nq, nq * hd, nk, (nq + nk) * hd, pos, I, hd, KA, VA, sl); });
+    launch(t, 64, [=] { rope(B, width, nq, B + nq * hd, width, nk, pos, I, hd); });
+    launch(t, 64, [=] { kv_write(B + nq * hd, width, B + (nq + nk) * hd, width, KB, VB, sl, kv_dim); });
+    const std::string what = "rope_kv_write h" + std::to_string(nq) + "/" + std::to_string(nk) + " d" + std::to_string(hd);
+    expect_same(what + ": qkv rows", a, b);
+    expect_same(what + ": k pool", ka, kb);
+    expect_same(what + ": v pool", va, vb);
+}
+
 // rmsnorm_add2 against two rmsnorm calls: the output and the residual.
 static void rmsnorm_add2_case(int h) {
     const auto x1 = bf16_vec(h, 1.f), x2 = bf16_vec(h, 1.f), r0 = bf16_vec(h, 1.f), w = bf16_vec(h, 0.5f, 1.f);
@@ -149,6 +169,9 @@ int main(int argc, char** argv) {
     gate_silu(1000, 77);
     silu_down(2048, 96);
     silu_down(1000, 40);
+    rope_kv_write_case(4, 2, 64);
+    rope_kv_write_case(2, 1, 128);
+    rope_kv_write_case(3, 1, 40);
     rmsnorm_add2_case(2048);
     rmsnorm_add2_case(4096);
     return g_failed ? 1 : 0;
