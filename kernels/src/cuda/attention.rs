@@ -17,6 +17,8 @@
 //! Layout: q rows are the batch's new tokens in sequence order; pools are one layer's
 //! [slots, n_kv_heads * head_dim] with slot = page * page_size + offset.
 
+use std::sync::OnceLock;
+
 use super::error::{ensure, Result};
 use super::launch::{Arg, Dims};
 use super::ops::CudaOps;
@@ -102,12 +104,21 @@ pub fn decode_on_mma(rows: usize) -> bool {
     match DECODE_ATTN.load(std::sync::atomic::Ordering::Relaxed) {
         1 => false,
         2 => true,
-        _ => match std::env::var("STRATA_DECODE_ATTN").as_deref() {
-            Ok("mma") => true,
-            Ok("decode2") => false,
-            _ => rows >= DECODE_MMA_MIN_ROWS,
-        },
+        _ => {
+            static ENV: OnceLock<Option<String>> = OnceLock::new();
+            match env_once(&ENV, "STRATA_DECODE_ATTN") {
+                Some("mma") => true,
+                Some("decode2") => false,
+                _ => rows >= DECODE_MMA_MIN_ROWS,
+            }
+        }
     }
+}
+
+/// The environment variable `name` as the process started with it: read once into `cell`
+/// (plans are made per forward; the overrides are start-up settings).
+fn env_once(cell: &'static OnceLock<Option<String>>, name: &str) -> Option<&'static str> {
+    cell.get_or_init(|| std::env::var(name).ok()).as_deref()
 }
 
 /// 0 = follow `STRATA_ATTN_MMA`, else 1 + the forced kernel's index.
@@ -124,18 +135,22 @@ pub fn prefill_kernel() -> PrefillKernel {
         2 => PrefillKernel::Mma,
         3 => PrefillKernel::Fa2,
         4 => PrefillKernel::Wgmma,
-        _ => match std::env::var("STRATA_PREFILL_ATTN").as_deref() {
-            Ok("wgmma" | "wg") => PrefillKernel::Wgmma,
-            Ok("fa2") => PrefillKernel::Fa2,
-            Ok("mma") => PrefillKernel::Mma,
-            Ok("f32" | "general") => PrefillKernel::General,
-            _ => match std::env::var("STRATA_ATTN_MMA").as_deref() {
-                Ok("0") => PrefillKernel::General,
-                Ok("1") => PrefillKernel::Mma,
-                Ok("2") => PrefillKernel::Fa2,
-                _ => PrefillKernel::Wgmma,
-            },
-        },
+        _ => {
+            static PREFILL_ENV: OnceLock<Option<String>> = OnceLock::new();
+            static MMA_ENV: OnceLock<Option<String>> = OnceLock::new();
+            match env_once(&PREFILL_ENV, "STRATA_PREFILL_ATTN") {
+                Some("wgmma" | "wg") => PrefillKernel::Wgmma,
+                Some("fa2") => PrefillKernel::Fa2,
+                Some("mma") => PrefillKernel::Mma,
+                Some("f32" | "general") => PrefillKernel::General,
+                _ => match env_once(&MMA_ENV, "STRATA_ATTN_MMA") {
+                    Some("0") => PrefillKernel::General,
+                    Some("1") => PrefillKernel::Mma,
+                    Some("2") => PrefillKernel::Fa2,
+                    _ => PrefillKernel::Wgmma,
+                },
+            }
+        }
     }
 }
 
