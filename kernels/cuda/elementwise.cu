@@ -20,6 +20,22 @@ extern "C" __global__ void embedding(const int* ids, const bf16_t* table, bf16_t
 // read of x and residual, no second pass over memory); the per-element arithmetic is the same as
 // the scalar path's, only the order of the sum of squares differs.
 #define RMS_VEC 4
+// The vector path's second half, shared by rmsnorm and rmsnorm_add2: the block's sum of squares
+// ss (partial per thread), then out chunk c = v[k] * r * w for this thread's chunks.
+__device__ __forceinline__ void rms_vec_out(const uint4 (&v)[RMS_VEC], float ss, float* sh, const bf16_t* w,
+                                            bf16_t* out, u64 base, int nc, int hidden, float eps) {
+    const float r = rsqrtf(block_sum(ss, sh) / (float)hidden + eps);
+    const uint4* w4 = (const uint4*)w;
+    uint4* o4 = (uint4*)(out + base);
+#pragma unroll
+    for (int k = 0; k < RMS_VEC; ++k) {
+        const int c = threadIdx.x + k * blockDim.x;
+        if (c < nc) {
+            o4[c] = bf8_norm(v[k], w4[c], r);
+        }
+    }
+}
+
 extern "C" __global__ void rmsnorm(const bf16_t* x, bf16_t* residual, const bf16_t* w, bf16_t* out,
                                    int hidden, float eps) {
     pdl_enter();
@@ -46,16 +62,7 @@ extern "C" __global__ void rmsnorm(const bf16_t* x, bf16_t* residual, const bf16
                 bf8_sumsq(a, ss);
             }
         }
-        const float r = rsqrtf(block_sum(ss, sh) / (float)hidden + eps);
-        const uint4* w4 = (const uint4*)w;
-        uint4* o4 = (uint4*)(out + base);
-#pragma unroll
-        for (int k = 0; k < RMS_VEC; ++k) {
-            const int c = threadIdx.x + k * blockDim.x;
-            if (c < nc) {
-                o4[c] = bf8_norm(v[k], w4[c], r);
-            }
-        }
+        rms_vec_out(v, ss, sh, w, out, base, nc, hidden, eps);
         return;
     }
     float ss = 0.f;
@@ -105,16 +112,7 @@ extern "C" __global__ void rmsnorm_add2(const bf16_t* x1, const bf16_t* x2, bf16
             bf8_sumsq(e2, ss);
         }
     }
-    const float r = rsqrtf(block_sum(ss, sh) / (float)hidden + eps);
-    const uint4* w4 = (const uint4*)w;
-    uint4* o4 = (uint4*)(out + base);
-#pragma unroll
-    for (int k = 0; k < RMS_VEC; ++k) {
-        const int c = threadIdx.x + k * blockDim.x;
-        if (c < nc) {
-            o4[c] = bf8_norm(v[k], w4[c], r);
-        }
-    }
+    rms_vec_out(v, ss, sh, w, out, base, nc, hidden, eps);
 }
 
 // Rotary embedding, rotate-half (GPT-NeoX / Hugging Face Llama) layout, in place on q and k.
