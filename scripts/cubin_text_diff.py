@@ -20,11 +20,12 @@ lib = ctypes.CDLL(libpath)
 def git_show(rev, path):
     if rev is None:
         return open(os.path.join(ROOT, path)).read()
-    return subprocess.check_output(["git", "-C", ROOT, "show", f"{rev}:{path}"]).decode()
+    r = subprocess.run(["git", "-C", ROOT, "show", f"{rev}:{path}"], capture_output=True)
+    return r.stdout.decode() if r.returncode == 0 else ""  # a file added since REV
 PROGS = {
  "transfer.cu": ["kernels/cuda/transfer.cu"],
  "elementwise.cu": ["kernels/cuda/elementwise.cu"],
- "attention.cu": ["kernels/cuda/attention.cu","kernels/cuda/attention_decode.cu","kernels/cuda/attention_decode2.cu","kernels/cuda/prefill_common.cuh","kernels/cuda/attention_prefill.cu"],
+ "attention.cu": ["kernels/cuda/attention.cu","kernels/cuda/attention_decode.cu","kernels/cuda/attention_decode2.cu","kernels/cuda/prefill_common.cuh","kernels/cuda/attention_prefill.cu","kernels/cuda/attention_decode_mma.cu"],
  "sampling.cu": ["kernels/cuda/sampling.cu"],
  "gemv.cu": ["kernels/cuda/gemv.cu"],
  "backend_f32.cu": ["kernels/cuda/backend_f32.cu"],

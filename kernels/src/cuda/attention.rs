@@ -7,9 +7,11 @@
 //! is compute 9.0 and head_dim is 128 (the default), else `paged_attention_fa2_d{64,128}`
 //! (attention_prefill.cu; forced with `STRATA_PREFILL_ATTN=fa2`), or the first
 //! `paged_attention_mma_d{64,128}` (`STRATA_PREFILL_ATTN=mma`); `STRATA_PREFILL_ATTN=f32` picks
-//! the f32 one. Default-mode decode batches of `DECODE_MMA_MIN_ROWS` (8) rows or more also run on
-//! the tensor-core prefill kernel, each tile one token's GQA group (`decode_on_mma`,
-//! `STRATA_DECODE_ATTN=mma|decode2` forces either): faster than decode2 there on the H200.
+//! the f32 one. Default-mode decode batches of `DECODE_MMA_MIN_ROWS` (8) rows or more run on
+//! the tensor cores (`decode_on_mma`, `STRATA_DECODE_ATTN=mma|decode2` forces either): on
+//! `paged_attention_dmma_d{64,128}` (attention_decode_mma.cu: the GQA group's heads of one token
+//! as one 16-row MMA tile, the warps splitting the keys) for groups up to 16, else, or with
+//! `STRATA_DECODE_DMMA=0`, on the prefill kernel with one token's group per 128-row tile.
 //!
 //! An `AttnPlan` is built once per batch shape from the host-side block tables (validated here:
 //! every page id inside the pool, enough pages for every sequence), uploads them with the tile
@@ -52,6 +54,10 @@ pub enum AttnKernel {
     /// `paged_attention_wg_d128`: wgmma (sm_90a) prefill / prefix-extend, 128 rows per tile as
     /// the FA2 kernel's, 128-key tiles, 2 warpgroups, one block per SM.
     PrefillWg,
+    /// `paged_attention_dmma_d{64,128}`: default-mode decode batches on the tensor cores, one
+    /// block per (row, KV head, split), the group's heads as one 16-row MMA tile, the 4 warps
+    /// splitting every 64-key tile (attention_decode_mma.cu); the FA2 kernel's tiles and splits.
+    DecodeMma,
 }
 
 /// Rows (token x head pairs) one tensor-core prefill block serves; mirrors MMA_ROWS.
@@ -75,18 +81,20 @@ pub enum PrefillKernel {
     Wgmma,
 }
 
-/// Default-mode decode batches of at least this many rows run on the tensor-core prefill kernel
-/// (a tile's MMA rows are the GQA group's heads of one token) instead of decode2 (see
-/// [`decode_on_mma`]). Measured side by side on an H200 (docs/perf.md): the graph step is
+/// Default-mode decode batches of at least this many rows run on the tensor cores (the decode
+/// MMA kernel, [`decode_dmma`], or the prefill kernel) instead of decode2 (see
+/// [`decode_on_mma`]). Set when the prefill kernel took them (docs/perf.md): the graph step was
 /// x0.92-0.98 from 8 rows (8B at 1K and 4K context, 1B at 4K; 1B b8 at 1K even) and served
 /// output tok/s +20 % at c=16 (8B) and c=32 (1B); below 8 rows decode2 (the cluster form at
-/// batch 1-4) is as fast or faster (1B b1-b4 x1.06 on the prefill kernel).
+/// batch 1-4) is as fast or faster (1B b1-b4 x1.06 on the prefill kernel). With the decode MMA
+/// kernel (2026-12-03): from 8 rows x0.80-0.97 against the prefill kernel; at 2-4 rows it beats
+/// decode2 at 4K context (x0.88-0.98) but not at 1K (x1.01-1.04), so the threshold stayed.
 pub const DECODE_MMA_MIN_ROWS: usize = 8;
 
-/// 0 = [`DECODE_MMA_MIN_ROWS`] (or `STRATA_DECODE_ATTN`), 1 = decode2, 2 = the prefill kernel.
+/// 0 = [`DECODE_MMA_MIN_ROWS`] (or `STRATA_DECODE_ATTN`), 1 = decode2, 2 = the tensor cores.
 static DECODE_ATTN: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
-/// Forces decode batches onto the tensor-core prefill kernel (`Some(true)`), onto decode2
+/// Forces decode batches onto the tensor cores (`Some(true)`), onto decode2
 /// (`Some(false)`), or back to the default (`None`), for plans made after the call.
 pub fn set_decode_attn(mma: Option<bool>) {
     let v = match mma {
@@ -97,7 +105,7 @@ pub fn set_decode_attn(mma: Option<bool>) {
     DECODE_ATTN.store(v, std::sync::atomic::Ordering::Relaxed);
 }
 
-/// Whether a default-mode decode batch of `rows` one-token rows runs on the prefill kernel: as
+/// Whether a default-mode decode batch of `rows` one-token rows runs on the tensor cores: as
 /// forced by [`set_decode_attn`], else `STRATA_DECODE_ATTN` (`mma` or `decode2`), else from
 /// [`DECODE_MMA_MIN_ROWS`] rows.
 pub fn decode_on_mma(rows: usize) -> bool {
@@ -111,6 +119,33 @@ pub fn decode_on_mma(rows: usize) -> bool {
                 Some("decode2") => false,
                 _ => rows >= DECODE_MMA_MIN_ROWS,
             }
+        }
+    }
+}
+
+/// 0 = follow `STRATA_DECODE_DMMA` (`0`: off), 1 = off, 2 = on.
+static DECODE_DMMA: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Whether decode batches planned on the tensor cores ([`decode_on_mma`]) run
+/// `paged_attention_dmma_*` (`Some(true)`) or, as before it, the prefill kernel (`Some(false)`);
+/// `None`: the default (on, unless `STRATA_DECODE_DMMA=0`). For plans made after the call.
+pub fn set_decode_dmma(on: Option<bool>) {
+    let v = match on {
+        None => 0,
+        Some(false) => 1,
+        Some(true) => 2,
+    };
+    DECODE_DMMA.store(v, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// See [`set_decode_dmma`].
+pub fn decode_dmma() -> bool {
+    match DECODE_DMMA.load(std::sync::atomic::Ordering::Relaxed) {
+        1 => false,
+        2 => true,
+        _ => {
+            static ENV: OnceLock<Option<String>> = OnceLock::new();
+            env_once(&ENV, "STRATA_DECODE_DMMA") != Some("0")
         }
     }
 }
@@ -190,6 +225,21 @@ const WG_THREADS: u32 = 256;
 /// `WG_STAGES` K and V tiles [128][128], bf16.
 pub(crate) fn wg_smem() -> u32 {
     (1024 + FA2_ROWS * 128 * 2 + WG_STAGES * 2 * WG_KEY_TILE * 128 * 2) as u32
+}
+
+/// Kernel names of the tensor-core decode kernels, in `mma_index` order.
+pub(crate) const DMMA_NAMES: [&str; 2] = ["paged_attention_dmma_d64", "paged_attention_dmma_d128"];
+/// Keys per shared-memory tile and pipeline stages of `paged_attention_dmma_d*`; mirrors the
+/// DM_KERNEL lines of attention_decode_mma.cu.
+const DMMA_KEY_TILE: usize = 64;
+const DMMA_STAGES: usize = 3;
+/// Largest GQA group `paged_attention_dmma_*` takes (its 16 MMA rows).
+const DMMA_MAX_GROUP: usize = 16;
+
+/// Dynamic shared memory of `paged_attention_dmma_d{head_dim}`: K and V tiles of
+/// `DMMA_KEY_TILE` rows of head_dim + 8 bf16 in `DMMA_STAGES` stages.
+pub(crate) fn dmma_smem(head_dim: usize) -> u32 {
+    (2 * DMMA_STAGES * DMMA_KEY_TILE * (head_dim + 8) * 2) as u32
 }
 
 /// Kernel names of the FA2-style prefill kernels, in `mma_index` order.
@@ -361,7 +411,10 @@ impl AttnPlan {
     pub fn force_general_kernel(&mut self) {
         if !matches!(
             self.kernel,
-            AttnKernel::PrefillMma | AttnKernel::PrefillFa2 | AttnKernel::PrefillWg
+            AttnKernel::PrefillMma
+                | AttnKernel::PrefillFa2
+                | AttnKernel::PrefillWg
+                | AttnKernel::DecodeMma
         ) {
             self.kernel = AttnKernel::General;
             self.cluster = 0;
@@ -505,12 +558,13 @@ pub(crate) fn choose_splits(
         AttnKernel::PrefillMma => 2 * MMA_ROWS,
         AttnKernel::PrefillFa2 => 2 * fa2_key_tile,
         AttnKernel::PrefillWg => 2 * WG_KEY_TILE,
+        AttnKernel::DecodeMma => 2 * DMMA_KEY_TILE,
     };
     // Aim for ~4 resident blocks per SM (2 for the FA2 kernel: its shared memory and registers
     // allow two); never split below two key tiles per split.
     // The wgmma kernel: one (its shared memory).
     let per_sm = match kernel {
-        AttnKernel::PrefillFa2 => 2,
+        AttnKernel::PrefillFa2 | AttnKernel::DecodeMma => 2,
         AttnKernel::PrefillWg => 1,
         _ => 4,
     };
@@ -519,7 +573,10 @@ pub(crate) fn choose_splits(
     let want = forced.unwrap_or_else(|| {
         if matches!(
             kernel,
-            AttnKernel::Decode2 | AttnKernel::PrefillFa2 | AttnKernel::PrefillWg
+            AttnKernel::Decode2
+                | AttnKernel::PrefillFa2
+                | AttnKernel::PrefillWg
+                | AttnKernel::DecodeMma
         ) {
             // 4 blocks fit on an SM (128 registers/thread): as many splits as keep the grid
             // within one wave, since a partial second wave costs as much as a full one
@@ -611,10 +668,25 @@ impl CudaOps {
                 _ => AttnKernel::General,
             },
         };
+        // Decode rows on the tensor cores: the decode kernel of their own where it loaded.
+        let kernel = match mma_index(s.head_dim) {
+            Some(i)
+                if on_mma
+                    && !opts.prefill
+                    && group <= DMMA_MAX_GROUP
+                    && decode_dmma()
+                    && self.attention_dmma[i].is_some() =>
+            {
+                AttnKernel::DecodeMma
+            }
+            _ => kernel,
+        };
         let decode_role = !opts.prefill && seqs.iter().all(|q| q.q_len == 1);
         let qt = match kernel {
             AttnKernel::PrefillMma => MMA_ROWS / group,
-            AttnKernel::PrefillFa2 | AttnKernel::PrefillWg => FA2_ROWS / group,
+            AttnKernel::PrefillFa2 | AttnKernel::PrefillWg | AttnKernel::DecodeMma => {
+                FA2_ROWS / group
+            }
             _ => ROWS / group,
         };
         let max_pages = seqs.iter().map(|q| q.pages.len()).max().unwrap_or(1).max(1);
@@ -657,8 +729,10 @@ impl CudaOps {
         }
         let n_tiles = tiles.len() / 4;
         ensure(
-            !matches!(kernel, AttnKernel::PrefillFa2 | AttnKernel::PrefillWg)
-                || n_tiles <= FA2_MAX_TILES,
+            !matches!(
+                kernel,
+                AttnKernel::PrefillFa2 | AttnKernel::PrefillWg | AttnKernel::DecodeMma
+            ) || n_tiles <= FA2_MAX_TILES,
             || format!("{n_tiles} prefill tiles in one batch (at most {FA2_MAX_TILES})"),
         )?;
         // Batch-invariant mode: a decode batch on the general kernel (GQA group past
@@ -826,7 +900,10 @@ impl CudaOps {
         } else if plan.kernel == AttnKernel::PrefillMma {
             let idx = mma_index(hd).expect("planned only for supported head sizes");
             self.go(&self.attention_mma[idx], decode_dims, &args)?;
-        } else if matches!(plan.kernel, AttnKernel::PrefillFa2 | AttnKernel::PrefillWg) {
+        } else if matches!(
+            plan.kernel,
+            AttnKernel::PrefillFa2 | AttnKernel::PrefillWg | AttnKernel::DecodeMma
+        ) {
             // Q rows are copied 16 bytes at a time.
             ensure(q.ptr_at(q_col)? % 16 == 0 && w % 8 == 0, || {
                 format!(
@@ -836,6 +913,8 @@ impl CudaOps {
             let idx = mma_index(hd).expect("planned only for supported head sizes");
             let (f, smem, block) = if plan.kernel == AttnKernel::PrefillWg {
                 (&self.attention_wg, wg_smem(), WG_THREADS)
+            } else if plan.kernel == AttnKernel::DecodeMma {
+                (&self.attention_dmma[idx], dmma_smem(hd), 128)
             } else {
                 (&self.attention_fa2[idx], fa2_smem(hd), 128)
             };
@@ -865,7 +944,8 @@ impl CudaOps {
                 Arg::U64(out.ptr()),
                 Arg::I32(ow as i32),
                 // Decode2 blocks of empty splits write nothing: the combine reads only the
-                // splits that hold each row's keys (tile i is row i in a decode plan).
+                // splits that hold each row's keys (tile i is row i in a decode plan). (The
+                // decode MMA kernel shares a row's keys over every split: all are read.)
                 Arg::U64(if plan.kernel == AttnKernel::Decode2 {
                     plan.tiles.ptr()
                 } else {
@@ -972,7 +1052,7 @@ mod tests {
     use crate::cuda::det::SPLIT_LEN;
 
     #[test]
-    fn decode_batches_from_eight_rows_go_to_the_prefill_kernel() {
+    fn decode_batches_from_eight_rows_go_to_the_tensor_cores() {
         if std::env::var_os("STRATA_DECODE_ATTN").is_some() {
             return;
         }
@@ -984,6 +1064,15 @@ mod tests {
         assert!(decode_on_mma(1));
         set_decode_attn(None);
         assert!(!decode_on_mma(1) && decode_on_mma(64));
+        // Those batches on the decode MMA kernel unless switched back to the prefill kernel.
+        if std::env::var_os("STRATA_DECODE_DMMA").is_none() {
+            assert!(decode_dmma());
+        }
+        set_decode_dmma(Some(false));
+        assert!(!decode_dmma());
+        set_decode_dmma(Some(true));
+        assert!(decode_dmma());
+        set_decode_dmma(None);
     }
 
     #[test]

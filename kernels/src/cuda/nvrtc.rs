@@ -88,7 +88,9 @@ impl Program {
                 "\n",
                 include_str!("../../cuda/prefill_common.cuh"),
                 "\n",
-                include_str!("../../cuda/attention_prefill.cu")
+                include_str!("../../cuda/attention_prefill.cu"),
+                "\n",
+                include_str!("../../cuda/attention_decode_mma.cu")
             ),
             Program::Sampling => include_str!("../../cuda/sampling.cu"),
             Program::Gemv => include_str!("../../cuda/gemv.cu"),

@@ -40,6 +40,10 @@ pub struct CudaOps {
     /// `paged_attention_wg_d128` (attention_prefill_wg.cu, sm_90a): only on compute-9.0
     /// devices, None elsewhere or where it did not load (plans then use `attention_fa2`).
     pub(crate) attention_wg: Option<CudaFunction>,
+    /// `paged_attention_dmma_*` (attention_decode_mma.cu), in `attention::mma_index` order; None
+    /// where the device cannot give it its shared memory (decode batches then plan the prefill
+    /// kernel as before).
+    pub(crate) attention_dmma: Vec<Option<CudaFunction>>,
     /// `attention::DECODE2_VARIANTS`, for side-by-side timing.
     pub(crate) attention_decode2_variants: Vec<CudaFunction>,
     /// `paged_attention_decode2c_*` (the cluster form), in `attention::decode2_index` order;
@@ -103,6 +107,11 @@ impl CudaOps {
                 .map(|(n, hd)| fa2_function(&ctx, n, super::attention::fa2_smem(hd)))
                 .collect::<Result<_>>()?,
             attention_wg: wg_function(&ctx, super::attention::WG_NAME),
+            attention_dmma: super::attention::DMMA_NAMES
+                .iter()
+                .zip([64, 128])
+                .map(|(n, hd)| fa2_function(&ctx, n, super::attention::dmma_smem(hd)))
+                .collect::<Result<_>>()?,
             attention_decode2_variants: super::attention::DECODE2_VARIANTS
                 .iter()
                 .map(|n| ctx.function(Program::Attention, n))
@@ -578,7 +587,7 @@ fn fa2_function(ctx: &Arc<GpuContext>, name: &str, smem: u32) -> Result<Option<C
         Ok(()) => Ok(Some(f)),
         Err(e) => {
             tracing::warn!(
-                "{name}: {smem} bytes of shared memory refused ({e:?}); prefill plans use paged_attention_mma_*"
+                "{name}: {smem} bytes of shared memory refused ({e:?}); plans use another kernel"
             );
             Ok(None)
         }

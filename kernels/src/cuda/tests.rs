@@ -121,6 +121,35 @@ fn fa2_launch_shared_memory_matches_the_kernel_instantiations() {
     assert_eq!(seen, super::attention::FA2_NAMES.len());
 }
 
+/// The same for the decode MMA kernels (DM_KERNEL(HD, KT, NST, MINB) lines of
+/// attention_decode_mma.cu), whose warps' shared-memory merge must fit in the stages.
+#[test]
+fn dmma_launch_shared_memory_matches_the_kernel_instantiations() {
+    let src = include_str!("../../cuda/attention_decode_mma.cu");
+    let mut seen = 0;
+    for line in src.lines().filter(|l| l.starts_with("DM_KERNEL(")) {
+        let nums: Vec<usize> = line["DM_KERNEL(".len()..line.len() - 1]
+            .split(',')
+            .map(|v| v.trim().parse().expect("numeric DM_KERNEL arguments"))
+            .collect();
+        let (hd, kt, nst, minb) = (nums[0], nums[1], nums[2], nums[3]);
+        let smem = super::attention::dmma_smem(hd) as usize;
+        assert_eq!(smem, 2 * nst * kt * (hd + 8) * 2, "d{hd}");
+        // The merge: (max, sum) of 16 rows and 16 rows of head_dim f32 per warp (4 warps).
+        assert!(
+            (4 * 16 * 2 + 4 * 16 * hd) * 4 <= smem,
+            "d{hd}: merge outgrows the stages"
+        );
+        assert!(
+            minb * smem <= 227 * 1024,
+            "d{hd}: {minb} blocks per SM do not fit"
+        );
+        assert_eq!(kt % 64, 0, "d{hd}: 16 keys per warp and step");
+        seen += 1;
+    }
+    assert_eq!(seen, super::attention::DMMA_NAMES.len());
+}
+
 #[test]
 fn cache_key_depends_on_every_input() {
     let a = nvrtc::cache_key(Program::Attention, "sm_90", (13, 0), 13000);

@@ -171,18 +171,24 @@ pub fn run(
             // The same step with the decode attention on the tensor-core prefill kernel and on
             // decode2, side by side (default mode).
             if !args.deterministic {
-                use strata_kernels::cuda::set_decode_attn;
-                let mut t = [None, None];
-                for (i, mma) in [true, false].into_iter().enumerate() {
+                use strata_kernels::cuda::{set_decode_attn, set_decode_dmma};
+                let mut t = [None, None, None];
+                for (i, (mma, dmma)) in [(true, true), (true, false), (false, false)]
+                    .into_iter()
+                    .enumerate()
+                {
                     set_decode_attn(Some(mma));
+                    set_decode_dmma(Some(dmma));
                     let forced = step_input(ops, &model, &seqs, false, false);
                     set_decode_attn(None);
+                    set_decode_dmma(None);
                     t[i] = replay_with(&forced?)?;
                 }
-                if let [Some(a), Some(n)] = t {
+                if let [Some(d), Some(a), Some(n)] = t {
                     summary.push(format!(
-                        "  b{b} graph step with decode attention on the prefill kernel {a:.3} ms, decode2 {n:.3} ms (x{:.3})",
-                        a / n
+                        "  b{b} graph step with decode attention on the decode MMA kernel {d:.3} ms, the prefill kernel {a:.3} ms (x{:.3}), decode2 {n:.3} ms (x{:.3})",
+                        d / a,
+                        d / n
                     ));
                 }
             }
@@ -302,8 +308,23 @@ pub fn run(
                     ));
                 }
             }
-            // The decode rows on the tensor-core prefill kernels (GQA groups as rows of the MMA
-            // tiles), side by side.
+            // The decode rows on the tensor-core decode kernel and on the prefill kernels (GQA
+            // groups as rows of the MMA tiles), side by side.
+            match attention_alone_as(
+                ops,
+                &model,
+                b,
+                args.decode_ctx,
+                None,
+                AttnAs::DecodeMma,
+                &|p| p.kernel() == AttnKernel::DecodeMma,
+            ) {
+                Ok((us, g)) if us.is_finite() => summary.push(format!(
+                    "  b{b} attention on the decode MMA kernel: {us:.1} us (in a graph {g:.1} us)"
+                )),
+                Ok(_) => {}
+                Err(e) => summary.push(format!("  b{b} attention on the decode MMA kernel: {e:#}")),
+            }
             {
                 use strata_kernels::cuda::{set_prefill_kernel, PrefillKernel};
                 for (name, k) in [("wgmma", PrefillKernel::Wgmma), ("fa2", PrefillKernel::Fa2)] {
@@ -778,6 +799,8 @@ enum AttnAs {
     Decode2,
     /// As prompt rows: the tensor-core prefill kernel.
     Prefill,
+    /// On the tensor-core decode kernel whatever the batch.
+    DecodeMma,
 }
 
 /// [`attention_alone`] with the decode rows planned as `how` says.
@@ -806,10 +829,16 @@ fn attention_alone_as(
         prefill: how == AttnAs::Prefill,
         ..PlanOpts::default()
     };
-    let forced = (how == AttnAs::Decode2).then_some(false);
+    let forced = match how {
+        AttnAs::Decode2 => Some(false),
+        AttnAs::DecodeMma => Some(true),
+        _ => None,
+    };
     strata_kernels::cuda::set_decode_attn(forced);
+    strata_kernels::cuda::set_decode_dmma(forced);
     let plan = ops.attention_plan_with(shape, &seqs, opts);
     strata_kernels::cuda::set_decode_attn(None);
+    strata_kernels::cuda::set_decode_dmma(None);
     let mut plan = plan?;
     if !tweak(&mut plan) {
         return Ok((f64::NAN, f64::NAN));

@@ -739,7 +739,34 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
             None,
         ),
     ];
-    let cases: Vec<Case> = cases.into_iter().chain(on_mma).collect();
+    // The same batches on the tensor-core decode kernel (`paged_attention_dmma_*`, the default
+    // for them), and GQA 16, 2 and 1 (its 16 MMA rows full, nearly empty, one row).
+    let dmma: Vec<Case> = on_mma
+        .iter()
+        .map(|c| ("decode dmma", c.1, c.2, c.3, c.4, c.5.clone(), c.6))
+        .chain([
+            (
+                "decode dmma",
+                32,
+                2,
+                128,
+                16,
+                vec![(1, 777), (1, 64), (1, 2)],
+                None,
+            ),
+            (
+                "decode dmma",
+                16,
+                8,
+                64,
+                16,
+                vec![(1, 300), (1, 9)],
+                Some(3),
+            ),
+            ("decode dmma", 8, 8, 128, 16, vec![(1, 129), (1, 1)], None),
+        ])
+        .collect();
+    let cases: Vec<Case> = cases.into_iter().chain(on_mma).chain(dmma).collect();
     // Every timed decode2 alternative, on the Llama-3-8B head shape it is built for.
     let variants = (0..DECODE2_VARIANTS.len()).map(|i| {
         let lens = vec![(1, 1000), (1, 33), (1, 1)];
@@ -859,16 +886,21 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
         } else {
             set_prefill_kernel(Some(PrefillKernel::Fa2));
         }
-        let on_mma = name.contains("on-mma");
+        let dmma = name.contains("dmma");
+        let on_mma = name.contains("on-mma") || dmma;
         strata_kernels::cuda::set_decode_attn(Some(on_mma));
+        strata_kernels::cuda::set_decode_dmma(Some(dmma));
         let plan = ops.attention_plan(shape, &seqs, splits);
         strata_kernels::cuda::set_decode_attn(None);
+        strata_kernels::cuda::set_decode_dmma(None);
         set_prefill_kernel(None);
         let mut plan = plan?;
         let prefill = lens.iter().any(|&(q, _)| q > 1) || nh / nkv > 8 || on_mma;
         let fa2_case =
             prefill && !name.starts_with("prefill gen") && !name.starts_with("prefill mma");
-        let want_kernel = if wg_case {
+        let want_kernel = if dmma {
+            AttnKernel::DecodeMma
+        } else if wg_case {
             AttnKernel::PrefillWg
         } else {
             AttnKernel::PrefillFa2
@@ -952,6 +984,7 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
             AttnKernel::PrefillMma => "mma",
             AttnKernel::PrefillFa2 => "fa2",
             AttnKernel::PrefillWg => "wg",
+            AttnKernel::DecodeMma => "dmma",
         };
         let desc = format!(
             "{name} h{nh}/{nkv} d{hd} p{page} {lens:?} s{} c{} {kernel}",
@@ -1066,20 +1099,24 @@ pub fn fixed_decode_plan(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> 
     let v = c.upload_bf16(&[slots, kv_dim], &ck.bf16_vec(slots * kv_dim, 1.0))?;
     let max_pages = 24;
     // Batch 8 and batch 1 fixed plans (on sm_90 the decode2 cluster form with 4 and 16 blocks),
-    // then batch 8 and 32 on the tensor-core prefill kernel (`set_decode_attn`), each against a
-    // fresh decode2 plan of the live rows.
-    use strata_kernels::cuda::set_decode_attn;
-    for (fixed, n, mma) in [
-        (8usize, 1usize, false),
-        (8, 5, false),
-        (8, 8, false),
-        (1, 1, false),
-        (8, 5, true),
-        (32, 32, true),
-        (32, 3, true),
+    // then batch 8 and 32 on the tensor cores (`set_decode_attn`): the decode MMA kernel, and the
+    // prefill kernel (`set_decode_dmma(false)`), each against a fresh decode2 plan of the live rows.
+    use strata_kernels::cuda::{set_decode_attn, set_decode_dmma};
+    for (fixed, n, mma, dmma) in [
+        (8usize, 1usize, false, false),
+        (8, 5, false, false),
+        (8, 8, false, false),
+        (1, 1, false, false),
+        (8, 5, true, true),
+        (32, 32, true, true),
+        (32, 3, true, true),
+        (8, 5, true, false),
+        (32, 32, true, false),
     ] {
         set_decode_attn(Some(mma));
+        set_decode_dmma(Some(dmma));
         let plan = ops.decode_plan_fixed(shape, fixed, max_pages);
+        set_decode_dmma(None);
         set_decode_attn(Some(false));
         let plan = plan?;
         let mut pages: Vec<i32> = (0..pool_pages as i32).collect();
