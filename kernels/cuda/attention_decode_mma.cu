@@ -77,14 +77,25 @@ __device__ __forceinline__ void dm_decode_body(const bf16_t* q, int q_stride, co
         }
     };
 
+    // Programmatic dependent launch: the previous kernel writes q and the row's own K/V (key
+    // pos); every other key, the tile list and the page tables were written before it started,
+    // so the first tiles that end before pos are copied before waiting for it.
     const int ntiles = kend > kbeg ? (kend - kbeg + KT - 1) / KT : 0;
-    lookup(kbeg);
+    const int pre = min(NST - 1, max(0, (T.pos0 - kbeg) / KT));
+    auto prologue = [&](bool before) {
 #pragma unroll
-    for (int p = 0; p < NST - 1; ++p) {
-        if (p < ntiles) issue(p);
-        pf_commit();
-        lookup(kbeg + (p + 1) * KT);
-    }
+        for (int p = 0; p < NST - 1; ++p) {
+            if ((p < pre) == before) {
+                if (p < ntiles) issue(p);
+                pf_commit();
+                lookup(kbeg + (p + 1) * KT);
+            }
+        }
+    };
+    lookup(kbeg);
+    prologue(true);
+    pdl_enter();
+    prologue(false);
 
     // Q as A fragments of every 16-dim k step: rows gid and gid + 8 (zero past the group), dims
     // 16 kk + 2 tig (+1) and + 8; straight from global memory (read once).
@@ -262,7 +273,6 @@ __device__ __forceinline__ void dm_decode_body(const bf16_t* q, int q_stride, co
         const int* block_tables, int max_pages, int page_size, const int* tile_info, int n_heads, \
         int n_kv_heads, int head_dim, float scale, int split_len, bf16_t* out, int out_stride,    \
         float* part_acc, float* part_ml, int total_rows) {                                        \
-        pdl_enter();                                                                              \
         dm_decode_body<HD, KT, NST>(q, q_stride, k_pool, v_pool, block_tables, max_pages,         \
                                     page_size, tile_info, n_heads, n_kv_heads, scale, split_len,  \
                                     out, out_stride, part_acc, part_ml, total_rows);              \
