@@ -530,23 +530,20 @@ __device__ __forceinline__ void dec2_async_body(DEC2_PARAMS) {
 
     // Programmatic dependent launch: the previous kernel (the qkv projection) writes q and this
     // token's own K/V row (key pos); every other key, the tile list and the block tables were
-    // written before it started. The first tiles that end before pos (all of them in a split
-    // that ends before pos) are issued before waiting, so they stream in during the previous
-    // kernel's tail; only the tile holding pos waits.
+    // written before it started. A split that ends before pos issues its first tiles before
+    // waiting, so they stream in during the previous kernel's tail.
     const int ntiles = kend > kbeg ? (kend - kbeg + ATK - 1) / ATK : 0;
-    const int pre = kend <= blk.pos ? ANST - 1 : min(ANST - 1, max(0, (blk.pos - kbeg) / ATK));
-    auto prologue = [&](bool before) {
+    const bool early = kend <= blk.pos;
+    auto prologue = [&]() {
 #pragma unroll
         for (int p = 0; p < ANST - 1; ++p) {
-            if ((p < pre) == before) {
-                if (p < ntiles) issue(kbeg + p * ATK, p);
-                cp_async_commit();
-            }
+            if (p < ntiles) issue(kbeg + p * ATK, p);
+            cp_async_commit();
         }
     };
-    prologue(true);
+    if (early) prologue();
     pdl_enter();
-    prologue(false);
+    if (!early) prologue();
 
     float qf[G][8], m[G], l[G], acc[G][8];
     dec2_start<G, HD>(q, q_stride, row, g, li, scale, qf, m, l, acc);
