@@ -38,8 +38,9 @@
 #            90; no downloads) and scripts/hf_runner_compare.py compares the bf16 runner with
 #            transformers on it over held-out text prompts of 16..4096 tokens (the top-1 target on
 #            a model with real logit margins; made models have flat logits)
-#   decmma   decode batches on the tensor-core prefill kernel vs decode2: gpu check of both, raw
-#            steps side by side (8B b8/32/64 at 1K, 1B b32, 8B b32 at 4K) and served 1B at c=32
+#   decmma   decode batches on the tensor cores (the decode MMA kernel; the prefill kernel) vs
+#            decode2: gpu check of all, raw steps side by side (8B b8/32/64 at 1K, 1B b32, 8B b32
+#            at 4K) and served 1B at c=32, the decode MMA kernel against the prefill kernel
 #   ncudecode scripts/gpu-ncu.sh (Nsight Compute on the decode kernels, and the warp stalls of the
 #            batch-1 cluster attention)
 #   ncuprefill scripts/gpu-ncu-prefill.sh (Nsight Compute on the wgmma prefill attention kernel:
@@ -127,15 +128,15 @@ for s in $STEPS; do
       done ;;
     decmma) timeout $(left 100) "$STRATA" gpu check --only attention,fixed_decode_plan --json "$OUT/check-decmma.json" \
         > "$OUT/check-decmma.log" 2>&1
-      rc=$?; grep -E "FAIL|error|gpu check:|on-mma|Prefill" "$OUT/check-decmma.log" | tail -30
+      rc=$?; grep -E "FAIL|error|gpu check:|on-mma|dmma|Prefill|DecodeMma" "$OUT/check-decmma.log" | tail -30
       for run in "llama-3.1-8b 8,32,64 1024" "llama-3.2-1b 32 1024" "llama-3.1-8b 32 4096"; do
         set -- $run
         timeout $(left 150) "$STRATA" gpu bench --only decode --shape $1 --decode-batches $2 --decode-ctx $3 \
           > "$OUT/decmma-$1-$3.log" 2>&1 || { echo "bench $run rc=$?"; rc=1; }
         echo "== $run"
-        grep -E "^decode b|graph step with decode attention|prefill kernel|attention as planned" "$OUT/decmma-$1-$3.log" | cut -c1-300
+        grep -E "^decode b|graph step with decode attention|prefill kernel|decode MMA kernel|attention as planned" "$OUT/decmma-$1-$3.log" | cut -c1-300
       done
-      SIZE=llama-3.2-1b CONC=32 NP=64 ROUNDS=1 RAW=0 ITL_A_ENV=STRATA_DECODE_ATTN=mma ITL_B_ENV=STRATA_DECODE_ATTN=decode2 \
+      SIZE=llama-3.2-1b CONC=32 NP=64 ROUNDS=1 RAW=0 ITL_B_ENV=STRATA_DECODE_DMMA=0 \
         timeout $(left 150) scripts/gpu-itl-ab.sh "$OUT/decmma-served" > "$OUT/decmma-served.log" 2>&1 || rc=1
       cat "$OUT/decmma-served.log" ;;
     ncuprefill) timeout $(left 250) scripts/gpu-ncu-prefill.sh "$OUT/ncu-prefill.txt"; rc=$? ;;
