@@ -155,9 +155,15 @@ __device__ __forceinline__ void gemv_stage_norm(const bf16_t* y, const NormIn& n
 // epilogue can combine two rows (gemv_bf16_t1_gate: SiLU of the gate row times the up row;
 // gemv_bf16_t1_qkv_rope: RoPE of a pair of rows), each sum first rounded to bf16 as the plain
 // GEMV would have written it, so the result equals the unfused kernels' bit for bit.
-template <int UNR, int DEPTH, bool SILU, int R, class WRow, class Epi>
-__device__ __forceinline__ void gemv_t1_body(const bf16_t* x, const bf16_t* w, int n, int k,
-                                             WRow wrow, Epi epi, NormIn nin = NormIn{nullptr, nullptr, 0.f}) {
+// T: rows of x (the few-row kernels below; 1 for the single-row ones): all T are staged (row t
+// of x at x + t * x_stride, or its norm of y and resid rows t), every weight load is folded
+// into each row's sums in the single-row order, so row t's result equals the single-row
+// kernel's on that row bit for bit; epi(row, t, sums) for t < rows (rows <= T; the staged rows
+// past it are zero).
+template <int T, int UNR, int DEPTH, bool SILU, int R, class WRow, class Epi>
+__device__ __forceinline__ void gemv_rows_body(const bf16_t* x, int x_stride, int rows, const bf16_t* w, int n,
+                                               int k, WRow wrow, Epi epi,
+                                               NormIn nin = NormIn{nullptr, nullptr, 0.f}) {
     static_assert(DEPTH == 1 || DEPTH == 2, "one or two steps in flight");
     constexpr int STEP = 32 * UNR;
     constexpr int XU = DEPTH == 1 ? 1 : 4;  // x staging loads in flight per thread
@@ -189,46 +195,69 @@ __device__ __forceinline__ void gemv_t1_body(const bf16_t* x, const bf16_t* w, i
 #pragma unroll
     for (int s = 1; s < DEPTH; ++s)
         if (live && whole(c + s * STEP)) load(wv[s], c, s);
-    if (nin.w) gemv_stage_norm(x, nin, k, xs);
-    for (int i0 = threadIdx.x; !nin.w && i0 < k8; i0 += XU * blockDim.x) {
-        uint4 g[XU], up[XU];
 #pragma unroll
-        for (int j = 0; j < XU; ++j) {
-            const int i = i0 + j * blockDim.x;
-            if (i < k8) {
-                g[j] = ((const uint4*)x)[i];
-                if (SILU) up[j] = ((const uint4*)x)[k8 + i];
+    for (int t = 0; t < T; ++t) {
+        uint4* xt = xs + t * k8;
+        if (nin.w) {
+            if (t > 0) __syncthreads();  // the previous row's norm has read its reduction
+            if (t < rows) {
+                const NormIn nt{nin.resid + (u64)t * k, nin.w, nin.eps};
+                gemv_stage_norm(x ? x + (u64)t * k : nullptr, nt, k, xt);
+            } else {
+                for (int i = threadIdx.x; i < k8; i += blockDim.x) xt[i] = make_uint4(0, 0, 0, 0);
             }
         }
+        const uint4* x4 = (const uint4*)(x + (u64)t * x_stride);
+        for (int i0 = threadIdx.x; !nin.w && i0 < k8; i0 += XU * blockDim.x) {
+            uint4 g[XU], up[XU];
 #pragma unroll
-        for (int j = 0; j < XU; ++j) {
-            const int i = i0 + j * blockDim.x;
-            if (i < k8) {
-                if (SILU) {
-                    xs[i] = make_uint4(silu_mul2(g[j].x, up[j].x), silu_mul2(g[j].y, up[j].y),
-                                       silu_mul2(g[j].z, up[j].z), silu_mul2(g[j].w, up[j].w));
-                } else {
-                    xs[i] = g[j];
+            for (int j = 0; j < XU; ++j) {
+                const int i = i0 + j * blockDim.x;
+                if (i < k8) {
+                    g[j] = make_uint4(0, 0, 0, 0);
+                    up[j] = g[j];
+                    if (t < rows) {
+                        g[j] = x4[i];
+                        if (SILU) up[j] = x4[k8 + i];
+                    }
+                }
+            }
+#pragma unroll
+            for (int j = 0; j < XU; ++j) {
+                const int i = i0 + j * blockDim.x;
+                if (i < k8) {
+                    if (SILU) {
+                        xt[i] = make_uint4(silu_mul2(g[j].x, up[j].x), silu_mul2(g[j].y, up[j].y),
+                                           silu_mul2(g[j].z, up[j].z), silu_mul2(g[j].w, up[j].w));
+                    } else {
+                        xt[i] = g[j];
+                    }
                 }
             }
         }
     }
     __syncthreads();
     if (!live) return;
-    float acc0[R], acc1[R];
+    float acc0[T][R], acc1[T][R];
 #pragma unroll
-    for (int r = 0; r < R; ++r) acc0[r] = acc1[r] = 0.f;
-    // Folds row r's loads wv[0..cnt) of x positions at, at + 32, ...
+    for (int t = 0; t < T; ++t)
+#pragma unroll
+        for (int r = 0; r < R; ++r) acc0[t][r] = acc1[t][r] = 0.f;
+    // Folds row r's loads wv[0..cnt) of x positions at, at + 32, ... into every x row's sums.
     auto fold = [&](int r, const uint4* wv, int at, int cnt) {
 #pragma unroll
         for (int u = 0; u < cnt; ++u) {
-            float wf[8], xf[8];
+            float wf[8];
             unpack8(wv[u], wf);
-            unpack8(xs[at + 32 * u], xf);
 #pragma unroll
-            for (int e = 0; e < 8; e += 2) {
-                acc0[r] += wf[e] * xf[e];
-                acc1[r] += wf[e + 1] * xf[e + 1];
+            for (int t = 0; t < T; ++t) {
+                float xf[8];
+                unpack8(xs[t * k8 + at + 32 * u], xf);
+#pragma unroll
+                for (int e = 0; e < 8; e += 2) {
+                    acc0[t][r] += wf[e] * xf[e];
+                    acc1[t][r] += wf[e + 1] * xf[e + 1];
+                }
             }
         }
     };
@@ -260,27 +289,39 @@ __device__ __forceinline__ void gemv_t1_body(const bf16_t* x, const bf16_t* w, i
             fold(r, &wl, c, 1);
         }
     }
-    float sums[R];
 #pragma unroll
-    for (int r = 0; r < R; ++r) sums[r] = warp_sum(acc0[r] + acc1[r]);
-    if (lane == 0) epi(row, sums);
+    for (int t = 0; t < T; ++t) {
+        float sums[R];
+#pragma unroll
+        for (int r = 0; r < R; ++r) sums[r] = warp_sum(acc0[t][r] + acc1[t][r]);
+        if (lane == 0 && t < rows) epi(row, t, sums);
+    }
 }
 
-template <int UNR, int DEPTH, bool SILU>
-__device__ __forceinline__ void gemv_t1_plain(const bf16_t* x, const bf16_t* w, void* y, int n, int k,
-                                              int y_f32) {
-    gemv_t1_body<UNR, DEPTH, SILU, 1>(
-        x, w, n, k, [](int row, int) { return row; },
-        [&](int row, const float* s) {
-            if (y_f32) ((float*)y)[row] = s[0];
-            else ((bf16_t*)y)[row] = f2bf(s[0]);
+// The single-row form: epi(row, sums).
+template <int UNR, int DEPTH, bool SILU, int R, class WRow, class Epi>
+__device__ __forceinline__ void gemv_t1_body(const bf16_t* x, const bf16_t* w, int n, int k,
+                                             WRow wrow, Epi epi, NormIn nin = NormIn{nullptr, nullptr, 0.f}) {
+    gemv_rows_body<1, UNR, DEPTH, SILU, R>(
+        x, 0, 1, w, n, k, wrow, [&](int row, int, const float* s) { epi(row, s); }, nin);
+}
+
+// y = x w^T for `rows` <= T rows of x ([rows, k]; y [rows, n]).
+template <int T, int UNR, int DEPTH, bool SILU>
+__device__ __forceinline__ void gemv_rows_plain(const bf16_t* x, const bf16_t* w, void* y, int rows, int n,
+                                                int k, int y_f32) {
+    gemv_rows_body<T, UNR, DEPTH, SILU, 1>(
+        x, SILU ? 2 * k : k, rows, w, n, k, [](int row, int) { return row; },
+        [&](int row, int t, const float* s) {
+            if (y_f32) ((float*)y)[(u64)t * n + row] = s[0];
+            else ((bf16_t*)y)[(u64)t * n + row] = f2bf(s[0]);
         });
 }
 
 #define GEMV_T1(NAME, UNR, DEPTH, SILU)                                                       \
     extern "C" __global__ void __launch_bounds__(256)                                         \
         NAME(const bf16_t* x, const bf16_t* w, void* y, int n, int k, int y_f32) {            \
-        gemv_t1_plain<UNR, DEPTH, SILU>(x, w, y, n, k, y_f32);                                \
+        gemv_rows_plain<1, UNR, DEPTH, SILU>(x, w, y, 1, n, k, y_f32);                        \
     }
 
 GEMV_T1(gemv_bf16_t1, 8, 1, false)
@@ -291,56 +332,59 @@ GEMV_T1(gemv_bf16_t1_pipe, 8, 2, false)
 GEMV_T1(gemv_bf16_t1_silu, 8, 1, true)
 GEMV_T1(gemv_bf16_t1_silu_pipe, 8, 2, true)
 
-// y[j] = silu(x * gate_j^T) * (x * up_j^T) for one row: w is [gate; up] [2n, k] (the gate_up
-// projection), y bf16 [n], the down projection's input; rounded as the GEMV then silu_mul.
-template <int DEPTH>
-__device__ __forceinline__ void gemv_t1_gate(const bf16_t* x, const bf16_t* w, bf16_t* y, int n, int k) {
-    gemv_t1_body<8, DEPTH, false, 2>(
-        x, w, n, k, [&](int row, int r) { return row + r * n; },
-        [&](int row, const float* s) {
-            y[row] = f2bf(silu_times(bf2f(f2bf(s[0])), bf2f(f2bf(s[1]))));
+// y[t][j] = silu(x_t * gate_j^T) * (x_t * up_j^T): w is [gate; up] [2n, k] (the gate_up
+// projection), y bf16 [rows, n], the down projection's input; rounded as the GEMV then silu_mul.
+template <int T, int DEPTH>
+__device__ __forceinline__ void gemv_gate_rows(const bf16_t* x, const bf16_t* w, bf16_t* y, int rows, int n,
+                                               int k) {
+    gemv_rows_body<T, 8, DEPTH, false, 2>(
+        x, k, rows, w, n, k, [&](int row, int r) { return row + r * n; },
+        [&](int row, int t, const float* s) {
+            y[(u64)t * n + row] = f2bf(silu_times(bf2f(f2bf(s[0])), bf2f(f2bf(s[1]))));
         });
 }
 // (The plain kernels' arguments; y is always bf16, y_f32 unused.)
 extern "C" __global__ void __launch_bounds__(256)
     gemv_bf16_t1_gate(const bf16_t* x, const bf16_t* w, void* y, int n, int k, int y_f32) {
-    gemv_t1_gate<1>(x, w, (bf16_t*)y, n, k);
+    gemv_gate_rows<1, 1>(x, w, (bf16_t*)y, 1, n, k);
 }
 extern "C" __global__ void __launch_bounds__(256)
     gemv_bf16_t1_gate_pipe(const bf16_t* x, const bf16_t* w, void* y, int n, int k, int y_f32) {
-    gemv_t1_gate<2>(x, w, (bf16_t*)y, n, k);
+    gemv_gate_rows<1, 2>(x, w, (bf16_t*)y, 1, n, k);
 }
 
-// One row of the fused qkv projection (q heads, k heads, v heads; head_dim hd) with RoPE and the
-// K/V pool write in the epilogue (rope_kv_write's work): warp j < (nq + 2 nk) * hd / 2 streams
-// weight rows c and c + hd / 2 of head h = j / (hd / 2), c = h * hd + j % (hd / 2); q and k
-// pairs are rotated as rope_kv_write rotates them (the sums first rounded to bf16, as the GEMV
-// writes them), v pairs kept; all written to y (the qkv row, as rope_kv_write leaves it) and k / v
-// also to the token's pool slot (slot < 0: none). With norm_w set, x is the input RMSNorm of
-// (x + resid) (x null: of resid alone), staged as gemv_stage_norm does.
-template <int DEPTH>
-__device__ __forceinline__ void gemv_t1_qkv_rope(const bf16_t* x, const bf16_t* w, bf16_t* y, int n, int k,
-                                                 int nq, int nk, int hd, const int* pos,
-                                                 const float* inv_freq, bf16_t* k_pool, bf16_t* v_pool,
-                                                 const int* slots, NormIn nin) {
+// The fused qkv projection (q heads, k heads, v heads; head_dim hd) of `rows` rows with RoPE
+// and the K/V pool write in the epilogue (rope_kv_write's work): warp j < (nq + 2 nk) * hd / 2
+// streams weight rows c and c + hd / 2 of head h = j / (hd / 2), c = h * hd + j % (hd / 2); q and
+// k pairs are rotated as rope_kv_write rotates them (the sums first rounded to bf16, as the GEMV
+// writes them), v pairs kept; all written to y row t (the qkv rows, as rope_kv_write leaves
+// them) and k / v also to row t's pool slot (slots[t] < 0: none), at position pos[t]. With
+// norm_w set, x row t is the input RMSNorm of (x + resid) row t (x null: of resid alone), staged
+// as gemv_stage_norm does.
+template <int T, int DEPTH>
+__device__ __forceinline__ void gemv_qkv_rope_rows(const bf16_t* x, const bf16_t* w, bf16_t* y, int rows,
+                                                   int n, int k, int nq, int nk, int hd, const int* pos,
+                                                   const float* inv_freq, bf16_t* k_pool, bf16_t* v_pool,
+                                                   const int* slots, NormIn nin) {
     const int half = hd >> 1;
-    gemv_t1_body<8, DEPTH, false, 2>(
-        x, w, n, k,
+    gemv_rows_body<T, 8, DEPTH, false, 2>(
+        x, k, rows, w, n, k,
         [&](int row, int r) {
             const int h = row / half;
             return h * hd + (row - h * half) + r * half;
         },
-        [&](int row, const float* s) {
+        [&](int row, int t, const float* s) {
             const int h = row / half, i = row - h * half, c = h * hd + i;
+            bf16_t* yt = y + (u64)t * (2 * n);
             bf16_t y1 = f2bf(s[0]), y2 = f2bf(s[1]);
             if (h < nq + nk) {
                 float sn, cs;
-                sincosf((float)pos[0] * inv_freq[i], &sn, &cs);
+                sincosf((float)pos[t] * inv_freq[i], &sn, &cs);
                 rope_rot(bf2f(y1), bf2f(y2), cs, sn, &y1, &y2);
             }
-            y[c] = y1;
-            y[c + half] = y2;
-            const long long slot = slots[0];
+            yt[c] = y1;
+            yt[c + half] = y2;
+            const long long slot = slots[t];
             if (h >= nq && slot >= 0) {
                 const bool is_k = h < nq + nk;
                 bf16_t* pr = (is_k ? k_pool : v_pool) + (u64)slot * (nk * hd) + (u64)(h - nq - (is_k ? 0 : nk)) * hd;
@@ -354,14 +398,38 @@ extern "C" __global__ void __launch_bounds__(256)
     gemv_bf16_t1_qkv_rope(const bf16_t* x, const bf16_t* w, bf16_t* y, int n, int k, int nq, int nk, int hd,
                           const int* pos, const float* inv_freq, bf16_t* k_pool, bf16_t* v_pool,
                           const int* slots, const bf16_t* resid, const bf16_t* norm_w, float eps) {
-    gemv_t1_qkv_rope<1>(x, w, y, n, k, nq, nk, hd, pos, inv_freq, k_pool, v_pool, slots,
-                        NormIn{resid, norm_w, eps});
+    gemv_qkv_rope_rows<1, 1>(x, w, y, 1, n, k, nq, nk, hd, pos, inv_freq, k_pool, v_pool, slots,
+                             NormIn{resid, norm_w, eps});
 }
 extern "C" __global__ void __launch_bounds__(256)
     gemv_bf16_t1_qkv_rope_pipe(const bf16_t* x, const bf16_t* w, bf16_t* y, int n, int k, int nq, int nk,
                                int hd, const int* pos, const float* inv_freq, bf16_t* k_pool,
                                bf16_t* v_pool, const int* slots, const bf16_t* resid,
                                const bf16_t* norm_w, float eps) {
-    gemv_t1_qkv_rope<2>(x, w, y, n, k, nq, nk, hd, pos, inv_freq, k_pool, v_pool, slots,
-                        NormIn{resid, norm_w, eps});
+    gemv_qkv_rope_rows<1, 2>(x, w, y, 1, n, k, nq, nk, hd, pos, inv_freq, k_pool, v_pool, slots,
+                             NormIn{resid, norm_w, eps});
 }
+
+// The few-row kernels (decode batches of 2..T rows, T = 2, 4, 8; `rows` <= T): the kernels above
+// over several rows of x, every weight row streamed once for all of them. Each row's result is
+// the single-row kernel's on that row, bit for bit. Shared memory: T * k bf16 (T * 2k staged
+// from the SiLU forms' x is T * k after the SiLU).
+#define GEMV_ROWS(T)                                                                                          \
+    extern "C" __global__ void __launch_bounds__(256)                                                         \
+        gemv_bf16_rows##T(const bf16_t* x, const bf16_t* w, void* y, int rows, int n, int k, int y_f32) {     \
+        gemv_rows_plain<T, 8, 1, false>(x, w, y, rows, n, k, y_f32);                                          \
+    }                                                                                                         \
+    extern "C" __global__ void __launch_bounds__(256)                                                         \
+        gemv_bf16_rows##T##_gate(const bf16_t* x, const bf16_t* w, bf16_t* y, int rows, int n, int k) {       \
+        gemv_gate_rows<T, 1>(x, w, y, rows, n, k);                                                            \
+    }                                                                                                         \
+    extern "C" __global__ void __launch_bounds__(256) gemv_bf16_rows##T##_qkv_rope(                           \
+        const bf16_t* x, const bf16_t* w, bf16_t* y, int rows, int n, int k, int nq, int nk, int hd,          \
+        const int* pos, const float* inv_freq, bf16_t* k_pool, bf16_t* v_pool, const int* slots,              \
+        const bf16_t* resid, const bf16_t* norm_w, float eps) {                                               \
+        gemv_qkv_rope_rows<T, 1>(x, w, y, rows, n, k, nq, nk, hd, pos, inv_freq, k_pool, v_pool, slots,       \
+                                 NormIn{resid, norm_w, eps});                                                 \
+    }
+GEMV_ROWS(2)
+GEMV_ROWS(4)
+GEMV_ROWS(8)

@@ -48,6 +48,8 @@ pub enum GemmPath {
     CublasLtDet,
     /// The batch-invariant fallback itself: `gemv_bf16` over chunks of 8 rows, any row count.
     DetGemv,
+    /// The few-row kernel (2-8 rows, `gemm_rows.rs`; what `Auto` runs there when they are on).
+    GemvRows,
 }
 
 /// Most rows `GemmPath::Auto` sends to cuBLASLt (decode batches).
@@ -147,6 +149,7 @@ pub struct Gemm {
     gemv_t1_gate_pipe: CudaFunction,
     gemv_t1_qkv_rope: CudaFunction,
     gemv_t1_qkv_rope_pipe: CudaFunction,
+    rows: super::gemm_rows::FewRows,
     /// Which [`Fusion`]s run, indexed as `Fusion::ALL`.
     fusions: [AtomicBool; 3],
     gemv_max_rows: usize,
@@ -172,6 +175,7 @@ impl Gemm {
         let gemv_t1_gate_pipe = ctx.function(Program::Gemv, "gemv_bf16_t1_gate_pipe")?;
         let gemv_t1_qkv_rope = ctx.function(Program::Gemv, "gemv_bf16_t1_qkv_rope")?;
         let gemv_t1_qkv_rope_pipe = ctx.function(Program::Gemv, "gemv_bf16_t1_qkv_rope_pipe")?;
+        let rows = super::gemm_rows::FewRows::load(&ctx)?;
         let lt = match super::gemm_lt::GemmLt::new(ctx.clone()) {
             Ok(l) => Some(l),
             Err(e) => {
@@ -192,6 +196,7 @@ impl Gemm {
             gemv_t1_gate_pipe,
             gemv_t1_qkv_rope,
             gemv_t1_qkv_rope_pipe,
+            rows,
             fusions: {
                 let off = std::env::var("STRATA_FUSION_OFF").unwrap_or_default();
                 Fusion::ALL.map(|f| AtomicBool::new(!off.split(',').any(|n| n.trim() == f.name())))
@@ -239,6 +244,45 @@ impl Gemm {
     pub fn with_gemv_max_rows(mut self, rows: usize) -> Self {
         self.gemv_max_rows = rows.min(GEMV_MAX_ROWS);
         self
+    }
+
+    /// Turns the few-row GEMVs (`gemm_rows.rs`; off by default, `STRATA_GEMV_ROWS=1`) on or off
+    /// for later calls and graph captures.
+    pub fn set_few_rows(&self, on: bool) {
+        self.rows.set_on(on);
+    }
+
+    /// Whether the few-row GEMVs run (see [`Gemm::set_few_rows`]).
+    pub fn few_rows(&self) -> bool {
+        self.rows.is_on()
+    }
+
+    /// The few-row kernel index for x of `t` rows of `k` inputs, outside batch-invariant mode.
+    fn rows_index(&self, t: usize, k: usize) -> Option<usize> {
+        (!self.deterministic)
+            .then(|| self.rows.index(t, k))
+            .flatten()
+    }
+
+    /// Launches few-row kernel `f` (of `gemm_rows::ROWS_T[i]` rows) over `n_out` outputs.
+    ///
+    /// # Safety
+    /// `args` are the kernel's arguments with every pointer and extent checked by the caller;
+    /// x holds `t <= ROWS_T[i]` rows of k bf16, 16-byte aligned.
+    unsafe fn launch_rows(
+        &self,
+        f: &CudaFunction,
+        i: usize,
+        n_out: usize,
+        k: usize,
+        args: &[Arg],
+    ) -> Result<()> {
+        let dims = Dims {
+            smem: (super::gemm_rows::ROWS_T[i] * k * 2) as u32,
+            ..t1_dims(n_out, k)
+        };
+        // SAFETY: as the caller guarantees.
+        unsafe { launch(f, self.ctx.stream().cu_stream(), dims, args) }
     }
 
     /// What cuBLASLt's per-shape algorithm timing found so far (empty without cuBLASLt).
@@ -324,7 +368,7 @@ impl Gemm {
         let k = w.shape().get(1).copied().unwrap_or(0);
         self.fused(Fusion::GateSilu)
             && !self.deterministic
-            && x.shape().first() == Some(&1)
+            && matches!(x.shape().first(), Some(&t) if t == 1 || self.rows_index(t, k).is_some())
             && w.shape().len() == 2
             && w.shape()[0] % 2 == 0
             && k % 8 == 0
@@ -345,10 +389,25 @@ impl Gemm {
             return Ok(false);
         }
         let (inter, k) = (w.shape()[0] / 2, w.shape()[1]);
-        x.expect("x", DType::Bf16, &[1, k])?;
+        let t = x.shape()[0];
+        x.expect("x", DType::Bf16, &[t, k])?;
         w.expect("w", DType::Bf16, &[2 * inter, k])?;
-        act.expect("act", DType::Bf16, &[1, inter])?;
+        act.expect("act", DType::Bf16, &[t, inter])?;
         self.ctx.cuda().bind_to_thread()?;
+        if let Some(i) = self.rows_index(t, k) {
+            let args = [
+                Arg::U64(x.ptr()),
+                Arg::U64(w.ptr()),
+                Arg::U64(act.ptr()),
+                Arg::I32(t as i32),
+                Arg::I32(inter as i32),
+                Arg::I32(k as i32),
+            ];
+            // SAFETY: shapes, dtypes and alignment checked above: x t x k, w 2 * inter x k, act
+            // t x inter bf16; the kernel stages t <= ROWS_T[i] rows and writes t rows of act.
+            unsafe { self.launch_rows(&self.rows.gate[i], i, inter, k, &args) }?;
+            return Ok(true);
+        }
         let f = if k >= GEMV_T1_PIPE_MIN_IN {
             &self.gemv_t1_gate_pipe
         } else {
@@ -394,12 +453,16 @@ impl Gemm {
             } => (y, Some((resid, weight, eps))),
         };
         let rows = [x, norm.map(|(r, _, _)| r)];
+        // One row, or a few through the few-row kernel when it is on.
+        let t = qkv.shape().first().copied().unwrap_or(0);
+        let few = self.rows_index(t, k);
         if !self.fused(Fusion::QkvRope)
             || self.deterministic
+            || (t != 1 && few.is_none())
             || rows
                 .iter()
                 .flatten()
-                .any(|t| t.shape().first() != Some(&1) || t.ptr() % 16 != 0)
+                .any(|r| r.shape().first() != Some(&t) || r.ptr() % 16 != 0)
             || k % 8 != 0
             || k > GEMV_T1_MAX_IN
             || w.ptr() % 16 != 0
@@ -408,9 +471,9 @@ impl Gemm {
         {
             return Ok(false);
         }
-        for t in rows.iter().flatten() {
-            self.ctx.check_device("x", t)?;
-            t.expect("x", DType::Bf16, &[1, k])?;
+        for r in rows.iter().flatten() {
+            self.ctx.check_device("x", r)?;
+            r.expect("x", DType::Bf16, &[t, k])?;
         }
         self.ctx.check_device("w", w)?;
         w.expect("w", DType::Bf16, &[width, k])?;
@@ -429,8 +492,8 @@ impl Gemm {
             slots,
             host_slots,
         )?;
-        ensure(kv_dim == nk * hd && qkv.shape() == [1, width], || {
-            format!("qkv [1, {width}] and pool rows of {} expected", nk * hd)
+        ensure(kv_dim == nk * hd && qkv.shape() == [t, width], || {
+            format!("qkv [{t}, {width}] and pool rows of {} expected", nk * hd)
         })?;
         self.ctx.cuda().bind_to_thread()?;
         let pairs = width / 2;
@@ -440,6 +503,32 @@ impl Gemm {
             &self.gemv_t1_qkv_rope
         };
         let i = |v: usize| Arg::I32(v as i32);
+        if let Some(ri) = few {
+            let args = [
+                Arg::U64(x.map_or(0, |x| x.ptr())),
+                Arg::U64(w.ptr()),
+                Arg::U64(qkv.ptr()),
+                i(t),
+                i(pairs),
+                i(k),
+                i(nq),
+                i(nk),
+                i(hd),
+                Arg::U64(pos.ptr()),
+                Arg::U64(inv_freq.ptr()),
+                Arg::U64(k_pool.ptr()),
+                Arg::U64(v_pool.ptr()),
+                Arg::U64(slots.ptr()),
+                Arg::U64(norm.map_or(0, |(r, _, _)| r.ptr())),
+                Arg::U64(norm.map_or(0, |(_, nw, _)| nw.ptr())),
+                Arg::F32(norm.map_or(0.0, |(_, _, e)| e)),
+            ];
+            // SAFETY: as the single-row launch below, for t rows: x (or y and resid) t rows of
+            // k, qkv t rows of width, pos and slots t i32 each (rope_checks / kv_checks), every
+            // host slot in range; row r writes qkv row r and its slot's pool rows.
+            unsafe { self.launch_rows(&self.rows.qkv_rope[ri], ri, pairs, k, &args) }?;
+            return Ok(true);
+        }
         let args = [
             Arg::U64(x.map_or(0, |x| x.ptr())),
             Arg::U64(w.ptr()),
@@ -519,6 +608,7 @@ impl Gemm {
                     GemmPath::GemvT1
                 }
             }
+            GemmPath::Auto if gemv_ok && self.rows_index(t, k).is_some() => GemmPath::GemvRows,
             GemmPath::Auto if gemv_ok && t <= self.gemv_max_rows && k <= GEMV_MAX_IN => {
                 GemmPath::Gemv
             }
@@ -568,6 +658,25 @@ impl Gemm {
             // SAFETY: shapes and dtypes checked above; one row of x (k <= GEMV_T1_MAX_IN bf16 in
             // shared memory), 16-byte aligned rows.
             return unsafe { self.launch_t1(f, x, w, y, n_out, k) };
+        }
+        if path == GemmPath::GemvRows {
+            let i = super::gemm_rows::index_for(t, k);
+            ensure(gemv_ok && i.is_some(), || {
+                format!("few-row GEMV needs 2-8 aligned rows of in % 8 == 0 in shared memory (T {t}, in {k})")
+            })?;
+            let i = i.expect("checked");
+            let args = [
+                Arg::U64(x.ptr()),
+                Arg::U64(w.ptr()),
+                Arg::U64(y.ptr()),
+                Arg::I32(t as i32),
+                Arg::I32(n_out as i32),
+                Arg::I32(k as i32),
+                Arg::I32((y.dtype() == DType::F32) as i32),
+            ];
+            // SAFETY: shapes and dtypes checked above (x [t, k], w [n_out, k], y [t, n_out]),
+            // 16-byte aligned rows, t <= ROWS_T[i] rows staged in its shared memory.
+            return unsafe { self.launch_rows(&self.rows.plain[i], i, n_out, k, &args) };
         }
         if path == GemmPath::Gemv {
             ensure(gemv_ok, || {

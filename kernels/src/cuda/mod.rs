@@ -20,6 +20,7 @@ mod f32k;
 pub mod gemm;
 pub mod gemm_det;
 pub mod gemm_lt;
+pub mod gemm_rows;
 pub mod host_copy;
 pub mod info;
 pub mod ipc;

@@ -145,6 +145,97 @@ static void rope_kv_write_case(int nq, int nk, int hd) {
     expect_same(what + ": v pool", va, vb);
 }
 
+// The few-row GEMVs (T = 2, 4, 8 rows staged, `rows` of them live) against the single-row
+// kernels on each row: plain (y of each row), gate_up + SiLU, and qkv + RoPE + pool write (of
+// the rows, of rmsnorm(y + resid) and of rmsnorm(resid) staged), every row its own position
+// and slot (one skipped).
+template <int T>
+static void rows_plain(int rows, int k, int n) {
+    const auto x = bf16_vec((size_t)rows * k, 1.f), w = bf16_vec((size_t)n * k, 0.05f);
+    std::vector<bf16_t> want((size_t)rows * n), got((size_t)rows * n);
+    const bf16_t *X = x.data(), *W = w.data();
+    for (int t = 0; t < rows; ++t) {
+        bf16_t* Y = want.data() + (size_t)t * n;
+        const bf16_t* Xt = X + (size_t)t * k;
+        launch(t1_grid(n), 256, [=] { gemv_bf16_t1(Xt, W, Y, n, k, 0); });
+    }
+    bf16_t* G = got.data();
+    if (T == 2) launch(t1_grid(n), 256, [=] { gemv_bf16_rows2(X, W, G, rows, n, k, 0); });
+    if (T == 4) launch(t1_grid(n), 256, [=] { gemv_bf16_rows4(X, W, G, rows, n, k, 0); });
+    if (T == 8) launch(t1_grid(n), 256, [=] { gemv_bf16_rows8(X, W, G, rows, n, k, 0); });
+    expect_same("rows" + std::to_string(T) + " GEMV of " + std::to_string(rows) + " rows in" + std::to_string(k) +
+                    " out" + std::to_string(n),
+                got, want);
+}
+template <int T>
+static void rows_gate(int rows, int k, int inter) {
+    const auto x = bf16_vec((size_t)rows * k, 1.f), w = bf16_vec((size_t)2 * inter * k, 0.05f);
+    std::vector<bf16_t> want((size_t)rows * inter), got((size_t)rows * inter);
+    const bf16_t *X = x.data(), *W = w.data();
+    for (int t = 0; t < rows; ++t) {
+        bf16_t* Y = want.data() + (size_t)t * inter;
+        const bf16_t* Xt = X + (size_t)t * k;
+        launch(t1_grid(inter), 256, [=] { gemv_bf16_t1_gate(Xt, W, Y, inter, k, 0); });
+    }
+    bf16_t* G = got.data();
+    if (T == 2) launch(t1_grid(inter), 256, [=] { gemv_bf16_rows2_gate(X, W, G, rows, inter, k); });
+    if (T == 4) launch(t1_grid(inter), 256, [=] { gemv_bf16_rows4_gate(X, W, G, rows, inter, k); });
+    if (T == 8) launch(t1_grid(inter), 256, [=] { gemv_bf16_rows8_gate(X, W, G, rows, inter, k); });
+    expect_same("rows" + std::to_string(T) + " gate_up+SiLU of " + std::to_string(rows) + " rows in" +
+                    std::to_string(k) + " inter" + std::to_string(inter),
+                got, want);
+}
+template <int T>
+static void rows_qkv_rope(int rows, int nq, int nk, int hd, int mode) {
+    const int k = 2048, width = (nq + 2 * nk) * hd, kv_dim = nk * hd, slots = 16, pairs = width / 2;
+    const auto x = bf16_vec((size_t)rows * k, 1.f), resid = bf16_vec((size_t)rows * k, 1.f);
+    const auto nw = bf16_vec(k, 0.5f, 1.f), w = bf16_vec((size_t)width * k, 0.05f);
+    const auto pool0 = bf16_vec((size_t)slots * kv_dim, 1.f);
+    std::vector<float> inv(hd / 2);
+    for (int i = 0; i < hd / 2; ++i) inv[i] = powf(500000.f, -2.f * i / hd);
+    static int pos[8], sl[8];
+    for (int t = 0; t < 8; ++t) {
+        pos[t] = (int)(next_u64() % 131072);
+        sl[t] = t == 1 ? -1 : 2 * t;  // row 1 writes no slot
+    }
+    const float* I = inv.data();
+    const float eps = 1e-5f;
+    const bf16_t *W = w.data(), *NW = mode == 0 ? nullptr : nw.data();
+    std::vector<bf16_t> qa((size_t)rows * width), ka = pool0, va = pool0;
+    std::vector<bf16_t> qb((size_t)rows * width), kb = pool0, vb = pool0;
+    for (int t = 0; t < rows; ++t) {
+        const bf16_t* X = mode == 2 ? nullptr : x.data() + (size_t)t * k;
+        const bf16_t* R = mode == 0 ? nullptr : resid.data() + (size_t)t * k;
+        bf16_t *Q = qa.data() + (size_t)t * width, *KP = ka.data(), *VP = va.data();
+        const int *P = pos + t, *S = sl + t;
+        launch(t1_grid(pairs), 256, [=] {
+            gemv_bf16_t1_qkv_rope(X, W, Q, pairs, k, nq, nk, hd, P, I, KP, VP, S, R, NW, eps);
+        });
+    }
+    const bf16_t* X = mode == 2 ? nullptr : x.data();
+    const bf16_t* R = mode == 0 ? nullptr : resid.data();
+    bf16_t *Q = qb.data(), *KP = kb.data(), *VP = vb.data();
+    const int *P = pos, *S = sl;
+    if (T == 2)
+        launch(t1_grid(pairs), 256, [=] {
+            gemv_bf16_rows2_qkv_rope(X, W, Q, rows, pairs, k, nq, nk, hd, P, I, KP, VP, S, R, NW, eps);
+        });
+    if (T == 4)
+        launch(t1_grid(pairs), 256, [=] {
+            gemv_bf16_rows4_qkv_rope(X, W, Q, rows, pairs, k, nq, nk, hd, P, I, KP, VP, S, R, NW, eps);
+        });
+    if (T == 8)
+        launch(t1_grid(pairs), 256, [=] {
+            gemv_bf16_rows8_qkv_rope(X, W, Q, rows, pairs, k, nq, nk, hd, P, I, KP, VP, S, R, NW, eps);
+        });
+    const char* of[] = {"rows", "rmsnorm(y + resid)", "rmsnorm(resid)"};
+    const std::string what = "rows" + std::to_string(T) + " qkv+RoPE of " + std::to_string(rows) + " " + of[mode] +
+                             " h" + std::to_string(nq) + "/" + std::to_string(nk) + " d" + std::to_string(hd);
+    expect_same(what + ": qkv", qb, qa);
+    expect_same(what + ": k pool", kb, ka);
+    expect_same(what + ": v pool", vb, va);
+}
+
 // rmsnorm_add2 against two rmsnorm calls: the output and the residual.
 static void rmsnorm_add2_case(int h) {
     const auto x1 = bf16_vec(h, 1.f), x2 = bf16_vec(h, 1.f), r0 = bf16_vec(h, 1.f), w = bf16_vec(h, 0.5f, 1.f);
@@ -174,5 +265,20 @@ int main(int argc, char** argv) {
     rope_kv_write_case(3, 1, 40);
     rmsnorm_add2_case(2048);
     rmsnorm_add2_case(4096);
+    rows_plain<2>(2, 1000, 77);
+    rows_plain<2>(1, 2048, 64);
+    rows_plain<4>(4, 1000, 77);
+    rows_plain<4>(3, 4096, 40);
+    rows_plain<8>(8, 1000, 77);
+    rows_plain<8>(5, 2048, 33);
+    rows_gate<2>(2, 1000, 40);
+    rows_gate<4>(3, 2048, 64);
+    rows_gate<8>(8, 1000, 24);
+    rows_qkv_rope<4>(3, 4, 2, 64, 0);
+    rows_qkv_rope<4>(4, 4, 2, 64, 1);
+    rows_qkv_rope<4>(2, 4, 2, 64, 2);
+    rows_qkv_rope<2>(2, 2, 1, 128, 1);
+    rows_qkv_rope<8>(8, 2, 1, 128, 1);
+    rows_qkv_rope<8>(6, 2, 2, 32, 0);
     return g_failed ? 1 : 0;
 }

@@ -214,6 +214,21 @@ pub fn run(
                     }
                 }
             }
+            // 2-8 rows: the same graph with the few-row GEMVs (off by default) and without.
+            if (2..=8).contains(&b) && !args.deterministic {
+                let was = gemm.few_rows();
+                gemm.set_few_rows(true);
+                let on = replay();
+                gemm.set_few_rows(false);
+                let off = replay();
+                gemm.set_few_rows(was);
+                if let (Some(a), Some(n)) = (on?, off?) {
+                    summary.push(format!(
+                        "  b{b} graph step with the few-row GEMVs {a:.3} ms, without {n:.3} ms (x{:.3})",
+                        a / n
+                    ));
+                }
+            }
             // Small batches plan the decode2 cluster form: the same graph with the split kernel
             // (and its combine launch), side by side.
             let graphed_split = if input.plan.cluster() > 0 {
@@ -910,7 +925,7 @@ fn gemv_breakdown(
     ] {
         let w = c.alloc(bf, &[n, k])?;
         ops.fill_uniform(&w, 7, 0.02)?;
-        for t in [1usize, 32] {
+        for t in [1usize, 2, 4, 8, 32] {
             let x = c.alloc(bf, &[t, k])?;
             let y = c.alloc(bf, &[t, n])?;
             ops.fill_uniform(&x, 8, 1.0)?;
@@ -925,6 +940,8 @@ fn gemv_breakdown(
                     GemmPath::CublasLtDet,
                     GemmPath::DetGemv,
                 ]
+            } else if t <= 8 {
+                &[GemmPath::CublasLt, GemmPath::GemvRows]
             } else {
                 &[
                     GemmPath::Cublas,

@@ -9,10 +9,10 @@ use strata_kernels::reference as r;
 
 use super::check::{shuffle, Checker};
 
-const BF16_TOL: f64 = 1e-2;
+pub(super) const BF16_TOL: f64 = 1e-2;
 
 /// How many elements of `a` and `b` differ in their bits (the exact comparisons' metric).
-fn bit_diffs(a: &[f32], b: &[f32]) -> usize {
+pub(super) fn bit_diffs(a: &[f32], b: &[f32]) -> usize {
     a.iter()
         .zip(b)
         .filter(|(x, y)| x.to_bits() != y.to_bits())
@@ -20,14 +20,14 @@ fn bit_diffs(a: &[f32], b: &[f32]) -> usize {
 }
 
 /// The tensors' contents as f32, in order (for comparing whole runs with [`runs_bit_diffs`]).
-fn downloads(ops: &CudaOps, ts: &[&DTensor]) -> anyhow::Result<Vec<Vec<f32>>> {
+pub(super) fn downloads(ops: &CudaOps, ts: &[&DTensor]) -> anyhow::Result<Vec<Vec<f32>>> {
     ts.iter()
         .map(|t| Ok(ops.context().download_f32(t)?))
         .collect()
 }
 
 /// [`bit_diffs`] summed over two runs' tensors.
-fn runs_bit_diffs(a: &[Vec<f32>], b: &[Vec<f32>]) -> usize {
+pub(super) fn runs_bit_diffs(a: &[Vec<f32>], b: &[Vec<f32>]) -> usize {
     a.iter().zip(b).map(|(x, y)| bit_diffs(x, y)).sum()
 }
 
@@ -36,7 +36,7 @@ fn poisoned(ops: &CudaOps, t: DTensor) -> anyhow::Result<DTensor> {
     Ok(t)
 }
 
-fn bf16_out(ops: &CudaOps, shape: &[usize]) -> anyhow::Result<DTensor> {
+pub(super) fn bf16_out(ops: &CudaOps, shape: &[usize]) -> anyhow::Result<DTensor> {
     poisoned(
         ops,
         ops.context()

@@ -17,6 +17,7 @@ mod check_det;
 mod check_host_copy;
 mod check_ops;
 mod check_pd_copy;
+mod check_rows;
 mod check_sampling;
 mod golden;
 mod runner_logits;
