@@ -1,7 +1,7 @@
 //! The fused single-row decode kernels of kernels/cuda/gemv.cu (qkv + RoPE + pool write, with
 //! the input norm staged or not, one and two steps in flight; gate_up + SiLU; the SiLU staged in
 //! the down GEMV), `rope_kv_write` (16-byte and scalar paths) and `rmsnorm_add2`, bit for bit
-//! against the kernels they replace, run on the CPU under the host-thread CUDA emulation
+//! against the kernels they replace, and the few-row GEMVs against the single-row ones row by row, run on the CPU under the host-thread CUDA emulation
 //! (tests/cuda_emu/shim.h, compiled with g++; see fused_main.cpp). CI has no GPU: this holds the
 //! kernels' logic (weight-row maps, epilogue indexing, the staged norm's use of rmsnorm's
 //! reduction) on every change. Rounding that depends on how nvcc contracts FMAs inside each
