@@ -29,7 +29,8 @@
 #   decode   `gpu check` of every kernel the decode-speed work changed (argmax, GEMMs incl. the det
 #            GEMV fallback, the fused gate_up+SiLU and qkv+RoPE GEMVs, attention, row ops), then
 #            `gpu bench --only decode` at batch 1 and 32 (DECODE_BATCHES), ctx 1024, for the 8B and
-#            1B shapes: graph step with and without PDL, with and without each single-row epilogue
+#            1B shapes (DECODE_BATCHES=1,2,4,8 also times the few-row GEMVs, off by default, and
+#            `gpu check --only few_rows` checks them): graph step with and without PDL, with and without each single-row epilogue
 #            fusion, cluster vs split attention, each layer op's share of the graph step, the eager per-op breakdown,
 #            attention by split count and cluster size, per-shape GEMV paths
 #   itl      scripts/gpu-itl-ab.sh (served ITL at c=1 on two identical servers vs the raw graph
@@ -117,14 +118,14 @@ for s in $STEPS; do
       timeout $(left 200) python3 scripts/hf_runner_compare.py --strata "$STRATA" --models /tmp/strata-models/trained \
         --json "$OUT/trained-compare.json" 2>&1 | grep -v Warning > "$OUT/trained-compare.log"
       r2=${PIPESTATUS[0]}; cat "$OUT/trained-compare.log"; [ $rc -eq 0 ] && rc=$r2 ;;
-    decode) timeout $(left 150) "$STRATA" gpu check --only argmax_rows,gemm,silu_linear,gate_silu,qkv_rope,rmsnorm_add2,rmsnorm,rope,rope_kv_write,attention,fixed_decode_plan \
+    decode) timeout $(left 150) "$STRATA" gpu check --only argmax_rows,gemm,silu_linear,gate_silu,qkv_rope,few_rows,rmsnorm_add2,rmsnorm,rope,rope_kv_write,attention,fixed_decode_plan \
         --json "$OUT/check-decode.json" > "$OUT/check-decode.log" 2>&1
       rc=$?; grep -E "FAIL|error|gpu check:" "$OUT/check-decode.log" | tail -30
       for shape in ${DECODE_SHAPES:-llama-3.1-8b llama-3.2-1b}; do
         timeout $(left 200) "$STRATA" gpu bench --only decode --shape "$shape" --decode-batches ${DECODE_BATCHES:-1,32} \
           --decode-ctx 1024 --json "$OUT/decode-$shape.json" > "$OUT/decode-$shape.log" 2>&1 || { echo "bench $shape rc=$?"; rc=1; }
         echo "== $shape"
-        grep -E "^decode b|graph step|op breakdown|attention (as|cluster)|GemvT1 |GemvT1Pipe|CublasLtDet|DetGemv|d2d copy" "$OUT/decode-$shape.log" | cut -c1-400
+        grep -E "^decode b|graph step|op breakdown|attention (as|cluster)|decode MMA|GemvT1 |GemvT1Pipe|GemvRows|CublasLt |CublasLtDet|DetGemv|d2d copy" "$OUT/decode-$shape.log" | cut -c1-400
       done ;;
     decmma) timeout $(left 100) "$STRATA" gpu check --only attention,fixed_decode_plan --json "$OUT/check-decmma.json" \
         > "$OUT/check-decmma.log" 2>&1
