@@ -32,11 +32,7 @@ __device__ __forceinline__ void dm_decode_body(const bf16_t* q, int q_stride, co
     constexpr int KW = KT / DM_WARPS;        // keys of a tile per warp
     constexpr int NT = KW / 8;               // 8-key n-tiles of S per warp
     constexpr int DT = HD / 8;               // 8-dim n-tiles of O
-    constexpr int KPW = 32 / CPR;            // keys one warp copies per pass
-    constexpr int KPP = DM_THREADS / CPR;    // keys the block copies per pass
-    constexpr int PASSES = KT / KPP;         // copy passes per tile
-    static_assert(KPW * PASSES <= 32, "one lane looks up each key its warp copies");
-    static_assert(KT % KPP == 0 && KW % 16 == 0, "tile shape");
+    static_assert(KW % 16 == 0, "tile shape");
     extern __shared__ __align__(16) unsigned char dm_smem[];
     bf16_t* ks = (bf16_t*)dm_smem;      // [NST][KT][ST]
     bf16_t* vs = ks + NST * KT * ST;    // [NST][KT][ST]
@@ -57,25 +53,10 @@ __device__ __forceinline__ void dm_decode_body(const bf16_t* q, int q_stride, co
     const int gid = lane >> 2, tig = lane & 3;
     const float sl2 = scale * 1.4426950408889634f;
 
-    // K/V copies as the FA2 kernel's: thread tid moves piece tid % CPR of keys jc + KPP i.
-    const int jc = tid / CPR;
-    const u64 row_bytes = (u64)n_kv_heads * HD * 2;
-    const u32 tcol = (T.g * HD + (tid % CPR) * 8) * 2;
-    const int my_key = warp * KPW + lane % KPW + KPP * (lane / KPW);
-    u32 code = 0;
-    auto lookup = [&](int t0) { code = pf_slot_code(T, t0 + my_key, page_size, lane < KPW * PASSES); };
-    auto issue = [&](int st) {
-        const u32 kd = fa_smem_addr(ks + st * KT * ST + jc * ST + (tid % CPR) * 8);
-        const u32 vd = kd + NST * KT * ST * 2;
-#pragma unroll
-        for (int i = 0; i < PASSES; ++i) {
-            const u32 c = __shfl_sync(FULL_MASK, code, i * KPW + lane / CPR);
-            const u64 off = (u64)(c >> 1) * row_bytes + tcol;
-            const int bytes = (c & 1) * 16;
-            pf_cp16(kd + i * KPP * ST * 2, (const char*)k_pool + off, bytes);
-            pf_cp16(vd + i * KPP * ST * 2, (const char*)v_pool + off, bytes);
-        }
-    };
+    // K/V copies as the FA2 kernel's (FaKvCopy, attention_prefill.cu).
+    FaKvCopy<HD, KT, NST, DM_THREADS> kv(T, ks, n_kv_heads);
+    auto lookup = [&](int t0) { kv.lookup(T, t0, page_size); };
+    auto issue = [&](int st) { kv.issue(st, k_pool, v_pool); };
 
     // Programmatic dependent launch: the previous kernel writes q and the row's own K/V (key
     // pos); every other key, the tile list and the page tables were written before it started,

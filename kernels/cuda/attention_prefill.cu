@@ -47,6 +47,50 @@ __device__ __forceinline__ void fa_ldsm4_t(u32* r, const bf16_t* p) {
                  : "r"(a));
 }
 
+// The K/V tile copies of the mma.sync kernels (this one and attention_decode_mma.cu): KT keys
+// of one KV head into stage st of ks / vs ([NST][KT][HD + 8] bf16 each, vs right after ks) by
+// THREADS threads. Thread tid moves piece `tid % CPR` of keys jc + KPP * i of a tile (i <
+// PASSES). Lane L < KPW * PASSES of warp w looks up the pool slot of key
+// w * KPW + L % KPW + KPP * (L / KPW) (one division and one L1-cached page-table load per key and
+// tile, made right after the previous tile's copies were issued) and hands it to the copying
+// lanes by shuffle as 2 * slot + live (dead keys past kend: 0, zero-filled).
+template <int HD, int KT, int NST, int THREADS>
+struct FaKvCopy {
+    static constexpr int ST = HD + 8, CPR = HD / 8, KPW = 32 / CPR, KPP = THREADS / CPR, PASSES = KT / KPP;
+    static_assert(KPW * PASSES <= 32, "one lane looks up each key its warp copies");
+    static_assert(KT % KPP == 0, "whole copy passes per tile");
+    const bf16_t* ks;
+    int tid, lane, jc, my_key;
+    u64 row_bytes;
+    u32 tcol;  // byte column of this thread's piece
+    u32 code;
+    __device__ __forceinline__ FaKvCopy(const PfTile& t, const bf16_t* ks_, int n_kv_heads) {
+        ks = ks_;
+        tid = threadIdx.x;
+        lane = tid & 31;
+        jc = tid / CPR;
+        row_bytes = (u64)n_kv_heads * HD * 2;
+        tcol = (t.g * HD + (tid % CPR) * 8) * 2;
+        my_key = (tid >> 5) * KPW + lane % KPW + KPP * (lane / KPW);
+        code = 0;
+    }
+    __device__ __forceinline__ void lookup(const PfTile& t, int t0, int page_size) {
+        code = pf_slot_code(t, t0 + my_key, page_size, lane < KPW * PASSES);
+    }
+    __device__ __forceinline__ void issue(int st, const bf16_t* k_pool, const bf16_t* v_pool) {
+        const u32 kd = fa_smem_addr(ks + st * KT * ST + jc * ST + (tid % CPR) * 8);
+        const u32 vd = kd + NST * KT * ST * 2;
+#pragma unroll
+        for (int i = 0; i < PASSES; ++i) {
+            const u32 c = __shfl_sync(FULL_MASK, code, i * KPW + lane / CPR);
+            const u64 off = (u64)(c >> 1) * row_bytes + tcol;
+            const int bytes = (c & 1) * 16;
+            pf_cp16(kd + i * KPP * ST * 2, (const char*)k_pool + off, bytes);
+            pf_cp16(vd + i * KPP * ST * 2, (const char*)v_pool + off, bytes);
+        }
+    }
+};
+
 template <int HD, int KT, int KS, int NST>
 __device__ __forceinline__ void fa_prefill_body(
     const bf16_t* q, int q_stride, const bf16_t* k_pool, const bf16_t* v_pool,
@@ -57,11 +101,7 @@ __device__ __forceinline__ void fa_prefill_body(
     constexpr int CPR = HD / 8;           // 16-byte pieces per row
     constexpr int NT = KS / 8;            // 8-key n-tiles of S per compute step
     constexpr int DT = HD / 8;            // 8-dim n-tiles of O
-    constexpr int KPW = 32 / CPR;         // keys one warp copies per pass
-    constexpr int KPP = FA_THREADS / CPR; // keys the block copies per pass
-    constexpr int PASSES = KT / KPP;      // copy passes per tile
-    static_assert(KPW * PASSES <= 32, "one lane looks up each key its warp copies");
-    static_assert(KT % KPP == 0 && KT % KS == 0 && NT % 2 == 0, "tile shape");
+    static_assert(KT % KS == 0 && NT % 2 == 0, "tile shape");
     extern __shared__ __align__(16) unsigned char fa_smem[];
     bf16_t* qs = (bf16_t*)fa_smem;       // [FA_ROWS][ST]
     bf16_t* ks = qs + FA_ROWS * ST;      // [NST][KT][ST]
@@ -80,29 +120,10 @@ __device__ __forceinline__ void fa_prefill_body(
         pf_cp16(fa_smem_addr(qs + r * ST + piece * 8), live ? pf_q_src<HD>(T, q, q_stride, r, piece) : q,
                 live ? 16 : 0);
     }
-    // K/V copies: this thread moves piece `tid % CPR` of keys jc + KPP * i of a tile (i <
-    // PASSES). Lane L < KPW * PASSES of warp w looks up the pool slot of key
-    // w * KPW + L % KPW + KPP * (L / KPW) (one division and one L1-cached page-table load per
-    // key and tile, made right after the previous tile's copies were issued) and hands it to the
-    // copying lanes by shuffle as 2 * slot + live (dead keys past kend: 0, zero-filled).
-    const int jc = tid / CPR;
-    const u64 row_bytes = (u64)n_kv_heads * HD * 2;
-    const u32 tcol = (T.g * HD + (tid % CPR) * 8) * 2;  // byte column of this thread's piece
-    const int my_key = warp * KPW + lane % KPW + KPP * (lane / KPW);
-    u32 code = 0;
-    auto lookup = [&](int t0) { code = pf_slot_code(T, t0 + my_key, page_size, lane < KPW * PASSES); };
-    auto issue = [&](int st) {
-        const u32 kd = fa_smem_addr(ks + st * KT * ST + jc * ST + (tid % CPR) * 8);
-        const u32 vd = kd + NST * KT * ST * 2;
-#pragma unroll
-        for (int i = 0; i < PASSES; ++i) {
-            const u32 c = __shfl_sync(FULL_MASK, code, i * KPW + lane / CPR);
-            const u64 off = (u64)(c >> 1) * row_bytes + tcol;
-            const int bytes = (c & 1) * 16;
-            pf_cp16(kd + i * KPP * ST * 2, (const char*)k_pool + off, bytes);
-            pf_cp16(vd + i * KPP * ST * 2, (const char*)v_pool + off, bytes);
-        }
-    };
+    // K/V copies (FaKvCopy).
+    FaKvCopy<HD, KT, NST, FA_THREADS> kv(T, ks, n_kv_heads);
+    auto lookup = [&](int t0) { kv.lookup(T, t0, page_size); };
+    auto issue = [&](int st) { kv.issue(st, k_pool, v_pool); };
 
     // Warp rows: the thread's row i = 2 * mt + h is row 32 * warp + 16 * mt + gid + 8 * h.
     const int wr0 = warp * 32;

@@ -503,36 +503,15 @@ impl Gemm {
             &self.gemv_t1_qkv_rope
         };
         let i = |v: usize| Arg::I32(v as i32);
-        if let Some(ri) = few {
-            let args = [
-                Arg::U64(x.map_or(0, |x| x.ptr())),
-                Arg::U64(w.ptr()),
-                Arg::U64(qkv.ptr()),
-                i(t),
-                i(pairs),
-                i(k),
-                i(nq),
-                i(nk),
-                i(hd),
-                Arg::U64(pos.ptr()),
-                Arg::U64(inv_freq.ptr()),
-                Arg::U64(k_pool.ptr()),
-                Arg::U64(v_pool.ptr()),
-                Arg::U64(slots.ptr()),
-                Arg::U64(norm.map_or(0, |(r, _, _)| r.ptr())),
-                Arg::U64(norm.map_or(0, |(_, nw, _)| nw.ptr())),
-                Arg::F32(norm.map_or(0.0, |(_, _, e)| e)),
-            ];
-            // SAFETY: as the single-row launch below, for t rows: x (or y and resid) t rows of
-            // k, qkv t rows of width, pos and slots t i32 each (rope_checks / kv_checks), every
-            // host slot in range; row r writes qkv row r and its slot's pool rows.
-            unsafe { self.launch_rows(&self.rows.qkv_rope[ri], ri, pairs, k, &args) }?;
-            return Ok(true);
-        }
-        let args = [
+        // The few-row kernels take the row count after qkv; otherwise the arguments are the same.
+        let args: Vec<Arg> = [
             Arg::U64(x.map_or(0, |x| x.ptr())),
             Arg::U64(w.ptr()),
             Arg::U64(qkv.ptr()),
+        ]
+        .into_iter()
+        .chain(few.map(|_| i(t)))
+        .chain([
             i(pairs),
             i(k),
             i(nq),
@@ -546,7 +525,15 @@ impl Gemm {
             Arg::U64(norm.map_or(0, |(r, _, _)| r.ptr())),
             Arg::U64(norm.map_or(0, |(_, nw, _)| nw.ptr())),
             Arg::F32(norm.map_or(0.0, |(_, _, e)| e)),
-        ];
+        ])
+        .collect();
+        if let Some(ri) = few {
+            // SAFETY: as the single-row launch below, for t rows: x (or y and resid) t rows of
+            // k, qkv t rows of width, pos and slots t i32 each (rope_checks / kv_checks), every
+            // host slot in range; row r writes qkv row r and its slot's pool rows.
+            unsafe { self.launch_rows(&self.rows.qkv_rope[ri], ri, pairs, k, &args) }?;
+            return Ok(true);
+        }
         // SAFETY: shapes, dtypes and alignment checked above (x, or y and resid, one row of k
         // bf16 and the norm weight k bf16 with k == NORM_IN_QKV; w width x k,
         // qkv one row of width, pools [slots, nk * hd] with every host slot in range, pos and
