@@ -31,28 +31,38 @@ pub(super) struct FewRows {
     pub(super) gate: Vec<CudaFunction>,
     pub(super) qkv_rope: Vec<CudaFunction>,
     on: AtomicBool,
+    /// False where the device refused [`ROWS_MAX_SMEM`] of shared memory: never used there.
+    usable: bool,
 }
 
 impl FewRows {
-    /// Loads the kernels and allows each [`ROWS_MAX_SMEM`] of dynamic shared memory.
+    /// Loads the kernels and allows each [`ROWS_MAX_SMEM`] of dynamic shared memory (a device
+    /// with less, e.g. a consumer GPU, keeps them unused, with a warning).
     pub(super) fn load(ctx: &Arc<GpuContext>) -> Result<Self> {
         let attr = cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
-        let get = |suffix: &str| -> Result<Vec<CudaFunction>> {
+        let mut usable = true;
+        let mut get = |suffix: &str| -> Result<Vec<CudaFunction>> {
             ROWS_T
                 .iter()
                 .map(|t| {
-                    let f = ctx.function(Program::Gemv, &format!("gemv_bf16_rows{t}{suffix}"))?;
+                    let name = format!("gemv_bf16_rows{t}{suffix}");
+                    let f = ctx.function(Program::Gemv, &name)?;
                     ctx.cuda().bind_to_thread()?;
-                    f.set_attribute(attr, ROWS_MAX_SMEM as i32)?;
+                    if let Err(e) = f.set_attribute(attr, ROWS_MAX_SMEM as i32) {
+                        tracing::warn!("{name}: {ROWS_MAX_SMEM} bytes of shared memory refused ({e:?}); few-row GEMVs off");
+                        usable = false;
+                    }
                     Ok(f)
                 })
                 .collect()
         };
+        let (plain, gate, qkv_rope) = (get("")?, get("_gate")?, get("_qkv_rope")?);
         Ok(Self {
-            plain: get("")?,
-            gate: get("_gate")?,
-            qkv_rope: get("_qkv_rope")?,
+            plain,
+            gate,
+            qkv_rope,
             on: AtomicBool::new(std::env::var("STRATA_GEMV_ROWS").is_ok_and(|v| v == "1")),
+            usable,
         })
     }
 
@@ -61,7 +71,7 @@ impl FewRows {
     }
 
     pub(super) fn is_on(&self) -> bool {
-        self.on.load(Ordering::Relaxed)
+        self.usable && self.on.load(Ordering::Relaxed)
     }
 
     /// The kernel index for `t` rows of `k` inputs (2 <= t <= 8, staged rows within
