@@ -127,6 +127,20 @@ impl Fusion {
 
 /// Launch shape of the single-row GEMV kernels: one warp per output (8 per block of 256), the
 /// input row of k bf16 staged in dynamic shared memory.
+/// The arguments of the several-row GEMV kernels (`gemv_bf16`, `gemv_bf16_rows*`): x, w, y, the
+/// row count, out, in and whether y is f32.
+fn rows_args(x: &DTensor, w: &DTensor, y: &DTensor, t: usize, n_out: usize, k: usize) -> [Arg; 7] {
+    [
+        Arg::U64(x.ptr()),
+        Arg::U64(w.ptr()),
+        Arg::U64(y.ptr()),
+        Arg::I32(t as i32),
+        Arg::I32(n_out as i32),
+        Arg::I32(k as i32),
+        Arg::I32((y.dtype() == DType::F32) as i32),
+    ]
+}
+
 fn t1_dims(n_out: usize, k: usize) -> Dims {
     Dims {
         grid: (n_out.div_ceil(8) as u32, 1, 1),
@@ -652,15 +666,7 @@ impl Gemm {
                 format!("few-row GEMV needs 2-8 aligned rows of in % 8 == 0 in shared memory (T {t}, in {k})")
             })?;
             let i = i.expect("checked");
-            let args = [
-                Arg::U64(x.ptr()),
-                Arg::U64(w.ptr()),
-                Arg::U64(y.ptr()),
-                Arg::I32(t as i32),
-                Arg::I32(n_out as i32),
-                Arg::I32(k as i32),
-                Arg::I32((y.dtype() == DType::F32) as i32),
-            ];
+            let args = rows_args(x, w, y, t, n_out, k);
             // SAFETY: shapes and dtypes checked above (x [t, k], w [n_out, k], y [t, n_out]),
             // 16-byte aligned rows, t <= ROWS_T[i] rows staged in its shared memory.
             return unsafe { self.launch_rows(&self.rows.plain[i], i, n_out, k, &args) };
@@ -713,15 +719,7 @@ impl Gemm {
         n_out: usize,
         k: usize,
     ) -> Result<()> {
-        let args = [
-            Arg::U64(x.ptr()),
-            Arg::U64(w.ptr()),
-            Arg::U64(y.ptr()),
-            Arg::I32(t as i32),
-            Arg::I32(n_out as i32),
-            Arg::I32(k as i32),
-            Arg::I32((y.dtype() == DType::F32) as i32),
-        ];
+        let args = rows_args(x, w, y, t, n_out, k);
         let dims = Dims {
             grid: (
                 (n_out * 32).div_ceil(256) as u32,
