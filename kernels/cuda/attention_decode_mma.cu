@@ -147,15 +147,7 @@ __device__ __forceinline__ void dm_decode_body(const bf16_t* q, int q_stride, co
             mx[0] = fmaxf(mx[0], fmaxf(s[n][0], s[n][1]));
             mx[1] = fmaxf(mx[1], fmaxf(s[n][2], s[n][3]));
         }
-        bool grew = false;
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            mx[h] = fmaxf(mx[h], __shfl_xor_sync(FULL_MASK, mx[h], 1));
-            mx[h] = fmaxf(mx[h], __shfl_xor_sync(FULL_MASK, mx[h], 2));
-            mx[h] = fmaxf(m[h], mx[h] * sl2);
-            grew |= mx[h] > m[h];
-        }
-        if (__any_sync(FULL_MASK, grew)) {
+        if (pf_new_max<2>(mx, m, sl2)) {
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
                 const float corr = pf_ex2(m[h] - mx[h]);

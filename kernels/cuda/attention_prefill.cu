@@ -224,15 +224,7 @@ __device__ __forceinline__ void fa_prefill_body(
                     mx[2 * mt] = fmaxf(mx[2 * mt], fmaxf(s[mt][n][0], s[mt][n][1]));
                     mx[2 * mt + 1] = fmaxf(mx[2 * mt + 1], fmaxf(s[mt][n][2], s[mt][n][3]));
                 }
-            bool grew = false;
-#pragma unroll
-            for (int i = 0; i < 4; ++i) {
-                mx[i] = fmaxf(mx[i], __shfl_xor_sync(FULL_MASK, mx[i], 1));
-                mx[i] = fmaxf(mx[i], __shfl_xor_sync(FULL_MASK, mx[i], 2));
-                mx[i] = fmaxf(m[i], mx[i] * sl2);  // the new max, in scaled units
-                grew |= mx[i] > m[i];
-            }
-            if (__any_sync(FULL_MASK, grew)) {
+            if (pf_new_max<4>(mx, m, sl2)) {
 #pragma unroll
                 for (int i = 0; i < 4; ++i) {
                     const float corr = pf_ex2(m[i] - mx[i]);

@@ -255,15 +255,7 @@ __device__ __forceinline__ void wg_prefill_body(
             mx[0] = fmaxf(mx[0], fmaxf(s[4 * n], s[4 * n + 1]));
             mx[1] = fmaxf(mx[1], fmaxf(s[4 * n + 2], s[4 * n + 3]));
         }
-        bool grew = false;
-#pragma unroll
-        for (int h = 0; h < 2; ++h) {
-            mx[h] = fmaxf(mx[h], __shfl_xor_sync(FULL_MASK, mx[h], 1));
-            mx[h] = fmaxf(mx[h], __shfl_xor_sync(FULL_MASK, mx[h], 2));
-            mx[h] = fmaxf(m[h], mx[h] * sl2);
-            grew |= mx[h] > m[h];
-        }
-        const bool rescale = __any_sync(FULL_MASK, grew);
+        const bool rescale = pf_new_max<2>(mx, m, sl2);
         float corr[2] = {1.f, 1.f};
         if (rescale) {
 #pragma unroll

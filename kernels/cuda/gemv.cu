@@ -413,15 +413,16 @@ extern "C" __global__ void __launch_bounds__(256)
 // The few-row kernels (decode batches of 2..T rows, T = 2, 4, 8; `rows` <= T): the kernels above
 // over several rows of x, every weight row streamed once for all of them. Each row's result is
 // the single-row kernel's on that row, bit for bit. Shared memory: T * k bf16 (T * 2k staged
-// from the SiLU forms' x is T * k after the SiLU).
+// from the SiLU forms' x is T * k after the SiLU). The gate form takes the plain one's arguments
+// (y always bf16, y_f32 unused), as the single-row gate kernels do.
 #define GEMV_ROWS(T)                                                                                          \
     extern "C" __global__ void __launch_bounds__(256)                                                         \
         gemv_bf16_rows##T(const bf16_t* x, const bf16_t* w, void* y, int rows, int n, int k, int y_f32) {     \
         gemv_rows_plain<T, 8, 1, false>(x, w, y, rows, n, k, y_f32);                                          \
     }                                                                                                         \
     extern "C" __global__ void __launch_bounds__(256)                                                         \
-        gemv_bf16_rows##T##_gate(const bf16_t* x, const bf16_t* w, bf16_t* y, int rows, int n, int k) {       \
-        gemv_gate_rows<T, 1>(x, w, y, rows, n, k);                                                            \
+        gemv_bf16_rows##T##_gate(const bf16_t* x, const bf16_t* w, void* y, int rows, int n, int k, int) {    \
+        gemv_gate_rows<T, 1>(x, w, (bf16_t*)y, rows, n, k);                                                   \
     }                                                                                                         \
     extern "C" __global__ void __launch_bounds__(256) gemv_bf16_rows##T##_qkv_rope(                           \
         const bf16_t* x, const bf16_t* w, bf16_t* y, int rows, int n, int k, int nq, int nk, int hd,          \

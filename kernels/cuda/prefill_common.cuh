@@ -29,6 +29,23 @@ __device__ __forceinline__ float pf_ex2(float x) {
     return y;
 }
 
+// The online softmax's new running maxima of N rows (scaled units, log2 base) after a tile:
+// mx holds this lane's raw maxima of the tile's scores per row and becomes the new maxima,
+// reduced over the quad (the 4 lanes sharing a row) and never below m. True when some row max
+// of the warp grew, i.e. when the warp must rescale its accumulators and sums.
+template <int N>
+__device__ __forceinline__ bool pf_new_max(float* mx, const float* m, float sl2) {
+    bool grew = false;
+#pragma unroll
+    for (int i = 0; i < N; ++i) {
+        mx[i] = fmaxf(mx[i], __shfl_xor_sync(FULL_MASK, mx[i], 1));
+        mx[i] = fmaxf(mx[i], __shfl_xor_sync(FULL_MASK, mx[i], 2));
+        mx[i] = fmaxf(m[i], mx[i] * sl2);
+        grew |= mx[i] > m[i];
+    }
+    return __any_sync(FULL_MASK, grew);
+}
+
 // One block's work: KV head g, its query tile (rows r = token * group + head-in-group, r <
 // nrows) and its split's keys [kbeg, kend).
 struct PfTile {

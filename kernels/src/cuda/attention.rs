@@ -91,63 +91,64 @@ pub enum PrefillKernel {
 /// decode2 at 4K context (x0.88-0.98) but not at 1K (x1.01-1.04), so the threshold stayed.
 pub const DECODE_MMA_MIN_ROWS: usize = 8;
 
-/// 0 = [`DECODE_MMA_MIN_ROWS`] (or `STRATA_DECODE_ATTN`), 1 = decode2, 2 = the tensor cores.
-static DECODE_ATTN: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+/// A boolean a program may force for later plans (`Some`) or leave to its default (`None`).
+struct Override(std::sync::atomic::AtomicU8);
+
+impl Override {
+    const fn new() -> Self {
+        Self(std::sync::atomic::AtomicU8::new(0))
+    }
+    fn set(&self, v: Option<bool>) {
+        let b = v.map_or(0, |on| 1 + on as u8);
+        self.0.store(b, std::sync::atomic::Ordering::Relaxed);
+    }
+    fn get(&self) -> Option<bool> {
+        match self.0.load(std::sync::atomic::Ordering::Relaxed) {
+            0 => None,
+            b => Some(b == 2),
+        }
+    }
+}
+
+/// Forced: the tensor cores (true) or decode2; else `STRATA_DECODE_ATTN` or the row count.
+static DECODE_ATTN: Override = Override::new();
 
 /// Forces decode batches onto the tensor cores (`Some(true)`), onto decode2
 /// (`Some(false)`), or back to the default (`None`), for plans made after the call.
 pub fn set_decode_attn(mma: Option<bool>) {
-    let v = match mma {
-        None => 0,
-        Some(false) => 1,
-        Some(true) => 2,
-    };
-    DECODE_ATTN.store(v, std::sync::atomic::Ordering::Relaxed);
+    DECODE_ATTN.set(mma);
 }
 
 /// Whether a default-mode decode batch of `rows` one-token rows runs on the tensor cores: as
 /// forced by [`set_decode_attn`], else `STRATA_DECODE_ATTN` (`mma` or `decode2`), else from
 /// [`DECODE_MMA_MIN_ROWS`] rows.
 pub fn decode_on_mma(rows: usize) -> bool {
-    match DECODE_ATTN.load(std::sync::atomic::Ordering::Relaxed) {
-        1 => false,
-        2 => true,
-        _ => {
-            static ENV: OnceLock<Option<String>> = OnceLock::new();
-            match env_once(&ENV, "STRATA_DECODE_ATTN") {
-                Some("mma") => true,
-                Some("decode2") => false,
-                _ => rows >= DECODE_MMA_MIN_ROWS,
-            }
+    DECODE_ATTN.get().unwrap_or_else(|| {
+        static ENV: OnceLock<Option<String>> = OnceLock::new();
+        match env_once(&ENV, "STRATA_DECODE_ATTN") {
+            Some("mma") => true,
+            Some("decode2") => false,
+            _ => rows >= DECODE_MMA_MIN_ROWS,
         }
-    }
+    })
 }
 
-/// 0 = follow `STRATA_DECODE_DMMA` (`0`: off), 1 = off, 2 = on.
-static DECODE_DMMA: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+/// Forced: the decode MMA kernel (true) or the prefill kernel; else `STRATA_DECODE_DMMA`.
+static DECODE_DMMA: Override = Override::new();
 
 /// Whether decode batches planned on the tensor cores ([`decode_on_mma`]) run
 /// `paged_attention_dmma_*` (`Some(true)`) or, as before it, the prefill kernel (`Some(false)`);
 /// `None`: the default (on, unless `STRATA_DECODE_DMMA=0`). For plans made after the call.
 pub fn set_decode_dmma(on: Option<bool>) {
-    let v = match on {
-        None => 0,
-        Some(false) => 1,
-        Some(true) => 2,
-    };
-    DECODE_DMMA.store(v, std::sync::atomic::Ordering::Relaxed);
+    DECODE_DMMA.set(on);
 }
 
 /// See [`set_decode_dmma`].
 pub fn decode_dmma() -> bool {
-    match DECODE_DMMA.load(std::sync::atomic::Ordering::Relaxed) {
-        1 => false,
-        2 => true,
-        _ => {
-            static ENV: OnceLock<Option<String>> = OnceLock::new();
-            env_once(&ENV, "STRATA_DECODE_DMMA") != Some("0")
-        }
-    }
+    DECODE_DMMA.get().unwrap_or_else(|| {
+        static ENV: OnceLock<Option<String>> = OnceLock::new();
+        env_once(&ENV, "STRATA_DECODE_DMMA") != Some("0")
+    })
 }
 
 /// The environment variable `name` as the process started with it: read once into `cell`
@@ -641,16 +642,23 @@ impl CudaOps {
         ensure(s.page_size > 0 && !seqs.is_empty(), || {
             "empty batch or page size".into()
         })?;
-        // A default-mode decode batch may go to the tensor-core prefill kernel (decode_on_mma).
+        // A default-mode decode batch may go to the tensor cores (decode_on_mma): the decode MMA
+        // kernel where it loaded and takes the group, else the prefill kernel.
         let one_token = seqs.iter().all(|q| q.q_len == 1);
         let on_mma = !opts.deterministic
             && one_token
             && mma_index(s.head_dim).is_some()
             && decode_on_mma(seqs.len());
+        let dmma = on_mma
+            && !opts.prefill
+            && group <= DMMA_MAX_GROUP
+            && decode_dmma()
+            && mma_index(s.head_dim).is_some_and(|i| self.attention_dmma[i].is_some());
         let decode = !opts.prefill && !on_mma && one_token && group <= DECODE_MAX_GROUP;
         let kernel = match (decode, decode2_index(group, s.head_dim)) {
             (true, Some(_)) => AttnKernel::Decode2,
             (true, None) => AttnKernel::Decode,
+            (false, _) if dmma => AttnKernel::DecodeMma,
             (false, _) => match (prefill_kernel(), mma_index(s.head_dim)) {
                 (PrefillKernel::Wgmma, Some(_))
                     if s.head_dim == 128 && self.attention_wg.is_some() =>
@@ -667,19 +675,6 @@ impl CudaOps {
                 }
                 _ => AttnKernel::General,
             },
-        };
-        // Decode rows on the tensor cores: the decode kernel of their own where it loaded.
-        let kernel = match mma_index(s.head_dim) {
-            Some(i)
-                if on_mma
-                    && !opts.prefill
-                    && group <= DMMA_MAX_GROUP
-                    && decode_dmma()
-                    && self.attention_dmma[i].is_some() =>
-            {
-                AttnKernel::DecodeMma
-            }
-            _ => kernel,
         };
         let decode_role = !opts.prefill && seqs.iter().all(|q| q.q_len == 1);
         let qt = match kernel {

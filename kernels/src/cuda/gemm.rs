@@ -127,8 +127,8 @@ impl Fusion {
 
 /// Launch shape of the single-row GEMV kernels: one warp per output (8 per block of 256), the
 /// input row of k bf16 staged in dynamic shared memory.
-/// The arguments of the several-row GEMV kernels (`gemv_bf16`, `gemv_bf16_rows*`): x, w, y, the
-/// row count, out, in and whether y is f32.
+/// The arguments of the several-row GEMV kernels (`gemv_bf16`, `gemv_bf16_rows*` and their gate
+/// form): x, w, y, the row count, out, in and whether y is f32.
 fn rows_args(x: &DTensor, w: &DTensor, y: &DTensor, t: usize, n_out: usize, k: usize) -> [Arg; 7] {
     [
         Arg::U64(x.ptr()),
@@ -409,14 +409,7 @@ impl Gemm {
         act.expect("act", DType::Bf16, &[t, inter])?;
         self.ctx.cuda().bind_to_thread()?;
         if let Some(i) = self.rows_index(t, k) {
-            let args = [
-                Arg::U64(x.ptr()),
-                Arg::U64(w.ptr()),
-                Arg::U64(act.ptr()),
-                Arg::I32(t as i32),
-                Arg::I32(inter as i32),
-                Arg::I32(k as i32),
-            ];
+            let args = rows_args(x, w, act, t, inter, k);
             // SAFETY: shapes, dtypes and alignment checked above: x t x k, w 2 * inter x k, act
             // t x inter bf16; the kernel stages t <= ROWS_T[i] rows and writes t rows of act.
             unsafe { self.launch_rows(&self.rows.gate[i], i, inter, k, &args) }?;
@@ -517,8 +510,11 @@ impl Gemm {
             &self.gemv_t1_qkv_rope
         };
         let i = |v: usize| Arg::I32(v as i32);
-        // The few-row kernels take the row count after qkv; otherwise the arguments are the same.
-        let args: Vec<Arg> = [
+        // The few-row kernels take the row count after qkv; otherwise the arguments are the same
+        // (gathered on the stack: this runs once per layer and forward).
+        let mut buf = [Arg::I32(0); 17];
+        let mut n = 0;
+        for a in [
             Arg::U64(x.map_or(0, |x| x.ptr())),
             Arg::U64(w.ptr()),
             Arg::U64(qkv.ptr()),
@@ -539,13 +535,16 @@ impl Gemm {
             Arg::U64(norm.map_or(0, |(r, _, _)| r.ptr())),
             Arg::U64(norm.map_or(0, |(_, nw, _)| nw.ptr())),
             Arg::F32(norm.map_or(0.0, |(_, _, e)| e)),
-        ])
-        .collect();
+        ]) {
+            buf[n] = a;
+            n += 1;
+        }
+        let args = &buf[..n];
         if let Some(ri) = few {
             // SAFETY: as the single-row launch below, for t rows: x (or y and resid) t rows of
             // k, qkv t rows of width, pos and slots t i32 each (rope_checks / kv_checks), every
             // host slot in range; row r writes qkv row r and its slot's pool rows.
-            unsafe { self.launch_rows(&self.rows.qkv_rope[ri], ri, pairs, k, &args) }?;
+            unsafe { self.launch_rows(&self.rows.qkv_rope[ri], ri, pairs, k, args) }?;
             return Ok(true);
         }
         // SAFETY: shapes, dtypes and alignment checked above (x, or y and resid, one row of k
@@ -553,7 +552,7 @@ impl Gemm {
         // qkv one row of width, pools [slots, nk * hd] with every host slot in range, pos and
         // slots one i32 each, inv_freq hd / 2 f32); warp j < pairs writes qkv columns c and
         // c + hd / 2 of its pair and, for k / v heads, the same columns of the slot's pool row.
-        unsafe { launch(f, self.ctx.stream().cu_stream(), t1_dims(pairs, k), &args) }?;
+        unsafe { launch(f, self.ctx.stream().cu_stream(), t1_dims(pairs, k), args) }?;
         Ok(true)
     }
 

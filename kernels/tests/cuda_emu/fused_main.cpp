@@ -178,9 +178,9 @@ static void rows_gate(int rows, int k, int inter) {
         launch(t1_grid(inter), 256, [=] { gemv_bf16_t1_gate(Xt, W, Y, inter, k, 0); });
     }
     bf16_t* G = got.data();
-    if (T == 2) launch(t1_grid(inter), 256, [=] { gemv_bf16_rows2_gate(X, W, G, rows, inter, k); });
-    if (T == 4) launch(t1_grid(inter), 256, [=] { gemv_bf16_rows4_gate(X, W, G, rows, inter, k); });
-    if (T == 8) launch(t1_grid(inter), 256, [=] { gemv_bf16_rows8_gate(X, W, G, rows, inter, k); });
+    if (T == 2) launch(t1_grid(inter), 256, [=] { gemv_bf16_rows2_gate(X, W, G, rows, inter, k, 0); });
+    if (T == 4) launch(t1_grid(inter), 256, [=] { gemv_bf16_rows4_gate(X, W, G, rows, inter, k, 0); });
+    if (T == 8) launch(t1_grid(inter), 256, [=] { gemv_bf16_rows8_gate(X, W, G, rows, inter, k, 0); });
     expect_same("rows" + std::to_string(T) + " gate_up+SiLU of " + std::to_string(rows) + " rows in" +
                     std::to_string(k) + " inter" + std::to_string(inter),
                 got, want);
