@@ -27,7 +27,7 @@ PROGS = {
  "elementwise.cu": ["kernels/cuda/elementwise.cu"],
  "attention.cu": ["kernels/cuda/attention.cu","kernels/cuda/attention_decode.cu","kernels/cuda/attention_decode2.cu","kernels/cuda/prefill_common.cuh","kernels/cuda/attention_prefill.cu","kernels/cuda/attention_decode_mma.cu"],
  "sampling.cu": ["kernels/cuda/sampling.cu"],
- "gemv.cu": ["kernels/cuda/gemv.cu"],
+ "gemv.cu": ["kernels/cuda/gemv.cu","kernels/cuda/gemv_mma.cu"],
  "backend_f32.cu": ["kernels/cuda/backend_f32.cu"],
  "attention_prefill_wg.cu": ["kernels/cuda/prefill_common.cuh","kernels/cuda/attention_prefill_wg.cu"],
 }

@@ -306,16 +306,32 @@ __device__ __forceinline__ void gemv_t1_body(const bf16_t* x, const bf16_t* w, i
         x, 0, 1, w, n, k, wrow, [&](int row, int, const float* s) { epi(row, s); }, nin);
 }
 
+// The few-row epilogues (shared with gemv_mma.cu): the plain GEMV's store (y [rows, n], bf16 or
+// f32), the SiLU of a gate row's sum times its up row's (y bf16 [rows, n]) and qkv's RoPE + K/V
+// pool write (below).
+struct PlainEpi {
+    void* y;
+    int n, y_f32;
+    __device__ __forceinline__ void operator()(int row, int t, const float* s) const {
+        if (y_f32) ((float*)y)[(u64)t * n + row] = s[0];
+        else ((bf16_t*)y)[(u64)t * n + row] = f2bf(s[0]);
+    }
+};
+struct GateEpi {
+    bf16_t* y;
+    int n;
+    __device__ __forceinline__ int wrow(int row, int r) const { return row + r * n; }
+    __device__ __forceinline__ void operator()(int row, int t, const float* s) const {
+        y[(u64)t * n + row] = f2bf(silu_times(bf2f(f2bf(s[0])), bf2f(f2bf(s[1]))));
+    }
+};
+
 // y = x w^T for `rows` <= T rows of x ([rows, k]; y [rows, n]).
 template <int T, int UNR, int DEPTH, bool SILU>
 __device__ __forceinline__ void gemv_rows_plain(const bf16_t* x, const bf16_t* w, void* y, int rows, int n,
                                                 int k, int y_f32) {
     gemv_rows_body<T, UNR, DEPTH, SILU, 1>(
-        x, SILU ? 2 * k : k, rows, w, n, k, [](int row, int) { return row; },
-        [&](int row, int t, const float* s) {
-            if (y_f32) ((float*)y)[(u64)t * n + row] = s[0];
-            else ((bf16_t*)y)[(u64)t * n + row] = f2bf(s[0]);
-        });
+        x, SILU ? 2 * k : k, rows, w, n, k, [](int row, int) { return row; }, PlainEpi{y, n, y_f32});
 }
 
 #define GEMV_T1(NAME, UNR, DEPTH, SILU)                                                       \
@@ -337,11 +353,9 @@ GEMV_T1(gemv_bf16_t1_silu_pipe, 8, 2, true)
 template <int T, int DEPTH>
 __device__ __forceinline__ void gemv_gate_rows(const bf16_t* x, const bf16_t* w, bf16_t* y, int rows, int n,
                                                int k) {
+    const GateEpi e{y, n};
     gemv_rows_body<T, 8, DEPTH, false, 2>(
-        x, k, rows, w, n, k, [&](int row, int r) { return row + r * n; },
-        [&](int row, int t, const float* s) {
-            y[(u64)t * n + row] = f2bf(silu_times(bf2f(f2bf(s[0])), bf2f(f2bf(s[1]))));
-        });
+        x, k, rows, w, n, k, [&](int row, int r) { return e.wrow(row, r); }, e);
 }
 // (The plain kernels' arguments; y is always bf16, y_f32 unused.)
 extern "C" __global__ void __launch_bounds__(256)
@@ -361,38 +375,45 @@ extern "C" __global__ void __launch_bounds__(256)
 // them) and k / v also to row t's pool slot (slots[t] < 0: none), at position pos[t]. With
 // norm_w set, x row t is the input RMSNorm of (x + resid) row t (x null: of resid alone), staged
 // as gemv_stage_norm does.
+struct QkvRopeEpi {
+    bf16_t* y;
+    int n, nq, nk, hd;
+    const int* pos;
+    const float* inv_freq;
+    bf16_t *k_pool, *v_pool;
+    const int* slots;
+    __device__ __forceinline__ int wrow(int row, int r) const {
+        const int half = hd >> 1, h = row / half;
+        return h * hd + (row - h * half) + r * half;
+    }
+    __device__ __forceinline__ void operator()(int row, int t, const float* s) const {
+        const int half = hd >> 1, h = row / half, i = row - h * half, c = h * hd + i;
+        bf16_t* yt = y + (u64)t * (2 * n);
+        bf16_t y1 = f2bf(s[0]), y2 = f2bf(s[1]);
+        if (h < nq + nk) {
+            float sn, cs;
+            sincosf((float)pos[t] * inv_freq[i], &sn, &cs);
+            rope_rot(bf2f(y1), bf2f(y2), cs, sn, &y1, &y2);
+        }
+        yt[c] = y1;
+        yt[c + half] = y2;
+        const long long slot = slots[t];
+        if (h >= nq && slot >= 0) {
+            const bool is_k = h < nq + nk;
+            bf16_t* pr = (is_k ? k_pool : v_pool) + (u64)slot * (nk * hd) + (u64)(h - nq - (is_k ? 0 : nk)) * hd;
+            pr[i] = y1;
+            pr[i + half] = y2;
+        }
+    }
+};
 template <int T, int DEPTH>
 __device__ __forceinline__ void gemv_qkv_rope_rows(const bf16_t* x, const bf16_t* w, bf16_t* y, int rows,
                                                    int n, int k, int nq, int nk, int hd, const int* pos,
                                                    const float* inv_freq, bf16_t* k_pool, bf16_t* v_pool,
                                                    const int* slots, NormIn nin) {
-    const int half = hd >> 1;
+    const QkvRopeEpi e{y, n, nq, nk, hd, pos, inv_freq, k_pool, v_pool, slots};
     gemv_rows_body<T, 8, DEPTH, false, 2>(
-        x, k, rows, w, n, k,
-        [&](int row, int r) {
-            const int h = row / half;
-            return h * hd + (row - h * half) + r * half;
-        },
-        [&](int row, int t, const float* s) {
-            const int h = row / half, i = row - h * half, c = h * hd + i;
-            bf16_t* yt = y + (u64)t * (2 * n);
-            bf16_t y1 = f2bf(s[0]), y2 = f2bf(s[1]);
-            if (h < nq + nk) {
-                float sn, cs;
-                sincosf((float)pos[t] * inv_freq[i], &sn, &cs);
-                rope_rot(bf2f(y1), bf2f(y2), cs, sn, &y1, &y2);
-            }
-            yt[c] = y1;
-            yt[c + half] = y2;
-            const long long slot = slots[t];
-            if (h >= nq && slot >= 0) {
-                const bool is_k = h < nq + nk;
-                bf16_t* pr = (is_k ? k_pool : v_pool) + (u64)slot * (nk * hd) + (u64)(h - nq - (is_k ? 0 : nk)) * hd;
-                pr[i] = y1;
-                pr[i + half] = y2;
-            }
-        },
-        nin);
+        x, k, rows, w, n, k, [&](int row, int r) { return e.wrow(row, r); }, e, nin);
 }
 extern "C" __global__ void __launch_bounds__(256)
     gemv_bf16_t1_qkv_rope(const bf16_t* x, const bf16_t* w, bf16_t* y, int n, int k, int nq, int nk, int hd,

@@ -19,6 +19,7 @@ use cudarc::driver::CudaFunction;
 
 use super::device::GpuContext;
 use super::error::{ensure, CudaError, Result};
+use super::gemm_rows::{RowsForm, RowsKernel, RowsMode};
 use super::launch::{launch, Arg, Dims};
 use super::nvrtc::Program;
 use super::tensor::{DTensor, DType};
@@ -48,8 +49,10 @@ pub enum GemmPath {
     CublasLtDet,
     /// The batch-invariant fallback itself: `gemv_bf16` over chunks of 8 rows, any row count.
     DetGemv,
-    /// The few-row kernel (2-8 rows, `gemm_rows.rs`; what `Auto` runs there when they are on).
+    /// The exact few-row kernel (2-8 rows, `gemm_rows.rs`; what `Auto` runs at 2 rows).
     GemvRows,
+    /// The mma few-row kernel (2-8 rows, `gemm_rows.rs`; `Auto` runs it only in `RowsMode::Mma`).
+    GemvMma,
 }
 
 /// Most rows `GemmPath::Auto` sends to cuBLASLt (decode batches).
@@ -260,43 +263,59 @@ impl Gemm {
         self
     }
 
-    /// Turns the few-row GEMVs (`gemm_rows.rs`; off by default, `STRATA_GEMV_ROWS=1`) on or off
-    /// for later calls and graph captures.
-    pub fn set_few_rows(&self, on: bool) {
-        self.rows.set_on(on);
+    /// Which few-row GEMVs (`gemm_rows.rs`) later calls and graph captures run.
+    pub fn set_rows_mode(&self, m: RowsMode) {
+        self.rows.set_mode(m);
     }
 
-    /// Whether the few-row GEMVs run (see [`Gemm::set_few_rows`]).
-    pub fn few_rows(&self) -> bool {
-        self.rows.is_on()
+    /// The few-row mode (see [`Gemm::set_rows_mode`]).
+    pub fn rows_mode(&self) -> RowsMode {
+        self.rows.mode()
     }
 
-    /// The few-row kernel index for x of `t` rows of `k` inputs, outside batch-invariant mode.
-    fn rows_index(&self, t: usize, k: usize) -> Option<usize> {
+    /// The few-row kernel for x of `t` rows of `k` inputs, outside batch-invariant mode.
+    fn rows_pick(&self, t: usize, k: usize) -> Option<RowsKernel> {
         (!self.deterministic)
-            .then(|| self.rows.index(t, k))
+            .then(|| self.rows.pick(t, k))
             .flatten()
     }
 
-    /// Launches few-row kernel `f` (of `gemm_rows::ROWS_T[i]` rows) over `n_out` outputs.
+    /// Launches few-row kernel `kernel` of `form` for `t` rows over `n_out` outputs (pairs of
+    /// weight rows when `paired`).
     ///
     /// # Safety
     /// `args` are the kernel's arguments with every pointer and extent checked by the caller;
-    /// x holds `t <= ROWS_T[i]` rows of k bf16, 16-byte aligned.
+    /// x holds `t` rows of k bf16, 16-byte aligned, and `kernel` takes t rows of k
+    /// (`FewRows::kernel`).
     unsafe fn launch_rows(
         &self,
-        f: &CudaFunction,
-        i: usize,
-        n_out: usize,
-        k: usize,
+        form: &RowsForm,
+        kernel: RowsKernel,
+        (t, n_out, k): (usize, usize, usize),
+        paired: bool,
         args: &[Arg],
     ) -> Result<()> {
-        let dims = Dims {
-            smem: (super::gemm_rows::ROWS_T[i] * k * 2) as u32,
-            ..t1_dims(n_out, k)
+        let dims = match kernel {
+            RowsKernel::Exact(i) => Dims {
+                smem: (super::gemm_rows::ROWS_T[i] * k * 2) as u32,
+                ..t1_dims(n_out, k)
+            },
+            RowsKernel::Mma => {
+                let smem = super::gemm_rows::mma_smem(t, k);
+                let sms = self.ctx.sm_count();
+                Dims {
+                    grid: (
+                        super::gemm_rows::mma_grid(n_out, paired, smem, k, sms) as u32,
+                        1,
+                        1,
+                    ),
+                    block: 256,
+                    smem: smem as u32,
+                }
+            }
         };
         // SAFETY: as the caller guarantees.
-        unsafe { launch(f, self.ctx.stream().cu_stream(), dims, args) }
+        unsafe { launch(form.get(kernel), self.ctx.stream().cu_stream(), dims, args) }
     }
 
     /// What cuBLASLt's per-shape algorithm timing found so far (empty without cuBLASLt).
@@ -382,7 +401,7 @@ impl Gemm {
         let k = w.shape().get(1).copied().unwrap_or(0);
         self.fused(Fusion::GateSilu)
             && !self.deterministic
-            && matches!(x.shape().first(), Some(&t) if t == 1 || self.rows_index(t, k).is_some())
+            && matches!(x.shape().first(), Some(&t) if t == 1 || self.rows_pick(t, k).is_some())
             && w.shape().len() == 2
             && w.shape()[0] % 2 == 0
             && k % 8 == 0
@@ -408,11 +427,12 @@ impl Gemm {
         w.expect("w", DType::Bf16, &[2 * inter, k])?;
         act.expect("act", DType::Bf16, &[t, inter])?;
         self.ctx.cuda().bind_to_thread()?;
-        if let Some(i) = self.rows_index(t, k) {
+        if let Some(kern) = self.rows_pick(t, k) {
             let args = rows_args(x, w, act, t, inter, k);
             // SAFETY: shapes, dtypes and alignment checked above: x t x k, w 2 * inter x k, act
-            // t x inter bf16; the kernel stages t <= ROWS_T[i] rows and writes t rows of act.
-            unsafe { self.launch_rows(&self.rows.gate[i], i, inter, k, &args) }?;
+            // t x inter bf16; the kernel stages the t rows it was picked for and writes t rows
+            // of act.
+            unsafe { self.launch_rows(&self.rows.gate, kern, (t, inter, k), true, &args) }?;
             return Ok(true);
         }
         let f = if k >= GEMV_T1_PIPE_MIN_IN {
@@ -462,7 +482,7 @@ impl Gemm {
         let rows = [x, norm.map(|(r, _, _)| r)];
         // One row, or a few through the few-row kernel when it is on.
         let t = qkv.shape().first().copied().unwrap_or(0);
-        let few = self.rows_index(t, k);
+        let few = self.rows_pick(t, k);
         if !self.fused(Fusion::QkvRope)
             || self.deterministic
             || (t != 1 && few.is_none())
@@ -544,7 +564,7 @@ impl Gemm {
             // SAFETY: as the single-row launch below, for t rows: x (or y and resid) t rows of
             // k, qkv t rows of width, pos and slots t i32 each (rope_checks / kv_checks), every
             // host slot in range; row r writes qkv row r and its slot's pool rows.
-            unsafe { self.launch_rows(&self.rows.qkv_rope[ri], ri, pairs, k, args) }?;
+            unsafe { self.launch_rows(&self.rows.qkv_rope, ri, (t, pairs, k), true, args) }?;
             return Ok(true);
         }
         // SAFETY: shapes, dtypes and alignment checked above (x, or y and resid, one row of k
@@ -597,6 +617,11 @@ impl Gemm {
         // gemv_bf16 for the few-row batches it is enabled for (up to in = 8192); cuBLASLt's
         // heuristic matched or beat cuBLAS on every decode shape at 32 rows (up to 8 % on the o
         // projection); prefill sizes stay on cuBLAS (not measured with cuBLASLt).
+        let few = if gemv_ok && path == GemmPath::Auto && t > 1 {
+            self.rows_pick(t, k)
+        } else {
+            None
+        };
         let path = match path {
             GemmPath::Auto if self.deterministic => GemmPath::CublasLtDet,
             GemmPath::Auto
@@ -608,7 +633,10 @@ impl Gemm {
                     GemmPath::GemvT1
                 }
             }
-            GemmPath::Auto if gemv_ok && self.rows_index(t, k).is_some() => GemmPath::GemvRows,
+            GemmPath::Auto if few.is_some() => match few {
+                Some(RowsKernel::Exact(_)) => GemmPath::GemvRows,
+                _ => GemmPath::GemvMma,
+            },
             GemmPath::Auto if gemv_ok && t <= self.gemv_max_rows && k <= GEMV_MAX_IN => {
                 GemmPath::Gemv
             }
@@ -659,16 +687,27 @@ impl Gemm {
             // shared memory), 16-byte aligned rows.
             return unsafe { self.launch_t1(f, x, w, y, n_out, k) };
         }
-        if path == GemmPath::GemvRows {
-            let i = super::gemm_rows::index_for(t, k);
-            ensure(gemv_ok && i.is_some(), || {
-                format!("few-row GEMV needs 2-8 aligned rows of in % 8 == 0 in shared memory (T {t}, in {k})")
+        if matches!(path, GemmPath::GemvRows | GemmPath::GemvMma) {
+            let family = match path {
+                GemmPath::GemvRows => RowsKernel::Exact(0),
+                _ => RowsKernel::Mma,
+            };
+            let kern = self.rows.kernel(family, t, k).filter(|_| gemv_ok);
+            ensure(kern.is_some(), || {
+                format!("{path:?}: few-row GEMV needs 2-8 aligned rows of in % 8 == 0 (mma: in % 32 == 0) in shared memory (T {t}, in {k})")
             })?;
-            let i = i.expect("checked");
             let args = rows_args(x, w, y, t, n_out, k);
             // SAFETY: shapes and dtypes checked above (x [t, k], w [n_out, k], y [t, n_out]),
-            // 16-byte aligned rows, t <= ROWS_T[i] rows staged in its shared memory.
-            return unsafe { self.launch_rows(&self.rows.plain[i], i, n_out, k, &args) };
+            // 16-byte aligned rows, t rows of k staged in the kernel's shared memory (kernel()).
+            return unsafe {
+                self.launch_rows(
+                    &self.rows.plain,
+                    kern.expect("checked"),
+                    (t, n_out, k),
+                    false,
+                    &args,
+                )
+            };
         }
         if path == GemmPath::Gemv {
             ensure(gemv_ok, || {

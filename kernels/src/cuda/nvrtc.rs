@@ -93,7 +93,11 @@ impl Program {
                 include_str!("../../cuda/attention_decode_mma.cu")
             ),
             Program::Sampling => include_str!("../../cuda/sampling.cu"),
-            Program::Gemv => include_str!("../../cuda/gemv.cu"),
+            Program::Gemv => concat!(
+                include_str!("../../cuda/gemv.cu"),
+                "\n",
+                include_str!("../../cuda/gemv_mma.cu")
+            ),
             Program::BackendF32 => include_str!("../../cuda/backend_f32.cu"),
             Program::AttentionWg => concat!(
                 include_str!("../../cuda/prefill_common.cuh"),

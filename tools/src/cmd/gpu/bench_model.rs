@@ -8,7 +8,9 @@ use std::time::Instant;
 
 use serde_json::{json, Value};
 use strata_kernels::cuda::llama::{LlamaModel, LlamaShape, StepInput, Workspace};
-use strata_kernels::cuda::{launch, AttnKernel, AttnSeq, CudaOps, Gemm, GemmPath, PlanOpts};
+use strata_kernels::cuda::{
+    launch, AttnKernel, AttnSeq, CudaOps, Gemm, GemmPath, PlanOpts, RowsMode,
+};
 use strata_kernels::sample_rows::{RowMode, RowSpec};
 use strata_kernels::sampling::SampleParams;
 
@@ -214,18 +216,20 @@ pub fn run(
                     }
                 }
             }
-            // 2-8 rows: the same graph with the few-row GEMVs (off by default) and without.
+            // 2-8 rows: the same graph with each family of few-row GEMVs and without any.
             if (2..=8).contains(&b) && !args.deterministic {
-                let was = gemm.few_rows();
-                gemm.set_few_rows(true);
-                let on = replay();
-                gemm.set_few_rows(false);
-                let off = replay();
-                gemm.set_few_rows(was);
-                if let (Some(a), Some(n)) = (on?, off?) {
+                let was = gemm.rows_mode();
+                let mut ms = Vec::new();
+                for m in [RowsMode::Exact, RowsMode::Mma, RowsMode::Off] {
+                    gemm.set_rows_mode(m);
+                    ms.push(replay());
+                }
+                gemm.set_rows_mode(was);
+                if let [Ok(Some(e)), Ok(Some(m)), Ok(Some(n))] = &ms[..] {
                     summary.push(format!(
-                        "  b{b} graph step with the few-row GEMVs {a:.3} ms, without {n:.3} ms (x{:.3})",
-                        a / n
+                        "  b{b} graph step with the few-row GEMVs: exact {e:.3} ms (x{:.3}), mma {m:.3} ms (x{:.3}), without {n:.3} ms",
+                        e / n,
+                        m / n
                     ));
                 }
             }
@@ -941,7 +945,7 @@ fn gemv_breakdown(
                     GemmPath::DetGemv,
                 ]
             } else if t <= 8 {
-                &[GemmPath::CublasLt, GemmPath::GemvRows]
+                &[GemmPath::CublasLt, GemmPath::GemvRows, GemmPath::GemvMma]
             } else {
                 &[
                     GemmPath::Cublas,

@@ -1,20 +1,42 @@
-//! `strata gpu check --only few_rows`: the few-row GEMVs (kernels/src/cuda/gemm_rows.rs, off by
-//! default) with them turned on, each against the single-row kernels run row by row, bit for
-//! bit (plain GEMV, gate_up + SiLU, qkv + RoPE + pool write of the rows and of the staged input
-//! norm), and the plain GEMV against the CPU reference within bf16 tolerance.
+//! `strata gpu check --only few_rows`: the few-row GEMVs (kernels/src/cuda/gemm_rows.rs), each
+//! family alone against the single-row kernels run row by row (plain GEMV, gate_up and SiLU,
+//! qkv with RoPE and the pool write, of the rows and of the staged input norm): the exact
+//! kernels bit for bit, the mma ones within bf16 tolerance; the plain GEMVs also against the CPU
+//! reference.
 
-use strata_kernels::cuda::{CudaOps, DTensor, Gemm, GemmPath, QkvInput};
+use strata_kernels::cuda::{CudaOps, DTensor, Gemm, GemmPath, QkvInput, RowsMode};
 use strata_kernels::reference as r;
 
 use super::check::Checker;
-use super::check_ops::{bf16_out, bit_diffs, downloads, runs_bit_diffs, BF16_TOL};
+use super::check_ops::{bf16_out, downloads, runs_bit_diffs, BF16_TOL};
 
 pub fn few_rows(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Result<()> {
-    let was = gemm.few_rows();
-    gemm.set_few_rows(true);
-    let r = run(ops, gemm, ck);
-    gemm.set_few_rows(was);
+    let was = gemm.rows_mode();
+    let mut r = Ok(());
+    for mode in [RowsMode::Exact, RowsMode::Mma] {
+        gemm.set_rows_mode(mode);
+        r = run(ops, gemm, ck, mode == RowsMode::Exact);
+        if r.is_err() {
+            break;
+        }
+    }
+    gemm.set_rows_mode(was);
     r
+}
+
+/// The few-row result `got` against the single-row kernels' `one`: bit for bit (`exact`) or
+/// within bf16 tolerance.
+fn same(ck: &mut Checker, exact: bool, what: String, got: &[Vec<f32>], one: &[Vec<f32>]) {
+    if exact {
+        ck.exact("gemm", format!("exact {what}"), runs_bit_diffs(got, one));
+    } else {
+        let err = got
+            .iter()
+            .zip(one)
+            .map(|(a, b)| r::rel_err(a, b))
+            .fold(0.0, f64::max);
+        ck.rel("gemm", format!("mma {what}"), err, BF16_TOL);
+    }
 }
 
 /// Row `i` of x [t, k] as its own [1, k] tensor.
@@ -22,27 +44,37 @@ fn row(ops: &CudaOps, x: &[f32], i: usize, k: usize) -> anyhow::Result<DTensor> 
     Ok(ops.context().upload_bf16(&[1, k], &x[i * k..(i + 1) * k])?)
 }
 
-fn run(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Result<()> {
+fn run(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker, exact: bool) -> anyhow::Result<()> {
     let c = ops.context();
-    // Plain: 1B qkv / gate_up / o shapes, the 8B down at 4 rows, the 1B down at 8, odd tails.
+    let (path, fam) = if exact {
+        (GemmPath::GemvRows, "exact")
+    } else {
+        (GemmPath::GemvMma, "mma")
+    };
+    // The mma kernels need in % 32 == 0: their odd shapes are 1024 wide.
+    let odd = if exact { 1000 } else { 1024 };
+    // Plain: 1B qkv / gate_up / o shapes, the 8B down at 4 (mma: 7) rows, the 1B down at 8, odd
+    // tails.
     for (t, k, n) in [
         (2, 2048, 3072),
         (3, 2048, 16384),
         (8, 2048, 2048),
-        (4, 14336, 4096),
+        (if exact { 4 } else { 7 }, 14336, 4096),
         (8, 8192, 2048),
-        (5, 1000, 777),
+        (5, odd, 777),
+        // in 256: two 128-k steps, so the mma kernels split each tile over 2 warps.
+        (6, 256, 999),
     ] {
         let x = ck.bf16_vec(t * k, 1.0);
         let w = ck.bf16_vec(n * k, 2.0 / (k as f32).sqrt());
         let (gx, gw) = (c.upload_bf16(&[t, k], &x)?, c.upload_bf16(&[n, k], &w)?);
         let y = bf16_out(ops, &[t, n])?;
-        gemm.linear_with(&gx, &gw, &y, GemmPath::GemvRows)?;
+        gemm.linear_with(&gx, &gw, &y, path)?;
         let got = c.download_f32(&y)?;
         let want = r::linear(&x, &w, k);
         ck.rel(
             "gemm",
-            format!("few-row GEMV T{t} in{k} out{n}"),
+            format!("{fam} few-row GEMV T{t} in{k} out{n}"),
             r::rel_err(&got, &want),
             BF16_TOL,
         );
@@ -52,15 +84,16 @@ fn run(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Result<()> {
             gemm.linear_with(&row(ops, &x, i, k)?, &gw, &y1, GemmPath::GemvT1)?;
             one.extend(c.download_f32(&y1)?);
         }
-        let d = bit_diffs(&got, &one);
-        ck.exact(
-            "gemm",
+        same(
+            ck,
+            exact,
             format!("few-row GEMV T{t} in{k} out{n} == single-row GEMV per row"),
-            d,
+            &[got],
+            &[one],
         );
     }
     // gate_up + SiLU (1B and 8B shapes, an odd one).
-    for (t, k, n) in [(2, 2048, 8192), (4, 4096, 14336), (7, 1000, 777)] {
+    for (t, k, n) in [(2, 2048, 8192), (4, 4096, 14336), (7, odd, 777)] {
         let x = ck.bf16_vec(t * k, 1.0);
         let w = ck.bf16_vec(2 * n * k, 2.0 / (k as f32).sqrt());
         let (gx, gw) = (c.upload_bf16(&[t, k], &x)?, c.upload_bf16(&[2 * n, k], &w)?);
@@ -79,11 +112,12 @@ fn run(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Result<()> {
             );
             one.extend(c.download_f32(&a1)?);
         }
-        let d = bit_diffs(&got, &one);
-        ck.exact(
-            "gemm",
+        same(
+            ck,
+            exact,
             format!("few-row gate_up+SiLU T{t} in{k} inter{n} == single-row per row"),
-            d,
+            &[got],
+            &[one],
         );
     }
     // qkv + RoPE + pool write, the 1B head shape (the staged norm needs in 2048), each row its
@@ -158,10 +192,12 @@ fn run(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Result<()> {
             }
             let b = vec![q1, c.download_f32(&kb)?, c.download_f32(&vb)?];
             let what = ["rows", "rmsnorm(y + resid)", "rmsnorm(resid)"][mode];
-            ck.exact(
-                "gemm",
+            same(
+                ck,
+                exact,
                 format!("few-row qkv+RoPE T{t} of {what} h{nh}/{nkv} d{hd} == single-row per row (qkv, pools)"),
-                runs_bit_diffs(&a, &b),
+                &a,
+                &b,
             );
         }
     }
