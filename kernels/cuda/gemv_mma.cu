@@ -23,11 +23,15 @@
 #define MMA_GEMV_CH 4  // 32-k chunks per step
 
 __device__ __forceinline__ void gemv_mma16816(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
+#ifdef STRATA_CUDA_EMU  // the CPU emulation of kernels/tests/cuda_emu
+    emu_mma16816(c, a0, a1, a2, a3, b0, b1);
+#else
     asm volatile(
         "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
         "{%8,%9}, {%0,%1,%2,%3};\n"
         : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
         : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
+#endif
 }
 
 // Stages x rows t < rows at xs + t * xs8 (uint4 units): row t of x ([rows, k]), or the input

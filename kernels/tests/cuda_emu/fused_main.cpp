@@ -11,6 +11,7 @@
 #include "common.cuh"
 #include "elementwise.cu"
 #include "gemv.cu"
+#include "gemv_mma.cu"
 
 static uint64_t g_rng;
 static uint64_t next_u64() {
@@ -26,6 +27,21 @@ static std::vector<bf16_t> bf16_vec(size_t n, float scale, float center = 0.f) {
     return v;
 }
 static int g_failed = 0;
+// Within `tol` relative error (the norm of the difference over the norm of b), for the mma
+// kernels, whose sums run in another order.
+static void expect_close(const std::string& what, const std::vector<bf16_t>& a, const std::vector<bf16_t>& b,
+                         double tol = 1e-2) {
+    double num = a.size() == b.size() ? 0 : 1e30, den = 0;
+    for (size_t i = 0; i < a.size() && i < b.size(); ++i) {
+        const double d = (double)bf2f(a[i]) - bf2f(b[i]);
+        num += d * d;
+        den += (double)bf2f(b[i]) * bf2f(b[i]);
+    }
+    const double err = std::sqrt(num / (den > 0 ? den : 1));
+    const bool ok = err <= tol;
+    printf("%s %s (relative error %.2e)\n", ok ? "ok" : "FAIL", what.c_str(), err);
+    g_failed += !ok;
+}
 static void expect_same(const std::string& what, const std::vector<bf16_t>& a, const std::vector<bf16_t>& b) {
     size_t diff = a.size() == b.size() ? 0 : a.size() + b.size();
     for (size_t i = 0; i < a.size() && i < b.size(); ++i) diff += a[i] != b[i];
@@ -145,12 +161,23 @@ static void rope_kv_write_case(int nq, int nk, int hd) {
     expect_same(what + ": v pool", va, vb);
 }
 
-// The few-row GEMVs (T = 2, 4, 8 rows staged, `rows` of them live) against the single-row
-// kernels on each row: plain (y of each row), gate_up + SiLU, and qkv + RoPE + pool write (of
-// the rows, of rmsnorm(y + resid) and of rmsnorm(resid) staged), every row its own position
-// and slot (one skipped).
-template <int T>
-static void rows_plain(int rows, int k, int n) {
+// The few-row GEMVs (T = 2, 4, 8 rows staged, `rows` of them live; T = 0: the mma kernels of
+// gemv_mma.cu) against the single-row kernels on each row: plain (y of each row), gate_up +
+// SiLU, and qkv + RoPE + pool write (of the rows, of rmsnorm(y + resid) and of rmsnorm(resid)
+// staged), every row its own position and slot (one skipped). The exact kernels bit for bit,
+// the mma ones within tolerance, on a persistent grid of at most 3 blocks (gemm_rows.rs
+// mma_grid on a 3-SM device at one block per SM), so blocks loop over several groups.
+static unsigned mma_grid(int n, bool paired, int k) {
+    const int per_tile = paired ? 8 : 16, steps = (k + 127) / 128;
+    const int split = steps >= 8 ? 8 : steps >= 4 ? 4 : steps >= 2 ? 2 : 1;
+    const int groups = ((n + per_tile - 1) / per_tile + 8 / split - 1) / (8 / split);
+    return (unsigned)std::min(groups, 3);
+}
+static void rows_check(int T, const std::string& what, const std::vector<bf16_t>& got, const std::vector<bf16_t>& want) {
+    if (T == 0) expect_close("mma " + what, got, want);
+    else expect_same("rows" + std::to_string(T) + " " + what, got, want);
+}
+static void rows_plain(int T, int rows, int k, int n) {
     const auto x = bf16_vec((size_t)rows * k, 1.f), w = bf16_vec((size_t)n * k, 0.05f);
     std::vector<bf16_t> want((size_t)rows * n), got((size_t)rows * n);
     const bf16_t *X = x.data(), *W = w.data();
@@ -163,12 +190,11 @@ static void rows_plain(int rows, int k, int n) {
     if (T == 2) launch(t1_grid(n), 256, [=] { gemv_bf16_rows2(X, W, G, rows, n, k, 0); });
     if (T == 4) launch(t1_grid(n), 256, [=] { gemv_bf16_rows4(X, W, G, rows, n, k, 0); });
     if (T == 8) launch(t1_grid(n), 256, [=] { gemv_bf16_rows8(X, W, G, rows, n, k, 0); });
-    expect_same("rows" + std::to_string(T) + " GEMV of " + std::to_string(rows) + " rows in" + std::to_string(k) +
-                    " out" + std::to_string(n),
-                got, want);
+    if (T == 0) launch(mma_grid(n, false, k), 256, [=] { gemv_bf16_mma(X, W, G, rows, n, k, 0); });
+    rows_check(T, "GEMV of " + std::to_string(rows) + " rows in" + std::to_string(k) + " out" + std::to_string(n),
+               got, want);
 }
-template <int T>
-static void rows_gate(int rows, int k, int inter) {
+static void rows_gate(int T, int rows, int k, int inter) {
     const auto x = bf16_vec((size_t)rows * k, 1.f), w = bf16_vec((size_t)2 * inter * k, 0.05f);
     std::vector<bf16_t> want((size_t)rows * inter), got((size_t)rows * inter);
     const bf16_t *X = x.data(), *W = w.data();
@@ -181,12 +207,12 @@ static void rows_gate(int rows, int k, int inter) {
     if (T == 2) launch(t1_grid(inter), 256, [=] { gemv_bf16_rows2_gate(X, W, G, rows, inter, k, 0); });
     if (T == 4) launch(t1_grid(inter), 256, [=] { gemv_bf16_rows4_gate(X, W, G, rows, inter, k, 0); });
     if (T == 8) launch(t1_grid(inter), 256, [=] { gemv_bf16_rows8_gate(X, W, G, rows, inter, k, 0); });
-    expect_same("rows" + std::to_string(T) + " gate_up+SiLU of " + std::to_string(rows) + " rows in" +
-                    std::to_string(k) + " inter" + std::to_string(inter),
-                got, want);
+    if (T == 0) launch(mma_grid(inter, true, k), 256, [=] { gemv_bf16_mma_gate(X, W, G, rows, inter, k, 0); });
+    rows_check(T, "gate_up+SiLU of " + std::to_string(rows) + " rows in" + std::to_string(k) + " inter" +
+                      std::to_string(inter),
+               got, want);
 }
-template <int T>
-static void rows_qkv_rope(int rows, int nq, int nk, int hd, int mode) {
+static void rows_qkv_rope(int T, int rows, int nq, int nk, int hd, int mode) {
     const int k = 2048, width = (nq + 2 * nk) * hd, kv_dim = nk * hd, slots = 16, pairs = width / 2;
     const auto x = bf16_vec((size_t)rows * k, 1.f), resid = bf16_vec((size_t)rows * k, 1.f);
     const auto nw = bf16_vec(k, 0.5f, 1.f), w = bf16_vec((size_t)width * k, 0.05f);
@@ -228,12 +254,16 @@ static void rows_qkv_rope(int rows, int nq, int nk, int hd, int mode) {
         launch(t1_grid(pairs), 256, [=] {
             gemv_bf16_rows8_qkv_rope(X, W, Q, rows, pairs, k, nq, nk, hd, P, I, KP, VP, S, R, NW, eps);
         });
+    if (T == 0)
+        launch(mma_grid(pairs, true, k), 256, [=] {
+            gemv_bf16_mma_qkv_rope(X, W, Q, rows, pairs, k, nq, nk, hd, P, I, KP, VP, S, R, NW, eps);
+        });
     const char* of[] = {"rows", "rmsnorm(y + resid)", "rmsnorm(resid)"};
-    const std::string what = "rows" + std::to_string(T) + " qkv+RoPE of " + std::to_string(rows) + " " + of[mode] +
-                             " h" + std::to_string(nq) + "/" + std::to_string(nk) + " d" + std::to_string(hd);
-    expect_same(what + ": qkv", qb, qa);
-    expect_same(what + ": k pool", kb, ka);
-    expect_same(what + ": v pool", vb, va);
+    const std::string what = "qkv+RoPE of " + std::to_string(rows) + " " + of[mode] + " h" + std::to_string(nq) +
+                             "/" + std::to_string(nk) + " d" + std::to_string(hd);
+    rows_check(T, what + ": qkv", qb, qa);
+    rows_check(T, what + ": k pool", kb, ka);
+    rows_check(T, what + ": v pool", vb, va);
 }
 
 // rmsnorm_add2 against two rmsnorm calls: the output and the residual.
@@ -265,20 +295,29 @@ int main(int argc, char** argv) {
     rope_kv_write_case(3, 1, 40);
     rmsnorm_add2_case(2048);
     rmsnorm_add2_case(4096);
-    rows_plain<2>(2, 1000, 77);
-    rows_plain<2>(1, 2048, 64);
-    rows_plain<4>(4, 1000, 77);
-    rows_plain<4>(3, 4096, 40);
-    rows_plain<8>(8, 1000, 77);
-    rows_plain<8>(5, 2048, 33);
-    rows_gate<2>(2, 1000, 40);
-    rows_gate<4>(3, 2048, 64);
-    rows_gate<8>(8, 1000, 24);
-    rows_qkv_rope<4>(3, 4, 2, 64, 0);
-    rows_qkv_rope<4>(4, 4, 2, 64, 1);
-    rows_qkv_rope<4>(2, 4, 2, 64, 2);
-    rows_qkv_rope<2>(2, 2, 1, 128, 1);
-    rows_qkv_rope<8>(8, 2, 1, 128, 1);
-    rows_qkv_rope<8>(6, 2, 2, 32, 0);
+    rows_plain(2, 2, 1000, 77);
+    rows_plain(2, 1, 2048, 64);
+    rows_plain(4, 4, 1000, 77);
+    rows_plain(4, 3, 4096, 40);
+    rows_plain(8, 8, 1000, 77);
+    rows_plain(8, 5, 2048, 33);
+    rows_gate(2, 2, 1000, 40);
+    rows_gate(4, 3, 2048, 64);
+    rows_gate(8, 8, 1000, 24);
+    rows_qkv_rope(4, 3, 4, 2, 64, 0);
+    rows_qkv_rope(4, 4, 4, 2, 64, 1);
+    rows_qkv_rope(4, 2, 4, 2, 64, 2);
+    rows_qkv_rope(2, 2, 2, 1, 128, 1);
+    rows_qkv_rope(8, 8, 2, 1, 128, 1);
+    rows_qkv_rope(8, 6, 2, 2, 32, 0);
+    // The mma kernels: S = 8 (in 1024, 2048), S = 2 (in 256: 4 tiles per group), odd outputs.
+    rows_plain(0, 5, 1024, 200);
+    rows_plain(0, 6, 256, 300);
+    rows_plain(0, 8, 2048, 64);
+    rows_gate(0, 7, 1024, 77);
+    rows_gate(0, 3, 256, 40);
+    rows_qkv_rope(0, 3, 2, 1, 64, 0);
+    rows_qkv_rope(0, 8, 2, 1, 32, 1);
+    rows_qkv_rope(0, 5, 2, 2, 32, 2);
     return g_failed ? 1 : 0;
 }

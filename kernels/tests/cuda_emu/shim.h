@@ -56,6 +56,33 @@ inline float __int_as_float(int x) { float f; std::memcpy(&f, &x, 4); return f; 
 inline int __float_as_int(float x) { int f; std::memcpy(&f, &x, 4); return f; }
 inline float __uint_as_float(unsigned x) { float f; std::memcpy(&f, &x, 4); return f; }
 inline unsigned __float_as_uint(float x) { unsigned f; std::memcpy(&f, &x, 4); return f; }
+// mma.sync.m16n8k16 bf16 -> f32 (gemv_mma.cu) of one warp: every lane deposits its A and B
+// fragments, then computes its own four accumulators (rows g and g + 8, columns 2q and 2q + 1,
+// g = lane / 4, q = lane % 4) from all of them, the 16 products added in k order (the
+// hardware's order is its own: results compare within tolerance, not bit for bit). Two deposit
+// buffers used in turn: a lane can write call i + 2's only after every lane passed call i + 1's
+// barrier, i.e. finished reading call i's, so one barrier per call suffices.
+#define STRATA_CUDA_EMU 1
+static unsigned g_mma_buf[2][64][32][6];
+thread_local int g_mma_turn;
+inline void emu_mma16816(float* c, unsigned a0, unsigned a1, unsigned a2, unsigned a3, unsigned b0, unsigned b1) {
+    const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, q = lane & 3;
+    auto& buf = g_mma_buf[g_mma_turn ^= 1][w];
+    const unsigned mine[6] = {a0, a1, a2, a3, b0, b1};
+    std::memcpy(buf[lane], mine, sizeof mine);
+    g_warp_bar[w]->arrive_and_wait();
+    auto half = [](unsigned v, int hi) { return hi ? __uint_as_float(v & 0xffff0000u) : __uint_as_float(v << 16); };
+    // A[r][k] lives in lane (r % 8) * 4 + (k % 8) / 2, register (k >= 8) * 2 + (r >= 8), half k % 2;
+    // B[k][n] in lane n * 4 + (k % 8) / 2, register 4 + (k >= 8), half k % 2.
+    auto A = [&](int r, int k) { return half(buf[(r % 8) * 4 + (k % 8) / 2][(k >= 8) * 2 + (r >= 8)], k % 2); };
+    auto B = [&](int k, int n) { return half(buf[n * 4 + (k % 8) / 2][4 + (k >= 8)], k % 2); };
+    for (int i = 0; i < 4; ++i) {
+        const int r = g + 8 * (i >> 1), n = 2 * q + (i & 1);
+        float s = c[i];
+        for (int k = 0; k < 16; ++k) s += A(r, k) * B(k, n);
+        c[i] = s;
+    }
+}
 inline float __fdiv_rn(float a, float b) { return a / b; }
 inline float __fsub_rn(float a, float b) { return a - b; }
 inline float __fadd_rn(float a, float b) { return a + b; }
