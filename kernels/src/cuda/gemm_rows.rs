@@ -148,9 +148,6 @@ impl FewRows {
 
     /// The kernel for `t` rows of `k` inputs under the current mode, if any.
     pub(super) fn pick(&self, t: usize, k: usize) -> Option<RowsKernel> {
-        if !self.usable {
-            return None;
-        }
         match self.mode() {
             RowsMode::Off => None,
             RowsMode::Exact => self.kernel(RowsKernel::Exact(0), t, k),
@@ -161,8 +158,11 @@ impl FewRows {
     }
 
     /// `family`'s kernel for `t` rows of `k` inputs where it applies (whatever the mode; the
-    /// exact index is found from `t`).
+    /// exact index is found from `t`); none where the device refused their shared memory.
     pub(super) fn kernel(&self, family: RowsKernel, t: usize, k: usize) -> Option<RowsKernel> {
+        if !self.usable {
+            return None;
+        }
         match family {
             RowsKernel::Exact(_) => index_for(t, k).map(RowsKernel::Exact),
             RowsKernel::Mma => (self.mma_usable && mma_fits(t, k)).then_some(RowsKernel::Mma),

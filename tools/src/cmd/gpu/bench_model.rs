@@ -219,13 +219,15 @@ pub fn run(
             // 2-8 rows: the same graph with each family of few-row GEMVs and without any.
             if (2..=8).contains(&b) && !args.deterministic {
                 let was = gemm.rows_mode();
-                let mut ms = Vec::new();
-                for m in [RowsMode::Exact, RowsMode::Mma, RowsMode::Off] {
-                    gemm.set_rows_mode(m);
-                    ms.push(replay());
-                }
+                let ms = [RowsMode::Exact, RowsMode::Mma, RowsMode::Off]
+                    .into_iter()
+                    .map(|m| {
+                        gemm.set_rows_mode(m);
+                        replay()
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>();
                 gemm.set_rows_mode(was);
-                if let [Ok(Some(e)), Ok(Some(m)), Ok(Some(n))] = &ms[..] {
+                if let [Some(e), Some(m), Some(n)] = ms?[..] {
                     summary.push(format!(
                         "  b{b} graph step with the few-row GEMVs: exact {e:.3} ms (x{:.3}), mma {m:.3} ms (x{:.3}), without {n:.3} ms",
                         e / n,
