@@ -180,6 +180,43 @@ mod tests {
         assert!(ignored.is_empty());
     }
 
+    /// SGLang's decode CUDA-graph flags (0.5.23 names and the older `--cuda-graph-bs`) are
+    /// implemented, not ignored: they reach clap and parse into the serve arguments.
+    #[test]
+    fn sglang_cuda_graph_flags_are_implemented() {
+        let implemented = super::implemented_flags("serve");
+        for f in [
+            "--cuda-graph-bs",
+            "--cuda-graph-bs-decode",
+            "--cuda-graph-max-bs-decode",
+            "--disable-decode-cuda-graph",
+        ] {
+            assert!(implemented.contains(f), "{f} is left to the compat pass");
+        }
+        let args: Vec<std::ffi::OsString> = [
+            "strata",
+            "serve",
+            "--model-path",
+            "/models/m",
+            "--cuda-graph-bs-decode",
+            "1",
+            "2",
+            "8",
+            "--cuda-graph-max-bs-decode",
+            "8",
+            "--disable-decode-cuda-graph",
+        ]
+        .iter()
+        .map(Into::into)
+        .collect();
+        let (kept, ignored) = crate::cmd::compat::strip(args.clone(), &implemented).unwrap();
+        assert_eq!(kept, args);
+        assert!(ignored.is_empty());
+        if let Err(e) = <Cli as clap::Parser>::try_parse_from(&kept) {
+            panic!("{e}");
+        }
+    }
+
     /// The top-level help names only subcommands that exist.
     #[test]
     fn help_names_only_existing_subcommands() {

@@ -87,11 +87,16 @@ pub struct Args {
     /// KV cache dtype: auto or bfloat16 (bf16 on the CUDA stack, f32 on the CPU and float32 paths).
     #[arg(long, default_value = "auto")]
     kv_cache_dtype: String,
-    /// Largest decode batch replayed from a CUDA graph (default: --max-running-requests, at most 256).
-    #[arg(long)]
+    /// Largest decode batch replayed from a CUDA graph (default: --max-running-requests, at most
+    /// 256; captured at 1, 2, 4, 8, then steps of 8, 16 and 32 up to it).
+    #[arg(long, visible_alias = "cuda-graph-max-bs-decode")]
     cuda_graph_max_bs: Option<usize>,
+    /// The decode batch sizes captured as CUDA graphs, instead of the default steps (a batch
+    /// replays the smallest captured size that holds it; larger batches run eagerly).
+    #[arg(long, visible_alias = "cuda-graph-bs-decode", num_args = 1..)]
+    cuda_graph_bs: Vec<usize>,
     /// Run every decode step eagerly (no CUDA graphs).
-    #[arg(long)]
+    #[arg(long, visible_alias = "disable-decode-cuda-graph")]
     disable_cuda_graph: bool,
     /// Batch-invariant (deterministic) inference on the bf16 CUDA stack: a request's tokens do
     /// not depend on the batch it ran in, CUDA graphs, or prefix-cache hits (docs/gpu.md).
@@ -398,14 +403,19 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             let deterministic =
                 strata_kernels::cuda::det::from_env(a.enable_deterministic_inference);
             let graph_bs = if a.disable_cuda_graph {
-                0
+                Vec::new()
             } else {
-                a.cuda_graph_max_bs.unwrap_or(max_running.min(256))
+                strata_server::model::cuda::graph_sizes(
+                    a.cuda_graph_max_bs,
+                    &a.cuda_graph_bs,
+                    max_running.min(256),
+                )
+                .map_err(anyhow::Error::msg)?
             };
             launch_with(&opts, |dir, cfg, max_positions| {
                 let ro = CudaRunnerOptions {
                     context_length: max_positions,
-                    cuda_graph_max_bs: graph_bs,
+                    cuda_graph_bs: graph_bs.clone(),
                     max_prefill_tokens: opts.chunked_prefill_size.unwrap_or(max_positions),
                     max_running_requests: max_running,
                     deterministic,

@@ -1,5 +1,6 @@
-//! Decode CUDA graphs: one per batch-size bucket up to `--cuda-graph-max-bs`, captured at start-up
-//! against the KV pool, each with its own activations, metadata buffer and fixed attention plan.
+//! Decode CUDA graphs: one per batch-size bucket (`--cuda-graph-bs`, or the default buckets up to
+//! `--cuda-graph-max-bs`), captured at start-up against the KV pool, each with its own
+//! activations, metadata buffer and fixed attention plan.
 //!
 //! A replay rewrites the bucket's metadata (ids, positions, slots; padded rows get slot -1 and
 //! write no KV) and the plan's block tables in place, stream-ordered before the launch, so the
@@ -12,6 +13,31 @@ use crate::model::ForwardBatch;
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::CudaGraph;
 use strata_kernels::cuda::{AttnPlan, AttnSeq, CudaError};
+
+/// The decode batch sizes to capture (`strata serve`'s flags, SGLang's semantics): the sizes of
+/// `list` (`--cuda-graph-bs`) when given, ascending and deduplicated, those above `max_bs`
+/// (`--cuda-graph-max-bs`, when also given) left out; otherwise [`buckets`] up to `max_bs`, or
+/// up to `default_max` without it. An error for a size of 0.
+pub fn graph_sizes(
+    max_bs: Option<usize>,
+    list: &[usize],
+    default_max: usize,
+) -> Result<Vec<usize>, String> {
+    if list.contains(&0) {
+        return Err("--cuda-graph-bs: batch sizes must be at least 1".into());
+    }
+    if list.is_empty() {
+        return Ok(buckets(max_bs.unwrap_or(default_max)));
+    }
+    let mut sizes: Vec<usize> = list
+        .iter()
+        .copied()
+        .filter(|&b| max_bs.is_none_or(|m| b <= m))
+        .collect();
+    sizes.sort_unstable();
+    sizes.dedup();
+    Ok(sizes)
+}
 
 /// Batch-size buckets up to `max_bs` (SGLang-like: 1, 2, 4, 8, then steps of 8 to 64, of 16
 /// to 256, of 32 beyond), always ending at `max_bs` itself.
@@ -70,7 +96,7 @@ impl Graphs {
             .min(kv.num_pages)
             .max(1);
         let mut graphs = Vec::new();
-        let sizes = buckets(r.opts.cuda_graph_max_bs);
+        let sizes = r.opts.cuda_graph_bs.clone();
         let shape = r.attn_shape(kv);
         // Batch-invariant plans have many splits (a fixed split length over the whole context):
         // every bucket uses the largest bucket's split workspace (replays never overlap).
@@ -189,5 +215,32 @@ impl Graphs {
         let (_, logits, tokens) = g.acts.head.as_ref().expect("graphs have logits rows");
         r.sample(logits, tokens, sampling)
             .map(|out| Some((out, launched)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_buckets_end_at_the_largest_batch() {
+        assert_eq!(buckets(0), Vec::<usize>::new());
+        assert_eq!(buckets(1), [1]);
+        assert_eq!(buckets(20), [1, 2, 4, 8, 16, 20]);
+        assert_eq!(graph_sizes(None, &[], 8).unwrap(), [1, 2, 4, 8]);
+        assert_eq!(graph_sizes(Some(4), &[], 256).unwrap(), [1, 2, 4]);
+    }
+
+    #[test]
+    fn an_explicit_list_is_sorted_deduplicated_and_capped() {
+        assert_eq!(
+            graph_sizes(None, &[8, 1, 4, 4, 32], 256).unwrap(),
+            [1, 4, 8, 32]
+        );
+        assert_eq!(
+            graph_sizes(Some(8), &[1, 2, 16, 8], 256).unwrap(),
+            [1, 2, 8]
+        );
+        assert!(graph_sizes(None, &[0, 4], 256).is_err());
     }
 }

@@ -5,8 +5,9 @@
 //!
 //! One forward per scheduler round. The batch metadata (token ids, positions, KV slots, the rows
 //! whose logits are needed) goes up in one copy; the attention plan's block tables in one more.
-//! Decode-only batches of up to `--cuda-graph-max-bs` sequences replay a CUDA graph captured at
-//! start-up for the next batch-size bucket (padded rows write no KV and are discarded); other
+//! Decode-only batches up to the largest captured size (`--cuda-graph-bs` / `--cuda-graph-max-bs`)
+//! replay a CUDA graph captured at start-up for the next batch-size bucket (padded rows write no
+//! KV and are discarded); other
 //! batches (prefill chunks, mixed, larger) run eagerly. Every row is sampled on the GPU: plain
 //! greedy rows by the argmax kernel in the forward, the others (temperature, top-k/p, min-p,
 //! penalties, logit bias, banned tokens, logprobs, scored prompt rows) by `sample_rows` /
@@ -16,6 +17,7 @@
 //! prompt token outside the vocabulary.
 
 mod graph;
+pub use graph::graph_sizes;
 mod ipc;
 mod kv;
 mod load;
@@ -45,8 +47,9 @@ use strata_kernels::sample_rows::{pack_rows, RowMode, RowSpec};
 pub struct CudaRunnerOptions {
     /// Longest sequence (sizes the graphs' page tables).
     pub context_length: usize,
-    /// Largest decode batch replayed from a CUDA graph (0: none).
-    pub cuda_graph_max_bs: usize,
+    /// The decode batch sizes captured as CUDA graphs, ascending (empty: none;
+    /// [`graph_sizes`] builds it from the flags).
+    pub cuda_graph_bs: Vec<usize>,
     /// Tokens of the largest eager forward (reserved out of the KV budget).
     pub max_prefill_tokens: usize,
     /// Largest number of sequences in one forward (reserved out of the KV budget).
@@ -266,7 +269,7 @@ impl CudaRunner {
     /// Bytes kept out of the KV budget for activations and graph workspaces.
     fn reserve_bytes(&self) -> usize {
         let (per_tok, per_row) = act_bytes(&self.cfg);
-        let graph_rows: usize = graph::buckets(self.opts.cuda_graph_max_bs).iter().sum();
+        let graph_rows: usize = self.opts.cuda_graph_bs.iter().sum();
         let eager = self.opts.max_prefill_tokens + self.opts.max_running_requests;
         (eager + graph_rows) * per_tok
             + (self.opts.max_running_requests + graph_rows) * per_row

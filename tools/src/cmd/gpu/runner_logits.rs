@@ -54,7 +54,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let cfg = ModelConfig::load(&a.model_path)?;
     let opts = CudaRunnerOptions {
         context_length: longest + 1,
-        cuda_graph_max_bs: 0,
+        cuda_graph_bs: Vec::new(),
         max_prefill_tokens: longest,
         max_running_requests: 1,
         deterministic: strata_kernels::cuda::det::from_env(false),
