@@ -29,10 +29,13 @@ async fn serve_ignores_sglang_flags_and_serves() {
             "xgrammar",
             "--enable-torch-compile",
             "--attention-backend=triton",
-            "--cuda-graph-bs-decode",
+            "--cuda-graph-bs-prefill",
             "1",
             "2",
             "4",
+            "--cuda-graph-bs-decode",
+            "1",
+            "2",
             "--random-seed",
             "42",
             "--enable-metrics",
@@ -51,7 +54,7 @@ async fn serve_ignores_sglang_flags_and_serves() {
         "no effect: --grammar-backend xgrammar (Strata has no grammar engine",
         "no effect: --enable-torch-compile",
         "no effect: --attention-backend triton",
-        "no effect: --cuda-graph-bs-decode 1 2 4",
+        "no effect: --cuda-graph-bs-prefill 1 2 4",
         "no effect: --random-seed 42",
         "no effect: --enable-metrics (/metrics is always served)",
         "no effect: --schedule-policy lpm",
@@ -63,6 +66,7 @@ async fn serve_ignores_sglang_flags_and_serves() {
     // Implemented flags (and SGLang's alias of one) are never reported as ignored.
     assert_eq!(s.log_count("no effect: --tensor-parallel-size"), 0);
     assert_eq!(s.log_count("no effect: --trust-remote-code"), 0);
+    assert_eq!(s.log_count("no effect: --cuda-graph-bs-decode"), 0);
     assert_eq!(s.log_count("no effect:"), 9, "{:?}", s.log.lock().unwrap());
     drop(s);
 
