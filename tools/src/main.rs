@@ -165,56 +165,55 @@ mod tests {
         }
     }
 
-    /// `--enable-deterministic-inference` is implemented (batch-invariant CUDA runner), so the
-    /// compatibility pass leaves it to clap instead of ignoring it with a WARN.
-    #[test]
-    fn deterministic_inference_is_not_a_compat_no_op() {
+    /// `strata serve ARGS` as the compatibility pass sees it: every flag in `flags` is one serve
+    /// implements, ARGS come through unchanged (nothing ignored) and clap parses them.
+    fn serve_implements(flags: &[&str], args: &[&str]) {
         let implemented = super::implemented_flags("serve");
-        assert!(implemented.contains("--enable-deterministic-inference"));
-        let args: Vec<std::ffi::OsString> = ["strata", "serve", "--enable-deterministic-inference"]
+        for f in flags {
+            assert!(implemented.contains(*f), "{f} is left to the compat pass");
+        }
+        let args: Vec<std::ffi::OsString> = ["strata", "serve", "--model-path", "/models/m"]
             .iter()
+            .chain(args)
             .map(Into::into)
             .collect();
-        let (kept, ignored) = crate::cmd::compat::strip(args.clone(), &implemented).unwrap();
-        assert_eq!(kept, args);
-        assert!(ignored.is_empty());
-    }
-
-    /// SGLang's decode CUDA-graph flags (0.5.23 names and the older `--cuda-graph-bs`) are
-    /// implemented, not ignored: they reach clap and parse into the serve arguments.
-    #[test]
-    fn sglang_cuda_graph_flags_are_implemented() {
-        let implemented = super::implemented_flags("serve");
-        for f in [
-            "--cuda-graph-bs",
-            "--cuda-graph-bs-decode",
-            "--cuda-graph-max-bs-decode",
-            "--disable-decode-cuda-graph",
-        ] {
-            assert!(implemented.contains(f), "{f} is left to the compat pass");
-        }
-        let args: Vec<std::ffi::OsString> = [
-            "strata",
-            "serve",
-            "--model-path",
-            "/models/m",
-            "--cuda-graph-bs-decode",
-            "1",
-            "2",
-            "8",
-            "--cuda-graph-max-bs-decode",
-            "8",
-            "--disable-decode-cuda-graph",
-        ]
-        .iter()
-        .map(Into::into)
-        .collect();
         let (kept, ignored) = crate::cmd::compat::strip(args.clone(), &implemented).unwrap();
         assert_eq!(kept, args);
         assert!(ignored.is_empty());
         if let Err(e) = <Cli as clap::Parser>::try_parse_from(&kept) {
             panic!("{e}");
         }
+    }
+
+    /// `--enable-deterministic-inference` is implemented (batch-invariant CUDA runner), so the
+    /// compatibility pass leaves it to clap instead of ignoring it with a WARN.
+    #[test]
+    fn deterministic_inference_is_not_a_compat_no_op() {
+        let f = "--enable-deterministic-inference";
+        serve_implements(&[f], &[f]);
+    }
+
+    /// SGLang's decode CUDA-graph flags (0.5.23 names and the older `--cuda-graph-bs`) are
+    /// implemented, not ignored: they reach clap and parse into the serve arguments.
+    #[test]
+    fn sglang_cuda_graph_flags_are_implemented() {
+        serve_implements(
+            &[
+                "--cuda-graph-bs",
+                "--cuda-graph-bs-decode",
+                "--cuda-graph-max-bs-decode",
+                "--disable-decode-cuda-graph",
+            ],
+            &[
+                "--cuda-graph-bs-decode",
+                "1",
+                "2",
+                "8",
+                "--cuda-graph-max-bs-decode",
+                "8",
+                "--disable-decode-cuda-graph",
+            ],
+        );
     }
 
     /// The top-level help names only subcommands that exist.
