@@ -30,6 +30,20 @@ __device__ __forceinline__ void pdl_enter() {
     pdl_wait();
     pdl_trigger();
 }
+// c += A B on the tensor cores, mma.sync m16n8k16 bf16 -> f32 (sm_80+): a the lane's four A
+// fragment registers, b0 b1 its two of B (the attention and few-row GEMV kernels). The CPU
+// emulation of kernels/tests/cuda_emu supplies its own (shim.h emu_mma16816).
+__device__ __forceinline__ void mma_bf16_16816(float* c, const u32* a, u32 b0, u32 b1) {
+#ifdef STRATA_CUDA_EMU
+    emu_mma16816(c, a[0], a[1], a[2], a[3], b0, b1);
+#else
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
+        "{%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+#endif
+}
 // A kernel's dynamic shared memory (the CPU emulation of kernels/tests/cuda_emu defines its own).
 #ifndef DYN_SHARED
 #define DYN_SHARED(T, name) extern __shared__ T name[]

@@ -22,18 +22,6 @@
 #define MMA_GEMV_WARPS 8
 #define MMA_GEMV_CH 4  // 32-k chunks per step
 
-__device__ __forceinline__ void gemv_mma16816(float* c, u32 a0, u32 a1, u32 a2, u32 a3, u32 b0, u32 b1) {
-#ifdef STRATA_CUDA_EMU  // the CPU emulation of kernels/tests/cuda_emu
-    emu_mma16816(c, a0, a1, a2, a3, b0, b1);
-#else
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, "
-        "{%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a0), "r"(a1), "r"(a2), "r"(a3), "r"(b0), "r"(b1));
-#endif
-}
-
 // Stages x rows t < rows at xs + t * xs8 (uint4 units): row t of x ([rows, k]), or the input
 // RMSNorm of (x + resid) row t (nin.w set; gemv_stage_norm, so bit for bit rmsnorm's output).
 __device__ __forceinline__ void gemv_mma_stage(const bf16_t* x, int rows, int k, const NormIn& nin, uint4* xs,
@@ -97,8 +85,10 @@ __device__ __forceinline__ void gemv_mma_body(const bf16_t* x, int rows, const b
             const int c = s * CH + j;
             if (c < nchunk) {
                 const uint4 b = g < rows ? xs[g * xs8 + 4 * c + q] : make_uint4(0, 0, 0, 0);
-                gemv_mma16816(acc, a[j][0].x, a[j][1].x, a[j][0].y, a[j][1].y, b.x, b.y);
-                gemv_mma16816(acc, a[j][0].z, a[j][1].z, a[j][0].w, a[j][1].w, b.z, b.w);
+                const u32 lo[4] = {a[j][0].x, a[j][1].x, a[j][0].y, a[j][1].y};
+                const u32 hi[4] = {a[j][0].z, a[j][1].z, a[j][0].w, a[j][1].w};
+                mma_bf16_16816(acc, lo, b.x, b.y);
+                mma_bf16_16816(acc, hi, b.z, b.w);
             }
         }
     };

@@ -633,10 +633,8 @@ impl Gemm {
                     GemmPath::GemvT1
                 }
             }
-            GemmPath::Auto if few.is_some() => match few {
-                Some(RowsKernel::Exact(_)) => GemmPath::GemvRows,
-                _ => GemmPath::GemvMma,
-            },
+            GemmPath::Auto if matches!(few, Some(RowsKernel::Exact(_))) => GemmPath::GemvRows,
+            GemmPath::Auto if few == Some(RowsKernel::Mma) => GemmPath::GemvMma,
             GemmPath::Auto if gemv_ok && t <= self.gemv_max_rows && k <= GEMV_MAX_IN => {
                 GemmPath::Gemv
             }

@@ -56,7 +56,7 @@ inline float __int_as_float(int x) { float f; std::memcpy(&f, &x, 4); return f; 
 inline int __float_as_int(float x) { int f; std::memcpy(&f, &x, 4); return f; }
 inline float __uint_as_float(unsigned x) { float f; std::memcpy(&f, &x, 4); return f; }
 inline unsigned __float_as_uint(float x) { unsigned f; std::memcpy(&f, &x, 4); return f; }
-// mma.sync.m16n8k16 bf16 -> f32 (gemv_mma.cu) of one warp: every lane deposits its A and B
+// mma.sync.m16n8k16 bf16 -> f32 (common.cuh mma_bf16_16816) of one warp: every lane deposits its A and B
 // fragments, then computes its own four accumulators (rows g and g + 8, columns 2q and 2q + 1,
 // g = lane / 4, q = lane % 4) from all of them, the 16 products added in k order (the
 // hardware's order is its own: results compare within tolerance, not bit for bit). Two deposit

@@ -415,7 +415,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             launch_with(&opts, |dir, cfg, max_positions| {
                 let ro = CudaRunnerOptions {
                     context_length: max_positions,
-                    cuda_graph_bs: graph_bs.clone(),
+                    cuda_graph_bs: graph_bs,
                     max_prefill_tokens: opts.chunked_prefill_size.unwrap_or(max_positions),
                     max_running_requests: max_running,
                     deterministic,
