@@ -14,7 +14,10 @@
 # per shape too. Each size ends with a `cost` line (det vs default median ITL at c=1 and 16, raw
 # graph step) and the script with `== gpu-det-check: PASS ==` or `== gpu-det-check: FAIL ==`.
 # Usage: scripts/gpu-det-check.sh [OUTDIR]; env STRATA, DET_MODES (default "det det1 default"),
-# DET_SIZES, DET_MODES_8B, DET_N (prompts, default 32), DET_NEW (tokens, default 48).
+# DET_SIZES, DET_MODES_8B, DET_N (prompts, default 32), DET_NEW (tokens, default 48),
+# DET_GRAPH_ARGS (extra flags of the graph server, e.g. "--cuda-graph-bs 1 3 6 --cuda-graph-max-bs
+# 4": the captured sizes then come from the flags; batches pad to them or run eagerly), DET_BENCH=0
+# skips the decode bench.
 # Exit status: non-zero when det or det1 shows any difference or a server fails (differences in
 # the default mode are expected and only reported).
 set -uo pipefail
@@ -62,14 +65,15 @@ for mode in $MODES; do
   export STRATA_DETERMINISTIC=$([ "$mode" != default ] && echo 1 || echo 0)
   export STRATA_DET_ATTN=$([ "$mode" = det1 ] && echo prefill || echo split)
   glog="$OUTDIR/det-$SIZE-$mode-graph.log" nlog="$OUTDIR/det-$SIZE-$mode-nograph.log"
-  if up 32300 "$glog" --mem-fraction-static 0.3 ${flag[@]+"${flag[@]}"} \
+  # shellcheck disable=SC2086
+  if up 32300 "$glog" --mem-fraction-static 0.3 ${flag[@]+"${flag[@]}"} ${DET_GRAPH_ARGS:-} \
     && up 32301 "$nlog" --mem-fraction-static 0.62 --disable-cuda-graph ${flag[@]+"${flag[@]}"}; then
     grep -hE "batch-invariant|CUDA graphs captured" "$glog" | cut -c1-240
     timeout 240 python3 scripts/gpu_det_compare.py "$mode" http://127.0.0.1:32300 http://127.0.0.1:32301 \
       "$OUTDIR/det-$SIZE-$mode.json" "${DET_N:-32}" "${DET_NEW:-48}" 2>&1 | tee "$OUTDIR/det-$SIZE-$mode-compare.log"
     rc=${PIPESTATUS[0]}
     [ "$mode" != default ] && [ "$rc" != 0 ] && { fail=1; echo "FAIL: $SIZE $mode served comparison (rc=$rc)"; }
-    for c in 1 16; do
+    for c in $([ "${DET_BENCH:-1}" = 1 ] && echo 1 16); do
       n=$(( c == 1 ? 4 : 2 * c ))
       timeout 90 "$STRATA" bench serve --base-url http://127.0.0.1:32300 --num-prompts $n --random-input-len 512 \
         --random-output-len 128 --max-concurrency $c --output-file "$OUTDIR/det-$SIZE-$mode-bench.jsonl" > "$OUTDIR/det-$SIZE-$mode-bench-c$c.log" 2>&1

@@ -150,6 +150,110 @@ __device__ __forceinline__ void gemv_stage_norm(const bf16_t* y, const NormIn& n
     }
 }
 
+// The input RMSNorm of the few-row kernels: rows t < rows of (y + resid) (y null: of resid
+// alone), each normalised into xs + t * stride exactly as gemv_stage_norm does one row (the
+// same sums in the same order, so bit for bit its output), but with the loads of NORM_ROWS rows
+// in flight at once and one barrier for every row's reduction instead of a barrier and a round
+// trip to memory per row; rows t in [rows, pad) are zero. rows <= 8 (and <= pad).
+#define NORM_ROWS 2
+__device__ __forceinline__ void gemv_stage_norm_rows(const bf16_t* y, const NormIn& nin, int k, int rows, int pad,
+                                                     uint4* xs, int stride) {
+    __shared__ float nsh[8][32];
+    const int k8 = k / 8, per = k8 / 256;
+    const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+    for (int t0 = 0; t0 < rows; t0 += NORM_ROWS) {
+        uint4 a[NORM_ROWS][4];
+#pragma unroll
+        for (int j = 0; j < NORM_ROWS; ++j) {
+            const int t = t0 + j;
+            const uint4* r4 = (const uint4*)(nin.resid + (u64)t * k);
+            const uint4* y4 = (const uint4*)(y + (u64)t * k);
+#pragma unroll
+            for (int m = 0; m < 4; ++m) {
+                if (t < rows && m < per) {
+                    const int c = threadIdx.x + 256 * m;
+                    uint4 v = r4[c];
+                    if (y) {
+                        uint4 u = y4[c];
+                        bf8_add(u, v);
+                        v = u;
+                    }
+                    a[j][m] = v;
+                }
+            }
+        }
+#pragma unroll
+        for (int j = 0; j < NORM_ROWS; ++j) {
+            const int t = t0 + j;
+#pragma unroll
+            for (int m = 0; m < 4; ++m) {
+                if (t < rows && m < per) {
+                    float ss = 0.f;
+                    bf8_sumsq(a[j][m], ss);
+                    ss = warp_sum(ss);
+                    if (lane == 0) nsh[t][warp + 8 * m] = ss;
+                    xs[t * stride + threadIdx.x + 256 * m] = a[j][m];
+                }
+            }
+        }
+    }
+    // The norm weights (constant) are in flight across the barrier.
+    const uint4* w4 = (const uint4*)nin.w;
+    uint4 wv[4];
+#pragma unroll
+    for (int m = 0; m < 4; ++m)
+        if (m < per) wv[m] = w4[threadIdx.x + 256 * m];
+    __syncthreads();
+    for (int t = 0; t < pad; ++t) {
+        uint4* xt = xs + t * stride;
+        if (t < rows) {
+            const float total = warp_sum(lane < k8 / 32 ? nsh[t][lane] : 0.f);
+            const float r = rsqrtf(total / (float)k + nin.eps);
+#pragma unroll
+            for (int m = 0; m < 4; ++m) {
+                const int c = threadIdx.x + 256 * m;
+                if (m < per) xt[c] = bf8_norm(xt[c], wv[m], r);
+            }
+        } else {
+#pragma unroll
+            for (int m = 0; m < 4; ++m)
+                if (m < per) xt[threadIdx.x + 256 * m] = make_uint4(0, 0, 0, 0);
+        }
+    }
+}
+
+// 16 bytes from global to shared memory by cp.async (the CPU emulation copies at once).
+__device__ __forceinline__ void gemv_cp16(uint4* dst, const uint4* src) {
+#ifdef STRATA_CUDA_EMU
+    *dst = *src;
+#else
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"((u32)__cvta_generic_to_shared(dst)), "l"(src)
+                 : "memory");
+#endif
+}
+// Waits for this thread's cp.async copies.
+__device__ __forceinline__ void gemv_cp_wait_all() {
+#ifndef STRATA_CUDA_EMU
+    asm volatile("cp.async.commit_group;\ncp.async.wait_group 0;\n" ::: "memory");
+#endif
+}
+// Plain staging of the few-row kernels: rows t < rows of x (row stride x_stride) into xs + t *
+// stride, every 16-byte piece of every row in flight at once (cp.async), rows t in [rows, pad)
+// zero. The caller's barrier makes them visible to the other threads.
+__device__ __forceinline__ void gemv_stage_copy(const bf16_t* x, int x_stride, int rows, int pad, int k, uint4* xs,
+                                                int stride) {
+    const int k8 = k / 8;
+    for (int t = 0; t < pad; ++t) {
+        uint4* xt = xs + t * stride;
+        const uint4* x4 = (const uint4*)(x + (u64)t * x_stride);
+        for (int i = threadIdx.x; i < k8; i += blockDim.x) {
+            if (t < rows) gemv_cp16(xt + i, x4 + i);
+            else xt[i] = make_uint4(0, 0, 0, 0);
+        }
+    }
+    gemv_cp_wait_all();
+}
+
 // R: weight rows per warp. Warp `row` (< n) streams weight rows wrow(row, r), r < R, each summed
 // in the same order whatever R, and lane 0 hands the R sums to epi(row, sums). With R = 2 the
 // epilogue can combine two rows (gemv_bf16_t1_gate: SiLU of the gate row times the up row;
@@ -195,42 +299,48 @@ __device__ __forceinline__ void gemv_rows_body(const bf16_t* x, int x_stride, in
 #pragma unroll
     for (int s = 1; s < DEPTH; ++s)
         if (live && whole(c + s * STEP)) load(wv[s], c, s);
+    if (T > 1 && nin.w) {
+        gemv_stage_norm_rows(x, nin, k, rows, T, xs, k8);
+    } else if (T > 1 && !SILU) {
+        gemv_stage_copy(x, x_stride, rows, T, k, xs, k8);
+    } else {
 #pragma unroll
-    for (int t = 0; t < T; ++t) {
-        uint4* xt = xs + t * k8;
-        if (nin.w) {
-            if (t > 0) __syncthreads();  // the previous row's norm has read its reduction
-            if (t < rows) {
-                const NormIn nt{nin.resid + (u64)t * k, nin.w, nin.eps};
-                gemv_stage_norm(x ? x + (u64)t * k : nullptr, nt, k, xt);
-            } else {
-                for (int i = threadIdx.x; i < k8; i += blockDim.x) xt[i] = make_uint4(0, 0, 0, 0);
-            }
-        }
-        const uint4* x4 = (const uint4*)(x + (u64)t * x_stride);
-        for (int i0 = threadIdx.x; !nin.w && i0 < k8; i0 += XU * blockDim.x) {
-            uint4 g[XU], up[XU];
-#pragma unroll
-            for (int j = 0; j < XU; ++j) {
-                const int i = i0 + j * blockDim.x;
-                if (i < k8) {
-                    g[j] = make_uint4(0, 0, 0, 0);
-                    up[j] = g[j];
-                    if (t < rows) {
-                        g[j] = x4[i];
-                        if (SILU) up[j] = x4[k8 + i];
-                    }
+        for (int t = 0; t < T; ++t) {
+            uint4* xt = xs + t * k8;
+            if (nin.w) {
+                if (t > 0) __syncthreads();  // the previous row's norm has read its reduction
+                if (t < rows) {
+                    const NormIn nt{nin.resid + (u64)t * k, nin.w, nin.eps};
+                    gemv_stage_norm(x ? x + (u64)t * k : nullptr, nt, k, xt);
+                } else {
+                    for (int i = threadIdx.x; i < k8; i += blockDim.x) xt[i] = make_uint4(0, 0, 0, 0);
                 }
             }
+            const uint4* x4 = (const uint4*)(x + (u64)t * x_stride);
+            for (int i0 = threadIdx.x; !nin.w && i0 < k8; i0 += XU * blockDim.x) {
+                uint4 g[XU], up[XU];
 #pragma unroll
-            for (int j = 0; j < XU; ++j) {
-                const int i = i0 + j * blockDim.x;
-                if (i < k8) {
-                    if (SILU) {
-                        xt[i] = make_uint4(silu_mul2(g[j].x, up[j].x), silu_mul2(g[j].y, up[j].y),
-                                           silu_mul2(g[j].z, up[j].z), silu_mul2(g[j].w, up[j].w));
-                    } else {
-                        xt[i] = g[j];
+                for (int j = 0; j < XU; ++j) {
+                    const int i = i0 + j * blockDim.x;
+                    if (i < k8) {
+                        g[j] = make_uint4(0, 0, 0, 0);
+                        up[j] = g[j];
+                        if (t < rows) {
+                            g[j] = x4[i];
+                            if (SILU) up[j] = x4[k8 + i];
+                        }
+                    }
+                }
+#pragma unroll
+                for (int j = 0; j < XU; ++j) {
+                    const int i = i0 + j * blockDim.x;
+                    if (i < k8) {
+                        if (SILU) {
+                            xt[i] = make_uint4(silu_mul2(g[j].x, up[j].x), silu_mul2(g[j].y, up[j].y),
+                                               silu_mul2(g[j].z, up[j].z), silu_mul2(g[j].w, up[j].w));
+                        } else {
+                            xt[i] = g[j];
+                        }
                     }
                 }
             }

@@ -23,21 +23,12 @@
 #define MMA_GEMV_CH 4  // 32-k chunks per step
 
 // Stages x rows t < rows at xs + t * xs8 (uint4 units): row t of x ([rows, k]), or the input
-// RMSNorm of (x + resid) row t (nin.w set; gemv_stage_norm, so bit for bit rmsnorm's output).
+// RMSNorm of (x + resid) row t (nin.w set; gemv_stage_norm_rows, so bit for bit rmsnorm's
+// output).
 __device__ __forceinline__ void gemv_mma_stage(const bf16_t* x, int rows, int k, const NormIn& nin, uint4* xs,
                                                int xs8) {
-    const int k8 = k / 8;
-    for (int t = 0; t < rows; ++t) {
-        uint4* xt = xs + t * xs8;
-        if (nin.w) {
-            if (t > 0) __syncthreads();  // the previous row's norm has read its reduction
-            const NormIn nt{nin.resid + (u64)t * k, nin.w, nin.eps};
-            gemv_stage_norm(x ? x + (u64)t * k : nullptr, nt, k, xt);
-            continue;
-        }
-        const uint4* x4 = (const uint4*)(x + (u64)t * k);
-        for (int i = threadIdx.x; i < k8; i += blockDim.x) xt[i] = x4[i];
-    }
+    if (nin.w) gemv_stage_norm_rows(x, nin, k, rows, rows, xs, xs8);
+    else gemv_stage_copy(x, k, rows, rows, k, xs, xs8);
     __syncthreads();
 }
 

@@ -775,7 +775,7 @@ fn prefill_gemms(
     let c = ops.context();
     let bf = strata_kernels::cuda::DType::Bf16;
     let h = s.hidden;
-    let mut total = 0.0;
+    let (mut total, mut lt_total) = (0.0, 0.0);
     let mut line = format!("  prefill {t} GEMMs alone:");
     for (name, n, k, rows, times) in [
         ("qkv", s.qkv_width(), h, t, s.layers),
@@ -793,7 +793,26 @@ fn prefill_gemms(
         total += ms * times as f64;
         let tf = 2.0 * (rows * n * k) as f64 / ms / 1e9;
         line += &format!(" {name} {:.3} ms ({tf:.0} TFLOP/s)", ms);
+        // cuBLASLt with its tuned pick (the first call times the heuristic's candidates).
+        if rows > 1 {
+            let lt = gpu_ms(c, false, 2, 10, || {
+                Ok(gemm.linear_with(&x, &w, &y, GemmPath::CublasLt)?)
+            });
+            match lt {
+                Ok(lt) => {
+                    lt_total += lt * times as f64;
+                    line += &format!(" [tuned cuBLASLt {lt:.3} ms, x{:.3}]", lt / ms);
+                }
+                Err(e) => line += &format!(" [cuBLASLt: {e:#}]"),
+            }
+        } else {
+            lt_total += ms * times as f64;
+        }
     }
+    line += &format!(
+        "; total cuBLAS {total:.1} ms, tuned cuBLASLt {lt_total:.1} ms (x{:.3})",
+        lt_total / total
+    );
     Ok((total, line))
 }
 
