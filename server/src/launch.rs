@@ -15,6 +15,8 @@ use crate::model::{Model, ModelConfig, ModelError, ModelRunner, Tokenizer};
 use crate::pd::decode::{Fetcher, Geometry};
 use crate::pd::prefill::Registry;
 use crate::pd::{Mode, PdConfig};
+pub use crate::scheduler::budget::DEFAULT_MAX_PREFILL_TOKENS;
+pub use crate::scheduler::policy::SchedulePolicy;
 use crate::scheduler::{spawn_with_hook, PdSide, SchedulerConfig, Seams};
 use crate::stats::Stats;
 use std::path::{Path, PathBuf};
@@ -42,6 +44,14 @@ pub struct ServeOptions {
     pub pd: Option<PdConfig>,
     /// Launch arguments echoed by `/get_server_info`.
     pub server_args: serde_json::Value,
+    /// `--max-prefill-tokens` (SGLang's default: [`DEFAULT_MAX_PREFILL_TOKENS`]).
+    pub max_prefill_tokens: usize,
+    /// `--schedule-policy`.
+    pub schedule_policy: SchedulePolicy,
+    /// `--random-seed` (`None`: unseeded requests get seeds from the clock).
+    pub random_seed: Option<u64>,
+    /// `--stream-interval`: streamed output tokens per chunk (at least 1).
+    pub stream_interval: usize,
 }
 
 /// A start-up failure.
@@ -233,6 +243,9 @@ where
         radix_cache: !opts.disable_radix_cache
             && opts.pd.as_ref().is_none_or(|c| c.mode != Mode::Decode),
         eviction_lfu: opts.radix_eviction_lfu,
+        max_prefill_tokens: opts.max_prefill_tokens.max(1),
+        schedule_policy: opts.schedule_policy,
+        random_seed: opts.random_seed,
     };
     let hicache = match &opts.hicache {
         Some(_) if !model.kv_page_io() => {
@@ -308,6 +321,7 @@ where
         info: Arc::new(info),
         api_key: opts.api_key.as_deref().map(Arc::from),
         pd_registry,
+        stream_interval: opts.stream_interval.max(1),
     })
 }
 

@@ -32,7 +32,8 @@ impl StringOrList {
 /// is accepted (null means absent); unknown fields are rejected, as SGLang's `SamplingParams(**d)`
 /// does. Constrained decoding (`regex`, `json_schema`, `ebnf`, `structural_tag`, `stop_regex`) is
 /// not implemented and answers 400 when set rather than silently producing unconstrained text;
-/// `stream_interval` and `custom_params` do not change the output here and are ignored.
+/// `custom_params` does not change the output here and is ignored. `stream_interval` overrides
+/// the server's `--stream-interval` for this request (0 or null: the server's, as SGLang).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SamplingParamsWire {
@@ -61,7 +62,7 @@ pub struct SamplingParamsWire {
     pub ebnf: Option<serde_json::Value>,
     pub structural_tag: Option<serde_json::Value>,
     pub stop_regex: Option<serde_json::Value>,
-    pub stream_interval: Option<serde_json::Value>,
+    pub stream_interval: Option<i64>,
     pub custom_params: Option<serde_json::Value>,
 }
 
@@ -82,6 +83,9 @@ pub struct SamplingParams {
     pub seed: Option<u64>,
     /// (token id, added to its logit), sorted by id, one entry per id.
     pub logit_bias: Vec<(u32, f32)>,
+    /// Streamed output tokens per chunk for this request (`None`: the server's
+    /// `--stream-interval`).
+    pub stream_interval: Option<usize>,
 }
 
 impl Default for SamplingParams {
@@ -177,6 +181,13 @@ impl SamplingParamsWire {
             }
             same
         });
+        let stream_interval = match self.stream_interval {
+            Some(n) if n < 0 => {
+                return Err(format!("stream_interval must be at least 1, got {n}."));
+            }
+            None | Some(0) => None,
+            Some(n) => Some(n as usize),
+        };
         let stop = self.stop.map(StringOrList::into_vec).unwrap_or_default();
         if stop.iter().any(String::is_empty) {
             return Err("stop strings must not be empty.".into());
@@ -204,6 +215,7 @@ impl SamplingParamsWire {
             no_stop_trim: self.no_stop_trim.unwrap_or(false),
             seed: self.seed,
             logit_bias,
+            stream_interval,
         })
     }
 }
@@ -284,6 +296,13 @@ mod tests {
         // Every SGLang field is accepted; null is absent; constrained decoding is refused.
         let p = parse(r#"{"regex": null, "json_schema": null, "stream_interval": 4, "custom_params": {"a": 1}, "logit_bias": {"3": 2.5}}"#).unwrap();
         assert_eq!(p.logit_bias, vec![(3, 2.5)]);
+        assert_eq!(p.stream_interval, Some(4));
+        assert_eq!(
+            parse(r#"{"stream_interval": 0}"#).unwrap().stream_interval,
+            None
+        );
+        assert!(parse(r#"{"stream_interval": -2}"#).is_err());
+        assert!(parse(r#"{"stream_interval": "4"}"#).is_err());
         assert!(parse(r#"{"regex": "a+"}"#)
             .unwrap_err()
             .contains("not supported"));

@@ -27,6 +27,10 @@ fn opts(dir: &std::path::Path) -> ServeOptions {
         radix_eviction_lfu: false,
         api_key: None,
         server_args: json!({}),
+        max_prefill_tokens: strata_server::launch::DEFAULT_MAX_PREFILL_TOKENS,
+        schedule_policy: Default::default(),
+        random_seed: None,
+        stream_interval: 1,
     }
 }
 

@@ -88,6 +88,9 @@ fn held_request_does_not_block_others_and_pages_return() {
         context_length: 512,
         radix_cache: true,
         eviction_lfu: false,
+        max_prefill_tokens: 16384,
+        schedule_policy: Default::default(),
+        random_seed: None,
     };
     let release = Arc::new(AtomicBool::new(false));
     let h = spawn_with_hook(
@@ -206,6 +209,9 @@ fn only_generated_tokens_are_marked_decode() {
         context_length: 512,
         radix_cache: true,
         eviction_lfu: false,
+        max_prefill_tokens: 16384,
+        schedule_policy: Default::default(),
+        random_seed: None,
     };
     let h = spawn_with_hook(
         cfg,

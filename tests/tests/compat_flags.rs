@@ -36,11 +36,19 @@ async fn serve_ignores_sglang_flags_and_serves() {
             "--cuda-graph-bs-decode",
             "1",
             "2",
-            "--random-seed",
+            "--max-queued-requests",
             "42",
             "--enable-metrics",
+            "--schedule-conservativeness",
+            "0.3",
+            "--random-seed",
+            "42",
             "--schedule-policy",
             "lpm",
+            "--stream-interval",
+            "2",
+            "--max-prefill-tokens",
+            "8192",
             "--no-enable-tf32-matmul",
             "--lora-paths",
             "--tensor-parallel-size",
@@ -55,9 +63,9 @@ async fn serve_ignores_sglang_flags_and_serves() {
         "no effect: --enable-torch-compile",
         "no effect: --attention-backend triton",
         "no effect: --cuda-graph-bs-prefill 1 2 4",
-        "no effect: --random-seed 42",
+        "no effect: --max-queued-requests 42",
         "no effect: --enable-metrics (/metrics is always served)",
-        "no effect: --schedule-policy lpm",
+        "no effect: --schedule-conservativeness 0.3",
         "no effect: --no-enable-tf32-matmul",
         "no effect: --lora-paths",
     ] {
@@ -67,6 +75,18 @@ async fn serve_ignores_sglang_flags_and_serves() {
     assert_eq!(s.log_count("no effect: --tensor-parallel-size"), 0);
     assert_eq!(s.log_count("no effect: --trust-remote-code"), 0);
     assert_eq!(s.log_count("no effect: --cuda-graph-bs-decode"), 0);
+    for f in [
+        "--random-seed",
+        "--schedule-policy",
+        "--stream-interval",
+        "--max-prefill-tokens",
+    ] {
+        assert_eq!(
+            s.log_count(&format!("no effect: {f}")),
+            0,
+            "{f} is implemented"
+        );
+    }
     assert_eq!(s.log_count("no effect:"), 9, "{:?}", s.log.lock().unwrap());
     drop(s);
 

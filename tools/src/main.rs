@@ -216,6 +216,30 @@ mod tests {
         );
     }
 
+    /// SGLang's scheduling flags are implemented (seeded sampling, stream chunking, the prefill
+    /// admission limit, the admission order), not ignored: they reach clap and parse.
+    #[test]
+    fn sglang_scheduling_flags_are_implemented() {
+        serve_implements(
+            &[
+                "--random-seed",
+                "--stream-interval",
+                "--max-prefill-tokens",
+                "--schedule-policy",
+            ],
+            &[
+                "--random-seed",
+                "7",
+                "--stream-interval",
+                "4",
+                "--max-prefill-tokens",
+                "4096",
+                "--schedule-policy",
+                "lpm",
+            ],
+        );
+    }
+
     /// The top-level help names only subcommands that exist.
     #[test]
     fn help_names_only_existing_subcommands() {

@@ -3,6 +3,11 @@
 //!
 //! Dropping a [`Driver`] drops the event receiver, which the scheduler sees as a disconnect and
 //! answers by aborting the request and freeing its pages.
+//!
+//! Streaming goes by [`Driver::next_chunk`]: with a stream interval `k` (`--stream-interval`, or
+//! the request's `sampling_params.stream_interval`) a chunk is due when the output holds `n`
+//! tokens with `n % k == 1` (`k` > 1: the first token at once, then every `k` tokens, as SGLang's
+//! scheduler decides) or at the end, which carries whatever is left with the finish reason.
 
 use super::error::ApiError;
 use super::output::Output;
@@ -28,6 +33,8 @@ pub struct Driver {
     rx: mpsc::UnboundedReceiver<Event>,
     state: AppState,
     last_token_at: Option<Instant>,
+    /// Output tokens per streamed chunk (at least 1).
+    stream_interval: usize,
 }
 
 /// A fresh request id (hex, like SGLang's uuid-based ids).
@@ -131,6 +138,10 @@ impl Driver {
         if !state.scheduler.submit(req) {
             return Err(ApiError::unavailable("The scheduler has stopped."));
         }
+        let stream_interval = params
+            .stream_interval
+            .unwrap_or(state.stream_interval)
+            .max(1);
         Ok(Driver {
             rid,
             params,
@@ -142,6 +153,7 @@ impl Driver {
             rx,
             state: state.clone(),
             last_token_at: None,
+            stream_interval,
         })
     }
 
@@ -185,9 +197,41 @@ impl Driver {
         Some(self.out.push(ev, &self.state.tokenizer, &self.params))
     }
 
+    /// Waits for the next streamed chunk (see the module header); returns its text delta, or
+    /// `None` once finished. A chunk ends after the token that makes it due or with the finish.
+    pub async fn next_chunk(&mut self) -> Option<String> {
+        let mut delta = self.next().await?;
+        while self.out.finish.is_none() && !chunk_due(self.out.ids.len(), self.stream_interval) {
+            match self.next().await {
+                Some(d) => delta.push_str(&d),
+                None => break,
+            }
+        }
+        Some(delta)
+    }
+
     /// Runs to completion; returns the final text.
     pub async fn run_to_end(&mut self) -> String {
         while self.next().await.is_some() {}
         self.out.final_text(&self.state.tokenizer, &self.params)
+    }
+}
+
+/// Whether a stream with interval `k` sends a chunk when the output holds `n` tokens (SGLang's
+/// rule: every token for `k` = 1; else at 1, k + 1, 2k + 1, ...).
+fn chunk_due(n: usize, k: usize) -> bool {
+    k <= 1 || n % k == 1
+}
+
+#[cfg(test)]
+mod tests {
+    use super::chunk_due;
+
+    #[test]
+    fn chunks_are_due_at_the_first_token_then_every_k() {
+        let due = |k| (1..=12).filter(|&n| chunk_due(n, k)).collect::<Vec<_>>();
+        assert_eq!(due(1), (1..=12).collect::<Vec<_>>());
+        assert_eq!(due(4), [1, 5, 9]);
+        assert_eq!(due(5), [1, 6, 11]);
     }
 }

@@ -405,7 +405,7 @@ fn stream_response(
             if done {
                 return None;
             }
-            match d.next().await {
+            match d.next_chunk().await {
                 Some(delta) => {
                     text.push_str(&delta);
                     let ev =

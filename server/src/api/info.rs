@@ -17,12 +17,14 @@ pub async fn health() -> StatusCode {
     StatusCode::OK
 }
 
-/// Runs a one-token generation through the whole stack.
+/// Runs a one-token generation through the whole stack. Greedy, so that under `--random-seed`
+/// it draws no seed and health checks do not change the sampled requests' outputs.
 pub async fn health_generate(State(st): State<AppState>) -> Result<StatusCode, ApiError> {
-    let params = SamplingParams {
+    let mut params = SamplingParams {
         max_new_tokens: 1,
         ..SamplingParams::default()
     };
+    params.sample.temperature = 0.0;
     let first = st.info.vocab_size.min(1) as u32;
     let mut d = Driver::submit(&st, vec![first], params, None, None)?;
     let run = d.run_to_end();

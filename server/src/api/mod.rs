@@ -49,6 +49,9 @@ pub struct AppState {
     pub api_key: Option<Arc<str>>,
     /// The PD bootstrap registry of a prefill server.
     pub pd_registry: Option<Arc<crate::pd::prefill::Registry>>,
+    /// `--stream-interval`: output tokens per streamed chunk (a request's
+    /// `sampling_params.stream_interval` overrides it).
+    pub stream_interval: usize,
 }
 
 impl AppState {

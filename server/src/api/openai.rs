@@ -462,7 +462,7 @@ where
                     _ => {}
                 }
                 loop {
-                    match d.next().await {
+                    match d.next_chunk().await {
                         Some(delta) => {
                             if delta.is_empty() && d.out.finish.is_none() && !first {
                                 continue;

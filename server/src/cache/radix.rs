@@ -220,6 +220,33 @@ impl RadixCache {
         dev
     }
 
+    /// Read-only [`match_prefix`](Self::match_prefix) for ranking waiting requests: the tokens of
+    /// `tokens` cached in either tier (whole pages) and the nodes the match passes through, the
+    /// last one possibly matched only in part. Splits nothing and refreshes neither access times
+    /// nor hit counts, so ranking a queue every round does not make its prefixes look hot.
+    pub fn peek_prefix(&self, tokens: &[u32]) -> (usize, Vec<NodeId>) {
+        let ps = self.page_size;
+        let (mut cur, mut pos, mut path) = (ROOT, 0, Vec::new());
+        while pos + ps <= tokens.len() {
+            let Some(&child) = self.node(cur).children.get(&tokens[pos..pos + ps]) else {
+                break;
+            };
+            let key = &self.node(child).key;
+            let m = key
+                .chunks(ps)
+                .zip(tokens[pos..].chunks_exact(ps))
+                .take_while(|(a, b)| a == b)
+                .count();
+            path.push(child);
+            pos += m * ps;
+            if m * ps < key.len() {
+                break;
+            }
+            cur = child;
+        }
+        (pos, path)
+    }
+
     /// Splits `id` after `at` pages (0 < at < pages); returns the new upper node.
     fn split(&mut self, id: NodeId, at: usize) -> NodeId {
         let ps = self.page_size;

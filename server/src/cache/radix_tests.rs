@@ -39,7 +39,19 @@ fn run(seed: u64, page_size: usize, steps: usize, tiers: bool) {
         for _ in 0..r(8 * page_size as u64) {
             q.push(r(3) as u32);
         }
+        // The read-only peek sees what the match will (both tiers), without splitting.
+        let (peeked, path) = tree.peek_prefix(&q);
         let mut m = tree.match_prefix(&q);
+        assert_eq!(
+            peeked,
+            m.tokens + m.host_tokens,
+            "seed {seed} step {step}: peek"
+        );
+        assert_eq!(
+            path.is_empty(),
+            peeked == 0,
+            "seed {seed} step {step}: peek path"
+        );
         assert_eq!(m.tokens, m.pages.len() * page_size);
         if !tiers {
             assert_eq!(m.host_tokens, 0);

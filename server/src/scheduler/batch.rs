@@ -1,6 +1,7 @@
 //! One scheduling round: page allocation (with eviction and retraction), admission, the forward
 //! pass, sampling and finishing.
 
+use super::budget::PrefillBudget;
 use super::request::{Event, FinishReason, PosLogprobs};
 use super::seq::Seq;
 use super::Scheduler;
@@ -121,7 +122,8 @@ impl<R: ModelRunner> Scheduler<R> {
 
     /// Runs one round; false if nothing could run.
     pub(super) fn step(&mut self) -> bool {
-        let mut budget = self.cfg.chunked_prefill_size.unwrap_or(usize::MAX);
+        let mut budget =
+            PrefillBudget::new(self.cfg.chunked_prefill_size, self.cfg.max_prefill_tokens);
         let (mut decodes, mut prefills): (VecDeque<Seq>, VecDeque<Seq>) =
             std::mem::take(&mut self.running)
                 .into_iter()
@@ -163,22 +165,27 @@ impl<R: ModelRunner> Scheduler<R> {
                 );
             }
         }
-        // 2. Sequences still prefilling, in admission order, under the chunk budget.
+        // 2. Sequences still prefilling, in admission order, under the prefill budget.
         while let Some(mut s) = prefills.pop_front() {
-            if budget > 0 {
+            let n = budget.grant(s.remaining());
+            if n > 0 {
                 let start = s.computed;
-                let end = start + s.remaining().min(budget);
+                let end = start + n;
                 if self.ensure_pages(&mut s, end) {
-                    budget -= end - start;
                     items.push((self.running.len(), Item { start, end }));
+                } else {
+                    budget.refund(n);
                 }
             }
             self.running.push(s);
         }
-        // 3. Admission of queued requests.
+        // 3. Admission of queued requests, in `--schedule-policy` order.
         let mut held = VecDeque::new();
         let mut installed = false;
-        while budget > 0 && self.running.len() < self.cfg.max_running_requests {
+        if budget.open() && self.running.len() < self.cfg.max_running_requests {
+            self.order_waiting();
+        }
+        while budget.open() && self.running.len() < self.cfg.max_running_requests {
             let Some(mut s) = self.waiting.pop_front() else {
                 break;
             };
@@ -224,8 +231,14 @@ impl<R: ModelRunner> Scheduler<R> {
                 s.computed = m.tokens;
             }
             let start = s.computed;
-            let end = start + s.remaining().min(budget);
-            if !self.ensure_pages(&mut s, end) {
+            // 0: unchunked, and it does not fit in what is left of --max-prefill-tokens; it
+            // starts a later round.
+            let n = budget.grant(s.remaining());
+            let end = start + n;
+            if n == 0 || !self.ensure_pages(&mut s, end) {
+                if n > 0 {
+                    budget.refund(n);
+                }
                 // A load-back queued for it must land before its host pages can be given away.
                 if let Err(e) = self.model.finish_host_io(&mut self.pool.buffers) {
                     tracing::error!("hicache: host -> device copy failed: {e}");
@@ -241,7 +254,6 @@ impl<R: ModelRunner> Scheduler<R> {
                 Stats::add(&self.stats.prompt_tokens, s.prompt_len as u64);
             }
             self.hook.on_dequeue(&s.req.rid);
-            budget -= end - start;
             items.push((self.running.len(), Item { start, end }));
             self.running.push(s);
         }

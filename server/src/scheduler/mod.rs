@@ -13,16 +13,23 @@
 //! Invariant: pages held by sequences + pages cached by the radix tree + free pages == pool size.
 
 mod batch;
+pub mod budget;
 pub mod hooks;
+mod order;
+pub mod policy;
 pub mod request;
 mod seq;
+#[cfg(test)]
+mod tests;
 
 use crate::cache::RadixCache;
 use crate::hicache::HiCache;
 use crate::kv::{DeviceKvPool, KvPool};
 use crate::model::{ModelRunner, Tokenizer};
+use crate::seeded::SplitMix64;
 use crate::stats::Stats;
 use hooks::{NoPrefetch, PrefetchHook};
+use policy::SchedulePolicy;
 use request::{Event, Finish, FinishReason, Msg, Request};
 use seq::Seq;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -40,6 +47,14 @@ pub struct SchedulerConfig {
     pub radix_cache: bool,
     /// Evict the least frequently (instead of least recently) used prefixes first.
     pub eviction_lfu: bool,
+    /// `--max-prefill-tokens`: prompt tokens one round admits (see `budget.rs`).
+    pub max_prefill_tokens: usize,
+    /// `--schedule-policy`: the admission order of waiting requests (see `policy.rs`).
+    pub schedule_policy: SchedulePolicy,
+    /// `--random-seed`: requests that sample without their own seed get one drawn, in the order
+    /// they reach the scheduler, from a generator seeded with it; the `random` policy's shuffles
+    /// come from a second generator seeded with it. `None`: seeds from the clock.
+    pub random_seed: Option<u64>,
 }
 
 /// The scheduler state (lives on its own thread; see [`spawn`]).
@@ -60,6 +75,12 @@ pub struct Scheduler<R: ModelRunner> {
     aborts: HashSet<String>,
     eos: Vec<u32>,
     seed_counter: u64,
+    /// Per-request seeds under `--random-seed`.
+    seeds: Option<SplitMix64>,
+    /// The `random` policy's shuffles.
+    policy_rng: SplitMix64,
+    /// The policy in force (cache-aware ones become fcfs without a prefix cache, as SGLang).
+    policy: SchedulePolicy,
     /// PD prefill: finished legs whose pages stay in the pool until their transfer ends, by id.
     parked: HashMap<u64, Seq>,
     parked_next: u64,
@@ -186,7 +207,26 @@ impl<R: ModelRunner> Scheduler<R> {
         let eos = model.cfg().eos_token_ids.clone();
         Stats::set(&stats.total_pages, pool.total_pages() as u64);
         Stats::set(&stats.free_pages, pool.free_pages() as u64);
+        let mut policy = cfg.schedule_policy;
+        if policy.cache_aware() && !cfg.radix_cache {
+            tracing::info!(
+                ?policy,
+                "the prefix cache is off: schedule policy fcfs (as SGLang)"
+            );
+            policy = SchedulePolicy::Fcfs;
+        }
+        // Two streams from one seed: the shuffles never shift the per-request seeds.
+        let seeds = cfg.random_seed.map(SplitMix64);
+        let policy_rng = SplitMix64(match cfg.random_seed {
+            Some(s) => s ^ 0x5C4E_D01E_0000_0001,
+            None => std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64),
+        });
         Scheduler {
+            seeds,
+            policy_rng,
+            policy,
             tree: RadixCache::new(cfg.page_size).with_lfu(cfg.eviction_lfu),
             cfg,
             model,
@@ -363,10 +403,16 @@ impl<R: ModelRunner> Scheduler<R> {
         match m {
             Msg::Submit(req) => {
                 self.seed_counter += 1;
-                let seed = req.params.seed.unwrap_or_else(|| {
-                    let t = req.arrival.elapsed().as_nanos() as u64;
-                    crate::seeded::SplitMix64(self.seed_counter ^ t ^ 0x5EED).next_u64()
-                });
+                let seed = match (req.params.seed, &mut self.seeds) {
+                    (Some(s), _) => s,
+                    // Greedy requests (health checks among them) draw nothing, so they do not
+                    // shift the seeds of the sampled requests after them.
+                    (None, Some(g)) if req.params.sample.temperature > 0.0 => g.next_u64(),
+                    _ => {
+                        let t = req.arrival.elapsed().as_nanos() as u64;
+                        SplitMix64(self.seed_counter ^ t ^ 0x5EED).next_u64()
+                    }
+                };
                 let mut req = req;
                 let real_pd = req.bootstrap.as_ref().is_some_and(|b| b.is_real());
                 if real_pd && matches!(self.pd, Some(PdSide::Prefill(_))) {

@@ -77,6 +77,19 @@ pub struct MakeModel {
     pub dtype: DType,
 }
 
+impl Default for MakeModel {
+    /// `strata make-model`'s defaults for the tiny size: Llama, seed 0, f32 weights. (Also how
+    /// the server crate's own unit tests get a model: they cannot name this crate's `Arch`.)
+    fn default() -> Self {
+        MakeModel {
+            arch: strata_server::model::Arch::Llama,
+            size: Size::Tiny,
+            seed: 0,
+            dtype: DType::F32,
+        }
+    }
+}
+
 /// Special tokens appended after the BPE vocabulary, in id order.
 pub const SPECIAL_TOKENS: [&str; 4] = [
     "<|begin_of_text|>",

@@ -14,7 +14,7 @@ use strata_server::hicache::{
     apply_extra_config, file_backend_dir, parse_layout, parse_prefetch_policy, parse_write_policy,
     HiCacheConfig, MemLayout, StorageBackend,
 };
-use strata_server::launch::{launch, launch_cpu, launch_with, ServeOptions};
+use strata_server::launch::{launch, launch_cpu, launch_with, SchedulePolicy, ServeOptions};
 use strata_server::model::cuda::{CudaRunner, CudaRunnerOptions};
 use strata_server::pd::{parse_mode, Mode, PdConfig};
 
@@ -183,6 +183,32 @@ pub struct Args {
     /// Prefix cache eviction order: lru or lfu.
     #[arg(long, default_value = "lru")]
     radix_eviction_policy: String,
+    /// Seed for sampling: requests that sample (temperature > 0) without their own
+    /// sampling_seed get seeds drawn from it in the order they reach the scheduler, so the same
+    /// requests in the same order give the same outputs; it also seeds --schedule-policy random.
+    /// Without it seeds come from the clock.
+    #[arg(long, allow_negative_numbers = true)]
+    random_seed: Option<i64>,
+    /// Streamed output tokens per chunk: the first token at once, then one chunk every N
+    /// tokens, the end with whatever is left (SGLang's rule). A request's
+    /// sampling_params.stream_interval overrides it.
+    #[arg(long, default_value_t = 1)]
+    stream_interval: usize,
+    /// Most prompt tokens admitted into one prefill round: with chunking on, admission stops
+    /// once they are spent; with --chunked-prefill-size -1 a prompt that does not fit in what is
+    /// left waits (the round's first always runs, however long).
+    #[arg(long, default_value_t = strata_server::launch::DEFAULT_MAX_PREFILL_TOKENS)]
+    max_prefill_tokens: usize,
+    /// Order in which waiting requests are admitted: fcfs (arrival), lpm (longest cached prefix
+    /// first), dfs-weight (requests sharing a prefix together, largest groups first), random, or
+    /// lof (longest max_new_tokens first). lpm and dfs-weight act as fcfs with
+    /// --disable-radix-cache.
+    #[arg(
+        long,
+        default_value = "fcfs",
+        value_parser = ["lpm", "random", "fcfs", "dfs-weight", "lof"]
+    )]
+    schedule_policy: String,
 }
 
 /// Builds the PD role from the flags (None when colocated).
@@ -352,6 +378,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if !matches!(a.device.as_str(), "auto" | "cpu" | "cuda") {
         anyhow::bail!("--device {}: expected auto, cuda or cpu", a.device);
     }
+    if a.stream_interval == 0 {
+        anyhow::bail!("--stream-interval 0: expected at least 1 (tokens per streamed chunk)");
+    }
+    if a.max_prefill_tokens == 0 {
+        anyhow::bail!("--max-prefill-tokens 0: expected at least 1");
+    }
+    let schedule_policy: SchedulePolicy = a.schedule_policy.parse().map_err(anyhow::Error::msg)?;
     let mut opts = ServeOptions {
         model_path: a.model_path.clone(),
         served_model_name: a.served_model_name.clone(),
@@ -370,6 +403,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         api_key: a.api_key.clone(),
         hicache: hicache_config(&a)?,
         pd: pd_config(&a)?,
+        max_prefill_tokens: a.max_prefill_tokens,
+        schedule_policy,
+        // Negative seeds (argparse takes any int) name their two's-complement bits.
+        random_seed: a.random_seed.map(|s| s as u64),
+        stream_interval: a.stream_interval,
         server_args: {
             let mut v = serde_json::to_value(&a)?;
             v["api_key"] = serde_json::Value::Null;
@@ -548,6 +586,47 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("kernel or direct"), "{e}");
+    }
+
+    #[test]
+    fn scheduling_flags_parse_with_sglang_defaults_and_choices() {
+        let parse = |extra: &[&str]| {
+            let argv = [&["serve", "--model-path", "m"], extra].concat();
+            Cli::try_parse_from(argv).map(|c| c.a)
+        };
+        let a = parse(&[]).unwrap();
+        assert_eq!(a.random_seed, None);
+        assert_eq!(a.stream_interval, 1);
+        assert_eq!(a.max_prefill_tokens, 16384);
+        assert_eq!(a.schedule_policy, "fcfs");
+        let a = parse(&[
+            "--random-seed",
+            "-3",
+            "--stream-interval",
+            "4",
+            "--max-prefill-tokens",
+            "512",
+            "--schedule-policy",
+            "dfs-weight",
+        ])
+        .unwrap();
+        assert_eq!(a.random_seed, Some(-3));
+        assert_eq!((a.stream_interval, a.max_prefill_tokens), (4, 512));
+        assert_eq!(
+            a.schedule_policy.parse::<SchedulePolicy>(),
+            Ok(SchedulePolicy::DfsWeight)
+        );
+        for p in ["lpm", "random", "fcfs", "lof"] {
+            assert!(parse(&["--schedule-policy", p]).is_ok(), "{p}");
+        }
+        let e = parse(&["--schedule-policy", "sjf"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(
+            e.contains("sjf") && e.contains("possible values") && e.contains("dfs-weight"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -1,0 +1,247 @@
+//! The scheduler driven round by round (no thread, no HTTP) on a made tiny model: the admission
+//! order under each `--schedule-policy`, the `--max-prefill-tokens` limit on one round's
+//! admissions, and the per-request seeds of `--random-seed`.
+
+use super::policy::SchedulePolicy;
+use super::request::{Event, Msg, Request};
+use super::{Scheduler, SchedulerConfig};
+use crate::kv::DeviceKvPool;
+use crate::model::{Model, Tokenizer};
+use crate::sampling::SamplingParams;
+use crate::seeded::SplitMix64;
+use crate::stats::Stats;
+use std::sync::Arc;
+use strata_kernels::CpuBackend;
+use strata_make_model::{make_model, MakeModel};
+use tokio::sync::mpsc::UnboundedReceiver;
+
+struct Rig {
+    s: Scheduler<Model<CpuBackend>>,
+    _dir: tempfile::TempDir,
+    rx: Vec<UnboundedReceiver<Event>>,
+}
+
+fn cfg() -> SchedulerConfig {
+    SchedulerConfig {
+        page_size: 4,
+        max_running_requests: 8,
+        chunked_prefill_size: None,
+        context_length: 512,
+        radix_cache: true,
+        eviction_lfu: false,
+        max_prefill_tokens: 16384,
+        schedule_policy: SchedulePolicy::Fcfs,
+        random_seed: None,
+    }
+}
+
+fn rig(cfg: SchedulerConfig) -> Rig {
+    let dir = tempfile::tempdir().unwrap();
+    make_model(&MakeModel::default(), dir.path()).unwrap();
+    let model = Model::load(dir.path(), CpuBackend, 512).unwrap();
+    let tok = Arc::new(Tokenizer::load(dir.path()).unwrap());
+    let pool = DeviceKvPool::new(&model, 256, cfg.page_size).unwrap();
+    let s = Scheduler::new(cfg, model, pool, tok, Arc::new(Stats::default()));
+    Rig {
+        s,
+        _dir: dir,
+        rx: Vec::new(),
+    }
+}
+
+impl Rig {
+    fn submit(&mut self, rid: &str, ids: Vec<u32>, max_new: usize, temperature: f32) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let mut params = SamplingParams {
+            max_new_tokens: max_new,
+            ..SamplingParams::default()
+        };
+        params.sample.temperature = temperature;
+        params.ignore_eos = true; // every request runs its budget: the rounds are predictable
+        self.rx.push(rx);
+        self.s.handle(Msg::Submit(Box::new(Request {
+            rid: rid.into(),
+            input_ids: ids,
+            params,
+            logprobs: None,
+            events: tx,
+            arrival: std::time::Instant::now(),
+            bootstrap: None,
+        })));
+    }
+
+    fn running(&self) -> Vec<&str> {
+        self.s.running.iter().map(|q| q.req.rid.as_str()).collect()
+    }
+
+    /// Runs rounds until nothing is left.
+    fn drain(&mut self) {
+        for _ in 0..1000 {
+            if self.s.running.is_empty() && self.s.waiting.is_empty() {
+                return;
+            }
+            self.s.step();
+        }
+        panic!("the scheduler did not finish");
+    }
+}
+
+fn ids(start: u32, n: u32) -> Vec<u32> {
+    (start..start + n).collect()
+}
+
+/// A rig whose prefix cache holds `ids(1, 40)` (a finished request computed it).
+fn rig_with_cached_prefix(policy: SchedulePolicy, random_seed: Option<u64>) -> Rig {
+    let mut r = rig(SchedulerConfig {
+        schedule_policy: policy,
+        random_seed,
+        ..cfg()
+    });
+    r.submit("x", ids(1, 40), 1, 0.0);
+    r.drain();
+    r
+}
+
+/// Queues four requests: two extend the cached prefix, two do not; the output budgets differ.
+fn submit_four(r: &mut Rig) {
+    let ext = |tail: u32| ids(1, 40).into_iter().chain(ids(tail, 8)).collect();
+    r.submit("b", ids(200, 48), 4, 0.0);
+    r.submit("c1", ext(300), 2, 0.0);
+    r.submit("d", ids(400, 48), 16, 0.0);
+    r.submit("c2", ext(350), 8, 0.0);
+}
+
+#[test]
+fn each_policy_admits_in_its_order() {
+    for (policy, want) in [
+        (SchedulePolicy::Fcfs, ["b", "c1", "d", "c2"]),
+        (SchedulePolicy::Lpm, ["c1", "c2", "b", "d"]),
+        (SchedulePolicy::DfsWeight, ["c1", "c2", "b", "d"]),
+        (SchedulePolicy::Lof, ["d", "c2", "b", "c1"]),
+    ] {
+        let mut r = rig_with_cached_prefix(policy, None);
+        submit_four(&mut r);
+        r.s.step();
+        assert_eq!(r.running(), want, "{policy:?}");
+        r.drain();
+    }
+}
+
+#[test]
+fn cache_aware_policies_fall_back_to_fcfs_without_the_radix_cache() {
+    let mut r = rig(SchedulerConfig {
+        schedule_policy: SchedulePolicy::Lpm,
+        radix_cache: false,
+        ..cfg()
+    });
+    assert_eq!(r.s.policy, SchedulePolicy::Fcfs);
+    submit_four(&mut r);
+    r.s.step();
+    assert_eq!(r.running(), ["b", "c1", "d", "c2"]);
+}
+
+#[test]
+fn random_policy_is_reproducible_under_a_seed() {
+    let order = |seed| {
+        let mut r = rig_with_cached_prefix(SchedulePolicy::Random, Some(seed));
+        submit_four(&mut r);
+        r.s.step();
+        r.running()
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>()
+    };
+    let orders: Vec<_> = (0..6).map(order).collect();
+    for o in &orders {
+        let mut sorted = o.clone();
+        sorted.sort();
+        assert_eq!(sorted, ["b", "c1", "c2", "d"]);
+    }
+    assert_eq!(orders[3], order(3), "same seed, same order");
+    assert!(
+        orders.iter().any(|o| o != &["b", "c1", "d", "c2"]),
+        "six seeds all kept arrival order: {orders:?}"
+    );
+}
+
+#[test]
+fn max_prefill_tokens_limits_one_rounds_admissions() {
+    // Unchunked, limit 70: 30 + 30 fit (the second is below the 40 left); the third (30 >= 10
+    // left) waits for the next round.
+    let mut r = rig(SchedulerConfig {
+        max_prefill_tokens: 70,
+        ..cfg()
+    });
+    for (i, rid) in ["a", "b", "c"].into_iter().enumerate() {
+        r.submit(rid, ids(100 * i as u32 + 1, 30), 4, 0.0);
+    }
+    r.s.step();
+    assert_eq!(r.running(), ["a", "b"]);
+    r.s.step();
+    assert_eq!(r.running(), ["a", "b", "c"]);
+    r.drain();
+
+    // A prompt above the limit still runs, whole, alone.
+    let mut r = rig(SchedulerConfig {
+        max_prefill_tokens: 16,
+        ..cfg()
+    });
+    r.submit("long", ids(1, 100), 4, 0.0);
+    r.submit("short", ids(200, 4), 4, 0.0);
+    r.s.step();
+    assert_eq!(r.running(), ["long"]);
+    assert_eq!(r.s.running[0].computed, 100);
+    r.drain();
+
+    // Chunked (32): the limit (40) stops admission once spent; the chunk cuts each round.
+    let mut r = rig(SchedulerConfig {
+        max_prefill_tokens: 40,
+        chunked_prefill_size: Some(32),
+        ..cfg()
+    });
+    for (i, rid) in ["a", "b", "c"].into_iter().enumerate() {
+        r.submit(rid, ids(100 * i as u32 + 1, 20), 4, 0.0);
+    }
+    r.s.step();
+    // a: 20; b: 12 (the chunk's rest); c waits (the chunk is spent).
+    assert_eq!(r.running(), ["a", "b"]);
+    assert_eq!(r.s.running[1].computed, 12);
+    r.drain();
+
+    // The default (16384) admits all three in one round, as before the flag.
+    let mut r = rig(cfg());
+    for (i, rid) in ["a", "b", "c"].into_iter().enumerate() {
+        r.submit(rid, ids(100 * i as u32 + 1, 30), 4, 0.0);
+    }
+    r.s.step();
+    assert_eq!(r.running(), ["a", "b", "c"]);
+}
+
+#[test]
+fn random_seed_draws_sampled_requests_seeds_in_arrival_order() {
+    let seeds = |random_seed| {
+        let mut r = rig(SchedulerConfig {
+            random_seed,
+            ..cfg()
+        });
+        r.submit("s1", ids(1, 8), 4, 0.7);
+        r.submit("greedy", ids(1, 8), 4, 0.0);
+        r.submit("s2", ids(1, 8), 4, 1.0);
+        r.s.waiting.iter().map(|q| q.seed).collect::<Vec<_>>()
+    };
+    let a = seeds(Some(42));
+    let mut g = SplitMix64(42);
+    assert_eq!(a[0], g.next_u64());
+    assert_eq!(a[2], g.next_u64(), "the greedy request drew nothing");
+    let again = seeds(Some(42));
+    assert_eq!(
+        (again[0], again[2]),
+        (a[0], a[2]),
+        "same server seed, same seeds"
+    );
+    let b = seeds(Some(43));
+    assert_ne!((b[0], b[2]), (a[0], a[2]));
+    // Without the flag: seeds from the clock, as before.
+    let c = seeds(None);
+    assert_ne!((c[0], c[2]), (a[0], a[2]));
+}
