@@ -43,6 +43,30 @@ pub fn gpu_inventory() -> Option<Vec<GpuInfo>> {
     Some(out)
 }
 
+/// SM clock and board power of GPU 0 while work runs (`gpu bench`'s attention-in-context line).
+pub struct ClockProbe {
+    nvml: nvml_wrapper::Nvml,
+}
+
+impl ClockProbe {
+    /// `None` when NVML cannot be loaded or initialised.
+    pub fn new() -> Option<Self> {
+        nvml_wrapper::Nvml::init()
+            .ok()
+            .map(|nvml| ClockProbe { nvml })
+    }
+
+    /// (SM clock in MHz, board power in W) now.
+    pub fn sample(&self) -> Option<(u32, f64)> {
+        let dev = self.nvml.device_by_index(0).ok()?;
+        let mhz = dev
+            .clock_info(nvml_wrapper::enum_wrappers::device::Clock::SM)
+            .ok()?;
+        let mw = dev.power_usage().ok()?;
+        Some((mhz, mw as f64 / 1e3))
+    }
+}
+
 /// Bytes the KV pool may take under `--mem-fraction-static`: fraction of total memory minus what
 /// is already in use (weights loaded first), never negative.
 pub fn kv_budget(total: usize, free: usize, mem_fraction_static: f64) -> usize {

@@ -255,6 +255,50 @@ impl LlamaModel {
         self.forward_hooked(ops, gemm, ws, input, &|_| false, mark)
     }
 
+    /// Layer `layer`'s attention alone on what the last forward left in `ws` and the pools
+    /// (`gpu bench`: the attention on the forward's own data, apart from the forward).
+    pub fn layer_attention(
+        &self,
+        ops: &CudaOps,
+        ws: &Workspace,
+        input: &StepInput,
+        layer: usize,
+    ) -> Result<()> {
+        let l = &self.layers[layer];
+        let scale = 1.0 / (self.shape.head_dim as f32).sqrt();
+        ops.paged_attention(
+            &input.plan,
+            &ws.qkv,
+            0,
+            &l.k_pool,
+            &l.v_pool,
+            &ws.attn,
+            scale,
+        )
+    }
+
+    /// Overwrites what layer `layer`'s attention reads (`ws.qkv` and the layer's K/V pools)
+    /// with uniform noise in [-scale, scale] (`gpu bench`: the same attention on random data).
+    pub fn randomize_attention_inputs(
+        &self,
+        ops: &CudaOps,
+        ws: &Workspace,
+        layer: usize,
+        seed: u64,
+        scale: f32,
+    ) -> Result<()> {
+        let l = &self.layers[layer];
+        ops.fill_uniform(&ws.qkv, seed, scale)?;
+        ops.fill_uniform(&l.k_pool, seed + 1, scale)?;
+        ops.fill_uniform(&l.v_pool, seed + 2, scale)
+    }
+
+    /// Layer `layer`'s gate_up GEMM alone on `ws.h` into `ws.gu` (`gpu bench`: a forward's
+    /// heaviest GEMM, run right before an op to time that op in the GEMMs' wake).
+    pub fn layer_gate_up(&self, gemm: &Gemm, ws: &Workspace, layer: usize) -> Result<()> {
+        gemm.linear(&ws.h, &self.layers[layer].gate_up, &ws.gu)
+    }
+
     /// Ops of a layer [`LlamaModel::forward_hooked`] can leave out (`gpu bench` times a step's
     /// graph without each, for what that op adds to the step; the logits are then garbage).
     pub const LAYER_OPS: [&'static str; 8] = [

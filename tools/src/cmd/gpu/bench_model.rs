@@ -461,6 +461,10 @@ pub fn run(
             ) {
                 summary.push(format!("  prefill {t} op breakdown failed: {e:#}"));
             }
+            match super::bench_context::attention_in_context(ops, gemm, &model, &ws, &input, t) {
+                Ok(line) => summary.push(line),
+                Err(e) => summary.push(format!("  prefill {t} attention in context failed: {e:#}")),
+            }
             // The same forward with each prefill kernel forced, each kernel alone on one layer,
             // and the prompt prefilled in 2048-token chunks (the old --chunked-prefill-size).
             use strata_kernels::cuda::{set_prefill_kernel, PrefillKernel};

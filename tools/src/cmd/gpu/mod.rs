@@ -10,6 +10,7 @@ use clap::{Args as ClapArgs, Subcommand};
 use strata_kernels::cuda::{self, select, BackendKind};
 
 mod bench;
+mod bench_context;
 mod bench_model;
 mod bench_sampling;
 mod check;
