@@ -6,6 +6,7 @@
 //! SGLang); on the CPU, `mem_fraction_static × MemAvailable − weight bytes`. Either is capped at
 //! `context_length × max_running_requests` (more could never be used), rounded down to pages.
 
+use crate::api::reqlog::RequestLog;
 use crate::api::{AppState, ServerInfo};
 use crate::hicache::storage::Storage;
 use crate::hicache::{HiCache, HiCacheConfig};
@@ -52,6 +53,17 @@ pub struct ServeOptions {
     pub random_seed: Option<u64>,
     /// `--stream-interval`: streamed output tokens per chunk (at least 1).
     pub stream_interval: usize,
+    /// `--chat-template`: a Jinja file (or a named template of the checkpoint) replacing
+    /// `tokenizer_config.json`'s template (see `model::chat_source`).
+    pub chat_template: Option<String>,
+    /// `--hf-chat-template-name`: which of the checkpoint's named templates to use.
+    pub hf_chat_template_name: Option<String>,
+    /// `--max-queued-requests` (`None`: no limit).
+    pub max_queued_requests: Option<usize>,
+    /// `--allow-auto-truncate`: cut a prompt that is too long instead of refusing it.
+    pub allow_auto_truncate: bool,
+    /// `--log-requests` at `--log-requests-level` (`None`: off).
+    pub log_requests_level: Option<u8>,
 }
 
 /// A start-up failure.
@@ -182,7 +194,14 @@ where
 {
     let dir = &opts.model_path;
     let (cfg, context_length) = prepare(opts)?;
-    let tokenizer = Tokenizer::load(dir)?;
+    let mut tokenizer = Tokenizer::load(dir)?;
+    tokenizer.chat_template = crate::model::chat_source::choose(
+        opts.chat_template.as_deref(),
+        opts.hf_chat_template_name.as_deref(),
+        &tokenizer.named_chat_templates,
+        tokenizer.chat_template.take(),
+    )
+    .map_err(LaunchError::Config)?;
     tracing::info!(path = %dir.display(), arch = cfg.arch.hf_name(), "loading weights");
     let t0 = std::time::Instant::now();
     let mut model = load(dir, &cfg, context_length + 1)?;
@@ -246,6 +265,7 @@ where
         max_prefill_tokens: opts.max_prefill_tokens.max(1),
         schedule_policy: opts.schedule_policy,
         random_seed: opts.random_seed,
+        max_queued_requests: opts.max_queued_requests,
     };
     let hicache = match &opts.hicache {
         Some(_) if !model.kv_page_io() => {
@@ -322,6 +342,8 @@ where
         api_key: opts.api_key.as_deref().map(Arc::from),
         pd_registry,
         stream_interval: opts.stream_interval.max(1),
+        allow_auto_truncate: opts.allow_auto_truncate,
+        request_log: opts.log_requests_level.map(RequestLog::new),
     })
 }
 

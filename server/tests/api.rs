@@ -31,6 +31,11 @@ fn opts(dir: &std::path::Path) -> ServeOptions {
         schedule_policy: Default::default(),
         random_seed: None,
         stream_interval: 1,
+        chat_template: None,
+        hf_chat_template_name: None,
+        max_queued_requests: None,
+        allow_auto_truncate: false,
+        log_requests_level: None,
     }
 }
 

@@ -91,6 +91,7 @@ fn held_request_does_not_block_others_and_pages_return() {
         max_prefill_tokens: 16384,
         schedule_policy: Default::default(),
         random_seed: None,
+        max_queued_requests: None,
     };
     let release = Arc::new(AtomicBool::new(false));
     let h = spawn_with_hook(
@@ -212,6 +213,7 @@ fn only_generated_tokens_are_marked_decode() {
         max_prefill_tokens: 16384,
         schedule_policy: Default::default(),
         random_seed: None,
+        max_queued_requests: None,
     };
     let h = spawn_with_hook(
         cfg,

@@ -240,6 +240,34 @@ mod tests {
         );
     }
 
+    /// SGLang's request-handling flags are implemented (the chat template, the queue limit,
+    /// prompt truncation, the request log), not ignored: they reach clap and parse.
+    #[test]
+    fn sglang_request_flags_are_implemented() {
+        serve_implements(
+            &[
+                "--chat-template",
+                "--hf-chat-template-name",
+                "--max-queued-requests",
+                "--allow-auto-truncate",
+                "--log-requests",
+                "--log-requests-level",
+            ],
+            &[
+                "--chat-template",
+                "t.jinja",
+                "--hf-chat-template-name",
+                "default",
+                "--max-queued-requests",
+                "8",
+                "--allow-auto-truncate",
+                "--log-requests",
+                "--log-requests-level",
+                "3",
+            ],
+        );
+    }
+
     /// The top-level help names only subcommands that exist.
     #[test]
     fn help_names_only_existing_subcommands() {

@@ -11,9 +11,10 @@
 
 use super::error::ApiError;
 use super::output::Output;
+use super::reqlog::Finished;
 use super::AppState;
 use crate::sampling::SamplingParams;
-use crate::scheduler::request::{Event, LogprobSpec, Request};
+use crate::scheduler::request::{Event, FinishReason, LogprobSpec, Request};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 use tokio::sync::mpsc;
@@ -35,6 +36,8 @@ pub struct Driver {
     last_token_at: Option<Instant>,
     /// Output tokens per streamed chunk (at least 1).
     stream_interval: usize,
+    /// The prompt, kept for a `--log-requests` line that shows it (else empty).
+    logged_input: Vec<u32>,
 }
 
 /// A fresh request id (hex, like SGLang's uuid-based ids).
@@ -77,12 +80,6 @@ impl Driver {
         if input_ids.is_empty() {
             return Err(ApiError::bad_request("The input is empty."));
         }
-        if input_ids.len() >= ctx {
-            return Err(ApiError::bad_request(format!(
-                "The input ({} tokens) is longer than the model's context length ({ctx} tokens).",
-                input_ids.len()
-            )));
-        }
         if let Some(&bad) = input_ids
             .iter()
             .find(|&&t| t as usize >= state.info.vocab_size)
@@ -92,12 +89,18 @@ impl Driver {
                 state.info.vocab_size
             )));
         }
-        if input_ids.len() + 1 > state.info.max_total_tokens {
-            return Err(ApiError::bad_request(format!(
-                "The input ({} tokens) does not fit in the KV cache ({} tokens).",
-                input_ids.len(),
-                state.info.max_total_tokens
-            )));
+        let mut input_ids = input_ids;
+        let mut logprobs = logprobs;
+        if fit_input(
+            &mut input_ids,
+            ctx,
+            state.info.max_total_tokens,
+            state.allow_auto_truncate,
+        )? {
+            // Prompt positions past the cut no longer exist.
+            if let Some(l) = &mut logprobs {
+                l.start = l.start.min(input_ids.len());
+            }
         }
         if let Some(l) = &logprobs {
             if l.start > input_ids.len() {
@@ -114,6 +117,10 @@ impl Driver {
         let arrival = Instant::now();
         let prompt_tokens = input_ids.len();
         let want_lp = logprobs.is_some();
+        let logged_input = match &state.request_log {
+            Some(l) if l.wants_input() => input_ids.clone(),
+            _ => Vec::new(),
+        };
         let lp_prompt_ids = logprobs
             .as_ref()
             .map(|l| input_ids[l.start..].to_vec())
@@ -154,6 +161,7 @@ impl Driver {
             state: state.clone(),
             last_token_at: None,
             stream_interval,
+            logged_input,
         })
     }
 
@@ -171,9 +179,7 @@ impl Driver {
                 Some(ev) => break ev,
                 None => {
                     break Event::Done(crate::scheduler::request::Finish {
-                        reason: crate::scheduler::request::FinishReason::Abort(
-                            "The scheduler dropped the request.".into(),
-                        ),
+                        reason: FinishReason::Abort("The scheduler dropped the request.".into()),
                         prompt_tokens: self.prompt_tokens,
                         completion_tokens: self.out.ids.len(),
                         cached_tokens: 0,
@@ -194,7 +200,31 @@ impl Driver {
             Event::Done(_) => stats.e2e.observe((now - self.arrival).as_secs_f64()),
             Event::Input(_) => {}
         }
-        Some(self.out.push(ev, &self.state.tokenizer, &self.params))
+        let delta = self.out.push(ev, &self.state.tokenizer, &self.params);
+        if let (Some(log), Some(f)) = (&self.state.request_log, &self.out.finish) {
+            let tok = &self.state.tokenizer;
+            log.log(
+                tok,
+                &Finished {
+                    rid: &self.rid,
+                    finish: f,
+                    e2e_secs: (now - self.arrival).as_secs_f64(),
+                    params: &self.params,
+                    input_ids: &self.logged_input,
+                    output_text: &|| self.out.final_text(tok, &self.params),
+                },
+            );
+        }
+        Some(delta)
+    }
+
+    /// The error response of a request the scheduler refused on arrival (`--max-queued-requests`:
+    /// SGLang answers a non-streamed request with 503 and the message), once it has finished.
+    pub fn refused(&self) -> Option<ApiError> {
+        match &self.out.finish.as_ref()?.reason {
+            FinishReason::Refused(m) => Some(ApiError::unavailable(m.clone())),
+            _ => None,
+        }
     }
 
     /// Waits for the next streamed chunk (see the module header); returns its text delta, or
@@ -217,6 +247,35 @@ impl Driver {
     }
 }
 
+/// Checks that a prompt fits the context (`ctx` tokens, one left to generate) and the KV pool
+/// (`kv_tokens`). One that does not is a 400, or with `--allow-auto-truncate` (`truncate`) keeps
+/// its first tokens, as SGLang keeps them: as many as SGLang's scheduler admits,
+/// `min(ctx - 1, kv_tokens - 1) - 5` (at least 1). Returns whether it cut.
+pub fn fit_input(
+    ids: &mut Vec<u32>,
+    ctx: usize,
+    kv_tokens: usize,
+    truncate: bool,
+) -> Result<bool, ApiError> {
+    let n = ids.len();
+    if n < ctx && n < kv_tokens {
+        return Ok(false);
+    }
+    if truncate {
+        let keep = ctx.min(kv_tokens).saturating_sub(1 + 5).max(1);
+        tracing::warn!(
+            "The input ({n} tokens) is longer than the model's context length ({ctx} tokens) or the KV cache ({kv_tokens} tokens). Truncating the input to {keep} tokens."
+        );
+        ids.truncate(keep);
+        return Ok(true);
+    }
+    Err(ApiError::bad_request(if n >= ctx {
+        format!("The input ({n} tokens) is longer than the model's context length ({ctx} tokens).")
+    } else {
+        format!("The input ({n} tokens) does not fit in the KV cache ({kv_tokens} tokens).")
+    }))
+}
+
 /// Whether a stream with interval `k` sends a chunk when the output holds `n` tokens (SGLang's
 /// rule: every token for `k` = 1; else at 1, k + 1, 2k + 1, ...).
 fn chunk_due(n: usize, k: usize) -> bool {
@@ -225,7 +284,34 @@ fn chunk_due(n: usize, k: usize) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::chunk_due;
+    use super::{chunk_due, fit_input};
+
+    #[test]
+    fn a_prompt_too_long_is_refused_or_keeps_its_head() {
+        let fit = |n: u32, ctx, kv, t| {
+            let mut ids: Vec<u32> = (0..n).collect();
+            fit_input(&mut ids, ctx, kv, t).map(|cut| (cut, ids))
+        };
+        // Fits: untouched, with or without the flag.
+        assert_eq!(
+            fit(63, 64, 1000, false).unwrap(),
+            (false, (0..63).collect())
+        );
+        assert_eq!(fit(63, 64, 1000, true).unwrap(), (false, (0..63).collect()));
+        let e = fit(64, 64, 1000, false).unwrap_err();
+        assert_eq!(e.status, axum::http::StatusCode::BAD_REQUEST);
+        assert!(
+            e.message.contains("context length (64 tokens)"),
+            "{}",
+            e.message
+        );
+        let e = fit(40, 64, 40, false).unwrap_err();
+        assert!(e.message.contains("KV cache (40 tokens)"), "{}", e.message);
+        // Cut: the head, SGLang's max_req_input_len of min(ctx, kv) - 1 - 5 tokens.
+        assert_eq!(fit(100, 64, 1000, true).unwrap(), (true, (0..58).collect()));
+        assert_eq!(fit(100, 64, 40, true).unwrap(), (true, (0..34).collect()));
+        assert_eq!(fit(100, 4, 1000, true).unwrap(), (true, vec![0]));
+    }
 
     #[test]
     fn chunks_are_due_at_the_first_token_then_every_k() {

@@ -275,6 +275,9 @@ pub async fn generate(
     let mut results = Vec::new();
     for mut d in drivers {
         let text = d.run_to_end().await;
+        if let Some(e) = d.refused() {
+            return Err(e);
+        }
         results.push(render.result_json(&d, text));
     }
     Ok(if batch {

@@ -11,6 +11,7 @@ pub mod info;
 pub mod metrics;
 pub mod openai;
 pub mod output;
+pub mod reqlog;
 
 use crate::model::Tokenizer;
 use crate::scheduler::SchedulerHandle;
@@ -52,6 +53,11 @@ pub struct AppState {
     /// `--stream-interval`: output tokens per streamed chunk (a request's
     /// `sampling_params.stream_interval` overrides it).
     pub stream_interval: usize,
+    /// `--allow-auto-truncate`: a prompt too long for the context (or the KV pool) keeps its
+    /// head instead of being refused (see [`driver::fit_input`]).
+    pub allow_auto_truncate: bool,
+    /// `--log-requests` (`None`: off).
+    pub request_log: Option<reqlog::RequestLog>,
 }
 
 impl AppState {

@@ -323,6 +323,9 @@ pub async fn completions(
     let (mut pt, mut ct, mut cached) = (0, 0, 0);
     for (i, (mut d, prompt_text)) in drivers.into_iter().enumerate() {
         let mut text = d.run_to_end().await;
+        if let Some(e) = d.refused() {
+            return Err(e);
+        }
         if w.echo {
             text = format!("{prompt_text}{text}");
         }
@@ -426,6 +429,9 @@ pub async fn chat_completions(
         .into_response());
     }
     let text = d.run_to_end().await;
+    if let Some(e) = d.refused() {
+        return Err(e);
+    }
     let lps = chat_logprobs(&st, &d, 0, d.out.logprobs.len());
     Ok(Json(
         json!({"id": id, "object": "chat.completion", "created": created, "model": model,

@@ -109,6 +109,7 @@ pub fn finish_reason_json(r: &FinishReason) -> serde_json::Value {
         FinishReason::StopToken(t) => json!({"type": "stop", "matched": t}),
         FinishReason::StopStr(s) => json!({"type": "stop", "matched": s}),
         FinishReason::Abort(m) => json!({"type": "abort", "message": m}),
+        FinishReason::Refused(m) => json!({"type": "abort", "message": m, "status_code": 503}),
     }
 }
 
@@ -117,6 +118,6 @@ pub fn openai_finish_reason(r: &FinishReason) -> &'static str {
     match r {
         FinishReason::Length(_) => "length",
         FinishReason::StopToken(_) | FinishReason::StopStr(_) => "stop",
-        FinishReason::Abort(_) => "abort",
+        FinishReason::Abort(_) | FinishReason::Refused(_) => "abort",
     }
 }

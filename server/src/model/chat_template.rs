@@ -17,6 +17,15 @@ fn raise_exception(msg: String) -> Result<String, Error> {
     Err(Error::new(ErrorKind::InvalidOperation, msg))
 }
 
+/// Compiles `template` without rendering it (a start-up check of `--chat-template`).
+pub fn check(template: &str) -> Result<(), String> {
+    let mut env = Environment::new();
+    env.add_function("raise_exception", raise_exception);
+    env.add_template("chat", template)
+        .map(|_| ())
+        .map_err(|e| format!("chat template: {e}"))
+}
+
 /// Renders `template` for `messages`.
 pub fn render(
     template: &str,

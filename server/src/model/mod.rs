@@ -1,6 +1,7 @@
 //! Model loading and the forward pass: configuration, weights, tokenizer, chat template, and the
 //! Llama-family transformer over a [`strata_kernels::Backend`].
 
+pub mod chat_source;
 pub mod chat_template;
 pub mod config;
 pub mod cuda;

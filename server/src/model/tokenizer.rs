@@ -1,5 +1,6 @@
 //! The tokenizer: `tokenizer.json` through the `tokenizers` crate, plus what `tokenizer_config.json`
-//! adds (chat template, BOS/EOS token strings).
+//! adds (chat template, BOS/EOS token strings). A `chat_template` given as a list of named
+//! templates keeps every entry; the first is the default, as SGLang picks it.
 //!
 //! Encoding with `add_special_tokens = true` matches the Python `tokenizers` package's default, id
 //! for id (checked against the golden fixture). [`IncrementalDecoder`] turns a growing list of ids
@@ -13,6 +14,8 @@ use std::path::Path;
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     pub chat_template: Option<String>,
+    /// `(name, template)` of a `chat_template` list, in file order (empty for a single template).
+    pub named_chat_templates: Vec<(String, String)>,
     pub bos_token: Option<String>,
     pub eos_token: Option<String>,
 }
@@ -37,6 +40,7 @@ impl Tokenizer {
         let mut t = Tokenizer {
             inner,
             chat_template: None,
+            named_chat_templates: Vec::new(),
             bos_token: None,
             eos_token: None,
         };
@@ -45,15 +49,18 @@ impl Tokenizer {
             let text = std::fs::read_to_string(&cfg).map_err(|e| ModelError::io(&cfg, e))?;
             let v: Value =
                 serde_json::from_str(&text).map_err(|e| ModelError::bad(&cfg, e.to_string()))?;
-            t.chat_template = match v.get("chat_template") {
-                Some(Value::String(s)) => Some(s.clone()),
-                Some(Value::Array(a)) => a
-                    .iter()
-                    .find(|x| x["name"] == "default")
-                    .and_then(|x| x["template"].as_str())
-                    .map(str::to_string),
-                _ => None,
-            };
+            match v.get("chat_template") {
+                Some(Value::String(s)) => t.chat_template = Some(s.clone()),
+                Some(Value::Array(a)) => {
+                    t.named_chat_templates = a
+                        .iter()
+                        .filter_map(|x| Some((x["name"].as_str()?, x["template"].as_str()?)))
+                        .map(|(n, s)| (n.to_string(), s.to_string()))
+                        .collect();
+                    t.chat_template = t.named_chat_templates.first().map(|(_, s)| s.clone());
+                }
+                _ => {}
+            }
             t.bos_token = token_str(v.get("bos_token"));
             t.eos_token = token_str(v.get("eos_token"));
         }
@@ -102,5 +109,35 @@ impl IncrementalDecoder {
         let delta = text[self.sent..].to_string();
         self.sent = text.len();
         delta
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_list_of_named_templates_is_kept_and_the_first_is_the_default() {
+        let dir = tempfile::tempdir().unwrap();
+        strata_make_model::make_model(&Default::default(), dir.path()).unwrap();
+        let cfg = dir.path().join("tokenizer_config.json");
+        let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&cfg).unwrap()).unwrap();
+        v["chat_template"] = serde_json::json!([
+            {"name": "tool_use", "template": "T"},
+            {"name": "default", "template": "D"},
+        ]);
+        std::fs::write(&cfg, v.to_string()).unwrap();
+        let t = Tokenizer::load(dir.path()).unwrap();
+        assert_eq!(
+            t.chat_template.as_deref(),
+            Some("T"),
+            "SGLang takes the first"
+        );
+        let names: Vec<&str> = t
+            .named_chat_templates
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect();
+        assert_eq!(names, ["tool_use", "default"]);
     }
 }

@@ -55,7 +55,14 @@ pub struct SchedulerConfig {
     /// they reach the scheduler, from a generator seeded with it; the `random` policy's shuffles
     /// come from a second generator seeded with it. `None`: seeds from the clock.
     pub random_seed: Option<u64>,
+    /// `--max-queued-requests`: a request that arrives while this many wait (admitted to no
+    /// batch yet) is refused at once (SGLang's 503 "The request queue is full."); `None`: no
+    /// limit. Ignored on a PD server, as in SGLang.
+    pub max_queued_requests: Option<usize>,
 }
+
+/// SGLang's message for a request refused by `--max-queued-requests`.
+pub const QUEUE_FULL: &str = "The request queue is full.";
 
 /// The scheduler state (lives on its own thread; see [`spawn`]).
 pub struct Scheduler<R: ModelRunner> {
@@ -401,6 +408,16 @@ impl<R: ModelRunner> Scheduler<R> {
 
     fn handle(&mut self, m: Msg) {
         match m {
+            Msg::Submit(req) if self.queue_full() => {
+                tracing::debug!(rid = %req.rid, waiting = self.waiting.len(), "queue full: refused");
+                let done = Finish {
+                    reason: FinishReason::Refused(QUEUE_FULL.into()),
+                    prompt_tokens: req.input_ids.len(),
+                    completion_tokens: 0,
+                    cached_tokens: 0,
+                };
+                let _ = req.events.send(Event::Done(done));
+            }
             Msg::Submit(req) => {
                 self.seed_counter += 1;
                 let seed = match (req.params.seed, &mut self.seeds) {
@@ -475,6 +492,16 @@ impl<R: ModelRunner> Scheduler<R> {
         }
     }
 
+    /// Whether `--max-queued-requests` refuses the next arrival: as many requests wait as it
+    /// allows (SGLang counts its waiting queue the same way, and only without a PD role).
+    fn queue_full(&self) -> bool {
+        self.pd.is_none()
+            && self
+                .cfg
+                .max_queued_requests
+                .is_some_and(|n| self.waiting.len() >= n)
+    }
+
     fn peek_cached(&mut self, tokens: &[u32]) -> usize {
         self.tree.match_prefix(tokens).tokens
     }
@@ -546,7 +573,7 @@ impl<R: ModelRunner> Scheduler<R> {
     }
 
     fn finish(&mut self, s: Seq, reason: FinishReason) {
-        let ok = !matches!(reason, FinishReason::Abort(_));
+        let ok = !matches!(reason, FinishReason::Abort(_) | FinishReason::Refused(_));
         // A PD prefill leg hands its prompt's KV over: left in the pool (the pages stay the
         // leg's until the transfer ends) or copied to a staging pool before its pages go back.
         let handoff = match (&self.pd, &s.req.bootstrap) {

@@ -33,6 +33,9 @@ pub enum FinishReason {
     StopStr(String),
     /// Aborted (by `/abort_request`, a disconnect, or an error).
     Abort(String),
+    /// Refused on arrival, never queued (`--max-queued-requests`: the waiting queue is full).
+    /// SGLang's abort with `status_code` 503: a non-streamed request gets a 503 response.
+    Refused(String),
 }
 
 /// Per-request accounting sent with the final event.

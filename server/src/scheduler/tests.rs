@@ -1,10 +1,10 @@
 //! The scheduler driven round by round (no thread, no HTTP) on a made tiny model: the admission
 //! order under each `--schedule-policy`, the `--max-prefill-tokens` limit on one round's
-//! admissions, and the per-request seeds of `--random-seed`.
+//! admissions, the per-request seeds of `--random-seed`, and the `--max-queued-requests` refusal.
 
 use super::policy::SchedulePolicy;
-use super::request::{Event, Msg, Request};
-use super::{Scheduler, SchedulerConfig};
+use super::request::{Event, FinishReason, Msg, Request};
+use super::{Scheduler, SchedulerConfig, QUEUE_FULL};
 use crate::kv::DeviceKvPool;
 use crate::model::{Model, Tokenizer};
 use crate::sampling::SamplingParams;
@@ -32,6 +32,7 @@ fn cfg() -> SchedulerConfig {
         max_prefill_tokens: 16384,
         schedule_policy: SchedulePolicy::Fcfs,
         random_seed: None,
+        max_queued_requests: None,
     }
 }
 
@@ -244,4 +245,49 @@ fn random_seed_draws_sampled_requests_seeds_in_arrival_order() {
     // Without the flag: seeds from the clock, as before.
     let c = seeds(None);
     assert_ne!((c[0], c[2]), (a[0], a[2]));
+}
+
+#[test]
+fn max_queued_requests_refuses_arrivals_while_the_queue_is_full() {
+    let mut r = rig(SchedulerConfig {
+        max_queued_requests: Some(2),
+        max_running_requests: 1,
+        ..cfg()
+    });
+    r.submit("a", ids(1, 8), 4, 0.0);
+    r.submit("b", ids(20, 8), 4, 0.0);
+    // Two wait: the third is refused at once, never queued.
+    r.submit("c", ids(40, 8), 4, 0.0);
+    assert_eq!(r.s.waiting.len(), 2);
+    match r.rx[2].try_recv() {
+        Ok(Event::Done(f)) => {
+            assert_eq!(f.reason, FinishReason::Refused(QUEUE_FULL.into()));
+            assert_eq!((f.prompt_tokens, f.completion_tokens), (8, 0));
+        }
+        other => panic!("c was not refused: {other:?}"),
+    }
+    // One round admits "a" (one may run): a place is free again, and the next arrival queues.
+    r.s.step();
+    assert_eq!(r.running(), ["a"]);
+    r.submit("d", ids(60, 8), 4, 0.0);
+    assert_eq!(r.s.waiting.len(), 2);
+    assert!(r.rx[3].try_recv().is_err(), "d was queued, not answered");
+    r.submit("e", ids(80, 8), 4, 0.0);
+    assert!(matches!(
+        r.rx[4].try_recv(),
+        Ok(Event::Done(f)) if matches!(f.reason, FinishReason::Refused(_))
+    ));
+    r.drain();
+    // Every queued request ran to its budget.
+    for i in [0, 1, 3] {
+        let mut n = 0;
+        while let Ok(ev) = r.rx[i].try_recv() {
+            if let Event::Done(f) = ev {
+                assert_eq!(f.reason, FinishReason::Length(4), "request {i}");
+            } else {
+                n += 1;
+            }
+        }
+        assert_eq!(n, 4, "request {i}");
+    }
 }

@@ -4,9 +4,10 @@
 //! when the driver, a GPU and the CUDA libraries are present and the CPU otherwise, logging which and
 //! why; `cuda` fails instead of falling back; `cpu` never probes. On CUDA the bf16 model runner
 //! serves (`--dtype auto|bfloat16|float16`, CUDA graphs for decode), or the f32 reference backend
-//! with `--dtype float32` (docs/gpu.md). `--tp-size` other than 1 is refused
-//! until tensor parallelism exists. Other `sglang.launch_server` flags are accepted and ignored
-//! with a warning (`compat.rs`); unknown flags are rejected by clap, naming the flag.
+//! with `--dtype float32` (docs/gpu.md). `--tp-size` other than 1 is refused until tensor
+//! parallelism exists. docs/server.md says how each implemented SGLang flag behaves. Other
+//! `sglang.launch_server` flags are accepted and ignored with a warning (`compat.rs`); unknown
+//! flags are rejected by clap, naming the flag.
 
 use std::path::PathBuf;
 use strata_kernels::cuda::{select, BackendKind, CudaBackend};
@@ -209,6 +210,31 @@ pub struct Args {
         value_parser = ["lpm", "random", "fcfs", "dfs-weight", "lof"]
     )]
     schedule_policy: String,
+    /// The chat template of /v1/chat/completions: a Jinja file (any extension but .json; a .json
+    /// file holding {"chat_template": "..."}) replacing tokenizer_config.json's, or the name of
+    /// one of the checkpoint's named templates. SGLang's built-in template names and its
+    /// conversation-template JSON are not implemented (a start-up error).
+    #[arg(long)]
+    chat_template: Option<String>,
+    /// Which of the checkpoint's named chat templates to use (default: the first, as SGLang).
+    #[arg(long)]
+    hf_chat_template_name: Option<String>,
+    /// Most requests waiting to be scheduled: one arriving while this many wait is refused at
+    /// once (503, "The request queue is full."). Default: no limit. Ignored with
+    /// --disaggregation-mode, as in SGLang.
+    #[arg(long, allow_negative_numbers = true)]
+    max_queued_requests: Option<usize>,
+    /// Cut a prompt too long for the context or the KV cache to its first tokens (SGLang's
+    /// length: min(context, KV tokens) - 6) instead of refusing it with a 400.
+    #[arg(long)]
+    allow_auto_truncate: bool,
+    /// Log one INFO line per finished request, with what --log-requests-level says.
+    #[arg(long)]
+    log_requests: bool,
+    /// 0: metadata (rid, token counts, finish reason, latency); 1: and the sampling parameters;
+    /// 2: and the input and output text cut to 2048 characters; 3: the text in full.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(0..=3))]
+    log_requests_level: u8,
 }
 
 /// Builds the PD role from the flags (None when colocated).
@@ -385,6 +411,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         anyhow::bail!("--max-prefill-tokens 0: expected at least 1");
     }
     let schedule_policy: SchedulePolicy = a.schedule_policy.parse().map_err(anyhow::Error::msg)?;
+    if a.max_queued_requests == Some(0) {
+        tracing::warn!("--max-queued-requests 0: every request is refused (as in SGLang)");
+    }
     let mut opts = ServeOptions {
         model_path: a.model_path.clone(),
         served_model_name: a.served_model_name.clone(),
@@ -408,6 +437,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         // Negative seeds (argparse takes any int) name their two's-complement bits.
         random_seed: a.random_seed.map(|s| s as u64),
         stream_interval: a.stream_interval,
+        chat_template: a.chat_template.clone(),
+        hf_chat_template_name: a.hf_chat_template_name.clone(),
+        max_queued_requests: a.max_queued_requests,
+        allow_auto_truncate: a.allow_auto_truncate,
+        log_requests_level: a.log_requests.then_some(a.log_requests_level),
         server_args: {
             let mut v = serde_json::to_value(&a)?;
             v["api_key"] = serde_json::Value::Null;
@@ -627,6 +661,43 @@ mod tests {
             e.contains("sjf") && e.contains("possible values") && e.contains("dfs-weight"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn request_flags_parse_with_sglang_defaults_and_choices() {
+        let parse = |extra: &[&str]| {
+            let argv = [&["serve", "--model-path", "m"], extra].concat();
+            Cli::try_parse_from(argv).map(|c| c.a)
+        };
+        let a = parse(&[]).unwrap();
+        assert_eq!((a.chat_template, a.hf_chat_template_name), (None, None));
+        assert_eq!(a.max_queued_requests, None);
+        assert!(!a.allow_auto_truncate && !a.log_requests);
+        assert_eq!(a.log_requests_level, 2);
+        let a = parse(&[
+            "--chat-template",
+            "t.jinja",
+            "--hf-chat-template-name",
+            "tool_use",
+            "--max-queued-requests",
+            "3",
+            "--allow-auto-truncate",
+            "--log-requests",
+            "--log-requests-level",
+            "0",
+        ])
+        .unwrap();
+        assert_eq!(a.chat_template.as_deref(), Some("t.jinja"));
+        assert_eq!(a.hf_chat_template_name.as_deref(), Some("tool_use"));
+        assert_eq!(a.max_queued_requests, Some(3));
+        assert!(a.allow_auto_truncate && a.log_requests);
+        assert_eq!(a.log_requests_level, 0);
+        let e = parse(&["--log-requests-level", "4"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("4") && e.contains("0..=3"), "{e}");
+        assert!(parse(&["--max-queued-requests", "-1"]).is_err());
     }
 
     #[test]

@@ -1,0 +1,226 @@
+//! End-to-end: SGLang's request-handling flags on `strata serve` (real processes on a made
+//! model). `--chat-template FILE` changes the prompt the model sees (the request log shows it,
+//! the prompt token count follows it); a name that is neither a file nor one of the
+//! checkpoint's templates is a start-up error. `--max-queued-requests`: a burst against one
+//! running and one waiting place gets 503 "The request queue is full." for the excess while the
+//! others complete. `--allow-auto-truncate`: a prompt too long for the context is cut to its head
+//! instead of refused. `--log-requests`: one line per finished request, with the level's fields.
+
+mod serve_common;
+
+use serde_json::{json, Value};
+use serve_common::{bin, MadeModel, Server};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+/// Waits (up to 5 s) until the server's log has a line containing `needle`; returns it.
+fn log_line(s: &Server, needle: &str) -> String {
+    let t0 = Instant::now();
+    loop {
+        if let Some(l) = s.log.lock().unwrap().iter().find(|l| l.contains(needle)) {
+            return l.clone();
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(5),
+            "no log line with {needle:?}: {:?}",
+            s.log.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+async fn chat(s: &Server, content: &str) -> Value {
+    let body = json!({"messages": [{"role": "user", "content": content}], "max_tokens": 4, "temperature": 0});
+    let (st, v) = s.post("/v1/chat/completions", &body).await;
+    assert_eq!(st, 200, "{v}");
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chat_template_file_changes_the_prompt_and_requests_are_logged() {
+    let m = MadeModel::new("llama", "tiny");
+    let dir = tempfile::tempdir().unwrap();
+    let once = dir.path().join("once.jinja");
+    std::fs::write(&once, "<<{{ messages[0].content }}>>\n").unwrap();
+    let twice = dir.path().join("twice.jinja");
+    std::fs::write(
+        &twice,
+        "<<{{ messages[0].content }}>> <<{{ messages[0].content }}>>",
+    )
+    .unwrap();
+    let content = "Tell me a story about the sea";
+
+    // The checkpoint's template (ChatML-like with BOS); nothing logged without --log-requests.
+    let plain = {
+        let s = Server::start(m.path(), &[]);
+        let v = chat(&s, content).await;
+        assert_eq!(s.log_count("Finish: rid="), 0);
+        v["usage"]["prompt_tokens"].as_u64().unwrap()
+    };
+    let p_once = {
+        let s = Server::start(
+            m.path(),
+            &["--chat-template", once.to_str().unwrap(), "--log-requests"],
+        );
+        let v = chat(&s, content).await;
+        // Level 2 (the default): the prompt as the model saw it, i.e. rendered by the file.
+        let line = log_line(&s, "Finish: rid=");
+        assert!(line.contains(&format!("input=\"<<{content}>>\"")), "{line}");
+        let text = v["choices"][0]["message"]["content"].as_str().unwrap();
+        assert!(line.contains(&format!("output={text:?}")), "{line}");
+        assert!(line.contains("sampling_params=") && line.contains("completion_tokens=4"));
+        assert!(line.contains(r#""type":"length""#), "{line}");
+        // /generate requests are logged too, under their rid.
+        let body =
+            json!({"text": "Hello", "rid": "log-me", "sampling_params": {"max_new_tokens": 2}});
+        let (st, _) = s.post("/generate", &body).await;
+        assert_eq!(st, 200);
+        let line = log_line(&s, "Finish: rid=log-me");
+        assert!(
+            line.contains("prompt_tokens=") && line.contains("input="),
+            "{line}"
+        );
+        v["usage"]["prompt_tokens"].as_u64().unwrap()
+    };
+    let p_twice = {
+        let s = Server::start(m.path(), &["--chat-template", twice.to_str().unwrap()]);
+        chat(&s, content).await["usage"]["prompt_tokens"]
+            .as_u64()
+            .unwrap()
+    };
+    assert_ne!(p_once, plain, "the file did not replace the template");
+    assert!(
+        p_twice > 2 * p_once - 4 && p_twice < 2 * p_once + 4,
+        "{p_once} vs {p_twice}"
+    );
+
+    // Neither a file nor a template of the checkpoint: a start-up error naming the flag.
+    let out = Command::new(bin())
+        .args(["serve", "--model-path"])
+        .arg(m.path())
+        .args(["--chat-template", "chatml", "--port", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--chat-template chatml: not a file"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_queued_requests_refuses_the_excess_of_a_burst() {
+    let m = MadeModel::new("llama", "tiny");
+    let s = Server::start(
+        m.path(),
+        &["--max-running-requests", "1", "--max-queued-requests", "1"],
+    );
+    let body = json!({"text": "Once upon a time", "sampling_params": {"temperature": 0, "max_new_tokens": 256, "ignore_eos": true}});
+    let burst = (0..10).map(|_| s.post("/generate", &body));
+    let results = futures::future::join_all(burst).await;
+    let (mut ok, mut refused) = (0, 0);
+    for (st, v) in &results {
+        match st {
+            200 => {
+                assert_eq!(v["meta_info"]["completion_tokens"], 256, "{v}");
+                ok += 1;
+            }
+            503 => {
+                assert_eq!(v["error"]["message"], "The request queue is full.", "{v}");
+                assert_eq!(v["error"]["code"], 503);
+                refused += 1;
+            }
+            _ => panic!("status {st}: {v}"),
+        }
+    }
+    eprintln!("burst: {ok} served, {refused} refused");
+    // One runs and one waits at a time: the burst arrives while the first runs.
+    assert!(ok >= 1 && refused >= 1, "{ok} served, {refused} refused");
+    // The chat endpoint answers the same way, and the server keeps serving.
+    let chat = json!({"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 256, "ignore_eos": true});
+    let burst = (0..6).map(|_| s.post("/v1/chat/completions", &chat));
+    let codes: Vec<u16> = futures::future::join_all(burst)
+        .await
+        .into_iter()
+        .map(|(st, _)| st)
+        .collect();
+    assert!(codes.iter().all(|c| *c == 200 || *c == 503), "{codes:?}");
+    assert!(codes.contains(&503), "{codes:?}");
+    let v = s.greedy("Hello", 3).await;
+    assert_eq!(v["meta_info"]["completion_tokens"], 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allow_auto_truncate_cuts_a_long_prompt_instead_of_refusing_it() {
+    let m = MadeModel::new("llama", "tiny");
+    let long = "word ".repeat(200);
+    let body = json!({"text": long, "sampling_params": {"temperature": 0, "max_new_tokens": 16, "ignore_eos": true}});
+    let chat = json!({"messages": [{"role": "user", "content": long}], "max_tokens": 16, "temperature": 0});
+    {
+        let s = Server::start(m.path(), &["--context-length", "64"]);
+        let (st, v) = s.post("/generate", &body).await;
+        assert_eq!(st, 400, "{v}");
+        assert!(v["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("context length (64 tokens)"));
+        let (st, _) = s.post("/v1/chat/completions", &chat).await;
+        assert_eq!(st, 400);
+    }
+    let s = Server::start(
+        m.path(),
+        &[
+            "--context-length",
+            "64",
+            "--allow-auto-truncate",
+            "--log-requests",
+            "--log-requests-level",
+            "0",
+        ],
+    );
+    let (st, v) = s.post("/generate", &body).await;
+    assert_eq!(st, 200, "{v}");
+    // SGLang's length, context - 1 - 5 tokens; the rest of the context is left to generate.
+    assert_eq!(v["meta_info"]["prompt_tokens"], 58, "{v}");
+    assert_eq!(v["meta_info"]["completion_tokens"], 6, "{v}");
+    // The head is kept: the cut prompt starts as the whole one does, the tail is gone.
+    let prompt_ids = |v: &Value| -> Vec<u64> {
+        v["meta_info"]["input_token_logprobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t[1].as_u64().unwrap())
+            .collect()
+    };
+    let ask = |text: &str| {
+        json!({"text": text, "return_logprob": true, "logprob_start_len": 0,
+            "sampling_params": {"max_new_tokens": 1}})
+    };
+    let head = "alpha beta word word word";
+    let (st, cut) = s
+        .post(
+            "/generate",
+            &ask(&format!("{head}{}omega", " word".repeat(200))),
+        )
+        .await;
+    assert_eq!(st, 200, "{cut}");
+    let (cut, head) = (
+        prompt_ids(&cut),
+        prompt_ids(&s.post("/generate", &ask(head)).await.1),
+    );
+    assert_eq!(cut.len(), 58);
+    assert_eq!(
+        cut[..head.len()],
+        head[..],
+        "the cut prompt does not start with the head"
+    );
+    let (st, v) = s.post("/v1/chat/completions", &chat).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["usage"]["prompt_tokens"], 58, "{v}");
+    assert!(s.log_count("Truncating the input to 58 tokens") >= 2);
+    // Level 0: metadata only.
+    let line = log_line(&s, "Finish: rid=");
+    assert!(line.contains("prompt_tokens=58"), "{line}");
+    assert!(
+        !line.contains("sampling_params=") && !line.contains("input="),
+        "{line}"
+    );
+}
