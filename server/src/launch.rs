@@ -66,6 +66,39 @@ pub struct ServeOptions {
     pub log_requests_level: Option<u8>,
 }
 
+impl ServeOptions {
+    /// Options for the model at `model_path` with `strata serve`'s CPU defaults (page size 1,
+    /// 64 running requests, 2048-token chunks, half the memory, no HiCache, no PD, nothing
+    /// logged); callers that embed the server, and the tests, override the fields they need.
+    pub fn new(model_path: PathBuf) -> Self {
+        ServeOptions {
+            model_path,
+            served_model_name: None,
+            page_size: 1,
+            max_running_requests: 64,
+            chunked_prefill_size: Some(2048),
+            context_length: None,
+            mem_fraction_static: 0.5,
+            max_total_tokens: None,
+            disable_radix_cache: false,
+            radix_eviction_lfu: false,
+            api_key: None,
+            hicache: None,
+            pd: None,
+            server_args: serde_json::json!({}),
+            max_prefill_tokens: DEFAULT_MAX_PREFILL_TOKENS,
+            schedule_policy: SchedulePolicy::default(),
+            random_seed: None,
+            stream_interval: 1,
+            chat_template: None,
+            hf_chat_template_name: None,
+            max_queued_requests: None,
+            allow_auto_truncate: false,
+            log_requests_level: None,
+        }
+    }
+}
+
 /// A start-up failure.
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {

@@ -39,3 +39,19 @@ mod tests {
         assert_eq!(r.next_u64(), 0x6E78_9E6A_A1B9_65F4);
     }
 }
+
+/// A randomised test's seed: `STRATA_TEST_SEED` when set, else the clock; printed with `what`
+/// so a failure can be replayed.
+#[cfg(test)]
+pub(crate) fn test_seed(what: &str) -> u64 {
+    let seed = std::env::var("STRATA_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(1, |d| d.as_nanos() as u64)
+        });
+    eprintln!("{what} seed {seed} (replay with STRATA_TEST_SEED={seed})");
+    seed
+}

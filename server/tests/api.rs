@@ -4,7 +4,7 @@
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use http_body_util::BodyExt;
-use serde_json::{json, Value};
+use serde_json::Value;
 use strata_make_model::{make_model, DType, MakeModel, Size};
 use strata_server::api::app;
 use strata_server::launch::{launch_cpu, ServeOptions};
@@ -13,29 +13,12 @@ use tower::ServiceExt;
 
 fn opts(dir: &std::path::Path) -> ServeOptions {
     ServeOptions {
-        hicache: None,
-        pd: None,
-        model_path: dir.to_path_buf(),
-        served_model_name: None,
         page_size: 4,
         max_running_requests: 8,
         chunked_prefill_size: Some(64),
         context_length: Some(256),
-        mem_fraction_static: 0.5,
         max_total_tokens: Some(1024),
-        disable_radix_cache: false,
-        radix_eviction_lfu: false,
-        api_key: None,
-        server_args: json!({}),
-        max_prefill_tokens: strata_server::launch::DEFAULT_MAX_PREFILL_TOKENS,
-        schedule_policy: Default::default(),
-        random_seed: None,
-        stream_interval: 1,
-        chat_template: None,
-        hf_chat_template_name: None,
-        max_queued_requests: None,
-        allow_auto_truncate: false,
-        log_requests_level: None,
+        ..ServeOptions::new(dir.to_path_buf())
     }
 }
 

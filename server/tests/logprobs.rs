@@ -19,30 +19,13 @@ const TOL: f64 = 1e-4;
 
 fn opts(dir: &std::path::Path) -> ServeOptions {
     ServeOptions {
-        model_path: dir.to_path_buf(),
-        served_model_name: None,
         page_size: 4,
         max_running_requests: 8,
         // Small chunks: the prompt's rows arrive over several rounds.
         chunked_prefill_size: Some(7),
         context_length: Some(256),
-        mem_fraction_static: 0.5,
         max_total_tokens: Some(1024),
-        disable_radix_cache: false,
-        radix_eviction_lfu: false,
-        hicache: None,
-        pd: None,
-        api_key: None,
-        server_args: json!({}),
-        max_prefill_tokens: strata_server::launch::DEFAULT_MAX_PREFILL_TOKENS,
-        schedule_policy: Default::default(),
-        random_seed: None,
-        stream_interval: 1,
-        chat_template: None,
-        hf_chat_template_name: None,
-        max_queued_requests: None,
-        allow_auto_truncate: false,
-        log_requests_level: None,
+        ..ServeOptions::new(dir.to_path_buf())
     }
 }
 

@@ -217,16 +217,7 @@ fn run(seed: u64, page_size: usize, steps: usize, tiers: bool) {
 
 #[test]
 fn randomised_radix_invariants() {
-    let seed = std::env::var("STRATA_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_nanos() as u64)
-                .unwrap_or(1)
-        });
-    eprintln!("radix randomised test seed {seed} (replay with STRATA_TEST_SEED={seed})");
+    let seed = crate::seeded::test_seed("radix randomised test");
     for (i, ps) in [1usize, 2, 4].into_iter().enumerate() {
         run(seed.wrapping_add(i as u64), ps, 4000, false);
         run(seed.wrapping_add(100 + i as u64), ps, 4000, true);

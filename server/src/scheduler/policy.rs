@@ -262,16 +262,7 @@ mod tests {
 
     #[test]
     fn random_is_a_seeded_permutation() {
-        let seed = std::env::var("STRATA_TEST_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or_else(|| {
-                std::time::SystemTime::now()
-                    .duration_since(std::time::UNIX_EPOCH)
-                    .map(|d| d.as_nanos() as u64)
-                    .unwrap_or(1)
-            });
-        eprintln!("random policy test seed {seed} (replay with STRATA_TEST_SEED={seed})");
+        let seed = crate::seeded::test_seed("random policy test");
         let t = [1u32];
         let c: Vec<_> = (0..32).map(|_| cand(&t, 0, 1)).collect();
         let a = order(SchedulePolicy::Random, &c, &mut SplitMix64(seed));
