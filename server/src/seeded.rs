@@ -27,19 +27,6 @@ impl SplitMix64 {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn splitmix_reference_values() {
-        // First outputs for seed 0 (the published SplitMix64 reference sequence).
-        let mut r = SplitMix64(0);
-        assert_eq!(r.next_u64(), 0xE220_A839_7B1D_CDAF);
-        assert_eq!(r.next_u64(), 0x6E78_9E6A_A1B9_65F4);
-    }
-}
-
 /// A randomised test's seed: `STRATA_TEST_SEED` when set, else the clock; printed with `what`
 /// so a failure can be replayed.
 #[cfg(test)]
@@ -54,4 +41,17 @@ pub(crate) fn test_seed(what: &str) -> u64 {
         });
     eprintln!("{what} seed {seed} (replay with STRATA_TEST_SEED={seed})");
     seed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn splitmix_reference_values() {
+        // First outputs for seed 0 (the published SplitMix64 reference sequence).
+        let mut r = SplitMix64(0);
+        assert_eq!(r.next_u64(), 0xE220_A839_7B1D_CDAF);
+        assert_eq!(r.next_u64(), 0x6E78_9E6A_A1B9_65F4);
+    }
 }
