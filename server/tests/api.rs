@@ -36,6 +36,8 @@ fn opts(dir: &std::path::Path) -> ServeOptions {
         max_queued_requests: None,
         allow_auto_truncate: false,
         log_requests_level: None,
+        tool_call_parser: None,
+        reasoning_parser: None,
     }
 }
 
