@@ -47,7 +47,7 @@ impl ToolStream {
     fn push(&mut self, delta: &str) -> (String, Vec<(usize, ToolCall)>) {
         self.text.push_str(delta);
         if self.start.is_none() {
-            self.start = self.parser.find_start(&self.text).map(|s| s.max(self.sent));
+            self.start = self.parser.find_start(&self.text, self.sent);
         }
         let Some(s) = self.start else {
             let safe = self.text.len() - self.parser.hold(&self.text[self.sent..]);
@@ -83,6 +83,7 @@ impl ToolStream {
 pub struct ReplyParser {
     reasoning: Option<ReasoningStream>,
     tools: Option<ToolStream>,
+    finished: bool,
 }
 
 impl ReplyParser {
@@ -102,6 +103,7 @@ impl ReplyParser {
                 start: None,
                 emitted: 0,
             }),
+            finished: false,
         }
     }
 
@@ -140,8 +142,11 @@ impl ReplyParser {
         self.through_tools(r, &text, false)
     }
 
-    /// The reply is over: everything held back.
+    /// The reply is over: everything held back (nothing when called again).
     pub fn finish(&mut self) -> Piece {
+        if std::mem::replace(&mut self.finished, true) {
+            return Piece::default();
+        }
         let (r, text) = match &mut self.reasoning {
             Some(s) => s.finish(),
             None => (String::new(), String::new()),

@@ -266,4 +266,5 @@ fn reasoning_then_tools_and_the_response_shapes() {
     );
     assert!(d.get("content").is_none() && p.has_calls());
     assert_eq!(delta(&p.finish(), false), json!({"content": ""}));
+    assert!(p.finish().is_empty() && p.has_calls());
 }

@@ -23,14 +23,17 @@ const TOOL_CALLS: &str = "[TOOL_CALLS]";
 const ARGS: &str = "[ARGS]";
 
 impl ToolParser {
-    /// Where the first call starts in `text` (the whole reply so far).
-    pub fn find_start(self, text: &str) -> Option<usize> {
+    /// Where the first call starts in `text` (the whole reply so far), looking from byte `from`
+    /// on (text before it was released as content: no marker starts there).
+    pub fn find_start(self, text: &str, from: usize) -> Option<usize> {
+        let rest = &text[from..];
+        let at = |i: Option<usize>| i.map(|i| i + from);
         match self {
-            Self::Qwen25 | Self::Hermes => text.find(TAG_OPEN),
+            Self::Qwen25 | Self::Hermes => at(rest.find(TAG_OPEN)),
             Self::Llama3 if text.starts_with('{') => Some(0),
-            Self::Llama3 => text.find(PYTHON_TAG),
-            Self::Mistral => text.find(TOOL_CALLS),
-            Self::Pythonic => pythonic::find_start(text),
+            Self::Llama3 => at(rest.find(PYTHON_TAG)),
+            Self::Mistral => at(rest.find(TOOL_CALLS)),
+            Self::Pythonic => at(pythonic::find_start(rest)),
         }
     }
 
