@@ -64,6 +64,10 @@ pub struct ServeOptions {
     pub allow_auto_truncate: bool,
     /// `--log-requests` at `--log-requests-level` (`None`: off).
     pub log_requests_level: Option<u8>,
+    /// `--tool-call-parser NAME` (see `parsers::ToolParser::NAMES`).
+    pub tool_call_parser: Option<String>,
+    /// `--reasoning-parser NAME` (see `parsers::ReasoningParser::NAMES`).
+    pub reasoning_parser: Option<String>,
 }
 
 impl ServeOptions {
@@ -95,6 +99,8 @@ impl ServeOptions {
             max_queued_requests: None,
             allow_auto_truncate: false,
             log_requests_level: None,
+            tool_call_parser: None,
+            reasoning_parser: None,
         }
     }
 }
@@ -226,6 +232,18 @@ where
     F: FnOnce(&Path, &ModelConfig, usize) -> Result<R, LaunchError>,
 {
     let dir = &opts.model_path;
+    let tool_call_parser = opts
+        .tool_call_parser
+        .as_deref()
+        .map(crate::parsers::ToolParser::from_flag)
+        .transpose()
+        .map_err(LaunchError::Config)?;
+    let reasoning_parser = opts
+        .reasoning_parser
+        .as_deref()
+        .map(crate::parsers::ReasoningParser::from_flag)
+        .transpose()
+        .map_err(LaunchError::Config)?;
     let (cfg, context_length) = prepare(opts)?;
     let mut tokenizer = Tokenizer::load(dir)?;
     tokenizer.chat_template = crate::model::chat_source::choose(
@@ -377,6 +395,8 @@ where
         stream_interval: opts.stream_interval.max(1),
         allow_auto_truncate: opts.allow_auto_truncate,
         request_log: opts.log_requests_level.map(RequestLog::new),
+        tool_call_parser,
+        reasoning_parser,
     })
 }
 

@@ -9,6 +9,7 @@ pub mod kv;
 pub mod launch;
 pub mod logprobs;
 pub mod model;
+pub mod parsers;
 pub mod pd;
 pub mod sampling;
 pub mod sampling_cases;

@@ -268,6 +268,21 @@ mod tests {
         );
     }
 
+    /// `--tool-call-parser` and `--reasoning-parser` are implemented (function calls and the
+    /// reasoning split off chat replies), not ignored: they reach clap and parse.
+    #[test]
+    fn sglang_parser_flags_are_implemented() {
+        serve_implements(
+            &["--tool-call-parser", "--reasoning-parser"],
+            &[
+                "--tool-call-parser",
+                "qwen25",
+                "--reasoning-parser",
+                "qwen3",
+            ],
+        );
+    }
+
     /// The top-level help names only subcommands that exist.
     #[test]
     fn help_names_only_existing_subcommands() {

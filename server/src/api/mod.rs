@@ -4,6 +4,7 @@
 //! they know nothing about batching or KV pages (the scheduler thread owns those). Build the
 //! router with [`app`]; every error leaves through [`error::ApiError`].
 
+pub mod chat_request;
 pub mod driver;
 pub mod error;
 pub mod generate;
@@ -58,6 +59,10 @@ pub struct AppState {
     pub allow_auto_truncate: bool,
     /// `--log-requests` (`None`: off).
     pub request_log: Option<reqlog::RequestLog>,
+    /// `--tool-call-parser` (`None`: replies are not searched for calls).
+    pub tool_call_parser: Option<crate::parsers::ToolParser>,
+    /// `--reasoning-parser` (`None`: the reasoning stays in the content).
+    pub reasoning_parser: Option<crate::parsers::ReasoningParser>,
 }
 
 impl AppState {

@@ -1,13 +1,17 @@
 //! OpenAI-compatible `POST /v1/completions` and `POST /v1/chat/completions` (with streaming), the
 //! shapes SGLang serves. Unknown fields are ignored, as SGLang's pydantic models do; values out of
-//! range are 400s. Chat requests go through the checkpoint's chat template.
+//! range are 400s. Chat requests go through the checkpoint's chat template, with their tools and
+//! `chat_template_kwargs`; the reply through the configured tool-call and reasoning parsers
+//! (`chat_request.rs`, `crate::parsers`).
 
+use super::chat_request::{message_json, plan_tools, reply_parser, Message};
 use super::driver::Driver;
 use super::error::{parse_body, ApiError};
 use super::generate::{bootstraps, finite, header_rid, OneOrMany};
 use super::output::openai_finish_reason;
 use super::AppState;
-use crate::model::chat_template::{render, ChatMessage};
+use crate::model::chat_template::{render, Extra};
+use crate::parsers::output::{self as reply, parse_reply, Piece};
 use crate::sampling::{SamplingParams, SamplingParamsWire, StringOrList};
 use crate::scheduler::request::{LogprobSpec, PosLogprobs};
 use axum::body::Bytes;
@@ -26,26 +30,6 @@ enum Prompt {
     Text(String),
     Texts(Vec<String>),
     Ids(Vec<u32>),
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
-enum Content {
-    Text(String),
-    Parts(Vec<ContentPart>),
-}
-
-#[derive(Debug, Deserialize)]
-struct ContentPart {
-    #[serde(rename = "type")]
-    kind: String,
-    text: Option<String>,
-}
-
-#[derive(Debug, Deserialize)]
-struct Message {
-    role: String,
-    content: Option<Content>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -88,6 +72,12 @@ struct OpenAiWire {
     top_logprobs: Option<i64>,
     rid: Option<String>,
     logit_bias: Option<std::collections::HashMap<String, f32>>,
+    /// Chat: OpenAI function tools, `tool_choice`, the template's extra variables, and whether the
+    /// reasoning is split off (`chat_request.rs`).
+    tools: Option<Vec<Value>>,
+    tool_choice: Option<Value>,
+    chat_template_kwargs: Option<serde_json::Map<String, Value>>,
+    separate_reasoning: Option<bool>,
     /// PD: the fields a PD router adds (one leg of a prefill/decode pair), as on `/generate`.
     bootstrap_host: Option<Value>,
     bootstrap_port: Option<Value>,
@@ -314,8 +304,8 @@ pub async fn completions(
         return Ok(sse(d, include_usage, move |d, delta, first, lp| {
             let text = if first { format!("{prefix}{delta}") } else { delta };
             let lps = completion_logprobs(&st2, d, lp.start, lp.end, echo && first);
-            json!({"id": id, "object": "text_completion", "created": created, "model": model,
-                "choices": [{"index": 0, "text": text, "logprobs": lps, "finish_reason": finish_str(d)}]})
+            Some(json!({"id": id, "object": "text_completion", "created": created, "model": model,
+                "choices": [{"index": 0, "text": text, "logprobs": lps, "finish_reason": finish_str(d)}]}))
         })
         .into_response());
     }
@@ -352,6 +342,11 @@ pub async fn chat_completions(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let mut w: OpenAiWire = parse_body(&body)?;
+    let plan = plan_tools(w.tools.take(), w.tool_choice.as_ref())?;
+    if plan.known.is_some() {
+        // As SGLang: call markers are often special tokens, which the reply must keep.
+        w.skip_special_tokens = Some(false);
+    }
     let params = w.params(st.info.context_length as i64)?;
     let n_lp = logprob_count(&w)?;
     let rid = client_rid(&w, &headers, "chatcmpl-");
@@ -362,43 +357,36 @@ pub async fn chat_completions(
     if msgs.is_empty() {
         return Err(ApiError::bad_request("`messages` is empty."));
     }
-    let mut conv = Vec::new();
-    for m in msgs {
-        let content = match m.content {
-            None => String::new(),
-            Some(Content::Text(t)) => t,
-            Some(Content::Parts(ps)) => {
-                let mut s = String::new();
-                for p in ps {
-                    if p.kind != "text" {
-                        return Err(ApiError::bad_request(format!(
-                            "Content part type `{}` is not supported.",
-                            p.kind
-                        )));
-                    }
-                    s.push_str(&p.text.unwrap_or_default());
-                }
-                s
-            }
-        };
-        conv.push(ChatMessage {
-            role: m.role,
-            content,
-        });
-    }
+    let conv = msgs
+        .into_iter()
+        .map(message_json)
+        .collect::<Result<Vec<_>, _>>()?;
     let tok = &st.tokenizer;
     let template = tok
         .chat_template
         .as_deref()
         .ok_or_else(|| ApiError::bad_request("The model has no chat template."))?;
+    let kwargs = w.chat_template_kwargs.take();
+    let extra = Extra {
+        tools: plan.template_tools.as_ref(),
+        kwargs: kwargs.as_ref(),
+    };
     let text = render(
         template,
         &conv,
         true,
         tok.bos_token.as_deref(),
         tok.eos_token.as_deref(),
+        extra,
     )
     .map_err(ApiError::bad_request)?;
+    let parser = reply_parser(
+        st.tool_call_parser,
+        st.reasoning_parser,
+        &plan,
+        w.separate_reasoning != Some(false),
+        kwargs.as_ref(),
+    );
     let ids = tok.encode(&text, false).map_err(ApiError::bad_request)?;
     let model = w
         .model
@@ -420,11 +408,23 @@ pub async fn chat_completions(
     if w.stream {
         let include_usage = w.stream_options.as_ref().is_some_and(|o| o.include_usage);
         let st2 = st.clone();
+        let parser = std::sync::Mutex::new(parser);
         return Ok(sse(d, include_usage, move |d, delta, first, lp| {
-            let delta = if first { json!({"role": "assistant", "content": delta}) } else { json!({"content": delta}) };
+            let mut p = parser.lock().unwrap_or_else(|e| e.into_inner());
+            let mut piece = p.push(&delta);
+            if d.out.finish.is_some() {
+                let Piece { reasoning, content, calls } = p.finish();
+                piece.reasoning += &reasoning;
+                piece.content += &content;
+                piece.calls.extend(calls);
+            } else if piece.is_empty() && !first {
+                return None;
+            }
+            let delta = reply::delta(&piece, first);
+            let finish = reply::finish_reason(finish_str(d), p.has_calls());
             let lps = chat_logprobs(&st2, d, lp.start, lp.end);
-            json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-                "choices": [{"index": 0, "delta": delta, "logprobs": lps, "finish_reason": finish_str(d)}]})
+            Some(json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
+                "choices": [{"index": 0, "delta": delta, "logprobs": lps, "finish_reason": finish}]}))
         })
         .into_response());
     }
@@ -433,25 +433,28 @@ pub async fn chat_completions(
         return Err(e);
     }
     let lps = chat_logprobs(&st, &d, 0, d.out.logprobs.len());
+    let r = parse_reply(parser, &text);
+    let finish = reply::finish_reason(finish_str(&d), !r.calls.is_empty());
     Ok(Json(
         json!({"id": id, "object": "chat.completion", "created": created, "model": model,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "logprobs": lps,
-            "finish_reason": finish_str(&d)}],
+        "choices": [{"index": 0, "message": reply::message(&r), "logprobs": lps,
+            "finish_reason": finish}],
         "usage": usage(&d)}),
     )
     .into_response())
 }
 
 /// Streams `d` as OpenAI chunks built by `chunk(driver, delta, is_first, new_logprobs)`, then an
-/// optional usage chunk, then `[DONE]`. Empty deltas (bytes held back) are not sent; a chunk
-/// carries the log-probabilities of the tokens that arrived since the previous chunk.
+/// optional usage chunk, then `[DONE]`. Empty deltas (bytes held back) are not sent, nor is a
+/// chunk `chunk` declines (`None`: its parsers held the text back); a chunk carries the
+/// log-probabilities of the tokens that arrived since the previous chunk sent.
 fn sse<F>(
     d: Driver,
     include_usage: bool,
     chunk: F,
 ) -> Sse<impl futures::Stream<Item = Result<SseEvent, Infallible>>>
 where
-    F: Fn(&Driver, String, bool, std::ops::Range<usize>) -> Value + Send + Sync + 'static,
+    F: Fn(&Driver, String, bool, std::ops::Range<usize>) -> Option<Value> + Send + Sync + 'static,
 {
     let chunk = std::sync::Arc::new(chunk);
     // Phases: 0 = streaming, 2 = [DONE] pending, 3 = over.
@@ -474,12 +477,17 @@ where
                                 continue;
                             }
                             let now = d.out.logprobs.len();
-                            let ev = SseEvent::default()
-                                .data(chunk(&d, delta, first, sent..now).to_string());
+                            let Some(c) = chunk(&d, delta, first, sent..now) else {
+                                continue;
+                            };
+                            let ev = SseEvent::default().data(c.to_string());
                             return Some((Ok(ev), (d, 0, false, now)));
                         }
                         None if include_usage => {
-                            let mut u = chunk(&d, String::new(), false, sent..sent);
+                            let mut u = json!({});
+                            if let Some(c) = chunk(&d, String::new(), false, sent..sent) {
+                                u = c;
+                            }
                             u["choices"] = json!([]);
                             u["usage"] = usage(&d);
                             return Some((

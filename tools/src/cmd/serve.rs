@@ -235,6 +235,14 @@ pub struct Args {
     /// 2: and the input and output text cut to 2048 characters; 3: the text in full.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(0..=3))]
     log_requests_level: u8,
+    /// Search /v1/chat/completions replies for function calls in this format when the request
+    /// has tools: qwen25, hermes, llama3, mistral or pythonic (another name is a start-up error).
+    #[arg(long)]
+    tool_call_parser: Option<String>,
+    /// Split the reasoning off /v1/chat/completions replies (message.reasoning_content):
+    /// deepseek-r1 or qwen3 (another name is a start-up error).
+    #[arg(long)]
+    reasoning_parser: Option<String>,
 }
 
 /// Builds the PD role from the flags (None when colocated).
@@ -442,6 +450,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         max_queued_requests: a.max_queued_requests,
         allow_auto_truncate: a.allow_auto_truncate,
         log_requests_level: a.log_requests.then_some(a.log_requests_level),
+        tool_call_parser: a.tool_call_parser.clone(),
+        reasoning_parser: a.reasoning_parser.clone(),
         server_args: {
             let mut v = serde_json::to_value(&a)?;
             v["api_key"] = serde_json::Value::Null;
@@ -698,6 +708,27 @@ mod tests {
             .to_string();
         assert!(e.contains("4") && e.contains("0..=3"), "{e}");
         assert!(parse(&["--max-queued-requests", "-1"]).is_err());
+    }
+
+    #[test]
+    fn parser_flags_reach_the_engine_options() {
+        let parse = |extra: &[&str]| {
+            let argv = [&["serve", "--model-path", "m"], extra].concat();
+            Cli::try_parse_from(argv).map(|c| c.a)
+        };
+        let a = parse(&[]).unwrap();
+        assert_eq!((a.tool_call_parser, a.reasoning_parser), (None, None));
+        let a = parse(&[
+            "--tool-call-parser",
+            "llama3",
+            "--reasoning-parser",
+            "deepseek-r1",
+        ])
+        .unwrap();
+        assert_eq!(a.tool_call_parser.as_deref(), Some("llama3"));
+        assert_eq!(a.reasoning_parser.as_deref(), Some("deepseek-r1"));
+        // Names are checked by the engine at start-up (the e2e test sees the error).
+        assert!(parse(&["--tool-call-parser", "bogus"]).is_ok());
     }
 
     #[test]

@@ -1,0 +1,95 @@
+//! The output parsers of `/v1/chat/completions`: `--tool-call-parser` (function calls in the
+//! model's text, [`tool_call`]) and `--reasoning-parser` (the thinking part, [`reasoning`]), with
+//! the stream that runs both over a reply as it arrives ([`output`]). SGLang's formats and names;
+//! docs/server.md ("Tool calls and reasoning") says where Strata decides differently.
+
+pub mod output;
+pub mod pyjson;
+pub mod pythonic;
+pub mod reasoning;
+pub mod tool_call;
+
+/// A `--tool-call-parser` format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ToolParser {
+    /// `<tool_call>\n{"name": .., "arguments": ..}\n</tool_call>` (Qwen 2.5, Qwen 3).
+    Qwen25,
+    /// `<tool_call>{json}</tool_call>`; the last block may be left open.
+    Hermes,
+    /// `{"name": .., "parameters"|"arguments": ..}` at the start or after `<|python_tag|>`,
+    /// several separated by `;`.
+    Llama3,
+    /// `[TOOL_CALLS] [{json}, ...]` (or the compact `[TOOL_CALLS]name[ARGS]{json}`).
+    Mistral,
+    /// `[f(a=1), g(b="x")]` with Python literals.
+    Pythonic,
+}
+
+impl ToolParser {
+    pub const NAMES: &'static [&'static str] =
+        &["hermes", "llama3", "mistral", "pythonic", "qwen25"];
+
+    /// The parser `--tool-call-parser NAME` names; the error is the start-up message.
+    pub fn from_flag(name: &str) -> Result<Self, String> {
+        Ok(match name {
+            "qwen25" => Self::Qwen25,
+            "hermes" => Self::Hermes,
+            "llama3" => Self::Llama3,
+            "mistral" => Self::Mistral,
+            "pythonic" => Self::Pythonic,
+            _ => {
+                return Err(format!(
+                    "--tool-call-parser {name}: unknown or not implemented parser (known: {})",
+                    Self::NAMES.join(", ")
+                ))
+            }
+        })
+    }
+}
+
+/// A `--reasoning-parser` format (both use `<think>`/`</think>`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReasoningParser {
+    /// The reply is reasoning up to `</think>`, whether or not it opens with `<think>`.
+    DeepSeekR1,
+    /// As DeepSeek-R1 unless the request's `chat_template_kwargs.enable_thinking` is false; then
+    /// only a reply that opens with `<think>` has reasoning. `<tool_call>` also ends it.
+    Qwen3,
+}
+
+impl ReasoningParser {
+    pub const NAMES: &'static [&'static str] = &["deepseek-r1", "qwen3"];
+
+    /// The parser `--reasoning-parser NAME` names; the error is the start-up message.
+    pub fn from_flag(name: &str) -> Result<Self, String> {
+        match name {
+            "deepseek-r1" => Ok(Self::DeepSeekR1),
+            "qwen3" => Ok(Self::Qwen3),
+            _ => Err(format!(
+                "--reasoning-parser {name}: unknown or not implemented parser (known: {})",
+                Self::NAMES.join(", ")
+            )),
+        }
+    }
+}
+
+/// One function call found in the reply.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToolCall {
+    pub name: String,
+    /// The arguments as JSON text, spaced as Python's `json.dumps` (see [`pyjson`]).
+    pub arguments: String,
+}
+
+/// A fresh tool call id, as SGLang makes them: `call_` and 24 hex digits.
+pub fn call_id() -> String {
+    use rand::Rng;
+    let mut r = rand::rng();
+    (0..24).fold(String::from("call_"), |mut s, _| {
+        s.push(char::from_digit(r.random_range(0..16), 16).expect("hex digit"));
+        s
+    })
+}
+
+#[cfg(test)]
+mod tests;

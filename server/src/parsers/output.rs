@@ -1,0 +1,233 @@
+//! A chat reply through the configured parsers: reasoning first, then tool calls in what is left,
+//! as SGLang orders them. The same stream serves both answers: a non-streamed reply is one piece
+//! and the finish ([`parse_reply`], [`message`]); a streamed one is fed delta by delta, each
+//! delta's [`Piece`] becoming one chunk.
+//!
+//! Streaming: content passes through until a call's start marker (a tail that may begin one is
+//! held back); from there the text is buffered and each call is sent whole, with its id, as
+//! soon as its text is closed, the rest at the end. A section with no valid call is sent as
+//! content at the end.
+
+use super::reasoning::ReasoningStream;
+use super::{call_id, ReasoningParser, ToolCall, ToolParser};
+use serde_json::{json, Value};
+
+/// What one piece of the reply released.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Piece {
+    pub reasoning: String,
+    pub content: String,
+    /// Calls completed by this piece, with their index in the reply.
+    pub calls: Vec<(usize, ToolCall)>,
+}
+
+impl Piece {
+    pub fn is_empty(&self) -> bool {
+        self.reasoning.is_empty() && self.content.is_empty() && self.calls.is_empty()
+    }
+}
+
+#[derive(Debug)]
+struct ToolStream {
+    parser: ToolParser,
+    known: Vec<String>,
+    text: String,
+    sent: usize,
+    start: Option<usize>,
+    emitted: usize,
+}
+
+impl ToolStream {
+    fn new_calls(&mut self, calls: Vec<ToolCall>) -> Vec<(usize, ToolCall)> {
+        let from = self.emitted;
+        self.emitted = self.emitted.max(calls.len());
+        calls.into_iter().enumerate().skip(from).collect()
+    }
+
+    fn push(&mut self, delta: &str) -> (String, Vec<(usize, ToolCall)>) {
+        self.text.push_str(delta);
+        if self.start.is_none() {
+            self.start = self.parser.find_start(&self.text, self.sent);
+        }
+        let Some(s) = self.start else {
+            let safe = self.text.len() - self.parser.hold(&self.text[self.sent..]);
+            let out = self.text[self.sent..safe].to_string();
+            self.sent = safe;
+            return (out, Vec::new());
+        };
+        let out = self.text[self.sent..s.max(self.sent)].to_string();
+        self.sent = self.sent.max(s);
+        let known = |n: &str| self.known.iter().any(|k| k == n);
+        let sec = self.parser.parse(&self.text[s..], &known, false);
+        (out, self.new_calls(sec.calls))
+    }
+
+    fn finish(&mut self) -> (String, Vec<(usize, ToolCall)>) {
+        let Some(s) = self.start else {
+            let out = self.text[self.sent..].to_string();
+            self.sent = self.text.len();
+            return (out, Vec::new());
+        };
+        let known = |n: &str| self.known.iter().any(|k| k == n);
+        let sec = self.parser.parse(&self.text[s..], &known, true);
+        if sec.calls.is_empty() && self.emitted == 0 {
+            tracing::warn!("no valid tool call in the model's call text; returned as content");
+            return (self.text[s..].to_string(), Vec::new());
+        }
+        (sec.text, self.new_calls(sec.calls))
+    }
+}
+
+/// The parsers of one reply.
+#[derive(Debug, Default)]
+pub struct ReplyParser {
+    reasoning: Option<ReasoningStream>,
+    tools: Option<ToolStream>,
+    finished: bool,
+}
+
+impl ReplyParser {
+    /// `reasoning`: the parser and whether the reply starts in reasoning (None: not separated);
+    /// `tools`: the parser and the request's function names (None: no tool parsing).
+    pub fn new(
+        reasoning: Option<(ReasoningParser, bool)>,
+        tools: Option<(ToolParser, Vec<String>)>,
+    ) -> Self {
+        Self {
+            reasoning: reasoning.map(|(k, forced)| ReasoningStream::new(k, forced)),
+            tools: tools.map(|(parser, known)| ToolStream {
+                parser,
+                known,
+                text: String::new(),
+                sent: 0,
+                start: None,
+                emitted: 0,
+            }),
+            finished: false,
+        }
+    }
+
+    /// Whether any call was sent.
+    pub fn has_calls(&self) -> bool {
+        self.tools.as_ref().is_some_and(|t| t.emitted > 0)
+    }
+
+    fn through_tools(&mut self, reasoning: String, text: &str, last: bool) -> Piece {
+        let Some(t) = &mut self.tools else {
+            return Piece {
+                reasoning,
+                content: text.to_string(),
+                calls: Vec::new(),
+            };
+        };
+        let (mut content, mut calls) = t.push(text);
+        if last {
+            let (c, k) = t.finish();
+            content += &c;
+            calls.extend(k);
+        }
+        Piece {
+            reasoning,
+            content,
+            calls,
+        }
+    }
+
+    /// The next piece of the reply.
+    pub fn push(&mut self, delta: &str) -> Piece {
+        let (r, text) = match &mut self.reasoning {
+            Some(s) => s.push(delta),
+            None => (String::new(), delta.to_string()),
+        };
+        self.through_tools(r, &text, false)
+    }
+
+    /// The reply is over: everything held back (nothing when called again).
+    pub fn finish(&mut self) -> Piece {
+        if std::mem::replace(&mut self.finished, true) {
+            return Piece::default();
+        }
+        let (r, text) = match &mut self.reasoning {
+            Some(s) => s.finish(),
+            None => (String::new(), String::new()),
+        };
+        self.through_tools(r, &text, true)
+    }
+}
+
+/// A whole reply, parsed.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Reply {
+    pub reasoning: Option<String>,
+    pub content: String,
+    pub calls: Vec<ToolCall>,
+}
+
+/// Parses a complete reply. With calls the content is trimmed (SGLang strips the text around
+/// them); empty reasoning is none.
+pub fn parse_reply(mut p: ReplyParser, text: &str) -> Reply {
+    let (a, b) = (p.push(text), p.finish());
+    let reasoning = a.reasoning + &b.reasoning;
+    let mut content = a.content + &b.content;
+    let calls: Vec<ToolCall> = a.calls.into_iter().chain(b.calls).map(|(_, c)| c).collect();
+    if !calls.is_empty() {
+        content = content.trim().to_string();
+    }
+    Reply {
+        reasoning: (!reasoning.is_empty()).then_some(reasoning),
+        content,
+        calls,
+    }
+}
+
+/// One entry of `tool_calls` (a new id each time).
+pub fn call_json(index: usize, c: &ToolCall) -> Value {
+    json!({"id": call_id(), "index": index, "type": "function",
+        "function": {"name": c.name, "arguments": c.arguments}})
+}
+
+/// The non-streamed `message` of a reply, as SGLang writes it: `content` a string (empty when
+/// there is none), `reasoning_content` null when none, `tool_calls` only when calls were found.
+pub fn message(r: &Reply) -> Value {
+    let mut m =
+        json!({"role": "assistant", "content": r.content, "reasoning_content": r.reasoning});
+    if !r.calls.is_empty() {
+        m["tool_calls"] = r
+            .calls
+            .iter()
+            .enumerate()
+            .map(|(i, c)| call_json(i, c))
+            .collect();
+    }
+    m
+}
+
+/// The `finish_reason` of a reply that found calls: a natural stop becomes `tool_calls`.
+pub fn finish_reason(reason: Value, has_calls: bool) -> Value {
+    if has_calls && reason == "stop" {
+        json!("tool_calls")
+    } else {
+        reason
+    }
+}
+
+/// The streamed `delta` of a piece (`first`: the chunk that carries the role).
+pub fn delta(p: &Piece, first: bool) -> Value {
+    let mut d = serde_json::Map::new();
+    if first {
+        d.insert("role".into(), json!("assistant"));
+    }
+    if !p.reasoning.is_empty() {
+        d.insert("reasoning_content".into(), json!(p.reasoning));
+    }
+    if !p.content.is_empty() || (p.reasoning.is_empty() && p.calls.is_empty()) {
+        d.insert("content".into(), json!(p.content));
+    }
+    if !p.calls.is_empty() {
+        d.insert(
+            "tool_calls".into(),
+            p.calls.iter().map(|(i, c)| call_json(*i, c)).collect(),
+        );
+    }
+    Value::Object(d)
+}

@@ -1,0 +1,270 @@
+//! The tool-call formats and the reply stream: each format's calls and text, malformed and
+//! unknown calls kept as content, and the same answer whatever pieces a reply arrives in.
+
+use super::output::{delta, finish_reason, message, parse_reply, ReplyParser};
+use super::*;
+use serde_json::json;
+
+fn call(name: &str, arguments: &str) -> ToolCall {
+    ToolCall {
+        name: name.into(),
+        arguments: arguments.into(),
+    }
+}
+
+fn known() -> Vec<String> {
+    vec!["get_weather".into(), "ping".into()]
+}
+
+fn parser(t: ToolParser) -> ReplyParser {
+    ReplyParser::new(None, Some((t, known())))
+}
+
+/// Feeds `parts`, then finishes: (reasoning, content, calls in order).
+fn stream(p: &mut ReplyParser, parts: &[&str]) -> (String, String, Vec<ToolCall>) {
+    let (mut r, mut c, mut calls) = (String::new(), String::new(), Vec::new());
+    let pieces: Vec<_> = parts.iter().map(|x| p.push(x)).collect();
+    for x in pieces.into_iter().chain([p.finish()]) {
+        r += &x.reasoning;
+        c += &x.content;
+        for (i, k) in x.calls {
+            assert_eq!(i, calls.len(), "call indices run in order");
+            calls.push(k);
+        }
+    }
+    (r, c, calls)
+}
+
+/// The reply in one piece and split at every place into two and three pieces gives the same
+/// calls and text (the content may differ only by the trim of a whole reply).
+fn check_splits(make: impl Fn() -> ReplyParser, text: &str) -> (String, String, Vec<ToolCall>) {
+    let whole = stream(&mut make(), &[text]);
+    let cuts: Vec<usize> = (0..=text.len())
+        .filter(|&i| text.is_char_boundary(i))
+        .collect();
+    for &i in &cuts {
+        let got = stream(&mut make(), &[&text[..i], &text[i..]]);
+        assert_eq!(got, whole, "cut at {i} of {text:?}");
+        for &j in cuts.iter().filter(|&&j| j > i).step_by(3) {
+            let got = stream(&mut make(), &[&text[..i], &text[i..j], &text[j..]]);
+            assert_eq!(got, whole, "cuts {i},{j} of {text:?}");
+        }
+    }
+    whole
+}
+
+#[test]
+fn names_are_checked_at_start_up() {
+    assert_eq!(ToolParser::from_flag("qwen25"), Ok(ToolParser::Qwen25));
+    assert_eq!(ToolParser::from_flag("pythonic"), Ok(ToolParser::Pythonic));
+    let e = ToolParser::from_flag("bogus").unwrap_err();
+    assert!(
+        e.starts_with("--tool-call-parser bogus")
+            && e.contains("hermes, llama3, mistral, pythonic, qwen25"),
+        "{e}"
+    );
+    assert_eq!(
+        ReasoningParser::from_flag("deepseek-r1"),
+        Ok(ReasoningParser::DeepSeekR1)
+    );
+    let e = ReasoningParser::from_flag("r2").unwrap_err();
+    assert!(
+        e.starts_with("--reasoning-parser r2") && e.contains("deepseek-r1, qwen3"),
+        "{e}"
+    );
+    let id = call_id();
+    assert!(
+        id.len() == 29 && id.starts_with("call_") && id[5..].chars().all(|c| c.is_ascii_hexdigit()),
+        "{id}"
+    );
+}
+
+#[test]
+fn qwen25_and_hermes_tags() {
+    let text = "Let me check.\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\":\"Paris\",\"unit\":\"c\"}}\n</tool_call>\n<tool_call>\n{\"name\":\"ping\",\"arguments\":{}}\n</tool_call>";
+    for t in [ToolParser::Qwen25, ToolParser::Hermes] {
+        let (_, c, calls) = check_splits(|| parser(t), text);
+        assert_eq!(c, "Let me check.\n\n");
+        assert_eq!(
+            calls,
+            [
+                call("get_weather", r#"{"city": "Paris", "unit": "c"}"#),
+                call("ping", "{}")
+            ]
+        );
+        let r = parse_reply(parser(t), text);
+        assert_eq!(r.content, "Let me check.");
+    }
+    // Hermes takes an unclosed last block and a list; Qwen 2.5 does not.
+    let open = "<tool_call>{\"name\": \"ping\", \"arguments\": {\"n\": 1}}";
+    assert_eq!(
+        check_splits(|| parser(ToolParser::Hermes), open).2,
+        [call("ping", r#"{"n": 1}"#)]
+    );
+    let r = parse_reply(parser(ToolParser::Qwen25), open);
+    assert_eq!((r.content.as_str(), r.calls.len()), (open, 0));
+    let list = r#"<tool_call>[{"name": "ping"}, {"name": "nope"}]</tool_call>"#;
+    assert_eq!(
+        parse_reply(parser(ToolParser::Hermes), list).calls,
+        [call("ping", "{}")]
+    );
+}
+
+#[test]
+fn malformed_or_unknown_calls_stay_content() {
+    for text in [
+        "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": }\n</tool_call>",
+        "<tool_call>{\"name\": \"rm_rf\", \"arguments\": {}}</tool_call>",
+        "<tool_call>{\"arguments\": {}}</tool_call>",
+        "Sure <tool_call>{\"name\": \"ping\"",
+    ] {
+        let (_, c, calls) = check_splits(|| parser(ToolParser::Qwen25), text);
+        assert_eq!((c.as_str(), calls.len()), (text, 0));
+    }
+    // A bad block between good ones stays in the text between them.
+    let text = "<tool_call>{\"name\":\"ping\"}</tool_call> <tool_call>oops</tool_call> <tool_call>{\"name\":\"ping\"}</tool_call>";
+    let r = parse_reply(parser(ToolParser::Qwen25), text);
+    assert_eq!(r.calls.len(), 2);
+    assert_eq!(r.content, "<tool_call>oops</tool_call>");
+}
+
+#[test]
+fn llama3_json_after_python_tag_or_at_the_start() {
+    let p = || parser(ToolParser::Llama3);
+    let text = "<|python_tag|>{\"name\": \"get_weather\", \"parameters\": {\"city\": \"Oslo\"}}; {\"name\": \"ping\", \"arguments\": {\"x\": [1, 2]}}";
+    let (_, c, calls) = check_splits(p, text);
+    assert_eq!(c, "");
+    assert_eq!(
+        calls,
+        [
+            call("get_weather", r#"{"city": "Oslo"}"#),
+            call("ping", r#"{"x": [1, 2]}"#)
+        ]
+    );
+    let (_, c, calls) = check_splits(p, "{\"name\": \"ping\", \"parameters\": {}}");
+    assert_eq!((c.as_str(), calls), ("", vec![call("ping", "{}")]));
+    // Text before the tag is content; JSON that is no call stays content.
+    let r = parse_reply(p(), "Calling.<|python_tag|>{\"name\": \"ping\"} trailing");
+    assert_eq!((r.content.as_str(), r.calls.len()), ("Calling.trailing", 1));
+    let (_, c, calls) = check_splits(p, "{\"answer\": 42}");
+    assert_eq!((c.as_str(), calls.len()), ("{\"answer\": 42}", 0));
+    let (_, c, calls) = check_splits(p, "The {braces} are fine");
+    assert_eq!((c.as_str(), calls.len()), ("The {braces} are fine", 0));
+}
+
+#[test]
+fn mistral_array_and_compact() {
+    let p = || parser(ToolParser::Mistral);
+    let text = "Ok [TOOL_CALLS] [{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Rome\"}}, {\"name\": \"ping\", \"arguments\": {}}] done";
+    let (_, c, calls) = check_splits(p, text);
+    assert_eq!(c, "Ok  done");
+    assert_eq!(
+        calls,
+        [
+            call("get_weather", r#"{"city": "Rome"}"#),
+            call("ping", "{}")
+        ]
+    );
+    assert_eq!(parse_reply(p(), text).content, "Ok  done");
+    let compact = "[TOOL_CALLS]get_weather[ARGS]{\"city\": \"Rome\"}[TOOL_CALLS]ping[ARGS]{}";
+    assert_eq!(
+        check_splits(p, compact).2,
+        [
+            call("get_weather", r#"{"city": "Rome"}"#),
+            call("ping", "{}")
+        ]
+    );
+    let bad = "[TOOL_CALLS] [{\"name\": \"get_weather\"";
+    assert_eq!(
+        check_splits(p, bad),
+        (String::new(), bad.to_string(), vec![])
+    );
+}
+
+#[test]
+fn pythonic_lists_of_calls() {
+    let p = || parser(ToolParser::Pythonic);
+    let text = "[get_weather(city='São Paulo', days=3, opts={'metric': True, \"x\": None}, hours=[1, -2.5]), ping()]";
+    let (_, c, calls) = check_splits(p, text);
+    assert_eq!(c, "");
+    assert_eq!(
+        calls,
+        [
+            call(
+                "get_weather",
+                r#"{"city": "São Paulo", "days": 3, "opts": {"metric": true, "x": null}, "hours": [1, -2.5]}"#
+            ),
+            call("ping", "{}")
+        ]
+    );
+    let (_, c, calls) = check_splits(p, "See [note] and [ping(a=\"q\\\"x\")] ok");
+    assert_eq!(
+        (c.as_str(), calls),
+        ("See [note] and  ok", vec![call("ping", r#"{"a": "q\"x"}"#)])
+    );
+    for bad in ["[ping(1)]", "[ping(a=foo)]", "[nope(a=1)]", "[ping(a=1"] {
+        let (_, c, calls) = check_splits(p, bad);
+        assert_eq!((c.as_str(), calls.len()), (bad, 0), "{bad}");
+    }
+}
+
+#[test]
+fn reasoning_then_tools_and_the_response_shapes() {
+    let make = || {
+        ReplyParser::new(
+            Some((ReasoningParser::Qwen3, true)),
+            Some((ToolParser::Qwen25, known())),
+        )
+    };
+    let text = "<think>Need weather.</think>\n\n<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>";
+    let (r, c, calls) = check_splits(make, text);
+    assert_eq!(
+        (r.as_str(), c.as_str(), calls.len()),
+        ("Need weather.", "\n\n", 1)
+    );
+    let reply = parse_reply(make(), text);
+    let m = message(&reply);
+    assert_eq!(m["role"], "assistant");
+    assert_eq!(m["content"], "");
+    assert_eq!(m["reasoning_content"], "Need weather.");
+    let tc = &m["tool_calls"][0];
+    assert!(tc["id"].as_str().unwrap().starts_with("call_"));
+    assert_eq!(
+        (tc["index"].clone(), tc["type"].clone()),
+        (json!(0), json!("function"))
+    );
+    assert_eq!(
+        tc["function"],
+        json!({"name": "get_weather", "arguments": "{\"city\": \"Paris\"}"})
+    );
+    assert_eq!(finish_reason(json!("stop"), true), "tool_calls");
+    assert_eq!(finish_reason(json!("length"), true), "length");
+    assert_eq!(finish_reason(json!("stop"), false), "stop");
+    // No parsers: the text as is, no reasoning, no tool_calls key.
+    let plain = message(&parse_reply(ReplyParser::default(), "<think>x</think>"));
+    assert_eq!(
+        plain,
+        json!({"role": "assistant", "content": "<think>x</think>", "reasoning_content": null})
+    );
+    // Stream deltas: the role first, only the fields a piece has.
+    let mut p = make();
+    let a = p.push("<think>Need");
+    assert_eq!(
+        delta(&a, true),
+        json!({"role": "assistant", "reasoning_content": "Need"})
+    );
+    let b = p.push(" w.</think>Hi <tool");
+    assert_eq!(
+        delta(&b, false),
+        json!({"reasoning_content": " w.", "content": "Hi "})
+    );
+    let c = p.push("_call>\n{\"name\": \"ping\"}\n</tool_call>");
+    let d = delta(&c, false);
+    assert_eq!(
+        d["tool_calls"][0]["function"],
+        json!({"name": "ping", "arguments": "{}"})
+    );
+    assert!(d.get("content").is_none() && p.has_calls());
+    assert_eq!(delta(&p.finish(), false), json!({"content": ""}));
+    assert!(p.finish().is_empty() && p.has_calls());
+}

@@ -1,0 +1,235 @@
+//! The `--tool-call-parser` formats: where a reply's calls start, and the calls in the text from
+//! there on (the "section"). A block that does not parse, or names no function of the request,
+//! stays in the section's text, so malformed output reaches the client as content; items of a
+//! JSON list that name unknown functions are dropped, as SGLang drops them.
+
+use super::{pyjson, pythonic, ToolCall, ToolParser};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::Value;
+
+/// What a section held: its complete calls, and the text around them (only meaningful when the
+/// section was parsed as final).
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Section {
+    pub calls: Vec<ToolCall>,
+    pub text: String,
+}
+
+const TAG_OPEN: &str = "<tool_call>";
+const TAG_CLOSE: &str = "</tool_call>";
+const PYTHON_TAG: &str = "<|python_tag|>";
+const TOOL_CALLS: &str = "[TOOL_CALLS]";
+const ARGS: &str = "[ARGS]";
+
+impl ToolParser {
+    /// Where the first call starts in `text` (the whole reply so far), looking from byte `from`
+    /// on (text before it was released as content: no marker starts there).
+    pub fn find_start(self, text: &str, from: usize) -> Option<usize> {
+        let rest = &text[from..];
+        let at = |i: Option<usize>| i.map(|i| i + from);
+        match self {
+            Self::Qwen25 | Self::Hermes => at(rest.find(TAG_OPEN)),
+            Self::Llama3 if text.starts_with('{') => Some(0),
+            Self::Llama3 => at(rest.find(PYTHON_TAG)),
+            Self::Mistral => at(rest.find(TOOL_CALLS)),
+            Self::Pythonic => at(pythonic::find_start(rest)),
+        }
+    }
+
+    /// How many bytes at the end of `text` could begin a start marker (held back from the
+    /// content while streaming).
+    pub fn hold(self, text: &str) -> usize {
+        let marker = match self {
+            Self::Qwen25 | Self::Hermes => TAG_OPEN,
+            Self::Llama3 => PYTHON_TAG,
+            Self::Mistral => TOOL_CALLS,
+            Self::Pythonic => return pythonic::hold(text),
+        };
+        partial_suffix(text, marker)
+    }
+
+    /// The calls in `section` (text from [`find_start`](Self::find_start) on). Unless `last`
+    /// (the reply is complete), only calls whose text is closed count.
+    pub fn parse(self, section: &str, known: &dyn Fn(&str) -> bool, last: bool) -> Section {
+        match self {
+            Self::Qwen25 => tagged(section, false, known, last),
+            Self::Hermes => tagged(section, true, known, last),
+            Self::Llama3 => llama3(section, known),
+            Self::Mistral => mistral(section, known),
+            Self::Pythonic => pythonic::parse(section, known),
+        }
+    }
+}
+
+/// The length of the longest proper prefix of `marker` that `text` ends with.
+pub fn partial_suffix(text: &str, marker: &str) -> usize {
+    (1..marker.len().min(text.len() + 1))
+        .rev()
+        .find(|&n| {
+            text.is_char_boundary(text.len() - n) && marker.starts_with(&text[text.len() - n..])
+        })
+        .unwrap_or(0)
+}
+
+#[derive(Deserialize)]
+struct RawCall<'a> {
+    name: Option<String>,
+    #[serde(borrow)]
+    parameters: Option<&'a RawValue>,
+    #[serde(borrow)]
+    arguments: Option<&'a RawValue>,
+}
+
+/// Python's truthiness of a JSON value (SGLang takes `parameters or arguments`).
+fn truthy(raw: &RawValue) -> bool {
+    match serde_json::from_str::<Value>(raw.get()) {
+        Ok(Value::Null) | Err(_) => false,
+        Ok(Value::Bool(b)) => b,
+        Ok(Value::Number(n)) => n.as_f64() != Some(0.0),
+        Ok(Value::String(s)) => !s.is_empty(),
+        Ok(Value::Array(a)) => !a.is_empty(),
+        Ok(Value::Object(m)) => !m.is_empty(),
+    }
+}
+
+/// The call `raw` (one JSON object) describes, if it names a known function.
+fn one_call(raw: &RawValue, known: &dyn Fn(&str) -> bool) -> Option<ToolCall> {
+    let c: RawCall = serde_json::from_str(raw.get()).ok()?;
+    let name = c.name.filter(|n| !n.is_empty() && known(n));
+    let Some(name) = name else {
+        tracing::warn!("the model called an undefined function: {}", raw.get());
+        return None;
+    };
+    let args = match (c.parameters, c.arguments) {
+        (Some(p), _) if truthy(p) => pyjson::reformat(p.get())?,
+        (_, Some(a)) => pyjson::reformat(a.get())?,
+        _ => "{}".to_string(),
+    };
+    Some(ToolCall {
+        name,
+        arguments: args,
+    })
+}
+
+/// The calls of JSON text holding one call object or a list of them; `None` when it does not
+/// parse or yields no call.
+pub fn json_calls(text: &str, known: &dyn Fn(&str) -> bool) -> Option<Vec<ToolCall>> {
+    let raw: &RawValue = serde_json::from_str(text).ok()?;
+    let calls: Vec<ToolCall> = if raw.get().starts_with('[') {
+        let items: Vec<&RawValue> = serde_json::from_str(raw.get()).ok()?;
+        items
+            .into_iter()
+            .filter_map(|i| one_call(i, known))
+            .collect()
+    } else {
+        one_call(raw, known).into_iter().collect()
+    };
+    (!calls.is_empty()).then_some(calls)
+}
+
+/// The first JSON value of `text` (leading whitespace skipped) and the bytes it took.
+fn first_value(text: &str) -> Option<(&str, usize)> {
+    let mut it = serde_json::Deserializer::from_str(text).into_iter::<&RawValue>();
+    match it.next() {
+        Some(Ok(raw)) => Some((raw.get(), it.byte_offset())),
+        _ => None,
+    }
+}
+
+/// `<tool_call>{json}</tool_call>` blocks; with `open_last`, the last block may be unclosed.
+fn tagged(s: &str, open_last: bool, known: &dyn Fn(&str) -> bool, last: bool) -> Section {
+    let mut out = Section::default();
+    let mut pos = 0;
+    while let Some(o) = s[pos..].find(TAG_OPEN).map(|o| o + pos) {
+        out.text.push_str(&s[pos..o]);
+        let body = o + TAG_OPEN.len();
+        match s[body..].find(TAG_CLOSE) {
+            Some(c) => {
+                let end = body + c + TAG_CLOSE.len();
+                match json_calls(s[body..body + c].trim(), known) {
+                    Some(cs) => out.calls.extend(cs),
+                    None => out.text.push_str(&s[o..end]),
+                }
+                pos = end;
+            }
+            None => {
+                match json_calls(s[body..].trim(), known).filter(|_| open_last && last) {
+                    Some(cs) => out.calls.extend(cs),
+                    None => out.text.push_str(&s[o..]),
+                }
+                return out;
+            }
+        }
+    }
+    out.text.push_str(&s[pos..]);
+    out
+}
+
+/// JSON call objects, after an optional `<|python_tag|>`, separated by `;`.
+fn llama3(s: &str, known: &dyn Fn(&str) -> bool) -> Section {
+    let mut out = Section::default();
+    let body = s.strip_prefix(PYTHON_TAG).unwrap_or(s);
+    let mut i = 0;
+    loop {
+        i += body[i..].len()
+            - body[i..]
+                .trim_start_matches(|c: char| c.is_whitespace() || c == ';')
+                .len();
+        if i >= body.len() {
+            break;
+        }
+        let Some((raw, used)) = first_value(&body[i..]) else {
+            out.text.push_str(&body[i..]);
+            break;
+        };
+        match json_calls(raw, known).filter(|_| raw.starts_with('{')) {
+            Some(cs) => out.calls.extend(cs),
+            None => out.text.push_str(&body[i..i + used]),
+        }
+        i += used;
+    }
+    out
+}
+
+/// `[TOOL_CALLS] [{json}, ...]`, or compact `[TOOL_CALLS]name[ARGS]{json}` repeated.
+fn mistral(s: &str, known: &dyn Fn(&str) -> bool) -> Section {
+    let mut out = Section::default();
+    let mut rest = &s[TOOL_CALLS.len()..];
+    if rest.trim_start().starts_with('[') {
+        match first_value(rest) {
+            Some((raw, used)) => {
+                match json_calls(raw, known) {
+                    Some(cs) => out.calls = cs,
+                    None => out.text.push_str(&s[..TOOL_CALLS.len() + used]),
+                }
+                out.text.push_str(&rest[used..]);
+            }
+            None => out.text.push_str(s),
+        }
+        return out;
+    }
+    loop {
+        let parsed = rest.find(ARGS).and_then(|a| {
+            let name = rest[..a].trim();
+            let (raw, used) = first_value(&rest[a + ARGS.len()..])?;
+            let obj = format!("{{\"name\": {}, \"arguments\": {raw}}}", Value::from(name));
+            let cs = json_calls(&obj, known)?;
+            Some((cs, a + ARGS.len() + used))
+        });
+        let Some((cs, used)) = parsed else {
+            out.text.push_str(TOOL_CALLS);
+            out.text.push_str(rest);
+            return out;
+        };
+        out.calls.extend(cs);
+        rest = &rest[used..];
+        match rest.trim_start().strip_prefix(TOOL_CALLS) {
+            Some(r) => rest = r,
+            None => {
+                out.text.push_str(rest);
+                return out;
+            }
+        }
+    }
+}
