@@ -304,14 +304,15 @@ where
     };
     let stats = Arc::new(Stats::default());
     let tokenizer = Arc::new(tokenizer);
+    // The decode side keeps each request's pages private (SGLang's chunk cache on decode).
+    let radix_cache =
+        !opts.disable_radix_cache && opts.pd.as_ref().is_none_or(|c| c.mode != Mode::Decode);
     let sched_cfg = SchedulerConfig {
         page_size: opts.page_size,
         max_running_requests: max_running,
         chunked_prefill_size: opts.chunked_prefill_size,
         context_length,
-        // The decode side keeps each request's pages private (SGLang's chunk cache on decode).
-        radix_cache: !opts.disable_radix_cache
-            && opts.pd.as_ref().is_none_or(|c| c.mode != Mode::Decode),
+        radix_cache,
         eviction_lfu: opts.radix_eviction_lfu,
         max_prefill_tokens: opts.max_prefill_tokens.max(1),
         schedule_policy: opts.schedule_policy,
@@ -394,6 +395,7 @@ where
         pd_registry,
         stream_interval: opts.stream_interval.max(1),
         allow_auto_truncate: opts.allow_auto_truncate,
+        radix_cache,
         request_log: opts.log_requests_level.map(RequestLog::new),
         tool_call_parser,
         reasoning_parser,

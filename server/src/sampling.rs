@@ -54,7 +54,8 @@ pub struct SamplingParamsWire {
     pub no_stop_trim: Option<bool>,
     #[serde(alias = "sampling_seed")]
     pub seed: Option<u64>,
-    pub n: Option<u32>,
+    /// Parallel samples of each prompt (the API fans a request out, `api/fanout.rs`).
+    pub n: Option<i64>,
     /// Token id (as a string key, OpenAI's shape) -> value added to its logit.
     pub logit_bias: Option<HashMap<String, f32>>,
     pub regex: Option<serde_json::Value>,
@@ -81,6 +82,8 @@ pub struct SamplingParams {
     pub skip_special_tokens: bool,
     pub no_stop_trim: bool,
     pub seed: Option<u64>,
+    /// Parallel samples asked for (at least 1); the API submits that many copies.
+    pub n: usize,
     /// (token id, added to its logit), sorted by id, one entry per id.
     pub logit_bias: Vec<(u32, f32)>,
     /// Streamed output tokens per chunk for this request (`None`: the server's
@@ -148,8 +151,9 @@ impl SamplingParamsWire {
         if rp.is_nan() || rp <= 0.0 || rp > 2.0 {
             return Err(format!("repetition_penalty must be in (0, 2], got {rp}."));
         }
-        if self.n.unwrap_or(1) != 1 {
-            return Err("n > 1 is not supported; send the prompt several times.".into());
+        let n = self.n.unwrap_or(1);
+        if n < 1 {
+            return Err(format!("n must be at least 1, got {n}."));
         }
         for (name, v) in [
             ("regex", &self.regex),
@@ -214,6 +218,7 @@ impl SamplingParamsWire {
             skip_special_tokens: self.skip_special_tokens.unwrap_or(true),
             no_stop_trim: self.no_stop_trim.unwrap_or(false),
             seed: self.seed,
+            n: n as usize,
             logit_bias,
             stream_interval,
         })
@@ -267,6 +272,15 @@ impl SamplingParams {
     }
 }
 
+/// The seed of copy `copy` of a parallel-sampled request seeded with `seed`: copy 0 keeps it (so
+/// its answer is the `n = 1` answer), the others draw distinct, reproducible seeds from it.
+pub fn copy_seed(seed: u64, copy: usize) -> u64 {
+    if copy == 0 {
+        return seed;
+    }
+    SplitMix64(seed ^ (copy as u64).wrapping_mul(0xA076_1D64_78BD_642F)).next_u64()
+}
+
 /// The uniform number for step `step` of a request with random stream `seed`.
 pub fn uniform(seed: u64, step: usize) -> f64 {
     SplitMix64(seed ^ (step as u64).wrapping_mul(0xD6E8_FEB8_6659_FD93)).next_f64()
@@ -309,6 +323,28 @@ mod tests {
         assert!(parse(r#"{"logit_bias": {"x": 1}}"#).is_err());
         let p = parse(r#"{"logit_bias": {"3": 1.0, "03": 0.5, "1": -1}}"#).unwrap();
         assert_eq!(p.logit_bias, vec![(1, -1.0), (3, 1.5)]);
+        assert_eq!(parse("{}").unwrap().n, 1);
+        assert_eq!(parse(r#"{"n": 4}"#).unwrap().n, 4);
+        assert_eq!(
+            parse(r#"{"n": 0}"#).unwrap_err(),
+            "n must be at least 1, got 0."
+        );
+        assert!(parse(r#"{"n": -2}"#).is_err());
+    }
+
+    #[test]
+    fn copy_seeds_keep_the_first_and_differ_reproducibly() {
+        for seed in [0, 7, u64::MAX] {
+            assert_eq!(copy_seed(seed, 0), seed);
+            let s: Vec<u64> = (0..16).map(|i| copy_seed(seed, i)).collect();
+            let mut d = s.clone();
+            d.sort_unstable();
+            d.dedup();
+            assert_eq!(d.len(), s.len(), "seed {seed}: {s:?}");
+            assert_eq!(s, (0..16).map(|i| copy_seed(seed, i)).collect::<Vec<_>>());
+        }
+        // Copy i of seed a is not copy j of a neighbouring seed.
+        assert_ne!(copy_seed(1, 1), copy_seed(2, 1));
     }
 
     #[test]

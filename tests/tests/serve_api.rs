@@ -64,7 +64,7 @@ async fn bad_inputs_get_400_and_the_server_keeps_serving() {
             "/v1/completions",
             r#"{"prompt": "hi", "max_tokens": -3}"#.into(),
         ),
-        ("/v1/completions", r#"{"prompt": "hi", "n": 2}"#.into()),
+        ("/v1/completions", r#"{"prompt": "hi", "n": 0}"#.into()),
         ("/v1/chat/completions", r#"{"messages": []}"#.into()),
         ("/v1/chat/completions", r#"{"messages": "hello"}"#.into()),
         ("/abort_request", r#"{}"#.into()),

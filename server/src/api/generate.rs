@@ -4,11 +4,14 @@
 //! `return_text_in_logprobs` with SGLang's `meta_info` shapes (`[logprob, token_id, text]`).
 //!
 //! Streaming sends SSE events whose `text` is cumulative (SGLang's default), ending with
-//! `data: [DONE]`; the last event before it carries `meta_info.finish_reason`. Batches are
-//! answered as a JSON array in input order (not streamed).
+//! `data: [DONE]`; each result's last event carries `meta_info.finish_reason`. Batches are
+//! answered as a JSON array in input order; streamed, their results' events interleave as they
+//! come, each tagged with the result's `index`. `sampling_params.n > 1` answers each prompt `n`
+//! times (prompt-major, a single prompt becoming a batch, `fanout.rs`).
 
 use super::driver::Driver;
 use super::error::{parse_body, ApiError};
+use super::fanout;
 use super::output::finish_reason_json;
 use super::AppState;
 use crate::model::Tokenizer;
@@ -228,10 +231,27 @@ pub async fn generate(
         }
     };
     let stream = w.stream.unwrap_or(false);
-    if stream && batch {
-        return Err(ApiError::bad_request(
-            "Streaming a batch is not supported; send the prompts separately.",
-        ));
+    let copies = fanout::common_n(&params)?;
+    if copies > 1 {
+        // SGLang: per-prompt lists cannot be copied along with their prompts.
+        let listed = [
+            matches!(w.return_logprob, Some(OneOrMany::Many(_))),
+            matches!(w.logprob_start_len, Some(OneOrMany::Many(_))),
+            matches!(w.top_logprobs_num, Some(OneOrMany::Many(_))),
+            matches!(w.token_ids_logprob, Some(OneOrMany::Many(_))),
+        ];
+        let names = [
+            "return_logprob",
+            "logprob_start_len",
+            "top_logprobs_num",
+            "token_ids_logprob",
+        ];
+        if let Some(k) = listed.iter().position(|&l| l) {
+            return Err(ApiError::bad_request(format!(
+                "Cannot use list {} with parallel_sample_num > 1",
+                names[k]
+            )));
+        }
     }
     let want = OneOrMany::per_prompt(w.return_logprob, n, "return_logprob")?;
     let starts = OneOrMany::per_prompt(w.logprob_start_len, n, "logprob_start_len")?;
@@ -249,7 +269,7 @@ pub async fn generate(
         n,
         batch,
     )?;
-    let mut drivers = Vec::new();
+    let mut subs = Vec::new();
     for (i, ((ids, p), rid)) in prompts.into_iter().zip(params).zip(rids).enumerate() {
         let lp = match want[i] {
             Some(true) => Some(
@@ -262,15 +282,23 @@ pub async fn generate(
             ),
             _ => None,
         };
-        drivers.push(Driver::submit_pd(&st, ids, p, lp, rid, boots[i].clone())?);
+        subs.push(fanout::Submission {
+            ids,
+            params: p,
+            logprobs: lp,
+            rid,
+            bootstrap: boots[i].clone(),
+        });
     }
+    let drivers = fanout::submit(&st, subs, copies).await?;
+    // n > 1 makes a single prompt a batch, as SGLang: a list of results, indexed stream lines.
+    let listed = batch || copies > 1;
     let render = Render {
         text_in_lp,
         tokenizer: st.tokenizer.clone(),
     };
     if stream {
-        let d = drivers.pop().expect("one prompt");
-        return Ok(stream_response(d, render).into_response());
+        return Ok(stream_response(drivers, render, listed).into_response());
     }
     let mut results = Vec::new();
     for mut d in drivers {
@@ -280,7 +308,7 @@ pub async fn generate(
         }
         results.push(render.result_json(&d, text));
     }
-    Ok(if batch {
+    Ok(if listed {
         Json(Value::Array(results))
     } else {
         Json(results.pop().expect("one"))
@@ -397,27 +425,34 @@ pub fn finite(lp: f32) -> f32 {
     }
 }
 
+/// Streams every driver's chunks as they come, interleaved; with `indexed` each line carries
+/// `index`, the result's position in the batch (SGLang tags a batch's lines so), and one
+/// `[DONE]` ends the stream once all have finished.
 fn stream_response(
-    d: Driver,
+    drivers: Vec<Driver>,
     render: Render,
+    indexed: bool,
 ) -> Sse<impl futures::Stream<Item = Result<SseEvent, Infallible>>> {
+    use futures::StreamExt;
     let render = Arc::new(render);
-    let s = futures::stream::unfold((d, String::new(), false), move |(mut d, mut text, done)| {
+    let one = move |(i, d): (usize, Driver)| {
         let render = render.clone();
-        async move {
-            if done {
-                return None;
-            }
-            match d.next_chunk().await {
-                Some(delta) => {
-                    text.push_str(&delta);
-                    let ev =
-                        SseEvent::default().data(render.result_json(&d, text.clone()).to_string());
-                    Some((Ok(ev), (d, text, false)))
+        futures::stream::unfold((d, String::new()), move |(mut d, mut text)| {
+            let render = render.clone();
+            async move {
+                let delta = d.next_chunk().await?;
+                text.push_str(&delta);
+                let mut line = render.result_json(&d, text.clone());
+                if indexed {
+                    line["index"] = json!(i);
                 }
-                None => Some((Ok(SseEvent::default().data("[DONE]")), (d, text, true))),
+                let ev = SseEvent::default().data(line.to_string());
+                Some((Ok(ev), (d, text)))
             }
-        }
-    });
-    Sse::new(s)
+        })
+        .boxed()
+    };
+    let lines = futures::stream::select_all(drivers.into_iter().enumerate().map(one));
+    let done = futures::stream::once(async { Ok(SseEvent::default().data("[DONE]")) });
+    Sse::new(lines.chain(done))
 }

@@ -7,6 +7,7 @@
 pub mod chat_request;
 pub mod driver;
 pub mod error;
+pub mod fanout;
 pub mod generate;
 pub mod info;
 pub mod metrics;
@@ -57,6 +58,8 @@ pub struct AppState {
     /// `--allow-auto-truncate`: a prompt too long for the context (or the KV pool) keeps its
     /// head instead of being refused (see [`driver::fit_input`]).
     pub allow_auto_truncate: bool,
+    /// The radix cache is on (`n > 1` then warms each prompt's prefix before its copies).
+    pub radix_cache: bool,
     /// `--log-requests` (`None`: off).
     pub request_log: Option<reqlog::RequestLog>,
     /// `--tool-call-parser` (`None`: replies are not searched for calls).

@@ -2,11 +2,13 @@
 //! shapes SGLang serves. Unknown fields are ignored, as SGLang's pydantic models do; values out of
 //! range are 400s. Chat requests go through the checkpoint's chat template, with their tools and
 //! `chat_template_kwargs`; the reply through the configured tool-call and reasoning parsers
-//! (`chat_request.rs`, `crate::parsers`).
+//! (`chat_request.rs`, `crate::parsers`). `n > 1` answers `n` choices per prompt, prompt-major
+//! (`fanout.rs`); streamed, the choices' chunks interleave, each with its `index`.
 
 use super::chat_request::{message_json, plan_tools, reply_parser, Message};
 use super::driver::Driver;
 use super::error::{parse_body, ApiError};
+use super::fanout;
 use super::generate::{bootstraps, finite, header_rid, OneOrMany};
 use super::output::openai_finish_reason;
 use super::AppState;
@@ -57,7 +59,7 @@ struct OpenAiWire {
     stop_token_ids: Option<Vec<u32>>,
     ignore_eos: Option<bool>,
     seed: Option<u64>,
-    n: Option<u32>,
+    n: Option<i64>,
     min_tokens: Option<i64>,
     skip_special_tokens: Option<bool>,
     no_stop_trim: Option<bool>,
@@ -226,13 +228,6 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
-fn usage(d: &Driver) -> Value {
-    let f = d.out.finish.as_ref();
-    let (p, c) = (d.prompt_tokens, d.out.ids.len());
-    json!({"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c,
-        "prompt_tokens_details": {"cached_tokens": f.map(|f| f.cached_tokens).unwrap_or(0)}})
-}
-
 fn finish_str(d: &Driver) -> Value {
     d.out
         .finish
@@ -267,16 +262,11 @@ pub async fn completions(
     if prompts.is_empty() {
         return Err(ApiError::bad_request("`prompt` is empty."));
     }
-    if w.stream && prompts.len() > 1 {
-        return Err(ApiError::bad_request(
-            "Streaming several prompts is not supported.",
-        ));
-    }
     let model = w
         .model
         .clone()
         .unwrap_or_else(|| st.info.served_model_name.clone());
-    let mut drivers = Vec::new();
+    let copies = params.n;
     let many = prompts.len() > 1;
     let boots = bootstraps(
         &w.bootstrap_host,
@@ -285,54 +275,65 @@ pub async fn completions(
         prompts.len(),
         listed,
     )?;
+    let mut subs = Vec::new();
+    let mut texts = Vec::new();
     for (i, ((ids, text), boot)) in prompts.into_iter().zip(boots).enumerate() {
-        let lp = logprob_spec(n_lp, ids.len(), w.echo);
         let rid = rid
             .as_ref()
             .map(|r| if many { format!("{r}_{i}") } else { r.clone() });
-        let d = Driver::submit_pd(&st, ids, params.clone(), lp, rid, boot)?;
-        drivers.push((d, text));
+        subs.push(fanout::Submission {
+            logprobs: logprob_spec(n_lp, ids.len(), w.echo),
+            ids,
+            params: params.clone(),
+            rid,
+            bootstrap: boot,
+        });
+        texts.push(text);
     }
-    let id = format!("cmpl-{}", drivers[0].0.rid);
+    // Choice i answers prompt i / n (prompt-major, as SGLang).
+    let drivers = fanout::submit(&st, subs, copies).await?;
+    let id = format!("cmpl-{}", drivers[0].rid);
     let created = now_secs();
+    let echo = w.echo;
     if w.stream {
-        let (d, prompt_text) = drivers.pop().expect("one");
         let include_usage = w.stream_options.as_ref().is_some_and(|o| o.include_usage);
-        let prefix = if w.echo { prompt_text } else { String::new() };
-        let echo = w.echo;
+        let head =
+            json!({"id": id, "object": "text_completion", "created": created, "model": model});
         let st2 = st.clone();
-        return Ok(sse(d, include_usage, move |d, delta, first, lp| {
-            let text = if first { format!("{prefix}{delta}") } else { delta };
+        return Ok(sse(drivers, copies, head.clone(), include_usage, move |i, d, delta, first, lp| {
+            let text = if first && echo {
+                format!("{}{delta}", texts[i / copies])
+            } else {
+                delta
+            };
             let lps = completion_logprobs(&st2, d, lp.start, lp.end, echo && first);
-            Some(json!({"id": id, "object": "text_completion", "created": created, "model": model,
-                "choices": [{"index": 0, "text": text, "logprobs": lps, "finish_reason": finish_str(d)}]}))
+            let mut c = head.clone();
+            c["choices"] = json!([{"index": i, "text": text, "logprobs": lps, "finish_reason": finish_str(d)}]);
+            Some(c)
         })
         .into_response());
     }
     let mut choices = Vec::new();
-    let (mut pt, mut ct, mut cached) = (0, 0, 0);
-    for (i, (mut d, prompt_text)) in drivers.into_iter().enumerate() {
+    let mut counts = Vec::new();
+    for (i, mut d) in drivers.into_iter().enumerate() {
         let mut text = d.run_to_end().await;
         if let Some(e) = d.refused() {
             return Err(e);
         }
-        if w.echo {
-            text = format!("{prompt_text}{text}");
+        if echo {
+            text = format!("{}{text}", texts[i / copies]);
         }
-        let u = usage(&d);
-        pt += d.prompt_tokens;
-        ct += d.out.ids.len();
-        cached += u["prompt_tokens_details"]["cached_tokens"]
-            .as_u64()
-            .unwrap_or(0);
-        let lps = completion_logprobs(&st, &d, 0, d.out.logprobs.len(), w.echo);
+        counts.push(fanout::counts(&d));
+        let lps = completion_logprobs(&st, &d, 0, d.out.logprobs.len(), echo);
         choices.push(
             json!({"index": i, "text": text, "logprobs": lps, "finish_reason": finish_str(&d)}),
         );
     }
-    Ok(Json(json!({"id": id, "object": "text_completion", "created": created, "model": model, "choices": choices,
-        "usage": {"prompt_tokens": pt, "completion_tokens": ct, "total_tokens": pt + ct,
-            "prompt_tokens_details": {"cached_tokens": cached}}}))
+    let usage = fanout::usage_json(fanout::usage_totals(&counts, copies));
+    Ok(Json(
+        json!({"id": id, "object": "text_completion", "created": created, "model": model,
+        "choices": choices, "usage": usage}),
+    )
     .into_response())
 }
 
@@ -380,13 +381,6 @@ pub async fn chat_completions(
         extra,
     )
     .map_err(ApiError::bad_request)?;
-    let parser = reply_parser(
-        st.tool_call_parser,
-        st.reasoning_parser,
-        &plan,
-        w.separate_reasoning != Some(false),
-        kwargs.as_ref(),
-    );
     let ids = tok.encode(&text, false).map_err(ApiError::bad_request)?;
     let model = w
         .model
@@ -402,109 +396,175 @@ pub async fn chat_completions(
     )?
     .pop()
     .flatten();
-    let mut d = Driver::submit_pd(&st, ids, params, lp, rid, boot)?;
-    let id = format!("chatcmpl-{}", d.rid);
+    let copies = params.n;
+    // One reply parser per choice (a parser follows one reply).
+    let parsers: Vec<_> = (0..copies)
+        .map(|_| {
+            reply_parser(
+                st.tool_call_parser,
+                st.reasoning_parser,
+                &plan,
+                w.separate_reasoning != Some(false),
+                kwargs.as_ref(),
+            )
+        })
+        .collect();
+    let sub = fanout::Submission {
+        ids,
+        params,
+        logprobs: lp,
+        rid,
+        bootstrap: boot,
+    };
+    let drivers = fanout::submit(&st, vec![sub], copies).await?;
+    let id = format!("chatcmpl-{}", drivers[0].rid);
     let created = now_secs();
     if w.stream {
         let include_usage = w.stream_options.as_ref().is_some_and(|o| o.include_usage);
+        let head = json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model});
         let st2 = st.clone();
-        let parser = std::sync::Mutex::new(parser);
-        return Ok(sse(d, include_usage, move |d, delta, first, lp| {
-            let mut p = parser.lock().unwrap_or_else(|e| e.into_inner());
-            let mut piece = p.push(&delta);
-            if d.out.finish.is_some() {
-                let Piece { reasoning, content, calls } = p.finish();
-                piece.reasoning += &reasoning;
-                piece.content += &content;
-                piece.calls.extend(calls);
-            } else if piece.is_empty() && !first {
-                return None;
-            }
-            let delta = reply::delta(&piece, first);
-            let finish = reply::finish_reason(finish_str(d), p.has_calls());
-            let lps = chat_logprobs(&st2, d, lp.start, lp.end);
-            Some(json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model,
-                "choices": [{"index": 0, "delta": delta, "logprobs": lps, "finish_reason": finish}]}))
-        })
+        let parsers: Vec<_> = parsers.into_iter().map(std::sync::Mutex::new).collect();
+        return Ok(sse(
+            drivers,
+            copies,
+            head.clone(),
+            include_usage,
+            move |i, d, delta, first, lp| {
+                let mut p = parsers[i].lock().unwrap_or_else(|e| e.into_inner());
+                let mut piece = p.push(&delta);
+                if d.out.finish.is_some() {
+                    let Piece {
+                        reasoning,
+                        content,
+                        calls,
+                    } = p.finish();
+                    piece.reasoning += &reasoning;
+                    piece.content += &content;
+                    piece.calls.extend(calls);
+                } else if piece.is_empty() && !first {
+                    return None;
+                }
+                let delta = reply::delta(&piece, first);
+                let finish = reply::finish_reason(finish_str(d), p.has_calls());
+                let lps = chat_logprobs(&st2, d, lp.start, lp.end);
+                let mut c = head.clone();
+                c["choices"] =
+                    json!([{"index": i, "delta": delta, "logprobs": lps, "finish_reason": finish}]);
+                Some(c)
+            },
+        )
         .into_response());
     }
-    let text = d.run_to_end().await;
-    if let Some(e) = d.refused() {
-        return Err(e);
+    let mut choices = Vec::new();
+    let mut counts = Vec::new();
+    for (i, (mut d, parser)) in drivers.into_iter().zip(parsers).enumerate() {
+        let text = d.run_to_end().await;
+        if let Some(e) = d.refused() {
+            return Err(e);
+        }
+        counts.push(fanout::counts(&d));
+        let lps = chat_logprobs(&st, &d, 0, d.out.logprobs.len());
+        let r = parse_reply(parser, &text);
+        let finish = reply::finish_reason(finish_str(&d), !r.calls.is_empty());
+        choices.push(
+            json!({"index": i, "message": reply::message(&r), "logprobs": lps,
+            "finish_reason": finish}),
+        );
     }
-    let lps = chat_logprobs(&st, &d, 0, d.out.logprobs.len());
-    let r = parse_reply(parser, &text);
-    let finish = reply::finish_reason(finish_str(&d), !r.calls.is_empty());
+    let usage = fanout::usage_json(fanout::usage_totals(&counts, copies));
     Ok(Json(
         json!({"id": id, "object": "chat.completion", "created": created, "model": model,
-        "choices": [{"index": 0, "message": reply::message(&r), "logprobs": lps,
-            "finish_reason": finish}],
-        "usage": usage(&d)}),
+        "choices": choices, "usage": usage}),
     )
     .into_response())
 }
 
-/// Streams `d` as OpenAI chunks built by `chunk(driver, delta, is_first, new_logprobs)`, then an
-/// optional usage chunk, then `[DONE]`. Empty deltas (bytes held back) are not sent, nor is a
-/// chunk `chunk` declines (`None`: its parsers held the text back); a chunk carries the
-/// log-probabilities of the tokens that arrived since the previous chunk sent.
+/// A streamed choice's output: a chunk to send, or its end with its token counts.
+enum Item {
+    Chunk(Value),
+    End(usize, fanout::Counts),
+}
+
+/// Streams the drivers (choice `i` is `drivers[i]`, `n` per prompt) as OpenAI chunks built by
+/// `chunk(index, driver, delta, is_first, new_logprobs)`, interleaved as they come; then, once
+/// all have finished, an optional usage chunk (`head` with no choices and the usage of all) and
+/// one `[DONE]`. Empty deltas (bytes held back) are not sent, nor is a chunk `chunk` declines
+/// (`None`: its parsers held the text back); a chunk carries the log-probabilities of the tokens
+/// that arrived since its choice's previous chunk sent.
 fn sse<F>(
-    d: Driver,
+    drivers: Vec<Driver>,
+    n: usize,
+    head: Value,
     include_usage: bool,
     chunk: F,
 ) -> Sse<impl futures::Stream<Item = Result<SseEvent, Infallible>>>
 where
-    F: Fn(&Driver, String, bool, std::ops::Range<usize>) -> Option<Value> + Send + Sync + 'static,
+    F: Fn(usize, &Driver, String, bool, std::ops::Range<usize>) -> Option<Value>
+        + Send
+        + Sync
+        + 'static,
 {
+    use futures::StreamExt;
     let chunk = std::sync::Arc::new(chunk);
-    // Phases: 0 = streaming, 2 = [DONE] pending, 3 = over.
-    let s = futures::stream::unfold(
-        (d, 0u8, true, 0usize),
-        move |(mut d, phase, first, sent)| {
+    let choices = drivers.len();
+    let one = |(i, d): (usize, Driver)| {
+        let chunk = chunk.clone();
+        futures::stream::unfold(Some((d, true, 0usize)), move |state| {
             let chunk = chunk.clone();
             async move {
-                match phase {
-                    2 => {
-                        return Some((Ok(SseEvent::default().data("[DONE]")), (d, 3, first, sent)))
+                let (mut d, mut first, mut sent) = state?;
+                loop {
+                    let Some(delta) = d.next_chunk().await else {
+                        return Some((Item::End(i, fanout::counts(&d)), None));
+                    };
+                    if delta.is_empty() && d.out.finish.is_none() && !first {
+                        continue;
                     }
+                    let now = d.out.logprobs.len();
+                    if let Some(c) = chunk(i, &d, delta, first, sent..now) {
+                        (first, sent) = (false, now);
+                        return Some((Item::Chunk(c), Some((d, first, sent))));
+                    }
+                }
+            }
+        })
+        .boxed()
+    };
+    let items = futures::stream::select_all(drivers.into_iter().enumerate().map(one));
+    // Phases: 0 = streaming, 2 = [DONE] pending, 3 = over.
+    let s = futures::stream::unfold(
+        (items, vec![(0, 0, 0); choices], 0u8),
+        move |(mut items, mut counts, phase)| {
+            let head = head.clone();
+            async move {
+                match phase {
+                    2 => return Some((SseEvent::default().data("[DONE]"), (items, counts, 3))),
                     3 => return None,
                     _ => {}
                 }
                 loop {
-                    match d.next_chunk().await {
-                        Some(delta) => {
-                            if delta.is_empty() && d.out.finish.is_none() && !first {
-                                continue;
-                            }
-                            let now = d.out.logprobs.len();
-                            let Some(c) = chunk(&d, delta, first, sent..now) else {
-                                continue;
-                            };
+                    match items.next().await {
+                        Some(Item::Chunk(c)) => {
                             let ev = SseEvent::default().data(c.to_string());
-                            return Some((Ok(ev), (d, 0, false, now)));
+                            return Some((ev, (items, counts, 0)));
                         }
+                        Some(Item::End(i, c)) => counts[i] = c,
                         None if include_usage => {
-                            let mut u = json!({});
-                            if let Some(c) = chunk(&d, String::new(), false, sent..sent) {
-                                u = c;
-                            }
+                            let mut u = head;
                             u["choices"] = json!([]);
-                            u["usage"] = usage(&d);
+                            u["usage"] = fanout::usage_json(fanout::usage_totals(&counts, n));
                             return Some((
-                                Ok(SseEvent::default().data(u.to_string())),
-                                (d, 2, first, sent),
+                                SseEvent::default().data(u.to_string()),
+                                (items, counts, 2),
                             ));
                         }
                         None => {
-                            return Some((
-                                Ok(SseEvent::default().data("[DONE]")),
-                                (d, 3, first, sent),
-                            ))
+                            return Some((SseEvent::default().data("[DONE]"), (items, counts, 3)))
                         }
                     }
                 }
             }
         },
     );
-    Sse::new(s)
+    Sse::new(s.map(Ok))
 }
