@@ -140,7 +140,7 @@ mod tests {
         assert!(l0.starts_with("Finish: rid=r1 prompt_tokens="), "{l0}");
         assert!(l0.contains("completion_tokens=3 cached_tokens=1"), "{l0}");
         assert!(
-            l0.contains(r#"finish_reason={"length":3,"type":"length"}"#),
+            l0.contains(r#"finish_reason={"type":"length","length":3}"#),
             "{l0}"
         );
         assert!(l0.contains("e2e_latency=0.250"), "{l0}");

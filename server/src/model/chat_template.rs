@@ -133,8 +133,9 @@ mod tests {
         assert_eq!(
             s,
             concat!(
-                "<tools>\n{\"function\": {\"description\": \"Weather in a city, °C\", \"name\": \"get_weather\", ",
-                "\"parameters\": {\"properties\": {\"city\": {\"type\": \"string\"}}, \"type\": \"object\"}}, \"type\": \"function\"}\n</tools>\n",
+                // The client's key order, as SGLang (Python dicts) renders it.
+                "<tools>\n{\"type\": \"function\", \"function\": {\"name\": \"get_weather\", \"description\": \"Weather in a city, °C\", ",
+                "\"parameters\": {\"type\": \"object\", \"properties\": {\"city\": {\"type\": \"string\"}}}}}\n</tools>\n",
                 "[user]Weather in Paris?\n",
                 "[assistant]<tool_call>{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}</tool_call>\n",
                 "[tool](call_1) 21 <sunny>\n",

@@ -7,8 +7,22 @@ use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 
+/// `v` with every object's keys sorted (serde_json keeps insertion order in this workspace, for
+/// chat templates; the made checkpoint's bytes stay sorted as docs/server.md says).
+fn sorted(v: Value) -> Value {
+    match v {
+        Value::Object(m) => {
+            let mut kv: Vec<(String, Value)> = m.into_iter().collect();
+            kv.sort_by(|a, b| a.0.cmp(&b.0));
+            Value::Object(kv.into_iter().map(|(k, v)| (k, sorted(v))).collect())
+        }
+        Value::Array(a) => Value::Array(a.into_iter().map(sorted).collect()),
+        v => v,
+    }
+}
+
 pub(super) fn write_json(path: &Path, v: &Value) -> std::io::Result<()> {
-    let mut s = serde_json::to_string_pretty(v)?;
+    let mut s = serde_json::to_string_pretty(&sorted(v.clone()))?;
     s.push('\n');
     std::fs::write(path, s)
 }
@@ -49,7 +63,7 @@ pub(super) fn write_safetensors(
         off += b.len();
         blobs.push(b);
     }
-    let mut h = serde_json::to_string(&Value::Object(header))?;
+    let mut h = serde_json::to_string(&sorted(Value::Object(header)))?;
     while h.len() % 8 != 0 {
         h.push(' ');
     }
@@ -85,7 +99,7 @@ pub fn shard_checkpoint(dir: &Path, shards: usize) -> std::io::Result<()> {
             data.extend_from_slice(t.data());
             weight_map.insert(name.clone(), json!(file));
         }
-        let mut h = serde_json::to_string(&Value::Object(header))?;
+        let mut h = serde_json::to_string(&sorted(Value::Object(header)))?;
         while h.len() % 8 != 0 {
             h.push(' ');
         }
