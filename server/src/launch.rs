@@ -6,7 +6,7 @@
 //! SGLang); on the CPU, `mem_fraction_static × MemAvailable − weight bytes`. Either is capped at
 //! `context_length × max_running_requests` (more could never be used), rounded down to pages.
 
-use crate::api::reqlog::RequestLog;
+use crate::api::reqlog::{LogSwitch, RequestLog};
 use crate::api::{AppState, ServerInfo};
 use crate::hicache::storage::Storage;
 use crate::hicache::{HiCache, HiCacheConfig};
@@ -396,7 +396,7 @@ where
         stream_interval: opts.stream_interval.max(1),
         allow_auto_truncate: opts.allow_auto_truncate,
         radix_cache,
-        request_log: opts.log_requests_level.map(RequestLog::new),
+        request_log: LogSwitch::new(opts.log_requests_level.map(RequestLog::new)),
         tool_call_parser,
         reasoning_parser,
     })

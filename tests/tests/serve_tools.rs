@@ -99,8 +99,8 @@ async fn tools_render_into_the_prompt_and_parsers_shape_the_reply() {
         "chat_template_kwargs": {"enable_thinking": false}, "rid": "with-tools"});
     let v = chat(&s, body.clone()).await;
     let line = log_line(&s, "Finish: rid=with-tools");
-    // Python's json.dumps spacing; keys sorted (serde_json's maps), where SGLang keeps the order.
-    let tool_json = r#"{"function": {"description": "Weather now", "name": "get_weather", "parameters": {"properties": {"city": {"type": "string"}}, "required": ["city"], "type": "object"}}, "type": "function"}"#;
+    // Python's json.dumps spacing and the client's key order, as SGLang renders the dicts.
+    let tool_json = r#"{"type": "function", "function": {"name": "get_weather", "description": "Weather now", "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}"#;
     for want in [
         format!("TOOLS:get_weather={tool_json};"),
         "<user>Weather in Paris?".to_string(),

@@ -117,7 +117,7 @@ impl Driver {
         let arrival = Instant::now();
         let prompt_tokens = input_ids.len();
         let want_lp = logprobs.is_some();
-        let logged_input = match &state.request_log {
+        let logged_input = match state.request_log.get() {
             Some(l) if l.wants_input() => input_ids.clone(),
             _ => Vec::new(),
         };
@@ -201,7 +201,7 @@ impl Driver {
             Event::Input(_) => {}
         }
         let delta = self.out.push(ev, &self.state.tokenizer, &self.params);
-        if let (Some(log), Some(f)) = (&self.state.request_log, &self.out.finish) {
+        if let (Some(log), Some(f)) = (self.state.request_log.get(), &self.out.finish) {
             let tok = &self.state.tokenizer;
             log.log(
                 tok,

@@ -42,12 +42,20 @@ impl ApiError {
             message: message.into(),
         }
     }
+    /// A route or feature of SGLang that Strata does not have: 501.
+    pub fn not_supported(message: impl Into<String>) -> Self {
+        ApiError {
+            status: StatusCode::NOT_IMPLEMENTED,
+            message: message.into(),
+        }
+    }
     /// OpenAI's error type names, the ones the router uses.
     fn kind(&self) -> &'static str {
         match self.status.as_u16() {
             400 | 405 | 413 | 415 | 422 => "invalid_request_error",
             401 => "authentication_error",
             404 => "not_found_error",
+            501 => "not_supported_error",
             503 => "service_unavailable",
             _ => "server_error",
         }

@@ -5,6 +5,7 @@
 //! router with [`app`]; every error leaves through [`error::ApiError`].
 
 pub mod chat_request;
+pub mod control;
 pub mod driver;
 pub mod error;
 pub mod fanout;
@@ -13,7 +14,10 @@ pub mod info;
 pub mod metrics;
 pub mod openai;
 pub mod output;
+pub mod parse;
 pub mod reqlog;
+pub mod tokenize;
+pub mod unsupported;
 
 use crate::model::Tokenizer;
 use crate::scheduler::SchedulerHandle;
@@ -60,8 +64,8 @@ pub struct AppState {
     pub allow_auto_truncate: bool,
     /// The radix cache is on (`n > 1` then warms each prompt's prefix before its copies).
     pub radix_cache: bool,
-    /// `--log-requests` (`None`: off).
-    pub request_log: Option<reqlog::RequestLog>,
+    /// `--log-requests`, switched at runtime by `/configure_logging`.
+    pub request_log: reqlog::LogSwitch,
     /// `--tool-call-parser` (`None`: replies are not searched for calls).
     pub tool_call_parser: Option<crate::parsers::ToolParser>,
     /// `--reasoning-parser` (`None`: the reasoning stays in the content).
@@ -105,17 +109,28 @@ pub fn app(state: AppState) -> Router {
     app_with_limit(state, DEFAULT_MAX_PAYLOAD)
 }
 
-/// The server's router; bodies over `max_payload` bytes get a JSON 413.
+/// The server's router; bodies over `max_payload` bytes get a JSON 413. Every route, the probes
+/// included, is behind `--api-key` when one is set (the `auth` layer covers the whole router).
 pub fn app_with_limit(state: AppState, max_payload: usize) -> Router {
-    Router::new()
-        .route("/generate", post(generate::generate))
+    let router = Router::new()
+        .route(
+            "/generate",
+            post(generate::generate).put(generate::generate),
+        )
         .route("/v1/completions", post(openai::completions))
         .route("/v1/chat/completions", post(openai::chat_completions))
+        // SageMaker's chat completions, as SGLang maps it.
+        .route("/invocations", post(openai::chat_completions))
         .route("/v1/models", get(info::models))
+        .route("/v1/models/{*model}", get(control::retrieve_model))
         .route("/health", get(info::health))
         .route("/health_generate", get(info::health_generate))
+        .route("/ping", get(control::ping))
+        .route("/ready", get(control::ready))
         .route("/get_model_info", get(info::model_info))
+        .route("/model_info", get(info::model_info))
         .route("/get_server_info", get(info::server_info))
+        .route("/server_info", get(info::server_info))
         .route(
             "/flush_cache",
             get(info::flush_cache).post(info::flush_cache),
@@ -124,8 +139,31 @@ pub fn app_with_limit(state: AppState, max_payload: usize) -> Router {
             "/clear_hicache_storage_backend",
             get(info::clear_hicache_storage).post(info::clear_hicache_storage),
         )
+        .route(
+            "/hicache/storage-backend/clear",
+            post(info::clear_hicache_storage),
+        )
+        .route(
+            "/hicache/storage-backend",
+            get(control::hicache_backend)
+                .put(control::hicache_attach_detach)
+                .delete(control::hicache_attach_detach),
+        )
         .route("/abort_request", post(info::abort_request))
-        .route("/metrics", get(metrics::metrics))
+        .route("/pause_generation", post(control::pause_generation))
+        .route("/continue_generation", post(control::continue_generation))
+        .route(
+            "/configure_logging",
+            get(control::configure_logging).post(control::configure_logging),
+        )
+        .route("/separate_reasoning", post(parse::separate_reasoning))
+        .route("/parse_function_call", post(parse::parse_function_call))
+        .route("/tokenize", post(tokenize::tokenize))
+        .route("/v1/tokenize", post(tokenize::tokenize))
+        .route("/detokenize", post(tokenize::detokenize))
+        .route("/v1/detokenize", post(tokenize::detokenize))
+        .route("/metrics", get(metrics::metrics));
+    unsupported::add(router)
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
         .layer(axum::extract::DefaultBodyLimit::max(max_payload))

@@ -10,11 +10,17 @@
 //! `--allow-auto-truncate`), decoded from its token ids with special tokens. SGLang logs a line
 //! on arrival as well; Strata logs only the finish, which carries everything. Off, it costs one
 //! branch per request: the prompt ids are kept for the line only at level 2 and above.
+//!
+//! `/configure_logging` turns the log on or off and sets its level at runtime ([`LogSwitch`]); a
+//! request follows the switch as it is when it finishes (one that started while the level was
+//! below 2 logs no input text).
 
 use super::output::finish_reason_json;
 use crate::model::Tokenizer;
 use crate::sampling::SamplingParams;
 use crate::scheduler::request::Finish;
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::Arc;
 
 /// SGLang's cut for level 2, in characters.
 const CUT: usize = 2048;
@@ -23,6 +29,42 @@ const CUT: usize = 2048;
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RequestLog {
     pub level: u8,
+}
+
+/// The request log as it is now, shared by every handler: on or off, and the level.
+#[derive(Debug, Clone)]
+pub struct LogSwitch(Arc<AtomicU16>);
+
+impl LogSwitch {
+    /// The bit that says the log is on (the low byte is the level).
+    const ON: u16 = 0x100;
+
+    /// The switch as `--log-requests` sets it; off, the level a later switch-on uses is 2,
+    /// `--log-requests-level`'s default.
+    pub fn new(log: Option<RequestLog>) -> Self {
+        let v = match log {
+            Some(l) => Self::ON | l.level as u16,
+            None => 2,
+        };
+        LogSwitch(Arc::new(AtomicU16::new(v)))
+    }
+
+    /// The log, when it is on.
+    pub fn get(&self) -> Option<RequestLog> {
+        let v = self.0.load(Ordering::Relaxed);
+        (v & Self::ON != 0).then_some(RequestLog { level: v as u8 })
+    }
+
+    /// `/configure_logging`'s `log_requests` and `log_requests_level` (`None`: unchanged).
+    pub fn configure(&self, on: Option<bool>, level: Option<u8>) {
+        let _ = self
+            .0
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |v| {
+                let on = on.unwrap_or(v & Self::ON != 0);
+                let level = level.unwrap_or(v as u8);
+                Some(if on { Self::ON } else { 0 } | level as u16)
+            });
+    }
 }
 
 /// What one finished request reports.
@@ -96,6 +138,29 @@ impl RequestLog {
 mod tests {
     use super::*;
     use crate::scheduler::request::FinishReason;
+
+    #[test]
+    fn the_switch_turns_on_off_and_keeps_the_level() {
+        let s = LogSwitch::new(None);
+        assert_eq!(s.get(), None);
+        s.configure(None, Some(3));
+        assert_eq!(s.get(), None);
+        s.configure(Some(true), None);
+        assert_eq!(s.get(), Some(RequestLog::new(3)));
+        let t = s.clone();
+        t.configure(None, Some(0));
+        assert_eq!(s.get(), Some(RequestLog::new(0)));
+        s.configure(Some(false), None);
+        assert_eq!(t.get(), None);
+        assert_eq!(
+            LogSwitch::new(Some(RequestLog::new(1))).get(),
+            Some(RequestLog::new(1))
+        );
+        assert_eq!(LogSwitch::new(None).get(), None);
+        let on = LogSwitch::new(None);
+        on.configure(Some(true), None);
+        assert_eq!(on.get(), Some(RequestLog::new(2)));
+    }
 
     #[test]
     fn long_text_is_cut_at_level_2_only() {

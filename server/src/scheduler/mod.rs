@@ -10,12 +10,17 @@
 //! admitted other request is retracted: its pages are freed and it is requeued at the front with
 //! its output so far, to be recomputed later (never corrupted).
 //!
+//! `/pause_generation` stops the rounds (see [`request::PauseMode`]): the thread then only
+//! takes messages, so new requests queue and running ones wait, until `/continue_generation`.
+//!
 //! Invariant: pages held by sequences + pages cached by the radix tree + free pages == pool size.
 
 mod batch;
 pub mod budget;
 pub mod hooks;
 mod order;
+#[cfg(test)]
+mod pause_tests;
 pub mod policy;
 pub mod request;
 mod seq;
@@ -30,9 +35,10 @@ use crate::seeded::SplitMix64;
 use crate::stats::Stats;
 use hooks::{NoPrefetch, PrefetchHook};
 use policy::SchedulePolicy;
-use request::{Event, Finish, FinishReason, Msg, Request};
+use request::{Event, Finish, FinishReason, Msg, PauseMode, Request};
 use seq::Seq;
 use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 
@@ -99,6 +105,8 @@ pub struct Scheduler<R: ModelRunner> {
     /// PD decode: the GPU pool, when fetches can copy device to device into pool pages (CUDA
     /// IPC).
     pd_device: Option<Arc<dyn crate::pd::share::DeviceKv>>,
+    /// `/pause_generation` is in force: no round runs.
+    paused: bool,
 }
 
 /// The scheduler's part of PD disaggregation.
@@ -114,6 +122,8 @@ pub enum PdSide {
 #[derive(Clone, Debug)]
 pub struct SchedulerHandle {
     tx: Sender<Msg>,
+    /// Whether generation is paused (what `/ready` reports), set once the scheduler answered.
+    paused: Arc<AtomicBool>,
 }
 
 impl SchedulerHandle {
@@ -133,6 +143,29 @@ impl SchedulerHandle {
         }
         rx.await
             .unwrap_or_else(|_| Err("the scheduler is gone".into()))
+    }
+    /// Pauses generation (`/pause_generation`); returns once the scheduler is paused (and, in
+    /// the abort mode, every request is finished). False if the scheduler is gone.
+    pub async fn pause(&self, mode: PauseMode) -> bool {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let ok = self.tx.send(Msg::Pause(mode, tx)).is_ok() && rx.await.is_ok();
+        if ok {
+            self.paused.store(true, Ordering::SeqCst);
+        }
+        ok
+    }
+    /// Resumes generation (`/continue_generation`; nothing happens when not paused).
+    pub async fn resume(&self) -> bool {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let ok = self.tx.send(Msg::Continue(tx)).is_ok() && rx.await.is_ok();
+        if ok {
+            self.paused.store(false, Ordering::SeqCst);
+        }
+        ok
+    }
+    /// Whether generation is paused.
+    pub fn is_paused(&self) -> bool {
+        self.paused.load(Ordering::SeqCst)
     }
     /// Asks to flush the prefix cache.
     pub async fn flush(&self) -> bool {
@@ -200,7 +233,10 @@ pub fn spawn_with_hook<R: ModelRunner>(
     std::thread::Builder::new()
         .name("strata-scheduler".into())
         .spawn(move || s.run(rx))?;
-    Ok(SchedulerHandle { tx })
+    Ok(SchedulerHandle {
+        tx,
+        paused: Arc::default(),
+    })
 }
 
 impl<R: ModelRunner> Scheduler<R> {
@@ -253,6 +289,7 @@ impl<R: ModelRunner> Scheduler<R> {
             pd_tx: None,
             pd_spans: None,
             pd_device: None,
+            paused: false,
         }
     }
 
@@ -364,6 +401,22 @@ impl<R: ModelRunner> Scheduler<R> {
     fn run(mut self, rx: Receiver<Msg>) {
         loop {
             let l3_busy = self.hicache.as_ref().is_some_and(HiCache::busy);
+            if self.paused {
+                // No round until `Msg::Continue`: take messages as they come (new requests
+                // queue), and look every 100 ms for clients gone (1 ms while L3 jobs finish).
+                let wait = if l3_busy { 1 } else { 100 };
+                match rx.recv_timeout(std::time::Duration::from_millis(wait)) {
+                    Ok(m) => self.handle(m),
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+                self.reap_aborted();
+                if let Some(h) = &mut self.hicache {
+                    h.poll(&mut self.tree);
+                }
+                self.publish();
+                continue;
+            }
             if self.running.is_empty() && self.waiting.is_empty() {
                 if l3_busy {
                     // Finish the L3 jobs in flight (unlock written nodes, free parked pages).
@@ -390,6 +443,9 @@ impl<R: ModelRunner> Scheduler<R> {
                         break;
                     }
                 }
+            }
+            if self.paused {
+                continue; // a pause taken just now: no round after it
             }
             self.reap_aborted();
             if let Some(h) = &mut self.hicache {
@@ -478,6 +534,16 @@ impl<R: ModelRunner> Scheduler<R> {
                     self.publish();
                 }
             }
+            Msg::Pause(mode, reply) => {
+                self.pause(mode);
+                let _ = reply.send(());
+            }
+            Msg::Continue(reply) => {
+                if std::mem::replace(&mut self.paused, false) {
+                    tracing::info!("generation continued");
+                }
+                let _ = reply.send(());
+            }
             Msg::Flush(reply) => {
                 let ok = self.running.is_empty() && self.tree.reset();
                 let _ = reply.send(ok);
@@ -490,6 +556,36 @@ impl<R: ModelRunner> Scheduler<R> {
                 let _ = reply.send(r);
             }
         }
+    }
+
+    /// Stops the rounds; `Abort` finishes every request now, `Retract` requeues the running ones
+    /// (a PD prefill leg that sent part of its KV already stays in place).
+    fn pause(&mut self, mode: PauseMode) {
+        tracing::info!(?mode, "generation paused");
+        self.paused = true;
+        match mode {
+            PauseMode::Abort => {
+                self.handle(Msg::Abort(String::new()));
+                self.reap_aborted();
+            }
+            PauseMode::InPlace => {}
+            PauseMode::Retract => {
+                let running = std::mem::take(&mut self.running);
+                let mut kept = Vec::new();
+                // Newest first, each to the front: the queue keeps their admission order.
+                for s in running.into_iter().rev() {
+                    if s.pd_sent > 0 {
+                        kept.push(s);
+                    } else {
+                        let s = self.release(s, true);
+                        self.waiting.push_front(s);
+                    }
+                }
+                kept.reverse();
+                self.running = kept;
+            }
+        }
+        self.publish();
     }
 
     /// Whether `--max-queued-requests` refuses the next arrival: as many requests wait as it

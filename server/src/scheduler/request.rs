@@ -76,4 +76,33 @@ pub enum Msg {
     Wake,
     /// A PD prefill leg's transfer ended: its pages, left in the pool for it, go back.
     PdRelease(u64),
+    /// `/pause_generation`: stop running rounds (answers once the mode's work is done).
+    Pause(PauseMode, oneshot::Sender<()>),
+    /// `/continue_generation`: run rounds again.
+    Continue(oneshot::Sender<()>),
+}
+
+/// How `/pause_generation` treats the requests in the scheduler (SGLang's modes). In every mode
+/// no round runs until `/continue_generation`, and requests that arrive meanwhile queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PauseMode {
+    /// Abort every running and waiting request (SGLang's default).
+    Abort,
+    /// Running requests keep their KV pages and resume where they stopped.
+    InPlace,
+    /// Running requests give their pages back (the computed full pages go to the prefix cache)
+    /// and go back to the front of the queue, to be recomputed after the pause.
+    Retract,
+}
+
+impl PauseMode {
+    /// The mode `mode` names in a request (`abort`, `in_place`, `retract`).
+    pub fn from_name(mode: &str) -> Option<Self> {
+        match mode {
+            "abort" => Some(Self::Abort),
+            "in_place" => Some(Self::InPlace),
+            "retract" => Some(Self::Retract),
+            _ => None,
+        }
+    }
 }

@@ -15,10 +15,15 @@ use strata_kernels::CpuBackend;
 use strata_make_model::{make_model, MakeModel};
 use tokio::sync::mpsc::UnboundedReceiver;
 
-struct Rig {
-    s: Scheduler<Model<CpuBackend>>,
+pub(super) struct Rig {
+    pub(super) s: Scheduler<Model<CpuBackend>>,
     _dir: tempfile::TempDir,
-    rx: Vec<UnboundedReceiver<Event>>,
+    pub(super) rx: Vec<UnboundedReceiver<Event>>,
+}
+
+/// The rigs' configuration (for the other test files).
+pub(super) fn test_cfg() -> SchedulerConfig {
+    cfg()
 }
 
 fn cfg() -> SchedulerConfig {
@@ -36,7 +41,7 @@ fn cfg() -> SchedulerConfig {
     }
 }
 
-fn rig(cfg: SchedulerConfig) -> Rig {
+pub(super) fn rig(cfg: SchedulerConfig) -> Rig {
     let dir = tempfile::tempdir().unwrap();
     make_model(&MakeModel::default(), dir.path()).unwrap();
     let model = Model::load(dir.path(), CpuBackend, 512).unwrap();
@@ -51,7 +56,7 @@ fn rig(cfg: SchedulerConfig) -> Rig {
 }
 
 impl Rig {
-    fn submit(&mut self, rid: &str, ids: Vec<u32>, max_new: usize, temperature: f32) {
+    pub(super) fn submit(&mut self, rid: &str, ids: Vec<u32>, max_new: usize, temperature: f32) {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         let mut params = SamplingParams {
             max_new_tokens: max_new,
@@ -71,12 +76,12 @@ impl Rig {
         })));
     }
 
-    fn running(&self) -> Vec<&str> {
+    pub(super) fn running(&self) -> Vec<&str> {
         self.s.running.iter().map(|q| q.req.rid.as_str()).collect()
     }
 
     /// Runs rounds until nothing is left.
-    fn drain(&mut self) {
+    pub(super) fn drain(&mut self) {
         for _ in 0..1000 {
             if self.s.running.is_empty() && self.s.waiting.is_empty() {
                 return;
