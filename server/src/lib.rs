@@ -4,6 +4,7 @@
 
 pub mod api;
 pub mod cache;
+pub mod grammar;
 pub mod hicache;
 pub mod kv;
 pub mod launch;

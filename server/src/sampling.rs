@@ -6,6 +6,7 @@
 //! negative ones for tokens already generated. The random number for step `i` is a pure function of
 //! (seed, i), so a seeded request reproduces its output even after a retraction.
 
+use crate::grammar::Constraint;
 use crate::seeded::SplitMix64;
 use serde::Deserialize;
 use std::collections::HashMap;
@@ -30,8 +31,8 @@ impl StringOrList {
 
 /// SGLang's sampling parameters as accepted on the wire: every field of SGLang's `SamplingParams`
 /// is accepted (null means absent); unknown fields are rejected, as SGLang's `SamplingParams(**d)`
-/// does. Constrained decoding (`regex`, `json_schema`, `ebnf`, `structural_tag`, `stop_regex`) is
-/// not implemented and answers 400 when set rather than silently producing unconstrained text;
+/// does. Constrained decoding takes `regex` or `json_schema` (a string each, `grammar/`); `ebnf`,
+/// `structural_tag` and `stop_regex` answer 400 rather than silently producing unconstrained text;
 /// `custom_params` does not change the output here and is ignored. `stream_interval` overrides
 /// the server's `--stream-interval` for this request (0 or null: the server's, as SGLang).
 #[derive(Debug, Clone, Deserialize)]
@@ -89,6 +90,28 @@ pub struct SamplingParams {
     /// Streamed output tokens per chunk for this request (`None`: the server's
     /// `--stream-interval`).
     pub stream_interval: Option<usize>,
+    /// `regex` / `json_schema`: what the output must match (compiled by the API layer into
+    /// `grammar`, which the scheduler follows).
+    pub constraint: Option<Constraint>,
+    /// The compiled `constraint`.
+    pub grammar: Option<GrammarRef>,
+}
+
+/// A compiled grammar shared by a request's copies; equal when the constraints are (the
+/// compilation is a function of the constraint and the vocabulary).
+#[derive(Clone)]
+pub struct GrammarRef(pub std::sync::Arc<crate::grammar::Grammar>);
+
+impl std::fmt::Debug for GrammarRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl PartialEq for GrammarRef {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
 }
 
 impl Default for SamplingParams {
@@ -155,16 +178,34 @@ impl SamplingParamsWire {
         if n < 1 {
             return Err(format!("n must be at least 1, got {n}."));
         }
+        let mut constraint = None;
+        for (name, v) in [("regex", &self.regex), ("json_schema", &self.json_schema)] {
+            match v {
+                None | Some(serde_json::Value::Null) => {}
+                Some(serde_json::Value::String(text)) => {
+                    if constraint.is_some() {
+                        return Err(
+                            "Only one of regex, json_schema and ebnf can be set.".to_string()
+                        );
+                    }
+                    constraint = Some(if name == "regex" {
+                        Constraint::Regex(text.clone())
+                    } else {
+                        Constraint::JsonSchema(text.clone())
+                    });
+                }
+                Some(v) => return Err(format!("{name} must be a string, got {v}.")),
+            }
+        }
         for (name, v) in [
-            ("regex", &self.regex),
-            ("json_schema", &self.json_schema),
             ("ebnf", &self.ebnf),
             ("structural_tag", &self.structural_tag),
             ("stop_regex", &self.stop_regex),
         ] {
             if v.as_ref().is_some_and(|v| !v.is_null()) {
                 return Err(format!(
-                    "{name}: constrained decoding is not supported by this server."
+                    "{name}: this kind of constrained decoding is not supported by this server \
+                     (regex and json_schema are)."
                 ));
             }
         }
@@ -221,6 +262,8 @@ impl SamplingParamsWire {
             n: n as usize,
             logit_bias,
             stream_interval,
+            constraint,
+            grammar: None,
         })
     }
 }
@@ -317,7 +360,19 @@ mod tests {
         );
         assert!(parse(r#"{"stream_interval": -2}"#).is_err());
         assert!(parse(r#"{"stream_interval": "4"}"#).is_err());
-        assert!(parse(r#"{"regex": "a+"}"#)
+        assert_eq!(
+            parse(r#"{"regex": "a+"}"#).unwrap().constraint,
+            Some(Constraint::Regex("a+".into()))
+        );
+        assert_eq!(
+            parse(r#"{"json_schema": "{}", "regex": null}"#)
+                .unwrap()
+                .constraint,
+            Some(Constraint::JsonSchema("{}".into()))
+        );
+        assert!(parse(r#"{"regex": "a", "json_schema": "{}"}"#).is_err());
+        assert!(parse(r#"{"regex": 3}"#).is_err());
+        assert!(parse(r#"{"ebnf": "root ::= \"a\""}"#)
             .unwrap_err()
             .contains("not supported"));
         assert!(parse(r#"{"logit_bias": {"x": 1}}"#).is_err());

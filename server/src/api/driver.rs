@@ -112,6 +112,14 @@ impl Driver {
             }
         }
         params.max_new_tokens = params.max_new_tokens.min(ctx - input_ids.len());
+        if let Some(c) = &params.constraint {
+            let g = state
+                .tokenizer
+                .grammars()
+                .compile(c)
+                .map_err(ApiError::bad_request)?;
+            params.grammar = Some(crate::sampling::GrammarRef(g));
+        }
         let rid = rid.unwrap_or_else(new_rid);
         let (tx, rx) = mpsc::unbounded_channel();
         let arrival = Instant::now();

@@ -80,6 +80,12 @@ struct OpenAiWire {
     tool_choice: Option<Value>,
     chat_template_kwargs: Option<serde_json::Map<String, Value>>,
     separate_reasoning: Option<bool>,
+    /// Constrained decoding: SGLang's extra `regex`, `json_schema` and `ebnf` fields, and
+    /// OpenAI's `response_format` (`text`, `json_object`, `json_schema`).
+    regex: Option<Value>,
+    json_schema: Option<Value>,
+    ebnf: Option<Value>,
+    response_format: Option<Value>,
     /// PD: the fields a PD router adds (one leg of a prefill/decode pair), as on `/generate`.
     bootstrap_host: Option<Value>,
     bootstrap_port: Option<Value>,
@@ -88,7 +94,21 @@ struct OpenAiWire {
 
 impl OpenAiWire {
     fn params(&mut self, default_max: i64) -> Result<SamplingParams, ApiError> {
+        let json_schema = match response_format_schema(self.response_format.take())? {
+            Some(schema) => {
+                if self.json_schema.as_ref().is_some_and(|v| !v.is_null()) {
+                    return Err(ApiError::bad_request(
+                        "Set either response_format or json_schema, not both.",
+                    ));
+                }
+                Some(Value::String(schema))
+            }
+            None => self.json_schema.take(),
+        };
         SamplingParamsWire {
+            regex: self.regex.take(),
+            json_schema,
+            ebnf: self.ebnf.take(),
             max_new_tokens: Some(
                 self.max_completion_tokens
                     .or(self.max_tokens)
@@ -115,6 +135,35 @@ impl OpenAiWire {
         }
         .validate()
         .map_err(ApiError::bad_request)
+    }
+}
+
+/// The JSON schema (as text) that OpenAI's `response_format` asks for: none for `text` (or no
+/// format), any object for `json_object`, the given schema for `json_schema` (SGLang's mapping).
+fn response_format_schema(f: Option<Value>) -> Result<Option<String>, ApiError> {
+    let Some(f) = f.filter(|f| !f.is_null()) else {
+        return Ok(None);
+    };
+    match f.get("type").and_then(Value::as_str) {
+        Some("text") => Ok(None),
+        Some("json_object") => Ok(Some(r#"{"type": "object"}"#.into())),
+        Some("json_schema") => {
+            let schema = f
+                .get("json_schema")
+                .and_then(|j| j.get("schema").or_else(|| j.get("schema_")))
+                .filter(|s| !s.is_null())
+                .ok_or_else(|| {
+                    ApiError::bad_request("response_format json_schema needs json_schema.schema.")
+                })?;
+            Ok(Some(schema.to_string()))
+        }
+        Some("structural_tag") => Err(ApiError::bad_request(
+            "response_format structural_tag is not supported by this server \
+             (text, json_object and json_schema are).",
+        )),
+        _ => Err(ApiError::bad_request(format!(
+            "response_format type must be text, json_object or json_schema, got {f}."
+        ))),
     }
 }
 
@@ -567,4 +616,36 @@ where
         },
     );
     Sse::new(s.map(Ok))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn response_formats_map_to_schemas() {
+        let f = |v: Value| response_format_schema(Some(v));
+        assert_eq!(f(json!({"type": "text"})).unwrap(), None);
+        assert_eq!(response_format_schema(None).unwrap(), None);
+        assert_eq!(
+            f(json!({"type": "json_object"})).unwrap().as_deref(),
+            Some(r#"{"type": "object"}"#)
+        );
+        let s = f(json!({"type": "json_schema", "json_schema": {"name": "x",
+            "schema": {"type": "integer"}, "strict": true}}))
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            serde_json::from_str::<Value>(&s).unwrap(),
+            json!({"type": "integer"})
+        );
+        for bad in [
+            json!({"type": "json_schema", "json_schema": {"name": "x"}}),
+            json!({"type": "structural_tag"}),
+            json!({"type": "yaml"}),
+            json!({}),
+        ] {
+            assert!(f(bad.clone()).is_err(), "{bad}");
+        }
+    }
 }

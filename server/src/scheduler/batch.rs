@@ -574,7 +574,9 @@ impl<R: ModelRunner> Scheduler<R> {
         }
     }
 
-    /// Tokens running sequence `i` may not sample now (EOS and stop ids before `min_new_tokens`).
+    /// Tokens running sequence `i` may not sample now: EOS and stop ids before
+    /// `min_new_tokens`, and under a constraint every token that leaves its language (EOS too
+    /// unless the output so far is a whole match).
     fn banned_tokens(&self, i: usize) -> Vec<u32> {
         let s = &self.running[i];
         let p = &s.req.params;
@@ -582,6 +584,21 @@ impl<R: ModelRunner> Scheduler<R> {
         if s.tokens.len() - s.prompt_len < p.min_new_tokens {
             banned.extend(self.eos.iter().copied());
             banned.extend(p.stop_token_ids.iter().copied());
+        }
+        if let (Some(g), Some(w)) = (&p.grammar, &s.walk) {
+            if let Some(state) = g.0.peek(w, &s.tokens[s.prompt_len..]) {
+                let m = g.0.mask(state);
+                // The model's rows past the tokenizer's vocabulary spell nothing.
+                let rows = self.model.cfg().vocab_size as u32;
+                banned.extend(g.0.vocab_len() as u32..rows);
+                let eos = |t: &u32| self.eos.contains(t);
+                if m.accepting {
+                    banned.extend(m.banned.iter().copied().filter(|t| !eos(t)));
+                } else {
+                    banned.extend_from_slice(&m.banned);
+                    banned.extend(self.eos.iter().copied());
+                }
+            }
         }
         banned
     }
@@ -619,6 +636,22 @@ impl<R: ModelRunner> Scheduler<R> {
                 return Some(FinishReason::StopStr(m.clone()));
             }
         }
+        if let Some(g) = p.grammar.clone() {
+            // The grammar ends the request once its text matches and nothing can follow (or
+            // once a token left the language: an EOS kept under `ignore_eos`).
+            let w = s.walk.get_or_insert_with(|| g.0.walk_start());
+            let done = match g.0.follow(w, &s.tokens[s.prompt_len..]) {
+                None => true,
+                Some(state) => {
+                    let m = g.0.mask(state);
+                    m.accepting && !m.can_continue
+                }
+            };
+            if done {
+                return Some(FinishReason::StopToken(tok));
+            }
+        }
+        let p = &s.req.params;
         if n >= p.max_new_tokens || s.tokens.len() >= ctx {
             return Some(FinishReason::Length(n));
         }

@@ -40,12 +40,15 @@ pub struct Seq {
     pub first_lp: Option<Box<crate::logprobs::PosLogprobs>>,
     /// PD prefill leg: the prompt's pages already handed over as parts (finished chunks').
     pub pd_sent: usize,
+    /// Constrained decoding: the walk of the request's grammar over its output.
+    pub walk: Option<crate::grammar::Walk>,
 }
 
 impl Seq {
     pub fn new(req: Request, seed: u64) -> Self {
         let tokens = req.input_ids.clone();
         let lp_start = req.logprobs.as_ref().map_or(tokens.len(), |l| l.start);
+        let walk = req.params.grammar.as_ref().map(|g| g.0.walk_start());
         Seq {
             lp_head: lp_start < tokens.len(),
             lp_row: lp_start,
@@ -64,6 +67,7 @@ impl Seq {
             first_token_at: None,
             first_lp: None,
             pd_sent: 0,
+            walk,
         }
     }
 

@@ -1,0 +1,239 @@
+//! Constrained decoding: SGLang's `regex` and `json_schema` sampling parameters (and OpenAI's
+//! `response_format`). A constraint compiles to a byte-level DFA ([`Grammar`]); each decode step
+//! the scheduler advances the request's DFA state over the tokens it generated and bans every
+//! token whose bytes would leave the language ([`Mask`]), so the sampler (host or GPU, through the
+//! same banned-token list as `min_new_tokens`) only draws continuations that can still match.
+//! EOS is allowed only where the text so far is a whole match, and a request whose text matches
+//! and can grow no further finishes there (SGLang's grammar termination).
+//!
+//! JSON schemas become regular expressions first ([`schema`]); JSON of unknown shape (a schema
+//! without a type, `json_object`) is nested to a bounded depth. Masks are cached per DFA state,
+//! and compiled grammars per constraint text ([`Compiler`]), so copies of a request (`n > 1`) and
+//! repeated requests pay the vocabulary walk once per state.
+
+pub mod bytes;
+pub mod schema;
+#[cfg(test)]
+mod tests;
+
+use bytes::TokenBytes;
+use regex_automata::dfa::{dense, Automaton, StartKind};
+use regex_automata::util::primitives::StateID;
+use regex_automata::util::start::Config as StartConfig;
+use regex_automata::{Anchored, MatchKind};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// What a request constrains its output to (the source text, before compilation).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Constraint {
+    /// The whole output matches this regular expression.
+    Regex(String),
+    /// The whole output is JSON valid under this schema (its JSON text).
+    JsonSchema(String),
+}
+
+impl Constraint {
+    /// The regular expression the output must match.
+    pub fn to_regex(&self) -> Result<String, String> {
+        match self {
+            Constraint::Regex(r) => Ok(r.clone()),
+            Constraint::JsonSchema(s) => {
+                let v: serde_json::Value = serde_json::from_str(s)
+                    .map_err(|e| format!("json_schema is not valid JSON: {e}"))?;
+                schema::to_regex(&v)
+            }
+        }
+    }
+}
+
+/// Largest DFA a constraint may compile to (bytes); a larger one is refused with a 400.
+const DFA_LIMIT: usize = 64 << 20;
+/// The end marker appended to every pattern (never a byte of UTF-8 text).
+const END: u8 = 0xFF;
+/// Compiled grammars kept for reuse (the cache is emptied when it reaches this).
+const CACHE_LIMIT: usize = 64;
+
+/// Compiles constraints against one tokenizer's vocabulary and keeps the recent ones.
+pub struct Compiler {
+    bytes: Arc<TokenBytes>,
+    cache: Mutex<HashMap<Constraint, Arc<Grammar>>>,
+}
+
+impl Compiler {
+    pub fn new(bytes: TokenBytes) -> Self {
+        Compiler {
+            bytes: Arc::new(bytes),
+            cache: Mutex::default(),
+        }
+    }
+
+    /// The grammar of `c` (compiled now, or the cached one); the error is a client's 400.
+    pub fn compile(&self, c: &Constraint) -> Result<Arc<Grammar>, String> {
+        if let Some(g) = self.cache.lock().expect("grammar cache").get(c) {
+            return Ok(g.clone());
+        }
+        let g = Arc::new(Grammar::new(&c.to_regex()?, self.bytes.clone())?);
+        let mut cache = self.cache.lock().expect("grammar cache");
+        if cache.len() >= CACHE_LIMIT {
+            cache.clear();
+        }
+        cache.insert(c.clone(), g.clone());
+        Ok(g)
+    }
+}
+
+/// A compiled constraint: the DFA of its regular expression over bytes, and the masks computed so
+/// far.
+pub struct Grammar {
+    dfa: dense::DFA<Vec<u32>>,
+    start: StateID,
+    bytes: Arc<TokenBytes>,
+    masks: Mutex<HashMap<StateID, Arc<Mask>>>,
+}
+
+/// Where a request stands in its grammar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GrammarState(StateID);
+
+/// A request's walk through its grammar: the state after the first `walked` output tokens
+/// (`None`: a token left the language — an EOS kept under `ignore_eos`, or a PD leg's first
+/// token from a server that did not constrain it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Walk {
+    state: Option<GrammarState>,
+    walked: usize,
+}
+
+/// The tokens one DFA state allows.
+#[derive(Debug)]
+pub struct Mask {
+    /// Tokens that may not be sampled: every token whose bytes leave the language and every
+    /// special token (the scheduler lets EOS through when `accepting`).
+    pub banned: Vec<u32>,
+    /// The text so far is a whole match (EOS may end it).
+    pub accepting: bool,
+    /// Some token continues the text (false with `accepting`: the request is complete).
+    pub can_continue: bool,
+}
+
+impl Grammar {
+    /// Compiles `regex` (anchored at both ends: the whole output matches it).
+    ///
+    /// The DFA is of `regex` followed by the byte 0xFF, which no UTF-8 text holds: a DFA reports
+    /// a match one byte late, so without an end marker a state one byte past a complete match
+    /// would look alive. With it, every state that is not dead can still reach a match, and the
+    /// text so far is whole when 0xFF then ends it.
+    pub fn new(regex: &str, bytes: Arc<TokenBytes>) -> Result<Self, String> {
+        let marked = format!("(?:{regex})(?-u:\\xFF)");
+        let dfa = dense::Builder::new()
+            .syntax(regex_automata::util::syntax::Config::new().utf8(false))
+            .configure(
+                dense::Config::new()
+                    .start_kind(StartKind::Anchored)
+                    .match_kind(MatchKind::All)
+                    .dfa_size_limit(Some(DFA_LIMIT))
+                    .determinize_size_limit(Some(DFA_LIMIT)),
+            )
+            .build(&marked)
+            .map_err(|e| format!("The constraint cannot be compiled: {e}"))?;
+        let start = dfa
+            .start_state(&StartConfig::new().anchored(Anchored::Yes))
+            .map_err(|e| format!("The constraint cannot be compiled: {e}"))?;
+        Ok(Grammar {
+            dfa,
+            start,
+            bytes,
+            masks: Mutex::default(),
+        })
+    }
+
+    /// Tokens the grammar knows (the tokenizer's vocabulary; a model may have more rows).
+    pub fn vocab_len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// The state before any output.
+    pub fn start(&self) -> GrammarState {
+        GrammarState(self.start)
+    }
+
+    /// The state after `token` (None: the token leaves the language, or is special).
+    pub fn advance(&self, s: GrammarState, token: u32) -> Option<GrammarState> {
+        let b = self.bytes.get(token)?;
+        self.walk(s.0, b).map(GrammarState)
+    }
+
+    fn walk(&self, mut s: StateID, bytes: &[u8]) -> Option<StateID> {
+        for &b in bytes {
+            if b == END {
+                return None;
+            }
+            s = self.dfa.next_state(s, b);
+            if self.dfa.is_dead_state(s) || self.dfa.is_quit_state(s) {
+                return None;
+            }
+        }
+        Some(s)
+    }
+
+    /// A walk before any output.
+    pub fn walk_start(&self) -> Walk {
+        Walk {
+            state: Some(self.start()),
+            walked: 0,
+        }
+    }
+
+    /// The state after `output` (the whole output so far; `w` has walked a prefix of it).
+    pub fn peek(&self, w: &Walk, output: &[u32]) -> Option<GrammarState> {
+        let rest = output.get(w.walked..).unwrap_or(&[]);
+        rest.iter().try_fold(w.state?, |s, &t| self.advance(s, t))
+    }
+
+    /// Advances `w` over the rest of `output`; the state after it.
+    pub fn follow(&self, w: &mut Walk, output: &[u32]) -> Option<GrammarState> {
+        w.state = self.peek(w, output);
+        w.walked = output.len();
+        w.state
+    }
+
+    /// Whether the text that led to `s` is a whole match.
+    pub fn accepting(&self, s: GrammarState) -> bool {
+        let end = self.dfa.next_state(s.0, END);
+        !self.dfa.is_dead_state(end) && self.dfa.is_match_state(self.dfa.next_eoi_state(end))
+    }
+
+    /// The mask of state `s` (computed once per state: one walk of the vocabulary).
+    pub fn mask(&self, s: GrammarState) -> Arc<Mask> {
+        if let Some(m) = self.masks.lock().expect("grammar masks").get(&s.0) {
+            return m.clone();
+        }
+        let mut banned = Vec::new();
+        let mut can_continue = false;
+        for id in 0..self.bytes.len() as u32 {
+            match self.bytes.get(id) {
+                Some(b) if !b.is_empty() && self.walk(s.0, b).is_some() => can_continue = true,
+                _ => banned.push(id),
+            }
+        }
+        let m = Arc::new(Mask {
+            banned,
+            accepting: self.accepting(s),
+            can_continue,
+        });
+        self.masks
+            .lock()
+            .expect("grammar masks")
+            .insert(s.0, m.clone());
+        m
+    }
+}
+
+impl std::fmt::Debug for Grammar {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Grammar")
+            .field("dfa_bytes", &self.dfa.memory_usage())
+            .finish()
+    }
+}

@@ -1,0 +1,269 @@
+//! JSON schema -> regular expression, for `json_schema` constraints. Covered: `type` (one or a
+//! list: object, array, string, integer, number, boolean, null), `properties` with `required`
+//! (properties in schema order, optional ones may be left out, no others), `items` with
+//! `minItems` / `maxItems`, string `minLength` / `maxLength` / `pattern`, `enum`, `const`,
+//! `anyOf` / `oneOf`, a one-element `allOf`, and local `$ref`s (`#/$defs/..`,
+//! `#/definitions/..`, `#`) nested at most [`MAX_DEPTH`] deep. A schema with no type (or `{}`)
+//! is any JSON value, nested at most [`ANY_DEPTH`] deep. Whitespace: at most one space after `:`
+//! and `,` (compact JSON; a model that pads more would otherwise never stop). Unknown keywords
+//! (formats, bounds on numbers) are ignored: the output is valid JSON of the right shape.
+
+use serde_json::Value;
+
+/// Deepest nesting of `$ref`s and sub-schemas followed.
+pub const MAX_DEPTH: usize = 12;
+/// Nesting of objects and arrays in JSON of unknown shape.
+pub const ANY_DEPTH: usize = 2;
+
+const WS: &str = "[ ]?";
+const STRING: &str = r#""(?:[^"\\\x00-\x1F]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})*""#;
+const STRING_CHAR: &str = r#"(?:[^"\\\x00-\x1F]|\\["\\/bfnrt]|\\u[0-9a-fA-F]{4})"#;
+const INTEGER: &str = "(?:0|-?[1-9][0-9]{0,15})";
+const NUMBER: &str = r"-?(?:0|[1-9][0-9]{0,15})(?:\.[0-9]{1,16})?(?:[eE][+-]?[0-9]{1,3})?";
+
+/// The regex of `schema` (the root of any `$ref`).
+pub fn to_regex(schema: &Value) -> Result<String, String> {
+    Conv { root: schema }.value(schema, 0)
+}
+
+/// The regex of any JSON object (`response_format: {"type": "json_object"}`).
+pub fn any_object() -> String {
+    object_of(&any(ANY_DEPTH))
+}
+
+struct Conv<'a> {
+    root: &'a Value,
+}
+
+/// A JSON value written as a literal regex.
+fn literal(v: &Value) -> String {
+    regex_syntax::escape(&serde_json::to_string(v).expect("a JSON value"))
+}
+
+/// Any JSON value with objects and arrays nested at most `depth` deep.
+fn any(depth: usize) -> String {
+    let mut alts = vec![
+        STRING.to_string(),
+        NUMBER.to_string(),
+        "true".into(),
+        "false".into(),
+        "null".into(),
+    ];
+    if depth > 0 {
+        let inner = any(depth - 1);
+        alts.push(object_of(&inner));
+        alts.push(array_of(&inner, 0, None));
+    }
+    format!("(?:{})", alts.join("|"))
+}
+
+/// An object of string keys to `value`.
+fn object_of(value: &str) -> String {
+    let member = format!("{STRING}{WS}:{WS}{value}");
+    format!(r"\{{{WS}(?:{member}(?:{WS},{WS}{member})*)?{WS}\}}")
+}
+
+/// An array of `min..=max` items.
+fn array_of(item: &str, min: usize, max: Option<usize>) -> String {
+    let sep = format!("{WS},{WS}");
+    let more = |lo: usize, hi: Option<usize>| match hi {
+        Some(hi) => format!("(?:{sep}{item}){{{lo},{hi}}}"),
+        None => format!("(?:{sep}{item}){{{lo},}}"),
+    };
+    let body = match (min, max) {
+        (_, Some(0)) => String::new(),
+        (0, hi) => format!("(?:{item}{})?", more(0, hi.map(|h| h - 1))),
+        (lo, hi) => format!("{item}{}", more(lo - 1, hi.map(|h| h - 1))),
+    };
+    format!(r"\[{WS}{body}{WS}\]")
+}
+
+fn usize_of(v: Option<&Value>) -> Option<usize> {
+    v.and_then(Value::as_u64).map(|n| n as usize)
+}
+
+impl Conv<'_> {
+    fn value(&self, s: &Value, depth: usize) -> Result<String, String> {
+        if depth > MAX_DEPTH {
+            return Err(format!(
+                "json_schema nests deeper than {MAX_DEPTH} levels (a recursive $ref?)."
+            ));
+        }
+        let s = match s {
+            Value::Bool(true) => return Ok(any(ANY_DEPTH)),
+            Value::Bool(false) => return Err("json_schema `false` admits no value.".into()),
+            Value::Object(o) => o,
+            _ => return Err(format!("json_schema: a schema must be an object, got {s}.")),
+        };
+        if let Some(r) = s.get("$ref") {
+            let r = r.as_str().ok_or("json_schema: $ref must be a string.")?;
+            return self.value(self.resolve(r)?, depth + 1);
+        }
+        if let Some(c) = s.get("const") {
+            return Ok(literal(c));
+        }
+        if let Some(e) = s.get("enum") {
+            let e = e.as_array().ok_or("json_schema: enum must be a list.")?;
+            if e.is_empty() {
+                return Err("json_schema: enum is empty.".into());
+            }
+            let alts: Vec<String> = e.iter().map(literal).collect();
+            return Ok(format!("(?:{})", alts.join("|")));
+        }
+        for key in ["anyOf", "oneOf"] {
+            if let Some(list) = s.get(key) {
+                let list = list
+                    .as_array()
+                    .filter(|l| !l.is_empty())
+                    .ok_or_else(|| format!("json_schema: {key} must be a non-empty list."))?;
+                let alts = list
+                    .iter()
+                    .map(|x| self.value(x, depth + 1))
+                    .collect::<Result<Vec<_>, _>>()?;
+                return Ok(format!("(?:{})", alts.join("|")));
+            }
+        }
+        if let Some(all) = s.get("allOf") {
+            match all.as_array().map(Vec::as_slice) {
+                Some([one]) => return self.value(one, depth + 1),
+                _ => return Err("json_schema: allOf is supported with one schema only.".into()),
+            }
+        }
+        match s.get("type") {
+            Some(Value::String(t)) => self.typed(t, s, depth),
+            Some(Value::Array(ts)) => {
+                let alts = ts
+                    .iter()
+                    .map(|t| {
+                        let t = t.as_str().ok_or("json_schema: type names are strings.")?;
+                        self.typed(t, s, depth)
+                    })
+                    .collect::<Result<Vec<_>, String>>()?;
+                Ok(format!("(?:{})", alts.join("|")))
+            }
+            Some(t) => Err(format!(
+                "json_schema: type must be a string or a list, got {t}."
+            )),
+            None if s.contains_key("properties") => self.typed("object", s, depth),
+            None if s.contains_key("items") => self.typed("array", s, depth),
+            None => Ok(any(ANY_DEPTH)),
+        }
+    }
+
+    fn resolve(&self, r: &str) -> Result<&Value, String> {
+        if r == "#" {
+            return Ok(self.root);
+        }
+        let path = r
+            .strip_prefix("#/")
+            .ok_or_else(|| format!("json_schema: only local $refs are supported, got {r:?}."))?;
+        let mut v = self.root;
+        for part in path.split('/') {
+            let part = part.replace("~1", "/").replace("~0", "~");
+            v = v
+                .get(&part)
+                .ok_or_else(|| format!("json_schema: $ref {r:?} points nowhere."))?;
+        }
+        Ok(v)
+    }
+
+    fn typed(
+        &self,
+        t: &str,
+        s: &serde_json::Map<String, Value>,
+        depth: usize,
+    ) -> Result<String, String> {
+        Ok(match t {
+            "string" => self.string(s)?,
+            "integer" => INTEGER.into(),
+            "number" => NUMBER.into(),
+            "boolean" => "(?:true|false)".into(),
+            "null" => "null".into(),
+            "array" => {
+                let item = match s.get("items") {
+                    Some(i) => self.value(i, depth + 1)?,
+                    None => any(ANY_DEPTH - 1),
+                };
+                let min = usize_of(s.get("minItems")).unwrap_or(0);
+                let max = usize_of(s.get("maxItems"));
+                if max.is_some_and(|m| m < min) {
+                    return Err("json_schema: maxItems is below minItems.".into());
+                }
+                array_of(&item, min, max)
+            }
+            "object" => self.object(s, depth)?,
+            other => return Err(format!("json_schema: unknown type {other:?}.")),
+        })
+    }
+
+    fn string(&self, s: &serde_json::Map<String, Value>) -> Result<String, String> {
+        if let Some(p) = s.get("pattern") {
+            let p = p.as_str().ok_or("json_schema: pattern must be a string.")?;
+            let p = p.strip_prefix('^').unwrap_or(p);
+            let p = p.strip_suffix('$').unwrap_or(p);
+            return Ok(format!("\"(?:{p})\""));
+        }
+        let min = usize_of(s.get("minLength")).unwrap_or(0);
+        Ok(match usize_of(s.get("maxLength")) {
+            Some(max) if max < min => {
+                return Err("json_schema: maxLength is below minLength.".into())
+            }
+            Some(max) => format!("\"{STRING_CHAR}{{{min},{max}}}\""),
+            None if min > 0 => format!("\"{STRING_CHAR}{{{min},}}\""),
+            None => STRING.into(),
+        })
+    }
+
+    /// Properties in schema order; a required one must appear, an optional one may not.
+    fn object(&self, s: &serde_json::Map<String, Value>, depth: usize) -> Result<String, String> {
+        let Some(props) = s.get("properties") else {
+            return Ok(object_of(&any(ANY_DEPTH - 1)));
+        };
+        let props = props
+            .as_object()
+            .ok_or("json_schema: properties must be an object.")?;
+        let required: Vec<&str> = match s.get("required") {
+            Some(r) => r
+                .as_array()
+                .ok_or("json_schema: required must be a list.")?
+                .iter()
+                .filter_map(Value::as_str)
+                .collect(),
+            None => Vec::new(),
+        };
+        let members = props
+            .iter()
+            .map(|(k, v)| {
+                let key = literal(&Value::String(k.clone()));
+                Ok((
+                    format!("{key}{WS}:{WS}{}", self.value(v, depth + 1)?),
+                    required.contains(&k.as_str()),
+                ))
+            })
+            .collect::<Result<Vec<(String, bool)>, String>>()?;
+        // One alternative per first member present (only optional members may precede it).
+        let mut alts = Vec::new();
+        for (i, (m, _)) in members.iter().enumerate() {
+            let mut alt = m.clone();
+            for (n, req) in &members[i + 1..] {
+                if *req {
+                    alt += &format!("{WS},{WS}{n}");
+                } else {
+                    alt += &format!("(?:{WS},{WS}{n})?");
+                }
+            }
+            alts.push(alt);
+            if members[i].1 {
+                break;
+            }
+        }
+        let body = if alts.is_empty() {
+            String::new()
+        } else if members.iter().any(|(_, r)| *r) {
+            format!("(?:{})", alts.join("|"))
+        } else {
+            format!("(?:{})?", alts.join("|"))
+        };
+        Ok(format!(r"\{{{WS}{body}{WS}\}}"))
+    }
+}

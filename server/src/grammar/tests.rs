@@ -1,0 +1,225 @@
+//! The grammar against byte vocabularies: masks, termination, the byte-level alphabet, and JSON
+//! schemas checked by walking random masked paths (seed printed) and parsing what they spell.
+
+use super::bytes::{Spelling, TokenBytes};
+use super::schema;
+use super::{Compiler, Constraint, Grammar};
+use crate::seeded::{test_seed, SplitMix64};
+use serde_json::{json, Value};
+use std::sync::Arc;
+
+/// Every single byte (ids 0..256), then a few multi-byte tokens, then a special token.
+fn vocab() -> Arc<TokenBytes> {
+    let mut t: Vec<Option<Vec<u8>>> = (0..=255u8).map(|b| Some(vec![b])).collect();
+    for s in ["\"name\"", "true", "12", ", ", "{\"", "\":", "ab", "é"] {
+        t.push(Some(s.as_bytes().to_vec()));
+    }
+    t.push(None);
+    Arc::new(TokenBytes::from_tokens(t))
+}
+
+fn grammar(regex: &str) -> Grammar {
+    Grammar::new(regex, vocab()).unwrap()
+}
+
+/// Whether the grammar admits exactly `text` (walked byte by byte).
+fn admits(g: &Grammar, text: &str) -> bool {
+    let mut w = g.walk_start();
+    let ids: Vec<u32> = text.bytes().map(u32::from).collect();
+    g.follow(&mut w, &ids).is_some_and(|s| g.accepting(s))
+}
+
+#[test]
+fn masks_allow_only_continuations_and_end_at_a_whole_match() {
+    let g = grammar("[0-9]{3}");
+    let m = g.mask(g.start());
+    let allowed: Vec<u32> = (0..vocab().len() as u32)
+        .filter(|t| !m.banned.contains(t))
+        .collect();
+    let twelve = 256 + 2;
+    let mut want: Vec<u32> = (b'0'..=b'9').map(u32::from).collect();
+    want.push(twelve);
+    assert_eq!(allowed, want);
+    assert!(!m.accepting && m.can_continue);
+    let mut w = g.walk_start();
+    let s = g.follow(&mut w, &[twelve]).unwrap();
+    assert!(!g.mask(s).accepting);
+    let s = g.follow(&mut w, &[twelve, u32::from(b'7')]).unwrap();
+    let m = g.mask(s);
+    assert!(m.accepting && !m.can_continue, "three digits: complete");
+    assert_eq!(m.banned.len(), vocab().len());
+    // A letter leaves the language; the special token is always banned.
+    assert_eq!(g.advance(g.start(), u32::from(b'a')), None);
+    assert_eq!(g.advance(g.start(), vocab().len() as u32 - 1), None);
+}
+
+#[test]
+fn alternatives_longer_than_a_match_stay_open() {
+    // MatchKind::All: after "a" both the match and "ab" remain.
+    let g = grammar("a|ab");
+    let s = g.advance(g.start(), u32::from(b'a')).unwrap();
+    let m = g.mask(s);
+    assert!(m.accepting && m.can_continue);
+    assert!(admits(&g, "ab") && admits(&g, "a") && !admits(&g, "abb"));
+}
+
+#[test]
+fn byte_level_and_metaspace_spellings_map_to_bytes() {
+    let byte_level = ["a", "\u{120}the", "\u{10a}", "\u{c3}\u{a9}"];
+    let t = TokenBytes::build(5, Spelling::ByteLevel, |id| match id {
+        4 => None,
+        i => Some((byte_level[i as usize].to_string(), false)),
+    });
+    assert_eq!(t.get(0), Some(&b"a"[..]));
+    assert_eq!(t.get(1), Some(&b" the"[..]));
+    assert_eq!(t.get(2), Some(&b"\n"[..]));
+    assert_eq!(t.get(3), Some("é".as_bytes()));
+    assert_eq!(t.get(4), None);
+    let t = TokenBytes::build(3, Spelling::Metaspace, |id| {
+        Some((
+            ["\u{2581}hi", "<0x0A>", "<|x|>"][id as usize].to_string(),
+            id == 2,
+        ))
+    });
+    assert_eq!(t.get(0), Some(&b" hi"[..]));
+    assert_eq!(t.get(1), Some(&b"\n"[..]));
+    assert_eq!(t.get(2), Some(&b"<|x|>"[..]));
+}
+
+#[test]
+fn schemas_admit_their_json_and_refuse_other_json() {
+    let cases: Vec<(Value, Vec<&str>, Vec<&str>)> = vec![
+        (
+            json!({"type": "object", "properties": {"name": {"type": "string"},
+                "age": {"type": "integer"}}, "required": ["name"]}),
+            vec![
+                r#"{"name":"Al"}"#,
+                r#"{"name": "Al", "age": 3}"#,
+                r#"{ "name":"\u00e9\n" }"#,
+            ],
+            vec![
+                r#"{"age":3}"#,
+                r#"{"age":3,"name":"x"}"#,
+                r#"{"name":"a","x":1}"#,
+                r#"{"name":3}"#,
+            ],
+        ),
+        (
+            json!({"type": "array", "items": {"enum": ["a", 1, null]}, "minItems": 1, "maxItems": 2}),
+            vec![r#"["a"]"#, r#"[1, null]"#],
+            vec!["[]", r#"["a",1,null]"#, r#"["b"]"#],
+        ),
+        (
+            json!({"anyOf": [{"type": "boolean"}, {"type": "number"}]}),
+            vec!["true", "-1.5e3", "0"],
+            vec!["01", "\"x\"", "null"],
+        ),
+        (
+            json!({"$defs": {"p": {"type": "object", "properties": {"x": {"const": 1}},
+                "required": ["x"]}}, "type": "array", "items": {"$ref": "#/$defs/p"}}),
+            vec![r#"[{"x":1}, {"x": 1}]"#, "[]"],
+            vec![r#"[{"x":2}]"#],
+        ),
+        (
+            json!({"type": "string", "minLength": 2, "maxLength": 3}),
+            vec![r#""ab""#, r#""a\"c""#],
+            vec![r#""a""#, r#""abcd""#],
+        ),
+        (
+            json!({"type": "string", "pattern": "^[a-c]+$"}),
+            vec![r#""abc""#],
+            vec![r#""abd""#, r#""""#],
+        ),
+        (
+            json!({}),
+            vec![r#"{"a": [1, 2]}"#, "3", "\"s\""],
+            vec!["{a}", "[1,]"],
+        ),
+    ];
+    for (s, good, bad) in cases {
+        let g = grammar(&schema::to_regex(&s).unwrap());
+        for t in good {
+            assert!(admits(&g, t), "{s} should admit {t}");
+        }
+        for t in bad {
+            assert!(!admits(&g, t), "{s} should refuse {t}");
+        }
+    }
+    let any = grammar(&schema::any_object());
+    assert!(admits(&any, r#"{"k": [true, {"z": null}]}"#) && !admits(&any, "[1]"));
+}
+
+#[test]
+fn bad_schemas_and_regexes_are_errors() {
+    for s in [
+        json!({"type": "thing"}),
+        json!({"$ref": "https://x/y"}),
+        json!({"$ref": "#/$defs/none"}),
+        json!({"enum": []}),
+        json!({"type": "string", "minLength": 3, "maxLength": 2}),
+        json!({"allOf": [{}, {}]}),
+        json!({"$ref": "#"}),
+    ] {
+        assert!(schema::to_regex(&s).is_err(), "{s}");
+    }
+    let c = Compiler::new(TokenBytes::from_tokens(vec![Some(b"a".to_vec())]));
+    assert!(c.compile(&Constraint::Regex("(".into())).is_err());
+    assert!(c.compile(&Constraint::JsonSchema("{".into())).is_err());
+    let a = c.compile(&Constraint::Regex("a+".into())).unwrap();
+    let b = c.compile(&Constraint::Regex("a+".into())).unwrap();
+    assert!(Arc::ptr_eq(&a, &b), "compiled once per constraint");
+}
+
+/// Random paths through a schema's grammar, drawing only unmasked tokens, end in JSON the schema
+/// describes.
+#[test]
+fn random_masked_walks_spell_valid_json() {
+    let seed = test_seed("random_masked_walks_spell_valid_json");
+    let mut rng = SplitMix64(seed);
+    let schema = json!({"type": "object", "properties": {
+        "name": {"type": "string", "maxLength": 6},
+        "tags": {"type": "array", "items": {"type": "string", "maxLength": 3}, "maxItems": 3},
+        "ok": {"type": "boolean"}, "n": {"type": ["integer", "null"]}},
+        "required": ["name", "ok"]});
+    let g = grammar(&schema::to_regex(&schema).unwrap());
+    let v = vocab();
+    for walk in 0..200 {
+        let mut w = g.walk_start();
+        let mut out: Vec<u32> = Vec::new();
+        loop {
+            let s = g
+                .follow(&mut w, &out)
+                .expect("masked tokens stay in the language");
+            let m = g.mask(s);
+            if m.accepting && (!m.can_continue || rng.next_u64() % 4 == 0) {
+                break;
+            }
+            assert!(m.can_continue, "walk {walk}: stuck");
+            let allowed: Vec<u32> = (0..v.len() as u32)
+                .filter(|t| !m.banned.contains(t))
+                .collect();
+            out.push(allowed[(rng.next_u64() % allowed.len() as u64) as usize]);
+            assert!(out.len() < 400, "walk {walk} (seed {seed}) does not end");
+        }
+        let text: Vec<u8> = out
+            .iter()
+            .flat_map(|&t| v.get(t).unwrap().to_vec())
+            .collect();
+        let text = String::from_utf8(text).expect("UTF-8");
+        let j: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("walk {walk} (seed {seed}): {text:?} is not JSON: {e}"));
+        let o = j.as_object().unwrap();
+        assert!(o["name"].as_str().unwrap().chars().count() <= 6, "{text}");
+        assert!(o["ok"].is_boolean(), "{text}");
+        assert!(
+            o.get("n").is_none_or(|n| n.is_null() || n.is_i64()),
+            "{text}"
+        );
+        if let Some(t) = o.get("tags") {
+            assert!(t.as_array().unwrap().len() <= 3, "{text}");
+        }
+        assert!(o
+            .keys()
+            .all(|k| ["name", "tags", "ok", "n"].contains(&k.as_str())));
+    }
+}

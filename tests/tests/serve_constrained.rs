@@ -1,0 +1,188 @@
+//! End-to-end: constrained decoding on `strata serve` (a real process on a made model, whose
+//! random weights would never produce the shapes asked for by themselves). Greedy and seeded
+//! sampled outputs under `regex` match it whole and finish when the pattern is complete;
+//! `json_schema` outputs parse as JSON of the schema's shape on `/generate`, completions and
+//! chat (`response_format`); streaming adds up to the non-streamed answer; bad constraints and
+//! the unsupported kinds are 400s.
+
+mod serve_common;
+
+use serde_json::{json, Value};
+use serve_common::{MadeModel, Server};
+
+/// Whether `t` is three digits, a dash and two lowercase letters (the test's regex).
+fn matches_code(t: &str) -> bool {
+    let b = t.as_bytes();
+    b.len() == 6
+        && b[..3].iter().all(u8::is_ascii_digit)
+        && b[3] == b'-'
+        && b[4..].iter().all(u8::is_ascii_lowercase)
+}
+
+const CODE: &str = "[0-9]{3}-[a-z]{2}";
+
+fn person_schema() -> Value {
+    json!({"type": "object", "properties": {
+        "name": {"type": "string", "maxLength": 8},
+        "age": {"type": "integer"},
+        "tags": {"type": "array", "items": {"enum": ["a", "b"]}, "maxItems": 2}},
+        "required": ["name", "age"]})
+}
+
+/// The person's JSON, checked against the schema's shape.
+fn check_person(text: &str) {
+    let v: Value =
+        serde_json::from_str(text).unwrap_or_else(|e| panic!("{text:?} is not JSON: {e}"));
+    let o = v.as_object().unwrap_or_else(|| panic!("{text:?}"));
+    assert!(o["name"].as_str().unwrap().chars().count() <= 8, "{text}");
+    assert!(o["age"].is_i64() || o["age"].is_u64(), "{text}");
+    if let Some(t) = o.get("tags") {
+        let t = t.as_array().unwrap();
+        assert!(
+            t.len() <= 2 && t.iter().all(|x| x == "a" || x == "b"),
+            "{text}"
+        );
+    }
+    assert!(
+        o.keys()
+            .all(|k| ["name", "age", "tags"].contains(&k.as_str())),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn outputs_follow_regex_and_json_schema() {
+    let m = MadeModel::new("llama", "tiny");
+    let s = Server::start(m.path(), &[]);
+
+    // Greedy and sampled (several seeds) under a regex: whole matches, finished by the grammar.
+    for (temperature, seed) in [(0.0, 0), (1.0, 1), (1.0, 2), (1.0, 3), (1.5, 4)] {
+        let (st, v) = s
+            .post(
+                "/generate",
+                &json!({"text": "Once upon a time", "sampling_params": {"regex": CODE,
+                "max_new_tokens": 40, "temperature": temperature, "seed": seed}}),
+            )
+            .await;
+        assert_eq!(st, 200, "{v}");
+        let text = v["text"].as_str().unwrap();
+        assert!(matches_code(text), "seed {seed}: {text:?}");
+        assert_eq!(v["meta_info"]["finish_reason"]["type"], "stop", "{v}");
+    }
+    // Unconstrained, the same prompt says something else.
+    let plain = s.greedy("Once upon a time", 6).await;
+    assert!(!matches_code(plain["text"].as_str().unwrap()));
+
+    // JSON schema on /generate (as SGLang's string) and the same answer streamed.
+    let schema = person_schema().to_string();
+    let body = json!({"text": "Describe someone:", "sampling_params": {"json_schema": schema,
+        "max_new_tokens": 200, "temperature": 0}});
+    let (st, v) = s.post("/generate", &body).await;
+    assert_eq!(st, 200, "{v}");
+    let text = v["text"].as_str().unwrap();
+    check_person(text);
+    assert_eq!(v["meta_info"]["finish_reason"]["type"], "stop", "{v}");
+    let mut streamed = body.clone();
+    streamed["stream"] = json!(true);
+    let evs = s.stream("/generate", &streamed).await;
+    let last: Value = serde_json::from_str(&evs[evs.len() - 2]).unwrap();
+    assert_eq!(last["text"], v["text"]);
+
+    // Sampled JSON, several seeds.
+    for seed in 0..4 {
+        let (st, v) = s
+            .post(
+                "/generate",
+                &json!({"text": "Describe someone:", "sampling_params": {"json_schema": schema,
+                "max_new_tokens": 200, "temperature": 1.0, "seed": seed}}),
+            )
+            .await;
+        assert_eq!(st, 200, "{v}");
+        check_person(v["text"].as_str().unwrap());
+    }
+
+    // Completions with SGLang's regex field; chat with OpenAI's response_format.
+    let (st, v) = s
+        .post(
+            "/v1/completions",
+            &json!({"prompt": "Code:", "max_tokens": 20, "temperature": 0, "regex": CODE}),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert!(
+        matches_code(v["choices"][0]["text"].as_str().unwrap()),
+        "{v}"
+    );
+    let (st, v) = s
+        .post(
+            "/v1/chat/completions",
+            &json!({"messages": [{"role": "user", "content": "Who?"}], "max_tokens": 200,
+            "temperature": 0, "response_format": {"type": "json_schema",
+            "json_schema": {"name": "person", "schema": person_schema()}}}),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    check_person(v["choices"][0]["message"]["content"].as_str().unwrap());
+    assert_eq!(v["choices"][0]["finish_reason"], "stop", "{v}");
+    let (st, v) = s
+        .post(
+            "/v1/chat/completions",
+            &json!({"messages": [{"role": "user", "content": "Any JSON"}], "max_tokens": 300,
+            "temperature": 0, "response_format": {"type": "json_object"}}),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let content = v["choices"][0]["message"]["content"].as_str().unwrap();
+    assert!(content.starts_with('{'), "{v}");
+    if v["choices"][0]["finish_reason"] == "stop" {
+        assert!(
+            serde_json::from_str::<Value>(content).unwrap().is_object(),
+            "{v}"
+        );
+    }
+
+    // Errors: a 400 each, and the server keeps serving.
+    for (path, body) in [
+        (
+            "/generate",
+            json!({"text": "x", "sampling_params": {"regex": "("}}),
+        ),
+        (
+            "/generate",
+            json!({"text": "x", "sampling_params": {"json_schema": "{"}}),
+        ),
+        (
+            "/generate",
+            json!({"text": "x", "sampling_params": {"json_schema": "{\"type\": \"thing\"}"}}),
+        ),
+        (
+            "/generate",
+            json!({"text": "x", "sampling_params": {"regex": "a", "json_schema": "{}"}}),
+        ),
+        (
+            "/generate",
+            json!({"text": "x", "sampling_params": {"ebnf": "root ::= \"a\""}}),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "x"}],
+            "response_format": {"type": "structural_tag"}}),
+        ),
+        (
+            "/v1/chat/completions",
+            json!({"messages": [{"role": "user", "content": "x"}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}),
+        ),
+    ] {
+        let (st, v) = s.post(path, &body).await;
+        assert_eq!(st, 400, "{body} -> {v}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty()),
+            "{v}"
+        );
+    }
+    let again = s.greedy("Once upon a time", 6).await;
+    assert_eq!(again["text"], plain["text"]);
+}
