@@ -5,8 +5,9 @@
 //! (request log, prompt token counts); `tool_choice: "none"` keeps the tools out; tools requests
 //! answer 200 with well-formed messages and chunks; `--reasoning-parser qwen3` moves a reply with
 //! no `</think>` into `reasoning_content` (thinking on) and leaves it alone with
-//! `separate_reasoning: false`; unknown parser names are start-up errors. The parsing of calls in
-//! a fixed reply is unit-tested in `strata-server` (`parsers/tests.rs`).
+//! `separate_reasoning: false`; unknown parser names are start-up errors; `tool_choice`
+//! `required` or a named function constrains the reply, so even this model calls. The parsing of
+//! calls in a fixed reply is unit-tested in `strata-server` (`parsers/tests.rs`).
 
 mod serve_common;
 
@@ -213,6 +214,109 @@ async fn tools_render_into_the_prompt_and_parsers_shape_the_reply() {
         all += d["content"].as_str().unwrap_or("");
     }
     assert_eq!(all, text);
+}
+
+/// Tools whose arguments are bounded (the random model must finish them within the budget).
+fn bounded_tools() -> Value {
+    json!([
+        {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object",
+            "properties": {"city": {"type": "string", "maxLength": 8}, "days": {"type": "integer"}},
+            "required": ["city", "days"]}}},
+        {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object",
+            "properties": {"zone": {"enum": ["utc", "cet"]}}, "required": ["zone"]}}}
+    ])
+}
+
+/// The calls of a chat answer as (name, arguments as JSON), checked against `bounded_tools`.
+fn checked_calls(v: &Value) -> Vec<(String, Value)> {
+    let c = &v["choices"][0];
+    assert_eq!(c["finish_reason"], "tool_calls", "{v}");
+    let calls = c["message"]["tool_calls"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{v}"));
+    assert!(!calls.is_empty(), "{v}");
+    calls
+        .iter()
+        .map(|call| {
+            assert!(call["id"].as_str().unwrap().starts_with("call_"), "{call}");
+            let name = call["function"]["name"].as_str().unwrap().to_string();
+            let args: Value =
+                serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+            match name.as_str() {
+                "get_weather" => {
+                    assert!(
+                        args["city"].as_str().unwrap().chars().count() <= 8,
+                        "{args}"
+                    );
+                    assert!(args["days"].is_i64() || args["days"].is_u64(), "{args}");
+                }
+                "get_time" => assert!(["utc", "cet"].contains(&args["zone"].as_str().unwrap())),
+                other => panic!("unknown function {other}"),
+            }
+            (name, args)
+        })
+        .collect()
+}
+
+/// `tool_choice` `required` and a named function constrain the reply to calls (SGLang's JSON
+/// array schema), with or without `--tool-call-parser`: the random model then always calls.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forced_tool_choice_always_calls() {
+    let m = MadeModel::new("llama", "tiny");
+    let dir = tempfile::tempdir().unwrap();
+    let t = dir.path().join("tools.jinja");
+    std::fs::write(&t, TEMPLATE).unwrap();
+    let s = Server::start(m.path(), &["--chat-template", t.to_str().unwrap()]);
+    let ask = |choice: Value| {
+        json!({"messages": [{"role": "user", "content": "Weather or time?"}], "tools": bounded_tools(),
+            "tool_choice": choice, "max_tokens": 400, "temperature": 0})
+    };
+    let (st, v) = s
+        .post("/v1/chat/completions", &ask(json!("required")))
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let required = checked_calls(&v);
+    // Named, one call at most: that function, once.
+    let mut named = ask(json!({"type": "function", "function": {"name": "get_time"}}));
+    named["parallel_tool_calls"] = json!(false);
+    let (st, v) = s.post("/v1/chat/completions", &named).await;
+    assert_eq!(st, 200, "{v}");
+    let calls = checked_calls(&v);
+    assert_eq!(calls.len(), 1, "{v}");
+    assert_eq!(calls[0].0, "get_time");
+    // Sampled, several seeds: always well-formed calls.
+    for seed in 0..3 {
+        let mut b = ask(json!("required"));
+        b["temperature"] = json!(1.0);
+        b["seed"] = json!(seed);
+        let (st, v) = s.post("/v1/chat/completions", &b).await;
+        assert_eq!(st, 200, "{v}");
+        checked_calls(&v);
+    }
+    // Streamed: the same calls arrive in the chunks' tool_calls.
+    let mut sb = ask(json!("required"));
+    sb["stream"] = json!(true);
+    let events = s.stream("/v1/chat/completions", &sb).await;
+    let mut streamed = Vec::new();
+    let mut finish = Value::Null;
+    for e in events.iter().filter(|e| *e != "[DONE]") {
+        let c = &serde_json::from_str::<Value>(e).unwrap()["choices"][0];
+        for call in c["delta"]["tool_calls"].as_array().into_iter().flatten() {
+            let args: Value =
+                serde_json::from_str(call["function"]["arguments"].as_str().unwrap()).unwrap();
+            streamed.push((call["function"]["name"].as_str().unwrap().to_string(), args));
+        }
+        if !c["finish_reason"].is_null() {
+            finish = c["finish_reason"].clone();
+        }
+    }
+    assert_eq!(streamed, required);
+    assert_eq!(finish, "tool_calls");
+    // Another constraint beside a forced choice is a 400.
+    let mut both = ask(json!("required"));
+    both["regex"] = json!("a+");
+    let (st, v) = s.post("/v1/chat/completions", &both).await;
+    assert_eq!(st, 400, "{v}");
 }
 
 #[test]

@@ -118,6 +118,37 @@ pub struct ToolPlan {
     pub template_tools: Option<Value>,
     /// The functions a call may name, when the reply is searched for calls.
     pub known: Option<Vec<String>>,
+    /// `tool_choice` `required` or a named function: the JSON schema the reply is constrained to
+    /// (an array of `{"name", "parameters"}` calls, SGLang's), parsed back as calls.
+    pub forced: Option<Value>,
+}
+
+/// One call of `tool` as SGLang's forced-call schema writes it.
+fn call_schema(tool: &Value) -> Value {
+    let params = tool["function"]
+        .get("parameters")
+        .filter(|p| !p.is_null())
+        .cloned()
+        .unwrap_or_else(|| json!({"type": "object", "properties": {}}));
+    json!({"properties": {"name": {"type": "string", "enum": [tool_name(tool)]},
+        "parameters": params}, "required": ["name", "parameters"]})
+}
+
+/// The schema of a forced reply: one or more calls of the named tool, or of any tool for
+/// `required`; one call at most when `parallel_tool_calls` is false.
+fn forced_schema(tools: &[Value], choice: &ToolChoice, parallel: bool) -> Option<Value> {
+    let items = match choice {
+        ToolChoice::Required => {
+            json!({"type": "object", "anyOf": tools.iter().map(call_schema).collect::<Vec<_>>()})
+        }
+        ToolChoice::Named(n) => call_schema(tools.iter().find(|t| tool_name(t) == Some(n))?),
+        _ => return None,
+    };
+    let mut schema = json!({"type": "array", "minItems": 1, "items": items});
+    if !parallel {
+        schema["maxItems"] = json!(1);
+    }
+    Some(schema)
 }
 
 fn tool_name(t: &Value) -> Option<&str> {
@@ -125,7 +156,11 @@ fn tool_name(t: &Value) -> Option<&str> {
 }
 
 /// Checks `tools` and `tool_choice` (400s with SGLang's messages) and plans them.
-pub fn plan_tools(tools: Option<Vec<Value>>, choice: Option<&Value>) -> Result<ToolPlan, ApiError> {
+pub fn plan_tools(
+    tools: Option<Vec<Value>>,
+    choice: Option<&Value>,
+    parallel: bool,
+) -> Result<ToolPlan, ApiError> {
     let mut tools = tools.unwrap_or_default();
     for t in &mut tools {
         if tool_name(t).is_none() {
@@ -173,6 +208,7 @@ pub fn plan_tools(tools: Option<Vec<Value>>, choice: Option<&Value>) -> Result<T
         return Ok(ToolPlan {
             template_tools: None,
             known: None,
+            forced: None,
         });
     }
     let known = tools
@@ -180,12 +216,14 @@ pub fn plan_tools(tools: Option<Vec<Value>>, choice: Option<&Value>) -> Result<T
         .filter_map(tool_name)
         .map(str::to_string)
         .collect();
+    let forced = forced_schema(&tools, &choice, parallel);
     if let ToolChoice::Named(n) = &choice {
         tools.retain(|t| tool_name(t) == Some(n));
     }
     Ok(ToolPlan {
         template_tools: Some(Value::Array(tools)),
         known: Some(known),
+        forced,
     })
 }
 
@@ -205,6 +243,12 @@ pub fn reply_parser(
     let reasoning = reasoning
         .filter(|_| separate_reasoning)
         .map(|k| (k, ReasoningStream::forced(k, thinking)));
+    // A forced reply is a JSON array of calls, whatever --tool-call-parser says.
+    let tool = if plan.forced.is_some() {
+        Some(ToolParser::JsonArray)
+    } else {
+        tool
+    };
     let tools = tool.zip(plan.known.clone());
     ReplyParser::new(reasoning, tools)
 }
@@ -247,37 +291,46 @@ mod tests {
         let tools = || {
             Some(vec![
                 json!({"function": {"name": "a"}}),
-                json!({"type": "function", "function": {"name": "b"}}),
+                json!({"type": "function", "function": {"name": "b",
+                    "parameters": {"type": "object", "properties": {"x": {"type": "integer"}}}}}),
             ])
         };
-        let p = plan_tools(tools(), None).unwrap();
+        let p = plan_tools(tools(), None, true).unwrap();
         assert_eq!(p.known, Some(vec!["a".to_string(), "b".to_string()]));
         assert_eq!(
             p.template_tools.unwrap()[0],
             json!({"type": "function", "function": {"name": "a"}})
         );
-        let p = plan_tools(tools(), Some(&json!("none"))).unwrap();
-        assert!(p.template_tools.is_none() && p.known.is_none());
-        let p = plan_tools(
-            tools(),
-            Some(&json!({"type": "function", "function": {"name": "b"}})),
-        )
-        .unwrap();
+        assert_eq!(p.forced, None);
+        let p = plan_tools(tools(), Some(&json!("none")), true).unwrap();
+        assert!(p.template_tools.is_none() && p.known.is_none() && p.forced.is_none());
+        let named = json!({"type": "function", "function": {"name": "b"}});
+        let p = plan_tools(tools(), Some(&named), false).unwrap();
         assert_eq!(p.template_tools.unwrap().as_array().unwrap().len(), 1);
         assert_eq!(p.known.unwrap().len(), 2);
-        assert!(plan_tools(tools(), Some(&json!("required")))
-            .unwrap()
-            .known
-            .is_some());
-        assert!(plan_tools(None, Some(&json!("required"))).is_err());
-        assert!(plan_tools(
-            tools(),
-            Some(&json!({"type": "function", "function": {"name": "c"}}))
-        )
-        .is_err());
-        assert!(plan_tools(tools(), Some(&json!("sometimes"))).is_err());
-        assert!(plan_tools(Some(vec![json!({"type": "function"})]), None).is_err());
-        let p = plan_tools(None, None).unwrap();
+        // A named tool: one call of it (parallel calls off); its parameters' schema.
+        assert_eq!(
+            p.forced.unwrap(),
+            json!({"type": "array", "minItems": 1, "maxItems": 1, "items": {"properties": {
+                "name": {"type": "string", "enum": ["b"]}, "parameters": {"type": "object",
+                "properties": {"x": {"type": "integer"}}}}, "required": ["name", "parameters"]}})
+        );
+        let p = plan_tools(tools(), Some(&json!("required")), true).unwrap();
+        assert!(p.known.is_some());
+        let f = p.forced.unwrap();
+        assert_eq!(f.get("maxItems"), None);
+        let any = f["items"]["anyOf"].as_array().unwrap();
+        assert_eq!(
+            any[0]["properties"]["parameters"],
+            json!({"type": "object", "properties": {}})
+        );
+        assert_eq!(any.len(), 2);
+        assert!(plan_tools(None, Some(&json!("required")), true).is_err());
+        let unknown = json!({"type": "function", "function": {"name": "c"}});
+        assert!(plan_tools(tools(), Some(&unknown), true).is_err());
+        assert!(plan_tools(tools(), Some(&json!("sometimes")), true).is_err());
+        assert!(plan_tools(Some(vec![json!({"type": "function"})]), None, true).is_err());
+        let p = plan_tools(None, None, true).unwrap();
         assert!(p.template_tools.is_none() && p.known.is_none());
     }
 }

@@ -78,6 +78,8 @@ struct OpenAiWire {
     /// reasoning is split off (`chat_request.rs`).
     tools: Option<Vec<Value>>,
     tool_choice: Option<Value>,
+    /// False: a forced `tool_choice` makes one call at most.
+    parallel_tool_calls: Option<bool>,
     chat_template_kwargs: Option<serde_json::Map<String, Value>>,
     separate_reasoning: Option<bool>,
     /// Constrained decoding: SGLang's extra `regex`, `json_schema` and `ebnf` fields, and
@@ -392,10 +394,22 @@ pub async fn chat_completions(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let mut w: OpenAiWire = parse_body(&body)?;
-    let plan = plan_tools(w.tools.take(), w.tool_choice.as_ref())?;
+    let parallel = w.parallel_tool_calls != Some(false);
+    let plan = plan_tools(w.tools.take(), w.tool_choice.as_ref(), parallel)?;
     if plan.known.is_some() {
         // As SGLang: call markers are often special tokens, which the reply must keep.
         w.skip_special_tokens = Some(false);
+    }
+    if let Some(schema) = &plan.forced {
+        // `required` or a named tool: the reply is constrained to calls (SGLang's JSON schema).
+        let set = |v: &Option<Value>| v.as_ref().is_some_and(|v| !v.is_null());
+        if set(&w.regex) || set(&w.json_schema) || set(&w.ebnf) {
+            return Err(ApiError::bad_request(
+                "tool_choice required or a named tool cannot be combined with another constraint.",
+            ));
+        }
+        w.response_format = None;
+        w.json_schema = Some(Value::String(schema.to_string()));
     }
     let params = w.params(st.info.context_length as i64)?;
     let n_lp = logprob_count(&w)?;

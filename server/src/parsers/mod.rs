@@ -23,6 +23,9 @@ pub enum ToolParser {
     Mistral,
     /// `[f(a=1), g(b="x")]` with Python literals.
     Pythonic,
+    /// `[{"name": .., "parameters": ..}, ...]`, the whole reply: what `tool_choice` `required`
+    /// or a named function constrains the reply to (SGLang's JSON-array form; not a flag).
+    JsonArray,
 }
 
 impl ToolParser {

@@ -268,3 +268,23 @@ fn reasoning_then_tools_and_the_response_shapes() {
     assert_eq!(delta(&p.finish(), false), json!({"content": ""}));
     assert!(p.finish().is_empty() && p.has_calls());
 }
+
+#[test]
+fn a_forced_reply_is_one_json_array_of_calls() {
+    let text = r#"[{"name": "get_weather", "parameters": {"city":"Paris"}}, {"name": "ping", "parameters": {}}]"#;
+    let (r, c, calls) = check_splits(|| parser(ToolParser::JsonArray), text);
+    assert_eq!((r.as_str(), c.as_str()), ("", ""));
+    assert_eq!(
+        calls,
+        vec![
+            call("get_weather", r#"{"city": "Paris"}"#),
+            call("ping", "{}")
+        ]
+    );
+    // Cut short (max_tokens): no call, the text stays content.
+    let cut = r#"[{"name": "get_weather", "param"#;
+    let (_, c, calls) = check_splits(|| parser(ToolParser::JsonArray), cut);
+    assert_eq!((c.as_str(), calls.len()), (cut, 0));
+    // JsonArray is no --tool-call-parser name.
+    assert!(ToolParser::from_flag("json_array").is_err());
+}

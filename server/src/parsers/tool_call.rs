@@ -34,6 +34,7 @@ impl ToolParser {
             Self::Llama3 => at(rest.find(PYTHON_TAG)),
             Self::Mistral => at(rest.find(TOOL_CALLS)),
             Self::Pythonic => at(pythonic::find_start(rest)),
+            Self::JsonArray => Some(0),
         }
     }
 
@@ -45,6 +46,7 @@ impl ToolParser {
             Self::Llama3 => PYTHON_TAG,
             Self::Mistral => TOOL_CALLS,
             Self::Pythonic => return pythonic::hold(text),
+            Self::JsonArray => return 0,
         };
         partial_suffix(text, marker)
     }
@@ -58,6 +60,7 @@ impl ToolParser {
             Self::Llama3 => llama3(section, known),
             Self::Mistral => mistral(section, known),
             Self::Pythonic => pythonic::parse(section, known),
+            Self::JsonArray => json_array(section, known, last),
         }
     }
 }
@@ -135,6 +138,21 @@ fn first_value(text: &str) -> Option<(&str, usize)> {
         Some(Ok(raw)) => Some((raw.get(), it.byte_offset())),
         _ => None,
     }
+}
+
+/// A reply that is one JSON array of calls: the calls once the array is complete (the text
+/// after it stays text); an unfinished or invalid array is text at the end.
+fn json_array(s: &str, known: &dyn Fn(&str) -> bool, last: bool) -> Section {
+    let mut out = Section::default();
+    match first_value(s).and_then(|(raw, used)| Some((json_calls(raw, known)?, used))) {
+        Some((calls, used)) => {
+            out.calls = calls;
+            out.text.push_str(&s[used..]);
+        }
+        None if last => out.text.push_str(s),
+        None => {}
+    }
+    out
 }
 
 /// `<tool_call>{json}</tool_call>` blocks; with `open_last`, the last block may be unclosed.
