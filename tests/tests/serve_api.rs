@@ -51,7 +51,11 @@ async fn bad_inputs_get_400_and_the_server_keeps_serving() {
         ),
         (
             "/generate",
-            r#"{"text": "hi", "sampling_params": {"regex": "a+"}}"#.into(),
+            r#"{"text": "hi", "sampling_params": {"ebnf": "root ::= \"a\""}}"#.into(),
+        ),
+        (
+            "/generate",
+            r#"{"text": "hi", "sampling_params": {"regex": "(a"}}"#.into(),
         ),
         ("/generate", r#"{"input_ids": [100000]}"#.into()),
         ("/generate", r#"{"input_ids": []}"#.into()),

@@ -93,7 +93,7 @@ pub struct Grammar {
 }
 
 /// Where a request stands in its grammar.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct GrammarState(StateID);
 
 /// A request's walk through its grammar: the state after the first `walked` output tokens

@@ -4,6 +4,7 @@ use clap::Subcommand;
 
 mod copy;
 pub mod engine;
+mod grammar;
 mod multiturn;
 mod pd_transfer;
 pub mod serve;
@@ -19,6 +20,8 @@ pub enum BenchCommand {
     Serve(Box<serve::Args>),
     /// PD KV transfer throughput with N transfers in flight vs the raw copy of the transport.
     PdTransfer(pd_transfer::Args),
+    /// Constrained decoding's host cost: compile, per-state masks, banned lists.
+    Grammar(grammar::Args),
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -27,5 +30,6 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Store(a) => store::run(a),
         BenchCommand::Serve(a) => serve::run(*a),
         BenchCommand::PdTransfer(a) => pd_transfer::run(a),
+        BenchCommand::Grammar(a) => grammar::run(a),
     }
 }
