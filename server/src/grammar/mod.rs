@@ -230,6 +230,22 @@ impl Grammar {
     }
 }
 
+/// The union of `a` (strictly ascending: a mask's list, long) and `b` (a few ids, any order),
+/// ascending and without repeats.
+pub fn union_sorted(a: impl Iterator<Item = u32>, b: &[u32]) -> Vec<u32> {
+    let mut out: Vec<u32> = a.collect();
+    debug_assert!(
+        out.windows(2).all(|w| w[0] < w[1]),
+        "`a` is strictly ascending"
+    );
+    for &x in b {
+        if let Err(i) = out.binary_search(&x) {
+            out.insert(i, x);
+        }
+    }
+    out
+}
+
 impl std::fmt::Debug for Grammar {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Grammar")

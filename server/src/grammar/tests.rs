@@ -223,3 +223,14 @@ fn random_masked_walks_spell_valid_json() {
             .all(|k| ["name", "tags", "ok", "n"].contains(&k.as_str())));
     }
 }
+
+#[test]
+fn ban_lists_merge_in_order_without_repeats() {
+    use super::union_sorted;
+    assert_eq!(
+        union_sorted([1, 4, 9].into_iter(), &[0, 4, 4, 12]),
+        vec![0, 1, 4, 9, 12]
+    );
+    assert_eq!(union_sorted(std::iter::empty(), &[2, 3]), vec![2, 3]);
+    assert_eq!(union_sorted([5, 6].into_iter(), &[]), vec![5, 6]);
+}

@@ -588,16 +588,20 @@ impl<R: ModelRunner> Scheduler<R> {
         if let (Some(g), Some(w)) = (&p.grammar, &s.walk) {
             if let Some(state) = g.0.peek(w, &s.tokens[s.prompt_len..]) {
                 let m = g.0.mask(state);
-                // The model's rows past the tokenizer's vocabulary spell nothing.
-                let rows = self.model.cfg().vocab_size as u32;
-                banned.extend(g.0.vocab_len() as u32..rows);
-                let eos = |t: &u32| self.eos.contains(t);
-                if m.accepting {
-                    banned.extend(m.banned.iter().copied().filter(|t| !eos(t)));
-                } else {
-                    banned.extend_from_slice(&m.banned);
+                if !m.accepting {
                     banned.extend(self.eos.iter().copied());
                 }
+                // In token order (the GPU sampler merges such a list without sorting it): the
+                // mask's tokens (EOS let through at a whole match), then the model's rows past
+                // the tokenizer's vocabulary, which spell nothing; the few others merged in.
+                let eos_ok = m.accepting;
+                let rows = self.model.cfg().vocab_size as u32;
+                let masked = m.banned.iter().copied();
+                let masked = masked.filter(|t| !(eos_ok && self.eos.contains(t)));
+                banned = crate::grammar::union_sorted(
+                    masked.chain(g.0.vocab_len() as u32..rows),
+                    &banned,
+                );
             }
         }
         banned

@@ -10,7 +10,7 @@ use clap::Parser;
 use std::time::Instant;
 use strata_kernels::sample_rows::{pack_rows, RowMode, RowSpec};
 use strata_server::grammar::bytes::TokenBytes;
-use strata_server::grammar::{Compiler, Constraint};
+use strata_server::grammar::{union_sorted, Compiler, Constraint};
 use strata_server::seeded::SplitMix64;
 
 #[derive(Parser)]
@@ -33,6 +33,7 @@ pub struct Args {
     /// Longest walk in tokens.
     #[arg(long, default_value_t = 256)]
     max_tokens: usize,
+    /// Seed of the synthetic vocabulary and of the walks.
     #[arg(long, default_value_t = 1)]
     seed: u64,
 }
@@ -146,8 +147,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let rows = vocab.max(a.vocab);
     let mut logits: Vec<f32> = (0..rows).map(|_| rng.next_f64() as f32).collect();
     let p = strata_server::sampling::SamplingParams::default();
-    let (mut host, mut pack) = (Vec::new(), Vec::new());
+    let (mut host, mut pack, mut list, mut unsorted) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for m in &kept {
+        // The scheduler's list: the mask's, with a stop id merged in.
+        let t = Instant::now();
+        let merged = union_sorted(m.banned.iter().copied(), &[vocab as u32 / 2]);
+        list.push(t.elapsed().as_secs_f64() * 1e6);
+        std::hint::black_box(merged);
         let t = Instant::now();
         p.apply_penalties(&mut logits, &[], &m.banned);
         let best = logits
@@ -163,8 +170,17 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let mut row = RowSpec::plain(RowMode::Greedy, p.sample, 0.5);
         row.banned = &m.banned;
         let t = Instant::now();
-        std::hint::black_box(pack_rows(&[row], rows));
+        std::hint::black_box(pack_rows(&[row.clone()], rows));
         pack.push(t.elapsed().as_secs_f64() * 1e6);
+        // The same bans shuffled (sorted before the merge), side by side.
+        let mut shuffled = m.banned.clone();
+        for i in (1..shuffled.len()).rev() {
+            shuffled.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
+        }
+        row.banned = &shuffled;
+        let t = Instant::now();
+        std::hint::black_box(pack_rows(&[row], rows));
+        unsorted.push(t.elapsed().as_secs_f64() * 1e6);
     }
     let (cm, cmed, cmax) = stats(&cold);
     let (wm, _, _) = stats(&warm);
@@ -185,9 +201,15 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     println!("banned tokens per step: mean {bm:.0}, max {bmax:.0} of {vocab}");
     let (hm, _, _) = stats(&host);
     let (pm, _, _) = stats(&pack);
+    let (lm, _, _) = stats(&list);
+    let (um, _, _) = stats(&unsorted);
     println!(
-        "per constrained row and step ({} steps): CPU sampler mask + argmax {hm:.0} us, GPU sampler's host packing {pm:.0} us",
+        "per constrained row and step ({} steps): the scheduler's banned list {lm:.0} us, CPU sampler mask + argmax {hm:.0} us",
         kept.len()
+    );
+    println!(
+        "GPU sampler's host packing per constrained row: {pm:.0} us (bans in order, merged), {um:.0} us (the same bans shuffled, sorted first): x{:.2}",
+        pm / um.max(1e-9)
     );
     Ok(())
 }
