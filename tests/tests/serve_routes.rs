@@ -40,6 +40,11 @@ async fn call(
     )
 }
 
+/// A POST of `body` with the key.
+async fn post(s: &Server, path: &str, body: Value) -> (u16, Value) {
+    call(s, "POST", path, Some(&body), true).await
+}
+
 fn assert_error(st: u16, v: &Value, want: u16) {
     assert_eq!(st, want, "{v}");
     assert_eq!(v["error"]["code"], want, "{v}");
@@ -162,20 +167,22 @@ async fn new_routes_answer_sglang_shapes_behind_the_key() {
     }
 
     // Parser utilities.
-    let (st, v) = call(
+    let (st, v) = post(
         &s,
-        "POST",
         "/separate_reasoning",
-        Some(&json!({"text": "hmm</think>yes", "reasoning_parser": "deepseek-r1"})),
-        true,
+        json!({"text": "hmm</think>yes", "reasoning_parser": "deepseek-r1"}),
     )
     .await;
     assert_eq!(
         (st, v),
         (200, json!({"reasoning_text": "hmm", "text": "yes"}))
     );
-    let (st, v) = call(&s, "POST", "/separate_reasoning",
-        Some(&json!({"text": "<think>a</think>b", "reasoning_parser": "qwen3", "return_blocks": true})), true).await;
+    let (st, v) = post(
+        &s,
+        "/separate_reasoning",
+        json!({"text": "<think>a</think>b", "reasoning_parser": "qwen3", "return_blocks": true}),
+    )
+    .await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(
         v["blocks"],
@@ -185,31 +192,27 @@ async fn new_routes_answer_sglang_shapes_behind_the_key() {
         (&v["reasoning_blocks"], &v["text_blocks"]),
         (&json!(["a"]), &json!(["b"]))
     );
-    let (st, v) = call(
+    let (st, v) = post(
         &s,
-        "POST",
         "/separate_reasoning",
-        Some(&json!({"text": "x", "reasoning_parser": "nope"})),
-        true,
+        json!({"text": "x", "reasoning_parser": "nope"}),
     )
     .await;
     assert_error(st, &v, 400);
     let tools = json!([{"type": "function", "function": {"name": "get_weather",
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]);
-    let (st, v) = call(&s, "POST", "/parse_function_call", Some(&json!({"tool_call_parser": "qwen25",
-        "tools": tools, "text": "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>"})), true).await;
+    let (st, v) = post(&s, "/parse_function_call", json!({"tool_call_parser": "qwen25",
+        "tools": tools, "text": "<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n</tool_call>"})).await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(
         v,
         json!({"normal_text": "", "calls": [{"tool_index": 0, "name": "get_weather",
         "parameters": "{\"city\": \"Paris\"}"}]})
     );
-    let (st, v) = call(
+    let (st, v) = post(
         &s,
-        "POST",
         "/parse_function_call",
-        Some(&json!({"tool_call_parser": "nope", "tools": tools, "text": "x"})),
-        true,
+        json!({"tool_call_parser": "nope", "tools": tools, "text": "x"}),
     )
     .await;
     assert_error(st, &v, 400);
@@ -217,26 +220,17 @@ async fn new_routes_answer_sglang_shapes_behind_the_key() {
     // Tokenizer routes: ids round-trip to the text, lists give lists, /tokenize is an alias,
     // and the count is what /generate reports as the prompt's tokens.
     let text = "Once upon a time";
-    let (st, v) = call(
+    let (st, v) = post(
         &s,
-        "POST",
         "/v1/tokenize",
-        Some(&json!({"model": MODEL, "prompt": text, "add_special_tokens": false})),
-        true,
+        json!({"model": MODEL, "prompt": text, "add_special_tokens": false}),
     )
     .await;
     assert_eq!(st, 200, "{v}");
     let ids = v["tokens"].clone();
     assert_eq!(v["count"], json!(ids.as_array().unwrap().len()), "{v}");
     assert!(v["max_model_len"].as_u64().is_some_and(|n| n > 0), "{v}");
-    let (st, with_bos) = call(
-        &s,
-        "POST",
-        "/tokenize",
-        Some(&json!({"prompt": [text, "hi"]})),
-        true,
-    )
-    .await;
+    let (st, with_bos) = post(&s, "/tokenize", json!({"prompt": [text, "hi"]})).await;
     assert_eq!(st, 200, "{with_bos}");
     let (_, gen) = generate(&s, 1).await.unwrap();
     assert_eq!(
@@ -248,32 +242,11 @@ async fn new_routes_answer_sglang_shapes_behind_the_key() {
         2,
         "{with_bos}"
     );
-    let (st, v) = call(
-        &s,
-        "POST",
-        "/v1/detokenize",
-        Some(&json!({"tokens": ids})),
-        true,
-    )
-    .await;
+    let (st, v) = post(&s, "/v1/detokenize", json!({"tokens": ids})).await;
     assert_eq!((st, v), (200, json!({"text": text})));
-    let (st, v) = call(
-        &s,
-        "POST",
-        "/detokenize",
-        Some(&json!({"tokens": [ids.clone(), []]})),
-        true,
-    )
-    .await;
+    let (st, v) = post(&s, "/detokenize", json!({"tokens": [ids.clone(), []]})).await;
     assert_eq!((st, v), (200, json!({"text": [text, ""]})));
-    let (st, v) = call(
-        &s,
-        "POST",
-        "/v1/detokenize",
-        Some(&json!({"tokens": []})),
-        true,
-    )
-    .await;
+    let (st, v) = post(&s, "/v1/detokenize", json!({"tokens": []})).await;
     assert_eq!((st, v), (200, json!({"text": ""})));
     for bad in [
         json!({"tokens": [-1]}),
@@ -291,13 +264,11 @@ async fn new_routes_answer_sglang_shapes_behind_the_key() {
     }
 
     // /invocations is chat completions; /generate takes PUT as SGLang.
-    let (st, v) = call(
+    let (st, v) = post(
         &s,
-        "POST",
         "/invocations",
-        Some(&json!({"model": MODEL,
-        "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3})),
-        true,
+        json!({"model": MODEL,
+        "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3}),
     )
     .await;
     assert_eq!(st, 200, "{v}");
@@ -315,46 +286,23 @@ async fn new_routes_answer_sglang_shapes_behind_the_key() {
 
     // /configure_logging switches the request log at runtime.
     assert_eq!(s.log_count("Finish: rid="), 0);
-    let (st, v) = call(
+    let (st, v) = post(
         &s,
-        "POST",
         "/configure_logging",
-        Some(&json!({"log_requests": true, "log_requests_level": 0})),
-        true,
+        json!({"log_requests": true, "log_requests_level": 0}),
     )
     .await;
     assert_eq!((st, v), (200, json!("")));
     let (st, _) = generate(&s, 2).await.unwrap();
     assert_eq!(st, 200);
     assert_eq!(s.log_count("Finish: rid="), 1);
-    let (st, _) = call(
-        &s,
-        "POST",
-        "/configure_logging",
-        Some(&json!({"log_requests": false})),
-        true,
-    )
-    .await;
+    let (st, _) = post(&s, "/configure_logging", json!({"log_requests": false})).await;
     assert_eq!(st, 200);
     generate(&s, 2).await.unwrap();
     assert_eq!(s.log_count("Finish: rid="), 1);
-    let (st, v) = call(
-        &s,
-        "POST",
-        "/configure_logging",
-        Some(&json!({"log_level": "debug"})),
-        true,
-    )
-    .await;
+    let (st, v) = post(&s, "/configure_logging", json!({"log_level": "debug"})).await;
     assert_error(st, &v, 400);
-    let (st, v) = call(
-        &s,
-        "POST",
-        "/configure_logging",
-        Some(&json!({"log_requests_level": 9})),
-        true,
-    )
-    .await;
+    let (st, v) = post(&s, "/configure_logging", json!({"log_requests_level": 9})).await;
     assert_error(st, &v, 400);
 
     // Unsupported routes: a 501 JSON error naming the route, whatever the method.
@@ -398,25 +346,11 @@ async fn pause_holds_requests_until_continue_over_http() {
     let m = MadeModel::new("llama", "tiny");
     // No key here: the metrics polled below are read without one.
     let s = Server::start(m.path(), &[]);
-    let (st, v) = call(
-        &s,
-        "POST",
-        "/pause_generation",
-        Some(&json!({"mode": "sideways"})),
-        true,
-    )
-    .await;
+    let (st, v) = post(&s, "/pause_generation", json!({"mode": "sideways"})).await;
     assert_error(st, &v, 400);
 
     // In place: a request sent while paused waits; /ready is 503, /ping stays 200.
-    let (st, v) = call(
-        &s,
-        "POST",
-        "/pause_generation",
-        Some(&json!({"mode": "in_place"})),
-        true,
-    )
-    .await;
+    let (st, v) = post(&s, "/pause_generation", json!({"mode": "in_place"})).await;
     assert_eq!(
         (st, v),
         (
@@ -432,7 +366,7 @@ async fn pause_holds_requests_until_continue_over_http() {
         !waiting.is_finished(),
         "a request finished while generation was paused"
     );
-    let (st, v) = call(&s, "POST", "/continue_generation", Some(&json!({})), true).await;
+    let (st, v) = post(&s, "/continue_generation", json!({})).await;
     assert_eq!(
         (st, v),
         (

@@ -3,36 +3,11 @@
 //! round by round for the abort and retract modes.
 
 use super::request::{Event, FinishReason, Msg, PauseMode};
-use super::tests::{rig, test_cfg};
+use super::tests::{request, rig, test_cfg};
 use super::SchedulerHandle;
 use crate::kv::KvPool;
-use crate::sampling::SamplingParams;
 use std::time::Duration;
 use tokio::sync::mpsc::UnboundedReceiver;
-
-fn request(
-    rid: &str,
-    ids: Vec<u32>,
-    max_new: usize,
-) -> (super::request::Request, UnboundedReceiver<Event>) {
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    let mut params = SamplingParams {
-        max_new_tokens: max_new,
-        ..SamplingParams::default()
-    };
-    params.sample.temperature = 0.0;
-    params.ignore_eos = true;
-    let req = super::request::Request {
-        rid: rid.into(),
-        input_ids: ids,
-        params,
-        logprobs: None,
-        events: tx,
-        arrival: std::time::Instant::now(),
-        bootstrap: None,
-    };
-    (req, rx)
-}
 
 /// Events until `Done` (with a timeout): the number of tokens and the finish reason.
 async fn finish(rx: &mut UnboundedReceiver<Event>) -> (usize, FinishReason) {
@@ -74,7 +49,7 @@ fn in_place_pause_holds_running_and_new_requests_until_continue() {
         paused: Default::default(),
     };
     tokio::runtime::Runtime::new().unwrap().block_on(async {
-        let (a, mut arx) = request("a", (1..20).collect(), 200);
+        let (a, mut arx) = request("a", (1..20).collect(), 200, 0.0);
         assert!(h.submit(a));
         // Paused once a has a token: it is running.
         let first = tokio::time::timeout(Duration::from_secs(30), arx.recv())
@@ -85,7 +60,7 @@ fn in_place_pause_holds_running_and_new_requests_until_continue() {
         assert!(h.pause(PauseMode::InPlace).await);
         assert!(h.is_paused());
         let before = 1 + tokens_now(&mut arx);
-        let (b, mut brx) = request("b", (30..40).collect(), 5);
+        let (b, mut brx) = request("b", (30..40).collect(), 5, 0.0);
         assert!(h.submit(b));
         tokio::time::sleep(Duration::from_millis(400)).await;
         assert_eq!(tokens_now(&mut arx), 0, "a ran while paused");

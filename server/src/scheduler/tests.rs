@@ -55,25 +55,38 @@ pub(super) fn rig(cfg: SchedulerConfig) -> Rig {
     }
 }
 
+/// A request that runs its whole budget (`ignore_eos`: the rounds are predictable), and its
+/// event stream.
+pub(super) fn request(
+    rid: &str,
+    ids: Vec<u32>,
+    max_new: usize,
+    temperature: f32,
+) -> (Request, UnboundedReceiver<Event>) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut params = SamplingParams {
+        max_new_tokens: max_new,
+        ..SamplingParams::default()
+    };
+    params.sample.temperature = temperature;
+    params.ignore_eos = true;
+    let req = Request {
+        rid: rid.into(),
+        input_ids: ids,
+        params,
+        logprobs: None,
+        events: tx,
+        arrival: std::time::Instant::now(),
+        bootstrap: None,
+    };
+    (req, rx)
+}
+
 impl Rig {
     pub(super) fn submit(&mut self, rid: &str, ids: Vec<u32>, max_new: usize, temperature: f32) {
-        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut params = SamplingParams {
-            max_new_tokens: max_new,
-            ..SamplingParams::default()
-        };
-        params.sample.temperature = temperature;
-        params.ignore_eos = true; // every request runs its budget: the rounds are predictable
+        let (req, rx) = request(rid, ids, max_new, temperature);
         self.rx.push(rx);
-        self.s.handle(Msg::Submit(Box::new(Request {
-            rid: rid.into(),
-            input_ids: ids,
-            params,
-            logprobs: None,
-            events: tx,
-            arrival: std::time::Instant::now(),
-            bootstrap: None,
-        })));
+        self.s.handle(Msg::Submit(Box::new(req)));
     }
 
     pub(super) fn running(&self) -> Vec<&str> {
