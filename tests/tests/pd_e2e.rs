@@ -162,6 +162,20 @@ async fn pd_greedy_output_equals_colocated() {
     let events = decode_stream(&c, &format!("{}/generate", r.base), &sb).await;
     let last: Value = serde_json::from_str(events.last().expect("events")).unwrap();
     assert_eq!(ids_of(&last), want[3]);
+    // Constrained decoding across the legs: the prefill samples the first token under the
+    // grammar, the decode leg walks it and goes on; the answer is the colocated one.
+    let person = r#"{"type": "object", "properties": {"name": {"type": "string", "maxLength": 8},
+        "age": {"type": "integer"}}, "required": ["name", "age"]}"#;
+    for (key, constraint) in [("regex", "[0-9]{3}-[a-z]{2}"), ("json_schema", person)] {
+        let b = json!({"text": "Describe someone:", "sampling_params": {key: constraint,
+            "max_new_tokens": 100, "temperature": 0}});
+        let (cs, cv) = post(&c, &colo.url("/generate"), &b).await;
+        let (ps, pv) = post(&c, &format!("{}/generate", r.base), &b).await;
+        assert_eq!((cs, ps), (200, 200), "{cv} / {pv}");
+        assert_eq!(cv["meta_info"]["finish_reason"]["type"], "stop", "{cv}");
+        assert_eq!(ids_of(&pv), ids_of(&cv), "{key}: PD differs from colocated");
+        assert_eq!(pv["text"], cv["text"]);
+    }
     // The OpenAI endpoints as PD legs: the router adds the bootstrap fields to their bodies too,
     // and each prompt's KV crosses from prefill to decode (counted by the prefill).
     let before = prefill.metric("pd_transfers_total").await;
