@@ -206,7 +206,7 @@ async fn sglang_router_fronts_two_strata_workers() {
     let r = post(
         "/v1/chat/completions",
         json!({"model": "m", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 3,
-            "logprobs": true, "top_logprobs": 1}),
+            "logprobs": true, "top_logprobs": 1, "ignore_eos": true}),
         None,
     )
     .await
