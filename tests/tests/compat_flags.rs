@@ -64,7 +64,7 @@ async fn serve_ignores_sglang_flags_and_serves() {
     let v = s.greedy("Hello", 3).await;
     assert_eq!(v["meta_info"]["completion_tokens"], 3, "{v}");
     for line in [
-        "no effect: --grammar-backend xgrammar (Strata has no grammar engine",
+        "no effect: --grammar-backend xgrammar (Strata's own grammar engine serves",
         "no effect: --enable-torch-compile",
         "no effect: --attention-backend triton",
         "no effect: --cuda-graph-bs-prefill 1 2 4",
