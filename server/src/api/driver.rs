@@ -113,12 +113,19 @@ impl Driver {
         }
         params.max_new_tokens = params.max_new_tokens.min(ctx - input_ids.len());
         if let Some(c) = &params.constraint {
-            let g = state
-                .tokenizer
-                .grammars()
-                .compile(c)
-                .map_err(ApiError::bad_request)?;
-            params.grammar = Some(crate::sampling::GrammarRef(g));
+            // Compiling a large schema can take a while: on the server's multi-thread runtime
+            // the worker hands its other tasks over meanwhile.
+            let compile = || state.tokenizer.grammars().compile(c);
+            let multi = tokio::runtime::Handle::try_current()
+                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+            let g = if multi {
+                tokio::task::block_in_place(compile)
+            } else {
+                compile()
+            };
+            params.grammar = Some(crate::sampling::GrammarRef(
+                g.map_err(ApiError::bad_request)?,
+            ));
         }
         let rid = rid.unwrap_or_else(new_rid);
         let (tx, rx) = mpsc::unbounded_channel();
