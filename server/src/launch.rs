@@ -399,6 +399,7 @@ where
         request_log: LogSwitch::new(opts.log_requests_level.map(RequestLog::new)),
         tool_call_parser,
         reasoning_parser,
+        grammars: Arc::default(),
     })
 }
 

@@ -178,25 +178,22 @@ impl SamplingParamsWire {
         if n < 1 {
             return Err(format!("n must be at least 1, got {n}."));
         }
-        let mut constraint = None;
-        for (name, v) in [("regex", &self.regex), ("json_schema", &self.json_schema)] {
-            match v {
-                None | Some(serde_json::Value::Null) => {}
-                Some(serde_json::Value::String(text)) => {
-                    if constraint.is_some() {
-                        return Err(
-                            "Only one of regex, json_schema and ebnf can be set.".to_string()
-                        );
-                    }
-                    constraint = Some(if name == "regex" {
-                        Constraint::Regex(text.clone())
-                    } else {
-                        Constraint::JsonSchema(text.clone())
-                    });
-                }
-                Some(v) => return Err(format!("{name} must be a string, got {v}.")),
+        let text = |name: &str, v: &Option<serde_json::Value>| match v {
+            None | Some(serde_json::Value::Null) => Ok(None),
+            Some(serde_json::Value::String(t)) => Ok(Some(t.clone())),
+            Some(v) => Err(format!("{name} must be a string, got {v}.")),
+        };
+        let constraint = match (
+            text("regex", &self.regex)?,
+            text("json_schema", &self.json_schema)?,
+        ) {
+            (Some(_), Some(_)) => {
+                return Err("Only one of regex, json_schema and ebnf can be set.".to_string())
             }
-        }
+            (Some(r), None) => Some(Constraint::Regex(r)),
+            (None, Some(s)) => Some(Constraint::JsonSchema(s)),
+            (None, None) => None,
+        };
         for (name, v) in [
             ("ebnf", &self.ebnf),
             ("structural_tag", &self.structural_tag),

@@ -115,7 +115,7 @@ impl Driver {
         if let Some(c) = &params.constraint {
             // Compiling a large schema can take a while: on the server's multi-thread runtime
             // the worker hands its other tasks over meanwhile.
-            let compile = || state.tokenizer.grammars().compile(c);
+            let compile = || state.grammars().compile(c);
             let multi = tokio::runtime::Handle::try_current()
                 .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
             let g = if multi {

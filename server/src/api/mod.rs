@@ -70,9 +70,18 @@ pub struct AppState {
     pub tool_call_parser: Option<crate::parsers::ToolParser>,
     /// `--reasoning-parser` (`None`: the reasoning stays in the content).
     pub reasoning_parser: Option<crate::parsers::ReasoningParser>,
+    /// Constrained decoding's compiler, built on the first constrained request.
+    pub grammars: Arc<std::sync::OnceLock<crate::grammar::Compiler>>,
 }
 
 impl AppState {
+    /// The grammar compiler over the model's logit rows (token bytes read on the first call).
+    pub fn grammars(&self) -> &crate::grammar::Compiler {
+        self.grammars.get_or_init(|| {
+            crate::grammar::Compiler::new(self.tokenizer.token_bytes(self.info.vocab_size))
+        })
+    }
+
     /// Tokenises a prompt with the tokenizer's special tokens (BOS), as SGLang does.
     pub fn encode(&self, text: &str) -> Result<Vec<u32>, ApiError> {
         self.tokenizer

@@ -401,9 +401,9 @@ pub async fn chat_completions(
         w.skip_special_tokens = Some(false);
     }
     if let Some(schema) = &plan.forced {
-        // `required` or a named tool: the reply is constrained to calls (SGLang's JSON schema).
-        let set = |v: &Option<Value>| v.as_ref().is_some_and(|v| !v.is_null());
-        if set(&w.regex) || set(&w.json_schema) || set(&w.ebnf) {
+        // `required` or a named tool: the reply is constrained to calls (SGLang's JSON schema);
+        // `regex` or `ebnf` beside it are refused by the parameters' own check.
+        if w.json_schema.as_ref().is_some_and(|v| !v.is_null()) {
             return Err(ApiError::bad_request(
                 "tool_choice required or a named tool cannot be combined with another constraint.",
             ));

@@ -31,16 +31,16 @@ pub fn separate(kind: ReasoningParser, text: &str, return_blocks: bool) -> Value
     let reasoning = r.reasoning.unwrap_or_default();
     let mut out = json!({"reasoning_text": reasoning, "text": r.content});
     if return_blocks {
-        let mut blocks = Vec::new();
-        if !reasoning.is_empty() {
-            blocks.push(json!({"type": "reasoning", "text": reasoning}));
-        }
+        let reasoning_blocks: Vec<&str> = Some(reasoning.as_str())
+            .filter(|r| !r.is_empty())
+            .into_iter()
+            .collect();
+        let mut blocks: Vec<Value> = reasoning_blocks
+            .iter()
+            .map(|t| json!({"type": "reasoning", "text": t}))
+            .collect();
         blocks.push(json!({"type": "text", "text": r.content}));
-        out["reasoning_blocks"] = json!(if reasoning.is_empty() {
-            vec![]
-        } else {
-            vec![reasoning.clone()]
-        });
+        out["reasoning_blocks"] = json!(reasoning_blocks);
         out["text_blocks"] = json!([r.content]);
         out["blocks"] = json!(blocks);
     }

@@ -148,7 +148,7 @@ impl Grammar {
         })
     }
 
-    /// Tokens the grammar knows (the tokenizer's vocabulary; a model may have more rows).
+    /// Ids the masks cover (the model's logit rows).
     pub fn vocab_len(&self) -> usize {
         self.bytes.len()
     }

@@ -18,8 +18,6 @@ pub struct Tokenizer {
     pub named_chat_templates: Vec<(String, String)>,
     pub bos_token: Option<String>,
     pub eos_token: Option<String>,
-    /// Constrained decoding's compiler over this vocabulary, built on first use.
-    grammars: std::sync::OnceLock<crate::grammar::Compiler>,
 }
 
 fn token_str(v: Option<&Value>) -> Option<String> {
@@ -45,7 +43,6 @@ impl Tokenizer {
             named_chat_templates: Vec::new(),
             bos_token: None,
             eos_token: None,
-            grammars: std::sync::OnceLock::new(),
         };
         let cfg = dir.join("tokenizer_config.json");
         if cfg.exists() {
@@ -88,22 +85,20 @@ impl Tokenizer {
         self.inner.token_to_id(token)
     }
 
-    /// The grammar compiler of this vocabulary (its token bytes are read on the first call).
-    pub fn grammars(&self) -> &crate::grammar::Compiler {
-        self.grammars.get_or_init(|| {
-            use crate::grammar::bytes::{Spelling, TokenBytes};
-            let spelling = match self.inner.get_decoder() {
-                Some(tokenizers::DecoderWrapper::ByteLevel(_)) => Spelling::ByteLevel,
-                _ => Spelling::Metaspace,
-            };
-            let added = self.inner.get_added_tokens_decoder();
-            let bytes = TokenBytes::build(self.vocab_size(), spelling, |id| {
-                if let Some(t) = added.get(&id) {
-                    return (!t.special).then(|| (t.content.clone(), true));
-                }
-                Some((self.inner.id_to_token(id)?, false))
-            });
-            crate::grammar::Compiler::new(bytes)
+    /// The bytes of every id below `rows` (the model's logit rows; ids past the tokenizer's
+    /// vocabulary, like special tokens, spell nothing), for constrained decoding.
+    pub fn token_bytes(&self, rows: usize) -> crate::grammar::bytes::TokenBytes {
+        use crate::grammar::bytes::{Spelling, TokenBytes};
+        let spelling = match self.inner.get_decoder() {
+            Some(tokenizers::DecoderWrapper::ByteLevel(_)) => Spelling::ByteLevel,
+            _ => Spelling::Metaspace,
+        };
+        let added = self.inner.get_added_tokens_decoder();
+        TokenBytes::build(rows.max(self.vocab_size()), spelling, |id| {
+            if let Some(t) = added.get(&id) {
+                return (!t.special).then(|| (t.content.clone(), true));
+            }
+            Some((self.inner.id_to_token(id)?, false))
         })
     }
 

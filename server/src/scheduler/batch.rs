@@ -592,16 +592,11 @@ impl<R: ModelRunner> Scheduler<R> {
                     banned.extend(self.eos.iter().copied());
                 }
                 // In token order (the GPU sampler merges such a list without sorting it): the
-                // mask's tokens (EOS let through at a whole match), then the model's rows past
-                // the tokenizer's vocabulary, which spell nothing; the few others merged in.
+                // mask's tokens (EOS let through at a whole match), the few others merged in.
                 let eos_ok = m.accepting;
-                let rows = self.model.cfg().vocab_size as u32;
                 let masked = m.banned.iter().copied();
                 let masked = masked.filter(|t| !(eos_ok && self.eos.contains(t)));
-                banned = crate::grammar::union_sorted(
-                    masked.chain(g.0.vocab_len() as u32..rows),
-                    &banned,
-                );
+                banned = crate::grammar::union_sorted(masked, &banned);
             }
         }
         banned

@@ -84,18 +84,20 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         (None, None) => Constraint::JsonSchema(SCHEMA.into()),
     };
     let t = Instant::now();
-    let tok = match &a.model_path {
-        Some(dir) => Some(strata_server::model::Tokenizer::load(dir)?),
-        None => None,
+    let (bytes, source) = match &a.model_path {
+        Some(dir) => {
+            let tok = strata_server::model::Tokenizer::load(dir)?;
+            (
+                tok.token_bytes(0),
+                format!("tokenizer of {}", dir.display()),
+            )
+        }
+        None => (
+            synthetic(a.vocab, &mut rng),
+            format!("synthetic byte-level, seed {}", a.seed),
+        ),
     };
-    let synth = tok
-        .is_none()
-        .then(|| Compiler::new(synthetic(a.vocab, &mut rng)));
-    let (compiler, source) = match (&tok, &synth) {
-        (Some(t), _) => (t.grammars(), format!("tokenizer of {:?}", a.model_path)),
-        (None, Some(c)) => (c, format!("synthetic byte-level, seed {}", a.seed)),
-        (None, None) => unreachable!("one of the two"),
-    };
+    let compiler = Compiler::new(bytes);
     let vocab_ms = t.elapsed().as_secs_f64() * 1e3;
     let t = Instant::now();
     let g = compiler.compile(&constraint).map_err(anyhow::Error::msg)?;
