@@ -127,7 +127,7 @@ for s in $STEPS; do
         timeout $(left 200) "$STRATA" gpu bench --only decode --shape "$shape" --decode-batches ${DECODE_BATCHES:-1,32} \
           --decode-ctx 1024 --json "$OUT/decode-$shape.json" > "$OUT/decode-$shape.log" 2>&1 || { echo "bench $shape rc=$?"; rc=1; }
         echo "== $shape"
-        grep -E "^decode b|graph step|op breakdown|attention (as|cluster)|decode MMA|GemvT1 |GemvT1Pipe|GemvRows|CublasLt |CublasLtDet|DetGemv|d2d copy" "$OUT/decode-$shape.log" | cut -c1-400
+        grep -E "^decode b|graph step|op breakdown|attention (as|cluster|at)|decode MMA|GemvT1 |GemvT1Pipe|GemvRows|CublasLt |CublasLtDet|DetGemv|d2d copy" "$OUT/decode-$shape.log" | cut -c1-400
       done ;;
     decmma) timeout $(left 100) "$STRATA" gpu check --only attention,fixed_decode_plan --json "$OUT/check-decmma.json" \
         > "$OUT/check-decmma.log" 2>&1

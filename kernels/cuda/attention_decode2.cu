@@ -574,6 +574,84 @@ __device__ __forceinline__ void dec2_async_body(DEC2_PARAMS) {
                            part_ml, total_rows, n_heads);
 }
 
+// Register cluster form (the default cluster form since 2026-12-04; `STRATA_DECODE_CLUSTER_FORM=tiles`
+// keeps dec2_async_body's): the same equal key shares and cluster merge, but each warp reads its
+// keys straight into registers, two iterations of UNR steps in flight (the next one loaded before
+// the current one is folded), with no shared-memory tiles and no block barrier per tile. Both
+// first iterations' keys before `pos` are loaded before the PDL wait (the previous kernel writes
+// only key pos, fetched right after the wait), so at short contexts the whole share is in flight
+// while the qkv projection finishes, and the block's serial part is one fold per iteration and
+// the merges.
+template <int G, int HD, int UNR>
+__device__ __forceinline__ void dec2_regs_cluster_body(DEC2_PARAMS) {
+    constexpr int LPK = HD / 8;
+    constexpr int KPS = 32 / LPK;
+    constexpr int STEP = KPS * UNR;              // keys of one warp iteration
+    constexpr int STRIDE = DEC2_WARPS * STEP;    // keys of one block iteration
+    const Dec2Block blk = dec2_block(tile_info, block_tables, max_pages, split_len);
+    // The async cluster form's shares (whole 16-key tiles), so both forms split alike.
+    const int n = blk.pos + 1;
+    const int share = ((n + blk.nsplit - 1) / blk.nsplit + 15) / 16 * 16;
+    const int kbeg = min(blk.split * share, n), kend = min(n, kbeg + share);
+    const int g = blk.g, row = blk.row, pos = blk.pos;
+    const int* bt = blk.bt;
+    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    const int sub = lane / LPK, li = lane % LPK;
+    const u64 head_off = (u64)g * HD + li * 8;
+    auto load_key = [&](uint4& kk, uint4& vv, int key) {
+        const int p = key / page_size;
+        const u64 slot = (u64)__ldg(bt + p) * page_size + (key - p * page_size);
+        const u64 off = slot * n_kv_heads * HD + head_off;
+        kk = *(const uint4*)(k_pool + off);
+        vv = *(const uint4*)(v_pool + off);
+    };
+    // One warp iteration's keys from t: those below `below` (every live one when below > kend).
+    auto load = [&](uint4* kr, uint4* vr, bool* ok, int t, int below) {
+#pragma unroll
+        for (int u = 0; u < UNR; ++u) {
+            const int key = t + u * KPS + sub;
+            ok[u] = key < kend;
+            kr[u] = make_uint4(0, 0, 0, 0);
+            vr[u] = kr[u];
+            if (ok[u] && key < below) load_key(kr[u], vr[u], key);
+        }
+    };
+    // Key pos, where an early load left it out.
+    auto load_pos = [&](uint4* kr, uint4* vr, const bool* ok, int t) {
+#pragma unroll
+        for (int u = 0; u < UNR; ++u) {
+            const int key = t + u * KPS + sub;
+            if (ok[u] && key == pos) load_key(kr[u], vr[u], key);
+        }
+    };
+    uint4 kc[UNR], vc[UNR], kn[UNR], vn[UNR];
+    bool okc[UNR], okn[UNR];
+    int t0 = kbeg + warp * STEP;
+    load(kc, vc, okc, t0, pos);
+    load(kn, vn, okn, t0 + STRIDE, pos);
+    pdl_enter();  // q and key pos's K/V row come from the previous kernel
+    load_pos(kc, vc, okc, t0);
+    load_pos(kn, vn, okn, t0 + STRIDE);
+
+    float qf[G][8], m[G], l[G], acc[G][8];
+    dec2_start<G, HD>(q, q_stride, row, g, li, scale, qf, m, l, acc);
+    for (; t0 < kend; t0 += STRIDE) {
+        dec2_chunk<G, HD, UNR>(qf, kc, vc, okc, m, l, acc);
+#pragma unroll
+        for (int u = 0; u < UNR; ++u) {
+            kc[u] = kn[u];
+            vc[u] = vn[u];
+            okc[u] = okn[u];
+        }
+        if (t0 + 2 * STRIDE < kend) load(kn, vn, okn, t0 + 2 * STRIDE, kend);
+        else {
+#pragma unroll
+            for (int u = 0; u < UNR; ++u) okn[u] = false;
+        }
+    }
+    dec2_finish_cluster<G, HD>(m, l, acc, g, row, blk.split, blk.nsplit, out, out_stride);
+}
+
 // Kernel NAME (MINB blocks per SM at least) runs the body given after it on its arguments.
 #define DEC2_KERNEL(NAME, MINB, ...)                                                          \
     extern "C" __global__ void __launch_bounds__(128, MINB) NAME(DEC2_PARAMS) {               \
@@ -613,6 +691,19 @@ DEC2_CLUSTER(paged_attention_decode2c_g1_d128, 1, 128, 16, 4)
 DEC2_CLUSTER(paged_attention_decode2c_g2_d128, 2, 128, 16, 4)
 DEC2_CLUSTER(paged_attention_decode2c_g4_d128, 4, 128, 16, 4)
 DEC2_CLUSTER(paged_attention_decode2c_g8_d128, 8, 128, 16, 3)
+
+// The register cluster forms, same shapes: two iterations of 8 keys per warp in flight (UNR 2 at
+// head_dim 64, 4 at 128; 2 at G = 8, head_dim 128, for registers), i.e. the 64-key share of a
+// 1K-token row in a cluster of 16 in flight at once.
+#define DEC2_REGS(NAME, G, HD, UNR) DEC2_KERNEL(NAME, 1, dec2_regs_cluster_body<G, HD, UNR>)
+DEC2_REGS(paged_attention_decode2r_g1_d64, 1, 64, 2)
+DEC2_REGS(paged_attention_decode2r_g2_d64, 2, 64, 2)
+DEC2_REGS(paged_attention_decode2r_g4_d64, 4, 64, 2)
+DEC2_REGS(paged_attention_decode2r_g8_d64, 8, 64, 2)
+DEC2_REGS(paged_attention_decode2r_g1_d128, 1, 128, 4)
+DEC2_REGS(paged_attention_decode2r_g2_d128, 2, 128, 4)
+DEC2_REGS(paged_attention_decode2r_g4_d128, 4, 128, 4)
+DEC2_REGS(paged_attention_decode2r_g8_d128, 8, 128, 2)
 
 // Alternatives timed against the default by `strata gpu bench` (Llama-3-8B shape only).
 DEC2_VARIANT(paged_attention_decode2_var_perkey_u4, 4, 128, 4, false, false)

@@ -331,6 +331,26 @@ pub(crate) const DECODE2C_NAMES: [&str; 8] = [
     "paged_attention_decode2c_g8_d128",
 ];
 
+/// Kernel names of the decode2 register cluster form, in `decode2_index` order.
+pub(crate) const DECODE2R_NAMES: [&str; 8] = [
+    "paged_attention_decode2r_g1_d64",
+    "paged_attention_decode2r_g2_d64",
+    "paged_attention_decode2r_g4_d64",
+    "paged_attention_decode2r_g8_d64",
+    "paged_attention_decode2r_g1_d128",
+    "paged_attention_decode2r_g2_d128",
+    "paged_attention_decode2r_g4_d128",
+    "paged_attention_decode2r_g8_d128",
+];
+
+static CLUSTER_FORM_ENV: OnceLock<Option<String>> = OnceLock::new();
+
+/// The cluster form new plans launch: the register form (`paged_attention_decode2r_*`) unless
+/// `STRATA_DECODE_CLUSTER_FORM=tiles` asks for the cp.async-tile form (`decode2c`).
+fn cluster_regs_default() -> bool {
+    env_once(&CLUSTER_FORM_ENV, "STRATA_DECODE_CLUSTER_FORM") != Some("tiles")
+}
+
 /// Blocks per cluster of the decode2 cluster form for a decode of `blocks` (row, KV head) pairs
 /// and rows of up to `max_kv` keys (0: the split kernel instead). Only small batches, where the
 /// split kernel's combine launch and partial round trip are a large part of the attention: as
@@ -393,6 +413,8 @@ pub struct AttnPlan {
     /// cluster form splits each row's keys at run time and merges in the cluster (no partials,
     /// no combine); `splits` is then 1 and `split_len` the plan's key capacity.
     cluster: usize,
+    /// The cluster form reads its keys into registers (`decode2r`) instead of cp.async tiles.
+    cluster_regs: bool,
     /// Largest cluster the device takes (0: no cluster form).
     max_cluster: usize,
 }
@@ -462,6 +484,15 @@ impl AttnPlan {
             self.cluster = n;
         }
         fits
+    }
+    /// The cluster form's kernel: registers (true, the default) or cp.async tiles; for checks
+    /// and side-by-side timing.
+    pub fn set_cluster_regs(&mut self, regs: bool) {
+        self.cluster_regs = regs;
+    }
+    /// True when a cluster plan runs the register form.
+    pub fn cluster_regs(&self) -> bool {
+        self.cluster > 0 && self.cluster_regs
     }
     /// Number of query rows (tokens) the plan covers.
     pub fn rows(&self) -> usize {
@@ -789,6 +820,7 @@ impl CudaOps {
             kernel,
             variant: None,
             cluster,
+            cluster_regs: cluster_regs_default(),
             max_cluster: self.decode2_max_cluster,
         })
     }
@@ -871,11 +903,16 @@ impl CudaOps {
                 ..decode_dims
             };
             self.ctx.cuda().bind_to_thread()?;
+            let f = if plan.cluster_regs {
+                &self.attention_decode2r[idx]
+            } else {
+                &self.attention_decode2c[idx]
+            };
             // SAFETY: as `go`: every pointer in `args` checked above against the kernel's
-            // indexing; the cluster form reads the same tables and writes only `out` rows.
+            // indexing; the cluster forms read the same tables and write only `out` rows.
             unsafe {
                 super::launch::launch_in_clusters(
-                    &self.attention_decode2c[idx],
+                    f,
                     self.ctx.stream().cu_stream(),
                     dims,
                     Some(plan.cluster as u32),

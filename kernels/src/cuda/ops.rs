@@ -49,6 +49,8 @@ pub struct CudaOps {
     /// `paged_attention_decode2c_*` (the cluster form), in `attention::decode2_index` order;
     /// empty before sm_90.
     pub(crate) attention_decode2c: Vec<CudaFunction>,
+    /// `paged_attention_decode2r_*` (the register cluster form), same order; empty before sm_90.
+    pub(crate) attention_decode2r: Vec<CudaFunction>,
     /// Largest cluster the cluster form may be launched with (0: none, else 8 or 16).
     pub(crate) decode2_max_cluster: usize,
     pub(crate) sample: CudaFunction,
@@ -79,7 +81,8 @@ impl CudaOps {
     /// Compiles (or loads from cache) the elementwise, attention and sampling programs.
     pub fn new(ctx: Arc<GpuContext>) -> Result<Self> {
         let e = |n| ctx.function(Program::Elementwise, n);
-        let (attention_decode2c, decode2_max_cluster) = decode2_cluster_functions(&ctx)?;
+        let (attention_decode2c, attention_decode2r, decode2_max_cluster) =
+            decode2_cluster_functions(&ctx)?;
         Ok(Self {
             embedding: e("embedding")?,
             rmsnorm: e("rmsnorm")?,
@@ -117,6 +120,7 @@ impl CudaOps {
                 .map(|n| ctx.function(Program::Attention, n))
                 .collect::<Result<_>>()?,
             attention_decode2c,
+            attention_decode2r,
             decode2_max_cluster,
             sample: ctx.function(Program::Sampling, "sample_rows")?,
             logprobs: ctx.function(Program::Sampling, "logprob_rows")?,
@@ -594,25 +598,31 @@ fn fa2_function(ctx: &Arc<GpuContext>, name: &str, smem: u32) -> Result<Option<C
     }
 }
 
-/// The cluster form of the decode2 kernels and the largest cluster they may use: 16 blocks where
+/// The cluster forms of the decode2 kernels (cp.async tiles, registers) and the largest cluster
+/// they may use: 16 blocks where
 /// the device accepts that non-portable size for the largest of them (one block per SM of a GPC
 /// being enough), else the portable 8; none before sm_90 (no clusters) or with
 /// `STRATA_DECODE_CLUSTER=0` (every decode on the split kernel, as `STRATA_PDL=0` for PDL).
-fn decode2_cluster_functions(ctx: &Arc<GpuContext>) -> Result<(Vec<CudaFunction>, usize)> {
+type ClusterForms = (Vec<CudaFunction>, Vec<CudaFunction>, usize);
+fn decode2_cluster_functions(ctx: &Arc<GpuContext>) -> Result<ClusterForms> {
     let sm: usize = ctx.arch().trim_start_matches("sm_").parse().unwrap_or(0);
     let off = std::env::var("STRATA_DECODE_CLUSTER").is_ok_and(|v| v == "0");
     if sm < 90 || off {
-        return Ok((Vec::new(), 0));
+        return Ok((Vec::new(), Vec::new(), 0));
     }
-    let fs = super::attention::DECODE2C_NAMES
-        .iter()
-        .map(|n| ctx.function(Program::Attention, n))
-        .collect::<Result<Vec<_>>>()?;
+    let load = |names: &[&str]| {
+        names
+            .iter()
+            .map(|n| ctx.function(Program::Attention, n))
+            .collect::<Result<Vec<_>>>()
+    };
+    let fs = load(&super::attention::DECODE2C_NAMES)?;
+    let rs = load(&super::attention::DECODE2R_NAMES)?;
     ctx.cuda().bind_to_thread()?;
     use cudarc::driver::sys;
     let attr = sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED;
     let mut max = 16;
-    for f in &fs {
+    for f in fs.iter().chain(&rs) {
         if f.set_attribute(attr, 1).is_err() {
             max = 8;
         }
@@ -652,5 +662,5 @@ fn decode2_cluster_functions(ctx: &Arc<GpuContext>) -> Result<(Vec<CudaFunction>
             max = 8;
         }
     }
-    Ok((fs, max))
+    Ok((fs, rs, max))
 }

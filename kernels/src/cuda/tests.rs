@@ -69,6 +69,21 @@ fn nvrtc_programs_compile_where_nvrtc_exists() {
                 "{arch} {name} spills: {report}"
             );
         }
+        // The register cluster form holds two iterations of K/V rows in registers: no spills.
+        for name in super::attention::DECODE2R_NAMES
+            .iter()
+            .filter(|_| arch == "sm_90")
+        {
+            let at = log
+                .find(&format!("'{name}'"))
+                .unwrap_or_else(|| panic!("{arch}: no ptxas report for {name}:\n{log}"));
+            let report: String = log[at..].lines().take(4).collect::<Vec<_>>().join(" | ");
+            println!("{arch} {report}");
+            assert!(
+                report.contains(" 0 bytes spill stores") && report.contains(" 0 bytes spill loads"),
+                "{arch} {name} spills: {report}"
+            );
+        }
     }
     // The wgmma prefill kernel: sm_90a only, no spills, and no wgmma ptxas had to serialize
     // (its warning names the kernel).

@@ -113,6 +113,20 @@ async fn not_found() -> ApiError {
 /// forwards a worker accepts (a 1M-token prompt is a few MB as text or token ids).
 pub const DEFAULT_MAX_PAYLOAD: usize = 512 << 20;
 
+/// The listener `strata serve` serves on: every accepted connection has TCP_NODELAY set, as
+/// uvicorn's asyncio sockets have under SGLang, so each streamed token's chunk leaves at once
+/// (with Nagle's algorithm a chunk waits for the client's acknowledgement of the previous one and
+/// tokens arrive in bursts: a 1 ms decode step showed a median ITL of 0.01 ms).
+pub fn nodelay_listener(
+    listener: tokio::net::TcpListener,
+) -> axum::serve::TapIo<tokio::net::TcpListener, fn(&mut tokio::net::TcpStream)> {
+    use axum::serve::ListenerExt;
+    fn nodelay(tcp: &mut tokio::net::TcpStream) {
+        let _ = tcp.set_nodelay(true);
+    }
+    listener.tap_io(nodelay as fn(&mut tokio::net::TcpStream))
+}
+
 /// The server's router with the default body limit.
 pub fn app(state: AppState) -> Router {
     app_with_limit(state, DEFAULT_MAX_PAYLOAD)
@@ -180,4 +194,19 @@ pub fn app_with_limit(state: AppState, max_payload: usize) -> Router {
             error::json_rejections(r, max_payload)
         }))
         .with_state(state)
+}
+
+#[cfg(test)]
+mod listener_tests {
+    #[tokio::test]
+    async fn accepted_connections_have_nodelay() {
+        use axum::serve::Listener;
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let mut l = super::nodelay_listener(l);
+        let client = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let (io, _) = l.accept().await;
+        assert!(io.nodelay().unwrap(), "accepted stream without TCP_NODELAY");
+        drop(client);
+    }
 }

@@ -523,7 +523,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         tracing::info!("listening on http://{}", listener.local_addr()?);
         tracing::info!("The server is fired up and ready to roll!");
         axum::serve(
-            listener,
+            strata_server::api::nodelay_listener(listener),
             strata_server::api::app_with_limit(state, max_payload),
         )
         .with_graceful_shutdown(shutdown())

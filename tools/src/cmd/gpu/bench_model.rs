@@ -237,6 +237,21 @@ pub fn run(
             }
             // Small batches plan the decode2 cluster form: the same graph with the split kernel
             // (and its combine launch), side by side.
+            // The cluster form's two kernels, side by side: registers (the default) and
+            // cp.async tiles.
+            if input.plan.cluster() > 0 {
+                let mut tiles = step_input(ops, &model, &seqs, args.deterministic, false)?;
+                tiles.plan.set_cluster_regs(false);
+                let mut regs = step_input(ops, &model, &seqs, args.deterministic, false)?;
+                regs.plan.set_cluster_regs(true);
+                let (r, t) = (replay_with(&regs)?, replay_with(&tiles)?);
+                if let (Some(r), Some(t)) = (r, t) {
+                    summary.push(format!(
+                        "  b{b} graph step with the cluster attention in registers {r:.3} ms, in cp.async tiles {t:.3} ms (x{:.3})",
+                        r / t
+                    ));
+                }
+            }
             let graphed_split = if input.plan.cluster() > 0 {
                 let split_input = step_input(ops, &model, &seqs, args.deterministic, true)?;
                 let n = replay_with(&split_input)?;
@@ -321,12 +336,33 @@ pub fn run(
                 ));
             }
             for n in [2, 4, 8, 16] {
-                let (us, g) =
-                    attention_alone(ops, &model, b, args.decode_ctx, None, &|p| p.set_cluster(n))?;
-                if us.is_finite() {
-                    summary.push(format!(
-                        "  b{b} attention cluster of {n}: {us:.1} us (in a graph {g:.1} us)"
-                    ));
+                for regs in [true, false] {
+                    let (us, g) = attention_alone(ops, &model, b, args.decode_ctx, None, &|p| {
+                        p.set_cluster_regs(regs);
+                        p.set_cluster(n)
+                    })?;
+                    let form = if regs { "registers" } else { "cp.async tiles" };
+                    if us.is_finite() {
+                        summary.push(format!(
+                            "  b{b} attention cluster of {n} ({form}): {us:.1} us (in a graph {g:.1} us)"
+                        ));
+                    }
+                }
+            }
+            // Longer rows (the register form has no cp.async ring): each form as planned.
+            for kv in [4 * args.decode_ctx, 16 * args.decode_ctx] {
+                for regs in [true, false] {
+                    let r = attention_alone(ops, &model, b, kv, None, &|p| {
+                        p.set_cluster_regs(regs);
+                        true
+                    });
+                    let form = if regs { "registers" } else { "cp.async tiles" };
+                    summary.push(match r {
+                        Ok((us, g)) => format!(
+                            "  b{b} attention at {kv} keys as planned ({form}): {us:.1} us (in a graph {g:.1} us)"
+                        ),
+                        Err(e) => format!("  b{b} attention at {kv} keys ({form}) failed: {e:#}"),
+                    });
                 }
             }
             // The decode rows on the tensor-core decode kernel and on the prefill kernels (GQA
@@ -859,8 +895,10 @@ fn attention_alone_as(
 ) -> anyhow::Result<(f64, f64)> {
     let c = ops.context();
     let s = model.shape;
-    let shape = model.attn_shape();
     let n = ctx_len.div_ceil(PAGE);
+    // A pool of its own, as large as the rows need (longer than the model's is allowed).
+    let mut shape = model.attn_shape();
+    shape.pool_pages = shape.pool_pages.max(b * n + 1);
     let seqs: Vec<AttnSeq> = (0..b)
         .map(|i| AttnSeq {
             q_len: 1,

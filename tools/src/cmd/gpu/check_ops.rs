@@ -834,10 +834,16 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
         .map(|(n, nh, nkv, hd, page, lens, sp)| (n.to_string(), nh, nkv, hd, page, lens, sp))
         .chain(variants)
         .chain(
+            // Each cluster case in both forms: "decode cl" the cp.async tiles, "decode rcl"
+            // the registers.
             clusters
                 .into_iter()
-                .map(|(n, nh, nkv, hd, page, lens, sp)| {
-                    (n.to_string(), nh, nkv, hd, page, lens, sp)
+                .flat_map(|(n, nh, nkv, hd, page, lens, sp)| {
+                    let r = n.replacen("decode cl", "decode rcl", 1);
+                    [
+                        (n.to_string(), nh, nkv, hd, page, lens.clone(), sp),
+                        (r, nh, nkv, hd, page, lens, sp),
+                    ]
                 }),
         )
         .chain(wg_cases);
@@ -923,8 +929,13 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
             plan.force_decode_v1();
         }
         let mut variant = "";
-        if let Some(n) = name.strip_prefix("decode cl") {
+        let regs = name.starts_with("decode rcl");
+        if let Some(n) = name
+            .strip_prefix("decode cl")
+            .or(name.strip_prefix("decode rcl"))
+        {
             let n: usize = n.parse()?;
+            plan.set_cluster_regs(regs);
             if !plan.set_cluster(n) {
                 // (16 needs the device's non-portable cluster size; sm_80 has no clusters.)
                 println!("  attention {name}: cluster of {n} not available here, skipped");
@@ -977,6 +988,7 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
         };
         let kernel = match plan.kernel() {
             AttnKernel::Decode2 if !variant.is_empty() => variant,
+            AttnKernel::Decode2 if plan.cluster_regs() => "dec2r",
             AttnKernel::Decode2 if plan.cluster() > 0 => "dec2c",
             AttnKernel::Decode2 => "dec2",
             AttnKernel::Decode => "dec",
