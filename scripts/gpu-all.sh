@@ -33,6 +33,9 @@
 #            `gpu check --only few_rows` checks them): graph step with and without PDL, with and without each single-row epilogue
 #            fusion, cluster vs split attention, each layer op's share of the graph step, the eager per-op breakdown,
 #            attention by split count and cluster size, per-shape GEMV paths
+#   grammar  `gpu check --only sampling` (the GPU sampler against the host's, allow masks
+#            included) and scripts/gpu-grammar-bench.sh (served ITL of JSON-schema requests vs
+#            unconstrained ones on the 1B shape; GRAMMAR_B=another binary served beside it)
 #   api      scripts/gpu-api-smoke.sh (n > 1, streamed batches, tools and the request flags on the
 #            bf16 runner, made 1B shape; output ids compared, PASS/FAIL)
 #   itl      scripts/gpu-itl-ab.sh (served ITL at c=1 on two identical servers vs the raw graph
@@ -154,6 +157,10 @@ for s in $STEPS; do
       else echo "MPS control daemon did not start"; rc=1; fi
       cp -r $CUDA_MPS_LOG_DIRECTORY "$OUT/mps-log" 2>/dev/null
       unset CUDA_MPS_PIPE_DIRECTORY CUDA_MPS_LOG_DIRECTORY ;;
+    grammar) timeout $(left 120) "$STRATA" gpu check --only sampling > "$OUT/check-sampling.log" 2>&1; rc=$?
+      grep -E "FAIL|gpu check:|sampling" "$OUT/check-sampling.log" | tail -12
+      STRATA_B=${GRAMMAR_B:-} timeout $(left 200) scripts/gpu-grammar-bench.sh "$OUT" > "$OUT/grammar.log" 2>&1 || rc=1
+      cat "$OUT/grammar.log" ;;
     api) timeout $(left 200) scripts/gpu-api-smoke.sh "$OUT/api" > "$OUT/api.log" 2>&1; rc=$?; cat "$OUT/api.log" ;;
     itl) timeout $(left ${ITL_TIMEOUT:-200}) scripts/gpu-itl-ab.sh "$OUT" > "$OUT/itl.log" 2>&1; rc=$?; cat "$OUT/itl.log" ;;
     runner) STEPS="${RUNNER_STEPS:-check hf greedy f32 bench}" timeout $(left 400) scripts/gpu-runner-check.sh "$OUT" > "$OUT/runner.log" 2>&1; rc=$?; tail -40 "$OUT/runner.log" ;;

@@ -7,6 +7,8 @@
 //     penalties apply      1 temperature   2 top_k (0: off)   3 top_p   4 min_p
 //   5 repetition   6 frequency   7 presence   8 first entry   9 entries   10 fixed token
 //   11 logprob top_n (-1: no logprobs)   12..13 uniform (f64)   14 first id   15 ids   16 out word
+//   17 allow mask (-1: none): its word offset from `entries`, ceil(vocab / 32) words, bit t % 32
+//     of word t / 32 set for each token the row may draw (a grammar's mask); the others -> -inf
 // An entry is 3 words: token (< vocab), count | BAN | BIAS flags, bias (f32 bits); tokens of a
 // row are distinct, so one thread per entry edits the logits in place without conflicts.
 //
@@ -304,6 +306,13 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_rows(
         lg[tok] = l;
     }
     __syncthreads();
+    if (P[17] >= 0) {
+        // The allow mask: one word per 32 tokens (a warp's 32 lanes read the same word).
+        const u32* mk = (const u32*)(entries + P[17]);
+        for (int i = tid; i < vocab; i += SAMPLE_THREADS)
+            if (!((mk[i >> 5] >> (i & 31)) & 1u)) lg[i] = NEG_INF;
+        __syncthreads();
+    }
 
     float best = NEG_INF;
     int bi = 0x7fffffff;

@@ -47,6 +47,32 @@ pub enum RowMode {
     Fixed(u32),
 }
 
+/// The only tokens a row may draw (a grammar's mask): bit `t % 32` of word `t / 32` of `bits`
+/// set for each allowed token (words past the vocabulary, or missing words, allow nothing), plus
+/// the ids in `also` (EOS where the text so far is a whole match). `banned` still applies on
+/// top. Packed as the bitmask itself (vocab / 8 bytes), not as one entry per masked token.
+#[derive(Clone, Copy, Debug)]
+pub struct Allow<'a> {
+    pub bits: &'a [u32],
+    pub also: &'a [u32],
+}
+
+impl Allow<'_> {
+    /// Whether token `t` may be drawn.
+    pub fn allows(&self, t: u32) -> bool {
+        let word = self.bits.get(t as usize / 32).copied().unwrap_or(0);
+        (word >> (t % 32)) & 1 == 1 || self.also.contains(&t)
+    }
+    /// Sets every token this mask does not allow to -inf.
+    pub fn apply(&self, logits: &mut [f32]) {
+        for (t, l) in logits.iter_mut().enumerate() {
+            if !self.allows(t as u32) {
+                *l = f32::NEG_INFINITY;
+            }
+        }
+    }
+}
+
 /// One row to sample.
 #[derive(Clone, Debug)]
 pub struct RowSpec<'a> {
@@ -61,6 +87,8 @@ pub struct RowSpec<'a> {
     pub output: &'a [u32],
     /// Tokens set to -inf.
     pub banned: &'a [u32],
+    /// Only these tokens may be drawn (None: any).
+    pub allow: Option<Allow<'a>>,
     /// The row's uniform draw in [0, 1).
     pub uniform: f64,
     /// (top_n, token ids) when log-probabilities are wanted.
@@ -79,6 +107,7 @@ impl RowSpec<'_> {
             logit_bias: &[],
             output: &[],
             banned: &[],
+            allow: None,
             uniform,
             logprobs: None,
         }
@@ -91,13 +120,17 @@ impl RowSpec<'_> {
     }
 }
 
-/// The packed upload: `words` = rows x [`ROW_WORDS`], then the entries, then the logprob ids.
+/// The packed upload: `words` = rows x [`ROW_WORDS`], then the entries, then the logprob ids,
+/// then the allow masks (`mask_words` words each; a row's word 17 is its mask's offset from the
+/// first entry, -1 without one).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PackedRows {
     pub words: Vec<i32>,
     pub rows: usize,
     pub entries: usize,
     pub ids: usize,
+    /// Rows with an allow mask.
+    pub masks: usize,
     /// Words of the logprob output (0 when no row wants logprobs).
     pub lp_words: usize,
     /// Per row: (first output word, ids, top_n) of its logprobs.
@@ -113,6 +146,15 @@ impl PackedRows {
     pub fn ids_at(&self) -> usize {
         self.entries_at() + ENTRY_WORDS * self.entries
     }
+    /// Word offset of the first allow mask.
+    pub fn masks_at(&self) -> usize {
+        self.ids_at() + self.ids
+    }
+}
+
+/// Words of one packed allow mask over `vocab` tokens.
+pub fn mask_words(vocab: usize) -> usize {
+    vocab.div_ceil(32)
 }
 
 /// Weight scale exponent S for a vocabulary: the row's total weight stays within 2^62 (the
@@ -135,8 +177,11 @@ pub fn pack_rows(rows: &[RowSpec<'_>], vocab: usize) -> PackedRows {
     let mut lp_at = Vec::with_capacity(rows.len());
     let mut lp_words = 0usize;
     let mut scratch = Vec::new();
+    let mw = mask_words(vocab);
+    let mut masks: Vec<i32> = Vec::new();
     for (r, s) in rows.iter().enumerate() {
         let h = &mut head[r * ROW_WORDS..(r + 1) * ROW_WORDS];
+        h[17] = -1;
         let pen = s.penalised();
         let (mode, fixed) = match s.mode {
             RowMode::Skip => (0, 0),
@@ -162,6 +207,12 @@ pub fn pack_rows(rows: &[RowSpec<'_>], vocab: usize) -> PackedRows {
         h[13] = (u >> 32) as u32 as i32;
         if matches!(s.mode, RowMode::Greedy | RowMode::Sample) {
             h[9] = push_entries(s, vocab, pen, &mut scratch, &mut entries) as i32;
+            if let Some(a) = s.allow {
+                // The offset from the first entry is filled in below, once the entries and ids
+                // before the masks are counted; here the mask's index.
+                h[17] = (masks.len() / mw.max(1)) as i32;
+                push_mask(&a, vocab, &mut masks);
+            }
         }
         match s.logprobs {
             Some((top_n, want)) => {
@@ -185,15 +236,42 @@ pub fn pack_rows(rows: &[RowSpec<'_>], vocab: usize) -> PackedRows {
     }
     let n_entries = entries.len() / ENTRY_WORDS;
     let n_ids = ids.len();
+    let n_masks = masks.len() / mw.max(1);
+    // Mask offsets from the first entry (the kernel's `entries` pointer).
+    let first = entries.len() + n_ids;
+    for r in 0..rows.len() {
+        let m = &mut head[r * ROW_WORDS + 17];
+        if *m >= 0 {
+            *m = (first + *m as usize * mw) as i32;
+        }
+    }
     head.extend(entries);
     head.extend(ids);
+    head.extend(masks);
     PackedRows {
         words: head,
         rows: rows.len(),
         entries: n_entries,
         ids: n_ids,
+        masks: n_masks,
         lp_words,
         lp_at,
+    }
+}
+
+/// Appends `a` as [`mask_words`]`(vocab)` words: its bits (none past the vocabulary) and its
+/// `also` ids.
+fn push_mask(a: &Allow<'_>, vocab: usize, out: &mut Vec<i32>) {
+    let mw = mask_words(vocab);
+    let start = out.len();
+    let n = a.bits.len().min(mw);
+    out.extend(a.bits[..n].iter().map(|&w| w as i32));
+    out.resize(start + mw, 0);
+    if vocab % 32 != 0 {
+        out[start + mw - 1] &= ((1u32 << (vocab % 32)) - 1) as i32;
+    }
+    for &t in a.also.iter().filter(|&&t| (t as usize) < vocab) {
+        out[start + t as usize / 32] |= (1u32 << (t % 32)) as i32;
     }
 }
 
@@ -620,6 +698,37 @@ mod tests {
                 "case {case} (seed {seed:#x})"
             );
         }
+    }
+
+    #[test]
+    fn allow_masks_pack_after_the_ids() {
+        // vocab 40: 2 words; bits past 40 and ids past it dropped; `also` ids set.
+        let bits = [0x8000_0001u32, 0xffff_ffff, 7];
+        let a = Allow {
+            bits: &bits,
+            also: &[5, 33, 99],
+        };
+        let mut s = RowSpec::plain(RowMode::Sample, params(0.8, None, 1.0, 0.0), 0.5);
+        s.banned = &[2];
+        s.allow = Some(a);
+        s.logprobs = Some((1, &[4]));
+        let plain = RowSpec::plain(RowMode::Greedy, params(0.0, None, 1.0, 0.0), 0.0);
+        let p = pack_rows(&[plain, s], 40);
+        assert_eq!((p.entries, p.ids, p.masks), (1, 1, 1));
+        assert_eq!(p.words[17], -1, "no mask: -1");
+        let at = p.words[ROW_WORDS + 17] as usize + p.entries_at();
+        assert_eq!(at, p.masks_at());
+        assert_eq!(
+            &p.words[at..],
+            &[(0x8000_0001u32 | 1 << 5) as i32, 0xff | 1 << 1]
+        );
+        for t in 0..40u32 {
+            let want = t == 0 || t == 31 || t == 5 || (32..40).contains(&t);
+            assert_eq!(a.allows(t) && t < 40, want, "token {t}");
+        }
+        let mut l = vec![1.0f32; 40];
+        a.apply(&mut l);
+        assert_eq!(l.iter().filter(|x| x.is_finite()).count(), 11);
     }
 
     #[test]

@@ -2,7 +2,8 @@
 //! `logprob_rows`) run on the CPU under a host-thread CUDA emulation
 //! (kernels/tests/cuda_emu/shim.h, compiled with g++), against the server's host sampler
 //! `sample_host`: CI has no GPU, so this is
-//! where the kernels' logic (penalties, radix selection, tie groups, draw, logprob top-N) is held
+//! where the kernels' logic (penalties, grammar allow masks, radix selection, tie groups, draw,
+//! logprob top-N) is held
 //! to the CPU semantics on every change; `strata gpu check` repeats it on real hardware at the
 //! real vocabularies. Seeded rows (the seed is printed); one row per parameter combination, and a
 //! second pass on logits rounded to 0.5 so that equal keys (tie groups) are everywhere. Skipped,
@@ -10,7 +11,9 @@
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use strata_kernels::sample_rows::{agreement, pack_rows, scale_bits, unpack_logprobs, Agreement};
+use strata_kernels::sample_rows::{
+    agreement, pack_rows, scale_bits, unpack_logprobs, Agreement, Allow,
+};
 use strata_server::logprobs::from_gpu;
 use strata_server::model::runner::{gpu_row, sample_host, SampleReq};
 use strata_server::seeded::SplitMix64;
@@ -69,11 +72,30 @@ fn run(exe: &Path, dir: &Path, vocab: usize, seed: u64, quant: Option<f32>) -> V
         us.push(rng.next_f64());
         logits.extend(l);
     }
+    // A grammar-like allow mask on every third unscored row: ~1 token in 8 (and one more id in
+    // `also`), so the draw, the logprobs and the penalties all meet masked rows.
+    let masks: Vec<Vec<u32>> = (0..n)
+        .map(|_| {
+            (0..vocab.div_ceil(32))
+                .map(|_| {
+                    let (a, b, c) = (rng.next_u64(), rng.next_u64(), rng.next_u64());
+                    (a & b & c) as u32
+                })
+                .collect()
+        })
+        .collect();
+    let also: Vec<[u32; 1]> = (0..n)
+        .map(|r| [outs[r][1]]) // a generated (penalised) token
+        .collect();
     let reqs: Vec<SampleReq> = (0..n)
         .map(|r| SampleReq {
             params: &cases[r].params,
             output: &outs[r],
             banned: if cases[r].ban { &bans[r] } else { &[] },
+            allow: (r % 3 == 1 && !cases[r].score).then(|| Allow {
+                bits: &masks[r],
+                also: &also[r],
+            }),
             uniform: us[r],
             logprobs: cases[r].logprobs.as_ref(),
             score: cases[r].score.then_some((r * 7919 % vocab) as u32),

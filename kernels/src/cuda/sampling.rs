@@ -5,7 +5,7 @@
 //!
 //! The random draw is an input (the caller's per-request uniform in [0, 1)), so a seed means the
 //! same on the GPU as on the CPU. Per step one i32 buffer goes up (rows x 20 words, the penalty
-//! entries, the logprob ids); token ids and the few logprob words come back.
+//! entries, the logprob ids, the allow masks); token ids and the few logprob words come back.
 
 use super::error::{ensure, Result};
 use super::launch::{Arg, Dims};
@@ -124,7 +124,8 @@ pub(crate) fn validate(p: &PackedRows, rows: usize, vocab: usize) -> Result<()> 
     ensure(p.rows <= rows && p.lp_at.len() == p.rows, || {
         format!("{} packed rows for {rows} logits rows", p.rows)
     })?;
-    ensure(p.words.len() == p.ids_at() + p.ids, || {
+    let mw = crate::sample_rows::mask_words(vocab);
+    ensure(p.words.len() == p.masks_at() + p.masks * mw, || {
         "packed words do not match their counts".into()
     })?;
     let entries = &p.words[p.entries_at()..p.ids_at()];
@@ -134,7 +135,7 @@ pub(crate) fn validate(p: &PackedRows, rows: usize, vocab: usize) -> Result<()> 
             .all(|e| e[0] >= 0 && (e[0] as usize) < vocab),
         || format!("penalty entry outside the vocabulary of {vocab}"),
     )?;
-    let ids = &p.words[p.ids_at()..];
+    let ids = &p.words[p.ids_at()..p.masks_at()];
     ensure(ids.iter().all(|&t| t < vocab as i32), || {
         format!("logprob id outside the vocabulary of {vocab}")
     })?;
@@ -151,6 +152,20 @@ pub(crate) fn validate(p: &PackedRows, rows: usize, vocab: usize) -> Result<()> 
         ensure((0.0..1.0).contains(&u), || {
             format!("row {r}: uniform draw {u} outside [0, 1)")
         })?;
+        if h[17] >= 0 {
+            // A mask lies whole in the masks area (offsets count from the first entry).
+            let at = h[17] as usize + p.entries_at();
+            ensure(
+                at >= p.masks_at()
+                    && (at - p.masks_at()) % mw.max(1) == 0
+                    && at + mw <= p.words.len(),
+                || format!("row {r}: allow mask out of range"),
+            )?;
+        } else {
+            ensure(h[17] == -1, || {
+                format!("row {r}: bad allow mask word {}", h[17])
+            })?;
+        }
         if (h[0] & 15) == 3 {
             ensure(h[10] >= 0 && (h[10] as usize) < vocab, || {
                 format!("row {r}: fixed token {} outside the vocabulary", h[10])

@@ -385,4 +385,23 @@ fn sampling_launcher_validates_packed_rows() {
     let mut bad = packed;
     bad.words[ROW_WORDS + 9] = 5;
     assert!(validate(&bad, 2, 10).is_err(), "entries past the end");
+    // Allow masks: in range, or refused.
+    let bits = [0b1010_0110u32];
+    let mut m = RowSpec::plain(RowMode::Greedy, p, 0.0);
+    m.allow = Some(crate::sample_rows::Allow {
+        bits: &bits,
+        also: &[9],
+    });
+    let packed = pack_rows(&[m.clone(), m], 40);
+    assert_eq!(packed.masks, 2);
+    assert!(validate(&packed, 2, 40).is_ok());
+    let mut bad = packed.clone();
+    bad.words[17] += 1;
+    assert!(validate(&bad, 2, 40).is_err(), "mask offset not on a mask");
+    let mut bad = packed.clone();
+    bad.words[ROW_WORDS + 17] = -2;
+    assert!(validate(&bad, 2, 40).is_err(), "bad mask word");
+    let mut bad = packed;
+    bad.words.pop();
+    assert!(validate(&bad, 2, 40).is_err(), "mask cut short");
 }

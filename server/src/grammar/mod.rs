@@ -108,13 +108,28 @@ pub struct Walk {
 /// The tokens one DFA state allows.
 #[derive(Debug)]
 pub struct Mask {
-    /// Tokens that may not be sampled: every token whose bytes leave the language and every
-    /// special token (the scheduler lets EOS through when `accepting`).
-    pub banned: Vec<u32>,
+    /// The tokens that may be sampled, one bit each (bit `t % 32` of word `t / 32`, over the
+    /// model's logit rows): every token whose bytes keep the text in the language. Special
+    /// tokens are never set (the scheduler lets EOS through when `accepting`). The samplers take
+    /// it as it is ([`strata_kernels::sample_rows::Allow`]): 16 KB at a 128K vocabulary, where a
+    /// list of the banned tokens was up to 512 KB and 1.5 MB of GPU entries a step.
+    pub allow: Vec<u32>,
     /// The text so far is a whole match (EOS may end it).
     pub accepting: bool,
     /// Some token continues the text (false with `accepting`: the request is complete).
     pub can_continue: bool,
+}
+
+impl Mask {
+    /// Whether token `t` keeps the text in the language.
+    pub fn allows(&self, t: u32) -> bool {
+        let word = self.allow.get(t as usize / 32).copied().unwrap_or(0);
+        (word >> (t % 32)) & 1 == 1
+    }
+    /// How many tokens keep the text in the language.
+    pub fn allowed(&self) -> usize {
+        self.allow.iter().map(|w| w.count_ones() as usize).sum()
+    }
 }
 
 impl Grammar {
@@ -209,16 +224,19 @@ impl Grammar {
         if let Some(m) = self.masks.lock().expect("grammar masks").get(&s.0) {
             return m.clone();
         }
-        let mut banned = Vec::new();
+        let mut allow = vec![0u32; self.bytes.len().div_ceil(32)];
         let mut can_continue = false;
         for id in 0..self.bytes.len() as u32 {
             match self.bytes.get(id) {
-                Some(b) if !b.is_empty() && self.walk(s.0, b).is_some() => can_continue = true,
-                _ => banned.push(id),
+                Some(b) if !b.is_empty() && self.walk(s.0, b).is_some() => {
+                    can_continue = true;
+                    allow[id as usize / 32] |= 1 << (id % 32);
+                }
+                _ => {}
             }
         }
         let m = Arc::new(Mask {
-            banned,
+            allow,
             accepting: self.accepting(s),
             can_continue,
         });
@@ -228,22 +246,6 @@ impl Grammar {
             .insert(s.0, m.clone());
         m
     }
-}
-
-/// The union of `a` (strictly ascending: a mask's list, long) and `b` (a few ids, any order),
-/// ascending and without repeats.
-pub fn union_sorted(a: impl Iterator<Item = u32>, b: &[u32]) -> Vec<u32> {
-    let mut out: Vec<u32> = a.collect();
-    debug_assert!(
-        out.windows(2).all(|w| w[0] < w[1]),
-        "`a` is strictly ascending"
-    );
-    for &x in b {
-        if let Err(i) = out.binary_search(&x) {
-            out.insert(i, x);
-        }
-    }
-    out
 }
 
 impl std::fmt::Debug for Grammar {

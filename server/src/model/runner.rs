@@ -17,7 +17,7 @@ use crate::kv::{HostKvPool, PageId};
 use crate::logprobs::{at_position, LogprobSpec, PosLogprobs};
 use crate::sampling::SamplingParams;
 use std::sync::Arc;
-use strata_kernels::sample_rows::{RowMode, RowSpec};
+use strata_kernels::sample_rows::{Allow, RowMode, RowSpec};
 use strata_kernels::sampling::sample;
 use strata_kernels::Backend;
 
@@ -29,6 +29,8 @@ pub struct SampleReq<'a> {
     pub output: &'a [u32],
     /// Tokens masked to -inf (EOS before `min_new_tokens`).
     pub banned: &'a [u32],
+    /// Under a constraint, the only tokens the grammar allows now (None: any).
+    pub allow: Option<Allow<'a>>,
     /// The request's uniform draw for this step, in [0, 1).
     pub uniform: f64,
     /// The log-probabilities to return for this row (`None`: none).
@@ -45,6 +47,7 @@ impl SampleReq<'_> {
         (s.temperature <= 0.0 || s.top_k == Some(1))
             && !self.params.has_penalties()
             && self.banned.is_empty()
+            && self.allow.is_none()
             && self.logprobs.is_none()
             && self.score.is_none()
     }
@@ -76,6 +79,7 @@ pub fn gpu_row<'a>(r: &SampleReq<'a>) -> RowSpec<'a> {
         logit_bias: if scored { &[] } else { &p.logit_bias },
         output: if scored { &[] } else { r.output },
         banned: if scored { &[] } else { r.banned },
+        allow: if scored { None } else { r.allow },
         uniform: r.uniform,
         logprobs: r
             .logprobs
@@ -101,6 +105,9 @@ pub fn sample_host(logits: &mut [f32], r: &SampleReq<'_>) -> Sampled {
         return Sampled { token, logprobs };
     }
     r.params.apply_penalties(logits, r.output, r.banned);
+    if let Some(a) = &r.allow {
+        a.apply(logits);
+    }
     let token = sample(logits, &r.params.sample, r.uniform) as u32;
     let logprobs = r
         .logprobs
@@ -317,6 +324,7 @@ mod tests {
             params: p,
             output: &[4, 4, 9],
             banned,
+            allow: None,
             uniform: 0.25,
             logprobs: None,
             score: None,
@@ -356,5 +364,22 @@ mod tests {
         let mut lp = req(&greedy, &[]);
         lp.logprobs = Some(&spec);
         assert_eq!(gpu_row(&lp).mode, RowMode::Greedy);
+        // A grammar's mask: not plain greedy, and it travels (not on a scored row).
+        let bits = [0b1001u32];
+        let mut masked = req(&greedy, &[]);
+        masked.allow = Some(Allow {
+            bits: &bits,
+            also: &[],
+        });
+        let row = gpu_row(&masked);
+        assert_eq!(row.mode, RowMode::Greedy);
+        assert_eq!(row.allow.map(|a| a.bits), Some(&bits[..]));
+        masked.score = Some(2);
+        assert!(gpu_row(&masked).allow.is_none());
+        // On the host: the mask leaves tokens 0 and 3; the larger logit wins.
+        let mut logits = vec![1.0, 9.0, 8.0, 2.0];
+        masked.score = None;
+        assert_eq!(sample_host(&mut logits, &masked).token, 3);
+        assert_eq!(logits[1], f32::NEG_INFINITY);
     }
 }

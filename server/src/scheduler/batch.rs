@@ -6,11 +6,14 @@ use super::request::{Event, FinishReason, PosLogprobs};
 use super::seq::Seq;
 use super::Scheduler;
 use crate::cache::{NodeId, Tier};
+use crate::grammar::Mask;
 use crate::hicache::{HiCache, WritePolicy, SELECTIVE_HITS};
 use crate::kv::{KvPool, Page, PageId};
 use crate::model::{ForwardBatch, ModelRunner, SampleReq, Sampled, SeqSlice};
 use crate::stats::Stats;
 use std::collections::VecDeque;
+use std::sync::Arc;
+use strata_kernels::sample_rows::Allow;
 
 /// What one sequence feeds in this round: tokens `start..end` of `Seq::tokens`.
 struct Item {
@@ -463,23 +466,29 @@ impl<R: ModelRunner> Scheduler<R> {
         }
         Stats::add(&self.stats.forward_passes, 1);
         let t0 = std::time::Instant::now();
-        let banned: Vec<Vec<u32>> = rows
+        let (banned, masks): (Vec<Vec<u32>>, Vec<Option<Arc<Mask>>>) = rows
             .iter()
             .map(|&(i, score)| match score {
                 None => self.banned_tokens(i),
-                Some(_) => Vec::new(),
+                Some(_) => (Vec::new(), None),
             })
-            .collect();
+            .unzip();
         let reqs: Vec<SampleReq<'_>> = rows
             .iter()
-            .zip(&banned)
-            .map(|(&(i, score), banned)| {
+            .zip(banned.iter().zip(&masks))
+            .map(|(&(i, score), (banned, mask))| {
                 let s = &self.running[i];
                 let out_len = s.tokens.len() - s.prompt_len;
                 SampleReq {
                     params: &s.req.params,
                     output: &s.tokens[s.prompt_len..],
                     banned,
+                    // The grammar's mask as it is cached (no per-step copy), EOS let through
+                    // where the text so far is a whole match.
+                    allow: mask.as_ref().map(|m| Allow {
+                        bits: &m.allow,
+                        also: if m.accepting { &self.eos } else { &[] },
+                    }),
                     uniform: crate::sampling::uniform(s.seed, out_len),
                     logprobs: s.req.logprobs.as_ref(),
                     score: score.map(|p| s.tokens[p]),
@@ -575,9 +584,9 @@ impl<R: ModelRunner> Scheduler<R> {
     }
 
     /// Tokens running sequence `i` may not sample now: EOS and stop ids before
-    /// `min_new_tokens`, and under a constraint every token that leaves its language (EOS too
-    /// unless the output so far is a whole match).
-    fn banned_tokens(&self, i: usize) -> Vec<u32> {
+    /// `min_new_tokens` (and EOS under a constraint whose output is not yet a whole match); and
+    /// under a constraint its grammar's mask of the tokens that keep the output in the language.
+    fn banned_tokens(&self, i: usize) -> (Vec<u32>, Option<Arc<Mask>>) {
         let s = &self.running[i];
         let p = &s.req.params;
         let mut banned = Vec::new();
@@ -585,21 +594,17 @@ impl<R: ModelRunner> Scheduler<R> {
             banned.extend(self.eos.iter().copied());
             banned.extend(p.stop_token_ids.iter().copied());
         }
+        let mut mask = None;
         if let (Some(g), Some(w)) = (&p.grammar, &s.walk) {
             if let Some(state) = g.0.peek(w, &s.tokens[s.prompt_len..]) {
                 let m = g.0.mask(state);
                 if !m.accepting {
                     banned.extend(self.eos.iter().copied());
                 }
-                // In token order (the GPU sampler merges such a list without sorting it): the
-                // mask's tokens (EOS let through at a whole match), the few others merged in.
-                let eos_ok = m.accepting;
-                let masked = m.banned.iter().copied();
-                let masked = masked.filter(|t| !(eos_ok && self.eos.contains(t)));
-                banned = crate::grammar::union_sorted(masked, &banned);
+                mask = Some(m);
             }
         }
-        banned
+        (banned, mask)
     }
 
     /// Appends sampled token `t` to running sequence `i` and streams it; returns a finish reason

@@ -4,13 +4,15 @@
 //! tokens whose lengths follow a BPE vocabulary's (1-12 bytes, half with a leading space; seeded)
 //! — then random masked walks draw only allowed tokens, as the scheduler's sampler would. Reported:
 //! the compile time and DFA size, the mask of a state seen for the first time (one walk of the
-//! vocabulary) and of a cached one, and the banned list a step hands the sampler.
+//! vocabulary) and of a cached one, and what a constrained row costs the samplers per step: the
+//! GPU sampler's host packing of the mask as the bitmask it is cached as, side by side with the
+//! list of banned tokens it was packed as before (one entry per banned token).
 
 use clap::Parser;
 use std::time::Instant;
-use strata_kernels::sample_rows::{pack_rows, RowMode, RowSpec};
+use strata_kernels::sample_rows::{pack_rows, Allow, RowMode, RowSpec};
 use strata_server::grammar::bytes::TokenBytes;
-use strata_server::grammar::{union_sorted, Compiler, Constraint};
+use strata_server::grammar::{Compiler, Constraint};
 use strata_server::seeded::SplitMix64;
 
 #[derive(Parser)]
@@ -121,7 +123,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             } else {
                 warm.push(us);
             }
-            banned.push(m.banned.len() as f64);
+            banned.push((vocab - m.allowed()) as f64);
             if kept.len() < 64 {
                 kept.push(m.clone());
             }
@@ -129,36 +131,28 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 whole += 1;
                 break;
             }
-            // Draw an allowed token (the banned list is sorted).
-            let allowed = vocab - m.banned.len();
-            let mut k = (rng.next_u64() % allowed as u64) as u32;
-            let mut id = 0u32;
-            for &b in &m.banned {
-                if b > id + k {
-                    break;
-                }
-                k -= b - id;
-                id = b + 1;
-            }
-            out.push(id + k);
+            // Draw an allowed token.
+            let allowed: Vec<u32> = (0..vocab as u32).filter(|&t| m.allows(t)).collect();
+            out.push(allowed[(rng.next_u64() % allowed.len() as u64) as usize]);
         }
         tokens += out.len();
     }
-    // What a step's bans cost the samplers: the CPU runner masks the row's logits and takes
-    // the argmax; the GPU sampler's host side packs the row's bans for the upload.
+    // What a step's mask costs the samplers: the CPU runner masks the row's logits and takes
+    // the argmax; the GPU sampler's host side packs the row for the upload, with the mask as its
+    // bitmask (now) and as the list of banned tokens (before), side by side.
     let rows = vocab.max(a.vocab);
     let mut logits: Vec<f32> = (0..rows).map(|_| rng.next_f64() as f32).collect();
     let p = strata_server::sampling::SamplingParams::default();
-    let (mut host, mut pack, mut list, mut unsorted) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let eos = [vocab as u32 - 1];
+    let (mut host, mut pack, mut list) = (Vec::new(), Vec::new(), Vec::new());
     for m in &kept {
-        // The scheduler's list: the mask's, with a stop id merged in.
+        let allow = Allow {
+            bits: &m.allow,
+            also: if m.accepting { &eos } else { &[] },
+        };
         let t = Instant::now();
-        let merged = union_sorted(m.banned.iter().copied(), &[vocab as u32 / 2]);
-        list.push(t.elapsed().as_secs_f64() * 1e6);
-        std::hint::black_box(merged);
-        let t = Instant::now();
-        p.apply_penalties(&mut logits, &[], &m.banned);
+        p.apply_penalties(&mut logits, &[], &[]);
+        allow.apply(&mut logits);
         let best = logits
             .iter()
             .enumerate()
@@ -170,19 +164,17 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             *x = x.max(0.0);
         }
         let mut row = RowSpec::plain(RowMode::Greedy, p.sample, 0.5);
-        row.banned = &m.banned;
+        row.allow = Some(allow);
         let t = Instant::now();
         std::hint::black_box(pack_rows(&[row.clone()], rows));
         pack.push(t.elapsed().as_secs_f64() * 1e6);
-        // The same bans shuffled (sorted before the merge), side by side.
-        let mut shuffled = m.banned.clone();
-        for i in (1..shuffled.len()).rev() {
-            shuffled.swap(i, (rng.next_u64() % (i as u64 + 1)) as usize);
-        }
-        row.banned = &shuffled;
+        // The same mask as the banned list it was packed as before (in token order).
+        let banned_ids: Vec<u32> = (0..rows as u32).filter(|&t| !allow.allows(t)).collect();
+        row.allow = None;
+        row.banned = &banned_ids;
         let t = Instant::now();
         std::hint::black_box(pack_rows(&[row], rows));
-        unsorted.push(t.elapsed().as_secs_f64() * 1e6);
+        list.push(t.elapsed().as_secs_f64() * 1e6);
     }
     let (cm, cmed, cmax) = stats(&cold);
     let (wm, _, _) = stats(&warm);
@@ -204,14 +196,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let (hm, _, _) = stats(&host);
     let (pm, _, _) = stats(&pack);
     let (lm, _, _) = stats(&list);
-    let (um, _, _) = stats(&unsorted);
     println!(
-        "per constrained row and step ({} steps): the scheduler's banned list {lm:.0} us, CPU sampler mask + argmax {hm:.0} us",
+        "per constrained row and step ({} steps): CPU sampler mask + argmax {hm:.0} us",
         kept.len()
     );
     println!(
-        "GPU sampler's host packing per constrained row: {pm:.0} us (bans in order, merged), {um:.0} us (the same bans shuffled, sorted first): x{:.2}",
-        pm / um.max(1e-9)
+        "GPU sampler's host packing per constrained row: {pm:.1} us (the mask as a bitmask, {} KB), {lm:.0} us (as banned-token entries): x{:.4}",
+        rows.div_ceil(32) * 4 / 1024,
+        pm / lm.max(1e-9)
     );
     Ok(())
 }

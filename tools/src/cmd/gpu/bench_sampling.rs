@@ -69,6 +69,7 @@ pub fn run(ops: &CudaOps, summary: &mut Vec<String>) -> anyhow::Result<Value> {
                         params: p,
                         output: &outputs[r],
                         banned: &[],
+                        allow: None,
                         uniform: (r as f64 + 0.5) / b as f64,
                         logprobs: lp.then_some(&spec),
                         score: None,

@@ -2,7 +2,8 @@
 //! own mapping, `gpu_row` and `logprobs::from_gpu`) against the server's host sampler
 //! `sample_host` on seeded random logits rows (the check's seed), for every parameter
 //! combination the API offers (greedy with penalties, temperature, top-k, top-p, min-p, all of
-//! them with repetition / frequency / presence penalties, logit bias and a banned token, logprobs,
+//! them with repetition / frequency / presence penalties, logit bias and a banned token, a
+//! grammar's allow mask on every third unscored row, logprobs,
 //! a scored prompt row), at the vocabularies of Llama 3 (128256) and Qwen (151936), 220 rows per
 //! launch. Rules: penalised logits bitwise equal; tokens equal except where `agreement` finds a
 //! boundary within 1e-6 (counted, reported); logprob values within 1e-5 and top lists equal for
@@ -10,7 +11,7 @@
 
 use rand::Rng;
 use strata_kernels::cuda::CudaOps;
-use strata_kernels::sample_rows::{agreement, Agreement};
+use strata_kernels::sample_rows::{agreement, Agreement, Allow};
 use strata_server::logprobs::from_gpu;
 use strata_server::model::runner::{gpu_row, sample_host, SampleReq, Sampled};
 
@@ -68,6 +69,19 @@ pub fn sampling(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
             uniforms.push(ck.rng.random_range(0.0f64..1.0));
             logits.extend(l);
         }
+        // A grammar-like allow mask on every third unscored row (~1 token in 8, plus one
+        // generated token in `also`).
+        let masks: Vec<Vec<u32>> = (0..n)
+            .map(|r| {
+                let words = if r % 3 == 1 { vocab.div_ceil(32) } else { 0 };
+                (0..words)
+                    .map(|_| {
+                        ck.rng.random::<u32>() & ck.rng.random::<u32>() & ck.rng.random::<u32>()
+                    })
+                    .collect()
+            })
+            .collect();
+        let also: Vec<[u32; 1]> = outputs.iter().map(|o| [o[1]]).collect();
         let reqs: Vec<SampleReq> = (0..n)
             .map(|r| {
                 let case = &cases[r / per_case];
@@ -75,6 +89,10 @@ pub fn sampling(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
                     params: &case.params,
                     output: &outputs[r],
                     banned: if case.ban { &banned[r] } else { &[] },
+                    allow: (r % 3 == 1 && !case.score).then(|| Allow {
+                        bits: &masks[r],
+                        also: &also[r],
+                    }),
                     uniform: uniforms[r],
                     logprobs: case.logprobs.as_ref(),
                     score: case.score.then_some((r * 7919 % vocab) as u32),

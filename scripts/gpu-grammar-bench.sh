@@ -1,0 +1,75 @@
+#!/usr/bin/env bash
+# Served cost of constrained decoding on the GPU, one device step: the made Llama-3.2-1B shape
+# (bf16) served by the binary under test (A) and, when given, another binary (B: e.g. the build
+# before a change), side by side; per server, NREQ sequential streamed /generate requests at c=1
+# with a JSON schema (greedy; bounded strings, so each ends), then the same prompts unconstrained
+# for as many tokens (ignore_eos); per-token arrival times from the SSE stream (a raw socket
+# client) give the median ITL of each. Usage: scripts/gpu-grammar-bench.sh [OUTDIR]; env STRATA,
+# STRATA_B, SIZE (llama-3.2-1b), NREQ (8).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUTDIR=${1:-${OUT:-/tmp/strata-gpu}}; mkdir -p "$OUTDIR"
+STRATA=${STRATA:-target/release/strata}
+SIZE=${SIZE:-llama-3.2-1b}
+M=/tmp/strata-models/$SIZE
+[ -f "$M/config.json" ] || "$STRATA" make-model --out "$M" --arch llama --size "$SIZE" --dtype bf16 > /dev/null 2>&1 \
+  || { echo "make-model failed"; exit 1; }
+pids=()
+trap 'for p in "${pids[@]}"; do kill $p 2>/dev/null; done' EXIT
+ports="32601"
+"$STRATA" serve --model-path "$M" --port 32601 --page-size 16 --context-length 4096 > "$OUTDIR/grammar-A.log" 2>&1 & pids+=($!)
+if [ -n "${STRATA_B:-}" ]; then
+  "$STRATA_B" serve --model-path "$M" --port 32602 --page-size 16 --context-length 4096 > "$OUTDIR/grammar-B.log" 2>&1 & pids+=($!)
+  ports="32601 32602"
+fi
+for port in $ports; do
+  for _ in $(seq 240); do curl -sf localhost:$port/health > /dev/null && break; sleep 0.5; done
+done
+python3 - ${NREQ:-8} $ports <<'PY'
+import json, socket, sys, time, statistics
+nreq = int(sys.argv[1]); ports = [int(p) for p in sys.argv[2:]]
+schema = {"type": "object", "properties": {
+    "name": {"type": "string", "maxLength": 24}, "email": {"type": "string", "maxLength": 24},
+    "tags": {"type": "array", "items": {"type": "string", "maxLength": 10}, "maxItems": 4},
+    "role": {"enum": ["admin", "user", "guest"]}, "ok": {"type": "boolean"}},
+    "required": ["name", "email", "tags", "role", "ok"]}
+def stream(port, body):
+    b = json.dumps(dict(body, stream=True)).encode()
+    s = socket.create_connection(("127.0.0.1", port))
+    s.sendall(b"POST /generate HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(b) + b)
+    t0 = time.perf_counter(); times = []; buf = b""; last = None
+    while True:
+        d = s.recv(1 << 20)
+        if not d: break
+        now = time.perf_counter(); buf += d
+        while b"\n\n" in buf:
+            ev, buf = buf.split(b"\n\n", 1)
+            i = ev.find(b"data: ")
+            if i < 0: continue
+            data = ev[i + 6:]
+            if data.strip() == b"[DONE]":
+                s.close(); return times, last
+            last = json.loads(data); times.append(now - t0)
+    return times, last
+for port in ports:
+    name = "A" if port == ports[0] else "B"
+    itl = {"constrained": [], "plain": []}; ntok = []; ok = 0
+    for r in range(nreq + 1):
+        prompt = f"record {r}: " + " ".join(str(r * 37 + k) for k in range(40))
+        t, last = stream(port, {"text": prompt, "sampling_params": {"temperature": 0, "max_new_tokens": 256,
+                                                                    "json_schema": json.dumps(schema)}})
+        n = last["meta_info"]["completion_tokens"]
+        try: json.loads(last["text"]); ok += r > 0
+        except Exception: pass
+        t2, _ = stream(port, {"text": prompt, "sampling_params": {"temperature": 0, "max_new_tokens": n,
+                                                                   "ignore_eos": True}})
+        if r == 0: continue  # warm-up (first masks of each state computed)
+        ntok.append(n)
+        itl["constrained"] += [b - a for a, b in zip(t, t[1:])]
+        itl["plain"] += [b - a for a, b in zip(t2, t2[1:])]
+    mc = statistics.median(itl["constrained"]) * 1e3; mp = statistics.median(itl["plain"]) * 1e3
+    print(f"server {name}: {nreq} requests, {ok}/{nreq} valid JSON (+1 warm-up), "
+          f"{statistics.mean(ntok):.0f} tokens each; median ITL constrained {mc:.3f} ms, "
+          f"unconstrained {mp:.3f} ms (x{mc / mp:.2f}); mean {statistics.mean(itl['constrained'])*1e3:.3f} / "
+          f"{statistics.mean(itl['plain'])*1e3:.3f} ms")
+PY
