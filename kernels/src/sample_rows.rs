@@ -63,11 +63,21 @@ impl Allow<'_> {
         let word = self.bits.get(t as usize / 32).copied().unwrap_or(0);
         (word >> (t % 32)) & 1 == 1 || self.also.contains(&t)
     }
-    /// Sets every token this mask does not allow to -inf.
+    /// Sets every token this mask does not allow to -inf (word by word: a word that allows all
+    /// 32 of its tokens is skipped).
     pub fn apply(&self, logits: &mut [f32]) {
-        for (t, l) in logits.iter_mut().enumerate() {
-            if !self.allows(t as u32) {
-                *l = f32::NEG_INFINITY;
+        for (wi, chunk) in logits.chunks_mut(32).enumerate() {
+            let mut w = self.bits.get(wi).copied().unwrap_or(0);
+            for &t in self.also.iter().filter(|&&t| t as usize / 32 == wi) {
+                w |= 1 << (t % 32);
+            }
+            if w == u32::MAX {
+                continue;
+            }
+            for (j, l) in chunk.iter_mut().enumerate() {
+                if (w >> j) & 1 == 0 {
+                    *l = f32::NEG_INFINITY;
+                }
             }
         }
     }
