@@ -95,6 +95,10 @@ pub struct SamplingParams {
     pub constraint: Option<Constraint>,
     /// The compiled `constraint`.
     pub grammar: Option<GrammarRef>,
+    /// The reply reasons first (a chat under `--reasoning-parser` whose reasoning is on): the
+    /// grammar starts after these tokens, the reasoning end marker (`</think>`), as SGLang's
+    /// reasoner grammar backend defers it; before them the output is free.
+    pub think_end: Option<std::sync::Arc<[u32]>>,
 }
 
 /// A compiled grammar shared by a request's copies; equal when the constraints are (the
@@ -261,6 +265,7 @@ impl SamplingParamsWire {
             stream_interval,
             constraint,
             grammar: None,
+            think_end: None,
         })
     }
 }

@@ -227,6 +227,26 @@ pub fn plan_tools(
     })
 }
 
+/// The token ids a constrained chat reply's grammar starts after, when the reply reasons first
+/// (SGLang's reasoner grammar backend: `--reasoning-parser` set and the request's reasoning on,
+/// Qwen3's from `chat_template_kwargs.enable_thinking`); None: the grammar starts at once.
+pub fn think_end(
+    reasoning: Option<ReasoningParser>,
+    kwargs: Option<&Map<String, Value>>,
+    encode: impl Fn(&str) -> Result<Vec<u32>, String>,
+) -> Result<Option<std::sync::Arc<[u32]>>, ApiError> {
+    let thinking = kwargs
+        .and_then(|k| k.get("enable_thinking"))
+        .and_then(Value::as_bool);
+    match reasoning {
+        Some(k) if ReasoningStream::forced(k, thinking) => {
+            let ids = encode(crate::parsers::reasoning::END).map_err(ApiError::bad_request)?;
+            Ok((!ids.is_empty()).then(|| ids.into()))
+        }
+        _ => Ok(None),
+    }
+}
+
 /// The parsers of this request's reply: the server's tool-call parser when the plan searches for
 /// calls, its reasoning parser unless `separate_reasoning` is false (Qwen3's start state from
 /// `chat_template_kwargs.enable_thinking`).
@@ -259,6 +279,24 @@ mod tests {
 
     fn msg(v: Value) -> Result<Value, ApiError> {
         message_json(serde_json::from_value(v).unwrap())
+    }
+
+    #[test]
+    fn constrained_replies_that_reason_first_start_their_grammar_after_the_end_marker() {
+        let enc = |t: &str| Ok(t.bytes().map(u32::from).collect());
+        let end: Vec<u32> = "</think>".bytes().map(u32::from).collect();
+        let off = json!({"enable_thinking": false});
+        let on = json!({"enable_thinking": true});
+        let q3 = Some(ReasoningParser::Qwen3);
+        assert_eq!(think_end(q3, None, enc).unwrap().as_deref(), Some(&end[..]));
+        assert_eq!(
+            think_end(q3, on.as_object(), enc).unwrap().as_deref(),
+            Some(&end[..])
+        );
+        assert!(think_end(q3, off.as_object(), enc).unwrap().is_none());
+        let r1 = Some(ReasoningParser::DeepSeekR1);
+        assert!(think_end(r1, off.as_object(), enc).unwrap().is_some());
+        assert!(think_end(None, None, enc).unwrap().is_none());
     }
 
     #[test]

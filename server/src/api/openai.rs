@@ -5,7 +5,7 @@
 //! (`chat_request.rs`, `crate::parsers`). `n > 1` answers `n` choices per prompt, prompt-major
 //! (`fanout.rs`); streamed, the choices' chunks interleave, each with its `index`.
 
-use super::chat_request::{message_json, plan_tools, reply_parser, Message};
+use super::chat_request::{message_json, plan_tools, reply_parser, think_end, Message};
 use super::driver::Driver;
 use super::error::{parse_body, ApiError};
 use super::fanout;
@@ -411,7 +411,7 @@ pub async fn chat_completions(
         w.response_format = None;
         w.json_schema = Some(Value::String(schema.to_string()));
     }
-    let params = w.params(st.info.context_length as i64)?;
+    let mut params = w.params(st.info.context_length as i64)?;
     let n_lp = logprob_count(&w)?;
     let rid = client_rid(&w, &headers, "chatcmpl-");
     let msgs = w
@@ -459,6 +459,11 @@ pub async fn chat_completions(
     )?
     .pop()
     .flatten();
+    if params.constraint.is_some() {
+        params.think_end = think_end(st.reasoning_parser, kwargs.as_ref(), |t| {
+            tok.encode(t, false)
+        })?;
+    }
     let copies = params.n;
     // One reply parser per choice (a parser follows one reply).
     let parsers: Vec<_> = (0..copies)

@@ -10,7 +10,8 @@ use super::tool_call::partial_suffix;
 use super::ReasoningParser;
 
 const START: &str = "<think>";
-const END: &str = "</think>";
+/// Where reasoning ends (both parsers); a constrained chat's grammar starts after it.
+pub const END: &str = "</think>";
 const TOOL: &str = "<tool_call>";
 
 /// The reasoning state of one reply.

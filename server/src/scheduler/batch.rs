@@ -595,8 +595,8 @@ impl<R: ModelRunner> Scheduler<R> {
             banned.extend(p.stop_token_ids.iter().copied());
         }
         let mut mask = None;
-        if let (Some(g), Some(w)) = (&p.grammar, &s.walk) {
-            if let Some(state) = g.0.peek(w, &s.tokens[s.prompt_len..]) {
+        if let (Some(g), Some(w), Some(out)) = (&p.grammar, &s.walk, s.constrained_output()) {
+            if let Some(state) = g.0.peek(w, out) {
                 let m = g.0.mask(state);
                 if !m.accepting {
                     banned.extend(self.eos.iter().copied());
@@ -617,6 +617,7 @@ impl<R: ModelRunner> Scheduler<R> {
             logprobs: logprob,
         } = t;
         s.tokens.push(tok);
+        s.note_reasoning_end();
         if s.first_token_at.is_none() {
             s.first_token_at = Some(std::time::Instant::now());
             if s.req.bootstrap.is_some() {
@@ -640,11 +641,11 @@ impl<R: ModelRunner> Scheduler<R> {
                 return Some(FinishReason::StopStr(m.clone()));
             }
         }
-        if let Some(g) = p.grammar.clone() {
+        if let (Some(g), Some(from)) = (p.grammar.clone(), s.grammar_from) {
             // The grammar ends the request once its text matches and nothing can follow (or
             // once a token left the language: an EOS kept under `ignore_eos`).
             let w = s.walk.get_or_insert_with(|| g.0.walk_start());
-            let done = match g.0.follow(w, &s.tokens[s.prompt_len..]) {
+            let done = match g.0.follow(w, &s.tokens[s.prompt_len + from..]) {
                 None => true,
                 Some(state) => {
                     let m = g.0.mask(state);

@@ -40,8 +40,12 @@ pub struct Seq {
     pub first_lp: Option<Box<crate::logprobs::PosLogprobs>>,
     /// PD prefill leg: the prompt's pages already handed over as parts (finished chunks').
     pub pd_sent: usize,
-    /// Constrained decoding: the walk of the request's grammar over its output.
+    /// Constrained decoding: the walk of the request's grammar over its output from
+    /// `grammar_from` on.
     pub walk: Option<crate::grammar::Walk>,
+    /// Where in the output the grammar starts: 0, or (a request that reasons first) just past
+    /// the reasoning end marker; None while the reasoning goes on (the output is free).
+    pub grammar_from: Option<usize>,
 }
 
 impl Seq {
@@ -49,6 +53,11 @@ impl Seq {
         let tokens = req.input_ids.clone();
         let lp_start = req.logprobs.as_ref().map_or(tokens.len(), |l| l.start);
         let walk = req.params.grammar.as_ref().map(|g| g.0.walk_start());
+        let grammar_from = if req.params.think_end.is_some() {
+            None
+        } else {
+            Some(0)
+        };
         Seq {
             lp_head: lp_start < tokens.len(),
             lp_row: lp_start,
@@ -68,6 +77,27 @@ impl Seq {
             first_lp: None,
             pd_sent: 0,
             walk,
+            grammar_from,
+        }
+    }
+
+    /// The output the grammar walks (None: still reasoning, nothing constrained yet).
+    pub fn constrained_output(&self) -> Option<&[u32]> {
+        let from = self.grammar_from?;
+        Some(&self.tokens[self.prompt_len + from..])
+    }
+
+    /// After a new output token: a request reasoning first starts its grammar once the output
+    /// ends with the reasoning end marker.
+    pub fn note_reasoning_end(&mut self) {
+        if self.grammar_from.is_some() {
+            return;
+        }
+        if let Some(end) = &self.req.params.think_end {
+            let out = &self.tokens[self.prompt_len..];
+            if out.ends_with(end) {
+                self.grammar_from = Some(out.len());
+            }
         }
     }
 

@@ -309,3 +309,57 @@ fn max_queued_requests_refuses_arrivals_while_the_queue_is_full() {
         assert_eq!(n, 4, "request {i}");
     }
 }
+
+/// A constrained request that reasons first (a chat under `--reasoning-parser`): its output up to
+/// the reasoning end marker is free, the same greedy tokens as without a constraint; what follows
+/// matches the grammar. Without a marker the whole output matches.
+#[test]
+fn a_reasoning_reply_is_constrained_after_its_end_marker() {
+    use crate::grammar::{Compiler, Constraint};
+    use crate::model::ModelRunner;
+    use crate::sampling::GrammarRef;
+    let mut r = rig(cfg());
+    let tok = Tokenizer::load(r._dir.path()).unwrap();
+    let compiler = Compiler::new(tok.token_bytes(r.s.model.cfg().vocab_size));
+    let g = compiler
+        .compile(&Constraint::Regex("[0-9]{2,6}".into()))
+        .unwrap();
+    let mut run = |r: &mut Rig, rid: &str, grammar: bool, think_end: Option<Vec<u32>>| {
+        let (mut req, mut rx) = request(rid, ids(1, 12), 24, 0.0);
+        if grammar {
+            req.params.ignore_eos = false;
+            req.params.grammar = Some(GrammarRef(g.clone()));
+        }
+        req.params.think_end = think_end.map(Into::into);
+        r.s.handle(Msg::Submit(Box::new(req)));
+        r.drain();
+        let mut out = Vec::new();
+        while let Ok(ev) = rx.try_recv() {
+            if let Event::Token { id, .. } = ev {
+                out.push(id);
+            }
+        }
+        out
+    };
+    let free = run(&mut r, "free", false, None);
+    // The marker: an output token that did not occur before it, past the first.
+    let k = (1..free.len())
+        .find(|&k| !free[..k].contains(&free[k]))
+        .expect("a new token in the free output");
+    let digits = |ids: &[u32]| {
+        let t = tok.decode(ids, true);
+        assert!(
+            (2..=6).contains(&t.len()) && t.bytes().all(|b| b.is_ascii_digit()),
+            "{t:?} does not match [0-9]{{2,6}}"
+        );
+    };
+    let whole = run(&mut r, "whole", true, None);
+    digits(&whole);
+    let reasoned = run(&mut r, "reasoned", true, Some(vec![free[k]]));
+    assert_eq!(
+        reasoned[..=k],
+        free[..=k],
+        "the reasoning is not constrained"
+    );
+    digits(&reasoned[k + 1..]);
+}
