@@ -324,7 +324,7 @@ fn a_reasoning_reply_is_constrained_after_its_end_marker() {
     let g = compiler
         .compile(&Constraint::Regex("[0-9]{2,6}".into()))
         .unwrap();
-    let mut run = |r: &mut Rig, rid: &str, grammar: bool, think_end: Option<Vec<u32>>| {
+    let run = |r: &mut Rig, rid: &str, grammar: bool, think_end: Option<Vec<u32>>| {
         let (mut req, mut rx) = request(rid, ids(1, 12), 24, 0.0);
         if grammar {
             req.params.ignore_eos = false;
