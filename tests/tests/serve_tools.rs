@@ -326,9 +326,13 @@ fn unknown_parser_names_are_start_up_errors() {
         (
             "--tool-call-parser",
             "bogus",
-            "hermes, llama3, mistral, pythonic, qwen25",
+            "hermes, kimi_k2, llama3, mistral, pythonic, qwen25, qwen3_coder",
         ),
-        ("--reasoning-parser", "r2", "deepseek-r1, qwen3"),
+        (
+            "--reasoning-parser",
+            "r2",
+            "deepseek-r1, deepseek-v3, glm45, qwen3, qwen3-thinking",
+        ),
     ] {
         let out = Command::new(bin())
             .args(["serve", "--model-path"])

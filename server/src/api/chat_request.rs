@@ -235,11 +235,8 @@ pub fn think_end(
     kwargs: Option<&Map<String, Value>>,
     encode: impl Fn(&str) -> Result<Vec<u32>, String>,
 ) -> Result<Option<std::sync::Arc<[u32]>>, ApiError> {
-    let thinking = kwargs
-        .and_then(|k| k.get("enable_thinking"))
-        .and_then(Value::as_bool);
     match reasoning {
-        Some(k) if ReasoningStream::forced(k, thinking) => {
+        Some(k) if ReasoningStream::forced(k, kwargs) => {
             let ids = encode(crate::parsers::reasoning::END).map_err(ApiError::bad_request)?;
             Ok((!ids.is_empty()).then(|| ids.into()))
         }
@@ -257,12 +254,9 @@ pub fn reply_parser(
     separate_reasoning: bool,
     kwargs: Option<&Map<String, Value>>,
 ) -> ReplyParser {
-    let thinking = kwargs
-        .and_then(|k| k.get("enable_thinking"))
-        .and_then(Value::as_bool);
     let reasoning = reasoning
         .filter(|_| separate_reasoning)
-        .map(|k| (k, ReasoningStream::forced(k, thinking)));
+        .map(|k| (k, ReasoningStream::forced(k, kwargs)));
     // A forced reply is a JSON array of calls, whatever --tool-call-parser says.
     let tool = if plan.forced.is_some() {
         Some(ToolParser::JsonArray)

@@ -3,6 +3,7 @@
 //! the stream that runs both over a reply as it arrives ([`output`]). SGLang's formats and names;
 //! docs/server.md ("Tool calls and reasoning") says where Strata decides differently.
 
+pub mod marked;
 pub mod output;
 pub mod pyjson;
 pub mod pythonic;
@@ -23,20 +24,47 @@ pub enum ToolParser {
     Mistral,
     /// `[f(a=1), g(b="x")]` with Python literals.
     Pythonic,
+    /// `<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>name` and a ```json
+    /// block (DeepSeek-V3, R1).
+    DeepSeekV3,
+    /// `<｜tool▁call▁begin｜>name<｜tool▁sep｜>{json}<｜tool▁call▁end｜>` (DeepSeek-V3.1).
+    DeepSeekV31,
+    /// `<|tool_call_begin|>functions.name:0<|tool_call_argument_begin|>{json}` (Kimi-K2).
+    KimiK2,
+    /// `<tool_call>name` and `<arg_key>`/`<arg_value>` pairs (GLM-4.5, GLM-4.6).
+    Glm45,
+    /// `<tool_call><function=name><parameter=k>v</parameter></function>` (Qwen3-Coder).
+    Qwen3Coder,
     /// `[{"name": .., "parameters": ..}, ...]`, the whole reply: what `tool_choice` `required`
     /// or a named function constrains the reply to (SGLang's JSON-array form; not a flag).
     JsonArray,
 }
 
 impl ToolParser {
-    pub const NAMES: &'static [&'static str] =
-        &["hermes", "llama3", "mistral", "pythonic", "qwen25"];
+    pub const NAMES: &'static [&'static str] = &[
+        "deepseekv3",
+        "deepseekv31",
+        "glm45",
+        "hermes",
+        "kimi_k2",
+        "llama3",
+        "mistral",
+        "pythonic",
+        "qwen25",
+        "qwen3_coder",
+    ];
 
     /// The parser `--tool-call-parser NAME` names; the error is the start-up message.
     pub fn from_flag(name: &str) -> Result<Self, String> {
         Ok(match name {
-            "qwen25" => Self::Qwen25,
+            // SGLang's alias names too: `qwen` for Qwen 2.5/3, `glm` / `glm4` for GLM-4.5's.
+            "qwen25" | "qwen" => Self::Qwen25,
             "hermes" => Self::Hermes,
+            "deepseekv3" => Self::DeepSeekV3,
+            "deepseekv31" => Self::DeepSeekV31,
+            "kimi_k2" => Self::KimiK2,
+            "glm45" | "glm" | "glm4" => Self::Glm45,
+            "qwen3_coder" => Self::Qwen3Coder,
             "llama3" => Self::Llama3,
             "mistral" => Self::Mistral,
             "pythonic" => Self::Pythonic,
@@ -50,7 +78,7 @@ impl ToolParser {
     }
 }
 
-/// A `--reasoning-parser` format (both use `<think>`/`</think>`).
+/// A `--reasoning-parser` format (all use `<think>`/`</think>`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReasoningParser {
     /// The reply is reasoning up to `</think>`, whether or not it opens with `<think>`.
@@ -58,21 +86,42 @@ pub enum ReasoningParser {
     /// As DeepSeek-R1 unless the request's `chat_template_kwargs.enable_thinking` is false; then
     /// only a reply that opens with `<think>` has reasoning. `<tool_call>` also ends it.
     Qwen3,
+    /// Qwen3's markers, always reasoning first (`qwen3-thinking`: the Thinking-2507 models).
+    Qwen3Thinking,
+    /// Reasoning first only when `chat_template_kwargs.thinking` is true (`deepseek-v3`:
+    /// DeepSeek-V3.1's hybrid thinking).
+    DeepSeekV3,
+    /// As Qwen3 (`glm45`: GLM-4.5 / 4.6 reason unless `enable_thinking` is false).
+    Glm45,
 }
 
 impl ReasoningParser {
-    pub const NAMES: &'static [&'static str] = &["deepseek-r1", "qwen3"];
+    pub const NAMES: &'static [&'static str] = &[
+        "deepseek-r1",
+        "deepseek-v3",
+        "glm45",
+        "qwen3",
+        "qwen3-thinking",
+    ];
 
     /// The parser `--reasoning-parser NAME` names; the error is the start-up message.
     pub fn from_flag(name: &str) -> Result<Self, String> {
         match name {
             "deepseek-r1" => Ok(Self::DeepSeekR1),
             "qwen3" => Ok(Self::Qwen3),
+            "qwen3-thinking" => Ok(Self::Qwen3Thinking),
+            "deepseek-v3" => Ok(Self::DeepSeekV3),
+            "glm45" => Ok(Self::Glm45),
             _ => Err(format!(
                 "--reasoning-parser {name}: unknown or not implemented parser (known: {})",
                 Self::NAMES.join(", ")
             )),
         }
+    }
+
+    /// Whether `<tool_call>` also ends the reasoning (the Qwen3 family's templates).
+    pub fn tool_call_ends_reasoning(self) -> bool {
+        matches!(self, Self::Qwen3 | Self::Qwen3Thinking | Self::Glm45)
     }
 }
 

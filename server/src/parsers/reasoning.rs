@@ -36,11 +36,19 @@ impl ReasoningStream {
         }
     }
 
-    /// Whether the request makes `kind` treat the reply as reasoning from its start.
-    pub fn forced(kind: ReasoningParser, enable_thinking: Option<bool>) -> bool {
+    /// Whether the request (its `chat_template_kwargs`) makes `kind` treat the reply as
+    /// reasoning from its start.
+    pub fn forced(
+        kind: ReasoningParser,
+        kwargs: Option<&serde_json::Map<String, serde_json::Value>>,
+    ) -> bool {
+        let flag = |k: &str| kwargs.and_then(|m| m.get(k)).and_then(|v| v.as_bool());
         match kind {
-            ReasoningParser::DeepSeekR1 => true,
-            ReasoningParser::Qwen3 => enable_thinking != Some(false),
+            ReasoningParser::DeepSeekR1 | ReasoningParser::Qwen3Thinking => true,
+            ReasoningParser::Qwen3 | ReasoningParser::Glm45 => {
+                flag("enable_thinking") != Some(false)
+            }
+            ReasoningParser::DeepSeekV3 => flag("thinking") == Some(true),
         }
     }
 
@@ -62,7 +70,7 @@ impl ReasoningStream {
             return (String::new(), std::mem::take(&mut self.buf));
         }
         let mut end = self.buf.find(END).map(|e| (e, e + END.len()));
-        if self.kind == ReasoningParser::Qwen3 {
+        if self.kind.tool_call_ends_reasoning() {
             if let Some(t) = self
                 .buf
                 .find(TOOL)
@@ -78,7 +86,7 @@ impl ReasoningStream {
             return (std::mem::take(&mut self.buf), content);
         }
         let mut hold = partial_suffix(&self.buf, END);
-        if self.kind == ReasoningParser::Qwen3 {
+        if self.kind.tool_call_ends_reasoning() {
             hold = hold.max(partial_suffix(&self.buf, TOOL));
         }
         let keep = self.buf.split_off(self.buf.len() - hold);
@@ -100,6 +108,11 @@ impl ReasoningStream {
 mod tests {
     use super::*;
     use ReasoningParser::*;
+
+    /// `chat_template_kwargs` with `enable_thinking` set.
+    fn kw(on: bool) -> Option<serde_json::Map<String, serde_json::Value>> {
+        serde_json::from_value(serde_json::json!({ "enable_thinking": on })).ok()
+    }
 
     /// Feeds `parts` and finishes: (reasoning, content).
     fn run(kind: ReasoningParser, forced: bool, parts: &[&str]) -> (String, String) {
@@ -140,7 +153,7 @@ mod tests {
 
     #[test]
     fn deepseek_r1_reasons_until_the_end_tag_with_or_without_the_start_tag() {
-        let f = ReasoningStream::forced(DeepSeekR1, Some(false));
+        let f = ReasoningStream::forced(DeepSeekR1, kw(false).as_ref());
         assert!(f);
         assert_eq!(
             same_when_split(DeepSeekR1, f, "Hmm, 2+2.</think>It is 4."),
@@ -163,8 +176,16 @@ mod tests {
     #[test]
     fn qwen3_follows_enable_thinking() {
         assert!(ReasoningStream::forced(Qwen3, None));
-        assert!(ReasoningStream::forced(Qwen3, Some(true)));
-        let off = ReasoningStream::forced(Qwen3, Some(false));
+        assert!(ReasoningStream::forced(Qwen3, kw(true).as_ref()));
+        let off = ReasoningStream::forced(Qwen3, kw(false).as_ref());
+        // The other parsers' start states.
+        assert!(ReasoningStream::forced(Qwen3Thinking, kw(false).as_ref()));
+        assert!(!ReasoningStream::forced(Glm45, kw(false).as_ref()));
+        assert!(ReasoningStream::forced(Glm45, None));
+        assert!(!ReasoningStream::forced(DeepSeekV3, None));
+        let think: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_str(r#"{"thinking": true}"#).unwrap();
+        assert!(ReasoningStream::forced(DeepSeekV3, Some(&think)));
         assert!(!off);
         // Thinking off: only an opening <think> makes reasoning.
         assert_eq!(

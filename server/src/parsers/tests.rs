@@ -60,7 +60,7 @@ fn names_are_checked_at_start_up() {
     let e = ToolParser::from_flag("bogus").unwrap_err();
     assert!(
         e.starts_with("--tool-call-parser bogus")
-            && e.contains("hermes, llama3, mistral, pythonic, qwen25"),
+            && e.contains("hermes, kimi_k2, llama3, mistral, pythonic, qwen25, qwen3_coder"),
         "{e}"
     );
     assert_eq!(
@@ -69,7 +69,8 @@ fn names_are_checked_at_start_up() {
     );
     let e = ReasoningParser::from_flag("r2").unwrap_err();
     assert!(
-        e.starts_with("--reasoning-parser r2") && e.contains("deepseek-r1, qwen3"),
+        e.starts_with("--reasoning-parser r2")
+            && e.contains("deepseek-r1, deepseek-v3, glm45, qwen3, qwen3-thinking"),
         "{e}"
     );
     let id = call_id();
@@ -287,4 +288,77 @@ fn a_forced_reply_is_one_json_array_of_calls() {
     assert_eq!((c.as_str(), calls.len()), (cut, 0));
     // JsonArray is no --tool-call-parser name.
     assert!(ToolParser::from_flag("json_array").is_err());
+}
+
+#[test]
+fn marker_formats_parse_their_calls_whatever_the_pieces() {
+    let w = r#"{"city": "Paris"}"#;
+    let cases: [(ToolParser, String); 5] = [
+        (
+            ToolParser::DeepSeekV3,
+            format!(
+                "Sure.<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n{w}\n```<｜tool▁call▁end｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>ping\n```json\n{{}}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>"
+            ),
+        ),
+        (
+            ToolParser::DeepSeekV31,
+            format!(
+                "Sure.<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>{w}<｜tool▁call▁end｜><｜tool▁call▁begin｜>ping<｜tool▁sep｜>{{}}<｜tool▁call▁end｜><｜tool▁calls▁end｜>"
+            ),
+        ),
+        (
+            ToolParser::KimiK2,
+            format!(
+                "Sure.<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0<|tool_call_argument_begin|>{w}<|tool_call_end|><|tool_call_begin|>functions.ping:1<|tool_call_argument_begin|>{{}}<|tool_call_end|><|tool_calls_section_end|>"
+            ),
+        ),
+        (
+            ToolParser::Glm45,
+            "Sure.<tool_call>get_weather\n<arg_key>city</arg_key>\n<arg_value>Paris</arg_value>\n</tool_call><tool_call>ping\n</tool_call>".to_string(),
+        ),
+        (
+            ToolParser::Qwen3Coder,
+            "Sure.<tool_call>\n<function=get_weather>\n<parameter=city>\nParis\n</parameter>\n</function>\n</tool_call>\n<tool_call>\n<function=ping>\n</function>\n</tool_call>".to_string(),
+        ),
+    ];
+    for (t, text) in cases {
+        let (r, c, calls) = check_splits(|| parser(t), &text);
+        assert_eq!(r, "", "{t:?}");
+        assert_eq!(c.trim(), "Sure.", "{t:?}");
+        assert_eq!(
+            calls,
+            vec![
+                call("get_weather", r#"{"city": "Paris"}"#),
+                call("ping", "{}")
+            ],
+            "{t:?}"
+        );
+    }
+}
+
+#[test]
+fn marker_formats_keep_what_does_not_parse() {
+    // An unknown function and a malformed block stay in the content; typed values come out as
+    // JSON where they parse.
+    let known = |n: &str| n == "get_weather";
+    let s = marked::deepseek_v31(
+        "<｜tool▁call▁begin｜>nope<｜tool▁sep｜>{}<｜tool▁call▁end｜><｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>{bad<｜tool▁call▁end｜>",
+        &known,
+    );
+    assert!(s.calls.is_empty());
+    assert!(s.text.contains("nope") && s.text.contains("{bad"));
+    let s = marked::glm45(
+        "<tool_call>get_weather\n<arg_key>days</arg_key><arg_value>3</arg_value><arg_key>units</arg_key><arg_value>[\"c\"]</arg_value></tool_call>",
+        &known,
+    );
+    assert_eq!(
+        s.calls,
+        vec![call("get_weather", r#"{"days": 3, "units": ["c"]}"#)]
+    );
+    assert_eq!(
+        ToolParser::from_flag("qwen"),
+        Ok(ToolParser::Qwen25),
+        "SGLang's alias"
+    );
+    assert_eq!(ToolParser::from_flag("kimi_k2"), Ok(ToolParser::KimiK2));
 }

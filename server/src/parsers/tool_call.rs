@@ -3,7 +3,7 @@
 //! stays in the section's text, so malformed output reaches the client as content; items of a
 //! JSON list that name unknown functions are dropped, as SGLang drops them.
 
-use super::{pyjson, pythonic, ToolCall, ToolParser};
+use super::{marked, pyjson, pythonic, ToolCall, ToolParser};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -35,6 +35,9 @@ impl ToolParser {
             Self::Mistral => at(rest.find(TOOL_CALLS)),
             Self::Pythonic => at(pythonic::find_start(rest)),
             Self::JsonArray => Some(0),
+            Self::DeepSeekV3 | Self::DeepSeekV31 => at(rest.find(marked::DS_CALLS)),
+            Self::KimiK2 => at(rest.find(marked::KIMI_CALLS)),
+            Self::Glm45 | Self::Qwen3Coder => at(rest.find(marked::TAG_OPEN)),
         }
     }
 
@@ -47,6 +50,9 @@ impl ToolParser {
             Self::Mistral => TOOL_CALLS,
             Self::Pythonic => return pythonic::hold(text),
             Self::JsonArray => return 0,
+            Self::DeepSeekV3 | Self::DeepSeekV31 => marked::DS_CALLS,
+            Self::KimiK2 => marked::KIMI_CALLS,
+            Self::Glm45 | Self::Qwen3Coder => marked::TAG_OPEN,
         };
         partial_suffix(text, marker)
     }
@@ -61,6 +67,11 @@ impl ToolParser {
             Self::Mistral => mistral(section, known),
             Self::Pythonic => pythonic::parse(section, known),
             Self::JsonArray => json_array(section, known, last),
+            Self::DeepSeekV3 => marked::deepseek_v3(section, known),
+            Self::DeepSeekV31 => marked::deepseek_v31(section, known),
+            Self::KimiK2 => marked::kimi_k2(section, known),
+            Self::Glm45 => marked::glm45(section, known),
+            Self::Qwen3Coder => marked::qwen3_coder(section, known),
         }
     }
 }

@@ -236,11 +236,13 @@ pub struct Args {
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(0..=3))]
     log_requests_level: u8,
     /// Search /v1/chat/completions replies for function calls in this format when the request
-    /// has tools: qwen25, hermes, llama3, mistral or pythonic (another name is a start-up error).
+    /// has tools: qwen25 (qwen), hermes, llama3, mistral, pythonic, deepseekv3, deepseekv31,
+    /// kimi_k2, glm45 or qwen3_coder (another name is a start-up error).
     #[arg(long)]
     tool_call_parser: Option<String>,
     /// Split the reasoning off /v1/chat/completions replies (message.reasoning_content):
-    /// deepseek-r1 or qwen3 (another name is a start-up error).
+    /// deepseek-r1, deepseek-v3, qwen3, qwen3-thinking or glm45 (another name is a start-up
+    /// error).
     #[arg(long)]
     reasoning_parser: Option<String>,
 }
