@@ -54,35 +54,30 @@ fn nvrtc_programs_compile_where_nvrtc_exists() {
         let cubin = nvrtc::compile(p, "sm_90").unwrap_or_else(|e| panic!("{e}"));
         assert!(cubin.len() > 100, "{}: empty cubin", p.name());
     }
+    // Kernel `name`'s ptxas report in `log` shows no spills (printed).
+    let no_spills = |arch: &str, log: &str, name: &str| {
+        let at = log
+            .find(&format!("'{name}'"))
+            .unwrap_or_else(|| panic!("{arch}: no ptxas report for {name}:\n{log}"));
+        let report: String = log[at..].lines().take(4).collect::<Vec<_>>().join(" | ");
+        println!("{arch} {report}");
+        assert!(
+            report.contains(" 0 bytes spill stores") && report.contains(" 0 bytes spill loads"),
+            "{arch} {name} spills: {report}"
+        );
+    };
     for arch in ["sm_80", "sm_90"] {
         let (cubin, log) = nvrtc::compile_with(Program::Attention, arch, &["--ptxas-options=-v"])
             .unwrap_or_else(|e| panic!("{e}"));
         assert!(cubin.len() > 100, "{arch}: empty attention cubin");
         for name in super::attention::FA2_NAMES {
-            let at = log
-                .find(&format!("'{name}'"))
-                .unwrap_or_else(|| panic!("{arch}: no ptxas report for {name}:\n{log}"));
-            let report: String = log[at..].lines().take(4).collect::<Vec<_>>().join(" | ");
-            println!("{arch} {report}");
-            assert!(
-                report.contains(" 0 bytes spill stores") && report.contains(" 0 bytes spill loads"),
-                "{arch} {name} spills: {report}"
-            );
+            no_spills(arch, &log, name);
         }
-        // The register cluster form holds two iterations of K/V rows in registers: no spills.
-        for name in super::attention::DECODE2R_NAMES
-            .iter()
-            .filter(|_| arch == "sm_90")
-        {
-            let at = log
-                .find(&format!("'{name}'"))
-                .unwrap_or_else(|| panic!("{arch}: no ptxas report for {name}:\n{log}"));
-            let report: String = log[at..].lines().take(4).collect::<Vec<_>>().join(" | ");
-            println!("{arch} {report}");
-            assert!(
-                report.contains(" 0 bytes spill stores") && report.contains(" 0 bytes spill loads"),
-                "{arch} {name} spills: {report}"
-            );
+        // The register cluster form holds two iterations of K/V rows in registers.
+        if arch == "sm_90" {
+            for name in super::attention::DECODE2R_NAMES {
+                no_spills(arch, &log, name);
+            }
         }
     }
     // The wgmma prefill kernel: sm_90a only, no spills, and no wgmma ptxas had to serialize
@@ -90,18 +85,7 @@ fn nvrtc_programs_compile_where_nvrtc_exists() {
     let (cubin, log) = nvrtc::compile_with(Program::AttentionWg, "sm_90a", &["--ptxas-options=-v"])
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(cubin.len() > 100, "sm_90a: empty wgmma attention cubin");
-    {
-        let name = super::attention::WG_NAME;
-        let at = log
-            .find(&format!("'{name}'"))
-            .unwrap_or_else(|| panic!("sm_90a: no ptxas report for {name}:\n{log}"));
-        let report: String = log[at..].lines().take(4).collect::<Vec<_>>().join(" | ");
-        println!("sm_90a {report}");
-        assert!(
-            report.contains(" 0 bytes spill stores") && report.contains(" 0 bytes spill loads"),
-            "sm_90a {name} spills: {report}"
-        );
-    }
+    no_spills("sm_90a", &log, super::attention::WG_NAME);
     assert!(!log.contains("serialized"), "wgmma serialized:\n{log}");
 }
 
