@@ -31,8 +31,9 @@ impl StringOrList {
 
 /// SGLang's sampling parameters as accepted on the wire: every field of SGLang's `SamplingParams`
 /// is accepted (null means absent); unknown fields are rejected, as SGLang's `SamplingParams(**d)`
-/// does. Constrained decoding takes `regex` or `json_schema` (a string each, `grammar/`); `ebnf`,
-/// `structural_tag` and `stop_regex` answer 400 rather than silently producing unconstrained text;
+/// does. Constrained decoding takes `regex`, `json_schema` or `ebnf` (a string each, `grammar/`;
+/// EBNF without recursion); `structural_tag` and `stop_regex` answer 400 rather than silently
+/// producing unconstrained text;
 /// `custom_params` does not change the output here and is ignored. `stream_interval` overrides
 /// the server's `--stream-interval` for this request (0 or null: the server's, as SGLang).
 #[derive(Debug, Clone, Deserialize)]
@@ -187,26 +188,25 @@ impl SamplingParamsWire {
             Some(serde_json::Value::String(t)) => Ok(Some(t.clone())),
             Some(v) => Err(format!("{name} must be a string, got {v}.")),
         };
-        let constraint = match (
-            text("regex", &self.regex)?,
-            text("json_schema", &self.json_schema)?,
-        ) {
-            (Some(_), Some(_)) => {
-                return Err("Only one of regex, json_schema and ebnf can be set.".to_string())
-            }
-            (Some(r), None) => Some(Constraint::Regex(r)),
-            (None, Some(s)) => Some(Constraint::JsonSchema(s)),
-            (None, None) => None,
-        };
+        let mut given = [
+            text("regex", &self.regex)?.map(Constraint::Regex),
+            text("json_schema", &self.json_schema)?.map(Constraint::JsonSchema),
+            text("ebnf", &self.ebnf)?.map(Constraint::Ebnf),
+        ]
+        .into_iter()
+        .flatten();
+        let constraint = given.next();
+        if given.next().is_some() {
+            return Err("Only one of regex, json_schema and ebnf can be set.".to_string());
+        }
         for (name, v) in [
-            ("ebnf", &self.ebnf),
             ("structural_tag", &self.structural_tag),
             ("stop_regex", &self.stop_regex),
         ] {
             if v.as_ref().is_some_and(|v| !v.is_null()) {
                 return Err(format!(
                     "{name}: this kind of constrained decoding is not supported by this server \
-                     (regex and json_schema are)."
+                     (regex, json_schema and ebnf are)."
                 ));
             }
         }
@@ -374,7 +374,12 @@ mod tests {
         );
         assert!(parse(r#"{"regex": "a", "json_schema": "{}"}"#).is_err());
         assert!(parse(r#"{"regex": 3}"#).is_err());
-        assert!(parse(r#"{"ebnf": "root ::= \"a\""}"#)
+        assert_eq!(
+            parse(r#"{"ebnf": "root ::= \"a\""}"#).unwrap().constraint,
+            Some(Constraint::Ebnf("root ::= \"a\"".into()))
+        );
+        assert!(parse(r#"{"ebnf": "root ::= \"a\"", "regex": "a"}"#).is_err());
+        assert!(parse(r#"{"structural_tag": {}}"#)
             .unwrap_err()
             .contains("not supported"));
         assert!(parse(r#"{"logit_bias": {"x": 1}}"#).is_err());

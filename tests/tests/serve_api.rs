@@ -51,7 +51,7 @@ async fn bad_inputs_get_400_and_the_server_keeps_serving() {
         ),
         (
             "/generate",
-            r#"{"text": "hi", "sampling_params": {"ebnf": "root ::= \"a\""}}"#.into(),
+            r#"{"text": "hi", "sampling_params": {"ebnf": "root ::= \"a\" root"}}"#.into(),
         ),
         (
             "/generate",

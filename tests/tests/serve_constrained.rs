@@ -2,8 +2,9 @@
 //! random weights would never produce the shapes asked for by themselves). Greedy and seeded
 //! sampled outputs under `regex` match it whole and finish when the pattern is complete;
 //! `json_schema` outputs parse as JSON of the schema's shape on `/generate`, completions and
-//! chat (`response_format`); streaming adds up to the non-streamed answer; bad constraints and
-//! the unsupported kinds are 400s.
+//! chat (`response_format`); an EBNF grammar's outputs derive from its root; streaming adds up to
+//! the non-streamed answer; bad constraints (a recursive EBNF rule, no `root`) and the unsupported
+//! kinds are 400s.
 
 mod serve_common;
 
@@ -72,6 +73,28 @@ async fn outputs_follow_regex_and_json_schema() {
     // Unconstrained, the same prompt says something else.
     let plain = s.greedy("Once upon a time", 6).await;
     assert!(!matches_code(plain["text"].as_str().unwrap()));
+
+    // An EBNF grammar (regular: its rules expand to the same byte DFA), greedy and sampled.
+    let ebnf =
+        "root ::= answer \"!\" code? # a comment\nanswer ::= \"yes\" | \"no\"\ncode ::= [0-9]{2}";
+    for (temperature, seed) in [(0.0, 0), (1.0, 1), (1.0, 2)] {
+        let (st, v) = s
+            .post(
+                "/generate",
+                &json!({"text": "Once upon a time", "sampling_params": {"ebnf": ebnf,
+                "max_new_tokens": 40, "temperature": temperature, "seed": seed}}),
+            )
+            .await;
+        assert_eq!(st, 200, "{v}");
+        let text = v["text"].as_str().unwrap();
+        let rest = text.strip_prefix("yes!").or(text.strip_prefix("no!"));
+        assert!(
+            rest.is_some_and(
+                |r| r.is_empty() || (r.len() == 2 && r.bytes().all(|b| b.is_ascii_digit()))
+            ),
+            "seed {seed}: {text:?}"
+        );
+    }
 
     // JSON schema on /generate (as SGLang's string) and the same answer streamed.
     let schema = person_schema().to_string();
@@ -161,7 +184,11 @@ async fn outputs_follow_regex_and_json_schema() {
         ),
         (
             "/generate",
-            json!({"text": "x", "sampling_params": {"ebnf": "root ::= \"a\""}}),
+            json!({"text": "x", "sampling_params": {"ebnf": "root ::= \"a\" root | \"b\""}}),
+        ),
+        (
+            "/generate",
+            json!({"text": "x", "sampling_params": {"ebnf": "start ::= \"a\""}}),
         ),
         (
             "/v1/chat/completions",

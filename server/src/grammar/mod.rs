@@ -12,6 +12,7 @@
 //! repeated requests pay the vocabulary walk once per state.
 
 pub mod bytes;
+pub mod ebnf;
 pub mod schema;
 #[cfg(test)]
 mod tests;
@@ -31,6 +32,8 @@ pub enum Constraint {
     Regex(String),
     /// The whole output is JSON valid under this schema (its JSON text).
     JsonSchema(String),
+    /// The whole output is derived from this EBNF grammar's `root` (a regular one).
+    Ebnf(String),
 }
 
 impl Constraint {
@@ -43,6 +46,7 @@ impl Constraint {
                     .map_err(|e| format!("json_schema is not valid JSON: {e}"))?;
                 schema::to_regex(&v)
             }
+            Constraint::Ebnf(g) => ebnf::to_regex(g),
         }
     }
 }

@@ -221,3 +221,66 @@ fn random_masked_walks_spell_valid_json() {
             .all(|k| ["name", "tags", "ok", "n"].contains(&k.as_str())));
     }
 }
+
+#[test]
+fn ebnf_grammars_without_recursion_become_regexes() {
+    use super::ebnf::to_regex;
+    let g = r#"
+        # the answer, then an optional code
+        root ::= answer "!" code?
+        answer ::= "yes" | 'no' | "a\"b"
+        code ::= [0-9a-f]{2,3} ( "-" [^\n-] )*
+    "#;
+    let re = regex_automata::meta::Regex::new(&format!("^(?:{})$", to_regex(g).unwrap())).unwrap();
+    for ok in [
+        "yes!",
+        "no!",
+        "a\"b!",
+        "yes!0f",
+        "no!abc-x-y",
+        "yes!00-\u{e9}",
+    ] {
+        assert!(re.is_match(ok), "{ok:?} should match");
+    }
+    for bad in ["yes", "maybe!", "yes!0", "yes!0000", "no!ab-\n", "no!ab--"] {
+        assert!(!re.is_match(bad), "{bad:?} should not match");
+    }
+    // A grammar compiles into the byte DFA like any constraint.
+    let c = Constraint::Ebnf(g.into());
+    assert!(Grammar::new(&c.to_regex().unwrap(), vocab()).is_ok());
+    // What it refuses, with a message naming the problem.
+    for (g, want) in [
+        (r#"root ::= "[" root "]" | "x""#, "recursive"),
+        (r#"root ::= a  a ::= "x" b  b ::= a"#, "recursive"),
+        (r#"main ::= "x""#, "no `root`"),
+        (r#"root ::= missing"#, "undefined rule `missing`"),
+        (r#"root ::= "x"  root ::= "y""#, "twice"),
+        (r#"root ::= "unterminated"#, "does not parse"),
+        (r#"root ::= [z-a]"#, "backwards"),
+        (r#"root ::= "x"{3,1}"#, "backwards"),
+        (r#"root := "x""#, "does not parse"),
+    ] {
+        let e = to_regex(g).unwrap_err();
+        assert!(e.contains(want), "{g:?}: {e}");
+    }
+}
+
+#[test]
+fn schema_strings_escape_surrogates_only_in_pairs() {
+    // Found by a random masked walk: `\uDb8D` alone is JSON text that strict parsers (serde_json)
+    // refuse; the string rule allows a surrogate only as a high-low pair.
+    let re = schema::to_regex(&json!({"type": "string"})).unwrap();
+    let re = regex_automata::meta::Regex::new(&format!("^(?:{re})$")).unwrap();
+    for ok in [
+        r#""\u00e9""#,
+        r#""\uD83D\uDE00""#,
+        r#""\ud7ff\ue000""#,
+        r#""plain""#,
+    ] {
+        assert!(re.is_match(ok), "{ok}");
+        serde_json::from_str::<Value>(ok).unwrap();
+    }
+    for bad in [r#""\uDb8D""#, r#""\uDE00\uD83D""#, r#""\uD83Dx""#] {
+        assert!(!re.is_match(bad), "{bad}");
+    }
+}

@@ -1,0 +1,358 @@
+//! SGLang's `ebnf` constraint (xgrammar's EBNF dialect, GBNF-like) for grammars that are
+//! regular: rules `name ::= expr` (a rule runs until the next `name ::=`), alternatives `|`,
+//! sequences, groups `( )`, quantifiers `*`, `+`, `?`, `{m}`, `{m,}`, `{m,n}`, double- or
+//! single-quoted strings and character classes `[a-z]` / `[^...]` with the escapes `\n \r \t \\
+//! \" \' \] \- \xHH \uHHHH`, references to other rules, and `#` comments; the start is `root`.
+//! Every reference is expanded in place, so the grammar becomes one regular expression for the
+//! byte DFA the other constraints use. A recursive rule (`value ::= "[" value "]"`) has no
+//! regular form and is refused with a 400 naming it, as is any syntax outside the above.
+
+use std::collections::HashMap;
+
+/// The largest regular expression a grammar may expand to (bytes).
+const MAX_REGEX: usize = 1 << 20;
+
+#[derive(Debug, Clone)]
+enum Node {
+    /// A sequence of literal characters.
+    Lit(String),
+    /// A character class: (negated, inclusive ranges).
+    Class(bool, Vec<(char, char)>),
+    Ref(String),
+    Seq(Vec<Node>),
+    Alt(Vec<Node>),
+    Rep(Box<Node>, u32, Option<u32>),
+}
+
+/// The regular expression `src`'s `root` rule matches; the error is the client's 400.
+pub fn to_regex(src: &str) -> Result<String, String> {
+    let rules = parse(src).map_err(|e| format!("The EBNF grammar does not parse: {e}"))?;
+    if !rules.contains_key("root") {
+        return Err("The EBNF grammar has no `root` rule.".into());
+    }
+    let mut out = String::new();
+    expand(&rules, &Node::Ref("root".into()), &mut Vec::new(), &mut out)?;
+    Ok(out)
+}
+
+fn expand(
+    rules: &HashMap<String, Node>,
+    n: &Node,
+    stack: &mut Vec<String>,
+    out: &mut String,
+) -> Result<(), String> {
+    if out.len() > MAX_REGEX {
+        return Err("The EBNF grammar expands to a regular expression over 1 MiB.".into());
+    }
+    match n {
+        Node::Lit(s) => out.push_str(&regex_syntax::escape(s)),
+        Node::Class(neg, ranges) => {
+            out.push_str(if *neg { "[^" } else { "[" });
+            for &(a, b) in ranges {
+                out.push_str(&format!("\\x{{{:x}}}", a as u32));
+                if a != b {
+                    out.push_str(&format!("-\\x{{{:x}}}", b as u32));
+                }
+            }
+            out.push(']');
+        }
+        Node::Ref(name) => {
+            if stack.contains(name) {
+                return Err(format!(
+                    "The EBNF rule `{name}` is recursive: only grammars without recursion \
+                     (regular ones) are supported."
+                ));
+            }
+            let body = rules
+                .get(name)
+                .ok_or_else(|| format!("The EBNF grammar refers to an undefined rule `{name}`."))?;
+            stack.push(name.clone());
+            out.push_str("(?:");
+            expand(rules, body, stack, out)?;
+            out.push(')');
+            stack.pop();
+        }
+        Node::Seq(items) => {
+            for i in items {
+                expand(rules, i, stack, out)?;
+            }
+        }
+        Node::Alt(alts) => {
+            out.push_str("(?:");
+            for (k, a) in alts.iter().enumerate() {
+                if k > 0 {
+                    out.push('|');
+                }
+                expand(rules, a, stack, out)?;
+            }
+            out.push(')');
+        }
+        Node::Rep(inner, lo, hi) => {
+            out.push_str("(?:");
+            expand(rules, inner, stack, out)?;
+            out.push(')');
+            match (lo, hi) {
+                (0, None) => out.push('*'),
+                (1, None) => out.push('+'),
+                (0, Some(1)) => out.push('?'),
+                (m, None) => out.push_str(&format!("{{{m},}}")),
+                (m, Some(n)) if m == n => out.push_str(&format!("{{{m}}}")),
+                (m, Some(n)) => out.push_str(&format!("{{{m},{n}}}")),
+            }
+        }
+    }
+    Ok(())
+}
+
+struct P<'a> {
+    s: &'a [char],
+    i: usize,
+}
+
+fn parse(src: &str) -> Result<HashMap<String, Node>, String> {
+    let chars: Vec<char> = src.chars().collect();
+    let mut p = P { s: &chars, i: 0 };
+    let mut rules = HashMap::new();
+    loop {
+        p.ws();
+        if p.i >= p.s.len() {
+            break;
+        }
+        let name = p.ident().ok_or_else(|| p.err("a rule name"))?;
+        p.ws();
+        if !p.eat("::=") {
+            return Err(p.err("`::=`"));
+        }
+        let body = p.alt()?;
+        if rules.insert(name.clone(), body).is_some() {
+            return Err(format!("rule `{name}` is defined twice"));
+        }
+    }
+    Ok(rules)
+}
+
+impl P<'_> {
+    fn err(&self, want: &str) -> String {
+        let at: String = self.s[self.i.min(self.s.len())..].iter().take(20).collect();
+        format!("expected {want} at character {} ({at:?})", self.i)
+    }
+    fn peek(&self) -> Option<char> {
+        self.s.get(self.i).copied()
+    }
+    /// Skips whitespace and `#` comments.
+    fn ws(&mut self) {
+        while let Some(c) = self.peek() {
+            if c.is_whitespace() {
+                self.i += 1;
+            } else if c == '#' {
+                while self.peek().is_some_and(|c| c != '\n') {
+                    self.i += 1;
+                }
+            } else {
+                break;
+            }
+        }
+    }
+    fn eat(&mut self, t: &str) -> bool {
+        let t: Vec<char> = t.chars().collect();
+        if self.s[self.i..].starts_with(&t) {
+            self.i += t.len();
+            true
+        } else {
+            false
+        }
+    }
+    fn ident(&mut self) -> Option<String> {
+        let start = self.i;
+        while self
+            .peek()
+            .is_some_and(|c| c.is_alphanumeric() || c == '_' || c == '-' || c == '.')
+        {
+            self.i += 1;
+        }
+        (self.i > start).then(|| self.s[start..self.i].iter().collect())
+    }
+    /// Whether a rule definition (`name ::=`) starts here.
+    fn at_rule_start(&mut self) -> bool {
+        let save = self.i;
+        let yes = self.ident().is_some() && {
+            self.ws();
+            self.eat("::=")
+        };
+        self.i = save;
+        yes
+    }
+    fn alt(&mut self) -> Result<Node, String> {
+        let mut alts = vec![self.seq()?];
+        loop {
+            self.ws();
+            if !self.eat("|") {
+                break;
+            }
+            alts.push(self.seq()?);
+        }
+        Ok(if alts.len() == 1 {
+            alts.pop().expect("one")
+        } else {
+            Node::Alt(alts)
+        })
+    }
+    fn seq(&mut self) -> Result<Node, String> {
+        let mut items = Vec::new();
+        loop {
+            self.ws();
+            match self.peek() {
+                None | Some('|') | Some(')') => break,
+                _ if self.at_rule_start() => break,
+                _ => {}
+            }
+            let atom = self.atom()?;
+            items.push(self.quant(atom)?);
+        }
+        Ok(Node::Seq(items))
+    }
+    fn atom(&mut self) -> Result<Node, String> {
+        match self.peek() {
+            Some(q @ ('"' | '\'')) => {
+                self.i += 1;
+                let mut s = String::new();
+                loop {
+                    match self.peek() {
+                        None => return Err(self.err("the end of the string")),
+                        Some(c) if c == q => {
+                            self.i += 1;
+                            break;
+                        }
+                        Some('\\') => s.push(self.escape()?),
+                        Some(c) => {
+                            self.i += 1;
+                            s.push(c);
+                        }
+                    }
+                }
+                Ok(Node::Lit(s))
+            }
+            Some('[') => {
+                self.i += 1;
+                let neg = self.eat("^");
+                let mut ranges = Vec::new();
+                loop {
+                    let a = match self.peek() {
+                        None => return Err(self.err("`]`")),
+                        Some(']') => {
+                            self.i += 1;
+                            break;
+                        }
+                        Some('\\') => self.escape()?,
+                        Some(c) => {
+                            self.i += 1;
+                            c
+                        }
+                    };
+                    let mut b = a;
+                    if self.peek() == Some('-') && self.s.get(self.i + 1) != Some(&']') {
+                        self.i += 1;
+                        b = match self.peek() {
+                            Some('\\') => self.escape()?,
+                            Some(c) => {
+                                self.i += 1;
+                                c
+                            }
+                            None => return Err(self.err("a range end")),
+                        };
+                        if b < a {
+                            return Err(format!("the range {a:?}-{b:?} runs backwards"));
+                        }
+                    }
+                    ranges.push((a, b));
+                }
+                Ok(Node::Class(neg, ranges))
+            }
+            Some('(') => {
+                self.i += 1;
+                let inner = self.alt()?;
+                self.ws();
+                if !self.eat(")") {
+                    return Err(self.err("`)`"));
+                }
+                Ok(inner)
+            }
+            _ => match self.ident() {
+                Some(name) => Ok(Node::Ref(name)),
+                None => Err(self.err("a string, a class, a group or a rule name")),
+            },
+        }
+    }
+    fn quant(&mut self, atom: Node) -> Result<Node, String> {
+        let rep = |lo, hi| Node::Rep(Box::new(atom.clone()), lo, hi);
+        Ok(match self.peek() {
+            Some('*') => {
+                self.i += 1;
+                rep(0, None)
+            }
+            Some('+') => {
+                self.i += 1;
+                rep(1, None)
+            }
+            Some('?') => {
+                self.i += 1;
+                rep(0, Some(1))
+            }
+            Some('{') => {
+                self.i += 1;
+                let lo = self.number()?;
+                let hi = if self.eat(",") {
+                    if self.peek() == Some('}') {
+                        None
+                    } else {
+                        Some(self.number()?)
+                    }
+                } else {
+                    Some(lo)
+                };
+                if !self.eat("}") {
+                    return Err(self.err("`}`"));
+                }
+                if hi.is_some_and(|h| h < lo) {
+                    return Err(format!(
+                        "the repetition {{{lo},{}}} runs backwards",
+                        hi.unwrap_or(0)
+                    ));
+                }
+                rep(lo, hi)
+            }
+            _ => atom,
+        })
+    }
+    fn number(&mut self) -> Result<u32, String> {
+        let start = self.i;
+        while self.peek().is_some_and(|c| c.is_ascii_digit()) {
+            self.i += 1;
+        }
+        let t: String = self.s[start..self.i].iter().collect();
+        t.parse().map_err(|_| self.err("a number"))
+    }
+    /// A backslash escape (the backslash at `i`).
+    fn escape(&mut self) -> Result<char, String> {
+        self.i += 1;
+        let c = self.peek().ok_or_else(|| self.err("an escape"))?;
+        self.i += 1;
+        let hex = |p: &mut Self, n: usize| -> Result<char, String> {
+            let t: String = p.s[p.i..(p.i + n).min(p.s.len())].iter().collect();
+            p.i += n;
+            u32::from_str_radix(&t, 16)
+                .ok()
+                .and_then(char::from_u32)
+                .ok_or_else(|| format!("bad escape \\{c}{t}"))
+        };
+        Ok(match c {
+            'n' => '\n',
+            'r' => '\r',
+            't' => '\t',
+            'x' => hex(self, 2)?,
+            'u' => hex(self, 4)?,
+            'U' => hex(self, 8)?,
+            other => other,
+        })
+    }
+}
