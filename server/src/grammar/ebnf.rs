@@ -5,7 +5,10 @@
 //! \" \' \] \- \xHH \uHHHH`, references to other rules, and `#` comments; the start is `root`.
 //! Every reference is expanded in place, so the grammar becomes one regular expression for the
 //! byte DFA the other constraints use. A recursive rule (`value ::= "[" value "]"`) has no
-//! regular form and is refused with a 400 naming it, as is any syntax outside the above.
+//! regular form: it is unrolled [`MAX_NESTING`] levels deep and the alternatives that would need
+//! a deeper level are dropped (so outputs nest at most that deep, and every output still derives
+//! from the grammar); a grammar that derives nothing then, or any syntax outside the above, is a
+//! 400.
 
 use std::collections::HashMap;
 
@@ -24,84 +27,98 @@ enum Node {
     Rep(Box<Node>, u32, Option<u32>),
 }
 
+/// How many times one rule may be open inside itself: recursion is unrolled this deep, and a
+/// deeper use is cut (the alternatives that need it are dropped).
+pub const MAX_NESTING: usize = 4;
+
 /// The regular expression `src`'s `root` rule matches; the error is the client's 400.
 pub fn to_regex(src: &str) -> Result<String, String> {
     let rules = parse(src).map_err(|e| format!("The EBNF grammar does not parse: {e}"))?;
     if !rules.contains_key("root") {
         return Err("The EBNF grammar has no `root` rule.".into());
     }
-    let mut out = String::new();
-    expand(&rules, &Node::Ref("root".into()), &mut Vec::new(), &mut out)?;
-    Ok(out)
+    let mut budget = MAX_REGEX;
+    expand(
+        &rules,
+        &Node::Ref("root".into()),
+        &mut Vec::new(),
+        &mut budget,
+    )?
+    .ok_or_else(|| {
+        format!(
+            "The EBNF grammar derives no text within {MAX_NESTING} levels of recursion (recursive \
+             rules are unrolled that deep)."
+        )
+    })
 }
 
+/// The regex of `n`, or None where it derives no text (a recursion cut at [`MAX_NESTING`]).
 fn expand(
     rules: &HashMap<String, Node>,
     n: &Node,
     stack: &mut Vec<String>,
-    out: &mut String,
-) -> Result<(), String> {
-    if out.len() > MAX_REGEX {
-        return Err("The EBNF grammar expands to a regular expression over 1 MiB.".into());
-    }
-    match n {
-        Node::Lit(s) => out.push_str(&regex_syntax::escape(s)),
+    budget: &mut usize,
+) -> Result<Option<String>, String> {
+    let out = match n {
+        Node::Lit(s) => Some(regex_syntax::escape(s)),
         Node::Class(neg, ranges) => {
-            out.push_str(if *neg { "[^" } else { "[" });
+            let mut c = String::from(if *neg { "[^" } else { "[" });
             for &(a, b) in ranges {
-                out.push_str(&format!("\\x{{{:x}}}", a as u32));
+                c.push_str(&format!("\\x{{{:x}}}", a as u32));
                 if a != b {
-                    out.push_str(&format!("-\\x{{{:x}}}", b as u32));
+                    c.push_str(&format!("-\\x{{{:x}}}", b as u32));
                 }
             }
-            out.push(']');
+            c.push(']');
+            (*neg || !ranges.is_empty()).then_some(c)
         }
         Node::Ref(name) => {
-            if stack.contains(name) {
-                return Err(format!(
-                    "The EBNF rule `{name}` is recursive: only grammars without recursion \
-                     (regular ones) are supported."
-                ));
-            }
             let body = rules
                 .get(name)
                 .ok_or_else(|| format!("The EBNF grammar refers to an undefined rule `{name}`."))?;
+            if stack.iter().filter(|r| *r == name).count() >= MAX_NESTING {
+                return Ok(None);
+            }
             stack.push(name.clone());
-            out.push_str("(?:");
-            expand(rules, body, stack, out)?;
-            out.push(')');
+            let r = expand(rules, body, stack, budget)?;
             stack.pop();
+            r.map(|r| format!("(?:{r})"))
         }
         Node::Seq(items) => {
+            let mut s = String::new();
             for i in items {
-                expand(rules, i, stack, out)?;
+                match expand(rules, i, stack, budget)? {
+                    Some(r) => s.push_str(&r),
+                    None => return Ok(None),
+                }
             }
+            Some(s)
         }
         Node::Alt(alts) => {
-            out.push_str("(?:");
-            for (k, a) in alts.iter().enumerate() {
-                if k > 0 {
-                    out.push('|');
-                }
-                expand(rules, a, stack, out)?;
+            let mut live = Vec::new();
+            for a in alts {
+                live.extend(expand(rules, a, stack, budget)?);
             }
-            out.push(')');
+            (!live.is_empty()).then(|| format!("(?:{})", live.join("|")))
         }
-        Node::Rep(inner, lo, hi) => {
-            out.push_str("(?:");
-            expand(rules, inner, stack, out)?;
-            out.push(')');
-            match (lo, hi) {
-                (0, None) => out.push('*'),
-                (1, None) => out.push('+'),
-                (0, Some(1)) => out.push('?'),
-                (m, None) => out.push_str(&format!("{{{m},}}")),
-                (m, Some(n)) if m == n => out.push_str(&format!("{{{m}}}")),
-                (m, Some(n)) => out.push_str(&format!("{{{m},{n}}}")),
-            }
-        }
-    }
-    Ok(())
+        Node::Rep(inner, lo, hi) => match expand(rules, inner, stack, budget)? {
+            None if *lo == 0 => Some(String::new()),
+            None => None,
+            Some(r) => Some(match (lo, hi) {
+                (0, None) => format!("(?:{r})*"),
+                (1, None) => format!("(?:{r})+"),
+                (0, Some(1)) => format!("(?:{r})?"),
+                (m, None) => format!("(?:{r}){{{m},}}"),
+                (m, Some(n)) if m == n => format!("(?:{r}){{{m}}}"),
+                (m, Some(n)) => format!("(?:{r}){{{m},{n}}}"),
+            }),
+        },
+    };
+    let len = out.as_ref().map_or(0, String::len);
+    *budget = budget
+        .checked_sub(len)
+        .ok_or("The EBNF grammar expands to regular expressions over 1 MiB in all.")?;
+    Ok(out)
 }
 
 struct P<'a> {

@@ -223,7 +223,7 @@ fn random_masked_walks_spell_valid_json() {
 }
 
 #[test]
-fn ebnf_grammars_without_recursion_become_regexes() {
+fn ebnf_grammars_become_regexes() {
     use super::ebnf::to_regex;
     let g = r#"
         # the answer, then an optional code
@@ -248,10 +248,21 @@ fn ebnf_grammars_without_recursion_become_regexes() {
     // A grammar compiles into the byte DFA like any constraint.
     let c = Constraint::Ebnf(g.into());
     assert!(Grammar::new(&c.to_regex().unwrap(), vocab()).is_ok());
+    // Recursion is unrolled MAX_NESTING levels deep: every output derives from the grammar.
+    let nested = to_regex(r#"root ::= "[" root "]" | "x""#).unwrap();
+    let re = regex_automata::meta::Regex::new(&format!("^(?:{nested})$")).unwrap();
+    assert_eq!(super::ebnf::MAX_NESTING, 4);
+    for (text, ok) in [
+        ("x", true),
+        ("[x]", true),
+        ("[[[x]]]", true),
+        ("[[[[x]]]]", false),
+    ] {
+        assert_eq!(re.is_match(text), ok, "{text}");
+    }
     // What it refuses, with a message naming the problem.
     for (g, want) in [
-        (r#"root ::= "[" root "]" | "x""#, "recursive"),
-        (r#"root ::= a  a ::= "x" b  b ::= a"#, "recursive"),
+        (r#"root ::= a  a ::= "x" b  b ::= a"#, "derives no text"),
         (r#"main ::= "x""#, "no `root`"),
         (r#"root ::= missing"#, "undefined rule `missing`"),
         (r#"root ::= "x"  root ::= "y""#, "twice"),
@@ -283,4 +294,27 @@ fn schema_strings_escape_surrogates_only_in_pairs() {
     for bad in [r#""\uDb8D""#, r#""\uDE00\uD83D""#, r#""\uD83Dx""#] {
         assert!(!re.is_match(bad), "{bad}");
     }
+}
+
+#[test]
+fn a_recursive_json_ebnf_compiles_unrolled() {
+    // A JSON grammar in xgrammar's style: values nest through objects and arrays.
+    let g = r#"
+        root ::= value
+        value ::= object | array | string | number | ("true" | "false" | "null")
+        object ::= "{" ws ( string ws ":" ws value ( ws "," ws string ws ":" ws value )* )? ws "}"
+        array ::= "[" ws ( value ( ws "," ws value )* )? ws "]"
+        string ::= "\"" [^"\\\x00-\x1f]* "\""
+        number ::= "-"? [0-9]+ ("." [0-9]+)?
+        ws ::= [ \t\n]{0,2}
+    "#;
+    let c = Constraint::Ebnf(g.into());
+    let re = c.to_regex().unwrap();
+    let m = regex_automata::meta::Regex::new(&format!("^(?:{re})$")).unwrap();
+    for ok in [r#"{"a": [1, {"b": null}], "c": "d"}"#, "[[[]]]", "-1.5"] {
+        assert!(m.is_match(ok), "{ok}");
+        serde_json::from_str::<Value>(ok).unwrap();
+    }
+    assert!(!m.is_match("[[[[[]]]]]"), "deeper than the unrolling");
+    assert!(Grammar::new(&re, vocab()).is_ok());
 }
