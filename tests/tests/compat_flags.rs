@@ -178,47 +178,57 @@ fn generate(port: u16) -> std::io::Result<u16> {
 #[test]
 fn router_ignores_sglang_router_flags_and_routes() {
     let worker = mock_worker();
-    let (port, prom) = (free_port(), free_port());
-    let log = tempfile::NamedTempFile::new().unwrap();
-    let mut child = Command::new(bin())
-        .args(["router", "--worker-urls", &worker, "--host", "127.0.0.1"])
-        .args([
-            "--port",
-            &port.to_string(),
-            "--prometheus-port",
-            &prom.to_string(),
-        ])
-        .args(["--prometheus-host", "127.0.0.1", "--log-level", "info"])
-        .args([
-            "--dp-aware",
-            "--log-dir=/tmp/nowhere",
-            "--selector",
-            "app=a",
-            "tier=b",
-        ])
-        .args([
-            "--cors-allowed-origins",
-            "--max-idle-secs",
-            "10",
-            "--enable-trace",
-        ])
-        .env_remove("RUST_LOG")
-        .env("NO_COLOR", "1")
-        .stdout(Stdio::null())
-        .stderr(log.reopen().unwrap())
-        .spawn()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let status = loop {
-        match generate(port) {
-            Ok(st) => break st,
-            Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-            Err(e) => {
-                let _ = child.kill();
-                panic!("router did not come up: {e}");
+    // Ports picked free can be taken before the router binds them (the other tests start
+    // servers on ephemeral ports): a router that exits is started again on fresh ones.
+    let (mut child, status, log) = (1..=3)
+        .find_map(|attempt| {
+            let (port, prom) = (free_port(), free_port());
+            let log = tempfile::NamedTempFile::new().unwrap();
+            let mut child = Command::new(bin())
+                .args(["router", "--worker-urls", &worker, "--host", "127.0.0.1"])
+                .args([
+                    "--port",
+                    &port.to_string(),
+                    "--prometheus-port",
+                    &prom.to_string(),
+                ])
+                .args(["--prometheus-host", "127.0.0.1", "--log-level", "info"])
+                .args([
+                    "--dp-aware",
+                    "--log-dir=/tmp/nowhere",
+                    "--selector",
+                    "app=a",
+                    "tier=b",
+                ])
+                .args([
+                    "--cors-allowed-origins",
+                    "--max-idle-secs",
+                    "10",
+                    "--enable-trace",
+                ])
+                .env_remove("RUST_LOG")
+                .env("NO_COLOR", "1")
+                .stdout(Stdio::null())
+                .stderr(log.reopen().unwrap())
+                .spawn()
+                .unwrap();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            loop {
+                match generate(port) {
+                    Ok(st) => return Some((child, st, log)),
+                    Err(_) if child.try_wait().unwrap().is_some() && attempt < 3 => return None,
+                    Err(_) if Instant::now() < deadline => {
+                        std::thread::sleep(Duration::from_millis(50))
+                    }
+                    Err(e) => {
+                        let _ = child.kill();
+                        let text = std::fs::read_to_string(log.path()).unwrap_or_default();
+                        panic!("router did not come up: {e}\n{text}");
+                    }
+                }
             }
-        }
-    };
+        })
+        .expect("a router came up");
     let _ = child.kill();
     let _ = child.wait();
     assert_eq!(status, 200);

@@ -118,7 +118,7 @@ fn refused(name: &str) -> Option<&'static str> {
 fn note(name: &str) -> Option<&'static str> {
     match name {
         "--grammar-backend" => Some(
-            "Strata's own grammar engine serves regex, json_schema and response_format whatever backend is named (ebnf and structural_tag are refused with 400; `none` does not turn it off)",
+            "Strata's own grammar engine serves regex, json_schema, ebnf and response_format whatever backend is named (structural_tag is refused with 400; `none` does not turn it off)",
         ),
         "--enable-metrics" => Some("/metrics is always served"),
         _ => None,
