@@ -295,11 +295,18 @@ async fn new_routes_answer_sglang_shapes_behind_the_key() {
     assert_eq!((st, v), (200, json!("")));
     let (st, _) = generate(&s, 2).await.unwrap();
     assert_eq!(st, 200);
-    assert_eq!(s.log_count("Finish: rid="), 1);
+    assert_eq!(s.wait_log_count("Finish: rid=", 1), 1);
     let (st, _) = post(&s, "/configure_logging", json!({"log_requests": false})).await;
     assert_eq!(st, 200);
     generate(&s, 2).await.unwrap();
-    assert_eq!(s.log_count("Finish: rid="), 1);
+    // Switched back on, one more request: its line is the second (the log keeps order), so the
+    // request in between logged nothing.
+    let (st, _) = post(&s, "/configure_logging", json!({"log_requests": true})).await;
+    assert_eq!(st, 200);
+    generate(&s, 2).await.unwrap();
+    assert_eq!(s.wait_log_count("Finish: rid=", 2), 2);
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(s.log_count("Finish: rid="), 2);
     let (st, v) = post(&s, "/configure_logging", json!({"log_level": "debug"})).await;
     assert_error(st, &v, 400);
     let (st, v) = post(&s, "/configure_logging", json!({"log_requests_level": 9})).await;

@@ -111,6 +111,20 @@ impl Server {
             .count()
     }
 
+    /// Waits (up to 10 s) until at least `n` lines contain `needle`, and returns how many do.
+    /// The log reaches the test through a reader thread, so a line written before a response
+    /// was sent may still be in flight when the response arrives.
+    pub fn wait_log_count(&self, needle: &str, n: usize) -> usize {
+        let t0 = std::time::Instant::now();
+        loop {
+            let c = self.log_count(needle);
+            if c >= n || t0.elapsed() > Duration::from_secs(10) {
+                return c;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }
