@@ -79,6 +79,10 @@ pub enum PrefillKernel {
     /// `paged_attention_wg_d128` where it loaded (compute 9.0) and head_dim is 128, the FA2
     /// kernel otherwise: the default.
     Wgmma,
+    /// `paged_attention_wgs_d128` (`STRATA_PREFILL_ATTN=wgs`): the wgmma kernel reading Q
+    /// from shared memory in every S = Q K^T wgmma (the default keeps Q's fragments in
+    /// registers); timed beside it.
+    WgmmaSmemQ,
 }
 
 /// Default-mode decode batches of at least this many rows run on the tensor cores (the decode
@@ -171,11 +175,13 @@ pub fn prefill_kernel() -> PrefillKernel {
         2 => PrefillKernel::Mma,
         3 => PrefillKernel::Fa2,
         4 => PrefillKernel::Wgmma,
+        5 => PrefillKernel::WgmmaSmemQ,
         _ => {
             static PREFILL_ENV: OnceLock<Option<String>> = OnceLock::new();
             static MMA_ENV: OnceLock<Option<String>> = OnceLock::new();
             match env_once(&PREFILL_ENV, "STRATA_PREFILL_ATTN") {
                 Some("wgmma" | "wg") => PrefillKernel::Wgmma,
+                Some("wgs") => PrefillKernel::WgmmaSmemQ,
                 Some("fa2") => PrefillKernel::Fa2,
                 Some("mma") => PrefillKernel::Mma,
                 Some("f32" | "general") => PrefillKernel::General,
@@ -199,6 +205,7 @@ pub fn set_prefill_kernel(k: Option<PrefillKernel>) {
         Some(PrefillKernel::Mma) => 2,
         Some(PrefillKernel::Fa2) => 3,
         Some(PrefillKernel::Wgmma) => 4,
+        Some(PrefillKernel::WgmmaSmemQ) => 5,
     };
     PREFILL.store(v, std::sync::atomic::Ordering::Relaxed);
 }
@@ -209,11 +216,14 @@ pub(crate) fn fa2_smem_of(head_dim: usize, kt: usize, stages: usize) -> u32 {
 }
 
 /// The wgmma prefill kernel (head_dim 128, compute 9.0): a tile's O += P V overlaps the next
-/// tile's exponentials. Forms timed beside it on the H200 and removed: the O += P V queued
+/// tile's exponentials; Q's fragments stay in registers (8K forward 214.0 vs 216.5-217.5 ms
+/// reading Q from shared memory in each S, [`WG_S_NAME`], H200 2026-12-04). Forms timed beside it on the H200 and removed: the O += P V queued
 /// before the mask (1.363 ms per layer at 8K vs 1.214, 2026-12-03 UTC), K and V in separate
 /// rings copied two tiles ahead (1.244 ms), each tile's O += P V waited for at once (1.496 vs
 /// 1.384 ms, 2026-12-02).
 pub const WG_NAME: &str = "paged_attention_wg_d128";
+/// The wgmma prefill kernel reading Q from shared memory ([`PrefillKernel::WgmmaSmemQ`]).
+pub const WG_S_NAME: &str = "paged_attention_wgs_d128";
 
 /// Keys per K/V tile of the wgmma kernel; mirrors WG_KT in attention_prefill_wg.cu.
 const WG_KEY_TILE: usize = 128;
@@ -417,6 +427,8 @@ pub struct AttnPlan {
     cluster_regs: bool,
     /// Largest cluster the device takes (0: no cluster form).
     max_cluster: usize,
+    /// A `PrefillWg` plan runs `paged_attention_wgs_d128` (Q from shared memory).
+    wg_smem_q: bool,
 }
 
 impl AttnPlan {
@@ -489,6 +501,10 @@ impl AttnPlan {
     /// and side-by-side timing.
     pub fn set_cluster_regs(&mut self, regs: bool) {
         self.cluster_regs = regs;
+    }
+    /// True when a wgmma prefill plan runs the form reading Q from shared memory.
+    pub fn wg_smem_q(&self) -> bool {
+        self.kernel == AttnKernel::PrefillWg && self.wg_smem_q
     }
     /// True when a cluster plan runs the register form.
     pub fn cluster_regs(&self) -> bool {
@@ -696,14 +712,22 @@ impl CudaOps {
                 {
                     AttnKernel::PrefillWg
                 }
-                (PrefillKernel::Fa2 | PrefillKernel::Wgmma, Some(i))
-                    if self.attention_fa2[i].is_some() =>
+                (PrefillKernel::WgmmaSmemQ, Some(_))
+                    if s.head_dim == 128 && self.attention_wgs.is_some() =>
                 {
-                    AttnKernel::PrefillFa2
+                    AttnKernel::PrefillWg
                 }
-                (PrefillKernel::Fa2 | PrefillKernel::Wgmma | PrefillKernel::Mma, Some(_)) => {
-                    AttnKernel::PrefillMma
-                }
+                (
+                    PrefillKernel::Fa2 | PrefillKernel::Wgmma | PrefillKernel::WgmmaSmemQ,
+                    Some(i),
+                ) if self.attention_fa2[i].is_some() => AttnKernel::PrefillFa2,
+                (
+                    PrefillKernel::Fa2
+                    | PrefillKernel::Wgmma
+                    | PrefillKernel::WgmmaSmemQ
+                    | PrefillKernel::Mma,
+                    Some(_),
+                ) => AttnKernel::PrefillMma,
                 _ => AttnKernel::General,
             },
         };
@@ -822,6 +846,8 @@ impl CudaOps {
             cluster,
             cluster_regs: cluster_regs_default(),
             max_cluster: self.decode2_max_cluster,
+            wg_smem_q: kernel == AttnKernel::PrefillWg
+                && prefill_kernel() == PrefillKernel::WgmmaSmemQ,
         })
     }
 
@@ -944,7 +970,12 @@ impl CudaOps {
             })?;
             let idx = mma_index(hd).expect("planned only for supported head sizes");
             let (f, smem, block) = if plan.kernel == AttnKernel::PrefillWg {
-                (&self.attention_wg, wg_smem(), WG_THREADS)
+                let f = if plan.wg_smem_q {
+                    &self.attention_wgs
+                } else {
+                    &self.attention_wg
+                };
+                (f, wg_smem(), WG_THREADS)
             } else if plan.kernel == AttnKernel::DecodeMma {
                 (&self.attention_dmma[idx], dmma_smem(hd), 128)
             } else {

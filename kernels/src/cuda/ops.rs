@@ -40,6 +40,8 @@ pub struct CudaOps {
     /// `paged_attention_wg_d128` (attention_prefill_wg.cu, sm_90a): only on compute-9.0
     /// devices, None elsewhere or where it did not load (plans then use `attention_fa2`).
     pub(crate) attention_wg: Option<CudaFunction>,
+    /// `paged_attention_wgs_d128`: the same reading Q from shared memory (timed beside it).
+    pub(crate) attention_wgs: Option<CudaFunction>,
     /// `paged_attention_dmma_*` (attention_decode_mma.cu), in `attention::mma_index` order; None
     /// where the device cannot give it its shared memory (decode batches then plan the prefill
     /// kernel as before).
@@ -110,6 +112,7 @@ impl CudaOps {
                 .map(|(n, hd)| fa2_function(&ctx, n, super::attention::fa2_smem(hd)))
                 .collect::<Result<_>>()?,
             attention_wg: wg_function(&ctx, super::attention::WG_NAME),
+            attention_wgs: wg_function(&ctx, super::attention::WG_S_NAME),
             attention_dmma: super::attention::DMMA_NAMES
                 .iter()
                 .zip([64, 128])

@@ -523,7 +523,8 @@ pub fn run(
             // The wgmma kernel (compute 9.0 only).
             let wg_ms = if ops.has_wgmma_prefill() {
                 let f = forward_with(PrefillKernel::Wgmma)?;
-                line += &format!(", wgmma {f:.1} ms");
+                let fs = forward_with(PrefillKernel::WgmmaSmemQ)?;
+                line += &format!(", wgmma {f:.1} ms, wgmma with Q from shared memory {fs:.1} ms");
                 Some(f)
             } else {
                 None
@@ -535,6 +536,7 @@ pub fn run(
             let mut kinds = vec![("fa2", PrefillKernel::Fa2), ("mma", PrefillKernel::Mma)];
             if ops.has_wgmma_prefill() {
                 kinds.push(("wgmma", PrefillKernel::Wgmma));
+                kinds.push(("wgmma-smem-q", PrefillKernel::WgmmaSmemQ));
             }
             // (one untimed pass first: the first kernel timed after the forwards read up to
             // 35 % slow on the H200 at 20:29 UTC)

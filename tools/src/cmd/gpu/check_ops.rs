@@ -788,10 +788,17 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
         })
         .cloned()
         .collect();
-    // Each again on the wgmma kernel.
-    let wg_cases = wg_cases
-        .into_iter()
-        .map(|(n, nh, nkv, hd, page, lens, sp)| (format!("wg {n}"), nh, nkv, hd, page, lens, sp));
+    // Each again on the wgmma kernel, and on its form reading Q from shared memory.
+    let wg_cases: Vec<_> = ["wg", "wgs"]
+        .iter()
+        .flat_map(|k| {
+            wg_cases
+                .iter()
+                .map(move |(n, nh, nkv, hd, page, lens, sp)| {
+                    (format!("{k} {n}"), *nh, *nkv, *hd, *page, lens.clone(), *sp)
+                })
+        })
+        .collect();
     // The decode2 cluster form at every cluster size, on the 1B and 8B head shapes, GQA 1/2/8,
     // rows shorter than one tile per block (empty blocks), odd pages.
     let clusters: Vec<Case> = vec![
@@ -883,7 +890,9 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
         // kernel, "wg" ones the wgmma kernel; the others the FA2-style kernel.
         use strata_kernels::cuda::{set_prefill_kernel, PrefillKernel};
         let wg_case = name.starts_with("wg");
-        if wg_case {
+        if name.starts_with("wgs") {
+            set_prefill_kernel(Some(PrefillKernel::WgmmaSmemQ));
+        } else if wg_case {
             set_prefill_kernel(Some(PrefillKernel::Wgmma));
         } else if name.starts_with("prefill gen") {
             set_prefill_kernel(Some(PrefillKernel::General));
@@ -995,6 +1004,7 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
             AttnKernel::General => "gen",
             AttnKernel::PrefillMma => "mma",
             AttnKernel::PrefillFa2 => "fa2",
+            AttnKernel::PrefillWg if plan.wg_smem_q() => "wgs",
             AttnKernel::PrefillWg => "wg",
             AttnKernel::DecodeMma => "dmma",
         };
