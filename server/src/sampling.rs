@@ -32,8 +32,8 @@ impl StringOrList {
 /// SGLang's sampling parameters as accepted on the wire: every field of SGLang's `SamplingParams`
 /// is accepted (null means absent); unknown fields are rejected, as SGLang's `SamplingParams(**d)`
 /// does. Constrained decoding takes `regex`, `json_schema` or `ebnf` (a string each, `grammar/`;
-/// EBNF without recursion); `structural_tag` and `stop_regex` answer 400 rather than silently
-/// producing unconstrained text;
+/// EBNF unrolled to a bounded depth); `stop_regex` ends the output at a regex match;
+/// `structural_tag` answers 400 rather than silently producing unconstrained text;
 /// `custom_params` does not change the output here and is ignored. `stream_interval` overrides
 /// the server's `--stream-interval` for this request (0 or null: the server's, as SGLang).
 #[derive(Debug, Clone, Deserialize)]
@@ -96,10 +96,25 @@ pub struct SamplingParams {
     pub constraint: Option<Constraint>,
     /// The compiled `constraint`.
     pub grammar: Option<GrammarRef>,
+    /// `stop_regex`: the output finishes once its text contains a match of one of these
+    /// (compiled by the API layer into `stop_regex_compiled`).
+    pub stop_regex: Vec<String>,
+    /// The compiled `stop_regex`.
+    pub stop_regex_compiled: Option<StopRegexRef>,
     /// The reply reasons first (a chat under `--reasoning-parser` whose reasoning is on): the
     /// grammar starts after these tokens, the reasoning end marker (`</think>`), as SGLang's
     /// reasoner grammar backend defers it; before them the output is free.
     pub think_end: Option<std::sync::Arc<[u32]>>,
+}
+
+/// Compiled `stop_regex` patterns shared by a request's copies; equal when the patterns are.
+#[derive(Clone, Debug)]
+pub struct StopRegexRef(pub std::sync::Arc<crate::grammar::stop::StopRegex>);
+
+impl PartialEq for StopRegexRef {
+    fn eq(&self, o: &Self) -> bool {
+        self.0.patterns() == o.0.patterns()
+    }
 }
 
 /// A compiled grammar shared by a request's copies; equal when the constraints are (the
@@ -199,17 +214,29 @@ impl SamplingParamsWire {
         if given.next().is_some() {
             return Err("Only one of regex, json_schema and ebnf can be set.".to_string());
         }
-        for (name, v) in [
-            ("structural_tag", &self.structural_tag),
-            ("stop_regex", &self.stop_regex),
-        ] {
-            if v.as_ref().is_some_and(|v| !v.is_null()) {
-                return Err(format!(
-                    "{name}: this kind of constrained decoding is not supported by this server \
-                     (regex, json_schema and ebnf are)."
-                ));
-            }
+        if self.structural_tag.as_ref().is_some_and(|v| !v.is_null()) {
+            return Err(
+                "structural_tag: this kind of constrained decoding is not supported by \
+                 this server (regex, json_schema and ebnf are)."
+                    .to_string(),
+            );
         }
+        let stop_regex = match self.stop_regex {
+            None | Some(serde_json::Value::Null) => Vec::new(),
+            Some(serde_json::Value::String(r)) => vec![r],
+            Some(serde_json::Value::Array(rs)) => rs
+                .into_iter()
+                .map(|r| match r {
+                    serde_json::Value::String(r) => Ok(r),
+                    r => Err(format!("stop_regex entries must be strings, got {r}.")),
+                })
+                .collect::<Result<_, _>>()?,
+            Some(v) => {
+                return Err(format!(
+                    "stop_regex must be a string or a list of strings, got {v}."
+                ))
+            }
+        };
         let mut logit_bias = Vec::new();
         for (k, b) in self.logit_bias.unwrap_or_default() {
             let t: u32 = k
@@ -256,6 +283,8 @@ impl SamplingParamsWire {
             repetition_penalty: rp,
             stop,
             stop_token_ids: self.stop_token_ids.unwrap_or_default(),
+            stop_regex,
+            stop_regex_compiled: None,
             ignore_eos: self.ignore_eos.unwrap_or(false),
             skip_special_tokens: self.skip_special_tokens.unwrap_or(true),
             no_stop_trim: self.no_stop_trim.unwrap_or(false),
@@ -382,6 +411,21 @@ mod tests {
         assert!(parse(r#"{"structural_tag": {}}"#)
             .unwrap_err()
             .contains("not supported"));
+        // stop_regex: a string or a list of them (compiled later, by the API layer).
+        assert_eq!(
+            parse(r#"{"stop_regex": "a+b"}"#).unwrap().stop_regex,
+            vec!["a+b".to_string()]
+        );
+        assert_eq!(
+            parse(r#"{"stop_regex": ["x", "y$"]}"#).unwrap().stop_regex,
+            vec!["x".to_string(), "y$".to_string()]
+        );
+        assert!(parse(r#"{"stop_regex": null}"#)
+            .unwrap()
+            .stop_regex
+            .is_empty());
+        assert!(parse(r#"{"stop_regex": 3}"#).is_err());
+        assert!(parse(r#"{"stop_regex": ["x", 3]}"#).is_err());
         assert!(parse(r#"{"logit_bias": {"x": 1}}"#).is_err());
         let p = parse(r#"{"logit_bias": {"3": 1.0, "03": 0.5, "1": -1}}"#).unwrap();
         assert_eq!(p.logit_bias, vec![(1, -1.0), (3, 1.5)]);

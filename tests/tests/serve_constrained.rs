@@ -214,3 +214,107 @@ async fn outputs_follow_regex_and_json_schema() {
     let again = s.greedy("Once upon a time", 6).await;
     assert_eq!(again["text"], plain["text"]);
 }
+
+/// `pattern`'s text with the regex syntax characters escaped.
+fn escape(text: &str) -> String {
+    text.chars()
+        .flat_map(|c| {
+            let meta = "\\.+*?()|[]{}^$#&-~".contains(c);
+            meta.then_some('\\').into_iter().chain([c])
+        })
+        .collect()
+}
+
+/// `stop_regex` (a pattern or a list, on /generate and the OpenAI routes): the greedy output
+/// stops at the first token that completes a match, is the unconstrained output cut there (the
+/// match kept, as SGLang does), and reports the pattern as `matched`; a bad pattern is a 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stop_regex_ends_the_output_at_the_first_match() {
+    let m = MadeModel::new("llama", "tiny");
+    let s = Server::start(m.path(), &[]);
+    let prompt = "Once upon a time";
+    let plain = s.greedy(prompt, 32).await;
+    let full = plain["text"].as_str().unwrap().to_string();
+    let chars: Vec<char> = full.chars().collect();
+    assert!(chars.len() >= 12, "{full:?}");
+    // A pattern over characters from the middle of the text: the first, any one, the third.
+    let pattern = format!(
+        "{}.{}",
+        escape(&chars[6].to_string()),
+        escape(&chars[8].to_string())
+    );
+    let re = regex_automata::meta::Regex::new(&pattern).unwrap();
+    let first = re
+        .find(full.as_str())
+        .expect("the pattern matches the text")
+        .end();
+    for (path, body) in [
+        (
+            "/generate",
+            json!({"text": prompt, "sampling_params": {"temperature": 0, "max_new_tokens": 32,
+            "stop_regex": pattern}}),
+        ),
+        (
+            "/generate",
+            json!({"text": prompt, "sampling_params": {"temperature": 0, "max_new_tokens": 32,
+            "stop_regex": ["zzz[0-9]{40}", pattern]}}),
+        ),
+        (
+            "/v1/completions",
+            json!({"prompt": prompt, "temperature": 0, "max_tokens": 32, "stop_regex": pattern}),
+        ),
+    ] {
+        let (st, v) = s.post(path, &body).await;
+        assert_eq!(st, 200, "{v}");
+        let (text, finish) = if path == "/generate" {
+            (
+                v["text"].as_str().unwrap(),
+                &v["meta_info"]["finish_reason"],
+            )
+        } else {
+            assert_eq!(v["choices"][0]["finish_reason"], "stop", "{v}");
+            (v["choices"][0]["text"].as_str().unwrap(), &json!(null))
+        };
+        assert!(
+            full.starts_with(text),
+            "{text:?} is not a prefix of {full:?}"
+        );
+        assert!(
+            text.len() >= first,
+            "{text:?} stops before the match in {full:?}"
+        );
+        assert!(text.len() < full.len(), "{text:?} did not stop");
+        if path == "/generate" {
+            assert_eq!(*finish, json!({"type": "stop", "matched": pattern}), "{v}");
+            // It stopped at the token that completed the match: one token fewer has none.
+            let n = v["meta_info"]["completion_tokens"].as_u64().unwrap() as usize;
+            let shorter = s.greedy(prompt, n - 1).await;
+            let t = shorter["text"].as_str().unwrap();
+            assert!(!re.is_match(t), "{t:?} already matches {pattern:?}");
+        }
+    }
+    // Streamed: the chunks add up to the same text.
+    let body = json!({"text": prompt, "stream": true, "sampling_params": {"temperature": 0,
+        "max_new_tokens": 32, "stop_regex": pattern}});
+    let (_, whole) = s
+        .post(
+            "/generate",
+            &json!({"text": prompt, "sampling_params": {"temperature": 0, "max_new_tokens": 32,
+            "stop_regex": pattern}}),
+        )
+        .await;
+    let chunks = s.stream("/generate", &body).await;
+    let last: Value = serde_json::from_str(&chunks[chunks.len() - 2]).unwrap();
+    assert_eq!(last["text"], whole["text"], "{chunks:?}");
+    // Bad patterns and shapes are 400s; the server keeps serving.
+    for sr in [json!("("), json!(3), json!(["a", 1])] {
+        let (st, v) = s
+            .post(
+                "/generate",
+                &json!({"text": prompt, "sampling_params": {"stop_regex": sr}}),
+            )
+            .await;
+        assert_eq!(st, 400, "{sr} -> {v}");
+    }
+    assert_eq!(s.greedy(prompt, 32).await["text"], plain["text"]);
+}

@@ -127,6 +127,13 @@ impl Driver {
                 g.map_err(ApiError::bad_request)?,
             ));
         }
+        if !params.stop_regex.is_empty() {
+            let r = state
+                .grammars()
+                .stop_regex(&params.stop_regex)
+                .map_err(ApiError::bad_request)?;
+            params.stop_regex_compiled = Some(crate::sampling::StopRegexRef(r));
+        }
         let rid = rid.unwrap_or_else(new_rid);
         let (tx, rx) = mpsc::unbounded_channel();
         let arrival = Instant::now();

@@ -57,6 +57,8 @@ struct OpenAiWire {
     repetition_penalty: Option<f32>,
     stop: Option<StringOrList>,
     stop_token_ids: Option<Vec<u32>>,
+    /// SGLang's extra `stop_regex` (a pattern or a list of them).
+    stop_regex: Option<Value>,
     ignore_eos: Option<bool>,
     seed: Option<u64>,
     n: Option<i64>,
@@ -126,6 +128,7 @@ impl OpenAiWire {
             repetition_penalty: self.repetition_penalty,
             stop: self.stop.take(),
             stop_token_ids: self.stop_token_ids.take(),
+            stop_regex: self.stop_regex.take(),
             ignore_eos: self.ignore_eos,
             skip_special_tokens: self.skip_special_tokens,
             spaces_between_special_tokens: None,

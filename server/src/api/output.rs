@@ -107,7 +107,9 @@ pub fn finish_reason_json(r: &FinishReason) -> serde_json::Value {
     match r {
         FinishReason::Length(n) => json!({"type": "length", "length": n}),
         FinishReason::StopToken(t) => json!({"type": "stop", "matched": t}),
-        FinishReason::StopStr(s) => json!({"type": "stop", "matched": s}),
+        FinishReason::StopStr(s) | FinishReason::StopRegex(s) => {
+            json!({"type": "stop", "matched": s})
+        }
         FinishReason::Abort(m) => json!({"type": "abort", "message": m}),
         FinishReason::Refused(m) => json!({"type": "abort", "message": m, "status_code": 503}),
     }
@@ -117,7 +119,9 @@ pub fn finish_reason_json(r: &FinishReason) -> serde_json::Value {
 pub fn openai_finish_reason(r: &FinishReason) -> &'static str {
     match r {
         FinishReason::Length(_) => "length",
-        FinishReason::StopToken(_) | FinishReason::StopStr(_) => "stop",
+        FinishReason::StopToken(_) | FinishReason::StopStr(_) | FinishReason::StopRegex(_) => {
+            "stop"
+        }
         FinishReason::Abort(_) | FinishReason::Refused(_) => "abort",
     }
 }

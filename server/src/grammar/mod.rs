@@ -14,6 +14,7 @@
 pub mod bytes;
 pub mod ebnf;
 pub mod schema;
+pub mod stop;
 #[cfg(test)]
 mod tests;
 
@@ -58,10 +59,12 @@ const END: u8 = 0xFF;
 /// Compiled grammars kept for reuse (the cache is emptied when it reaches this).
 const CACHE_LIMIT: usize = 64;
 
-/// Compiles constraints against one tokenizer's vocabulary and keeps the recent ones.
+/// Compiles constraints (and `stop_regex` patterns) against one tokenizer's vocabulary and keeps
+/// the recent ones.
 pub struct Compiler {
     bytes: Arc<TokenBytes>,
     cache: Mutex<HashMap<Constraint, Arc<Grammar>>>,
+    stops: Mutex<HashMap<Vec<String>, Arc<stop::StopRegex>>>,
 }
 
 impl Compiler {
@@ -69,7 +72,22 @@ impl Compiler {
         Compiler {
             bytes: Arc::new(bytes),
             cache: Mutex::default(),
+            stops: Mutex::default(),
         }
+    }
+
+    /// The compiled `stop_regex` of `patterns` (now, or the cached one); the error is a 400.
+    pub fn stop_regex(&self, patterns: &[String]) -> Result<Arc<stop::StopRegex>, String> {
+        if let Some(r) = self.stops.lock().expect("stop cache").get(patterns) {
+            return Ok(r.clone());
+        }
+        let r = Arc::new(stop::StopRegex::new(patterns.to_vec(), self.bytes.clone())?);
+        let mut cache = self.stops.lock().expect("stop cache");
+        if cache.len() >= CACHE_LIMIT {
+            cache.clear();
+        }
+        cache.insert(patterns.to_vec(), r.clone());
+        Ok(r)
     }
 
     /// The grammar of `c` (compiled now, or the cached one); the error is a client's 400.

@@ -318,3 +318,74 @@ fn a_recursive_json_ebnf_compiles_unrolled() {
     assert!(!m.is_match("[[[[[]]]]]"), "deeper than the unrolling");
     assert!(Grammar::new(&re, vocab()).is_ok());
 }
+
+/// `stop_regex`: the walk reports a match at the first token after which the text so far
+/// contains one (the regex crate's search over the whole text: the reference), with the
+/// pattern that matched; random texts over a small alphabet cut into random tokens.
+#[test]
+fn stop_regex_walk_finds_the_first_match_like_a_search_of_the_text() {
+    use super::stop::StopRegex;
+    let seed = test_seed("stop_regex walk");
+    let mut rng = SplitMix64(seed);
+    let cases: &[&[&str]] = &[
+        &["ab"],
+        &["a+b$"],
+        &["b{3}", "ca"],
+        &["^ba"],
+        &["(?:ab|ba)c"],
+        &["\\d\\d"],
+        &["x*"],
+        &["é"],
+        &["\\bab\\b"],
+    ];
+    for pats in cases {
+        let pats: Vec<String> = pats.iter().map(|p| p.to_string()).collect();
+        let re = regex_automata::meta::Regex::new_many(&pats).unwrap();
+        for _ in 0..200 {
+            let alphabet = ["a", "b", "c", "1", "2", " ", "é"];
+            let len = 1 + rng.next_u64() as usize % 12;
+            let text: String = (0..len)
+                .map(|_| alphabet[rng.next_u64() as usize % alphabet.len()])
+                .collect();
+            // Tokens: runs of 1-3 bytes (a character may be split), token k is id k.
+            let bytes = text.as_bytes();
+            let mut cuts = vec![0];
+            while *cuts.last().unwrap() < bytes.len() {
+                let step = 1 + rng.next_u64() as usize % 3;
+                cuts.push((cuts.last().unwrap() + step).min(bytes.len()));
+            }
+            let pieces = cuts.windows(2).map(|c| Some(bytes[c[0]..c[1]].to_vec()));
+            let vocab = Arc::new(TokenBytes::from_tokens(pieces.collect()));
+            let sr = StopRegex::new(pats.clone(), vocab).unwrap();
+            let mut w = sr.walk_start();
+            let mut got = None;
+            let mut want = None;
+            for k in 0..cuts.len() - 1 {
+                let ids: Vec<u32> = (0..=k as u32).collect();
+                let so_far = &bytes[..cuts[k + 1]];
+                let text_so_far = || String::from_utf8_lossy(so_far).into_owned();
+                if got.is_none() {
+                    got = sr.follow(&mut w, &ids, text_so_far).map(|p| (k, p));
+                }
+                if want.is_none() && re.is_match(so_far) {
+                    want = Some(k);
+                }
+            }
+            // The token where a match first shows is the same; the pattern reported is one
+            // that matches there.
+            assert_eq!(
+                got.map(|g| g.0),
+                want,
+                "{pats:?} over {text:?} cut at {cuts:?} (seed {seed})"
+            );
+            if let Some((k, p)) = got {
+                let so_far = &bytes[..cuts[k + 1]];
+                let one = regex_automata::meta::Regex::new(&pats[p]).unwrap();
+                assert!(one.is_match(so_far), "{pats:?}[{p}] over {so_far:?}");
+            }
+        }
+    }
+    // Bad patterns are errors naming them.
+    let e = StopRegex::new(vec!["(".into()], vocab()).unwrap_err();
+    assert!(e.contains("stop_regex") && e.contains("\"(\""), "{e}");
+}

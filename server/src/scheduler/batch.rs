@@ -641,6 +641,16 @@ impl<R: ModelRunner> Scheduler<R> {
                 return Some(FinishReason::StopStr(m.clone()));
             }
         }
+        if let (Some(r), Some(w)) = (&p.stop_regex_compiled, &mut s.stop_walk) {
+            // The patterns walk every output token (a match before `min_new_tokens` is kept and
+            // ends the request once that many are out, as SGLang's search of the text then would).
+            let (tok_ref, skip) = (&self.tokenizer, p.skip_special_tokens);
+            let out = &s.tokens[s.prompt_len..];
+            let m = r.0.follow(w, out, || tok_ref.decode(out, skip));
+            if let Some(k) = m.filter(|_| n >= p.min_new_tokens) {
+                return Some(FinishReason::StopRegex(r.0.patterns()[k].clone()));
+            }
+        }
         if let (Some(g), Some(from)) = (p.grammar.clone(), s.grammar_from) {
             // The grammar ends the request once its text matches and nothing can follow (or
             // once a token left the language: an EOS kept under `ignore_eos`).

@@ -31,6 +31,8 @@ pub enum FinishReason {
     StopToken(u32),
     /// Generated text containing a stop string.
     StopStr(String),
+    /// Generated text containing a match of this `stop_regex` pattern.
+    StopRegex(String),
     /// Aborted (by `/abort_request`, a disconnect, or an error).
     Abort(String),
     /// Refused on arrival, never queued (`--max-queued-requests`: the waiting queue is full).

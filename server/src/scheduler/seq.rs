@@ -46,6 +46,8 @@ pub struct Seq {
     /// Where in the output the grammar starts: 0, or (a request that reasons first) just past
     /// the reasoning end marker; None while the reasoning goes on (the output is free).
     pub grammar_from: Option<usize>,
+    /// `stop_regex`: the walk of the request's patterns over its output.
+    pub stop_walk: Option<crate::grammar::stop::StopWalk>,
 }
 
 impl Seq {
@@ -53,6 +55,11 @@ impl Seq {
         let tokens = req.input_ids.clone();
         let lp_start = req.logprobs.as_ref().map_or(tokens.len(), |l| l.start);
         let walk = req.params.grammar.as_ref().map(|g| g.0.walk_start());
+        let stop_walk = req
+            .params
+            .stop_regex_compiled
+            .as_ref()
+            .map(|r| r.0.walk_start());
         let grammar_from = if req.params.think_end.is_some() {
             None
         } else {
@@ -78,6 +85,7 @@ impl Seq {
             pd_sent: 0,
             walk,
             grammar_from,
+            stop_walk,
         }
     }
 
