@@ -32,8 +32,8 @@ impl StringOrList {
 /// SGLang's sampling parameters as accepted on the wire: every field of SGLang's `SamplingParams`
 /// is accepted (null means absent); unknown fields are rejected, as SGLang's `SamplingParams(**d)`
 /// does. Constrained decoding takes `regex`, `json_schema` or `ebnf` (a string each, `grammar/`;
-/// EBNF unrolled to a bounded depth); `stop_regex` ends the output at a regex match;
-/// `structural_tag` answers 400 rather than silently producing unconstrained text;
+/// EBNF unrolled to a bounded depth, `structural_tag` in SGLang's structures-and-triggers form);
+/// `stop_regex` ends the output at a regex match;
 /// `custom_params` does not change the output here and is ignored. `stream_interval` overrides
 /// the server's `--stream-interval` for this request (0 or null: the server's, as SGLang).
 #[derive(Debug, Clone, Deserialize)]
@@ -203,22 +203,25 @@ impl SamplingParamsWire {
             Some(serde_json::Value::String(t)) => Ok(Some(t.clone())),
             Some(v) => Err(format!("{name} must be a string, got {v}.")),
         };
+        // SGLang takes the structural tag as JSON text; an object is taken as its text.
+        let structural = match &self.structural_tag {
+            Some(v @ serde_json::Value::Object(_)) => {
+                Some(Constraint::StructuralTag(v.to_string()))
+            }
+            v => text("structural_tag", v)?.map(Constraint::StructuralTag),
+        };
         let mut given = [
             text("regex", &self.regex)?.map(Constraint::Regex),
             text("json_schema", &self.json_schema)?.map(Constraint::JsonSchema),
             text("ebnf", &self.ebnf)?.map(Constraint::Ebnf),
+            structural,
         ]
         .into_iter()
         .flatten();
         let constraint = given.next();
         if given.next().is_some() {
-            return Err("Only one of regex, json_schema and ebnf can be set.".to_string());
-        }
-        if self.structural_tag.as_ref().is_some_and(|v| !v.is_null()) {
             return Err(
-                "structural_tag: this kind of constrained decoding is not supported by \
-                 this server (regex, json_schema and ebnf are)."
-                    .to_string(),
+                "Only one of regex, json_schema, ebnf and structural_tag can be set.".to_string(),
             );
         }
         let stop_regex = match self.stop_regex {
@@ -408,9 +411,22 @@ mod tests {
             Some(Constraint::Ebnf("root ::= \"a\"".into()))
         );
         assert!(parse(r#"{"ebnf": "root ::= \"a\"", "regex": "a"}"#).is_err());
-        assert!(parse(r#"{"structural_tag": {}}"#)
-            .unwrap_err()
-            .contains("not supported"));
+        // A structural tag as SGLang's JSON text or as an object (compiled later).
+        let tag = r#"{"structures": [], "triggers": ["<f"]}"#;
+        assert_eq!(
+            parse(&serde_json::json!({ "structural_tag": tag }).to_string())
+                .unwrap()
+                .constraint,
+            Some(Constraint::StructuralTag(tag.into()))
+        );
+        assert!(matches!(
+            parse(r#"{"structural_tag": {"triggers": []}}"#)
+                .unwrap()
+                .constraint,
+            Some(Constraint::StructuralTag(_))
+        ));
+        assert!(parse(r#"{"structural_tag": 3}"#).is_err());
+        assert!(parse(r#"{"structural_tag": "{}", "regex": "a"}"#).is_err());
         // stop_regex: a string or a list of them (compiled later, by the API layer).
         assert_eq!(
             parse(r#"{"stop_regex": "a+b"}"#).unwrap().stop_regex,

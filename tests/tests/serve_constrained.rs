@@ -4,8 +4,8 @@
 //! `json_schema` outputs parse as JSON of the schema's shape on `/generate`, completions and
 //! chat (`response_format`); an EBNF grammar's outputs derive from its root; streaming adds up to
 //! the non-streamed answer; bad constraints (an EBNF grammar without a finite derivation, no
-//! `root`) and the unsupported
-//! kinds are 400s.
+//! `root`) are 400s. `stop_regex` ends the output at a match; `structural_tag` constrains the
+//! text after each trigger.
 
 mod serve_common;
 
@@ -317,4 +317,92 @@ async fn stop_regex_ends_the_output_at_the_first_match() {
         assert_eq!(st, 400, "{sr} -> {v}");
     }
     assert_eq!(s.greedy(prompt, 32).await["text"], plain["text"]);
+}
+
+/// Whether every `e` in `text` opens `e[<integer>]` (the structural tag of the test below).
+fn tags_follow_each_e(text: &str) -> bool {
+    let mut rest = text;
+    while let Some(i) = rest.find('e') {
+        let after = &rest[i + 1..];
+        let Some(body) = after.strip_prefix('[') else {
+            return false;
+        };
+        let Some(j) = body.find(']') else {
+            return false;
+        };
+        let n = &body[..j];
+        if serde_json::from_str::<i64>(n).is_err() {
+            return false;
+        }
+        rest = &body[j + 1..];
+    }
+    true
+}
+
+/// `structural_tag` (SGLang's structures and triggers, on /generate as JSON text and as OpenAI's
+/// `response_format`): free text, but each trigger (`e`, common enough that a random model writes
+/// it) opens its structure `e[<integer>]`; greedy and sampled outputs keep to that, and do write
+/// tags; a bad tag is a 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn structural_tag_constrains_the_text_after_each_trigger() {
+    let m = MadeModel::new("llama", "tiny");
+    let s = Server::start(m.path(), &[]);
+    let prompt = "Once upon a time";
+    let plain = s.greedy(prompt, 48).await;
+    let plain = plain["text"].as_str().unwrap();
+    assert!(
+        !tags_follow_each_e(plain),
+        "{plain:?} already keeps to the tag"
+    );
+    let tag = json!({"type": "structural_tag",
+        "structures": [{"begin": "e[", "schema": {"type": "integer"}, "end": "]"}],
+        "triggers": ["e"]});
+    let mut tags = 0;
+    for (temperature, seed) in [(0.0, 0), (1.0, 1), (1.0, 2)] {
+        let (st, v) = s
+            .post(
+                "/generate",
+                &json!({"text": prompt, "sampling_params": {"structural_tag": tag.to_string(),
+                "max_new_tokens": 48, "temperature": temperature, "seed": seed}}),
+            )
+            .await;
+        assert_eq!(st, 200, "{v}");
+        let text = v["text"].as_str().unwrap();
+        // A cut-off output may end inside a tag: its complete part keeps to the tags.
+        let whole = match (text.rfind('e'), text.rfind(']')) {
+            (Some(e), Some(b)) if b > e => text,
+            (Some(e), _) => &text[..e],
+            (None, _) => text,
+        };
+        assert!(tags_follow_each_e(whole), "seed {seed}: {text:?}");
+        tags += whole.matches("e[").count();
+    }
+    assert!(tags > 0, "no output opened a tag");
+    let (st, v) = s
+        .post(
+            "/v1/chat/completions",
+            &json!({"messages": [{"role": "user", "content": prompt}], "max_tokens": 48,
+            "temperature": 0, "response_format": tag}),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let text = v["choices"][0]["message"]["content"].as_str().unwrap();
+    let whole = match (text.rfind('e'), text.rfind(']')) {
+        (Some(e), Some(b)) if b > e => text,
+        (Some(e), _) => &text[..e],
+        (None, _) => text,
+    };
+    assert!(tags_follow_each_e(whole), "{text:?}");
+    for bad in [
+        json!({"type": "structural_tag", "structures": [{"begin": "x", "end": "y"}], "triggers": ["e"]}),
+        json!({"type": "structural_tag", "format": {"type": "any_text"}}),
+    ] {
+        let (st, v) = s
+            .post(
+                "/v1/chat/completions",
+                &json!({"messages": [{"role": "user", "content": prompt}], "response_format": bad}),
+            )
+            .await;
+        assert_eq!(st, 400, "{bad} -> {v}");
+    }
 }

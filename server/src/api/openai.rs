@@ -98,6 +98,16 @@ struct OpenAiWire {
 
 impl OpenAiWire {
     fn params(&mut self, default_max: i64) -> Result<SamplingParams, ApiError> {
+        // A structural tag goes to the parameters as its JSON text (SGLang's conversion).
+        let structural_tag = match self.response_format.take() {
+            Some(f) if f.get("type").and_then(Value::as_str) == Some("structural_tag") => {
+                Some(Value::String(f.to_string()))
+            }
+            f => {
+                self.response_format = f;
+                None
+            }
+        };
         let json_schema = match response_format_schema(self.response_format.take())? {
             Some(schema) => {
                 if self.json_schema.as_ref().is_some_and(|v| !v.is_null()) {
@@ -113,6 +123,7 @@ impl OpenAiWire {
             regex: self.regex.take(),
             json_schema,
             ebnf: self.ebnf.take(),
+            structural_tag,
             max_new_tokens: Some(
                 self.max_completion_tokens
                     .or(self.max_tokens)
@@ -162,12 +173,8 @@ fn response_format_schema(f: Option<Value>) -> Result<Option<String>, ApiError> 
                 })?;
             Ok(Some(schema.to_string()))
         }
-        Some("structural_tag") => Err(ApiError::bad_request(
-            "response_format structural_tag is not supported by this server \
-             (text, json_object and json_schema are).",
-        )),
         _ => Err(ApiError::bad_request(format!(
-            "response_format type must be text, json_object or json_schema, got {f}."
+            "response_format type must be text, json_object, json_schema or structural_tag, got {f}."
         ))),
     }
 }

@@ -15,6 +15,7 @@ pub mod bytes;
 pub mod ebnf;
 pub mod schema;
 pub mod stop;
+pub mod tags;
 #[cfg(test)]
 mod tests;
 
@@ -35,6 +36,9 @@ pub enum Constraint {
     JsonSchema(String),
     /// The whole output is derived from this EBNF grammar's `root` (a regular one).
     Ebnf(String),
+    /// SGLang's `structural_tag` (its JSON text): free text, in which each trigger opens one of
+    /// the tags that begin with it (`tags.rs`).
+    StructuralTag(String),
 }
 
 impl Constraint {
@@ -48,6 +52,9 @@ impl Constraint {
                 schema::to_regex(&v)
             }
             Constraint::Ebnf(g) => ebnf::to_regex(g),
+            Constraint::StructuralTag(_) => {
+                Err("a structural tag is no single regular expression".into())
+            }
         }
     }
 }
@@ -95,7 +102,10 @@ impl Compiler {
         if let Some(g) = self.cache.lock().expect("grammar cache").get(c) {
             return Ok(g.clone());
         }
-        let g = Arc::new(Grammar::new(&c.to_regex()?, self.bytes.clone())?);
+        let g = Arc::new(match c {
+            Constraint::StructuralTag(t) => Grammar::structural(t, self.bytes.clone())?,
+            _ => Grammar::new(&c.to_regex()?, self.bytes.clone())?,
+        });
         let mut cache = self.cache.lock().expect("grammar cache");
         if cache.len() >= CACHE_LIMIT {
             cache.clear();
@@ -105,18 +115,106 @@ impl Compiler {
     }
 }
 
-/// A compiled constraint: the DFA of its regular expression over bytes, and the masks computed so
+/// A compiled constraint: the automaton of its language over bytes, and the masks computed so
 /// far.
 pub struct Grammar {
-    dfa: dense::DFA<Vec<u32>>,
-    start: StateID,
+    machine: Machine,
     bytes: Arc<TokenBytes>,
-    masks: Mutex<HashMap<StateID, Arc<Mask>>>,
+    masks: Mutex<HashMap<u64, Arc<Mask>>>,
 }
 
-/// Where a request stands in its grammar.
+/// The automaton a constraint compiles to.
+enum Machine {
+    /// One regular expression, anchored at both ends.
+    Regex(Dfa),
+    /// A structural tag's free text and tags.
+    Tags(tags::Tags),
+}
+
+impl Machine {
+    fn start(&self) -> u64 {
+        match self {
+            Machine::Regex(d) => u64::from(d.start.as_u32()),
+            Machine::Tags(t) => t.start(),
+        }
+    }
+    fn step(&self, s: u64, b: u8) -> Option<u64> {
+        match self {
+            Machine::Regex(d) => d.step(state_id(s), b).map(|n| u64::from(n.as_u32())),
+            Machine::Tags(t) => t.step(s, b),
+        }
+    }
+    fn accepting(&self, s: u64) -> bool {
+        match self {
+            Machine::Regex(d) => d.accepting(state_id(s)),
+            Machine::Tags(t) => t.accepting(s),
+        }
+    }
+}
+
+/// The DFA state of a packed state's low 32 bits.
+fn state_id(s: u64) -> StateID {
+    StateID::new(s as u32 as usize).expect("a state id of this DFA")
+}
+
+/// The DFA of one regular expression followed by the end marker, anchored.
+///
+/// The DFA is of `regex` followed by the byte 0xFF, which no UTF-8 text holds: a DFA reports
+/// a match one byte late, so without an end marker a state one byte past a complete match
+/// would look alive. With it, every state that is not dead can still reach a match, and the
+/// text so far is whole when 0xFF then ends it.
+pub(crate) struct Dfa {
+    dfa: dense::DFA<Vec<u32>>,
+    start: StateID,
+}
+
+impl Dfa {
+    pub(crate) fn build(regex: &str) -> Result<Self, String> {
+        let marked = format!("(?:{regex})(?-u:\\xFF)");
+        let dfa = dense::Builder::new()
+            .syntax(regex_automata::util::syntax::Config::new().utf8(false))
+            .configure(
+                dense::Config::new()
+                    .start_kind(StartKind::Anchored)
+                    .match_kind(MatchKind::All)
+                    .dfa_size_limit(Some(DFA_LIMIT))
+                    .determinize_size_limit(Some(DFA_LIMIT)),
+            )
+            .build(&marked)
+            .map_err(|e| format!("The constraint cannot be compiled: {e}"))?;
+        let start = dfa
+            .start_state(&StartConfig::new().anchored(Anchored::Yes))
+            .map_err(|e| format!("The constraint cannot be compiled: {e}"))?;
+        Ok(Dfa { dfa, start })
+    }
+
+    pub(crate) fn start(&self) -> StateID {
+        self.start
+    }
+
+    /// The state after byte `b` (None: the text left the language).
+    pub(crate) fn step(&self, s: StateID, b: u8) -> Option<StateID> {
+        if b == END {
+            return None;
+        }
+        let n = self.dfa.next_state(s, b);
+        (!self.dfa.is_dead_state(n) && !self.dfa.is_quit_state(n)).then_some(n)
+    }
+
+    /// Whether the text that led to `s` is a whole match.
+    pub(crate) fn accepting(&self, s: StateID) -> bool {
+        let end = self.dfa.next_state(s, END);
+        !self.dfa.is_dead_state(end) && self.dfa.is_match_state(self.dfa.next_eoi_state(end))
+    }
+
+    fn memory_usage(&self) -> usize {
+        self.dfa.memory_usage()
+    }
+}
+
+/// Where a request stands in its grammar (a DFA state; a structural tag packs its mode too).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct GrammarState(StateID);
+pub struct GrammarState(u64);
 
 /// A request's walk through its grammar: the state after the first `walked` output tokens
 /// (`None`: a token left the language — an EOS kept under `ignore_eos`, or a PD leg's first
@@ -156,30 +254,18 @@ impl Mask {
 
 impl Grammar {
     /// Compiles `regex` (anchored at both ends: the whole output matches it).
-    ///
-    /// The DFA is of `regex` followed by the byte 0xFF, which no UTF-8 text holds: a DFA reports
-    /// a match one byte late, so without an end marker a state one byte past a complete match
-    /// would look alive. With it, every state that is not dead can still reach a match, and the
-    /// text so far is whole when 0xFF then ends it.
     pub fn new(regex: &str, bytes: Arc<TokenBytes>) -> Result<Self, String> {
-        let marked = format!("(?:{regex})(?-u:\\xFF)");
-        let dfa = dense::Builder::new()
-            .syntax(regex_automata::util::syntax::Config::new().utf8(false))
-            .configure(
-                dense::Config::new()
-                    .start_kind(StartKind::Anchored)
-                    .match_kind(MatchKind::All)
-                    .dfa_size_limit(Some(DFA_LIMIT))
-                    .determinize_size_limit(Some(DFA_LIMIT)),
-            )
-            .build(&marked)
-            .map_err(|e| format!("The constraint cannot be compiled: {e}"))?;
-        let start = dfa
-            .start_state(&StartConfig::new().anchored(Anchored::Yes))
-            .map_err(|e| format!("The constraint cannot be compiled: {e}"))?;
         Ok(Grammar {
-            dfa,
-            start,
+            machine: Machine::Regex(Dfa::build(regex)?),
+            bytes,
+            masks: Mutex::default(),
+        })
+    }
+
+    /// Compiles a structural tag (its JSON text, `tags.rs`).
+    pub fn structural(tag: &str, bytes: Arc<TokenBytes>) -> Result<Self, String> {
+        Ok(Grammar {
+            machine: Machine::Tags(tags::Tags::parse(tag)?),
             bytes,
             masks: Mutex::default(),
         })
@@ -192,7 +278,7 @@ impl Grammar {
 
     /// The state before any output.
     pub fn start(&self) -> GrammarState {
-        GrammarState(self.start)
+        GrammarState(self.machine.start())
     }
 
     /// The state after `token` (None: the token leaves the language, or is special).
@@ -201,15 +287,9 @@ impl Grammar {
         self.walk(s.0, b).map(GrammarState)
     }
 
-    fn walk(&self, mut s: StateID, bytes: &[u8]) -> Option<StateID> {
+    fn walk(&self, mut s: u64, bytes: &[u8]) -> Option<u64> {
         for &b in bytes {
-            if b == END {
-                return None;
-            }
-            s = self.dfa.next_state(s, b);
-            if self.dfa.is_dead_state(s) || self.dfa.is_quit_state(s) {
-                return None;
-            }
+            s = self.machine.step(s, b)?;
         }
         Some(s)
     }
@@ -237,8 +317,7 @@ impl Grammar {
 
     /// Whether the text that led to `s` is a whole match.
     pub fn accepting(&self, s: GrammarState) -> bool {
-        let end = self.dfa.next_state(s.0, END);
-        !self.dfa.is_dead_state(end) && self.dfa.is_match_state(self.dfa.next_eoi_state(end))
+        self.machine.accepting(s.0)
     }
 
     /// The mask of state `s` (computed once per state: one walk of the vocabulary).
@@ -272,8 +351,12 @@ impl Grammar {
 
 impl std::fmt::Debug for Grammar {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let bytes = match &self.machine {
+            Machine::Regex(d) => d.memory_usage(),
+            Machine::Tags(t) => t.memory_usage(),
+        };
         f.debug_struct("Grammar")
-            .field("dfa_bytes", &self.dfa.memory_usage())
+            .field("dfa_bytes", &bytes)
             .finish()
     }
 }

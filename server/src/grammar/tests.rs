@@ -389,3 +389,144 @@ fn stop_regex_walk_finds_the_first_match_like_a_search_of_the_text() {
     let e = StopRegex::new(vec!["(".into()], vocab()).unwrap_err();
     assert!(e.contains("stop_regex") && e.contains("\"(\""), "{e}");
 }
+
+/// A structural tag (SGLang's structures and triggers): free text, and where the trigger shows,
+/// one of its structures (begin, JSON of the schema, end); then free text again.
+fn tool_tag() -> String {
+    json!({"type": "structural_tag",
+        "structures": [
+            {"begin": "<f=get>", "schema": {"type": "object",
+                "properties": {"a": {"type": "integer"}}, "required": ["a"],
+                "additionalProperties": false}, "end": "</f>"},
+            {"begin": "<f=put>", "schema": {"type": "object",
+                "properties": {"b": {"enum": ["x", "y"]}}, "required": ["b"],
+                "additionalProperties": false}, "end": "</f>"}],
+        "triggers": ["<f="]})
+    .to_string()
+}
+
+/// The reference: free text and tags, checked by hand.
+fn tool_tag_admits(text: &str) -> bool {
+    let mut rest = text;
+    while let Some(i) = rest.find("<f=") {
+        let after = &rest[i + 3..];
+        let (name, body) = match after.split_at_checked(4) {
+            Some((n, b)) if n == "get>" || n == "put>" => (n, b),
+            _ => return false,
+        };
+        let Some(j) = body.find("</f>") else {
+            return false;
+        };
+        let Ok(v) = serde_json::from_str::<Value>(&body[..j]) else {
+            return false;
+        };
+        let ok = match name {
+            "get>" => v
+                .as_object()
+                .is_some_and(|o| o.len() == 1 && o["a"].is_i64()),
+            _ => v
+                .as_object()
+                .is_some_and(|o| o.len() == 1 && (o["b"] == "x" || o["b"] == "y")),
+        };
+        if !ok {
+            return false;
+        }
+        rest = &body[j + 4..];
+    }
+    true
+}
+
+#[test]
+fn structural_tags_free_text_and_tags_after_triggers() {
+    let g = Grammar::structural(&tool_tag(), vocab()).unwrap();
+    for (text, want) in [
+        ("", true),
+        ("hello <f world", true),
+        ("call <f=get>{\"a\":12}</f> done", true),
+        ("<f=put>{\"b\":\"y\"}</f><f=get>{\"a\":1}</f>", true),
+        ("<f=get>{\"a\":12}", false),
+        ("x <f=del>{}</f>", false),
+        ("<f=get>{\"a\":\"s\"}</f>", false),
+        ("<f=put>{\"b\":\"z\"}</f>", false),
+    ] {
+        assert_eq!(admits(&g, text), want, "{text:?}");
+        assert_eq!(tool_tag_admits(text), want, "reference on {text:?}");
+    }
+    // Masks: free text takes any token, but "<f=" only followed by a structure's begin.
+    let m = g.mask(g.start());
+    assert!(m.accepting && m.can_continue);
+    assert!(m.allows(u32::from(b'<')) && m.allows(u32::from(b'q')));
+    let mut w = g.walk_start();
+    let ids: Vec<u32> = "<f=".bytes().map(u32::from).collect();
+    let s = g.follow(&mut w, &ids).unwrap();
+    let m = g.mask(s);
+    assert!(!m.accepting, "inside a tag");
+    assert_eq!(m.allowed(), 2, "only g or p");
+    // Bad tags are errors.
+    for bad in [
+        "{",
+        r#"{"structures": [{"begin": "<x>", "end": "</x>"}], "triggers": ["<f="]}"#,
+        r#"{"structures": [], "triggers": []}"#,
+        r#"{"type": "structural_tag", "format": {"type": "any_text"}}"#,
+        r#"{"structures": [{"begin": "<f=a", "end": "x", "schema": {"type": "thing"}}], "triggers": ["<f="]}"#,
+    ] {
+        assert!(Grammar::structural(bad, vocab()).is_err(), "{bad}");
+    }
+}
+
+/// Random masked walks through a structural tag: every text the masks let through (ended where
+/// the mask allows an end) is one the reference admits, and the walks do open and close tags.
+#[test]
+fn structural_tag_masked_walks_stay_in_the_language() {
+    let seed = test_seed("structural tag walks");
+    let mut rng = SplitMix64(seed);
+    let v = vocab();
+    let g = Grammar::structural(&tool_tag(), v.clone()).unwrap();
+    // Bias the walks towards the interesting bytes.
+    let favoured: Vec<u32> = "<f=getpu>{\"ab:12xy}/ ".bytes().map(u32::from).collect();
+    let (mut tags, mut ended) = (0, 0);
+    for _ in 0..300 {
+        let mut w = g.walk_start();
+        let mut ids: Vec<u32> = Vec::new();
+        for _ in 0..200 {
+            let s = g
+                .follow(&mut w, &ids)
+                .expect("a masked walk stays in the language");
+            let m = g.mask(s);
+            if m.accepting && rng.next_u64() % 25 == 0 {
+                break;
+            }
+            // In free text, now and then the trigger (the walk must then follow a structure).
+            if m.accepting && rng.next_u64() % 6 == 0 {
+                ids.extend("<f=".bytes().map(u32::from));
+                continue;
+            }
+            let pick: Vec<u32> = favoured.iter().copied().filter(|&t| m.allows(t)).collect();
+            let t = if !pick.is_empty() && rng.next_u64() % 10 != 0 {
+                pick[rng.next_u64() as usize % pick.len()]
+            } else {
+                let all: Vec<u32> = (0..g.vocab_len() as u32).filter(|&t| m.allows(t)).collect();
+                all[rng.next_u64() as usize % all.len()]
+            };
+            ids.push(t);
+        }
+        let s = g.follow(&mut w, &ids).unwrap();
+        if !g.accepting(s) {
+            continue;
+        }
+        ended += 1;
+        let bytes: Vec<u8> = ids
+            .iter()
+            .flat_map(|&t| v.get(t).unwrap().to_vec())
+            .collect();
+        // Free text may hold any bytes; the reference reads text.
+        if let Ok(text) = std::str::from_utf8(&bytes) {
+            assert!(tool_tag_admits(text), "{text:?} (seed {seed})");
+            tags += text.matches("</f>").count();
+        }
+    }
+    assert!(
+        ended > 0 && tags > 0,
+        "{ended} walks ended, {tags} tags closed (seed {seed})"
+    );
+}

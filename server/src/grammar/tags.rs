@@ -1,0 +1,173 @@
+//! SGLang's `structural_tag` (xgrammar's structural tags, the form SGLang's protocol takes:
+//! `{"type": "structural_tag", "structures": [{"begin", "schema", "end"}], "triggers": [...]}`).
+//! The output is free text; where a trigger appears in it, the text goes on as one of the
+//! structures whose `begin` starts with that trigger: the rest of `begin`, JSON valid under
+//! `schema` (any JSON when it has none), then `end`; after `end` the text is free again. This is
+//! how tool calls are constrained: `<function=` opens `<function=get_weather>{...}</function>`.
+//!
+//! Free text is walked by an unanchored DFA of the triggers (a match ending at a byte shows at
+//! that byte through the end-of-text transition); each trigger has the anchored DFA of its
+//! structures' rests ([`Dfa`]), left as soon as it accepts (the shortest tag: xgrammar's parser
+//! could also go on inside a tag whose `end` text the content may contain, which no JSON value
+//! does before its own end). Any text may end in free text; none inside a tag.
+//!
+//! A packed state ([`super::GrammarState`]): bit 63 set inside a tag, bits 32..63 the trigger's
+//! index, the low 32 bits the DFA state.
+
+use super::{schema, state_id, Dfa};
+use regex_automata::dfa::{dense, Automaton, StartKind};
+use regex_automata::util::primitives::StateID;
+use regex_automata::util::start::Config as StartConfig;
+use regex_automata::{Anchored, MatchKind};
+use serde::Deserialize;
+
+/// A structural tag's automaton.
+pub struct Tags {
+    /// Unanchored DFA of the triggers (one pattern each).
+    triggers: dense::DFA<Vec<u32>>,
+    free_start: StateID,
+    /// Byte lengths of the triggers.
+    trigger_len: Vec<usize>,
+    /// Per trigger: the DFA of its structures' rests (None: no structure begins with it).
+    tags: Vec<Option<Dfa>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Wire {
+    #[serde(rename = "type")]
+    _kind: Option<String>,
+    structures: Vec<Structure>,
+    triggers: Vec<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct Structure {
+    begin: String,
+    #[serde(alias = "schema_", alias = "structural_tag_schema")]
+    schema: Option<serde_json::Value>,
+    end: String,
+}
+
+const TAG: u64 = 1 << 63;
+
+impl Tags {
+    /// Parses and compiles a structural tag's JSON text; the error is a client's 400.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let v: serde_json::Value = serde_json::from_str(text)
+            .map_err(|e| format!("structural_tag is not valid JSON: {e}"))?;
+        if v.get("format").is_some() {
+            return Err(
+                "structural_tag: the `format` form (xgrammar's nested formats) is not \
+                 supported by this server; give `structures` and `triggers`."
+                    .into(),
+            );
+        }
+        let w: Wire = serde_json::from_value(v).map_err(|e| format!("structural_tag: {e}"))?;
+        if w.triggers.is_empty() || w.triggers.iter().any(String::is_empty) {
+            return Err("structural_tag needs at least one trigger, none empty.".into());
+        }
+        for s in &w.structures {
+            if !w.triggers.iter().any(|t| s.begin.starts_with(t.as_str())) {
+                return Err(format!(
+                    "structural_tag: the begin {:?} starts with no trigger of {:?}.",
+                    s.begin, w.triggers
+                ));
+            }
+        }
+        let escaped: Vec<String> = w.triggers.iter().map(|t| regex_syntax::escape(t)).collect();
+        let triggers = dense::Builder::new()
+            .syntax(regex_automata::util::syntax::Config::new().utf8(false))
+            .configure(
+                dense::Config::new()
+                    .start_kind(StartKind::Unanchored)
+                    .match_kind(MatchKind::All),
+            )
+            .build_many(&escaped)
+            .map_err(|e| format!("structural_tag triggers: {e}"))?;
+        let free_start = triggers
+            .start_state(&StartConfig::new().anchored(Anchored::No))
+            .map_err(|e| format!("structural_tag triggers: {e}"))?;
+        let mut tags = Vec::new();
+        for t in &w.triggers {
+            let mut alts = Vec::new();
+            for s in w
+                .structures
+                .iter()
+                .filter(|s| s.begin.starts_with(t.as_str()))
+            {
+                let content = match &s.schema {
+                    None | Some(serde_json::Value::Null) => {
+                        schema::to_regex(&serde_json::json!({}))?
+                    }
+                    Some(v) => schema::to_regex(v)?,
+                };
+                alts.push(format!(
+                    "(?:{}(?:{content}){})",
+                    regex_syntax::escape(&s.begin[t.len()..]),
+                    regex_syntax::escape(&s.end)
+                ));
+            }
+            tags.push(if alts.is_empty() {
+                None
+            } else {
+                Some(Dfa::build(&alts.join("|"))?)
+            });
+        }
+        Ok(Tags {
+            triggers,
+            free_start,
+            trigger_len: w.triggers.iter().map(String::len).collect(),
+            tags,
+        })
+    }
+
+    pub(super) fn start(&self) -> u64 {
+        u64::from(self.free_start.as_u32())
+    }
+
+    /// The state after byte `b` (None: a trigger no structure begins with, or a byte a tag
+    /// does not take).
+    pub(super) fn step(&self, s: u64, b: u8) -> Option<u64> {
+        if s & TAG == 0 {
+            let n = self.triggers.next_state(state_id(s), b);
+            if self.triggers.is_dead_state(n) || self.triggers.is_quit_state(n) {
+                return None;
+            }
+            let eoi = self.triggers.next_eoi_state(n);
+            if !self.triggers.is_match_state(eoi) {
+                return Some(u64::from(n.as_u32()));
+            }
+            // A trigger ends here (the longest, where several do).
+            let k = (0..self.triggers.match_len(eoi))
+                .map(|i| self.triggers.match_pattern(eoi, i).as_usize())
+                .max_by_key(|&k| self.trigger_len[k])?;
+            let d = self.tags[k].as_ref()?;
+            return Some(TAG | (k as u64) << 32 | u64::from(d.start().as_u32()));
+        }
+        let k = ((s & !TAG) >> 32) as usize;
+        let d = self.tags[k].as_ref()?;
+        let n = d.step(state_id(s), b)?;
+        if d.accepting(n) {
+            Some(self.start())
+        } else {
+            Some(TAG | (k as u64) << 32 | u64::from(n.as_u32()))
+        }
+    }
+
+    /// Free text may end anywhere; a tag must be closed.
+    pub(super) fn accepting(&self, s: u64) -> bool {
+        s & TAG == 0
+    }
+
+    pub(super) fn memory_usage(&self) -> usize {
+        self.triggers.memory_usage()
+            + self
+                .tags
+                .iter()
+                .flatten()
+                .map(Dfa::memory_usage)
+                .sum::<usize>()
+    }
+}
