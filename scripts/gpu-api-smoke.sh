@@ -5,7 +5,8 @@
 # answer; greedy: 3 equal), a streamed /generate batch of 3 against the same batch unstreamed,
 # a streamed chat with n = 2 and one with tools, max_new_tokens 0, and constrained decoding (regex
 # and JSON schema on /generate, greedy and seeded: the text matches, repeats and streams equal;
-# response_format json_schema on chat; tool_choice "required" gives a call).
+# response_format json_schema on chat; tool_choice "required" gives a call), stop_regex (the plain
+# greedy output cut at the first match) and structural_tag (each trigger opens its structure).
 # Usage: scripts/gpu-api-smoke.sh [OUTDIR]; env STRATA. Exit status non-zero on any failure.
 set -uo pipefail
 OUTDIR=${1:-/tmp/strata-api-smoke}; mkdir -p "$OUTDIR"
@@ -112,6 +113,26 @@ tc = post("/v1/chat/completions", {"messages": [{"role": "user", "content": "wea
 calls = tc["choices"][0]["message"].get("tool_calls") or []
 check("chat tool_choice required: a get_weather call", bool(calls) and calls[0]["function"]["name"] == "get_weather",
       json.dumps(tc)[:240])
+# stop_regex: the greedy output is the plain one cut at the first match, matched = the pattern.
+plain = post("/generate", {"text": "Once upon a time", "sampling_params": {"temperature": 0, "max_new_tokens": 48}})
+pt = plain["text"]
+if len(pt) >= 12:
+    pat = re.escape(pt[6]) + "." + re.escape(pt[8])
+    sr = post("/generate", {"text": "Once upon a time", "sampling_params": {"temperature": 0, "max_new_tokens": 48,
+                                                                          "stop_regex": pat}})
+    t = sr["text"]
+    m = re.search(pat, pt, re.S)
+    check("stop_regex: a prefix holding the first match", pt.startswith(t) and m is not None and len(t) >= m.end()
+          and len(t) < len(pt) and sr["meta_info"]["finish_reason"] == {"type": "stop", "matched": pat},
+          json.dumps({"plain": pt[:80], "got": t, "fr": sr["meta_info"]["finish_reason"]})[:240])
+# structural_tag: every "e" opens e[<integer>].
+tag = {"type": "structural_tag", "structures": [{"begin": "e[", "schema": {"type": "integer"}, "end": "]"}],
+       "triggers": ["e"]}
+st = post("/generate", {"text": "Once upon a time", "sampling_params": {"temperature": 0, "max_new_tokens": 48,
+                                                                      "structural_tag": json.dumps(tag)}})
+tt = st["text"]
+cut = tt[:tt.rfind("e")] if tt.rfind("e") > tt.rfind("]") else tt
+check("structural_tag: each e opens e[int]", re.fullmatch(r"(?:[^e]|e\[-?\d+\])*", cut, re.S) is not None, repr(tt)[:160])
 sys.exit(1 if fails else 0)
 PY
 rc=$?
