@@ -53,6 +53,8 @@ pub struct ServeOptions {
     pub random_seed: Option<u64>,
     /// `--stream-interval`: streamed output tokens per chunk (at least 1).
     pub stream_interval: usize,
+    /// `--grammar-backend none`: constrained requests are refused.
+    pub grammar_off: bool,
     /// `--chat-template`: a Jinja file (or a named template of the checkpoint) replacing
     /// `tokenizer_config.json`'s template (see `model::chat_source`).
     pub chat_template: Option<String>,
@@ -94,6 +96,7 @@ impl ServeOptions {
             schedule_policy: SchedulePolicy::default(),
             random_seed: None,
             stream_interval: 1,
+            grammar_off: false,
             chat_template: None,
             hf_chat_template_name: None,
             max_queued_requests: None,
@@ -394,6 +397,7 @@ where
         api_key: opts.api_key.as_deref().map(Arc::from),
         pd_registry,
         stream_interval: opts.stream_interval.max(1),
+        grammar_off: opts.grammar_off,
         allow_auto_truncate: opts.allow_auto_truncate,
         radix_cache,
         request_log: LogSwitch::new(opts.log_requests_level.map(RequestLog::new)),

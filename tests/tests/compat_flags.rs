@@ -64,7 +64,6 @@ async fn serve_ignores_sglang_flags_and_serves() {
     let v = s.greedy("Hello", 3).await;
     assert_eq!(v["meta_info"]["completion_tokens"], 3, "{v}");
     for line in [
-        "no effect: --grammar-backend xgrammar (Strata's own grammar engine serves",
         "no effect: --enable-torch-compile",
         "no effect: --attention-backend triton",
         "no effect: --cuda-graph-bs-prefill 1 2 4",
@@ -80,6 +79,7 @@ async fn serve_ignores_sglang_flags_and_serves() {
     assert_eq!(s.log_count("no effect: --tensor-parallel-size"), 0);
     assert_eq!(s.log_count("no effect: --trust-remote-code"), 0);
     assert_eq!(s.log_count("no effect: --cuda-graph-bs-decode"), 0);
+    assert_eq!(s.log_count("no effect: --grammar-backend"), 0);
     for f in [
         "--random-seed",
         "--schedule-policy",
@@ -95,15 +95,50 @@ async fn serve_ignores_sglang_flags_and_serves() {
             "{f} is implemented"
         );
     }
-    assert_eq!(s.log_count("no effect:"), 9, "{:?}", s.log.lock().unwrap());
+    assert_eq!(s.log_count("no effect:"), 8, "{:?}", s.log.lock().unwrap());
+    // --grammar-backend xgrammar names Strata's own engine: constrained requests are served.
+    let (st, v) = s
+        .post(
+            "/generate",
+            &serde_json::json!({"text": "Hello", "sampling_params": {"regex": "[0-9]{3}",
+            "max_new_tokens": 8, "temperature": 0}}),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["text"].as_str().unwrap().len(), 3, "{v}");
+    drop(s);
+
+    // --grammar-backend none: constrained requests are refused with SGLang's message, others
+    // are served.
+    let s = Server::start(m.path(), &["--grammar-backend", "none"]);
+    let (st, v) = s
+        .post(
+            "/generate",
+            &serde_json::json!({"text": "Hello", "sampling_params": {"regex": "[0-9]{3}"}}),
+        )
+        .await;
+    assert_eq!(st, 400, "{v}");
+    assert!(
+        v["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("--grammar-backend none")),
+        "{v}"
+    );
+    let v = s.greedy("Hello", 3).await;
+    assert_eq!(v["meta_info"]["completion_tokens"], 3, "{v}");
     drop(s);
 
     let p = m.path().to_str().unwrap();
     let err = fails(&["serve", "--model-path", p, "--grammar-backnd", "xgrammar"]);
     assert!(err.contains("--grammar-backnd"), "{err}");
-    let err = fails(&["serve", "--model-path", p, "--grammar-backend"]);
+    let err = fails(&["serve", "--model-path", p, "--attention-backend"]);
     assert!(
-        err.contains("--grammar-backend") && err.contains("expects a value"),
+        err.contains("--attention-backend") && err.contains("expects a value"),
+        "{err}"
+    );
+    let err = fails(&["serve", "--model-path", p, "--grammar-backend", "bogus"]);
+    assert!(
+        err.contains("--grammar-backend") && err.contains("xgrammar"),
         "{err}"
     );
     let err = fails(&["serve", "--model-path", p, "--ssl-certfile", "c.pem"]);

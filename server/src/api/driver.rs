@@ -112,6 +112,12 @@ impl Driver {
             }
         }
         params.max_new_tokens = params.max_new_tokens.min(ctx - input_ids.len());
+        if params.constraint.is_some() && state.grammar_off {
+            return Err(ApiError::bad_request(
+                "Grammar-based generation (json_schema, regex, ebnf, structural_tag) is not \
+                 supported when the server is launched with --grammar-backend none",
+            ));
+        }
         if let Some(c) = &params.constraint {
             // Compiling a large schema can take a while: on the server's multi-thread runtime
             // the worker hands its other tasks over meanwhile.

@@ -72,6 +72,8 @@ pub struct AppState {
     pub reasoning_parser: Option<crate::parsers::ReasoningParser>,
     /// Constrained decoding's compiler, built on the first constrained request.
     pub grammars: Arc<std::sync::OnceLock<crate::grammar::Compiler>>,
+    /// `--grammar-backend none`: constrained requests are refused.
+    pub grammar_off: bool,
 }
 
 impl AppState {

@@ -117,9 +117,6 @@ fn refused(name: &str) -> Option<&'static str> {
 /// What Strata does instead, for ignored flags where that is worth saying.
 fn note(name: &str) -> Option<&'static str> {
     match name {
-        "--grammar-backend" => Some(
-            "Strata's own grammar engine serves regex, json_schema, ebnf and response_format whatever backend is named (structural_tag is refused with 400; `none` does not turn it off)",
-        ),
         "--enable-metrics" => Some("/metrics is always served"),
         _ => None,
     }

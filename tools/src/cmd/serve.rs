@@ -195,6 +195,11 @@ pub struct Args {
     /// sampling_params.stream_interval overrides it.
     #[arg(long, default_value_t = 1)]
     stream_interval: usize,
+    /// SGLang's grammar backend: xgrammar, outlines or llguidance all name Strata's own grammar
+    /// engine (regex, json_schema, ebnf, structural_tag); none turns constrained decoding off, so
+    /// a constrained request is refused (SGLang's abort message, as a 400).
+    #[arg(long, default_value = "xgrammar", value_parser = ["xgrammar", "outlines", "llguidance", "none"])]
+    grammar_backend: String,
     /// Most prompt tokens admitted into one prefill round: with chunking on, admission stops
     /// once they are spent; with --chunked-prefill-size -1 a prompt that does not fit in what is
     /// left waits (the round's first always runs, however long).
@@ -447,6 +452,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         // Negative seeds (argparse takes any int) name their two's-complement bits.
         random_seed: a.random_seed.map(|s| s as u64),
         stream_interval: a.stream_interval,
+        grammar_off: a.grammar_backend == "none",
         chat_template: a.chat_template.clone(),
         hf_chat_template_name: a.hf_chat_template_name.clone(),
         max_queued_requests: a.max_queued_requests,
