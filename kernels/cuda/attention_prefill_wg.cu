@@ -80,30 +80,11 @@ __device__ __forceinline__ void wg_mma_ss(float* d, u64 da, u64 db, int acc) {
           "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
         : "l"(da), "l"(db), "r"(acc));
 }
-// d += A B: A [64][16] bf16 from registers (the m16n8k16 A fragment per warp), B [16][128]
-// from shared memory, N-major (transposed).
-__device__ __forceinline__ void wg_mma_rs(float* d, const u32* a, u64 db) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, 1, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
-        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
-        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
-        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
-        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
-        "}, {%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}\n"
-        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
-          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
-          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
-          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
-          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
-          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
-          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
-          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db));
-}
 // d (+)= A B: A [64][16] bf16 from registers (the m16n8k16 A fragment per warp), B [16][128]
-// from shared memory, K-major; d = A B when `acc` is 0 (S = Q K^T with Q in registers).
-__device__ __forceinline__ void wg_mma_rs_k(float* d, const u32* a, u64 db, int acc) {
+// from shared memory, N-major (transposed, TB = 1: V of O += P V) or K-major (TB = 0: K of
+// S = Q K^T); d = A B when `acc` is 0.
+template <int TB>
+__device__ __forceinline__ void wg_mma_rs(float* d, const u32* a, u64 db, int acc) {
     asm volatile(
         "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
         "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {"
@@ -111,7 +92,7 @@ __device__ __forceinline__ void wg_mma_rs_k(float* d, const u32* a, u64 db, int 
         "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
         "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
         "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"
-        "}, {%64, %65, %66, %67}, %68, p, 1, 1, 0;\n}\n"
+        "}, {%64, %65, %66, %67}, %68, p, 1, 1, %70;\n}\n"
         : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
           "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
           "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
@@ -120,7 +101,7 @@ __device__ __forceinline__ void wg_mma_rs_k(float* d, const u32* a, u64 db, int 
           "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
           "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
           "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(acc));
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(acc), "n"(TB));
 }
 // NST shared-memory stages of K and V tiles.
 // QREG: Q's A fragments are read from shared memory into registers once, and S = Q K^T takes
@@ -249,7 +230,7 @@ __device__ __forceinline__ void wg_prefill_body(
         wg_fence();
 #pragma unroll
         for (int kk = 0; kk < KT / 16; ++kk)
-            wg_mma_rs(o, pk + 4 * kk, vd + (u64)((kk * 16 * 128) >> 4));
+            wg_mma_rs<1>(o, pk + 4 * kk, vd + (u64)((kk * 16 * 128) >> 4), 1);
         wg_commit_mma();
     };
     for (int it = 0; it < ntiles; ++it) {
@@ -272,7 +253,7 @@ __device__ __forceinline__ void wg_prefill_body(
             const u64 step = (u64)(((kk >> 2) * HALF_Q + (kk & 3) * 32) >> 4);
             const u64 kstep = (u64)(((kk >> 2) * HALF_T + (kk & 3) * 32) >> 4);
             if (QREG)
-                wg_mma_rs_k(s, qf + (QREG ? 4 * kk : 0), kd + kstep, kk);
+                wg_mma_rs<0>(s, qf + (QREG ? 4 * kk : 0), kd + kstep, kk);
             else
                 wg_mma_ss(s, qd + step, kd + kstep, kk);
         }
@@ -369,23 +350,20 @@ __device__ __forceinline__ void wg_prefill_body(
 }
 
 // Dynamic shared memory: 1024 (alignment slack) + 32768 (Q) + 3 * 65536 bytes (3 stages of K
-// and V tiles), mirrored by wg_smem in kernels/src/cuda/attention.rs. Q's fragments in registers.
-extern "C" __global__ void __launch_bounds__(WG_THREADS, 1) paged_attention_wg_d128(
-    const bf16_t* q, int q_stride, const bf16_t* k_pool, const bf16_t* v_pool, const int* block_tables,
-    int max_pages, int page_size, const int* tile_info, int n_heads, int n_kv_heads, int head_dim, float scale,
-    int split_len, bf16_t* out, int out_stride, float* part_acc, float* part_ml, int total_rows) {
-    pdl_enter();
-    wg_prefill_body<3, true>(q, q_stride, k_pool, v_pool, block_tables, max_pages, page_size, tile_info, n_heads,
-                              n_kv_heads, scale, split_len, out, out_stride, part_acc, part_ml, total_rows);
-}
-
-// The same with Q read from shared memory by every S wgmma (not QREG), timed beside it:
-// 1.218-1.228 vs 1.205 ms per layer at 8K, forward 216.5-217.5 vs 214.0 ms (H200, 2026-12-04).
-extern "C" __global__ void __launch_bounds__(WG_THREADS, 1) paged_attention_wgs_d128(
-    const bf16_t* q, int q_stride, const bf16_t* k_pool, const bf16_t* v_pool, const int* block_tables,
-    int max_pages, int page_size, const int* tile_info, int n_heads, int n_kv_heads, int head_dim, float scale,
-    int split_len, bf16_t* out, int out_stride, float* part_acc, float* part_ml, int total_rows) {
-    pdl_enter();
-    wg_prefill_body<3, false>(q, q_stride, k_pool, v_pool, block_tables, max_pages, page_size, tile_info, n_heads,
-                             n_kv_heads, scale, split_len, out, out_stride, part_acc, part_ml, total_rows);
-}
+// and V tiles), mirrored by wg_smem in kernels/src/cuda/attention.rs.
+#define WG_KERNEL(NAME, QREG)                                                                                    \
+    extern "C" __global__ void __launch_bounds__(WG_THREADS, 1) NAME(                                           \
+        const bf16_t* q, int q_stride, const bf16_t* k_pool, const bf16_t* v_pool, const int* block_tables,    \
+        int max_pages, int page_size, const int* tile_info, int n_heads, int n_kv_heads, int head_dim,         \
+        float scale, int split_len, bf16_t* out, int out_stride, float* part_acc, float* part_ml,              \
+        int total_rows) {                                                                                       \
+        pdl_enter();                                                                                            \
+        wg_prefill_body<3, QREG>(q, q_stride, k_pool, v_pool, block_tables, max_pages, page_size, tile_info,   \
+                                 n_heads, n_kv_heads, scale, split_len, out, out_stride, part_acc, part_ml,    \
+                                 total_rows);                                                                   \
+    }
+// The default: Q's fragments in registers.
+WG_KERNEL(paged_attention_wg_d128, true)
+// Q read from shared memory by every S wgmma, timed beside it: 1.218-1.228 vs 1.205 ms per layer
+// at 8K, forward 216.5-217.5 vs 214.0 ms (H200, 2026-12-04).
+WG_KERNEL(paged_attention_wgs_d128, false)

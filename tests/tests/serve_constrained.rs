@@ -339,6 +339,15 @@ fn tags_follow_each_e(text: &str) -> bool {
     true
 }
 
+/// `text` up to an unclosed last tag (a cut-off output may end inside one).
+fn closed_part(text: &str) -> &str {
+    match (text.rfind('e'), text.rfind(']')) {
+        (Some(e), Some(b)) if b > e => text,
+        (Some(e), _) => &text[..e],
+        (None, _) => text,
+    }
+}
+
 /// `structural_tag` (SGLang's structures and triggers, on /generate as JSON text and as OpenAI's
 /// `response_format`): free text, but each trigger (`e`, common enough that a random model writes
 /// it) opens its structure `e[<integer>]`; greedy and sampled outputs keep to that, and do write
@@ -368,12 +377,7 @@ async fn structural_tag_constrains_the_text_after_each_trigger() {
             .await;
         assert_eq!(st, 200, "{v}");
         let text = v["text"].as_str().unwrap();
-        // A cut-off output may end inside a tag: its complete part keeps to the tags.
-        let whole = match (text.rfind('e'), text.rfind(']')) {
-            (Some(e), Some(b)) if b > e => text,
-            (Some(e), _) => &text[..e],
-            (None, _) => text,
-        };
+        let whole = closed_part(text);
         assert!(tags_follow_each_e(whole), "seed {seed}: {text:?}");
         tags += whole.matches("e[").count();
     }
@@ -387,11 +391,7 @@ async fn structural_tag_constrains_the_text_after_each_trigger() {
         .await;
     assert_eq!(st, 200, "{v}");
     let text = v["choices"][0]["message"]["content"].as_str().unwrap();
-    let whole = match (text.rfind('e'), text.rfind(']')) {
-        (Some(e), Some(b)) if b > e => text,
-        (Some(e), _) => &text[..e],
-        (None, _) => text,
-    };
+    let whole = closed_part(text);
     assert!(tags_follow_each_e(whole), "{text:?}");
     for bad in [
         json!({"type": "structural_tag", "structures": [{"begin": "x", "end": "y"}], "triggers": ["e"]}),
