@@ -237,7 +237,7 @@ pub fn think_end(
 ) -> Result<Option<std::sync::Arc<[u32]>>, ApiError> {
     match reasoning {
         Some(k) if ReasoningStream::forced(k, kwargs) => {
-            let ids = encode(crate::parsers::reasoning::END).map_err(ApiError::bad_request)?;
+            let ids = encode(k.markers().1).map_err(ApiError::bad_request)?;
             Ok((!ids.is_empty()).then(|| ids.into()))
         }
         _ => Ok(None),

@@ -78,7 +78,7 @@ impl ToolParser {
     }
 }
 
-/// A `--reasoning-parser` format (all use `<think>`/`</think>`).
+/// A `--reasoning-parser` format (`<think>`/`</think>` but Kimi's `◁think▷`/`◁/think▷`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReasoningParser {
     /// The reply is reasoning up to `</think>`, whether or not it opens with `<think>`.
@@ -91,8 +91,12 @@ pub enum ReasoningParser {
     /// Reasoning first only when `chat_template_kwargs.thinking` is true (`deepseek-v3`:
     /// DeepSeek-V3.1's hybrid thinking).
     DeepSeekV3,
-    /// As Qwen3 (`glm45`: GLM-4.5 / 4.6 reason unless `enable_thinking` is false).
+    /// As Qwen3 (`glm45`: GLM-4.5 / 4.6 reason unless `enable_thinking` is false; SGLang maps
+    /// `kimi_k2`, `minimax` and `interns1` to the same detector).
     Glm45,
+    /// `kimi` (Kimi-VL thinking models): `◁think▷`/`◁/think▷`, reasoning only when the reply
+    /// opens with the start marker.
+    Kimi,
 }
 
 impl ReasoningParser {
@@ -100,15 +104,26 @@ impl ReasoningParser {
         "deepseek-r1",
         "deepseek-v3",
         "glm45",
+        "interns1",
+        "kimi",
+        "kimi_k2",
+        "minimax",
         "qwen3",
         "qwen3-thinking",
+        "step3",
+        "step3p5",
     ];
 
     /// The parser `--reasoning-parser NAME` names; the error is the start-up message.
     pub fn from_flag(name: &str) -> Result<Self, String> {
         match name {
-            "deepseek-r1" => Ok(Self::DeepSeekR1),
+            // SGLang's step3 / step3p5 use DeepSeek-R1's detector (reasoning from the start).
+            "deepseek-r1" | "step3" | "step3p5" => Ok(Self::DeepSeekR1),
             "qwen3" => Ok(Self::Qwen3),
+            // SGLang gives these Qwen3's detector, as glm45 (reasoning unless `enable_thinking`
+            // is false).
+            "kimi_k2" | "minimax" | "interns1" => Ok(Self::Glm45),
+            "kimi" => Ok(Self::Kimi),
             "qwen3-thinking" => Ok(Self::Qwen3Thinking),
             "deepseek-v3" => Ok(Self::DeepSeekV3),
             "glm45" => Ok(Self::Glm45),
@@ -122,6 +137,14 @@ impl ReasoningParser {
     /// Whether `<tool_call>` also ends the reasoning (the Qwen3 family's templates).
     pub fn tool_call_ends_reasoning(self) -> bool {
         matches!(self, Self::Qwen3 | Self::Qwen3Thinking | Self::Glm45)
+    }
+
+    /// The reasoning's start and end markers.
+    pub fn markers(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Kimi => ("\u{25c1}think\u{25b7}", "\u{25c1}/think\u{25b7}"),
+            _ => ("<think>", "</think>"),
+        }
     }
 }
 

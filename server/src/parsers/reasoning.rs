@@ -2,16 +2,14 @@
 //!
 //! Forced (DeepSeek-R1; Qwen3 unless `enable_thinking` is false), the reply is reasoning from its
 //! start; otherwise only a reply that opens with `<think>` (after whitespace) is. A leading
-//! `<think>` is dropped, reasoning ends at `</think>` (Qwen3: also where `<tool_call>` starts,
+//! `<think>` is dropped, reasoning ends at `</think>` (Kimi's markers are `◁think▷` and
+//! `◁/think▷`; Qwen3: reasoning also ends where `<tool_call>` starts,
 //! which stays in the content), and a reply cut before the end is all reasoning. Text that could
 //! be the start of a marker is held back until the next piece decides it.
 
 use super::tool_call::partial_suffix;
 use super::ReasoningParser;
 
-const START: &str = "<think>";
-/// Where reasoning ends (both parsers); a constrained chat's grammar starts after it.
-pub const END: &str = "</think>";
 const TOOL: &str = "<tool_call>";
 
 /// The reasoning state of one reply.
@@ -49,19 +47,21 @@ impl ReasoningStream {
                 flag("enable_thinking") != Some(false)
             }
             ReasoningParser::DeepSeekV3 => flag("thinking") == Some(true),
+            ReasoningParser::Kimi => false,
         }
     }
 
     /// Takes the next piece of the reply: (reasoning, content) that can be released now.
     pub fn push(&mut self, delta: &str) -> (String, String) {
+        let (open, close) = self.kind.markers();
         self.buf.push_str(delta);
         if !self.opened {
             let t = self.buf.trim_start();
-            if START.starts_with(t) && t.len() < START.len() {
+            if open.starts_with(t) && t.len() < open.len() {
                 return (String::new(), String::new());
             }
             self.opened = true;
-            if let Some(rest) = t.strip_prefix(START) {
+            if let Some(rest) = t.strip_prefix(open) {
                 self.buf = rest.to_string();
                 self.in_reasoning = true;
             }
@@ -69,7 +69,7 @@ impl ReasoningStream {
         if !self.in_reasoning {
             return (String::new(), std::mem::take(&mut self.buf));
         }
-        let mut end = self.buf.find(END).map(|e| (e, e + END.len()));
+        let mut end = self.buf.find(close).map(|e| (e, e + close.len()));
         if self.kind.tool_call_ends_reasoning() {
             if let Some(t) = self
                 .buf
@@ -85,7 +85,7 @@ impl ReasoningStream {
             self.buf.truncate(e);
             return (std::mem::take(&mut self.buf), content);
         }
-        let mut hold = partial_suffix(&self.buf, END);
+        let mut hold = partial_suffix(&self.buf, close);
         if self.kind.tool_call_ends_reasoning() {
             hold = hold.max(partial_suffix(&self.buf, TOOL));
         }
@@ -171,6 +171,40 @@ mod tests {
         assert_eq!(same_when_split(DeepSeekR1, f, "</thi"), pair("</thi", ""));
         assert_eq!(same_when_split(DeepSeekR1, f, "</think>"), pair("", ""));
         assert_eq!(same_when_split(DeepSeekR1, f, "é</think>ü"), pair("é", "ü"));
+    }
+
+    #[test]
+    fn kimi_uses_its_own_markers_and_reasons_only_when_the_reply_opens_with_one() {
+        let f = ReasoningStream::forced(Kimi, None);
+        assert!(!f);
+        assert_eq!(
+            same_when_split(
+                Kimi,
+                f,
+                "\u{25c1}think\u{25b7}Hmm.\u{25c1}/think\u{25b7}It is 4."
+            ),
+            pair("Hmm.", "It is 4.")
+        );
+        assert_eq!(
+            same_when_split(Kimi, f, "It is 4. <think>x</think>"),
+            pair("", "It is 4. <think>x</think>")
+        );
+        assert_eq!(
+            same_when_split(Kimi, f, "\u{25c1}think\u{25b7}cut"),
+            pair("cut", "")
+        );
+        // The other names SGLang maps onto known detectors.
+        for (name, kind) in [
+            ("step3", DeepSeekR1),
+            ("step3p5", DeepSeekR1),
+            ("kimi_k2", Glm45),
+            ("minimax", Glm45),
+            ("interns1", Glm45),
+            ("kimi", Kimi),
+        ] {
+            assert_eq!(ReasoningParser::from_flag(name), Ok(kind), "{name}");
+            assert!(ReasoningParser::NAMES.contains(&name), "{name}");
+        }
     }
 
     #[test]

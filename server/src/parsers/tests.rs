@@ -70,7 +70,7 @@ fn names_are_checked_at_start_up() {
     let e = ReasoningParser::from_flag("r2").unwrap_err();
     assert!(
         e.starts_with("--reasoning-parser r2")
-            && e.contains("deepseek-r1, deepseek-v3, glm45, qwen3, qwen3-thinking"),
+            && e.contains("deepseek-r1, deepseek-v3, glm45, interns1, kimi, kimi_k2, minimax, qwen3, qwen3-thinking, step3, step3p5"),
         "{e}"
     );
     let id = call_id();
