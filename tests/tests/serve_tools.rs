@@ -331,7 +331,7 @@ fn unknown_parser_names_are_start_up_errors() {
         (
             "--reasoning-parser",
             "r2",
-            "deepseek-r1, deepseek-v3, glm45, qwen3, qwen3-thinking",
+            "deepseek-r1, deepseek-v3, glm45, interns1, kimi, kimi_k2, minimax, qwen3, qwen3-thinking, step3, step3p5",
         ),
     ] {
         let out = Command::new(bin())

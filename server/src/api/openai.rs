@@ -515,10 +515,12 @@ pub async fn chat_completions(
                         reasoning,
                         content,
                         calls,
+                        deltas,
                     } = p.finish();
                     piece.reasoning += &reasoning;
                     piece.content += &content;
                     piece.calls.extend(calls);
+                    piece.deltas.extend(deltas);
                 } else if piece.is_empty() && !first {
                     return None;
                 }

@@ -4,9 +4,12 @@
 //! delta's [`Piece`] becoming one chunk.
 //!
 //! Streaming: content passes through until a call's start marker (a tail that may begin one is
-//! held back); from there the text is buffered and each call is sent whole, with its id, as
-//! soon as its text is closed, the rest at the end. A section with no valid call is sent as
-//! content at the end.
+//! held back); from there the text is buffered and each call is sent with its id as soon as its
+//! text is closed, the rest at the end. Where the format's calls are JSON objects in
+//! `<tool_call>` blocks (`qwen25`, `hermes`), an open call is streamed as SGLang streams it: its
+//! id and name once the name is closed (arguments `""`), then its arguments piece by piece, each
+//! piece re-spaced as the complete call's arguments are, so the pieces add up to them. A
+//! section with no valid call is sent as content at the end.
 
 use super::reasoning::ReasoningStream;
 use super::{call_id, ReasoningParser, ToolCall, ToolParser};
@@ -19,12 +22,33 @@ pub struct Piece {
     pub content: String,
     /// Calls completed by this piece, with their index in the reply.
     pub calls: Vec<(usize, ToolCall)>,
+    /// What a streamed reply sends of its calls in this piece, in order.
+    pub deltas: Vec<CallDelta>,
+}
+
+/// One streamed `tool_calls` entry: a call's start (its name; the id is made then) with the
+/// first arguments text, or more of its arguments.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CallDelta {
+    pub index: usize,
+    pub name: Option<String>,
+    pub arguments: String,
 }
 
 impl Piece {
     pub fn is_empty(&self) -> bool {
-        self.reasoning.is_empty() && self.content.is_empty() && self.calls.is_empty()
+        self.reasoning.is_empty()
+            && self.content.is_empty()
+            && self.calls.is_empty()
+            && self.deltas.is_empty()
     }
+}
+
+/// A call being streamed: its index and the arguments text sent so far.
+#[derive(Debug)]
+struct Streaming {
+    index: usize,
+    sent: String,
 }
 
 #[derive(Debug)]
@@ -35,6 +59,8 @@ struct ToolStream {
     sent: usize,
     start: Option<usize>,
     emitted: usize,
+    /// The open call streamed so far.
+    open: Option<Streaming>,
 }
 
 impl ToolStream {
@@ -42,6 +68,71 @@ impl ToolStream {
         let from = self.emitted;
         self.emitted = self.emitted.max(calls.len());
         calls.into_iter().enumerate().skip(from).collect()
+    }
+
+    /// The deltas of `done` (calls just completed) and of the call still open in the section.
+    fn deltas(&mut self, done: &[(usize, ToolCall)], last: bool) -> Vec<CallDelta> {
+        let mut out = Vec::new();
+        for (i, c) in done {
+            let open = match &self.open {
+                Some(o) if o.index == *i => self.open.take(),
+                _ => None,
+            };
+            match open {
+                Some(o) => match c.arguments.strip_prefix(o.sent.as_str()) {
+                    Some(rest) if !rest.is_empty() => out.push(CallDelta {
+                        index: *i,
+                        name: None,
+                        arguments: rest.to_string(),
+                    }),
+                    Some(_) => {}
+                    None => tracing::warn!(
+                        "streamed arguments {:?} are not a prefix of the call's {:?}",
+                        o.sent,
+                        c.arguments
+                    ),
+                },
+                None => out.push(CallDelta {
+                    index: *i,
+                    name: Some(c.name.clone()),
+                    arguments: c.arguments.clone(),
+                }),
+            }
+        }
+        let (Some(s), false) = (self.start, last) else {
+            return out;
+        };
+        let Some(call) = self.parser.open_call(&self.text[s..]) else {
+            return out;
+        };
+        let index = self.emitted;
+        match (&mut self.open, call.name) {
+            (Some(o), _) if o.index == index => {
+                if let Some(more) = call.arguments.strip_prefix(o.sent.as_str()) {
+                    if !more.is_empty() {
+                        out.push(CallDelta {
+                            index,
+                            name: None,
+                            arguments: more.to_string(),
+                        });
+                        o.sent = call.arguments;
+                    }
+                }
+            }
+            (_, Some(name)) if self.known.contains(&name) => {
+                out.push(CallDelta {
+                    index,
+                    name: Some(name),
+                    arguments: call.arguments.clone(),
+                });
+                self.open = Some(Streaming {
+                    index,
+                    sent: call.arguments,
+                });
+            }
+            _ => {}
+        }
+        out
     }
 
     fn push(&mut self, delta: &str) -> (String, Vec<(usize, ToolCall)>) {
@@ -102,6 +193,7 @@ impl ReplyParser {
                 sent: 0,
                 start: None,
                 emitted: 0,
+                open: None,
             }),
             finished: false,
         }
@@ -117,7 +209,7 @@ impl ReplyParser {
             return Piece {
                 reasoning,
                 content: text.to_string(),
-                calls: Vec::new(),
+                ..Piece::default()
             };
         };
         let (mut content, mut calls) = t.push(text);
@@ -126,10 +218,12 @@ impl ReplyParser {
             content += &c;
             calls.extend(k);
         }
+        let deltas = t.deltas(&calls, last);
         Piece {
             reasoning,
             content,
             calls,
+            deltas,
         }
     }
 
@@ -180,6 +274,16 @@ pub fn parse_reply(mut p: ReplyParser, text: &str) -> Reply {
     }
 }
 
+/// One streamed `tool_calls` entry: a call's start carries a new id, its type and name; more
+/// arguments only the index and the text (OpenAI's shape).
+pub fn delta_json(d: &CallDelta) -> Value {
+    match &d.name {
+        Some(name) => json!({"id": call_id(), "index": d.index, "type": "function",
+            "function": {"name": name, "arguments": d.arguments}}),
+        None => json!({"index": d.index, "function": {"arguments": d.arguments}}),
+    }
+}
+
 /// One entry of `tool_calls` (a new id each time).
 pub fn call_json(index: usize, c: &ToolCall) -> Value {
     json!({"id": call_id(), "index": index, "type": "function",
@@ -220,13 +324,13 @@ pub fn delta(p: &Piece, first: bool) -> Value {
     if !p.reasoning.is_empty() {
         d.insert("reasoning_content".into(), json!(p.reasoning));
     }
-    if !p.content.is_empty() || (p.reasoning.is_empty() && p.calls.is_empty()) {
+    if !p.content.is_empty() || (p.reasoning.is_empty() && p.deltas.is_empty()) {
         d.insert("content".into(), json!(p.content));
     }
-    if !p.calls.is_empty() {
+    if !p.deltas.is_empty() {
         d.insert(
             "tool_calls".into(),
-            p.calls.iter().map(|(i, c)| call_json(*i, c)).collect(),
+            p.deltas.iter().map(delta_json).collect(),
         );
     }
     Value::Object(d)

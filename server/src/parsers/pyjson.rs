@@ -82,6 +82,12 @@ pub fn dumps(v: &Value, indent: Option<usize>) -> String {
 /// (escapes included) as written. `None` when `text` is not one JSON value.
 pub fn reformat(text: &str) -> Option<String> {
     serde_json::from_str::<serde::de::IgnoredAny>(text).ok()?;
+    Some(respace(text))
+}
+
+/// [`reformat`]'s re-spacing without the check: char by char, so the output of a prefix of some
+/// JSON text is a prefix of the output of the whole (a streamed call's arguments so far).
+pub fn respace(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 8);
     let mut chars = text.chars();
     while let Some(c) = chars.next() {
@@ -104,7 +110,7 @@ pub fn reformat(text: &str) -> Option<String> {
             c => out.push(c),
         }
     }
-    Some(out)
+    out
 }
 
 #[cfg(test)]

@@ -20,9 +20,12 @@ fn parser(t: ToolParser) -> ReplyParser {
     ReplyParser::new(None, Some((t, known())))
 }
 
-/// Feeds `parts`, then finishes: (reasoning, content, calls in order).
+/// Feeds `parts`, then finishes: (reasoning, content, calls in order). The streamed deltas add
+/// up to the calls: each call's first delta names it, and its arguments pieces concatenate to
+/// the call's arguments (plus, at most, the start of one that then failed to parse).
 fn stream(p: &mut ReplyParser, parts: &[&str]) -> (String, String, Vec<ToolCall>) {
     let (mut r, mut c, mut calls) = (String::new(), String::new(), Vec::new());
+    let mut streamed: Vec<(String, String)> = Vec::new();
     let pieces: Vec<_> = parts.iter().map(|x| p.push(x)).collect();
     for x in pieces.into_iter().chain([p.finish()]) {
         r += &x.reasoning;
@@ -31,7 +34,28 @@ fn stream(p: &mut ReplyParser, parts: &[&str]) -> (String, String, Vec<ToolCall>
             assert_eq!(i, calls.len(), "call indices run in order");
             calls.push(k);
         }
+        for d in x.deltas {
+            match d.name {
+                Some(n) => {
+                    assert_eq!(d.index, streamed.len(), "a call starts once, in order");
+                    streamed.push((n, d.arguments));
+                }
+                None => streamed[d.index].1 += &d.arguments,
+            }
+        }
     }
+    let want: Vec<(String, String)> = calls
+        .iter()
+        .map(|k| (k.name.clone(), k.arguments.clone()))
+        .collect();
+    // A call streamed while open that then did not parse (it stays content, as in a whole
+    // reply) is the one extra entry a stream may have begun.
+    assert!(
+        streamed.len() == want.len()
+            || (streamed.len() == want.len() + 1 && c.contains("<tool_call>")),
+        "deltas of {parts:?}: {streamed:?} vs {want:?}"
+    );
+    assert_eq!(streamed[..want.len()], want[..], "deltas of {parts:?}");
     (r, c, calls)
 }
 
@@ -361,4 +385,56 @@ fn marker_formats_keep_what_does_not_parse() {
         "SGLang's alias"
     );
     assert_eq!(ToolParser::from_flag("kimi_k2"), Ok(ToolParser::KimiK2));
+}
+
+/// `qwen25` / `hermes` stream an open call's arguments as they arrive: the name first (with
+/// empty arguments), then pieces, re-spaced as the complete call's arguments.
+#[test]
+fn json_calls_in_tags_stream_their_arguments() {
+    let text = "Sure.<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\":\"Paris, France\",\"days\" : [1,2]}}\n</tool_call>";
+    for t in [ToolParser::Qwen25, ToolParser::Hermes] {
+        let mut p = parser(t);
+        let chars: Vec<String> = text.chars().map(String::from).collect();
+        let mut deltas = Vec::new();
+        let mut calls = Vec::new();
+        for ch in &chars {
+            let x = p.push(ch);
+            deltas.extend(x.deltas);
+            calls.extend(x.calls);
+        }
+        let x = p.finish();
+        deltas.extend(x.deltas);
+        calls.extend(x.calls);
+        assert_eq!(
+            calls,
+            vec![(
+                0,
+                call(
+                    "get_weather",
+                    r#"{"city": "Paris, France", "days": [1, 2]}"#
+                )
+            )]
+        );
+        assert_eq!(deltas[0].name.as_deref(), Some("get_weather"));
+        assert_eq!(deltas[0].arguments, "");
+        assert!(deltas.len() > 10, "{deltas:?}");
+        let args: String = deltas.iter().map(|d| d.arguments.as_str()).collect();
+        assert_eq!(args, calls[0].1.arguments);
+        // The chunks: a start with id, type and name; then index and arguments only.
+        let start = super::output::delta_json(&deltas[0]);
+        assert!(
+            start["id"].as_str().is_some_and(|i| i.starts_with("call_")),
+            "{start}"
+        );
+        assert_eq!(start["function"]["name"], "get_weather");
+        let more = super::output::delta_json(&deltas[1]);
+        assert_eq!(
+            more,
+            json!({"index": 0, "function": {"arguments": deltas[1].arguments}})
+        );
+    }
+    // An unknown function is not streamed (its block stays content).
+    let mut p = parser(ToolParser::Qwen25);
+    let x = p.push("<tool_call>{\"name\": \"nope\", \"arguments\": {\"a\": 1");
+    assert!(x.deltas.is_empty(), "{x:?}");
 }

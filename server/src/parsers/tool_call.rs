@@ -262,3 +262,105 @@ fn mistral(s: &str, known: &dyn Fn(&str) -> bool) -> Section {
         }
     }
 }
+
+/// A call whose text is still open: its function name once its string is closed, and its
+/// arguments so far (re-spaced as the complete call's will be, [`pyjson::respace`]).
+#[derive(Debug, PartialEq, Eq)]
+pub struct OpenCall {
+    pub name: Option<String>,
+    pub arguments: String,
+}
+
+impl ToolParser {
+    /// The open call at the end of `section`, for the formats whose calls are JSON objects in
+    /// `<tool_call>` blocks (`qwen25`, `hermes`); None for the other formats, when no block is
+    /// open, or when it does not begin as one call object.
+    pub fn open_call(self, section: &str) -> Option<OpenCall> {
+        if !matches!(self, Self::Qwen25 | Self::Hermes) {
+            return None;
+        }
+        let o = section.rfind(TAG_OPEN)?;
+        let body = &section[o + TAG_OPEN.len()..];
+        if body.contains(TAG_CLOSE) {
+            return None;
+        }
+        open_object(body.trim_start())
+    }
+}
+
+/// Scans the start of one call object: the `name` string once closed, and the raw text of the
+/// `arguments` (or `parameters`) object or array so far, up to its end.
+fn open_object(text: &str) -> Option<OpenCall> {
+    let b = text.as_bytes();
+    if b.first() != Some(&b'{') {
+        return None;
+    }
+    let (mut depth, mut i) = (0usize, 0usize);
+    let mut key: Option<String> = None;
+    let mut name = None;
+    let mut args: Option<(usize, usize)> = None;
+    while i < b.len() {
+        match b[i] {
+            b'"' => {
+                // A whole string: a key at depth 1, or the name's value. One still open ends
+                // the scan (inside the arguments, its text so far is theirs).
+                let Some(end) = string_end(b, i) else {
+                    break;
+                };
+                let raw = &text[i..=end];
+                let at_top = depth == 1;
+                let is_key = at_top && next_non_ws(b, end + 1) == Some(b':');
+                if is_key {
+                    key = serde_json::from_str::<String>(raw).ok();
+                } else if at_top && key.as_deref() == Some("name") {
+                    name = serde_json::from_str::<String>(raw).ok();
+                }
+                i = end + 1;
+                continue;
+            }
+            b'{' | b'[' => {
+                if depth == 1
+                    && args.is_none()
+                    && matches!(key.as_deref(), Some("arguments" | "parameters"))
+                {
+                    args = Some((i, b.len()));
+                }
+                depth += 1;
+            }
+            b'}' | b']' => {
+                depth = depth.checked_sub(1)?;
+                if let Some((_, e)) = args.as_mut().filter(|_| depth == 1) {
+                    if *e == b.len() {
+                        *e = i + 1;
+                    }
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    Some(OpenCall {
+        name,
+        arguments: args.map_or(String::new(), |(s, e)| pyjson::respace(&text[s..e])),
+    })
+}
+
+/// The index of the quote closing the string that opens at `b[start]`; None while it is open.
+fn string_end(b: &[u8], start: usize) -> Option<usize> {
+    let mut i = start + 1;
+    while i < b.len() {
+        match b[i] {
+            b'\\' => i += 2,
+            b'"' => return Some(i),
+            _ => i += 1,
+        }
+    }
+    None
+}
+
+fn next_non_ws(b: &[u8], from: usize) -> Option<u8> {
+    b[from.min(b.len())..]
+        .iter()
+        .copied()
+        .find(|c| !c.is_ascii_whitespace())
+}
