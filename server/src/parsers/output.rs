@@ -5,8 +5,8 @@
 //!
 //! Streaming: content passes through until a call's start marker (a tail that may begin one is
 //! held back); from there the text is buffered and each call is sent with its id as soon as its
-//! text is closed, the rest at the end. Where the format's calls are JSON objects in
-//! `<tool_call>` blocks (`qwen25`, `hermes`), an open call is streamed as SGLang streams it: its
+//! text is closed, the rest at the end. Where the format's calls are JSON objects complete on
+//! their own (`qwen25`, `hermes`, `llama3`), an open call is streamed as SGLang streams it: its
 //! id and name once the name is closed (arguments `""`), then its arguments piece by piece, each
 //! piece re-spaced as the complete call's arguments are, so the pieces add up to them. A
 //! section with no valid call is sent as content at the end.

@@ -433,6 +433,23 @@ fn json_calls_in_tags_stream_their_arguments() {
             json!({"index": 0, "function": {"arguments": deltas[1].arguments}})
         );
     }
+    // llama3: calls one after another, each streamed while open.
+    let text = "<|python_tag|>{\"name\": \"ping\", \"parameters\": {\"host\": \"a.b\"}}; {\"name\": \"get_weather\", \"parameters\": {\"city\": \"Oslo\"}}";
+    let mut p = parser(ToolParser::Llama3);
+    let mut deltas = Vec::new();
+    for ch in text.chars() {
+        deltas.extend(p.push(&ch.to_string()).deltas);
+    }
+    deltas.extend(p.finish().deltas);
+    let starts: Vec<_> = deltas.iter().filter_map(|d| d.name.clone()).collect();
+    assert_eq!(starts, ["ping", "get_weather"]);
+    assert!(deltas.len() > 6, "{deltas:?}");
+    let second: String = deltas
+        .iter()
+        .filter(|d| d.index == 1)
+        .map(|d| d.arguments.as_str())
+        .collect();
+    assert_eq!(second, r#"{"city": "Oslo"}"#);
     // An unknown function is not streamed (its block stays content).
     let mut p = parser(ToolParser::Qwen25);
     let x = p.push("<tool_call>{\"name\": \"nope\", \"arguments\": {\"a\": 1");

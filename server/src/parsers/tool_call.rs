@@ -272,19 +272,26 @@ pub struct OpenCall {
 }
 
 impl ToolParser {
-    /// The open call at the end of `section`, for the formats whose calls are JSON objects in
-    /// `<tool_call>` blocks (`qwen25`, `hermes`); None for the other formats, when no block is
-    /// open, or when it does not begin as one call object.
+    /// The open call at the end of `section`, for the formats whose calls are JSON objects
+    /// each complete on its own: in `<tool_call>` blocks (`qwen25`, `hermes`) or one after
+    /// another (`llama3`); None for the other formats, when no call is open, or when the open
+    /// text does not begin as one call object.
     pub fn open_call(self, section: &str) -> Option<OpenCall> {
-        if !matches!(self, Self::Qwen25 | Self::Hermes) {
-            return None;
+        match self {
+            Self::Qwen25 | Self::Hermes => {
+                let o = section.rfind(TAG_OPEN)?;
+                let body = &section[o + TAG_OPEN.len()..];
+                if body.contains(TAG_CLOSE) {
+                    return None;
+                }
+                open_object(body.trim_start())
+            }
+            Self::Llama3 => {
+                let body = section.strip_prefix(PYTHON_TAG).unwrap_or(section);
+                open_object(open_top_object(body)?)
+            }
+            _ => None,
         }
-        let o = section.rfind(TAG_OPEN)?;
-        let body = &section[o + TAG_OPEN.len()..];
-        if body.contains(TAG_CLOSE) {
-            return None;
-        }
-        open_object(body.trim_start())
     }
 }
 
@@ -343,6 +350,31 @@ fn open_object(text: &str) -> Option<OpenCall> {
         name,
         arguments: args.map_or(String::new(), |(s, e)| pyjson::respace(&text[s..e])),
     })
+}
+
+/// The last top-level object of `text` when it is still open (its text from its `{`).
+fn open_top_object(text: &str) -> Option<&str> {
+    let b = text.as_bytes();
+    let (mut depth, mut i, mut start) = (0usize, 0usize, None);
+    while i < b.len() {
+        match b[i] {
+            b'"' => match string_end(b, i) {
+                Some(end) => i = end,
+                None => break,
+            },
+            b'{' | b'[' => {
+                if depth == 0 {
+                    start = (b[i] == b'{').then_some(i);
+                }
+                depth += 1;
+            }
+            b'}' | b']' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+        i += 1;
+    }
+    (depth > 0).then_some(())?;
+    start.map(|s| &text[s..])
 }
 
 /// The index of the quote closing the string that opens at `b[start]`; None while it is open.
