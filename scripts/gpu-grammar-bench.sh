@@ -4,7 +4,8 @@
 # before a change), side by side; per server, NREQ sequential streamed /generate requests at c=1
 # with a JSON schema (greedy; bounded strings, so each ends), then the same prompts unconstrained
 # for as many tokens (ignore_eos); per-token arrival times from the SSE stream (a raw socket
-# client) give the median ITL of each. Usage: scripts/gpu-grammar-bench.sh [OUTDIR]; env STRATA,
+# client) give the median ITL of each; then as many tokens under a structural tag (free text,
+# each "e" opens e[<integer>]) and under a stop_regex that never matches. Usage: scripts/gpu-grammar-bench.sh [OUTDIR]; env STRATA,
 # STRATA_B, SIZE (llama-3.2-1b), NREQ (8).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -53,7 +54,9 @@ def stream(port, body):
     return times, last
 for port in ports:
     name = "A" if port == ports[0] else "B"
-    itl = {"constrained": [], "plain": []}; ntok = []; ok = 0
+    itl = {"constrained": [], "plain": [], "tag": [], "stopre": []}; ntok = []; ok = 0
+    tag = {"type": "structural_tag", "structures": [{"begin": "e[", "schema": {"type": "integer"}, "end": "]"}],
+           "triggers": ["e"]}
     for r in range(nreq + 1):
         prompt = f"record {r}: " + " ".join(str(r * 37 + k) for k in range(40))
         t, last = stream(port, {"text": prompt, "sampling_params": {"temperature": 0, "max_new_tokens": 256,
@@ -63,13 +66,24 @@ for port in ports:
         except Exception: pass
         t2, _ = stream(port, {"text": prompt, "sampling_params": {"temperature": 0, "max_new_tokens": n,
                                                                    "ignore_eos": True}})
+        # A structural tag (free text; each "e" opens e[<integer>]) and a stop_regex that never
+        # matches, as many tokens.
+        t3, _ = stream(port, {"text": prompt, "sampling_params": {"temperature": 0, "max_new_tokens": n,
+                                                                   "ignore_eos": True, "structural_tag": json.dumps(tag)}})
+        t4, _ = stream(port, {"text": prompt, "sampling_params": {"temperature": 0, "max_new_tokens": n,
+                                                                   "ignore_eos": True, "stop_regex": "zzz[0-9]{30}"}})
         if r == 0: continue  # warm-up (first masks of each state computed)
         ntok.append(n)
         itl["constrained"] += [b - a for a, b in zip(t, t[1:])]
         itl["plain"] += [b - a for a, b in zip(t2, t2[1:])]
+        itl["tag"] += [b - a for a, b in zip(t3, t3[1:])]
+        itl["stopre"] += [b - a for a, b in zip(t4, t4[1:])]
     mc = statistics.median(itl["constrained"]) * 1e3; mp = statistics.median(itl["plain"]) * 1e3
     print(f"server {name}: {nreq} requests, {ok}/{nreq} valid JSON (+1 warm-up), "
           f"{statistics.mean(ntok):.0f} tokens each; median ITL constrained {mc:.3f} ms, "
           f"unconstrained {mp:.3f} ms (x{mc / mp:.2f}); mean {statistics.mean(itl['constrained'])*1e3:.3f} / "
           f"{statistics.mean(itl['plain'])*1e3:.3f} ms")
+    mt = statistics.median(itl["tag"]) * 1e3; ms = statistics.median(itl["stopre"]) * 1e3
+    print(f"server {name}: median ITL structural_tag {mt:.3f} ms (x{mt / mp:.2f}), "
+          f"stop_regex {ms:.3f} ms (x{ms / mp:.2f}) vs unconstrained {mp:.3f} ms")
 PY
