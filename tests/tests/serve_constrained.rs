@@ -395,7 +395,7 @@ async fn structural_tag_constrains_the_text_after_each_trigger() {
     assert!(tags_follow_each_e(whole), "{text:?}");
     for bad in [
         json!({"type": "structural_tag", "structures": [{"begin": "x", "end": "y"}], "triggers": ["e"]}),
-        json!({"type": "structural_tag", "format": {"type": "any_text"}}),
+        json!({"type": "structural_tag", "format": {"type": "qwen_xml_parameter"}}),
     ] {
         let (st, v) = s
             .post(

@@ -265,7 +265,10 @@ impl Grammar {
     /// Compiles a structural tag (its JSON text, `tags.rs`).
     pub fn structural(tag: &str, bytes: Arc<TokenBytes>) -> Result<Self, String> {
         Ok(Grammar {
-            machine: Machine::Tags(tags::Tags::parse(tag)?),
+            machine: match tags::Tags::parse(tag)? {
+                tags::Compiled::Tags(t) => Machine::Tags(*t),
+                tags::Compiled::Regex(r) => Machine::Regex(Dfa::build(&r)?),
+            },
             bytes,
             masks: Mutex::default(),
         })

@@ -11,8 +11,15 @@
 //! could also go on inside a tag whose `end` text the content may contain, which no JSON value
 //! does before its own end). Any text may end in free text; none inside a tag.
 //!
+//! xgrammar's newer `format` form is taken too (`tags/format.rs`): its regular formats become one
+//! regular expression, a top-level `triggered_tags` this automaton (with `at_least_one`: the
+//! output is whole only after a structure; `stop_after_first`: it ends with its first).
+//!
 //! A packed state ([`super::GrammarState`]): bit 63 set inside a tag, bits 32..63 the trigger's
-//! index, the low 32 bits the DFA state.
+//! index, the low 32 bits the DFA state; in free text bit 62 records a completed structure;
+//! all bits set: done (`stop_after_first`).
+
+mod format;
 
 use super::{schema, state_id, Dfa};
 use regex_automata::dfa::{dense, Automaton, StartKind};
@@ -23,6 +30,10 @@ use serde::Deserialize;
 
 /// A structural tag's automaton.
 pub struct Tags {
+    /// The output must hold at least one structure (`at_least_one`).
+    at_least_one: bool,
+    /// The output ends with its first structure (`stop_after_first`).
+    stop_after_first: bool,
     /// Unanchored DFA of the triggers (one pattern each).
     triggers: dense::DFA<Vec<u32>>,
     free_start: StateID,
@@ -37,13 +48,13 @@ pub struct Tags {
 struct Wire {
     #[serde(rename = "type")]
     _kind: Option<String>,
-    structures: Vec<Structure>,
+    structures: Vec<WireStructure>,
     triggers: Vec<String>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-struct Structure {
+struct WireStructure {
     begin: String,
     #[serde(alias = "schema_", alias = "structural_tag_schema")]
     schema: Option<serde_json::Value>,
@@ -51,33 +62,71 @@ struct Structure {
 }
 
 const TAG: u64 = 1 << 63;
+/// In free text: a structure has been completed.
+const SEEN: u64 = 1 << 62;
+/// After the first structure under `stop_after_first`: nothing may follow.
+const DONE: u64 = u64::MAX;
+
+/// One structure: `begin`, content matching a regular expression, `end`.
+pub(super) struct Structure {
+    begin: String,
+    content: String,
+    end: String,
+}
+
+/// What a structural tag's JSON compiles to.
+pub enum Compiled {
+    /// A regular language (xgrammar's `format` without free text around triggers).
+    Regex(String),
+    /// Free text with triggered structures.
+    Tags(Box<Tags>),
+}
 
 impl Tags {
-    /// Parses and compiles a structural tag's JSON text; the error is a client's 400.
-    pub fn parse(text: &str) -> Result<Self, String> {
+    /// Parses and compiles a structural tag's JSON text; the error is a client's 400. SGLang's
+    /// form (`structures`, `triggers`) and xgrammar's `format` form (below).
+    pub fn parse(text: &str) -> Result<Compiled, String> {
         let v: serde_json::Value = serde_json::from_str(text)
             .map_err(|e| format!("structural_tag is not valid JSON: {e}"))?;
-        if v.get("format").is_some() {
-            return Err(
-                "structural_tag: the `format` form (xgrammar's nested formats) is not \
-                 supported by this server; give `structures` and `triggers`."
-                    .into(),
-            );
+        if let Some(f) = v.get("format") {
+            return format::compile(f);
         }
         let w: Wire = serde_json::from_value(v).map_err(|e| format!("structural_tag: {e}"))?;
-        if w.triggers.is_empty() || w.triggers.iter().any(String::is_empty) {
+        let mut structures = Vec::new();
+        for s in w.structures {
+            let content = match &s.schema {
+                None | Some(serde_json::Value::Null) => schema::to_regex(&serde_json::json!({}))?,
+                Some(v) => schema::to_regex(v)?,
+            };
+            structures.push(Structure {
+                begin: s.begin,
+                content,
+                end: s.end,
+            });
+        }
+        Tags::new(structures, w.triggers, false, false).map(|t| Compiled::Tags(Box::new(t)))
+    }
+
+    /// Free text in which each of `triggers` opens one of the `structures` beginning with it.
+    pub(super) fn new(
+        structures: Vec<Structure>,
+        triggers: Vec<String>,
+        at_least_one: bool,
+        stop_after_first: bool,
+    ) -> Result<Self, String> {
+        if triggers.is_empty() || triggers.iter().any(String::is_empty) {
             return Err("structural_tag needs at least one trigger, none empty.".into());
         }
-        for s in &w.structures {
-            if !w.triggers.iter().any(|t| s.begin.starts_with(t.as_str())) {
+        for s in &structures {
+            if !triggers.iter().any(|t| s.begin.starts_with(t.as_str())) {
                 return Err(format!(
-                    "structural_tag: the begin {:?} starts with no trigger of {:?}.",
-                    s.begin, w.triggers
+                    "structural_tag: the begin {:?} starts with no trigger of {triggers:?}.",
+                    s.begin
                 ));
             }
         }
-        let escaped: Vec<String> = w.triggers.iter().map(|t| regex_syntax::escape(t)).collect();
-        let triggers = dense::Builder::new()
+        let escaped: Vec<String> = triggers.iter().map(|t| regex_syntax::escape(t)).collect();
+        let trigger_dfa = dense::Builder::new()
             .syntax(regex_automata::util::syntax::Config::new().utf8(false))
             .configure(
                 dense::Config::new()
@@ -86,29 +135,23 @@ impl Tags {
             )
             .build_many(&escaped)
             .map_err(|e| format!("structural_tag triggers: {e}"))?;
-        let free_start = triggers
+        let free_start = trigger_dfa
             .start_state(&StartConfig::new().anchored(Anchored::No))
             .map_err(|e| format!("structural_tag triggers: {e}"))?;
         let mut tags = Vec::new();
-        for t in &w.triggers {
-            let mut alts = Vec::new();
-            for s in w
-                .structures
+        for t in &triggers {
+            let alts: Vec<String> = structures
                 .iter()
                 .filter(|s| s.begin.starts_with(t.as_str()))
-            {
-                let content = match &s.schema {
-                    None | Some(serde_json::Value::Null) => {
-                        schema::to_regex(&serde_json::json!({}))?
-                    }
-                    Some(v) => schema::to_regex(v)?,
-                };
-                alts.push(format!(
-                    "(?:{}(?:{content}){})",
-                    regex_syntax::escape(&s.begin[t.len()..]),
-                    regex_syntax::escape(&s.end)
-                ));
-            }
+                .map(|s| {
+                    format!(
+                        "(?:{}(?:{}){})",
+                        regex_syntax::escape(&s.begin[t.len()..]),
+                        s.content,
+                        regex_syntax::escape(&s.end)
+                    )
+                })
+                .collect();
             tags.push(if alts.is_empty() {
                 None
             } else {
@@ -116,9 +159,11 @@ impl Tags {
             });
         }
         Ok(Tags {
-            triggers,
+            at_least_one,
+            stop_after_first,
+            triggers: trigger_dfa,
             free_start,
-            trigger_len: w.triggers.iter().map(String::len).collect(),
+            trigger_len: triggers.iter().map(String::len).collect(),
             tags,
         })
     }
@@ -130,14 +175,18 @@ impl Tags {
     /// The state after byte `b` (None: a trigger no structure begins with, or a byte a tag
     /// does not take).
     pub(super) fn step(&self, s: u64, b: u8) -> Option<u64> {
+        if s == DONE {
+            return None;
+        }
         if s & TAG == 0 {
+            let seen = s & SEEN;
             let n = self.triggers.next_state(state_id(s), b);
             if self.triggers.is_dead_state(n) || self.triggers.is_quit_state(n) {
                 return None;
             }
             let eoi = self.triggers.next_eoi_state(n);
             if !self.triggers.is_match_state(eoi) {
-                return Some(u64::from(n.as_u32()));
+                return Some(seen | u64::from(n.as_u32()));
             }
             // A trigger ends here (the longest, where several do).
             let k = (0..self.triggers.match_len(eoi))
@@ -150,15 +199,20 @@ impl Tags {
         let d = self.tags[k].as_ref()?;
         let n = d.step(state_id(s), b)?;
         if d.accepting(n) {
-            Some(self.start())
+            Some(if self.stop_after_first {
+                DONE
+            } else {
+                SEEN | self.start()
+            })
         } else {
             Some(TAG | (k as u64) << 32 | u64::from(n.as_u32()))
         }
     }
 
-    /// Free text may end anywhere; a tag must be closed.
+    /// Free text may end anywhere (after a structure, under `at_least_one`); a tag must be
+    /// closed.
     pub(super) fn accepting(&self, s: u64) -> bool {
-        s & TAG == 0
+        s == DONE || (s & TAG == 0 && (!self.at_least_one || s & SEEN != 0))
     }
 
     pub(super) fn memory_usage(&self) -> usize {

@@ -467,7 +467,8 @@ fn structural_tags_free_text_and_tags_after_triggers() {
         "{",
         r#"{"structures": [{"begin": "<x>", "end": "</x>"}], "triggers": ["<f="]}"#,
         r#"{"structures": [], "triggers": []}"#,
-        r#"{"type": "structural_tag", "format": {"type": "any_text"}}"#,
+        r#"{"type": "structural_tag", "format": {"type": "qwen_xml_parameter"}}"#,
+        r#"{"format": {"type": "sequence", "elements": [{"type": "triggered_tags", "triggers": ["<"], "tags": []}]}}"#,
         r#"{"structures": [{"begin": "<f=a", "end": "x", "schema": {"type": "thing"}}], "triggers": ["<f="]}"#,
     ] {
         assert!(Grammar::structural(bad, vocab()).is_err(), "{bad}");
@@ -528,5 +529,71 @@ fn structural_tag_masked_walks_stay_in_the_language() {
     assert!(
         ended > 0 && tags > 0,
         "{ended} walks ended, {tags} tags closed (seed {seed})"
+    );
+}
+
+/// xgrammar's `format` form: regular formats compile to one regex; a top-level triggered_tags is
+/// free text with structures, with `at_least_one` and `stop_after_first`.
+#[test]
+fn structural_tag_formats() {
+    let g = |f: Value| {
+        Grammar::structural(
+            &json!({"type": "structural_tag", "format": f}).to_string(),
+            vocab(),
+        )
+        .unwrap()
+    };
+    // A sequence of a constant, a JSON schema and a choice.
+    let seq = g(json!({"type": "sequence", "elements": [
+        {"type": "const_string", "value": "n="},
+        {"type": "json_schema", "json_schema": {"type": "integer"}},
+        {"type": "or", "elements": [{"type": "const_string", "value": "!"},
+                                    {"type": "regex", "pattern": "[ab]+"}]}]}));
+    for (t, want) in [
+        ("n=12!", true),
+        ("n=3ab", true),
+        ("n=x!", false),
+        ("n=1", false),
+        ("n=1!!", false),
+    ] {
+        assert_eq!(admits(&seq, t), want, "{t}");
+    }
+    // A tag with an EBNF content; tags with a separator.
+    let tag = g(
+        json!({"type": "tag", "begin": "<a>", "content": {"type": "grammar",
+        "grammar": "root ::= \"yes\" | \"no\""}, "end": "</a>"}),
+    );
+    assert!(admits(&tag, "<a>yes</a>") && !admits(&tag, "<a>maybe</a>"));
+    let sep = g(
+        json!({"type": "tags_with_separator", "separator": ",", "at_least_one": true,
+        "tags": [{"type": "tag", "begin": "[", "content": {"type": "const_string", "value": "x"}, "end": "]"}]}),
+    );
+    for (t, want) in [
+        ("[x]", true),
+        ("[x],[x]", true),
+        ("", false),
+        ("[x],", false),
+    ] {
+        assert_eq!(admits(&sep, t), want, "{t}");
+    }
+    // Top-level triggered_tags: at least one structure; the first one ends the output.
+    let tt = |at_least_one: bool, stop: bool| {
+        g(json!({"type": "triggered_tags", "triggers": ["<f="],
+        "at_least_one": at_least_one, "stop_after_first": stop,
+        "tags": [{"type": "tag", "begin": "<f=get>", "content": {"type": "json_schema",
+            "json_schema": {"type": "integer"}}, "end": "</f>"}]}))
+    };
+    let plain = tt(false, false);
+    assert!(admits(&plain, "hi") && admits(&plain, "a <f=get>1</f> b <f=get>2</f>"));
+    let one = tt(true, false);
+    assert!(!admits(&one, "hi") && admits(&one, "hi <f=get>1</f> bye"));
+    let first = tt(false, true);
+    assert!(admits(&first, "hi <f=get>1</f>") && !admits(&first, "hi <f=get>1</f> bye"));
+    let mut w = first.walk_start();
+    let ids: Vec<u32> = "<f=get>1</f>".bytes().map(u32::from).collect();
+    let m = first.mask(first.follow(&mut w, &ids).unwrap());
+    assert!(
+        m.accepting && !m.can_continue,
+        "the request ends after the first structure"
     );
 }
