@@ -224,3 +224,50 @@ async fn allow_auto_truncate_cuts_a_long_prompt_instead_of_refusing_it() {
         "{line}"
     );
 }
+
+/// `continue_final_message` (SGLang's chat field): a final assistant message is continued, not
+/// answered: the conversation before it rendered with the generation prompt, then the message's
+/// tokens (the prompt is that long). Without the field the message is a turn of its own.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continue_final_message_continues_the_assistant_turn() {
+    let m = MadeModel::new("llama", "tiny");
+    let s = Server::start(m.path(), &[]);
+    let user = json!({"role": "user", "content": "Tell me a story about the sea"});
+    let prefix = "Once upon a time";
+    let chat = |msgs: Value, cont: Option<bool>| {
+        let mut b = json!({"messages": msgs, "max_tokens": 6, "temperature": 0});
+        if let Some(c) = cont {
+            b["continue_final_message"] = json!(c);
+        }
+        b
+    };
+    let (st, alone) = s
+        .post("/v1/chat/completions", &chat(json!([user]), None))
+        .await;
+    assert_eq!(st, 200, "{alone}");
+    let p_alone = alone["usage"]["prompt_tokens"].as_u64().unwrap();
+    let (st, t) = s
+        .post(
+            "/v1/tokenize",
+            &json!({"prompt": prefix, "add_special_tokens": false}),
+        )
+        .await;
+    assert_eq!(st, 200, "{t}");
+    let n_prefix = t["count"].as_u64().unwrap();
+    let msgs = json!([user, {"role": "assistant", "content": prefix}]);
+    let (st, cont) = s
+        .post("/v1/chat/completions", &chat(msgs.clone(), Some(true)))
+        .await;
+    assert_eq!(st, 200, "{cont}");
+    assert_eq!(
+        cont["usage"]["prompt_tokens"].as_u64().unwrap(),
+        p_alone + n_prefix,
+        "{cont}"
+    );
+    let (st, turn) = s.post("/v1/chat/completions", &chat(msgs, None)).await;
+    assert_eq!(st, 200, "{turn}");
+    assert_ne!(
+        turn["usage"]["prompt_tokens"], cont["usage"]["prompt_tokens"],
+        "without the field the assistant message is a whole turn"
+    );
+}

@@ -84,6 +84,12 @@ struct OpenAiWire {
     parallel_tool_calls: Option<bool>,
     chat_template_kwargs: Option<serde_json::Map<String, Value>>,
     separate_reasoning: Option<bool>,
+    /// Chat, streamed: false sends the reasoning whole once it is over (SGLang's default true
+    /// streams it piece by piece).
+    stream_reasoning: Option<bool>,
+    /// Chat: a final assistant message is continued, not answered (SGLang: the conversation
+    /// before it rendered with the generation prompt, its content's tokens appended).
+    continue_final_message: Option<bool>,
     /// Constrained decoding: SGLang's extra `regex`, `json_schema` and `ebnf` fields, and
     /// OpenAI's `response_format` (`text`, `json_object`, `json_schema`).
     regex: Option<Value>,
@@ -431,10 +437,18 @@ pub async fn chat_completions(
     if msgs.is_empty() {
         return Err(ApiError::bad_request("`messages` is empty."));
     }
-    let conv = msgs
+    let mut conv = msgs
         .into_iter()
         .map(message_json)
         .collect::<Result<Vec<_>, _>>()?;
+    let continued = match conv.last() {
+        Some(m) if w.continue_final_message == Some(true) && m["role"] == "assistant" => {
+            let prefix = m["content"].as_str().unwrap_or("").to_string();
+            conv.pop();
+            Some(prefix)
+        }
+        _ => None,
+    };
     let tok = &st.tokenizer;
     let template = tok
         .chat_template
@@ -454,7 +468,10 @@ pub async fn chat_completions(
         extra,
     )
     .map_err(ApiError::bad_request)?;
-    let ids = tok.encode(&text, false).map_err(ApiError::bad_request)?;
+    let mut ids = tok.encode(&text, false).map_err(ApiError::bad_request)?;
+    if let Some(prefix) = continued.filter(|p| !p.is_empty()) {
+        ids.extend(tok.encode(&prefix, false).map_err(ApiError::bad_request)?);
+    }
     let model = w
         .model
         .clone()
@@ -478,13 +495,18 @@ pub async fn chat_completions(
     // One reply parser per choice (a parser follows one reply).
     let parsers: Vec<_> = (0..copies)
         .map(|_| {
-            reply_parser(
+            let p = reply_parser(
                 st.tool_call_parser,
                 st.reasoning_parser,
                 &plan,
                 w.separate_reasoning != Some(false),
                 kwargs.as_ref(),
-            )
+            );
+            if w.stream_reasoning == Some(false) {
+                p.hold_reasoning()
+            } else {
+                p
+            }
         })
         .collect();
     let sub = fanout::Submission {

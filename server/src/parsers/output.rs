@@ -175,6 +175,9 @@ pub struct ReplyParser {
     reasoning: Option<ReasoningStream>,
     tools: Option<ToolStream>,
     finished: bool,
+    /// `stream_reasoning: false`: the reasoning is sent whole, once it is over.
+    hold_reasoning: bool,
+    held: String,
 }
 
 impl ReplyParser {
@@ -196,6 +199,29 @@ impl ReplyParser {
                 open: None,
             }),
             finished: false,
+            hold_reasoning: false,
+            held: String::new(),
+        }
+    }
+
+    /// The reasoning is released whole once it is over (SGLang's `stream_reasoning: false`),
+    /// not piece by piece.
+    pub fn hold_reasoning(mut self) -> Self {
+        self.hold_reasoning = true;
+        self
+    }
+
+    /// Reasoning `r` of this piece, as it may be released now.
+    fn release(&mut self, r: String, last: bool) -> String {
+        if !self.hold_reasoning {
+            return r;
+        }
+        self.held += &r;
+        let over = last || self.reasoning.as_ref().is_none_or(ReasoningStream::over);
+        if over {
+            std::mem::take(&mut self.held)
+        } else {
+            String::new()
         }
     }
 
@@ -233,6 +259,7 @@ impl ReplyParser {
             Some(s) => s.push(delta),
             None => (String::new(), delta.to_string()),
         };
+        let r = self.release(r, false);
         self.through_tools(r, &text, false)
     }
 
@@ -245,6 +272,7 @@ impl ReplyParser {
             Some(s) => s.finish(),
             None => (String::new(), String::new()),
         };
+        let r = self.release(r, true);
         self.through_tools(r, &text, true)
     }
 }

@@ -93,6 +93,11 @@ impl ReasoningStream {
         (std::mem::replace(&mut self.buf, keep), String::new())
     }
 
+    /// Whether the reasoning is over (or the reply opened without any).
+    pub fn over(&self) -> bool {
+        self.opened && !self.in_reasoning
+    }
+
     /// The reply is over: what was held back.
     pub fn finish(&mut self) -> (String, String) {
         let rest = std::mem::take(&mut self.buf);

@@ -455,3 +455,22 @@ fn json_calls_in_tags_stream_their_arguments() {
     let x = p.push("<tool_call>{\"name\": \"nope\", \"arguments\": {\"a\": 1");
     assert!(x.deltas.is_empty(), "{x:?}");
 }
+
+/// `stream_reasoning: false`: the reasoning arrives whole in the piece where it ends (or at the
+/// finish of a reply cut inside it); the content is streamed as before.
+#[test]
+fn held_reasoning_is_released_whole_when_it_ends() {
+    let mut p = ReplyParser::new(Some((ReasoningParser::DeepSeekR1, true)), None).hold_reasoning();
+    let pieces: Vec<_> = ["Hmm, ", "2+2", "=4.</th", "ink>It is", " 4."]
+        .iter()
+        .map(|x| p.push(x))
+        .collect();
+    let reasoning: Vec<&str> = pieces.iter().map(|x| x.reasoning.as_str()).collect();
+    assert_eq!(reasoning, ["", "", "", "Hmm, 2+2=4.", ""]);
+    let content: String = pieces.iter().map(|x| x.content.as_str()).collect();
+    assert_eq!(content + &p.finish().content, "It is 4.");
+    // Cut inside the reasoning: all of it at the finish.
+    let mut p = ReplyParser::new(Some((ReasoningParser::DeepSeekR1, true)), None).hold_reasoning();
+    assert_eq!(p.push("still thin").reasoning, "");
+    assert_eq!(p.finish().reasoning, "still thin");
+}
