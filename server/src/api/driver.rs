@@ -119,26 +119,16 @@ impl Driver {
             ));
         }
         if let Some(c) = &params.constraint {
-            // Compiling a large schema can take a while: on the server's multi-thread runtime
-            // the worker hands its other tasks over meanwhile.
-            let compile = || state.grammars().compile(c);
-            let multi = tokio::runtime::Handle::try_current()
-                .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-            let g = if multi {
-                tokio::task::block_in_place(compile)
-            } else {
-                compile()
-            };
+            let g = off_the_runtime(|| state.grammars().compile(c));
             params.grammar = Some(crate::sampling::GrammarRef(
                 g.map_err(ApiError::bad_request)?,
             ));
         }
         if !params.stop_regex.is_empty() {
-            let r = state
-                .grammars()
-                .stop_regex(&params.stop_regex)
-                .map_err(ApiError::bad_request)?;
-            params.stop_regex_compiled = Some(crate::sampling::StopRegexRef(r));
+            let r = off_the_runtime(|| state.grammars().stop_regex(&params.stop_regex));
+            params.stop_regex_compiled = Some(crate::sampling::StopRegexRef(
+                r.map_err(ApiError::bad_request)?,
+            ));
         }
         let rid = rid.unwrap_or_else(new_rid);
         let (tx, rx) = mpsc::unbounded_channel();
@@ -308,6 +298,18 @@ pub fn fit_input(
 /// rule: every token for `k` = 1; else at 1, k + 1, 2k + 1, ...).
 fn chunk_due(n: usize, k: usize) -> bool {
     k <= 1 || n % k == 1
+}
+
+/// Runs `f` (compiling a large schema or many patterns can take a while): on the server's
+/// multi-thread runtime the worker hands its other tasks over meanwhile.
+fn off_the_runtime<T>(f: impl FnOnce() -> T) -> T {
+    let multi = tokio::runtime::Handle::try_current()
+        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
+    if multi {
+        tokio::task::block_in_place(f)
+    } else {
+        f()
+    }
 }
 
 #[cfg(test)]
