@@ -271,3 +271,96 @@ async fn continue_final_message_continues_the_assistant_turn() {
         "without the field the assistant message is a whole turn"
     );
 }
+
+/// `/v1/responses` (OpenAI's Responses API over the chat route): the text is the chat
+/// completion's for the same messages, `usage` counts the same tokens, a cut answer is
+/// `incomplete`; streamed, the `response.output_text.delta` events add up to it and the stream
+/// ends with the whole response; message items with content parts, `text.format` JSON schema;
+/// unstored features are 400s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_api_matches_the_chat_completion() {
+    let m = MadeModel::new("llama", "tiny");
+    let s = Server::start(m.path(), &[]);
+    let (st, chat) = s
+        .post(
+            "/v1/chat/completions",
+            &json!({"messages": [{"role": "system", "content": "Be brief."},
+                {"role": "user", "content": "Tell me a story"}], "max_tokens": 8, "temperature": 0}),
+        )
+        .await;
+    assert_eq!(st, 200, "{chat}");
+    let text = chat["choices"][0]["message"]["content"].as_str().unwrap();
+    let req = json!({"instructions": "Be brief.", "input": "Tell me a story",
+        "max_output_tokens": 8, "temperature": 0});
+    let (st, r) = s.post("/v1/responses", &req).await;
+    assert_eq!(st, 200, "{r}");
+    assert_eq!(r["object"], "response", "{r}");
+    assert_eq!(r["status"], "incomplete", "{r}");
+    assert_eq!(
+        r["incomplete_details"]["reason"], "max_output_tokens",
+        "{r}"
+    );
+    assert_eq!(r["output"][0]["type"], "message", "{r}");
+    assert_eq!(r["output"][0]["content"][0]["text"], text, "{r}");
+    assert_eq!(r["usage"]["output_tokens"], 8, "{r}");
+    assert_eq!(
+        r["usage"]["input_tokens"], chat["usage"]["prompt_tokens"],
+        "{r}"
+    );
+    // The same as message items with content parts.
+    let items = json!({"input": [{"role": "system", "content": "Be brief."},
+        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Tell me a story"}]}],
+        "max_output_tokens": 8, "temperature": 0});
+    let (st, r2) = s.post("/v1/responses", &items).await;
+    assert_eq!(st, 200, "{r2}");
+    assert_eq!(r2["output"][0]["content"][0]["text"], text, "{r2}");
+    // Streamed: created first, the deltas add up, the last event has the whole response.
+    let mut sreq = req.clone();
+    sreq["stream"] = json!(true);
+    let events: Vec<Value> = s
+        .stream("/v1/responses", &sreq)
+        .await
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert_eq!(events[0]["type"], "response.created", "{events:?}");
+    let deltas: String = events
+        .iter()
+        .filter(|e| e["type"] == "response.output_text.delta")
+        .map(|e| e["delta"].as_str().unwrap())
+        .collect();
+    assert_eq!(deltas, text);
+    let last = events.last().unwrap();
+    assert_eq!(last["type"], "response.incomplete", "{last}");
+    assert_eq!(
+        last["response"]["output"][0]["content"][0]["text"], text,
+        "{last}"
+    );
+    let seqs: Vec<u64> = events
+        .iter()
+        .map(|e| e["sequence_number"].as_u64().unwrap())
+        .collect();
+    assert_eq!(seqs, (0..events.len() as u64).collect::<Vec<_>>());
+    // Structured output through text.format.
+    let (st, j) = s
+        .post(
+            "/v1/responses",
+            &json!({"input": "Describe someone", "max_output_tokens": 200, "temperature": 0,
+            "text": {"format": {"type": "json_schema", "name": "p", "schema": {"type": "object",
+                "properties": {"ok": {"type": "boolean"}}, "required": ["ok"]}}}}),
+        )
+        .await;
+    assert_eq!(st, 200, "{j}");
+    let out: Value =
+        serde_json::from_str(j["output"][0]["content"][0]["text"].as_str().unwrap()).unwrap();
+    assert!(out["ok"].is_boolean(), "{j}");
+    // Not stored here: previous_response_id and background are 400s.
+    for bad in [
+        json!({"input": "x", "previous_response_id": "resp_1"}),
+        json!({"input": "x", "background": true}),
+        json!({"input": 3}),
+    ] {
+        let (st, v) = s.post("/v1/responses", &bad).await;
+        assert_eq!(st, 400, "{bad} -> {v}");
+    }
+}

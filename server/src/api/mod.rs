@@ -16,6 +16,7 @@ pub mod openai;
 pub mod output;
 pub mod parse;
 pub mod reqlog;
+pub mod responses;
 pub mod tokenize;
 pub mod unsupported;
 
@@ -144,6 +145,7 @@ pub fn app_with_limit(state: AppState, max_payload: usize) -> Router {
         )
         .route("/v1/completions", post(openai::completions))
         .route("/v1/chat/completions", post(openai::chat_completions))
+        .route("/v1/responses", post(responses::responses))
         // SageMaker's chat completions, as SGLang maps it.
         .route("/invocations", post(openai::chat_completions))
         .route("/v1/models", get(info::models))

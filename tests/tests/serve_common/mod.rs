@@ -197,8 +197,10 @@ impl Server {
         while let Some(chunk) = s.next().await {
             buf.push_str(&String::from_utf8_lossy(&chunk.expect("chunk")));
         }
+        // Each event's data line (an `event:` line may come first).
         buf.split("\n\n")
-            .filter_map(|e| e.trim().strip_prefix("data: ").map(str::to_string))
+            .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
+            .map(str::to_string)
             .collect()
     }
 

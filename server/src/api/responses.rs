@@ -1,0 +1,550 @@
+//! `POST /v1/responses`: OpenAI's Responses API for text, tools and structured output, as SGLang
+//! serves it for chat models. A request becomes a chat completion (`instructions` the system
+//! message, `input` a string or message items, `function_call` / `function_call_output` items the
+//! call history, `max_output_tokens`, `tools`, `tool_choice`, `text.format`), run through the chat
+//! route, and its answer becomes a response object (`reasoning`, `message` and `function_call`
+//! output items, `usage` in input/output tokens). Streamed, the chat chunks become the Responses
+//! events (`response.created` ... `response.output_text.delta` ... `response.completed`).
+//! Responses are not stored: `previous_response_id`, `background` and the
+//! `/v1/responses/{id}` routes are refused (400 / 501).
+
+use super::error::ApiError;
+use super::{openai, AppState};
+use axum::body::Bytes;
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::{json, Map, Value};
+use std::convert::Infallible;
+
+/// Largest chat answer read back (the chat route bounds it anyway).
+const BODY_LIMIT: usize = 64 << 20;
+
+pub async fn responses(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let req: Value = serde_json::from_slice(&body)
+        .map_err(|e| ApiError::bad_request(format!("Invalid JSON body: {e}")))?;
+    let stream = req.get("stream").and_then(Value::as_bool) == Some(true);
+    let chat = to_chat(&req)?;
+    let answer =
+        openai::chat_completions(State(st), headers, Bytes::from(chat.to_string())).await?;
+    let body = answer.into_body();
+    if !stream {
+        let bytes = axum::body::to_bytes(body, BODY_LIMIT)
+            .await
+            .map_err(|e| ApiError::unavailable(format!("reading the chat answer: {e}")))?;
+        let c: Value = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::unavailable(format!("the chat answer: {e}")))?;
+        return Ok(Json(to_response(&req, &c)).into_response());
+    }
+    Ok(stream_events(req, body).into_response())
+}
+
+/// The chat completion request of a Responses request.
+fn to_chat(req: &Value) -> Result<Value, ApiError> {
+    let bad = |m: String| Err(ApiError::bad_request(m));
+    for key in ["previous_response_id", "conversation"] {
+        if req.get(key).is_some_and(|v| !v.is_null()) {
+            return bad(format!(
+                "{key}: responses are not stored by this server; send the whole input."
+            ));
+        }
+    }
+    if req.get("background").and_then(Value::as_bool) == Some(true) {
+        return bad("background responses are not supported by this server.".into());
+    }
+    let mut messages = Vec::new();
+    if let Some(i) = req.get("instructions").and_then(Value::as_str) {
+        messages.push(json!({"role": "system", "content": i}));
+    }
+    match req.get("input") {
+        Some(Value::String(s)) => messages.push(json!({"role": "user", "content": s})),
+        Some(Value::Array(items)) => {
+            for it in items {
+                messages.push(input_item(it)?);
+            }
+        }
+        _ => return bad("`input` must be a string or a list of items.".into()),
+    }
+    let mut chat = Map::new();
+    chat.insert("messages".into(), Value::Array(messages));
+    for (from, to) in [
+        ("model", "model"),
+        ("max_output_tokens", "max_tokens"),
+        ("temperature", "temperature"),
+        ("top_p", "top_p"),
+        ("top_k", "top_k"),
+        ("min_p", "min_p"),
+        ("repetition_penalty", "repetition_penalty"),
+        ("frequency_penalty", "frequency_penalty"),
+        ("presence_penalty", "presence_penalty"),
+        ("stop", "stop"),
+        ("seed", "seed"),
+        ("parallel_tool_calls", "parallel_tool_calls"),
+        ("stream", "stream"),
+        ("chat_template_kwargs", "chat_template_kwargs"),
+        ("request_id", "rid"),
+    ] {
+        if let Some(v) = req.get(from).filter(|v| !v.is_null()) {
+            chat.insert(to.into(), v.clone());
+        }
+    }
+    if let Some(tools) = req.get("tools").and_then(Value::as_array) {
+        let mut out = Vec::new();
+        for t in tools {
+            if t.get("type").and_then(Value::as_str) != Some("function") {
+                return bad(format!(
+                    "tools: only function tools are supported, got {t}."
+                ));
+            }
+            out.push(json!({"type": "function", "function": {
+                "name": t["name"], "description": t.get("description").cloned().unwrap_or(Value::Null),
+                "parameters": t.get("parameters").cloned().unwrap_or(json!({}))}}));
+        }
+        chat.insert("tools".into(), Value::Array(out));
+    }
+    match req.get("tool_choice") {
+        Some(Value::Object(o)) if o.get("type").and_then(Value::as_str) == Some("function") => {
+            chat.insert(
+                "tool_choice".into(),
+                json!({"type": "function", "function": {"name": o.get("name").cloned().unwrap_or(Value::Null)}}),
+            );
+        }
+        Some(v) if !v.is_null() => {
+            chat.insert("tool_choice".into(), v.clone());
+        }
+        _ => {}
+    }
+    if let Some(f) = req.pointer("/text/format").filter(|f| !f.is_null()) {
+        let rf = match f.get("type").and_then(Value::as_str) {
+            Some("json_schema") => json!({"type": "json_schema", "json_schema": {
+                "name": f.get("name").cloned().unwrap_or(json!("response")),
+                "schema": f.get("schema").cloned().unwrap_or(json!({}))}}),
+            _ => f.clone(),
+        };
+        chat.insert("response_format".into(), rf);
+    }
+    if chat.get("stream") == Some(&json!(true)) {
+        chat.insert("stream_options".into(), json!({"include_usage": true}));
+    }
+    Ok(Value::Object(chat))
+}
+
+/// One `input` item as a chat message.
+fn input_item(it: &Value) -> Result<Value, ApiError> {
+    let kind = it.get("type").and_then(Value::as_str).unwrap_or("message");
+    Ok(match kind {
+        "message" => json!({"role": it.get("role").cloned().unwrap_or(json!("user")),
+            "content": text_of(it.get("content").unwrap_or(&Value::Null))}),
+        "function_call" => json!({"role": "assistant", "content": "", "tool_calls": [{
+            "id": it.get("call_id").cloned().unwrap_or(Value::Null), "type": "function",
+            "function": {"name": it["name"], "arguments": it.get("arguments").cloned().unwrap_or(json!("{}"))}}]}),
+        "function_call_output" => json!({"role": "tool",
+            "tool_call_id": it.get("call_id").cloned().unwrap_or(Value::Null),
+            "content": text_of(it.get("output").unwrap_or(&Value::Null))}),
+        "reasoning" => json!({"role": "assistant", "content": ""}),
+        k => {
+            return Err(ApiError::bad_request(format!(
+                "input items of type {k} are not supported by this server."
+            )))
+        }
+    })
+}
+
+/// The text of a content field: a string, or the texts of its parts.
+fn text_of(c: &Value) -> String {
+    match c {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect(),
+        _ => String::new(),
+    }
+}
+
+/// An id of `prefix` from the chat answer's id.
+fn id_of(prefix: &str, chat_id: &str) -> String {
+    format!("{prefix}_{}", chat_id.trim_start_matches("chatcmpl-"))
+}
+
+/// The response object: `status` completed (incomplete when the length ran out), `output`.
+fn response_object(
+    req: &Value,
+    id: &str,
+    created: &Value,
+    model: &Value,
+    output: Vec<Value>,
+    usage: Value,
+    finish: &str,
+) -> Value {
+    let incomplete = finish == "length";
+    json!({"id": id, "object": "response", "created_at": created,
+        "status": if incomplete { "incomplete" } else { "completed" },
+        "incomplete_details": if incomplete { json!({"reason": "max_output_tokens"}) } else { Value::Null },
+        "error": null, "model": model, "output": output,
+        "instructions": req.get("instructions").cloned().unwrap_or(Value::Null),
+        "max_output_tokens": req.get("max_output_tokens").cloned().unwrap_or(Value::Null),
+        "temperature": req.get("temperature").cloned().unwrap_or(json!(1.0)),
+        "top_p": req.get("top_p").cloned().unwrap_or(json!(1.0)),
+        "tools": req.get("tools").cloned().unwrap_or(json!([])),
+        "tool_choice": req.get("tool_choice").cloned().unwrap_or(json!("auto")),
+        "parallel_tool_calls": req.get("parallel_tool_calls").cloned().unwrap_or(json!(true)),
+        "previous_response_id": null, "store": false, "truncation": "disabled",
+        "text": req.get("text").cloned().unwrap_or(json!({"format": {"type": "text"}})),
+        "metadata": req.get("metadata").cloned().unwrap_or(json!({})), "usage": usage})
+}
+
+/// The Responses `usage` of a chat `usage`.
+fn usage_of(u: &Value) -> Value {
+    let (i, o) = (
+        u["prompt_tokens"].as_u64().unwrap_or(0),
+        u["completion_tokens"].as_u64().unwrap_or(0),
+    );
+    json!({"input_tokens": i, "output_tokens": o, "total_tokens": i + o,
+        "input_tokens_details": {"cached_tokens": u.pointer("/prompt_tokens_details/cached_tokens").cloned().unwrap_or(json!(0))},
+        "output_tokens_details": {"reasoning_tokens": 0}})
+}
+
+fn reasoning_item(id: &str, text: &str) -> Value {
+    json!({"type": "reasoning", "id": id, "summary": [],
+        "content": [{"type": "reasoning_text", "text": text}], "status": "completed"})
+}
+
+fn message_item(id: &str, text: &str, status: &str) -> Value {
+    json!({"type": "message", "id": id, "status": status, "role": "assistant",
+        "content": [{"type": "output_text", "text": text, "annotations": []}]})
+}
+
+fn call_item(id: &str, call_id: &Value, name: &Value, arguments: &Value) -> Value {
+    json!({"type": "function_call", "id": id, "call_id": call_id, "name": name,
+        "arguments": arguments, "status": "completed"})
+}
+
+/// The response of a non-streamed chat answer.
+fn to_response(req: &Value, c: &Value) -> Value {
+    let chat_id = c["id"].as_str().unwrap_or("");
+    let m = &c["choices"][0]["message"];
+    let mut output = Vec::new();
+    if let Some(r) = m["reasoning_content"].as_str().filter(|r| !r.is_empty()) {
+        output.push(reasoning_item(&id_of("rs", chat_id), r));
+    }
+    if let Some(t) = m["content"].as_str().filter(|t| !t.is_empty()) {
+        output.push(message_item(&id_of("msg", chat_id), t, "completed"));
+    }
+    for (k, tc) in m["tool_calls"].as_array().into_iter().flatten().enumerate() {
+        output.push(call_item(
+            &format!("{}_{k}", id_of("fc", chat_id)),
+            &tc["id"],
+            &tc["function"]["name"],
+            &tc["function"]["arguments"],
+        ));
+    }
+    let finish = c["choices"][0]["finish_reason"].as_str().unwrap_or("stop");
+    response_object(
+        req,
+        &id_of("resp", chat_id),
+        &c["created"],
+        &c["model"],
+        output,
+        usage_of(&c["usage"]),
+        finish,
+    )
+}
+
+/// The Responses events of a streamed chat answer (`body`: its SSE chunks).
+fn stream_events(
+    req: Value,
+    body: axum::body::Body,
+) -> Sse<impl futures::Stream<Item = Result<SseEvent, Infallible>>> {
+    use futures::StreamExt;
+    let chunks = body.into_data_stream();
+    let s = futures::stream::unfold(
+        (chunks, String::new(), Events::new(req), false),
+        |(mut chunks, mut buf, mut ev, done)| async move {
+            if done {
+                return None;
+            }
+            loop {
+                if let Some(at) = buf.find("\n\n") {
+                    let event: String = buf.drain(..at + 2).collect();
+                    let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) else {
+                        continue;
+                    };
+                    if data.trim() == "[DONE]" {
+                        let out = ev.finish();
+                        return Some((out, (chunks, buf, ev, true)));
+                    }
+                    if let Ok(c) = serde_json::from_str::<Value>(data) {
+                        let out = ev.on_chunk(&c);
+                        if !out.is_empty() {
+                            return Some((out, (chunks, buf, ev, false)));
+                        }
+                    }
+                    continue;
+                }
+                match chunks.next().await {
+                    Some(Ok(b)) => buf.push_str(&String::from_utf8_lossy(&b)),
+                    _ => {
+                        let out = ev.finish();
+                        return Some((out, (chunks, buf, ev, true)));
+                    }
+                }
+            }
+        },
+    )
+    .flat_map(|events| futures::stream::iter(events.into_iter().map(Ok)));
+    Sse::new(s)
+}
+
+/// An open output item of a streamed response.
+struct Item {
+    index: usize,
+    id: String,
+    text: String,
+    /// function calls: (call id, name)
+    call: Option<(Value, Value)>,
+}
+
+/// The state of one streamed response.
+struct Events {
+    req: Value,
+    seq: u64,
+    id: String,
+    chat_id: String,
+    created: Value,
+    model: Value,
+    started: bool,
+    next: usize,
+    reasoning: Option<Item>,
+    reasoning_done: bool,
+    message: Option<Item>,
+    calls: Vec<Item>,
+    done_items: Vec<(usize, Value)>,
+    finish: String,
+    usage: Value,
+}
+
+impl Events {
+    fn new(req: Value) -> Self {
+        Events {
+            req,
+            seq: 0,
+            id: String::new(),
+            chat_id: String::new(),
+            created: Value::Null,
+            model: Value::Null,
+            started: false,
+            next: 0,
+            reasoning: None,
+            reasoning_done: false,
+            message: None,
+            calls: Vec::new(),
+            done_items: Vec::new(),
+            finish: "stop".into(),
+            usage: usage_of(&Value::Null),
+        }
+    }
+
+    fn event(&mut self, kind: &str, mut data: Value) -> SseEvent {
+        data["type"] = json!(kind);
+        data["sequence_number"] = json!(self.seq);
+        self.seq += 1;
+        SseEvent::default().event(kind).data(data.to_string())
+    }
+
+    fn response(&self, status: &str, output: Vec<Value>) -> Value {
+        let mut r = response_object(
+            &self.req,
+            &self.id,
+            &self.created,
+            &self.model,
+            output,
+            self.usage.clone(),
+            &self.finish,
+        );
+        if status == "in_progress" {
+            r["status"] = json!("in_progress");
+            r["incomplete_details"] = Value::Null;
+        }
+        r
+    }
+
+    fn on_chunk(&mut self, c: &Value) -> Vec<SseEvent> {
+        let mut out = Vec::new();
+        if !self.started {
+            self.started = true;
+            self.chat_id = c["id"].as_str().unwrap_or("").to_string();
+            self.id = id_of("resp", &self.chat_id);
+            self.created = c["created"].clone();
+            self.model = c["model"].clone();
+            let r = self.response("in_progress", Vec::new());
+            out.push(self.event("response.created", json!({"response": r})));
+            out.push(self.event("response.in_progress", json!({"response": r})));
+        }
+        if let Some(u) = c.get("usage").filter(|u| !u.is_null()) {
+            self.usage = usage_of(u);
+        }
+        let Some(ch) = c["choices"].get(0) else {
+            return out;
+        };
+        if let Some(f) = ch["finish_reason"].as_str() {
+            self.finish = f.to_string();
+        }
+        let d = &ch["delta"];
+        if let Some(r) = d["reasoning_content"].as_str().filter(|r| !r.is_empty()) {
+            if self.reasoning.is_none() {
+                let item = Item {
+                    index: self.next,
+                    id: id_of("rs", &self.chat_id),
+                    text: String::new(),
+                    call: None,
+                };
+                self.next += 1;
+                let added = json!({"type": "reasoning", "id": item.id, "summary": [], "content": [], "status": "in_progress"});
+                out.push(self.event(
+                    "response.output_item.added",
+                    json!({"output_index": item.index, "item": added}),
+                ));
+                self.reasoning = Some(item);
+            }
+            let (index, id) = {
+                let it = self.reasoning.as_mut().expect("opened above");
+                it.text += r;
+                (it.index, it.id.clone())
+            };
+            out.push(self.event(
+                "response.reasoning_text.delta",
+                json!({"item_id": id, "output_index": index, "content_index": 0, "delta": r}),
+            ));
+        }
+        if let Some(t) = d["content"].as_str().filter(|t| !t.is_empty()) {
+            out.extend(self.close_reasoning());
+            if self.message.is_none() {
+                let item = Item {
+                    index: self.next,
+                    id: id_of("msg", &self.chat_id),
+                    text: String::new(),
+                    call: None,
+                };
+                self.next += 1;
+                let added = json!({"type": "message", "id": item.id, "status": "in_progress", "role": "assistant", "content": []});
+                out.push(self.event(
+                    "response.output_item.added",
+                    json!({"output_index": item.index, "item": added}),
+                ));
+                out.push(self.event("response.content_part.added", json!({"item_id": item.id, "output_index": item.index,
+                    "content_index": 0, "part": {"type": "output_text", "text": "", "annotations": []}})));
+                self.message = Some(item);
+            }
+            let (index, id) = {
+                let it = self.message.as_mut().expect("opened above");
+                it.text += t;
+                (it.index, it.id.clone())
+            };
+            out.push(self.event(
+                "response.output_text.delta",
+                json!({"item_id": id, "output_index": index, "content_index": 0, "delta": t}),
+            ));
+        }
+        for tc in d["tool_calls"].as_array().into_iter().flatten() {
+            out.extend(self.close_reasoning());
+            let k = tc["index"].as_u64().unwrap_or(0) as usize;
+            let args = tc["function"]["arguments"].as_str().unwrap_or("");
+            if tc.get("id").is_some_and(|i| !i.is_null()) || k >= self.calls.len() {
+                let item = Item {
+                    index: self.next,
+                    id: format!("{}_{k}", id_of("fc", &self.chat_id)),
+                    text: String::new(),
+                    call: Some((tc["id"].clone(), tc["function"]["name"].clone())),
+                };
+                self.next += 1;
+                let added = json!({"type": "function_call", "id": item.id, "call_id": tc["id"],
+                    "name": tc["function"]["name"], "arguments": "", "status": "in_progress"});
+                out.push(self.event(
+                    "response.output_item.added",
+                    json!({"output_index": item.index, "item": added}),
+                ));
+                self.calls.push(item);
+            }
+            if !args.is_empty() {
+                let Some(it) = self.calls.get_mut(k) else {
+                    continue;
+                };
+                it.text += args;
+                let (index, id) = (it.index, it.id.clone());
+                out.push(self.event(
+                    "response.function_call_arguments.delta",
+                    json!({"item_id": id, "output_index": index, "delta": args}),
+                ));
+            }
+        }
+        out
+    }
+
+    fn close_reasoning(&mut self) -> Vec<SseEvent> {
+        if self.reasoning_done {
+            return Vec::new();
+        }
+        let Some(it) = self.reasoning.as_ref() else {
+            return Vec::new();
+        };
+        self.reasoning_done = true;
+        let (index, id, text) = (it.index, it.id.clone(), it.text.clone());
+        let item = reasoning_item(&id, &text);
+        self.done_items.push((index, item.clone()));
+        vec![
+            self.event(
+                "response.reasoning_text.done",
+                json!({"item_id": id, "output_index": index, "content_index": 0, "text": text}),
+            ),
+            self.event(
+                "response.output_item.done",
+                json!({"output_index": index, "item": item}),
+            ),
+        ]
+    }
+
+    fn finish(&mut self) -> Vec<SseEvent> {
+        let mut out = self.close_reasoning();
+        if let Some(it) = self.message.take() {
+            let part = json!({"type": "output_text", "text": it.text, "annotations": []});
+            out.push(self.event("response.output_text.done", json!({"item_id": it.id, "output_index": it.index, "content_index": 0, "text": it.text})));
+            out.push(self.event("response.content_part.done", json!({"item_id": it.id, "output_index": it.index, "content_index": 0, "part": part})));
+            let item = message_item(&it.id, &it.text, "completed");
+            out.push(self.event(
+                "response.output_item.done",
+                json!({"output_index": it.index, "item": item}),
+            ));
+            self.done_items.push((it.index, item));
+        }
+        for it in std::mem::take(&mut self.calls) {
+            let (call_id, name) = it.call.clone().unwrap_or_default();
+            out.push(self.event(
+                "response.function_call_arguments.done",
+                json!({"item_id": it.id, "output_index": it.index, "arguments": it.text}),
+            ));
+            let item = call_item(&it.id, &call_id, &name, &json!(it.text));
+            out.push(self.event(
+                "response.output_item.done",
+                json!({"output_index": it.index, "item": item}),
+            ));
+            self.done_items.push((it.index, item));
+        }
+        self.done_items.sort_by_key(|(i, _)| *i);
+        let output = self.done_items.iter().map(|(_, v)| v.clone()).collect();
+        let r = self.response("completed", output);
+        let kind = if r["status"] == "incomplete" {
+            "response.incomplete"
+        } else {
+            "response.completed"
+        };
+        out.push(self.event(kind, json!({"response": r})));
+        out
+    }
+}
