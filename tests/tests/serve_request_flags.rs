@@ -354,6 +354,40 @@ async fn responses_api_matches_the_chat_completion() {
     let out: Value =
         serde_json::from_str(j["output"][0]["content"][0]["text"].as_str().unwrap()).unwrap();
     assert!(out["ok"].is_boolean(), "{j}");
+    // Reasoning (deepseek-r1: a reply without </think> is all reasoning) becomes a reasoning
+    // item, streamed as reasoning_text deltas.
+    let r1 = Server::start(m.path(), &["--reasoning-parser", "deepseek-r1"]);
+    let (st, rc) = r1
+        .post(
+            "/v1/chat/completions",
+            &json!({"messages": [{"role": "user", "content": "Tell me a story"}], "max_tokens": 8,
+            "temperature": 0}),
+        )
+        .await;
+    assert_eq!(st, 200, "{rc}");
+    let thought = rc["choices"][0]["message"]["reasoning_content"]
+        .as_str()
+        .unwrap();
+    let rreq = json!({"input": "Tell me a story", "max_output_tokens": 8, "temperature": 0});
+    let (st, rr) = r1.post("/v1/responses", &rreq).await;
+    assert_eq!(st, 200, "{rr}");
+    assert_eq!(rr["output"][0]["type"], "reasoning", "{rr}");
+    assert_eq!(rr["output"][0]["content"][0]["text"], thought, "{rr}");
+    let mut rs = rreq.clone();
+    rs["stream"] = json!(true);
+    let events: Vec<Value> = r1
+        .stream("/v1/responses", &rs)
+        .await
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    let streamed: String = events
+        .iter()
+        .filter(|e| e["type"] == "response.reasoning_text.delta")
+        .map(|e| e["delta"].as_str().unwrap())
+        .collect();
+    assert_eq!(streamed, thought, "{events:?}");
+    drop(r1);
     // Not stored here: previous_response_id and background are 400s.
     for bad in [
         json!({"input": "x", "previous_response_id": "resp_1"}),

@@ -302,6 +302,13 @@ fn stream_events(
     Sse::new(s)
 }
 
+/// The text items of a streamed response.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Slot {
+    Reasoning,
+    Message,
+}
+
 /// An open output item of a streamed response.
 struct Item {
     index: usize,
@@ -398,26 +405,7 @@ impl Events {
         }
         let d = &ch["delta"];
         if let Some(r) = d["reasoning_content"].as_str().filter(|r| !r.is_empty()) {
-            if self.reasoning.is_none() {
-                let item = Item {
-                    index: self.next,
-                    id: id_of("rs", &self.chat_id),
-                    text: String::new(),
-                    call: None,
-                };
-                self.next += 1;
-                let added = json!({"type": "reasoning", "id": item.id, "summary": [], "content": [], "status": "in_progress"});
-                out.push(self.event(
-                    "response.output_item.added",
-                    json!({"output_index": item.index, "item": added}),
-                ));
-                self.reasoning = Some(item);
-            }
-            let (index, id) = {
-                let it = self.reasoning.as_mut().expect("opened above");
-                it.text += r;
-                (it.index, it.id.clone())
-            };
+            let (index, id) = self.append(Slot::Reasoning, r, &mut out);
             out.push(self.event(
                 "response.reasoning_text.delta",
                 json!({"item_id": id, "output_index": index, "content_index": 0, "delta": r}),
@@ -425,28 +413,7 @@ impl Events {
         }
         if let Some(t) = d["content"].as_str().filter(|t| !t.is_empty()) {
             out.extend(self.close_reasoning());
-            if self.message.is_none() {
-                let item = Item {
-                    index: self.next,
-                    id: id_of("msg", &self.chat_id),
-                    text: String::new(),
-                    call: None,
-                };
-                self.next += 1;
-                let added = json!({"type": "message", "id": item.id, "status": "in_progress", "role": "assistant", "content": []});
-                out.push(self.event(
-                    "response.output_item.added",
-                    json!({"output_index": item.index, "item": added}),
-                ));
-                out.push(self.event("response.content_part.added", json!({"item_id": item.id, "output_index": item.index,
-                    "content_index": 0, "part": {"type": "output_text", "text": "", "annotations": []}})));
-                self.message = Some(item);
-            }
-            let (index, id) = {
-                let it = self.message.as_mut().expect("opened above");
-                it.text += t;
-                (it.index, it.id.clone())
-            };
+            let (index, id) = self.append(Slot::Message, t, &mut out);
             out.push(self.event(
                 "response.output_text.delta",
                 json!({"item_id": id, "output_index": index, "content_index": 0, "delta": t}),
@@ -485,6 +452,59 @@ impl Events {
             }
         }
         out
+    }
+
+    /// Appends `text` to the reasoning or message item, opening it (with its `added` events)
+    /// first; returns its output index and id.
+    fn append(&mut self, slot: Slot, text: &str, out: &mut Vec<SseEvent>) -> (usize, String) {
+        let open = match slot {
+            Slot::Reasoning => self.reasoning.is_some(),
+            Slot::Message => self.message.is_some(),
+        };
+        if !open {
+            let (prefix, added) = match slot {
+                Slot::Reasoning => (
+                    "rs",
+                    json!({"type": "reasoning", "summary": [], "content": [], "status": "in_progress"}),
+                ),
+                Slot::Message => (
+                    "msg",
+                    json!({"type": "message", "status": "in_progress", "role": "assistant", "content": []}),
+                ),
+            };
+            let item = Item {
+                index: self.next,
+                id: id_of(prefix, &self.chat_id),
+                text: String::new(),
+                call: None,
+            };
+            self.next += 1;
+            let mut added = added;
+            added["id"] = json!(item.id);
+            out.push(self.event(
+                "response.output_item.added",
+                json!({"output_index": item.index, "item": added}),
+            ));
+            if slot == Slot::Message {
+                out.push(self.event(
+                    "response.content_part.added",
+                    json!({"item_id": item.id,
+                    "output_index": item.index, "content_index": 0,
+                    "part": {"type": "output_text", "text": "", "annotations": []}}),
+                ));
+            }
+            match slot {
+                Slot::Reasoning => self.reasoning = Some(item),
+                Slot::Message => self.message = Some(item),
+            }
+        }
+        let it = match slot {
+            Slot::Reasoning => self.reasoning.as_mut(),
+            Slot::Message => self.message.as_mut(),
+        }
+        .expect("opened above");
+        it.text += text;
+        (it.index, it.id.clone())
     }
 
     fn close_reasoning(&mut self) -> Vec<SseEvent> {
