@@ -44,10 +44,12 @@ impl Piece {
     }
 }
 
-/// A call being streamed: its index and the arguments text sent so far.
+/// A call being streamed: its index, where its text starts in the section, and the arguments
+/// text sent so far.
 #[derive(Debug)]
 struct Streaming {
     index: usize,
+    at: usize,
     sent: String,
 }
 
@@ -61,6 +63,9 @@ struct ToolStream {
     emitted: usize,
     /// The open call streamed so far.
     open: Option<Streaming>,
+    /// Streamed starts of calls that then did not parse: later calls' stream indices are
+    /// shifted past them, so no two streamed calls share an index.
+    orphans: usize,
 }
 
 impl ToolStream {
@@ -78,25 +83,28 @@ impl ToolStream {
                 Some(o) if o.index == *i => self.open.take(),
                 _ => None,
             };
-            match open {
-                Some(o) => match c.arguments.strip_prefix(o.sent.as_str()) {
-                    Some(rest) if !rest.is_empty() => out.push(CallDelta {
-                        index: *i,
-                        name: None,
-                        arguments: rest.to_string(),
-                    }),
-                    Some(_) => {}
-                    None => tracing::warn!(
-                        "streamed arguments {:?} are not a prefix of the call's {:?}",
-                        o.sent,
-                        c.arguments
-                    ),
-                },
-                None => out.push(CallDelta {
-                    index: *i,
-                    name: Some(c.name.clone()),
-                    arguments: c.arguments.clone(),
-                }),
+            let rest = open
+                .as_ref()
+                .and_then(|o| c.arguments.strip_prefix(o.sent.as_str()));
+            match (open.is_some(), rest) {
+                (true, Some(rest)) => {
+                    if !rest.is_empty() {
+                        out.push(CallDelta {
+                            index: *i + self.orphans,
+                            name: None,
+                            arguments: rest.to_string(),
+                        });
+                    }
+                }
+                (streamed, _) => {
+                    // Not streamed, or what was streamed was another call's start.
+                    self.orphans += usize::from(streamed);
+                    out.push(CallDelta {
+                        index: *i + self.orphans,
+                        name: Some(c.name.clone()),
+                        arguments: c.arguments.clone(),
+                    });
+                }
             }
         }
         let (Some(s), false) = (self.start, last) else {
@@ -106,12 +114,21 @@ impl ToolStream {
             return out;
         };
         let index = self.emitted;
+        if self
+            .open
+            .as_ref()
+            .is_some_and(|o| o.index == index && o.at != call.at)
+        {
+            // The streamed call's text never became a call; this is another.
+            self.open = None;
+            self.orphans += 1;
+        }
         match (&mut self.open, call.name) {
             (Some(o), _) if o.index == index => {
                 if let Some(more) = call.arguments.strip_prefix(o.sent.as_str()) {
                     if !more.is_empty() {
                         out.push(CallDelta {
-                            index,
+                            index: index + self.orphans,
                             name: None,
                             arguments: more.to_string(),
                         });
@@ -121,12 +138,13 @@ impl ToolStream {
             }
             (_, Some(name)) if self.known.contains(&name) => {
                 out.push(CallDelta {
-                    index,
+                    index: index + self.orphans,
                     name: Some(name),
                     arguments: call.arguments.clone(),
                 });
                 self.open = Some(Streaming {
                     index,
+                    at: call.at,
                     sent: call.arguments,
                 });
             }
@@ -197,6 +215,7 @@ impl ReplyParser {
                 start: None,
                 emitted: 0,
                 open: None,
+                orphans: 0,
             }),
             finished: false,
             hold_reasoning: false,

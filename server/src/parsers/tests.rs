@@ -49,13 +49,18 @@ fn stream(p: &mut ReplyParser, parts: &[&str]) -> (String, String, Vec<ToolCall>
         .map(|k| (k.name.clone(), k.arguments.clone()))
         .collect();
     // A call streamed while open that then did not parse (it stays content, as in a whole
-    // reply) is the one extra entry a stream may have begun.
+    // reply) is an extra entry of the stream; the calls are the others, in order.
+    let mut rest = streamed.iter();
+    for w in &want {
+        assert!(
+            rest.any(|s| s == w),
+            "deltas of {parts:?}: {streamed:?} vs {want:?}"
+        );
+    }
     assert!(
-        streamed.len() == want.len()
-            || (streamed.len() == want.len() + 1 && c.contains("<tool_call>")),
+        streamed.len() == want.len() || c.contains("<tool_call>") || c.contains('{'),
         "deltas of {parts:?}: {streamed:?} vs {want:?}"
     );
-    assert_eq!(streamed[..want.len()], want[..], "deltas of {parts:?}");
     (r, c, calls)
 }
 
@@ -473,4 +478,37 @@ fn held_reasoning_is_released_whole_when_it_ends() {
     let mut p = ReplyParser::new(Some((ReasoningParser::DeepSeekR1, true)), None).hold_reasoning();
     assert_eq!(p.push("still thin").reasoning, "");
     assert_eq!(p.finish().reasoning, "still thin");
+}
+
+/// A streamed call whose text then fails to parse keeps its index; the next call streams under
+/// the next one, whole and in order.
+#[test]
+fn a_call_after_a_broken_one_streams_under_its_own_index() {
+    let text = "<tool_call>{\"name\": \"get_weather\", \"arguments\": {\"city\": }</tool_call><tool_call>{\"name\": \"ping\", \"arguments\": {\"host\": \"x\"}}</tool_call>";
+    let mut p = parser(ToolParser::Qwen25);
+    let mut deltas = Vec::new();
+    let mut calls = Vec::new();
+    for ch in text.chars() {
+        let x = p.push(&ch.to_string());
+        deltas.extend(x.deltas);
+        calls.extend(x.calls);
+    }
+    let x = p.finish();
+    deltas.extend(x.deltas);
+    calls.extend(x.calls);
+    assert_eq!(calls, vec![(0, call("ping", r#"{"host": "x"}"#))]);
+    let starts: Vec<_> = deltas
+        .iter()
+        .filter_map(|d| d.name.clone().map(|n| (d.index, n)))
+        .collect();
+    assert_eq!(
+        starts,
+        [(0, "get_weather".to_string()), (1, "ping".to_string())]
+    );
+    let ping: String = deltas
+        .iter()
+        .filter(|d| d.index == 1)
+        .map(|d| d.arguments.as_str())
+        .collect();
+    assert_eq!(ping, r#"{"host": "x"}"#);
 }

@@ -267,6 +267,8 @@ fn mistral(s: &str, known: &dyn Fn(&str) -> bool) -> Section {
 /// arguments so far (re-spaced as the complete call's will be, [`pyjson::respace`]).
 #[derive(Debug, PartialEq, Eq)]
 pub struct OpenCall {
+    /// Where the call's object starts in the section (which call this is).
+    pub at: usize,
     pub name: Option<String>,
     pub arguments: String,
 }
@@ -284,11 +286,13 @@ impl ToolParser {
                 if body.contains(TAG_CLOSE) {
                     return None;
                 }
-                open_object(body.trim_start())
+                let obj = body.trim_start();
+                open_object(obj, section.len() - obj.len())
             }
             Self::Llama3 => {
                 let body = section.strip_prefix(PYTHON_TAG).unwrap_or(section);
-                open_object(open_top_object(body)?)
+                let obj = open_top_object(body)?;
+                open_object(obj, section.len() - obj.len())
             }
             _ => None,
         }
@@ -297,7 +301,7 @@ impl ToolParser {
 
 /// Scans the start of one call object: the `name` string once closed, and the raw text of the
 /// `arguments` (or `parameters`) object or array so far, up to its end.
-fn open_object(text: &str) -> Option<OpenCall> {
+fn open_object(text: &str, at: usize) -> Option<OpenCall> {
     let b = text.as_bytes();
     if b.first() != Some(&b'{') {
         return None;
@@ -347,6 +351,7 @@ fn open_object(text: &str) -> Option<OpenCall> {
         i += 1;
     }
     Some(OpenCall {
+        at,
         name,
         arguments: args.map_or(String::new(), |(s, e)| pyjson::respace(&text[s..e])),
     })
