@@ -308,7 +308,7 @@ async fn responses_api_matches_the_chat_completion() {
         "{r}"
     );
     // The same as message items with content parts.
-    let items = json!({"input": [{"role": "system", "content": "Be brief."},
+    let items = json!({"input": [{"role": "developer", "content": "Be brief."},
         {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Tell me a story"}]}],
         "max_output_tokens": 8, "temperature": 0});
     let (st, r2) = s.post("/v1/responses", &items).await;

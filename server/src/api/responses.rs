@@ -139,8 +139,15 @@ fn to_chat(req: &Value) -> Result<Value, ApiError> {
 fn input_item(it: &Value) -> Result<Value, ApiError> {
     let kind = it.get("type").and_then(Value::as_str).unwrap_or("message");
     Ok(match kind {
-        "message" => json!({"role": it.get("role").cloned().unwrap_or(json!("user")),
-            "content": text_of(it.get("content").unwrap_or(&Value::Null))}),
+        "message" => {
+            // The Responses API's `developer` role is the chat's system role.
+            let role = match it.get("role").and_then(Value::as_str) {
+                Some("developer") => "system",
+                Some(r) => r,
+                None => "user",
+            };
+            json!({"role": role, "content": text_of(it.get("content").unwrap_or(&Value::Null))})
+        }
         "function_call" => json!({"role": "assistant", "content": "", "tool_calls": [{
             "id": it.get("call_id").cloned().unwrap_or(Value::Null), "type": "function",
             "function": {"name": it["name"], "arguments": it.get("arguments").cloned().unwrap_or(json!("{}"))}}]}),
