@@ -14,6 +14,7 @@
 pub mod bytes;
 pub mod ebnf;
 pub mod schema;
+mod search;
 pub mod stop;
 pub mod tags;
 #[cfg(test)]

@@ -10,20 +10,15 @@
 //! non-ASCII bytes: from the first such byte the request's text is searched whole instead.
 
 use super::bytes::TokenBytes;
-use regex_automata::dfa::{dense, Automaton, StartKind};
+use super::search::Searcher;
+use regex_automata::meta;
 use regex_automata::util::primitives::StateID;
-use regex_automata::util::start::Config as StartConfig;
-use regex_automata::{meta, Anchored, MatchKind};
 use std::sync::Arc;
-
-/// Largest DFA the patterns may compile to (bytes).
-const DFA_LIMIT: usize = 16 << 20;
 
 /// A request's compiled `stop_regex` patterns.
 pub struct StopRegex {
     patterns: Vec<String>,
-    dfa: dense::DFA<Vec<u32>>,
-    start: StateID,
+    search: Searcher,
     /// The same patterns for whole-text searches (after a quit byte).
     text: meta::Regex,
     bytes: Arc<TokenBytes>,
@@ -51,28 +46,12 @@ pub struct StopWalk {
 impl StopRegex {
     /// Compiles `patterns` (at least one); the error names the pattern and is a client's 400.
     pub fn new(patterns: Vec<String>, bytes: Arc<TokenBytes>) -> Result<Self, String> {
-        let syntax = regex_automata::util::syntax::Config::new().utf8(false);
-        let dfa = dense::Builder::new()
-            .syntax(syntax)
-            .configure(
-                dense::Config::new()
-                    .start_kind(StartKind::Unanchored)
-                    .match_kind(MatchKind::All)
-                    .unicode_word_boundary(true)
-                    .dfa_size_limit(Some(DFA_LIMIT))
-                    .determinize_size_limit(Some(DFA_LIMIT)),
-            )
-            .build_many(&patterns)
-            .map_err(|e| compile_error(&patterns, &e.to_string()))?;
-        let start = dfa
-            .start_state(&StartConfig::new().anchored(Anchored::No))
-            .map_err(|e| compile_error(&patterns, &e.to_string()))?;
+        let search = Searcher::new(&patterns).map_err(|e| compile_error(&patterns, &e))?;
         let text = meta::Regex::new_many(&patterns)
             .map_err(|e| compile_error(&patterns, &e.to_string()))?;
         Ok(StopRegex {
             patterns,
-            dfa,
-            start,
+            search,
             text,
             bytes,
         })
@@ -86,7 +65,7 @@ impl StopRegex {
     /// A walk before any output.
     pub fn walk_start(&self) -> StopWalk {
         StopWalk {
-            state: Some(self.start),
+            state: Some(self.search.start()),
             walked: 0,
             matched: None,
         }
@@ -109,19 +88,18 @@ impl StopRegex {
         if let Some(mut s) = w.state {
             'tokens: for &t in new {
                 for &b in self.bytes.get(t).unwrap_or(&[]) {
-                    s = self.dfa.next_state(s, b);
-                    if self.dfa.is_quit_state(s) {
+                    let Some(n) = self.search.next(s, b) else {
                         w.state = None;
                         break 'tokens;
-                    }
-                    if self.dfa.is_match_state(s) {
-                        w.matched = Some(self.dfa.match_pattern(s, 0).as_usize());
+                    };
+                    s = n;
+                    if let Some(k) = self.search.ended_before(s) {
+                        w.matched = Some(k);
                         return w.matched;
                     }
                 }
-                let end = self.dfa.next_eoi_state(s);
-                if self.dfa.is_match_state(end) {
-                    w.matched = Some(self.dfa.match_pattern(end, 0).as_usize());
+                if let Some(k) = self.search.ending_here(s).next() {
+                    w.matched = Some(k);
                     return w.matched;
                 }
             }

@@ -21,11 +21,8 @@
 
 mod format;
 
+use super::search::Searcher;
 use super::{schema, state_id, Dfa};
-use regex_automata::dfa::{dense, Automaton, StartKind};
-use regex_automata::util::primitives::StateID;
-use regex_automata::util::start::Config as StartConfig;
-use regex_automata::{Anchored, MatchKind};
 use serde::Deserialize;
 
 /// A structural tag's automaton.
@@ -35,8 +32,7 @@ pub struct Tags {
     /// The output ends with its first structure (`stop_after_first`).
     stop_after_first: bool,
     /// Unanchored DFA of the triggers (one pattern each).
-    triggers: dense::DFA<Vec<u32>>,
-    free_start: StateID,
+    triggers: Searcher,
     /// Byte lengths of the triggers.
     trigger_len: Vec<usize>,
     /// Per trigger: the DFA of its structures' rests (None: no structure begins with it).
@@ -126,18 +122,8 @@ impl Tags {
             }
         }
         let escaped: Vec<String> = triggers.iter().map(|t| regex_syntax::escape(t)).collect();
-        let trigger_dfa = dense::Builder::new()
-            .syntax(regex_automata::util::syntax::Config::new().utf8(false))
-            .configure(
-                dense::Config::new()
-                    .start_kind(StartKind::Unanchored)
-                    .match_kind(MatchKind::All),
-            )
-            .build_many(&escaped)
-            .map_err(|e| format!("structural_tag triggers: {e}"))?;
-        let free_start = trigger_dfa
-            .start_state(&StartConfig::new().anchored(Anchored::No))
-            .map_err(|e| format!("structural_tag triggers: {e}"))?;
+        let trigger_dfa =
+            Searcher::new(&escaped).map_err(|e| format!("structural_tag triggers: {e}"))?;
         let mut tags = Vec::new();
         for t in &triggers {
             let alts: Vec<String> = structures
@@ -162,14 +148,13 @@ impl Tags {
             at_least_one,
             stop_after_first,
             triggers: trigger_dfa,
-            free_start,
             trigger_len: triggers.iter().map(String::len).collect(),
             tags,
         })
     }
 
     pub(super) fn start(&self) -> u64 {
-        u64::from(self.free_start.as_u32())
+        u64::from(self.triggers.start().as_u32())
     }
 
     /// The state after byte `b` (None: a trigger no structure begins with, or a byte a tag
@@ -180,18 +165,15 @@ impl Tags {
         }
         if s & TAG == 0 {
             let seen = s & SEEN;
-            let n = self.triggers.next_state(state_id(s), b);
-            if self.triggers.is_dead_state(n) || self.triggers.is_quit_state(n) {
-                return None;
-            }
-            let eoi = self.triggers.next_eoi_state(n);
-            if !self.triggers.is_match_state(eoi) {
+            let n = self.triggers.next(state_id(s), b)?;
+            // A trigger ending here (the longest, where several do) opens its structures.
+            let Some(k) = self
+                .triggers
+                .ending_here(n)
+                .max_by_key(|&k| self.trigger_len[k])
+            else {
                 return Some(seen | u64::from(n.as_u32()));
-            }
-            // A trigger ends here (the longest, where several do).
-            let k = (0..self.triggers.match_len(eoi))
-                .map(|i| self.triggers.match_pattern(eoi, i).as_usize())
-                .max_by_key(|&k| self.trigger_len[k])?;
+            };
             let d = self.tags[k].as_ref()?;
             return Some(TAG | (k as u64) << 32 | u64::from(d.start().as_u32()));
         }
