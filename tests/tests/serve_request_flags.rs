@@ -272,6 +272,15 @@ async fn continue_final_message_continues_the_assistant_turn() {
     );
 }
 
+/// The events of a streamed `/v1/responses` request.
+async fn response_events(s: &Server, body: &Value) -> Vec<Value> {
+    s.stream("/v1/responses", body)
+        .await
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect()
+}
+
 /// `/v1/responses` (OpenAI's Responses API over the chat route): the text is the chat
 /// completion's for the same messages, `usage` counts the same tokens, a cut answer is
 /// `incomplete`; streamed, the `response.output_text.delta` events add up to it and the stream
@@ -317,12 +326,7 @@ async fn responses_api_matches_the_chat_completion() {
     // Streamed: created first, the deltas add up, the last event has the whole response.
     let mut sreq = req.clone();
     sreq["stream"] = json!(true);
-    let events: Vec<Value> = s
-        .stream("/v1/responses", &sreq)
-        .await
-        .iter()
-        .map(|e| serde_json::from_str(e).unwrap())
-        .collect();
+    let events = response_events(&s, &sreq).await;
     assert_eq!(events[0]["type"], "response.created", "{events:?}");
     let deltas: String = events
         .iter()
@@ -375,12 +379,7 @@ async fn responses_api_matches_the_chat_completion() {
     assert_eq!(rr["output"][0]["content"][0]["text"], thought, "{rr}");
     let mut rs = rreq.clone();
     rs["stream"] = json!(true);
-    let events: Vec<Value> = r1
-        .stream("/v1/responses", &rs)
-        .await
-        .iter()
-        .map(|e| serde_json::from_str(e).unwrap())
-        .collect();
+    let events = response_events(&r1, &rs).await;
     let streamed: String = events
         .iter()
         .filter(|e| e["type"] == "response.reasoning_text.delta")

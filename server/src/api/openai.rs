@@ -105,14 +105,16 @@ struct OpenAiWire {
 impl OpenAiWire {
     fn params(&mut self, default_max: i64) -> Result<SamplingParams, ApiError> {
         // A structural tag goes to the parameters as its JSON text (SGLang's conversion).
-        let structural_tag = match self.response_format.take() {
-            Some(f) if f.get("type").and_then(Value::as_str) == Some("structural_tag") => {
-                Some(Value::String(f.to_string()))
-            }
-            f => {
-                self.response_format = f;
-                None
-            }
+        let structural = self
+            .response_format
+            .as_ref()
+            .is_some_and(|f| f.get("type").and_then(Value::as_str) == Some("structural_tag"));
+        let structural_tag = if structural {
+            self.response_format
+                .take()
+                .map(|f| Value::String(f.to_string()))
+        } else {
+            None
         };
         let json_schema = match response_format_schema(self.response_format.take())? {
             Some(schema) => {

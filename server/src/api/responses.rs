@@ -336,7 +336,6 @@ struct Events {
     started: bool,
     next: usize,
     reasoning: Option<Item>,
-    reasoning_done: bool,
     message: Option<Item>,
     calls: Vec<Item>,
     done_items: Vec<(usize, Value)>,
@@ -356,7 +355,6 @@ impl Events {
             started: false,
             next: 0,
             reasoning: None,
-            reasoning_done: false,
             message: None,
             calls: Vec::new(),
             done_items: Vec::new(),
@@ -514,15 +512,14 @@ impl Events {
         (it.index, it.id.clone())
     }
 
+    /// Closes the reasoning item, if one is open (the chat sends reasoning before content).
     fn close_reasoning(&mut self) -> Vec<SseEvent> {
-        if self.reasoning_done {
-            return Vec::new();
-        }
-        let Some(it) = self.reasoning.as_ref() else {
+        let Some(Item {
+            index, id, text, ..
+        }) = self.reasoning.take()
+        else {
             return Vec::new();
         };
-        self.reasoning_done = true;
-        let (index, id, text) = (it.index, it.id.clone(), it.text.clone());
         let item = reasoning_item(&id, &text);
         self.done_items.push((index, item.clone()));
         vec![

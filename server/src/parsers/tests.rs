@@ -392,24 +392,36 @@ fn marker_formats_keep_what_does_not_parse() {
     assert_eq!(ToolParser::from_flag("kimi_k2"), Ok(ToolParser::KimiK2));
 }
 
+/// `text` fed one character at a time, then finished: the streamed deltas and completed calls.
+fn char_by_char(
+    mut p: ReplyParser,
+    text: &str,
+) -> (Vec<super::output::CallDelta>, Vec<(usize, ToolCall)>) {
+    let (mut deltas, mut calls) = (Vec::new(), Vec::new());
+    let pieces: Vec<_> = text.chars().map(|c| p.push(&c.to_string())).collect();
+    for x in pieces.into_iter().chain([p.finish()]) {
+        deltas.extend(x.deltas);
+        calls.extend(x.calls);
+    }
+    (deltas, calls)
+}
+
+/// The arguments streamed for call `index`, joined.
+fn arguments_of(deltas: &[super::output::CallDelta], index: usize) -> String {
+    deltas
+        .iter()
+        .filter(|d| d.index == index)
+        .map(|d| d.arguments.as_str())
+        .collect()
+}
+
 /// `qwen25` / `hermes` stream an open call's arguments as they arrive: the name first (with
 /// empty arguments), then pieces, re-spaced as the complete call's arguments.
 #[test]
 fn json_calls_in_tags_stream_their_arguments() {
     let text = "Sure.<tool_call>\n{\"name\": \"get_weather\", \"arguments\": {\"city\":\"Paris, France\",\"days\" : [1,2]}}\n</tool_call>";
     for t in [ToolParser::Qwen25, ToolParser::Hermes] {
-        let mut p = parser(t);
-        let chars: Vec<String> = text.chars().map(String::from).collect();
-        let mut deltas = Vec::new();
-        let mut calls = Vec::new();
-        for ch in &chars {
-            let x = p.push(ch);
-            deltas.extend(x.deltas);
-            calls.extend(x.calls);
-        }
-        let x = p.finish();
-        deltas.extend(x.deltas);
-        calls.extend(x.calls);
+        let (deltas, calls) = char_by_char(parser(t), text);
         assert_eq!(
             calls,
             vec![(
@@ -423,8 +435,7 @@ fn json_calls_in_tags_stream_their_arguments() {
         assert_eq!(deltas[0].name.as_deref(), Some("get_weather"));
         assert_eq!(deltas[0].arguments, "");
         assert!(deltas.len() > 10, "{deltas:?}");
-        let args: String = deltas.iter().map(|d| d.arguments.as_str()).collect();
-        assert_eq!(args, calls[0].1.arguments);
+        assert_eq!(arguments_of(&deltas, 0), calls[0].1.arguments);
         // The chunks: a start with id, type and name; then index and arguments only.
         let start = super::output::delta_json(&deltas[0]);
         assert!(
@@ -440,21 +451,11 @@ fn json_calls_in_tags_stream_their_arguments() {
     }
     // llama3: calls one after another, each streamed while open.
     let text = "<|python_tag|>{\"name\": \"ping\", \"parameters\": {\"host\": \"a.b\"}}; {\"name\": \"get_weather\", \"parameters\": {\"city\": \"Oslo\"}}";
-    let mut p = parser(ToolParser::Llama3);
-    let mut deltas = Vec::new();
-    for ch in text.chars() {
-        deltas.extend(p.push(&ch.to_string()).deltas);
-    }
-    deltas.extend(p.finish().deltas);
+    let (deltas, _) = char_by_char(parser(ToolParser::Llama3), text);
     let starts: Vec<_> = deltas.iter().filter_map(|d| d.name.clone()).collect();
     assert_eq!(starts, ["ping", "get_weather"]);
     assert!(deltas.len() > 6, "{deltas:?}");
-    let second: String = deltas
-        .iter()
-        .filter(|d| d.index == 1)
-        .map(|d| d.arguments.as_str())
-        .collect();
-    assert_eq!(second, r#"{"city": "Oslo"}"#);
+    assert_eq!(arguments_of(&deltas, 1), r#"{"city": "Oslo"}"#);
     // An unknown function is not streamed (its block stays content).
     let mut p = parser(ToolParser::Qwen25);
     let x = p.push("<tool_call>{\"name\": \"nope\", \"arguments\": {\"a\": 1");
@@ -485,17 +486,7 @@ fn held_reasoning_is_released_whole_when_it_ends() {
 #[test]
 fn a_call_after_a_broken_one_streams_under_its_own_index() {
     let text = "<tool_call>{\"name\": \"get_weather\", \"arguments\": {\"city\": }</tool_call><tool_call>{\"name\": \"ping\", \"arguments\": {\"host\": \"x\"}}</tool_call>";
-    let mut p = parser(ToolParser::Qwen25);
-    let mut deltas = Vec::new();
-    let mut calls = Vec::new();
-    for ch in text.chars() {
-        let x = p.push(&ch.to_string());
-        deltas.extend(x.deltas);
-        calls.extend(x.calls);
-    }
-    let x = p.finish();
-    deltas.extend(x.deltas);
-    calls.extend(x.calls);
+    let (deltas, calls) = char_by_char(parser(ToolParser::Qwen25), text);
     assert_eq!(calls, vec![(0, call("ping", r#"{"host": "x"}"#))]);
     let starts: Vec<_> = deltas
         .iter()
@@ -505,10 +496,5 @@ fn a_call_after_a_broken_one_streams_under_its_own_index() {
         starts,
         [(0, "get_weather".to_string()), (1, "ping".to_string())]
     );
-    let ping: String = deltas
-        .iter()
-        .filter(|d| d.index == 1)
-        .map(|d| d.arguments.as_str())
-        .collect();
-    assert_eq!(ping, r#"{"host": "x"}"#);
+    assert_eq!(arguments_of(&deltas, 1), r#"{"host": "x"}"#);
 }
