@@ -96,8 +96,8 @@ for s in $STEPS; do
         cat "$OUT/pdxfer-$t.log" | cut -c1-400 | tail -12
       done ;;
     sampling) timeout $(left 200) scripts/gpu-sampling-check.sh "$OUT" > "$OUT/sampling.log" 2>&1; rc=$?; tail -30 "$OUT/sampling.log" ;;
-    prefill) timeout $(left 150) "$STRATA" gpu check --only attention,silu_mul,rmsnorm,rope,rope_kv_write --json "$OUT/check-attention.json" > "$OUT/prefill-check.log" 2>&1
-      rc=$?; grep -E "FAIL|prefill|extend|silu|rmsnorm|rope|gpu check:" "$OUT/prefill-check.log" | tail -40
+    prefill) timeout $(left 150) "$STRATA" gpu check --only attention,gate_gemm,silu_mul,rmsnorm,rope,rope_kv_write --json "$OUT/check-attention.json" > "$OUT/prefill-check.log" 2>&1
+      rc=$?; grep -E "FAIL|prefill|extend|silu|SiLU|rmsnorm|rope|gpu check:" "$OUT/prefill-check.log" | tail -40
       timeout $(left 150) "$STRATA" gpu bench --only gemm,prefill --prefill-lens 2048,8192 --decode-batches 1 \
         --json "$OUT/prefill-bench.json" > "$OUT/prefill-bench.log" 2>&1
       r2=$?; grep -A30 "== summary" "$OUT/prefill-bench.log" | grep -vE "cuBLASLt tuning" || tail -20 "$OUT/prefill-bench.log"

@@ -1,10 +1,11 @@
 #!/usr/bin/env python3
-"""Compiles the wgmma prefill attention program (kernels/cuda) with NVRTC for sm_90a, as the
-server does on an H100/H200, and disassembles the cubin: ptxas' register and spill report, and
+"""Compiles a wgmma program (kernels/cuda; the prefill attention, or with PROGRAM=gemm the gate_up
+GEMM) with NVRTC for sm_90a, as the server does on an H100/H200, and disassembles the cubin: ptxas' register and spill report, and
 the SASS to read the kernels' loops without a GPU.
 
 Usage: scripts/nvrtc-sass.py [OUT_PREFIX] [extra NVRTC options...]
   NVRTC_LIB: path of libnvrtc.so.13 (default: the copy .ci/run installs under .ci-cache/nvrtc)
+  PROGRAM:   gemm for the gate_up GEMM (default: the attention)
   NVDISASM:  path of nvdisasm (pip download nvidia-cuda-nvdisasm==13.*, unzip; default: on PATH)
 Writes OUT_PREFIX.cubin and OUT_PREFIX.sass (default /tmp/wg).
 """
@@ -18,9 +19,14 @@ nvrtc = ctypes.CDLL(lib)
 out = sys.argv[1] if len(sys.argv) > 1 else "/tmp/wg"
 extra = sys.argv[2:]
 k = f"{root}/kernels/cuda/"
-# The translation unit the server builds (kernels/src/cuda/nvrtc.rs, Program::AttentionWg).
-src = (open(k + "common.cuh").read() + '\n#line 1 "attention_prefill_wg.cu"\n'
-       + open(k + "prefill_common.cuh").read() + "\n" + open(k + "attention_prefill_wg.cu").read())
+# The translation unit the server builds (kernels/src/cuda/nvrtc.rs, Program::AttentionWg or
+# Program::GemmWg).
+if os.environ.get("PROGRAM") == "gemm":
+    parts = ["wgmma.cuh", "gemm_wg.cu"]
+else:
+    parts = ["prefill_common.cuh", "wgmma.cuh", "attention_prefill_wg.cu"]
+src = (open(k + "common.cuh").read() + f'\n#line 1 "{parts[-1]}"\n'
+       + "\n".join(open(k + f).read() for f in parts))
 prog = ctypes.c_void_p()
 assert nvrtc.nvrtcCreateProgram(ctypes.byref(prog), src.encode(), b"wg.cu", 0, None, None) == 0
 opts = [b"--gpu-architecture=sm_90a", b"--std=c++17", b"-default-device", b"--ptxas-options=-v"]

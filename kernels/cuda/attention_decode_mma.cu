@@ -170,7 +170,7 @@ __device__ __forceinline__ void dm_decode_body(const bf16_t* q, int q_stride, co
                 const float p0 = pf_ex2(fmaf(s[n][2 * h], sl2, nm));
                 const float p1 = pf_ex2(fmaf(s[n][2 * h + 1], sl2, nm));
                 rs += p0 + p1;
-                pk[n][h] = pf_pack(p0, p1);
+                pk[n][h] = pack_bf2(p0, p1);
             }
             l[h] += rs;
         }

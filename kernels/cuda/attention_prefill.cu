@@ -251,7 +251,7 @@ __device__ __forceinline__ void fa_prefill_body(
                         const float p0 = pf_ex2(fmaf(s[mt][n][2 * h], sl2, nm));
                         const float p1 = pf_ex2(fmaf(s[mt][n][2 * h + 1], sl2, nm));
                         rs += p0 + p1;
-                        pk[mt][n][h] = pf_pack(p0, p1);
+                        pk[mt][n][h] = pack_bf2(p0, p1);
                     }
                     l[i] += rs;
                 }

@@ -30,35 +30,6 @@
 #define WG_ROWS 128
 #define WG_KT 128
 
-// Makes this thread's completed cp.async writes visible to wgmma's (async proxy) reads.
-__device__ __forceinline__ void wg_fence_async() {
-    asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-}
-__device__ __forceinline__ void wg_fence() { asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory"); }
-__device__ __forceinline__ void wg_commit_mma() {
-    asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-}
-template <int N>
-__device__ __forceinline__ void wg_wait_mma() {
-    asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
-}
-// Keeps the compiler from moving accesses of an accumulator across the asynchronous wgmma.
-template <int N>
-__device__ __forceinline__ void wg_pin(float* d) {
-#pragma unroll
-    for (int i = 0; i < N; ++i) asm volatile("" : "+f"(d[i])::"memory");
-}
-template <int N>
-__device__ __forceinline__ void wg_pin_u(u32* d) {
-#pragma unroll
-    for (int i = 0; i < N; ++i) asm volatile("" : "+r"(d[i])::"memory");
-}
-// Shared-memory matrix descriptor, 128-byte swizzle: start address, leading and stride byte
-// offsets (16-byte units), swizzle mode 1 in bits 62-63.
-__device__ __forceinline__ u64 wg_desc(u32 addr, u32 lbo, u32 sbo) {
-    return (u64)((addr & 0x3FFFFu) >> 4) | ((u64)(lbo >> 4) << 16) | ((u64)(sbo >> 4) << 32) |
-           (1ull << 62);
-}
 // d (+)= A B: A [64][16] and B [16][128] from shared memory, both K-major; d = A B when
 // `acc` is 0.
 __device__ __forceinline__ void wg_mma_ss(float* d, u64 da, u64 db, int acc) {
@@ -325,7 +296,7 @@ __device__ __forceinline__ void wg_prefill_body(
 #pragma unroll
         for (int n = 0; n < KT / 8; ++n)
 #pragma unroll
-            for (int h = 0; h < 2; ++h) pk[2 * n + h] = pf_pack(s[4 * n + 2 * h], s[4 * n + 2 * h + 1]);
+            for (int h = 0; h < 2; ++h) pk[2 * n + h] = pack_bf2(s[4 * n + 2 * h], s[4 * n + 2 * h + 1]);
         pv_stage = it % NST;
     }
     if (ntiles > 0) {

@@ -60,6 +60,17 @@ __device__ __forceinline__ bf16_t f2bf(float f) {
     return (bf16_t)(u >> 16);
 }
 
+// bf16 pair {lo, hi} in one F2FP (round to nearest even, as f2bf for every finite value).
+__device__ __forceinline__ u32 pack_bf2(float lo, float hi) {
+#ifdef STRATA_CUDA_EMU
+    return (u32)f2bf(lo) | ((u32)f2bf(hi) << 16);
+#else
+    u32 r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+#endif
+}
+
 // Arithmetic that several programs must round (and contract to FMA) identically, so a fused
 // kernel equals the kernels it replaces bit for bit: bf16 pairs packed in a u32, 16-byte chunks
 // of 8 bf16 (the residual add, the sum of squares and the scaling of every RMSNorm), SiLU * up

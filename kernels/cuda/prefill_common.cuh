@@ -16,12 +16,6 @@ template <int N>
 __device__ __forceinline__ void pf_cp_wait() {
     asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
 }
-// bf16 pair {lo, hi} in one F2FP (round to nearest even, as f2bf for every finite value).
-__device__ __forceinline__ u32 pf_pack(float lo, float hi) {
-    u32 r;
-    asm("cvt.rn.bf16x2.f32 %0, %1, %2;\n" : "=r"(r) : "f"(hi), "f"(lo));
-    return r;
-}
 // 2^x in one MUFU.EX2 (flush-to-zero; 2^-inf = +0).
 __device__ __forceinline__ float pf_ex2(float x) {
     float y;
@@ -97,7 +91,7 @@ __device__ __forceinline__ void pf_store_row(const PfTile& t, int r, int tig, fl
         const float inv = l > 0.f ? 1.f / l : 0.f;
         bf16_t* orow = out + (u64)grow * out_stride + (u64)head * HD + tig * 2;
 #pragma unroll
-        for (int n = 0; n < HD / 8; ++n) *(u32*)(orow + n * 8) = pf_pack(o2(n, 0) * inv, o2(n, 1) * inv);
+        for (int n = 0; n < HD / 8; ++n) *(u32*)(orow + n * 8) = pack_bf2(o2(n, 0) * inv, o2(n, 1) * inv);
     } else {
         const u64 base = ((u64)t.split * total_rows + grow) * n_heads + head;
         float* pa = part_acc + base * HD + tig * 2;

@@ -941,7 +941,7 @@ impl CudaOps {
                     f,
                     self.ctx.stream().cu_stream(),
                     dims,
-                    Some(plan.cluster as u32),
+                    Some((1, 1, plan.cluster as u32)),
                     &args,
                 )
             }?;

@@ -105,12 +105,15 @@ pub enum QkvInput<'a> {
 /// side by side, through [`Gemm::set_fusion`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fusion {
-    /// The SiLU in gate_up's epilogue ([`Gemm::gate_silu_t1`]; off: staged in the down GEMV).
+    /// The SiLU in gate_up's epilogue ([`Gemm::gate_silu`]; off: staged in the down GEMV).
     GateSilu,
     /// RoPE and the K/V write in qkv's epilogue ([`Gemm::qkv_rope_t1`]; off: `rope_kv_write`).
     QkvRope,
     /// The input RMSNorm staged in the qkv GEMV ([`QkvInput::Norm`]; off: `rmsnorm` apart).
     QkvNorm,
+    /// Prefill-sized x: the SiLU in the wgmma gate_up GEMM's epilogue ([`Gemm::gate_silu`],
+    /// `gemm_wg.rs`, compute 9.0; off: cuBLAS and `silu_mul`).
+    GateGemm,
 }
 
 impl Fusion {
@@ -121,11 +124,17 @@ impl Fusion {
             Fusion::GateSilu => "gate_silu",
             Fusion::QkvRope => "qkv_rope",
             Fusion::QkvNorm => "qkv_norm",
+            Fusion::GateGemm => "gate_gemm",
         }
     }
 
     /// Every fusion, in [`Gemm::set_fusion`]'s table order.
-    pub const ALL: [Fusion; 3] = [Fusion::GateSilu, Fusion::QkvRope, Fusion::QkvNorm];
+    pub const ALL: [Fusion; 4] = [
+        Fusion::GateSilu,
+        Fusion::QkvRope,
+        Fusion::QkvNorm,
+        Fusion::GateGemm,
+    ];
 }
 
 /// Launch shape of the single-row GEMV kernels: one warp per output (8 per block of 256), the
@@ -168,7 +177,8 @@ pub struct Gemm {
     gemv_t1_qkv_rope_pipe: CudaFunction,
     rows: super::gemm_rows::FewRows,
     /// Which [`Fusion`]s run, indexed as `Fusion::ALL`.
-    fusions: [AtomicBool; 3],
+    fusions: [AtomicBool; 4],
+    gate_wg: Option<super::gemm_wg::GateGemm>,
     gemv_max_rows: usize,
     lt: Option<super::gemm_lt::GemmLt>,
     deterministic: bool,
@@ -193,6 +203,7 @@ impl Gemm {
         let gemv_t1_qkv_rope = ctx.function(Program::Gemv, "gemv_bf16_t1_qkv_rope")?;
         let gemv_t1_qkv_rope_pipe = ctx.function(Program::Gemv, "gemv_bf16_t1_qkv_rope_pipe")?;
         let rows = super::gemm_rows::FewRows::load(&ctx)?;
+        let gate_wg = super::gemm_wg::GateGemm::load(&ctx);
         let lt = match super::gemm_lt::GemmLt::new(ctx.clone()) {
             Ok(l) => Some(l),
             Err(e) => {
@@ -218,6 +229,7 @@ impl Gemm {
                 let off = std::env::var("STRATA_FUSION_OFF").unwrap_or_default();
                 Fusion::ALL.map(|f| AtomicBool::new(!off.split(',').any(|n| n.trim() == f.name())))
             },
+            gate_wg,
             lt,
             gemv_max_rows: 1,
             deterministic: false,
@@ -395,9 +407,28 @@ impl Gemm {
         Ok(true)
     }
 
-    /// Whether [`Gemm::gate_silu_t1`] runs for x [T, in] and the gate_up weight w [2 * inter,
-    /// in]: one row, not batch-invariant mode, aligned, in short enough to stage.
+    /// Whether [`Gemm::gate_silu`] runs for x [T, in] and the gate_up weight w [2 * inter,
+    /// in], outside batch-invariant mode: one row (or a few-row kernel's count), aligned, in
+    /// short enough to stage; or prefill-sized x on the wgmma GEMM (compute 9.0).
     pub fn gate_silu_applies(&self, x: &DTensor, w: &DTensor) -> bool {
+        self.gate_wg_applies(x, w) || self.gate_silu_rows_apply(x, w)
+    }
+
+    /// Whether prefill-sized gate_up + SiLU runs on the wgmma GEMM (`gemm_wg.rs`: compute 9.0,
+    /// loaded, not batch-invariant mode), for x of at least
+    /// [`super::gemm_wg::GATE_WG_MIN_ROWS`] rows.
+    pub fn has_gate_gemm(&self) -> bool {
+        self.gate_wg.is_some() && !self.deterministic
+    }
+
+    fn gate_wg_applies(&self, x: &DTensor, w: &DTensor) -> bool {
+        self.gate_wg.is_some()
+            && self.fused(Fusion::GateGemm)
+            && !self.deterministic
+            && super::gemm_wg::GateGemm::applies(x, w)
+    }
+
+    fn gate_silu_rows_apply(&self, x: &DTensor, w: &DTensor) -> bool {
         let k = w.shape().get(1).copied().unwrap_or(0);
         self.fused(Fusion::GateSilu)
             && !self.deterministic
@@ -410,11 +441,13 @@ impl Gemm {
             && w.ptr() % 16 == 0
     }
 
-    /// act = silu(x * gate^T) * (x * up^T) for a single row: w [2 * inter, in] is the gate_up
-    /// weight (gate rows first), act [1, inter] bf16, the down projection's input. One kernel
-    /// instead of the gate_up GEMV + silu_mul, bit for bit the same result. `Ok(false)` when
+    /// act = silu(x * gate^T) * (x * up^T): w [2 * inter, in] is the gate_up weight (gate rows
+    /// first), act [T, inter] bf16, the down projection's input. One kernel instead of the
+    /// gate_up GEMM + silu_mul: for one or a few rows the GEMV family's, bit for bit the same
+    /// result; for prefill-sized x the wgmma GEMM (`gemm_wg.rs`; gate and up rounded to bf16
+    /// before the SiLU as silu_mul sees them, the sums in its own order). `Ok(false)` when
     /// [`Gemm::gate_silu_applies`] does not hold: the caller runs `linear` and silu_mul instead.
-    pub fn gate_silu_t1(&self, x: &DTensor, w: &DTensor, act: &DTensor) -> Result<bool> {
+    pub fn gate_silu(&self, x: &DTensor, w: &DTensor, act: &DTensor) -> Result<bool> {
         for (n, t) in [("x", x), ("w", w), ("act", act)] {
             self.ctx.check_device(n, t)?;
         }
@@ -427,6 +460,12 @@ impl Gemm {
         w.expect("w", DType::Bf16, &[2 * inter, k])?;
         act.expect("act", DType::Bf16, &[t, inter])?;
         self.ctx.cuda().bind_to_thread()?;
+        if let (true, Some(g)) = (self.gate_wg_applies(x, w), &self.gate_wg) {
+            // SAFETY: applies() and the checks above: x t x k, w 2 inter x k, act t x inter
+            // bf16 on this GPU.
+            unsafe { g.launch(self.ctx.stream().cu_stream(), x, w, act) }?;
+            return Ok(true);
+        }
         if let Some(kern) = self.rows_pick(t, k) {
             let args = rows_args(x, w, act, t, inter, k);
             // SAFETY: shapes, dtypes and alignment checked above: x t x k, w 2 * inter x k, act

@@ -30,7 +30,7 @@ pub const ROWS_T: [usize; 3] = [2, 4, 8];
 /// Shared memory the mma few-row kernels may take: t rows of x at a stride of in + 32 bf16.
 pub const MMA_MAX_SMEM: usize = 200 << 10;
 
-/// Which few-row kernels `GemmPath::Auto`, `Gemm::gate_silu_t1` and `Gemm::qkv_rope_t1` run.
+/// Which few-row kernels `GemmPath::Auto`, `Gemm::gate_silu` and `Gemm::qkv_rope_t1` run.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum RowsMode {
     /// None: cuBLASLt and the unfused epilogues from 2 rows.

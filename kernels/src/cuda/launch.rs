@@ -30,7 +30,14 @@ pub enum Arg {
     I32(i32),
     /// A 32-bit float.
     F32(f32),
+    /// A TMA tensor map (CUtensorMap), passed by value (`const __grid_constant__ TmaMap`).
+    Map(TensorMap),
 }
+
+/// The 128 opaque bytes of a CUtensorMap, 64-byte aligned as the kernel parameter is.
+#[derive(Clone, Copy, Debug)]
+#[repr(C, align(64))]
+pub struct TensorMap(pub [u64; 16]);
 
 /// Grid, block and dynamic shared memory of a launch.
 #[derive(Clone, Copy, Debug)]
@@ -74,6 +81,40 @@ pub(crate) fn init_pdl(major: i32) {
     }
 }
 
+/// The launch attribute of thread-block clusters of (x, y, z) blocks.
+pub fn cluster_attr((x, y, z): (u32, u32, u32)) -> CUlaunchAttribute {
+    // SAFETY: CUlaunchAttributeValue is a plain C union; all-zero is valid for every member.
+    let mut value: CUlaunchAttributeValue = unsafe { std::mem::zeroed() };
+    value.clusterDim.x = x;
+    value.clusterDim.y = y;
+    value.clusterDim.z = z;
+    CUlaunchAttribute {
+        id: CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,
+        pad: [0; 4],
+        value,
+    }
+}
+
+/// The launch configuration of `dims` on `stream` with `attrs` (which must outlive its use).
+pub fn launch_config(
+    dims: Dims,
+    stream: CUstream,
+    attrs: &mut [CUlaunchAttribute],
+) -> CUlaunchConfig {
+    CUlaunchConfig {
+        gridDimX: dims.grid.0,
+        gridDimY: dims.grid.1,
+        gridDimZ: dims.grid.2,
+        blockDimX: dims.block,
+        blockDimY: 1,
+        blockDimZ: 1,
+        sharedMemBytes: dims.smem,
+        hStream: stream,
+        attrs: attrs.as_mut_ptr(),
+        numAttrs: attrs.len() as u32,
+    }
+}
+
 /// Launches `f` on `stream` with `args`.
 ///
 /// # Safety
@@ -85,8 +126,8 @@ pub unsafe fn launch(f: &CudaFunction, stream: CUstream, dims: Dims, args: &[Arg
     unsafe { launch_in_clusters(f, stream, dims, None, args) }
 }
 
-/// [`launch`] with the grid in thread-block clusters of `cluster` blocks along z (sm_90+; grid z
-/// must be a multiple of it), or none.
+/// [`launch`] with the grid in thread-block clusters of `cluster` = (x, y, z) blocks (sm_90+;
+/// each grid dimension a multiple of the cluster's), or none.
 ///
 /// # Safety
 /// `args` must match the kernel's parameter list in number, order and type, and every pointer
@@ -96,7 +137,7 @@ pub unsafe fn launch_in_clusters(
     f: &CudaFunction,
     stream: CUstream,
     dims: Dims,
-    cluster: Option<u32>,
+    cluster: Option<(u32, u32, u32)>,
     args: &[Arg],
 ) -> Result<()> {
     let mut vals: Vec<Arg> = args.to_vec();
@@ -106,6 +147,7 @@ pub unsafe fn launch_in_clusters(
             Arg::U64(v) => v as *mut u64 as *mut c_void,
             Arg::I32(v) => v as *mut i32 as *mut c_void,
             Arg::F32(v) => v as *mut f32 as *mut c_void,
+            Arg::Map(m) => m as *mut TensorMap as *mut c_void,
         })
         .collect();
     if dims.grid.0 == 0 || dims.grid.1 == 0 || dims.grid.2 == 0 {
@@ -135,29 +177,10 @@ pub unsafe fn launch_in_clusters(
                 value,
             });
         }
-        if let Some(z) = cluster {
-            let mut value: CUlaunchAttributeValue = std::mem::zeroed();
-            value.clusterDim.x = 1;
-            value.clusterDim.y = 1;
-            value.clusterDim.z = z;
-            attrs.push(CUlaunchAttribute {
-                id: CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,
-                pad: [0; 4],
-                value,
-            });
+        if let Some(c) = cluster {
+            attrs.push(cluster_attr(c));
         }
-        let cfg = CUlaunchConfig {
-            gridDimX: dims.grid.0,
-            gridDimY: dims.grid.1,
-            gridDimZ: dims.grid.2,
-            blockDimX: dims.block,
-            blockDimY: 1,
-            blockDimZ: 1,
-            sharedMemBytes: dims.smem,
-            hStream: stream,
-            attrs: attrs.as_mut_ptr(),
-            numAttrs: attrs.len() as u32,
-        };
+        let cfg = launch_config(dims, stream, &mut attrs);
         sys::cuLaunchKernelEx(
             &cfg,
             f.cu_function(),

@@ -418,7 +418,7 @@ impl LlamaModel {
             let gated = gemm.gate_silu_applies(&ws.h, &l.gate_up);
             if !skip("gate_up") {
                 if gated {
-                    gemm.gate_silu_t1(&ws.h, &l.gate_up, &ws.act)?;
+                    gemm.gate_silu(&ws.h, &l.gate_up, &ws.act)?;
                 } else {
                     gemm.linear(&ws.h, &l.gate_up, &ws.gu)?;
                 }

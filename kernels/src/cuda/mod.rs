@@ -21,6 +21,7 @@ pub mod gemm;
 pub mod gemm_det;
 pub mod gemm_lt;
 pub mod gemm_rows;
+pub mod gemm_wg;
 pub mod host_copy;
 pub mod info;
 pub mod ipc;

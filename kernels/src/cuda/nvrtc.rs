@@ -36,11 +36,14 @@ pub enum Program {
     /// The wgmma prefill attention (`paged_attention_wg_d128`): compiled for `sm_90a` only, on
     /// compute-9.0 devices ([`Program::arch_for`]).
     AttentionWg,
+    /// The wgmma + TMA gate_up GEMM with SiLU * up in its epilogue (`gemm_gate_silu_wg`):
+    /// `sm_90a` on compute-9.0 devices only, like [`Program::AttentionWg`].
+    GemmWg,
 }
 
 impl Program {
     /// Every program, for eager compilation and syntax checks.
-    pub const ALL: [Program; 7] = [
+    pub const ALL: [Program; 8] = [
         Program::Transfer,
         Program::Elementwise,
         Program::Attention,
@@ -48,6 +51,7 @@ impl Program {
         Program::Gemv,
         Program::BackendF32,
         Program::AttentionWg,
+        Program::GemmWg,
     ];
 
     /// The NVRTC architecture `program` is compiled for on a device of architecture
@@ -56,7 +60,9 @@ impl Program {
     /// compiled for the device's own architecture.
     pub fn arch_for(self, device_arch: &str) -> Option<String> {
         match self {
-            Program::AttentionWg => (device_arch == "sm_90").then(|| "sm_90a".to_string()),
+            Program::AttentionWg | Program::GemmWg => {
+                (device_arch == "sm_90").then(|| "sm_90a".to_string())
+            }
             _ => Some(device_arch.to_string()),
         }
     }
@@ -71,6 +77,7 @@ impl Program {
             Program::Gemv => "gemv.cu",
             Program::BackendF32 => "backend_f32.cu",
             Program::AttentionWg => "attention_prefill_wg.cu",
+            Program::GemmWg => "gemm_wg.cu",
         }
     }
 
@@ -102,7 +109,14 @@ impl Program {
             Program::AttentionWg => concat!(
                 include_str!("../../cuda/prefill_common.cuh"),
                 "\n",
+                include_str!("../../cuda/wgmma.cuh"),
+                "\n",
                 include_str!("../../cuda/attention_prefill_wg.cu")
+            ),
+            Program::GemmWg => concat!(
+                include_str!("../../cuda/wgmma.cuh"),
+                "\n",
+                include_str!("../../cuda/gemm_wg.cu")
             ),
         };
         format!("{COMMON}\n#line 1 \"{}\"\n{body}", self.name())

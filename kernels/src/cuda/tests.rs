@@ -48,7 +48,10 @@ fn nvrtc_programs_compile_where_nvrtc_exists() {
         return;
     }
     for p in Program::ALL {
-        if matches!(p, Program::Attention | Program::AttentionWg) {
+        if matches!(
+            p,
+            Program::Attention | Program::AttentionWg | Program::GemmWg
+        ) {
             continue;
         }
         let cubin = nvrtc::compile(p, "sm_90").unwrap_or_else(|e| panic!("{e}"));
@@ -87,6 +90,12 @@ fn nvrtc_programs_compile_where_nvrtc_exists() {
     assert!(cubin.len() > 100, "sm_90a: empty wgmma attention cubin");
     no_spills("sm_90a", &log, super::attention::WG_NAME);
     no_spills("sm_90a", &log, super::attention::WG_S_NAME);
+    assert!(!log.contains("serialized"), "wgmma serialized:\n{log}");
+    // The wgmma + TMA gate_up GEMM: the same conditions.
+    let (cubin, log) = nvrtc::compile_with(Program::GemmWg, "sm_90a", &["--ptxas-options=-v"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    assert!(cubin.len() > 100, "sm_90a: empty wgmma GEMM cubin");
+    no_spills("sm_90a", &log, super::gemm_wg::GATE_NAME);
     assert!(!log.contains("serialized"), "wgmma serialized:\n{log}");
 }
 

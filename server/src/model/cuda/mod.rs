@@ -478,8 +478,8 @@ impl CudaRunner {
                 }
                 _ => ops.rmsnorm(&a.y_o, Some(&a.resid), &l.post_norm, &a.h, eps)?,
             }
-            // One row: the SiLU in gate_up's epilogue (Gemm::gate_silu_t1), down a plain GEMV.
-            if gemm.gate_silu_t1(&a.h, &l.gate_up, &a.act)? {
+            // One row: the SiLU in gate_up's epilogue (Gemm::gate_silu), down a plain GEMV.
+            if gemm.gate_silu(&a.h, &l.gate_up, &a.act)? {
                 gemm.linear(&a.act, &l.down, &a.y)?;
             } else {
                 gemm.linear(&a.h, &l.gate_up, &a.gu)?;

@@ -197,7 +197,7 @@ pub fn run(
             // One row: the same graph with each single-row fusion turned off, side by side.
             if b == 1 {
                 use strata_kernels::cuda::Fusion;
-                for f in Fusion::ALL {
+                for f in Fusion::ALL.into_iter().filter(|f| *f != Fusion::GateGemm) {
                     gemm.set_fusion(f, false);
                     let apart = replay();
                     gemm.set_fusion(f, true);
@@ -207,6 +207,7 @@ pub fn run(
                             ("RoPE + K/V write in qkv's epilogue", "rope_kv_write apart")
                         }
                         Fusion::QkvNorm => ("the input norm staged in qkv", "rmsnorm apart"),
+                        Fusion::GateGemm => unreachable!("prefill only"),
                     };
                     if let (Some(a), Some(n)) = (graphed, apart?) {
                         summary.push(format!(
@@ -530,6 +531,24 @@ pub fn run(
                 None
             };
             summary.push(line + &format!(" (as planned {ms:.1} ms)"));
+            // The forward with gate_up + SiLU in the wgmma GEMM and with cuBLAS + silu_mul,
+            // alternated twice.
+            if gemm.has_gate_gemm() && t >= strata_kernels::cuda::gemm_wg::GATE_WG_MIN_ROWS {
+                use strata_kernels::cuda::Fusion;
+                let mut pair = Vec::new();
+                for on in [false, true, false, true] {
+                    gemm.set_fusion(Fusion::GateGemm, on);
+                    let f = gpu_ms(ops.context(), false, 1, 3, || {
+                        Ok(model.forward(ops, gemm, &ws, &input)?)
+                    });
+                    gemm.set_fusion(Fusion::GateGemm, true);
+                    pair.push(f?);
+                }
+                summary.push(format!(
+                    "  prefill {t} forward with gate_up + SiLU in the wgmma GEMM {:.1} / {:.1} ms, cuBLAS + silu_mul {:.1} / {:.1} ms (x{:.3})",
+                    pair[1], pair[3], pair[0], pair[2], (pair[1] + pair[3]) / (pair[0] + pair[2])
+                ));
+            }
             let layer_flops = attn / shape.layers as f64;
             let mut alone = serde_json::Map::new();
             let mut line = format!("  prefill {t} attention alone per layer:");
@@ -849,6 +868,32 @@ fn prefill_gemms(
             }
         } else {
             lt_total += ms * times as f64;
+        }
+        // gate_up with the SiLU in the wgmma GEMM's epilogue (compute 9.0) vs cuBLAS +
+        // silu_mul.
+        let act = c.alloc(bf, &[rows, s.inter])?;
+        if name == "gate_up" && gemm.gate_silu_applies(&x, &w) {
+            use strata_kernels::cuda::gemm_wg::set_gate_solo;
+            set_gate_solo(Some(true));
+            let solo = gpu_ms(c, false, 2, 10, || {
+                gemm.gate_silu(&x, &w, &act)?;
+                Ok(())
+            });
+            set_gate_solo(None);
+            let fused = gpu_ms(c, false, 2, 10, || {
+                gemm.gate_silu(&x, &w, &act)?;
+                Ok(())
+            })?;
+            line += &format!(" [+ SiLU without clusters: {:.3} ms]", solo?);
+            let apart = gpu_ms(c, false, 2, 10, || {
+                gemm.linear_with(&x, &w, &y, GemmPath::Cublas)?;
+                Ok(ops.silu_mul(&y, &act)?)
+            })?;
+            line += &format!(
+                " [+ SiLU: wgmma {fused:.3} ms ({:.0} TFLOP/s) vs cuBLAS + silu_mul {apart:.3} ms, x{:.3}]",
+                2.0 * (rows * n * k) as f64 / fused / 1e9,
+                fused / apart
+            );
         }
     }
     line += &format!(

@@ -337,7 +337,7 @@ pub fn gate_silu(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Result
         let gx = c.upload_bf16(&[1, k], &x)?;
         let gw = c.upload_bf16(&[2 * n, k], &w)?;
         let act = bf16_out(ops, &[1, n])?;
-        anyhow::ensure!(gemm.gate_silu_t1(&gx, &gw, &act)?, "shape {k}x{n} refused");
+        anyhow::ensure!(gemm.gate_silu(&gx, &gw, &act)?, "shape {k}x{n} refused");
         let got = c.download_f32(&act)?;
         let gu = r::round_bf16(&r::linear(&x, &w, k));
         let want = r::round_bf16(&r::silu_mul(&gu, n));
@@ -365,6 +365,89 @@ pub fn gate_silu(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Result
             "gemm",
             format!("gate_up+SiLU T1 in{k} inter{n} == GEMV + silu_mul"),
             diff,
+        );
+    }
+    Ok(())
+}
+
+/// The wgmma gate_up GEMM with the SiLU in its epilogue (prefill-sized x, compute 9.0) against
+/// silu_mul of the linear on the CPU (small shapes) and against the GPU path it replaces
+/// (cuBLAS + silu_mul; its sums run in another order, so not bit for bit: no element may differ
+/// by more than 1 % of the largest output), and the form without clusters bit for bit against
+/// the cluster form. Row counts off the 128-row tile, one and several
+/// groups of row tiles, the Llama-3.2-1B and -3.1-8B MLP shapes (the persistent loop over more
+/// tiles than SMs).
+pub fn gate_gemm(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Result<()> {
+    let c = ops.context();
+    if !gemm.has_gate_gemm() {
+        println!("gate_gemm: not on this GPU (compute 9.0 only); skipped");
+        return Ok(());
+    }
+    // (rows, in, inter); the CPU reference only where it is cheap.
+    for (t, k, n, cpu) in [
+        (256, 64, 128, true),
+        (300, 2048, 1024, true),
+        (2100, 1000, 256, true),
+        (2048, 2048, 8192, false),
+        (2048, 4096, 14336, false),
+        (8192, 4096, 14336, false),
+    ] {
+        let gx = c.alloc(strata_kernels::cuda::DType::Bf16, &[t, k])?;
+        let gw = c.alloc(strata_kernels::cuda::DType::Bf16, &[2 * n, k])?;
+        ops.fill_uniform(&gx, ck.rng.random(), 1.0)?;
+        ops.fill_uniform(&gw, ck.rng.random(), 2.0 / (k as f32).sqrt())?;
+        let act = bf16_out(ops, &[t, n])?;
+        anyhow::ensure!(gemm.gate_silu(&gx, &gw, &act)?, "{t}x{k} inter {n} refused");
+        let got = c.download_f32(&act)?;
+        // The form without clusters: the same sums, so the same bits.
+        strata_kernels::cuda::gemm_wg::set_gate_solo(Some(true));
+        let solo = bf16_out(ops, &[t, n])?;
+        let ran = gemm.gate_silu(&gx, &gw, &solo);
+        strata_kernels::cuda::gemm_wg::set_gate_solo(None);
+        anyhow::ensure!(ran?, "{t}x{k} inter {n} refused without clusters");
+        ck.exact(
+            "gemm",
+            format!("gate_up+SiLU wgmma {t}x{k} inter{n}: without clusters =="),
+            bit_diffs(&c.download_f32(&solo)?, &got),
+        );
+        if cpu {
+            let (x, w) = (c.download_f32(&gx)?, c.download_f32(&gw)?);
+            let gu = r::round_bf16(&r::linear(&x, &w, k));
+            let want = r::round_bf16(&r::silu_mul(&gu, n));
+            ck.rel(
+                "gemm",
+                format!("gate_up+SiLU wgmma {t}x{k} inter{n}"),
+                r::rel_err(&got, &want),
+                BF16_TOL,
+            );
+        }
+        let ggu = bf16_out(ops, &[t, 2 * n])?;
+        gemm.linear_with(&gx, &gw, &ggu, GemmPath::Cublas)?;
+        let unfused = bf16_out(ops, &[t, n])?;
+        ops.silu_mul(&ggu, &unfused)?;
+        let base = c.download_f32(&unfused)?;
+        let top = base.iter().fold(0f32, |m, v| m.max(v.abs()));
+        let far = got
+            .iter()
+            .zip(&base)
+            .filter(|(a, b)| {
+                // NaN counts as far.
+                !matches!(
+                    (*a - *b).abs().partial_cmp(&(0.01 * top)),
+                    Some(std::cmp::Ordering::Less | std::cmp::Ordering::Equal)
+                )
+            })
+            .count();
+        ck.rel(
+            "gemm",
+            format!("gate_up+SiLU wgmma {t}x{k} inter{n} vs cuBLAS"),
+            r::rel_err(&got, &base),
+            BF16_TOL,
+        );
+        ck.exact(
+            "gemm",
+            format!("gate_up+SiLU wgmma {t}x{k} inter{n}: > 1 % off cuBLAS"),
+            far,
         );
     }
     Ok(())

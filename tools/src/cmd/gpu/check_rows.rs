@@ -99,7 +99,7 @@ fn run(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker, exact: bool) -> anyhow::Res
         let (gx, gw) = (c.upload_bf16(&[t, k], &x)?, c.upload_bf16(&[2 * n, k], &w)?);
         let act = bf16_out(ops, &[t, n])?;
         anyhow::ensure!(
-            gemm.gate_silu_t1(&gx, &gw, &act)?,
+            gemm.gate_silu(&gx, &gw, &act)?,
             "few-row gate {t}x{k}x{n} refused"
         );
         let got = c.download_f32(&act)?;
@@ -107,7 +107,7 @@ fn run(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker, exact: bool) -> anyhow::Res
         for i in 0..t {
             let a1 = bf16_out(ops, &[1, n])?;
             anyhow::ensure!(
-                gemm.gate_silu_t1(&row(ops, &x, i, k)?, &gw, &a1)?,
+                gemm.gate_silu(&row(ops, &x, i, k)?, &gw, &a1)?,
                 "T1 gate refused"
             );
             one.extend(c.download_f32(&a1)?);

@@ -1,0 +1,200 @@
+// The gate_up projection with SiLU * up in its epilogue, on Hopper's tensor cores (sm_90a):
+// act [m, inter] = silu(x gate^T) * (x up^T) for x [m, k] bf16 and the gate_up weight w
+// [2 inter, k] bf16 (gate rows first, as the model stores it), f32 accumulation. One kernel
+// instead of a cuBLAS GEMM into gu [m, 2 inter] and silu_mul: the 2 inter-wide intermediate is
+// never written or read back (at 8K tokens of Llama-3.1-8B, 705 MB per layer).
+//
+// Persistent, in clusters of 2 blocks (one block per SM): a cluster walks pairs of output tiles
+// that share their weight rows (block rank r takes row tile 2 p + r), 128 rows x 128 outputs each
+// (gate rows n0.. and the up rows inter + n0.. of w: 256 weight rows), in groups of 8 pairs so the
+// clusters of a wave share x and w slices in L2. 384 threads = 3 warpgroups: warpgroup 0's first
+// thread is the producer: per 64-input stage, a TMA load of its block's x tile [128][64] and a
+// multicast one of half the weight rows (rank 0 the gate rows, rank 1 the up rows) into both
+// blocks (so each block reads 32 of the stage's 48 KB from L2), GW_ST shared stages in the
+// 128-byte swizzle, each stage's `full` mbarrier counting the bytes. Warpgroups 1 and 2 consume
+// (rows 64 (wg - 1) .. of the tile: 4 x wgmma m64n256k16 per stage, one group in flight); a
+// stage is handed back through the `empty` mbarrier of both blocks (a peer's multicast writes
+// it) once the wgmmas that read it are done. The epilogue rounds gate and up to bf16 (as the
+// GEMM would have written them) and stores bf16(silu(gate) * up) (gw_silu: a fast SiLU); the
+// producer meanwhile loads the next tile's stages.
+#define GW_THREADS 384
+#define GW_BM 128
+#define GW_BN 128
+#define GW_BK 64
+#define GW_ST 4
+#define GW_GROUP 8
+#define GW_A_BYTES (GW_BM * 128)
+#define GW_B_BYTES (2 * GW_BN * 128)
+#define GW_STAGE (GW_A_BYTES + GW_B_BYTES)
+
+// d (+)= A B: A [64][16] and B [16][256] from shared memory, both K-major; d = A B when `acc`
+// is 0.
+__device__ __forceinline__ void gw_mma(float* d, u64 da, u64 db, int acc) {
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %130, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n256k16.f32.bf16.bf16 {"
+        "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "
+        "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "
+        "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "
+        "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "
+        "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "
+        "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "
+        "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "
+        "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127"
+        "}, %128, %129, p, 1, 1, 0, 0;\n}\n"
+        :
+          "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3]), "+f"(d[4]), "+f"(d[5]), "+f"(d[6]), "+f"(d[7]),
+          "+f"(d[8]), "+f"(d[9]), "+f"(d[10]), "+f"(d[11]), "+f"(d[12]), "+f"(d[13]), "+f"(d[14]), "+f"(d[15]),
+          "+f"(d[16]), "+f"(d[17]), "+f"(d[18]), "+f"(d[19]), "+f"(d[20]), "+f"(d[21]), "+f"(d[22]), "+f"(d[23]),
+          "+f"(d[24]), "+f"(d[25]), "+f"(d[26]), "+f"(d[27]), "+f"(d[28]), "+f"(d[29]), "+f"(d[30]), "+f"(d[31]),
+          "+f"(d[32]), "+f"(d[33]), "+f"(d[34]), "+f"(d[35]), "+f"(d[36]), "+f"(d[37]), "+f"(d[38]), "+f"(d[39]),
+          "+f"(d[40]), "+f"(d[41]), "+f"(d[42]), "+f"(d[43]), "+f"(d[44]), "+f"(d[45]), "+f"(d[46]), "+f"(d[47]),
+          "+f"(d[48]), "+f"(d[49]), "+f"(d[50]), "+f"(d[51]), "+f"(d[52]), "+f"(d[53]), "+f"(d[54]), "+f"(d[55]),
+          "+f"(d[56]), "+f"(d[57]), "+f"(d[58]), "+f"(d[59]), "+f"(d[60]), "+f"(d[61]), "+f"(d[62]), "+f"(d[63]),
+          "+f"(d[64]), "+f"(d[65]), "+f"(d[66]), "+f"(d[67]), "+f"(d[68]), "+f"(d[69]), "+f"(d[70]), "+f"(d[71]),
+          "+f"(d[72]), "+f"(d[73]), "+f"(d[74]), "+f"(d[75]), "+f"(d[76]), "+f"(d[77]), "+f"(d[78]), "+f"(d[79]),
+          "+f"(d[80]), "+f"(d[81]), "+f"(d[82]), "+f"(d[83]), "+f"(d[84]), "+f"(d[85]), "+f"(d[86]), "+f"(d[87]),
+          "+f"(d[88]), "+f"(d[89]), "+f"(d[90]), "+f"(d[91]), "+f"(d[92]), "+f"(d[93]), "+f"(d[94]), "+f"(d[95]),
+          "+f"(d[96]), "+f"(d[97]), "+f"(d[98]), "+f"(d[99]), "+f"(d[100]), "+f"(d[101]), "+f"(d[102]), "+f"(d[103]),
+          "+f"(d[104]), "+f"(d[105]), "+f"(d[106]), "+f"(d[107]), "+f"(d[108]), "+f"(d[109]), "+f"(d[110]), "+f"(d[111]),
+          "+f"(d[112]), "+f"(d[113]), "+f"(d[114]), "+f"(d[115]), "+f"(d[116]), "+f"(d[117]), "+f"(d[118]), "+f"(d[119]),
+          "+f"(d[120]), "+f"(d[121]), "+f"(d[122]), "+f"(d[123]), "+f"(d[124]), "+f"(d[125]), "+f"(d[126]), "+f"(d[127])
+        : "l"(da), "l"(db), "r"(acc));
+}
+
+// SiLU in a few instructions (ex2 and a fast reciprocal; silu(g) -> 0 as g -> -inf): the
+// epilogue runs once per tile while the tensor cores wait, and silu_times' IEEE division and
+// accurate exp made it ~9 % of the kernel (55 instructions per output on the H200's SASS). Its
+// bf16 result differs from silu_mul's by at most one bf16 ulp, rarely.
+__device__ __forceinline__ float gw_silu(float g) { return __fdividef(g, 1.f + __expf(-g)); }
+
+// Pair t of the grouped order: pair of row tiles mi, output tile ni.
+__device__ __forceinline__ void gw_tile(int t, int tm, int tn, int& mi, int& ni) {
+    const int per = GW_GROUP * tn, grp = t / per, first = grp * GW_GROUP;
+    const int gm = min(GW_GROUP, tm - first), loc = t - grp * per;
+    mi = first + loc % gm;
+    ni = loc / gm;
+}
+
+// CL blocks per cluster (1: no cluster, each block loads its whole weight tile).
+template <int CL>
+__device__ __forceinline__ void gw_gate_silu(const TmaMap* xmap, const TmaMap* wmap, bf16_t* act, int m,
+                                             int inter, int k) {
+    extern __shared__ unsigned char gw_smem[];
+    const u32 base = ((u32)__cvta_generic_to_shared(gw_smem) + 1023u) & ~1023u;
+    const u32 full = base + GW_ST * GW_STAGE, empty = full + 8 * GW_ST;
+    const int tid = threadIdx.x, wg = tid >> 7;
+    const u32 rank = CL > 1 ? cluster_rank() : 0;
+    const int tm2 = (m + CL * GW_BM - 1) / (CL * GW_BM), tn = inter / GW_BN, pairs = tm2 * tn;
+    const int nk = (k + GW_BK - 1) / GW_BK;
+    const int cl = blockIdx.x / CL, ncl = gridDim.x / CL;
+    if (tid == 0) {
+        for (int s = 0; s < GW_ST; ++s) {
+            mb_init(full + 8 * s, 1);
+            mb_init(empty + 8 * s, 8 * CL);  // the 8 consumer warps of every block
+        }
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+    }
+    // Both blocks' barriers exist before either multicasts into the other.
+    if (CL > 1)
+        cluster_sync();
+    else
+        __syncthreads();
+    pdl_enter();
+    if (wg == 0) {
+        asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
+        if (tid == 0) {
+            int it = 0;
+            for (int p = cl; p < pairs; p += ncl) {
+                int mp, ni;
+                gw_tile(p, tm2, tn, mp, ni);
+                const int mi = CL * mp + (int)rank;
+                for (int kk = 0; kk < nk; ++kk, ++it) {
+                    const int s = it % GW_ST;
+                    mb_wait(empty + 8 * s, ((it / GW_ST) & 1) ^ 1);
+                    const u32 a = base + s * GW_STAGE, b = a + GW_A_BYTES, bar = full + 8 * s;
+                    mb_expect_tx(bar, GW_STAGE);
+                    tma_load_2d(a, xmap, kk * GW_BK, mi * GW_BM, bar);
+                    if (CL > 1) {
+                        tma_load_2d_mc(b + rank * GW_BN * 128, wmap, kk * GW_BK, (int)rank * inter + ni * GW_BN,
+                                       bar, 3);
+                    } else {
+                        tma_load_2d(b, wmap, kk * GW_BK, ni * GW_BN, bar);
+                        tma_load_2d(b + GW_BN * 128, wmap, kk * GW_BK, inter + ni * GW_BN, bar);
+                    }
+                }
+            }
+        }
+    } else {
+        asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
+        const int c = wg - 1, warp = (tid >> 5) & 3, lane = tid & 31, gid = lane >> 2, tig = lane & 3;
+        // Hands stage s back to both blocks' producers.
+        auto release = [&](int s) {
+            if (lane == 0) {
+                if (CL > 1) {
+                    mb_arrive_cluster(empty + 8 * s, 0);
+                    mb_arrive_cluster(empty + 8 * s, 1);
+                } else {
+                    mb_arrive(empty + 8 * s);
+                }
+            }
+        };
+        int it = 0;
+        for (int p = cl; p < pairs; p += ncl) {
+            int mp, ni;
+            gw_tile(p, tm2, tn, mp, ni);
+            const int mi = CL * mp + (int)rank;
+            // Per tile, so no accumulator value lives across tiles: the epilogue's bit operations
+            // would otherwise turn the loop-carried registers into integers, and the moves between
+            // the two kinds, reading registers a wgmma in flight writes, make ptxas wait for it.
+            float d[128];
+#pragma unroll
+            for (int i = 0; i < 128; ++i) d[i] = 0.f;
+            for (int kk = 0; kk < nk; ++kk, ++it) {
+                const int s = it % GW_ST;
+                mb_wait(full + 8 * s, (it / GW_ST) & 1);
+                const u32 a = base + s * GW_STAGE + c * 64 * 128, b = base + s * GW_STAGE + GW_A_BYTES;
+                const u64 da = wg_desc(a, 16, 1024), db = wg_desc(b, 16, 1024);
+                wg_fence();
+#pragma unroll
+                for (int j = 0; j < GW_BK / 16; ++j) gw_mma(d, da + 2 * j, db + 2 * j, kk > 0 || j > 0);
+                wg_commit_mma();
+                // The previous stage's wgmmas are done: hand it back.
+                wg_wait_mma<1>();
+                if (kk > 0) release((it + GW_ST - 1) % GW_ST);
+            }
+            wg_wait_mma<0>();
+            wg_pin<128>(d);
+            release((it + GW_ST - 1) % GW_ST);
+            // This thread holds rows r0 and r0 + 8, outputs 8 j + 2 tig (+1) of gate (j < 16) and
+            // up (j + 16).
+            const int r0 = mi * GW_BM + 64 * c + 16 * warp + gid;
+#pragma unroll
+            for (int h = 0; h < 2; ++h) {
+                const int r = r0 + 8 * h;
+                if (r >= m) continue;
+                bf16_t* out = act + (u64)r * inter + ni * GW_BN + 2 * tig;
+#pragma unroll
+                for (int j = 0; j < 16; ++j) {
+                    const u32 g = pack_bf2(d[4 * j + 2 * h], d[4 * j + 2 * h + 1]);
+                    const u32 u = pack_bf2(d[4 * (j + 16) + 2 * h], d[4 * (j + 16) + 2 * h + 1]);
+                    *(u32*)(out + 8 * j) = pack_bf2(gw_silu(bf_lo(g)) * bf_lo(u), gw_silu(bf_hi(g)) * bf_hi(u));
+                }
+            }
+        }
+    }
+    // Neither block leaves while the other may still arrive on its barriers.
+    if (CL > 1) cluster_sync();
+}
+
+// Dynamic shared memory: 1024 (alignment slack) + GW_ST * GW_STAGE + the 2 GW_ST mbarriers,
+// mirrored by kernels/src/cuda/gemm_wg.rs. The default is launched in clusters of 2 along x;
+// `_solo` (no cluster, every block loads its whole weight tile) is kept for A/B timing.
+#define GW_KERNEL(NAME, CL)                                                                                      \
+    extern "C" __global__ void __launch_bounds__(GW_THREADS, 1)                                                 \
+        NAME(const __grid_constant__ TmaMap xmap, const __grid_constant__ TmaMap wmap, bf16_t* act, int m,      \
+             int inter, int k) {                                                                                \
+        gw_gate_silu<CL>(&xmap, &wmap, act, m, inter, k);                                                       \
+    }
+GW_KERNEL(gemm_gate_silu_wg, 2)
+GW_KERNEL(gemm_gate_silu_wg_solo, 1)
