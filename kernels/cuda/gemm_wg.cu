@@ -76,16 +76,22 @@ __device__ __forceinline__ void gw_tile(int t, int tm, int tn, int& mi, int& ni)
     ni = loc / gm;
 }
 
-// CL blocks per cluster (1: no cluster, each block loads its whole weight tile).
-template <int CL>
-__device__ __forceinline__ void gw_gate_silu(const TmaMap* xmap, const TmaMap* wmap, bf16_t* act, int m,
-                                             int inter, int k) {
+// CL blocks per cluster (1: no cluster, each block loads its whole weight tile). GATE: the
+// gate_up form (n = inter outputs; a tile's weight rows are gate rows n0.. and up rows
+// inter + n0..); else the plain GEMM y [m, n] = x w^T (w [n, k], n a multiple of 256; a tile is
+// 256 consecutive weight rows and as many outputs).
+template <int CL, bool GATE>
+__device__ __forceinline__ void gw_gemm(const TmaMap* xmap, const TmaMap* wmap, bf16_t* act, int m, int inter,
+                                        int k) {
     extern __shared__ unsigned char gw_smem[];
     const u32 base = ((u32)__cvta_generic_to_shared(gw_smem) + 1023u) & ~1023u;
     const u32 full = base + GW_ST * GW_STAGE, empty = full + 8 * GW_ST;
     const int tid = threadIdx.x, wg = tid >> 7;
     const u32 rank = CL > 1 ? cluster_rank() : 0;
-    const int tm2 = (m + CL * GW_BM - 1) / (CL * GW_BM), tn = inter / GW_BN, pairs = tm2 * tn;
+    const int tm2 = (m + CL * GW_BM - 1) / (CL * GW_BM), tn = inter / (GATE ? GW_BN : 2 * GW_BN);
+    const int pairs = tm2 * tn;
+    // The first weight row of box h (of 2, GW_BN rows each) of output tile ni.
+    auto wrow = [&](int ni, int h) { return GATE ? h * inter + ni * GW_BN : (2 * ni + h) * GW_BN; };
     const int nk = (k + GW_BK - 1) / GW_BK;
     const int cl = blockIdx.x / CL, ncl = gridDim.x / CL;
     if (tid == 0) {
@@ -116,11 +122,10 @@ __device__ __forceinline__ void gw_gate_silu(const TmaMap* xmap, const TmaMap* w
                     mb_expect_tx(bar, GW_STAGE);
                     tma_load_2d(a, xmap, kk * GW_BK, mi * GW_BM, bar);
                     if (CL > 1) {
-                        tma_load_2d_mc(b + rank * GW_BN * 128, wmap, kk * GW_BK, (int)rank * inter + ni * GW_BN,
-                                       bar, 3);
+                        tma_load_2d_mc(b + rank * GW_BN * 128, wmap, kk * GW_BK, wrow(ni, rank), bar, 3);
                     } else {
-                        tma_load_2d(b, wmap, kk * GW_BK, ni * GW_BN, bar);
-                        tma_load_2d(b + GW_BN * 128, wmap, kk * GW_BK, inter + ni * GW_BN, bar);
+                        tma_load_2d(b, wmap, kk * GW_BK, wrow(ni, 0), bar);
+                        tma_load_2d(b + GW_BN * 128, wmap, kk * GW_BK, wrow(ni, 1), bar);
                     }
                 }
             }
@@ -166,19 +171,25 @@ __device__ __forceinline__ void gw_gate_silu(const TmaMap* xmap, const TmaMap* w
             wg_wait_mma<0>();
             wg_pin<128>(d);
             release((it + GW_ST - 1) % GW_ST);
-            // This thread holds rows r0 and r0 + 8, outputs 8 j + 2 tig (+1) of gate (j < 16) and
-            // up (j + 16).
+            // This thread holds rows r0 and r0 + 8, outputs 8 j + 2 tig (+1) of the tile's 256 weight
+            // rows: with GATE, gate (j < 16) and up (j + 16).
             const int r0 = mi * GW_BM + 64 * c + 16 * warp + gid;
 #pragma unroll
             for (int h = 0; h < 2; ++h) {
                 const int r = r0 + 8 * h;
                 if (r >= m) continue;
-                bf16_t* out = act + (u64)r * inter + ni * GW_BN + 2 * tig;
+                if (GATE) {
+                    bf16_t* out = act + (u64)r * inter + ni * GW_BN + 2 * tig;
 #pragma unroll
-                for (int j = 0; j < 16; ++j) {
-                    const u32 g = pack_bf2(d[4 * j + 2 * h], d[4 * j + 2 * h + 1]);
-                    const u32 u = pack_bf2(d[4 * (j + 16) + 2 * h], d[4 * (j + 16) + 2 * h + 1]);
-                    *(u32*)(out + 8 * j) = pack_bf2(gw_silu(bf_lo(g)) * bf_lo(u), gw_silu(bf_hi(g)) * bf_hi(u));
+                    for (int j = 0; j < 16; ++j) {
+                        const u32 g = pack_bf2(d[4 * j + 2 * h], d[4 * j + 2 * h + 1]);
+                        const u32 u = pack_bf2(d[4 * (j + 16) + 2 * h], d[4 * (j + 16) + 2 * h + 1]);
+                        *(u32*)(out + 8 * j) = pack_bf2(gw_silu(bf_lo(g)) * bf_lo(u), gw_silu(bf_hi(g)) * bf_hi(u));
+                    }
+                } else {
+                    bf16_t* out = act + (u64)r * inter + ni * 2 * GW_BN + 2 * tig;
+#pragma unroll
+                    for (int j = 0; j < 32; ++j) *(u32*)(out + 8 * j) = pack_bf2(d[4 * j + 2 * h], d[4 * j + 2 * h + 1]);
                 }
             }
         }
@@ -190,11 +201,14 @@ __device__ __forceinline__ void gw_gate_silu(const TmaMap* xmap, const TmaMap* w
 // Dynamic shared memory: 1024 (alignment slack) + GW_ST * GW_STAGE + the 2 GW_ST mbarriers,
 // mirrored by kernels/src/cuda/gemm_wg.rs. The default is launched in clusters of 2 along x;
 // `_solo` (no cluster, every block loads its whole weight tile) is kept for A/B timing.
-#define GW_KERNEL(NAME, CL)                                                                                      \
+// The plain GEMMs take y [m, n] for act and n for inter.
+#define GW_KERNEL(NAME, CL, GATE)                                                                                \
     extern "C" __global__ void __launch_bounds__(GW_THREADS, 1)                                                 \
         NAME(const __grid_constant__ TmaMap xmap, const __grid_constant__ TmaMap wmap, bf16_t* act, int m,      \
              int inter, int k) {                                                                                \
-        gw_gate_silu<CL>(&xmap, &wmap, act, m, inter, k);                                                       \
+        gw_gemm<CL, GATE>(&xmap, &wmap, act, m, inter, k);                                                      \
     }
-GW_KERNEL(gemm_gate_silu_wg, 2)
-GW_KERNEL(gemm_gate_silu_wg_solo, 1)
+GW_KERNEL(gemm_gate_silu_wg, 2, true)
+GW_KERNEL(gemm_gate_silu_wg_solo, 1, true)
+GW_KERNEL(gemm_bf16_wg, 2, false)
+GW_KERNEL(gemm_bf16_wg_solo, 1, false)

@@ -53,6 +53,9 @@ pub enum GemmPath {
     GemvRows,
     /// The mma few-row kernel (2-8 rows, `gemm_rows.rs`; `Auto` runs it only in `RowsMode::Mma`).
     GemvMma,
+    /// The wgmma + TMA GEMM (`gemm_wg.rs`, compute 9.0; prefill-sized x, bf16 y, out a
+    /// multiple of 256).
+    Wgmma,
 }
 
 /// Most rows `GemmPath::Auto` sends to cuBLASLt (decode batches).
@@ -178,7 +181,7 @@ pub struct Gemm {
     rows: super::gemm_rows::FewRows,
     /// Which [`Fusion`]s run, indexed as `Fusion::ALL`.
     fusions: [AtomicBool; 4],
-    gate_wg: Option<super::gemm_wg::GateGemm>,
+    wg: Option<super::gemm_wg::WgGemm>,
     gemv_max_rows: usize,
     lt: Option<super::gemm_lt::GemmLt>,
     deterministic: bool,
@@ -203,7 +206,7 @@ impl Gemm {
         let gemv_t1_qkv_rope = ctx.function(Program::Gemv, "gemv_bf16_t1_qkv_rope")?;
         let gemv_t1_qkv_rope_pipe = ctx.function(Program::Gemv, "gemv_bf16_t1_qkv_rope_pipe")?;
         let rows = super::gemm_rows::FewRows::load(&ctx)?;
-        let gate_wg = super::gemm_wg::GateGemm::load(&ctx);
+        let wg = super::gemm_wg::WgGemm::load(&ctx);
         let lt = match super::gemm_lt::GemmLt::new(ctx.clone()) {
             Ok(l) => Some(l),
             Err(e) => {
@@ -229,7 +232,7 @@ impl Gemm {
                 let off = std::env::var("STRATA_FUSION_OFF").unwrap_or_default();
                 Fusion::ALL.map(|f| AtomicBool::new(!off.split(',').any(|n| n.trim() == f.name())))
             },
-            gate_wg,
+            wg,
             lt,
             gemv_max_rows: 1,
             deterministic: false,
@@ -418,14 +421,14 @@ impl Gemm {
     /// loaded, not batch-invariant mode), for x of at least
     /// [`super::gemm_wg::GATE_WG_MIN_ROWS`] rows.
     pub fn has_gate_gemm(&self) -> bool {
-        self.gate_wg.is_some() && !self.deterministic
+        self.wg.is_some() && !self.deterministic
     }
 
     fn gate_wg_applies(&self, x: &DTensor, w: &DTensor) -> bool {
-        self.gate_wg.is_some()
+        self.wg.is_some()
             && self.fused(Fusion::GateGemm)
             && !self.deterministic
-            && super::gemm_wg::GateGemm::applies(x, w)
+            && super::gemm_wg::WgGemm::applies(x, w)
     }
 
     fn gate_silu_rows_apply(&self, x: &DTensor, w: &DTensor) -> bool {
@@ -460,10 +463,11 @@ impl Gemm {
         w.expect("w", DType::Bf16, &[2 * inter, k])?;
         act.expect("act", DType::Bf16, &[t, inter])?;
         self.ctx.cuda().bind_to_thread()?;
-        if let (true, Some(g)) = (self.gate_wg_applies(x, w), &self.gate_wg) {
+        if let (true, Some(g)) = (self.gate_wg_applies(x, w), &self.wg) {
             // SAFETY: applies() and the checks above: x t x k, w 2 inter x k, act t x inter
             // bf16 on this GPU.
-            unsafe { g.launch(self.ctx.stream().cu_stream(), x, w, act) }?;
+            let kind = super::gemm_wg::WgKind::GateSilu;
+            unsafe { g.launch(self.ctx.stream().cu_stream(), kind, x, w, act) }?;
             return Ok(true);
         }
         if let Some(kern) = self.rows_pick(t, k) {
@@ -677,6 +681,14 @@ impl Gemm {
             GemmPath::Auto if gemv_ok && t <= self.gemv_max_rows && k <= GEMV_MAX_IN => {
                 GemmPath::Gemv
             }
+            GemmPath::Auto
+                if self.wg.is_some()
+                    && super::gemm_wg::plain_auto()
+                    && y.dtype() == DType::Bf16
+                    && super::gemm_wg::WgGemm::applies(x, w) =>
+            {
+                GemmPath::Wgmma
+            }
             GemmPath::Auto if t > self.gemv_max_rows && t <= LT_MAX_ROWS && self.lt.is_some() => {
                 GemmPath::CublasLt
             }
@@ -745,6 +757,20 @@ impl Gemm {
                     &args,
                 )
             };
+        }
+        if path == GemmPath::Wgmma {
+            use super::gemm_wg::{WgGemm, WgKind};
+            let wg = self.wg.as_ref().ok_or(CudaError::MissingLibrary(
+                "the wgmma GEMM (compute 9.0 only)",
+            ))?;
+            ensure(WgGemm::applies(x, w) && y.dtype() == DType::Bf16, || {
+                format!(
+                        "wgmma GEMM needs >= {} rows, out % 256 == 0, in % 8 == 0, bf16 y (T {t}, out {n_out}, in {k})",
+                        super::gemm_wg::GATE_WG_MIN_ROWS
+                    )
+            })?;
+            // SAFETY: applies() and the checks above: x [t, k], w [n_out, k], y [t, n_out] bf16.
+            return unsafe { wg.launch(self.ctx.stream().cu_stream(), WgKind::Plain, x, w, y) };
         }
         if path == GemmPath::Gemv {
             ensure(gemv_ok, || {

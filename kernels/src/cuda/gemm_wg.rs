@@ -1,14 +1,16 @@
-//! The gate_up GEMM with SiLU * up in its epilogue on Hopper (`gemm_gate_silu_wg`,
-//! kernels/cuda/gemm_wg.cu: wgmma + TMA multicast, persistent, clusters of 2 blocks sharing
-//! weight tiles, one block per SM): act = silu(x gate^T) *
-//! (x up^T) for prefill-sized x, in place of cuBLAS into gu [T, 2 inter] and `silu_mul`. The
-//! intermediate is never written (at 8K tokens of the 8B shape 705 MB of traffic per layer).
+//! Hopper GEMMs of our own (kernels/cuda/gemm_wg.cu: wgmma + TMA multicast, persistent,
+//! clusters of 2 blocks sharing weight tiles, one block per SM), for prefill-sized x:
+//! - `gemm_gate_silu_wg`: the gate_up projection with SiLU * up in its epilogue, act =
+//!   silu(x gate^T) * (x up^T), in place of cuBLAS into gu [T, 2 inter] and `silu_mul`: the
+//!   intermediate is never written (at 8K tokens of the 8B shape 705 MB of traffic per layer).
+//! - `gemm_bf16_wg`: the plain y = x w^T (bf16 out), timed beside cuBLAS (`GemmPath::Wgmma`).
 //!
-//! Loaded only on compute-9.0 devices (its program is sm_90a); [`GateGemm::applies`] sends x of
-//! at least [`GATE_WG_MIN_ROWS`] rows to it when the shape tiles (inter a multiple of 128, in a
-//! multiple of 8, 16-byte aligned operands). `STRATA_FUSION_OFF=gate_gemm` turns it off;
-//! `STRATA_GATE_GEMM=solo` (or [`set_gate_solo`]) runs the form without clusters, where every
-//! block loads its whole weight tile.
+//! Loaded only on compute-9.0 devices (the program is sm_90a); [`WgGemm::applies`] holds for x of
+//! at least [`GATE_WG_MIN_ROWS`] rows when the shape tiles (gate_up: inter a multiple of 128;
+//! plain: out a multiple of 256; in a multiple of 8, 16-byte aligned operands).
+//! `STRATA_FUSION_OFF=gate_gemm` keeps gate_up on cuBLAS; `STRATA_GATE_GEMM=solo` (or
+//! [`set_gate_solo`]) runs the forms without clusters, where every block loads its whole weight
+//! tile.
 
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
@@ -25,10 +27,23 @@ use super::launch::{cluster_attr, launch_config, launch_in_clusters, Arg, Dims, 
 use super::nvrtc::Program;
 use super::tensor::DTensor;
 
-/// The kernel's name in its program.
-pub const GATE_NAME: &str = "gemm_gate_silu_wg";
-/// The form without clusters (A/B timing).
-pub const GATE_SOLO_NAME: &str = "gemm_gate_silu_wg_solo";
+/// The kernels' names in their program: (kind, clusters of 2) first, then the forms without
+/// clusters (A/B timing).
+pub const NAMES: [&str; 4] = [
+    "gemm_gate_silu_wg",
+    "gemm_bf16_wg",
+    "gemm_gate_silu_wg_solo",
+    "gemm_bf16_wg_solo",
+];
+
+/// What a launch computes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WgKind {
+    /// act [T, inter] = silu(x gate^T) * (x up^T) for the gate_up weight [2 inter, in].
+    GateSilu,
+    /// y [T, out] = x w^T, bf16.
+    Plain,
+}
 
 /// 0: from `STRATA_GATE_GEMM` (default the cluster form), 1: cluster form, 2: solo form.
 static FORM: AtomicU8 = AtomicU8::new(0);
@@ -44,6 +59,25 @@ pub fn set_gate_solo(solo: Option<bool>) {
         },
         Ordering::Relaxed,
     );
+}
+
+/// Whether `GemmPath::Auto` sends prefill-sized plain GEMMs here (off unless
+/// `STRATA_WG_GEMM=1` or [`set_plain_auto`]; cuBLAS otherwise).
+static PLAIN_AUTO: AtomicU8 = AtomicU8::new(0);
+
+/// Turns the plain wgmma GEMM on (true) or off (false) for `GemmPath::Auto`, or back to the
+/// environment's choice (None).
+pub fn set_plain_auto(on: Option<bool>) {
+    PLAIN_AUTO.store(on.map_or(0, |o| 1 + o as u8), Ordering::Relaxed);
+}
+
+/// See [`set_plain_auto`].
+pub fn plain_auto() -> bool {
+    match PLAIN_AUTO.load(Ordering::Relaxed) {
+        1 => false,
+        2 => true,
+        _ => std::env::var("STRATA_WG_GEMM").is_ok_and(|v| v == "1"),
+    }
 }
 
 fn solo() -> bool {
@@ -78,15 +112,14 @@ struct Form {
     clusters: usize,
 }
 
-/// The loaded kernel, both forms.
-pub struct GateGemm {
-    pair: Form,
-    solo: Form,
+/// The loaded kernels: [`NAMES`]' order.
+pub struct WgGemm {
+    forms: Vec<Form>,
 }
 
-impl GateGemm {
-    /// The kernel on a compute-9.0 device; None elsewhere, or (logged) where it did not compile
-    /// or load.
+impl WgGemm {
+    /// The kernels on a compute-9.0 device; None elsewhere, or (logged) where they did not
+    /// compile or load.
     pub fn load(ctx: &Arc<GpuContext>) -> Option<Self> {
         Program::GemmWg.arch_for(ctx.arch())?;
         let form = |name: &str, cluster: u32| -> Result<Form> {
@@ -108,52 +141,64 @@ impl GateGemm {
                 clusters,
             })
         };
-        match form(GATE_NAME, 2).and_then(|pair| Ok((pair, form(GATE_SOLO_NAME, 1)?))) {
-            Ok((pair, solo)) => Some(Self { pair, solo }),
+        let forms = NAMES
+            .iter()
+            .enumerate()
+            .map(|(i, name)| form(name, if i < 2 { 2 } else { 1 }))
+            .collect::<Result<Vec<_>>>();
+        match forms {
+            Ok(forms) => Some(Self { forms }),
             Err(e) => {
-                tracing::warn!("{GATE_NAME} not loaded: {e}; gate_up runs on cuBLAS + silu_mul");
+                tracing::warn!("wgmma GEMMs not loaded: {e}; prefill GEMMs stay on cuBLAS");
                 None
             }
         }
     }
 
-    /// Whether x [t, k] and the gate_up weight w [2 inter, k] fit the kernel.
+    /// Whether x [t, k] and w ([2 inter, k] for `GateSilu`, [out, k] for `Plain`) fit: both
+    /// need w's rows in whole tiles of 256.
     pub fn applies(x: &DTensor, w: &DTensor) -> bool {
-        let (Some(&t), [n2, k]) = (x.shape().first(), w.shape()) else {
+        let (Some(&t), [n, k]) = (x.shape().first(), w.shape()) else {
             return false;
         };
         t >= GATE_WG_MIN_ROWS
             && x.shape() == [t, *k]
-            && n2 % (2 * BN) == 0
+            && n % (2 * BN) == 0
             && k % 8 == 0
             && x.ptr() % 16 == 0
             && w.ptr() % 16 == 0
     }
 
-    /// act [t, inter] = silu(x gate^T) * (x up^T).
+    /// `kind` of x [t, k] and w into y ([t, inter] or [t, out]).
     ///
     /// # Safety
-    /// [`GateGemm::applies`] holds, x is [t, k], w [2 inter, k] and act [t, inter], all bf16 on
-    /// this kernel's GPU (the caller checks dtypes, shapes and devices).
+    /// [`WgGemm::applies`] holds and y has the kind's shape, all bf16 on this kernel's GPU (the
+    /// caller checks dtypes, shapes and devices).
     pub unsafe fn launch(
         &self,
         stream: sys::CUstream,
+        kind: WgKind,
         x: &DTensor,
         w: &DTensor,
-        act: &DTensor,
+        y: &DTensor,
     ) -> Result<()> {
-        let (t, k, inter) = (x.shape()[0], w.shape()[1], w.shape()[0] / 2);
+        let (t, k, rows) = (x.shape()[0], w.shape()[1], w.shape()[0]);
+        // Outputs and outputs per tile.
+        let (n, per_tile) = match kind {
+            WgKind::GateSilu => (rows / 2, BN),
+            WgKind::Plain => (rows, 2 * BN),
+        };
         let xmap = tensor_map(x.ptr(), t, k, BM)?;
-        let wmap = tensor_map(w.ptr(), 2 * inter, k, BN)?;
-        let form = if solo() { &self.solo } else { &self.pair };
-        let groups = t.div_ceil(form.cluster as usize * BM) * (inter / BN);
+        let wmap = tensor_map(w.ptr(), rows, k, BN)?;
+        let form = &self.forms[(kind == WgKind::Plain) as usize + 2 * solo() as usize];
+        let groups = t.div_ceil(form.cluster as usize * BM) * (n / per_tile);
         let dims = dims(groups.min(form.clusters) as u32, form.cluster);
         let args = [
             Arg::Map(xmap),
             Arg::Map(wmap),
-            Arg::U64(act.ptr()),
+            Arg::U64(y.ptr()),
             Arg::I32(t as i32),
-            Arg::I32(inter as i32),
+            Arg::I32(n as i32),
             Arg::I32(k as i32),
         ];
         // SAFETY: the caller guarantees the tensors; the maps cover exactly x and w.

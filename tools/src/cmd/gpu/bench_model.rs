@@ -548,6 +548,21 @@ pub fn run(
                     "  prefill {t} forward with gate_up + SiLU in the wgmma GEMM {:.1} / {:.1} ms, cuBLAS + silu_mul {:.1} / {:.1} ms (x{:.3})",
                     pair[1], pair[3], pair[0], pair[2], (pair[1] + pair[3]) / (pair[0] + pair[2])
                 ));
+                // Every projection on the wgmma GEMMs, alternated with the default twice.
+                use strata_kernels::cuda::gemm_wg::set_plain_auto;
+                let mut all = Vec::new();
+                for on in [true, false, true, false] {
+                    set_plain_auto(Some(on));
+                    let f = gpu_ms(ops.context(), false, 1, 3, || {
+                        Ok(model.forward(ops, gemm, &ws, &input)?)
+                    });
+                    set_plain_auto(None);
+                    all.push(f?);
+                }
+                summary.push(format!(
+                    "  prefill {t} forward with every projection on the wgmma GEMMs {:.1} / {:.1} ms, qkv / o / down on cuBLAS {:.1} / {:.1} ms (x{:.3})",
+                    all[0], all[2], all[1], all[3], (all[0] + all[2]) / (all[1] + all[3])
+                ));
             }
             let layer_flops = attn / shape.layers as f64;
             let mut alone = serde_json::Map::new();
@@ -868,6 +883,17 @@ fn prefill_gemms(
             }
         } else {
             lt_total += ms * times as f64;
+        }
+        // The plain wgmma GEMM (compute 9.0).
+        if rows > 1
+            && gemm.has_gate_gemm()
+            && (n % 256 == 0)
+            && rows >= strata_kernels::cuda::gemm_wg::GATE_WG_MIN_ROWS
+        {
+            let wg = gpu_ms(c, false, 2, 10, || {
+                Ok(gemm.linear_with(&x, &w, &y, GemmPath::Wgmma)?)
+            })?;
+            line += &format!(" [wgmma {wg:.3} ms, x{:.3}]", wg / ms);
         }
         // gate_up with the SiLU in the wgmma GEMM's epilogue (compute 9.0) vs cuBLAS +
         // silu_mul.

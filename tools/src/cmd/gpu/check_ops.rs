@@ -450,6 +450,41 @@ pub fn gate_gemm(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Result
             far,
         );
     }
+    // The plain form against cuBLAS (same sums in the same order: bit for bit is expected, a
+    // relative bound is asserted), both forms: Llama-3.2-1B qkv, -3.1-8B qkv / o / down, rows
+    // off the tile.
+    for (t, k, n) in [
+        (300, 2048, 3072),
+        (2048, 4096, 6144),
+        (2100, 4096, 4096),
+        (8192, 14336, 4096),
+    ] {
+        let gx = c.alloc(strata_kernels::cuda::DType::Bf16, &[t, k])?;
+        let gw = c.alloc(strata_kernels::cuda::DType::Bf16, &[n, k])?;
+        ops.fill_uniform(&gx, ck.rng.random(), 1.0)?;
+        ops.fill_uniform(&gw, ck.rng.random(), 2.0 / (k as f32).sqrt())?;
+        let base = bf16_out(ops, &[t, n])?;
+        gemm.linear_with(&gx, &gw, &base, GemmPath::Cublas)?;
+        let base = c.download_f32(&base)?;
+        for solo in [false, true] {
+            strata_kernels::cuda::gemm_wg::set_gate_solo(Some(solo));
+            let y = bf16_out(ops, &[t, n])?;
+            let ran = gemm.linear_with(&gx, &gw, &y, GemmPath::Wgmma);
+            strata_kernels::cuda::gemm_wg::set_gate_solo(None);
+            ran?;
+            let form = if solo {
+                "without clusters"
+            } else {
+                "clusters of 2"
+            };
+            ck.rel(
+                "gemm",
+                format!("wgmma GEMM {t}x{k} out{n} ({form}) vs cuBLAS"),
+                r::rel_err(&c.download_f32(&y)?, &base),
+                BF16_TOL,
+            );
+        }
+    }
     Ok(())
 }
 
