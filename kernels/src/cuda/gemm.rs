@@ -417,17 +417,16 @@ impl Gemm {
         self.gate_wg_applies(x, w) || self.gate_silu_rows_apply(x, w)
     }
 
-    /// Whether prefill-sized gate_up + SiLU runs on the wgmma GEMM (`gemm_wg.rs`: compute 9.0,
-    /// loaded, not batch-invariant mode), for x of at least
-    /// [`super::gemm_wg::GATE_WG_MIN_ROWS`] rows.
-    pub fn has_gate_gemm(&self) -> bool {
+    /// Whether the wgmma GEMMs run (`gemm_wg.rs`: compute 9.0, loaded, not batch-invariant
+    /// mode): prefill-sized gate_up + SiLU, for x of at least
+    /// [`super::gemm_wg::GATE_WG_MIN_ROWS`] rows, and `GemmPath::Wgmma`.
+    pub fn has_wg_gemm(&self) -> bool {
         self.wg.is_some() && !self.deterministic
     }
 
     fn gate_wg_applies(&self, x: &DTensor, w: &DTensor) -> bool {
-        self.wg.is_some()
+        self.has_wg_gemm()
             && self.fused(Fusion::GateGemm)
-            && !self.deterministic
             && super::gemm_wg::WgGemm::applies(x, w)
     }
 

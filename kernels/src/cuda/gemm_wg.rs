@@ -45,47 +45,57 @@ pub enum WgKind {
     Plain,
 }
 
-/// 0: from `STRATA_GATE_GEMM` (default the cluster form), 1: cluster form, 2: solo form.
-static FORM: AtomicU8 = AtomicU8::new(0);
+/// A choice forced on or off (A/B timing), else read from an environment variable.
+struct Switch {
+    /// 0: the environment's, 1: off, 2: on.
+    forced: AtomicU8,
+    var: &'static str,
+    on: &'static str,
+}
 
-/// Forces the form without clusters (true), the cluster form (false), or back to the
+impl Switch {
+    const fn new(var: &'static str, on: &'static str) -> Self {
+        Self {
+            forced: AtomicU8::new(0),
+            var,
+            on,
+        }
+    }
+
+    fn set(&self, v: Option<bool>) {
+        self.forced
+            .store(v.map_or(0, |o| 1 + o as u8), Ordering::Relaxed);
+    }
+
+    fn get(&self) -> bool {
+        match self.forced.load(Ordering::Relaxed) {
+            1 => false,
+            2 => true,
+            _ => std::env::var(self.var).is_ok_and(|v| v == self.on),
+        }
+    }
+}
+
+/// The forms without clusters (default: the cluster forms).
+static SOLO: Switch = Switch::new("STRATA_GATE_GEMM", "solo");
+/// `GemmPath::Auto` sends prefill-sized plain GEMMs here (default: cuBLAS).
+static PLAIN_AUTO: Switch = Switch::new("STRATA_WG_GEMM", "1");
+
+/// Forces the forms without clusters (true), the cluster forms (false), or back to the
 /// environment's choice (None), for later launches.
 pub fn set_gate_solo(solo: Option<bool>) {
-    FORM.store(
-        match solo {
-            None => 0,
-            Some(false) => 1,
-            Some(true) => 2,
-        },
-        Ordering::Relaxed,
-    );
+    SOLO.set(solo);
 }
-
-/// Whether `GemmPath::Auto` sends prefill-sized plain GEMMs here (off unless
-/// `STRATA_WG_GEMM=1` or [`set_plain_auto`]; cuBLAS otherwise).
-static PLAIN_AUTO: AtomicU8 = AtomicU8::new(0);
 
 /// Turns the plain wgmma GEMM on (true) or off (false) for `GemmPath::Auto`, or back to the
-/// environment's choice (None).
+/// environment's choice (None, `STRATA_WG_GEMM=1`).
 pub fn set_plain_auto(on: Option<bool>) {
-    PLAIN_AUTO.store(on.map_or(0, |o| 1 + o as u8), Ordering::Relaxed);
+    PLAIN_AUTO.set(on);
 }
 
-/// See [`set_plain_auto`].
+/// Whether `GemmPath::Auto` runs prefill-sized plain GEMMs here (see [`set_plain_auto`]).
 pub fn plain_auto() -> bool {
-    match PLAIN_AUTO.load(Ordering::Relaxed) {
-        1 => false,
-        2 => true,
-        _ => std::env::var("STRATA_WG_GEMM").is_ok_and(|v| v == "1"),
-    }
-}
-
-fn solo() -> bool {
-    match FORM.load(Ordering::Relaxed) {
-        1 => false,
-        2 => true,
-        _ => std::env::var("STRATA_GATE_GEMM").is_ok_and(|v| v == "solo"),
-    }
+    PLAIN_AUTO.get()
 }
 
 /// Fewest x rows sent to the kernel (its tiles are 128 rows; fewer rows go to cuBLAS).
@@ -190,7 +200,7 @@ impl WgGemm {
         };
         let xmap = tensor_map(x.ptr(), t, k, BM)?;
         let wmap = tensor_map(w.ptr(), rows, k, BN)?;
-        let form = &self.forms[(kind == WgKind::Plain) as usize + 2 * solo() as usize];
+        let form = &self.forms[(kind == WgKind::Plain) as usize + 2 * SOLO.get() as usize];
         let groups = t.div_ceil(form.cluster as usize * BM) * (n / per_tile);
         let dims = dims(groups.min(form.clusters) as u32, form.cluster);
         let args = [

@@ -531,37 +531,41 @@ pub fn run(
                 None
             };
             summary.push(line + &format!(" (as planned {ms:.1} ms)"));
-            // The forward with gate_up + SiLU in the wgmma GEMM and with cuBLAS + silu_mul,
-            // alternated twice.
-            if gemm.has_gate_gemm() && t >= strata_kernels::cuda::gemm_wg::GATE_WG_MIN_ROWS {
-                use strata_kernels::cuda::Fusion;
-                let mut pair = Vec::new();
-                for on in [false, true, false, true] {
-                    gemm.set_fusion(Fusion::GateGemm, on);
-                    let f = gpu_ms(ops.context(), false, 1, 3, || {
-                        Ok(model.forward(ops, gemm, &ws, &input)?)
-                    });
-                    gemm.set_fusion(Fusion::GateGemm, true);
-                    pair.push(f?);
-                }
-                summary.push(format!(
-                    "  prefill {t} forward with gate_up + SiLU in the wgmma GEMM {:.1} / {:.1} ms, cuBLAS + silu_mul {:.1} / {:.1} ms (x{:.3})",
-                    pair[1], pair[3], pair[0], pair[2], (pair[1] + pair[3]) / (pair[0] + pair[2])
+            // The forward with gate_up + SiLU in the wgmma GEMM and with cuBLAS + silu_mul, then
+            // with every projection on the wgmma GEMMs and with qkv / o / down on cuBLAS.
+            if gemm.has_wg_gemm() && t >= strata_kernels::cuda::gemm_wg::GATE_WG_MIN_ROWS {
+                use strata_kernels::cuda::{gemm_wg::set_plain_auto, Fusion};
+                // `set(Some(on))` for each forward, alternated twice, `set(None)` after:
+                // ([on, on], [off, off]) in ms.
+                let ab = |set: &dyn Fn(Option<bool>)| -> anyhow::Result<[[f64; 2]; 2]> {
+                    let mut ms = [[0.0; 2]; 2];
+                    for (i, on) in [true, false, true, false].into_iter().enumerate() {
+                        set(Some(on));
+                        let f = gpu_ms(ops.context(), false, 1, 3, || {
+                            Ok(model.forward(ops, gemm, &ws, &input)?)
+                        });
+                        set(None);
+                        ms[!on as usize][i / 2] = f?;
+                    }
+                    Ok(ms)
+                };
+                let line = |what: &str, other: &str, [on, off]: [[f64; 2]; 2]| {
+                    format!(
+                        "  prefill {t} forward with {what} {:.1} / {:.1} ms, {other} {:.1} / {:.1} ms (x{:.3})",
+                        on[0], on[1], off[0], off[1], (on[0] + on[1]) / (off[0] + off[1])
+                    )
+                };
+                let gate = ab(&|v| gemm.set_fusion(Fusion::GateGemm, v.unwrap_or(true)))?;
+                summary.push(line(
+                    "gate_up + SiLU in the wgmma GEMM",
+                    "cuBLAS + silu_mul",
+                    gate,
                 ));
-                // Every projection on the wgmma GEMMs, alternated with the default twice.
-                use strata_kernels::cuda::gemm_wg::set_plain_auto;
-                let mut all = Vec::new();
-                for on in [true, false, true, false] {
-                    set_plain_auto(Some(on));
-                    let f = gpu_ms(ops.context(), false, 1, 3, || {
-                        Ok(model.forward(ops, gemm, &ws, &input)?)
-                    });
-                    set_plain_auto(None);
-                    all.push(f?);
-                }
-                summary.push(format!(
-                    "  prefill {t} forward with every projection on the wgmma GEMMs {:.1} / {:.1} ms, qkv / o / down on cuBLAS {:.1} / {:.1} ms (x{:.3})",
-                    all[0], all[2], all[1], all[3], (all[0] + all[2]) / (all[1] + all[3])
+                let all = ab(&|v| set_plain_auto(v))?;
+                summary.push(line(
+                    "every projection on the wgmma GEMMs",
+                    "qkv / o / down on cuBLAS",
+                    all,
                 ));
             }
             let layer_flops = attn / shape.layers as f64;
@@ -886,7 +890,7 @@ fn prefill_gemms(
         }
         // The plain wgmma GEMM (compute 9.0).
         if rows > 1
-            && gemm.has_gate_gemm()
+            && gemm.has_wg_gemm()
             && (n % 256 == 0)
             && rows >= strata_kernels::cuda::gemm_wg::GATE_WG_MIN_ROWS
         {

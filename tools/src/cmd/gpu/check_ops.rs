@@ -379,7 +379,7 @@ pub fn gate_silu(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Result
 /// tiles than SMs).
 pub fn gate_gemm(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Result<()> {
     let c = ops.context();
-    if !gemm.has_gate_gemm() {
+    if !gemm.has_wg_gemm() {
         println!("gate_gemm: not on this GPU (compute 9.0 only); skipped");
         return Ok(());
     }
