@@ -425,9 +425,7 @@ impl Gemm {
     }
 
     fn gate_wg_applies(&self, x: &DTensor, w: &DTensor) -> bool {
-        self.has_wg_gemm()
-            && self.fused(Fusion::GateGemm)
-            && super::gemm_wg::WgGemm::applies(x, w)
+        self.has_wg_gemm() && self.fused(Fusion::GateGemm) && super::gemm_wg::WgGemm::applies(x, w)
     }
 
     fn gate_silu_rows_apply(&self, x: &DTensor, w: &DTensor) -> bool {
