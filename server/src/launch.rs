@@ -404,6 +404,7 @@ where
         tool_call_parser,
         reasoning_parser,
         grammars: Arc::default(),
+        responses: Arc::default(),
     })
 }
 

@@ -387,13 +387,86 @@ async fn responses_api_matches_the_chat_completion() {
         .collect();
     assert_eq!(streamed, thought, "{events:?}");
     drop(r1);
-    // Not stored here: previous_response_id and background are 400s.
-    for bad in [
-        json!({"input": "x", "previous_response_id": "resp_1"}),
-        json!({"input": "x", "background": true}),
-        json!({"input": 3}),
+    // background and conversation objects are 400s, an unknown previous response a 404.
+    for (bad, want) in [
+        (json!({"input": "x", "background": true}), 400),
+        (json!({"input": "x", "conversation": "conv_1"}), 400),
+        (json!({"input": 3}), 400),
+        (
+            json!({"input": "x", "previous_response_id": "resp_none"}),
+            404,
+        ),
     ] {
         let (st, v) = s.post("/v1/responses", &bad).await;
-        assert_eq!(st, 400, "{bad} -> {v}");
+        assert_eq!(st, want, "{bad} -> {v}");
     }
+}
+
+/// Stored responses: `previous_response_id` continues the conversation exactly as the chat
+/// completion of the whole history (the earlier output as the assistant turn, the earlier
+/// instructions not carried over), streamed responses are stored too, `GET` returns the stored
+/// object, `DELETE` forgets it, `store: false` keeps nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn responses_are_stored_and_continued() {
+    let m = MadeModel::new("llama", "tiny");
+    let s = Server::start(m.path(), &[]);
+    let first = json!({"instructions": "Be brief.", "input": "Tell me a story",
+        "max_output_tokens": 6, "temperature": 0});
+    let (st, r1) = s.post("/v1/responses", &first).await;
+    assert_eq!(st, 200, "{r1}");
+    assert_eq!(r1["store"], true, "{r1}");
+    let id1 = r1["id"].as_str().unwrap().to_string();
+    let said = r1["output"][0]["content"][0]["text"].as_str().unwrap();
+    let (st, got) = s.get(&format!("/v1/responses/{id1}")).await;
+    assert_eq!(st, 200, "{got}");
+    assert_eq!(serde_json::from_str::<Value>(&got).unwrap(), r1);
+    // The continuation equals the chat completion of the whole conversation.
+    let next = json!({"previous_response_id": id1, "input": "And then?", "max_output_tokens": 6,
+        "temperature": 0});
+    let (st, r2) = s.post("/v1/responses", &next).await;
+    assert_eq!(st, 200, "{r2}");
+    assert_eq!(r2["previous_response_id"], id1.as_str(), "{r2}");
+    let (st, chat) = s
+        .post(
+            "/v1/chat/completions",
+            &json!({"messages": [{"role": "user", "content": "Tell me a story"},
+                {"role": "assistant", "content": said}, {"role": "user", "content": "And then?"}],
+                "max_tokens": 6, "temperature": 0}),
+        )
+        .await;
+    assert_eq!(st, 200, "{chat}");
+    assert_eq!(
+        r2["output"][0]["content"][0]["text"], chat["choices"][0]["message"]["content"],
+        "{r2}"
+    );
+    assert_eq!(r2["usage"]["input_tokens"], chat["usage"]["prompt_tokens"]);
+    // A streamed continuation of that is stored with its final object.
+    let mut third = json!({"previous_response_id": r2["id"], "input": "Why?",
+        "max_output_tokens": 4, "temperature": 0, "stream": true});
+    let events = response_events(&s, &third).await;
+    let last = &events.last().unwrap()["response"];
+    let (st, got) = s
+        .get(&format!("/v1/responses/{}", last["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(st, 200, "{got}");
+    assert_eq!(&serde_json::from_str::<Value>(&got).unwrap(), last);
+    // store: false keeps nothing; DELETE forgets a stored one (then 404s).
+    third["stream"] = json!(false);
+    third["store"] = json!(false);
+    let (st, r3) = s.post("/v1/responses", &third).await;
+    assert_eq!(st, 200, "{r3}");
+    assert_eq!(r3["store"], false, "{r3}");
+    let (st, _) = s
+        .get(&format!("/v1/responses/{}", r3["id"].as_str().unwrap()))
+        .await;
+    assert_eq!(st, 404);
+    let (st, del) = s.delete(&format!("/v1/responses/{id1}")).await;
+    assert_eq!(st, 200, "{del}");
+    assert!(del.contains("\"deleted\":true"), "{del}");
+    let (st, _) = s.get(&format!("/v1/responses/{id1}")).await;
+    assert_eq!(st, 404);
+    let (st, _) = s.delete(&format!("/v1/responses/{id1}")).await;
+    assert_eq!(st, 404);
+    let (st, v) = s.post("/v1/responses", &next).await;
+    assert_eq!(st, 404, "{v}");
 }

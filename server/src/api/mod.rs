@@ -17,6 +17,7 @@ pub mod output;
 pub mod parse;
 pub mod reqlog;
 pub mod responses;
+pub mod responses_store;
 pub mod tokenize;
 pub mod unsupported;
 
@@ -75,6 +76,8 @@ pub struct AppState {
     pub grammars: Arc<std::sync::OnceLock<crate::grammar::Compiler>>,
     /// `--grammar-backend none`: constrained requests are refused.
     pub grammar_off: bool,
+    /// The Responses API's stored responses.
+    pub responses: Arc<responses_store::ResponseStore>,
 }
 
 impl AppState {
@@ -146,6 +149,10 @@ pub fn app_with_limit(state: AppState, max_payload: usize) -> Router {
         .route("/v1/completions", post(openai::completions))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/responses", post(responses::responses))
+        .route(
+            "/v1/responses/{response_id}",
+            get(responses::retrieve).delete(responses::delete),
+        )
         // SageMaker's chat completions, as SGLang maps it.
         .route("/invocations", post(openai::chat_completions))
         .route("/v1/models", get(info::models))

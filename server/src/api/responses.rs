@@ -5,19 +5,22 @@
 //! route, and its answer becomes a response object (`reasoning`, `message` and `function_call`
 //! output items, `usage` in input/output tokens). Streamed, the chat chunks become the Responses
 //! events (`response.created` ... `response.output_text.delta` ... `response.completed`).
-//! Responses are not stored: `previous_response_id`, `background` and the
-//! `/v1/responses/{id}` routes are refused (400 / 501).
+//! Responses are stored unless `store` is false (`responses_store.rs`, in memory):
+//! `previous_response_id` continues a stored conversation (404 when unknown), `GET` / `DELETE
+//! /v1/responses/{id}` read and forget one. `background` and `conversation` are 400s.
 
 use super::error::ApiError;
+use super::responses_store::{ResponseStore, Stored};
 use super::{openai, AppState};
 use axum::body::Bytes;
-use axum::extract::State;
+use axum::extract::{Path, State};
 use axum::http::HeaderMap;
 use axum::response::sse::{Event as SseEvent, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map, Value};
 use std::convert::Infallible;
+use std::sync::Arc;
 
 /// Largest chat answer read back (the chat route bounds it anyway).
 const BODY_LIMIT: usize = 64 << 20;
@@ -30,7 +33,24 @@ pub async fn responses(
     let req: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request(format!("Invalid JSON body: {e}")))?;
     let stream = req.get("stream").and_then(Value::as_bool) == Some(true);
-    let chat = to_chat(&req)?;
+    let history = match req.get("previous_response_id").filter(|v| !v.is_null()) {
+        Some(id) => {
+            let id = id.as_str().unwrap_or_default();
+            st.responses
+                .get(id)
+                .ok_or_else(|| {
+                    ApiError::not_found(format!("Previous response with id '{id}' not found."))
+                })?
+                .history
+        }
+        None => Vec::new(),
+    };
+    let (chat, inputs) = to_chat(&req, &history)?;
+    // What a stored response keeps: the conversation through its input.
+    let keep = (req.get("store").and_then(Value::as_bool) != Some(false)).then(|| Keep {
+        store: st.responses.clone(),
+        history: [history, inputs].concat(),
+    });
     let answer =
         openai::chat_completions(State(st), headers, Bytes::from(chat.to_string())).await?;
     let body = answer.into_body();
@@ -40,37 +60,99 @@ pub async fn responses(
             .map_err(|e| ApiError::unavailable(format!("reading the chat answer: {e}")))?;
         let c: Value = serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::unavailable(format!("the chat answer: {e}")))?;
-        return Ok(Json(to_response(&req, &c)).into_response());
+        let r = to_response(&req, &c);
+        if let Some(k) = keep {
+            k.save(&r);
+        }
+        return Ok(Json(r).into_response());
     }
-    Ok(stream_events(req, body).into_response())
+    Ok(stream_events(req, body, keep).into_response())
 }
 
-/// The chat completion request of a Responses request.
-fn to_chat(req: &Value) -> Result<Value, ApiError> {
-    let bad = |m: String| Err(ApiError::bad_request(m));
-    for key in ["previous_response_id", "conversation"] {
-        if req.get(key).is_some_and(|v| !v.is_null()) {
-            return bad(format!(
-                "{key}: responses are not stored by this server; send the whole input."
-            ));
+/// `GET /v1/responses/{id}`: a stored response.
+pub async fn retrieve(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    st.responses
+        .get(&id)
+        .map(|s| Json(s.response))
+        .ok_or_else(|| ApiError::not_found(format!("Response with id '{id}' not found.")))
+}
+
+/// `DELETE /v1/responses/{id}`: forgets a stored response.
+pub async fn delete(
+    State(st): State<AppState>,
+    Path(id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    if !st.responses.remove(&id) {
+        return Err(ApiError::not_found(format!(
+            "Response with id '{id}' not found."
+        )));
+    }
+    Ok(Json(
+        json!({"id": id, "object": "response", "deleted": true}),
+    ))
+}
+
+/// Where a response is stored once it is complete, with the conversation through its input.
+struct Keep {
+    store: Arc<ResponseStore>,
+    history: Vec<Value>,
+}
+
+impl Keep {
+    /// Stores `r` with the conversation through its output (reasoning is not carried over).
+    fn save(self, r: &Value) {
+        let mut history = self.history;
+        for it in r["output"].as_array().into_iter().flatten() {
+            if it["type"] != "reasoning" {
+                if let Ok(m) = input_item(it) {
+                    history.push(m);
+                }
+            }
         }
+        let id = r["id"].as_str().unwrap_or_default().to_string();
+        self.store.put(
+            id,
+            Stored {
+                response: r.clone(),
+                history,
+            },
+        );
+    }
+}
+
+/// The chat completion request of a Responses request continuing `history` (the chat messages
+/// of a stored conversation), and the messages of its own input.
+fn to_chat(req: &Value, history: &[Value]) -> Result<(Value, Vec<Value>), ApiError> {
+    let bad = |m: String| Err(ApiError::bad_request(m));
+    if req.get("conversation").is_some_and(|v| !v.is_null()) {
+        return bad(
+            "conversation: conversation objects are not supported by this server; use \
+             previous_response_id or send the whole input."
+                .into(),
+        );
     }
     if req.get("background").and_then(Value::as_bool) == Some(true) {
         return bad("background responses are not supported by this server.".into());
+    }
+    let mut inputs = Vec::new();
+    match req.get("input") {
+        Some(Value::String(s)) => inputs.push(json!({"role": "user", "content": s})),
+        Some(Value::Array(items)) => {
+            for it in items {
+                inputs.push(input_item(it)?);
+            }
+        }
+        _ => return bad("`input` must be a string or a list of items.".into()),
     }
     let mut messages = Vec::new();
     if let Some(i) = req.get("instructions").and_then(Value::as_str) {
         messages.push(json!({"role": "system", "content": i}));
     }
-    match req.get("input") {
-        Some(Value::String(s)) => messages.push(json!({"role": "user", "content": s})),
-        Some(Value::Array(items)) => {
-            for it in items {
-                messages.push(input_item(it)?);
-            }
-        }
-        _ => return bad("`input` must be a string or a list of items.".into()),
-    }
+    messages.extend(history.iter().cloned());
+    messages.extend(inputs.iter().cloned());
     let mut chat = Map::new();
     chat.insert("messages".into(), Value::Array(messages));
     for (from, to) in [
@@ -132,7 +214,7 @@ fn to_chat(req: &Value) -> Result<Value, ApiError> {
     if chat.get("stream") == Some(&json!(true)) {
         chat.insert("stream_options".into(), json!({"include_usage": true}));
     }
-    Ok(Value::Object(chat))
+    Ok((Value::Object(chat), inputs))
 }
 
 /// One `input` item as a chat message.
@@ -202,7 +284,8 @@ fn response_object(
         "tools": req.get("tools").cloned().unwrap_or(json!([])),
         "tool_choice": req.get("tool_choice").cloned().unwrap_or(json!("auto")),
         "parallel_tool_calls": req.get("parallel_tool_calls").cloned().unwrap_or(json!(true)),
-        "previous_response_id": null, "store": false, "truncation": "disabled",
+        "previous_response_id": req.get("previous_response_id").cloned().unwrap_or(Value::Null),
+        "store": req.get("store").and_then(Value::as_bool) != Some(false), "truncation": "disabled",
         "text": req.get("text").cloned().unwrap_or(json!({"format": {"type": "text"}})),
         "metadata": req.get("metadata").cloned().unwrap_or(json!({})), "usage": usage})
 }
@@ -268,11 +351,12 @@ fn to_response(req: &Value, c: &Value) -> Value {
 fn stream_events(
     req: Value,
     body: axum::body::Body,
+    keep: Option<Keep>,
 ) -> Sse<impl futures::Stream<Item = Result<SseEvent, Infallible>>> {
     use futures::StreamExt;
     let chunks = body.into_data_stream();
     let s = futures::stream::unfold(
-        (chunks, String::new(), Events::new(req), false),
+        (chunks, String::new(), Events::new(req, keep), false),
         |(mut chunks, mut buf, mut ev, done)| async move {
             if done {
                 return None;
@@ -341,12 +425,15 @@ struct Events {
     done_items: Vec<(usize, Value)>,
     finish: String,
     usage: Value,
+    /// Stores the final response (`store` not false).
+    keep: Option<Keep>,
 }
 
 impl Events {
-    fn new(req: Value) -> Self {
+    fn new(req: Value, keep: Option<Keep>) -> Self {
         Events {
             req,
+            keep,
             seq: 0,
             id: String::new(),
             chat_id: String::new(),
@@ -563,6 +650,9 @@ impl Events {
         self.done_items.sort_by_key(|(i, _)| *i);
         let output = self.done_items.iter().map(|(_, v)| v.clone()).collect();
         let r = self.response("completed", output);
+        if let Some(k) = self.keep.take() {
+            k.save(&r);
+        }
         let kind = if r["status"] == "incomplete" {
             "response.incomplete"
         } else {

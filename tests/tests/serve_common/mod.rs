@@ -169,6 +169,16 @@ impl Server {
         (r.status().as_u16(), r.text().await.expect("body"))
     }
 
+    pub async fn delete(&self, path: &str) -> (u16, String) {
+        let r = self
+            .client
+            .delete(self.url(path))
+            .send()
+            .await
+            .expect("send");
+        (r.status().as_u16(), r.text().await.expect("body"))
+    }
+
     /// Greedy `/generate` of `text`; returns the response JSON.
     pub async fn greedy(&self, text: &str, max_new_tokens: usize) -> Value {
         let (s, v) = self
