@@ -9,8 +9,8 @@
 //! them by the tool's declared parameter types, so a string parameter whose value reads as a
 //! number comes out as that number here.
 
-use super::tool_call::Section;
-use super::{pyjson, ToolCall};
+use super::tool_call::{named_open, OpenCall, Section};
+use super::{pyjson, ToolCall, ToolParser};
 use serde_json::{Map, Value};
 
 /// DeepSeek's section and call markers.
@@ -109,14 +109,52 @@ pub fn deepseek_v31(s: &str, known: &dyn Fn(&str) -> bool) -> Section {
     blocks(s, DS_CALL, DS_CALL_END, &[DS_CALLS, DS_CALLS_END], &one)
 }
 
+/// Kimi-K2's call head `functions.NAME:IDX`: NAME.
+fn kimi_name(head: &str) -> &str {
+    let head = head.trim();
+    let head = head.rsplit_once(':').map_or(head, |(h, _)| h);
+    head.strip_prefix("functions.").unwrap_or(head)
+}
+
+/// DeepSeek-V3's block after the call marker, `function<sep>NAME\n```json\nARGS`: (NAME,
+/// what follows the fence), None until the name's line ends (the fence may still be coming:
+/// then the arguments are "").
+fn deepseek_v3_split(b: &str) -> Option<(&str, &str)> {
+    let (_, rest) = b.split_once(DS_SEP)?;
+    let (name, rest) = rest.split_once('\n')?;
+    Some((
+        name,
+        rest.trim_start().strip_prefix("```json").unwrap_or(""),
+    ))
+}
+
+/// [`ToolParser::open_call`] of the marker formats with JSON arguments: the call after the last
+/// opening marker, unless its closing marker has come.
+pub fn open_call(parser: ToolParser, s: &str) -> Option<OpenCall> {
+    let (open, close) = match parser {
+        ToolParser::KimiK2 => (KIMI_CALL, KIMI_CALL_END),
+        _ => (DS_CALL, DS_CALL_END),
+    };
+    let at = s.rfind(open)?;
+    let body = &s[at + open.len()..];
+    if body.contains(close) {
+        return None;
+    }
+    let split = match parser {
+        ToolParser::KimiK2 => body
+            .split_once(KIMI_ARGS)
+            .map(|(head, args)| (kimi_name(head), args)),
+        ToolParser::DeepSeekV3 => deepseek_v3_split(body),
+        _ => body.split_once(DS_SEP),
+    };
+    named_open(at, split)
+}
+
 /// `<|tool_call_begin|>functions.NAME:IDX<|tool_call_argument_begin|>ARGS<|tool_call_end|>`.
 pub fn kimi_k2(s: &str, known: &dyn Fn(&str) -> bool) -> Section {
     let one = |b: &str| {
         let (head, args) = b.split_once(KIMI_ARGS)?;
-        let head = head.trim();
-        let head = head.rsplit_once(':').map_or(head, |(h, _)| h);
-        let name = head.strip_prefix("functions.").unwrap_or(head);
-        call(name, args, known)
+        call(kimi_name(head), args, known)
     };
     blocks(
         s,

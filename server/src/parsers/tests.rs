@@ -481,6 +481,53 @@ fn held_reasoning_is_released_whole_when_it_ends() {
     assert_eq!(p.finish().reasoning, "still thin");
 }
 
+/// The formats that name a call before its JSON arguments (`mistral`'s compact form,
+/// `deepseekv3`, `deepseekv31`, `kimi_k2`) stream the arguments while the call is open, each
+/// call under its own index, joining to the complete calls' arguments.
+#[test]
+fn named_formats_stream_their_arguments() {
+    let w = r#"{"city":"Paris, France","days" : [1,2]}"#;
+    let cases = [
+        (
+            ToolParser::Mistral,
+            format!("[TOOL_CALLS]get_weather[ARGS]{w}[TOOL_CALLS]ping[ARGS]{{\"host\": \"a.b\"}}"),
+        ),
+        (
+            ToolParser::DeepSeekV3,
+            format!("Sure.<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>get_weather\n```json\n{w}\n```<｜tool▁call▁end｜><｜tool▁call▁begin｜>function<｜tool▁sep｜>ping\n```json\n{{\"host\": \"a.b\"}}\n```<｜tool▁call▁end｜><｜tool▁calls▁end｜>"),
+        ),
+        (
+            ToolParser::DeepSeekV31,
+            format!("Sure.<｜tool▁calls▁begin｜><｜tool▁call▁begin｜>get_weather<｜tool▁sep｜>{w}<｜tool▁call▁end｜><｜tool▁call▁begin｜>ping<｜tool▁sep｜>{{\"host\": \"a.b\"}}<｜tool▁call▁end｜><｜tool▁calls▁end｜>"),
+        ),
+        (
+            ToolParser::KimiK2,
+            format!("Sure.<|tool_calls_section_begin|><|tool_call_begin|>functions.get_weather:0<|tool_call_argument_begin|>{w}<|tool_call_end|><|tool_call_begin|>functions.ping:1<|tool_call_argument_begin|>{{\"host\": \"a.b\"}}<|tool_call_end|><|tool_calls_section_end|>"),
+        ),
+    ];
+    for (t, text) in cases {
+        let (deltas, calls) = char_by_char(parser(t), &text);
+        let calls: Vec<ToolCall> = calls.into_iter().map(|(_, c)| c).collect();
+        assert_eq!(
+            calls,
+            vec![
+                call(
+                    "get_weather",
+                    r#"{"city": "Paris, France", "days": [1, 2]}"#
+                ),
+                call("ping", r#"{"host": "a.b"}"#)
+            ],
+            "{t:?}"
+        );
+        let starts: Vec<_> = deltas.iter().filter_map(|d| d.name.clone()).collect();
+        assert_eq!(starts, ["get_weather", "ping"], "{t:?}: {deltas:?}");
+        assert!(deltas.len() > 12, "{t:?}: {deltas:?}");
+        for (i, c) in calls.iter().enumerate() {
+            assert_eq!(arguments_of(&deltas, i), c.arguments, "{t:?}");
+        }
+    }
+}
+
 /// A streamed call whose text then fails to parse keeps its index; the next call streams under
 /// the next one, whole and in order.
 #[test]

@@ -276,8 +276,10 @@ pub struct OpenCall {
 impl ToolParser {
     /// The open call at the end of `section`, for the formats whose calls are JSON objects
     /// each complete on its own: in `<tool_call>` blocks (`qwen25`, `hermes`) or one after
-    /// another (`llama3`); None for the other formats, when no call is open, or when the open
-    /// text does not begin as one call object.
+    /// another (`llama3`), or whose name comes before JSON arguments (`mistral`'s compact
+    /// form, `deepseekv3`, `deepseekv31`, `kimi_k2`); None for the other formats (the key/value
+    /// ones and `mistral`'s array), when no call is open, or when the open text does not begin
+    /// as one call.
     pub fn open_call(self, section: &str) -> Option<OpenCall> {
         match self {
             Self::Qwen25 | Self::Hermes => {
@@ -294,9 +296,68 @@ impl ToolParser {
                 let obj = open_top_object(body)?;
                 open_object(obj, section.len() - obj.len())
             }
+            Self::Mistral => {
+                let at = section.rfind(TOOL_CALLS)?;
+                let body = &section[at + TOOL_CALLS.len()..];
+                if body.trim_start().starts_with('[') {
+                    return None;
+                }
+                named_open(at, body.split_once(ARGS))
+            }
+            Self::DeepSeekV3 | Self::DeepSeekV31 | Self::KimiK2 => marked::open_call(self, section),
             _ => None,
         }
     }
+}
+
+/// The open call starting at `at` whose text after its opening marker is `(name, arguments so
+/// far)` once the name is complete (None before: the call is open, its name not yet known).
+/// None when the arguments do not begin as a JSON object, or once that object is closed (the
+/// call is complete or about to be: what was streamed is the call's until it parses).
+pub(super) fn named_open(at: usize, split: Option<(&str, &str)>) -> Option<OpenCall> {
+    let Some((name, args)) = split else {
+        return Some(OpenCall {
+            at,
+            name: None,
+            arguments: String::new(),
+        });
+    };
+    Some(OpenCall {
+        at,
+        name: Some(name.trim().to_string()),
+        arguments: pyjson::respace(open_object_text(args)?),
+    })
+}
+
+/// The JSON object at the start of `text` (after whitespace) while it is open; "" when nothing
+/// has come yet; None when the text begins as something else or the object is closed.
+fn open_object_text(text: &str) -> Option<&str> {
+    let t = text.trim_start();
+    let b = t.as_bytes();
+    match b.first() {
+        None => return Some(""),
+        Some(b'{') => {}
+        Some(_) => return None,
+    }
+    let (mut depth, mut i) = (0usize, 0usize);
+    while i < b.len() {
+        match b[i] {
+            b'"' => match string_end(b, i) {
+                Some(end) => i = end,
+                None => return Some(t),
+            },
+            b'{' | b'[' => depth += 1,
+            b'}' | b']' => {
+                depth -= 1;
+                if depth == 0 {
+                    return None;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    Some(t)
 }
 
 /// Scans the start of one call object: the `name` string once closed, and the raw text of the
