@@ -7,11 +7,12 @@
 //! Arguments of the key/value formats (GLM-4.5's `<arg_value>`, Qwen3-Coder's `<parameter=..>`)
 //! are taken as JSON where the value parses as JSON and as a string otherwise; SGLang converts
 //! them by the tool's declared parameter types, so a string parameter whose value reads as a
-//! number comes out as that number here.
+//! number comes out as that number here. The keys keep the order the model wrote them in (as
+//! SGLang's dict does).
 
 use super::tool_call::{named_open, OpenCall, Section};
 use super::{pyjson, ToolCall, ToolParser};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 /// DeepSeek's section and call markers.
 pub const DS_CALLS: &str = "<｜tool▁calls▁begin｜>";
@@ -178,22 +179,59 @@ fn pieces<'a>(b: &'a str, open: &str, close: &str) -> Vec<&'a str> {
     out
 }
 
+/// A key/value call's arguments as JSON text in the order the model wrote them (as SGLang's
+/// `json.dumps` of its dict), spaced as Python's; `close` ends the object (else it is the text
+/// streamed so far: the complete pairs).
+fn kv_object(pairs: &[(&str, &str)], close: bool) -> String {
+    let mut out = String::from("{");
+    for (i, (k, v)) in pairs.iter().enumerate() {
+        if i > 0 {
+            out.push_str(", ");
+        }
+        pyjson::string(&mut out, k.trim());
+        out.push_str(": ");
+        out.push_str(&pyjson::dumps(&typed(v), None));
+    }
+    if close {
+        out.push('}');
+    }
+    out
+}
+
+/// GLM-4.5's block after `<tool_call>`: the name and the complete key/value pairs so far (None
+/// when the keys and values do not pair up).
+fn glm45_pairs(b: &str) -> Option<(&str, Vec<(&str, &str)>)> {
+    let name_end = b.find("<arg_key>").unwrap_or(b.len());
+    let keys = pieces(b, "<arg_key>", "</arg_key>");
+    let values = pieces(b, "<arg_value>", "</arg_value>");
+    if values.len() > keys.len() || keys.len() > values.len() + 1 {
+        return None;
+    }
+    Some((b[..name_end].trim(), keys.into_iter().zip(values).collect()))
+}
+
+/// Qwen3-Coder's block after `<tool_call>`: the name (once its `>` has come) and the complete
+/// parameters so far.
+fn qwen3_coder_pairs(b: &str) -> Option<(&str, Vec<(&str, &str)>)> {
+    let f = b.trim_start().strip_prefix("<function=")?;
+    let (name, rest) = f.split_once('>')?;
+    let mut pairs = Vec::new();
+    for p in pieces(rest, "<parameter=", "</parameter>") {
+        let (k, v) = p.split_once('>')?;
+        let v = v.strip_prefix('\n').unwrap_or(v);
+        pairs.push((k, v.strip_suffix('\n').unwrap_or(v)));
+    }
+    Some((name, pairs))
+}
+
 /// `<tool_call>NAME\n<arg_key>K</arg_key>\n<arg_value>V</arg_value>...</tool_call>`.
 pub fn glm45(s: &str, known: &dyn Fn(&str) -> bool) -> Section {
     let one = |b: &str| {
-        let name_end = b.find("<arg_key>").unwrap_or(b.len());
-        let name = b[..name_end].trim();
-        let keys = pieces(b, "<arg_key>", "</arg_key>");
-        let values = pieces(b, "<arg_value>", "</arg_value>");
-        if keys.len() != values.len() {
+        let (name, pairs) = glm45_pairs(b)?;
+        if b.matches("<arg_key>").count() != pairs.len() {
             return None;
         }
-        let args: Map<String, Value> = keys
-            .iter()
-            .zip(&values)
-            .map(|(k, v)| (k.trim().to_string(), typed(v)))
-            .collect();
-        call(name, &Value::Object(args).to_string(), known)
+        call(name, &kv_object(&pairs, true), known)
     };
     blocks(s, TAG_OPEN, TAG_CLOSE, &[], &one)
 }
@@ -201,17 +239,39 @@ pub fn glm45(s: &str, known: &dyn Fn(&str) -> bool) -> Section {
 /// `<tool_call>\n<function=NAME>\n<parameter=K>\nV\n</parameter>...\n</function>\n</tool_call>`.
 pub fn qwen3_coder(s: &str, known: &dyn Fn(&str) -> bool) -> Section {
     let one = |b: &str| {
-        let f = b.trim().strip_prefix("<function=")?;
-        let (name, rest) = f.split_once('>')?;
-        let body = rest.trim_end().strip_suffix("</function>")?;
-        let mut args = Map::new();
-        for p in pieces(body, "<parameter=", "</parameter>") {
-            let (k, v) = p.split_once('>')?;
-            let v = v.strip_prefix('\n').unwrap_or(v);
-            let v = v.strip_suffix('\n').unwrap_or(v);
-            args.insert(k.trim().to_string(), typed(v));
-        }
-        call(name, &Value::Object(args).to_string(), known)
+        b.trim_end().strip_suffix("</function>")?;
+        let (name, pairs) = qwen3_coder_pairs(b)?;
+        call(name, &kv_object(&pairs, true), known)
     };
     blocks(s, TAG_OPEN, TAG_CLOSE, &[], &one)
+}
+
+/// [`ToolParser::open_call`] of the key/value formats (`glm45`, `qwen3_coder`): the call after the
+/// last `<tool_call>` unless closed, its arguments the complete pairs so far (a value is streamed
+/// whole once its closing tag has come: its JSON type is known only then).
+pub fn open_kv_call(parser: ToolParser, s: &str) -> Option<OpenCall> {
+    let at = s.rfind(TAG_OPEN)?;
+    let body = &s[at + TAG_OPEN.len()..];
+    if body.contains(TAG_CLOSE) {
+        return None;
+    }
+    let parsed = match parser {
+        ToolParser::Glm45 => glm45_pairs(body).filter(|_| {
+            // The name is complete once its line (or the first key) has begun.
+            body.trim_start().contains(['\n', '<'])
+        }),
+        _ => qwen3_coder_pairs(body),
+    };
+    Some(match parsed {
+        Some((name, pairs)) if !name.is_empty() => OpenCall {
+            at,
+            name: Some(name.to_string()),
+            arguments: kv_object(&pairs, false),
+        },
+        _ => OpenCall {
+            at,
+            name: None,
+            arguments: String::new(),
+        },
+    })
 }

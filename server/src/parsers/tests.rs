@@ -528,6 +528,42 @@ fn named_formats_stream_their_arguments() {
     }
 }
 
+/// The key/value formats (`glm45`, `qwen3_coder`) keep the arguments in the order the model
+/// wrote them and stream them a pair at a time while the call is open (a value whole once it is
+/// closed), joining to the complete call's arguments.
+#[test]
+fn key_value_formats_keep_order_and_stream_pairs() {
+    let cases = [
+        (
+            ToolParser::Glm45,
+            "Sure.<tool_call>get_weather\n<arg_key>unit</arg_key>\n<arg_value>celsius</arg_value>\n<arg_key>city</arg_key>\n<arg_value>Paris, France</arg_value>\n<arg_key>days</arg_key>\n<arg_value>[1, 2]</arg_value>\n</tool_call><tool_call>ping\n</tool_call>",
+        ),
+        (
+            ToolParser::Qwen3Coder,
+            "Sure.<tool_call>\n<function=get_weather>\n<parameter=unit>\ncelsius\n</parameter>\n<parameter=city>\nParis, France\n</parameter>\n<parameter=days>\n[1, 2]\n</parameter>\n</function>\n</tool_call>\n<tool_call>\n<function=ping>\n</function>\n</tool_call>",
+        ),
+    ];
+    for (t, text) in cases {
+        let want = vec![
+            call(
+                "get_weather",
+                r#"{"unit": "celsius", "city": "Paris, France", "days": [1, 2]}"#,
+            ),
+            call("ping", "{}"),
+        ];
+        assert_eq!(check_splits(|| parser(t), text).2, want, "{t:?}");
+        let (deltas, _) = char_by_char(parser(t), text);
+        let starts: Vec<_> = deltas.iter().filter_map(|d| d.name.clone()).collect();
+        assert_eq!(starts, ["get_weather", "ping"], "{t:?}: {deltas:?}");
+        // The first call: its start, one piece per pair, the closing brace.
+        let first: Vec<_> = deltas.iter().filter(|d| d.index == 0).collect();
+        assert!(first.len() >= 4, "{t:?}: {deltas:?}");
+        for (i, c) in want.iter().enumerate() {
+            assert_eq!(arguments_of(&deltas, i), c.arguments, "{t:?}");
+        }
+    }
+}
+
 /// A streamed call whose text then fails to parse keeps its index; the next call streams under
 /// the next one, whole and in order.
 #[test]

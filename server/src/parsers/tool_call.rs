@@ -305,6 +305,7 @@ impl ToolParser {
                 named_open(at, body.split_once(ARGS))
             }
             Self::DeepSeekV3 | Self::DeepSeekV31 | Self::KimiK2 => marked::open_call(self, section),
+            Self::Glm45 | Self::Qwen3Coder => marked::open_kv_call(self, section),
             _ => None,
         }
     }
