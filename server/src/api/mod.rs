@@ -11,6 +11,7 @@ pub mod error;
 pub mod fanout;
 pub mod generate;
 pub mod info;
+pub mod messages;
 pub mod metrics;
 pub mod openai;
 pub mod output;
@@ -98,11 +99,13 @@ impl AppState {
 
 async fn auth(State(st): State<AppState>, req: Request, next: Next) -> Response {
     if let Some(key) = &st.api_key {
-        let ok = req
-            .headers()
+        // `Authorization: Bearer KEY`, or Anthropic clients' `x-api-key: KEY`.
+        let h = req.headers();
+        let ok = h
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
+            .or_else(|| h.get("x-api-key").and_then(|v| v.to_str().ok()))
             .is_some_and(|v| v == &**key);
         if !ok {
             return ApiError::unauthorized().into_response();
@@ -149,6 +152,8 @@ pub fn app_with_limit(state: AppState, max_payload: usize) -> Router {
         .route("/v1/completions", post(openai::completions))
         .route("/v1/chat/completions", post(openai::chat_completions))
         .route("/v1/responses", post(responses::responses))
+        .route("/v1/messages", post(messages::messages))
+        .route("/v1/messages/count_tokens", post(messages::count_tokens))
         .route(
             "/v1/responses/{response_id}",
             get(responses::retrieve).delete(responses::delete),

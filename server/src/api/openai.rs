@@ -297,6 +297,17 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
+/// SGLang's `matched_stop` of a choice: the stop token id or the stop string (or `stop_regex`
+/// pattern) that ended it; null otherwise.
+fn matched_stop(d: &Driver) -> Value {
+    use crate::scheduler::request::FinishReason;
+    match d.out.finish.as_ref().map(|f| &f.reason) {
+        Some(FinishReason::StopToken(t)) => json!(t),
+        Some(FinishReason::StopStr(s) | FinishReason::StopRegex(s)) => json!(s),
+        _ => Value::Null,
+    }
+}
+
 fn finish_str(d: &Driver) -> Value {
     d.out
         .finish
@@ -377,7 +388,7 @@ pub async fn completions(
             };
             let lps = completion_logprobs(&st2, d, lp.start, lp.end, echo && first);
             let mut c = head.clone();
-            c["choices"] = json!([{"index": i, "text": text, "logprobs": lps, "finish_reason": finish_str(d)}]);
+            c["choices"] = json!([{"index": i, "text": text, "logprobs": lps, "finish_reason": finish_str(d), "matched_stop": matched_stop(d)}]);
             Some(c)
         })
         .into_response());
@@ -395,7 +406,8 @@ pub async fn completions(
         counts.push(fanout::counts(&d));
         let lps = completion_logprobs(&st, &d, 0, d.out.logprobs.len(), echo);
         choices.push(
-            json!({"index": i, "text": text, "logprobs": lps, "finish_reason": finish_str(&d)}),
+            json!({"index": i, "text": text, "logprobs": lps, "finish_reason": finish_str(&d),
+                "matched_stop": matched_stop(&d)}),
         );
     }
     let usage = fanout::usage_json(fanout::usage_totals(&counts, copies));
@@ -404,6 +416,54 @@ pub async fn completions(
         "choices": choices, "usage": usage}),
     )
     .into_response())
+}
+
+/// A chat request's prompt ids: its messages rendered by the model's template with the
+/// request's tools and template kwargs, and a continued final assistant message's text after it.
+fn prompt_ids(
+    st: &AppState,
+    conv: &[Value],
+    continued: Option<&str>,
+    extra: Extra,
+) -> Result<Vec<u32>, ApiError> {
+    let tok = &st.tokenizer;
+    let template = tok
+        .chat_template
+        .as_deref()
+        .ok_or_else(|| ApiError::bad_request("The model has no chat template."))?;
+    let text = render(
+        template,
+        conv,
+        true,
+        tok.bos_token.as_deref(),
+        tok.eos_token.as_deref(),
+        extra,
+    )
+    .map_err(ApiError::bad_request)?;
+    let mut ids = tok.encode(&text, false).map_err(ApiError::bad_request)?;
+    if let Some(prefix) = continued.filter(|p| !p.is_empty()) {
+        ids.extend(tok.encode(prefix, false).map_err(ApiError::bad_request)?);
+    }
+    Ok(ids)
+}
+
+/// The prompt length of a chat completion request (`body`), without running it.
+pub(super) fn chat_prompt_len(st: &AppState, body: &[u8]) -> Result<usize, ApiError> {
+    let mut w: OpenAiWire = parse_body(body)?;
+    let plan = plan_tools(w.tools.take(), w.tool_choice.as_ref(), true)?;
+    let conv = w
+        .messages
+        .take()
+        .ok_or_else(|| ApiError::bad_request("`messages` is required."))?
+        .into_iter()
+        .map(message_json)
+        .collect::<Result<Vec<_>, _>>()?;
+    let kwargs = w.chat_template_kwargs.take();
+    let extra = Extra {
+        tools: plan.template_tools.as_ref(),
+        kwargs: kwargs.as_ref(),
+    };
+    Ok(prompt_ids(st, &conv, None, extra)?.len())
 }
 
 pub async fn chat_completions(
@@ -452,28 +512,12 @@ pub async fn chat_completions(
         _ => None,
     };
     let tok = &st.tokenizer;
-    let template = tok
-        .chat_template
-        .as_deref()
-        .ok_or_else(|| ApiError::bad_request("The model has no chat template."))?;
     let kwargs = w.chat_template_kwargs.take();
     let extra = Extra {
         tools: plan.template_tools.as_ref(),
         kwargs: kwargs.as_ref(),
     };
-    let text = render(
-        template,
-        &conv,
-        true,
-        tok.bos_token.as_deref(),
-        tok.eos_token.as_deref(),
-        extra,
-    )
-    .map_err(ApiError::bad_request)?;
-    let mut ids = tok.encode(&text, false).map_err(ApiError::bad_request)?;
-    if let Some(prefix) = continued.filter(|p| !p.is_empty()) {
-        ids.extend(tok.encode(&prefix, false).map_err(ApiError::bad_request)?);
-    }
+    let ids = prompt_ids(&st, &conv, continued.as_deref(), extra)?;
     let model = w
         .model
         .clone()
@@ -552,8 +596,8 @@ pub async fn chat_completions(
                 let finish = reply::finish_reason(finish_str(d), p.has_calls());
                 let lps = chat_logprobs(&st2, d, lp.start, lp.end);
                 let mut c = head.clone();
-                c["choices"] =
-                    json!([{"index": i, "delta": delta, "logprobs": lps, "finish_reason": finish}]);
+                c["choices"] = json!([{"index": i, "delta": delta, "logprobs": lps,
+                    "finish_reason": finish, "matched_stop": matched_stop(d)}]);
                 Some(c)
             },
         )
@@ -572,7 +616,7 @@ pub async fn chat_completions(
         let finish = reply::finish_reason(finish_str(&d), !r.calls.is_empty());
         choices.push(
             json!({"index": i, "message": reply::message(&r), "logprobs": lps,
-            "finish_reason": finish}),
+            "finish_reason": finish, "matched_stop": matched_stop(&d)}),
         );
     }
     let usage = fanout::usage_json(fanout::usage_totals(&counts, copies));

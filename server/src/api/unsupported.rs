@@ -60,8 +60,6 @@ pub const ROUTES: &[&str] = &[
     "/v1/decisions",
     "/v1/audio/transcriptions",
     "/v1/responses/{response_id}/cancel",
-    "/v1/messages",
-    "/v1/messages/count_tokens",
     "/v1/systemone",
     "/api/chat",
     "/api/generate",
