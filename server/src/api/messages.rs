@@ -9,18 +9,14 @@
 //! (`{"type": "error", "error": {"type": ..., "message": ...}}`). Image blocks are refused.
 
 use super::error::ApiError;
-use super::{openai, AppState};
+use super::{openai, relay, AppState};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode};
-use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::sse::Event as SseEvent;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map, Value};
-use std::convert::Infallible;
-
-/// Largest chat answer read back (the chat route bounds it anyway).
-const BODY_LIMIT: usize = 64 << 20;
 
 /// An error in Anthropic's shape.
 fn anthropic_error(e: ApiError) -> Response {
@@ -67,14 +63,10 @@ async fn run(st: AppState, headers: HeaderMap, body: Bytes) -> Result<Response, 
         openai::chat_completions(State(st), headers, Bytes::from(chat.to_string())).await?;
     let body = answer.into_body();
     if !stream {
-        let bytes = axum::body::to_bytes(body, BODY_LIMIT)
-            .await
-            .map_err(|e| ApiError::unavailable(format!("reading the chat answer: {e}")))?;
-        let c: Value = serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::unavailable(format!("the chat answer: {e}")))?;
+        let c = relay::chat_json(body).await?;
         return Ok(Json(to_message(&req, &c)).into_response());
     }
-    Ok(stream_events(req, body).into_response())
+    Ok(relay::relay(body, Events::new(req)).into_response())
 }
 
 /// The chat completion request of a Messages request.
@@ -261,51 +253,6 @@ fn to_message(req: &Value, c: &Value) -> Value {
         "usage": usage(&c["usage"])})
 }
 
-/// The Messages events of a streamed chat answer (`body`: its SSE chunks).
-fn stream_events(
-    req: Value,
-    body: axum::body::Body,
-) -> Sse<impl futures::Stream<Item = Result<SseEvent, Infallible>>> {
-    use futures::StreamExt;
-    let chunks = body.into_data_stream();
-    let s = futures::stream::unfold(
-        (chunks, String::new(), Events::new(req), false),
-        |(mut chunks, mut buf, mut ev, done)| async move {
-            if done {
-                return None;
-            }
-            loop {
-                if let Some(at) = buf.find("\n\n") {
-                    let event: String = buf.drain(..at + 2).collect();
-                    let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) else {
-                        continue;
-                    };
-                    if data.trim() == "[DONE]" {
-                        let out = ev.finish();
-                        return Some((out, (chunks, buf, ev, true)));
-                    }
-                    if let Ok(c) = serde_json::from_str::<Value>(data) {
-                        let out = ev.on_chunk(&c);
-                        if !out.is_empty() {
-                            return Some((out, (chunks, buf, ev, false)));
-                        }
-                    }
-                    continue;
-                }
-                match chunks.next().await {
-                    Some(Ok(b)) => buf.push_str(&String::from_utf8_lossy(&b)),
-                    _ => {
-                        let out = ev.finish();
-                        return Some((out, (chunks, buf, ev, true)));
-                    }
-                }
-            }
-        },
-    )
-    .flat_map(|events| futures::stream::iter(events.into_iter().map(Ok)));
-    Sse::new(s)
-}
-
 /// What the open content block is.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Block {
@@ -363,7 +310,9 @@ impl Events {
         ));
         i
     }
+}
 
+impl relay::Translate for Events {
     fn on_chunk(&mut self, c: &Value) -> Vec<SseEvent> {
         let mut out = Vec::new();
         if !self.started {

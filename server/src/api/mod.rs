@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod openai;
 pub mod output;
 pub mod parse;
+pub mod relay;
 pub mod reqlog;
 pub mod responses;
 pub mod responses_store;

@@ -11,19 +11,15 @@
 
 use super::error::ApiError;
 use super::responses_store::{ResponseStore, Stored};
-use super::{openai, AppState};
+use super::{openai, relay, AppState};
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::HeaderMap;
-use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::sse::Event as SseEvent;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use serde_json::{json, Map, Value};
-use std::convert::Infallible;
 use std::sync::Arc;
-
-/// Largest chat answer read back (the chat route bounds it anyway).
-const BODY_LIMIT: usize = 64 << 20;
 
 pub async fn responses(
     State(st): State<AppState>,
@@ -55,18 +51,14 @@ pub async fn responses(
         openai::chat_completions(State(st), headers, Bytes::from(chat.to_string())).await?;
     let body = answer.into_body();
     if !stream {
-        let bytes = axum::body::to_bytes(body, BODY_LIMIT)
-            .await
-            .map_err(|e| ApiError::unavailable(format!("reading the chat answer: {e}")))?;
-        let c: Value = serde_json::from_slice(&bytes)
-            .map_err(|e| ApiError::unavailable(format!("the chat answer: {e}")))?;
+        let c = relay::chat_json(body).await?;
         let r = to_response(&req, &c);
         if let Some(k) = keep {
             k.save(&r);
         }
         return Ok(Json(r).into_response());
     }
-    Ok(stream_events(req, body, keep).into_response())
+    Ok(relay::relay(body, Events::new(req, keep)).into_response())
 }
 
 /// `GET /v1/responses/{id}`: a stored response.
@@ -347,52 +339,6 @@ fn to_response(req: &Value, c: &Value) -> Value {
     )
 }
 
-/// The Responses events of a streamed chat answer (`body`: its SSE chunks).
-fn stream_events(
-    req: Value,
-    body: axum::body::Body,
-    keep: Option<Keep>,
-) -> Sse<impl futures::Stream<Item = Result<SseEvent, Infallible>>> {
-    use futures::StreamExt;
-    let chunks = body.into_data_stream();
-    let s = futures::stream::unfold(
-        (chunks, String::new(), Events::new(req, keep), false),
-        |(mut chunks, mut buf, mut ev, done)| async move {
-            if done {
-                return None;
-            }
-            loop {
-                if let Some(at) = buf.find("\n\n") {
-                    let event: String = buf.drain(..at + 2).collect();
-                    let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) else {
-                        continue;
-                    };
-                    if data.trim() == "[DONE]" {
-                        let out = ev.finish();
-                        return Some((out, (chunks, buf, ev, true)));
-                    }
-                    if let Ok(c) = serde_json::from_str::<Value>(data) {
-                        let out = ev.on_chunk(&c);
-                        if !out.is_empty() {
-                            return Some((out, (chunks, buf, ev, false)));
-                        }
-                    }
-                    continue;
-                }
-                match chunks.next().await {
-                    Some(Ok(b)) => buf.push_str(&String::from_utf8_lossy(&b)),
-                    _ => {
-                        let out = ev.finish();
-                        return Some((out, (chunks, buf, ev, true)));
-                    }
-                }
-            }
-        },
-    )
-    .flat_map(|events| futures::stream::iter(events.into_iter().map(Ok)));
-    Sse::new(s)
-}
-
 /// The text items of a streamed response.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Slot {
@@ -474,78 +420,6 @@ impl Events {
         r
     }
 
-    fn on_chunk(&mut self, c: &Value) -> Vec<SseEvent> {
-        let mut out = Vec::new();
-        if !self.started {
-            self.started = true;
-            self.chat_id = c["id"].as_str().unwrap_or("").to_string();
-            self.id = id_of("resp", &self.chat_id);
-            self.created = c["created"].clone();
-            self.model = c["model"].clone();
-            let r = self.response("in_progress", Vec::new());
-            out.push(self.event("response.created", json!({"response": r})));
-            out.push(self.event("response.in_progress", json!({"response": r})));
-        }
-        if let Some(u) = c.get("usage").filter(|u| !u.is_null()) {
-            self.usage = usage_of(u);
-        }
-        let Some(ch) = c["choices"].get(0) else {
-            return out;
-        };
-        if let Some(f) = ch["finish_reason"].as_str() {
-            self.finish = f.to_string();
-        }
-        let d = &ch["delta"];
-        if let Some(r) = d["reasoning_content"].as_str().filter(|r| !r.is_empty()) {
-            let (index, id) = self.append(Slot::Reasoning, r, &mut out);
-            out.push(self.event(
-                "response.reasoning_text.delta",
-                json!({"item_id": id, "output_index": index, "content_index": 0, "delta": r}),
-            ));
-        }
-        if let Some(t) = d["content"].as_str().filter(|t| !t.is_empty()) {
-            out.extend(self.close_reasoning());
-            let (index, id) = self.append(Slot::Message, t, &mut out);
-            out.push(self.event(
-                "response.output_text.delta",
-                json!({"item_id": id, "output_index": index, "content_index": 0, "delta": t}),
-            ));
-        }
-        for tc in d["tool_calls"].as_array().into_iter().flatten() {
-            out.extend(self.close_reasoning());
-            let k = tc["index"].as_u64().unwrap_or(0) as usize;
-            let args = tc["function"]["arguments"].as_str().unwrap_or("");
-            if tc.get("id").is_some_and(|i| !i.is_null()) || k >= self.calls.len() {
-                let item = Item {
-                    index: self.next,
-                    id: format!("{}_{k}", id_of("fc", &self.chat_id)),
-                    text: String::new(),
-                    call: Some((tc["id"].clone(), tc["function"]["name"].clone())),
-                };
-                self.next += 1;
-                let added = json!({"type": "function_call", "id": item.id, "call_id": tc["id"],
-                    "name": tc["function"]["name"], "arguments": "", "status": "in_progress"});
-                out.push(self.event(
-                    "response.output_item.added",
-                    json!({"output_index": item.index, "item": added}),
-                ));
-                self.calls.push(item);
-            }
-            if !args.is_empty() {
-                let Some(it) = self.calls.get_mut(k) else {
-                    continue;
-                };
-                it.text += args;
-                let (index, id) = (it.index, it.id.clone());
-                out.push(self.event(
-                    "response.function_call_arguments.delta",
-                    json!({"item_id": id, "output_index": index, "delta": args}),
-                ));
-            }
-        }
-        out
-    }
-
     /// Appends `text` to the reasoning or message item, opening it (with its `added` events)
     /// first; returns its output index and id.
     fn append(&mut self, slot: Slot, text: &str, out: &mut Vec<SseEvent>) -> (usize, String) {
@@ -619,6 +493,80 @@ impl Events {
                 json!({"output_index": index, "item": item}),
             ),
         ]
+    }
+}
+
+impl relay::Translate for Events {
+    fn on_chunk(&mut self, c: &Value) -> Vec<SseEvent> {
+        let mut out = Vec::new();
+        if !self.started {
+            self.started = true;
+            self.chat_id = c["id"].as_str().unwrap_or("").to_string();
+            self.id = id_of("resp", &self.chat_id);
+            self.created = c["created"].clone();
+            self.model = c["model"].clone();
+            let r = self.response("in_progress", Vec::new());
+            out.push(self.event("response.created", json!({"response": r})));
+            out.push(self.event("response.in_progress", json!({"response": r})));
+        }
+        if let Some(u) = c.get("usage").filter(|u| !u.is_null()) {
+            self.usage = usage_of(u);
+        }
+        let Some(ch) = c["choices"].get(0) else {
+            return out;
+        };
+        if let Some(f) = ch["finish_reason"].as_str() {
+            self.finish = f.to_string();
+        }
+        let d = &ch["delta"];
+        if let Some(r) = d["reasoning_content"].as_str().filter(|r| !r.is_empty()) {
+            let (index, id) = self.append(Slot::Reasoning, r, &mut out);
+            out.push(self.event(
+                "response.reasoning_text.delta",
+                json!({"item_id": id, "output_index": index, "content_index": 0, "delta": r}),
+            ));
+        }
+        if let Some(t) = d["content"].as_str().filter(|t| !t.is_empty()) {
+            out.extend(self.close_reasoning());
+            let (index, id) = self.append(Slot::Message, t, &mut out);
+            out.push(self.event(
+                "response.output_text.delta",
+                json!({"item_id": id, "output_index": index, "content_index": 0, "delta": t}),
+            ));
+        }
+        for tc in d["tool_calls"].as_array().into_iter().flatten() {
+            out.extend(self.close_reasoning());
+            let k = tc["index"].as_u64().unwrap_or(0) as usize;
+            let args = tc["function"]["arguments"].as_str().unwrap_or("");
+            if tc.get("id").is_some_and(|i| !i.is_null()) || k >= self.calls.len() {
+                let item = Item {
+                    index: self.next,
+                    id: format!("{}_{k}", id_of("fc", &self.chat_id)),
+                    text: String::new(),
+                    call: Some((tc["id"].clone(), tc["function"]["name"].clone())),
+                };
+                self.next += 1;
+                let added = json!({"type": "function_call", "id": item.id, "call_id": tc["id"],
+                    "name": tc["function"]["name"], "arguments": "", "status": "in_progress"});
+                out.push(self.event(
+                    "response.output_item.added",
+                    json!({"output_index": item.index, "item": added}),
+                ));
+                self.calls.push(item);
+            }
+            if !args.is_empty() {
+                let Some(it) = self.calls.get_mut(k) else {
+                    continue;
+                };
+                it.text += args;
+                let (index, id) = (it.index, it.id.clone());
+                out.push(self.event(
+                    "response.function_call_arguments.delta",
+                    json!({"item_id": id, "output_index": index, "delta": args}),
+                ));
+            }
+        }
+        out
     }
 
     fn finish(&mut self) -> Vec<SseEvent> {

@@ -1,0 +1,73 @@
+//! What the APIs served over the chat route (`responses.rs`, `messages.rs`) share: reading a
+//! chat answer back as JSON, and relaying a streamed one's SSE chunks through a translator into
+//! the other API's events.
+
+use super::error::ApiError;
+use axum::response::sse::{Event as SseEvent, Sse};
+use serde_json::Value;
+use std::convert::Infallible;
+
+/// Largest chat answer read back (the chat route bounds it anyway).
+const BODY_LIMIT: usize = 64 << 20;
+
+/// A non-streamed chat answer's JSON.
+pub async fn chat_json(body: axum::body::Body) -> Result<Value, ApiError> {
+    let bytes = axum::body::to_bytes(body, BODY_LIMIT)
+        .await
+        .map_err(|e| ApiError::unavailable(format!("reading the chat answer: {e}")))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::unavailable(format!("the chat answer: {e}")))
+}
+
+/// Turns streamed chat chunks into another API's events.
+pub trait Translate: Send + 'static {
+    /// The events of one chat chunk.
+    fn on_chunk(&mut self, c: &Value) -> Vec<SseEvent>;
+    /// The closing events, at `[DONE]` or when the chat stream ends.
+    fn finish(&mut self) -> Vec<SseEvent>;
+}
+
+/// The events `ev` makes of a streamed chat answer (`body`: its SSE chunks).
+pub fn relay<T: Translate>(
+    body: axum::body::Body,
+    ev: T,
+) -> Sse<impl futures::Stream<Item = Result<SseEvent, Infallible>>> {
+    use futures::StreamExt;
+    let chunks = body.into_data_stream();
+    let s = futures::stream::unfold(
+        (chunks, String::new(), ev, false),
+        |(mut chunks, mut buf, mut ev, done)| async move {
+            if done {
+                return None;
+            }
+            loop {
+                if let Some(at) = buf.find("\n\n") {
+                    let event: String = buf.drain(..at + 2).collect();
+                    let Some(data) = event.lines().find_map(|l| l.strip_prefix("data: ")) else {
+                        continue;
+                    };
+                    if data.trim() == "[DONE]" {
+                        let out = ev.finish();
+                        return Some((out, (chunks, buf, ev, true)));
+                    }
+                    if let Ok(c) = serde_json::from_str::<Value>(data) {
+                        let out = ev.on_chunk(&c);
+                        if !out.is_empty() {
+                            return Some((out, (chunks, buf, ev, false)));
+                        }
+                    }
+                    continue;
+                }
+                match chunks.next().await {
+                    Some(Ok(b)) => buf.push_str(&String::from_utf8_lossy(&b)),
+                    _ => {
+                        let out = ev.finish();
+                        return Some((out, (chunks, buf, ev, true)));
+                    }
+                }
+            }
+        },
+    )
+    .flat_map(|events| futures::stream::iter(events.into_iter().map(Ok)));
+    Sse::new(s)
+}
