@@ -387,9 +387,8 @@ async fn responses_api_matches_the_chat_completion() {
         .collect();
     assert_eq!(streamed, thought, "{events:?}");
     drop(r1);
-    // background and conversation objects are 400s, an unknown previous response a 404.
+    // Conversation objects are 400s, an unknown previous response a 404.
     for (bad, want) in [
-        (json!({"input": "x", "background": true}), 400),
         (json!({"input": "x", "conversation": "conv_1"}), 400),
         (json!({"input": 3}), 400),
         (
@@ -469,4 +468,65 @@ async fn responses_are_stored_and_continued() {
     assert_eq!(st, 404);
     let (st, v) = s.post("/v1/responses", &next).await;
     assert_eq!(st, 404, "{v}");
+    // background: queued at once, then polled to the same answer as in the foreground.
+    let mut bg = first.clone();
+    bg["background"] = json!(true);
+    let (st, q) = s.post("/v1/responses", &bg).await;
+    assert_eq!(st, 200, "{q}");
+    assert_eq!(q["status"], "queued", "{q}");
+    let bid = q["id"].as_str().unwrap().to_string();
+    let done = poll(&s, &bid, |r| {
+        !matches!(r["status"].as_str(), Some("queued" | "in_progress"))
+    })
+    .await;
+    assert_eq!(done["status"], "incomplete", "{done}");
+    assert_eq!(
+        done["output"][0]["content"][0]["text"], r1["output"][0]["content"][0]["text"],
+        "{done}"
+    );
+    // A completed one cannot be cancelled; a long one can, and stays cancelled.
+    let (st, _) = s
+        .post(&format!("/v1/responses/{bid}/cancel"), &json!({}))
+        .await;
+    assert_eq!(st, 400);
+    let mut long = bg.clone();
+    long["max_output_tokens"] = json!(4000);
+    long["input"] = json!("Write a very long story");
+    let (st, q2) = s.post("/v1/responses", &long).await;
+    assert_eq!(st, 200, "{q2}");
+    let lid = q2["id"].as_str().unwrap().to_string();
+    let (st, c) = s
+        .post(&format!("/v1/responses/{lid}/cancel"), &json!({}))
+        .await;
+    assert_eq!(st, 200, "{c}");
+    assert_eq!(c["status"], "cancelled", "{c}");
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let (_, got) = s.get(&format!("/v1/responses/{lid}")).await;
+    assert_eq!(
+        serde_json::from_str::<Value>(&got).unwrap()["status"],
+        "cancelled"
+    );
+    // Not stored or streamed: 400s.
+    for bad in [
+        json!({"input": "x", "background": true, "store": false}),
+        json!({"input": "x", "background": true, "stream": true}),
+    ] {
+        let (st, v) = s.post("/v1/responses", &bad).await;
+        assert_eq!(st, 400, "{bad} -> {v}");
+    }
+}
+
+/// Polls `GET /v1/responses/{id}` (up to 30 s) until `done` holds; returns that response.
+async fn poll(s: &Server, id: &str, done: impl Fn(&Value) -> bool) -> Value {
+    let t0 = Instant::now();
+    loop {
+        let (st, body) = s.get(&format!("/v1/responses/{id}")).await;
+        assert_eq!(st, 200, "{body}");
+        let r: Value = serde_json::from_str(&body).unwrap();
+        if done(&r) {
+            return r;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(30), "{r}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }

@@ -325,7 +325,7 @@ async fn new_routes_answer_sglang_shapes_behind_the_key() {
         ("POST", "/open_session"),
         ("POST", "/close_session"),
         ("POST", "/start_expert_distribution_record"),
-        ("POST", "/v1/responses/resp_1/cancel"),
+        ("POST", "/api/generate"),
         ("POST", "/api/chat"),
         ("POST", "/v1/score"),
         ("POST", "/v1/embeddings"),

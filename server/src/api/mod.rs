@@ -19,6 +19,7 @@ pub mod parse;
 pub mod relay;
 pub mod reqlog;
 pub mod responses;
+pub mod responses_bg;
 pub mod responses_store;
 pub mod tokenize;
 pub mod unsupported;
@@ -158,6 +159,10 @@ pub fn app_with_limit(state: AppState, max_payload: usize) -> Router {
         .route(
             "/v1/responses/{response_id}",
             get(responses::retrieve).delete(responses::delete),
+        )
+        .route(
+            "/v1/responses/{response_id}/cancel",
+            post(responses_bg::cancel),
         )
         // SageMaker's chat completions, as SGLang maps it.
         .route("/invocations", post(openai::chat_completions))

@@ -7,7 +7,8 @@
 //! events (`response.created` ... `response.output_text.delta` ... `response.completed`).
 //! Responses are stored unless `store` is false (`responses_store.rs`, in memory):
 //! `previous_response_id` continues a stored conversation (404 when unknown), `GET` / `DELETE
-//! /v1/responses/{id}` read and forget one. `background` and `conversation` are 400s.
+//! /v1/responses/{id}` read and forget one; `background` runs one as a task to poll and cancel
+//! (`responses_bg.rs`). `conversation` objects are 400s.
 
 use super::error::ApiError;
 use super::responses_store::{ResponseStore, Stored};
@@ -47,6 +48,15 @@ pub async fn responses(
         store: st.responses.clone(),
         history: [history, inputs].concat(),
     });
+    if req.get("background").and_then(Value::as_bool) == Some(true) {
+        let Some(keep) = keep.filter(|_| !stream) else {
+            return Err(ApiError::bad_request(
+                "background responses must be stored and are not streamed by this server: \
+                 send store true (the default) and poll GET /v1/responses/{id}.",
+            ));
+        };
+        return Ok(Json(super::responses_bg::start(st, headers, req, chat, keep)).into_response());
+    }
     let answer =
         openai::chat_completions(State(st), headers, Bytes::from(chat.to_string())).await?;
     let body = answer.into_body();
@@ -88,14 +98,14 @@ pub async fn delete(
 }
 
 /// Where a response is stored once it is complete, with the conversation through its input.
-struct Keep {
-    store: Arc<ResponseStore>,
+pub(super) struct Keep {
+    pub(super) store: Arc<ResponseStore>,
     history: Vec<Value>,
 }
 
 impl Keep {
     /// Stores `r` with the conversation through its output (reasoning is not carried over).
-    fn save(self, r: &Value) {
+    pub(super) fn save(self, r: &Value) {
         let mut history = self.history;
         for it in r["output"].as_array().into_iter().flatten() {
             if it["type"] != "reasoning" {
@@ -125,9 +135,6 @@ fn to_chat(req: &Value, history: &[Value]) -> Result<(Value, Vec<Value>), ApiErr
              previous_response_id or send the whole input."
                 .into(),
         );
-    }
-    if req.get("background").and_then(Value::as_bool) == Some(true) {
-        return bad("background responses are not supported by this server.".into());
     }
     let mut inputs = Vec::new();
     match req.get("input") {
@@ -255,7 +262,7 @@ fn id_of(prefix: &str, chat_id: &str) -> String {
 }
 
 /// The response object: `status` completed (incomplete when the length ran out), `output`.
-fn response_object(
+pub(super) fn response_object(
     req: &Value,
     id: &str,
     created: &Value,
@@ -283,7 +290,7 @@ fn response_object(
 }
 
 /// The Responses `usage` of a chat `usage`.
-fn usage_of(u: &Value) -> Value {
+pub(super) fn usage_of(u: &Value) -> Value {
     let (i, o) = (
         u["prompt_tokens"].as_u64().unwrap_or(0),
         u["completion_tokens"].as_u64().unwrap_or(0),
@@ -309,7 +316,7 @@ fn call_item(id: &str, call_id: &Value, name: &Value, arguments: &Value) -> Valu
 }
 
 /// The response of a non-streamed chat answer.
-fn to_response(req: &Value, c: &Value) -> Value {
+pub(super) fn to_response(req: &Value, c: &Value) -> Value {
     let chat_id = c["id"].as_str().unwrap_or("");
     let m = &c["choices"][0]["message"];
     let mut output = Vec::new();

@@ -59,7 +59,6 @@ pub const ROUTES: &[&str] = &[
     "/v1/score",
     "/v1/decisions",
     "/v1/audio/transcriptions",
-    "/v1/responses/{response_id}/cancel",
     "/v1/systemone",
     "/api/chat",
     "/api/generate",
