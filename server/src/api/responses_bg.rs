@@ -14,16 +14,6 @@ use axum::http::HeaderMap;
 use axum::Json;
 use serde_json::{json, Value};
 
-/// A fresh response id: `resp_` and 32 hex digits.
-fn new_id() -> String {
-    use rand::Rng;
-    let mut r = rand::rng();
-    (0..32).fold(String::from("resp_"), |mut s, _| {
-        s.push(char::from_digit(r.random_range(0..16), 16).expect("hex digit"));
-        s
-    })
-}
-
 /// Whether the response stored under `id` was cancelled.
 fn cancelled(keep: &Keep, id: &str) -> bool {
     keep.store
@@ -51,7 +41,7 @@ pub(super) fn start(
     mut chat: Value,
     keep: Keep,
 ) -> Value {
-    let id = new_id();
+    let id = crate::parsers::hex_id("resp_", 32);
     chat["rid"] = json!(id);
     let created = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

@@ -158,9 +158,14 @@ pub struct ToolCall {
 
 /// A fresh tool call id, as SGLang makes them: `call_` and 24 hex digits.
 pub fn call_id() -> String {
+    hex_id("call_", 24)
+}
+
+/// `prefix` and `digits` random hex digits.
+pub fn hex_id(prefix: &str, digits: usize) -> String {
     use rand::Rng;
     let mut r = rand::rng();
-    (0..24).fold(String::from("call_"), |mut s, _| {
+    (0..digits).fold(String::from(prefix), |mut s, _| {
         s.push(char::from_digit(r.random_range(0..16), 16).expect("hex digit"));
         s
     })
