@@ -1,8 +1,8 @@
 // wgmma (sm_90a) primitives shared by the programs compiled for sm_90a (the prefill attention of
 // attention_prefill_wg.cu and the GEMM of gemm_wg.cu; prepended after common.cuh by
 // kernels/src/cuda/nvrtc.rs): fences, commit / wait of wgmma groups, shared-memory matrix
-// descriptors in the 128-byte swizzle, and the mbarrier and TMA operations of the GEMM's
-// producer / consumer pipeline.
+// descriptors in the 128-byte swizzle, the wgmma instructions, and the mbarrier and TMA
+// operations of the GEMM's producer / consumer pipeline.
 // Makes this thread's completed cp.async writes visible to wgmma's (async proxy) reads.
 __device__ __forceinline__ void wg_fence_async() {
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
@@ -98,26 +98,6 @@ __device__ __forceinline__ void mb_wait(u32 bar, u32 parity) {
             : "memory");
     }
 }
-// Arrive on the mbarrier at `bar` (a shared::cta address) in cluster block `cta`'s shared memory
-// (this block's own included). Default (CTA-scope) semantics: a cluster-scope release fences
-// every earlier global store of the thread (MEMBAR.ALL.GPU), and what the arrival hands back
-// (shared tiles whose wgmma reads are complete) needs no ordering.
-__device__ __forceinline__ void mb_arrive_cluster(u32 bar, u32 cta) {
-    asm volatile(
-        "{\n.reg .b32 ra;\nmapa.shared::cluster.u32 ra, %0, %1;\n"
-        "mbarrier.arrive.shared::cluster.b64 _, [ra];\n}\n" ::"r"(bar),
-        "r"(cta)
-        : "memory");
-}
-// Every thread of every block of the cluster arrives and waits (divergent code allowed).
-__device__ __forceinline__ void cluster_sync() {
-    asm volatile("barrier.cluster.arrive.release;\nbarrier.cluster.wait.acquire;\n" ::: "memory");
-}
-__device__ __forceinline__ u32 cluster_rank() {
-    u32 r;
-    asm volatile("mov.u32 %0, %%cluster_ctarank;\n" : "=r"(r));
-    return r;
-}
 // A tensor map (CUtensorMap, 128 bytes) passed by value as a __grid_constant__ kernel argument.
 struct __align__(64) TmaMap {
     u64 v[16];
@@ -128,15 +108,5 @@ __device__ __forceinline__ void tma_load_2d(u32 dst, const TmaMap* map, int c0, 
     asm volatile(
         "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(dst),
         "l"((u64)map), "r"(c0), "r"(c1), "r"(bar)
-        : "memory");
-}
-// tma_load_2d into the same shared-memory offset of every cluster block in `mask`, completing
-// each one's mbarrier at `bar`'s offset.
-__device__ __forceinline__ void tma_load_2d_mc(u32 dst, const TmaMap* map, int c0, int c1, u32 bar,
-                                               unsigned short mask) {
-    asm volatile(
-        "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.multicast::cluster"
-        " [%0], [%1, {%2, %3}], [%4], %5;\n" ::"r"(dst),
-        "l"((u64)map), "r"(c0), "r"(c1), "r"(bar), "h"(mask)
         : "memory");
 }

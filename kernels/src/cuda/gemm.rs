@@ -53,9 +53,6 @@ pub enum GemmPath {
     GemvRows,
     /// The mma few-row kernel (2-8 rows, `gemm_rows.rs`; `Auto` runs it only in `RowsMode::Mma`).
     GemvMma,
-    /// The wgmma + TMA GEMM (`gemm_wg.rs`, compute 9.0; prefill-sized x, bf16 y, out a
-    /// multiple of 256).
-    Wgmma,
 }
 
 /// Most rows `GemmPath::Auto` sends to cuBLASLt (decode batches).
@@ -417,9 +414,8 @@ impl Gemm {
         self.gate_wg_applies(x, w) || self.gate_silu_rows_apply(x, w)
     }
 
-    /// Whether the wgmma GEMMs run (`gemm_wg.rs`: compute 9.0, loaded, not batch-invariant
-    /// mode): prefill-sized gate_up + SiLU, for x of at least
-    /// [`super::gemm_wg::GATE_WG_MIN_ROWS`] rows, and `GemmPath::Wgmma`.
+    /// Whether the wgmma gate_up GEMM runs (`gemm_wg.rs`: compute 9.0, loaded, not
+    /// batch-invariant mode) for x of at least [`super::gemm_wg::GATE_WG_MIN_ROWS`] rows.
     pub fn has_wg_gemm(&self) -> bool {
         self.wg.is_some() && !self.deterministic
     }
@@ -463,8 +459,7 @@ impl Gemm {
         if let (true, Some(g)) = (self.gate_wg_applies(x, w), &self.wg) {
             // SAFETY: applies() and the checks above: x t x k, w 2 inter x k, act t x inter
             // bf16 on this GPU.
-            let kind = super::gemm_wg::WgKind::GateSilu;
-            unsafe { g.launch(self.ctx.stream().cu_stream(), kind, x, w, act) }?;
+            unsafe { g.launch(self.ctx.stream().cu_stream(), x, w, act) }?;
             return Ok(true);
         }
         if let Some(kern) = self.rows_pick(t, k) {
@@ -678,14 +673,6 @@ impl Gemm {
             GemmPath::Auto if gemv_ok && t <= self.gemv_max_rows && k <= GEMV_MAX_IN => {
                 GemmPath::Gemv
             }
-            GemmPath::Auto
-                if self.wg.is_some()
-                    && super::gemm_wg::plain_auto()
-                    && y.dtype() == DType::Bf16
-                    && super::gemm_wg::WgGemm::applies(x, w) =>
-            {
-                GemmPath::Wgmma
-            }
             GemmPath::Auto if t > self.gemv_max_rows && t <= LT_MAX_ROWS && self.lt.is_some() => {
                 GemmPath::CublasLt
             }
@@ -754,20 +741,6 @@ impl Gemm {
                     &args,
                 )
             };
-        }
-        if path == GemmPath::Wgmma {
-            use super::gemm_wg::{WgGemm, WgKind};
-            let wg = self.wg.as_ref().ok_or(CudaError::MissingLibrary(
-                "the wgmma GEMM (compute 9.0 only)",
-            ))?;
-            ensure(WgGemm::applies(x, w) && y.dtype() == DType::Bf16, || {
-                format!(
-                        "wgmma GEMM needs >= {} rows, out % 256 == 0, in % 8 == 0, bf16 y (T {t}, out {n_out}, in {k})",
-                        super::gemm_wg::GATE_WG_MIN_ROWS
-                    )
-            })?;
-            // SAFETY: applies() and the checks above: x [t, k], w [n_out, k], y [t, n_out] bf16.
-            return unsafe { wg.launch(self.ctx.stream().cu_stream(), WgKind::Plain, x, w, y) };
         }
         if path == GemmPath::Gemv {
             ensure(gemv_ok, || {

@@ -82,7 +82,7 @@ pub(crate) fn init_pdl(major: i32) {
 }
 
 /// The launch attribute of thread-block clusters of (x, y, z) blocks.
-pub fn cluster_attr((x, y, z): (u32, u32, u32)) -> CUlaunchAttribute {
+fn cluster_attr((x, y, z): (u32, u32, u32)) -> CUlaunchAttribute {
     // SAFETY: CUlaunchAttributeValue is a plain C union; all-zero is valid for every member.
     let mut value: CUlaunchAttributeValue = unsafe { std::mem::zeroed() };
     value.clusterDim.x = x;
@@ -96,11 +96,7 @@ pub fn cluster_attr((x, y, z): (u32, u32, u32)) -> CUlaunchAttribute {
 }
 
 /// The launch configuration of `dims` on `stream` with `attrs` (which must outlive its use).
-pub fn launch_config(
-    dims: Dims,
-    stream: CUstream,
-    attrs: &mut [CUlaunchAttribute],
-) -> CUlaunchConfig {
+fn launch_config(dims: Dims, stream: CUstream, attrs: &mut [CUlaunchAttribute]) -> CUlaunchConfig {
     CUlaunchConfig {
         gridDimX: dims.grid.0,
         gridDimY: dims.grid.1,

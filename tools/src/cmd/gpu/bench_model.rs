@@ -531,10 +531,9 @@ pub fn run(
                 None
             };
             summary.push(line + &format!(" (as planned {ms:.1} ms)"));
-            // The forward with gate_up + SiLU in the wgmma GEMM and with cuBLAS + silu_mul, then
-            // with every projection on the wgmma GEMMs and with qkv / o / down on cuBLAS.
+            // The forward with gate_up + SiLU in the wgmma GEMM and with cuBLAS + silu_mul.
             if gemm.has_wg_gemm() && t >= strata_kernels::cuda::gemm_wg::GATE_WG_MIN_ROWS {
-                use strata_kernels::cuda::{gemm_wg::set_plain_auto, Fusion};
+                use strata_kernels::cuda::Fusion;
                 // `set(Some(on))` for each forward, alternated twice, `set(None)` after:
                 // ([on, on], [off, off]) in ms.
                 let ab = |set: &dyn Fn(Option<bool>)| -> anyhow::Result<[[f64; 2]; 2]> {
@@ -560,12 +559,6 @@ pub fn run(
                     "gate_up + SiLU in the wgmma GEMM",
                     "cuBLAS + silu_mul",
                     gate,
-                ));
-                let all = ab(&|v| set_plain_auto(v))?;
-                summary.push(line(
-                    "every projection on the wgmma GEMMs",
-                    "qkv / o / down on cuBLAS",
-                    all,
                 ));
             }
             let layer_flops = attn / shape.layers as f64;
@@ -888,33 +881,14 @@ fn prefill_gemms(
         } else {
             lt_total += ms * times as f64;
         }
-        // The plain wgmma GEMM (compute 9.0).
-        if rows > 1
-            && gemm.has_wg_gemm()
-            && (n % 256 == 0)
-            && rows >= strata_kernels::cuda::gemm_wg::GATE_WG_MIN_ROWS
-        {
-            let wg = gpu_ms(c, false, 2, 10, || {
-                Ok(gemm.linear_with(&x, &w, &y, GemmPath::Wgmma)?)
-            })?;
-            line += &format!(" [wgmma {wg:.3} ms, x{:.3}]", wg / ms);
-        }
         // gate_up with the SiLU in the wgmma GEMM's epilogue (compute 9.0) vs cuBLAS +
         // silu_mul.
         let act = c.alloc(bf, &[rows, s.inter])?;
         if name == "gate_up" && gemm.gate_silu_applies(&x, &w) {
-            use strata_kernels::cuda::gemm_wg::set_gate_solo;
-            set_gate_solo(Some(true));
-            let solo = gpu_ms(c, false, 2, 10, || {
-                gemm.gate_silu(&x, &w, &act)?;
-                Ok(())
-            });
-            set_gate_solo(None);
             let fused = gpu_ms(c, false, 2, 10, || {
                 gemm.gate_silu(&x, &w, &act)?;
                 Ok(())
             })?;
-            line += &format!(" [+ SiLU without clusters: {:.3} ms]", solo?);
             let apart = gpu_ms(c, false, 2, 10, || {
                 gemm.linear_with(&x, &w, &y, GemmPath::Cublas)?;
                 Ok(ops.silu_mul(&y, &act)?)
