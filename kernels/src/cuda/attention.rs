@@ -941,7 +941,7 @@ impl CudaOps {
                     f,
                     self.ctx.stream().cu_stream(),
                     dims,
-                    Some((1, 1, plan.cluster as u32)),
+                    Some(plan.cluster as u32),
                     &args,
                 )
             }?;

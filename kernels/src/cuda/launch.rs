@@ -81,36 +81,6 @@ pub(crate) fn init_pdl(major: i32) {
     }
 }
 
-/// The launch attribute of thread-block clusters of (x, y, z) blocks.
-fn cluster_attr((x, y, z): (u32, u32, u32)) -> CUlaunchAttribute {
-    // SAFETY: CUlaunchAttributeValue is a plain C union; all-zero is valid for every member.
-    let mut value: CUlaunchAttributeValue = unsafe { std::mem::zeroed() };
-    value.clusterDim.x = x;
-    value.clusterDim.y = y;
-    value.clusterDim.z = z;
-    CUlaunchAttribute {
-        id: CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,
-        pad: [0; 4],
-        value,
-    }
-}
-
-/// The launch configuration of `dims` on `stream` with `attrs` (which must outlive its use).
-fn launch_config(dims: Dims, stream: CUstream, attrs: &mut [CUlaunchAttribute]) -> CUlaunchConfig {
-    CUlaunchConfig {
-        gridDimX: dims.grid.0,
-        gridDimY: dims.grid.1,
-        gridDimZ: dims.grid.2,
-        blockDimX: dims.block,
-        blockDimY: 1,
-        blockDimZ: 1,
-        sharedMemBytes: dims.smem,
-        hStream: stream,
-        attrs: attrs.as_mut_ptr(),
-        numAttrs: attrs.len() as u32,
-    }
-}
-
 /// Launches `f` on `stream` with `args`.
 ///
 /// # Safety
@@ -122,8 +92,8 @@ pub unsafe fn launch(f: &CudaFunction, stream: CUstream, dims: Dims, args: &[Arg
     unsafe { launch_in_clusters(f, stream, dims, None, args) }
 }
 
-/// [`launch`] with the grid in thread-block clusters of `cluster` = (x, y, z) blocks (sm_90+;
-/// each grid dimension a multiple of the cluster's), or none.
+/// [`launch`] with the grid in thread-block clusters of `cluster` blocks along z (sm_90+; grid z
+/// must be a multiple of it), or none.
 ///
 /// # Safety
 /// `args` must match the kernel's parameter list in number, order and type, and every pointer
@@ -133,7 +103,7 @@ pub unsafe fn launch_in_clusters(
     f: &CudaFunction,
     stream: CUstream,
     dims: Dims,
-    cluster: Option<(u32, u32, u32)>,
+    cluster: Option<u32>,
     args: &[Arg],
 ) -> Result<()> {
     let mut vals: Vec<Arg> = args.to_vec();
@@ -173,10 +143,29 @@ pub unsafe fn launch_in_clusters(
                 value,
             });
         }
-        if let Some(c) = cluster {
-            attrs.push(cluster_attr(c));
+        if let Some(z) = cluster {
+            let mut value: CUlaunchAttributeValue = std::mem::zeroed();
+            value.clusterDim.x = 1;
+            value.clusterDim.y = 1;
+            value.clusterDim.z = z;
+            attrs.push(CUlaunchAttribute {
+                id: CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,
+                pad: [0; 4],
+                value,
+            });
         }
-        let cfg = launch_config(dims, stream, &mut attrs);
+        let cfg = CUlaunchConfig {
+            gridDimX: dims.grid.0,
+            gridDimY: dims.grid.1,
+            gridDimZ: dims.grid.2,
+            blockDimX: dims.block,
+            blockDimY: 1,
+            blockDimZ: 1,
+            sharedMemBytes: dims.smem,
+            hStream: stream,
+            attrs: attrs.as_mut_ptr(),
+            numAttrs: attrs.len() as u32,
+        };
         sys::cuLaunchKernelEx(
             &cfg,
             f.cu_function(),
