@@ -75,8 +75,8 @@ fn to_chat(req: &Value) -> Result<Value, ApiError> {
     let mut messages = Vec::new();
     match req.get("system") {
         Some(Value::String(s)) => messages.push(json!({"role": "system", "content": s})),
-        Some(Value::Array(blocks)) => {
-            messages.push(json!({"role": "system", "content": text_of(blocks)}))
+        Some(blocks @ Value::Array(_)) => {
+            messages.push(json!({"role": "system", "content": relay::text_of(blocks)}))
         }
         Some(Value::Null) | None => {}
         Some(v) => return bad(format!("system: a string or text blocks, got {v}.")),
@@ -99,19 +99,19 @@ fn to_chat(req: &Value) -> Result<Value, ApiError> {
     }
     let mut chat = Map::new();
     chat.insert("messages".into(), Value::Array(messages));
-    for (from, to) in [
-        ("model", "model"),
-        ("max_tokens", "max_tokens"),
-        ("stop_sequences", "stop"),
-        ("temperature", "temperature"),
-        ("top_p", "top_p"),
-        ("top_k", "top_k"),
-        ("stream", "stream"),
-    ] {
-        if let Some(v) = req.get(from).filter(|v| !v.is_null()) {
-            chat.insert(to.into(), v.clone());
-        }
-    }
+    relay::copy_fields(
+        req,
+        &mut chat,
+        &[
+            ("model", "model"),
+            ("max_tokens", "max_tokens"),
+            ("stop_sequences", "stop"),
+            ("temperature", "temperature"),
+            ("top_p", "top_p"),
+            ("top_k", "top_k"),
+            ("stream", "stream"),
+        ],
+    );
     if let Some(tools) = req.get("tools").and_then(Value::as_array) {
         let mut out = Vec::new();
         for t in tools {
@@ -121,9 +121,7 @@ fn to_chat(req: &Value) -> Result<Value, ApiError> {
             {
                 return bad(format!("tools: server tools are not supported, got {t}."));
             }
-            out.push(json!({"type": "function", "function": {
-                "name": t["name"], "description": t.get("description").cloned().unwrap_or(Value::Null),
-                "parameters": t.get("input_schema").cloned().unwrap_or(json!({}))}}));
+            out.push(relay::function_tool(t, "input_schema"));
         }
         chat.insert("tools".into(), Value::Array(out));
     }
@@ -140,10 +138,7 @@ fn to_chat(req: &Value) -> Result<Value, ApiError> {
         }
         chat.insert("tool_choice".into(), choice);
     }
-    if chat.get("stream") == Some(&json!(true)) {
-        chat.insert("stream_options".into(), json!({"include_usage": true}));
-    }
-    Ok(Value::Object(chat))
+    Ok(relay::chat_request(chat))
 }
 
 /// One message's blocks as chat messages: a user turn's `tool_result` blocks become tool
@@ -159,11 +154,7 @@ fn turn(role: &str, blocks: &[Value], out: &mut Vec<Value>) -> Result<(), ApiErr
                 "name": b["name"], "arguments": b.get("input").unwrap_or(&json!({})).to_string()}}))
             }
             "tool_result" => {
-                let content = match b.get("content") {
-                    Some(Value::String(s)) => s.clone(),
-                    Some(Value::Array(parts)) => text_of(parts),
-                    _ => String::new(),
-                };
+                let content = relay::text_of(b.get("content").unwrap_or(&Value::Null));
                 out.push(
                     json!({"role": "tool", "tool_call_id": b["tool_use_id"], "content": content}),
                 );
@@ -185,14 +176,6 @@ fn turn(role: &str, blocks: &[Value], out: &mut Vec<Value>) -> Result<(), ApiErr
         out.push(json!({"role": role, "content": text}));
     }
     Ok(())
-}
-
-/// The texts of text blocks, joined.
-fn text_of(blocks: &[Value]) -> String {
-    blocks
-        .iter()
-        .filter_map(|b| b.get("text").and_then(Value::as_str))
-        .collect()
 }
 
 /// Anthropic's stop reason of a chat finish (and the stop sequence that ended it).

@@ -1,14 +1,53 @@
-//! What the APIs served over the chat route (`responses.rs`, `messages.rs`) share: reading a
-//! chat answer back as JSON, and relaying a streamed one's SSE chunks through a translator into
-//! the other API's events.
+//! What the APIs served over the chat route (`responses.rs`, `messages.rs`) share: building the
+//! chat request (copied fields, function tools, the streamed usage chunk), reading a chat answer
+//! back as JSON, and relaying a streamed one's SSE chunks through a translator into the other
+//! API's events.
 
 use super::error::ApiError;
 use axum::response::sse::{Event as SseEvent, Sse};
-use serde_json::Value;
+use serde_json::{json, Map, Value};
 use std::convert::Infallible;
 
 /// Largest chat answer read back (the chat route bounds it anyway).
 const BODY_LIMIT: usize = 64 << 20;
+
+/// Copies `req`'s non-null fields into the chat request, each `(from, to)` renamed.
+pub fn copy_fields(req: &Value, chat: &mut Map<String, Value>, fields: &[(&str, &str)]) {
+    for (from, to) in fields {
+        if let Some(v) = req.get(*from).filter(|v| !v.is_null()) {
+            chat.insert((*to).into(), v.clone());
+        }
+    }
+}
+
+/// The chat's function tool of tool `t`: its `name`, `description` and the JSON schema in its
+/// field `schema`.
+pub fn function_tool(t: &Value, schema: &str) -> Value {
+    json!({"type": "function", "function": {"name": t["name"],
+        "description": t.get("description").cloned().unwrap_or(Value::Null),
+        "parameters": t.get(schema).cloned().unwrap_or(json!({}))}})
+}
+
+/// The chat request of `chat`: a streamed one also asks for the usage chunk (the other APIs
+/// report usage at their end).
+pub fn chat_request(mut chat: Map<String, Value>) -> Value {
+    if chat.get("stream") == Some(&json!(true)) {
+        chat.insert("stream_options".into(), json!({"include_usage": true}));
+    }
+    Value::Object(chat)
+}
+
+/// The text of a content field: a string, or the texts of its parts.
+pub fn text_of(c: &Value) -> String {
+    match c {
+        Value::String(s) => s.clone(),
+        Value::Array(parts) => parts
+            .iter()
+            .filter_map(|p| p.get("text").and_then(Value::as_str))
+            .collect(),
+        _ => String::new(),
+    }
+}
 
 /// A non-streamed chat answer's JSON.
 pub async fn chat_json(body: axum::body::Body) -> Result<Value, ApiError> {

@@ -154,27 +154,27 @@ fn to_chat(req: &Value, history: &[Value]) -> Result<(Value, Vec<Value>), ApiErr
     messages.extend(inputs.iter().cloned());
     let mut chat = Map::new();
     chat.insert("messages".into(), Value::Array(messages));
-    for (from, to) in [
-        ("model", "model"),
-        ("max_output_tokens", "max_tokens"),
-        ("temperature", "temperature"),
-        ("top_p", "top_p"),
-        ("top_k", "top_k"),
-        ("min_p", "min_p"),
-        ("repetition_penalty", "repetition_penalty"),
-        ("frequency_penalty", "frequency_penalty"),
-        ("presence_penalty", "presence_penalty"),
-        ("stop", "stop"),
-        ("seed", "seed"),
-        ("parallel_tool_calls", "parallel_tool_calls"),
-        ("stream", "stream"),
-        ("chat_template_kwargs", "chat_template_kwargs"),
-        ("request_id", "rid"),
-    ] {
-        if let Some(v) = req.get(from).filter(|v| !v.is_null()) {
-            chat.insert(to.into(), v.clone());
-        }
-    }
+    relay::copy_fields(
+        req,
+        &mut chat,
+        &[
+            ("model", "model"),
+            ("max_output_tokens", "max_tokens"),
+            ("temperature", "temperature"),
+            ("top_p", "top_p"),
+            ("top_k", "top_k"),
+            ("min_p", "min_p"),
+            ("repetition_penalty", "repetition_penalty"),
+            ("frequency_penalty", "frequency_penalty"),
+            ("presence_penalty", "presence_penalty"),
+            ("stop", "stop"),
+            ("seed", "seed"),
+            ("parallel_tool_calls", "parallel_tool_calls"),
+            ("stream", "stream"),
+            ("chat_template_kwargs", "chat_template_kwargs"),
+            ("request_id", "rid"),
+        ],
+    );
     if let Some(tools) = req.get("tools").and_then(Value::as_array) {
         let mut out = Vec::new();
         for t in tools {
@@ -183,9 +183,7 @@ fn to_chat(req: &Value, history: &[Value]) -> Result<(Value, Vec<Value>), ApiErr
                     "tools: only function tools are supported, got {t}."
                 ));
             }
-            out.push(json!({"type": "function", "function": {
-                "name": t["name"], "description": t.get("description").cloned().unwrap_or(Value::Null),
-                "parameters": t.get("parameters").cloned().unwrap_or(json!({}))}}));
+            out.push(relay::function_tool(t, "parameters"));
         }
         chat.insert("tools".into(), Value::Array(out));
     }
@@ -210,10 +208,7 @@ fn to_chat(req: &Value, history: &[Value]) -> Result<(Value, Vec<Value>), ApiErr
         };
         chat.insert("response_format".into(), rf);
     }
-    if chat.get("stream") == Some(&json!(true)) {
-        chat.insert("stream_options".into(), json!({"include_usage": true}));
-    }
-    Ok((Value::Object(chat), inputs))
+    Ok((relay::chat_request(chat), inputs))
 }
 
 /// One `input` item as a chat message.
@@ -227,14 +222,14 @@ fn input_item(it: &Value) -> Result<Value, ApiError> {
                 Some(r) => r,
                 None => "user",
             };
-            json!({"role": role, "content": text_of(it.get("content").unwrap_or(&Value::Null))})
+            json!({"role": role, "content": relay::text_of(it.get("content").unwrap_or(&Value::Null))})
         }
         "function_call" => json!({"role": "assistant", "content": "", "tool_calls": [{
             "id": it.get("call_id").cloned().unwrap_or(Value::Null), "type": "function",
             "function": {"name": it["name"], "arguments": it.get("arguments").cloned().unwrap_or(json!("{}"))}}]}),
         "function_call_output" => json!({"role": "tool",
             "tool_call_id": it.get("call_id").cloned().unwrap_or(Value::Null),
-            "content": text_of(it.get("output").unwrap_or(&Value::Null))}),
+            "content": relay::text_of(it.get("output").unwrap_or(&Value::Null))}),
         "reasoning" => json!({"role": "assistant", "content": ""}),
         k => {
             return Err(ApiError::bad_request(format!(
@@ -242,18 +237,6 @@ fn input_item(it: &Value) -> Result<Value, ApiError> {
             )))
         }
     })
-}
-
-/// The text of a content field: a string, or the texts of its parts.
-fn text_of(c: &Value) -> String {
-    match c {
-        Value::String(s) => s.clone(),
-        Value::Array(parts) => parts
-            .iter()
-            .filter_map(|p| p.get("text").and_then(Value::as_str))
-            .collect(),
-        _ => String::new(),
-    }
 }
 
 /// An id of `prefix` from the chat answer's id.
