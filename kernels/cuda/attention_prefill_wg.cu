@@ -7,8 +7,9 @@
 //
 // 256 threads = 2 warpgroups; warpgroup w owns tile rows 64w..64w+63. Q [128][128] is copied
 // once, K and V tiles of 128 keys into NST shared-memory stages by cp.async from every thread
-// (each key's pool slot looked up once per tile through the page table and handed to the copying
-// lanes by shuffle; zero-filled past the block's last key), NST - 1 tiles in flight. Shared
+// (each key's pool slot looked up once per tile through the page table, the entries loaded a tile
+// ahead while S runs, and handed to the copying lanes by shuffle; zero-filled past the block's
+// last key), NST - 1 tiles in flight. Shared
 // tiles are stored as two 64-dim halves, each [rows][128 bytes] in the 128-byte swizzle
 // (16-byte chunk c of row r at chunk c ^ (r & 7), halves and buffers 1024-byte aligned), the
 // canonical layout wgmma reads through a matrix descriptor: K-major for Q (A) and K (B) of
@@ -26,6 +27,9 @@
 // runs while that tile's exponentials do (queued before the mask, ptxas waited for it where the
 // mask's divergent branch rejoins, i.e. before the exponentials: 1.363 vs 1.214 ms per layer at
 // 8K on the H200, 2026-12-03; K and V in separate rings copied two tiles ahead: 1.244 ms).
+// The page-table loads a tile ahead and the row maxima and sums in four chains each took the
+// kernel alone from 1.156 to 1.109 ms per layer at 8K (H200, 2026-12-04); issuing the copies
+// while S runs as well timed the same at 8K and slower at 2K (0.116 vs 0.105 ms).
 #define WG_THREADS 256
 #define WG_ROWS 128
 #define WG_KT 128
@@ -71,10 +75,14 @@ __device__ __forceinline__ void wg_prefill_body(
     const u64 row_bytes = (u64)n_kv_heads * HD * 2;
     const u32 tcol = (u32)(T.g * HD + piece * 8) * 2u;
     const int my_key = 2 * (tid >> 5) + (lane & 1) + 16 * (lane >> 1);
-    u32 code = 0;
-    auto lookup = [&](int t0) { code = pf_slot_code(T, t0 + my_key, page_size, lane < 16); };
-    // Copies of one tile's K and V to stage st, the slots the lookup lanes hold in `code`.
+    // The lookup loads a tile's page-table entries into `slot` one iteration before its copies
+    // use them (issued while S runs; consumed at once, the load's latency stalled every warp:
+    // 8 % of the stall samples under Nsight Compute, 2026-12-04).
+    PfSlot slot;
+    auto lookup = [&](int t0) { slot = pf_slot_load(T, t0 + my_key, page_size, lane < 16); };
+    // Copies of one tile's K and V to stage st, to the slots `slot` of the lookup lanes holds.
     auto issue = [&](int st) {
+        const u32 code = pf_slot_finish(slot, page_size);
         const u32 kd = ks + st * TILE + swz_t, vd = vs + st * TILE + swz_t;
 #pragma unroll
         for (int i = 0; i < KT / 16; ++i) {
@@ -168,7 +176,6 @@ __device__ __forceinline__ void wg_prefill_body(
         const int nxt = it + LEAD;
         if (nxt < ntiles) issue(nxt % NST);
         pf_commit();
-        lookup(kbeg + (nxt + 1) * KT);
         const int t0 = kbeg + it * KT;
         const u64 kd = wg_desc(ks + (it % NST) * TILE, 16, 1024);
 
@@ -185,6 +192,8 @@ __device__ __forceinline__ void wg_prefill_body(
                 wg_mma_ss(s, qd + step, kd + kstep, kk);
         }
         wg_commit_mma();
+        // The page entries of the tile after next, loaded while S runs.
+        lookup(kbeg + (nxt + 1) * KT);
         wg_wait_mma<0>();
         wg_pin<64>(s);
 
@@ -204,12 +213,21 @@ __device__ __forceinline__ void wg_prefill_body(
         // waits for every wgmma in flight where a divergent branch rejoins.
         pv(pv_stage);
         // Online softmax (base 2); the 4 threads of a quad share a row.
-        float mx[2] = {NEG_INF, NEG_INF};
+        // Row maxima in four independent chains per row (one 16-long chain of dependent
+        // FMNMX was latency-bound with one warp per scheduler and warpgroup).
+        float mq[2][4];
 #pragma unroll
-        for (int n = 0; n < KT / 8; ++n) {
-            mx[0] = fmaxf(mx[0], fmaxf(s[4 * n], s[4 * n + 1]));
-            mx[1] = fmaxf(mx[1], fmaxf(s[4 * n + 2], s[4 * n + 3]));
-        }
+        for (int h = 0; h < 2; ++h)
+#pragma unroll
+            for (int j = 0; j < 4; ++j) mq[h][j] = fmaxf(s[4 * j + 2 * h], s[4 * j + 2 * h + 1]);
+#pragma unroll
+        for (int n = 4; n < KT / 8; ++n)
+#pragma unroll
+            for (int h = 0; h < 2; ++h)
+                mq[h][n & 3] = fmaxf(mq[h][n & 3], fmaxf(s[4 * n + 2 * h], s[4 * n + 2 * h + 1]));
+        float mx[2];
+#pragma unroll
+        for (int h = 0; h < 2; ++h) mx[h] = fmaxf(fmaxf(mq[h][0], mq[h][1]), fmaxf(mq[h][2], mq[h][3]));
         const bool rescale = pf_new_max<2>(mx, m, sl2);
         float corr[2] = {1.f, 1.f};
         if (rescale) {
@@ -224,14 +242,15 @@ __device__ __forceinline__ void wg_prefill_body(
 #pragma unroll
         for (int h = 0; h < 2; ++h) {
             const float nm = -m[h];
-            float rs = 0.f;
+            float rs[4] = {0.f, 0.f, 0.f, 0.f};
 #pragma unroll
             for (int n = 0; n < KT / 8; ++n) {
                 s[4 * n + 2 * h] = pf_ex2(fmaf(s[4 * n + 2 * h], sl2, nm));
                 s[4 * n + 2 * h + 1] = pf_ex2(fmaf(s[4 * n + 2 * h + 1], sl2, nm));
-                rs += s[4 * n + 2 * h] + s[4 * n + 2 * h + 1];
+                // Four partial sums, for the same reason.
+                rs[n & 3] += s[4 * n + 2 * h] + s[4 * n + 2 * h + 1];
             }
-            l[h] += rs;
+            l[h] += (rs[0] + rs[1]) + (rs[2] + rs[3]);
         }
         // The previous O += P V done: O and pk free again. P and the row sums are pinned
         // first, so the compiler cannot sink the exponentials below the wait.

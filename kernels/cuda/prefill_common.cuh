@@ -65,12 +65,25 @@ __device__ __forceinline__ PfTile pf_tile(const int* tile_info, const int* block
     t.bt = block_tables + (u64)t.seq * max_pages;
     return t;
 }
-// The pool slot of `key` as 2 * slot + 1, or 0 when this lane looks up nothing (`mine` false or
-// the key past the split): the copying lanes get it by shuffle and zero-fill dead keys.
-__device__ __forceinline__ u32 pf_slot_code(const PfTile& t, int key, int page_size, bool mine) {
-    if (!mine || key >= t.kend) return 0;
+// A key's page-table entry as loaded (not yet used) and its offset in the page, or off < 0 when
+// this lane looks up nothing (`mine` false or the key past the split). Split from
+// pf_slot_finish so a kernel can load a later tile's entries and use them a tile later, the
+// load's latency hidden behind the tile's work.
+struct PfSlot {
+    int page, off;
+};
+__device__ __forceinline__ PfSlot pf_slot_load(const PfTile& t, int key, int page_size, bool mine) {
+    if (!mine || key >= t.kend) return {0, -1};
     const int p = (u32)key / (u32)page_size;
-    return (u32)(__ldg(t.bt + p) * page_size + key - p * page_size) * 2u + 1u;
+    return {__ldg(t.bt + p), key - p * page_size};
+}
+// The pool slot as 2 * slot + 1, or 0 for no key: the copying lanes get it by shuffle and
+// zero-fill dead keys.
+__device__ __forceinline__ u32 pf_slot_finish(PfSlot s, int page_size) {
+    return s.off < 0 ? 0u : (u32)(s.page * page_size + s.off) * 2u + 1u;
+}
+__device__ __forceinline__ u32 pf_slot_code(const PfTile& t, int key, int page_size, bool mine) {
+    return pf_slot_finish(pf_slot_load(t, key, page_size, mine), page_size);
 }
 // Where 16-byte piece `piece` of tile row r's query is (r < nrows).
 template <int HD>
