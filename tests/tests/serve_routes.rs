@@ -325,8 +325,6 @@ async fn new_routes_answer_sglang_shapes_behind_the_key() {
         ("POST", "/open_session"),
         ("POST", "/close_session"),
         ("POST", "/start_expert_distribution_record"),
-        ("POST", "/api/generate"),
-        ("POST", "/api/chat"),
         ("POST", "/v1/score"),
         ("POST", "/v1/embeddings"),
         ("POST", "/classify"),

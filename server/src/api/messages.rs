@@ -296,6 +296,8 @@ impl Events {
 }
 
 impl relay::Translate for Events {
+    type Item = SseEvent;
+
     fn on_chunk(&mut self, c: &Value) -> Vec<SseEvent> {
         let mut out = Vec::new();
         if !self.started {

@@ -13,6 +13,8 @@ pub mod generate;
 pub mod info;
 pub mod messages;
 pub mod metrics;
+pub mod ollama;
+pub mod ollama_info;
 pub mod openai;
 pub mod output;
 pub mod parse;
@@ -208,7 +210,7 @@ pub fn app_with_limit(state: AppState, max_payload: usize) -> Router {
         .route("/detokenize", post(tokenize::detokenize))
         .route("/v1/detokenize", post(tokenize::detokenize))
         .route("/metrics", get(metrics::metrics));
-    unsupported::add(router)
+    unsupported::add(ollama_info::add(router))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth))
         .layer(axum::extract::DefaultBodyLimit::max(max_payload))

@@ -1,10 +1,11 @@
-//! What the APIs served over the chat route (`responses.rs`, `messages.rs`) share: building the
-//! chat request (copied fields, function tools, the streamed usage chunk), reading a chat answer
-//! back as JSON, and relaying a streamed one's SSE chunks through a translator into the other
-//! API's events.
+//! What the APIs served over the chat route (`responses.rs`, `messages.rs`, `ollama.rs`) share:
+//! building the chat request (copied fields, function tools, the streamed usage chunk), reading a
+//! chat answer back as JSON, and relaying a streamed one's SSE chunks through a translator into
+//! the other API's events (SSE, or Ollama's newline-delimited JSON).
 
 use super::error::ApiError;
 use axum::response::sse::{Event as SseEvent, Sse};
+use axum::response::{IntoResponse, Response};
 use serde_json::{json, Map, Value};
 use std::convert::Infallible;
 
@@ -60,20 +61,39 @@ pub async fn chat_json(body: axum::body::Body) -> Result<Value, ApiError> {
 
 /// Turns streamed chat chunks into another API's events.
 pub trait Translate: Send + 'static {
+    /// One event of the other API (an SSE event, or a line of NDJSON).
+    type Item: Send + 'static;
     /// The events of one chat chunk.
-    fn on_chunk(&mut self, c: &Value) -> Vec<SseEvent>;
+    fn on_chunk(&mut self, c: &Value) -> Vec<Self::Item>;
     /// The closing events, at `[DONE]` or when the chat stream ends.
-    fn finish(&mut self) -> Vec<SseEvent>;
+    fn finish(&mut self) -> Vec<Self::Item>;
 }
 
-/// The events `ev` makes of a streamed chat answer (`body`: its SSE chunks).
-pub fn relay<T: Translate>(
+/// The events `ev` makes of a streamed chat answer (`body`: its SSE chunks), as SSE.
+pub fn relay<T: Translate<Item = SseEvent>>(
     body: axum::body::Body,
     ev: T,
 ) -> Sse<impl futures::Stream<Item = Result<SseEvent, Infallible>>> {
     use futures::StreamExt;
+    Sse::new(translated(body, ev).map(Ok))
+}
+
+/// The same as newline-delimited JSON (Ollama's streams): each item one line.
+pub fn relay_ndjson<T: Translate<Item = Value>>(body: axum::body::Body, ev: T) -> Response {
+    use futures::StreamExt;
+    let lines = translated(body, ev).map(|v| Ok::<_, Infallible>(format!("{v}\n")));
+    (
+        [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
+        axum::body::Body::from_stream(lines),
+    )
+        .into_response()
+}
+
+/// The items `ev` makes of the chat chunks in `body`.
+fn translated<T: Translate>(body: axum::body::Body, ev: T) -> impl futures::Stream<Item = T::Item> {
+    use futures::StreamExt;
     let chunks = body.into_data_stream();
-    let s = futures::stream::unfold(
+    futures::stream::unfold(
         (chunks, String::new(), ev, false),
         |(mut chunks, mut buf, mut ev, done)| async move {
             if done {
@@ -107,6 +127,5 @@ pub fn relay<T: Translate>(
             }
         },
     )
-    .flat_map(|events| futures::stream::iter(events.into_iter().map(Ok)));
-    Sse::new(s)
+    .flat_map(futures::stream::iter)
 }

@@ -60,10 +60,6 @@ pub const ROUTES: &[&str] = &[
     "/v1/decisions",
     "/v1/audio/transcriptions",
     "/v1/systemone",
-    "/api/chat",
-    "/api/generate",
-    "/api/tags",
-    "/api/show",
 ];
 
 /// The error of `method path` (the path as requested).
