@@ -449,3 +449,78 @@ impl relay::Translate for Lines {
         vec![v]
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use relay::Translate;
+
+    #[test]
+    fn chat_requests_carry_calls_tools_think_and_options() {
+        let req = json!({"model": "m", "think": "high", "tools": [{"type": "function",
+            "function": {"name": "f", "parameters": {}}}],
+            "messages": [{"role": "user", "content": "hi"},
+                {"role": "assistant", "content": "", "tool_calls": [
+                    {"function": {"name": "f", "arguments": {"x": 1}}}]},
+                {"role": "tool", "content": "2", "tool_name": "f"}],
+            "options": {"num_predict": 5, "repeat_penalty": 1.1, "num_ctx": 8192, "stop": "\n"},
+            "format": {"type": "object"}});
+        let mut c = chat_request(&req).unwrap().unwrap();
+        sampling(&req, &mut c).unwrap();
+        let m = &c["messages"];
+        assert_eq!(
+            m[1]["tool_calls"][0]["function"]["arguments"],
+            json!({"x": 1})
+        );
+        assert_eq!(m[1]["tool_calls"][0]["id"], "call_0");
+        assert_eq!(m[2]["name"], "f");
+        assert_eq!(c["tools"][0]["function"]["name"], "f");
+        assert_eq!(c["chat_template_kwargs"]["enable_thinking"], true);
+        assert_eq!(c["max_tokens"], 5);
+        assert_eq!(c["repetition_penalty"], 1.1);
+        assert_eq!(c["stop"], "\n");
+        assert!(c.get("num_ctx").is_none());
+        assert_eq!(
+            c["response_format"]["json_schema"]["schema"],
+            json!({"type": "object"})
+        );
+        // -1: no limit.
+        let mut c = Map::new();
+        sampling(&json!({"options": {"num_predict": -1}}), &mut c).unwrap();
+        assert!(c.get("max_tokens").is_none());
+        assert!(
+            chat_request(&json!({"messages": [{"content": "x", "images": ["aGk="]}]})).is_err()
+        );
+    }
+
+    #[test]
+    fn streamed_calls_arrive_whole_before_the_closing_line() {
+        let mut l = Lines::new(Kind::Chat, "m", Instant::now());
+        let chunk = |d: Value, f: Value| json!({"choices": [{"delta": d, "finish_reason": f}]});
+        assert!(l
+            .on_chunk(&chunk(json!({"tool_calls": [{"index": 0, "function": {"name": "get", "arguments": "{\"a\""}}]}), Value::Null))
+            .is_empty());
+        l.on_chunk(&chunk(
+            json!({"tool_calls": [{"index": 0, "function": {"arguments": ": 1}"}}]}),
+            Value::Null,
+        ));
+        let out = l.on_chunk(&chunk(json!({}), json!("tool_calls")));
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0]["done"], false);
+        assert_eq!(
+            out[0]["message"]["tool_calls"][0]["function"],
+            json!({"name": "get", "arguments": {"a": 1}})
+        );
+        l.on_chunk(&json!({"choices": [], "usage": {"prompt_tokens": 7, "completion_tokens": 3}}));
+        let last = l.finish();
+        assert_eq!(last[0]["done"], true);
+        assert_eq!(last[0]["done_reason"], "stop");
+        assert_eq!(last[0]["prompt_eval_count"], 7);
+        assert_eq!(last[0]["eval_count"], 3);
+        // A reasoning delta is `thinking`; generate lines carry `response`.
+        let mut g = Lines::new(Kind::Generate, "m", Instant::now());
+        let out = g.on_chunk(&chunk(json!({"reasoning_content": "hmm"}), Value::Null));
+        assert_eq!(out[0]["thinking"], "hmm");
+        assert_eq!(out[0]["response"], "");
+    }
+}
