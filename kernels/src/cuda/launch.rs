@@ -9,7 +9,10 @@
 //! (`pdl_wait` in kernels/cuda/common.cuh, which every kernel calls before touching memory an
 //! earlier kernel wrote). Inside a captured decode graph this hides the launch gap and lets a GEMV
 //! start streaming its (constant) weights during the previous kernel's tail. `STRATA_PDL=0` turns
-//! it off; [`set_pdl`] switches it for A/B measurements.
+//! it off; [`set_pdl`] switches it for A/B measurements. Eager prefill-sized forwards run
+//! without it ([`prefill_forward`]; at 2K tokens of the 8B shape PDL cost 1.6 % of the forward on
+//! the H200: a persistent kernel made resident early leaves its predecessor's last blocks no
+//! room); `STRATA_PREFILL_PDL=1` keeps it there.
 
 use std::ffi::c_void;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -63,6 +66,35 @@ impl Dims {
 
 static PDL: AtomicBool = AtomicBool::new(false);
 
+thread_local! {
+    /// This thread's launches leave the attribute off ([`without_pdl`]).
+    static PDL_OFF: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Fewest rows of a forward that runs without PDL (the row count from which the gate_up GEMM
+/// is the persistent wgmma kernel).
+pub const NO_PDL_ROWS: usize = 256;
+
+/// `STRATA_PREFILL_PDL=1`: prefill-sized forwards keep PDL (for A/B measurements).
+static PREFILL_PDL: AtomicBool = AtomicBool::new(false);
+
+fn pdl_off_here() -> bool {
+    PDL_OFF.with(|c| c.get())
+}
+
+/// Runs `f`, the launches of a forward of `rows` rows: on this thread without the PDL
+/// attribute when `rows` is at least [`NO_PDL_ROWS`] (other threads' launches are unaffected;
+/// not for graph captures, whose decode steps want it).
+pub fn prefill_forward<T>(rows: usize, f: impl FnOnce() -> T) -> T {
+    if rows < NO_PDL_ROWS || PREFILL_PDL.load(Ordering::Relaxed) {
+        return f();
+    }
+    let before = PDL_OFF.with(|c| c.replace(true));
+    let out = f();
+    PDL_OFF.with(|c| c.set(before));
+    out
+}
+
 /// Turns programmatic dependent launch on or off for later launches (and graph captures).
 pub fn set_pdl(on: bool) {
     PDL.store(on, Ordering::Relaxed);
@@ -76,6 +108,8 @@ pub fn pdl() -> bool {
 /// Enables PDL for a device of compute capability `major` (9 = Hopper) unless `STRATA_PDL=0`.
 pub(crate) fn init_pdl(major: i32) {
     let off = std::env::var("STRATA_PDL").is_ok_and(|v| v == "0");
+    let keep = std::env::var("STRATA_PREFILL_PDL").is_ok_and(|v| v == "1");
+    PREFILL_PDL.store(keep, Ordering::Relaxed);
     if major >= 9 && !off {
         set_pdl(true);
     }
@@ -121,8 +155,9 @@ pub unsafe fn launch_in_clusters(
     }
     // SAFETY: the caller guarantees the argument list matches the kernel; `vals` outlives the
     // call and is not moved while `ptrs` points into it.
+    let pdl = pdl() && !pdl_off_here();
     unsafe {
-        if !pdl() && cluster.is_none() {
+        if !pdl && cluster.is_none() {
             cudarc::driver::result::launch_kernel(
                 f.cu_function(),
                 dims.grid,
@@ -134,7 +169,7 @@ pub unsafe fn launch_in_clusters(
             return Ok(());
         }
         let mut attrs = Vec::with_capacity(2);
-        if pdl() {
+        if pdl {
             let mut value: CUlaunchAttributeValue = std::mem::zeroed();
             value.programmaticStreamSerializationAllowed = 1;
             attrs.push(CUlaunchAttribute {

@@ -323,6 +323,21 @@ impl LlamaModel {
         skip: &dyn Fn(&str) -> bool,
         mark: &mut dyn FnMut(&'static str) -> Result<()>,
     ) -> Result<()> {
+        // Prefill-sized forwards without PDL, as the server's eager forwards (launch.rs).
+        super::launch::prefill_forward(ws.tokens, || {
+            self.forward_layers(ops, gemm, ws, input, skip, mark)
+        })
+    }
+
+    fn forward_layers(
+        &self,
+        ops: &CudaOps,
+        gemm: &Gemm,
+        ws: &Workspace,
+        input: &StepInput,
+        skip: &dyn Fn(&str) -> bool,
+        mark: &mut dyn FnMut(&'static str) -> Result<()>,
+    ) -> Result<()> {
         let s = self.shape;
         super::error::ensure(ws.tokens == input.plan.rows(), || {
             format!(

@@ -37,8 +37,8 @@ use load::Bf16Map;
 use std::path::Path;
 use std::sync::Arc;
 use strata_kernels::cuda::{
-    AttnPlan, AttnSeq, AttnShape, CudaError, CudaOps, DTensor, DType, Gemm, GpuContext, PlanOpts,
-    QkvInput,
+    launch, AttnPlan, AttnSeq, AttnShape, CudaError, CudaOps, DTensor, DType, Gemm, GpuContext,
+    PlanOpts, QkvInput,
 };
 use strata_kernels::sample_rows::{pack_rows, RowMode, RowSpec};
 
@@ -590,7 +590,8 @@ impl CudaRunner {
         let meta = Meta::views(buf, n, rows, host_slots)?;
         let parts = self.attn_parts(batch, kv)?;
         let acts = self.acts(n, rows)?;
-        self.forward_parts(&acts, &meta, &[], &parts, kv)?;
+        // Prefill-sized batches without programmatic dependent launch (launch.rs).
+        launch::prefill_forward(n, || self.forward_parts(&acts, &meta, &[], &parts, kv))?;
         Ok(acts)
     }
 
