@@ -252,7 +252,10 @@ impl LlamaModel {
         input: &StepInput,
         mark: &mut dyn FnMut(&'static str) -> Result<()>,
     ) -> Result<()> {
-        self.forward_hooked(ops, gemm, ws, input, &|_| false, mark)
+        // Prefill-sized forwards without PDL, as the server's eager forwards (launch.rs).
+        super::launch::prefill_forward(ws.tokens, || {
+            self.forward_hooked(ops, gemm, ws, input, &|_| false, mark)
+        })
     }
 
     /// Layer `layer`'s attention alone on what the last forward left in `ws` and the pools
@@ -315,21 +318,6 @@ impl LlamaModel {
     /// [`LlamaModel::forward_marked`] leaving out every layer op for which `skip(op)` holds
     /// (names in [`LlamaModel::LAYER_OPS`]).
     pub fn forward_hooked(
-        &self,
-        ops: &CudaOps,
-        gemm: &Gemm,
-        ws: &Workspace,
-        input: &StepInput,
-        skip: &dyn Fn(&str) -> bool,
-        mark: &mut dyn FnMut(&'static str) -> Result<()>,
-    ) -> Result<()> {
-        // Prefill-sized forwards without PDL, as the server's eager forwards (launch.rs).
-        super::launch::prefill_forward(ws.tokens, || {
-            self.forward_layers(ops, gemm, ws, input, skip, mark)
-        })
-    }
-
-    fn forward_layers(
         &self,
         ops: &CudaOps,
         gemm: &Gemm,

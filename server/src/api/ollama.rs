@@ -167,13 +167,20 @@ fn chat_request(req: &Value) -> Result<Option<Map<String, Value>>, ApiError> {
     Ok(Some(chat))
 }
 
+/// `/api/generate`'s prompt; `None` when empty.
+fn prompt_of(req: &Value) -> Result<Option<&str>, ApiError> {
+    refuse_images(req)?;
+    Ok(req
+        .get("prompt")
+        .and_then(Value::as_str)
+        .filter(|p| !p.is_empty()))
+}
+
 /// `/api/generate` without `raw`: `system` and `prompt` as a one-turn chat.
 fn generate_request(req: &Value) -> Result<Option<Map<String, Value>>, ApiError> {
-    refuse_images(req)?;
-    let prompt = req.get("prompt").and_then(Value::as_str).unwrap_or("");
-    if prompt.is_empty() {
+    let Some(prompt) = prompt_of(req)? else {
         return Ok(None);
-    }
+    };
     let mut messages = Vec::new();
     if let Some(s) = req
         .get("system")
@@ -192,11 +199,9 @@ fn generate_request(req: &Value) -> Result<Option<Map<String, Value>>, ApiError>
 
 /// `/api/generate` with `raw: true`: the prompt as is, through the completion route.
 fn raw_request(req: &Value) -> Result<Option<Map<String, Value>>, ApiError> {
-    refuse_images(req)?;
-    let prompt = req.get("prompt").and_then(Value::as_str).unwrap_or("");
-    if prompt.is_empty() {
+    let Some(prompt) = prompt_of(req)? else {
         return Ok(None);
-    }
+    };
     let mut c = Map::new();
     c.insert("prompt".into(), json!(prompt));
     relay::copy_fields(req, &mut c, &[("model", "model")]);
