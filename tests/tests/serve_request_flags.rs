@@ -94,16 +94,56 @@ async fn chat_template_file_changes_the_prompt_and_requests_are_logged() {
         "{p_once} vs {p_twice}"
     );
 
-    // Neither a file nor a template of the checkpoint: a start-up error naming the flag.
+    // SGLang's built-in conversation template `chatml`: the prompt is its text (the default
+    // system message, the turns, the opened answer) as the request log shows, tokenised with
+    // the special tokens; its stop strings join the request's.
+    {
+        let s = Server::start(m.path(), &["--chat-template", "chatml", "--log-requests"]);
+        let v = chat(&s, content).await;
+        let rendered = format!(
+            "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n{content}<|im_end|>\n<|im_start|>assistant\n"
+        );
+        let line = log_line(&s, "Finish: rid=");
+        // (after the BOS the special tokens put first)
+        let escaped = format!("{rendered:?}");
+        assert!(line.contains(&escaped[1..]), "{line}");
+        let (st, t) = s
+            .post(
+                "/tokenize",
+                &json!({"prompt": rendered, "add_special_tokens": true}),
+            )
+            .await;
+        assert_eq!(st, 200, "{t}");
+        assert_eq!(v["usage"]["prompt_tokens"], t["count"], "{v} vs {t}");
+        assert!(
+            line.contains("<|im_end|>") && line.contains("<|endoftext|>"),
+            "{line}"
+        );
+        // A tool result has no turn in a conversation template: a 400, as in SGLang.
+        let (st, e) = s
+            .post(
+                "/v1/chat/completions",
+                &json!({"messages": [{"role": "user", "content": "x"},
+                    {"role": "tool", "content": "y", "tool_call_id": "c"}], "max_tokens": 2}),
+            )
+            .await;
+        assert_eq!(st, 400, "{e}");
+    }
+
+    // Neither a file, a built-in name nor a template of the checkpoint: a start-up error naming
+    // the flag.
     let out = Command::new(bin())
         .args(["serve", "--model-path"])
         .arg(m.path())
-        .args(["--chat-template", "chatml", "--port", "0"])
+        .args(["--chat-template", "chatml-9", "--port", "0"])
         .output()
         .unwrap();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--chat-template chatml: not a file"), "{err}");
+    assert!(
+        err.contains("--chat-template chatml-9: not a file"),
+        "{err}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,6 +13,7 @@ use super::generate::{bootstraps, finite, header_rid, OneOrMany};
 use super::output::openai_finish_reason;
 use super::AppState;
 use crate::model::chat_template::{render, Extra};
+use crate::model::conv_template;
 use crate::parsers::output::{self as reply, parse_reply, Piece};
 use crate::sampling::{SamplingParams, SamplingParamsWire, StringOrList};
 use crate::scheduler::request::{LogprobSpec, PosLogprobs};
@@ -440,7 +441,10 @@ fn prompt_ids(
         extra,
     )
     .map_err(ApiError::bad_request)?;
-    let mut ids = tok.encode(&text, false).map_err(ApiError::bad_request)?;
+    // A conversation template's prompt is text SGLang tokenises with the special tokens (BOS);
+    // a Jinja template writes its own.
+    let specials = conv_template::of_marker(template).is_some();
+    let mut ids = tok.encode(&text, specials).map_err(ApiError::bad_request)?;
     if let Some(prefix) = continued.filter(|p| !p.is_empty()) {
         ids.extend(tok.encode(prefix, false).map_err(ApiError::bad_request)?);
     }
@@ -518,6 +522,18 @@ pub async fn chat_completions(
         kwargs: kwargs.as_ref(),
     };
     let ids = prompt_ids(&st, &conv, continued.as_deref(), extra)?;
+    // A conversation template's stop strings end its answers too.
+    if let Some(c) = tok
+        .chat_template
+        .as_deref()
+        .and_then(conv_template::of_marker)
+    {
+        for s in c.stops.iter().filter(|s| !s.is_empty()) {
+            if !params.stop.iter().any(|x| x == s) {
+                params.stop.push(s.to_string());
+            }
+        }
+    }
     let model = w
         .model
         .clone()

@@ -6,11 +6,12 @@
 //!   extension but `.json`) is read as SGLang reads a `.jinja` file: newlines stripped from both
 //!   ends, each literal `\n` (backslash, n) turned into a newline. A `.json` file is taken when it
 //!   is an object with a string `chat_template` (the Hugging Face `chat_template.json` layout).
-//! - `--chat-template NAME` that names one of the checkpoint's templates (the list form of
-//!   `chat_template`) selects it. A Strata extension: SGLang would look NAME up among its
-//!   built-in conversation templates (`chatml`, `llama-2`, ...), which Strata does not have.
+//! - `--chat-template NAME` of one of SGLang's built-in conversation templates (`chatml`,
+//!   `llama-2`, `vicuna_v1.1`, ...: `conv_template.rs`) serves it as SGLang does. A name of one of
+//!   the checkpoint's templates (the list form of `chat_template`) selects that one (a Strata
+//!   extension; the built-in names come first, as SGLang knows only those).
 //! - Anything else is a start-up error naming the flag, never a silent fallback: a missing file,
-//!   SGLang's conversation-template JSON (`sep_style`, ...), a built-in name, a template that
+//!   SGLang's conversation-template JSON (`sep_style`, ...), an unknown name, a template that
 //!   does not compile.
 //! - `--hf-chat-template-name NAME` picks among the checkpoint's named templates (an unknown
 //!   name is an error listing them); without it the first is used, as in SGLang. It is ignored,
@@ -58,6 +59,8 @@ pub fn choose(
     let path = Path::new(flag);
     let template = if path.is_file() {
         read_file(path).map_err(|e| format!("--chat-template {flag}: {e}"))?
+    } else if let Some(c) = super::conv_template::builtin(flag) {
+        super::conv_template::marker(c)
     } else if let Some((_, t)) = named.iter().find(|(k, _)| k == flag) {
         t.clone()
     } else {
@@ -70,7 +73,8 @@ pub fn choose(
             )
         };
         return Err(format!(
-            "--chat-template {flag}: not a file{own}; SGLang's built-in template names are not implemented, pass a Jinja template file"
+            "--chat-template {flag}: not a file{own}, nor one of SGLang's built-in conversation templates ({})",
+            super::conv_template::names().join(", ")
         ));
     };
     super::chat_template::check(&template).map_err(|e| format!("--chat-template {flag}: {e}"))?;
@@ -166,10 +170,20 @@ mod tests {
     #[test]
     fn anything_else_is_an_error_naming_the_flag() {
         let dir = tempfile::tempdir().unwrap();
-        let e = choose(Some("chatml"), None, &named(), None).unwrap_err();
+        let e = choose(Some("chatml-2"), None, &named(), None).unwrap_err();
         assert!(
-            e.starts_with("--chat-template chatml: not a file") && e.contains("tool_use"),
+            e.starts_with("--chat-template chatml-2: not a file")
+                && e.contains("tool_use")
+                && e.contains("vicuna_v1.1"),
             "{e}"
+        );
+        // SGLang's built-in names are served.
+        let got = choose(Some("chatml"), None, &named(), None)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            super::super::conv_template::of_marker(&got).unwrap().name,
+            "chatml"
         );
         let conv = dir.path().join("conv.json");
         std::fs::write(&conv, r#"{"name": "x", "sep_style": "CHATML"}"#).unwrap();

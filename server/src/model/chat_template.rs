@@ -60,6 +60,9 @@ pub fn render(
     eos_token: Option<&str>,
     extra: Extra<'_>,
 ) -> Result<String, String> {
+    if let Some(c) = super::conv_template::of_marker(template) {
+        return super::conv_template::render(c, messages);
+    }
     let env = environment(template)?;
     let tmpl = env.get_template("chat").map_err(|e| e.to_string())?;
     let mut ctx: Vec<(String, JValue)> = vec![

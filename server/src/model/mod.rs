@@ -4,6 +4,7 @@
 pub mod chat_source;
 pub mod chat_template;
 pub mod config;
+pub mod conv_template;
 pub mod cuda;
 pub mod llama;
 pub mod runner;
