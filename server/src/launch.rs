@@ -62,6 +62,8 @@ pub struct ServeOptions {
     pub hf_chat_template_name: Option<String>,
     /// `--max-queued-requests` (`None`: no limit).
     pub max_queued_requests: Option<usize>,
+    /// `--enable-priority-scheduling` and its flags.
+    pub priority: crate::scheduler::policy::Priority,
     /// `--allow-auto-truncate`: cut a prompt that is too long instead of refusing it.
     pub allow_auto_truncate: bool,
     /// `--log-requests` at `--log-requests-level` (`None`: off).
@@ -100,6 +102,7 @@ impl ServeOptions {
             chat_template: None,
             hf_chat_template_name: None,
             max_queued_requests: None,
+            priority: Default::default(),
             allow_auto_truncate: false,
             log_requests_level: None,
             tool_call_parser: None,
@@ -321,6 +324,7 @@ where
         schedule_policy: opts.schedule_policy,
         random_seed: opts.random_seed,
         max_queued_requests: opts.max_queued_requests,
+        priority: opts.priority,
     };
     let hicache = match &opts.hicache {
         Some(_) if !model.kv_page_io() => {

@@ -105,6 +105,9 @@ pub struct SamplingParams {
     /// grammar starts after these tokens, the reasoning end marker (`</think>`), as SGLang's
     /// reasoner grammar backend defers it; before them the output is free.
     pub think_end: Option<std::sync::Arc<[u32]>>,
+    /// The request's `priority` (a field of the request beside its sampling parameters, set by
+    /// the API layer): its rank under `--enable-priority-scheduling` (`scheduler/policy.rs`).
+    pub priority: Option<i64>,
 }
 
 /// Compiled `stop_regex` patterns shared by a request's copies; equal when the patterns are.
@@ -298,6 +301,7 @@ impl SamplingParamsWire {
             constraint,
             grammar: None,
             think_end: None,
+            priority: None,
         })
     }
 }

@@ -92,6 +92,7 @@ fn held_request_does_not_block_others_and_pages_return() {
         schedule_policy: Default::default(),
         random_seed: None,
         max_queued_requests: None,
+        priority: Default::default(),
     };
     let release = Arc::new(AtomicBool::new(false));
     let h = spawn_with_hook(
@@ -214,6 +215,7 @@ fn only_generated_tokens_are_marked_decode() {
         schedule_policy: Default::default(),
         random_seed: None,
         max_queued_requests: None,
+        priority: Default::default(),
     };
     let h = spawn_with_hook(
         cfg,

@@ -570,3 +570,61 @@ async fn poll(s: &Server, id: &str, done: impl Fn(&Value) -> bool) -> Value {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn request_priorities_reach_the_scheduler() {
+    let m = MadeModel::new("llama", "tiny");
+    // Without priority scheduling, --abort-on-priority-when-disabled aborts what sets one.
+    let s = Server::start(m.path(), &["--abort-on-priority-when-disabled"]);
+    let body = |p: Option<i64>| {
+        let mut b = json!({"text": "Hello", "sampling_params": {"max_new_tokens": 3}});
+        if let Some(p) = p {
+            b["priority"] = json!(p);
+        }
+        b
+    };
+    let (st, v) = s.post("/generate", &body(None)).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["meta_info"]["finish_reason"]["type"], "length", "{v}");
+    let (st, v) = s.post("/generate", &body(Some(3))).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["meta_info"]["finish_reason"]["type"], "abort", "{v}");
+    let msg = v["meta_info"]["finish_reason"]["message"].as_str().unwrap();
+    assert!(msg.contains("--enable-priority-scheduling"), "{msg}");
+    let (st, v) = s
+        .post(
+            "/v1/chat/completions",
+            &json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2, "priority": 1}),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["choices"][0]["finish_reason"], "abort", "{v}");
+    drop(s);
+    // With it, priorities (any sign, per prompt in a batch) are served.
+    let s = Server::start(
+        m.path(),
+        &[
+            "--enable-priority-scheduling",
+            "--schedule-low-priority-values-first",
+            "--default-priority-value",
+            "-1",
+            "--priority-scheduling-preemption-threshold",
+            "5",
+        ],
+    );
+    let (st, v) = s
+        .post(
+            "/generate",
+            &json!({"text": ["a", "b"], "priority": [-7, 4], "sampling_params": {"max_new_tokens": 2}}),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v.as_array().unwrap().len(), 2, "{v}");
+    let (st, v) = s
+        .post(
+            "/generate",
+            &json!({"text": ["a", "b"], "priority": [1], "sampling_params": {"max_new_tokens": 2}}),
+        )
+        .await;
+    assert_eq!(st, 400, "{v}");
+}

@@ -70,6 +70,8 @@ struct GenerateWire {
     bootstrap_host: Option<Value>,
     bootstrap_port: Option<Value>,
     bootstrap_room: Option<Value>,
+    /// SGLang's request priority (`--enable-priority-scheduling`): one for all, or per prompt.
+    priority: Option<OneOrMany<i64>>,
     #[serde(flatten)]
     ignored: serde_json::Map<String, Value>,
 }
@@ -261,6 +263,7 @@ pub async fn generate(
         Some(OneOrMany::One(ids)) => vec![Some(ids); n],
         other => OneOrMany::per_prompt(other, n, "token_ids_logprob")?,
     };
+    let priorities = OneOrMany::per_prompt(w.priority, n, "priority")?;
     let text_in_lp = w.return_text_in_logprobs.unwrap_or(false);
     let boots = bootstraps(
         &w.bootstrap_host,
@@ -270,7 +273,8 @@ pub async fn generate(
         batch,
     )?;
     let mut subs = Vec::new();
-    for (i, ((ids, p), rid)) in prompts.into_iter().zip(params).zip(rids).enumerate() {
+    for (i, ((ids, mut p), rid)) in prompts.into_iter().zip(params).zip(rids).enumerate() {
+        p.priority = priorities[i];
         let lp = match want[i] {
             Some(true) => Some(
                 LogprobArgs {

@@ -101,6 +101,8 @@ struct OpenAiWire {
     bootstrap_host: Option<Value>,
     bootstrap_port: Option<Value>,
     bootstrap_room: Option<Value>,
+    /// SGLang's request priority (`--enable-priority-scheduling`).
+    priority: Option<i64>,
 }
 
 impl OpenAiWire {
@@ -159,6 +161,10 @@ impl OpenAiWire {
             ..SamplingParamsWire::default_wire()
         }
         .validate()
+        .map(|p| SamplingParams {
+            priority: self.priority,
+            ..p
+        })
         .map_err(ApiError::bad_request)
     }
 }

@@ -125,6 +125,7 @@ impl<R: ModelRunner> Scheduler<R> {
 
     /// Runs one round; false if nothing could run.
     pub(super) fn step(&mut self) -> bool {
+        self.preempt_for_priority();
         let mut budget =
             PrefillBudget::new(self.cfg.chunked_prefill_size, self.cfg.max_prefill_tokens);
         let (mut decodes, mut prefills): (VecDeque<Seq>, VecDeque<Seq>) =
@@ -396,18 +397,23 @@ impl<R: ModelRunner> Scheduler<R> {
 
     /// Frees a running sequence's pages (caching what it computed) and requeues it at the front.
     fn retract(&mut self, s: Seq) {
+        self.requeue(s, "KV pool exhausted");
+    }
+
+    /// Retracts `s` (`why` it goes): its pages are freed and it waits at the front of the queue.
+    pub(super) fn requeue(&mut self, s: Seq, why: &str) {
         if s.pd_sent > 0 {
             // Part of its KV went to the decode already; recomputing it elsewhere in the pool
             // would break that promise: the PD request fails (cleanly, on both legs).
             self.finish(
                 s,
-                FinishReason::Abort(
-                    "PD prefill retracted (KV pool exhausted) after part of its KV was sent".into(),
-                ),
+                FinishReason::Abort(format!(
+                    "PD prefill retracted ({why}) after part of its KV was sent"
+                )),
             );
             return;
         }
-        tracing::info!(rid = %s.req.rid, "retracting request: KV pool exhausted");
+        tracing::info!(rid = %s.req.rid, "retracting request: {why}");
         Stats::add(&self.stats.retractions, 1);
         let s = self.release(s, true);
         self.waiting.push_front(s);

@@ -34,7 +34,7 @@ use crate::model::{ModelRunner, Tokenizer};
 use crate::seeded::SplitMix64;
 use crate::stats::Stats;
 use hooks::{NoPrefetch, PrefetchHook};
-use policy::SchedulePolicy;
+use policy::{Priority, SchedulePolicy};
 use request::{Event, Finish, FinishReason, Msg, PauseMode, Request};
 use seq::Seq;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -65,7 +65,13 @@ pub struct SchedulerConfig {
     /// batch yet) is refused at once (SGLang's 503 "The request queue is full."); `None`: no
     /// limit. Ignored on a PD server, as in SGLang.
     pub max_queued_requests: Option<usize>,
+    /// `--enable-priority-scheduling` and its flags (see `policy.rs`).
+    pub priority: Priority,
 }
+
+/// The abort of a request that sets a priority under `--abort-on-priority-when-disabled`.
+pub const PRIORITY_DISABLED: &str =
+    "This request sets a priority, but priority scheduling is not enabled (--enable-priority-scheduling).";
 
 /// SGLang's message for a request refused by `--max-queued-requests`.
 pub const QUEUE_FULL: &str = "The request queue is full.";
@@ -464,6 +470,19 @@ impl<R: ModelRunner> Scheduler<R> {
 
     fn handle(&mut self, m: Msg) {
         match m {
+            Msg::Submit(req)
+                if self.cfg.priority.abort_when_disabled
+                    && !self.cfg.priority.enabled
+                    && req.params.priority.is_some() =>
+            {
+                let done = Finish {
+                    reason: FinishReason::Abort(PRIORITY_DISABLED.into()),
+                    prompt_tokens: req.input_ids.len(),
+                    completion_tokens: 0,
+                    cached_tokens: 0,
+                };
+                let _ = req.events.send(Event::Done(done));
+            }
             Msg::Submit(req) if self.queue_full() => {
                 tracing::debug!(rid = %req.rid, waiting = self.waiting.len(), "queue full: refused");
                 let done = Finish {

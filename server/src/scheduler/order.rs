@@ -1,16 +1,18 @@
 //! Applies `--schedule-policy` to the waiting queue before admission: builds each request's
 //! [`Candidate`] (cached prefix from a read-only peek at the radix tree, only for the cache-aware
-//! policies) and reorders the queue by the policy's permutation.
+//! policies; the priority rank under `--enable-priority-scheduling`) and reorders the queue by
+//! the policy's permutation; and priority preemption (`policy.rs`).
 
 use super::policy::{order, Candidate, SchedulePolicy, CACHE_AWARE_MAX_QUEUE};
 use super::Scheduler;
 use crate::model::ModelRunner;
 
 impl<R: ModelRunner> Scheduler<R> {
-    /// Reorders `waiting` for this round's admission (fcfs leaves it alone).
+    /// Reorders `waiting` for this round's admission (fcfs without priorities leaves it alone).
     pub(super) fn order_waiting(&mut self) {
         let policy = self.policy;
-        if policy == SchedulePolicy::Fcfs || self.waiting.len() < 2 {
+        let pr = self.cfg.priority;
+        if (policy == SchedulePolicy::Fcfs && !pr.enabled) || self.waiting.len() < 2 {
             return;
         }
         let peek = match policy {
@@ -32,6 +34,7 @@ impl<R: ModelRunner> Scheduler<R> {
                     cached,
                     path,
                     max_new_tokens: s.req.params.max_new_tokens,
+                    rank: pr.enabled.then(|| pr.rank(s.req.params.priority)),
                 }
             })
             .collect();
@@ -42,5 +45,40 @@ impl<R: ModelRunner> Scheduler<R> {
             .into_iter()
             .map(|i| slots[i].take().expect("a permutation"))
             .collect();
+    }
+
+    /// Priority preemption: with every running slot taken, the lowest-ranked running request
+    /// (the newest of equals; not a PD leg whose KV went out) is retracted when the best waiting
+    /// one outranks it by more than the threshold. One per round.
+    pub(super) fn preempt_for_priority(&mut self) {
+        let pr = self.cfg.priority;
+        let (true, Some(threshold)) = (pr.enabled, pr.preempt_threshold) else {
+            return;
+        };
+        if self.running.len() < self.cfg.max_running_requests {
+            return;
+        }
+        let Some(best) = self
+            .waiting
+            .iter()
+            .filter(|s| !s.held && !s.pd_fetch)
+            .map(|s| pr.rank(s.req.params.priority))
+            .min()
+        else {
+            return;
+        };
+        let worst = self
+            .running
+            .iter()
+            .enumerate()
+            .filter(|(_, s)| s.pd_sent == 0)
+            .map(|(i, s)| (pr.rank(s.req.params.priority), i))
+            .max();
+        if let Some((rank, i)) = worst {
+            if rank.saturating_sub(best) > threshold {
+                let s = self.running.remove(i);
+                self.requeue(s, "preempted by a higher-priority request");
+            }
+        }
     }
 }

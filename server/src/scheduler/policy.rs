@@ -12,6 +12,14 @@
 //! - `random`: a fresh shuffle every round, from a generator seeded by `--random-seed` when given.
 //! - `lof`: longest output first, by `max_new_tokens`.
 //!
+//! With `--enable-priority-scheduling` (SGLang's [`Priority`]), `fcfs` and `lof` rank by the
+//! requests' `priority` first (higher values first, or lower with
+//! `--schedule-low-priority-values-first`; a request without one has `--default-priority-value`),
+//! then as above; the cache-aware policies and `random` keep their own order, as in SGLang. When
+//! every running slot is taken, a waiting request that outranks the lowest-ranked running one by
+//! more than `--priority-scheduling-preemption-threshold` has that one retracted to make room
+//! (`order.rs`; not with `--disable-priority-preemption`).
+//!
 //! Pure functions over [`Candidate`]s; the scheduler (`order.rs`) builds them and applies the
 //! permutation. Every sort is stable: equal keys keep arrival order.
 
@@ -58,6 +66,47 @@ impl std::str::FromStr for SchedulePolicy {
     }
 }
 
+/// SGLang's priority scheduling flags.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Priority {
+    /// `--enable-priority-scheduling`.
+    pub enabled: bool,
+    /// `--schedule-low-priority-values-first` (else higher values go first).
+    pub low_first: bool,
+    /// `--default-priority-value`: the priority of a request that sets none.
+    pub default: i64,
+    /// `--priority-scheduling-preemption-threshold` (SGLang's default 10); `None` with
+    /// `--disable-priority-preemption`.
+    pub preempt_threshold: Option<i64>,
+    /// `--abort-on-priority-when-disabled`: without priority scheduling, a request that sets a
+    /// priority is refused instead of served in order.
+    pub abort_when_disabled: bool,
+}
+
+impl Default for Priority {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            low_first: false,
+            default: 0,
+            preempt_threshold: Some(10),
+            abort_when_disabled: false,
+        }
+    }
+}
+
+impl Priority {
+    /// A request's rank: smaller goes first.
+    pub fn rank(&self, p: Option<i64>) -> i64 {
+        let v = p.unwrap_or(self.default);
+        if self.low_first {
+            v
+        } else {
+            v.saturating_neg()
+        }
+    }
+}
+
 impl SchedulePolicy {
     /// Whether the policy ranks by the prefix cache (without one SGLang falls back to fcfs).
     pub fn cache_aware(self) -> bool {
@@ -75,13 +124,15 @@ pub struct Candidate<'a> {
     /// Prefix-tree nodes the cached prefix runs through, root excluded; `dfs-weight` only.
     pub path: Vec<NodeId>,
     pub max_new_tokens: usize,
+    /// The priority rank ([`Priority::rank`]); `None` without priority scheduling.
+    pub rank: Option<i64>,
 }
 
 /// The admission order under `policy`: indices into `c`, each once.
 pub fn order(policy: SchedulePolicy, c: &[Candidate<'_>], rng: &mut SplitMix64) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..c.len()).collect();
     match policy {
-        SchedulePolicy::Fcfs => {}
+        SchedulePolicy::Fcfs => idx.sort_by_key(|&i| c[i].rank),
         SchedulePolicy::Lpm if c.len() > CACHE_AWARE_MAX_QUEUE => {}
         SchedulePolicy::Lpm => {
             let late = in_batch_deprioritized(c);
@@ -94,7 +145,9 @@ pub fn order(policy: SchedulePolicy, c: &[Candidate<'_>], rng: &mut SplitMix64) 
                 idx.swap(i, j);
             }
         }
-        SchedulePolicy::Lof => idx.sort_by_key(|&i| std::cmp::Reverse(c[i].max_new_tokens)),
+        SchedulePolicy::Lof => {
+            idx.sort_by_key(|&i| (c[i].rank, std::cmp::Reverse(c[i].max_new_tokens)))
+        }
     }
     idx
 }
@@ -175,6 +228,7 @@ mod tests {
             cached,
             path: Vec::new(),
             max_new_tokens: max_new,
+            rank: None,
         }
     }
 
@@ -294,11 +348,55 @@ mod tests {
                 cached: 0,
                 path: p.to_vec(),
                 max_new_tokens: 1,
+                rank: None,
             })
             .collect();
         assert_eq!(
             order(SchedulePolicy::DfsWeight, &c, &mut rng()),
             [3, 4, 7, 2, 6, 1, 0, 5]
         );
+    }
+
+    #[test]
+    fn priorities_rank_fcfs_and_lof_first() {
+        let pr = Priority {
+            enabled: true,
+            ..Priority::default()
+        };
+        let t = [0u32];
+        // Priorities (None: the default 0) and max_new_tokens per request, in arrival order.
+        let reqs = [
+            (Some(1), 4),
+            (None, 9),
+            (Some(5), 2),
+            (Some(1), 8),
+            (Some(-3), 1),
+        ];
+        let c: Vec<_> = reqs
+            .iter()
+            .map(|&(p, m)| Candidate {
+                rank: Some(pr.rank(p)),
+                ..cand(&t, 0, m)
+            })
+            .collect();
+        // Higher values first, arrival order among equals.
+        assert_eq!(order(SchedulePolicy::Fcfs, &c, &mut rng()), [2, 0, 3, 1, 4]);
+        // lof within a priority.
+        assert_eq!(order(SchedulePolicy::Lof, &c, &mut rng()), [2, 3, 0, 1, 4]);
+        // Low values first.
+        let low = Priority {
+            low_first: true,
+            ..pr
+        };
+        let c: Vec<_> = reqs
+            .iter()
+            .map(|&(p, m)| Candidate {
+                rank: Some(low.rank(p)),
+                ..cand(&t, 0, m)
+            })
+            .collect();
+        assert_eq!(order(SchedulePolicy::Fcfs, &c, &mut rng()), [4, 1, 0, 3, 2]);
+        // Extreme values do not overflow.
+        assert!(pr.rank(Some(i64::MIN)) > pr.rank(Some(0)));
     }
 }

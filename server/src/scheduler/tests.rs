@@ -38,6 +38,7 @@ fn cfg() -> SchedulerConfig {
         schedule_policy: SchedulePolicy::Fcfs,
         random_seed: None,
         max_queued_requests: None,
+        priority: Default::default(),
     }
 }
 
@@ -362,4 +363,97 @@ fn a_reasoning_reply_is_constrained_after_its_end_marker() {
         "the reasoning is not constrained"
     );
     digits(&reasoned[k + 1..]);
+}
+
+#[test]
+fn priority_orders_admission_and_preempts_past_the_threshold() {
+    use super::policy::Priority;
+    let prio = Priority {
+        enabled: true,
+        ..Priority::default()
+    };
+    let mut r = rig(SchedulerConfig {
+        max_running_requests: 2,
+        priority: prio,
+        ..cfg()
+    });
+    let mut rxs = Vec::new();
+    let mut submit = |r: &mut Rig, rid: &str, start: u32, p: Option<i64>| {
+        let (mut req, rx) = request(rid, ids(start, 10), 6, 0.0);
+        req.params.priority = p;
+        rxs.push((rid.to_string(), rx));
+        r.s.handle(Msg::Submit(Box::new(req)));
+    };
+    submit(&mut r, "low", 1, None);
+    submit(&mut r, "five", 100, Some(5));
+    r.s.step();
+    // Higher values first.
+    assert_eq!(r.running(), ["five", "low"]);
+    // 12 outranks the default 0 by more than 10: "low" is retracted for it.
+    submit(&mut r, "twelve", 200, Some(12));
+    r.s.step();
+    assert_eq!(r.running(), ["five", "twelve"]);
+    // 3 outranks neither running request by more than 10, and comes before "low" in the queue.
+    submit(&mut r, "three", 300, Some(3));
+    r.s.step();
+    assert_eq!(r.running(), ["five", "twelve"]);
+    let order: Vec<_> = r.s.waiting.iter().map(|s| s.req.rid.clone()).collect();
+    r.s.order_waiting();
+    let ordered: Vec<_> = r.s.waiting.iter().map(|s| s.req.rid.clone()).collect();
+    assert_eq!(ordered, ["three", "low"], "queue was {order:?}");
+    r.drain();
+    // Every request finished with its whole budget; the retracted one's greedy output equals
+    // an undisturbed run of the same prompt.
+    let outputs: Vec<(String, Vec<u32>)> = rxs
+        .iter_mut()
+        .map(|(rid, rx)| {
+            let mut out = Vec::new();
+            while let Ok(ev) = rx.try_recv() {
+                if let Event::Token { id, .. } = ev {
+                    out.push(id);
+                }
+            }
+            (rid.clone(), out)
+        })
+        .collect();
+    for (rid, out) in &outputs {
+        assert_eq!(out.len(), 6, "{rid}: {out:?}");
+    }
+    let mut plain = rig(cfg());
+    let (req, mut rx) = request("low", ids(1, 10), 6, 0.0);
+    plain.s.handle(Msg::Submit(Box::new(req)));
+    plain.drain();
+    let mut alone = Vec::new();
+    while let Ok(ev) = rx.try_recv() {
+        if let Event::Token { id, .. } = ev {
+            alone.push(id);
+        }
+    }
+    assert_eq!(outputs[0].1, alone);
+    assert!(
+        r.s.stats
+            .retractions
+            .load(std::sync::atomic::Ordering::Relaxed)
+            >= 1
+    );
+
+    // Without priority scheduling, --abort-on-priority-when-disabled refuses a priority.
+    let mut r = rig(SchedulerConfig {
+        priority: Priority {
+            abort_when_disabled: true,
+            ..Priority::default()
+        },
+        ..cfg()
+    });
+    let (mut req, mut rx) = request("p", ids(1, 4), 2, 0.0);
+    req.params.priority = Some(1);
+    r.s.handle(Msg::Submit(Box::new(req)));
+    match rx.try_recv() {
+        Ok(Event::Done(f)) => assert_eq!(
+            f.reason,
+            FinishReason::Abort(super::PRIORITY_DISABLED.into())
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert!(r.s.waiting.is_empty());
 }

@@ -216,9 +216,10 @@ pub struct Args {
     )]
     schedule_policy: String,
     /// The chat template of /v1/chat/completions: a Jinja file (any extension but .json; a .json
-    /// file holding {"chat_template": "..."}) replacing tokenizer_config.json's, or the name of
-    /// one of the checkpoint's named templates. SGLang's built-in template names and its
-    /// conversation-template JSON are not implemented (a start-up error).
+    /// file holding {"chat_template": "..."}) replacing tokenizer_config.json's, one of SGLang's
+    /// built-in conversation templates by name (chatml, llama-2, vicuna_v1.1, ...), or the name
+    /// of one of the checkpoint's named templates. SGLang's conversation-template JSON files are
+    /// not implemented (a start-up error).
     #[arg(long)]
     chat_template: Option<String>,
     /// Which of the checkpoint's named chat templates to use (default: the first, as SGLang).
@@ -229,6 +230,26 @@ pub struct Args {
     /// --disaggregation-mode, as in SGLang.
     #[arg(long, allow_negative_numbers = true)]
     max_queued_requests: Option<usize>,
+    /// Admit waiting requests by their `priority` field first (fcfs and lof; higher values
+    /// first), and retract a running request for a waiting one that outranks it by more than
+    /// --priority-scheduling-preemption-threshold when every running slot is taken.
+    #[arg(long)]
+    enable_priority_scheduling: bool,
+    /// Lower priority values go first.
+    #[arg(long)]
+    schedule_low_priority_values_first: bool,
+    /// The priority of a request that sets none.
+    #[arg(long, allow_negative_numbers = true)]
+    default_priority_value: Option<i64>,
+    /// Without --enable-priority-scheduling, abort requests that set a priority.
+    #[arg(long)]
+    abort_on_priority_when_disabled: bool,
+    /// How far a waiting request must outrank a running one to preempt it.
+    #[arg(long, default_value_t = 10, allow_negative_numbers = true)]
+    priority_scheduling_preemption_threshold: i64,
+    /// Priority scheduling orders the queue but never preempts.
+    #[arg(long)]
+    disable_priority_preemption: bool,
     /// Cut a prompt too long for the context or the KV cache to its first tokens (SGLang's
     /// length: min(context, KV tokens) - 6) instead of refusing it with a 400.
     #[arg(long)]
@@ -456,6 +477,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         chat_template: a.chat_template.clone(),
         hf_chat_template_name: a.hf_chat_template_name.clone(),
         max_queued_requests: a.max_queued_requests,
+        priority: strata_server::scheduler::policy::Priority {
+            enabled: a.enable_priority_scheduling,
+            low_first: a.schedule_low_priority_values_first,
+            default: a.default_priority_value.unwrap_or(0),
+            preempt_threshold: (!a.disable_priority_preemption)
+                .then_some(a.priority_scheduling_preemption_threshold),
+            abort_when_disabled: a.abort_on_priority_when_disabled,
+        },
         allow_auto_truncate: a.allow_auto_truncate,
         log_requests_level: a.log_requests.then_some(a.log_requests_level),
         tool_call_parser: a.tool_call_parser.clone(),
