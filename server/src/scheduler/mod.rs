@@ -73,6 +73,17 @@ pub struct SchedulerConfig {
 pub const PRIORITY_DISABLED: &str =
     "This request sets a priority, but priority scheduling is not enabled (--enable-priority-scheduling).";
 
+/// Ends `req` on arrival, never queued, with `reason`.
+fn refuse(req: &Request, reason: FinishReason) {
+    let done = Finish {
+        reason,
+        prompt_tokens: req.input_ids.len(),
+        completion_tokens: 0,
+        cached_tokens: 0,
+    };
+    let _ = req.events.send(Event::Done(done));
+}
+
 /// SGLang's message for a request refused by `--max-queued-requests`.
 pub const QUEUE_FULL: &str = "The request queue is full.";
 
@@ -475,23 +486,11 @@ impl<R: ModelRunner> Scheduler<R> {
                     && !self.cfg.priority.enabled
                     && req.params.priority.is_some() =>
             {
-                let done = Finish {
-                    reason: FinishReason::Abort(PRIORITY_DISABLED.into()),
-                    prompt_tokens: req.input_ids.len(),
-                    completion_tokens: 0,
-                    cached_tokens: 0,
-                };
-                let _ = req.events.send(Event::Done(done));
+                refuse(&req, FinishReason::Abort(PRIORITY_DISABLED.into()));
             }
             Msg::Submit(req) if self.queue_full() => {
                 tracing::debug!(rid = %req.rid, waiting = self.waiting.len(), "queue full: refused");
-                let done = Finish {
-                    reason: FinishReason::Refused(QUEUE_FULL.into()),
-                    prompt_tokens: req.input_ids.len(),
-                    completion_tokens: 0,
-                    cached_tokens: 0,
-                };
-                let _ = req.events.send(Event::Done(done));
+                refuse(&req, FinishReason::Refused(QUEUE_FULL.into()));
             }
             Msg::Submit(req) => {
                 self.seed_counter += 1;

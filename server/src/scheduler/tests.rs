@@ -106,6 +106,17 @@ impl Rig {
     }
 }
 
+/// The tokens a request's event stream has delivered so far.
+fn tokens(rx: &mut UnboundedReceiver<Event>) -> Vec<u32> {
+    let mut out = Vec::new();
+    while let Ok(ev) = rx.try_recv() {
+        if let Event::Token { id, .. } = ev {
+            out.push(id);
+        }
+    }
+    out
+}
+
 fn ids(start: u32, n: u32) -> Vec<u32> {
     (start..start + n).collect()
 }
@@ -334,13 +345,7 @@ fn a_reasoning_reply_is_constrained_after_its_end_marker() {
         req.params.think_end = think_end.map(Into::into);
         r.s.handle(Msg::Submit(Box::new(req)));
         r.drain();
-        let mut out = Vec::new();
-        while let Ok(ev) = rx.try_recv() {
-            if let Event::Token { id, .. } = ev {
-                out.push(id);
-            }
-        }
-        out
+        tokens(&mut rx)
     };
     let free = run(&mut r, "free", false, None);
     // The marker: an output token that did not occur before it, past the first.
@@ -406,15 +411,7 @@ fn priority_orders_admission_and_preempts_past_the_threshold() {
     // an undisturbed run of the same prompt.
     let outputs: Vec<(String, Vec<u32>)> = rxs
         .iter_mut()
-        .map(|(rid, rx)| {
-            let mut out = Vec::new();
-            while let Ok(ev) = rx.try_recv() {
-                if let Event::Token { id, .. } = ev {
-                    out.push(id);
-                }
-            }
-            (rid.clone(), out)
-        })
+        .map(|(rid, rx)| (rid.clone(), tokens(rx)))
         .collect();
     for (rid, out) in &outputs {
         assert_eq!(out.len(), 6, "{rid}: {out:?}");
@@ -423,13 +420,7 @@ fn priority_orders_admission_and_preempts_past_the_threshold() {
     let (req, mut rx) = request("low", ids(1, 10), 6, 0.0);
     plain.s.handle(Msg::Submit(Box::new(req)));
     plain.drain();
-    let mut alone = Vec::new();
-    while let Ok(ev) = rx.try_recv() {
-        if let Event::Token { id, .. } = ev {
-            alone.push(id);
-        }
-    }
-    assert_eq!(outputs[0].1, alone);
+    assert_eq!(outputs[0].1, tokens(&mut rx));
     assert!(
         r.s.stats
             .retractions
