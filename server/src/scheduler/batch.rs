@@ -132,21 +132,40 @@ impl<R: ModelRunner> Scheduler<R> {
             std::mem::take(&mut self.running)
                 .into_iter()
                 .partition(|s| s.computed > 0 && s.remaining() == 1);
+        if self.cfg.priority.enabled {
+            // Highest-ranked first: under KV pressure the lowest-ranked are left, and retracted.
+            let pr = self.cfg.priority;
+            decodes
+                .make_contiguous()
+                .sort_by_key(|s| pr.rank(s.req.params.priority));
+        }
         // Items index into the new `running`.
         let mut items: Vec<(usize, Item)> = Vec::new();
-        // 1. Decodes, oldest first: one token each. When the pool is exhausted even after
-        //    eviction, retract the newest other sequence (prefilling ones first).
+        // 1. Decodes, oldest first (under priority scheduling highest-ranked first): one token
+        //    each. When the pool is exhausted even after eviction, retract the newest other
+        //    sequence (prefilling ones first; under priority scheduling the lowest-ranked one,
+        //    the newest of equals, or the sequence itself when it ranks below all others).
         while let Some(mut s) = decodes.pop_front() {
             let upto = s.tokens.len();
+            let mut outranked = false;
             let ok = loop {
                 if self.ensure_pages(&mut s, upto) {
                     break true;
                 }
-                match prefills.pop_back().or_else(|| decodes.pop_back()) {
+                if self.outranked_by_all(&s, &prefills, &decodes) {
+                    outranked = true;
+                    break false;
+                }
+                match self.retraction_victim(&mut prefills, &mut decodes) {
                     Some(v) => self.retract(v),
                     None => break false,
                 }
             };
+            if outranked {
+                // It is the lowest-ranked: it gives way itself.
+                self.retract(s);
+                continue;
+            }
             if ok {
                 items.push((
                     self.running.len(),
@@ -398,6 +417,38 @@ impl<R: ModelRunner> Scheduler<R> {
     /// Frees a running sequence's pages (caching what it computed) and requeues it at the front.
     fn retract(&mut self, s: Seq) {
         self.requeue(s, "KV pool exhausted");
+    }
+
+    /// Under priority scheduling, whether `s` ranks below every other sequence left to serve
+    /// (then it is the one to retract for KV room).
+    fn outranked_by_all(&self, s: &Seq, prefills: &VecDeque<Seq>, decodes: &VecDeque<Seq>) -> bool {
+        let pr = self.cfg.priority;
+        let rank = |s: &Seq| pr.rank(s.req.params.priority);
+        let others = prefills.iter().chain(decodes.iter()).map(rank).max();
+        pr.enabled && others.is_some_and(|o| rank(s) > o)
+    }
+
+    /// The sequence to retract for KV room: the newest prefilling one, else the newest decoding
+    /// one; with priority scheduling the lowest-ranked of all (the newest of equals, prefilling
+    /// ones before decoding ones).
+    fn retraction_victim(
+        &self,
+        prefills: &mut VecDeque<Seq>,
+        decodes: &mut VecDeque<Seq>,
+    ) -> Option<Seq> {
+        let pr = self.cfg.priority;
+        if !pr.enabled {
+            return prefills.pop_back().or_else(|| decodes.pop_back());
+        }
+        let rank = |s: &Seq| pr.rank(s.req.params.priority);
+        let worst_prefill = (0..prefills.len()).max_by_key(|&i| (rank(&prefills[i]), i));
+        let worst_decode = (0..decodes.len()).max_by_key(|&i| (rank(&decodes[i]), i));
+        match (worst_prefill, worst_decode) {
+            (Some(p), Some(d)) if rank(&decodes[d]) > rank(&prefills[p]) => decodes.remove(d),
+            (Some(p), _) => prefills.remove(p),
+            (None, Some(d)) => decodes.remove(d),
+            (None, None) => None,
+        }
     }
 
     /// Retracts `s` (`why` it goes): its pages are freed and it waits at the front of the queue.

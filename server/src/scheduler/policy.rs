@@ -18,7 +18,8 @@
 //! then as above; the cache-aware policies and `random` keep their own order, as in SGLang. When
 //! every running slot is taken, a waiting request that outranks the lowest-ranked running one by
 //! more than `--priority-scheduling-preemption-threshold` has that one retracted to make room
-//! (`order.rs`; not with `--disable-priority-preemption`).
+//! (`order.rs`; not with `--disable-priority-preemption`); under KV pressure the lowest-ranked
+//! sequence is retracted instead of the newest (`batch.rs`).
 //!
 //! Pure functions over [`Candidate`]s; the scheduler (`order.rs`) builds them and applies the
 //! permutation. Every sort is stable: equal keys keep arrival order.

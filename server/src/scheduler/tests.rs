@@ -401,7 +401,8 @@ fn priority_orders_admission_and_preempts_past_the_threshold() {
     // 3 outranks neither running request by more than 10, and comes before "low" in the queue.
     submit(&mut r, "three", 300, Some(3));
     r.s.step();
-    assert_eq!(r.running(), ["five", "twelve"]);
+    // (decoding, highest-ranked first)
+    assert_eq!(r.running(), ["twelve", "five"]);
     let order: Vec<_> = r.s.waiting.iter().map(|s| s.req.rid.clone()).collect();
     r.s.order_waiting();
     let ordered: Vec<_> = r.s.waiting.iter().map(|s| s.req.rid.clone()).collect();
@@ -447,4 +448,50 @@ fn priority_orders_admission_and_preempts_past_the_threshold() {
         other => panic!("{other:?}"),
     }
     assert!(r.s.waiting.is_empty());
+}
+
+#[test]
+fn kv_pressure_retracts_the_lowest_priority_under_priority_scheduling() {
+    use super::policy::Priority;
+    // 256 pages of 4 tokens; three requests of 10 + 400 tokens cannot all stay.
+    let run = |enabled: bool| {
+        let mut r = rig(SchedulerConfig {
+            priority: Priority {
+                enabled,
+                preempt_threshold: None,
+                ..Priority::default()
+            },
+            ..cfg()
+        });
+        let mut rxs = Vec::new();
+        for (i, (rid, p)) in [("a", None), ("b", Some(10)), ("c", Some(10))]
+            .into_iter()
+            .enumerate()
+        {
+            let (mut req, rx) = request(rid, ids(1 + 100 * i as u32, 10), 400, 0.0);
+            req.params.priority = p;
+            rxs.push(rx);
+            r.s.handle(Msg::Submit(Box::new(req)));
+            r.s.step();
+        }
+        let mut all = r.running();
+        all.sort();
+        assert_eq!(all, ["a", "b", "c"]);
+        let mut first = None;
+        for _ in 0..1000 {
+            r.s.step();
+            if let Some(s) = r.s.waiting.front() {
+                first = Some(s.req.rid.clone());
+                break;
+            }
+        }
+        r.drain();
+        for rx in &mut rxs {
+            assert_eq!(tokens(rx).len(), 400);
+        }
+        first.expect("a retraction")
+    };
+    // The newest without priorities; the lowest-ranked with them.
+    assert_eq!(run(false), "c");
+    assert_eq!(run(true), "a");
 }
