@@ -261,6 +261,7 @@ impl<R: ModelRunner> Scheduler<R> {
             if n == 0 || !self.ensure_pages(&mut s, end) {
                 if n > 0 {
                     budget.refund(n);
+                    self.kv_blocked = true;
                 }
                 // A load-back queued for it must land before its host pages can be given away.
                 if let Err(e) = self.model.finish_host_io(&mut self.pool.buffers) {

@@ -109,6 +109,9 @@ pub struct Scheduler<R: ModelRunner> {
     seeds: Option<SplitMix64>,
     /// The `random` policy's shuffles.
     policy_rng: SplitMix64,
+    /// The last round's admission stopped at a request the KV pool had no room for (priority
+    /// preemption may then make room).
+    kv_blocked: bool,
     /// The policy in force (cache-aware ones become fcfs without a prefix cache, as SGLang).
     policy: SchedulePolicy,
     /// PD prefill: finished legs whose pages stay in the pool until their transfer ends, by id.
@@ -286,6 +289,7 @@ impl<R: ModelRunner> Scheduler<R> {
         Scheduler {
             seeds,
             policy_rng,
+            kv_blocked: false,
             policy,
             tree: RadixCache::new(cfg.page_size).with_lfu(cfg.eviction_lfu),
             cfg,

@@ -47,15 +47,17 @@ impl<R: ModelRunner> Scheduler<R> {
             .collect();
     }
 
-    /// Priority preemption: with every running slot taken, the lowest-ranked running request
-    /// (the newest of equals; not a PD leg whose KV went out) is retracted when the best waiting
-    /// one outranks it by more than the threshold. One per round.
+    /// Priority preemption: with every running slot taken, or when the last round's admission
+    /// found no KV room, the lowest-ranked running request (the newest of equals; not a PD leg
+    /// whose KV went out) is retracted when the best waiting one outranks it by more than the
+    /// threshold. One per round.
     pub(super) fn preempt_for_priority(&mut self) {
+        let kv_blocked = std::mem::take(&mut self.kv_blocked);
         let pr = self.cfg.priority;
         let (true, Some(threshold)) = (pr.enabled, pr.preempt_threshold) else {
             return;
         };
-        if self.running.len() < self.cfg.max_running_requests {
+        if self.running.len() < self.cfg.max_running_requests && !kv_blocked {
             return;
         }
         let Some(best) = self

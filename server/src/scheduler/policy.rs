@@ -16,8 +16,9 @@
 //! requests' `priority` first (higher values first, or lower with
 //! `--schedule-low-priority-values-first`; a request without one has `--default-priority-value`),
 //! then as above; the cache-aware policies and `random` keep their own order, as in SGLang. When
-//! every running slot is taken, a waiting request that outranks the lowest-ranked running one by
-//! more than `--priority-scheduling-preemption-threshold` has that one retracted to make room
+//! every running slot is taken (or the KV pool had no room for the queue's head), a waiting
+//! request that outranks the lowest-ranked running one by more than
+//! `--priority-scheduling-preemption-threshold` has that one retracted to make room
 //! (`order.rs`; not with `--disable-priority-preemption`); under KV pressure the lowest-ranked
 //! sequence is retracted instead of the newest (`batch.rs`).
 //!

@@ -495,3 +495,51 @@ fn kv_pressure_retracts_the_lowest_priority_under_priority_scheduling() {
     assert_eq!(run(false), "c");
     assert_eq!(run(true), "a");
 }
+
+#[test]
+fn a_request_without_kv_room_preempts_a_lower_ranked_one() {
+    use super::policy::Priority;
+    // 1,024 tokens of pool: "a1" and "a2" (400 + 100 each) take 800 and more; "b" (400) has
+    // no room beside them.
+    // Prompts of 400 ids inside the tiny vocabulary, none sharing a prefix with another.
+    let prompt = |off: u32| {
+        (0..400)
+            .map(|i| (i * 7 + off) % 500 + 1)
+            .collect::<Vec<u32>>()
+    };
+    let run = |enabled: bool| {
+        let mut r = rig(SchedulerConfig {
+            priority: Priority {
+                enabled,
+                ..Priority::default()
+            },
+            ..cfg()
+        });
+        let mut rxs = Vec::new();
+        for (i, rid) in ["a1", "a2"].into_iter().enumerate() {
+            let (req, rx) = request(rid, prompt(i as u32), 100, 0.0);
+            rxs.push(rx);
+            r.s.handle(Msg::Submit(Box::new(req)));
+        }
+        for _ in 0..3 {
+            r.s.step();
+        }
+        let (mut req, rx) = request("b", prompt(2), 100, 0.0);
+        req.params.priority = Some(20);
+        rxs.push(rx);
+        r.s.handle(Msg::Submit(Box::new(req)));
+        for _ in 0..3 {
+            r.s.step();
+        }
+        let mut running: Vec<String> = r.running().iter().map(|s| s.to_string()).collect();
+        running.sort();
+        r.drain();
+        for rx in &mut rxs {
+            assert_eq!(tokens(rx).len(), 100);
+        }
+        running
+    };
+    assert_eq!(run(false), ["a1", "a2"]);
+    // The newest of the two lower-ranked ones made room.
+    assert_eq!(run(true), ["a1", "b"]);
+}
