@@ -112,18 +112,14 @@ fn to_chat(req: &Value) -> Result<Value, ApiError> {
             ("stream", "stream"),
         ],
     );
-    if let Some(tools) = req.get("tools").and_then(Value::as_array) {
-        let mut out = Vec::new();
-        for t in tools {
-            if t.get("type")
-                .and_then(Value::as_str)
-                .is_some_and(|k| k != "custom")
-            {
-                return bad(format!("tools: server tools are not supported, got {t}."));
-            }
-            out.push(relay::function_tool(t, "input_schema"));
-        }
-        chat.insert("tools".into(), Value::Array(out));
+    let custom = |k: Option<&str>| k.is_none_or(|k| k == "custom");
+    if let Some(tools) = relay::function_tools(
+        req,
+        "input_schema",
+        custom,
+        "server tools are not supported",
+    )? {
+        chat.insert("tools".into(), tools);
     }
     if let Some(tc) = req.get("tool_choice").filter(|v| !v.is_null()) {
         let choice = match tc.get("type").and_then(Value::as_str) {

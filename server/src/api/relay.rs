@@ -23,10 +23,32 @@ pub fn copy_fields(req: &Value, chat: &mut Map<String, Value>, fields: &[(&str, 
 
 /// The chat's function tool of tool `t`: its `name`, `description` and the JSON schema in its
 /// field `schema`.
-pub fn function_tool(t: &Value, schema: &str) -> Value {
+fn function_tool(t: &Value, schema: &str) -> Value {
     json!({"type": "function", "function": {"name": t["name"],
         "description": t.get("description").cloned().unwrap_or(Value::Null),
         "parameters": t.get(schema).cloned().unwrap_or(json!({}))}})
+}
+
+/// The chat's function tools of `req["tools"]` (None without them): each tool whose `type`
+/// (None when it has none) `accept`s, with its JSON schema in field `schema`; another tool is a
+/// 400 saying `refusal`.
+pub fn function_tools(
+    req: &Value,
+    schema: &str,
+    accept: fn(Option<&str>) -> bool,
+    refusal: &str,
+) -> Result<Option<Value>, ApiError> {
+    let Some(tools) = req.get("tools").and_then(Value::as_array) else {
+        return Ok(None);
+    };
+    let mut out = Vec::new();
+    for t in tools {
+        if !accept(t.get("type").and_then(Value::as_str)) {
+            return Err(ApiError::bad_request(format!("tools: {refusal}, got {t}.")));
+        }
+        out.push(function_tool(t, schema));
+    }
+    Ok(Some(Value::Array(out)))
 }
 
 /// The chat request of `chat`: a streamed one also asks for the usage chunk (the other APIs

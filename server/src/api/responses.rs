@@ -175,17 +175,14 @@ fn to_chat(req: &Value, history: &[Value]) -> Result<(Value, Vec<Value>), ApiErr
             ("request_id", "rid"),
         ],
     );
-    if let Some(tools) = req.get("tools").and_then(Value::as_array) {
-        let mut out = Vec::new();
-        for t in tools {
-            if t.get("type").and_then(Value::as_str) != Some("function") {
-                return bad(format!(
-                    "tools: only function tools are supported, got {t}."
-                ));
-            }
-            out.push(relay::function_tool(t, "parameters"));
-        }
-        chat.insert("tools".into(), Value::Array(out));
+    let function = |k: Option<&str>| k == Some("function");
+    if let Some(tools) = relay::function_tools(
+        req,
+        "parameters",
+        function,
+        "only function tools are supported",
+    )? {
+        chat.insert("tools".into(), tools);
     }
     match req.get("tool_choice") {
         Some(Value::Object(o)) if o.get("type").and_then(Value::as_str) == Some("function") => {
