@@ -134,131 +134,68 @@ pub fn render(c: &Conv, messages: &[serde_json::Value]) -> Result<String, String
     }
     turns.push((c.roles[1], String::new()));
     let sp = c.system_template.replace("{system_message}", &system);
-    let seps = [c.sep, c.sep2];
-    let mut out = String::new();
-    // Each turn: its text when it has one, else the opening of an empty (the answer's) turn.
-    let each = |out: &mut String,
-                f: &dyn Fn(usize, &str, &str) -> String,
-                g: &dyn Fn(usize, &str) -> String| {
-        for (i, (role, m)) in turns.iter().enumerate() {
-            out.push_str(&if m.is_empty() {
-                g(i, role)
-            } else {
-                f(i, role, m)
-            });
-        }
-    };
+    let mut out = head(c, sp, &system);
+    for (i, (role, m)) in turns.iter().enumerate() {
+        out.push_str(&turn(c, i, role, m));
+    }
+    if c.style == Style::Qwen2VlEmbed {
+        out.push_str(&c.stops.concat());
+    }
+    Ok(out)
+}
+
+/// What comes before the turns: `sp`, the formatted system template (with its separator, where
+/// the style writes one), or nothing (`system`: the system message itself).
+fn head(c: &Conv, sp: String, system: &str) -> String {
     match c.style {
-        Style::AddColonSingle => {
-            out = sp + c.sep;
-            each(
-                &mut out,
-                &|_, r, m| format!("{r}: {m}{}", c.sep),
-                &|_, r| format!("{r}:"),
-            );
+        Style::AddColonSingle | Style::AddColonTwo | Style::Mpt => sp + c.sep,
+        Style::AddNewLineSingle | Style::Qwen2VlEmbed if !sp.is_empty() => sp + c.sep,
+        Style::ChatMl if !sp.is_empty() => sp + c.sep + "\n",
+        Style::DeepSeekVl2 if !sp.is_empty() => sp + c.sep,
+        Style::NoColonSingle | Style::Gemma3 => sp,
+        Style::Llama2 if system.is_empty() => "[INST] ".into(),
+        Style::Llama2 => sp,
+        Style::Llama3 | Style::Llama4 if !system.is_empty() => sp,
+        _ => String::new(),
+    }
+}
+
+/// Turn `i` (`role`'s tag): its text `m` with the style's separators, or when `m` is empty the
+/// opening of a turn (the answer's, last).
+fn turn(c: &Conv, i: usize, role: &str, m: &str) -> String {
+    let seps = [c.sep, c.sep2];
+    let open = m.is_empty();
+    match c.style {
+        Style::AddColonSingle | Style::AddColonTwo | Style::DeepSeekVl2 if open => {
+            format!("{role}:")
         }
-        Style::AddColonTwo => {
-            out = sp + c.sep;
-            each(
-                &mut out,
-                &|i, r, m| format!("{r}: {m}{}", seps[i % 2]),
-                &|_, r| format!("{r}:"),
-            );
+        Style::AddColonSingle => format!("{role}: {m}{}", c.sep),
+        Style::AddColonTwo | Style::DeepSeekVl2 => format!("{role}: {m}{}", seps[i % 2]),
+        Style::AddNewLineSingle | Style::Qwen2VlEmbed | Style::ChatMl if open => {
+            format!("{role}\n")
         }
-        Style::AddNewLineSingle | Style::Qwen2VlEmbed => {
-            if !sp.is_empty() {
-                out = sp + c.sep;
-            }
-            each(
-                &mut out,
-                &|_, r, m| format!("{r}\n{m}{}", c.sep),
-                &|_, r| format!("{r}\n"),
-            );
-            if c.style == Style::Qwen2VlEmbed {
-                out.push_str(c.stops.concat().as_str());
-            }
-        }
-        Style::NoColonSingle => {
-            out = sp;
-            each(&mut out, &|_, r, m| format!("{r}{m}{}", c.sep), &|_, r| {
-                r.to_string()
-            });
-        }
-        Style::Llama2 => {
-            out = if system.is_empty() {
-                "[INST] ".into()
-            } else {
-                sp
-            };
-            each(
-                &mut out,
-                &|i, _, m| {
-                    if i == 0 {
-                        format!("{m} ")
-                    } else {
-                        format!("{} {m}{}", c.roles[i % 2], seps[i % 2])
-                    }
-                },
-                &|i, _| c.roles[i % 2].to_string(),
-            );
-        }
+        Style::AddNewLineSingle | Style::Qwen2VlEmbed => format!("{role}\n{m}{}", c.sep),
+        Style::ChatMl => format!("{role}\n{m}{}\n", c.sep),
+        Style::NoColonSingle | Style::Mpt | Style::Gemma3 if open => role.to_string(),
+        Style::Gemma3 if i == 0 => format!("{m}{}", c.sep),
+        Style::NoColonSingle | Style::Mpt | Style::Gemma3 => format!("{role}{m}{}", c.sep),
+        // Llama-2 tags by position, not role.
+        Style::Llama2 if open => c.roles[i % 2].to_string(),
+        Style::Llama2 if i == 0 => format!("{m} "),
+        Style::Llama2 => format!("{} {m}{}", c.roles[i % 2], seps[i % 2]),
         Style::Llama3 | Style::Llama4 => {
-            let (open, close, end) = if c.style == Style::Llama3 {
+            let (o, cl, end) = if c.style == Style::Llama3 {
                 ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
             } else {
                 ("<|header_start|>", "<|header_end|>", "<|eot|>")
             };
-            if !system.is_empty() {
-                out = sp;
+            if open {
+                format!("{o}{role}{cl}\n\n")
+            } else {
+                format!("{o}{role}{cl}\n\n{}{end}", m.trim())
             }
-            each(
-                &mut out,
-                &|_, r, m| format!("{open}{r}{close}\n\n{}{end}", m.trim()),
-                &|_, r| format!("{open}{r}{close}\n\n"),
-            );
-        }
-        Style::ChatMl => {
-            if !sp.is_empty() {
-                out = sp + c.sep + "\n";
-            }
-            each(
-                &mut out,
-                &|_, r, m| format!("{r}\n{m}{}\n", c.sep),
-                &|_, r| format!("{r}\n"),
-            );
-        }
-        Style::DeepSeekVl2 => {
-            if !sp.is_empty() {
-                out = sp + seps[0];
-            }
-            each(
-                &mut out,
-                &|i, r, m| format!("{r}: {m}{}", seps[i % 2]),
-                &|_, r| format!("{r}:"),
-            );
-        }
-        Style::Gemma3 => {
-            out = sp;
-            each(
-                &mut out,
-                &|i, r, m| {
-                    if i == 0 {
-                        format!("{m}{}", c.sep)
-                    } else {
-                        format!("{r}{m}{}", c.sep)
-                    }
-                },
-                &|_, r| r.to_string(),
-            );
-        }
-        Style::Mpt => {
-            out = sp + c.sep;
-            each(&mut out, &|_, r, m| format!("{r}{m}{}", c.sep), &|_, r| {
-                r.to_string()
-            });
         }
     }
-    Ok(out)
 }
 
 #[cfg(test)]
