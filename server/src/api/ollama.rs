@@ -356,16 +356,19 @@ impl Lines {
         };
     }
 
+    /// The token counts of `c`'s usage, when it has one (the last chunk, or a whole answer).
+    fn read_usage(&mut self, c: &Value) {
+        if let Some(u) = c.get("usage").filter(|u| u.is_object()) {
+            let n = |k: &str| u[k].as_u64().unwrap_or(0);
+            self.usage = Some((n("prompt_tokens"), n("completion_tokens")));
+        }
+    }
+
     /// The non-streamed answer of a chat or completion answer `c`.
     fn whole(mut self, c: &Value) -> Value {
         let choice = &c["choices"][0];
         self.reason(&choice["finish_reason"]);
-        if let Some(u) = c.get("usage").filter(|u| u.is_object()) {
-            self.usage = Some((
-                u["prompt_tokens"].as_u64().unwrap_or(0),
-                u["completion_tokens"].as_u64().unwrap_or(0),
-            ));
-        }
+        self.read_usage(c);
         let msg = &choice["message"];
         let text = msg["content"]
             .as_str()
@@ -400,12 +403,7 @@ impl relay::Translate for Lines {
     type Item = Value;
 
     fn on_chunk(&mut self, c: &Value) -> Vec<Value> {
-        if let Some(u) = c.get("usage").filter(|u| u.is_object()) {
-            self.usage = Some((
-                u["prompt_tokens"].as_u64().unwrap_or(0),
-                u["completion_tokens"].as_u64().unwrap_or(0),
-            ));
-        }
+        self.read_usage(c);
         let mut out = Vec::new();
         let Some(choice) = c["choices"].as_array().and_then(|a| a.first()) else {
             return out;
