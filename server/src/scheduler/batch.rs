@@ -134,10 +134,7 @@ impl<R: ModelRunner> Scheduler<R> {
                 .partition(|s| s.computed > 0 && s.remaining() == 1);
         if self.cfg.priority.enabled {
             // Highest-ranked first: under KV pressure the lowest-ranked are left, and retracted.
-            let pr = self.cfg.priority;
-            decodes
-                .make_contiguous()
-                .sort_by_key(|s| pr.rank(s.req.params.priority));
+            decodes.make_contiguous().sort_by_key(|s| self.rank(s));
         }
         // Items index into the new `running`.
         let mut items: Vec<(usize, Item)> = Vec::new();
@@ -423,10 +420,8 @@ impl<R: ModelRunner> Scheduler<R> {
     /// Under priority scheduling, whether `s` ranks below every other sequence left to serve
     /// (then it is the one to retract for KV room).
     fn outranked_by_all(&self, s: &Seq, prefills: &VecDeque<Seq>, decodes: &VecDeque<Seq>) -> bool {
-        let pr = self.cfg.priority;
-        let rank = |s: &Seq| pr.rank(s.req.params.priority);
-        let others = prefills.iter().chain(decodes.iter()).map(rank).max();
-        pr.enabled && others.is_some_and(|o| rank(s) > o)
+        let others = prefills.iter().chain(decodes).map(|o| self.rank(o)).max();
+        self.cfg.priority.enabled && others.is_some_and(|o| self.rank(s) > o)
     }
 
     /// The sequence to retract for KV room: the newest prefilling one, else the newest decoding
@@ -437,15 +432,14 @@ impl<R: ModelRunner> Scheduler<R> {
         prefills: &mut VecDeque<Seq>,
         decodes: &mut VecDeque<Seq>,
     ) -> Option<Seq> {
-        let pr = self.cfg.priority;
-        if !pr.enabled {
+        if !self.cfg.priority.enabled {
             return prefills.pop_back().or_else(|| decodes.pop_back());
         }
-        let rank = |s: &Seq| pr.rank(s.req.params.priority);
-        let worst_prefill = (0..prefills.len()).max_by_key(|&i| (rank(&prefills[i]), i));
-        let worst_decode = (0..decodes.len()).max_by_key(|&i| (rank(&decodes[i]), i));
-        match (worst_prefill, worst_decode) {
-            (Some(p), Some(d)) if rank(&decodes[d]) > rank(&prefills[p]) => decodes.remove(d),
+        let worst = |q: &VecDeque<Seq>| (0..q.len()).max_by_key(|&i| (self.rank(&q[i]), i));
+        match (worst(prefills), worst(decodes)) {
+            (Some(p), Some(d)) if self.rank(&decodes[d]) > self.rank(&prefills[p]) => {
+                decodes.remove(d)
+            }
             (Some(p), _) => prefills.remove(p),
             (None, Some(d)) => decodes.remove(d),
             (None, None) => None,

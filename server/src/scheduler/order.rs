@@ -4,6 +4,7 @@
 //! the policy's permutation; and priority preemption (`policy.rs`).
 
 use super::policy::{order, Candidate, SchedulePolicy, CACHE_AWARE_MAX_QUEUE};
+use super::seq::Seq;
 use super::Scheduler;
 use crate::model::ModelRunner;
 
@@ -47,6 +48,11 @@ impl<R: ModelRunner> Scheduler<R> {
             .collect();
     }
 
+    /// `s`'s priority rank (smaller goes first; see `policy.rs`).
+    pub(super) fn rank(&self, s: &Seq) -> i64 {
+        self.cfg.priority.rank(s.req.params.priority)
+    }
+
     /// Priority preemption: with every running slot taken, or when the last round's admission
     /// found no KV room, the lowest-ranked running request (the newest of equals; not a PD leg
     /// whose KV went out) is retracted when the best waiting one outranks it by more than the
@@ -64,7 +70,7 @@ impl<R: ModelRunner> Scheduler<R> {
             .waiting
             .iter()
             .filter(|s| !s.held && !s.pd_fetch)
-            .map(|s| pr.rank(s.req.params.priority))
+            .map(|s| self.rank(s))
             .min()
         else {
             return;
@@ -74,7 +80,7 @@ impl<R: ModelRunner> Scheduler<R> {
             .iter()
             .enumerate()
             .filter(|(_, s)| s.pd_sent == 0)
-            .map(|(i, s)| (pr.rank(s.req.params.priority), i))
+            .map(|(i, s)| (self.rank(s), i))
             .max();
         if let Some((rank, i)) = worst {
             if rank.saturating_sub(best) > threshold {
