@@ -67,7 +67,7 @@ impl Dims {
 static PDL: AtomicBool = AtomicBool::new(false);
 
 thread_local! {
-    /// This thread's launches leave the attribute off ([`without_pdl`]).
+    /// This thread's launches leave the attribute off ([`prefill_forward`]).
     static PDL_OFF: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
