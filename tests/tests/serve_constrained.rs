@@ -97,6 +97,40 @@ async fn outputs_follow_regex_and_json_schema() {
         );
     }
 
+    // A recursive EBNF grammar and a recursive schema run on the pushdown automaton: finished
+    // outputs derive from them, cut ones are prefixes of outputs that do.
+    let nested = "root ::= \"(\" root \")\" | \"x\" | \"(\" root \",\" root \")\"";
+    let tree = json!({"$defs": {"n": {"type": "object", "properties": {
+        "v": {"type": "integer"}, "kids": {"type": "array", "items": {"$ref": "#/$defs/n"}}},
+        "required": ["v", "kids"]}}, "$ref": "#/$defs/n"});
+    for (temperature, seed) in [(0.0, 0), (1.0, 1), (1.0, 2), (1.5, 3)] {
+        let (st, v) = s
+            .post(
+                "/generate",
+                &json!({"text": "Once upon a time", "sampling_params": {"ebnf": nested,
+                "max_new_tokens": 60, "temperature": temperature, "seed": seed}}),
+            )
+            .await;
+        assert_eq!(st, 200, "{v}");
+        let text = v["text"].as_str().unwrap();
+        let finished = v["meta_info"]["finish_reason"]["type"] == "stop";
+        assert!(nested_ok(text, finished), "seed {seed}: {text:?} ({v})");
+        let (st, v) = s
+            .post(
+                "/generate",
+                &json!({"text": "A tree:", "sampling_params": {"json_schema": tree.to_string(),
+                "max_new_tokens": 120, "temperature": temperature, "seed": seed}}),
+            )
+            .await;
+        assert_eq!(st, 200, "{v}");
+        let text = v["text"].as_str().unwrap();
+        if v["meta_info"]["finish_reason"]["type"] == "stop" {
+            check_tree(&serde_json::from_str(text).unwrap());
+        } else {
+            assert!(text.starts_with('{'), "seed {seed}: {text:?}");
+        }
+    }
+
     // JSON schema on /generate (as SGLang's string) and the same answer streamed.
     let schema = person_schema().to_string();
     let body = json!({"text": "Describe someone:", "sampling_params": {"json_schema": schema,
@@ -192,6 +226,10 @@ async fn outputs_follow_regex_and_json_schema() {
             json!({"text": "x", "sampling_params": {"ebnf": "start ::= \"a\""}}),
         ),
         (
+            "/generate",
+            json!({"text": "x", "sampling_params": {"ebnf": "root ::= root \"a\" | \"b\""}}),
+        ),
+        (
             "/v1/chat/completions",
             json!({"messages": [{"role": "user", "content": "x"}],
             "response_format": {"type": "structural_tag"}}),
@@ -213,6 +251,48 @@ async fn outputs_follow_regex_and_json_schema() {
     }
     let again = s.greedy("Once upon a time", 6).await;
     assert_eq!(again["text"], plain["text"]);
+}
+
+/// Whether `text` derives from `root ::= "(" root ")" | "x" | "(" root "," root ")"` (or, not
+/// `finished`, is a prefix of a text that does).
+fn nested_ok(text: &str, finished: bool) -> bool {
+    // A value is `x` or a parenthesised list of one or two values: track the open lists and how
+    // many values each holds.
+    let mut open: Vec<u8> = Vec::new();
+    let mut done = false;
+    let mut after_value = false;
+    for c in text.chars() {
+        if done {
+            return false;
+        }
+        match c {
+            '(' if !after_value => open.push(0),
+            'x' if !after_value => after_value = true,
+            ',' if after_value && open.last() == Some(&0) => {
+                *open.last_mut().unwrap() = 1;
+                after_value = false;
+            }
+            ')' if after_value && !open.is_empty() => {
+                open.pop();
+            }
+            _ => return false,
+        }
+        if after_value && open.is_empty() {
+            done = true;
+        }
+    }
+    !finished || done
+}
+
+fn check_tree(v: &Value) {
+    let o = v.as_object().expect("an object");
+    assert!(o["v"].is_i64(), "{v}");
+    assert!(o.keys().all(|k| k == "v" || k == "kids"), "{v}");
+    o["kids"]
+        .as_array()
+        .expect("kids")
+        .iter()
+        .for_each(check_tree);
 }
 
 /// `pattern`'s text with the regex syntax characters escaped.

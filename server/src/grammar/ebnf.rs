@@ -1,16 +1,19 @@
-//! SGLang's `ebnf` constraint (xgrammar's EBNF dialect, GBNF-like) for grammars that are
-//! regular: rules `name ::= expr` (a rule runs until the next `name ::=`), alternatives `|`,
-//! sequences, groups `( )`, quantifiers `*`, `+`, `?`, `{m}`, `{m,}`, `{m,n}`, double- or
-//! single-quoted strings and character classes `[a-z]` / `[^...]` with the escapes `\n \r \t \\
-//! \" \' \] \- \xHH \uHHHH`, references to other rules, and `#` comments; the start is `root`.
-//! Every reference is expanded in place, so the grammar becomes one regular expression for the
-//! byte DFA the other constraints use. A recursive rule (`value ::= "[" value "]"`) has no
-//! regular form: it is unrolled [`MAX_NESTING`] levels deep and the alternatives that would need
-//! a deeper level are dropped (so outputs nest at most that deep, and every output still derives
-//! from the grammar); a grammar that derives nothing then, or any syntax outside the above, is a
-//! 400.
+//! SGLang's `ebnf` constraint (xgrammar's EBNF dialect, GBNF-like): rules `name ::= expr` (a rule
+//! runs until the next `name ::=`), alternatives `|`, sequences, groups `( )`, quantifiers `*`,
+//! `+`, `?`, `{m}`, `{m,}`, `{m,n}`, double- or single-quoted strings and character classes
+//! `[a-z]` / `[^...]` with the escapes `\n \r \t \\ \" \' \] \- \xHH \uHHHH`, references to
+//! other rules, and `#` comments; the start is `root`.
+//!
+//! [`to_rules`] (the `ebnf` sampling parameter) expands every reference to a rule that is not
+//! recursive in place and keeps each recursive rule (one on a cycle of references) as a rule of
+//! its own that the others call ([`super::pda`]), so nesting has no fixed bound. Where a single
+//! regular expression is needed (the `grammar` format inside a structural tag), [`to_regex`]
+//! unrolls recursion [`MAX_NESTING`] levels deep and drops the alternatives that would need a
+//! deeper level (outputs nest at most that deep and still derive from the grammar). A grammar
+//! that derives nothing, or any syntax outside the above, is a 400.
 
-use std::collections::HashMap;
+use super::pda::{RuleIds, Rules};
+use std::collections::{HashMap, HashSet};
 
 /// The largest regular expression a grammar may expand to (bytes).
 const MAX_REGEX: usize = 1 << 20;
@@ -27,22 +30,31 @@ enum Node {
     Rep(Box<Node>, u32, Option<u32>),
 }
 
-/// How many times one rule may be open inside itself: recursion is unrolled this deep, and a
-/// deeper use is cut (the alternatives that need it are dropped).
+/// How many times one rule may be open inside itself in [`to_regex`]: recursion is unrolled
+/// this deep, and a deeper use is cut (the alternatives that need it are dropped).
 pub const MAX_NESTING: usize = 4;
 
-/// The regular expression `src`'s `root` rule matches; the error is the client's 400.
+/// How references are expanded.
+enum Mode {
+    /// In place, recursion unrolled: the names of the rules open around this point.
+    Unroll(Vec<String>),
+    /// In place, except the recursive rules: those become calls.
+    Calls {
+        recursive: HashSet<String>,
+        ids: RuleIds,
+    },
+}
+
+/// The regular expression `src`'s `root` rule matches, recursion unrolled; the error is the
+/// client's 400.
 pub fn to_regex(src: &str) -> Result<String, String> {
-    let rules = parse(src).map_err(|e| format!("The EBNF grammar does not parse: {e}"))?;
-    if !rules.contains_key("root") {
-        return Err("The EBNF grammar has no `root` rule.".into());
-    }
-    let mut budget = MAX_REGEX;
+    let rules = parse_rooted(src)?;
+    let mut mode = Mode::Unroll(Vec::new());
     expand(
         &rules,
         &Node::Ref("root".into()),
-        &mut Vec::new(),
-        &mut budget,
+        &mut mode,
+        &mut MAX_REGEX.clone(),
     )?
     .ok_or_else(|| {
         format!(
@@ -52,11 +64,95 @@ pub fn to_regex(src: &str) -> Result<String, String> {
     })
 }
 
-/// The regex of `n`, or None where it derives no text (a recursion cut at [`MAX_NESTING`]).
+/// The grammar of `src`'s `root` rule: one regular expression when no rule is recursive, else
+/// the recursive rules as rules of their own; the error is the client's 400.
+pub fn to_rules(src: &str) -> Result<Rules, String> {
+    let rules = parse_rooted(src)?;
+    let recursive = recursive_rules(&rules);
+    if recursive.is_empty() {
+        return to_regex(src).map(Rules::regular);
+    }
+    let mut mode = Mode::Calls {
+        recursive,
+        ids: RuleIds::with_root("root"),
+    };
+    let mut budget = MAX_REGEX;
+    let mut name = "root".to_string();
+    loop {
+        // A recursive rule's body, its references to recursive rules calls; the root's body
+        // likewise (it is rule 0 whether or not it is recursive).
+        let body = expand(&rules, &rules[&name], &mut mode, &mut budget)?
+            .ok_or_else(|| format!("The EBNF grammar's rule `{name}` derives no text."))?;
+        let Mode::Calls { ids, .. } = &mut mode else {
+            unreachable!("calls mode")
+        };
+        ids.define(&name, &body);
+        match ids.undefined() {
+            Some(next) => name = next,
+            None => break,
+        }
+    }
+    let Mode::Calls { ids, .. } = mode else {
+        unreachable!("calls mode")
+    };
+    let mut rules = ids.finish();
+    // The root may be expanded in place without being called: then it has no calls.
+    rules.calls |= rules.bodies.len() > 1;
+    Ok(rules)
+}
+
+fn parse_rooted(src: &str) -> Result<HashMap<String, Node>, String> {
+    let rules = parse(src).map_err(|e| format!("The EBNF grammar does not parse: {e}"))?;
+    if !rules.contains_key("root") {
+        return Err("The EBNF grammar has no `root` rule.".into());
+    }
+    Ok(rules)
+}
+
+/// The rules that can reach themselves through references.
+fn recursive_rules(rules: &HashMap<String, Node>) -> HashSet<String> {
+    fn refs<'a>(n: &'a Node, out: &mut Vec<&'a str>) {
+        match n {
+            Node::Ref(r) => out.push(r),
+            Node::Seq(v) | Node::Alt(v) => v.iter().for_each(|i| refs(i, out)),
+            Node::Rep(i, _, _) => refs(i, out),
+            Node::Lit(_) | Node::Class(..) => {}
+        }
+    }
+    let edges: HashMap<&str, Vec<&str>> = rules
+        .iter()
+        .map(|(k, v)| {
+            let mut out = Vec::new();
+            refs(v, &mut out);
+            (k.as_str(), out)
+        })
+        .collect();
+    let reaches_itself = |from: &str| {
+        let mut seen = HashSet::new();
+        let mut stack: Vec<&str> = edges.get(from).cloned().unwrap_or_default();
+        while let Some(r) = stack.pop() {
+            if r == from {
+                return true;
+            }
+            if seen.insert(r) {
+                stack.extend(edges.get(r).into_iter().flatten());
+            }
+        }
+        false
+    };
+    rules
+        .keys()
+        .filter(|k| reaches_itself(k))
+        .cloned()
+        .collect()
+}
+
+/// The regex of `n`, or None where it derives no text (an empty class, or a recursion cut at
+/// [`MAX_NESTING`]).
 fn expand(
     rules: &HashMap<String, Node>,
     n: &Node,
-    stack: &mut Vec<String>,
+    mode: &mut Mode,
     budget: &mut usize,
 ) -> Result<Option<String>, String> {
     let out = match n {
@@ -76,18 +172,31 @@ fn expand(
             let body = rules
                 .get(name)
                 .ok_or_else(|| format!("The EBNF grammar refers to an undefined rule `{name}`."))?;
-            if stack.iter().filter(|r| *r == name).count() >= MAX_NESTING {
-                return Ok(None);
+            match mode {
+                Mode::Calls { recursive, ids } if recursive.contains(name) => Some(
+                    ids.call(name)
+                        .map_err(|e| format!("The EBNF grammar: {e}."))?,
+                ),
+                Mode::Calls { .. } => {
+                    expand(rules, body, mode, budget)?.map(|r| format!("(?:{r})"))
+                }
+                Mode::Unroll(stack) => {
+                    if stack.iter().filter(|r| *r == name).count() >= MAX_NESTING {
+                        return Ok(None);
+                    }
+                    stack.push(name.clone());
+                    let r = expand(rules, body, mode, budget);
+                    if let Mode::Unroll(stack) = mode {
+                        stack.pop();
+                    }
+                    r?.map(|r| format!("(?:{r})"))
+                }
             }
-            stack.push(name.clone());
-            let r = expand(rules, body, stack, budget)?;
-            stack.pop();
-            r.map(|r| format!("(?:{r})"))
         }
         Node::Seq(items) => {
             let mut s = String::new();
             for i in items {
-                match expand(rules, i, stack, budget)? {
+                match expand(rules, i, mode, budget)? {
                     Some(r) => s.push_str(&r),
                     None => return Ok(None),
                 }
@@ -97,11 +206,11 @@ fn expand(
         Node::Alt(alts) => {
             let mut live = Vec::new();
             for a in alts {
-                live.extend(expand(rules, a, stack, budget)?);
+                live.extend(expand(rules, a, mode, budget)?);
             }
             (!live.is_empty()).then(|| format!("(?:{})", live.join("|")))
         }
-        Node::Rep(inner, lo, hi) => match expand(rules, inner, stack, budget)? {
+        Node::Rep(inner, lo, hi) => match expand(rules, inner, mode, budget)? {
             None if *lo == 0 => Some(String::new()),
             None => None,
             Some(r) => Some(match (lo, hi) {

@@ -6,13 +6,15 @@
 //! EOS is allowed only where the text so far is a whole match, and a request whose text matches
 //! and can grow no further finishes there (SGLang's grammar termination).
 //!
-//! JSON schemas become regular expressions first ([`schema`]); JSON of unknown shape (a schema
-//! without a type, `json_object`) is nested to a bounded depth. Masks are cached per DFA state,
+//! JSON schemas become regular expressions first ([`schema`]). Grammars that recurse (recursive
+//! EBNF rules and `$ref`s, JSON of unknown shape) become rules that call each other, run by a
+//! pushdown automaton over the same byte DFAs ([`pda`]). Masks are cached per automaton state,
 //! and compiled grammars per constraint text ([`Compiler`]), so copies of a request (`n > 1`) and
 //! repeated requests pay the vocabulary walk once per state.
 
 pub mod bytes;
 pub mod ebnf;
+pub mod pda;
 pub mod schema;
 mod search;
 pub mod stop;
@@ -35,7 +37,8 @@ pub enum Constraint {
     Regex(String),
     /// The whole output is JSON valid under this schema (its JSON text).
     JsonSchema(String),
-    /// The whole output is derived from this EBNF grammar's `root` (a regular one).
+    /// The whole output is derived from this EBNF grammar's `root` (recursive rules run on a
+    /// pushdown automaton, [`pda`]).
     Ebnf(String),
     /// SGLang's `structural_tag` (its JSON text): free text, in which each trigger opens one of
     /// the tags that begin with it (`tags.rs`).
@@ -56,6 +59,20 @@ impl Constraint {
             Constraint::StructuralTag(_) => {
                 Err("a structural tag is no single regular expression".into())
             }
+        }
+    }
+
+    /// The grammar the output must derive from: one regular expression, or rules that call
+    /// each other (recursive EBNF rules and `$ref`s, JSON of unknown depth).
+    pub fn to_rules(&self) -> Result<pda::Rules, String> {
+        match self {
+            Constraint::JsonSchema(s) => {
+                let v: serde_json::Value = serde_json::from_str(s)
+                    .map_err(|e| format!("json_schema is not valid JSON: {e}"))?;
+                schema::to_rules(&v)
+            }
+            Constraint::Ebnf(g) => ebnf::to_rules(g),
+            _ => self.to_regex().map(pda::Rules::regular),
         }
     }
 }
@@ -101,11 +118,13 @@ impl Compiler {
     /// The grammar of `c` (compiled now, or the cached one); the error is a client's 400.
     pub fn compile(&self, c: &Constraint) -> Result<Arc<Grammar>, String> {
         if let Some(g) = self.cache.lock().expect("grammar cache").get(c) {
-            return Ok(g.clone());
+            if !g.retired() {
+                return Ok(g.clone());
+            }
         }
         let g = Arc::new(match c {
             Constraint::StructuralTag(t) => Grammar::structural(t, self.bytes.clone())?,
-            _ => Grammar::new(&c.to_regex()?, self.bytes.clone())?,
+            _ => Grammar::from_rules(&c.to_rules()?, self.bytes.clone())?,
         });
         let mut cache = self.cache.lock().expect("grammar cache");
         if cache.len() >= CACHE_LIMIT {
@@ -130,6 +149,8 @@ enum Machine {
     Regex(Dfa),
     /// A structural tag's free text and tags.
     Tags(tags::Tags),
+    /// Rules that call each other.
+    Pda(pda::Pda),
 }
 
 impl Machine {
@@ -137,18 +158,31 @@ impl Machine {
         match self {
             Machine::Regex(d) => u64::from(d.start.as_u32()),
             Machine::Tags(t) => t.start(),
+            Machine::Pda(p) => p.start(),
         }
     }
-    fn step(&self, s: u64, b: u8) -> Option<u64> {
+    fn walk(&self, mut s: u64, bytes: &[u8]) -> Option<u64> {
         match self {
-            Machine::Regex(d) => d.step(state_id(s), b).map(|n| u64::from(n.as_u32())),
-            Machine::Tags(t) => t.step(s, b),
+            Machine::Regex(d) => {
+                for &b in bytes {
+                    s = u64::from(d.step(state_id(s), b)?.as_u32());
+                }
+                Some(s)
+            }
+            Machine::Tags(t) => {
+                for &b in bytes {
+                    s = t.step(s, b)?;
+                }
+                Some(s)
+            }
+            Machine::Pda(p) => p.walk(s, bytes),
         }
     }
     fn accepting(&self, s: u64) -> bool {
         match self {
             Machine::Regex(d) => d.accepting(state_id(s)),
             Machine::Tags(t) => t.accepting(s),
+            Machine::Pda(p) => p.accepting(s),
         }
     }
 }
@@ -263,6 +297,25 @@ impl Grammar {
         })
     }
 
+    /// Compiles `rules`: a plain regular expression to the DFA, rules with calls to the
+    /// pushdown automaton.
+    pub fn from_rules(rules: &pda::Rules, bytes: Arc<TokenBytes>) -> Result<Self, String> {
+        if !rules.calls {
+            return Self::new(&rules.bodies[0], bytes);
+        }
+        Ok(Grammar {
+            machine: Machine::Pda(pda::Pda::build(rules)?),
+            bytes,
+            masks: Mutex::default(),
+        })
+    }
+
+    /// Whether new requests should get a fresh compilation (a pushdown automaton whose shared
+    /// tables grew large).
+    fn retired(&self) -> bool {
+        matches!(&self.machine, Machine::Pda(p) if p.retired())
+    }
+
     /// Compiles a structural tag (its JSON text, `tags.rs`).
     pub fn structural(tag: &str, bytes: Arc<TokenBytes>) -> Result<Self, String> {
         Ok(Grammar {
@@ -291,11 +344,8 @@ impl Grammar {
         self.walk(s.0, b).map(GrammarState)
     }
 
-    fn walk(&self, mut s: u64, bytes: &[u8]) -> Option<u64> {
-        for &b in bytes {
-            s = self.machine.step(s, b)?;
-        }
-        Some(s)
+    fn walk(&self, s: u64, bytes: &[u8]) -> Option<u64> {
+        self.machine.walk(s, bytes)
     }
 
     /// A walk before any output.
@@ -329,17 +379,23 @@ impl Grammar {
         if let Some(m) = self.masks.lock().expect("grammar masks").get(&s.0) {
             return m.clone();
         }
-        let mut allow = vec![0u32; self.bytes.len().div_ceil(32)];
-        let mut can_continue = false;
-        for id in 0..self.bytes.len() as u32 {
-            match self.bytes.get(id) {
-                Some(b) if !b.is_empty() && self.walk(s.0, b).is_some() => {
-                    can_continue = true;
-                    allow[id as usize / 32] |= 1 << (id % 32);
+        let (allow, can_continue) = match &self.machine {
+            Machine::Pda(p) => p.mask(s.0, &self.bytes),
+            _ => {
+                let mut allow = vec![0u32; self.bytes.len().div_ceil(32)];
+                let mut can_continue = false;
+                for id in 0..self.bytes.len() as u32 {
+                    match self.bytes.get(id) {
+                        Some(b) if !b.is_empty() && self.walk(s.0, b).is_some() => {
+                            can_continue = true;
+                            allow[id as usize / 32] |= 1 << (id % 32);
+                        }
+                        _ => {}
+                    }
                 }
-                _ => {}
+                (allow, can_continue)
             }
-        }
+        };
         let m = Arc::new(Mask {
             allow,
             accepting: self.accepting(s),
@@ -358,6 +414,7 @@ impl std::fmt::Debug for Grammar {
         let bytes = match &self.machine {
             Machine::Regex(d) => d.memory_usage(),
             Machine::Tags(t) => t.memory_usage(),
+            Machine::Pda(p) => p.memory_usage(),
         };
         f.debug_struct("Grammar")
             .field("dfa_bytes", &bytes)

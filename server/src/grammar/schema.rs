@@ -3,16 +3,22 @@
 //! (properties in schema order, optional ones may be left out, no others), `items` with
 //! `minItems` / `maxItems`, string `minLength` / `maxLength` / `pattern`, `enum`, `const`,
 //! `anyOf` / `oneOf`, a one-element `allOf`, and local `$ref`s (`#/$defs/..`,
-//! `#/definitions/..`, `#`) nested at most [`MAX_DEPTH`] deep. A schema with no type (or `{}`)
-//! is any JSON value, nested at most [`ANY_DEPTH`] deep. Whitespace: at most one space after `:`
+//! `#/definitions/..`, `#`). [`to_rules`] (the `json_schema` constraint) makes a `$ref` met again
+//! inside its own expansion a call of a rule ([`super::pda`]), and JSON of unknown shape (a
+//! schema with no type, `{}`, an object without `properties`, an array without `items`) a call
+//! of a rule for any JSON value, so both nest without a fixed bound. [`to_regex`] (one regular
+//! expression, for structural tags) refuses a recursive `$ref` and nests JSON of unknown shape at
+//! most [`ANY_DEPTH`] deep. Sub-schemas nest at most [`MAX_DEPTH`] deep. Whitespace: at most one space after `:`
 //! and `,` (compact JSON; a model that pads more would otherwise never stop). Unknown keywords
 //! (formats, bounds on numbers) are ignored: the output is valid JSON of the right shape.
 
+use super::pda::{RuleIds, Rules};
 use serde_json::Value;
+use std::cell::RefCell;
 
 /// Deepest nesting of `$ref`s and sub-schemas followed.
 pub const MAX_DEPTH: usize = 12;
-/// Nesting of objects and arrays in JSON of unknown shape.
+/// Nesting of objects and arrays in JSON of unknown shape, in [`to_regex`].
 pub const ANY_DEPTH: usize = 2;
 
 const WS: &str = "[ ]?";
@@ -22,11 +28,38 @@ const STRING: &str = r#""(?:[^"\\\x00-\x1F]|\\["\\/bfnrt]|\\u(?:[0-9a-cA-Ce-fE-F
 // parsers such as serde_json refuse it).
 const STRING_CHAR: &str = r#"(?:[^"\\\x00-\x1F]|\\["\\/bfnrt]|\\u(?:[0-9a-cA-Ce-fE-F][0-9a-fA-F]{3}|[dD][0-7][0-9a-fA-F]{2})|\\u[dD][89abAB][0-9a-fA-F]{2}\\u[dD][c-fC-F][0-9a-fA-F]{2})"#;
 const INTEGER: &str = "(?:0|-?[1-9][0-9]{0,15})";
-const NUMBER: &str = r"-?(?:0|[1-9][0-9]{0,15})(?:\.[0-9]{1,16})?(?:[eE][+-]?[0-9]{1,3})?";
+const NUMBER: &str = r"-?(?:0|[1-9][0-9]{0,15})(?:\.[0-9]{1,16})?(?:[eE][+-]?[0-9]{1,2})?";
 
-/// The regex of `schema` (the root of any `$ref`).
+/// The regex of `schema` (the root of any `$ref`); a recursive `$ref` is an error.
 pub fn to_regex(schema: &Value) -> Result<String, String> {
-    Conv { root: schema }.value(schema, 0)
+    Conv {
+        root: schema,
+        rules: None,
+    }
+    .value(schema, 0)
+}
+
+/// The rule name of JSON of unknown shape (no `$ref` starts so).
+const ANY_RULE: &str = "any JSON value";
+
+/// The grammar of `schema`: one regular expression, or rules where `$ref`s recurse or JSON of
+/// unknown shape appears.
+pub fn to_rules(schema: &Value) -> Result<Rules, String> {
+    let conv = Conv {
+        root: schema,
+        rules: Some(RefCell::new(Recursion {
+            ids: RuleIds::with_root("#"),
+            open: vec!["#".into()],
+        })),
+    };
+    let body = conv.value(schema, 0)?;
+    let mut r = conv.rules.expect("rules mode").into_inner();
+    r.ids.define("#", &body);
+    if r.ids.known(ANY_RULE) {
+        let item = super::pda::call(r.ids.id(ANY_RULE));
+        r.ids.define(ANY_RULE, &any_with(&item));
+    }
+    Ok(r.ids.finish())
 }
 
 /// The regex of any JSON object (`response_format: {"type": "json_object"}`).
@@ -36,6 +69,13 @@ pub fn any_object() -> String {
 
 struct Conv<'a> {
     root: &'a Value,
+    /// In [`to_rules`]: the rules so far and the `$ref`s being expanded.
+    rules: Option<RefCell<Recursion>>,
+}
+
+struct Recursion {
+    ids: RuleIds,
+    open: Vec<String>,
 }
 
 /// A JSON value written as a literal regex.
@@ -45,19 +85,19 @@ fn literal(v: &Value) -> String {
 
 /// Any JSON value with objects and arrays nested at most `depth` deep.
 fn any(depth: usize) -> String {
-    let mut alts = vec![
-        STRING.to_string(),
-        NUMBER.to_string(),
-        "true".into(),
-        "false".into(),
-        "null".into(),
-    ];
-    if depth > 0 {
-        let inner = any(depth - 1);
-        alts.push(object_of(&inner));
-        alts.push(array_of(&inner, 0, None));
+    if depth == 0 {
+        return format!("(?:{STRING}|{NUMBER}|true|false|null)");
     }
-    format!("(?:{})", alts.join("|"))
+    any_with(&any(depth - 1))
+}
+
+/// Any JSON value whose members and items are `inner`.
+fn any_with(inner: &str) -> String {
+    format!(
+        "(?:{STRING}|{NUMBER}|true|false|null|{}|{})",
+        object_of(inner),
+        array_of(inner, 0, None)
+    )
 }
 
 /// An object of string keys to `value`.
@@ -86,6 +126,32 @@ fn usize_of(v: Option<&Value>) -> Option<usize> {
 }
 
 impl Conv<'_> {
+    /// JSON of unknown shape nested `depth` deep (in rules mode: any depth, through a call).
+    fn any(&self, depth: usize) -> Result<String, String> {
+        match &self.rules {
+            None => Ok(any(depth)),
+            Some(r) => r.borrow_mut().ids.call(ANY_RULE),
+        }
+    }
+
+    /// The regex of the schema `$ref` `r` points to (a call where it recurses, in rules mode).
+    fn reference(&self, r: &str, depth: usize) -> Result<String, String> {
+        let target = self.resolve(r)?;
+        let Some(rules) = &self.rules else {
+            return self.value(target, depth + 1);
+        };
+        if rules.borrow().open.iter().any(|o| o == r) {
+            return rules.borrow_mut().ids.call(r);
+        }
+        rules.borrow_mut().open.push(r.into());
+        let body = self.value(target, depth + 1);
+        let mut rules = rules.borrow_mut();
+        rules.open.pop();
+        let body = body?;
+        rules.ids.define(r, &body);
+        Ok(body)
+    }
+
     fn value(&self, s: &Value, depth: usize) -> Result<String, String> {
         if depth > MAX_DEPTH {
             return Err(format!(
@@ -93,14 +159,14 @@ impl Conv<'_> {
             ));
         }
         let s = match s {
-            Value::Bool(true) => return Ok(any(ANY_DEPTH)),
+            Value::Bool(true) => return self.any(ANY_DEPTH),
             Value::Bool(false) => return Err("json_schema `false` admits no value.".into()),
             Value::Object(o) => o,
             _ => return Err(format!("json_schema: a schema must be an object, got {s}.")),
         };
         if let Some(r) = s.get("$ref") {
             let r = r.as_str().ok_or("json_schema: $ref must be a string.")?;
-            return self.value(self.resolve(r)?, depth + 1);
+            return self.reference(r, depth);
         }
         if let Some(c) = s.get("const") {
             return Ok(literal(c));
@@ -149,7 +215,7 @@ impl Conv<'_> {
             )),
             None if s.contains_key("properties") => self.typed("object", s, depth),
             None if s.contains_key("items") => self.typed("array", s, depth),
-            None => Ok(any(ANY_DEPTH)),
+            None => self.any(ANY_DEPTH),
         }
     }
 
@@ -185,7 +251,7 @@ impl Conv<'_> {
             "array" => {
                 let item = match s.get("items") {
                     Some(i) => self.value(i, depth + 1)?,
-                    None => any(ANY_DEPTH - 1),
+                    None => self.any(ANY_DEPTH - 1)?,
                 };
                 let min = usize_of(s.get("minItems")).unwrap_or(0);
                 let max = usize_of(s.get("maxItems"));
@@ -220,7 +286,7 @@ impl Conv<'_> {
     /// Properties in schema order; a required one must appear, an optional one may not.
     fn object(&self, s: &serde_json::Map<String, Value>, depth: usize) -> Result<String, String> {
         let Some(props) = s.get("properties") else {
-            return Ok(object_of(&any(ANY_DEPTH - 1)));
+            return Ok(object_of(&self.any(ANY_DEPTH - 1)?));
         };
         let props = props
             .as_object()

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use std::sync::Arc;
 
 /// Every single byte (ids 0..256), then a few multi-byte tokens, then a special token.
-fn vocab() -> Arc<TokenBytes> {
+pub(super) fn vocab() -> Arc<TokenBytes> {
     let mut t: Vec<Option<Vec<u8>>> = (0..=255u8).map(|b| Some(vec![b])).collect();
     for s in ["\"name\"", "true", "12", ", ", "{\"", "\":", "ab", "é"] {
         t.push(Some(s.as_bytes().to_vec()));
@@ -23,7 +23,7 @@ fn grammar(regex: &str) -> Grammar {
 }
 
 /// Whether the grammar admits exactly `text` (walked byte by byte).
-fn admits(g: &Grammar, text: &str) -> bool {
+pub(super) fn admits(g: &Grammar, text: &str) -> bool {
     let mut w = g.walk_start();
     let ids: Vec<u32> = text.bytes().map(u32::from).collect();
     g.follow(&mut w, &ids).is_some_and(|s| g.accepting(s))

@@ -1,5 +1,5 @@
 //! `strata bench grammar`: the cost of constrained decoding on the host, per request and per step.
-//! A constraint (a built-in JSON schema, `--json-schema FILE` or `--regex`) is compiled against a
+//! A constraint (a built-in JSON schema, `--json-schema FILE`, `--regex` or `--ebnf FILE`) is compiled against a
 //! vocabulary — a real tokenizer (`--model-path`) or a synthetic byte-level one of `--vocab`
 //! tokens whose lengths follow a BPE vocabulary's (1-12 bytes, half with a leading space; seeded)
 //! — then random masked walks draw only allowed tokens, as the scheduler's sampler would. Reported:
@@ -29,6 +29,9 @@ pub struct Args {
     /// A regular expression instead of a schema.
     #[arg(long, conflicts_with = "json_schema")]
     regex: Option<String>,
+    /// An EBNF grammar file instead of a schema (recursive rules run on the pushdown automaton).
+    #[arg(long, conflicts_with_all = ["json_schema", "regex"])]
+    ebnf: Option<std::path::PathBuf>,
     /// Random walks (requests) to run.
     #[arg(long, default_value_t = 20)]
     walks: usize,
@@ -80,10 +83,11 @@ fn stats(xs: &[f64]) -> (f64, f64, f64) {
 
 pub fn run(a: Args) -> anyhow::Result<()> {
     let mut rng = SplitMix64(a.seed);
-    let constraint = match (&a.regex, &a.json_schema) {
-        (Some(r), _) => Constraint::Regex(r.clone()),
-        (None, Some(f)) => Constraint::JsonSchema(std::fs::read_to_string(f)?),
-        (None, None) => Constraint::JsonSchema(SCHEMA.into()),
+    let constraint = match (&a.regex, &a.json_schema, &a.ebnf) {
+        (Some(r), _, _) => Constraint::Regex(r.clone()),
+        (None, Some(f), _) => Constraint::JsonSchema(std::fs::read_to_string(f)?),
+        (None, None, Some(f)) => Constraint::Ebnf(std::fs::read_to_string(f)?),
+        (None, None, None) => Constraint::JsonSchema(SCHEMA.into()),
     };
     let t = Instant::now();
     let (bytes, source) = match &a.model_path {

@@ -1,0 +1,253 @@
+//! Context-free constraints: recursion to any depth, tail calls, what the analysis refuses or
+//! prunes, and random masked walks (seed printed) that must spell text the grammar derives.
+
+use super::super::tests::{admits, vocab};
+use super::super::{schema, Constraint, Grammar};
+use crate::seeded::{test_seed, SplitMix64};
+use serde_json::{json, Value};
+
+fn compile(c: Constraint) -> Result<Grammar, String> {
+    Grammar::from_rules(&c.to_rules()?, vocab())
+}
+
+fn ebnf(g: &str) -> Grammar {
+    compile(Constraint::Ebnf(g.into())).unwrap()
+}
+
+fn schema_grammar(s: &Value) -> Grammar {
+    compile(Constraint::JsonSchema(s.to_string())).unwrap()
+}
+
+/// Draws allowed tokens until the mask says the text is whole and a coin (or a dead end of
+/// continuation) stops it: the text spelled, or None when `limit` tokens did not finish it.
+fn random_walk(
+    g: &Grammar,
+    rng: &mut SplitMix64,
+    stop_one_in: u64,
+    limit: usize,
+) -> Option<String> {
+    let v = vocab();
+    let mut w = g.walk_start();
+    let mut out: Vec<u32> = Vec::new();
+    loop {
+        let s = g
+            .follow(&mut w, &out)
+            .expect("masked tokens stay in the language");
+        let m = g.mask(s);
+        if m.accepting && (!m.can_continue || rng.next_u64() % stop_one_in == 0) {
+            break;
+        }
+        assert!(
+            m.can_continue,
+            "stuck after {out:?}: every live state reaches an end"
+        );
+        let allowed: Vec<u32> = (0..v.len() as u32).filter(|&t| m.allows(t)).collect();
+        assert_eq!(allowed.len(), m.allowed());
+        out.push(allowed[(rng.next_u64() % allowed.len() as u64) as usize]);
+        if out.len() >= limit {
+            return None;
+        }
+    }
+    let bytes: Vec<u8> = out
+        .iter()
+        .flat_map(|&t| v.get(t).unwrap().to_vec())
+        .collect();
+    Some(String::from_utf8(bytes).expect("UTF-8"))
+}
+
+#[test]
+fn recursive_ebnf_nests_to_any_depth() {
+    let g = ebnf(r#"root ::= "[" root "]" | "x""#);
+    for d in [0, 1, 4, 5, 12, 300] {
+        let t = format!("{}x{}", "[".repeat(d), "]".repeat(d));
+        assert!(admits(&g, &t), "depth {d}");
+        assert!(!admits(&g, &t[..t.len() - 1]), "depth {d} unclosed");
+    }
+    for bad in ["[x]]", "[[x]", "x]", "[]"] {
+        assert!(!admits(&g, bad), "{bad}");
+    }
+    // Inside three brackets only `[` and `x` may come; after `x`, only `]`, and EOS only at
+    // depth zero.
+    let s = "[[["
+        .bytes()
+        .try_fold(g.start(), |s, b| g.advance(s, u32::from(b)));
+    let m = g.mask(s.unwrap());
+    assert!(m.allows(u32::from(b'[')) && m.allows(u32::from(b'x')) && !m.allows(u32::from(b']')));
+    assert!(!m.accepting);
+    let s = g.advance(s.unwrap(), u32::from(b'x')).unwrap();
+    let m = g.mask(s);
+    assert_eq!(m.allowed(), 1);
+    assert!(m.allows(u32::from(b']')) && !m.accepting);
+}
+
+#[test]
+fn right_recursion_is_a_tail_call_and_stays_flat() {
+    // 5000 nested calls would be past MAX_STACK if each pushed a frame.
+    let g = ebnf(r#"root ::= "a" root | "b""#);
+    assert!(admits(&g, &format!("{}b", "a".repeat(5000))));
+    let g = ebnf("root ::= item\nitem ::= [0-9] (\",\" item)?");
+    assert!(admits(&g, &vec!["7"; 3000].join(",")));
+    assert!(!admits(&g, "1,,2"));
+}
+
+#[test]
+fn nesting_past_the_stack_limit_is_not_taken() {
+    let g = ebnf(r#"root ::= "(" root ")" | "x""#);
+    let n = super::MAX_STACK as usize;
+    assert!(admits(&g, &format!("{}x{}", "(".repeat(n), ")".repeat(n))));
+    assert!(!admits(
+        &g,
+        &format!("{}x{}", "(".repeat(n + 2), ")".repeat(n + 2))
+    ));
+}
+
+#[test]
+fn the_analysis_refuses_what_cannot_run_and_prunes_dead_ends() {
+    for (g, want) in [
+        (r#"root ::= root "a" | "b""#, "left-recursive: rule `root`"),
+        (
+            r#"root ::= expr  expr ::= term "+" expr | term  term ::= "(" expr ")" | expr "*" | "1""#,
+            "left-recursive",
+        ),
+        (r#"root ::= "a" root"#, "derives no text"),
+        (r#"root ::= a  a ::= "x" b  b ::= "y" a"#, "derives no text"),
+    ] {
+        let e = compile(Constraint::Ebnf(g.into())).err().expect(g);
+        assert!(e.contains(want), "{g:?}: {e}");
+    }
+    // A nullable prefix still counts: `opt` may read nothing before `root` calls itself.
+    let e = compile(Constraint::Ebnf(
+        r#"root ::= opt root "z" | "q"  opt ::= "o"?"#.into(),
+    ))
+    .err()
+    .expect("left recursion through a nullable rule");
+    assert!(e.contains("left-recursive"), "{e}");
+    // `y` leads only into a rule that never ends: it is not offered at all.
+    let g = ebnf(r#"root ::= "x" | "y" "z" loop | "[" root "]"  loop ::= "a" loop"#);
+    let m = g.mask(g.start());
+    assert!(m.allows(u32::from(b'x')) && m.allows(u32::from(b'[')));
+    assert!(!m.allows(u32::from(b'y')), "a dead end is masked");
+    assert!(admits(&g, "[[x]]") && !admits(&g, "yz"));
+}
+
+#[test]
+fn random_walks_of_a_recursive_json_ebnf_spell_json() {
+    let seed = test_seed("random_walks_of_a_recursive_json_ebnf_spell_json");
+    let mut rng = SplitMix64(seed);
+    let g = ebnf(
+        r#"
+        root ::= value
+        value ::= object | array | string | number | ("true" | "false" | "null")
+        object ::= "{" ws ( string ws ":" ws value ( ws "," ws string ws ":" ws value )* )? ws "}"
+        array ::= "[" ws ( value ( ws "," ws value )* )? ws "]"
+        string ::= "\"" [a-z]{0,3} "\""
+        number ::= "-"? ("0" | [1-9] [0-9]{0,2})
+        ws ::= " "?
+    "#,
+    );
+    let deep = r#"[[[[[[{"a": [[[{"b": [1]}]]]}]]]]]]"#;
+    assert!(admits(&g, deep), "deeper than any unrolling");
+    let mut deepest = 0;
+    for walk in 0..150 {
+        let Some(text) = random_walk(&g, &mut rng, 6, 600) else {
+            continue;
+        };
+        let v: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("walk {walk} (seed {seed}): {text:?}: {e}"));
+        deepest = deepest.max(depth(&v));
+    }
+    println!("seed {seed}: deepest walk nests {deepest}");
+}
+
+fn depth(v: &Value) -> usize {
+    match v {
+        Value::Array(a) => 1 + a.iter().map(depth).max().unwrap_or(0),
+        Value::Object(o) => 1 + o.values().map(depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+#[test]
+fn recursive_schemas_and_json_of_unknown_shape_nest_without_bound() {
+    let tree = json!({
+        "$defs": {"node": {"type": "object", "properties": {
+            "v": {"type": "integer"},
+            "kids": {"type": "array", "items": {"$ref": "#/$defs/node"}, "maxItems": 2}},
+            "required": ["v"]}},
+        "$ref": "#/$defs/node"});
+    // The regular form refuses it; the grammar serves it.
+    assert!(schema::to_regex(&tree).is_err());
+    let g = schema_grammar(&tree);
+    let mut t = r#"{"v": 0}"#.to_string();
+    for d in 1..9 {
+        t = format!(r#"{{"v": {d}, "kids": [{t}, {{"v": 1}}]}}"#);
+        assert!(admits(&g, &t), "depth {d}");
+    }
+    assert!(!admits(&g, r#"{"v": 1, "kids": [{"w": 1}]}"#));
+    assert!(!admits(
+        &g,
+        r#"{"v": 1, "kids": [{"v": 1}, {"v": 2}, {"v": 3}]}"#
+    ));
+    // `$ref: "#"` recursion through the root.
+    let list = json!({"type": "object", "properties": {
+        "head": {"type": "string"}, "tail": {"anyOf": [{"$ref": "#"}, {"type": "null"}]}},
+        "required": ["head", "tail"]});
+    let g = schema_grammar(&list);
+    assert!(admits(
+        &g,
+        r#"{"head": "a", "tail": {"head": "b", "tail": {"head": "c", "tail": null}}}"#
+    ));
+    // json_object's schema and `{}`: any depth.
+    let deep = r#"{"a": {"b": [[{"c": [1, {"d": {"e": null}}]}]]}}"#;
+    for s in [json!({"type": "object"}), json!({})] {
+        assert!(admits(&schema_grammar(&s), deep), "{s}");
+    }
+    assert!(!admits(&schema_grammar(&json!({"type": "object"})), "[1]"));
+    // A schema that is its own first member is left-recursive: a 400 naming the problem.
+    let e = compile(Constraint::JsonSchema(
+        r##"{"anyOf": [{"$ref": "#"}, {"type": "null"}]}"##.into(),
+    ))
+    .err()
+    .unwrap();
+    assert!(e.contains("left-recursive"), "{e}");
+    // A schema without recursion or unknown shapes stays one DFA.
+    let flat = json!({"type": "object", "properties": {"a": {"type": "integer"}}});
+    assert!(!schema::to_rules(&flat).unwrap().calls);
+}
+
+#[test]
+fn random_walks_of_a_recursive_schema_keep_to_it() {
+    let seed = test_seed("random_walks_of_a_recursive_schema_keep_to_it");
+    let mut rng = SplitMix64(seed);
+    let s = json!({
+        "$defs": {"node": {"type": "object", "properties": {
+            "n": {"type": "string", "maxLength": 2},
+            "kids": {"type": "array", "items": {"$ref": "#/$defs/node"}, "maxItems": 3},
+            "extra": {}},
+            "required": ["n"]}},
+        "$ref": "#/$defs/node"});
+    let g = schema_grammar(&s);
+    fn check(v: &Value) {
+        let o = v.as_object().expect("an object");
+        assert!(o["n"].as_str().unwrap().chars().count() <= 2);
+        assert!(o
+            .keys()
+            .all(|k| ["n", "kids", "extra"].contains(&k.as_str())));
+        if let Some(k) = o.get("kids") {
+            let k = k.as_array().unwrap();
+            assert!(k.len() <= 3);
+            k.iter().for_each(check);
+        }
+    }
+    let mut finished = 0;
+    for walk in 0..120 {
+        let Some(text) = random_walk(&g, &mut rng, 3, 500) else {
+            continue;
+        };
+        let v: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("walk {walk} (seed {seed}): {text:?}: {e}"));
+        check(&v);
+        finished += 1;
+    }
+    assert!(finished > 20, "seed {seed}: only {finished} walks finished");
+}
