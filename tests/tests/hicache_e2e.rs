@@ -444,6 +444,10 @@ async fn l3_node_killed_mid_prefetch_releases_the_request() {
 
 /// A HiCache server whose L3 is the directory `dir` (given as SGLang does, by environment).
 fn file_server(model: &MadeModel, dir: &std::path::Path) -> Server {
+    file_server_with(model, dir, r#"{"prefetch_threshold": 32}"#)
+}
+
+fn file_server_with(model: &MadeModel, dir: &std::path::Path, extra: &str) -> Server {
     Server::start_env(
         model.path(),
         &[
@@ -455,7 +459,7 @@ fn file_server(model: &MadeModel, dir: &std::path::Path) -> Server {
             "--hicache-storage-prefetch-policy",
             "wait_complete",
             "--hicache-storage-backend-extra-config",
-            r#"{"prefetch_threshold": 32}"#,
+            extra,
         ],
         &[(
             "SGLANG_HICACHE_FILE_BACKEND_STORAGE_DIR",
@@ -483,6 +487,58 @@ async fn eventually(mut cond: impl FnMut() -> bool) -> bool {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     true
+}
+
+/// Bytes of the object files in `dir`.
+fn object_bytes(dir: &std::path::Path) -> u64 {
+    objects(dir)
+        .iter()
+        .map(|n| std::fs::metadata(dir.join(n)).map_or(0, |m| m.len()))
+        .sum()
+}
+
+/// SGLang's `max_size` bound (extra config): the directory never holds more than the cap, the
+/// least recently used pages go first, answers never change, and a restarted server under the
+/// same bound still hits the pages that were kept.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn file_l3_size_bound_evicts_the_oldest_pages() {
+    let (tmp, _port, _addr, model, prompts, want, _refs) = setup(4, 120).await;
+    // One object's file size, from an unbounded server's first page.
+    let probe = tmp.path().join("probe");
+    let a = file_server(&model, &probe);
+    gen(&a, &prompts[0], 6).await;
+    assert!(eventually(|| objects(&probe).len() == 14).await);
+    let one = object_bytes(&probe) / 14;
+    drop(a);
+    // A cap of 20 objects (a prompt is 14): writing all four prompts evicts the older ones.
+    let cap = 20 * one;
+    let dir = tmp.path().join("l3");
+    let extra =
+        format!(r#"{{"prefetch_threshold": 32, "max_size": "{cap}", "eviction_ratio": 0.8}}"#);
+    let b = file_server_with(&model, &dir, &extra);
+    for (p, w) in prompts.iter().zip(&want) {
+        let (out, _) = gen(&b, p, 6).await;
+        assert_eq!(&out, w);
+        b.wait_idle().await;
+        let bytes = object_bytes(&dir);
+        assert!(bytes <= cap, "{bytes} B on disk over the cap of {cap} B");
+    }
+    assert!(
+        eventually(|| object_bytes(&dir) > 10 * one).await,
+        "the last prompt's pages were written"
+    );
+    drop(b);
+    // A new server under the same bound: the newest prompt's pages are an L3 hit, the oldest
+    // prompt's are gone (recomputed); both answers unchanged.
+    let c = file_server_with(&model, &dir, &extra);
+    let (out, cached) = gen(&c, &prompts[3], 6).await;
+    assert_eq!(out, want[3]);
+    assert!(cached >= 64, "the newest pages were kept: cached {cached}");
+    let (out, cached) = gen(&c, &prompts[0], 6).await;
+    assert_eq!(out, want[0]);
+    assert_eq!(cached, 0, "the oldest pages were evicted");
+    c.wait_idle().await;
+    assert!(object_bytes(&dir) <= cap);
 }
 
 /// Cross-instance reuse through a shared directory, two servers writing the same keys at once,

@@ -38,19 +38,31 @@ pub enum MemLayout {
 }
 
 /// Where the L3 lives.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum StorageBackend {
     /// The Strata cluster whose master is at this address (`strata`, alias `mooncake`).
     Cluster { master: String },
-    /// One file per object in this directory (`file`, SGLang's HiCacheFile).
-    File { dir: PathBuf },
+    /// One file per object in this directory (`file`, SGLang's HiCacheFile), bounded by
+    /// `limits` (none by default).
+    File {
+        dir: PathBuf,
+        limits: super::file_backend::evict::FileLimits,
+    },
 }
 
 impl std::fmt::Display for StorageBackend {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             StorageBackend::Cluster { master } => write!(f, "cluster at {master}"),
-            StorageBackend::File { dir } => write!(f, "files in {}", dir.display()),
+            StorageBackend::File { dir, limits } if limits.enabled() => write!(
+                f,
+                "files in {} (max_size {} B, min_free_space {} B, eviction_ratio {})",
+                dir.display(),
+                limits.max_size,
+                limits.min_free,
+                limits.ratio
+            ),
+            StorageBackend::File { dir, .. } => write!(f, "files in {}", dir.display()),
         }
     }
 }
@@ -65,6 +77,24 @@ pub fn file_backend_dir() -> PathBuf {
     std::env::var_os(FILE_DIR_ENV)
         .filter(|d| !d.is_empty())
         .map_or_else(|| PathBuf::from(FILE_DIR_DEFAULT), PathBuf::from)
+}
+
+/// The file backend's size bound: the extra config's `max_size`, `min_free_space` and
+/// `eviction_ratio`, else `SGLANG_HICACHE_FILE_BACKEND_MAX_SIZE`, `..._MIN_FREE_SPACE` and
+/// `..._EVICTION_RATIO` (SGLang's keys and variables); none set: no bound.
+pub fn file_limits(
+    extra_config: Option<&str>,
+) -> Result<super::file_backend::evict::FileLimits, String> {
+    let v = match extra_config {
+        Some(j) => Some(
+            serde_json::from_str::<serde_json::Value>(j)
+                .map_err(|e| format!("--hicache-storage-backend-extra-config: not JSON: {e}"))?,
+        ),
+        None => None,
+    };
+    Ok(super::file_backend::evict::resolve(
+        v.as_ref().and_then(|v| v.as_object()),
+    ))
 }
 
 /// Everything HiCache needs beyond the server's own options.

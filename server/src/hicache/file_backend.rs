@@ -5,7 +5,10 @@
 //! Writes go to a uniquely named temp file that is renamed into place, so readers and concurrent
 //! writers of the same key (servers sharing the directory) only ever see complete files; a torn
 //! or damaged file is a miss (and is removed), never wrong bytes. No fsync: the L3 is a cache and
-//! every read is checked (docs/format.md says what survives what).
+//! every read is checked (docs/format.md says what survives what). An optional size bound evicts
+//! the least recently used files ([`evict`]).
+
+pub mod evict;
 
 use super::storage::L3Backend;
 use sha2::{Digest, Sha256};
@@ -117,13 +120,19 @@ pub struct FileBackend {
     object_bytes: usize,
     /// A write failure was reported (one warning per process; the rest are debug lines).
     warned: AtomicBool,
+    /// The size bound (inert without one).
+    evict: evict::Evictor,
 }
 
 impl FileBackend {
     /// Opens (creating it if needed) the directory `dir`. A directory that cannot be created is
     /// an error (SGLang's start-up fails too); one that exists but cannot be written is a
     /// warning: the server reads what others wrote and skips its own backups.
-    pub fn open(dir: &Path, object_bytes: usize) -> Result<Self, String> {
+    pub fn open(
+        dir: &Path,
+        object_bytes: usize,
+        limits: evict::FileLimits,
+    ) -> Result<Self, String> {
         fs::create_dir_all(dir).map_err(|e| {
             format!(
                 "--hicache-storage-backend file: cannot create the directory {} ({e}); set SGLANG_HICACHE_FILE_BACKEND_STORAGE_DIR to a writable directory",
@@ -134,6 +143,7 @@ impl FileBackend {
             dir: dir.to_path_buf(),
             object_bytes,
             warned: AtomicBool::new(false),
+            evict: evict::Evictor::open(dir, EXT, limits),
         };
         let probe = b.temp_path("probe");
         match OpenOptions::new().write(true).create_new(true).open(&probe) {
@@ -201,7 +211,10 @@ impl FileBackend {
             Err(_) => return false,
         };
         match read_object(&mut f, key, dst) {
-            Ok(()) => true,
+            Ok(()) => {
+                self.evict.touch(&file_stem(key));
+                true
+            }
             Err(Miss::Damaged(why)) => {
                 tracing::warn!(path = %path.display(), "hicache: L3 object damaged ({why}): a miss, removed");
                 // Remove it only if it is still the file that was read (a writer may have
@@ -209,6 +222,7 @@ impl FileBackend {
                 let ino = f.metadata().map(|m| m.ino()).ok();
                 if ino.is_some() && fs::metadata(&path).map(|m| m.ino()).ok() == ino {
                     let _ = fs::remove_file(&path);
+                    self.evict.forget(&file_stem(key));
                 }
                 false
             }
@@ -216,7 +230,8 @@ impl FileBackend {
         }
     }
 
-    fn put_one(&self, key: &str, value: &[u8]) -> std::io::Result<()> {
+    /// Writes one object; Ok(false) when the size bound refused it.
+    fn put_one(&self, key: &str, value: &[u8]) -> std::io::Result<bool> {
         if key.is_empty() || key.len() > MAX_KEY {
             return Err(std::io::Error::new(
                 ErrorKind::InvalidInput,
@@ -224,16 +239,40 @@ impl FileBackend {
             ));
         }
         let stem = file_stem(key);
-        let tmp = self.temp_path(&stem);
-        let mut f = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
-        let r = f
-            .write_all(&encode_head(key, value))
-            .and_then(|()| f.write_all(value))
-            .and_then(|()| fs::rename(&tmp, self.dir.join(format!("{stem}{EXT}"))));
-        if r.is_err() {
-            let _ = fs::remove_file(&tmp);
+        if !self
+            .evict
+            .reserve(&stem, (HEADER + key.len() + value.len()) as u64)
+        {
+            return Ok(false);
         }
-        r
+        let tmp = self.temp_path(&stem);
+        let r = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)
+            .and_then(|mut f| {
+                f.write_all(&encode_head(key, value))?;
+                f.write_all(value)?;
+                fs::rename(&tmp, self.dir.join(format!("{stem}{EXT}")))
+            });
+        match r {
+            Ok(()) => self.evict.commit(&stem),
+            Err(_) => {
+                let _ = fs::remove_file(&tmp);
+                self.evict.abort(&stem);
+            }
+        }
+        r.map(|()| true)
+    }
+
+    /// The size bound in force.
+    pub fn limits(&self) -> evict::FileLimits {
+        self.evict.limits()
+    }
+
+    /// Bytes of the object files the size bound indexes (0 without a bound).
+    pub fn indexed_bytes(&self) -> u64 {
+        self.evict.total()
     }
 }
 
@@ -263,7 +302,7 @@ impl L3Backend for FileBackend {
             keys.iter()
                 .zip(vals)
                 .map(|(k, v)| match self.put_one(k, v) {
-                    Ok(()) => true,
+                    Ok(written) => written,
                     Err(e) => {
                         self.warn_write(&e);
                         false
@@ -294,6 +333,7 @@ impl L3Backend for FileBackend {
                 Err(e) => return Err(format!("cannot remove {name}: {e}")),
             }
         }
+        self.evict.clear();
         tracing::info!(dir = %self.dir.display(), removed, "hicache: L3 directory cleared");
         Ok(())
     }

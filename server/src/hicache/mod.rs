@@ -28,9 +28,9 @@ pub mod keys;
 pub mod storage;
 
 pub use config::{
-    apply_extra_config, file_backend_dir, parse_layout, parse_prefetch_policy, parse_write_policy,
-    HiCacheConfig, MemLayout, PrefetchPolicy, StorageBackend, WritePolicy, FILE_DIR_DEFAULT,
-    FILE_DIR_ENV, SELECTIVE_HITS,
+    apply_extra_config, file_backend_dir, file_limits, parse_layout, parse_prefetch_policy,
+    parse_write_policy, HiCacheConfig, MemLayout, PrefetchPolicy, StorageBackend, WritePolicy,
+    FILE_DIR_DEFAULT, FILE_DIR_ENV, SELECTIVE_HITS,
 };
 
 use crate::cache::{Fresh, NodeId, RadixCache, Tier};

@@ -109,9 +109,9 @@ impl Storage {
                 super::cluster_backend::ClusterBackend::start(master.clone(), region)
                     .map_err(|e| format!("cannot start the L3 connect thread: {e}"))?
             }
-            StorageBackend::File { dir } => {
-                Arc::new(super::file_backend::FileBackend::open(dir, object_bytes)?)
-            }
+            StorageBackend::File { dir, limits } => Arc::new(
+                super::file_backend::FileBackend::open(dir, object_bytes, *limits)?,
+            ),
         };
         Self::with_backend(backend).map_err(|e| format!("cannot start the L3 I/O threads: {e}"))
     }

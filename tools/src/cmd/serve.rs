@@ -12,8 +12,8 @@
 use std::path::PathBuf;
 use strata_kernels::cuda::{select, BackendKind, CudaBackend};
 use strata_server::hicache::{
-    apply_extra_config, file_backend_dir, parse_layout, parse_prefetch_policy, parse_write_policy,
-    HiCacheConfig, MemLayout, StorageBackend,
+    apply_extra_config, file_backend_dir, file_limits, parse_layout, parse_prefetch_policy,
+    parse_write_policy, HiCacheConfig, MemLayout, StorageBackend,
 };
 use strata_server::launch::{launch, launch_cpu, launch_with, SchedulePolicy, ServeOptions};
 use strata_server::model::cuda::{CudaRunner, CudaRunnerOptions};
@@ -391,6 +391,8 @@ fn hicache_config(a: &Args) -> anyhow::Result<Option<HiCacheConfig>> {
         }),
         Some("file") => Some(StorageBackend::File {
             dir: file_backend_dir(),
+            limits: file_limits(a.hicache_storage_backend_extra_config.as_deref())
+                .map_err(anyhow::Error::msg)?,
         }),
         Some(other) => anyhow::bail!(
             "--hicache-storage-backend {other}: expected strata or mooncake (the Strata cluster) or file (a directory: SGLANG_HICACHE_FILE_BACKEND_STORAGE_DIR, default /tmp/hicache)"

@@ -46,7 +46,7 @@ fn exists(b: &FileBackend, k: &str) -> bool {
 fn objects_round_trip_and_exist_only_at_their_size() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed());
     let dir = tempfile::tempdir().unwrap();
-    let b = FileBackend::open(&dir.path().join("l3"), OBJ).unwrap();
+    let b = FileBackend::open(&dir.path().join("l3"), OBJ, Default::default()).unwrap();
     let vals: Vec<Vec<u8>> = (0..6).map(|_| value(&mut rng)).collect();
     let keys: Vec<String> = (0..6).map(key).collect();
     assert_eq!(b.exists(&keys).unwrap(), vec![false; 6]);
@@ -69,7 +69,7 @@ fn objects_round_trip_and_exist_only_at_their_size() {
     assert_eq!(&raw[HEADER + keys[0].len()..], &vals[0][..]);
     // Another configuration (another object size) sees no object, and a read of the wrong
     // length leaves the valid file alone.
-    let other = FileBackend::open(&dir.path().join("l3"), OBJ + 1).unwrap();
+    let other = FileBackend::open(&dir.path().join("l3"), OBJ + 1, Default::default()).unwrap();
     assert!(!exists(&other, &keys[0]));
     let mut small = vec![0u8; OBJ - 1];
     assert!(
@@ -96,7 +96,7 @@ fn objects_round_trip_and_exist_only_at_their_size() {
 fn torn_and_corrupt_files_are_misses_and_are_removed() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed());
     let dir = tempfile::tempdir().unwrap();
-    let b = FileBackend::open(dir.path(), OBJ).unwrap();
+    let b = FileBackend::open(dir.path(), OBJ, Default::default()).unwrap();
     let k = key(3);
     let total = HEADER + k.len() + OBJ;
     for round in 0..24 {
@@ -159,7 +159,7 @@ fn file_names_are_one_safe_component_per_key() {
     assert_eq!(uniq.len(), stems.len(), "{stems:?}");
     // Every such key round-trips.
     let dir = tempfile::tempdir().unwrap();
-    let b = FileBackend::open(dir.path(), 8).unwrap();
+    let b = FileBackend::open(dir.path(), 8, Default::default()).unwrap();
     for (i, k) in keys.iter().enumerate() {
         let v = [i as u8; 8];
         assert!(b.put(&[k], &[&v[..]], &[0]).unwrap()[0], "{k}");
@@ -176,7 +176,7 @@ fn file_names_are_one_safe_component_per_key() {
 #[test]
 fn clear_removes_only_object_and_temp_files() {
     let dir = tempfile::tempdir().unwrap();
-    let b = FileBackend::open(dir.path(), OBJ).unwrap();
+    let b = FileBackend::open(dir.path(), OBJ, Default::default()).unwrap();
     for i in 0..5 {
         assert!(put(&b, &key(i), &[i as u8; OBJ]));
     }
@@ -202,12 +202,12 @@ fn a_directory_that_cannot_be_created_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("f");
     fs::write(&file, "x").unwrap();
-    let e = FileBackend::open(&file.join("l3"), OBJ)
+    let e = FileBackend::open(&file.join("l3"), OBJ, Default::default())
         .err()
         .expect("error");
     assert!(e.contains("cannot create the directory"), "{e}");
     // A directory that vanishes later: writes fail (reported, not fatal), reads miss.
-    let b = FileBackend::open(&dir.path().join("gone"), OBJ).unwrap();
+    let b = FileBackend::open(&dir.path().join("gone"), OBJ, Default::default()).unwrap();
     fs::remove_dir(dir.path().join("gone")).unwrap();
     assert!(!put(&b, &key(0), &[1; OBJ]));
     assert_eq!(get(&b, &key(0)), None);
@@ -220,7 +220,8 @@ fn a_directory_that_cannot_be_created_is_an_error() {
 fn concurrent_writers_of_one_key_never_expose_a_partial_object() {
     let s = seed();
     let dir = tempfile::tempdir().unwrap();
-    let b = std::sync::Arc::new(FileBackend::open(dir.path(), 1 << 16).unwrap());
+    let b =
+        std::sync::Arc::new(FileBackend::open(dir.path(), 1 << 16, Default::default()).unwrap());
     let k = key(7);
     let vals: Vec<Vec<u8>> = (0..4)
         .map(|w| {
@@ -295,7 +296,7 @@ fn abandoned_temp_files_are_swept_at_open_and_fresh_ones_kept() {
         .set_modified(an_hour_ago)
         .unwrap();
     fs::write(dir.path().join(".hidden-notes"), "not ours").unwrap();
-    let _b = FileBackend::open(dir.path(), OBJ).unwrap();
+    let _b = FileBackend::open(dir.path(), OBJ, Default::default()).unwrap();
     assert!(
         !old.exists(),
         "an abandoned temp file older than the limit is removed"
