@@ -4,15 +4,17 @@
 //! SGLang's rules where Strata has the same thing, decided once at start-up:
 //! - `--chat-template PATH` of a file replaces the checkpoint's template. A Jinja file (any
 //!   extension but `.json`) is read as SGLang reads a `.jinja` file: newlines stripped from both
-//!   ends, each literal `\n` (backslash, n) turned into a newline. A `.json` file is taken when it
-//!   is an object with a string `chat_template` (the Hugging Face `chat_template.json` layout).
+//!   ends, each literal `\n` (backslash, n) turned into a newline. A `.json` file is SGLang's
+//!   conversation-template JSON (`name`, `sep_style`, ...: registered and served as the built-in
+//!   ones are) or an object with a string `chat_template` (the Hugging Face `chat_template.json`
+//!   layout).
 //! - `--chat-template NAME` of one of SGLang's built-in conversation templates (`chatml`,
 //!   `llama-2`, `vicuna_v1.1`, ...: `conv_template.rs`) serves it as SGLang does. A name of one of
 //!   the checkpoint's templates (the list form of `chat_template`) selects that one (a Strata
 //!   extension; the built-in names come first, as SGLang knows only those).
 //! - Anything else is a start-up error naming the flag, never a silent fallback: a missing file,
-//!   SGLang's conversation-template JSON (`sep_style`, ...), an unknown name, a template that
-//!   does not compile.
+//!   a conversation template with a missing field or an unknown `sep_style`, an unknown name, a
+//!   template that does not compile.
 //! - `--hf-chat-template-name NAME` picks among the checkpoint's named templates (an unknown
 //!   name is an error listing them); without it the first is used, as in SGLang. It is ignored,
 //!   with a warning, when `--chat-template` is given or the checkpoint has a single template.
@@ -92,10 +94,12 @@ fn read_file(path: &Path) -> Result<String, String> {
         let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| e.to_string())?;
         return match v.get("chat_template") {
             Some(serde_json::Value::String(t)) => Ok(t.clone()),
-            _ if v.get("sep_style").is_some() => Err(
-                "SGLang's conversation-template JSON files are not supported; pass a Jinja template file".into(),
+            _ if v.get("sep_style").is_some() => {
+                super::conv_template::load_json(&text).map(super::conv_template::marker)
+            }
+            _ => Err(
+                "a .json file must be SGLang's conversation template (with \"sep_style\") or an object with a string \"chat_template\"".into(),
             ),
-            _ => Err("a .json file must be an object with a string \"chat_template\"".into()),
         };
     }
     Ok(text.trim_matches('\n').replace("\\n", "\n"))
@@ -185,13 +189,31 @@ mod tests {
             super::super::conv_template::of_marker(&got).unwrap().name,
             "chatml"
         );
+        // SGLang's conversation-template JSON: served when whole, an error naming what is
+        // missing or unknown otherwise.
         let conv = dir.path().join("conv.json");
-        std::fs::write(&conv, r#"{"name": "x", "sep_style": "CHATML"}"#).unwrap();
-        let e = choose(Some(conv.to_str().unwrap()), None, &[], None).unwrap_err();
-        assert!(
-            e.contains("--chat-template") && e.contains("conversation-template JSON"),
-            "{e}"
-        );
+        std::fs::write(
+            &conv,
+            r#"{"name": "my-conv", "system": "<sys>", "user": "U", "assistant": "A",
+                "sep_style": "ADD_COLON_SINGLE", "sep": "\n", "stop_str": ["</s>"]}"#,
+        )
+        .unwrap();
+        let got = choose(Some(conv.to_str().unwrap()), None, &[], None)
+            .unwrap()
+            .unwrap();
+        let c = super::super::conv_template::of_marker(&got).unwrap();
+        assert_eq!((c.name, c.stops), ("my-conv", &["</s>"][..]));
+        for (text, want) in [
+            (r#"{"name": "x", "sep_style": "CHATML"}"#, "no \"system\""),
+            (
+                r#"{"name": "x", "system": "", "user": "U", "assistant": "A", "sep_style": "FANCY"}"#,
+                "Unknown separator style: FANCY",
+            ),
+        ] {
+            std::fs::write(&conv, text).unwrap();
+            let e = choose(Some(conv.to_str().unwrap()), None, &[], None).unwrap_err();
+            assert!(e.contains("--chat-template") && e.contains(want), "{e}");
+        }
         let bad = dir.path().join("bad.jinja");
         std::fs::write(&bad, "{% for m in messages %}").unwrap();
         let e = choose(Some(bad.to_str().unwrap()), None, &[], None).unwrap_err();

@@ -10,23 +10,72 @@
 //! A conversation template travels as the chat template text [`marker`] (a Jinja comment, so it
 //! compiles and any Jinja consumer sees an empty template); [`render`] is called instead of
 //! Jinja for it. `devstral`, whose system message SGLang downloads from the Hub, is not offered.
+//!
+//! SGLang's conversation-template JSON files (`--chat-template t.json` with `name`, `system`,
+//! `user`, `assistant`, `sep_style`, `sep`, `stop_str`, `system_message`) are read by
+//! [`load_json`] and registered under their name (replacing a built-in one of that name, as
+//! SGLang's registration does), with any of SGLang's 25 separator styles.
 
-/// How a template joins its turns (SGLang's `SeparatorStyle`, the ones its templates use).
+use std::sync::{Mutex, OnceLock};
+
+/// How a template joins its turns (SGLang's `SeparatorStyle`; the names are its enum names).
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Style {
     AddColonSingle,
     AddColonTwo,
-    AddNewLineSingle,
+    AddColonSpaceSingle,
     NoColonSingle,
+    NoColonTwo,
+    AddNewLineSingle,
     Llama2,
     Llama3,
     Llama4,
+    ChatGlm,
     ChatMl,
+    ChatIntern,
+    Dolly,
+    Rwkv,
+    Phoenix,
+    Robin,
+    FalconChat,
+    ChatGlm3,
+    DeepSeekChat,
+    MetaMath,
     DeepSeekVl2,
+    Qwen2VlEmbed,
+    Qwen2Audio,
     Gemma3,
     Mpt,
-    Qwen2VlEmbed,
 }
+
+/// SGLang's `SeparatorStyle` member names, in its order.
+const STYLE_NAMES: &[(&str, Style)] = &[
+    ("ADD_COLON_SINGLE", Style::AddColonSingle),
+    ("ADD_COLON_TWO", Style::AddColonTwo),
+    ("ADD_COLON_SPACE_SINGLE", Style::AddColonSpaceSingle),
+    ("NO_COLON_SINGLE", Style::NoColonSingle),
+    ("NO_COLON_TWO", Style::NoColonTwo),
+    ("ADD_NEW_LINE_SINGLE", Style::AddNewLineSingle),
+    ("LLAMA2", Style::Llama2),
+    ("LLAMA3", Style::Llama3),
+    ("LLAMA4", Style::Llama4),
+    ("CHATGLM", Style::ChatGlm),
+    ("CHATML", Style::ChatMl),
+    ("CHATINTERN", Style::ChatIntern),
+    ("DOLLY", Style::Dolly),
+    ("RWKV", Style::Rwkv),
+    ("PHOENIX", Style::Phoenix),
+    ("ROBIN", Style::Robin),
+    ("FALCON_CHAT", Style::FalconChat),
+    ("CHATGLM3", Style::ChatGlm3),
+    ("DEEPSEEK_CHAT", Style::DeepSeekChat),
+    ("METAMATH", Style::MetaMath),
+    ("DeepSeekVL2", Style::DeepSeekVl2),
+    ("QWEN2_VL_EMBED", Style::Qwen2VlEmbed),
+    ("QWEN2_AUDIO", Style::Qwen2Audio),
+    ("GEMMA3", Style::Gemma3),
+    ("MPT", Style::Mpt),
+];
 
 /// One named template.
 #[derive(Debug)]
@@ -94,14 +143,94 @@ static TEMPLATES: &[Conv] = &[
 
 const MARKER: &str = "{# strata conversation template: ";
 
-/// The built-in template `name`.
+/// Templates read from JSON files, newest last (they live for the process).
+fn registered() -> &'static Mutex<Vec<&'static Conv>> {
+    static R: OnceLock<Mutex<Vec<&'static Conv>>> = OnceLock::new();
+    R.get_or_init(Mutex::default)
+}
+
+/// The template `name`: one registered from a JSON file (the newest of that name), else the
+/// built-in one.
 pub fn builtin(name: &str) -> Option<&'static Conv> {
-    TEMPLATES.iter().find(|c| c.name == name)
+    let r = registered()
+        .lock()
+        .expect("templates")
+        .iter()
+        .rev()
+        .find(|c| c.name == name)
+        .copied();
+    r.or_else(|| TEMPLATES.iter().find(|c| c.name == name))
 }
 
 /// The names, for error messages.
 pub fn names() -> Vec<&'static str> {
     TEMPLATES.iter().map(|c| c.name).collect()
+}
+
+/// Reads and registers SGLang's conversation-template JSON `text` (SGLang's loader: the system
+/// template is `system` + `"\n{system_message}"`, roles `user` / `assistant`, `sep` "\n" by
+/// default; `stop_str` a string or a list). `sep2` (which SGLang's loader leaves unset) is taken
+/// when given. The error names the missing or bad field.
+pub fn load_json(text: &str) -> Result<&'static Conv, String> {
+    let v: serde_json::Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    let field = |k: &str, default: Option<&str>| -> Result<&'static str, String> {
+        match v.get(k) {
+            Some(serde_json::Value::String(s)) => Ok(leak(s.clone())),
+            None | Some(serde_json::Value::Null) => default
+                .map(|d| leak(d.to_string()))
+                .ok_or_else(|| format!("the conversation template has no \"{k}\"")),
+            Some(x) => Err(format!(
+                "the conversation template's \"{k}\" must be a string, got {x}"
+            )),
+        }
+    };
+    let style_name = field("sep_style", None)?;
+    let style = STYLE_NAMES
+        .iter()
+        .find(|(n, _)| *n == style_name)
+        .map(|&(_, s)| s)
+        .ok_or_else(|| {
+            format!(
+                "Unknown separator style: {style_name} (SGLang's are {})",
+                STYLE_NAMES
+                    .iter()
+                    .map(|(n, _)| *n)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        })?;
+    let stops: Vec<&'static str> = match v.get("stop_str") {
+        None | Some(serde_json::Value::Null) => Vec::new(),
+        Some(serde_json::Value::String(s)) => vec![leak(s.clone())],
+        Some(serde_json::Value::Array(a)) => a
+            .iter()
+            .map(|x| x.as_str().map(|s| leak(s.to_string())))
+            .collect::<Option<_>>()
+            .ok_or(
+                "the conversation template's \"stop_str\" must be a string or a list of strings",
+            )?,
+        Some(x) => {
+            return Err(format!(
+                "the conversation template's \"stop_str\" must be a string or a list, got {x}"
+            ))
+        }
+    };
+    let c: &'static Conv = Box::leak(Box::new(Conv {
+        name: field("name", None)?,
+        system_template: leak(format!("{}\n{{system_message}}", field("system", None)?)),
+        system_message: field("system_message", Some(""))?,
+        roles: [field("user", None)?, field("assistant", None)?],
+        style,
+        sep: field("sep", Some("\n"))?,
+        sep2: field("sep2", Some(""))?,
+        stops: Box::leak(stops.into_boxed_slice()),
+    }));
+    registered().lock().expect("templates").push(c);
+    Ok(c)
+}
+
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
 }
 
 /// The chat template text that stands for `c`.
@@ -147,15 +276,21 @@ pub fn render(c: &Conv, messages: &[serde_json::Value]) -> Result<String, String
 /// What comes before the turns: `sp`, the formatted system template (with its separator, where
 /// the style writes one), or nothing (`system`: the system message itself).
 fn head(c: &Conv, sp: String, system: &str) -> String {
+    use Style::*;
     match c.style {
-        Style::AddColonSingle | Style::AddColonTwo | Style::Mpt => sp + c.sep,
-        Style::AddNewLineSingle | Style::Qwen2VlEmbed if !sp.is_empty() => sp + c.sep,
-        Style::ChatMl if !sp.is_empty() => sp + c.sep + "\n",
-        Style::DeepSeekVl2 if !sp.is_empty() => sp + c.sep,
-        Style::NoColonSingle | Style::Gemma3 => sp,
-        Style::Llama2 if system.is_empty() => "[INST] ".into(),
-        Style::Llama2 => sp,
-        Style::Llama3 | Style::Llama4 if !system.is_empty() => sp,
+        AddColonSingle | AddColonTwo | AddColonSpaceSingle | Mpt | Robin => sp + c.sep,
+        AddNewLineSingle | Qwen2VlEmbed | Qwen2Audio | ChatGlm | MetaMath | DeepSeekVl2
+            if !sp.is_empty() =>
+        {
+            sp + c.sep
+        }
+        ChatMl if !sp.is_empty() => sp + c.sep + "\n",
+        NoColonSingle | NoColonTwo | Gemma3 | Rwkv | ChatIntern | Dolly | Phoenix
+        | DeepSeekChat => sp,
+        Llama2 if system.is_empty() => "[INST] ".into(),
+        Llama2 => sp,
+        Llama3 | Llama4 | ChatGlm3 if !system.is_empty() => sp,
+        FalconChat if !system.is_empty() => sp + c.sep,
         _ => String::new(),
     }
 }
@@ -163,28 +298,79 @@ fn head(c: &Conv, sp: String, system: &str) -> String {
 /// Turn `i` (`role`'s tag): its text `m` with the style's separators, or when `m` is empty the
 /// opening of a turn (the answer's, last).
 fn turn(c: &Conv, i: usize, role: &str, m: &str) -> String {
+    use Style::*;
     let seps = [c.sep, c.sep2];
     let open = m.is_empty();
     match c.style {
-        Style::AddColonSingle | Style::AddColonTwo | Style::DeepSeekVl2 if open => {
+        AddColonSingle | AddColonTwo | DeepSeekVl2 | DeepSeekChat | FalconChat | Rwkv if open => {
             format!("{role}:")
         }
-        Style::AddColonSingle => format!("{role}: {m}{}", c.sep),
-        Style::AddColonTwo | Style::DeepSeekVl2 => format!("{role}: {m}{}", seps[i % 2]),
-        Style::AddNewLineSingle | Style::Qwen2VlEmbed | Style::ChatMl if open => {
-            format!("{role}\n")
+        // Its open turn ends with a space.
+        AddColonSpaceSingle if open => format!("{role}: "),
+        AddColonSingle | AddColonSpaceSingle | FalconChat => format!("{role}: {m}{}", c.sep),
+        AddColonTwo | DeepSeekVl2 | DeepSeekChat => format!("{role}: {m}{}", seps[i % 2]),
+        Rwkv => format!(
+            "{role}: {}\n\n",
+            m.replace("\r\n", "\n").replace("\n\n", "\n")
+        ),
+        AddNewLineSingle | Qwen2VlEmbed | Qwen2Audio | ChatMl if open => format!("{role}\n"),
+        AddNewLineSingle | Qwen2VlEmbed | Qwen2Audio => format!("{role}\n{m}{}", c.sep),
+        ChatMl => format!("{role}\n{m}{}\n", c.sep),
+        NoColonSingle | NoColonTwo | Mpt | Gemma3 | ChatGlm3 if open => role.to_string(),
+        Gemma3 if i == 0 => format!("{m}{}", c.sep),
+        NoColonSingle | Mpt | Gemma3 => format!("{role}{m}{}", c.sep),
+        NoColonTwo => format!("{role}{m}{}", seps[i % 2]),
+        ChatGlm3 => format!("{role}\n{m}"),
+        ChatGlm => {
+            // chatglm2 counts rounds from 1.
+            let round = if i % 2 == 0 {
+                let first = usize::from(c.name == "chatglm2");
+                format!("[Round {}]{}", i / 2 + first, c.sep)
+            } else {
+                String::new()
+            };
+            if open {
+                format!("{round}{role}：")
+            } else {
+                format!("{round}{role}：{m}{}", c.sep)
+            }
         }
-        Style::AddNewLineSingle | Style::Qwen2VlEmbed => format!("{role}\n{m}{}", c.sep),
-        Style::ChatMl => format!("{role}\n{m}{}\n", c.sep),
-        Style::NoColonSingle | Style::Mpt | Style::Gemma3 if open => role.to_string(),
-        Style::Gemma3 if i == 0 => format!("{m}{}", c.sep),
-        Style::NoColonSingle | Style::Mpt | Style::Gemma3 => format!("{role}{m}{}", c.sep),
+        ChatIntern => {
+            let s = if i % 2 == 0 { "<s>" } else { "" };
+            if open {
+                format!("{s}{role}:")
+            } else {
+                format!("{s}{role}:{m}{}\n", seps[i % 2])
+            }
+        }
+        Dolly if open => format!("{role}:\n"),
+        Dolly => {
+            let end = if i % 2 == 1 { "\n\n" } else { "" };
+            format!("{role}:\n{m}{}{end}", seps[i % 2])
+        }
+        Phoenix if open => format!("{role}: <s>"),
+        Phoenix => format!("{role}: <s>{m}</s>"),
+        Robin if open => format!("{role}:\n"),
+        Robin => format!("{role}:\n{m}{}", c.sep),
+        MetaMath => {
+            // sep2 prefixes the assistant's text.
+            let (start, end) = if i % 2 == 0 {
+                (":\n".to_string(), c.sep)
+            } else {
+                (format!(": {}", c.sep2), "")
+            };
+            if open {
+                format!("{role}{start}")
+            } else {
+                format!("{role}{start}{m}{end}")
+            }
+        }
         // Llama-2 tags by position, not role.
-        Style::Llama2 if open => c.roles[i % 2].to_string(),
-        Style::Llama2 if i == 0 => format!("{m} "),
-        Style::Llama2 => format!("{} {m}{}", c.roles[i % 2], seps[i % 2]),
-        Style::Llama3 | Style::Llama4 => {
-            let (o, cl, end) = if c.style == Style::Llama3 {
+        Llama2 if open => c.roles[i % 2].to_string(),
+        Llama2 if i == 0 => format!("{m} "),
+        Llama2 => format!("{} {m}{}", c.roles[i % 2], seps[i % 2]),
+        Llama3 | Llama4 => {
+            let (o, cl, end) = if c.style == Llama3 {
                 ("<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>")
             } else {
                 ("<|header_start|>", "<|header_end|>", "<|eot|>")
@@ -258,6 +444,112 @@ mod tests {
             "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n hi <|im_end|>\n<|im_start|>assistant\n"
         );
         assert_eq!(conv("phi-4-mm", m), "<|user|> hi <|end|><|assistant|>");
+    }
+
+    /// A JSON template of `style` with SGLang's loader defaults (system `S` + "\n" + message).
+    fn json_conv(name: &str, style: &str, extra: &str) -> &'static Conv {
+        load_json(&format!(
+            r#"{{"name": "{name}", "system": "S", "user": "U", "assistant": "A",
+                "sep_style": "{style}", "system_message": "m"{extra}}}"#
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn json_templates_render_every_separator_style_as_sglang_does() {
+        // Expected strings follow SGLang's get_prompt for messages [U: "hi", A: "yo", U: "q"]
+        // and the open answer; the system prompt is "S\nm".
+        let m = json!([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "yo"},
+            {"role": "user", "content": "q"}]);
+        let m = m.as_array().unwrap();
+        for (style, extra, want) in [
+            ("ADD_COLON_SINGLE", "", "S\nm\nU: hi\nA: yo\nU: q\nA:"),
+            (
+                "ADD_COLON_TWO",
+                r#", "sep": " ", "sep2": "</s>""#,
+                "S\nm U: hi A: yo</s>U: q A:",
+            ),
+            (
+                "ADD_COLON_SPACE_SINGLE",
+                "",
+                "S\nm\nU: hi\nA: yo\nU: q\nA: ",
+            ),
+            (
+                "NO_COLON_TWO",
+                r#", "sep": "|", "sep2": "~""#,
+                "S\nmUhi|Ayo~Uq|A",
+            ),
+            ("RWKV", "", "S\nmU: hi\n\nA: yo\n\nU: q\n\nA:"),
+            (
+                "CHATGLM",
+                "",
+                "S\nm\n[Round 0]\nU：hi\nA：yo\n[Round 1]\nU：q\nA：",
+            ),
+            ("CHATGLM3", "", "S\nmU\nhiA\nyoU\nqA"),
+            (
+                "CHATINTERN",
+                r#", "sep": "<e>", "sep2": "<f>""#,
+                "S\nm<s>U:hi<e>\nA:yo<f>\n<s>U:q<e>\nA:",
+            ),
+            (
+                "DOLLY",
+                r#", "sep": "~", "sep2": "$""#,
+                "S\nmU:\nhi~A:\nyo$\n\nU:\nq~A:\n",
+            ),
+            (
+                "PHOENIX",
+                "",
+                "S\nmU: <s>hi</s>A: <s>yo</s>U: <s>q</s>A: <s>",
+            ),
+            ("ROBIN", "", "S\nm\nU:\nhi\nA:\nyo\nU:\nq\nA:\n"),
+            ("FALCON_CHAT", "", "S\nm\nU: hi\nA: yo\nU: q\nA:"),
+            (
+                "METAMATH",
+                r#", "sep": "\n\n", "sep2": "Let's think.""#,
+                "S\nm\n\nU:\nhi\n\nA: Let's think.yoU:\nq\n\nA: Let's think.",
+            ),
+            (
+                "DEEPSEEK_CHAT",
+                r#", "sep": "\n\n", "sep2": "<end>""#,
+                "S\nmU: hi\n\nA: yo<end>U: q\n\nA:",
+            ),
+            ("QWEN2_AUDIO", "", "S\nm\nU\nhi\nA\nyo\nU\nq\nA\n"),
+        ] {
+            let c = json_conv(&format!("t-{style}"), style, extra);
+            assert_eq!(render(c, m).unwrap(), want, "{style}");
+        }
+        // CHATGLM's rounds count from 1 for `chatglm2`, as SGLang special-cases that name.
+        let c = json_conv("chatglm2", "CHATGLM", "");
+        assert!(render(c, m).unwrap().starts_with("S\nm\n[Round 1]\nU：hi"));
+    }
+
+    #[test]
+    fn a_json_template_replaces_a_builtin_of_its_name() {
+        let c = json_conv(
+            "points-v15-chat",
+            "ADD_COLON_SINGLE",
+            r#", "stop_str": "STOP""#,
+        );
+        assert!(std::ptr::eq(builtin("points-v15-chat").unwrap(), c));
+        assert_eq!(of_marker(&marker(c)).unwrap().stops, &["STOP"]);
+        for (text, want) in [
+            ("{", "EOF"),
+            (
+                r#"{"name": "x", "system": "", "user": "U", "assistant": "A"}"#,
+                "no \"sep_style\"",
+            ),
+            (
+                r#"{"name": "x", "system": "", "user": 1, "assistant": "A", "sep_style": "MPT"}"#,
+                "\"user\" must be a string",
+            ),
+            (
+                r#"{"name": "x", "system": "", "user": "U", "assistant": "A", "sep_style": "MPT", "stop_str": 3}"#,
+                "stop_str",
+            ),
+        ] {
+            let e = load_json(text).unwrap_err();
+            assert!(e.contains(want), "{text}: {e}");
+        }
     }
 
     #[test]

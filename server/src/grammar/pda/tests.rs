@@ -112,15 +112,14 @@ fn the_analysis_refuses_what_cannot_run_and_prunes_dead_ends() {
         (r#"root ::= "a" root"#, "derives no text"),
         (r#"root ::= a  a ::= "x" b  b ::= "y" a"#, "derives no text"),
     ] {
-        let e = compile(Constraint::Ebnf(g.into())).err().expect(g);
+        let e = compile(Constraint::Ebnf(g.into())).expect_err(g);
         assert!(e.contains(want), "{g:?}: {e}");
     }
     // A nullable prefix still counts: `opt` may read nothing before `root` calls itself.
     let e = compile(Constraint::Ebnf(
         r#"root ::= opt root "z" | "q"  opt ::= "o"?"#.into(),
     ))
-    .err()
-    .expect("left recursion through a nullable rule");
+    .expect_err("left recursion through a nullable rule");
     assert!(e.contains("left-recursive"), "{e}");
     // `y` leads only into a rule that never ends: it is not offered at all.
     let g = ebnf(r#"root ::= "x" | "y" "z" loop | "[" root "]"  loop ::= "a" loop"#);

@@ -108,8 +108,8 @@ fn the_cap_evicts_the_least_recently_used_files_down_to_the_ratio() {
     let dir = tempfile::tempdir().unwrap();
     let b = open(dir.path(), 10.0, 0);
     let vals = values(40);
-    for i in 0..10 {
-        assert!(put(&b, i, &vals[i]));
+    for (i, v) in vals.iter().enumerate().take(10) {
+        assert!(put(&b, i, v));
     }
     assert_eq!(on_disk(dir.path()), (10, 10 * file_bytes()));
     // Reading 0 and 1 makes them the most recent: the next write evicts down to 90 % of the cap
@@ -129,14 +129,14 @@ fn the_cap_evicts_the_least_recently_used_files_down_to_the_ratio() {
         );
     }
     // Many more writes: the directory never passes the cap, and the newest stay readable.
-    for i in 11..40 {
-        assert!(put(&b, i, &vals[i]));
+    for (i, v) in vals.iter().enumerate().skip(11) {
+        assert!(put(&b, i, v));
         let (files, bytes) = on_disk(dir.path());
         assert!(bytes <= 10 * file_bytes(), "{files} files, {bytes} B");
         assert_eq!(b.indexed_bytes(), bytes);
     }
-    for i in 37..40 {
-        assert_eq!(get(&b, i).as_ref(), Some(&vals[i]));
+    for (i, v) in vals.iter().enumerate().skip(37) {
+        assert_eq!(get(&b, i).as_ref(), Some(v));
     }
     // Rewriting a key replaces its bytes in the index.
     assert!(put(&b, 39, &vals[0]));
@@ -173,8 +173,8 @@ fn a_server_indexes_the_files_it_finds_and_evicts_the_oldest_first() {
     let dir = tempfile::tempdir().unwrap();
     let vals = values(8);
     let unbounded = FileBackend::open(dir.path(), OBJ, FileLimits::default()).unwrap();
-    for i in 0..8 {
-        assert!(put(&unbounded, i, &vals[i]));
+    for (i, v) in vals.iter().enumerate() {
+        assert!(put(&unbounded, i, v));
         // Modification times one second apart, oldest first.
         let f = std::fs::File::options()
             .write(true)
@@ -193,7 +193,7 @@ fn a_server_indexes_the_files_it_finds_and_evicts_the_oldest_first() {
     for i in 0..4 {
         assert_eq!(get(&b, i), None, "{i} was among the oldest");
     }
-    for i in 4..8 {
-        assert_eq!(get(&b, i).as_ref(), Some(&vals[i]));
+    for (i, v) in vals.iter().enumerate().skip(4) {
+        assert_eq!(get(&b, i).as_ref(), Some(v));
     }
 }
