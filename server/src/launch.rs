@@ -72,6 +72,8 @@ pub struct ServeOptions {
     pub tool_call_parser: Option<String>,
     /// `--reasoning-parser NAME` (see `parsers::ReasoningParser::NAMES`).
     pub reasoning_parser: Option<String>,
+    /// `--weight-version` ("default"): reported in `meta_info` and `/get_model_info`.
+    pub weight_version: String,
 }
 
 impl ServeOptions {
@@ -107,6 +109,7 @@ impl ServeOptions {
             log_requests_level: None,
             tool_call_parser: None,
             reasoning_parser: None,
+            weight_version: "default".into(),
         }
     }
 }
@@ -409,6 +412,10 @@ where
         reasoning_parser,
         grammars: Arc::default(),
         responses: Arc::default(),
+        served: Arc::new(std::sync::RwLock::new(crate::api::weights::Served {
+            model_path: dir.display().to_string(),
+            version: opts.weight_version.clone(),
+        })),
     })
 }
 

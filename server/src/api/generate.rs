@@ -300,6 +300,7 @@ pub async fn generate(
     let render = Render {
         text_in_lp,
         tokenizer: st.tokenizer.clone(),
+        weight_version: st.served.read().expect("served").version.clone(),
     };
     if stream {
         return Ok(stream_response(drivers, render, listed).into_response());
@@ -333,6 +334,8 @@ pub fn header_rid(headers: &HeaderMap) -> Option<OneOrMany<String>> {
 struct Render {
     text_in_lp: bool,
     tokenizer: Arc<Tokenizer>,
+    /// The weight version when the request arrived (SGLang's `meta_info.weight_version`).
+    weight_version: String,
 }
 
 impl Render {
@@ -413,6 +416,7 @@ impl Render {
             "completion_tokens": d.out.ids.len(),
             "cached_tokens": f.map(|f| f.cached_tokens).unwrap_or(0),
             "e2e_latency": d.arrival.elapsed().as_secs_f64(),
+            "weight_version": self.weight_version,
         });
         self.logprobs(d, &mut meta);
         json!({"text": text, "output_ids": d.out.ids, "meta_info": meta})

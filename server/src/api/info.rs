@@ -41,9 +41,10 @@ pub async fn models(State(st): State<AppState>) -> Json<Value> {
 }
 
 pub async fn model_info(State(st): State<AppState>) -> Json<Value> {
+    let served = st.served.read().expect("served").clone();
     Json(json!({
-        "model_path": st.info.model_path, "tokenizer_path": st.info.model_path, "is_generation": true,
-        "preferred_sampling_params": null, "weight_version": "default", "has_image_understanding": false,
+        "model_path": served.model_path, "tokenizer_path": st.info.model_path, "is_generation": true,
+        "preferred_sampling_params": null, "weight_version": served.version, "has_image_understanding": false,
         "has_audio_understanding": false, "model_type": st.info.model_type, "architectures": st.info.architectures,
     }))
 }

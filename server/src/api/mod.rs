@@ -25,6 +25,7 @@ pub mod responses_bg;
 pub mod responses_store;
 pub mod tokenize;
 pub mod unsupported;
+pub mod weights;
 
 use crate::model::Tokenizer;
 use crate::scheduler::SchedulerHandle;
@@ -83,6 +84,8 @@ pub struct AppState {
     pub grammar_off: bool,
     /// The Responses API's stored responses.
     pub responses: Arc<responses_store::ResponseStore>,
+    /// The served checkpoint's path and weight version (`/update_weights_from_disk`).
+    pub served: Arc<std::sync::RwLock<weights::Served>>,
 }
 
 impl AppState {
@@ -209,7 +212,20 @@ pub fn app_with_limit(state: AppState, max_payload: usize) -> Router {
         .route("/v1/tokenize", post(tokenize::tokenize))
         .route("/detokenize", post(tokenize::detokenize))
         .route("/v1/detokenize", post(tokenize::detokenize))
-        .route("/metrics", get(metrics::metrics));
+        .route("/metrics", get(metrics::metrics))
+        .route(
+            "/update_weights_from_disk",
+            post(weights::update_weights_from_disk),
+        )
+        .route(
+            "/update_weight_version",
+            post(weights::update_weight_version),
+        )
+        .route("/get_weight_version", get(weights::get_weight_version))
+        .route(
+            "/get_weights_by_name",
+            get(weights::get_weights_by_name).post(weights::get_weights_by_name),
+        );
     unsupported::add(ollama_info::add(router))
         .fallback(not_found)
         .layer(axum::middleware::from_fn_with_state(state.clone(), auth))

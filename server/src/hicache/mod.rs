@@ -581,6 +581,19 @@ impl HiCache {
         !self.writes.is_empty()
     }
 
+    /// After a weight update: pages computed with the old weights must not come back from the
+    /// L3, so the keys' model part becomes `<model>-w-<tag>` (`tag`: the new weight version, else
+    /// the new checkpoint's path); servers that load the same update share the new keys.
+    pub fn set_weights_tag(&mut self, tag: &str) {
+        let model = self.cfg.model_name.as_deref().unwrap_or("");
+        let named = format!("{model}-w-{tag}");
+        self.keys = KeyScheme::new(
+            self.cfg.extra_backend_tag.as_deref(),
+            Some(&named),
+            self.cfg.tp_rank,
+        );
+    }
+
     /// Whether L3 jobs are in flight (the scheduler then polls instead of sleeping on its queue).
     pub fn busy(&self) -> bool {
         !self.prefetches.is_empty()

@@ -67,6 +67,37 @@ fn ids(v: Option<&Value>) -> Vec<u32> {
 }
 
 impl ModelConfig {
+    /// An error unless `new` has this configuration's architecture and tensor shapes (what a
+    /// weight update may not change).
+    pub fn check_same_shapes(&self, new: &ModelConfig) -> Result<(), ModelError> {
+        let shape = |c: &ModelConfig| {
+            (
+                c.arch,
+                c.vocab_size,
+                c.hidden_size,
+                c.intermediate_size,
+                c.num_layers,
+                c.num_heads,
+                c.num_kv_heads,
+                c.head_dim,
+                c.tie_word_embeddings,
+                c.qkv_bias,
+                c.qk_norm,
+            )
+        };
+        if shape(self) == shape(new) {
+            return Ok(());
+        }
+        Err(ModelError::Bad {
+            path: "config.json".into(),
+            msg: format!(
+                "the new checkpoint's shapes differ from the served model's (architecture, vocabulary, hidden, intermediate, layers, heads, KV heads, head dim, tied embeddings, biases, QK norm): {:?} vs {:?}",
+                shape(new),
+                shape(self)
+            ),
+        })
+    }
+
     /// Reads `dir/config.json` and, when present, `dir/generation_config.json` (extra EOS ids).
     pub fn load(dir: &Path) -> Result<Self, ModelError> {
         let path = dir.join("config.json");

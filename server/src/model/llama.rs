@@ -89,9 +89,46 @@ impl<B: Backend> Model<B> {
         backend: B,
         max_positions: usize,
     ) -> Result<Self, ModelError> {
+        let (embed, layers, norm, lm_head) = Self::upload(&cfg, w, &backend)?;
+        let rope = RopeTable::new(
+            cfg.head_dim,
+            cfg.rope_theta,
+            &cfg.rope_scaling,
+            max_positions,
+        );
+        Ok(Model {
+            cfg,
+            backend,
+            embed,
+            layers,
+            norm,
+            lm_head,
+            rope,
+        })
+    }
+
+    /// Replaces the weights with the checkpoint in `dir` (`/update_weights_from_disk`), which
+    /// must have this model's shapes. The new weights are read in full before any old one is
+    /// dropped, so an error leaves the model as it was.
+    pub fn reload(&mut self, dir: &Path) -> Result<(), ModelError> {
+        let cfg = ModelConfig::load(dir)?;
+        self.cfg.check_same_shapes(&cfg)?;
+        let mut w = WeightMap::load(dir)?;
+        let (embed, layers, norm, lm_head) = Self::upload(&cfg, &mut w, &self.backend)?;
+        (self.embed, self.layers, self.norm, self.lm_head) = (embed, layers, norm, lm_head);
+        self.cfg = cfg;
+        Ok(())
+    }
+
+    /// The weight buffers of `cfg`'s tensors, read from `w` onto `b`.
+    #[allow(clippy::type_complexity)]
+    fn upload(
+        cfg: &ModelConfig,
+        w: &mut WeightMap,
+        b: &B,
+    ) -> Result<(B::Buf, Vec<Layer<B>>, B::Buf, Option<B::Buf>), ModelError> {
         let (h, i, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
         let (qd, kvd) = (cfg.num_heads * cfg.head_dim, cfg.kv_dim());
-        let b = &backend;
         let tied = cfg.tie_word_embeddings && !w.contains("lm_head.weight");
         let mut up =
             |name: &str, shape: &[usize], on: bool| -> Result<Option<B::Buf>, ModelError> {
@@ -138,21 +175,7 @@ impl<B: Backend> Model<B> {
         }
         let norm = req!("model.norm.weight", &[h]);
         let lm_head = up("lm_head.weight", &[v, h], !tied)?;
-        let rope = RopeTable::new(
-            cfg.head_dim,
-            cfg.rope_theta,
-            &cfg.rope_scaling,
-            max_positions,
-        );
-        Ok(Model {
-            cfg,
-            backend,
-            embed,
-            layers,
-            norm,
-            lm_head,
-            rope,
-        })
+        Ok((embed, layers, norm, lm_head))
     }
 
     /// The backend this model runs on.

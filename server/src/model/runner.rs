@@ -16,6 +16,7 @@ use super::{ModelConfig, ModelError};
 use crate::kv::{HostKvPool, PageId};
 use crate::logprobs::{at_position, LogprobSpec, PosLogprobs};
 use crate::sampling::SamplingParams;
+use std::path::Path;
 use std::sync::Arc;
 use strata_kernels::sample_rows::{Allow, RowMode, RowSpec};
 use strata_kernels::sampling::sample;
@@ -191,6 +192,17 @@ pub trait ModelRunner: Send + 'static {
     fn warmup(&mut self, _kv: &mut Self::Kv) -> Result<(), ModelError> {
         Ok(())
     }
+    /// Replaces the weights with the checkpoint in `dir` (`/update_weights_from_disk`; same
+    /// shapes). An error leaves the served weights as they were.
+    fn reload_weights(&mut self, _dir: &Path, _kv: &mut Self::Kv) -> Result<(), ModelError> {
+        Err(ModelError::Bad {
+            path: _dir.display().to_string(),
+            msg: format!(
+                "updating weights in place is not available on the {} runner yet",
+                self.name()
+            ),
+        })
+    }
     /// Runs `batch` and samples one token per `batch.logit_rows` entry (`sampling` is parallel to
     /// it).
     fn run_batch(
@@ -220,6 +232,9 @@ impl<B: Backend> ModelRunner for Model<B> {
     }
     fn kv_page_io(&self) -> bool {
         true
+    }
+    fn reload_weights(&mut self, dir: &Path, _kv: &mut Self::Kv) -> Result<(), ModelError> {
+        self.reload(dir)
     }
     fn host_spans(&self, kv: &Self::Kv) -> Option<crate::pd::share::HostSpans> {
         let b = self.backend();

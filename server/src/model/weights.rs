@@ -72,6 +72,47 @@ fn to_f32(path: &Path, name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32
     })
 }
 
+/// Tensor `name` of the checkpoint in `dir` as f32, reading only its file's header and its bytes
+/// (None: no shard holds it).
+pub fn read_tensor(dir: &Path, name: &str) -> Result<Option<HostTensor>, ModelError> {
+    use std::io::{Read, Seek, SeekFrom};
+    for file in shard_files(dir)? {
+        let mut f = std::fs::File::open(&file).map_err(|e| ModelError::io(&file, e))?;
+        let mut n = [0u8; 8];
+        f.read_exact(&mut n).map_err(|e| ModelError::io(&file, e))?;
+        let n = u64::from_le_bytes(n);
+        if n > 100 << 20 {
+            return Err(ModelError::bad(&file, "safetensors header over 100 MiB"));
+        }
+        let mut head = vec![0u8; n as usize];
+        f.read_exact(&mut head)
+            .map_err(|e| ModelError::io(&file, e))?;
+        let h: serde_json::Value =
+            serde_json::from_slice(&head).map_err(|e| ModelError::bad(&file, e.to_string()))?;
+        let Some(t) = h.get(name) else { continue };
+        let bad = |m: &str| ModelError::bad(&file, format!("tensor `{name}`: {m}"));
+        let dtype: Dtype =
+            serde_json::from_value(t["dtype"].clone()).map_err(|e| bad(&e.to_string()))?;
+        let shape: Vec<usize> =
+            serde_json::from_value(t["shape"].clone()).map_err(|e| bad(&e.to_string()))?;
+        let [a, b]: [u64; 2] =
+            serde_json::from_value(t["data_offsets"].clone()).map_err(|e| bad(&e.to_string()))?;
+        if b < a {
+            return Err(bad("bad data offsets"));
+        }
+        let mut bytes = vec![0u8; (b - a) as usize];
+        f.seek(SeekFrom::Start(8 + n + a))
+            .and_then(|_| f.read_exact(&mut bytes))
+            .map_err(|e| ModelError::io(&file, e))?;
+        let data = to_f32(&file, name, dtype, &bytes)?;
+        if data.len() != shape.iter().product::<usize>() {
+            return Err(bad("its byte length does not match its shape"));
+        }
+        return Ok(Some(HostTensor { shape, data }));
+    }
+    Ok(None)
+}
+
 impl WeightMap {
     /// Loads every tensor of the checkpoint in `dir`.
     pub fn load(dir: &Path) -> Result<Self, ModelError> {

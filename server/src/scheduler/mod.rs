@@ -26,6 +26,9 @@ pub mod request;
 mod seq;
 #[cfg(test)]
 mod tests;
+pub mod weights;
+#[cfg(test)]
+mod weights_tests;
 
 use crate::cache::RadixCache;
 use crate::hicache::HiCache;
@@ -127,6 +130,10 @@ pub struct Scheduler<R: ModelRunner> {
     pd_device: Option<Arc<dyn crate::pd::share::DeviceKv>>,
     /// `/pause_generation` is in force: no round runs.
     paused: bool,
+    /// A weight update waiting for the requests that came before it.
+    update: Option<weights::WeightUpdate>,
+    /// Requests that arrived after a pending weight update: they run on the new weights.
+    held: VecDeque<Box<Request>>,
 }
 
 /// The scheduler's part of PD disaggregation.
@@ -186,6 +193,31 @@ impl SchedulerHandle {
     /// Whether generation is paused.
     pub fn is_paused(&self) -> bool {
         self.paused.load(Ordering::SeqCst)
+    }
+    /// `/update_weights_from_disk`: the checkpoint in `dir` replaces the weights once the
+    /// requests already in the scheduler are done (at once when paused; after aborting them
+    /// with `abort_all`); requests that arrive meanwhile wait and run on the new weights. Ok:
+    /// the message of success.
+    pub async fn update_weights(
+        &self,
+        dir: std::path::PathBuf,
+        abort_all: bool,
+        flush: bool,
+        tag: String,
+    ) -> Result<String, String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let u = weights::WeightUpdate {
+            dir,
+            abort_all,
+            flush,
+            tag,
+            reply: tx,
+        };
+        if self.tx.send(Msg::UpdateWeights(u)).is_err() {
+            return Err("the scheduler is gone".into());
+        }
+        rx.await
+            .unwrap_or_else(|_| Err("the scheduler is gone".into()))
     }
     /// Asks to flush the prefix cache.
     pub async fn flush(&self) -> bool {
@@ -311,6 +343,8 @@ impl<R: ModelRunner> Scheduler<R> {
             pd_spans: None,
             pd_device: None,
             paused: false,
+            update: None,
+            held: VecDeque::new(),
         }
     }
 
@@ -421,6 +455,7 @@ impl<R: ModelRunner> Scheduler<R> {
 
     fn run(mut self, rx: Receiver<Msg>) {
         loop {
+            self.apply_update_when_ready();
             let l3_busy = self.hicache.as_ref().is_some_and(HiCache::busy);
             if self.paused {
                 // No round until `Msg::Continue`: take messages as they come (new requests
@@ -485,6 +520,8 @@ impl<R: ModelRunner> Scheduler<R> {
 
     fn handle(&mut self, m: Msg) {
         match m {
+            Msg::Submit(req) if self.update.is_some() => self.held.push_back(req),
+            Msg::UpdateWeights(u) => self.start_update(u),
             Msg::Submit(req)
                 if self.cfg.priority.abort_when_disabled
                     && !self.cfg.priority.enabled

@@ -82,6 +82,8 @@ pub enum Msg {
     Pause(PauseMode, oneshot::Sender<()>),
     /// `/continue_generation`: run rounds again.
     Continue(oneshot::Sender<()>),
+    /// `/update_weights_from_disk`: swap in the checkpoint once the requests before it are done.
+    UpdateWeights(super::weights::WeightUpdate),
 }
 
 /// How `/pause_generation` treats the requests in the scheduler (SGLang's modes). In every mode

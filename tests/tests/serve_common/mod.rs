@@ -16,12 +16,17 @@ pub struct MadeModel {
 
 impl MadeModel {
     pub fn new(arch: &str, size: &str) -> MadeModel {
+        Self::with_seed(arch, size, 0)
+    }
+    /// A made model of weights drawn from `seed`.
+    pub fn with_seed(arch: &str, size: &str, seed: u64) -> MadeModel {
         let bin = strata_tests::build_strata().expect("build strata");
         let dir = tempfile::tempdir().expect("tempdir");
+        let seed = seed.to_string();
         let st = Command::new(bin)
             .args(["make-model", "--out"])
             .arg(dir.path())
-            .args(["--arch", arch, "--size", size, "--seed", "0"])
+            .args(["--arch", arch, "--size", size, "--seed", &seed])
             .status()
             .expect("run make-model");
         assert!(st.success(), "make-model failed");

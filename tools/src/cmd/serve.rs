@@ -271,6 +271,10 @@ pub struct Args {
     /// error).
     #[arg(long)]
     reasoning_parser: Option<String>,
+    /// The weights' version, reported in every /generate answer's meta_info and by
+    /// /get_model_info until /update_weights_from_disk or /update_weight_version changes it.
+    #[arg(long, default_value = "default")]
+    weight_version: String,
 }
 
 /// Builds the PD role from the flags (None when colocated).
@@ -491,6 +495,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         log_requests_level: a.log_requests.then_some(a.log_requests_level),
         tool_call_parser: a.tool_call_parser.clone(),
         reasoning_parser: a.reasoning_parser.clone(),
+        weight_version: a.weight_version.clone(),
         server_args: {
             let mut v = serde_json::to_value(&a)?;
             v["api_key"] = serde_json::Value::Null;
