@@ -580,6 +580,7 @@ impl<R: ModelRunner> Scheduler<R> {
         }
         for (i, it) in &items {
             self.running[*i].computed = it.end;
+            self.cache_unfinished(*i);
         }
         let idx: Vec<usize> = items.iter().map(|(i, _)| *i).collect();
         self.pd_push_parts(&idx);

@@ -26,6 +26,7 @@ pub mod request;
 mod seq;
 #[cfg(test)]
 mod tests;
+mod unfinished;
 pub mod weights;
 #[cfg(test)]
 mod weights_tests;
@@ -134,6 +135,8 @@ pub struct Scheduler<R: ModelRunner> {
     update: Option<weights::WeightUpdate>,
     /// Requests that arrived after a pending weight update: they run on the new weights.
     held: VecDeque<Box<Request>>,
+    /// Chunks of prompts still being prefilled join the prefix cache (`unfinished.rs`).
+    cache_unfinished: bool,
 }
 
 /// The scheduler's part of PD disaggregation.
@@ -345,6 +348,7 @@ impl<R: ModelRunner> Scheduler<R> {
             paused: false,
             update: None,
             held: VecDeque::new(),
+            cache_unfinished: std::env::var("STRATA_CACHE_UNFINISHED").map_or(true, |v| v != "0"),
         }
     }
 
