@@ -260,6 +260,8 @@ impl Driver {
 
     /// Runs to completion; returns the final text.
     pub async fn run_to_end(&mut self) -> String {
+        // Only the final text is wanted: skip the per-token decodes.
+        self.out.quiet = true;
         while self.next().await.is_some() {}
         self.out.final_text(&self.state.tokenizer, &self.params)
     }

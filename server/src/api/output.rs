@@ -21,6 +21,9 @@ pub struct Output {
     pub want_logprobs: bool,
     pub finish: Option<Finish>,
     sent: usize,
+    /// Nobody reads the deltas before the end (a non-streamed request): tokens are not decoded
+    /// one by one (each decode is of the whole output, so per token that is O(output)).
+    pub quiet: bool,
 }
 
 fn floor_boundary(s: &str, mut i: usize) -> usize {
@@ -54,6 +57,9 @@ impl Output {
                     // from the prefill leg) keeps the lists aligned with `ids` as nulls.
                     None if self.want_logprobs => self.logprobs.push(PosLogprobs::default()),
                     None => {}
+                }
+                if self.quiet {
+                    return String::new();
                 }
                 let text = tok.decode(&self.ids, p.skip_special_tokens);
                 let mut end = text.len();
@@ -123,5 +129,56 @@ pub fn openai_finish_reason(r: &FinishReason) -> &'static str {
             "stop"
         }
         FinishReason::Abort(_) | FinishReason::Refused(_) => "abort",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::seeded::{test_seed, SplitMix64};
+    use strata_make_model::{make_model, MakeModel};
+
+    /// Random token streams (seed printed): the streamed deltas add up to the final text, with
+    /// and without stop strings, and a quiet output (a non-streamed request) gives that text at
+    /// the end alone.
+    #[test]
+    fn deltas_add_up_to_the_final_text_and_quiet_outputs_only_end() {
+        let dir = tempfile::tempdir().unwrap();
+        make_model(&MakeModel::default(), dir.path()).unwrap();
+        let tok = Tokenizer::load(dir.path()).unwrap();
+        let seed = test_seed("output deltas");
+        let mut rng = SplitMix64(seed);
+        for case in 0..40 {
+            let ids: Vec<u32> = (0..60).map(|_| (rng.next_u64() % 300) as u32).collect();
+            let mut p = SamplingParams::default();
+            if case % 2 == 1 {
+                let t = tok.decode(&ids[20..22], true);
+                p.stop = vec![t].into_iter().filter(|t| !t.is_empty()).collect();
+            }
+            let done = || {
+                Event::Done(Finish {
+                    reason: FinishReason::Length(60),
+                    prompt_tokens: 1,
+                    completion_tokens: 60,
+                    cached_tokens: 0,
+                })
+            };
+            let (mut loud, mut quiet) = (Output::new(false), Output::new(false));
+            quiet.quiet = true;
+            let (mut streamed, mut late) = (String::new(), String::new());
+            for &id in &ids {
+                let ev = || Event::Token { id, logprob: None };
+                streamed += &loud.push(ev(), &tok, &p);
+                assert_eq!(quiet.push(ev(), &tok, &p), "", "seed {seed}");
+            }
+            streamed += &loud.push(done(), &tok, &p);
+            late += &quiet.push(done(), &tok, &p);
+            assert_eq!(
+                streamed,
+                loud.final_text(&tok, &p),
+                "seed {seed} case {case}"
+            );
+            assert_eq!(late, streamed, "seed {seed} case {case}");
+        }
     }
 }
