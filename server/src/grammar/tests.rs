@@ -29,6 +29,43 @@ pub(super) fn admits(g: &Grammar, text: &str) -> bool {
     g.follow(&mut w, &ids).is_some_and(|s| g.accepting(s))
 }
 
+/// Draws allowed tokens until the mask says the text is whole and a coin (or a dead end of
+/// continuation) stops it: the text spelled, or None when `limit` tokens did not finish it.
+pub(super) fn random_walk(
+    g: &Grammar,
+    rng: &mut SplitMix64,
+    stop_one_in: u64,
+    limit: usize,
+) -> Option<String> {
+    let v = vocab();
+    let mut w = g.walk_start();
+    let mut out: Vec<u32> = Vec::new();
+    loop {
+        let s = g
+            .follow(&mut w, &out)
+            .expect("masked tokens stay in the language");
+        let m = g.mask(s);
+        if m.accepting && (!m.can_continue || rng.next_u64() % stop_one_in == 0) {
+            break;
+        }
+        assert!(
+            m.can_continue,
+            "stuck after {out:?}: every live state reaches an end"
+        );
+        let allowed: Vec<u32> = (0..v.len() as u32).filter(|&t| m.allows(t)).collect();
+        assert_eq!(allowed.len(), m.allowed());
+        out.push(allowed[(rng.next_u64() % allowed.len() as u64) as usize]);
+        if out.len() >= limit {
+            return None;
+        }
+    }
+    let bytes: Vec<u8> = out
+        .iter()
+        .flat_map(|&t| v.get(t).unwrap().to_vec())
+        .collect();
+    Some(String::from_utf8(bytes).expect("UTF-8"))
+}
+
 #[test]
 fn masks_allow_only_continuations_and_end_at_a_whole_match() {
     let g = grammar("[0-9]{3}");
@@ -181,29 +218,9 @@ fn random_masked_walks_spell_valid_json() {
         "ok": {"type": "boolean"}, "n": {"type": ["integer", "null"]}},
         "required": ["name", "ok"]});
     let g = grammar(&schema::to_regex(&schema).unwrap());
-    let v = vocab();
     for walk in 0..200 {
-        let mut w = g.walk_start();
-        let mut out: Vec<u32> = Vec::new();
-        loop {
-            let s = g
-                .follow(&mut w, &out)
-                .expect("masked tokens stay in the language");
-            let m = g.mask(s);
-            if m.accepting && (!m.can_continue || rng.next_u64() % 4 == 0) {
-                break;
-            }
-            assert!(m.can_continue, "walk {walk}: stuck");
-            let allowed: Vec<u32> = (0..v.len() as u32).filter(|&t| m.allows(t)).collect();
-            assert_eq!(allowed.len(), m.allowed());
-            out.push(allowed[(rng.next_u64() % allowed.len() as u64) as usize]);
-            assert!(out.len() < 400, "walk {walk} (seed {seed}) does not end");
-        }
-        let text: Vec<u8> = out
-            .iter()
-            .flat_map(|&t| v.get(t).unwrap().to_vec())
-            .collect();
-        let text = String::from_utf8(text).expect("UTF-8");
+        let text = random_walk(&g, &mut rng, 4, 400)
+            .unwrap_or_else(|| panic!("walk {walk} (seed {seed}) does not end"));
         let j: Value = serde_json::from_str(&text)
             .unwrap_or_else(|e| panic!("walk {walk} (seed {seed}): {text:?} is not JSON: {e}"));
         let o = j.as_object().unwrap();

@@ -10,7 +10,7 @@ use std::time::Duration;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 /// Events until `Done` (with a timeout): the number of tokens and the finish reason.
-async fn finish(rx: &mut UnboundedReceiver<Event>) -> (usize, FinishReason) {
+pub(super) async fn finish(rx: &mut UnboundedReceiver<Event>) -> (usize, FinishReason) {
     let mut n = 0;
     loop {
         let ev = tokio::time::timeout(Duration::from_secs(30), rx.recv())

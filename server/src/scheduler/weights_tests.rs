@@ -4,27 +4,12 @@
 //! real checkpoints, and greedy output equal to the new model's, is tested end to end in
 //! `tests/tests/serve_weights.rs`.)
 
+use super::pause_tests::finish;
 use super::request::{Event, FinishReason, PauseMode};
 use super::tests::{request, rig, test_cfg};
 use super::SchedulerHandle;
 use std::time::Duration;
 use tokio::sync::mpsc::UnboundedReceiver;
-
-/// Events until `Done`: tokens and the finish reason.
-async fn finish(rx: &mut UnboundedReceiver<Event>) -> (usize, FinishReason) {
-    let mut n = 0;
-    loop {
-        let ev = tokio::time::timeout(Duration::from_secs(30), rx.recv())
-            .await
-            .expect("the request did not finish in time")
-            .expect("the scheduler dropped the request");
-        match ev {
-            Event::Token { .. } => n += 1,
-            Event::Done(f) => return (n, f.reason),
-            Event::Input(_) => {}
-        }
-    }
-}
 
 /// Whether `rx` holds a `Done` now.
 fn done_now(rx: &mut UnboundedReceiver<Event>) -> Option<FinishReason> {

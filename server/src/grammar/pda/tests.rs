@@ -1,7 +1,7 @@
 //! Context-free constraints: recursion to any depth, tail calls, what the analysis refuses or
 //! prunes, and random masked walks (seed printed) that must spell text the grammar derives.
 
-use super::super::tests::{admits, vocab};
+use super::super::tests::{admits, random_walk, vocab};
 use super::super::{schema, Constraint, Grammar};
 use crate::seeded::{test_seed, SplitMix64};
 use serde_json::{json, Value};
@@ -16,43 +16,6 @@ fn ebnf(g: &str) -> Grammar {
 
 fn schema_grammar(s: &Value) -> Grammar {
     compile(Constraint::JsonSchema(s.to_string())).unwrap()
-}
-
-/// Draws allowed tokens until the mask says the text is whole and a coin (or a dead end of
-/// continuation) stops it: the text spelled, or None when `limit` tokens did not finish it.
-fn random_walk(
-    g: &Grammar,
-    rng: &mut SplitMix64,
-    stop_one_in: u64,
-    limit: usize,
-) -> Option<String> {
-    let v = vocab();
-    let mut w = g.walk_start();
-    let mut out: Vec<u32> = Vec::new();
-    loop {
-        let s = g
-            .follow(&mut w, &out)
-            .expect("masked tokens stay in the language");
-        let m = g.mask(s);
-        if m.accepting && (!m.can_continue || rng.next_u64() % stop_one_in == 0) {
-            break;
-        }
-        assert!(
-            m.can_continue,
-            "stuck after {out:?}: every live state reaches an end"
-        );
-        let allowed: Vec<u32> = (0..v.len() as u32).filter(|&t| m.allows(t)).collect();
-        assert_eq!(allowed.len(), m.allowed());
-        out.push(allowed[(rng.next_u64() % allowed.len() as u64) as usize]);
-        if out.len() >= limit {
-            return None;
-        }
-    }
-    let bytes: Vec<u8> = out
-        .iter()
-        .flat_map(|&t| v.get(t).unwrap().to_vec())
-        .collect();
-    Some(String::from_utf8(bytes).expect("UTF-8"))
 }
 
 #[test]
