@@ -38,8 +38,8 @@ fn tokens_now(rx: &mut UnboundedReceiver<Event>) -> usize {
     n
 }
 
-#[test]
-fn in_place_pause_holds_running_and_new_requests_until_continue() {
+/// Runs `f` against the scheduler on its own thread (the test rig's model).
+pub(super) fn on_thread(f: impl AsyncFnOnce(&SchedulerHandle)) {
     let r = rig(test_cfg());
     let (tx, rx) = std::sync::mpsc::channel();
     let s = r.s;
@@ -48,7 +48,14 @@ fn in_place_pause_holds_running_and_new_requests_until_continue() {
         tx,
         paused: Default::default(),
     };
-    tokio::runtime::Runtime::new().unwrap().block_on(async {
+    tokio::runtime::Runtime::new().unwrap().block_on(f(&h));
+    drop(h);
+    thread.join().unwrap();
+}
+
+#[test]
+fn in_place_pause_holds_running_and_new_requests_until_continue() {
+    on_thread(async |h| {
         let (a, mut arx) = request("a", (1..20).collect(), 200, 0.0);
         assert!(h.submit(a));
         // Paused once a has a token: it is running.
@@ -74,8 +81,6 @@ fn in_place_pause_holds_running_and_new_requests_until_continue() {
         // Continue when not paused changes nothing.
         assert!(h.resume().await);
     });
-    drop(h);
-    thread.join().unwrap();
 }
 
 #[test]

@@ -4,10 +4,9 @@
 //! real checkpoints, and greedy output equal to the new model's, is tested end to end in
 //! `tests/tests/serve_weights.rs`.)
 
-use super::pause_tests::finish;
+use super::pause_tests::{finish, on_thread};
 use super::request::{Event, FinishReason, PauseMode};
-use super::tests::{request, rig, test_cfg};
-use super::SchedulerHandle;
+use super::tests::request;
 use std::time::Duration;
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -19,20 +18,6 @@ fn done_now(rx: &mut UnboundedReceiver<Event>) -> Option<FinishReason> {
         }
     }
     None
-}
-
-fn on_thread(f: impl AsyncFnOnce(&SchedulerHandle)) {
-    let r = rig(test_cfg());
-    let (tx, rx) = std::sync::mpsc::channel();
-    let s = r.s;
-    let thread = std::thread::spawn(move || s.run(rx));
-    let h = SchedulerHandle {
-        tx,
-        paused: Default::default(),
-    };
-    tokio::runtime::Runtime::new().unwrap().block_on(f(&h));
-    drop(h);
-    thread.join().unwrap();
 }
 
 #[test]
