@@ -88,6 +88,8 @@ async fn new_routes_answer_sglang_shapes_behind_the_key() {
         "/v1/models/org/tiny-llama",
         "/hicache/storage-backend",
         "/start_profile",
+        "/get_weight_version",
+        "/get_weights_by_name",
     ];
     for p in gets {
         let (st, v) = call(&s, "GET", p, None, false).await;
@@ -317,9 +319,8 @@ async fn new_routes_answer_sglang_shapes_behind_the_key() {
         ("GET", "/start_profile"),
         ("POST", "/start_profile"),
         ("POST", "/stop_profile"),
-        ("POST", "/update_weights_from_disk"),
         ("POST", "/update_weights_from_tensor"),
-        ("GET", "/get_weights_by_name"),
+        ("POST", "/init_weights_update_group"),
         ("POST", "/load_lora_adapter"),
         ("POST", "/unload_lora_adapter"),
         ("POST", "/open_session"),
