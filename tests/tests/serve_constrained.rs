@@ -227,7 +227,7 @@ async fn outputs_follow_regex_and_json_schema() {
         ),
         (
             "/generate",
-            json!({"text": "x", "sampling_params": {"ebnf": "root ::= root \"a\" | \"b\""}}),
+            json!({"text": "x", "sampling_params": {"ebnf": "root ::= a \"x\" | \"y\"  a ::= root \"z\""}}),
         ),
         (
             "/v1/chat/completions",

@@ -6,7 +6,9 @@
 //!
 //! [`to_rules`] (the `ebnf` sampling parameter) expands every reference to a rule that is not
 //! recursive in place and keeps each recursive rule (one on a cycle of references) as a rule of
-//! its own that the others call ([`super::pda`]), so nesting has no fixed bound. Where a single
+//! its own that the others call ([`super::pda`]), so nesting has no fixed bound; a directly
+//! left-recursive rule (`expr ::= expr "+" term | term`) is first rewritten as the repetition it
+//! stands for (`expr ::= term ("+" term)*`). Where a single
 //! regular expression is needed (the `grammar` format inside a structural tag), [`to_regex`]
 //! unrolls recursion [`MAX_NESTING`] levels deep and drops the alternatives that would need a
 //! deeper level (outputs nest at most that deep and still derive from the grammar). A grammar
@@ -67,7 +69,12 @@ pub fn to_regex(src: &str) -> Result<String, String> {
 /// The grammar of `src`'s `root` rule: one regular expression when no rule is recursive, else
 /// the recursive rules as rules of their own; the error is the client's 400.
 pub fn to_rules(src: &str) -> Result<Rules, String> {
-    let rules = parse_rooted(src)?;
+    let mut rules = parse_rooted(src)?;
+    for (name, body) in rules.iter_mut() {
+        if let Some(b) = without_left_recursion(name, body) {
+            *body = b;
+        }
+    }
     let recursive = recursive_rules(&rules);
     if recursive.is_empty() {
         return to_regex(src).map(Rules::regular);
@@ -99,6 +106,37 @@ pub fn to_rules(src: &str) -> Result<Rules, String> {
     // The root may be expanded in place without being called: then it has no calls.
     rules.calls |= rules.bodies.len() > 1;
     Ok(rules)
+}
+
+/// A rule `A ::= A a1 | .. | A an | b1 | .. | bm` (directly left-recursive alternatives) as the
+/// same language without left recursion, `A ::= (b1 | .. | bm) (a1 | .. | an)*`; None when the
+/// rule has no such alternative (or no other one). Left recursion through other rules stays (the
+/// analysis refuses it).
+fn without_left_recursion(name: &str, body: &Node) -> Option<Node> {
+    let alts = match body {
+        Node::Alt(v) => v.clone(),
+        other => vec![other.clone()],
+    };
+    let (mut tails, mut heads) = (Vec::new(), Vec::new());
+    for a in alts {
+        match a {
+            Node::Seq(items) if matches!(items.first(), Some(Node::Ref(r)) if r == name) => {
+                // `A ::= A` alone adds nothing.
+                if items.len() > 1 {
+                    tails.push(Node::Seq(items[1..].to_vec()));
+                }
+            }
+            Node::Ref(r) if r == name => {}
+            other => heads.push(other),
+        }
+    }
+    if tails.is_empty() || heads.is_empty() {
+        return None;
+    }
+    Some(Node::Seq(vec![
+        Node::Alt(heads),
+        Node::Rep(Box::new(Node::Alt(tails)), 0, None),
+    ]))
 }
 
 fn parse_rooted(src: &str) -> Result<HashMap<String, Node>, String> {

@@ -67,7 +67,6 @@ fn nesting_past_the_stack_limit_is_not_taken() {
 #[test]
 fn the_analysis_refuses_what_cannot_run_and_prunes_dead_ends() {
     for (g, want) in [
-        (r#"root ::= root "a" | "b""#, "left-recursive: rule `root`"),
         (
             r#"root ::= expr  expr ::= term "+" expr | term  term ::= "(" expr ")" | expr "*" | "1""#,
             "left-recursive",
@@ -90,6 +89,24 @@ fn the_analysis_refuses_what_cannot_run_and_prunes_dead_ends() {
     assert!(m.allows(u32::from(b'x')) && m.allows(u32::from(b'[')));
     assert!(!m.allows(u32::from(b'y')), "a dead end is masked");
     assert!(admits(&g, "[[x]]") && !admits(&g, "yz"));
+}
+
+#[test]
+fn direct_left_recursion_is_rewritten_as_repetition() {
+    let g = ebnf(
+        r#"root ::= expr
+        expr ::= expr "+" term | expr "-" term | term
+        term ::= term "*" atom | atom
+        atom ::= [0-9]+ | "(" expr ")""#,
+    );
+    for ok in ["1", "1+2", "1+2*3-4", "(1+2)*3", "((7))", "2*(3-(4+5))*6"] {
+        assert!(admits(&g, ok), "{ok}");
+    }
+    for bad in ["", "+1", "1+", "1**2", "(1", "1)"] {
+        assert!(!admits(&g, bad), "{bad}");
+    }
+    let g = ebnf(r#"root ::= root "a" | "b""#);
+    assert!(admits(&g, "baaa") && admits(&g, "b") && !admits(&g, "ab"));
 }
 
 #[test]
