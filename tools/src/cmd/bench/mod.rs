@@ -3,6 +3,7 @@
 use clap::Subcommand;
 
 mod copy;
+mod detok;
 pub mod engine;
 mod grammar;
 mod multiturn;
@@ -22,6 +23,8 @@ pub enum BenchCommand {
     PdTransfer(pd_transfer::Args),
     /// Constrained decoding's host cost: compile, per-state masks, banned lists.
     Grammar(grammar::Args),
+    /// Streamed detokenization's cost per output token at several output lengths.
+    Detok(detok::Args),
 }
 
 pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
@@ -31,5 +34,6 @@ pub fn run(cmd: BenchCommand) -> anyhow::Result<()> {
         BenchCommand::Serve(a) => serve::run(*a),
         BenchCommand::PdTransfer(a) => pd_transfer::run(a),
         BenchCommand::Grammar(a) => grammar::run(a),
+        BenchCommand::Detok(a) => detok::run(a),
     }
 }
