@@ -37,28 +37,27 @@ enum Node {
 pub const MAX_NESTING: usize = 4;
 
 /// How references are expanded.
-enum Mode {
+enum Mode<'a> {
     /// In place, recursion unrolled: the names of the rules open around this point.
     Unroll(Vec<String>),
     /// In place, except the recursive rules: those become calls.
     Calls {
-        recursive: HashSet<String>,
-        ids: RuleIds,
+        recursive: &'a HashSet<String>,
+        ids: &'a mut RuleIds,
     },
 }
 
 /// The regular expression `src`'s `root` rule matches, recursion unrolled; the error is the
 /// client's 400.
 pub fn to_regex(src: &str) -> Result<String, String> {
-    let rules = parse_rooted(src)?;
+    unrolled(&parse_rooted(src)?)
+}
+
+/// The regular expression of `rules`' `root`, recursion unrolled [`MAX_NESTING`] deep.
+fn unrolled(rules: &HashMap<String, Node>) -> Result<String, String> {
     let mut mode = Mode::Unroll(Vec::new());
-    expand(
-        &rules,
-        &Node::Ref("root".into()),
-        &mut mode,
-        &mut MAX_REGEX.clone(),
-    )?
-    .ok_or_else(|| {
+    let root = Node::Ref("root".into());
+    expand(rules, &root, &mut mode, &mut MAX_REGEX.clone())?.ok_or_else(|| {
         format!(
             "The EBNF grammar derives no text within {MAX_NESTING} levels of recursion (recursive \
              rules are unrolled that deep)."
@@ -66,8 +65,9 @@ pub fn to_regex(src: &str) -> Result<String, String> {
     })
 }
 
-/// The grammar of `src`'s `root` rule: one regular expression when no rule is recursive, else
-/// the recursive rules as rules of their own; the error is the client's 400.
+/// The grammar of `src`'s `root` rule: one regular expression when no rule is recursive (once
+/// direct left recursion is rewritten), else the recursive rules as rules of their own; the
+/// error is the client's 400.
 pub fn to_rules(src: &str) -> Result<Rules, String> {
     let mut rules = parse_rooted(src)?;
     for (name, body) in rules.iter_mut() {
@@ -77,31 +77,26 @@ pub fn to_rules(src: &str) -> Result<Rules, String> {
     }
     let recursive = recursive_rules(&rules);
     if recursive.is_empty() {
-        return to_regex(src).map(Rules::regular);
+        return unrolled(&rules).map(Rules::regular);
     }
-    let mut mode = Mode::Calls {
-        recursive,
-        ids: RuleIds::with_root("root"),
-    };
+    let mut ids = RuleIds::with_root("root");
     let mut budget = MAX_REGEX;
     let mut name = "root".to_string();
     loop {
         // A recursive rule's body, its references to recursive rules calls; the root's body
         // likewise (it is rule 0 whether or not it is recursive).
+        let mut mode = Mode::Calls {
+            recursive: &recursive,
+            ids: &mut ids,
+        };
         let body = expand(&rules, &rules[&name], &mut mode, &mut budget)?
             .ok_or_else(|| format!("The EBNF grammar's rule `{name}` derives no text."))?;
-        let Mode::Calls { ids, .. } = &mut mode else {
-            unreachable!("calls mode")
-        };
         ids.define(&name, &body);
         match ids.undefined() {
             Some(next) => name = next,
             None => break,
         }
     }
-    let Mode::Calls { ids, .. } = mode else {
-        unreachable!("calls mode")
-    };
     let mut rules = ids.finish();
     // The root may be expanded in place without being called: then it has no calls.
     rules.calls |= rules.bodies.len() > 1;
@@ -190,7 +185,7 @@ fn recursive_rules(rules: &HashMap<String, Node>) -> HashSet<String> {
 fn expand(
     rules: &HashMap<String, Node>,
     n: &Node,
-    mode: &mut Mode,
+    mode: &mut Mode<'_>,
     budget: &mut usize,
 ) -> Result<Option<String>, String> {
     let out = match n {
