@@ -209,6 +209,14 @@ fn mistral_array_and_compact() {
         check_splits(p, bad),
         (String::new(), bad.to_string(), vec![])
     );
+    // An array cut short: its whole items are calls (they streamed as they closed), the rest
+    // is content; an item naming no function is dropped; an array of only such items is text.
+    let cut = "[TOOL_CALLS] [{\"name\": \"nope\", \"arguments\": {}}, {\"name\": \"ping\", \"arguments\": {}}, {\"name\": \"get_wea";
+    let (_, c, calls) = check_splits(p, cut);
+    assert_eq!(calls, [call("ping", "{}")]);
+    assert_eq!(c, "{\"name\": \"get_wea");
+    let unknown = "[TOOL_CALLS] [{\"name\": \"nope\", \"arguments\": {}}] after";
+    assert_eq!(check_splits(p, unknown).1, unknown);
 }
 
 #[test]
@@ -491,6 +499,10 @@ fn named_formats_stream_their_arguments() {
         (
             ToolParser::Mistral,
             format!("[TOOL_CALLS]get_weather[ARGS]{w}[TOOL_CALLS]ping[ARGS]{{\"host\": \"a.b\"}}"),
+        ),
+        (
+            ToolParser::Mistral,
+            format!("[TOOL_CALLS] [{{\"name\": \"get_weather\", \"arguments\": {w}}}, {{\"name\":\"ping\",\"arguments\":{{\"host\": \"a.b\"}}}}]"),
         ),
         (
             ToolParser::DeepSeekV3,

@@ -64,7 +64,7 @@ impl ToolParser {
             Self::Qwen25 => tagged(section, false, known, last),
             Self::Hermes => tagged(section, true, known, last),
             Self::Llama3 => llama3(section, known),
-            Self::Mistral => mistral(section, known),
+            Self::Mistral => mistral(section, known, last),
             Self::Pythonic => pythonic::parse(section, known),
             Self::JsonArray => json_array(section, known, last),
             Self::DeepSeekV3 => marked::deepseek_v3(section, known),
@@ -222,21 +222,11 @@ fn llama3(s: &str, known: &dyn Fn(&str) -> bool) -> Section {
 }
 
 /// `[TOOL_CALLS] [{json}, ...]`, or compact `[TOOL_CALLS]name[ARGS]{json}` repeated.
-fn mistral(s: &str, known: &dyn Fn(&str) -> bool) -> Section {
+fn mistral(s: &str, known: &dyn Fn(&str) -> bool, last: bool) -> Section {
     let mut out = Section::default();
     let mut rest = &s[TOOL_CALLS.len()..];
     if rest.trim_start().starts_with('[') {
-        match first_value(rest) {
-            Some((raw, used)) => {
-                match json_calls(raw, known) {
-                    Some(cs) => out.calls = cs,
-                    None => out.text.push_str(&s[..TOOL_CALLS.len() + used]),
-                }
-                out.text.push_str(&rest[used..]);
-            }
-            None => out.text.push_str(s),
-        }
-        return out;
+        return mistral_array(s, known, last);
     }
     loop {
         let parsed = rest.find(ARGS).and_then(|a| {
@@ -261,6 +251,84 @@ fn mistral(s: &str, known: &dyn Fn(&str) -> bool) -> Section {
             }
         }
     }
+}
+
+/// `[TOOL_CALLS] [{json}, ...]`: each item is a call as soon as its object closes (so calls
+/// stream before the array ends; an item naming no function of the request is dropped). Text
+/// after the closed array is content; an array whose items named no known function, or (at the
+/// end) one that never closed without a call before, is content whole; at the end, what follows
+/// the last whole item of an unclosed array is content.
+fn mistral_array(s: &str, known: &dyn Fn(&str) -> bool, last: bool) -> Section {
+    let mut out = Section::default();
+    let bracket = s[TOOL_CALLS.len()..]
+        .find('[')
+        .expect("an array follows the marker");
+    let (mut i, mut items) = (TOOL_CALLS.len() + bracket + 1, 0);
+    loop {
+        i += s[i..].len()
+            - s[i..]
+                .trim_start_matches(|c: char| c.is_whitespace() || c == ',')
+                .len();
+        if s[i..].starts_with(']') {
+            if out.calls.is_empty() && items > 0 {
+                out.text.push_str(&s[..=i]);
+            }
+            out.text.push_str(&s[i + 1..]);
+            return out;
+        }
+        match first_value(&s[i..]).filter(|(raw, _)| raw.starts_with('{')) {
+            Some((raw, used)) => {
+                items += 1;
+                if let Ok(raw) = serde_json::from_str::<&RawValue>(raw) {
+                    out.calls.extend(one_call(raw, known));
+                }
+                i += used;
+            }
+            None => break,
+        }
+    }
+    if last {
+        if out.calls.is_empty() {
+            out.text.push_str(s);
+        } else {
+            out.text.push_str(&s[i..]);
+        }
+    }
+    out
+}
+
+/// The item of a `[TOOL_CALLS] [...]` array still open at the end of `section`: its text from
+/// its `{` and where it starts; None once the array is closed or before an item opens.
+fn open_array_item(section: &str) -> Option<(&str, usize)> {
+    let start = section.find('[')?;
+    let b = section.as_bytes();
+    let (mut depth, mut i, mut item) = (0usize, start, None);
+    while i < b.len() {
+        match b[i] {
+            b'"' => match string_end(b, i) {
+                Some(end) => i = end,
+                None => break,
+            },
+            b'{' | b'[' => {
+                if depth == 1 && b[i] == b'{' {
+                    item = Some(i);
+                }
+                depth += 1;
+            }
+            b'}' | b']' => {
+                depth = depth.checked_sub(1)?;
+                if depth == 0 {
+                    return None;
+                }
+                if depth == 1 {
+                    item = None;
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    item.map(|at| (&section[at..], at))
 }
 
 /// A call whose text is still open: its function name once its string is closed, and its
@@ -300,7 +368,8 @@ impl ToolParser {
                 let at = section.rfind(TOOL_CALLS)?;
                 let body = &section[at + TOOL_CALLS.len()..];
                 if body.trim_start().starts_with('[') {
-                    return None;
+                    let (obj, item) = open_array_item(body)?;
+                    return open_object(obj, at + TOOL_CALLS.len() + item);
                 }
                 named_open(at, body.split_once(ARGS))
             }
