@@ -9,6 +9,7 @@
 //! the least recently used files ([`evict`]).
 
 pub mod evict;
+pub mod meta;
 
 use super::storage::L3Backend;
 use sha2::{Digest, Sha256};
@@ -17,6 +18,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
 /// Bytes before the key.
 pub const HEADER: usize = 32;
@@ -122,6 +124,8 @@ pub struct FileBackend {
     warned: AtomicBool,
     /// The size bound (inert without one).
     evict: evict::Evictor,
+    /// Objects recently seen to exist (`enable_metadata_cache`).
+    meta: Option<Arc<meta::MetaCache>>,
 }
 
 impl FileBackend {
@@ -139,11 +143,15 @@ impl FileBackend {
                 dir.display()
             )
         })?;
+        let meta = limits
+            .metadata_ttl
+            .map(|t| Arc::new(meta::MetaCache::new(t)));
         let b = FileBackend {
             dir: dir.to_path_buf(),
             object_bytes,
             warned: AtomicBool::new(false),
-            evict: evict::Evictor::open(dir, EXT, limits),
+            evict: evict::Evictor::open(dir, EXT, limits, meta.clone()),
+            meta,
         };
         let probe = b.temp_path("probe");
         match OpenOptions::new().write(true).create_new(true).open(&probe) {
@@ -208,11 +216,20 @@ impl FileBackend {
         let path = self.path(key);
         let mut f = match File::open(&path) {
             Ok(f) => f,
-            Err(_) => return false,
+            Err(_) => {
+                if let Some(m) = &self.meta {
+                    m.remove(&file_stem(key));
+                }
+                return false;
+            }
         };
         match read_object(&mut f, key, dst) {
             Ok(()) => {
-                self.evict.touch(&file_stem(key));
+                let stem = file_stem(key);
+                self.evict.touch(&stem);
+                if let Some(m) = &self.meta {
+                    m.add(&stem);
+                }
                 true
             }
             Err(Miss::Damaged(why)) => {
@@ -223,6 +240,9 @@ impl FileBackend {
                 if ino.is_some() && fs::metadata(&path).map(|m| m.ino()).ok() == ino {
                     let _ = fs::remove_file(&path);
                     self.evict.forget(&file_stem(key));
+                    if let Some(m) = &self.meta {
+                        m.remove(&file_stem(key));
+                    }
                 }
                 false
             }
@@ -256,7 +276,12 @@ impl FileBackend {
                 fs::rename(&tmp, self.dir.join(format!("{stem}{EXT}")))
             });
         match r {
-            Ok(()) => self.evict.commit(&stem),
+            Ok(()) => {
+                self.evict.commit(&stem);
+                if let Some(m) = &self.meta {
+                    m.add(&stem);
+                }
+            }
             Err(_) => {
                 let _ = fs::remove_file(&tmp);
                 self.evict.abort(&stem);
@@ -281,8 +306,17 @@ impl L3Backend for FileBackend {
         Some(
             keys.iter()
                 .map(|k| {
+                    let stem = file_stem(k);
+                    if self.meta.as_ref().is_some_and(|m| m.fresh(&stem)) {
+                        return true;
+                    }
                     let want = (HEADER + k.len() + self.object_bytes) as u64;
-                    fs::metadata(self.path(k)).is_ok_and(|m| m.is_file() && m.len() == want)
+                    let ok =
+                        fs::metadata(self.path(k)).is_ok_and(|m| m.is_file() && m.len() == want);
+                    if let (true, Some(m)) = (ok, &self.meta) {
+                        m.add(&stem);
+                    }
+                    ok
                 })
                 .collect(),
         )
@@ -334,6 +368,9 @@ impl L3Backend for FileBackend {
             }
         }
         self.evict.clear();
+        if let Some(m) = &self.meta {
+            m.clear();
+        }
         tracing::info!(dir = %self.dir.display(), removed, "hicache: L3 directory cleared");
         Ok(())
     }

@@ -10,12 +10,14 @@
 //! their start, and others' files they read); removing another server's file only costs it a
 //! miss, the same as any eviction.
 
+use super::meta::MetaCache;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-/// The bounds (extra config `max_size`, `min_free_space`, `eviction_ratio`, else SGLang's
-/// `SGLANG_HICACHE_FILE_BACKEND_*` variables).
+/// The file backend's options: the bounds (extra config `max_size`, `min_free_space`,
+/// `eviction_ratio`) and the metadata cache (`enable_metadata_cache`, `metadata_ttl`), else SGLang's
+/// `SGLANG_HICACHE_FILE_BACKEND_*` variables.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct FileLimits {
     /// Most bytes the object files may take (0: no cap).
@@ -24,6 +26,9 @@ pub struct FileLimits {
     pub min_free: u64,
     /// Past the cap, evict down to this fraction of it (0 < ratio <= 1; 0.9).
     pub ratio: f64,
+    /// How long an object seen to exist is believed to (seconds; negative: until it is removed
+    /// here); None: every `exists` looks at the file (`meta.rs`).
+    pub metadata_ttl: Option<f64>,
 }
 
 impl Default for FileLimits {
@@ -32,6 +37,7 @@ impl Default for FileLimits {
             max_size: 0,
             min_free: 0,
             ratio: 0.9,
+            metadata_ttl: None,
         }
     }
 }
@@ -95,6 +101,19 @@ pub fn resolve(extra: Option<&serde_json::Map<String, serde_json::Value>>) -> Fi
     .and_then(|r| r.trim().parse::<f64>().ok())
     .filter(|r| *r > 0.0 && *r <= 1.0)
     .unwrap_or(0.9);
+    let cache = get(
+        "enable_metadata_cache",
+        "SGLANG_HICACHE_FILE_BACKEND_ENABLE_METADATA_CACHE",
+    )
+    .is_some_and(|v| {
+        matches!(
+            v.trim().to_ascii_lowercase().as_str(),
+            "true" | "1" | "yes" | "on"
+        )
+    });
+    let ttl = get("metadata_ttl", "SGLANG_HICACHE_FILE_BACKEND_METADATA_TTL")
+        .and_then(|t| t.trim().parse::<f64>().ok())
+        .unwrap_or(5.0);
     FileLimits {
         max_size: size("max_size", "SGLANG_HICACHE_FILE_BACKEND_MAX_SIZE"),
         min_free: size(
@@ -102,6 +121,7 @@ pub fn resolve(extra: Option<&serde_json::Map<String, serde_json::Value>>) -> Fi
             "SGLANG_HICACHE_FILE_BACKEND_MIN_FREE_SPACE",
         ),
         ratio,
+        metadata_ttl: cache.then_some(ttl),
     }
 }
 
@@ -160,12 +180,19 @@ pub struct Evictor {
     dir: PathBuf,
     ext: &'static str,
     lru: Mutex<Lru>,
+    /// Told of every file evicted.
+    meta: Option<Arc<MetaCache>>,
 }
 
 impl Evictor {
     /// An evictor for `dir`'s files ending in `ext`; with bounds set, it clamps the cap to the
     /// file system's size, indexes the files present and evicts down to the bounds at once.
-    pub fn open(dir: &Path, ext: &'static str, mut limits: FileLimits) -> Self {
+    pub fn open(
+        dir: &Path,
+        ext: &'static str,
+        mut limits: FileLimits,
+        meta: Option<Arc<MetaCache>>,
+    ) -> Self {
         if limits.enabled() {
             if let Some((total, _)) = fs_stats(dir) {
                 let safe = total.saturating_sub(limits.min_free);
@@ -183,6 +210,7 @@ impl Evictor {
             dir: dir.to_path_buf(),
             ext,
             lru: Mutex::default(),
+            meta,
         };
         if limits.enabled() {
             e.scan();
@@ -342,6 +370,9 @@ impl Evictor {
             else {
                 break;
             };
+            if let Some(m) = &self.meta {
+                m.remove(&stem);
+            }
             match std::fs::remove_file(self.path(&stem)) {
                 Ok(()) => freed += lru.remove(&stem).unwrap_or(0),
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {

@@ -23,6 +23,7 @@ fn open(dir: &Path, max_files: f64, min_free: u64) -> FileBackend {
         max_size: (max_files * file_bytes() as f64) as u64,
         min_free,
         ratio: 0.9,
+        metadata_ttl: None,
     };
     FileBackend::open(dir, OBJ, limits).unwrap()
 }
@@ -92,7 +93,8 @@ fn extra_config_keys_set_the_bounds_and_bad_values_turn_them_off() {
         FileLimits {
             max_size: 2 << 30,
             min_free: 1 << 20,
-            ratio: 0.5
+            ratio: 0.5,
+            metadata_ttl: None,
         }
     );
     assert!(l.enabled());
