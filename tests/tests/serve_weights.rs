@@ -132,3 +132,72 @@ async fn weights_update_from_disk_and_versions_travel() {
     assert_eq!(st, 200, "{v}");
     assert_eq!(answers(&s).await, want_a);
 }
+
+/// With HiCache over a file L3, pages written under the old weights are never read back after
+/// an update: the answer is the new checkpoint's, computed, not an L3 hit of the old pages; and
+/// the new weights' pages land under new keys that a second update to the same checkpoint hits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_update_moves_the_l3_keys_to_the_new_weights() {
+    let a = MadeModel::with_seed("llama", "tiny", 0);
+    let b = MadeModel::with_seed("llama", "tiny", 1);
+    let l3 = tempfile::tempdir().unwrap();
+    let dir = l3.path().to_str().unwrap().to_string();
+    let flags = [
+        "--page-size",
+        "16",
+        "--enable-hierarchical-cache",
+        "--hicache-storage-backend",
+        "file",
+        "--hicache-storage-prefetch-policy",
+        "wait_complete",
+        "--hicache-storage-backend-extra-config",
+        r#"{"prefetch_threshold": 16}"#,
+    ];
+    let env = [("SGLANG_HICACHE_FILE_BACKEND_STORAGE_DIR", dir.as_str())];
+    let want_b = ids_gen(&Server::start(b.path(), &[])).await["output_ids"].clone();
+    let gen = ids_gen;
+    let objects = || std::fs::read_dir(l3.path()).unwrap().count();
+    let s = Server::start_env(a.path(), &flags, &env);
+    gen(&s).await;
+    let t = std::time::Instant::now();
+    while objects() < 12 && t.elapsed().as_secs() < 20 {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let old = objects();
+    assert!(old >= 12, "the old weights' pages are in the L3: {old}");
+    let update = json!({"model_path": b.path().to_str().unwrap(), "weight_version": "b1"});
+    let (st, v) = s.post("/update_weights_from_disk", &update).await;
+    assert_eq!(st, 200, "{v}");
+    let after = gen(&s).await;
+    assert_eq!(after["output_ids"], want_b, "computed on the new weights");
+    assert_eq!(
+        after["meta_info"]["cached_tokens"], 0,
+        "no page of the old weights came back"
+    );
+    let t = std::time::Instant::now();
+    while objects() < 2 * old && t.elapsed().as_secs() < 20 {
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert!(objects() >= 2 * old, "the new pages went to new keys");
+    // Another server updated to the same checkpoint and version hits them.
+    drop(s);
+    let s2 = Server::start_env(a.path(), &flags, &env);
+    let (st, v) = s2.post("/update_weights_from_disk", &update).await;
+    assert_eq!(st, 200, "{v}");
+    let again = gen(&s2).await;
+    assert_eq!(again["output_ids"], want_b);
+    assert!(
+        again["meta_info"]["cached_tokens"].as_u64().unwrap() >= 64,
+        "an L3 hit of the new keys: {again}"
+    );
+}
+
+/// A greedy answer of 6 tokens to a fixed 100-token prompt.
+async fn ids_gen(s: &Server) -> Value {
+    let ids: Vec<u32> = (0..100).map(|i| 3 + (i * 7) % 400).collect();
+    let body = json!({"input_ids": ids, "sampling_params": {"temperature": 0,
+        "max_new_tokens": 6, "ignore_eos": true}});
+    let (st, v) = s.post("/generate", &body).await;
+    assert_eq!(st, 200, "{v}");
+    v
+}
