@@ -300,35 +300,8 @@ fn mistral_array(s: &str, known: &dyn Fn(&str) -> bool, last: bool) -> Section {
 /// The item of a `[TOOL_CALLS] [...]` array still open at the end of `section`: its text from
 /// its `{` and where it starts; None once the array is closed or before an item opens.
 fn open_array_item(section: &str) -> Option<(&str, usize)> {
-    let start = section.find('[')?;
-    let b = section.as_bytes();
-    let (mut depth, mut i, mut item) = (0usize, start, None);
-    while i < b.len() {
-        match b[i] {
-            b'"' => match string_end(b, i) {
-                Some(end) => i = end,
-                None => break,
-            },
-            b'{' | b'[' => {
-                if depth == 1 && b[i] == b'{' {
-                    item = Some(i);
-                }
-                depth += 1;
-            }
-            b'}' | b']' => {
-                depth = depth.checked_sub(1)?;
-                if depth == 0 {
-                    return None;
-                }
-                if depth == 1 {
-                    item = None;
-                }
-            }
-            _ => {}
-        }
-        i += 1;
-    }
-    item.map(|at| (&section[at..], at))
+    let at = last_open_object(section, section.find('[')?, 1)?;
+    Some((&section[at..], at))
 }
 
 /// A call whose text is still open: its function name once its string is closed, and its
@@ -490,8 +463,15 @@ fn open_object(text: &str, at: usize) -> Option<OpenCall> {
 
 /// The last top-level object of `text` when it is still open (its text from its `{`).
 fn open_top_object(text: &str) -> Option<&str> {
+    last_open_object(text, 0, 0).map(|at| &text[at..])
+}
+
+/// Where the last object opened at nesting `level` (0: top level; 1: an item of the array that
+/// opens at `from`) starts, scanning from `from`, while it is still open at the end of `text`;
+/// None when none is open, or once the container of that level has closed.
+fn last_open_object(text: &str, from: usize, level: usize) -> Option<usize> {
     let b = text.as_bytes();
-    let (mut depth, mut i, mut start) = (0usize, 0usize, None);
+    let (mut depth, mut i, mut start) = (0usize, from, None);
     while i < b.len() {
         match b[i] {
             b'"' => match string_end(b, i) {
@@ -499,18 +479,25 @@ fn open_top_object(text: &str) -> Option<&str> {
                 None => break,
             },
             b'{' | b'[' => {
-                if depth == 0 {
+                if depth == level {
                     start = (b[i] == b'{').then_some(i);
                 }
                 depth += 1;
             }
-            b'}' | b']' => depth = depth.saturating_sub(1),
+            b'}' | b']' => {
+                depth = depth.saturating_sub(1);
+                if depth < level {
+                    return None;
+                }
+                if depth == level {
+                    start = None;
+                }
+            }
             _ => {}
         }
         i += 1;
     }
-    (depth > 0).then_some(())?;
-    start.map(|s| &text[s..])
+    (depth > level).then_some(start)?
 }
 
 /// The index of the quote closing the string that opens at `b[start]`; None while it is open.
