@@ -416,6 +416,7 @@ where
             model_path: dir.display().to_string(),
             version: opts.weight_version.clone(),
         })),
+        l3_state: Arc::default(),
     })
 }
 

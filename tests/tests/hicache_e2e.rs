@@ -709,3 +709,89 @@ async fn file_l3_directory_faults() {
     s.wait_idle().await;
     assert_eq!(s.log_count(warning), 1, "one warning for the failed writes");
 }
+
+/// `PUT` / `DELETE /hicache/storage-backend`: an L3 attached at runtime to a server started with
+/// the host tier only takes its backups and serves hits to a fresh server; detached, nothing more
+/// is written; both are refused while a request runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_l3_attaches_and_detaches_at_runtime() {
+    let (tmp, _port, _addr, model, prompts, want, _refs) = setup(3, 120).await;
+    let dir = tmp.path().join("l3");
+    std::fs::create_dir_all(&dir).unwrap();
+    let env = [(
+        "SGLANG_HICACHE_FILE_BACKEND_STORAGE_DIR",
+        dir.to_str().unwrap(),
+    )];
+    let s = Server::start_env(
+        model.path(),
+        &["--page-size", "16", "--enable-hierarchical-cache"],
+        &env,
+    );
+    let (_, v) = s.get("/hicache/storage-backend").await;
+    assert!(v.contains("\"hicache_storage_backend\":null"), "{v}");
+    // Refused while a request runs.
+    let long = json!({"input_ids": prompts[2], "sampling_params": {"temperature": 0,
+        "max_new_tokens": 400, "ignore_eos": true}});
+    let attach = json!({"hicache_storage_backend": "file",
+        "hicache_storage_backend_extra_config_json": "{\"prefetch_threshold\": 32}",
+        "hicache_storage_prefetch_policy": "wait_complete"});
+    let (busy, (st, v)) = tokio::join!(s.post("/generate", &long), async {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let r = s
+            .client
+            .put(s.url("/hicache/storage-backend"))
+            .json(&attach)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    });
+    assert_eq!(busy.0, 200);
+    assert_eq!(st, 400, "{v}");
+    assert!(v.contains("no request runs"), "{v}");
+    // Attached while idle: backups go to the directory.
+    let r = s
+        .client
+        .put(s.url("/hicache/storage-backend"))
+        .json(&attach)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+    let (_, v) = s.get("/hicache/storage-backend").await;
+    assert!(v.contains("\"hicache_storage_backend\":\"file\""), "{v}");
+    assert_eq!(gen(&s, &prompts[0], 6).await.0, want[0]);
+    assert!(
+        eventually(|| objects(&dir).len() >= 14).await,
+        "p0 backed up"
+    );
+    s.wait_idle().await;
+    // Detached: nothing more is written.
+    let r = s
+        .client
+        .delete(s.url("/hicache/storage-backend"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+    let before = objects(&dir).len();
+    assert_eq!(gen(&s, &prompts[1], 6).await.0, want[1]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(objects(&dir).len(), before, "no backup after detaching");
+    let r = s
+        .client
+        .delete(s.url("/hicache/storage-backend"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 400, "nothing to detach");
+    // A fresh server with the directory as its L3 hits what the attached one wrote.
+    drop(s);
+    let f = file_server(&model, &dir);
+    let (out, cached) = gen(&f, &prompts[0], 6).await;
+    assert_eq!(out, want[0]);
+    assert!(
+        cached >= 112,
+        "an L3 hit of the attached server's pages: {cached}"
+    );
+}

@@ -152,20 +152,28 @@ async fn new_routes_answer_sglang_shapes_behind_the_key() {
     );
     let (st, v) = call(&s, "POST", "/hicache/storage-backend/clear", None, true).await;
     assert_error(st, &v, 400);
-    for method in ["PUT", "DELETE"] {
-        let (st, v) = call(
-            &s,
-            method,
-            "/hicache/storage-backend",
-            Some(&json!({})),
-            true,
-        )
-        .await;
-        assert_error(st, &v, 501);
-        assert!(v["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("/hicache/storage-backend"));
+    // Attach and detach need the hierarchical cache (tests/tests/hicache_e2e.rs attaches one).
+    let (st, v) = call(
+        &s,
+        "PUT",
+        "/hicache/storage-backend",
+        Some(&json!({})),
+        true,
+    )
+    .await;
+    assert_error(st, &v, 400);
+    for (method, body) in [
+        ("PUT", Some(json!({"hicache_storage_backend": "file"}))),
+        ("DELETE", None),
+    ] {
+        let (st, v) = call(&s, method, "/hicache/storage-backend", body.as_ref(), true).await;
+        assert_error(st, &v, 400);
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .is_some_and(|t| t.contains("not enabled")),
+            "{method}: {v}"
+        );
     }
 
     // Parser utilities.

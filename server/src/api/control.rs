@@ -168,6 +168,9 @@ pub async fn configure_logging(
 /// `GET /hicache/storage-backend`: the L3 backend attached at launch and its policies, SGLang's
 /// four fields (the backend null when the hierarchical cache is off).
 pub async fn hicache_backend(State(st): State<AppState>) -> Json<Value> {
+    if let Some(v) = st.l3_state.read().expect("l3 state").clone() {
+        return Json(v);
+    }
     let a = &st.info.server_args;
     let on = a["enable_hierarchical_cache"].as_bool().unwrap_or(false);
     let field = |k: &str| a.get(k).cloned().unwrap_or(Value::Null);
@@ -179,15 +182,50 @@ pub async fn hicache_backend(State(st): State<AppState>) -> Json<Value> {
     }))
 }
 
-/// `PUT` and `DELETE /hicache/storage-backend`: the L3 backend is fixed at launch in Strata.
-pub async fn hicache_attach_detach(method: axum::http::Method) -> ApiError {
-    let what = if method == axum::http::Method::PUT {
-        "attaching"
+/// `PUT /hicache/storage-backend` (attach, SGLang's body) and `DELETE` (detach): allowed while
+/// no request runs or waits. SGLang's plain-text answers, 200 or 400; the `GET` then reports
+/// the new state.
+pub async fn hicache_attach_detach(
+    State(st): State<AppState>,
+    method: axum::http::Method,
+    body: Bytes,
+) -> Response {
+    let attach = method == axum::http::Method::PUT;
+    let a: Option<crate::hicache::Attach> = if attach {
+        match parse_body(&body) {
+            Ok(a) => Some(a),
+            Err(e) => return e.into_response(),
+        }
     } else {
-        "detaching"
+        None
     };
-    ApiError::not_supported(format!(
-        "{method} /hicache/storage-backend ({what} an L3 backend at runtime) is not supported \
-         by strata serve; set --hicache-storage-backend at launch."
-    ))
+    let state = a.as_ref().map(|a| {
+        json!({"hicache_storage_backend": a.hicache_storage_backend,
+            "hicache_storage_backend_extra_config": a.hicache_storage_backend_extra_config_json,
+            "hicache_storage_prefetch_policy": a.hicache_storage_prefetch_policy,
+            "hicache_write_policy": a.hicache_write_policy})
+    });
+    let (verb, r) = (
+        if attach { "attach" } else { "detach" },
+        st.scheduler.l3(a).await,
+    );
+    match r {
+        Ok(m) => {
+            *st.l3_state.write().expect("l3 state") = Some(state.unwrap_or_else(|| {
+                json!({"hicache_storage_backend": null,
+                    "hicache_storage_backend_extra_config": null,
+                    "hicache_storage_prefetch_policy": null, "hicache_write_policy": null})
+            }));
+            (
+                StatusCode::OK,
+                format!("HiCache storage backend {verb}ed.\n{m}\n"),
+            )
+                .into_response()
+        }
+        Err(m) => (
+            StatusCode::BAD_REQUEST,
+            format!("Failed to {verb} HiCache storage backend.\n{m}\n"),
+        )
+            .into_response(),
+    }
 }

@@ -86,6 +86,8 @@ pub struct AppState {
     pub responses: Arc<responses_store::ResponseStore>,
     /// The served checkpoint's path and weight version (`/update_weights_from_disk`).
     pub served: Arc<std::sync::RwLock<weights::Served>>,
+    /// The L3 set by `PUT` / `DELETE /hicache/storage-backend` (None: as launched).
+    pub l3_state: Arc<std::sync::RwLock<Option<serde_json::Value>>>,
 }
 
 impl AppState {

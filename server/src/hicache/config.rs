@@ -97,6 +97,32 @@ pub fn file_limits(
     ))
 }
 
+/// The L3 that `--hicache-storage-backend NAME` (or a runtime attach) names: `strata` and
+/// `mooncake` the cluster at the extra config's `master_server_address`, else `MOONCAKE_MASTER`,
+/// else `STRATA_MASTER`; `file` the directory backend (`file_backend_dir`, `file_limits`); the
+/// error names the accepted values or the missing master.
+pub fn storage_backend(
+    name: &str,
+    extra_master: Option<String>,
+    extra_config: Option<&str>,
+) -> Result<StorageBackend, String> {
+    match name {
+        "strata" | "mooncake" => Ok(StorageBackend::Cluster {
+            master: extra_master
+                .or_else(|| std::env::var("MOONCAKE_MASTER").ok())
+                .or_else(|| std::env::var("STRATA_MASTER").ok())
+                .ok_or("--hicache-storage-backend: no master address; set \"master_server_address\" in --hicache-storage-backend-extra-config, MOONCAKE_MASTER or STRATA_MASTER")?,
+        }),
+        "file" => Ok(StorageBackend::File {
+            dir: file_backend_dir(),
+            limits: file_limits(extra_config)?,
+        }),
+        other => Err(format!(
+            "--hicache-storage-backend {other}: expected strata or mooncake (the Strata cluster) or file (a directory: SGLANG_HICACHE_FILE_BACKEND_STORAGE_DIR, default /tmp/hicache)"
+        )),
+    }
+}
+
 /// Everything HiCache needs beyond the server's own options.
 #[derive(Debug, Clone)]
 pub struct HiCacheConfig {

@@ -20,6 +20,7 @@
 //!   exceeds the estimated recompute time (measured prefill rate) is dropped after the exists
 //!   query, so a slow L3 costs at most that one query (estimate.rs).
 
+mod attach;
 mod cluster_backend;
 mod config;
 mod estimate;
@@ -27,10 +28,11 @@ pub mod file_backend;
 pub mod keys;
 pub mod storage;
 
+pub use attach::Attach;
 pub use config::{
     apply_extra_config, file_backend_dir, file_limits, parse_layout, parse_prefetch_policy,
-    parse_write_policy, HiCacheConfig, MemLayout, PrefetchPolicy, StorageBackend, WritePolicy,
-    FILE_DIR_DEFAULT, FILE_DIR_ENV, SELECTIVE_HITS,
+    parse_write_policy, storage_backend, HiCacheConfig, MemLayout, PrefetchPolicy, StorageBackend,
+    WritePolicy, FILE_DIR_DEFAULT, FILE_DIR_ENV, SELECTIVE_HITS,
 };
 
 use crate::cache::{Fresh, NodeId, RadixCache, Tier};
@@ -127,6 +129,8 @@ pub struct HiCache {
     next_id: u64,
     est: Estimates,
     stats: Arc<Stats>,
+    /// The weights' tag in the L3 keys after `/update_weights_from_disk` (see `set_weights_tag`).
+    weights_tag: Option<String>,
 }
 
 impl HiCache {
@@ -159,6 +163,7 @@ impl HiCache {
             next_id: 0,
             est: Estimates::default(),
             stats,
+            weights_tag: None,
         }
     }
 
@@ -585,8 +590,17 @@ impl HiCache {
     /// L3, so the keys' model part becomes `<model>-w-<tag>` (`tag`: the new weight version, else
     /// the new checkpoint's path); servers that load the same update share the new keys.
     pub fn set_weights_tag(&mut self, tag: &str) {
+        self.weights_tag = Some(tag.to_string());
+        self.rebuild_keys();
+    }
+
+    /// The key scheme of the configuration and the weights' tag.
+    fn rebuild_keys(&mut self) {
         let model = self.cfg.model_name.as_deref().unwrap_or("");
-        let named = format!("{model}-w-{tag}");
+        let named = match &self.weights_tag {
+            Some(tag) => format!("{model}-w-{tag}"),
+            None => model.to_string(),
+        };
         self.keys = KeyScheme::new(
             self.cfg.extra_backend_tag.as_deref(),
             Some(&named),

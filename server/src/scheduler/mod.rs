@@ -222,6 +222,15 @@ impl SchedulerHandle {
         rx.await
             .unwrap_or_else(|_| Err("the scheduler is gone".into()))
     }
+    /// Attaches (`Some`) or detaches (`None`) the L3 at runtime; Ok: what happened.
+    pub async fn l3(&self, attach: Option<crate::hicache::Attach>) -> Result<String, String> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.tx.send(Msg::L3(attach.map(Box::new), tx)).is_err() {
+            return Err("the scheduler is gone".into());
+        }
+        rx.await
+            .unwrap_or_else(|_| Err("the scheduler is gone".into()))
+    }
     /// Asks to flush the prefix cache.
     pub async fn flush(&self) -> bool {
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -526,6 +535,9 @@ impl<R: ModelRunner> Scheduler<R> {
         match m {
             Msg::Submit(req) if self.update.is_some() => self.held.push_back(req),
             Msg::UpdateWeights(u) => self.start_update(u),
+            Msg::L3(attach, reply) => {
+                let _ = reply.send(self.l3_control(attach.as_deref()));
+            }
             Msg::Submit(req)
                 if self.cfg.priority.abort_when_disabled
                     && !self.cfg.priority.enabled
@@ -618,6 +630,26 @@ impl<R: ModelRunner> Scheduler<R> {
                 };
                 let _ = reply.send(r);
             }
+        }
+    }
+
+    /// `PUT` / `DELETE /hicache/storage-backend`: only with the hierarchical cache on and no
+    /// request running or waiting (SGLang's rule).
+    fn l3_control(&mut self, attach: Option<&crate::hicache::Attach>) -> Result<String, String> {
+        let (running, waiting) = (self.running.len(), self.waiting.len() + self.held.len());
+        let Some(h) = &mut self.hicache else {
+            return Err(
+                "the hierarchical cache is not enabled (--enable-hierarchical-cache)".into(),
+            );
+        };
+        if running + waiting > 0 {
+            return Err(format!(
+                "the L3 can be attached or detached only while no request runs or waits ({running} running, {waiting} waiting)"
+            ));
+        }
+        match attach {
+            Some(a) => h.attach(a),
+            None => h.detach(),
         }
     }
 

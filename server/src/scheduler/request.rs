@@ -84,6 +84,11 @@ pub enum Msg {
     Continue(oneshot::Sender<()>),
     /// `/update_weights_from_disk`: swap in the checkpoint once the requests before it are done.
     UpdateWeights(super::weights::WeightUpdate),
+    /// `PUT` / `DELETE /hicache/storage-backend`: attach (Some) or detach (None) the L3.
+    L3(
+        Option<Box<crate::hicache::Attach>>,
+        oneshot::Sender<Result<String, String>>,
+    ),
 }
 
 /// How `/pause_generation` treats the requests in the scheduler (SGLang's modes). In every mode

@@ -12,8 +12,8 @@
 use std::path::PathBuf;
 use strata_kernels::cuda::{select, BackendKind, CudaBackend};
 use strata_server::hicache::{
-    apply_extra_config, file_backend_dir, file_limits, parse_layout, parse_prefetch_policy,
-    parse_write_policy, HiCacheConfig, MemLayout, StorageBackend,
+    apply_extra_config, parse_layout, parse_prefetch_policy, parse_write_policy, storage_backend,
+    HiCacheConfig, MemLayout,
 };
 use strata_server::launch::{launch, launch_cpu, launch_with, SchedulePolicy, ServeOptions};
 use strata_server::model::cuda::{CudaRunner, CudaRunnerOptions};
@@ -381,27 +381,18 @@ fn hicache_config(a: &Args) -> anyhow::Result<Option<HiCacheConfig>> {
         Some(j) => apply_extra_config(&mut c, j).map_err(anyhow::Error::msg)?,
         None => None,
     };
-    c.storage = match a.hicache_storage_backend.as_deref() {
-        None => None,
-        Some("strata" | "mooncake") => Some(StorageBackend::Cluster {
-            master: extra_master
-                .or_else(|| std::env::var("MOONCAKE_MASTER").ok())
-                .or_else(|| std::env::var("STRATA_MASTER").ok())
-                .ok_or_else(|| {
-                    anyhow::anyhow!(
-                        "--hicache-storage-backend: no master address; set \"master_server_address\" in --hicache-storage-backend-extra-config, MOONCAKE_MASTER or STRATA_MASTER"
-                    )
-                })?,
-        }),
-        Some("file") => Some(StorageBackend::File {
-            dir: file_backend_dir(),
-            limits: file_limits(a.hicache_storage_backend_extra_config.as_deref())
-                .map_err(anyhow::Error::msg)?,
-        }),
-        Some(other) => anyhow::bail!(
-            "--hicache-storage-backend {other}: expected strata or mooncake (the Strata cluster) or file (a directory: SGLANG_HICACHE_FILE_BACKEND_STORAGE_DIR, default /tmp/hicache)"
-        ),
-    };
+    c.storage = a
+        .hicache_storage_backend
+        .as_deref()
+        .map(|name| {
+            storage_backend(
+                name,
+                extra_master,
+                a.hicache_storage_backend_extra_config.as_deref(),
+            )
+        })
+        .transpose()
+        .map_err(anyhow::Error::msg)?;
     c.layout =
         parse_layout(&a.hicache_mem_layout, c.storage.is_some()).map_err(anyhow::Error::msg)?;
     c.direct_io = a.hicache_io_backend == "direct";
