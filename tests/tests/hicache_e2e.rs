@@ -737,27 +737,14 @@ async fn the_l3_attaches_and_detaches_at_runtime() {
         "hicache_storage_prefetch_policy": "wait_complete"});
     let (busy, (st, v)) = tokio::join!(s.post("/generate", &long), async {
         tokio::time::sleep(Duration::from_millis(100)).await;
-        let r = s
-            .client
-            .put(s.url("/hicache/storage-backend"))
-            .json(&attach)
-            .send()
-            .await
-            .unwrap();
-        (r.status().as_u16(), r.text().await.unwrap())
+        l3_call(&s, "PUT", Some(&attach)).await
     });
     assert_eq!(busy.0, 200);
     assert_eq!(st, 400, "{v}");
     assert!(v.contains("no request runs"), "{v}");
     // Attached while idle: backups go to the directory.
-    let r = s
-        .client
-        .put(s.url("/hicache/storage-backend"))
-        .json(&attach)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+    let (st, v) = l3_call(&s, "PUT", Some(&attach)).await;
+    assert_eq!(st, 200, "{v}");
     let (_, v) = s.get("/hicache/storage-backend").await;
     assert!(v.contains("\"hicache_storage_backend\":\"file\""), "{v}");
     assert_eq!(gen(&s, &prompts[0], 6).await.0, want[0]);
@@ -767,24 +754,17 @@ async fn the_l3_attaches_and_detaches_at_runtime() {
     );
     s.wait_idle().await;
     // Detached: nothing more is written.
-    let r = s
-        .client
-        .delete(s.url("/hicache/storage-backend"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+    let (st, v) = l3_call(&s, "DELETE", None).await;
+    assert_eq!(st, 200, "{v}");
     let before = objects(&dir).len();
     assert_eq!(gen(&s, &prompts[1], 6).await.0, want[1]);
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert_eq!(objects(&dir).len(), before, "no backup after detaching");
-    let r = s
-        .client
-        .delete(s.url("/hicache/storage-backend"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status().as_u16(), 400, "nothing to detach");
+    assert_eq!(
+        l3_call(&s, "DELETE", None).await.0,
+        400,
+        "nothing to detach"
+    );
     // A fresh server with the directory as its L3 hits what the attached one wrote.
     drop(s);
     let f = file_server(&model, &dir);
@@ -794,4 +774,15 @@ async fn the_l3_attaches_and_detaches_at_runtime() {
         cached >= 112,
         "an L3 hit of the attached server's pages: {cached}"
     );
+}
+
+/// A `PUT` (with `body`) or `DELETE` of `/hicache/storage-backend`: (status, text).
+async fn l3_call(s: &Server, method: &str, body: Option<&serde_json::Value>) -> (u16, String) {
+    let url = s.url("/hicache/storage-backend");
+    let req = match body {
+        Some(b) => s.client.request(method.parse().unwrap(), url).json(b),
+        None => s.client.request(method.parse().unwrap(), url),
+    };
+    let r = req.send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
 }
