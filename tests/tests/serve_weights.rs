@@ -159,12 +159,10 @@ async fn an_update_moves_the_l3_keys_to_the_new_weights() {
     let objects = || std::fs::read_dir(l3.path()).unwrap().count();
     let s = Server::start_env(a.path(), &flags, &env);
     gen(&s).await;
-    let t = std::time::Instant::now();
-    while objects() < 12 && t.elapsed().as_secs() < 20 {
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    // 6 full pages (96 tokens) backed up, as K and V objects.
+    assert!(s.wait_metric("backuped_tokens_total", 96.0).await >= 96.0);
     let old = objects();
-    assert!(old >= 12, "the old weights' pages are in the L3: {old}");
+    assert_eq!(old, 12, "the old weights' pages are in the L3");
     let update = json!({"model_path": b.path().to_str().unwrap(), "weight_version": "b1"});
     let (st, v) = s.post("/update_weights_from_disk", &update).await;
     assert_eq!(st, 200, "{v}");
@@ -174,11 +172,8 @@ async fn an_update_moves_the_l3_keys_to_the_new_weights() {
         after["meta_info"]["cached_tokens"], 0,
         "no page of the old weights came back"
     );
-    let t = std::time::Instant::now();
-    while objects() < 2 * old && t.elapsed().as_secs() < 20 {
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-    assert!(objects() >= 2 * old, "the new pages went to new keys");
+    assert!(s.wait_metric("backuped_tokens_total", 192.0).await >= 192.0);
+    assert_eq!(objects(), 2 * old, "the new pages went to new keys");
     // Another server updated to the same checkpoint and version hits them.
     drop(s);
     let s2 = Server::start_env(a.path(), &flags, &env);
