@@ -45,6 +45,19 @@ fn floor_boundary(s: &str, mut i: usize) -> usize {
     i
 }
 
+/// The text of `text` from `*sent` to `end` (cut to whole characters), `*sent` moved past it.
+fn take(sent: &mut usize, text: &str, end: usize) -> String {
+    let end = floor_boundary(text, end);
+    if end <= *sent {
+        return String::new();
+    }
+    // A decoder may rewrite text already sent (byte-fallback tokens that a later byte makes
+    // an invalid sequence turn into U+FFFD): go on from the next whole character.
+    let d = text[ceil_boundary(text, *sent).min(end)..end].to_string();
+    *sent = end;
+    d
+}
+
 /// The first character boundary of `s` at or after `i` (its length past the end).
 fn ceil_boundary(s: &str, mut i: usize) -> usize {
     while i < s.len() && !s.is_char_boundary(i) {
@@ -94,16 +107,12 @@ impl Output {
                         end = end.min(from + k);
                     }
                 }
-                let text = std::mem::take(&mut self.text);
-                let d = self.take(&text, end);
-                self.text = text;
-                d
+                take(&mut self.sent, &self.text, end)
             }
             Event::Done(f) => {
                 self.finish = Some(f);
                 let text = self.final_text(tok, p);
-                let end = text.len();
-                self.take(&text, end)
+                take(&mut self.sent, &text, text.len())
             }
         }
     }
@@ -126,18 +135,6 @@ impl Output {
             self.prefix = self.read;
             self.read = self.ids.len();
         }
-    }
-
-    fn take(&mut self, text: &str, end: usize) -> String {
-        let end = floor_boundary(text, end);
-        if end <= self.sent {
-            return String::new();
-        }
-        // A decoder may rewrite text already sent (byte-fallback tokens that a later byte makes
-        // an invalid sequence turn into U+FFFD): go on from the next whole character.
-        let d = text[ceil_boundary(text, self.sent).min(end)..end].to_string();
-        self.sent = end;
-        d
     }
 
     /// The complete text (special tokens such as EOS skipped by default), cut before the first
