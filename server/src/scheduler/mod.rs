@@ -33,7 +33,7 @@ mod weights_tests;
 
 use crate::cache::RadixCache;
 use crate::hicache::HiCache;
-use crate::kv::{DeviceKvPool, KvPool};
+use crate::kv::{DeviceKvPool, KvPool, Page};
 use crate::model::{ModelRunner, Tokenizer};
 use crate::seeded::SplitMix64;
 use crate::stats::Stats;
@@ -734,6 +734,18 @@ impl<R: ModelRunner> Scheduler<R> {
         self.waiting = keep;
     }
 
+    /// Caches `tokens` (whole pages: the first `skip` the caller's locked match, `own` the rest)
+    /// in the radix tree, and lets HiCache back up the nodes that are new.
+    fn cache_pages(&mut self, tokens: &[u32], skip: usize, own: Vec<Page>) {
+        let (_, fresh) = self.tree.insert(tokens, skip, own);
+        if let Some(h) = &mut self.hicache {
+            let host = h.host().clone();
+            let (pool, model) = (&self.pool, &self.model);
+            let mut copy = |dev: &[u32], hp: &[u32]| copy_out(model, pool, &host, dev, hp);
+            h.after_insert(&mut self.tree, &fresh, &mut copy);
+        }
+    }
+
     /// Releases a sequence's pages: caches the full pages of its computed tokens in the radix tree
     /// (when enabled) and unlocks its prefix.
     fn release(&mut self, mut s: Seq, cache: bool) -> Seq {
@@ -746,13 +758,7 @@ impl<R: ModelRunner> Scheduler<R> {
             let extra = full.saturating_sub(prefix.len()).min(own.len());
             own.truncate(extra);
             let full = prefix.len() + own.len();
-            let (_, fresh) = self.tree.insert(&s.tokens[..full * ps], prefix.len(), own);
-            if let Some(h) = &mut self.hicache {
-                let host = h.host().clone();
-                let (pool, model) = (&self.pool, &self.model);
-                let mut copy = |dev: &[u32], hp: &[u32]| copy_out(model, pool, &host, dev, hp);
-                h.after_insert(&mut self.tree, &fresh, &mut copy);
-            }
+            self.cache_pages(&s.tokens[..full * ps], prefix.len(), own);
         } else {
             drop(own);
         }

@@ -7,7 +7,7 @@
 //! transfer reads them), as on the decode side the cache is off. `STRATA_CACHE_UNFINISHED=0`
 //! turns it off (for side-by-side measurements).
 
-use super::{copy_out, Scheduler};
+use super::Scheduler;
 use crate::kv::Page;
 use crate::model::ModelRunner;
 
@@ -28,18 +28,14 @@ impl<R: ModelRunner> Scheduler<R> {
             return;
         }
         let own: Vec<Page> = s.own_pages.drain(..full - have).collect();
-        let tokens = s.tokens[..full * ps].to_vec();
-        let (_, fresh) = self.tree.insert(&tokens, have, own);
-        if let Some(h) = &mut self.hicache {
-            let host = h.host().clone();
-            let (pool, model) = (&self.pool, &self.model);
-            let mut copy = |dev: &[u32], hp: &[u32]| copy_out(model, pool, &host, dev, hp);
-            h.after_insert(&mut self.tree, &fresh, &mut copy);
-        }
-        let m = self.tree.match_prefix(&tokens);
+        // Moved out for the insert (the scheduler's other fields are borrowed), and back.
+        let tokens = std::mem::take(&mut s.tokens);
+        self.cache_pages(&tokens[..full * ps], have, own);
+        let m = self.tree.match_prefix(&tokens[..full * ps]);
         debug_assert_eq!(m.pages.len(), full, "the inserted pages are on the device");
         self.tree.lock(m.node);
         let s = &mut self.running[i];
+        s.tokens = tokens;
         let old = s.lock_node.replace(m.node);
         s.prefix_pages = m.pages;
         if let Some(old) = old {
