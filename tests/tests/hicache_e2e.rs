@@ -448,24 +448,7 @@ fn file_server(model: &MadeModel, dir: &std::path::Path) -> Server {
 }
 
 fn file_server_with(model: &MadeModel, dir: &std::path::Path, extra: &str) -> Server {
-    Server::start_env(
-        model.path(),
-        &[
-            "--page-size",
-            "16",
-            "--enable-hierarchical-cache",
-            "--hicache-storage-backend",
-            "file",
-            "--hicache-storage-prefetch-policy",
-            "wait_complete",
-            "--hicache-storage-backend-extra-config",
-            extra,
-        ],
-        &[(
-            "SGLANG_HICACHE_FILE_BACKEND_STORAGE_DIR",
-            dir.to_str().unwrap(),
-        )],
-    )
+    Server::file_l3(model.path(), dir, extra)
 }
 
 /// The object files (`*.skv`) in `dir`.

@@ -141,24 +141,11 @@ async fn an_update_moves_the_l3_keys_to_the_new_weights() {
     let a = MadeModel::with_seed("llama", "tiny", 0);
     let b = MadeModel::with_seed("llama", "tiny", 1);
     let l3 = tempfile::tempdir().unwrap();
-    let dir = l3.path().to_str().unwrap().to_string();
-    let flags = [
-        "--page-size",
-        "16",
-        "--enable-hierarchical-cache",
-        "--hicache-storage-backend",
-        "file",
-        "--hicache-storage-prefetch-policy",
-        "wait_complete",
-        "--hicache-storage-backend-extra-config",
-        r#"{"prefetch_threshold": 16}"#,
-    ];
-    let env = [("SGLANG_HICACHE_FILE_BACKEND_STORAGE_DIR", dir.as_str())];
+    let start = || Server::file_l3(a.path(), l3.path(), r#"{"prefetch_threshold": 16}"#);
     let want_b = ids_gen(&Server::start(b.path(), &[])).await["output_ids"].clone();
-    let gen = ids_gen;
     let objects = || std::fs::read_dir(l3.path()).unwrap().count();
-    let s = Server::start_env(a.path(), &flags, &env);
-    gen(&s).await;
+    let s = start();
+    ids_gen(&s).await;
     // 6 full pages (96 tokens) backed up, as K and V objects.
     assert!(s.wait_metric("backuped_tokens_total", 96.0).await >= 96.0);
     let old = objects();
@@ -166,7 +153,7 @@ async fn an_update_moves_the_l3_keys_to_the_new_weights() {
     let update = json!({"model_path": b.path().to_str().unwrap(), "weight_version": "b1"});
     let (st, v) = s.post("/update_weights_from_disk", &update).await;
     assert_eq!(st, 200, "{v}");
-    let after = gen(&s).await;
+    let after = ids_gen(&s).await;
     assert_eq!(after["output_ids"], want_b, "computed on the new weights");
     assert_eq!(
         after["meta_info"]["cached_tokens"], 0,
@@ -176,10 +163,10 @@ async fn an_update_moves_the_l3_keys_to_the_new_weights() {
     assert_eq!(objects(), 2 * old, "the new pages went to new keys");
     // Another server updated to the same checkpoint and version hits them.
     drop(s);
-    let s2 = Server::start_env(a.path(), &flags, &env);
+    let s2 = start();
     let (st, v) = s2.post("/update_weights_from_disk", &update).await;
     assert_eq!(st, 200, "{v}");
-    let again = gen(&s2).await;
+    let again = ids_gen(&s2).await;
     assert_eq!(again["output_ids"], want_b);
     assert!(
         again["meta_info"]["cached_tokens"].as_u64().unwrap() >= 64,

@@ -374,13 +374,15 @@ mod tests {
             (Some(1), 8),
             (Some(-3), 1),
         ];
-        let c: Vec<_> = reqs
-            .iter()
-            .map(|&(p, m)| Candidate {
-                rank: Some(pr.rank(p)),
-                ..cand(&t, 0, m)
-            })
-            .collect();
+        let ranked = |pr: &Priority| -> Vec<_> {
+            reqs.iter()
+                .map(|&(p, m)| Candidate {
+                    rank: Some(pr.rank(p)),
+                    ..cand(&t, 0, m)
+                })
+                .collect()
+        };
+        let c = ranked(&pr);
         // Higher values first, arrival order among equals.
         assert_eq!(order(SchedulePolicy::Fcfs, &c, &mut rng()), [2, 0, 3, 1, 4]);
         // lof within a priority.
@@ -390,13 +392,7 @@ mod tests {
             low_first: true,
             ..pr
         };
-        let c: Vec<_> = reqs
-            .iter()
-            .map(|&(p, m)| Candidate {
-                rank: Some(low.rank(p)),
-                ..cand(&t, 0, m)
-            })
-            .collect();
+        let c = ranked(&low);
         assert_eq!(order(SchedulePolicy::Fcfs, &c, &mut rng()), [4, 1, 0, 3, 2]);
         // Extreme values do not overflow.
         assert!(pr.rank(Some(i64::MIN)) > pr.rank(Some(0)));

@@ -7,6 +7,7 @@
 use super::pause_tests::{finish, on_thread};
 use super::request::{Event, FinishReason, PauseMode};
 use super::tests::request;
+use super::SchedulerHandle;
 use std::time::Duration;
 use tokio::sync::mpsc::UnboundedReceiver;
 
@@ -20,14 +21,33 @@ fn done_now(rx: &mut UnboundedReceiver<Event>) -> Option<FinishReason> {
     None
 }
 
+/// Submits `a` (`max_new` tokens) and waits until it runs (its first token).
+async fn running_a(h: &SchedulerHandle, max_new: usize) -> UnboundedReceiver<Event> {
+    let (a, mut arx) = request("a", (1..20).collect(), max_new, 0.0);
+    assert!(h.submit(a));
+    let first = tokio::time::timeout(Duration::from_secs(30), arx.recv()).await;
+    assert!(matches!(first, Ok(Some(Event::Token { .. }))), "a runs");
+    arx
+}
+
+/// An update to a checkpoint that does not exist (`abort_all` as given), answered within 30 s.
+async fn update_missing(h: &SchedulerHandle, abort_all: bool) -> Result<String, String> {
+    let u = h.update_weights(
+        "/nonexistent-checkpoint".into(),
+        abort_all,
+        true,
+        "v".into(),
+    );
+    tokio::time::timeout(Duration::from_secs(30), u)
+        .await
+        .expect("the update is answered")
+}
+
 #[test]
 fn an_update_waits_for_the_requests_before_it_and_holds_the_ones_after() {
     on_thread(async |h| {
-        let (a, mut arx) = request("a", (1..20).collect(), 120, 0.0);
-        assert!(h.submit(a));
-        let first = tokio::time::timeout(Duration::from_secs(30), arx.recv()).await;
-        assert!(matches!(first, Ok(Some(Event::Token { .. }))), "a runs");
-        let update = h.update_weights("/nonexistent-checkpoint".into(), false, true, "v".into());
+        let mut arx = running_a(h, 120).await;
+        let update = update_missing(h, false);
         let (b, mut brx) = request("b", (30..40).collect(), 5, 0.0);
         let (r, ()) = tokio::join!(update, async {
             tokio::time::sleep(Duration::from_millis(50)).await;
@@ -48,17 +68,9 @@ fn an_update_waits_for_the_requests_before_it_and_holds_the_ones_after() {
 #[test]
 fn abort_all_requests_ends_the_running_ones_first() {
     on_thread(async |h| {
-        let (a, mut arx) = request("a", (1..20).collect(), 100_000, 0.0);
-        assert!(h.submit(a));
-        let first = tokio::time::timeout(Duration::from_secs(30), arx.recv()).await;
-        assert!(matches!(first, Ok(Some(Event::Token { .. }))));
-        let r = tokio::time::timeout(
-            Duration::from_secs(30),
-            h.update_weights("/nonexistent-checkpoint".into(), true, true, "v".into()),
-        )
-        .await
-        .expect("an aborting update does not wait for the request");
-        assert!(r.is_err());
+        let mut arx = running_a(h, 100_000).await;
+        // An aborting update does not wait for the request.
+        assert!(update_missing(h, true).await.is_err());
         assert!(matches!(finish(&mut arx).await.1, FinishReason::Abort(_)));
     });
 }
@@ -66,18 +78,10 @@ fn abort_all_requests_ends_the_running_ones_first() {
 #[test]
 fn while_paused_the_update_happens_at_once() {
     on_thread(async |h| {
-        let (a, mut arx) = request("a", (1..20).collect(), 200, 0.0);
-        assert!(h.submit(a));
-        let first = tokio::time::timeout(Duration::from_secs(30), arx.recv()).await;
-        assert!(matches!(first, Ok(Some(Event::Token { .. }))));
+        let mut arx = running_a(h, 200).await;
         assert!(h.pause(PauseMode::InPlace).await);
-        let r = tokio::time::timeout(
-            Duration::from_secs(30),
-            h.update_weights("/nonexistent-checkpoint".into(), false, true, "v".into()),
-        )
-        .await
-        .expect("a paused scheduler answers at once");
-        assert!(r.is_err());
+        // A paused scheduler answers at once.
+        assert!(update_missing(h, false).await.is_err());
         assert_eq!(done_now(&mut arx), None, "a stays paused");
         assert!(h.resume().await);
         assert_eq!(finish(&mut arx).await.1, FinishReason::Length(200));

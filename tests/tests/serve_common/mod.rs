@@ -59,6 +59,29 @@ impl Server {
         Self::start_env(model, flags, &[])
     }
 
+    /// A HiCache server (page size 16, `wait_complete` prefetches) whose L3 is the directory
+    /// `dir`, given as SGLang takes it (by environment), with extra config `extra`.
+    pub fn file_l3(model: &Path, dir: &Path, extra: &str) -> Server {
+        Self::start_env(
+            model,
+            &[
+                "--page-size",
+                "16",
+                "--enable-hierarchical-cache",
+                "--hicache-storage-backend",
+                "file",
+                "--hicache-storage-prefetch-policy",
+                "wait_complete",
+                "--hicache-storage-backend-extra-config",
+                extra,
+            ],
+            &[(
+                "SGLANG_HICACHE_FILE_BACKEND_STORAGE_DIR",
+                dir.to_str().unwrap(),
+            )],
+        )
+    }
+
     /// [`Server::start`] with extra environment variables.
     pub fn start_env(model: &Path, flags: &[&str], env: &[(&str, &str)]) -> Server {
         let bin = strata_tests::build_strata().expect("build strata");
