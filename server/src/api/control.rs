@@ -174,12 +174,22 @@ pub async fn hicache_backend(State(st): State<AppState>) -> Json<Value> {
     let a = &st.info.server_args;
     let on = a["enable_hierarchical_cache"].as_bool().unwrap_or(false);
     let field = |k: &str| a.get(k).cloned().unwrap_or(Value::Null);
-    Json(json!({
-        "hicache_storage_backend": if on { field("hicache_storage_backend") } else { Value::Null },
-        "hicache_storage_backend_extra_config": field("hicache_storage_backend_extra_config"),
-        "hicache_storage_prefetch_policy": field("hicache_storage_prefetch_policy"),
-        "hicache_write_policy": field("hicache_write_policy"),
-    }))
+    Json(l3_json(
+        if on {
+            field("hicache_storage_backend")
+        } else {
+            Value::Null
+        },
+        field("hicache_storage_backend_extra_config"),
+        field("hicache_storage_prefetch_policy"),
+        field("hicache_write_policy"),
+    ))
+}
+
+/// SGLang's four fields of `GET /hicache/storage-backend`.
+fn l3_json(backend: Value, extra: Value, prefetch: Value, write: Value) -> Value {
+    json!({"hicache_storage_backend": backend, "hicache_storage_backend_extra_config": extra,
+        "hicache_storage_prefetch_policy": prefetch, "hicache_write_policy": write})
 }
 
 /// `PUT /hicache/storage-backend` (attach, SGLang's body) and `DELETE` (detach): allowed while
@@ -199,23 +209,23 @@ pub async fn hicache_attach_detach(
     } else {
         None
     };
-    let state = a.as_ref().map(|a| {
-        json!({"hicache_storage_backend": a.hicache_storage_backend,
-            "hicache_storage_backend_extra_config": a.hicache_storage_backend_extra_config_json,
-            "hicache_storage_prefetch_policy": a.hicache_storage_prefetch_policy,
-            "hicache_write_policy": a.hicache_write_policy})
-    });
+    // What `GET` reports once this succeeds (all null once detached).
+    let state = match &a {
+        Some(a) => l3_json(
+            json!(a.hicache_storage_backend),
+            json!(a.hicache_storage_backend_extra_config_json),
+            json!(a.hicache_storage_prefetch_policy),
+            json!(a.hicache_write_policy),
+        ),
+        None => l3_json(Value::Null, Value::Null, Value::Null, Value::Null),
+    };
     let (verb, r) = (
         if attach { "attach" } else { "detach" },
         st.scheduler.l3(a).await,
     );
     match r {
         Ok(m) => {
-            *st.l3_state.write().expect("l3 state") = Some(state.unwrap_or_else(|| {
-                json!({"hicache_storage_backend": null,
-                    "hicache_storage_backend_extra_config": null,
-                    "hicache_storage_prefetch_policy": null, "hicache_write_policy": null})
-            }));
+            *st.l3_state.write().expect("l3 state") = Some(state);
             (
                 StatusCode::OK,
                 format!("HiCache storage backend {verb}ed.\n{m}\n"),

@@ -46,7 +46,7 @@ pub enum StorageBackend {
     /// `limits` (none by default).
     File {
         dir: PathBuf,
-        limits: super::file_backend::evict::FileLimits,
+        limits: super::file_backend::evict::FileOptions,
     },
 }
 
@@ -82,9 +82,9 @@ pub fn file_backend_dir() -> PathBuf {
 /// The file backend's size bound: the extra config's `max_size`, `min_free_space` and
 /// `eviction_ratio`, else `SGLANG_HICACHE_FILE_BACKEND_MAX_SIZE`, `..._MIN_FREE_SPACE` and
 /// `..._EVICTION_RATIO` (SGLang's keys and variables); none set: no bound.
-pub fn file_limits(
+pub fn file_options(
     extra_config: Option<&str>,
-) -> Result<super::file_backend::evict::FileLimits, String> {
+) -> Result<super::file_backend::evict::FileOptions, String> {
     let v = match extra_config {
         Some(j) => Some(
             serde_json::from_str::<serde_json::Value>(j)
@@ -99,7 +99,7 @@ pub fn file_limits(
 
 /// The L3 that `--hicache-storage-backend NAME` (or a runtime attach) names: `strata` and
 /// `mooncake` the cluster at the extra config's `master_server_address`, else `MOONCAKE_MASTER`,
-/// else `STRATA_MASTER`; `file` the directory backend (`file_backend_dir`, `file_limits`); the
+/// else `STRATA_MASTER`; `file` the directory backend (`file_backend_dir`, `file_options`); the
 /// error names the accepted values or the missing master.
 pub fn storage_backend(
     name: &str,
@@ -115,7 +115,7 @@ pub fn storage_backend(
         }),
         "file" => Ok(StorageBackend::File {
             dir: file_backend_dir(),
-            limits: file_limits(extra_config)?,
+            limits: file_options(extra_config)?,
         }),
         other => Err(format!(
             "--hicache-storage-backend {other}: expected strata or mooncake (the Strata cluster) or file (a directory: SGLANG_HICACHE_FILE_BACKEND_STORAGE_DIR, default /tmp/hicache)"

@@ -135,7 +135,7 @@ impl FileBackend {
     pub fn open(
         dir: &Path,
         object_bytes: usize,
-        limits: evict::FileLimits,
+        limits: evict::FileOptions,
     ) -> Result<Self, String> {
         fs::create_dir_all(dir).map_err(|e| {
             format!(
@@ -291,7 +291,7 @@ impl FileBackend {
     }
 
     /// The size bound in force.
-    pub fn limits(&self) -> evict::FileLimits {
+    pub fn limits(&self) -> evict::FileOptions {
         self.evict.limits()
     }
 

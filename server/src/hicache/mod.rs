@@ -30,7 +30,7 @@ pub mod storage;
 
 pub use attach::Attach;
 pub use config::{
-    apply_extra_config, file_backend_dir, file_limits, parse_layout, parse_prefetch_policy,
+    apply_extra_config, file_backend_dir, file_options, parse_layout, parse_prefetch_policy,
     parse_write_policy, storage_backend, HiCacheConfig, MemLayout, PrefetchPolicy, StorageBackend,
     WritePolicy, FILE_DIR_DEFAULT, FILE_DIR_ENV, SELECTIVE_HITS,
 };

@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 /// `eviction_ratio`) and the metadata cache (`enable_metadata_cache`, `metadata_ttl`), else SGLang's
 /// `SGLANG_HICACHE_FILE_BACKEND_*` variables.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct FileLimits {
+pub struct FileOptions {
     /// Most bytes the object files may take (0: no cap).
     pub max_size: u64,
     /// Bytes the file system must keep available after a write (0: not checked).
@@ -31,9 +31,9 @@ pub struct FileLimits {
     pub metadata_ttl: Option<f64>,
 }
 
-impl Default for FileLimits {
+impl Default for FileOptions {
     fn default() -> Self {
-        FileLimits {
+        FileOptions {
             max_size: 0,
             min_free: 0,
             ratio: 0.9,
@@ -42,7 +42,7 @@ impl Default for FileLimits {
     }
 }
 
-impl FileLimits {
+impl FileOptions {
     /// Whether any bound is set.
     pub fn enabled(&self) -> bool {
         self.max_size > 0 || self.min_free > 0
@@ -79,7 +79,7 @@ pub fn parse_size(s: &str) -> Option<u64> {
 
 /// The bounds from the extra config's keys, else the environment; a value that is not a size
 /// turns that bound off with a warning (SGLang's behaviour), a ratio outside (0, 1] is 0.9.
-pub fn resolve(extra: Option<&serde_json::Map<String, serde_json::Value>>) -> FileLimits {
+pub fn resolve(extra: Option<&serde_json::Map<String, serde_json::Value>>) -> FileOptions {
     let get = |key: &str, env: &str| -> Option<String> {
         match extra.and_then(|o| o.get(key)).filter(|v| !v.is_null()) {
             Some(serde_json::Value::String(s)) => Some(s.clone()),
@@ -114,7 +114,7 @@ pub fn resolve(extra: Option<&serde_json::Map<String, serde_json::Value>>) -> Fi
     let ttl = get("metadata_ttl", "SGLANG_HICACHE_FILE_BACKEND_METADATA_TTL")
         .and_then(|t| t.trim().parse::<f64>().ok())
         .unwrap_or(5.0);
-    FileLimits {
+    FileOptions {
         max_size: size("max_size", "SGLANG_HICACHE_FILE_BACKEND_MAX_SIZE"),
         min_free: size(
             "min_free_space",
@@ -176,7 +176,7 @@ impl Lru {
 
 /// Bounds one directory's object files.
 pub struct Evictor {
-    limits: FileLimits,
+    limits: FileOptions,
     dir: PathBuf,
     ext: &'static str,
     lru: Mutex<Lru>,
@@ -190,7 +190,7 @@ impl Evictor {
     pub fn open(
         dir: &Path,
         ext: &'static str,
-        mut limits: FileLimits,
+        mut limits: FileOptions,
         meta: Option<Arc<MetaCache>>,
     ) -> Self {
         if limits.enabled() {
@@ -231,7 +231,7 @@ impl Evictor {
         e
     }
 
-    pub fn limits(&self) -> FileLimits {
+    pub fn limits(&self) -> FileOptions {
         self.limits
     }
 

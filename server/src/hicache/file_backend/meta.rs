@@ -57,16 +57,16 @@ impl MetaCache {
 
 #[cfg(test)]
 mod tests {
-    use super::super::evict::{resolve, FileLimits};
+    use super::super::evict::{resolve, FileOptions};
     use super::super::FileBackend;
     use crate::hicache::storage::L3Backend;
 
     const OBJ: usize = 64;
 
     fn backend(dir: &std::path::Path, ttl: Option<f64>) -> FileBackend {
-        let limits = FileLimits {
+        let limits = FileOptions {
             metadata_ttl: ttl,
-            ..FileLimits::default()
+            ..FileOptions::default()
         };
         FileBackend::open(dir, OBJ, limits).unwrap()
     }

@@ -19,7 +19,7 @@ fn file_bytes() -> u64 {
 }
 
 fn open(dir: &Path, max_files: f64, min_free: u64) -> FileBackend {
-    let limits = FileLimits {
+    let limits = FileOptions {
         max_size: (max_files * file_bytes() as f64) as u64,
         min_free,
         ratio: 0.9,
@@ -90,7 +90,7 @@ fn extra_config_keys_set_the_bounds_and_bad_values_turn_them_off() {
     ))));
     assert_eq!(
         l,
-        FileLimits {
+        FileOptions {
             max_size: 2 << 30,
             min_free: 1 << 20,
             ratio: 0.5,
@@ -157,7 +157,7 @@ fn writes_the_bounds_cannot_admit_are_refused() {
     assert_eq!(on_disk(dir.path()), (0, 0));
     // A free-space bound the file system cannot meet: the files present are evicted at start
     // trying to meet it (SGLang does the same), and every write is refused.
-    let free = FileBackend::open(dir.path(), OBJ, FileLimits::default()).unwrap();
+    let free = FileBackend::open(dir.path(), OBJ, FileOptions::default()).unwrap();
     assert!(put(&free, 1, &vals[1]));
     assert_eq!(get(&free, 1).as_ref(), Some(&vals[1]));
     let b = open(dir.path(), 0.0, u64::MAX / 4);
@@ -174,7 +174,7 @@ fn writes_the_bounds_cannot_admit_are_refused() {
 fn a_server_indexes_the_files_it_finds_and_evicts_the_oldest_first() {
     let dir = tempfile::tempdir().unwrap();
     let vals = values(8);
-    let unbounded = FileBackend::open(dir.path(), OBJ, FileLimits::default()).unwrap();
+    let unbounded = FileBackend::open(dir.path(), OBJ, FileOptions::default()).unwrap();
     for (i, v) in vals.iter().enumerate() {
         assert!(put(&unbounded, i, v));
         // Modification times one second apart, oldest first.
