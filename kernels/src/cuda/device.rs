@@ -17,6 +17,12 @@ use super::error::{ensure, CudaError, Result};
 use super::nvrtc::{self, Origin, Program};
 use super::tensor::{from_bf16_bits, to_bf16_bits, DTensor, DType};
 
+/// Element types whose values are plain bytes (no padding): what [`GpuContext::overwrite`] takes.
+pub trait Plain: Copy {}
+impl Plain for u16 {}
+impl Plain for f32 {}
+impl Plain for i32 {}
+
 /// True when the CUDA driver library can be loaded.
 pub fn driver_present() -> bool {
     // SAFETY: only attempts to dlopen libcuda; no symbol is resolved.
@@ -204,6 +210,28 @@ impl GpuContext {
     /// Uploads bf16 bit patterns as a bf16 tensor (checkpoint weights, no f32 round trip).
     pub fn upload_bf16_bits(&self, shape: &[usize], data: &[u16]) -> Result<DTensor> {
         self.upload_raw(DType::Bf16, shape, data)
+    }
+
+    /// Writes `data` over the whole of an existing tensor of `data`'s element type and count
+    /// (synchronous; the tensor keeps its address, so captured graphs that read it stay valid).
+    pub fn overwrite<T: Plain>(&self, t: &DTensor, data: &[T]) -> Result<()> {
+        ensure(
+            t.dtype().size() == std::mem::size_of::<T>() && t.numel() == data.len(),
+            || {
+                format!(
+                    "overwrite: {} values of {} bytes into {:?} of {:?}",
+                    data.len(),
+                    std::mem::size_of::<T>(),
+                    t.shape(),
+                    t.dtype()
+                )
+            },
+        )?;
+        // SAFETY: `Plain` types have no padding, so every byte of the slice is initialised.
+        let bytes = unsafe {
+            std::slice::from_raw_parts(data.as_ptr() as *const u8, std::mem::size_of_val(data))
+        };
+        self.upload_bytes(t, 0, bytes)
     }
 
     /// Copies `data` into the first elements of an existing 4-byte tensor, stream-ordered (the

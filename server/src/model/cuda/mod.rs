@@ -21,6 +21,7 @@ pub use graph::graph_sizes;
 mod ipc;
 mod kv;
 mod load;
+mod weights;
 
 pub use kv::CudaKv;
 
@@ -33,7 +34,6 @@ pub fn device_kv(kv: &CudaKv) -> Result<Arc<dyn crate::pd::share::DeviceKv>, Str
 use super::runner::{check_sampling, gpu_row, sample_host, ModelRunner, SampleReq, Sampled};
 use super::{ForwardBatch, ModelConfig, ModelError};
 use crate::kv::{HostKvPool, PageId};
-use load::Bf16Map;
 use std::path::Path;
 use std::sync::Arc;
 use strata_kernels::cuda::{
@@ -41,6 +41,7 @@ use strata_kernels::cuda::{
     PlanOpts, QkvInput,
 };
 use strata_kernels::sample_rows::{pack_rows, RowMode, RowSpec};
+use weights::Weights;
 
 /// Start-up options of the CUDA runner.
 #[derive(Debug, Clone)]
@@ -57,17 +58,6 @@ pub struct CudaRunnerOptions {
     /// Batch-invariant mode (`strata_kernels::cuda::det`): a row's logits do not depend on the
     /// rest of the batch, graph padding or how its prompt was chunked.
     pub deterministic: bool,
-}
-
-struct Layer {
-    in_norm: DTensor,
-    qkv: DTensor,
-    qkv_bias: Option<DTensor>,
-    qk_norm: Option<(DTensor, DTensor)>,
-    o: DTensor,
-    post_norm: DTensor,
-    gate_up: DTensor,
-    down: DTensor,
 }
 
 /// Activations for `tokens` rows, `rows` of which get logits.
@@ -129,11 +119,7 @@ pub struct CudaRunner {
     ctx: Arc<GpuContext>,
     ops: CudaOps,
     gemm: Gemm,
-    embed: DTensor,
-    layers: Vec<Layer>,
-    norm: DTensor,
-    lm_head: Option<DTensor>,
-    inv_freq: DTensor,
+    w: Weights,
     opts: CudaRunnerOptions,
     graphs: graph::Graphs,
     /// Batch-invariant mode with every row on the prefill attention kernel
@@ -187,71 +173,12 @@ impl CudaRunner {
                 "batch-invariant (deterministic) inference: one cuBLASLt algorithm per weight shape, fixed decode splits, prompt and decode rows on their own attention kernels"
             );
         }
-        let mut w = Bf16Map::load(dir)?;
-        let (h, i, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
-        let (qd, kvd) = (cfg.num_heads * hd, cfg.kv_dim());
-        let up = |data: Vec<u16>, shape: &[usize]| ctx.upload_bf16_bits(shape, &data);
-        let tied = cfg.tie_word_embeddings && !w.contains("lm_head.weight");
-        let embed = up(w.take("model.embed_tokens.weight", &[v, h])?, &[v, h])?;
-        let mut layers = Vec::with_capacity(cfg.num_layers);
-        for l in 0..cfg.num_layers {
-            let p = format!("model.layers.{l}");
-            let n = |s: &str| format!("{p}.{s}");
-            let qkv = w.take_cat(&[
-                (n("self_attn.q_proj.weight"), vec![qd, h]),
-                (n("self_attn.k_proj.weight"), vec![kvd, h]),
-                (n("self_attn.v_proj.weight"), vec![kvd, h]),
-            ])?;
-            let qkv_bias = if cfg.qkv_bias {
-                let b = w.take_cat(&[
-                    (n("self_attn.q_proj.bias"), vec![qd]),
-                    (n("self_attn.k_proj.bias"), vec![kvd]),
-                    (n("self_attn.v_proj.bias"), vec![kvd]),
-                ])?;
-                Some(up(b, &[qd + 2 * kvd])?)
-            } else {
-                None
-            };
-            let qk_norm = if cfg.qk_norm {
-                Some((
-                    up(w.take(&n("self_attn.q_norm.weight"), &[hd])?, &[hd])?,
-                    up(w.take(&n("self_attn.k_norm.weight"), &[hd])?, &[hd])?,
-                ))
-            } else {
-                None
-            };
-            let gate_up = w.take_cat(&[
-                (n("mlp.gate_proj.weight"), vec![i, h]),
-                (n("mlp.up_proj.weight"), vec![i, h]),
-            ])?;
-            layers.push(Layer {
-                in_norm: up(w.take(&n("input_layernorm.weight"), &[h])?, &[h])?,
-                qkv: up(qkv, &[qd + 2 * kvd, h])?,
-                qkv_bias,
-                qk_norm,
-                o: up(w.take(&n("self_attn.o_proj.weight"), &[h, qd])?, &[h, qd])?,
-                post_norm: up(w.take(&n("post_attention_layernorm.weight"), &[h])?, &[h])?,
-                gate_up: up(gate_up, &[2 * i, h])?,
-                down: up(w.take(&n("mlp.down_proj.weight"), &[h, i])?, &[h, i])?,
-            });
-        }
-        let norm = up(w.take("model.norm.weight", &[h])?, &[h])?;
-        let lm_head = if tied {
-            None
-        } else {
-            Some(up(w.take("lm_head.weight", &[v, h])?, &[v, h])?)
-        };
-        let inv = strata_kernels::rope::inv_freq(hd, cfg.rope_theta, &cfg.rope_scaling);
-        let inv_freq = ctx.upload_f32(&[inv.len()], &inv)?;
+        let w = Weights::load(&ctx, dir, cfg)?;
         Ok(CudaRunner {
             cfg: cfg.clone(),
             ops,
             gemm,
-            embed,
-            layers,
-            norm,
-            lm_head,
-            inv_freq,
+            w,
             graphs: graph::Graphs::default(),
             one_kernel,
             counts: (0, 0),
@@ -396,8 +323,8 @@ impl CudaRunner {
         let (nh, nkv, hd, eps) = (c.num_heads, c.num_kv_heads, c.head_dim, c.rms_norm_eps);
         let (q_w, kv_w) = (nh * hd, nkv * hd);
         let scale = 1.0 / (hd as f32).sqrt();
-        ops.embedding(&m.ids, &self.embed, &a.resid)?;
-        for (li, l) in self.layers.iter().enumerate() {
+        ops.embedding(&m.ids, &self.w.embed, &a.resid)?;
+        for (li, l) in self.w.layers.iter().enumerate() {
             // Layer 0 normalises the embedding; later layers add the previous sub-layer's y.
             let y = (li > 0).then_some(&a.y);
             // One row of a model without qkv bias or qk-norm: RoPE and the K/V write in the qkv
@@ -412,7 +339,7 @@ impl CudaRunner {
                     &a.qkv,
                     (nh, nkv, hd),
                     &m.pos,
-                    &self.inv_freq,
+                    &self.w.inv_freq,
                     (&kv.k[li], &kv.v[li]),
                     &m.slots,
                     &m.host_slots,
@@ -450,7 +377,7 @@ impl CudaRunner {
                     q_w + kv_w,
                     hd,
                     &m.pos,
-                    &self.inv_freq,
+                    &self.w.inv_freq,
                     &kv.k[li],
                     &kv.v[li],
                     &m.slots,
@@ -490,11 +417,11 @@ impl CudaRunner {
             }
         }
         if let Some((last, logits, tokens)) = &a.head {
-            let head = self.lm_head.as_ref().unwrap_or(&self.embed);
-            if self.layers.is_empty() {
-                ops.rmsnorm(&a.resid, None, &self.norm, &a.h, eps)?;
+            let head = self.w.lm_head.as_ref().unwrap_or(&self.w.embed);
+            if self.w.layers.is_empty() {
+                ops.rmsnorm(&a.resid, None, &self.w.norm, &a.h, eps)?;
             } else {
-                ops.rmsnorm(&a.y, Some(&a.resid), &self.norm, &a.h, eps)?;
+                ops.rmsnorm(&a.y, Some(&a.resid), &self.w.norm, &a.h, eps)?;
             }
             if a.h.shape()[0] == 1 && logits.shape()[0] == 1 {
                 // One row, the sampled one: no gather.
@@ -719,6 +646,15 @@ impl ModelRunner for CudaRunner {
             "CUDA graphs captured for decode"
         );
         self.graphs = graphs;
+        Ok(())
+    }
+    /// In place (`weights.rs`): the graphs keep reading the same buffers.
+    fn reload_weights(&mut self, dir: &Path, _kv: &mut CudaKv) -> Result<(), ModelError> {
+        let cfg = ModelConfig::load(dir)?;
+        self.cfg.check_same_shapes(&cfg)?;
+        self.ctx.synchronize()?;
+        self.w.overwrite(&self.ctx, dir, &cfg)?;
+        self.cfg = cfg;
         Ok(())
     }
     fn run_batch(
