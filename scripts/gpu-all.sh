@@ -40,6 +40,8 @@
 #            bf16 runner, made 1B shape; output ids compared, PASS/FAIL)
 #   weights  scripts/gpu-weights-check.sh (/update_weights_from_disk on the bf16 runner: A updated
 #            to B answers as a server on B, singles and a batch; another shape refused)
+#   embed    scripts/gpu-embed-check.sh (--is-embedding on the bf16 runner vs the CPU's f32: cosine
+#            >= 0.999, singles, one batch, prefix-cache repeats)
 #   itl      scripts/gpu-itl-ab.sh (served ITL at c=1 on two identical servers vs the raw graph
 #            step, with the runner's step profile; env SIZE)
 #   trained  scripts/train_tiny_llama.py trains a small Llama on the machine (TRAIN_S seconds, default
@@ -163,6 +165,7 @@ for s in $STEPS; do
       grep -E "FAIL|gpu check:|sampling" "$OUT/check-sampling.log" | tail -12
       STRATA_B=${GRAMMAR_B:-} timeout $(left 200) scripts/gpu-grammar-bench.sh "$OUT" > "$OUT/grammar.log" 2>&1 || rc=1
       cat "$OUT/grammar.log" ;;
+    embed) timeout $(left 300) scripts/gpu-embed-check.sh "$OUT/embed" > "$OUT/embed.log" 2>&1; rc=$?; cat "$OUT/embed.log" ;;
     weights) timeout $(left 240) scripts/gpu-weights-check.sh "$OUT/weights" > "$OUT/weights.log" 2>&1; rc=$?; cat "$OUT/weights.log" ;;
     api) timeout $(left 200) scripts/gpu-api-smoke.sh "$OUT/api" > "$OUT/api.log" 2>&1; rc=$?; cat "$OUT/api.log" ;;
     itl) timeout $(left ${ITL_TIMEOUT:-200}) scripts/gpu-itl-ab.sh "$OUT" > "$OUT/itl.log" 2>&1; rc=$?; cat "$OUT/itl.log" ;;

@@ -74,6 +74,8 @@ pub struct ServeOptions {
     pub reasoning_parser: Option<String>,
     /// `--weight-version` ("default"): reported in `meta_info` and `/get_model_info`.
     pub weight_version: String,
+    /// `--is-embedding`: serve embeddings (`/v1/embeddings`, `/encode`) instead of generating.
+    pub is_embedding: bool,
 }
 
 impl ServeOptions {
@@ -110,6 +112,7 @@ impl ServeOptions {
             tool_call_parser: None,
             reasoning_parser: None,
             weight_version: "default".into(),
+            is_embedding: false,
         }
     }
 }
@@ -309,6 +312,9 @@ where
         max_total_tokens,
         page_size: opts.page_size,
         backend: model.name().to_string(),
+        is_embedding: opts.is_embedding || cfg.embedding_only,
+        matryoshka: cfg.matryoshka.clone(),
+        hidden_size: cfg.hidden_size,
         server_args: opts.server_args.clone(),
     };
     let stats = Arc::new(Stats::default());
@@ -355,6 +361,11 @@ where
         }
         None => None,
     };
+    if opts.pd.is_some() && info.is_embedding {
+        return Err(LaunchError::Config(
+            "an embedding model (--is-embedding) cannot take a prefill or decode role: it generates nothing to hand over".into(),
+        ));
+    }
     let (pd, pd_registry) = match &opts.pd {
         Some(c) if c.mode == Mode::Prefill => {
             let reg = Registry::start(c.clone(), stats.clone())?;

@@ -41,6 +41,7 @@ fn request(rid: &str, ids: Vec<u32>) -> (Request, mpsc::UnboundedReceiver<Event>
     (
         Request {
             bootstrap: None,
+            embed: false,
             rid: rid.into(),
             input_ids: ids,
             params,

@@ -335,9 +335,8 @@ async fn new_routes_answer_sglang_shapes_behind_the_key() {
         ("POST", "/close_session"),
         ("POST", "/start_expert_distribution_record"),
         ("POST", "/v1/score"),
-        ("POST", "/v1/embeddings"),
         ("POST", "/classify"),
-        ("POST", "/encode"),
+        ("POST", "/v1/rerank"),
         ("POST", "/release_memory_occupation"),
         ("GET", "/get_hicache_l3_cache_layout"),
     ] {

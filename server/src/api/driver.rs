@@ -66,15 +66,48 @@ impl Driver {
         Self::submit_pd(state, input_ids, params, logprobs, rid, None)
     }
 
+    /// Queues an embedding request (`--is-embedding`): the prompt is run, nothing generated;
+    /// its answer arrives in `out.embedding` before the finish.
+    pub fn submit_embed(
+        state: &AppState,
+        input_ids: Vec<u32>,
+        rid: Option<String>,
+    ) -> Result<Driver, ApiError> {
+        let params = SamplingParams {
+            max_new_tokens: 0,
+            ..SamplingParams::default()
+        };
+        Self::queue(state, input_ids, params, None, rid, None, true)
+    }
+
     /// [`submit`](Self::submit) for one leg of a PD pair; a prefill server claims the room (a
     /// room already in use is a 400).
     pub fn submit_pd(
+        state: &AppState,
+        input_ids: Vec<u32>,
+        params: SamplingParams,
+        logprobs: Option<LogprobSpec>,
+        rid: Option<String>,
+        bootstrap: Option<crate::pd::Bootstrap>,
+    ) -> Result<Driver, ApiError> {
+        if state.info.is_embedding {
+            return Err(ApiError::bad_request(
+                "This model is served as an embedding model (--is-embedding): it does not \
+                 generate. Use /v1/embeddings or /encode.",
+            ));
+        }
+        Self::queue(state, input_ids, params, logprobs, rid, bootstrap, false)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn queue(
         state: &AppState,
         input_ids: Vec<u32>,
         mut params: SamplingParams,
         logprobs: Option<LogprobSpec>,
         rid: Option<String>,
         bootstrap: Option<crate::pd::Bootstrap>,
+        embed: bool,
     ) -> Result<Driver, ApiError> {
         let ctx = state.info.context_length;
         if input_ids.is_empty() {
@@ -152,6 +185,7 @@ impl Driver {
             }
         }
         let req = Request {
+            embed,
             bootstrap,
             rid: rid.clone(),
             input_ids,
@@ -216,7 +250,7 @@ impl Driver {
                 self.last_token_at = Some(now);
             }
             Event::Done(_) => stats.e2e.observe((now - self.arrival).as_secs_f64()),
-            Event::Input(_) => {}
+            Event::Input(_) | Event::Embedding(_) => {}
         }
         let delta = self.out.push(ev, &self.state.tokenizer, &self.params);
         if let (Some(log), Some(f)) = (self.state.request_log.get(), &self.out.finish) {

@@ -26,10 +26,15 @@ pub async fn health_generate(State(st): State<AppState>) -> Result<StatusCode, A
     };
     params.sample.temperature = 0.0;
     let first = st.info.vocab_size.min(1) as u32;
-    let mut d = Driver::submit(&st, vec![first], params, None, None)?;
+    let mut d = if st.info.is_embedding {
+        // An embedding server's probe is an embedding request (as SGLang's).
+        Driver::submit_embed(&st, vec![first], None)?
+    } else {
+        Driver::submit(&st, vec![first], params, None, None)?
+    };
     let run = d.run_to_end();
     match tokio::time::timeout(std::time::Duration::from_secs(20), run).await {
-        Ok(_) if d.out.ids.len() == 1 => Ok(StatusCode::OK),
+        Ok(_) if d.out.ids.len() == 1 || d.out.embedding.is_some() => Ok(StatusCode::OK),
         _ => Err(ApiError::unavailable("The generation health check failed.")),
     }
 }
@@ -43,7 +48,7 @@ pub async fn models(State(st): State<AppState>) -> Json<Value> {
 pub async fn model_info(State(st): State<AppState>) -> Json<Value> {
     let served = st.served.read().expect("served").clone();
     Json(json!({
-        "model_path": served.model_path, "tokenizer_path": st.info.model_path, "is_generation": true,
+        "model_path": served.model_path, "tokenizer_path": st.info.model_path, "is_generation": !st.info.is_embedding,
         "preferred_sampling_params": null, "weight_version": served.version, "has_image_understanding": false,
         "has_audio_understanding": false, "model_type": st.info.model_type, "architectures": st.info.architectures,
     }))

@@ -7,6 +7,7 @@
 pub mod chat_request;
 pub mod control;
 pub mod driver;
+pub mod embed;
 pub mod error;
 pub mod fanout;
 pub mod generate;
@@ -50,6 +51,14 @@ pub struct ServerInfo {
     pub max_total_tokens: usize,
     pub page_size: usize,
     pub backend: String,
+    /// `--is-embedding` (or an embedding architecture): the embedding routes serve, the
+    /// generation routes answer 400.
+    pub is_embedding: bool,
+    /// Output sizes `dimensions` may ask for (config.json's `matryoshka_dimensions`; None: any up
+    /// to the hidden size when `is_matryoshka`, else the parameter is refused, as in SGLang).
+    pub matryoshka: Option<Option<Vec<usize>>>,
+    /// The model's hidden size (an embedding's length).
+    pub hidden_size: usize,
     /// The launch arguments, reported by `/get_server_info`.
     pub server_args: serde_json::Value,
 }
@@ -173,6 +182,10 @@ pub fn app_with_limit(state: AppState, max_payload: usize) -> Router {
         )
         // SageMaker's chat completions, as SGLang maps it.
         .route("/invocations", post(openai::chat_completions))
+        .route("/v1/embeddings", post(embed::embeddings))
+        .route("/encode", post(embed::encode))
+        .route("/api/embed", post(embed::ollama_embed))
+        .route("/api/embeddings", post(embed::ollama_embeddings))
         .route("/v1/models", get(info::models))
         .route("/v1/models/{*model}", get(control::retrieve_model))
         .route("/health", get(info::health))

@@ -2,8 +2,8 @@
 //! `POST /api/show` (details, parameter count and shape from config.json, the chat template,
 //! capabilities from the configured parsers), `GET /api/ps`, `GET /api/version` and the CLI's
 //! `GET` / `HEAD /` ("Ollama is running"). Model management (`/api/pull`, `/api/push`,
-//! `/api/create`, `/api/copy`, `/api/delete`, blobs) and embeddings answer a 501 in Ollama's
-//! error shape. Model names are not checked: like every other route, these describe the served
+//! `/api/create`, `/api/copy`, `/api/delete`, blobs) answer a 501 in Ollama's error shape
+//! (embeddings are `embed.rs`'s). Model names are not checked: like every other route, these describe the served
 //! model whatever name a client uses.
 
 use super::error::ApiError;
@@ -28,8 +28,6 @@ const UNSUPPORTED: &[&str] = &[
     "/api/copy",
     "/api/delete",
     "/api/blobs/{digest}",
-    "/api/embed",
-    "/api/embeddings",
 ];
 
 /// `router` with Ollama's routes.
@@ -47,7 +45,7 @@ pub fn add(mut router: Router<AppState>) -> Router<AppState> {
             route,
             any(|m: Method, uri: axum::http::Uri| async move {
                 ollama_error(ApiError::not_supported(format!(
-                    "{m} {}: Ollama's model management and embeddings are not served by strata serve",
+                    "{m} {}: Ollama's model management is not served by strata serve",
                     uri.path()
                 )))
             }),

@@ -27,6 +27,8 @@ pub struct Output {
     /// Log-probabilities were asked for (`logprobs` then has one entry per id).
     pub want_logprobs: bool,
     pub finish: Option<Finish>,
+    /// An embedding request's answer (the last prompt token's final hidden state).
+    pub embedding: Option<Vec<f32>>,
     sent: usize,
     /// The output's text so far (whole characters), and the window it was last extended from:
     /// `ids[prefix..read]` decoded last time to what `text` ends with.
@@ -108,6 +110,10 @@ impl Output {
                     }
                 }
                 take(&mut self.sent, &self.text, end)
+            }
+            Event::Embedding(e) => {
+                self.embedding = Some(e);
+                String::new()
             }
             Event::Done(f) => {
                 self.finish = Some(f);

@@ -1,5 +1,5 @@
 //! SGLang routes that `strata serve` cannot honour (weight updates, LoRA, sessions, profiling,
-//! embeddings and other model kinds, other API families...): each answers, whatever its method,
+//! other model kinds (classification, rerank, scoring), other API families...): each answers, whatever its method,
 //! a 501 JSON error that names the route and says it is not supported, instead of a bare 404.
 
 use super::error::ApiError;
@@ -47,10 +47,8 @@ pub const ROUTES: &[&str] = &[
     "/remove_external_corpus",
     "/list_external_corpora",
     // Other model kinds and API families.
-    "/encode",
     "/classify",
     "/vertex_generate",
-    "/v1/embeddings",
     "/v1/classify",
     "/v1/rerank",
     "/v1/score",

@@ -52,6 +52,12 @@ pub struct ModelConfig {
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
     pub dtype: String,
+    /// A backbone architecture without an LM head (`LlamaModel`, `MistralModel`, ...): served
+    /// only as an embedding model (its tensors may lack the `model.` prefix).
+    pub embedding_only: bool,
+    /// Matryoshka embeddings: `Some(None)` for `is_matryoshka`, `Some(Some(sizes))` for
+    /// `matryoshka_dimensions` (None: neither; `dimensions` requests are refused).
+    pub matryoshka: Option<Option<Vec<usize>>>,
 }
 
 fn ids(v: Option<&Value>) -> Vec<u32> {
@@ -125,9 +131,13 @@ impl ModelConfig {
             .as_str()
             .ok_or("missing `architectures`")?;
         let arch = match arch_name {
-            "LlamaForCausalLM" | "MistralForCausalLM" => Arch::Llama,
-            "Qwen2ForCausalLM" => Arch::Qwen2,
-            "Qwen3ForCausalLM" => Arch::Qwen3,
+            "LlamaForCausalLM"
+            | "MistralForCausalLM"
+            | "LlamaModel"
+            | "MistralModel"
+            | "LlamaEmbeddingModel" => Arch::Llama,
+            "Qwen2ForCausalLM" | "Qwen2Model" => Arch::Qwen2,
+            "Qwen3ForCausalLM" | "Qwen3Model" => Arch::Qwen3,
             other => return Err(format!("unsupported architecture `{other}`")),
         };
         let usize_of = |k: &str| -> Result<usize, String> {
@@ -199,7 +209,23 @@ impl ModelConfig {
             }
         };
         let max_position_embeddings = usize_of("max_position_embeddings").unwrap_or(4096);
+        let embedding_only = !arch_name.ends_with("ForCausalLM");
+        let matryoshka = match v.get("matryoshka_dimensions").and_then(Value::as_array) {
+            Some(a) => Some(Some(
+                a.iter()
+                    .filter_map(Value::as_u64)
+                    .map(|x| x as usize)
+                    .collect(),
+            )),
+            None => v
+                .get("is_matryoshka")
+                .and_then(Value::as_bool)
+                .filter(|&m| m)
+                .map(|_| None),
+        };
         Ok(ModelConfig {
+            embedding_only,
+            matryoshka,
             arch,
             model_type: v["model_type"].as_str().unwrap_or("llama").to_string(),
             vocab_size: usize_of("vocab_size")?,
@@ -216,10 +242,11 @@ impl ModelConfig {
             rope_theta,
             rope_scaling,
             max_position_embeddings,
-            tie_word_embeddings: v
-                .get("tie_word_embeddings")
-                .and_then(Value::as_bool)
-                .unwrap_or(false),
+            // A backbone has no LM head: its logits (never sampled) come from the embedding.
+            tie_word_embeddings: embedding_only
+                || v.get("tie_word_embeddings")
+                    .and_then(Value::as_bool)
+                    .unwrap_or(false),
             qkv_bias: arch == Arch::Qwen2
                 || v.get("attention_bias")
                     .and_then(Value::as_bool)

@@ -211,6 +211,17 @@ impl<B: Backend> Model<B> {
         batch: &ForwardBatch,
         kv: &mut KvBuffers<B>,
     ) -> Result<Vec<f32>, ModelError> {
+        Ok(self.forward_rows(batch, kv, false)?.0)
+    }
+
+    /// Runs the batch; returns `logit_rows.len() × vocab` logits and, when `hidden`, the same
+    /// rows' hidden states after the final norm (`logit_rows.len() × hidden_size`; else empty).
+    pub fn forward_rows(
+        &self,
+        batch: &ForwardBatch,
+        kv: &mut KvBuffers<B>,
+        hidden: bool,
+    ) -> Result<(Vec<f32>, Vec<f32>), ModelError> {
         let c = &self.cfg;
         let b = &self.backend;
         let n = batch.tokens.len();
@@ -281,6 +292,11 @@ impl<B: Backend> Model<B> {
         b.linear(&last_n, rows, h, head, c.vocab_size, None, &mut logits)?;
         let mut out = vec![0f32; rows * c.vocab_size];
         b.download(&logits, &mut out)?;
-        Ok(out)
+        let mut states = Vec::new();
+        if hidden {
+            states = vec![0f32; rows * h];
+            b.download(&last_n, &mut states)?;
+        }
+        Ok((out, states))
     }
 }

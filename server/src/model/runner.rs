@@ -39,6 +39,9 @@ pub struct SampleReq<'a> {
     /// A prompt row kept only for its log-probabilities: nothing is sampled, the "sampled" token
     /// is this one (the next prompt token) and its values come from the raw logits.
     pub score: Option<u32>,
+    /// An embedding request's last prompt row: nothing is sampled; the row's hidden state after
+    /// the final norm comes back in [`Sampled::embedding`].
+    pub embed: bool,
 }
 
 impl SampleReq<'_> {
@@ -51,6 +54,7 @@ impl SampleReq<'_> {
             && self.allow.is_none()
             && self.logprobs.is_none()
             && self.score.is_none()
+            && !self.embed
     }
 }
 
@@ -94,6 +98,27 @@ pub struct Sampled {
     pub token: u32,
     /// When asked for: log-softmax of the logits after penalties (raw for a scored prompt row).
     pub logprobs: Option<Box<PosLogprobs>>,
+    /// An embedding row's hidden state after the final norm (`hidden_size` values; token 0).
+    pub embedding: Option<Vec<f32>>,
+}
+
+impl Sampled {
+    /// A token without an embedding.
+    pub fn token(token: u32, logprobs: Option<Box<PosLogprobs>>) -> Self {
+        Sampled {
+            token,
+            logprobs,
+            embedding: None,
+        }
+    }
+    /// An embedding row's answer.
+    pub fn embedding(hidden: Vec<f32>) -> Self {
+        Sampled {
+            token: 0,
+            logprobs: None,
+            embedding: Some(hidden),
+        }
+    }
 }
 
 /// Samples one row on the host (the CPU runner's path, and the CUDA runner's for rows with
@@ -103,7 +128,7 @@ pub fn sample_host(logits: &mut [f32], r: &SampleReq<'_>) -> Sampled {
         let logprobs = r
             .logprobs
             .map(|spec| Box::new(at_position(logits, token, spec)));
-        return Sampled { token, logprobs };
+        return Sampled::token(token, logprobs);
     }
     r.params.apply_penalties(logits, r.output, r.banned);
     if let Some(a) = &r.allow {
@@ -113,7 +138,7 @@ pub fn sample_host(logits: &mut [f32], r: &SampleReq<'_>) -> Sampled {
     let logprobs = r
         .logprobs
         .map(|spec| Box::new(at_position(logits, token, spec)));
-    Sampled { token, logprobs }
+    Sampled::token(token, logprobs)
 }
 
 /// A model runner: owns the weights and runs whole batches.
@@ -288,12 +313,19 @@ impl<B: Backend> ModelRunner for Model<B> {
         kv: &mut Self::Kv,
     ) -> Result<Vec<Sampled>, ModelError> {
         check_sampling(batch, sampling)?;
-        let logits = self.forward(batch, kv)?;
-        let vocab = self.cfg.vocab_size;
+        let embed = sampling.iter().any(|r| r.embed);
+        let (logits, hidden) = self.forward_rows(batch, kv, embed)?;
+        let (vocab, h) = (self.cfg.vocab_size, self.cfg.hidden_size);
         Ok(sampling
             .iter()
             .enumerate()
-            .map(|(row, r)| sample_host(&mut logits[row * vocab..(row + 1) * vocab].to_vec(), r))
+            .map(|(row, r)| {
+                if r.embed {
+                    Sampled::embedding(hidden[row * h..(row + 1) * h].to_vec())
+                } else {
+                    sample_host(&mut logits[row * vocab..(row + 1) * vocab].to_vec(), r)
+                }
+            })
             .collect())
     }
 }
@@ -343,6 +375,7 @@ mod tests {
             uniform: 0.25,
             logprobs: None,
             score: None,
+            embed: false,
         }
     }
 

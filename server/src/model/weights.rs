@@ -113,6 +113,18 @@ pub fn read_tensor(dir: &Path, name: &str) -> Result<Option<HostTensor>, ModelEr
     Ok(None)
 }
 
+/// A tensor's name as the loaders look it up: a backbone checkpoint (`LlamaModel`, `MistralModel`:
+/// an embedding model saved without its causal-LM wrapper) names its tensors without the
+/// `model.` prefix, which is added here.
+pub(crate) fn canonical_name(name: String) -> String {
+    let backbone = ["embed_tokens.", "layers.", "norm."];
+    if backbone.iter().any(|p| name.starts_with(p)) {
+        format!("model.{name}")
+    } else {
+        name
+    }
+}
+
 impl WeightMap {
     /// Loads every tensor of the checkpoint in `dir`.
     pub fn load(dir: &Path) -> Result<Self, ModelError> {
@@ -124,7 +136,7 @@ impl WeightMap {
             for (name, view) in st.tensors() {
                 let data = to_f32(&file, &name, view.dtype(), view.data())?;
                 tensors.insert(
-                    name,
+                    canonical_name(name),
                     (
                         HostTensor {
                             shape: view.shape().to_vec(),

@@ -385,10 +385,10 @@ impl<R: ModelRunner> Scheduler<R> {
         self.hook.on_dequeue(&s.req.rid);
         self.running.push(s);
         let i = self.running.len() - 1;
-        let first = Sampled {
-            token: first_token,
-            logprobs: first_logprobs.filter(|_| wants_lp).map(Box::new),
-        };
+        let first = Sampled::token(
+            first_token,
+            first_logprobs.filter(|_| wants_lp).map(Box::new),
+        );
         if let Some(reason) = self.accept_token(i, first) {
             let s = self.running.remove(i);
             self.finish(s, reason);
@@ -468,9 +468,8 @@ impl<R: ModelRunner> Scheduler<R> {
     fn forward(&mut self, items: Vec<(usize, Item)>) {
         let ps = self.cfg.page_size as u32;
         let mut batch = ForwardBatch::default();
-        // Per logits row: the running index and, for a prompt row kept for its
-        // log-probabilities, the prompt position it scores (else the row samples a token).
-        let mut rows: Vec<(usize, Option<usize>)> = Vec::new();
+        // Per logits row: the running index and what the row is for.
+        let mut rows: Vec<(usize, Row)> = Vec::new();
         let mut heads = Vec::new(); // sequences whose first input position is still to be sent
         let mut done = Vec::new(); // sequences at their length limit without sampling
         for (i, it) in &items {
@@ -503,15 +502,18 @@ impl<R: ModelRunner> Scheduler<R> {
                 heads.push(*i);
             }
             for p in owed {
-                rows.push((*i, Some(p + 1)));
+                rows.push((*i, Row::Score(p + 1)));
                 batch.logit_rows.push(q_start + p - it.start);
             }
             if it.end == s.tokens.len() {
-                if s.tokens.len() - s.prompt_len >= s.req.params.max_new_tokens {
+                if s.req.embed {
+                    rows.push((*i, Row::Embed));
+                    batch.logit_rows.push(batch.tokens.len() - 1);
+                } else if s.tokens.len() - s.prompt_len >= s.req.params.max_new_tokens {
                     // `max_new_tokens: 0`: the prompt is run (scored, cached), nothing sampled.
                     done.push(*i);
                 } else {
-                    rows.push((*i, None));
+                    rows.push((*i, Row::Next));
                     batch.logit_rows.push(batch.tokens.len() - 1);
                 }
             }
@@ -520,15 +522,15 @@ impl<R: ModelRunner> Scheduler<R> {
         let t0 = std::time::Instant::now();
         let (banned, masks): (Vec<Vec<u32>>, Vec<Option<Arc<Mask>>>) = rows
             .iter()
-            .map(|&(i, score)| match score {
-                None => self.banned_tokens(i),
-                Some(_) => (Vec::new(), None),
+            .map(|&(i, row)| match row {
+                Row::Next => self.banned_tokens(i),
+                Row::Score(_) | Row::Embed => (Vec::new(), None),
             })
             .unzip();
         let reqs: Vec<SampleReq<'_>> = rows
             .iter()
             .zip(banned.iter().zip(&masks))
-            .map(|(&(i, score), (banned, mask))| {
+            .map(|(&(i, row), (banned, mask))| {
                 let s = &self.running[i];
                 let out_len = s.tokens.len() - s.prompt_len;
                 SampleReq {
@@ -543,7 +545,11 @@ impl<R: ModelRunner> Scheduler<R> {
                     }),
                     uniform: crate::sampling::uniform(s.seed, out_len),
                     logprobs: s.req.logprobs.as_ref(),
-                    score: score.map(|p| s.tokens[p]),
+                    score: match row {
+                        Row::Score(p) => Some(s.tokens[p]),
+                        _ => None,
+                    },
+                    embed: row == Row::Embed,
                 }
             })
             .collect();
@@ -594,8 +600,14 @@ impl<R: ModelRunner> Scheduler<R> {
             .collect();
         let mut finished = Vec::new();
         let mut decode_tokens = 0;
-        for ((i, score), t) in rows.into_iter().zip(sampled) {
-            if let Some(p) = score {
+        for ((i, row), t) in rows.into_iter().zip(sampled) {
+            if row == Row::Embed {
+                let e = t.embedding.unwrap_or_default();
+                let _ = self.running[i].req.events.send(Event::Embedding(e));
+                finished.push((i, FinishReason::Length(0)));
+                continue;
+            }
+            if let Row::Score(p) = row {
                 let s = &mut self.running[i];
                 s.lp_row = s.lp_row.max(p);
                 let lp = t.logprobs.map(|b| *b).unwrap_or_default();
@@ -668,6 +680,7 @@ impl<R: ModelRunner> Scheduler<R> {
         let Sampled {
             token: tok,
             logprobs: logprob,
+            ..
         } = t;
         s.tokens.push(tok);
         s.note_reasoning_end();
@@ -725,4 +738,15 @@ impl<R: ModelRunner> Scheduler<R> {
         }
         None
     }
+}
+
+/// What one logits row of a forward is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Row {
+    /// The sequence's next token (sampled).
+    Next,
+    /// A prompt row kept for its log-probabilities: it scores the prompt token at this position.
+    Score(usize),
+    /// An embedding request's last prompt row: its hidden state is the answer.
+    Embed,
 }

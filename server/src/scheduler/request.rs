@@ -20,6 +20,9 @@ pub struct Request {
     pub arrival: Instant,
     /// PD bootstrap fields (set by the router), when this request is one leg of a PD pair.
     pub bootstrap: Option<crate::pd::Bootstrap>,
+    /// An embedding request (`--is-embedding`): the prompt is run (and cached) and the last
+    /// row's hidden state comes back as [`Event::Embedding`]; nothing is generated.
+    pub embed: bool,
 }
 
 /// Why a request finished (serialised as SGLang's `meta_info.finish_reason`).
@@ -60,6 +63,9 @@ pub enum Event {
         id: u32,
         logprob: Option<Box<PosLogprobs>>,
     },
+    /// An embedding request's hidden state of its last prompt token after the final norm (not
+    /// pooled further or normalised); [`Event::Done`] follows.
+    Embedding(Vec<f32>),
     /// The request is over; no event follows.
     Done(Finish),
 }

@@ -79,6 +79,7 @@ pub(super) fn request(
         events: tx,
         arrival: std::time::Instant::now(),
         bootstrap: None,
+        embed: false,
     };
     (req, rx)
 }

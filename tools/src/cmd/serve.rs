@@ -275,6 +275,11 @@ pub struct Args {
     /// /get_model_info until /update_weights_from_disk or /update_weight_version changes it.
     #[arg(long, default_value = "default")]
     weight_version: String,
+    /// Serve the model as an embedding model: /v1/embeddings, /encode and Ollama's /api/embed
+    /// answer with the last token's hidden state (L2-normalised); generation routes are a 400.
+    /// Implied by a backbone architecture (LlamaModel, MistralModel, Qwen2Model, Qwen3Model).
+    #[arg(long)]
+    is_embedding: bool,
 }
 
 /// Builds the PD role from the flags (None when colocated).
@@ -487,6 +492,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         tool_call_parser: a.tool_call_parser.clone(),
         reasoning_parser: a.reasoning_parser.clone(),
         weight_version: a.weight_version.clone(),
+        is_embedding: a.is_embedding,
         server_args: {
             let mut v = serde_json::to_value(&a)?;
             v["api_key"] = serde_json::Value::Null;

@@ -5,7 +5,7 @@
 //! Every tensor the runner asks for is checked for presence and shape; errors name the file and
 //! the tensor, like the f32 loader's (`super::super::weights`).
 
-use super::super::weights::shard_files;
+use super::super::weights::{canonical_name, shard_files};
 use super::super::ModelError;
 use safetensors::{Dtype, SafeTensors};
 use std::collections::HashMap;
@@ -73,7 +73,7 @@ impl Bf16Map {
             });
             for part in converted {
                 for (name, shape, data) in part? {
-                    tensors.insert(name, (shape, data, file.clone()));
+                    tensors.insert(canonical_name(name), (shape, data, file.clone()));
                 }
             }
         }

@@ -485,10 +485,7 @@ impl CudaRunner {
                     (Some(spec), Some(lp)) => Some(Box::new(crate::logprobs::from_gpu(spec, &lp))),
                     _ => None,
                 };
-                Ok(Sampled {
-                    token: token as u32,
-                    logprobs,
-                })
+                Ok(Sampled::token(token as u32, logprobs))
             })
             .collect()
     }
@@ -531,12 +528,34 @@ impl CudaRunner {
     ) -> Result<Vec<Sampled>, CudaError> {
         let acts = self.eager(batch, kv)?;
         match &acts.head {
-            Some((_, logits, tokens)) => self.sample(logits, tokens, sampling),
+            Some((last, logits, tokens)) => {
+                let mut out = self.sample(logits, tokens, sampling)?;
+                for (row, r) in sampling.iter().enumerate() {
+                    if r.embed {
+                        // The one-row forward normed into `h` without the gather (forward_parts).
+                        let one = acts.h.shape()[0] == 1 && logits.shape()[0] == 1;
+                        let src = if one { &acts.h } else { last };
+                        out[row] = Sampled::embedding(self.hidden_row(src, row)?);
+                    }
+                }
+                Ok(out)
+            }
             None => {
                 self.ctx.synchronize()?;
                 Ok(Vec::new())
             }
         }
+    }
+
+    /// Row `row` of a [rows, hidden] bf16 tensor, as f32.
+    fn hidden_row(&self, t: &DTensor, row: usize) -> Result<Vec<f32>, CudaError> {
+        let h = self.cfg.hidden_size;
+        let mut bytes = vec![0u8; 2 * h];
+        self.ctx.download_bytes(t, row * 2 * h, &mut bytes)?;
+        Ok(bytes
+            .chunks_exact(2)
+            .map(|b| half::bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
+            .collect())
     }
 
     /// Runs `batch` eagerly and returns the logits of its `logit_rows` ([rows, vocab] f32) and
@@ -676,7 +695,13 @@ impl ModelRunner for CudaRunner {
         if self.counts.0 % 512 == 0 {
             self.prof.log();
         }
-        let out = match self.graphs.try_run(self, batch, sampling, kv)? {
+        // Embedding rows are prompt rows: never a decode graph's batch (they run eagerly).
+        let graph = if sampling.iter().any(|r| r.embed) {
+            None
+        } else {
+            self.graphs.try_run(self, batch, sampling, kv)?
+        };
+        let out = match graph {
             Some((out, launched)) => {
                 self.counts.1 += 1;
                 self.prof.add(entered, launched);

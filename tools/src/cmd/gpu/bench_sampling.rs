@@ -73,6 +73,7 @@ pub fn run(ops: &CudaOps, summary: &mut Vec<String>) -> anyhow::Result<Value> {
                         uniform: (r as f64 + 0.5) / b as f64,
                         logprobs: lp.then_some(&spec),
                         score: None,
+                        embed: false,
                     })
                     .collect();
                 let specs: Vec<_> = reqs.iter().map(gpu_row).collect();

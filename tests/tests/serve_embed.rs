@@ -1,0 +1,338 @@
+//! Embeddings on a real `strata serve` (CPU): `--is-embedding` serves `/v1/embeddings`,
+//! `/encode` and Ollama's `/api/embed` / `/api/embeddings` with the last token's final hidden
+//! state, L2-normalised. The vector is checked against the generation server on the same
+//! checkpoint: the LM head applied to it ranks the next tokens as the generation server's
+//! log-probabilities do (same argmax, log-probability gaps proportional to the logit gaps), so it
+//! is the state the logits come from. Also: batch, token-id, base64 and Matryoshka forms agree;
+//! a backbone checkpoint (`MistralModel`, tensors without `model.`, no LM head) serves the same
+//! vectors without the flag; SGLang's errors on both kinds of server.
+
+mod serve_common;
+
+use serde_json::{json, Value};
+use serve_common::{MadeModel, Server};
+
+const PROMPTS: [&str; 3] = [
+    "Once upon a time",
+    "The weather today is sunny and warm",
+    "x",
+];
+
+fn floats(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not a list: {v}"))
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
+async fn embed(s: &Server, input: Value) -> Vec<Vec<f64>> {
+    let (st, v) = s.post("/v1/embeddings", &json!({"input": input})).await;
+    assert_eq!(st, 200, "{v}");
+    v["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, d)| {
+            assert_eq!(d["index"], i);
+            assert_eq!(d["object"], "embedding");
+            floats(&d["embedding"])
+        })
+        .collect()
+}
+
+fn assert_close(a: &[f64], b: &[f64], tol: f64, what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths");
+    let d = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max);
+    assert!(d <= tol, "{what}: max |diff| {d} > {tol}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn embeddings_are_the_final_hidden_state() {
+    let m = MadeModel::new("llama", "tiny");
+    let gen = Server::start(m.path(), &[]);
+    let emb = Server::start(m.path(), &["--is-embedding"]);
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(m.path().join("config.json")).unwrap())
+            .unwrap();
+    let (vocab, hidden) = (
+        cfg["vocab_size"].as_u64().unwrap() as usize,
+        cfg["hidden_size"].as_u64().unwrap() as usize,
+    );
+    let (st, w) = gen
+        .post(
+            "/get_weights_by_name",
+            &json!({"name": "lm_head.weight", "truncate_size": vocab}),
+        )
+        .await;
+    assert_eq!(st, 200, "{w}");
+    let w: Vec<Vec<f64>> = w.as_array().unwrap().iter().map(floats).collect();
+    assert_eq!((w.len(), w[0].len()), (vocab, hidden));
+    let vectors = embed(&emb, json!(PROMPTS)).await;
+    for (p, e) in PROMPTS.iter().zip(&vectors) {
+        assert_eq!(e.len(), hidden);
+        let norm: f64 = e.iter().map(|x| x * x).sum::<f64>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "{p}: norm {norm}");
+        let logit = |t: usize| w[t].iter().zip(e).map(|(a, b)| a * b).sum::<f64>();
+        let (st, g) = gen
+            .post(
+                "/generate",
+                &json!({"text": p, "sampling_params": {"temperature": 0, "max_new_tokens": 1},
+                    "return_logprob": true, "top_logprobs_num": 5}),
+            )
+            .await;
+        assert_eq!(st, 200, "{g}");
+        let top = g["meta_info"]["output_top_logprobs"][0].as_array().unwrap();
+        let (lp, ids): (Vec<f64>, Vec<usize>) = top
+            .iter()
+            .map(|t| (t[0].as_f64().unwrap(), t[1].as_u64().unwrap() as usize))
+            .unzip();
+        let best = (0..vocab)
+            .max_by(|&a, &b| logit(a).total_cmp(&logit(b)))
+            .unwrap();
+        assert_eq!(
+            best, ids[0],
+            "{p}: the head on the embedding picks another token"
+        );
+        assert_eq!(g["output_ids"][0].as_u64().unwrap() as usize, ids[0]);
+        // log p_0 - log p_k = |h| (W_0 - W_k) . e: one scale |h| for every k.
+        let scales: Vec<f64> = (1..ids.len())
+            .filter(|&k| (logit(ids[0]) - logit(ids[k])).abs() > 1e-4)
+            .map(|k| (lp[0] - lp[k]) / (logit(ids[0]) - logit(ids[k])))
+            .collect();
+        assert!(!scales.is_empty(), "{p}: no logit gaps to compare");
+        for s in &scales {
+            assert!(
+                (s / scales[0] - 1.0).abs() < 1e-3,
+                "{p}: gaps not proportional: {scales:?}"
+            );
+        }
+    }
+    // One at a time, as token ids, through /encode: the same vectors.
+    for (p, e) in PROMPTS.iter().zip(&vectors) {
+        assert_close(&embed(&emb, json!(p)).await[0], e, 1e-6, "single");
+        let (_, t) = emb.post("/tokenize", &json!({"prompt": p})).await;
+        assert_close(&embed(&emb, t["tokens"].clone()).await[0], e, 1e-6, "ids");
+        let (st, enc) = emb.post("/encode", &json!({"text": p})).await;
+        assert_eq!(st, 200, "{enc}");
+        assert_close(&floats(&enc["embedding"]), e, 1e-6, "encode");
+        assert_eq!(enc["meta_info"]["prompt_tokens"], t["count"]);
+        assert_eq!(enc["meta_info"]["finish_reason"]["type"], "length");
+    }
+    // A second identical request hits the prefix cache (all but its last token): same vector.
+    let again = embed(&emb, json!(PROMPTS[1])).await;
+    assert_close(&again[0], &vectors[1], 1e-5, "cached prefix");
+}
+
+/// Decodes standard base64 (test side, independent of the server's encoder).
+fn unbase64(s: &str) -> Vec<u8> {
+    let val = |c: u8| match c {
+        b'A'..=b'Z' => c - b'A',
+        b'a'..=b'z' => c - b'a' + 26,
+        b'0'..=b'9' => c - b'0' + 52,
+        b'+' => 62,
+        b'/' => 63,
+        _ => panic!("bad base64 {c}"),
+    } as u32;
+    let mut out = Vec::new();
+    for q in s.as_bytes().chunks(4) {
+        let pad = q.iter().filter(|&&c| c == b'=').count();
+        let n = q
+            .iter()
+            .map(|&c| if c == b'=' { 0 } else { val(c) })
+            .fold(0, |n, v| n << 6 | v);
+        out.extend(&n.to_be_bytes()[1..4 - pad]);
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn embedding_routes_forms_and_errors() {
+    let m = MadeModel::new("qwen3", "tiny");
+    let emb = Server::start(m.path(), &["--is-embedding"]);
+    let e = embed(&emb, json!(["hello world", "second input"])).await;
+    let (st, v) = emb
+        .post(
+            "/v1/embeddings",
+            &json!({"input": ["hello world"], "encoding_format": "base64", "model": "any"}),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let raw = unbase64(v["data"][0]["embedding"].as_str().unwrap());
+    let decoded: Vec<f64> = raw
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
+        .collect();
+    // JSON carries the f32 values in their shortest decimal form: equal as f32.
+    assert_close(&decoded, &e[0], 1e-7, "base64");
+    assert_eq!(v["usage"]["prompt_tokens"], v["usage"]["total_tokens"]);
+    // /encode batches answer a list; Ollama's two routes.
+    let (st, enc) = emb
+        .post("/encode", &json!({"text": ["hello world", "second input"]}))
+        .await;
+    assert_eq!(st, 200, "{enc}");
+    assert_close(&floats(&enc[1]["embedding"]), &e[1], 1e-6, "encode batch");
+    let (st, o) = emb
+        .post(
+            "/api/embed",
+            &json!({"model": "m", "input": ["hello world"]}),
+        )
+        .await;
+    assert_eq!(st, 200, "{o}");
+    assert_close(&floats(&o["embeddings"][0]), &e[0], 1e-6, "ollama embed");
+    assert!(o["prompt_eval_count"].as_u64().unwrap() > 0);
+    let (st, o) = emb
+        .post(
+            "/api/embeddings",
+            &json!({"model": "m", "prompt": "hello world"}),
+        )
+        .await;
+    assert_eq!(st, 200, "{o}");
+    assert_close(&floats(&o["embedding"]), &e[0], 1e-6, "ollama embeddings");
+    let (st, _) = emb.get("/health_generate").await;
+    assert_eq!(st, 200);
+    let (_, info) = emb.get("/get_model_info").await;
+    assert!(info.contains("\"is_generation\":false"), "{info}");
+    // Errors, in SGLang's words where it has them.
+    for (body, needle) in [
+        (json!({"input": ""}), "empty or whitespace"),
+        (json!({"input": []}), "cannot be empty"),
+        (json!({"input": ["a", "  "]}), "index 1 cannot be empty"),
+        (json!({"input": ["a", 3]}), "must be strings"),
+        (json!({"input": [[1, -2]]}), "non-negative"),
+        (
+            json!({"input": "a", "encoding_format": "hex"}),
+            "encoding_format",
+        ),
+        (json!({"input": "a", "dimensions": 8}), "matryoshka"),
+        (json!({"input": [[1, 99999999]]}), "out of the vocabulary"),
+    ] {
+        let (st, v) = emb.post("/v1/embeddings", &body).await;
+        assert_eq!(st, 400, "{body}: {v}");
+        let msg = v["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(needle), "{body}: {msg}");
+    }
+    let (st, v) = emb.post("/encode", &json!({"rid": "x"})).await;
+    assert_eq!(st, 400, "{v}");
+    let (st, v) = emb.post("/api/embed", &json!({"input": ""})).await;
+    assert_eq!(st, 400);
+    assert!(v["error"].is_string(), "Ollama's error shape: {v}");
+    let (st, v) = emb.post("/generate", &json!({"text": "hi"})).await;
+    assert_eq!(st, 400, "{v}");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("embedding model"));
+    let (st, _) = emb
+        .post(
+            "/v1/chat/completions",
+            &json!({"messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+    assert_eq!(st, 400);
+    // Still serving after the errors.
+    assert_close(
+        &embed(&emb, json!("hello world")).await[0],
+        &e[0],
+        1e-6,
+        "after errors",
+    );
+    // A generation server refuses embeddings as SGLang does.
+    let gen = Server::start(m.path(), &[]);
+    let (st, v) = gen.post("/v1/embeddings", &json!({"input": "hi"})).await;
+    assert_eq!(st, 400, "{v}");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("--is-embedding"));
+}
+
+/// Rewrites the made checkpoint in `dir` as a backbone (`MistralModel` / `Qwen3Model`): the
+/// tensors lose their `model.` prefix and the LM head is dropped; config.json gets `arch` and
+/// `extra` fields.
+fn as_backbone(dir: &std::path::Path, arch: &str, extra: Value) {
+    let path = dir.join("model.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Map<String, Value> = serde_json::from_slice(&bytes[8..8 + n]).unwrap();
+    let data = &bytes[8 + n..];
+    let mut entries: Vec<(&String, &Value)> = header
+        .iter()
+        .filter(|(k, _)| *k != "__metadata__")
+        .collect();
+    entries.sort_by_key(|(_, v)| v["data_offsets"][0].as_u64().unwrap());
+    let (mut out_header, mut out_data) = (serde_json::Map::new(), Vec::new());
+    for (name, v) in entries {
+        if name == "lm_head.weight" {
+            continue;
+        }
+        let (a, b) = (
+            v["data_offsets"][0].as_u64().unwrap() as usize,
+            v["data_offsets"][1].as_u64().unwrap() as usize,
+        );
+        let start = out_data.len();
+        out_data.extend_from_slice(&data[a..b]);
+        let mut t = v.clone();
+        t["data_offsets"] = json!([start, out_data.len()]);
+        out_header.insert(name.trim_start_matches("model.").to_string(), t);
+    }
+    let h = serde_json::to_vec(&out_header).unwrap();
+    let mut file = (h.len() as u64).to_le_bytes().to_vec();
+    file.extend(h);
+    file.extend(out_data);
+    std::fs::write(&path, file).unwrap();
+    let cfg_path = dir.join("config.json");
+    let mut cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(&cfg_path).unwrap()).unwrap();
+    cfg["architectures"] = json!([arch]);
+    for (k, v) in extra.as_object().unwrap() {
+        cfg[k] = v.clone();
+    }
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_backbone_checkpoint_serves_embeddings_and_matryoshka_sizes() {
+    let m = MadeModel::new("llama", "tiny");
+    let want = {
+        let s = Server::start(m.path(), &["--is-embedding"]);
+        embed(&s, json!(PROMPTS)).await
+    };
+    as_backbone(
+        m.path(),
+        "MistralModel",
+        json!({"matryoshka_dimensions": [8, 16]}),
+    );
+    let s = Server::start(m.path(), &[]);
+    let got = embed(&s, json!(PROMPTS)).await;
+    for (a, b) in got.iter().zip(&want) {
+        assert_close(a, b, 1e-6, "backbone");
+    }
+    let (st, v) = s
+        .post(
+            "/v1/embeddings",
+            &json!({"input": PROMPTS[0], "dimensions": 8}),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let cut = floats(&v["data"][0]["embedding"]);
+    let head = &want[0][..8];
+    let norm: f64 = head.iter().map(|x| x * x).sum::<f64>().sqrt();
+    let expect: Vec<f64> = head.iter().map(|x| x / norm).collect();
+    assert_close(&cut, &expect, 1e-5, "matryoshka cut");
+    for (d, needle) in [(12, "only supports"), (0, "greater than 0")] {
+        let (st, v) = s
+            .post("/v1/embeddings", &json!({"input": "a", "dimensions": d}))
+            .await;
+        assert_eq!(st, 400, "{v}");
+        assert!(
+            v["error"]["message"].as_str().unwrap().contains(needle),
+            "{v}"
+        );
+    }
+}
