@@ -24,6 +24,7 @@ pub mod reqlog;
 pub mod responses;
 pub mod responses_bg;
 pub mod responses_store;
+pub mod score;
 pub mod tokenize;
 pub mod unsupported;
 pub mod weights;
@@ -184,6 +185,7 @@ pub fn app_with_limit(state: AppState, max_payload: usize) -> Router {
         .route("/invocations", post(openai::chat_completions))
         .route("/v1/embeddings", post(embed::embeddings))
         .route("/encode", post(embed::encode))
+        .route("/v1/score", post(score::score))
         .route("/api/embed", post(embed::ollama_embed))
         .route("/api/embeddings", post(embed::ollama_embeddings))
         .route("/v1/models", get(info::models))

@@ -1,8 +1,9 @@
 //! `strata bench serve`: an online serving load generator in the spirit of `sglang.bench_serving`.
 //!
 //! Sends requests to any server with SGLang's API (`--backend sglang` streams `POST /generate`;
-//! `--backend openai` streams `POST /v1/completions`) at a Poisson `--request-rate` and/or with at
-//! most `--max-concurrency` in flight, and reports throughput and TTFT / inter-token / end-to-end
+//! `--backend openai` streams `POST /v1/completions`; `--backend embeddings` posts each prompt to
+//! `POST /v1/embeddings`, an embedding server's route: its TTFT is the time to the vector, no
+//! output tokens) at a Poisson `--request-rate` and/or with at most `--max-concurrency` in flight, and reports throughput and TTFT / inter-token / end-to-end
 //! latency percentiles. Datasets: `random` (random token ids decoded to text, so prompts have the
 //! asked length under the server's tokenizer) and `generated-shared-prefix` (groups of prompts that
 //! share a long system prompt). Prompts need the model's `tokenizer.json`: `--tokenizer`, or the
@@ -23,7 +24,8 @@ pub struct Args {
     /// Server URL.
     #[arg(long, default_value = "http://127.0.0.1:30000")]
     pub(super) base_url: String,
-    /// sglang (POST /generate) or openai (POST /v1/completions).
+    /// sglang (POST /generate), openai (POST /v1/completions) or embeddings (POST
+    /// /v1/embeddings, an embedding server).
     #[arg(long, default_value = "sglang")]
     backend: String,
     /// random, generated-shared-prefix or multiturn.
@@ -206,7 +208,44 @@ fn dataset(a: &Args, tok: &Tokenizer) -> anyhow::Result<Vec<Prompt>> {
     Ok(out)
 }
 
+/// One embedding request: done when its vector arrives (TTFT = end-to-end latency).
+async fn send_embedding(client: &reqwest::Client, a: &Args, p: &Prompt) -> Outcome {
+    let start = Instant::now();
+    let mut o = Outcome::default();
+    let url = format!("{}/v1/embeddings", a.base_url);
+    let r = client
+        .post(&url)
+        .json(&json!({"input": p.text}))
+        .send()
+        .await;
+    let v: Value = match r {
+        Ok(r) if r.status().is_success() => r.json().await.unwrap_or(Value::Null),
+        Ok(r) => {
+            o.error = format!(
+                "HTTP {}: {}",
+                r.status(),
+                r.text().await.unwrap_or_default()
+            );
+            return o;
+        }
+        Err(e) => {
+            o.error = e.to_string();
+            return o;
+        }
+    };
+    o.e2e = start.elapsed().as_secs_f64();
+    o.ttft = o.e2e;
+    o.ok = v["data"][0]["embedding"].is_array();
+    if !o.ok {
+        o.error = format!("no embedding in {v}");
+    }
+    o
+}
+
 async fn send(client: &reqwest::Client, a: &Args, p: &Prompt) -> Outcome {
+    if a.backend == "embeddings" {
+        return send_embedding(client, a, p).await;
+    }
     let start = Instant::now();
     let ignore_eos = !a.disable_ignore_eos;
     let (url, body) = if a.backend == "openai" {
