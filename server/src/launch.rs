@@ -299,13 +299,21 @@ where
         kv_mib = (max_total_tokens * per_token) >> 20,
         "KV pool ready"
     );
+    let classifier = match &cfg.labels {
+        Some(labels) => Some(Arc::new(crate::api::embed::Classifier::load(
+            dir,
+            labels.clone(),
+            cfg.hidden_size,
+        )?)),
+        None => None,
+    };
     let info = ServerInfo {
         model_path: dir.display().to_string(),
         served_model_name: opts
             .served_model_name
             .clone()
             .unwrap_or_else(|| dir.display().to_string()),
-        architectures: vec![cfg.arch.hf_name().to_string()],
+        architectures: vec![cfg.architecture.clone()],
         model_type: cfg.model_type.clone(),
         context_length,
         vocab_size: cfg.vocab_size,
@@ -428,6 +436,7 @@ where
             version: opts.weight_version.clone(),
         })),
         l3_state: Arc::default(),
+        classifier,
     })
 }
 

@@ -252,10 +252,16 @@ async fn embedding_routes_forms_and_errors() {
         .contains("--is-embedding"));
 }
 
-/// Rewrites the made checkpoint in `dir` as a backbone (`MistralModel` / `Qwen3Model`): the
-/// tensors lose their `model.` prefix and the LM head is dropped; config.json gets `arch` and
-/// `extra` fields.
-fn as_backbone(dir: &std::path::Path, arch: &str, extra: Value) {
+/// Rewrites the made checkpoint in `dir` for another architecture `arch`: the LM head is
+/// dropped, tensor names lose their `model.` prefix when `strip` (a backbone), `extra_tensors`
+/// (f32) are added, and config.json gets `arch` and the `extra` fields.
+fn rewrite(
+    dir: &std::path::Path,
+    arch: &str,
+    strip: bool,
+    extra_tensors: &[(&str, Vec<usize>, Vec<f32>)],
+    extra: Value,
+) {
     let path = dir.join("model.safetensors");
     let bytes = std::fs::read(&path).unwrap();
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
@@ -279,7 +285,20 @@ fn as_backbone(dir: &std::path::Path, arch: &str, extra: Value) {
         out_data.extend_from_slice(&data[a..b]);
         let mut t = v.clone();
         t["data_offsets"] = json!([start, out_data.len()]);
-        out_header.insert(name.trim_start_matches("model.").to_string(), t);
+        let name = if strip {
+            name.trim_start_matches("model.")
+        } else {
+            name
+        };
+        out_header.insert(name.to_string(), t);
+    }
+    for (name, shape, values) in extra_tensors {
+        let start = out_data.len();
+        out_data.extend(values.iter().flat_map(|x| x.to_le_bytes()));
+        out_header.insert(
+            name.to_string(),
+            json!({"dtype": "F32", "shape": shape, "data_offsets": [start, out_data.len()]}),
+        );
     }
     let h = serde_json::to_vec(&out_header).unwrap();
     let mut file = (h.len() as u64).to_le_bytes().to_vec();
@@ -297,15 +316,89 @@ fn as_backbone(dir: &std::path::Path, arch: &str, extra: Value) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_classifier_checkpoint_answers_its_head_on_the_hidden_state() {
+    let m = MadeModel::new("llama", "tiny");
+    let want = {
+        let s = Server::start(m.path(), &["--is-embedding"]);
+        embed(&s, json!(PROMPTS)).await
+    };
+    let hidden = want[0].len();
+    // A fixed head of three classes (values from a seeded generator; seed printed).
+    let seed = 7u64;
+    eprintln!("classifier head seed {seed}");
+    let mut x = seed;
+    let head: Vec<f32> = (0..3 * hidden)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((x >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.4
+        })
+        .collect();
+    rewrite(
+        m.path(),
+        "LlamaForSequenceClassification",
+        false,
+        &[("score.weight", vec![3, hidden], head.clone())],
+        json!({"id2label": {"0": "neg", "1": "neu", "2": "pos"}}),
+    );
+    let s = Server::start(m.path(), &[]);
+    let (st, v) = s.post("/v1/classify", &json!({"input": PROMPTS})).await;
+    assert_eq!(st, 200, "{v}");
+    let (st, enc) = s.post("/encode", &json!({"text": PROMPTS})).await;
+    assert_eq!(st, 200, "{enc}");
+    for (i, e) in want.iter().enumerate() {
+        // The raw scores are |h| (W . e): one positive scale for every class.
+        let raw = floats(&enc[i]["embedding"]);
+        let dots: Vec<f64> = head
+            .chunks(hidden)
+            .map(|w| w.iter().zip(e).map(|(&a, b)| a as f64 * b).sum())
+            .collect();
+        let scale = raw[0] / dots[0];
+        assert!(scale > 0.0, "{raw:?} vs {dots:?}");
+        assert_close(
+            &raw,
+            &dots.iter().map(|d| d * scale).collect::<Vec<_>>(),
+            1e-4 * scale.abs(),
+            "head",
+        );
+        let d = &v["data"][i];
+        let probs = floats(&d["probs"]);
+        let max = raw.iter().cloned().fold(f64::MIN, f64::max);
+        let z: f64 = raw.iter().map(|r| (r - max).exp()).sum();
+        let want_p: Vec<f64> = raw.iter().map(|r| (r - max).exp() / z).collect();
+        assert_close(&probs, &want_p, 1e-6, "probs");
+        let best = (0..3).max_by(|&a, &b| raw[a].total_cmp(&raw[b])).unwrap();
+        assert_eq!(d["label"], ["neg", "neu", "pos"][best]);
+        assert_eq!(
+            (d["index"].clone(), d["num_classes"].clone()),
+            (json!(i), json!(3))
+        );
+    }
+    let (_, info) = s.get("/get_model_info").await;
+    assert!(
+        info.contains("LlamaForSequenceClassification") && info.contains("\"is_generation\":false"),
+        "{info}"
+    );
+    // A model without a head: /v1/classify is a 400.
+    let plain = MadeModel::new("llama", "tiny");
+    let e = Server::start(plain.path(), &["--is-embedding"]);
+    let (st, v) = e.post("/v1/classify", &json!({"input": "a"})).await;
+    assert_eq!(st, 400, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_backbone_checkpoint_serves_embeddings_and_matryoshka_sizes() {
     let m = MadeModel::new("llama", "tiny");
     let want = {
         let s = Server::start(m.path(), &["--is-embedding"]);
         embed(&s, json!(PROMPTS)).await
     };
-    as_backbone(
+    rewrite(
         m.path(),
         "MistralModel",
+        true,
+        &[],
         json!({"matryoshka_dimensions": [8, 16]}),
     );
     let s = Server::start(m.path(), &[]);

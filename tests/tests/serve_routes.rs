@@ -334,7 +334,6 @@ async fn new_routes_answer_sglang_shapes_behind_the_key() {
         ("POST", "/open_session"),
         ("POST", "/close_session"),
         ("POST", "/start_expert_distribution_record"),
-        ("POST", "/classify"),
         ("POST", "/v1/rerank"),
         ("POST", "/release_memory_occupation"),
         ("GET", "/get_hicache_l3_cache_layout"),

@@ -98,6 +98,8 @@ pub struct AppState {
     pub served: Arc<std::sync::RwLock<weights::Served>>,
     /// The L3 set by `PUT` / `DELETE /hicache/storage-backend` (None: as launched).
     pub l3_state: Arc<std::sync::RwLock<Option<serde_json::Value>>>,
+    /// A sequence-classification checkpoint's head (embeddings are then its class scores).
+    pub classifier: Option<Arc<embed::Classifier>>,
 }
 
 impl AppState {
@@ -186,6 +188,8 @@ pub fn app_with_limit(state: AppState, max_payload: usize) -> Router {
         .route("/v1/embeddings", post(embed::embeddings))
         .route("/encode", post(embed::encode))
         .route("/v1/score", post(score::score))
+        .route("/v1/classify", post(embed::classify))
+        .route("/classify", post(embed::classify))
         .route("/api/embed", post(embed::ollama_embed))
         .route("/api/embeddings", post(embed::ollama_embeddings))
         .route("/v1/models", get(info::models))

@@ -1,5 +1,5 @@
 //! SGLang routes that `strata serve` cannot honour (weight updates, LoRA, sessions, profiling,
-//! other model kinds (classification, rerank), other API families...): each answers, whatever its method,
+//! other model kinds (rerank), other API families...): each answers, whatever its method,
 //! a 501 JSON error that names the route and says it is not supported, instead of a bare 404.
 
 use super::error::ApiError;
@@ -47,9 +47,7 @@ pub const ROUTES: &[&str] = &[
     "/remove_external_corpus",
     "/list_external_corpora",
     // Other model kinds and API families.
-    "/classify",
     "/vertex_generate",
-    "/v1/classify",
     "/v1/rerank",
     "/v1/decisions",
     "/v1/audio/transcriptions",

@@ -34,6 +34,8 @@ impl Arch {
 #[derive(Debug, Clone)]
 pub struct ModelConfig {
     pub arch: Arch,
+    /// `architectures[0]` as config.json names it (`MistralModel`, `Qwen2ForCausalLM`, ...).
+    pub architecture: String,
     pub model_type: String,
     pub vocab_size: usize,
     pub hidden_size: usize,
@@ -58,6 +60,10 @@ pub struct ModelConfig {
     /// Matryoshka embeddings: `Some(None)` for `is_matryoshka`, `Some(Some(sizes))` for
     /// `matryoshka_dimensions` (None: neither; `dimensions` requests are refused).
     pub matryoshka: Option<Option<Vec<usize>>>,
+    /// A sequence-classification checkpoint (`LlamaForSequenceClassification`, reward models):
+    /// its class labels (`id2label`, else `LABEL_i` for `num_labels`); the `score.weight` head
+    /// applies to the last token's final hidden state.
+    pub labels: Option<Vec<String>>,
 }
 
 fn ids(v: Option<&Value>) -> Vec<u32> {
@@ -70,6 +76,23 @@ fn ids(v: Option<&Value>) -> Vec<u32> {
             .collect(),
         _ => vec![],
     }
+}
+
+/// A classifier's labels in id order: `id2label` (`{"0": "neg", ...}`), else `LABEL_i` for
+/// `num_labels` (transformers' default 2).
+fn class_labels(v: &Value) -> Vec<String> {
+    if let Some(m) = v.get("id2label").and_then(Value::as_object) {
+        let mut pairs: Vec<(usize, String)> = m
+            .iter()
+            .filter_map(|(k, l)| Some((k.parse().ok()?, l.as_str()?.to_string())))
+            .collect();
+        pairs.sort();
+        if !pairs.is_empty() && pairs.iter().enumerate().all(|(i, p)| p.0 == i) {
+            return pairs.into_iter().map(|p| p.1).collect();
+        }
+    }
+    let n = v.get("num_labels").and_then(Value::as_u64).unwrap_or(2) as usize;
+    (0..n).map(|i| format!("LABEL_{i}")).collect()
 }
 
 impl ModelConfig {
@@ -135,9 +158,11 @@ impl ModelConfig {
             | "MistralForCausalLM"
             | "LlamaModel"
             | "MistralModel"
-            | "LlamaEmbeddingModel" => Arch::Llama,
-            "Qwen2ForCausalLM" | "Qwen2Model" => Arch::Qwen2,
-            "Qwen3ForCausalLM" | "Qwen3Model" => Arch::Qwen3,
+            | "LlamaEmbeddingModel"
+            | "LlamaForSequenceClassification"
+            | "MistralForSequenceClassification" => Arch::Llama,
+            "Qwen2ForCausalLM" | "Qwen2Model" | "Qwen2ForSequenceClassification" => Arch::Qwen2,
+            "Qwen3ForCausalLM" | "Qwen3Model" | "Qwen3ForSequenceClassification" => Arch::Qwen3,
             other => return Err(format!("unsupported architecture `{other}`")),
         };
         let usize_of = |k: &str| -> Result<usize, String> {
@@ -210,6 +235,9 @@ impl ModelConfig {
         };
         let max_position_embeddings = usize_of("max_position_embeddings").unwrap_or(4096);
         let embedding_only = !arch_name.ends_with("ForCausalLM");
+        let labels = arch_name
+            .ends_with("ForSequenceClassification")
+            .then(|| class_labels(v));
         let matryoshka = match v.get("matryoshka_dimensions").and_then(Value::as_array) {
             Some(a) => Some(Some(
                 a.iter()
@@ -226,6 +254,8 @@ impl ModelConfig {
         Ok(ModelConfig {
             embedding_only,
             matryoshka,
+            labels,
+            architecture: arch_name.to_string(),
             arch,
             model_type: v["model_type"].as_str().unwrap_or("llama").to_string(),
             vocab_size: usize_of("vocab_size")?,
