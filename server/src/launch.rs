@@ -437,6 +437,7 @@ where
         })),
         l3_state: Arc::default(),
         classifier,
+        sessions: Arc::default(),
     })
 }
 

@@ -331,8 +331,6 @@ async fn new_routes_answer_sglang_shapes_behind_the_key() {
         ("POST", "/init_weights_update_group"),
         ("POST", "/load_lora_adapter"),
         ("POST", "/unload_lora_adapter"),
-        ("POST", "/open_session"),
-        ("POST", "/close_session"),
         ("POST", "/start_expert_distribution_record"),
         ("POST", "/v1/rerank"),
         ("POST", "/release_memory_occupation"),

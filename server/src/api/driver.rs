@@ -21,6 +21,9 @@ use tokio::sync::mpsc;
 
 static NEXT_RID: AtomicU64 = AtomicU64::new(1);
 
+/// What runs with a request's output ids when it ends.
+pub type OnFinish = Box<dyn FnOnce(&[u32]) + Send>;
+
 /// A request in flight.
 pub struct Driver {
     pub rid: String,
@@ -38,6 +41,8 @@ pub struct Driver {
     stream_interval: usize,
     /// The prompt, kept for a `--log-requests` line that shows it (else empty).
     logged_input: Vec<u32>,
+    /// Called with the output ids when the request ends (a session records them).
+    pub on_finish: Option<OnFinish>,
 }
 
 /// A fresh request id (hex, like SGLang's uuid-based ids).
@@ -214,6 +219,7 @@ impl Driver {
             last_token_at: None,
             stream_interval,
             logged_input,
+            on_finish: None,
         })
     }
 
@@ -253,6 +259,11 @@ impl Driver {
             Event::Input(_) | Event::Embedding(_) => {}
         }
         let delta = self.out.push(ev, &self.state.tokenizer, &self.params);
+        if self.out.finish.is_some() {
+            if let Some(f) = self.on_finish.take() {
+                f(&self.out.ids);
+            }
+        }
         if let (Some(log), Some(f)) = (self.state.request_log.get(), &self.out.finish) {
             let tok = &self.state.tokenizer;
             log.log(
@@ -298,6 +309,15 @@ impl Driver {
         self.out.quiet = true;
         while self.next().await.is_some() {}
         self.out.final_text(&self.state.tokenizer, &self.params)
+    }
+}
+
+impl Drop for Driver {
+    /// A request dropped before its end (a client gone) still reports what it produced.
+    fn drop(&mut self) {
+        if let Some(f) = self.on_finish.take() {
+            f(&self.out.ids);
+        }
     }
 }
 

@@ -72,6 +72,8 @@ struct GenerateWire {
     bootstrap_room: Option<Value>,
     /// SGLang's request priority (`--enable-priority-scheduling`): one for all, or per prompt.
     priority: Option<OneOrMany<i64>>,
+    /// Continue a request of an open session (`sessions.rs`).
+    session_params: Option<Value>,
     #[serde(flatten)]
     ignored: serde_json::Map<String, Value>,
 }
@@ -200,7 +202,7 @@ pub async fn generate(
             tracing::debug!(field = %k, "ignoring a /generate field Strata does not act on");
         }
     }
-    let (prompts, batch): (Vec<Vec<u32>>, bool) = match (w.text, w.input_ids) {
+    let (mut prompts, batch): (Vec<Vec<u32>>, bool) = match (w.text, w.input_ids) {
         (Some(_), Some(_)) | (None, None) => {
             return Err(ApiError::bad_request(
                 "Either text or input_ids should be provided.",
@@ -221,7 +223,7 @@ pub async fn generate(
     let params = sampling_params_for(w.sampling_params, n)?;
     // A batch given one rid (or an x-request-id header) numbers its items after it, as SGLang
     // does; a single request takes it as is.
-    let rids: Vec<Option<String>> = match w.rid.or_else(|| header_rid(&headers)) {
+    let mut rids: Vec<Option<String>> = match w.rid.or_else(|| header_rid(&headers)) {
         None => vec![None; n],
         Some(OneOrMany::One(r)) if !batch => vec![Some(r)],
         Some(OneOrMany::One(r)) => (0..n).map(|i| Some(format!("{r}_{i}"))).collect(),
@@ -255,6 +257,32 @@ pub async fn generate(
             )));
         }
     }
+    let session = match w.session_params.filter(|v| !v.is_null()) {
+        Some(v) => {
+            let sp: super::sessions::SessionParams = serde_json::from_value(v)
+                .map_err(|e| ApiError::bad_request(format!("Invalid session_params: {e}")))?;
+            if sp.id.is_none() {
+                None
+            } else if batch || copies > 1 {
+                return Err(ApiError::bad_request(
+                    "session_params needs a single prompt and n = 1.",
+                ));
+            } else {
+                let rid = rids[0].take().unwrap_or_else(super::driver::new_rid);
+                let bos = st.tokenizer.bos_token.as_deref();
+                let bos = bos.and_then(|b| st.tokenizer.token_to_id(b));
+                let input = std::mem::take(&mut prompts[0]);
+                let (ids, replaced) = st.sessions.start(&sp, &rid, input, bos)?;
+                for r in replaced {
+                    st.scheduler.abort(&r);
+                }
+                prompts[0] = ids;
+                rids[0] = Some(rid.clone());
+                sp.id.map(|id| (id, rid))
+            }
+        }
+        None => None,
+    };
     let want = OneOrMany::per_prompt(w.return_logprob, n, "return_logprob")?;
     let starts = OneOrMany::per_prompt(w.logprob_start_len, n, "logprob_start_len")?;
     let tops = OneOrMany::per_prompt(w.top_logprobs_num, n, "top_logprobs_num")?;
@@ -294,7 +322,12 @@ pub async fn generate(
             bootstrap: boots[i].clone(),
         });
     }
-    let drivers = fanout::submit(&st, subs, copies).await?;
+    let mut drivers = fanout::submit(&st, subs, copies).await?;
+    if let Some((id, rid)) = session {
+        // The output joins the session when the request ends (streamed or not).
+        let sessions = st.sessions.clone();
+        drivers[0].on_finish = Some(Box::new(move |out: &[u32]| sessions.finish(&id, &rid, out)));
+    }
     // n > 1 makes a single prompt a batch, as SGLang: a list of results, indexed stream lines.
     let listed = batch || copies > 1;
     let render = Render {

@@ -25,6 +25,7 @@ pub mod responses;
 pub mod responses_bg;
 pub mod responses_store;
 pub mod score;
+pub mod sessions;
 pub mod tokenize;
 pub mod unsupported;
 pub mod weights;
@@ -100,6 +101,8 @@ pub struct AppState {
     pub l3_state: Arc<std::sync::RwLock<Option<serde_json::Value>>>,
     /// A sequence-classification checkpoint's head (embeddings are then its class scores).
     pub classifier: Option<Arc<embed::Classifier>>,
+    /// SGLang's sessions (`/open_session`, `session_params`).
+    pub sessions: Arc<sessions::Sessions>,
 }
 
 impl AppState {
@@ -189,6 +192,8 @@ pub fn app_with_limit(state: AppState, max_payload: usize) -> Router {
         .route("/encode", post(embed::encode))
         .route("/v1/score", post(score::score))
         .route("/v1/classify", post(embed::classify))
+        .route("/open_session", post(sessions::open_session))
+        .route("/close_session", post(sessions::close_session))
         .route("/classify", post(embed::classify))
         .route("/api/embed", post(embed::ollama_embed))
         .route("/api/embeddings", post(embed::ollama_embeddings))

@@ -1,4 +1,4 @@
-//! SGLang routes that `strata serve` cannot honour (weight updates, LoRA, sessions, profiling,
+//! SGLang routes that `strata serve` cannot honour (weight updates, LoRA, profiling,
 //! other model kinds (rerank), other API families...): each answers, whatever its method,
 //! a 501 JSON error that names the route and says it is not supported, instead of a bare 404.
 
@@ -36,12 +36,10 @@ pub const ROUTES: &[&str] = &[
     "/resume_memory_occupation",
     "/pd_role_switch",
     "/get_hicache_l3_cache_layout",
-    // LoRA and sessions.
+    // LoRA.
     "/load_lora_adapter",
     "/load_lora_adapter_from_tensors",
     "/unload_lora_adapter",
-    "/open_session",
-    "/close_session",
     // Retrieval corpora.
     "/add_external_corpus",
     "/remove_external_corpus",
