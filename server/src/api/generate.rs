@@ -52,7 +52,7 @@ impl<T: Clone> OneOrMany<T> {
 }
 
 /// SGLang's `GenerateReqInput`. The fields Strata acts on are named; every other field (SGLang
-/// has many: multimodal inputs, LoRA, sessions, PD bootstrap, hidden states, routing hints, and
+/// has many: multimodal inputs, LoRA, hidden states, routing hints, and
 /// whatever a newer client adds) is accepted and ignored, with a debug log when it carries a
 /// value, as SGLang ignores fields it does not know.
 #[derive(Debug, Deserialize)]
