@@ -16,18 +16,31 @@ use bytes::Bytes;
 
 use crate::admin;
 use crate::error::{Result, RouterError};
+use crate::metrics::ROUTES;
 use crate::{pd, proxy, Router};
 
+/// The request-id prefix of each route of [`metrics::ROUTES`].
+const PREFIXES: [&str; ROUTES.len()] = [
+    "gnt-",
+    "cmpl-",
+    "chatcmpl-",
+    "embd-",
+    "clsf-",
+    "rrnk-",
+    "resp-",
+    "scor-",
+    "msg-",
+];
+
+/// Forwards a request of route `route` (an index into [`ROUTES`]) to one worker. The
+/// generate-style routes take the PD path in PD mode; the others need a regular worker (a
+/// PD router has none: 503).
 async fn handle(r: Arc<Router>, route: usize, headers: HeaderMap, body: Bytes) -> Response {
     let start = Instant::now();
-    let (path, prefix) = match route {
-        0 => ("/generate", "gnt-"),
-        1 => ("/v1/completions", "cmpl-"),
-        _ => ("/v1/chat/completions", "chatcmpl-"),
-    };
-    let rid = proxy::request_id(&r, &headers, prefix);
+    let path = ROUTES[route];
+    let rid = proxy::request_id(&r, &headers, PREFIXES[route]);
     let fwd = proxy::worker_headers(&r, &headers, &rid);
-    let res = if r.cfg.pd_disaggregation {
+    let res = if r.cfg.pd_disaggregation && route < 3 {
         pd::forward(&r, path, fwd, body).await
     } else {
         proxy::forward(&r, path, fwd, body).await
@@ -52,6 +65,27 @@ async fn chat(State(r): State<Arc<Router>>, h: HeaderMap, b: Bytes) -> Response 
     handle(r, 2, h, b).await
 }
 
+/// A handler forwarding to route `I` of [`ROUTES`].
+async fn forward_to<const I: usize>(
+    State(r): State<Arc<Router>>,
+    h: HeaderMap,
+    b: Bytes,
+) -> Response {
+    handle(r, I, h, b).await
+}
+
+/// `GET` / `DELETE /v1/responses/{id}` and `POST .../cancel`: the worker that stored the response
+/// answers (each worker is asked in turn until one knows the id).
+async fn stored_response(
+    State(r): State<Arc<Router>>,
+    method: axum::http::Method,
+    uri: axum::http::Uri,
+) -> Response {
+    proxy::find(&r, method.as_str(), uri.path())
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
 async fn require_key(State(r): State<Arc<Router>>, req: Request, next: Next) -> Response {
     let want = r.auth_header.as_ref().map(|v| v.as_bytes());
     let got = req
@@ -74,6 +108,18 @@ pub fn app(router: Arc<Router>) -> axum::Router {
         .route("/generate", post(generate))
         .route("/v1/completions", post(completions))
         .route("/v1/chat/completions", post(chat))
+        .route("/v1/embeddings", post(forward_to::<3>))
+        .route("/v1/classify", post(forward_to::<4>))
+        .route("/v1/rerank", post(forward_to::<5>))
+        .route("/rerank", post(forward_to::<5>))
+        .route("/v1/responses", post(forward_to::<6>))
+        .route(
+            "/v1/responses/{id}",
+            get(stored_response).delete(stored_response),
+        )
+        .route("/v1/responses/{id}/cancel", post(stored_response))
+        .route("/v1/score", post(forward_to::<7>))
+        .route("/v1/messages", post(forward_to::<8>))
         .route("/v1/models", get(admin::info))
         .route("/get_model_info", get(admin::info))
         .route("/get_server_info", get(admin::info))

@@ -10,8 +10,20 @@ use std::time::Duration;
 
 use crate::Router;
 
-/// Routes with their own request counters.
-pub const ROUTES: [&str; 3] = ["/generate", "/v1/completions", "/v1/chat/completions"];
+/// Routes with their own request counters: the three generate-style routes (PD mode splits
+/// them), then the single-worker forwards (embeddings, classification, rerank, Responses,
+/// scoring, Anthropic messages).
+pub const ROUTES: [&str; 9] = [
+    "/generate",
+    "/v1/completions",
+    "/v1/chat/completions",
+    "/v1/embeddings",
+    "/v1/classify",
+    "/v1/rerank",
+    "/v1/responses",
+    "/v1/score",
+    "/v1/messages",
+];
 
 /// Upper bounds (seconds) of the request duration histogram.
 const BUCKETS: [f64; 14] = [
@@ -20,8 +32,8 @@ const BUCKETS: [f64; 14] = [
 
 #[derive(Debug, Default)]
 pub struct Metrics {
-    requests: [AtomicU64; 3],
-    errors: [AtomicU64; 3],
+    requests: [AtomicU64; ROUTES.len()],
+    errors: [AtomicU64; ROUTES.len()],
     pub retries: AtomicU64,
     pub pd_requests: AtomicU64,
     pub queue_rejections: AtomicU64,

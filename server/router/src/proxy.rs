@@ -219,6 +219,31 @@ pub async fn get_first(r: &Router, path: &str) -> Result<Response> {
     Ok(passthrough(resp, Held::default()).await)
 }
 
+/// Sends `method path` (no body) to each healthy serving worker in turn and passes through the
+/// first reply that is not a 404 (the worker that holds the object), else the last 404.
+pub async fn find(r: &Router, method: &str, path: &str) -> Result<Response> {
+    let auth = r.auth_only();
+    let mut last = None;
+    for w in r.serving_workers().iter().filter(|w| w.is_healthy()) {
+        let url = format!("{}{path}", w.url);
+        let Ok(reply) = r
+            .client
+            .send(method, &url, &auth, b"", r.request_timeout)
+            .await
+        else {
+            continue;
+        };
+        if reply.status != StatusCode::NOT_FOUND {
+            return Ok(passthrough(reply, Held::default()).await);
+        }
+        last = Some(reply);
+    }
+    match last {
+        Some(reply) => Ok(passthrough(reply, Held::default()).await),
+        None => Err(RouterError::NoWorkers),
+    }
+}
+
 /// Sends `method path` to every worker; 200 with per-worker results when all succeed, else 500.
 pub async fn fan_out(r: &Router, method: &str, path: &str) -> Response {
     let workers = r.all_workers();

@@ -20,6 +20,12 @@ struct Raw<'a> {
     messages: Option<&'a RawValue>,
     #[serde(borrow, default)]
     input_ids: Option<&'a RawValue>,
+    /// Embeddings, classification and Responses requests (a string or a list of strings keys).
+    #[serde(borrow, default)]
+    input: Option<&'a RawValue>,
+    /// Scoring and rerank requests.
+    #[serde(borrow, default)]
+    query: Option<&'a RawValue>,
     #[serde(default)]
     stream: Option<bool>,
     #[serde(default)]
@@ -51,7 +57,7 @@ pub fn probe(body: &[u8], with_key: bool) -> Result<Probe> {
         return_logprob: raw.return_logprob.unwrap_or(false),
         ..Default::default()
     };
-    if let Some(t) = raw.text.or(raw.prompt) {
+    if let Some(t) = raw.text.or(raw.prompt).or(raw.input).or(raw.query) {
         let s = t.get().trim_start();
         if s.starts_with('[') {
             // A batch of strings, or (completions) a list of token ids.

@@ -1,0 +1,161 @@
+//! `strata router` in front of real `strata serve` workers forwards the routes sglang-router
+//! 0.3.2 forwards beyond generation (and a few more the workers serve): `/v1/embeddings`,
+//! `/v1/classify`, `/v1/rerank` (and `/rerank`), `/v1/responses` with its stored objects found on
+//! whichever worker holds them, `/v1/score` and `/v1/messages`. Answers equal the workers' own.
+
+mod serve_common;
+
+use serde_json::{json, Value};
+use serve_common::{MadeModel, Server};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+struct Router {
+    child: Child,
+    base: String,
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+async fn start_router(workers: &[&Server]) -> Router {
+    let bin = strata_tests::build_strata().unwrap();
+    let port = free_port();
+    let mut cmd = Command::new(bin);
+    cmd.arg("router").arg("--worker-urls");
+    for w in workers {
+        cmd.arg(&w.base);
+    }
+    let child = cmd
+        .args(["--policy", "round_robin", "--host", "127.0.0.1"])
+        .args(["--port", &port.to_string(), "--log-level", "warn"])
+        .args(["--prometheus-port", &free_port().to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let r = Router {
+        child,
+        base: format!("http://127.0.0.1:{port}"),
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let client = reqwest::Client::new();
+    while Instant::now() < deadline {
+        if let Ok(resp) = client.get(format!("{}/readiness", r.base)).send().await {
+            if resp.status().is_success() {
+                return r;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("router did not become ready");
+}
+
+async fn call(method: &str, url: String, body: Option<&Value>) -> (u16, Value) {
+    let c = reqwest::Client::new();
+    let mut req = c.request(method.parse().unwrap(), url);
+    if let Some(b) = body {
+        req = req.json(b);
+    }
+    let r = req.send().await.unwrap();
+    let st = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    (
+        st,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_router_forwards_embedding_scoring_and_responses_routes() {
+    let m = MadeModel::new("llama", "tiny");
+    let e1 = Server::start(m.path(), &["--is-embedding"]);
+    let e2 = Server::start(m.path(), &["--is-embedding"]);
+    let r = start_router(&[&e1, &e2]).await;
+    let body = json!({"input": ["hello world", "second"], "model": "m"});
+    let (_, direct) = e1.post("/v1/embeddings", &body).await;
+    for _ in 0..2 {
+        // Round robin: both workers answer, with the same vectors.
+        let (st, v) = call("POST", format!("{}/v1/embeddings", r.base), Some(&body)).await;
+        assert_eq!(st, 200, "{v}");
+        assert_eq!(v["data"], direct["data"]);
+    }
+    // Worker errors pass through (a model without a classification head).
+    let (st, v) = call(
+        "POST",
+        format!("{}/v1/classify", r.base),
+        Some(&json!({"input": "a"})),
+    )
+    .await;
+    assert_eq!(st, 400, "{v}");
+    assert!(v["error"]["message"]
+        .as_str()
+        .unwrap()
+        .contains("classification"));
+    for path in ["/v1/rerank", "/rerank"] {
+        let (st, v) = call(
+            "POST",
+            format!("{}{path}", r.base),
+            Some(&json!({"query": "q", "documents": ["a"]})),
+        )
+        .await;
+        assert_eq!(st, 501, "{path}: {v}");
+    }
+    drop(r);
+
+    let g1 = Server::start(m.path(), &[]);
+    let g2 = Server::start(m.path(), &[]);
+    let r = start_router(&[&g1, &g2]).await;
+    let score = json!({"query": "Is it? ", "items": ["yes", "no"], "label_token_ids": [5, 9]});
+    let (_, want) = g1.post("/v1/score", &score).await;
+    let (st, v) = call("POST", format!("{}/v1/score", r.base), Some(&score)).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["scores"], want["scores"]);
+    let msg =
+        json!({"model": "m", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]});
+    let (st, v) = call("POST", format!("{}/v1/messages", r.base), Some(&msg)).await;
+    assert_eq!((st, v["type"].clone()), (200, json!("message")), "{v}");
+    // Stored responses are found on whichever worker holds them.
+    let mut ids = Vec::new();
+    for i in 0..2 {
+        let req = json!({"input": format!("hello {i}"), "max_output_tokens": 4, "temperature": 0});
+        let (st, v) = call("POST", format!("{}/v1/responses", r.base), Some(&req)).await;
+        assert_eq!(st, 200, "{v}");
+        ids.push(v["id"].as_str().unwrap().to_string());
+    }
+    let held = |s: &Server, id: &str| {
+        let url = s.url(&format!("/v1/responses/{id}"));
+        async move { call("GET", url, None).await.0 == 200 }
+    };
+    assert!(
+        held(&g1, &ids[0]).await != held(&g2, &ids[0]).await,
+        "one worker holds each"
+    );
+    for id in &ids {
+        let (st, v) = call("GET", format!("{}/v1/responses/{id}", r.base), None).await;
+        assert_eq!((st, v["id"].clone()), (200, json!(id)), "{v}");
+    }
+    let (st, _) = call(
+        "DELETE",
+        format!("{}/v1/responses/{}", r.base, ids[1]),
+        None,
+    )
+    .await;
+    assert_eq!(st, 200);
+    let (st, v) = call("GET", format!("{}/v1/responses/{}", r.base, ids[1]), None).await;
+    assert_eq!(st, 404, "deleted: {v}");
+    let (st, _) = call("GET", format!("{}/v1/responses/resp_nope", r.base), None).await;
+    assert_eq!(st, 404);
+}
