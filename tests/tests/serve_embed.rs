@@ -429,3 +429,27 @@ async fn a_backbone_checkpoint_serves_embeddings_and_matryoshka_sizes() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn embeddings_reuse_l3_pages_across_a_restart() {
+    let m = MadeModel::new("llama", "tiny");
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("l3");
+    let long = "The history of the city begins with a small settlement by the river. ".repeat(8);
+    let start = |extra: &str| Server::file_l3_with(m.path(), &dir, extra, &["--is-embedding"]);
+    let first = {
+        let a = start(r#"{"prefetch_threshold": 32}"#);
+        let e = embed(&a, json!(long)).await;
+        // The prompt's full pages reach the L3 before the server goes.
+        assert!(a.wait_metric("backuped_tokens_total", 128.0).await >= 128.0);
+        a.wait_idle().await;
+        e
+    };
+    let b = start(r#"{"prefetch_threshold": 32}"#);
+    let again = embed(&b, json!(long)).await;
+    assert_close(&again[0], &first[0], 1e-5, "after a restart, from the L3");
+    assert!(
+        b.metric("prefetched_tokens_total").await >= 128.0,
+        "the restarted server read the prompt's pages from the L3"
+    );
+}

@@ -62,19 +62,26 @@ impl Server {
     /// A HiCache server (page size 16, `wait_complete` prefetches) whose L3 is the directory
     /// `dir`, given as SGLang takes it (by environment), with extra config `extra`.
     pub fn file_l3(model: &Path, dir: &Path, extra: &str) -> Server {
+        Self::file_l3_with(model, dir, extra, &[])
+    }
+
+    /// [`Server::file_l3`] with more flags.
+    pub fn file_l3_with(model: &Path, dir: &Path, extra: &str, more: &[&str]) -> Server {
+        let mut flags = vec![
+            "--page-size",
+            "16",
+            "--enable-hierarchical-cache",
+            "--hicache-storage-backend",
+            "file",
+            "--hicache-storage-prefetch-policy",
+            "wait_complete",
+            "--hicache-storage-backend-extra-config",
+            extra,
+        ];
+        flags.extend_from_slice(more);
         Self::start_env(
             model,
-            &[
-                "--page-size",
-                "16",
-                "--enable-hierarchical-cache",
-                "--hicache-storage-backend",
-                "file",
-                "--hicache-storage-prefetch-policy",
-                "wait_complete",
-                "--hicache-storage-backend-extra-config",
-                extra,
-            ],
+            &flags,
             &[(
                 "SGLANG_HICACHE_FILE_BACKEND_STORAGE_DIR",
                 dir.to_str().unwrap(),
