@@ -9,47 +9,20 @@ mod serve_common;
 use cluster_util::{free_port, seed};
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
-use serve_common::{MadeModel, Server};
-use std::process::{Child, Command, Stdio};
+use serve_common::{MadeModel, Router, Server};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
-struct Router {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Router {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
 fn router(prefill: &str, boot: u16, decode: &str) -> Router {
-    let port = free_port();
-    let child = Command::new(serve_common::bin())
-        .args(["router", "--pd-disaggregation", "--prefill", prefill])
-        .arg(boot.to_string())
-        .args(["--decode", decode, "--host", "127.0.0.1", "--port"])
-        .arg(port.to_string())
-        .args(["--prometheus-port", &free_port().to_string()])
-        .args(["--log-level", "warn"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn router");
-    let r = Router {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while Instant::now() < deadline {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return r;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    panic!("router did not come up");
+    let boot = boot.to_string();
+    Router::start(&[
+        "--pd-disaggregation",
+        "--prefill",
+        prefill,
+        &boot,
+        "--decode",
+        decode,
+    ])
 }
 
 /// A `strata serve` in PD `mode` ("prefill" or "decode") on bootstrap port `boot`, pages of 16,

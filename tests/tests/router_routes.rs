@@ -6,57 +6,19 @@
 mod serve_common;
 
 use serde_json::{json, Value};
-use serve_common::{MadeModel, Server};
-use std::process::{Child, Command, Stdio};
+use serve_common::{MadeModel, Router, Server};
 use std::time::{Duration, Instant};
 
-struct Router {
-    child: Child,
-    base: String,
-}
-
-impl Drop for Router {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
+/// A round-robin router in front of `workers`, once it reports ready (every worker healthy).
 async fn start_router(workers: &[&Server]) -> Router {
-    let bin = strata_tests::build_strata().unwrap();
-    let port = free_port();
-    let mut cmd = Command::new(bin);
-    cmd.arg("router").arg("--worker-urls");
-    for w in workers {
-        cmd.arg(&w.base);
-    }
-    let child = cmd
-        .args(["--policy", "round_robin", "--host", "127.0.0.1"])
-        .args(["--port", &port.to_string(), "--log-level", "warn"])
-        .args(["--prometheus-port", &free_port().to_string()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    let r = Router {
-        child,
-        base: format!("http://127.0.0.1:{port}"),
-    };
+    let mut args = vec!["--worker-urls"];
+    args.extend(workers.iter().map(|w| w.base.as_str()));
+    args.extend(["--policy", "round_robin"]);
+    let r = Router::start(&args);
     let deadline = Instant::now() + Duration::from_secs(30);
-    let client = reqwest::Client::new();
     while Instant::now() < deadline {
-        if let Ok(resp) = client.get(format!("{}/readiness", r.base)).send().await {
-            if resp.status().is_success() {
-                return r;
-            }
+        if call("GET", format!("{}/readiness", r.base), None).await.0 == 200 {
+            return r;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

@@ -325,3 +325,55 @@ fn strip_ansi(s: &str) -> String {
 pub fn bin() -> PathBuf {
     strata_tests::build_strata().expect("build strata")
 }
+
+/// A free TCP port on 127.0.0.1.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A running `strata router` (killed on drop).
+pub struct Router {
+    child: Child,
+    pub base: String,
+}
+
+impl Drop for Router {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Router {
+    /// Starts `strata router ARGS` on free ports (logging warnings only); waits until it
+    /// accepts connections.
+    pub fn start(args: &[&str]) -> Router {
+        let port = free_port();
+        let child = Command::new(bin())
+            .arg("router")
+            .args(args)
+            .args(["--host", "127.0.0.1", "--port", &port.to_string()])
+            .args(["--prometheus-port", &free_port().to_string()])
+            .args(["--log-level", "warn"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn router");
+        let r = Router {
+            child,
+            base: format!("http://127.0.0.1:{port}"),
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return r;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        panic!("router did not come up");
+    }
+}

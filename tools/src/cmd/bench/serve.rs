@@ -208,28 +208,32 @@ fn dataset(a: &Args, tok: &Tokenizer) -> anyhow::Result<Vec<Prompt>> {
     Ok(out)
 }
 
+/// POSTs `body`; a reply that is not a success is an error naming its status and body.
+async fn post(
+    client: &reqwest::Client,
+    url: &str,
+    body: &Value,
+) -> Result<reqwest::Response, String> {
+    match client.post(url).json(body).send().await {
+        Ok(r) if r.status().is_success() => Ok(r),
+        Ok(r) => Err(format!(
+            "HTTP {}: {}",
+            r.status(),
+            r.text().await.unwrap_or_default()
+        )),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
 /// One embedding request: done when its vector arrives (TTFT = end-to-end latency).
 async fn send_embedding(client: &reqwest::Client, a: &Args, p: &Prompt) -> Outcome {
     let start = Instant::now();
     let mut o = Outcome::default();
     let url = format!("{}/v1/embeddings", a.base_url);
-    let r = client
-        .post(&url)
-        .json(&json!({"input": p.text}))
-        .send()
-        .await;
-    let v: Value = match r {
-        Ok(r) if r.status().is_success() => r.json().await.unwrap_or(Value::Null),
-        Ok(r) => {
-            o.error = format!(
-                "HTTP {}: {}",
-                r.status(),
-                r.text().await.unwrap_or_default()
-            );
-            return o;
-        }
+    let v: Value = match post(client, &url, &json!({"input": p.text})).await {
+        Ok(r) => r.json().await.unwrap_or(Value::Null),
         Err(e) => {
-            o.error = e.to_string();
+            o.error = e;
             return o;
         }
     };
@@ -263,18 +267,10 @@ async fn send(client: &reqwest::Client, a: &Args, p: &Prompt) -> Outcome {
         )
     };
     let mut o = Outcome::default();
-    let resp = match client.post(&url).json(&body).send().await {
-        Ok(r) if r.status().is_success() => r,
-        Ok(r) => {
-            o.error = format!(
-                "HTTP {}: {}",
-                r.status(),
-                r.text().await.unwrap_or_default()
-            );
-            return o;
-        }
+    let resp = match post(client, &url, &body).await {
+        Ok(r) => r,
         Err(e) => {
-            o.error = e.to_string();
+            o.error = e;
             return o;
         }
     };
