@@ -37,3 +37,12 @@ pub fn build_strata() -> anyhow::Result<PathBuf> {
     .clone()
     .map_err(|e| anyhow::anyhow!(e))
 }
+
+/// A free TCP port on loopback (bound, then released for the caller to bind).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}

@@ -11,6 +11,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+use strata_tests::free_port;
 
 /// Runs `strata ARGS` expecting a start-up failure; returns its stderr.
 fn fails(args: &[&str]) -> String {
@@ -184,11 +185,6 @@ fn mock_worker() -> String {
         }
     });
     url
-}
-
-fn free_port() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.local_addr().unwrap().port()
 }
 
 /// `POST /generate` on a fresh connection; the status code.

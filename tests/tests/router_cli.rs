@@ -8,6 +8,7 @@ use std::net::{TcpListener, TcpStream};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+use strata_tests::free_port;
 
 type Bodies = Arc<Mutex<Vec<serde_json::Value>>>;
 
@@ -63,14 +64,6 @@ fn serve_conn(s: TcpStream, seen: Bodies) {
             return;
         }
     }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// One HTTP/1.1 request on a fresh connection; returns (status, body).

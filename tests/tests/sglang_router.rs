@@ -16,6 +16,7 @@ use serve_common::{MadeModel, Server};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
+use strata_tests::free_port;
 
 const ROUTER_PKG: &str = "sglang-router==0.3.2";
 
@@ -62,14 +63,6 @@ fn router_python() -> PathBuf {
         venv.display()
     );
     python
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 struct KillOnDrop(Child);

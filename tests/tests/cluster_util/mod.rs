@@ -153,14 +153,8 @@ pub fn http(addr: &str, method: &str, path: &str, body: &str, headers: &[&str]) 
     (status, body.to_owned())
 }
 
-/// A free TCP port on loopback (bound then released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+#[allow(unused_imports)]
+pub use strata_tests::free_port;
 
 /// The test's seed: `STRATA_TEST_SEED` or the clock, printed so a failure can be replayed.
 pub fn seed() -> u64 {

@@ -326,14 +326,8 @@ pub fn bin() -> PathBuf {
     strata_tests::build_strata().expect("build strata")
 }
 
-/// A free TCP port on 127.0.0.1.
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+#[allow(unused_imports)]
+pub use strata_tests::free_port;
 
 /// A running `strata router` (killed on drop).
 pub struct Router {
