@@ -129,6 +129,30 @@ async fn outputs_follow_regex_and_json_schema() {
         } else {
             assert!(text.starts_with('{'), "seed {seed}: {text:?}");
         }
+        // Left recursion through another rule (rewritten): root = y (zx)*.
+        let (st, v) = s
+            .post(
+                "/generate",
+                &json!({"text": "Once", "sampling_params": {
+                "ebnf": "root ::= a \"x\" | \"y\"  a ::= root \"z\"",
+                "max_new_tokens": 20, "temperature": temperature, "seed": seed}}),
+            )
+            .await;
+        assert_eq!(st, 200, "{v}");
+        let text = v["text"].as_str().unwrap();
+        let body = text.strip_prefix('y').unwrap_or_else(|| panic!("{text:?}"));
+        let pairs = body.len() / 2;
+        assert_eq!(
+            &body[..2 * pairs],
+            "zx".repeat(pairs),
+            "seed {seed}: {text:?}"
+        );
+        let rest = &body[2 * pairs..];
+        let finished = v["meta_info"]["finish_reason"]["type"] == "stop";
+        assert!(
+            rest.is_empty() || (!finished && rest == "z"),
+            "seed {seed}: {text:?}"
+        );
     }
 
     // JSON schema on /generate (as SGLang's string) and the same answer streamed.
@@ -227,7 +251,7 @@ async fn outputs_follow_regex_and_json_schema() {
         ),
         (
             "/generate",
-            json!({"text": "x", "sampling_params": {"ebnf": "root ::= a \"x\" | \"y\"  a ::= root \"z\""}}),
+            json!({"text": "x", "sampling_params": {"ebnf": "root ::= opt root \"z\" | \"q\"  opt ::= \"o\"?"}}),
         ),
         (
             "/v1/chat/completions",

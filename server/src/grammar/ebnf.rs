@@ -8,7 +8,8 @@
 //! recursive in place and keeps each recursive rule (one on a cycle of references) as a rule of
 //! its own that the others call ([`super::pda`]), so nesting has no fixed bound; a directly
 //! left-recursive rule (`expr ::= expr "+" term | term`) is first rewritten as the repetition it
-//! stands for (`expr ::= term ("+" term)*`). Where a single
+//! stands for (`expr ::= term ("+" term)*`), and left recursion through other rules is first made
+//! direct (Paull's algorithm). Where a single
 //! regular expression is needed (the `grammar` format inside a structural tag), [`to_regex`]
 //! unrolls recursion [`MAX_NESTING`] levels deep and drops the alternatives that would need a
 //! deeper level (outputs nest at most that deep and still derive from the grammar). A grammar
@@ -75,6 +76,7 @@ pub fn to_rules(src: &str) -> Result<Rules, String> {
             *body = b;
         }
     }
+    without_indirect_left_recursion(&mut rules)?;
     let recursive = recursive_rules(&rules);
     if recursive.is_empty() {
         return unrolled(&rules).map(Rules::regular);
@@ -105,8 +107,8 @@ pub fn to_rules(src: &str) -> Result<Rules, String> {
 
 /// A rule `A ::= A a1 | .. | A an | b1 | .. | bm` (directly left-recursive alternatives) as the
 /// same language without left recursion, `A ::= (b1 | .. | bm) (a1 | .. | an)*`; None when the
-/// rule has no such alternative (or no other one). Left recursion through other rules stays (the
-/// analysis refuses it).
+/// rule has no such alternative (or no other one). Left recursion through other rules is
+/// [`without_indirect_left_recursion`]'s.
 fn without_left_recursion(name: &str, body: &Node) -> Option<Node> {
     let alts = match body {
         Node::Alt(v) => v.clone(),
@@ -132,6 +134,108 @@ fn without_left_recursion(name: &str, body: &Node) -> Option<Node> {
         Node::Alt(heads),
         Node::Rep(Box::new(Node::Alt(tails)), 0, None),
     ]))
+}
+
+/// The most alternatives the left-recursion rewrite may give one rule.
+const MAX_ALTERNATIVES: usize = 4096;
+
+/// `n` as a list of alternatives, each a sequence, alternatives at the head of a sequence
+/// distributed over its rest (`(a | b) c` gives `a c` and `b c`), so that what each alternative
+/// starts with is visible.
+fn alternatives(n: &Node) -> Vec<Vec<Node>> {
+    match n {
+        Node::Alt(v) => v.iter().flat_map(alternatives).collect(),
+        Node::Seq(items) => match items.split_first() {
+            None => vec![Vec::new()],
+            Some((first @ (Node::Alt(_) | Node::Seq(_)), rest)) => alternatives(first)
+                .into_iter()
+                .map(|mut a| {
+                    a.extend_from_slice(rest);
+                    a
+                })
+                .collect(),
+            Some(_) => vec![items.clone()],
+        },
+        other => vec![vec![other.clone()]],
+    }
+}
+
+/// The rule an alternative starts with, if it starts with a reference.
+fn leading(alt: &[Node]) -> Option<&str> {
+    match alt.first() {
+        Some(Node::Ref(r)) => Some(r),
+        _ => None,
+    }
+}
+
+/// Rewrites left recursion through other rules (`a ::= b "x" | "y"  b ::= a "z" | "w"`) away, as
+/// Paull's algorithm does: the rules on a cycle of leading references are put in a fixed order;
+/// in turn, each one's alternatives that start with an earlier such rule take that rule's
+/// alternatives in its place (until none does), then its direct left recursion becomes a
+/// repetition. The language is unchanged. What is left (a rule reached through a nullable
+/// prefix, `opt root` with `opt` able to read nothing) the analysis still refuses.
+fn without_indirect_left_recursion(rules: &mut HashMap<String, Node>) -> Result<(), String> {
+    let edges: HashMap<String, Vec<String>> = rules
+        .iter()
+        .map(|(k, v)| {
+            let heads = alternatives(v)
+                .iter()
+                .filter_map(|a| leading(a).map(String::from))
+                .collect();
+            (k.clone(), heads)
+        })
+        .collect();
+    let reaches_itself = |from: &String| {
+        let (mut seen, mut stack) = (HashSet::new(), edges[from].clone());
+        while let Some(r) = stack.pop() {
+            if &r == from {
+                return true;
+            }
+            if seen.insert(r.clone()) {
+                stack.extend(edges.get(&r).into_iter().flatten().cloned());
+            }
+        }
+        false
+    };
+    let mut order: Vec<String> = rules
+        .keys()
+        .filter(|k| reaches_itself(k))
+        .cloned()
+        .collect();
+    order.sort();
+    for i in 0..order.len() {
+        let earlier = &order[..i];
+        let mut alts = alternatives(&rules[&order[i]]);
+        while alts
+            .iter()
+            .any(|a| leading(a).is_some_and(|r| earlier.iter().any(|e| e == r)))
+        {
+            let mut next = Vec::new();
+            for a in alts {
+                match leading(&a).filter(|r| earlier.iter().any(|e| e == r)) {
+                    Some(r) => {
+                        for mut b in alternatives(&rules[r]) {
+                            b.extend_from_slice(&a[1..]);
+                            next.push(b);
+                        }
+                    }
+                    None => next.push(a),
+                }
+                if next.len() > MAX_ALTERNATIVES {
+                    return Err(format!(
+                        "The EBNF grammar's left recursion through rule `{}` expands to more \
+                         than {MAX_ALTERNATIVES} alternatives.",
+                        order[i]
+                    ));
+                }
+            }
+            alts = next;
+        }
+        let body = Node::Alt(alts.into_iter().map(Node::Seq).collect());
+        let body = without_left_recursion(&order[i], &body).unwrap_or(body);
+        rules.insert(order[i].clone(), body);
+    }
+    Ok(())
 }
 
 fn parse_rooted(src: &str) -> Result<HashMap<String, Node>, String> {
