@@ -120,4 +120,94 @@ async fn the_router_forwards_embedding_scoring_and_responses_routes() {
     assert_eq!(st, 404, "deleted: {v}");
     let (st, _) = call("GET", format!("{}/v1/responses/resp_nope", r.base), None).await;
     assert_eq!(st, 404);
+
+    // Conversations live in the router; a response in one sees its items and joins it.
+    let (st, c) = call(
+        "POST",
+        format!("{}/v1/conversations", r.base),
+        Some(&json!({
+        "metadata": {"topic": "demo"},
+        "items": [{"type": "message", "role": "user", "content": "Hello there"}]})),
+    )
+    .await;
+    assert_eq!(st, 200, "{c}");
+    let cid = c["id"].as_str().unwrap().to_string();
+    assert!(
+        cid.starts_with("conv_") && c["object"] == "conversation",
+        "{c}"
+    );
+    assert_eq!(c["metadata"]["topic"], "demo");
+    let items = |q: &str| {
+        call(
+            "GET",
+            format!("{}/v1/conversations/{cid}/items{q}", r.base),
+            None,
+        )
+    };
+    let (_, l) = items("?order=asc").await;
+    assert_eq!(l["data"].as_array().unwrap().len(), 1, "{l}");
+    let req = json!({"input": "How are you?", "conversation": cid, "max_output_tokens": 6,
+        "temperature": 0});
+    let (st, v) = call("POST", format!("{}/v1/responses", r.base), Some(&req)).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(v["conversation"]["id"], cid.as_str());
+    let history = json!({"input": [
+        {"type": "message", "role": "user", "content": "Hello there"},
+        {"type": "message", "role": "user", "content": "How are you?"}],
+        "max_output_tokens": 6, "temperature": 0});
+    let (_, want) = g1.post("/v1/responses", &history).await;
+    assert_eq!(
+        v["output"][0]["content"][0]["text"],
+        want["output"][0]["content"][0]["text"]
+    );
+    let (_, l) = items("?order=asc").await;
+    let data = l["data"].as_array().unwrap();
+    assert_eq!(data.len(), 3, "hello, the question, the answer: {l}");
+    assert_eq!(data[1]["content"], "How are you?");
+    assert_eq!(data[2]["role"], "assistant");
+    // Pages: newest first by default, `after` continues.
+    let (_, p1) = items("?limit=1").await;
+    assert_eq!(
+        (p1["data"][0]["id"].clone(), p1["has_more"].clone()),
+        (data[2]["id"].clone(), json!(true))
+    );
+    let (_, p2) = items(&format!(
+        "?limit=5&after={}",
+        data[2]["id"].as_str().unwrap()
+    ))
+    .await;
+    assert_eq!(p2["data"].as_array().unwrap().len(), 2);
+    // Items one by one, metadata, deletion.
+    let item = data[0]["id"].as_str().unwrap();
+    let (st, i) = call(
+        "GET",
+        format!("{}/v1/conversations/{cid}/items/{item}", r.base),
+        None,
+    )
+    .await;
+    assert_eq!((st, i["content"].clone()), (200, json!("Hello there")));
+    let (st, _) = call(
+        "DELETE",
+        format!("{}/v1/conversations/{cid}/items/{item}", r.base),
+        None,
+    )
+    .await;
+    assert_eq!(st, 200);
+    assert_eq!(items("").await.1["data"].as_array().unwrap().len(), 2);
+    let (st, u) = call(
+        "POST",
+        format!("{}/v1/conversations/{cid}", r.base),
+        Some(&json!({"metadata": {"topic": "x"}})),
+    )
+    .await;
+    assert_eq!((st, u["metadata"]["topic"].clone()), (200, json!("x")));
+    let streamed = json!({"input": "hi", "conversation": {"id": cid}, "stream": true});
+    let (st, _) = call("POST", format!("{}/v1/responses", r.base), Some(&streamed)).await;
+    assert_eq!(st, 400, "a streamed response in a conversation");
+    let (st, d) = call("DELETE", format!("{}/v1/conversations/{cid}", r.base), None).await;
+    assert_eq!((st, d["deleted"].clone()), (200, json!(true)));
+    let (st, _) = call("GET", format!("{}/v1/conversations/{cid}", r.base), None).await;
+    assert_eq!(st, 404);
+    let (st, _) = call("POST", format!("{}/v1/responses", r.base), Some(&req)).await;
+    assert_eq!(st, 404, "a response in a deleted conversation");
 }

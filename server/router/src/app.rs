@@ -17,7 +17,7 @@ use bytes::Bytes;
 use crate::admin;
 use crate::error::{Result, RouterError};
 use crate::metrics::ROUTES;
-use crate::{pd, proxy, Router};
+use crate::{conversations, pd, proxy, Router};
 
 /// The request-id prefix of each route of [`metrics::ROUTES`].
 const PREFIXES: [&str; ROUTES.len()] = [
@@ -74,6 +74,23 @@ async fn forward_to<const I: usize>(
     handle(r, I, h, b).await
 }
 
+/// `POST /v1/responses`: in a conversation when it names one (`conversations.rs`), else
+/// forwarded as it is.
+async fn responses(State(r): State<Arc<Router>>, h: HeaderMap, b: Bytes) -> Response {
+    let Some((req, id)) = conversations::named(&b) else {
+        return handle(r, 6, h, b).await;
+    };
+    let start = Instant::now();
+    let rid = proxy::request_id(&r, &h, PREFIXES[6]);
+    let fwd = proxy::worker_headers(&r, &h, &rid);
+    let mut resp = conversations::respond_in(&r, req, id, fwd).await;
+    r.metrics
+        .record(6, resp.status().is_success(), start.elapsed());
+    resp.headers_mut()
+        .insert(HeaderName::from_static("x-request-id"), rid);
+    resp
+}
+
 /// `GET` / `DELETE /v1/responses/{id}` and `POST .../cancel`: the worker that stored the response
 /// answers (each worker is asked in turn until one knows the id).
 async fn stored_response(
@@ -112,7 +129,22 @@ pub fn app(router: Arc<Router>) -> axum::Router {
         .route("/v1/classify", post(forward_to::<4>))
         .route("/v1/rerank", post(forward_to::<5>))
         .route("/rerank", post(forward_to::<5>))
-        .route("/v1/responses", post(forward_to::<6>))
+        .route("/v1/responses", post(responses))
+        .route("/v1/conversations", post(conversations::create))
+        .route(
+            "/v1/conversations/{id}",
+            get(conversations::get)
+                .post(conversations::update)
+                .delete(conversations::delete),
+        )
+        .route(
+            "/v1/conversations/{id}/items",
+            get(conversations::list_items).post(conversations::add_items),
+        )
+        .route(
+            "/v1/conversations/{id}/items/{item}",
+            get(conversations::get_item).delete(conversations::delete_item),
+        )
         .route(
             "/v1/responses/{id}",
             get(stored_response).delete(stored_response),

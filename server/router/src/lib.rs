@@ -4,7 +4,7 @@
 //! Layout: `config` (flags and defaults), `policy/` + `tree` (where a request goes), `worker`
 //! (workers, pools, load accounting), `health` / `circuit` / `retry` / `queue` (resilience),
 //! `request` (reading and rewriting bodies), `proxy` (regular forwarding), `pd` (PD forwarding),
-//! `admin` (worker management), `app` (the axum routes), `metrics`, `error` (the one error type
+//! `admin` (worker management), `conversations` (OpenAI conversations), `app` (the axum routes), `metrics`, `error` (the one error type
 //! and its HTTP shape). [`Router`] is the shared state; [`run`] is what the command calls.
 
 pub mod admin;
@@ -12,6 +12,7 @@ pub mod app;
 pub mod circuit;
 pub mod client;
 pub mod config;
+pub mod conversations;
 pub mod error;
 pub mod health;
 pub mod metrics;
@@ -55,6 +56,8 @@ pub struct Router {
     pub auth_header: Option<HeaderValue>,
     /// Jitter for retry backoff.
     pub rng: Mutex<SmallRng>,
+    /// OpenAI conversations (`conversations.rs`).
+    pub conversations: conversations::Conversations,
 }
 
 impl Router {
@@ -96,6 +99,7 @@ impl Router {
             request_timeout: Duration::from_secs(cfg.request_timeout_secs.max(1)),
             auth_header,
             rng: Mutex::new(SmallRng::seed_from_u64(seed ^ 0x5eed)),
+            conversations: Default::default(),
             cfg,
         };
         for url in &r.cfg.worker_urls {
