@@ -20,7 +20,7 @@ use parking_lot::Mutex;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use crate::error::RouterError;
+use crate::error::{Result, RouterError};
 use crate::Router;
 use std::sync::Arc;
 
@@ -65,13 +65,13 @@ fn not_found() -> Response {
         .into_response()
 }
 
-fn bad(msg: impl Into<String>) -> Response {
-    RouterError::BadRequest(msg.into()).into_response()
+fn bad(msg: impl Into<String>) -> RouterError {
+    RouterError::BadRequest(msg.into())
 }
 
 /// An item as stored: an id (kept when given, else `msg_...` for messages and `item_...` for
 /// the rest), `status` and `created_at` added.
-fn stored(mut item: Value) -> std::result::Result<Value, Response> {
+fn stored(mut item: Value) -> Result<Value> {
     let Some(o) = item.as_object_mut() else {
         return Err(bad("each item must be an object"));
     };
@@ -88,7 +88,7 @@ fn stored(mut item: Value) -> std::result::Result<Value, Response> {
     Ok(item)
 }
 
-fn items_of(v: &Value) -> std::result::Result<Vec<Value>, Response> {
+fn items_of(v: &Value) -> Result<Vec<Value>> {
     match v.get("items") {
         None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::Array(a)) => a.iter().cloned().map(stored).collect(),
@@ -96,7 +96,7 @@ fn items_of(v: &Value) -> std::result::Result<Vec<Value>, Response> {
     }
 }
 
-fn body(b: &Bytes) -> std::result::Result<Value, Response> {
+fn body(b: &Bytes) -> Result<Value> {
     if b.is_empty() {
         return Ok(json!({}));
     }
@@ -133,11 +133,11 @@ type St = State<Arc<Router>>;
 pub async fn create(State(r): St, b: Bytes) -> Response {
     let v = match body(&b) {
         Ok(v) => v,
-        Err(e) => return e,
+        Err(e) => return e.into_response(),
     };
     let items = match items_of(&v) {
         Ok(i) => i,
-        Err(e) => return e,
+        Err(e) => return e.into_response(),
     };
     let id = hex_id("conv_");
     let c = Conversation {
@@ -162,7 +162,7 @@ pub async fn get(State(r): St, Path(id): Path<String>) -> Response {
 pub async fn update(State(r): St, Path(id): Path<String>, b: Bytes) -> Response {
     let v = match body(&b) {
         Ok(v) => v,
-        Err(e) => return e,
+        Err(e) => return e.into_response(),
     };
     let mut map = r.conversations.0.lock();
     let Some(c) = map.get_mut(&id) else {
@@ -185,11 +185,11 @@ pub async fn delete(State(r): St, Path(id): Path<String>) -> Response {
 pub async fn add_items(State(r): St, Path(id): Path<String>, b: Bytes) -> Response {
     let v = match body(&b) {
         Ok(v) => v,
-        Err(e) => return e,
+        Err(e) => return e.into_response(),
     };
     let items = match items_of(&v) {
         Ok(i) => i,
-        Err(e) => return e,
+        Err(e) => return e.into_response(),
     };
     if !r.conversations.append(&id, items.clone()) {
         return not_found();
@@ -217,14 +217,18 @@ pub async fn list_items(
     match q.order.as_deref() {
         Some("asc") => {}
         None | Some("desc") => items.reverse(),
-        Some(o) => return bad(format!("order {o:?}: expected \"asc\" or \"desc\"")),
+        Some(o) => {
+            return bad(format!("order {o:?}: expected \"asc\" or \"desc\"")).into_response()
+        }
     }
     if let Some(after) = &q.after {
         match items.iter().position(|i| i["id"] == after.as_str()) {
             Some(k) => {
                 items.drain(..=k);
             }
-            None => return bad(format!("after: no item {after} in the conversation")),
+            None => {
+                return bad(format!("after: no item {after} in the conversation")).into_response()
+            }
         }
     }
     let limit = q.limit.unwrap_or(20).clamp(1, MAX_LIMIT);
@@ -293,7 +297,7 @@ pub async fn respond_in(
     headers: HeaderMap,
 ) -> Response {
     if req.get("stream").and_then(Value::as_bool) == Some(true) {
-        return bad("a streamed response cannot run in a conversation through strata router; send it unstreamed or pass the history as input");
+        return bad("a streamed response cannot run in a conversation through strata router; send it unstreamed or pass the history as input").into_response();
     }
     let Some(history) = r.conversations.items(&id) else {
         return not_found();
@@ -302,7 +306,7 @@ pub async fn respond_in(
         Some(Value::String(s)) => vec![json!({"type": "message", "role": "user", "content": s})],
         Some(Value::Array(a)) => a,
         Some(Value::Null) | None => Vec::new(),
-        Some(_) => return bad("input must be a string or a list of items"),
+        Some(_) => return bad("input must be a string or a list of items").into_response(),
     };
     req.remove("conversation");
     let mut input: Vec<Value> = history
@@ -340,7 +344,7 @@ pub async fn respond_in(
     {
         match stored(i) {
             Ok(i) => new.push(i),
-            Err(e) => return e,
+            Err(e) => return e.into_response(),
         }
     }
     r.conversations.append(&id, new);
