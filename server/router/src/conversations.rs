@@ -10,6 +10,7 @@
 //! conversation through any worker. A streamed one with `conversation` is a 400 here.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -22,7 +23,6 @@ use serde_json::{json, Map, Value};
 
 use crate::error::{Result, RouterError};
 use crate::Router;
-use std::sync::Arc;
 
 /// The most items one list call answers (OpenAI's bound).
 const MAX_LIMIT: usize = 100;
