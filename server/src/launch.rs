@@ -300,7 +300,7 @@ where
         "KV pool ready"
     );
     let classifier = match &cfg.labels {
-        Some(labels) => Some(Arc::new(crate::api::embed::Classifier::load(
+        Some(labels) => Some(Arc::new(crate::api::classify::Classifier::load(
             dir,
             labels.clone(),
             cfg.hidden_size,

@@ -5,8 +5,9 @@
 //! Each input runs as a prompt-only request through the scheduler (batched, chunked, prefix
 //! cached and HiCache-backed like any prompt); its answer is the last token's hidden state after
 //! the final norm (SGLang's `LAST` pooling), cut to `dimensions` when asked (Matryoshka models
-//! only, as in SGLang) and L2-normalised. On a server launched for generation these routes answer
-//! SGLang's 400 ("does not appear to be an embedding model").
+//! only, as in SGLang) and L2-normalised; a classification checkpoint answers its class scores
+//! instead (`classify.rs`). On a server launched for generation these routes answer SGLang's 400
+//! ("does not appear to be an embedding model").
 
 use super::driver::Driver;
 use super::error::ApiError;
@@ -20,67 +21,16 @@ use axum::Json;
 use serde_json::{json, Value};
 use std::time::Instant;
 
-/// A sequence-classification head (`score.weight`, `[labels, hidden]`): the answer of a
-/// classification checkpoint is its class scores of the last token's final hidden state
-/// (SGLang's `LAST` pooling without normalisation, then the head), which `/encode` and
-/// `/v1/embeddings` return as the embedding (a reward model's one score) and `/v1/classify`
-/// turns into a label and probabilities.
-pub struct Classifier {
-    weight: Vec<f32>,
-    pub labels: Vec<String>,
-}
-
-impl Classifier {
-    /// Reads `score.weight` from the checkpoint in `dir`.
-    pub fn load(
-        dir: &std::path::Path,
-        labels: Vec<String>,
-        hidden: usize,
-    ) -> Result<Self, crate::model::ModelError> {
-        let bad = |msg: String| crate::model::ModelError::bad(dir, msg);
-        let t = crate::model::weights::read_tensor(dir, "score.weight")?.ok_or_else(|| {
-            bad("a sequence-classification checkpoint without `score.weight`".into())
-        })?;
-        if t.shape != [labels.len(), hidden] {
-            return Err(bad(format!(
-                "`score.weight` has shape {:?}; {} labels and hidden size {hidden} imply [{}, {hidden}]",
-                t.shape,
-                labels.len(),
-                labels.len()
-            )));
-        }
-        Ok(Classifier {
-            weight: t.data,
-            labels,
-        })
-    }
-
-    /// The class scores of a final hidden state.
-    pub fn scores(&self, hidden: &[f32]) -> Vec<f32> {
-        self.weight
-            .chunks(hidden.len())
-            .map(|w| {
-                let s: f64 = w
-                    .iter()
-                    .zip(hidden)
-                    .map(|(&a, &b)| a as f64 * b as f64)
-                    .sum();
-                s as f32
-            })
-            .collect()
-    }
-}
-
 /// One finished input.
-struct Embedded {
-    rid: String,
-    vector: Vec<f32>,
-    prompt_tokens: usize,
-    e2e_secs: f64,
+pub(super) struct Embedded {
+    pub rid: String,
+    pub vector: Vec<f32>,
+    pub prompt_tokens: usize,
+    pub e2e_secs: f64,
 }
 
 /// The inputs of a request: texts (tokenised here, with BOS) or token ids.
-fn prompts(st: &AppState, v: &Value, field: &str) -> Result<Vec<Vec<u32>>, ApiError> {
+pub(super) fn prompts(st: &AppState, v: &Value, field: &str) -> Result<Vec<Vec<u32>>, ApiError> {
     let empty = || ApiError::bad_request("Input cannot be empty");
     let ids = |x: &Value, i: usize| -> Result<Vec<u32>, ApiError> {
         let a = x
@@ -198,7 +148,7 @@ pub fn pool(mut hidden: Vec<f32>, dims: Option<usize>) -> Vec<f32> {
 }
 
 /// Runs every prompt (all queued first, so they batch) and gathers their pooled embeddings.
-async fn embed_all(
+pub(super) async fn embed_all(
     st: &AppState,
     prompts: Vec<Vec<u32>>,
     rids: Vec<Option<String>>,
@@ -246,7 +196,7 @@ async fn embed_all(
     Ok(out)
 }
 
-fn body(bytes: &[u8]) -> Result<Value, ApiError> {
+pub(super) fn body(bytes: &[u8]) -> Result<Value, ApiError> {
     let v: Value = serde_json::from_slice(bytes)
         .map_err(|e| ApiError::bad_request(format!("Invalid request body: {e}")))?;
     if !v.is_object() {
@@ -256,7 +206,7 @@ fn body(bytes: &[u8]) -> Result<Value, ApiError> {
 }
 
 /// The request ids a request names (`rid`: one string or one per input).
-fn rids(v: &Value, n: usize) -> Vec<Option<String>> {
+pub(super) fn rids(v: &Value, n: usize) -> Vec<Option<String>> {
     match v.get("rid") {
         Some(Value::String(s)) if n == 1 => vec![Some(s.clone())],
         Some(Value::Array(a)) => a.iter().map(|x| x.as_str().map(String::from)).collect(),
@@ -409,59 +359,6 @@ pub async fn ollama_embeddings(State(st): State<AppState>, bytes: Bytes) -> Resp
         Ok(j) => j.into_response(),
         Err(e) => ollama_error(e),
     }
-}
-
-/// `POST /v1/classify` and `POST /classify` (a sequence-classification checkpoint): per input
-/// the softmax of its class scores and the label of the largest, SGLang's response shape.
-pub async fn classify(State(st): State<AppState>, bytes: Bytes) -> Result<Response, ApiError> {
-    let v = body(&bytes)?;
-    let Some(c) = st.classifier.clone() else {
-        return Err(ApiError::bad_request(
-            "This model is not a classification model: /v1/classify needs a \
-             *ForSequenceClassification checkpoint (id2label or num_labels in config.json).",
-        ));
-    };
-    let input = v
-        .get("input")
-        .or_else(|| v.get("text"))
-        .unwrap_or(&Value::Null);
-    let prompts = prompts(&st, input, "input")?;
-    let n = prompts.len();
-    let done = embed_all(&st, prompts, rids(&v, n), None).await?;
-    let tokens: usize = done.iter().map(|e| e.prompt_tokens).sum();
-    let data: Vec<Value> = done
-        .iter()
-        .enumerate()
-        .map(|(i, e)| {
-            let probs = softmax(&e.vector);
-            let best = (0..probs.len())
-                .max_by(|&a, &b| e.vector[a].total_cmp(&e.vector[b]))
-                .unwrap_or(0);
-            json!({"index": i, "label": c.labels[best], "probs": probs,
-                "num_classes": probs.len()})
-        })
-        .collect();
-    let created = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    Ok(Json(json!({
-        "id": format!("classify-{}", super::driver::new_rid()),
-        "object": "list",
-        "created": created,
-        "model": st.info.served_model_name,
-        "data": data,
-        "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0,
-            "prompt_tokens_details": null},
-    }))
-    .into_response())
-}
-
-/// Softmax in f64.
-fn softmax(x: &[f32]) -> Vec<f64> {
-    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
-    let e: Vec<f64> = x.iter().map(|&v| (v as f64 - max).exp()).collect();
-    let sum: f64 = e.iter().sum();
-    e.iter().map(|v| v / sum).collect()
 }
 
 /// Little-endian f32 bytes in standard base64 with padding (OpenAI's `encoding_format:

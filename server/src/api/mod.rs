@@ -5,6 +5,7 @@
 //! router with [`app`]; every error leaves through [`error::ApiError`].
 
 pub mod chat_request;
+pub mod classify;
 pub mod control;
 pub mod driver;
 pub mod embed;
@@ -100,7 +101,7 @@ pub struct AppState {
     /// The L3 set by `PUT` / `DELETE /hicache/storage-backend` (None: as launched).
     pub l3_state: Arc<std::sync::RwLock<Option<serde_json::Value>>>,
     /// A sequence-classification checkpoint's head (embeddings are then its class scores).
-    pub classifier: Option<Arc<embed::Classifier>>,
+    pub classifier: Option<Arc<classify::Classifier>>,
     /// SGLang's sessions (`/open_session`, `session_params`).
     pub sessions: Arc<sessions::Sessions>,
 }
@@ -191,10 +192,10 @@ pub fn app_with_limit(state: AppState, max_payload: usize) -> Router {
         .route("/v1/embeddings", post(embed::embeddings))
         .route("/encode", post(embed::encode))
         .route("/v1/score", post(score::score))
-        .route("/v1/classify", post(embed::classify))
+        .route("/v1/classify", post(classify::classify))
         .route("/open_session", post(sessions::open_session))
         .route("/close_session", post(sessions::close_session))
-        .route("/classify", post(embed::classify))
+        .route("/classify", post(classify::classify))
         .route("/api/embed", post(embed::ollama_embed))
         .route("/api/embeddings", post(embed::ollama_embeddings))
         .route("/v1/models", get(info::models))
