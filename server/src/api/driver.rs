@@ -104,7 +104,7 @@ impl Driver {
         Self::queue(state, input_ids, params, logprobs, rid, bootstrap, false)
     }
 
-    #[allow(clippy::too_many_arguments)]
+    /// Validates and queues a generation (`embed` false) or embedding request.
     fn queue(
         state: &AppState,
         input_ids: Vec<u32>,
