@@ -174,6 +174,21 @@ async fn session_requests_continue_prompt_and_output() {
     )
     .await;
     assert_eq!(st, 400, "{v}");
+    // A member refused on submission (too long for the context) leaves the session: its rid
+    // is free again.
+    let long: Vec<u64> = vec![7; 5000];
+    let (st, _) = gen(
+        &s,
+        json!({"input_ids": long, "rid": "big", "session_params": {"id": id}}),
+    )
+    .await;
+    assert_eq!(st, 400);
+    let (st, v) = gen(
+        &s,
+        json!({"text": "a", "rid": "big", "session_params": {"id": id}}),
+    )
+    .await;
+    assert_eq!(st, 200, "{v}");
     let (st, _) = s.post("/close_session", &json!({"session_id": id})).await;
     assert_eq!(st, 200);
     let (st, v) = gen(

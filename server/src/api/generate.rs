@@ -257,32 +257,13 @@ pub async fn generate(
             )));
         }
     }
-    let session = match w.session_params.filter(|v| !v.is_null()) {
-        Some(v) => {
-            let sp: super::sessions::SessionParams = serde_json::from_value(v)
-                .map_err(|e| ApiError::bad_request(format!("Invalid session_params: {e}")))?;
-            if sp.id.is_none() {
-                None
-            } else if batch || copies > 1 {
-                return Err(ApiError::bad_request(
-                    "session_params needs a single prompt and n = 1.",
-                ));
-            } else {
-                let rid = rids[0].take().unwrap_or_else(super::driver::new_rid);
-                let bos = st.tokenizer.bos_token.as_deref();
-                let bos = bos.and_then(|b| st.tokenizer.token_to_id(b));
-                let input = std::mem::take(&mut prompts[0]);
-                let (ids, replaced) = st.sessions.start(&sp, &rid, input, bos)?;
-                for r in replaced {
-                    st.scheduler.abort(&r);
-                }
-                prompts[0] = ids;
-                rids[0] = Some(rid.clone());
-                sp.id.map(|id| (id, rid))
-            }
-        }
-        None => None,
-    };
+    let session = super::sessions::begin(
+        &st,
+        w.session_params,
+        batch || copies > 1,
+        &mut prompts,
+        &mut rids,
+    )?;
     let want = OneOrMany::per_prompt(w.return_logprob, n, "return_logprob")?;
     let starts = OneOrMany::per_prompt(w.logprob_start_len, n, "logprob_start_len")?;
     let tops = OneOrMany::per_prompt(w.top_logprobs_num, n, "top_logprobs_num")?;
@@ -322,12 +303,8 @@ pub async fn generate(
             bootstrap: boots[i].clone(),
         });
     }
-    let mut drivers = fanout::submit(&st, subs, copies).await?;
-    if let Some((id, rid)) = session {
-        // The output joins the session when the request ends (streamed or not).
-        let sessions = st.sessions.clone();
-        drivers[0].on_finish = Some(Box::new(move |out: &[u32]| sessions.finish(&id, &rid, out)));
-    }
+    let drivers =
+        super::sessions::submitted(&st, session, fanout::submit(&st, subs, copies).await)?;
     // n > 1 makes a single prompt a batch, as SGLang: a list of results, indexed stream lines.
     let listed = batch || copies > 1;
     let render = Render {

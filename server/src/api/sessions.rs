@@ -169,12 +169,86 @@ impl Sessions {
         Ok((input, aborted))
     }
 
+    /// Removes request `rid` of session `id` (it never ran).
+    pub fn forget(&self, id: &str, rid: &str) {
+        let mut map = self.0.lock().expect("sessions");
+        if let Some(s) = map.get_mut(id) {
+            s.nodes.remove(rid);
+            for n in s.nodes.values_mut() {
+                n.children.retain(|c| c != rid);
+            }
+        }
+    }
+
     /// Records the output of request `rid` of session `id` (a closed session or a replaced
     /// request records nothing).
     pub fn finish(&self, id: &str, rid: &str, output: &[u32]) {
         let mut map = self.0.lock().expect("sessions");
         if let Some(n) = map.get_mut(id).and_then(|s| s.nodes.get_mut(rid)) {
             n.output = Some(output.to_vec());
+        }
+    }
+}
+
+/// A `/generate` request's place in a session: (session id, request id).
+pub type Member = (String, String);
+
+/// Resolves a `/generate` request's `session_params` (none, or no `id`: not in a session): its
+/// one prompt becomes the session's history plus the new input, its rid the one it is known by
+/// in the session (a fresh one unless given), and the continuations it replaces are aborted.
+/// `many` (a batch or `n > 1`) cannot be in a session.
+pub fn begin(
+    st: &AppState,
+    params: Option<Value>,
+    many: bool,
+    prompts: &mut [Vec<u32>],
+    rids: &mut [Option<String>],
+) -> Result<Option<Member>, ApiError> {
+    let Some(v) = params.filter(|v| !v.is_null()) else {
+        return Ok(None);
+    };
+    let sp: SessionParams = serde_json::from_value(v)
+        .map_err(|e| ApiError::bad_request(format!("Invalid session_params: {e}")))?;
+    let Some(id) = sp.id.clone() else {
+        return Ok(None);
+    };
+    if many {
+        return Err(ApiError::bad_request(
+            "session_params needs a single prompt and n = 1.",
+        ));
+    }
+    let rid = rids[0].take().unwrap_or_else(super::driver::new_rid);
+    let bos = st.tokenizer.bos_token.as_deref();
+    let bos = bos.and_then(|b| st.tokenizer.token_to_id(b));
+    let input = std::mem::take(&mut prompts[0]);
+    let (ids, replaced) = st.sessions.start(&sp, &rid, input, bos)?;
+    for r in replaced {
+        st.scheduler.abort(&r);
+    }
+    prompts[0] = ids;
+    rids[0] = Some(rid.clone());
+    Ok(Some((id, rid)))
+}
+
+/// After submission: a session member's output joins the session when it ends (streamed or
+/// not); a member that was refused leaves the session.
+pub fn submitted(
+    st: &AppState,
+    member: Option<Member>,
+    drivers: Result<Vec<super::driver::Driver>, ApiError>,
+) -> Result<Vec<super::driver::Driver>, ApiError> {
+    let Some((id, rid)) = member else {
+        return drivers;
+    };
+    match drivers {
+        Ok(mut d) => {
+            let sessions = st.sessions.clone();
+            d[0].on_finish = Some(Box::new(move |out: &[u32]| sessions.finish(&id, &rid, out)));
+            Ok(d)
+        }
+        Err(e) => {
+            st.sessions.forget(&id, &rid);
+            Err(e)
         }
     }
 }
