@@ -76,6 +76,8 @@ pub struct ServeOptions {
     pub weight_version: String,
     /// `--is-embedding`: serve embeddings (`/v1/embeddings`, `/encode`) instead of generating.
     pub is_embedding: bool,
+    /// `--enable-return-hidden-states`: `/generate` may report hidden states.
+    pub enable_return_hidden_states: bool,
 }
 
 impl ServeOptions {
@@ -113,6 +115,7 @@ impl ServeOptions {
             reasoning_parser: None,
             weight_version: "default".into(),
             is_embedding: false,
+            enable_return_hidden_states: false,
         }
     }
 }
@@ -438,6 +441,7 @@ where
         l3_state: Arc::default(),
         classifier,
         sessions: Arc::default(),
+        return_hidden_states: opts.enable_return_hidden_states,
     })
 }
 

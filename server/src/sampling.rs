@@ -108,6 +108,9 @@ pub struct SamplingParams {
     /// The request's `priority` (a field of the request beside its sampling parameters, set by
     /// the API layer): its rank under `--enable-priority-scheduling` (`scheduler/policy.rs`).
     pub priority: Option<i64>,
+    /// `return_hidden_states` (a field of the request, set by the API layer): every position's
+    /// final hidden state is reported (`Event::Hidden`).
+    pub return_hidden_states: bool,
 }
 
 /// Compiled `stop_regex` patterns shared by a request's copies; equal when the patterns are.
@@ -302,6 +305,7 @@ impl SamplingParamsWire {
             grammar: None,
             think_end: None,
             priority: None,
+            return_hidden_states: false,
         })
     }
 }

@@ -100,6 +100,7 @@ fn run(exe: &Path, dir: &Path, vocab: usize, seed: u64, quant: Option<f32>) -> V
             logprobs: cases[r].logprobs.as_ref(),
             score: cases[r].score.then_some((r * 7919 % vocab) as u32),
             embed: false,
+            hidden: false,
         })
         .collect();
     let specs: Vec<_> = reqs.iter().map(gpu_row).collect();

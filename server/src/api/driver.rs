@@ -256,7 +256,7 @@ impl Driver {
                 self.last_token_at = Some(now);
             }
             Event::Done(_) => stats.e2e.observe((now - self.arrival).as_secs_f64()),
-            Event::Input(_) | Event::Embedding(_) => {}
+            Event::Input(_) | Event::Embedding(_) | Event::Hidden(_) => {}
         }
         let delta = self.out.push(ev, &self.state.tokenizer, &self.params);
         if self.out.finish.is_some() {

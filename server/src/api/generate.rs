@@ -52,7 +52,7 @@ impl<T: Clone> OneOrMany<T> {
 }
 
 /// SGLang's `GenerateReqInput`. The fields Strata acts on are named; every other field (SGLang
-/// has many: multimodal inputs, LoRA, hidden states, routing hints, and
+/// has many: multimodal inputs, LoRA, routing hints, and
 /// whatever a newer client adds) is accepted and ignored, with a debug log when it carries a
 /// value, as SGLang ignores fields it does not know.
 #[derive(Debug, Deserialize)]
@@ -74,6 +74,8 @@ struct GenerateWire {
     priority: Option<OneOrMany<i64>>,
     /// Continue a request of an open session (`sessions.rs`).
     session_params: Option<Value>,
+    /// Report every position's final hidden state (`--enable-return-hidden-states`).
+    return_hidden_states: Option<OneOrMany<bool>>,
     #[serde(flatten)]
     ignored: serde_json::Map<String, Value>,
 }
@@ -273,6 +275,13 @@ pub async fn generate(
         other => OneOrMany::per_prompt(other, n, "token_ids_logprob")?,
     };
     let priorities = OneOrMany::per_prompt(w.priority, n, "priority")?;
+    let hidden = OneOrMany::per_prompt(w.return_hidden_states, n, "return_hidden_states")?;
+    if hidden.contains(&Some(true)) && !st.return_hidden_states {
+        return Err(ApiError::bad_request(
+            "The server is not configured to return the hidden states. Please set \
+             `--enable-return-hidden-states` to enable this feature.",
+        ));
+    }
     let text_in_lp = w.return_text_in_logprobs.unwrap_or(false);
     let boots = bootstraps(
         &w.bootstrap_host,
@@ -284,6 +293,13 @@ pub async fn generate(
     let mut subs = Vec::new();
     for (i, ((ids, mut p), rid)) in prompts.into_iter().zip(params).zip(rids).enumerate() {
         p.priority = priorities[i];
+        p.return_hidden_states = hidden[i] == Some(true);
+        if p.return_hidden_states && boots[i].is_some() {
+            return Err(ApiError::bad_request(
+                "return_hidden_states is not supported on a PD leg (the prompt runs on the \
+                 prefill server).",
+            ));
+        }
         let lp = match want[i] {
             Some(true) => Some(
                 LogprobArgs {
@@ -429,8 +445,20 @@ impl Render {
             "weight_version": self.weight_version,
         });
         self.logprobs(d, &mut meta);
+        if f.is_some() && d.params.return_hidden_states {
+            meta["hidden_states"] = hidden_states_json(d.prompt_tokens, &d.out.hidden);
+        }
         json!({"text": text, "output_ids": d.out.ids, "meta_info": meta})
     }
+}
+
+/// SGLang's `meta_info.hidden_states`: the prompt's positions as one list, then one state per
+/// output token fed back (the last output token is never run, so it has none).
+fn hidden_states_json(prompt: usize, states: &[Vec<f32>]) -> Value {
+    let k = prompt.min(states.len());
+    let mut out = vec![json!(states[..k])];
+    out.extend(states[k..].iter().map(|v| json!(v)));
+    Value::Array(out)
 }
 
 /// JSON has no -inf: a token with no probability reports the lowest finite value, as a client

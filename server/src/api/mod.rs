@@ -104,6 +104,8 @@ pub struct AppState {
     pub classifier: Option<Arc<classify::Classifier>>,
     /// SGLang's sessions (`/open_session`, `session_params`).
     pub sessions: Arc<sessions::Sessions>,
+    /// `--enable-return-hidden-states`: requests may ask for `return_hidden_states`.
+    pub return_hidden_states: bool,
 }
 
 impl AppState {

@@ -29,6 +29,8 @@ pub struct Output {
     pub finish: Option<Finish>,
     /// An embedding request's answer (the last prompt token's final hidden state).
     pub embedding: Option<Vec<f32>>,
+    /// `return_hidden_states`: the final hidden state of every position run so far, in order.
+    pub hidden: Vec<Vec<f32>>,
     sent: usize,
     /// The output's text so far (whole characters), and the window it was last extended from:
     /// `ids[prefix..read]` decoded last time to what `text` ends with.
@@ -113,6 +115,10 @@ impl Output {
             }
             Event::Embedding(e) => {
                 self.embedding = Some(e);
+                String::new()
+            }
+            Event::Hidden(v) => {
+                self.hidden.extend(v);
                 String::new()
             }
             Event::Done(f) => {

@@ -39,9 +39,12 @@ pub struct SampleReq<'a> {
     /// A prompt row kept only for its log-probabilities: nothing is sampled, the "sampled" token
     /// is this one (the next prompt token) and its values come from the raw logits.
     pub score: Option<u32>,
-    /// An embedding request's last prompt row: nothing is sampled; the row's hidden state after
-    /// the final norm comes back in [`Sampled::embedding`].
+    /// An embedding request's last prompt row, or a prompt row kept for its hidden state:
+    /// nothing is sampled; the row's hidden state after the final norm comes back in
+    /// [`Sampled::embedding`].
     pub embed: bool,
+    /// A sampled row whose hidden state also comes back (`return_hidden_states`).
+    pub hidden: bool,
 }
 
 impl SampleReq<'_> {
@@ -55,6 +58,7 @@ impl SampleReq<'_> {
             && self.logprobs.is_none()
             && self.score.is_none()
             && !self.embed
+            && !self.hidden
     }
 }
 
@@ -313,18 +317,22 @@ impl<B: Backend> ModelRunner for Model<B> {
         kv: &mut Self::Kv,
     ) -> Result<Vec<Sampled>, ModelError> {
         check_sampling(batch, sampling)?;
-        let embed = sampling.iter().any(|r| r.embed);
+        let embed = sampling.iter().any(|r| r.embed || r.hidden);
         let (logits, hidden) = self.forward_rows(batch, kv, embed)?;
         let (vocab, h) = (self.cfg.vocab_size, self.cfg.hidden_size);
         Ok(sampling
             .iter()
             .enumerate()
             .map(|(row, r)| {
+                let state = || hidden[row * h..(row + 1) * h].to_vec();
                 if r.embed {
-                    Sampled::embedding(hidden[row * h..(row + 1) * h].to_vec())
-                } else {
-                    sample_host(&mut logits[row * vocab..(row + 1) * vocab].to_vec(), r)
+                    return Sampled::embedding(state());
                 }
+                let mut s = sample_host(&mut logits[row * vocab..(row + 1) * vocab].to_vec(), r);
+                if r.hidden {
+                    s.embedding = Some(state());
+                }
+                s
             })
             .collect())
     }
@@ -376,6 +384,7 @@ mod tests {
             logprobs: None,
             score: None,
             embed: false,
+            hidden: false,
         }
     }
 

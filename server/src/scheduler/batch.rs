@@ -505,6 +505,17 @@ impl<R: ModelRunner> Scheduler<R> {
                 rows.push((*i, Row::Score(p + 1)));
                 batch.logit_rows.push(q_start + p - it.start);
             }
+            if s.req.params.return_hidden_states {
+                // Positions whose hidden states are owed, but the one that samples (its state
+                // comes with its token).
+                let samples = it.end == s.tokens.len()
+                    && s.tokens.len() - s.prompt_len < s.req.params.max_new_tokens;
+                let end = if samples { it.end - 1 } else { it.end };
+                for p in s.hidden_next.max(it.start)..end {
+                    rows.push((*i, Row::Hidden(p)));
+                    batch.logit_rows.push(q_start + p - it.start);
+                }
+            }
             if it.end == s.tokens.len() {
                 if s.req.embed {
                     rows.push((*i, Row::Embed));
@@ -524,7 +535,7 @@ impl<R: ModelRunner> Scheduler<R> {
             .iter()
             .map(|&(i, row)| match row {
                 Row::Next => self.banned_tokens(i),
-                Row::Score(_) | Row::Embed => (Vec::new(), None),
+                Row::Score(_) | Row::Embed | Row::Hidden(_) => (Vec::new(), None),
             })
             .unzip();
         let reqs: Vec<SampleReq<'_>> = rows
@@ -549,7 +560,10 @@ impl<R: ModelRunner> Scheduler<R> {
                         Row::Score(p) => Some(s.tokens[p]),
                         _ => None,
                     },
-                    embed: row == Row::Embed,
+                    embed: matches!(row, Row::Embed | Row::Hidden(_)),
+                    hidden: row == Row::Next
+                        && s.req.params.return_hidden_states
+                        && s.tokens.len() > s.hidden_next,
                 }
             })
             .collect();
@@ -600,7 +614,21 @@ impl<R: ModelRunner> Scheduler<R> {
             .collect();
         let mut finished = Vec::new();
         let mut decode_tokens = 0;
-        for ((i, row), t) in rows.into_iter().zip(sampled) {
+        // Hidden states gathered per sequence, sent before its token (or at the end).
+        let mut states: Vec<(usize, Vec<Vec<f32>>)> = Vec::new();
+        for ((i, row), mut t) in rows.into_iter().zip(sampled) {
+            if let Row::Hidden(p) = row {
+                self.running[i].hidden_next = p + 1;
+                keep_state(&mut states, i, t.embedding.unwrap_or_default());
+                continue;
+            }
+            if row == Row::Next {
+                if let Some(v) = t.embedding.take() {
+                    let s = &mut self.running[i];
+                    s.hidden_next = s.tokens.len();
+                    keep_state(&mut states, i, v);
+                }
+            }
             if row == Row::Embed {
                 let e = t.embedding.unwrap_or_default();
                 let _ = self.running[i].req.events.send(Event::Embedding(e));
@@ -624,6 +652,10 @@ impl<R: ModelRunner> Scheduler<R> {
             {
                 let _ = self.running[i].req.events.send(Event::Input(lps));
             }
+            if let Some(k) = states.iter().position(|x| x.0 == i) {
+                let (_, v) = states.swap_remove(k);
+                let _ = self.running[i].req.events.send(Event::Hidden(v));
+            }
             decode_tokens += 1;
             if let Some(reason) = self.accept_token(i, t) {
                 finished.push((i, reason));
@@ -631,6 +663,9 @@ impl<R: ModelRunner> Scheduler<R> {
         }
         for (i, lps) in input {
             let _ = self.running[i].req.events.send(Event::Input(lps));
+        }
+        for (i, v) in states {
+            let _ = self.running[i].req.events.send(Event::Hidden(v));
         }
         for i in done {
             let s = &self.running[i];
@@ -749,4 +784,14 @@ enum Row {
     Score(usize),
     /// An embedding request's last prompt row: its hidden state is the answer.
     Embed,
+    /// A position whose hidden state is reported (`return_hidden_states`), nothing sampled.
+    Hidden(usize),
+}
+
+/// Adds hidden state `v` to sequence `i`'s list in `states`.
+fn keep_state(states: &mut Vec<(usize, Vec<Vec<f32>>)>, i: usize, v: Vec<f32>) {
+    match states.iter_mut().find(|x| x.0 == i) {
+        Some(x) => x.1.push(v),
+        None => states.push((i, vec![v])),
+    }
 }

@@ -20,7 +20,7 @@ pub(super) async fn finish(rx: &mut UnboundedReceiver<Event>) -> (usize, FinishR
         match ev {
             Event::Token { .. } => n += 1,
             Event::Done(f) => return (n, f.reason),
-            Event::Input(_) | Event::Embedding(_) => {}
+            Event::Input(_) | Event::Embedding(_) | Event::Hidden(_) => {}
         }
     }
 }
@@ -32,7 +32,7 @@ fn tokens_now(rx: &mut UnboundedReceiver<Event>) -> usize {
         match ev {
             Event::Token { .. } => n += 1,
             Event::Done(f) => panic!("finished while paused: {f:?}"),
-            Event::Input(_) | Event::Embedding(_) => {}
+            Event::Input(_) | Event::Embedding(_) | Event::Hidden(_) => {}
         }
     }
     n
@@ -119,7 +119,7 @@ fn outputs(rxs: &mut [UnboundedReceiver<Event>]) -> Vec<(Vec<u32>, Option<Finish
                 match ev {
                     Event::Token { id, .. } => ids.push(id),
                     Event::Done(f) => reason = Some(f.reason),
-                    Event::Input(_) | Event::Embedding(_) => {}
+                    Event::Input(_) | Event::Embedding(_) | Event::Hidden(_) => {}
                 }
             }
             (ids, reason)

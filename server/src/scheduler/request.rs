@@ -66,6 +66,9 @@ pub enum Event {
     /// An embedding request's hidden state of its last prompt token after the final norm (not
     /// pooled further or normalised); [`Event::Done`] follows.
     Embedding(Vec<f32>),
+    /// `return_hidden_states`: the final hidden states of the next positions, in order (the
+    /// prompt's, then one per output token fed back); they precede the token they led to.
+    Hidden(Vec<Vec<f32>>),
     /// The request is over; no event follows.
     Done(Finish),
 }

@@ -48,6 +48,9 @@ pub struct Seq {
     pub grammar_from: Option<usize>,
     /// `stop_regex`: the walk of the request's patterns over its output.
     pub stop_walk: Option<crate::grammar::stop::StopWalk>,
+    /// `return_hidden_states`: the next position whose hidden state is owed (positions already
+    /// reported are never sent again, even when a retraction recomputes them).
+    pub hidden_next: usize,
 }
 
 impl Seq {
@@ -86,6 +89,7 @@ impl Seq {
             walk,
             grammar_from,
             stop_walk,
+            hidden_next: 0,
         }
     }
 
@@ -132,8 +136,13 @@ impl Seq {
     }
 
     /// How many leading tokens may come from the prefix cache: all but the last (there must be
-    /// logits to sample from), and none of the prompt rows whose log-probabilities are owed.
+    /// logits to sample from), none of the prompt rows whose log-probabilities are owed, and
+    /// none for a request that reports hidden states.
     pub fn cache_match_limit(&self) -> usize {
+        if self.req.params.return_hidden_states {
+            // Every prompt position's hidden state is reported: none comes from the cache.
+            return 0;
+        }
         let limit = self.tokens.len() - 1;
         if self.lp_row < self.owed_rows_end() {
             limit.min(self.lp_row)

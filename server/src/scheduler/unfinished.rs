@@ -58,7 +58,7 @@ mod tests {
             match ev {
                 Event::Token { id, .. } => out.push(id),
                 Event::Done(f) => return (out, f.cached_tokens),
-                Event::Input(_) | Event::Embedding(_) => {}
+                Event::Input(_) | Event::Embedding(_) | Event::Hidden(_) => {}
             }
         }
         panic!("not done: {out:?}");

@@ -280,6 +280,11 @@ pub struct Args {
     /// Implied by a backbone architecture (LlamaModel, MistralModel, Qwen2Model, Qwen3Model).
     #[arg(long)]
     is_embedding: bool,
+    /// Let /generate requests ask for `return_hidden_states`: every position's final hidden
+    /// state in meta_info.hidden_states (those requests take no cached prefix and decode
+    /// without CUDA graphs).
+    #[arg(long)]
+    enable_return_hidden_states: bool,
 }
 
 /// Builds the PD role from the flags (None when colocated).
@@ -493,6 +498,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         reasoning_parser: a.reasoning_parser.clone(),
         weight_version: a.weight_version.clone(),
         is_embedding: a.is_embedding,
+        enable_return_hidden_states: a.enable_return_hidden_states,
         server_args: {
             let mut v = serde_json::to_value(&a)?;
             v["api_key"] = serde_json::Value::Null;

@@ -531,11 +531,16 @@ impl CudaRunner {
             Some((last, logits, tokens)) => {
                 let mut out = self.sample(logits, tokens, sampling)?;
                 for (row, r) in sampling.iter().enumerate() {
-                    if r.embed {
+                    if r.embed || r.hidden {
                         // The one-row forward normed into `h` without the gather (forward_parts).
                         let one = acts.h.shape()[0] == 1 && logits.shape()[0] == 1;
                         let src = if one { &acts.h } else { last };
-                        out[row] = Sampled::embedding(self.hidden_row(src, row)?);
+                        let state = self.hidden_row(src, row)?;
+                        if r.embed {
+                            out[row] = Sampled::embedding(state);
+                        } else {
+                            out[row].embedding = Some(state);
+                        }
                     }
                 }
                 Ok(out)
@@ -695,8 +700,8 @@ impl ModelRunner for CudaRunner {
         if self.counts.0 % 512 == 0 {
             self.prof.log();
         }
-        // Embedding rows are prompt rows: never a decode graph's batch (they run eagerly).
-        let graph = if sampling.iter().any(|r| r.embed) {
+        // Rows whose hidden states come back run eagerly (the graphs keep none).
+        let graph = if sampling.iter().any(|r| r.embed || r.hidden) {
             None
         } else {
             self.graphs.try_run(self, batch, sampling, kv)?

@@ -74,6 +74,7 @@ pub fn run(ops: &CudaOps, summary: &mut Vec<String>) -> anyhow::Result<Value> {
                         logprobs: lp.then_some(&spec),
                         score: None,
                         embed: false,
+                        hidden: false,
                     })
                     .collect();
                 let specs: Vec<_> = reqs.iter().map(gpu_row).collect();

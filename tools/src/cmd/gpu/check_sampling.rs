@@ -97,6 +97,7 @@ pub fn sampling(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
                     logprobs: case.logprobs.as_ref(),
                     score: case.score.then_some((r * 7919 % vocab) as u32),
                     embed: false,
+                    hidden: false,
                 }
             })
             .collect();
