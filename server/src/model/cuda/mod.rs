@@ -530,16 +530,15 @@ impl CudaRunner {
         match &acts.head {
             Some((last, logits, tokens)) => {
                 let mut out = self.sample(logits, tokens, sampling)?;
-                for (row, r) in sampling.iter().enumerate() {
-                    if r.embed || r.hidden {
-                        // The one-row forward normed into `h` without the gather (forward_parts).
-                        let one = acts.h.shape()[0] == 1 && logits.shape()[0] == 1;
-                        let src = if one { &acts.h } else { last };
-                        let state = self.hidden_row(src, row)?;
+                if sampling.iter().any(|r| r.embed || r.hidden) {
+                    // The one-row forward normed into `h` without the gather (forward_parts).
+                    let one = acts.h.shape()[0] == 1 && logits.shape()[0] == 1;
+                    let states = self.hidden_rows(if one { &acts.h } else { last }, out.len())?;
+                    for ((r, s), state) in sampling.iter().zip(&mut out).zip(states) {
                         if r.embed {
-                            out[row] = Sampled::embedding(state);
-                        } else {
-                            out[row].embedding = Some(state);
+                            *s = Sampled::embedding(state);
+                        } else if r.hidden {
+                            s.embedding = Some(state);
                         }
                     }
                 }
@@ -552,14 +551,18 @@ impl CudaRunner {
         }
     }
 
-    /// Row `row` of a [rows, hidden] bf16 tensor, as f32.
-    fn hidden_row(&self, t: &DTensor, row: usize) -> Result<Vec<f32>, CudaError> {
+    /// The first `rows` rows of a [rows, hidden] bf16 tensor, as f32 (one copy).
+    fn hidden_rows(&self, t: &DTensor, rows: usize) -> Result<Vec<Vec<f32>>, CudaError> {
         let h = self.cfg.hidden_size;
-        let mut bytes = vec![0u8; 2 * h];
-        self.ctx.download_bytes(t, row * 2 * h, &mut bytes)?;
+        let mut bytes = vec![0u8; 2 * h * rows];
+        self.ctx.download_bytes(t, 0, &mut bytes)?;
         Ok(bytes
-            .chunks_exact(2)
-            .map(|b| half::bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
+            .chunks_exact(2 * h)
+            .map(|row| {
+                row.chunks_exact(2)
+                    .map(|b| half::bf16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
+                    .collect()
+            })
             .collect())
     }
 
