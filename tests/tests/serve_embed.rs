@@ -10,21 +10,13 @@
 mod serve_common;
 
 use serde_json::{json, Value};
-use serve_common::{MadeModel, Server};
+use serve_common::{floats, MadeModel, Server};
 
 const PROMPTS: [&str; 3] = [
     "Once upon a time",
     "The weather today is sunny and warm",
     "x",
 ];
-
-fn floats(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .unwrap_or_else(|| panic!("not a list: {v}"))
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
-}
 
 async fn embed(s: &Server, input: Value) -> Vec<Vec<f64>> {
     let (st, v) = s.post("/v1/embeddings", &json!({"input": input})).await;
@@ -57,21 +49,8 @@ async fn embeddings_are_the_final_hidden_state() {
     let m = MadeModel::new("llama", "tiny");
     let gen = Server::start(m.path(), &[]);
     let emb = Server::start(m.path(), &["--is-embedding"]);
-    let cfg: Value =
-        serde_json::from_str(&std::fs::read_to_string(m.path().join("config.json")).unwrap())
-            .unwrap();
-    let (vocab, hidden) = (
-        cfg["vocab_size"].as_u64().unwrap() as usize,
-        cfg["hidden_size"].as_u64().unwrap() as usize,
-    );
-    let (st, w) = gen
-        .post(
-            "/get_weights_by_name",
-            &json!({"name": "lm_head.weight", "truncate_size": vocab}),
-        )
-        .await;
-    assert_eq!(st, 200, "{w}");
-    let w: Vec<Vec<f64>> = w.as_array().unwrap().iter().map(floats).collect();
+    let (vocab, hidden) = m.dims();
+    let w = gen.lm_head(vocab).await;
     assert_eq!((w.len(), w[0].len()), (vocab, hidden));
     let vectors = embed(&emb, json!(PROMPTS)).await;
     for (p, e) in PROMPTS.iter().zip(&vectors) {

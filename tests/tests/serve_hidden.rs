@@ -9,15 +9,7 @@
 mod serve_common;
 
 use serde_json::{json, Value};
-use serve_common::{MadeModel, Server};
-
-fn floats(v: &Value) -> Vec<f64> {
-    v.as_array()
-        .unwrap_or_else(|| panic!("not a list: {v}"))
-        .iter()
-        .map(|x| x.as_f64().unwrap())
-        .collect()
-}
+use serve_common::{floats, MadeModel, Server};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hidden_states_are_the_states_the_tokens_come_from() {
@@ -30,20 +22,8 @@ async fn hidden_states_are_the_states_the_tokens_come_from() {
             "8",
         ],
     );
-    let cfg: Value =
-        serde_json::from_str(&std::fs::read_to_string(m.path().join("config.json")).unwrap())
-            .unwrap();
-    let (vocab, hidden) = (
-        cfg["vocab_size"].as_u64().unwrap() as usize,
-        cfg["hidden_size"].as_u64().unwrap() as usize,
-    );
-    let (_, w) = s
-        .post(
-            "/get_weights_by_name",
-            &json!({"name": "lm_head.weight", "truncate_size": vocab}),
-        )
-        .await;
-    let w: Vec<Vec<f64>> = w.as_array().unwrap().iter().map(floats).collect();
+    let (vocab, hidden) = m.dims();
+    let w = s.lm_head(vocab).await;
     let best = |h: &[f64]| {
         (0..vocab)
             .max_by(|&a, &b| {

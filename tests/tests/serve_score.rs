@@ -65,10 +65,7 @@ fn assert_close(a: &[f64], b: &[f64], tol: f64, what: &str) {
 async fn scores_are_the_label_probabilities_after_query_and_item() {
     let m = MadeModel::new("llama", "tiny");
     let s = Server::start(m.path(), &[]);
-    let cfg: Value =
-        serde_json::from_str(&std::fs::read_to_string(m.path().join("config.json")).unwrap())
-            .unwrap();
-    let vocab = cfg["vocab_size"].as_u64().unwrap() as u32;
+    let vocab = m.dims().0 as u32;
     let labels = [5u32, 17, 42];
     let query = "Is this relevant? ";
     let items = [

@@ -103,6 +103,13 @@ fn body(b: &Bytes) -> Result<Value> {
     serde_json::from_slice(b).map_err(|e| bad(format!("invalid JSON body: {e}")))
 }
 
+/// A body and the items it carries.
+fn body_items(b: &Bytes) -> Result<(Value, Vec<Value>)> {
+    let v = body(b)?;
+    let items = items_of(&v)?;
+    Ok((v, items))
+}
+
 fn list(items: &[Value]) -> Value {
     json!({"object": "list", "data": items, "has_more": false,
         "first_id": items.first().map(|i| i["id"].clone()),
@@ -131,12 +138,8 @@ type St = State<Arc<Router>>;
 
 /// `POST /v1/conversations`.
 pub async fn create(State(r): St, b: Bytes) -> Response {
-    let v = match body(&b) {
-        Ok(v) => v,
-        Err(e) => return e.into_response(),
-    };
-    let items = match items_of(&v) {
-        Ok(i) => i,
+    let (v, items) = match body_items(&b) {
+        Ok(x) => x,
         Err(e) => return e.into_response(),
     };
     let id = hex_id("conv_");
@@ -183,12 +186,8 @@ pub async fn delete(State(r): St, Path(id): Path<String>) -> Response {
 
 /// `POST /v1/conversations/{id}/items`: answers the added items.
 pub async fn add_items(State(r): St, Path(id): Path<String>, b: Bytes) -> Response {
-    let v = match body(&b) {
-        Ok(v) => v,
-        Err(e) => return e.into_response(),
-    };
-    let items = match items_of(&v) {
-        Ok(i) => i,
+    let items = match body_items(&b) {
+        Ok((_, items)) => items,
         Err(e) => return e.into_response(),
     };
     if !r.conversations.append(&id, items.clone()) {

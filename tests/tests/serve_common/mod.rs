@@ -9,6 +9,15 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The numbers of a JSON list.
+pub fn floats(v: &Value) -> Vec<f64> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not a list: {v}"))
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect()
+}
+
 /// A made model directory (removed on drop).
 pub struct MadeModel {
     pub dir: tempfile::TempDir,
@@ -34,6 +43,15 @@ impl MadeModel {
     }
     pub fn path(&self) -> &Path {
         self.dir.path()
+    }
+    /// `(vocab_size, hidden_size)` from its config.json.
+    pub fn dims(&self) -> (usize, usize) {
+        let cfg: Value = serde_json::from_str(
+            &std::fs::read_to_string(self.path().join("config.json")).unwrap(),
+        )
+        .unwrap();
+        let n = |k: &str| cfg[k].as_u64().unwrap() as usize;
+        (n("vocab_size"), n("hidden_size"))
     }
 }
 
@@ -212,6 +230,18 @@ impl Server {
             .await
             .expect("send");
         (r.status().as_u16(), r.text().await.expect("body"))
+    }
+
+    /// The served model's LM head (`[vocab][hidden]`, from `/get_weights_by_name`).
+    pub async fn lm_head(&self, vocab: usize) -> Vec<Vec<f64>> {
+        let (st, w) = self
+            .post(
+                "/get_weights_by_name",
+                &serde_json::json!({"name": "lm_head.weight", "truncate_size": vocab}),
+            )
+            .await;
+        assert_eq!(st, 200, "{w}");
+        w.as_array().unwrap().iter().map(floats).collect()
     }
 
     /// Greedy `/generate` of `text`; returns the response JSON.
