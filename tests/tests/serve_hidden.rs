@@ -86,6 +86,28 @@ async fn hidden_states_are_the_states_the_tokens_come_from() {
     for (a, b) in last.iter().zip(floats(&emb["data"][0]["embedding"])) {
         assert!((a / norm - b).abs() < 1e-5, "{a} vs {b}");
     }
+    // The OpenAI routes answer the last state fed back per choice (SGLang's), `[]` for one token.
+    let (st, c) = s
+        .post(
+            "/v1/completions",
+            &json!({"prompt": prompt, "max_tokens": 5, "temperature": 0, "ignore_eos": true,
+                "return_hidden_states": true}),
+        )
+        .await;
+    assert_eq!(st, 200, "{c}");
+    assert_eq!(
+        floats(&c["choices"][0]["hidden_states"]),
+        floats(&hs[out.len() - 1])
+    );
+    let (st, c) = s
+        .post(
+            "/v1/chat/completions",
+            &json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 1,
+                "return_hidden_states": true}),
+        )
+        .await;
+    assert_eq!(st, 200, "{c}");
+    assert_eq!(c["choices"][0]["hidden_states"], json!([]));
     // Per prompt in a batch.
     let (st, b) = s
         .post(
@@ -106,6 +128,13 @@ async fn hidden_states_are_the_states_the_tokens_come_from() {
         )
         .await;
     assert_eq!(st, 400, "{v}");
+    let (st, _) = off
+        .post(
+            "/v1/completions",
+            &json!({"prompt": "x", "return_hidden_states": true}),
+        )
+        .await;
+    assert_eq!(st, 400);
     assert!(v["error"]["message"]
         .as_str()
         .unwrap()

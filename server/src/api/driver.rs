@@ -115,6 +115,18 @@ impl Driver {
         embed: bool,
     ) -> Result<Driver, ApiError> {
         let ctx = state.info.context_length;
+        if params.return_hidden_states && !state.return_hidden_states {
+            return Err(ApiError::bad_request(
+                "The server is not configured to return the hidden states. Please set \
+                 `--enable-return-hidden-states` to enable this feature.",
+            ));
+        }
+        if params.return_hidden_states && bootstrap.is_some() {
+            return Err(ApiError::bad_request(
+                "return_hidden_states is not supported on a PD leg (the prompt runs on the \
+                 prefill server).",
+            ));
+        }
         if input_ids.is_empty() {
             return Err(ApiError::bad_request("The input is empty."));
         }

@@ -276,12 +276,6 @@ pub async fn generate(
     };
     let priorities = OneOrMany::per_prompt(w.priority, n, "priority")?;
     let hidden = OneOrMany::per_prompt(w.return_hidden_states, n, "return_hidden_states")?;
-    if hidden.contains(&Some(true)) && !st.return_hidden_states {
-        return Err(ApiError::bad_request(
-            "The server is not configured to return the hidden states. Please set \
-             `--enable-return-hidden-states` to enable this feature.",
-        ));
-    }
     let text_in_lp = w.return_text_in_logprobs.unwrap_or(false);
     let boots = bootstraps(
         &w.bootstrap_host,
@@ -294,12 +288,6 @@ pub async fn generate(
     for (i, ((ids, mut p), rid)) in prompts.into_iter().zip(params).zip(rids).enumerate() {
         p.priority = priorities[i];
         p.return_hidden_states = hidden[i] == Some(true);
-        if p.return_hidden_states && boots[i].is_some() {
-            return Err(ApiError::bad_request(
-                "return_hidden_states is not supported on a PD leg (the prompt runs on the \
-                 prefill server).",
-            ));
-        }
         let lp = match want[i] {
             Some(true) => Some(
                 LogprobArgs {

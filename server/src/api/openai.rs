@@ -103,6 +103,8 @@ struct OpenAiWire {
     bootstrap_room: Option<Value>,
     /// SGLang's request priority (`--enable-priority-scheduling`).
     priority: Option<i64>,
+    /// The last state fed back in each choice's `hidden_states` (`--enable-return-hidden-states`).
+    return_hidden_states: Option<bool>,
 }
 
 impl OpenAiWire {
@@ -163,6 +165,7 @@ impl OpenAiWire {
         .validate()
         .map(|p| SamplingParams {
             priority: self.priority,
+            return_hidden_states: self.return_hidden_states == Some(true),
             ..p
         })
         .map_err(ApiError::bad_request)
@@ -304,6 +307,18 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
+/// A choice's `hidden_states` when asked for (SGLang's OpenAI routes): the last state fed back,
+/// or `[]` when only the prompt ran.
+fn add_hidden_states(choice: &mut Value, d: &Driver) {
+    if d.params.return_hidden_states {
+        let k = d.prompt_tokens.min(d.out.hidden.len());
+        choice["hidden_states"] = match d.out.hidden[k..].last() {
+            Some(v) => json!(v),
+            None => json!([]),
+        };
+    }
+}
+
 /// SGLang's `matched_stop` of a choice: the stop token id or the stop string (or `stop_regex`
 /// pattern) that ended it; null otherwise.
 fn matched_stop(d: &Driver) -> Value {
@@ -412,10 +427,10 @@ pub async fn completions(
         }
         counts.push(fanout::counts(&d));
         let lps = completion_logprobs(&st, &d, 0, d.out.logprobs.len(), echo);
-        choices.push(
-            json!({"index": i, "text": text, "logprobs": lps, "finish_reason": finish_str(&d),
-                "matched_stop": matched_stop(&d)}),
-        );
+        let mut choice = json!({"index": i, "text": text, "logprobs": lps,
+            "finish_reason": finish_str(&d), "matched_stop": matched_stop(&d)});
+        add_hidden_states(&mut choice, &d);
+        choices.push(choice);
     }
     let usage = fanout::usage_json(fanout::usage_totals(&counts, copies));
     Ok(Json(
@@ -636,10 +651,10 @@ pub async fn chat_completions(
         let lps = chat_logprobs(&st, &d, 0, d.out.logprobs.len());
         let r = parse_reply(parser, &text);
         let finish = reply::finish_reason(finish_str(&d), !r.calls.is_empty());
-        choices.push(
-            json!({"index": i, "message": reply::message(&r), "logprobs": lps,
-            "finish_reason": finish, "matched_stop": matched_stop(&d)}),
-        );
+        let mut choice = json!({"index": i, "message": reply::message(&r), "logprobs": lps,
+            "finish_reason": finish, "matched_stop": matched_stop(&d)});
+        add_hidden_states(&mut choice, &d);
+        choices.push(choice);
     }
     let usage = fanout::usage_json(fanout::usage_totals(&counts, copies));
     Ok(Json(
