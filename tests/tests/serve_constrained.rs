@@ -251,7 +251,7 @@ async fn outputs_follow_regex_and_json_schema() {
         ),
         (
             "/generate",
-            json!({"text": "x", "sampling_params": {"ebnf": "root ::= opt root \"z\" | \"q\"  opt ::= \"o\"?"}}),
+            json!({"text": "x", "sampling_params": {"ebnf": "root ::= e root \"z\" | \"q\"  e ::= \"\" | \"(\" e \")\""}}),
         ),
         (
             "/v1/chat/completions",

@@ -8,8 +8,8 @@
 //! recursive in place and keeps each recursive rule (one on a cycle of references) as a rule of
 //! its own that the others call ([`super::pda`]), so nesting has no fixed bound; a directly
 //! left-recursive rule (`expr ::= expr "+" term | term`) is first rewritten as the repetition it
-//! stands for (`expr ::= term ("+" term)*`), and left recursion through other rules is first made
-//! direct (Paull's algorithm). Where a single
+//! stands for (`expr ::= term ("+" term)*`), left recursion behind optional prefixes is first made
+//! visible and left recursion through other rules direct (Paull's algorithm). Where a single
 //! regular expression is needed (the `grammar` format inside a structural tag), [`to_regex`]
 //! unrolls recursion [`MAX_NESTING`] levels deep and drops the alternatives that would need a
 //! deeper level (outputs nest at most that deep and still derive from the grammar). A grammar
@@ -76,6 +76,7 @@ pub fn to_rules(src: &str) -> Result<Rules, String> {
             *body = b;
         }
     }
+    expose_nullable_heads(&mut rules)?;
     without_indirect_left_recursion(&mut rules)?;
     let recursive = recursive_rules(&rules);
     if recursive.is_empty() {
@@ -166,6 +167,123 @@ fn leading(alt: &[Node]) -> Option<&str> {
         Some(Node::Ref(r)) => Some(r),
         _ => None,
     }
+}
+
+/// The rules that may derive the empty text.
+fn nullable_rules(rules: &HashMap<String, Node>) -> HashSet<String> {
+    let mut set = HashSet::new();
+    loop {
+        let before = set.len();
+        for (k, v) in rules {
+            if !set.contains(k) && nullable(v, &set) {
+                set.insert(k.clone());
+            }
+        }
+        if set.len() == before {
+            return set;
+        }
+    }
+}
+
+/// Whether `n` may derive the empty text, given the rules known to.
+fn nullable(n: &Node, rules: &HashSet<String>) -> bool {
+    match n {
+        Node::Lit(s) => s.is_empty(),
+        Node::Class(..) => false,
+        Node::Ref(r) => rules.contains(r),
+        Node::Seq(v) => v.iter().all(|i| nullable(i, rules)),
+        Node::Alt(v) => v.iter().any(|i| nullable(i, rules)),
+        Node::Rep(i, min, _) => *min == 0 || nullable(i, rules),
+    }
+}
+
+/// Makes left recursion hidden behind a prefix that may read nothing (`root ::= opt root "z"`
+/// with `opt ::= "o"?`) visible, for the rewrites that follow: in each rule that reaches itself
+/// only through such prefixes, an alternative starting with an optional item is split in two
+/// (`"o"+ root "z"` and `root "z"`), and one starting with a reference to a nullable rule that
+/// is not recursive takes that rule's alternatives in its place, until every alternative starts
+/// with something that reads text or with a recursive rule. The language is unchanged; other
+/// rules are left as they are.
+fn expose_nullable_heads(rules: &mut HashMap<String, Node>) -> Result<(), String> {
+    let recursive = recursive_rules(rules);
+    let empty = nullable_rules(rules);
+    // Leading references, looking past prefixes that may read nothing.
+    let hidden_edges: HashMap<&String, Vec<String>> = rules
+        .iter()
+        .map(|(k, v)| {
+            let mut out = Vec::new();
+            for alt in alternatives(v) {
+                for item in &alt {
+                    if let Node::Ref(r) = item {
+                        out.push(r.clone());
+                    }
+                    if !nullable(item, &empty) {
+                        break;
+                    }
+                }
+            }
+            (k, out)
+        })
+        .collect();
+    let hidden_cycle = |from: &String| {
+        let (mut seen, mut stack) = (HashSet::new(), hidden_edges[from].clone());
+        while let Some(r) = stack.pop() {
+            if &r == from {
+                return true;
+            }
+            if seen.insert(r.clone()) {
+                stack.extend(hidden_edges.get(&r).into_iter().flatten().cloned());
+            }
+        }
+        false
+    };
+    let names: Vec<String> = recursive
+        .iter()
+        .filter(|k| hidden_cycle(k))
+        .cloned()
+        .collect();
+    for name in names {
+        let mut todo = alternatives(&rules[&name]);
+        let mut done = Vec::new();
+        while let Some(alt) = todo.pop() {
+            if todo.len() + done.len() > MAX_ALTERNATIVES {
+                return Err(format!(
+                    "The EBNF grammar's rule `{name}` expands to more than {MAX_ALTERNATIVES} \
+                     alternatives while its left recursion is made visible."
+                ));
+            }
+            let rest = || alt[1..].to_vec();
+            match alt.first() {
+                Some(Node::Rep(x, 0, max)) => {
+                    if *max != Some(0) {
+                        let mut a = vec![Node::Rep(x.clone(), 1, *max)];
+                        a.extend(rest());
+                        done.push(a);
+                    }
+                    todo.push(rest());
+                }
+                Some(Node::Lit(s)) if s.is_empty() => todo.push(rest()),
+                Some(Node::Ref(r)) if empty.contains(r) && !recursive.contains(r) => {
+                    for mut a in alternatives(&rules[r]) {
+                        a.extend(rest());
+                        todo.push(a);
+                    }
+                }
+                Some(first @ (Node::Seq(_) | Node::Alt(_))) => {
+                    for mut a in alternatives(first) {
+                        a.extend(rest());
+                        todo.push(a);
+                    }
+                }
+                _ => done.push(alt),
+            }
+        }
+        rules.insert(
+            name.clone(),
+            Node::Alt(done.into_iter().rev().map(Node::Seq).collect()),
+        );
+    }
+    Ok(())
 }
 
 /// Rewrites left recursion through other rules (`a ::= b "x" | "y"  b ::= a "z" | "w"`) away, as

@@ -73,11 +73,12 @@ fn the_analysis_refuses_what_cannot_run_and_prunes_dead_ends() {
         let e = compile(Constraint::Ebnf(g.into())).expect_err(g);
         assert!(e.contains(want), "{g:?}: {e}");
     }
-    // A nullable prefix still counts: `opt` may read nothing before `root` calls itself.
+    // A nullable prefix that is itself recursive still counts: `e` may read nothing before
+    // `root` calls itself.
     let e = compile(Constraint::Ebnf(
-        r#"root ::= opt root "z" | "q"  opt ::= "o"?"#.into(),
+        r#"root ::= e root "z" | "q"  e ::= "" | "(" e ")""#.into(),
     ))
-    .expect_err("left recursion through a nullable rule");
+    .expect_err("left recursion through a recursive nullable rule");
     assert!(e.contains("left-recursive"), "{e}");
     // `y` leads only into a rule that never ends: it is not offered at all.
     let g = ebnf(r#"root ::= "x" | "y" "z" loop | "[" root "]"  loop ::= "a" loop"#);
@@ -113,6 +114,24 @@ fn indirect_left_recursion_is_rewritten() {
         assert!(admits(&g, ok), "{ok}");
     }
     assert!(!admits(&g, "yx") && !admits(&g, "qxy"));
+}
+
+#[test]
+fn left_recursion_behind_a_nullable_prefix_is_rewritten() {
+    // root = o? root z | q: q z* with o's before nested roots: the language of q, oqz, qz, ...
+    let g = ebnf(r#"root ::= opt root "z" | "q"  opt ::= "o"?"#);
+    for ok in ["q", "qz", "oqz", "qzz", "ooqzz", "oqzz"] {
+        assert!(admits(&g, ok), "{ok}");
+    }
+    for bad in ["", "o", "oq", "z", "qo", "ooqz"] {
+        assert!(!admits(&g, bad), "{bad}");
+    }
+    // An optional item at the head of the rule itself.
+    let g = ebnf(r#"root ::= "-"? root "+" | "1""#);
+    for ok in ["1", "1+", "-1+", "1++", "-1++", "--1++"] {
+        assert!(admits(&g, ok), "{ok}");
+    }
+    assert!(!admits(&g, "-1") && !admits(&g, "+1"));
 }
 
 /// The three-rule cycle's language is regular, `(tyx | s)(zyx)*`: random strings over its
