@@ -85,6 +85,21 @@ async fn the_router_forwards_embedding_scoring_and_responses_routes() {
     let (st, v) = call("POST", format!("{}/v1/score", r.base), Some(&score)).await;
     assert_eq!(st, 200, "{v}");
     assert_eq!(v["scores"], want["scores"]);
+    // The tokenizer routes answer as a worker's.
+    let tok = json!({"model": "m", "prompt": "hello world"});
+    let (_, t) = g1.post("/v1/tokenize", &tok).await;
+    for path in ["/v1/tokenize", "/tokenize"] {
+        let (st, v) = call("POST", format!("{}{path}", r.base), Some(&tok)).await;
+        assert_eq!(
+            (st, v["tokens"].clone()),
+            (200, t["tokens"].clone()),
+            "{path}"
+        );
+    }
+    let detok = json!({"model": "m", "tokens": t["tokens"]});
+    let (st, v) = call("POST", format!("{}/v1/detokenize", r.base), Some(&detok)).await;
+    assert_eq!(st, 200, "{v}");
+    assert!(v["text"].as_str().unwrap().contains("hello world"), "{v}");
     let msg =
         json!({"model": "m", "max_tokens": 4, "messages": [{"role": "user", "content": "hi"}]});
     let (st, v) = call("POST", format!("{}/v1/messages", r.base), Some(&msg)).await;

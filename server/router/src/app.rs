@@ -30,6 +30,8 @@ const PREFIXES: [&str; ROUTES.len()] = [
     "resp-",
     "scor-",
     "msg-",
+    "tok-",
+    "detok-",
 ];
 
 /// Forwards a request of route `route` (an index into [`ROUTES`]) to one worker. The
@@ -152,6 +154,10 @@ pub fn app(router: Arc<Router>) -> axum::Router {
         .route("/v1/responses/{id}/cancel", post(stored_response))
         .route("/v1/score", post(forward_to::<7>))
         .route("/v1/messages", post(forward_to::<8>))
+        .route("/v1/tokenize", post(forward_to::<9>))
+        .route("/tokenize", post(forward_to::<9>))
+        .route("/v1/detokenize", post(forward_to::<10>))
+        .route("/detokenize", post(forward_to::<10>))
         .route("/v1/models", get(admin::info))
         .route("/get_model_info", get(admin::info))
         .route("/get_server_info", get(admin::info))

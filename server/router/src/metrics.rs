@@ -12,8 +12,8 @@ use crate::Router;
 
 /// Routes with their own request counters: the three generate-style routes (PD mode splits
 /// them), then the single-worker forwards (embeddings, classification, rerank, Responses,
-/// scoring, Anthropic messages).
-pub const ROUTES: [&str; 9] = [
+/// scoring, Anthropic messages, the tokenizer).
+pub const ROUTES: [&str; 11] = [
     "/generate",
     "/v1/completions",
     "/v1/chat/completions",
@@ -23,6 +23,8 @@ pub const ROUTES: [&str; 9] = [
     "/v1/responses",
     "/v1/score",
     "/v1/messages",
+    "/v1/tokenize",
+    "/v1/detokenize",
 ];
 
 /// Upper bounds (seconds) of the request duration histogram.
