@@ -208,7 +208,7 @@ fn expose_nullable_heads(rules: &mut HashMap<String, Node>) -> Result<(), String
     let recursive = recursive_rules(rules);
     let empty = nullable_rules(rules);
     // Leading references, looking past prefixes that may read nothing.
-    let hidden_edges: HashMap<&String, Vec<String>> = rules
+    let hidden_edges: Edges = rules
         .iter()
         .map(|(k, v)| {
             let mut out = Vec::new();
@@ -222,24 +222,12 @@ fn expose_nullable_heads(rules: &mut HashMap<String, Node>) -> Result<(), String
                     }
                 }
             }
-            (k, out)
+            (k.clone(), out)
         })
         .collect();
-    let hidden_cycle = |from: &String| {
-        let (mut seen, mut stack) = (HashSet::new(), hidden_edges[from].clone());
-        while let Some(r) = stack.pop() {
-            if &r == from {
-                return true;
-            }
-            if seen.insert(r.clone()) {
-                stack.extend(hidden_edges.get(&r).into_iter().flatten().cloned());
-            }
-        }
-        false
-    };
     let names: Vec<String> = recursive
         .iter()
-        .filter(|k| hidden_cycle(k))
+        .filter(|k| on_cycle(&hidden_edges, k))
         .cloned()
         .collect();
     for name in names {
@@ -293,7 +281,7 @@ fn expose_nullable_heads(rules: &mut HashMap<String, Node>) -> Result<(), String
 /// repetition. The language is unchanged. What is left (a rule reached through a nullable
 /// prefix, `opt root` with `opt` able to read nothing) the analysis still refuses.
 fn without_indirect_left_recursion(rules: &mut HashMap<String, Node>) -> Result<(), String> {
-    let edges: HashMap<String, Vec<String>> = rules
+    let edges: Edges = rules
         .iter()
         .map(|(k, v)| {
             let heads = alternatives(v)
@@ -303,21 +291,9 @@ fn without_indirect_left_recursion(rules: &mut HashMap<String, Node>) -> Result<
             (k.clone(), heads)
         })
         .collect();
-    let reaches_itself = |from: &String| {
-        let (mut seen, mut stack) = (HashSet::new(), edges[from].clone());
-        while let Some(r) = stack.pop() {
-            if &r == from {
-                return true;
-            }
-            if seen.insert(r.clone()) {
-                stack.extend(edges.get(&r).into_iter().flatten().cloned());
-            }
-        }
-        false
-    };
     let mut order: Vec<String> = rules
         .keys()
-        .filter(|k| reaches_itself(k))
+        .filter(|k| on_cycle(&edges, k))
         .cloned()
         .collect();
     order.sort();
@@ -374,32 +350,42 @@ fn recursive_rules(rules: &HashMap<String, Node>) -> HashSet<String> {
             Node::Lit(_) | Node::Class(..) => {}
         }
     }
-    let edges: HashMap<&str, Vec<&str>> = rules
+    let edges: Edges = rules
         .iter()
         .map(|(k, v)| {
             let mut out = Vec::new();
             refs(v, &mut out);
-            (k.as_str(), out)
+            (k.clone(), out.into_iter().map(String::from).collect())
         })
         .collect();
-    let reaches_itself = |from: &str| {
-        let mut seen = HashSet::new();
-        let mut stack: Vec<&str> = edges.get(from).cloned().unwrap_or_default();
-        while let Some(r) = stack.pop() {
-            if r == from {
-                return true;
-            }
-            if seen.insert(r) {
-                stack.extend(edges.get(r).into_iter().flatten());
-            }
-        }
-        false
-    };
     rules
         .keys()
-        .filter(|k| reaches_itself(k))
+        .filter(|k| on_cycle(&edges, k))
         .cloned()
         .collect()
+}
+
+/// Rule references: from a rule to the rules it refers to (in some position).
+type Edges = HashMap<String, Vec<String>>;
+
+/// Whether rule `from` reaches itself along `edges`.
+fn on_cycle(edges: &Edges, from: &str) -> bool {
+    let mut seen = HashSet::new();
+    let mut stack: Vec<&str> = edges
+        .get(from)
+        .into_iter()
+        .flatten()
+        .map(String::as_str)
+        .collect();
+    while let Some(r) = stack.pop() {
+        if r == from {
+            return true;
+        }
+        if seen.insert(r) {
+            stack.extend(edges.get(r).into_iter().flatten().map(String::as_str));
+        }
+    }
+    false
 }
 
 /// The regex of `n`, or None where it derives no text (an empty class, or a recursion cut at
