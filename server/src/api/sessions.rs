@@ -127,7 +127,12 @@ impl Sessions {
                     )));
                 }
                 if replace {
-                    aborted = s.clear_children(r);
+                    // SGLang's: a running `rid` is stopped (the new request goes on from what it
+                    // produced so far) and its continuations are dropped.
+                    if n.output.is_none() {
+                        aborted.push(r.clone());
+                    }
+                    aborted.extend(s.clear_children(r));
                 }
                 Some(r.clone())
             }
@@ -338,6 +343,12 @@ mod tests {
         let (_, mut gone) = s.start(&p, "f", vec![16], Some(1)).unwrap();
         gone.sort();
         assert_eq!(gone, ["b", "c", "d", "e"]);
+        // Replacing a request still running stops it too.
+        s.start(&sp(&id, Some("a")), "r", vec![18], Some(1))
+            .unwrap();
+        let mut p = sp(&id, Some("r"));
+        p.replace = Some(true);
+        assert_eq!(s.start(&p, "r2", vec![19], Some(1)).unwrap().1, ["r"]);
         assert!(s
             .start(&sp(&id, Some("b")), "g", vec![17], Some(1))
             .is_err());
