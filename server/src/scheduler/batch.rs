@@ -619,14 +619,14 @@ impl<R: ModelRunner> Scheduler<R> {
         for ((i, row), mut t) in rows.into_iter().zip(sampled) {
             if let Row::Hidden(p) = row {
                 self.running[i].hidden_next = p + 1;
-                keep_state(&mut states, i, t.embedding.unwrap_or_default());
+                push_for(&mut states, i, t.embedding.unwrap_or_default());
                 continue;
             }
             if row == Row::Next {
                 if let Some(v) = t.embedding.take() {
                     let s = &mut self.running[i];
                     s.hidden_next = s.tokens.len();
-                    keep_state(&mut states, i, v);
+                    push_for(&mut states, i, v);
                 }
             }
             if row == Row::Embed {
@@ -639,21 +639,13 @@ impl<R: ModelRunner> Scheduler<R> {
                 let s = &mut self.running[i];
                 s.lp_row = s.lp_row.max(p);
                 let lp = t.logprobs.map(|b| *b).unwrap_or_default();
-                match input.iter_mut().find(|x| x.0 == i) {
-                    Some(x) => x.1.push(lp),
-                    None => input.push((i, vec![lp])),
-                }
+                push_for(&mut input, i, lp);
                 continue;
             }
-            if let Some((_, lps)) = input
-                .iter()
-                .position(|x| x.0 == i)
-                .map(|k| input.swap_remove(k))
-            {
+            if let Some(lps) = take_for(&mut input, i) {
                 let _ = self.running[i].req.events.send(Event::Input(lps));
             }
-            if let Some(k) = states.iter().position(|x| x.0 == i) {
-                let (_, v) = states.swap_remove(k);
+            if let Some(v) = take_for(&mut states, i) {
                 let _ = self.running[i].req.events.send(Event::Hidden(v));
             }
             decode_tokens += 1;
@@ -788,10 +780,17 @@ enum Row {
     Hidden(usize),
 }
 
-/// Adds hidden state `v` to sequence `i`'s list in `states`.
-fn keep_state(states: &mut Vec<(usize, Vec<Vec<f32>>)>, i: usize, v: Vec<f32>) {
-    match states.iter_mut().find(|x| x.0 == i) {
+/// Adds `v` to running sequence `i`'s list in `lists` (what a forward gathers per sequence
+/// before sending it: input log-probabilities, hidden states).
+fn push_for<T>(lists: &mut Vec<(usize, Vec<T>)>, i: usize, v: T) {
+    match lists.iter_mut().find(|x| x.0 == i) {
         Some(x) => x.1.push(v),
-        None => states.push((i, vec![v])),
+        None => lists.push((i, vec![v])),
     }
+}
+
+/// Removes and returns sequence `i`'s list from `lists`.
+fn take_for<T>(lists: &mut Vec<(usize, Vec<T>)>, i: usize) -> Option<Vec<T>> {
+    let k = lists.iter().position(|x| x.0 == i)?;
+    Some(lists.swap_remove(k).1)
 }
