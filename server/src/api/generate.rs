@@ -443,10 +443,15 @@ impl Render {
 /// SGLang's `meta_info.hidden_states`: the prompt's positions as one list, then one state per
 /// output token fed back (the last output token is never run, so it has none).
 fn hidden_states_json(prompt: usize, states: &[Vec<f32>]) -> Value {
-    let k = prompt.min(states.len());
-    let mut out = vec![json!(states[..k])];
-    out.extend(states[k..].iter().map(|v| json!(v)));
+    let (head, fed) = split_hidden(prompt, states);
+    let mut out = vec![json!(head)];
+    out.extend(fed.iter().map(|v| json!(v)));
     Value::Array(out)
+}
+
+/// A request's hidden states split into its prompt's and those of the output tokens fed back.
+pub(super) fn split_hidden(prompt: usize, states: &[Vec<f32>]) -> (&[Vec<f32>], &[Vec<f32>]) {
+    states.split_at(prompt.min(states.len()))
 }
 
 /// JSON has no -inf: a token with no probability reports the lowest finite value, as a client

@@ -300,7 +300,7 @@ fn chat_logprobs(st: &AppState, d: &Driver, from: usize, to: usize) -> Value {
     json!({"content": content})
 }
 
-fn now_secs() -> u64 {
+pub(super) fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs())
@@ -311,8 +311,8 @@ fn now_secs() -> u64 {
 /// or `[]` when only the prompt ran.
 fn add_hidden_states(choice: &mut Value, d: &Driver) {
     if d.params.return_hidden_states {
-        let k = d.prompt_tokens.min(d.out.hidden.len());
-        choice["hidden_states"] = match d.out.hidden[k..].last() {
+        let (_, fed) = super::generate::split_hidden(d.prompt_tokens, &d.out.hidden);
+        choice["hidden_states"] = match fed.last() {
             Some(v) => json!(v),
             None => json!([]),
         };

@@ -49,16 +49,21 @@ fn part(v: &Value, what: &str) -> Result<Part, ApiError> {
 /// The scores of one item from its label tokens' log-probabilities.
 pub fn scores(logprobs: &[f32], apply_softmax: bool) -> Vec<f64> {
     if apply_softmax {
-        let max = logprobs.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x)) as f64;
-        if max == f64::NEG_INFINITY {
-            return vec![0.0; logprobs.len()];
-        }
-        let e: Vec<f64> = logprobs.iter().map(|&x| (x as f64 - max).exp()).collect();
-        let sum: f64 = e.iter().sum();
-        e.iter().map(|x| x / sum).collect()
+        softmax(logprobs)
     } else {
         logprobs.iter().map(|&x| (x as f64).exp()).collect()
     }
+}
+
+/// The softmax of `x` in f64 (all zeros when every value is -inf).
+pub fn softmax(x: &[f32]) -> Vec<f64> {
+    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
+    if max == f64::NEG_INFINITY {
+        return vec![0.0; x.len()];
+    }
+    let e: Vec<f64> = x.iter().map(|&v| (v as f64 - max).exp()).collect();
+    let sum: f64 = e.iter().sum();
+    e.iter().map(|v| v / sum).collect()
 }
 
 pub async fn score(State(st): State<AppState>, bytes: Bytes) -> Result<Json<Value>, ApiError> {
