@@ -3,7 +3,7 @@
 //! normalisation), the answer the embedding routes give for such a model (`embed.rs`), and
 //! `POST /v1/classify` / `/classify`, which turn the scores into probabilities and a label.
 
-use super::embed::{body, embed_all, prompts, rids};
+use super::embed::{body, embed_all, prompt_tokens, prompts};
 use super::error::ApiError;
 use super::AppState;
 use axum::body::Bytes;
@@ -78,14 +78,13 @@ pub async fn classify(State(st): State<AppState>, bytes: Bytes) -> Result<Respon
         .or_else(|| v.get("text"))
         .unwrap_or(&Value::Null);
     let prompts = prompts(&st, input, "input")?;
-    let n = prompts.len();
-    let done = embed_all(&st, prompts, rids(&v, n), None).await?;
-    let tokens: usize = done.iter().map(|e| e.prompt_tokens).sum();
+    let done = embed_all(&st, prompts, &v, None).await?;
+    let tokens = prompt_tokens(&done);
     let data: Vec<Value> = done
         .iter()
         .enumerate()
         .map(|(i, e)| {
-            let probs = softmax(&e.vector);
+            let probs = super::score::softmax(&e.vector);
             let best = (0..probs.len())
                 .max_by(|&a, &b| e.vector[a].total_cmp(&e.vector[b]))
                 .unwrap_or(0);
@@ -93,25 +92,14 @@ pub async fn classify(State(st): State<AppState>, bytes: Bytes) -> Result<Respon
                 "num_classes": probs.len()})
         })
         .collect();
-    let created = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
     Ok(Json(json!({
         "id": format!("classify-{}", super::driver::new_rid()),
         "object": "list",
-        "created": created,
+        "created": super::openai::now_secs(),
         "model": st.info.served_model_name,
         "data": data,
         "usage": {"prompt_tokens": tokens, "total_tokens": tokens, "completion_tokens": 0,
             "prompt_tokens_details": null},
     }))
     .into_response())
-}
-
-/// Softmax in f64.
-fn softmax(x: &[f32]) -> Vec<f64> {
-    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v)) as f64;
-    let e: Vec<f64> = x.iter().map(|&v| (v as f64 - max).exp()).collect();
-    let sum: f64 = e.iter().sum();
-    e.iter().map(|v| v / sum).collect()
 }

@@ -147,13 +147,15 @@ pub fn pool(mut hidden: Vec<f32>, dims: Option<usize>) -> Vec<f32> {
     hidden.iter().map(|&x| (x as f64 * scale) as f32).collect()
 }
 
-/// Runs every prompt (all queued first, so they batch) and gathers their pooled embeddings.
+/// Runs every prompt (all queued first, so they batch) and gathers their pooled embeddings;
+/// `req` is the request body (its `rid`, one or one per prompt, names them).
 pub(super) async fn embed_all(
     st: &AppState,
     prompts: Vec<Vec<u32>>,
-    rids: Vec<Option<String>>,
+    req: &Value,
     dims: Option<usize>,
 ) -> Result<Vec<Embedded>, ApiError> {
+    let rids = rids(req, prompts.len());
     if !st.info.is_embedding {
         return Err(ApiError::bad_request(
             "This model does not appear to be an embedding model by default. Please add \
@@ -196,6 +198,11 @@ pub(super) async fn embed_all(
     Ok(out)
 }
 
+/// The prompt tokens of a request's inputs.
+pub(super) fn prompt_tokens(done: &[Embedded]) -> usize {
+    done.iter().map(|e| e.prompt_tokens).sum()
+}
+
 pub(super) fn body(bytes: &[u8]) -> Result<Value, ApiError> {
     let v: Value = serde_json::from_slice(bytes)
         .map_err(|e| ApiError::bad_request(format!("Invalid request body: {e}")))?;
@@ -206,7 +213,7 @@ pub(super) fn body(bytes: &[u8]) -> Result<Value, ApiError> {
 }
 
 /// The request ids a request names (`rid`: one string or one per input).
-pub(super) fn rids(v: &Value, n: usize) -> Vec<Option<String>> {
+fn rids(v: &Value, n: usize) -> Vec<Option<String>> {
     match v.get("rid") {
         Some(Value::String(s)) if n == 1 => vec![Some(s.clone())],
         Some(Value::Array(a)) => a.iter().map(|x| x.as_str().map(String::from)).collect(),
@@ -231,9 +238,8 @@ pub async fn embeddings(State(st): State<AppState>, bytes: Bytes) -> Result<Resp
     };
     let dims = check_dimensions(&st, v.get("dimensions"))?;
     let prompts = prompts(&st, input, "input")?;
-    let n = prompts.len();
-    let done = embed_all(&st, prompts, rids(&v, n), dims).await?;
-    let tokens: usize = done.iter().map(|e| e.prompt_tokens).sum();
+    let done = embed_all(&st, prompts, &v, dims).await?;
+    let tokens = prompt_tokens(&done);
     let data: Vec<Value> = done
         .iter()
         .enumerate()
@@ -285,8 +291,7 @@ pub async fn encode(State(st): State<AppState>, bytes: Bytes) -> Result<Response
     };
     let dims = check_dimensions(&st, v.get("dimensions"))?;
     let prompts = prompts(&st, input, field)?;
-    let n = prompts.len();
-    let done = embed_all(&st, prompts, rids(&v, n), dims).await?;
+    let done = embed_all(&st, prompts, &v, dims).await?;
     let version = st.served.read().expect("served").version.clone();
     let items: Vec<Value> = done
         .into_iter()
@@ -320,14 +325,14 @@ pub async fn ollama_embed(State(st): State<AppState>, bytes: Bytes) -> Response 
         let input = v.get("input").unwrap_or(&Value::Null);
         let mut prompts = prompts(&st, input, "input")?;
         if v.get("truncate").and_then(Value::as_bool) != Some(false) {
-            let keep = st.info.context_length.min(st.info.max_total_tokens) - 1;
+            // As `--allow-auto-truncate` cuts a prompt (SGLang's length).
+            let (ctx, kv) = (st.info.context_length, st.info.max_total_tokens);
             for p in &mut prompts {
-                p.truncate(keep);
+                super::driver::fit_input(p, ctx, kv, true)?;
             }
         }
-        let n = prompts.len();
-        let done = embed_all(&st, prompts, vec![None; n], dims).await?;
-        let tokens: usize = done.iter().map(|e| e.prompt_tokens).sum();
+        let done = embed_all(&st, prompts, &v, dims).await?;
+        let tokens = prompt_tokens(&done);
         let vectors: Vec<&Vec<f32>> = done.iter().map(|e| &e.vector).collect();
         Ok::<_, ApiError>(Json(json!({
             "model": v.get("model").cloned().unwrap_or(json!(st.info.served_model_name)),
@@ -352,7 +357,7 @@ pub async fn ollama_embeddings(State(st): State<AppState>, bytes: Bytes) -> Resp
             return Err(ApiError::bad_request("`prompt` must be a string"));
         }
         let prompts = prompts(&st, prompt, "prompt")?;
-        let done = embed_all(&st, prompts, vec![None], None).await?;
+        let done = embed_all(&st, prompts, &v, None).await?;
         Ok(Json(json!({"embedding": done[0].vector})))
     };
     match run.await {
