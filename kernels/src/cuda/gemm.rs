@@ -114,6 +114,9 @@ pub enum Fusion {
     /// Prefill-sized x: the SiLU in the wgmma gate_up GEMM's epilogue ([`Gemm::gate_silu`],
     /// `gemm_wg.rs`, compute 9.0; off: cuBLAS and `silu_mul`).
     GateGemm,
+    /// Prefill-sized x: the residual added in the o and down GEMMs ([`Gemm::linear_acc`],
+    /// cuBLAS with beta = 1 into the residual) instead of in the next RMSNorm.
+    ResidGemm,
 }
 
 impl Fusion {
@@ -125,16 +128,23 @@ impl Fusion {
             Fusion::QkvRope => "qkv_rope",
             Fusion::QkvNorm => "qkv_norm",
             Fusion::GateGemm => "gate_gemm",
+            Fusion::ResidGemm => "resid_gemm",
         }
     }
 
     /// Every fusion, in [`Gemm::set_fusion`]'s table order.
-    pub const ALL: [Fusion; 4] = [
+    pub const ALL: [Fusion; 5] = [
         Fusion::GateSilu,
         Fusion::QkvRope,
         Fusion::QkvNorm,
         Fusion::GateGemm,
+        Fusion::ResidGemm,
     ];
+
+    /// The fusions of prefill-sized forwards (the others are single-row ones).
+    pub fn prefill(self) -> bool {
+        matches!(self, Fusion::GateGemm | Fusion::ResidGemm)
+    }
 }
 
 /// Launch shape of the single-row GEMV kernels: one warp per output (8 per block of 256), the
@@ -177,7 +187,7 @@ pub struct Gemm {
     gemv_t1_qkv_rope_pipe: CudaFunction,
     rows: super::gemm_rows::FewRows,
     /// Which [`Fusion`]s run, indexed as `Fusion::ALL`.
-    fusions: [AtomicBool; 4],
+    fusions: [AtomicBool; 5],
     wg: Option<super::gemm_wg::WgGemm>,
     gemv_max_rows: usize,
     lt: Option<super::gemm_lt::GemmLt>,
@@ -748,10 +758,53 @@ impl Gemm {
             })?;
             return self.gemv_rows(x, w, y, t, n_out, k);
         }
+        self.cublas(x, w, y, c_type, 0.0)
+    }
+
+    /// Whether [`Gemm::linear_acc`] runs for x of `t` rows: prefill-sized x, which `linear`
+    /// sends to cuBLAS, outside batch-invariant mode, with [`Fusion::ResidGemm`] on.
+    pub fn acc_applies(&self, t: usize) -> bool {
+        self.fused(Fusion::ResidGemm)
+            && !self.deterministic
+            && t > self.gemv_max_rows
+            && (t > LT_MAX_ROWS || self.lt.is_none())
+    }
+
+    /// y += x * w^T for x [T, in] bf16, w [out, in] bf16, y [T, out] bf16, rounded once (cuBLAS
+    /// with beta = 1: the f32 product plus y, then bf16): the residual add of the o and down
+    /// projections inside their GEMMs. Only where [`Gemm::acc_applies`].
+    pub fn linear_acc(&self, x: &DTensor, w: &DTensor, y: &DTensor) -> Result<()> {
+        for (n, t) in [("x", x), ("w", w), ("y", y)] {
+            self.ctx.check_device(n, t)?;
+        }
+        ensure(x.shape().len() == 2 && w.shape().len() == 2, || {
+            "x [T, in] and w [out, in] expected".into()
+        })?;
+        let (t, k, n_out) = (x.shape()[0], x.shape()[1], w.shape()[0]);
+        ensure(self.acc_applies(t), || {
+            format!("linear_acc: not for {t} rows here")
+        })?;
+        x.expect("x", DType::Bf16, &[t, k])?;
+        w.expect("w", DType::Bf16, &[n_out, k])?;
+        y.expect("y", DType::Bf16, &[t, n_out])?;
+        self.ctx.cuda().bind_to_thread()?;
+        self.cublas(x, w, y, cudaDataType::CUDA_R_16BF, 1.0)
+    }
+
+    /// cuBLAS y = x * w^T + beta * y (shapes checked by the caller).
+    fn cublas(
+        &self,
+        x: &DTensor,
+        w: &DTensor,
+        y: &DTensor,
+        c_type: cudaDataType,
+        beta: f32,
+    ) -> Result<()> {
+        let (t, k, n_out) = (x.shape()[0], x.shape()[1], w.shape()[0]);
         let alpha = 1.0f32;
-        let beta = 0.0f32;
-        // SAFETY: shapes checked above: w holds out*in, x holds T*in, y holds T*out elements of
-        // the stated types; alpha/beta are f32 as CUBLAS_COMPUTE_32F requires.
+        // SAFETY: the callers checked the shapes: w holds out*in, x holds T*in, y holds T*out
+        // elements of the stated types; alpha/beta are f32 as CUBLAS_COMPUTE_32F requires; y is
+        // both C and D (in place, the same layout).
         unsafe {
             cudarc::cublas::result::gemm_ex(
                 *self.blas.handle(),

@@ -339,9 +339,12 @@ impl LlamaModel {
         let kv_w = s.n_kv_heads * s.head_dim;
         ops.embedding(&input.ids, &self.embed, &ws.resid)?;
         mark("embedding")?;
+        // Prefill-sized forwards add each sub-layer's output to the residual inside its last
+        // GEMM (Gemm::linear_acc); otherwise the next norm adds it.
+        let acc = gemm.acc_applies(ws.tokens);
         for (i, l) in self.layers.iter().enumerate() {
             // Layer 0 normalises the embedding; later layers add the previous sub-layer's y.
-            let y = (i > 0).then_some(&ws.y);
+            let y = (i > 0 && !acc).then_some(&ws.y);
             // One row: the input norm staged into the qkv GEMV (the residual then gets both
             // sub-layer outputs in norm2), with RoPE and the K/V write in its epilogue (the
             // "qkv" op then includes norm1 and rope_kv_write).
@@ -405,11 +408,16 @@ impl LlamaModel {
             }
             mark("attention")?;
             if !skip("o") {
-                gemm.linear(&ws.attn, &l.o, &ws.y_o)?;
+                if acc {
+                    gemm.linear_acc(&ws.attn, &l.o, &ws.resid)?;
+                } else {
+                    gemm.linear(&ws.attn, &l.o, &ws.y_o)?;
+                }
             }
             mark("o")?;
             if !skip("norm2") {
                 match y {
+                    _ if acc => ops.rmsnorm(&ws.resid, None, &l.post_norm, &ws.h, s.eps)?,
                     Some(y) if norm_staged => {
                         ops.rmsnorm_add2(y, &ws.y_o, &ws.resid, &l.post_norm, &ws.h, s.eps)?
                     }
@@ -428,7 +436,12 @@ impl LlamaModel {
             }
             mark("norm+gate_up")?;
             if !skip("silu+down") {
-                if gated {
+                if acc {
+                    if !gated {
+                        ops.silu_mul(&ws.gu, &ws.act)?;
+                    }
+                    gemm.linear_acc(&ws.act, &l.down, &ws.resid)?;
+                } else if gated {
                     gemm.linear(&ws.act, &l.down, &ws.y)?;
                 } else if !gemm.silu_linear_t1(&ws.gu, &l.down, &ws.y)? {
                     ops.silu_mul(&ws.gu, &ws.act)?;
@@ -437,7 +450,7 @@ impl LlamaModel {
             }
             mark("silu+down")?;
         }
-        let y = (!self.layers.is_empty()).then_some(&ws.y);
+        let y = (!self.layers.is_empty() && !acc).then_some(&ws.y);
         self.norm(ops, y, &ws.resid, &self.norm, &ws.h)?;
         if ws.tokens == 1 && ws.logits.shape()[0] == 1 {
             // One row, the sampled one: no gather.

@@ -324,9 +324,12 @@ impl CudaRunner {
         let (q_w, kv_w) = (nh * hd, nkv * hd);
         let scale = 1.0 / (hd as f32).sqrt();
         ops.embedding(&m.ids, &self.w.embed, &a.resid)?;
+        // Prefill-sized forwards add each sub-layer's output to the residual inside its last
+        // GEMM (Gemm::linear_acc); otherwise the next norm adds it.
+        let acc = gemm.acc_applies(a.resid.shape()[0]);
         for (li, l) in self.w.layers.iter().enumerate() {
             // Layer 0 normalises the embedding; later layers add the previous sub-layer's y.
-            let y = (li > 0).then_some(&a.y);
+            let y = (li > 0 && !acc).then_some(&a.y);
             // One row of a model without qkv bias or qk-norm: RoPE and the K/V write in the qkv
             // GEMV's epilogue (Gemm::qkv_rope_t1), and at hidden NORM_IN_QKV the input norm
             // staged in it too (the residual then gets both sub-layer outputs in norm2).
@@ -398,15 +401,26 @@ impl CudaRunner {
                 let o = a.attn.view(p.rows.start * ow, &[rows, ow])?;
                 ops.paged_attention(&p.plan, &q, 0, &kv.k[li], &kv.v[li], &o, scale)?;
             }
-            gemm.linear(&a.attn, &l.o, &a.y_o)?;
+            if acc {
+                gemm.linear_acc(&a.attn, &l.o, &a.resid)?;
+            } else {
+                gemm.linear(&a.attn, &l.o, &a.y_o)?;
+            }
             match y {
+                _ if acc => ops.rmsnorm(&a.resid, None, &l.post_norm, &a.h, eps)?,
                 Some(y) if norm_staged => {
                     ops.rmsnorm_add2(y, &a.y_o, &a.resid, &l.post_norm, &a.h, eps)?
                 }
                 _ => ops.rmsnorm(&a.y_o, Some(&a.resid), &l.post_norm, &a.h, eps)?,
             }
             // One row: the SiLU in gate_up's epilogue (Gemm::gate_silu), down a plain GEMV.
-            if gemm.gate_silu(&a.h, &l.gate_up, &a.act)? {
+            if acc {
+                if !gemm.gate_silu(&a.h, &l.gate_up, &a.act)? {
+                    gemm.linear(&a.h, &l.gate_up, &a.gu)?;
+                    ops.silu_mul(&a.gu, &a.act)?;
+                }
+                gemm.linear_acc(&a.act, &l.down, &a.resid)?;
+            } else if gemm.gate_silu(&a.h, &l.gate_up, &a.act)? {
                 gemm.linear(&a.act, &l.down, &a.y)?;
             } else {
                 gemm.linear(&a.h, &l.gate_up, &a.gu)?;
@@ -418,7 +432,7 @@ impl CudaRunner {
         }
         if let Some((last, logits, tokens)) = &a.head {
             let head = self.w.lm_head.as_ref().unwrap_or(&self.w.embed);
-            if self.w.layers.is_empty() {
+            if self.w.layers.is_empty() || acc {
                 ops.rmsnorm(&a.resid, None, &self.w.norm, &a.h, eps)?;
             } else {
                 ops.rmsnorm(&a.y, Some(&a.resid), &self.w.norm, &a.h, eps)?;

@@ -197,7 +197,7 @@ pub fn run(
             // One row: the same graph with each single-row fusion turned off, side by side.
             if b == 1 {
                 use strata_kernels::cuda::Fusion;
-                for f in Fusion::ALL.into_iter().filter(|f| *f != Fusion::GateGemm) {
+                for f in Fusion::ALL.into_iter().filter(|f| !f.prefill()) {
                     gemm.set_fusion(f, false);
                     let apart = replay();
                     gemm.set_fusion(f, true);
@@ -207,7 +207,7 @@ pub fn run(
                             ("RoPE + K/V write in qkv's epilogue", "rope_kv_write apart")
                         }
                         Fusion::QkvNorm => ("the input norm staged in qkv", "rmsnorm apart"),
-                        Fusion::GateGemm => unreachable!("prefill only"),
+                        Fusion::GateGemm | Fusion::ResidGemm => unreachable!("prefill only"),
                     };
                     if let (Some(a), Some(n)) = (graphed, apart?) {
                         summary.push(format!(
@@ -559,6 +559,24 @@ pub fn run(
                     "gate_up + SiLU in the wgmma GEMM",
                     "cuBLAS + silu_mul",
                     gate,
+                ));
+            }
+            // The forward with the residual added in the o and down GEMMs and in the norms.
+            if gemm.acc_applies(t) {
+                use strata_kernels::cuda::Fusion;
+                let mut ms = [[0.0; 2]; 2];
+                for (i, on) in [true, false, true, false].into_iter().enumerate() {
+                    gemm.set_fusion(Fusion::ResidGemm, on);
+                    let f = gpu_ms(ops.context(), false, 1, 3, || {
+                        Ok(model.forward(ops, gemm, &ws, &input)?)
+                    });
+                    gemm.set_fusion(Fusion::ResidGemm, true);
+                    ms[!on as usize][i / 2] = f?;
+                }
+                let [on, off] = ms;
+                summary.push(format!(
+                    "  prefill {t} forward with the residual added in the o and down GEMMs {:.1} / {:.1} ms, in the norms {:.1} / {:.1} ms (x{:.3})",
+                    on[0], on[1], off[0], off[1], (on[0] + on[1]) / (off[0] + off[1])
                 ));
             }
             let layer_flops = attn / shape.layers as f64;

@@ -285,6 +285,31 @@ pub fn gemm(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Result<()> 
             bound,
         );
     }
+    // y += x w^T inside the GEMM (the prefill forwards' residual add), against y + linear on
+    // the CPU.
+    for (t, k, n) in [(65, 4096, 1024), (257, 2048, 512), (300, 1000, 777)] {
+        if !gemm.acc_applies(t) {
+            continue;
+        }
+        let (x, w, y0) = (
+            ck.bf16_vec(t * k, 1.0),
+            ck.bf16_vec(n * k, 1.0 / (k as f32).sqrt()),
+            ck.bf16_vec(t * n, 4.0),
+        );
+        let y = c.upload_bf16(&[t, n], &y0)?;
+        gemm.linear_acc(
+            &c.upload_bf16(&[t, k], &x)?,
+            &c.upload_bf16(&[n, k], &w)?,
+            &y,
+        )?;
+        let want: Vec<f32> = r::linear(&x, &w, k)
+            .iter()
+            .zip(&y0)
+            .map(|(a, b)| a + b)
+            .collect();
+        let err = r::rel_err(&c.download_f32(&y)?, &want);
+        ck.rel("gemm", format!("acc T{t} in{k} out{n} bf16"), err, BF16_TOL);
+    }
     Ok(())
 }
 
