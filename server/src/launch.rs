@@ -78,6 +78,23 @@ pub struct ServeOptions {
     pub is_embedding: bool,
     /// `--enable-return-hidden-states`: `/generate` may report hidden states.
     pub enable_return_hidden_states: bool,
+    /// `--enable-lora` and its flags.
+    pub lora: LoraOptions,
+}
+
+/// `--enable-lora`, `--lora-paths` and the limits SGLang pairs with them.
+#[derive(Debug, Clone, Default)]
+pub struct LoraOptions {
+    /// `--enable-lora` (implied by `--lora-paths`): requests may name adapters.
+    pub enabled: bool,
+    /// `--lora-paths`: (name, path) of the adapters loaded at start-up.
+    pub paths: Vec<(String, String)>,
+    /// `--max-lora-rank`: adapters of a higher rank are refused.
+    pub max_rank: Option<usize>,
+    /// `--lora-target-modules`: adapters targeting other projections are refused.
+    pub target_modules: Option<Vec<String>>,
+    /// `--max-loaded-loras`.
+    pub max_loaded: Option<usize>,
 }
 
 impl ServeOptions {
@@ -116,6 +133,7 @@ impl ServeOptions {
             weight_version: "default".into(),
             is_embedding: false,
             enable_return_hidden_states: false,
+            lora: LoraOptions::default(),
         }
     }
 }
@@ -406,6 +424,7 @@ where
         }
         _ => (None, None),
     };
+    let loras = Arc::new(lora_registry(&opts.lora, &cfg, &model)?);
     let handle = spawn_with_hook(
         sched_cfg,
         model,
@@ -442,7 +461,35 @@ where
         classifier,
         sessions: Arc::default(),
         return_hidden_states: opts.enable_return_hidden_states,
+        loras,
     })
+}
+
+/// The LoRA registry with `--lora-paths` loaded (a bad adapter is a start-up error, as in
+/// SGLang); on a runner that cannot apply adapters, requests naming one are refused.
+fn lora_registry<R: ModelRunner>(
+    o: &LoraOptions,
+    cfg: &ModelConfig,
+    model: &R,
+) -> Result<crate::model::lora::Registry, LaunchError> {
+    let mut reg = crate::model::lora::Registry::new(o.enabled || !o.paths.is_empty(), cfg.clone());
+    reg.max_rank = o.max_rank;
+    reg.targets = o.target_modules.clone();
+    reg.max_loaded = o.max_loaded;
+    if reg.enabled && !model.supports_lora() {
+        let why = format!(
+            "LoRA adapters are not applied by the {} runner yet; serve them with --device cpu or --dtype float32.",
+            model.name()
+        );
+        tracing::warn!("{why}");
+        reg.unsupported = Some(why);
+    }
+    for (name, path) in &o.paths {
+        reg.load(name, Path::new(path))
+            .map_err(|e| LaunchError::Config(format!("--lora-paths {name}={path}: {e}")))?;
+        tracing::info!(name, path, "LoRA adapter loaded");
+    }
+    Ok(reg)
 }
 
 /// How a PD prefill's transfer threads reach its KV pool: the CPU runner's pages where they are,

@@ -111,6 +111,25 @@ pub struct SamplingParams {
     /// `return_hidden_states` (a field of the request, set by the API layer): every position's
     /// final hidden state is reported (`Event::Hidden`).
     pub return_hidden_states: bool,
+    /// The request's LoRA adapter (`lora_path`, resolved by the API layer): its rows run with
+    /// it, and it neither reads nor fills the prefix cache (the KV is the adapter's).
+    pub lora: Option<LoraRef>,
+}
+
+/// A request's LoRA adapter; equal when it is the same load of an adapter.
+#[derive(Clone)]
+pub struct LoraRef(pub std::sync::Arc<crate::model::lora::LoraAdapter>);
+
+impl std::fmt::Debug for LoraRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl PartialEq for LoraRef {
+    fn eq(&self, o: &Self) -> bool {
+        self.0.id == o.0.id
+    }
 }
 
 /// Compiled `stop_regex` patterns shared by a request's copies; equal when the patterns are.
@@ -306,6 +325,7 @@ impl SamplingParamsWire {
             think_end: None,
             priority: None,
             return_hidden_states: false,
+            lora: None,
         })
     }
 }

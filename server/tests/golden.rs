@@ -49,6 +49,7 @@ fn logits_all(
                 kv_len: end,
                 pages: pages[..end.div_ceil(page_size)].to_vec(),
                 decode: false,
+                lora: None,
             }],
             logit_rows: (0..n).collect(),
         };

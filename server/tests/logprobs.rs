@@ -59,6 +59,7 @@ fn reference(model: &Model<CpuBackend>, ids: &[u32]) -> Vec<Vec<f64>> {
             kv_len: ids.len(),
             pages: (0..pages as u32).collect(),
             decode: false,
+            lora: None,
         }],
         logit_rows: (0..ids.len()).collect(),
     };

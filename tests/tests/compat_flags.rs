@@ -56,7 +56,7 @@ async fn serve_ignores_sglang_flags_and_serves() {
             "--max-prefill-tokens",
             "8192",
             "--no-enable-tf32-matmul",
-            "--lora-paths",
+            "--custom-weight-loader",
             "--tensor-parallel-size",
             "1",
             "--trust-remote-code",
@@ -72,7 +72,7 @@ async fn serve_ignores_sglang_flags_and_serves() {
         "no effect: --enable-metrics (/metrics is always served)",
         "no effect: --schedule-conservativeness 0.3",
         "no effect: --no-enable-tf32-matmul",
-        "no effect: --lora-paths",
+        "no effect: --custom-weight-loader",
     ] {
         assert_eq!(s.log_count(line), 1, "log lacks {line:?}");
     }

@@ -76,6 +76,9 @@ struct GenerateWire {
     session_params: Option<Value>,
     /// Report every position's final hidden state (`--enable-return-hidden-states`).
     return_hidden_states: Option<OneOrMany<bool>>,
+    /// The LoRA adapter of each prompt (`--enable-lora`): a name for all, or a list of names
+    /// and nulls.
+    lora_path: Option<Value>,
     #[serde(flatten)]
     ignored: serde_json::Map<String, Value>,
 }
@@ -276,6 +279,7 @@ pub async fn generate(
     };
     let priorities = OneOrMany::per_prompt(w.priority, n, "priority")?;
     let hidden = OneOrMany::per_prompt(w.return_hidden_states, n, "return_hidden_states")?;
+    let loras = super::lora::per_prompt(&st, &w.lora_path, n)?;
     let text_in_lp = w.return_text_in_logprobs.unwrap_or(false);
     let boots = bootstraps(
         &w.bootstrap_host,
@@ -288,6 +292,7 @@ pub async fn generate(
     for (i, ((ids, mut p), rid)) in prompts.into_iter().zip(params).zip(rids).enumerate() {
         p.priority = priorities[i];
         p.return_hidden_states = hidden[i] == Some(true);
+        p.lora = loras[i].clone();
         let lp = match want[i] {
             Some(true) => Some(
                 LogprobArgs {

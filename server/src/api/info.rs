@@ -40,9 +40,11 @@ pub async fn health_generate(State(st): State<AppState>) -> Result<StatusCode, A
 }
 
 pub async fn models(State(st): State<AppState>) -> Json<Value> {
-    Json(json!({"object": "list", "data": [{
+    let mut data = vec![json!({
         "id": st.info.served_model_name, "object": "model", "created": 0, "owned_by": "sglang",
-        "root": st.info.model_path, "max_model_len": st.info.context_length}]}))
+        "root": st.info.model_path, "max_model_len": st.info.context_length})];
+    data.extend(super::lora::model_entries(&st));
+    Json(json!({"object": "list", "data": data}))
 }
 
 pub async fn model_info(State(st): State<AppState>) -> Json<Value> {

@@ -13,6 +13,7 @@ pub mod error;
 pub mod fanout;
 pub mod generate;
 pub mod info;
+pub mod lora;
 pub mod messages;
 pub mod metrics;
 pub mod ollama;
@@ -106,6 +107,8 @@ pub struct AppState {
     pub sessions: Arc<sessions::Sessions>,
     /// `--enable-return-hidden-states`: requests may ask for `return_hidden_states`.
     pub return_hidden_states: bool,
+    /// The LoRA adapters requests may name (`--enable-lora`, `/load_lora_adapter`).
+    pub loras: Arc<crate::model::lora::Registry>,
 }
 
 impl AppState {
@@ -201,6 +204,8 @@ pub fn app_with_limit(state: AppState, max_payload: usize) -> Router {
         .route("/api/embed", post(embed::ollama_embed))
         .route("/api/embeddings", post(embed::ollama_embeddings))
         .route("/v1/models", get(info::models))
+        .route("/load_lora_adapter", post(lora::load_lora_adapter))
+        .route("/unload_lora_adapter", post(lora::unload_lora_adapter))
         .route("/v1/models/{*model}", get(control::retrieve_model))
         .route("/health", get(info::health))
         .route("/health_generate", get(info::health_generate))

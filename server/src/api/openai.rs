@@ -105,6 +105,8 @@ struct OpenAiWire {
     priority: Option<i64>,
     /// The last state fed back in each choice's `hidden_states` (`--enable-return-hidden-states`).
     return_hidden_states: Option<bool>,
+    /// SGLang's LoRA adapter name (`--enable-lora`; else `model`'s `base:adapter` form).
+    lora_path: Option<String>,
 }
 
 impl OpenAiWire {
@@ -344,7 +346,8 @@ pub async fn completions(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let mut w: OpenAiWire = parse_body(&body)?;
-    let params = w.params(16)?;
+    let mut params = w.params(16)?;
+    params.lora = super::lora::for_openai(&st, w.lora_path.as_deref(), w.model.as_deref())?;
     let n_lp = logprob_count(&w)?;
     let rid = client_rid(&w, &headers, "cmpl-");
     // A list of strings is a batch: a PD router then sends one bootstrap entry per prompt.
@@ -515,6 +518,7 @@ pub async fn chat_completions(
         w.json_schema = Some(Value::String(schema.to_string()));
     }
     let mut params = w.params(st.info.context_length as i64)?;
+    params.lora = super::lora::for_openai(&st, w.lora_path.as_deref(), w.model.as_deref())?;
     let n_lp = logprob_count(&w)?;
     let rid = client_rid(&w, &headers, "chatcmpl-");
     let msgs = w

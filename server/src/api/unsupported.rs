@@ -36,10 +36,8 @@ pub const ROUTES: &[&str] = &[
     "/resume_memory_occupation",
     "/pd_role_switch",
     "/get_hicache_l3_cache_layout",
-    // LoRA.
-    "/load_lora_adapter",
+    // LoRA from tensors in the request (adapters load from disk: `lora.rs`).
     "/load_lora_adapter_from_tensors",
-    "/unload_lora_adapter",
     // Retrieval corpora.
     "/add_external_corpus",
     "/remove_external_corpus",

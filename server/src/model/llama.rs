@@ -6,9 +6,11 @@
 //! Cost per call: O(tokens × params) for the projections plus O(Σ q_len × kv_len × hidden) for
 //! attention. The layer shapes are validated once at load time.
 
+use super::lora::{LoraAdapter, Target};
 use super::weights::WeightMap;
 use super::{ModelConfig, ModelError};
 use std::path::Path;
+use std::sync::Arc;
 use strata_kernels::{AttnSeq, AttnShape, Backend, RopeTable};
 
 /// One sequence's part of a forward batch (see [`AttnSeq`] for the meaning of the fields).
@@ -22,6 +24,8 @@ pub struct SeqSlice {
     /// batch-invariant mode compute such rows with the decode kernels and every prompt row with
     /// the prefill kernels, so a row's result does not depend on how its prompt was chunked.
     pub decode: bool,
+    /// The LoRA adapter its rows run with (`model/lora.rs`), if any.
+    pub lora: Option<std::sync::Arc<super::lora::LoraAdapter>>,
 }
 
 /// The input of one forward pass.
@@ -254,11 +258,17 @@ impl<B: Backend> Model<B> {
             page_size: kv.page_size,
             scale: 1.0 / (hd as f32).sqrt(),
         };
+        let loras = lora_groups(batch);
+        let lora =
+            |li: usize, t: Target, x: &B::Buf, y: &mut B::Buf| self.lora(&loras, li, t, x, y);
         for (li, l) in self.layers.iter().enumerate() {
             b.rms_norm(&x, &l.attn_norm, n, h, c.rms_norm_eps, &mut normed)?;
             b.linear(&normed, n, h, &l.q, qd, l.q_bias.as_ref(), &mut q)?;
             b.linear(&normed, n, h, &l.k, kvd, l.k_bias.as_ref(), &mut k)?;
             b.linear(&normed, n, h, &l.v, kvd, l.v_bias.as_ref(), &mut v)?;
+            lora(li, Target::Q, &normed, &mut q)?;
+            lora(li, Target::K, &normed, &mut k)?;
+            lora(li, Target::V, &normed, &mut v)?;
             if let (Some(qn), Some(kn)) = (&l.q_norm, &l.k_norm) {
                 let mut tmp = b.alloc(n * qd)?;
                 b.rms_norm(&q, qn, n * c.num_heads, hd, c.rms_norm_eps, &mut tmp)?;
@@ -272,14 +282,18 @@ impl<B: Backend> Model<B> {
             b.store_kv(&mut kv.k[li], &mut kv.v[li], &k, &v, kvd, &batch.slots)?;
             b.attention(&q, &kv.k[li], &kv.v[li], &seqs, shape, &mut attn)?;
             b.linear(&attn, n, qd, &l.o, h, None, &mut proj)?;
+            lora(li, Target::O, &attn, &mut proj)?;
             b.add_inplace(&mut x, &proj, n * h)?;
             b.rms_norm(&x, &l.mlp_norm, n, h, c.rms_norm_eps, &mut normed)?;
             b.linear(&normed, n, h, &l.gate, c.intermediate_size, None, &mut gate)?;
             b.linear(&normed, n, h, &l.up, c.intermediate_size, None, &mut upb)?;
+            lora(li, Target::Gate, &normed, &mut gate)?;
+            lora(li, Target::Up, &normed, &mut upb)?;
             let len = n * c.intermediate_size;
             let mut act = b.alloc(len)?;
             b.silu_mul(&gate, &upb, len, &mut act)?;
             b.linear(&act, n, c.intermediate_size, &l.down, h, None, &mut proj)?;
+            lora(li, Target::Down, &act, &mut proj)?;
             b.add_inplace(&mut x, &proj, n * h)?;
         }
         let rows = batch.logit_rows.len();
@@ -299,4 +313,44 @@ impl<B: Backend> Model<B> {
         }
         Ok((out, states))
     }
+
+    /// Adds each adapter's change to projection `t` of layer `li`: y [n, out] += the adapter's
+    /// B A x [n, in] on its rows (through host copies of x and y; nothing when no row's adapter
+    /// targets the projection).
+    fn lora(
+        &self,
+        groups: &[(Arc<LoraAdapter>, Vec<usize>)],
+        li: usize,
+        t: Target,
+        x: &B::Buf,
+        y: &mut B::Buf,
+    ) -> Result<(), ModelError> {
+        if !groups.iter().any(|(a, _)| a.targets(li, t)) {
+            return Ok(());
+        }
+        let b = &self.backend;
+        let mut hx = vec![0f32; b.len(x)];
+        b.download(x, &mut hx)?;
+        let mut hy = vec![0f32; b.len(y)];
+        b.download(y, &mut hy)?;
+        for (a, rows) in groups {
+            a.add(li, t, &hx, &mut hy, rows);
+        }
+        *y = b.upload(&hy)?;
+        Ok(())
+    }
+}
+
+/// The batch's rows by adapter (rows without one are left out).
+fn lora_groups(batch: &ForwardBatch) -> Vec<(Arc<LoraAdapter>, Vec<usize>)> {
+    let mut groups: Vec<(Arc<LoraAdapter>, Vec<usize>)> = Vec::new();
+    for s in &batch.seqs {
+        let Some(a) = &s.lora else { continue };
+        let rows = s.q_start..s.q_start + s.q_len;
+        match groups.iter_mut().find(|(g, _)| g.id == a.id) {
+            Some((_, r)) => r.extend(rows),
+            None => groups.push((a.clone(), rows.collect())),
+        }
+    }
+    groups
 }

@@ -7,6 +7,7 @@ pub mod config;
 pub mod conv_template;
 pub mod cuda;
 pub mod llama;
+pub mod lora;
 pub mod runner;
 pub mod tokenizer;
 pub mod weights;

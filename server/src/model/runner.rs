@@ -168,6 +168,12 @@ pub trait ModelRunner: Send + 'static {
     }
     /// Whether [`save_pages`](Self::save_pages) / [`load_pages`](Self::load_pages) work (the
     /// hierarchical cache needs them).
+    /// Whether the runner applies LoRA adapters (`SeqSlice::lora`); the API refuses adapter
+    /// requests on a runner that does not.
+    fn supports_lora(&self) -> bool {
+        false
+    }
+
     fn kv_page_io(&self) -> bool {
         false
     }
@@ -260,6 +266,10 @@ impl<B: Backend> ModelRunner for Model<B> {
         Model::new_kv(self, num_pages, page_size)
     }
     fn kv_page_io(&self) -> bool {
+        true
+    }
+
+    fn supports_lora(&self) -> bool {
         true
     }
     fn reload_weights(&mut self, dir: &Path, _kv: &mut Self::Kv) -> Result<(), ModelError> {

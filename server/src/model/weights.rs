@@ -52,7 +52,12 @@ pub(crate) fn shard_files(dir: &Path) -> Result<Vec<PathBuf>, ModelError> {
     Ok(files)
 }
 
-fn to_f32(path: &Path, name: &str, dtype: Dtype, bytes: &[u8]) -> Result<Vec<f32>, ModelError> {
+pub(crate) fn to_f32(
+    path: &Path,
+    name: &str,
+    dtype: Dtype,
+    bytes: &[u8],
+) -> Result<Vec<f32>, ModelError> {
     let pairs = bytes
         .chunks_exact(2)
         .map(|c| u16::from_le_bytes([c[0], c[1]]));
@@ -128,8 +133,18 @@ pub(crate) fn canonical_name(name: String) -> String {
 impl WeightMap {
     /// Loads every tensor of the checkpoint in `dir`.
     pub fn load(dir: &Path) -> Result<Self, ModelError> {
+        Self::load_files(dir, shard_files(dir)?)
+    }
+
+    /// Loads every tensor of one safetensors file.
+    pub fn load_file(file: &Path) -> Result<Self, ModelError> {
+        let dir = file.parent().unwrap_or(Path::new("."));
+        Self::load_files(dir, vec![file.to_path_buf()])
+    }
+
+    fn load_files(dir: &Path, files: Vec<PathBuf>) -> Result<Self, ModelError> {
         let mut tensors = HashMap::new();
-        for file in shard_files(dir)? {
+        for file in files {
             let bytes = std::fs::read(&file).map_err(|e| ModelError::io(&file, e))?;
             let st = SafeTensors::deserialize(&bytes)
                 .map_err(|e| ModelError::bad(&file, e.to_string()))?;
@@ -171,6 +186,19 @@ impl WeightMap {
             ));
         }
         Ok(t.data)
+    }
+
+    /// Removes and returns tensor `name` if it exists (any shape).
+    pub fn take_opt(&mut self, name: &str) -> Option<Vec<f32>> {
+        self.tensors.remove(name).map(|(t, _)| t.data)
+    }
+
+    /// Removes and returns every tensor left: (name, shape, data).
+    pub fn drain(&mut self) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+        self.tensors
+            .drain()
+            .map(|(n, (t, _))| (n, t.shape, t.data))
+            .collect()
     }
 
     /// Whether tensor `name` exists.

@@ -490,6 +490,7 @@ impl<R: ModelRunner> Scheduler<R> {
                 pages: table,
                 // Feeding back a sampled token (not re-running a prompt or a retracted output).
                 decode: it.end - it.start == 1 && it.start >= s.prompt_len,
+                lora: s.req.params.lora.as_ref().map(|l| l.0.clone()),
             });
             // Prompt rows whose log-probabilities are owed (none unless asked for): row `p`
             // scores prompt token `p + 1`.

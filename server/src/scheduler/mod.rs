@@ -583,7 +583,12 @@ impl<R: ModelRunner> Scheduler<R> {
                     0
                 };
                 seq.held = self.hook.on_enqueue(&seq.req.rid, &seq.tokens, cached);
-                if let Some(h) = self.hicache.as_mut().filter(|_| self.cfg.radix_cache) {
+                let base_kv = seq.req.params.lora.is_none();
+                if let Some(h) = self
+                    .hicache
+                    .as_mut()
+                    .filter(|_| self.cfg.radix_cache && base_kv)
+                {
                     seq.held |= h.start_prefetch(&mut self.tree, &seq.req.rid, &seq.tokens);
                 }
                 self.waiting.push_back(seq);
@@ -752,7 +757,8 @@ impl<R: ModelRunner> Scheduler<R> {
         let ps = self.cfg.page_size;
         let own = std::mem::take(&mut s.own_pages);
         let prefix = std::mem::take(&mut s.prefix_pages);
-        if self.cfg.radix_cache && cache {
+        // A LoRA request's KV is the adapter's: it is never cached for the base model.
+        if self.cfg.radix_cache && cache && s.req.params.lora.is_none() {
             let full = (s.computed / ps).max(prefix.len());
             let mut own = own;
             let extra = full.saturating_sub(prefix.len()).min(own.len());

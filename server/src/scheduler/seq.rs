@@ -137,10 +137,11 @@ impl Seq {
 
     /// How many leading tokens may come from the prefix cache: all but the last (there must be
     /// logits to sample from), none of the prompt rows whose log-probabilities are owed, and
-    /// none for a request that reports hidden states.
+    /// none for a request that reports hidden states or runs with a LoRA adapter.
     pub fn cache_match_limit(&self) -> usize {
-        if self.req.params.return_hidden_states {
-            // Every prompt position's hidden state is reported: none comes from the cache.
+        if self.req.params.return_hidden_states || self.req.params.lora.is_some() {
+            // Every prompt position's hidden state is reported: none comes from the cache. An
+            // adapter's KV is its own: the cache holds the base model's.
             return 0;
         }
         let limit = self.tokens.len() - 1;

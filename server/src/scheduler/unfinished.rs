@@ -19,6 +19,7 @@ impl<R: ModelRunner> Scheduler<R> {
         if !self.cache_unfinished
             || !self.cfg.radix_cache
             || s.req.bootstrap.is_some()
+            || s.req.params.lora.is_some()
             || s.computed >= s.prompt_len
         {
             return;

@@ -10,9 +10,11 @@
 mod bpe;
 mod files;
 mod large;
+mod lora;
 
 pub use bpe::byte_chars;
 pub use files::shard_checkpoint;
+pub use lora::{make_lora, merge_lora};
 
 use bpe::train_bpe;
 use files::{write_json, write_safetensors};

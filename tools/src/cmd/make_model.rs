@@ -23,9 +23,52 @@ pub struct Args {
     /// On-disk dtype: f32, bf16 or f16.
     #[arg(long, default_value = "f32")]
     dtype: String,
+    /// Write a random LoRA adapter (PEFT layout: adapter_config.json, adapter_model.safetensors)
+    /// for the model in this directory instead of a model (--seed draws it).
+    #[arg(long)]
+    lora_for: Option<PathBuf>,
+    /// The adapter's rank.
+    #[arg(long, default_value_t = 8)]
+    lora_rank: usize,
+    /// The adapter's lora_alpha (its scale is alpha / rank).
+    #[arg(long, default_value_t = 16.0)]
+    lora_alpha: f64,
+    /// With --lora-for: write that model with this adapter merged into its weights (W + scale
+    /// B A, f32) instead, the checkpoint an adapter's served answers should equal.
+    #[arg(long)]
+    merge_lora: Option<PathBuf>,
 }
 
 pub fn run(a: Args) -> anyhow::Result<()> {
+    if let Some(model) = &a.lora_for {
+        anyhow::ensure!(a.lora_rank >= 1, "--lora-rank must be at least 1");
+        match &a.merge_lora {
+            Some(adapter) => {
+                strata_make_model::merge_lora(model, adapter, &a.out)?;
+                eprintln!(
+                    "wrote {} ({} merged into {})",
+                    a.out.display(),
+                    adapter.display(),
+                    model.display()
+                );
+            }
+            None => {
+                strata_make_model::make_lora(model, &a.out, a.lora_rank, a.lora_alpha, a.seed)?;
+                eprintln!(
+                    "wrote {} (LoRA rank {} for {}, seed {})",
+                    a.out.display(),
+                    a.lora_rank,
+                    model.display(),
+                    a.seed
+                );
+            }
+        }
+        return Ok(());
+    }
+    anyhow::ensure!(
+        a.merge_lora.is_none(),
+        "--merge-lora needs --lora-for MODEL"
+    );
     let size = Size::parse(&a.size).ok_or_else(|| {
         anyhow::anyhow!(
             "--size: unknown size `{}` (tiny, small, llama-3.2-1b, llama-3.1-8b, qwen3-8b)",

@@ -285,6 +285,24 @@ pub struct Args {
     /// without CUDA graphs).
     #[arg(long)]
     enable_return_hidden_states: bool,
+    /// Serve LoRA adapters: a request names one in `lora_path` (or an OpenAI request as
+    /// `model: "base:adapter"`), /load_lora_adapter and /unload_lora_adapter manage them. On the
+    /// CPU runner and --dtype float32; adapter requests bypass the prefix cache.
+    #[arg(long)]
+    enable_lora: bool,
+    /// Adapters (PEFT directories) loaded at start-up: NAME=PATH, a PATH (named by itself) or
+    /// SGLang's JSON {"lora_name", "lora_path"}; implies --enable-lora.
+    #[arg(long, num_args = 0..)]
+    lora_paths: Vec<String>,
+    /// Refuse adapters of a higher rank.
+    #[arg(long)]
+    max_lora_rank: Option<usize>,
+    /// Refuse adapters targeting other projections (q_proj ... down_proj, or all).
+    #[arg(long, num_args = 0..)]
+    lora_target_modules: Vec<String>,
+    /// At most this many adapters loaded at once.
+    #[arg(long)]
+    max_loaded_loras: Option<usize>,
 }
 
 /// Builds the PD role from the flags (None when colocated).
@@ -499,6 +517,19 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         weight_version: a.weight_version.clone(),
         is_embedding: a.is_embedding,
         enable_return_hidden_states: a.enable_return_hidden_states,
+        lora: strata_server::launch::LoraOptions {
+            enabled: a.enable_lora,
+            paths: a
+                .lora_paths
+                .iter()
+                .map(|p| strata_server::model::lora::parse_lora_path(p))
+                .collect::<Result<_, _>>()
+                .map_err(anyhow::Error::msg)?,
+            max_rank: a.max_lora_rank,
+            target_modules: (!a.lora_target_modules.is_empty())
+                .then(|| a.lora_target_modules.clone()),
+            max_loaded: a.max_loaded_loras,
+        },
         server_args: {
             let mut v = serde_json::to_value(&a)?;
             v["api_key"] = serde_json::Value::Null;

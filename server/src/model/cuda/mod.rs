@@ -705,6 +705,12 @@ impl ModelRunner for CudaRunner {
         kv: &mut CudaKv,
     ) -> Result<Vec<Sampled>, ModelError> {
         check_sampling(batch, sampling)?;
+        if batch.seqs.iter().any(|s| s.lora.is_some()) {
+            return Err(ModelError::bad(
+                Path::new("lora_path"),
+                "LoRA adapters are not applied by the bf16 CUDA runner yet",
+            ));
+        }
         let entered = std::time::Instant::now();
         self.counts.0 += 1;
         if self.counts.0 % 1024 == 0 {

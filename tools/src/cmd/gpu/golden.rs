@@ -56,6 +56,7 @@ fn logits_all<B: Backend>(
                 kv_len: end,
                 pages: pages[..end.div_ceil(PAGE)].to_vec(),
                 decode: false,
+                lora: None,
             }],
             logit_rows: (0..end - start).collect(),
         };

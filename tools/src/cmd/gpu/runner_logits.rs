@@ -88,6 +88,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                     kv_len: end,
                     pages: pages[..end.div_ceil(PAGE)].to_vec(),
                     decode: false,
+                    lora: None,
                 }],
                 logit_rows: (0..end - start).collect(),
             };
