@@ -42,6 +42,8 @@
 #            to B answers as a server on B, singles and a batch; another shape refused)
 #   embed    scripts/gpu-embed-check.sh (--is-embedding on the bf16 runner vs the CPU's f32: cosine
 #            >= 0.999, singles, one batch, prefix-cache repeats)
+#   lora     scripts/gpu-lora-check.sh (LoRA adapters on the bf16 runner vs the CPU's f32: teacher-forced
+#            logprobs within 0.15 with the adapter, which moves them further; a mixed batch)
 #   itl      scripts/gpu-itl-ab.sh (served ITL at c=1 on two identical servers vs the raw graph
 #            step, with the runner's step profile; env SIZE)
 #   trained  scripts/train_tiny_llama.py trains a small Llama on the machine (TRAIN_S seconds, default
@@ -165,6 +167,7 @@ for s in $STEPS; do
       grep -E "FAIL|gpu check:|sampling" "$OUT/check-sampling.log" | tail -12
       STRATA_B=${GRAMMAR_B:-} timeout $(left 200) scripts/gpu-grammar-bench.sh "$OUT" > "$OUT/grammar.log" 2>&1 || rc=1
       cat "$OUT/grammar.log" ;;
+    lora) timeout $(left 300) scripts/gpu-lora-check.sh "$OUT" > "$OUT/lora.log" 2>&1; rc=$?; grep -E "PASS|FAIL|==|mixed|RESULT" "$OUT/lora.log" ;;
     embed) timeout $(left 300) scripts/gpu-embed-check.sh "$OUT/embed" > "$OUT/embed.log" 2>&1; rc=$?; cat "$OUT/embed.log" ;;
     weights) timeout $(left 240) scripts/gpu-weights-check.sh "$OUT/weights" > "$OUT/weights.log" 2>&1; rc=$?; cat "$OUT/weights.log" ;;
     api) timeout $(left 200) scripts/gpu-api-smoke.sh "$OUT/api" > "$OUT/api.log" 2>&1; rc=$?; cat "$OUT/api.log" ;;

@@ -13,6 +13,15 @@ extern "C" __global__ void embedding(const int* ids, const bf16_t* table, bf16_t
         out[(u64)t * hidden + i] = ok ? table[(u64)id * hidden + i] : (bf16_t)0;
 }
 
+// dst[ids[t]] = bf16(dst[ids[t]] + src[t]) for t < blocks (rows of `width`; the ids distinct):
+// the LoRA adapters' change to their rows of a projection's output.
+extern "C" __global__ void add_rows(const int* ids, const bf16_t* src, bf16_t* dst, int width) {
+    pdl_enter();
+    const u64 t = blockIdx.x, d = (u64)ids[t];
+    for (int i = threadIdx.x; i < width; i += blockDim.x)
+        dst[d * width + i] = f2bf(bf2f(dst[d * width + i]) + bf2f(src[t * width + i]));
+}
+
 // With residual: residual[t] = bf16(x[t] + residual[t]); out[t] = bf16(rms(residual[t]) * w).
 // Without (residual == 0): out[t] = bf16(rms(x[t]) * w). `out` may alias `x`: every element is read
 // and written by the same thread. Rows of a multiple of 8 elements with 16-byte aligned bases take

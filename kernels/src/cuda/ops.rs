@@ -19,6 +19,7 @@ use super::tensor::{DTensor, DType};
 pub struct CudaOps {
     pub(crate) ctx: Arc<GpuContext>,
     embedding: CudaFunction,
+    add_rows: CudaFunction,
     rmsnorm: CudaFunction,
     rmsnorm_add2: CudaFunction,
     rope: CudaFunction,
@@ -87,6 +88,7 @@ impl CudaOps {
             decode2_cluster_functions(&ctx)?;
         Ok(Self {
             embedding: e("embedding")?,
+            add_rows: e("add_rows")?,
             rmsnorm: e("rmsnorm")?,
             rmsnorm_add2: e("rmsnorm_add2")?,
             rope: e("rope")?,
@@ -173,6 +175,27 @@ impl CudaOps {
             i(vocab),
         ];
         self.go(&self.embedding, Dims::rows(t, threads_for(hidden)), &args)
+    }
+
+    /// dst[ids[t]] += src[t] (bf16, summed in f32) for ids [G] i32 (distinct rows of dst), src
+    /// [G, W], dst [T, W].
+    pub fn add_rows(&self, ids: &DTensor, src: &DTensor, dst: &DTensor) -> Result<()> {
+        self.on_gpu(&[("ids", ids), ("src", src), ("dst", dst)])?;
+        ensure(dst.shape().len() == 2, || {
+            "dst must be [rows, width]".into()
+        })?;
+        let (t, w) = (dst.shape()[0], dst.shape()[1]);
+        let g = ids.numel();
+        ids.expect("ids", DType::I32, &[g])?;
+        src.expect("src", DType::Bf16, &[g, w])?;
+        dst.expect("dst", DType::Bf16, &[t, w])?;
+        let args = [
+            Arg::U64(ids.ptr()),
+            Arg::U64(src.ptr()),
+            Arg::U64(dst.ptr()),
+            i(w),
+        ];
+        self.go(&self.add_rows, Dims::rows(g, threads_for(w)), &args)
     }
 
     /// RMSNorm of each row of x [T, H] scaled by w [H] into out [T, H] (may be x). With

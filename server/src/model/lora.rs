@@ -211,6 +211,13 @@ impl LoraAdapter {
         })
     }
 
+    /// Projection `t` of `layer`: (A [rank, in], B [out, rank] times the scale, rank).
+    pub fn pair(&self, layer: usize, t: Target) -> Option<(&[f32], &[f32], usize)> {
+        self.pairs[layer][t as usize]
+            .as_ref()
+            .map(|p| (p.a.as_slice(), p.b.as_slice(), p.rank))
+    }
+
     /// Whether the adapter changes projection `t` of `layer`.
     pub fn targets(&self, layer: usize, t: Target) -> bool {
         self.pairs[layer][t as usize].is_some()

@@ -21,6 +21,7 @@ pub use graph::graph_sizes;
 mod ipc;
 mod kv;
 mod load;
+mod lora;
 mod weights;
 
 pub use kv::CudaKv;
@@ -34,6 +35,7 @@ pub fn device_kv(kv: &CudaKv) -> Result<Arc<dyn crate::pd::share::DeviceKv>, Str
 use super::runner::{check_sampling, gpu_row, sample_host, ModelRunner, SampleReq, Sampled};
 use super::{ForwardBatch, ModelConfig, ModelError};
 use crate::kv::{HostKvPool, PageId};
+use lora::Proj;
 use std::path::Path;
 use std::sync::Arc;
 use strata_kernels::cuda::{
@@ -93,6 +95,8 @@ struct Meta {
     last: DTensor,
     buf: DTensor,
     host_slots: Vec<i32>,
+    /// The rows' LoRA adapters (eager forwards only).
+    lora: Option<lora::Plan>,
 }
 
 impl Meta {
@@ -109,6 +113,7 @@ impl Meta {
             last: buf.view(3 * tokens, &[rows])?,
             buf,
             host_slots,
+            lora: None,
         })
     }
 }
@@ -129,6 +134,8 @@ pub struct CudaRunner {
     counts: (u64, u64),
     /// Where the time of graph-replayed decode steps goes (logged with the counts).
     prof: StepProfile,
+    /// LoRA adapters on the GPU.
+    loras: lora::Cache,
 }
 
 /// Bytes of activations per token row of a forward, and per logits row.
@@ -183,6 +190,7 @@ impl CudaRunner {
             one_kernel,
             counts: (0, 0),
             prof: StepProfile::default(),
+            loras: lora::Cache::default(),
             opts,
             ctx,
         })
@@ -327,13 +335,17 @@ impl CudaRunner {
         // Prefill-sized forwards add each sub-layer's output to the residual inside its last
         // GEMM (Gemm::linear_acc); otherwise the next norm adds it.
         let acc = gemm.acc_applies(a.resid.shape()[0]);
+        let lora = m.lora.as_ref();
         for (li, l) in self.w.layers.iter().enumerate() {
             // Layer 0 normalises the embedding; later layers add the previous sub-layer's y.
             let y = (li > 0 && !acc).then_some(&a.y);
             // One row of a model without qkv bias or qk-norm: RoPE and the K/V write in the qkv
             // GEMV's epilogue (Gemm::qkv_rope_t1), and at hidden NORM_IN_QKV the input norm
             // staged in it too (the residual then gets both sub-layer outputs in norm2).
-            let plain = l.qkv_bias.is_none() && l.qk_norm.is_none();
+            let plain_model = l.qkv_bias.is_none() && l.qk_norm.is_none();
+            // Adapter rows take the unfused projections (their change is added to the GEMMs'
+            // outputs before RoPE, the qk-norm and the SiLU).
+            let plain = plain_model && lora.is_none();
             let qkv_rope = |input: &QkvInput<'_>| {
                 gemm.qkv_rope_t1(
                     ops,
@@ -367,7 +379,10 @@ impl CudaRunner {
             let fused = norm_staged || (plain && qkv_rope(&QkvInput::Row(&a.h))?);
             if !fused {
                 gemm.linear(&a.h, &l.qkv, &a.qkv)?;
-                if !plain {
+                if let Some(p) = lora {
+                    p.apply(ops, gemm, li, Proj::Qkv, &a.h, &a.qkv)?;
+                }
+                if !plain_model {
                     let qn = l.qk_norm.as_ref().map(|(q, k)| (q, k));
                     ops.qkv_bias_norm(&a.qkv, l.qkv_bias.as_ref(), qn, nh, nkv, hd, eps)?;
                 }
@@ -401,10 +416,14 @@ impl CudaRunner {
                 let o = a.attn.view(p.rows.start * ow, &[rows, ow])?;
                 ops.paged_attention(&p.plan, &q, 0, &kv.k[li], &kv.v[li], &o, scale)?;
             }
+            let o_out = if acc { &a.resid } else { &a.y_o };
             if acc {
-                gemm.linear_acc(&a.attn, &l.o, &a.resid)?;
+                gemm.linear_acc(&a.attn, &l.o, o_out)?;
             } else {
-                gemm.linear(&a.attn, &l.o, &a.y_o)?;
+                gemm.linear(&a.attn, &l.o, o_out)?;
+            }
+            if let Some(p) = lora {
+                p.apply(ops, gemm, li, Proj::O, &a.attn, o_out)?;
             }
             match y {
                 _ if acc => ops.rmsnorm(&a.resid, None, &l.post_norm, &a.h, eps)?,
@@ -414,20 +433,28 @@ impl CudaRunner {
                 _ => ops.rmsnorm(&a.y_o, Some(&a.resid), &l.post_norm, &a.h, eps)?,
             }
             // One row: the SiLU in gate_up's epilogue (Gemm::gate_silu), down a plain GEMV.
-            if acc {
-                if !gemm.gate_silu(&a.h, &l.gate_up, &a.act)? {
-                    gemm.linear(&a.h, &l.gate_up, &a.gu)?;
-                    ops.silu_mul(&a.gu, &a.act)?;
-                }
-                gemm.linear_acc(&a.act, &l.down, &a.resid)?;
-            } else if gemm.gate_silu(&a.h, &l.gate_up, &a.act)? {
-                gemm.linear(&a.act, &l.down, &a.y)?;
-            } else {
+            let down_out = if acc { &a.resid } else { &a.y };
+            let gated = lora.is_none() && gemm.gate_silu(&a.h, &l.gate_up, &a.act)?;
+            let mut down_done = false;
+            if !gated {
                 gemm.linear(&a.h, &l.gate_up, &a.gu)?;
-                if !gemm.silu_linear_t1(&a.gu, &l.down, &a.y)? {
-                    ops.silu_mul(&a.gu, &a.act)?;
-                    gemm.linear(&a.act, &l.down, &a.y)?;
+                if let Some(p) = lora {
+                    p.apply(ops, gemm, li, Proj::GateUp, &a.h, &a.gu)?;
                 }
+                down_done = !acc && lora.is_none() && gemm.silu_linear_t1(&a.gu, &l.down, &a.y)?;
+                if !down_done {
+                    ops.silu_mul(&a.gu, &a.act)?;
+                }
+            }
+            if !down_done {
+                if acc {
+                    gemm.linear_acc(&a.act, &l.down, down_out)?;
+                } else {
+                    gemm.linear(&a.act, &l.down, down_out)?;
+                }
+            }
+            if let Some(p) = lora {
+                p.apply(ops, gemm, li, Proj::Down, &a.act, down_out)?;
             }
         }
         if let Some((last, logits, tokens)) = &a.head {
@@ -525,7 +552,8 @@ impl CudaRunner {
         host.extend(batch.logit_rows.iter().map(|&r| r as i32));
         let host_slots = host[2 * n..3 * n].to_vec();
         let buf = self.ctx.upload_i32(&[host.len()], &host)?;
-        let meta = Meta::views(buf, n, rows, host_slots)?;
+        let mut meta = Meta::views(buf, n, rows, host_slots)?;
+        meta.lora = self.loras.plan(&self.ctx, &self.cfg, batch)?;
         let parts = self.attn_parts(batch, kv)?;
         let acts = self.acts(n, rows)?;
         // Prefill-sized batches without programmatic dependent launch (launch.rs).
@@ -628,6 +656,9 @@ impl ModelRunner for CudaRunner {
     fn kv_elem_bytes(&self) -> usize {
         2
     }
+    fn supports_lora(&self) -> bool {
+        true
+    }
     fn kv_page_io(&self) -> bool {
         true
     }
@@ -705,12 +736,6 @@ impl ModelRunner for CudaRunner {
         kv: &mut CudaKv,
     ) -> Result<Vec<Sampled>, ModelError> {
         check_sampling(batch, sampling)?;
-        if batch.seqs.iter().any(|s| s.lora.is_some()) {
-            return Err(ModelError::bad(
-                Path::new("lora_path"),
-                "LoRA adapters are not applied by the bf16 CUDA runner yet",
-            ));
-        }
         let entered = std::time::Instant::now();
         self.counts.0 += 1;
         if self.counts.0 % 1024 == 0 {
@@ -723,8 +748,11 @@ impl ModelRunner for CudaRunner {
         if self.counts.0 % 512 == 0 {
             self.prof.log();
         }
-        // Rows whose hidden states come back run eagerly (the graphs keep none).
-        let graph = if sampling.iter().any(|r| r.embed || r.hidden) {
+        // Rows whose hidden states come back run eagerly (the graphs keep none), and rows with
+        // a LoRA adapter (the graphs apply none).
+        let graph = if sampling.iter().any(|r| r.embed || r.hidden)
+            || batch.seqs.iter().any(|s| s.lora.is_some())
+        {
             None
         } else {
             self.graphs.try_run(self, batch, sampling, kv)?

@@ -102,12 +102,18 @@ pub struct Args {
     /// Append the results as one JSON line to this file.
     #[arg(long)]
     pub(super) output_file: Option<PathBuf>,
+    /// LoRA adapters the requests name (`lora_path`; request i names the (i mod n)-th), as
+    /// sglang.bench_serving's --lora-name.
+    #[arg(long, num_args = 1..)]
+    lora_name: Vec<String>,
 }
 
 struct Prompt {
     text: String,
     input_len: usize,
     output_len: usize,
+    /// The LoRA adapter it names (`--lora-name`), if any.
+    lora: Option<String>,
 }
 
 #[derive(Debug, Default, Clone)]
@@ -175,6 +181,7 @@ fn dataset(a: &Args, tok: &Tokenizer) -> anyhow::Result<Vec<Prompt>> {
                     input_len: count(&text),
                     text,
                     output_len: ol,
+                    lora: None,
                 });
             }
         }
@@ -190,6 +197,7 @@ fn dataset(a: &Args, tok: &Tokenizer) -> anyhow::Result<Vec<Prompt>> {
                         input_len: count(&text),
                         text,
                         output_len: a.gsp_output_len,
+                        lora: None,
                     });
                 }
             }
@@ -266,6 +274,10 @@ async fn send(client: &reqwest::Client, a: &Args, p: &Prompt) -> Outcome {
                 "sampling_params": {"temperature": 0.0, "max_new_tokens": p.output_len, "ignore_eos": ignore_eos}}),
         )
     };
+    let mut body = body;
+    if let Some(l) = &p.lora {
+        body["lora_path"] = json!(l);
+    }
     let mut o = Outcome::default();
     let resp = match post(client, &url, &body).await {
         Ok(r) => r,
@@ -381,7 +393,11 @@ async fn run_async(a: Args) -> anyhow::Result<()> {
     if a.dataset_name == "multiturn" {
         return super::multiturn::run(&client, &a, tok.vocab_size()).await;
     }
-    let prompts = Arc::new(dataset(&a, &tok)?);
+    let mut prompts = dataset(&a, &tok)?;
+    for (i, p) in prompts.iter_mut().enumerate() {
+        p.lora = (!a.lora_name.is_empty()).then(|| a.lora_name[i % a.lora_name.len()].clone());
+    }
+    let prompts = Arc::new(prompts);
     let a = Arc::new(a);
     for p in prompts.iter().take(a.warmup_requests) {
         let o = send(&client, &a, p).await;

@@ -66,6 +66,36 @@ pub fn embedding(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// `add_rows` (the LoRA change added to an adapter's rows) against the host: exact, since both
+/// sum two bf16 values in f32 and round once; the other rows untouched.
+pub fn add_rows(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
+    let c = ops.context();
+    for (t, width, ids) in [
+        (5, 64, vec![3, 0]),
+        (40, 6144, vec![7, 8, 9, 39, 1]),
+        (3, 1000, vec![2]),
+    ] {
+        let dst = ck.bf16_vec(t * width, 2.0);
+        let src = ck.bf16_vec(ids.len() * width, 0.5);
+        let gd = c.upload_bf16(&[t, width], &dst)?;
+        ops.add_rows(
+            &c.upload_i32(&[ids.len()], &ids)?,
+            &c.upload_bf16(&[ids.len(), width], &src)?,
+            &gd,
+        )?;
+        let mut want = dst.clone();
+        for (g, &row) in ids.iter().enumerate() {
+            for i in 0..width {
+                let v = &mut want[row as usize * width + i];
+                *v = half::bf16::from_f32(*v + src[g * width + i]).to_f32();
+            }
+        }
+        let bad = bit_diffs(&c.download_f32(&gd)?, &want);
+        ck.exact("add_rows", format!("T{t} W{width} rows {}", ids.len()), bad);
+    }
+    Ok(())
+}
+
 pub fn rmsnorm(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
     let c = ops.context();
     for (t, h, with_res) in [
