@@ -2,9 +2,12 @@
 # LoRA adapters on the bf16 CUDA runner against the CPU runner's f32 (the reference the CPU tests
 # hold to the merged checkpoint): for made models (Llama-3.2-1B shape; a tiny Qwen3 for the
 # qk-norm path) and a rank-8 adapter, the GPU's log-probabilities of the CPU's greedy
-# continuation, teacher-forced, with the adapter must be within bf16 tolerance of the CPU's
-# (max |d| <= 0.15, as the runner's other bf16 checks), while the adapter moves them far more
-# than that: its mean change exceeds the largest GPU-vs-CPU difference; a batch mixing adapter and base rows gives every row its own
+# continuation, teacher-forced, with the adapter must be as close to the CPU's as the base
+# model's own are, give or take a small share of the adapter's effect (max |d| within
+# max(0.15, the base's max |d| + 0.1 x the adapter's mean effect), mean |d| within max(0.05,
+# the base's mean + 0.05 x that effect): the adapter's path rounds x A^T and its change to bf16
+# once more), while the adapter moves them further than the largest difference; a batch mixing
+# adapter and base rows gives every row its own
 # answer (base rows as the base model's); decode steps with the adapter run eagerly.
 # Usage: scripts/gpu-lora-check.sh [OUTDIR]; env STRATA.
 set -uo pipefail
@@ -44,12 +47,19 @@ for i, p in enumerate(prompts):
     tok = json.loads(urllib.request.urlopen(urllib.request.Request("http://127.0.0.1:32631/tokenize", json.dumps({"prompt": p}).encode(), {"content-type": "application/json"})).read())
     full = tok["tokens"] + ref["output_ids"]
     g_ad, c_ad = score(32630, full, "a1"), score(32631, full, "a1")
-    g_base = score(32630, full, None)
+    g_base, c_base = score(32630, full, None), score(32631, full, None)
     d_ad = max(abs(a - b) for a, b in zip(g_ad, c_ad))
+    d_base = max(abs(a - b) for a, b in zip(g_base, c_base))
+    mean_ad = sum(abs(a - b) for a, b in zip(g_ad, c_ad)) / len(g_ad)
+    mean_base = sum(abs(a - b) for a, b in zip(g_base, c_base)) / len(g_ad)
     moved = sum(abs(a - b) for a, b in zip(g_ad, g_base)) / len(g_ad)
     greedy = gen(32630, p, "a1")["output_ids"] == ref["output_ids"]
-    ok = d_ad <= 0.15 and moved > d_ad
-    print(("PASS" if ok else "FAIL"), f"prompt {i} ({len(full)} tokens): GPU vs CPU with the adapter max |d logprob| {d_ad:.4f} (bound 0.15); the adapter moves the GPU's logprobs by {moved:.4f} on average; greedy continuation equal to the CPU's: {greedy}")
+    # The base model's own GPU-vs-CPU difference on the same tokens (bf16 noise) plus a small
+    # share of the adapter's effect (its path rounds x A^T and the change to bf16 once more).
+    bound = max(0.15, d_base + 0.1 * moved)
+    mean_bound = max(0.05, mean_base + 0.05 * moved)
+    ok = d_ad <= bound and mean_ad <= mean_bound and moved > d_ad
+    print(("PASS" if ok else "FAIL"), f"prompt {i} ({len(full)} tokens): GPU vs CPU max |d logprob| with the adapter {d_ad:.4f}, without {d_base:.4f} (bound {bound:.4f}); mean {mean_ad:.4f} vs {mean_base:.4f} (bound {mean_bound:.4f}); the adapter moves the GPU's logprobs by {moved:.4f} on average; greedy continuation equal to the CPU's: {greedy}")
     if not ok: fails.append(i)
 # A mixed batch: adapter rows and a base row, each as its single.
 b = post(32630, {"text": prompts, "lora_path": ["a1", None, "a1"], "sampling_params": {"temperature": 0, "max_new_tokens": 16, "ignore_eos": True}})
