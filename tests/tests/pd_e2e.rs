@@ -747,3 +747,51 @@ async fn pd_unacknowledged_transfer_times_out_and_frees_the_pool_pages() {
     prefill.wait_idle().await;
     decode.wait_idle().await;
 }
+
+/// A LoRA adapter through a PD pair: both legs load it, the prefill leg computes the prompt
+/// with it and the decode leg decodes with it, so the answer equals the colocated server's with
+/// the adapter (and differs from the base model's); base requests through the same pair are
+/// unchanged.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pd_with_a_lora_adapter_equals_colocated() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed());
+    let model = MadeModel::new("llama", "tiny");
+    let ad = tempfile::tempdir().unwrap();
+    let st = Command::new(serve_common::bin())
+        .args(["make-model", "--out"])
+        .arg(ad.path())
+        .arg("--lora-for")
+        .arg(model.path())
+        .args(["--lora-rank", "4", "--seed", "3"])
+        .status()
+        .expect("make-model");
+    assert!(st.success());
+    let lora = format!("a1={}", ad.path().display());
+    let flags = ["--lora-paths", lora.as_str()];
+    let colo = Server::start(model.path(), &["--page-size", "16", flags[0], flags[1]]);
+    let c = reqwest::Client::new();
+    let boot = free_port();
+    let (prefill, decode) = pd_pair(&model, boot, &flags);
+    let r = router(&prefill.base, boot, &decode.base);
+    for i in 0..6 {
+        let p: Vec<u32> = (0..[7, 40, 100][i % 3])
+            .map(|_| rng.random_range(3..500u32))
+            .collect();
+        let base = body(&p, 10);
+        let mut with = base.clone();
+        with["lora_path"] = json!("a1");
+        let want = ids_of(&post(&c, &colo.url("/generate"), &with).await.1);
+        let plain = ids_of(&post(&c, &colo.url("/generate"), &base).await.1);
+        assert_ne!(want, plain, "the adapter changed nothing");
+        let (s, v) = post(&c, &format!("{}/generate", r.base), &with).await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(
+            ids_of(&v),
+            want,
+            "PD with the adapter differs from colocated"
+        );
+        let (s, v) = post(&c, &format!("{}/generate", r.base), &base).await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(ids_of(&v), plain, "PD base request differs from colocated");
+    }
+}

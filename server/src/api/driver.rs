@@ -127,11 +127,6 @@ impl Driver {
                  prefill server).",
             ));
         }
-        if params.lora.is_some() && bootstrap.is_some() {
-            return Err(ApiError::bad_request(
-                "A LoRA adapter (lora_path) is not supported on a PD leg yet.",
-            ));
-        }
         if input_ids.is_empty() {
             return Err(ApiError::bad_request("The input is empty."));
         }

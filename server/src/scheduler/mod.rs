@@ -884,6 +884,10 @@ impl<R: ModelRunner> Scheduler<R> {
 
     /// PD decode with offload on: writes the KV of `s`'s computed tokens (whole pages) to the L3.
     fn offload_kv(&mut self, s: &Seq) {
+        if s.req.params.lora.is_some() {
+            // An adapter's KV is not the base model's: the L3 holds the base model's only.
+            return;
+        }
         let Some(h) = self.hicache.as_mut().filter(|h| h.decode_offload()) else {
             return;
         };
