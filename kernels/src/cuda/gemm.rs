@@ -632,16 +632,7 @@ impl Gemm {
 
     /// `linear` with an explicit implementation choice.
     pub fn linear_with(&self, x: &DTensor, w: &DTensor, y: &DTensor, path: GemmPath) -> Result<()> {
-        for (n, t) in [("x", x), ("w", w), ("y", y)] {
-            self.ctx.check_device(n, t)?;
-        }
-        ensure(x.shape().len() == 2 && w.shape().len() == 2, || {
-            "x [T, in] and w [out, in] expected".into()
-        })?;
-        let (t, k) = (x.shape()[0], x.shape()[1]);
-        let n_out = w.shape()[0];
-        x.expect("x", DType::Bf16, &[t, k])?;
-        w.expect("w", DType::Bf16, &[n_out, k])?;
+        let (t, k, n_out) = self.operands(x, w, y)?;
         let c_type = match y.dtype() {
             DType::Bf16 => cudaDataType::CUDA_R_16BF,
             DType::F32 => cudaDataType::CUDA_R_32F,
@@ -774,6 +765,26 @@ impl Gemm {
     /// with beta = 1: the f32 product plus y, then bf16): the residual add of the o and down
     /// projections inside their GEMMs. Only where [`Gemm::acc_applies`].
     pub fn linear_acc(&self, x: &DTensor, w: &DTensor, y: &DTensor) -> Result<()> {
+        let (t, _, n_out) = self.operands(x, w, y)?;
+        ensure(self.acc_applies(t), || {
+            format!("linear_acc: not for {t} rows here")
+        })?;
+        y.expect("y", DType::Bf16, &[t, n_out])?;
+        self.ctx.cuda().bind_to_thread()?;
+        self.cublas(x, w, y, cudaDataType::CUDA_R_16BF, 1.0)
+    }
+
+    /// `linear` (acc false) or `linear_acc` (acc true: y += x * w^T).
+    pub fn linear_into(&self, x: &DTensor, w: &DTensor, y: &DTensor, acc: bool) -> Result<()> {
+        if acc {
+            self.linear_acc(x, w, y)
+        } else {
+            self.linear(x, w, y)
+        }
+    }
+
+    /// Checks a GEMM's operands (all on this GPU, x [T, in] and w [out, in] bf16); (T, in, out).
+    fn operands(&self, x: &DTensor, w: &DTensor, y: &DTensor) -> Result<(usize, usize, usize)> {
         for (n, t) in [("x", x), ("w", w), ("y", y)] {
             self.ctx.check_device(n, t)?;
         }
@@ -781,14 +792,9 @@ impl Gemm {
             "x [T, in] and w [out, in] expected".into()
         })?;
         let (t, k, n_out) = (x.shape()[0], x.shape()[1], w.shape()[0]);
-        ensure(self.acc_applies(t), || {
-            format!("linear_acc: not for {t} rows here")
-        })?;
         x.expect("x", DType::Bf16, &[t, k])?;
         w.expect("w", DType::Bf16, &[n_out, k])?;
-        y.expect("y", DType::Bf16, &[t, n_out])?;
-        self.ctx.cuda().bind_to_thread()?;
-        self.cublas(x, w, y, cudaDataType::CUDA_R_16BF, 1.0)
+        Ok((t, k, n_out))
     }
 
     /// cuBLAS y = x * w^T + beta * y (shapes checked by the caller).

@@ -408,11 +408,8 @@ impl LlamaModel {
             }
             mark("attention")?;
             if !skip("o") {
-                if acc {
-                    gemm.linear_acc(&ws.attn, &l.o, &ws.resid)?;
-                } else {
-                    gemm.linear(&ws.attn, &l.o, &ws.y_o)?;
-                }
+                let out = if acc { &ws.resid } else { &ws.y_o };
+                gemm.linear_into(&ws.attn, &l.o, out, acc)?;
             }
             mark("o")?;
             if !skip("norm2") {

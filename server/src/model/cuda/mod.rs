@@ -417,11 +417,7 @@ impl CudaRunner {
                 ops.paged_attention(&p.plan, &q, 0, &kv.k[li], &kv.v[li], &o, scale)?;
             }
             let o_out = if acc { &a.resid } else { &a.y_o };
-            if acc {
-                gemm.linear_acc(&a.attn, &l.o, o_out)?;
-            } else {
-                gemm.linear(&a.attn, &l.o, o_out)?;
-            }
+            gemm.linear_into(&a.attn, &l.o, o_out, acc)?;
             if let Some(p) = lora {
                 p.apply(ops, gemm, li, Proj::O, &a.attn, o_out)?;
             }
@@ -432,30 +428,7 @@ impl CudaRunner {
                 }
                 _ => ops.rmsnorm(&a.y_o, Some(&a.resid), &l.post_norm, &a.h, eps)?,
             }
-            // One row: the SiLU in gate_up's epilogue (Gemm::gate_silu), down a plain GEMV.
-            let down_out = if acc { &a.resid } else { &a.y };
-            let gated = lora.is_none() && gemm.gate_silu(&a.h, &l.gate_up, &a.act)?;
-            let mut down_done = false;
-            if !gated {
-                gemm.linear(&a.h, &l.gate_up, &a.gu)?;
-                if let Some(p) = lora {
-                    p.apply(ops, gemm, li, Proj::GateUp, &a.h, &a.gu)?;
-                }
-                down_done = !acc && lora.is_none() && gemm.silu_linear_t1(&a.gu, &l.down, &a.y)?;
-                if !down_done {
-                    ops.silu_mul(&a.gu, &a.act)?;
-                }
-            }
-            if !down_done {
-                if acc {
-                    gemm.linear_acc(&a.act, &l.down, down_out)?;
-                } else {
-                    gemm.linear(&a.act, &l.down, down_out)?;
-                }
-            }
-            if let Some(p) = lora {
-                p.apply(ops, gemm, li, Proj::Down, &a.act, down_out)?;
-            }
+            self.mlp(a, li, acc, lora)?;
         }
         if let Some((last, logits, tokens)) = &a.head {
             let head = self.w.lm_head.as_ref().unwrap_or(&self.w.embed);
@@ -472,6 +445,36 @@ impl CudaRunner {
                 gemm.linear(last, head, logits)?;
             }
             ops.argmax_rows(logits, tokens)?;
+        }
+        Ok(())
+    }
+
+    /// The MLP sub-layer of layer `li` on `a.h`, its output added into `a.resid` (`acc`) or
+    /// written to `a.y`. One row without an adapter: the SiLU in gate_up's epilogue
+    /// (`Gemm::gate_silu`) or staged in the down GEMV (`silu_linear_t1`); adapter rows take
+    /// gate_up unfused (their change lands before the SiLU).
+    fn mlp(
+        &self,
+        a: &Acts,
+        li: usize,
+        acc: bool,
+        lora: Option<&lora::Plan>,
+    ) -> Result<(), CudaError> {
+        let (ops, gemm, l) = (&self.ops, &self.gemm, &self.w.layers[li]);
+        let out = if acc { &a.resid } else { &a.y };
+        if lora.is_none() && gemm.gate_silu(&a.h, &l.gate_up, &a.act)? {
+            return gemm.linear_into(&a.act, &l.down, out, acc);
+        }
+        gemm.linear(&a.h, &l.gate_up, &a.gu)?;
+        match lora {
+            Some(p) => p.apply(ops, gemm, li, Proj::GateUp, &a.h, &a.gu)?,
+            None if !acc && gemm.silu_linear_t1(&a.gu, &l.down, out)? => return Ok(()),
+            None => {}
+        }
+        ops.silu_mul(&a.gu, &a.act)?;
+        gemm.linear_into(&a.act, &l.down, out, acc)?;
+        if let Some(p) = lora {
+            p.apply(ops, gemm, li, Proj::Down, &a.act, out)?;
         }
         Ok(())
     }
