@@ -577,13 +577,14 @@ impl<R: ModelRunner> Scheduler<R> {
                     seq.held = true;
                     seq.pd_fetch = true;
                 }
-                let cached = if self.cfg.radix_cache {
+                // An adapter's request takes nothing from the base model's cache.
+                let base_kv = seq.req.params.lora.is_none();
+                let cached = if self.cfg.radix_cache && base_kv {
                     self.peek_cached(&seq.tokens)
                 } else {
                     0
                 };
                 seq.held = self.hook.on_enqueue(&seq.req.rid, &seq.tokens, cached);
-                let base_kv = seq.req.params.lora.is_none();
                 if let Some(h) = self
                     .hicache
                     .as_mut()
