@@ -89,9 +89,20 @@ pub(super) struct Cache {
     map: Mutex<HashMap<u64, Arc<GpuAdapter>>>,
 }
 
-/// One forward's adapters: each with its rows (distinct row indices of the forward, on the GPU).
+/// One adapter's rows in a forward: their indices (distinct, on the GPU), how many, and
+/// scratch for the gathered input, x A^T and the change (sized for the widest projection).
+struct Group {
+    adapter: Arc<GpuAdapter>,
+    ids: DTensor,
+    n: usize,
+    xg: DTensor,
+    mid: DTensor,
+    d: DTensor,
+}
+
+/// One forward's adapters.
 pub(super) struct Plan {
-    groups: Vec<(Arc<GpuAdapter>, DTensor, usize)>,
+    groups: Vec<Group>,
 }
 
 impl Cache {
@@ -140,7 +151,27 @@ impl Cache {
                 }
             };
             let n = r.len();
-            groups.push((g, ctx.upload_i32(&[n], &r)?, n));
+            let rank = g
+                .layers
+                .iter()
+                .flatten()
+                .flatten()
+                .map(|p| p.a.shape()[0])
+                .max()
+                .unwrap_or(8);
+            let qkv = (cfg.num_heads + 2 * cfg.num_kv_heads) * cfg.head_dim;
+            let (h, i) = (cfg.hidden_size, cfg.intermediate_size);
+            let widest_in = h.max(cfg.num_heads * cfg.head_dim).max(i);
+            let widest_out = qkv.max(2 * i).max(h);
+            let bf16 = strata_kernels::cuda::DType::Bf16;
+            groups.push(Group {
+                ids: ctx.upload_i32(&[n], &r)?,
+                xg: ctx.alloc(bf16, &[n * widest_in])?,
+                mid: ctx.alloc(bf16, &[n * rank])?,
+                d: ctx.alloc(bf16, &[n * widest_out])?,
+                adapter: g,
+                n,
+            });
         }
         Ok(Some(Plan { groups }))
     }
@@ -157,19 +188,18 @@ impl Plan {
         x: &DTensor,
         y: &DTensor,
     ) -> Result<(), CudaError> {
-        let ctx = ops.context();
-        for (g, ids, n) in &self.groups {
-            let Some(pair) = &g.layers[l][p as usize] else {
+        for g in &self.groups {
+            let Some(pair) = &g.adapter.layers[l][p as usize] else {
                 continue;
             };
-            let (r, din, dout) = (pair.a.shape()[0], x.shape()[1], y.shape()[1]);
-            let xg = ctx.alloc(strata_kernels::cuda::DType::Bf16, &[*n, din])?;
-            ops.embedding(ids, x, &xg)?;
-            let mid = ctx.alloc(strata_kernels::cuda::DType::Bf16, &[*n, r])?;
+            let (n, r, din, dout) = (g.n, pair.a.shape()[0], x.shape()[1], y.shape()[1]);
+            let xg = g.xg.view(0, &[n, din])?;
+            ops.embedding(&g.ids, x, &xg)?;
+            let mid = g.mid.view(0, &[n, r])?;
             gemm.linear(&xg, &pair.a, &mid)?;
-            let d = ctx.alloc(strata_kernels::cuda::DType::Bf16, &[*n, dout])?;
+            let d = g.d.view(0, &[n, dout])?;
             gemm.linear(&mid, &pair.b, &d)?;
-            ops.add_rows(ids, &d, y)?;
+            ops.add_rows(&g.ids, &d, y)?;
         }
         Ok(())
     }
