@@ -108,107 +108,49 @@ impl LoraAdapter {
         max_rank: Option<usize>,
         targets: Option<&[String]>,
     ) -> Result<Self, ModelError> {
-        let conf_path = dir.join("adapter_config.json");
-        let text =
-            std::fs::read_to_string(&conf_path).map_err(|e| ModelError::io(&conf_path, e))?;
-        let conf: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| ModelError::bad(&conf_path, e.to_string()))?;
-        let bad = |m: String| ModelError::bad(&conf_path, m);
-        if let Some(t) = conf["peft_type"].as_str() {
-            if !t.eq_ignore_ascii_case("lora") {
-                return Err(bad(format!("peft_type {t}: only LORA adapters are served")));
-            }
-        }
-        let alpha = conf["lora_alpha"].as_f64().unwrap_or(8.0);
-        let rslora = conf["use_rslora"].as_bool().unwrap_or(false);
-        for key in ["alpha_pattern", "rank_pattern"] {
-            if conf[key].as_object().is_some_and(|o| !o.is_empty()) {
-                return Err(bad(format!(
-                    "{key} (per-module ranks or alphas) is not supported"
-                )));
-            }
-        }
-        if conf["use_dora"].as_bool() == Some(true) {
-            return Err(bad("DoRA adapters (use_dora) are not supported".into()));
-        }
+        let (alpha, rslora) = read_config(dir)?;
         let file = dir.join("adapter_model.safetensors");
-        let bytes = std::fs::read(&file).map_err(|e| ModelError::io(&file, e))?;
-        let st = safetensors::SafeTensors::deserialize(&bytes)
-            .map_err(|e| ModelError::bad(&file, e.to_string()))?;
+        let parts = read_parts(&file, cfg)?;
         let fbad = |m: String| ModelError::bad(&file, m);
-        // (layer, target, is B) -> (shape, data)
-        let mut parts: Parts = BTreeMap::new();
-        for (tname, view) in st.tensors() {
-            let (layer, target, is_b) = parse_name(&tname)
-                .ok_or_else(|| fbad(format!("tensor `{tname}`: not a LoRA A/B matrix of a layer's q/k/v/o/gate/up/down projection")))?;
-            if layer >= cfg.num_layers {
-                return Err(fbad(format!(
-                    "tensor `{tname}`: the model has {} layers",
-                    cfg.num_layers
-                )));
-            }
-            let data = super::weights::to_f32(&file, &tname, view.dtype(), view.data())?;
-            parts.insert((layer, target, is_b), (view.shape().to_vec(), data));
-        }
-        if parts.is_empty() {
-            return Err(fbad("no LoRA matrices".into()));
-        }
         let mut pairs: Vec<[Option<Pair>; 7]> =
             (0..cfg.num_layers).map(|_| Default::default()).collect();
         let mut rank_max = 0;
-        for (&(layer, ti, is_b), (shape, _)) in &parts {
+        for (&(layer, ti, is_b), (a_shape, a)) in &parts {
             let t = Target::ALL[ti];
+            let what = || format!("layer {layer} {}", t.module());
             if is_b {
                 if !parts.contains_key(&(layer, ti, false)) {
-                    return Err(fbad(format!(
-                        "layer {layer} {}: lora_B without lora_A",
-                        t.module()
-                    )));
+                    return Err(fbad(format!("{}: lora_B without lora_A", what())));
                 }
                 continue;
             }
-            if let Some(allowed) = targets {
-                if !allowed.iter().any(|m| m == t.module() || m == "all") {
-                    return Err(fbad(format!(
-                        "targets {} which --lora-target-modules does not list",
-                        t.module()
-                    )));
-                }
-            }
-            let (b_shape, b) = parts.get(&(layer, ti, true)).ok_or_else(|| {
-                fbad(format!(
-                    "layer {layer} {}: lora_A without lora_B",
-                    t.module()
-                ))
-            })?;
-            let (din, dout) = t.dims(cfg);
-            let rank = shape.first().copied().unwrap_or(0);
-            if shape != &[rank, din] || b_shape != &[dout, rank] || rank == 0 {
+            if targets.is_some_and(|ts| !ts.iter().any(|m| m == t.module() || m == "all")) {
                 return Err(fbad(format!(
-                    "layer {layer} {}: lora_A {shape:?} and lora_B {b_shape:?} do not fit the model ([r, {din}] and [{dout}, r])",
+                    "targets {} which --lora-target-modules does not list",
                     t.module()
                 )));
             }
-            if let Some(m) = max_rank {
-                if rank > m {
-                    return Err(fbad(format!("rank {rank} is above --max-lora-rank {m}")));
-                }
+            let (b_shape, b) = parts
+                .get(&(layer, ti, true))
+                .ok_or_else(|| fbad(format!("{}: lora_A without lora_B", what())))?;
+            let (din, dout) = t.dims(cfg);
+            let rank = a_shape.first().copied().unwrap_or(0);
+            if a_shape != &[rank, din] || b_shape != &[dout, rank] || rank == 0 {
+                return Err(fbad(format!(
+                    "{}: lora_A {a_shape:?} and lora_B {b_shape:?} do not fit the model ([r, {din}] and [{dout}, r])",
+                    what()
+                )));
+            }
+            if let Some(m) = max_rank.filter(|&m| rank > m) {
+                return Err(fbad(format!("rank {rank} is above --max-lora-rank {m}")));
             }
             rank_max = rank_max.max(rank);
             let scale = if rslora {
                 alpha / (rank as f64).sqrt()
             } else {
                 alpha / rank as f64
-            } as f32;
-            let a = parts[&(layer, ti, false)].1.clone();
-            let b: Vec<f32> = b.iter().map(|v| v * scale).collect();
-            let mut bt = vec![0f32; b.len()];
-            for o in 0..dout {
-                for k in 0..rank {
-                    bt[k * dout + o] = b[o * rank + k];
-                }
-            }
-            pairs[layer][ti] = Some(Pair { a, b, bt, rank });
+            };
+            pairs[layer][ti] = Some(Pair::new(a.clone(), b, scale as f32, dout));
         }
         Ok(LoraAdapter {
             name: name.to_string(),
@@ -258,6 +200,74 @@ impl LoraAdapter {
             }
         }
     }
+}
+
+impl Pair {
+    /// The pair of A [rank, in] and B [out, rank], B times `scale`.
+    fn new(a: Vec<f32>, b: &[f32], scale: f32, dout: usize) -> Self {
+        let rank = b.len() / dout;
+        let b: Vec<f32> = b.iter().map(|v| v * scale).collect();
+        let mut bt = vec![0f32; b.len()];
+        for o in 0..dout {
+            for k in 0..rank {
+                bt[k * dout + o] = b[o * rank + k];
+            }
+        }
+        Pair { a, b, bt, rank }
+    }
+}
+
+/// `adapter_config.json`: (lora_alpha, use_rslora); other PEFT types, per-module ranks or alphas
+/// and DoRA are refused.
+fn read_config(dir: &Path) -> Result<(f64, bool), ModelError> {
+    let path = dir.join("adapter_config.json");
+    let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
+    let conf: serde_json::Value =
+        serde_json::from_str(&text).map_err(|e| ModelError::bad(&path, e.to_string()))?;
+    let bad = |m: String| Err(ModelError::bad(&path, m));
+    if let Some(t) = conf["peft_type"]
+        .as_str()
+        .filter(|t| !t.eq_ignore_ascii_case("lora"))
+    {
+        return bad(format!("peft_type {t}: only LORA adapters are served"));
+    }
+    for key in ["alpha_pattern", "rank_pattern"] {
+        if conf[key].as_object().is_some_and(|o| !o.is_empty()) {
+            return bad(format!(
+                "{key} (per-module ranks or alphas) is not supported"
+            ));
+        }
+    }
+    if conf["use_dora"].as_bool() == Some(true) {
+        return bad("DoRA adapters (use_dora) are not supported".into());
+    }
+    Ok((
+        conf["lora_alpha"].as_f64().unwrap_or(8.0),
+        conf["use_rslora"].as_bool().unwrap_or(false),
+    ))
+}
+
+/// Every matrix of `adapter_model.safetensors` by (layer, target, is B); a tensor that is not
+/// one, or of a layer the model lacks, is refused.
+fn read_parts(file: &Path, cfg: &ModelConfig) -> Result<Parts, ModelError> {
+    let bytes = std::fs::read(file).map_err(|e| ModelError::io(file, e))?;
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .map_err(|e| ModelError::bad(file, e.to_string()))?;
+    let mut parts: Parts = BTreeMap::new();
+    for (name, view) in st.tensors() {
+        let key = parse_name(&name).filter(|k| k.0 < cfg.num_layers).ok_or_else(|| {
+            ModelError::bad(
+                file,
+                format!("tensor `{name}`: not a LoRA A/B matrix of one of the model's {} layers' q/k/v/o/gate/up/down projections", cfg.num_layers),
+            )
+        })?;
+        let data = super::weights::to_f32(file, &name, view.dtype(), view.data())?;
+        parts.insert(key, (view.shape().to_vec(), data));
+    }
+    if parts.is_empty() {
+        return Err(ModelError::bad(file, "no LoRA matrices"));
+    }
+    Ok(parts)
 }
 
 /// A dot product in 8 interleaved partial sums (vectorisable; a fixed order, so the same
