@@ -258,7 +258,7 @@ impl<B: Backend> Model<B> {
             page_size: kv.page_size,
             scale: 1.0 / (hd as f32).sqrt(),
         };
-        let loras = lora_groups(batch);
+        let loras = super::lora::rows_by_adapter(batch);
         let lora =
             |li: usize, t: Target, x: &B::Buf, y: &mut B::Buf| self.lora(&loras, li, t, x, y);
         for (li, l) in self.layers.iter().enumerate() {
@@ -339,18 +339,4 @@ impl<B: Backend> Model<B> {
         *y = b.upload(&hy)?;
         Ok(())
     }
-}
-
-/// The batch's rows by adapter (rows without one are left out).
-fn lora_groups(batch: &ForwardBatch) -> Vec<(Arc<LoraAdapter>, Vec<usize>)> {
-    let mut groups: Vec<(Arc<LoraAdapter>, Vec<usize>)> = Vec::new();
-    for s in &batch.seqs {
-        let Some(a) = &s.lora else { continue };
-        let rows = s.q_start..s.q_start + s.q_len;
-        match groups.iter_mut().find(|(g, _)| g.id == a.id) {
-            Some((_, r)) => r.extend(rows),
-            None => groups.push((a.clone(), rows.collect())),
-        }
-    }
-    groups
 }

@@ -309,6 +309,21 @@ fn parse_name(name: &str) -> Option<(usize, usize, bool)> {
     rest.ends_with(".weight").then_some((layer, ti, is_b))
 }
 
+/// A forward's rows by adapter, in order of first appearance (rows without one are left out):
+/// what the runners apply each adapter to.
+pub fn rows_by_adapter(batch: &super::ForwardBatch) -> Vec<(Arc<LoraAdapter>, Vec<usize>)> {
+    let mut groups: Vec<(Arc<LoraAdapter>, Vec<usize>)> = Vec::new();
+    for s in &batch.seqs {
+        let Some(a) = &s.lora else { continue };
+        let rows = s.q_start..s.q_start + s.q_len;
+        match groups.iter_mut().find(|(g, _)| g.id == a.id) {
+            Some((_, r)) => r.extend(rows),
+            None => groups.push((a.clone(), rows.collect())),
+        }
+    }
+    groups
+}
+
 /// The adapters a server holds, by name (`--lora-paths`, `/load_lora_adapter`).
 #[derive(Debug)]
 pub struct Registry {

@@ -21,12 +21,17 @@ fn bad(e: impl ToString) -> std::io::Error {
     std::io::Error::other(e.to_string())
 }
 
-/// The tensor name of `t` in layer `l`.
-fn tensor_name(l: usize, t: Target, b: bool) -> String {
-    let block = match t {
+/// The block of a layer that holds `t` (`self_attn` or `mlp`).
+fn block(t: Target) -> &'static str {
+    match t {
         Target::Q | Target::K | Target::V | Target::O => "self_attn",
         _ => "mlp",
-    };
+    }
+}
+
+/// The tensor name of `t`'s LoRA A (or B) in layer `l`.
+fn tensor_name(l: usize, t: Target, b: bool) -> String {
+    let block = block(t);
     let ab = if b { "B" } else { "A" };
     format!(
         "base_model.model.model.layers.{l}.{block}.{}.lora_{ab}.weight",
@@ -117,11 +122,7 @@ pub fn merge_lora(model_dir: &Path, adapter_dir: &Path, out: &Path) -> std::io::
             ) else {
                 continue;
             };
-            let block = match t {
-                Target::Q | Target::K | Target::V | Target::O => "self_attn",
-                _ => "mlp",
-            };
-            let name = format!("model.layers.{l}.{block}.{}.weight", t.module());
+            let name = format!("model.layers.{l}.{}.{}.weight", block(t), t.module());
             let mut w = base.take(&name, &[dout, din]).map_err(bad)?;
             for o in 0..dout {
                 for i in 0..din {

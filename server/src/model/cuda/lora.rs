@@ -113,15 +113,7 @@ impl Cache {
         cfg: &ModelConfig,
         batch: &ForwardBatch,
     ) -> Result<Option<Plan>, CudaError> {
-        let mut rows: Vec<(Arc<LoraAdapter>, Vec<i32>)> = Vec::new();
-        for s in &batch.seqs {
-            let Some(a) = &s.lora else { continue };
-            let r = (s.q_start..s.q_start + s.q_len).map(|r| r as i32);
-            match rows.iter_mut().find(|(g, _)| g.id == a.id) {
-                Some((_, v)) => v.extend(r),
-                None => rows.push((a.clone(), r.collect())),
-            }
-        }
+        let rows = crate::model::lora::rows_by_adapter(batch);
         if rows.is_empty() {
             return Ok(None);
         }
@@ -150,6 +142,7 @@ impl Cache {
                     g
                 }
             };
+            let r: Vec<i32> = r.into_iter().map(|r| r as i32).collect();
             let n = r.len();
             let rank = g
                 .layers
