@@ -112,8 +112,11 @@ pub struct SamplingParams {
     /// final hidden state is reported (`Event::Hidden`).
     pub return_hidden_states: bool,
     /// The request's LoRA adapter (`lora_path`, resolved by the API layer): its rows run with
-    /// it, and it neither reads nor fills the prefix cache (the KV is the adapter's).
+    /// it, and its KV is cached in the adapter's namespace (`cache/ns.rs`).
     pub lora: Option<LoraRef>,
+    /// SGLang's `extra_key` (on the OpenAI routes `cache_salt` + `extra_key`; a field of the
+    /// request, set by the API layer): the request reuses only KV cached under the same key.
+    pub extra_key: Option<String>,
 }
 
 /// A request's LoRA adapter; equal when it is the same load of an adapter.
@@ -326,6 +329,7 @@ impl SamplingParamsWire {
             priority: None,
             return_hidden_states: false,
             lora: None,
+            extra_key: None,
         })
     }
 }

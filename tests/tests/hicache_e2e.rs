@@ -714,12 +714,13 @@ async fn the_l3_attaches_and_detaches_at_runtime() {
     assert!(v.contains("\"hicache_storage_backend\":null"), "{v}");
     // Refused while a request runs.
     let long = json!({"input_ids": prompts[2], "sampling_params": {"temperature": 0,
-        "max_new_tokens": 400, "ignore_eos": true}});
+        "max_new_tokens": 3000, "ignore_eos": true}});
     let attach = json!({"hicache_storage_backend": "file",
         "hicache_storage_backend_extra_config_json": "{\"prefetch_threshold\": 32}",
         "hicache_storage_prefetch_policy": "wait_complete"});
     let (busy, (st, v)) = tokio::join!(s.post("/generate", &long), async {
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Once the request runs (a fixed sleep raced a fast decode).
+        s.wait_metric("num_running_reqs", 1.0).await;
         l3_call(&s, "PUT", Some(&attach)).await
     });
     assert_eq!(busy.0, 200);

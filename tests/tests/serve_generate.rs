@@ -1,7 +1,7 @@
 //! End-to-end: `strata serve` on a made model, driven over HTTP. Greedy output must not depend on
 //! the prefix cache, chunked prefill, page size, batching with 16 concurrent requests, or
 //! retraction under memory pressure; streaming must concatenate to the non-streamed text; a shared
-//! long prefix must report `cached_tokens`.
+//! long prefix must report `cached_tokens`, within its `extra_key` / `cache_salt` only.
 
 mod serve_common;
 
@@ -279,4 +279,70 @@ async fn shared_long_prefix_reports_cached_tokens() {
         .await;
     assert_eq!(third["meta_info"]["cached_tokens"], 0);
     assert_eq!(third["output_ids"], second["output_ids"]);
+}
+
+/// SGLang's cache isolation: `extra_key` on `/generate`, `cache_salt` + `extra_key` on the
+/// OpenAI routes. A prefix cached under one key is reused under the same key only; answers
+/// are the same whatever the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn extra_keys_and_cache_salts_isolate_cached_prefixes() {
+    let m = MadeModel::new("llama", "tiny");
+    let s = Server::start(m.path(), &["--page-size", "16"]);
+    let prefix = "Snow falls on the mountain and melts into the streams of spring. ".repeat(6);
+    let gen = |key: Option<&str>, tail: &str| {
+        let mut body = json!({"text": format!("{prefix}{tail}"),
+            "sampling_params": {"temperature": 0, "max_new_tokens": 4}});
+        if let Some(k) = key {
+            body["extra_key"] = json!(k);
+        }
+        body
+    };
+    let cached = |v: &Value| v["meta_info"]["cached_tokens"].as_u64().unwrap();
+    let (_, first) = s.post("/generate", &gen(Some("tenant-1"), "Where?")).await;
+    assert_eq!(cached(&first), 0, "{first}");
+    let (_, same) = s.post("/generate", &gen(Some("tenant-1"), "Why?")).await;
+    assert!(cached(&same) >= 96, "same key: {same}");
+    for key in [Some("tenant-2"), None] {
+        let (_, other) = s.post("/generate", &gen(key, "Why?")).await;
+        assert_eq!(cached(&other), 0, "{key:?} read tenant-1's pages: {other}");
+        assert_eq!(other["output_ids"], same["output_ids"], "{key:?}");
+    }
+    // A batch with one key per prompt.
+    let body = json!({"text": [format!("{prefix}Who?"), format!("{prefix}Who?")],
+        "extra_key": ["tenant-1", "tenant-3"],
+        "sampling_params": {"temperature": 0, "max_new_tokens": 4}});
+    let (st, v) = s.post("/generate", &body).await;
+    assert_eq!(st, 200, "{v}");
+    assert!(cached(&v[0]) >= 96 && cached(&v[1]) == 0, "{v}");
+    assert_eq!(v[0]["output_ids"], v[1]["output_ids"]);
+
+    // The OpenAI routes: `cache_salt` then `extra_key`, joined.
+    let chat = |salt: Value, key: Value| {
+        json!({"messages": [{"role": "user", "content": format!("{prefix}Tell me more.")}],
+            "max_tokens": 4, "temperature": 0, "cache_salt": salt, "extra_key": key})
+    };
+    let hit = |v: &Value| {
+        v["usage"]["prompt_tokens_details"]["cached_tokens"]
+            .as_u64()
+            .unwrap()
+    };
+    let (st, a) = s
+        .post("/v1/chat/completions", &chat(json!("ab"), json!("c")))
+        .await;
+    assert_eq!(st, 200, "{a}");
+    assert_eq!(hit(&a), 0, "{a}");
+    let (_, b) = s
+        .post("/v1/chat/completions", &chat(json!("a"), json!("bc")))
+        .await;
+    assert!(hit(&b) >= 96, "the same joined key: {b}");
+    let (_, c) = s
+        .post("/v1/chat/completions", &chat(json!("ab"), Value::Null))
+        .await;
+    assert_eq!(hit(&c), 0, "another key: {c}");
+    assert_eq!(a["choices"][0]["message"], c["choices"][0]["message"]);
+    let (st, v) = s
+        .post("/v1/completions", &json!({"prompt": "hi", "cache_salt": 5}))
+        .await;
+    assert_eq!(st, 400, "{v}");
+    assert!(v.to_string().contains("cache_salt"), "{v}");
 }

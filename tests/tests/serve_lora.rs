@@ -2,7 +2,9 @@
 //! on the checkpoint with that adapter merged into its weights does (greedy ids equal, logprobs
 //! within f32 rounding), on `/generate` (one name, or a list with nulls in a batch), on the
 //! OpenAI routes (`lora_path`, `model: "base:adapter"`); a prefix cached by base-model requests
-//! is not used for an adapter's request (nor the other way round); `/load_lora_adapter` and
+//! is not used for an adapter's request (nor the other way round), while an adapter's own
+//! requests reuse its cached prefixes, in the device tier and through a shared L3 directory
+//! across servers (the same adapter under another name included); `/load_lora_adapter` and
 //! `/unload_lora_adapter` change what `/v1/models` lists and what requests may name; unknown
 //! adapters, a server without `--enable-lora` and bad adapter directories are clear errors.
 
@@ -96,8 +98,23 @@ async fn adapters_answer_as_their_merged_checkpoints() {
         for (x, y) in logprobs(&got).iter().zip(logprobs(&w)) {
             assert!((x - y).abs() < 1e-3, "{p}: logprob {x} vs {y}");
         }
-        assert_eq!(got["meta_info"]["cached_tokens"], 0, "{got}");
+        // Not the base model's cached prompt: at most the first token, which the adapter's
+        // earlier prompts share.
+        let cached = |v: &Value| v["meta_info"]["cached_tokens"].as_u64().unwrap();
+        assert!(cached(&got) <= 1, "{got}");
         assert_ne!(ids(&got), ids(b), "{p}: the adapter changed nothing");
+        // The adapter's own prefix cache: the same prompt again reuses its pages.
+        let again = gen(&s, p, Some("a1")).await;
+        let prompt_tokens = got["meta_info"]["prompt_tokens"].as_u64().unwrap();
+        assert_eq!(
+            cached(&again),
+            prompt_tokens - 1,
+            "{p}: the adapter's prefix was not reused: {again}"
+        );
+        assert_eq!(ids(&again), ids(&w), "{p}: adapter from its cache");
+        for (x, y) in logprobs(&again).iter().zip(logprobs(&w)) {
+            assert!((x - y).abs() < 1e-3, "{p}: cached logprob {x} vs {y}");
+        }
         // The base model again: its own cache, unchanged answers.
         assert_eq!(
             ids(&gen(&s, p, None).await),
@@ -247,4 +264,67 @@ fn bad_lora_paths_stop_the_start() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--lora-paths x=/nonexistent/adapter"), "{err}");
+}
+
+/// An adapter's pages go to the L3 under its own namespace: a fresh server that loads the same
+/// adapter (under another name) reads them and answers as the merged checkpoint; the base
+/// model and another adapter find none of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn adapter_pages_come_back_from_the_l3_only_for_that_adapter() {
+    let m = MadeModel::new("llama", "tiny");
+    let dir = tempfile::tempdir().unwrap();
+    let model = m.path().to_str().unwrap().to_string();
+    let (a1, a2, merged, l3) = (
+        dir.path().join("a1"),
+        dir.path().join("a2"),
+        dir.path().join("m1"),
+        dir.path().join("l3"),
+    );
+    make(&["--lora-for", &model, "--seed", "1"], &a1);
+    make(&["--lora-for", &model, "--seed", "2"], &a2);
+    make(
+        &["--lora-for", &model, "--merge-lora", a1.to_str().unwrap()],
+        &merged,
+    );
+    let want = Server::start(&merged, &[]);
+    let prompt = "The history of the river valley begins with the first settlers who came \
+        from the mountains in the north, bringing seeds, tools and stories of older lands.";
+    let w = gen(&want, prompt, None).await;
+
+    let lora = |name: &str, path: &Path| format!("{name}={}", path.display());
+    let (x1, x2) = (lora("first", &a1), lora("second", &a2));
+    let flags = ["--lora-paths", x1.as_str(), "--lora-paths", x2.as_str()];
+    let extra = r#"{"prefetch_threshold": 16}"#;
+    let a = Server::file_l3_with(m.path(), &l3, extra, &flags);
+    let got = gen(&a, prompt, Some("first")).await;
+    assert_eq!(ids(&got), ids(&w));
+    let prompt_tokens = got["meta_info"]["prompt_tokens"].as_u64().unwrap();
+    assert!(prompt_tokens >= 33, "prompt too short: {prompt_tokens}");
+    a.wait_metric("backuped_tokens_total", 32.0).await;
+    a.wait_idle().await;
+    drop(a);
+
+    // Another server, the same adapter under another name: an L3 hit, the merged answer.
+    let renamed = lora("again", &a1);
+    let flags = [
+        "--lora-paths",
+        renamed.as_str(),
+        "--lora-paths",
+        x2.as_str(),
+    ];
+    let b = Server::file_l3_with(m.path(), &l3, extra, &flags);
+    let got = gen(&b, prompt, Some("again")).await;
+    assert!(
+        got["meta_info"]["cached_tokens"].as_u64().unwrap() >= 32,
+        "the adapter's pages did not come back from the L3: {got}"
+    );
+    assert_eq!(ids(&got), ids(&w), "adapter answer from L3 pages");
+    for (x, y) in logprobs(&got).iter().zip(logprobs(&w)) {
+        assert!((x - y).abs() < 1e-3, "logprob from L3 pages {x} vs {y}");
+    }
+    // Neither the base model nor another adapter reads them.
+    for lora in [None, Some("second")] {
+        let v = gen(&b, prompt, lora).await;
+        assert_eq!(v["meta_info"]["cached_tokens"], 0, "{lora:?}: {v}");
+    }
 }

@@ -79,6 +79,8 @@ struct GenerateWire {
     /// The LoRA adapter of each prompt (`--enable-lora`): a name for all, or a list of names
     /// and nulls.
     lora_path: Option<Value>,
+    /// SGLang's cache isolation key: one for all, or one per prompt (`cache/ns.rs`).
+    extra_key: Option<OneOrMany<Option<String>>>,
     #[serde(flatten)]
     ignored: serde_json::Map<String, Value>,
 }
@@ -280,6 +282,7 @@ pub async fn generate(
     let priorities = OneOrMany::per_prompt(w.priority, n, "priority")?;
     let hidden = OneOrMany::per_prompt(w.return_hidden_states, n, "return_hidden_states")?;
     let loras = super::lora::per_prompt(&st, &w.lora_path, n)?;
+    let extra_keys = OneOrMany::per_prompt(w.extra_key, n, "extra_key")?;
     let text_in_lp = w.return_text_in_logprobs.unwrap_or(false);
     let boots = bootstraps(
         &w.bootstrap_host,
@@ -293,6 +296,7 @@ pub async fn generate(
         p.priority = priorities[i];
         p.return_hidden_states = hidden[i] == Some(true);
         p.lora = loras[i].clone();
+        p.extra_key = extra_keys[i].clone().flatten();
         let lp = match want[i] {
             Some(true) => Some(
                 LogprobArgs {

@@ -107,6 +107,10 @@ struct OpenAiWire {
     return_hidden_states: Option<bool>,
     /// SGLang's LoRA adapter name (`--enable-lora`; else `model`'s `base:adapter` form).
     lora_path: Option<String>,
+    /// SGLang's cache isolation keys, joined (`cache_salt` then `extra_key`): the request reuses
+    /// only KV cached under the same key (`cache/ns.rs`).
+    cache_salt: Option<Value>,
+    extra_key: Option<Value>,
 }
 
 impl OpenAiWire {
@@ -171,6 +175,33 @@ impl OpenAiWire {
             ..p
         })
         .map_err(ApiError::bad_request)
+        .and_then(|p| {
+            Ok(SamplingParams {
+                extra_key: self.cache_key()?,
+                ..p
+            })
+        })
+    }
+
+    /// `cache_salt` + `extra_key` (SGLang joins the non-empty ones in that order); either must
+    /// be a string.
+    fn cache_key(&self) -> Result<Option<String>, ApiError> {
+        let mut key = String::new();
+        for (name, v) in [
+            ("cache_salt", &self.cache_salt),
+            ("extra_key", &self.extra_key),
+        ] {
+            match v {
+                None | Some(Value::Null) => {}
+                Some(Value::String(s)) => key.push_str(s),
+                Some(other) => {
+                    return Err(ApiError::bad_request(format!(
+                        "{name} must be a string, got {other}."
+                    )))
+                }
+            }
+        }
+        Ok((!key.is_empty()).then_some(key))
     }
 }
 

@@ -1,6 +1,10 @@
 //! Radix tree over token ids at page granularity, owning the KV pages of cached prefixes in two
 //! tiers: the device pool (L1) and, with the hierarchical cache, the host pool (L2).
 //!
+//! Each cache namespace ([`CacheNs`]: a LoRA adapter, an `extra_key`) has its own root, made
+//! with its first node and dropped with its last; the default namespace's root is permanent.
+//! Nothing is shared across namespaces; locks, eviction and the tiers work across all of them.
+//!
 //! A pure data structure (no I/O, no threads): the scheduler owns it. Each node's key is a run of
 //! whole pages of tokens; children are indexed by the tokens of their first page. A node holds one
 //! device [`Page`] per page of its key, one host `Page` per page, or both. A request that reuses a
@@ -23,6 +27,7 @@
 //! `cached_pages`, `host_pages` and `locked_pages` equal the sums over the nodes.
 //! Complexity: match and insert are O(tokens); eviction O(nodes + evicted · log nodes).
 
+use super::ns::CacheNs;
 use crate::kv::{Page, PageId};
 use std::collections::{BinaryHeap, HashMap};
 
@@ -51,6 +56,8 @@ struct Node {
     last_access: u64,
     /// Matches that passed through this node (write_through_selective's counter).
     hits: u32,
+    /// A namespace root's namespace (None on every other node).
+    ns: Option<CacheNs>,
 }
 
 impl Node {
@@ -104,6 +111,8 @@ pub struct RadixCache {
     host_pages: usize,
     locked_pages: usize,
     lfu: bool,
+    /// The roots of the non-default namespaces that hold nodes.
+    roots: HashMap<CacheNs, NodeId>,
 }
 
 impl RadixCache {
@@ -118,6 +127,7 @@ impl RadixCache {
             host_pages: 0,
             locked_pages: 0,
             lfu: false,
+            roots: HashMap::new(),
         }
     }
 
@@ -152,6 +162,43 @@ impl RadixCache {
         })
     }
 
+    /// The root of namespace `ns` (the default root for None); None while `ns` holds nothing.
+    fn root(&self, ns: Option<CacheNs>) -> Option<NodeId> {
+        match ns {
+            None => Some(ROOT),
+            Some(ns) => self.roots.get(&ns).copied(),
+        }
+    }
+
+    fn new_root(&mut self, ns: CacheNs) -> NodeId {
+        let id = self.new_slot();
+        self.nodes[id] = Some(Node {
+            ns: Some(ns),
+            last_access: self.tick,
+            ..Node::default()
+        });
+        self.roots.insert(ns, id);
+        id
+    }
+
+    /// Whether `id` is a root (the default one or a namespace's): the only nodes without a key.
+    fn is_root(&self, id: NodeId) -> bool {
+        self.node(id).key.is_empty()
+    }
+
+    /// The namespace node `id` belongs to.
+    pub fn ns_of(&self, mut id: NodeId) -> Option<CacheNs> {
+        while !self.is_root(id) {
+            id = self.node(id).parent;
+        }
+        self.node(id).ns
+    }
+
+    /// Non-default namespaces that hold nodes.
+    pub fn namespaces(&self) -> usize {
+        self.roots.len()
+    }
+
     /// Device pages held by the tree.
     pub fn cached_pages(&self) -> usize {
         self.cached_pages
@@ -168,12 +215,12 @@ impl RadixCache {
         self.cached_pages - self.locked_pages
     }
 
-    /// Longest cached prefix of `tokens` in whole pages, in both tiers. Splits a node so that the
-    /// match ends on a node boundary, and refreshes access times and hit counts along the path.
-    pub fn match_prefix(&mut self, tokens: &[u32]) -> PrefixMatch {
+    /// Longest cached prefix of `tokens` in whole pages of namespace `ns`, in both tiers. Splits
+    /// a node so that the match ends on a node boundary, and refreshes access times and hit
+    /// counts along the path. A match of nothing names the (default) root, whatever `ns` is.
+    pub fn match_prefix(&mut self, ns: Option<CacheNs>, tokens: &[u32]) -> PrefixMatch {
         self.tick += 1;
         let ps = self.page_size;
-        let mut cur = ROOT;
         let mut pages = Vec::new();
         let mut pos = 0;
         let mut dev = PrefixMatch {
@@ -183,7 +230,11 @@ impl RadixCache {
             host_tokens: 0,
             host_node: ROOT,
         };
-        self.node_mut(ROOT).last_access = self.tick;
+        let Some(mut cur) = self.root(ns) else {
+            return dev;
+        };
+        let tick = self.tick;
+        self.node_mut(cur).last_access = tick;
         while pos + ps <= tokens.len() {
             let Some(&child) = self.node(cur).children.get(&tokens[pos..pos + ps]) else {
                 break;
@@ -216,7 +267,7 @@ impl RadixCache {
         dev.tokens = pages.len() * ps;
         dev.pages = pages;
         dev.host_tokens = pos - dev.tokens;
-        dev.host_node = cur;
+        dev.host_node = if pos > 0 { cur } else { ROOT };
         dev
     }
 
@@ -224,9 +275,12 @@ impl RadixCache {
     /// `tokens` cached in either tier (whole pages) and the nodes the match passes through, the
     /// last one possibly matched only in part. Splits nothing and refreshes neither access times
     /// nor hit counts, so ranking a queue every round does not make its prefixes look hot.
-    pub fn peek_prefix(&self, tokens: &[u32]) -> (usize, Vec<NodeId>) {
+    pub fn peek_prefix(&self, ns: Option<CacheNs>, tokens: &[u32]) -> (usize, Vec<NodeId>) {
         let ps = self.page_size;
-        let (mut cur, mut pos, mut path) = (ROOT, 0, Vec::new());
+        let Some(mut cur) = self.root(ns) else {
+            return (0, Vec::new());
+        };
+        let (mut pos, mut path) = (0, Vec::new());
         while pos + ps <= tokens.len() {
             let Some(&child) = self.node(cur).children.get(&tokens[pos..pos + ps]) else {
                 break;
@@ -278,6 +332,7 @@ impl RadixCache {
             lock,
             last_access,
             hits,
+            ns: None,
         });
         self.node_mut(parent).children.insert(upper_first, new_id);
         new_id
@@ -289,18 +344,30 @@ impl RadixCache {
     /// the host only, the caller's page joins that node; the rest becomes a new node. Returns the
     /// tokens that were already cached on the device, and the nodes that now have device pages but
     /// no host copy.
-    pub fn insert(&mut self, tokens: &[u32], skip: usize, own: Vec<Page>) -> (usize, Vec<Fresh>) {
-        self.insert_tier(Tier::Device, tokens, skip, own)
+    pub fn insert(
+        &mut self,
+        ns: Option<CacheNs>,
+        tokens: &[u32],
+        skip: usize,
+        own: Vec<Page>,
+    ) -> (usize, Vec<Fresh>) {
+        self.insert_tier(Tier::Device, ns, tokens, skip, own)
     }
 
     /// Caches `tokens` (whole pages) on the host: `own` are host pages holding pages
     /// `skip..` (fetched from L3). Pages already on the host are dropped; device-only nodes gain the
     /// host copy; the rest becomes host-only nodes. The first `skip` pages must be in the tree
     /// (the caller keeps them locked). Returns the pages kept.
-    pub fn insert_host(&mut self, tokens: &[u32], skip: usize, own: Vec<Page>) -> usize {
+    pub fn insert_host(
+        &mut self,
+        ns: Option<CacheNs>,
+        tokens: &[u32],
+        skip: usize,
+        own: Vec<Page>,
+    ) -> usize {
         let n = own.len();
         let before = self.host_pages;
-        self.insert_tier(Tier::Host, tokens, skip, own);
+        self.insert_tier(Tier::Host, ns, tokens, skip, own);
         debug_assert!(self.host_pages - before <= n);
         self.host_pages - before
     }
@@ -308,6 +375,7 @@ impl RadixCache {
     fn insert_tier(
         &mut self,
         tier: Tier,
+        ns: Option<CacheNs>,
         tokens: &[u32],
         skip: usize,
         own: Vec<Page>,
@@ -316,8 +384,16 @@ impl RadixCache {
         debug_assert_eq!(tokens.len(), (skip + own.len()) * ps);
         self.tick += 1;
         let mut fresh = Vec::new();
+        let mut cur = match (self.root(ns), ns) {
+            (Some(r), _) => r,
+            // Nothing of the namespace is cached: its root comes with its first node.
+            (None, Some(ns)) if skip == 0 && !own.is_empty() => self.new_root(ns),
+            (None, _) => {
+                debug_assert!(skip == 0, "insert: locked prefix missing from the tree");
+                return (0, fresh);
+            }
+        };
         let mut own = own.into_iter();
-        let mut cur = ROOT;
         let mut page = 0; // index of the next page of `tokens`
         let mut already = 0; // tokens found in `tier`
         let total = skip + own.len();
@@ -418,7 +494,7 @@ impl RadixCache {
 
     /// Locks the path from `id` to the root.
     pub fn lock(&mut self, mut id: NodeId) {
-        while id != ROOT {
+        while !self.is_root(id) {
             let n = self.node_mut(id);
             n.lock += 1;
             if n.lock == 1 {
@@ -431,7 +507,7 @@ impl RadixCache {
 
     /// Undoes one [`lock`](Self::lock) of `id`.
     pub fn unlock(&mut self, mut id: NodeId) {
-        while id != ROOT {
+        while !self.is_root(id) {
             let n = self.node_mut(id);
             assert!(n.lock > 0, "unlock of an unlocked node");
             n.lock -= 1;
@@ -452,7 +528,7 @@ impl RadixCache {
     /// The host-only nodes on the path from `id` up to its deepest device ancestor, top-down.
     pub fn host_only_path(&self, mut id: NodeId) -> Vec<NodeId> {
         let mut path = Vec::new();
-        while id != ROOT && self.node(id).device.is_empty() {
+        while !self.is_root(id) && self.node(id).device.is_empty() {
             path.push(id);
             id = self.node(id).parent;
         }
@@ -463,7 +539,7 @@ impl RadixCache {
     /// The tokens from the root down to the end of node `id`.
     pub fn path_tokens(&self, mut id: NodeId) -> Vec<u32> {
         let mut parts = Vec::new();
-        while id != ROOT {
+        while !self.is_root(id) {
             parts.push(id);
             id = self.node(id).parent;
         }
@@ -478,7 +554,7 @@ impl RadixCache {
     /// hit at least `min_hits` times (write_through_selective's candidates), top-down.
     pub fn unbacked_path(&self, mut id: NodeId, min_hits: u32) -> Vec<NodeId> {
         let mut out = Vec::new();
-        while id != ROOT {
+        while !self.is_root(id) {
             let n = self.node(id);
             if !n.device.is_empty() && n.host.is_empty() && n.hits >= min_hits {
                 out.push(id);
@@ -512,7 +588,7 @@ impl RadixCache {
         let parent = self.node(id).parent;
         if tier == Tier::Device {
             assert!(
-                parent == ROOT || !self.node(parent).device.is_empty(),
+                self.is_root(parent) || !self.node(parent).device.is_empty(),
                 "set_pages: device parent missing"
             );
         }
@@ -540,7 +616,7 @@ impl RadixCache {
 
     fn device_candidate(&self, id: NodeId) -> bool {
         let n = self.node(id);
-        id != ROOT && !n.device.is_empty() && n.lock == 0 && !self.has_device_child(id)
+        !n.key.is_empty() && !n.device.is_empty() && n.lock == 0 && !self.has_device_child(id)
     }
 
     /// Evicts device pages until at least `pages` were freed or nothing is evictable; returns
@@ -601,7 +677,8 @@ impl RadixCache {
             let parent = self.node(id).parent;
             freed += self.node_pages(id);
             act(self, id);
-            if candidate(self, parent) {
+            // (A namespace root emptied by `act` is gone.)
+            if self.is_live(parent) && candidate(self, parent) {
                 heap.push((self.prio(parent), parent));
             }
         }
@@ -614,6 +691,12 @@ impl RadixCache {
         let parent = self.node(id).parent;
         let first = self.node(id).key[..ps].to_vec();
         self.node_mut(parent).children.remove(&first);
+        let p = self.node(parent);
+        if let Some(ns) = p.ns.filter(|_| p.children.is_empty()) {
+            self.roots.remove(&ns);
+            self.nodes[parent] = None;
+            self.free_slots.push(parent);
+        }
         let mut stack = vec![id];
         while let Some(x) = stack.pop() {
             let n = self.nodes[x].take().expect("live node");
@@ -627,7 +710,7 @@ impl RadixCache {
 
     fn host_candidate(&self, id: NodeId) -> bool {
         let n = self.node(id);
-        id != ROOT
+        !n.key.is_empty()
             && !n.host.is_empty()
             && n.lock == 0
             && (!n.device.is_empty() || n.children.is_empty())
@@ -662,10 +745,17 @@ impl RadixCache {
         let (mut cached, mut host, mut locked) = (0, 0, 0);
         for (id, n) in self.nodes.iter().enumerate() {
             let Some(n) = n else { continue };
-            if id == ROOT {
-                assert!(n.device.is_empty() && n.host.is_empty());
+            if n.key.is_empty() {
+                assert!(n.device.is_empty() && n.host.is_empty(), "root {id}: pages");
+                assert_eq!(n.lock, 0, "root {id}: locked");
+                if id != ROOT {
+                    let ns = n.ns.expect("a namespace root has its namespace");
+                    assert_eq!(self.roots.get(&ns), Some(&id), "root {id}: index");
+                    assert!(!n.children.is_empty(), "root {id}: empty namespace kept");
+                }
                 continue;
             }
+            assert!(n.ns.is_none(), "node {id}: namespace off a root");
             let pages = n.key.len() / ps;
             assert!(pages > 0, "node {id}: empty non-root node");
             assert_eq!(n.key.len(), pages * ps, "node {id}: key length");
@@ -687,7 +777,7 @@ impl RadixCache {
                 Some(&id),
                 "node {id}: parent index"
             );
-            if n.parent != ROOT {
+            if !self.is_root(n.parent) {
                 assert!(p.lock >= n.lock, "node {id}: lock above parent's");
                 if !n.device.is_empty() {
                     assert!(!p.device.is_empty(), "node {id}: device parent missing");
@@ -702,5 +792,13 @@ impl RadixCache {
         assert_eq!(cached, self.cached_pages, "cached_pages");
         assert_eq!(host, self.host_pages, "host_pages");
         assert_eq!(locked, self.locked_pages, "locked_pages");
+        for (ns, &id) in &self.roots {
+            assert!(self.is_live(id), "namespace root {id}: gone");
+            assert_eq!(
+                self.node(id).ns,
+                Some(*ns),
+                "namespace root {id}: namespace"
+            );
+        }
     }
 }

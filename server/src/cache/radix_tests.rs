@@ -5,8 +5,10 @@
 //! (`free + cached == total`) must hold after every step. The seed is printed; set
 //! `STRATA_TEST_SEED` to replay one. The tiered runs add a host pool: write-through backups,
 //! write-back on eviction, prefetched host-only nodes, load-backs and host eviction, with page
-//! contents followed across tiers.
+//! contents followed across tiers. Queries run in three namespaces (the default one and two
+//! others): every page is recorded with its namespace, and a match must never cross one.
 
+use super::ns::CacheNs;
 use super::radix::{RadixCache, Tier};
 use crate::kv::FreeList;
 use crate::seeded::SplitMix64;
@@ -20,28 +22,38 @@ fn run(seed: u64, page_size: usize, steps: usize, tiers: bool) {
     let mut tree = RadixCache::new(page_size);
     let mut rng = SplitMix64(seed);
     // Tokens each page holds, per tier (the "bytes" a load-back or backup copies).
-    let mut content: HashMap<u32, Vec<u32>> = HashMap::new();
-    let mut hcontent: HashMap<u32, Vec<u32>> = HashMap::new();
-    let mut seqs: Vec<Vec<u32>> = Vec::new();
-    let mut locks: Vec<(usize, Vec<u32>, Vec<u32>)> = Vec::new(); // node, tokens, pages
+    type Content = (Option<CacheNs>, Vec<u32>);
+    // A held lock: node, namespace, tokens, pages.
+    type Held = (usize, Option<CacheNs>, Vec<u32>, Vec<u32>);
+    let mut content: HashMap<u32, Content> = HashMap::new();
+    let mut hcontent: HashMap<u32, Content> = HashMap::new();
+    let mut seqs: Vec<(Option<CacheNs>, Vec<u32>)> = Vec::new();
+    let mut locks: Vec<Held> = Vec::new();
+    let spaces = [
+        None,
+        CacheNs::of(None, Some("a")),
+        CacheNs::of(None, Some("b")),
+    ];
     let mut r = |n: u64| (rng.next_u64() % n) as usize;
     let (mut matched, mut evicted, mut inserted) = (0usize, 0usize, 0usize);
     let (mut loaded, mut backed, mut host_evicted) = (0usize, 0usize, 0usize);
     for step in 0..steps {
         let op = r(14);
         // A query: often an extension of an earlier sequence, over a tiny alphabet.
-        let mut q: Vec<u32> = if !seqs.is_empty() && r(3) > 0 {
-            let base = &seqs[r(seqs.len() as u64)];
-            base[..r(base.len() as u64 + 1)].to_vec()
+        // Mostly in the earlier sequence's namespace, sometimes another's.
+        let (ns, mut q): (Option<CacheNs>, Vec<u32>) = if !seqs.is_empty() && r(3) > 0 {
+            let (ns, base) = &seqs[r(seqs.len() as u64)];
+            let ns = if r(4) == 0 { spaces[r(3)] } else { *ns };
+            (ns, base[..r(base.len() as u64 + 1)].to_vec())
         } else {
-            Vec::new()
+            (spaces[r(3)], Vec::new())
         };
         for _ in 0..r(8 * page_size as u64) {
             q.push(r(3) as u32);
         }
         // The read-only peek sees what the match will (both tiers), without splitting.
-        let (peeked, path) = tree.peek_prefix(&q);
-        let mut m = tree.match_prefix(&q);
+        let (peeked, path) = tree.peek_prefix(ns, &q);
+        let mut m = tree.match_prefix(ns, &q);
         assert_eq!(
             peeked,
             m.tokens + m.host_tokens,
@@ -76,14 +88,21 @@ fn run(seed: u64, page_size: usize, steps: usize, tiers: bool) {
                 }
             }
             tree.unlock(m.host_node);
-            m = tree.match_prefix(&q);
+            m = tree.match_prefix(ns, &q);
         }
         matched += m.tokens;
         for (i, p) in m.pages.iter().enumerate() {
             assert_eq!(
                 content[p],
-                q[i * page_size..(i + 1) * page_size],
-                "seed {seed} step {step}: page {p} content"
+                (ns, q[i * page_size..(i + 1) * page_size].to_vec()),
+                "seed {seed} step {step}: page {p} content or namespace"
+            );
+        }
+        if m.tokens + m.host_tokens > 0 {
+            assert_eq!(
+                tree.ns_of(m.host_node),
+                ns,
+                "seed {seed} step {step}: ns_of"
             );
         }
         match op {
@@ -97,10 +116,10 @@ fn run(seed: u64, page_size: usize, steps: usize, tiers: bool) {
                 if let Some(own) = list.alloc(need) {
                     for (i, p) in own.iter().enumerate() {
                         let at = (m.pages.len() + i) * page_size;
-                        content.insert(p.id(), q[at..at + page_size].to_vec());
+                        content.insert(p.id(), (ns, q[at..at + page_size].to_vec()));
                     }
                     inserted += need;
-                    let (already, fresh) = tree.insert(&q[..full], m.pages.len(), own);
+                    let (already, fresh) = tree.insert(ns, &q[..full], m.pages.len(), own);
                     assert!(already >= m.tokens);
                     // Write-through: back up fresh nodes when the host has room.
                     for f in fresh {
@@ -116,8 +135,8 @@ fn run(seed: u64, page_size: usize, steps: usize, tiers: bool) {
                             tree.set_pages(f.node, Tier::Host, host);
                         }
                     }
-                    seqs.push(q.clone());
-                    let again = tree.match_prefix(&q);
+                    seqs.push((ns, q.clone()));
+                    let again = tree.match_prefix(ns, &q);
                     assert_eq!(
                         again.tokens, full,
                         "seed {seed} step {step}: inserted sequence not fully cached"
@@ -127,11 +146,11 @@ fn run(seed: u64, page_size: usize, steps: usize, tiers: bool) {
             }
             5 | 6 => {
                 tree.lock(m.node);
-                locks.push((m.node, q[..m.tokens].to_vec(), m.pages.clone()));
+                locks.push((m.node, ns, q[..m.tokens].to_vec(), m.pages.clone()));
             }
             7 => {
                 if !locks.is_empty() {
-                    let (node, _, _) = locks.swap_remove(r(locks.len() as u64));
+                    let (node, ..) = locks.swap_remove(r(locks.len() as u64));
                     tree.unlock(node);
                 }
             }
@@ -147,10 +166,10 @@ fn run(seed: u64, page_size: usize, steps: usize, tiers: bool) {
                 if let Some(host) = hlist.alloc(n) {
                     for (i, h) in host.iter().enumerate() {
                         let at = (have + i) * page_size;
-                        hcontent.insert(h.id(), q[at..at + page_size].to_vec());
+                        hcontent.insert(h.id(), (ns, q[at..at + page_size].to_vec()));
                     }
-                    tree.insert_host(&q[..upto * page_size], have, host);
-                    let again = tree.match_prefix(&q);
+                    tree.insert_host(ns, &q[..upto * page_size], have, host);
+                    let again = tree.match_prefix(ns, &q);
                     assert_eq!(again.tokens + again.host_tokens, upto * page_size);
                 }
                 tree.unlock(m.host_node);
@@ -170,8 +189,8 @@ fn run(seed: u64, page_size: usize, steps: usize, tiers: bool) {
                     Some(host)
                 };
                 evicted += tree.evict_with(r(40), &mut backup).0;
-                for (_, toks, pages) in &locks {
-                    let again = tree.match_prefix(toks);
+                for (_, ns, toks, pages) in &locks {
+                    let again = tree.match_prefix(*ns, toks);
                     assert_eq!(
                         &again.pages, pages,
                         "seed {seed} step {step}: locked prefix evicted"
@@ -202,13 +221,14 @@ fn run(seed: u64, page_size: usize, steps: usize, tiers: bool) {
             "seed {seed}: loaded {loaded} backed {backed} host-evicted {host_evicted}"
         );
     }
-    for (node, _, _) in locks.drain(..) {
+    for (node, ..) in locks.drain(..) {
         tree.unlock(node);
     }
     tree.evict(usize::MAX);
     tree.evict_host(usize::MAX);
     tree.evict(usize::MAX);
     assert_eq!(tree.cached_pages() + tree.host_pages(), 0);
+    assert_eq!(tree.namespaces(), 0, "seed {seed}: emptied namespaces kept");
     assert!(tree.reset());
     drop(tree);
     assert_eq!(list.free_count(), total);
@@ -222,4 +242,42 @@ fn randomised_radix_invariants() {
         run(seed.wrapping_add(i as u64), ps, 4000, false);
         run(seed.wrapping_add(100 + i as u64), ps, 4000, true);
     }
+}
+
+#[test]
+fn namespaces_share_nothing_and_go_with_their_last_node() {
+    let list = FreeList::new(16);
+    let mut tree = RadixCache::new(2);
+    let (a, b) = (CacheNs::of(None, Some("a")), CacheNs::of(None, Some("b")));
+    let toks = [1u32, 2, 3, 4];
+    let (none, _) = tree.insert(a, &toks, 0, list.alloc(2).unwrap());
+    assert_eq!(none, 0);
+    assert_eq!(tree.namespaces(), 1);
+    // The same tokens elsewhere are a miss, and their insert caches pages of their own.
+    assert_eq!(tree.match_prefix(None, &toks).tokens, 0);
+    assert_eq!(tree.match_prefix(b, &toks).tokens, 0);
+    assert_eq!(tree.peek_prefix(b, &toks).0, 0);
+    tree.insert(None, &toks, 0, list.alloc(2).unwrap());
+    tree.insert(b, &toks[..2], 0, list.alloc(1).unwrap());
+    assert_eq!(tree.cached_pages(), 5);
+    let m = tree.match_prefix(a, &toks);
+    assert_eq!(m.tokens, 4);
+    assert_eq!(tree.ns_of(m.node), a);
+    assert_eq!(tree.match_prefix(b, &toks).tokens, 2);
+    let base = tree.match_prefix(None, &toks).node;
+    assert_eq!(tree.ns_of(base), None);
+    tree.check();
+    // A locked namespace keeps its pages; evicting the rest drops the other namespace's root.
+    tree.lock(m.node);
+    tree.evict(usize::MAX);
+    assert_eq!(tree.cached_pages(), 2);
+    assert_eq!(tree.namespaces(), 1);
+    assert_eq!(tree.match_prefix(a, &toks).tokens, 4);
+    tree.check();
+    tree.unlock(m.node);
+    tree.evict(usize::MAX);
+    assert_eq!(tree.namespaces(), 0);
+    assert_eq!(tree.match_prefix(a, &toks).tokens, 0);
+    tree.check();
+    assert_eq!(list.free_count(), 16);
 }

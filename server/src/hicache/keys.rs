@@ -2,23 +2,26 @@
 //!
 //! A page's hash is SHA-256 over the previous page's raw 32-byte digest (absent for the first
 //! page) followed by the page's token ids as little-endian u32; it is written as 64 lowercase hex
-//! digits. Only full pages get a hash. The Mooncake-style backend stores each page as two objects
+//! digits. Only full pages get a hash. In a non-default cache namespace (`cache/ns.rs`: a LoRA
+//! adapter, an `extra_key`) the first page chains from the namespace's 32 bytes as if they were
+//! a previous page's digest; the default namespace's hashes are SGLang's. The Mooncake-style backend stores each page as two objects
 //! (MHA models): `[<prefix>_]<hash>_<tp_rank>_k` and `..._v`, where `<prefix>` is
 //! `<extra_backend_tag>_<model name with '/' replaced by '-'>` (either part may be absent).
 //! docs/hicache.md spells this out byte for byte; `tests/fixtures/hicache_keys.json` holds values
 //! computed with Python's hashlib.
 
+use crate::cache::CacheNs;
 use sha2::{Digest, Sha256};
 
 /// Raw digest of one page.
 pub type PageHash = [u8; 32];
 
-/// Hashes of the full pages of `tokens`, chained from the first page.
-pub fn page_hashes(tokens: &[u32], page_size: usize) -> Vec<PageHash> {
+/// Hashes of the full pages of `tokens` in namespace `ns`, chained from the first page.
+pub fn page_hashes(ns: Option<CacheNs>, tokens: &[u32], page_size: usize) -> Vec<PageHash> {
     let mut out: Vec<PageHash> = Vec::with_capacity(tokens.len() / page_size);
     for page in tokens.chunks_exact(page_size) {
         let mut h = Sha256::new();
-        if let Some(prev) = out.last() {
+        if let Some(prev) = out.last().or(ns.as_ref().map(|n| &n.0)) {
             h.update(prev);
         }
         for t in page {
@@ -77,11 +80,29 @@ mod tests {
 
     #[test]
     fn chain_depends_on_every_earlier_page_and_skips_partial_pages() {
-        let a = page_hashes(&[1, 2, 3, 4, 5], 2);
+        let a = page_hashes(None, &[1, 2, 3, 4, 5], 2);
         assert_eq!(a.len(), 2);
-        let b = page_hashes(&[9, 2, 3, 4], 2);
+        let b = page_hashes(None, &[9, 2, 3, 4], 2);
         assert_ne!(a[1], b[1], "second page hash must depend on the first page");
-        assert_eq!(page_hashes(&[1, 2, 3, 4], 2), a);
+        assert_eq!(page_hashes(None, &[1, 2, 3, 4], 2), a);
+    }
+
+    #[test]
+    fn a_namespace_chains_from_its_digest() {
+        let ns = CacheNs::of(None, Some("tenant")).unwrap();
+        let base = page_hashes(None, &[1, 2, 3, 4], 2);
+        let in_ns = page_hashes(Some(ns), &[1, 2, 3, 4], 2);
+        assert_ne!(base[0], in_ns[0]);
+        assert_ne!(base[1], in_ns[1]);
+        // The first page hashes as if the namespace were the digest of a page before it.
+        let mut h = Sha256::new();
+        h.update(ns.0);
+        h.update(1u32.to_le_bytes());
+        h.update(2u32.to_le_bytes());
+        let first: PageHash = h.finalize().into();
+        assert_eq!(in_ns[0], first);
+        let other = CacheNs::of(None, Some("other")).unwrap();
+        assert_ne!(page_hashes(Some(other), &[1, 2], 2)[0], in_ns[0]);
     }
 
     #[test]
@@ -115,7 +136,7 @@ mod fixture {
                 .iter()
                 .map(|t| t.as_u64().unwrap() as u32)
                 .collect();
-            let hashes = page_hashes(&tokens, ps);
+            let hashes = page_hashes(None, &tokens, ps);
             let hex: Vec<String> = hashes.iter().map(hex::encode).collect();
             let want: Vec<String> = serde_json::from_value(c["hashes"].clone()).unwrap();
             assert_eq!(hex, want, "page size {ps}");

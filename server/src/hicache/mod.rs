@@ -35,7 +35,7 @@ pub use config::{
     WritePolicy, FILE_DIR_DEFAULT, FILE_DIR_ENV, SELECTIVE_HITS,
 };
 
-use crate::cache::{Fresh, NodeId, RadixCache, Tier};
+use crate::cache::{CacheNs, Fresh, NodeId, RadixCache, Tier};
 use crate::kv::{HostKvPool, Page, PageId};
 use crate::stats::Stats;
 use estimate::Estimates;
@@ -103,6 +103,8 @@ impl Prefetch {
 struct Prefetch {
     /// Locked tree node where the prefetch starts (the L1+L2 match at enqueue).
     node: NodeId,
+    /// The request's cache namespace.
+    ns: Option<CacheNs>,
     start_page: usize,
     /// Hashes of pages `start_page..`.
     hashes: Vec<PageHash>,
@@ -243,7 +245,7 @@ impl HiCache {
             return;
         }
         let tokens = tree.path_tokens(node);
-        let hashes = page_hashes(&tokens, self.page_size);
+        let hashes = page_hashes(tree.ns_of(node), &tokens, self.page_size);
         let first = hashes.len() - host.len();
         let keys = self.keys.keys(&hashes[first..]);
         let src = self.spans(&host);
@@ -261,11 +263,13 @@ impl HiCache {
         }
     }
 
-    /// Decode offload: copies the device pages `dev` holding the KV of `tokens` (whole pages) to
-    /// fresh host pages and writes them to the L3 (objects already there are skipped). Returns
-    /// the pages queued; none when offload is off, there is no L3, or the host pool is full.
+    /// Decode offload: copies the device pages `dev` holding the KV of `tokens` (whole pages, of
+    /// namespace `ns`) to fresh host pages and writes them to the L3 (objects already there are
+    /// skipped). Returns the pages queued; none when offload is off, there is no L3, or the host
+    /// pool is full.
     pub fn offload(
         &mut self,
+        ns: Option<CacheNs>,
         tokens: &[u32],
         dev: &[u32],
         copy: &mut dyn FnMut(&[u32], &[u32]) -> bool,
@@ -283,7 +287,7 @@ impl HiCache {
         if !copy(&dev[..n], &ids) {
             return 0;
         }
-        let hashes = page_hashes(&tokens[..n * ps], ps);
+        let hashes = page_hashes(ns, &tokens[..n * ps], ps);
         let id = self.id();
         let job = Job::Put {
             id,
@@ -305,20 +309,27 @@ impl HiCache {
 
     // ---- L3 -> L2 ----
 
-    /// Called when a request is queued. Starts an L3 prefetch when the part of `tokens` missing
-    /// from L1 and L2 is at least the threshold; returns true to hold the request meanwhile.
-    pub fn start_prefetch(&mut self, tree: &mut RadixCache, rid: &str, tokens: &[u32]) -> bool {
+    /// Called when a request is queued. Starts an L3 prefetch when the part of `tokens` (of
+    /// namespace `ns`) missing from L1 and L2 is at least the threshold; returns true to hold the
+    /// request meanwhile.
+    pub fn start_prefetch(
+        &mut self,
+        tree: &mut RadixCache,
+        rid: &str,
+        ns: Option<CacheNs>,
+        tokens: &[u32],
+    ) -> bool {
         if self.storage.is_none() || tokens.len() < 2 || self.prefetches.contains_key(rid) {
             return false;
         }
         let ps = self.page_size;
         let upto = (tokens.len() - 1) / ps; // leave a token to compute
-        let m = tree.match_prefix(&tokens[..upto * ps]);
+        let m = tree.match_prefix(ns, &tokens[..upto * ps]);
         let start = (m.tokens + m.host_tokens) / ps;
         if (upto - start) * ps < self.cfg.prefetch_threshold.max(1) {
             return false;
         }
-        let all = page_hashes(&tokens[..upto * ps], ps);
+        let all = page_hashes(ns, &tokens[..upto * ps], ps);
         let hashes = all[start..].to_vec();
         let id = self.id();
         self.submit_prefetch(Job::Exists {
@@ -330,6 +341,7 @@ impl HiCache {
             rid.to_string(),
             Prefetch {
                 node: m.host_node,
+                ns,
                 start_page: start,
                 hashes,
                 tokens: tokens[..upto * ps].to_vec(),
@@ -522,7 +534,7 @@ impl HiCache {
             if arrived > 0 {
                 let ps = self.page_size;
                 let end = (p.start_page + arrived) * ps;
-                tree.insert_host(&p.tokens[..end], p.start_page, rest);
+                tree.insert_host(p.ns, &p.tokens[..end], p.start_page, rest);
                 Stats::add(&self.stats.hicache.prefetched_tokens, (arrived * ps) as u64);
             }
         }

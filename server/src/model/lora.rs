@@ -86,6 +86,9 @@ pub struct LoraAdapter {
     pub rank: usize,
     /// Distinct per load (an adapter unloaded and loaded again under its name is another one).
     pub id: u64,
+    /// What the adapter computes (its scale and weights): names its KV's cache namespace, so
+    /// the same adapter shares cached pages across loads and servers, and no other does.
+    pub digest: [u8; 32],
     /// `pairs[layer][target]`.
     pairs: Vec<[Option<Pair>; 7]>,
 }
@@ -110,7 +113,8 @@ impl LoraAdapter {
     ) -> Result<Self, ModelError> {
         let (alpha, rslora) = read_config(dir)?;
         let file = dir.join("adapter_model.safetensors");
-        let parts = read_parts(&file, cfg)?;
+        let bytes = std::fs::read(&file).map_err(|e| ModelError::io(&file, e))?;
+        let parts = read_parts(&file, &bytes, cfg)?;
         let fbad = |m: String| ModelError::bad(&file, m);
         let mut pairs: Vec<[Option<Pair>; 7]> =
             (0..cfg.num_layers).map(|_| Default::default()).collect();
@@ -157,6 +161,7 @@ impl LoraAdapter {
             path: dir.display().to_string(),
             rank: rank_max,
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            digest: content_digest(alpha, rslora, &bytes),
             pairs,
         })
     }
@@ -249,9 +254,8 @@ fn read_config(dir: &Path) -> Result<(f64, bool), ModelError> {
 
 /// Every matrix of `adapter_model.safetensors` by (layer, target, is B); a tensor that is not
 /// one, or of a layer the model lacks, is refused.
-fn read_parts(file: &Path, cfg: &ModelConfig) -> Result<Parts, ModelError> {
-    let bytes = std::fs::read(file).map_err(|e| ModelError::io(file, e))?;
-    let st = safetensors::SafeTensors::deserialize(&bytes)
+fn read_parts(file: &Path, bytes: &[u8], cfg: &ModelConfig) -> Result<Parts, ModelError> {
+    let st = safetensors::SafeTensors::deserialize(bytes)
         .map_err(|e| ModelError::bad(file, e.to_string()))?;
     let mut parts: Parts = BTreeMap::new();
     for (name, view) in st.tensors() {
@@ -268,6 +272,18 @@ fn read_parts(file: &Path, cfg: &ModelConfig) -> Result<Parts, ModelError> {
         return Err(ModelError::bad(file, "no LoRA matrices"));
     }
     Ok(parts)
+}
+
+/// SHA-256 over `lora_alpha`, `use_rslora` and the weights file: equal for adapters whose
+/// every projection computes the same.
+fn content_digest(alpha: f64, rslora: bool, weights: &[u8]) -> [u8; 32] {
+    use sha2::{Digest, Sha256};
+    let mut h = Sha256::new();
+    h.update(b"strata-lora/1\0");
+    h.update(alpha.to_le_bytes());
+    h.update([rslora as u8]);
+    h.update(weights);
+    h.finalize().into()
 }
 
 /// A dot product in 8 interleaved partial sums (vectorisable; a fixed order, so the same

@@ -231,10 +231,10 @@ impl<R: ModelRunner> Scheduler<R> {
             }
             if self.cfg.radix_cache {
                 let limit = s.cache_match_limit();
-                let mut m = self.tree.match_prefix(&s.tokens[..limit]);
+                let mut m = self.tree.match_prefix(s.ns, &s.tokens[..limit]);
                 if m.host_tokens > 0 {
                     if self.load_back(m.host_node) {
-                        m = self.tree.match_prefix(&s.tokens[..limit]);
+                        m = self.tree.match_prefix(s.ns, &s.tokens[..limit]);
                     } else if !self.running.is_empty() {
                         // No device room for the host-cached prefix while other sequences hold
                         // the pool (chunked prefills): wait for it rather than recompute what the

@@ -31,7 +31,7 @@ pub mod weights;
 #[cfg(test)]
 mod weights_tests;
 
-use crate::cache::RadixCache;
+use crate::cache::{CacheNs, RadixCache};
 use crate::hicache::HiCache;
 use crate::kv::{DeviceKvPool, KvPool, Page};
 use crate::model::{ModelRunner, Tokenizer};
@@ -577,20 +577,14 @@ impl<R: ModelRunner> Scheduler<R> {
                     seq.held = true;
                     seq.pd_fetch = true;
                 }
-                // An adapter's request takes nothing from the base model's cache.
-                let base_kv = seq.req.params.lora.is_none();
-                let cached = if self.cfg.radix_cache && base_kv {
-                    self.peek_cached(&seq.tokens)
+                let cached = if self.cfg.radix_cache {
+                    self.tree.match_prefix(seq.ns, &seq.tokens).tokens
                 } else {
                     0
                 };
                 seq.held = self.hook.on_enqueue(&seq.req.rid, &seq.tokens, cached);
-                if let Some(h) = self
-                    .hicache
-                    .as_mut()
-                    .filter(|_| self.cfg.radix_cache && base_kv)
-                {
-                    seq.held |= h.start_prefetch(&mut self.tree, &seq.req.rid, &seq.tokens);
+                if let Some(h) = self.hicache.as_mut().filter(|_| self.cfg.radix_cache) {
+                    seq.held |= h.start_prefetch(&mut self.tree, &seq.req.rid, seq.ns, &seq.tokens);
                 }
                 self.waiting.push_back(seq);
             }
@@ -699,10 +693,6 @@ impl<R: ModelRunner> Scheduler<R> {
                 .is_some_and(|n| self.waiting.len() >= n)
     }
 
-    fn peek_cached(&mut self, tokens: &[u32]) -> usize {
-        self.tree.match_prefix(tokens).tokens
-    }
-
     /// Finishes requests whose client went away or that `/abort_request` named.
     fn reap_aborted(&mut self) {
         let aborts = std::mem::take(&mut self.aborts);
@@ -742,8 +732,8 @@ impl<R: ModelRunner> Scheduler<R> {
 
     /// Caches `tokens` (whole pages: the first `skip` the caller's locked match, `own` the rest)
     /// in the radix tree, and lets HiCache back up the nodes that are new.
-    fn cache_pages(&mut self, tokens: &[u32], skip: usize, own: Vec<Page>) {
-        let (_, fresh) = self.tree.insert(tokens, skip, own);
+    fn cache_pages(&mut self, ns: Option<CacheNs>, tokens: &[u32], skip: usize, own: Vec<Page>) {
+        let (_, fresh) = self.tree.insert(ns, tokens, skip, own);
         if let Some(h) = &mut self.hicache {
             let host = h.host().clone();
             let (pool, model) = (&self.pool, &self.model);
@@ -758,14 +748,13 @@ impl<R: ModelRunner> Scheduler<R> {
         let ps = self.cfg.page_size;
         let own = std::mem::take(&mut s.own_pages);
         let prefix = std::mem::take(&mut s.prefix_pages);
-        // A LoRA request's KV is the adapter's: it is never cached for the base model.
-        if self.cfg.radix_cache && cache && s.req.params.lora.is_none() {
+        if self.cfg.radix_cache && cache {
             let full = (s.computed / ps).max(prefix.len());
             let mut own = own;
             let extra = full.saturating_sub(prefix.len()).min(own.len());
             own.truncate(extra);
             let full = prefix.len() + own.len();
-            self.cache_pages(&s.tokens[..full * ps], prefix.len(), own);
+            self.cache_pages(s.ns, &s.tokens[..full * ps], prefix.len(), own);
         } else {
             drop(own);
         }
@@ -885,10 +874,6 @@ impl<R: ModelRunner> Scheduler<R> {
 
     /// PD decode with offload on: writes the KV of `s`'s computed tokens (whole pages) to the L3.
     fn offload_kv(&mut self, s: &Seq) {
-        if s.req.params.lora.is_some() {
-            // An adapter's KV is not the base model's: the L3 holds the base model's only.
-            return;
-        }
         let Some(h) = self.hicache.as_mut().filter(|h| h.decode_offload()) else {
             return;
         };
@@ -899,6 +884,7 @@ impl<R: ModelRunner> Scheduler<R> {
         let (pool, model) = (&self.pool, &self.model);
         let mut copy = |dev: &[u32], hp: &[u32]| copy_out(model, pool, &host, dev, hp);
         let n = h.offload(
+            s.ns,
             &s.tokens[..full * ps],
             &table[..full.min(table.len())],
             &mut copy,

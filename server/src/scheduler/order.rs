@@ -26,7 +26,8 @@ impl<R: ModelRunner> Scheduler<R> {
             .iter()
             .map(|s| {
                 let (cached, path) = if peek {
-                    self.tree.peek_prefix(&s.tokens[..s.cache_match_limit()])
+                    self.tree
+                        .peek_prefix(s.ns, &s.tokens[..s.cache_match_limit()])
                 } else {
                     (0, Vec::new())
                 };

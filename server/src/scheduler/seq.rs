@@ -7,7 +7,7 @@
 //! exit path through `Scheduler::release`.
 
 use super::request::Request;
-use crate::cache::NodeId;
+use crate::cache::{CacheNs, NodeId};
 use crate::kv::{Page, PageId};
 use std::time::Instant;
 
@@ -51,6 +51,8 @@ pub struct Seq {
     /// `return_hidden_states`: the next position whose hidden state is owed (positions already
     /// reported are never sent again, even when a retraction recomputes them).
     pub hidden_next: usize,
+    /// The cache namespace of its KV (its adapter, its `extra_key`; None: the base model's).
+    pub ns: Option<CacheNs>,
 }
 
 impl Seq {
@@ -68,7 +70,12 @@ impl Seq {
         } else {
             Some(0)
         };
+        let ns = CacheNs::of(
+            req.params.lora.as_ref().map(|l| &l.0.digest),
+            req.params.extra_key.as_deref(),
+        );
         Seq {
+            ns,
             lp_head: lp_start < tokens.len(),
             lp_row: lp_start,
             prompt_len: tokens.len(),
@@ -135,13 +142,12 @@ impl Seq {
         }
     }
 
-    /// How many leading tokens may come from the prefix cache: all but the last (there must be
-    /// logits to sample from), none of the prompt rows whose log-probabilities are owed, and
-    /// none for a request that reports hidden states or runs with a LoRA adapter.
+    /// How many leading tokens may come from the prefix cache (of the sequence's namespace):
+    /// all but the last (there must be logits to sample from), none of the prompt rows whose
+    /// log-probabilities are owed, and none for a request that reports hidden states.
     pub fn cache_match_limit(&self) -> usize {
-        if self.req.params.return_hidden_states || self.req.params.lora.is_some() {
-            // Every prompt position's hidden state is reported: none comes from the cache. An
-            // adapter's KV is its own: the cache holds the base model's.
+        if self.req.params.return_hidden_states {
+            // Every prompt position's hidden state is reported: none comes from the cache.
             return 0;
         }
         let limit = self.tokens.len() - 1;

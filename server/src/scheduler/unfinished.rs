@@ -19,7 +19,6 @@ impl<R: ModelRunner> Scheduler<R> {
         if !self.cache_unfinished
             || !self.cfg.radix_cache
             || s.req.bootstrap.is_some()
-            || s.req.params.lora.is_some()
             || s.computed >= s.prompt_len
         {
             return;
@@ -31,8 +30,9 @@ impl<R: ModelRunner> Scheduler<R> {
         let own: Vec<Page> = s.own_pages.drain(..full - have).collect();
         // Moved out for the insert (the scheduler's other fields are borrowed), and back.
         let tokens = std::mem::take(&mut s.tokens);
-        self.cache_pages(&tokens[..full * ps], have, own);
-        let m = self.tree.match_prefix(&tokens[..full * ps]);
+        let ns = s.ns;
+        self.cache_pages(ns, &tokens[..full * ps], have, own);
+        let m = self.tree.match_prefix(ns, &tokens[..full * ps]);
         debug_assert_eq!(m.pages.len(), full, "the inserted pages are on the device");
         self.tree.lock(m.node);
         let s = &mut self.running[i];
