@@ -95,6 +95,8 @@ pub struct LoraOptions {
     pub target_modules: Option<Vec<String>>,
     /// `--max-loaded-loras`.
     pub max_loaded: Option<usize>,
+    /// `--max-loras-per-batch` (SGLang's default 8 when None).
+    pub max_per_batch: Option<usize>,
 }
 
 impl ServeOptions {
@@ -363,6 +365,7 @@ where
         random_seed: opts.random_seed,
         max_queued_requests: opts.max_queued_requests,
         priority: opts.priority,
+        max_loras_per_batch: opts.lora.max_per_batch.unwrap_or(MAX_LORAS_PER_BATCH),
     };
     let hicache = match &opts.hicache {
         Some(_) if !model.kv_page_io() => {
@@ -465,6 +468,9 @@ where
     })
 }
 
+/// SGLang's `--max-loras-per-batch` default.
+pub const MAX_LORAS_PER_BATCH: usize = 8;
+
 /// The LoRA registry with `--lora-paths` loaded (a bad adapter is a start-up error, as in
 /// SGLang); on a runner that cannot apply adapters, requests naming one are refused.
 fn lora_registry<R: ModelRunner>(
@@ -476,6 +482,11 @@ fn lora_registry<R: ModelRunner>(
     reg.max_rank = o.max_rank;
     reg.targets = o.target_modules.clone();
     reg.max_loaded = o.max_loaded;
+    if o.max_per_batch == Some(0) {
+        return Err(LaunchError::Config(
+            "--max-loras-per-batch must be at least 1 (the base model counts as one)".into(),
+        ));
+    }
     if reg.enabled && !model.supports_lora() {
         let why = format!(
             "LoRA adapters are not applied by the {} runner yet; serve them with --device cpu or --dtype float32.",

@@ -94,6 +94,7 @@ fn held_request_does_not_block_others_and_pages_return() {
         random_seed: None,
         max_queued_requests: None,
         priority: Default::default(),
+        max_loras_per_batch: 8,
     };
     let release = Arc::new(AtomicBool::new(false));
     let h = spawn_with_hook(
@@ -217,6 +218,7 @@ fn only_generated_tokens_are_marked_decode() {
         random_seed: None,
         max_queued_requests: None,
         priority: Default::default(),
+        max_loras_per_batch: 8,
     };
     let h = spawn_with_hook(
         cfg,

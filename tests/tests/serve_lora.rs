@@ -264,6 +264,15 @@ fn bad_lora_paths_stop_the_start() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--lora-paths x=/nonexistent/adapter"), "{err}");
+    let out = Command::new(bin())
+        .args(["serve", "--model-path"])
+        .arg(m.path())
+        .args(["--port", "1", "--enable-lora", "--max-loras-per-batch", "0"])
+        .output()
+        .expect("run serve");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--max-loras-per-batch must be at least 1"), "{err}");
 }
 
 /// An adapter's pages go to the L3 under its own namespace: a fresh server that loads the same

@@ -209,6 +209,11 @@ impl<R: ModelRunner> Scheduler<R> {
             let Some(mut s) = self.waiting.pop_front() else {
                 break;
             };
+            if !self.lora_fits(&s) {
+                // As SGLang: the batch is full of adapters; admission resumes when one leaves.
+                self.waiting.push_front(s);
+                break;
+            }
             if s.pd_fetch {
                 match self.pd_install(s) {
                     Some(s) => held.push_back(s),
@@ -310,6 +315,20 @@ impl<R: ModelRunner> Scheduler<R> {
         }
         self.forward(items);
         true
+    }
+
+    /// Whether `s` may join the running batch under `--max-loras-per-batch`: its adapter (or
+    /// the base model) already runs, or fewer than that many distinct ones do.
+    fn lora_fits(&self, s: &Seq) -> bool {
+        let key = |s: &Seq| s.req.params.lora.as_ref().map(|l| l.0.id);
+        let mine = key(s);
+        if self.running.iter().all(|r| key(r) == mine) {
+            return true; // the common case, and every batch without adapters
+        }
+        let mut keys: Vec<Option<u64>> = self.running.iter().map(key).collect();
+        keys.sort_unstable();
+        keys.dedup();
+        keys.contains(&mine) || keys.len() < self.cfg.max_loras_per_batch
     }
 
     /// PD decode side: once the prompt's KV arrived, loads it into fresh device pages and starts

@@ -71,6 +71,9 @@ pub struct SchedulerConfig {
     pub max_queued_requests: Option<usize>,
     /// `--enable-priority-scheduling` and its flags (see `policy.rs`).
     pub priority: Priority,
+    /// `--max-loras-per-batch`: distinct adapters in the running batch, the base model counted
+    /// as one (SGLang's rule); admission stops at the first request that would exceed it.
+    pub max_loras_per_batch: usize,
 }
 
 /// The abort of a request that sets a priority under `--abort-on-priority-when-disabled`.

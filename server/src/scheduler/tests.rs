@@ -39,6 +39,7 @@ fn cfg() -> SchedulerConfig {
         random_seed: None,
         max_queued_requests: None,
         priority: Default::default(),
+        max_loras_per_batch: 8,
     }
 }
 
@@ -543,4 +544,70 @@ fn a_request_without_kv_room_preempts_a_lower_ranked_one() {
     assert_eq!(run(false), ["a1", "a2"]);
     // The newest of the two lower-ranked ones made room.
     assert_eq!(run(true), ["a1", "b"]);
+}
+
+/// `--max-loras-per-batch`: the running batch never holds more distinct adapters (the base model
+/// counted as one) than the limit; admission stops at the first request that would exceed it and
+/// resumes when an adapter leaves; every request still runs to the end.
+#[test]
+fn max_loras_per_batch_bounds_the_adapters_of_the_running_batch() {
+    use crate::model::lora::LoraAdapter;
+    use crate::sampling::LoraRef;
+    let run = |limit: usize| -> (Vec<String>, usize) {
+        let mut r = rig(SchedulerConfig {
+            max_loras_per_batch: limit,
+            ..cfg()
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let model_dir = r._dir.path().to_path_buf();
+        let adapter = |name: &str, seed: u64| {
+            let out = dir.path().join(name);
+            strata_make_model::make_lora(&model_dir, &out, 4, 8.0, seed).unwrap();
+            let a = LoraAdapter::load(name, &out, &r.s.model.cfg, None, None).unwrap();
+            Some(LoraRef(Arc::new(a)))
+        };
+        let (a, b) = (adapter("a", 1), adapter("b", 2));
+        let plan = [
+            ("r1", a.clone(), 3),
+            ("r2", None, 8),
+            ("r3", b, 4),
+            ("r4", a, 4),
+        ];
+        let mut rxs = Vec::new();
+        for (i, (rid, lora, n)) in plan.iter().enumerate() {
+            let (mut req, rx) = request(rid, ids(10 * i as u32 + 1, 6), *n, 0.0);
+            req.params.lora = lora.clone();
+            rxs.push(rx);
+            r.s.handle(Msg::Submit(Box::new(req)));
+        }
+        r.s.step();
+        let first: Vec<String> = r.running().iter().map(|s| s.to_string()).collect();
+        let mut most = 0;
+        for _ in 0..1000 {
+            if r.s.running.is_empty() && r.s.waiting.is_empty() {
+                break;
+            }
+            let mut keys: Vec<Option<u64>> =
+                r.s.running
+                    .iter()
+                    .map(|s| s.req.params.lora.as_ref().map(|l| l.0.id))
+                    .collect();
+            keys.sort_unstable();
+            keys.dedup();
+            most = most.max(keys.len());
+            r.s.step();
+        }
+        for (rx, (_, _, n)) in rxs.iter_mut().zip(plan) {
+            assert_eq!(tokens(rx).len(), n);
+        }
+        (first, most)
+    };
+    assert_eq!(
+        run(8),
+        (vec!["r1".into(), "r2".into(), "r3".into(), "r4".into()], 3)
+    );
+    // Two: a and the base model; b waits (and r4 behind it) until r1 leaves.
+    assert_eq!(run(2), (vec!["r1".into(), "r2".into()], 2));
+    let (first, most) = run(1);
+    assert_eq!((first, most), (vec!["r1".to_string()], 1));
 }

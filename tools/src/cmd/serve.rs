@@ -303,6 +303,10 @@ pub struct Args {
     /// At most this many adapters loaded at once.
     #[arg(long)]
     max_loaded_loras: Option<usize>,
+    /// At most this many distinct adapters in the running batch, the base model counted as one
+    /// (default 8).
+    #[arg(long)]
+    max_loras_per_batch: Option<usize>,
 }
 
 /// Builds the PD role from the flags (None when colocated).
@@ -529,6 +533,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             target_modules: (!a.lora_target_modules.is_empty())
                 .then(|| a.lora_target_modules.clone()),
             max_loaded: a.max_loaded_loras,
+            max_per_batch: a.max_loras_per_batch,
         },
         server_args: {
             let mut v = serde_json::to_value(&a)?;
