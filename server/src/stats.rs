@@ -37,6 +37,12 @@ impl Histogram {
     }
 }
 
+/// One writer's part of a gauge that several writers add up to: each data-parallel replica's
+/// scheduler publishes its running requests, pages and throughput through its own `Share`s, so
+/// the server-wide gauge is their sum (one replica: its value).
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Share(u64);
+
 /// Server-wide statistics.
 #[derive(Debug, Default)]
 pub struct Stats {
@@ -134,6 +140,12 @@ impl Stats {
     }
     pub fn set(v: &AtomicU64, x: u64) {
         v.store(x, Relaxed)
+    }
+    /// Publishes `x` as this writer's part of gauge `v` (see [`Share`]).
+    pub fn share(v: &AtomicU64, mine: &mut Share, x: u64) {
+        // Wrapping: a part that shrinks adds the two's complement of the difference.
+        v.fetch_add(x.wrapping_sub(mine.0), Relaxed);
+        mine.0 = x;
     }
     pub fn add(v: &AtomicU64, x: u64) {
         v.fetch_add(x, Relaxed);

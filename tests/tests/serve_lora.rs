@@ -272,7 +272,10 @@ fn bad_lora_paths_stop_the_start() {
         .expect("run serve");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("--max-loras-per-batch must be at least 1"), "{err}");
+    assert!(
+        err.contains("--max-loras-per-batch must be at least 1"),
+        "{err}"
+    );
 }
 
 /// An adapter's pages go to the L3 under its own namespace: a fresh server that loads the same

@@ -37,7 +37,7 @@ pub use config::{
 
 use crate::cache::{CacheNs, Fresh, NodeId, RadixCache, Tier};
 use crate::kv::{HostKvPool, Page, PageId};
-use crate::stats::Stats;
+use crate::stats::{Share, Stats};
 use estimate::Estimates;
 use keys::{page_hashes, KeyScheme, PageHash};
 use std::collections::HashMap;
@@ -133,6 +133,8 @@ pub struct HiCache {
     stats: Arc<Stats>,
     /// The weights' tag in the L3 keys after `/update_weights_from_disk` (see `set_weights_tag`).
     weights_tag: Option<String>,
+    /// This cache's part of the host page gauges (data-parallel replicas add up).
+    host_cached: Share,
 }
 
 impl HiCache {
@@ -151,7 +153,11 @@ impl HiCache {
         );
         let h = &stats.hicache;
         Stats::set(&h.enabled, 1);
-        Stats::set(&h.host_total_pages, host.total_pages() as u64);
+        Stats::share(
+            &h.host_total_pages,
+            &mut Share::default(),
+            host.total_pages() as u64,
+        );
         HiCache {
             cfg,
             page_size,
@@ -166,6 +172,7 @@ impl HiCache {
             est: Estimates::default(),
             stats,
             weights_tag: None,
+            host_cached: Share::default(),
         }
     }
 
@@ -586,9 +593,10 @@ impl HiCache {
     }
 
     /// Publishes tier occupancy.
-    pub fn publish(&self, tree: &RadixCache) {
-        Stats::set(
+    pub fn publish(&mut self, tree: &RadixCache) {
+        Stats::share(
             &self.stats.hicache.host_cached_pages,
+            &mut self.host_cached,
             tree.host_pages() as u64,
         );
     }

@@ -684,8 +684,9 @@ impl<R: ModelRunner> Scheduler<R> {
             finished.push((i, FinishReason::Length(s.tokens.len() - s.prompt_len)));
         }
         let dt = t0.elapsed().as_secs_f64().max(1e-9);
-        Stats::set(
+        Stats::share(
             &self.stats.gen_throughput_milli,
+            &mut self.gauges.throughput,
             (decode_tokens as f64 / dt * 1000.0) as u64,
         );
         finished.sort_unstable_by_key(|f| std::cmp::Reverse(f.0));

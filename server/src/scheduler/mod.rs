@@ -17,6 +17,7 @@
 
 mod batch;
 pub mod budget;
+pub mod dp;
 pub mod hooks;
 mod order;
 #[cfg(test)]
@@ -36,13 +37,14 @@ use crate::hicache::HiCache;
 use crate::kv::{DeviceKvPool, KvPool, Page};
 use crate::model::{ModelRunner, Tokenizer};
 use crate::seeded::SplitMix64;
-use crate::stats::Stats;
+use crate::stats::{Share, Stats};
+use dp::{LoadBalance, ReplicaLoad};
 use hooks::{NoPrefetch, PrefetchHook};
 use policy::{Priority, SchedulePolicy};
 use request::{Event, Finish, FinishReason, Msg, PauseMode, Request};
 use seq::Seq;
 use std::collections::{HashMap, HashSet, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::Arc;
 
@@ -140,6 +142,21 @@ pub struct Scheduler<R: ModelRunner> {
     held: VecDeque<Box<Request>>,
     /// Chunks of prompts still being prefilled join the prefix cache (`unfinished.rs`).
     cache_unfinished: bool,
+    /// This scheduler's parts of the server-wide gauges (data-parallel replicas add up).
+    gauges: Gauges,
+    /// Requests handed to this scheduler and not finished (the data-parallel balancer's view).
+    load: Arc<dp::ReplicaLoad>,
+}
+
+/// The gauges a scheduler publishes, as its [`Share`]s.
+#[derive(Debug, Default)]
+struct Gauges {
+    running: Share,
+    waiting: Share,
+    total_pages: Share,
+    free_pages: Share,
+    cached_pages: Share,
+    throughput: Share,
 }
 
 /// The scheduler's part of PD disaggregation.
@@ -151,59 +168,158 @@ pub enum PdSide {
     Decode(Box<crate::pd::decode::Fetcher>),
 }
 
-/// A handle to the scheduler thread.
+/// A handle to the scheduler threads: one, or one per data-parallel replica (`dp.rs`).
 #[derive(Clone, Debug)]
 pub struct SchedulerHandle {
-    tx: Sender<Msg>,
-    /// Whether generation is paused (what `/ready` reports), set once the scheduler answered.
+    replicas: Arc<[Replica]>,
+    balance: LoadBalance,
+    /// Requests placed so far (round robin's turn).
+    turn: Arc<AtomicUsize>,
+    /// Whether generation is paused (what `/ready` reports), set once the schedulers answered.
     paused: Arc<AtomicBool>,
 }
 
+#[derive(Clone, Debug)]
+struct Replica {
+    tx: Sender<Msg>,
+    load: Arc<ReplicaLoad>,
+}
+
+const GONE: &str = "the scheduler is gone";
+
 impl SchedulerHandle {
-    /// Queues a request; false if the scheduler is gone.
+    /// The handle of one scheduler reading `tx`'s messages.
+    fn one(tx: Sender<Msg>, load: Arc<ReplicaLoad>) -> SchedulerHandle {
+        SchedulerHandle {
+            replicas: Arc::new([Replica { tx, load }]),
+            balance: LoadBalance::RoundRobin,
+            turn: Arc::default(),
+            paused: Arc::default(),
+        }
+    }
+
+    /// One handle over the replicas `parts` (each from [`spawn_with_hook`]), placing requests by
+    /// `balance`.
+    pub fn join(parts: Vec<SchedulerHandle>, balance: LoadBalance) -> SchedulerHandle {
+        SchedulerHandle {
+            replicas: parts
+                .iter()
+                .flat_map(|p| p.replicas.iter().cloned())
+                .collect(),
+            balance,
+            turn: Arc::default(),
+            paused: Arc::default(),
+        }
+    }
+
+    /// Data-parallel replicas behind this handle.
+    pub fn replicas(&self) -> usize {
+        self.replicas.len()
+    }
+
+    /// Queues a request on the replica the balancer picks; false if its scheduler is gone.
     pub fn submit(&self, req: Request) -> bool {
-        self.tx.send(Msg::Submit(Box::new(req))).is_ok()
+        let turn = self.turn.fetch_add(1, Ordering::Relaxed);
+        let loads: Vec<&ReplicaLoad> = self.replicas.iter().map(|r| &*r.load).collect();
+        let r = &self.replicas[dp::pick(self.balance, &loads, turn)];
+        r.load.add(&req);
+        let req = Box::new(req);
+        match r.tx.send(Msg::Submit(req)) {
+            Ok(()) => true,
+            Err(std::sync::mpsc::SendError(Msg::Submit(req))) => {
+                r.load.done(&req);
+                false
+            }
+            Err(_) => false,
+        }
     }
-    /// Aborts a request by rid ("" aborts all).
+
+    /// Aborts a request by rid ("" aborts all) on every replica.
     pub fn abort(&self, rid: &str) {
-        let _ = self.tx.send(Msg::Abort(rid.to_string()));
+        for r in self.replicas.iter() {
+            let _ = r.tx.send(Msg::Abort(rid.to_string()));
+        }
     }
+
+    /// Sends `make(reply)` to every replica, then waits for every answer (None: that scheduler
+    /// is gone).
+    async fn ask_all<T>(
+        &self,
+        make: impl Fn(tokio::sync::oneshot::Sender<T>) -> Msg,
+    ) -> Vec<Option<T>> {
+        let mut waits = Vec::new();
+        for r in self.replicas.iter() {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            waits.push(r.tx.send(make(tx)).ok().map(|()| rx));
+        }
+        let mut out = Vec::new();
+        for w in waits {
+            out.push(match w {
+                Some(rx) => rx.await.ok(),
+                None => None,
+            });
+        }
+        out
+    }
+
+    /// Every replica's answer, or the first failure.
+    fn all_ok(answers: Vec<Option<Result<String, String>>>) -> Result<String, String> {
+        let mut first = None;
+        for a in answers {
+            let msg = a.unwrap_or_else(|| Err(GONE.into()))?;
+            first.get_or_insert(msg);
+        }
+        first.ok_or_else(|| GONE.into())
+    }
+
     /// Empties the L3 store (`/clear_hicache_storage_backend`).
     pub async fn clear_storage(&self) -> Result<(), String> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        if self.tx.send(Msg::ClearStorage(tx)).is_err() {
-            return Err("the scheduler is gone".into());
-        }
-        rx.await
-            .unwrap_or_else(|_| Err("the scheduler is gone".into()))
+        let answers = self.ask_all(Msg::ClearStorage).await;
+        Self::all_ok(
+            answers
+                .into_iter()
+                .map(|a| a.map(|r| r.map(|()| String::new())))
+                .collect(),
+        )
+        .map(|_| ())
     }
-    /// Pauses generation (`/pause_generation`); returns once the scheduler is paused (and, in
-    /// the abort mode, every request is finished). False if the scheduler is gone.
+
+    /// Pauses generation (`/pause_generation`); returns once every scheduler is paused (and, in
+    /// the abort mode, every request is finished). False if a scheduler is gone.
     pub async fn pause(&self, mode: PauseMode) -> bool {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let ok = self.tx.send(Msg::Pause(mode, tx)).is_ok() && rx.await.is_ok();
+        let ok = self
+            .ask_all(|tx| Msg::Pause(mode, tx))
+            .await
+            .iter()
+            .all(Option::is_some);
         if ok {
             self.paused.store(true, Ordering::SeqCst);
         }
         ok
     }
+
     /// Resumes generation (`/continue_generation`; nothing happens when not paused).
     pub async fn resume(&self) -> bool {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let ok = self.tx.send(Msg::Continue(tx)).is_ok() && rx.await.is_ok();
+        let ok = self
+            .ask_all(Msg::Continue)
+            .await
+            .iter()
+            .all(Option::is_some);
         if ok {
             self.paused.store(false, Ordering::SeqCst);
         }
         ok
     }
+
     /// Whether generation is paused.
     pub fn is_paused(&self) -> bool {
         self.paused.load(Ordering::SeqCst)
     }
+
     /// `/update_weights_from_disk`: the checkpoint in `dir` replaces the weights once the
     /// requests already in the scheduler are done (at once when paused; after aborting them
-    /// with `abort_all`); requests that arrive meanwhile wait and run on the new weights. Ok:
-    /// the message of success.
+    /// with `abort_all`); requests that arrive meanwhile wait and run on the new weights. Every
+    /// replica loads it. Ok: the message of success.
     pub async fn update_weights(
         &self,
         dir: std::path::PathBuf,
@@ -211,36 +327,35 @@ impl SchedulerHandle {
         flush: bool,
         tag: String,
     ) -> Result<String, String> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let u = weights::WeightUpdate {
-            dir,
-            abort_all,
-            flush,
-            tag,
-            reply: tx,
-        };
-        if self.tx.send(Msg::UpdateWeights(u)).is_err() {
-            return Err("the scheduler is gone".into());
-        }
-        rx.await
-            .unwrap_or_else(|_| Err("the scheduler is gone".into()))
+        let answers = self
+            .ask_all(|reply| {
+                Msg::UpdateWeights(weights::WeightUpdate {
+                    dir: dir.clone(),
+                    abort_all,
+                    flush,
+                    tag: tag.clone(),
+                    reply,
+                })
+            })
+            .await;
+        Self::all_ok(answers)
     }
-    /// Attaches (`Some`) or detaches (`None`) the L3 at runtime; Ok: what happened.
+
+    /// Attaches (`Some`) or detaches (`None`) the L3 at runtime on every replica; Ok: what
+    /// happened.
     pub async fn l3(&self, attach: Option<crate::hicache::Attach>) -> Result<String, String> {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        if self.tx.send(Msg::L3(attach.map(Box::new), tx)).is_err() {
-            return Err("the scheduler is gone".into());
-        }
-        rx.await
-            .unwrap_or_else(|_| Err("the scheduler is gone".into()))
+        let answers = self
+            .ask_all(|tx| Msg::L3(attach.clone().map(Box::new), tx))
+            .await;
+        Self::all_ok(answers)
     }
-    /// Asks to flush the prefix cache.
+
+    /// Asks every replica to flush its prefix cache; true when all did.
     pub async fn flush(&self) -> bool {
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        if self.tx.send(Msg::Flush(tx)).is_err() {
-            return false;
-        }
-        rx.await.unwrap_or(false)
+        self.ask_all(Msg::Flush)
+            .await
+            .into_iter()
+            .all(|a| a == Some(true))
     }
 }
 
@@ -297,13 +412,11 @@ pub fn spawn_with_hook<R: ModelRunner>(
     if prefill {
         s.pd_tx = Some(tx.clone());
     }
+    let load = s.load.clone();
     std::thread::Builder::new()
         .name("strata-scheduler".into())
         .spawn(move || s.run(rx))?;
-    Ok(SchedulerHandle {
-        tx,
-        paused: Arc::default(),
-    })
+    Ok(SchedulerHandle::one(tx, load))
 }
 
 impl<R: ModelRunner> Scheduler<R> {
@@ -315,8 +428,17 @@ impl<R: ModelRunner> Scheduler<R> {
         stats: Arc<Stats>,
     ) -> Self {
         let eos = model.cfg().eos_token_ids.clone();
-        Stats::set(&stats.total_pages, pool.total_pages() as u64);
-        Stats::set(&stats.free_pages, pool.free_pages() as u64);
+        let mut gauges = Gauges::default();
+        Stats::share(
+            &stats.total_pages,
+            &mut gauges.total_pages,
+            pool.total_pages() as u64,
+        );
+        Stats::share(
+            &stats.free_pages,
+            &mut gauges.free_pages,
+            pool.free_pages() as u64,
+        );
         let mut policy = cfg.schedule_policy;
         if policy.cache_aware() && !cfg.radix_cache {
             tracing::info!(
@@ -361,6 +483,8 @@ impl<R: ModelRunner> Scheduler<R> {
             update: None,
             held: VecDeque::new(),
             cache_unfinished: std::env::var("STRATA_CACHE_UNFINISHED").map_or(true, |v| v != "0"),
+            gauges,
+            load: Arc::default(),
         }
     }
 
@@ -546,10 +670,12 @@ impl<R: ModelRunner> Scheduler<R> {
                     && !self.cfg.priority.enabled
                     && req.params.priority.is_some() =>
             {
+                self.load.done(&req);
                 refuse(&req, FinishReason::Abort(PRIORITY_DISABLED.into()));
             }
             Msg::Submit(req) if self.queue_full() => {
                 tracing::debug!(rid = %req.rid, waiting = self.waiting.len(), "queue full: refused");
+                self.load.done(&req);
                 refuse(&req, FinishReason::Refused(QUEUE_FULL.into()));
             }
             Msg::Submit(req) => {
@@ -798,6 +924,7 @@ impl<R: ModelRunner> Scheduler<R> {
         let first_logprobs = s.first_lp.as_deref().cloned();
         let prompt_len = s.prompt_len;
         Stats::add(&self.stats.requests_finished, 1);
+        self.load.done(&s.req);
         match handoff {
             Some((reg, room, Ok((pages, n_pages)))) => {
                 let hold = if matches!(pages, crate::pd::prefill::Pages::Staged(_)) {
@@ -929,13 +1056,15 @@ impl<R: ModelRunner> Scheduler<R> {
         Ok((staging, n_pages))
     }
 
-    fn publish(&self) {
-        let st = &self.stats;
-        Stats::set(&st.running, self.running.len() as u64);
-        Stats::set(&st.waiting, self.waiting.len() as u64);
-        Stats::set(&st.free_pages, self.pool.free_pages() as u64);
-        Stats::set(&st.cached_pages, self.tree.cached_pages() as u64);
-        if let Some(h) = &self.hicache {
+    fn publish(&mut self) {
+        let (st, g) = (&self.stats, &mut self.gauges);
+        Stats::share(&st.running, &mut g.running, self.running.len() as u64);
+        Stats::share(&st.waiting, &mut g.waiting, self.waiting.len() as u64);
+        let free = self.pool.free_pages() as u64;
+        Stats::share(&st.free_pages, &mut g.free_pages, free);
+        let cached = self.tree.cached_pages() as u64;
+        Stats::share(&st.cached_pages, &mut g.cached_pages, cached);
+        if let Some(h) = &mut self.hicache {
             h.publish(&self.tree);
         }
     }

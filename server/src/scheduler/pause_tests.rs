@@ -43,11 +43,9 @@ pub(super) fn on_thread(f: impl AsyncFnOnce(&SchedulerHandle)) {
     let r = rig(test_cfg());
     let (tx, rx) = std::sync::mpsc::channel();
     let s = r.s;
+    let load = s.load.clone();
     let thread = std::thread::spawn(move || s.run(rx));
-    let h = SchedulerHandle {
-        tx,
-        paused: Default::default(),
-    };
+    let h = SchedulerHandle::one(tx, load);
     tokio::runtime::Runtime::new().unwrap().block_on(f(&h));
     drop(h);
     thread.join().unwrap();

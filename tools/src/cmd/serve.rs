@@ -10,14 +10,18 @@
 //! flags are rejected by clap, naming the flag.
 
 use std::path::PathBuf;
-use strata_kernels::cuda::{select, BackendKind, CudaBackend};
+use std::sync::Arc;
+use strata_kernels::cuda::{select, BackendKind, CudaBackend, GpuContext};
 use strata_server::hicache::{
     apply_extra_config, parse_layout, parse_prefetch_policy, parse_write_policy, storage_backend,
     HiCacheConfig, MemLayout,
 };
-use strata_server::launch::{launch, launch_cpu, launch_with, SchedulePolicy, ServeOptions};
+use strata_server::launch::{
+    launch, launch_cpu, launch_with, LaunchError, SchedulePolicy, ServeOptions,
+};
 use strata_server::model::cuda::{CudaRunner, CudaRunnerOptions};
 use strata_server::pd::{parse_mode, Mode, PdConfig};
+use strata_server::scheduler::dp::LoadBalance;
 
 #[derive(clap::Args, Debug, serde::Serialize)]
 pub struct Args {
@@ -74,6 +78,17 @@ pub struct Args {
     /// GPU the CUDA backend runs on (the CPU backend ignores it).
     #[arg(long, default_value_t = 0)]
     base_gpu_id: u32,
+    /// Data-parallel replicas of the model behind this server (replica i on GPU base-gpu-id +
+    /// i * gpu-id-step).
+    #[arg(long, alias = "data-parallel-size", default_value_t = 1)]
+    dp_size: usize,
+    /// Which replica takes a request: round_robin, shortest_queue, minimum_tokens (auto: round
+    /// robin).
+    #[arg(long, default_value = "round_robin")]
+    load_balance_method: String,
+    /// GPU ordinal step between data-parallel replicas.
+    #[arg(long, default_value_t = 1)]
+    gpu_id_step: usize,
     /// Tensor-parallel degree (only 1 is supported).
     #[arg(long, alias = "tensor-parallel-size", default_value_t = 1)]
     tp_size: u32,
@@ -309,6 +324,25 @@ pub struct Args {
     max_loras_per_batch: Option<usize>,
 }
 
+/// The GPU of data-parallel replica `i`: the selected one for replica 0, else GPU `base + i ×
+/// step` (SGLang's placement).
+fn replica_gpu(
+    first: &Arc<GpuContext>,
+    i: usize,
+    base: usize,
+    step: usize,
+) -> Result<Arc<GpuContext>, LaunchError> {
+    if i == 0 {
+        return Ok(first.clone());
+    }
+    let ordinal = base + i * step.max(1);
+    GpuContext::new(ordinal).map_err(|e| {
+        LaunchError::Config(format!(
+            "--dp-size: replica {i} needs GPU {ordinal} (--base-gpu-id {base}, --gpu-id-step {step}): {e}"
+        ))
+    })
+}
+
 /// Builds the PD role from the flags (None when colocated).
 fn pd_config(a: &Args) -> anyhow::Result<Option<PdConfig>> {
     let mode = parse_mode(&a.disaggregation_mode).map_err(anyhow::Error::msg)?;
@@ -497,6 +531,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         api_key: a.api_key.clone(),
         hicache: hicache_config(&a)?,
         pd: pd_config(&a)?,
+        dp_size: a.dp_size,
+        load_balance: LoadBalance::parse(&a.load_balance_method).map_err(anyhow::Error::msg)?,
         max_prefill_tokens: a.max_prefill_tokens,
         schedule_policy,
         // Negative seeds (argparse takes any int) name their two's-complement bits.
@@ -550,7 +586,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         (BackendKind::Cuda { .. }, Some(ctx))
             if matches!(a.dtype.as_str(), "float32" | "float") =>
         {
-            launch(&opts, CudaBackend::new(ctx)?)?
+            launch(&opts, |i| {
+                let ctx = replica_gpu(&ctx, i, a.base_gpu_id as usize, a.gpu_id_step)?;
+                CudaBackend::new(ctx).map_err(|e| LaunchError::Config(e.to_string()))
+            })?
         }
         (BackendKind::Cuda { .. }, Some(ctx)) => {
             opts.mem_fraction_static = a.mem_fraction_static.unwrap_or(0.88);
@@ -577,13 +616,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                 )
                 .map_err(anyhow::Error::msg)?
             };
-            launch_with(&opts, |dir, cfg, max_positions| {
+            launch_with(&opts, |i, dir, cfg, max_positions| {
+                let ctx = replica_gpu(&ctx, i, a.base_gpu_id as usize, a.gpu_id_step)?;
                 let ro = CudaRunnerOptions {
                     context_length: max_positions,
-                    cuda_graph_bs: graph_bs,
                     max_prefill_tokens: opts.chunked_prefill_size.unwrap_or(max_positions),
                     max_running_requests: max_running,
                     deterministic,
+                    cuda_graph_bs: graph_bs.clone(),
                 };
                 Ok(CudaRunner::load(ctx, dir, cfg, ro)?)
             })?

@@ -1,27 +1,27 @@
-//! Start-up: load the model directory, size the KV pool, start the scheduler thread, and build the
-//! HTTP application state. Used by `strata serve` and by in-process tests.
+//! Start-up: load the model directory, start each replica (`replica.rs`: its runner, KV pool and
+//! scheduler thread; `--dp-size` of them), and build the HTTP application state. Used by
+//! `strata serve` and by in-process tests.
 //!
-//! KV sizing: `--max-total-tokens` when given. Otherwise, on a device runner (CUDA), the runner's
-//! budget: `mem_fraction_static × GPU memory − memory in use after weights and workspaces` (as
-//! SGLang); on the CPU, `mem_fraction_static × MemAvailable − weight bytes`. Either is capped at
-//! `context_length × max_running_requests` (more could never be used), rounded down to pages.
+//! KV sizing, per replica: `--max-total-tokens` when given. Otherwise, on a device runner (CUDA),
+//! the runner's budget: `mem_fraction_static × GPU memory − memory in use after weights and
+//! workspaces` (as SGLang); on the CPU, `(mem_fraction_static × MemAvailable − weight bytes of
+//! every replica) / replicas`. Either is capped at `context_length × max_running_requests` (more
+//! could never be used), rounded down to pages.
 
 use crate::api::reqlog::{LogSwitch, RequestLog};
 use crate::api::{AppState, ServerInfo};
-use crate::hicache::storage::Storage;
-use crate::hicache::{HiCache, HiCacheConfig};
-use crate::kv::HostKvPool;
-use crate::kv::{DeviceKvPool, KvPool};
+use crate::hicache::HiCacheConfig;
 use crate::model::{Model, ModelConfig, ModelError, ModelRunner, Tokenizer};
-use crate::pd::decode::{Fetcher, Geometry};
-use crate::pd::prefill::Registry;
 use crate::pd::{Mode, PdConfig};
 pub use crate::scheduler::budget::DEFAULT_MAX_PREFILL_TOKENS;
+use crate::scheduler::dp::LoadBalance;
 pub use crate::scheduler::policy::SchedulePolicy;
-use crate::scheduler::{spawn_with_hook, PdSide, SchedulerConfig, Seams};
+use crate::scheduler::{SchedulerConfig, SchedulerHandle};
 use crate::stats::Stats;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+
+mod replica;
 use strata_kernels::{Backend, CpuBackend};
 
 /// Server options (the subset of SGLang's launch flags that shape the engine).
@@ -80,6 +80,10 @@ pub struct ServeOptions {
     pub enable_return_hidden_states: bool,
     /// `--enable-lora` and its flags.
     pub lora: LoraOptions,
+    /// `--dp-size`: replicas of the model behind the one server (`replica.rs`).
+    pub dp_size: usize,
+    /// `--load-balance-method`: which replica takes a request.
+    pub load_balance: LoadBalance,
 }
 
 /// `--enable-lora`, `--lora-paths` and the limits SGLang pairs with them.
@@ -136,6 +140,8 @@ impl ServeOptions {
             is_embedding: false,
             enable_return_hidden_states: false,
             lora: LoraOptions::default(),
+            dp_size: 1,
+            load_balance: LoadBalance::default(),
         }
     }
 }
@@ -151,89 +157,19 @@ pub enum LaunchError {
     Thread(#[from] std::io::Error),
 }
 
-fn mem_available_bytes() -> Option<u64> {
-    let s = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let line = s.lines().find(|l| l.starts_with("MemAvailable:"))?;
-    line.split_whitespace()
-        .nth(1)?
-        .parse::<u64>()
-        .ok()
-        .map(|kb| kb * 1024)
-}
-
-/// Sizes the host pool (`--hicache-size` GB, else `--hicache-ratio` × the device pool), checks that
-/// the memory exists, and starts the L3 I/O threads when a store is configured.
-fn build_hicache(
-    hc: &HiCacheConfig,
-    cfg: &ModelConfig,
-    page_size: usize,
-    device_pages: usize,
-    elem: usize,
-    stats: &Arc<Stats>,
-) -> Result<HiCache, LaunchError> {
-    let object = page_size * cfg.num_layers * cfg.kv_dim() * elem;
-    let pages = if hc.size_gb > 0.0 {
-        (hc.size_gb * 1e9 / (2 * object) as f64) as usize
-    } else {
-        (hc.ratio * device_pages as f64) as usize
-    };
-    if pages < 1 {
-        return Err(LaunchError::Config(
-            "the host KV pool would hold no page; raise --hicache-ratio or --hicache-size".into(),
-        ));
-    }
-    let bytes = pages * 2 * object;
-    let avail = mem_available_bytes().unwrap_or(u64::MAX) as f64;
-    if bytes as f64 > 0.9 * avail {
-        return Err(LaunchError::Config(format!(
-            "the host KV pool needs {} MiB but only {} MiB of memory is available; lower --hicache-ratio or set --hicache-size (GB)",
-            bytes >> 20,
-            (avail as u64) >> 20
-        )));
-    }
-    let host = Arc::new(
-        HostKvPool::new(
-            pages,
-            page_size,
-            cfg.num_layers,
-            cfg.kv_dim(),
-            elem,
-            hc.layout,
-        )
-        .map_err(LaunchError::Config)?,
-    );
-    let storage = match &hc.storage {
-        Some(b) => Some(
-            Storage::start(b, host.region(), host.object_bytes()).map_err(LaunchError::Config)?,
-        ),
-        None => None,
-    };
-    tracing::info!(
-        host_pages = pages,
-        host_mib = bytes >> 20,
-        write_policy = ?hc.write_policy,
-        prefetch_policy = ?hc.prefetch_policy,
-        storage = hc.storage.as_ref().map_or("none".into(), |b| b.to_string()),
-        "hierarchical cache ready"
-    );
-    Ok(HiCache::new(
-        hc.clone(),
-        page_size,
-        host,
-        storage,
-        stats.clone(),
-    ))
-}
-
 /// Loads everything and starts the scheduler on the CPU backend.
 pub fn launch_cpu(opts: &ServeOptions) -> Result<AppState, LaunchError> {
-    launch(opts, CpuBackend)
+    launch(opts, |_| Ok(CpuBackend))
 }
 
-/// Loads everything and starts the scheduler on `backend` (the per-op f32 runner).
-pub fn launch<B: Backend>(opts: &ServeOptions, backend: B) -> Result<AppState, LaunchError> {
-    launch_with(opts, |dir, _cfg, max_positions| {
-        Ok(Model::load(dir, backend, max_positions)?)
+/// Loads everything and starts the scheduler of each replica on the backend `backend(replica)`
+/// makes (the per-op f32 runner).
+pub fn launch<B: Backend>(
+    opts: &ServeOptions,
+    mut backend: impl FnMut(usize) -> Result<B, LaunchError>,
+) -> Result<AppState, LaunchError> {
+    launch_with(opts, |replica, dir, _cfg, max_positions| {
+        Ok(Model::load(dir, backend(replica)?, max_positions)?)
     })
 }
 
@@ -259,12 +195,12 @@ fn prepare(opts: &ServeOptions) -> Result<(ModelConfig, usize), LaunchError> {
     Ok((cfg, context_length))
 }
 
-/// Loads everything and starts the scheduler on the runner `load` builds from
-/// (model dir, config, RoPE positions).
-pub fn launch_with<R, F>(opts: &ServeOptions, load: F) -> Result<AppState, LaunchError>
+/// Loads everything and starts the scheduler of each replica on the runner `load` builds from
+/// (replica index, model dir, config, RoPE positions).
+pub fn launch_with<R, F>(opts: &ServeOptions, mut load: F) -> Result<AppState, LaunchError>
 where
     R: ModelRunner,
-    F: FnOnce(&Path, &ModelConfig, usize) -> Result<R, LaunchError>,
+    F: FnMut(usize, &Path, &ModelConfig, usize) -> Result<R, LaunchError>,
 {
     let dir = &opts.model_path;
     let tool_call_parser = opts
@@ -288,40 +224,76 @@ where
         tokenizer.chat_template.take(),
     )
     .map_err(LaunchError::Config)?;
-    tracing::info!(path = %dir.display(), arch = cfg.arch.hf_name(), "loading weights");
-    let t0 = std::time::Instant::now();
-    let mut model = load(dir, &cfg, context_length + 1)?;
-    let params = param_count(&cfg);
-    tracing::info!(params, secs = t0.elapsed().as_secs_f64(), "weights loaded");
-    let per_token = model.kv_bytes_per_token();
-    let max_running = opts.max_running_requests.max(1);
-    let tokens = match opts.max_total_tokens {
-        Some(t) => t,
-        None => match model.kv_budget_bytes(opts.mem_fraction_static) {
-            // Device memory: the runner knows what its weights and workspaces took.
-            Some(budget) => (budget / per_token).min(context_length * max_running),
-            None => {
-                let avail = mem_available_bytes().unwrap_or(8 << 30) as f64;
-                let budget = (opts.mem_fraction_static * avail - (params * 4) as f64).max(0.0);
-                ((budget as usize) / per_token).min(context_length * max_running)
-            }
+    let is_embedding = opts.is_embedding || cfg.embedding_only;
+    let dp = opts.dp_size.max(1);
+    if opts.pd.is_some() && is_embedding {
+        return Err(LaunchError::Config(
+            "an embedding model (--is-embedding) cannot take a prefill or decode role: it generates nothing to hand over".into(),
+        ));
+    }
+    if opts.pd.is_some() && dp > 1 {
+        return Err(LaunchError::Config(
+            "--dp-size above 1 with a prefill or decode role is not supported yet: run one PD server per replica behind `strata router --pd-disaggregation`".into(),
+        ));
+    }
+    let stats = Arc::new(Stats::default());
+    let tokenizer = Arc::new(tokenizer);
+    // The decode side keeps each request's pages private (SGLang's chunk cache on decode).
+    let radix_cache =
+        !opts.disable_radix_cache && opts.pd.as_ref().is_none_or(|c| c.mode != Mode::Decode);
+    let shared = replica::Shared {
+        opts,
+        cfg: &cfg,
+        context_length,
+        host_kv_budget: {
+            let avail = replica::mem_available_bytes().unwrap_or(8 << 30) as f64;
+            let weights = (dp * param_count(&cfg) * 4) as f64;
+            (opts.mem_fraction_static * avail - weights).max(0.0) / dp as f64
+        },
+        tokenizer: tokenizer.clone(),
+        stats: stats.clone(),
+        sched: SchedulerConfig {
+            page_size: opts.page_size,
+            max_running_requests: opts.max_running_requests.max(1),
+            chunked_prefill_size: opts.chunked_prefill_size,
+            context_length,
+            radix_cache,
+            eviction_lfu: opts.radix_eviction_lfu,
+            max_prefill_tokens: opts.max_prefill_tokens.max(1),
+            schedule_policy: opts.schedule_policy,
+            random_seed: opts.random_seed,
+            max_queued_requests: opts.max_queued_requests,
+            priority: opts.priority,
+            max_loras_per_batch: opts.lora.max_per_batch.unwrap_or(MAX_LORAS_PER_BATCH),
         },
     };
-    let num_pages = tokens / opts.page_size;
-    if num_pages < 2 {
-        return Err(LaunchError::Config(format!(
-            "the KV cache would hold only {tokens} tokens; raise --mem-fraction-static or --max-total-tokens"
-        )));
+    let mut parts = Vec::new();
+    for i in 0..dp {
+        tracing::info!(path = %dir.display(), arch = cfg.arch.hf_name(), replica = i, "loading weights");
+        let t0 = std::time::Instant::now();
+        let model = load(i, dir, &cfg, context_length + 1)?;
+        tracing::info!(
+            params = param_count(&cfg),
+            secs = t0.elapsed().as_secs_f64(),
+            "weights loaded"
+        );
+        parts.push(replica::start(&shared, model)?);
     }
-    let mut pool = DeviceKvPool::new(&model, num_pages, opts.page_size)?;
-    model.warmup(&mut pool.buffers)?;
-    let max_total_tokens = pool.total_pages() * opts.page_size;
-    tracing::info!(
-        max_total_tokens,
-        page_size = opts.page_size,
-        kv_mib = (max_total_tokens * per_token) >> 20,
-        "KV pool ready"
+    let first = &parts[0];
+    let (max_total_tokens, runner, supports_lora) = (
+        first.max_total_tokens,
+        first.runner.clone(),
+        first.supports_lora,
     );
+    let pd_registry = first.pd_registry.clone();
+    let handle = if dp == 1 {
+        parts.remove(0).handle
+    } else {
+        SchedulerHandle::join(
+            parts.into_iter().map(|p| p.handle).collect(),
+            opts.load_balance,
+        )
+    };
     let classifier = match &cfg.labels {
         Some(labels) => Some(Arc::new(crate::api::classify::Classifier::load(
             dir,
@@ -342,104 +314,13 @@ where
         vocab_size: cfg.vocab_size,
         max_total_tokens,
         page_size: opts.page_size,
-        backend: model.name().to_string(),
-        is_embedding: opts.is_embedding || cfg.embedding_only,
+        backend: runner.clone(),
+        is_embedding,
         matryoshka: cfg.matryoshka.clone(),
         hidden_size: cfg.hidden_size,
         server_args: opts.server_args.clone(),
     };
-    let stats = Arc::new(Stats::default());
-    let tokenizer = Arc::new(tokenizer);
-    // The decode side keeps each request's pages private (SGLang's chunk cache on decode).
-    let radix_cache =
-        !opts.disable_radix_cache && opts.pd.as_ref().is_none_or(|c| c.mode != Mode::Decode);
-    let sched_cfg = SchedulerConfig {
-        page_size: opts.page_size,
-        max_running_requests: max_running,
-        chunked_prefill_size: opts.chunked_prefill_size,
-        context_length,
-        radix_cache,
-        eviction_lfu: opts.radix_eviction_lfu,
-        max_prefill_tokens: opts.max_prefill_tokens.max(1),
-        schedule_policy: opts.schedule_policy,
-        random_seed: opts.random_seed,
-        max_queued_requests: opts.max_queued_requests,
-        priority: opts.priority,
-        max_loras_per_batch: opts.lora.max_per_batch.unwrap_or(MAX_LORAS_PER_BATCH),
-    };
-    let hicache = match &opts.hicache {
-        Some(_) if !model.kv_page_io() => {
-            return Err(LaunchError::Config(format!(
-                "--enable-hierarchical-cache is not available on the {} runner yet; use --device cpu or --dtype float32",
-                model.name()
-            )))
-        }
-        Some(hc) => {
-            let h = build_hicache(
-                hc,
-                &cfg,
-                opts.page_size,
-                num_pages,
-                model.kv_elem_bytes(),
-                &stats,
-            )?;
-            let t0 = std::time::Instant::now();
-            model.attach_host(&mut pool.buffers, h.host(), hc.direct_io)?;
-            tracing::debug!(
-                secs = t0.elapsed().as_secs_f64(),
-                "host pool attached to the runner"
-            );
-            Some(h)
-        }
-        None => None,
-    };
-    if opts.pd.is_some() && info.is_embedding {
-        return Err(LaunchError::Config(
-            "an embedding model (--is-embedding) cannot take a prefill or decode role: it generates nothing to hand over".into(),
-        ));
-    }
-    let (pd, pd_registry) = match &opts.pd {
-        Some(c) if c.mode == Mode::Prefill => {
-            let reg = Registry::start(c.clone(), stats.clone())?;
-            reg.set_share(pd_share(&model, &pool.buffers));
-            (Some(PdSide::Prefill(reg.clone())), Some(reg))
-        }
-        Some(c) if c.mode == Mode::Decode => {
-            if !model.kv_page_io() {
-                return Err(LaunchError::Config(format!(
-                    "--disaggregation-mode decode is not available on the {} runner yet",
-                    model.name()
-                )));
-            }
-            let geo = Geometry {
-                page_size: opts.page_size,
-                layers: cfg.num_layers,
-                kv_dim: cfg.kv_dim(),
-                elem: model.kv_elem_bytes(),
-            };
-            (
-                Some(PdSide::Decode(Box::new(
-                    Fetcher::new(c.clone(), geo, stats.clone())
-                        .with_device(model.device_kv(&pool.buffers)),
-                ))),
-                None,
-            )
-        }
-        _ => (None, None),
-    };
-    let loras = Arc::new(lora_registry(&opts.lora, &cfg, &model)?);
-    let handle = spawn_with_hook(
-        sched_cfg,
-        model,
-        pool,
-        tokenizer.clone(),
-        stats.clone(),
-        Seams {
-            hicache,
-            pd,
-            ..Seams::default()
-        },
-    )?;
+    let loras = Arc::new(lora_registry(&opts.lora, &cfg, supports_lora, &runner)?);
     Ok(AppState {
         scheduler: handle,
         tokenizer,
@@ -473,10 +354,11 @@ pub const MAX_LORAS_PER_BATCH: usize = 8;
 
 /// The LoRA registry with `--lora-paths` loaded (a bad adapter is a start-up error, as in
 /// SGLang); on a runner that cannot apply adapters, requests naming one are refused.
-fn lora_registry<R: ModelRunner>(
+fn lora_registry(
     o: &LoraOptions,
     cfg: &ModelConfig,
-    model: &R,
+    supports_lora: bool,
+    runner: &str,
 ) -> Result<crate::model::lora::Registry, LaunchError> {
     let mut reg = crate::model::lora::Registry::new(o.enabled || !o.paths.is_empty(), cfg.clone());
     reg.max_rank = o.max_rank;
@@ -487,10 +369,9 @@ fn lora_registry<R: ModelRunner>(
             "--max-loras-per-batch must be at least 1 (the base model counts as one)".into(),
         ));
     }
-    if reg.enabled && !model.supports_lora() {
+    if reg.enabled && !supports_lora {
         let why = format!(
-            "LoRA adapters are not applied by the {} runner yet; serve them with --device cpu or --dtype float32.",
-            model.name()
+            "LoRA adapters are not applied by the {runner} runner yet; serve them with --device cpu or --dtype float32."
         );
         tracing::warn!("{why}");
         reg.unsupported = Some(why);
@@ -501,27 +382,6 @@ fn lora_registry<R: ModelRunner>(
         tracing::info!(name, path, "LoRA adapter loaded");
     }
     Ok(reg)
-}
-
-/// How a PD prefill's transfer threads reach its KV pool: the CPU runner's pages where they are,
-/// the CUDA runner's pool through CUDA IPC (when the export works), else neither (every
-/// transfer staged). `STRATA_PD_POOL=0` forces the staged path (for comparisons).
-fn pd_share<R: ModelRunner>(model: &R, kv: &R::Kv) -> crate::pd::prefill::Share {
-    if std::env::var("STRATA_PD_POOL").is_ok_and(|v| v == "0") {
-        return Default::default();
-    }
-    let host = model.host_spans(kv).map(Arc::new);
-    let (device, kv) = match (&host, model.device_kv(kv)) {
-        (None, Some(d)) => match d.export() {
-            Ok(e) => (Some(e), Some(d)),
-            Err(e) => {
-                tracing::warn!("PD: the GPU KV pool cannot be exported over CUDA IPC, transfers are staged through host memory: {e}");
-                (None, None)
-            }
-        },
-        _ => (None, None),
-    };
-    crate::pd::prefill::Share { host, device, kv }
 }
 
 /// Parameters of a Llama-family checkpoint (matrices, embeddings and LM head).

@@ -1,0 +1,172 @@
+//! Data parallelism (`--dp-size`) on a real `strata serve` (CPU): two replicas answer exactly as a
+//! one-replica server (alone and 8 at once), requests are placed by `--load-balance-method`
+//! (round robin alternates, so a repeated prompt finds its prefix only on the replica that
+//! computed it; shortest queue sends work to the idle replica), and the control routes reach
+//! every replica (flush, pause / continue, a weight update that both replicas apply); the L3 is
+//! shared (a prefix one replica computed comes back to the other through HiCache). A PD role
+//! with several replicas and an unknown balancing method stop the start.
+
+mod serve_common;
+
+use serde_json::{json, Value};
+use serve_common::{bin, MadeModel, Server};
+use std::process::Command;
+
+fn prefix() -> String {
+    "A lighthouse keeper writes down every ship that passes the rocky point at night. ".repeat(5)
+}
+
+async fn gen(s: &Server, text: &str, n: usize) -> Value {
+    let (st, v) = s
+        .post(
+            "/generate",
+            &json!({"text": text, "sampling_params": {"temperature": 0, "max_new_tokens": n, "ignore_eos": true}}),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
+    v
+}
+
+fn cached(v: &Value) -> u64 {
+    v["meta_info"]["cached_tokens"].as_u64().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_replicas_answer_as_one_and_share_the_control_routes() {
+    let m = MadeModel::new("llama", "tiny");
+    let one = Server::start(m.path(), &["--page-size", "16"]);
+    let s = Server::start(m.path(), &["--page-size", "16", "--dp-size", "2"]);
+    let p = format!("{}Which ship came first?", prefix());
+    let want = gen(&one, &p, 6).await;
+
+    // Round robin: replica 0, 1, 0; the prefix is cached where it was computed.
+    let runs = [
+        gen(&s, &p, 6).await,
+        gen(&s, &p, 6).await,
+        gen(&s, &p, 6).await,
+    ];
+    for v in &runs {
+        assert_eq!(v["output_ids"], want["output_ids"]);
+    }
+    assert_eq!((cached(&runs[0]), cached(&runs[1])), (0, 0), "{runs:?}");
+    assert!(cached(&runs[2]) >= 64, "{:?}", runs[2]);
+
+    // Eight at once, spread over both replicas: the one-replica server's answers.
+    let prompts: Vec<String> = (0..8)
+        .map(|i| format!("Ship number {i} passed the point carrying"))
+        .collect();
+    let mut wants = Vec::new();
+    for q in &prompts {
+        wants.push(gen(&one, q, 8).await["output_ids"].clone());
+    }
+    let got = futures::future::join_all(prompts.iter().map(|q| gen(&s, q, 8))).await;
+    for (g, w) in got.iter().zip(&wants) {
+        assert_eq!(&g["output_ids"], w);
+    }
+    let info: Value = serde_json::from_str(&s.get("/get_server_info").await.1).unwrap();
+    assert_eq!(info["dp_size"], 2, "{info}");
+    // Both replicas' pages add up: free + cached == total once idle.
+    s.wait_idle().await;
+
+    // Control routes reach both replicas.
+    let (st, _) = s.post("/flush_cache", &json!({})).await;
+    assert_eq!(st, 200);
+    for _ in 0..2 {
+        assert_eq!(cached(&gen(&s, &p, 6).await), 0, "a replica kept its cache");
+    }
+    let (st, v) = s.post("/pause_generation", &json!({})).await;
+    assert_eq!(st, 200, "{v}");
+    let (st, v) = s.post("/continue_generation", &json!({})).await;
+    assert_eq!(st, 200, "{v}");
+    let b = MadeModel::with_seed("llama", "tiny", 1);
+    let want_b = gen(&Server::start(b.path(), &["--page-size", "16"]), &p, 6).await;
+    assert_ne!(want_b["output_ids"], want["output_ids"]);
+    let (st, v) = s
+        .post(
+            "/update_weights_from_disk",
+            &json!({"model_path": b.path().to_str().unwrap()}),
+        )
+        .await;
+    assert_eq!((st, v["success"].clone()), (200, json!(true)), "{v}");
+    for _ in 0..2 {
+        assert_eq!(gen(&s, &p, 6).await["output_ids"], want_b["output_ids"]);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shortest_queue_sends_work_to_the_idle_replica() {
+    let m = MadeModel::new("llama", "tiny");
+    let s = Server::start(
+        m.path(),
+        &[
+            "--page-size",
+            "16",
+            "--dp-size",
+            "2",
+            "--load-balance-method",
+            "shortest_queue",
+        ],
+    );
+    let p = format!("{}Which ship came last?", prefix());
+    // Idle replicas tie: the first takes both, and the second request hits its cache.
+    let a = gen(&s, &p, 4).await;
+    let b = gen(&s, &p, 4).await;
+    assert_eq!((cached(&a) == 0, cached(&b) >= 64), (true, true), "{a} {b}");
+    // With replica 0 busy on a long request, the next requests go to replica 1 (no cache there
+    // for the first, then its own).
+    let long = json!({"text": "Tell the whole story", "sampling_params": {"temperature": 0,
+        "max_new_tokens": 3000, "ignore_eos": true}});
+    let (busy, (c, d)) = tokio::join!(s.post("/generate", &long), async {
+        s.wait_metric("num_running_reqs", 1.0).await;
+        (gen(&s, &p, 4).await, gen(&s, &p, 4).await)
+    });
+    assert_eq!(busy.0, 200);
+    assert_eq!(cached(&c), 0, "went to the busy replica: {c}");
+    assert!(cached(&d) >= 64, "{d}");
+    assert_eq!(c["output_ids"], a["output_ids"]);
+}
+
+/// Replicas keep their own prefix caches but share an L3: what one computed, the other reads
+/// back through HiCache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn replicas_share_the_l3() {
+    let m = MadeModel::new("llama", "tiny");
+    let dir = tempfile::tempdir().unwrap();
+    let extra = r#"{"prefetch_threshold": 16}"#;
+    let s = Server::file_l3_with(m.path(), dir.path(), extra, &["--dp-size", "2"]);
+    let p = format!("{}Which ship was the largest?", prefix());
+    let first = gen(&s, &p, 4).await; // replica 0 computes and backs up
+    assert_eq!(cached(&first), 0);
+    s.wait_metric("backuped_tokens_total", 64.0).await;
+    s.wait_idle().await;
+    let second = gen(&s, &p, 4).await; // replica 1: an L3 hit
+    assert!(cached(&second) >= 64, "{second}");
+    assert_eq!(second["output_ids"], first["output_ids"]);
+    assert!(s.metric("prefetched_tokens_total").await >= 64.0);
+}
+
+#[test]
+fn dp_with_a_pd_role_or_an_unknown_method_stops_the_start() {
+    let m = MadeModel::new("llama", "tiny");
+    for (flags, want) in [
+        (
+            vec!["--dp-size", "2", "--disaggregation-mode", "prefill"],
+            "--dp-size above 1 with a prefill or decode role",
+        ),
+        (
+            vec!["--dp-size", "2", "--load-balance-method", "random"],
+            "--load-balance-method random",
+        ),
+    ] {
+        let out = Command::new(bin())
+            .args(["serve", "--model-path"])
+            .arg(m.path())
+            .args(["--port", "1"])
+            .args(&flags)
+            .output()
+            .expect("run serve");
+        assert!(!out.status.success(), "{flags:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{flags:?}: {err}");
+    }
+}
