@@ -117,6 +117,9 @@ pub struct SamplingParams {
     /// SGLang's `extra_key` (on the OpenAI routes `cache_salt` + `extra_key`; a field of the
     /// request, set by the API layer): the request reuses only KV cached under the same key.
     pub extra_key: Option<String>,
+    /// SGLang's `routed_dp_rank` (or the older `data_parallel_rank`; a field of the request,
+    /// checked by the API layer): the data-parallel replica that runs it.
+    pub dp_rank: Option<usize>,
 }
 
 /// A request's LoRA adapter; equal when it is the same load of an adapter.
@@ -330,6 +333,7 @@ impl SamplingParamsWire {
             return_hidden_states: false,
             lora: None,
             extra_key: None,
+            dp_rank: None,
         })
     }
 }

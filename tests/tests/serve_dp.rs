@@ -1,10 +1,11 @@
 //! Data parallelism (`--dp-size`) on a real `strata serve` (CPU): two replicas answer exactly as a
 //! one-replica server (alone and 8 at once), requests are placed by `--load-balance-method`
 //! (round robin alternates, so a repeated prompt finds its prefix only on the replica that
-//! computed it; shortest queue sends work to the idle replica), and the control routes reach
-//! every replica (flush, pause / continue, a weight update that both replicas apply); the L3 is
-//! shared (a prefix one replica computed comes back to the other through HiCache). A PD role
-//! with several replicas and an unknown balancing method stop the start.
+//! computed it; shortest queue sends work to the idle replica; `routed_dp_rank` pins a request
+//! to a replica, and the copies of `n > 1` share their prompt's replica), and the control routes
+//! reach every replica (flush, pause / continue, a weight update that both replicas apply); the
+//! L3 is shared (a prefix one replica computed comes back to the other through HiCache). A PD
+//! role with several replicas and an unknown balancing method stop the start.
 
 mod serve_common;
 
@@ -74,6 +75,35 @@ async fn two_replicas_answer_as_one_and_share_the_control_routes() {
     for _ in 0..2 {
         assert_eq!(cached(&gen(&s, &p, 6).await), 0, "a replica kept its cache");
     }
+    // `routed_dp_rank` (and SGLang's older `data_parallel_rank`) pins a request to a replica.
+    let q = "The harbour master counts the boats that come home before the storm. ".repeat(5);
+    let pinned = |key: &str, rank: i64| json!({"text": q, key: rank, "sampling_params": {"temperature": 0, "max_new_tokens": 4}});
+    let mut hits = Vec::new();
+    for body in [
+        pinned("routed_dp_rank", 1),
+        pinned("routed_dp_rank", 1),
+        pinned("data_parallel_rank", 0),
+    ] {
+        let (st, v) = s.post("/generate", &body).await;
+        assert_eq!(st, 200, "{v}");
+        hits.push(cached(&v));
+    }
+    assert!(hits[0] == 0 && hits[1] >= 64 && hits[2] == 0, "{hits:?}");
+    let (st, v) = s.post("/generate", &pinned("routed_dp_rank", 2)).await;
+    assert_eq!(st, 400, "{v}");
+    assert!(v.to_string().contains("out of range"), "{v}");
+    // n > 1: a prompt's warm-up and its copies share one replica, so every copy hits.
+    let body = json!({"text": format!("{q} Then the lights went out."),
+        "sampling_params": {"n": 3, "temperature": 0, "max_new_tokens": 4}});
+    let (st, v) = s.post("/generate", &body).await;
+    assert_eq!(st, 200, "{v}");
+    let copies = v.as_array().unwrap();
+    assert!(copies.iter().all(|c| cached(c) >= 64), "{v}");
+    let chat = json!({"messages": [{"role": "user", "content": "hi"}], "max_tokens": 2,
+        "data_parallel_rank": -1});
+    let (st, v) = s.post("/v1/chat/completions", &chat).await;
+    assert_eq!(st, 400, "{v}");
+
     let (st, v) = s.post("/pause_generation", &json!({})).await;
     assert_eq!(st, 200, "{v}");
     let (st, v) = s.post("/continue_generation", &json!({})).await;

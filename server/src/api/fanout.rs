@@ -53,7 +53,7 @@ pub fn common_n(params: &[SamplingParams]) -> Result<usize, ApiError> {
 /// of `n > 1` take fresh ids (SGLang regenerates them) and cannot be a PD leg.
 pub async fn submit(
     st: &AppState,
-    subs: Vec<Submission>,
+    mut subs: Vec<Submission>,
     n: usize,
 ) -> Result<Vec<Driver>, ApiError> {
     if n == 1 {
@@ -66,6 +66,12 @@ pub async fn submit(
         return Err(ApiError::bad_request(
             "n > 1 is not supported for a PD request (bootstrap_room).",
         ));
+    }
+    if st.scheduler.replicas() > 1 {
+        // A prompt's warm-up and its copies run on one replica (they share its cache).
+        for s in &mut subs {
+            s.params.dp_rank = s.params.dp_rank.or_else(|| Some(st.scheduler.pick()));
+        }
     }
     if st.radix_cache {
         warm_prefixes(st, &subs).await?;
@@ -83,6 +89,28 @@ pub async fn submit(
         )?);
     }
     Ok(drivers)
+}
+
+/// SGLang's `routed_dp_rank` (else the older `data_parallel_rank`): the data-parallel replica a
+/// request must run on; a rank the server does not have is a 400.
+pub fn dp_rank(
+    st: &AppState,
+    routed: Option<i64>,
+    legacy: Option<i64>,
+) -> Result<Option<usize>, ApiError> {
+    let Some(r) = routed.or(legacy) else {
+        return Ok(None);
+    };
+    let n = st.scheduler.replicas();
+    usize::try_from(r)
+        .ok()
+        .filter(|&r| r < n)
+        .map(Some)
+        .ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "routed_dp_rank {r} is out of range: the server has {n} data-parallel replica(s) (--dp-size)."
+            ))
+        })
 }
 
 /// Runs each prompt once without generating, so that its full pages are in the radix cache when

@@ -79,6 +79,9 @@ struct GenerateWire {
     /// The LoRA adapter of each prompt (`--enable-lora`): a name for all, or a list of names
     /// and nulls.
     lora_path: Option<Value>,
+    /// The data-parallel replica to run on (`data_parallel_rank`: SGLang's older name).
+    routed_dp_rank: Option<i64>,
+    data_parallel_rank: Option<i64>,
     /// SGLang's cache isolation key: one for all, or one per prompt (`cache/ns.rs`).
     extra_key: Option<OneOrMany<Option<String>>>,
     #[serde(flatten)]
@@ -283,6 +286,7 @@ pub async fn generate(
     let hidden = OneOrMany::per_prompt(w.return_hidden_states, n, "return_hidden_states")?;
     let loras = super::lora::per_prompt(&st, &w.lora_path, n)?;
     let extra_keys = OneOrMany::per_prompt(w.extra_key, n, "extra_key")?;
+    let dp_rank = fanout::dp_rank(&st, w.routed_dp_rank, w.data_parallel_rank)?;
     let text_in_lp = w.return_text_in_logprobs.unwrap_or(false);
     let boots = bootstraps(
         &w.bootstrap_host,
@@ -297,6 +301,7 @@ pub async fn generate(
         p.return_hidden_states = hidden[i] == Some(true);
         p.lora = loras[i].clone();
         p.extra_key = extra_keys[i].clone().flatten();
+        p.dp_rank = dp_rank;
         let lp = match want[i] {
             Some(true) => Some(
                 LogprobArgs {

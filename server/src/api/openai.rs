@@ -111,6 +111,10 @@ struct OpenAiWire {
     /// only KV cached under the same key (`cache/ns.rs`).
     cache_salt: Option<Value>,
     extra_key: Option<Value>,
+    /// The data-parallel replica to run on (`data_parallel_rank`: SGLang's older name, which
+    /// sglang-router's `--dp-aware` sends).
+    routed_dp_rank: Option<i64>,
+    data_parallel_rank: Option<i64>,
 }
 
 impl OpenAiWire {
@@ -379,6 +383,7 @@ pub async fn completions(
     let mut w: OpenAiWire = parse_body(&body)?;
     let mut params = w.params(16)?;
     params.lora = super::lora::for_openai(&st, w.lora_path.as_deref(), w.model.as_deref())?;
+    params.dp_rank = fanout::dp_rank(&st, w.routed_dp_rank, w.data_parallel_rank)?;
     let n_lp = logprob_count(&w)?;
     let rid = client_rid(&w, &headers, "cmpl-");
     // A list of strings is a batch: a PD router then sends one bootstrap entry per prompt.
@@ -550,6 +555,7 @@ pub async fn chat_completions(
     }
     let mut params = w.params(st.info.context_length as i64)?;
     params.lora = super::lora::for_openai(&st, w.lora_path.as_deref(), w.model.as_deref())?;
+    params.dp_rank = fanout::dp_rank(&st, w.routed_dp_rank, w.data_parallel_rank)?;
     let n_lp = logprob_count(&w)?;
     let rid = client_rid(&w, &headers, "chatcmpl-");
     let msgs = w

@@ -217,11 +217,21 @@ impl SchedulerHandle {
         self.replicas.len()
     }
 
-    /// Queues a request on the replica the balancer picks; false if its scheduler is gone.
-    pub fn submit(&self, req: Request) -> bool {
+    /// The replica the balancer picks for the next request.
+    pub fn pick(&self) -> usize {
         let turn = self.turn.fetch_add(1, Ordering::Relaxed);
         let loads: Vec<&ReplicaLoad> = self.replicas.iter().map(|r| &*r.load).collect();
-        let r = &self.replicas[dp::pick(self.balance, &loads, turn)];
+        dp::pick(self.balance, &loads, turn)
+    }
+
+    /// Queues a request on its `dp_rank` replica, else the one the balancer picks; false if
+    /// that scheduler is gone.
+    pub fn submit(&self, req: Request) -> bool {
+        let i = match req.params.dp_rank {
+            Some(i) if i < self.replicas.len() => i,
+            _ => self.pick(),
+        };
+        let r = &self.replicas[i];
         r.load.add(&req);
         let req = Box::new(req);
         match r.tx.send(Msg::Submit(req)) {
