@@ -225,7 +225,7 @@ fn router_ignores_sglang_router_flags_and_routes() {
                 ])
                 .args(["--prometheus-host", "127.0.0.1", "--log-level", "info"])
                 .args([
-                    "--dp-aware",
+                    "--mini-lb",
                     "--log-dir=/tmp/nowhere",
                     "--selector",
                     "app=a",
@@ -265,7 +265,7 @@ fn router_ignores_sglang_router_flags_and_routes() {
     assert_eq!(status, 200);
     let text = std::fs::read_to_string(log.path()).unwrap();
     for line in [
-        "no effect: --dp-aware",
+        "no effect: --mini-lb",
         "no effect: --log-dir /tmp/nowhere",
         "no effect: --selector app=a tier=b",
         "no effect: --cors-allowed-origins",

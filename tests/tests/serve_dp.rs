@@ -4,13 +4,14 @@
 //! computed it; shortest queue sends work to the idle replica; `routed_dp_rank` pins a request
 //! to a replica, and the copies of `n > 1` share their prompt's replica), and the control routes
 //! reach every replica (flush, pause / continue, a weight update that both replicas apply); the
-//! L3 is shared (a prefix one replica computed comes back to the other through HiCache). A PD
+//! L3 is shared (a prefix one replica computed comes back to the other through HiCache);
+//! `strata router --dp-aware` routes to each replica as to a worker. A PD
 //! role with several replicas and an unknown balancing method stop the start.
 
 mod serve_common;
 
 use serde_json::{json, Value};
-use serve_common::{bin, MadeModel, Server};
+use serve_common::{bin, MadeModel, Router, Server};
 use std::process::Command;
 
 fn prefix() -> String {
@@ -173,6 +174,52 @@ async fn replicas_share_the_l3() {
     assert!(cached(&second) >= 64, "{second}");
     assert_eq!(second["output_ids"], first["output_ids"]);
     assert!(s.metric("prefetched_tokens_total").await >= 64.0);
+}
+
+/// `strata router --dp-aware` in front of a two-replica server: each replica is a worker of its
+/// own, so the cache-aware policy sends a repeated prompt to the replica that cached it (inside
+/// the server, round robin would alternate).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_dp_aware_router_keeps_a_prefix_on_its_replica() {
+    let m = MadeModel::new("llama", "tiny");
+    let s = Server::start(m.path(), &["--page-size", "16", "--dp-size", "2"]);
+    let worker = s.url("");
+    let r = Router::start(&[
+        "--worker-urls",
+        &worker,
+        "--policy",
+        "cache_aware",
+        "--dp-aware",
+    ]);
+    let client = reqwest::Client::new();
+    let p = format!("{}Which ship carried the lamps?", prefix());
+    let body = json!({"text": p, "sampling_params": {"temperature": 0, "max_new_tokens": 4}});
+    let mut hits = Vec::new();
+    for _ in 0..4 {
+        let v: Value = client
+            .post(format!("{}/generate", r.base))
+            .json(&body)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        hits.push(cached(&v));
+    }
+    assert!(
+        hits[0] == 0 && hits[1..].iter().all(|&h| h >= 64),
+        "{hits:?}"
+    );
+    let listed: Value = client
+        .get(format!("{}/list_workers", r.base))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(listed["urls"].as_array().unwrap().len(), 2, "{listed}");
 }
 
 #[test]

@@ -83,7 +83,7 @@ pub async fn get_loads(State(r): S) -> Json<serde_json::Value> {
     let workers: Vec<_> = r
         .all_workers()
         .iter()
-        .map(|w| json!({ "worker": w.url, "worker_type": w.kind.name(), "load": w.load() }))
+        .map(|w| json!({ "worker": w.name(), "worker_type": w.kind.name(), "load": w.load() }))
         .collect();
     Json(json!({ "workers": workers }))
 }
@@ -133,6 +133,7 @@ async fn add(r: &Router, req: AddWorker) -> Result<Response> {
         return Err(RouterError::WorkerExists(url));
     }
     tracing::info!(url = %w.url, kind = kind.name(), "worker added");
+    r.expand_dp_ranks().await;
     Ok((
         StatusCode::OK,
         Json(json!({ "status": "added", "worker": w.json() })),
@@ -181,6 +182,6 @@ pub async fn remove_worker(State(r): S, Query(q): Query<UrlQuery>) -> Result<Res
 }
 
 pub async fn list_workers(State(r): S) -> Json<serde_json::Value> {
-    let urls: Vec<_> = r.all_workers().iter().map(|w| w.url.clone()).collect();
+    let urls: Vec<_> = r.all_workers().iter().map(|w| w.name()).collect();
     Json(json!({ "urls": urls }))
 }

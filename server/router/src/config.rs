@@ -184,6 +184,9 @@ pub struct RouterConfig {
     pub disable_circuit_breaker: bool,
     pub health: HealthConfig,
     pub api_key: Option<String>,
+    /// `--dp-aware`: each data-parallel replica of a regular worker is a worker of its own,
+    /// addressed by `data_parallel_rank` in the body (`Router::expand_dp_ranks`).
+    pub dp_aware: bool,
 }
 
 /// Request-id headers looked at when `--request-id-headers` is not given.
@@ -224,6 +227,7 @@ impl Default for RouterConfig {
             disable_circuit_breaker: false,
             health: HealthConfig::default(),
             api_key: None,
+            dp_aware: false,
         }
     }
 }

@@ -157,6 +157,57 @@ impl Router {
         }
     }
 
+    /// `--dp-aware`: asks each regular worker without a rank for its `dp_size`
+    /// (`/get_server_info`) and replaces a server of several data-parallel replicas by one worker
+    /// per replica (`url@rank`), so that the policy (cache-aware above all) chooses the replica
+    /// and the request carries it as `data_parallel_rank`. A worker that does not answer stays
+    /// one worker.
+    pub async fn expand_dp_ranks(&self) {
+        if !self.cfg.dp_aware || self.cfg.pd_disaggregation {
+            return;
+        }
+        let plain: Vec<Arc<Worker>> = self
+            .regular
+            .snapshot()
+            .iter()
+            .filter(|w| w.dp_rank.is_none())
+            .cloned()
+            .collect();
+        for w in plain {
+            let n = self.dp_size(&w.url).await;
+            if n <= 1 {
+                continue;
+            }
+            self.regular.remove(&w.url);
+            for rank in 0..n {
+                let kind = WorkerKind::Regular;
+                let r = Worker::ranked(w.url.clone(), kind, &self.cfg.circuit, Some(rank));
+                self.regular.add(r);
+            }
+            tracing::info!(url = %w.url, replicas = n, "dp-aware: one worker per data-parallel replica");
+        }
+    }
+
+    /// The `dp_size` a worker's `/get_server_info` reports (1 when it says nothing).
+    async fn dp_size(&self, url: &str) -> usize {
+        let info = format!("{url}/get_server_info");
+        let auth = self.auth_only();
+        let Ok(reply) = self
+            .client
+            .send("GET", &info, &auth, b"", self.request_timeout)
+            .await
+        else {
+            return 1;
+        };
+        let Ok(bytes) = reply.bytes().await else {
+            return 1;
+        };
+        serde_json::from_slice::<serde_json::Value>(&bytes)
+            .ok()
+            .and_then(|v| v["dp_size"].as_u64())
+            .map_or(1, |n| n.max(1) as usize)
+    }
+
     /// Only the api key, for requests the router makes on its own behalf.
     pub fn auth_only(&self) -> axum::http::HeaderMap {
         let mut h = axum::http::HeaderMap::new();
@@ -211,6 +262,7 @@ pub async fn run(cfg: RouterConfig) -> Result<()> {
         Duration::from_secs(cfg.worker_startup_check_interval),
     )
     .await?;
+    router.expand_dp_ranks().await;
     router.spawn_upkeep();
     tracing::info!(addr = %prom.local_addr()?, "metrics listening");
     tokio::spawn(metrics::serve(router.clone(), prom));

@@ -130,7 +130,7 @@ pub fn render(router: &Router) -> String {
                 _ => w.circuit.state() as u64,
             };
             let kind = w.kind.name();
-            let _ = writeln!(out, "{name}{{worker=\"{}\",type=\"{kind}\"}} {v}", w.url);
+            let _ = writeln!(out, "{name}{{worker=\"{}\",type=\"{kind}\"}} {v}", w.name());
         }
     }
     out

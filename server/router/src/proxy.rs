@@ -153,9 +153,17 @@ pub async fn forward(r: &Router, path: &str, headers: HeaderMap, body: Bytes) ->
         let worker = pool.pick(&key, &tried).ok_or(RouterError::NoWorkers)?;
         let load = LoadGuard::new(worker.clone());
         let url = format!("{}{path}", worker.url);
+        let ranked;
+        let sent_body: &[u8] = match worker.dp_rank {
+            Some(rank) => {
+                ranked = request::inject(&body, &format!(r#""data_parallel_rank":{rank}"#))?;
+                &ranked
+            }
+            None => &body,
+        };
         let sent = r
             .client
-            .send("POST", &url, &headers, &body, r.request_timeout)
+            .send("POST", &url, &headers, sent_body, r.request_timeout)
             .await;
         let why = match sent {
             Ok(resp) => {
@@ -244,9 +252,11 @@ pub async fn find(r: &Router, method: &str, path: &str) -> Result<Response> {
     }
 }
 
-/// Sends `method path` to every worker; 200 with per-worker results when all succeed, else 500.
+/// Sends `method path` to every worker (once per server: replicas share theirs); 200 with
+/// per-worker results when all succeed, else 500.
 pub async fn fan_out(r: &Router, method: &str, path: &str) -> Response {
-    let workers = r.all_workers();
+    let mut workers = r.all_workers();
+    workers.retain(|w| w.dp_rank.unwrap_or(0) == 0);
     let auth = r.auth_only();
     let calls = workers.iter().map(|w| {
         let url = format!("{}{path}", w.url);

@@ -43,6 +43,9 @@ pub struct Worker {
     pub url: String,
     /// The URL's host, parsed once (PD mode sends it as `bootstrap_host`).
     pub host: String,
+    /// Under `--dp-aware`: the data-parallel replica of the server at `url` this worker is
+    /// (requests carry it as `data_parallel_rank`).
+    pub dp_rank: Option<usize>,
     pub kind: WorkerKind,
     healthy: AtomicBool,
     load: AtomicUsize,
@@ -52,9 +55,20 @@ pub struct Worker {
 
 impl Worker {
     pub fn new(url: String, kind: WorkerKind, circuit: &CircuitConfig) -> Arc<Self> {
+        Self::ranked(url, kind, circuit, None)
+    }
+
+    /// A worker that is replica `dp_rank` of the server at `url`.
+    pub fn ranked(
+        url: String,
+        kind: WorkerKind,
+        circuit: &CircuitConfig,
+        dp_rank: Option<usize>,
+    ) -> Arc<Self> {
         Arc::new(Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             host: crate::config::url_host(&url),
+            dp_rank,
             url,
             kind,
             healthy: AtomicBool::new(true),
@@ -81,13 +95,23 @@ impl Worker {
         self.is_healthy() && self.circuit.can_execute(now)
     }
 
+    /// How listings and metrics name it: its URL, `url@rank` for a data-parallel replica
+    /// (sglang-router's form).
+    pub fn name(&self) -> String {
+        match self.dp_rank {
+            Some(r) => format!("{}@{r}", self.url),
+            None => self.url.clone(),
+        }
+    }
+
     pub fn json(&self) -> serde_json::Value {
         let port = match self.kind {
             WorkerKind::Prefill { bootstrap_port } => bootstrap_port,
             _ => None,
         };
         serde_json::json!({
-            "url": self.url,
+            "url": self.name(),
+            "dp_rank": self.dp_rank,
             "worker_type": self.kind.name(),
             "bootstrap_port": port,
             "is_healthy": self.is_healthy(),
@@ -148,10 +172,12 @@ impl Pool {
         self.snapshot().iter().find(|w| w.url == url).cloned()
     }
 
-    /// Adds `worker`; false if its URL is already there.
+    /// Adds `worker`; false if its URL (and replica) is already there.
     pub fn add(&self, worker: Arc<Worker>) -> bool {
         let mut w = self.workers.write();
-        if w.iter().any(|x| x.url == worker.url) {
+        if w.iter()
+            .any(|x| x.url == worker.url && x.dp_rank == worker.dp_rank)
+        {
             return false;
         }
         let mut next = (**w).clone();
@@ -160,16 +186,19 @@ impl Pool {
         true
     }
 
-    /// Removes the worker at `url`, and forgets it in the policy.
+    /// Removes the worker at `url` (every replica of it), and forgets it in the policy.
     pub fn remove(&self, url: &str) -> Option<Arc<Worker>> {
         let mut w = self.workers.write();
-        let pos = w.iter().position(|x| x.url == url)?;
-        let mut next = (**w).clone();
-        let gone = next.remove(pos);
-        *w = Arc::new(next);
+        let (gone, kept): (Vec<_>, Vec<_>) = w.iter().cloned().partition(|x| x.url == url);
+        if gone.is_empty() {
+            return None;
+        }
+        *w = Arc::new(kept);
         drop(w);
-        self.policy.remove_worker(gone.id);
-        Some(gone)
+        for g in &gone {
+            self.policy.remove_worker(g.id);
+        }
+        gone.into_iter().next()
     }
 
     pub fn any_healthy(&self) -> bool {

@@ -147,6 +147,9 @@ pub struct Args {
     /// Key clients must send as `Authorization: Bearer KEY`; also sent to workers.
     #[arg(long)]
     api_key: Option<String>,
+    /// Route to each data-parallel replica of a worker (`--dp-size`) as to a worker of its own.
+    #[arg(long)]
+    dp_aware: bool,
 }
 
 fn policy(s: &str) -> anyhow::Result<PolicyKind> {
@@ -195,6 +198,7 @@ impl Args {
             disable_retries: self.disable_retries,
             disable_circuit_breaker: self.disable_circuit_breaker,
             api_key: self.api_key,
+            dp_aware: self.dp_aware,
             ..Default::default()
         };
         let ca = &mut c.cache_aware;

@@ -56,6 +56,8 @@ pub struct MockState {
     pub cancelled: AtomicUsize,
     pub completed: AtomicUsize,
     pub flushes: AtomicUsize,
+    /// The `dp_size` its `/get_server_info` reports.
+    pub dp_size: AtomicUsize,
 }
 
 impl MockState {
@@ -168,7 +170,8 @@ async fn health(State(s): State<Arc<MockState>>) -> StatusCode {
 }
 
 async fn info(State(s): State<Arc<MockState>>) -> axum::Json<Value> {
-    axum::Json(json!({"model_path": "mock", "worker": s.name}))
+    let dp = s.dp_size.load(Ordering::SeqCst);
+    axum::Json(json!({"model_path": "mock", "worker": s.name, "dp_size": dp}))
 }
 
 async fn flush(State(s): State<Arc<MockState>>) -> &'static str {
@@ -189,6 +192,7 @@ impl Mock {
             cancelled: AtomicUsize::new(0),
             completed: AtomicUsize::new(0),
             flushes: AtomicUsize::new(0),
+            dp_size: AtomicUsize::new(1),
         });
         let app = axum::Router::new()
             .route("/generate", post(generate))

@@ -301,3 +301,65 @@ async fn oversized_and_malformed_bodies_get_the_json_error_shape() {
     assert_eq!(st, StatusCode::NOT_FOUND);
     assert_eq!(json(&b)["error"]["code"], 404);
 }
+
+/// `--dp-aware`: a server reporting `dp_size` 2 becomes two workers (`url@0`, `url@1`) whose
+/// requests carry `data_parallel_rank`; a server of one replica stays one worker and its bodies
+/// pass unchanged; flushes reach each server once.
+#[tokio::test]
+async fn dp_aware_routes_to_each_replica_by_rank() {
+    let ms = [Mock::ok("a").await, Mock::ok("b").await];
+    ms[0]
+        .s
+        .dp_size
+        .store(2, std::sync::atomic::Ordering::SeqCst);
+    let urls: Vec<&str> = ms.iter().map(|m| m.url.as_str()).collect();
+    let mut cfg = regular(&urls, PolicyKind::RoundRobin);
+    cfg.dp_aware = true;
+    let r = router(cfg);
+    r.expand_dp_ranks().await;
+    let (_, _, b) = call(&r, "GET", "/list_workers", None, &[]).await;
+    let mut names: Vec<String> = json(&b)["urls"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u.as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    let mut want = vec![
+        format!("{}@0", ms[0].url),
+        format!("{}@1", ms[0].url),
+        ms[1].url.clone(),
+    ];
+    want.sort();
+    assert_eq!(names, want);
+    let body = json!({"text": "hello"});
+    for _ in 0..6 {
+        let (st, _, _) = call(&r, "POST", "/generate", Some(body.clone()), &[]).await;
+        assert_eq!(st, StatusCode::OK);
+    }
+    let mut ranks: Vec<i64> = ms[0]
+        .s
+        .bodies
+        .lock()
+        .iter()
+        .map(|b| b["data_parallel_rank"].as_i64().unwrap())
+        .collect();
+    ranks.sort();
+    assert_eq!(ranks, [0, 0, 1, 1]);
+    assert!(ms[1].s.bodies.lock().iter().all(|b| *b == body));
+    let (st, _, _) = call(&r, "POST", "/flush_cache", Some(json!({})), &[]).await;
+    assert_eq!(st, StatusCode::OK);
+    let flushes = |m: &Mock| m.s.flushes.load(std::sync::atomic::Ordering::SeqCst);
+    assert_eq!((flushes(&ms[0]), flushes(&ms[1])), (1, 1));
+    // Removing the server removes both of its replicas.
+    let (st, _, _) = call(
+        &r,
+        "POST",
+        &format!("/remove_worker?url={}", ms[0].url),
+        None,
+        &[],
+    )
+    .await;
+    assert_eq!(st, StatusCode::OK);
+    assert_eq!(r.all_workers().len(), 1);
+}
