@@ -5,8 +5,8 @@
 //! to a replica, and the copies of `n > 1` share their prompt's replica), and the control routes
 //! reach every replica (flush, pause / continue, a weight update that both replicas apply); the
 //! L3 is shared (a prefix one replica computed comes back to the other through HiCache);
-//! `strata router --dp-aware` routes to each replica as to a worker. A PD
-//! role with several replicas and an unknown balancing method stop the start.
+//! `strata router --dp-aware` routes to each replica as to a worker; `/get_load` reports each
+//! replica's work. A PD role with several replicas and an unknown balancing method stop the start.
 
 mod serve_common;
 
@@ -147,11 +147,28 @@ async fn shortest_queue_sends_work_to_the_idle_replica() {
     // for the first, then its own).
     let long = json!({"text": "Tell the whole story", "sampling_params": {"temperature": 0,
         "max_new_tokens": 3000, "ignore_eos": true}});
-    let (busy, (c, d)) = tokio::join!(s.post("/generate", &long), async {
+    let (busy, (load, c, d)) = tokio::join!(s.post("/generate", &long), async {
         s.wait_metric("num_running_reqs", 1.0).await;
-        (gen(&s, &p, 4).await, gen(&s, &p, 4).await)
+        let load: Value = serde_json::from_str(&s.get("/get_load").await.1).unwrap();
+        (load, gen(&s, &p, 4).await, gen(&s, &p, 4).await)
     });
     assert_eq!(busy.0, 200);
+    // `/get_load` saw the long request on replica 0 only.
+    assert_eq!(load[0]["dp_rank"], 0, "{load}");
+    assert_eq!(
+        (load[0]["num_reqs"].clone(), load[1]["num_reqs"].clone()),
+        (json!(1), json!(0)),
+        "{load}"
+    );
+    assert!(load[0]["num_tokens"].as_u64().unwrap() >= 3000, "{load}");
+    let idle: Value = serde_json::from_str(&s.get("/get_load").await.1).unwrap();
+    assert!(
+        idle.as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["num_reqs"] == 0 && l["num_tokens"] == 0),
+        "{idle}"
+    );
     assert_eq!(cached(&c), 0, "went to the busy replica: {c}");
     assert!(cached(&d) >= 64, "{d}");
     assert_eq!(c["output_ids"], a["output_ids"]);

@@ -100,6 +100,22 @@ pub async fn server_info(State(st): State<AppState>) -> Json<Value> {
     Json(v)
 }
 
+/// `GET /get_load`: SGLang's per-replica load, one entry per data-parallel rank: unfinished
+/// requests, those of them waiting for admission, and their tokens (prompt + `max_new_tokens`).
+pub async fn get_load(State(st): State<AppState>) -> Json<Value> {
+    let loads: Vec<Value> = st
+        .scheduler
+        .loads()
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            json!({"dp_rank": i, "num_reqs": l.requests(), "num_waiting_reqs": l.waiting(),
+                "num_tokens": l.tokens()})
+        })
+        .collect();
+    Json(Value::Array(loads))
+}
+
 pub async fn flush_cache(State(st): State<AppState>) -> Response {
     if st.scheduler.flush().await {
         (StatusCode::OK, "Cache flushed.\nPlease check backend logs for more details. (When there are running or waiting requests, the operation will not be performed.)\n").into_response()

@@ -214,6 +214,7 @@ pub fn app_with_limit(state: AppState, max_payload: usize) -> Router {
         .route("/get_model_info", get(info::model_info))
         .route("/model_info", get(info::model_info))
         .route("/get_server_info", get(info::server_info))
+        .route("/get_load", get(info::get_load))
         .route("/server_info", get(info::server_info))
         .route(
             "/flush_cache",

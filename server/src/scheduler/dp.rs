@@ -40,6 +40,8 @@ impl LoadBalance {
 pub struct ReplicaLoad {
     requests: AtomicUsize,
     tokens: AtomicUsize,
+    /// Of `requests`, those waiting for admission (published by the scheduler each round).
+    waiting: AtomicUsize,
 }
 
 /// What a request weighs under `minimum_tokens`.
@@ -71,6 +73,15 @@ impl ReplicaLoad {
 
     pub fn tokens(&self) -> usize {
         self.tokens.load(Ordering::Relaxed)
+    }
+
+    pub fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
+    /// The scheduler's waiting queue length.
+    pub fn set_waiting(&self, n: usize) {
+        self.waiting.store(n, Ordering::Relaxed);
     }
 }
 

@@ -217,6 +217,11 @@ impl SchedulerHandle {
         self.replicas.len()
     }
 
+    /// Each replica's unfinished work, in rank order (`/get_load`).
+    pub fn loads(&self) -> Vec<Arc<ReplicaLoad>> {
+        self.replicas.iter().map(|r| r.load.clone()).collect()
+    }
+
     /// The replica the balancer picks for the next request.
     pub fn pick(&self) -> usize {
         let turn = self.turn.fetch_add(1, Ordering::Relaxed);
@@ -1070,6 +1075,7 @@ impl<R: ModelRunner> Scheduler<R> {
         let (st, g) = (&self.stats, &mut self.gauges);
         Stats::share(&st.running, &mut g.running, self.running.len() as u64);
         Stats::share(&st.waiting, &mut g.waiting, self.waiting.len() as u64);
+        self.load.set_waiting(self.waiting.len());
         let free = self.pool.free_pages() as u64;
         Stats::share(&st.free_pages, &mut g.free_pages, free);
         let cached = self.tree.cached_pages() as u64;
