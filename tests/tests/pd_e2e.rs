@@ -795,3 +795,49 @@ async fn pd_with_a_lora_adapter_equals_colocated() {
         assert_eq!(ids_of(&v), plain, "PD base request differs from colocated");
     }
 }
+
+/// PD legs with data-parallel replicas (`--dp-size 2` on both): the prefill replicas share one
+/// bootstrap server (their transfers staged), each decode replica fetches into its own pool;
+/// answers equal the colocated server's, one at a time and all at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pd_with_data_parallel_legs_equals_colocated() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed());
+    let model = MadeModel::new("llama", "tiny");
+    let colo = Server::start(model.path(), &["--page-size", "16"]);
+    let c = reqwest::Client::new();
+    let boot = free_port();
+    let (prefill, decode) = pd_pair(&model, boot, &["--dp-size", "2"]);
+    let r = router(&prefill.base, boot, &decode.base);
+    let prompts: Vec<Vec<u32>> = (0..8)
+        .map(|i| {
+            (0..[7, 20, 45, 90][i % 4])
+                .map(|_| rng.random_range(3..500u32))
+                .collect()
+        })
+        .collect();
+    let mut want = Vec::new();
+    for p in &prompts {
+        want.push(ids_of(
+            &post(&c, &colo.url("/generate"), &body(p, 10)).await.1,
+        ));
+    }
+    for (p, w) in prompts.iter().zip(&want).take(4) {
+        let (s, v) = post(&c, &format!("{}/generate", r.base), &body(p, 10)).await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(&ids_of(&v), w, "PD with replicas differs from colocated");
+    }
+    let all = futures::future::join_all(prompts.iter().map(|p| {
+        let (c, url, b) = (c.clone(), format!("{}/generate", r.base), body(p, 10));
+        async move { post(&c, &url, &b).await }
+    }))
+    .await;
+    for ((s, v), w) in all.iter().zip(&want) {
+        assert_eq!(*s, 200, "{v}");
+        assert_eq!(
+            &ids_of(v),
+            w,
+            "concurrent PD with replicas differs from colocated"
+        );
+    }
+    assert!(prefill.metric("pd_transfers_total").await >= 12.0);
+}

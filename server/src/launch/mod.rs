@@ -12,6 +12,7 @@ use crate::api::reqlog::{LogSwitch, RequestLog};
 use crate::api::{AppState, ServerInfo};
 use crate::hicache::HiCacheConfig;
 use crate::model::{Model, ModelConfig, ModelError, ModelRunner, Tokenizer};
+use crate::pd::prefill::Registry;
 use crate::pd::{Mode, PdConfig};
 pub use crate::scheduler::budget::DEFAULT_MAX_PREFILL_TOKENS;
 use crate::scheduler::dp::LoadBalance;
@@ -231,12 +232,11 @@ where
             "an embedding model (--is-embedding) cannot take a prefill or decode role: it generates nothing to hand over".into(),
         ));
     }
-    if opts.pd.is_some() && dp > 1 {
-        return Err(LaunchError::Config(
-            "--dp-size above 1 with a prefill or decode role is not supported yet: run one PD server per replica behind `strata router --pd-disaggregation`".into(),
-        ));
-    }
     let stats = Arc::new(Stats::default());
+    let prefill = match &opts.pd {
+        Some(c) if c.mode == Mode::Prefill => Some(Registry::start(c.clone(), stats.clone())?),
+        _ => None,
+    };
     let tokenizer = Arc::new(tokenizer);
     // The decode side keeps each request's pages private (SGLang's chunk cache on decode).
     let radix_cache =
@@ -252,6 +252,8 @@ where
         },
         tokenizer: tokenizer.clone(),
         stats: stats.clone(),
+        dp,
+        prefill,
         sched: SchedulerConfig {
             page_size: opts.page_size,
             max_running_requests: opts.max_running_requests.max(1),

@@ -28,6 +28,10 @@ pub(super) struct Shared<'a> {
     pub tokenizer: Arc<Tokenizer>,
     pub stats: Arc<Stats>,
     pub sched: SchedulerConfig,
+    /// Replicas in the server.
+    pub dp: usize,
+    /// A PD prefill's bootstrap server and registry, shared by its replicas.
+    pub prefill: Option<Arc<Registry>>,
 }
 
 /// A started replica.
@@ -98,13 +102,16 @@ pub(super) fn start<R: ModelRunner>(sh: &Shared, mut model: R) -> Result<Started
         }
         None => None,
     };
-    let (pd, pd_registry) = match &opts.pd {
-        Some(c) if c.mode == Mode::Prefill => {
-            let reg = Registry::start(c.clone(), stats.clone())?;
-            reg.set_share(pd_share(&model, &pool.buffers));
-            (Some(PdSide::Prefill(reg.clone())), Some(reg))
+    let (pd, pd_registry) = match (&opts.pd, &sh.prefill) {
+        (Some(c), Some(reg)) if c.mode == Mode::Prefill => {
+            // One replica: transfers read its pool where it is. Several share the bootstrap
+            // server, whose transfers then copy each prompt out of its replica's pool (staged).
+            if sh.dp == 1 {
+                reg.set_share(pd_share(&model, &pool.buffers));
+            }
+            (Some(PdSide::Prefill(reg.clone())), Some(reg.clone()))
         }
-        Some(c) if c.mode == Mode::Decode => {
+        (Some(c), _) if c.mode == Mode::Decode => {
             if !model.kv_page_io() {
                 return Err(LaunchError::Config(format!(
                     "--disaggregation-mode decode is not available on the {} runner yet",
