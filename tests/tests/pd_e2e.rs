@@ -92,6 +92,51 @@ fn spawn_doomed(c: &reqwest::Client, url: String, b: &Value) -> tokio::task::Joi
     tokio::spawn(async move { c.post(url).json(&b).send().await.is_err() })
 }
 
+/// `n` seeded random prompts of 5 to 100 tokens.
+fn random_prompts(rng: &mut rand::rngs::StdRng, n: usize) -> Vec<Vec<u32>> {
+    (0..n)
+        .map(|i| {
+            (0..[5, 16, 37, 100][i % 4])
+                .map(|_| rng.random_range(3..500u32))
+                .collect()
+        })
+        .collect()
+}
+
+/// Sends `prompts` through the PD router at `router` (`max_new` greedy tokens), the first four
+/// one at a time, then all at once, and checks every answer against the colocated server's;
+/// returns those answers.
+async fn same_as_colocated(
+    c: &reqwest::Client,
+    colo: &Server,
+    router: &str,
+    prompts: &[Vec<u32>],
+    max_new: usize,
+) -> Vec<Vec<u64>> {
+    let mut want = Vec::new();
+    for p in prompts {
+        want.push(ids_of(
+            &post(c, &colo.url("/generate"), &body(p, max_new)).await.1,
+        ));
+    }
+    let url = format!("{router}/generate");
+    for (p, w) in prompts.iter().zip(&want).take(4) {
+        let (s, v) = post(c, &url, &body(p, max_new)).await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(&ids_of(&v), w, "PD output differs from colocated");
+    }
+    let all = futures::future::join_all(prompts.iter().map(|p| {
+        let (c, url, b) = (c.clone(), url.clone(), body(p, max_new));
+        async move { post(&c, &url, &b).await }
+    }))
+    .await;
+    for ((s, v), w) in all.iter().zip(&want) {
+        assert_eq!(*s, 200, "{v}");
+        assert_eq!(&ids_of(v), w, "concurrent PD output differs from colocated");
+    }
+    want
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pd_greedy_output_equals_colocated() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed());
@@ -101,34 +146,8 @@ async fn pd_greedy_output_equals_colocated() {
     let boot = free_port();
     let (prefill, decode) = pd_pair(&model, boot, &[]);
     let r = router(&prefill.base, boot, &decode.base);
-    let prompts: Vec<Vec<u32>> = (0..12)
-        .map(|i| {
-            (0..[5, 16, 37, 100][i % 4])
-                .map(|_| rng.random_range(3..500u32))
-                .collect()
-        })
-        .collect();
-    let mut want = Vec::new();
-    for p in &prompts {
-        want.push(ids_of(
-            &post(&c, &colo.url("/generate"), &body(p, 12)).await.1,
-        ));
-    }
-    // One at a time, then all at once.
-    for (p, w) in prompts.iter().zip(&want).take(4) {
-        let (s, v) = post(&c, &format!("{}/generate", r.base), &body(p, 12)).await;
-        assert_eq!(s, 200, "{v}");
-        assert_eq!(&ids_of(&v), w, "PD output differs from colocated");
-    }
-    let all = futures::future::join_all(prompts.iter().map(|p| {
-        let (c, url, b) = (c.clone(), format!("{}/generate", r.base), body(p, 12));
-        async move { post(&c, &url, &b).await }
-    }))
-    .await;
-    for ((s, v), w) in all.iter().zip(&want) {
-        assert_eq!(*s, 200, "{v}");
-        assert_eq!(&ids_of(v), w, "concurrent PD output differs from colocated");
-    }
+    let prompts = random_prompts(&mut rng, 12);
+    let want = same_as_colocated(&c, &colo, &r.base, &prompts, 12).await;
     // Streamed through the router.
     let mut sb = body(&prompts[3], 12);
     sb["stream"] = json!(true);
@@ -808,36 +827,7 @@ async fn pd_with_data_parallel_legs_equals_colocated() {
     let boot = free_port();
     let (prefill, decode) = pd_pair(&model, boot, &["--dp-size", "2"]);
     let r = router(&prefill.base, boot, &decode.base);
-    let prompts: Vec<Vec<u32>> = (0..8)
-        .map(|i| {
-            (0..[7, 20, 45, 90][i % 4])
-                .map(|_| rng.random_range(3..500u32))
-                .collect()
-        })
-        .collect();
-    let mut want = Vec::new();
-    for p in &prompts {
-        want.push(ids_of(
-            &post(&c, &colo.url("/generate"), &body(p, 10)).await.1,
-        ));
-    }
-    for (p, w) in prompts.iter().zip(&want).take(4) {
-        let (s, v) = post(&c, &format!("{}/generate", r.base), &body(p, 10)).await;
-        assert_eq!(s, 200, "{v}");
-        assert_eq!(&ids_of(&v), w, "PD with replicas differs from colocated");
-    }
-    let all = futures::future::join_all(prompts.iter().map(|p| {
-        let (c, url, b) = (c.clone(), format!("{}/generate", r.base), body(p, 10));
-        async move { post(&c, &url, &b).await }
-    }))
-    .await;
-    for ((s, v), w) in all.iter().zip(&want) {
-        assert_eq!(*s, 200, "{v}");
-        assert_eq!(
-            &ids_of(v),
-            w,
-            "concurrent PD with replicas differs from colocated"
-        );
-    }
+    let prompts = random_prompts(&mut rng, 8);
+    same_as_colocated(&c, &colo, &r.base, &prompts, 10).await;
     assert!(prefill.metric("pd_transfers_total").await >= 12.0);
 }

@@ -210,33 +210,26 @@ async fn a_dp_aware_router_keeps_a_prefix_on_its_replica() {
         "--dp-aware",
     ]);
     let client = reqwest::Client::new();
+    // The router's JSON reply to a POST of `body`, or to a GET without one.
+    let call = |path: &str, body: Option<&Value>| {
+        let url = format!("{}{path}", r.base);
+        let req = match body {
+            Some(b) => client.post(url).json(b),
+            None => client.get(url),
+        };
+        async move { req.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
     let p = format!("{}Which ship carried the lamps?", prefix());
     let body = json!({"text": p, "sampling_params": {"temperature": 0, "max_new_tokens": 4}});
     let mut hits = Vec::new();
     for _ in 0..4 {
-        let v: Value = client
-            .post(format!("{}/generate", r.base))
-            .json(&body)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        hits.push(cached(&v));
+        hits.push(cached(&call("/generate", Some(&body)).await));
     }
     assert!(
         hits[0] == 0 && hits[1..].iter().all(|&h| h >= 64),
         "{hits:?}"
     );
-    let listed: Value = client
-        .get(format!("{}/list_workers", r.base))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let listed = call("/list_workers", None).await;
     assert_eq!(listed["urls"].as_array().unwrap().len(), 2, "{listed}");
 }
 
