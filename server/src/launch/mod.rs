@@ -287,15 +287,11 @@ where
         first.runner.clone(),
         first.supports_lora,
     );
-    let pd_registry = first.pd_registry.clone();
-    let handle = if dp == 1 {
-        parts.remove(0).handle
-    } else {
-        SchedulerHandle::join(
-            parts.into_iter().map(|p| p.handle).collect(),
-            opts.load_balance,
-        )
-    };
+    let pd_registry = shared.prefill.clone();
+    let handle = SchedulerHandle::join(
+        parts.into_iter().map(|p| p.handle).collect(),
+        opts.load_balance,
+    );
     let classifier = match &cfg.labels {
         Some(labels) => Some(Arc::new(crate::api::classify::Classifier::load(
             dir,

@@ -42,8 +42,6 @@ pub(super) struct Started {
     /// The runner's name.
     pub runner: String,
     pub supports_lora: bool,
-    /// A PD prefill's bootstrap registry.
-    pub pd_registry: Option<Arc<Registry>>,
 }
 
 /// Sizes `model`'s KV pool, warms it up, adds the host tier and the PD role, and starts its
@@ -102,14 +100,14 @@ pub(super) fn start<R: ModelRunner>(sh: &Shared, mut model: R) -> Result<Started
         }
         None => None,
     };
-    let (pd, pd_registry) = match (&opts.pd, &sh.prefill) {
+    let pd = match (&opts.pd, &sh.prefill) {
         (Some(c), Some(reg)) if c.mode == Mode::Prefill => {
             // One replica: transfers read its pool where it is. Several share the bootstrap
             // server, whose transfers then copy each prompt out of its replica's pool (staged).
             if sh.dp == 1 {
                 reg.set_share(pd_share(&model, &pool.buffers));
             }
-            (Some(PdSide::Prefill(reg.clone())), Some(reg.clone()))
+            Some(PdSide::Prefill(reg.clone()))
         }
         (Some(c), _) if c.mode == Mode::Decode => {
             if !model.kv_page_io() {
@@ -124,15 +122,12 @@ pub(super) fn start<R: ModelRunner>(sh: &Shared, mut model: R) -> Result<Started
                 kv_dim: cfg.kv_dim(),
                 elem: model.kv_elem_bytes(),
             };
-            (
-                Some(PdSide::Decode(Box::new(
-                    Fetcher::new(c.clone(), geo, stats.clone())
-                        .with_device(model.device_kv(&pool.buffers)),
-                ))),
-                None,
-            )
+            Some(PdSide::Decode(Box::new(
+                Fetcher::new(c.clone(), geo, stats.clone())
+                    .with_device(model.device_kv(&pool.buffers)),
+            )))
         }
-        _ => (None, None),
+        _ => None,
     };
     let (runner, supports_lora) = (model.name().to_string(), model.supports_lora());
     let handle = spawn_with_hook(
@@ -152,7 +147,6 @@ pub(super) fn start<R: ModelRunner>(sh: &Shared, mut model: R) -> Result<Started
         max_total_tokens,
         runner,
         supports_lora,
-        pd_registry,
     })
 }
 
