@@ -1,7 +1,7 @@
 //! Data parallelism (`--dp-size`) on a real `strata serve` (CPU): two replicas answer exactly as a
 //! one-replica server (alone and 8 at once), requests are placed by `--load-balance-method`
 //! (round robin alternates, so a repeated prompt finds its prefix only on the replica that
-//! computed it; shortest queue sends work to the idle replica; `routed_dp_rank` pins a request
+//! computed it; total_requests (shortest queue) sends work to the idle replica; `routed_dp_rank` pins a request
 //! to a replica, and the copies of `n > 1` share their prompt's replica), and the control routes
 //! reach every replica (flush, pause / continue, a weight update that both replicas apply); the
 //! L3 is shared (a prefix one replica computed comes back to the other through HiCache);
@@ -126,7 +126,7 @@ async fn two_replicas_answer_as_one_and_share_the_control_routes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn shortest_queue_sends_work_to_the_idle_replica() {
+async fn total_requests_sends_work_to_the_idle_replica() {
     let m = MadeModel::new("llama", "tiny");
     let s = Server::start(
         m.path(),
@@ -136,7 +136,7 @@ async fn shortest_queue_sends_work_to_the_idle_replica() {
             "--dp-size",
             "2",
             "--load-balance-method",
-            "shortest_queue",
+            "total_requests",
         ],
     );
     let p = format!("{}Which ship came last?", prefix());

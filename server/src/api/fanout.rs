@@ -70,7 +70,7 @@ pub async fn submit(
     if st.scheduler.replicas() > 1 {
         // A prompt's warm-up and its copies run on one replica (they share its cache).
         for s in &mut subs {
-            s.params.dp_rank = s.params.dp_rank.or_else(|| Some(st.scheduler.pick()));
+            s.params.dp_rank = s.params.dp_rank.or_else(|| Some(st.scheduler.pick(None)));
         }
     }
     if st.radix_cache {

@@ -12,9 +12,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 /// `--load-balance-method`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum LoadBalance {
-    /// Replicas in turn (SGLang's default).
-    #[default]
+    /// Replicas in turn.
     RoundRobin,
+    /// A PD leg goes to replica `bootstrap_room % replicas`, any other request round robin
+    /// (SGLang's `auto`: round robin without a PD role, this with one).
+    #[default]
+    FollowBootstrapRoom,
     /// The replica with the fewest unfinished requests (ties: the lowest index).
     ShortestQueue,
     /// The replica with the fewest unfinished tokens (prompt + `max_new_tokens` of each).
@@ -22,14 +25,16 @@ pub enum LoadBalance {
 }
 
 impl LoadBalance {
-    /// SGLang's names (`auto` is round robin without a PD role, as SGLang resolves it).
+    /// SGLang's names, old (`shortest_queue`, `minimum_tokens`) and new (`total_requests`,
+    /// `total_tokens`).
     pub fn parse(s: &str) -> Result<Self, String> {
         match s {
-            "round_robin" | "auto" => Ok(LoadBalance::RoundRobin),
-            "shortest_queue" => Ok(LoadBalance::ShortestQueue),
-            "minimum_tokens" => Ok(LoadBalance::MinimumTokens),
+            "auto" | "follow_bootstrap_room" => Ok(LoadBalance::FollowBootstrapRoom),
+            "round_robin" => Ok(LoadBalance::RoundRobin),
+            "shortest_queue" | "total_requests" => Ok(LoadBalance::ShortestQueue),
+            "minimum_tokens" | "total_tokens" => Ok(LoadBalance::MinimumTokens),
             other => Err(format!(
-                "--load-balance-method {other}: expected round_robin, shortest_queue, minimum_tokens or auto"
+                "--load-balance-method {other}: expected auto, round_robin, follow_bootstrap_room, total_requests (shortest_queue) or total_tokens (minimum_tokens)"
             )),
         }
     }
@@ -85,15 +90,18 @@ impl ReplicaLoad {
     }
 }
 
-/// The replica for the next request: `turn` counts requests placed so far (round robin).
-pub fn pick(method: LoadBalance, loads: &[&ReplicaLoad], turn: usize) -> usize {
+/// The replica for the next request, a PD leg of `room` when given: `turn` counts requests
+/// placed so far (round robin).
+pub fn pick(method: LoadBalance, loads: &[&ReplicaLoad], turn: usize, room: Option<u64>) -> usize {
+    let n = loads.len().max(1);
     let least = |f: &dyn Fn(&ReplicaLoad) -> usize| {
         (0..loads.len())
             .min_by_key(|&i| (f(loads[i]), i))
             .unwrap_or(0)
     };
     match method {
-        LoadBalance::RoundRobin => turn % loads.len().max(1),
+        LoadBalance::FollowBootstrapRoom => room.map_or(turn % n, |r| (r % n as u64) as usize),
+        LoadBalance::RoundRobin => turn % n,
         LoadBalance::ShortestQueue => least(&|l| l.requests()),
         LoadBalance::MinimumTokens => least(&|l| l.tokens()),
     }
@@ -125,26 +133,36 @@ mod tests {
     fn each_method_picks_as_documented() {
         let loads: Vec<ReplicaLoad> = (0..3).map(|_| ReplicaLoad::default()).collect();
         let view: Vec<&ReplicaLoad> = loads.iter().collect();
-        let turns: Vec<usize> = (0..4)
-            .map(|t| pick(LoadBalance::RoundRobin, &view, t))
-            .collect();
-        assert_eq!(turns, [0, 1, 2, 0]);
+        for method in [LoadBalance::RoundRobin, LoadBalance::FollowBootstrapRoom] {
+            let turns: Vec<usize> = (0..4).map(|t| pick(method, &view, t, None)).collect();
+            assert_eq!(turns, [0, 1, 2, 0]);
+        }
+        // A PD leg follows its room; round robin ignores it.
+        assert_eq!(pick(LoadBalance::FollowBootstrapRoom, &view, 0, Some(7)), 1);
+        assert_eq!(pick(LoadBalance::RoundRobin, &view, 0, Some(7)), 0);
         // Replica 0: two short requests; replica 1: one long one; replica 2: nothing yet.
         let (short, long) = (req(10, 10), req(500, 500));
         loads[0].add(&short);
         loads[0].add(&short);
         loads[1].add(&long);
-        assert_eq!(pick(LoadBalance::ShortestQueue, &view, 0), 2);
+        assert_eq!(pick(LoadBalance::ShortestQueue, &view, 0, None), 2);
         loads[2].add(&long);
         loads[2].add(&short);
         // Requests: 2, 1, 2 -> replica 1; tokens: 40, 1000, 1020 -> replica 0.
-        assert_eq!(pick(LoadBalance::ShortestQueue, &view, 0), 1);
-        assert_eq!(pick(LoadBalance::MinimumTokens, &view, 0), 0);
+        assert_eq!(pick(LoadBalance::ShortestQueue, &view, 0, None), 1);
+        assert_eq!(pick(LoadBalance::MinimumTokens, &view, 0, None), 0);
         loads[0].done(&short);
         loads[0].done(&short);
         loads[0].done(&short); // one too many: stays at zero
         assert_eq!((loads[0].requests(), loads[0].tokens()), (0, 0));
-        assert_eq!(LoadBalance::parse("auto"), Ok(LoadBalance::RoundRobin));
+        assert_eq!(
+            LoadBalance::parse("auto"),
+            Ok(LoadBalance::FollowBootstrapRoom)
+        );
+        assert_eq!(
+            LoadBalance::parse("total_tokens"),
+            Ok(LoadBalance::MinimumTokens)
+        );
         assert!(LoadBalance::parse("random").is_err());
     }
 }

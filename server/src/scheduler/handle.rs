@@ -33,7 +33,7 @@ impl SchedulerHandle {
     pub(super) fn one(tx: Sender<Msg>, load: Arc<ReplicaLoad>) -> SchedulerHandle {
         SchedulerHandle {
             replicas: Arc::new([Replica { tx, load }]),
-            balance: LoadBalance::RoundRobin,
+            balance: LoadBalance::default(),
             turn: Arc::default(),
             paused: Arc::default(),
         }
@@ -63,11 +63,11 @@ impl SchedulerHandle {
         self.replicas.iter().map(|r| r.load.clone()).collect()
     }
 
-    /// The replica the balancer picks for the next request.
-    pub fn pick(&self) -> usize {
+    /// The replica the balancer picks for the next request (a PD leg of `room` when given).
+    pub fn pick(&self, room: Option<u64>) -> usize {
         let turn = self.turn.fetch_add(1, Ordering::Relaxed);
         let loads: Vec<&ReplicaLoad> = self.replicas.iter().map(|r| &*r.load).collect();
-        dp::pick(self.balance, &loads, turn)
+        dp::pick(self.balance, &loads, turn, room)
     }
 
     /// Queues a request on its `dp_rank` replica, else the one the balancer picks; false if
@@ -75,7 +75,14 @@ impl SchedulerHandle {
     pub fn submit(&self, req: Request) -> bool {
         let i = match req.params.dp_rank {
             Some(i) if i < self.replicas.len() => i,
-            _ => self.pick(),
+            _ => {
+                let room = req
+                    .bootstrap
+                    .as_ref()
+                    .filter(|b| b.is_real())
+                    .map(|b| b.room);
+                self.pick(room)
+            }
         };
         let r = &self.replicas[i];
         r.load.add(&req);

@@ -82,9 +82,9 @@ pub struct Args {
     /// i * gpu-id-step).
     #[arg(long, alias = "data-parallel-size", default_value_t = 1)]
     dp_size: usize,
-    /// Which replica takes a request: round_robin, shortest_queue, minimum_tokens (auto: round
-    /// robin).
-    #[arg(long, default_value = "round_robin")]
+    /// Which replica takes a request: auto (round robin; a PD leg by its bootstrap room),
+    /// round_robin, follow_bootstrap_room, total_requests, total_tokens.
+    #[arg(long, default_value = "auto")]
     load_balance_method: String,
     /// GPU ordinal step between data-parallel replicas.
     #[arg(long, default_value_t = 1)]
