@@ -102,8 +102,9 @@ pub(super) fn start<R: ModelRunner>(sh: &Shared, mut model: R) -> Result<Started
     };
     let pd = match (&opts.pd, &sh.prefill) {
         (Some(c), Some(reg)) if c.mode == Mode::Prefill => {
-            // One replica: transfers read its pool where it is. Several share the bootstrap
-            // server, whose transfers then copy each prompt out of its replica's pool (staged).
+            // One replica's GPU pool is exported for CUDA IPC; several replicas share the
+            // bootstrap server, whose transfers then stage each prompt out of its replica's
+            // GPU pool. A CPU replica hands its own pool pages over (`Pages::Pool`) either way.
             if sh.dp == 1 {
                 reg.set_share(pd_share(&model, &pool.buffers));
             }
@@ -150,25 +151,24 @@ pub(super) fn start<R: ModelRunner>(sh: &Shared, mut model: R) -> Result<Started
     })
 }
 
-/// How a PD prefill's transfer threads reach its KV pool: the CPU runner's pages where they are,
-/// the CUDA runner's pool through CUDA IPC (when the export works), else neither (every
-/// transfer staged). `STRATA_PD_POOL=0` forces the staged path (for comparisons).
+/// How a PD prefill's transfer threads reach a CUDA runner's KV pool: through CUDA IPC (when
+/// the export works), else not (every transfer staged; a CPU runner's scheduler hands its pool
+/// pages over itself). `STRATA_PD_POOL=0` forces the staged path (for comparisons).
 fn pd_share<R: ModelRunner>(model: &R, kv: &R::Kv) -> crate::pd::prefill::Share {
     if std::env::var("STRATA_PD_POOL").is_ok_and(|v| v == "0") {
         return Default::default();
     }
-    let host = model.host_spans(kv).map(Arc::new);
-    let (device, kv) = match (&host, model.device_kv(kv)) {
-        (None, Some(d)) => match d.export() {
+    let (device, kv) = match model.device_kv(kv) {
+        Some(d) => match d.export() {
             Ok(e) => (Some(e), Some(d)),
             Err(e) => {
                 tracing::warn!("PD: the GPU KV pool cannot be exported over CUDA IPC, transfers are staged through host memory: {e}");
                 (None, None)
             }
         },
-        _ => (None, None),
+        None => (None, None),
     };
-    crate::pd::prefill::Share { host, device, kv }
+    crate::pd::prefill::Share { device, kv }
 }
 
 /// Sizes the host pool (`--hicache-size` GB, else `--hicache-ratio` × the device pool), checks that

@@ -115,11 +115,10 @@ enum Next {
     Done(Box<Handoff>),
 }
 
-/// This server's KV pool as the transfer threads reach it.
+/// This server's GPU KV pool as the transfer threads reach it (a CPU pool's pages travel in
+/// each handoff's [`Pages::Pool`]).
 #[derive(Default)]
 pub struct Share {
-    /// The pool's pages in this process's memory (CPU runner).
-    pub host: Option<Arc<HostSpans>>,
     /// The GPU pool's export (CUDA runner, IPC on and the export worked).
     pub device: Option<DeviceInfo>,
     /// The GPU pool, for copies into a decode's pool (PUSH); set with `device`. A prefill offers
@@ -246,12 +245,6 @@ impl Registry {
             );
         }
         let _ = self.share.set(share);
-    }
-
-    /// The pool's pages in this process's memory, when the transfer threads can send them from
-    /// there (no staging copy).
-    pub fn host_spans(&self) -> Option<Arc<HostSpans>> {
-        self.share.get().and_then(|s| s.host.clone())
     }
 
     fn device(&self) -> Option<&DeviceInfo> {

@@ -129,8 +129,8 @@ pub struct Scheduler<R: ModelRunner> {
     parked_next: u64,
     /// PD prefill: where a transfer thread says a parked leg's transfer ended.
     pd_tx: Option<Sender<Msg>>,
-    /// PD decode: the pool's memory, when fetches can write straight into pool pages (the CPU
-    /// runner).
+    /// PD: the pool's memory, when transfers can read from (prefill) or write into (decode)
+    /// pool pages in place (the CPU runner; `STRATA_PD_POOL=0` turns it off).
     pd_spans: Option<Arc<crate::pd::share::HostSpans>>,
     /// PD decode: the GPU pool, when fetches can copy device to device into pool pages (CUDA
     /// IPC).
@@ -306,9 +306,9 @@ impl<R: ModelRunner> Scheduler<R> {
 
     /// Gives the server a PD role.
     pub fn with_pd(mut self, pd: Option<PdSide>) -> Self {
-        if let Some(PdSide::Decode(f)) = &pd {
-            if std::env::var("STRATA_PD_POOL").map_or(true, |v| v != "0") {
-                self.pd_spans = self.model.host_spans(&self.pool.buffers).map(Arc::new);
+        if pd.is_some() && std::env::var("STRATA_PD_POOL").map_or(true, |v| v != "0") {
+            self.pd_spans = self.model.host_spans(&self.pool.buffers).map(Arc::new);
+            if let Some(PdSide::Decode(f)) = &pd {
                 self.pd_device = f.device();
             }
         }
@@ -358,6 +358,7 @@ impl<R: ModelRunner> Scheduler<R> {
         };
         let reg = reg.clone();
         let ps = self.cfg.page_size;
+        let pool_spans = self.pd_spans.clone();
         for &i in idx {
             let s = &mut self.running[i];
             let Some(room) = s
@@ -374,7 +375,7 @@ impl<R: ModelRunner> Scheduler<R> {
                 continue;
             }
             let ids = s.page_table()[s.pd_sent..full].to_vec();
-            let pages = if let Some(spans) = reg.host_spans() {
+            let pages = if let Some(spans) = pool_spans.clone() {
                 crate::pd::prefill::Pages::Pool { spans, pages: ids }
             } else if let Some(info) = reg.device_for(room, ids) {
                 crate::pd::prefill::Pages::Device(info)
@@ -802,7 +803,7 @@ impl<R: ModelRunner> Scheduler<R> {
             return Err("the prompt's KV is incomplete".into());
         }
         let ids = table[..n_pages].to_vec();
-        if let Some(spans) = reg.host_spans() {
+        if let Some(spans) = self.pd_spans.clone() {
             return Ok((Pages::Pool { spans, pages: ids }, n_pages));
         }
         if let Some(info) = reg.device_for(room, ids) {

@@ -745,7 +745,6 @@ fn a_pushing_prefill_copies_the_pages_into_the_decode_pool_itself() {
             ..Default::default()
         });
         reg.set_share(Share {
-            host: None,
             device: Some(device_info(Vec::new())),
             kv: Some(pdev.clone()),
         });

@@ -92,7 +92,6 @@ pub(super) fn prefill_child(a: &Args, port: u16) -> anyhow::Result<()> {
     let dk = device_kv(&kv).map_err(anyhow::Error::msg)?;
     let export = dk.export().map_err(anyhow::Error::msg)?;
     let share = Share {
-        host: None,
         device: Some(export.clone()),
         kv: Some(dk),
     };

@@ -186,11 +186,7 @@ fn serve_rooms(
 fn prefill_child(a: &Args, port: u16) -> anyhow::Result<()> {
     let pool = Pool::new(a, true);
     let spans = Arc::new(pool.spans());
-    let share = Share {
-        host: Some(spans.clone()),
-        device: None,
-        kv: None,
-    };
+    let share = Share::default();
     let _reg = serve_rooms(a, port, share, pool.pages, &|pages| Pages::Pool {
         spans: spans.clone(),
         pages,
