@@ -8,7 +8,8 @@
 # the base's mean + 0.05 x that effect): the adapter's path rounds x A^T and its change to bf16
 # once more), while the adapter moves them further than the largest difference; a batch mixing
 # adapter and base rows gives every row its own
-# answer (base rows as the base model's); decode steps with the adapter run eagerly.
+# answer (base rows as the base model's); decode steps with the adapter run eagerly; a repeated
+# adapter request reuses the adapter's cached prefix with the same greedy answer.
 # Usage: scripts/gpu-lora-check.sh [OUTDIR]; env STRATA.
 set -uo pipefail
 OUTDIR=${1:-/tmp/strata-lora-check}; mkdir -p "$OUTDIR"
@@ -66,6 +67,16 @@ b = post(32630, {"text": prompts, "lora_path": ["a1", None, "a1"], "sampling_par
 singles = [gen(32630, p, l)["output_ids"] for p, l in zip(prompts, ["a1", None, "a1"])]
 same = sum(x["output_ids"] == s for x, s in zip(b, singles))
 print(f"mixed batch [a1, base, a1]: {same}/3 rows equal to their singles (the default GPU mode is not batch-invariant; see the logprob bounds above)")
+# The adapter's own prefix cache: a long prompt again reuses its cached pages (the prefix-extend
+# forward with adapter rows), and its teacher-forced logprobs stay as close to the CPU's.
+long = prompts[2] * 4
+first = post(32630, {"text": long, "lora_path": "a1", "sampling_params": {"temperature": 0, "max_new_tokens": 16, "ignore_eos": True}})
+again = post(32630, {"text": long, "lora_path": "a1", "sampling_params": {"temperature": 0, "max_new_tokens": 16, "ignore_eos": True}})
+hit = again["meta_info"]["cached_tokens"]
+cpu = post(32631, {"text": long, "lora_path": "a1", "sampling_params": {"temperature": 0, "max_new_tokens": 16, "ignore_eos": True}})
+cached_ok = hit > 0 and again["output_ids"] == first["output_ids"]
+print(("PASS" if cached_ok else "FAIL"), f"adapter prefix cache: second request cached {hit} tokens, greedy equal to the first: {again['output_ids'] == first['output_ids']}, equal to the CPU's: {again['output_ids'] == cpu['output_ids']}")
+if not cached_ok: fails.append("cache")
 print("RESULT", "FAIL" if fails else "PASS")
 sys.exit(1 if fails else 0)
 PY
