@@ -5,7 +5,8 @@
 //! log-probabilities do (same argmax, log-probability gaps proportional to the logit gaps), so it
 //! is the state the logits come from. Also: batch, token-id, base64 and Matryoshka forms agree;
 //! a backbone checkpoint (`MistralModel`, tensors without `model.`, no LM head) serves the same
-//! vectors without the flag; SGLang's errors on both kinds of server.
+//! vectors without the flag; SGLang's errors on both kinds of server; a one-label head reranks
+//! documents (`/v1/rerank`).
 
 mod serve_common;
 
@@ -431,4 +432,123 @@ async fn embeddings_reuse_l3_pages_across_a_restart() {
         b.metric("prefetched_tokens_total").await >= 128.0,
         "the restarted server read the prompt's pages from the L3"
     );
+}
+
+/// `/v1/rerank` (SGLang's cross-encoder reranking) on a one-label sequence-classification
+/// checkpoint: each document's score is the sigmoid of the head on the pair `[query, document]`
+/// as the tokenizer's pair template joins them (BOS query BOS document here), highest first;
+/// `top_n` keeps the best; SGLang's 400s for empty inputs; a server without a one-label head
+/// refuses it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_cross_encoder_reranks_documents_by_its_head() {
+    let m = MadeModel::new("llama", "tiny");
+    let hidden = m.dims().1;
+    let seed = 11u64;
+    eprintln!("cross-encoder head seed {seed}");
+    let mut x = seed;
+    let head: Vec<f32> = (0..hidden)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((x >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.2
+        })
+        .collect();
+    rewrite(
+        m.path(),
+        "LlamaForSequenceClassification",
+        false,
+        &[("score.weight", vec![1, hidden], head)],
+        json!({"num_labels": 1}),
+    );
+    let s = Server::start(m.path(), &[]);
+    let query = "Where do pandas live?";
+    let docs = [
+        "Pandas live in the mountain forests of central China.",
+        "The stock market closed higher today.",
+        "Bamboo is the main food of the giant panda.",
+        "hi",
+    ];
+    let (st, v) = s
+        .post("/v1/rerank", &json!({"query": query, "documents": docs}))
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let out = v.as_array().unwrap();
+    assert_eq!(out.len(), docs.len());
+    let tokens = |t: &'static str| {
+        let s = &s;
+        async move {
+            let (st, v) = s.post("/tokenize", &json!({"prompt": t})).await;
+            assert_eq!(st, 200, "{v}");
+            v["tokens"].as_array().unwrap().clone()
+        }
+    };
+    let q = tokens(query).await;
+    let mut seen = Vec::new();
+    let mut last = f64::MAX;
+    for item in out {
+        let i = item["index"].as_u64().unwrap() as usize;
+        seen.push(i);
+        assert_eq!(item["document"], docs[i]);
+        let mut pair = q.clone();
+        pair.extend(tokens(docs[i]).await);
+        let (st, e) = s.post("/encode", &json!({"input_ids": pair})).await;
+        assert_eq!(st, 200, "{e}");
+        let raw = floats(&e["embedding"])[0];
+        let score = item["score"].as_f64().unwrap();
+        let want = 1.0 / (1.0 + (-raw).exp());
+        assert!(
+            (score - want).abs() < 1e-5,
+            "doc {i}: {score} vs sigmoid({raw})"
+        );
+        assert!(score <= last, "not sorted: {v}");
+        last = score;
+        assert_eq!(item["meta_info"]["prompt_tokens"], pair.len());
+    }
+    seen.sort();
+    assert_eq!(seen, [0, 1, 2, 3]);
+    let spread = out[0]["score"].as_f64().unwrap() - last;
+    assert!(spread > 1e-3, "the head ranks nothing: {v}");
+    let (st, top) = s
+        .post(
+            "/v1/rerank",
+            &json!({"query": query, "documents": docs, "top_n": 2}),
+        )
+        .await;
+    assert_eq!(st, 200, "{top}");
+    let key = |v: &Value| {
+        (
+            v["index"].clone(),
+            v["score"].clone(),
+            v["document"].clone(),
+        )
+    };
+    let top: Vec<_> = top.as_array().unwrap().iter().map(key).collect();
+    assert_eq!(top, out[..2].iter().map(key).collect::<Vec<_>>());
+    for (body, msg) in [
+        (
+            json!({"query": "", "documents": ["a"]}),
+            "Query cannot be empty",
+        ),
+        (
+            json!({"query": "q", "documents": []}),
+            "Documents cannot be empty",
+        ),
+        (
+            json!({"query": "q", "documents": ["a", "  "]}),
+            "Each document cannot be empty or whitespace only",
+        ),
+    ] {
+        let (st, v) = s.post("/v1/rerank", &body).await;
+        assert_eq!(st, 400, "{v}");
+        assert!(v.to_string().contains(msg), "{v}");
+    }
+    // An embedding model without a one-label head is no cross-encoder.
+    let plain = MadeModel::new("llama", "tiny");
+    let e = Server::start(plain.path(), &["--is-embedding"]);
+    let (st, v) = e
+        .post("/v1/rerank", &json!({"query": "q", "documents": ["a"]}))
+        .await;
+    assert_eq!(st, 400, "{v}");
+    assert!(v.to_string().contains("cross-encoder"), "{v}");
 }

@@ -331,7 +331,6 @@ async fn new_routes_answer_sglang_shapes_behind_the_key() {
         ("POST", "/init_weights_update_group"),
         ("POST", "/load_lora_adapter_from_tensors"),
         ("POST", "/start_expert_distribution_record"),
-        ("POST", "/v1/rerank"),
         ("POST", "/release_memory_occupation"),
         ("GET", "/get_hicache_l3_cache_layout"),
     ] {

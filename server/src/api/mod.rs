@@ -23,6 +23,7 @@ pub mod output;
 pub mod parse;
 pub mod relay;
 pub mod reqlog;
+pub mod rerank;
 pub mod responses;
 pub mod responses_bg;
 pub mod responses_store;
@@ -198,6 +199,7 @@ pub fn app_with_limit(state: AppState, max_payload: usize) -> Router {
         .route("/encode", post(embed::encode))
         .route("/v1/score", post(score::score))
         .route("/v1/classify", post(classify::classify))
+        .route("/v1/rerank", post(rerank::rerank))
         .route("/open_session", post(sessions::open_session))
         .route("/close_session", post(sessions::close_session))
         .route("/classify", post(classify::classify))

@@ -44,7 +44,6 @@ pub const ROUTES: &[&str] = &[
     "/list_external_corpora",
     // Other model kinds and API families.
     "/vertex_generate",
-    "/v1/rerank",
     "/v1/decisions",
     "/v1/audio/transcriptions",
     "/v1/systemone",

@@ -75,6 +75,15 @@ impl Tokenizer {
             .map_err(|e| e.to_string())
     }
 
+    /// Token ids of the pair (`a`, `b`) through the post-processor's pair template (a
+    /// cross-encoder's input).
+    pub fn encode_pair(&self, a: &str, b: &str) -> Result<Vec<u32>, String> {
+        self.inner
+            .encode((a, b), true)
+            .map(|e| e.get_ids().to_vec())
+            .map_err(|e| e.to_string())
+    }
+
     /// Text of `ids`, optionally without special tokens.
     pub fn decode(&self, ids: &[u32], skip_special: bool) -> String {
         self.inner.decode(ids, skip_special).unwrap_or_default()
