@@ -1,13 +1,13 @@
 //! Data parallelism (`--dp-size`) on a real `strata serve` (CPU): two replicas answer exactly as a
 //! one-replica server (alone and 8 at once), requests are placed by `--load-balance-method`
 //! (round robin alternates, so a repeated prompt finds its prefix only on the replica that
-//! computed it; total_requests (shortest queue) sends work to the idle replica; `routed_dp_rank` pins a request
-//! to a replica, and the copies of `n > 1` share their prompt's replica), and the control routes
-//! reach every replica (flush, pause / continue, a weight update that both replicas apply); the
-//! L3 is shared (a prefix one replica computed comes back to the other through HiCache);
-//! `strata router --dp-aware` routes to each replica as to a worker; `/get_load` reports each
-//! replica's work. An unknown balancing method stops the start (PD legs with replicas:
-//! `pd_e2e.rs`).
+//! computed it; total_requests (shortest queue) sends work to the idle replica; `routed_dp_rank`
+//! pins a request to a replica, the copies of `n > 1` share their prompt's replica, a session's
+//! turns share one), and the control routes reach every replica (flush, pause / continue, a
+//! weight update that both replicas apply); the L3 is shared (a prefix one replica computed
+//! comes back to the other through HiCache); `strata router --dp-aware` routes to each replica
+//! as to a worker; `/get_load` reports each replica's work. An unknown balancing method stops
+//! the start (PD legs with replicas: `pd_e2e.rs`).
 
 mod serve_common;
 
@@ -231,6 +231,41 @@ async fn a_dp_aware_router_keeps_a_prefix_on_its_replica() {
     );
     let listed = call("/list_workers", None).await;
     assert_eq!(listed["urls"].as_array().unwrap().len(), 2, "{listed}");
+}
+
+/// A session's requests run on one replica (chosen by its id), so each turn finds the earlier
+/// turns in that replica's cache; round robin would alternate them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_session_stays_on_one_replica() {
+    let m = MadeModel::new("llama", "tiny");
+    let s = Server::start(m.path(), &["--dp-size", "2"]);
+    let (st, v) = s
+        .post("/open_session", &json!({"capacity_of_str_len": 4000}))
+        .await;
+    assert_eq!(st, 200, "{v}");
+    let id = v.as_str().unwrap().to_string();
+    let mut last: Option<String> = None;
+    for (turn, text) in ["Once upon a time", " and then", " until at last"]
+        .into_iter()
+        .enumerate()
+    {
+        let rid = format!("turn{turn}");
+        let mut sp = json!({"id": id});
+        if let Some(prev) = &last {
+            sp["rid"] = json!(prev);
+        }
+        let body = json!({"text": text, "rid": rid, "session_params": sp,
+            "sampling_params": {"temperature": 0, "max_new_tokens": 6, "ignore_eos": true}});
+        let (st, v) = s.post("/generate", &body).await;
+        assert_eq!(st, 200, "{v}");
+        if turn > 0 {
+            assert!(
+                cached(&v) > 0,
+                "turn {turn} missed the session's cache: {v}"
+            );
+        }
+        last = Some(rid);
+    }
 }
 
 #[test]

@@ -113,6 +113,17 @@ pub fn dp_rank(
         })
 }
 
+/// The replica of a session's requests (several replicas): one per session id, so that each
+/// request finds the session's earlier turns in that replica's prefix cache.
+pub fn session_rank(st: &AppState, session: &str) -> Option<usize> {
+    let n = st.scheduler.replicas();
+    // FNV-1a: stable across processes and versions.
+    let h = session.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x0100_0000_01b3)
+    });
+    (n > 1).then(|| (h % n as u64) as usize)
+}
+
 /// Runs each prompt once without generating, so that its full pages are in the radix cache when
 /// the copies arrive (they would otherwise all prefill it side by side).
 async fn warm_prefixes(st: &AppState, subs: &[Submission]) -> Result<(), ApiError> {

@@ -286,7 +286,11 @@ pub async fn generate(
     let hidden = OneOrMany::per_prompt(w.return_hidden_states, n, "return_hidden_states")?;
     let loras = super::lora::per_prompt(&st, &w.lora_path, n)?;
     let extra_keys = OneOrMany::per_prompt(w.extra_key, n, "extra_key")?;
-    let dp_rank = fanout::dp_rank(&st, w.routed_dp_rank, w.data_parallel_rank)?;
+    let dp_rank = fanout::dp_rank(&st, w.routed_dp_rank, w.data_parallel_rank)?.or_else(|| {
+        session
+            .as_ref()
+            .and_then(|m| fanout::session_rank(&st, &m.0))
+    });
     let text_in_lp = w.return_text_in_logprobs.unwrap_or(false);
     let boots = bootstraps(
         &w.bootstrap_host,
