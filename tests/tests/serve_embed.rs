@@ -295,6 +295,21 @@ fn rewrite(
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();
 }
 
+/// `n` head weights uniform in `[-scale / 2, scale / 2)` from a generator seeded with `seed`
+/// (printed with `what`).
+fn seeded_head(what: &str, seed: u64, n: usize, scale: f32) -> Vec<f32> {
+    eprintln!("{what} head seed {seed}");
+    let mut x = seed;
+    (0..n)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((x >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * scale
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_classifier_checkpoint_answers_its_head_on_the_hidden_state() {
     let m = MadeModel::new("llama", "tiny");
@@ -303,18 +318,8 @@ async fn a_classifier_checkpoint_answers_its_head_on_the_hidden_state() {
         embed(&s, json!(PROMPTS)).await
     };
     let hidden = want[0].len();
-    // A fixed head of three classes (values from a seeded generator; seed printed).
-    let seed = 7u64;
-    eprintln!("classifier head seed {seed}");
-    let mut x = seed;
-    let head: Vec<f32> = (0..3 * hidden)
-        .map(|_| {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((x >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.4
-        })
-        .collect();
+    // A fixed head of three classes.
+    let head = seeded_head("classifier", 7, 3 * hidden, 0.4);
     rewrite(
         m.path(),
         "LlamaForSequenceClassification",
@@ -443,17 +448,7 @@ async fn embeddings_reuse_l3_pages_across_a_restart() {
 async fn a_cross_encoder_reranks_documents_by_its_head() {
     let m = MadeModel::new("llama", "tiny");
     let hidden = m.dims().1;
-    let seed = 11u64;
-    eprintln!("cross-encoder head seed {seed}");
-    let mut x = seed;
-    let head: Vec<f32> = (0..hidden)
-        .map(|_| {
-            x = x
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((x >> 40) as f32 / (1u64 << 24) as f32 - 0.5) * 0.2
-        })
-        .collect();
+    let head = seeded_head("cross-encoder", 11, hidden, 0.2);
     rewrite(
         m.path(),
         "LlamaForSequenceClassification",
