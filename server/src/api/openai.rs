@@ -179,12 +179,20 @@ impl OpenAiWire {
             ..p
         })
         .map_err(ApiError::bad_request)
-        .and_then(|p| {
-            Ok(SamplingParams {
-                extra_key: self.cache_key()?,
-                ..p
-            })
-        })
+    }
+
+    /// The request's parameters with what only the server resolves: its LoRA adapter, its cache
+    /// key and its data-parallel replica.
+    fn request_params(
+        &mut self,
+        st: &AppState,
+        default_max: i64,
+    ) -> Result<SamplingParams, ApiError> {
+        let mut p = self.params(default_max)?;
+        p.lora = super::lora::for_openai(st, self.lora_path.as_deref(), self.model.as_deref())?;
+        p.extra_key = self.cache_key()?;
+        p.dp_rank = fanout::dp_rank(st, self.routed_dp_rank, self.data_parallel_rank)?;
+        Ok(p)
     }
 
     /// `cache_salt` + `extra_key` (SGLang joins the non-empty ones in that order); either must
@@ -381,9 +389,7 @@ pub async fn completions(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let mut w: OpenAiWire = parse_body(&body)?;
-    let mut params = w.params(16)?;
-    params.lora = super::lora::for_openai(&st, w.lora_path.as_deref(), w.model.as_deref())?;
-    params.dp_rank = fanout::dp_rank(&st, w.routed_dp_rank, w.data_parallel_rank)?;
+    let params = w.request_params(&st, 16)?;
     let n_lp = logprob_count(&w)?;
     let rid = client_rid(&w, &headers, "cmpl-");
     // A list of strings is a batch: a PD router then sends one bootstrap entry per prompt.
@@ -553,9 +559,7 @@ pub async fn chat_completions(
         w.response_format = None;
         w.json_schema = Some(Value::String(schema.to_string()));
     }
-    let mut params = w.params(st.info.context_length as i64)?;
-    params.lora = super::lora::for_openai(&st, w.lora_path.as_deref(), w.model.as_deref())?;
-    params.dp_rank = fanout::dp_rank(&st, w.routed_dp_rank, w.data_parallel_rank)?;
+    let mut params = w.request_params(&st, st.info.context_length as i64)?;
     let n_lp = logprob_count(&w)?;
     let rid = client_rid(&w, &headers, "chatcmpl-");
     let msgs = w

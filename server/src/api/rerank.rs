@@ -4,7 +4,6 @@
 //! logit through a sigmoid (a one-label cross-encoder's default activation). The answer is
 //! SGLang's: a list of `{score, document, index, meta_info}`, highest score first.
 
-use super::classify::Classifier;
 use super::embed::{body, embed_all};
 use super::error::ApiError;
 use super::AppState;
@@ -42,10 +41,10 @@ fn read(v: &Value) -> Result<(String, Vec<String>), ApiError> {
     Ok((query, docs))
 }
 
-/// The cross-encoder head: a classifier of exactly one label.
-fn head(st: &AppState) -> Result<&Classifier, ApiError> {
+/// Whether the server has a cross-encoder head: a classifier of exactly one label.
+fn check_head(st: &AppState) -> Result<(), ApiError> {
     match st.classifier.as_deref() {
-        Some(c) if c.labels.len() == 1 => Ok(c),
+        Some(c) if c.labels.len() == 1 => Ok(()),
         Some(c) => Err(ApiError::bad_request(format!(
             "/v1/rerank needs a cross-encoder: a sequence-classification head of one label, not {}.",
             c.labels.len()
@@ -60,7 +59,7 @@ fn head(st: &AppState) -> Result<&Classifier, ApiError> {
 pub async fn rerank(State(st): State<AppState>, bytes: Bytes) -> Result<Response, ApiError> {
     let v = body(&bytes)?;
     let (query, docs) = read(&v)?;
-    head(&st)?;
+    check_head(&st)?;
     let pairs = docs
         .iter()
         .map(|d| st.tokenizer.encode_pair(&query, d))

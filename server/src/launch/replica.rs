@@ -52,11 +52,13 @@ pub(super) fn start<R: ModelRunner>(sh: &Shared, mut model: R) -> Result<Started
     let max_running = sh.sched.max_running_requests;
     let tokens = match opts.max_total_tokens {
         Some(t) => t,
-        None => match model.kv_budget_bytes(opts.mem_fraction_static) {
+        None => {
             // Device memory: the runner knows what its weights and workspaces took.
-            Some(budget) => (budget / per_token).min(sh.context_length * max_running),
-            None => ((sh.host_kv_budget as usize) / per_token).min(sh.context_length * max_running),
-        },
+            let budget = model
+                .kv_budget_bytes(opts.mem_fraction_static)
+                .unwrap_or(sh.host_kv_budget as usize);
+            (budget / per_token).min(sh.context_length * max_running)
+        }
     };
     let num_pages = tokens / opts.page_size;
     if num_pages < 2 {

@@ -90,15 +90,21 @@ impl ReplicaLoad {
     }
 }
 
-/// The replica for the next request, a PD leg of `room` when given: `turn` counts requests
-/// placed so far (round robin).
-pub fn pick(method: LoadBalance, loads: &[&ReplicaLoad], turn: usize, room: Option<u64>) -> usize {
-    let n = loads.len().max(1);
-    let least = |f: &dyn Fn(&ReplicaLoad) -> usize| {
-        (0..loads.len())
-            .min_by_key(|&i| (f(loads[i]), i))
-            .unwrap_or(0)
-    };
+/// The replica for the next request among `n` whose loads `load(i)` gives, a PD leg of `room`
+/// when given: `turn` counts requests placed so far (round robin).
+pub fn pick<'a>(
+    method: LoadBalance,
+    n: usize,
+    load: impl Fn(usize) -> &'a ReplicaLoad,
+    turn: usize,
+    room: Option<u64>,
+) -> usize {
+    let n = n.max(1);
+    if n == 1 {
+        return 0;
+    }
+    let least =
+        |f: &dyn Fn(&ReplicaLoad) -> usize| (0..n).min_by_key(|&i| (f(load(i)), i)).unwrap_or(0);
     match method {
         LoadBalance::FollowBootstrapRoom => room.map_or(turn % n, |r| (r % n as u64) as usize),
         LoadBalance::RoundRobin => turn % n,
@@ -132,25 +138,28 @@ mod tests {
     #[test]
     fn each_method_picks_as_documented() {
         let loads: Vec<ReplicaLoad> = (0..3).map(|_| ReplicaLoad::default()).collect();
-        let view: Vec<&ReplicaLoad> = loads.iter().collect();
+        let view = |i: usize| &loads[i];
         for method in [LoadBalance::RoundRobin, LoadBalance::FollowBootstrapRoom] {
-            let turns: Vec<usize> = (0..4).map(|t| pick(method, &view, t, None)).collect();
+            let turns: Vec<usize> = (0..4).map(|t| pick(method, 3, view, t, None)).collect();
             assert_eq!(turns, [0, 1, 2, 0]);
         }
         // A PD leg follows its room; round robin ignores it.
-        assert_eq!(pick(LoadBalance::FollowBootstrapRoom, &view, 0, Some(7)), 1);
-        assert_eq!(pick(LoadBalance::RoundRobin, &view, 0, Some(7)), 0);
+        assert_eq!(
+            pick(LoadBalance::FollowBootstrapRoom, 3, view, 0, Some(7)),
+            1
+        );
+        assert_eq!(pick(LoadBalance::RoundRobin, 3, view, 0, Some(7)), 0);
         // Replica 0: two short requests; replica 1: one long one; replica 2: nothing yet.
         let (short, long) = (req(10, 10), req(500, 500));
         loads[0].add(&short);
         loads[0].add(&short);
         loads[1].add(&long);
-        assert_eq!(pick(LoadBalance::ShortestQueue, &view, 0, None), 2);
+        assert_eq!(pick(LoadBalance::ShortestQueue, 3, view, 0, None), 2);
         loads[2].add(&long);
         loads[2].add(&short);
         // Requests: 2, 1, 2 -> replica 1; tokens: 40, 1000, 1020 -> replica 0.
-        assert_eq!(pick(LoadBalance::ShortestQueue, &view, 0, None), 1);
-        assert_eq!(pick(LoadBalance::MinimumTokens, &view, 0, None), 0);
+        assert_eq!(pick(LoadBalance::ShortestQueue, 3, view, 0, None), 1);
+        assert_eq!(pick(LoadBalance::MinimumTokens, 3, view, 0, None), 0);
         loads[0].done(&short);
         loads[0].done(&short);
         loads[0].done(&short); // one too many: stays at zero

@@ -66,8 +66,8 @@ impl SchedulerHandle {
     /// The replica the balancer picks for the next request (a PD leg of `room` when given).
     pub fn pick(&self, room: Option<u64>) -> usize {
         let turn = self.turn.fetch_add(1, Ordering::Relaxed);
-        let loads: Vec<&ReplicaLoad> = self.replicas.iter().map(|r| &*r.load).collect();
-        dp::pick(self.balance, &loads, turn, room)
+        let load = |i: usize| &*self.replicas[i].load;
+        dp::pick(self.balance, self.replicas.len(), load, turn, room)
     }
 
     /// Queues a request on its `dp_rank` replica, else the one the balancer picks; false if
@@ -86,15 +86,13 @@ impl SchedulerHandle {
         };
         let r = &self.replicas[i];
         r.load.add(&req);
-        let req = Box::new(req);
-        match r.tx.send(Msg::Submit(req)) {
-            Ok(()) => true,
-            Err(std::sync::mpsc::SendError(Msg::Submit(req))) => {
-                r.load.done(&req);
-                false
-            }
-            Err(_) => false,
+        let Err(gone) = r.tx.send(Msg::Submit(Box::new(req))) else {
+            return true;
+        };
+        if let Msg::Submit(req) = gone.0 {
+            r.load.done(&req);
         }
+        false
     }
 
     /// Aborts a request by rid ("" aborts all) on every replica.
@@ -126,7 +124,7 @@ impl SchedulerHandle {
     }
 
     /// Every replica's answer, or the first failure.
-    fn all_ok(answers: Vec<Option<Result<String, String>>>) -> Result<String, String> {
+    fn all_ok<T>(answers: Vec<Option<Result<T, String>>>) -> Result<T, String> {
         let mut first = None;
         for a in answers {
             let msg = a.unwrap_or_else(|| Err(GONE.into()))?;
@@ -137,39 +135,29 @@ impl SchedulerHandle {
 
     /// Empties the L3 store (`/clear_hicache_storage_backend`).
     pub async fn clear_storage(&self) -> Result<(), String> {
-        let answers = self.ask_all(Msg::ClearStorage).await;
-        Self::all_ok(
-            answers
-                .into_iter()
-                .map(|a| a.map(|r| r.map(|()| String::new())))
-                .collect(),
-        )
-        .map(|_| ())
+        Self::all_ok(self.ask_all(Msg::ClearStorage).await)
     }
 
     /// Pauses generation (`/pause_generation`); returns once every scheduler is paused (and, in
     /// the abort mode, every request is finished). False if a scheduler is gone.
     pub async fn pause(&self, mode: PauseMode) -> bool {
-        let ok = self
-            .ask_all(|tx| Msg::Pause(mode, tx))
-            .await
-            .iter()
-            .all(Option::is_some);
-        if ok {
-            self.paused.store(true, Ordering::SeqCst);
-        }
-        ok
+        self.set_paused(true, |tx| Msg::Pause(mode, tx)).await
     }
 
     /// Resumes generation (`/continue_generation`; nothing happens when not paused).
     pub async fn resume(&self) -> bool {
-        let ok = self
-            .ask_all(Msg::Continue)
-            .await
-            .iter()
-            .all(Option::is_some);
+        self.set_paused(false, Msg::Continue).await
+    }
+
+    /// Sends `make(reply)` to every scheduler; once all answered, generation is `paused`.
+    async fn set_paused(
+        &self,
+        paused: bool,
+        make: impl Fn(tokio::sync::oneshot::Sender<()>) -> Msg,
+    ) -> bool {
+        let ok = self.ask_all(make).await.iter().all(Option::is_some);
         if ok {
-            self.paused.store(false, Ordering::SeqCst);
+            self.paused.store(paused, Ordering::SeqCst);
         }
         ok
     }

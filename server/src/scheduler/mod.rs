@@ -83,17 +83,6 @@ pub struct SchedulerConfig {
 pub const PRIORITY_DISABLED: &str =
     "This request sets a priority, but priority scheduling is not enabled (--enable-priority-scheduling).";
 
-/// Ends `req` on arrival, never queued, with `reason`.
-fn refuse(req: &Request, reason: FinishReason) {
-    let done = Finish {
-        reason,
-        prompt_tokens: req.input_ids.len(),
-        completion_tokens: 0,
-        cached_tokens: 0,
-    };
-    let _ = req.events.send(Event::Done(done));
-}
-
 /// SGLang's message for a request refused by `--max-queued-requests`.
 pub const QUEUE_FULL: &str = "The request queue is full.";
 
@@ -481,13 +470,11 @@ impl<R: ModelRunner> Scheduler<R> {
                     && !self.cfg.priority.enabled
                     && req.params.priority.is_some() =>
             {
-                self.load.done(&req);
-                refuse(&req, FinishReason::Abort(PRIORITY_DISABLED.into()));
+                self.refuse(&req, FinishReason::Abort(PRIORITY_DISABLED.into()));
             }
             Msg::Submit(req) if self.queue_full() => {
                 tracing::debug!(rid = %req.rid, waiting = self.waiting.len(), "queue full: refused");
-                self.load.done(&req);
-                refuse(&req, FinishReason::Refused(QUEUE_FULL.into()));
+                self.refuse(&req, FinishReason::Refused(QUEUE_FULL.into()));
             }
             Msg::Submit(req) => {
                 self.seed_counter += 1;
@@ -621,6 +608,18 @@ impl<R: ModelRunner> Scheduler<R> {
             }
         }
         self.publish();
+    }
+
+    /// Ends `req` on arrival, never queued, with `reason` (and off this replica's load).
+    fn refuse(&self, req: &Request, reason: FinishReason) {
+        self.load.done(req);
+        let done = Finish {
+            reason,
+            prompt_tokens: req.input_ids.len(),
+            completion_tokens: 0,
+            cached_tokens: 0,
+        };
+        let _ = req.events.send(Event::Done(done));
     }
 
     /// Whether `--max-queued-requests` refuses the next arrival: as many requests wait as it
