@@ -8,13 +8,7 @@
 # CONC (4), ROUNDS (2).
 set -uo pipefail
 OUTDIR=${1:-/tmp/strata-bench-lora-prefix}; mkdir -p "$OUTDIR"
-STRATA=${STRATA:-target/release/strata}
-SIZE=${SIZE:-small}; DEVICE=${DEVICE:-cpu}; RANK=${RANK:-16}
-M=/tmp/strata-models/lora-bench-$SIZE; A=$M-a1
-dtype=f32; [ "$DEVICE" = cuda ] && dtype=bf16
-[ -f "$M/config.json" ] || "$STRATA" make-model --out "$M" --size "$SIZE" --dtype $dtype > /dev/null || exit 1
-[ -f "$A/adapter_config.json" ] || "$STRATA" make-model --out "$A" --lora-for "$M" --lora-rank "$RANK" --seed 1 > /dev/null || exit 1
-dev=(); [ "$DEVICE" = cpu ] && dev=(--device cpu)
+. "$(dirname "$0")/lora-bench-model.sh"
 "$STRATA" serve --model-path "$M" --port 32641 "${dev[@]}" --lora-paths "a1=$A" > "$OUTDIR/cached.log" 2>&1 &
 p1=$!
 "$STRATA" serve --model-path "$M" --port 32642 "${dev[@]}" --lora-paths "a1=$A" --disable-radix-cache > "$OUTDIR/uncached.log" 2>&1 &

@@ -6,13 +6,7 @@
 # cuda for the bf16 runner), RANK (16), NP (32), IN (256), OUTLEN (32), CONC (8), ROUNDS (2).
 set -uo pipefail
 OUTDIR=${1:-/tmp/strata-bench-lora}; mkdir -p "$OUTDIR"
-STRATA=${STRATA:-target/release/strata}
-SIZE=${SIZE:-small}; DEVICE=${DEVICE:-cpu}; RANK=${RANK:-16}
-M=/tmp/strata-models/lora-bench-$SIZE; A=$M-a1
-dtype=f32; [ "$DEVICE" = cuda ] && dtype=bf16
-[ -f "$M/config.json" ] || "$STRATA" make-model --out "$M" --size "$SIZE" --dtype $dtype > /dev/null || exit 1
-[ -f "$A/adapter_config.json" ] || "$STRATA" make-model --out "$A" --lora-for "$M" --lora-rank "$RANK" --seed 1 > /dev/null || exit 1
-dev=(); [ "$DEVICE" = cpu ] && dev=(--device cpu)
+. "$(dirname "$0")/lora-bench-model.sh"
 "$STRATA" serve --model-path "$M" --port 32640 "${dev[@]}" --lora-paths "a1=$A" --disable-radix-cache > "$OUTDIR/serve.log" 2>&1 &
 pid=$!; trap 'kill $pid 2>/dev/null; wait 2>/dev/null' EXIT
 for _ in $(seq 240); do curl -sf http://127.0.0.1:32640/health > /dev/null && break; sleep 1; done
