@@ -8,8 +8,12 @@
 # the base's mean + 0.05 x that effect): the adapter's path rounds x A^T and its change to bf16
 # once more), while the adapter moves them further than the largest difference; a batch mixing
 # adapter and base rows gives every row its own
-# answer (base rows as the base model's); decode steps with the adapter run eagerly; a repeated
-# adapter request reuses the adapter's cached prefix with the same greedy answer.
+# answer (base rows as the base model's); a repeated adapter request reuses the adapter's cached
+# prefix with the same greedy answer. Decode steps with adapters replay CUDA graphs (the per-row
+# LoRA kernels): on the 1B shape, with a second adapter (rank 16), each adapter's greedy singles
+# equal a server's without graphs (--disable-cuda-graph), and in batch-invariant mode
+# (--enable-deterministic-inference, graphs on) a batch mixing both adapters and the base model
+# gives every row exactly its single's answer; the server's log shows the LoRA graphs captured.
 # Usage: scripts/gpu-lora-check.sh [OUTDIR]; env STRATA.
 set -uo pipefail
 OUTDIR=${1:-/tmp/strata-lora-check}; mkdir -p "$OUTDIR"
@@ -22,14 +26,23 @@ for spec in "llama-3.2-1b llama" "tiny qwen3"; do
   set -- $spec; size=$1; arch=$2; M=$D/$size-$arch; A=$D/$size-$arch-a1
   [ -f "$M/config.json" ] || "$STRATA" make-model --out "$M" --size "$size" --arch "$arch" --dtype bf16 > /dev/null || { echo "make-model failed"; exit 1; }
   [ -f "$A/adapter_config.json" ] || "$STRATA" make-model --out "$A" --lora-for "$M" --lora-rank 8 --seed 1 > /dev/null || { echo "make lora failed"; exit 1; }
-  "$STRATA" serve --model-path "$M" --port 32630 --page-size 16 --context-length 2048 --lora-paths "a1=$A" > "$OUTDIR/gpu-$size.log" 2>&1 & pids+=($!)
-  "$STRATA" serve --model-path "$M" --port 32631 --device cpu --context-length 2048 --lora-paths "a1=$A" > "$OUTDIR/cpu-$size.log" 2>&1 & pids+=($!)
-  for p in 32630 32631; do
+  [ -f "$A-2/adapter_config.json" ] || "$STRATA" make-model --out "$A-2" --lora-for "$M" --lora-rank 16 --seed 2 > /dev/null || { echo "make lora failed"; exit 1; }
+  lp=(--lora-paths "a1=$A" "a2=$A-2")
+  g=(--page-size 16 --context-length 2048 --mem-fraction-static 0.25)
+  "$STRATA" serve --model-path "$M" --port 32630 "${g[@]}" "${lp[@]}" > "$OUTDIR/gpu-$size.log" 2>&1 & pids+=($!)
+  "$STRATA" serve --model-path "$M" --port 32631 --device cpu --context-length 2048 "${lp[@]}" > "$OUTDIR/cpu-$size.log" 2>&1 & pids+=($!)
+  ports="32630 32631"
+  if [ "$arch" = llama ]; then
+    "$STRATA" serve --model-path "$M" --port 32632 "${g[@]}" "${lp[@]}" --disable-cuda-graph > "$OUTDIR/gpu-nograph-$size.log" 2>&1 & pids+=($!)
+    "$STRATA" serve --model-path "$M" --port 32633 "${g[@]}" "${lp[@]}" --enable-deterministic-inference > "$OUTDIR/gpu-det-$size.log" 2>&1 & pids+=($!)
+    ports="$ports 32632 32633"
+  fi
+  for p in $ports; do
     for _ in $(seq 240); do curl -sf http://127.0.0.1:$p/health > /dev/null && break; sleep 1; done
   done
   echo "== $size $arch"
-  python3 - <<'PY' || rc=1
-import json, sys, urllib.request
+  GRAPHS=$([ "$arch" = llama ] && echo 1 || echo 0) python3 - <<'PY' || rc=1
+import json, os, sys, urllib.request
 def post(port, body):
     req = urllib.request.Request(f"http://127.0.0.1:{port}/generate", json.dumps(body).encode(), {"content-type": "application/json"})
     with urllib.request.urlopen(req, timeout=900) as r:
@@ -77,9 +90,25 @@ cpu = post(32631, {"text": long, "lora_path": "a1", "sampling_params": {"tempera
 cached_ok = hit > 0 and again["output_ids"] == first["output_ids"]
 print(("PASS" if cached_ok else "FAIL"), f"adapter prefix cache: second request cached {hit} tokens, greedy equal to the first: {again['output_ids'] == first['output_ids']}, equal to the CPU's: {again['output_ids'] == cpu['output_ids']}")
 if not cached_ok: fails.append("cache")
+if os.environ["GRAPHS"] == "1":
+    # Decode steps with adapters in CUDA graphs: each adapter's singles as without graphs.
+    same = [gen(32630, p, l)["output_ids"] == gen(32632, p, l)["output_ids"] for p in prompts for l in ["a1", "a2"]]
+    ok = all(same)
+    print(("PASS" if ok else "FAIL"), f"graphs with adapters: {sum(same)}/{len(same)} greedy singles (a1, a2) equal to the server without graphs")
+    if not ok: fails.append("graphs")
+    # Batch-invariant mode, graphs on: a batch of both adapters and the base, each row its single.
+    mix = ["a1", None, "a2", "a1", "a2", None]
+    texts = [prompts[i % 3] for i in range(len(mix))]
+    b = post(32633, {"text": texts, "lora_path": mix, "sampling_params": {"temperature": 0, "max_new_tokens": 16, "ignore_eos": True}})
+    singles = [gen(32633, p, l)["output_ids"] for p, l in zip(texts, mix)]
+    same = sum(x["output_ids"] == s for x, s in zip(b, singles))
+    ok = same == len(mix)
+    print(("PASS" if ok else "FAIL"), f"batch-invariant mode, graphs on: mixed batch {mix}: {same}/{len(mix)} rows equal to their singles")
+    if not ok: fails.append("mixed-det")
 print("RESULT", "FAIL" if fails else "PASS")
 sys.exit(1 if fails else 0)
 PY
   kill ${pids[@]} 2>/dev/null; wait 2>/dev/null; pids=()
+  [ "$arch" = llama ] && grep -c "CUDA graph with LoRA adapters captured" "$OUTDIR/gpu-$size.log" "$OUTDIR/gpu-det-$size.log" | sed 's/^/LoRA graphs captured: /'
 done
 exit $rc

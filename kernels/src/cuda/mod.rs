@@ -50,7 +50,7 @@ pub use gemm_rows::RowsMode;
 pub use host_copy::{HostIo, HostKvCopy, HostKvGeometry, HostRegion};
 pub use info::{gpu_inventory, GpuInfo};
 pub use ipc::{ipc_handle, IpcMapping};
-pub use ops::CudaOps;
+pub use ops::{lora_ref, CudaOps, LORA_REF_I32S};
 pub use peer_copy::PeerCopy;
 pub use pinned::PinnedBuf;
 pub use select::{select, BackendKind};

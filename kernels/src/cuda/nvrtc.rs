@@ -23,7 +23,7 @@ const COMMON: &str = include_str!("../../cuda/common.cuh");
 pub enum Program {
     /// KV page gather/scatter between the GPU pool and pinned host memory.
     Transfer,
-    /// Embedding, RMSNorm, RoPE, SiLU*mul, KV write, random fill.
+    /// Embedding, RMSNorm, RoPE, SiLU*mul, KV write, random fill; the per-row LoRA kernels.
     Elementwise,
     /// Paged attention (prefill and decode) and its split combine.
     Attention,
@@ -85,7 +85,11 @@ impl Program {
     pub fn source(self) -> String {
         let body = match self {
             Program::Transfer => include_str!("../../cuda/transfer.cu"),
-            Program::Elementwise => include_str!("../../cuda/elementwise.cu"),
+            Program::Elementwise => concat!(
+                include_str!("../../cuda/elementwise.cu"),
+                "\n",
+                include_str!("../../cuda/lora.cu")
+            ),
             Program::Attention => concat!(
                 include_str!("../../cuda/attention.cu"),
                 "\n",

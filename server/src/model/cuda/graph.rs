@@ -6,13 +6,19 @@
 //! write no KV) and the plan's block tables in place, stream-ordered before the launch, so the
 //! captured kernels read the new batch. A batch is replayed only when every sequence decodes one
 //! token, fits the plan's page-table width and the batch fits a bucket; otherwise it runs eagerly.
+//!
+//! Batches with LoRA adapters replay a second graph of the bucket, captured on the first such
+//! batch: the same buffers, the unfused projections and the per-row LoRA kernels (lora.rs
+//! `Seg`), each row's adapter slot in a fifth metadata section.
 
+use super::lora::{Run, Seg, SEG_MAX_ROWS};
+use super::lora_slots::MID_CAP;
 use super::{Acts, CudaKv, CudaRunner, Meta};
 use crate::model::runner::{SampleReq, Sampled};
 use crate::model::ForwardBatch;
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::CudaGraph;
-use strata_kernels::cuda::{AttnPlan, AttnSeq, CudaError};
+use strata_kernels::cuda::{AttnPlan, AttnSeq, CudaError, DType};
 
 /// The decode batch sizes to capture (`strata serve`'s flags, SGLang's semantics): the sizes of
 /// `list` (`--cuda-graph-bs`) when given, ascending and deduplicated, those above `max_bs`
@@ -71,6 +77,63 @@ struct DecodeGraph {
     meta: Meta,
     plan: AttnPlan,
     exec: Exec,
+    /// The bucket's graph with LoRA adapters (its Meta holds the per-row form's buffers).
+    lora: Option<(Meta, Exec)>,
+}
+
+/// A bucket's metadata with no batch in it: ids and positions 0, no KV slot (-1), logits rows
+/// 0..bs, no adapter (-1).
+fn blank_meta(bs: usize) -> Vec<i32> {
+    let mut host = vec![0i32; 5 * bs];
+    host[2 * bs..3 * bs].fill(-1);
+    for (i, x) in host[3 * bs..4 * bs].iter_mut().enumerate() {
+        *x = i as i32;
+    }
+    host[4 * bs..].fill(-1);
+    host
+}
+
+/// Captures `r`'s forward of the bucket's buffers (after one eager pass: cuBLASLt times its
+/// algorithms outside capture).
+fn record(
+    r: &CudaRunner,
+    acts: &Acts,
+    meta: &Meta,
+    plan: &AttnPlan,
+    kv: &CudaKv,
+) -> Result<Exec, CudaError> {
+    r.forward(acts, meta, plan, kv)?;
+    r.ctx.synchronize()?;
+    let stream = r.ctx.stream();
+    stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
+    let run = r.forward(acts, meta, plan, kv);
+    let g = stream.end_capture(CUgraphInstantiate_flags(0));
+    run?;
+    let g = g?.ok_or_else(|| CudaError::Shape("empty graph captured".into()))?;
+    g.upload()?;
+    Ok(Exec(g))
+}
+
+impl DecodeGraph {
+    /// Captures the bucket's LoRA graph if it is not yet: the metadata blanked first (the
+    /// eager pass must write no KV), the slot table of `r`'s adapters.
+    fn lora_exec(&mut self, r: &CudaRunner, kv: &CudaKv) -> Result<(), CudaError> {
+        if self.lora.is_none() {
+            let bs = self.bs;
+            r.ctx.write_i32(&self.meta.buf, &blank_meta(bs))?;
+            r.ops.update_decode_plan(&self.plan, &[])?;
+            let mut meta = Meta::views(self.meta.buf.view(0, &[5 * bs])?, bs, bs, vec![-1; bs])?;
+            meta.lora = Some(Run::Seg(Seg {
+                rows: self.meta.buf.view(4 * bs, &[bs])?,
+                table: r.loras.table(&r.ctx, &r.cfg)?,
+                mid: r.ctx.alloc(DType::F32, &[bs, MID_CAP])?,
+            }));
+            let exec = record(r, &self.acts, &meta, &self.plan, kv)?;
+            tracing::info!(bs, "CUDA graph with LoRA adapters captured");
+            self.lora = Some((meta, exec));
+        }
+        Ok(())
+    }
 }
 
 /// The captured graphs of one runner (empty when disabled).
@@ -111,12 +174,7 @@ impl Graphs {
         };
         for bs in sizes {
             let acts = r.acts(bs, bs)?;
-            let mut host = vec![0i32; 4 * bs];
-            host[2 * bs..3 * bs].fill(-1);
-            for (i, x) in host[3 * bs..].iter_mut().enumerate() {
-                *x = i as i32;
-            }
-            let buf = r.ctx.upload_i32(&[4 * bs], &host)?;
+            let buf = r.ctx.upload_i32(&[5 * bs], &blank_meta(bs))?;
             let meta = Meta::views(buf, bs, bs, vec![-1; bs])?;
             let mut plan = r
                 .ops
@@ -125,22 +183,14 @@ impl Graphs {
                 plan.share_workspace(s)?;
             }
             r.ops.update_decode_plan(&plan, &[])?;
-            // One eager pass first: cuBLASLt times its algorithms outside capture.
-            r.forward(&acts, &meta, &plan, kv)?;
-            r.ctx.synchronize()?;
-            let stream = r.ctx.stream();
-            stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
-            let run = r.forward(&acts, &meta, &plan, kv);
-            let g = stream.end_capture(CUgraphInstantiate_flags(0));
-            run?;
-            let g = g?.ok_or_else(|| CudaError::Shape("empty graph captured".into()))?;
-            g.upload()?;
+            let exec = record(r, &acts, &meta, &plan, kv)?;
             graphs.push(DecodeGraph {
                 bs,
                 acts,
                 meta,
                 plan,
-                exec: Exec(g),
+                exec,
+                lora: None,
             });
         }
         r.ctx.synchronize()?;
@@ -155,7 +205,7 @@ impl Graphs {
     /// and when the graph was launched; None when the batch does not qualify (it then runs
     /// eagerly).
     pub(super) fn try_run(
-        &self,
+        &mut self,
         r: &CudaRunner,
         batch: &ForwardBatch,
         sampling: &[SampleReq<'_>],
@@ -165,7 +215,7 @@ impl Graphs {
         if n == 0 || kv.pool.ptr() != self.pool_ptr || batch.logit_rows.len() != n {
             return Ok(None);
         }
-        let Some(g) = self.graphs.iter().find(|g| g.bs >= n) else {
+        let Some(g) = self.graphs.iter_mut().find(|g| g.bs >= n) else {
             return Ok(None);
         };
         let decode = batch.seqs.len() == n
@@ -181,6 +231,18 @@ impl Graphs {
         if !decode {
             return Ok(None);
         }
+        // Rows with adapters: their slots (None when the adapters do not fit the table).
+        let adapters = r.loras.adapters(&r.ctx, &r.cfg, batch)?;
+        let lora_rows = if adapters.is_empty() {
+            None
+        } else if g.bs > SEG_MAX_ROWS {
+            return Ok(None);
+        } else {
+            match r.loras.slot_rows(&r.ctx, &r.cfg, &adapters, n)? {
+                Some(rows) => Some(rows),
+                None => return Ok(None),
+            }
+        };
         // A graph cannot wait per layer: a pending L2 -> L1 load must land first.
         if let Some(p) = &kv.pending {
             p.wait_all(r.ctx.stream())?;
@@ -192,12 +254,26 @@ impl Graphs {
             )));
         }
         let bs = g.bs;
+        if lora_rows.is_some() {
+            g.lora_exec(r, kv)?;
+        }
+        let g = &*g;
+        let exec = match (&lora_rows, &g.lora) {
+            (Some(_), Some((_, exec))) => exec,
+            _ => &g.exec,
+        };
         let mut host = vec![0i32; 3 * bs];
         host[2 * bs..].fill(-1);
         for i in 0..n {
             host[i] = batch.tokens[i] as i32;
             host[bs + i] = batch.positions[i] as i32;
             host[2 * bs + i] = batch.slots[i] as i32;
+        }
+        if let Some(rows) = lora_rows {
+            let mut section = vec![-1i32; bs];
+            section[..n].copy_from_slice(&rows);
+            r.ctx
+                .write_i32(&g.meta.buf.view(4 * bs, &[bs])?, &section)?;
         }
         let seqs: Vec<AttnSeq> = batch
             .seqs
@@ -211,7 +287,7 @@ impl Graphs {
         r.ops.update_decode_plan(&g.plan, &seqs)?;
         r.ctx.write_i32(&g.meta.buf, &host)?;
         let launched = std::time::Instant::now();
-        g.exec.0.launch()?;
+        exec.0.launch()?;
         let (_, logits, tokens) = g.acts.head.as_ref().expect("graphs have logits rows");
         r.sample(logits, tokens, sampling)
             .map(|out| Some((out, launched)))

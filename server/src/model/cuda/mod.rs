@@ -22,6 +22,7 @@ mod ipc;
 mod kv;
 mod load;
 mod lora;
+mod lora_slots;
 mod weights;
 
 pub use kv::CudaKv;
@@ -95,8 +96,8 @@ struct Meta {
     last: DTensor,
     buf: DTensor,
     host_slots: Vec<i32>,
-    /// The rows' LoRA adapters (eager forwards only).
-    lora: Option<lora::Plan>,
+    /// How the rows' LoRA adapters apply (None: no row has one).
+    lora: Option<lora::Run>,
 }
 
 impl Meta {
@@ -458,7 +459,7 @@ impl CudaRunner {
         a: &Acts,
         li: usize,
         acc: bool,
-        lora: Option<&lora::Plan>,
+        lora: Option<&lora::Run>,
     ) -> Result<(), CudaError> {
         let (ops, gemm, l) = (&self.ops, &self.gemm, &self.w.layers[li]);
         let out = if acc { &a.resid } else { &a.y };
@@ -556,7 +557,9 @@ impl CudaRunner {
         let host_slots = host[2 * n..3 * n].to_vec();
         let buf = self.ctx.upload_i32(&[host.len()], &host)?;
         let mut meta = Meta::views(buf, n, rows, host_slots)?;
-        meta.lora = self.loras.plan(&self.ctx, &self.cfg, batch)?;
+        // Per row (as the graphs do) up to SEG_MAX_ROWS rows and always in batch-invariant mode.
+        let per_row = n <= lora::SEG_MAX_ROWS || self.opts.deterministic;
+        meta.lora = self.loras.run(&self.ctx, &self.cfg, batch, per_row)?;
         let parts = self.attn_parts(batch, kv)?;
         let acts = self.acts(n, rows)?;
         // Prefill-sized batches without programmatic dependent launch (launch.rs).
@@ -751,14 +754,15 @@ impl ModelRunner for CudaRunner {
         if self.counts.0 % 512 == 0 {
             self.prof.log();
         }
-        // Rows whose hidden states come back run eagerly (the graphs keep none), and rows with
-        // a LoRA adapter (the graphs apply none).
-        let graph = if sampling.iter().any(|r| r.embed || r.hidden)
-            || batch.seqs.iter().any(|s| s.lora.is_some())
-        {
+        // Rows whose hidden states come back run eagerly (the graphs keep none).
+        let graph = if sampling.iter().any(|r| r.embed || r.hidden) {
             None
         } else {
-            self.graphs.try_run(self, batch, sampling, kv)?
+            // Out while it runs: a batch with adapters may capture its bucket's LoRA graph.
+            let mut graphs = std::mem::take(&mut self.graphs);
+            let run = graphs.try_run(self, batch, sampling, kv);
+            self.graphs = graphs;
+            run?
         };
         let out = match graph {
             Some((out, launched)) => {

@@ -102,7 +102,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let ops = CudaOps::new(ctx.clone()).context("compiling kernels")?;
     println!("kernels ready in {:.2}s", t0.elapsed().as_secs_f64());
     let gemm = Gemm::new(ctx.clone()).context("cuBLAS")?;
-    let steps: [Step; 25] = [
+    let steps: [Step; 26] = [
         ("transfer", &|c| check_transfer(&ctx, c)),
         ("pd_copy", &|c| super::check_pd_copy::check_pd_copy(&ctx, c)),
         ("host_copy", &|c| {
@@ -110,6 +110,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         }),
         ("embedding", &|c| check_ops::embedding(&ops, c)),
         ("add_rows", &|c| check_ops::add_rows(&ops, c)),
+        ("lora_rows", &|c| super::check_lora::lora_rows(&ops, c)),
         ("rmsnorm", &|c| check_ops::rmsnorm(&ops, c)),
         ("rope", &|c| check_ops::rope(&ops, c)),
         ("silu_mul", &|c| check_ops::silu_mul(&ops, c)),

@@ -16,6 +16,7 @@ mod bench_sampling;
 mod check;
 mod check_det;
 mod check_host_copy;
+mod check_lora;
 mod check_ops;
 mod check_pd_copy;
 mod check_rows;
