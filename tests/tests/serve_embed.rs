@@ -6,7 +6,7 @@
 //! is the state the logits come from. Also: batch, token-id, base64 and Matryoshka forms agree;
 //! a backbone checkpoint (`MistralModel`, tensors without `model.`, no LM head) serves the same
 //! vectors without the flag; SGLang's errors on both kinds of server; a one-label head reranks
-//! documents (`/v1/rerank`).
+//! documents (`/v1/rerank`), and so does a generation model with a yes/no reranker template.
 
 mod serve_common;
 
@@ -546,4 +546,127 @@ async fn a_cross_encoder_reranks_documents_by_its_head() {
         .await;
     assert_eq!(st, 400, "{v}");
     assert!(v.to_string().contains("cross-encoder"), "{v}");
+}
+
+/// A reranker chat template in the form of Qwen3-Reranker's (SGLang serves it through
+/// `--chat-template`): the system turn says the answer is "yes" or "no", the query and the
+/// document come as the two messages, `instruct` has a default.
+const RERANK_TEMPLATE: &str = concat!(
+    "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query ",
+    "and the Instruct provided. Note that the answer can only be \"yes\" or \"no\".<|im_end|>\n",
+    "<|im_start|>user\n<Instruct>: {{ instruct | default(\"Find the passages that answer the ",
+    "query\") }}\n<Query>: {{ messages[0][\"content\"] }}\n<Document>: {{ messages[1][\"content\"] }}",
+    // Jinja drops a template's final newline: the prompt's last one is an expression.
+    "<|im_end|>\n<|im_start|>assistant{{ '\\n' }}",
+);
+
+/// The prompt RERANK_TEMPLATE renders.
+fn rerank_prompt(instruct: &str, query: &str, doc: &str) -> String {
+    format!(
+        "<|im_start|>system\nJudge whether the Document meets the requirements based on the Query \
+         and the Instruct provided. Note that the answer can only be \"yes\" or \"no\".<|im_end|>\n\
+         <|im_start|>user\n<Instruct>: {instruct}\n<Query>: {query}\n<Document>: {doc}<|im_end|>\n\
+         <|im_start|>assistant\n"
+    )
+}
+
+/// `/v1/rerank` on a decoder-only yes/no reranker (SGLang's Qwen3-Reranker path): a generation
+/// model served with a reranker chat template scores each document as p(yes) / (p(yes) + p(no))
+/// of the token after the rendered template, which is `/v1/score`'s softmax of the two labels on
+/// that prompt; highest first; `instruct` replaces the template's default; `top_n` and
+/// `return_documents: false`; the same template on an `--is-embedding` server is SGLang's 400.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_decoder_only_reranker_scores_yes_against_no() {
+    let m = MadeModel::new("llama", "tiny");
+    // "yes" and "no" as single tokens (ids past the trained vocabulary, inside the model's 512).
+    let tj = m.path().join("tokenizer.json");
+    let mut t: Value = serde_json::from_str(&std::fs::read_to_string(&tj).unwrap()).unwrap();
+    for (id, word) in [(500, "yes"), (501, "no")] {
+        t["added_tokens"]
+            .as_array_mut()
+            .unwrap()
+            .push(json!({"id": id, "content": word,
+            "single_word": false, "lstrip": false, "rstrip": false, "normalized": false,
+            "special": false}));
+    }
+    std::fs::write(&tj, t.to_string()).unwrap();
+    let template = m.path().join("reranker.jinja");
+    std::fs::write(&template, RERANK_TEMPLATE).unwrap();
+    let tpl = template.to_str().unwrap();
+    let s = Server::start(m.path(), &["--chat-template", tpl]);
+    let query = "Where do pandas live?";
+    let docs = [
+        "Pandas live in the mountain forests of central China.",
+        "The stock market closed higher today.",
+        "Bamboo is the main food of the giant panda.",
+        "hi",
+    ];
+    let expect = |instruct: &'static str| {
+        let s = &s;
+        async move {
+            let mut want = Vec::new();
+            for d in docs {
+                let body = json!({"query": "", "items": [rerank_prompt(instruct, query, d)],
+                    "label_token_ids": [500, 501], "apply_softmax": true});
+                let (st, v) = s.post("/v1/score", &body).await;
+                assert_eq!(st, 200, "{v}");
+                want.push(v["scores"][0][0].as_f64().unwrap());
+            }
+            want
+        }
+    };
+    let check = |v: &Value, want: &[f64]| {
+        let out = v.as_array().unwrap();
+        assert_eq!(out.len(), docs.len(), "{v}");
+        let mut last = f64::MAX;
+        let mut seen: Vec<usize> = Vec::new();
+        for item in out {
+            let i = item["index"].as_u64().unwrap() as usize;
+            let score = item["score"].as_f64().unwrap();
+            assert!(
+                (score - want[i]).abs() < 1e-5,
+                "doc {i}: {score} vs {}",
+                want[i]
+            );
+            assert!(score <= last, "not sorted: {v}");
+            assert_eq!(item["document"], docs[i]);
+            last = score;
+            seen.push(i);
+        }
+        seen.sort();
+        assert_eq!(seen, [0, 1, 2, 3]);
+    };
+    let want = expect("Find the passages that answer the query").await;
+    assert!(
+        want.iter().any(|&w| (w - want[0]).abs() > 1e-7),
+        "the documents score alike: {want:?}"
+    );
+    let (st, first) = s
+        .post("/v1/rerank", &json!({"query": query, "documents": docs}))
+        .await;
+    assert_eq!(st, 200, "{first}");
+    check(&first, &want);
+    // A request's own instruction is rendered instead of the default.
+    let own = expect("Is it about animals?").await;
+    assert_ne!(own, want);
+    let body = json!({"query": query, "documents": docs, "instruct": "Is it about animals?"});
+    let (st, v) = s.post("/v1/rerank", &body).await;
+    assert_eq!(st, 200, "{v}");
+    check(&v, &own);
+    // top_n keeps the best; without documents the entries say null.
+    let body = json!({"query": query, "documents": docs, "top_n": 2, "return_documents": false});
+    let (st, top) = s.post("/v1/rerank", &body).await;
+    assert_eq!(st, 200, "{top}");
+    let top = top.as_array().unwrap();
+    assert_eq!(top.len(), 2);
+    assert!(top.iter().all(|t| t["document"].is_null()));
+    assert_eq!(top[0]["index"], first[0]["index"]);
+    assert_eq!(top[1]["index"], first[1]["index"]);
+    // The template on an embedding server: SGLang's refusal.
+    let e = Server::start(m.path(), &["--chat-template", tpl, "--is-embedding"]);
+    let (st, v) = e
+        .post("/v1/rerank", &json!({"query": "q", "documents": ["a"]}))
+        .await;
+    assert_eq!(st, 400, "{v}");
+    assert!(v.to_string().contains("not in generation mode"), "{v}");
 }

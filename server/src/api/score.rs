@@ -66,6 +66,55 @@ pub fn softmax(x: &[f32]) -> Vec<f64> {
     e.iter().map(|v| v / sum).collect()
 }
 
+/// One prompt's label tokens' log-probabilities at the position after it.
+pub struct Labelled {
+    pub logprobs: Vec<f32>,
+    pub prompt_tokens: usize,
+    pub rid: String,
+}
+
+/// Runs each prompt as a greedy one-token request reporting `labels`' log-probabilities at its
+/// first output position, all queued together (so they batch and share cached prefixes).
+pub async fn label_logprobs(
+    st: &AppState,
+    prompts: Vec<Vec<u32>>,
+    labels: &[u32],
+) -> Result<Vec<Labelled>, ApiError> {
+    let mut params = SamplingParams {
+        max_new_tokens: 1,
+        ..SamplingParams::default()
+    };
+    params.sample.temperature = 0.0;
+    let mut drivers = Vec::with_capacity(prompts.len());
+    for ids in prompts {
+        let spec = LogprobSpec {
+            start: ids.len(),
+            top_n: 0,
+            token_ids: Some(labels.to_vec()),
+        };
+        drivers.push(Driver::submit(st, ids, params.clone(), Some(spec), None)?);
+    }
+    let mut out = Vec::with_capacity(drivers.len());
+    for mut d in drivers {
+        d.run_to_end().await;
+        if let Some(e) = d.refused() {
+            return Err(e);
+        }
+        let Some(pos) = d.out.logprobs.first() else {
+            return Err(ApiError::unavailable(format!(
+                "The scoring request {} ended without a result.",
+                d.rid
+            )));
+        };
+        out.push(Labelled {
+            logprobs: pos.ids.iter().map(|&(_, lp)| lp).collect(),
+            prompt_tokens: d.prompt_tokens,
+            rid: d.rid.clone(),
+        });
+    }
+    Ok(out)
+}
+
 pub async fn score(State(st): State<AppState>, bytes: Bytes) -> Result<Json<Value>, ApiError> {
     let v: Value = serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request(format!("Invalid request body: {e}")))?;
@@ -140,35 +189,10 @@ pub async fn score(State(st): State<AppState>, bytes: Bytes) -> Result<Json<Valu
             }
         });
     }
-    let mut params = SamplingParams {
-        max_new_tokens: 1,
-        ..SamplingParams::default()
-    };
-    params.sample.temperature = 0.0;
-    let mut drivers = Vec::with_capacity(prompts.len());
-    for ids in prompts {
-        let spec = LogprobSpec {
-            start: ids.len(),
-            top_n: 0,
-            token_ids: Some(labels.clone()),
-        };
-        drivers.push(Driver::submit(&st, ids, params.clone(), Some(spec), None)?);
-    }
     let (mut all, mut prompt_tokens) = (Vec::new(), 0);
-    for mut d in drivers {
-        d.run_to_end().await;
-        if let Some(e) = d.refused() {
-            return Err(e);
-        }
-        let Some(pos) = d.out.logprobs.first() else {
-            return Err(ApiError::unavailable(format!(
-                "The scoring request {} ended without a result.",
-                d.rid
-            )));
-        };
-        let lps: Vec<f32> = pos.ids.iter().map(|&(_, lp)| lp).collect();
-        all.push(scores(&lps, apply_softmax));
-        prompt_tokens += d.prompt_tokens;
+    for l in label_logprobs(&st, prompts, &labels).await? {
+        all.push(scores(&l.logprobs, apply_softmax));
+        prompt_tokens += l.prompt_tokens;
     }
     Ok(Json(json!({
         "scores": all,
