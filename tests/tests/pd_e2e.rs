@@ -831,3 +831,77 @@ async fn pd_with_data_parallel_legs_equals_colocated() {
     same_as_colocated(&c, &colo, &r.base, &prompts, 10).await;
     assert!(prefill.metric("pd_transfers_total").await >= 12.0);
 }
+
+/// Parallel sampling through a PD pair (`n > 1`, which SGLang's PD path does not serve): each
+/// sample is a PD request of its own (both legs derive one room per sample from the request's),
+/// so seeded samples of one prompt and of a batch of prompts equal the colocated server's, on
+/// `/generate` and `/v1/completions`; greedy copies equal each other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pd_parallel_sampling_equals_colocated() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed());
+    let model = MadeModel::new("llama", "tiny");
+    let colo = Server::start(model.path(), &["--page-size", "16"]);
+    let c = reqwest::Client::new();
+    let boot = free_port();
+    let (prefill, decode) = pd_pair(&model, boot, &[]);
+    let r = router(&prefill.base, boot, &decode.base);
+    let prompts = random_prompts(&mut rng, 4);
+    let all_ids = |v: &Value| -> Vec<Vec<u64>> {
+        v.as_array()
+            .unwrap_or_else(|| panic!("not a list: {v}"))
+            .iter()
+            .map(ids_of)
+            .collect()
+    };
+    for (i, p) in prompts.iter().enumerate() {
+        let seed = rng.random_range(0..1000u64);
+        let b = json!({"input_ids": p, "sampling_params": {"n": 3, "temperature": 0.9,
+            "seed": seed, "max_new_tokens": 12, "ignore_eos": true}});
+        let want = all_ids(&post(&c, &colo.url("/generate"), &b).await.1);
+        assert_eq!(want.len(), 3);
+        let (s, v) = post(&c, &format!("{}/generate", r.base), &b).await;
+        assert_eq!(s, 200, "{v}");
+        assert_eq!(
+            all_ids(&v),
+            want,
+            "prompt {i}: PD samples differ from colocated"
+        );
+    }
+    // A batch of two prompts, two samples each (prompt-major), and greedy copies.
+    let b = json!({"input_ids": [prompts[0], prompts[1]], "sampling_params": {"n": 2,
+        "temperature": 0.7, "seed": 5, "max_new_tokens": 10, "ignore_eos": true}});
+    let want = all_ids(&post(&c, &colo.url("/generate"), &b).await.1);
+    let (s, v) = post(&c, &format!("{}/generate", r.base), &b).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(all_ids(&v), want, "PD batch samples differ from colocated");
+    let b = json!({"input_ids": prompts[2], "sampling_params": {"n": 2, "temperature": 0,
+        "max_new_tokens": 10, "ignore_eos": true}});
+    let (s, v) = post(&c, &format!("{}/generate", r.base), &b).await;
+    assert_eq!(s, 200, "{v}");
+    let got = all_ids(&v);
+    assert_eq!(got[0], got[1], "greedy copies differ");
+    assert_eq!(
+        got[0],
+        ids_of(
+            &post(&c, &colo.url("/generate"), &body(&prompts[2], 10))
+                .await
+                .1
+        )
+    );
+    // The OpenAI route: n choices.
+    let b = json!({"model": "m", "prompt": prompts[3], "n": 2, "temperature": 0.8, "seed": 9,
+        "max_tokens": 8});
+    let texts = |v: &Value| -> Vec<String> {
+        v["choices"]
+            .as_array()
+            .unwrap_or_else(|| panic!("no choices: {v}"))
+            .iter()
+            .map(|ch| ch["text"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let want = texts(&post(&c, &colo.url("/v1/completions"), &b).await.1);
+    let (s, v) = post(&c, &format!("{}/v1/completions", r.base), &b).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(texts(&v), want, "PD completions differ from colocated");
+    assert_eq!(want.len(), 2);
+}

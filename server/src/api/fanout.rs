@@ -5,6 +5,12 @@
 //! reproducible. With the radix cache on, each prompt is first run once with `max_new_tokens: 0`
 //! (SGLang's prefix warm-up), so that the copies find the prompt's full pages cached.
 //!
+//! On a PD leg each copy is a PD request of its own: copy `c` takes the room
+//! [`Bootstrap::for_sample`] derives from the request's room, the same on both legs (the
+//! router sends both the one body), so the prefill leg sends each copy's KV and the decode leg
+//! fetches each into a sequence of its own. No warm-up there (the decode leg computes no
+//! prompt; the prefill leg's copies arrive together and share the prompt's unfinished pages).
+//!
 //! Usage counts the prompt (and its cached tokens) once per prompt, the first choice's, and the
 //! completion tokens of every choice, as SGLang's usage processor does.
 
@@ -50,7 +56,7 @@ pub fn common_n(params: &[SamplingParams]) -> Result<usize, ApiError> {
 }
 
 /// Submits every prompt `n` times (prompt-major); `n = 1` submits each prompt as it is. Copies
-/// of `n > 1` take fresh ids (SGLang regenerates them) and cannot be a PD leg.
+/// of `n > 1` take fresh ids (SGLang regenerates them) and, on a PD leg, rooms of their own.
 pub async fn submit(
     st: &AppState,
     mut subs: Vec<Submission>,
@@ -62,30 +68,27 @@ pub async fn submit(
             .map(|s| Driver::submit_pd(st, s.ids, s.params, s.logprobs, s.rid, s.bootstrap))
             .collect();
     }
-    if subs.iter().any(|s| s.bootstrap.is_some()) {
-        return Err(ApiError::bad_request(
-            "n > 1 is not supported for a PD request (bootstrap_room).",
-        ));
-    }
+    let pd = subs.iter().any(|s| s.bootstrap.is_some());
     if st.scheduler.replicas() > 1 {
         // A prompt's warm-up and its copies run on one replica (they share its cache).
         for s in &mut subs {
             s.params.dp_rank = s.params.dp_rank.or_else(|| Some(st.scheduler.pick(None)));
         }
     }
-    if st.radix_cache {
+    if st.radix_cache && !pd {
         warm_prefixes(st, &subs).await?;
     }
     let mut drivers = Vec::with_capacity(subs.len() * n);
     for (p, c) in expand(subs.len(), n) {
         let s = &subs[p];
         let params = copy_params(&s.params, c);
-        drivers.push(Driver::submit(
+        drivers.push(Driver::submit_pd(
             st,
             s.ids.clone(),
             params,
             s.logprobs.clone(),
             None,
+            s.bootstrap.as_ref().map(|b| b.for_sample(c)),
         )?);
     }
     Ok(drivers)

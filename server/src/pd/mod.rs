@@ -169,4 +169,47 @@ impl Bootstrap {
     pub fn is_real(&self) -> bool {
         self.host != FAKE_BOOTSTRAP_HOST
     }
+
+    /// Sample `c` of an `n > 1` request: both legs derive the same room for each sample from the
+    /// request's one room (sample 0 keeps it), so every sample's KV has a transfer of its own.
+    pub fn for_sample(&self, c: usize) -> Bootstrap {
+        Bootstrap {
+            room: sample_room(self.room, c),
+            ..self.clone()
+        }
+    }
+}
+
+/// The room of sample `c` under `room`: `room` itself for sample 0, else a SplitMix64 mix of
+/// both (63 bits, as a router's rooms), so that the rooms of one request's samples, and of two
+/// requests, do not meet by more than chance.
+pub fn sample_room(room: u64, c: usize) -> u64 {
+    if c == 0 {
+        return room;
+    }
+    let mut z = room.wrapping_add((c as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    (z ^ (z >> 31)) >> 1
+}
+
+#[cfg(test)]
+mod sample_room_tests {
+    use super::sample_room;
+
+    #[test]
+    fn each_sample_has_its_own_room_of_63_bits() {
+        for room in [0u64, 1, 12345, (1 << 63) - 1] {
+            assert_eq!(sample_room(room, 0), room);
+            let rooms: Vec<u64> = (0..64).map(|c| sample_room(room, c)).collect();
+            let mut distinct = rooms.clone();
+            distinct.sort_unstable();
+            distinct.dedup();
+            assert_eq!(distinct.len(), rooms.len(), "room {room}: {rooms:?}");
+            assert!(rooms.iter().all(|&r| r < 1 << 63));
+        }
+        // Deterministic: both legs derive the same rooms.
+        assert_eq!(sample_room(99, 3), sample_room(99, 3));
+        assert_ne!(sample_room(99, 3), sample_room(100, 3));
+    }
 }
