@@ -94,5 +94,6 @@ int main(int argc, char** argv) {
     lora_case(5, 2048, 1000, {48, 24}, 64);
     lora_case(4, 512, 300, {40, 8}, 32);  // rank 40 cut at the mid width 32
     lora_case(1, 64, 64, {8}, 8);
+    lora_case(3, 128, 96, {200, 136}, 256);  // past one pass of 128 ranks per row
     return g_failed ? 1 : 0;
 }

@@ -12,14 +12,14 @@ use super::check_ops::{bit_diffs, BF16_TOL};
 
 pub fn lora_rows(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
     let c = ops.context();
-    // (rows, in, out, each slot's rank: 0 leaves the projection alone)
-    for (t, inw, out, ranks) in [
-        (1, 2048, 3072, vec![48]),
-        (8, 2048, 16384, vec![16, 0, 32]),
-        (33, 4096, 6144, vec![24, 8, 64, 16]),
-        (5, 14336, 4096, vec![8]),
+    // (rows, in, out, each slot's rank: 0 leaves the projection alone, x A^T's width)
+    for (t, inw, out, ranks, cap) in [
+        (1, 2048, 3072, vec![48], 64),
+        (8, 2048, 16384, vec![16, 0, 32], 64),
+        (33, 4096, 6144, vec![24, 8, 64, 16], 64),
+        (5, 14336, 4096, vec![8], 64),
+        (4, 1024, 2048, vec![200, 96], 256),
     ] {
-        let cap = 64;
         let (mut a, mut bt, mut table) = (Vec::new(), Vec::new(), Vec::new());
         for &r in &ranks {
             let ha = ck.bf16_vec(r.max(1) * inw, 0.05);
