@@ -302,7 +302,7 @@ pub struct Args {
     enable_return_hidden_states: bool,
     /// Serve LoRA adapters: a request names one in `lora_path` (or an OpenAI request as
     /// `model: "base:adapter"`), /load_lora_adapter and /unload_lora_adapter manage them.
-    /// Adapter requests bypass the prefix cache and, on a GPU, CUDA graphs.
+    /// Each adapter caches its own prefixes; on a GPU its decode steps replay CUDA graphs.
     #[arg(long)]
     enable_lora: bool,
     /// Adapters (PEFT directories) loaded at start-up: NAME=PATH, a PATH (named by itself) or
