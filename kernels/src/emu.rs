@@ -1,7 +1,7 @@
 //! Builds a host emulation of CUDA sources for CPU tests of kernel logic (CI has no GPU): a
 //! `main` under `tests/cuda_emu` (shim.h, one host thread per CUDA thread) compiled with g++
-//! against `cuda/`. The tests that use it: `tests/fused_emulated.rs` here and the server's
-//! `gpu_sampling_emulated.rs`.
+//! against `cuda/`. The tests that use it: `tests/fused_emulated.rs` and `tests/lora_emulated.rs`
+//! here (through [`check_report`]) and the server's `gpu_sampling_emulated.rs`.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -30,4 +30,42 @@ pub fn build_emulator(main: &Path, exe: &Path, defines: &[&str]) -> Option<PathB
         String::from_utf8_lossy(&out.stderr)
     );
     Some(exe.to_path_buf())
+}
+
+/// Builds `tests/cuda_emu/{main}` into the test's temporary folder, runs it with a seed (the
+/// `STRATA_TEST_SEED` one, else the clock's; printed) and asserts a report of comparison lines
+/// ("ok ..." or "FAIL ...") with no FAIL, a zero exit and `expected` ok lines. Prints that it
+/// skipped where no g++ exists.
+pub fn check_report(main: &str, tmp: &Path, expected: usize) {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let exe = tmp.join(main.trim_end_matches(".cpp"));
+    let Some(exe) = build_emulator(&root.join("tests/cuda_emu").join(main), &exe, &[]) else {
+        println!("SKIPPED: no g++ to build the CUDA emulation");
+        return;
+    };
+    let seed = std::env::var("STRATA_TEST_SEED")
+        .ok()
+        .and_then(|s| s.parse::<u64>().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(15, |d| d.as_nanos() as u64)
+        });
+    println!("seed {seed}");
+    let run = Command::new(&exe)
+        .arg(seed.to_string())
+        .output()
+        .expect("run the emulation");
+    let report = String::from_utf8_lossy(&run.stdout);
+    let ok = report.lines().filter(|l| l.starts_with("ok ")).count();
+    let failed: Vec<&str> = report.lines().filter(|l| l.starts_with("FAIL")).collect();
+    assert!(
+        run.status.success() && failed.is_empty(),
+        "seed {seed}: {failed:#?}\n{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(
+        ok, expected,
+        "seed {seed}: expected {expected} comparisons:\n{report}"
+    );
 }

@@ -9,41 +9,14 @@
 //! kernel is left to `strata gpu check` on a GPU. Seeded (the seed is printed;
 //! `STRATA_TEST_SEED` repeats one). Skipped, with a message, where no g++ exists.
 
-use std::path::Path;
-use std::process::Command;
-
 #[test]
 fn fused_single_row_kernels_equal_the_unfused_ones_under_emulation() {
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
-    let exe = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fused_emu");
-    let main = root.join("tests/cuda_emu/fused_main.cpp");
-    let Some(exe) = strata_kernels::emu::build_emulator(&main, &exe, &[]) else {
-        println!("SKIPPED: no g++ to build the CUDA emulation");
-        return;
-    };
-    let seed = std::env::var("STRATA_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse::<u64>().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(15, |d| d.as_nanos() as u64)
-        });
-    println!("seed {seed}");
-    let run = Command::new(&exe)
-        .arg(seed.to_string())
-        .output()
-        .expect("run the emulation");
-    let report = String::from_utf8_lossy(&run.stdout);
-    let ok = report.lines().filter(|l| l.starts_with("ok ")).count();
-    let failed: Vec<&str> = report.lines().filter(|l| l.starts_with("FAIL")).collect();
-    assert!(
-        run.status.success() && failed.is_empty(),
-        "seed {seed}: {failed:#?}\n{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
     // 3 head shapes x 3 inputs x 2 depths x 4 outputs, 2 x 2 gate GEMVs, 2 x 2 down GEMVs,
     // 3 x 3 rope_kv_write outputs, 2 x 2 norms; the few-row GEMVs: 6 plain, 3 gate, 6 x 3 qkv;
     // the mma few-row GEMVs: 3 plain, 2 gate, 3 x 3 qkv.
-    assert_eq!(ok, 134, "seed {seed}: expected 134 comparisons:\n{report}");
+    strata_kernels::emu::check_report(
+        "fused_main.cpp",
+        std::path::Path::new(env!("CARGO_TARGET_TMPDIR")),
+        134,
+    );
 }

@@ -47,6 +47,35 @@ fn pd_pair(model: &MadeModel, boot: u16, extra: &[&str]) -> (Server, Server) {
     (prefill, decode)
 }
 
+/// What most PD tests start from: a made tiny model, its colocated server (pages of 16), a PD
+/// pair with `extra` flags on a free bootstrap port and the router in front of the pair.
+struct PdSetup {
+    colo: Server,
+    c: reqwest::Client,
+    boot: u16,
+    prefill: Server,
+    decode: Server,
+    r: Router,
+    model: MadeModel,
+}
+
+fn pd_setup(extra: &[&str]) -> PdSetup {
+    let model = MadeModel::new("llama", "tiny");
+    let colo = Server::start(model.path(), &["--page-size", "16"]);
+    let boot = free_port();
+    let (prefill, decode) = pd_pair(&model, boot, extra);
+    let r = router(&prefill.base, boot, &decode.base);
+    PdSetup {
+        colo,
+        c: reqwest::Client::new(),
+        boot,
+        prefill,
+        decode,
+        r,
+        model,
+    }
+}
+
 async fn post(c: &reqwest::Client, url: &str, body: &Value) -> (u16, Value) {
     let r = c.post(url).json(body).send().await.expect("send");
     let s = r.status().as_u16();
@@ -140,12 +169,15 @@ async fn same_as_colocated(
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pd_greedy_output_equals_colocated() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed());
-    let model = MadeModel::new("llama", "tiny");
-    let colo = Server::start(model.path(), &["--page-size", "16"]);
-    let c = reqwest::Client::new();
-    let boot = free_port();
-    let (prefill, decode) = pd_pair(&model, boot, &[]);
-    let r = router(&prefill.base, boot, &decode.base);
+    let PdSetup {
+        model: _model,
+        colo,
+        c,
+        boot,
+        prefill,
+        decode,
+        r,
+    } = pd_setup(&[]);
     let prompts = random_prompts(&mut rng, 12);
     let want = same_as_colocated(&c, &colo, &r.base, &prompts, 12).await;
     // Streamed through the router.
@@ -821,15 +853,10 @@ async fn pd_with_a_lora_adapter_equals_colocated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pd_with_data_parallel_legs_equals_colocated() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed());
-    let model = MadeModel::new("llama", "tiny");
-    let colo = Server::start(model.path(), &["--page-size", "16"]);
-    let c = reqwest::Client::new();
-    let boot = free_port();
-    let (prefill, decode) = pd_pair(&model, boot, &["--dp-size", "2"]);
-    let r = router(&prefill.base, boot, &decode.base);
+    let pd = pd_setup(&["--dp-size", "2"]);
     let prompts = random_prompts(&mut rng, 8);
-    same_as_colocated(&c, &colo, &r.base, &prompts, 10).await;
-    assert!(prefill.metric("pd_transfers_total").await >= 12.0);
+    same_as_colocated(&pd.c, &pd.colo, &pd.r.base, &prompts, 10).await;
+    assert!(pd.prefill.metric("pd_transfers_total").await >= 12.0);
 }
 
 /// Parallel sampling through a PD pair (`n > 1`, which SGLang's PD path does not serve): each
@@ -839,12 +866,8 @@ async fn pd_with_data_parallel_legs_equals_colocated() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pd_parallel_sampling_equals_colocated() {
     let mut rng = rand::rngs::StdRng::seed_from_u64(seed());
-    let model = MadeModel::new("llama", "tiny");
-    let colo = Server::start(model.path(), &["--page-size", "16"]);
-    let c = reqwest::Client::new();
-    let boot = free_port();
-    let (prefill, decode) = pd_pair(&model, boot, &[]);
-    let r = router(&prefill.base, boot, &decode.base);
+    let pd = pd_setup(&[]);
+    let (colo, c, r) = (&pd.colo, &pd.c, &pd.r);
     let prompts = random_prompts(&mut rng, 4);
     let all_ids = |v: &Value| -> Vec<Vec<u64>> {
         v.as_array()
@@ -857,9 +880,9 @@ async fn pd_parallel_sampling_equals_colocated() {
         let seed = rng.random_range(0..1000u64);
         let b = json!({"input_ids": p, "sampling_params": {"n": 3, "temperature": 0.9,
             "seed": seed, "max_new_tokens": 12, "ignore_eos": true}});
-        let want = all_ids(&post(&c, &colo.url("/generate"), &b).await.1);
+        let want = all_ids(&post(c, &colo.url("/generate"), &b).await.1);
         assert_eq!(want.len(), 3);
-        let (s, v) = post(&c, &format!("{}/generate", r.base), &b).await;
+        let (s, v) = post(c, &format!("{}/generate", r.base), &b).await;
         assert_eq!(s, 200, "{v}");
         assert_eq!(
             all_ids(&v),
@@ -870,20 +893,20 @@ async fn pd_parallel_sampling_equals_colocated() {
     // A batch of two prompts, two samples each (prompt-major), and greedy copies.
     let b = json!({"input_ids": [prompts[0], prompts[1]], "sampling_params": {"n": 2,
         "temperature": 0.7, "seed": 5, "max_new_tokens": 10, "ignore_eos": true}});
-    let want = all_ids(&post(&c, &colo.url("/generate"), &b).await.1);
-    let (s, v) = post(&c, &format!("{}/generate", r.base), &b).await;
+    let want = all_ids(&post(c, &colo.url("/generate"), &b).await.1);
+    let (s, v) = post(c, &format!("{}/generate", r.base), &b).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(all_ids(&v), want, "PD batch samples differ from colocated");
     let b = json!({"input_ids": prompts[2], "sampling_params": {"n": 2, "temperature": 0,
         "max_new_tokens": 10, "ignore_eos": true}});
-    let (s, v) = post(&c, &format!("{}/generate", r.base), &b).await;
+    let (s, v) = post(c, &format!("{}/generate", r.base), &b).await;
     assert_eq!(s, 200, "{v}");
     let got = all_ids(&v);
     assert_eq!(got[0], got[1], "greedy copies differ");
     assert_eq!(
         got[0],
         ids_of(
-            &post(&c, &colo.url("/generate"), &body(&prompts[2], 10))
+            &post(c, &colo.url("/generate"), &body(&prompts[2], 10))
                 .await
                 .1
         )
@@ -899,8 +922,8 @@ async fn pd_parallel_sampling_equals_colocated() {
             .map(|ch| ch["text"].as_str().unwrap().to_string())
             .collect()
     };
-    let want = texts(&post(&c, &colo.url("/v1/completions"), &b).await.1);
-    let (s, v) = post(&c, &format!("{}/v1/completions", r.base), &b).await;
+    let want = texts(&post(c, &colo.url("/v1/completions"), &b).await.1);
+    let (s, v) = post(c, &format!("{}/v1/completions", r.base), &b).await;
     assert_eq!(s, 200, "{v}");
     assert_eq!(texts(&v), want, "PD completions differ from colocated");
     assert_eq!(want.len(), 2);

@@ -439,6 +439,15 @@ async fn embeddings_reuse_l3_pages_across_a_restart() {
     );
 }
 
+/// The reranking tests' query and documents (two about pandas, two not).
+const RERANK_QUERY: &str = "Where do pandas live?";
+const RERANK_DOCS: [&str; 4] = [
+    "Pandas live in the mountain forests of central China.",
+    "The stock market closed higher today.",
+    "Bamboo is the main food of the giant panda.",
+    "hi",
+];
+
 /// `/v1/rerank` (SGLang's cross-encoder reranking) on a one-label sequence-classification
 /// checkpoint: each document's score is the sigmoid of the head on the pair `[query, document]`
 /// as the tokenizer's pair template joins them (BOS query BOS document here), highest first;
@@ -457,13 +466,7 @@ async fn a_cross_encoder_reranks_documents_by_its_head() {
         json!({"num_labels": 1}),
     );
     let s = Server::start(m.path(), &[]);
-    let query = "Where do pandas live?";
-    let docs = [
-        "Pandas live in the mountain forests of central China.",
-        "The stock market closed higher today.",
-        "Bamboo is the main food of the giant panda.",
-        "hi",
-    ];
+    let (query, docs) = (RERANK_QUERY, RERANK_DOCS);
     let (st, v) = s
         .post("/v1/rerank", &json!({"query": query, "documents": docs}))
         .await;
@@ -594,13 +597,7 @@ async fn a_decoder_only_reranker_scores_yes_against_no() {
     std::fs::write(&template, RERANK_TEMPLATE).unwrap();
     let tpl = template.to_str().unwrap();
     let s = Server::start(m.path(), &["--chat-template", tpl]);
-    let query = "Where do pandas live?";
-    let docs = [
-        "Pandas live in the mountain forests of central China.",
-        "The stock market closed higher today.",
-        "Bamboo is the main food of the giant panda.",
-        "hi",
-    ];
+    let (query, docs) = (RERANK_QUERY, RERANK_DOCS);
     let expect = |instruct: &'static str| {
         let s = &s;
         async move {

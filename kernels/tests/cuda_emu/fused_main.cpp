@@ -13,19 +13,8 @@
 #include "gemv.cu"
 #include "gemv_mma.cu"
 
-static uint64_t g_rng;
-static uint64_t next_u64() {
-    uint64_t z = (g_rng += 0x9e3779b97f4a7c15ull);
-    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-    return z ^ (z >> 31);
-}
-// n bf16 values uniform in [center - scale, center + scale).
-static std::vector<bf16_t> bf16_vec(size_t n, float scale, float center = 0.f) {
-    std::vector<bf16_t> v(n);
-    for (auto& x : v) x = f2bf(center + scale * (float)((double)(next_u64() >> 11) / 9007199254740992.0 * 2.0 - 1.0));
-    return v;
-}
+#include "emu_rand.h"
+
 static int g_failed = 0;
 // Within `tol` relative error (the norm of the difference over the norm of b), for the mma
 // kernels, whose sums run in another order.
