@@ -429,6 +429,9 @@ pub struct AttnPlan {
     max_cluster: usize,
     /// A `PrefillWg` plan runs `paged_attention_wgs_d128` (Q from shared memory).
     wg_smem_q: bool,
+    /// What a fixed decode plan's page tables hold on the GPU, where known: a replay writes only
+    /// the entries that changed (the tables are `--context-length` pages wide per row).
+    table_mirror: std::sync::Mutex<Option<Vec<i32>>>,
 }
 
 impl AttnPlan {
@@ -848,6 +851,7 @@ impl CudaOps {
             max_cluster: self.decode2_max_cluster,
             wg_smem_q: kernel == AttnKernel::PrefillWg
                 && prefill_kernel() == PrefillKernel::WgmmaSmemQ,
+            table_mirror: Default::default(),
         })
     }
 
@@ -1068,6 +1072,10 @@ impl CudaOps {
     /// Points a fixed decode plan at `seqs` (at most the plan's batch, one new token each); the
     /// plan's remaining rows attend to key 0 of page 0 (padding, discarded by the caller).
     /// Stream-ordered: launches queued after this call see the new tables.
+    ///
+    /// Only the table entries that differ from the previous update's go up (the first update
+    /// writes every sequence's pages): a decode step changes a row's table once per page of
+    /// new tokens, while the whole table is `max_pages` (the context length) wide per row.
     pub fn update_decode_plan(&self, plan: &AttnPlan, seqs: &[AttnSeq]) -> Result<()> {
         let s = plan.shape;
         let batch = plan.total_rows;
@@ -1079,7 +1087,10 @@ impl CudaOps {
         })?;
         let cap = plan.splits * plan.split_len;
         let mut tiles = Vec::with_capacity(4 * batch);
-        let mut tables = vec![0i32; batch * plan.max_pages];
+        let mut mirror = plan.table_mirror.lock().expect("plan table mirror");
+        let tables = mirror.get_or_insert_with(|| vec![-1; batch * plan.max_pages]);
+        // Runs [start, end) of table entries that changed, joined across short gaps.
+        let mut runs: Vec<(usize, usize)> = Vec::new();
         for (si, q) in seqs.iter().enumerate() {
             ensure(q.q_len == 1 && q.kv_len >= 1 && q.kv_len <= cap, || {
                 format!(
@@ -1097,17 +1108,34 @@ impl CudaOps {
                     .all(|&p| p >= 0 && (p as usize) < s.pool_pages),
                 || format!("seq {si}: page id outside pool of {}", s.pool_pages),
             )?;
-            tables[si * plan.max_pages..si * plan.max_pages + q.pages.len()]
-                .copy_from_slice(&q.pages);
+            // A row's entries past its own pages are never read: only its pages are compared.
+            for (k, &p) in q.pages.iter().enumerate() {
+                let i = si * plan.max_pages + k;
+                if tables[i] != p {
+                    tables[i] = p;
+                    match runs.last_mut() {
+                        Some(r) if i <= r.1 + TABLE_WRITE_GAP => r.1 = i + 1,
+                        _ => runs.push((i, i + 1)),
+                    }
+                }
+            }
             tiles.extend_from_slice(&[si as i32, si as i32, 1, q.kv_len as i32 - 1]);
         }
         for si in seqs.len()..batch {
             tiles.extend_from_slice(&[si as i32, si as i32, 1, 0]);
         }
         self.ctx.write_i32(&plan.tiles, &tiles)?;
-        self.ctx.write_i32(&plan.tables, &tables)
+        for (a, b) in runs {
+            self.ctx
+                .write_i32(&plan.tables.view(a, &[b - a])?, &tables[a..b])?;
+        }
+        Ok(())
     }
 }
+
+/// Unchanged table entries between two changed ones written anyway rather than starting another
+/// copy (each copy costs a driver call).
+const TABLE_WRITE_GAP: usize = 256;
 
 #[cfg(test)]
 mod tests {
