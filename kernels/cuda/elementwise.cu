@@ -13,6 +13,17 @@ extern "C" __global__ void embedding(const int* ids, const bf16_t* table, bf16_t
         out[(u64)t * hidden + i] = ok ? table[(u64)id * hidden + i] : (bf16_t)0;
 }
 
+// dst[upd[1 + 2 i]] = upd[2 + 2 i] for i < upd[0] (indices below n_dst): the changed entries of
+// a decode plan's page tables in one launch instead of one copy each (attention.rs).
+extern "C" __global__ void scatter_i32(const int* upd, int* dst, int n_dst) {
+    pdl_enter();
+    const int n = upd[0];
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) {
+        const int at = upd[1 + 2 * i];
+        if (at >= 0 && at < n_dst) dst[at] = upd[2 + 2 * i];
+    }
+}
+
 // dst[ids[t]] = bf16(dst[ids[t]] + src[t]) for t < blocks (rows of `width`; the ids distinct):
 // the LoRA adapters' change to their rows of a projection's output.
 extern "C" __global__ void add_rows(const int* ids, const bf16_t* src, bf16_t* dst, int width) {

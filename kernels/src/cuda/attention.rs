@@ -431,7 +431,14 @@ pub struct AttnPlan {
     wg_smem_q: bool,
     /// What a fixed decode plan's page tables hold on the GPU, where known: a replay writes only
     /// the entries that changed (the tables are `--context-length` pages wide per row).
-    table_mirror: std::sync::Mutex<Option<Vec<i32>>>,
+    table_mirror: std::sync::Mutex<Option<TableMirror>>,
+}
+
+/// A fixed decode plan's page tables as the GPU holds them, and the buffer that carries changed
+/// entries to `scatter_i32`.
+struct TableMirror {
+    tables: Vec<i32>,
+    scatter: DTensor,
 }
 
 impl AttnPlan {
@@ -1075,7 +1082,9 @@ impl CudaOps {
     ///
     /// Only the table entries that differ from the previous update's go up (the first update
     /// writes every sequence's pages): a decode step changes a row's table once per page of
-    /// new tokens, while the whole table is `max_pages` (the context length) wide per row.
+    /// new tokens, while the whole table is `max_pages` (the context length) wide per row. Up to
+    /// two runs of changes are copied as they are; more (at page size 1 every row gains an
+    /// entry per step) go up as (index, page) pairs that `scatter_i32` writes.
     pub fn update_decode_plan(&self, plan: &AttnPlan, seqs: &[AttnSeq]) -> Result<()> {
         let s = plan.shape;
         let batch = plan.total_rows;
@@ -1088,9 +1097,17 @@ impl CudaOps {
         let cap = plan.splits * plan.split_len;
         let mut tiles = Vec::with_capacity(4 * batch);
         let mut mirror = plan.table_mirror.lock().expect("plan table mirror");
-        let tables = mirror.get_or_insert_with(|| vec![-1; batch * plan.max_pages]);
-        // Runs [start, end) of table entries that changed, joined across short gaps.
+        if mirror.is_none() {
+            *mirror = Some(TableMirror {
+                tables: vec![-1; batch * plan.max_pages],
+                scatter: self.ctx.alloc(DType::I32, &[1 + 2 * SCATTER_MAX])?,
+            });
+        }
+        let TableMirror { tables, scatter } = mirror.as_mut().expect("made above");
+        // Runs [start, end) of table entries that changed, joined across short gaps, and the
+        // changed entries as (index, page) pairs.
         let mut runs: Vec<(usize, usize)> = Vec::new();
+        let mut pairs: Vec<i32> = vec![0];
         for (si, q) in seqs.iter().enumerate() {
             ensure(q.q_len == 1 && q.kv_len >= 1 && q.kv_len <= cap, || {
                 format!(
@@ -1113,6 +1130,7 @@ impl CudaOps {
                 let i = si * plan.max_pages + k;
                 if tables[i] != p {
                     tables[i] = p;
+                    pairs.extend([i as i32, p]);
                     match runs.last_mut() {
                         Some(r) if i <= r.1 + TABLE_WRITE_GAP => r.1 = i + 1,
                         _ => runs.push((i, i + 1)),
@@ -1125,6 +1143,18 @@ impl CudaOps {
             tiles.extend_from_slice(&[si as i32, si as i32, 1, 0]);
         }
         self.ctx.write_i32(&plan.tiles, &tiles)?;
+        let n = (pairs.len() - 1) / 2;
+        if runs.len() > 2 && n <= SCATTER_MAX {
+            // Scattered entries (a new page per row at page size 1): one copy and one launch.
+            pairs[0] = n as i32;
+            self.ctx.write_i32(scatter, &pairs)?;
+            let args = [
+                Arg::U64(scatter.ptr()),
+                Arg::U64(plan.tables.ptr()),
+                Arg::I32(tables.len() as i32),
+            ];
+            return self.go(&self.scatter_i32, Dims::rows(n.div_ceil(256), 256), &args);
+        }
         for (a, b) in runs {
             self.ctx
                 .write_i32(&plan.tables.view(a, &[b - a])?, &tables[a..b])?;
@@ -1135,7 +1165,9 @@ impl CudaOps {
 
 /// Unchanged table entries between two changed ones written anyway rather than starting another
 /// copy (each copy costs a driver call).
-const TABLE_WRITE_GAP: usize = 256;
+const TABLE_WRITE_GAP: usize = 16;
+/// Most changed table entries a plan update scatters in one launch (more go up as runs).
+const SCATTER_MAX: usize = 4096;
 
 #[cfg(test)]
 mod tests {

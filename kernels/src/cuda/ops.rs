@@ -20,6 +20,7 @@ pub struct CudaOps {
     pub(crate) ctx: Arc<GpuContext>,
     embedding: CudaFunction,
     add_rows: CudaFunction,
+    pub(crate) scatter_i32: CudaFunction,
     lora_shrink: CudaFunction,
     lora_expand: CudaFunction,
     rmsnorm: CudaFunction,
@@ -109,6 +110,7 @@ impl CudaOps {
         Ok(Self {
             embedding: e("embedding")?,
             add_rows: e("add_rows")?,
+            scatter_i32: e("scatter_i32")?,
             lora_shrink: e("lora_shrink")?,
             lora_expand: e("lora_expand")?,
             rmsnorm: e("rmsnorm")?,

@@ -1267,44 +1267,55 @@ pub fn fixed_decode_plan(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> 
         set_decode_dmma(None);
         set_decode_attn(Some(false));
         let plan = plan?;
-        let mut pages: Vec<i32> = (0..pool_pages as i32).collect();
-        shuffle(&mut ck.rng, &mut pages);
-        let seqs: Vec<AttnSeq> = (0..n)
-            .map(|i| {
-                let kv_len = ck.rng.random_range(1..=max_pages * ps);
-                let np = kv_len.div_ceil(ps);
-                AttnSeq {
-                    q_len: 1,
-                    kv_len,
-                    pages: pages[i * 12 % 72..][..np.min(24)].to_vec(),
+        let mut kept: Vec<AttnSeq> = Vec::new();
+        // Two updates of the same plan: the second replaces every other row's pages and lengths
+        // (the plan then writes only the entries that changed).
+        for round in 0..2 {
+            let mut pages: Vec<i32> = (0..pool_pages as i32).collect();
+            shuffle(&mut ck.rng, &mut pages);
+            let mut seqs: Vec<AttnSeq> = (0..n)
+                .map(|i| {
+                    let kv_len = ck.rng.random_range(1..=max_pages * ps);
+                    let np = kv_len.div_ceil(ps);
+                    AttnSeq {
+                        q_len: 1,
+                        kv_len,
+                        pages: pages[i * 12 % 72..][..np.min(24)].to_vec(),
+                    }
+                })
+                .collect();
+            if round == 1 {
+                for (i, s) in seqs.iter_mut().enumerate().filter(|(i, _)| i % 2 == 1) {
+                    s.clone_from(&kept[i]);
                 }
-            })
-            .collect();
-        let q_host = ck.bf16_vec(fixed * nh * hd, 1.0);
-        let q = c.upload_bf16(&[fixed, nh * hd], &q_host)?;
-        let q_n = c.upload_bf16(&[n, nh * hd], &q_host[..n * nh * hd])?;
-        let out_fixed = bf16_out(ops, &[fixed, nh * hd])?;
-        let out_ref = bf16_out(ops, &[n, nh * hd])?;
-        ops.update_decode_plan(&plan, &seqs)?;
-        ops.paged_attention(&plan, &q, 0, &k, &v, &out_fixed, 0.088)?;
-        let fresh = ops.attention_plan(shape, &seqs, None);
-        set_decode_attn(None);
-        let fresh = fresh?;
-        ops.paged_attention(&fresh, &q_n, 0, &k, &v, &out_ref, 0.088)?;
-        let got = c.download_f32(&out_fixed)?;
-        let want = c.download_f32(&out_ref)?;
-        let err = r::rel_err(&got[..n * nh * hd], &want);
-        ck.rel(
-            "fixed_decode_plan",
-            format!(
-                "{n} of {fixed} rows, pages<=24, {:?}, {} splits, cluster {}",
-                plan.kernel(),
-                plan.splits(),
-                plan.cluster()
-            ),
-            err,
-            BF16_TOL,
-        );
+            }
+            let q_host = ck.bf16_vec(fixed * nh * hd, 1.0);
+            let q = c.upload_bf16(&[fixed, nh * hd], &q_host)?;
+            let q_n = c.upload_bf16(&[n, nh * hd], &q_host[..n * nh * hd])?;
+            let out_fixed = bf16_out(ops, &[fixed, nh * hd])?;
+            let out_ref = bf16_out(ops, &[n, nh * hd])?;
+            ops.update_decode_plan(&plan, &seqs)?;
+            ops.paged_attention(&plan, &q, 0, &k, &v, &out_fixed, 0.088)?;
+            let fresh = ops.attention_plan(shape, &seqs, None);
+            set_decode_attn(None);
+            let fresh = fresh?;
+            ops.paged_attention(&fresh, &q_n, 0, &k, &v, &out_ref, 0.088)?;
+            let got = c.download_f32(&out_fixed)?;
+            let want = c.download_f32(&out_ref)?;
+            let err = r::rel_err(&got[..n * nh * hd], &want);
+            ck.rel(
+                "fixed_decode_plan",
+                format!(
+                    "{n} of {fixed} rows, pages<=24, {:?}, {} splits, cluster {}, update {round}",
+                    plan.kernel(),
+                    plan.splits(),
+                    plan.cluster()
+                ),
+                err,
+                BF16_TOL,
+            );
+            kept = seqs;
+        }
     }
     Ok(())
 }
