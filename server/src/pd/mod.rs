@@ -180,17 +180,14 @@ impl Bootstrap {
     }
 }
 
-/// The room of sample `c` under `room`: `room` itself for sample 0, else a SplitMix64 mix of
+/// The room of sample `c` under `room`: `room` itself for sample 0, else a SplitMix64 draw from
 /// both (63 bits, as a router's rooms), so that the rooms of one request's samples, and of two
 /// requests, do not meet by more than chance.
 pub fn sample_room(room: u64, c: usize) -> u64 {
     if c == 0 {
         return room;
     }
-    let mut z = room.wrapping_add((c as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    (z ^ (z >> 31)) >> 1
+    crate::seeded::SplitMix64(room ^ (c as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15)).next_u64() >> 1
 }
 
 #[cfg(test)]

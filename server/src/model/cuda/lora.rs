@@ -287,56 +287,33 @@ impl Run {
         y: &DTensor,
     ) -> Result<(), CudaError> {
         match self {
-            Run::Seg(s) => s.apply(ops, l, p, x, y),
-            Run::Gemm(plan) => plan.apply(ops, gemm, l, p, x, y),
+            Run::Seg(s) => {
+                let refs = Slots::refs(&s.table, l, p as usize)?;
+                // SAFETY: the entries `rows` names are those Slots::assign wrote for this
+                // forward's adapters: the A [rank, in] and B^T [rank, out] of this projection of
+                // adapters the slots hold alive (a slot changes hands only between forwards,
+                // each of which the runner finishes before the next), the rank A's row count.
+                unsafe {
+                    ops.lora_shrink(x, &s.rows, &refs, &s.mid)?;
+                    ops.lora_expand(&s.mid, &s.rows, &refs, y)
+                }
+            }
+            Run::Gemm(plan) => {
+                for g in &plan.groups {
+                    let Some(pair) = &g.adapter.layers[l][p as usize] else {
+                        continue;
+                    };
+                    let (n, r, din, dout) = (g.n, pair.a.shape()[0], x.shape()[1], y.shape()[1]);
+                    let xg = g.xg.view(0, &[n, din])?;
+                    ops.embedding(&g.ids, x, &xg)?;
+                    let mid = g.mid.view(0, &[n, r])?;
+                    gemm.linear(&xg, &pair.a, &mid)?;
+                    let d = g.d.view(0, &[n, dout])?;
+                    gemm.linear(&mid, &pair.b, &d)?;
+                    ops.add_rows(&g.ids, &d, y)?;
+                }
+                Ok(())
+            }
         }
-    }
-}
-
-impl Seg {
-    fn apply(
-        &self,
-        ops: &CudaOps,
-        l: usize,
-        p: Proj,
-        x: &DTensor,
-        y: &DTensor,
-    ) -> Result<(), CudaError> {
-        let refs = Slots::refs(&self.table, l, p as usize)?;
-        // SAFETY: the entries `rows` names are those Slots::assign wrote for this forward's
-        // adapters: the A [rank, in] and B^T [rank, out] of this projection of adapters the
-        // slots hold alive (a slot changes hands only between forwards, each of which the
-        // runner finishes before the next), the rank A's row count.
-        unsafe {
-            ops.lora_shrink(x, &self.rows, &refs, &self.mid)?;
-            ops.lora_expand(&self.mid, &self.rows, &refs, y)
-        }
-    }
-}
-
-impl Plan {
-    fn apply(
-        &self,
-        ops: &CudaOps,
-        gemm: &Gemm,
-        l: usize,
-        p: Proj,
-        x: &DTensor,
-        y: &DTensor,
-    ) -> Result<(), CudaError> {
-        for g in &self.groups {
-            let Some(pair) = &g.adapter.layers[l][p as usize] else {
-                continue;
-            };
-            let (n, r, din, dout) = (g.n, pair.a.shape()[0], x.shape()[1], y.shape()[1]);
-            let xg = g.xg.view(0, &[n, din])?;
-            ops.embedding(&g.ids, x, &xg)?;
-            let mid = g.mid.view(0, &[n, r])?;
-            gemm.linear(&xg, &pair.a, &mid)?;
-            let d = g.d.view(0, &[n, dout])?;
-            gemm.linear(&mid, &pair.b, &d)?;
-            ops.add_rows(&g.ids, &d, y)?;
-        }
-        Ok(())
     }
 }
