@@ -1,0 +1,173 @@
+//! A fixed decode plan's page tables (`CudaOps::update_decode_plan`): each plan keeps a host
+//! mirror of what the GPU holds, and an update sends only the entries that changed, as runs
+//! copied as they are or, when scattered, as (index, page) pairs written by one `scatter_i32`
+//! launch. A table is `max_pages` (the context length over the page size) wide per row, while a
+//! decode step changes a row once per page of new tokens.
+
+use super::device::GpuContext;
+use super::error::Result;
+use super::launch::{Arg, Dims};
+use super::ops::CudaOps;
+use super::tensor::{DTensor, DType};
+
+/// A fixed decode plan's page tables as the GPU holds them, and the buffer that carries changed
+/// entries to `scatter_i32`.
+pub(crate) struct TableMirror {
+    pub(crate) tables: Vec<i32>,
+    scatter: DTensor,
+}
+
+impl TableMirror {
+    /// A mirror of `n` entries the GPU is not known to hold (every first write goes up).
+    pub(crate) fn new(ctx: &GpuContext, n: usize) -> Result<Self> {
+        Ok(TableMirror {
+            tables: vec![-1; n],
+            scatter: ctx.alloc(DType::I32, &[1 + 2 * SCATTER_MAX])?,
+        })
+    }
+}
+
+/// Unchanged table entries between two changed ones written anyway rather than starting another
+/// copy (each copy costs a driver call).
+const TABLE_WRITE_GAP: usize = 16;
+/// Most changed table entries a plan update scatters in one launch (more go up as runs).
+const SCATTER_MAX: usize = 4096;
+
+/// What a page-table update must send: runs [start, end) of entries that changed (joined
+/// across gaps of up to [`TABLE_WRITE_GAP`] entries) and the changed entries as (index, page)
+/// pairs after a count slot (`scatter_i32`'s layout, the count left 0).
+pub(crate) struct TableChanges {
+    runs: Vec<(usize, usize)>,
+    pairs: Vec<i32>,
+}
+
+/// Brings `mirror` (rows of `width` entries) to `rows` (row i's pages at its first entries; a
+/// row's entries past its own pages are never read, so they are neither compared nor written)
+/// and returns what changed.
+pub(crate) fn table_changes<'a>(
+    mirror: &mut [i32],
+    width: usize,
+    rows: impl Iterator<Item = &'a [i32]>,
+) -> TableChanges {
+    let mut ch = TableChanges {
+        runs: Vec::new(),
+        pairs: vec![0],
+    };
+    for (si, pages) in rows.enumerate() {
+        for (k, &p) in pages.iter().enumerate() {
+            let i = si * width + k;
+            if mirror[i] != p {
+                mirror[i] = p;
+                ch.pairs.extend([i as i32, p]);
+                match ch.runs.last_mut() {
+                    Some(r) if i <= r.1 + TABLE_WRITE_GAP => r.1 = i + 1,
+                    _ => ch.runs.push((i, i + 1)),
+                }
+            }
+        }
+    }
+    ch
+}
+
+impl CudaOps {
+    /// Sends `ch` (already in the mirror `m`) to `plan`'s tables.
+    pub(crate) fn write_table_changes(
+        &self,
+        tables: &DTensor,
+        m: &TableMirror,
+        mut ch: TableChanges,
+    ) -> Result<()> {
+        let n = (ch.pairs.len() - 1) / 2;
+        if ch.runs.len() > 2 && n <= SCATTER_MAX {
+            // Scattered entries (a new page per row at page size 1): one copy and one launch.
+            ch.pairs[0] = n as i32;
+            self.ctx.write_i32(&m.scatter, &ch.pairs)?;
+            let args = [
+                Arg::U64(m.scatter.ptr()),
+                Arg::U64(tables.ptr()),
+                Arg::I32(m.tables.len() as i32),
+            ];
+            return self.go(&self.scatter_i32, Dims::rows(n.div_ceil(256), 256), &args);
+        }
+        for (a, b) in ch.runs {
+            self.ctx
+                .write_i32(&tables.view(a, &[b - a])?, &m.tables[a..b])?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A seeded random walk of page-table updates (rows grow, are replaced, or vanish): applying
+    /// each update's runs (copied from the mirror) or its pairs (scattered) to a copy of what the
+    /// "GPU" held leaves every row's pages there, and only changed entries are listed.
+    #[test]
+    fn page_table_changes_bring_the_gpu_copy_to_the_rows() {
+        let seed: u64 = std::env::var("STRATA_TEST_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0x7ab1e);
+        println!("seed {seed}");
+        // SplitMix64: a value in [lo, hi).
+        let mut state = seed;
+        let mut range = |lo: usize, hi: usize| {
+            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
+            let mut z = state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+            lo + ((z ^ (z >> 31)) % (hi - lo) as u64) as usize
+        };
+        let (width, batch) = (300, 6);
+        let mut mirror = vec![-1i32; width * batch];
+        let (mut by_runs, mut by_pairs) = (mirror.clone(), mirror.clone());
+        let mut rows: Vec<Vec<i32>> = vec![Vec::new(); batch];
+        for step in 0..200 {
+            for r in rows.iter_mut() {
+                match range(0, 10) {
+                    0 => {
+                        let len = range(1, width);
+                        *r = (0..len).map(|_| range(0, 1000) as i32).collect()
+                    }
+                    1 => r.clear(),
+                    _ if r.len() < width => r.push(range(0, 1000) as i32),
+                    _ => {}
+                }
+            }
+            let live = range(0, batch + 1);
+            let before = mirror.clone();
+            let ch = table_changes(&mut mirror, width, rows[..live].iter().map(|r| &r[..]));
+            let changed = before.iter().zip(&mirror).filter(|(a, b)| a != b).count();
+            assert_eq!((ch.pairs.len() - 1) / 2, changed, "step {step}");
+            for &(a, b) in &ch.runs {
+                by_runs[a..b].copy_from_slice(&mirror[a..b]);
+            }
+            for pair in ch.pairs[1..].chunks_exact(2) {
+                by_pairs[pair[0] as usize] = pair[1];
+            }
+            for (si, r) in rows[..live].iter().enumerate() {
+                let at = si * width;
+                assert_eq!(
+                    &by_runs[at..at + r.len()],
+                    &r[..],
+                    "step {step} row {si} (runs)"
+                );
+                assert_eq!(
+                    &by_pairs[at..at + r.len()],
+                    &r[..],
+                    "step {step} row {si} (pairs)"
+                );
+            }
+            // Runs are ordered and apart by more than the gap.
+            for w in ch.runs.windows(2) {
+                assert!(
+                    w[1].0 > w[0].1 + TABLE_WRITE_GAP,
+                    "step {step}: {:?}",
+                    ch.runs
+                );
+            }
+        }
+    }
+}
