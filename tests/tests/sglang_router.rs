@@ -296,7 +296,8 @@ async fn strata_router_ids_and_error_shapes_match_the_worker() {
 }
 
 /// The seed's PD setup with the real sglang-router 0.3.2 in front: a Strata prefill and a Strata
-/// decode server; greedy output must equal a colocated server's.
+/// decode server; greedy output must equal a colocated server's; an `n = 2` request answers
+/// both samples in full.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sglang_router_pd_mode_over_strata_prefill_and_decode() {
     let python = router_python();
@@ -371,6 +372,23 @@ async fn sglang_router_pd_mode_over_strata_prefill_and_decode() {
             "PD via sglang-router: {v}"
         );
         assert_eq!(v["text"], want["text"]);
+    }
+    // n > 1 through sglang-router: the workers run each sample as a PD request of its own, so
+    // the answer holds both samples in full. (Seeded samples through this router differ from the
+    // colocated server's for n = 1 too: the router does not forward the request unchanged, so
+    // only the shape is compared here; pd_e2e.rs compares seeded samples through strata router.)
+    let b = json!({"text": texts[1], "sampling_params": {"n": 2, "temperature": 0.8, "seed": 3,
+        "max_new_tokens": 8, "ignore_eos": true}});
+    let r = client.post(&url).json(&b).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let got: Value = r.json().await.unwrap();
+    let all = got
+        .as_array()
+        .unwrap_or_else(|| panic!("n = 2: not a list: {got}"));
+    assert_eq!(all.len(), 2, "{got}");
+    for s in all {
+        assert_eq!(s["output_ids"].as_array().map(Vec::len), Some(8), "{got}");
+        assert_eq!(s["meta_info"]["finish_reason"]["type"], "length", "{got}");
     }
     decode.wait_idle().await;
     prefill.wait_idle().await;
