@@ -1091,10 +1091,7 @@ impl CudaOps {
         let mut tiles = Vec::with_capacity(4 * batch);
         let mut mirror = plan.table_mirror.lock().expect("plan table mirror");
         if mirror.is_none() {
-            *mirror = Some(super::plan_tables::TableMirror::new(
-                &self.ctx,
-                batch * plan.max_pages,
-            )?);
+            *mirror = Some(super::plan_tables::TableMirror::new(&self.ctx, batch)?);
         }
         for (si, q) in seqs.iter().enumerate() {
             ensure(q.q_len == 1 && q.kv_len >= 1 && q.kv_len <= cap, || {
@@ -1121,11 +1118,11 @@ impl CudaOps {
         self.ctx.write_i32(&plan.tiles, &tiles)?;
         let m = mirror.as_mut().expect("made above");
         let ch = super::plan_tables::table_changes(
-            &mut m.tables,
+            &mut m.rows,
             plan.max_pages,
             seqs.iter().map(|q| &q.pages[..]),
         );
-        let written = self.write_table_changes(&plan.tables, m, ch);
+        let written = self.write_table_changes(&plan.tables, plan.max_pages, m, ch);
         if written.is_err() {
             // The mirror no longer says what the GPU holds: the next update writes every row.
             *mirror = None;

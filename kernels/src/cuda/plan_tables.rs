@@ -10,18 +10,20 @@ use super::launch::{Arg, Dims};
 use super::ops::CudaOps;
 use super::tensor::{DTensor, DType};
 
-/// A fixed decode plan's page tables as the GPU holds them, and the buffer that carries changed
+/// What a fixed decode plan's page tables hold on the GPU: per row the entries written so far
+/// (a row's prefix; past it the GPU's entries are unknown and never read), so the mirror grows
+/// with the pages in use, not with the context length. And the buffer that carries changed
 /// entries to `scatter_i32`.
 pub(crate) struct TableMirror {
-    pub(crate) tables: Vec<i32>,
+    pub(crate) rows: Vec<Vec<i32>>,
     scatter: DTensor,
 }
 
 impl TableMirror {
-    /// A mirror of `n` entries the GPU is not known to hold (every first write goes up).
-    pub(crate) fn new(ctx: &GpuContext, n: usize) -> Result<Self> {
+    /// A mirror of `rows` rows none of whose entries the GPU is known to hold.
+    pub(crate) fn new(ctx: &GpuContext, rows: usize) -> Result<Self> {
         Ok(TableMirror {
-            tables: vec![-1; n],
+            rows: vec![Vec::new(); rows],
             scatter: ctx.alloc(DType::I32, &[1 + 2 * SCATTER_MAX])?,
         })
     }
@@ -33,19 +35,20 @@ const TABLE_WRITE_GAP: usize = 16;
 /// Most changed table entries a plan update scatters in one launch (more go up as runs).
 const SCATTER_MAX: usize = 4096;
 
-/// What a page-table update must send: runs [start, end) of entries that changed (joined
-/// across gaps of up to [`TABLE_WRITE_GAP`] entries) and the changed entries as (index, page)
-/// pairs after a count slot (`scatter_i32`'s layout, the count left 0).
+/// What a page-table update must send: runs (row, [start, end)) of entries that changed within
+/// a row (joined across gaps of up to [`TABLE_WRITE_GAP`] entries) and the changed entries as
+/// (index into the `width`-wide table, page) pairs after a count slot (`scatter_i32`'s layout,
+/// the count left 0).
 pub(crate) struct TableChanges {
-    runs: Vec<(usize, usize)>,
+    runs: Vec<(usize, usize, usize)>,
     pairs: Vec<i32>,
 }
 
-/// Brings `mirror` (rows of `width` entries) to `rows` (row i's pages at its first entries; a
-/// row's entries past its own pages are never read, so they are neither compared nor written)
-/// and returns what changed.
+/// Brings the mirror's rows (`TableMirror::rows`) to `rows` (row i's pages at its first entries;
+/// a row's entries past its own pages are never read, so they are neither compared nor
+/// written) and returns what changed.
 pub(crate) fn table_changes<'a>(
-    mirror: &mut [i32],
+    mirror: &mut [Vec<i32>],
     width: usize,
     rows: impl Iterator<Item = &'a [i32]>,
 ) -> TableChanges {
@@ -53,16 +56,21 @@ pub(crate) fn table_changes<'a>(
         runs: Vec::new(),
         pairs: vec![0],
     };
-    for (si, pages) in rows.enumerate() {
+    for (si, (pages, known)) in rows.zip(mirror.iter_mut()).enumerate() {
         for (k, &p) in pages.iter().enumerate() {
-            let i = si * width + k;
-            if mirror[i] != p {
-                mirror[i] = p;
-                ch.pairs.extend([i as i32, p]);
-                match ch.runs.last_mut() {
-                    Some(r) if i <= r.1 + TABLE_WRITE_GAP => r.1 = i + 1,
-                    _ => ch.runs.push((i, i + 1)),
-                }
+            if known.get(k) == Some(&p) {
+                continue;
+            }
+            // k is at most known.len(): the entries before it were just brought up to date.
+            if k < known.len() {
+                known[k] = p;
+            } else {
+                known.push(p);
+            }
+            ch.pairs.extend([(si * width + k) as i32, p]);
+            match ch.runs.last_mut() {
+                Some(r) if r.0 == si && k <= r.2 + TABLE_WRITE_GAP => r.2 = k + 1,
+                _ => ch.runs.push((si, k, k + 1)),
             }
         }
     }
@@ -70,10 +78,11 @@ pub(crate) fn table_changes<'a>(
 }
 
 impl CudaOps {
-    /// Sends `ch` (already in the mirror `m`) to `plan`'s tables.
+    /// Sends `ch` (already in the mirror `m`) to a plan's `tables` (rows `width` entries wide).
     pub(crate) fn write_table_changes(
         &self,
         tables: &DTensor,
+        width: usize,
         m: &TableMirror,
         mut ch: TableChanges,
     ) -> Result<()> {
@@ -85,13 +94,14 @@ impl CudaOps {
             let args = [
                 Arg::U64(m.scatter.ptr()),
                 Arg::U64(tables.ptr()),
-                Arg::I32(m.tables.len() as i32),
+                Arg::I32(tables.numel() as i32),
             ];
             return self.go(&self.scatter_i32, Dims::rows(n.div_ceil(256), 256), &args);
         }
-        for (a, b) in ch.runs {
+        for (row, a, b) in ch.runs {
+            let at = row * width + a;
             self.ctx
-                .write_i32(&tables.view(a, &[b - a])?, &m.tables[a..b])?;
+                .write_i32(&tables.view(at, &[b - a])?, &m.rows[row][a..b])?;
         }
         Ok(())
     }
@@ -121,8 +131,8 @@ mod tests {
             lo + ((z ^ (z >> 31)) % (hi - lo) as u64) as usize
         };
         let (width, batch) = (300, 6);
-        let mut mirror = vec![-1i32; width * batch];
-        let (mut by_runs, mut by_pairs) = (mirror.clone(), mirror.clone());
+        let mut mirror: Vec<Vec<i32>> = vec![Vec::new(); batch];
+        let (mut by_runs, mut by_pairs) = (vec![-1i32; width * batch], vec![-1i32; width * batch]);
         let mut rows: Vec<Vec<i32>> = vec![Vec::new(); batch];
         for step in 0..200 {
             for r in rows.iter_mut() {
@@ -139,10 +149,19 @@ mod tests {
             let live = range(0, batch + 1);
             let before = mirror.clone();
             let ch = table_changes(&mut mirror, width, rows[..live].iter().map(|r| &r[..]));
-            let changed = before.iter().zip(&mirror).filter(|(a, b)| a != b).count();
+            let changed: usize = rows[..live]
+                .iter()
+                .zip(&before)
+                .map(|(r, b)| {
+                    r.iter()
+                        .enumerate()
+                        .filter(|&(k, p)| b.get(k) != Some(p))
+                        .count()
+                })
+                .sum();
             assert_eq!((ch.pairs.len() - 1) / 2, changed, "step {step}");
-            for &(a, b) in &ch.runs {
-                by_runs[a..b].copy_from_slice(&mirror[a..b]);
+            for &(row, a, b) in &ch.runs {
+                by_runs[row * width + a..row * width + b].copy_from_slice(&mirror[row][a..b]);
             }
             for pair in ch.pairs[1..].chunks_exact(2) {
                 by_pairs[pair[0] as usize] = pair[1];
@@ -159,11 +178,16 @@ mod tests {
                     &r[..],
                     "step {step} row {si} (pairs)"
                 );
+                assert_eq!(
+                    &mirror[si][..r.len()],
+                    &r[..],
+                    "step {step} row {si} (mirror)"
+                );
             }
-            // Runs are ordered and apart by more than the gap.
+            // Runs stay within a row, in order, apart by more than the gap.
             for w in ch.runs.windows(2) {
                 assert!(
-                    w[1].0 > w[0].1 + TABLE_WRITE_GAP,
+                    w[1].0 > w[0].0 || w[1].1 > w[0].2 + TABLE_WRITE_GAP,
                     "step {step}: {:?}",
                     ch.runs
                 );
