@@ -262,18 +262,15 @@ impl Graphs {
             (Some(_), Some((_, exec))) => exec,
             _ => &g.exec,
         };
-        let mut host = vec![0i32; 3 * bs];
-        host[2 * bs..].fill(-1);
+        // Every section in one copy: padded rows keep the blank values.
+        let mut host = blank_meta(bs);
         for i in 0..n {
             host[i] = batch.tokens[i] as i32;
             host[bs + i] = batch.positions[i] as i32;
             host[2 * bs + i] = batch.slots[i] as i32;
         }
-        if let Some(rows) = lora_rows {
-            let mut section = vec![-1i32; bs];
-            section[..n].copy_from_slice(&rows);
-            r.ctx
-                .write_i32(&g.meta.buf.view(4 * bs, &[bs])?, &section)?;
+        if let Some(rows) = &lora_rows {
+            host[4 * bs..4 * bs + n].copy_from_slice(rows);
         }
         let seqs: Vec<AttnSeq> = batch
             .seqs
