@@ -824,6 +824,9 @@ async fn pd_with_a_lora_adapter_equals_colocated() {
     let boot = free_port();
     let (prefill, decode) = pd_pair(&model, boot, &flags);
     let r = router(&prefill.base, boot, &decode.base);
+    // A made model's greedy answer can ignore a small adapter on some prompt (it repeats one
+    // token either way): the adapter must change at least one of the six.
+    let mut changed = 0;
     for i in 0..6 {
         let p: Vec<u32> = (0..[7, 40, 100][i % 3])
             .map(|_| rng.random_range(3..500u32))
@@ -833,7 +836,7 @@ async fn pd_with_a_lora_adapter_equals_colocated() {
         with["lora_path"] = json!("a1");
         let want = ids_of(&post(&c, &colo.url("/generate"), &with).await.1);
         let plain = ids_of(&post(&c, &colo.url("/generate"), &base).await.1);
-        assert_ne!(want, plain, "the adapter changed nothing");
+        changed += usize::from(want != plain);
         let (s, v) = post(&c, &format!("{}/generate", r.base), &with).await;
         assert_eq!(s, 200, "{v}");
         assert_eq!(
@@ -845,6 +848,7 @@ async fn pd_with_a_lora_adapter_equals_colocated() {
         assert_eq!(s, 200, "{v}");
         assert_eq!(ids_of(&v), plain, "PD base request differs from colocated");
     }
+    assert!(changed > 0, "the adapter changed none of the six answers");
 }
 
 /// PD legs with data-parallel replicas (`--dp-size 2` on both): the prefill replicas share one
