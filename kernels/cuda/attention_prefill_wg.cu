@@ -34,6 +34,46 @@
 #define WG_ROWS 128
 #define WG_KT 128
 
+// RoPE (rotate-half) on the tile's Q in shared memory before anything reads it: what
+// rope_kv_write does to Q when it rotates it, bit for bit (the same sincosf of the same product,
+// the same rope_rot), so a forward can leave Q to this kernel and skip its 2 x [tokens, q width]
+// bytes there. Dims i and i + 64 of a row are 16-byte chunk i / 8 of the two 64-dim halves at
+// the same row and swizzle position; an item rotates one chunk pair of the `group` rows of one
+// token, whose 8 angles it computes once. Rows past the tile's tokens (zero-filled) are skipped.
+__device__ __forceinline__ void wg_rope_q(u32 qs, const PfTile& T, const int* pos, const float* inv_freq) {
+    constexpr u32 HALF_Q = WG_ROWS * 128;
+    for (int it = threadIdx.x; it < T.qcount * 8; it += WG_THREADS) {
+        const int tk = it >> 3, c = it & 7;
+        const float p = (float)pos[T.row0 + tk];
+        float co[8], si[8];
+#pragma unroll
+        for (int e = 0; e < 8; ++e) sincosf(p * inv_freq[8 * c + e], &si[e], &co[e]);
+        for (int h = 0; h < T.group; ++h) {
+            const int r = (tk << T.gsh) + h;
+            const u32 at = qs + (u32)r * 128u + ((u32)(c ^ (r & 7)) << 4);
+            u32 a[4], b[4];
+            asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n"
+                         : "=r"(a[0]), "=r"(a[1]), "=r"(a[2]), "=r"(a[3]) : "r"(at));
+            asm volatile("ld.shared.v4.b32 {%0, %1, %2, %3}, [%4];\n"
+                         : "=r"(b[0]), "=r"(b[1]), "=r"(b[2]), "=r"(b[3]) : "r"(at + HALF_Q));
+#pragma unroll
+            for (int j = 0; j < 4; ++j) {
+                bf16_t y1[2], y2[2];
+#pragma unroll
+                for (int e = 0; e < 2; ++e)
+                    rope_rot(bf2f((bf16_t)(a[j] >> (16 * e))), bf2f((bf16_t)(b[j] >> (16 * e))), co[2 * j + e],
+                             si[2 * j + e], &y1[e], &y2[e]);
+                a[j] = (u32)y1[0] | ((u32)y1[1] << 16);
+                b[j] = (u32)y2[0] | ((u32)y2[1] << 16);
+            }
+            asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"r"(at), "r"(a[0]), "r"(a[1]), "r"(a[2]),
+                         "r"(a[3]) : "memory");
+            asm volatile("st.shared.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"r"(at + HALF_Q), "r"(b[0]), "r"(b[1]),
+                         "r"(b[2]), "r"(b[3]) : "memory");
+        }
+    }
+}
+
 // NST shared-memory stages of K and V tiles.
 // QREG: Q's A fragments are read from shared memory into registers once, and S = Q K^T takes
 // them from there (the 2 KB of Q each S wgmma reads from shared memory otherwise).
@@ -42,7 +82,7 @@ __device__ __forceinline__ void wg_prefill_body(
     const bf16_t* q, int q_stride, const bf16_t* k_pool, const bf16_t* v_pool,
     const int* block_tables, int max_pages, int page_size, const int* tile_info, int n_heads,
     int n_kv_heads, float scale, int split_len, bf16_t* out, int out_stride, float* part_acc,
-    float* part_ml, int total_rows) {
+    float* part_ml, int total_rows, const int* rope_pos, const float* rope_inv) {
     constexpr int HD = 128, KT = WG_KT;
     constexpr u32 HALF_Q = WG_ROWS * 128;  // one 64-dim half of Q, bytes
     constexpr u32 HALF_T = KT * 128;       // one 64-dim half of a K or V tile
@@ -115,10 +155,18 @@ __device__ __forceinline__ void wg_prefill_body(
     // QREG: qf[4 kk + j] = Q's A fragment of dims 16 kk .. 16 kk + 15 (j & 1: row + 8, j >> 1:
     // dims + 8), read from the swizzled shared copy once it landed.
     u32 qf[QREG ? HD / 4 : 1];
-    if (QREG) {
+    if (QREG || rope_pos) {
         pf_commit();
         pf_cp_wait<0>();
         __syncthreads();
+    }
+    // (The S wgmma of the shared-memory form reads the rotated Q through the async proxy: the
+    // loop's first fence.proxy.async and barrier order these writes before it.)
+    if (rope_pos) {
+        wg_rope_q(qs, T, rope_pos, rope_inv);
+        __syncthreads();
+    }
+    if (QREG) {
 #pragma unroll
         for (int kk = 0; kk < HD / 16; ++kk)
 #pragma unroll
@@ -296,17 +344,19 @@ __device__ __forceinline__ void wg_prefill_body(
 }
 
 // Dynamic shared memory: 1024 (alignment slack) + 32768 (Q) + 3 * 65536 bytes (3 stages of K
-// and V tiles), mirrored by wg_smem in kernels/src/cuda/attention.rs.
+// and V tiles), mirrored by wg_smem in kernels/src/cuda/attention.rs. rope_pos: null when Q
+// arrives rotated, else the positions of q's rows (and rope_inv the RoPE inverse frequencies):
+// the kernel rotates Q itself (wg_rope_q).
 #define WG_KERNEL(NAME, QREG)                                                                                    \
     extern "C" __global__ void __launch_bounds__(WG_THREADS, 1) NAME(                                           \
         const bf16_t* q, int q_stride, const bf16_t* k_pool, const bf16_t* v_pool, const int* block_tables,    \
         int max_pages, int page_size, const int* tile_info, int n_heads, int n_kv_heads, int head_dim,         \
         float scale, int split_len, bf16_t* out, int out_stride, float* part_acc, float* part_ml,              \
-        int total_rows) {                                                                                       \
+        int total_rows, const int* rope_pos, const float* rope_inv) {                                           \
         pdl_enter();                                                                                            \
         wg_prefill_body<3, QREG>(q, q_stride, k_pool, v_pool, block_tables, max_pages, page_size, tile_info,   \
                                  n_heads, n_kv_heads, scale, split_len, out, out_stride, part_acc, part_ml,    \
-                                 total_rows);                                                                   \
+                                 total_rows, rope_pos, rope_inv);                                               \
     }
 // The default: Q's fragments in registers.
 WG_KERNEL(paged_attention_wg_d128, true)

@@ -166,21 +166,34 @@ __device__ __forceinline__ bool rope_vec_ok(const bf16_t* qkv, int stride, int q
            ((((u64)qkv | (u64)k_pool | (u64)v_pool) & 15) == 0);
 }
 
+// Most rotated pairs per head whose angles rope_kv_write keeps in shared memory (head_dim 512).
+#define ROPE_CS_MAX 256
+
 // `rope` and `kv_write` in one kernel for a fused qkv row (one block per token): q and k heads are
 // rotated in place, and the rotated K and the V of the token are written to its pool slot
-// (slot < 0: rotate only). Same arithmetic and rounding as the two kernels in sequence; where
-// rope_vec_ok, each thread rotates 8 consecutive pairs of a head with 16-byte loads and stores.
+// (slot < 0: rotate only; n_q_heads 0: K alone, the prefill attention rotating Q itself as it
+// loads it). Same arithmetic and rounding as the two kernels in sequence; where rope_vec_ok,
+// each thread rotates 8 consecutive pairs of a head with 16-byte loads and stores, with the
+// token's (cos, sin) per pair computed once into shared memory for every head (the same sincosf
+// of the same product, so the same bits; it was once per head, 40 per pair on the 8B shape).
 extern "C" __global__ void rope_kv_write(bf16_t* qkv, int stride, int q_col, int n_q_heads,
                                          int k_col, int n_k_heads, int v_col, const int* pos,
                                          const float* inv_freq, int head_dim, bf16_t* k_pool,
                                          bf16_t* v_pool, const int* slots) {
     pdl_enter();
+    __shared__ float2 cs[ROPE_CS_MAX];
     const int t = blockIdx.x, half = head_dim / 2;
     const float p = (float)pos[t];
     const long long slot = slots[t];
     const int kv_dim = n_k_heads * head_dim;
     bf16_t* row = qkv + (u64)t * stride;
-    if (rope_vec_ok(qkv, stride, q_col, k_col, v_col, head_dim, k_pool, v_pool)) {
+    if (rope_vec_ok(qkv, stride, q_col, k_col, v_col, head_dim, k_pool, v_pool) && half <= ROPE_CS_MAX) {
+        for (int i = threadIdx.x; i < half; i += blockDim.x) {
+            float s, c;
+            sincosf(p * inv_freq[i], &s, &c);
+            cs[i] = make_float2(c, s);
+        }
+        __syncthreads();
         const int hc = half >> 3;  // 8-pair chunks per head
         const int items = (n_q_heads + n_k_heads) * hc;
         for (int j = threadIdx.x; j < items; j += blockDim.x) {
@@ -193,9 +206,8 @@ extern "C" __global__ void rope_kv_write(bf16_t* qkv, int stride, int q_col, int
 #pragma unroll
             for (int e = 0; e < 8; ++e) {
                 const u32 sh = (e & 1) ? 16 : 0;
-                float s, c;
-                sincosf(p * inv_freq[i0 + e], &s, &c);
-                rope_rot(bf2f((bf16_t)(aw[e >> 1] >> sh)), bf2f((bf16_t)(bw[e >> 1] >> sh)), c, s,
+                const float2 a = cs[i0 + e];
+                rope_rot(bf2f((bf16_t)(aw[e >> 1] >> sh)), bf2f((bf16_t)(bw[e >> 1] >> sh)), a.x, a.y,
                          &y1[e], &y2[e]);
             }
             uint4 ya, yb;

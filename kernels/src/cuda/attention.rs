@@ -434,7 +434,22 @@ pub struct AttnPlan {
     table_mirror: std::sync::Mutex<Option<super::plan_tables::TableMirror>>,
 }
 
+/// What the attention needs to rotate Q itself ([`CudaOps::paged_attention_rope`]): the
+/// positions of q's rows and the RoPE inverse frequencies (as `rope_kv_write` takes them).
+#[derive(Clone, Copy)]
+pub struct QRope<'a> {
+    /// i32 [rows].
+    pub pos: &'a DTensor,
+    /// f32 [head_dim / 2].
+    pub inv_freq: &'a DTensor,
+}
+
 impl AttnPlan {
+    /// True when this plan's kernel can apply RoPE to Q as it loads it (the wgmma prefill
+    /// kernel; [`CudaOps::paged_attention_rope`]).
+    pub fn rotates_q(&self) -> bool {
+        self.kernel == AttnKernel::PrefillWg
+    }
     /// True when a decode kernel will run.
     pub fn uses_decode_kernel(&self) -> bool {
         self.kernel != AttnKernel::General
@@ -868,7 +883,39 @@ impl CudaOps {
         out: &DTensor,
         scale: f32,
     ) -> Result<()> {
+        self.paged_attention_rope(plan, q, q_col, k_pool, v_pool, out, scale, None)
+    }
+
+    /// [`CudaOps::paged_attention`] on q heads not yet rotated when `rope` is given: the kernel
+    /// applies RoPE to Q as it loads it, bit for bit what `rope_kv_write` would have written
+    /// (only plans for which [`AttnPlan::rotates_q`] holds; the caller's `rope_kv_write` then
+    /// rotates K alone).
+    #[allow(clippy::too_many_arguments)]
+    pub fn paged_attention_rope(
+        &self,
+        plan: &AttnPlan,
+        q: &DTensor,
+        q_col: usize,
+        k_pool: &DTensor,
+        v_pool: &DTensor,
+        out: &DTensor,
+        scale: f32,
+        rope: Option<QRope<'_>>,
+    ) -> Result<()> {
         let s = plan.shape;
+        let (rope_pos, rope_inv) = match rope {
+            None => (0, 0),
+            Some(r) => {
+                ensure(plan.rotates_q(), || {
+                    format!("the {:?} attention kernel cannot rotate Q", plan.kernel)
+                })?;
+                self.on_gpu(&[("pos", r.pos), ("inv_freq", r.inv_freq)])?;
+                r.pos.expect("pos", DType::I32, &[plan.total_rows])?;
+                r.inv_freq
+                    .expect("inv_freq", DType::F32, &[s.head_dim / 2])?;
+                (r.pos.ptr(), r.inv_freq.ptr())
+            }
+        };
         for (w, t) in [
             ("q", q),
             ("k_pool", k_pool),
@@ -991,7 +1038,13 @@ impl CudaOps {
                 block,
                 smem,
             };
-            self.go(f, dims, &args)?;
+            if plan.kernel == AttnKernel::PrefillWg {
+                let mut wg_args = args.to_vec();
+                wg_args.extend([Arg::U64(rope_pos), Arg::U64(rope_inv)]);
+                self.go(f, dims, &wg_args)?;
+            } else {
+                self.go(f, dims, &args)?;
+            }
         } else {
             let dims = Dims {
                 grid,

@@ -117,6 +117,9 @@ pub enum Fusion {
     /// Prefill-sized x: the residual added in the o and down GEMMs ([`Gemm::linear_acc`],
     /// cuBLAS with beta = 1 into the residual) instead of in the next RMSNorm.
     ResidGemm,
+    /// Plans on the wgmma prefill attention: RoPE applied to Q by the attention as it loads it
+    /// ([`Gemm::attn_rope`]; off: `rope_kv_write` rotates Q in place, twice its bytes).
+    AttnRope,
 }
 
 impl Fusion {
@@ -129,21 +132,26 @@ impl Fusion {
             Fusion::QkvNorm => "qkv_norm",
             Fusion::GateGemm => "gate_gemm",
             Fusion::ResidGemm => "resid_gemm",
+            Fusion::AttnRope => "attn_rope",
         }
     }
 
     /// Every fusion, in [`Gemm::set_fusion`]'s table order.
-    pub const ALL: [Fusion; 5] = [
+    pub const ALL: [Fusion; 6] = [
         Fusion::GateSilu,
         Fusion::QkvRope,
         Fusion::QkvNorm,
         Fusion::GateGemm,
         Fusion::ResidGemm,
+        Fusion::AttnRope,
     ];
 
     /// The fusions of prefill-sized forwards (the others are single-row ones).
     pub fn prefill(self) -> bool {
-        matches!(self, Fusion::GateGemm | Fusion::ResidGemm)
+        matches!(
+            self,
+            Fusion::GateGemm | Fusion::ResidGemm | Fusion::AttnRope
+        )
     }
 }
 
@@ -187,7 +195,7 @@ pub struct Gemm {
     gemv_t1_qkv_rope_pipe: CudaFunction,
     rows: super::gemm_rows::FewRows,
     /// Which [`Fusion`]s run, indexed as `Fusion::ALL`.
-    fusions: [AtomicBool; 5],
+    fusions: [AtomicBool; Fusion::ALL.len()],
     wg: Option<super::gemm_wg::WgGemm>,
     gemv_max_rows: usize,
     lt: Option<super::gemm_lt::GemmLt>,
@@ -628,6 +636,13 @@ impl Gemm {
 
     fn fused(&self, f: Fusion) -> bool {
         self.fusions[f as usize].load(Ordering::Relaxed)
+    }
+
+    /// True when a forward leaves Q's RoPE to `plan`'s attention
+    /// ([`CudaOps::paged_attention_rope`], [`Fusion::AttnRope`]): its `rope_kv_write` then
+    /// rotates and writes K alone. The same bits either way.
+    pub fn attn_rope(&self, plan: &super::AttnPlan) -> bool {
+        self.fused(Fusion::AttnRope) && plan.rotates_q()
     }
 
     /// `linear` with an explicit implementation choice.

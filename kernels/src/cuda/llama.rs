@@ -9,7 +9,7 @@
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::CudaGraph;
 
-use super::attention::{AttnPlan, AttnShape};
+use super::attention::{AttnPlan, AttnShape, QRope};
 use super::error::Result;
 use super::gemm::{Gemm, QkvInput};
 use super::ops::CudaOps;
@@ -377,11 +377,13 @@ impl LlamaModel {
                 gemm.linear(&ws.h, &l.qkv, &ws.qkv)?;
             }
             mark("norm+qkv")?;
+            // The wgmma prefill attention rotates Q as it loads it: K alone here.
+            let rope_q = gemm.attn_rope(&input.plan);
             if !skip("rope_kv_write") && !fused {
                 ops.rope_kv_write(
                     &ws.qkv,
                     0,
-                    s.n_heads,
+                    if rope_q { 0 } else { s.n_heads },
                     q_w,
                     s.n_kv_heads,
                     q_w + kv_w,
@@ -396,7 +398,7 @@ impl LlamaModel {
             }
             mark("rope_kv_write")?;
             if !skip("attention") {
-                ops.paged_attention(
+                ops.paged_attention_rope(
                     &input.plan,
                     &ws.qkv,
                     0,
@@ -404,6 +406,10 @@ impl LlamaModel {
                     &l.v_pool,
                     &ws.attn,
                     scale,
+                    rope_q.then_some(QRope {
+                        pos: &input.pos,
+                        inv_freq: &self.inv_freq,
+                    }),
                 )?;
             }
             mark("attention")?;

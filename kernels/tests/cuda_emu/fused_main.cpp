@@ -131,7 +131,7 @@ static void silu_down(int inter, int out) {
 }
 
 // rope_kv_write (its 16-byte path where head_dim allows) against rope + kv_write on T token
-// rows of a fused qkv projection, one slot skipped (-1).
+// rows of a fused qkv projection, one slot skipped (-1); nq 0 leaves Q alone.
 static void rope_kv_write_case(int nq, int nk, int hd) {
     const int t = 3, width = (nq + 2 * nk) * hd, kv_dim = nk * hd, slots = 8;
     const auto qkv0 = bf16_vec((size_t)t * width, 2.f), pool0 = bf16_vec((size_t)slots * kv_dim, 1.f);
@@ -282,6 +282,8 @@ int main(int argc, char** argv) {
     rope_kv_write_case(4, 2, 64);
     rope_kv_write_case(2, 1, 128);
     rope_kv_write_case(3, 1, 40);
+    // K alone (the prefill attention rotating Q as it loads it).
+    rope_kv_write_case(0, 2, 128);
     rmsnorm_add2_case(2048);
     rmsnorm_add2_case(4096);
     rows_plain(2, 2, 1000, 77);

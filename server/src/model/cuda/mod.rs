@@ -41,7 +41,7 @@ use std::path::Path;
 use std::sync::Arc;
 use strata_kernels::cuda::{
     launch, AttnPlan, AttnSeq, AttnShape, CudaError, CudaOps, DTensor, DType, Gemm, GpuContext,
-    PlanOpts, QkvInput,
+    PlanOpts, QRope, QkvInput,
 };
 use strata_kernels::sample_rows::{pack_rows, RowMode, RowSpec};
 use weights::Weights;
@@ -378,6 +378,13 @@ impl CudaRunner {
                 )?;
             }
             let fused = norm_staged || (plain && qkv_rope(&QkvInput::Row(&a.h))?);
+            // The wgmma prefill attention rotates Q as it loads it (every plan of the forward
+            // must): rope_kv_write then rotates and writes K alone.
+            let mut plans = single
+                .iter()
+                .chain(parts.iter().map(|p| &p.plan))
+                .peekable();
+            let rope_q = !fused && plans.peek().is_some() && plans.all(|p| gemm.attn_rope(p));
             if !fused {
                 gemm.linear(&a.h, &l.qkv, &a.qkv)?;
                 if let Some(p) = lora {
@@ -390,7 +397,7 @@ impl CudaRunner {
                 ops.rope_kv_write(
                     &a.qkv,
                     0,
-                    nh,
+                    if rope_q { 0 } else { nh },
                     q_w,
                     nkv,
                     q_w + kv_w,
@@ -406,16 +413,27 @@ impl CudaRunner {
             // A pending L2 -> L1 load: this layer's pages must have landed (later layers may
             // still be crossing the bus).
             kv.wait_layer(li)?;
+            let inv_freq = &self.w.inv_freq;
             if let Some(plan) = single.first() {
-                ops.paged_attention(plan, &a.qkv, 0, &kv.k[li], &kv.v[li], &a.attn, scale)?;
+                let r = rope_q.then_some(QRope {
+                    pos: &m.pos,
+                    inv_freq,
+                });
+                ops.paged_attention_rope(plan, &a.qkv, 0, &kv.k[li], &kv.v[li], &a.attn, scale, r)?;
             }
             for p in parts {
-                // Row views of q and the output (the whole tensors when one part covers all).
+                // Row views of q, its positions and the output (the whole tensors when one part
+                // covers all).
                 let (qw, ow) = (a.qkv.shape()[1], a.attn.shape()[1]);
                 let rows = p.rows.len();
                 let q = a.qkv.view(p.rows.start * qw, &[rows, qw])?;
                 let o = a.attn.view(p.rows.start * ow, &[rows, ow])?;
-                ops.paged_attention(&p.plan, &q, 0, &kv.k[li], &kv.v[li], &o, scale)?;
+                let pos = m.pos.view(p.rows.start, &[rows])?;
+                let r = rope_q.then_some(QRope {
+                    pos: &pos,
+                    inv_freq,
+                });
+                ops.paged_attention_rope(&p.plan, &q, 0, &kv.k[li], &kv.v[li], &o, scale, r)?;
             }
             let o_out = if acc { &a.resid } else { &a.y_o };
             gemm.linear_into(&a.attn, &l.o, o_out, acc)?;

@@ -207,7 +207,9 @@ pub fn run(
                             ("RoPE + K/V write in qkv's epilogue", "rope_kv_write apart")
                         }
                         Fusion::QkvNorm => ("the input norm staged in qkv", "rmsnorm apart"),
-                        Fusion::GateGemm | Fusion::ResidGemm => unreachable!("prefill only"),
+                        Fusion::GateGemm | Fusion::ResidGemm | Fusion::AttnRope => {
+                            unreachable!("prefill only")
+                        }
                     };
                     if let (Some(a), Some(n)) = (graphed, apart?) {
                         summary.push(format!(
@@ -561,21 +563,39 @@ pub fn run(
                     gate,
                 ));
             }
-            // The forward with the residual added in the o and down GEMMs and in the norms.
-            if gemm.acc_applies(t) {
-                use strata_kernels::cuda::Fusion;
+            // The forward with the residual added in the o and down GEMMs and in the norms, and
+            // with Q rotated by the attention and by rope_kv_write: each alternated twice.
+            use strata_kernels::cuda::Fusion;
+            let fusions = [
+                (
+                    Fusion::ResidGemm,
+                    gemm.acc_applies(t),
+                    "the residual added in the o and down GEMMs",
+                    "in the norms",
+                ),
+                (
+                    Fusion::AttnRope,
+                    gemm.attn_rope(&input.plan),
+                    "Q rotated by the attention",
+                    "by rope_kv_write",
+                ),
+            ];
+            for (f, applies, with, without) in fusions {
+                if !applies {
+                    continue;
+                }
                 let mut ms = [[0.0; 2]; 2];
                 for (i, on) in [true, false, true, false].into_iter().enumerate() {
-                    gemm.set_fusion(Fusion::ResidGemm, on);
-                    let f = gpu_ms(ops.context(), false, 1, 3, || {
+                    gemm.set_fusion(f, on);
+                    let r = gpu_ms(ops.context(), false, 1, 3, || {
                         Ok(model.forward(ops, gemm, &ws, &input)?)
                     });
-                    gemm.set_fusion(Fusion::ResidGemm, true);
-                    ms[!on as usize][i / 2] = f?;
+                    gemm.set_fusion(f, true);
+                    ms[!on as usize][i / 2] = r?;
                 }
                 let [on, off] = ms;
                 summary.push(format!(
-                    "  prefill {t} forward with the residual added in the o and down GEMMs {:.1} / {:.1} ms, in the norms {:.1} / {:.1} ms (x{:.3})",
+                    "  prefill {t} forward with {with} {:.1} / {:.1} ms, {without} {:.1} / {:.1} ms (x{:.3})",
                     on[0], on[1], off[0], off[1], (on[0] + on[1]) / (off[0] + off[1])
                 ));
             }

@@ -1139,7 +1139,32 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
             plan.splits(),
             plan.cluster()
         );
-        ck.rel("attention", desc, err, BF16_TOL);
+        ck.rel("attention", desc.clone(), err, BF16_TOL);
+        if plan.rotates_q() {
+            // Q rotated by the kernel as it loads it: bit for bit the output of Q rotated by
+            // `rope` first (Llama-3 frequencies, each row at its sequence position).
+            let pos: Vec<i32> = lens
+                .iter()
+                .flat_map(|&(q, kv)| (kv - q..kv).map(|p| p as i32))
+                .collect();
+            let inv = r::rope_inv_freq(hd, 500000.0, Some(r::Llama3Scaling::default()));
+            let gp = c.upload_i32(&[rows], &pos)?;
+            let gi = c.upload_f32(&[hd / 2], &inv)?;
+            let rotated = c.upload_bf16(&[rows, nh * hd], &q)?;
+            ops.rope(&rotated, 0, nh, 0, 0, hd, &gp, &gi)?;
+            let (a, b) = (
+                bf16_out(ops, &[rows, nh * hd])?,
+                bf16_out(ops, &[rows, nh * hd])?,
+            );
+            ops.paged_attention(&plan, &rotated, 0, &gk, &gv, &a, scale)?;
+            let rope = strata_kernels::cuda::QRope {
+                pos: &gp,
+                inv_freq: &gi,
+            };
+            ops.paged_attention_rope(&plan, &gq, 0, &gk, &gv, &b, scale, Some(rope))?;
+            let n = bit_diffs(&c.download_f32(&a)?, &c.download_f32(&b)?);
+            ck.exact("attention", format!("{desc} Q rotated in the kernel"), n);
+        }
     }
     Ok(())
 }
