@@ -1122,7 +1122,7 @@ impl CudaOps {
         self.attention_plan_with(shape, &vec![seq; batch], opts)
     }
 
-    /// Points a fixed decode plan at `seqs` (at most the plan's batch, one new token each); the
+    /// Points a fixed decode plan at `rows` (at most the plan's batch, one new token each); the
     /// plan's remaining rows attend to key 0 of page 0 (padding, discarded by the caller).
     /// Stream-ordered: launches queued after this call see the new tables.
     ///
@@ -1130,58 +1130,72 @@ impl CudaOps {
     /// writes every sequence's pages): a decode step changes a row's table once per page of
     /// new tokens, while the whole table is `max_pages` (the context length) wide per row. Up to
     /// two runs of changes are copied as they are; more (at page size 1 every row gains an
-    /// entry per step) go up as (index, page) pairs that `scatter_i32` writes.
-    pub fn update_decode_plan(&self, plan: &AttnPlan, seqs: &[AttnSeq]) -> Result<()> {
+    /// entry per step) go up as (index, page) pairs that `scatter_i32` writes. The host work is
+    /// one comparison of each row's known entries plus the new ones (`plan_tables.rs`).
+    pub fn update_decode_plan(&self, plan: &AttnPlan, rows: &[DecodeRow<'_>]) -> Result<()> {
         let s = plan.shape;
         let batch = plan.total_rows;
-        ensure(plan.n_tiles == batch && seqs.len() <= batch, || {
+        ensure(plan.n_tiles == batch && rows.len() <= batch, || {
             format!(
                 "{} sequences for a fixed plan of {batch} decode rows",
-                seqs.len()
+                rows.len()
             )
         })?;
         let cap = plan.splits * plan.split_len;
         let mut tiles = Vec::with_capacity(4 * batch);
-        let mut mirror = plan.table_mirror.lock().expect("plan table mirror");
-        if mirror.is_none() {
-            *mirror = Some(super::plan_tables::TableMirror::new(&self.ctx, batch)?);
-        }
-        for (si, q) in seqs.iter().enumerate() {
-            ensure(q.q_len == 1 && q.kv_len >= 1 && q.kv_len <= cap, || {
+        for (si, q) in rows.iter().enumerate() {
+            ensure(q.kv_len >= 1 && q.kv_len <= cap, || {
                 format!(
-                    "seq {si}: q_len {} kv_len {} (fixed plan holds {cap} keys)",
-                    q.q_len, q.kv_len
+                    "seq {si}: kv_len {} (fixed plan holds {cap} keys)",
+                    q.kv_len
                 )
             })?;
             ensure(
                 q.pages.len() <= plan.max_pages && q.pages.len() * s.page_size >= q.kv_len,
                 || format!("seq {si}: {} pages for {} keys", q.pages.len(), q.kv_len),
             )?;
-            ensure(
-                q.pages
-                    .iter()
-                    .all(|&p| p >= 0 && (p as usize) < s.pool_pages),
-                || format!("seq {si}: page id outside pool of {}", s.pool_pages),
-            )?;
             tiles.extend_from_slice(&[si as i32, si as i32, 1, q.kv_len as i32 - 1]);
         }
-        for si in seqs.len()..batch {
+        for si in rows.len()..batch {
             tiles.extend_from_slice(&[si as i32, si as i32, 1, 0]);
         }
-        self.ctx.write_i32(&plan.tiles, &tiles)?;
+        let mut mirror = plan.table_mirror.lock().expect("plan table mirror");
+        if mirror.is_none() {
+            *mirror = Some(super::plan_tables::TableMirror::new(&self.ctx, batch)?);
+        }
         let m = mirror.as_mut().expect("made above");
-        let ch = super::plan_tables::table_changes(
+        let written = super::plan_tables::table_changes(
             &mut m.rows,
             plan.max_pages,
-            seqs.iter().map(|q| &q.pages[..]),
-        );
-        let written = self.write_table_changes(&plan.tables, plan.max_pages, m, ch);
+            s.pool_pages,
+            rows.iter().map(|q| q.pages),
+        )
+        .map_err(|(si, p)| {
+            super::error::CudaError::Shape(format!(
+                "seq {si}: page id {p} outside pool of {}",
+                s.pool_pages
+            ))
+        })
+        .and_then(|ch| {
+            self.ctx.write_i32(&plan.tiles, &tiles)?;
+            self.write_table_changes(&plan.tables, plan.max_pages, m, ch)
+        });
         if written.is_err() {
             // The mirror no longer says what the GPU holds: the next update writes every row.
             *mirror = None;
         }
         written
     }
+}
+
+/// One row of a fixed decode plan's update ([`CudaOps::update_decode_plan`]): one new token
+/// attending to `kv_len` keys (its own included) on `pages`.
+#[derive(Clone, Copy, Debug)]
+pub struct DecodeRow<'a> {
+    /// Keys visible to the token.
+    pub kv_len: usize,
+    /// Pool page of each `page_size` block of keys, in order.
+    pub pages: &'a [u32],
 }
 
 #[cfg(test)]

@@ -15,7 +15,7 @@ use super::tensor::{DTensor, DType};
 /// with the pages in use, not with the context length. And the buffer that carries changed
 /// entries to `scatter_i32`.
 pub(crate) struct TableMirror {
-    pub(crate) rows: Vec<Vec<i32>>,
+    pub(crate) rows: Vec<Vec<u32>>,
     scatter: DTensor,
 }
 
@@ -46,20 +46,33 @@ pub(crate) struct TableChanges {
 
 /// Brings the mirror's rows (`TableMirror::rows`) to `rows` (row i's pages at its first entries;
 /// a row's entries past its own pages are never read, so they are neither compared nor
-/// written) and returns what changed.
+/// written) and returns what changed. A row whose known entries are unchanged (a decode step's
+/// usual case: pages only appended) costs one slice comparison. Only entries that differ from
+/// the mirror's are checked against the pool's `pool_pages` (the mirror's were checked when
+/// written): `Err((row, page))` on the first outside it, the mirror then partly updated.
 pub(crate) fn table_changes<'a>(
-    mirror: &mut [Vec<i32>],
+    mirror: &mut [Vec<u32>],
     width: usize,
-    rows: impl Iterator<Item = &'a [i32]>,
-) -> TableChanges {
+    pool_pages: usize,
+    rows: impl Iterator<Item = &'a [u32]>,
+) -> std::result::Result<TableChanges, (usize, u32)> {
     let mut ch = TableChanges {
         runs: Vec::new(),
         pairs: vec![0],
     };
     for (si, (pages, known)) in rows.zip(mirror.iter_mut()).enumerate() {
-        for (k, &p) in pages.iter().enumerate() {
+        let same = known.len().min(pages.len());
+        let start = if pages[..same] == known[..same] {
+            same
+        } else {
+            0
+        };
+        for (k, &p) in pages.iter().enumerate().skip(start) {
             if known.get(k) == Some(&p) {
                 continue;
+            }
+            if p as usize >= pool_pages {
+                return Err((si, p));
             }
             // k is at most known.len(): the entries before it were just brought up to date.
             if k < known.len() {
@@ -67,14 +80,14 @@ pub(crate) fn table_changes<'a>(
             } else {
                 known.push(p);
             }
-            ch.pairs.extend([(si * width + k) as i32, p]);
+            ch.pairs.extend([(si * width + k) as i32, p as i32]);
             match ch.runs.last_mut() {
                 Some(r) if r.0 == si && k <= r.2 + TABLE_WRITE_GAP => r.2 = k + 1,
                 _ => ch.runs.push((si, k, k + 1)),
             }
         }
     }
-    ch
+    Ok(ch)
 }
 
 impl CudaOps {
@@ -100,8 +113,9 @@ impl CudaOps {
         }
         for (row, a, b) in ch.runs {
             let at = row * width + a;
-            self.ctx
-                .write_i32(&tables.view(at, &[b - a])?, &m.rows[row][a..b])?;
+            // (Page ids below the pool size, checked by table_changes: they fit an i32.)
+            let run: Vec<i32> = m.rows[row][a..b].iter().map(|&p| p as i32).collect();
+            self.ctx.write_i32(&tables.view(at, &[b - a])?, &run)?;
         }
         Ok(())
     }
@@ -130,25 +144,37 @@ mod tests {
             z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
             lo + ((z ^ (z >> 31)) % (hi - lo) as u64) as usize
         };
-        let (width, batch) = (300, 6);
-        let mut mirror: Vec<Vec<i32>> = vec![Vec::new(); batch];
-        let (mut by_runs, mut by_pairs) = (vec![-1i32; width * batch], vec![-1i32; width * batch]);
-        let mut rows: Vec<Vec<i32>> = vec![Vec::new(); batch];
+        let (width, batch, pool) = (300, 6, 1000);
+        let mut mirror: Vec<Vec<u32>> = vec![Vec::new(); batch];
+        let (mut by_runs, mut by_pairs) =
+            (vec![u32::MAX; width * batch], vec![u32::MAX; width * batch]);
+        let mut rows: Vec<Vec<u32>> = vec![Vec::new(); batch];
         for step in 0..200 {
             for r in rows.iter_mut() {
                 match range(0, 10) {
                     0 => {
                         let len = range(1, width);
-                        *r = (0..len).map(|_| range(0, 1000) as i32).collect()
+                        *r = (0..len).map(|_| range(0, pool) as u32).collect()
                     }
                     1 => r.clear(),
-                    _ if r.len() < width => r.push(range(0, 1000) as i32),
+                    2 if !r.is_empty() => {
+                        // One entry replaced in place (a prefix the mirror no longer matches).
+                        let k = range(0, r.len());
+                        r[k] = range(0, pool) as u32;
+                    }
+                    _ if r.len() < width => r.push(range(0, pool) as u32),
                     _ => {}
                 }
             }
             let live = range(0, batch + 1);
             let before = mirror.clone();
-            let ch = table_changes(&mut mirror, width, rows[..live].iter().map(|r| &r[..]));
+            let ch = table_changes(
+                &mut mirror,
+                width,
+                pool,
+                rows[..live].iter().map(|r| &r[..]),
+            )
+            .expect("every page inside the pool");
             let changed: usize = rows[..live]
                 .iter()
                 .zip(&before)
@@ -164,7 +190,7 @@ mod tests {
                 by_runs[row * width + a..row * width + b].copy_from_slice(&mirror[row][a..b]);
             }
             for pair in ch.pairs[1..].chunks_exact(2) {
-                by_pairs[pair[0] as usize] = pair[1];
+                by_pairs[pair[0] as usize] = pair[1] as u32;
             }
             for (si, r) in rows[..live].iter().enumerate() {
                 let at = si * width;
@@ -193,5 +219,18 @@ mod tests {
                 );
             }
         }
+        // A page outside the pool is refused, in a changed entry as in a new one.
+        let mut m = vec![vec![3u32, 4]];
+        let bad = [3u32, 4, pool as u32];
+        assert_eq!(
+            table_changes(&mut m, width, pool, [&bad[..]].into_iter()).err(),
+            Some((0, pool as u32))
+        );
+        let mut m = vec![vec![3u32, 4]];
+        let bad = [pool as u32 + 7, 4];
+        assert_eq!(
+            table_changes(&mut m, width, pool, [&bad[..]].into_iter()).err(),
+            Some((0, pool as u32 + 7))
+        );
     }
 }

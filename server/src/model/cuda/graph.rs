@@ -18,7 +18,7 @@ use crate::model::runner::{SampleReq, Sampled};
 use crate::model::ForwardBatch;
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::CudaGraph;
-use strata_kernels::cuda::{AttnPlan, AttnSeq, CudaError, DType};
+use strata_kernels::cuda::{AttnPlan, CudaError, DType, DecodeRow};
 
 /// The decode batch sizes to capture (`strata serve`'s flags, SGLang's semantics): the sizes of
 /// `list` (`--cuda-graph-bs`) when given, ascending and deduplicated, those above `max_bs`
@@ -272,16 +272,15 @@ impl Graphs {
         if let Some(rows) = &lora_rows {
             host[4 * bs..4 * bs + n].copy_from_slice(rows);
         }
-        let seqs: Vec<AttnSeq> = batch
+        let rows: Vec<DecodeRow> = batch
             .seqs
             .iter()
-            .map(|s| AttnSeq {
-                q_len: 1,
+            .map(|s| DecodeRow {
                 kv_len: s.kv_len,
-                pages: s.pages.iter().map(|&p| p as i32).collect(),
+                pages: &s.pages,
             })
             .collect();
-        r.ops.update_decode_plan(&g.plan, &seqs)?;
+        r.ops.update_decode_plan(&g.plan, &rows)?;
         r.ctx.write_i32(&g.meta.buf, &host)?;
         let launched = std::time::Instant::now();
         exec.0.launch()?;

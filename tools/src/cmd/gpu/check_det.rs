@@ -241,7 +241,7 @@ pub fn attention_decode_rows(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<
                 let sub = &order[..bs];
                 let seqs: Vec<AttnSeq> = sub.iter().map(|&i| seq(i)).collect();
                 let plan = ops.decode_plan_fixed_with(shape, bucket, max_pages, opts(det, pk))?;
-                ops.update_decode_plan(&plan, &seqs)?;
+                super::check_ops::update_plan(ops, &plan, &seqs)?;
                 let got = run(&plan, sub, bucket)?;
                 let want: Vec<f32> = sub
                     .iter()

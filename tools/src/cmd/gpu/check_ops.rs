@@ -2,8 +2,8 @@
 
 use rand::Rng;
 use strata_kernels::cuda::{
-    AttnKernel, AttnSeq, AttnShape, CudaOps, DTensor, Gemm, GemmPath, QkvInput, DECODE2_VARIANTS,
-    NORM_IN_QKV,
+    AttnKernel, AttnPlan, AttnSeq, AttnShape, CudaOps, DTensor, DecodeRow, Gemm, GemmPath,
+    QkvInput, DECODE2_VARIANTS, NORM_IN_QKV,
 };
 use strata_kernels::reference as r;
 
@@ -12,6 +12,23 @@ use super::check::{shuffle, Checker};
 pub(super) const BF16_TOL: f64 = 1e-2;
 
 /// How many elements of `a` and `b` differ in their bits (the exact comparisons' metric).
+/// `CudaOps::update_decode_plan` on sequences as the checks hold them (one new token each).
+pub(super) fn update_plan(ops: &CudaOps, plan: &AttnPlan, seqs: &[AttnSeq]) -> anyhow::Result<()> {
+    let pages: Vec<Vec<u32>> = seqs
+        .iter()
+        .map(|s| s.pages.iter().map(|&p| p as u32).collect())
+        .collect();
+    let rows: Vec<DecodeRow> = seqs
+        .iter()
+        .zip(&pages)
+        .map(|(s, pages)| DecodeRow {
+            kv_len: s.kv_len,
+            pages,
+        })
+        .collect();
+    Ok(ops.update_decode_plan(plan, &rows)?)
+}
+
 pub(super) fn bit_diffs(a: &[f32], b: &[f32]) -> usize {
     a.iter()
         .zip(b)
@@ -1319,7 +1336,7 @@ pub fn fixed_decode_plan(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> 
             let q_n = c.upload_bf16(&[n, nh * hd], &q_host[..n * nh * hd])?;
             let out_fixed = bf16_out(ops, &[fixed, nh * hd])?;
             let out_ref = bf16_out(ops, &[n, nh * hd])?;
-            ops.update_decode_plan(&plan, &seqs)?;
+            update_plan(ops, &plan, &seqs)?;
             ops.paged_attention(&plan, &q, 0, &k, &v, &out_fixed, 0.088)?;
             let fresh = ops.attention_plan(shape, &seqs, None);
             set_decode_attn(None);
