@@ -47,7 +47,7 @@ fn logits_all(
                 q_start: 0,
                 q_len: n,
                 kv_len: end,
-                pages: pages[..end.div_ceil(page_size)].to_vec(),
+                pages: pages[..end.div_ceil(page_size)].to_vec().into(),
                 decode: false,
                 lora: None,
             }],

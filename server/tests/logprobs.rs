@@ -57,7 +57,7 @@ fn reference(model: &Model<CpuBackend>, ids: &[u32]) -> Vec<Vec<f64>> {
             q_start: 0,
             q_len: ids.len(),
             kv_len: ids.len(),
-            pages: (0..pages as u32).collect(),
+            pages: std::sync::Arc::new((0..pages as u32).collect()),
             decode: false,
             lora: None,
         }],

@@ -19,7 +19,8 @@ pub struct SeqSlice {
     pub q_start: usize,
     pub q_len: usize,
     pub kv_len: usize,
-    pub pages: Vec<u32>,
+    /// The sequence's page table, shared with the scheduler (no copy per step).
+    pub pages: std::sync::Arc<Vec<u32>>,
     /// The slice is one generated token being decoded (not prompt tokens). Runners in
     /// batch-invariant mode compute such rows with the decode kernels and every prompt row with
     /// the prefill kernels, so a row's result does not depend on how its prompt was chunked.

@@ -58,7 +58,7 @@ fn batch(tokens: &[u32], lora: Option<Arc<LoraAdapter>>) -> ForwardBatch {
             q_start: 0,
             q_len: n,
             kv_len: n,
-            pages: (0..n as u32).collect(),
+            pages: std::sync::Arc::new((0..n as u32).collect()),
             decode: false,
             lora,
         }],

@@ -36,7 +36,7 @@ impl<R: ModelRunner> Scheduler<R> {
         }
         match self.pool.alloc(need) {
             Some(p) => {
-                s.own_pages.extend(p);
+                s.add_own(p);
                 true
             }
             None => false,
@@ -252,7 +252,7 @@ impl<R: ModelRunner> Scheduler<R> {
                 self.backup_selective(m.node);
                 self.tree.lock(m.node);
                 s.lock_node = Some(m.node);
-                s.prefix_pages = m.pages;
+                s.set_prefix(m.pages);
                 s.computed = m.tokens;
             }
             let start = s.computed;
@@ -356,8 +356,8 @@ impl<R: ModelRunner> Scheduler<R> {
         if let Some(pages) = got.pages.take() {
             // The pages the fetch was given, the first of the sequence's (a held request has
             // none of its own before).
-            debug_assert!(s.own_pages.is_empty() && s.prefix_pages.is_empty());
-            s.own_pages.extend(pages);
+            debug_assert!(s.own_pages().is_empty() && s.prefix_pages().is_empty());
+            s.add_own(pages);
         }
         let upto = s.prompt_len + 1;
         if !self.ensure_pages(&mut s, upto) {
@@ -367,7 +367,7 @@ impl<R: ModelRunner> Scheduler<R> {
             }
             return Some(s);
         }
-        let dev: Vec<PageId> = s.own_pages[..got.n_pages].iter().map(Page::id).collect();
+        let dev: Vec<PageId> = s.own_pages()[..got.n_pages].iter().map(Page::id).collect();
         let (first_token, first_logprobs) = (got.first_token, got.first_logprobs);
         let loaded = match got.payload {
             crate::pd::decode::Payload::Host(staging) => {

@@ -685,8 +685,7 @@ impl<R: ModelRunner> Scheduler<R> {
     /// (when enabled) and unlocks its prefix.
     fn release(&mut self, mut s: Seq, cache: bool) -> Seq {
         let ps = self.cfg.page_size;
-        let own = std::mem::take(&mut s.own_pages);
-        let prefix = std::mem::take(&mut s.prefix_pages);
+        let (own, prefix) = s.take_pages();
         if self.cfg.radix_cache && cache {
             let full = (s.computed / ps).max(prefix.len());
             let mut own = own;

@@ -4,11 +4,14 @@
 //! Invariant: `prefix_pages` are pages of the radix cache locked through `lock_node`;
 //! `own_pages` belong to this sequence alone; together they cover at least the first `computed`
 //! tokens. Dropping a `Seq` frees its own pages (RAII); the scheduler unlocks the radix node on every
-//! exit path through `Scheduler::release`.
+//! exit path through `Scheduler::release`. The two lists change only through the methods here,
+//! which keep the page table (`page_table`) in step: a decode step appends to it and hands it to
+//! the forward without copying it.
 
 use super::request::Request;
 use crate::cache::{CacheNs, NodeId};
 use crate::kv::{Page, PageId};
+use std::sync::Arc;
 use std::time::Instant;
 
 #[derive(Debug)]
@@ -19,9 +22,11 @@ pub struct Seq {
     pub prompt_len: usize,
     /// Tokens whose K/V are stored.
     pub computed: usize,
-    pub prefix_pages: Vec<PageId>,
+    prefix_pages: Vec<PageId>,
     pub lock_node: Option<NodeId>,
-    pub own_pages: Vec<Page>,
+    own_pages: Vec<Page>,
+    /// `prefix_pages` then the ids of `own_pages`.
+    table: Arc<Vec<PageId>>,
     /// Prompt tokens served from the prefix cache at (first) admission.
     pub cached_tokens: usize,
     pub held: bool,
@@ -85,6 +90,7 @@ impl Seq {
             prefix_pages: Vec::new(),
             lock_node: None,
             own_pages: Vec::new(),
+            table: Arc::default(),
             cached_tokens: 0,
             held: false,
             pd_fetch: false,
@@ -124,13 +130,63 @@ impl Seq {
         self.prefix_pages.len() + self.own_pages.len()
     }
 
-    /// The page table in position order.
-    pub fn page_table(&self) -> Vec<PageId> {
-        self.prefix_pages
+    /// The page table in position order (shared: a forward holds it while the sequence waits;
+    /// the next append copies it only if the forward still does).
+    pub fn page_table(&self) -> Arc<Vec<PageId>> {
+        debug_assert!(self.table.iter().copied().eq(self
+            .prefix_pages
             .iter()
             .copied()
-            .chain(self.own_pages.iter().map(Page::id))
-            .collect()
+            .chain(self.own_pages.iter().map(Page::id))));
+        self.table.clone()
+    }
+
+    /// The radix-cache pages in front (locked through `lock_node`).
+    pub fn prefix_pages(&self) -> &[PageId] {
+        &self.prefix_pages
+    }
+
+    /// The pages this sequence alone owns, after the prefix's.
+    pub fn own_pages(&self) -> &[Page] {
+        &self.own_pages
+    }
+
+    /// Appends pages this sequence alone owns (a decode step's usual change: the table grows).
+    pub fn add_own(&mut self, pages: impl IntoIterator<Item = Page>) {
+        let start = self.own_pages.len();
+        self.own_pages.extend(pages);
+        Arc::make_mut(&mut self.table).extend(self.own_pages[start..].iter().map(Page::id));
+    }
+
+    /// Replaces the prefix pages (a prefix match at admission, or the front own pages moved into
+    /// the radix cache by [`Seq::take_own_front`]).
+    pub fn set_prefix(&mut self, pages: Vec<PageId>) {
+        self.prefix_pages = pages;
+        self.rebuild_table();
+    }
+
+    /// Takes the first `n` own pages out (to insert them into the radix cache; the caller then
+    /// sets the prefix that covers them).
+    pub fn take_own_front(&mut self, n: usize) -> Vec<Page> {
+        let own = self.own_pages.drain(..n).collect();
+        self.rebuild_table();
+        own
+    }
+
+    /// Takes every page out: (own pages, prefix pages).
+    pub fn take_pages(&mut self) -> (Vec<Page>, Vec<PageId>) {
+        self.table = Arc::default();
+        (
+            std::mem::take(&mut self.own_pages),
+            std::mem::take(&mut self.prefix_pages),
+        )
+    }
+
+    fn rebuild_table(&mut self) {
+        let t = Arc::make_mut(&mut self.table);
+        t.clear();
+        t.extend(&self.prefix_pages);
+        t.extend(self.own_pages.iter().map(Page::id));
     }
 
     /// Prompt rows `lp_row..owed_rows_end()` still need their logits reported.
@@ -161,5 +217,43 @@ impl Seq {
     /// Tokens still to feed through the model.
     pub fn remaining(&self) -> usize {
         self.tokens.len() - self.computed
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::kv::FreeList;
+
+    fn ids(s: &Seq) -> Vec<PageId> {
+        let mut v = s.prefix_pages().to_vec();
+        v.extend(s.own_pages().iter().map(Page::id));
+        v
+    }
+
+    /// Every way the page lists change keeps the shared table equal to prefix + own pages, and a
+    /// table a forward still holds is left as it was (the append copies it).
+    #[test]
+    fn the_page_table_follows_the_page_lists() {
+        let list = FreeList::new(16);
+        let (req, _rx) = super::super::tests::request("r", vec![1, 2, 3], 4, 0.0);
+        let mut s = Seq::new(req, 0);
+        assert!(s.page_table().is_empty());
+        s.add_own(list.alloc(3).expect("pages"));
+        assert_eq!(*s.page_table(), ids(&s));
+        let held = s.page_table();
+        s.add_own(list.alloc(1).expect("pages"));
+        assert_eq!(held.len(), 3, "a held table does not change");
+        assert_eq!(*s.page_table(), ids(&s));
+        assert_eq!(s.page_table().len(), 4);
+        let front = s.take_own_front(2);
+        assert_eq!(front.len(), 2);
+        assert_eq!(*s.page_table(), ids(&s));
+        s.set_prefix(vec![14, 15]);
+        assert_eq!(*s.page_table(), ids(&s));
+        assert_eq!(s.page_table()[..2], [14, 15]);
+        let (own, prefix) = s.take_pages();
+        assert_eq!((own.len(), prefix.len()), (2, 2));
+        assert!(s.page_table().is_empty());
     }
 }

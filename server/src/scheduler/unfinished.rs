@@ -23,11 +23,11 @@ impl<R: ModelRunner> Scheduler<R> {
         {
             return;
         }
-        let (full, have) = (s.computed / ps, s.prefix_pages.len());
-        if full <= have || full - have > s.own_pages.len() {
+        let (full, have) = (s.computed / ps, s.prefix_pages().len());
+        if full <= have || full - have > s.own_pages().len() {
             return;
         }
-        let own: Vec<Page> = s.own_pages.drain(..full - have).collect();
+        let own: Vec<Page> = s.take_own_front(full - have);
         // Moved out for the insert (the scheduler's other fields are borrowed), and back.
         let tokens = std::mem::take(&mut s.tokens);
         let ns = s.ns;
@@ -38,7 +38,7 @@ impl<R: ModelRunner> Scheduler<R> {
         let s = &mut self.running[i];
         s.tokens = tokens;
         let old = s.lock_node.replace(m.node);
-        s.prefix_pages = m.pages;
+        s.set_prefix(m.pages);
         if let Some(old) = old {
             self.tree.unlock(old);
         }

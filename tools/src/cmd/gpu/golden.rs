@@ -54,7 +54,7 @@ fn logits_all<B: Backend>(
                 q_start: 0,
                 q_len: end - start,
                 kv_len: end,
-                pages: pages[..end.div_ceil(PAGE)].to_vec(),
+                pages: pages[..end.div_ceil(PAGE)].to_vec().into(),
                 decode: false,
                 lora: None,
             }],

@@ -86,7 +86,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                     q_start: 0,
                     q_len: end - start,
                     kv_len: end,
-                    pages: pages[..end.div_ceil(PAGE)].to_vec(),
+                    pages: pages[..end.div_ceil(PAGE)].to_vec().into(),
                     decode: false,
                     lora: None,
                 }],
