@@ -182,11 +182,12 @@ impl Seq {
         )
     }
 
+    /// A new table from the lists (a table a forward still holds is left to it).
     fn rebuild_table(&mut self) {
-        let t = Arc::make_mut(&mut self.table);
-        t.clear();
+        let mut t = Vec::with_capacity(self.pages_held());
         t.extend(&self.prefix_pages);
         t.extend(self.own_pages.iter().map(Page::id));
+        self.table = Arc::new(t);
     }
 
     /// Prompt rows `lp_row..owed_rows_end()` still need their logits reported.
