@@ -43,15 +43,7 @@ pub fn check_report(main: &str, tmp: &Path, expected: usize) {
         println!("SKIPPED: no g++ to build the CUDA emulation");
         return;
     };
-    let seed = std::env::var("STRATA_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse::<u64>().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(15, |d| d.as_nanos() as u64)
-        });
-    println!("seed {seed}");
+    let seed = crate::seeded::test_seed();
     let run = Command::new(&exe)
         .arg(seed.to_string())
         .output()

@@ -21,6 +21,7 @@ pub mod reference;
 pub mod rope;
 pub mod sample_rows;
 pub mod sampling;
+pub mod seeded;
 
 pub use backend::{AttnSeq, AttnShape, Backend, KernelError};
 pub use cpu::CpuBackend;

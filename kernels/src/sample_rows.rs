@@ -555,20 +555,7 @@ mod tests {
     use super::*;
     use crate::sampling::sample;
 
-    /// SplitMix64, for seeded rows without a dependency.
-    struct Rng(u64);
-    impl Rng {
-        fn next(&mut self) -> u64 {
-            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = self.0;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            z ^ (z >> 31)
-        }
-        fn f64(&mut self) -> f64 {
-            (self.next() >> 11) as f64 / (1u64 << 53) as f64
-        }
-    }
+    use crate::seeded::SplitMix64 as Rng;
 
     fn params(t: f32, k: Option<usize>, tp: f32, mp: f32) -> SampleParams {
         SampleParams {
@@ -674,16 +661,16 @@ mod tests {
         let mut rng = Rng(seed);
         let vocab = 500;
         for case in 0..200 {
-            let n = |rng: &mut Rng, max: u64| (rng.next() % max) as usize;
+            let n = |rng: &mut Rng, max: u64| (rng.next_u64() % max) as usize;
             let bias: Vec<(u32, f32)> = (0..n(&mut rng, 6))
-                .map(|_| (n(&mut rng, 520) as u32, rng.f64() as f32 - 0.5))
+                .map(|_| (n(&mut rng, 520) as u32, rng.next_f64() as f32 - 0.5))
                 .collect();
             let out: Vec<u32> = (0..n(&mut rng, 20))
                 .map(|_| n(&mut rng, 520) as u32)
                 .collect();
             let mut banned: Vec<u32> = match case % 3 {
                 // A constrained row: most ids, in order, and some past the vocabulary.
-                0 => (0..520).filter(|_| rng.next() % 8 != 0).collect(),
+                0 => (0..520).filter(|_| rng.next_u64() % 8 != 0).collect(),
                 1 => (0..n(&mut rng, 30))
                     .map(|_| n(&mut rng, 520) as u32)
                     .collect(),
@@ -791,13 +778,13 @@ mod tests {
             for r in 0..40 {
                 let spread = 1.0 + (r % 4) as f64 * 3.0;
                 let mut logits: Vec<f32> = (0..v)
-                    .map(|_| ((rng.f64() * 2.0 - 1.0) * spread) as f32)
+                    .map(|_| ((rng.next_f64() * 2.0 - 1.0) * spread) as f32)
                     .collect();
                 // Plant exact ties and a banned token.
                 logits[v / 2] = logits[v / 3];
                 logits[v - 1] = f32::NEG_INFINITY;
                 for p in &combos {
-                    let u = rng.f64();
+                    let u = rng.next_f64();
                     let got = mirror_sample(&logits, p, u);
                     match agreement(&logits, p, u, got, 1e-6) {
                         Agreement::Same => same += 1,

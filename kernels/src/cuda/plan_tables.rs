@@ -130,20 +130,8 @@ mod tests {
     /// "GPU" held leaves every row's pages there, and only changed entries are listed.
     #[test]
     fn page_table_changes_bring_the_gpu_copy_to_the_rows() {
-        let seed: u64 = std::env::var("STRATA_TEST_SEED")
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(0x7ab1e);
-        println!("seed {seed}");
-        // SplitMix64: a value in [lo, hi).
-        let mut state = seed;
-        let mut range = |lo: usize, hi: usize| {
-            state = state.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            lo + ((z ^ (z >> 31)) % (hi - lo) as u64) as usize
-        };
+        let mut rng = crate::seeded::SplitMix64(crate::seeded::test_seed());
+        let mut range = |lo: usize, hi: usize| rng.range(lo, hi);
         let (width, batch, pool) = (300, 6, 1000);
         let mut mirror: Vec<Vec<u32>> = vec![Vec::new(); batch];
         let (mut by_runs, mut by_pairs) =
