@@ -337,6 +337,14 @@ impl CudaRunner {
         // GEMM (Gemm::linear_acc); otherwise the next norm adds it.
         let acc = gemm.acc_applies(a.resid.shape()[0]);
         let lora = m.lora.as_ref();
+        // The wgmma prefill attention rotates Q as it loads it when every plan of the forward
+        // runs it: rope_kv_write then rotates and writes K alone (layers whose qkv GEMV does
+        // both in its epilogue aside).
+        let mut plans = single
+            .iter()
+            .chain(parts.iter().map(|p| &p.plan))
+            .peekable();
+        let attn_rope = plans.peek().is_some() && plans.all(|p| gemm.attn_rope(p));
         for (li, l) in self.w.layers.iter().enumerate() {
             // Layer 0 normalises the embedding; later layers add the previous sub-layer's y.
             let y = (li > 0 && !acc).then_some(&a.y);
@@ -378,13 +386,7 @@ impl CudaRunner {
                 )?;
             }
             let fused = norm_staged || (plain && qkv_rope(&QkvInput::Row(&a.h))?);
-            // The wgmma prefill attention rotates Q as it loads it (every plan of the forward
-            // must): rope_kv_write then rotates and writes K alone.
-            let mut plans = single
-                .iter()
-                .chain(parts.iter().map(|p| &p.plan))
-                .peekable();
-            let rope_q = !fused && plans.peek().is_some() && plans.all(|p| gemm.attn_rope(p));
+            let rope_q = !fused && attn_rope;
             if !fused {
                 gemm.linear(&a.h, &l.qkv, &a.qkv)?;
                 if let Some(p) = lora {
