@@ -237,6 +237,16 @@ impl GpuContext {
     /// Copies `data` into the first elements of an existing 4-byte tensor, stream-ordered (the
     /// host slice is staged by the driver before this returns; later launches see the values).
     pub fn write_i32(&self, t: &DTensor, data: &[i32]) -> Result<()> {
+        self.write_words(t, data)
+    }
+
+    /// [`GpuContext::write_i32`] of u32 values (page ids), bit for bit.
+    pub fn write_u32(&self, t: &DTensor, data: &[u32]) -> Result<()> {
+        self.write_words(t, data)
+    }
+
+    fn write_words<T: Copy>(&self, t: &DTensor, data: &[T]) -> Result<()> {
+        debug_assert_eq!(std::mem::size_of::<T>(), 4);
         ensure(t.dtype().size() == 4 && data.len() <= t.numel(), || {
             format!("write_i32: {} values into {:?}", data.len(), t.shape())
         })?;

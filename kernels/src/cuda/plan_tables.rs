@@ -113,9 +113,9 @@ impl CudaOps {
         }
         for (row, a, b) in ch.runs {
             let at = row * width + a;
-            // (Page ids below the pool size, checked by table_changes: they fit an i32.)
-            let run: Vec<i32> = m.rows[row][a..b].iter().map(|&p| p as i32).collect();
-            self.ctx.write_i32(&tables.view(at, &[b - a])?, &run)?;
+            // (Page ids below the pool size, checked by table_changes: the kernels' i32s.)
+            self.ctx
+                .write_u32(&tables.view(at, &[b - a])?, &m.rows[row][a..b])?;
         }
         Ok(())
     }
