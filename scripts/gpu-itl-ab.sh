@@ -7,7 +7,8 @@
 # metadata prep, launch-to-return) comes from its log.
 # Usage: scripts/gpu-itl-ab.sh [OUTDIR]; env STRATA, SIZE (llama-3.1-8b), ROUNDS (2), ITL_A_ENV and
 # ITL_B_ENV (environment only server A or B gets, e.g. STRATA_FUSION_OFF=qkv_norm for a served
-# A/B), CONC (1) and NP (4 prompts per run; at CONC > 1 also output tok/s), RAW (1: the raw step).
+# A/B), CONC (1) and NP (4 prompts per run; at CONC > 1 also output tok/s), RAW (1: the raw step),
+# MAX_TOTAL (--max-total-tokens, 65536).
 # (Issue 14's served-ITL target is at c=1; CONC > 1 compares batched decode.)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -23,7 +24,7 @@ trap 'for p in "${pids[@]}"; do kill $p 2>/dev/null; done' EXIT
 [ -f "$W/$SIZE/config.json" ] || "$STRATA" make-model --out "$W/$SIZE" --arch llama --size "$SIZE" --dtype bf16 > /dev/null 2>&1 \
   || { echo "make-model failed"; exit 1; }
 S=(serve --model-path "$W/$SIZE" --page-size 16 --context-length 10240 --max-running-requests 64
-  --max-total-tokens 65536 --log-level info)
+  --max-total-tokens ${MAX_TOTAL:-65536} --log-level info)
 env ${ITL_A_ENV:-} "$STRATA" "${S[@]}" --port 32501 > "$OUTDIR/itl-A.log" 2>&1 & pids+=($!)
 env ${ITL_B_ENV:-} "$STRATA" "${S[@]}" --port 32502 > "$OUTDIR/itl-B.log" 2>&1 & pids+=($!)
 for port in 32501 32502; do
@@ -36,7 +37,7 @@ for r in $(seq $ROUNDS); do
     port=32501; [ $ab = B ] && port=32502
     printf "   round %d %s " $r $ab
     "$STRATA" bench serve --base-url http://127.0.0.1:$port --num-prompts $NP --random-input-len 1024 \
-      --random-output-len 256 --max-concurrency $CONC --seed $((40 + r)) | grep -E "Median ITL|Mean ITL|Median TTFT|Output token throughput" | tr -s ' ' | tr '\n' ' '
+      --random-output-len 256 --max-concurrency $CONC --seed $((40 + r)) | grep -E "Median ITL|Mean ITL|Mean TTFT|Median TTFT|Output token throughput" | tr -s ' ' | tr '\n' ' '
     echo
   done
 done

@@ -3,7 +3,7 @@
 # (`strata gpu check`), the runner against Hugging Face transformers on the same weights
 # (scripts/hf_runner_compare.py: made models of the Llama-3.2-1B shape as llama, qwen2, qwen3,
 # prompts of 16..4096 tokens, whole and in 333-token chunks over the cached prefix), greedy
-# continuations across batch sizes 1/8/32 and with/without CUDA graphs
+# continuations across batch sizes 1/8/32, with/without CUDA graphs and overlap scheduling
 # (scripts/gpu_greedy_consistency.py), the f32 reference path against the CPU backend
 # (scripts/gpu-serve-check.sh), and a short `strata bench serve` on the 1B shape.
 # Usage (on the GPU machine): scripts/gpu-runner-check.sh [OUTDIR]
@@ -54,16 +54,20 @@ if step hf; then
 fi
 
 if step greedy; then
-  common=(--model-path $M/llama-3.2-1b --page-size 16 --context-length 8192 --host 127.0.0.1 --max-running-requests 64)
+  # Three servers on one GPU: each a fixed KV pool (the fraction rule counts the others' memory).
+  common=(--model-path $M/llama-3.2-1b --page-size 16 --context-length 8192 --host 127.0.0.1 --max-running-requests 64
+    --max-total-tokens 131072 --mem-fraction-static 0.95)
   "$STRATA" serve "${common[@]}" --port 32000 >"$OUTDIR/serve-graph.log" 2>&1 &
   pids+=($!)
   if wait_up http://127.0.0.1:32000; then
-    "$STRATA" serve "${common[@]}" --port 32001 --disable-cuda-graph --mem-fraction-static 0.3 >"$OUTDIR/serve-nograph.log" 2>&1 &
+    "$STRATA" serve "${common[@]}" --port 32001 --disable-cuda-graph >"$OUTDIR/serve-nograph.log" 2>&1 &
     pids+=($!)
-    if wait_up http://127.0.0.1:32001; then
+    "$STRATA" serve "${common[@]}" --port 32002 --disable-overlap-schedule >"$OUTDIR/serve-nooverlap.log" 2>&1 &
+    pids+=($!)
+    if wait_up http://127.0.0.1:32001 && wait_up http://127.0.0.1:32002; then
       grep -hE "CUDA graphs|KV pool|weights loaded" "$OUTDIR/serve-graph.log" | cut -c1-300
       timeout 240 python3 scripts/gpu_greedy_consistency.py http://127.0.0.1:32000 http://127.0.0.1:32001 \
-        "$OUTDIR/greedy.json" 32 48 2>&1 | tee "$OUTDIR/greedy.log"
+        "$OUTDIR/greedy.json" 32 48 http://127.0.0.1:32002 2>&1 | tee "$OUTDIR/greedy.log"
       [ "${PIPESTATUS[0]}" = 0 ] || fail=1
     else echo "FAIL: no-graph server did not come up"; tail -5 "$OUTDIR/serve-nograph.log"; fail=1; fi
   else echo "FAIL: graph server did not come up"; tail -20 "$OUTDIR/serve-graph.log"; fail=1; fi

@@ -2,9 +2,11 @@
 """Greedy continuations of the bf16 CUDA runner across batch sizes and with/without CUDA graphs.
 
 Usage: gpu_greedy_consistency.py GRAPH_URL NOGRAPH_URL OUT_JSON [N_PROMPTS] [NEW_TOKENS]
+                                 [NOOVERLAP_URL]
 The same N greedy requests (random-text prompts of 20..400 tokens, ignore_eos) are sent to the
-server with graphs one at a time (batch 1), 8 at a time and 32 at a time, and to the server
-without graphs one at a time and 32 at a time. Each run's output token ids are compared with the
+server with graphs one at a time (batch 1), 8 at a time and 32 at a time, to the server
+without graphs one at a time and 32 at a time, and (when given) to a server with graphs and
+--disable-overlap-schedule 32 at a time. Each run's output token ids are compared with the
 batch-1 graph run's: identical count, and for differing ones the first differing position.
 Exit status 1 when any output differs. Standard library only."""
 import json
@@ -51,6 +53,8 @@ def main():
     ref = run(g, bodies, 1)
     runs = {"graph_c8": run(g, bodies, 8), "graph_c32": run(g, bodies, 32),
             "nograph_c1": run(ng, bodies, 1), "nograph_c32": run(ng, bodies, 32)}
+    if len(sys.argv) > 6:
+        runs["nooverlap_c32"] = run(sys.argv[6], bodies, 32)
     ok, report = True, {}
     for name, outs in runs.items():
         same, firsts = 0, []

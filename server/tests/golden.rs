@@ -52,6 +52,7 @@ fn logits_all(
                 lora: None,
             }],
             logit_rows: (0..n).collect(),
+            from_prev: Vec::new(),
         };
         let l = model.forward(&batch, &mut kv).unwrap();
         out.extend(l.chunks(vocab).map(|c| c.to_vec()));

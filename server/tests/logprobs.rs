@@ -62,6 +62,7 @@ fn reference(model: &Model<CpuBackend>, ids: &[u32]) -> Vec<Vec<f64>> {
             lora: None,
         }],
         logit_rows: (0..ids.len()).collect(),
+        from_prev: Vec::new(),
     };
     let l = model.forward(&batch, &mut kv).unwrap();
     l.chunks(model.cfg.vocab_size)

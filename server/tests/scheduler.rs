@@ -95,6 +95,7 @@ fn held_request_does_not_block_others_and_pages_return() {
         max_queued_requests: None,
         priority: Default::default(),
         max_loras_per_batch: 8,
+        overlap_schedule: true,
     };
     let release = Arc::new(AtomicBool::new(false));
     let h = spawn_with_hook(
@@ -219,6 +220,7 @@ fn only_generated_tokens_are_marked_decode() {
         max_queued_requests: None,
         priority: Default::default(),
         max_loras_per_batch: 8,
+        overlap_schedule: true,
     };
     let h = spawn_with_hook(
         cfg,

@@ -268,6 +268,46 @@ impl GpuContext {
         Ok(())
     }
 
+    /// Copies `n` 4-byte words from word `src_at` of `src` to word `dst_at` of `dst`, device to
+    /// device, stream-ordered.
+    pub fn copy_words(
+        &self,
+        dst: &DTensor,
+        dst_at: usize,
+        src: &DTensor,
+        src_at: usize,
+        n: usize,
+    ) -> Result<()> {
+        ensure(
+            dst.dtype().size() == 4
+                && src.dtype().size() == 4
+                && dst_at + n <= dst.numel()
+                && src_at + n <= src.numel(),
+            || {
+                format!(
+                    "copy_words: {n} words from {src_at} of {:?} to {dst_at} of {:?}",
+                    src.shape(),
+                    dst.shape()
+                )
+            },
+        )?;
+        if n == 0 {
+            return Ok(());
+        }
+        self.ctx.bind_to_thread()?;
+        // SAFETY: both ranges lie inside their tensors (checked above), on this context.
+        unsafe {
+            sys::cuMemcpyDtoDAsync_v2(
+                dst.ptr() + 4 * dst_at as u64,
+                src.ptr() + 4 * src_at as u64,
+                4 * n,
+                self.stream.cu_stream(),
+            )
+            .result()?;
+        }
+        Ok(())
+    }
+
     /// Downloads `n` f32 values of `t` from element `offset` on (synchronises the stream).
     pub fn download_f32_range(&self, t: &DTensor, offset: usize, n: usize) -> Result<Vec<f32>> {
         t.expect_at_least("download_f32_range", DType::F32, offset + n)?;

@@ -34,6 +34,7 @@ pub mod ops;
 pub mod peer_copy;
 pub mod pinned;
 mod plan_tables;
+pub mod readback;
 pub mod sampling;
 pub mod select;
 pub mod tensor;

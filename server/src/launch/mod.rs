@@ -37,6 +37,8 @@ pub struct ServeOptions {
     pub mem_fraction_static: f64,
     pub max_total_tokens: Option<usize>,
     pub disable_radix_cache: bool,
+    /// `--disable-overlap-schedule`.
+    pub disable_overlap_schedule: bool,
     /// `--radix-eviction-policy lfu`.
     pub radix_eviction_lfu: bool,
     pub api_key: Option<String>,
@@ -119,6 +121,7 @@ impl ServeOptions {
             mem_fraction_static: 0.5,
             max_total_tokens: None,
             disable_radix_cache: false,
+            disable_overlap_schedule: false,
             radix_eviction_lfu: false,
             api_key: None,
             hicache: None,
@@ -267,6 +270,7 @@ where
             max_queued_requests: opts.max_queued_requests,
             priority: opts.priority,
             max_loras_per_batch: opts.lora.max_per_batch.unwrap_or(MAX_LORAS_PER_BATCH),
+            overlap_schedule: !opts.disable_overlap_schedule,
         },
     };
     let mut parts = Vec::new();

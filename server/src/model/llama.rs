@@ -39,6 +39,10 @@ pub struct ForwardBatch {
     pub seqs: Vec<SeqSlice>,
     /// Rows whose logits are returned, in this order.
     pub logit_rows: Vec<usize>,
+    /// Overlap scheduling: `(j, r)` means input token `j` is the token the previous launch
+    /// ([`super::ModelRunner::launch`], still queued) samples in its logits row `r`; `tokens[j]`
+    /// is a placeholder. Empty unless the previous launch was queued.
+    pub from_prev: Vec<(usize, usize)>,
 }
 
 /// The paged KV cache in backend memory: one K and one V buffer per layer, layer-first, each of

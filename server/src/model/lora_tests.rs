@@ -63,6 +63,7 @@ fn batch(tokens: &[u32], lora: Option<Arc<LoraAdapter>>) -> ForwardBatch {
             lora,
         }],
         logit_rows: (0..n).collect(),
+        from_prev: Vec::new(),
     }
 }
 

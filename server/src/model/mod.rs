@@ -14,7 +14,7 @@ pub mod weights;
 
 pub use config::{Arch, ModelConfig};
 pub use llama::{ForwardBatch, KvBuffers, Model, SeqSlice};
-pub use runner::{sample_host, ModelRunner, SampleReq, Sampled};
+pub use runner::{sample_host, Launch, ModelRunner, Queued, SampleReq, Sampled};
 pub use tokenizer::Tokenizer;
 
 use std::path::Path;

@@ -145,6 +145,24 @@ pub fn sample_host(logits: &mut [f32], r: &SampleReq<'_>) -> Sampled {
     Sampled::token(token, logprobs)
 }
 
+/// A forward handed to [`ModelRunner::launch`].
+#[derive(Debug)]
+pub enum Launch {
+    /// It ran to the end (the runner queues nothing): the sampled rows.
+    Done(Vec<Sampled>),
+    /// Queued on the device: [`ModelRunner::collect`] waits for its sampled rows.
+    Queued(Queued),
+}
+
+/// A forward queued on the device, as the runner that queued it knows it.
+#[derive(Debug)]
+pub struct Queued {
+    /// The runner's slot for its results.
+    pub slot: usize,
+    /// Sampled rows it returns.
+    pub rows: usize,
+}
+
 /// A model runner: owns the weights and runs whole batches.
 pub trait ModelRunner: Send + 'static {
     /// The paged KV cache this runner reads and writes.
@@ -246,6 +264,33 @@ pub trait ModelRunner: Send + 'static {
         sampling: &[SampleReq<'_>],
         kv: &mut Self::Kv,
     ) -> Result<Vec<Sampled>, ModelError>;
+    /// Whether [`launch`](Self::launch) can return before the forward has run (overlap
+    /// scheduling then pays: the scheduler builds the next batch while this one runs).
+    fn queues(&self) -> bool {
+        false
+    }
+    /// Starts `batch` and returns without waiting where the runner can (the CUDA runner's graph
+    /// replays); `batch.from_prev` may name rows of the previous launch, still queued. The
+    /// default runs it to the end.
+    fn launch(
+        &mut self,
+        batch: &ForwardBatch,
+        sampling: &[SampleReq<'_>],
+        kv: &mut Self::Kv,
+    ) -> Result<Launch, ModelError> {
+        debug_assert!(batch.from_prev.is_empty(), "nothing was queued");
+        self.run_batch(batch, sampling, kv).map(Launch::Done)
+    }
+    /// Waits for a queued forward and returns its sampled rows.
+    fn collect(&mut self, q: Queued, _kv: &mut Self::Kv) -> Result<Vec<Sampled>, ModelError> {
+        Err(ModelError::Bad {
+            path: self.name().into(),
+            msg: format!(
+                "slot {} was never queued: this runner queues nothing",
+                q.slot
+            ),
+        })
+    }
 }
 
 /// The per-op forward over a [`Backend`] (the CPU runner; also the f32 CUDA reference path):

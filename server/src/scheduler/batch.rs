@@ -2,23 +2,21 @@
 //! pass, sampling and finishing.
 
 use super::budget::PrefillBudget;
-use super::request::{Event, FinishReason, PosLogprobs};
+use super::request::FinishReason;
 use super::seq::Seq;
 use super::Scheduler;
 use crate::cache::{NodeId, Tier};
-use crate::grammar::Mask;
 use crate::hicache::{HiCache, WritePolicy, SELECTIVE_HITS};
 use crate::kv::{KvPool, Page, PageId};
-use crate::model::{ForwardBatch, ModelRunner, SampleReq, Sampled, SeqSlice};
+use crate::model::{ModelRunner, Sampled};
 use crate::stats::Stats;
 use std::collections::VecDeque;
-use std::sync::Arc;
-use strata_kernels::sample_rows::Allow;
 
 /// What one sequence feeds in this round: tokens `start..end` of `Seq::tokens`.
-struct Item {
-    start: usize,
-    end: usize,
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Item {
+    pub start: usize,
+    pub end: usize,
 }
 
 impl<R: ModelRunner> Scheduler<R> {
@@ -125,13 +123,23 @@ impl<R: ModelRunner> Scheduler<R> {
 
     /// Runs one round; false if nothing could run.
     pub(super) fn step(&mut self) -> bool {
+        self.round_prof.start();
+        if self.inflight.is_some() && !self.can_run_ahead() {
+            self.sync();
+        }
         self.preempt_for_priority();
         let mut budget =
             PrefillBudget::new(self.cfg.chunked_prefill_size, self.cfg.max_prefill_tokens);
-        let (mut decodes, mut prefills): (VecDeque<Seq>, VecDeque<Seq>) =
-            std::mem::take(&mut self.running)
-                .into_iter()
-                .partition(|s| s.computed > 0 && s.remaining() == 1);
+        // Under overlap: sequences that end when the forward in flight is taken back get no
+        // more work.
+        let ctx = self.cfg.context_length;
+        let (aside, rest): (Vec<Seq>, Vec<Seq>) = std::mem::take(&mut self.running)
+            .into_iter()
+            .partition(|s| s.zombie.is_some() || s.ends_on_pending(ctx));
+        self.running = aside;
+        let (mut decodes, mut prefills): (VecDeque<Seq>, VecDeque<Seq>) = rest
+            .into_iter()
+            .partition(|s| s.computed > 0 && s.remaining() == 1);
         if self.cfg.priority.enabled {
             // Highest-ranked first: under KV pressure the lowest-ranked are left, and retracted.
             decodes.make_contiguous().sort_by_key(|s| self.rank(s));
@@ -287,6 +295,11 @@ impl<R: ModelRunner> Scheduler<R> {
             self.waiting.push_front(s);
         }
         if items.is_empty() {
+            if self.inflight.is_some() {
+                // Nothing more to launch before the forward in flight ends: take it back.
+                self.sync();
+                return true;
+            }
             if installed {
                 return true;
             }
@@ -483,335 +496,4 @@ impl<R: ModelRunner> Scheduler<R> {
         let s = self.release(s, true);
         self.waiting.push_front(s);
     }
-
-    fn forward(&mut self, items: Vec<(usize, Item)>) {
-        let ps = self.cfg.page_size as u32;
-        let mut batch = ForwardBatch::default();
-        // Per logits row: the running index and what the row is for.
-        let mut rows: Vec<(usize, Row)> = Vec::new();
-        let mut heads = Vec::new(); // sequences whose first input position is still to be sent
-        let mut done = Vec::new(); // sequences at their length limit without sampling
-        for (i, it) in &items {
-            let s = &self.running[*i];
-            let table = s.page_table();
-            let q_start = batch.tokens.len();
-            for p in it.start..it.end {
-                batch.tokens.push(s.tokens[p]);
-                batch.positions.push(p as u32);
-                batch
-                    .slots
-                    .push(table[p / ps as usize] * ps + p as u32 % ps);
-            }
-            batch.seqs.push(SeqSlice {
-                q_start,
-                q_len: it.end - it.start,
-                kv_len: it.end,
-                pages: table,
-                // Feeding back a sampled token (not re-running a prompt or a retracted output).
-                decode: it.end - it.start == 1 && it.start >= s.prompt_len,
-                lora: s.req.params.lora.as_ref().map(|l| l.0.clone()),
-            });
-            // Prompt rows whose log-probabilities are owed (none unless asked for): row `p`
-            // scores prompt token `p + 1`.
-            let owed = s.lp_row.max(it.start)..s.owed_rows_end().min(it.end);
-            debug_assert!(
-                owed.is_empty() || s.lp_row >= it.start,
-                "owed rows were skipped"
-            );
-            if s.lp_head {
-                heads.push(*i);
-            }
-            for p in owed {
-                rows.push((*i, Row::Score(p + 1)));
-                batch.logit_rows.push(q_start + p - it.start);
-            }
-            if s.req.params.return_hidden_states {
-                // Positions whose hidden states are owed, but the one that samples (its state
-                // comes with its token).
-                let samples = it.end == s.tokens.len()
-                    && s.tokens.len() - s.prompt_len < s.req.params.max_new_tokens;
-                let end = if samples { it.end - 1 } else { it.end };
-                for p in s.hidden_next.max(it.start)..end {
-                    rows.push((*i, Row::Hidden(p)));
-                    batch.logit_rows.push(q_start + p - it.start);
-                }
-            }
-            if it.end == s.tokens.len() {
-                if s.req.embed {
-                    rows.push((*i, Row::Embed));
-                    batch.logit_rows.push(batch.tokens.len() - 1);
-                } else if s.tokens.len() - s.prompt_len >= s.req.params.max_new_tokens {
-                    // `max_new_tokens: 0`: the prompt is run (scored, cached), nothing sampled.
-                    done.push(*i);
-                } else {
-                    rows.push((*i, Row::Next));
-                    batch.logit_rows.push(batch.tokens.len() - 1);
-                }
-            }
-        }
-        Stats::add(&self.stats.forward_passes, 1);
-        let t0 = std::time::Instant::now();
-        let (banned, masks): (Vec<Vec<u32>>, Vec<Option<Arc<Mask>>>) = rows
-            .iter()
-            .map(|&(i, row)| match row {
-                Row::Next => self.banned_tokens(i),
-                Row::Score(_) | Row::Embed | Row::Hidden(_) => (Vec::new(), None),
-            })
-            .unzip();
-        let reqs: Vec<SampleReq<'_>> = rows
-            .iter()
-            .zip(banned.iter().zip(&masks))
-            .map(|(&(i, row), (banned, mask))| {
-                let s = &self.running[i];
-                let out_len = s.tokens.len() - s.prompt_len;
-                SampleReq {
-                    params: &s.req.params,
-                    output: &s.tokens[s.prompt_len..],
-                    banned,
-                    // The grammar's mask as it is cached (no per-step copy), EOS let through
-                    // where the text so far is a whole match.
-                    allow: mask.as_ref().map(|m| Allow {
-                        bits: &m.allow,
-                        also: if m.accepting { &self.eos } else { &[] },
-                    }),
-                    uniform: crate::sampling::uniform(s.seed, out_len),
-                    logprobs: s.req.logprobs.as_ref(),
-                    score: match row {
-                        Row::Score(p) => Some(s.tokens[p]),
-                        _ => None,
-                    },
-                    embed: matches!(row, Row::Embed | Row::Hidden(_)),
-                    hidden: row == Row::Next
-                        && s.req.params.return_hidden_states
-                        && s.tokens.len() > s.hidden_next,
-                }
-            })
-            .collect();
-        let sampled = self.model.run_batch(&batch, &reqs, &mut self.pool.buffers);
-        drop(reqs);
-        let sampled = match sampled {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::error!("forward pass failed: {e}");
-                let mut idx: Vec<usize> = items.iter().map(|(i, _)| *i).collect();
-                idx.sort_unstable_by_key(|&i| std::cmp::Reverse(i));
-                for i in idx {
-                    let s = self.running.remove(i);
-                    self.finish(s, FinishReason::Abort(format!("internal error: {e}")));
-                }
-                if e.is_fatal() {
-                    // The GPU context is gone: every later forward would fail the same way and
-                    // /health would keep answering. Exit (as SGLang's scheduler does) so a
-                    // supervisor restarts the server; the aborted requests' answers go out first.
-                    tracing::error!("the GPU context is lost ({e}); exiting");
-                    std::thread::sleep(std::time::Duration::from_millis(200));
-                    std::process::exit(70);
-                }
-                return;
-            }
-        };
-        let prefill: usize = items
-            .iter()
-            .map(|(_, it)| it.end - it.start)
-            .filter(|&n| n > 1)
-            .sum();
-        if let Some(h) = &mut self.hicache {
-            h.observe_prefill(prefill, t0.elapsed().as_secs_f64());
-        }
-        for (i, it) in &items {
-            self.running[*i].computed = it.end;
-            self.cache_unfinished(*i);
-        }
-        let idx: Vec<usize> = items.iter().map(|(i, _)| *i).collect();
-        self.pd_push_parts(&idx);
-        // Input log-probabilities first (they precede the first token on the event channel).
-        let mut input: Vec<(usize, Vec<PosLogprobs>)> = heads
-            .into_iter()
-            .map(|i| {
-                self.running[i].lp_head = false;
-                (i, vec![PosLogprobs::default()])
-            })
-            .collect();
-        let mut finished = Vec::new();
-        let mut decode_tokens = 0;
-        // Hidden states gathered per sequence, sent before its token (or at the end).
-        let mut states: Vec<(usize, Vec<Vec<f32>>)> = Vec::new();
-        for ((i, row), mut t) in rows.into_iter().zip(sampled) {
-            if let Row::Hidden(p) = row {
-                self.running[i].hidden_next = p + 1;
-                push_for(&mut states, i, t.embedding.unwrap_or_default());
-                continue;
-            }
-            if row == Row::Next {
-                if let Some(v) = t.embedding.take() {
-                    let s = &mut self.running[i];
-                    s.hidden_next = s.tokens.len();
-                    push_for(&mut states, i, v);
-                }
-            }
-            if row == Row::Embed {
-                let e = t.embedding.unwrap_or_default();
-                let _ = self.running[i].req.events.send(Event::Embedding(e));
-                finished.push((i, FinishReason::Length(0)));
-                continue;
-            }
-            if let Row::Score(p) = row {
-                let s = &mut self.running[i];
-                s.lp_row = s.lp_row.max(p);
-                let lp = t.logprobs.map(|b| *b).unwrap_or_default();
-                push_for(&mut input, i, lp);
-                continue;
-            }
-            if let Some(lps) = take_for(&mut input, i) {
-                let _ = self.running[i].req.events.send(Event::Input(lps));
-            }
-            if let Some(v) = take_for(&mut states, i) {
-                let _ = self.running[i].req.events.send(Event::Hidden(v));
-            }
-            decode_tokens += 1;
-            if let Some(reason) = self.accept_token(i, t) {
-                finished.push((i, reason));
-            }
-        }
-        for (i, lps) in input {
-            let _ = self.running[i].req.events.send(Event::Input(lps));
-        }
-        for (i, v) in states {
-            let _ = self.running[i].req.events.send(Event::Hidden(v));
-        }
-        for i in done {
-            let s = &self.running[i];
-            finished.push((i, FinishReason::Length(s.tokens.len() - s.prompt_len)));
-        }
-        let dt = t0.elapsed().as_secs_f64().max(1e-9);
-        Stats::share(
-            &self.stats.gen_throughput_milli,
-            &mut self.gauges.throughput,
-            (decode_tokens as f64 / dt * 1000.0) as u64,
-        );
-        finished.sort_unstable_by_key(|f| std::cmp::Reverse(f.0));
-        for (i, reason) in finished {
-            let s = self.running.remove(i);
-            self.finish(s, reason);
-        }
-    }
-
-    /// Tokens running sequence `i` may not sample now: EOS and stop ids before
-    /// `min_new_tokens` (and EOS under a constraint whose output is not yet a whole match); and
-    /// under a constraint its grammar's mask of the tokens that keep the output in the language.
-    fn banned_tokens(&self, i: usize) -> (Vec<u32>, Option<Arc<Mask>>) {
-        let s = &self.running[i];
-        let p = &s.req.params;
-        let mut banned = Vec::new();
-        if s.tokens.len() - s.prompt_len < p.min_new_tokens {
-            banned.extend(self.eos.iter().copied());
-            banned.extend(p.stop_token_ids.iter().copied());
-        }
-        let mut mask = None;
-        if let (Some(g), Some(w), Some(out)) = (&p.grammar, &s.walk, s.constrained_output()) {
-            if let Some(state) = g.0.peek(w, out) {
-                let m = g.0.mask(state);
-                if !m.accepting {
-                    banned.extend(self.eos.iter().copied());
-                }
-                mask = Some(m);
-            }
-        }
-        (banned, mask)
-    }
-
-    /// Appends sampled token `t` to running sequence `i` and streams it; returns a finish reason
-    /// if the sequence is done.
-    fn accept_token(&mut self, i: usize, t: Sampled) -> Option<FinishReason> {
-        let ctx = self.cfg.context_length;
-        let s = &mut self.running[i];
-        let Sampled {
-            token: tok,
-            logprobs: logprob,
-            ..
-        } = t;
-        s.tokens.push(tok);
-        s.note_reasoning_end();
-        if s.first_token_at.is_none() {
-            s.first_token_at = Some(std::time::Instant::now());
-            if s.req.bootstrap.is_some() {
-                s.first_lp.clone_from(&logprob); // a PD prefill leg hands it over
-            }
-        }
-        Stats::add(&self.stats.generation_tokens, 1);
-        let _ = s.req.events.send(Event::Token { id: tok, logprob });
-        let n = s.tokens.len() - s.prompt_len;
-        let p = &s.req.params;
-        if n >= p.min_new_tokens
-            && (p.stop_token_ids.contains(&tok) || (!p.ignore_eos && self.eos.contains(&tok)))
-        {
-            return Some(FinishReason::StopToken(tok));
-        }
-        if !p.stop.is_empty() && n >= p.min_new_tokens {
-            let window = p.stop.iter().map(String::len).max().unwrap_or(0) + 2;
-            let tail = &s.tokens[s.tokens.len().saturating_sub(window).max(s.prompt_len)..];
-            let text = self.tokenizer.decode(tail, p.skip_special_tokens);
-            if let Some(m) = p.stop.iter().find(|st| text.contains(st.as_str())) {
-                return Some(FinishReason::StopStr(m.clone()));
-            }
-        }
-        if let (Some(r), Some(w)) = (&p.stop_regex_compiled, &mut s.stop_walk) {
-            // The patterns walk every output token (a match before `min_new_tokens` is kept and
-            // ends the request once that many are out, as SGLang's search of the text then would).
-            let (tok_ref, skip) = (&self.tokenizer, p.skip_special_tokens);
-            let out = &s.tokens[s.prompt_len..];
-            let m = r.0.follow(w, out, || tok_ref.decode(out, skip));
-            if let Some(k) = m.filter(|_| n >= p.min_new_tokens) {
-                return Some(FinishReason::StopRegex(r.0.patterns()[k].clone()));
-            }
-        }
-        if let (Some(g), Some(from)) = (p.grammar.clone(), s.grammar_from) {
-            // The grammar ends the request once its text matches and nothing can follow (or
-            // once a token left the language: an EOS kept under `ignore_eos`).
-            let w = s.walk.get_or_insert_with(|| g.0.walk_start());
-            let done = match g.0.follow(w, &s.tokens[s.prompt_len + from..]) {
-                None => true,
-                Some(state) => {
-                    let m = g.0.mask(state);
-                    m.accepting && !m.can_continue
-                }
-            };
-            if done {
-                return Some(FinishReason::StopToken(tok));
-            }
-        }
-        let p = &s.req.params;
-        if n >= p.max_new_tokens || s.tokens.len() >= ctx {
-            return Some(FinishReason::Length(n));
-        }
-        None
-    }
-}
-
-/// What one logits row of a forward is for.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Row {
-    /// The sequence's next token (sampled).
-    Next,
-    /// A prompt row kept for its log-probabilities: it scores the prompt token at this position.
-    Score(usize),
-    /// An embedding request's last prompt row: its hidden state is the answer.
-    Embed,
-    /// A position whose hidden state is reported (`return_hidden_states`), nothing sampled.
-    Hidden(usize),
-}
-
-/// Adds `v` to running sequence `i`'s list in `lists` (what a forward gathers per sequence
-/// before sending it: input log-probabilities, hidden states).
-fn push_for<T>(lists: &mut Vec<(usize, Vec<T>)>, i: usize, v: T) {
-    match lists.iter_mut().find(|x| x.0 == i) {
-        Some(x) => x.1.push(v),
-        None => lists.push((i, vec![v])),
-    }
-}
-
-/// Removes and returns sequence `i`'s list from `lists`.
-fn take_for<T>(lists: &mut Vec<(usize, Vec<T>)>, i: usize) -> Option<Vec<T>> {
-    let k = lists.iter().position(|x| x.0 == i)?;
-    Some(lists.swap_remove(k).1)
 }

@@ -19,9 +19,13 @@
 mod batch;
 pub mod budget;
 pub mod dp;
+mod forward;
 mod handle;
 pub mod hooks;
 mod order;
+mod overlap;
+#[cfg(test)]
+mod overlap_tests;
 #[cfg(test)]
 mod pause_tests;
 pub mod policy;
@@ -77,6 +81,9 @@ pub struct SchedulerConfig {
     /// `--max-loras-per-batch`: distinct adapters in the running batch, the base model counted
     /// as one (SGLang's rule); admission stops at the first request that would exceed it.
     pub max_loras_per_batch: usize,
+    /// Overlap scheduling unless `--disable-overlap-schedule` (`overlap.rs`; it runs where the
+    /// runner's launches return early).
+    pub overlap_schedule: bool,
 }
 
 /// The abort of a request that sets a priority under `--abort-on-priority-when-disabled`.
@@ -136,6 +143,15 @@ pub struct Scheduler<R: ModelRunner> {
     gauges: Gauges,
     /// Requests handed to this scheduler and not finished (the data-parallel balancer's view).
     load: Arc<dp::ReplicaLoad>,
+    /// Overlap scheduling is on (`overlap.rs`), and the forward launched and not yet taken back.
+    overlap: bool,
+    /// Forwards that already ran are held in flight too (tests of the bookkeeping on the CPU).
+    hold_done: bool,
+    inflight: Option<overlap::InFlight>,
+    /// Where the thread's time goes per forward (logged).
+    round_prof: overlap::RoundProfile,
+    /// The next sequence's uid.
+    next_uid: u64,
 }
 
 /// The gauges a scheduler publishes, as its [`Share`]s.
@@ -254,7 +270,20 @@ impl<R: ModelRunner> Scheduler<R> {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(1, |d| d.as_nanos() as u64),
         });
+        // `STRATA_OVERLAP_SCHEDULE=1` runs it on any runner, holding forwards that already ran
+        // as if queued (the CPU runner's tests of the bookkeeping); `0` turns it off.
+        let forced = std::env::var("STRATA_OVERLAP_SCHEDULE");
+        let overlap = match forced.as_deref() {
+            Ok("1") => true,
+            Ok("0") => false,
+            _ => cfg.overlap_schedule && model.queues(),
+        };
         Scheduler {
+            overlap,
+            hold_done: forced.as_deref() == Ok("1"),
+            inflight: None,
+            round_prof: Default::default(),
+            next_uid: 0,
             seeds,
             policy_rng,
             kv_blocked: false,
@@ -459,6 +488,10 @@ impl<R: ModelRunner> Scheduler<R> {
     }
 
     fn handle(&mut self, m: Msg) {
+        if !matches!(m, Msg::Submit(_) | Msg::Abort(_) | Msg::Wake) {
+            // Everything else may change the running batch: not while a forward is in flight.
+            self.sync();
+        }
         match m {
             Msg::Submit(req) if self.update.is_some() => self.held.push_back(req),
             Msg::UpdateWeights(u) => self.start_update(u),
@@ -495,6 +528,8 @@ impl<R: ModelRunner> Scheduler<R> {
                     req.params.max_new_tokens = req.params.max_new_tokens.min(1);
                 }
                 let mut seq = Seq::new(*req, seed);
+                seq.uid = self.next_uid;
+                self.next_uid += 1;
                 if real_pd && matches!(self.pd, Some(PdSide::Decode(_))) {
                     let b = seq.req.bootstrap.clone().expect("bootstrap");
                     let dest = self.pd_dest(seq.prompt_len);
@@ -636,6 +671,9 @@ impl<R: ModelRunner> Scheduler<R> {
     fn reap_aborted(&mut self) {
         let aborts = std::mem::take(&mut self.aborts);
         let gone = |s: &Seq| s.req.events.is_closed() || aborts.contains(&s.req.rid);
+        if self.inflight.is_some() && self.running.iter().any(&gone) {
+            self.sync();
+        }
         let mut i = 0;
         while i < self.running.len() {
             if gone(&self.running[i]) {
@@ -703,7 +741,10 @@ impl<R: ModelRunner> Scheduler<R> {
         s
     }
 
-    fn finish(&mut self, s: Seq, reason: FinishReason) {
+    fn finish(&mut self, mut s: Seq, reason: FinishReason) {
+        // Tokens still being sampled for it (a failed forward's) are not part of its output.
+        s.tokens.truncate(s.tokens.len() - s.pending);
+        s.pending = 0;
         let ok = !matches!(reason, FinishReason::Abort(_) | FinishReason::Refused(_));
         // A PD prefill leg hands its prompt's KV over: left in the pool (the pages stay the
         // leg's until the transfer ends) or copied to a staging pool before its pages go back.

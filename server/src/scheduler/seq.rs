@@ -8,7 +8,7 @@
 //! which keep the page table (`page_table`) in step: a decode step appends to it and hands it to
 //! the forward without copying it.
 
-use super::request::Request;
+use super::request::{FinishReason, Request};
 use crate::cache::{CacheNs, NodeId};
 use crate::kv::{Page, PageId};
 use std::sync::Arc;
@@ -58,6 +58,14 @@ pub struct Seq {
     pub hidden_next: usize,
     /// The cache namespace of its KV (its adapter, its `extra_key`; None: the base model's).
     pub ns: Option<CacheNs>,
+    /// Overlap scheduling (`overlap.rs`): its id among the scheduler's sequences, the forwards
+    /// in flight that feed it, the placeholders at the end of `tokens` for tokens still being
+    /// sampled, and the finish it met while a forward in flight still fed it (it ends when that
+    /// forward is taken back).
+    pub uid: u64,
+    pub inflight: u32,
+    pub pending: usize,
+    pub zombie: Option<FinishReason>,
 }
 
 impl Seq {
@@ -103,7 +111,29 @@ impl Seq {
             grammar_from,
             stop_walk,
             hidden_next: 0,
+            uid: 0,
+            inflight: 0,
+            pending: 0,
+            zombie: None,
         }
+    }
+
+    /// Sampling its next token needs its output so far on the host (a grammar's mask, the
+    /// penalties), or its rows carry bookkeeping a forward in flight would still change (input
+    /// log-probabilities, hidden states): its next forward waits for its pending token.
+    pub fn needs_host_tokens(&self) -> bool {
+        let p = &self.req.params;
+        p.grammar.is_some()
+            || p.has_penalties()
+            || p.return_hidden_states
+            || self.req.logprobs.is_some()
+    }
+
+    /// Its pending token surely ends it (its length limit): no forward is queued for it after.
+    pub fn ends_on_pending(&self, context_length: usize) -> bool {
+        self.pending > 0
+            && (self.tokens.len() - self.prompt_len >= self.req.params.max_new_tokens
+                || self.tokens.len() >= context_length)
     }
 
     /// The output the grammar walks (None: still reasoning, nothing constrained yet).

@@ -40,6 +40,7 @@ fn cfg() -> SchedulerConfig {
         max_queued_requests: None,
         priority: Default::default(),
         max_loras_per_batch: 8,
+        overlap_schedule: true,
     }
 }
 

@@ -64,6 +64,10 @@ pub struct Args {
     /// Turn off the prefix (radix) cache: every prompt is computed from scratch.
     #[arg(long)]
     disable_radix_cache: bool,
+    /// Turn off overlap scheduling (on a GPU the next batch is built and launched while the
+    /// current one runs; docs/server.md).
+    #[arg(long)]
+    disable_overlap_schedule: bool,
     /// Require `Authorization: Bearer KEY` on every request.
     #[arg(long)]
     api_key: Option<String>,
@@ -523,6 +527,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         mem_fraction_static: a.mem_fraction_static.unwrap_or(0.5),
         max_total_tokens: a.max_total_tokens,
         disable_radix_cache: a.disable_radix_cache,
+        disable_overlap_schedule: a.disable_overlap_schedule,
         radix_eviction_lfu: match a.radix_eviction_policy.as_str() {
             "lru" => false,
             "lfu" => true,

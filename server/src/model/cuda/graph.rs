@@ -6,6 +6,8 @@
 //! write no KV) and the plan's block tables in place, stream-ordered before the launch, so the
 //! captured kernels read the new batch. A batch is replayed only when every sequence decodes one
 //! token, fits the plan's page-table width and the batch fits a bucket; otherwise it runs eagerly.
+//! Under overlap scheduling a replay may take input ids from the previous forward's sampled
+//! tokens, copied device to device into the ids section after the metadata write.
 //!
 //! Batches with LoRA adapters replay a second graph of the bucket, captured on the first such
 //! batch: the same buffers, the unfused projections and the per-row LoRA kernels (lora.rs
@@ -18,7 +20,7 @@ use crate::model::runner::{SampleReq, Sampled};
 use crate::model::ForwardBatch;
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::CudaGraph;
-use strata_kernels::cuda::{AttnPlan, CudaError, DType, DecodeRow};
+use strata_kernels::cuda::{AttnPlan, CudaError, DTensor, DType, DecodeRow};
 
 /// The decode batch sizes to capture (`strata serve`'s flags, SGLang's semantics): the sizes of
 /// `list` (`--cuda-graph-bs`) when given, ascending and deduplicated, those above `max_bs`
@@ -211,13 +213,40 @@ impl Graphs {
         sampling: &[SampleReq<'_>],
         kv: &CudaKv,
     ) -> Result<Option<(Vec<Sampled>, std::time::Instant)>, CudaError> {
+        let Some((gi, launched)) = self.try_launch(r, batch, kv, None)? else {
+            return Ok(None);
+        };
+        let (_, logits, tokens) = self.graphs[gi]
+            .acts
+            .head
+            .as_ref()
+            .expect("graphs have logits rows");
+        r.sample(logits, tokens, sampling)
+            .map(|out| Some((out, launched)))
+    }
+
+    /// Queues the replay of the smallest fitting bucket for a decode-only batch (nothing
+    /// waits for it); returns the graph's index and when it was launched, None when the batch
+    /// does not qualify. Input tokens named by `batch.from_prev` are copied on the device from
+    /// `prev` (the previous forward's sampled tokens) after the metadata is written.
+    pub(super) fn try_launch(
+        &mut self,
+        r: &CudaRunner,
+        batch: &ForwardBatch,
+        kv: &CudaKv,
+        prev: Option<&DTensor>,
+    ) -> Result<Option<(usize, std::time::Instant)>, CudaError> {
         let n = batch.tokens.len();
         if n == 0 || kv.pool.ptr() != self.pool_ptr || batch.logit_rows.len() != n {
             return Ok(None);
         }
-        let Some(g) = self.graphs.iter_mut().find(|g| g.bs >= n) else {
+        if !batch.from_prev.is_empty() && prev.is_none() {
+            return Ok(None);
+        }
+        let Some(gi) = self.graphs.iter().position(|g| g.bs >= n) else {
             return Ok(None);
         };
+        let g = &mut self.graphs[gi];
         let decode = batch.seqs.len() == n
             && batch.seqs.iter().enumerate().all(|(i, s)| {
                 s.q_len == 1
@@ -282,11 +311,33 @@ impl Graphs {
             .collect();
         r.ops.update_decode_plan(&g.plan, &rows)?;
         r.ctx.write_i32(&g.meta.buf, &host)?;
+        if let Some(prev) = prev {
+            // The ids section starts the buffer: runs of consecutive rows, one copy each.
+            let mut k = 0;
+            let fp = &batch.from_prev;
+            while k < fp.len() {
+                let mut e = k + 1;
+                while e < fp.len() && fp[e].0 == fp[e - 1].0 + 1 && fp[e].1 == fp[e - 1].1 + 1 {
+                    e += 1;
+                }
+                r.ctx
+                    .copy_words(&g.meta.buf, fp[k].0, prev, fp[k].1, e - k)?;
+                k = e;
+            }
+        }
         let launched = std::time::Instant::now();
         exec.0.launch()?;
-        let (_, logits, tokens) = g.acts.head.as_ref().expect("graphs have logits rows");
-        r.sample(logits, tokens, sampling)
-            .map(|out| Some((out, launched)))
+        Ok(Some((gi, launched)))
+    }
+
+    /// The sampled-token buffer of graph `gi` ([bs] i32, the argmax of each row).
+    pub(super) fn tokens(&self, gi: usize) -> &DTensor {
+        &self.graphs[gi]
+            .acts
+            .head
+            .as_ref()
+            .expect("graphs have logits rows")
+            .2
     }
 }
 

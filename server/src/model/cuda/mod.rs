@@ -23,6 +23,7 @@ mod kv;
 mod load;
 mod lora;
 mod lora_slots;
+mod queue;
 mod weights;
 
 pub use kv::CudaKv;
@@ -137,6 +138,8 @@ pub struct CudaRunner {
     prof: StepProfile,
     /// LoRA adapters on the GPU.
     loras: lora::Cache,
+    /// Forwards launched without waiting (overlap scheduling, `queue.rs`).
+    queue: queue::Queue,
 }
 
 /// Bytes of activations per token row of a forward, and per logits row.
@@ -192,9 +195,25 @@ impl CudaRunner {
             counts: (0, 0),
             prof: StepProfile::default(),
             loras: lora::Cache::default(),
+            queue: queue::Queue::default(),
             opts,
             ctx,
         })
+    }
+
+    /// Counts a forward; logs the counts every 1024 and the step profile every 512.
+    fn count_forward(&mut self) {
+        self.counts.0 += 1;
+        if self.counts.0 % 1024 == 0 {
+            tracing::info!(
+                forwards = self.counts.0,
+                graph_replays = self.counts.1,
+                "CUDA runner"
+            );
+        }
+        if self.counts.0 % 512 == 0 {
+            self.prof.log();
+        }
     }
 
     /// The GPU this runner uses.
@@ -763,17 +782,7 @@ impl ModelRunner for CudaRunner {
     ) -> Result<Vec<Sampled>, ModelError> {
         check_sampling(batch, sampling)?;
         let entered = std::time::Instant::now();
-        self.counts.0 += 1;
-        if self.counts.0 % 1024 == 0 {
-            tracing::info!(
-                forwards = self.counts.0,
-                graph_replays = self.counts.1,
-                "CUDA runner"
-            );
-        }
-        if self.counts.0 % 512 == 0 {
-            self.prof.log();
-        }
+        self.count_forward();
         // Rows whose hidden states come back run eagerly (the graphs keep none).
         let graph = if sampling.iter().any(|r| r.embed || r.hidden) {
             None
@@ -796,18 +805,38 @@ impl ModelRunner for CudaRunner {
         self.prof.last_return = Some(std::time::Instant::now());
         Ok(out)
     }
+    fn queues(&self) -> bool {
+        true
+    }
+    fn launch(
+        &mut self,
+        batch: &ForwardBatch,
+        sampling: &[SampleReq<'_>],
+        kv: &mut CudaKv,
+    ) -> Result<crate::model::Launch, ModelError> {
+        self.launch_batch(batch, sampling, kv)
+    }
+    fn collect(
+        &mut self,
+        q: crate::model::Queued,
+        _kv: &mut CudaKv,
+    ) -> Result<Vec<Sampled>, ModelError> {
+        self.collect_batch(q)
+    }
 }
 
 /// Time of graph-replayed decode steps, split at the runner's edges: `between` (the previous
 /// step's return to this step's call: the scheduler, token delivery, the next batch), `prep`
 /// (the call to the graph launch: metadata and plan tables written) and `run` (the launch to
-/// the return: the GPU's step, the sampler and the token download). Logged every 512 forwards.
+/// the return: the GPU's step, the sampler and the token download; about nothing for a queued
+/// launch), and `wait` (blocked taking queued forwards' tokens back). Logged every 512 forwards.
 #[derive(Default)]
 struct StepProfile {
     steps: u64,
     between: f64,
     prep: f64,
     run: f64,
+    wait: f64,
     last_return: Option<std::time::Instant>,
 }
 
@@ -834,6 +863,7 @@ impl StepProfile {
                 between_us = us(self.between),
                 prep_us = us(self.prep),
                 run_us = us(self.run),
+                wait_us = us(self.wait),
                 "CUDA runner: back-to-back graph decode steps"
             );
         }

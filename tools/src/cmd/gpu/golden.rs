@@ -59,6 +59,7 @@ fn logits_all<B: Backend>(
                 lora: None,
             }],
             logit_rows: (0..end - start).collect(),
+            from_prev: Vec::new(),
         };
         let l = m.forward(&batch, &mut kv)?;
         out.extend(l.chunks(m.cfg.vocab_size).map(|c| c.to_vec()));

@@ -91,6 +91,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                     lora: None,
                 }],
                 logit_rows: (0..end - start).collect(),
+                from_prev: Vec::new(),
             };
             let (logits, picks) = runner.logits(&batch, &mut kv)?;
             argmax.extend(picks);

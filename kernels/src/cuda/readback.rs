@@ -1,0 +1,89 @@
+//! `Readback`: small device results (a forward's sampled token ids) brought to the host without
+//! blocking the caller. Each slot is a region of pinned host memory; [`Readback::queue`] puts an
+//! async device-to-host copy into it on the compute stream and records an event after it, and
+//! [`Readback::wait`] blocks on that event only. The overlap scheduler keeps two forwards in
+//! flight at most, so two slots are enough: a slot is queued again only after it was waited for.
+//!
+//! Invariant: the host side of a slot is read only after its event completed, and a slot is not
+//! queued again while its previous copy may still be in flight (`queue` waits for it first).
+
+use std::sync::Arc;
+
+use cudarc::driver::{sys, CudaEvent};
+
+use super::device::GpuContext;
+use super::error::{CudaError, Result};
+use super::pinned::PinnedBuf;
+use super::tensor::DTensor;
+
+/// Pinned slots of `words` 4-byte values each, with the event of each slot's last copy.
+pub struct Readback {
+    ctx: Arc<GpuContext>,
+    buf: PinnedBuf,
+    words: usize,
+    events: Vec<Option<CudaEvent>>,
+}
+
+impl Readback {
+    /// `slots` slots of `words` values each.
+    pub fn new(ctx: &Arc<GpuContext>, slots: usize, words: usize) -> Result<Self> {
+        Ok(Self {
+            ctx: ctx.clone(),
+            buf: PinnedBuf::new(ctx, 4 * slots * words.max(1))?,
+            words: words.max(1),
+            events: (0..slots).map(|_| None).collect(),
+        })
+    }
+
+    /// Values one slot holds.
+    pub fn words(&self) -> usize {
+        self.words
+    }
+
+    /// Queues a copy of the first `n` values of `src` into slot `k` after the work queued so far
+    /// on the compute stream.
+    pub fn queue(&mut self, k: usize, src: &DTensor, n: usize) -> Result<()> {
+        if k >= self.events.len() || n > self.words || n > src.numel() || src.dtype().size() != 4 {
+            return Err(CudaError::Shape(format!(
+                "readback: {n} values of {:?} into slot {k} of {} x {}",
+                src.shape(),
+                self.events.len(),
+                self.words
+            )));
+        }
+        if let Some(ev) = self.events[k].take() {
+            ev.synchronize()?;
+        }
+        self.ctx.cuda().bind_to_thread()?;
+        let stream = self.ctx.stream();
+        // SAFETY: the slot's range lies inside the pinned buffer and no copy into it is in
+        // flight (its previous event completed above); `src` holds at least `n` values.
+        unsafe {
+            sys::cuMemcpyDtoHAsync_v2(
+                self.buf.host_ptr().add(4 * k * self.words) as *mut std::ffi::c_void,
+                src.ptr(),
+                4 * n,
+                stream.cu_stream(),
+            )
+            .result()?;
+        }
+        self.events[k] = Some(stream.record_event(None)?);
+        Ok(())
+    }
+
+    /// Waits for slot `k`'s copy and returns its first `n` values.
+    pub fn wait(&self, k: usize, n: usize) -> Result<Vec<i32>> {
+        let Some(ev) = self.events.get(k).and_then(Option::as_ref) else {
+            return Err(CudaError::Shape(format!(
+                "readback: slot {k} was never queued"
+            )));
+        };
+        ev.synchronize()?;
+        let bytes =
+            &self.buf.as_slice()[4 * k * self.words..4 * (k * self.words + n.min(self.words))];
+        Ok(bytes
+            .chunks_exact(4)
+            .map(|b| i32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect())
+    }
+}

@@ -1,0 +1,133 @@
+//! Overlap scheduling (SGLang's overlap scheduler; `--disable-overlap-schedule` turns it off):
+//! while the device runs one forward, the scheduler builds and launches the next, then takes
+//! the first one's tokens back. The host's round (streaming, finishing, the next batch, its
+//! metadata) then runs beside the device's work instead of between two forwards.
+//!
+//! The next round is built before the tokens it feeds are known: each sampled row leaves a
+//! placeholder at the end of its sequence's tokens, and the next forward takes that input from
+//! the forward in flight (`ForwardBatch::from_prev`, copied on the device). A sequence whose
+//! token ends it (EOS, a stop string) has already been fed to the next forward: that forward's
+//! row for it is dropped and the sequence finishes when it is taken back ("zombie"), so no token
+//! past the end reaches the client. Length limits are known ahead and fed no further.
+//!
+//! The round runs ahead only where nothing it decides depends on the pending tokens or could
+//! undo a forward in flight; otherwise it first takes the forward in flight back (`sync`):
+//! sequences whose sampling reads their output on the host (grammars, penalties) or whose
+//! rows carry logprob / hidden-state bookkeeping; a round whose decodes might need a retraction
+//! (fewer free or evictable pages than new pages); priority scheduling (preemption); and every
+//! message but a new request or an abort. HiCache and PD servers run without overlap (their
+//! copies run on other streams and threads, ordered by the forward having returned).
+//! The runner decides whether a launch returns early (`ModelRunner::queues`: the CUDA
+//! runner's graph replays of plain greedy decode batches). Only such a queued forward is kept
+//! in flight; one that ran inside its launch (an eager prefill, sampled rows) is taken back at
+//! once, so its tokens are not held back a round. On the CPU every forward runs inside its
+//! launch, so overlap is off there unless `STRATA_OVERLAP_SCHEDULE=1` turns it on and holds
+//! every forward as if queued (tests of the bookkeeping).
+
+use super::batch::Item;
+use super::forward::Row;
+use super::Scheduler;
+use crate::kv::KvPool;
+use crate::model::{Launch, ModelError, ModelRunner};
+
+/// The token value that stands for one still being sampled (never a vocabulary id).
+pub(super) const PLACEHOLDER: u32 = u32::MAX;
+
+/// A launched forward whose rows are not taken back yet; sequences are named by uid (the
+/// running list is rebuilt every round).
+pub(super) struct InFlight {
+    pub launch: Result<Launch, ModelError>,
+    pub items: Vec<(u64, Item)>,
+    /// Per logits row: the sequence and what the row is for.
+    pub rows: Vec<(u64, Row)>,
+    /// Sequences whose first input position is still to be sent.
+    pub heads: Vec<u64>,
+    /// Sequences at their length limit without sampling.
+    pub done: Vec<u64>,
+    pub t0: std::time::Instant,
+}
+
+impl<R: ModelRunner> Scheduler<R> {
+    /// Whether rounds run ahead of the forward in flight on this server.
+    pub(super) fn overlap(&self) -> bool {
+        self.overlap && self.hicache.is_none() && self.pd.is_none()
+    }
+
+    /// Whether the next round may be built and launched before the forward in flight is taken
+    /// back.
+    pub(super) fn can_run_ahead(&self) -> bool {
+        if !self.overlap() || self.cfg.priority.enabled {
+            return false;
+        }
+        let (ctx, ps) = (self.cfg.context_length, self.cfg.page_size);
+        let mut need = 0;
+        for s in &self.running {
+            if s.inflight > 0 && s.needs_host_tokens() {
+                return false;
+            }
+            if s.zombie.is_some() || s.ends_on_pending(ctx) {
+                continue;
+            }
+            if s.computed > 0 && s.remaining() == 1 && s.pages_held() * ps < s.tokens.len() {
+                need += 1;
+            }
+        }
+        need <= KvPool::free_pages(&self.pool) + self.tree.evictable_pages()
+    }
+
+    /// Takes back the forward in flight, if any.
+    pub(super) fn sync(&mut self) {
+        if let Some(f) = self.inflight.take() {
+            self.collect(f);
+        }
+    }
+}
+
+/// Where the scheduler thread's time goes per forward, logged every 512 forwards: `outside`
+/// (the loop between rounds: messages, aborts, gauges), `schedule` (the round's decisions up to
+/// its batch), `launch` (building and launching the batch) and `collect` (taking forwards back:
+/// the wait for the device included, then streaming and finishing).
+#[derive(Default)]
+pub(super) struct RoundProfile {
+    rounds: u64,
+    outside: f64,
+    schedule: f64,
+    launch: f64,
+    collect: f64,
+    round_start: Option<std::time::Instant>,
+    last_end: Option<std::time::Instant>,
+}
+
+impl RoundProfile {
+    /// A round starts.
+    pub fn start(&mut self) {
+        let now = std::time::Instant::now();
+        if let Some(e) = self.last_end.take() {
+            self.outside += now.duration_since(e).as_secs_f64();
+        }
+        self.round_start = Some(now);
+    }
+
+    /// A round ran a forward: its parts' ends.
+    pub fn add(&mut self, launching: std::time::Instant, launched: std::time::Instant) {
+        let now = std::time::Instant::now();
+        let start = self.round_start.take().unwrap_or(launching);
+        self.rounds += 1;
+        self.schedule += launching.duration_since(start).as_secs_f64();
+        self.launch += launched.duration_since(launching).as_secs_f64();
+        self.collect += now.duration_since(launched).as_secs_f64();
+        self.last_end = Some(now);
+        if self.rounds == 512 {
+            let us = |x: f64| (x / self.rounds as f64 * 1e6).round();
+            tracing::info!(
+                rounds = self.rounds,
+                outside_us = us(self.outside),
+                schedule_us = us(self.schedule),
+                launch_us = us(self.launch),
+                collect_us = us(self.collect),
+                "scheduler: time per forward"
+            );
+            *self = RoundProfile::default();
+        }
+    }
+}

@@ -1,0 +1,214 @@
+//! Overlap scheduling (`overlap.rs`) against rounds that take every forward back before the
+//! next: the same tokens and finishes for every request (greedy and seeded, chunked prompts,
+//! stop tokens met mid-flight, length limits, penalties that force a sync, late arrivals, KV
+//! pressure that forces retractions), aborts mid-flight, and every page back at the end. The
+//! CPU runner's launches run to the end; held in flight as if queued (`hold_done`), they test
+//! the bookkeeping (placeholders, zombies, the runner's results fed forward) that the CUDA
+//! runner's queued launches rely on.
+
+use super::request::{Event, FinishReason, Msg, Request};
+use super::tests::{request, rig, test_cfg, Rig};
+use super::SchedulerConfig;
+use crate::kv::KvPool;
+use tokio::sync::mpsc::UnboundedReceiver;
+
+/// One request of a workload: (rid, prompt, max_new_tokens, temperature, seed, stop token,
+/// frequency penalty, the round it arrives at).
+struct Spec {
+    rid: &'static str,
+    prompt: Vec<u32>,
+    max_new: usize,
+    temperature: f32,
+    stop: Option<u32>,
+    penalty: f32,
+    at_round: usize,
+}
+
+fn spec(rid: &'static str, start: u32, len: u32, max_new: usize, temperature: f32) -> Spec {
+    Spec {
+        rid,
+        prompt: (start..start + len).map(|t| t % 250 + 1).collect(),
+        max_new,
+        temperature,
+        stop: None,
+        penalty: 0.0,
+        at_round: 0,
+    }
+}
+
+fn make(s: &Spec) -> (Request, UnboundedReceiver<Event>) {
+    let (mut req, rx) = request(s.rid, s.prompt.clone(), s.max_new, s.temperature);
+    req.params.seed = Some(s.rid.len() as u64 * 7919 + s.prompt[0] as u64);
+    if let Some(t) = s.stop {
+        req.params.stop_token_ids = vec![t];
+        req.params.ignore_eos = false;
+    }
+    req.params.frequency_penalty = s.penalty;
+    (req, rx)
+}
+
+/// (tokens, finish reason, completion tokens) of a finished request.
+type Outcome = (Vec<u32>, FinishReason, usize);
+
+fn outcome(rx: &mut UnboundedReceiver<Event>) -> Outcome {
+    let mut toks = Vec::new();
+    while let Ok(ev) = rx.try_recv() {
+        match ev {
+            Event::Token { id, .. } => toks.push(id),
+            Event::Done(f) => return (toks, f.reason, f.completion_tokens),
+            _ => {}
+        }
+    }
+    panic!("the request did not finish (tokens so far {toks:?})");
+}
+
+/// Runs `specs` round by round; returns each outcome, how many rounds left a forward in flight
+/// and how many retractions there were.
+fn run(cfg: SchedulerConfig, specs: &[Spec], overlap: bool) -> (Vec<Outcome>, usize, u64) {
+    let mut r: Rig = rig(cfg);
+    r.s.overlap = overlap;
+    r.s.hold_done = overlap;
+    let mut rxs: Vec<Option<UnboundedReceiver<Event>>> = specs.iter().map(|_| None).collect();
+    let mut ahead = 0;
+    for round in 0..10_000 {
+        for (k, s) in specs.iter().enumerate() {
+            if s.at_round == round {
+                let (req, rx) = make(s);
+                rxs[k] = Some(rx);
+                r.s.handle(Msg::Submit(Box::new(req)));
+            }
+        }
+        let arrivals_left = specs.iter().any(|s| s.at_round > round);
+        if r.s.running.is_empty() && r.s.waiting.is_empty() && !arrivals_left {
+            break;
+        }
+        r.s.step();
+        ahead += usize::from(r.s.inflight.is_some());
+    }
+    assert!(r.s.inflight.is_none(), "a forward is left in flight");
+    let total = r.s.pool.total_pages();
+    assert_eq!(
+        KvPool::free_pages(&r.s.pool) + r.s.tree.cached_pages(),
+        total,
+        "every page is free or cached"
+    );
+    let out = rxs
+        .iter_mut()
+        .map(|rx| outcome(rx.as_mut().expect("submitted")))
+        .collect();
+    let retractions =
+        r.s.stats
+            .retractions
+            .load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("overlap {overlap}: {ahead} rounds ran ahead, {retractions} retractions");
+    (out, ahead, retractions)
+}
+
+#[test]
+fn overlap_streams_what_synchronous_rounds_stream() {
+    let cfg = SchedulerConfig {
+        chunked_prefill_size: Some(12),
+        max_running_requests: 4,
+        ..test_cfg()
+    };
+    // The stop token: the third token `e` makes without one.
+    let probe = [spec("e", 40, 11, 12, 0.0)];
+    let (base, _, _) = run(cfg.clone(), &probe, false);
+    let stop = base[0].0[2];
+    let mut specs = vec![
+        spec("a", 1, 20, 9, 0.0),
+        spec("bb", 30, 30, 6, 0.9),
+        spec("c", 70, 5, 1, 0.0),
+        spec("d", 80, 7, 0, 0.0),
+        Spec {
+            stop: Some(stop),
+            ..spec("e", 40, 11, 12, 0.0)
+        },
+        Spec {
+            penalty: 0.5,
+            ..spec("fff", 90, 9, 8, 0.7)
+        },
+        Spec {
+            at_round: 3,
+            ..spec("g", 100, 13, 7, 0.0)
+        },
+        Spec {
+            at_round: 5,
+            ..spec("hhhh", 120, 6, 5, 0.8)
+        },
+        Spec {
+            at_round: 6,
+            ..spec("i", 1, 20, 4, 0.0)
+        },
+    ];
+    specs.sort_by_key(|s| s.at_round);
+    let (want, _, _) = run(cfg.clone(), &specs, false);
+    let (got, ahead, _) = run(cfg, &specs, true);
+    for (s, (w, g)) in specs.iter().zip(want.iter().zip(&got)) {
+        assert_eq!(w, g, "request {}", s.rid);
+    }
+    let e = &got[specs.iter().position(|s| s.rid == "e").unwrap()];
+    assert!(
+        matches!(e.1, FinishReason::StopToken(t) if t == stop) && e.0.len() < 12,
+        "e stops at its stop token mid-stream: {e:?}"
+    );
+    assert_eq!(e.0.len(), e.2, "no token past the end is counted");
+    assert!(
+        ahead > 5,
+        "rounds ran ahead of the forward in flight ({ahead})"
+    );
+}
+
+/// KV pressure: decodes that need pages the pool does not have take the forward in flight back
+/// first, then retract as without overlap; the outputs match.
+#[test]
+fn overlap_under_kv_pressure_retracts_as_synchronous_rounds_do() {
+    // 256 pages of 4 tokens: four requests of 200 + 90 tokens do not fit together.
+    let cfg = SchedulerConfig {
+        max_running_requests: 4,
+        ..test_cfg()
+    };
+    let specs: Vec<Spec> = [("p", 1), ("qq", 3), ("rrr", 5), ("ssss", 7)]
+        .into_iter()
+        .map(|(rid, start)| spec(rid, start * 11, 200, 90, 0.0))
+        .collect();
+    let (want, _, r0) = run(cfg.clone(), &specs, false);
+    let (got, ahead, r1) = run(cfg, &specs, true);
+    assert_eq!(want, got);
+    assert!(got.iter().all(|o| o.0.len() == 90));
+    assert!(ahead > 0);
+    assert!(r0 > 0 && r1 > 0, "the pool forced retractions ({r0}, {r1})");
+}
+
+/// An abort while a forward is in flight ends the request at once (no token after the abort
+/// is reached by the round that takes it) and frees its pages; the others go on.
+#[test]
+fn an_abort_in_flight_ends_the_request_and_frees_its_pages() {
+    let mut r = rig(test_cfg());
+    r.s.overlap = true;
+    r.s.hold_done = true;
+    let (a, mut rx_a) = request("a", (1..30).collect(), 50, 0.0);
+    let (b, mut rx_b) = request("b", (40..60).collect(), 10, 0.0);
+    r.s.handle(Msg::Submit(Box::new(a)));
+    r.s.handle(Msg::Submit(Box::new(b)));
+    for _ in 0..5 {
+        r.s.step();
+    }
+    assert!(r.s.inflight.is_some(), "a forward is in flight");
+    r.s.handle(Msg::Abort("a".into()));
+    r.s.reap_aborted();
+    assert!(
+        r.s.inflight.is_none(),
+        "the abort took the forward back first"
+    );
+    r.drain();
+    let a = outcome(&mut rx_a);
+    assert!(matches!(a.1, FinishReason::Abort(_)), "{a:?}");
+    assert!(a.0.len() < 50 && a.0.len() == a.2);
+    let b = outcome(&mut rx_b);
+    assert_eq!(b.0.len(), 10);
+    assert_eq!(
+        KvPool::free_pages(&r.s.pool) + r.s.tree.cached_pages(),
+        r.s.pool.total_pages()
+    );
+}
