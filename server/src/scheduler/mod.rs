@@ -29,6 +29,7 @@ mod overlap_tests;
 #[cfg(test)]
 mod pause_tests;
 pub mod policy;
+mod profile;
 pub mod request;
 mod seq;
 #[cfg(test)]
@@ -149,7 +150,7 @@ pub struct Scheduler<R: ModelRunner> {
     hold_done: bool,
     inflight: Option<overlap::InFlight>,
     /// Where the thread's time goes per forward (logged).
-    round_prof: overlap::RoundProfile,
+    round_prof: profile::RoundProfile,
     /// The next sequence's uid.
     next_uid: u64,
 }
