@@ -1,5 +1,5 @@
-//! One scheduling round: page allocation (with eviction and retraction), admission, the forward
-//! pass, sampling and finishing.
+//! One scheduling round: page allocation (with eviction and retraction) and admission, up to
+//! the batch handed to `forward.rs` (which runs it, samples and finishes).
 
 use super::budget::PrefillBudget;
 use super::request::FinishReason;

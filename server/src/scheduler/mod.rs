@@ -7,6 +7,8 @@
 //! sequences still prefilling contribute a chunk under the `--chunked-prefill-size` budget, and
 //! queued requests are admitted (prefix-cache match, page allocation) while the budget,
 //! `--max-running-requests` and free pages allow; run one forward pass; sample, stream, finish.
+//! Under overlap scheduling (`overlap.rs`) the next round is built and launched while a queued
+//! forward runs on the GPU, and that forward's tokens are taken back after.
 //! When a decode cannot get a page even after evicting the prefix cache, the most recently
 //! admitted other request is retracted: its pages are freed and it is requeued at the front with
 //! its output so far, to be recomputed later (never corrupted).
