@@ -124,9 +124,10 @@ impl<R: ModelRunner> Scheduler<R> {
     /// Runs one round; false if nothing could run.
     pub(super) fn step(&mut self) -> bool {
         self.round_prof.start();
-        if self.inflight.is_some() && !self.can_run_ahead() {
+        if self.inflight.is_some() && (self.kv_short || !self.can_run_ahead()) {
             self.sync();
         }
+        self.kv_short = false;
         self.preempt_for_priority();
         let mut budget =
             PrefillBudget::new(self.cfg.chunked_prefill_size, self.cfg.max_prefill_tokens);
@@ -157,6 +158,13 @@ impl<R: ModelRunner> Scheduler<R> {
                 if self.ensure_pages(&mut s, upto) {
                     break true;
                 }
+                if self.inflight.is_some() {
+                    // A retraction could free pages the forward in flight still writes (the
+                    // page count of `can_run_ahead` said it would not come to this): the
+                    // sequence waits a round, and that round takes the forward back first.
+                    self.kv_short = true;
+                    break false;
+                }
                 if self.outranked_by_all(&s, &prefills, &decodes) {
                     outranked = true;
                     break false;
@@ -179,6 +187,8 @@ impl<R: ModelRunner> Scheduler<R> {
                         end: upto,
                     },
                 ));
+                self.running.push(s);
+            } else if self.kv_short {
                 self.running.push(s);
             } else if !self.running.is_empty() || self.l3_writes_pending() {
                 // In-flight L3 writes keep their nodes locked for a moment: wait for them

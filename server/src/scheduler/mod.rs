@@ -150,6 +150,8 @@ pub struct Scheduler<R: ModelRunner> {
     overlap: bool,
     /// Forwards that already ran are held in flight too (tests of the bookkeeping on the CPU).
     hold_done: bool,
+    /// A decode found no page while a forward was in flight: the next round takes it back first.
+    kv_short: bool,
     inflight: Option<overlap::InFlight>,
     /// Where the thread's time goes per forward (logged).
     round_prof: profile::RoundProfile,
@@ -284,6 +286,7 @@ impl<R: ModelRunner> Scheduler<R> {
         Scheduler {
             overlap,
             hold_done: forced.as_deref() == Ok("1"),
+            kv_short: false,
             inflight: None,
             round_prof: Default::default(),
             next_uid: 0,
