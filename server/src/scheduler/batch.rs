@@ -128,6 +128,7 @@ impl<R: ModelRunner> Scheduler<R> {
             self.sync();
         }
         self.kv_short = false;
+        self.ran_ahead += u64::from(self.inflight.is_some());
         self.preempt_for_priority();
         let mut budget =
             PrefillBudget::new(self.cfg.chunked_prefill_size, self.cfg.max_prefill_tokens);

@@ -152,6 +152,8 @@ pub struct Scheduler<R: ModelRunner> {
     hold_done: bool,
     /// A decode found no page while a forward was in flight: the next round takes it back first.
     kv_short: bool,
+    /// Rounds built while a forward was in flight.
+    ran_ahead: u64,
     inflight: Option<overlap::InFlight>,
     /// Where the thread's time goes per forward (logged).
     round_prof: profile::RoundProfile,
@@ -287,6 +289,7 @@ impl<R: ModelRunner> Scheduler<R> {
             overlap,
             hold_done: forced.as_deref() == Ok("1"),
             kv_short: false,
+            ran_ahead: 0,
             inflight: None,
             round_prof: Default::default(),
             next_uid: 0,

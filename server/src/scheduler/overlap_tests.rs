@@ -62,14 +62,13 @@ fn outcome(rx: &mut UnboundedReceiver<Event>) -> Outcome {
     panic!("the request did not finish (tokens so far {toks:?})");
 }
 
-/// Runs `specs` round by round; returns each outcome, how many rounds left a forward in flight
-/// and how many retractions there were.
+/// Runs `specs` round by round; returns each outcome, how many rounds were built while a
+/// forward was in flight and how many retractions there were.
 fn run(cfg: SchedulerConfig, specs: &[Spec], overlap: bool) -> (Vec<Outcome>, usize, u64) {
     let mut r: Rig = rig(cfg);
     r.s.overlap = overlap;
     r.s.hold_done = overlap;
     let mut rxs: Vec<Option<UnboundedReceiver<Event>>> = specs.iter().map(|_| None).collect();
-    let mut ahead = 0;
     for round in 0..10_000 {
         for (k, s) in specs.iter().enumerate() {
             if s.at_round == round {
@@ -83,8 +82,8 @@ fn run(cfg: SchedulerConfig, specs: &[Spec], overlap: bool) -> (Vec<Outcome>, us
             break;
         }
         r.s.step();
-        ahead += usize::from(r.s.inflight.is_some());
     }
+    let ahead = r.s.ran_ahead as usize;
     assert!(r.s.inflight.is_none(), "a forward is left in flight");
     let total = r.s.pool.total_pages();
     assert_eq!(
@@ -104,6 +103,42 @@ fn run(cfg: SchedulerConfig, specs: &[Spec], overlap: bool) -> (Vec<Outcome>, us
     (out, ahead, retractions)
 }
 
+/// The greedy requests of the mixed workload (rounds run ahead of them) and, with `sampled`,
+/// seeded and penalised ones beside them (rounds with them take the forward in flight back).
+fn workload(stop: u32, sampled: bool) -> Vec<Spec> {
+    let mut specs = vec![
+        spec("a", 1, 20, 9, 0.0),
+        spec("c", 70, 5, 1, 0.0),
+        spec("d", 80, 7, 0, 0.0),
+        Spec {
+            stop: Some(stop),
+            ..spec("e", 40, 11, 16, 0.0)
+        },
+        spec("k", 150, 9, 30, 0.0),
+        Spec {
+            at_round: 3,
+            ..spec("g", 100, 13, 7, 0.0)
+        },
+        Spec {
+            at_round: 6,
+            ..spec("i", 1, 20, 4, 0.0)
+        },
+    ];
+    if sampled {
+        specs.push(spec("bb", 30, 30, 6, 0.9));
+        specs.push(Spec {
+            penalty: 0.5,
+            ..spec("fff", 90, 9, 8, 0.7)
+        });
+        specs.push(Spec {
+            at_round: 5,
+            ..spec("hhhh", 120, 6, 5, 0.8)
+        });
+    }
+    specs.sort_by_key(|s| s.at_round);
+    specs
+}
+
 #[test]
 fn overlap_streams_what_synchronous_rounds_stream() {
     let cfg = SchedulerConfig {
@@ -111,52 +146,30 @@ fn overlap_streams_what_synchronous_rounds_stream() {
         max_running_requests: 4,
         ..test_cfg()
     };
-    // The stop token: the third token `e` makes without one.
-    let probe = [spec("e", 40, 11, 12, 0.0)];
+    // The stop token: the sixth token `e` makes without one.
+    let probe = [spec("e", 40, 11, 16, 0.0)];
     let (base, _, _) = run(cfg.clone(), &probe, false);
-    let stop = base[0].0[2];
-    let mut specs = vec![
-        spec("a", 1, 20, 9, 0.0),
-        spec("bb", 30, 30, 6, 0.9),
-        spec("c", 70, 5, 1, 0.0),
-        spec("d", 80, 7, 0, 0.0),
-        Spec {
-            stop: Some(stop),
-            ..spec("e", 40, 11, 12, 0.0)
-        },
-        Spec {
-            penalty: 0.5,
-            ..spec("fff", 90, 9, 8, 0.7)
-        },
-        Spec {
-            at_round: 3,
-            ..spec("g", 100, 13, 7, 0.0)
-        },
-        Spec {
-            at_round: 5,
-            ..spec("hhhh", 120, 6, 5, 0.8)
-        },
-        Spec {
-            at_round: 6,
-            ..spec("i", 1, 20, 4, 0.0)
-        },
-    ];
-    specs.sort_by_key(|s| s.at_round);
-    let (want, _, _) = run(cfg.clone(), &specs, false);
-    let (got, ahead, _) = run(cfg, &specs, true);
-    for (s, (w, g)) in specs.iter().zip(want.iter().zip(&got)) {
-        assert_eq!(w, g, "request {}", s.rid);
+    let stop = base[0].0[5];
+    for sampled in [false, true] {
+        let specs = workload(stop, sampled);
+        let (want, _, _) = run(cfg.clone(), &specs, false);
+        let (got, ahead, _) = run(cfg.clone(), &specs, true);
+        for (s, (w, g)) in specs.iter().zip(want.iter().zip(&got)) {
+            assert_eq!(w, g, "request {} (sampled ones too: {sampled})", s.rid);
+        }
+        let e = &got[specs.iter().position(|s| s.rid == "e").unwrap()];
+        assert!(
+            matches!(e.1, FinishReason::StopToken(t) if t == stop) && e.0.len() < 16,
+            "e stops at its stop token mid-stream: {e:?}"
+        );
+        assert_eq!(e.0.len(), e.2, "no token past the end is counted");
+        if !sampled {
+            assert!(
+                ahead > 10,
+                "rounds ran ahead of the forward in flight ({ahead})"
+            );
+        }
     }
-    let e = &got[specs.iter().position(|s| s.rid == "e").unwrap()];
-    assert!(
-        matches!(e.1, FinishReason::StopToken(t) if t == stop) && e.0.len() < 12,
-        "e stops at its stop token mid-stream: {e:?}"
-    );
-    assert_eq!(e.0.len(), e.2, "no token past the end is counted");
-    assert!(
-        ahead > 5,
-        "rounds ran ahead of the forward in flight ({ahead})"
-    );
 }
 
 /// KV pressure: decodes that need pages the pool does not have take the forward in flight back

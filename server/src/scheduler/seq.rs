@@ -118,15 +118,16 @@ impl Seq {
         }
     }
 
-    /// Sampling its next token needs its output so far on the host (a grammar's mask, the
-    /// penalties), or its rows carry bookkeeping a forward in flight would still change (input
-    /// log-probabilities, hidden states): its next forward waits for its pending token.
-    pub fn needs_host_tokens(&self) -> bool {
+    /// Its next token is the plain argmax of its logits (what a runner can sample without the
+    /// host: no grammar mask, penalty, logit bias, banned token, logprobs or hidden state).
+    pub fn decodes_plain_greedy(&self) -> bool {
         let p = &self.req.params;
-        p.grammar.is_some()
-            || p.has_penalties()
-            || p.return_hidden_states
-            || self.req.logprobs.is_some()
+        (p.sample.temperature <= 0.0 || p.sample.top_k == Some(1))
+            && p.grammar.is_none()
+            && !p.has_penalties()
+            && !p.return_hidden_states
+            && self.req.logprobs.is_none()
+            && self.tokens.len() - self.prompt_len >= p.min_new_tokens
     }
 
     /// Its pending token surely ends it (its length limit): no forward is queued for it after.
