@@ -284,6 +284,12 @@ impl Graphs {
         }
         let bs = g.bs;
         if lora_rows.is_some() {
+            if g.lora.is_none() && !batch.from_prev.is_empty() {
+                // Capturing the LoRA graph runs the bucket eagerly first, over the activations
+                // that may hold the previous forward's tokens still to be copied: such a batch
+                // takes its ids from the host instead (the caller's fallback).
+                return Ok(None);
+            }
             g.lora_exec(r, kv)?;
         }
         let g = &*g;
