@@ -46,6 +46,10 @@
 #            logprobs within 0.15 with the adapter, which moves them further; a mixed batch)
 #   itl      scripts/gpu-itl-ab.sh (served ITL at c=1 on two identical servers vs the raw graph
 #            step, with the runner's step profile; env SIZE)
+#   overlap  overlap scheduling on vs off: scripts/gpu-det-check.sh in batch-invariant mode on the
+#            1B shape twice (overlap on both servers; off on the graph one), then A/B served runs
+#            of the 1B shape (gpu-itl-ab.sh, B with STRATA_OVERLAP_SCHEDULE=0) at c=64 (3 rounds,
+#            no retractions) and c=1 (with the raw graph step)
 #   trained  scripts/train_tiny_llama.py trains a small Llama on the machine (TRAIN_S seconds, default
 #            90; no downloads) and scripts/hf_runner_compare.py compares the bf16 runner with
 #            transformers on it over held-out text prompts of 16..4096 tokens (the top-1 target on
@@ -172,6 +176,22 @@ for s in $STEPS; do
     weights) timeout $(left 240) scripts/gpu-weights-check.sh "$OUT/weights" > "$OUT/weights.log" 2>&1; rc=$?; cat "$OUT/weights.log" ;;
     api) timeout $(left 200) scripts/gpu-api-smoke.sh "$OUT/api" > "$OUT/api.log" 2>&1; rc=$?; cat "$OUT/api.log" ;;
     itl) timeout $(left ${ITL_TIMEOUT:-200}) scripts/gpu-itl-ab.sh "$OUT" > "$OUT/itl.log" 2>&1; rc=$?; cat "$OUT/itl.log" ;;
+    overlap) rc=0
+      for ga in "" "--disable-overlap-schedule"; do
+        echo "== det, graph server [${ga}]"
+        DET_MODES=det DET_SIZES=llama-3.2-1b DET_BENCH=0 DET_RAW=0 DET_GRAPH_ARGS="$ga" timeout $(left 200) \
+          scripts/gpu-det-check.sh "$OUT/det-ov${ga:+-off}" > "$OUT/det-ov${ga:+-off}.log" 2>&1 || rc=1
+        grep -E "SAME|DIFF|PASS|FAIL|error" "$OUT/det-ov${ga:+-off}.log" | tail -9
+      done
+      for run in "64 128 3 0" "1 4 2 1"; do
+        set -- $run
+        echo "== 1B c=$1: A overlap, B STRATA_OVERLAP_SCHEDULE=0"
+        SIZE=llama-3.2-1b CONC=$1 NP=$2 ROUNDS=$3 RAW=$4 MAX_TOTAL=262144 ITL_B_ENV=STRATA_OVERLAP_SCHEDULE=0 \
+          timeout $(left 150) scripts/gpu-itl-ab.sh "$OUT/ov-c$1" 2>&1 | grep -v "profile:" || rc=1
+        for ab in A B; do
+          echo "   $ab $(grep -h "back-to-back" "$OUT/ov-c$1/itl-$ab.log" | tail -1 | sed 's/.*steps=/steps=/')"
+        done
+      done ;;
     runner) STEPS="${RUNNER_STEPS:-check hf greedy f32 bench}" timeout $(left 400) scripts/gpu-runner-check.sh "$OUT" > "$OUT/runner.log" 2>&1; rc=$?; tail -40 "$OUT/runner.log" ;;
     *) echo "unknown step $s"; rc=2 ;;
   esac
