@@ -1,6 +1,6 @@
-//! Seeded randomness for the crate's randomised tests: SplitMix64 (the same stream as the
-//! server's `seeded` generator, so a seed names the same data in both crates) and the seed of a
-//! run (`STRATA_TEST_SEED` replays one). No dependency: the kernels crate has no `rand`.
+//! Seeded randomness: SplitMix64 (the one generator of the workspace: the server's `seeded`
+//! module re-exports it, so a seed names the same data in every crate) and the seed of a
+//! randomised test's run (`STRATA_TEST_SEED` replays one). No dependency: no `rand`.
 
 /// SplitMix64 (Steele, Lea, Flood 2014).
 #[derive(Debug, Clone)]
@@ -17,6 +17,12 @@ impl SplitMix64 {
     /// Uniform in [0, 1) with 53 bits.
     pub fn next_f64(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+    /// Standard normal (Box–Muller, one value per call).
+    pub fn normal(&mut self) -> f64 {
+        let u1 = 1.0 - self.next_f64();
+        let u2 = self.next_f64();
+        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
     }
     /// A value in [lo, hi) (hi > lo).
     pub fn range(&mut self, lo: usize, hi: usize) -> usize {

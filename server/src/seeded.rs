@@ -1,57 +1,14 @@
-//! The seeded generator: SplitMix64, a tiny deterministic PRNG whose stream is the same on every
-//! platform. Seeded sampling (`sampling`), the scheduler's per-request seeds, the API driver's
-//! request seeds, `strata make-model`'s weights and `strata bench serve`'s prompts all draw from it,
-//! so a seed names one output everywhere.
+//! The seeded generator: SplitMix64 (`strata_kernels::seeded`), a tiny deterministic PRNG whose
+//! stream is the same on every platform. Seeded sampling (`sampling`), the scheduler's
+//! per-request seeds, the API driver's request seeds, `strata make-model`'s weights and
+//! `strata bench serve`'s prompts all draw from it, so a seed names one output everywhere.
 
-/// SplitMix64 (Steele, Lea, Flood 2014): state += golden gamma, then a 64-bit finaliser.
-#[derive(Debug, Clone)]
-pub struct SplitMix64(pub u64);
+pub use strata_kernels::seeded::SplitMix64;
 
-impl SplitMix64 {
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in [0, 1) with 53 bits.
-    pub fn next_f64(&mut self) -> f64 {
-        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
-    }
-    /// Standard normal (Box–Muller, one value per call).
-    pub fn normal(&mut self) -> f64 {
-        let u1 = 1.0 - self.next_f64();
-        let u2 = self.next_f64();
-        (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
-    }
-}
-
-/// A randomised test's seed: `STRATA_TEST_SEED` when set, else the clock; printed with `what`
+/// A randomised test's seed: `STRATA_TEST_SEED` when set, else the clock; printed after `what`
 /// so a failure can be replayed.
 #[cfg(test)]
 pub(crate) fn test_seed(what: &str) -> u64 {
-    let seed = std::env::var("STRATA_TEST_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(1, |d| d.as_nanos() as u64)
-        });
-    eprintln!("{what} seed {seed} (replay with STRATA_TEST_SEED={seed})");
-    seed
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn splitmix_reference_values() {
-        // First outputs for seed 0 (the published SplitMix64 reference sequence).
-        let mut r = SplitMix64(0);
-        assert_eq!(r.next_u64(), 0xE220_A839_7B1D_CDAF);
-        assert_eq!(r.next_u64(), 0x6E78_9E6A_A1B9_65F4);
-    }
+    print!("{what}: ");
+    strata_kernels::seeded::test_seed()
 }
