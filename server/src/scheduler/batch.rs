@@ -132,16 +132,18 @@ impl<R: ModelRunner> Scheduler<R> {
         self.preempt_for_priority();
         let mut budget =
             PrefillBudget::new(self.cfg.chunked_prefill_size, self.cfg.max_prefill_tokens);
-        // Under overlap: sequences that end when the forward in flight is taken back get no
-        // more work.
         let ctx = self.cfg.context_length;
-        let (aside, rest): (Vec<Seq>, Vec<Seq>) = std::mem::take(&mut self.running)
-            .into_iter()
-            .partition(|s| s.zombie.is_some() || s.ends_on_pending(ctx));
-        self.running = aside;
-        let (mut decodes, mut prefills): (VecDeque<Seq>, VecDeque<Seq>) = rest
-            .into_iter()
-            .partition(|s| s.computed > 0 && s.remaining() == 1);
+        let (mut decodes, mut prefills) = (VecDeque::new(), VecDeque::new());
+        for s in std::mem::take(&mut self.running) {
+            if s.zombie.is_some() || s.ends_on_pending(ctx) {
+                // Under overlap: it ends when the forward in flight is taken back; no more work.
+                self.running.push(s);
+            } else if s.computed > 0 && s.remaining() == 1 {
+                decodes.push_back(s);
+            } else {
+                prefills.push_back(s);
+            }
+        }
         if self.cfg.priority.enabled {
             // Highest-ranked first: under KV pressure the lowest-ranked are left, and retracted.
             decodes.make_contiguous().sort_by_key(|s| self.rank(s));

@@ -60,19 +60,6 @@ impl<R: ModelRunner> Scheduler<R> {
         let mut rows: Vec<(usize, Row)> = Vec::new();
         let mut heads = Vec::new(); // sequences whose first input position is still to be sent
         let mut done = Vec::new(); // sequences at their length limit without sampling
-                                   // The forward in flight's sampled rows, by sequence: where pending tokens come from.
-        let prev_rows: HashMap<u64, (usize, usize)> = match &self.inflight {
-            Some(f) => f
-                .rows
-                .iter()
-                .enumerate()
-                .filter_map(|(r, &(uid, row))| match row {
-                    Row::Next(at) => Some((uid, (at, r))),
-                    _ => None,
-                })
-                .collect(),
-            None => HashMap::new(),
-        };
         for (i, it) in &items {
             let s = &self.running[*i];
             let table = s.page_table();
@@ -80,8 +67,9 @@ impl<R: ModelRunner> Scheduler<R> {
             for p in it.start..it.end {
                 let mut t = s.tokens[p];
                 if t == PLACEHOLDER {
-                    let (at, r) = prev_rows[&s.uid];
-                    debug_assert_eq!(at, p, "a pending token is the last");
+                    // Sampled by the forward in flight, in its row `pending_row`.
+                    debug_assert_eq!(p + 1, s.tokens.len(), "a pending token is the last");
+                    let r = s.pending_row;
                     match self.inflight.as_ref().map(|f| &f.launch) {
                         Some(Ok(Launch::Done(v))) => t = v[r].token,
                         _ => batch.from_prev.push((batch.tokens.len(), r)),
@@ -181,22 +169,16 @@ impl<R: ModelRunner> Scheduler<R> {
         let launch = self.model.launch(&batch, &reqs, &mut self.pool.buffers);
         drop(reqs);
         // What the forward produces, marked now so the next round can be built on it.
-        for &(i, row) in &rows {
+        for (r, &(i, row)) in rows.iter().enumerate() {
             if let Row::Next(at) = row {
                 let s = &mut self.running[i];
                 debug_assert_eq!(s.tokens.len(), at);
                 s.tokens.push(PLACEHOLDER);
-                s.pending += 1;
+                s.pending_row = r;
             }
         }
-        let uid = |i: usize| self.running[i].uid;
-        let items: Vec<(u64, Item)> = items.into_iter().map(|(i, it)| (uid(i), it)).collect();
-        let rows = rows.into_iter().map(|(i, r)| (uid(i), r)).collect();
-        let heads = heads.into_iter().map(uid).collect();
-        let done = done.into_iter().map(uid).collect();
-        let idx = self.uid_index();
-        for (u, it) in &items {
-            let s = &mut self.running[idx[u]];
+        for (i, it) in &items {
+            let s = &mut self.running[*i];
             s.computed = it.end;
             s.inflight += 1;
         }
@@ -204,10 +186,15 @@ impl<R: ModelRunner> Scheduler<R> {
             // Chunks join the prefix cache as soon as they are queued: a forward that reads
             // them runs after this one (one stream), and no HiCache copy reads them early
             // (HiCache servers run without overlap and cache them once taken back).
-            for (u, _) in &items {
-                self.cache_unfinished(idx[u]);
+            for (i, _) in &items {
+                self.cache_unfinished(*i);
             }
         }
+        let uid = |i: usize| self.running[i].uid;
+        let items = items.into_iter().map(|(i, it)| (uid(i), it)).collect();
+        let rows = rows.into_iter().map(|(i, r)| (uid(i), r)).collect();
+        let heads = heads.into_iter().map(uid).collect();
+        let done = done.into_iter().map(uid).collect();
         InFlight {
             launch,
             items,
@@ -216,15 +203,6 @@ impl<R: ModelRunner> Scheduler<R> {
             done,
             t0,
         }
-    }
-
-    /// Running sequences by uid.
-    pub(super) fn uid_index(&self) -> HashMap<u64, usize> {
-        self.running
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.uid, i))
-            .collect()
     }
 
     /// Takes back a launched forward's sampled rows: streams them, and finishes the sequences
@@ -243,7 +221,13 @@ impl<R: ModelRunner> Scheduler<R> {
             Ok(Launch::Queued(q)) => self.model.collect(q, &mut self.pool.buffers),
             Err(e) => Err(e),
         };
-        let idx = self.uid_index();
+        // Running sequences by uid (the running list was rebuilt since the launch).
+        let idx: HashMap<u64, usize> = self
+            .running
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.uid, i))
+            .collect();
         for (u, _) in &items {
             self.running[idx[u]].inflight -= 1;
         }
@@ -258,7 +242,7 @@ impl<R: ModelRunner> Scheduler<R> {
                     s.computed = s.computed.min(it.start);
                     finished.push((idx[u], FinishReason::Abort(format!("internal error: {e}"))));
                 }
-                self.end(finished, &items);
+                self.end(finished, &items, &idx);
                 if e.is_fatal() {
                     // The GPU context is gone: every later forward would fail the same way and
                     // /health would keep answering. Exit (as SGLang's scheduler does) so a
@@ -357,13 +341,17 @@ impl<R: ModelRunner> Scheduler<R> {
             &mut self.gauges.throughput,
             (decode_tokens as f64 / dt * 1000.0) as u64,
         );
-        self.end(finished, &items);
+        self.end(finished, &items, &idx);
     }
 
     /// Finishes `finished` (indices into `running`) and the sequences of `items` that met
     /// their end earlier; one that a forward in flight still feeds ends when that is taken back.
-    fn end(&mut self, mut finished: Vec<(usize, FinishReason)>, items: &[(u64, Item)]) {
-        let idx = self.uid_index();
+    fn end(
+        &mut self,
+        mut finished: Vec<(usize, FinishReason)>,
+        items: &[(u64, Item)],
+        idx: &HashMap<u64, usize>,
+    ) {
         for (u, _) in items {
             let i = idx[u];
             let s = &mut self.running[i];
@@ -421,7 +409,6 @@ impl<R: ModelRunner> Scheduler<R> {
         debug_assert_eq!(s.tokens[at], PLACEHOLDER);
         let later = s.tokens.len() - at - 1;
         s.tokens.truncate(at);
-        s.pending -= 1;
         let reason = self.accept_token(i, t);
         self.running[i]
             .tokens

@@ -752,8 +752,7 @@ impl<R: ModelRunner> Scheduler<R> {
 
     fn finish(&mut self, mut s: Seq, reason: FinishReason) {
         // Tokens still being sampled for it (a failed forward's) are not part of its output.
-        s.tokens.truncate(s.tokens.len() - s.pending);
-        s.pending = 0;
+        s.tokens.truncate(s.tokens.len() - s.pending());
         let ok = !matches!(reason, FinishReason::Abort(_) | FinishReason::Refused(_));
         // A PD prefill leg hands its prompt's KV over: left in the pool (the pages stay the
         // leg's until the transfer ends) or copied to a staging pool before its pages go back.

@@ -8,6 +8,7 @@
 //! which keep the page table (`page_table`) in step: a decode step appends to it and hands it to
 //! the forward without copying it.
 
+use super::overlap::PLACEHOLDER;
 use super::request::{FinishReason, Request};
 use crate::cache::{CacheNs, NodeId};
 use crate::kv::{Page, PageId};
@@ -59,12 +60,12 @@ pub struct Seq {
     /// The cache namespace of its KV (its adapter, its `extra_key`; None: the base model's).
     pub ns: Option<CacheNs>,
     /// Overlap scheduling (`overlap.rs`): its id among the scheduler's sequences, the forwards
-    /// in flight that feed it, the placeholders at the end of `tokens` for tokens still being
-    /// sampled, and the finish it met while a forward in flight still fed it (it ends when that
-    /// forward is taken back).
+    /// in flight that feed it, the logits row of the forward in flight that samples its pending
+    /// token (a placeholder at the end of `tokens`), and the finish it met while a forward in
+    /// flight still fed it (it ends when that forward is taken back).
     pub uid: u64,
     pub inflight: u32,
-    pub pending: usize,
+    pub pending_row: usize,
     pub zombie: Option<FinishReason>,
 }
 
@@ -113,7 +114,7 @@ impl Seq {
             hidden_next: 0,
             uid: 0,
             inflight: 0,
-            pending: 0,
+            pending_row: 0,
             zombie: None,
         }
     }
@@ -130,9 +131,16 @@ impl Seq {
             && self.tokens.len() - self.prompt_len >= p.min_new_tokens
     }
 
+    /// Tokens at the end of `tokens` still being sampled (placeholders; at most two: one whose
+    /// forward is being taken back, one of the forward in flight).
+    pub fn pending(&self) -> usize {
+        let out = &self.tokens[self.prompt_len..];
+        out.iter().rev().take_while(|&&t| t == PLACEHOLDER).count()
+    }
+
     /// Its pending token surely ends it (its length limit): no forward is queued for it after.
     pub fn ends_on_pending(&self, context_length: usize) -> bool {
-        self.pending > 0
+        self.pending() > 0
             && (self.tokens.len() - self.prompt_len >= self.req.params.max_new_tokens
                 || self.tokens.len() >= context_length)
     }
