@@ -339,6 +339,12 @@ impl SamplingParamsWire {
 }
 
 impl SamplingParams {
+    /// The token is the argmax of the raw logits as far as these parameters go (greedy, no
+    /// penalty or logit bias); bans, grammar masks and logprobs are the caller's to add.
+    pub fn argmax_only(&self) -> bool {
+        (self.sample.temperature <= 0.0 || self.sample.top_k == Some(1)) && !self.has_penalties()
+    }
+
     /// Whether any penalty changes the logits.
     pub fn has_penalties(&self) -> bool {
         self.frequency_penalty != 0.0

@@ -50,9 +50,7 @@ pub struct SampleReq<'a> {
 impl SampleReq<'_> {
     /// True when the token is the plain argmax of the raw logits (no penalty, mask or logprob).
     pub fn is_plain_greedy(&self) -> bool {
-        let s = &self.params.sample;
-        (s.temperature <= 0.0 || s.top_k == Some(1))
-            && !self.params.has_penalties()
+        self.params.argmax_only()
             && self.banned.is_empty()
             && self.allow.is_none()
             && self.logprobs.is_none()

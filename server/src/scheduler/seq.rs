@@ -123,9 +123,8 @@ impl Seq {
     /// host: no grammar mask, penalty, logit bias, banned token, logprobs or hidden state).
     pub fn decodes_plain_greedy(&self) -> bool {
         let p = &self.req.params;
-        (p.sample.temperature <= 0.0 || p.sample.top_k == Some(1))
+        p.argmax_only()
             && p.grammar.is_none()
-            && !p.has_penalties()
             && !p.return_hidden_states
             && self.req.logprobs.is_none()
             && self.tokens.len() - self.prompt_len >= p.min_new_tokens
