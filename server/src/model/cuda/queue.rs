@@ -34,7 +34,6 @@ impl CudaRunner {
         sampling: &[SampleReq<'_>],
         kv: &mut CudaKv,
     ) -> Result<Launch, ModelError> {
-        crate::model::runner::check_sampling(batch, sampling)?;
         let last = self.queue.last.take();
         if !batch.from_prev.is_empty() && last.is_none() {
             return Err(ModelError::Cuda(CudaError::Shape(
@@ -42,6 +41,8 @@ impl CudaRunner {
             )));
         }
         if sampling.iter().all(SampleReq::is_plain_greedy) {
+            // (The other path's `run_batch` checks it itself.)
+            crate::model::runner::check_sampling(batch, sampling)?;
             let entered = std::time::Instant::now();
             let mut graphs = std::mem::take(&mut self.graphs);
             let run = graphs.try_launch(self, batch, kv, last.as_ref().map(|l| &l.1));
