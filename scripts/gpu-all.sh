@@ -48,8 +48,9 @@
 #            step, with the runner's step profile; env SIZE)
 #   overlap  overlap scheduling on vs off: scripts/gpu-det-check.sh in batch-invariant mode on the
 #            1B shape twice (overlap on both servers; off on the graph one), then A/B served runs
-#            of the 1B shape (gpu-itl-ab.sh, B with STRATA_OVERLAP_SCHEDULE=0) at c=64 (3 rounds,
-#            no retractions) and c=1 (with the raw graph step)
+#            of the 1B shape (gpu-itl-ab.sh, B with STRATA_OVERLAP_SCHEDULE=0) at c=64 greedy and
+#            sampled (temperature 0.7, top-p 0.9; 3 rounds, no retractions) and c=1 (with the raw
+#            graph step); OVERLAP_RUNS="CONC NP ROUNDS RAW greedy|sampled;..." picks the runs
 #   trained  scripts/train_tiny_llama.py trains a small Llama on the machine (TRAIN_S seconds, default
 #            90; no downloads) and scripts/hf_runner_compare.py compares the bf16 runner with
 #            transformers on it over held-out text prompts of 16..4096 tokens (the top-1 target on
@@ -183,13 +184,15 @@ for s in $STEPS; do
           scripts/gpu-det-check.sh "$OUT/det-ov${ga:+-off}" > "$OUT/det-ov${ga:+-off}.log" 2>&1 || rc=1
         grep -E "SAME|DIFF|PASS|FAIL|error" "$OUT/det-ov${ga:+-off}.log" | tail -9
       done
-      for run in "64 128 3 0" "1 4 2 1"; do
+      IFS=';' read -ra runs <<< "${OVERLAP_RUNS:-64 128 3 0 greedy;64 128 3 0 sampled;1 4 2 1 greedy}"
+      for run in "${runs[@]}"; do
         set -- $run
-        echo "== 1B c=$1: A overlap, B STRATA_OVERLAP_SCHEDULE=0"
+        extra=""; [ "$5" = sampled ] && extra='{"sampling_params": {"temperature": 0.7, "top_p": 0.9}}'
+        echo "== 1B c=$1 $5: A overlap, B STRATA_OVERLAP_SCHEDULE=0"
         SIZE=llama-3.2-1b CONC=$1 NP=$2 ROUNDS=$3 RAW=$4 MAX_TOTAL=262144 ITL_B_ENV=STRATA_OVERLAP_SCHEDULE=0 \
-          timeout $(left 150) scripts/gpu-itl-ab.sh "$OUT/ov-c$1" 2>&1 | grep -v "profile:" || rc=1
+          EXTRA="$extra" timeout $(left 150) scripts/gpu-itl-ab.sh "$OUT/ov-c$1-$5" 2>&1 | grep -v "profile:" || rc=1
         for ab in A B; do
-          echo "   $ab $(grep -h "back-to-back" "$OUT/ov-c$1/itl-$ab.log" | tail -1 | sed 's/.*steps=/steps=/')"
+          echo "   $ab $(grep -h "back-to-back" "$OUT/ov-c$1-$5/itl-$ab.log" | tail -1 | sed 's/.*steps=/steps=/')"
         done
       done ;;
     runner) STEPS="${RUNNER_STEPS:-check hf greedy f32 bench}" timeout $(left 400) scripts/gpu-runner-check.sh "$OUT" > "$OUT/runner.log" 2>&1; rc=$?; tail -40 "$OUT/runner.log" ;;

@@ -8,7 +8,8 @@
 # Usage: scripts/gpu-itl-ab.sh [OUTDIR]; env STRATA, SIZE (llama-3.1-8b), ROUNDS (2), ITL_A_ENV and
 # ITL_B_ENV (environment only server A or B gets, e.g. STRATA_FUSION_OFF=qkv_norm for a served
 # A/B), CONC (1) and NP (4 prompts per run; at CONC > 1 also output tok/s), RAW (1: the raw step),
-# MAX_TOTAL (--max-total-tokens, 65536).
+# MAX_TOTAL (--max-total-tokens, 65536), EXTRA (`bench serve --extra-request-body`, e.g.
+# '{"sampling_params": {"temperature": 0.7, "top_p": 0.9}}' for sampled requests).
 # (Issue 14's served-ITL target is at c=1; CONC > 1 compares batched decode.)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -31,13 +32,13 @@ for port in 32501 32502; do
   for _ in $(seq 400); do curl -sf localhost:$port/health > /dev/null && break; sleep 0.5; done
   curl -sf localhost:$port/health > /dev/null || { echo "server $port did not start"; exit 1; }
 done
-echo "# $SIZE on $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1): served decode at c=$CONC (1024 in / 256 out)"
+echo "# $SIZE on $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1): served decode at c=$CONC (1024 in / 256 out)${EXTRA:+, requests $EXTRA}"
 for r in $(seq $ROUNDS); do
   for ab in A B; do
     port=32501; [ $ab = B ] && port=32502
     printf "   round %d %s " $r $ab
     "$STRATA" bench serve --base-url http://127.0.0.1:$port --num-prompts $NP --random-input-len 1024 \
-      --random-output-len 256 --max-concurrency $CONC --seed $((40 + r)) | grep -E "Median ITL|Mean ITL|Mean TTFT|Median TTFT|Output token throughput" | tr -s ' ' | tr '\n' ' '
+      --random-output-len 256 --max-concurrency $CONC --seed $((40 + r)) ${EXTRA:+--extra-request-body "$EXTRA"} | grep -E "Median ITL|Mean ITL|Mean TTFT|Median TTFT|Output token throughput" | tr -s ' ' | tr '\n' ' '
     echo
   done
 done

@@ -97,7 +97,7 @@ impl ModelRunner for Sim {
         kv: &mut Self::Kv,
     ) -> Result<Launch, ModelError> {
         let queueable =
-            b.seqs.iter().all(|x| x.q_len == 1) && s.iter().all(|r| r.is_plain_greedy());
+            b.seqs.iter().all(|x| x.q_len == 1) && s.iter().all(|r| r.from_logits_alone());
         if !queueable {
             return self.run_batch(b, s, kv).map(Launch::Done);
         }

@@ -347,10 +347,14 @@ impl SamplingParams {
 
     /// Whether any penalty changes the logits.
     pub fn has_penalties(&self) -> bool {
+        self.penalises_output() || !self.logit_bias.is_empty()
+    }
+
+    /// Whether a penalty reads the tokens generated so far (frequency, presence, repetition).
+    pub fn penalises_output(&self) -> bool {
         self.frequency_penalty != 0.0
             || self.presence_penalty != 0.0
             || self.repetition_penalty != 1.0
-            || !self.logit_bias.is_empty()
     }
 
     /// Applies the logit bias and the penalties for `output` (the tokens generated so far) to

@@ -163,8 +163,13 @@ async fn streaming_concatenates_to_the_non_streamed_text() {
             .await;
         assert_eq!(evs.last().map(String::as_str), Some("[DONE]"));
         let last: Value = serde_json::from_str(&evs[evs.len() - 2]).unwrap();
+        // Ids first: a differing text then says whether the tokens or their decoding differ.
+        assert_eq!(
+            last["output_ids"], plain["output_ids"],
+            "generate stream ids for {p:?} (plain meta {}, streamed meta {})",
+            plain["meta_info"], last["meta_info"]
+        );
         assert_eq!(last["text"], plain["text"], "generate stream for {p:?}");
-        assert_eq!(last["output_ids"], plain["output_ids"]);
         assert!(last["meta_info"]["finish_reason"].is_object());
         // OpenAI completions stream deltas.
         let body = json!({"prompt": p, "max_tokens": 40, "temperature": 0, "stream": true});

@@ -3,7 +3,8 @@
 //! CPU runner's finished forwards held as if queued), the other with
 //! `--disable-overlap-schedule`; the same concurrent mix of requests (greedy and seeded, stop
 //! strings and stop token ids met mid-stream, length limits of 0 and 1, logprobs, a regex
-//! constraint, `n = 2`, a streamed one) gets the same answers from both, and the flag shows in
+//! constraint, `n = 2`, a logit bias with min_new_tokens, a penalty, a streamed one) gets the
+//! same answers from both, and the flag shows in
 //! `/get_server_info`.
 
 mod serve_common;
@@ -95,6 +96,11 @@ async fn overlap_scheduling_answers_as_the_synchronous_schedule() {
         {"temperature": 0, "max_new_tokens": 12, "regex": "[0-9]{3}-[a-z]{2,5}"}}));
     bodies.push(json!({"text": "Two copies", "sampling_params":
         {"temperature": 0.8, "seed": 5, "n": 2, "max_new_tokens": 10, "ignore_eos": true}}));
+    // Sampled on the device under overlap (no penalty reads the output): a logit bias towards
+    // the stop token, held back by min_new_tokens for three tokens.
+    bodies.push(json!({"text": "Biased", "sampling_params":
+        {"temperature": 1.0, "top_k": 40, "seed": 3, "max_new_tokens": 24, "min_new_tokens": 3,
+         "stop_token_ids": [stop_id], "logit_bias": {stop_id.to_string(): 3.0}}}));
     bodies.push(json!({"text": "Penalised", "sampling_params":
         {"temperature": 0, "frequency_penalty": 0.7, "max_new_tokens": 14, "ignore_eos": true}}));
 

@@ -5,7 +5,8 @@
 //!
 //! The random draw is an input (the caller's per-request uniform in [0, 1)), so a seed means the
 //! same on the GPU as on the CPU. Per step one i32 buffer goes up (rows x 20 words, the penalty
-//! entries, the logprob ids, the allow masks); token ids and the few logprob words come back.
+//! entries, the logprob ids, the allow masks; written in stream order, nothing waits) and token
+//! ids and the few logprob words come back.
 
 use super::error::{ensure, Result};
 use super::launch::{Arg, Dims};
@@ -49,7 +50,10 @@ impl CudaOps {
             return Ok(None);
         }
         let words = &packed.words;
-        let buf = self.ctx.upload_i32(&[words.len()], words)?;
+        // Written stream-ordered, not synchronising: a queued decode step (overlap scheduling)
+        // samples without waiting for the forward.
+        let buf = self.ctx.alloc(DType::I32, &[words.len()])?;
+        self.ctx.write_i32(&buf, words)?;
         let args = [
             Arg::U64(logits.ptr()),
             Arg::I32(v as i32),

@@ -58,6 +58,19 @@ impl SampleReq<'_> {
             && !self.embed
             && !self.hidden
     }
+
+    /// True when the token is drawn from the row's logits and the request's fixed parameters
+    /// alone (temperature, top-k/p, min-p, logit bias, bans, the draw): nothing read from the
+    /// output so far (penalties, a grammar's mask) and nothing brought back but the token. A
+    /// runner may then sample it on the device while the host goes on (overlap scheduling).
+    pub fn from_logits_alone(&self) -> bool {
+        !self.params.penalises_output()
+            && self.allow.is_none()
+            && self.logprobs.is_none()
+            && self.score.is_none()
+            && !self.embed
+            && !self.hidden
+    }
 }
 
 /// The GPU sampler's description of `r` (`strata_kernels::sample_rows`, same semantics as

@@ -10,19 +10,21 @@
 //! row for it is dropped and the sequence finishes when it is taken back ("zombie"), so no token
 //! past the end reaches the client. Length limits are known ahead and fed no further.
 //!
-//! A round runs ahead only into a round the runner can queue: every sequence decoding one plain
-//! greedy token (no grammar, penalties, bans, logprobs or hidden states: nothing read from the
-//! host's copy of the output), nobody waiting who could be admitted, and pages for every decode
-//! without a retraction (free or evictable). Building any other round early would only hold
-//! back the tokens in flight until that round (an eager prefill, sampled rows) has run: in c=64
-//! runs with 1K prompts (on the GPU, and reproduced against a simulated device) that merged the
-//! bursts of new requests behind long prefill rounds and raised their time to first token. Otherwise, and for priority scheduling (preemption) and every
-//! message but a new request or an abort, the forward in flight is taken back first (`sync`).
+//! A round runs ahead only into a round the runner can queue: every sequence decoding one token
+//! drawn from its logits alone (greedy or sampled with temperature, top-k/p, min-p, logit bias,
+//! bans; no penalty that reads the output, grammar, logprobs or hidden states: nothing read from
+//! the host's copy of the output), nobody waiting who could be admitted, and pages for every
+//! decode without a retraction (free or evictable). Building any other round early would only
+//! hold back the tokens in flight until that round (an eager prefill, rows sampled on the host)
+//! has run: in c=64 runs with 1K prompts (on the GPU, and reproduced against a simulated device)
+//! that merged the bursts of new requests behind long prefill rounds and raised their time to
+//! first token. Otherwise, and for priority scheduling (preemption) and every message but a new
+//! request or an abort, the forward in flight is taken back first (`sync`).
 //! HiCache and PD servers run without overlap (their copies run on other streams and threads,
 //! ordered by the forward having returned).
 //! The runner decides whether a launch returns early (`ModelRunner::queues`: the CUDA
-//! runner's graph replays of plain greedy decode batches). Only such a queued forward is kept
-//! in flight; one that ran inside its launch (an eager prefill, sampled rows) is taken back at
+//! runner's graph replays of decode batches sampled on the device). Only such a queued forward
+//! is kept in flight; one that ran inside its launch (an eager prefill, penalised rows) is taken back at
 //! once, so its tokens are not held back a round. On the CPU every forward runs inside its
 //! launch, so overlap is off there unless `STRATA_OVERLAP_SCHEDULE=1` turns it on and holds
 //! every forward as if queued (tests of the bookkeeping).
@@ -57,9 +59,10 @@ impl<R: ModelRunner> Scheduler<R> {
     }
 
     /// Whether the next round may be built and launched before the forward in flight is taken
-    /// back: only a round the runner can queue (every sequence decoding one plain greedy token,
-    /// nobody to admit) gains from it; building any other round early only holds back the
-    /// tokens in flight until that round (an eager prefill, sampled rows) has run.
+    /// back: only a round the runner can queue (every sequence decoding one token drawn from
+    /// its logits alone, nobody to admit) gains from it; building any other round early only
+    /// holds back the tokens in flight until that round (an eager prefill, rows sampled on the
+    /// host) has run.
     pub(super) fn can_run_ahead(&self) -> bool {
         if !self.overlap() || self.cfg.priority.enabled {
             return false;
@@ -70,7 +73,7 @@ impl<R: ModelRunner> Scheduler<R> {
             if s.zombie.is_some() || s.ends_on_pending(ctx) {
                 continue;
             }
-            if s.computed == 0 || s.remaining() != 1 || !s.decodes_plain_greedy() {
+            if s.computed == 0 || s.remaining() != 1 || !s.decodes_from_logits() {
                 return false;
             }
             going_on += 1;

@@ -119,15 +119,16 @@ impl Seq {
         }
     }
 
-    /// Its next token is the plain argmax of its logits (what a runner can sample without the
-    /// host: no grammar mask, penalty, logit bias, banned token, logprobs or hidden state).
-    pub fn decodes_plain_greedy(&self) -> bool {
+    /// Its next token is drawn from its logits alone (what a runner can sample without the
+    /// host, `SampleReq::from_logits_alone`): no penalty that reads the output, no grammar
+    /// mask, logprobs or hidden state. Temperature, top-k/p, min-p, logit bias and bans (the
+    /// count of tokens decides those, and placeholders count) are fine.
+    pub fn decodes_from_logits(&self) -> bool {
         let p = &self.req.params;
-        p.argmax_only()
+        !p.penalises_output()
             && p.grammar.is_none()
             && !p.return_hidden_states
             && self.req.logprobs.is_none()
-            && self.tokens.len() - self.prompt_len >= p.min_new_tokens
     }
 
     /// Tokens at the end of `tokens` still being sampled (placeholders; at most two: one whose

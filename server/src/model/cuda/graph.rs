@@ -216,11 +216,7 @@ impl Graphs {
         let Some((gi, launched)) = self.try_launch(r, batch, kv, None)? else {
             return Ok(None);
         };
-        let (_, logits, tokens) = self.graphs[gi]
-            .acts
-            .head
-            .as_ref()
-            .expect("graphs have logits rows");
+        let (logits, tokens) = self.head(gi);
         r.sample(logits, tokens, sampling)
             .map(|out| Some((out, launched)))
     }
@@ -336,14 +332,15 @@ impl Graphs {
         Ok(Some((gi, launched)))
     }
 
-    /// The sampled-token buffer of graph `gi` ([bs] i32, the argmax of each row).
-    pub(super) fn tokens(&self, gi: usize) -> &DTensor {
-        &self.graphs[gi]
+    /// The logits ([bs, vocab] f32) and sampled-token buffer ([bs] i32, the argmax of each
+    /// row) of graph `gi`.
+    pub(super) fn head(&self, gi: usize) -> (&DTensor, &DTensor) {
+        let (_, logits, tokens) = self.graphs[gi]
             .acts
             .head
             .as_ref()
-            .expect("graphs have logits rows")
-            .2
+            .expect("graphs have logits rows");
+        (logits, tokens)
     }
 }
 

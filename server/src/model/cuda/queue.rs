@@ -1,6 +1,8 @@
-//! Queued forwards (overlap scheduling): a graph-replayed decode batch whose rows are all plain
-//! greedy is launched without waiting; its sampled tokens go to a pinned slot by an async copy
-//! (`strata_kernels::cuda::readback`) and `collect` waits for that copy only. The next batch
+//! Queued forwards (overlap scheduling): a graph-replayed decode batch whose rows are all drawn
+//! from their logits alone (`SampleReq::from_logits_alone`: greedy by the graph's argmax, the
+//! others by `sample_rows` queued after the replay, its row table written without a
+//! synchronisation) is launched without waiting; its sampled tokens go to a pinned slot by an
+//! async copy (`strata_kernels::cuda::readback`) and `collect` waits for that copy only. The next batch
 //! may take those tokens as input ids straight from the device (`ForwardBatch::from_prev`).
 //! Every other batch runs to the end as before; one that takes ids from a queued forward waits
 //! for that forward's tokens first.
@@ -10,10 +12,11 @@
 //! at most two launches not taken back, and takes the older back before the next launch.
 
 use super::{CudaKv, CudaRunner};
-use crate::model::runner::{Launch, Queued, SampleReq, Sampled};
+use crate::model::runner::{gpu_row, Launch, Queued, SampleReq, Sampled};
 use crate::model::{ForwardBatch, ModelError, ModelRunner};
 use strata_kernels::cuda::readback::Readback;
 use strata_kernels::cuda::{CudaError, DTensor};
+use strata_kernels::sample_rows::pack_rows;
 
 /// The runner's queued-forward state.
 #[derive(Default)]
@@ -27,7 +30,7 @@ pub(super) struct Queue {
 
 impl CudaRunner {
     /// [`crate::model::ModelRunner::launch`]: queued when the batch replays a graph and every
-    /// row is plain greedy, else run to the end.
+    /// row is drawn from its logits alone, else run to the end.
     pub(super) fn launch_batch(
         &mut self,
         batch: &ForwardBatch,
@@ -40,7 +43,7 @@ impl CudaRunner {
                 "input tokens named from a forward that was not queued".into(),
             )));
         }
-        if sampling.iter().all(SampleReq::is_plain_greedy) {
+        if sampling.iter().all(SampleReq::from_logits_alone) {
             // (The other path's `run_batch` checks it itself.)
             crate::model::runner::check_sampling(batch, sampling)?;
             let entered = std::time::Instant::now();
@@ -48,8 +51,10 @@ impl CudaRunner {
             let run = graphs.try_launch(self, batch, kv, last.as_ref().map(|l| &l.1));
             let queued = match run {
                 Ok(Some((gi, launched))) => {
-                    let t = graphs.tokens(gi);
-                    t.view(0, t.shape()).map(|t| Some((t, launched)))
+                    let (logits, t) = graphs.head(gi);
+                    self.sample_queued(logits, t, sampling)
+                        .and_then(|()| t.view(0, t.shape()))
+                        .map(|t| Some((t, launched)))
                 }
                 Ok(None) => Ok(None),
                 Err(e) => Err(e),
@@ -97,6 +102,24 @@ impl CudaRunner {
             .into_iter()
             .map(|t| Sampled::token(t as u32, None))
             .collect())
+    }
+
+    /// Queues the sampling of the rows the graph's argmax did not pick (nothing comes back:
+    /// the rows ask for no logprobs, `from_logits_alone`).
+    fn sample_queued(
+        &self,
+        logits: &DTensor,
+        tokens: &DTensor,
+        sampling: &[SampleReq<'_>],
+    ) -> Result<(), CudaError> {
+        if sampling.iter().all(SampleReq::is_plain_greedy) {
+            return Ok(());
+        }
+        let specs: Vec<_> = sampling.iter().map(gpu_row).collect();
+        let packed = pack_rows(&specs, self.cfg.vocab_size);
+        let lp = self.ops.sample_rows(logits, &packed, tokens)?;
+        debug_assert!(lp.is_none(), "queued rows ask for no logprobs");
+        Ok(())
     }
 
     fn readback(&mut self) -> Result<&mut Readback, CudaError> {

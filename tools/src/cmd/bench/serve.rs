@@ -106,6 +106,35 @@ pub struct Args {
     /// sglang.bench_serving's --lora-name.
     #[arg(long, num_args = 1..)]
     lora_name: Vec<String>,
+    /// A JSON object added to every request's body, as sglang.bench_serving's
+    /// --extra-request-body (e.g. '{"sampling_params": {"temperature": 0.7, "top_p": 0.9}}' for
+    /// /generate, '{"temperature": 0.7}' for the OpenAI backend); a `sampling_params` object is
+    /// merged into the request's own (its max_new_tokens and ignore_eos stay unless named).
+    #[arg(long, value_parser = json_object)]
+    extra_request_body: Option<Value>,
+}
+
+fn json_object(s: &str) -> Result<Value, String> {
+    match serde_json::from_str::<Value>(s) {
+        Ok(v) if v.is_object() => Ok(v),
+        Ok(_) => Err("must be a JSON object".into()),
+        Err(e) => Err(format!("not JSON: {e}")),
+    }
+}
+
+/// Adds `extra`'s keys to `body` (a `sampling_params` object key by key).
+fn merge_extra(body: &mut Value, extra: &Value) {
+    let Some(extra) = extra.as_object() else {
+        return;
+    };
+    for (k, v) in extra {
+        match (body.get_mut(k).and_then(Value::as_object_mut), v.as_object()) {
+            (Some(mine), Some(theirs)) if k == "sampling_params" => {
+                mine.extend(theirs.iter().map(|(k, v)| (k.clone(), v.clone())));
+            }
+            _ => body[k] = v.clone(),
+        }
+    }
 }
 
 struct Prompt {
@@ -277,6 +306,9 @@ async fn send(client: &reqwest::Client, a: &Args, p: &Prompt) -> Outcome {
     let mut body = body;
     if let Some(l) = &p.lora {
         body["lora_path"] = json!(l);
+    }
+    if let Some(x) = &a.extra_request_body {
+        merge_extra(&mut body, x);
     }
     let mut o = Outcome::default();
     let resp = match post(client, &url, &body).await {
@@ -514,4 +546,26 @@ fn report(a: &Args, prompts: &[Prompt], outcomes: &[Outcome], duration: f64) -> 
     }
     anyhow::ensure!(!ok.is_empty(), "every request failed");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn extra_request_body_merges_sampling_params_and_sets_the_rest() {
+        let mut body = json!({"text": "t", "stream": true,
+            "sampling_params": {"temperature": 0.0, "max_new_tokens": 9, "ignore_eos": true}});
+        let extra =
+            json_object(r#"{"sampling_params": {"temperature": 0.7, "top_p": 0.9}, "rid": "x"}"#)
+                .unwrap();
+        merge_extra(&mut body, &extra);
+        assert_eq!(
+            body,
+            json!({"text": "t", "stream": true, "rid": "x", "sampling_params":
+                {"temperature": 0.7, "top_p": 0.9, "max_new_tokens": 9, "ignore_eos": true}})
+        );
+        assert!(json_object("[1]").is_err());
+        assert!(json_object("{").is_err());
+    }
 }
