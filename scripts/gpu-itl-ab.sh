@@ -8,6 +8,7 @@
 # Usage: scripts/gpu-itl-ab.sh [OUTDIR]; env STRATA, SIZE (llama-3.1-8b), ROUNDS (2), ITL_A_ENV and
 # ITL_B_ENV (environment only server A or B gets, e.g. STRATA_FUSION_OFF=qkv_norm for a served
 # A/B), CONC (1) and NP (4 prompts per run; at CONC > 1 also output tok/s), RAW (1: the raw step),
+# ITL_B_STRATA (another strata binary for server B, e.g. the build before a change),
 # MAX_TOTAL (--max-total-tokens, 65536), EXTRA (`bench serve --extra-request-body`, e.g.
 # '{"sampling_params": {"temperature": 0.7, "top_p": 0.9}}' for sampled requests).
 # (Issue 14's served-ITL target is at c=1; CONC > 1 compares batched decode.)
@@ -27,7 +28,7 @@ trap 'for p in "${pids[@]}"; do kill $p 2>/dev/null; done' EXIT
 S=(serve --model-path "$W/$SIZE" --page-size 16 --context-length 10240 --max-running-requests 64
   --max-total-tokens ${MAX_TOTAL:-65536} --log-level info)
 env ${ITL_A_ENV:-} "$STRATA" "${S[@]}" --port 32501 > "$OUTDIR/itl-A.log" 2>&1 & pids+=($!)
-env ${ITL_B_ENV:-} "$STRATA" "${S[@]}" --port 32502 > "$OUTDIR/itl-B.log" 2>&1 & pids+=($!)
+env ${ITL_B_ENV:-} "${ITL_B_STRATA:-$STRATA}" "${S[@]}" --port 32502 > "$OUTDIR/itl-B.log" 2>&1 & pids+=($!)
 for port in 32501 32502; do
   for _ in $(seq 400); do curl -sf localhost:$port/health > /dev/null && break; sleep 0.5; done
   curl -sf localhost:$port/health > /dev/null || { echo "server $port did not start"; exit 1; }
