@@ -168,57 +168,26 @@ struct Sel {
     u64 grp_mass;
 };
 
-// Adds one element of weight `wgt` to bin `d` of (cnt, mass) for each lane with `on`; the lanes
-// of a warp that hit the same bin are combined into one atomic per array (a row's keys crowd
-// into few bins: most of a flat row's tokens share a handful of exponents, and atomics of a
-// warp's lanes to one shared address are serialised). Every lane of the warp calls it. The sums
-// are integers, so the histogram is the same whatever the combining.
-__device__ __forceinline__ void bin_add(u32* cnt, u64* mass, bool on, int d, bool with_mass, u64 wgt) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
-    // No warp reductions (`redux.sync`) before sm_80: one atomic per lane.
-    if (on) {
-        atomicAdd(&cnt[d], 1u);
-        if (with_mass && wgt) atomicAdd((unsigned long long*)&mass[d], (unsigned long long)wgt);
-    }
-#else
-    const int lane = threadIdx.x & 31;
-    const unsigned peers = __match_any_sync(FULL_MASK, on ? d : -1 - lane);
-    const bool leader = lane == __ffs(peers) - 1;
-    u64 m = 0;
-    if (with_mass) {
-        // Weights are below 2^62: as three 21-bit pieces, 32 lanes' sums fit in 32 bits.
-        const u32 p0 = __reduce_add_sync(peers, (u32)(wgt & 0x1fffffu));
-        const u32 p1 = __reduce_add_sync(peers, (u32)((wgt >> 21) & 0x1fffffu));
-        const u32 p2 = __reduce_add_sync(peers, (u32)(wgt >> 42));
-        m = (u64)p0 + ((u64)p1 << 21) + ((u64)p2 << 42);
-    }
-    if (on && leader) {
-        atomicAdd(&cnt[d], (u32)__popc(peers));
-        if (m) atomicAdd((unsigned long long*)&mass[d], (unsigned long long)m);
-    }
-#endif
-}
-
 // Histogram of the elements whose key agrees with `prefix` above bit `shift + bits` into the
 // 2^bits bins of digit (key >> shift); with `mass`, weights too. `sampling`: keys and weights of
-// samp_key; otherwise logit_key and no weights. Whole warps run every iteration (`bin_add`).
+// samp_key; otherwise logit_key and no weights.
 __device__ void hist_pass(u32* cnt, u64* mass_out, const float* lg, int vocab, float mx, float t, double scale,
                           bool sampling, int shift, int bits, u32 prefix, bool mass) {
     const int nb = 1 << bits;
     for (int d = threadIdx.x; d < nb; d += SAMPLE_THREADS) { cnt[d] = 0; mass_out[d] = 0; }
     __syncthreads();
     const int hi = shift + bits;
-    for (int base = 0; base < vocab; base += SAMPLE_THREADS) {
-        const int i = base + threadIdx.x;
+    for (int i = threadIdx.x; i < vocab; i += SAMPLE_THREADS) {
+        const float l = lg[i];
         float x = 0.f;
-        u32 key = KEY_NONE;
-        bool on = false;
-        if (i < vocab) {
-            key = sampling ? samp_key(lg[i], mx, t, &x) : logit_key(lg[i]);
-            on = hi >= 32 || (key >> hi) == prefix;
-        }
+        const u32 key = sampling ? samp_key(l, mx, t, &x) : logit_key(l);
+        if (hi < 32 && (key >> hi) != prefix) continue;
         const int d = (key >> shift) & (nb - 1);
-        bin_add(cnt, mass_out, on, d, mass, on && mass ? samp_weight(x, scale) : 0);
+        atomicAdd(&cnt[d], 1u);
+        if (mass) {
+            const u64 wgt = samp_weight(x, scale);
+            if (wgt) atomicAdd((unsigned long long*)&mass_out[d], (unsigned long long)wgt);
+        }
     }
     __syncthreads();
 }
@@ -368,12 +337,14 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_rows(
     for (int d = tid; d < 2048; d += SAMPLE_THREADS) { l0_cnt[d] = 0; l0_mass[d] = 0; }
     __syncthreads();
     long long n_min = 0;
-    for (int base = 0; base < vocab; base += SAMPLE_THREADS) {
-        const int i = base + tid;
-        float x = NEG_INF;
-        const u32 key = i < vocab ? samp_key(lg[i], mx, temp, &x) : KEY_NONE;
+    for (int i = tid; i < vocab; i += SAMPLE_THREADS) {
+        float x;
+        const u32 key = samp_key(lg[i], mx, temp, &x);
+        const int d = key >> 20;
         const double e = exp((double)x);
-        bin_add(l0_cnt, l0_mass, i < vocab, key >> 20, true, __double2ull_rn(e * scale));
+        atomicAdd(&l0_cnt[d], 1u);
+        const u64 wgt = __double2ull_rn(e * scale);
+        if (wgt) atomicAdd((unsigned long long*)&l0_mass[d], (unsigned long long)wgt);
         if (min_p > 0.f && e >= (double)min_p) ++n_min;
     }
     __syncthreads();

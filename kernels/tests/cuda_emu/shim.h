@@ -50,25 +50,6 @@ inline unsigned __ballot_sync(unsigned, bool p) {
     g_warp_bar[w]->arrive_and_wait();
     return m;
 }
-// The lanes whose `v` equals this lane's (all 32 lanes call it).
-inline unsigned __match_any_sync(unsigned, int v) {
-    int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    g_warp_buf[w][lane] = (uint32_t)v;
-    g_warp_bar[w]->arrive_and_wait();
-    unsigned m = 0; for (int j = 0; j < 32; ++j) if (g_warp_buf[w][j] == g_warp_buf[w][lane]) m |= 1u << j;
-    g_warp_bar[w]->arrive_and_wait();
-    return m;
-}
-// The sum (mod 2^32) of `v` over the lanes of `mask` (all 32 lanes call it, each with its group's mask).
-inline unsigned __reduce_add_sync(unsigned mask, unsigned v) {
-    int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    g_warp_buf[w][lane] = v;
-    g_warp_bar[w]->arrive_and_wait();
-    unsigned s = 0; for (int j = 0; j < 32; ++j) if (mask >> j & 1) s += (unsigned)g_warp_buf[w][j];
-    g_warp_bar[w]->arrive_and_wait();
-    return s;
-}
-inline int __ffs(unsigned x) { return __builtin_ffs((int)x); }
 template <class T, class U> T atomicAdd(T* p, U v) { return std::atomic_ref<T>(*p).fetch_add((T)v); }
 inline int __popc(unsigned x) { return __builtin_popcount(x); }
 inline float __int_as_float(int x) { float f; std::memcpy(&f, &x, 4); return f; }
