@@ -181,6 +181,28 @@ __device__ __forceinline__ void shared_add_u64(u64* p, u64 v) {
     if (hi) atomicAdd(&w[1], hi);
 }
 
+// Calls f(i, lg[i]) for this thread's indices of a row: four consecutive ones per step from one
+// 16-byte load where the row is 16-byte aligned (four values per round trip: the passes wait on
+// their loads, Nsight Compute's long-scoreboard stalls), the rest one by one. For passes whose
+// result does not depend on the order they visit the row in.
+template <class F>
+__device__ __forceinline__ void for_row(const float* lg, int vocab, F f) {
+    int done = 0;
+    if ((reinterpret_cast<unsigned long long>(lg) & 15) == 0) {
+        const int n4 = vocab >> 2;
+        const float4* l4 = reinterpret_cast<const float4*>(lg);
+        for (int j = threadIdx.x; j < n4; j += SAMPLE_THREADS) {
+            const float4 q = l4[j];
+            f(4 * j, q.x);
+            f(4 * j + 1, q.y);
+            f(4 * j + 2, q.z);
+            f(4 * j + 3, q.w);
+        }
+        done = n4 << 2;
+    }
+    for (int i = done + threadIdx.x; i < vocab; i += SAMPLE_THREADS) f(i, lg[i]);
+}
+
 // Histogram of the elements whose key agrees with `prefix` above bit `shift + bits` into the
 // 2^bits bins of digit (key >> shift); with `mass`, weights too. `sampling`: keys and weights of
 // samp_key; otherwise logit_key and no weights.
@@ -190,18 +212,17 @@ __device__ void hist_pass(u32* cnt, u64* mass_out, const float* lg, int vocab, f
     for (int d = threadIdx.x; d < nb; d += SAMPLE_THREADS) { cnt[d] = 0; mass_out[d] = 0; }
     __syncthreads();
     const int hi = shift + bits;
-    for (int i = threadIdx.x; i < vocab; i += SAMPLE_THREADS) {
-        const float l = lg[i];
+    for_row(lg, vocab, [&](int, float l) {
         float x = 0.f;
         const u32 key = sampling ? samp_key(l, mx, t, &x) : logit_key(l);
-        if (hi < 32 && (key >> hi) != prefix) continue;
+        if (hi < 32 && (key >> hi) != prefix) return;
         const int d = (key >> shift) & (nb - 1);
         atomicAdd(&cnt[d], 1u);
         if (mass) {
             const u64 wgt = samp_weight(x, scale);
             if (wgt) shared_add_u64(&mass_out[d], wgt);
         }
-    }
+    });
     __syncthreads();
 }
 
@@ -329,10 +350,9 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_rows(
 
     float best = NEG_INF;
     int bi = 0x7fffffff;
-    for (int i = tid; i < vocab; i += SAMPLE_THREADS) {
-        const float v = lg[i];
+    for_row(lg, vocab, [&](int i, float v) {
         if (v > best || (v == best && i < bi)) { best = v; bi = i; }
-    }
+    });
     block_argmax(best, bi, shf, shi);
     const float temp = __int_as_float(P[1]);
     const int top_k = P[2];
@@ -350,16 +370,16 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_rows(
     for (int d = tid; d < 2048; d += SAMPLE_THREADS) { l0_cnt[d] = 0; l0_mass[d] = 0; }
     __syncthreads();
     long long n_min = 0;
-    for (int i = tid; i < vocab; i += SAMPLE_THREADS) {
+    for_row(lg, vocab, [&](int, float l) {
         float x;
-        const u32 key = samp_key(lg[i], mx, temp, &x);
+        const u32 key = samp_key(l, mx, temp, &x);
         const int d = key >> 20;
         const double e = exp((double)x);
         atomicAdd(&l0_cnt[d], 1u);
         const u64 wgt = __double2ull_rn(e * scale);
         if (wgt) shared_add_u64(&l0_mass[d], wgt);
         if (min_p > 0.f && e >= (double)min_p) ++n_min;
-    }
+    });
     __syncthreads();
     n_min = block_sum_ll(n_min, shl);
     long long total = 0;

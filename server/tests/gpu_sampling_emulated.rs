@@ -192,5 +192,17 @@ fn emulated_kernels_sample_like_the_host() {
     println!("seed {seed}");
     let mut bad = run(&exe, dir.path(), 1000, seed, None);
     bad.extend(run(&exe, dir.path(), 700, seed ^ 1, Some(0.5)));
+    // Rows of 16-byte multiples are read four values at a time; these are not (one by one).
+    bad.extend(run(&exe, dir.path(), 999, seed ^ 2, None));
     assert!(bad.is_empty(), "seed {seed}: {bad:#?}");
+    // The histogram weights' 64-bit adds (two 32-bit atomics and a carry), exactly.
+    let out = Command::new(&exe)
+        .args(["--sum64", &seed.to_string()])
+        .output()
+        .unwrap();
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && report.matches("ok bin").count() == 3,
+        "seed {seed}: {report}"
+    );
 }

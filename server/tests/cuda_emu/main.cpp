@@ -1,11 +1,50 @@
 // Runs argmax_rows, sample_rows and logprob_rows of kernels/cuda/sampling.cu under shim.h.
 // Usage: emu IN OUT. IN: u32 vocab, rows, scale_bits, words, lp_words, ids_at; i32 words[words];
 // f32 logits[rows * vocab]. OUT: i32 tokens[rows]; f32 logits after the kernels; i32 lp[lp_words].
+// Or: emu --sum64 SEED: one block adds seeded 62-bit weights into three shared bins with
+// shared_add_u64 (every lane colliding) and compares the bins with the host's sums; exit 0 if equal.
 #include "shim.h"
 #include <cstdio>
+#include <cstdlib>
+#include <string>
 #include "common.cuh"
 #include "sampling.cu"
+static int sum64(uint64_t seed) {
+    const int per = 40, n = SAMPLE_THREADS * per;
+    std::vector<uint64_t> v(n);
+    uint64_t host[3] = {0, 0, 0};
+    for (int i = 0; i < n; ++i) {
+        seed += 0x9E3779B97F4A7C15ull;  // SplitMix64
+        uint64_t z = seed;
+        z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+        z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+        v[i] = (z ^ (z >> 31)) >> 17;  // < 2^47: n of them stay below 2^62
+        host[i % 3] += v[i];
+    }
+    uint64_t got[3];
+    const uint64_t* V = v.data();
+    uint64_t* G = got;
+    launch(1, SAMPLE_THREADS, [=] {
+        __shared__ u64 bins[3];
+        if (threadIdx.x < 3) bins[threadIdx.x] = 0;
+        __syncthreads();
+        for (int k = 0; k < per; ++k) {
+            const int i = k * SAMPLE_THREADS + threadIdx.x;
+            shared_add_u64(&bins[i % 3], V[i]);
+        }
+        __syncthreads();
+        if (threadIdx.x < 3) G[threadIdx.x] = bins[threadIdx.x];
+    });
+    int bad = 0;
+    for (int b = 0; b < 3; ++b) {
+        printf("%s bin %d: %llu vs host %llu\n", got[b] == host[b] ? "ok" : "FAIL", b,
+               (unsigned long long)got[b], (unsigned long long)host[b]);
+        bad += got[b] != host[b];
+    }
+    return bad ? 1 : 0;
+}
 int main(int argc, char** argv) {
+    if (argc == 3 && std::string(argv[1]) == "--sum64") return sum64(strtoull(argv[2], nullptr, 10));
     if (argc != 3) return 2;
     FILE* f = fopen(argv[1], "rb");
     if (!f) return 2;
