@@ -186,7 +186,10 @@ fn overlap_streams_what_synchronous_rounds_stream() {
         );
         if sampled {
             let j = &got[specs.iter().position(|s| s.rid == "jjjjj").unwrap()];
-            assert!(j.0.len() >= 3, "min_new_tokens held the stop token back: {j:?}");
+            assert!(
+                j.0.len() >= 3,
+                "min_new_tokens held the stop token back: {j:?}"
+            );
             eprintln!("jjjjj: {j:?}");
         }
     }

@@ -128,7 +128,10 @@ fn merge_extra(body: &mut Value, extra: &Value) {
         return;
     };
     for (k, v) in extra {
-        match (body.get_mut(k).and_then(Value::as_object_mut), v.as_object()) {
+        match (
+            body.get_mut(k).and_then(Value::as_object_mut),
+            v.as_object(),
+        ) {
             (Some(mine), Some(theirs)) if k == "sampling_params" => {
                 mine.extend(theirs.iter().map(|(k, v)| (k.clone(), v.clone())));
             }
