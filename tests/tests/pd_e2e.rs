@@ -932,3 +932,56 @@ async fn pd_parallel_sampling_equals_colocated() {
     assert_eq!(texts(&v), want, "PD completions differ from colocated");
     assert_eq!(want.len(), 2);
 }
+
+/// The decode server with overlap scheduling forced (`STRATA_OVERLAP_SCHEDULE=1`: rounds run
+/// ahead of the forward in flight, the CPU runner's forwards held as if queued; the prefill
+/// server runs without, as PD prefill servers do) and fewer running slots than requests (fetched
+/// requests wait their turn while rounds run ahead): greedy answers one at a time and
+/// concurrently, and concurrent seeded samples, equal the colocated server's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn pd_decode_with_overlap_equals_colocated() {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed());
+    let model = MadeModel::new("llama", "tiny");
+    let colo = Server::start(model.path(), &["--page-size", "16"]);
+    let boot = free_port();
+    let prefill = pd_server(&model, "prefill", boot, &[], &[]);
+    let decode = pd_server(
+        &model,
+        "decode",
+        boot,
+        &["--max-running-requests", "5"],
+        &[("STRATA_OVERLAP_SCHEDULE", "1")],
+    );
+    let r = router(&prefill.base, boot, &decode.base);
+    let c = reqwest::Client::new();
+    let prompts = random_prompts(&mut rng, 12);
+    same_as_colocated(&c, &colo, &r.base, &prompts, 20).await;
+    let bodies: Vec<Value> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            json!({"input_ids": p, "sampling_params": {"temperature": 0.8, "top_p": 0.9,
+                "seed": 100 + i, "max_new_tokens": 16, "ignore_eos": true}})
+        })
+        .collect();
+    let answers = |url: String| {
+        let c = c.clone();
+        let bodies = bodies.clone();
+        async move {
+            futures::future::join_all(bodies.iter().map(|b| post(&c, &url, b)))
+                .await
+                .into_iter()
+                .map(|(s, v)| {
+                    assert_eq!(s, 200, "{v}");
+                    ids_of(&v)
+                })
+                .collect::<Vec<_>>()
+        }
+    };
+    let want = answers(colo.url("/generate")).await;
+    let got = answers(format!("{}/generate", r.base)).await;
+    assert_eq!(
+        got, want,
+        "seeded PD samples with overlap differ from colocated"
+    );
+}

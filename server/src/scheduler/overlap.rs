@@ -20,8 +20,11 @@
 //! that merged the bursts of new requests behind long prefill rounds and raised their time to
 //! first token. Otherwise, and for priority scheduling (preemption) and every message but a new
 //! request or an abort, the forward in flight is taken back first (`sync`).
-//! HiCache and PD servers run without overlap (their copies run on other streams and threads,
-//! ordered by the forward having returned).
+//! HiCache servers and PD prefill servers run without overlap (their copies read pages on other
+//! streams and threads, ordered by the forward that wrote them having returned). A PD decode
+//! server runs with it: its fetches write only pages no forward reads (handed out free, after a
+//! fence on the compute stream, which the forward in flight only moves later), and every
+//! message of theirs takes the forward in flight back first.
 //! The runner decides whether a launch returns early (`ModelRunner::queues`: the CUDA
 //! runner's graph replays of decode batches sampled on the device). Only such a queued forward
 //! is kept in flight; one that ran inside its launch (an eager prefill, penalised rows) is taken back at
@@ -31,7 +34,7 @@
 
 use super::batch::Item;
 use super::forward::Row;
-use super::Scheduler;
+use super::{PdSide, Scheduler};
 use crate::kv::KvPool;
 use crate::model::{Launch, ModelError, ModelRunner};
 
@@ -55,7 +58,7 @@ pub(super) struct InFlight {
 impl<R: ModelRunner> Scheduler<R> {
     /// Whether rounds run ahead of the forward in flight on this server.
     pub(super) fn overlap(&self) -> bool {
-        self.overlap && self.hicache.is_none() && self.pd.is_none()
+        self.overlap && self.hicache.is_none() && !matches!(self.pd, Some(PdSide::Prefill(_)))
     }
 
     /// Whether the next round may be built and launched before the forward in flight is taken
@@ -81,8 +84,11 @@ impl<R: ModelRunner> Scheduler<R> {
                 need += 1;
             }
         }
-        if !self.waiting.is_empty() && going_on < self.cfg.max_running_requests {
+        let admissible = self.waiting.iter().any(|s| !s.held && !s.pd_fetch);
+        if admissible && going_on < self.cfg.max_running_requests {
             // A waiting request could be admitted (with the places of what ends in flight).
+            // Held ones (a PD decode's KV on its way) are not counted: on a PD decode server
+            // some usually are, and one whose KV has landed joins as a decode.
             return false;
         }
         need <= KvPool::free_pages(&self.pool) + self.tree.evictable_pages()
