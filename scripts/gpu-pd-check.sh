@@ -265,6 +265,7 @@ warm = out["decode"][0] == 200 and out["prefill"][0] == 200
 ids = [rng.randrange(10, 120000) for _ in range(plen)]
 copies0 = metric(32103, "pd_received_cuda_ipc_copies_total") + metric(32102, "pd_push_copies_total")
 queued0 = metric(32102, "pd_push_queued_total")
+prompt0 = metric(32102, "prompt_tokens_total")
 ts, out = legs(room + 1, ids)
 # Pushing: once the prefill queued its last push (one per 1024-token chunk) it sits in the
 # stall with that copy queued. Pulling: once the prefill has no request left running, the
@@ -276,7 +277,9 @@ while time.time() < deadline and other not in out:
     else:
         st = state(32102)
         busy = st["num_running_reqs"] + st["num_waiting_reqs"] > 0
-        seen_busy |= busy
+        # A fast prefill (the 1B shape) may finish between two polls: its admitted prompt
+        # tokens say it ran.
+        seen_busy |= busy or metric(32102, "prompt_tokens_total") - prompt0 >= plen
         ready = not busy and seen_busy
     if ready:
         break
