@@ -23,8 +23,9 @@
 //! HiCache servers and PD prefill servers run without overlap (their copies read pages on other
 //! streams and threads, ordered by the forward that wrote them having returned). A PD decode
 //! server runs with it: its fetches write only pages no forward reads (handed out free, after a
-//! fence on the compute stream, which the forward in flight only moves later), and every
-//! message of theirs takes the forward in flight back first.
+//! fence on the compute stream, which the forward in flight only moves later), and a request
+//! whose KV has landed joins at admission like any other (its staged copy, if any, loaded into
+//! its own fresh pages before the forward that reads them is launched).
 //! The runner decides whether a launch returns early (`ModelRunner::queues`: the CUDA
 //! runner's graph replays of decode batches sampled on the device). Only such a queued forward
 //! is kept in flight; one that ran inside its launch (an eager prefill, penalised rows) is taken back at
