@@ -28,8 +28,8 @@
 //! its own fresh pages before the forward that reads them is launched).
 //! The runner decides whether a launch returns early (`ModelRunner::queues`: the CUDA
 //! runner's graph replays of decode batches sampled on the device). Only such a queued forward
-//! is kept in flight; one that ran inside its launch (an eager prefill, penalised rows) is taken back at
-//! once, so its tokens are not held back a round. On the CPU every forward runs inside its
+//! is kept in flight; one that ran inside its launch (an eager prefill, penalised rows) is taken
+//! back at once, so its tokens are not held back a round. On the CPU every forward runs inside its
 //! launch, so overlap is off there unless `STRATA_OVERLAP_SCHEDULE=1` turns it on and holds
 //! every forward as if queued (tests of the bookkeeping).
 

@@ -1,8 +1,9 @@
 // Runs argmax_rows, sample_rows and logprob_rows of kernels/cuda/sampling.cu under shim.h.
 // Usage: emu IN OUT. IN: u32 vocab, rows, scale_bits, words, lp_words, ids_at; i32 words[words];
 // f32 logits[rows * vocab]. OUT: i32 tokens[rows]; f32 logits after the kernels; i32 lp[lp_words].
-// Or: emu --sum64 SEED: one block adds seeded 62-bit weights into three shared bins with
-// shared_add_u64 (every lane colliding) and compares the bins with the host's sums; exit 0 if equal.
+// Or: emu --sum64 SEED: one block adds seeded 47-bit weights into three shared bins with
+// shared_add_u64 (every lane colliding) and compares the bins with the host's sums; exit 0 if
+// equal.
 #include "shim.h"
 #include <cstdio>
 #include <cstdlib>
@@ -44,7 +45,8 @@ static int sum64(uint64_t seed) {
     return bad ? 1 : 0;
 }
 int main(int argc, char** argv) {
-    if (argc == 3 && std::string(argv[1]) == "--sum64") return sum64(strtoull(argv[2], nullptr, 10));
+    if (argc == 3 && std::string(argv[1]) == "--sum64")
+        return sum64(strtoull(argv[2], nullptr, 10));
     if (argc != 3) return 2;
     FILE* f = fopen(argv[1], "rb");
     if (!f) return 2;

@@ -2,8 +2,9 @@
 //! from their logits alone (`SampleReq::from_logits_alone`: greedy by the graph's argmax, the
 //! others by `sample_rows` queued after the replay, its row table written without a
 //! synchronisation) is launched without waiting; its sampled tokens go to a pinned slot by an
-//! async copy (`strata_kernels::cuda::readback`) and `collect` waits for that copy only. The next batch
-//! may take those tokens as input ids straight from the device (`ForwardBatch::from_prev`).
+//! async copy (`strata_kernels::cuda::readback`) and `collect` waits for that copy only. The
+//! next batch may take those tokens as input ids straight from the device
+//! (`ForwardBatch::from_prev`).
 //! Every other batch runs to the end as before; one that takes ids from a queued forward waits
 //! for that forward's tokens first.
 //!
