@@ -495,7 +495,8 @@ fn report(a: &Args, prompts: &[Prompt], outcomes: &[Outcome], duration: f64) -> 
     let mut e2e: Vec<f64> = ok.iter().map(|(_, o)| o.e2e * 1e3).collect();
     let r = json!({
         "backend": a.backend, "dataset_name": a.dataset_name, "request_rate": if a.request_rate.is_finite() { json!(a.request_rate) } else { json!("inf") },
-        "max_concurrency": a.max_concurrency, "completed": ok.len(), "failed": failed, "duration_s": duration,
+        "max_concurrency": a.max_concurrency, "extra_request_body": a.extra_request_body,
+        "completed": ok.len(), "failed": failed, "duration_s": duration,
         "total_input_tokens": input, "total_output_tokens": output,
         "request_throughput": ok.len() as f64 / duration, "input_throughput": input as f64 / duration,
         "output_throughput": output as f64 / duration, "total_throughput": (input + output) as f64 / duration,
