@@ -93,8 +93,10 @@ pub struct RowSpec<'a> {
     pub presence_penalty: f32,
     /// (token, added to its logit), applied before the penalties.
     pub logit_bias: &'a [(u32, f32)],
-    /// Tokens generated so far (their counts drive the penalties).
-    pub output: &'a [u32],
+    /// The tokens generated so far as (token, count), ascending by token, each token once
+    /// ([`count_tokens`]): the counts drive the penalties. The server keeps them per sequence,
+    /// a step adding its token, instead of counting the whole output again every step.
+    pub counts: &'a [(u32, u32)],
     /// Tokens set to -inf.
     pub banned: &'a [u32],
     /// Only these tokens may be drawn (None: any).
@@ -115,7 +117,7 @@ impl RowSpec<'_> {
             frequency_penalty: 0.0,
             presence_penalty: 0.0,
             logit_bias: &[],
-            output: &[],
+            counts: &[],
             banned: &[],
             allow: None,
             uniform,
@@ -285,13 +287,24 @@ fn push_mask(a: &Allow<'_>, vocab: usize, out: &mut Vec<i32>) {
     }
 }
 
+/// Distinct tokens of `tokens` in ascending order with how often each occurs (what
+/// [`RowSpec::counts`] takes).
+pub fn count_tokens(tokens: &[u32]) -> Vec<(u32, u32)> {
+    let mut v = tokens.to_vec();
+    v.sort_unstable();
+    v.chunk_by(|a, b| a == b)
+        .map(|g| (g[0], g.len() as u32))
+        .collect()
+}
+
 /// Appends one entry per distinct in-vocabulary token the row edits (its count among the
 /// generated tokens when a penalty applies, its summed bias, whether it is banned), by token id,
-/// to `out`; returns how many. One sort of u64 keys (token << 32 | kind << 30 | bias index) per
-/// row for the biases and counts (a BTreeMap cost ~25 us per row of 256 generated tokens, 7.5 ms
-/// a step at 256 rows), merged with the bans in token order: a constrained row bans most of the
-/// vocabulary, in order, so its list is merged as it comes instead of sorted (2.2 ms a row at a
-/// 128K vocabulary, `strata bench grammar`); an unordered list is sorted first.
+/// to `out`; returns how many. Three lists merged in token order: the biases (one sort of u64
+/// keys token << 32 | bias index; a BTreeMap cost ~25 us per row), the counts (kept sorted by the
+/// caller: sorting 256 generated tokens per row each step cost ~4 us a row) and the bans (a
+/// constrained row bans most of the vocabulary, in order, so its list is merged as it comes
+/// instead of sorted: 2.2 ms a row at a 128K vocabulary, `strata bench grammar`; an unordered
+/// list is sorted first).
 fn push_entries(
     s: &RowSpec<'_>,
     vocab: usize,
@@ -299,16 +312,16 @@ fn push_entries(
     keys: &mut Vec<u64>,
     out: &mut Vec<i32>,
 ) -> usize {
-    const KIND: u32 = 30;
     let ok = |t: u32| (t as usize) < vocab;
     keys.clear();
     let biases = s.logit_bias.iter().enumerate().filter(|(_, x)| ok(x.0));
-    keys.extend(biases.map(|(i, x)| ((x.0 as u64) << 32) | (i as u64 & ((1 << KIND) - 1))));
-    if pen {
-        let gen = s.output.iter().filter(|&&t| ok(t));
-        keys.extend(gen.map(|&t| ((t as u64) << 32) | (1 << KIND)));
-    }
+    keys.extend(biases.map(|(i, x)| ((x.0 as u64) << 32) | i as u64));
     keys.sort_unstable();
+    let counts: &[(u32, u32)] = if pen { s.counts } else { &[] };
+    debug_assert!(
+        counts.windows(2).all(|w| w[0].0 < w[1].0),
+        "counts ascending by token, each once"
+    );
     let sorted_bans: Vec<u32>;
     let bans: &[u32] = if s.banned.is_sorted() {
         s.banned
@@ -318,8 +331,8 @@ fn push_entries(
         sorted_bans = v;
         &sorted_bans
     };
-    out.reserve(ENTRY_WORDS * (keys.len() + bans.len()));
-    if keys.is_empty() {
+    out.reserve(ENTRY_WORDS * (keys.len() + counts.len() + bans.len()));
+    if keys.is_empty() && counts.is_empty() {
         // Bans alone (a constrained row without penalties or bias): one entry per distinct id.
         let start = out.len();
         let mut last = None;
@@ -332,30 +345,29 @@ fn push_entries(
         return (out.len() - start) / ENTRY_WORDS;
     }
     let mut bans = bans.iter().copied().filter(|&t| ok(t)).peekable();
+    let mut counts = counts.iter().copied().filter(|c| ok(c.0)).peekable();
     let mut groups = keys.chunk_by(|a, b| a >> 32 == b >> 32).peekable();
     let mut n = 0;
     loop {
-        let edited = groups.peek().map(|g| (g[0] >> 32) as u32);
-        let token = match (edited, bans.peek().copied()) {
-            (None, None) => break,
-            (Some(a), Some(b)) => a.min(b),
-            (Some(a), None) => a,
-            (None, Some(b)) => b,
+        let biased = groups.peek().map(|g| (g[0] >> 32) as u32);
+        let counted = counts.peek().map(|c| c.0);
+        let heads = [biased, counted, bans.peek().copied()];
+        let Some(token) = heads.into_iter().flatten().min() else {
+            break;
         };
         let mut ban = false;
         while bans.next_if_eq(&token).is_some() {
             ban = true;
         }
         let (mut count, mut bias) = (0u32, None::<f32>);
-        if edited == Some(token) {
+        if counted == Some(token) {
+            count = counts.next().expect("peeked").1;
+        }
+        if biased == Some(token) {
+            // Duplicate ids' biases add, in the order given.
             for &k in groups.next().expect("peeked") {
-                let low = k as u32;
-                if low >> KIND == 0 {
-                    let b = s.logit_bias[(low & ((1 << KIND) - 1)) as usize].1;
-                    bias = Some(bias.map_or(b, |old| old + b));
-                } else {
-                    count += 1;
-                }
+                let b = s.logit_bias[k as u32 as usize].1;
+                bias = Some(bias.map_or(b, |old| old + b));
             }
         }
         let mut f = count.min(E_COUNT) as i32;
@@ -587,7 +599,8 @@ mod tests {
         let out = [3u32, 5, 3, 3, 120];
         let ids = [1u32, 200];
         s.logit_bias = &bias;
-        s.output = &out;
+        let counts = count_tokens(&out);
+        s.counts = &counts;
         s.banned = &[5];
         s.logprobs = Some((4, &ids));
         let skip = RowSpec::plain(RowMode::Skip, params(0.0, None, 1.0, 0.0), 0.0);
@@ -622,7 +635,7 @@ mod tests {
         assert_eq!(p.words[0], 0);
         // Without penalties the counts are not sent.
         let mut s2 = RowSpec::plain(RowMode::Sample, params(1.0, None, 1.0, 0.0), 0.5);
-        s2.output = &out;
+        s2.counts = &counts;
         assert_eq!(pack_rows(&[s2], 100).entries, 0);
     }
 
@@ -634,8 +647,8 @@ mod tests {
             e.1 = Some(e.1.map_or(b, |o| o + b));
         }
         if s.penalised() {
-            for &t in s.output.iter().filter(|&&t| (t as usize) < vocab) {
-                m.entry(t).or_default().0 += 1;
+            for &(t, c) in s.counts.iter().filter(|x| (x.0 as usize) < vocab) {
+                m.entry(t).or_default().0 += c;
             }
         }
         for &t in s.banned.iter().filter(|&&t| (t as usize) < vocab) {
@@ -682,7 +695,8 @@ mod tests {
             let mut s = RowSpec::plain(RowMode::Sample, params(0.8, None, 1.0, 0.0), 0.5);
             s.frequency_penalty = if case % 2 == 0 { 0.3 } else { 0.0 };
             s.logit_bias = &bias;
-            s.output = &out;
+            let counts = count_tokens(&out);
+            s.counts = &counts;
             s.banned = &banned;
             let p = pack_rows(&[s.clone()], vocab);
             let got: Vec<[i32; 3]> = p.words[p.entries_at()..p.ids_at()]

@@ -357,9 +357,10 @@ impl SamplingParams {
             || self.repetition_penalty != 1.0
     }
 
-    /// Applies the logit bias and the penalties for `output` (the tokens generated so far) to
-    /// `logits` in place, and masks `banned` tokens (EOS before `min_new_tokens`).
-    pub fn apply_penalties(&self, logits: &mut [f32], output: &[u32], banned: &[u32]) {
+    /// Applies the logit bias and the penalties for `counts` (the tokens generated so far, each
+    /// once with how often it occurs: `strata_kernels::sample_rows::count_tokens`) to `logits`
+    /// in place, and masks `banned` tokens (EOS before `min_new_tokens`).
+    pub fn apply_penalties(&self, logits: &mut [f32], counts: &[(u32, u32)], banned: &[u32]) {
         for &(t, b) in &self.logit_bias {
             if let Some(l) = logits.get_mut(t as usize) {
                 *l += b;
@@ -369,11 +370,7 @@ impl SamplingParams {
             || self.presence_penalty != 0.0
             || self.repetition_penalty != 1.0
         {
-            let mut counts: HashMap<u32, u32> = HashMap::new();
-            for &t in output {
-                *counts.entry(t).or_insert(0) += 1;
-            }
-            for (&t, &c) in &counts {
+            for &(t, c) in counts {
                 let Some(l) = logits.get_mut(t as usize) else {
                     continue;
                 };
@@ -519,7 +516,7 @@ mod tests {
     fn penalties_push_repeated_tokens_down() {
         let p = parse(r#"{"frequency_penalty": 1.0, "repetition_penalty": 2.0}"#).unwrap();
         let mut l = vec![2.0, -1.0, 0.5];
-        p.apply_penalties(&mut l, &[0, 0, 1], &[2]);
+        p.apply_penalties(&mut l, &[(0, 2), (1, 1)], &[2]);
         assert_eq!(l, vec![2.0 / 2.0 - 2.0, -2.0 - 1.0, f32::NEG_INFINITY]);
         let p = parse(r#"{"logit_bias": {"1": 3.0}}"#).unwrap();
         let mut l = vec![2.0, -1.0];

@@ -12,7 +12,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use strata_kernels::sample_rows::{
-    agreement, pack_rows, scale_bits, unpack_logprobs, Agreement, Allow,
+    agreement, count_tokens, pack_rows, scale_bits, unpack_logprobs, Agreement, Allow,
 };
 use strata_server::logprobs::from_gpu;
 use strata_server::model::runner::{gpu_row, sample_host, SampleReq};
@@ -87,10 +87,11 @@ fn run(exe: &Path, dir: &Path, vocab: usize, seed: u64, quant: Option<f32>) -> V
     let also: Vec<[u32; 1]> = (0..n)
         .map(|r| [outs[r][1]]) // a generated (penalised) token
         .collect();
+    let counts: Vec<Vec<(u32, u32)>> = outs.iter().map(|o| count_tokens(o)).collect();
     let reqs: Vec<SampleReq> = (0..n)
         .map(|r| SampleReq {
             params: &cases[r].params,
-            output: &outs[r],
+            counts: &counts[r],
             banned: if cases[r].ban { &bans[r] } else { &[] },
             allow: (r % 3 == 1 && !cases[r].score).then(|| Allow {
                 bits: &masks[r],

@@ -26,8 +26,9 @@ use strata_kernels::Backend;
 #[derive(Debug, Clone, Copy)]
 pub struct SampleReq<'a> {
     pub params: &'a SamplingParams,
-    /// Tokens generated so far (for the penalties).
-    pub output: &'a [u32],
+    /// The tokens generated so far, each once with its count, ascending by token (for the
+    /// penalties; the scheduler keeps them per sequence, `Seq::update_counts`).
+    pub counts: &'a [(u32, u32)],
     /// Tokens masked to -inf (EOS before `min_new_tokens`).
     pub banned: &'a [u32],
     /// Under a constraint, the only tokens the grammar allows now (None: any).
@@ -97,7 +98,7 @@ pub fn gpu_row<'a>(r: &SampleReq<'a>) -> RowSpec<'a> {
         frequency_penalty: p.frequency_penalty,
         presence_penalty: p.presence_penalty,
         logit_bias: if scored { &[] } else { &p.logit_bias },
-        output: if scored { &[] } else { r.output },
+        counts: if scored { &[] } else { r.counts },
         banned: if scored { &[] } else { r.banned },
         allow: if scored { None } else { r.allow },
         uniform: r.uniform,
@@ -145,7 +146,7 @@ pub fn sample_host(logits: &mut [f32], r: &SampleReq<'_>) -> Sampled {
             .map(|spec| Box::new(at_position(logits, token, spec)));
         return Sampled::token(token, logprobs);
     }
-    r.params.apply_penalties(logits, r.output, r.banned);
+    r.params.apply_penalties(logits, r.counts, r.banned);
     if let Some(a) = &r.allow {
         a.apply(logits);
     }
@@ -443,7 +444,7 @@ mod tests {
     fn req<'a>(p: &'a SamplingParams, banned: &'a [u32]) -> SampleReq<'a> {
         SampleReq {
             params: p,
-            output: &[4, 4, 9],
+            counts: &[(4, 2), (9, 1)],
             banned,
             allow: None,
             uniform: 0.25,
@@ -469,8 +470,8 @@ mod tests {
         assert_eq!(row.mode, RowMode::Sample);
         assert_eq!((row.params, row.repetition_penalty), (s.sample, 1.2));
         assert_eq!(
-            (row.output, row.banned, row.uniform),
-            (&[4, 4, 9][..], &[7][..], 0.25)
+            (row.counts, row.banned, row.uniform),
+            (&[(4, 2), (9, 1)][..], &[7][..], 0.25)
         );
         let spec = LogprobSpec {
             start: 0,
@@ -482,7 +483,7 @@ mod tests {
         scored.logprobs = Some(&spec);
         let row = gpu_row(&scored);
         assert_eq!(row.mode, RowMode::Fixed(11));
-        assert!(row.output.is_empty() && row.banned.is_empty() && row.logit_bias.is_empty());
+        assert!(row.counts.is_empty() && row.banned.is_empty() && row.logit_bias.is_empty());
         assert_eq!(row.logprobs, Some((3, &[1u32, 2][..])));
         let mut lp = req(&greedy, &[]);
         lp.logprobs = Some(&spec);

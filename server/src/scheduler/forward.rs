@@ -129,6 +129,11 @@ impl<R: ModelRunner> Scheduler<R> {
             }
         }
         Stats::add(&self.stats.forward_passes, 1);
+        for &(i, row) in &rows {
+            if matches!(row, Row::Next(_)) && self.running[i].req.params.penalises_output() {
+                self.running[i].update_counts();
+            }
+        }
         let t0 = std::time::Instant::now();
         let (banned, masks): (Vec<Vec<u32>>, Vec<Option<Arc<Mask>>>) = rows
             .iter()
@@ -145,7 +150,7 @@ impl<R: ModelRunner> Scheduler<R> {
                 let out_len = s.tokens.len() - s.prompt_len;
                 SampleReq {
                     params: &s.req.params,
-                    output: &s.tokens[s.prompt_len..],
+                    counts: s.counts(),
                     banned,
                     // The grammar's mask as it is cached (no per-step copy), EOS let through
                     // where the text so far is a whole match.

@@ -67,9 +67,39 @@ pub struct Seq {
     pub inflight: u32,
     pub pending_row: usize,
     pub zombie: Option<FinishReason>,
+    /// Penalties: the output tokens counted so far, each once, ascending by token, and how many
+    /// output tokens that covers (`update_counts`).
+    out_counts: Vec<(u32, u32)>,
+    counted: usize,
 }
 
 impl Seq {
+    /// The output tokens so far, each once with its count, ascending by token (what a penalty
+    /// reads), brought up to date with the tokens added since the last call: a step costs its
+    /// new token, not a count of the whole output. Placeholders (tokens still being sampled) are
+    /// not counted; a penalised sequence has none when it is sampled (its rounds do not run
+    /// ahead).
+    pub fn update_counts(&mut self) -> &[(u32, u32)] {
+        let real = self.tokens.len() - self.prompt_len - self.pending();
+        if self.counted > real {
+            self.out_counts.clear();
+            self.counted = 0;
+        }
+        for &t in &self.tokens[self.prompt_len + self.counted..self.prompt_len + real] {
+            match self.out_counts.binary_search_by_key(&t, |c| c.0) {
+                Ok(k) => self.out_counts[k].1 += 1,
+                Err(k) => self.out_counts.insert(k, (t, 1)),
+            }
+        }
+        self.counted = real;
+        &self.out_counts
+    }
+
+    /// The counts as the last `update_counts` left them.
+    pub fn counts(&self) -> &[(u32, u32)] {
+        &self.out_counts
+    }
+
     pub fn new(req: Request, seed: u64) -> Self {
         let tokens = req.input_ids.clone();
         let lp_start = req.logprobs.as_ref().map_or(tokens.len(), |l| l.start);
@@ -116,6 +146,8 @@ impl Seq {
             inflight: 0,
             pending_row: 0,
             zombie: None,
+            out_counts: Vec::new(),
+            counted: 0,
         }
     }
 
@@ -295,5 +327,37 @@ mod tests {
         let (own, prefix) = s.take_pages();
         assert_eq!((own.len(), prefix.len()), (2, 2));
         assert!(s.page_table().is_empty());
+    }
+
+    /// The counts kept step by step equal a count of the whole output at every step, pending
+    /// placeholders left out, and after the output is cut back.
+    #[test]
+    fn counts_kept_step_by_step_equal_a_recount() {
+        use crate::seeded::{test_seed, SplitMix64};
+        use strata_kernels::sample_rows::count_tokens;
+        let seed = test_seed("seq counts");
+        let mut rng = SplitMix64(seed);
+        let (req, _rx) = super::super::tests::request("c", vec![1, 2, 3], 500, 0.0);
+        let mut s = Seq::new(req, 0);
+        for step in 0..400 {
+            s.tokens.push((rng.next_u64() % 40) as u32);
+            if step % 7 == 3 {
+                s.tokens.push(PLACEHOLDER);
+            }
+            let real: Vec<u32> = s.tokens[s.prompt_len..]
+                .iter()
+                .copied()
+                .filter(|&t| t != PLACEHOLDER)
+                .collect();
+            assert_eq!(
+                s.update_counts(),
+                count_tokens(&real),
+                "seed {seed} step {step}"
+            );
+            s.tokens.retain(|&t| t != PLACEHOLDER);
+            if step == 200 {
+                s.tokens.truncate(s.prompt_len + 50);
+            }
+        }
     }
 }

@@ -612,3 +612,40 @@ fn max_loras_per_batch_bounds_the_adapters_of_the_running_batch() {
     let (first, most) = run(1);
     assert_eq!((first, most), (vec!["r1".to_string()], 1));
 }
+
+/// Penalties read the output counted so far (kept per sequence, `Seq::update_counts`): a huge
+/// presence penalty keeps every greedy token distinct, with chunked prompts and a neighbour in
+/// the batch, where the same request without it repeats tokens.
+#[test]
+fn a_presence_penalty_sees_every_token_generated_so_far() {
+    let run = |presence: f32| {
+        let mut r = rig(SchedulerConfig {
+            chunked_prefill_size: Some(8),
+            ..test_cfg()
+        });
+        let (mut req, mut rx) = request("p", ids(5, 20), 60, 0.0);
+        req.params.presence_penalty = presence;
+        r.s.handle(Msg::Submit(Box::new(req)));
+        r.submit("other", ids(40, 9), 30, 0.0);
+        r.drain();
+        tokens(&mut rx)
+    };
+    let free = run(0.0);
+    let mut d = free.clone();
+    d.sort_unstable();
+    d.dedup();
+    assert!(
+        d.len() < free.len(),
+        "the model repeats tokens unpenalised: {free:?}"
+    );
+    let out = run(1e6);
+    assert_eq!(out.len(), 60);
+    let mut d = out.clone();
+    d.sort_unstable();
+    d.dedup();
+    assert_eq!(
+        d.len(),
+        out.len(),
+        "a repeated token under the penalty: {out:?}"
+    );
+}

@@ -12,7 +12,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
 use strata_kernels::cuda::{CudaOps, DType};
-use strata_kernels::sample_rows::pack_rows;
+use strata_kernels::sample_rows::{count_tokens, pack_rows};
 use strata_server::logprobs::LogprobSpec;
 use strata_server::model::runner::{gpu_row, sample_host, SampleReq};
 use strata_server::sampling::{SamplingParams, SamplingParamsWire};
@@ -60,6 +60,8 @@ pub fn run(ops: &CudaOps, summary: &mut Vec<String>) -> anyhow::Result<Value> {
                     .collect()
             })
             .collect();
+        // Counted once, as the scheduler keeps them per sequence (a step adds its token).
+        let counts: Vec<Vec<(u32, u32)>> = outputs.iter().map(|o| count_tokens(o)).collect();
         for b in [1usize, 16, 64, 256] {
             let gl = ctx.upload_f32(&[b, vocab], &logits[..b * vocab])?;
             let tokens = ctx.alloc(DType::I32, &[b])?;
@@ -67,7 +69,7 @@ pub fn run(ops: &CudaOps, summary: &mut Vec<String>) -> anyhow::Result<Value> {
                 let reqs: Vec<SampleReq> = (0..b)
                     .map(|r| SampleReq {
                         params: p,
-                        output: &outputs[r],
+                        counts: &counts[r],
                         banned: &[],
                         allow: None,
                         uniform: (r as f64 + 0.5) / b as f64,

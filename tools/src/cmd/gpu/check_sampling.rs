@@ -11,7 +11,7 @@
 
 use rand::Rng;
 use strata_kernels::cuda::CudaOps;
-use strata_kernels::sample_rows::{agreement, Agreement, Allow};
+use strata_kernels::sample_rows::{agreement, count_tokens, Agreement, Allow};
 use strata_server::logprobs::from_gpu;
 use strata_server::model::runner::{gpu_row, sample_host, SampleReq, Sampled};
 
@@ -82,12 +82,13 @@ pub fn sampling(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
             })
             .collect();
         let also: Vec<[u32; 1]> = outputs.iter().map(|o| [o[1]]).collect();
+        let counts: Vec<Vec<(u32, u32)>> = outputs.iter().map(|o| count_tokens(o)).collect();
         let reqs: Vec<SampleReq> = (0..n)
             .map(|r| {
                 let case = &cases[r / per_case];
                 SampleReq {
                     params: &case.params,
-                    output: &outputs[r],
+                    counts: &counts[r],
                     banned: if case.ban { &banned[r] } else { &[] },
                     allow: (r % 3 == 1 && !case.score).then(|| Allow {
                         bits: &masks[r],
