@@ -344,6 +344,14 @@ fn push_entries(
         }
         return (out.len() - start) / ENTRY_WORDS;
     }
+    if keys.is_empty() && bans.is_empty() {
+        // Counts alone (a penalised row without bias or bans, the common case): as they come.
+        let start = out.len();
+        for &(t, c) in counts.iter().filter(|c| ok(c.0)) {
+            out.extend([t as i32, c.min(E_COUNT) as i32, 0]);
+        }
+        return (out.len() - start) / ENTRY_WORDS;
+    }
     let mut bans = bans.iter().copied().filter(|&t| ok(t)).peekable();
     let mut counts = counts.iter().copied().filter(|c| ok(c.0)).peekable();
     let mut groups = keys.chunk_by(|a, b| a >> 32 == b >> 32).peekable();
