@@ -150,6 +150,8 @@ pub struct Scheduler<R: ModelRunner> {
     overlap: bool,
     /// Forwards that already ran are held in flight too (tests of the bookkeeping on the CPU).
     hold_done: bool,
+    /// Overlap scheduling on a HiCache server too (`STRATA_OVERLAP_HICACHE=1`).
+    hicache_overlap: bool,
     /// A decode found no page while a forward was in flight: the next round takes it back first.
     kv_short: bool,
     /// Rounds built while a forward was in flight.
@@ -285,8 +287,13 @@ impl<R: ModelRunner> Scheduler<R> {
             Ok("0") => false,
             _ => cfg.overlap_schedule && model.queues(),
         };
+        // HiCache servers run without it unless `STRATA_OVERLAP_HICACHE=1` (or the forced mode
+        // above) turns it on: checked on the CPU, not yet on a GPU (docs/server.md).
+        let hicache_overlap = forced.as_deref() == Ok("1")
+            || std::env::var("STRATA_OVERLAP_HICACHE").as_deref() == Ok("1");
         Scheduler {
             overlap,
+            hicache_overlap,
             hold_done: forced.as_deref() == Ok("1"),
             kv_short: false,
             ran_ahead: 0,

@@ -59,7 +59,9 @@ pub(super) struct InFlight {
 impl<R: ModelRunner> Scheduler<R> {
     /// Whether rounds run ahead of the forward in flight on this server.
     pub(super) fn overlap(&self) -> bool {
-        self.overlap && self.hicache.is_none() && !matches!(self.pd, Some(PdSide::Prefill(_)))
+        self.overlap
+            && (self.hicache.is_none() || self.hicache_overlap)
+            && !matches!(self.pd, Some(PdSide::Prefill(_)))
     }
 
     /// Whether the next round may be built and launched before the forward in flight is taken
