@@ -49,15 +49,10 @@ pub struct SampleReq<'a> {
 }
 
 impl SampleReq<'_> {
-    /// True when the token is the plain argmax of the raw logits (no penalty, mask or logprob).
+    /// True when the token is the plain argmax of the raw logits (no penalty, bias, ban, mask
+    /// or logprob).
     pub fn is_plain_greedy(&self) -> bool {
-        self.params.argmax_only()
-            && self.banned.is_empty()
-            && self.allow.is_none()
-            && self.logprobs.is_none()
-            && self.score.is_none()
-            && !self.embed
-            && !self.hidden
+        self.params.argmax_only() && self.banned.is_empty() && self.from_logits_alone()
     }
 
     /// True when the token is drawn from the row's logits and the request's fixed parameters
