@@ -133,15 +133,8 @@ fn run(model_dir: &std::path::Path, overlap: bool) -> (f64, Timings) {
         max_running_requests: CLIENTS,
         chunked_prefill_size: Some(16384),
         context_length: 4096,
-        radix_cache: true,
-        eviction_lfu: false,
-        max_prefill_tokens: 16384,
-        schedule_policy: Default::default(),
-        random_seed: None,
-        max_queued_requests: None,
-        priority: Default::default(),
-        max_loras_per_batch: 8,
         overlap_schedule: overlap,
+        ..SchedulerConfig::default()
     };
     let stats = Arc::new(Stats::default());
     let h =

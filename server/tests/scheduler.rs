@@ -83,19 +83,8 @@ fn held_request_does_not_block_others_and_pages_return() {
     let pool = DeviceKvPool::new(&model, 64, 4).unwrap();
     let stats = Arc::new(Stats::default());
     let cfg = SchedulerConfig {
-        page_size: 4,
-        max_running_requests: 8,
         chunked_prefill_size: Some(16),
-        context_length: 512,
-        radix_cache: true,
-        eviction_lfu: false,
-        max_prefill_tokens: 16384,
-        schedule_policy: Default::default(),
-        random_seed: None,
-        max_queued_requests: None,
-        priority: Default::default(),
-        max_loras_per_batch: 8,
-        overlap_schedule: true,
+        ..SchedulerConfig::default()
     };
     let release = Arc::new(AtomicBool::new(false));
     let h = spawn_with_hook(
@@ -208,19 +197,8 @@ fn only_generated_tokens_are_marked_decode() {
     let tok = Arc::new(Tokenizer::load(dir.path()).unwrap());
     let pool = DeviceKvPool::new(&model, 64, 4).unwrap();
     let cfg = SchedulerConfig {
-        page_size: 4,
-        max_running_requests: 8,
         chunked_prefill_size: Some(16),
-        context_length: 512,
-        radix_cache: true,
-        eviction_lfu: false,
-        max_prefill_tokens: 16384,
-        schedule_policy: Default::default(),
-        random_seed: None,
-        max_queued_requests: None,
-        priority: Default::default(),
-        max_loras_per_batch: 8,
-        overlap_schedule: true,
+        ..SchedulerConfig::default()
     };
     let h = spawn_with_hook(
         cfg,

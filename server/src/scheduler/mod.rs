@@ -89,6 +89,29 @@ pub struct SchedulerConfig {
     pub overlap_schedule: bool,
 }
 
+impl Default for SchedulerConfig {
+    /// Small limits for tests, examples and simulations (pages of 4, 8 running requests, a
+    /// 512-token context, no chunking, the radix cache and overlap on); the server builds its
+    /// configuration from its flags (`launch`).
+    fn default() -> Self {
+        SchedulerConfig {
+            page_size: 4,
+            max_running_requests: 8,
+            chunked_prefill_size: None,
+            context_length: 512,
+            radix_cache: true,
+            eviction_lfu: false,
+            max_prefill_tokens: 16384,
+            schedule_policy: SchedulePolicy::default(),
+            random_seed: None,
+            max_queued_requests: None,
+            priority: Priority::default(),
+            max_loras_per_batch: 8,
+            overlap_schedule: true,
+        }
+    }
+}
+
 /// The abort of a request that sets a priority under `--abort-on-priority-when-disabled`.
 pub const PRIORITY_DISABLED: &str =
     "This request sets a priority, but priority scheduling is not enabled (--enable-priority-scheduling).";

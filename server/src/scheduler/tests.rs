@@ -27,21 +27,7 @@ pub(super) fn test_cfg() -> SchedulerConfig {
 }
 
 fn cfg() -> SchedulerConfig {
-    SchedulerConfig {
-        page_size: 4,
-        max_running_requests: 8,
-        chunked_prefill_size: None,
-        context_length: 512,
-        radix_cache: true,
-        eviction_lfu: false,
-        max_prefill_tokens: 16384,
-        schedule_policy: SchedulePolicy::Fcfs,
-        random_seed: None,
-        max_queued_requests: None,
-        priority: Default::default(),
-        max_loras_per_batch: 8,
-        overlap_schedule: true,
-    }
+    SchedulerConfig::default()
 }
 
 pub(super) fn rig(cfg: SchedulerConfig) -> Rig {
