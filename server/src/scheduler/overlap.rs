@@ -88,8 +88,8 @@ impl<R: ModelRunner> Scheduler<R> {
                 need += 1;
             }
         }
-        let admissible = self.waiting.iter().any(|s| !s.held && !s.pd_fetch);
-        if admissible && going_on < self.cfg.max_running_requests {
+        let room = going_on < self.cfg.max_running_requests;
+        if room && self.waiting.iter().any(|s| !s.held && !s.pd_fetch) {
             // A waiting request could be admitted (with the places of what ends in flight).
             // Held ones (a PD decode's KV on its way) are not counted: on a PD decode server
             // some usually are, and one whose KV has landed joins as a decode.

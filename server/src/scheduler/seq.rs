@@ -67,10 +67,9 @@ pub struct Seq {
     pub inflight: u32,
     pub pending_row: usize,
     pub zombie: Option<FinishReason>,
-    /// Penalties: the output tokens counted so far, each once, ascending by token, and how many
-    /// output tokens that covers (`update_counts`).
+    /// Penalties: the output tokens counted so far, each once, ascending by token
+    /// (`update_counts`).
     out_counts: Vec<(u32, u32)>,
-    counted: usize,
 }
 
 impl Seq {
@@ -81,17 +80,17 @@ impl Seq {
     /// ahead).
     pub fn update_counts(&mut self) -> &[(u32, u32)] {
         let real = self.tokens.len() - self.prompt_len - self.pending();
-        if self.counted > real {
+        let mut counted: usize = self.out_counts.iter().map(|c| c.1 as usize).sum();
+        if counted > real {
             self.out_counts.clear();
-            self.counted = 0;
+            counted = 0;
         }
-        for &t in &self.tokens[self.prompt_len + self.counted..self.prompt_len + real] {
+        for &t in &self.tokens[self.prompt_len + counted..self.prompt_len + real] {
             match self.out_counts.binary_search_by_key(&t, |c| c.0) {
                 Ok(k) => self.out_counts[k].1 += 1,
                 Err(k) => self.out_counts.insert(k, (t, 1)),
             }
         }
-        self.counted = real;
         &self.out_counts
     }
 
@@ -147,7 +146,6 @@ impl Seq {
             pending_row: 0,
             zombie: None,
             out_counts: Vec::new(),
-            counted: 0,
         }
     }
 
