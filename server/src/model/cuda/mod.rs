@@ -44,7 +44,7 @@ use strata_kernels::cuda::{
     launch, AttnPlan, AttnSeq, AttnShape, CudaError, CudaOps, DTensor, DType, Gemm, GpuContext,
     PlanOpts, QRope, QkvInput,
 };
-use strata_kernels::sample_rows::{pack_rows, RowMode, RowSpec};
+use strata_kernels::sample_rows::{pack_rows, PackedRows, RowMode, RowSpec};
 use weights::Weights;
 
 /// Start-up options of the CUDA runner.
@@ -519,22 +519,20 @@ impl CudaRunner {
         Ok(())
     }
 
-    /// Samples a finished forward's logits rows on the GPU (the argmax is already in `tokens`)
-    /// and brings back one token, and the asked-for logprobs, per sampling request.
-    fn sample(
+    /// Queues the sampling of the logits rows the argmax in `tokens` does not answer (and their
+    /// logprobs) on the stream; returns the packed rows and the logprob words to read once the
+    /// stream reaches them, None when every row is the argmax's (nothing queued, nothing waits).
+    fn queue_sampling(
         &self,
         logits: &DTensor,
         tokens: &DTensor,
         sampling: &[SampleReq<'_>],
-    ) -> Result<Vec<Sampled>, CudaError> {
+    ) -> Result<Option<(PackedRows, Option<DTensor>)>, CudaError> {
         let v = self.cfg.vocab_size;
-        // The one case left to the host: at_position reports -inf for a token outside the
-        // vocabulary, which the kernel does not index.
-        let on_host = |r: &SampleReq<'_>| r.score.is_some_and(|t| t as usize >= v);
         let specs: Vec<RowSpec<'_>> = sampling
             .iter()
             .map(|r| {
-                if on_host(r) {
+                if samples_on_host(r, v) {
                     RowSpec::plain(RowMode::Skip, r.params.sample, 0.0)
                 } else {
                     gpu_row(r)
@@ -544,24 +542,35 @@ impl CudaRunner {
         let gpu_work = specs
             .iter()
             .any(|s| s.mode != RowMode::Skip || s.logprobs.is_some());
-        let (picked, lps) = if gpu_work {
-            let packed = pack_rows(&specs, v);
-            let lp = self.ops.sample_rows(logits, &packed, tokens)?;
-            let picked = self.ctx.download_i32(tokens)?;
-            let lps = match &lp {
-                Some(out) => self.ops.download_logprobs(&packed, out)?,
-                None => vec![None; sampling.len()],
-            };
-            (picked, lps)
-        } else {
-            (self.ctx.download_i32(tokens)?, vec![None; sampling.len()])
+        if !gpu_work {
+            return Ok(None);
+        }
+        let packed = pack_rows(&specs, v);
+        let lp = self.ops.sample_rows(logits, &packed, tokens)?;
+        Ok(Some((packed, lp)))
+    }
+
+    /// Samples a finished forward's logits rows on the GPU (the argmax is already in `tokens`)
+    /// and brings back one token, and the asked-for logprobs, per sampling request.
+    fn sample(
+        &self,
+        logits: &DTensor,
+        tokens: &DTensor,
+        sampling: &[SampleReq<'_>],
+    ) -> Result<Vec<Sampled>, CudaError> {
+        let v = self.cfg.vocab_size;
+        let queued = self.queue_sampling(logits, tokens, sampling)?;
+        let picked = self.ctx.download_i32(tokens)?;
+        let lps = match &queued {
+            Some((packed, Some(out))) => self.ops.download_logprobs(packed, out)?,
+            _ => vec![None; sampling.len()],
         };
         sampling
             .iter()
             .zip(picked.iter().zip(lps))
             .enumerate()
             .map(|(r, (req, (&token, lp)))| {
-                if on_host(req) {
+                if samples_on_host(req, v) {
                     let mut row = self.ctx.download_f32_range(logits, r * v, v)?;
                     return Ok(sample_host(&mut row, req));
                 }
@@ -823,6 +832,12 @@ impl ModelRunner for CudaRunner {
     ) -> Result<Vec<Sampled>, ModelError> {
         self.collect_batch(q)
     }
+}
+
+/// The one row the GPU sampler leaves to the host: a scored prompt row whose token is outside
+/// the vocabulary (`at_position` reports -inf for it, which the kernel does not index).
+fn samples_on_host(r: &SampleReq<'_>, vocab: usize) -> bool {
+    r.score.is_some_and(|t| t as usize >= vocab)
 }
 
 /// Time of graph-replayed decode steps, split at the runner's edges: `between` (the previous

@@ -13,11 +13,10 @@
 //! at most two launches not taken back, and takes the older back before the next launch.
 
 use super::{CudaKv, CudaRunner};
-use crate::model::runner::{gpu_row, Launch, Queued, SampleReq, Sampled};
+use crate::model::runner::{Launch, Queued, SampleReq, Sampled};
 use crate::model::{ForwardBatch, ModelError, ModelRunner};
 use strata_kernels::cuda::readback::Readback;
 use strata_kernels::cuda::{CudaError, DTensor};
-use strata_kernels::sample_rows::pack_rows;
 
 /// The runner's queued-forward state.
 #[derive(Default)]
@@ -52,9 +51,12 @@ impl CudaRunner {
             let run = graphs.try_launch(self, batch, kv, last.as_ref().map(|l| &l.1));
             let queued = match run {
                 Ok(Some((gi, launched))) => {
+                    // Rows the argmax does not answer are sampled after the replay; they ask
+                    // for no logprobs (`from_logits_alone`), so nothing is read back but the
+                    // tokens.
                     let (logits, t) = graphs.head(gi);
-                    self.sample_queued(logits, t, sampling)
-                        .and_then(|()| t.view(0, t.shape()))
+                    self.queue_sampling(logits, t, sampling)
+                        .and_then(|_| t.view(0, t.shape()))
                         .map(|t| Some((t, launched)))
                 }
                 Ok(None) => Ok(None),
@@ -103,24 +105,6 @@ impl CudaRunner {
             .into_iter()
             .map(|t| Sampled::token(t as u32, None))
             .collect())
-    }
-
-    /// Queues the sampling of the rows the graph's argmax did not pick (nothing comes back:
-    /// the rows ask for no logprobs, `from_logits_alone`).
-    fn sample_queued(
-        &self,
-        logits: &DTensor,
-        tokens: &DTensor,
-        sampling: &[SampleReq<'_>],
-    ) -> Result<(), CudaError> {
-        if sampling.iter().all(SampleReq::is_plain_greedy) {
-            return Ok(());
-        }
-        let specs: Vec<_> = sampling.iter().map(gpu_row).collect();
-        let packed = pack_rows(&specs, self.cfg.vocab_size);
-        let lp = self.ops.sample_rows(logits, &packed, tokens)?;
-        debug_assert!(lp.is_none(), "queued rows ask for no logprobs");
-        Ok(())
     }
 
     fn readback(&mut self) -> Result<&mut Readback, CudaError> {
