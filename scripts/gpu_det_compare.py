@@ -13,7 +13,9 @@ Two servers of the same model and mode: GRAPH_URL with CUDA graphs, NOGRAPH_URL 
   never seen A).
 - seeded: 4 seeded sampling requests (temperature 0.8, top_p 0.9) sent twice to the graph server
   (the second time over the cached prompt) and once to the no-graph server, 4 at once; then N
-  seeded requests with varied sampling parameters 32 at a time on both servers.
+  seeded requests with varied sampling parameters 32 at a time on both servers; then N requests
+  (greedy and seeded) with output logprobs (top 3 and two named ids), 32 at a time on both:
+  ids and every logprob equal.
 Exit status 1 when any comparison differs. Standard library only."""
 import json
 import random
@@ -32,13 +34,19 @@ def post(url, body):
 CACHED = {}  # url -> prompt tokens served from the prefix cache, summed over its requests
 
 
-def run(url, bodies, conc):
+def with_logprobs(r):
+    m = r.get("meta_info") or {}
+    return [r.get("output_ids"), m.get("output_token_logprobs"), m.get("output_top_logprobs"),
+            m.get("output_token_ids_logprobs")]
+
+
+def run(url, bodies, conc, pick=lambda r: r.get("output_ids")):
     out = [None] * len(bodies)
 
     def one(i):
         try:
             r = post(url, bodies[i])
-            out[i] = r.get("output_ids")
+            out[i] = pick(r)
             CACHED[url] = CACHED.get(url, 0) + int((r.get("meta_info") or {}).get("cached_tokens") or 0)
         except Exception as e:  # reported as a difference
             out[i] = f"error: {e}"
@@ -110,6 +118,12 @@ def main():
                                   "sampling_seed": 2000 + i}}
              for i in range(n)]
     results["seeded batch graph c32 vs nograph c32"] = (compare(run(ng, mixed, 32), run(g, mixed, 32)), n)
+    # Output logprobs in a batch (greedy and seeded): queued under overlap scheduling on the
+    # graph server, their words read back with the tokens.
+    lp = [{**b, "return_logprob": True, "top_logprobs_num": 3, "token_ids_logprob": [13, 100]}
+          for b in mixed[: n // 2] + bodies[: n - n // 2]]
+    results["logprobs batch graph c32 vs nograph c32"] = (
+        compare(run(ng, lp, 32, with_logprobs), run(g, lp, 32, with_logprobs)), n)
     ok, report = True, {}
     for name, ((same, firsts), of) in results.items():
         ok &= same == of

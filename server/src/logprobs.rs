@@ -78,16 +78,18 @@ pub fn at_position(logits: &[f32], token: u32, spec: &LogprobSpec) -> PosLogprob
 }
 
 /// [`at_position`]'s values from what the GPU sampler returns for a row (its log-sum-exp, the
-/// logit of the row's token, the logits of `spec.token_ids` in order and the top logits already ordered):
+/// logit of the row's token, the logits of `token_ids` in order and the top logits already ordered):
 /// every log-probability is `logit - lse`, computed in f32 as on the host.
-pub fn from_gpu(spec: &LogprobSpec, row: &strata_kernels::sample_rows::RowLogprobs) -> PosLogprobs {
+pub fn from_gpu(
+    token_ids: Option<&[u32]>,
+    row: &strata_kernels::sample_rows::RowLogprobs,
+) -> PosLogprobs {
     let lse = row.lse;
     PosLogprobs {
         logprob: Some(row.chosen - lse),
         top: row.top.iter().map(|&(t, l)| (t, l - lse)).collect(),
-        ids: spec
-            .token_ids
-            .iter()
+        ids: token_ids
+            .into_iter()
             .flatten()
             .zip(&row.ids)
             .map(|(&t, &l)| (t, l - lse))
@@ -140,7 +142,7 @@ mod tests {
             ids: vec![logits[4], f32::NEG_INFINITY],
             top: vec![(1, 3.0), (2, 3.0)],
         };
-        assert_eq!(from_gpu(&spec, &row), want);
+        assert_eq!(from_gpu(spec.token_ids.as_deref(), &row), want);
     }
 
     #[test]

@@ -154,7 +154,10 @@ fn run(exe: &Path, dir: &Path, vocab: usize, seed: u64, quant: Option<f32>) -> V
             bad.push(format!("{name}: token {got}, host {}", want.token));
         }
         if let (Some(spec), Some(w)) = (req.logprobs, &want.logprobs) {
-            let g = from_gpu(spec, &unpack_logprobs(&p, lpw, r).expect("logprob words"));
+            let g = from_gpu(
+                spec.token_ids.as_deref(),
+                &unpack_logprobs(&p, lpw, r).expect("logprob words"),
+            );
             let ids = |v: &[(u32, f32)]| v.iter().map(|x| x.0).collect::<Vec<_>>();
             let close = |a: Option<f32>, b: Option<f32>| match (a, b) {
                 (Some(a), Some(b)) => a == b || (a - b).abs() <= 1e-5,

@@ -52,17 +52,20 @@ impl SampleReq<'_> {
     /// True when the token is the plain argmax of the raw logits (no penalty, bias, ban, mask
     /// or logprob).
     pub fn is_plain_greedy(&self) -> bool {
-        self.params.argmax_only() && self.banned.is_empty() && self.from_logits_alone()
+        self.params.argmax_only()
+            && self.banned.is_empty()
+            && self.logprobs.is_none()
+            && self.from_logits_alone()
     }
 
-    /// True when the token is drawn from the row's logits and the request's fixed parameters
-    /// alone (temperature, top-k/p, min-p, logit bias, bans, the draw): nothing read from the
-    /// output so far (penalties, a grammar's mask) and nothing brought back but the token. A
-    /// runner may then sample it on the device while the host goes on (overlap scheduling).
+    /// True when the token (and its logprobs, when asked) is drawn from the row's logits and the
+    /// request's fixed parameters alone (temperature, top-k/p, min-p, logit bias, bans, the
+    /// draw): nothing read from the output so far (penalties, a grammar's mask) and nothing
+    /// brought back but the token and its logprob words. A runner may then sample it on the
+    /// device while the host goes on (overlap scheduling).
     pub fn from_logits_alone(&self) -> bool {
         !self.params.penalises_output()
             && self.allow.is_none()
-            && self.logprobs.is_none()
             && self.score.is_none()
             && !self.embed
             && !self.hidden

@@ -12,7 +12,7 @@
 //!
 //! A round runs ahead only into a round the runner can queue: every sequence decoding one token
 //! drawn from its logits alone (greedy or sampled with temperature, top-k/p, min-p, logit bias,
-//! bans; no penalty that reads the output, grammar, logprobs or hidden states: nothing read from
+//! bans, output logprobs; no penalty that reads the output, grammar or hidden states: nothing read from
 //! the host's copy of the output), nobody waiting who could be admitted, and pages for every
 //! decode without a retraction (free or evictable). Building any other round early would only
 //! hold back the tokens in flight until that round (an eager prefill, rows sampled on the host)

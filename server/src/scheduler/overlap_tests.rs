@@ -1,19 +1,21 @@
 //! Overlap scheduling (`overlap.rs`) against rounds that take every forward back before the
 //! next: the same tokens and finishes for every request (greedy and seeded, chunked prompts,
-//! stop tokens met mid-flight, length limits, penalties that force a sync, late arrivals, KV
+//! stop tokens met mid-flight, length limits, output logprobs, penalties that force a sync,
+//! late arrivals, KV
 //! pressure that forces retractions), aborts mid-flight, and every page back at the end. The
 //! CPU runner's launches run to the end; held in flight as if queued (`hold_done`), they test
 //! the bookkeeping (placeholders, zombies, the runner's results fed forward) that the CUDA
 //! runner's queued launches rely on.
 
-use super::request::{Event, FinishReason, Msg, Request};
+use super::request::{Event, FinishReason, Msg, PosLogprobs, Request};
 use super::tests::{request, rig, test_cfg, Rig};
 use super::SchedulerConfig;
 use crate::kv::KvPool;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 /// One request of a workload: (rid, prompt, max_new_tokens, temperature, seed, stop token,
-/// frequency penalty, the round it arrives at, min_new_tokens, a logit bias for the stop token).
+/// frequency penalty, the round it arrives at, min_new_tokens, a logit bias for the stop token,
+/// output logprobs (top 3 and one named token).
 struct Spec {
     rid: &'static str,
     prompt: Vec<u32>,
@@ -24,6 +26,7 @@ struct Spec {
     at_round: usize,
     min_new: usize,
     stop_bias: f32,
+    logprobs: bool,
 }
 
 fn spec(rid: &'static str, start: u32, len: u32, max_new: usize, temperature: f32) -> Spec {
@@ -37,6 +40,7 @@ fn spec(rid: &'static str, start: u32, len: u32, max_new: usize, temperature: f3
         at_round: 0,
         min_new: 0,
         stop_bias: 0.0,
+        logprobs: false,
     }
 }
 
@@ -52,18 +56,28 @@ fn make(s: &Spec) -> (Request, UnboundedReceiver<Event>) {
     }
     req.params.frequency_penalty = s.penalty;
     req.params.min_new_tokens = s.min_new;
+    if s.logprobs {
+        req.logprobs = Some(crate::logprobs::LogprobSpec {
+            start: s.prompt.len(),
+            top_n: 3,
+            token_ids: Some(vec![7]),
+        });
+    }
     (req, rx)
 }
 
-/// (tokens, finish reason, completion tokens) of a finished request.
-type Outcome = (Vec<u32>, FinishReason, usize);
+/// (tokens, finish reason, completion tokens, output logprobs) of a finished request.
+type Outcome = (Vec<u32>, FinishReason, usize, Vec<PosLogprobs>);
 
 fn outcome(rx: &mut UnboundedReceiver<Event>) -> Outcome {
-    let mut toks = Vec::new();
+    let (mut toks, mut lps) = (Vec::new(), Vec::new());
     while let Ok(ev) = rx.try_recv() {
         match ev {
-            Event::Token { id, .. } => toks.push(id),
-            Event::Done(f) => return (toks, f.reason, f.completion_tokens),
+            Event::Token { id, logprob } => {
+                toks.push(id);
+                lps.extend(logprob.map(|b| *b));
+            }
+            Event::Done(f) => return (toks, f.reason, f.completion_tokens, lps),
             _ => {}
         }
     }
@@ -113,8 +127,8 @@ fn run(cfg: SchedulerConfig, specs: &[Spec], overlap: bool) -> (Vec<Outcome>, us
 
 /// The greedy requests of the mixed workload and, with `sampled`, seeded ones beside them
 /// (rounds run ahead of both; one sampled with its stop token favoured by a logit bias and
-/// banned for its first tokens by `min_new_tokens`) and a penalised one (rounds with it take
-/// the forward in flight back).
+/// banned for its first tokens by `min_new_tokens`, one with output logprobs) and a penalised
+/// one (rounds with it take the forward in flight back).
 fn workload(stop: u32, sampled: bool) -> Vec<Spec> {
     let mut specs = vec![
         spec("a", 1, 20, 9, 0.0),
@@ -136,6 +150,10 @@ fn workload(stop: u32, sampled: bool) -> Vec<Spec> {
     ];
     if sampled {
         specs.push(spec("bb", 30, 30, 6, 0.9));
+        specs.push(Spec {
+            logprobs: true,
+            ..spec("ll", 33, 12, 10, 0.8)
+        });
         specs.push(Spec {
             penalty: 0.5,
             ..spec("fff", 90, 9, 8, 0.7)
@@ -191,6 +209,11 @@ fn overlap_streams_what_synchronous_rounds_stream() {
                 "min_new_tokens held the stop token back: {j:?}"
             );
             eprintln!("jjjjj: {j:?}");
+            let l = &got[specs.iter().position(|s| s.rid == "ll").unwrap()];
+            assert!(
+                l.3.len() == l.0.len() && l.3.iter().all(|p| p.top.len() == 3 && p.ids.len() == 1),
+                "a logprob per output token: {l:?}"
+            );
         }
     }
 }

@@ -151,14 +151,11 @@ impl Seq {
 
     /// Its next token is drawn from its logits alone (what a runner can sample without the
     /// host, `SampleReq::from_logits_alone`): no penalty that reads the output, no grammar
-    /// mask, logprobs or hidden state. Temperature, top-k/p, min-p, logit bias and bans (the
-    /// count of tokens decides those, and placeholders count) are fine.
+    /// mask or hidden state. Temperature, top-k/p, min-p, logit bias, bans (the count of tokens
+    /// decides those, and placeholders count) and output logprobs are fine.
     pub fn decodes_from_logits(&self) -> bool {
         let p = &self.req.params;
-        !p.penalises_output()
-            && p.grammar.is_none()
-            && !p.return_hidden_states
-            && self.req.logprobs.is_none()
+        !p.penalises_output() && p.grammar.is_none() && !p.return_hidden_states
     }
 
     /// Tokens at the end of `tokens` still being sampled (placeholders; at most two: one whose

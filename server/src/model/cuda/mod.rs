@@ -575,7 +575,10 @@ impl CudaRunner {
                     return Ok(sample_host(&mut row, req));
                 }
                 let logprobs = match (req.logprobs, lp) {
-                    (Some(spec), Some(lp)) => Some(Box::new(crate::logprobs::from_gpu(spec, &lp))),
+                    (Some(spec), Some(lp)) => Some(Box::new(crate::logprobs::from_gpu(
+                        spec.token_ids.as_deref(),
+                        &lp,
+                    ))),
                     _ => None,
                 };
                 Ok(Sampled::token(token as u32, logprobs))

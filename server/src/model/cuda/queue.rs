@@ -1,10 +1,10 @@
 //! Queued forwards (overlap scheduling): a graph-replayed decode batch whose rows are all drawn
 //! from their logits alone (`SampleReq::from_logits_alone`: greedy by the graph's argmax, the
 //! others by `sample_rows` queued after the replay, its row table written without a
-//! synchronisation) is launched without waiting; its sampled tokens go to a pinned slot by an
-//! async copy (`strata_kernels::cuda::readback`) and `collect` waits for that copy only. The
-//! next batch may take those tokens as input ids straight from the device
-//! (`ForwardBatch::from_prev`).
+//! synchronisation) is launched without waiting; its sampled tokens (and the logprob words of
+//! rows that ask for them) go to pinned slots by async copies
+//! (`strata_kernels::cuda::readback`) and `collect` waits for those copies only. The next batch
+//! may take those tokens as input ids straight from the device (`ForwardBatch::from_prev`).
 //! Every other batch runs to the end as before; one that takes ids from a queued forward waits
 //! for that forward's tokens first.
 //!
@@ -13,10 +13,12 @@
 //! at most two launches not taken back, and takes the older back before the next launch.
 
 use super::{CudaKv, CudaRunner};
+use crate::logprobs::from_gpu;
 use crate::model::runner::{Launch, Queued, SampleReq, Sampled};
 use crate::model::{ForwardBatch, ModelError, ModelRunner};
 use strata_kernels::cuda::readback::Readback;
 use strata_kernels::cuda::{CudaError, DTensor};
+use strata_kernels::sample_rows::{unpack_logprobs, PackedRows};
 
 /// The runner's queued-forward state.
 #[derive(Default)]
@@ -26,6 +28,16 @@ pub(super) struct Queue {
     next: usize,
     /// The previous launch's slot and sampled-token buffer, when it was queued.
     last: Option<(usize, DTensor)>,
+    /// Per slot: the logprob words of its queued forward, when a row asked for them.
+    lp: [LpSlot; 2],
+}
+
+/// One slot's logprob readback (grown to the largest forward's words) and what it holds.
+#[derive(Default)]
+struct LpSlot {
+    readback: Option<Readback>,
+    /// The packed rows whose logprob words are in flight, and each row's asked-for token ids.
+    queued: Option<(PackedRows, Vec<Option<Vec<u32>>>)>,
 }
 
 impl CudaRunner {
@@ -51,23 +63,23 @@ impl CudaRunner {
             let run = graphs.try_launch(self, batch, kv, last.as_ref().map(|l| &l.1));
             let queued = match run {
                 Ok(Some((gi, launched))) => {
-                    // Rows the argmax does not answer are sampled after the replay; they ask
-                    // for no logprobs (`from_logits_alone`), so nothing is read back but the
-                    // tokens.
+                    // Rows the argmax does not answer are sampled after the replay; the
+                    // logprob words of rows that ask for them are read back with the tokens.
                     let (logits, t) = graphs.head(gi);
                     self.queue_sampling(logits, t, sampling)
-                        .and_then(|_| t.view(0, t.shape()))
-                        .map(|t| Some((t, launched)))
+                        .and_then(|q| Ok((q, t.view(0, t.shape())?)))
+                        .map(|(q, t)| Some((t, q, launched)))
                 }
                 Ok(None) => Ok(None),
                 Err(e) => Err(e),
             };
             self.graphs = graphs;
-            if let Some((tokens, launched)) = queued? {
+            if let Some((tokens, sampled, launched)) = queued? {
                 kv.settle()?;
                 let n = batch.tokens.len();
                 let slot = self.queue.next;
                 self.readback()?.queue(slot, &tokens, n)?;
+                self.queue_logprobs(slot, sampled, sampling)?;
                 self.queue.next = 1 - slot;
                 self.queue.last = Some((slot, tokens));
                 self.count_forward();
@@ -100,11 +112,56 @@ impl CudaRunner {
     pub(super) fn collect_batch(&mut self, q: Queued) -> Result<Vec<Sampled>, ModelError> {
         let t = std::time::Instant::now();
         let tokens = self.readback()?.wait(q.slot, q.rows)?;
+        let lp = &mut self.queue.lp[q.slot];
+        let logprobs: Vec<_> = match (lp.queued.take(), &lp.readback) {
+            (Some((packed, ids)), Some(rb)) => {
+                let words = rb.wait(0, packed.lp_words)?;
+                ids.iter()
+                    .enumerate()
+                    .map(|(r, ids)| {
+                        let row = unpack_logprobs(&packed, &words, r)?;
+                        Some(Box::new(from_gpu(ids.as_deref(), &row)))
+                    })
+                    .collect()
+            }
+            _ => vec![None; tokens.len()],
+        };
         self.prof.wait += t.elapsed().as_secs_f64();
         Ok(tokens
             .into_iter()
-            .map(|t| Sampled::token(t as u32, None))
+            .zip(logprobs)
+            .map(|(t, lp)| Sampled::token(t as u32, lp))
             .collect())
+    }
+
+    /// Queues the copy of a queued forward's logprob words (when a row asked for them) into
+    /// `slot`'s readback, grown first when too small (the slot's previous words were taken
+    /// back before the slot came round again).
+    fn queue_logprobs(
+        &mut self,
+        slot: usize,
+        sampled: Option<(PackedRows, Option<DTensor>)>,
+        sampling: &[SampleReq<'_>],
+    ) -> Result<(), CudaError> {
+        let lp = &mut self.queue.lp[slot];
+        lp.queued = None;
+        let Some((packed, Some(out))) = sampled else {
+            return Ok(());
+        };
+        let n = packed.lp_words;
+        if lp.readback.as_ref().is_none_or(|rb| rb.words() < n) {
+            lp.readback = Some(Readback::new(&self.ctx, 1, n.next_power_of_two())?);
+        }
+        lp.readback
+            .as_mut()
+            .expect("made above")
+            .queue(0, &out, n)?;
+        let ids = sampling
+            .iter()
+            .map(|r| r.logprobs.and_then(|s| s.token_ids.clone()))
+            .collect();
+        lp.queued = Some((packed, ids));
+        Ok(())
     }
 
     fn readback(&mut self) -> Result<&mut Readback, CudaError> {

@@ -182,7 +182,7 @@ pub fn sampling(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
                 if got as u32 != want.token {
                     continue;
                 }
-                let p = from_gpu(spec, gp);
+                let p = from_gpu(spec.token_ids.as_deref(), gp);
                 let d = |a: f32, b: f32| {
                     if a == b {
                         0.0
