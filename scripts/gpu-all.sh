@@ -50,7 +50,7 @@
 #            1B shape twice (overlap on both servers; off on the graph one), then A/B served runs
 #            of the 1B shape (gpu-itl-ab.sh, B with STRATA_OVERLAP_SCHEDULE=0) at c=64 greedy and
 #            sampled (temperature 0.7, top-p 0.9; 3 rounds, no retractions) and c=1 (with the raw
-#            graph step); OVERLAP_RUNS="CONC NP ROUNDS RAW greedy|sampled;..." picks the runs
+#            graph step); OVERLAP_RUNS="CONC NP ROUNDS RAW greedy|sampled|penalised|logprobs;..." picks the runs
 #   trained  scripts/train_tiny_llama.py trains a small Llama on the machine (TRAIN_S seconds, default
 #            90; no downloads) and scripts/hf_runner_compare.py compares the bf16 runner with
 #            transformers on it over held-out text prompts of 16..4096 tokens (the top-1 target on
@@ -188,6 +188,8 @@ for s in $STEPS; do
       for run in "${runs[@]}"; do
         set -- $run
         extra=""; [ "$5" = sampled ] && extra='{"sampling_params": {"temperature": 0.7, "top_p": 0.9}}'
+        [ "$5" = penalised ] && extra='{"sampling_params": {"temperature": 0.7, "top_p": 0.9, "frequency_penalty": 0.5, "presence_penalty": 0.2}}'
+        [ "$5" = logprobs ] && extra='{"return_logprob": true, "top_logprobs_num": 5}'
         echo "== 1B c=$1 $5: A overlap, B STRATA_OVERLAP_SCHEDULE=0"
         SIZE=llama-3.2-1b CONC=$1 NP=$2 ROUNDS=$3 RAW=$4 MAX_TOTAL=262144 ITL_B_ENV=STRATA_OVERLAP_SCHEDULE=0 \
           EXTRA="$extra" timeout $(left 150) scripts/gpu-itl-ab.sh "$OUT/ov-c$1-$5" 2>&1 | grep -v "profile:" || rc=1

@@ -13,7 +13,7 @@ Two servers of the same model and mode: GRAPH_URL with CUDA graphs, NOGRAPH_URL 
   never seen A).
 - seeded: 4 seeded sampling requests (temperature 0.8, top_p 0.9) sent twice to the graph server
   (the second time over the cached prompt) and once to the no-graph server, 4 at once; then N
-  seeded requests with varied sampling parameters 32 at a time on both servers; then N requests
+  seeded requests with varied sampling parameters (penalties too) 32 at a time on both servers; then N requests
   (greedy and seeded) with output logprobs (top 3 and two named ids), 32 at a time on both:
   ids and every logprob equal.
 Exit status 1 when any comparison differs. Standard library only."""
@@ -109,12 +109,15 @@ def main():
     results["seeded repeat (cached)"] = (compare(first, run(g, seeded, 4)), 4)
     results["seeded other server"] = (compare(first, run(ng, seeded, 4)), 4)
     # Seeded sampling in a batch, parameters varied per request (temperature, top-k/p, min-p,
-    # a logit bias, min_new_tokens): the graph server samples them on the device (queued steps
-    # under overlap scheduling), the no-graph one in its eager forwards.
+    # a logit bias, min_new_tokens, output penalties sampled and greedy): the graph server
+    # samples them on the device (queued steps under overlap scheduling, a penalised row's
+    # newest token counted from the replay's input ids), the no-graph one in its eager forwards.
     kinds = [{"temperature": 0.7}, {"temperature": 1.0, "top_k": 20}, {"temperature": 0.9, "min_p": 0.05},
-             {"temperature": 0.8, "top_p": 0.8, "logit_bias": {"13": 2.0}, "min_new_tokens": 5}]
+             {"temperature": 0.8, "top_p": 0.8, "logit_bias": {"13": 2.0}, "min_new_tokens": 5},
+             {"temperature": 0.8, "frequency_penalty": 0.6, "presence_penalty": 0.3},
+             {"temperature": 0, "repetition_penalty": 1.3, "frequency_penalty": 0.2}]
     mixed = [{"text": text(sd, 20, 300),
-              "sampling_params": {**kinds[i % 4], "max_new_tokens": new, "ignore_eos": True,
+              "sampling_params": {**kinds[i % len(kinds)], "max_new_tokens": new, "ignore_eos": True,
                                   "sampling_seed": 2000 + i}}
              for i in range(n)]
     results["seeded batch graph c32 vs nograph c32"] = (compare(run(ng, mixed, 32), run(g, mixed, 32)), n)

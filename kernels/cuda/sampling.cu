@@ -9,6 +9,9 @@
 //   11 logprob top_n (-1: no logprobs)   12..13 uniform (f64)   14 first id   15 ids   16 out word
 //   17 allow mask (-1: none): its word offset from `entries`, ceil(vocab / 32) words, bit t % 32
 //     of word t / 32 set for each token the row may draw (a grammar's mask); the others -> -inf
+//   18 uncounted token (-1: none): index into `pending` (a queued forward's input ids on the
+//     device) of one more output token the entries' counts do not hold yet (overlap scheduling
+//     feeds it forward before the host knows it); the penalties count it too
 // An entry is 3 words: token (< vocab), count | BAN | BIAS flags, bias (f32 bits); tokens of a
 // row are distinct, so one thread per entry edits the logits in place without conflicts.
 //
@@ -311,7 +314,7 @@ __device__ __forceinline__ u32 pos_by_mass(const Sel& s, u64 theta) {
 
 extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_rows(
     float* logits, int vocab, const int* params, const int* entries, int scale_bits,
-    int* out_tokens) {
+    int* out_tokens, const int* pending) {
     pdl_enter();
     __shared__ SelShared sh;
     __shared__ u32 l0_cnt[2048];
@@ -321,6 +324,7 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_rows(
     __shared__ float shf[32];
     __shared__ int shi[32];
     __shared__ long long shl[32];
+    __shared__ int uncounted_seen;
     const int row = blockIdx.x, tid = threadIdx.x;
     const int* P = params + (u64)row * ROW_WORDS;
     const int mode = P[0] & 15;
@@ -334,12 +338,24 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_rows(
     const bool pen = (P[0] & MODE_PENALTY) != 0;
     const float rep = __int_as_float(P[5]), freq = __int_as_float(P[6]),
                 pres = __int_as_float(P[7]);
+    // The uncounted token: its entry's count gains one, or it gets an entry of its own.
+    int unc = -1;
+    if (pen && P[18] >= 0 && pending != nullptr) {
+        unc = pending[P[18]];
+        if (unc >= vocab) unc = -1;
+        if (tid == 0) uncounted_seen = 0;
+        __syncthreads();
+    }
     for (int e = tid; e < P[9]; e += SAMPLE_THREADS) {
         const int* E = entries + 3 * (u64)(P[8] + e);
         const int tok = E[0], f = E[1];
         float l = lg[tok];
         if (f & E_BIAS) l = __fadd_rn(l, __int_as_float(E[2]));
-        const int c = f & E_COUNT;
+        int c = f & E_COUNT;
+        if (tok == unc) {
+            c += 1;
+            uncounted_seen = 1;
+        }
         if (pen && c > 0) {
             if (rep != 1.f) l = l > 0.f ? __fdiv_rn(l, rep) : __fmul_rn(l, rep);
             l = __fsub_rn(l, __fadd_rn(__fmul_rn(freq, (float)c), pres));
@@ -348,6 +364,14 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_rows(
         lg[tok] = l;
     }
     __syncthreads();
+    if (unc >= 0) {  // (the same for the whole block)
+        if (tid == 0 && !uncounted_seen) {
+            float l = lg[unc];
+            if (rep != 1.f) l = l > 0.f ? __fdiv_rn(l, rep) : __fmul_rn(l, rep);
+            lg[unc] = __fsub_rn(l, __fadd_rn(freq, pres));
+        }
+        __syncthreads();
+    }
     if (P[17] >= 0) {
         // The allow mask: one word per 32 tokens (a warp's 32 lanes read the same word).
         const u32* mk = (const u32*)(entries + P[17]);

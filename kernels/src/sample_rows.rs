@@ -105,6 +105,10 @@ pub struct RowSpec<'a> {
     pub uniform: f64,
     /// (top_n, token ids) when log-probabilities are wanted.
     pub logprobs: Option<(usize, &'a [u32])>,
+    /// One more output token that `counts` does not hold yet, as its index into the device ids
+    /// handed to the sampler (a queued forward's input ids: under overlap scheduling the token
+    /// fed forward is not known on the host when the step is queued). Penalised rows only.
+    pub uncounted: Option<u32>,
 }
 
 impl RowSpec<'_> {
@@ -122,6 +126,7 @@ impl RowSpec<'_> {
             allow: None,
             uniform,
             logprobs: None,
+            uncounted: None,
         }
     }
 
@@ -134,7 +139,8 @@ impl RowSpec<'_> {
 
 /// The packed upload: `words` = rows x [`ROW_WORDS`], then the entries, then the logprob ids,
 /// then the allow masks (`mask_words` words each; a row's word 17 is its mask's offset from the
-/// first entry, -1 without one).
+/// first entry, -1 without one; word 18 its uncounted token's index into the device ids, -1
+/// without one; the row layout is kernels/cuda/sampling.cu's header).
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct PackedRows {
     pub words: Vec<i32>,
@@ -195,6 +201,10 @@ pub fn pack_rows(rows: &[RowSpec<'_>], vocab: usize) -> PackedRows {
         let h = &mut head[r * ROW_WORDS..(r + 1) * ROW_WORDS];
         h[17] = -1;
         let pen = s.penalised();
+        h[18] = match s.uncounted {
+            Some(i) if pen && matches!(s.mode, RowMode::Greedy | RowMode::Sample) => i as i32,
+            _ => -1,
+        };
         let (mode, fixed) = match s.mode {
             RowMode::Skip => (0, 0),
             RowMode::Greedy => (1, 0),
@@ -295,6 +305,16 @@ pub fn count_tokens(tokens: &[u32]) -> Vec<(u32, u32)> {
     v.chunk_by(|a, b| a == b)
         .map(|g| (g[0], g.len() as u32))
         .collect()
+}
+
+/// `counts` (ascending by token) with one more `t`.
+pub fn add_count(counts: &[(u32, u32)], t: u32) -> Vec<(u32, u32)> {
+    let mut v = counts.to_vec();
+    match v.binary_search_by_key(&t, |c| c.0) {
+        Ok(k) => v[k].1 += 1,
+        Err(k) => v.insert(k, (t, 1)),
+    }
+    v
 }
 
 /// Appends one entry per distinct in-vocabulary token the row edits (its count among the

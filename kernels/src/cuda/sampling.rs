@@ -32,6 +32,7 @@ impl CudaOps {
         logits: &DTensor,
         packed: &PackedRows,
         tokens: &DTensor,
+        pending: Option<&DTensor>,
     ) -> Result<Option<DTensor>> {
         self.ctx.check_device("logits", logits)?;
         self.ctx.check_device("tokens", tokens)?;
@@ -45,6 +46,17 @@ impl CudaOps {
             format!("vocab {v} out of range")
         })?;
         validate(packed, b, v)?;
+        let ids = pending.map_or(0, |p| p.numel());
+        ensure(
+            packed.words[..packed.entries_at()]
+                .chunks_exact(ROW_WORDS)
+                .all(|h| h[18] < 0 || (h[18] as usize) < ids),
+            || format!("an uncounted token's index outside the {ids} device ids"),
+        )?;
+        if let Some(p) = pending {
+            self.ctx.check_device("pending ids", p)?;
+            ensure(p.dtype() == DType::I32, || "pending ids must be i32".into())?;
+        }
         let b = packed.rows;
         if b == 0 {
             return Ok(None);
@@ -61,6 +73,7 @@ impl CudaOps {
             Arg::U64(buf.ptr_at(packed.entries_at())?),
             Arg::I32(scale_bits(v)),
             Arg::U64(tokens.ptr()),
+            Arg::U64(pending.map_or(0, |p| p.ptr())),
         ];
         self.go(&self.sample, Dims::rows(b, THREADS), &args)?;
         if packed.lp_words == 0 {
@@ -111,7 +124,7 @@ impl CudaOps {
             .iter()
             .any(|r| r.mode != RowMode::Skip || r.logprobs.is_some());
         let lp = if gpu_work {
-            self.sample_rows(logits, &packed, &tokens)?
+            self.sample_rows(logits, &packed, &tokens, None)?
         } else {
             None
         };

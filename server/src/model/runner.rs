@@ -18,7 +18,7 @@ use crate::logprobs::{at_position, LogprobSpec, PosLogprobs};
 use crate::sampling::SamplingParams;
 use std::path::Path;
 use std::sync::Arc;
-use strata_kernels::sample_rows::{Allow, RowMode, RowSpec};
+use strata_kernels::sample_rows::{add_count, Allow, RowMode, RowSpec};
 use strata_kernels::sampling::sample;
 use strata_kernels::Backend;
 
@@ -46,6 +46,11 @@ pub struct SampleReq<'a> {
     pub embed: bool,
     /// A sampled row whose hidden state also comes back (`return_hidden_states`).
     pub hidden: bool,
+    /// One more output token that `counts` does not hold yet: the batch's input token at this
+    /// index (under overlap scheduling, fed forward from the forward in flight before the host
+    /// knows it). The penalties count it too: the CUDA runner's queued steps read it from the
+    /// device, the others from `batch.tokens` once resolved (`with_uncounted_counted`).
+    pub uncounted: Option<usize>,
 }
 
 impl SampleReq<'_> {
@@ -58,17 +63,14 @@ impl SampleReq<'_> {
             && self.from_logits_alone()
     }
 
-    /// True when the token (and its logprobs, when asked) is drawn from the row's logits and the
-    /// request's fixed parameters alone (temperature, top-k/p, min-p, logit bias, bans, the
-    /// draw): nothing read from the output so far (penalties, a grammar's mask) and nothing
-    /// brought back but the token and its logprob words. A runner may then sample it on the
-    /// device while the host goes on (overlap scheduling).
+    /// True when the token (and its logprobs, when asked) is drawn on the device from the row's
+    /// logits, the request's fixed parameters (temperature, top-k/p, min-p, logit bias, bans,
+    /// the draw) and the output's counts (penalties; the newest token counted on the device,
+    /// `uncounted`): no grammar mask walked on the host, nothing brought back but the token and
+    /// its logprob words. A runner may then sample it while the host goes on (overlap
+    /// scheduling).
     pub fn from_logits_alone(&self) -> bool {
-        !self.params.penalises_output()
-            && self.allow.is_none()
-            && self.score.is_none()
-            && !self.embed
-            && !self.hidden
+        self.allow.is_none() && self.score.is_none() && !self.embed && !self.hidden
     }
 }
 
@@ -103,7 +105,42 @@ pub fn gpu_row<'a>(r: &SampleReq<'a>) -> RowSpec<'a> {
         logprobs: r
             .logprobs
             .map(|spec| (spec.top_n, spec.token_ids.as_deref().unwrap_or(&[]))),
+        uncounted: if scored {
+            None
+        } else {
+            r.uncounted.map(|i| i as u32)
+        },
     }
+}
+
+/// Calls `f` with `sampling` whose uncounted tokens (`SampleReq::uncounted`) are added to their
+/// counts from `batch.tokens` (resolved: the forward they came from was taken back), for a
+/// runner that samples with the batch's tokens known on the host.
+pub fn with_uncounted_counted<T>(
+    batch: &ForwardBatch,
+    sampling: &[SampleReq<'_>],
+    f: impl FnOnce(&[SampleReq<'_>]) -> T,
+) -> T {
+    if sampling.iter().all(|r| r.uncounted.is_none()) {
+        return f(sampling);
+    }
+    let counts: Vec<Option<Vec<(u32, u32)>>> = sampling
+        .iter()
+        .map(|r| r.uncounted.map(|i| add_count(r.counts, batch.tokens[i])))
+        .collect();
+    let reqs: Vec<SampleReq<'_>> = sampling
+        .iter()
+        .zip(&counts)
+        .map(|(r, c)| match c {
+            Some(c) => SampleReq {
+                counts: c,
+                uncounted: None,
+                ..*r
+            },
+            None => *r,
+        })
+        .collect();
+    f(&reqs)
 }
 
 /// One sampled token.
@@ -382,6 +419,18 @@ impl<B: Backend> ModelRunner for Model<B> {
         kv: &mut Self::Kv,
     ) -> Result<Vec<Sampled>, ModelError> {
         check_sampling(batch, sampling)?;
+        with_uncounted_counted(batch, sampling, |s| self.run_counted(batch, s, kv))
+    }
+}
+
+impl<B: Backend> Model<B> {
+    /// [`ModelRunner::run_batch`] once every row's counts are whole.
+    fn run_counted(
+        &mut self,
+        batch: &ForwardBatch,
+        sampling: &[SampleReq<'_>],
+        kv: &mut KvBuffers<B>,
+    ) -> Result<Vec<Sampled>, ModelError> {
         let embed = sampling.iter().any(|r| r.embed || r.hidden);
         let (logits, hidden) = self.forward_rows(batch, kv, embed)?;
         let (vocab, h) = (self.cfg.vocab_size, self.cfg.hidden_size);
@@ -414,6 +463,19 @@ pub(crate) fn check_sampling(
     batch: &ForwardBatch,
     sampling: &[SampleReq<'_>],
 ) -> Result<(), ModelError> {
+    if let Some(r) = sampling
+        .iter()
+        .find(|r| r.uncounted.is_some_and(|i| i >= batch.tokens.len()))
+    {
+        return Err(ModelError::Kernel(strata_kernels::KernelError::Shape {
+            op: "run_batch",
+            detail: format!(
+                "uncounted token {:?} outside a batch of {} tokens",
+                r.uncounted,
+                batch.tokens.len()
+            ),
+        }));
+    }
     if batch.logit_rows.len() != sampling.len() {
         return Err(ModelError::Kernel(strata_kernels::KernelError::Shape {
             op: "run_batch",
@@ -450,6 +512,7 @@ mod tests {
             score: None,
             embed: false,
             hidden: false,
+            uncounted: None,
         }
     }
 

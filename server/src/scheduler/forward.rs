@@ -145,7 +145,8 @@ impl<R: ModelRunner> Scheduler<R> {
         let reqs: Vec<SampleReq<'_>> = rows
             .iter()
             .zip(banned.iter().zip(&masks))
-            .map(|(&(i, row), (banned, mask))| {
+            .zip(&batch.logit_rows)
+            .map(|((&(i, row), (banned, mask)), &at)| {
                 let s = &self.running[i];
                 let out_len = s.tokens.len() - s.prompt_len;
                 SampleReq {
@@ -168,6 +169,12 @@ impl<R: ModelRunner> Scheduler<R> {
                     hidden: matches!(row, Row::Next(_))
                         && s.req.params.return_hidden_states
                         && s.tokens.len() > s.hidden_next,
+                    // The input token still being sampled by the forward in flight: not in the
+                    // counts yet (`update_counts` skips placeholders), counted by the runner.
+                    uncounted: (matches!(row, Row::Next(_))
+                        && s.req.params.penalises_output()
+                        && s.tokens.last() == Some(&PLACEHOLDER))
+                    .then_some(at),
                 }
             })
             .collect();

@@ -12,8 +12,9 @@
 //!
 //! A round runs ahead only into a round the runner can queue: every sequence decoding one token
 //! drawn from its logits alone (greedy or sampled with temperature, top-k/p, min-p, logit bias,
-//! bans, output logprobs; no penalty that reads the output, grammar or hidden states: nothing read from
-//! the host's copy of the output), nobody waiting who could be admitted, and pages for every
+//! bans, output logprobs, frequency / presence / repetition penalties: the token fed forward,
+//! not on the host yet, is counted by the runner from the device, `SampleReq::uncounted`; no
+//! grammar or hidden states), nobody waiting who could be admitted, and pages for every
 //! decode without a retraction (free or evictable). Building any other round early would only
 //! hold back the tokens in flight until that round (an eager prefill, rows sampled on the host)
 //! has run: in c=64 runs with 1K prompts (on the GPU, and reproduced against a simulated device)
@@ -29,7 +30,7 @@
 //! its own fresh pages before the forward that reads them is launched).
 //! The runner decides whether a launch returns early (`ModelRunner::queues`: the CUDA
 //! runner's graph replays of decode batches sampled on the device). Only such a queued forward
-//! is kept in flight; one that ran inside its launch (an eager prefill, penalised rows) is taken
+//! is kept in flight; one that ran inside its launch (an eager prefill, grammar rows) is taken
 //! back at once, so its tokens are not held back a round. On the CPU every forward runs inside its
 //! launch, so overlap is off there unless `STRATA_OVERLAP_SCHEDULE=1` turns it on and holds
 //! every forward as if queued (tests of the bookkeeping).

@@ -1,7 +1,7 @@
 //! Overlap scheduling (`overlap.rs`) against rounds that take every forward back before the
 //! next: the same tokens and finishes for every request (greedy and seeded, chunked prompts,
-//! stop tokens met mid-flight, length limits, output logprobs, penalties that force a sync,
-//! late arrivals, KV
+//! stop tokens met mid-flight, length limits, output logprobs, penalties (the token fed
+//! forward counted by the runner), late arrivals, KV
 //! pressure that forces retractions), aborts mid-flight, and every page back at the end. The
 //! CPU runner's launches run to the end; held in flight as if queued (`hold_done`), they test
 //! the bookkeeping (placeholders, zombies, the runner's results fed forward) that the CUDA
@@ -14,7 +14,7 @@ use crate::kv::KvPool;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 /// One request of a workload: (rid, prompt, max_new_tokens, temperature, seed, stop token,
-/// frequency penalty, the round it arrives at, min_new_tokens, a logit bias for the stop token,
+/// penalty p (frequency p, presence p / 2, repetition 1 + p / 2), the round it arrives at, min_new_tokens, a logit bias for the stop token,
 /// output logprobs (top 3 and one named token).
 struct Spec {
     rid: &'static str,
@@ -55,6 +55,8 @@ fn make(s: &Spec) -> (Request, UnboundedReceiver<Event>) {
         }
     }
     req.params.frequency_penalty = s.penalty;
+    req.params.presence_penalty = s.penalty / 2.0;
+    req.params.repetition_penalty = 1.0 + s.penalty / 2.0;
     req.params.min_new_tokens = s.min_new;
     if s.logprobs {
         req.logprobs = Some(crate::logprobs::LogprobSpec {
@@ -127,8 +129,8 @@ fn run(cfg: SchedulerConfig, specs: &[Spec], overlap: bool) -> (Vec<Outcome>, us
 
 /// The greedy requests of the mixed workload and, with `sampled`, seeded ones beside them
 /// (rounds run ahead of both; one sampled with its stop token favoured by a logit bias and
-/// banned for its first tokens by `min_new_tokens`, one with output logprobs) and a penalised
-/// one (rounds with it take the forward in flight back).
+/// banned for its first tokens by `min_new_tokens`, one with output logprobs) and penalised
+/// ones, sampled and greedy (their newest token counted from the batch's input ids).
 fn workload(stop: u32, sampled: bool) -> Vec<Spec> {
     let mut specs = vec![
         spec("a", 1, 20, 9, 0.0),
@@ -157,6 +159,10 @@ fn workload(stop: u32, sampled: bool) -> Vec<Spec> {
         specs.push(Spec {
             penalty: 0.5,
             ..spec("fff", 90, 9, 8, 0.7)
+        });
+        specs.push(Spec {
+            penalty: 1.0,
+            ..spec("pp", 20, 14, 20, 0.0)
         });
         specs.push(Spec {
             at_round: 5,

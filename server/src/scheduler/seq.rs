@@ -76,8 +76,8 @@ impl Seq {
     /// The output tokens so far, each once with its count, ascending by token (what a penalty
     /// reads), brought up to date with the tokens added since the last call: a step costs its
     /// new token, not a count of the whole output. Placeholders (tokens still being sampled) are
-    /// not counted; a penalised sequence has none when it is sampled (its rounds do not run
-    /// ahead).
+    /// not counted: when a penalised sequence is sampled, its one placeholder is the input token
+    /// fed forward, which the runner counts (`SampleReq::uncounted`).
     pub fn update_counts(&mut self) -> &[(u32, u32)] {
         let real = self.tokens.len() - self.prompt_len - self.pending();
         let mut counted: usize = self.out_counts.iter().map(|c| c.1 as usize).sum();
@@ -150,12 +150,13 @@ impl Seq {
     }
 
     /// Its next token is drawn from its logits alone (what a runner can sample without the
-    /// host, `SampleReq::from_logits_alone`): no penalty that reads the output, no grammar
-    /// mask or hidden state. Temperature, top-k/p, min-p, logit bias, bans (the count of tokens
-    /// decides those, and placeholders count) and output logprobs are fine.
+    /// host, `SampleReq::from_logits_alone`): no grammar mask or hidden state. Temperature,
+    /// top-k/p, min-p, logit bias, bans (the count of tokens decides those, and placeholders
+    /// count), penalties (the token fed forward is counted on the device,
+    /// `SampleReq::uncounted`) and output logprobs are fine.
     pub fn decodes_from_logits(&self) -> bool {
         let p = &self.req.params;
-        !p.penalises_output() && p.grammar.is_none() && !p.return_hidden_states
+        p.grammar.is_none() && !p.return_hidden_states
     }
 
     /// Tokens at the end of `tokens` still being sampled (placeholders; at most two: one whose

@@ -216,7 +216,7 @@ impl Graphs {
         let Some((gi, launched)) = self.try_launch(r, batch, kv, None)? else {
             return Ok(None);
         };
-        let (logits, tokens) = self.head(gi);
+        let (logits, tokens, _) = self.head(gi);
         r.sample(logits, tokens, sampling)
             .map(|out| Some((out, launched)))
     }
@@ -332,15 +332,12 @@ impl Graphs {
         Ok(Some((gi, launched)))
     }
 
-    /// The logits ([bs, vocab] f32) and sampled-token buffer ([bs] i32, the argmax of each
-    /// row) of graph `gi`.
-    pub(super) fn head(&self, gi: usize) -> (&DTensor, &DTensor) {
-        let (_, logits, tokens) = self.graphs[gi]
-            .acts
-            .head
-            .as_ref()
-            .expect("graphs have logits rows");
-        (logits, tokens)
+    /// The logits ([bs, vocab] f32), sampled-token buffer ([bs] i32, the argmax of each row)
+    /// and metadata of graph `gi` (its first `bs` words are the replay's input ids).
+    pub(super) fn head(&self, gi: usize) -> (&DTensor, &DTensor, &DTensor) {
+        let g = &self.graphs[gi];
+        let (_, logits, tokens) = g.acts.head.as_ref().expect("graphs have logits rows");
+        (logits, tokens, &g.meta.buf)
     }
 }
 

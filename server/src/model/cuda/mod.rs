@@ -34,7 +34,9 @@ pub fn device_kv(kv: &CudaKv) -> Result<Arc<dyn crate::pd::share::DeviceKv>, Str
     Ok(Arc::new(ipc::CudaDeviceKv::new(kv)?))
 }
 
-use super::runner::{check_sampling, gpu_row, sample_host, ModelRunner, SampleReq, Sampled};
+use super::runner::{
+    check_sampling, gpu_row, sample_host, with_uncounted_counted, ModelRunner, SampleReq, Sampled,
+};
 use super::{ForwardBatch, ModelConfig, ModelError};
 use crate::kv::{HostKvPool, PageId};
 use lora::Proj;
@@ -522,11 +524,14 @@ impl CudaRunner {
     /// Queues the sampling of the logits rows the argmax in `tokens` does not answer (and their
     /// logprobs) on the stream; returns the packed rows and the logprob words to read once the
     /// stream reaches them, None when every row is the argmax's (nothing queued, nothing waits).
+    /// `ids` are the forward's input ids on the device, where rows' uncounted tokens are
+    /// (`SampleReq::uncounted`; None: no row has one).
     fn queue_sampling(
         &self,
         logits: &DTensor,
         tokens: &DTensor,
         sampling: &[SampleReq<'_>],
+        ids: Option<&DTensor>,
     ) -> Result<Option<(PackedRows, Option<DTensor>)>, CudaError> {
         let v = self.cfg.vocab_size;
         let specs: Vec<RowSpec<'_>> = sampling
@@ -546,7 +551,7 @@ impl CudaRunner {
             return Ok(None);
         }
         let packed = pack_rows(&specs, v);
-        let lp = self.ops.sample_rows(logits, &packed, tokens)?;
+        let lp = self.ops.sample_rows(logits, &packed, tokens, ids)?;
         Ok(Some((packed, lp)))
     }
 
@@ -559,7 +564,7 @@ impl CudaRunner {
         sampling: &[SampleReq<'_>],
     ) -> Result<Vec<Sampled>, CudaError> {
         let v = self.cfg.vocab_size;
-        let queued = self.queue_sampling(logits, tokens, sampling)?;
+        let queued = self.queue_sampling(logits, tokens, sampling, None)?;
         let picked = self.ctx.download_i32(tokens)?;
         let lps = match &queued {
             Some((packed, Some(out))) => self.ops.download_logprobs(packed, out)?,
@@ -616,6 +621,38 @@ impl CudaRunner {
         // Prefill-sized batches without programmatic dependent launch (launch.rs).
         launch::prefill_forward(n, || self.forward_parts(&acts, &meta, &[], &parts, kv))?;
         Ok(acts)
+    }
+
+    /// [`ModelRunner::run_batch`] once every row's counts are whole.
+    fn run_counted(
+        &mut self,
+        batch: &ForwardBatch,
+        sampling: &[SampleReq<'_>],
+        kv: &mut CudaKv,
+    ) -> Result<Vec<Sampled>, ModelError> {
+        let entered = std::time::Instant::now();
+        self.count_forward();
+        // Rows whose hidden states come back run eagerly (the graphs keep none).
+        let graph = if sampling.iter().any(|r| r.embed || r.hidden) {
+            None
+        } else {
+            // Out while it runs: a batch with adapters may capture its bucket's LoRA graph.
+            let mut graphs = std::mem::take(&mut self.graphs);
+            let run = graphs.try_run(self, batch, sampling, kv);
+            self.graphs = graphs;
+            run?
+        };
+        let out = match graph {
+            Some((out, launched)) => {
+                self.counts.1 += 1;
+                self.prof.add(entered, launched);
+                out
+            }
+            None => self.run_eager(batch, sampling, kv)?,
+        };
+        kv.settle()?;
+        self.prof.last_return = Some(std::time::Instant::now());
+        Ok(out)
     }
 
     /// Runs a batch without a graph and samples it.
@@ -793,29 +830,7 @@ impl ModelRunner for CudaRunner {
         kv: &mut CudaKv,
     ) -> Result<Vec<Sampled>, ModelError> {
         check_sampling(batch, sampling)?;
-        let entered = std::time::Instant::now();
-        self.count_forward();
-        // Rows whose hidden states come back run eagerly (the graphs keep none).
-        let graph = if sampling.iter().any(|r| r.embed || r.hidden) {
-            None
-        } else {
-            // Out while it runs: a batch with adapters may capture its bucket's LoRA graph.
-            let mut graphs = std::mem::take(&mut self.graphs);
-            let run = graphs.try_run(self, batch, sampling, kv);
-            self.graphs = graphs;
-            run?
-        };
-        let out = match graph {
-            Some((out, launched)) => {
-                self.counts.1 += 1;
-                self.prof.add(entered, launched);
-                out
-            }
-            None => self.run_eager(batch, sampling, kv)?,
-        };
-        kv.settle()?;
-        self.prof.last_return = Some(std::time::Instant::now());
-        Ok(out)
+        with_uncounted_counted(batch, sampling, |s| self.run_counted(batch, s, kv))
     }
     fn queues(&self) -> bool {
         true

@@ -63,10 +63,11 @@ impl CudaRunner {
             let run = graphs.try_launch(self, batch, kv, last.as_ref().map(|l| &l.1));
             let queued = match run {
                 Ok(Some((gi, launched))) => {
-                    // Rows the argmax does not answer are sampled after the replay; the
+                    // Rows the argmax does not answer are sampled after the replay (a
+                    // penalised row's newest token counted from the replay's input ids); the
                     // logprob words of rows that ask for them are read back with the tokens.
-                    let (logits, t) = graphs.head(gi);
-                    self.queue_sampling(logits, t, sampling)
+                    let (logits, t, ids) = graphs.head(gi);
+                    self.queue_sampling(logits, t, sampling, Some(ids))
                         .and_then(|q| Ok((q, t.view(0, t.shape())?)))
                         .map(|(q, t)| Some((t, q, launched)))
                 }

@@ -77,19 +77,20 @@ pub fn run(ops: &CudaOps, summary: &mut Vec<String>) -> anyhow::Result<Value> {
                         score: None,
                         embed: false,
                         hidden: false,
+                        uncounted: None,
                     })
                     .collect();
                 let specs: Vec<_> = reqs.iter().map(gpu_row).collect();
                 let packed = pack_rows(&specs, vocab);
                 let gpu = gpu_ms(ctx, false, 2, 9, || {
-                    ops.sample_rows(&gl, &packed, &tokens)?;
+                    ops.sample_rows(&gl, &packed, &tokens, None)?;
                     Ok(())
                 })?;
                 let mut walls = Vec::new();
                 for _ in 0..5 {
                     let t = Instant::now();
                     let packed = pack_rows(&specs, vocab);
-                    let out = ops.sample_rows(&gl, &packed, &tokens)?;
+                    let out = ops.sample_rows(&gl, &packed, &tokens, None)?;
                     ctx.download_i32(&tokens)?;
                     if let Some(o) = out {
                         ops.download_logprobs(&packed, &o)?;

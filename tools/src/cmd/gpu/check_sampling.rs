@@ -99,6 +99,7 @@ pub fn sampling(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
                     score: case.score.then_some((r * 7919 % vocab) as u32),
                     embed: false,
                     hidden: false,
+                    uncounted: None,
                 }
             })
             .collect();
