@@ -3,7 +3,7 @@
 //! CPU runner's finished forwards held as if queued), the other with
 //! `--disable-overlap-schedule`; the same concurrent mix of requests (greedy and seeded, stop
 //! strings and stop token ids met mid-stream, length limits of 0 and 1, logprobs, a regex
-//! constraint, `n = 2`, a logit bias with min_new_tokens, a penalty, a streamed one) gets the
+//! constraint, `n = 2`, a logit bias with min_new_tokens, penalties, a streamed one) gets the
 //! same answers from both, and the flag shows in
 //! `/get_server_info`.
 
@@ -101,8 +101,12 @@ async fn overlap_scheduling_answers_as_the_synchronous_schedule() {
     bodies.push(json!({"text": "Biased", "sampling_params":
         {"temperature": 1.0, "top_k": 40, "seed": 3, "max_new_tokens": 24, "min_new_tokens": 3,
          "stop_token_ids": [stop_id], "logit_bias": {stop_id.to_string(): 3.0}}}));
+    // Penalised rows run ahead too: the token fed forward is counted by the runner.
     bodies.push(json!({"text": "Penalised", "sampling_params":
         {"temperature": 0, "frequency_penalty": 0.7, "max_new_tokens": 14, "ignore_eos": true}}));
+    bodies.push(json!({"text": "Penalised and sampled", "sampling_params":
+        {"temperature": 0.8, "seed": 9, "presence_penalty": 0.9, "repetition_penalty": 1.4,
+         "max_new_tokens": 18, "ignore_eos": true}}));
 
     let want = answers(&off, &bodies).await;
     let got = answers(&on, &bodies).await;
