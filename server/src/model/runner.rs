@@ -72,6 +72,22 @@ impl SampleReq<'_> {
     pub fn from_logits_alone(&self) -> bool {
         self.allow.is_none() && self.score.is_none() && !self.embed && !self.hidden
     }
+
+    /// [`from_logits_alone`](Self::from_logits_alone), and without output penalties or
+    /// logprobs unless `wide` ([`overlap_wide_from_env`]): a runner queues such a row.
+    pub fn queueable(&self, wide: bool) -> bool {
+        self.from_logits_alone()
+            && (wide || (!self.params.penalises_output() && self.logprobs.is_none()))
+    }
+}
+
+/// Whether rows with output penalties or logprobs are queued (and rounds run ahead of them)
+/// under overlap scheduling: `STRATA_OVERLAP_WIDE=1`, or overlap forced by
+/// `STRATA_OVERLAP_SCHEDULE=1`. Checked on the CPU and with the sampler's CUDA source emulated,
+/// not yet on a GPU: off by default until then (docs/server.md, "Overlap scheduling").
+pub fn overlap_wide_from_env() -> bool {
+    let on = |k: &str| std::env::var(k).as_deref() == Ok("1");
+    on("STRATA_OVERLAP_WIDE") || on("STRATA_OVERLAP_SCHEDULE")
 }
 
 /// The GPU sampler's description of `r` (`strata_kernels::sample_rows`, same semantics as

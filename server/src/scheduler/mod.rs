@@ -175,6 +175,9 @@ pub struct Scheduler<R: ModelRunner> {
     hold_done: bool,
     /// Overlap scheduling on a HiCache server too (`STRATA_OVERLAP_HICACHE=1`).
     hicache_overlap: bool,
+    /// Rounds run ahead of rows with output penalties or logprobs too
+    /// (`runner::overlap_wide_from_env`).
+    overlap_wide: bool,
     /// A decode found no page while a forward was in flight: the next round takes it back first.
     kv_short: bool,
     /// Rounds built while a forward was in flight.
@@ -317,6 +320,7 @@ impl<R: ModelRunner> Scheduler<R> {
         Scheduler {
             overlap,
             hicache_overlap,
+            overlap_wide: crate::model::runner::overlap_wide_from_env(),
             hold_done: forced.as_deref() == Ok("1"),
             kv_short: false,
             ran_ahead: 0,

@@ -81,7 +81,7 @@ impl<R: ModelRunner> Scheduler<R> {
             if s.zombie.is_some() || s.ends_on_pending(ctx) {
                 continue;
             }
-            if s.computed == 0 || s.remaining() != 1 || !s.decodes_from_logits() {
+            if s.computed == 0 || s.remaining() != 1 || !s.decodes_from_logits(self.overlap_wide) {
                 return false;
             }
             going_on += 1;

@@ -92,6 +92,7 @@ fn run(cfg: SchedulerConfig, specs: &[Spec], overlap: bool) -> (Vec<Outcome>, us
     let mut r: Rig = rig(cfg);
     r.s.overlap = overlap;
     r.s.hold_done = overlap;
+    r.s.overlap_wide = overlap;
     let mut rxs: Vec<Option<UnboundedReceiver<Event>>> = specs.iter().map(|_| None).collect();
     for round in 0..10_000 {
         for (k, s) in specs.iter().enumerate() {

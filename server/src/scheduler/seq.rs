@@ -153,10 +153,13 @@ impl Seq {
     /// host, `SampleReq::from_logits_alone`): no grammar mask or hidden state. Temperature,
     /// top-k/p, min-p, logit bias, bans (the count of tokens decides those, and placeholders
     /// count), penalties (the token fed forward is counted on the device,
-    /// `SampleReq::uncounted`) and output logprobs are fine.
-    pub fn decodes_from_logits(&self) -> bool {
+    /// `SampleReq::uncounted`) and output logprobs are fine when `wide`
+    /// (`runner::overlap_wide_from_env`).
+    pub fn decodes_from_logits(&self, wide: bool) -> bool {
         let p = &self.req.params;
-        p.grammar.is_none() && !p.return_hidden_states
+        p.grammar.is_none()
+            && !p.return_hidden_states
+            && (wide || (!p.penalises_output() && self.req.logprobs.is_none()))
     }
 
     /// Tokens at the end of `tokens` still being sampled (placeholders; at most two: one whose

@@ -142,6 +142,8 @@ pub struct CudaRunner {
     loras: lora::Cache,
     /// Forwards launched without waiting (overlap scheduling, `queue.rs`).
     queue: queue::Queue,
+    /// Queue rows with output penalties or logprobs too (`runner::overlap_wide_from_env`).
+    overlap_wide: bool,
 }
 
 /// Bytes of activations per token row of a forward, and per logits row.
@@ -198,6 +200,7 @@ impl CudaRunner {
             prof: StepProfile::default(),
             loras: lora::Cache::default(),
             queue: queue::Queue::default(),
+            overlap_wide: super::runner::overlap_wide_from_env(),
             opts,
             ctx,
         })

@@ -55,7 +55,7 @@ impl CudaRunner {
                 "input tokens named from a forward that was not queued".into(),
             )));
         }
-        if sampling.iter().all(SampleReq::from_logits_alone) {
+        if sampling.iter().all(|r| r.queueable(self.overlap_wide)) {
             // (The other path's `run_batch` checks it itself.)
             crate::model::runner::check_sampling(batch, sampling)?;
             let entered = std::time::Instant::now();
