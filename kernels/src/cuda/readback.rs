@@ -71,6 +71,14 @@ impl Readback {
         Ok(())
     }
 
+    /// Waits for every slot's copy still in flight (before the buffer is dropped).
+    pub fn sync_all(&self) -> Result<()> {
+        for ev in self.events.iter().flatten() {
+            ev.synchronize()?;
+        }
+        Ok(())
+    }
+
     /// Waits for slot `k`'s copy and returns its first `n` values.
     pub fn wait(&self, k: usize, n: usize) -> Result<Vec<i32>> {
         let Some(ev) = self.events.get(k).and_then(Option::as_ref) else {

@@ -151,6 +151,9 @@ impl CudaRunner {
         };
         let n = packed.lp_words;
         if lp.readback.as_ref().is_none_or(|rb| rb.words() < n) {
+            if let Some(old) = &lp.readback {
+                old.sync_all()?; // (no copy may land in a freed buffer)
+            }
             lp.readback = Some(Readback::new(&self.ctx, 1, n.next_power_of_two())?);
         }
         lp.readback
