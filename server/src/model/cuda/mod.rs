@@ -24,6 +24,7 @@ mod load;
 mod lora;
 mod lora_slots;
 mod queue;
+mod sample;
 mod weights;
 
 pub use kv::CudaKv;
@@ -34,9 +35,7 @@ pub fn device_kv(kv: &CudaKv) -> Result<Arc<dyn crate::pd::share::DeviceKv>, Str
     Ok(Arc::new(ipc::CudaDeviceKv::new(kv)?))
 }
 
-use super::runner::{
-    check_sampling, gpu_row, sample_host, with_uncounted_counted, ModelRunner, SampleReq, Sampled,
-};
+use super::runner::{check_sampling, with_uncounted_counted, ModelRunner, SampleReq, Sampled};
 use super::{ForwardBatch, ModelConfig, ModelError};
 use crate::kv::{HostKvPool, PageId};
 use lora::Proj;
@@ -46,7 +45,6 @@ use strata_kernels::cuda::{
     launch, AttnPlan, AttnSeq, AttnShape, CudaError, CudaOps, DTensor, DType, Gemm, GpuContext,
     PlanOpts, QRope, QkvInput,
 };
-use strata_kernels::sample_rows::{pack_rows, PackedRows, RowMode, RowSpec};
 use weights::Weights;
 
 /// Start-up options of the CUDA runner.
@@ -524,76 +522,6 @@ impl CudaRunner {
         Ok(())
     }
 
-    /// Queues the sampling of the logits rows the argmax in `tokens` does not answer (and their
-    /// logprobs) on the stream; returns the packed rows and the logprob words to read once the
-    /// stream reaches them, None when every row is the argmax's (nothing queued, nothing waits).
-    /// `ids` are the forward's input ids on the device, where rows' uncounted tokens are
-    /// (`SampleReq::uncounted`; None: no row has one).
-    fn queue_sampling(
-        &self,
-        logits: &DTensor,
-        tokens: &DTensor,
-        sampling: &[SampleReq<'_>],
-        ids: Option<&DTensor>,
-    ) -> Result<Option<(PackedRows, Option<DTensor>)>, CudaError> {
-        let v = self.cfg.vocab_size;
-        let specs: Vec<RowSpec<'_>> = sampling
-            .iter()
-            .map(|r| {
-                if samples_on_host(r, v) {
-                    RowSpec::plain(RowMode::Skip, r.params.sample, 0.0)
-                } else {
-                    gpu_row(r)
-                }
-            })
-            .collect();
-        let gpu_work = specs
-            .iter()
-            .any(|s| s.mode != RowMode::Skip || s.logprobs.is_some());
-        if !gpu_work {
-            return Ok(None);
-        }
-        let packed = pack_rows(&specs, v);
-        let lp = self.ops.sample_rows(logits, &packed, tokens, ids)?;
-        Ok(Some((packed, lp)))
-    }
-
-    /// Samples a finished forward's logits rows on the GPU (the argmax is already in `tokens`)
-    /// and brings back one token, and the asked-for logprobs, per sampling request.
-    fn sample(
-        &self,
-        logits: &DTensor,
-        tokens: &DTensor,
-        sampling: &[SampleReq<'_>],
-    ) -> Result<Vec<Sampled>, CudaError> {
-        let v = self.cfg.vocab_size;
-        let queued = self.queue_sampling(logits, tokens, sampling, None)?;
-        let picked = self.ctx.download_i32(tokens)?;
-        let lps = match &queued {
-            Some((packed, Some(out))) => self.ops.download_logprobs(packed, out)?,
-            _ => vec![None; sampling.len()],
-        };
-        sampling
-            .iter()
-            .zip(picked.iter().zip(lps))
-            .enumerate()
-            .map(|(r, (req, (&token, lp)))| {
-                if samples_on_host(req, v) {
-                    let mut row = self.ctx.download_f32_range(logits, r * v, v)?;
-                    return Ok(sample_host(&mut row, req));
-                }
-                let logprobs = match (req.logprobs, lp) {
-                    (Some(spec), Some(lp)) => Some(Box::new(crate::logprobs::from_gpu(
-                        spec.token_ids.as_deref(),
-                        &lp,
-                    ))),
-                    _ => None,
-                };
-                Ok(Sampled::token(token as u32, logprobs))
-            })
-            .collect()
-    }
-
     /// Queues `batch` eagerly (no graph); returns its activations (logits in `head`).
     fn eager(&self, batch: &ForwardBatch, kv: &CudaKv) -> Result<Acts, CudaError> {
         let n = batch.tokens.len();
@@ -853,12 +781,6 @@ impl ModelRunner for CudaRunner {
     ) -> Result<Vec<Sampled>, ModelError> {
         self.collect_batch(q)
     }
-}
-
-/// The one row the GPU sampler leaves to the host: a scored prompt row whose token is outside
-/// the vocabulary (`at_position` reports -inf for it, which the kernel does not index).
-fn samples_on_host(r: &SampleReq<'_>, vocab: usize) -> bool {
-    r.score.is_some_and(|t| t as usize >= vocab)
 }
 
 /// Time of graph-replayed decode steps, split at the runner's edges: `between` (the previous
