@@ -176,12 +176,24 @@ impl LogprobArgs {
     }
 }
 
-/// Parses `sampling_params` (an object, a list of objects, or absent) for `n` prompts.
-pub fn sampling_params_for(v: Option<Value>, n: usize) -> Result<Vec<SamplingParams>, ApiError> {
+/// Parses `sampling_params` (an object, a list of objects, or absent) for `n` prompts, each
+/// with the `--preferred-sampling-params` fields it does not set.
+pub fn sampling_params_for(
+    v: Option<Value>,
+    n: usize,
+    preferred: Option<&super::preferred::Preferred>,
+) -> Result<Vec<SamplingParams>, ApiError> {
     let one = |v: Value| -> Result<SamplingParams, ApiError> {
         let w: SamplingParamsWire = serde_json::from_value(v)
             .map_err(|e| ApiError::bad_request(format!("Invalid sampling_params: {e}")))?;
         w.validate().map_err(ApiError::bad_request)
+    };
+    let v = match (preferred, v) {
+        (Some(p), Some(Value::Array(a))) => Some(Value::Array(
+            a.into_iter().filter_map(|x| p.fill(Some(x))).collect(),
+        )),
+        (Some(p), v) => p.fill(v),
+        (None, v) => v,
     };
     match v {
         None | Some(Value::Null) => Ok(vec![SamplingParams::default(); n]),
@@ -230,7 +242,11 @@ pub async fn generate(
     if batch && n == 0 {
         return Err(ApiError::bad_request("The batch is empty."));
     }
-    let params = sampling_params_for(w.sampling_params, n)?;
+    let params = sampling_params_for(
+        w.sampling_params,
+        n,
+        st.info.preferred_sampling_params.as_ref(),
+    )?;
     // A batch given one rid (or an x-request-id header) numbers its items after it, as SGLang
     // does; a single request takes it as is.
     let mut rids: Vec<Option<String>> = match w.rid.or_else(|| header_rid(&headers)) {

@@ -51,7 +51,7 @@ pub async fn model_info(State(st): State<AppState>) -> Json<Value> {
     let served = st.served.read().expect("served").clone();
     Json(json!({
         "model_path": served.model_path, "tokenizer_path": st.info.model_path, "is_generation": !st.info.is_embedding,
-        "preferred_sampling_params": null, "weight_version": served.version, "has_image_understanding": false,
+        "preferred_sampling_params": st.info.preferred_sampling_params.as_ref().map(|p| &p.text), "weight_version": served.version, "has_image_understanding": false,
         "has_audio_understanding": false, "model_type": st.info.model_type, "architectures": st.info.architectures,
     }))
 }

@@ -21,6 +21,7 @@ pub mod ollama_info;
 pub mod openai;
 pub mod output;
 pub mod parse;
+pub mod preferred;
 pub mod relay;
 pub mod reqlog;
 pub mod rerank;
@@ -66,6 +67,10 @@ pub struct ServerInfo {
     pub hidden_size: usize,
     /// The launch arguments, reported by `/get_server_info`.
     pub server_args: serde_json::Value,
+    /// What fills a chat request's omitted sampling fields (`--sampling-defaults`).
+    pub chat_defaults: crate::model::config::GenerationDefaults,
+    /// `--preferred-sampling-params` (`preferred.rs`).
+    pub preferred_sampling_params: Option<preferred::Preferred>,
 }
 
 /// Shared state of every handler.

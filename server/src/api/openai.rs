@@ -13,6 +13,7 @@ use super::generate::{bootstraps, finite, header_rid, OneOrMany};
 use super::output::openai_finish_reason;
 use super::AppState;
 use crate::model::chat_template::{render, Extra};
+use crate::model::config::GenerationDefaults;
 use crate::model::conv_template;
 use crate::parsers::output::{self as reply, parse_reply, Piece};
 use crate::sampling::{SamplingParams, SamplingParamsWire, StringOrList};
@@ -118,7 +119,13 @@ struct OpenAiWire {
 }
 
 impl OpenAiWire {
-    fn params(&mut self, default_max: i64) -> Result<SamplingParams, ApiError> {
+    /// `defaults` fill the omitted temperature, top_p, top_k, min_p and repetition_penalty
+    /// (the model's, for chat under `--sampling-defaults model`; SGLang's completions take none).
+    fn params(
+        &mut self,
+        default_max: i64,
+        defaults: &GenerationDefaults,
+    ) -> Result<SamplingParams, ApiError> {
         // A structural tag goes to the parameters as its JSON text (SGLang's conversion).
         let structural = self
             .response_format
@@ -153,13 +160,14 @@ impl OpenAiWire {
                     .unwrap_or(default_max),
             ),
             min_new_tokens: self.min_tokens,
-            temperature: self.temperature,
-            top_p: self.top_p,
-            top_k: self.top_k,
-            min_p: self.min_p,
+            temperature: self.temperature.or(defaults.temperature),
+            top_p: self.top_p.or(defaults.top_p),
+            // (transformers' `top_k: 0` is "off", as SGLang's -1)
+            top_k: self.top_k.or(defaults.top_k.filter(|&k| k > 0)),
+            min_p: self.min_p.or(defaults.min_p),
             frequency_penalty: self.frequency_penalty,
             presence_penalty: self.presence_penalty,
-            repetition_penalty: self.repetition_penalty,
+            repetition_penalty: self.repetition_penalty.or(defaults.repetition_penalty),
             stop: self.stop.take(),
             stop_token_ids: self.stop_token_ids.take(),
             stop_regex: self.stop_regex.take(),
@@ -182,13 +190,17 @@ impl OpenAiWire {
     }
 
     /// The request's parameters with what only the server resolves: its LoRA adapter, its cache
-    /// key and its data-parallel replica.
+    /// key and its data-parallel replica; a chat request's omitted sampling fields from
+    /// `--sampling-defaults` (`ServerInfo::chat_defaults`).
     fn request_params(
         &mut self,
         st: &AppState,
         default_max: i64,
+        chat: bool,
     ) -> Result<SamplingParams, ApiError> {
-        let mut p = self.params(default_max)?;
+        let none = GenerationDefaults::default();
+        let defaults = if chat { &st.info.chat_defaults } else { &none };
+        let mut p = self.params(default_max, defaults)?;
         p.lora = super::lora::for_openai(st, self.lora_path.as_deref(), self.model.as_deref())?;
         p.extra_key = self.cache_key()?;
         p.dp_rank = fanout::dp_rank(st, self.routed_dp_rank, self.data_parallel_rank)?;
@@ -389,7 +401,7 @@ pub async fn completions(
     body: Bytes,
 ) -> Result<Response, ApiError> {
     let mut w: OpenAiWire = parse_body(&body)?;
-    let params = w.request_params(&st, 16)?;
+    let params = w.request_params(&st, 16, false)?;
     let n_lp = logprob_count(&w)?;
     let rid = client_rid(&w, &headers, "cmpl-");
     // A list of strings is a batch: a PD router then sends one bootstrap entry per prompt.
@@ -559,7 +571,7 @@ pub async fn chat_completions(
         w.response_format = None;
         w.json_schema = Some(Value::String(schema.to_string()));
     }
-    let mut params = w.request_params(&st, st.info.context_length as i64)?;
+    let mut params = w.request_params(&st, st.info.context_length as i64, true)?;
     let n_lp = logprob_count(&w)?;
     let rid = client_rid(&w, &headers, "chatcmpl-");
     let msgs = w

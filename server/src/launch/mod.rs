@@ -58,6 +58,13 @@ pub struct ServeOptions {
     pub stream_interval: usize,
     /// `--grammar-backend none`: constrained requests are refused.
     pub grammar_off: bool,
+    /// `--sampling-defaults model` (SGLang's default; false: `openai`): a chat request's omitted
+    /// temperature, top_p, top_k, min_p and repetition_penalty come from the checkpoint's
+    /// `generation_config.json`.
+    pub model_sampling_defaults: bool,
+    /// `--preferred-sampling-params`: a JSON object whose fields a `/generate` request's
+    /// `sampling_params` get where they do not set them.
+    pub preferred_sampling_params: Option<String>,
     /// `--chat-template`: a Jinja file (or a named template of the checkpoint) replacing
     /// `tokenizer_config.json`'s template (see `model::chat_source`).
     pub chat_template: Option<String>,
@@ -132,6 +139,8 @@ impl ServeOptions {
             random_seed: None,
             stream_interval: 1,
             grammar_off: false,
+            model_sampling_defaults: true,
+            preferred_sampling_params: None,
             chat_template: None,
             hf_chat_template_name: None,
             max_queued_requests: None,
@@ -321,6 +330,15 @@ where
         matryoshka: cfg.matryoshka.clone(),
         hidden_size: cfg.hidden_size,
         server_args: opts.server_args.clone(),
+        chat_defaults: if opts.model_sampling_defaults {
+            cfg.generation_defaults.clone()
+        } else {
+            Default::default()
+        },
+        preferred_sampling_params: crate::api::preferred::parse(
+            opts.preferred_sampling_params.as_deref(),
+        )
+        .map_err(LaunchError::Config)?,
     };
     let loras = Arc::new(lora_registry(&opts.lora, &cfg, supports_lora, &runner)?);
     Ok(AppState {

@@ -64,6 +64,35 @@ pub struct ModelConfig {
     /// its class labels (`id2label`, else `LABEL_i` for `num_labels`); the `score.weight` head
     /// applies to the last token's final hidden state.
     pub labels: Option<Vec<String>>,
+    /// The sampling values `generation_config.json` recommends (what SGLang's default
+    /// `--sampling-defaults model` fills a chat request's omitted fields with).
+    pub generation_defaults: GenerationDefaults,
+}
+
+/// Sampling values a checkpoint's `generation_config.json` sets, of the five SGLang takes from
+/// it (temperature, top_p, top_k, min_p, repetition_penalty); None where the file sets none (a
+/// `null` or a non-number too: transformers' own defaults are not filled in).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct GenerationDefaults {
+    pub temperature: Option<f32>,
+    pub top_p: Option<f32>,
+    pub top_k: Option<i64>,
+    pub min_p: Option<f32>,
+    pub repetition_penalty: Option<f32>,
+}
+
+impl GenerationDefaults {
+    /// The values of a parsed `generation_config.json`.
+    pub fn from_json(g: &Value) -> Self {
+        let f = |k: &str| g.get(k).and_then(Value::as_f64).map(|x| x as f32);
+        GenerationDefaults {
+            temperature: f("temperature"),
+            top_p: f("top_p"),
+            top_k: g.get("top_k").and_then(Value::as_i64),
+            min_p: f("min_p"),
+            repetition_penalty: f("repetition_penalty"),
+        }
+    }
 }
 
 fn ids(v: Option<&Value>) -> Vec<u32> {
@@ -127,7 +156,8 @@ impl ModelConfig {
         })
     }
 
-    /// Reads `dir/config.json` and, when present, `dir/generation_config.json` (extra EOS ids).
+    /// Reads `dir/config.json` and, when present, `dir/generation_config.json` (extra EOS ids,
+    /// recommended sampling values).
     pub fn load(dir: &Path) -> Result<Self, ModelError> {
         let path = dir.join("config.json");
         let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
@@ -144,6 +174,7 @@ impl ModelConfig {
                     cfg.eos_token_ids.push(id);
                 }
             }
+            cfg.generation_defaults = GenerationDefaults::from_json(&g);
         }
         Ok(cfg)
     }
@@ -254,6 +285,7 @@ impl ModelConfig {
         Ok(ModelConfig {
             embedding_only,
             matryoshka,
+            generation_defaults: GenerationDefaults::default(),
             labels,
             architecture: arch_name.to_string(),
             arch,
@@ -299,5 +331,31 @@ impl ModelConfig {
     /// Floats of K (or V) per token per layer.
     pub fn kv_dim(&self) -> usize {
         self.num_kv_heads * self.head_dim
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn generation_defaults_take_only_what_the_file_sets() {
+        let g = json!({"temperature": 0.6, "top_p": 0.9, "top_k": 20, "do_sample": true,
+            "repetition_penalty": null, "eos_token_id": [1, 2]});
+        assert_eq!(
+            GenerationDefaults::from_json(&g),
+            GenerationDefaults {
+                temperature: Some(0.6),
+                top_p: Some(0.9),
+                top_k: Some(20),
+                min_p: None,
+                repetition_penalty: None,
+            }
+        );
+        assert_eq!(
+            GenerationDefaults::from_json(&json!({"bos_token_id": 1})),
+            GenerationDefaults::default()
+        );
     }
 }

@@ -219,6 +219,15 @@ pub struct Args {
     /// a constrained request is refused (SGLang's abort message, as a 400).
     #[arg(long, default_value = "xgrammar", value_parser = ["xgrammar", "outlines", "llguidance", "none"])]
     grammar_backend: String,
+    /// Where a chat request's omitted temperature, top_p, top_k, min_p and repetition_penalty
+    /// come from: model (the checkpoint's generation_config.json, then the OpenAI defaults) or
+    /// openai (the OpenAI defaults only). Completions always use the OpenAI defaults.
+    #[arg(long, default_value = "model", value_parser = ["model", "openai"])]
+    sampling_defaults: String,
+    /// A JSON object of sampling parameters a /generate request takes for the fields its
+    /// sampling_params do not set (reported by /get_model_info).
+    #[arg(long)]
+    preferred_sampling_params: Option<String>,
     /// Most prompt tokens admitted into one prefill round: with chunking on, admission stops
     /// once they are spent; with --chunked-prefill-size -1 a prompt that does not fit in what is
     /// left waits (the round's first always runs, however long).
@@ -507,6 +516,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if !matches!(a.device.as_str(), "auto" | "cpu" | "cuda") {
         anyhow::bail!("--device {}: expected auto, cuda or cpu", a.device);
     }
+    // Checked before the model loads (the launch parses it again).
+    strata_server::api::preferred::parse(a.preferred_sampling_params.as_deref())
+        .map_err(anyhow::Error::msg)?;
     if a.stream_interval == 0 {
         anyhow::bail!("--stream-interval 0: expected at least 1 (tokens per streamed chunk)");
     }
@@ -544,6 +556,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         random_seed: a.random_seed.map(|s| s as u64),
         stream_interval: a.stream_interval,
         grammar_off: a.grammar_backend == "none",
+        model_sampling_defaults: a.sampling_defaults == "model",
+        preferred_sampling_params: a.preferred_sampling_params.clone(),
         chat_template: a.chat_template.clone(),
         hf_chat_template_name: a.hf_chat_template_name.clone(),
         max_queued_requests: a.max_queued_requests,
