@@ -25,28 +25,30 @@ fn model() -> MadeModel {
     m
 }
 
-async fn chat(s: &Server, extra: Value) -> String {
-    let mut body = json!({"messages": [{"role": "user", "content": "Tell me about the sea"}],
-        "max_tokens": 24, "ignore_eos": true, "seed": 3});
+/// `base` with `extra`'s fields, posted to `path`; the first choice's text at `pick`.
+async fn answer(s: &Server, path: &str, mut base: Value, extra: Value, pick: &str) -> String {
     for (k, v) in extra.as_object().unwrap() {
-        body[k] = v.clone();
+        base[k] = v.clone();
     }
-    let (st, v) = s.post("/v1/chat/completions", &body).await;
+    let (st, v) = s.post(path, &base).await;
     assert_eq!(st, 200, "{v}");
-    v["choices"][0]["message"]["content"]
+    v["choices"][0]
+        .pointer(pick)
+        .unwrap()
         .as_str()
         .unwrap()
         .to_string()
 }
 
+async fn chat(s: &Server, extra: Value) -> String {
+    let base = json!({"messages": [{"role": "user", "content": "Tell me about the sea"}],
+        "max_tokens": 24, "ignore_eos": true, "seed": 3});
+    answer(s, "/v1/chat/completions", base, extra, "/message/content").await
+}
+
 async fn complete(s: &Server, extra: Value) -> String {
-    let mut body = json!({"prompt": "The sea is", "max_tokens": 24, "ignore_eos": true, "seed": 3});
-    for (k, v) in extra.as_object().unwrap() {
-        body[k] = v.clone();
-    }
-    let (st, v) = s.post("/v1/completions", &body).await;
-    assert_eq!(st, 200, "{v}");
-    v["choices"][0]["text"].as_str().unwrap().to_string()
+    let base = json!({"prompt": "The sea is", "max_tokens": 24, "ignore_eos": true, "seed": 3});
+    answer(s, "/v1/completions", base, extra, "/text").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
