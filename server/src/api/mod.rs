@@ -71,6 +71,11 @@ pub struct ServerInfo {
     pub chat_defaults: crate::model::config::GenerationDefaults,
     /// `--preferred-sampling-params` (`preferred.rs`).
     pub preferred_sampling_params: Option<preferred::Preferred>,
+    /// `--default-chat-template-kwargs`: under each chat request's own `chat_template_kwargs`.
+    pub default_chat_template_kwargs: Option<serde_json::Map<String, serde_json::Value>>,
+    /// `--stream-response-default-include-usage`: streamed OpenAI responses end with a usage
+    /// chunk even without `stream_options.include_usage`.
+    pub stream_default_include_usage: bool,
 }
 
 /// Shared state of every handler.

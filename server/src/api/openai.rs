@@ -118,6 +118,24 @@ struct OpenAiWire {
     data_parallel_rank: Option<i64>,
 }
 
+/// A chat request's `chat_template_kwargs` over `--default-chat-template-kwargs` (the request's
+/// keys win).
+fn template_kwargs(
+    info: &super::ServerInfo,
+    own: Option<serde_json::Map<String, Value>>,
+) -> Option<serde_json::Map<String, Value>> {
+    match (&info.default_chat_template_kwargs, own) {
+        (None, own) => own,
+        (Some(d), None) => Some(d.clone()),
+        (Some(d), Some(mut m)) => {
+            for (k, v) in d {
+                m.entry(k.clone()).or_insert_with(|| v.clone());
+            }
+            Some(m)
+        }
+    }
+}
+
 impl OpenAiWire {
     /// `defaults` fill the omitted temperature, top_p, top_k, min_p and repetition_penalty
     /// (the model's, for chat under `--sampling-defaults model`; SGLang's completions take none).
@@ -455,7 +473,8 @@ pub async fn completions(
     let created = now_secs();
     let echo = w.echo;
     if w.stream {
-        let include_usage = w.stream_options.as_ref().is_some_and(|o| o.include_usage);
+        let include_usage = w.stream_options.as_ref().is_some_and(|o| o.include_usage)
+            || st.info.stream_default_include_usage;
         let head =
             json!({"id": id, "object": "text_completion", "created": created, "model": model});
         let st2 = st.clone();
@@ -540,7 +559,7 @@ pub(super) fn chat_prompt_len(st: &AppState, body: &[u8]) -> Result<usize, ApiEr
         .into_iter()
         .map(message_json)
         .collect::<Result<Vec<_>, _>>()?;
-    let kwargs = w.chat_template_kwargs.take();
+    let kwargs = template_kwargs(&st.info, w.chat_template_kwargs.take());
     let extra = Extra {
         tools: plan.template_tools.as_ref(),
         kwargs: kwargs.as_ref(),
@@ -594,7 +613,7 @@ pub async fn chat_completions(
         _ => None,
     };
     let tok = &st.tokenizer;
-    let kwargs = w.chat_template_kwargs.take();
+    let kwargs = template_kwargs(&st.info, w.chat_template_kwargs.take());
     let extra = Extra {
         tools: plan.template_tools.as_ref(),
         kwargs: kwargs.as_ref(),
@@ -660,7 +679,8 @@ pub async fn chat_completions(
     let id = format!("chatcmpl-{}", drivers[0].rid);
     let created = now_secs();
     if w.stream {
-        let include_usage = w.stream_options.as_ref().is_some_and(|o| o.include_usage);
+        let include_usage = w.stream_options.as_ref().is_some_and(|o| o.include_usage)
+            || st.info.stream_default_include_usage;
         let head = json!({"id": id, "object": "chat.completion.chunk", "created": created, "model": model});
         let st2 = st.clone();
         let parsers: Vec<_> = parsers.into_iter().map(std::sync::Mutex::new).collect();

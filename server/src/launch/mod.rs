@@ -65,6 +65,11 @@ pub struct ServeOptions {
     /// `--preferred-sampling-params`: a JSON object whose fields a `/generate` request's
     /// `sampling_params` get where they do not set them.
     pub preferred_sampling_params: Option<String>,
+    /// `--default-chat-template-kwargs`: a JSON object under each chat request's own
+    /// `chat_template_kwargs`.
+    pub default_chat_template_kwargs: Option<serde_json::Map<String, serde_json::Value>>,
+    /// `--stream-response-default-include-usage`.
+    pub stream_default_include_usage: bool,
     /// `--chat-template`: a Jinja file (or a named template of the checkpoint) replacing
     /// `tokenizer_config.json`'s template (see `model::chat_source`).
     pub chat_template: Option<String>,
@@ -141,6 +146,8 @@ impl ServeOptions {
             grammar_off: false,
             model_sampling_defaults: true,
             preferred_sampling_params: None,
+            default_chat_template_kwargs: None,
+            stream_default_include_usage: false,
             chat_template: None,
             hf_chat_template_name: None,
             max_queued_requests: None,
@@ -339,6 +346,8 @@ where
             opts.preferred_sampling_params.as_deref(),
         )
         .map_err(LaunchError::Config)?,
+        default_chat_template_kwargs: opts.default_chat_template_kwargs.clone(),
+        stream_default_include_usage: opts.stream_default_include_usage,
     };
     let loras = Arc::new(lora_registry(&opts.lora, &cfg, supports_lora, &runner)?);
     Ok(AppState {

@@ -228,6 +228,14 @@ pub struct Args {
     /// sampling_params do not set (reported by /get_model_info).
     #[arg(long)]
     preferred_sampling_params: Option<String>,
+    /// A JSON object of chat-template variables every chat request gets under its own
+    /// chat_template_kwargs (e.g. '{"enable_thinking": false}').
+    #[arg(long)]
+    default_chat_template_kwargs: Option<String>,
+    /// Streamed OpenAI chat and completion responses end with a usage chunk even when the
+    /// request's stream_options do not ask for one.
+    #[arg(long)]
+    stream_response_default_include_usage: bool,
     /// Most prompt tokens admitted into one prefill round: with chunking on, admission stops
     /// once they are spent; with --chunked-prefill-size -1 a prompt that does not fit in what is
     /// left waits (the round's first always runs, however long).
@@ -558,6 +566,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         grammar_off: a.grammar_backend == "none",
         model_sampling_defaults: a.sampling_defaults == "model",
         preferred_sampling_params: a.preferred_sampling_params.clone(),
+        default_chat_template_kwargs: template_kwargs_flag(
+            a.default_chat_template_kwargs.as_deref(),
+        )?,
+        stream_default_include_usage: a.stream_response_default_include_usage,
         chat_template: a.chat_template.clone(),
         hf_chat_template_name: a.hf_chat_template_name.clone(),
         max_queued_requests: a.max_queued_requests,
@@ -687,6 +699,22 @@ async fn shutdown() {
 
 /// `--chunked-prefill-size` on the CPU when the flag is not given.
 const CPU_CHUNKED_PREFILL: usize = 2048;
+
+/// `--default-chat-template-kwargs`: a JSON object (anything else stops the start).
+fn template_kwargs_flag(
+    text: Option<&str>,
+) -> anyhow::Result<Option<serde_json::Map<String, serde_json::Value>>> {
+    let Some(text) = text else {
+        return Ok(None);
+    };
+    match serde_json::from_str(text) {
+        Ok(serde_json::Value::Object(m)) => Ok(Some(m)),
+        Ok(other) => anyhow::bail!(
+            "--default-chat-template-kwargs {text}: expected a JSON object, got {other}"
+        ),
+        Err(e) => anyhow::bail!("--default-chat-template-kwargs {text}: {e}"),
+    }
+}
 
 /// SGLang's `--chunked-prefill-size` default for a GPU of `total` bytes (its server_args tiers
 /// by memory): 2048 under 35 GiB, 4096 under 60 GiB, 8192 under 160 GiB (H100, H200), else 16384.

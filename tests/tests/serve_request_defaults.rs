@@ -1,10 +1,12 @@
-//! End-to-end: where omitted sampling parameters come from (real processes on a made model).
-//! `--sampling-defaults model` (SGLang's default): a chat request's omitted temperature, top_p,
-//! top_k, min_p and repetition_penalty come from the checkpoint's `generation_config.json`;
-//! completions keep the OpenAI defaults; `--sampling-defaults openai` ignores the file.
-//! `--preferred-sampling-params`: a `/generate` request takes its fields where its own
-//! `sampling_params` do not set them, `/get_model_info` reports it, and a bad value stops the
-//! start.
+//! End-to-end: server-wide defaults for what a request leaves out (real processes on a made
+//! model). `--sampling-defaults model` (SGLang's default): a chat request's omitted temperature,
+//! top_p, top_k, min_p and repetition_penalty come from the checkpoint's
+//! `generation_config.json`; completions keep the OpenAI defaults; `--sampling-defaults openai`
+//! ignores the file. `--preferred-sampling-params`: a `/generate` request takes its fields where
+//! its own `sampling_params` do not set them, `/get_model_info` reports it.
+//! `--default-chat-template-kwargs`: the template gets them under a request's own kwargs.
+//! `--stream-response-default-include-usage`: streamed chats end with a usage chunk unasked.
+//! Bad values stop the start.
 
 mod serve_common;
 
@@ -114,8 +116,67 @@ async fn chat_takes_the_model_defaults_and_generate_the_preferred_ones() {
     assert_eq!(info["preferred_sampling_params"], Value::Null);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn template_kwargs_and_stream_usage_defaults() {
+    let m = MadeModel::new("llama", "tiny");
+    let dir = tempfile::tempdir().unwrap();
+    let t = dir.path().join("t.jinja");
+    std::fs::write(
+        &t,
+        "{% for m in messages %}{{ m.content }}{% endfor %}\
+         {% if enable_thinking is defined and not enable_thinking %} NO THINKING HERE{% endif %}",
+    )
+    .unwrap();
+    let t = t.to_str().unwrap();
+    let s = Server::start(
+        m.path(),
+        &[
+            "--chat-template",
+            t,
+            "--default-chat-template-kwargs",
+            r#"{"enable_thinking": false}"#,
+            "--stream-response-default-include-usage",
+        ],
+    );
+    let plain = Server::start(m.path(), &["--chat-template", t]);
+    let prompt_tokens = |v: &Value| v["usage"]["prompt_tokens"].as_u64().unwrap();
+    let body = json!({"messages": [{"role": "user", "content": "Hello"}], "max_tokens": 2});
+    let (_, with_default) = s.post("/v1/chat/completions", &body).await;
+    let (_, without) = plain.post("/v1/chat/completions", &body).await;
+    assert!(
+        prompt_tokens(&with_default) > prompt_tokens(&without),
+        "the default kwarg reached the template: {with_default} vs {without}"
+    );
+    let mut own = body.clone();
+    own["chat_template_kwargs"] = json!({"enable_thinking": true});
+    let (_, v) = s.post("/v1/chat/completions", &own).await;
+    assert_eq!(
+        prompt_tokens(&v),
+        prompt_tokens(&without),
+        "the request's kwarg wins"
+    );
+
+    // Streams: a usage chunk without stream_options on `s` only.
+    let mut sb = body.clone();
+    sb["stream"] = json!(true);
+    let usage_chunks = |evs: &[String]| {
+        evs.iter()
+            .filter(|e| *e != "[DONE]")
+            .filter(|e| !serde_json::from_str::<Value>(e).unwrap()["usage"].is_null())
+            .count()
+    };
+    assert_eq!(
+        usage_chunks(&s.stream("/v1/chat/completions", &sb).await),
+        1
+    );
+    assert_eq!(
+        usage_chunks(&plain.stream("/v1/chat/completions", &sb).await),
+        0
+    );
+}
+
 #[test]
-fn bad_sampling_default_flags_stop_the_start() {
+fn bad_default_flags_stop_the_start() {
     let m = MadeModel::new("llama", "tiny");
     for (flag, value, needle) in [
         (
@@ -129,6 +190,11 @@ fn bad_sampling_default_flags_stop_the_start() {
             "--preferred-sampling-params",
         ),
         ("--sampling-defaults", "vendor", "vendor"),
+        (
+            "--default-chat-template-kwargs",
+            "true",
+            "--default-chat-template-kwargs",
+        ),
     ] {
         let out = Command::new(bin())
             .args(["serve", "--model-path"])
