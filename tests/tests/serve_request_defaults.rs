@@ -6,6 +6,7 @@
 //! its own `sampling_params` do not set them, `/get_model_info` reports it.
 //! `--default-chat-template-kwargs`: the template gets them under a request's own kwargs.
 //! `--stream-response-default-include-usage`: streamed chats end with a usage chunk unasked.
+//! `--incremental-streaming-output`: streamed `/generate` lines carry only what is new.
 //! Bad values stop the start.
 
 mod serve_common;
@@ -136,6 +137,7 @@ async fn template_kwargs_and_stream_usage_defaults() {
             "--default-chat-template-kwargs",
             r#"{"enable_thinking": false}"#,
             "--stream-response-default-include-usage",
+            "--incremental-streaming-output",
         ],
     );
     let plain = Server::start(m.path(), &["--chat-template", t]);
@@ -172,6 +174,39 @@ async fn template_kwargs_and_stream_usage_defaults() {
     assert_eq!(
         usage_chunks(&plain.stream("/v1/chat/completions", &sb).await),
         0
+    );
+
+    // /generate streams: disjoint pieces on `s` that add up to the whole answer, cumulative
+    // lines on `plain`.
+    let body = json!({"text": "Once upon a time", "sampling_params":
+        {"temperature": 0, "max_new_tokens": 12, "ignore_eos": true}});
+    let (_, whole) = s.post("/generate", &body).await;
+    let mut sb = body.clone();
+    sb["stream"] = json!(true);
+    let lines = |evs: Vec<String>| -> Vec<Value> {
+        evs.iter()
+            .filter(|e| *e != "[DONE]")
+            .map(|e| serde_json::from_str(e).unwrap())
+            .collect()
+    };
+    let pieces = lines(s.stream("/generate", &sb).await);
+    let text: String = pieces.iter().map(|l| l["text"].as_str().unwrap()).collect();
+    let ids: Vec<Value> = pieces
+        .iter()
+        .flat_map(|l| l["output_ids"].as_array().unwrap().clone())
+        .collect();
+    assert_eq!(text, whole["text"].as_str().unwrap());
+    assert_eq!(Value::Array(ids), whole["output_ids"]);
+    assert!(
+        pieces.len() > 2
+            && pieces
+                .iter()
+                .all(|l| l["output_ids"].as_array().unwrap().len() <= 1)
+    );
+    let last = lines(plain.stream("/generate", &sb).await).pop().unwrap();
+    assert_eq!(
+        last["output_ids"], whole["output_ids"],
+        "cumulative without the flag"
     );
 }
 

@@ -351,7 +351,8 @@ pub async fn generate(
         weight_version: st.served.read().expect("served").version.clone(),
     };
     if stream {
-        return Ok(stream_response(drivers, render, listed).into_response());
+        let incremental = st.info.incremental_streaming_output;
+        return Ok(stream_response(drivers, render, listed, incremental).into_response());
     }
     let mut results = Vec::new();
     for mut d in drivers {
@@ -500,27 +501,35 @@ pub fn finite(lp: f32) -> f32 {
 
 /// Streams every driver's chunks as they come, interleaved; with `indexed` each line carries
 /// `index`, the result's position in the batch (SGLang tags a batch's lines so), and one
-/// `[DONE]` ends the stream once all have finished.
+/// `[DONE]` ends the stream once all have finished. A line's `text` and `output_ids` are the
+/// whole output so far, or with `incremental` (`--incremental-streaming-output`) only what is
+/// new since the result's previous line.
 fn stream_response(
     drivers: Vec<Driver>,
     render: Render,
     indexed: bool,
+    incremental: bool,
 ) -> Sse<impl futures::Stream<Item = Result<SseEvent, Infallible>>> {
     use futures::StreamExt;
     let render = Arc::new(render);
     let one = move |(i, d): (usize, Driver)| {
         let render = render.clone();
-        futures::stream::unfold((d, String::new()), move |(mut d, mut text)| {
+        futures::stream::unfold((d, String::new(), 0), move |(mut d, mut text, sent)| {
             let render = render.clone();
             async move {
                 let delta = d.next_chunk().await?;
                 text.push_str(&delta);
                 let mut line = render.result_json(&d, text.clone());
+                let ids = d.out.ids.len();
+                if incremental {
+                    line["text"] = json!(delta);
+                    line["output_ids"] = json!(d.out.ids[sent.min(ids)..]);
+                }
                 if indexed {
                     line["index"] = json!(i);
                 }
                 let ev = SseEvent::default().data(line.to_string());
-                Some((Ok(ev), (d, text)))
+                Some((Ok(ev), (d, text, ids)))
             }
         })
         .boxed()

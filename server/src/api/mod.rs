@@ -76,6 +76,9 @@ pub struct ServerInfo {
     /// `--stream-response-default-include-usage`: streamed OpenAI responses end with a usage
     /// chunk even without `stream_options.include_usage`.
     pub stream_default_include_usage: bool,
+    /// `--incremental-streaming-output`: a streamed `/generate` line carries only its new text
+    /// and ids.
+    pub incremental_streaming_output: bool,
 }
 
 /// Shared state of every handler.

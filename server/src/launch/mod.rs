@@ -70,6 +70,8 @@ pub struct ServeOptions {
     pub default_chat_template_kwargs: Option<serde_json::Map<String, serde_json::Value>>,
     /// `--stream-response-default-include-usage`.
     pub stream_default_include_usage: bool,
+    /// `--incremental-streaming-output`.
+    pub incremental_streaming_output: bool,
     /// `--chat-template`: a Jinja file (or a named template of the checkpoint) replacing
     /// `tokenizer_config.json`'s template (see `model::chat_source`).
     pub chat_template: Option<String>,
@@ -148,6 +150,7 @@ impl ServeOptions {
             preferred_sampling_params: None,
             default_chat_template_kwargs: None,
             stream_default_include_usage: false,
+            incremental_streaming_output: false,
             chat_template: None,
             hf_chat_template_name: None,
             max_queued_requests: None,
@@ -348,6 +351,7 @@ where
         .map_err(LaunchError::Config)?,
         default_chat_template_kwargs: opts.default_chat_template_kwargs.clone(),
         stream_default_include_usage: opts.stream_default_include_usage,
+        incremental_streaming_output: opts.incremental_streaming_output,
     };
     let loras = Arc::new(lora_registry(&opts.lora, &cfg, supports_lora, &runner)?);
     Ok(AppState {

@@ -236,6 +236,10 @@ pub struct Args {
     /// request's stream_options do not ask for one.
     #[arg(long)]
     stream_response_default_include_usage: bool,
+    /// Streamed /generate lines carry only the text and output ids new since the previous line
+    /// (without it, the whole output so far).
+    #[arg(long)]
+    incremental_streaming_output: bool,
     /// Most prompt tokens admitted into one prefill round: with chunking on, admission stops
     /// once they are spent; with --chunked-prefill-size -1 a prompt that does not fit in what is
     /// left waits (the round's first always runs, however long).
@@ -570,6 +574,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             a.default_chat_template_kwargs.as_deref(),
         )?,
         stream_default_include_usage: a.stream_response_default_include_usage,
+        incremental_streaming_output: a.incremental_streaming_output,
         chat_template: a.chat_template.clone(),
         hf_chat_template_name: a.hf_chat_template_name.clone(),
         max_queued_requests: a.max_queued_requests,
