@@ -2,7 +2,8 @@
 //! `--random-seed`: two fresh servers with one seed give the same sampled answers to the same
 //! request sequence, another seed gives others. `--stream-interval N`: streams arrive in chunks
 //! of N tokens (after the first token, which comes alone) that add up to the non-streamed answer.
-//! `--schedule-policy` rejects a value SGLang does not have.
+//! `--schedule-policy` rejects a value SGLang does not have. `--json-model-override-args`
+//! replaces config.json keys (a smaller `max_position_embeddings` is the served context).
 
 mod serve_common;
 
@@ -220,4 +221,34 @@ fn an_unknown_schedule_policy_is_a_start_up_error() {
         .unwrap();
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--stream-interval 0"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_model_override_args_replace_config_keys() {
+    let m = MadeModel::new("llama", "tiny");
+    let s = Server::start(
+        m.path(),
+        &[
+            "--json-model-override-args",
+            r#"{"max_position_embeddings": 64}"#,
+        ],
+    );
+    let (_, models) = s.get("/v1/models").await;
+    let models: Value = serde_json::from_str(&models).unwrap();
+    assert_eq!(models["data"][0]["max_model_len"], 64, "{models}");
+    let long = "word ".repeat(100);
+    let (st, v) = s
+        .post(
+            "/generate",
+            &json!({"text": long, "sampling_params": {"max_new_tokens": 2}}),
+        )
+        .await;
+    assert_eq!(st, 400, "a prompt past the overridden context: {v}");
+    let (st, v) = s
+        .post(
+            "/generate",
+            &json!({"text": "short", "sampling_params": {"max_new_tokens": 2}}),
+        )
+        .await;
+    assert_eq!(st, 200, "{v}");
 }

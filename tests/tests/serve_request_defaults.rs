@@ -230,6 +230,11 @@ fn bad_default_flags_stop_the_start() {
             "true",
             "--default-chat-template-kwargs",
         ),
+        (
+            "--json-model-override-args",
+            "[]",
+            "--json-model-override-args",
+        ),
     ] {
         let out = Command::new(bin())
             .args(["serve", "--model-path"])

@@ -72,6 +72,8 @@ pub struct ServeOptions {
     pub stream_default_include_usage: bool,
     /// `--incremental-streaming-output`.
     pub incremental_streaming_output: bool,
+    /// `--json-model-override-args`: config.json keys replaced at every load.
+    pub json_model_override_args: Option<serde_json::Map<String, serde_json::Value>>,
     /// `--chat-template`: a Jinja file (or a named template of the checkpoint) replacing
     /// `tokenizer_config.json`'s template (see `model::chat_source`).
     pub chat_template: Option<String>,
@@ -151,6 +153,7 @@ impl ServeOptions {
             default_chat_template_kwargs: None,
             stream_default_include_usage: false,
             incremental_streaming_output: false,
+            json_model_override_args: None,
             chat_template: None,
             hf_chat_template_name: None,
             max_queued_requests: None,
@@ -208,6 +211,7 @@ fn prepare(opts: &ServeOptions) -> Result<(ModelConfig, usize), LaunchError> {
     if opts.page_size == 0 {
         return Err(LaunchError::Config("--page-size must be at least 1".into()));
     }
+    crate::model::config::set_overrides(opts.json_model_override_args.clone());
     let cfg = ModelConfig::load(dir)?;
     let context_length = opts.context_length.unwrap_or(cfg.max_position_embeddings);
     if context_length < 2 {

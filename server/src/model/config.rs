@@ -95,6 +95,17 @@ impl GenerationDefaults {
     }
 }
 
+/// `--json-model-override-args`: keys that replace config.json's own at every load in this
+/// process (SGLang updates the Hugging Face config with them: top-level keys, whole values).
+static OVERRIDES: std::sync::RwLock<Option<serde_json::Map<String, Value>>> =
+    std::sync::RwLock::new(None);
+
+/// Sets the process's config.json overrides (None: none); every later [`ModelConfig::load`]
+/// applies them (the runners and replicas load the config themselves).
+pub fn set_overrides(o: Option<serde_json::Map<String, Value>>) {
+    *OVERRIDES.write().unwrap_or_else(|e| e.into_inner()) = o;
+}
+
 fn ids(v: Option<&Value>) -> Vec<u32> {
     match v {
         Some(Value::Number(n)) => n.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
@@ -156,13 +167,21 @@ impl ModelConfig {
         })
     }
 
-    /// Reads `dir/config.json` and, when present, `dir/generation_config.json` (extra EOS ids,
-    /// recommended sampling values).
+    /// Reads `dir/config.json` (with the process's [`set_overrides`] over its keys) and, when
+    /// present, `dir/generation_config.json` (extra EOS ids, recommended sampling values).
     pub fn load(dir: &Path) -> Result<Self, ModelError> {
         let path = dir.join("config.json");
         let text = std::fs::read_to_string(&path).map_err(|e| ModelError::io(&path, e))?;
-        let v: Value =
+        let mut v: Value =
             serde_json::from_str(&text).map_err(|e| ModelError::bad(&path, e.to_string()))?;
+        if let (Some(o), Value::Object(m)) = (
+            OVERRIDES.read().unwrap_or_else(|e| e.into_inner()).as_ref(),
+            &mut v,
+        ) {
+            for (k, x) in o {
+                m.insert(k.clone(), x.clone());
+            }
+        }
         let mut cfg = Self::from_json(&v).map_err(|m| ModelError::bad(&path, m))?;
         let gen = dir.join("generation_config.json");
         if gen.exists() {

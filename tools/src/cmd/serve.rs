@@ -240,6 +240,10 @@ pub struct Args {
     /// (without it, the whole output so far).
     #[arg(long)]
     incremental_streaming_output: bool,
+    /// A JSON object of config.json keys that replace the checkpoint's own (e.g.
+    /// '{"max_position_embeddings": 65536, "rope_scaling": {...}}'; whole top-level values).
+    #[arg(long)]
+    json_model_override_args: Option<String>,
     /// Most prompt tokens admitted into one prefill round: with chunking on, admission stops
     /// once they are spent; with --chunked-prefill-size -1 a prompt that does not fit in what is
     /// left waits (the round's first always runs, however long).
@@ -570,11 +574,16 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         grammar_off: a.grammar_backend == "none",
         model_sampling_defaults: a.sampling_defaults == "model",
         preferred_sampling_params: a.preferred_sampling_params.clone(),
-        default_chat_template_kwargs: template_kwargs_flag(
+        default_chat_template_kwargs: json_object_flag(
+            "--default-chat-template-kwargs",
             a.default_chat_template_kwargs.as_deref(),
         )?,
         stream_default_include_usage: a.stream_response_default_include_usage,
         incremental_streaming_output: a.incremental_streaming_output,
+        json_model_override_args: json_object_flag(
+            "--json-model-override-args",
+            a.json_model_override_args.as_deref(),
+        )?,
         chat_template: a.chat_template.clone(),
         hf_chat_template_name: a.hf_chat_template_name.clone(),
         max_queued_requests: a.max_queued_requests,
@@ -705,8 +714,9 @@ async fn shutdown() {
 /// `--chunked-prefill-size` on the CPU when the flag is not given.
 const CPU_CHUNKED_PREFILL: usize = 2048;
 
-/// `--default-chat-template-kwargs`: a JSON object (anything else stops the start).
-fn template_kwargs_flag(
+/// A flag whose value is a JSON object (anything else stops the start, naming the flag).
+fn json_object_flag(
+    flag: &str,
     text: Option<&str>,
 ) -> anyhow::Result<Option<serde_json::Map<String, serde_json::Value>>> {
     let Some(text) = text else {
@@ -714,10 +724,8 @@ fn template_kwargs_flag(
     };
     match serde_json::from_str(text) {
         Ok(serde_json::Value::Object(m)) => Ok(Some(m)),
-        Ok(other) => anyhow::bail!(
-            "--default-chat-template-kwargs {text}: expected a JSON object, got {other}"
-        ),
-        Err(e) => anyhow::bail!("--default-chat-template-kwargs {text}: {e}"),
+        Ok(other) => anyhow::bail!("{flag} {text}: expected a JSON object, got {other}"),
+        Err(e) => anyhow::bail!("{flag} {text}: {e}"),
     }
 }
 
