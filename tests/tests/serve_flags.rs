@@ -4,6 +4,8 @@
 //! of N tokens (after the first token, which comes alone) that add up to the non-streamed answer.
 //! `--schedule-policy` rejects a value SGLang does not have. `--json-model-override-args`
 //! replaces config.json keys (a smaller `max_position_embeddings` is the served context).
+//! `--watchdog-timeout`: a round that hangs (a hidden test stall) ends the process with status
+//! 70 and a log line saying so; `--soft-watchdog-timeout` only warns.
 
 mod serve_common;
 
@@ -251,4 +253,40 @@ async fn json_model_override_args_replace_config_keys() {
         )
         .await;
     assert_eq!(st, 200, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_watchdog_ends_a_server_whose_round_hangs() {
+    let m = MadeModel::new("llama", "tiny");
+    let body = json!({"text": "Hello", "sampling_params": {"max_new_tokens": 4}});
+    // Soft: rounds of 0.6 s against a 0.3 s limit are logged, the answer still comes.
+    let s = Server::start(
+        m.path(),
+        &[
+            "--soft-watchdog-timeout",
+            "0.3",
+            "--test-round-stall-ms",
+            "600",
+        ],
+    );
+    let (st, v) = s.post("/generate", &body).await;
+    assert_eq!(st, 200, "{v}");
+    assert!(s.log_count("soft watchdog") > 0);
+    // Hard: a round of 30 s against a 1 s limit ends the process, with the reason logged.
+    let mut s = Server::start(
+        m.path(),
+        &["--watchdog-timeout", "1", "--test-round-stall-ms", "30000"],
+    );
+    let client = s.client.clone();
+    let url = s.url("/generate");
+    let req = tokio::spawn(async move { client.post(url).json(&body).send().await });
+    let st = s
+        .wait_exit(std::time::Duration::from_secs(20))
+        .expect("the watchdog ended the server");
+    assert_eq!(st.code(), Some(70), "{st:?}");
+    assert!(s.log_count("watchdog: a scheduler round has run") > 0);
+    assert!(
+        req.await.unwrap().is_err(),
+        "the hung request's connection closed"
+    );
 }

@@ -74,6 +74,10 @@ pub struct ServeOptions {
     pub incremental_streaming_output: bool,
     /// `--json-model-override-args`: config.json keys replaced at every load.
     pub json_model_override_args: Option<serde_json::Map<String, serde_json::Value>>,
+    /// `--watchdog-timeout` and `--soft-watchdog-timeout` (seconds; None: off).
+    pub watchdog: crate::scheduler::watchdog::WatchdogConfig,
+    /// A hidden test flag: every round that runs a forward sleeps this long first.
+    pub test_round_stall: std::time::Duration,
     /// `--chat-template`: a Jinja file (or a named template of the checkpoint) replacing
     /// `tokenizer_config.json`'s template (see `model::chat_source`).
     pub chat_template: Option<String>,
@@ -154,6 +158,8 @@ impl ServeOptions {
             stream_default_include_usage: false,
             incremental_streaming_output: false,
             json_model_override_args: None,
+            watchdog: Default::default(),
+            test_round_stall: std::time::Duration::ZERO,
             chat_template: None,
             hf_chat_template_name: None,
             max_queued_requests: None,
@@ -294,6 +300,8 @@ where
             priority: opts.priority,
             max_loras_per_batch: opts.lora.max_per_batch.unwrap_or(MAX_LORAS_PER_BATCH),
             overlap_schedule: !opts.disable_overlap_schedule,
+            watchdog: opts.watchdog,
+            test_round_stall: opts.test_round_stall,
         },
     };
     let mut parts = Vec::new();

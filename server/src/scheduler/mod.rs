@@ -37,6 +37,7 @@ mod seq;
 #[cfg(test)]
 mod tests;
 mod unfinished;
+pub mod watchdog;
 pub mod weights;
 #[cfg(test)]
 mod weights_tests;
@@ -87,6 +88,11 @@ pub struct SchedulerConfig {
     /// Overlap scheduling unless `--disable-overlap-schedule` (`overlap.rs`; it runs where the
     /// runner's launches return early).
     pub overlap_schedule: bool,
+    /// `--watchdog-timeout` / `--soft-watchdog-timeout` (`watchdog.rs`).
+    pub watchdog: watchdog::WatchdogConfig,
+    /// A sleep inside every round that runs a forward (a hidden test flag: a hung round for the
+    /// watchdog's end-to-end test); zero in service.
+    pub test_round_stall: std::time::Duration,
 }
 
 impl Default for SchedulerConfig {
@@ -108,6 +114,8 @@ impl Default for SchedulerConfig {
             priority: Priority::default(),
             max_loras_per_batch: 8,
             overlap_schedule: true,
+            watchdog: Default::default(),
+            test_round_stall: std::time::Duration::ZERO,
         }
     }
 }
@@ -175,6 +183,8 @@ pub struct Scheduler<R: ModelRunner> {
     hold_done: bool,
     /// Overlap scheduling on a HiCache server too (`STRATA_OVERLAP_HICACHE=1`).
     hicache_overlap: bool,
+    /// The round stamp the watchdog thread reads (None: no watchdog).
+    watchdog: Option<Arc<watchdog::Watchdog>>,
     /// Rounds run ahead of rows with output penalties or logprobs too
     /// (`runner::overlap_wide_from_env`).
     overlap_wide: bool,
@@ -318,6 +328,7 @@ impl<R: ModelRunner> Scheduler<R> {
         let hicache_overlap = forced.as_deref() == Ok("1")
             || std::env::var("STRATA_OVERLAP_HICACHE").as_deref() == Ok("1");
         Scheduler {
+            watchdog: watchdog::Watchdog::start(cfg.watchdog),
             overlap,
             hicache_overlap,
             overlap_wide: crate::model::runner::overlap_wide_from_env(),
@@ -519,7 +530,16 @@ impl<R: ModelRunner> Scheduler<R> {
             if let Some(h) = &mut self.hicache {
                 h.poll(&mut self.tree);
             }
+            if let Some(w) = &self.watchdog {
+                w.enter();
+            }
+            if !self.cfg.test_round_stall.is_zero() && !self.running.is_empty() {
+                std::thread::sleep(self.cfg.test_round_stall);
+            }
             let progressed = self.step();
+            if let Some(w) = &self.watchdog {
+                w.leave();
+            }
             self.publish();
             if !progressed {
                 // Everything queued is held (prefetch) or blocked on memory: wait a little.

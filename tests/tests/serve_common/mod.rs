@@ -284,6 +284,18 @@ impl Server {
         self.child.id()
     }
 
+    /// Waits up to `limit` for the process to exit on its own; its status, None if it runs on.
+    pub fn wait_exit(&mut self, limit: std::time::Duration) -> Option<std::process::ExitStatus> {
+        let t0 = std::time::Instant::now();
+        while t0.elapsed() < limit {
+            if let Ok(Some(st)) = self.child.try_wait() {
+                return Some(st);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        None
+    }
+
     /// `sglang:<name>` from `/metrics`; 0 when the series is absent.
     pub async fn metric(&self, name: &str) -> f64 {
         let (_, body) = self.get("/metrics").await;

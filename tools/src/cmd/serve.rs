@@ -244,6 +244,18 @@ pub struct Args {
     /// '{"max_position_embeddings": 65536, "rope_scaling": {...}}'; whole top-level values).
     #[arg(long)]
     json_model_override_args: Option<String>,
+    /// Seconds one scheduler round (a forward launched, the previous taken back) may run before
+    /// the server logs a hung device and exits (status 70) for a supervisor to restart it;
+    /// 0 turns it off.
+    #[arg(long, default_value_t = 300.0)]
+    watchdog_timeout: f64,
+    /// Seconds after which a scheduler round still running is logged as a warning (no exit).
+    #[arg(long)]
+    soft_watchdog_timeout: Option<f64>,
+    /// Test hook: every round that runs a forward sleeps this long first (a hung round for the
+    /// watchdog test).
+    #[arg(long, default_value_t = 0, hide = true)]
+    test_round_stall_ms: u64,
     /// Most prompt tokens admitted into one prefill round: with chunking on, admission stops
     /// once they are spent; with --chunked-prefill-size -1 a prompt that does not fit in what is
     /// left waits (the round's first always runs, however long).
@@ -580,6 +592,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         )?,
         stream_default_include_usage: a.stream_response_default_include_usage,
         incremental_streaming_output: a.incremental_streaming_output,
+        watchdog: strata_server::scheduler::watchdog::WatchdogConfig {
+            hard: Some(a.watchdog_timeout),
+            soft: a.soft_watchdog_timeout,
+        },
+        test_round_stall: std::time::Duration::from_millis(a.test_round_stall_ms),
         json_model_override_args: json_object_flag(
             "--json-model-override-args",
             a.json_model_override_args.as_deref(),
