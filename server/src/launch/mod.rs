@@ -78,6 +78,8 @@ pub struct ServeOptions {
     pub watchdog: crate::scheduler::watchdog::WatchdogConfig,
     /// A hidden test flag: every round that runs a forward sleeps this long first.
     pub test_round_stall: std::time::Duration,
+    /// `--prefill-max-requests` (None: no limit).
+    pub prefill_max_requests: Option<usize>,
     /// `--chat-template`: a Jinja file (or a named template of the checkpoint) replacing
     /// `tokenizer_config.json`'s template (see `model::chat_source`).
     pub chat_template: Option<String>,
@@ -160,6 +162,7 @@ impl ServeOptions {
             json_model_override_args: None,
             watchdog: Default::default(),
             test_round_stall: std::time::Duration::ZERO,
+            prefill_max_requests: None,
             chat_template: None,
             hf_chat_template_name: None,
             max_queued_requests: None,
@@ -301,6 +304,7 @@ where
             max_loras_per_batch: opts.lora.max_per_batch.unwrap_or(MAX_LORAS_PER_BATCH),
             overlap_schedule: !opts.disable_overlap_schedule,
             watchdog: opts.watchdog,
+            prefill_max_requests: opts.prefill_max_requests.map(|m| m.max(1)),
             test_round_stall: opts.test_round_stall,
         },
     };

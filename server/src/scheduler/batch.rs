@@ -207,12 +207,14 @@ impl<R: ModelRunner> Scheduler<R> {
             }
         }
         // 2. Sequences still prefilling, in admission order, under the prefill budget.
+        let mut prefilling = 0; // requests in this round's prefill (`--prefill-max-requests`)
         while let Some(mut s) = prefills.pop_front() {
             let n = budget.grant(s.remaining());
             if n > 0 {
                 let start = s.computed;
                 let end = start + n;
                 if self.ensure_pages(&mut s, end) {
+                    prefilling += 1;
                     items.push((self.running.len(), Item { start, end }));
                 } else {
                     budget.refund(n);
@@ -226,7 +228,10 @@ impl<R: ModelRunner> Scheduler<R> {
         if budget.open() && self.running.len() < self.cfg.max_running_requests {
             self.order_waiting();
         }
-        while budget.open() && self.running.len() < self.cfg.max_running_requests {
+        while budget.open()
+            && self.running.len() < self.cfg.max_running_requests
+            && self.cfg.prefill_max_requests.is_none_or(|m| prefilling < m)
+        {
             let Some(mut s) = self.waiting.pop_front() else {
                 break;
             };
@@ -301,6 +306,7 @@ impl<R: ModelRunner> Scheduler<R> {
                 Stats::add(&self.stats.prompt_tokens, s.prompt_len as u64);
             }
             self.hook.on_dequeue(&s.req.rid);
+            prefilling += 1;
             items.push((self.running.len(), Item { start, end }));
             self.running.push(s);
         }

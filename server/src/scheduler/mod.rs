@@ -90,6 +90,9 @@ pub struct SchedulerConfig {
     pub overlap_schedule: bool,
     /// `--watchdog-timeout` / `--soft-watchdog-timeout` (`watchdog.rs`).
     pub watchdog: watchdog::WatchdogConfig,
+    /// `--prefill-max-requests`: requests in one round's prefill (continued chunks and new
+    /// admissions; decodes are not counted); None: no limit.
+    pub prefill_max_requests: Option<usize>,
     /// A sleep inside every round that runs a forward (a hidden test flag: a hung round for the
     /// watchdog's end-to-end test); zero in service.
     pub test_round_stall: std::time::Duration,
@@ -115,6 +118,7 @@ impl Default for SchedulerConfig {
             max_loras_per_batch: 8,
             overlap_schedule: true,
             watchdog: Default::default(),
+            prefill_max_requests: None,
             test_round_stall: std::time::Duration::ZERO,
         }
     }

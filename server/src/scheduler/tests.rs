@@ -147,6 +147,31 @@ fn each_policy_admits_in_its_order() {
     }
 }
 
+/// `--prefill-max-requests 2`: a round prefills at most two requests; decodes beside them are
+/// not counted (without the cap the first round takes all four).
+#[test]
+fn prefill_max_requests_caps_each_rounds_prefill() {
+    let mut r = rig(cfg());
+    submit_four(&mut r);
+    r.s.step();
+    assert_eq!(r.running().len(), 4, "no cap: one round takes all");
+    r.drain();
+    let mut r = rig(SchedulerConfig {
+        prefill_max_requests: Some(2),
+        ..cfg()
+    });
+    submit_four(&mut r);
+    r.s.step();
+    assert_eq!(r.running(), ["b", "c1"], "two admitted");
+    r.s.step();
+    let now = r.running();
+    assert!(
+        now.ends_with(&["d", "c2"]) && now[0] == "b",
+        "two more beside the decodes: {now:?}"
+    );
+    r.drain();
+}
+
 #[test]
 fn cache_aware_policies_fall_back_to_fcfs_without_the_radix_cache() {
     let mut r = rig(SchedulerConfig {

@@ -256,6 +256,10 @@ pub struct Args {
     /// watchdog test).
     #[arg(long, default_value_t = 0, hide = true)]
     test_round_stall_ms: u64,
+    /// Most requests in one round's prefill (chunks of prompts already started count; decodes
+    /// do not); no limit by default.
+    #[arg(long)]
+    prefill_max_requests: Option<usize>,
     /// Most prompt tokens admitted into one prefill round: with chunking on, admission stops
     /// once they are spent; with --chunked-prefill-size -1 a prompt that does not fit in what is
     /// left waits (the round's first always runs, however long).
@@ -597,6 +601,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             soft: a.soft_watchdog_timeout,
         },
         test_round_stall: std::time::Duration::from_millis(a.test_round_stall_ms),
+        prefill_max_requests: a.prefill_max_requests,
         json_model_override_args: json_object_flag(
             "--json-model-override-args",
             a.json_model_override_args.as_deref(),
