@@ -189,10 +189,10 @@ pub fn sampling_params_for(
         w.validate().map_err(ApiError::bad_request)
     };
     let v = match (preferred, v) {
-        (Some(p), Some(Value::Array(a))) => Some(Value::Array(
-            a.into_iter().filter_map(|x| p.fill(Some(x))).collect(),
-        )),
-        (Some(p), v) => p.fill(v),
+        (Some(p), Some(Value::Array(a))) => {
+            Some(Value::Array(a.into_iter().map(|x| p.fill(x)).collect()))
+        }
+        (Some(p), v) => Some(p.fill(v.unwrap_or(Value::Null))),
         (None, v) => v,
     };
     match v {

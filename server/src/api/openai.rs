@@ -128,9 +128,7 @@ fn template_kwargs(
         (None, own) => own,
         (Some(d), None) => Some(d.clone()),
         (Some(d), Some(mut m)) => {
-            for (k, v) in d {
-                m.entry(k.clone()).or_insert_with(|| v.clone());
-            }
+            super::preferred::fill_missing(&mut m, d);
             Some(m)
         }
     }

@@ -36,19 +36,24 @@ pub fn parse(text: Option<&str>) -> Result<Option<Preferred>, String> {
 }
 
 impl Preferred {
-    /// One request's `sampling_params` (an object, or absent) with the preferred fields it does
-    /// not set; anything else is returned as it is (and refused by the caller's parse).
-    pub fn fill(&self, params: Option<Value>) -> Option<Value> {
+    /// One request's `sampling_params` (an object, or `null` for none) with the preferred fields
+    /// it does not set; anything else is returned as it is (and refused by the caller's parse).
+    pub fn fill(&self, params: Value) -> Value {
         match params {
-            None | Some(Value::Null) => Some(Value::Object(self.fields.clone())),
-            Some(Value::Object(mut m)) => {
-                for (k, v) in &self.fields {
-                    m.entry(k.clone()).or_insert_with(|| v.clone());
-                }
-                Some(Value::Object(m))
+            Value::Null => Value::Object(self.fields.clone()),
+            Value::Object(mut m) => {
+                fill_missing(&mut m, &self.fields);
+                Value::Object(m)
             }
             other => other,
         }
+    }
+}
+
+/// Adds to `own` the keys of `defaults` it does not have (a request's fields over a server's).
+pub fn fill_missing(own: &mut Map<String, Value>, defaults: &Map<String, Value>) {
+    for (k, v) in defaults {
+        own.entry(k.clone()).or_insert_with(|| v.clone());
     }
 }
 
@@ -63,14 +68,14 @@ mod tests {
             .unwrap()
             .unwrap();
         assert_eq!(
-            p.fill(Some(json!({"max_new_tokens": 3}))),
-            Some(json!({"temperature": 0, "max_new_tokens": 3}))
+            p.fill(json!({"max_new_tokens": 3})),
+            json!({"temperature": 0, "max_new_tokens": 3})
         );
         assert_eq!(
-            p.fill(None),
-            Some(json!({"temperature": 0, "max_new_tokens": 5}))
+            p.fill(Value::Null),
+            json!({"temperature": 0, "max_new_tokens": 5})
         );
-        assert_eq!(p.fill(Some(json!(7))), Some(json!(7)));
+        assert_eq!(p.fill(json!(7)), json!(7));
     }
 
     #[test]
