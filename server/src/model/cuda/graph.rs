@@ -333,11 +333,11 @@ impl Graphs {
     }
 
     /// The logits ([bs, vocab] f32), sampled-token buffer ([bs] i32, the argmax of each row)
-    /// and metadata of graph `gi` (its first `bs` words are the replay's input ids).
+    /// and input ids ([bs] i32, the replay's) of graph `gi`.
     pub(super) fn head(&self, gi: usize) -> (&DTensor, &DTensor, &DTensor) {
         let g = &self.graphs[gi];
         let (_, logits, tokens) = g.acts.head.as_ref().expect("graphs have logits rows");
-        (logits, tokens, &g.meta.buf)
+        (logits, tokens, &g.meta.ids)
     }
 }
 
