@@ -458,21 +458,28 @@ impl Render {
 
     fn result_json(&self, d: &Driver, text: String) -> Value {
         let f = d.out.finish.as_ref();
-        let mut meta = json!({
-            "id": d.rid,
-            "finish_reason": f.map(|f| finish_reason_json(&f.reason)),
-            "prompt_tokens": d.prompt_tokens,
-            "completion_tokens": d.out.ids.len(),
-            "cached_tokens": f.map(|f| f.cached_tokens).unwrap_or(0),
-            "e2e_latency": d.arrival.elapsed().as_secs_f64(),
-            "weight_version": self.weight_version,
-        });
+        let mut meta = meta_info(d, &self.weight_version);
         self.logprobs(d, &mut meta);
         if f.is_some() && d.params.return_hidden_states {
             meta["hidden_states"] = hidden_states_json(d.prompt_tokens, &d.out.hidden);
         }
         json!({"text": text, "output_ids": d.out.ids, "meta_info": meta})
     }
+}
+
+/// A result's `meta_info` without its log-probabilities and hidden states (also what an OpenAI
+/// choice carries under `return_meta_info`).
+pub(super) fn meta_info(d: &Driver, weight_version: &str) -> Value {
+    let f = d.out.finish.as_ref();
+    json!({
+        "id": d.rid,
+        "finish_reason": f.map(|f| finish_reason_json(&f.reason)),
+        "prompt_tokens": d.prompt_tokens,
+        "completion_tokens": d.out.ids.len(),
+        "cached_tokens": f.map(|f| f.cached_tokens).unwrap_or(0),
+        "e2e_latency": d.arrival.elapsed().as_secs_f64(),
+        "weight_version": weight_version,
+    })
 }
 
 /// SGLang's `meta_info.hidden_states`: the prompt's positions as one list, then one state per

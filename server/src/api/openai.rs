@@ -92,6 +92,15 @@ struct OpenAiWire {
     /// Chat: a final assistant message is continued, not answered (SGLang: the conversation
     /// before it rendered with the generation prompt, its content's tokens appended).
     continue_final_message: Option<bool>,
+    /// SGLang's extras: each choice's output ids (`token_ids`; with the prompt's), the prompt's
+    /// ids (`prompt_token_ids`, chat) and the `/generate` meta info (`meta_info`, chat). Chat
+    /// refuses them streamed, as SGLang does.
+    #[serde(default)]
+    return_token_ids: bool,
+    #[serde(default)]
+    return_prompt_token_ids: bool,
+    #[serde(default)]
+    return_meta_info: bool,
     /// Constrained decoding: SGLang's extra `regex`, `json_schema` and `ebnf` fields, and
     /// OpenAI's `response_format` (`text`, `json_object`, `json_schema`).
     regex: Option<Value>,
@@ -452,7 +461,11 @@ pub async fn completions(
     )?;
     let mut subs = Vec::new();
     let mut texts = Vec::new();
+    let mut kept_prompts = Vec::new(); // (for `return_token_ids`)
     for (i, ((ids, text), boot)) in prompts.into_iter().zip(boots).enumerate() {
+        if w.return_token_ids {
+            kept_prompts.push(ids.clone());
+        }
         let rid = rid
             .as_ref()
             .map(|r| if many { format!("{r}_{i}") } else { r.clone() });
@@ -476,15 +489,22 @@ pub async fn completions(
         let head =
             json!({"id": id, "object": "text_completion", "created": created, "model": model});
         let st2 = st.clone();
-        return Ok(sse(drivers, copies, head.clone(), include_usage, move |i, d, delta, first, lp| {
+        return Ok(sse(drivers, copies, head.clone(), include_usage, move |i, d, delta, first, new| {
             let text = if first && echo {
                 format!("{}{delta}", texts[i / copies])
             } else {
                 delta
             };
-            let lps = completion_logprobs(&st2, d, lp.start, lp.end, echo && first);
+            let lps = completion_logprobs(&st2, d, new.logprobs.start, new.logprobs.end, echo && first);
             let mut c = head.clone();
             c["choices"] = json!([{"index": i, "text": text, "logprobs": lps, "finish_reason": finish_str(d), "matched_stop": matched_stop(d)}]);
+            if let Some(p) = kept_prompts.get(i / copies) {
+                // `return_token_ids`: the chunk's new output ids, the prompt's with the first.
+                c["choices"][0]["token_ids"] = json!(d.out.ids[new.ids]);
+                if first {
+                    c["choices"][0]["prompt_token_ids"] = json!(p);
+                }
+            }
             Some(c)
         })
         .into_response());
@@ -504,6 +524,10 @@ pub async fn completions(
         let mut choice = json!({"index": i, "text": text, "logprobs": lps,
             "finish_reason": finish_str(&d), "matched_stop": matched_stop(&d)});
         add_hidden_states(&mut choice, &d);
+        if let Some(p) = kept_prompts.get(i / copies) {
+            choice["token_ids"] = json!(d.out.ids);
+            choice["prompt_token_ids"] = json!(p);
+        }
         choices.push(choice);
     }
     let usage = fanout::usage_json(fanout::usage_totals(&counts, copies));
@@ -617,6 +641,20 @@ pub async fn chat_completions(
         kwargs: kwargs.as_ref(),
     };
     let ids = prompt_ids(&st, &conv, continued.as_deref(), extra)?;
+    if w.stream {
+        for (asked, name) in [
+            (w.return_token_ids, "return_token_ids"),
+            (w.return_prompt_token_ids, "return_prompt_token_ids"),
+            (w.return_meta_info, "return_meta_info"),
+        ] {
+            if asked {
+                return Err(ApiError::bad_request(format!(
+                    "{name} is not supported with streaming on /v1/chat/completions: set stream to false."
+                )));
+            }
+        }
+    }
+    let prompt_kept = (w.return_prompt_token_ids || w.return_token_ids).then(|| ids.clone());
     // A conversation template's stop strings end its answers too.
     if let Some(c) = tok
         .chat_template
@@ -687,7 +725,7 @@ pub async fn chat_completions(
             copies,
             head.clone(),
             include_usage,
-            move |i, d, delta, first, lp| {
+            move |i, d, delta, first, new| {
                 let mut p = parsers[i].lock().unwrap_or_else(|e| e.into_inner());
                 let mut piece = p.push(&delta);
                 if d.out.finish.is_some() {
@@ -706,7 +744,7 @@ pub async fn chat_completions(
                 }
                 let delta = reply::delta(&piece, first);
                 let finish = reply::finish_reason(finish_str(d), p.has_calls());
-                let lps = chat_logprobs(&st2, d, lp.start, lp.end);
+                let lps = chat_logprobs(&st2, d, new.logprobs.start, new.logprobs.end);
                 let mut c = head.clone();
                 c["choices"] = json!([{"index": i, "delta": delta, "logprobs": lps,
                     "finish_reason": finish, "matched_stop": matched_stop(d)}]);
@@ -729,6 +767,16 @@ pub async fn chat_completions(
         let mut choice = json!({"index": i, "message": reply::message(&r), "logprobs": lps,
             "finish_reason": finish, "matched_stop": matched_stop(&d)});
         add_hidden_states(&mut choice, &d);
+        if w.return_token_ids {
+            choice["token_ids"] = json!(d.out.ids);
+        }
+        if let Some(p) = &prompt_kept {
+            choice["prompt_token_ids"] = json!(p);
+        }
+        if w.return_meta_info {
+            let version = st.served.read().expect("served").version.clone();
+            choice["meta_info"] = super::generate::meta_info(&d, &version);
+        }
         choices.push(choice);
     }
     let usage = fanout::usage_json(fanout::usage_totals(&counts, copies));
@@ -739,6 +787,13 @@ pub async fn chat_completions(
     .into_response())
 }
 
+/// What a streamed choice gained since its previous chunk: the ranges of its log-probabilities
+/// and of its output ids.
+struct Fresh {
+    logprobs: std::ops::Range<usize>,
+    ids: std::ops::Range<usize>,
+}
+
 /// A streamed choice's output: a chunk to send, or its end with its token counts.
 enum Item {
     Chunk(Value),
@@ -746,11 +801,11 @@ enum Item {
 }
 
 /// Streams the drivers (choice `i` is `drivers[i]`, `n` per prompt) as OpenAI chunks built by
-/// `chunk(index, driver, delta, is_first, new_logprobs)`, interleaved as they come; then, once
+/// `chunk(index, driver, delta, is_first, new)`, interleaved as they come; then, once
 /// all have finished, an optional usage chunk (`head` with no choices and the usage of all) and
 /// one `[DONE]`. Empty deltas (bytes held back) are not sent, nor is a chunk `chunk` declines
-/// (`None`: its parsers held the text back); a chunk carries the log-probabilities of the tokens
-/// that arrived since its choice's previous chunk sent.
+/// (`None`: its parsers held the text back); a chunk carries the log-probabilities and ids of the
+/// tokens that arrived since its choice's previous chunk sent ([`Fresh`]).
 fn sse<F>(
     drivers: Vec<Driver>,
     n: usize,
@@ -759,17 +814,14 @@ fn sse<F>(
     chunk: F,
 ) -> Sse<impl futures::Stream<Item = Result<SseEvent, Infallible>>>
 where
-    F: Fn(usize, &Driver, String, bool, std::ops::Range<usize>) -> Option<Value>
-        + Send
-        + Sync
-        + 'static,
+    F: Fn(usize, &Driver, String, bool, Fresh) -> Option<Value> + Send + Sync + 'static,
 {
     use futures::StreamExt;
     let chunk = std::sync::Arc::new(chunk);
     let choices = drivers.len();
     let one = |(i, d): (usize, Driver)| {
         let chunk = chunk.clone();
-        futures::stream::unfold(Some((d, true, 0usize)), move |state| {
+        futures::stream::unfold(Some((d, true, (0usize, 0usize))), move |state| {
             let chunk = chunk.clone();
             async move {
                 let (mut d, mut first, mut sent) = state?;
@@ -780,8 +832,12 @@ where
                     if delta.is_empty() && d.out.finish.is_none() && !first {
                         continue;
                     }
-                    let now = d.out.logprobs.len();
-                    if let Some(c) = chunk(i, &d, delta, first, sent..now) {
+                    let now = (d.out.logprobs.len(), d.out.ids.len());
+                    let new = Fresh {
+                        logprobs: sent.0..now.0,
+                        ids: sent.1..now.1,
+                    };
+                    if let Some(c) = chunk(i, &d, delta, first, new) {
                         (first, sent) = (false, now);
                         return Some((Item::Chunk(c), Some((d, first, sent))));
                     }
