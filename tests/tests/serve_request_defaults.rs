@@ -4,7 +4,8 @@
 //! `generation_config.json`; completions keep the OpenAI defaults; `--sampling-defaults openai`
 //! ignores the file. `--preferred-sampling-params`: a `/generate` request takes its fields where
 //! its own `sampling_params` do not set them, `/get_model_info` reports it.
-//! `--default-chat-template-kwargs`: the template gets them under a request's own kwargs.
+//! `--default-chat-template-kwargs`: the template gets them under a request's own kwargs (and
+//! under what a request's `reasoning_effort` says about thinking).
 //! `--stream-response-default-include-usage`: streamed chats end with a usage chunk unasked.
 //! `--incremental-streaming-output`: streamed `/generate` lines carry only what is new.
 //! Bad values stop the start.
@@ -157,6 +158,18 @@ async fn template_kwargs_and_stream_usage_defaults() {
         prompt_tokens(&without),
         "the request's kwarg wins"
     );
+    // reasoning_effort: "none" turns thinking off through the template, a level turns it on
+    // (over the server's default kwargs); a bool is a 400.
+    let mut effort = body.clone();
+    effort["reasoning_effort"] = json!("none");
+    let (_, v) = plain.post("/v1/chat/completions", &effort).await;
+    assert_eq!(prompt_tokens(&v), prompt_tokens(&with_default), "{v}");
+    effort["reasoning_effort"] = json!("high");
+    let (_, v) = s.post("/v1/chat/completions", &effort).await;
+    assert_eq!(prompt_tokens(&v), prompt_tokens(&without), "{v}");
+    effort["reasoning_effort"] = json!(true);
+    let (st, v) = s.post("/v1/chat/completions", &effort).await;
+    assert_eq!(st, 400, "{v}");
 
     // Streams: a usage chunk without stream_options on `s` only.
     let mut sb = body.clone();

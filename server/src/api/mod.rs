@@ -22,6 +22,7 @@ pub mod openai;
 pub mod output;
 pub mod parse;
 pub mod preferred;
+pub mod reasoning_effort;
 pub mod relay;
 pub mod reqlog;
 pub mod rerank;

@@ -92,6 +92,10 @@ struct OpenAiWire {
     /// Chat: a final assistant message is continued, not answered (SGLang: the conversation
     /// before it rendered with the generation prompt, its content's tokens appended).
     continue_final_message: Option<bool>,
+    /// Chat: SGLang's `reasoning_effort` and `reasoning` (`reasoning_effort.rs`: thinking on or
+    /// off through the template's kwargs).
+    reasoning_effort: Option<Value>,
+    reasoning: Option<Value>,
     /// SGLang's extras: each choice's output ids (`token_ids`; with the prompt's), the prompt's
     /// ids (`prompt_token_ids`, chat) and the `/generate` meta info (`meta_info`, chat). Chat
     /// refuses them streamed, as SGLang does.
@@ -127,20 +131,23 @@ struct OpenAiWire {
     data_parallel_rank: Option<i64>,
 }
 
-/// A chat request's `chat_template_kwargs` over `--default-chat-template-kwargs` (the request's
-/// keys win).
+/// A chat request's `chat_template_kwargs` (with what its `reasoning_effort` / `reasoning` say
+/// about thinking) over `--default-chat-template-kwargs` (the request's keys win).
 fn template_kwargs(
     info: &super::ServerInfo,
-    own: Option<serde_json::Map<String, Value>>,
-) -> Option<serde_json::Map<String, Value>> {
-    match (&info.default_chat_template_kwargs, own) {
+    w: &mut OpenAiWire,
+) -> Result<Option<serde_json::Map<String, Value>>, ApiError> {
+    let on = super::reasoning_effort::thinking(w.reasoning_effort.as_ref(), w.reasoning.as_ref())
+        .map_err(ApiError::bad_request)?;
+    let own = super::reasoning_effort::apply(w.chat_template_kwargs.take(), on);
+    Ok(match (&info.default_chat_template_kwargs, own) {
         (None, own) => own,
         (Some(d), None) => Some(d.clone()),
         (Some(d), Some(mut m)) => {
             super::preferred::fill_missing(&mut m, d);
             Some(m)
         }
-    }
+    })
 }
 
 impl OpenAiWire {
@@ -581,7 +588,7 @@ pub(super) fn chat_prompt_len(st: &AppState, body: &[u8]) -> Result<usize, ApiEr
         .into_iter()
         .map(message_json)
         .collect::<Result<Vec<_>, _>>()?;
-    let kwargs = template_kwargs(&st.info, w.chat_template_kwargs.take());
+    let kwargs = template_kwargs(&st.info, &mut w)?;
     let extra = Extra {
         tools: plan.template_tools.as_ref(),
         kwargs: kwargs.as_ref(),
@@ -635,7 +642,7 @@ pub async fn chat_completions(
         _ => None,
     };
     let tok = &st.tokenizer;
-    let kwargs = template_kwargs(&st.info, w.chat_template_kwargs.take());
+    let kwargs = template_kwargs(&st.info, &mut w)?;
     let extra = Extra {
         tools: plan.template_tools.as_ref(),
         kwargs: kwargs.as_ref(),

@@ -172,6 +172,7 @@ fn to_chat(req: &Value, history: &[Value]) -> Result<(Value, Vec<Value>), ApiErr
             ("parallel_tool_calls", "parallel_tool_calls"),
             ("stream", "stream"),
             ("chat_template_kwargs", "chat_template_kwargs"),
+            ("reasoning", "reasoning"),
             ("request_id", "rid"),
         ],
     );
