@@ -2,7 +2,8 @@
 //! `return_token_ids` gives each choice its output ids (and the prompt's), equal to what
 //! `/generate` gives for the same prompt ids; completions stream them chunk by chunk (the prompt's
 //! with the first); chat adds `prompt_token_ids` on its own flag and `/generate`'s `meta_info`
-//! under `return_meta_info`, and refuses them streamed (a 400, as SGLang).
+//! under `return_meta_info`, and refuses them streamed (a 400, as SGLang). A chat request's
+//! `input_ids` replace its rendered messages.
 
 mod serve_common;
 
@@ -51,6 +52,19 @@ async fn token_ids_match_generate_on_chat_and_completions() {
     let (_, v) = s.post("/v1/chat/completions", &only_prompt).await;
     assert_eq!(ids(&v["choices"][0]["prompt_token_ids"]), prompt);
     assert!(v["choices"][0].get("token_ids").is_none(), "{v}");
+    // `input_ids` replace the rendered messages: other messages, the same prompt ids, the same
+    // answer; an id past the vocabulary is a 400.
+    let pre = json!({"messages": [{"role": "user", "content": "something else"}],
+        "input_ids": prompt, "max_tokens": 10, "temperature": 0, "ignore_eos": true,
+        "return_token_ids": true});
+    let (st, v) = s.post("/v1/chat/completions", &pre).await;
+    assert_eq!(st, 200, "{v}");
+    assert_eq!(ids(&v["choices"][0]["token_ids"]), out);
+    assert_eq!(ids(&v["choices"][0]["prompt_token_ids"]), prompt);
+    let mut bad = pre.clone();
+    bad["input_ids"] = json!([1, 2, 99_999_999]);
+    let (st, v) = s.post("/v1/chat/completions", &bad).await;
+    assert_eq!(st, 400, "{v}");
     let mut streamed = body.clone();
     streamed["stream"] = json!(true);
     let (st, v) = s.post("/v1/chat/completions", &streamed).await;

@@ -96,6 +96,9 @@ struct OpenAiWire {
     /// off through the template's kwargs).
     reasoning_effort: Option<Value>,
     reasoning: Option<Value>,
+    /// Chat: SGLang's pre-computed prompt ids; they replace the rendered template (the messages
+    /// still decide the tools and the stop strings).
+    input_ids: Option<Vec<u32>>,
     /// SGLang's extras: each choice's output ids (`token_ids`; with the prompt's), the prompt's
     /// ids (`prompt_token_ids`, chat) and the `/generate` meta info (`meta_info`, chat). Chat
     /// refuses them streamed, as SGLang does.
@@ -647,7 +650,11 @@ pub async fn chat_completions(
         tools: plan.template_tools.as_ref(),
         kwargs: kwargs.as_ref(),
     };
-    let ids = prompt_ids(&st, &conv, continued.as_deref(), extra)?;
+    let ids = match w.input_ids.take() {
+        Some(ids) if ids.is_empty() => return Err(ApiError::bad_request("`input_ids` is empty.")),
+        Some(ids) => ids,
+        None => prompt_ids(&st, &conv, continued.as_deref(), extra)?,
+    };
     if w.stream {
         for (asked, name) in [
             (w.return_token_ids, "return_token_ids"),
