@@ -7,15 +7,7 @@
 mod serve_common;
 
 use serde_json::{json, Value};
-use serve_common::{MadeModel, Server};
-
-fn ids(v: &Value) -> Vec<u64> {
-    v.as_array()
-        .unwrap_or_else(|| panic!("not a list: {v}"))
-        .iter()
-        .map(|x| x.as_u64().unwrap())
-        .collect()
-}
+use serve_common::{ids, MadeModel, Server};
 
 async fn tokens(s: &Server, text: &str, special: bool) -> Vec<u64> {
     let (st, v) = s

@@ -8,15 +8,7 @@
 mod serve_common;
 
 use serde_json::{json, Value};
-use serve_common::{MadeModel, Server};
-
-fn ids(v: &Value) -> Vec<u64> {
-    v.as_array()
-        .unwrap_or_else(|| panic!("not a list: {v}"))
-        .iter()
-        .map(|x| x.as_u64().unwrap())
-        .collect()
-}
+use serve_common::{ids, MadeModel, Server};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_ids_match_generate_on_chat_and_completions() {

@@ -18,6 +18,15 @@ pub fn floats(v: &Value) -> Vec<f64> {
         .collect()
 }
 
+/// The token ids (non-negative integers) of a JSON list.
+pub fn ids(v: &Value) -> Vec<u64> {
+    v.as_array()
+        .unwrap_or_else(|| panic!("not a list: {v}"))
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect()
+}
+
 /// A made model directory (removed on drop).
 pub struct MadeModel {
     pub dir: tempfile::TempDir,
