@@ -534,16 +534,12 @@ impl<R: ModelRunner> Scheduler<R> {
             if let Some(h) = &mut self.hicache {
                 h.poll(&mut self.tree);
             }
-            if let Some(w) = &self.watchdog {
-                w.enter();
-            }
+            let round = watchdog::round(&self.watchdog);
             if !self.cfg.test_round_stall.is_zero() && !self.running.is_empty() {
                 std::thread::sleep(self.cfg.test_round_stall);
             }
             let progressed = self.step();
-            if let Some(w) = &self.watchdog {
-                w.leave();
-            }
+            drop(round);
             self.publish();
             if !progressed {
                 // Everything queued is held (prefetch) or blocked on memory: wait a little.

@@ -99,9 +99,11 @@ impl<R: ModelRunner> Scheduler<R> {
         need <= KvPool::free_pages(&self.pool) + self.tree.evictable_pages()
     }
 
-    /// Takes back the forward in flight, if any.
+    /// Takes back the forward in flight, if any (watched as a round: a hung device blocks here
+    /// too).
     pub(super) fn sync(&mut self) {
         if let Some(f) = self.inflight.take() {
+            let _round = super::watchdog::round(&self.watchdog);
             self.collect(f);
         }
     }

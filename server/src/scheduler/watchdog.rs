@@ -4,9 +4,9 @@
 //! context) so that a supervisor restarts the server, instead of a server that answers `/health`
 //! while serving nothing; the soft one logs a warning once per round and lets it go on.
 //!
-//! The scheduler stamps a round's start and end ([`Watchdog::enter`], [`Watchdog::leave`]); a
-//! thread per scheduler looks at the stamp a few times per timeout and stops when the scheduler
-//! is gone.
+//! The scheduler stamps a round's start and end ([`round`]: a guard, around each round and
+//! around taking a forward in flight back outside one); a thread per scheduler looks at the
+//! stamp a few times per timeout and stops when the scheduler is gone.
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock, Weak};
@@ -56,13 +56,15 @@ impl Watchdog {
         Some(w)
     }
 
-    /// A round starts.
-    pub fn enter(&self) {
-        self.since.store(now_ms(), Relaxed);
+    /// A round starts, unless one is in progress (true: this call started it).
+    fn enter(&self) -> bool {
+        self.since
+            .compare_exchange(0, now_ms(), Relaxed, Relaxed)
+            .is_ok()
     }
 
     /// The round ended.
-    pub fn leave(&self) {
+    fn leave(&self) {
         self.since.store(0, Relaxed);
     }
 
@@ -71,6 +73,22 @@ impl Watchdog {
         match self.since.load(Relaxed) {
             0 => None,
             s => Some(now_ms().saturating_sub(s) as f64 / 1000.0),
+        }
+    }
+}
+
+/// Stamps a round until dropped (nested in a round already stamped: that round's start stays).
+pub struct Round(Option<Arc<Watchdog>>);
+
+/// A round on `w`'s stamp (nothing without a watchdog).
+pub fn round(w: &Option<Arc<Watchdog>>) -> Round {
+    Round(w.as_ref().filter(|w| w.enter()).cloned())
+}
+
+impl Drop for Round {
+    fn drop(&mut self) {
+        if let Some(w) = &self.0 {
+            w.leave();
         }
     }
 }
@@ -118,11 +136,21 @@ mod tests {
         })
         .expect("a soft limit starts it");
         assert_eq!(w.running_for(), None);
-        w.enter();
+        let w = Some(w);
+        let outer = round(&w);
         std::thread::sleep(Duration::from_millis(30));
-        let t = w.running_for().expect("in a round");
+        let t = w.as_ref().unwrap().running_for().expect("in a round");
         assert!((0.02..5.0).contains(&t), "{t}");
-        w.leave();
-        assert_eq!(w.running_for(), None);
+        {
+            let _inner = round(&w);
+            let t2 = w.as_ref().unwrap().running_for().expect("still in it");
+            assert!(t2 >= t, "a nested round keeps the outer start: {t2} < {t}");
+        }
+        assert!(
+            w.as_ref().unwrap().running_for().is_some(),
+            "the outer round goes on"
+        );
+        drop(outer);
+        assert_eq!(w.as_ref().unwrap().running_for(), None);
     }
 }
