@@ -307,13 +307,18 @@ pub fn count_tokens(tokens: &[u32]) -> Vec<(u32, u32)> {
         .collect()
 }
 
-/// `counts` (ascending by token) with one more `t`.
+/// Counts one more `t` in `counts` (ascending by token, each once).
+pub fn bump_count(counts: &mut Vec<(u32, u32)>, t: u32) {
+    match counts.binary_search_by_key(&t, |c| c.0) {
+        Ok(k) => counts[k].1 += 1,
+        Err(k) => counts.insert(k, (t, 1)),
+    }
+}
+
+/// `counts` with one more `t` ([`bump_count`] on a copy).
 pub fn add_count(counts: &[(u32, u32)], t: u32) -> Vec<(u32, u32)> {
     let mut v = counts.to_vec();
-    match v.binary_search_by_key(&t, |c| c.0) {
-        Ok(k) => v[k].1 += 1,
-        Err(k) => v.insert(k, (t, 1)),
-    }
+    bump_count(&mut v, t);
     v
 }
 

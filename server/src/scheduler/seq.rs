@@ -86,10 +86,7 @@ impl Seq {
             counted = 0;
         }
         for &t in &self.tokens[self.prompt_len + counted..self.prompt_len + real] {
-            match self.out_counts.binary_search_by_key(&t, |c| c.0) {
-                Ok(k) => self.out_counts[k].1 += 1,
-                Err(k) => self.out_counts.insert(k, (t, 1)),
-            }
+            strata_kernels::sample_rows::bump_count(&mut self.out_counts, t);
         }
         &self.out_counts
     }
