@@ -40,10 +40,7 @@ impl Watchdog {
     pub fn start(cfg: WatchdogConfig) -> Option<Arc<Self>> {
         let positive = |t: Option<f64>| t.filter(|&t| t > 0.0);
         let (hard, soft) = (positive(cfg.hard), positive(cfg.soft));
-        let shortest = match (hard, soft) {
-            (None, None) => return None,
-            (h, s) => h.unwrap_or(f64::MAX).min(s.unwrap_or(f64::MAX)),
-        };
+        let shortest = [hard, soft].into_iter().flatten().reduce(f64::min)?;
         let w = Arc::new(Watchdog::default());
         let weak = Arc::downgrade(&w);
         let every = Duration::from_secs_f64((shortest / 4.0).clamp(0.05, 1.0));
