@@ -10,8 +10,7 @@
 mod serve_common;
 
 use serde_json::{json, Value};
-use serve_common::{bin, MadeModel, Server};
-use std::process::Command;
+use serve_common::{serve_fails, MadeModel, Server};
 
 /// The test's seed, printed; `STRATA_TEST_SEED` replays one.
 fn test_seed() -> u64 {
@@ -203,26 +202,12 @@ async fn stream_interval_sends_chunks_of_n_tokens() {
 #[test]
 fn an_unknown_schedule_policy_is_a_start_up_error() {
     let m = MadeModel::new("llama", "tiny");
-    let out = Command::new(bin())
-        .args(["serve", "--model-path"])
-        .arg(m.path())
-        .args(["--schedule-policy", "sjf", "--port", "0"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = serve_fails(m.path(), &["--schedule-policy", "sjf"]);
     assert!(
         err.contains("sjf") && err.contains("lpm") && err.contains("dfs-weight"),
         "{err}"
     );
-    let out = Command::new(bin())
-        .args(["serve", "--model-path"])
-        .arg(m.path())
-        .args(["--stream-interval", "0", "--port", "0"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("--stream-interval 0"));
+    assert!(serve_fails(m.path(), &["--stream-interval", "0"]).contains("--stream-interval 0"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,8 +13,7 @@
 mod serve_common;
 
 use serde_json::{json, Value};
-use serve_common::{bin, MadeModel, Server};
-use std::process::Command;
+use serve_common::{serve_fails, MadeModel, Server};
 
 /// A made model whose generation_config.json recommends greedy decoding with a repetition
 /// penalty (and `top_k: 0`, transformers' "off").
@@ -249,14 +248,7 @@ fn bad_default_flags_stop_the_start() {
             "--json-model-override-args",
         ),
     ] {
-        let out = Command::new(bin())
-            .args(["serve", "--model-path"])
-            .arg(m.path())
-            .args([flag, value, "--port", "0"])
-            .output()
-            .unwrap();
-        assert!(!out.status.success(), "{flag} {value} started");
-        let err = String::from_utf8_lossy(&out.stderr);
+        let err = serve_fails(m.path(), &[flag, value]);
         assert!(err.contains(needle), "{flag} {value}: {err}");
     }
 }

@@ -27,6 +27,20 @@ pub fn ids(v: &Value) -> Vec<u64> {
         .collect()
 }
 
+/// Runs `strata serve --model-path MODEL FLAGS --port 0` expecting a start-up failure; returns
+/// its stderr.
+pub fn serve_fails(model: &Path, flags: &[&str]) -> String {
+    let out = Command::new(bin())
+        .args(["serve", "--model-path"])
+        .arg(model)
+        .args(flags)
+        .args(["--port", "0"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "serve {flags:?} started");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 /// A made model directory (removed on drop).
 pub struct MadeModel {
     pub dir: tempfile::TempDir,
