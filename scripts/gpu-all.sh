@@ -52,8 +52,7 @@
 #            sampled (temperature 0.7, top-p 0.9; 3 rounds, no retractions) and c=1 (with the raw
 #            graph step); OVERLAP_RUNS="CONC NP ROUNDS RAW greedy|sampled|penalised|logprobs;..." picks the runs
 #            (penalised: + frequency 0.5 / presence 0.2; logprobs: top 5 greedy). Export
-#            STRATA_OVERLAP_WIDE=1 to run penalised and logprob rows ahead (off by default until
-#            this step has passed with it: the det check's penalised and logprob comparisons)
+#            STRATA_OVERLAP_WIDE=0 to keep penalised and logprob rows out of queued replays
 #   trained  scripts/train_tiny_llama.py trains a small Llama on the machine (TRAIN_S seconds, default
 #            90; no downloads) and scripts/hf_runner_compare.py compares the bf16 runner with
 #            transformers on it over held-out text prompts of 16..4096 tokens (the top-1 target on

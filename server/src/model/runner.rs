@@ -82,12 +82,11 @@ impl SampleReq<'_> {
 }
 
 /// Whether rows with output penalties or logprobs are queued (and rounds run ahead of them)
-/// under overlap scheduling: `STRATA_OVERLAP_WIDE=1`, or overlap forced by
-/// `STRATA_OVERLAP_SCHEDULE=1`. Checked on the CPU and with the sampler's CUDA source emulated,
-/// not yet on a GPU: off by default until then (docs/server.md, "Overlap scheduling").
+/// under overlap scheduling: yes unless `STRATA_OVERLAP_WIDE=0` (an A/B switch kept from the
+/// gate before its GPU check; overlap forced by `STRATA_OVERLAP_SCHEDULE=1` always queues them).
 pub fn overlap_wide_from_env() -> bool {
-    let on = |k: &str| std::env::var(k).as_deref() == Ok("1");
-    on("STRATA_OVERLAP_WIDE") || on("STRATA_OVERLAP_SCHEDULE")
+    std::env::var("STRATA_OVERLAP_SCHEDULE").as_deref() == Ok("1")
+        || std::env::var("STRATA_OVERLAP_WIDE").as_deref() != Ok("0")
 }
 
 /// The GPU sampler's description of `r` (`strata_kernels::sample_rows`, same semantics as

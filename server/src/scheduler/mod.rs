@@ -185,7 +185,7 @@ pub struct Scheduler<R: ModelRunner> {
     overlap: bool,
     /// Forwards that already ran are held in flight too (tests of the bookkeeping on the CPU).
     hold_done: bool,
-    /// Overlap scheduling on a HiCache server too (`STRATA_OVERLAP_HICACHE=1`).
+    /// Overlap scheduling on a HiCache server too (unless `STRATA_OVERLAP_HICACHE=0`).
     hicache_overlap: bool,
     /// The round stamp the watchdog thread reads (None: no watchdog).
     watchdog: Option<Arc<watchdog::Watchdog>>,
@@ -327,10 +327,10 @@ impl<R: ModelRunner> Scheduler<R> {
             Ok("0") => false,
             _ => cfg.overlap_schedule && model.queues(),
         };
-        // HiCache servers run without it unless `STRATA_OVERLAP_HICACHE=1` (or the forced mode
-        // above) turns it on: checked on the CPU, not yet on a GPU (docs/server.md).
+        // HiCache servers run with it too unless `STRATA_OVERLAP_HICACHE=0` (an A/B switch;
+        // the forced mode above always does).
         let hicache_overlap = forced.as_deref() == Ok("1")
-            || std::env::var("STRATA_OVERLAP_HICACHE").as_deref() == Ok("1");
+            || std::env::var("STRATA_OVERLAP_HICACHE").as_deref() != Ok("0");
         Scheduler {
             watchdog: watchdog::Watchdog::start(cfg.watchdog),
             overlap,

@@ -21,9 +21,10 @@
 //! that merged the bursts of new requests behind long prefill rounds and raised their time to
 //! first token. Otherwise, and for priority scheduling (preemption) and every message but a new
 //! request or an abort, the forward in flight is taken back first (`sync`).
-//! HiCache servers (unless `STRATA_OVERLAP_HICACHE=1`: checked on the CPU, not yet on a GPU) and
-//! PD prefill servers run without overlap (their copies read pages on other streams and threads,
-//! ordered by the forward that wrote them having returned). A PD decode
+//! HiCache servers run with it (the pages they copy are those of forwards already taken back;
+//! `STRATA_OVERLAP_HICACHE=0` turns it off there); PD prefill servers run without it (their
+//! copies read pages on other threads, ordered by the forward that wrote them having
+//! returned; every prefill round is eager anyway). A PD decode
 //! server runs with it: its fetches write only pages no forward reads (handed out free, after a
 //! fence on the compute stream, which the forward in flight only moves later), and a request
 //! whose KV has landed joins at admission like any other (its staged copy, if any, loaded into
