@@ -249,6 +249,64 @@ async fn streaming_concatenates_to_the_non_streamed_text() {
     assert_eq!(usage["completion_tokens"], v["usage"]["completion_tokens"]);
 }
 
+/// Streamed log-probabilities: every line carries each list from its first entry (SGLang's
+/// format), so line k's lists are the first entries of the final answer's, and the last line's
+/// equal the non-streamed answer's (the lists are serialized once per entry and copied per line,
+/// `api/logprob_lists.rs`; with and without `--incremental-streaming-output`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streamed_logprob_lists_grow_to_the_non_streamed_answer() {
+    let m = MadeModel::new("llama", "tiny");
+    let lists = [
+        "input_token_logprobs",
+        "output_token_logprobs",
+        "input_top_logprobs",
+        "output_top_logprobs",
+        "input_token_ids_logprobs",
+        "output_token_ids_logprobs",
+    ];
+    for flags in [&[][..], &["--incremental-streaming-output"][..]] {
+        let mut args = vec!["--page-size", "16"];
+        args.extend_from_slice(flags);
+        let s = Server::start(m.path(), &args);
+        let mut body = json!({"text": SMOKE, "return_logprob": true, "logprob_start_len": 2,
+            "top_logprobs_num": 3, "token_ids_logprob": [5, 7], "return_text_in_logprobs": true,
+            "sampling_params": {"temperature": 0, "max_new_tokens": 24, "ignore_eos": true}});
+        let (code, plain) = s.post("/generate", &body).await;
+        assert_eq!(code, 200, "{plain}");
+        let want = &plain["meta_info"];
+        assert_eq!(want["output_top_logprobs"].as_array().unwrap().len(), 24);
+        body["stream"] = json!(true);
+        let evs = s.stream("/generate", &body).await;
+        assert_eq!(evs.last().map(String::as_str), Some("[DONE]"));
+        let lines: Vec<Value> = evs[..evs.len() - 1]
+            .iter()
+            .map(|e| serde_json::from_str(e).unwrap())
+            .collect();
+        assert!(lines.len() > 1, "{flags:?}: {} lines", lines.len());
+        for (k, line) in lines.iter().enumerate() {
+            let meta = &line["meta_info"];
+            let n = meta["completion_tokens"].as_u64().unwrap() as usize;
+            for name in lists {
+                let got = meta[name]
+                    .as_array()
+                    .unwrap_or_else(|| panic!("{name} in {meta}"));
+                let full = want[name].as_array().unwrap();
+                let len = if name.starts_with("output") {
+                    n
+                } else {
+                    full.len()
+                };
+                assert_eq!(got[..], full[..len], "{flags:?} line {k}: {name}");
+            }
+        }
+        let last = &lines[lines.len() - 1]["meta_info"];
+        assert_eq!(last["completion_tokens"], 24, "{flags:?}");
+        for name in lists {
+            assert_eq!(last[name], want[name], "{flags:?}: last line's {name}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shared_long_prefix_reports_cached_tokens() {
     let m = MadeModel::new("llama", "tiny");

@@ -12,6 +12,7 @@
 use super::driver::Driver;
 use super::error::{parse_body, ApiError};
 use super::fanout;
+use super::logprob_lists::LogprobLists;
 use super::output::finish_reason_json;
 use super::AppState;
 use crate::model::Tokenizer;
@@ -388,78 +389,25 @@ struct Render {
 }
 
 impl Render {
-    /// `[logprob, token_id, text]` (text null unless `return_text_in_logprobs`).
-    fn triple(&self, lp: Option<f32>, id: u32) -> Value {
-        let text = if self.text_in_lp {
-            json!(self.tokenizer.decode(&[id], false))
-        } else {
-            Value::Null
-        };
-        json!([lp.map(finite), id, text])
+    /// The tokenizer when log-probability entries carry their token's text.
+    fn lp_text(&self) -> Option<&Tokenizer> {
+        self.text_in_lp.then_some(&*self.tokenizer)
     }
 
-    fn list(&self, xs: &[(u32, f32)]) -> Value {
-        xs.iter()
-            .map(|&(id, lp)| self.triple(Some(lp), id))
-            .collect()
-    }
-
-    /// SGLang's logprob fields of `meta_info`; the first reported prompt position is null in
-    /// the top and token-id lists.
-    fn logprobs(&self, d: &Driver, meta: &mut Value) {
-        let Some(spec) = d.logprobs.as_ref() else {
-            return;
-        };
-        let prompt_ids = &d.lp_prompt_ids;
-        let inp = &d.out.input_logprobs;
-        let out = &d.out.logprobs;
-        let first = |k: usize| k == 0;
-        meta["input_token_logprobs"] = prompt_ids
-            .iter()
-            .zip(inp)
-            .map(|(&id, p)| self.triple(p.logprob, id))
-            .collect();
-        meta["output_token_logprobs"] = d
-            .out
-            .ids
-            .iter()
-            .zip(out)
-            .map(|(&id, p)| self.triple(p.logprob, id))
-            .collect();
-        if spec.top_n > 0 {
-            meta["input_top_logprobs"] = inp
-                .iter()
-                .enumerate()
-                .map(|(k, p)| {
-                    if first(k) {
-                        Value::Null
-                    } else {
-                        self.list(&p.top)
-                    }
-                })
-                .collect();
-            meta["output_top_logprobs"] = out.iter().map(|p| self.list(&p.top)).collect();
-        }
-        if spec.token_ids.is_some() {
-            meta["input_token_ids_logprobs"] = inp
-                .iter()
-                .enumerate()
-                .map(|(k, p)| {
-                    if first(k) {
-                        Value::Null
-                    } else {
-                        self.list(&p.ids)
-                    }
-                })
-                .collect();
-            meta["output_token_ids_logprobs"] = out.iter().map(|p| self.list(&p.ids)).collect();
-        }
-    }
-
+    /// A result answered whole.
     fn result_json(&self, d: &Driver, text: String) -> Value {
+        let mut line = self.result_base(d, text);
+        if let Some(mut lists) = LogprobLists::new(d) {
+            lists.update(d, self.lp_text());
+            lists.insert_into(&mut line["meta_info"]);
+        }
+        line
+    }
+
+    /// A result without its log-probability lists.
+    fn result_base(&self, d: &Driver, text: String) -> Value {
         let f = d.out.finish.as_ref();
         let mut meta = meta_info(d, &self.weight_version);
-        self.logprobs(d, &mut meta);
         if f.is_some() && d.params.return_hidden_states {
             meta["hidden_states"] = hidden_states_json(d.prompt_tokens, &d.out.hidden);
         }
@@ -521,12 +469,14 @@ fn stream_response(
     let render = Arc::new(render);
     let one = move |(i, d): (usize, Driver)| {
         let render = render.clone();
-        futures::stream::unfold((d, String::new(), 0), move |(mut d, mut text, sent)| {
+        let lists = LogprobLists::new(&d);
+        let start = (d, String::new(), 0, lists);
+        futures::stream::unfold(start, move |(mut d, mut text, sent, mut lists)| {
             let render = render.clone();
             async move {
                 let delta = d.next_chunk().await?;
                 text.push_str(&delta);
-                let mut line = render.result_json(&d, text.clone());
+                let mut line = render.result_base(&d, text.clone());
                 let ids = d.out.ids.len();
                 if incremental {
                     line["text"] = json!(delta);
@@ -535,8 +485,17 @@ fn stream_response(
                 if indexed {
                     line["index"] = json!(i);
                 }
-                let ev = SseEvent::default().data(line.to_string());
-                Some((Ok(ev), (d, text, ids)))
+                // Each line repeats the log-probability lists from their start (SGLang's
+                // format): their entries are serialized once and copied (`logprob_lists.rs`).
+                let data = match lists.as_mut() {
+                    Some(l) => {
+                        l.update(&d, render.lp_text());
+                        l.line_text(&line)
+                    }
+                    None => line.to_string(),
+                };
+                let ev = SseEvent::default().data(data);
+                Some((Ok(ev), (d, text, ids, lists)))
             }
         })
         .boxed()

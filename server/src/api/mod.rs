@@ -13,6 +13,7 @@ pub mod error;
 pub mod fanout;
 pub mod generate;
 pub mod info;
+pub mod logprob_lists;
 pub mod lora;
 pub mod messages;
 pub mod metrics;

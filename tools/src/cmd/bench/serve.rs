@@ -322,7 +322,9 @@ async fn send(client: &reqwest::Client, a: &Args, p: &Prompt) -> Outcome {
         }
     };
     let mut stream = resp.bytes_stream();
-    let mut buf = String::new();
+    let mut buf: Vec<u8> = Vec::new();
+    // Where the search for the end of the event in `buf` resumes (long lines come in pieces).
+    let mut scanned = 0;
     let mut last = start;
     let mut chunks = 0usize;
     while let Some(chunk) = stream.next().await {
@@ -330,30 +332,12 @@ async fn send(client: &reqwest::Client, a: &Args, p: &Prompt) -> Outcome {
             o.error = "stream broken".into();
             return o;
         };
-        buf.push_str(&String::from_utf8_lossy(&chunk));
-        while let Some(i) = buf.find("\n\n") {
-            let ev: String = buf.drain(..i + 2).collect();
-            let Some(data) = ev.trim().strip_prefix("data:").map(str::trim) else {
-                continue;
-            };
-            if data == "[DONE]" {
-                continue;
-            }
-            let Ok(v) = serde_json::from_str::<Value>(data) else {
-                continue;
-            };
+        buf.extend_from_slice(&chunk);
+        while let Some(i) = find_event_end(&buf, scanned) {
             let now = Instant::now();
-            let has_tokens = if a.backend == "openai" {
-                if let Some(n) = v["usage"]["completion_tokens"].as_u64() {
-                    o.output_tokens = n as usize;
-                }
-                v["choices"].as_array().is_some_and(|c| !c.is_empty())
-            } else {
-                let n = v["meta_info"]["completion_tokens"].as_u64().unwrap_or(0) as usize;
-                let grew = n > o.output_tokens;
-                o.output_tokens = n;
-                grew
-            };
+            let has_tokens = chunk_tokens(&buf[..i], &a.backend, &mut o.output_tokens);
+            buf.drain(..i + 2);
+            scanned = 0;
             if !has_tokens {
                 continue;
             }
@@ -365,6 +349,7 @@ async fn send(client: &reqwest::Client, a: &Args, p: &Prompt) -> Outcome {
             }
             last = now;
         }
+        scanned = buf.len().saturating_sub(1);
     }
     if o.output_tokens == 0 {
         o.output_tokens = chunks;
@@ -375,6 +360,60 @@ async fn send(client: &reqwest::Client, a: &Args, p: &Prompt) -> Outcome {
         o.error = "no tokens received".into();
     }
     o
+}
+
+/// The end (`\n\n`) of the first event in `buf`, searching from `from`.
+fn find_event_end(buf: &[u8], from: usize) -> Option<usize> {
+    let from = from.min(buf.len());
+    buf[from..]
+        .windows(2)
+        .position(|w| w == b"\n\n")
+        .map(|i| from + i)
+}
+
+/// The fields of a streamed line the load generator reads; the rest (long log-probability
+/// lists among them) is skipped without being built.
+#[derive(serde::Deserialize)]
+struct Line {
+    #[serde(default)]
+    meta_info: Option<Counts>,
+    #[serde(default)]
+    usage: Option<Counts>,
+    #[serde(default)]
+    choices: Option<Vec<serde::de::IgnoredAny>>,
+}
+
+#[derive(serde::Deserialize)]
+struct Counts {
+    #[serde(default)]
+    completion_tokens: Option<u64>,
+}
+
+/// Reads one SSE event: whether it brought output tokens (`output_tokens` keeps the count the
+/// server reported).
+fn chunk_tokens(event: &[u8], backend: &str, output_tokens: &mut usize) -> bool {
+    let event = event.trim_ascii();
+    let Some(data) = event.strip_prefix(b"data:").map(<[u8]>::trim_ascii) else {
+        return false;
+    };
+    if data == b"[DONE]" {
+        return false;
+    }
+    let Ok(line) = serde_json::from_slice::<Line>(data) else {
+        return false;
+    };
+    let count = |c: Option<Counts>| c.and_then(|c| c.completion_tokens);
+    if backend == "openai" {
+        if let Some(n) = count(line.usage) {
+            *output_tokens = n as usize;
+        }
+        line.choices.is_some_and(|c| !c.is_empty())
+    } else {
+        let n = count(line.meta_info).unwrap_or(0) as usize;
+        let grew = n > *output_tokens;
+        *output_tokens = n;
+        grew
+    }
 }
 
 fn pct(v: &mut [f64], p: f64) -> f64 {
