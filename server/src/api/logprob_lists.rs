@@ -6,7 +6,7 @@
 //! `--incremental-streaming-output`), so a stream's bytes grow with the square of its length
 //! whatever the server does; what the server can choose is what each line costs. Built as JSON
 //! values and serialized again per line, 256 output tokens with five top log-probabilities each
-//! took ~50 ms of server CPU per request; with each entry's text kept, a line copies it.
+//! took ~40 ms of server CPU per request; with each entry's text kept, a line copies it.
 
 use super::driver::Driver;
 use super::generate::finite;
