@@ -197,7 +197,8 @@ impl<R: ModelRunner> Scheduler<R> {
         if self.overlap() {
             // Chunks join the prefix cache as soon as they are queued: a forward that reads
             // them runs after this one (one stream), and no HiCache copy reads them early
-            // (HiCache servers run without overlap and cache them once taken back).
+            // (prefill chunks run inside their launch, and a store to the host first waits
+            // for the work queued on the compute stream).
             for (i, _) in &items {
                 self.cache_unfinished(*i);
             }
