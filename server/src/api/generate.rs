@@ -397,10 +397,7 @@ impl Render {
     /// A result answered whole.
     fn result_json(&self, d: &Driver, text: String) -> Value {
         let mut line = self.result_base(d, text);
-        if let Some(mut lists) = LogprobLists::new(d) {
-            lists.update(d, self.lp_text());
-            lists.insert_into(&mut line["meta_info"]);
-        }
+        LogprobLists::insert_all(d, self.lp_text(), &mut line["meta_info"]);
         line
     }
 

@@ -71,6 +71,19 @@ impl Kind {
     }
 }
 
+/// The lists `d`'s request asked for, in SGLang's order (none: no log-probabilities).
+fn kinds(d: &Driver) -> Option<Vec<Kind>> {
+    let spec = d.logprobs.as_ref()?;
+    let mut kinds = vec![Kind::InputToken, Kind::OutputToken];
+    if spec.top_n > 0 {
+        kinds.extend([Kind::InputTop, Kind::OutputTop]);
+    }
+    if spec.token_ids.is_some() {
+        kinds.extend([Kind::InputIds, Kind::OutputIds]);
+    }
+    Some(kinds)
+}
+
 /// `[logprob, token_id, text]`, the text null unless `return_text_in_logprobs`.
 fn triple(lp: Option<f32>, id: u32, text: Option<&Tokenizer>) -> Value {
     let text = text.map_or(Value::Null, |t| json!(t.decode(&[id], false)));
@@ -85,17 +98,17 @@ pub(super) struct LogprobLists {
 impl LogprobLists {
     /// The lists `d`'s request asked for (none: it asked for no log-probabilities).
     pub fn new(d: &Driver) -> Option<Self> {
-        let spec = d.logprobs.as_ref()?;
-        let mut kinds = vec![Kind::InputToken, Kind::OutputToken];
-        if spec.top_n > 0 {
-            kinds.extend([Kind::InputTop, Kind::OutputTop]);
-        }
-        if spec.token_ids.is_some() {
-            kinds.extend([Kind::InputIds, Kind::OutputIds]);
-        }
         Some(LogprobLists {
-            lists: kinds.into_iter().map(|k| (k, Vec::new())).collect(),
+            lists: kinds(d)?.into_iter().map(|k| (k, Vec::new())).collect(),
         })
+    }
+
+    /// Adds `d`'s lists to `meta` as JSON values (a result answered whole: built once, so
+    /// nothing is kept, and the numbers are not read back from their text).
+    pub fn insert_all(d: &Driver, text: Option<&Tokenizer>, meta: &mut Value) {
+        for kind in kinds(d).unwrap_or_default() {
+            meta[kind.name()] = (0..kind.len(d)).map(|k| kind.entry(d, k, text)).collect();
+        }
     }
 
     /// Serializes the entries `d` gained since the last call (`text`: the tokenizer when each
@@ -108,13 +121,6 @@ impl LogprobLists {
                 let v = kind.entry(d, k, text);
                 done.push(to_raw_value(&v).expect("a JSON value serializes"));
             }
-        }
-    }
-
-    /// Adds the lists to `meta` as JSON values (a result answered whole).
-    pub fn insert_into(&self, meta: &mut Value) {
-        for (kind, done) in &self.lists {
-            meta[kind.name()] = serde_json::to_value(done).expect("serialized entries parse");
         }
     }
 
