@@ -1,6 +1,7 @@
 //! SGLang's log-probability lists of a `/generate` result's `meta_info` (`[logprob, token_id,
-//! text]` entries; top and token-id lists hold a list of such entries per position), each entry
-//! serialized once and kept for the result's life.
+//! text]` entries; top and token-id lists hold a list of such entries per position): built as
+//! JSON values for a result answered whole; for a streamed one each entry is serialized once and
+//! kept for the result's life.
 //!
 //! A streamed line repeats every list from its first entry (SGLang's format, also under
 //! `--incremental-streaming-output`), so a stream's bytes grow with the square of its length
