@@ -396,19 +396,20 @@ impl Render {
 
     /// A result answered whole.
     fn result_json(&self, d: &Driver, text: String) -> Value {
-        let mut line = self.result_base(d, text);
+        let mut line = self.result_base(d, text, &d.out.ids);
         LogprobLists::insert_all(d, self.lp_text(), &mut line["meta_info"]);
         line
     }
 
-    /// A result without its log-probability lists.
-    fn result_base(&self, d: &Driver, text: String) -> Value {
+    /// A result without its log-probability lists, showing `text` and output `ids` (the whole
+    /// output, or a streamed line's new part).
+    fn result_base(&self, d: &Driver, text: String, ids: &[u32]) -> Value {
         let f = d.out.finish.as_ref();
         let mut meta = meta_info(d, &self.weight_version);
         if f.is_some() && d.params.return_hidden_states {
             meta["hidden_states"] = hidden_states_json(d.prompt_tokens, &d.out.hidden);
         }
-        json!({"text": text, "output_ids": d.out.ids, "meta_info": meta})
+        json!({"text": text, "output_ids": ids, "meta_info": meta})
     }
 }
 
@@ -472,13 +473,14 @@ fn stream_response(
             let render = render.clone();
             async move {
                 let delta = d.next_chunk().await?;
-                text.push_str(&delta);
-                let mut line = render.result_base(&d, text.clone());
                 let ids = d.out.ids.len();
-                if incremental {
-                    line["text"] = json!(delta);
-                    line["output_ids"] = json!(d.out.ids[sent.min(ids)..]);
-                }
+                let (shown, from) = if incremental {
+                    (delta, sent.min(ids))
+                } else {
+                    text.push_str(&delta);
+                    (text.clone(), 0)
+                };
+                let mut line = render.result_base(&d, shown, &d.out.ids[from..]);
                 if indexed {
                     line["index"] = json!(i);
                 }
