@@ -143,10 +143,10 @@ fn template_kwargs(
     let on = super::reasoning_effort::thinking(w.reasoning_effort.as_ref(), w.reasoning.as_ref())
         .map_err(ApiError::bad_request)?;
     let own = super::reasoning_effort::apply(w.chat_template_kwargs.take(), on);
-    Ok(match (&info.default_chat_template_kwargs, own) {
-        (None, own) => own,
-        (Some(d), None) => Some(d.clone()),
-        (Some(d), Some(mut m)) => {
+    Ok(match &info.default_chat_template_kwargs {
+        None => own,
+        Some(d) => {
+            let mut m = own.unwrap_or_default();
             super::preferred::fill_missing(&mut m, d);
             Some(m)
         }
@@ -767,6 +767,10 @@ pub async fn chat_completions(
         )
         .into_response());
     }
+    // (`return_meta_info`: the weight version read once for every choice)
+    let version = w
+        .return_meta_info
+        .then(|| st.served.read().expect("served").version.clone());
     let mut choices = Vec::new();
     let mut counts = Vec::new();
     for (i, (mut d, parser)) in drivers.into_iter().zip(parsers).enumerate() {
@@ -787,9 +791,8 @@ pub async fn chat_completions(
         if let Some(p) = &prompt_kept {
             choice["prompt_token_ids"] = json!(p);
         }
-        if w.return_meta_info {
-            let version = st.served.read().expect("served").version.clone();
-            choice["meta_info"] = super::generate::meta_info(&d, &version);
+        if let Some(version) = &version {
+            choice["meta_info"] = super::generate::meta_info(&d, version);
         }
         choices.push(choice);
     }
