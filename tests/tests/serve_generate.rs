@@ -6,7 +6,7 @@
 mod serve_common;
 
 use serde_json::{json, Value};
-use serve_common::{MadeModel, Server};
+use serve_common::{json_lines, MadeModel, Server};
 
 const SMOKE: &str = "Let me tell you a long story ";
 
@@ -285,11 +285,7 @@ async fn streamed_logprob_lists_grow_to_the_non_streamed_answer() {
         assert_eq!(want["output_top_logprobs"].as_array().unwrap().len(), 24);
         body["stream"] = json!(true);
         let evs = s.stream("/generate", &body).await;
-        assert_eq!(evs.last().map(String::as_str), Some("[DONE]"));
-        let lines: Vec<Value> = evs[..evs.len() - 1]
-            .iter()
-            .map(|e| serde_json::from_str(e).unwrap())
-            .collect();
+        let lines = json_lines(&evs);
         assert!(lines.len() > 1, "{flags:?}: {} lines", lines.len());
         for (k, line) in lines.iter().enumerate() {
             let meta = &line["meta_info"];

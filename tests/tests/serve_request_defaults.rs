@@ -13,7 +13,7 @@
 mod serve_common;
 
 use serde_json::{json, Value};
-use serve_common::{serve_fails, MadeModel, Server};
+use serve_common::{json_lines, serve_fails, MadeModel, Server};
 
 /// A made model whose generation_config.json recommends greedy decoding with a repetition
 /// penalty (and `top_k: 0`, transformers' "off").
@@ -174,9 +174,9 @@ async fn template_kwargs_and_stream_usage_defaults() {
     let mut sb = body.clone();
     sb["stream"] = json!(true);
     let usage_chunks = |evs: &[String]| {
-        evs.iter()
-            .filter(|e| *e != "[DONE]")
-            .filter(|e| !serde_json::from_str::<Value>(e).unwrap()["usage"].is_null())
+        json_lines(evs)
+            .iter()
+            .filter(|c| !c["usage"].is_null())
             .count()
     };
     assert_eq!(
@@ -195,13 +195,7 @@ async fn template_kwargs_and_stream_usage_defaults() {
     let (_, whole) = s.post("/generate", &body).await;
     let mut sb = body.clone();
     sb["stream"] = json!(true);
-    let lines = |evs: Vec<String>| -> Vec<Value> {
-        evs.iter()
-            .filter(|e| *e != "[DONE]")
-            .map(|e| serde_json::from_str(e).unwrap())
-            .collect()
-    };
-    let pieces = lines(s.stream("/generate", &sb).await);
+    let pieces = json_lines(&s.stream("/generate", &sb).await);
     let text: String = pieces.iter().map(|l| l["text"].as_str().unwrap()).collect();
     let ids: Vec<Value> = pieces
         .iter()
@@ -215,7 +209,9 @@ async fn template_kwargs_and_stream_usage_defaults() {
                 .iter()
                 .all(|l| l["output_ids"].as_array().unwrap().len() <= 1)
     );
-    let last = lines(plain.stream("/generate", &sb).await).pop().unwrap();
+    let last = json_lines(&plain.stream("/generate", &sb).await)
+        .pop()
+        .unwrap();
     assert_eq!(
         last["output_ids"], whole["output_ids"],
         "cumulative without the flag"

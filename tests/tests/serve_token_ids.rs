@@ -7,8 +7,8 @@
 
 mod serve_common;
 
-use serde_json::{json, Value};
-use serve_common::{ids, MadeModel, Server};
+use serde_json::json;
+use serve_common::{ids, json_lines, MadeModel, Server};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_ids_match_generate_on_chat_and_completions() {
@@ -76,12 +76,7 @@ async fn token_ids_match_generate_on_chat_and_completions() {
     assert_eq!(out, ids(&g["output_ids"]));
     let mut sb = body.clone();
     sb["stream"] = json!(true);
-    let evs = s.stream("/v1/completions", &sb).await;
-    let chunks: Vec<Value> = evs
-        .iter()
-        .filter(|e| *e != "[DONE]")
-        .map(|e| serde_json::from_str(e).unwrap())
-        .collect();
+    let chunks = json_lines(&s.stream("/v1/completions", &sb).await);
     let cat: Vec<u64> = chunks
         .iter()
         .flat_map(|c| ids(&c["choices"][0]["token_ids"]))

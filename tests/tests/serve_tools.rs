@@ -12,7 +12,7 @@
 mod serve_common;
 
 use serde_json::{json, Value};
-use serve_common::{bin, MadeModel, Server};
+use serve_common::{bin, json_lines, MadeModel, Server};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -178,12 +178,7 @@ async fn tools_render_into_the_prompt_and_parsers_shape_the_reply() {
     // Streamed with tools: role first, only known fields, one finish, the same text.
     let mut sbody = body.clone();
     sbody["stream"] = json!(true);
-    let events = s.stream("/v1/chat/completions", &sbody).await;
-    assert_eq!(events.last().map(String::as_str), Some("[DONE]"));
-    let chunks: Vec<Value> = events[..events.len() - 1]
-        .iter()
-        .map(|e| serde_json::from_str(e).unwrap())
-        .collect();
+    let chunks = json_lines(&s.stream("/v1/chat/completions", &sbody).await);
     assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
     let mut streamed = String::new();
     for (i, c) in chunks.iter().enumerate() {

@@ -27,6 +27,19 @@ pub fn ids(v: &Value) -> Vec<u64> {
         .collect()
 }
 
+/// The JSON lines of a stream's events ([`Server::stream`]), which must end with `[DONE]`.
+pub fn json_lines(events: &[String]) -> Vec<Value> {
+    assert_eq!(
+        events.last().map(String::as_str),
+        Some("[DONE]"),
+        "{events:?}"
+    );
+    events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap_or_else(|err| panic!("{err}: {e}")))
+        .collect()
+}
+
 /// Runs `strata serve --model-path MODEL FLAGS --port 0` expecting a start-up failure; returns
 /// its stderr.
 pub fn serve_fails(model: &Path, flags: &[&str]) -> String {
