@@ -375,17 +375,13 @@ fn find_event_end(buf: &[u8], from: usize) -> Option<usize> {
 /// lists among them) is skipped without being built.
 #[derive(serde::Deserialize)]
 struct Line {
-    #[serde(default)]
     meta_info: Option<Counts>,
-    #[serde(default)]
     usage: Option<Counts>,
-    #[serde(default)]
     choices: Option<Vec<serde::de::IgnoredAny>>,
 }
 
 #[derive(serde::Deserialize)]
 struct Counts {
-    #[serde(default)]
     completion_tokens: Option<u64>,
 }
 
