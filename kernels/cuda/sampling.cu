@@ -449,11 +449,51 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) sample_rows(
     if (tid == 0) out_tokens[row] = tok < 0 ? bi : tok;
 }
 
+// (key, index) of a top-N candidate as one u64: a smaller value ranks first (logit descending,
+// index ascending, the order of the radix selection's ties).
+__device__ __forceinline__ u64 lp_pack(float l, int i) { return ((u64)logit_key(l) << 32) | (u32)i; }
+
+// Keeps the LP_TOP smallest candidates in b (ascending): c inserted by one compare-exchange per
+// place (static register indexing).
+#define LP_TOP 8
+__device__ __forceinline__ void lp_insert(u64* b, u64 c) {
+#pragma unroll
+    for (int k = 0; k < LP_TOP; ++k) {
+        const u64 lo = b[k] < c ? b[k] : c;
+        c = b[k] < c ? c : b[k];
+        b[k] = lo;
+    }
+}
+
+// The n smallest of the warp's lanes' ascending lists b (consumed), in order, written by lane 0
+// to shared out[0..n) (n <= LP_TOP). Candidates are distinct (their indices are).
+__device__ __forceinline__ void lp_warp_top(u64* b, int n, u64* out) {
+    for (int r = 0; r < n; ++r) {
+        u64 w = b[0];
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) {
+            const u64 x = __shfl_xor_sync(FULL_MASK, w, o);
+            w = x < w ? x : w;
+        }
+        if (b[0] == w) {
+#pragma unroll
+            for (int k = 0; k + 1 < LP_TOP; ++k) b[k] = b[k + 1];
+            b[LP_TOP - 1] = ~0ull;
+        }
+        if ((threadIdx.x & 31) == 0) out[r] = w;
+    }
+}
+
 // Log-probabilities of the (penalised) logits rows, for rows with P[11] >= 0 (top_n): writes at
 // word P[16] of `out`: lse (f32), the logit of tokens[row], the logits of the P[15] requested ids
 // (ids[P[14]..]; an id < 0 or >= vocab gives -inf), then top_n (token, logit) pairs, unordered
-// (the host orders them: logit descending, then token ascending). lse = max + ln(sum exp(l - max))
-// with the sum in f64, as logprobs.rs.
+// (the host orders them: logit descending, then token ascending). lse = max + ln(sum exp(l -
+// max)) as logprobs.rs, in one pass over the row: each thread keeps its running maximum and its
+// sum of exponentials around it (f32 exp, f64 sum, rescaled when the maximum moves; the block
+// then scales each thread's sum to the row's maximum), and for top_n <= LP_TOP its best LP_TOP
+// candidates, which each warp merges over its lanes and the first warp over the warps. Larger
+// top_n select by radix on the logit key (further passes). Every order is fixed, so a row's
+// words are the same in every launch and batch (within ~1e-7 of the host's f64 exponentials).
 extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) logprob_rows(
     const float* logits, int vocab, const int* params, const int* ids, const int* tokens,
     int* out) {
@@ -471,18 +511,28 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) logprob_rows(
     if (top_n < 0) return;
     const float* lg = logits + (u64)row * vocab;
     int* o = out + P[16];
-    float mx = NEG_INF;
-    int mi = 0x7fffffff;
-    for (int i = tid; i < vocab; i += SAMPLE_THREADS) {
-        const float v = lg[i];
-        if (v > mx || (v == mx && i < mi)) { mx = v; mi = i; }
-    }
+    const int n = top_n < vocab ? top_n : vocab;
+    const bool few = n <= LP_TOP;
+    float m = NEG_INF;
+    double s = 0.0;
+    u64 best[LP_TOP];
+#pragma unroll
+    for (int k = 0; k < LP_TOP; ++k) best[k] = ~0ull;
+    for_row(lg, vocab, [&](int i, float v) {
+        if (v > m) {
+            s = m > NEG_INF ? s * (double)expf(m - v) : 0.0;
+            m = v;
+        }
+        if (v > NEG_INF) s += (double)expf(v - m);
+        if (few) {
+            const u64 c = lp_pack(v, i);
+            if (c < best[LP_TOP - 1]) lp_insert(best, c);
+        }
+    });
+    float mx = m;
+    int mi = 0;
     block_argmax(mx, mi, shf, shi);
-    double sum = 0.0;
-    if (mx > NEG_INF) {
-        for (int i = tid; i < vocab; i += SAMPLE_THREADS) sum += exp((double)(lg[i] - mx));
-    }
-    sum = block_sum_f64(sum, shd);
+    const double sum = block_sum_f64(m > NEG_INF ? s * exp((double)(m - mx)) : 0.0, shd);
     const float lse = mx > NEG_INF ? mx + (float)log(sum) : NEG_INF;
     const int nids = P[15];
     if (tid == 0) {
@@ -494,17 +544,36 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) logprob_rows(
         const int t = ids[P[14] + j];
         o[2 + j] = __float_as_int(t >= 0 && t < vocab ? lg[t] : NEG_INF);
     }
-    const int n = top_n < vocab ? top_n : vocab;
     if (n == 0) return;
     int* top = o + 2 + nids;
-    const Sel s = radix_select(sh, nullptr, nullptr, wc, wm, lg, vocab, 0.f, 1.f, 1.0, false, false,
-                               (u64)(n - 1));
-    const int last = nth_with_key(sh, lg, vocab, 0.f, 1.f, false, s.key, (int)(n - 1 - s.cnt_before));
+    if (few) {
+        u64* wt = wm;  // [warps][LP_TOP]: each warp's best; then [LP_TOP] past them, the row's
+        const int lane = tid & 31, w = tid >> 5;
+        lp_warp_top(best, n, wt + w * LP_TOP);
+        __syncthreads();
+        if (w == 0) {
+            u64* row_top = wt + (SAMPLE_THREADS >> 5) * LP_TOP;
+#pragma unroll
+            for (int k = 0; k < LP_TOP; ++k)
+                best[k] = lane < (SAMPLE_THREADS >> 5) && k < n ? wt[lane * LP_TOP + k] : ~0ull;
+            lp_warp_top(best, n, row_top);
+            __syncwarp();
+            if (lane < n) {
+                const int i = (int)(u32)row_top[lane];
+                top[2 * lane] = i;
+                top[2 * lane + 1] = __float_as_int(lg[i]);
+            }
+        }
+        return;
+    }
+    const Sel sel = radix_select(sh, nullptr, nullptr, wc, wm, lg, vocab, 0.f, 1.f, 1.0, false, false,
+                                 (u64)(n - 1));
+    const int last = nth_with_key(sh, lg, vocab, 0.f, 1.f, false, sel.key, (int)(n - 1 - sel.cnt_before));
     if (tid == 0) slot = 0;
     __syncthreads();
     for (int i = tid; i < vocab; i += SAMPLE_THREADS) {
         const u32 k = logit_key(lg[i]);
-        if (k < s.key || (k == s.key && i <= last)) {
+        if (k < sel.key || (k == sel.key && i <= last)) {
             const int at = atomicAdd(&slot, 1);
             top[2 * at] = i;
             top[2 * at + 1] = __float_as_int(lg[i]);

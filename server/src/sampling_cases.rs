@@ -83,7 +83,7 @@ pub fn cases() -> Vec<Case> {
             "score+lp",
             r#"{"temperature": 0.7}"#,
             false,
-            lp(4, None),
+            lp(8, None),
             true,
         ),
         c(

@@ -39,8 +39,8 @@ fn absurd_gpu_id_falls_back_to_cpu() {
 
 /// Every program compiles for sm_90; the attention one also for sm_80 (the tensor-core prefill
 /// kernels' oldest target). ptxas' report (through NVRTC) must show the FA2-style prefill kernels
-/// and their timed alternatives within 255 registers and without spills; printed so a CI log
-/// shows the register counts.
+/// and their timed alternatives within 255 registers and without spills (the sampler's kernels
+/// within their 1024-thread bound); printed so a CI log shows the register counts.
 #[test]
 fn nvrtc_programs_compile_where_nvrtc_exists() {
     if !nvrtc::nvrtc_present() {
@@ -82,6 +82,13 @@ fn nvrtc_programs_compile_where_nvrtc_exists() {
                 no_spills(arch, &log, name);
             }
         }
+    }
+    // The sampler: one 1024-thread block per row (at most 64 registers); logprob_rows keeps
+    // each thread's best LP_TOP candidates in registers.
+    let (_, log) = nvrtc::compile_with(Program::Sampling, "sm_90", &["--ptxas-options=-v"])
+        .unwrap_or_else(|e| panic!("{e}"));
+    for name in ["logprob_rows", "sample_rows", "argmax_rows"] {
+        no_spills("sm_90", &log, name);
     }
     // The wgmma prefill kernel: sm_90a only, no spills, and no wgmma ptxas had to serialize
     // (its warning names the kernel).

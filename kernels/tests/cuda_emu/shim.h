@@ -28,6 +28,7 @@ static uint64_t g_warp_buf[64][32];
 #define DYN_SHARED(T, name) static T name[(128 << 10) / sizeof(T)]
 #define __shared__ static
 inline void __syncthreads() { g_block_bar->arrive_and_wait(); }
+inline void __syncwarp(unsigned = 0xffffffffu) { g_warp_bar[threadIdx.x >> 5]->arrive_and_wait(); }
 template <class T> T shfl_from(T v, int src) {
     int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
     uint64_t bits = 0; std::memcpy(&bits, &v, sizeof(T));
