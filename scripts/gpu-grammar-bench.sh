@@ -6,7 +6,10 @@
 # for as many tokens (ignore_eos); per-token arrival times from the SSE stream (a raw socket
 # client) give the median ITL of each; then as many tokens under a structural tag (free text,
 # each "e" opens e[<integer>]) and under a stop_regex that never matches. Usage: scripts/gpu-grammar-bench.sh [OUTDIR]; env STRATA,
-# STRATA_B, SIZE (llama-3.2-1b), NREQ (8).
+# STRATA_B, ENV_B (environment server B alone gets, e.g. STRATA_OVERLAP_GRAMMAR=0; B is then
+# STRATA unless STRATA_B names another), SIZE (llama-3.2-1b), NREQ (8), CONC (16: then CONC
+# constrained requests at once, seeded at temperature 0.7, for output tok/s; 0: not). The
+# servers' constrained answers at c=1 are compared (greedy: the same text expected).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUTDIR=${1:-${OUT:-/tmp/strata-gpu}}; mkdir -p "$OUTDIR"
@@ -19,16 +22,18 @@ pids=()
 trap 'for p in "${pids[@]}"; do kill $p 2>/dev/null; done' EXIT
 ports="32601"
 "$STRATA" serve --model-path "$M" --port 32601 --page-size 16 --context-length 4096 > "$OUTDIR/grammar-A.log" 2>&1 & pids+=($!)
+[ -n "${ENV_B:-}" ] && STRATA_B=${STRATA_B:-$STRATA}
 if [ -n "${STRATA_B:-}" ]; then
-  "$STRATA_B" serve --model-path "$M" --port 32602 --page-size 16 --context-length 4096 > "$OUTDIR/grammar-B.log" 2>&1 & pids+=($!)
+  env ${ENV_B:-} "$STRATA_B" serve --model-path "$M" --port 32602 --page-size 16 --context-length 4096 > "$OUTDIR/grammar-B.log" 2>&1 & pids+=($!)
   ports="32601 32602"
 fi
 for port in $ports; do
   for _ in $(seq 240); do curl -sf localhost:$port/health > /dev/null && break; sleep 0.5; done
 done
-python3 - ${NREQ:-8} $ports <<'PY'
-import json, socket, sys, time, statistics
-nreq = int(sys.argv[1]); ports = [int(p) for p in sys.argv[2:]]
+python3 - ${NREQ:-8} ${CONC:-16} $ports <<'PY'
+import json, socket, sys, time, statistics, threading
+nreq = int(sys.argv[1]); conc = int(sys.argv[2]); ports = [int(p) for p in sys.argv[3:]]
+texts = {}
 schema = {"type": "object", "properties": {
     "name": {"type": "string", "maxLength": 24}, "email": {"type": "string", "maxLength": 24},
     "tags": {"type": "array", "items": {"type": "string", "maxLength": 10}, "maxItems": 4},
@@ -62,6 +67,7 @@ for port in ports:
         t, last = stream(port, {"text": prompt, "sampling_params": {"temperature": 0, "max_new_tokens": 256,
                                                                     "json_schema": json.dumps(schema)}})
         n = last["meta_info"]["completion_tokens"]
+        texts.setdefault(r, []).append(last["text"])
         try: json.loads(last["text"]); ok += r > 0
         except Exception: pass
         t2, _ = stream(port, {"text": prompt, "sampling_params": {"temperature": 0, "max_new_tokens": n,
@@ -86,4 +92,28 @@ for port in ports:
     mt = statistics.median(itl["tag"]) * 1e3; ms = statistics.median(itl["stopre"]) * 1e3
     print(f"server {name}: median ITL structural_tag {mt:.3f} ms (x{mt / mp:.2f}), "
           f"stop_regex {ms:.3f} ms (x{ms / mp:.2f}) vs unconstrained {mp:.3f} ms")
+    if conc > 0:
+        # CONC constrained requests at once (seeded, temperature 0.7), twice: output tok/s.
+        for rnd in range(2):
+            res = [None] * conc
+            def one(k):
+                prompt = f"user {k}: " + " ".join(str(k * 13 + j) for j in range(60))
+                res[k] = stream(port, {"text": prompt, "sampling_params": {
+                    "temperature": 0.7, "sampling_seed": 1000 + k, "max_new_tokens": 256,
+                    "json_schema": json.dumps(schema)}})[1]
+            t0 = time.perf_counter()
+            th = [threading.Thread(target=one, args=(k,)) for k in range(conc)]
+            for t in th: t.start()
+            for t in th: t.join()
+            dt = time.perf_counter() - t0
+            toks = sum(r["meta_info"]["completion_tokens"] for r in res)
+            valid = 0
+            for r in res:
+                try: json.loads(r["text"]); valid += 1
+                except Exception: pass
+            print(f"server {name}: {conc} constrained requests at once (round {rnd + 1}): "
+                  f"{toks / dt:.0f} out tok/s, {toks} tokens in {dt:.2f} s, {valid}/{conc} valid JSON")
+if len(ports) == 2:
+    same = sum(1 for r, v in texts.items() if len(v) == 2 and v[0] == v[1])
+    print(f"constrained answers at c=1, A vs B: {same}/{len(texts)} identical")
 PY

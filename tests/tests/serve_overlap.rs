@@ -3,7 +3,7 @@
 //! CPU runner's finished forwards held as if queued), the other with
 //! `--disable-overlap-schedule`; the same concurrent mix of requests (greedy and seeded, stop
 //! strings and stop token ids met mid-stream, length limits of 0 and 1, logprobs, a regex
-//! constraint, `n = 2`, a logit bias with min_new_tokens, penalties, a streamed one) gets the
+//! constraint and a seeded, penalised JSON schema, `n = 2`, a logit bias with min_new_tokens, penalties, a streamed one) gets the
 //! same answers from both, and the flag shows in
 //! `/get_server_info`.
 
@@ -94,6 +94,11 @@ async fn overlap_scheduling_answers_as_the_synchronous_schedule() {
     );
     bodies.push(json!({"text": "Digits:", "sampling_params":
         {"temperature": 0, "max_new_tokens": 12, "regex": "[0-9]{3}-[a-z]{2,5}"}}));
+    // Grammar rows run ahead too: their forward starts first, their masks come after the
+    // token in flight (seeded and penalised, a JSON schema).
+    bodies.push(json!({"text": "JSON:", "sampling_params":
+        {"temperature": 0.9, "seed": 11, "frequency_penalty": 0.3, "max_new_tokens": 40,
+         "json_schema": "{\"type\": \"object\", \"properties\": {\"a\": {\"type\": \"integer\"}, \"b\": {\"type\": \"string\", \"maxLength\": 8}}, \"required\": [\"a\", \"b\"]}"}}));
     bodies.push(json!({"text": "Two copies", "sampling_params":
         {"temperature": 0.8, "seed": 5, "n": 2, "max_new_tokens": 10, "ignore_eos": true}}));
     // Sampled on the device under overlap (no penalty reads the output): a logit bias towards

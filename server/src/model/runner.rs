@@ -343,6 +343,29 @@ pub trait ModelRunner: Send + 'static {
         debug_assert!(batch.from_prev.is_empty(), "nothing was queued");
         self.run_batch(batch, sampling, kv).map(Launch::Done)
     }
+    /// Starts `batch`'s forward before its rows' sampling requests are known (overlap for rows
+    /// under a grammar, whose masks follow the tokens of the forward in flight): the next call
+    /// is [`sample_later`](Self::sample_later) with the same batch and its requests, after the
+    /// forward in flight was taken back. Every row is a decode's next token. The default starts
+    /// nothing (the whole forward runs in `sample_later`).
+    fn launch_later(
+        &mut self,
+        _batch: &ForwardBatch,
+        _kv: &mut Self::Kv,
+    ) -> Result<(), ModelError> {
+        Ok(())
+    }
+    /// Samples the rows of the forward [`launch_later`](Self::launch_later) started (queued
+    /// after it where the runner can). The default runs the whole batch as
+    /// [`launch`](Self::launch).
+    fn sample_later(
+        &mut self,
+        batch: &ForwardBatch,
+        sampling: &[SampleReq<'_>],
+        kv: &mut Self::Kv,
+    ) -> Result<Launch, ModelError> {
+        self.launch(batch, sampling, kv)
+    }
     /// Waits for a queued forward and returns its sampled rows.
     fn collect(&mut self, q: Queued, _kv: &mut Self::Kv) -> Result<Vec<Sampled>, ModelError> {
         Err(ModelError::Bad {

@@ -9,7 +9,7 @@ use super::overlap::{InFlight, PLACEHOLDER};
 use super::request::{Event, FinishReason, PosLogprobs};
 use super::Scheduler;
 use crate::grammar::Mask;
-use crate::model::{ForwardBatch, Launch, ModelRunner, SampleReq, Sampled, SeqSlice};
+use crate::model::{ForwardBatch, Launch, ModelError, ModelRunner, SampleReq, Sampled, SeqSlice};
 use crate::stats::Stats;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -34,10 +34,16 @@ impl<R: ModelRunner> Scheduler<R> {
     /// queued it (else takes it back too).
     pub(super) fn forward(&mut self, items: Vec<(usize, Item)>) {
         let t0 = std::time::Instant::now();
-        let launched = self.launch(items);
+        let mut launched = self.launch(items);
         let t1 = std::time::Instant::now();
         if let Some(prev) = self.inflight.take() {
             self.collect(prev);
+        }
+        if let Some(batch) = launched.later.take() {
+            // The grammars have walked the tokens taken back: the rows' masks are known now.
+            if launched.launch.is_ok() {
+                launched.launch = self.sample_later(&batch, &launched.rows);
+            }
         }
         // A forward that already ran (eager, or a runner that queues nothing) is taken back at
         // once: holding it would only delay its tokens by a round.
@@ -129,17 +135,82 @@ impl<R: ModelRunner> Scheduler<R> {
             }
         }
         Stats::add(&self.stats.forward_passes, 1);
-        for &(i, row) in &rows {
-            if matches!(row, Row::Next(_)) && self.running[i].req.params.penalises_output() {
-                self.running[i].update_counts();
+        // Under a grammar whose last token is still being sampled (a round run ahead), the
+        // mask follows that token: the forward starts now and its rows are sampled once the
+        // forward in flight is taken back (`forward`).
+        let later = rows.iter().any(|&(i, row)| {
+            let s = &self.running[i];
+            matches!(row, Row::Next(_)) && s.req.params.grammar.is_some() && s.pending() > 0
+        });
+        let t0 = std::time::Instant::now();
+        let launch = if later {
+            self.launched_later += 1;
+            self.model
+                .launch_later(&batch, &mut self.pool.buffers)
+                .map(|()| Launch::Done(Vec::new()))
+        } else {
+            self.launch_rows(&batch, &rows, false)
+        };
+        // What the forward produces, marked now so the next round can be built on it.
+        for (r, &(i, row)) in rows.iter().enumerate() {
+            if let Row::Next(at) = row {
+                let s = &mut self.running[i];
+                debug_assert_eq!(s.tokens.len(), at);
+                s.tokens.push(PLACEHOLDER);
+                s.pending_row = r;
             }
         }
-        let t0 = std::time::Instant::now();
+        for (i, it) in &items {
+            let s = &mut self.running[*i];
+            s.computed = it.end;
+            s.inflight += 1;
+        }
+        if self.overlap() {
+            // Chunks join the prefix cache as soon as they are queued: a forward that reads
+            // them runs after this one (one stream), and no HiCache copy reads them early
+            // (prefill chunks run inside their launch, and a store to the host first waits
+            // for the work queued on the compute stream).
+            for (i, _) in &items {
+                self.cache_unfinished(*i);
+            }
+        }
+        let uid = |i: usize| self.running[i].uid;
+        let items = items.into_iter().map(|(i, it)| (uid(i), it)).collect();
+        let rows = rows.into_iter().map(|(i, r)| (uid(i), r)).collect();
+        let heads = heads.into_iter().map(uid).collect();
+        let done = done.into_iter().map(uid).collect();
+        InFlight {
+            launch,
+            items,
+            rows,
+            heads,
+            done,
+            t0,
+            later: later.then_some(batch),
+        }
+    }
+
+    /// Builds the sampling requests of `rows` (running index, what the row is for) and hands
+    /// them to the runner with `batch`: launched whole, or (`later`) for the forward
+    /// `launch_later` started.
+    fn launch_rows(
+        &mut self,
+        batch: &ForwardBatch,
+        rows: &[(usize, Row)],
+        later: bool,
+    ) -> Result<Launch, ModelError> {
+        for &(i, row) in rows {
+            let s = &mut self.running[i];
+            if matches!(row, Row::Next(_)) && s.req.params.penalises_output() && s.zombie.is_none()
+            {
+                s.update_counts();
+            }
+        }
         let (banned, masks): (Vec<Vec<u32>>, Vec<Option<Arc<Mask>>>) = rows
             .iter()
             .map(|&(i, row)| match row {
-                Row::Next(_) => self.banned_tokens(i),
-                Row::Score(_) | Row::Embed | Row::Hidden(_) => (Vec::new(), None),
+                Row::Next(_) if self.running[i].zombie.is_none() => self.banned_tokens(i),
+                _ => (Vec::new(), None),
             })
             .unzip();
         let reqs: Vec<SampleReq<'_>> = rows
@@ -178,44 +249,43 @@ impl<R: ModelRunner> Scheduler<R> {
                 }
             })
             .collect();
-        let launch = self.model.launch(&batch, &reqs, &mut self.pool.buffers);
-        drop(reqs);
-        // What the forward produces, marked now so the next round can be built on it.
-        for (r, &(i, row)) in rows.iter().enumerate() {
+        let kv = &mut self.pool.buffers;
+        if later {
+            self.model.sample_later(batch, &reqs, kv)
+        } else {
+            self.model.launch(batch, &reqs, kv)
+        }
+    }
+
+    /// The second half of a forward launched in two (`launch_later`): its rows' sampling
+    /// requests, built on the tokens a round without overlap would see (each row's own
+    /// placeholder, the last token, set aside meanwhile; the token before it is back now).
+    fn sample_later(
+        &mut self,
+        batch: &ForwardBatch,
+        rows: &[(u64, Row)],
+    ) -> Result<Launch, ModelError> {
+        let idx: HashMap<u64, usize> = self
+            .running
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.uid, i))
+            .collect();
+        let rows: Vec<(usize, Row)> = rows.iter().map(|&(u, r)| (idx[&u], r)).collect();
+        for &(i, row) in &rows {
             if let Row::Next(at) = row {
                 let s = &mut self.running[i];
-                debug_assert_eq!(s.tokens.len(), at);
-                s.tokens.push(PLACEHOLDER);
-                s.pending_row = r;
+                debug_assert_eq!((s.tokens.len(), s.tokens[at]), (at + 1, PLACEHOLDER));
+                s.tokens.truncate(at);
             }
         }
-        for (i, it) in &items {
-            let s = &mut self.running[*i];
-            s.computed = it.end;
-            s.inflight += 1;
-        }
-        if self.overlap() {
-            // Chunks join the prefix cache as soon as they are queued: a forward that reads
-            // them runs after this one (one stream), and no HiCache copy reads them early
-            // (prefill chunks run inside their launch, and a store to the host first waits
-            // for the work queued on the compute stream).
-            for (i, _) in &items {
-                self.cache_unfinished(*i);
+        let launch = self.launch_rows(batch, &rows, true);
+        for &(i, row) in &rows {
+            if let Row::Next(_) = row {
+                self.running[i].tokens.push(PLACEHOLDER);
             }
         }
-        let uid = |i: usize| self.running[i].uid;
-        let items = items.into_iter().map(|(i, it)| (uid(i), it)).collect();
-        let rows = rows.into_iter().map(|(i, r)| (uid(i), r)).collect();
-        let heads = heads.into_iter().map(uid).collect();
-        let done = done.into_iter().map(uid).collect();
-        InFlight {
-            launch,
-            items,
-            rows,
-            heads,
-            done,
-            t0,
-        }
+        launch
     }
 
     /// Takes back a launched forward's sampled rows: streams them, and finishes the sequences
@@ -228,7 +298,12 @@ impl<R: ModelRunner> Scheduler<R> {
             heads,
             done,
             t0,
+            later,
         } = f;
+        debug_assert!(
+            later.is_none(),
+            "a forward taken back before its rows were sampled"
+        );
         let sampled = match launch {
             Ok(Launch::Done(v)) => Ok(v),
             Ok(Launch::Queued(q)) => self.model.collect(q, &mut self.pool.buffers),

@@ -194,10 +194,15 @@ pub struct Scheduler<R: ModelRunner> {
     /// Rounds run ahead of rows with output penalties or logprobs too
     /// (`runner::overlap_wide_from_env`).
     overlap_wide: bool,
+    /// Rounds run ahead of rows under a grammar too (their masks come after the forward is
+    /// launched; `STRATA_OVERLAP_GRAMMAR=0` turns it off, an A/B switch).
+    overlap_grammar: bool,
     /// A decode found no page while a forward was in flight: the next round takes it back first.
     kv_short: bool,
     /// Rounds built while a forward was in flight.
     ran_ahead: u64,
+    /// Forwards launched in two halves (rows under a grammar in a round run ahead).
+    launched_later: u64,
     inflight: Option<overlap::InFlight>,
     /// Where the thread's time goes per forward (logged).
     round_prof: profile::RoundProfile,
@@ -329,9 +334,12 @@ impl<R: ModelRunner> Scheduler<R> {
             overlap,
             hicache_overlap,
             overlap_wide: crate::model::runner::overlap_wide_from_env(),
+            overlap_grammar: forced.as_deref() == Ok("1")
+                || std::env::var("STRATA_OVERLAP_GRAMMAR").as_deref() != Ok("0"),
             hold_done: forced.as_deref() == Ok("1"),
             kv_short: false,
             ran_ahead: 0,
+            launched_later: 0,
             inflight: None,
             round_prof: Default::default(),
             next_uid: 0,

@@ -14,8 +14,13 @@
 //! drawn from its logits alone (greedy or sampled with temperature, top-k/p, min-p, logit bias,
 //! bans, output logprobs, frequency / presence / repetition penalties: the token fed forward,
 //! not on the host yet, is counted by the runner from the device, `SampleReq::uncounted`; no
-//! grammar or hidden states), nobody waiting who could be admitted, and pages for every
-//! decode without a retraction (free or evictable). Building any other round early would only
+//! hidden states) or under a grammar, nobody waiting who could be admitted, and pages for every
+//! decode without a retraction (free or evictable). A grammar's mask follows the token in
+//! flight, so such a round is launched in two halves (SGLang's delayed sampling): the forward
+//! first (`ModelRunner::launch_later`), then, once the forward in flight is taken back and the
+//! grammars have walked its tokens, the sampling requests with their masks, built as a round
+//! without overlap builds them (`ModelRunner::sample_later`; `STRATA_OVERLAP_GRAMMAR=0` keeps
+//! grammar rows out of rounds run ahead). Building any other round early would only
 //! hold back the tokens in flight until that round (an eager prefill, rows sampled on the host)
 //! has run: in c=64 runs with 1K prompts (on the GPU, and reproduced against a simulated device)
 //! that merged the bursts of new requests behind long prefill rounds and raised their time to
@@ -57,6 +62,10 @@ pub(super) struct InFlight {
     /// Sequences at their length limit without sampling.
     pub done: Vec<u64>,
     pub t0: std::time::Instant,
+    /// A batch launched in two halves whose sampling requests are still to come (`launch`
+    /// then holds the first half's result): its rows' grammar masks follow the tokens of the
+    /// forward that was in flight.
+    pub later: Option<crate::model::ForwardBatch>,
 }
 
 impl<R: ModelRunner> Scheduler<R> {
@@ -82,7 +91,10 @@ impl<R: ModelRunner> Scheduler<R> {
             if s.zombie.is_some() || s.ends_on_pending(ctx) {
                 continue;
             }
-            if s.computed == 0 || s.remaining() != 1 || !s.decodes_from_logits(self.overlap_wide) {
+            if s.computed == 0
+                || s.remaining() != 1
+                || !s.samples_ahead(self.overlap_wide, self.overlap_grammar)
+            {
                 return false;
             }
             going_on += 1;

@@ -10,7 +10,10 @@
 use super::request::{Event, FinishReason, Msg, PosLogprobs, Request};
 use super::tests::{request, rig, test_cfg, Rig};
 use super::SchedulerConfig;
+use crate::grammar::{Compiler, Constraint};
 use crate::kv::KvPool;
+use crate::model::{ModelRunner, Tokenizer};
+use crate::sampling::GrammarRef;
 use tokio::sync::mpsc::UnboundedReceiver;
 
 /// One request of a workload: (rid, prompt, max_new_tokens, temperature, seed, stop token,
@@ -27,6 +30,9 @@ struct Spec {
     min_new: usize,
     stop_bias: f32,
     logprobs: bool,
+    /// A regular expression the output must match (its mask follows each token: the rounds run
+    /// ahead of it start the forward first and sample it once the token in flight is back).
+    grammar: Option<&'static str>,
 }
 
 fn spec(rid: &'static str, start: u32, len: u32, max_new: usize, temperature: f32) -> Spec {
@@ -41,11 +47,17 @@ fn spec(rid: &'static str, start: u32, len: u32, max_new: usize, temperature: f3
         min_new: 0,
         stop_bias: 0.0,
         logprobs: false,
+        grammar: None,
     }
 }
 
-fn make(s: &Spec) -> (Request, UnboundedReceiver<Event>) {
+fn make(s: &Spec, compiler: &Compiler) -> (Request, UnboundedReceiver<Event>) {
     let (mut req, rx) = request(s.rid, s.prompt.clone(), s.max_new, s.temperature);
+    if let Some(re) = s.grammar {
+        let g = compiler.compile(&Constraint::Regex(re.into())).unwrap();
+        req.params.grammar = Some(GrammarRef(g));
+        req.params.ignore_eos = false;
+    }
     req.params.seed = Some(s.rid.len() as u64 * 7919 + s.prompt[0] as u64);
     if let Some(t) = s.stop {
         req.params.stop_token_ids = vec![t];
@@ -93,11 +105,14 @@ fn run(cfg: SchedulerConfig, specs: &[Spec], overlap: bool) -> (Vec<Outcome>, us
     r.s.overlap = overlap;
     r.s.hold_done = overlap;
     r.s.overlap_wide = overlap;
+    r.s.overlap_grammar = overlap;
+    let tok = Tokenizer::load(r.dir()).unwrap();
+    let compiler = Compiler::new(tok.token_bytes(r.s.model.cfg().vocab_size));
     let mut rxs: Vec<Option<UnboundedReceiver<Event>>> = specs.iter().map(|_| None).collect();
     for round in 0..10_000 {
         for (k, s) in specs.iter().enumerate() {
             if s.at_round == round {
-                let (req, rx) = make(s);
+                let (req, rx) = make(s, &compiler);
                 rxs[k] = Some(rx);
                 r.s.handle(Msg::Submit(Box::new(req)));
             }
@@ -109,6 +124,12 @@ fn run(cfg: SchedulerConfig, specs: &[Spec], overlap: bool) -> (Vec<Outcome>, us
         r.s.step();
     }
     let ahead = r.s.ran_ahead as usize;
+    if overlap && specs.iter().any(|s| s.grammar.is_some()) {
+        assert!(
+            r.s.launched_later > 0,
+            "rounds ran ahead of grammar rows: their forwards started before their masks"
+        );
+    }
     assert!(r.s.inflight.is_none(), "a forward is left in flight");
     let total = r.s.pool.total_pages();
     assert_eq!(
@@ -176,6 +197,24 @@ fn workload(stop: u32, sampled: bool) -> Vec<Spec> {
             at_round: 2,
             ..spec("jjjjj", 60, 8, 24, 1.0)
         });
+        // Under grammars: greedy; sampled with penalties; sampled with logprobs and
+        // min_new_tokens (EOS banned, then let through once the text is a whole match).
+        specs.push(Spec {
+            grammar: Some("[0-9]{2,24}"),
+            ..spec("gg", 10, 10, 30, 0.0)
+        });
+        specs.push(Spec {
+            grammar: Some("[a-z ]{3,40}"),
+            penalty: 0.5,
+            at_round: 1,
+            ..spec("ggp", 50, 7, 26, 0.9)
+        });
+        specs.push(Spec {
+            grammar: Some("([0-9]+ )+[0-9]"),
+            logprobs: true,
+            min_new: 4,
+            ..spec("ggll", 5, 9, 18, 1.1)
+        });
     }
     specs.sort_by_key(|s| s.at_round);
     specs
@@ -216,6 +255,10 @@ fn overlap_streams_what_synchronous_rounds_stream() {
                 "min_new_tokens held the stop token back: {j:?}"
             );
             eprintln!("jjjjj: {j:?}");
+            for rid in ["gg", "ggp", "ggll"] {
+                let g = &got[specs.iter().position(|s| s.rid == rid).unwrap()];
+                eprintln!("{rid}: {g:?}");
+            }
             let l = &got[specs.iter().position(|s| s.rid == "ll").unwrap()];
             assert!(
                 l.3.len() == l.0.len() && l.3.iter().all(|p| p.top.len() == 3 && p.ids.len() == 1),

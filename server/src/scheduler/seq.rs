@@ -146,15 +146,17 @@ impl Seq {
         }
     }
 
-    /// Its next token is drawn from its logits alone (what a runner can sample without the
-    /// host, `SampleReq::from_logits_alone`): no grammar mask or hidden state. Temperature,
-    /// top-k/p, min-p, logit bias, bans (the count of tokens decides those, and placeholders
-    /// count), penalties (the token fed forward is counted on the device,
-    /// `SampleReq::uncounted`) and output logprobs are fine when `wide`
-    /// (`runner::overlap_wide_from_env`).
-    pub fn decodes_from_logits(&self, wide: bool) -> bool {
+    /// Its next forward may be launched before the token in flight is back: the token is drawn
+    /// from its logits alone (what a runner can sample without the host,
+    /// `SampleReq::from_logits_alone`), or when `grammar` also under a grammar's mask (the
+    /// runner starts the forward and samples it once the mask is known,
+    /// `ModelRunner::launch_later`); no hidden state. Temperature, top-k/p, min-p, logit
+    /// bias, bans (the count of tokens decides those, and placeholders count), penalties (the
+    /// token fed forward is counted on the device, `SampleReq::uncounted`) and output logprobs
+    /// are fine when `wide` (`runner::overlap_wide_from_env`).
+    pub fn samples_ahead(&self, wide: bool, grammar: bool) -> bool {
         let p = &self.req.params;
-        p.grammar.is_none()
+        (grammar || p.grammar.is_none())
             && !p.return_hidden_states
             && (wide || (!p.penalises_output() && self.req.logprobs.is_none()))
     }

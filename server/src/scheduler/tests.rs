@@ -21,6 +21,13 @@ pub(super) struct Rig {
     pub(super) rx: Vec<UnboundedReceiver<Event>>,
 }
 
+impl Rig {
+    /// The made model's directory (its tokenizer for the other test files).
+    pub(super) fn dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+}
+
 /// The rigs' configuration (for the other test files).
 pub(super) fn test_cfg() -> SchedulerConfig {
     cfg()

@@ -774,6 +774,17 @@ impl ModelRunner for CudaRunner {
     ) -> Result<crate::model::Launch, ModelError> {
         self.launch_batch(batch, sampling, kv)
     }
+    fn launch_later(&mut self, batch: &ForwardBatch, kv: &mut CudaKv) -> Result<(), ModelError> {
+        self.launch_forward_only(batch, kv)
+    }
+    fn sample_later(
+        &mut self,
+        batch: &ForwardBatch,
+        sampling: &[SampleReq<'_>],
+        kv: &mut CudaKv,
+    ) -> Result<crate::model::Launch, ModelError> {
+        self.sample_launched(batch, sampling, kv)
+    }
     fn collect(
         &mut self,
         q: crate::model::Queued,

@@ -8,6 +8,12 @@
 //! Every other batch runs to the end as before; one that takes ids from a queued forward waits
 //! for that forward's tokens first.
 //!
+//! A batch with rows under a grammar starts in two calls (`launch_forward_only`, then
+//! `sample_launched` once the scheduler knows the masks, which follow the tokens of the forward
+//! in flight): its graph replay is queued first and its sampler after the masks, so the forward
+//! runs while the host takes the previous tokens back and walks the grammars (SGLang's delayed
+//! sampling). A batch that cannot replay a graph runs whole in the second call.
+//!
 //! Invariant: `last` names the previous launch's slot and token buffer only while that launch
 //! was queued; every launch replaces it. Two slots, used in turn, suffice: the scheduler keeps
 //! at most two launches not taken back, and takes the older back before the next launch.
@@ -30,6 +36,16 @@ pub(super) struct Queue {
     last: Option<(usize, DTensor)>,
     /// Per slot: the logprob words of its queued forward, when a row asked for them.
     lp: [LpSlot; 2],
+    /// A forward started by `launch_forward_only` whose rows are not sampled yet.
+    later: Option<Later>,
+}
+
+/// What `launch_forward_only` started.
+enum Later {
+    /// A graph replay (its index), queued; the host's entry and launch times for the profile.
+    Graph(usize, std::time::Instant, std::time::Instant),
+    /// Nothing: the batch runs whole once its requests come.
+    Whole,
 }
 
 /// One slot's logprob readback (grown to the largest forward's words) and what it holds.
@@ -76,20 +92,98 @@ impl CudaRunner {
             };
             self.graphs = graphs;
             if let Some((tokens, sampled, launched)) = queued? {
-                kv.settle()?;
-                let n = batch.tokens.len();
-                let slot = self.queue.next;
-                self.readback()?.queue(slot, &tokens, n)?;
-                self.queue_logprobs(slot, sampled, sampling)?;
-                self.queue.next = 1 - slot;
-                self.queue.last = Some((slot, tokens));
-                self.count_forward();
-                self.counts.1 += 1;
-                self.prof.add(entered, launched);
-                self.prof.last_return = Some(std::time::Instant::now());
-                return Ok(Launch::Queued(Queued { slot, rows: n }));
+                let times = (entered, launched);
+                return self.queued(batch, sampling, kv, tokens, sampled, times);
             }
         }
+        self.launch_whole(batch, sampling, kv, last)
+    }
+
+    /// The tail of a queued launch: its tokens (and logprob words) read back into the next slot.
+    fn queued(
+        &mut self,
+        batch: &ForwardBatch,
+        sampling: &[SampleReq<'_>],
+        kv: &mut CudaKv,
+        tokens: DTensor,
+        sampled: Option<(PackedRows, Option<DTensor>)>,
+        (entered, launched): (std::time::Instant, std::time::Instant),
+    ) -> Result<Launch, ModelError> {
+        kv.settle()?;
+        let n = batch.tokens.len();
+        let slot = self.queue.next;
+        self.readback()?.queue(slot, &tokens, n)?;
+        self.queue_logprobs(slot, sampled, sampling)?;
+        self.queue.next = 1 - slot;
+        self.queue.last = Some((slot, tokens));
+        self.count_forward();
+        self.counts.1 += 1;
+        self.prof.add(entered, launched);
+        self.prof.last_return = Some(std::time::Instant::now());
+        Ok(Launch::Queued(Queued { slot, rows: n }))
+    }
+
+    /// [`crate::model::ModelRunner::launch_later`]: queues the batch's graph replay (its input
+    /// ids from the forward in flight where it names them); the rows are sampled by
+    /// [`sample_launched`](Self::sample_launched), the next call. A batch no graph replays is
+    /// left to run whole then.
+    pub(super) fn launch_forward_only(
+        &mut self,
+        batch: &ForwardBatch,
+        kv: &mut CudaKv,
+    ) -> Result<(), ModelError> {
+        let last = self.queue.last.take();
+        if !batch.from_prev.is_empty() && last.is_none() {
+            return Err(ModelError::Cuda(CudaError::Shape(
+                "input tokens named from a forward that was not queued".into(),
+            )));
+        }
+        let entered = std::time::Instant::now();
+        let mut graphs = std::mem::take(&mut self.graphs);
+        let run = graphs.try_launch(self, batch, kv, last.as_ref().map(|l| &l.1));
+        self.graphs = graphs;
+        self.queue.later = Some(match run? {
+            Some((gi, launched)) => Later::Graph(gi, entered, launched),
+            None => {
+                self.queue.last = last;
+                Later::Whole
+            }
+        });
+        Ok(())
+    }
+
+    /// [`crate::model::ModelRunner::sample_later`]: queues the sampler of the forward
+    /// [`launch_forward_only`](Self::launch_forward_only) replayed (or runs the batch whole).
+    pub(super) fn sample_launched(
+        &mut self,
+        batch: &ForwardBatch,
+        sampling: &[SampleReq<'_>],
+        kv: &mut CudaKv,
+    ) -> Result<Launch, ModelError> {
+        match self.queue.later.take() {
+            Some(Later::Graph(gi, entered, launched)) => {
+                crate::model::runner::check_sampling(batch, sampling)?;
+                let (logits, t, ids) = self.graphs.head(gi);
+                let sampled = self.queue_sampling(logits, t, sampling, Some(ids))?;
+                let tokens = t.view(0, t.shape())?;
+                self.queued(batch, sampling, kv, tokens, sampled, (entered, launched))
+            }
+            Some(Later::Whole) => self.launch_batch(batch, sampling, kv),
+            None => Err(ModelError::Cuda(CudaError::Shape(
+                "rows sampled later without a forward launched for them".into(),
+            ))),
+        }
+    }
+
+    /// Runs `batch` to the end (its input ids from the queued forward `last` where it names
+    /// them).
+    fn launch_whole(
+        &mut self,
+        batch: &ForwardBatch,
+        sampling: &[SampleReq<'_>],
+        kv: &mut CudaKv,
+        last: Option<(usize, DTensor)>,
+    ) -> Result<Launch, ModelError> {
         let resolved;
         let batch = match &last {
             Some((slot, _)) if !batch.from_prev.is_empty() => {
