@@ -257,6 +257,15 @@ impl<R: ModelRunner> Scheduler<R> {
         }
     }
 
+    /// Each running sequence's index, by uid.
+    fn running_by_uid(&self) -> HashMap<u64, usize> {
+        self.running
+            .iter()
+            .enumerate()
+            .map(|(i, s)| (s.uid, i))
+            .collect()
+    }
+
     /// The second half of a forward launched in two (`launch_later`): its rows' sampling
     /// requests, built on the tokens a round without overlap would see (each row's own
     /// placeholder, the last token, set aside meanwhile; the token before it is back now).
@@ -265,12 +274,7 @@ impl<R: ModelRunner> Scheduler<R> {
         batch: &ForwardBatch,
         rows: &[(u64, Row)],
     ) -> Result<Launch, ModelError> {
-        let idx: HashMap<u64, usize> = self
-            .running
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.uid, i))
-            .collect();
+        let idx = self.running_by_uid();
         let rows: Vec<(usize, Row)> = rows.iter().map(|&(u, r)| (idx[&u], r)).collect();
         for &(i, row) in &rows {
             if let Row::Next(at) = row {
@@ -310,12 +314,7 @@ impl<R: ModelRunner> Scheduler<R> {
             Err(e) => Err(e),
         };
         // Running sequences by uid (the running list was rebuilt since the launch).
-        let idx: HashMap<u64, usize> = self
-            .running
-            .iter()
-            .enumerate()
-            .map(|(i, s)| (s.uid, i))
-            .collect();
+        let idx = self.running_by_uid();
         for (u, _) in &items {
             self.running[idx[u]].inflight -= 1;
         }
