@@ -164,6 +164,9 @@ impl<R: ModelRunner> Scheduler<R> {
             let s = &mut self.running[*i];
             s.computed = it.end;
             s.inflight += 1;
+            // Its head goes out with this forward: a round built before it is taken back must
+            // not send it again.
+            s.lp_head = false;
         }
         if self.overlap() {
             // Chunks join the prefix cache as soon as they are queued: a forward that reads
@@ -359,11 +362,7 @@ impl<R: ModelRunner> Scheduler<R> {
         // Input log-probabilities first (they precede the first token on the event channel).
         let mut input: Vec<(usize, Vec<PosLogprobs>)> = heads
             .into_iter()
-            .map(|u| {
-                let i = idx[&u];
-                self.running[i].lp_head = false;
-                (i, vec![PosLogprobs::default()])
-            })
+            .map(|u| (idx[&u], vec![PosLogprobs::default()]))
             .collect();
         let mut finished = Vec::new();
         let mut decode_tokens = 0;

@@ -72,7 +72,12 @@ fn make(s: &Spec, compiler: &Compiler) -> (Request, UnboundedReceiver<Event>) {
     req.params.min_new_tokens = s.min_new;
     if s.logprobs {
         req.logprobs = Some(crate::logprobs::LogprobSpec {
-            start: s.prompt.len(),
+            // A seeded request's also from its second prompt token (the chunked prompt's rows).
+            start: if s.temperature > 0.0 {
+                1
+            } else {
+                s.prompt.len()
+            },
             top_n: 3,
             token_ids: Some(vec![7]),
         });
@@ -80,18 +85,32 @@ fn make(s: &Spec, compiler: &Compiler) -> (Request, UnboundedReceiver<Event>) {
     (req, rx)
 }
 
-/// (tokens, finish reason, completion tokens, output logprobs) of a finished request.
-type Outcome = (Vec<u32>, FinishReason, usize, Vec<PosLogprobs>);
+/// (tokens, finish reason, completion tokens, output logprobs, input logprobs) of a finished
+/// request.
+type Outcome = (
+    Vec<u32>,
+    FinishReason,
+    usize,
+    Vec<PosLogprobs>,
+    Vec<PosLogprobs>,
+);
 
 fn outcome(rx: &mut UnboundedReceiver<Event>) -> Outcome {
-    let (mut toks, mut lps) = (Vec::new(), Vec::new());
+    let (mut toks, mut lps, mut input) = (Vec::new(), Vec::new(), Vec::new());
     while let Ok(ev) = rx.try_recv() {
         match ev {
             Event::Token { id, logprob } => {
                 toks.push(id);
                 lps.extend(logprob.map(|b| *b));
             }
-            Event::Done(f) => return (toks, f.reason, f.completion_tokens, lps),
+            Event::Input(l) => {
+                assert!(
+                    toks.is_empty(),
+                    "input logprobs after the first token: {l:?}"
+                );
+                input.extend(l);
+            }
+            Event::Done(f) => return (toks, f.reason, f.completion_tokens, lps, input),
             _ => {}
         }
     }
@@ -263,6 +282,11 @@ fn overlap_streams_what_synchronous_rounds_stream() {
             assert!(
                 l.3.len() == l.0.len() && l.3.iter().all(|p| p.top.len() == 3 && p.ids.len() == 1),
                 "a logprob per output token: {l:?}"
+            );
+            assert_eq!(
+                l.4.len(),
+                11,
+                "an input logprob per prompt position from 1: {l:?}"
             );
         }
     }
