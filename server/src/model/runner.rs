@@ -73,10 +73,13 @@ impl SampleReq<'_> {
         self.allow.is_none() && self.score.is_none() && !self.embed && !self.hidden
     }
 
-    /// [`from_logits_alone`](Self::from_logits_alone), and without output penalties or
-    /// logprobs unless `wide` ([`overlap_wide_from_env`]): a runner queues such a row.
+    /// [`from_logits_alone`](Self::from_logits_alone) or under a grammar's mask known now (it
+    /// travels with the row to the device sampler), and without output penalties or logprobs
+    /// unless `wide` ([`overlap_wide_from_env`]): a runner queues such a row.
     pub fn queueable(&self, wide: bool) -> bool {
-        self.from_logits_alone()
+        self.score.is_none()
+            && !self.embed
+            && !self.hidden
             && (wide || (!self.params.penalises_output() && self.logprobs.is_none()))
     }
 }
@@ -597,8 +600,11 @@ mod tests {
         let row = gpu_row(&masked);
         assert_eq!(row.mode, RowMode::Greedy);
         assert_eq!(row.allow.map(|a| a.bits), Some(&bits[..]));
+        // A runner queues it (the mask goes to the device with its row), not a scored row.
+        assert!(masked.queueable(false) && !masked.from_logits_alone());
         masked.score = Some(2);
         assert!(gpu_row(&masked).allow.is_none());
+        assert!(!masked.queueable(true));
         // On the host: the mask leaves tokens 0 and 3; the larger logit wins.
         let mut logits = vec![1.0, 9.0, 8.0, 2.0];
         masked.score = None;

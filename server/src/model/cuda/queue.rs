@@ -1,6 +1,6 @@
 //! Queued forwards (overlap scheduling): a graph-replayed decode batch whose rows are all drawn
-//! from their logits alone (`SampleReq::from_logits_alone`: greedy by the graph's argmax, the
-//! others by `sample_rows` queued after the replay, its row table written without a
+//! from their logits (`SampleReq::queueable`: greedy by the graph's argmax, the others by
+//! `sample_rows` queued after the replay, a grammar's mask in its row table, written without a
 //! synchronisation) is launched without waiting; its sampled tokens (and the logprob words of
 //! rows that ask for them) go to pinned slots by async copies
 //! (`strata_kernels::cuda::readback`) and `collect` waits for those copies only. The next batch
