@@ -577,7 +577,9 @@ async fn request_priorities_reach_the_scheduler() {
     // Without priority scheduling, --abort-on-priority-when-disabled aborts what sets one.
     let s = Server::start(m.path(), &["--abort-on-priority-when-disabled"]);
     let body = |p: Option<i64>| {
-        let mut b = json!({"text": "Hello", "sampling_params": {"max_new_tokens": 3}});
+        // (ignore_eos: the default temperature of 1 may draw EOS before the length limit)
+        let mut b =
+            json!({"text": "Hello", "sampling_params": {"max_new_tokens": 3, "ignore_eos": true}});
         if let Some(p) = p {
             b["priority"] = json!(p);
         }
