@@ -73,13 +73,13 @@ impl SampleReq<'_> {
         self.allow.is_none() && self.score.is_none() && !self.embed && !self.hidden
     }
 
-    /// [`from_logits_alone`](Self::from_logits_alone) or under a grammar's mask known now (it
-    /// travels with the row to the device sampler), and without output penalties or logprobs
-    /// unless `wide` ([`overlap_wide_from_env`]): a runner queues such a row.
-    pub fn queueable(&self, wide: bool) -> bool {
-        self.score.is_none()
-            && !self.embed
-            && !self.hidden
+    /// [`from_logits_alone`](Self::from_logits_alone), or when `grammar`
+    /// ([`overlap_grammar_from_env`]) also under a grammar's mask known now (it travels with the
+    /// row to the device sampler), and without output penalties or logprobs unless `wide`
+    /// ([`overlap_wide_from_env`]): a runner queues such a row.
+    pub fn queueable(&self, wide: bool, grammar: bool) -> bool {
+        (self.from_logits_alone()
+            || (grammar && self.score.is_none() && !self.embed && !self.hidden))
             && (wide || (!self.params.penalises_output() && self.logprobs.is_none()))
     }
 }
@@ -90,6 +90,15 @@ impl SampleReq<'_> {
 pub fn overlap_wide_from_env() -> bool {
     std::env::var("STRATA_OVERLAP_SCHEDULE").as_deref() == Ok("1")
         || std::env::var("STRATA_OVERLAP_WIDE").as_deref() != Ok("0")
+}
+
+/// Whether rows under a grammar are queued, and rounds run ahead of them (their forward launched
+/// before their masks, `ModelRunner::launch_later`) under overlap scheduling: only with
+/// `STRATA_OVERLAP_GRAMMAR=1` until checked on a GPU (overlap forced by
+/// `STRATA_OVERLAP_SCHEDULE=1` always does, as the CPU tests of the bookkeeping).
+pub fn overlap_grammar_from_env() -> bool {
+    std::env::var("STRATA_OVERLAP_SCHEDULE").as_deref() == Ok("1")
+        || std::env::var("STRATA_OVERLAP_GRAMMAR").as_deref() == Ok("1")
 }
 
 /// The GPU sampler's description of `r` (`strata_kernels::sample_rows`, same semantics as
@@ -601,10 +610,11 @@ mod tests {
         assert_eq!(row.mode, RowMode::Greedy);
         assert_eq!(row.allow.map(|a| a.bits), Some(&bits[..]));
         // A runner queues it (the mask goes to the device with its row), not a scored row.
-        assert!(masked.queueable(false) && !masked.from_logits_alone());
+        assert!(masked.queueable(false, true) && !masked.from_logits_alone());
+        assert!(!masked.queueable(true, false));
         masked.score = Some(2);
         assert!(gpu_row(&masked).allow.is_none());
-        assert!(!masked.queueable(true));
+        assert!(!masked.queueable(true, true));
         // On the host: the mask leaves tokens 0 and 3; the larger logit wins.
         let mut logits = vec![1.0, 9.0, 8.0, 2.0];
         masked.score = None;

@@ -195,7 +195,7 @@ pub struct Scheduler<R: ModelRunner> {
     /// (`runner::overlap_wide_from_env`).
     overlap_wide: bool,
     /// Rounds run ahead of rows under a grammar too (their masks come after the forward is
-    /// launched; `STRATA_OVERLAP_GRAMMAR=0` turns it off, an A/B switch).
+    /// launched; `runner::overlap_grammar_from_env`).
     overlap_grammar: bool,
     /// A decode found no page while a forward was in flight: the next round takes it back first.
     kv_short: bool,
@@ -334,8 +334,7 @@ impl<R: ModelRunner> Scheduler<R> {
             overlap,
             hicache_overlap,
             overlap_wide: crate::model::runner::overlap_wide_from_env(),
-            overlap_grammar: forced.as_deref() == Ok("1")
-                || std::env::var("STRATA_OVERLAP_GRAMMAR").as_deref() != Ok("0"),
+            overlap_grammar: crate::model::runner::overlap_grammar_from_env(),
             hold_done: forced.as_deref() == Ok("1"),
             kv_short: false,
             ran_ahead: 0,

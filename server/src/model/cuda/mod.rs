@@ -142,6 +142,8 @@ pub struct CudaRunner {
     queue: queue::Queue,
     /// Queue rows with output penalties or logprobs too (`runner::overlap_wide_from_env`).
     overlap_wide: bool,
+    /// Queue rows under a grammar too (`runner::overlap_grammar_from_env`).
+    overlap_grammar: bool,
 }
 
 /// Bytes of activations per token row of a forward, and per logits row.
@@ -199,6 +201,7 @@ impl CudaRunner {
             loras: lora::Cache::default(),
             queue: queue::Queue::default(),
             overlap_wide: super::runner::overlap_wide_from_env(),
+            overlap_grammar: super::runner::overlap_grammar_from_env(),
             opts,
             ctx,
         })

@@ -71,7 +71,10 @@ impl CudaRunner {
                 "input tokens named from a forward that was not queued".into(),
             )));
         }
-        if sampling.iter().all(|r| r.queueable(self.overlap_wide)) {
+        if sampling
+            .iter()
+            .all(|r| r.queueable(self.overlap_wide, self.overlap_grammar))
+        {
             // (The other path's `run_batch` checks it itself.)
             crate::model::runner::check_sampling(batch, sampling)?;
             let entered = std::time::Instant::now();
