@@ -37,7 +37,7 @@
 #            included) and scripts/gpu-grammar-bench.sh (served ITL of JSON-schema requests vs
 #            unconstrained ones on the 1B shape, and CONC constrained requests at once; GRAMMAR_B=
 #            another binary served beside it, ENV_B=environment of that second server, e.g.
-#            STRATA_OVERLAP_GRAMMAR=1: the same binary with overlap for grammar rows)
+#            STRATA_OVERLAP_GRAMMAR=0: the same binary without overlap for grammar rows)
 #   api      scripts/gpu-api-smoke.sh (n > 1, streamed batches, tools and the request flags on the
 #            bf16 runner, made 1B shape; output ids compared, PASS/FAIL)
 #   weights  scripts/gpu-weights-check.sh (/update_weights_from_disk on the bf16 runner: A updated

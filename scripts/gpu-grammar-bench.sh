@@ -6,7 +6,7 @@
 # for as many tokens (ignore_eos); per-token arrival times from the SSE stream (a raw socket
 # client) give the median ITL of each; then as many tokens under a structural tag (free text,
 # each "e" opens e[<integer>]) and under a stop_regex that never matches. Usage: scripts/gpu-grammar-bench.sh [OUTDIR]; env STRATA,
-# STRATA_B, ENV_B (environment server B alone gets, e.g. STRATA_OVERLAP_GRAMMAR=1; B is then
+# STRATA_B, ENV_B (environment server B alone gets, e.g. STRATA_OVERLAP_GRAMMAR=0; B is then
 # STRATA unless STRATA_B names another), SIZE (llama-3.2-1b), NREQ (8), CONC (16: then CONC
 # constrained requests at once, seeded at temperature 0.7, for output tok/s; 0: not). The
 # servers' constrained answers at c=1 are compared (greedy: the same text expected).

@@ -93,12 +93,12 @@ pub fn overlap_wide_from_env() -> bool {
 }
 
 /// Whether rows under a grammar are queued, and rounds run ahead of them (their forward launched
-/// before their masks, `ModelRunner::launch_later`) under overlap scheduling: only with
-/// `STRATA_OVERLAP_GRAMMAR=1` until checked on a GPU (overlap forced by
-/// `STRATA_OVERLAP_SCHEDULE=1` always does, as the CPU tests of the bookkeeping).
+/// before their masks, `ModelRunner::launch_later`) under overlap scheduling: yes unless
+/// `STRATA_OVERLAP_GRAMMAR=0` (an A/B switch kept from the gate before its GPU check; overlap
+/// forced by `STRATA_OVERLAP_SCHEDULE=1` always does).
 pub fn overlap_grammar_from_env() -> bool {
     std::env::var("STRATA_OVERLAP_SCHEDULE").as_deref() == Ok("1")
-        || std::env::var("STRATA_OVERLAP_GRAMMAR").as_deref() == Ok("1")
+        || std::env::var("STRATA_OVERLAP_GRAMMAR").as_deref() != Ok("0")
 }
 
 /// The GPU sampler's description of `r` (`strata_kernels::sample_rows`, same semantics as

@@ -19,8 +19,8 @@
 //! flight, so such a round is launched in two halves (SGLang's delayed sampling): the forward
 //! first (`ModelRunner::launch_later`), then, once the forward in flight is taken back and the
 //! grammars have walked its tokens, the sampling requests with their masks, built as a round
-//! without overlap builds them (`ModelRunner::sample_later`; only with `STRATA_OVERLAP_GRAMMAR=1`
-//! until checked on a GPU, `runner::overlap_grammar_from_env`). Building any other round early would only
+//! without overlap builds them (`ModelRunner::sample_later`; `STRATA_OVERLAP_GRAMMAR=0` keeps grammar
+//! rows out of queued replays and rounds run ahead, `runner::overlap_grammar_from_env`). Building any other round early would only
 //! hold back the tokens in flight until that round (an eager prefill, rows sampled on the host)
 //! has run: in c=64 runs with 1K prompts (on the GPU, and reproduced against a simulated device)
 //! that merged the bursts of new requests behind long prefill rounds and raised their time to
