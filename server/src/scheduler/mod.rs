@@ -34,6 +34,7 @@ mod pd_side;
 pub mod policy;
 mod profile;
 pub mod request;
+mod sample_reqs;
 mod seq;
 #[cfg(test)]
 mod tests;
