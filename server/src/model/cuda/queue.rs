@@ -65,12 +65,7 @@ impl CudaRunner {
         sampling: &[SampleReq<'_>],
         kv: &mut CudaKv,
     ) -> Result<Launch, ModelError> {
-        let last = self.queue.last.take();
-        if !batch.from_prev.is_empty() && last.is_none() {
-            return Err(ModelError::Cuda(CudaError::Shape(
-                "input tokens named from a forward that was not queued".into(),
-            )));
-        }
+        let last = self.take_last(batch)?;
         if sampling
             .iter()
             .all(|r| r.queueable(self.overlap_wide, self.overlap_grammar))
@@ -100,6 +95,18 @@ impl CudaRunner {
             }
         }
         self.launch_whole(batch, sampling, kv, last)
+    }
+
+    /// The previous launch's slot and tokens, when it was queued (every launch replaces it); an
+    /// error when `batch` names input ids of a forward that was not.
+    fn take_last(&mut self, batch: &ForwardBatch) -> Result<Option<(usize, DTensor)>, ModelError> {
+        let last = self.queue.last.take();
+        if !batch.from_prev.is_empty() && last.is_none() {
+            return Err(ModelError::Cuda(CudaError::Shape(
+                "input tokens named from a forward that was not queued".into(),
+            )));
+        }
+        Ok(last)
     }
 
     /// The tail of a queued launch: its tokens (and logprob words) read back into the next slot.
@@ -135,12 +142,7 @@ impl CudaRunner {
         batch: &ForwardBatch,
         kv: &mut CudaKv,
     ) -> Result<(), ModelError> {
-        let last = self.queue.last.take();
-        if !batch.from_prev.is_empty() && last.is_none() {
-            return Err(ModelError::Cuda(CudaError::Shape(
-                "input tokens named from a forward that was not queued".into(),
-            )));
-        }
+        let last = self.take_last(batch)?;
         let entered = std::time::Instant::now();
         let mut graphs = std::mem::take(&mut self.graphs);
         let run = graphs.try_launch(self, batch, kv, last.as_ref().map(|l| &l.1));
