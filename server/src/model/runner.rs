@@ -78,8 +78,10 @@ impl SampleReq<'_> {
     /// row to the device sampler), and without output penalties or logprobs unless `wide`
     /// ([`overlap_wide_from_env`]): a runner queues such a row.
     pub fn queueable(&self, wide: bool, grammar: bool) -> bool {
-        (self.from_logits_alone()
-            || (grammar && self.score.is_none() && !self.embed && !self.hidden))
+        (grammar || self.allow.is_none())
+            && self.score.is_none()
+            && !self.embed
+            && !self.hidden
             && (wide || (!self.params.penalises_output() && self.logprobs.is_none()))
     }
 }
