@@ -465,9 +465,19 @@ __device__ __forceinline__ void lp_insert(u64* b, u64 c) {
     }
 }
 
+// Top-N up to LP_MID takes the candidates' path too (the warps' lists merged by rank), falling
+// back to the radix selection where a thread's LP_TOP candidates may have been too few.
+#define LP_MID 32
+
 // The n smallest of the warp's lanes' ascending lists b (consumed), in order, written by lane 0
-// to shared out[0..n) (n <= LP_TOP). Candidates are distinct (their indices are).
-__device__ __forceinline__ void lp_warp_top(u64* b, int n, u64* out) {
+// to shared out[0..n). Candidates are distinct (their indices are). Returns true on a lane whose
+// LP_TOP candidates were all taken before the last round: what it dropped (worse than its
+// LP_TOP-th) may then belong in the n, so its warp's result is not known to be complete. A lane
+// whose list ends in the last round, or never runs out, dropped only elements worse than the
+// n-th.
+__device__ __forceinline__ bool lp_warp_top(u64* b, int n, u64* out) {
+    int taken = 0;
+    bool short_list = false;
     for (int r = 0; r < n; ++r) {
         u64 w = b[0];
 #pragma unroll
@@ -476,12 +486,14 @@ __device__ __forceinline__ void lp_warp_top(u64* b, int n, u64* out) {
             w = x < w ? x : w;
         }
         if (b[0] == w) {
+            if (++taken == LP_TOP && r + 1 < n) short_list = true;
 #pragma unroll
             for (int k = 0; k + 1 < LP_TOP; ++k) b[k] = b[k + 1];
             b[LP_TOP - 1] = ~0ull;
         }
         if ((threadIdx.x & 31) == 0) out[r] = w;
     }
+    return short_list;
 }
 
 // Log-probabilities of the (penalised) logits rows, for rows with P[11] >= 0 (top_n): writes at
@@ -490,10 +502,13 @@ __device__ __forceinline__ void lp_warp_top(u64* b, int n, u64* out) {
 // (the host orders them: logit descending, then token ascending). lse = max + ln(sum exp(l -
 // max)) as logprobs.rs, in one pass over the row: each thread keeps its running maximum and its
 // sum of exponentials around it (f32 exp, f64 sum, rescaled when the maximum moves; the block
-// then scales each thread's sum to the row's maximum), and for top_n <= LP_TOP its best LP_TOP
-// candidates, which each warp merges over its lanes and the first warp over the warps. Larger
-// top_n select by radix on the logit key (further passes). Every order is fixed, so a row's
-// words are the same in every launch and batch (within ~1e-7 of the host's f64 exponentials).
+// then scales each thread's sum to the row's maximum), and for top_n <= LP_MID its best LP_TOP
+// candidates, which each warp merges over its lanes into its top_n; the row's top_n are then the
+// first warp's merge of those lists (top_n <= LP_TOP) or, up to LP_MID, each list entry's rank
+// among all of them (a binary search per list). Where a thread may have held more than LP_TOP
+// of its warp's top_n (lp_warp_top), and for larger top_n, the row's top_n are selected by radix
+// on the logit key instead (further passes). Every order is fixed, so a row's words are the same
+// in every launch and batch (within ~1e-7 of the host's f64 exponentials).
 extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) logprob_rows(
     const float* logits, int vocab, const int* params, const int* ids, const int* tokens,
     int* out) {
@@ -504,15 +519,16 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) logprob_rows(
     __shared__ float shf[32];
     __shared__ int shi[32];
     __shared__ double shd[32];
-    __shared__ int slot;
+    __shared__ int slot, short_lists;
     const int row = blockIdx.x, tid = threadIdx.x;
     const int* P = params + (u64)row * ROW_WORDS;
     const int top_n = P[11];
     if (top_n < 0) return;
+    if (tid == 0) short_lists = 0;  // read after block_argmax's barriers
     const float* lg = logits + (u64)row * vocab;
     int* o = out + P[16];
     const int n = top_n < vocab ? top_n : vocab;
-    const bool few = n <= LP_TOP;
+    const bool few = n <= LP_MID;
     float m = NEG_INF;
     double s = 0.0;
     u64 best[LP_TOP];
@@ -547,24 +563,54 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) logprob_rows(
     if (n == 0) return;
     int* top = o + 2 + nids;
     if (few) {
-        u64* wt = wm;  // [warps][LP_TOP]: each warp's best; then [LP_TOP] past them, the row's
+        // [warps][n]: each warp's top n, ascending; then [n] past them, the row's.
+        constexpr int NW = SAMPLE_THREADS >> 5;
+        u64* wt = wm;
         const int lane = tid & 31, w = tid >> 5;
-        lp_warp_top(best, n, wt + w * LP_TOP);
+        const bool short_list = lp_warp_top(best, n, wt + w * n);
+        if (__any_sync(FULL_MASK, short_list) && lane == 0) short_lists = 1;
         __syncthreads();
-        if (w == 0) {
-            u64* row_top = wt + (SAMPLE_THREADS >> 5) * LP_TOP;
+        if (short_lists) {
+            // Fall through to the radix selection (uniform over the block).
+        } else if (n <= LP_TOP) {
+            if (w == 0) {
+                u64* row_top = wt + NW * n;
 #pragma unroll
-            for (int k = 0; k < LP_TOP; ++k)
-                best[k] = lane < (SAMPLE_THREADS >> 5) && k < n ? wt[lane * LP_TOP + k] : ~0ull;
-            lp_warp_top(best, n, row_top);
-            __syncwarp();
-            if (lane < n) {
-                const int i = (int)(u32)row_top[lane];
-                top[2 * lane] = i;
-                top[2 * lane + 1] = __float_as_int(lg[i]);
+                for (int k = 0; k < LP_TOP; ++k)
+                    best[k] = lane < NW && k < n ? wt[lane * n + k] : ~0ull;
+                lp_warp_top(best, n, row_top);
+                __syncwarp();
+                if (lane < n) {
+                    const int i = (int)(u32)row_top[lane];
+                    top[2 * lane] = i;
+                    top[2 * lane + 1] = __float_as_int(lg[i]);
+                }
             }
+            return;
+        } else {
+            // Entry tid's rank among every warp's list (NW * n <= SAMPLE_THREADS entries; each
+            // real one distinct, the padding of short warps ~0): its place in the row's top n.
+            if (tid < NW * n) {
+                const u64 c = wt[tid];
+                int rank = 0;
+                for (int v = 0; v < NW; ++v) {
+                    const u64* list = wt + v * n;
+                    int lo = 0, hi = n;
+                    while (lo < hi) {
+                        const int mid = (lo + hi) >> 1;
+                        if (list[mid] < c) lo = mid + 1;
+                        else hi = mid;
+                    }
+                    rank += lo;
+                }
+                if (rank < n && c != ~0ull) {
+                    const int i = (int)(u32)c;
+                    top[2 * rank] = i;
+                    top[2 * rank + 1] = __float_as_int(lg[i]);
+                }
+            }
+            return;
         }
-        return;
     }
     const Sel sel = radix_select(sh, nullptr, nullptr, wc, wm, lg, vocab, 0.f, 1.f, 1.0, false, false,
                                  (u64)(n - 1));

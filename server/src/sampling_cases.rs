@@ -80,6 +80,22 @@ pub fn cases() -> Vec<Case> {
             false,
         ),
         c(
+            "temp0.9+lp32",
+            r#"{"temperature": 0.9}"#,
+            false,
+            lp(32, None),
+            false,
+        ),
+        // The emulated test puts 16 of this row's top 32 in one thread's share of the row (the
+        // kernel then cannot trust its per-thread candidates and selects by radix).
+        c(
+            "greedy+lp32-crowded",
+            r#"{"temperature": 0}"#,
+            false,
+            lp(32, None),
+            false,
+        ),
+        c(
             "score+lp",
             r#"{"temperature": 0.7}"#,
             false,

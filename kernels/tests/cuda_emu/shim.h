@@ -51,6 +51,7 @@ inline unsigned __ballot_sync(unsigned, bool p) {
     g_warp_bar[w]->arrive_and_wait();
     return m;
 }
+inline bool __any_sync(unsigned m, bool p) { return __ballot_sync(m, p) != 0; }
 template <class T, class U> T atomicAdd(T* p, U v) { return std::atomic_ref<T>(*p).fetch_add((T)v); }
 inline int __popc(unsigned x) { return __builtin_popcount(x); }
 inline float __int_as_float(int x) { float f; std::memcpy(&f, &x, 4); return f; }

@@ -29,21 +29,32 @@ pub fn run(ops: &CudaOps, summary: &mut Vec<String>) -> anyhow::Result<Value> {
     let ctx = ops.context();
     let mut rng = StdRng::seed_from_u64(14);
     let presets = [
-        ("temp0.7", params(r#"{"temperature": 0.7}"#)?, false),
+        ("temp0.7", params(r#"{"temperature": 0.7}"#)?, 0),
         (
             "all+pen",
             params(
                 r#"{"temperature": 0.7, "top_p": 0.9, "top_k": 50, "min_p": 0.05, "frequency_penalty": 0.3, "presence_penalty": 0.2, "repetition_penalty": 1.1}"#,
             )?,
-            false,
+            0,
         ),
-        ("temp0.7+lp5", params(r#"{"temperature": 0.7}"#)?, true),
+        // Top-N logprobs: up to 8 and up to 32 on the kernel's candidates (merged by a warp, by
+        // rank), 33 by radix selection (the form every N above 8 took before).
+        ("temp0.7+lp5", params(r#"{"temperature": 0.7}"#)?, 5),
+        ("temp0.7+lp20", params(r#"{"temperature": 0.7}"#)?, 20),
+        ("temp0.7+lp33", params(r#"{"temperature": 0.7}"#)?, 33),
     ];
-    let spec = LogprobSpec {
-        start: 0,
-        top_n: 5,
-        token_ids: None,
-    };
+    let specs_by_n: Vec<(usize, LogprobSpec)> = [5, 20, 33]
+        .into_iter()
+        .map(|top_n| {
+            let spec = LogprobSpec {
+                start: 0,
+                top_n,
+                token_ids: None,
+            };
+            (top_n, spec)
+        })
+        .collect();
+    let spec_for = |n: usize| specs_by_n.iter().find(|(k, _)| *k == n).map(|(_, s)| s);
     let mut rows_out = Vec::new();
     for vocab in [128256usize, 151936] {
         let max_b = 256;
@@ -73,7 +84,7 @@ pub fn run(ops: &CudaOps, summary: &mut Vec<String>) -> anyhow::Result<Value> {
                         banned: &[],
                         allow: None,
                         uniform: (r as f64 + 0.5) / b as f64,
-                        logprobs: lp.then_some(&spec),
+                        logprobs: spec_for(*lp),
                         score: None,
                         embed: false,
                         hidden: false,
@@ -116,6 +127,11 @@ pub fn run(ops: &CudaOps, summary: &mut Vec<String>) -> anyhow::Result<Value> {
                 );
                 rows_out.push(json!({"vocab": vocab, "batch": b, "preset": name,
                     "gpu_ms": gpu, "step_ms": step, "host_path_ms": host}));
+                if vocab == 151936 && name.contains("+lp") && b == 64 {
+                    summary.push(format!(
+                        "GPU sampling V{vocab} B{b} {name}: {gpu:.3} ms GPU, {step:.3} ms step"
+                    ));
+                }
                 if vocab == 151936 && *name == "all+pen" && (b == 64 || b == 256) {
                     summary.push(format!(
                         "GPU sampling V{vocab} B{b} all filters + penalties: {gpu:.3} ms GPU, {step:.3} ms step"
