@@ -570,27 +570,26 @@ extern "C" __global__ void __launch_bounds__(SAMPLE_THREADS) logprob_rows(
         const bool short_list = lp_warp_top(best, n, wt + w * n);
         if (__any_sync(FULL_MASK, short_list) && lane == 0) short_lists = 1;
         __syncthreads();
-        if (short_lists) {
-            // Fall through to the radix selection (uniform over the block).
-        } else if (n <= LP_TOP) {
-            if (w == 0) {
-                u64* row_top = wt + NW * n;
+        // A short list somewhere: the radix selection below (uniform over the block).
+        if (!short_lists) {
+            if (n <= LP_TOP) {
+                if (w == 0) {
+                    u64* row_top = wt + NW * n;
 #pragma unroll
-                for (int k = 0; k < LP_TOP; ++k)
-                    best[k] = lane < NW && k < n ? wt[lane * n + k] : ~0ull;
-                lp_warp_top(best, n, row_top);
-                __syncwarp();
-                if (lane < n) {
-                    const int i = (int)(u32)row_top[lane];
-                    top[2 * lane] = i;
-                    top[2 * lane + 1] = __float_as_int(lg[i]);
+                    for (int k = 0; k < LP_TOP; ++k)
+                        best[k] = lane < NW && k < n ? wt[lane * n + k] : ~0ull;
+                    lp_warp_top(best, n, row_top);
+                    __syncwarp();
+                    if (lane < n) {
+                        const int i = (int)(u32)row_top[lane];
+                        top[2 * lane] = i;
+                        top[2 * lane + 1] = __float_as_int(lg[i]);
+                    }
                 }
-            }
-            return;
-        } else {
-            // Entry tid's rank among every warp's list (NW * n <= SAMPLE_THREADS entries; each
-            // real one distinct, the padding of short warps ~0): its place in the row's top n.
-            if (tid < NW * n) {
+            } else if (tid < NW * n) {
+                // Entry tid's rank among every warp's list (NW * n <= SAMPLE_THREADS entries;
+                // each real one distinct, the padding of short warps ~0): its place in the
+                // row's top n.
                 const u64 c = wt[tid];
                 int rank = 0;
                 for (int v = 0; v < NW; ++v) {
