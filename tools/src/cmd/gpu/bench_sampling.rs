@@ -28,33 +28,28 @@ fn params(json: &str) -> anyhow::Result<SamplingParams> {
 pub fn run(ops: &CudaOps, summary: &mut Vec<String>) -> anyhow::Result<Value> {
     let ctx = ops.context();
     let mut rng = StdRng::seed_from_u64(14);
+    let lp = |top_n| {
+        Some(LogprobSpec {
+            start: 0,
+            top_n,
+            token_ids: None,
+        })
+    };
     let presets = [
-        ("temp0.7", params(r#"{"temperature": 0.7}"#)?, 0),
+        ("temp0.7", params(r#"{"temperature": 0.7}"#)?, None),
         (
             "all+pen",
             params(
                 r#"{"temperature": 0.7, "top_p": 0.9, "top_k": 50, "min_p": 0.05, "frequency_penalty": 0.3, "presence_penalty": 0.2, "repetition_penalty": 1.1}"#,
             )?,
-            0,
+            None,
         ),
         // Top-N logprobs: up to 8 and up to 32 on the kernel's candidates (merged by a warp, by
         // rank), 33 by radix selection (the form every N above 8 took before).
-        ("temp0.7+lp5", params(r#"{"temperature": 0.7}"#)?, 5),
-        ("temp0.7+lp20", params(r#"{"temperature": 0.7}"#)?, 20),
-        ("temp0.7+lp33", params(r#"{"temperature": 0.7}"#)?, 33),
+        ("temp0.7+lp5", params(r#"{"temperature": 0.7}"#)?, lp(5)),
+        ("temp0.7+lp20", params(r#"{"temperature": 0.7}"#)?, lp(20)),
+        ("temp0.7+lp33", params(r#"{"temperature": 0.7}"#)?, lp(33)),
     ];
-    let specs_by_n: Vec<(usize, LogprobSpec)> = [5, 20, 33]
-        .into_iter()
-        .map(|top_n| {
-            let spec = LogprobSpec {
-                start: 0,
-                top_n,
-                token_ids: None,
-            };
-            (top_n, spec)
-        })
-        .collect();
-    let spec_for = |n: usize| specs_by_n.iter().find(|(k, _)| *k == n).map(|(_, s)| s);
     let mut rows_out = Vec::new();
     for vocab in [128256usize, 151936] {
         let max_b = 256;
@@ -84,7 +79,7 @@ pub fn run(ops: &CudaOps, summary: &mut Vec<String>) -> anyhow::Result<Value> {
                         banned: &[],
                         allow: None,
                         uniform: (r as f64 + 0.5) / b as f64,
-                        logprobs: spec_for(*lp),
+                        logprobs: lp.as_ref(),
                         score: None,
                         embed: false,
                         hidden: false,
