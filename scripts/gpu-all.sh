@@ -55,6 +55,8 @@
 #            graph step); OVERLAP_RUNS="CONC NP ROUNDS RAW greedy|sampled|penalised|logprobs;..." picks the runs
 #            (penalised: + frequency 0.5 / presence 0.2; logprobs: top 5 greedy). Export
 #            STRATA_OVERLAP_WIDE=0 to keep penalised and logprob rows out of queued replays
+#   dp       scripts/gpu-dp-check.sh (--dp-size 2 against one replica: greedy answers equal in
+#            batch-invariant mode, c=64 tok/s side by side; needs two GPUs, SKIPs on one)
 #   lptop    scripts/gpu-logprobs-top.sh (top-N logprobs: gpu check and bench of the sampler with
 #            top 5 / 20 / 33, the made 1B shape served with top 20: lists checked, c=64 tok/s)
 #   trained  scripts/train_tiny_llama.py trains a small Llama on the machine (TRAIN_S seconds, default
@@ -134,6 +136,7 @@ for s in $STEPS; do
       python3 scripts/det_check_summary.py "$OUT/check-det.json" ;;
     det) timeout $(left ${DET_TIMEOUT:-400}) scripts/gpu-det-check.sh "$OUT" > "$OUT/det.log" 2>&1; rc=$?
       grep -E "SAME|DIFF|bench|raw|PASS|FAIL|batch-invariant|prefix cache|error|^cost|^==" "$OUT/det.log" | tail -70 ;;
+    dp) timeout $(left 450) scripts/gpu-dp-check.sh "$OUT/dp" > "$OUT/dp.log" 2>&1; rc=$?; cat "$OUT/dp.log" ;;
     lptop) timeout $(left 400) scripts/gpu-logprobs-top.sh "$OUT" > "$OUT/lptop.log" 2>&1; rc=$?; cat "$OUT/lptop.log" ;;
     trained) timeout $(left $(( ${TRAIN_S:-90} + 150 ))) python3 scripts/train_tiny_llama.py \
         --out /tmp/strata-models/trained --seconds ${TRAIN_S:-90} > "$OUT/trained.log" 2>&1
