@@ -456,7 +456,7 @@ pub fn finite(lp: f32) -> f32 {
 /// `index`, the result's position in the batch (SGLang tags a batch's lines so), and one
 /// `[DONE]` ends the stream once all have finished. A line's `text` and `output_ids` are the
 /// whole output so far, or with `incremental` (`--incremental-streaming-output`) only what is
-/// new since the result's previous line.
+/// new since the result's previous line, as are its output-side log-probability lists.
 fn stream_response(
     drivers: Vec<Driver>,
     render: Render,
@@ -485,11 +485,12 @@ fn stream_response(
                     line["index"] = json!(i);
                 }
                 // Each line repeats the log-probability lists from their start (SGLang's
-                // format): their entries are serialized once and copied (`logprob_lists.rs`).
+                // format; incremental lines: the output-side ones from `from`): their entries
+                // are serialized once and copied (`logprob_lists.rs`).
                 let data = match lists.as_mut() {
                     Some(l) => {
                         l.update(&d, render.lp_text());
-                        l.line_text(&line)
+                        l.line_text(&line, from)
                     }
                     None => line.to_string(),
                 };

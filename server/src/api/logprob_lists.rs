@@ -3,11 +3,14 @@
 //! JSON values for a result answered whole; for a streamed one each entry is serialized once and
 //! kept for the result's life.
 //!
-//! A streamed line repeats every list from its first entry (SGLang's format, also under
-//! `--incremental-streaming-output`), so a stream's bytes grow with the square of its length
-//! whatever the server does; what the server can choose is what each line costs. Built as JSON
-//! values and serialized again per line, 256 output tokens with five top log-probabilities each
-//! took ~40 ms of server CPU per request; with each entry's text kept, a line copies it.
+//! A streamed line repeats every list from its first entry (SGLang's format), so a stream's
+//! bytes grow with the square of its length whatever the server does; what the server can choose
+//! is what each line costs. Built as JSON values and serialized again per line, 256 output
+//! tokens with five top log-probabilities each took ~40 ms of server CPU per request; with each
+//! entry's text kept, a line copies it. Under `--incremental-streaming-output` the output-side
+//! lists carry only the entries of the line's new tokens (as `sglang==0.5.23` slices
+//! `output_token_logprobs`, `output_top_logprobs` and `output_token_ids_logprobs`); the
+//! prompt-side lists stay whole.
 
 use super::driver::Driver;
 use super::generate::finite;
@@ -29,6 +32,12 @@ enum Kind {
 }
 
 impl Kind {
+    /// Whether the list follows the output tokens (sliced per line under incremental
+    /// streaming).
+    fn output(self) -> bool {
+        matches!(self, Kind::OutputToken | Kind::OutputTop | Kind::OutputIds)
+    }
+
     fn name(self) -> &'static str {
         match self {
             Kind::InputToken => "input_token_logprobs",
@@ -125,23 +134,27 @@ impl LogprobLists {
         }
     }
 
-    /// `line` as JSON text with the lists added to its `meta_info` (a streamed line).
-    pub fn line_text(&self, line: &Value) -> String {
+    /// `line` as JSON text with the lists added to its `meta_info` (a streamed line); the
+    /// output-side lists from entry `out_from` (the output tokens an earlier line carried,
+    /// under incremental streaming; 0 otherwise).
+    pub fn line_text(&self, line: &Value, out_from: usize) -> String {
         serde_json::to_string(&WithLists {
             v: line,
             lists: self,
             meta: false,
+            out_from,
         })
         .expect("a JSON value serializes")
     }
 }
 
 /// A line whose `meta_info` object (or, with `meta`, the object itself) gains the lists after
-/// its own fields.
+/// its own fields, the output-side ones from entry `out_from`.
 struct WithLists<'a> {
     v: &'a Value,
     lists: &'a LogprobLists,
     meta: bool,
+    out_from: usize,
 }
 
 impl Serialize for WithLists<'_> {
@@ -157,6 +170,7 @@ impl Serialize for WithLists<'_> {
                     v,
                     lists: self.lists,
                     meta: true,
+                    out_from: self.out_from,
                 };
                 m.serialize_entry(k, &inner)?;
             } else {
@@ -165,7 +179,8 @@ impl Serialize for WithLists<'_> {
         }
         if self.meta {
             for (kind, done) in &self.lists.lists {
-                m.serialize_entry(kind.name(), done)?;
+                let from = if kind.output() { self.out_from } else { 0 };
+                m.serialize_entry(kind.name(), &done[from.min(done.len())..])?;
             }
         }
         m.end()
