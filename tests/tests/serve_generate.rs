@@ -285,6 +285,10 @@ async fn streamed_logprob_lists_grow_to_the_non_streamed_answer() {
         let plain: Value = serde_json::from_str(&raw).unwrap_or_else(|e| panic!("{e}: {raw}"));
         let want = &plain["meta_info"];
         assert_eq!(want["output_top_logprobs"].as_array().unwrap().len(), 24);
+        // SGLang 0.5.23's counts beside the lists (no reasoning parser: 0 reasoning tokens).
+        assert_eq!(want["output_token_logprobs_length"], 24);
+        assert_eq!(want["num_retractions"], 0);
+        assert_eq!(want["reasoning_tokens"], 0);
         body["stream"] = json!(true);
         let evs = s.stream("/generate", &body).await;
         let lines = json_lines(&evs);
@@ -294,6 +298,10 @@ async fn streamed_logprob_lists_grow_to_the_non_streamed_answer() {
         for (k, line) in lines.iter().enumerate() {
             let meta = &line["meta_info"];
             let n = meta["completion_tokens"].as_u64().unwrap() as usize;
+            assert_eq!(
+                meta["output_token_logprobs_length"], n,
+                "line {k}: the whole count"
+            );
             if incremental {
                 let ids = line["output_ids"].as_array().unwrap().len();
                 assert_eq!(ids, n - before, "line {k}: output_ids are this line's");

@@ -253,6 +253,7 @@ impl Driver {
                         prompt_tokens: self.prompt_tokens,
                         completion_tokens: self.out.ids.len(),
                         cached_tokens: 0,
+                        num_retractions: 0,
                     })
                 }
             }

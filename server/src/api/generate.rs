@@ -350,6 +350,7 @@ pub async fn generate(
         text_in_lp,
         tokenizer: st.tokenizer.clone(),
         weight_version: st.served.read().expect("served").version.clone(),
+        reasoning: st.reasoning_parser.is_some(),
     };
     if stream {
         let incremental = st.info.incremental_streaming_output;
@@ -386,6 +387,8 @@ struct Render {
     tokenizer: Arc<Tokenizer>,
     /// The weight version when the request arrived (SGLang's `meta_info.weight_version`).
     weight_version: String,
+    /// A `--reasoning-parser` is set ([`meta_info`]).
+    reasoning: bool,
 }
 
 impl Render {
@@ -405,7 +408,7 @@ impl Render {
     /// output, or a streamed line's new part).
     fn result_base(&self, d: &Driver, text: String, ids: &[u32]) -> Value {
         let f = d.out.finish.as_ref();
-        let mut meta = meta_info(d, &self.weight_version);
+        let mut meta = meta_info(d, &self.weight_version, self.reasoning);
         if f.is_some() && d.params.return_hidden_states {
             meta["hidden_states"] = hidden_states_json(d.prompt_tokens, &d.out.hidden);
         }
@@ -414,10 +417,12 @@ impl Render {
 }
 
 /// A result's `meta_info` without its log-probabilities and hidden states (also what an OpenAI
-/// choice carries under `return_meta_info`).
-pub(super) fn meta_info(d: &Driver, weight_version: &str) -> Value {
+/// choice carries under `return_meta_info`). `reasoning_tokens` is SGLang's 0 where no
+/// `--reasoning-parser` is set (`reasoning`: one is; SGLang then counts the reply's thinking
+/// tokens, which Strata does not, so the field is left out rather than wrong).
+pub(super) fn meta_info(d: &Driver, weight_version: &str, reasoning: bool) -> Value {
     let f = d.out.finish.as_ref();
-    json!({
+    let mut meta = json!({
         "id": d.rid,
         "finish_reason": f.map(|f| finish_reason_json(&f.reason)),
         "prompt_tokens": d.prompt_tokens,
@@ -425,7 +430,12 @@ pub(super) fn meta_info(d: &Driver, weight_version: &str) -> Value {
         "cached_tokens": f.map(|f| f.cached_tokens).unwrap_or(0),
         "e2e_latency": d.arrival.elapsed().as_secs_f64(),
         "weight_version": weight_version,
-    })
+        "num_retractions": f.map(|f| f.num_retractions).unwrap_or(0),
+    });
+    if !reasoning {
+        meta["reasoning_tokens"] = 0.into();
+    }
+    meta
 }
 
 /// SGLang's `meta_info.hidden_states`: the prompt's positions as one list, then one state per

@@ -94,6 +94,10 @@ fn kinds(d: &Driver) -> Option<Vec<Kind>> {
     Some(kinds)
 }
 
+/// SGLang's count of the output-side entries so far, beside `output_token_logprobs` (the whole
+/// count, also where an incremental line carries only the new entries).
+const OUTPUT_LEN: &str = "output_token_logprobs_length";
+
 /// `[logprob, token_id, text]`, the text null unless `return_text_in_logprobs`.
 fn triple(lp: Option<f32>, id: u32, text: Option<&Tokenizer>) -> Value {
     let text = text.map_or(Value::Null, |t| json!(t.decode(&[id], false)));
@@ -118,6 +122,9 @@ impl LogprobLists {
     pub fn insert_all(d: &Driver, text: Option<&Tokenizer>, meta: &mut Value) {
         for kind in kinds(d).unwrap_or_default() {
             meta[kind.name()] = (0..kind.len(d)).map(|k| kind.entry(d, k, text)).collect();
+            if let Kind::OutputToken = kind {
+                meta[OUTPUT_LEN] = kind.len(d).into();
+            }
         }
     }
 
@@ -162,7 +169,12 @@ impl Serialize for WithLists<'_> {
         let Some(obj) = self.v.as_object() else {
             return self.v.serialize(s);
         };
-        let extra = if self.meta { self.lists.lists.len() } else { 0 };
+        // The lists, and the output count after `output_token_logprobs` (always listed).
+        let extra = if self.meta {
+            self.lists.lists.len() + 1
+        } else {
+            0
+        };
         let mut m = s.serialize_map(Some(obj.len() + extra))?;
         for (k, v) in obj {
             if !self.meta && k == "meta_info" {
@@ -181,6 +193,9 @@ impl Serialize for WithLists<'_> {
             for (kind, done) in &self.lists.lists {
                 let from = if kind.output() { self.out_from } else { 0 };
                 m.serialize_entry(kind.name(), &done[from.min(done.len())..])?;
+                if let Kind::OutputToken = kind {
+                    m.serialize_entry(OUTPUT_LEN, &done.len())?;
+                }
             }
         }
         m.end()

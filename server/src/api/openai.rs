@@ -792,7 +792,8 @@ pub async fn chat_completions(
             choice["prompt_token_ids"] = json!(p);
         }
         if let Some(version) = &version {
-            choice["meta_info"] = super::generate::meta_info(&d, version);
+            let reasoning = st.reasoning_parser.is_some();
+            choice["meta_info"] = super::generate::meta_info(&d, version, reasoning);
         }
         choices.push(choice);
     }

@@ -274,6 +274,7 @@ mod tests {
                     prompt_tokens: 1,
                     completion_tokens: 60,
                     cached_tokens: 0,
+                    num_retractions: 0,
                 })
             };
             let (mut loud, mut quiet) = (Output::new(false), Output::new(false));

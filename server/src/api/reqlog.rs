@@ -189,6 +189,7 @@ mod tests {
             prompt_tokens: ids.len(),
             completion_tokens: 3,
             cached_tokens: 1,
+            num_retractions: 0,
         };
         let params = SamplingParams::default();
         let out = || "out text".to_string();

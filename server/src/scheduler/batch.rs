@@ -512,7 +512,8 @@ impl<R: ModelRunner> Scheduler<R> {
         }
         tracing::info!(rid = %s.req.rid, "retracting request: {why}");
         Stats::add(&self.stats.retractions, 1);
-        let s = self.release(s, true);
+        let mut s = self.release(s, true);
+        s.retractions += 1;
         self.waiting.push_front(s);
     }
 }

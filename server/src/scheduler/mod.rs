@@ -623,6 +623,7 @@ impl<R: ModelRunner> Scheduler<R> {
             prompt_tokens: req.input_ids.len(),
             completion_tokens: 0,
             cached_tokens: 0,
+            num_retractions: 0,
         };
         let _ = req.events.send(Event::Done(done));
     }
@@ -737,6 +738,7 @@ impl<R: ModelRunner> Scheduler<R> {
             prompt_tokens: s.prompt_len,
             completion_tokens: s.tokens.len() - s.prompt_len,
             cached_tokens: s.cached_tokens,
+            num_retractions: s.retractions,
         };
         let events = s.req.events.clone();
         let first_token = s.tokens.get(s.prompt_len).copied().unwrap_or(0);

@@ -95,7 +95,8 @@ type Outcome = (
     Vec<PosLogprobs>,
 );
 
-fn outcome(rx: &mut UnboundedReceiver<Event>) -> Outcome {
+/// The request's outcome; its retractions (`Finish::num_retractions`) are added to `retracted`.
+fn outcome(rx: &mut UnboundedReceiver<Event>, retracted: &mut usize) -> Outcome {
     let (mut toks, mut lps, mut input) = (Vec::new(), Vec::new(), Vec::new());
     while let Ok(ev) = rx.try_recv() {
         match ev {
@@ -110,7 +111,10 @@ fn outcome(rx: &mut UnboundedReceiver<Event>) -> Outcome {
                 );
                 input.extend(l);
             }
-            Event::Done(f) => return (toks, f.reason, f.completion_tokens, lps, input),
+            Event::Done(f) => {
+                *retracted += f.num_retractions;
+                return (toks, f.reason, f.completion_tokens, lps, input);
+            }
             _ => {}
         }
     }
@@ -156,14 +160,19 @@ fn run(cfg: SchedulerConfig, specs: &[Spec], overlap: bool) -> (Vec<Outcome>, us
         total,
         "every page is free or cached"
     );
+    let mut retracted = 0;
     let out = rxs
         .iter_mut()
-        .map(|rx| outcome(rx.as_mut().expect("submitted")))
+        .map(|rx| outcome(rx.as_mut().expect("submitted"), &mut retracted))
         .collect();
     let retractions =
         r.s.stats
             .retractions
             .load(std::sync::atomic::Ordering::Relaxed);
+    assert_eq!(
+        retracted as u64, retractions,
+        "each retraction is reported in its request's num_retractions"
+    );
     eprintln!("overlap {overlap}: {ahead} rounds ran ahead, {retractions} retractions");
     (out, ahead, retractions)
 }
@@ -335,10 +344,10 @@ fn an_abort_in_flight_ends_the_request_and_frees_its_pages() {
         "the abort took the forward back first"
     );
     r.drain();
-    let a = outcome(&mut rx_a);
+    let a = outcome(&mut rx_a, &mut 0);
     assert!(matches!(a.1, FinishReason::Abort(_)), "{a:?}");
     assert!(a.0.len() < 50 && a.0.len() == a.2);
-    let b = outcome(&mut rx_b);
+    let b = outcome(&mut rx_b, &mut 0);
     assert_eq!(b.0.len(), 10);
     assert_eq!(
         KvPool::free_pages(&r.s.pool) + r.s.tree.cached_pages(),

@@ -50,6 +50,9 @@ pub struct Finish {
     pub prompt_tokens: usize,
     pub completion_tokens: usize,
     pub cached_tokens: usize,
+    /// Times the request was retracted for lack of KV memory and recomputed (SGLang's
+    /// `num_retractions`).
+    pub num_retractions: usize,
 }
 
 /// One step of a request's output.

@@ -30,6 +30,8 @@ pub struct Seq {
     table: Arc<Vec<PageId>>,
     /// Prompt tokens served from the prefix cache at (first) admission.
     pub cached_tokens: usize,
+    /// Times it was retracted (`Scheduler::requeue`).
+    pub retractions: usize,
     pub held: bool,
     /// Held until its prompt's KV arrives from a PD prefill server.
     pub pd_fetch: bool,
@@ -127,6 +129,7 @@ impl Seq {
             own_pages: Vec::new(),
             table: Arc::default(),
             cached_tokens: 0,
+            retractions: 0,
             held: false,
             pd_fetch: false,
             admitted_once: false,
