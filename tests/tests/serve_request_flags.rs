@@ -426,6 +426,32 @@ async fn responses_api_matches_the_chat_completion() {
         .map(|e| e["delta"].as_str().unwrap())
         .collect();
     assert_eq!(streamed, thought, "{events:?}");
+    // SGLang's meta_info.reasoning_tokens: a /generate reply that must reason (no </think> in
+    // 8 tokens of this model) counts every token; one that need not counts none; a chat whose
+    // template forces the reasoning (deepseek-r1) counts under return_meta_info.
+    for (require, want) in [(json!(true), 8), (json!(false), 0), (Value::Null, 0)] {
+        let body = json!({"text": "Tell me a story", "require_reasoning": require,
+            "sampling_params": {"temperature": 0, "max_new_tokens": 8, "ignore_eos": true}});
+        let (st, g) = r1.post("/generate", &body).await;
+        assert_eq!(st, 200, "{g}");
+        assert_eq!(
+            g["meta_info"]["reasoning_tokens"], want,
+            "require {require}: {g}"
+        );
+    }
+    let (st, rc) = r1
+        .post(
+            "/v1/chat/completions",
+            &json!({"messages": [{"role": "user", "content": "Tell me a story"}], "max_tokens": 8,
+            "temperature": 0, "return_meta_info": true}),
+        )
+        .await;
+    assert_eq!(st, 200, "{rc}");
+    let toks = rc["usage"]["completion_tokens"].as_u64().unwrap();
+    assert_eq!(
+        rc["choices"][0]["meta_info"]["reasoning_tokens"], toks,
+        "{rc}"
+    );
     drop(r1);
     // Conversation objects are 400s, an unknown previous response a 404.
     for (bad, want) in [

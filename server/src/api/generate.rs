@@ -77,6 +77,9 @@ struct GenerateWire {
     session_params: Option<Value>,
     /// Report every position's final hidden state (`--enable-return-hidden-states`).
     return_hidden_states: Option<OneOrMany<bool>>,
+    /// The reply reasons from its start (SGLang's `require_reasoning`): with a
+    /// `--reasoning-parser`, `meta_info.reasoning_tokens` counts up to its end marker.
+    require_reasoning: Option<bool>,
     /// The LoRA adapter of each prompt (`--enable-lora`): a name for all, or a list of names
     /// and nulls.
     lora_path: Option<Value>,
@@ -346,11 +349,19 @@ pub async fn generate(
         super::sessions::submitted(&st, session, fanout::submit(&st, subs, copies).await)?;
     // n > 1 makes a single prompt a batch, as SGLang: a list of results, indexed stream lines.
     let listed = batch || copies > 1;
+    let think_end = match st.reasoning_parser {
+        Some(k) if w.require_reasoning == Some(true) => Some(
+            st.tokenizer
+                .encode(k.markers().1, false)
+                .map_err(ApiError::bad_request)?,
+        ),
+        _ => None,
+    };
     let render = Render {
         text_in_lp,
         tokenizer: st.tokenizer.clone(),
         weight_version: st.served.read().expect("served").version.clone(),
-        reasoning: st.reasoning_parser.is_some(),
+        think_end,
     };
     if stream {
         let incremental = st.info.incremental_streaming_output;
@@ -387,8 +398,8 @@ struct Render {
     tokenizer: Arc<Tokenizer>,
     /// The weight version when the request arrived (SGLang's `meta_info.weight_version`).
     weight_version: String,
-    /// A `--reasoning-parser` is set ([`meta_info`]).
-    reasoning: bool,
+    /// The reasoning end marker's ids where the reply reasons from its start ([`meta_info`]).
+    think_end: Option<Vec<u32>>,
 }
 
 impl Render {
@@ -408,7 +419,7 @@ impl Render {
     /// output, or a streamed line's new part).
     fn result_base(&self, d: &Driver, text: String, ids: &[u32]) -> Value {
         let f = d.out.finish.as_ref();
-        let mut meta = meta_info(d, &self.weight_version, self.reasoning);
+        let mut meta = meta_info(d, &self.weight_version, self.think_end.as_deref());
         if f.is_some() && d.params.return_hidden_states {
             meta["hidden_states"] = hidden_states_json(d.prompt_tokens, &d.out.hidden);
         }
@@ -417,12 +428,11 @@ impl Render {
 }
 
 /// A result's `meta_info` without its log-probabilities and hidden states (also what an OpenAI
-/// choice carries under `return_meta_info`). `reasoning_tokens` is SGLang's 0 where no
-/// `--reasoning-parser` is set (`reasoning`: one is; SGLang then counts the reply's thinking
-/// tokens, which Strata does not, so the field is left out rather than wrong).
-pub(super) fn meta_info(d: &Driver, weight_version: &str, reasoning: bool) -> Value {
+/// choice carries under `return_meta_info`). `think_end`: the reasoning end marker's ids where
+/// the reply reasons from its start ([`reasoning_tokens`]).
+pub(super) fn meta_info(d: &Driver, weight_version: &str, think_end: Option<&[u32]>) -> Value {
     let f = d.out.finish.as_ref();
-    let mut meta = json!({
+    json!({
         "id": d.rid,
         "finish_reason": f.map(|f| finish_reason_json(&f.reason)),
         "prompt_tokens": d.prompt_tokens,
@@ -431,11 +441,22 @@ pub(super) fn meta_info(d: &Driver, weight_version: &str, reasoning: bool) -> Va
         "e2e_latency": d.arrival.elapsed().as_secs_f64(),
         "weight_version": weight_version,
         "num_retractions": f.map(|f| f.num_retractions).unwrap_or(0),
-    });
-    if !reasoning {
-        meta["reasoning_tokens"] = 0.into();
+        "reasoning_tokens": reasoning_tokens(&d.out.ids, think_end),
+    })
+}
+
+/// SGLang's `reasoning_tokens`: where the reply reasons from its start (a reasoning parser and
+/// `require_reasoning`, or a chat whose reasoning the template forces on), its tokens up to and
+/// including the first end marker (all of them while it is not out yet); otherwise 0 (SGLang's
+/// parsers here never count a reply that opens its reasoning itself).
+fn reasoning_tokens(ids: &[u32], think_end: Option<&[u32]>) -> usize {
+    match think_end {
+        Some(end) if !end.is_empty() => ids
+            .windows(end.len())
+            .position(|w| w == end)
+            .map_or(ids.len(), |at| at + end.len()),
+        _ => 0,
     }
-    meta
 }
 
 /// SGLang's `meta_info.hidden_states`: the prompt's positions as one list, then one state per
@@ -513,4 +534,22 @@ fn stream_response(
     let lines = futures::stream::select_all(drivers.into_iter().enumerate().map(one));
     let done = futures::stream::once(async { Ok(SseEvent::default().data("[DONE]")) });
     Sse::new(lines.chain(done))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::reasoning_tokens;
+
+    #[test]
+    fn reasoning_tokens_count_to_the_first_end_marker() {
+        let end = [7u32, 8];
+        // Up to and including the first end marker; all while it is not out; none unasked.
+        assert_eq!(reasoning_tokens(&[1, 2, 7, 8, 3, 7, 8], Some(&end)), 4);
+        assert_eq!(reasoning_tokens(&[7, 8], Some(&end)), 2);
+        assert_eq!(reasoning_tokens(&[1, 7, 2, 8], Some(&end)), 4);
+        assert_eq!(reasoning_tokens(&[1, 2, 7], Some(&end)), 3);
+        assert_eq!(reasoning_tokens(&[], Some(&end)), 0);
+        assert_eq!(reasoning_tokens(&[1, 7, 8], None), 0);
+        assert_eq!(reasoning_tokens(&[1, 7, 8], Some(&[])), 0);
+    }
 }

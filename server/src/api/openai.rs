@@ -792,8 +792,10 @@ pub async fn chat_completions(
             choice["prompt_token_ids"] = json!(p);
         }
         if let Some(version) = &version {
-            let reasoning = st.reasoning_parser.is_some();
-            choice["meta_info"] = super::generate::meta_info(&d, version, reasoning);
+            let end = think_end(st.reasoning_parser, kwargs.as_ref(), |t| {
+                tok.encode(t, false)
+            })?;
+            choice["meta_info"] = super::generate::meta_info(&d, version, end.as_deref());
         }
         choices.push(choice);
     }
