@@ -78,8 +78,9 @@ struct GenerateWire {
     /// Report every position's final hidden state (`--enable-return-hidden-states`).
     return_hidden_states: Option<OneOrMany<bool>>,
     /// The reply reasons from its start (SGLang's `require_reasoning`): with a
-    /// `--reasoning-parser`, `meta_info.reasoning_tokens` counts up to its end marker.
-    require_reasoning: Option<bool>,
+    /// `--reasoning-parser`, `meta_info.reasoning_tokens` counts up to its end marker (any value
+    /// but `true` is false: SGLang does not validate the field).
+    require_reasoning: Option<Value>,
     /// The LoRA adapter of each prompt (`--enable-lora`): a name for all, or a list of names
     /// and nulls.
     lora_path: Option<Value>,
