@@ -351,7 +351,7 @@ pub async fn generate(
     // n > 1 makes a single prompt a batch, as SGLang: a list of results, indexed stream lines.
     let listed = batch || copies > 1;
     let think_end = match st.reasoning_parser {
-        Some(k) if w.require_reasoning == Some(true) => Some(
+        Some(k) if w.require_reasoning == Some(Value::Bool(true)) => Some(
             st.tokenizer
                 .encode(k.markers().1, false)
                 .map_err(ApiError::bad_request)?,
