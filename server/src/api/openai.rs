@@ -767,10 +767,17 @@ pub async fn chat_completions(
         )
         .into_response());
     }
-    // (`return_meta_info`: the weight version read once for every choice)
+    // (`return_meta_info`: the weight version read once for every choice, and the reasoning
+    // end marker's ids where the template forces the reasoning on, for `reasoning_tokens`)
     let version = w
         .return_meta_info
         .then(|| st.served.read().expect("served").version.clone());
+    let meta_end = match version {
+        Some(_) => think_end(st.reasoning_parser, kwargs.as_ref(), |t| {
+            tok.encode(t, false)
+        })?,
+        None => None,
+    };
     let mut choices = Vec::new();
     let mut counts = Vec::new();
     for (i, (mut d, parser)) in drivers.into_iter().zip(parsers).enumerate() {
@@ -792,10 +799,7 @@ pub async fn chat_completions(
             choice["prompt_token_ids"] = json!(p);
         }
         if let Some(version) = &version {
-            let end = think_end(st.reasoning_parser, kwargs.as_ref(), |t| {
-                tok.encode(t, false)
-            })?;
-            choice["meta_info"] = super::generate::meta_info(&d, version, end.as_deref());
+            choice["meta_info"] = super::generate::meta_info(&d, version, meta_end.as_deref());
         }
         choices.push(choice);
     }
