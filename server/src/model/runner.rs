@@ -90,8 +90,14 @@ impl SampleReq<'_> {
 /// under overlap scheduling: yes unless `STRATA_OVERLAP_WIDE=0` (an A/B switch kept from the
 /// gate before its GPU check; overlap forced by `STRATA_OVERLAP_SCHEDULE=1` always queues them).
 pub fn overlap_wide_from_env() -> bool {
+    overlap_switch("STRATA_OVERLAP_WIDE")
+}
+
+/// An overlap A/B switch: on unless `var` is `0`, and always under forced overlap
+/// (`STRATA_OVERLAP_SCHEDULE=1`).
+fn overlap_switch(var: &str) -> bool {
     std::env::var("STRATA_OVERLAP_SCHEDULE").as_deref() == Ok("1")
-        || std::env::var("STRATA_OVERLAP_WIDE").as_deref() != Ok("0")
+        || std::env::var(var).as_deref() != Ok("0")
 }
 
 /// Whether rows under a grammar are queued, and rounds run ahead of them (their forward launched
@@ -99,8 +105,7 @@ pub fn overlap_wide_from_env() -> bool {
 /// `STRATA_OVERLAP_GRAMMAR=0` (an A/B switch kept from the gate before its GPU check; overlap
 /// forced by `STRATA_OVERLAP_SCHEDULE=1` always does).
 pub fn overlap_grammar_from_env() -> bool {
-    std::env::var("STRATA_OVERLAP_SCHEDULE").as_deref() == Ok("1")
-        || std::env::var("STRATA_OVERLAP_GRAMMAR").as_deref() != Ok("0")
+    overlap_switch("STRATA_OVERLAP_GRAMMAR")
 }
 
 /// The GPU sampler's description of `r` (`strata_kernels::sample_rows`, same semantics as

@@ -19,12 +19,12 @@
 //! flight, so such a round is launched in two halves (SGLang's delayed sampling): the forward
 //! first (`ModelRunner::launch_later`), then, once the forward in flight is taken back and the
 //! grammars have walked its tokens, the sampling requests with their masks, built as a round
-//! without overlap builds them (`ModelRunner::sample_later`; `STRATA_OVERLAP_GRAMMAR=0` keeps grammar
-//! rows out of queued replays and rounds run ahead, `runner::overlap_grammar_from_env`). Building any other round early would only
-//! hold back the tokens in flight until that round (an eager prefill, rows sampled on the host)
-//! has run: in c=64 runs with 1K prompts (on the GPU, and reproduced against a simulated device)
-//! that merged the bursts of new requests behind long prefill rounds and raised their time to
-//! first token. Otherwise, and for priority scheduling (preemption) and every message but a new
+//! without overlap builds them (`ModelRunner::sample_later`; `STRATA_OVERLAP_GRAMMAR=0` keeps
+//! grammar rows out of queued replays and rounds run ahead, `runner::overlap_grammar_from_env`).
+//! Building any other round early would only hold back the tokens in flight until that round
+//! (an eager prefill, rows sampled on the host) has run: in c=64 runs with 1K prompts (on the
+//! GPU, and reproduced against a simulated device) that merged the bursts of new requests
+//! behind long prefill rounds and raised their time to first token. Otherwise, and for priority scheduling (preemption) and every message but a new
 //! request or an abort, the forward in flight is taken back first (`sync`).
 //! HiCache servers run with it (the pages they copy are those of forwards already taken back;
 //! `STRATA_OVERLAP_HICACHE=0` turns it off there); PD prefill servers run without it (their
