@@ -24,8 +24,9 @@
 //! Building any other round early would only hold back the tokens in flight until that round
 //! (an eager prefill, rows sampled on the host) has run: in c=64 runs with 1K prompts (on the
 //! GPU, and reproduced against a simulated device) that merged the bursts of new requests
-//! behind long prefill rounds and raised their time to first token. Otherwise, and for priority scheduling (preemption) and every message but a new
-//! request or an abort, the forward in flight is taken back first (`sync`).
+//! behind long prefill rounds and raised their time to first token. Otherwise, and for
+//! priority scheduling (preemption) and every message but a new request or an abort, the
+//! forward in flight is taken back first (`sync`).
 //! HiCache servers run with it (the pages they copy are those of forwards already taken back;
 //! `STRATA_OVERLAP_HICACHE=0` turns it off there); PD prefill servers run without it (their
 //! copies read pages on other threads, ordered by the forward that wrote them having
