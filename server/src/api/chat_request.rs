@@ -236,12 +236,18 @@ pub fn think_end(
     encode: impl Fn(&str) -> Result<Vec<u32>, String>,
 ) -> Result<Option<std::sync::Arc<[u32]>>, ApiError> {
     match reasoning {
-        Some(k) if ReasoningStream::forced(k, kwargs) => {
-            let ids = encode(k.markers().1).map_err(ApiError::bad_request)?;
-            Ok((!ids.is_empty()).then(|| ids.into()))
-        }
+        Some(k) if ReasoningStream::forced(k, kwargs) => end_marker(k, encode),
         _ => Ok(None),
     }
+}
+
+/// The token ids of `k`'s reasoning end marker (`</think>`); None where it encodes to nothing.
+pub fn end_marker(
+    k: ReasoningParser,
+    encode: impl Fn(&str) -> Result<Vec<u32>, String>,
+) -> Result<Option<std::sync::Arc<[u32]>>, ApiError> {
+    let ids = encode(k.markers().1).map_err(ApiError::bad_request)?;
+    Ok((!ids.is_empty()).then(|| ids.into()))
 }
 
 /// The parsers of this request's reply: the server's tool-call parser when the plan searches for

@@ -351,11 +351,9 @@ pub async fn generate(
     // n > 1 makes a single prompt a batch, as SGLang: a list of results, indexed stream lines.
     let listed = batch || copies > 1;
     let think_end = match st.reasoning_parser {
-        Some(k) if w.require_reasoning == Some(Value::Bool(true)) => Some(
-            st.tokenizer
-                .encode(k.markers().1, false)
-                .map_err(ApiError::bad_request)?,
-        ),
+        Some(k) if w.require_reasoning == Some(Value::Bool(true)) => {
+            super::chat_request::end_marker(k, |t| st.tokenizer.encode(t, false))?
+        }
         _ => None,
     };
     let render = Render {
@@ -400,7 +398,7 @@ struct Render {
     /// The weight version when the request arrived (SGLang's `meta_info.weight_version`).
     weight_version: String,
     /// The reasoning end marker's ids where the reply reasons from its start ([`meta_info`]).
-    think_end: Option<Vec<u32>>,
+    think_end: Option<Arc<[u32]>>,
 }
 
 impl Render {
