@@ -207,6 +207,10 @@ pub fn run(
                             ("RoPE + K/V write in qkv's epilogue", "rope_kv_write apart")
                         }
                         Fusion::QkvNorm => ("the input norm staged in qkv", "rmsnorm apart"),
+                        Fusion::PostAttn => (
+                            "o + norm2 + gate_up in one kernel",
+                            "the three kernels apart",
+                        ),
                         Fusion::GateGemm | Fusion::ResidGemm | Fusion::AttnRope => {
                             unreachable!("prefill only")
                         }
