@@ -77,7 +77,7 @@ impl PostAttn {
             return None;
         }
         let loaded = (|| -> Result<Self> {
-            let f = ctx.function(Program::Gemv, NAME)?;
+            let f = ctx.decode_function(Program::Gemv, NAME)?;
             ctx.cuda().bind_to_thread()?;
             let optin = ctx.cuda().attribute(
                 CUdevice_attribute::CU_DEVICE_ATTRIBUTE_MAX_SHARED_MEMORY_PER_BLOCK_OPTIN,
