@@ -78,6 +78,18 @@ __device__ __forceinline__ void pa_grid_barrier(unsigned* arrive) {
 #endif
 }
 
+// Timeline probe (gpu bench, STRATA_POST_ATTN_PROF=1): thread 0 of each block writes the global
+// timer (ns) as stamp i of 4 (entry, PDL wait returned, grid barrier passed, done).
+__device__ __forceinline__ void pa_stamp(unsigned long long* prof, int i) {
+#ifndef STRATA_CUDA_EMU
+    if (prof && threadIdx.x == 0) {
+        unsigned long long t;
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+        prof[blockIdx.x * 4 + i] = t;
+    }
+#endif
+}
+
 // One lane's share of a weight row (8 chunks of 16 bytes, k positions lane + 32 u) folded
 // against the staged x row as gemv_rows_body folds it (even / odd products in two sums), then
 // summed over the warp: the single-row GEMV's value of that row, bit for bit.
@@ -111,7 +123,7 @@ __device__ __forceinline__ bf16_t pa_gate(float g, float u) {
 extern "C" __global__ void __launch_bounds__(256, 1)
     post_attn_t1(const bf16_t* attn, const bf16_t* o_w, bf16_t* y_o, const bf16_t* y, bf16_t* resid,
                  const bf16_t* norm_w, float eps, const bf16_t* gu_w, bf16_t* act, int n, int inter,
-                 unsigned* ctr, int phases) {
+                 unsigned* ctr, unsigned long long* prof, int phases) {
     DYN_SHARED(uint4, sm);
     const int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31;
     const int G = gridDim.x, b = blockIdx.x;
@@ -131,6 +143,7 @@ extern "C" __global__ void __launch_bounds__(256, 1)
     };
     // Copies pair i into its slot (16 pieces per lane) as one cp.async group (empty past the
     // block's pairs, so every lane commits one group per pair).
+    pa_stamp(prof, 0);
     auto fetch = [&](int i) {
         const int j = p0 + warp + 8 * i;
         if (j < p1) {
@@ -156,6 +169,7 @@ extern "C" __global__ void __launch_bounds__(256, 1)
     }
     pdl_wait();
     pdl_trigger();
+    pa_stamp(prof, 1);
 
     // The norm's inputs of this thread's chunk, read before any block can pass the barrier (the
     // last block rewrites the residual after it).
@@ -177,6 +191,7 @@ extern "C" __global__ void __launch_bounds__(256, 1)
     __syncthreads();
     if (phases & 2) fetch(PA_PRE);
     if (phases == 3) pa_grid_barrier(ctr);
+    pa_stamp(prof, 2);
     if (!(phases & 2)) return;
 
     // rmsnorm_add2 of (y, y_o, resid) at 256 threads, one chunk each: e = y_o + (y + resid).
@@ -212,5 +227,9 @@ extern "C" __global__ void __launch_bounds__(256, 1)
         if (lane == 0) act[j] = pa_gate(g, u);
         __syncwarp();
         fetch(i + PA_D);
+    }
+    if (prof) {
+        __syncthreads();
+        pa_stamp(prof, 3);
     }
 }

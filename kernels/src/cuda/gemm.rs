@@ -652,6 +652,15 @@ impl Gemm {
         }
     }
 
+    /// [`super::post_attn::PostAttn::timeline`] of the loaded kernel (None: not loaded or not
+    /// probed).
+    pub fn post_attn_timeline(&self) -> Result<Option<Vec<[u64; 4]>>> {
+        match &self.post {
+            Some(p) => p.timeline(&self.ctx),
+            None => Ok(None),
+        }
+    }
+
     /// Turns a single-row fusion on or off (on by default; for side-by-side timing).
     pub fn set_fusion(&self, f: Fusion, on: bool) {
         self.fusions[f as usize].store(on, Ordering::Relaxed);

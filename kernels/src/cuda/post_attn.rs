@@ -59,6 +59,9 @@ pub struct PostAttn {
     /// Dynamic shared memory a block may take (the opt-in limit less [`ATTN_ROOM`]).
     smem_max: usize,
     ctr: DTensor,
+    /// `STRATA_POST_ATTN_PROF=1`: 4 global-timer stamps per block of the latest launch
+    /// ([`PostAttn::timeline`]), as pairs of i32.
+    prof: Option<DTensor>,
 }
 
 impl PostAttn {
@@ -88,11 +91,17 @@ impl PostAttn {
             f.set_attribute(attr, smem_max as i32)?;
             let ctr = ctx.alloc(DType::I32, &[2])?;
             ctx.memset(&ctr, 0)?;
+            let prof = if std::env::var("STRATA_POST_ATTN_PROF").is_ok_and(|v| v == "1") {
+                Some(ctx.alloc(DType::I32, &[ctx.sm_count() * 8])?)
+            } else {
+                None
+            };
             Ok(Self {
                 f,
                 sms: ctx.sm_count(),
                 smem_max,
                 ctr,
+                prof,
             })
         })();
         match loaded {
@@ -136,6 +145,21 @@ impl PostAttn {
             && self.smem().is_some()
     }
 
+    /// The latest launch's timeline with `STRATA_POST_ATTN_PROF=1` (else None): per block, the
+    /// global timer (ns) at entry, when the PDL wait returned, past the grid barrier, at the end.
+    pub fn timeline(&self, ctx: &GpuContext) -> Result<Option<Vec<[u64; 4]>>> {
+        let Some(p) = &self.prof else {
+            return Ok(None);
+        };
+        let v = ctx.download_i32(p)?;
+        let u = |i: usize| (v[2 * i] as u32 as u64) | ((v[2 * i + 1] as u32 as u64) << 32);
+        Ok(Some(
+            (0..self.sms)
+                .map(|b| [u(4 * b), u(4 * b + 1), u(4 * b + 2), u(4 * b + 3)])
+                .collect(),
+        ))
+    }
+
     /// Launches the kernel on `ctx`'s stream; `Ok(false)` (nothing launched) where
     /// [`PostAttn::applies`] does not hold.
     pub fn run(&self, ctx: &GpuContext, a: &PostAttnArgs<'_>) -> Result<bool> {
@@ -172,6 +196,7 @@ impl PostAttn {
             Arg::I32(PA_K as i32),
             Arg::I32(inter as i32),
             Arg::U64(self.ctr.ptr()),
+            Arg::U64(self.prof.as_ref().map_or(0, |p| p.ptr())),
             Arg::I32(3),
         ];
         let dims = Dims {

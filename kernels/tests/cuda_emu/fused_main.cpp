@@ -291,7 +291,7 @@ static void post_attn(int grid, int inter, bool with_y) {
     static unsigned ctr[2];
     unsigned* C = ctr;
     for (int phase = 1; phase <= 2; ++phase)
-        launch(grid, 256, [=] { post_attn_t1(A, OW, YOB, Y, RB, NW, eps, GW, ACTB, k, inter, C, phase); });
+        launch(grid, 256, [=] { post_attn_t1(A, OW, YOB, Y, RB, NW, eps, GW, ACTB, k, inter, C, nullptr, phase); });
     const std::string what = "post_attn grid" + std::to_string(grid) + " inter" + std::to_string(inter) +
                              (with_y ? " y + resid" : " resid");
     expect_same(what + ": y_o", yo_b, yo_a);

@@ -222,6 +222,12 @@ pub fn run(
                         ));
                     }
                 }
+                // STRATA_POST_ATTN_PROF=1: when the last layer's post_attn_t1 blocks started,
+                // saw the attention done, passed the grid barrier and ended.
+                replay()?;
+                if let Some(tl) = gemm.post_attn_timeline()? {
+                    summary.push(post_attn_timeline(&tl));
+                }
             }
             // 2-8 rows: the same graph with each family of few-row GEMVs and without any.
             if (2..=8).contains(&b) && !args.deterministic {
@@ -1135,4 +1141,26 @@ fn gemv_breakdown(
     }
     out["gemv_b1"] = json!(rows);
     Ok(())
+}
+
+/// One line of [`Gemm::post_attn_timeline`]'s stamps: per stamp the earliest and latest block,
+/// in us from the earliest block's entry.
+fn post_attn_timeline(tl: &[[u64; 4]]) -> String {
+    let t0 = tl.iter().map(|s| s[0]).min().unwrap_or(0);
+    let names = ["entry", "PDL wait returned", "grid barrier passed", "end"];
+    let parts: Vec<String> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| {
+            let (lo, hi) = tl
+                .iter()
+                .fold((u64::MAX, 0), |(lo, hi), s| (lo.min(s[i]), hi.max(s[i])));
+            let us = |t: u64| t.saturating_sub(t0) as f64 / 1e3;
+            format!("{n} {:.2}-{:.2}", us(lo), us(hi))
+        })
+        .collect();
+    format!(
+        "  b1 post_attn_t1 timeline of the last layer (us from the first entry, earliest-latest block): {}",
+        parts.join(", ")
+    )
 }
