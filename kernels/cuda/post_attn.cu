@@ -120,7 +120,15 @@ __device__ __forceinline__ bf16_t pa_gate(float g, float u) {
     return f2bf(silu_times(bf2f(f2bf(g)), bf2f(f2bf(u))));
 }
 
-extern "C" __global__ void __launch_bounds__(256, 1)
+// At most 104 registers where NVRTC has __maxnreg__ (12.4+): 256 x 104 is what an SM holding two
+// blocks of the register cluster attention (148 registers x 128 threads each, two share an SM
+// where a GPC has fewer SMs than the 16-block cluster) leaves free.
+#if defined(__CUDACC_VER_MAJOR__) && (__CUDACC_VER_MAJOR__ > 12 || (__CUDACC_VER_MAJOR__ == 12 && __CUDACC_VER_MINOR__ >= 4))
+#define PA_BOUNDS __maxnreg__(104)
+#else
+#define PA_BOUNDS __launch_bounds__(256, 1)
+#endif
+extern "C" __global__ void PA_BOUNDS
     post_attn_t1(const bf16_t* attn, const bf16_t* o_w, bf16_t* y_o, const bf16_t* y, bf16_t* resid,
                  const bf16_t* norm_w, float eps, const bf16_t* gu_w, bf16_t* act, int n, int inter,
                  unsigned* ctr, unsigned long long* prof, int phases) {
@@ -157,11 +165,15 @@ extern "C" __global__ void __launch_bounds__(256, 1)
         pa_commit();
     };
 
-    // Before the wait (constant weights): o's rows, then this warp's first pairs.
+    // Before the wait (constant weights): o's rows, then, once they landed, this warp's first
+    // pairs. A block that could not become resident beside the attention enters when it ends,
+    // and its o rows decide when the grid barrier opens: they must not queue behind its pairs
+    // (in a timeline with both issued at once the barrier opened 7 us after the attention).
     if (phases & 1) {
         for (int i = tid; i < ocount * PA_K8; i += 256) gemv_cp16(os + i, ow4 + (u64)r0 * PA_K8 + i);
     }
     pa_commit();
+    pa_wait<0>();
 #pragma unroll
     for (int i = 0; i < PA_PRE; ++i) {
         if (phases & 2) fetch(i);
