@@ -29,6 +29,7 @@
 #define PA_K 2048
 #define PA_K8 (PA_K / 8)
 #define PA_PRE 2
+#define PA_LATE_NS 2000ull
 #define PA_D (PA_PRE + 1)
 // Rows of the o space: the block's o rows, at least one pair slot per warp (2 rows each).
 #define PA_OROWS(ocap) ((ocap) > 16 ? (ocap) : 16)
@@ -165,10 +166,30 @@ extern "C" __global__ void PA_BOUNDS
         pa_commit();
     };
 
+    // A block that could not become resident beside the attention enters when it ends, more
+    // than PA_LATE_NS after the grid's first block (the first entry time is kept beside the
+    // barrier's counters): its o rows and the loads of its o phase decide when the grid barrier
+    // opens, and must not queue behind its pair copies (the timeline probe showed the barrier
+    // opening 7 us after the attention with every block copying its pairs first). A late block
+    // copies its first PA_D pairs after the barrier instead.
+    __shared__ int late_sh;
+    if (tid == 0) {
+        int late = 0;
+#ifndef STRATA_CUDA_EMU
+        if (phases == 3) {
+            unsigned long long t;
+            asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+            const unsigned long long first = atomicCAS((unsigned long long*)(ctr + 2), 0ull, t);
+            late = first != 0 && t - first > PA_LATE_NS;
+        }
+#endif
+        late_sh = late;
+    }
+    __syncthreads();
+    const bool late = late_sh;
+
     // Before the wait (constant weights): o's rows, then, once they landed, this warp's first
-    // pairs. A block that could not become resident beside the attention enters when it ends,
-    // and its o rows decide when the grid barrier opens: they must not queue behind its pairs
-    // (in a timeline with both issued at once the barrier opened 7 us after the attention).
+    // pairs (an early block's).
     if (phases & 1) {
         for (int i = tid; i < ocount * PA_K8; i += 256) gemv_cp16(os + i, ow4 + (u64)r0 * PA_K8 + i);
     }
@@ -176,7 +197,7 @@ extern "C" __global__ void PA_BOUNDS
     pa_wait<0>();
 #pragma unroll
     for (int i = 0; i < PA_PRE; ++i) {
-        if (phases & 2) fetch(i);
+        if ((phases & 2) && !late) fetch(i);
         else pa_commit();
     }
     pdl_wait();
@@ -199,12 +220,17 @@ extern "C" __global__ void PA_BOUNDS
             if (lane == 0) y_o[r0 + i] = f2bf(s);
         }
     }
-    // The o space is free: each warp's third slot fills during the barrier and the norm.
+    // The o space is free: each warp's third slot fills during the barrier and the norm (a late
+    // block's three after the barrier: the groups stay in pair order).
     __syncthreads();
-    if (phases & 2) fetch(PA_PRE);
+    if ((phases & 2) && !late) fetch(PA_PRE);
     if (phases == 3) pa_grid_barrier(ctr);
     pa_stamp(prof, 2);
     if (!(phases & 2)) return;
+    if (late) {
+#pragma unroll
+        for (int i = 0; i < PA_D; ++i) fetch(i);
+    }
 
     // rmsnorm_add2 of (y, y_o, resid) at 256 threads, one chunk each: e = y_o + (y + resid).
     {
@@ -223,10 +249,11 @@ extern "C" __global__ void PA_BOUNDS
         if (b == G - 1) ((uint4*)resid)[tid] = e;
     }
     // Every block has passed the barrier (it arrived here after it): the last one to count
-    // itself resets both counters for the next launch.
+    // itself resets the counters (and the first entry time) for the next launch.
     if (phases == 3 && tid == 0 && atomicAdd(ctr + 1, 1u) == (unsigned)G - 1) {
         ctr[0] = 0;
         ctr[1] = 0;
+        *(unsigned long long*)(ctr + 2) = 0;
     }
     __syncthreads();
 

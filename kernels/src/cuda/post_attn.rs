@@ -52,7 +52,8 @@ pub struct PostAttnArgs<'a> {
     pub act: &'a DTensor,
 }
 
-/// The loaded kernel and its grid barrier's two counters (zero between launches).
+/// The loaded kernel, its grid barrier's two counters and the first block's entry time (u64),
+/// all zero between launches.
 pub struct PostAttn {
     f: CudaFunction,
     sms: usize,
@@ -89,7 +90,7 @@ impl PostAttn {
             let attr =
                 sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
             f.set_attribute(attr, smem_max as i32)?;
-            let ctr = ctx.alloc(DType::I32, &[2])?;
+            let ctr = ctx.alloc(DType::I32, &[4])?;
             ctx.memset(&ctr, 0)?;
             let prof = if std::env::var("STRATA_POST_ATTN_PROF").is_ok_and(|v| v == "1") {
                 Some(ctx.alloc(DType::I32, &[ctx.sm_count() * 8])?)

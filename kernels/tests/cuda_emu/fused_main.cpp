@@ -288,7 +288,7 @@ static void post_attn(int grid, int inter, bool with_y) {
     if (with_y) launch(1, 256, [=] { rmsnorm_add2(Y, YOA, RA, NW, H, k, eps); });
     else launch(1, 256, [=] { rmsnorm(YOA, RA, NW, H, k, eps); });
     launch(t1_grid(inter), 256, [=] { gemv_bf16_t1_gate(H, GW, ACTA, inter, k, 0); });
-    static unsigned ctr[2];
+    static unsigned ctr[4];
     unsigned* C = ctr;
     for (int phase = 1; phase <= 2; ++phase)
         launch(grid, 256, [=] { post_attn_t1(A, OW, YOB, Y, RB, NW, eps, GW, ACTB, k, inter, C, nullptr, phase); });
