@@ -1159,8 +1159,12 @@ fn post_attn_timeline(tl: &[[u64; 4]]) -> String {
             format!("{n} {:.2}-{:.2}", us(lo), us(hi))
         })
         .collect();
+    // Blocks that entered more than 2 us after the first (post_attn.cu's PA_LATE_NS): those
+    // that found no room beside the attention.
+    let late = tl.iter().filter(|s| s[0].saturating_sub(t0) > 2000).count();
     format!(
-        "  b1 post_attn_t1 timeline of the last layer (us from the first entry, earliest-latest block): {}",
-        parts.join(", ")
+        "  b1 post_attn_t1 timeline of the last layer (us from the first entry, earliest-latest block): {}; {late} of {} blocks entered late",
+        parts.join(", "),
+        tl.len()
     )
 }
