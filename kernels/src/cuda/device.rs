@@ -166,10 +166,11 @@ impl GpuContext {
     }
 
     /// [`GpuContext::function`] asking for the SM's largest shared-memory carveout, for the
-    /// single-row decode chain (qkv GEMV, cluster attention, `post_attn_t1`, down GEMV): an SM
-    /// runs blocks of two kernels at once only under one L1 / shared-memory split, and
-    /// `post_attn_t1` (~200 KB of shared memory) must become resident beside the attention.
-    /// `STRATA_DECODE_CARVEOUT=0` leaves the driver's choice (A/B timing).
+    /// small-batch decode chain (the single-row GEMVs, the cluster attention): an SM runs blocks
+    /// of two kernels at once only under one L1 / shared-memory split, and under programmatic
+    /// dependent launch each of these kernels becomes resident while its predecessor's blocks
+    /// still run (1B batch-1 step x0.97, docs/perf.md). `STRATA_DECODE_CARVEOUT=0` leaves the
+    /// driver's choice (A/B timing).
     pub fn decode_function(&self, program: Program, name: &str) -> Result<CudaFunction> {
         let f = self.function(program, name)?;
         if !std::env::var("STRATA_DECODE_CARVEOUT").is_ok_and(|v| v == "0") {

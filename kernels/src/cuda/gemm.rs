@@ -120,10 +120,6 @@ pub enum Fusion {
     /// Plans on the wgmma prefill attention: RoPE applied to Q by the attention as it loads it
     /// ([`Gemm::attn_rope`]; off: `rope_kv_write` rotates Q in place, twice its bytes).
     AttnRope,
-    /// One row at hidden 2048: o, the residual add with the MLP's input norm and gate_up + SiLU
-    /// in one persistent kernel resident during the attention ([`Gemm::post_attn_t1`],
-    /// `post_attn.rs`; off: the three kernels apart).
-    PostAttn,
 }
 
 impl Fusion {
@@ -137,19 +133,17 @@ impl Fusion {
             Fusion::GateGemm => "gate_gemm",
             Fusion::ResidGemm => "resid_gemm",
             Fusion::AttnRope => "attn_rope",
-            Fusion::PostAttn => "post_attn",
         }
     }
 
     /// Every fusion, in [`Gemm::set_fusion`]'s table order.
-    pub const ALL: [Fusion; 7] = [
+    pub const ALL: [Fusion; 6] = [
         Fusion::GateSilu,
         Fusion::QkvRope,
         Fusion::QkvNorm,
         Fusion::GateGemm,
         Fusion::ResidGemm,
         Fusion::AttnRope,
-        Fusion::PostAttn,
     ];
 
     /// The fusions of prefill-sized forwards (the others are single-row ones).
@@ -203,7 +197,6 @@ pub struct Gemm {
     /// Which [`Fusion`]s run, indexed as `Fusion::ALL`.
     fusions: [AtomicBool; Fusion::ALL.len()],
     wg: Option<super::gemm_wg::WgGemm>,
-    post: Option<super::post_attn::PostAttn>,
     gemv_max_rows: usize,
     lt: Option<super::gemm_lt::GemmLt>,
     deterministic: bool,
@@ -230,7 +223,6 @@ impl Gemm {
             ctx.decode_function(Program::Gemv, "gemv_bf16_t1_qkv_rope_pipe")?;
         let rows = super::gemm_rows::FewRows::load(&ctx)?;
         let wg = super::gemm_wg::WgGemm::load(&ctx);
-        let post = super::post_attn::PostAttn::load(&ctx);
         let lt = match super::gemm_lt::GemmLt::new(ctx.clone()) {
             Ok(l) => Some(l),
             Err(e) => {
@@ -257,7 +249,6 @@ impl Gemm {
                 Fusion::ALL.map(|f| AtomicBool::new(!off.split(',').any(|n| n.trim() == f.name())))
             },
             wg,
-            post,
             lt,
             gemv_max_rows: 1,
             deterministic: false,
@@ -637,28 +628,6 @@ impl Gemm {
         // c + hd / 2 of its pair and, for k / v heads, the same columns of the slot's pool row.
         unsafe { launch(f, self.ctx.stream().cu_stream(), t1_dims(pairs, k), args) }?;
         Ok(true)
-    }
-
-    /// The single-row sub-layer after the attention in one kernel ([`Fusion::PostAttn`],
-    /// `post_attn.rs`): y_o = attn o^T, resid += y + y_o, act = silu(h gate^T) * (h up^T) with
-    /// h = rmsnorm(resid) * norm_w, bit for bit the single-row GEMV, `rmsnorm_add2` (`rmsnorm`
-    /// of y_o into resid without y) and the gate GEMV; h itself is not written. `Ok(false)` where
-    /// it does not apply (turned off, batch-invariant mode, another shape, no PDL, not loaded):
-    /// the caller runs those three.
-    pub fn post_attn_t1(&self, a: &super::post_attn::PostAttnArgs<'_>) -> Result<bool> {
-        match &self.post {
-            Some(p) if self.fused(Fusion::PostAttn) && !self.deterministic => p.run(&self.ctx, a),
-            _ => Ok(false),
-        }
-    }
-
-    /// [`super::post_attn::PostAttn::timeline`] of the loaded kernel (None: not loaded or not
-    /// probed).
-    pub fn post_attn_timeline(&self) -> Result<Option<Vec<[u64; 4]>>> {
-        match &self.post {
-            Some(p) => p.timeline(&self.ctx),
-            None => Ok(None),
-        }
     }
 
     /// Turns a single-row fusion on or off (on by default; for side-by-side timing).

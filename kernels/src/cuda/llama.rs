@@ -13,7 +13,6 @@ use super::attention::{AttnPlan, AttnShape, QRope};
 use super::error::Result;
 use super::gemm::{Gemm, QkvInput};
 use super::ops::CudaOps;
-use super::post_attn::PostAttnArgs;
 use super::tensor::{DTensor, DType};
 
 /// Model dimensions.
@@ -414,27 +413,12 @@ impl LlamaModel {
                 )?;
             }
             mark("attention")?;
-            // One row at hidden 2048: o, norm2 and gate_up + SiLU in one kernel (post_attn.rs;
-            // y is still to be added to the residual only where the input norm was staged).
-            let post = !acc
-                && !["o", "norm2", "gate_up"].into_iter().any(skip)
-                && gemm.post_attn_t1(&PostAttnArgs {
-                    attn: &ws.attn,
-                    o_w: &l.o,
-                    y_o: &ws.y_o,
-                    y: y.filter(|_| norm_staged),
-                    resid: &ws.resid,
-                    norm_w: &l.post_norm,
-                    eps: s.eps,
-                    gu_w: &l.gate_up,
-                    act: &ws.act,
-                })?;
-            if !skip("o") && !post {
+            if !skip("o") {
                 let out = if acc { &ws.resid } else { &ws.y_o };
                 gemm.linear_into(&ws.attn, &l.o, out, acc)?;
             }
             mark("o")?;
-            if !skip("norm2") && !post {
+            if !skip("norm2") {
                 match y {
                     _ if acc => ops.rmsnorm(&ws.resid, None, &l.post_norm, &ws.h, s.eps)?,
                     Some(y) if norm_staged => {
@@ -445,8 +429,8 @@ impl LlamaModel {
             }
             // One row: the SiLU in gate_up's epilogue, down a plain GEMV. Otherwise gate_up,
             // then the SiLU staged in the single-row down GEMV or silu_mul.
-            let gated = post || gemm.gate_silu_applies(&ws.h, &l.gate_up);
-            if !skip("gate_up") && !post {
+            let gated = gemm.gate_silu_applies(&ws.h, &l.gate_up);
+            if !skip("gate_up") {
                 if gated {
                     gemm.gate_silu(&ws.h, &l.gate_up, &ws.act)?;
                 } else {

@@ -29,7 +29,7 @@ pub enum Program {
     Attention,
     /// Sampling with penalties, top-k / top-p / min-p and seeds; logprobs; greedy argmax.
     Sampling,
-    /// Skinny GEMM (decode batches of up to 8 rows); the single-row post-attention kernel.
+    /// Skinny GEMM (decode batches of up to 8 rows).
     Gemv,
     /// The f32 ops of `CudaBackend` (the server's `Backend` trait).
     BackendF32,
@@ -107,9 +107,7 @@ impl Program {
             Program::Gemv => concat!(
                 include_str!("../../cuda/gemv.cu"),
                 "\n",
-                include_str!("../../cuda/gemv_mma.cu"),
-                "\n",
-                include_str!("../../cuda/post_attn.cu")
+                include_str!("../../cuda/gemv_mma.cu")
             ),
             Program::BackendF32 => include_str!("../../cuda/backend_f32.cu"),
             Program::AttentionWg => concat!(

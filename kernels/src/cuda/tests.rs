@@ -90,11 +90,6 @@ fn nvrtc_programs_compile_where_nvrtc_exists() {
     for name in ["logprob_rows", "sample_rows", "argmax_rows"] {
         no_spills("sm_90", &log, name);
     }
-    // The single-row post-attention kernel: its streamed pairs in registers, within the register
-    // share that leaves room for a decode attention block beside it (post_attn.cu).
-    let (_, log) = nvrtc::compile_with(Program::Gemv, "sm_90", &["--ptxas-options=-v"])
-        .unwrap_or_else(|e| panic!("{e}"));
-    no_spills("sm_90", &log, super::post_attn::NAME);
     // The wgmma prefill kernel: sm_90a only, no spills, and no wgmma ptxas had to serialize
     // (its warning names the kernel).
     let (cubin, log) = nvrtc::compile_with(Program::AttentionWg, "sm_90a", &["--ptxas-options=-v"])

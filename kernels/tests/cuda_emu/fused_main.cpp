@@ -12,7 +12,6 @@
 #include "elementwise.cu"
 #include "gemv.cu"
 #include "gemv_mma.cu"
-#include "post_attn.cu"
 
 #include "emu_rand.h"
 
@@ -270,35 +269,6 @@ static void rmsnorm_add2_case(int h) {
     expect_same("rmsnorm_add2 H" + std::to_string(h) + ": residual", ra, rb);
 }
 
-// post_attn_t1 against what it replaces: the o GEMV, rmsnorm_add2 (rmsnorm of y_o into the
-// residual without y) and the gate GEMV; y_o, the residual and act bit for bit. The emulation
-// runs blocks one after another, so the GPU form's grid barrier cannot run here: phase 1 (o)
-// and phase 2 (norm, gate/up) are two launches. `grid` blocks (an uneven split of o's 2048 rows
-// and of the pairs), at least 17 pairs per block: warp 0 cycles its three ring slots.
-static void post_attn(int grid, int inter, bool with_y) {
-    const int k = 2048;
-    const float eps = 1e-5f;
-    const auto attn = bf16_vec(k, 1.f), ow = bf16_vec((size_t)k * k, 0.03f), y = bf16_vec(k, 1.f);
-    const auto r0 = bf16_vec(k, 1.f), nw = bf16_vec(k, 0.5f, 1.f), gw = bf16_vec((size_t)2 * inter * k, 0.05f);
-    std::vector<bf16_t> yo_a(k), ra = r0, h(k), act_a(inter), yo_b(k), rb = r0, act_b(inter);
-    const bf16_t *A = attn.data(), *OW = ow.data(), *Y = with_y ? y.data() : nullptr, *NW = nw.data(), *GW = gw.data();
-    bf16_t *YOA = yo_a.data(), *RA = ra.data(), *H = h.data(), *ACTA = act_a.data();
-    bf16_t *YOB = yo_b.data(), *RB = rb.data(), *ACTB = act_b.data();
-    launch(t1_grid(k), 256, [=] { gemv_bf16_t1(A, OW, YOA, k, k, 0); });
-    if (with_y) launch(1, 256, [=] { rmsnorm_add2(Y, YOA, RA, NW, H, k, eps); });
-    else launch(1, 256, [=] { rmsnorm(YOA, RA, NW, H, k, eps); });
-    launch(t1_grid(inter), 256, [=] { gemv_bf16_t1_gate(H, GW, ACTA, inter, k, 0); });
-    static unsigned ctr[4];
-    unsigned* C = ctr;
-    for (int phase = 1; phase <= 2; ++phase)
-        launch(grid, 256, [=] { post_attn_t1(A, OW, YOB, Y, RB, NW, eps, GW, ACTB, k, inter, C, nullptr, phase); });
-    const std::string what = "post_attn grid" + std::to_string(grid) + " inter" + std::to_string(inter) +
-                             (with_y ? " y + resid" : " resid");
-    expect_same(what + ": y_o", yo_b, yo_a);
-    expect_same(what + ": residual", rb, ra);
-    expect_same(what + ": act", act_b, act_a);
-}
-
 int main(int argc, char** argv) {
     if (argc != 2) return 2;
     g_rng = std::stoull(argv[1]);
@@ -340,7 +310,5 @@ int main(int argc, char** argv) {
     rows_qkv_rope(0, 3, 2, 1, 64, 0);
     rows_qkv_rope(0, 8, 2, 1, 32, 1);
     rows_qkv_rope(0, 5, 2, 2, 32, 2);
-    post_attn(99, 2000, true);
-    post_attn(130, 2300, false);
     return g_failed ? 1 : 0;
 }

@@ -6,7 +6,7 @@
 // reached by every thread of the block and whose warp collectives by every lane of the warp, as
 // the sampling and single-row GEMV kernels' are. Float arithmetic is the host's IEEE single /
 // double (compile with -ffp-contract=off); `exp`/`log`/`sincosf` are the host libm's. Dynamic
-// shared memory (`DYN_SHARED`) is a static array of 256 KiB per declaration.
+// shared memory (`DYN_SHARED`) is a static array of 128 KiB per declaration.
 #include <atomic>
 #include <barrier>
 #include <cmath>
@@ -25,7 +25,7 @@ static uint64_t g_warp_buf[64][32];
 #define __device__
 #define __forceinline__ inline
 #define __launch_bounds__(...)
-#define DYN_SHARED(T, name) static T name[(256 << 10) / sizeof(T)]
+#define DYN_SHARED(T, name) static T name[(128 << 10) / sizeof(T)]
 #define __shared__ static
 inline void __syncthreads() { g_block_bar->arrive_and_wait(); }
 inline void __syncwarp(unsigned = 0xffffffffu) { g_warp_bar[threadIdx.x >> 5]->arrive_and_wait(); }

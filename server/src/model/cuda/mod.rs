@@ -43,7 +43,7 @@ use std::path::Path;
 use std::sync::Arc;
 use strata_kernels::cuda::{
     launch, AttnPlan, AttnSeq, AttnShape, CudaError, CudaOps, DTensor, DType, Gemm, GpuContext,
-    PlanOpts, PostAttnArgs, QRope, QkvInput,
+    PlanOpts, QRope, QkvInput,
 };
 use weights::Weights;
 
@@ -461,25 +461,6 @@ impl CudaRunner {
                     inv_freq,
                 });
                 ops.paged_attention_rope(&p.plan, &q, 0, &kv.k[li], &kv.v[li], &o, scale, r)?;
-            }
-            // One row at hidden 2048: o, norm2 and gate_up + SiLU in one kernel (y is still to
-            // be added to the residual only where the input norm was staged), then down.
-            if lora.is_none()
-                && !acc
-                && gemm.post_attn_t1(&PostAttnArgs {
-                    attn: &a.attn,
-                    o_w: &l.o,
-                    y_o: &a.y_o,
-                    y: y.filter(|_| norm_staged),
-                    resid: &a.resid,
-                    norm_w: &l.post_norm,
-                    eps,
-                    gu_w: &l.gate_up,
-                    act: &a.act,
-                })?
-            {
-                gemm.linear(&a.act, &l.down, &a.y)?;
-                continue;
             }
             let o_out = if acc { &a.resid } else { &a.y_o };
             gemm.linear_into(&a.attn, &l.o, o_out, acc)?;

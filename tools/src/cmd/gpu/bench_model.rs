@@ -207,10 +207,6 @@ pub fn run(
                             ("RoPE + K/V write in qkv's epilogue", "rope_kv_write apart")
                         }
                         Fusion::QkvNorm => ("the input norm staged in qkv", "rmsnorm apart"),
-                        Fusion::PostAttn => (
-                            "o + norm2 + gate_up in one kernel",
-                            "the three kernels apart",
-                        ),
                         Fusion::GateGemm | Fusion::ResidGemm | Fusion::AttnRope => {
                             unreachable!("prefill only")
                         }
@@ -221,12 +217,6 @@ pub fn run(
                             a / n
                         ));
                     }
-                }
-                // STRATA_POST_ATTN_PROF=1: when the last layer's post_attn_t1 blocks started,
-                // saw the attention done, passed the grid barrier and ended.
-                replay()?;
-                if let Some(tl) = gemm.post_attn_timeline()? {
-                    summary.push(post_attn_timeline(&tl));
                 }
             }
             // 2-8 rows: the same graph with each family of few-row GEMVs and without any.
@@ -1141,30 +1131,4 @@ fn gemv_breakdown(
     }
     out["gemv_b1"] = json!(rows);
     Ok(())
-}
-
-/// One line of [`Gemm::post_attn_timeline`]'s stamps: per stamp the earliest and latest block,
-/// in us from the earliest block's entry.
-fn post_attn_timeline(tl: &[[u64; 4]]) -> String {
-    let t0 = tl.iter().map(|s| s[0]).min().unwrap_or(0);
-    let names = ["entry", "PDL wait returned", "grid barrier passed", "end"];
-    let parts: Vec<String> = names
-        .iter()
-        .enumerate()
-        .map(|(i, n)| {
-            let (lo, hi) = tl
-                .iter()
-                .fold((u64::MAX, 0), |(lo, hi), s| (lo.min(s[i]), hi.max(s[i])));
-            let us = |t: u64| t.saturating_sub(t0) as f64 / 1e3;
-            format!("{n} {:.2}-{:.2}", us(lo), us(hi))
-        })
-        .collect();
-    // Blocks that entered more than 2 us after the first (post_attn.cu's PA_LATE_NS): those
-    // that found no room beside the attention.
-    let late = tl.iter().filter(|s| s[0].saturating_sub(t0) > 2000).count();
-    format!(
-        "  b1 post_attn_t1 timeline of the last layer (us from the first entry, earliest-latest block): {}; {late} of {} blocks entered late",
-        parts.join(", "),
-        tl.len()
-    )
 }

@@ -102,7 +102,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let ops = CudaOps::new(ctx.clone()).context("compiling kernels")?;
     println!("kernels ready in {:.2}s", t0.elapsed().as_secs_f64());
     let gemm = Gemm::new(ctx.clone()).context("cuBLAS")?;
-    let steps: [Step; 27] = [
+    let steps: [Step; 26] = [
         ("transfer", &|c| check_transfer(&ctx, c)),
         ("pd_copy", &|c| super::check_pd_copy::check_pd_copy(&ctx, c)),
         ("host_copy", &|c| {
@@ -120,9 +120,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ("silu_linear", &|c| check_ops::silu_linear(&ops, &gemm, c)),
         ("gate_silu", &|c| check_ops::gate_silu(&ops, &gemm, c)),
         ("qkv_rope", &|c| check_ops::qkv_rope(&ops, &gemm, c)),
-        ("post_attn", &|c| {
-            super::check_post_attn::post_attn(&ops, &gemm, c)
-        }),
         ("gate_gemm", &|c| check_ops::gate_gemm(&ops, &gemm, c)),
         ("few_rows", &|c| super::check_rows::few_rows(&ops, &gemm, c)),
         ("rmsnorm_add2", &|c| check_ops::rmsnorm_add2(&ops, c)),
