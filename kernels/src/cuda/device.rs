@@ -165,23 +165,6 @@ impl GpuContext {
         Ok(m.load_function(name)?)
     }
 
-    /// [`GpuContext::function`] asking for the SM's largest shared-memory carveout, for the
-    /// small-batch decode chain (the single-row GEMVs, the cluster attention): an SM runs blocks
-    /// of two kernels at once only under one L1 / shared-memory split, and under programmatic
-    /// dependent launch each of these kernels becomes resident while its predecessor's blocks
-    /// still run (1B batch-1 step x0.97, docs/perf.md). `STRATA_DECODE_CARVEOUT=0` leaves the
-    /// driver's choice (A/B timing).
-    pub fn decode_function(&self, program: Program, name: &str) -> Result<CudaFunction> {
-        let f = self.function(program, name)?;
-        if !std::env::var("STRATA_DECODE_CARVEOUT").is_ok_and(|v| v == "0") {
-            self.ctx.bind_to_thread()?;
-            let attr = cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT;
-            // 100: CU_SHAREDMEM_CARVEOUT_MAX_SHARED (a hint the driver may round).
-            f.set_attribute(attr, 100)?;
-        }
-        Ok(f)
-    }
-
     /// Allocates an uninitialised tensor.
     pub fn alloc(&self, dtype: DType, shape: &[usize]) -> Result<DTensor> {
         DTensor::alloc(&self.stream, dtype, shape)

@@ -211,16 +211,15 @@ impl Gemm {
         }
         let blas = CudaBlas::new(ctx.stream().clone())?;
         let gemv = ctx.function(Program::Gemv, "gemv_bf16")?;
-        let gemv_t1 = ctx.decode_function(Program::Gemv, "gemv_bf16_t1")?;
-        let gemv_t1_wide = ctx.decode_function(Program::Gemv, "gemv_bf16_t1_wide")?;
-        let gemv_t1_silu = ctx.decode_function(Program::Gemv, "gemv_bf16_t1_silu")?;
-        let gemv_t1_pipe = ctx.decode_function(Program::Gemv, "gemv_bf16_t1_pipe")?;
-        let gemv_t1_silu_pipe = ctx.decode_function(Program::Gemv, "gemv_bf16_t1_silu_pipe")?;
-        let gemv_t1_gate = ctx.decode_function(Program::Gemv, "gemv_bf16_t1_gate")?;
-        let gemv_t1_gate_pipe = ctx.decode_function(Program::Gemv, "gemv_bf16_t1_gate_pipe")?;
-        let gemv_t1_qkv_rope = ctx.decode_function(Program::Gemv, "gemv_bf16_t1_qkv_rope")?;
-        let gemv_t1_qkv_rope_pipe =
-            ctx.decode_function(Program::Gemv, "gemv_bf16_t1_qkv_rope_pipe")?;
+        let gemv_t1 = ctx.function(Program::Gemv, "gemv_bf16_t1")?;
+        let gemv_t1_wide = ctx.function(Program::Gemv, "gemv_bf16_t1_wide")?;
+        let gemv_t1_silu = ctx.function(Program::Gemv, "gemv_bf16_t1_silu")?;
+        let gemv_t1_pipe = ctx.function(Program::Gemv, "gemv_bf16_t1_pipe")?;
+        let gemv_t1_silu_pipe = ctx.function(Program::Gemv, "gemv_bf16_t1_silu_pipe")?;
+        let gemv_t1_gate = ctx.function(Program::Gemv, "gemv_bf16_t1_gate")?;
+        let gemv_t1_gate_pipe = ctx.function(Program::Gemv, "gemv_bf16_t1_gate_pipe")?;
+        let gemv_t1_qkv_rope = ctx.function(Program::Gemv, "gemv_bf16_t1_qkv_rope")?;
+        let gemv_t1_qkv_rope_pipe = ctx.function(Program::Gemv, "gemv_bf16_t1_qkv_rope_pipe")?;
         let rows = super::gemm_rows::FewRows::load(&ctx)?;
         let wg = super::gemm_wg::WgGemm::load(&ctx);
         let lt = match super::gemm_lt::GemmLt::new(ctx.clone()) {

@@ -645,7 +645,7 @@ fn decode2_cluster_functions(ctx: &Arc<GpuContext>) -> Result<ClusterForms> {
     let load = |names: &[&str]| {
         names
             .iter()
-            .map(|n| ctx.decode_function(Program::Attention, n))
+            .map(|n| ctx.function(Program::Attention, n))
             .collect::<Result<Vec<_>>>()
     };
     let fs = load(&super::attention::DECODE2C_NAMES)?;
