@@ -159,10 +159,19 @@ impl GpuContext {
         Ok((module, origin))
     }
 
-    /// Looks up kernel `name` in `program`.
+    /// Looks up kernel `name` in `program`. `STRATA_CARVEOUT=P` (0-100) asks for a P % shared-
+    /// memory carveout on every kernel (an A/B knob: an SM runs blocks of two kernels at once,
+    /// as programmatic dependent launch wants, only under one L1 / shared-memory split, and
+    /// the driver picks each kernel's split on its own; unset: the driver's choice).
     pub fn function(&self, program: Program, name: &str) -> Result<CudaFunction> {
         let (m, _) = self.module(program)?;
-        Ok(m.load_function(name)?)
+        let f = m.load_function(name)?;
+        if let Some(p) = carveout_from_env() {
+            self.ctx.bind_to_thread()?;
+            let attr = cudarc::driver::sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_PREFERRED_SHARED_MEMORY_CARVEOUT;
+            f.set_attribute(attr, p)?;
+        }
+        Ok(f)
     }
 
     /// Allocates an uninitialised tensor.
@@ -438,4 +447,15 @@ impl GpuContext {
         }
         Ok(())
     }
+}
+
+/// `STRATA_CARVEOUT`'s percentage (see [`GpuContext::function`]), read once.
+fn carveout_from_env() -> Option<i32> {
+    static P: std::sync::OnceLock<Option<i32>> = std::sync::OnceLock::new();
+    *P.get_or_init(|| {
+        std::env::var("STRATA_CARVEOUT")
+            .ok()
+            .and_then(|v| v.trim().parse().ok())
+            .filter(|p| (0..=100).contains(p))
+    })
 }
