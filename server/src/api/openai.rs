@@ -695,10 +695,17 @@ pub async fn chat_completions(
     )?
     .pop()
     .flatten();
-    if params.constraint.is_some() {
-        params.think_end = think_end(st.reasoning_parser, kwargs.as_ref(), |t| {
+    // The end marker's ids where the template forces the reasoning on: a constraint applies
+    // after it, and `return_meta_info` counts `reasoning_tokens` up to it (read once for both).
+    let forced_end = if params.constraint.is_some() || w.return_meta_info {
+        think_end(st.reasoning_parser, kwargs.as_ref(), |t| {
             tok.encode(t, false)
-        })?;
+        })?
+    } else {
+        None
+    };
+    if params.constraint.is_some() {
+        params.think_end = forced_end.clone();
     }
     let copies = params.n;
     // One reply parser per choice (a parser follows one reply).
@@ -767,17 +774,10 @@ pub async fn chat_completions(
         )
         .into_response());
     }
-    // (`return_meta_info`: the weight version read once for every choice, and the reasoning
-    // end marker's ids where the template forces the reasoning on, for `reasoning_tokens`)
+    // (`return_meta_info`: the weight version read once for every choice)
     let version = w
         .return_meta_info
         .then(|| st.served.read().expect("served").version.clone());
-    let meta_end = match version {
-        Some(_) => think_end(st.reasoning_parser, kwargs.as_ref(), |t| {
-            tok.encode(t, false)
-        })?,
-        None => None,
-    };
     let mut choices = Vec::new();
     let mut counts = Vec::new();
     for (i, (mut d, parser)) in drivers.into_iter().zip(parsers).enumerate() {
@@ -799,7 +799,7 @@ pub async fn chat_completions(
             choice["prompt_token_ids"] = json!(p);
         }
         if let Some(version) = &version {
-            choice["meta_info"] = super::generate::meta_info(&d, version, meta_end.as_deref());
+            choice["meta_info"] = super::generate::meta_info(&d, version, forced_end.as_deref());
         }
         choices.push(choice);
     }
