@@ -74,15 +74,72 @@ __device__ __forceinline__ void wg_rope_q(u32 qs, const PfTile& T, const int* po
     }
 }
 
-// NST shared-memory stages of K and V tiles.
+// The block's two computing warpgroups (threads 0..255) meet: the forms with a producer
+// warpgroup (WG_LOAD_PROD) leave it out.
+__device__ __forceinline__ void wg_sync256() { asm volatile("bar.sync 1, 256;\n" ::: "memory"); }
+
+// How K/V tiles reach shared memory (the `LOAD` parameter of wg_prefill_body):
+// WG_LOAD_CP: cp.async from every thread (each key's pool slot looked up through the page
+// table, see above). WG_LOAD_TMA: TMA boxes of min(page_size, 32) keys x 64 dims from the
+// pool's tensor maps, issued by warp 0's lanes (one box row range per lane) after the loop's
+// block barrier, each stage's `full` mbarrier counting the bytes. WG_LOAD_PROD: the same TMA
+// boxes issued by a third (producer) warpgroup that runs up to NST tiles ahead, each stage
+// handed back through its `empty` mbarrier once the 8 computing warps finished reading it, so
+// the computing warpgroups meet at no block barrier in the loop. Both TMA forms need page
+// sizes that are powers of two from 8 (a box never crosses a page) and fill keys past the
+// block's end from the pool (masked: their P is 0) or, for boxes wholly past it, with zeros.
+#define WG_LOAD_CP 0
+#define WG_LOAD_TMA 1
+#define WG_LOAD_PROD 2
+
+// Issues one tile's K and V boxes into the stage at kdst / vdst (lanes < KT / br of the calling
+// warp, br = min(page_size, 32)) and arms `bar` for their bytes (lane 0, before any box).
+// `slot`: this lane's box start as pf_slot_load gave it (off < 0: past the keys, a box of
+// zeros from rows outside the tensor).
+__device__ __forceinline__ void wg_tma_tile(const TmaMap* kmap, const TmaMap* vmap, u32 kdst, u32 vdst, u32 bar,
+                                            PfSlot slot, int g, int page_size) {
+    const int lane = threadIdx.x & 31, br = min(page_size, 32);
+    constexpr u32 HALF_T = WG_KT * 128;
+    if (lane == 0) mb_expect_tx(bar, 4 * HALF_T);
+    __syncwarp();
+    if (lane < WG_KT / br) {
+        const int row = slot.off < 0 ? -64 : slot.page * page_size + slot.off;
+        const u32 at = (u32)(lane * br) * 128u;
+        tma_load_2d(kdst + at, kmap, g * 128, row, bar);
+        tma_load_2d(kdst + HALF_T + at, kmap, g * 128 + 64, row, bar);
+        tma_load_2d(vdst + at, vmap, g * 128, row, bar);
+        tma_load_2d(vdst + HALF_T + at, vmap, g * 128 + 64, row, bar);
+    }
+}
+
+// The producer warp of WG_LOAD_PROD: every tile of the block into stage it % NST once the
+// computing warps handed that stage back, its page entries loaded a tile ahead.
+template <int NST>
+__device__ void wg_tma_producer(const PfTile& T, const TmaMap* kmap, const TmaMap* vmap, u32 ks, u32 vs,
+                                u32 bars, int page_size) {
+    constexpr u32 TILE = 2 * WG_KT * 128;
+    const int lane = threadIdx.x & 31, br = min(page_size, 32);
+    const int ntiles = T.kend > T.kbeg ? (T.kend - T.kbeg + WG_KT - 1) / WG_KT : 0;
+    PfSlot slot = pf_slot_load(T, T.kbeg + lane * br, page_size, lane < WG_KT / br);
+    for (int it = 0; it < ntiles; ++it) {
+        const int st = it % NST;
+        const PfSlot next = pf_slot_load(T, T.kbeg + (it + 1) * WG_KT + lane * br, page_size, lane < WG_KT / br);
+        mb_wait(bars + 8 * (NST + st), ((it / NST) & 1) ^ 1);
+        wg_tma_tile(kmap, vmap, ks + st * TILE, vs + st * TILE, bars + 8 * st, slot, T.g, page_size);
+        slot = next;
+    }
+}
+
+// NST shared-memory stages of K and V tiles, loaded as LOAD says (WG_LOAD_*).
 // QREG: Q's A fragments are read from shared memory into registers once, and S = Q K^T takes
 // them from there (the 2 KB of Q each S wgmma reads from shared memory otherwise).
-template <int NST, bool QREG>
+template <int NST, bool QREG, int LOAD>
 __device__ __forceinline__ void wg_prefill_body(
     const bf16_t* q, int q_stride, const bf16_t* k_pool, const bf16_t* v_pool,
     const int* block_tables, int max_pages, int page_size, const int* tile_info, int n_heads,
     int n_kv_heads, float scale, int split_len, bf16_t* out, int out_stride, float* part_acc,
-    float* part_ml, int total_rows, const int* rope_pos, const float* rope_inv) {
+    float* part_ml, int total_rows, const int* rope_pos, const float* rope_inv, const TmaMap* kmap,
+    const TmaMap* vmap) {
     constexpr int HD = 128, KT = WG_KT;
     constexpr u32 HALF_Q = WG_ROWS * 128;  // one 64-dim half of Q, bytes
     constexpr u32 HALF_T = KT * 128;       // one 64-dim half of a K or V tile
@@ -91,8 +148,28 @@ __device__ __forceinline__ void wg_prefill_body(
     const u32 qs = ((u32)__cvta_generic_to_shared(wg_smem) + 1023u) & ~1023u;
     const u32 ks = qs + 2 * HALF_Q;
     const u32 vs = ks + NST * TILE;
+    // The TMA forms' mbarriers: full[NST] then empty[NST].
+    const u32 bars = vs + NST * TILE;
 
     const PfTile T = pf_tile(tile_info, block_tables, max_pages, n_heads, n_kv_heads, split_len);
+    if (LOAD != WG_LOAD_CP) {
+        if (threadIdx.x == 0) {
+            for (int s = 0; s < NST; ++s) {
+                mb_init(bars + 8 * s, 1);
+                mb_init(bars + 8 * (NST + s), 8);  // the 8 computing warps
+            }
+            asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+        }
+        __syncthreads();
+    }
+    if (LOAD == WG_LOAD_PROD) {
+        if (threadIdx.x >= 256) {
+            asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
+            if (threadIdx.x < 288) wg_tma_producer<NST>(T, kmap, vmap, ks, vs, bars, page_size);
+            return;
+        }
+        asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
+    }
     const int gsh = T.gsh, pos0 = T.pos0, nrows = T.nrows, kbeg = T.kbeg, kend = T.kend;
     const int tid = threadIdx.x, lane = tid & 31;
     const int wg = tid >> 7, warp = (tid >> 5) & 3;
@@ -119,9 +196,22 @@ __device__ __forceinline__ void wg_prefill_body(
     // use them (issued while S runs; consumed at once, the load's latency stalled every warp:
     // 8 % of the stall samples under Nsight Compute, 2026-12-04).
     PfSlot slot;
-    auto lookup = [&](int t0) { slot = pf_slot_load(T, t0 + my_key, page_size, lane < 16); };
+    // (The TMA form: lane L < KT / br of warp 0 looks up its box's first key; the producer form
+    // looks up nothing here.)
+    const int tma_br = min(page_size, 32);
+    auto lookup = [&](int t0) {
+        if (LOAD == WG_LOAD_CP)
+            slot = pf_slot_load(T, t0 + my_key, page_size, lane < 16);
+        else if (LOAD == WG_LOAD_TMA)
+            slot = pf_slot_load(T, t0 + lane * tma_br, page_size, tid < KT / tma_br);
+    };
     // Copies of one tile's K and V to stage st, to the slots `slot` of the lookup lanes holds.
     auto issue = [&](int st) {
+        if (LOAD == WG_LOAD_TMA) {
+            if (tid < 32) wg_tma_tile(kmap, vmap, ks + st * TILE, vs + st * TILE, bars + 8 * st, slot, T.g, page_size);
+            return;
+        }
+        if (LOAD == WG_LOAD_PROD) return;
         const u32 code = pf_slot_finish(slot, page_size);
         const u32 kd = ks + st * TILE + swz_t, vd = vs + st * TILE + swz_t;
 #pragma unroll
@@ -158,13 +248,13 @@ __device__ __forceinline__ void wg_prefill_body(
     if (QREG || rope_pos) {
         pf_commit();
         pf_cp_wait<0>();
-        __syncthreads();
+        wg_sync256();
     }
     // (The S wgmma of the shared-memory form reads the rotated Q through the async proxy: the
     // loop's first fence.proxy.async and barrier order these writes before it.)
     if (rope_pos) {
         wg_rope_q(qs, T, rope_pos, rope_inv);
-        __syncthreads();
+        wg_sync256();
     }
     if (QREG) {
 #pragma unroll
@@ -217,13 +307,16 @@ __device__ __forceinline__ void wg_prefill_body(
         wg_commit_mma();
     };
     for (int it = 0; it < ntiles; ++it) {
-        pf_cp_wait<LEAD - 1>();
-        wg_fence_async();
-        __syncthreads();
+        if (LOAD == WG_LOAD_CP) {
+            pf_cp_wait<LEAD - 1>();
+            wg_fence_async();
+        }
         // The stage refilled here was last read in an iteration every warpgroup finished.
+        if (LOAD != WG_LOAD_PROD) wg_sync256();
         const int nxt = it + LEAD;
         if (nxt < ntiles) issue(nxt % NST);
         pf_commit();
+        if (LOAD != WG_LOAD_CP) mb_wait(bars + 8 * (it % NST), (it / NST) & 1);
         const int t0 = kbeg + it * KT;
         const u64 kd = wg_desc(ks + (it % NST) * TILE, 16, 1024);
 
@@ -307,6 +400,8 @@ __device__ __forceinline__ void wg_prefill_body(
         wg_wait_mma<0>();
         wg_pin<64>(o);
         wg_pin_u<KT / 4>(pk);
+        // The previous tile's stage is read no more (its S and O += P V are done).
+        if (LOAD == WG_LOAD_PROD && it > 0 && lane == 0) mb_arrive(bars + 8 * (NST + pv_stage));
         if (rescale) {
 #pragma unroll
             for (int h = 0; h < 2; ++h)
@@ -344,22 +439,28 @@ __device__ __forceinline__ void wg_prefill_body(
 }
 
 // Dynamic shared memory: 1024 (alignment slack) + 32768 (Q) + 3 * 65536 bytes (3 stages of K
-// and V tiles), mirrored by wg_smem in kernels/src/cuda/attention.rs. rope_pos: null when Q
-// arrives rotated, else the positions of q's rows (and rope_inv the RoPE inverse frequencies):
-// the kernel rotates Q itself (wg_rope_q).
-#define WG_KERNEL(NAME, QREG)                                                                                    \
-    extern "C" __global__ void __launch_bounds__(WG_THREADS, 1) NAME(                                           \
+// and V tiles) + 6 mbarriers (the TMA forms), mirrored by wg_smem in kernels/src/cuda/attention.rs.
+// rope_pos: null when Q arrives rotated, else the positions of q's rows (and rope_inv the RoPE
+// inverse frequencies): the kernel rotates Q itself (wg_rope_q). kmap / vmap: the layer's K and
+// V pools as TMA maps (boxes of min(page_size, 32) rows x 64 dims, 128-byte swizzle; read by
+// the TMA forms only).
+#define WG_KERNEL(NAME, QREG, LOAD, THREADS)                                                                    \
+    extern "C" __global__ void __launch_bounds__(THREADS, 1) NAME(                                              \
         const bf16_t* q, int q_stride, const bf16_t* k_pool, const bf16_t* v_pool, const int* block_tables,    \
         int max_pages, int page_size, const int* tile_info, int n_heads, int n_kv_heads, int head_dim,         \
         float scale, int split_len, bf16_t* out, int out_stride, float* part_acc, float* part_ml,              \
-        int total_rows, const int* rope_pos, const float* rope_inv) {                                           \
+        int total_rows, const int* rope_pos, const float* rope_inv, const __grid_constant__ TmaMap kmap,       \
+        const __grid_constant__ TmaMap vmap) {                                                                  \
         pdl_enter();                                                                                            \
-        wg_prefill_body<3, QREG>(q, q_stride, k_pool, v_pool, block_tables, max_pages, page_size, tile_info,   \
-                                 n_heads, n_kv_heads, scale, split_len, out, out_stride, part_acc, part_ml,    \
-                                 total_rows, rope_pos, rope_inv);                                               \
+        wg_prefill_body<3, QREG, LOAD>(q, q_stride, k_pool, v_pool, block_tables, max_pages, page_size,        \
+                                       tile_info, n_heads, n_kv_heads, scale, split_len, out, out_stride,      \
+                                       part_acc, part_ml, total_rows, rope_pos, rope_inv, &kmap, &vmap);       \
     }
 // The default: Q's fragments in registers.
-WG_KERNEL(paged_attention_wg_d128, true)
+WG_KERNEL(paged_attention_wg_d128, true, WG_LOAD_CP, WG_THREADS)
 // Q read from shared memory by every S wgmma, timed beside it: 1.218-1.228 vs 1.205 ms per layer
 // at 8K, forward 216.5-217.5 vs 214.0 ms (H200, 2026-12-04).
-WG_KERNEL(paged_attention_wgs_d128, false)
+WG_KERNEL(paged_attention_wgs_d128, false, WG_LOAD_CP, WG_THREADS)
+// K/V by TMA from warp 0, and from a producer warpgroup (timed beside the default).
+WG_KERNEL(paged_attention_wgt_d128, true, WG_LOAD_TMA, WG_THREADS)
+WG_KERNEL(paged_attention_wgp_d128, true, WG_LOAD_PROD, WG_THREADS + 128)

@@ -83,6 +83,57 @@ pub enum PrefillKernel {
     /// from shared memory in every S = Q K^T wgmma (the default keeps Q's fragments in
     /// registers); timed beside it.
     WgmmaSmemQ,
+    /// `paged_attention_wgt_d128` (`STRATA_PREFILL_ATTN=wgt`): the wgmma kernel with K/V tiles
+    /// loaded by TMA from warp 0 (page sizes that are powers of two from 8; the default form
+    /// otherwise); timed beside it.
+    WgmmaTma,
+    /// `paged_attention_wgp_d128` (`STRATA_PREFILL_ATTN=wgp`): the same TMA loads from a
+    /// producer warpgroup, the computing warpgroups free of block barriers; timed beside it.
+    WgmmaProducer,
+}
+
+/// The forms of the wgmma prefill kernel, in [`WG_NAMES`] order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WgForm {
+    /// Q's fragments in registers, K/V by cp.async (the default).
+    Regs,
+    /// Q read from shared memory by every S wgmma.
+    SmemQ,
+    /// K/V by TMA, issued by warp 0.
+    Tma,
+    /// K/V by TMA from a producer warpgroup.
+    Producer,
+}
+
+impl WgForm {
+    /// The wgmma form a prefill kernel choice asks for (None: not a wgmma choice).
+    fn of(k: PrefillKernel) -> Option<Self> {
+        match k {
+            PrefillKernel::Wgmma => Some(Self::Regs),
+            PrefillKernel::WgmmaSmemQ => Some(Self::SmemQ),
+            PrefillKernel::WgmmaTma => Some(Self::Tma),
+            PrefillKernel::WgmmaProducer => Some(Self::Producer),
+            _ => None,
+        }
+    }
+    /// True for the forms that load K/V through TMA maps of the pools.
+    pub fn tma(self) -> bool {
+        matches!(self, Self::Tma | Self::Producer)
+    }
+    /// Threads per block (the producer form adds a warpgroup).
+    fn threads(self) -> u32 {
+        if self == Self::Producer {
+            WG_THREADS + 128
+        } else {
+            WG_THREADS
+        }
+    }
+}
+
+/// Page sizes the TMA forms take: powers of two from 8 (a box of min(page, 32) keys never
+/// crosses a page, split starts being multiples of 32 keys).
+fn wg_tma_pages(page_size: usize) -> bool {
+    page_size >= 8 && page_size.is_power_of_two()
 }
 
 /// Default-mode decode batches of at least this many rows run on the tensor cores (the decode
@@ -176,12 +227,16 @@ pub fn prefill_kernel() -> PrefillKernel {
         3 => PrefillKernel::Fa2,
         4 => PrefillKernel::Wgmma,
         5 => PrefillKernel::WgmmaSmemQ,
+        6 => PrefillKernel::WgmmaTma,
+        7 => PrefillKernel::WgmmaProducer,
         _ => {
             static PREFILL_ENV: OnceLock<Option<String>> = OnceLock::new();
             static MMA_ENV: OnceLock<Option<String>> = OnceLock::new();
             match env_once(&PREFILL_ENV, "STRATA_PREFILL_ATTN") {
                 Some("wgmma" | "wg") => PrefillKernel::Wgmma,
                 Some("wgs") => PrefillKernel::WgmmaSmemQ,
+                Some("wgt") => PrefillKernel::WgmmaTma,
+                Some("wgp") => PrefillKernel::WgmmaProducer,
                 Some("fa2") => PrefillKernel::Fa2,
                 Some("mma") => PrefillKernel::Mma,
                 Some("f32" | "general") => PrefillKernel::General,
@@ -206,6 +261,8 @@ pub fn set_prefill_kernel(k: Option<PrefillKernel>) {
         Some(PrefillKernel::Fa2) => 3,
         Some(PrefillKernel::Wgmma) => 4,
         Some(PrefillKernel::WgmmaSmemQ) => 5,
+        Some(PrefillKernel::WgmmaTma) => 6,
+        Some(PrefillKernel::WgmmaProducer) => 7,
     };
     PREFILL.store(v, std::sync::atomic::Ordering::Relaxed);
 }
@@ -224,6 +281,13 @@ pub(crate) fn fa2_smem_of(head_dim: usize, kt: usize, stages: usize) -> u32 {
 pub const WG_NAME: &str = "paged_attention_wg_d128";
 /// The wgmma prefill kernel reading Q from shared memory ([`PrefillKernel::WgmmaSmemQ`]).
 pub const WG_S_NAME: &str = "paged_attention_wgs_d128";
+/// Every form of the wgmma prefill kernel, in [`WgForm`] order.
+pub const WG_NAMES: [&str; 4] = [
+    WG_NAME,
+    WG_S_NAME,
+    "paged_attention_wgt_d128",
+    "paged_attention_wgp_d128",
+];
 
 /// Keys per K/V tile of the wgmma kernel; mirrors WG_KT in attention_prefill_wg.cu.
 const WG_KEY_TILE: usize = 128;
@@ -232,10 +296,10 @@ pub(crate) const WG_STAGES: usize = 3;
 /// Threads of a wgmma prefill block (two warpgroups).
 const WG_THREADS: u32 = 256;
 
-/// Dynamic shared memory of the wgmma kernel: 1024 bytes of alignment slack, Q [128][128] and
-/// `WG_STAGES` K and V tiles [128][128], bf16.
+/// Dynamic shared memory of the wgmma kernel: 1024 bytes of alignment slack, Q [128][128],
+/// `WG_STAGES` K and V tiles [128][128], bf16, and the TMA forms' 2 `WG_STAGES` mbarriers.
 pub(crate) fn wg_smem() -> u32 {
-    (1024 + FA2_ROWS * 128 * 2 + WG_STAGES * 2 * WG_KEY_TILE * 128 * 2) as u32
+    (1024 + FA2_ROWS * 128 * 2 + WG_STAGES * 2 * WG_KEY_TILE * 128 * 2 + 2 * WG_STAGES * 8) as u32
 }
 
 /// Kernel names of the tensor-core decode kernels, in `mma_index` order.
@@ -427,8 +491,8 @@ pub struct AttnPlan {
     cluster_regs: bool,
     /// Largest cluster the device takes (0: no cluster form).
     max_cluster: usize,
-    /// A `PrefillWg` plan runs `paged_attention_wgs_d128` (Q from shared memory).
-    wg_smem_q: bool,
+    /// The form a `PrefillWg` plan runs.
+    wg_form: WgForm,
     /// What a fixed decode plan's page tables hold on the GPU, where known: a replay writes only
     /// the entries that changed (the tables are `--context-length` pages wide per row).
     table_mirror: std::sync::Mutex<Option<super::plan_tables::TableMirror>>,
@@ -520,9 +584,9 @@ impl AttnPlan {
     pub fn set_cluster_regs(&mut self, regs: bool) {
         self.cluster_regs = regs;
     }
-    /// True when a wgmma prefill plan runs the form reading Q from shared memory.
-    pub fn wg_smem_q(&self) -> bool {
-        self.kernel == AttnKernel::PrefillWg && self.wg_smem_q
+    /// The form of the wgmma prefill kernel this plan runs (None: another kernel).
+    pub fn wg_form(&self) -> Option<WgForm> {
+        (self.kernel == AttnKernel::PrefillWg).then_some(self.wg_form)
     }
     /// True when a cluster plan runs the register form.
     pub fn cluster_regs(&self) -> bool {
@@ -725,27 +789,19 @@ impl CudaOps {
             (true, None) => AttnKernel::Decode,
             (false, _) if dmma => AttnKernel::DecodeMma,
             (false, _) => match (prefill_kernel(), mma_index(s.head_dim)) {
-                (PrefillKernel::Wgmma, Some(_))
-                    if s.head_dim == 128 && self.attention_wg.is_some() =>
+                (pk, Some(_))
+                    if s.head_dim == 128
+                        && WgForm::of(pk).is_some_and(|f| self.attention_wg[f as usize].is_some()) =>
                 {
                     AttnKernel::PrefillWg
                 }
-                (PrefillKernel::WgmmaSmemQ, Some(_))
-                    if s.head_dim == 128 && self.attention_wgs.is_some() =>
+                (pk, Some(i))
+                    if (pk == PrefillKernel::Fa2 || WgForm::of(pk).is_some())
+                        && self.attention_fa2[i].is_some() =>
                 {
-                    AttnKernel::PrefillWg
+                    AttnKernel::PrefillFa2
                 }
-                (
-                    PrefillKernel::Fa2 | PrefillKernel::Wgmma | PrefillKernel::WgmmaSmemQ,
-                    Some(i),
-                ) if self.attention_fa2[i].is_some() => AttnKernel::PrefillFa2,
-                (
-                    PrefillKernel::Fa2
-                    | PrefillKernel::Wgmma
-                    | PrefillKernel::WgmmaSmemQ
-                    | PrefillKernel::Mma,
-                    Some(_),
-                ) => AttnKernel::PrefillMma,
+                (pk, Some(_)) if pk != PrefillKernel::General => AttnKernel::PrefillMma,
                 _ => AttnKernel::General,
             },
         };
@@ -864,8 +920,10 @@ impl CudaOps {
             cluster,
             cluster_regs: cluster_regs_default(),
             max_cluster: self.decode2_max_cluster,
-            wg_smem_q: kernel == AttnKernel::PrefillWg
-                && prefill_kernel() == PrefillKernel::WgmmaSmemQ,
+            wg_form: match WgForm::of(prefill_kernel()) {
+                Some(f) if !f.tma() || wg_tma_pages(s.page_size) => f,
+                _ => WgForm::Regs,
+            },
             table_mirror: Default::default(),
         })
     }
@@ -1021,12 +1079,8 @@ impl CudaOps {
             })?;
             let idx = mma_index(hd).expect("planned only for supported head sizes");
             let (f, smem, block) = if plan.kernel == AttnKernel::PrefillWg {
-                let f = if plan.wg_smem_q {
-                    &self.attention_wgs
-                } else {
-                    &self.attention_wg
-                };
-                (f, wg_smem(), WG_THREADS)
+                let form = plan.wg_form;
+                (&self.attention_wg[form as usize], wg_smem(), form.threads())
             } else if plan.kernel == AttnKernel::DecodeMma {
                 (&self.attention_dmma[idx], dmma_smem(hd), 128)
             } else {
@@ -1041,6 +1095,17 @@ impl CudaOps {
             if plan.kernel == AttnKernel::PrefillWg {
                 let mut wg_args = args.to_vec();
                 wg_args.extend([Arg::U64(rope_pos), Arg::U64(rope_inv)]);
+                // The pools as TMA maps: boxes of min(page, 32) keys x 64 dims (zeroed maps
+                // for the forms that do not read them).
+                let maps = if plan.wg_form.tma() {
+                    let rows = s.page_size.min(32);
+                    [k_pool, v_pool].map(|p| super::gemm_wg::tensor_map(p.ptr(), slots, kv_dim, rows))
+                } else {
+                    [Ok(Default::default()), Ok(Default::default())]
+                };
+                for m in maps {
+                    wg_args.push(Arg::Map(m?));
+                }
                 self.go(f, dims, &wg_args)?;
             } else {
                 self.go(f, dims, &args)?;

@@ -119,7 +119,7 @@ impl WgGemm {
 
 /// The TMA map of a row-major bf16 matrix [rows, cols] at `ptr`: boxes of `box_rows` rows x 64
 /// columns (128 bytes) in the 128-byte swizzle, zero-filled past the edges.
-fn tensor_map(ptr: u64, rows: usize, cols: usize, box_rows: usize) -> Result<TensorMap> {
+pub(crate) fn tensor_map(ptr: u64, rows: usize, cols: usize, box_rows: usize) -> Result<TensorMap> {
     let dims = [cols as u64, rows as u64];
     let strides = [(cols * 2) as u64];
     let boxes = [BK as u32, box_rows as u32];

@@ -38,7 +38,7 @@ pub enum Arg {
 }
 
 /// The 128 opaque bytes of a CUtensorMap, 64-byte aligned as the kernel parameter is.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Copy, Debug, Default)]
 #[repr(C, align(64))]
 pub struct TensorMap(pub [u64; 16]);
 

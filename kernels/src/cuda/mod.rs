@@ -43,7 +43,7 @@ pub mod transfer;
 pub use attention::{
     decode_dmma, decode_on_mma, prefill_kernel, set_decode_attn, set_decode_dmma,
     set_prefill_kernel, AttnKernel, AttnPlan, AttnSeq, AttnShape, DecodeRow, PlanOpts,
-    PrefillKernel, QRope, DECODE2_VARIANTS, WG_NAME, WG_S_NAME,
+    PrefillKernel, QRope, WgForm, DECODE2_VARIANTS, WG_NAME, WG_NAMES, WG_S_NAME,
 };
 pub use backend::{CudaBackend, CudaBuf};
 pub use device::GpuContext;

@@ -41,11 +41,10 @@ pub struct CudaOps {
     /// `paged_attention_fa2_*`, in `attention::mma_index` order; None where the device cannot
     /// give the kernel its dynamic shared memory (plans then use `attention_mma`).
     pub(crate) attention_fa2: Vec<Option<CudaFunction>>,
-    /// `paged_attention_wg_d128` (attention_prefill_wg.cu, sm_90a): only on compute-9.0
-    /// devices, None elsewhere or where it did not load (plans then use `attention_fa2`).
-    pub(crate) attention_wg: Option<CudaFunction>,
-    /// `paged_attention_wgs_d128`: the same reading Q from shared memory (timed beside it).
-    pub(crate) attention_wgs: Option<CudaFunction>,
+    /// The forms of `paged_attention_wg_d128` (attention_prefill_wg.cu, sm_90a) in
+    /// `attention::WgForm` order: only on compute-9.0 devices, None elsewhere or where one did
+    /// not load (plans then use `attention_fa2`).
+    pub(crate) attention_wg: Vec<Option<CudaFunction>>,
     /// `paged_attention_dmma_*` (attention_decode_mma.cu), in `attention::mma_index` order; None
     /// where the device cannot give it its shared memory (decode batches then plan the prefill
     /// kernel as before).
@@ -119,8 +118,10 @@ impl CudaOps {
                 .zip([64, 128])
                 .map(|(n, hd)| fa2_function(&ctx, n, super::attention::fa2_smem(hd)))
                 .collect::<Result<_>>()?,
-            attention_wg: wg_function(&ctx, super::attention::WG_NAME),
-            attention_wgs: wg_function(&ctx, super::attention::WG_S_NAME),
+            attention_wg: super::attention::WG_NAMES
+                .iter()
+                .map(|n| wg_function(&ctx, n))
+                .collect(),
             attention_dmma: super::attention::DMMA_NAMES
                 .iter()
                 .zip([64, 128])
@@ -143,7 +144,7 @@ impl CudaOps {
     /// True when the wgmma prefill kernel loaded (compute 9.0 devices), so
     /// `PrefillKernel::Wgmma` plans head_dim-128 prompts on it.
     pub fn has_wgmma_prefill(&self) -> bool {
-        self.attention_wg.is_some()
+        self.attention_wg[0].is_some()
     }
 
     /// The GPU these ops run on.

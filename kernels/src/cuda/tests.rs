@@ -95,8 +95,9 @@ fn nvrtc_programs_compile_where_nvrtc_exists() {
     let (cubin, log) = nvrtc::compile_with(Program::AttentionWg, "sm_90a", &["--ptxas-options=-v"])
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(cubin.len() > 100, "sm_90a: empty wgmma attention cubin");
-    no_spills("sm_90a", &log, super::attention::WG_NAME);
-    no_spills("sm_90a", &log, super::attention::WG_S_NAME);
+    for name in super::attention::WG_NAMES {
+        no_spills("sm_90a", &log, name);
+    }
     assert!(!log.contains("serialized"), "wgmma serialized:\n{log}");
     // The wgmma + TMA gate_up GEMM: the same conditions.
     let (cubin, log) = nvrtc::compile_with(Program::GemmWg, "sm_90a", &["--ptxas-options=-v"])

@@ -527,7 +527,13 @@ pub fn run(
             let wg_ms = if ops.has_wgmma_prefill() {
                 let f = forward_with(PrefillKernel::Wgmma)?;
                 let fs = forward_with(PrefillKernel::WgmmaSmemQ)?;
-                line += &format!(", wgmma {f:.1} ms, wgmma with Q from shared memory {fs:.1} ms");
+                let ft = forward_with(PrefillKernel::WgmmaTma)?;
+                let fp = forward_with(PrefillKernel::WgmmaProducer)?;
+                let f2 = forward_with(PrefillKernel::Wgmma)?;
+                line += &format!(
+                    ", wgmma {f:.1} / {f2:.1} ms, wgmma with Q from shared memory {fs:.1} ms, \
+                     K/V by TMA from warp 0 {ft:.1} ms, from a producer warpgroup {fp:.1} ms"
+                );
                 Some(f)
             } else {
                 None
@@ -606,6 +612,9 @@ pub fn run(
             if ops.has_wgmma_prefill() {
                 kinds.push(("wgmma", PrefillKernel::Wgmma));
                 kinds.push(("wgmma-smem-q", PrefillKernel::WgmmaSmemQ));
+                kinds.push(("wgmma-tma", PrefillKernel::WgmmaTma));
+                kinds.push(("wgmma-producer", PrefillKernel::WgmmaProducer));
+                kinds.push(("wgmma-again", PrefillKernel::Wgmma));
             }
             // (one untimed pass first: the first kernel timed after the forwards read up to
             // 35 % slow on the H200 at 20:29 UTC)

@@ -3,7 +3,7 @@
 use rand::Rng;
 use strata_kernels::cuda::{
     AttnKernel, AttnPlan, AttnSeq, AttnShape, CudaOps, DTensor, DecodeRow, Gemm, GemmPath,
-    QkvInput, DECODE2_VARIANTS, NORM_IN_QKV,
+    QkvInput, WgForm, DECODE2_VARIANTS, NORM_IN_QKV,
 };
 use strata_kernels::reference as r;
 
@@ -931,8 +931,9 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
         })
         .cloned()
         .collect();
-    // Each again on the wgmma kernel, and on its form reading Q from shared memory.
-    let wg_cases: Vec<_> = ["wg", "wgs"]
+    // Each again on the wgmma kernel and on its other forms (Q from shared memory, K/V by TMA
+    // from warp 0 and from a producer warpgroup).
+    let wg_cases: Vec<_> = ["wg", "wgs", "wgt", "wgp"]
         .iter()
         .flat_map(|k| {
             wg_cases
@@ -1035,6 +1036,10 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
         let wg_case = name.starts_with("wg");
         if name.starts_with("wgs") {
             set_prefill_kernel(Some(PrefillKernel::WgmmaSmemQ));
+        } else if name.starts_with("wgt") {
+            set_prefill_kernel(Some(PrefillKernel::WgmmaTma));
+        } else if name.starts_with("wgp") {
+            set_prefill_kernel(Some(PrefillKernel::WgmmaProducer));
         } else if wg_case {
             set_prefill_kernel(Some(PrefillKernel::Wgmma));
         } else if name.starts_with("prefill gen") {
@@ -1073,6 +1078,22 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
                 f64::INFINITY,
                 BF16_TOL,
             );
+        }
+        // The TMA forms where the page size takes them (else the default form runs).
+        let want_form = match name.get(..3) {
+            Some("wgt") => Some(WgForm::Tma),
+            Some("wgp") => Some(WgForm::Producer),
+            _ => None,
+        };
+        if let Some(f) = want_form.filter(|_| page >= 8 && page.is_power_of_two()) {
+            if plan.kernel() == AttnKernel::PrefillWg && plan.wg_form() != Some(f) {
+                ck.rel(
+                    "attention",
+                    format!("{name}: {f:?} form not planned ({:?})", plan.wg_form()),
+                    f64::INFINITY,
+                    BF16_TOL,
+                );
+            }
         }
         if name == "decode general" {
             plan.force_general_kernel();
@@ -1147,8 +1168,12 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
             AttnKernel::General => "gen",
             AttnKernel::PrefillMma => "mma",
             AttnKernel::PrefillFa2 => "fa2",
-            AttnKernel::PrefillWg if plan.wg_smem_q() => "wgs",
-            AttnKernel::PrefillWg => "wg",
+            AttnKernel::PrefillWg => match plan.wg_form() {
+                Some(WgForm::SmemQ) => "wgs",
+                Some(WgForm::Tma) => "wgt",
+                Some(WgForm::Producer) => "wgp",
+                _ => "wg",
+            },
             AttnKernel::DecodeMma => "dmma",
         };
         let desc = format!(
