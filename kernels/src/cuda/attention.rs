@@ -791,7 +791,8 @@ impl CudaOps {
             (false, _) => match (prefill_kernel(), mma_index(s.head_dim)) {
                 (pk, Some(_))
                     if s.head_dim == 128
-                        && WgForm::of(pk).is_some_and(|f| self.attention_wg[f as usize].is_some()) =>
+                        && WgForm::of(pk)
+                            .is_some_and(|f| self.attention_wg[f as usize].is_some()) =>
                 {
                     AttnKernel::PrefillWg
                 }
@@ -1099,7 +1100,8 @@ impl CudaOps {
                 // for the forms that do not read them).
                 let maps = if plan.wg_form.tma() {
                     let rows = s.page_size.min(32);
-                    [k_pool, v_pool].map(|p| super::gemm_wg::tensor_map(p.ptr(), slots, kv_dim, rows))
+                    [k_pool, v_pool]
+                        .map(|p| super::gemm_wg::tensor_map(p.ptr(), slots, kv_dim, rows))
                 } else {
                     [Ok(Default::default()), Ok(Default::default())]
                 };
