@@ -85,12 +85,18 @@ __device__ __forceinline__ void wg_sync256() { asm volatile("bar.sync 1, 256;\n"
 // block barrier, each stage's `full` mbarrier counting the bytes. WG_LOAD_PROD: the same TMA
 // boxes issued by a third (producer) warpgroup that runs up to NST tiles ahead, each stage
 // handed back through its `empty` mbarrier once the 8 computing warps finished reading it, so
-// the computing warpgroups meet at no block barrier in the loop. Both TMA forms need page
+// the computing warpgroups meet at no block barrier in the loop. WG_LOAD_MC: the producer form
+// in thread-block clusters of 2 along grid z that share every K/V tile: the pair takes the
+// same keys for a query tile of twice the tokens, each block half of the group's query heads
+// (so group >= 2), and each block's producer loads half of every tile (K in block 0, V in block
+// 1) into both blocks by TMA multicast: half the L2 -> SM bytes per FLOP. A stage is handed back
+// to both producers (its `empty` mbarrier counts the 16 computing warps of the pair). The TMA forms need page
 // sizes that are powers of two from 8 (a box never crosses a page) and fill keys past the
 // block's end from the pool (masked: their P is 0) or, for boxes wholly past it, with zeros.
 #define WG_LOAD_CP 0
 #define WG_LOAD_TMA 1
 #define WG_LOAD_PROD 2
+#define WG_LOAD_MC 3
 
 // Issues one tile's K and V boxes into the stage at kdst / vdst (lanes < KT / br of the calling
 // warp, br = min(page_size, 32)) and arms `bar` for their bytes (lane 0, before any box).
@@ -112,11 +118,27 @@ __device__ __forceinline__ void wg_tma_tile(const TmaMap* kmap, const TmaMap* vm
     }
 }
 
-// The producer warp of WG_LOAD_PROD: every tile of the block into stage it % NST once the
-// computing warps handed that stage back, its page entries loaded a tile ahead.
-template <int NST>
+// WG_LOAD_MC's loads of one tile: this block's half (K for rank 0, V for rank 1: `map` into
+// both halves at `dst`) multicast to the pair; `bar` armed for the whole tile (both halves land
+// here).
+__device__ __forceinline__ void wg_tma_tile_mc(const TmaMap* map, u32 dst, u32 bar, PfSlot slot, int g, int page_size) {
+    const int lane = threadIdx.x & 31, br = min(page_size, 32);
+    constexpr u32 HALF_T = WG_KT * 128;
+    if (lane == 0) mb_expect_tx(bar, 4 * HALF_T);
+    __syncwarp();
+    if (lane < WG_KT / br) {
+        const int row = slot.off < 0 ? -64 : slot.page * page_size + slot.off;
+        const u32 at = (u32)(lane * br) * 128u;
+        tma_load_2d_mc(dst + at, map, g * 128, row, bar, 3);
+        tma_load_2d_mc(dst + HALF_T + at, map, g * 128 + 64, row, bar, 3);
+    }
+}
+
+// The producer warp of WG_LOAD_PROD / WG_LOAD_MC: every tile of the block into stage it % NST
+// once the computing warps handed that stage back, its page entries loaded a tile ahead.
+template <int NST, bool MC>
 __device__ void wg_tma_producer(const PfTile& T, const TmaMap* kmap, const TmaMap* vmap, u32 ks, u32 vs,
-                                u32 bars, int page_size) {
+                                u32 bars, int page_size, int rank) {
     constexpr u32 TILE = 2 * WG_KT * 128;
     const int lane = threadIdx.x & 31, br = min(page_size, 32);
     const int ntiles = T.kend > T.kbeg ? (T.kend - T.kbeg + WG_KT - 1) / WG_KT : 0;
@@ -125,15 +147,24 @@ __device__ void wg_tma_producer(const PfTile& T, const TmaMap* kmap, const TmaMa
         const int st = it % NST;
         const PfSlot next = pf_slot_load(T, T.kbeg + (it + 1) * WG_KT + lane * br, page_size, lane < WG_KT / br);
         mb_wait(bars + 8 * (NST + st), ((it / NST) & 1) ^ 1);
-        wg_tma_tile(kmap, vmap, ks + st * TILE, vs + st * TILE, bars + 8 * st, slot, T.g, page_size);
+        if (MC)
+            wg_tma_tile_mc(rank ? vmap : kmap, (rank ? vs : ks) + st * TILE, bars + 8 * st, slot, T.g, page_size);
+        else
+            wg_tma_tile(kmap, vmap, ks + st * TILE, vs + st * TILE, bars + 8 * st, slot, T.g, page_size);
         slot = next;
     }
 }
 
+// PP (the producer forms): the two computing warpgroups take turns at the tensor cores, a turn
+// from a tile's S = Q K^T to the previous tile's O += P V queued (named barriers 2 + w: the
+// other warpgroup's softmax runs during this one's GEMMs).
+__device__ __forceinline__ void wg_bar_sync(int id) { asm volatile("bar.sync %0, 256;\n" ::"r"(id) : "memory"); }
+__device__ __forceinline__ void wg_bar_arrive(int id) { asm volatile("bar.arrive %0, 256;\n" ::"r"(id) : "memory"); }
+
 // NST shared-memory stages of K and V tiles, loaded as LOAD says (WG_LOAD_*).
 // QREG: Q's A fragments are read from shared memory into registers once, and S = Q K^T takes
 // them from there (the 2 KB of Q each S wgmma reads from shared memory otherwise).
-template <int NST, bool QREG, int LOAD>
+template <int NST, bool QREG, int LOAD, bool PP>
 __device__ __forceinline__ void wg_prefill_body(
     const bf16_t* q, int q_stride, const bf16_t* k_pool, const bf16_t* v_pool,
     const int* block_tables, int max_pages, int page_size, const int* tile_info, int n_heads,
@@ -151,21 +182,40 @@ __device__ __forceinline__ void wg_prefill_body(
     // The TMA forms' mbarriers: full[NST] then empty[NST].
     const u32 bars = vs + NST * TILE;
 
-    const PfTile T = pf_tile(tile_info, block_tables, max_pages, n_heads, n_kv_heads, split_len);
+    constexpr bool MC = LOAD == WG_LOAD_MC;
+    PfTile T = pf_tile(tile_info, block_tables, max_pages, n_heads, n_kv_heads, split_len);
+    const int rank = MC ? (int)(blockIdx.z & 1) : 0;
+    if (MC) {
+        // Grid z = 2 x splits, the pair adjacent: the split's keys, half the group's heads.
+        T.split = blockIdx.z >> 1;
+        T.nsplit = gridDim.z >> 1;
+        T.kbeg = T.split * split_len;
+        T.kend = min(T.pos0 + T.qcount, T.kbeg + split_len);
+        T.group >>= 1;
+        T.gsh -= 1;
+        T.h0 += rank * T.group;
+        T.nrows = T.qcount * T.group;
+    }
     if (LOAD != WG_LOAD_CP) {
         if (threadIdx.x == 0) {
             for (int s = 0; s < NST; ++s) {
                 mb_init(bars + 8 * s, 1);
-                mb_init(bars + 8 * (NST + s), 8);  // the 8 computing warps
+                mb_init(bars + 8 * (NST + s), MC ? 16 : 8);  // the computing warps (of the pair)
             }
             asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
         }
-        __syncthreads();
+        if (MC)
+            wg_cluster_sync();
+        else
+            __syncthreads();
     }
-    if (LOAD == WG_LOAD_PROD) {
+    if (LOAD >= WG_LOAD_PROD) {
         if (threadIdx.x >= 256) {
             asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
-            if (threadIdx.x < 288) wg_tma_producer<NST>(T, kmap, vmap, ks, vs, bars, page_size);
+            if (threadIdx.x < 288) wg_tma_producer<NST, MC>(T, kmap, vmap, ks, vs, bars, page_size, rank);
+            // (the pair leaves together: the other block may still write this one's stages
+            // and barriers)
+            if (MC) wg_cluster_sync();
             return;
         }
         asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
@@ -211,7 +261,7 @@ __device__ __forceinline__ void wg_prefill_body(
             if (tid < 32) wg_tma_tile(kmap, vmap, ks + st * TILE, vs + st * TILE, bars + 8 * st, slot, T.g, page_size);
             return;
         }
-        if (LOAD == WG_LOAD_PROD) return;
+        if (LOAD >= WG_LOAD_PROD) return;
         const u32 code = pf_slot_finish(slot, page_size);
         const u32 kd = ks + st * TILE + swz_t, vd = vs + st * TILE + swz_t;
 #pragma unroll
@@ -306,13 +356,14 @@ __device__ __forceinline__ void wg_prefill_body(
             wg_mma_rs<1>(o, pk + 4 * kk, vd + (u64)((kk * 16 * 128) >> 4), 1);
         wg_commit_mma();
     };
+    if (PP && wg == 1 && ntiles > 0) wg_bar_arrive(2);  // warpgroup 0 takes the first turn
     for (int it = 0; it < ntiles; ++it) {
         if (LOAD == WG_LOAD_CP) {
             pf_cp_wait<LEAD - 1>();
             wg_fence_async();
         }
         // The stage refilled here was last read in an iteration every warpgroup finished.
-        if (LOAD != WG_LOAD_PROD) wg_sync256();
+        if (LOAD < WG_LOAD_PROD) wg_sync256();
         const int nxt = it + LEAD;
         if (nxt < ntiles) issue(nxt % NST);
         pf_commit();
@@ -322,6 +373,7 @@ __device__ __forceinline__ void wg_prefill_body(
 
         // S = Q K^T (the previous tile's O += P V is queued after the mask below).
         float s[64];
+        if (PP) wg_bar_sync(2 + wg);
         wg_fence();
 #pragma unroll
         for (int kk = 0; kk < HD / 16; ++kk) {
@@ -353,6 +405,8 @@ __device__ __forceinline__ void wg_prefill_body(
         // The previous O += P V is queued only now, after the mask's (divergent) branch: ptxas
         // waits for every wgmma in flight where a divergent branch rejoins.
         pv(pv_stage);
+        // (the other warpgroup's turn; its last one has no follower)
+        if (PP && !(wg == 1 && it == ntiles - 1)) wg_bar_arrive(3 - wg);
         // Online softmax (base 2); the 4 threads of a quad share a row.
         // Row maxima in four independent chains per row (one 16-long chain of dependent
         // FMNMX was latency-bound with one warp per scheduler and warpgroup).
@@ -401,7 +455,10 @@ __device__ __forceinline__ void wg_prefill_body(
         wg_pin<64>(o);
         wg_pin_u<KT / 4>(pk);
         // The previous tile's stage is read no more (its S and O += P V are done).
-        if (LOAD == WG_LOAD_PROD && it > 0 && lane == 0) mb_arrive(bars + 8 * (NST + pv_stage));
+        if (LOAD >= WG_LOAD_PROD && it > 0 && lane == 0) {
+            mb_arrive(bars + 8 * (NST + pv_stage));
+            if (MC) mb_arrive_remote(bars + 8 * (NST + pv_stage), rank ^ 1);
+        }
         if (rescale) {
 #pragma unroll
             for (int h = 0; h < 2; ++h)
@@ -436,6 +493,7 @@ __device__ __forceinline__ void wg_prefill_body(
         pf_store_row<HD>(T, r, tig, m[h], l[h], [&](int n, int e) { return o[4 * n + 2 * h + e]; }, out, out_stride,
                          part_acc, part_ml, n_heads, total_rows);
     }
+    if (MC) wg_cluster_sync();
 }
 
 // Dynamic shared memory: 1024 (alignment slack) + 32768 (Q) + 3 * 65536 bytes (3 stages of K
@@ -444,7 +502,7 @@ __device__ __forceinline__ void wg_prefill_body(
 // inverse frequencies): the kernel rotates Q itself (wg_rope_q). kmap / vmap: the layer's K and
 // V pools as TMA maps (boxes of min(page_size, 32) rows x 64 dims, 128-byte swizzle; read by
 // the TMA forms only).
-#define WG_KERNEL(NAME, QREG, LOAD, THREADS)                                                                    \
+#define WG_KERNEL(NAME, QREG, LOAD, PP, THREADS)                                                                    \
     extern "C" __global__ void __launch_bounds__(THREADS, 1) NAME(                                              \
         const bf16_t* q, int q_stride, const bf16_t* k_pool, const bf16_t* v_pool, const int* block_tables,    \
         int max_pages, int page_size, const int* tile_info, int n_heads, int n_kv_heads, int head_dim,         \
@@ -452,15 +510,19 @@ __device__ __forceinline__ void wg_prefill_body(
         int total_rows, const int* rope_pos, const float* rope_inv, const __grid_constant__ TmaMap kmap,       \
         const __grid_constant__ TmaMap vmap) {                                                                  \
         pdl_enter();                                                                                            \
-        wg_prefill_body<3, QREG, LOAD>(q, q_stride, k_pool, v_pool, block_tables, max_pages, page_size,        \
+        wg_prefill_body<3, QREG, LOAD, PP>(q, q_stride, k_pool, v_pool, block_tables, max_pages, page_size,        \
                                        tile_info, n_heads, n_kv_heads, scale, split_len, out, out_stride,      \
                                        part_acc, part_ml, total_rows, rope_pos, rope_inv, &kmap, &vmap);       \
     }
 // The default: Q's fragments in registers.
-WG_KERNEL(paged_attention_wg_d128, true, WG_LOAD_CP, WG_THREADS)
+WG_KERNEL(paged_attention_wg_d128, true, WG_LOAD_CP, false, WG_THREADS)
 // Q read from shared memory by every S wgmma, timed beside it: 1.218-1.228 vs 1.205 ms per layer
 // at 8K, forward 216.5-217.5 vs 214.0 ms (H200, 2026-12-04).
-WG_KERNEL(paged_attention_wgs_d128, false, WG_LOAD_CP, WG_THREADS)
+WG_KERNEL(paged_attention_wgs_d128, false, WG_LOAD_CP, false, WG_THREADS)
 // K/V by TMA from warp 0, and from a producer warpgroup (timed beside the default).
-WG_KERNEL(paged_attention_wgt_d128, true, WG_LOAD_TMA, WG_THREADS)
-WG_KERNEL(paged_attention_wgp_d128, true, WG_LOAD_PROD, WG_THREADS + 128)
+WG_KERNEL(paged_attention_wgt_d128, true, WG_LOAD_TMA, false, WG_THREADS)
+WG_KERNEL(paged_attention_wgp_d128, true, WG_LOAD_PROD, false, WG_THREADS + 128)
+WG_KERNEL(paged_attention_wgc_d128, true, WG_LOAD_MC, false, WG_THREADS + 128)
+// The two producer forms with the warpgroups taking turns (PP).
+WG_KERNEL(paged_attention_wgq_d128, true, WG_LOAD_PROD, true, WG_THREADS + 128)
+WG_KERNEL(paged_attention_wgr_d128, true, WG_LOAD_MC, true, WG_THREADS + 128)

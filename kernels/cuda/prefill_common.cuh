@@ -43,7 +43,8 @@ __device__ __forceinline__ bool pf_new_max(float* mx, const float* m, float sl2)
 // One block's work: KV head g, its query tile (rows r = token * group + head-in-group, r <
 // nrows) and its split's keys [kbeg, kend).
 struct PfTile {
-    int g, group, gsh, seq, row0, qcount, pos0, nrows, split, nsplit, kbeg, kend;
+    // h0: the query head of row 0 (g * group, unless a cluster form halves the group).
+    int g, h0, group, gsh, seq, row0, qcount, pos0, nrows, split, nsplit, kbeg, kend;
     const int* bt;  // the sequence's page table
 };
 __device__ __forceinline__ PfTile pf_tile(const int* tile_info, const int* block_tables, int max_pages,
@@ -52,6 +53,7 @@ __device__ __forceinline__ PfTile pf_tile(const int* tile_info, const int* block
     t.group = n_heads / n_kv_heads;
     t.gsh = __ffs(t.group) - 1;  // log2(group)
     t.g = blockIdx.x;
+    t.h0 = t.g * t.group;
     const int tile = gridDim.y - 1 - blockIdx.y;
     t.split = blockIdx.z;
     t.nsplit = gridDim.z;
@@ -89,7 +91,7 @@ __device__ __forceinline__ u32 pf_slot_code(const PfTile& t, int key, int page_s
 template <int HD>
 __device__ __forceinline__ const bf16_t* pf_q_src(const PfTile& t, const bf16_t* q, int q_stride, int r,
                                                   int piece) {
-    return q + (u64)(t.row0 + (r >> t.gsh)) * q_stride + (u64)(t.g * t.group + (r & (t.group - 1))) * HD +
+    return q + (u64)(t.row0 + (r >> t.gsh)) * q_stride + (u64)(t.h0 + (r & (t.group - 1))) * HD +
            piece * 8;
 }
 // Stores tile row r's finished output: with one split, o / l as bf16; else the unnormalised
@@ -99,7 +101,7 @@ template <int HD, class O2>
 __device__ __forceinline__ void pf_store_row(const PfTile& t, int r, int tig, float m, float l, O2 o2,
                                              bf16_t* out, int out_stride, float* part_acc, float* part_ml,
                                              int n_heads, int total_rows) {
-    const int grow = t.row0 + (r >> t.gsh), head = t.g * t.group + (r & (t.group - 1));
+    const int grow = t.row0 + (r >> t.gsh), head = t.h0 + (r & (t.group - 1));
     if (t.nsplit == 1) {
         const float inv = l > 0.f ? 1.f / l : 0.f;
         bf16_t* orow = out + (u64)grow * out_stride + (u64)head * HD + tig * 2;

@@ -98,6 +98,18 @@ __device__ __forceinline__ void mb_wait(u32 bar, u32 parity) {
             : "memory");
     }
 }
+// Arrives on the mbarrier at the same shared address `bar` in cluster block `rank`.
+__device__ __forceinline__ void mb_arrive_remote(u32 bar, u32 rank) {
+    asm volatile(
+        "{\n.reg .b32 r;\nmapa.shared::cluster.u32 r, %0, %1;\nmbarrier.arrive.shared::cluster.b64 _, [r];\n}\n" ::"r"(bar),
+        "r"(rank)
+        : "memory");
+}
+// Every thread of the cluster meets (release / acquire: shared-memory writes before it are
+// visible to every block of the cluster after it).
+__device__ __forceinline__ void wg_cluster_sync() {
+    asm volatile("barrier.cluster.arrive.release.aligned;\nbarrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+}
 // A tensor map (CUtensorMap, 128 bytes) passed by value as a __grid_constant__ kernel argument.
 struct __align__(64) TmaMap {
     u64 v[16];
@@ -108,5 +120,13 @@ __device__ __forceinline__ void tma_load_2d(u32 dst, const TmaMap* map, int c0, 
     asm volatile(
         "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3}], [%4];\n" ::"r"(dst),
         "l"((u64)map), "r"(c0), "r"(c1), "r"(bar)
+        : "memory");
+}
+// The same box written to shared address dst of every cluster block in `mask`, completing the
+// mbarrier at `bar` of each.
+__device__ __forceinline__ void tma_load_2d_mc(u32 dst, const TmaMap* map, int c0, int c1, u32 bar, unsigned short mask) {
+    asm volatile(
+        "cp.async.bulk.tensor.2d.shared::cluster.global.tile.mbarrier::complete_tx::bytes.multicast::cluster [%0], [%1, {%2, %3}], [%4], %5;\n" ::"r"(dst),
+        "l"((u64)map), "r"(c0), "r"(c1), "r"(bar), "h"(mask)
         : "memory");
 }

@@ -90,6 +90,15 @@ pub enum PrefillKernel {
     /// `paged_attention_wgp_d128` (`STRATA_PREFILL_ATTN=wgp`): the same TMA loads from a
     /// producer warpgroup, the computing warpgroups free of block barriers; timed beside it.
     WgmmaProducer,
+    /// `paged_attention_wgc_d128` (`STRATA_PREFILL_ATTN=wgc`): the producer form in clusters
+    /// of 2 blocks sharing each K/V tile by TMA multicast (GQA groups from 2; the producer form
+    /// otherwise); timed beside it.
+    WgmmaCluster,
+    /// `paged_attention_wgq_d128` / `paged_attention_wgr_d128` (`STRATA_PREFILL_ATTN=wgq` /
+    /// `wgr`): the producer / cluster form with the computing warpgroups taking turns at the
+    /// tensor cores; timed beside it.
+    WgmmaProducerPp,
+    WgmmaClusterPp,
 }
 
 /// The forms of the wgmma prefill kernel, in [`WG_NAMES`] order.
@@ -103,6 +112,12 @@ pub enum WgForm {
     Tma,
     /// K/V by TMA from a producer warpgroup.
     Producer,
+    /// The producer form in clusters of 2 sharing K/V tiles by multicast.
+    Cluster,
+    /// `Producer` with the computing warpgroups taking turns at the tensor cores.
+    ProducerPp,
+    /// `Cluster` with the same turns.
+    ClusterPp,
 }
 
 impl WgForm {
@@ -113,16 +128,37 @@ impl WgForm {
             PrefillKernel::WgmmaSmemQ => Some(Self::SmemQ),
             PrefillKernel::WgmmaTma => Some(Self::Tma),
             PrefillKernel::WgmmaProducer => Some(Self::Producer),
+            PrefillKernel::WgmmaCluster => Some(Self::Cluster),
+            PrefillKernel::WgmmaProducerPp => Some(Self::ProducerPp),
+            PrefillKernel::WgmmaClusterPp => Some(Self::ClusterPp),
             _ => None,
         }
     }
     /// True for the forms that load K/V through TMA maps of the pools.
     pub fn tma(self) -> bool {
-        matches!(self, Self::Tma | Self::Producer)
+        !matches!(self, Self::Regs | Self::SmemQ)
     }
-    /// Threads per block (the producer form adds a warpgroup).
+    /// Blocks per cluster (grid z holds the pair), i.e. how many blocks share a query tile.
+    fn cluster(self) -> usize {
+        if matches!(self, Self::Cluster | Self::ClusterPp) {
+            2
+        } else {
+            1
+        }
+    }
+    /// The form a plan runs when `self` was asked for: the TMA forms need page sizes that
+    /// [`wg_tma_pages`] takes, the cluster form a GQA group of at least 2.
+    fn planned(self, page_size: usize, group: usize) -> Self {
+        match self {
+            f if f.tma() && !wg_tma_pages(page_size) => Self::Regs,
+            Self::Cluster if group < 2 => Self::Producer,
+            Self::ClusterPp if group < 2 => Self::ProducerPp,
+            f => f,
+        }
+    }
+    /// Threads per block (the producer forms add a warpgroup).
     fn threads(self) -> u32 {
-        if self == Self::Producer {
+        if !matches!(self, Self::Regs | Self::SmemQ | Self::Tma) {
             WG_THREADS + 128
         } else {
             WG_THREADS
@@ -229,6 +265,9 @@ pub fn prefill_kernel() -> PrefillKernel {
         5 => PrefillKernel::WgmmaSmemQ,
         6 => PrefillKernel::WgmmaTma,
         7 => PrefillKernel::WgmmaProducer,
+        8 => PrefillKernel::WgmmaCluster,
+        9 => PrefillKernel::WgmmaProducerPp,
+        10 => PrefillKernel::WgmmaClusterPp,
         _ => {
             static PREFILL_ENV: OnceLock<Option<String>> = OnceLock::new();
             static MMA_ENV: OnceLock<Option<String>> = OnceLock::new();
@@ -237,6 +276,9 @@ pub fn prefill_kernel() -> PrefillKernel {
                 Some("wgs") => PrefillKernel::WgmmaSmemQ,
                 Some("wgt") => PrefillKernel::WgmmaTma,
                 Some("wgp") => PrefillKernel::WgmmaProducer,
+                Some("wgc") => PrefillKernel::WgmmaCluster,
+                Some("wgq") => PrefillKernel::WgmmaProducerPp,
+                Some("wgr") => PrefillKernel::WgmmaClusterPp,
                 Some("fa2") => PrefillKernel::Fa2,
                 Some("mma") => PrefillKernel::Mma,
                 Some("f32" | "general") => PrefillKernel::General,
@@ -263,6 +305,9 @@ pub fn set_prefill_kernel(k: Option<PrefillKernel>) {
         Some(PrefillKernel::WgmmaSmemQ) => 5,
         Some(PrefillKernel::WgmmaTma) => 6,
         Some(PrefillKernel::WgmmaProducer) => 7,
+        Some(PrefillKernel::WgmmaCluster) => 8,
+        Some(PrefillKernel::WgmmaProducerPp) => 9,
+        Some(PrefillKernel::WgmmaClusterPp) => 10,
     };
     PREFILL.store(v, std::sync::atomic::Ordering::Relaxed);
 }
@@ -282,11 +327,14 @@ pub const WG_NAME: &str = "paged_attention_wg_d128";
 /// The wgmma prefill kernel reading Q from shared memory ([`PrefillKernel::WgmmaSmemQ`]).
 pub const WG_S_NAME: &str = "paged_attention_wgs_d128";
 /// Every form of the wgmma prefill kernel, in [`WgForm`] order.
-pub const WG_NAMES: [&str; 4] = [
+pub const WG_NAMES: [&str; 7] = [
     WG_NAME,
     WG_S_NAME,
     "paged_attention_wgt_d128",
     "paged_attention_wgp_d128",
+    "paged_attention_wgc_d128",
+    "paged_attention_wgq_d128",
+    "paged_attention_wgr_d128",
 ];
 
 /// Keys per K/V tile of the wgmma kernel; mirrors WG_KT in attention_prefill_wg.cu.
@@ -807,11 +855,13 @@ impl CudaOps {
             },
         };
         let decode_role = !opts.prefill && seqs.iter().all(|q| q.q_len == 1);
+        let wg_form = WgForm::of(prefill_kernel())
+            .unwrap_or(WgForm::Regs)
+            .planned(s.page_size, group);
         let qt = match kernel {
             AttnKernel::PrefillMma => MMA_ROWS / group,
-            AttnKernel::PrefillFa2 | AttnKernel::PrefillWg | AttnKernel::DecodeMma => {
-                FA2_ROWS / group
-            }
+            AttnKernel::PrefillWg => FA2_ROWS * wg_form.cluster() / group,
+            AttnKernel::PrefillFa2 | AttnKernel::DecodeMma => FA2_ROWS / group,
             _ => ROWS / group,
         };
         let max_pages = seqs.iter().map(|q| q.pages.len()).max().unwrap_or(1).max(1);
@@ -867,9 +917,14 @@ impl CudaOps {
         } else {
             kernel
         };
+        let pair = if kernel == AttnKernel::PrefillWg {
+            wg_form.cluster()
+        } else {
+            1
+        };
         let (splits, split_len) = choose_splits(
             policy_kernel,
-            n_tiles * s.n_kv_heads,
+            n_tiles * s.n_kv_heads * pair,
             self.ctx.sm_count(),
             max_kv,
             opts.splits,
@@ -921,10 +976,7 @@ impl CudaOps {
             cluster,
             cluster_regs: cluster_regs_default(),
             max_cluster: self.decode2_max_cluster,
-            wg_form: match WgForm::of(prefill_kernel()) {
-                Some(f) if !f.tma() || wg_tma_pages(s.page_size) => f,
-                _ => WgForm::Regs,
-            },
+            wg_form,
             table_mirror: Default::default(),
         })
     }
@@ -1088,8 +1140,17 @@ impl CudaOps {
                 (&self.attention_fa2[idx], fa2_smem(hd), 128)
             };
             let f = f.as_ref().expect("planned only where the kernel loaded");
+            let pair = if plan.kernel == AttnKernel::PrefillWg {
+                plan.wg_form.cluster()
+            } else {
+                1
+            };
             let dims = Dims {
-                grid: (s.n_kv_heads as u32, plan.n_tiles as u32, plan.splits as u32),
+                grid: (
+                    s.n_kv_heads as u32,
+                    plan.n_tiles as u32,
+                    (plan.splits * pair) as u32,
+                ),
                 block,
                 smem,
             };
@@ -1108,7 +1169,22 @@ impl CudaOps {
                 for m in maps {
                     wg_args.push(Arg::Map(m?));
                 }
-                self.go(f, dims, &wg_args)?;
+                if pair > 1 {
+                    self.ctx.cuda().bind_to_thread()?;
+                    // SAFETY: as `go`: the pointers in `args` checked above, the maps cover
+                    // exactly the two pools.
+                    unsafe {
+                        super::launch::launch_in_clusters(
+                            f,
+                            self.ctx.stream().cu_stream(),
+                            dims,
+                            Some(pair as u32),
+                            &wg_args,
+                        )
+                    }?;
+                } else {
+                    self.go(f, dims, &wg_args)?;
+                }
             } else {
                 self.go(f, dims, &args)?;
             }

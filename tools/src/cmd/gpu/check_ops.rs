@@ -933,7 +933,7 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
         .collect();
     // Each again on the wgmma kernel and on its other forms (Q from shared memory, K/V by TMA
     // from warp 0 and from a producer warpgroup).
-    let wg_cases: Vec<_> = ["wg", "wgs", "wgt", "wgp"]
+    let wg_cases: Vec<_> = ["wg", "wgs", "wgt", "wgp", "wgc", "wgq", "wgr"]
         .iter()
         .flat_map(|k| {
             wg_cases
@@ -1040,6 +1040,12 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
             set_prefill_kernel(Some(PrefillKernel::WgmmaTma));
         } else if name.starts_with("wgp") {
             set_prefill_kernel(Some(PrefillKernel::WgmmaProducer));
+        } else if name.starts_with("wgc") {
+            set_prefill_kernel(Some(PrefillKernel::WgmmaCluster));
+        } else if name.starts_with("wgq") {
+            set_prefill_kernel(Some(PrefillKernel::WgmmaProducerPp));
+        } else if name.starts_with("wgr") {
+            set_prefill_kernel(Some(PrefillKernel::WgmmaClusterPp));
         } else if wg_case {
             set_prefill_kernel(Some(PrefillKernel::Wgmma));
         } else if name.starts_with("prefill gen") {
@@ -1083,6 +1089,11 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
         let want_form = match name.get(..3) {
             Some("wgt") => Some(WgForm::Tma),
             Some("wgp") => Some(WgForm::Producer),
+            Some("wgc") if nh > nkv => Some(WgForm::Cluster),
+            Some("wgc") => Some(WgForm::Producer),
+            Some("wgq") => Some(WgForm::ProducerPp),
+            Some("wgr") if nh > nkv => Some(WgForm::ClusterPp),
+            Some("wgr") => Some(WgForm::ProducerPp),
             _ => None,
         };
         if let Some(f) = want_form.filter(|_| page >= 8 && page.is_power_of_two()) {
@@ -1172,6 +1183,9 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
                 Some(WgForm::SmemQ) => "wgs",
                 Some(WgForm::Tma) => "wgt",
                 Some(WgForm::Producer) => "wgp",
+                Some(WgForm::Cluster) => "wgc",
+                Some(WgForm::ProducerPp) => "wgq",
+                Some(WgForm::ClusterPp) => "wgr",
                 _ => "wg",
             },
             AttnKernel::DecodeMma => "dmma",
