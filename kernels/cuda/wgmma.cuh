@@ -88,14 +88,23 @@ __device__ __forceinline__ void mb_arrive(u32 bar) {
 __device__ __forceinline__ void mb_expect_tx(u32 bar, u32 bytes) {
     asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
 }
+// A wait that outlasts ~2^33 cycles (seconds: a pipeline that can never complete) traps, so a
+// launch fails with an error instead of hanging the process.
 __device__ __forceinline__ void mb_wait(u32 bar, u32 parity) {
-    u32 done = 0;
+    u32 done = 0, tries = 0;
+    long long t0 = 0;
     while (!done) {
         asm volatile(
             "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
             : "=r"(done)
             : "r"(bar), "r"(parity)
             : "memory");
+        if (!done && (++tries & 1023u) == 0) {
+            if (t0 == 0)
+                t0 = clock64();
+            else if (clock64() - t0 > (1ll << 33))
+                __trap();
+        }
     }
 }
 // Arrives on the mbarrier at the same shared address `bar` in cluster block `rank`.

@@ -998,7 +998,18 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
                 }),
         )
         .chain(wg_cases);
+    // STRATA_CHECK_CASES=p1,p2: only the cases whose names start with one of the prefixes,
+    // each named on stderr as it starts (a hung kernel then names its case).
+    let only: Option<Vec<String>> = std::env::var("STRATA_CHECK_CASES")
+        .ok()
+        .map(|v| v.split(',').map(str::to_string).collect());
     for (name, nh, nkv, hd, page, lens, splits) in cases {
+        if let Some(only) = &only {
+            if !only.iter().any(|p| name.starts_with(p.as_str())) {
+                continue;
+            }
+            eprintln!("attention case {name} h{nh}/{nkv} p{page} {lens:?}");
+        }
         let pages_needed: usize = lens.iter().map(|&(_, kv)| kv.div_ceil(page)).sum();
         let pool_pages = pages_needed + 5;
         let mut ids: Vec<i32> = (0..pool_pages as i32).collect();
