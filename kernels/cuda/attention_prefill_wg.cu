@@ -74,36 +74,35 @@ __device__ __forceinline__ void wg_rope_q(u32 qs, const PfTile& T, const int* po
     }
 }
 
-// The block's two computing warpgroups (threads 0..255) meet: the forms with a producer
-// warpgroup (WG_LOAD_PROD) leave it out.
+// The block's two computing warpgroups (threads 0..255) meet: the producer forms leave their
+// producer warpgroup out.
 __device__ __forceinline__ void wg_sync256() { asm volatile("bar.sync 1, 256;\n" ::: "memory"); }
 
-// How K/V tiles reach shared memory (the `LOAD` parameter of wg_prefill_body):
-// WG_LOAD_CP: cp.async from every thread (each key's pool slot looked up through the page
-// table, see above). WG_LOAD_TMA: TMA boxes of min(page_size, 32) keys x 64 dims from the
-// pool's tensor maps, issued by warp 0's lanes (one box row range per lane) after the loop's
-// block barrier, each stage's `full` mbarrier counting the bytes. WG_LOAD_PROD: the same TMA
-// boxes issued by a third (producer) warpgroup that runs up to NST tiles ahead, each stage
-// handed back through its `empty` mbarrier once the 8 computing warps finished reading it, so
-// the computing warpgroups meet at no block barrier in the loop. WG_LOAD_MC: the producer form
-// in thread-block clusters of 2 along grid z that share every K/V tile: the pair takes the
-// same keys for a query tile of twice the tokens, each block half of the group's query heads
-// (so group >= 2), and each block's producer loads half of every tile (K in block 0, V in block
-// 1) into both blocks by TMA multicast: half the L2 -> SM bytes per FLOP. A stage is handed back
-// to both producers (its `empty` mbarrier counts the 16 computing warps of the pair). The TMA forms need page
-// sizes that are powers of two from 8 (a box never crosses a page) and fill keys past the
-// block's end from the pool (masked: their P is 0) or, for boxes wholly past it, with zeros.
-#define WG_LOAD_CP 0
-#define WG_LOAD_TMA 1
-#define WG_LOAD_PROD 2
-#define WG_LOAD_MC 3
+// How K/V tiles reach shared memory (the `CL` parameter of wg_prefill_body):
+// CL = 0: cp.async from every computing thread (each key's pool slot looked up through the page
+// table, see above), the two warpgroups meeting at a block barrier per tile.
+// CL >= 1, the producer forms: TMA boxes of min(page_size, 32) keys x 64 dims from the pool's
+// tensor maps (one box row range per lane of a producer warp: a third warpgroup, which gives
+// its registers to the computing ones), up to NST tiles ahead; each stage's `full` mbarrier
+// counts the bytes and its `empty` one the computing warps that finished reading it, so the
+// computing warpgroups meet at no block barrier in the loop. CL >= 2: thread-block clusters of
+// CL blocks along grid z that share every K/V tile: they take the same keys for a query tile of
+// CL times the tokens, each block 1 / CL of the group's query heads (so group >= CL), and each
+// block's producer loads its share of the tile's four boxes (K dims 0-63, K 64-127, V 0-63,
+// V 64-127; box j by block j % CL) into every block of the cluster by TMA multicast: 1 / CL of
+// the L2 -> SM bytes per FLOP. A stage is handed back to every producer of the cluster (its
+// `empty` mbarrier counts the 8 CL computing warps). The producer forms need page sizes that
+// are powers of two from 8 (a box never crosses a page) and read keys past the block's end
+// from the pool (masked: their P is 0) or, for boxes wholly past it, as zeros (rows outside
+// the tensor).
 
-// Issues one tile's K and V boxes into the stage at kdst / vdst (lanes < KT / br of the calling
-// warp, br = min(page_size, 32)) and arms `bar` for their bytes (lane 0, before any box).
-// `slot`: this lane's box start as pf_slot_load gave it (off < 0: past the keys, a box of
-// zeros from rows outside the tensor).
+// One tile's boxes from this block (see above) into the stage at kdst / vdst of every block of
+// the cluster (lanes < KT / br of the calling warp, br = min(page_size, 32)), `bar` armed for
+// the whole tile (lane 0, before any box). `slot`: this lane's box start as pf_slot_load gave
+// it (off < 0: past the keys).
+template <int CL>
 __device__ __forceinline__ void wg_tma_tile(const TmaMap* kmap, const TmaMap* vmap, u32 kdst, u32 vdst, u32 bar,
-                                            PfSlot slot, int g, int page_size) {
+                                            PfSlot slot, int g, int page_size, int rank) {
     const int lane = threadIdx.x & 31, br = min(page_size, 32);
     constexpr u32 HALF_T = WG_KT * 128;
     if (lane == 0) mb_expect_tx(bar, 4 * HALF_T);
@@ -111,32 +110,23 @@ __device__ __forceinline__ void wg_tma_tile(const TmaMap* kmap, const TmaMap* vm
     if (lane < WG_KT / br) {
         const int row = slot.off < 0 ? -64 : slot.page * page_size + slot.off;
         const u32 at = (u32)(lane * br) * 128u;
-        tma_load_2d(kdst + at, kmap, g * 128, row, bar);
-        tma_load_2d(kdst + HALF_T + at, kmap, g * 128 + 64, row, bar);
-        tma_load_2d(vdst + at, vmap, g * 128, row, bar);
-        tma_load_2d(vdst + HALF_T + at, vmap, g * 128 + 64, row, bar);
+#pragma unroll
+        for (int j = 0; j < 4; ++j) {
+            if (j % CL != rank) continue;
+            const TmaMap* map = j < 2 ? kmap : vmap;
+            const u32 dst = (j < 2 ? kdst : vdst) + (u32)(j & 1) * HALF_T + at;
+            const int c0 = g * 128 + (j & 1) * 64;
+            if (CL == 1)
+                tma_load_2d(dst, map, c0, row, bar);
+            else
+                tma_load_2d_mc(dst, map, c0, row, bar, (unsigned short)((1 << CL) - 1));
+        }
     }
 }
 
-// WG_LOAD_MC's loads of one tile: this block's half (K for rank 0, V for rank 1: `map` into
-// both halves at `dst`) multicast to the pair; `bar` armed for the whole tile (both halves land
-// here).
-__device__ __forceinline__ void wg_tma_tile_mc(const TmaMap* map, u32 dst, u32 bar, PfSlot slot, int g, int page_size) {
-    const int lane = threadIdx.x & 31, br = min(page_size, 32);
-    constexpr u32 HALF_T = WG_KT * 128;
-    if (lane == 0) mb_expect_tx(bar, 4 * HALF_T);
-    __syncwarp();
-    if (lane < WG_KT / br) {
-        const int row = slot.off < 0 ? -64 : slot.page * page_size + slot.off;
-        const u32 at = (u32)(lane * br) * 128u;
-        tma_load_2d_mc(dst + at, map, g * 128, row, bar, 3);
-        tma_load_2d_mc(dst + HALF_T + at, map, g * 128 + 64, row, bar, 3);
-    }
-}
-
-// The producer warp of WG_LOAD_PROD / WG_LOAD_MC: every tile of the block into stage it % NST
-// once the computing warps handed that stage back, its page entries loaded a tile ahead.
-template <int NST, bool MC>
+// The producer warp: every tile of the block into stage it % NST once the computing warps (of
+// the cluster) handed that stage back, its page entries loaded a tile ahead.
+template <int NST, int CL>
 __device__ void wg_tma_producer(const PfTile& T, const TmaMap* kmap, const TmaMap* vmap, u32 ks, u32 vs,
                                 u32 bars, int page_size, int rank) {
     constexpr u32 TILE = 2 * WG_KT * 128;
@@ -147,24 +137,15 @@ __device__ void wg_tma_producer(const PfTile& T, const TmaMap* kmap, const TmaMa
         const int st = it % NST;
         const PfSlot next = pf_slot_load(T, T.kbeg + (it + 1) * WG_KT + lane * br, page_size, lane < WG_KT / br);
         mb_wait(bars + 8 * (NST + st), ((it / NST) & 1) ^ 1);
-        if (MC)
-            wg_tma_tile_mc(rank ? vmap : kmap, (rank ? vs : ks) + st * TILE, bars + 8 * st, slot, T.g, page_size);
-        else
-            wg_tma_tile(kmap, vmap, ks + st * TILE, vs + st * TILE, bars + 8 * st, slot, T.g, page_size);
+        wg_tma_tile<CL>(kmap, vmap, ks + st * TILE, vs + st * TILE, bars + 8 * st, slot, T.g, page_size, rank);
         slot = next;
     }
 }
 
-// PP (the producer forms): the two computing warpgroups take turns at the tensor cores, a turn
-// from a tile's S = Q K^T to the previous tile's O += P V queued (named barriers 2 + w: the
-// other warpgroup's softmax runs during this one's GEMMs).
-__device__ __forceinline__ void wg_bar_sync(int id) { asm volatile("bar.sync %0, 256;\n" ::"r"(id) : "memory"); }
-__device__ __forceinline__ void wg_bar_arrive(int id) { asm volatile("bar.arrive %0, 256;\n" ::"r"(id) : "memory"); }
-
-// NST shared-memory stages of K and V tiles, loaded as LOAD says (WG_LOAD_*).
+// NST shared-memory stages of K and V tiles, loaded as CL says (above).
 // QREG: Q's A fragments are read from shared memory into registers once, and S = Q K^T takes
 // them from there (the 2 KB of Q each S wgmma reads from shared memory otherwise).
-template <int NST, bool QREG, int LOAD, bool PP>
+template <int NST, bool QREG, int CL>
 __device__ __forceinline__ void wg_prefill_body(
     const bf16_t* q, int q_stride, const bf16_t* k_pool, const bf16_t* v_pool,
     const int* block_tables, int max_pages, int page_size, const int* tile_info, int n_heads,
@@ -182,25 +163,26 @@ __device__ __forceinline__ void wg_prefill_body(
     // The TMA forms' mbarriers: full[NST] then empty[NST].
     const u32 bars = vs + NST * TILE;
 
-    constexpr bool MC = LOAD == WG_LOAD_MC;
+    constexpr bool PROD = CL > 0, MC = CL > 1;
     PfTile T = pf_tile(tile_info, block_tables, max_pages, n_heads, n_kv_heads, split_len);
-    const int rank = MC ? (int)(blockIdx.z & 1) : 0;
+    const int rank = MC ? (int)(blockIdx.z % CL) : 0;
     if (MC) {
-        // Grid z = 2 x splits, the pair adjacent: the split's keys, half the group's heads.
-        T.split = blockIdx.z >> 1;
-        T.nsplit = gridDim.z >> 1;
+        // Grid z = CL x splits, a cluster's blocks adjacent: the split's keys, 1 / CL of the
+        // group's heads each.
+        T.split = blockIdx.z / CL;
+        T.nsplit = gridDim.z / CL;
         T.kbeg = T.split * split_len;
         T.kend = min(T.pos0 + T.qcount, T.kbeg + split_len);
-        T.group >>= 1;
-        T.gsh -= 1;
+        T.group /= CL;
+        T.gsh -= CL == 4 ? 2 : 1;
         T.h0 += rank * T.group;
         T.nrows = T.qcount * T.group;
     }
-    if (LOAD != WG_LOAD_CP) {
+    if (PROD) {
         if (threadIdx.x == 0) {
             for (int s = 0; s < NST; ++s) {
                 mb_init(bars + 8 * s, 1);
-                mb_init(bars + 8 * (NST + s), MC ? 16 : 8);  // the computing warps (of the pair)
+                mb_init(bars + 8 * (NST + s), 8 * CL);  // the computing warps of the cluster
             }
             asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
         }
@@ -208,12 +190,10 @@ __device__ __forceinline__ void wg_prefill_body(
             wg_cluster_sync();
         else
             __syncthreads();
-    }
-    if (LOAD >= WG_LOAD_PROD) {
         if (threadIdx.x >= 256) {
             asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
-            if (threadIdx.x < 288) wg_tma_producer<NST, MC>(T, kmap, vmap, ks, vs, bars, page_size, rank);
-            // (the pair leaves together: the other block may still write this one's stages
+            if (threadIdx.x < 288) wg_tma_producer<NST, CL>(T, kmap, vmap, ks, vs, bars, page_size, rank);
+            // (a cluster's blocks leave together: another may still write this one's stages
             // and barriers)
             if (MC) wg_cluster_sync();
             return;
@@ -246,22 +226,13 @@ __device__ __forceinline__ void wg_prefill_body(
     // use them (issued while S runs; consumed at once, the load's latency stalled every warp:
     // 8 % of the stall samples under Nsight Compute, 2026-12-04).
     PfSlot slot;
-    // (The TMA form: lane L < KT / br of warp 0 looks up its box's first key; the producer form
-    // looks up nothing here.)
-    const int tma_br = min(page_size, 32);
+    // (The producer forms look up and copy nothing here.)
     auto lookup = [&](int t0) {
-        if (LOAD == WG_LOAD_CP)
-            slot = pf_slot_load(T, t0 + my_key, page_size, lane < 16);
-        else if (LOAD == WG_LOAD_TMA)
-            slot = pf_slot_load(T, t0 + lane * tma_br, page_size, tid < KT / tma_br);
+        if (!PROD) slot = pf_slot_load(T, t0 + my_key, page_size, lane < 16);
     };
     // Copies of one tile's K and V to stage st, to the slots `slot` of the lookup lanes holds.
     auto issue = [&](int st) {
-        if (LOAD == WG_LOAD_TMA) {
-            if (tid < 32) wg_tma_tile(kmap, vmap, ks + st * TILE, vs + st * TILE, bars + 8 * st, slot, T.g, page_size);
-            return;
-        }
-        if (LOAD >= WG_LOAD_PROD) return;
+        if (PROD) return;
         const u32 code = pf_slot_finish(slot, page_size);
         const u32 kd = ks + st * TILE + swz_t, vd = vs + st * TILE + swz_t;
 #pragma unroll
@@ -356,24 +327,22 @@ __device__ __forceinline__ void wg_prefill_body(
             wg_mma_rs<1>(o, pk + 4 * kk, vd + (u64)((kk * 16 * 128) >> 4), 1);
         wg_commit_mma();
     };
-    if (PP && wg == 1 && ntiles > 0) wg_bar_arrive(2);  // warpgroup 0 takes the first turn
     for (int it = 0; it < ntiles; ++it) {
-        if (LOAD == WG_LOAD_CP) {
+        if (!PROD) {
             pf_cp_wait<LEAD - 1>();
             wg_fence_async();
+            // The stage refilled here was last read in an iteration every warpgroup finished.
+            wg_sync256();
         }
-        // The stage refilled here was last read in an iteration every warpgroup finished.
-        if (LOAD < WG_LOAD_PROD) wg_sync256();
         const int nxt = it + LEAD;
         if (nxt < ntiles) issue(nxt % NST);
         pf_commit();
-        if (LOAD != WG_LOAD_CP) mb_wait(bars + 8 * (it % NST), (it / NST) & 1);
+        if (PROD) mb_wait(bars + 8 * (it % NST), (it / NST) & 1);
         const int t0 = kbeg + it * KT;
         const u64 kd = wg_desc(ks + (it % NST) * TILE, 16, 1024);
 
         // S = Q K^T (the previous tile's O += P V is queued after the mask below).
         float s[64];
-        if (PP) wg_bar_sync(2 + wg);
         wg_fence();
 #pragma unroll
         for (int kk = 0; kk < HD / 16; ++kk) {
@@ -405,8 +374,6 @@ __device__ __forceinline__ void wg_prefill_body(
         // The previous O += P V is queued only now, after the mask's (divergent) branch: ptxas
         // waits for every wgmma in flight where a divergent branch rejoins.
         pv(pv_stage);
-        // (the other warpgroup's turn; its last one has no follower)
-        if (PP && !(wg == 1 && it == ntiles - 1)) wg_bar_arrive(3 - wg);
         // Online softmax (base 2); the 4 threads of a quad share a row.
         // Row maxima in four independent chains per row (one 16-long chain of dependent
         // FMNMX was latency-bound with one warp per scheduler and warpgroup).
@@ -455,9 +422,10 @@ __device__ __forceinline__ void wg_prefill_body(
         wg_pin<64>(o);
         wg_pin_u<KT / 4>(pk);
         // The previous tile's stage is read no more (its S and O += P V are done).
-        if (LOAD >= WG_LOAD_PROD && it > 0 && lane == 0) {
+        if (PROD && it > 0 && lane == 0) {
             mb_arrive(bars + 8 * (NST + pv_stage));
-            if (MC) mb_arrive_remote(bars + 8 * (NST + pv_stage), rank ^ 1);
+#pragma unroll
+            for (int c = 1; c < CL; ++c) mb_arrive_remote(bars + 8 * (NST + pv_stage), (rank + c) % CL);
         }
         if (rescale) {
 #pragma unroll
@@ -502,27 +470,24 @@ __device__ __forceinline__ void wg_prefill_body(
 // inverse frequencies): the kernel rotates Q itself (wg_rope_q). kmap / vmap: the layer's K and
 // V pools as TMA maps (boxes of min(page_size, 32) rows x 64 dims, 128-byte swizzle; read by
 // the TMA forms only).
-#define WG_KERNEL(NAME, QREG, LOAD, PP, THREADS)                                                                    \
-    extern "C" __global__ void __launch_bounds__(THREADS, 1) NAME(                                              \
+#define WG_KERNEL(NAME, QREG, CL)                                                                    \
+    extern "C" __global__ void __launch_bounds__(CL ? WG_THREADS + 128 : WG_THREADS, 1) NAME(                                              \
         const bf16_t* q, int q_stride, const bf16_t* k_pool, const bf16_t* v_pool, const int* block_tables,    \
         int max_pages, int page_size, const int* tile_info, int n_heads, int n_kv_heads, int head_dim,         \
         float scale, int split_len, bf16_t* out, int out_stride, float* part_acc, float* part_ml,              \
         int total_rows, const int* rope_pos, const float* rope_inv, const __grid_constant__ TmaMap kmap,       \
         const __grid_constant__ TmaMap vmap) {                                                                  \
         pdl_enter();                                                                                            \
-        wg_prefill_body<3, QREG, LOAD, PP>(q, q_stride, k_pool, v_pool, block_tables, max_pages, page_size,        \
+        wg_prefill_body<3, QREG, CL>(q, q_stride, k_pool, v_pool, block_tables, max_pages, page_size,        \
                                        tile_info, n_heads, n_kv_heads, scale, split_len, out, out_stride,      \
                                        part_acc, part_ml, total_rows, rope_pos, rope_inv, &kmap, &vmap);       \
     }
 // The default: Q's fragments in registers.
-WG_KERNEL(paged_attention_wg_d128, true, WG_LOAD_CP, false, WG_THREADS)
+WG_KERNEL(paged_attention_wg_d128, true, 0)
 // Q read from shared memory by every S wgmma, timed beside it: 1.218-1.228 vs 1.205 ms per layer
 // at 8K, forward 216.5-217.5 vs 214.0 ms (H200, 2026-12-04).
-WG_KERNEL(paged_attention_wgs_d128, false, WG_LOAD_CP, false, WG_THREADS)
-// K/V by TMA from warp 0, and from a producer warpgroup (timed beside the default).
-WG_KERNEL(paged_attention_wgt_d128, true, WG_LOAD_TMA, false, WG_THREADS)
-WG_KERNEL(paged_attention_wgp_d128, true, WG_LOAD_PROD, false, WG_THREADS + 128)
-WG_KERNEL(paged_attention_wgc_d128, true, WG_LOAD_MC, false, WG_THREADS + 128)
-// The two producer forms with the warpgroups taking turns (PP).
-WG_KERNEL(paged_attention_wgq_d128, true, WG_LOAD_PROD, true, WG_THREADS + 128)
-WG_KERNEL(paged_attention_wgr_d128, true, WG_LOAD_MC, true, WG_THREADS + 128)
+WG_KERNEL(paged_attention_wgs_d128, false, 0)
+// The producer forms: alone, and in clusters of 2 and 4.
+WG_KERNEL(paged_attention_wgp_d128, true, 1)
+WG_KERNEL(paged_attention_wgc_d128, true, 2)
+WG_KERNEL(paged_attention_wgc4_d128, true, 4)

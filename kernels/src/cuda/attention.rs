@@ -83,22 +83,17 @@ pub enum PrefillKernel {
     /// from shared memory in every S = Q K^T wgmma (the default keeps Q's fragments in
     /// registers); timed beside it.
     WgmmaSmemQ,
-    /// `paged_attention_wgt_d128` (`STRATA_PREFILL_ATTN=wgt`): the wgmma kernel with K/V tiles
-    /// loaded by TMA from warp 0 (page sizes that are powers of two from 8; the default form
-    /// otherwise); timed beside it.
-    WgmmaTma,
-    /// `paged_attention_wgp_d128` (`STRATA_PREFILL_ATTN=wgp`): the same TMA loads from a
-    /// producer warpgroup, the computing warpgroups free of block barriers; timed beside it.
+    /// `paged_attention_wgp_d128` (`STRATA_PREFILL_ATTN=wgp`): the wgmma kernel with K/V tiles
+    /// loaded by TMA from a producer warpgroup, the computing warpgroups free of block barriers
+    /// (page sizes that are powers of two from 8; the cp.async form otherwise).
     WgmmaProducer,
     /// `paged_attention_wgc_d128` (`STRATA_PREFILL_ATTN=wgc`): the producer form in clusters
     /// of 2 blocks sharing each K/V tile by TMA multicast (GQA groups from 2; the producer form
-    /// otherwise); timed beside it.
+    /// otherwise).
     WgmmaCluster,
-    /// `paged_attention_wgq_d128` / `paged_attention_wgr_d128` (`STRATA_PREFILL_ATTN=wgq` /
-    /// `wgr`): the producer / cluster form with the computing warpgroups taking turns at the
-    /// tensor cores; timed beside it.
-    WgmmaProducerPp,
-    WgmmaClusterPp,
+    /// `paged_attention_wgc4_d128` (`STRATA_PREFILL_ATTN=wgc4`): the same in clusters of 4
+    /// (GQA groups from 4; clusters of 2 otherwise).
+    WgmmaCluster4,
 }
 
 /// The forms of the wgmma prefill kernel, in [`WG_NAMES`] order.
@@ -108,16 +103,12 @@ pub enum WgForm {
     Regs,
     /// Q read from shared memory by every S wgmma.
     SmemQ,
-    /// K/V by TMA, issued by warp 0.
-    Tma,
     /// K/V by TMA from a producer warpgroup.
     Producer,
     /// The producer form in clusters of 2 sharing K/V tiles by multicast.
     Cluster,
-    /// `Producer` with the computing warpgroups taking turns at the tensor cores.
-    ProducerPp,
-    /// `Cluster` with the same turns.
-    ClusterPp,
+    /// The producer form in clusters of 4.
+    Cluster4,
 }
 
 impl WgForm {
@@ -126,24 +117,22 @@ impl WgForm {
         match k {
             PrefillKernel::Wgmma => Some(Self::Regs),
             PrefillKernel::WgmmaSmemQ => Some(Self::SmemQ),
-            PrefillKernel::WgmmaTma => Some(Self::Tma),
             PrefillKernel::WgmmaProducer => Some(Self::Producer),
             PrefillKernel::WgmmaCluster => Some(Self::Cluster),
-            PrefillKernel::WgmmaProducerPp => Some(Self::ProducerPp),
-            PrefillKernel::WgmmaClusterPp => Some(Self::ClusterPp),
+            PrefillKernel::WgmmaCluster4 => Some(Self::Cluster4),
             _ => None,
         }
     }
-    /// True for the forms that load K/V through TMA maps of the pools.
+    /// True for the forms that load K/V through TMA maps of the pools (a producer warpgroup).
     pub fn tma(self) -> bool {
         !matches!(self, Self::Regs | Self::SmemQ)
     }
-    /// Blocks per cluster (grid z holds the pair), i.e. how many blocks share a query tile.
+    /// Blocks per cluster (adjacent in grid z), i.e. how many blocks share a query tile.
     fn cluster(self) -> usize {
-        if matches!(self, Self::Cluster | Self::ClusterPp) {
-            2
-        } else {
-            1
+        match self {
+            Self::Cluster => 2,
+            Self::Cluster4 => 4,
+            _ => 1,
         }
     }
     /// The form a plan runs when `self` was asked for: the TMA forms need page sizes that
@@ -151,14 +140,14 @@ impl WgForm {
     fn planned(self, page_size: usize, group: usize) -> Self {
         match self {
             f if f.tma() && !wg_tma_pages(page_size) => Self::Regs,
+            Self::Cluster4 if group < 4 => Self::Cluster.planned(page_size, group),
             Self::Cluster if group < 2 => Self::Producer,
-            Self::ClusterPp if group < 2 => Self::ProducerPp,
             f => f,
         }
     }
     /// Threads per block (the producer forms add a warpgroup).
     fn threads(self) -> u32 {
-        if !matches!(self, Self::Regs | Self::SmemQ | Self::Tma) {
+        if self.tma() {
             WG_THREADS + 128
         } else {
             WG_THREADS
@@ -263,22 +252,18 @@ pub fn prefill_kernel() -> PrefillKernel {
         3 => PrefillKernel::Fa2,
         4 => PrefillKernel::Wgmma,
         5 => PrefillKernel::WgmmaSmemQ,
-        6 => PrefillKernel::WgmmaTma,
-        7 => PrefillKernel::WgmmaProducer,
-        8 => PrefillKernel::WgmmaCluster,
-        9 => PrefillKernel::WgmmaProducerPp,
-        10 => PrefillKernel::WgmmaClusterPp,
+        6 => PrefillKernel::WgmmaProducer,
+        7 => PrefillKernel::WgmmaCluster,
+        8 => PrefillKernel::WgmmaCluster4,
         _ => {
             static PREFILL_ENV: OnceLock<Option<String>> = OnceLock::new();
             static MMA_ENV: OnceLock<Option<String>> = OnceLock::new();
             match env_once(&PREFILL_ENV, "STRATA_PREFILL_ATTN") {
                 Some("wgmma" | "wg") => PrefillKernel::Wgmma,
                 Some("wgs") => PrefillKernel::WgmmaSmemQ,
-                Some("wgt") => PrefillKernel::WgmmaTma,
                 Some("wgp") => PrefillKernel::WgmmaProducer,
                 Some("wgc") => PrefillKernel::WgmmaCluster,
-                Some("wgq") => PrefillKernel::WgmmaProducerPp,
-                Some("wgr") => PrefillKernel::WgmmaClusterPp,
+                Some("wgc4") => PrefillKernel::WgmmaCluster4,
                 Some("fa2") => PrefillKernel::Fa2,
                 Some("mma") => PrefillKernel::Mma,
                 Some("f32" | "general") => PrefillKernel::General,
@@ -303,11 +288,9 @@ pub fn set_prefill_kernel(k: Option<PrefillKernel>) {
         Some(PrefillKernel::Fa2) => 3,
         Some(PrefillKernel::Wgmma) => 4,
         Some(PrefillKernel::WgmmaSmemQ) => 5,
-        Some(PrefillKernel::WgmmaTma) => 6,
-        Some(PrefillKernel::WgmmaProducer) => 7,
-        Some(PrefillKernel::WgmmaCluster) => 8,
-        Some(PrefillKernel::WgmmaProducerPp) => 9,
-        Some(PrefillKernel::WgmmaClusterPp) => 10,
+        Some(PrefillKernel::WgmmaProducer) => 6,
+        Some(PrefillKernel::WgmmaCluster) => 7,
+        Some(PrefillKernel::WgmmaCluster4) => 8,
     };
     PREFILL.store(v, std::sync::atomic::Ordering::Relaxed);
 }
@@ -327,14 +310,12 @@ pub const WG_NAME: &str = "paged_attention_wg_d128";
 /// The wgmma prefill kernel reading Q from shared memory ([`PrefillKernel::WgmmaSmemQ`]).
 pub const WG_S_NAME: &str = "paged_attention_wgs_d128";
 /// Every form of the wgmma prefill kernel, in [`WgForm`] order.
-pub const WG_NAMES: [&str; 7] = [
+pub const WG_NAMES: [&str; 5] = [
     WG_NAME,
     WG_S_NAME,
-    "paged_attention_wgt_d128",
     "paged_attention_wgp_d128",
     "paged_attention_wgc_d128",
-    "paged_attention_wgq_d128",
-    "paged_attention_wgr_d128",
+    "paged_attention_wgc4_d128",
 ];
 
 /// Keys per K/V tile of the wgmma kernel; mirrors WG_KT in attention_prefill_wg.cu.

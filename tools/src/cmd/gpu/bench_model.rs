@@ -527,17 +527,14 @@ pub fn run(
             let wg_ms = if ops.has_wgmma_prefill() {
                 let f = forward_with(PrefillKernel::Wgmma)?;
                 let fs = forward_with(PrefillKernel::WgmmaSmemQ)?;
-                let ft = forward_with(PrefillKernel::WgmmaTma)?;
                 let fp = forward_with(PrefillKernel::WgmmaProducer)?;
                 let fc = forward_with(PrefillKernel::WgmmaCluster)?;
-                let fq = forward_with(PrefillKernel::WgmmaProducerPp)?;
-                let fr = forward_with(PrefillKernel::WgmmaClusterPp)?;
+                let fc4 = forward_with(PrefillKernel::WgmmaCluster4)?;
                 let f2 = forward_with(PrefillKernel::Wgmma)?;
                 line += &format!(
                     ", wgmma {f:.1} / {f2:.1} ms, wgmma with Q from shared memory {fs:.1} ms, \
-                     K/V by TMA from warp 0 {ft:.1} ms, from a producer warpgroup {fp:.1} ms, \
-                     the producer form in clusters of 2 sharing K/V {fc:.1} ms, \
-                     with turns at the tensor cores: producer {fq:.1} ms, clusters {fr:.1} ms"
+                     K/V by TMA from a producer warpgroup {fp:.1} ms, in clusters sharing K/V \
+                     of 2 {fc:.1} ms, of 4 {fc4:.1} ms"
                 );
                 Some(f)
             } else {
@@ -617,11 +614,9 @@ pub fn run(
             if ops.has_wgmma_prefill() {
                 kinds.push(("wgmma", PrefillKernel::Wgmma));
                 kinds.push(("wgmma-smem-q", PrefillKernel::WgmmaSmemQ));
-                kinds.push(("wgmma-tma", PrefillKernel::WgmmaTma));
                 kinds.push(("wgmma-producer", PrefillKernel::WgmmaProducer));
                 kinds.push(("wgmma-cluster", PrefillKernel::WgmmaCluster));
-                kinds.push(("wgmma-producer-pp", PrefillKernel::WgmmaProducerPp));
-                kinds.push(("wgmma-cluster-pp", PrefillKernel::WgmmaClusterPp));
+                kinds.push(("wgmma-cluster4", PrefillKernel::WgmmaCluster4));
                 kinds.push(("wgmma-again", PrefillKernel::Wgmma));
             }
             // (one untimed pass first: the first kernel timed after the forwards read up to

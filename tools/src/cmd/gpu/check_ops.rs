@@ -933,7 +933,7 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
         .collect();
     // Each again on the wgmma kernel and on its other forms (Q from shared memory, K/V by TMA
     // from warp 0 and from a producer warpgroup).
-    let wg_cases: Vec<_> = ["wg", "wgs", "wgt", "wgp", "wgc", "wgq", "wgr"]
+    let wg_cases: Vec<_> = ["wg", "wgs", "wgp", "wgc", "wgc4"]
         .iter()
         .flat_map(|k| {
             wg_cases
@@ -1047,16 +1047,12 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
         let wg_case = name.starts_with("wg");
         if name.starts_with("wgs") {
             set_prefill_kernel(Some(PrefillKernel::WgmmaSmemQ));
-        } else if name.starts_with("wgt") {
-            set_prefill_kernel(Some(PrefillKernel::WgmmaTma));
         } else if name.starts_with("wgp") {
             set_prefill_kernel(Some(PrefillKernel::WgmmaProducer));
+        } else if name.starts_with("wgc4") {
+            set_prefill_kernel(Some(PrefillKernel::WgmmaCluster4));
         } else if name.starts_with("wgc") {
             set_prefill_kernel(Some(PrefillKernel::WgmmaCluster));
-        } else if name.starts_with("wgq") {
-            set_prefill_kernel(Some(PrefillKernel::WgmmaProducerPp));
-        } else if name.starts_with("wgr") {
-            set_prefill_kernel(Some(PrefillKernel::WgmmaClusterPp));
         } else if wg_case {
             set_prefill_kernel(Some(PrefillKernel::Wgmma));
         } else if name.starts_with("prefill gen") {
@@ -1097,14 +1093,12 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
             );
         }
         // The TMA forms where the page size takes them (else the default form runs).
-        let want_form = match name.get(..3) {
-            Some("wgt") => Some(WgForm::Tma),
+        let group = nh / nkv;
+        let want_form = match name.split(' ').next() {
             Some("wgp") => Some(WgForm::Producer),
-            Some("wgc") if nh > nkv => Some(WgForm::Cluster),
-            Some("wgc") => Some(WgForm::Producer),
-            Some("wgq") => Some(WgForm::ProducerPp),
-            Some("wgr") if nh > nkv => Some(WgForm::ClusterPp),
-            Some("wgr") => Some(WgForm::ProducerPp),
+            Some("wgc4") if group >= 4 => Some(WgForm::Cluster4),
+            Some("wgc" | "wgc4") if group >= 2 => Some(WgForm::Cluster),
+            Some("wgc" | "wgc4") => Some(WgForm::Producer),
             _ => None,
         };
         if let Some(f) = want_form.filter(|_| page >= 8 && page.is_power_of_two()) {
@@ -1192,11 +1186,9 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
             AttnKernel::PrefillFa2 => "fa2",
             AttnKernel::PrefillWg => match plan.wg_form() {
                 Some(WgForm::SmemQ) => "wgs",
-                Some(WgForm::Tma) => "wgt",
                 Some(WgForm::Producer) => "wgp",
                 Some(WgForm::Cluster) => "wgc",
-                Some(WgForm::ProducerPp) => "wgq",
-                Some(WgForm::ClusterPp) => "wgr",
+                Some(WgForm::Cluster4) => "wgc4",
                 _ => "wg",
             },
             AttnKernel::DecodeMma => "dmma",
@@ -1231,6 +1223,18 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
             ops.paged_attention_rope(&plan, &gq, 0, &gk, &gv, &b, scale, Some(rope))?;
             let n = bit_diffs(&c.download_f32(&a)?, &c.download_f32(&b)?);
             ck.exact("attention", format!("{desc} Q rotated in the kernel"), n);
+        }
+        // The TMA forms do each row's arithmetic as the cp.async form does (same key tiles in
+        // the same order, same splits): bit for bit its output.
+        if plan.wg_form().is_some_and(|f| f.tma()) {
+            set_prefill_kernel(Some(PrefillKernel::Wgmma));
+            let base = ops.attention_plan(shape, &seqs, Some(plan.splits()));
+            set_prefill_kernel(None);
+            let base = base?;
+            let other = bf16_out(ops, &[rows, nh * hd])?;
+            ops.paged_attention(&base, &gq, 0, &gk, &gv, &other, scale)?;
+            let n = bit_diffs(&got, &c.download_f32(&other)?);
+            ck.exact("attention", format!("{desc} equals wg"), n);
         }
     }
     Ok(())
