@@ -1352,6 +1352,32 @@ mod tests {
     }
 
     #[test]
+    fn wgmma_prefill_forms_fall_back_where_their_shapes_do_not_fit() {
+        use WgForm::*;
+        // (asked, page size, GQA group) -> planned: the TMA forms need power-of-two pages from
+        // 8, a cluster of n blocks a group of at least n (each block takes group / n heads).
+        for (asked, page, group, want) in [
+            (Cluster, 16, 4, Cluster),
+            (Cluster4, 16, 4, Cluster4),
+            (Cluster4, 64, 8, Cluster4),
+            (Cluster4, 16, 2, Cluster),
+            (Cluster4, 16, 1, Producer),
+            (Cluster, 16, 1, Producer),
+            (Cluster, 8, 4, Cluster),
+            (Cluster, 1, 4, Regs),
+            (Cluster4, 7, 8, Regs),
+            (Producer, 4, 1, Regs),
+            (Producer, 256, 1, Producer),
+            (Regs, 1, 4, Regs),
+            (SmemQ, 16, 4, SmemQ),
+        ] {
+            assert_eq!(asked.planned(page, group), want, "{asked:?} page {page} group {group}");
+        }
+        assert_eq!((Regs.threads(), Cluster4.threads()), (256, 384));
+        assert_eq!((Producer.cluster(), Cluster.cluster(), Cluster4.cluster()), (1, 2, 4));
+    }
+
+    #[test]
     fn cluster_form_only_for_small_decode_batches() {
         // (blocks = rows x KV heads, SMs, longest row, device's largest cluster) -> blocks per
         // cluster: within about two blocks per SM, at most one 16-key tile per block, 0 from
