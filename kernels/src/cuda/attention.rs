@@ -91,9 +91,6 @@ pub enum PrefillKernel {
     /// of 2 blocks sharing each K/V tile by TMA multicast (GQA groups from 2; the producer form
     /// otherwise).
     WgmmaCluster,
-    /// `paged_attention_wgc4_d128` (`STRATA_PREFILL_ATTN=wgc4`): the same in clusters of 4
-    /// (GQA groups from 4; clusters of 2 otherwise).
-    WgmmaCluster4,
 }
 
 /// The forms of the wgmma prefill kernel, in [`WG_NAMES`] order.
@@ -107,8 +104,6 @@ pub enum WgForm {
     Producer,
     /// The producer form in clusters of 2 sharing K/V tiles by multicast.
     Cluster,
-    /// The producer form in clusters of 4.
-    Cluster4,
 }
 
 impl WgForm {
@@ -119,7 +114,6 @@ impl WgForm {
             PrefillKernel::WgmmaSmemQ => Some(Self::SmemQ),
             PrefillKernel::WgmmaProducer => Some(Self::Producer),
             PrefillKernel::WgmmaCluster => Some(Self::Cluster),
-            PrefillKernel::WgmmaCluster4 => Some(Self::Cluster4),
             _ => None,
         }
     }
@@ -131,7 +125,6 @@ impl WgForm {
     fn cluster(self) -> usize {
         match self {
             Self::Cluster => 2,
-            Self::Cluster4 => 4,
             _ => 1,
         }
     }
@@ -140,7 +133,6 @@ impl WgForm {
     fn planned(self, page_size: usize, group: usize) -> Self {
         match self {
             f if f.tma() && !wg_tma_pages(page_size) => Self::Regs,
-            Self::Cluster4 if group < 4 => Self::Cluster.planned(page_size, group),
             Self::Cluster if group < 2 => Self::Producer,
             f => f,
         }
@@ -254,7 +246,6 @@ pub fn prefill_kernel() -> PrefillKernel {
         5 => PrefillKernel::WgmmaSmemQ,
         6 => PrefillKernel::WgmmaProducer,
         7 => PrefillKernel::WgmmaCluster,
-        8 => PrefillKernel::WgmmaCluster4,
         _ => {
             static PREFILL_ENV: OnceLock<Option<String>> = OnceLock::new();
             static MMA_ENV: OnceLock<Option<String>> = OnceLock::new();
@@ -263,7 +254,6 @@ pub fn prefill_kernel() -> PrefillKernel {
                 Some("wgs") => PrefillKernel::WgmmaSmemQ,
                 Some("wgp") => PrefillKernel::WgmmaProducer,
                 Some("wgc") => PrefillKernel::WgmmaCluster,
-                Some("wgc4") => PrefillKernel::WgmmaCluster4,
                 Some("fa2") => PrefillKernel::Fa2,
                 Some("mma") => PrefillKernel::Mma,
                 Some("f32" | "general") => PrefillKernel::General,
@@ -271,7 +261,7 @@ pub fn prefill_kernel() -> PrefillKernel {
                     Some("0") => PrefillKernel::General,
                     Some("1") => PrefillKernel::Mma,
                     Some("2") => PrefillKernel::Fa2,
-                    _ => PrefillKernel::Wgmma,
+                    _ => PrefillKernel::WgmmaCluster,
                 },
             }
         }
@@ -290,7 +280,6 @@ pub fn set_prefill_kernel(k: Option<PrefillKernel>) {
         Some(PrefillKernel::WgmmaSmemQ) => 5,
         Some(PrefillKernel::WgmmaProducer) => 6,
         Some(PrefillKernel::WgmmaCluster) => 7,
-        Some(PrefillKernel::WgmmaCluster4) => 8,
     };
     PREFILL.store(v, std::sync::atomic::Ordering::Relaxed);
 }
@@ -310,12 +299,11 @@ pub const WG_NAME: &str = "paged_attention_wg_d128";
 /// The wgmma prefill kernel reading Q from shared memory ([`PrefillKernel::WgmmaSmemQ`]).
 pub const WG_S_NAME: &str = "paged_attention_wgs_d128";
 /// Every form of the wgmma prefill kernel, in [`WgForm`] order.
-pub const WG_NAMES: [&str; 5] = [
+pub const WG_NAMES: [&str; 4] = [
     WG_NAME,
     WG_S_NAME,
     "paged_attention_wgp_d128",
     "paged_attention_wgc_d128",
-    "paged_attention_wgc4_d128",
 ];
 
 /// Keys per K/V tile of the wgmma kernel; mirrors WG_KT in attention_prefill_wg.cu.
@@ -1358,23 +1346,24 @@ mod tests {
         // 8, a cluster of n blocks a group of at least n (each block takes group / n heads).
         for (asked, page, group, want) in [
             (Cluster, 16, 4, Cluster),
-            (Cluster4, 16, 4, Cluster4),
-            (Cluster4, 64, 8, Cluster4),
-            (Cluster4, 16, 2, Cluster),
-            (Cluster4, 16, 1, Producer),
+            (Cluster, 64, 2, Cluster),
             (Cluster, 16, 1, Producer),
             (Cluster, 8, 4, Cluster),
             (Cluster, 1, 4, Regs),
-            (Cluster4, 7, 8, Regs),
+            (Cluster, 7, 8, Regs),
             (Producer, 4, 1, Regs),
             (Producer, 256, 1, Producer),
             (Regs, 1, 4, Regs),
             (SmemQ, 16, 4, SmemQ),
         ] {
-            assert_eq!(asked.planned(page, group), want, "{asked:?} page {page} group {group}");
+            assert_eq!(
+                asked.planned(page, group),
+                want,
+                "{asked:?} page {page} group {group}"
+            );
         }
-        assert_eq!((Regs.threads(), Cluster4.threads()), (256, 384));
-        assert_eq!((Producer.cluster(), Cluster.cluster(), Cluster4.cluster()), (1, 2, 4));
+        assert_eq!((Regs.threads(), Cluster.threads()), (256, 384));
+        assert_eq!((Producer.cluster(), Cluster.cluster()), (1, 2));
     }
 
     #[test]

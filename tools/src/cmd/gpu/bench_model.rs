@@ -529,13 +529,27 @@ pub fn run(
                 let fs = forward_with(PrefillKernel::WgmmaSmemQ)?;
                 let fp = forward_with(PrefillKernel::WgmmaProducer)?;
                 let fc = forward_with(PrefillKernel::WgmmaCluster)?;
-                let fc4 = forward_with(PrefillKernel::WgmmaCluster4)?;
-                let f2 = forward_with(PrefillKernel::Wgmma)?;
                 line += &format!(
-                    ", wgmma {f:.1} / {f2:.1} ms, wgmma with Q from shared memory {fs:.1} ms, \
-                     K/V by TMA from a producer warpgroup {fp:.1} ms, in clusters sharing K/V \
-                     of 2 {fc:.1} ms, of 4 {fc4:.1} ms"
+                    ", wgmma by cp.async {f:.1} ms, with Q from shared memory {fs:.1} ms, \
+                     K/V by TMA from a producer warpgroup {fp:.1} ms, in clusters of 2 sharing \
+                     K/V {fc:.1} ms"
                 );
+                // The default (TMA, clusters of 2) and the cp.async form alternated twice.
+                let mut ab = [[0.0; 2]; 2];
+                for i in 0..4 {
+                    let k = [PrefillKernel::WgmmaCluster, PrefillKernel::Wgmma][i % 2];
+                    ab[i % 2][i / 2] = forward_with(k)?;
+                }
+                let [c, w] = ab;
+                summary.push(format!(
+                    "  prefill {t} forward with the attention's K/V by TMA in clusters of 2 {:.1} / \
+                     {:.1} ms, by cp.async {:.1} / {:.1} ms (x{:.3})",
+                    c[0],
+                    c[1],
+                    w[0],
+                    w[1],
+                    (c[0] + c[1]) / (w[0] + w[1])
+                ));
                 Some(f)
             } else {
                 None
@@ -616,7 +630,6 @@ pub fn run(
                 kinds.push(("wgmma-smem-q", PrefillKernel::WgmmaSmemQ));
                 kinds.push(("wgmma-producer", PrefillKernel::WgmmaProducer));
                 kinds.push(("wgmma-cluster", PrefillKernel::WgmmaCluster));
-                kinds.push(("wgmma-cluster4", PrefillKernel::WgmmaCluster4));
                 kinds.push(("wgmma-again", PrefillKernel::Wgmma));
             }
             // (one untimed pass first: the first kernel timed after the forwards read up to

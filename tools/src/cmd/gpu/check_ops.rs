@@ -933,7 +933,7 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
         .collect();
     // Each again on the wgmma kernel and on its other forms (Q from shared memory, K/V by TMA
     // from warp 0 and from a producer warpgroup).
-    let wg_cases: Vec<_> = ["wg", "wgs", "wgp", "wgc", "wgc4"]
+    let wg_cases: Vec<_> = ["wg", "wgs", "wgp", "wgc"]
         .iter()
         .flat_map(|k| {
             wg_cases
@@ -1049,8 +1049,6 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
             set_prefill_kernel(Some(PrefillKernel::WgmmaSmemQ));
         } else if name.starts_with("wgp") {
             set_prefill_kernel(Some(PrefillKernel::WgmmaProducer));
-        } else if name.starts_with("wgc4") {
-            set_prefill_kernel(Some(PrefillKernel::WgmmaCluster4));
         } else if name.starts_with("wgc") {
             set_prefill_kernel(Some(PrefillKernel::WgmmaCluster));
         } else if wg_case {
@@ -1096,9 +1094,8 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
         let group = nh / nkv;
         let want_form = match name.split(' ').next() {
             Some("wgp") => Some(WgForm::Producer),
-            Some("wgc4") if group >= 4 => Some(WgForm::Cluster4),
-            Some("wgc" | "wgc4") if group >= 2 => Some(WgForm::Cluster),
-            Some("wgc" | "wgc4") => Some(WgForm::Producer),
+            Some("wgc") if group >= 2 => Some(WgForm::Cluster),
+            Some("wgc") => Some(WgForm::Producer),
             _ => None,
         };
         if let Some(f) = want_form.filter(|_| page >= 8 && page.is_power_of_two()) {
@@ -1188,7 +1185,6 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
                 Some(WgForm::SmemQ) => "wgs",
                 Some(WgForm::Producer) => "wgp",
                 Some(WgForm::Cluster) => "wgc",
-                Some(WgForm::Cluster4) => "wgc4",
                 _ => "wg",
             },
             AttnKernel::DecodeMma => "dmma",
@@ -1228,9 +1224,18 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
         // the same order, same splits): bit for bit its output.
         if plan.wg_form().is_some_and(|f| f.tma()) {
             set_prefill_kernel(Some(PrefillKernel::Wgmma));
+            strata_kernels::cuda::set_decode_attn(Some(on_mma));
+            strata_kernels::cuda::set_decode_dmma(Some(dmma));
             let base = ops.attention_plan(shape, &seqs, Some(plan.splits()));
+            strata_kernels::cuda::set_decode_attn(None);
+            strata_kernels::cuda::set_decode_dmma(None);
             set_prefill_kernel(None);
             let base = base?;
+            anyhow::ensure!(
+                base.wg_form() == Some(WgForm::Regs),
+                "{desc}: the cp.async form not planned ({:?})",
+                base.kernel()
+            );
             let other = bf16_out(ops, &[rows, nh * hd])?;
             ops.paged_attention(&base, &gq, 0, &gk, &gv, &other, scale)?;
             let n = bit_diffs(&got, &c.download_f32(&other)?);
