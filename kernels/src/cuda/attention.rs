@@ -1141,7 +1141,8 @@ impl CudaOps {
                 };
                 let gather = !wg_tma_pages(s.page_size);
                 let maps = if plan.wg_form.tma() {
-                    let rows = s.page_size.min(32);
+                    // (runs of 32 slots as one box where loaded key by key)
+                    let rows = if gather { 32 } else { s.page_size.min(32) };
                     [
                         map(k_pool, rows)?,
                         map(v_pool, rows)?,
