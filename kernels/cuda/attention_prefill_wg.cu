@@ -91,11 +91,10 @@ __device__ __forceinline__ void wg_sync256() { asm volatile("bar.sync 1, 256;\n"
 // block's producer loads its share of the tile's four boxes (K dims 0-63, K 64-127, V 0-63,
 // V 64-127; box j by block j % CL) into every block of the cluster by TMA multicast: 1 / CL of
 // the L2 -> SM bytes per FLOP. A stage is handed back to every producer of the cluster (its
-// `empty` mbarrier counts the 8 CL computing warps). At page sizes that are powers of two from
-// 8 a box never crosses a page; at others (the default 1 among them) the producer looks up each
-// key's slot and loads a run of 32 keys with consecutive slots as one box, other keys one row
-// per box (the maps kmap1 / vmap1). Keys past the block's end are read from the pool (masked:
-// their P is 0) or, for boxes wholly past it, as zeros (rows outside the tensor).
+// `empty` mbarrier counts the 8 CL computing warps). The producer forms need page sizes that
+// are powers of two from 8 (a box never crosses a page) and read keys past the block's end
+// from the pool (masked: their P is 0) or, for boxes wholly past it, as zeros (rows outside
+// the tensor).
 
 // One tile's boxes from this block (see above) into the stage at kdst / vdst of every block of
 // the cluster (lanes < KT / br of the calling warp, br = min(page_size, 32)), `bar` armed for
@@ -125,76 +124,21 @@ __device__ __forceinline__ void wg_tma_tile(const TmaMap* kmap, const TmaMap* vm
     }
 }
 
-// The other page sizes: 32-key group j of the tile (this lane's key: pool slot `slot[j]`, < 0
-// past the keys) as one box of 32 rows where the slots run consecutively (or all are past the
-// keys), else one box of one row per key (maps k1 / v1).
-template <int CL>
-__device__ __forceinline__ void wg_tma_gather(const TmaMap* kmap, const TmaMap* vmap, const TmaMap* kmap1,
-                                              const TmaMap* vmap1, u32 kdst, u32 vdst, u32 bar, const int* slot,
-                                              int g, int rank) {
-    const int lane = threadIdx.x & 31;
-    constexpr u32 HALF_T = WG_KT * 128;
-    if (lane == 0) mb_expect_tx(bar, 4 * HALF_T);
-    __syncwarp();
-#pragma unroll
-    for (int q = 0; q < WG_KT / 32; ++q) {
-        const int s0 = __shfl_sync(FULL_MASK, slot[q], 0);
-        const bool run = __all_sync(FULL_MASK, slot[q] < 0 || slot[q] == s0 + lane);
-        if (run && lane != 0) continue;
-        const int row = run ? (s0 < 0 ? -64 : s0) : (slot[q] < 0 ? -64 : slot[q]);
-        const u32 at = (u32)(q * 32 + (run ? 0 : lane)) * 128u;
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-            if (j % CL != rank) continue;
-            const TmaMap* map = run ? (j < 2 ? kmap : vmap) : (j < 2 ? kmap1 : vmap1);
-            const u32 dst = (j < 2 ? kdst : vdst) + (u32)(j & 1) * HALF_T + at;
-            const int c0 = g * 128 + (j & 1) * 64;
-            if (CL == 1)
-                tma_load_2d(dst, map, c0, row, bar);
-            else
-                tma_load_2d_mc(dst, map, c0, row, bar, (unsigned short)((1 << CL) - 1));
-        }
-    }
-}
-
-// The pool slot of `key`, or -1 past the block's keys.
-__device__ __forceinline__ int wg_key_slot(const PfTile& T, int key, int page_size) {
-    if (key >= T.kend) return -1;
-    const int p = (u32)key / (u32)page_size;
-    return __ldg(T.bt + p) * page_size + (key - p * page_size);
-}
-
 // The producer warp: every tile of the block into stage it % NST once the computing warps (of
-// the cluster) handed that stage back, its page entries (or key slots) loaded a tile ahead.
+// the cluster) handed that stage back, its page entries loaded a tile ahead.
 template <int NST, int CL>
-__device__ void wg_tma_producer(const PfTile& T, const TmaMap* kmap, const TmaMap* vmap, const TmaMap* kmap1,
-                                const TmaMap* vmap1, u32 ks, u32 vs, u32 bars, int page_size, int rank) {
+__device__ void wg_tma_producer(const PfTile& T, const TmaMap* kmap, const TmaMap* vmap, u32 ks, u32 vs,
+                                u32 bars, int page_size, int rank) {
     constexpr u32 TILE = 2 * WG_KT * 128;
     const int lane = threadIdx.x & 31, br = min(page_size, 32);
     const int ntiles = T.kend > T.kbeg ? (T.kend - T.kbeg + WG_KT - 1) / WG_KT : 0;
-    if (page_size >= 8 && (page_size & (page_size - 1)) == 0) {
-        PfSlot slot = pf_slot_load(T, T.kbeg + lane * br, page_size, lane < WG_KT / br);
-        for (int it = 0; it < ntiles; ++it) {
-            const int st = it % NST;
-            const PfSlot next = pf_slot_load(T, T.kbeg + (it + 1) * WG_KT + lane * br, page_size, lane < WG_KT / br);
-            mb_wait(bars + 8 * (NST + st), ((it / NST) & 1) ^ 1);
-            wg_tma_tile<CL>(kmap, vmap, ks + st * TILE, vs + st * TILE, bars + 8 * st, slot, T.g, page_size, rank);
-            slot = next;
-        }
-        return;
-    }
-    int slot[WG_KT / 32], next[WG_KT / 32];
-#pragma unroll
-    for (int q = 0; q < WG_KT / 32; ++q) slot[q] = wg_key_slot(T, T.kbeg + 32 * q + lane, page_size);
+    PfSlot slot = pf_slot_load(T, T.kbeg + lane * br, page_size, lane < WG_KT / br);
     for (int it = 0; it < ntiles; ++it) {
         const int st = it % NST;
-#pragma unroll
-        for (int q = 0; q < WG_KT / 32; ++q)
-            next[q] = wg_key_slot(T, T.kbeg + (it + 1) * WG_KT + 32 * q + lane, page_size);
+        const PfSlot next = pf_slot_load(T, T.kbeg + (it + 1) * WG_KT + lane * br, page_size, lane < WG_KT / br);
         mb_wait(bars + 8 * (NST + st), ((it / NST) & 1) ^ 1);
-        wg_tma_gather<CL>(kmap, vmap, kmap1, vmap1, ks + st * TILE, vs + st * TILE, bars + 8 * st, slot, T.g, rank);
-#pragma unroll
-        for (int q = 0; q < WG_KT / 32; ++q) slot[q] = next[q];
+        wg_tma_tile<CL>(kmap, vmap, ks + st * TILE, vs + st * TILE, bars + 8 * st, slot, T.g, page_size, rank);
+        slot = next;
     }
 }
 
@@ -207,7 +151,7 @@ __device__ __forceinline__ void wg_prefill_body(
     const int* block_tables, int max_pages, int page_size, const int* tile_info, int n_heads,
     int n_kv_heads, float scale, int split_len, bf16_t* out, int out_stride, float* part_acc,
     float* part_ml, int total_rows, const int* rope_pos, const float* rope_inv, const TmaMap* kmap,
-    const TmaMap* vmap, const TmaMap* kmap1, const TmaMap* vmap1) {
+    const TmaMap* vmap) {
     constexpr int HD = 128, KT = WG_KT;
     constexpr u32 HALF_Q = WG_ROWS * 128;  // one 64-dim half of Q, bytes
     constexpr u32 HALF_T = KT * 128;       // one 64-dim half of a K or V tile
@@ -248,7 +192,7 @@ __device__ __forceinline__ void wg_prefill_body(
             __syncthreads();
         if (threadIdx.x >= 256) {
             asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
-            if (threadIdx.x < 288) wg_tma_producer<NST, CL>(T, kmap, vmap, kmap1, vmap1, ks, vs, bars, page_size, rank);
+            if (threadIdx.x < 288) wg_tma_producer<NST, CL>(T, kmap, vmap, ks, vs, bars, page_size, rank);
             // (a cluster's blocks leave together: another may still write this one's stages
             // and barriers)
             if (MC) wg_cluster_sync();
@@ -521,25 +465,22 @@ __device__ __forceinline__ void wg_prefill_body(
 }
 
 // Dynamic shared memory: 1024 (alignment slack) + 32768 (Q) + 3 * 65536 bytes (3 stages of K
-// and V tiles) + 6 mbarriers (the producer forms), mirrored by wg_smem in
-// kernels/src/cuda/attention.rs. rope_pos: null when Q arrives rotated, else the positions of
-// q's rows (and rope_inv the RoPE inverse frequencies): the kernel rotates Q itself
-// (wg_rope_q). kmap / vmap: the layer's K and V pools as TMA maps (boxes of min(page_size, 32)
-// rows x 64 dims, 128-byte swizzle), kmap1 / vmap1 the same in boxes of one row (page sizes
-// that are not powers of two from 8); read by the producer forms only.
-#define WG_KERNEL(NAME, QREG, CL)                                                                       \
-    extern "C" __global__ void __launch_bounds__(CL ? WG_THREADS + 128 : WG_THREADS, 1) NAME(          \
-        const bf16_t* q, int q_stride, const bf16_t* k_pool, const bf16_t* v_pool,                      \
-        const int* block_tables, int max_pages, int page_size, const int* tile_info, int n_heads,       \
-        int n_kv_heads, int head_dim, float scale, int split_len, bf16_t* out, int out_stride,          \
-        float* part_acc, float* part_ml, int total_rows, const int* rope_pos, const float* rope_inv,   \
-        const __grid_constant__ TmaMap kmap, const __grid_constant__ TmaMap vmap,                       \
-        const __grid_constant__ TmaMap kmap1, const __grid_constant__ TmaMap vmap1) {                   \
-        pdl_enter();                                                                                    \
-        wg_prefill_body<3, QREG, CL>(q, q_stride, k_pool, v_pool, block_tables, max_pages, page_size,  \
-                                     tile_info, n_heads, n_kv_heads, scale, split_len, out, out_stride,\
-                                     part_acc, part_ml, total_rows, rope_pos, rope_inv, &kmap, &vmap,  \
-                                     &kmap1, &vmap1);                                                   \
+// and V tiles) + 6 mbarriers (the TMA forms), mirrored by wg_smem in kernels/src/cuda/attention.rs.
+// rope_pos: null when Q arrives rotated, else the positions of q's rows (and rope_inv the RoPE
+// inverse frequencies): the kernel rotates Q itself (wg_rope_q). kmap / vmap: the layer's K and
+// V pools as TMA maps (boxes of min(page_size, 32) rows x 64 dims, 128-byte swizzle; read by
+// the TMA forms only).
+#define WG_KERNEL(NAME, QREG, CL)                                                                    \
+    extern "C" __global__ void __launch_bounds__(CL ? WG_THREADS + 128 : WG_THREADS, 1) NAME(                                              \
+        const bf16_t* q, int q_stride, const bf16_t* k_pool, const bf16_t* v_pool, const int* block_tables,    \
+        int max_pages, int page_size, const int* tile_info, int n_heads, int n_kv_heads, int head_dim,         \
+        float scale, int split_len, bf16_t* out, int out_stride, float* part_acc, float* part_ml,              \
+        int total_rows, const int* rope_pos, const float* rope_inv, const __grid_constant__ TmaMap kmap,       \
+        const __grid_constant__ TmaMap vmap) {                                                                  \
+        pdl_enter();                                                                                            \
+        wg_prefill_body<3, QREG, CL>(q, q_stride, k_pool, v_pool, block_tables, max_pages, page_size,        \
+                                       tile_info, n_heads, n_kv_heads, scale, split_len, out, out_stride,      \
+                                       part_acc, part_ml, total_rows, rope_pos, rope_inv, &kmap, &vmap);       \
     }
 // The default: Q's fragments in registers.
 WG_KERNEL(paged_attention_wg_d128, true, 0)

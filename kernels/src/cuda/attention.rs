@@ -128,12 +128,11 @@ impl WgForm {
             _ => 1,
         }
     }
-    /// The form a plan runs when `self` was asked for: the cluster form needs a GQA group of
-    /// at least 2 (`STRATA_WG_GATHER=0`: the TMA forms only at page sizes [`wg_tma_pages`]
-    /// takes, the cp.async form elsewhere).
+    /// The form a plan runs when `self` was asked for: the TMA forms need page sizes that
+    /// [`wg_tma_pages`] takes, the cluster form a GQA group of at least 2.
     fn planned(self, page_size: usize, group: usize) -> Self {
         match self {
-            f if f.tma() && !wg_tma_pages(page_size) && !wg_gather() => Self::Regs,
+            f if f.tma() && !wg_tma_pages(page_size) => Self::Regs,
             Self::Cluster if group < 2 => Self::Producer,
             f => f,
         }
@@ -148,15 +147,8 @@ impl WgForm {
     }
 }
 
-/// Whether the TMA forms run at page sizes they load key by key (`STRATA_WG_GATHER=0`: no).
-fn wg_gather() -> bool {
-    static GATHER: OnceLock<Option<String>> = OnceLock::new();
-    env_once(&GATHER, "STRATA_WG_GATHER") != Some("0")
-}
-
-/// Page sizes the TMA forms load a page at a time: powers of two from 8 (a box of min(page, 32)
-/// keys never crosses a page, split starts being multiples of 32 keys); at others the kernel
-/// looks up each key and loads runs of 32 consecutive slots as one box, other keys one by one.
+/// Page sizes the TMA forms take: powers of two from 8 (a box of min(page, 32) keys never
+/// crosses a page, split starts being multiples of 32 keys).
 fn wg_tma_pages(page_size: usize) -> bool {
     page_size >= 8 && page_size.is_power_of_two()
 }
@@ -1134,33 +1126,18 @@ impl CudaOps {
             if plan.kernel == AttnKernel::PrefillWg {
                 let mut wg_args = args.to_vec();
                 wg_args.extend([Arg::U64(rope_pos), Arg::U64(rope_inv)]);
-                // The pools as TMA maps: boxes of min(page, 32) keys x 64 dims, and of one key
-                // where pages are not powers of two from 8 (zeroed maps where unread).
-                let map = |p: &DTensor, rows: usize| {
-                    super::gemm_wg::tensor_map(p.ptr(), slots, kv_dim, rows)
-                };
-                let gather = !wg_tma_pages(s.page_size);
+                // The pools as TMA maps: boxes of min(page, 32) keys x 64 dims (zeroed maps
+                // for the forms that do not read them).
                 let maps = if plan.wg_form.tma() {
-                    // (runs of 32 slots as one box where loaded key by key)
-                    let rows = if gather { 32 } else { s.page_size.min(32) };
-                    [
-                        map(k_pool, rows)?,
-                        map(v_pool, rows)?,
-                        if gather {
-                            map(k_pool, 1)?
-                        } else {
-                            Default::default()
-                        },
-                        if gather {
-                            map(v_pool, 1)?
-                        } else {
-                            Default::default()
-                        },
-                    ]
+                    let rows = s.page_size.min(32);
+                    [k_pool, v_pool]
+                        .map(|p| super::gemm_wg::tensor_map(p.ptr(), slots, kv_dim, rows))
                 } else {
-                    [Default::default(); 4]
+                    [Ok(Default::default()), Ok(Default::default())]
                 };
-                wg_args.extend(maps.map(Arg::Map));
+                for m in maps {
+                    wg_args.push(Arg::Map(m?));
+                }
                 if pair > 1 {
                     self.ctx.cuda().bind_to_thread()?;
                     // SAFETY: as `go`: the pointers in `args` checked above, the maps cover
@@ -1365,20 +1342,16 @@ mod tests {
     #[test]
     fn wgmma_prefill_forms_fall_back_where_their_shapes_do_not_fit() {
         use WgForm::*;
-        // (asked, page size, GQA group) -> planned: a cluster of n blocks needs a group of at
-        // least n (each block takes group / n heads); other page sizes than powers of two from
-        // 8 are loaded key by key (unless STRATA_WG_GATHER=0).
-        if std::env::var_os("STRATA_WG_GATHER").is_some() {
-            return;
-        }
+        // (asked, page size, GQA group) -> planned: the TMA forms need power-of-two pages from
+        // 8, a cluster of n blocks a group of at least n (each block takes group / n heads).
         for (asked, page, group, want) in [
             (Cluster, 16, 4, Cluster),
             (Cluster, 64, 2, Cluster),
             (Cluster, 16, 1, Producer),
             (Cluster, 8, 4, Cluster),
-            (Cluster, 1, 4, Cluster),
-            (Cluster, 7, 8, Cluster),
-            (Producer, 4, 1, Producer),
+            (Cluster, 1, 4, Regs),
+            (Cluster, 7, 8, Regs),
+            (Producer, 4, 1, Regs),
             (Producer, 256, 1, Producer),
             (Regs, 1, 4, Regs),
             (SmemQ, 16, 4, SmemQ),

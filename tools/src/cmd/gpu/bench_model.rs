@@ -643,21 +643,6 @@ pub fn run(
                 }
             }
             summary.push(line);
-            // At one-token pages (SGLang's default page size): the TMA form loads runs of 32
-            // consecutive slots as one box and other keys one by one.
-            if ops.has_wgmma_prefill() {
-                let mut line = format!("  prefill {t} attention alone per layer at page size 1:");
-                for (name, k) in [
-                    ("cp.async", PrefillKernel::Wgmma),
-                    ("TMA clusters", PrefillKernel::WgmmaCluster),
-                ] {
-                    for (order, rev) in [("slots in order", false), ("reversed", true)] {
-                        let a = prefill_attention_alone_at(ops, &model, t, k, 1, rev)?;
-                        line += &format!(" {name} {order} {a:.3} ms;");
-                    }
-                }
-                summary.push(line);
-            }
             let (rows_ms, rows_line) = prefill_row_ops(ops, &shape, t)?;
             summary.push(rows_line);
             let (gemm_ms, gemm_line) = prefill_gemms(ops, gemm, &shape, t)?;
@@ -824,46 +809,20 @@ fn prefill_attention_alone(
     t: usize,
     k: strata_kernels::cuda::PrefillKernel,
 ) -> anyhow::Result<f64> {
-    prefill_attention_alone_at(ops, model, t, k, PAGE, false)
-}
-
-/// [`prefill_attention_alone`] on a pool of `page`-token pages, the prompt's pages in order or
-/// (`reversed`) in reverse order (no two consecutive).
-fn prefill_attention_alone_at(
-    ops: &CudaOps,
-    model: &LlamaModel,
-    t: usize,
-    k: strata_kernels::cuda::PrefillKernel,
-    page: usize,
-    reversed: bool,
-) -> anyhow::Result<f64> {
     let c = ops.context();
     let s = model.shape;
-    let n = t.div_ceil(page);
-    let shape = strata_kernels::cuda::AttnShape {
-        page_size: page,
-        pool_pages: if page == PAGE {
-            model.attn_shape().pool_pages
-        } else {
-            n
-        },
-        ..model.attn_shape()
-    };
-    let mut pages: Vec<i32> = (0..n as i32).collect();
-    if reversed {
-        pages.reverse();
-    }
+    let shape = model.attn_shape();
     let seqs = [AttnSeq {
         q_len: t,
         kv_len: t,
-        pages,
+        pages: (0..t.div_ceil(PAGE) as i32).collect(),
     }];
     strata_kernels::cuda::set_prefill_kernel(Some(k));
     let plan = ops.attention_plan(shape, &seqs, None);
     strata_kernels::cuda::set_prefill_kernel(None);
     let plan = plan?;
     let kvw = s.n_kv_heads * s.head_dim;
-    let slots = shape.pool_pages * page;
+    let slots = shape.pool_pages * PAGE;
     let bf = strata_kernels::cuda::DType::Bf16;
     let (kp, vp) = (c.alloc(bf, &[slots, kvw])?, c.alloc(bf, &[slots, kvw])?);
     let q = c.alloc(bf, &[t, s.qkv_width()])?;

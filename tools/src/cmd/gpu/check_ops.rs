@@ -798,8 +798,8 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
         ("prefill 8k", 32, 8, 128, 16, vec![(8192, 8192)], None),
         ("prefill 8k p64", 32, 8, 128, 64, vec![(8192, 8192)], None),
         ("prefill mma 8k", 32, 8, 128, 16, vec![(8192, 8192)], None),
-        // One-token pages (SGLang's default): slots in shuffled order, and in order ("contig":
-        // the TMA forms load runs of 32 consecutive slots as one box), with a cached prefix.
+        // One-token pages (SGLang's default; the wgmma kernel's TMA forms fall back to its
+        // cp.async form there), with a cached prefix.
         (
             "prefill p1",
             32,
@@ -807,15 +807,6 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
             128,
             1,
             vec![(300, 300), (45, 190)],
-            None,
-        ),
-        (
-            "extend p1 contig",
-            32,
-            8,
-            128,
-            1,
-            vec![(2000, 2100), (100, 433)],
             None,
         ),
         // Chunked prefill: new tokens over a cached prefix, two sequences, odd lengths.
@@ -1033,9 +1024,7 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
         let pages_needed: usize = lens.iter().map(|&(_, kv)| kv.div_ceil(page)).sum();
         let pool_pages = pages_needed + 5;
         let mut ids: Vec<i32> = (0..pool_pages as i32).collect();
-        if !name.contains("contig") {
-            shuffle(&mut ck.rng, &mut ids);
-        }
+        shuffle(&mut ck.rng, &mut ids);
         let mut next = 0;
         let seqs: Vec<AttnSeq> = lens
             .iter()
@@ -1120,8 +1109,7 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
             Some("wgc") => Some(WgForm::Producer),
             _ => None,
         };
-        let gather_off = std::env::var("STRATA_WG_GATHER").is_ok_and(|v| v == "0");
-        if let Some(f) = want_form.filter(|_| page >= 8 && page.is_power_of_two() || !gather_off) {
+        if let Some(f) = want_form.filter(|_| page >= 8 && page.is_power_of_two()) {
             if plan.kernel() == AttnKernel::PrefillWg && plan.wg_form() != Some(f) {
                 ck.rel(
                     "attention",
