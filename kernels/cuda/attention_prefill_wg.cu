@@ -160,7 +160,7 @@ __device__ __forceinline__ void wg_prefill_body(
     const u32 qs = ((u32)__cvta_generic_to_shared(wg_smem) + 1023u) & ~1023u;
     const u32 ks = qs + 2 * HALF_Q;
     const u32 vs = ks + NST * TILE;
-    // The TMA forms' mbarriers: full[NST] then empty[NST].
+    // The producer forms' mbarriers: full[NST] then empty[NST].
     const u32 bars = vs + NST * TILE;
 
     constexpr bool PROD = CL > 0, MC = CL > 1;
@@ -174,7 +174,7 @@ __device__ __forceinline__ void wg_prefill_body(
         T.kbeg = T.split * split_len;
         T.kend = min(T.pos0 + T.qcount, T.kbeg + split_len);
         T.group /= CL;
-        T.gsh -= CL == 4 ? 2 : 1;
+        T.gsh -= __ffs(CL) - 1;  // log2(CL)
         T.h0 += rank * T.group;
         T.nrows = T.qcount * T.group;
     }
@@ -465,22 +465,23 @@ __device__ __forceinline__ void wg_prefill_body(
 }
 
 // Dynamic shared memory: 1024 (alignment slack) + 32768 (Q) + 3 * 65536 bytes (3 stages of K
-// and V tiles) + 6 mbarriers (the TMA forms), mirrored by wg_smem in kernels/src/cuda/attention.rs.
-// rope_pos: null when Q arrives rotated, else the positions of q's rows (and rope_inv the RoPE
-// inverse frequencies): the kernel rotates Q itself (wg_rope_q). kmap / vmap: the layer's K and
-// V pools as TMA maps (boxes of min(page_size, 32) rows x 64 dims, 128-byte swizzle; read by
-// the TMA forms only).
-#define WG_KERNEL(NAME, QREG, CL)                                                                    \
-    extern "C" __global__ void __launch_bounds__(CL ? WG_THREADS + 128 : WG_THREADS, 1) NAME(                                              \
-        const bf16_t* q, int q_stride, const bf16_t* k_pool, const bf16_t* v_pool, const int* block_tables,    \
-        int max_pages, int page_size, const int* tile_info, int n_heads, int n_kv_heads, int head_dim,         \
-        float scale, int split_len, bf16_t* out, int out_stride, float* part_acc, float* part_ml,              \
-        int total_rows, const int* rope_pos, const float* rope_inv, const __grid_constant__ TmaMap kmap,       \
-        const __grid_constant__ TmaMap vmap) {                                                                  \
-        pdl_enter();                                                                                            \
-        wg_prefill_body<3, QREG, CL>(q, q_stride, k_pool, v_pool, block_tables, max_pages, page_size,        \
-                                       tile_info, n_heads, n_kv_heads, scale, split_len, out, out_stride,      \
-                                       part_acc, part_ml, total_rows, rope_pos, rope_inv, &kmap, &vmap);       \
+// and V tiles) + 6 mbarriers (the producer forms), mirrored by wg_smem in
+// kernels/src/cuda/attention.rs. rope_pos: null when Q arrives rotated, else the positions of
+// q's rows (and rope_inv the RoPE inverse frequencies): the kernel rotates Q itself
+// (wg_rope_q). kmap / vmap: the layer's K and V pools as TMA maps (boxes of min(page_size, 32)
+// rows x 64 dims, 128-byte swizzle; read by the producer forms only).
+#define WG_KERNEL(NAME, QREG, CL)                                                                      \
+    extern "C" __global__ void __launch_bounds__(CL ? WG_THREADS + 128 : WG_THREADS, 1) NAME(         \
+        const bf16_t* q, int q_stride, const bf16_t* k_pool, const bf16_t* v_pool,                     \
+        const int* block_tables, int max_pages, int page_size, const int* tile_info, int n_heads,      \
+        int n_kv_heads, int head_dim, float scale, int split_len, bf16_t* out, int out_stride,         \
+        float* part_acc, float* part_ml, int total_rows, const int* rope_pos, const float* rope_inv,  \
+        const __grid_constant__ TmaMap kmap, const __grid_constant__ TmaMap vmap) {                    \
+        pdl_enter();                                                                                   \
+        wg_prefill_body<3, QREG, CL>(q, q_stride, k_pool, v_pool, block_tables, max_pages, page_size, \
+                                     tile_info, n_heads, n_kv_heads, scale, split_len, out,           \
+                                     out_stride, part_acc, part_ml, total_rows, rope_pos, rope_inv,   \
+                                     &kmap, &vmap);                                                    \
     }
 // The default: Q's fragments in registers.
 WG_KERNEL(paged_attention_wg_d128, true, 0)

@@ -76,8 +76,9 @@ pub enum PrefillKernel {
     Mma,
     /// `paged_attention_fa2_d*` (`STRATA_PREFILL_ATTN=fa2`, `STRATA_ATTN_MMA=2`).
     Fa2,
-    /// `paged_attention_wg_d128` where it loaded (compute 9.0) and head_dim is 128, the FA2
-    /// kernel otherwise: the default.
+    /// `paged_attention_wg_d128` (`STRATA_PREFILL_ATTN=wg`) where it loaded (compute 9.0)
+    /// and head_dim is 128, the FA2 kernel otherwise: the wgmma kernel with K/V by cp.async
+    /// (the default before 2026-12-06, and the form the TMA forms fall back to).
     Wgmma,
     /// `paged_attention_wgs_d128` (`STRATA_PREFILL_ATTN=wgs`): the wgmma kernel reading Q
     /// from shared memory in every S = Q K^T wgmma (the default keeps Q's fragments in
@@ -89,14 +90,15 @@ pub enum PrefillKernel {
     WgmmaProducer,
     /// `paged_attention_wgc_d128` (`STRATA_PREFILL_ATTN=wgc`): the producer form in clusters
     /// of 2 blocks sharing each K/V tile by TMA multicast (GQA groups from 2; the producer form
-    /// otherwise).
+    /// otherwise): the default (8K attention alone x0.87 of the cp.async form's, forward
+    /// x0.975-0.989, one NVIDIA H100, 2026-12-06; docs/perf.md).
     WgmmaCluster,
 }
 
 /// The forms of the wgmma prefill kernel, in [`WG_NAMES`] order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WgForm {
-    /// Q's fragments in registers, K/V by cp.async (the default).
+    /// Q's fragments in registers, K/V by cp.async (at page sizes the TMA forms do not take).
     Regs,
     /// Q read from shared memory by every S wgmma.
     SmemQ,
@@ -233,10 +235,11 @@ fn env_once(cell: &'static OnceLock<Option<String>>, name: &str) -> Option<&'sta
 static PREFILL: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
 /// The prefill kernel later plans use: the one forced by [`set_prefill_kernel`], else
-/// `STRATA_PREFILL_ATTN` (`wgmma`, `fa2`, `mma`, `f32`), else `STRATA_ATTN_MMA` (0 = f32, 1 =
-/// first mma kernel, 2 = FA2-style kernel), else the wgmma kernel where it runs (8K prompts on
-/// the H200: forward 215 vs 241 ms with FA2, 2026-12-03). Head sizes without a tensor-core
-/// kernel (not 64 or 128) always plan the f32 one.
+/// `STRATA_PREFILL_ATTN` (`wgc`, `wgp`, `wg`, `wgs`, `fa2`, `mma`, `f32`), else
+/// `STRATA_ATTN_MMA` (0 = f32, 1 = first mma kernel, 2 = FA2-style kernel), else the wgmma
+/// kernel's TMA cluster form where it runs (8K prompts on the H200: the wgmma kernel's forward
+/// 215 vs 241 ms with FA2, 2026-12-03; the TMA cluster form x0.975-0.989 of that on an H100,
+/// 2026-12-06). Head sizes without a tensor-core kernel (not 64 or 128) always plan the f32 one.
 pub fn prefill_kernel() -> PrefillKernel {
     match PREFILL.load(std::sync::atomic::Ordering::Relaxed) {
         1 => PrefillKernel::General,
@@ -604,6 +607,10 @@ impl AttnPlan {
     /// The form of the wgmma prefill kernel this plan runs (None: another kernel).
     pub fn wg_form(&self) -> Option<WgForm> {
         (self.kernel == AttnKernel::PrefillWg).then_some(self.wg_form)
+    }
+    /// Blocks sharing each query tile (grid z holds splits x this): the cluster form's 2.
+    fn wg_pair(&self) -> usize {
+        self.wg_form().map_or(1, WgForm::cluster)
     }
     /// True when a cluster plan runs the register form.
     pub fn cluster_regs(&self) -> bool {
@@ -1109,11 +1116,7 @@ impl CudaOps {
                 (&self.attention_fa2[idx], fa2_smem(hd), 128)
             };
             let f = f.as_ref().expect("planned only where the kernel loaded");
-            let pair = if plan.kernel == AttnKernel::PrefillWg {
-                plan.wg_form.cluster()
-            } else {
-                1
-            };
+            let pair = plan.wg_pair();
             let dims = Dims {
                 grid: (
                     s.n_kv_heads as u32,
