@@ -942,8 +942,8 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
         })
         .cloned()
         .collect();
-    // Each again on the wgmma kernel and on its other forms (Q from shared memory, K/V by TMA
-    // from warp 0 and from a producer warpgroup).
+    // Each again on the wgmma kernel's forms: K/V by cp.async, Q from shared memory, K/V by TMA
+    // from a producer warpgroup, and that in clusters of 2 (the default).
     let wg_cases: Vec<_> = ["wg", "wgs", "wgp", "wgc"]
         .iter()
         .flat_map(|k| {
