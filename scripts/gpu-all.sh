@@ -19,9 +19,10 @@
 #   sbench   scripts/gpu-serve-bench.sh (raw `gpu bench` + served speed; env SB_SIZES, SB_SHAPES,
 #            SB_CONCS, HF; the runner's step profile lines come from the server log)
 #   prefill  `gpu check --only attention,silu_mul,rmsnorm,rope,rope_kv_write` (every tensor-core
-#            prefill kernel, 8K prompts, pages 16 and 64), `gpu bench --only gemm,prefill` at 2K
-#            and 8K (the forward with each kernel forced (wgmma, FA2, first mma), attention
-#            alone, 2048-token chunks) and transformers' forward at 2K and 8K (PREFILL_HF=0: not)
+#            prefill kernel and wgmma form, 8K prompts, pages 1, 7, 16 and 64), `gpu bench --only
+#            gemm,prefill` at 2K and 8K (the forward with each kernel / wgmma form forced, the
+#            default vs the cp.async form alternated, attention alone, 2048-token chunks) and
+#            transformers' forward at 2K and 8K (PREFILL_HF=0: not)
 #   ttft     served TTFT at concurrency 1 of 2K and 8K prompts on the 8B shape (make-model + serve +
 #            bench serve, default chunked-prefill size; compare with the prefill step's raw lines)
 #   detcheck `gpu check --only gemm,fixed_decode_plan,gemm_rows,attn_decode_rows,attn_extend_rows`
