@@ -1066,23 +1066,12 @@ impl CudaOps {
                 ),
                 ..decode_dims
             };
-            self.ctx.cuda().bind_to_thread()?;
             let f = if plan.cluster_regs {
                 &self.attention_decode2r[idx]
             } else {
                 &self.attention_decode2c[idx]
             };
-            // SAFETY: as `go`: every pointer in `args` checked above against the kernel's
-            // indexing; the cluster forms read the same tables and write only `out` rows.
-            unsafe {
-                super::launch::launch_in_clusters(
-                    f,
-                    self.ctx.stream().cu_stream(),
-                    dims,
-                    Some(plan.cluster as u32),
-                    &args,
-                )
-            }?;
+            self.go_in_clusters(f, dims, Some(plan.cluster as u32), &args)?;
         } else if plan.kernel == AttnKernel::Decode2 {
             let group = s.n_heads / s.n_kv_heads;
             let idx = decode2_index(group, hd).expect("planned only for supported shapes");
@@ -1131,32 +1120,17 @@ impl CudaOps {
                 wg_args.extend([Arg::U64(rope_pos), Arg::U64(rope_inv)]);
                 // The pools as TMA maps: boxes of min(page, 32) keys x 64 dims (zeroed maps
                 // for the forms that do not read them).
-                let maps = if plan.wg_form.tma() {
-                    let rows = s.page_size.min(32);
-                    [k_pool, v_pool]
-                        .map(|p| super::gemm_wg::tensor_map(p.ptr(), slots, kv_dim, rows))
-                } else {
-                    [Ok(Default::default()), Ok(Default::default())]
+                let map = |p: &DTensor| {
+                    super::gemm_wg::tensor_map(p.ptr(), slots, kv_dim, s.page_size.min(32))
                 };
-                for m in maps {
-                    wg_args.push(Arg::Map(m?));
-                }
-                if pair > 1 {
-                    self.ctx.cuda().bind_to_thread()?;
-                    // SAFETY: as `go`: the pointers in `args` checked above, the maps cover
-                    // exactly the two pools.
-                    unsafe {
-                        super::launch::launch_in_clusters(
-                            f,
-                            self.ctx.stream().cu_stream(),
-                            dims,
-                            Some(pair as u32),
-                            &wg_args,
-                        )
-                    }?;
+                let maps = if plan.wg_form.tma() {
+                    [map(k_pool)?, map(v_pool)?]
                 } else {
-                    self.go(f, dims, &wg_args)?;
-                }
+                    Default::default()
+                };
+                wg_args.extend(maps.map(Arg::Map));
+                // (the maps cover exactly the two pools checked above)
+                self.go_in_clusters(f, dims, (pair > 1).then_some(pair as u32), &wg_args)?;
             } else {
                 self.go(f, dims, &args)?;
             }

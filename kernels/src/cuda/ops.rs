@@ -11,7 +11,7 @@ use cudarc::driver::CudaFunction;
 
 use super::device::GpuContext;
 use super::error::{ensure, Result};
-use super::launch::{launch, Arg, Dims};
+use super::launch::{launch_in_clusters, Arg, Dims};
 use super::nvrtc::Program;
 use super::tensor::{DTensor, DType};
 
@@ -144,7 +144,7 @@ impl CudaOps {
     /// True when the wgmma prefill kernel loaded (compute 9.0 devices), so
     /// `PrefillKernel::Wgmma` plans head_dim-128 prompts on it.
     pub fn has_wgmma_prefill(&self) -> bool {
-        self.attention_wg[0].is_some()
+        self.attention_wg[super::attention::WgForm::Regs as usize].is_some()
     }
 
     /// The GPU these ops run on.
@@ -153,10 +153,22 @@ impl CudaOps {
     }
 
     pub(crate) fn go(&self, f: &CudaFunction, dims: Dims, args: &[Arg]) -> Result<()> {
+        self.go_in_clusters(f, dims, None, args)
+    }
+
+    /// [`CudaOps::go`] with the grid in thread-block clusters of `cluster` blocks along z.
+    pub(crate) fn go_in_clusters(
+        &self,
+        f: &CudaFunction,
+        dims: Dims,
+        cluster: Option<u32>,
+        args: &[Arg],
+    ) -> Result<()> {
         self.ctx.cuda().bind_to_thread()?;
         // SAFETY: each public launcher checked device, dtype and shapes of every pointer in
-        // `args` against the kernel's indexing before calling here.
-        unsafe { launch(f, self.ctx.stream().cu_stream(), dims, args) }
+        // `args` against the kernel's indexing before calling here (the cluster forms read the
+        // same tables and write only their own output rows).
+        unsafe { launch_in_clusters(f, self.ctx.stream().cu_stream(), dims, cluster, args) }
     }
 
     pub(crate) fn on_gpu(&self, ts: &[(&'static str, &DTensor)]) -> Result<()> {

@@ -1056,30 +1056,35 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
         // kernel, "wg" ones the wgmma kernel; the others the FA2-style kernel.
         use strata_kernels::cuda::{set_prefill_kernel, PrefillKernel};
         let wg_case = name.starts_with("wg");
-        if name.starts_with("wgs") {
-            set_prefill_kernel(Some(PrefillKernel::WgmmaSmemQ));
+        let prefill_kernel = if name.starts_with("wgs") {
+            PrefillKernel::WgmmaSmemQ
         } else if name.starts_with("wgp") {
-            set_prefill_kernel(Some(PrefillKernel::WgmmaProducer));
+            PrefillKernel::WgmmaProducer
         } else if name.starts_with("wgc") {
-            set_prefill_kernel(Some(PrefillKernel::WgmmaCluster));
+            PrefillKernel::WgmmaCluster
         } else if wg_case {
-            set_prefill_kernel(Some(PrefillKernel::Wgmma));
+            PrefillKernel::Wgmma
         } else if name.starts_with("prefill gen") {
-            set_prefill_kernel(Some(PrefillKernel::General));
+            PrefillKernel::General
         } else if name.starts_with("prefill mma") {
-            set_prefill_kernel(Some(PrefillKernel::Mma));
+            PrefillKernel::Mma
         } else {
-            set_prefill_kernel(Some(PrefillKernel::Fa2));
-        }
+            PrefillKernel::Fa2
+        };
         let dmma = name.contains("dmma");
         let on_mma = name.contains("on-mma") || dmma;
-        strata_kernels::cuda::set_decode_attn(Some(on_mma));
-        strata_kernels::cuda::set_decode_dmma(Some(dmma));
-        let plan = ops.attention_plan(shape, &seqs, splits);
-        strata_kernels::cuda::set_decode_attn(None);
-        strata_kernels::cuda::set_decode_dmma(None);
-        set_prefill_kernel(None);
-        let mut plan = plan?;
+        // A plan with the case's kernel choices forced (back to the defaults after).
+        let plan_as = |k: PrefillKernel, splits: Option<usize>| {
+            set_prefill_kernel(Some(k));
+            strata_kernels::cuda::set_decode_attn(Some(on_mma));
+            strata_kernels::cuda::set_decode_dmma(Some(dmma));
+            let plan = ops.attention_plan(shape, &seqs, splits);
+            strata_kernels::cuda::set_decode_attn(None);
+            strata_kernels::cuda::set_decode_dmma(None);
+            set_prefill_kernel(None);
+            plan
+        };
+        let mut plan = plan_as(prefill_kernel, splits)?;
         let prefill = lens.iter().any(|&(q, _)| q > 1) || nh / nkv > 8 || on_mma;
         let fa2_case =
             prefill && !name.starts_with("prefill gen") && !name.starts_with("prefill mma");
@@ -1234,14 +1239,7 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
         // The TMA forms do each row's arithmetic as the cp.async form does (same key tiles in
         // the same order, same splits): bit for bit its output.
         if plan.wg_form().is_some_and(|f| f.tma()) {
-            set_prefill_kernel(Some(PrefillKernel::Wgmma));
-            strata_kernels::cuda::set_decode_attn(Some(on_mma));
-            strata_kernels::cuda::set_decode_dmma(Some(dmma));
-            let base = ops.attention_plan(shape, &seqs, Some(plan.splits()));
-            strata_kernels::cuda::set_decode_attn(None);
-            strata_kernels::cuda::set_decode_dmma(None);
-            set_prefill_kernel(None);
-            let base = base?;
+            let base = plan_as(PrefillKernel::Wgmma, Some(plan.splits()))?;
             anyhow::ensure!(
                 base.wg_form() == Some(WgForm::Regs),
                 "{desc}: the cp.async form not planned ({:?})",
