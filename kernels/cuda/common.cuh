@@ -30,6 +30,18 @@ __device__ __forceinline__ void pdl_enter() {
     pdl_wait();
     pdl_trigger();
 }
+// pdl_enter of the single-row GEMVs and the row norms. Built with STRATA_PDL_EARLY (the
+// environment variable of that name at compile time, a `gpu bench` A/B knob) they let their
+// successor launch before they wait, so that the next kernels' weight loads go out while the
+// decode attention runs.
+__device__ __forceinline__ void pdl_enter_chain() {
+#ifdef STRATA_PDL_EARLY
+    pdl_trigger();
+    pdl_wait();
+#else
+    pdl_enter();
+#endif
+}
 // c += A B on the tensor cores, mma.sync m16n8k16 bf16 -> f32 (sm_80+): a the lane's four A
 // fragment registers, b0 b1 its two of B (the attention and few-row GEMV kernels). The CPU
 // emulation of kernels/tests/cuda_emu supplies its own (shim.h emu_mma16816).

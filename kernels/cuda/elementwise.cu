@@ -58,7 +58,7 @@ __device__ __forceinline__ void rms_vec_out(const uint4 (&v)[RMS_VEC], float ss,
 
 extern "C" __global__ void rmsnorm(const bf16_t* x, bf16_t* residual, const bf16_t* w, bf16_t* out,
                                    int hidden, float eps) {
-    pdl_enter();
+    pdl_enter_chain();
     __shared__ float sh[32];
     u64 base = (u64)blockIdx.x * hidden;
     const int nc = hidden >> 3;
@@ -110,7 +110,7 @@ extern "C" __global__ void rmsnorm(const bf16_t* x, bf16_t* residual, const bf16
 // (hidden % 8 == 0, hidden / 8 <= 4 * blockDim.x, 16-byte aligned rows; the host checks).
 extern "C" __global__ void rmsnorm_add2(const bf16_t* x1, const bf16_t* x2, bf16_t* residual, const bf16_t* w,
                                         bf16_t* out, int hidden, float eps) {
-    pdl_enter();
+    pdl_enter_chain();
     __shared__ float sh[32];
     const u64 base = (u64)blockIdx.x * hidden;
     const int nc = hidden >> 3;

@@ -295,7 +295,7 @@ __device__ __forceinline__ void gemv_rows_body(const bf16_t* x, int x_stride, in
     uint4 wv[DEPTH][R][UNR];
     int c = lane;
     if (live && whole(c)) load(wv[0], c, 0);
-    pdl_enter();
+    pdl_enter_chain();
 #pragma unroll
     for (int s = 1; s < DEPTH; ++s)
         if (live && whole(c + s * STEP)) load(wv[s], c, s);

@@ -157,11 +157,16 @@ fn nvrtc_check(rc: nvrtc_sys::nvrtcResult, program: &str) -> Result<()> {
 }
 
 fn options(arch: &str) -> Vec<String> {
-    vec![
+    let mut o = vec![
         format!("--gpu-architecture={arch}"),
         "--std=c++17".to_string(),
         "-default-device".to_string(),
-    ]
+    ];
+    // A/B knob (common.cuh, pdl_enter_chain); part of the cache key as every option is.
+    if std::env::var("STRATA_PDL_EARLY").is_ok_and(|v| v == "1") {
+        o.push("-DSTRATA_PDL_EARLY".to_string());
+    }
+    o
 }
 
 /// Compiles `program` for `arch` (e.g. `sm_90`) to a cubin, without any cache.

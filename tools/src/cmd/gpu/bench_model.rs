@@ -294,6 +294,39 @@ pub fn run(
                     "  b{b} graph step minus each layer op (us per layer): {}",
                     parts.join(", ")
                 ));
+                // Composite graphs: what is left of the step without any layer op (embedding,
+                // final norm, lm_head, sampling, launch and download), and the layers' GEMVs
+                // alone (no attention, no norms apart), whole-step milliseconds.
+                type Skip<'a> = &'a dyn Fn(&str) -> bool;
+                let sets: [(&str, Skip); 3] = [
+                    ("no layer op", &|_| true),
+                    ("GEMVs only", &|o| {
+                        !matches!(o, "qkv" | "o" | "gate_up" | "silu+down")
+                    }),
+                    ("no attention, no norm2", &|o| {
+                        matches!(o, "attention" | "norm2")
+                    }),
+                ];
+                let mut parts = Vec::new();
+                for (name, skip) in sets {
+                    let g = model.capture_skipping(ops, gemm, &ws, &input, skip)?;
+                    let mut w = Vec::new();
+                    for k in 0..18 {
+                        let t = Instant::now();
+                        g.launch()?;
+                        ops.sample(&ws.logits, &picks)?;
+                        if k >= 3 {
+                            w.push(t.elapsed().as_secs_f64() * 1e3);
+                        }
+                    }
+                    let ms = median(w);
+                    parts.push(format!("{name} {ms:.3}"));
+                    minus.insert(format!("step_ms {name}"), json!(ms));
+                }
+                summary.push(format!(
+                    "  b{b} graph step of a subset (ms, whole step = {full:.3}): {}",
+                    parts.join(", ")
+                ));
             }
             // (A failed breakdown is reported and the bench goes on.)
             let soft = |r: anyhow::Result<Value>, summary: &mut Vec<String>| match r {
