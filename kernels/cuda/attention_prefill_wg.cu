@@ -142,10 +142,56 @@ __device__ void wg_tma_producer(const PfTile& T, const TmaMap* kmap, const TmaMa
     }
 }
 
+// The cp.async producer (CPP, CL = 1; page sizes the TMA boxes do not fit, SGLang's default 1
+// among them): the producer warpgroup's 128 threads copy every tile of the block into stage
+// it % NST as the computing threads of the cp.async form do (16-byte pieces, each key's pool
+// slot looked up through the page table, the tile after's lookups in flight while this one
+// copies), each thread waits for its own copies, makes them visible to the async proxy and
+// arrives on the stage's `full` mbarrier (128 arrivals). A tile's copies take ~1-2 us; the
+// computing warpgroups spend several times that on a tile, so one tile in flight per thread
+// keeps NST - 1 ready ahead of them.
+template <int NST>
+__device__ void wg_cp_producer(const PfTile& T, const bf16_t* k_pool, const bf16_t* v_pool, u32 ks, u32 vs,
+                               u32 bars, int page_size, int n_kv_heads) {
+    constexpr u32 HALF_T = WG_KT * 128, TILE = 2 * HALF_T;
+    const int pt = threadIdx.x - 256, lane = pt & 31;
+    // Thread pt moves 16-byte piece pt % 16 of rows pt / 16 + 8 i (i < 16); lane L of warp W
+    // looks up key 2 W + (L & 1) + 8 (L >> 1), the rows W's lanes copy, and hands the slot on
+    // by shuffle (row 2 W + (lane >> 4) + 8 i from lane 2 i + (lane >> 4)).
+    const int piece = pt & 15, r0 = pt >> 4;
+    const u32 swz = (u32)(piece >> 3) * HALF_T + (u32)r0 * 128u + ((u32)((piece & 7) ^ (r0 & 7)) << 4);
+    const u64 row_bytes = (u64)n_kv_heads * 128 * 2;
+    const u32 tcol = (u32)(T.g * 128 + piece * 8) * 2u;
+    const int my_key = 2 * (pt >> 5) + (lane & 1) + 8 * (lane >> 1);
+    const int ntiles = T.kend > T.kbeg ? (T.kend - T.kbeg + WG_KT - 1) / WG_KT : 0;
+    PfSlot slot = pf_slot_load(T, T.kbeg + my_key, page_size, true);
+    for (int it = 0; it < ntiles; ++it) {
+        const int st = it % NST;
+        const PfSlot next = pf_slot_load(T, T.kbeg + (it + 1) * WG_KT + my_key, page_size, true);
+        const u32 code = pf_slot_finish(slot, page_size);
+        mb_wait(bars + 8 * (NST + st), ((it / NST) & 1) ^ 1);
+        const u32 kd = ks + st * TILE + swz, vd = vs + st * TILE + swz;
+#pragma unroll
+        for (int i = 0; i < WG_KT / 8; ++i) {
+            const u32 c = __shfl_sync(FULL_MASK, code, 2 * i + (lane >> 4));
+            const u64 off = (u64)(c >> 1) * row_bytes + tcol;
+            const int bytes = (c & 1) * 16;
+            pf_cp16(kd + i * 8 * 128, (const char*)k_pool + off, bytes);
+            pf_cp16(vd + i * 8 * 128, (const char*)v_pool + off, bytes);
+        }
+        pf_commit();
+        pf_cp_wait<0>();
+        wg_fence_async();
+        mb_arrive(bars + 8 * st);
+        slot = next;
+    }
+}
+
 // NST shared-memory stages of K and V tiles, loaded as CL says (above).
 // QREG: Q's A fragments are read from shared memory into registers once, and S = Q K^T takes
 // them from there (the 2 KB of Q each S wgmma reads from shared memory otherwise).
-template <int NST, bool QREG, int CL>
+// CPP (with CL = 1): the producer warpgroup copies by cp.async (wg_cp_producer) instead of TMA.
+template <int NST, bool QREG, int CL, bool CPP = false>
 __device__ __forceinline__ void wg_prefill_body(
     const bf16_t* q, int q_stride, const bf16_t* k_pool, const bf16_t* v_pool,
     const int* block_tables, int max_pages, int page_size, const int* tile_info, int n_heads,
@@ -181,7 +227,7 @@ __device__ __forceinline__ void wg_prefill_body(
     if (PROD) {
         if (threadIdx.x == 0) {
             for (int s = 0; s < NST; ++s) {
-                mb_init(bars + 8 * s, 1);
+                mb_init(bars + 8 * s, CPP ? 128 : 1);
                 mb_init(bars + 8 * (NST + s), 8 * CL);  // the computing warps of the cluster
             }
             asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
@@ -192,7 +238,10 @@ __device__ __forceinline__ void wg_prefill_body(
             __syncthreads();
         if (threadIdx.x >= 256) {
             asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
-            if (threadIdx.x < 288) wg_tma_producer<NST, CL>(T, kmap, vmap, ks, vs, bars, page_size, rank);
+            if (CPP)
+                wg_cp_producer<NST>(T, k_pool, v_pool, ks, vs, bars, page_size, n_kv_heads);
+            else if (threadIdx.x < 288)
+                wg_tma_producer<NST, CL>(T, kmap, vmap, ks, vs, bars, page_size, rank);
             // (a cluster's blocks leave together: another may still write this one's stages
             // and barriers)
             if (MC) wg_cluster_sync();
@@ -470,7 +519,7 @@ __device__ __forceinline__ void wg_prefill_body(
 // q's rows (and rope_inv the RoPE inverse frequencies): the kernel rotates Q itself
 // (wg_rope_q). kmap / vmap: the layer's K and V pools as TMA maps (boxes of min(page_size, 32)
 // rows x 64 dims, 128-byte swizzle; read by the producer forms only).
-#define WG_KERNEL(NAME, QREG, CL)                                                                      \
+#define WG_KERNEL(NAME, QREG, CL, CPP)                                                                 \
     extern "C" __global__ void __launch_bounds__(CL ? WG_THREADS + 128 : WG_THREADS, 1) NAME(         \
         const bf16_t* q, int q_stride, const bf16_t* k_pool, const bf16_t* v_pool,                     \
         const int* block_tables, int max_pages, int page_size, const int* tile_info, int n_heads,      \
@@ -478,17 +527,19 @@ __device__ __forceinline__ void wg_prefill_body(
         float* part_acc, float* part_ml, int total_rows, const int* rope_pos, const float* rope_inv,  \
         const __grid_constant__ TmaMap kmap, const __grid_constant__ TmaMap vmap) {                    \
         pdl_enter();                                                                                   \
-        wg_prefill_body<3, QREG, CL>(q, q_stride, k_pool, v_pool, block_tables, max_pages, page_size, \
+        wg_prefill_body<3, QREG, CL, CPP>(q, q_stride, k_pool, v_pool, block_tables, max_pages, page_size, \
                                      tile_info, n_heads, n_kv_heads, scale, split_len, out,           \
                                      out_stride, part_acc, part_ml, total_rows, rope_pos, rope_inv,   \
                                      &kmap, &vmap);                                                    \
     }
 // The default: Q's fragments in registers.
-WG_KERNEL(paged_attention_wg_d128, true, 0)
+WG_KERNEL(paged_attention_wg_d128, true, 0, false)
 // Q read from shared memory by every S wgmma, timed beside it: 1.218-1.228 vs 1.205 ms per layer
 // at 8K, forward 216.5-217.5 vs 214.0 ms (H200, 2026-12-04).
-WG_KERNEL(paged_attention_wgs_d128, false, 0)
+WG_KERNEL(paged_attention_wgs_d128, false, 0, false)
 // The producer forms: alone (GQA group 1) and in clusters of 2 (the default where the page size
 // allows; clusters of 4 timed slower on the H100, 2026-12-06: 8K alone 1.107 vs 0.918 ms).
-WG_KERNEL(paged_attention_wgp_d128, true, 1)
-WG_KERNEL(paged_attention_wgc_d128, true, 2)
+WG_KERNEL(paged_attention_wgp_d128, true, 1, false)
+WG_KERNEL(paged_attention_wgc_d128, true, 2, false)
+// The producer form copying by cp.async: page sizes the TMA boxes do not fit.
+WG_KERNEL(paged_attention_wgq_d128, true, 1, true)

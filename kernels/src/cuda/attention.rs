@@ -93,6 +93,10 @@ pub enum PrefillKernel {
     /// otherwise): the default (8K attention alone x0.87 of the cp.async form's, forward
     /// x0.975-0.989, one NVIDIA H100, 2026-12-06; docs/perf.md).
     WgmmaCluster,
+    /// `paged_attention_wgq_d128` (`STRATA_PREFILL_ATTN=wgq`): the producer form copying K/V
+    /// by cp.async (any page size): what the TMA forms plan at page sizes their boxes do not
+    /// fit (SGLang's default 1 among them).
+    WgmmaProducerCp,
 }
 
 /// The forms of the wgmma prefill kernel, in [`WG_NAMES`] order.
@@ -106,6 +110,8 @@ pub enum WgForm {
     Producer,
     /// The producer form in clusters of 2 sharing K/V tiles by multicast.
     Cluster,
+    /// The producer warpgroup copying K/V by cp.async (any page size).
+    ProducerCp,
 }
 
 impl WgForm {
@@ -116,11 +122,16 @@ impl WgForm {
             PrefillKernel::WgmmaSmemQ => Some(Self::SmemQ),
             PrefillKernel::WgmmaProducer => Some(Self::Producer),
             PrefillKernel::WgmmaCluster => Some(Self::Cluster),
+            PrefillKernel::WgmmaProducerCp => Some(Self::ProducerCp),
             _ => None,
         }
     }
     /// True for the forms that load K/V through TMA maps of the pools (a producer warpgroup).
     pub fn tma(self) -> bool {
+        matches!(self, Self::Producer | Self::Cluster)
+    }
+    /// True for the forms with a producer warpgroup.
+    pub fn producer(self) -> bool {
         !matches!(self, Self::Regs | Self::SmemQ)
     }
     /// Blocks per cluster (adjacent in grid z), i.e. how many blocks share a query tile.
@@ -131,17 +142,18 @@ impl WgForm {
         }
     }
     /// The form a plan runs when `self` was asked for: the TMA forms need page sizes that
-    /// [`wg_tma_pages`] takes, the cluster form a GQA group of at least 2.
+    /// [`wg_tma_pages`] takes (the cp.async producer otherwise), the cluster form a GQA group
+    /// of at least 2.
     fn planned(self, page_size: usize, group: usize) -> Self {
         match self {
-            f if f.tma() && !wg_tma_pages(page_size) => Self::Regs,
+            f if f.tma() && !wg_tma_pages(page_size) => Self::ProducerCp,
             Self::Cluster if group < 2 => Self::Producer,
             f => f,
         }
     }
     /// Threads per block (the producer forms add a warpgroup).
     fn threads(self) -> u32 {
-        if self.tma() {
+        if self.producer() {
             WG_THREADS + 128
         } else {
             WG_THREADS
@@ -235,7 +247,7 @@ fn env_once(cell: &'static OnceLock<Option<String>>, name: &str) -> Option<&'sta
 static PREFILL: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
 
 /// The prefill kernel later plans use: the one forced by [`set_prefill_kernel`], else
-/// `STRATA_PREFILL_ATTN` (`wgc`, `wgp`, `wg`, `wgs`, `fa2`, `mma`, `f32`), else
+/// `STRATA_PREFILL_ATTN` (`wgc`, `wgp`, `wgq`, `wg`, `wgs`, `fa2`, `mma`, `f32`), else
 /// `STRATA_ATTN_MMA` (0 = f32, 1 = first mma kernel, 2 = FA2-style kernel), else the wgmma
 /// kernel's TMA cluster form where it runs (8K prompts on the H200: the wgmma kernel's forward
 /// 215 vs 241 ms with FA2, 2026-12-03; the TMA cluster form x0.975-0.989 of that on an H100,
@@ -249,6 +261,7 @@ pub fn prefill_kernel() -> PrefillKernel {
         5 => PrefillKernel::WgmmaSmemQ,
         6 => PrefillKernel::WgmmaProducer,
         7 => PrefillKernel::WgmmaCluster,
+        8 => PrefillKernel::WgmmaProducerCp,
         _ => {
             static PREFILL_ENV: OnceLock<Option<String>> = OnceLock::new();
             static MMA_ENV: OnceLock<Option<String>> = OnceLock::new();
@@ -257,6 +270,7 @@ pub fn prefill_kernel() -> PrefillKernel {
                 Some("wgs") => PrefillKernel::WgmmaSmemQ,
                 Some("wgp") => PrefillKernel::WgmmaProducer,
                 Some("wgc") => PrefillKernel::WgmmaCluster,
+                Some("wgq") => PrefillKernel::WgmmaProducerCp,
                 Some("fa2") => PrefillKernel::Fa2,
                 Some("mma") => PrefillKernel::Mma,
                 Some("f32" | "general") => PrefillKernel::General,
@@ -283,6 +297,7 @@ pub fn set_prefill_kernel(k: Option<PrefillKernel>) {
         Some(PrefillKernel::WgmmaSmemQ) => 5,
         Some(PrefillKernel::WgmmaProducer) => 6,
         Some(PrefillKernel::WgmmaCluster) => 7,
+        Some(PrefillKernel::WgmmaProducerCp) => 8,
     };
     PREFILL.store(v, std::sync::atomic::Ordering::Relaxed);
 }
@@ -302,11 +317,12 @@ pub const WG_NAME: &str = "paged_attention_wg_d128";
 /// The wgmma prefill kernel reading Q from shared memory ([`PrefillKernel::WgmmaSmemQ`]).
 pub const WG_S_NAME: &str = "paged_attention_wgs_d128";
 /// Every form of the wgmma prefill kernel, in [`WgForm`] order.
-pub const WG_NAMES: [&str; 4] = [
+pub const WG_NAMES: [&str; 5] = [
     WG_NAME,
     WG_S_NAME,
     "paged_attention_wgp_d128",
     "paged_attention_wgc_d128",
+    "paged_attention_wgq_d128",
 ];
 
 /// Keys per K/V tile of the wgmma kernel; mirrors WG_KT in attention_prefill_wg.cu.
@@ -1326,9 +1342,10 @@ mod tests {
             (Cluster, 64, 2, Cluster),
             (Cluster, 16, 1, Producer),
             (Cluster, 8, 4, Cluster),
-            (Cluster, 1, 4, Regs),
-            (Cluster, 7, 8, Regs),
-            (Producer, 4, 1, Regs),
+            (Cluster, 1, 4, ProducerCp),
+            (Cluster, 7, 8, ProducerCp),
+            (Producer, 4, 1, ProducerCp),
+            (ProducerCp, 16, 4, ProducerCp),
             (Producer, 256, 1, Producer),
             (Regs, 1, 4, Regs),
             (SmemQ, 16, 4, SmemQ),
@@ -1339,7 +1356,10 @@ mod tests {
                 "{asked:?} page {page} group {group}"
             );
         }
-        assert_eq!((Regs.threads(), Cluster.threads()), (256, 384));
+        assert_eq!(
+            (Regs.threads(), Cluster.threads(), ProducerCp.threads()),
+            (256, 384, 384)
+        );
         assert_eq!((Producer.cluster(), Cluster.cluster()), (1, 2));
     }
 

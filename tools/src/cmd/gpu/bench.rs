@@ -37,6 +37,10 @@ pub struct Args {
     /// Prefill prompt lengths.
     #[arg(long, value_delimiter = ',', default_value = "2048,8192")]
     pub prefill_lens: Vec<usize>,
+    /// Tokens per KV page of the decode/prefill benchmark's pools (SGLang's default is 1; the
+    /// TMA attention forms need powers of two from 8).
+    #[arg(long, default_value_t = 16)]
+    pub page_size: usize,
     /// Override the layer count (default: Llama-3-8B's 32).
     #[arg(long)]
     pub layers: Option<usize>,

@@ -16,8 +16,6 @@ use strata_kernels::sampling::SampleParams;
 
 use super::bench::{gpu_ms, median, Args};
 
-const PAGE: usize = 16;
-
 /// The forward input of `seqs` ((new tokens, keys) each); `det`: batch-invariant attention plan
 /// (`--deterministic`).
 fn step_input(
@@ -34,15 +32,16 @@ fn step_input(
     let mut last = Vec::new();
     let mut aseqs = Vec::new();
     let mut next_page = 0i32;
+    let page = model.attn_shape().page_size;
     for (i, &(q, kv)) in seqs.iter().enumerate() {
-        let n = kv.div_ceil(PAGE) as i32;
+        let n = kv.div_ceil(page) as i32;
         let pages: Vec<i32> = (next_page..next_page + n).collect();
         next_page += n;
         for j in 0..q {
             let p = kv - q + j;
             ids.push(((i * 7919 + j * 104729) % model.shape.vocab) as i32);
             pos.push(p as i32);
-            slots.push(pages[p / PAGE] * PAGE as i32 + (p % PAGE) as i32);
+            slots.push(pages[p / page] * page as i32 + (p % page) as i32);
         }
         last.push((ids.len() - 1) as i32);
         aseqs.push(AttnSeq {
@@ -88,9 +87,10 @@ pub fn run(
     }
     let max_b = args.decode_batches.iter().copied().max().unwrap_or(1);
     let max_p = args.prefill_lens.iter().copied().max().unwrap_or(0);
-    let pages = (max_b * args.decode_ctx.div_ceil(PAGE)).max(max_p.div_ceil(PAGE)) + 1;
+    let page = args.page_size.max(1);
+    let pages = (max_b * args.decode_ctx.div_ceil(page)).max(max_p.div_ceil(page)) + 1;
     let t0 = Instant::now();
-    let model = LlamaModel::random(ops, shape, PAGE, pages, 42)?;
+    let model = LlamaModel::random(ops, shape, page, pages, 42)?;
     ops.context().synchronize()?;
     println!(
         "model: {} layers, random weights + {pages}-page KV pool in {:.1}s",
@@ -562,21 +562,24 @@ pub fn run(
                 let fs = forward_with(PrefillKernel::WgmmaSmemQ)?;
                 let fp = forward_with(PrefillKernel::WgmmaProducer)?;
                 let fc = forward_with(PrefillKernel::WgmmaCluster)?;
+                let fq = forward_with(PrefillKernel::WgmmaProducerCp)?;
                 line += &format!(
                     ", wgmma by cp.async {f:.1} ms, with Q from shared memory {fs:.1} ms, \
                      K/V by TMA from a producer warpgroup {fp:.1} ms, in clusters of 2 sharing \
-                     K/V {fc:.1} ms"
+                     K/V {fc:.1} ms, by cp.async from a producer warpgroup {fq:.1} ms"
                 );
-                // The default (TMA, clusters of 2) and the cp.async form alternated twice.
+                // The default (TMA in clusters of 2 where the page size takes it, else cp.async
+                // from a producer warpgroup) and the cp.async form alternated twice.
                 let mut ab = [[0.0; 2]; 2];
                 for i in 0..4 {
                     let k = [PrefillKernel::WgmmaCluster, PrefillKernel::Wgmma][i % 2];
                     ab[i % 2][i / 2] = forward_with(k)?;
                 }
                 let [c, w] = ab;
+                let page = model.attn_shape().page_size;
                 summary.push(format!(
-                    "  prefill {t} forward with the attention's K/V by TMA in clusters of 2 {:.1} / \
-                     {:.1} ms, by cp.async {:.1} / {:.1} ms (x{:.3})",
+                    "  prefill {t} forward (page {page}) with the default attention form {:.1} / \
+                     {:.1} ms, the cp.async form {:.1} / {:.1} ms (x{:.3})",
                     c[0],
                     c[1],
                     w[0],
@@ -663,6 +666,7 @@ pub fn run(
                 kinds.push(("wgmma-smem-q", PrefillKernel::WgmmaSmemQ));
                 kinds.push(("wgmma-producer", PrefillKernel::WgmmaProducer));
                 kinds.push(("wgmma-cluster", PrefillKernel::WgmmaCluster));
+                kinds.push(("wgmma-producer-cp", PrefillKernel::WgmmaProducerCp));
                 kinds.push(("wgmma-again", PrefillKernel::Wgmma));
             }
             // (one untimed pass first: the first kernel timed after the forwards read up to
@@ -848,14 +852,14 @@ fn prefill_attention_alone(
     let seqs = [AttnSeq {
         q_len: t,
         kv_len: t,
-        pages: (0..t.div_ceil(PAGE) as i32).collect(),
+        pages: (0..t.div_ceil(shape.page_size) as i32).collect(),
     }];
     strata_kernels::cuda::set_prefill_kernel(Some(k));
     let plan = ops.attention_plan(shape, &seqs, None);
     strata_kernels::cuda::set_prefill_kernel(None);
     let plan = plan?;
     let kvw = s.n_kv_heads * s.head_dim;
-    let slots = shape.pool_pages * PAGE;
+    let slots = shape.pool_pages * shape.page_size;
     let bf = strata_kernels::cuda::DType::Bf16;
     let (kp, vp) = (c.alloc(bf, &[slots, kvw])?, c.alloc(bf, &[slots, kvw])?);
     let q = c.alloc(bf, &[t, s.qkv_width()])?;
@@ -1042,9 +1046,9 @@ fn attention_alone_as(
 ) -> anyhow::Result<(f64, f64)> {
     let c = ops.context();
     let s = model.shape;
-    let n = ctx_len.div_ceil(PAGE);
     // A pool of its own, as large as the rows need (longer than the model's is allowed).
     let mut shape = model.attn_shape();
+    let n = ctx_len.div_ceil(shape.page_size);
     shape.pool_pages = shape.pool_pages.max(b * n + 1);
     let seqs: Vec<AttnSeq> = (0..b)
         .map(|i| AttnSeq {
@@ -1073,7 +1077,7 @@ fn attention_alone_as(
         return Ok((f64::NAN, f64::NAN));
     }
     let kvw = s.n_kv_heads * s.head_dim;
-    let slots = shape.pool_pages * PAGE;
+    let slots = shape.pool_pages * shape.page_size;
     let bf = strata_kernels::cuda::DType::Bf16;
     let (k, v) = (c.alloc(bf, &[slots, kvw])?, c.alloc(bf, &[slots, kvw])?);
     let q = c.alloc(bf, &[b, s.qkv_width()])?;

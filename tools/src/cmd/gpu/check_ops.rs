@@ -943,8 +943,9 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
         .cloned()
         .collect();
     // Each again on the wgmma kernel's forms: K/V by cp.async, Q from shared memory, K/V by TMA
-    // from a producer warpgroup, and that in clusters of 2 (the default).
-    let wg_cases: Vec<_> = ["wg", "wgs", "wgp", "wgc"]
+    // from a producer warpgroup, that in clusters of 2 (the default), and by cp.async from a
+    // producer warpgroup (what the TMA forms plan at other page sizes).
+    let wg_cases: Vec<_> = ["wg", "wgs", "wgp", "wgc", "wgq"]
         .iter()
         .flat_map(|k| {
             wg_cases
@@ -1062,6 +1063,8 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
             PrefillKernel::WgmmaProducer
         } else if name.starts_with("wgc") {
             PrefillKernel::WgmmaCluster
+        } else if name.starts_with("wgq") {
+            PrefillKernel::WgmmaProducerCp
         } else if wg_case {
             PrefillKernel::Wgmma
         } else if name.starts_with("prefill gen") {
@@ -1106,15 +1109,18 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
                 BF16_TOL,
             );
         }
-        // The TMA forms where the page size takes them (else the default form runs).
+        // The TMA forms where the page size takes them, else the cp.async producer.
         let group = nh / nkv;
+        let tma_page = page >= 8 && page.is_power_of_two();
         let want_form = match name.split(' ').next() {
+            Some("wgq") => Some(WgForm::ProducerCp),
+            Some("wgp" | "wgc") if !tma_page => Some(WgForm::ProducerCp),
             Some("wgp") => Some(WgForm::Producer),
             Some("wgc") if group >= 2 => Some(WgForm::Cluster),
             Some("wgc") => Some(WgForm::Producer),
             _ => None,
         };
-        if let Some(f) = want_form.filter(|_| page >= 8 && page.is_power_of_two()) {
+        if let Some(f) = want_form {
             if plan.kernel() == AttnKernel::PrefillWg && plan.wg_form() != Some(f) {
                 ck.rel(
                     "attention",
@@ -1201,6 +1207,7 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
                 Some(WgForm::SmemQ) => "wgs",
                 Some(WgForm::Producer) => "wgp",
                 Some(WgForm::Cluster) => "wgc",
+                Some(WgForm::ProducerCp) => "wgq",
                 _ => "wg",
             },
             AttnKernel::DecodeMma => "dmma",
@@ -1236,9 +1243,9 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
             let n = bit_diffs(&c.download_f32(&a)?, &c.download_f32(&b)?);
             ck.exact("attention", format!("{desc} Q rotated in the kernel"), n);
         }
-        // The TMA forms do each row's arithmetic as the cp.async form does (same key tiles in
-        // the same order, same splits): bit for bit its output.
-        if plan.wg_form().is_some_and(|f| f.tma()) {
+        // The producer forms do each row's arithmetic as the cp.async form does (same key tiles
+        // in the same order, same splits): bit for bit its output.
+        if plan.wg_form().is_some_and(|f| f.producer()) {
             let base = plan_as(PrefillKernel::Wgmma, Some(plan.splits()))?;
             anyhow::ensure!(
                 base.wg_form() == Some(WgForm::Regs),
