@@ -17,7 +17,7 @@
 # DET_SIZES, DET_MODES_8B, DET_N (prompts, default 32), DET_NEW (tokens, default 48),
 # DET_GRAPH_ARGS (extra flags of the graph server, e.g. "--cuda-graph-bs 1 3 6 --cuda-graph-max-bs
 # 4": the captured sizes then come from the flags; batches pad to them or run eagerly), DET_BENCH=0
-# skips the decode bench.
+# skips the decode bench, DET_PAGE the servers' --page-size (default 16; SGLang's default is 1).
 # Exit status: non-zero when det or det1 shows any difference or a server fails (differences in
 # the default mode are expected and only reported).
 set -uo pipefail
@@ -37,7 +37,7 @@ trap cleanup EXIT
 # the second one (started after the first took its share) gets the larger fraction.
 up() { # port log extra-args...
   local port=$1 log=$2; shift 2
-  "$STRATA" serve --model-path "$M" --host 127.0.0.1 --port "$port" --page-size 16 --context-length 8192 \
+  "$STRATA" serve --model-path "$M" --host 127.0.0.1 --port "$port" --page-size "${DET_PAGE:-16}" --context-length 8192 \
     --max-running-requests 64 "$@" > "$log" 2>&1 &
   local pid=$!
   pids+=($pid)

@@ -7,6 +7,7 @@
 # Usage (on the GPU machine): scripts/gpu-serve-bench.sh [OUTDIR]
 # Environment: STRATA, SIZES (default "llama-3.1-8b"), CONCS (default "1 16 64"), SHAPES
 # (default "1024:256 8192:128"), RAW (1/0: run `gpu bench`), HF (1/0), HF_CONCS (default CONCS).
+# PAGE: the servers' --page-size (default 16; SGLang's default is 1).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 STRATA=${STRATA:-target/release/strata}
@@ -45,7 +46,7 @@ for size in ${SIZES:-llama-3.1-8b}; do
   "$STRATA" make-model --out $M/$size --size $size --dtype bf16 >/dev/null 2>&1 || { echo "FAIL make-model $size"; fail=1; continue; }
   echo "make-model $size: $(( $(date +%s) - t0 ))s, $(du -sh $M/$size | cut -f1)"
   t0=$(date +%s)
-  "$STRATA" serve --model-path $M/$size --page-size 16 --context-length 10240 --port 33000 \
+  "$STRATA" serve --model-path $M/$size --page-size ${PAGE:-16} --context-length 10240 --port 33000 \
     --max-running-requests 64 >"$OUTDIR/serve-$size.log" 2>&1 &
   pids+=($!)
   if ! wait_up http://127.0.0.1:33000; then
