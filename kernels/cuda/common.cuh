@@ -30,10 +30,11 @@ __device__ __forceinline__ void pdl_enter() {
     pdl_wait();
     pdl_trigger();
 }
-// pdl_enter of the single-row GEMVs and the row norms. Built with STRATA_PDL_EARLY (the
-// environment variable of that name at compile time, a `gpu bench` A/B knob) they let their
-// successor launch before they wait, so that the next kernels' weight loads go out while the
-// decode attention runs.
+// pdl_enter of the GEMVs and the row norms: built with STRATA_PDL_EARLY (the default;
+// STRATA_PDL_EARLY=0 in the environment at compile time leaves it out, for A/B runs) they let
+// their successor launch before they wait, so that the next kernels' weight loads go out while
+// the decode attention runs (1B batch-1 step x0.980 with the evict-first weight loads of
+// gemv.cu, H100 2026-12-06; docs/perf.md).
 __device__ __forceinline__ void pdl_enter_chain() {
 #ifdef STRATA_PDL_EARLY
     pdl_trigger();

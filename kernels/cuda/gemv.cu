@@ -264,6 +264,30 @@ __device__ __forceinline__ void gemv_stage_copy(const bf16_t* x, int x_stride, i
 // into each row's sums in the single-row order, so row t's result equals the single-row
 // kernel's on that row bit for bit; epi(row, t, sums) for t < rows (rows <= T; the staged rows
 // past it are zero).
+// A weight load of the GEMVs: ld.global.nc with an L2 evict-first policy (STRATA_W_EVICT_FIRST,
+// the default; =0 in the environment at compile time gives plain ld.global.nc, for A/B runs):
+// each weight byte is read once per step, so its lines are the ones to drop first (1B
+// batch-1 step x0.981, 8B x0.992, the GEMVs-only graph x0.972, H100 2026-12-06; docs/perf.md).
+__device__ __forceinline__ u64 gemv_w_policy() {
+    u64 p = 0;
+#if defined(STRATA_W_EVICT_FIRST) && !defined(STRATA_CUDA_EMU)
+    asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(p));
+#endif
+    return p;
+}
+__device__ __forceinline__ uint4 gemv_ldw(const uint4* a, u64 pol) {
+#if defined(STRATA_W_EVICT_FIRST) && !defined(STRATA_CUDA_EMU)
+    uint4 v;
+    asm("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;"
+        : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
+        : "l"(a), "l"(pol));
+    return v;
+#else
+    (void)pol;
+    return __ldg(a);
+#endif
+}
+
 template <int T, int UNR, int DEPTH, bool SILU, int R, class WRow, class Epi>
 __device__ __forceinline__ void gemv_rows_body(const bf16_t* x, int x_stride, int rows, const bf16_t* w, int n,
                                                int k, WRow wrow, Epi epi,
@@ -276,6 +300,7 @@ __device__ __forceinline__ void gemv_rows_body(const bf16_t* x, int x_stride, in
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int row = blockIdx.x * (blockDim.x >> 5) + warp;
     const bool live = row < n;
+    const u64 pol = gemv_w_policy();
     const uint4* wr[R];
 #pragma unroll
     for (int r = 0; r < R; ++r) wr[r] = (const uint4*)(w + (u64)wrow(live ? row : 0, r) * k);
@@ -287,7 +312,7 @@ __device__ __forceinline__ void gemv_rows_body(const bf16_t* x, int x_stride, in
 #pragma unroll
         for (int r = 0; r < R; ++r)
 #pragma unroll
-            for (int u = 0; u < UNR; ++u) wv[r][u] = __ldg(wr[r] + at + STEP * ahead + 32 * u);
+            for (int u = 0; u < UNR; ++u) wv[r][u] = gemv_ldw(wr[r] + at + STEP * ahead + 32 * u, pol);
     };
     // The weights are constant: step 0 goes out before waiting for x (under PDL it overlaps the
     // tail of the kernel that produces x), the other steps in flight right after, ahead of the
@@ -395,7 +420,7 @@ __device__ __forceinline__ void gemv_rows_body(const bf16_t* x, int x_stride, in
     for (; c < k8; c += 32) {
 #pragma unroll
         for (int r = 0; r < R; ++r) {
-            const uint4 wl = __ldg(wr[r] + c);
+            const uint4 wl = gemv_ldw(wr[r] + c, pol);
             fold(r, &wl, c, 1);
         }
     }

@@ -162,9 +162,13 @@ fn options(arch: &str) -> Vec<String> {
         "--std=c++17".to_string(),
         "-default-device".to_string(),
     ];
-    // A/B knob (common.cuh, pdl_enter_chain); part of the cache key as every option is.
-    if std::env::var("STRATA_PDL_EARLY").is_ok_and(|v| v == "1") {
-        o.push("-DSTRATA_PDL_EARLY".to_string());
+    // Decode-chain defaults with an A/B switch (common.cuh pdl_enter_chain, gemv.cu
+    // gemv_ldw): defined unless the environment variable of the same name is 0; part of the
+    // cache key as every option is.
+    for knob in ["STRATA_PDL_EARLY", "STRATA_W_EVICT_FIRST"] {
+        if std::env::var(knob).map_or(true, |v| v != "0") {
+            o.push(format!("-D{knob}"));
+        }
     }
     o
 }
