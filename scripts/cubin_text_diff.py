@@ -24,17 +24,24 @@ def git_show(rev, path):
     return r.stdout.decode() if r.returncode == 0 else ""  # a file added since REV
 PROGS = {
  "transfer.cu": ["kernels/cuda/transfer.cu"],
- "elementwise.cu": ["kernels/cuda/elementwise.cu"],
+ "elementwise.cu": ["kernels/cuda/elementwise.cu","kernels/cuda/lora.cu"],
  "attention.cu": ["kernels/cuda/attention.cu","kernels/cuda/attention_decode.cu","kernels/cuda/attention_decode2.cu","kernels/cuda/prefill_common.cuh","kernels/cuda/attention_prefill.cu","kernels/cuda/attention_decode_mma.cu"],
  "sampling.cu": ["kernels/cuda/sampling.cu"],
  "gemv.cu": ["kernels/cuda/gemv.cu","kernels/cuda/gemv_mma.cu"],
  "backend_f32.cu": ["kernels/cuda/backend_f32.cu"],
- "attention_prefill_wg.cu": ["kernels/cuda/prefill_common.cuh","kernels/cuda/attention_prefill_wg.cu"],
+ "attention_prefill_wg.cu": ["kernels/cuda/prefill_common.cuh","kernels/cuda/wgmma.cuh","kernels/cuda/attention_prefill_wg.cu"],
+ "gemm_wg.cu": ["kernels/cuda/wgmma.cuh","kernels/cuda/gemm_wg.cu"],
 }
+# The sm_90a programs (kernels/src/cuda/nvrtc.rs compiles these for the "a" target).
+WGMMA = {"attention_prefill_wg.cu", "gemm_wg.cu"}
 def compile_(src, arch):
     prog = ctypes.c_void_p()
     assert lib.nvrtcCreateProgram(ctypes.byref(prog), src.encode(), b"p.cu", 0, None, None) == 0
+    # nvrtc.rs options, with the decode chain's default defines (STRATA_PDL_EARLY=0 /
+    # STRATA_W_EVICT_FIRST=0 in the environment leave one out, as there).
     opts = [f"--gpu-architecture={arch}".encode(), b"--std=c++17", b"-default-device"]
+    opts += [f"-D{k}".encode() for k in ("STRATA_PDL_EARLY", "STRATA_W_EVICT_FIRST")
+             if os.environ.get(k) != "0"]
     arr = (ctypes.c_char_p * len(opts))(*opts)
     rc = lib.nvrtcCompileProgram(prog, len(opts), arr)
     if rc != 0:
@@ -61,7 +68,7 @@ if len(sys.argv) != 2:
 rev = sys.argv[1]
 bad = 0
 for prog in PROGS:
-    arch = "sm_90a" if prog == "attention_prefill_wg.cu" else "sm_90"
+    arch = "sm_90a" if prog in WGMMA else "sm_90"
     a, b = texts(compile_(source(rev, prog), arch)), texts(compile_(source(None, prog), arch))
     for k in sorted(set(a) | set(b)):
         same = a.get(k) == b.get(k)

@@ -142,6 +142,22 @@ __device__ void wg_tma_producer(const PfTile& T, const TmaMap* kmap, const TmaMa
     }
 }
 
+// One tile's K and V copies by cp.async: this thread's 16-byte piece (pool column tcol) of PASSES
+// rows STRIDE apart into kd / vd + i STRIDE rows, row i's slot code (pf_slot_finish) taken
+// from lane 2 i + (lane >> 4) of the warp (code 0: zero-filled); `lane`: this thread's.
+template <int PASSES, int STRIDE>
+__device__ __forceinline__ void wg_cp_tile(u32 kd, u32 vd, u32 code, const bf16_t* k_pool, const bf16_t* v_pool,
+                                           u64 row_bytes, u32 tcol, int lane) {
+#pragma unroll
+    for (int i = 0; i < PASSES; ++i) {
+        const u32 c = __shfl_sync(FULL_MASK, code, 2 * i + (lane >> 4));
+        const u64 off = (u64)(c >> 1) * row_bytes + tcol;
+        const int bytes = (c & 1) * 16;
+        pf_cp16(kd + i * STRIDE * 128, (const char*)k_pool + off, bytes);
+        pf_cp16(vd + i * STRIDE * 128, (const char*)v_pool + off, bytes);
+    }
+}
+
 // The cp.async producer (CPP, CL = 1; page sizes the TMA boxes do not fit, SGLang's default 1
 // among them): the producer warpgroup's 128 threads copy every tile of the block into stage
 // it % NST as the computing threads of the cp.async form do (16-byte pieces, each key's pool
@@ -170,15 +186,8 @@ __device__ void wg_cp_producer(const PfTile& T, const bf16_t* k_pool, const bf16
         const PfSlot next = pf_slot_load(T, T.kbeg + (it + 1) * WG_KT + my_key, page_size, true);
         const u32 code = pf_slot_finish(slot, page_size);
         mb_wait(bars + 8 * (NST + st), ((it / NST) & 1) ^ 1);
-        const u32 kd = ks + st * TILE + swz, vd = vs + st * TILE + swz;
-#pragma unroll
-        for (int i = 0; i < WG_KT / 8; ++i) {
-            const u32 c = __shfl_sync(FULL_MASK, code, 2 * i + (lane >> 4));
-            const u64 off = (u64)(c >> 1) * row_bytes + tcol;
-            const int bytes = (c & 1) * 16;
-            pf_cp16(kd + i * 8 * 128, (const char*)k_pool + off, bytes);
-            pf_cp16(vd + i * 8 * 128, (const char*)v_pool + off, bytes);
-        }
+        wg_cp_tile<WG_KT / 8, 8>(ks + st * TILE + swz, vs + st * TILE + swz, code, k_pool, v_pool, row_bytes, tcol,
+                                 lane);
         pf_commit();
         pf_cp_wait<0>();
         wg_fence_async();
@@ -282,16 +291,8 @@ __device__ __forceinline__ void wg_prefill_body(
     // Copies of one tile's K and V to stage st, to the slots `slot` of the lookup lanes holds.
     auto issue = [&](int st) {
         if (PROD) return;
-        const u32 code = pf_slot_finish(slot, page_size);
-        const u32 kd = ks + st * TILE + swz_t, vd = vs + st * TILE + swz_t;
-#pragma unroll
-        for (int i = 0; i < KT / 16; ++i) {
-            const u32 c = __shfl_sync(FULL_MASK, code, 2 * i + (lane >> 4));
-            const u64 off = (u64)(c >> 1) * row_bytes + tcol;
-            const int bytes = (c & 1) * 16;
-            pf_cp16(kd + i * 16 * 128, (const char*)k_pool + off, bytes);
-            pf_cp16(vd + i * 16 * 128, (const char*)v_pool + off, bytes);
-        }
+        wg_cp_tile<KT / 16, 16>(ks + st * TILE + swz_t, vs + st * TILE + swz_t, pf_slot_finish(slot, page_size),
+                                k_pool, v_pool, row_bytes, tcol, lane);
     };
 
     // The warpgroup's smallest causal limit (rows past the tile: limit 0).

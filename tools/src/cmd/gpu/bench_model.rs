@@ -132,21 +132,24 @@ pub fn run(
             let fwd = gpu_ms(ops.context(), false, 1, 7, || {
                 Ok(model.forward(ops, gemm, &ws, &input)?)
             })?;
+            // A captured step's wall time per replay (ms, median of 15 after 3), the sampling
+            // eager after each.
+            let replay_ms = |g: &cudarc::driver::CudaGraph| -> anyhow::Result<f64> {
+                let mut w = Vec::new();
+                for k in 0..18 {
+                    let t = Instant::now();
+                    g.launch()?;
+                    ops.sample(&ws.logits, &picks)?;
+                    if k >= 3 {
+                        w.push(t.elapsed().as_secs_f64() * 1e3);
+                    }
+                }
+                Ok(median(w))
+            };
             // The same step replayed from a CUDA graph (forward only; sampling stays eager).
             let replay_with = |input: &StepInput| -> anyhow::Result<Option<f64>> {
                 Ok(match model.capture(ops, gemm, &ws, input) {
-                    Ok(g) => {
-                        let mut w = Vec::new();
-                        for k in 0..18 {
-                            let t = Instant::now();
-                            g.launch()?;
-                            ops.sample(&ws.logits, &picks)?;
-                            if k >= 3 {
-                                w.push(t.elapsed().as_secs_f64() * 1e3);
-                            }
-                        }
-                        Some(median(w))
-                    }
+                    Ok(g) => Some(replay_ms(&g)?),
                     Err(e) => {
                         println!("graph capture failed: {e}");
                         None
@@ -277,16 +280,7 @@ pub fn run(
                 let mut parts = Vec::new();
                 for op in LlamaModel::LAYER_OPS {
                     let g = model.capture_skipping(ops, gemm, &ws, &input, &|o| o == op)?;
-                    let mut w = Vec::new();
-                    for k in 0..18 {
-                        let t = Instant::now();
-                        g.launch()?;
-                        ops.sample(&ws.logits, &picks)?;
-                        if k >= 3 {
-                            w.push(t.elapsed().as_secs_f64() * 1e3);
-                        }
-                    }
-                    let us = (full - median(w)) * 1e3 / shape.layers as f64;
+                    let us = (full - replay_ms(&g)?) * 1e3 / shape.layers as f64;
                     parts.push(format!("{op} {us:.1}"));
                     minus.insert(op.to_string(), json!(us));
                 }
@@ -309,17 +303,7 @@ pub fn run(
                 ];
                 let mut parts = Vec::new();
                 for (name, skip) in sets {
-                    let g = model.capture_skipping(ops, gemm, &ws, &input, skip)?;
-                    let mut w = Vec::new();
-                    for k in 0..18 {
-                        let t = Instant::now();
-                        g.launch()?;
-                        ops.sample(&ws.logits, &picks)?;
-                        if k >= 3 {
-                            w.push(t.elapsed().as_secs_f64() * 1e3);
-                        }
-                    }
-                    let ms = median(w);
+                    let ms = replay_ms(&model.capture_skipping(ops, gemm, &ws, &input, skip)?)?;
                     parts.push(format!("{name} {ms:.3}"));
                     minus.insert(format!("step_ms {name}"), json!(ms));
                 }
