@@ -156,7 +156,8 @@ fn nvrtc_check(rc: nvrtc_sys::nvrtcResult, program: &str) -> Result<()> {
     }
 }
 
-fn options(arch: &str) -> Vec<String> {
+/// The NVRTC options of every program for `arch` (the cache key hashes them too).
+pub(crate) fn options(arch: &str) -> Vec<String> {
     let mut o = vec![
         format!("--gpu-architecture={arch}"),
         "--std=c++17".to_string(),

@@ -168,6 +168,17 @@ fn dmma_launch_shared_memory_matches_the_kernel_instantiations() {
 }
 
 #[test]
+fn decode_chain_defines_are_on_unless_the_environment_turns_them_off() {
+    // The GEMVs' evict-first weight loads and the early PDL trigger are compiled in by default;
+    // `NAME=0` in the environment leaves one out (an A/B switch), and the cubin cache keys on it.
+    let o = nvrtc::options("sm_90");
+    for k in ["STRATA_PDL_EARLY", "STRATA_W_EVICT_FIRST"] {
+        let off = std::env::var(k).is_ok_and(|v| v == "0");
+        assert_eq!(o.contains(&format!("-D{k}")), !off, "{k}: {o:?}");
+    }
+}
+
+#[test]
 fn cache_key_depends_on_every_input() {
     let a = nvrtc::cache_key(Program::Attention, "sm_90", (13, 0), 13000);
     assert_eq!(
