@@ -254,16 +254,6 @@ __device__ __forceinline__ void gemv_stage_copy(const bf16_t* x, int x_stride, i
     gemv_cp_wait_all();
 }
 
-// R: weight rows per warp. Warp `row` (< n) streams weight rows wrow(row, r), r < R, each summed
-// in the same order whatever R, and lane 0 hands the R sums to epi(row, sums). With R = 2 the
-// epilogue can combine two rows (gemv_bf16_t1_gate: SiLU of the gate row times the up row;
-// gemv_bf16_t1_qkv_rope: RoPE of a pair of rows), each sum first rounded to bf16 as the plain
-// GEMV would have written it, so the result equals the unfused kernels' bit for bit.
-// T: rows of x (the few-row kernels below; 1 for the single-row ones): all T are staged (row t
-// of x at x + t * x_stride, or its norm of y and resid rows t), every weight load is folded
-// into each row's sums in the single-row order, so row t's result equals the single-row
-// kernel's on that row bit for bit; epi(row, t, sums) for t < rows (rows <= T; the staged rows
-// past it are zero).
 // A weight load of the GEMVs: ld.global.nc with an L2 evict-first policy (STRATA_W_EVICT_FIRST,
 // the default; =0 in the environment at compile time gives plain ld.global.nc, for A/B runs):
 // each weight byte is read once per step, so its lines are the ones to drop first (1B
@@ -288,6 +278,16 @@ __device__ __forceinline__ uint4 gemv_ldw(const uint4* a, u64 pol) {
 #endif
 }
 
+// R: weight rows per warp. Warp `row` (< n) streams weight rows wrow(row, r), r < R, each summed
+// in the same order whatever R, and lane 0 hands the R sums to epi(row, sums). With R = 2 the
+// epilogue can combine two rows (gemv_bf16_t1_gate: SiLU of the gate row times the up row;
+// gemv_bf16_t1_qkv_rope: RoPE of a pair of rows), each sum first rounded to bf16 as the plain
+// GEMV would have written it, so the result equals the unfused kernels' bit for bit.
+// T: rows of x (the few-row kernels below; 1 for the single-row ones): all T are staged (row t
+// of x at x + t * x_stride, or its norm of y and resid rows t), every weight load is folded
+// into each row's sums in the single-row order, so row t's result equals the single-row
+// kernel's on that row bit for bit; epi(row, t, sums) for t < rows (rows <= T; the staged rows
+// past it are zero).
 template <int T, int UNR, int DEPTH, bool SILU, int R, class WRow, class Epi>
 __device__ __forceinline__ void gemv_rows_body(const bf16_t* x, int x_stride, int rows, const bf16_t* w, int n,
                                                int k, WRow wrow, Epi epi,

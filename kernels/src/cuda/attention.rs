@@ -78,7 +78,8 @@ pub enum PrefillKernel {
     Fa2,
     /// `paged_attention_wg_d128` (`STRATA_PREFILL_ATTN=wg`) where it loaded (compute 9.0)
     /// and head_dim is 128, the FA2 kernel otherwise: the wgmma kernel with K/V by cp.async
-    /// (the default before 2026-12-06, and the form the TMA forms fall back to).
+    /// (the default before 2026-12-06, and where the TMA forms fell back to before the cp.async
+    /// producer form).
     Wgmma,
     /// `paged_attention_wgs_d128` (`STRATA_PREFILL_ATTN=wgs`): the wgmma kernel reading Q
     /// from shared memory in every S = Q K^T wgmma (the default keeps Q's fragments in
@@ -86,7 +87,7 @@ pub enum PrefillKernel {
     WgmmaSmemQ,
     /// `paged_attention_wgp_d128` (`STRATA_PREFILL_ATTN=wgp`): the wgmma kernel with K/V tiles
     /// loaded by TMA from a producer warpgroup, the computing warpgroups free of block barriers
-    /// (page sizes that are powers of two from 8; the cp.async form otherwise).
+    /// (page sizes that are powers of two from 8; the cp.async producer form otherwise).
     WgmmaProducer,
     /// `paged_attention_wgc_d128` (`STRATA_PREFILL_ATTN=wgc`): the producer form in clusters
     /// of 2 blocks sharing each K/V tile by TMA multicast (GQA groups from 2; the producer form
@@ -102,7 +103,7 @@ pub enum PrefillKernel {
 /// The forms of the wgmma prefill kernel, in [`WG_NAMES`] order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WgForm {
-    /// Q's fragments in registers, K/V by cp.async (at page sizes the TMA forms do not take).
+    /// Q's fragments in registers, K/V by cp.async from the computing threads.
     Regs,
     /// Q read from shared memory by every S wgmma.
     SmemQ,
