@@ -64,6 +64,10 @@
 #            90; no downloads) and scripts/hf_runner_compare.py compares the bf16 runner with
 #            transformers on it over held-out text prompts of 16..4096 tokens (the top-1 target on
 #            a model with real logit margins; made models have flat logits)
+#   chain    the decode chain's compile-time defaults (evict-first weight loads, the early PDL
+#            trigger) against both off (STRATA_W_EVICT_FIRST=0 STRATA_PDL_EARLY=0): `gpu bench
+#            --only decode` at batch 1 on the 1B and 8B shapes in alternating processes (two
+#            rounds, graph step and its subsets), then served 1B ITL at c=1 (gpu-itl-ab.sh, B off)
 #   decmma   decode batches on the tensor cores (the decode MMA kernel; the prefill kernel) vs
 #            decode2: gpu check of all, raw steps side by side (8B b8/32/64 at 1K, 1B b32, 8B b32
 #            at 4K) and served 1B at c=32, the decode MMA kernel against the prefill kernel
@@ -188,6 +192,16 @@ for s in $STEPS; do
     weights) timeout $(left 240) scripts/gpu-weights-check.sh "$OUT/weights" > "$OUT/weights.log" 2>&1; rc=$?; cat "$OUT/weights.log" ;;
     api) timeout $(left 200) scripts/gpu-api-smoke.sh "$OUT/api" > "$OUT/api.log" 2>&1; rc=$?; cat "$OUT/api.log" ;;
     itl) timeout $(left ${ITL_TIMEOUT:-200}) scripts/gpu-itl-ab.sh "$OUT" > "$OUT/itl.log" 2>&1; rc=$?; cat "$OUT/itl.log" ;;
+    chain) rc=0
+      for r in 1 2; do for shape in llama-3.2-1b llama-3.1-8b; do for e in 1 0; do
+        echo "== $shape, chain defaults $([ $e = 1 ] && echo on || echo off), round $r"
+        STRATA_W_EVICT_FIRST=$e STRATA_PDL_EARLY=$e timeout $(left 90) "$STRATA" gpu bench --only decode \
+          --shape $shape --decode-batches 1 > "$OUT/chain-$shape-$e-$r.log" 2>&1 || { echo "bench rc=$?"; rc=1; }
+        grep -E "^decode b1|b1 graph step with PDL|subset" "$OUT/chain-$shape-$e-$r.log"
+      done; done; done
+      SIZE=llama-3.2-1b RAW=0 ITL_B_ENV="STRATA_W_EVICT_FIRST=0 STRATA_PDL_EARLY=0" timeout $(left 200) \
+        scripts/gpu-itl-ab.sh "$OUT/chain-itl" > "$OUT/chain-itl.log" 2>&1 || rc=1
+      grep -vE "^\s*$" "$OUT/chain-itl.log" | tail -8 ;;
     overlap) rc=0
       for ga in "" "--disable-overlap-schedule"; do
         echo "== det, graph server [${ga}]"
