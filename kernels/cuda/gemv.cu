@@ -258,15 +258,21 @@ __device__ __forceinline__ void gemv_stage_copy(const bf16_t* x, int x_stride, i
 // the default; =0 in the environment at compile time gives plain ld.global.nc, for A/B runs):
 // each weight byte is read once per step, so its lines are the ones to drop first (1B
 // batch-1 step x0.981, 8B x0.992, the GEMVs-only graph x0.972, H100 2026-12-06; docs/perf.md).
+// (createpolicy and cache hints need sm_80; the CPU emulation loads plainly.)
+#if defined(STRATA_W_EVICT_FIRST) && !defined(STRATA_CUDA_EMU) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+#define GEMV_EVICT_FIRST 1
+#else
+#define GEMV_EVICT_FIRST 0
+#endif
 __device__ __forceinline__ u64 gemv_w_policy() {
     u64 p = 0;
-#if defined(STRATA_W_EVICT_FIRST) && !defined(STRATA_CUDA_EMU)
+#if GEMV_EVICT_FIRST
     asm("createpolicy.fractional.L2::evict_first.b64 %0, 1.0;" : "=l"(p));
 #endif
     return p;
 }
 __device__ __forceinline__ uint4 gemv_ldw(const uint4* a, u64 pol) {
-#if defined(STRATA_W_EVICT_FIRST) && !defined(STRATA_CUDA_EMU)
+#if GEMV_EVICT_FIRST
     uint4 v;
     asm("ld.global.nc.L1::no_allocate.L2::cache_hint.v4.u32 {%0, %1, %2, %3}, [%4], %5;"
         : "=r"(v.x), "=r"(v.y), "=r"(v.z), "=r"(v.w)
