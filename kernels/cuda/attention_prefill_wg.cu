@@ -96,6 +96,25 @@ __device__ __forceinline__ void wg_sync256() { asm volatile("bar.sync 1, 256;\n"
 // from the pool (masked: their P is 0) or, for boxes wholly past it, as zeros (rows outside
 // the tensor).
 
+// Key tiles of a block's keys [kbeg, kend).
+__device__ __forceinline__ int wg_ntiles(int kbeg, int kend) {
+    return kend > kbeg ? (kend - kbeg + WG_KT - 1) / WG_KT : 0;
+}
+// The cp.async copiers' layout (the computing threads of the cp.async form, STRIDE = 16; the
+// producer warpgroup of the cp.async producer form, STRIDE = 8): copier t moves 16-byte piece
+// t % 16 (dims 8 (t % 16) ..) of rows t / 16 + STRIDE i. Rows r and r + STRIDE i share r & 7,
+// so one offset in the 128-byte swizzle, wg_swz(t % 16, t / 16, bytes of a 64-dim half),
+// serves every pass.
+__device__ __forceinline__ u32 wg_swz(int piece, int r0, u32 half) {
+    return (u32)(piece >> 3) * half + (u32)r0 * 128u + ((u32)((piece & 7) ^ (r0 & 7)) << 4);
+}
+// The key of a tile lane L of copier warp W looks up (its slot handed on by shuffle to the
+// lanes copying it, see wg_cp_tile): 2 W + (L & 1) + STRIDE (L >> 1).
+template <int STRIDE>
+__device__ __forceinline__ int wg_cp_key(int t, int lane) {
+    return 2 * (t >> 5) + (lane & 1) + STRIDE * (lane >> 1);
+}
+
 // One tile's boxes from this block (see above) into the stage at kdst / vdst of every block of
 // the cluster (lanes < KT / br of the calling warp, br = min(page_size, 32)), `bar` armed for
 // the whole tile (lane 0, before any box). `slot`: this lane's box start as pf_slot_load gave
@@ -131,7 +150,7 @@ __device__ void wg_tma_producer(const PfTile& T, const TmaMap* kmap, const TmaMa
                                 u32 bars, int page_size, int rank) {
     constexpr u32 TILE = 2 * WG_KT * 128;
     const int lane = threadIdx.x & 31, br = min(page_size, 32);
-    const int ntiles = T.kend > T.kbeg ? (T.kend - T.kbeg + WG_KT - 1) / WG_KT : 0;
+    const int ntiles = wg_ntiles(T.kbeg, T.kend);
     PfSlot slot = pf_slot_load(T, T.kbeg + lane * br, page_size, lane < WG_KT / br);
     for (int it = 0; it < ntiles; ++it) {
         const int st = it % NST;
@@ -171,15 +190,13 @@ __device__ void wg_cp_producer(const PfTile& T, const bf16_t* k_pool, const bf16
                                u32 bars, int page_size, int n_kv_heads) {
     constexpr u32 HALF_T = WG_KT * 128, TILE = 2 * HALF_T;
     const int pt = threadIdx.x - 256, lane = pt & 31;
-    // Thread pt moves 16-byte piece pt % 16 of rows pt / 16 + 8 i (i < 16); lane L of warp W
-    // looks up key 2 W + (L & 1) + 8 (L >> 1), the rows W's lanes copy, and hands the slot on
-    // by shuffle (row 2 W + (lane >> 4) + 8 i from lane 2 i + (lane >> 4)).
+    // Copier pt of wg_swz's layout with STRIDE 8: every lane looks up a key.
     const int piece = pt & 15, r0 = pt >> 4;
-    const u32 swz = (u32)(piece >> 3) * HALF_T + (u32)r0 * 128u + ((u32)((piece & 7) ^ (r0 & 7)) << 4);
+    const u32 swz = wg_swz(piece, r0, HALF_T);
     const u64 row_bytes = (u64)n_kv_heads * 128 * 2;
     const u32 tcol = (u32)(T.g * 128 + piece * 8) * 2u;
-    const int my_key = 2 * (pt >> 5) + (lane & 1) + 8 * (lane >> 1);
-    const int ntiles = T.kend > T.kbeg ? (T.kend - T.kbeg + WG_KT - 1) / WG_KT : 0;
+    const int my_key = wg_cp_key<8>(pt, lane);
+    const int ntiles = wg_ntiles(T.kbeg, T.kend);
     PfSlot slot = pf_slot_load(T, T.kbeg + my_key, page_size, true);
     for (int it = 0; it < ntiles; ++it) {
         const int st = it % NST;
@@ -264,22 +281,19 @@ __device__ __forceinline__ void wg_prefill_body(
     const int gid = lane >> 2, tig = lane & 3;
     const float sl2 = scale * 1.4426950408889634f;
 
-    // Copies: thread t moves 16-byte piece t % 16 (dims 8 * (t % 16) ..) of rows t / 16 + 16 i.
-    // Rows r and r + 16 i share r & 7, so one swizzled offset serves every pass.
+    // Copies of Q, K and V: thread tid of wg_swz's layout with STRIDE 16.
     const int piece = tid & 15, r0 = tid >> 4;
-    const u32 swz = (u32)(piece >> 3) * HALF_Q + (u32)r0 * 128u + ((u32)((piece & 7) ^ (r0 & 7)) << 4);
-    const u32 swz_t = (u32)(piece >> 3) * HALF_T + (u32)r0 * 128u + ((u32)((piece & 7) ^ (r0 & 7)) << 4);
+    const u32 swz = wg_swz(piece, r0, HALF_Q), swz_t = wg_swz(piece, r0, HALF_T);
 #pragma unroll
     for (int i = 0; i < WG_ROWS / 16; ++i) {
         const int r = r0 + 16 * i;
         const bool live = r < nrows;
         pf_cp16(qs + swz + i * 16 * 128, live ? pf_q_src<HD>(T, q, q_stride, r, piece) : q, live ? 16 : 0);
     }
-    // Lane L < 16 of warp W looks up key 2W + (L & 1) + 16 (L >> 1) of a tile (the keys W's
-    // lanes copy) and hands 2 * slot + live to them by shuffle.
+    // Lanes L < 16 look up the tile's keys (wg_cp_key) and hand 2 * slot + live on by shuffle.
     const u64 row_bytes = (u64)n_kv_heads * HD * 2;
     const u32 tcol = (u32)(T.g * HD + piece * 8) * 2u;
-    const int my_key = 2 * (tid >> 5) + (lane & 1) + 16 * (lane >> 1);
+    const int my_key = wg_cp_key<16>(tid, lane);
     // The lookup loads a tile's page-table entries into `slot` one iteration before its copies
     // use them (issued while S runs; consumed at once, the load's latency stalled every warp:
     // 8 % of the stall samples under Nsight Compute, 2026-12-04).
@@ -342,7 +356,7 @@ __device__ __forceinline__ void wg_prefill_body(
             }
     }
 
-    const int ntiles = kend > kbeg ? (kend - kbeg + KT - 1) / KT : 0;
+    const int ntiles = wg_ntiles(kbeg, kend);
     // Copies run LEAD = NST - 2 tiles ahead: a tile's O += P V runs on into the next
     // iteration, whose stage must stay intact.
     constexpr int LEAD = NST - 2;
