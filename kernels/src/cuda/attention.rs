@@ -100,6 +100,24 @@ pub enum PrefillKernel {
     WgmmaProducerCp,
 }
 
+impl PrefillKernel {
+    /// The kernel a `STRATA_PREFILL_ATTN` value names (`wgc`, `wgp`, `wgq`, `wg` or `wgmma`,
+    /// `wgs`, `fa2`, `mma`, `f32` or `general`).
+    pub fn from_name(name: &str) -> Option<Self> {
+        Some(match name {
+            "wgmma" | "wg" => Self::Wgmma,
+            "wgs" => Self::WgmmaSmemQ,
+            "wgp" => Self::WgmmaProducer,
+            "wgc" => Self::WgmmaCluster,
+            "wgq" => Self::WgmmaProducerCp,
+            "fa2" => Self::Fa2,
+            "mma" => Self::Mma,
+            "f32" | "general" => Self::General,
+            _ => return None,
+        })
+    }
+}
+
 /// The forms of the wgmma prefill kernel, in [`WG_NAMES`] order.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum WgForm {
@@ -117,7 +135,7 @@ pub enum WgForm {
 
 impl WgForm {
     /// The wgmma form a prefill kernel choice asks for (None: not a wgmma choice).
-    fn of(k: PrefillKernel) -> Option<Self> {
+    pub fn of(k: PrefillKernel) -> Option<Self> {
         match k {
             PrefillKernel::Wgmma => Some(Self::Regs),
             PrefillKernel::WgmmaSmemQ => Some(Self::SmemQ),
@@ -125,6 +143,16 @@ impl WgForm {
             PrefillKernel::WgmmaCluster => Some(Self::Cluster),
             PrefillKernel::WgmmaProducerCp => Some(Self::ProducerCp),
             _ => None,
+        }
+    }
+    /// The form's `STRATA_PREFILL_ATTN` name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Regs => "wg",
+            Self::SmemQ => "wgs",
+            Self::Producer => "wgp",
+            Self::Cluster => "wgc",
+            Self::ProducerCp => "wgq",
         }
     }
     /// True for the forms that load K/V through TMA maps of the pools (a producer warpgroup).
@@ -145,7 +173,7 @@ impl WgForm {
     /// The form a plan runs when `self` was asked for: the TMA forms need page sizes that
     /// [`wg_tma_pages`] takes (the cp.async producer otherwise), the cluster form a GQA group
     /// of at least 2.
-    fn planned(self, page_size: usize, group: usize) -> Self {
+    pub fn planned(self, page_size: usize, group: usize) -> Self {
         match self {
             f if f.tma() && !wg_tma_pages(page_size) => Self::ProducerCp,
             Self::Cluster if group < 2 => Self::Producer,
@@ -266,16 +294,9 @@ pub fn prefill_kernel() -> PrefillKernel {
         _ => {
             static PREFILL_ENV: OnceLock<Option<String>> = OnceLock::new();
             static MMA_ENV: OnceLock<Option<String>> = OnceLock::new();
-            match env_once(&PREFILL_ENV, "STRATA_PREFILL_ATTN") {
-                Some("wgmma" | "wg") => PrefillKernel::Wgmma,
-                Some("wgs") => PrefillKernel::WgmmaSmemQ,
-                Some("wgp") => PrefillKernel::WgmmaProducer,
-                Some("wgc") => PrefillKernel::WgmmaCluster,
-                Some("wgq") => PrefillKernel::WgmmaProducerCp,
-                Some("fa2") => PrefillKernel::Fa2,
-                Some("mma") => PrefillKernel::Mma,
-                Some("f32" | "general") => PrefillKernel::General,
-                _ => match env_once(&MMA_ENV, "STRATA_ATTN_MMA") {
+            match env_once(&PREFILL_ENV, "STRATA_PREFILL_ATTN").and_then(PrefillKernel::from_name) {
+                Some(k) => k,
+                None => match env_once(&MMA_ENV, "STRATA_ATTN_MMA") {
                     Some("0") => PrefillKernel::General,
                     Some("1") => PrefillKernel::Mma,
                     Some("2") => PrefillKernel::Fa2,
@@ -1362,6 +1383,12 @@ mod tests {
             (256, 384, 384)
         );
         assert_eq!((Producer.cluster(), Cluster.cluster()), (1, 2));
+        // Each form's STRATA_PREFILL_ATTN name asks for that form.
+        for f in [Regs, SmemQ, Producer, Cluster, ProducerCp] {
+            let k = PrefillKernel::from_name(f.name()).expect("a kernel name");
+            assert_eq!(WgForm::of(k), Some(f), "{}", f.name());
+        }
+        assert_eq!(PrefillKernel::from_name("wgx"), None);
     }
 
     #[test]

@@ -87,7 +87,8 @@ pub fn run(
     }
     let max_b = args.decode_batches.iter().copied().max().unwrap_or(1);
     let max_p = args.prefill_lens.iter().copied().max().unwrap_or(0);
-    let page = args.page_size.max(1);
+    anyhow::ensure!(args.page_size >= 1, "--page-size must be at least 1");
+    let page = args.page_size;
     let pages = (max_b * args.decode_ctx.div_ceil(page)).max(max_p.div_ceil(page)) + 1;
     let t0 = Instant::now();
     let model = LlamaModel::random(ops, shape, page, pages, 42)?;

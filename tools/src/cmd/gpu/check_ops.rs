@@ -799,7 +799,7 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
         ("prefill 8k p64", 32, 8, 128, 64, vec![(8192, 8192)], None),
         ("prefill mma 8k", 32, 8, 128, 16, vec![(8192, 8192)], None),
         // One-token pages (SGLang's default; the wgmma kernel's TMA forms fall back to its
-        // cp.async form there), with a cached prefix.
+        // cp.async producer form there), with a cached prefix.
         (
             "prefill p1",
             32,
@@ -1056,17 +1056,14 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
         // "prefill gen" cases plan the f32 kernel, "prefill mma" ones the first tensor-core
         // kernel, "wg" ones the wgmma kernel; the others the FA2-style kernel.
         use strata_kernels::cuda::{set_prefill_kernel, PrefillKernel};
-        let wg_case = name.starts_with("wg");
-        let prefill_kernel = if name.starts_with("wgs") {
-            PrefillKernel::WgmmaSmemQ
-        } else if name.starts_with("wgp") {
-            PrefillKernel::WgmmaProducer
-        } else if name.starts_with("wgc") {
-            PrefillKernel::WgmmaCluster
-        } else if name.starts_with("wgq") {
-            PrefillKernel::WgmmaProducerCp
-        } else if wg_case {
-            PrefillKernel::Wgmma
+        // (wg cases are named "<form's STRATA_PREFILL_ATTN name> <case>")
+        let wg_kernel = name
+            .starts_with("wg")
+            .then(|| name.split(' ').next().and_then(PrefillKernel::from_name))
+            .flatten();
+        let wg_case = wg_kernel.is_some();
+        let prefill_kernel = if let Some(k) = wg_kernel {
+            k
         } else if name.starts_with("prefill gen") {
             PrefillKernel::General
         } else if name.starts_with("prefill mma") {
@@ -1109,17 +1106,11 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
                 BF16_TOL,
             );
         }
-        // The TMA forms where the page size takes them, else the cp.async producer.
-        let group = nh / nkv;
-        let tma_page = page >= 8 && page.is_power_of_two();
-        let want_form = match name.split(' ').next() {
-            Some("wgq") => Some(WgForm::ProducerCp),
-            Some("wgp" | "wgc") if !tma_page => Some(WgForm::ProducerCp),
-            Some("wgp") => Some(WgForm::Producer),
-            Some("wgc") if group >= 2 => Some(WgForm::Cluster),
-            Some("wgc") => Some(WgForm::Producer),
-            _ => None,
-        };
+        // The asked form where the page size and group take it, else its fallback
+        // (WgForm::planned: the TMA forms the cp.async producer, clusters the producer form).
+        let want_form = wg_kernel
+            .and_then(WgForm::of)
+            .map(|f| f.planned(page, nh / nkv));
         if let Some(f) = want_form {
             if plan.kernel() == AttnKernel::PrefillWg && plan.wg_form() != Some(f) {
                 ck.rel(
@@ -1203,13 +1194,7 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
             AttnKernel::General => "gen",
             AttnKernel::PrefillMma => "mma",
             AttnKernel::PrefillFa2 => "fa2",
-            AttnKernel::PrefillWg => match plan.wg_form() {
-                Some(WgForm::SmemQ) => "wgs",
-                Some(WgForm::Producer) => "wgp",
-                Some(WgForm::Cluster) => "wgc",
-                Some(WgForm::ProducerCp) => "wgq",
-                _ => "wg",
-            },
+            AttnKernel::PrefillWg => plan.wg_form().map_or("wg", WgForm::name),
             AttnKernel::DecodeMma => "dmma",
         };
         let desc = format!(
