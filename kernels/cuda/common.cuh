@@ -43,6 +43,55 @@ __device__ __forceinline__ void pdl_enter_chain() {
     pdl_enter();
 #endif
 }
+// Handoff counters (launch.rs, `STRATA_HANDOFF`): in a single-row decode step the chain's
+// kernels may wait for their predecessor on an arrival counter instead of griddepcontrol.wait,
+// which returns only once the whole predecessor grid has completed and its writes are flushed.
+// ctr points at this kernel's pair in the step's counter array (zeroed before the step): the
+// kernel triggers its successor, thread 0 spins until ctr[0] has counted `need` arrivals (the
+// predecessor's blocks; acquire loads) and the block barrier hands that on; each block counts
+// itself into ctr[1] once its writes are done (block barrier, fence, atomic add: a release).
+// ctr null or need 0: the kernel waits by PDL as before (and still counts itself when ctr is
+// set). A wait that never ends traps instead of hanging the GPU.
+struct Hand {
+    u32* ctr;
+    int need;
+};
+// Waits on the counter and returns true, or returns false (the caller waits by PDL).
+__device__ __forceinline__ bool hand_wait(Hand h) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (h.ctr && h.need > 0) {
+        pdl_trigger();
+        if (threadIdx.x == 0) {
+            u32 v;
+            for (long long spins = 0;; ++spins) {
+                asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(h.ctr) : "memory");
+                if (v >= (u32)h.need) break;
+                if (spins > (1ll << 26)) __trap();
+                __nanosleep(20);
+            }
+            __threadfence();
+        }
+        __syncthreads();
+        return true;
+    }
+#endif
+    (void)h;
+    return false;
+}
+// Counts this block into the successor's counter; every thread of the block calls it, after
+// its last write.
+__device__ __forceinline__ void hand_signal(Hand h) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (h.ctr) {
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            __threadfence();
+            atomicAdd(h.ctr + 1, 1u);
+        }
+    }
+#endif
+    (void)h;
+}
 // c += A B on the tensor cores, mma.sync m16n8k16 bf16 -> f32 (sm_80+): a the lane's four A
 // fragment registers, b0 b1 its two of B (the attention and few-row GEMV kernels). The CPU
 // emulation of kernels/tests/cuda_emu supplies its own (shim.h emu_mma16816).
