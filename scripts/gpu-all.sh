@@ -65,10 +65,11 @@
 #            transformers on it over held-out text prompts of 16..4096 tokens (the top-1 target on
 #            a model with real logit margins; made models have flat logits)
 #   handoff  `gpu bench --only handoff`: one kernel boundary of the decode chain under each way of
-#            waiting for the predecessor (PDL wait after / before the trigger, an arrival counter);
-#            `gpu check` of the kernels that take the counters; `gpu bench --only decode` at batch
-#            1 on the 1B and 8B shapes twice (the step with the counters vs PDL waits, logits
-#            compared); served 1B ITL at c=1 (gpu-itl-ab.sh, A with STRATA_HANDOFF=1, B without)
+#            waiting for the predecessor (PDL wait after / before the trigger, arrival counters at
+#            two spacings and three poll intervals); `gpu bench --only decode` at batch 1 (the
+#            step with the counters vs PDL waits, logits compared), 1B with the counters polled
+#            every 100 / 20 / 400 ns (STRATA_HAND_SLEEP) and 8B at 100, two rounds; HANDOFF_ITL=1:
+#            served 1B ITL at c=1 (gpu-itl-ab.sh, A with STRATA_HANDOFF=1, B without)
 #   chain    the decode chain's compile-time defaults (evict-first weight loads, the early PDL
 #            trigger) against both off (STRATA_W_EVICT_FIRST=0 STRATA_PDL_EARLY=0): `gpu bench
 #            --only decode` at batch 1 on the 1B and 8B shapes in alternating processes (two
@@ -199,17 +200,17 @@ for s in $STEPS; do
     itl) timeout $(left ${ITL_TIMEOUT:-200}) scripts/gpu-itl-ab.sh "$OUT" > "$OUT/itl.log" 2>&1; rc=$?; cat "$OUT/itl.log" ;;
     handoff) timeout $(left 60) "$STRATA" gpu bench --only handoff > "$OUT/handoff.log" 2>&1; rc=$?
       grep -E "^handoff|rror" "$OUT/handoff.log"
-      timeout $(left 120) "$STRATA" gpu check --only rmsnorm,rmsnorm_add2,gate_silu,qkv_rope,gemm \
-        > "$OUT/handoff-check.log" 2>&1 || rc=1
-      grep -E "FAIL|gpu check:" "$OUT/handoff-check.log" | tail -8
-      for r in 1 2; do for shape in llama-3.2-1b llama-3.1-8b; do
-        timeout $(left 90) "$STRATA" gpu bench --only decode --shape $shape --decode-batches 1 \
-          > "$OUT/handoff-$shape-$r.log" 2>&1 || { echo "bench rc=$?"; rc=1; }
-        grep -E "^decode b1|b1 graph step with (PDL|handoff)|rror" "$OUT/handoff-$shape-$r.log"
+      for r in 1 2; do for sh in "llama-3.2-1b 100" "llama-3.2-1b 20" "llama-3.2-1b 400" "llama-3.1-8b 100"; do
+        set -- $sh; echo "== $1, counters polled every $2 ns, round $r"
+        STRATA_HAND_SLEEP=$2 timeout $(left 90) "$STRATA" gpu bench --only decode --shape $1 --decode-batches 1 \
+          > "$OUT/handoff-$1-$2-$r.log" 2>&1 || { echo "bench rc=$?"; rc=1; }
+        grep -E "b1 graph step with (PDL|handoff)|rror" "$OUT/handoff-$1-$2-$r.log"
       done; done
-      STRATA_HANDOFF=1 SIZE=llama-3.2-1b RAW=0 ITL_B_ENV="STRATA_HANDOFF=0" timeout $(left 200) \
-        scripts/gpu-itl-ab.sh "$OUT/handoff-itl" > "$OUT/handoff-itl.log" 2>&1 || rc=1
-      grep -vE "^\s*$" "$OUT/handoff-itl.log" | tail -8 ;;
+      if [ "${HANDOFF_ITL:-0}" = 1 ]; then
+        STRATA_HANDOFF=1 SIZE=llama-3.2-1b RAW=0 ITL_B_ENV="STRATA_HANDOFF=0" timeout $(left 200) \
+          scripts/gpu-itl-ab.sh "$OUT/handoff-itl" > "$OUT/handoff-itl.log" 2>&1 || rc=1
+        grep -vE "^\s*$" "$OUT/handoff-itl.log" | tail -8
+      fi ;;
     chain) rc=0
       for r in 1 2; do for shape in llama-3.2-1b llama-3.1-8b; do for e in 1 0; do
         echo "== $shape, chain defaults $([ $e = 1 ] && echo on || echo off), round $r"

@@ -629,7 +629,7 @@ __device__ __forceinline__ void dec2_regs_cluster_body(DEC2_PARAMS, Hand hand) {
     int t0 = kbeg + warp * STEP;
     load(kc, vc, okc, t0, pos);
     load(kn, vn, okn, t0 + STRIDE, pos);
-    if (!hand_wait(hand)) pdl_enter();  // q and key pos's K/V row come from the previous kernel
+    if (!hand_wait<false>(hand)) pdl_enter();  // q and key pos's K/V row come from the previous kernel
     load_pos(kc, vc, okc, t0);
     load_pos(kn, vn, okn, t0 + STRIDE);
 

@@ -361,12 +361,14 @@ extern "C" __global__ void qkv_bias_norm(bf16_t* qkv, int stride, const bf16_t* 
 // reads row k - 1 (`n` floats) that its predecessor's blocks wrote, every block sums it (the
 // work of a row norm) and writes its slice of row k. mode 0: wait, then trigger (pdl_enter);
 // 1: trigger, then wait (pdl_enter_chain's early form); 2: trigger, then thread 0 spins on the
-// predecessor's arrival counter sync[k - 1] until every one of its `need` blocks arrived (an
-// acquire load; no griddepcontrol.wait), and each block counts itself into sync[k] when its
-// slice is written (a release: block barrier, fence, atomic add).
+// predecessor's arrival counter sync[(k - 1) * stride] until every one of its `need` blocks
+// arrived (an acquire load every `sleep_ns`; no griddepcontrol.wait), and each block counts
+// itself into sync[k * stride] when its slice is written (a release: block barrier, fence,
+// atomic add).
 // (PTX inline: not built under the host-thread emulation of kernels/tests/cuda_emu.)
 #ifndef STRATA_CUDA_EMU
-extern "C" __global__ void handoff_probe(float* rows, u32* sync, int k, int need, int n, int mode) {
+extern "C" __global__ void handoff_probe(float* rows, u32* sync, int k, int need, int n, int mode, int stride,
+                                         int sleep_ns) {
     if (mode == 0) {
         pdl_enter();
     } else {
@@ -374,12 +376,12 @@ extern "C" __global__ void handoff_probe(float* rows, u32* sync, int k, int need
         if (mode == 1) {
             pdl_wait();
         } else if (threadIdx.x == 0) {
-            const u32* p = sync + (k - 1);
+            const u32* p = sync + (u64)(k - 1) * stride;
             u32 v;
             for (;;) {
                 asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
                 if (v >= (u32)need) break;
-                __nanosleep(20);
+                __nanosleep(sleep_ns);
             }
         }
         __syncthreads();
@@ -400,7 +402,7 @@ extern "C" __global__ void handoff_probe(float* rows, u32* sync, int k, int need
         __syncthreads();
         if (threadIdx.x == 0) {
             __threadfence();
-            atomicAdd(sync + k, 1u);
+            atomicAdd(sync + (u64)k * stride, 1u);
         }
     }
 }

@@ -22,9 +22,12 @@ use cudarc::driver::sys::{self, CUstream};
 use super::error::Result;
 use super::launch::Arg;
 
-/// Counters of one step's chain (aware kernels per step, two per kernel pair, with room for
-/// 150-layer models).
-pub const COUNTERS: usize = 1024;
+/// Aware kernels one step's chain may hold (six a layer: room for 150-layer models).
+const KERNELS: usize = 1024;
+/// Words between two counters (common.cuh HAND_STRIDE: 128 bytes, one line each).
+const STRIDE: usize = 32;
+/// u32 words of a step's counter array.
+pub const COUNTERS: usize = KERNELS * STRIDE;
 
 #[derive(Clone, Copy)]
 struct State {
@@ -95,15 +98,13 @@ impl Drop for Chain {
     }
 }
 
-/// The two trailing arguments (counter pair, blocks to wait for) of an aware kernel about to be
+/// The two trailing arguments (this kernel's counter, blocks to wait for) of an aware kernel about to be
 /// launched with `blocks` blocks: null and 0 outside a chain.
 pub(crate) fn hand(blocks: u32) -> [Arg; 2] {
     CHAIN.with(|c| match c.get() {
-        Some(mut s) if s.next + 1 < COUNTERS => {
-            let args = [
-                Arg::U64(s.base + 4 * s.next as u64),
-                Arg::I32(s.need as i32),
-            ];
+        Some(mut s) if s.next + 1 < KERNELS => {
+            let at = s.base + (4 * STRIDE * s.next) as u64;
+            let args = [Arg::U64(at), Arg::I32(s.need as i32)];
             s.next += 1;
             s.need = blocks;
             s.aware = true;
@@ -163,20 +164,20 @@ mod tests {
     fn aware_kernels_wait_on_their_predecessor_and_other_launches_break_the_chain() {
         assert_eq!(words(hand(8)), (0, 0), "no chain: null counters");
         begin_at(4096);
-        // The first aware kernel waits by PDL (need 0) and counts into pair 0's second word.
+        // The first aware kernel waits by PDL (need 0) and counts into the next counter.
         assert_eq!(words(hand(192)), (4096, 0));
         launched();
         // The next waits for the 192 blocks of the first on counter 1.
-        assert_eq!(words(hand(128)), (4100, 192));
+        assert_eq!(words(hand(128)), (4096 + 128, 192));
         launched();
         // A kernel that takes no counters: the next aware one waits by PDL.
         launched();
-        assert_eq!(words(hand(1)), (4104, 0));
+        assert_eq!(words(hand(1)), (4096 + 256, 0));
         launched();
-        assert_eq!(words(hand(256)), (4108, 1));
+        assert_eq!(words(hand(256)), (4096 + 384, 1));
         launched();
         broken();
-        assert_eq!(words(hand(4)), (4112, 0));
+        assert_eq!(words(hand(4)), (4096 + 512, 0));
         launched();
         CHAIN.with(|c| c.set(None));
         assert_eq!(words(hand(8)), (0, 0));

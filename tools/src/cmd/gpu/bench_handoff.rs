@@ -21,25 +21,38 @@ const CHAIN: usize = 64;
 /// Floats per row (the 1B hidden size).
 const ROW: usize = 2048;
 
-const MODES: [(i32, &str); 3] = [
-    (0, "griddepcontrol.wait, then trigger"),
-    (1, "trigger, then griddepcontrol.wait"),
-    (2, "trigger, then spin on an arrival counter"),
+/// (mode, counter stride in words, poll interval in ns, name)
+const MODES: [(i32, usize, i32, &str); 6] = [
+    (0, 1, 0, "griddepcontrol.wait, then trigger"),
+    (1, 1, 0, "trigger, then griddepcontrol.wait"),
+    (
+        2,
+        1,
+        20,
+        "trigger, then spin on an arrival counter (adjacent counters, polled every 20 ns)",
+    ),
+    (2, 32, 20, "counters 128 B apart, polled every 20 ns"),
+    (2, 32, 100, "counters 128 B apart, polled every 100 ns"),
+    (2, 32, 400, "counters 128 B apart, polled every 400 ns"),
 ];
+/// Words of the counter array (the widest stride).
+const SYNC_WORDS: usize = (CHAIN + 1) * 32;
 
 pub fn run(ctx: &GpuContext, summary: &mut Vec<String>) -> anyhow::Result<Value> {
     use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
     let f = ctx.function(Program::Elementwise, "handoff_probe")?;
     let rows = ctx.alloc(DType::F32, &[CHAIN + 1, ROW])?;
-    let sync = ctx.alloc(DType::I32, &[CHAIN + 1])?;
-    let first: Vec<f32> = (0..ROW).map(|i| (i % 17) as f32 * 0.25 - 2.0).collect();
+    let sync = ctx.alloc(DType::I32, &[SYNC_WORDS])?;
+    let first: Vec<f32> = (0..(CHAIN + 1) * ROW)
+        .map(|i| (i % 17) as f32 * 0.25 - 2.0)
+        .collect();
     ctx.overwrite(&rows, &first)?;
     let stream = ctx.stream();
     let cs = stream.cu_stream();
     let mut out = Vec::new();
     for grid in [1usize, 8, 128, 2 * ctx.sm_count()] {
         let mut last: Option<Vec<f32>> = None;
-        for (mode, name) in MODES {
+        for (mode, stride, sleep, name) in MODES {
             ctx.cuda().bind_to_thread()?;
             stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
             let body = || -> anyhow::Result<()> {
@@ -47,7 +60,7 @@ pub fn run(ctx: &GpuContext, summary: &mut Vec<String>) -> anyhow::Result<Value>
                 unsafe {
                     sys::cuMemsetD32Async(rows.ptr() + (ROW * 4) as u64, 0, CHAIN * ROW, cs)
                         .result()?;
-                    sys::cuMemsetD32Async(sync.ptr(), 0, CHAIN + 1, cs).result()?;
+                    sys::cuMemsetD32Async(sync.ptr(), 0, SYNC_WORDS, cs).result()?;
                 }
                 for k in 1..=CHAIN {
                     let args = [
@@ -57,9 +70,12 @@ pub fn run(ctx: &GpuContext, summary: &mut Vec<String>) -> anyhow::Result<Value>
                         Arg::I32(grid as i32),
                         Arg::I32(ROW as i32),
                         Arg::I32(mode),
+                        Arg::I32(stride as i32),
+                        Arg::I32(sleep),
                     ];
                     // SAFETY: kernel k reads row k - 1 and writes row k of `rows` ([CHAIN + 1,
-                    // ROW] f32) and touches counters k - 1 and k of `sync` ([CHAIN + 1] u32).
+                    // ROW] f32) and touches counters (k - 1) * stride and k * stride of `sync`
+                    // (SYNC_WORDS u32, stride <= 32).
                     unsafe { launch(&f, cs, Dims::rows(grid, 256), &args)? };
                 }
                 Ok(())
