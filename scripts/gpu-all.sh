@@ -64,14 +64,6 @@
 #            90; no downloads) and scripts/hf_runner_compare.py compares the bf16 runner with
 #            transformers on it over held-out text prompts of 16..4096 tokens (the top-1 target on
 #            a model with real logit margins; made models have flat logits)
-#   handoff  `gpu bench --only handoff`: one kernel boundary of the decode chain under each way of
-#            waiting for the predecessor (PDL wait after / before the trigger, arrival counters at
-#            two spacings and three poll intervals); `gpu bench --only decode` at batch 1 (the
-#            step with the counters vs PDL waits, logits compared), 1B with the counters polled
-#            every 100 / 20 / 400 ns (STRATA_HAND_SLEEP) and 8B at 100, two rounds, each beside
-#            HANDOFF_BASE (default .devbin/strata.base, an earlier binary: the PDL-wait step of
-#            both); when the counters won the 1B step (or HANDOFF_ITL=1) served 1B ITL at c=1
-#            (gpu-itl-ab.sh, A with STRATA_HANDOFF=1, B without)
 #   chain    the decode chain's compile-time defaults (evict-first weight loads, the early PDL
 #            trigger) against both off (STRATA_W_EVICT_FIRST=0 STRATA_PDL_EARLY=0): `gpu bench
 #            --only decode` at batch 1 on the 1B and 8B shapes in alternating processes (two
@@ -200,27 +192,6 @@ for s in $STEPS; do
     weights) timeout $(left 240) scripts/gpu-weights-check.sh "$OUT/weights" > "$OUT/weights.log" 2>&1; rc=$?; cat "$OUT/weights.log" ;;
     api) timeout $(left 200) scripts/gpu-api-smoke.sh "$OUT/api" > "$OUT/api.log" 2>&1; rc=$?; cat "$OUT/api.log" ;;
     itl) timeout $(left ${ITL_TIMEOUT:-200}) scripts/gpu-itl-ab.sh "$OUT" > "$OUT/itl.log" 2>&1; rc=$?; cat "$OUT/itl.log" ;;
-    handoff) timeout $(left 60) "$STRATA" gpu bench --only handoff > "$OUT/handoff.log" 2>&1; rc=$?
-      grep -E "^handoff|rror" "$OUT/handoff.log"
-      # BASE: an earlier binary whose b1 step (PDL waits) the current one's is timed against.
-      BASE=${HANDOFF_BASE:-.devbin/strata.base}
-      runs="llama-3.2-1b:100:$STRATA llama-3.2-1b:100:$BASE llama-3.2-1b:20:$STRATA llama-3.2-1b:400:$STRATA"
-      runs="$runs llama-3.1-8b:100:$STRATA llama-3.1-8b:100:$BASE"
-      for r in 1 2; do for run in $runs; do
-        IFS=: read -r shape ns bin <<< "$run"; [ -x "$bin" ] || continue
-        echo "== $shape, $(basename $bin), counters polled every $ns ns, round $r"
-        STRATA_HAND_SLEEP=$ns timeout $(left 90) "$bin" gpu bench --only decode --shape $shape --decode-batches 1 \
-          > "$OUT/handoff-$shape-$ns-$(basename $bin)-$r.log" 2>&1 || { echo "bench rc=$?"; rc=1; }
-        grep -E "b1 graph step with (PDL|handoff)|rror" "$OUT/handoff-$shape-$ns-$(basename $bin)-$r.log"
-      done; done
-      # The served A/B when the counters won the 1B step (or HANDOFF_ITL=1).
-      best=$(grep -h "graph step with handoff" "$OUT"/handoff-llama-3.2-1b-*-strata-*.log 2>/dev/null \
-        | sed -E 's/.*\(x([0-9.]+)\).*/\1/' | sort -n | head -1)
-      if [ "${HANDOFF_ITL:-0}" = 1 ] || awk -v b="${best:-9}" 'BEGIN { exit !(b < 0.99) }'; then
-        STRATA_HANDOFF=1 SIZE=llama-3.2-1b RAW=0 ITL_B_ENV="STRATA_HANDOFF=0" timeout $(left 200) \
-          scripts/gpu-itl-ab.sh "$OUT/handoff-itl" > "$OUT/handoff-itl.log" 2>&1 || rc=1
-        grep -vE "^\s*$" "$OUT/handoff-itl.log" | tail -8
-      fi ;;
     chain) rc=0
       for r in 1 2; do for shape in llama-3.2-1b llama-3.1-8b; do for e in 1 0; do
         echo "== $shape, chain defaults $([ $e = 1 ] && echo on || echo off), round $r"

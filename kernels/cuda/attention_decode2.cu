@@ -583,7 +583,7 @@ __device__ __forceinline__ void dec2_async_body(DEC2_PARAMS) {
 // while the qkv projection finishes, and the block's serial part is one fold per iteration and
 // the merges.
 template <int G, int HD, int UNR>
-__device__ __forceinline__ void dec2_regs_cluster_body(DEC2_PARAMS, Hand hand) {
+__device__ __forceinline__ void dec2_regs_cluster_body(DEC2_PARAMS) {
     constexpr int LPK = HD / 8;
     constexpr int KPS = 32 / LPK;
     constexpr int STEP = KPS * UNR;              // keys of one warp iteration
@@ -629,7 +629,7 @@ __device__ __forceinline__ void dec2_regs_cluster_body(DEC2_PARAMS, Hand hand) {
     int t0 = kbeg + warp * STEP;
     load(kc, vc, okc, t0, pos);
     load(kn, vn, okn, t0 + STRIDE, pos);
-    if (!hand_wait<false>(hand)) pdl_enter();  // q and key pos's K/V row come from the previous kernel
+    pdl_enter();  // q and key pos's K/V row come from the previous kernel
     load_pos(kc, vc, okc, t0);
     load_pos(kn, vn, okn, t0 + STRIDE);
 
@@ -650,7 +650,6 @@ __device__ __forceinline__ void dec2_regs_cluster_body(DEC2_PARAMS, Hand hand) {
         }
     }
     dec2_finish_cluster<G, HD>(m, l, acc, g, row, blk.split, blk.nsplit, out, out_stride);
-    hand_signal(hand);
 }
 
 // Kernel NAME (MINB blocks per SM at least) runs the body given after it on its arguments.
@@ -696,11 +695,7 @@ DEC2_CLUSTER(paged_attention_decode2c_g8_d128, 8, 128, 16, 3)
 // The register cluster forms, same shapes: two iterations of 8 keys per warp in flight (UNR 2 at
 // head_dim 64, 4 at 128; 2 at G = 8, head_dim 128, for registers), i.e. the 64-key share of a
 // 1K-token row in a cluster of 16 in flight at once.
-// They take the handoff counters (common.cuh Hand) after the other forms' parameters.
-#define DEC2_REGS(NAME, G, HD, UNR)                                                                     \
-    extern "C" __global__ void __launch_bounds__(128, 1) NAME(DEC2_PARAMS, u32* hand, int need) {       \
-        dec2_regs_cluster_body<G, HD, UNR>(DEC2_ARGS, Hand{hand, need});                                \
-    }
+#define DEC2_REGS(NAME, G, HD, UNR) DEC2_KERNEL(NAME, 1, dec2_regs_cluster_body<G, HD, UNR>)
 DEC2_REGS(paged_attention_decode2r_g1_d64, 1, 64, 2)
 DEC2_REGS(paged_attention_decode2r_g2_d64, 2, 64, 2)
 DEC2_REGS(paged_attention_decode2r_g4_d64, 4, 64, 2)

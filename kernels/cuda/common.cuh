@@ -43,64 +43,6 @@ __device__ __forceinline__ void pdl_enter_chain() {
     pdl_enter();
 #endif
 }
-// Handoff counters (launch.rs, `STRATA_HANDOFF`): in a single-row decode step the chain's
-// kernels may wait for their predecessor on an arrival counter instead of griddepcontrol.wait,
-// which returns only once the whole predecessor grid has completed and its writes are flushed.
-// ctr points at this kernel's counter in the step's counter array (zeroed before the step; the
-// counters HAND_STRIDE words = 128 bytes apart, so polls of one and atomics on the next do not
-// share a line): the kernel triggers its successor, thread 0 polls ctr[0] every
-// STRATA_HAND_SLEEP ns until it has counted `need` arrivals (the predecessor's blocks; acquire
-// loads) and the block barrier hands that on; each block counts itself into ctr[HAND_STRIDE],
-// its successor's, once its writes are done (block barrier, fence, atomic add: a release).
-// ctr null or need 0: the kernel waits by PDL as before (and still counts itself when ctr is
-// set). A wait that never ends traps instead of hanging the GPU.
-#define HAND_STRIDE 32
-#ifndef STRATA_HAND_SLEEP
-#define STRATA_HAND_SLEEP 100
-#endif
-struct Hand {
-    u32* ctr;
-    int need;
-};
-// Waits on the counter and returns true, or returns false (the caller waits by PDL). EARLY:
-// the successor is triggered before the wait (as pdl_enter_chain does), else after it.
-template <bool EARLY = true>
-__device__ __forceinline__ bool hand_wait(Hand h) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    if (h.ctr && h.need > 0) {
-        if (EARLY) pdl_trigger();
-        if (threadIdx.x == 0) {
-            u32 v;
-            for (long long spins = 0;; ++spins) {
-                asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(h.ctr) : "memory");
-                if (v >= (u32)h.need) break;
-                if (spins > (1ll << 26)) __trap();
-                __nanosleep(STRATA_HAND_SLEEP);
-            }
-            __threadfence();
-        }
-        __syncthreads();
-        if (!EARLY) pdl_trigger();
-        return true;
-    }
-#endif
-    (void)h;
-    return false;
-}
-// Counts this block into the successor's counter; every thread of the block calls it, after
-// its last write.
-__device__ __forceinline__ void hand_signal(Hand h) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    if (h.ctr) {
-        __syncthreads();
-        if (threadIdx.x == 0) {
-            __threadfence();
-            atomicAdd(h.ctr + HAND_STRIDE, 1u);
-        }
-    }
-#endif
-    (void)h;
-}
 // c += A B on the tensor cores, mma.sync m16n8k16 bf16 -> f32 (sm_80+): a the lane's four A
 // fragment registers, b0 b1 its two of B (the attention and few-row GEMV kernels). The CPU
 // emulation of kernels/tests/cuda_emu supplies its own (shim.h emu_mma16816).

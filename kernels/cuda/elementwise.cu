@@ -57,9 +57,8 @@ __device__ __forceinline__ void rms_vec_out(const uint4 (&v)[RMS_VEC], float ss,
 }
 
 extern "C" __global__ void rmsnorm(const bf16_t* x, bf16_t* residual, const bf16_t* w, bf16_t* out,
-                                   int hidden, float eps, u32* hand, int need) {
-    const Hand hd{hand, need};
-    if (!hand_wait(hd)) pdl_enter_chain();
+                                   int hidden, float eps) {
+    pdl_enter_chain();
     __shared__ float sh[32];
     u64 base = (u64)blockIdx.x * hidden;
     const int nc = hidden >> 3;
@@ -84,7 +83,6 @@ extern "C" __global__ void rmsnorm(const bf16_t* x, bf16_t* residual, const bf16
             }
         }
         rms_vec_out(v, ss, sh, w, out, base, nc, hidden, eps);
-        hand_signal(hd);
         return;
     }
     float ss = 0.f;
@@ -103,7 +101,6 @@ extern "C" __global__ void rmsnorm(const bf16_t* x, bf16_t* residual, const bf16
         float v = residual ? bf2f(residual[base + i]) : bf2f(x[base + i]);
         out[base + i] = f2bf(v * r * bf2f(w[i]));
     }
-    hand_signal(hd);
 }
 
 // rmsnorm with two residual adds, for the one-row decode step whose input norm was staged into
@@ -112,9 +109,8 @@ extern "C" __global__ void rmsnorm(const bf16_t* x, bf16_t* residual, const bf16
 // rmsnorm(residual) * w, the sum of squares in the vector path's order. Vector path only
 // (hidden % 8 == 0, hidden / 8 <= 4 * blockDim.x, 16-byte aligned rows; the host checks).
 extern "C" __global__ void rmsnorm_add2(const bf16_t* x1, const bf16_t* x2, bf16_t* residual, const bf16_t* w,
-                                        bf16_t* out, int hidden, float eps, u32* hand, int need) {
-    const Hand hd{hand, need};
-    if (!hand_wait(hd)) pdl_enter_chain();
+                                        bf16_t* out, int hidden, float eps) {
+    pdl_enter_chain();
     __shared__ float sh[32];
     const u64 base = (u64)blockIdx.x * hidden;
     const int nc = hidden >> 3;
@@ -137,7 +133,6 @@ extern "C" __global__ void rmsnorm_add2(const bf16_t* x1, const bf16_t* x2, bf16
         }
     }
     rms_vec_out(v, ss, sh, w, out, base, nc, hidden, eps);
-    hand_signal(hd);
 }
 
 // Rotary embedding, rotate-half (GPT-NeoX / Hugging Face Llama) layout, in place on q and k.
@@ -355,55 +350,3 @@ extern "C" __global__ void qkv_bias_norm(bf16_t* qkv, int stride, const bf16_t* 
             v[i] = f2bf(bf2f(f2bf(bf2f(v[i]) * r)) * bf2f(w[i]));
     }
 }
-
-// Bench-only (`strata gpu bench --only handoff`): what one kernel boundary of the batch-1 decode
-// chain costs under each way of waiting for the predecessor. Kernel k of a chain of such kernels
-// reads row k - 1 (`n` floats) that its predecessor's blocks wrote, every block sums it (the
-// work of a row norm) and writes its slice of row k. mode 0: wait, then trigger (pdl_enter);
-// 1: trigger, then wait (pdl_enter_chain's early form); 2: trigger, then thread 0 spins on the
-// predecessor's arrival counter sync[(k - 1) * stride] until every one of its `need` blocks
-// arrived (an acquire load every `sleep_ns`; no griddepcontrol.wait), and each block counts
-// itself into sync[k * stride] when its slice is written (a release: block barrier, fence,
-// atomic add).
-// (PTX inline: not built under the host-thread emulation of kernels/tests/cuda_emu.)
-#ifndef STRATA_CUDA_EMU
-extern "C" __global__ void handoff_probe(float* rows, u32* sync, int k, int need, int n, int mode, int stride,
-                                         int sleep_ns) {
-    if (mode == 0) {
-        pdl_enter();
-    } else {
-        pdl_trigger();
-        if (mode == 1) {
-            pdl_wait();
-        } else if (threadIdx.x == 0) {
-            const u32* p = sync + (u64)(k - 1) * stride;
-            u32 v;
-            for (;;) {
-                asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
-                if (v >= (u32)need) break;
-                __nanosleep(sleep_ns);
-            }
-        }
-        __syncthreads();
-    }
-    __shared__ float sh[32];
-    const float* in = rows + (u64)(k - 1) * n;
-    float s = 0.f;
-    for (int i = threadIdx.x; i < n; i += blockDim.x) s += in[i];
-    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-    if ((threadIdx.x & 31) == 0) sh[threadIdx.x >> 5] = s;
-    __syncthreads();
-    float t = 0.f;
-    for (int w = 0; w < (int)(blockDim.x >> 5); ++w) t += sh[w];
-    const int per = (n + gridDim.x - 1) / gridDim.x, lo = blockIdx.x * per;
-    const int hi = min(n, lo + per);
-    for (int i = lo + threadIdx.x; i < hi; i += blockDim.x) rows[(u64)k * n + i] = in[i] + t * 1e-6f;
-    if (mode == 2) {
-        __syncthreads();
-        if (threadIdx.x == 0) {
-            __threadfence();
-            atomicAdd(sync + (u64)k * stride, 1u);
-        }
-    }
-}
-#endif

@@ -297,8 +297,7 @@ __device__ __forceinline__ uint4 gemv_ldw(const uint4* a, u64 pol) {
 template <int T, int UNR, int DEPTH, bool SILU, int R, class WRow, class Epi>
 __device__ __forceinline__ void gemv_rows_body(const bf16_t* x, int x_stride, int rows, const bf16_t* w, int n,
                                                int k, WRow wrow, Epi epi,
-                                               NormIn nin = NormIn{nullptr, nullptr, 0.f},
-                                               Hand hand = Hand{nullptr, 0}) {
+                                               NormIn nin = NormIn{nullptr, nullptr, 0.f}) {
     static_assert(DEPTH == 1 || DEPTH == 2, "one or two steps in flight");
     constexpr int STEP = 32 * UNR;
     constexpr int XU = DEPTH == 1 ? 1 : 4;  // x staging loads in flight per thread
@@ -327,7 +326,7 @@ __device__ __forceinline__ void gemv_rows_body(const bf16_t* x, int x_stride, in
     uint4 wv[DEPTH][R][UNR];
     int c = lane;
     if (live && whole(c)) load(wv[0], c, 0);
-    if (!hand_wait(hand)) pdl_enter_chain();
+    pdl_enter_chain();
 #pragma unroll
     for (int s = 1; s < DEPTH; ++s)
         if (live && whole(c + s * STEP)) load(wv[s], c, s);
@@ -379,67 +378,65 @@ __device__ __forceinline__ void gemv_rows_body(const bf16_t* x, int x_stride, in
         }
     }
     __syncthreads();
-    if (live) {
-        float acc0[T][R], acc1[T][R];
+    if (!live) return;
+    float acc0[T][R], acc1[T][R];
 #pragma unroll
-        for (int t = 0; t < T; ++t)
+    for (int t = 0; t < T; ++t)
 #pragma unroll
-            for (int r = 0; r < R; ++r) acc0[t][r] = acc1[t][r] = 0.f;
-        // Folds row r's loads wv[0..cnt) of x positions at, at + 32, ... into every x row's sums.
-        auto fold = [&](int r, const uint4* wv, int at, int cnt) {
+        for (int r = 0; r < R; ++r) acc0[t][r] = acc1[t][r] = 0.f;
+    // Folds row r's loads wv[0..cnt) of x positions at, at + 32, ... into every x row's sums.
+    auto fold = [&](int r, const uint4* wv, int at, int cnt) {
 #pragma unroll
-            for (int u = 0; u < cnt; ++u) {
-                float wf[8];
-                unpack8(wv[u], wf);
+        for (int u = 0; u < cnt; ++u) {
+            float wf[8];
+            unpack8(wv[u], wf);
 #pragma unroll
-                for (int t = 0; t < T; ++t) {
-                    float xf[8];
-                    unpack8(xs[t * k8 + at + 32 * u], xf);
+            for (int t = 0; t < T; ++t) {
+                float xf[8];
+                unpack8(xs[t * k8 + at + 32 * u], xf);
 #pragma unroll
-                    for (int e = 0; e < 8; e += 2) {
-                        acc0[t][r] += wf[e] * xf[e];
-                        acc1[t][r] += wf[e + 1] * xf[e + 1];
-                    }
+                for (int e = 0; e < 8; e += 2) {
+                    acc0[t][r] += wf[e] * xf[e];
+                    acc1[t][r] += wf[e + 1] * xf[e + 1];
                 }
             }
-        };
-        // Buffer s % DEPTH holds step s. Each step but the first starts by loading step
-        // s + DEPTH - 1 into the buffer the step before it was folded from (at DEPTH 1 that is step s
-        // itself, which the loop condition has just found whole).
-        while (whole(c + (DEPTH - 1) * STEP)) {
-#pragma unroll
-            for (int s = 0; s < DEPTH; ++s) {
-                if (c != lane && (DEPTH == 1 || whole(c + (DEPTH - 1) * STEP)))
-                    load(wv[(s + DEPTH - 1) % DEPTH], c, DEPTH - 1);
-#pragma unroll
-                for (int r = 0; r < R; ++r) fold(r, wv[s][r], c, UNR);
-                c += STEP;
-            }
         }
+    };
+    // Buffer s % DEPTH holds step s. Each step but the first starts by loading step
+    // s + DEPTH - 1 into the buffer the step before it was folded from (at DEPTH 1 that is step s
+    // itself, which the loop condition has just found whole).
+    while (whole(c + (DEPTH - 1) * STEP)) {
 #pragma unroll
-        for (int s = 0; s + 1 < DEPTH; ++s) {
-            if (whole(c)) {
+        for (int s = 0; s < DEPTH; ++s) {
+            if (c != lane && (DEPTH == 1 || whole(c + (DEPTH - 1) * STEP)))
+                load(wv[(s + DEPTH - 1) % DEPTH], c, DEPTH - 1);
 #pragma unroll
-                for (int r = 0; r < R; ++r) fold(r, wv[s][r], c, UNR);
-                c += STEP;
-            }
-        }
-        for (; c < k8; c += 32) {
-#pragma unroll
-            for (int r = 0; r < R; ++r) {
-                const uint4 wl = gemv_ldw(wr[r] + c, pol);
-                fold(r, &wl, c, 1);
-            }
-        }
-#pragma unroll
-        for (int t = 0; t < T; ++t) {
-            float sums[R];
-#pragma unroll
-            for (int r = 0; r < R; ++r) sums[r] = warp_sum(acc0[t][r] + acc1[t][r]);
-            if (lane == 0 && t < rows) epi(row, t, sums);
+            for (int r = 0; r < R; ++r) fold(r, wv[s][r], c, UNR);
+            c += STEP;
         }
     }
-    hand_signal(hand);
+#pragma unroll
+    for (int s = 0; s + 1 < DEPTH; ++s) {
+        if (whole(c)) {
+#pragma unroll
+            for (int r = 0; r < R; ++r) fold(r, wv[s][r], c, UNR);
+            c += STEP;
+        }
+    }
+    for (; c < k8; c += 32) {
+#pragma unroll
+        for (int r = 0; r < R; ++r) {
+            const uint4 wl = gemv_ldw(wr[r] + c, pol);
+            fold(r, &wl, c, 1);
+        }
+    }
+#pragma unroll
+    for (int t = 0; t < T; ++t) {
+        float sums[R];
+#pragma unroll
+        for (int r = 0; r < R; ++r) sums[r] = warp_sum(acc0[t][r] + acc1[t][r]);
+        if (lane == 0 && t < rows) epi(row, t, sums);
+    }
 }
 
 // The single-row form: epi(row, sums).
@@ -473,17 +470,15 @@ struct GateEpi {
 // y = x w^T for `rows` <= T rows of x ([rows, k]; y [rows, n]).
 template <int T, int UNR, int DEPTH, bool SILU>
 __device__ __forceinline__ void gemv_rows_plain(const bf16_t* x, const bf16_t* w, void* y, int rows, int n,
-                                                int k, int y_f32, Hand hand = Hand{nullptr, 0}) {
+                                                int k, int y_f32) {
     gemv_rows_body<T, UNR, DEPTH, SILU, 1>(
-        x, SILU ? 2 * k : k, rows, w, n, k, [](int row, int) { return row; }, PlainEpi{y, n, y_f32},
-        NormIn{nullptr, nullptr, 0.f}, hand);
+        x, SILU ? 2 * k : k, rows, w, n, k, [](int row, int) { return row; }, PlainEpi{y, n, y_f32});
 }
 
 #define GEMV_T1(NAME, UNR, DEPTH, SILU)                                                       \
     extern "C" __global__ void __launch_bounds__(256)                                         \
-        NAME(const bf16_t* x, const bf16_t* w, void* y, int n, int k, int y_f32, u32* hand,   \
-             int need) {                                                                      \
-        gemv_rows_plain<1, UNR, DEPTH, SILU>(x, w, y, 1, n, k, y_f32, Hand{hand, need});      \
+        NAME(const bf16_t* x, const bf16_t* w, void* y, int n, int k, int y_f32) {            \
+        gemv_rows_plain<1, UNR, DEPTH, SILU>(x, w, y, 1, n, k, y_f32);                        \
     }
 
 GEMV_T1(gemv_bf16_t1, 8, 1, false)
@@ -498,21 +493,19 @@ GEMV_T1(gemv_bf16_t1_silu_pipe, 8, 2, true)
 // projection), y bf16 [rows, n], the down projection's input; rounded as the GEMV then silu_mul.
 template <int T, int DEPTH>
 __device__ __forceinline__ void gemv_gate_rows(const bf16_t* x, const bf16_t* w, bf16_t* y, int rows, int n,
-                                               int k, Hand hand = Hand{nullptr, 0}) {
+                                               int k) {
     const GateEpi e{y, n};
     gemv_rows_body<T, 8, DEPTH, false, 2>(
-        x, k, rows, w, n, k, [&](int row, int r) { return e.wrow(row, r); }, e, NormIn{nullptr, nullptr, 0.f},
-        hand);
+        x, k, rows, w, n, k, [&](int row, int r) { return e.wrow(row, r); }, e);
 }
 // (The plain kernels' arguments; y is always bf16, y_f32 unused.)
 extern "C" __global__ void __launch_bounds__(256)
-    gemv_bf16_t1_gate(const bf16_t* x, const bf16_t* w, void* y, int n, int k, int y_f32, u32* hand, int need) {
-    gemv_gate_rows<1, 1>(x, w, (bf16_t*)y, 1, n, k, Hand{hand, need});
+    gemv_bf16_t1_gate(const bf16_t* x, const bf16_t* w, void* y, int n, int k, int y_f32) {
+    gemv_gate_rows<1, 1>(x, w, (bf16_t*)y, 1, n, k);
 }
 extern "C" __global__ void __launch_bounds__(256)
-    gemv_bf16_t1_gate_pipe(const bf16_t* x, const bf16_t* w, void* y, int n, int k, int y_f32, u32* hand,
-                           int need) {
-    gemv_gate_rows<1, 2>(x, w, (bf16_t*)y, 1, n, k, Hand{hand, need});
+    gemv_bf16_t1_gate_pipe(const bf16_t* x, const bf16_t* w, void* y, int n, int k, int y_f32) {
+    gemv_gate_rows<1, 2>(x, w, (bf16_t*)y, 1, n, k);
 }
 
 // The fused qkv projection (q heads, k heads, v heads; head_dim hd) of `rows` rows with RoPE
@@ -558,26 +551,25 @@ template <int T, int DEPTH>
 __device__ __forceinline__ void gemv_qkv_rope_rows(const bf16_t* x, const bf16_t* w, bf16_t* y, int rows,
                                                    int n, int k, int nq, int nk, int hd, const int* pos,
                                                    const float* inv_freq, bf16_t* k_pool, bf16_t* v_pool,
-                                                   const int* slots, NormIn nin, Hand hand = Hand{nullptr, 0}) {
+                                                   const int* slots, NormIn nin) {
     const QkvRopeEpi e{y, n, nq, nk, hd, pos, inv_freq, k_pool, v_pool, slots};
     gemv_rows_body<T, 8, DEPTH, false, 2>(
-        x, k, rows, w, n, k, [&](int row, int r) { return e.wrow(row, r); }, e, nin, hand);
+        x, k, rows, w, n, k, [&](int row, int r) { return e.wrow(row, r); }, e, nin);
 }
 extern "C" __global__ void __launch_bounds__(256)
     gemv_bf16_t1_qkv_rope(const bf16_t* x, const bf16_t* w, bf16_t* y, int n, int k, int nq, int nk, int hd,
                           const int* pos, const float* inv_freq, bf16_t* k_pool, bf16_t* v_pool,
-                          const int* slots, const bf16_t* resid, const bf16_t* norm_w, float eps, u32* hand,
-                          int need) {
+                          const int* slots, const bf16_t* resid, const bf16_t* norm_w, float eps) {
     gemv_qkv_rope_rows<1, 1>(x, w, y, 1, n, k, nq, nk, hd, pos, inv_freq, k_pool, v_pool, slots,
-                             NormIn{resid, norm_w, eps}, Hand{hand, need});
+                             NormIn{resid, norm_w, eps});
 }
 extern "C" __global__ void __launch_bounds__(256)
     gemv_bf16_t1_qkv_rope_pipe(const bf16_t* x, const bf16_t* w, bf16_t* y, int n, int k, int nq, int nk,
                                int hd, const int* pos, const float* inv_freq, bf16_t* k_pool,
                                bf16_t* v_pool, const int* slots, const bf16_t* resid,
-                               const bf16_t* norm_w, float eps, u32* hand, int need) {
+                               const bf16_t* norm_w, float eps) {
     gemv_qkv_rope_rows<1, 2>(x, w, y, 1, n, k, nq, nk, hd, pos, inv_freq, k_pool, v_pool, slots,
-                             NormIn{resid, norm_w, eps}, Hand{hand, need});
+                             NormIn{resid, norm_w, eps});
 }
 
 // The few-row kernels (decode batches of 2..T rows, T = 2, 4, 8; `rows` <= T): the kernels above

@@ -1104,17 +1104,12 @@ impl CudaOps {
                 ),
                 ..decode_dims
             };
-            if plan.cluster_regs {
-                // The register form takes the handoff counters (handoff.rs) last.
-                let (x, y, z) = dims.grid;
-                let mut all = args.to_vec();
-                all.extend(super::handoff::hand(x * y * z));
-                let f = &self.attention_decode2r[idx];
-                self.go_in_clusters(f, dims, Some(plan.cluster as u32), &all)?;
+            let f = if plan.cluster_regs {
+                &self.attention_decode2r[idx]
             } else {
-                let f = &self.attention_decode2c[idx];
-                self.go_in_clusters(f, dims, Some(plan.cluster as u32), &args)?;
-            }
+                &self.attention_decode2c[idx]
+            };
+            self.go_in_clusters(f, dims, Some(plan.cluster as u32), &args)?;
         } else if plan.kernel == AttnKernel::Decode2 {
             let group = s.n_heads / s.n_kv_heads;
             let idx = decode2_index(group, hd).expect("planned only for supported shapes");

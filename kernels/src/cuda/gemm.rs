@@ -373,8 +373,6 @@ impl Gemm {
         n_out: usize,
         k: usize,
     ) -> Result<()> {
-        let dims = t1_dims(n_out, k);
-        let [hand, need] = super::handoff::hand(dims.grid.0);
         let args = [
             Arg::U64(x.ptr()),
             Arg::U64(w.ptr()),
@@ -382,12 +380,9 @@ impl Gemm {
             Arg::I32(n_out as i32),
             Arg::I32(k as i32),
             Arg::I32((y.dtype() == DType::F32) as i32),
-            hand,
-            need,
         ];
-        // SAFETY: the caller guarantees the pointers and extents (see above); the counter pair
-        // is the step's (handoff.rs) or null.
-        unsafe { launch(f, self.ctx.stream().cu_stream(), dims, &args) }
+        // SAFETY: the caller guarantees the pointers and extents (see above).
+        unsafe { launch(f, self.ctx.stream().cu_stream(), t1_dims(n_out, k), &args) }
     }
 
     /// y = silu_mul(gu) * w^T for a single row: gu [1, 2 * in] is the gate_up projection's
@@ -590,7 +585,7 @@ impl Gemm {
         let i = |v: usize| Arg::I32(v as i32);
         // The few-row kernels take the row count after qkv; otherwise the arguments are the same
         // (gathered on the stack: this runs once per layer and forward).
-        let mut buf = [Arg::I32(0); 19];
+        let mut buf = [Arg::I32(0); 17];
         let mut n = 0;
         for a in [
             Arg::U64(x.map_or(0, |x| x.ptr())),
@@ -625,16 +620,12 @@ impl Gemm {
             unsafe { self.launch_rows(&self.rows.qkv_rope, ri, (t, pairs, k), true, args) }?;
             return Ok(true);
         }
-        // The single-row kernels take the handoff counters last (handoff.rs).
-        let dims = t1_dims(pairs, k);
-        buf[n..n + 2].copy_from_slice(&super::handoff::hand(dims.grid.0));
-        let args = &buf[..n + 2];
         // SAFETY: shapes, dtypes and alignment checked above (x, or y and resid, one row of k
         // bf16 and the norm weight k bf16 with k == NORM_IN_QKV; w width x k,
         // qkv one row of width, pools [slots, nk * hd] with every host slot in range, pos and
         // slots one i32 each, inv_freq hd / 2 f32); warp j < pairs writes qkv columns c and
         // c + hd / 2 of its pair and, for k / v heads, the same columns of the slot's pool row.
-        unsafe { launch(f, self.ctx.stream().cu_stream(), dims, args) }?;
+        unsafe { launch(f, self.ctx.stream().cu_stream(), t1_dims(pairs, k), args) }?;
         Ok(true)
     }
 
@@ -832,7 +823,6 @@ impl Gemm {
     ) -> Result<()> {
         let (t, k, n_out) = (x.shape()[0], x.shape()[1], w.shape()[0]);
         let alpha = 1.0f32;
-        super::handoff::broken();
         // SAFETY: the callers checked the shapes: w holds out*in, x holds T*in, y holds T*out
         // elements of the stated types; alpha/beta are f32 as CUBLAS_COMPUTE_32F requires; y is
         // both C and D (in place, the same layout).

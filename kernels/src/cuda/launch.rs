@@ -150,7 +150,6 @@ pub unsafe fn launch_in_clusters(
             Arg::Map(m) => m as *mut TensorMap as *mut c_void,
         })
         .collect();
-    super::handoff::launched();
     if dims.grid.0 == 0 || dims.grid.1 == 0 || dims.grid.2 == 0 {
         return Ok(());
     }

@@ -12,7 +12,6 @@ use cudarc::driver::CudaGraph;
 use super::attention::{AttnPlan, AttnShape, QRope};
 use super::error::Result;
 use super::gemm::{Gemm, QkvInput};
-use super::handoff::Chain;
 use super::ops::CudaOps;
 use super::tensor::{DTensor, DType};
 
@@ -114,8 +113,6 @@ pub struct Workspace {
     last: DTensor,
     /// Logits of the sampled rows, [batch, vocab] f32.
     pub logits: DTensor,
-    /// The single-row step's handoff counters (handoff.rs).
-    hand: DTensor,
 }
 
 /// One forward step's inputs (rows = new tokens of all sequences, in order).
@@ -229,7 +226,6 @@ impl LlamaModel {
             act: b(&[tokens, s.inter])?,
             last: b(&[batch, s.hidden])?,
             logits: c.alloc(DType::F32, &[batch, s.vocab])?,
-            hand: c.alloc(DType::I32, &[super::handoff::COUNTERS])?,
         })
     }
 
@@ -341,12 +337,6 @@ impl LlamaModel {
         let scale = 1.0 / (s.head_dim as f32).sqrt();
         let q_w = s.n_heads * s.head_dim;
         let kv_w = s.n_kv_heads * s.head_dim;
-        // One row: the kernels may hand off by counters (handoff.rs; until this returns).
-        let _chain = match ws.tokens {
-            // SAFETY: ws.hand holds COUNTERS words that only this forward's kernels use.
-            1 => unsafe { Chain::begin(ops.context().stream().cu_stream(), ws.hand.ptr()) }?,
-            _ => None,
-        };
         ops.embedding(&input.ids, &self.embed, &ws.resid)?;
         mark("embedding")?;
         // Prefill-sized forwards add each sub-layer's output to the residual inside its last

@@ -22,7 +22,6 @@ pub mod gemm_det;
 pub mod gemm_lt;
 pub mod gemm_rows;
 pub mod gemm_wg;
-pub mod handoff;
 pub mod host_copy;
 pub mod info;
 pub mod ipc;

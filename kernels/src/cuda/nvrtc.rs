@@ -171,13 +171,6 @@ pub(crate) fn options(arch: &str) -> Vec<String> {
             o.push(format!("-D{knob}"));
         }
     }
-    // The handoff counters' poll interval in ns (common.cuh hand_wait; 100 unless set).
-    if let Some(ns) = std::env::var("STRATA_HAND_SLEEP")
-        .ok()
-        .and_then(|v| v.parse::<u32>().ok())
-    {
-        o.push(format!("-DSTRATA_HAND_SLEEP={ns}"));
-    }
     o
 }
 

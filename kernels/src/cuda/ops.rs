@@ -156,14 +156,6 @@ impl CudaOps {
         self.go_in_clusters(f, dims, None, args)
     }
 
-    /// [`CudaOps::go`] for a kernel that takes the handoff counters (handoff.rs) after `args`.
-    pub(crate) fn go_aware(&self, f: &CudaFunction, dims: Dims, args: &[Arg]) -> Result<()> {
-        let (x, y, z) = dims.grid;
-        let mut all = args.to_vec();
-        all.extend(super::handoff::hand(x * y * z));
-        self.go(f, dims, &all)
-    }
-
     /// [`CudaOps::go`] with the grid in thread-block clusters of `cluster` blocks along z.
     pub(crate) fn go_in_clusters(
         &self,
@@ -257,7 +249,7 @@ impl CudaOps {
             i(h),
             Arg::F32(eps),
         ];
-        self.go_aware(&self.rmsnorm, rmsnorm_dims(t, h), &args)
+        self.go(&self.rmsnorm, rmsnorm_dims(t, h), &args)
     }
 
     /// residual = (residual + x1) + x2 (each sum rounded to bf16, as `rmsnorm(x1, residual)` then
@@ -306,7 +298,7 @@ impl CudaOps {
             Arg::F32(eps),
         ];
         // rmsnorm's block size, so the sum of squares runs the same tree.
-        self.go_aware(&self.rmsnorm_add2, rmsnorm_dims(t, h), &args)
+        self.go(&self.rmsnorm_add2, rmsnorm_dims(t, h), &args)
     }
 
     /// In-place RoPE on the q heads at column `q_col` and the k heads at column `k_col` of

@@ -58,12 +58,12 @@ static void qkv_rope(int nq, int nk, int hd, int pos, int slot) {
         {
             bf16_t *H = h.data(), *R = r.data();
             const bf16_t *Y = y.data(), *NW = nw.data();
-            if (mode == 1) launch(1, k / 8, [=] { rmsnorm(Y, R, NW, H, k, eps, nullptr, 0); });
-            if (mode == 2) launch(1, k / 8, [=] { rmsnorm(R, nullptr, NW, H, k, eps, nullptr, 0); });
+            if (mode == 1) launch(1, k / 8, [=] { rmsnorm(Y, R, NW, H, k, eps); });
+            if (mode == 2) launch(1, k / 8, [=] { rmsnorm(R, nullptr, NW, H, k, eps); });
             const bf16_t* W = w.data();
             bf16_t *Q = qkv.data(), *KP = kp.data(), *VP = vp.data();
             const float* I = inv.data();
-            launch(t1_grid(width), 256, [=] { gemv_bf16_t1(H, W, Q, width, k, 0, nullptr, 0); });
+            launch(t1_grid(width), 256, [=] { gemv_bf16_t1(H, W, Q, width, k, 0); });
             launch(1, 32, [=] { rope_kv_write(Q, width, 0, nq, nq * hd, nk, (nq + nk) * hd, p, I, hd, KP, VP, s); });
         }
         for (int depth = 1; depth <= 2; ++depth) {
@@ -76,11 +76,11 @@ static void qkv_rope(int nq, int nk, int hd, int pos, int slot) {
             const int pairs = width / 2;
             if (depth == 1)
                 launch(t1_grid(pairs), 256, [=] {
-                    gemv_bf16_t1_qkv_rope(X, W, Q, pairs, k, nq, nk, hd, p, I, KP, VP, s, RI, NW, eps, nullptr, 0);
+                    gemv_bf16_t1_qkv_rope(X, W, Q, pairs, k, nq, nk, hd, p, I, KP, VP, s, RI, NW, eps);
                 });
             else
                 launch(t1_grid(pairs), 256, [=] {
-                    gemv_bf16_t1_qkv_rope_pipe(X, W, Q, pairs, k, nq, nk, hd, p, I, KP, VP, s, RI, NW, eps, nullptr, 0);
+                    gemv_bf16_t1_qkv_rope_pipe(X, W, Q, pairs, k, nq, nk, hd, p, I, KP, VP, s, RI, NW, eps);
                 });
             const char* of[] = {"h", "rmsnorm(y + resid)", "rmsnorm(resid)"};
             const std::string what = std::string("qkv+RoPE of ") + of[mode] + " h" + std::to_string(nq) + "/" +
@@ -101,11 +101,11 @@ static void gate_silu(int k, int inter) {
     std::vector<bf16_t> gu(2 * inter), act(inter), fused(inter);
     const bf16_t *X = x.data(), *W = w.data();
     bf16_t *GU = gu.data(), *A = act.data(), *F = fused.data();
-    launch(t1_grid(2 * inter), 256, [=] { gemv_bf16_t1(X, W, GU, 2 * inter, k, 0, nullptr, 0); });
+    launch(t1_grid(2 * inter), 256, [=] { gemv_bf16_t1(X, W, GU, 2 * inter, k, 0); });
     launch(1, 256, [=] { silu_mul(GU, A, inter); });
     for (int depth = 1; depth <= 2; ++depth) {
-        if (depth == 1) launch(t1_grid(inter), 256, [=] { gemv_bf16_t1_gate(X, W, F, inter, k, 0, nullptr, 0); });
-        else launch(t1_grid(inter), 256, [=] { gemv_bf16_t1_gate_pipe(X, W, F, inter, k, 0, nullptr, 0); });
+        if (depth == 1) launch(t1_grid(inter), 256, [=] { gemv_bf16_t1_gate(X, W, F, inter, k, 0); });
+        else launch(t1_grid(inter), 256, [=] { gemv_bf16_t1_gate_pipe(X, W, F, inter, k, 0); });
         expect_same("gate_up+SiLU in" + std::to_string(k) + " inter" + std::to_string(inter) + " depth" +
                         std::to_string(depth),
                     fused, act);
@@ -120,10 +120,10 @@ static void silu_down(int inter, int out) {
     const bf16_t *GU = gu.data(), *W = w.data();
     bf16_t *A = act.data(), *Y = y.data(), *F = fused.data();
     launch(1, 256, [=] { silu_mul(GU, A, inter); });
-    launch(t1_grid(out), 256, [=] { gemv_bf16_t1(A, W, Y, out, inter, 0, nullptr, 0); });
+    launch(t1_grid(out), 256, [=] { gemv_bf16_t1(A, W, Y, out, inter, 0); });
     for (int depth = 1; depth <= 2; ++depth) {
-        if (depth == 1) launch(t1_grid(out), 256, [=] { gemv_bf16_t1_silu(GU, W, F, out, inter, 0, nullptr, 0); });
-        else launch(t1_grid(out), 256, [=] { gemv_bf16_t1_silu_pipe(GU, W, F, out, inter, 0, nullptr, 0); });
+        if (depth == 1) launch(t1_grid(out), 256, [=] { gemv_bf16_t1_silu(GU, W, F, out, inter, 0); });
+        else launch(t1_grid(out), 256, [=] { gemv_bf16_t1_silu_pipe(GU, W, F, out, inter, 0); });
         expect_same("SiLU staged in down inter" + std::to_string(inter) + " out" + std::to_string(out) +
                         " depth" + std::to_string(depth),
                     fused, y);
@@ -173,7 +173,7 @@ static void rows_plain(int T, int rows, int k, int n) {
     for (int t = 0; t < rows; ++t) {
         bf16_t* Y = want.data() + (size_t)t * n;
         const bf16_t* Xt = X + (size_t)t * k;
-        launch(t1_grid(n), 256, [=] { gemv_bf16_t1(Xt, W, Y, n, k, 0, nullptr, 0); });
+        launch(t1_grid(n), 256, [=] { gemv_bf16_t1(Xt, W, Y, n, k, 0); });
     }
     bf16_t* G = got.data();
     if (T == 2) launch(t1_grid(n), 256, [=] { gemv_bf16_rows2(X, W, G, rows, n, k, 0); });
@@ -190,7 +190,7 @@ static void rows_gate(int T, int rows, int k, int inter) {
     for (int t = 0; t < rows; ++t) {
         bf16_t* Y = want.data() + (size_t)t * inter;
         const bf16_t* Xt = X + (size_t)t * k;
-        launch(t1_grid(inter), 256, [=] { gemv_bf16_t1_gate(Xt, W, Y, inter, k, 0, nullptr, 0); });
+        launch(t1_grid(inter), 256, [=] { gemv_bf16_t1_gate(Xt, W, Y, inter, k, 0); });
     }
     bf16_t* G = got.data();
     if (T == 2) launch(t1_grid(inter), 256, [=] { gemv_bf16_rows2_gate(X, W, G, rows, inter, k, 0); });
@@ -224,7 +224,7 @@ static void rows_qkv_rope(int T, int rows, int nq, int nk, int hd, int mode) {
         bf16_t *Q = qa.data() + (size_t)t * width, *KP = ka.data(), *VP = va.data();
         const int *P = pos + t, *S = sl + t;
         launch(t1_grid(pairs), 256, [=] {
-            gemv_bf16_t1_qkv_rope(X, W, Q, pairs, k, nq, nk, hd, P, I, KP, VP, S, R, NW, eps, nullptr, 0);
+            gemv_bf16_t1_qkv_rope(X, W, Q, pairs, k, nq, nk, hd, P, I, KP, VP, S, R, NW, eps);
         });
     }
     const bf16_t* X = mode == 2 ? nullptr : x.data();
@@ -262,9 +262,9 @@ static void rmsnorm_add2_case(int h) {
     const bf16_t *X1 = x1.data(), *X2 = x2.data(), *W = w.data();
     bf16_t *RA = ra.data(), *RB = rb.data(), *OA = oa.data(), *OB = ob.data();
     const unsigned threads = (unsigned)((h / 8 + 31) / 32 * 32);
-    launch(1, threads, [=] { rmsnorm_add2(X1, X2, RA, W, OA, h, 1e-5f, nullptr, 0); });
-    launch(1, threads, [=] { rmsnorm(X1, RB, W, OB, h, 1e-5f, nullptr, 0); });
-    launch(1, threads, [=] { rmsnorm(X2, RB, W, OB, h, 1e-5f, nullptr, 0); });
+    launch(1, threads, [=] { rmsnorm_add2(X1, X2, RA, W, OA, h, 1e-5f); });
+    launch(1, threads, [=] { rmsnorm(X1, RB, W, OB, h, 1e-5f); });
+    launch(1, threads, [=] { rmsnorm(X2, RB, W, OB, h, 1e-5f); });
     expect_same("rmsnorm_add2 H" + std::to_string(h) + ": out", oa, ob);
     expect_same("rmsnorm_add2 H" + std::to_string(h) + ": residual", ra, rb);
 }

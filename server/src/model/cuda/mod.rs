@@ -42,8 +42,8 @@ use lora::Proj;
 use std::path::Path;
 use std::sync::Arc;
 use strata_kernels::cuda::{
-    handoff, launch, AttnPlan, AttnSeq, AttnShape, CudaError, CudaOps, DTensor, DType, Gemm,
-    GpuContext, PlanOpts, QRope, QkvInput,
+    launch, AttnPlan, AttnSeq, AttnShape, CudaError, CudaOps, DTensor, DType, Gemm, GpuContext,
+    PlanOpts, QRope, QkvInput,
 };
 use weights::Weights;
 
@@ -79,8 +79,6 @@ struct Acts {
     act: DTensor,
     /// [rows, hidden], [rows, vocab] f32 and [rows] i32 (argmax); None when rows == 0.
     head: Option<(DTensor, DTensor, DTensor)>,
-    /// A one-row forward's handoff counters (strata_kernels::cuda::handoff).
-    hand: DTensor,
 }
 
 /// The attention of rows `rows` of a forward (all of them unless batch-invariant mode splits a
@@ -273,7 +271,6 @@ impl CudaRunner {
             gu: b(&[tokens, 2 * i])?,
             act: b(&[tokens, i])?,
             head,
-            hand: self.ctx.alloc(DType::I32, &[handoff::COUNTERS])?,
         })
     }
 
@@ -360,12 +357,6 @@ impl CudaRunner {
         let (nh, nkv, hd, eps) = (c.num_heads, c.num_kv_heads, c.head_dim, c.rms_norm_eps);
         let (q_w, kv_w) = (nh * hd, nkv * hd);
         let scale = 1.0 / (hd as f32).sqrt();
-        // One row: the kernels may hand off by counters (handoff.rs; until this returns).
-        let _chain = match a.resid.shape()[0] {
-            // SAFETY: a.hand holds COUNTERS words that only this forward's kernels use.
-            1 => unsafe { handoff::Chain::begin(self.ctx.stream().cu_stream(), a.hand.ptr()) }?,
-            _ => None,
-        };
         ops.embedding(&m.ids, &self.w.embed, &a.resid)?;
         // Prefill-sized forwards add each sub-layer's output to the residual inside its last
         // GEMM (Gemm::linear_acc); otherwise the next norm adds it.

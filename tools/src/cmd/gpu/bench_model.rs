@@ -198,39 +198,6 @@ pub fn run(
                     ));
                 }
             }
-            // One row: the same step with the kernels handing off by counters and by PDL waits
-            // (handoff.rs), captured in turn twice; the logits of both must be bit-identical.
-            if b == 1 && launch::pdl() {
-                use strata_kernels::cuda::handoff;
-                let was = handoff::flag();
-                let mut t = [0.0; 4];
-                let mut logits = Vec::new();
-                for (i, on) in [true, false, true, false].into_iter().enumerate() {
-                    handoff::set_enabled(on);
-                    let g = model.capture(ops, gemm, &ws, &input);
-                    handoff::set_enabled(was);
-                    let g = g?;
-                    t[i] = replay_ms(&g)?;
-                    g.launch()?;
-                    logits.push(ops.context().download_f32(&ws.logits)?);
-                }
-                let same = logits.iter().all(|l| {
-                    l.len() == logits[0].len()
-                        && l.iter()
-                            .zip(&logits[0])
-                            .all(|(a, b)| a.to_bits() == b.to_bits())
-                });
-                summary.push(format!(
-                    "  b{b} graph step with handoff counters {:.3} / {:.3} ms, with PDL waits {:.3} / {:.3} ms (x{:.3}); logits {}",
-                    t[0],
-                    t[2],
-                    t[1],
-                    t[3],
-                    (t[0] + t[2]) / (t[1] + t[3]),
-                    if same { "bit-identical" } else { "DIFFER" }
-                ));
-                anyhow::ensure!(same, "b{b}: the handoff counters changed the logits");
-            }
             // One row: the same graph with each single-row fusion turned off, side by side.
             if b == 1 {
                 use strata_kernels::cuda::Fusion;
