@@ -64,6 +64,9 @@
 #            90; no downloads) and scripts/hf_runner_compare.py compares the bf16 runner with
 #            transformers on it over held-out text prompts of 16..4096 tokens (the top-1 target on
 #            a model with real logit margins; made models have flat logits)
+#   handoff  `gpu bench --only handoff`: one kernel boundary of the decode chain under each way of
+#            waiting for the predecessor (PDL wait after / before the trigger, arrival counters
+#            with full fences or release / acquire alone; first to run before a persistent kernel)
 #   chain    the decode chain's compile-time defaults (evict-first weight loads, the early PDL
 #            trigger) against both off (STRATA_W_EVICT_FIRST=0 STRATA_PDL_EARLY=0): `gpu bench
 #            --only decode` at batch 1 on the 1B and 8B shapes in alternating processes (two
@@ -192,6 +195,8 @@ for s in $STEPS; do
     weights) timeout $(left 240) scripts/gpu-weights-check.sh "$OUT/weights" > "$OUT/weights.log" 2>&1; rc=$?; cat "$OUT/weights.log" ;;
     api) timeout $(left 200) scripts/gpu-api-smoke.sh "$OUT/api" > "$OUT/api.log" 2>&1; rc=$?; cat "$OUT/api.log" ;;
     itl) timeout $(left ${ITL_TIMEOUT:-200}) scripts/gpu-itl-ab.sh "$OUT" > "$OUT/itl.log" 2>&1; rc=$?; cat "$OUT/itl.log" ;;
+    handoff) timeout $(left 60) "$STRATA" gpu bench --only handoff > "$OUT/handoff.log" 2>&1; rc=$?
+      grep -E "^handoff|rror" "$OUT/handoff.log" ;;
     chain) rc=0
       for r in 1 2; do for shape in llama-3.2-1b llama-3.1-8b; do for e in 1 0; do
         echo "== $shape, chain defaults $([ $e = 1 ] && echo on || echo off), round $r"

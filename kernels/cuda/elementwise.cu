@@ -350,3 +350,62 @@ extern "C" __global__ void qkv_bias_norm(bf16_t* qkv, int stride, const bf16_t* 
             v[i] = f2bf(bf2f(f2bf(bf2f(v[i]) * r)) * bf2f(w[i]));
     }
 }
+
+// Bench-only (`strata gpu bench --only handoff`): what one kernel boundary of the batch-1 decode
+// chain costs under each way of waiting for the predecessor. Kernel k (1..) of a chain of such
+// kernels reads row k - 1 (`n` floats), written by its predecessor's blocks (row 0: constant),
+// every block sums it (the work of a row norm) and writes its slice of row k. mode 0: wait, then
+// trigger (pdl_enter); 1: trigger, then wait (pdl_enter_chain's early form); 2-4: no
+// griddepcontrol.wait: thread 0 polls the predecessor's arrival counter sync[(k - 1) * 32]
+// (acquire loads, every 32 ns) until all `need` of its blocks counted themselves in, the block
+// barrier hands that on, and each block counts itself into sync[k * 32] once its slice is
+// written. 2: with full fences (a fence after the poll; block barrier, fence, atomic add: the
+// form tried on the decode chain on 2026-12-06, docs/perf.md); 3: release / acquire alone
+// (block barrier, then `red.release.gpu`; the acquire poll, then the block barrier), the
+// successor triggered before the wait; 4: as 3, triggered after it.
+// (PTX inline: not built under the host-thread emulation of kernels/tests/cuda_emu.)
+#ifndef STRATA_CUDA_EMU
+extern "C" __global__ void handoff_probe(float* rows, u32* sync, int k, int need, int n, int mode) {
+    constexpr int STRIDE = 32;  // counters 128 bytes apart
+    if (mode == 0) pdl_enter();
+    if (mode == 1 || mode == 2 || mode == 3) pdl_trigger();
+    if (mode == 1) pdl_wait();
+    if (mode >= 2) {
+        if (threadIdx.x == 0 && k > 1) {
+            const u32* p = sync + (u64)(k - 1) * STRIDE;
+            for (u32 v;;) {
+                asm volatile("ld.acquire.gpu.global.u32 %0, [%1];" : "=r"(v) : "l"(p) : "memory");
+                if (v >= (u32)need) break;
+                __nanosleep(32);  // (no bound: the bench's timeout stops a hang)
+            }
+            if (mode == 2) __threadfence();
+        }
+        __syncthreads();
+        if (mode == 4) pdl_trigger();
+    }
+    __shared__ float sh[32];
+    const float* in = rows + (u64)(k - 1) * n;
+    float s = 0.f;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) s += in[i];
+    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+    if ((threadIdx.x & 31) == 0) sh[threadIdx.x >> 5] = s;
+    __syncthreads();
+    float t = 0.f;
+    for (int w = 0; w < (int)(blockDim.x >> 5); ++w) t += sh[w];
+    const int per = (n + gridDim.x - 1) / gridDim.x, lo = blockIdx.x * per;
+    const int hi = min(n, lo + per);
+    for (int i = lo + threadIdx.x; i < hi; i += blockDim.x) rows[(u64)k * n + i] = in[i] + t * 1e-6f;
+    if (mode >= 2) {
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            u32* c = sync + (u64)k * STRIDE;
+            if (mode == 2) {
+                __threadfence();
+                atomicAdd(c, 1u);
+            } else {
+                asm volatile("red.release.gpu.global.add.u32 [%0], 1;" ::"l"(c) : "memory");
+            }
+        }
+    }
+}
+#endif

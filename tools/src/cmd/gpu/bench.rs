@@ -144,6 +144,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if want("pd-copy") {
         doc["pd_copy"] = pd_copy(&ctx, &args, &mut summary)?;
     }
+    if want("handoff") {
+        doc["handoff"] = super::bench_handoff::run(&ctx, &mut summary)?;
+    }
     println!("\n== summary ({}) ==", ctx.name());
     for s in &summary {
         println!("{s}");

@@ -11,6 +11,7 @@ use strata_kernels::cuda::{self, select, BackendKind};
 
 mod bench;
 mod bench_context;
+mod bench_handoff;
 mod bench_model;
 mod bench_sampling;
 mod check;
