@@ -387,11 +387,7 @@ extern "C" __global__ void handoff_probe(float* rows, u32* sync, int k, int need
     const float* in = rows + (u64)(k - 1) * n;
     float s = 0.f;
     for (int i = threadIdx.x; i < n; i += blockDim.x) s += in[i];
-    for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-    if ((threadIdx.x & 31) == 0) sh[threadIdx.x >> 5] = s;
-    __syncthreads();
-    float t = 0.f;
-    for (int w = 0; w < (int)(blockDim.x >> 5); ++w) t += sh[w];
+    const float t = block_sum(s, sh);
     const int per = (n + gridDim.x - 1) / gridDim.x, lo = blockIdx.x * per;
     const int hi = min(n, lo + per);
     for (int i = lo + threadIdx.x; i < hi; i += blockDim.x) rows[(u64)k * n + i] = in[i] + t * 1e-6f;

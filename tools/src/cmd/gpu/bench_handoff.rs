@@ -1,12 +1,13 @@
 //! `strata gpu bench --only handoff`: what one kernel boundary of the batch-1 decode chain costs
-//! under each way of waiting for the predecessor. A graph of [`CHAIN`] `handoff_probe` kernels
-//! (kernels/cuda/elementwise.cu), each reading the row its predecessor's blocks wrote, is replayed
-//! with PDL's `griddepcontrol.wait` after or before the trigger, and with arrival counters in
-//! global memory (full fences, or release / acquire alone): per-kernel microseconds at a few
+//! under each way of waiting for the predecessor. Chains of [`CHAIN`] `handoff_probe` kernels
+//! (kernels/cuda/elementwise.cu), each reading the row its predecessor's blocks wrote, are
+//! captured into one graph (`bench_model::graph_us`) and replayed with PDL's
+//! `griddepcontrol.wait` after or before the trigger, and with arrival counters in global
+//! memory (full fences, or release / acquire alone): per-kernel microseconds at a few
 //! grid sizes (1 block: the row norm of one token; 128: the decode attention's clusters; two per
 //! SM: the GEMVs). The question a persistent decode kernel must answer first: counters replacing
 //! PDL's waits made the decode step slower on 2026-12-06 (docs/perf.md). The rows and counters
-//! are cleared at the start of each replay and the last row is compared bitwise across the ways
+//! are cleared at the start of each chain and the last row is compared bitwise across the ways
 //! of waiting: a kernel that read its input before it was written would change it.
 
 use cudarc::driver::sys;
@@ -15,7 +16,7 @@ use strata_kernels::cuda::launch::{launch, Arg, Dims};
 use strata_kernels::cuda::nvrtc::Program;
 use strata_kernels::cuda::{DType, GpuContext};
 
-use super::bench::gpu_ms;
+use super::bench_model::graph_us;
 
 /// Kernels per chain.
 const CHAIN: usize = 64;
@@ -34,7 +35,6 @@ const MODES: [(i32, &str); 5] = [
 ];
 
 pub fn run(ctx: &GpuContext, summary: &mut Vec<String>) -> anyhow::Result<Value> {
-    use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
     let f = ctx.function(Program::Elementwise, "handoff_probe")?;
     let rows = ctx.alloc(DType::F32, &[CHAIN + 1, ROW])?;
     let sync = ctx.alloc(DType::I32, &[SYNC_WORDS])?;
@@ -42,17 +42,15 @@ pub fn run(ctx: &GpuContext, summary: &mut Vec<String>) -> anyhow::Result<Value>
         .map(|i| (i % 17) as f32 * 0.25 - 2.0)
         .collect();
     ctx.overwrite(&rows, &init)?;
-    let stream = ctx.stream();
-    let cs = stream.cu_stream();
+    let cs = ctx.stream().cu_stream();
     let mut out = Vec::new();
     for grid in [1usize, 8, 128, 2 * ctx.sm_count()] {
         let mut first: Option<Vec<f32>> = None;
         for (mode, name) in MODES {
-            ctx.cuda().bind_to_thread()?;
-            stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
-            let body = || -> anyhow::Result<()> {
-                // SAFETY: rows 1..=CHAIN and the counters lie inside their allocations;
-                // captured on the compute stream.
+            // One chain: rows 1.. and the counters cleared, then CHAIN kernels.
+            let chain = || -> anyhow::Result<()> {
+                // SAFETY: rows 1..=CHAIN and the counters lie inside their allocations; on
+                // the compute stream (captured by graph_us).
                 unsafe {
                     sys::cuMemsetD32Async(rows.ptr() + (ROW * 4) as u64, 0, CHAIN * ROW, cs)
                         .result()?;
@@ -73,18 +71,14 @@ pub fn run(ctx: &GpuContext, summary: &mut Vec<String>) -> anyhow::Result<Value>
                 }
                 Ok(())
             };
-            let r = body();
-            let g = stream.end_capture(CUgraphInstantiate_flags(0));
-            r?;
-            let g = g?.ok_or_else(|| anyhow::anyhow!("empty graph"))?;
-            let ms = gpu_ms(ctx, false, 3, 15, || Ok(g.launch()?))?;
+            ctx.cuda().bind_to_thread()?;
+            let us = graph_us(ctx, chain)? / CHAIN as f64;
             ctx.synchronize()?;
             let got = ctx.download_f32_range(&rows, CHAIN * ROW, ROW)?;
             let same = first
                 .as_ref()
                 .is_none_or(|f| f.iter().zip(&got).all(|(a, b)| a.to_bits() == b.to_bits()));
             first.get_or_insert(got);
-            let us = ms * 1e3 / CHAIN as f64;
             summary.push(format!(
                 "handoff: {grid} blocks, {name}: {us:.2} us per kernel{}",
                 if same { "" } else { " (LAST ROW DIFFERS)" }

@@ -1083,7 +1083,7 @@ fn attention_alone_as(
 
 /// Per-call microseconds of `f` captured 32 times into one CUDA graph and replayed (the launch
 /// gaps of a step's graph, PDL between the calls as in a step).
-fn graph_us(
+pub(super) fn graph_us(
     c: &strata_kernels::cuda::GpuContext,
     mut f: impl FnMut() -> anyhow::Result<()>,
 ) -> anyhow::Result<f64> {
