@@ -71,10 +71,10 @@
 #            trigger) against both off (STRATA_W_EVICT_FIRST=0 STRATA_PDL_EARLY=0): `gpu bench
 #            --only decode` at batch 1 on the 1B and 8B shapes in alternating processes (two
 #            rounds, graph step and its subsets), then served 1B ITL at c=1 (gpu-itl-ab.sh, B off)
-#   binab    this binary against another (BIN_B, default .devbin/strata.base, e.g. the build before
-#            a kernel change): `gpu bench --only decode` at batch 1 on the shapes of AB_SHAPES
+#   binab    this binary against others (BIN_B, space-separated, default .devbin/strata.base, e.g.
+#            the build before a kernel change): `gpu bench --only decode` at batch 1 on the shapes of AB_SHAPES
 #            (llama-3.2-1b llama-3.1-8b) in alternating processes (AB_ROUNDS, 2), then served 1B ITL
-#            at c=1 (gpu-itl-ab.sh, B the other binary; AB_ITL=0: not)
+#            at c=1 (gpu-itl-ab.sh, B the first of BIN_B; AB_ITL=0: not)
 #   decmma   decode batches on the tensor cores (the decode MMA kernel; the prefill kernel) vs
 #            decode2: gpu check of all, raw steps side by side (8B b8/32/64 at 1K, 1B b32, 8B b32
 #            at 4K) and served 1B at c=32, the decode MMA kernel against the prefill kernel
@@ -211,8 +211,8 @@ for s in $STEPS; do
       SIZE=llama-3.2-1b RAW=0 ITL_B_ENV="STRATA_W_EVICT_FIRST=0 STRATA_PDL_EARLY=0" timeout $(left 200) \
         scripts/gpu-itl-ab.sh "$OUT/chain-itl" > "$OUT/chain-itl.log" 2>&1 || rc=1
       grep -vE "^\s*$" "$OUT/chain-itl.log" | tail -8 ;;
-    binab) rc=0; B=${BIN_B:-$PWD/.devbin/strata.base}
-      for r in $(seq ${AB_ROUNDS:-2}); do for shape in ${AB_SHAPES:-llama-3.2-1b llama-3.1-8b}; do for bin in "$STRATA" "$B"; do
+    binab) rc=0; BS=(${BIN_B:-$PWD/.devbin/strata.base}); B=${BS[0]}
+      for r in $(seq ${AB_ROUNDS:-2}); do for shape in ${AB_SHAPES:-llama-3.2-1b llama-3.1-8b}; do for bin in "$STRATA" "${BS[@]}"; do
         echo "== $shape, $(basename "$bin"), round $r"
         timeout $(left 90) "$bin" gpu bench --only decode --shape $shape --decode-batches 1 \
           > "$OUT/binab-$shape-$(basename "$bin")-$r.log" 2>&1 || { echo "bench rc=$?"; rc=1; }

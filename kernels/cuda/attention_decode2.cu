@@ -318,40 +318,95 @@ __device__ __forceinline__ void dec2_finish(float* m, float* l, float (*acc)[8],
 // of the row's keys, computed here from the row's length (so one fixed graph plan serves any
 // length), and the shares are merged through distributed shared memory instead of split partials
 // in global memory and an attention_combine launch. Block `rank` merges outputs
-// [rank * G * HD / nsplit, ...) of the group's G heads, reading every block's (max, sum, acc).
+// [rank * G * HD / nsplit, ...) of the group's G heads from every block's (max, sum, acc).
 #define DEC2_MAX_CLUSTER 16
 
-__device__ __forceinline__ void dec2_cluster_sync() {
+// The merge is pushed, not pulled: block c stores its (max, sum, accumulator) of the elements
+// block k merges straight into k's shared memory with st.async, which counts the bytes on k's
+// mbarrier; k waits for all of them and merges. No cluster barrier sits between the blocks'
+// merges (the pulled form needed two, the first with a GPU-scope fence), and as no block reads
+// another's shared memory, none waits for the others before it exits. Every block's mbarrier is
+// initialised at its start and published by a relaxed cluster arrive, whose wait comes just
+// before the first push.
+template <int G, int HD>
+struct Dec2ClusterRx {
+    float acc[G * HD];  // [source block][the `per` elements this block merges]
+    float m[DEC2_MAX_CLUSTER][G], l[DEC2_MAX_CLUSTER][G];  // [source block][head of the group]
+    unsigned long long bar;
+};
+template <int G, int HD>
+__device__ __forceinline__ Dec2ClusterRx<G, HD>& dec2_rx() {
+    __shared__ __align__(16) Dec2ClusterRx<G, HD> rx;
+    return rx;
+}
+
+// Elements of the group's G * HD that each block merges, and the bytes it receives for them: from
+// each block, the per accumulators and the max and sum of each head they cover.
+template <int G, int HD>
+__device__ __forceinline__ u32 dec2_rx_bytes(int nsplit) {
+    const int per = G * HD / nsplit;  // G * HD >= 64 and nsplit <= 16, both powers of two
+    const int heads = per >= HD ? per / HD : 1;
+    return (u32)(nsplit * (per + 2 * heads) * 4);
+}
+
+// At the start of a cluster block (before the PDL wait): its mbarrier expects the merge's bytes,
+// and the block arrives (relaxed) on the cluster barrier that dec2_finish_cluster waits on.
+template <int G, int HD>
+__device__ __forceinline__ void dec2_cluster_start(int nsplit) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    asm volatile("barrier.cluster.arrive.release.aligned;\n"
-                 "barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+    if (threadIdx.x == 0) {
+        const u32 bar = (u32)__cvta_generic_to_shared(&dec2_rx<G, HD>().bar);
+        asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n"
+                     "mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n"
+                     "fence.mbarrier_init.release.cluster;\n" ::"r"(bar),
+                     "r"(dec2_rx_bytes<G, HD>(nsplit))
+                     : "memory");
+    }
+    asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
 #endif
 }
 
-// Reads the float at shared address `p` of cluster block `rank`.
-__device__ __forceinline__ float dec2_ld_cluster(const float* p, u32 rank) {
+// Stores v at shared address `addr` of cluster block `rank`, counted on that block's mbarrier
+// at `bar` (both addresses as in this block: every block has the same layout).
+__device__ __forceinline__ void dec2_push(u32 addr, float v, u32 rank, u32 bar) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    u32 a = (u32)__cvta_generic_to_shared(p), r;
-    float v;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;" : "=r"(r) : "r"(a), "r"(rank));
-    asm volatile("ld.shared::cluster.f32 %0, [%1];" : "=f"(v) : "r"(r) : "memory");
-    return v;
-#else
-    return 0.f;
+    asm volatile(
+        "{\n.reg .b32 ra, rb;\n"
+        "mapa.shared::cluster.u32 ra, %0, %2;\n"
+        "mapa.shared::cluster.u32 rb, %3, %2;\n"
+        "st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [ra], %1, [rb];\n}\n" ::"r"(addr),
+        "r"(__float_as_uint(v)), "r"(rank), "r"(bar)
+        : "memory");
 #endif
 }
 
-// The cluster form's output step: this block's share of the row, kept in shared memory for
-// the cluster's merge.
+// Waits until this block's mbarrier has counted every pushed byte (phase 0).
+__device__ __forceinline__ void dec2_rx_wait(u32 bar) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    u32 done = 0;
+    while (!done) {
+        asm volatile(
+            "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], 0;\n"
+            "selp.u32 %0, 1, 0, p;\n}\n"
+            : "=r"(done)
+            : "r"(bar)
+            : "memory");
+    }
+#endif
+}
+
+// The cluster form's output step: this block's state of element (r, d) pushed to the block that
+// merges it.
 template <int G, int HD>
 struct Dec2ClusterOut {
-    float *m, *l;
-    float (*acc)[HD];
+    u32 acc, m, l, bar;  // shared addresses of dec2_rx's fields
+    int split, per;
     __device__ __forceinline__ void operator()(int r, int d, float mx, float sum, float a) const {
-        acc[r][d] = a;
-        if (d == 0) {
-            m[r] = mx;
-            l[r] = sum;
+        const int idx = r * HD + d, k = idx / per, i = idx - k * per;
+        dec2_push(acc + (u32)(split * per + i) * 4, a, k, bar);
+        if (i == 0 || d == 0) {  // the first element of head r that block k merges
+            dec2_push(m + (u32)(split * G + r) * 4, mx, k, bar);
+            dec2_push(l + (u32)(split * G + r) * 4, sum, k, bar);
         }
     }
 };
@@ -362,32 +417,28 @@ __device__ __forceinline__ void dec2_finish_cluster(float* m, float* l, float (*
                                                     int out_stride) {
     __shared__ float red_m[DEC2_WARPS][G], red_l[DEC2_WARPS][G];
     __shared__ __align__(16) float red_acc[DEC2_WARPS][G][HD];
-    __shared__ float cl_m[G], cl_l[G];
-    __shared__ __align__(16) float cl_acc[G][HD];
-    // This block's share (an empty one: max NEG_BIG, sum 0, weight 0 below).
-    const Dec2ClusterOut<G, HD> step{cl_m, cl_l, cl_acc};
+    Dec2ClusterRx<G, HD>& rx = dec2_rx<G, HD>();
+    const int per = G * HD / nsplit;
+    const Dec2ClusterOut<G, HD> step{(u32)__cvta_generic_to_shared(rx.acc),
+                                     (u32)__cvta_generic_to_shared(rx.m),
+                                     (u32)__cvta_generic_to_shared(rx.l),
+                                     (u32)__cvta_generic_to_shared(&rx.bar),
+                                     rank,
+                                     per};
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    // Every block's mbarrier initialised (dec2_cluster_start) before the first push to it.
+    asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");
+#endif
     dec2_block_merge<G, HD>(m, l, acc, red_m, red_l, red_acc, step);
-    dec2_cluster_sync();  // every block's share written and visible to the cluster
-    const int per = G * HD / nsplit;  // G * HD >= 64 and nsplit <= 16, both powers of two
+    dec2_rx_wait(step.bar);
     for (int i = threadIdx.x; i < per; i += blockDim.x) {
         const int idx = rank * per + i, r = idx / HD, d = idx % HD;
-        // Every block's loads first, then the merge.
-        float ms[DEC2_MAX_CLUSTER], ls[DEC2_MAX_CLUSTER], as[DEC2_MAX_CLUSTER];
-#pragma unroll
-        for (int c = 0; c < DEC2_MAX_CLUSTER; ++c) {
-            if (c < nsplit) {
-                ms[c] = dec2_ld_cluster(&cl_m[r], c);
-                ls[c] = dec2_ld_cluster(&cl_l[r], c);
-                as[c] = dec2_ld_cluster(&cl_acc[r][d], c);
-            }
-        }
         float mx, sum, a;
         dec2_combine<DEC2_MAX_CLUSTER>(
-            nsplit, [&](int c) { return ms[c]; }, [&](int c) { return ls[c]; },
-            [&](int c) { return as[c]; }, mx, sum, a);
+            nsplit, [&](int c) { return rx.m[c][r]; }, [&](int c) { return rx.l[c][r]; },
+            [&](int c) { return rx.acc[c * per + i]; }, mx, sum, a);
         dec2_store<HD>(out, out_stride, row, g * G + r, d, sum, a);
     }
-    dec2_cluster_sync();  // no block leaves while another may still read its shared memory
 }
 
 // UNR: steps of KPS keys per warp iteration. PIPE: load the next iteration's K/V before
@@ -490,6 +541,7 @@ __device__ __forceinline__ void dec2_async_body(DEC2_PARAMS) {
         const int share = ((n + blk.nsplit - 1) / blk.nsplit + ATK - 1) / ATK * ATK;
         blk.kbeg = min(blk.split * share, n);
         blk.kend = min(n, blk.kbeg + share);
+        dec2_cluster_start<G, HD>(blk.nsplit);
     } else if (blk.kbeg >= blk.kend) {
         // A split past the row's keys: nothing to do (attention_combine reads only the row's
         // splits; uniform over the block, so no barrier is skipped by part of it). An exited
@@ -597,6 +649,7 @@ __device__ __forceinline__ void dec2_regs_cluster_body(DEC2_PARAMS) {
     const int* bt = blk.bt;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int sub = lane / LPK, li = lane % LPK;
+    dec2_cluster_start<G, HD>(blk.nsplit);
     const u64 head_off = (u64)g * HD + li * 8;
     auto load_key = [&](uint4& kk, uint4& vv, int key) {
         const int p = key / page_size;
