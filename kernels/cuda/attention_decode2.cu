@@ -356,11 +356,9 @@ __device__ __forceinline__ void dec2_cluster_start(int nsplit) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     if (threadIdx.x == 0) {
         const u32 bar = (u32)__cvta_generic_to_shared(&dec2_rx<G, HD>().bar);
-        asm volatile("mbarrier.init.shared::cta.b64 [%0], 1;\n"
-                     "mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n"
-                     "fence.mbarrier_init.release.cluster;\n" ::"r"(bar),
-                     "r"(dec2_rx_bytes<G, HD>(nsplit))
-                     : "memory");
+        mb_init(bar, 1);
+        mb_expect_tx(bar, dec2_rx_bytes<G, HD>(nsplit));
+        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
     }
     asm volatile("barrier.cluster.arrive.relaxed.aligned;\n" ::: "memory");
 #endif
@@ -377,21 +375,6 @@ __device__ __forceinline__ void dec2_push(u32 addr, float v, u32 rank, u32 bar) 
         "st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [ra], %1, [rb];\n}\n" ::"r"(addr),
         "r"(__float_as_uint(v)), "r"(rank), "r"(bar)
         : "memory");
-#endif
-}
-
-// Waits until this block's mbarrier has counted every pushed byte (phase 0).
-__device__ __forceinline__ void dec2_rx_wait(u32 bar) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    u32 done = 0;
-    while (!done) {
-        asm volatile(
-            "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], 0;\n"
-            "selp.u32 %0, 1, 0, p;\n}\n"
-            : "=r"(done)
-            : "r"(bar)
-            : "memory");
-    }
 #endif
 }
 
@@ -430,7 +413,7 @@ __device__ __forceinline__ void dec2_finish_cluster(float* m, float* l, float (*
     asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");
 #endif
     dec2_block_merge<G, HD>(m, l, acc, red_m, red_l, red_acc, step);
-    dec2_rx_wait(step.bar);
+    mb_wait(step.bar, 0);  // every pushed byte counted
     for (int i = threadIdx.x; i < per; i += blockDim.x) {
         const int idx = rank * per + i, r = idx / HD, d = idx % HD;
         float mx, sum, a;

@@ -43,6 +43,56 @@ __device__ __forceinline__ void pdl_enter_chain() {
     pdl_enter();
 #endif
 }
+// mbarrier in shared memory (sm_90+; address `bar`): init with `count` arrivals per phase,
+// arrive, arrive + expect `bytes` of asynchronous transactions (TMA copies, st.async), and wait
+// until the phase of parity `parity` has completed (try_wait in a loop: the hardware suspends the
+// thread for a while in each try). Used by the wgmma programs' pipelines and the decode
+// attention's cluster merge.
+__device__ __forceinline__ void mb_init(u32 bar, u32 count) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
+#endif
+}
+__device__ __forceinline__ void mb_arrive(u32 bar) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
+#endif
+}
+__device__ __forceinline__ void mb_expect_tx(u32 bar, u32 bytes) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
+#endif
+}
+// A wait that outlasts ~2^33 cycles (seconds: a pipeline that can never complete) traps, so a
+// launch fails with an error instead of hanging the process.
+__device__ __forceinline__ void mb_wait(u32 bar, u32 parity) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    u32 done = 0, tries = 0;
+    long long t0 = 0;
+    while (!done) {
+        asm volatile(
+            "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+            : "=r"(done)
+            : "r"(bar), "r"(parity)
+            : "memory");
+        if (!done && (++tries & 1023u) == 0) {
+            if (t0 == 0)
+                t0 = clock64();
+            else if (clock64() - t0 > (1ll << 33))
+                __trap();
+        }
+    }
+#endif
+}
+// Arrives on the mbarrier at the same shared address `bar` in cluster block `rank`.
+__device__ __forceinline__ void mb_arrive_remote(u32 bar, u32 rank) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile(
+        "{\n.reg .b32 r;\nmapa.shared::cluster.u32 r, %0, %1;\nmbarrier.arrive.shared::cluster.b64 _, [r];\n}\n" ::"r"(bar),
+        "r"(rank)
+        : "memory");
+#endif
+}
 // c += A B on the tensor cores, mma.sync m16n8k16 bf16 -> f32 (sm_80+): a the lane's four A
 // fragment registers, b0 b1 its two of B (the attention and few-row GEMV kernels). The CPU
 // emulation of kernels/tests/cuda_emu supplies its own (shim.h emu_mma16816).

@@ -1,8 +1,8 @@
 // wgmma (sm_90a) primitives shared by the programs compiled for sm_90a (the prefill attention of
 // attention_prefill_wg.cu and the GEMM of gemm_wg.cu; prepended after common.cuh by
 // kernels/src/cuda/nvrtc.rs): fences, commit / wait of wgmma groups, shared-memory matrix
-// descriptors in the 128-byte swizzle, the wgmma instructions, and the mbarrier and TMA
-// operations of the GEMM's producer / consumer pipeline.
+// descriptors in the 128-byte swizzle, the wgmma instructions, and the TMA operations of the
+// GEMM's producer / consumer pipeline (its mbarriers: common.cuh).
 // Makes this thread's completed cp.async writes visible to wgmma's (async proxy) reads.
 __device__ __forceinline__ void wg_fence_async() {
     asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
@@ -75,44 +75,6 @@ __device__ __forceinline__ void wg_mma_rs(float* d, const u32* a, u64 db, int ac
         "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 {" WG_OPS64 "}, {%64, %65, %66, %67}, %68, p, 1, 1, %70;\n}\n"
         : WG_ACC64(d)
         : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(db), "r"(acc), "n"(TB));
-}
-// mbarrier in shared memory (address `bar`): init with `count` arrivals per phase, arrive,
-// arrive + expect `bytes` of TMA transactions, and wait until the phase of parity `parity` has
-// completed (try_wait in a loop: the hardware suspends the thread for a while in each try).
-__device__ __forceinline__ void mb_init(u32 bar, u32 count) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(bar), "r"(count) : "memory");
-}
-__device__ __forceinline__ void mb_arrive(u32 bar) {
-    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(bar) : "memory");
-}
-__device__ __forceinline__ void mb_expect_tx(u32 bar, u32 bytes) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(bar), "r"(bytes) : "memory");
-}
-// A wait that outlasts ~2^33 cycles (seconds: a pipeline that can never complete) traps, so a
-// launch fails with an error instead of hanging the process.
-__device__ __forceinline__ void mb_wait(u32 bar, u32 parity) {
-    u32 done = 0, tries = 0;
-    long long t0 = 0;
-    while (!done) {
-        asm volatile(
-            "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
-            : "=r"(done)
-            : "r"(bar), "r"(parity)
-            : "memory");
-        if (!done && (++tries & 1023u) == 0) {
-            if (t0 == 0)
-                t0 = clock64();
-            else if (clock64() - t0 > (1ll << 33))
-                __trap();
-        }
-    }
-}
-// Arrives on the mbarrier at the same shared address `bar` in cluster block `rank`.
-__device__ __forceinline__ void mb_arrive_remote(u32 bar, u32 rank) {
-    asm volatile(
-        "{\n.reg .b32 r;\nmapa.shared::cluster.u32 r, %0, %1;\nmbarrier.arrive.shared::cluster.b64 _, [r];\n}\n" ::"r"(bar),
-        "r"(rank)
-        : "memory");
 }
 // Every thread of the cluster meets (release / acquire: shared-memory writes before it are
 // visible to every block of the cluster after it).
