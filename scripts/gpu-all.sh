@@ -71,6 +71,10 @@
 #            trigger) against both off (STRATA_W_EVICT_FIRST=0 STRATA_PDL_EARLY=0): `gpu bench
 #            --only decode` at batch 1 on the 1B and 8B shapes in alternating processes (two
 #            rounds, graph step and its subsets), then served 1B ITL at c=1 (gpu-itl-ab.sh, B off)
+#   targets  issue 14's open targets in one call (first on an H200): the decode cluster cases of
+#            `gpu check` (STRATA_CHECK_CASES), `gpu bench --only decode` at batch 1 on the 1B and
+#            8B shapes, served 1B ITL at c=1 (gpu-itl-ab.sh, two servers of this binary), `gpu
+#            bench --only gemm,prefill` at 2K and 8K and transformers' forward at 2K and 8K
 #   binab    this binary against others (BIN_B, space-separated, default .devbin/strata.base, e.g.
 #            the build before a kernel change): `gpu bench --only decode` at batch 1 on the shapes of AB_SHAPES
 #            (llama-3.2-1b llama-3.1-8b) in alternating processes (AB_ROUNDS, 2), then served 1B ITL
@@ -211,6 +215,23 @@ for s in $STEPS; do
       SIZE=llama-3.2-1b RAW=0 ITL_B_ENV="STRATA_W_EVICT_FIRST=0 STRATA_PDL_EARLY=0" timeout $(left 200) \
         scripts/gpu-itl-ab.sh "$OUT/chain-itl" > "$OUT/chain-itl.log" 2>&1 || rc=1
       grep -vE "^\s*$" "$OUT/chain-itl.log" | tail -8 ;;
+    targets) rc=0
+      STRATA_CHECK_CASES="decode cl,decode rcl" timeout $(left 90) "$STRATA" gpu check --only attention \
+        > "$OUT/targets-check.log" 2>&1 || rc=1
+      grep -E "gpu check:|FAIL" "$OUT/targets-check.log"
+      for shape in llama-3.2-1b llama-3.1-8b; do
+        timeout $(left 90) "$STRATA" gpu bench --only decode --shape $shape --decode-batches 1 \
+          > "$OUT/targets-decode-$shape.log" 2>&1 || rc=1
+        grep -E "^decode b1|graph step with PDL|minus each|subset" "$OUT/targets-decode-$shape.log"
+      done
+      SIZE=llama-3.2-1b RAW=0 timeout $(left 150) scripts/gpu-itl-ab.sh "$OUT/targets-itl" > "$OUT/targets-itl.log" 2>&1 || rc=1
+      grep -vE "^\s*$" "$OUT/targets-itl.log" | tail -6
+      timeout $(left 150) "$STRATA" gpu bench --only gemm,prefill --prefill-lens 2048,8192 --decode-batches 1 \
+        > "$OUT/targets-prefill.log" 2>&1 || rc=1
+      grep -E "^prefill|GEMMs alone|forward by kernel" "$OUT/targets-prefill.log"
+      timeout $(left 150) python3 scripts/hf-llama-bench.py --batches "" --prefill 2048,8192 \
+        > "$OUT/targets-hf.log" 2>&1 || rc=1
+      grep -E "^hf" "$OUT/targets-hf.log" ;;
     binab) rc=0; BS=(${BIN_B:-$PWD/.devbin/strata.base}); B=${BS[0]}
       for r in $(seq ${AB_ROUNDS:-2}); do for shape in ${AB_SHAPES:-llama-3.2-1b llama-3.1-8b}; do for bin in "$STRATA" "${BS[@]}"; do
         echo "== $shape, $(basename "$bin"), round $r"
