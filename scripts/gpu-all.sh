@@ -233,6 +233,9 @@ for s in $STEPS; do
         > "$OUT/targets-hf.log" 2>&1 || rc=1
       grep -E "^hf" "$OUT/targets-hf.log" ;;
     binab) rc=0; BS=(${BIN_B:-$PWD/.devbin/strata.base}); B=${BS[0]}
+      for b in "${BS[@]}"; do  # (a binary carried as NAME.xz is unpacked first)
+        [ -x "$b" ] || { [ -f "$b.xz" ] && xz -dk "$b.xz" && chmod +x "$b"; }
+      done
       for r in $(seq ${AB_ROUNDS:-2}); do for shape in ${AB_SHAPES:-llama-3.2-1b llama-3.1-8b}; do for bin in "$STRATA" "${BS[@]}"; do
         echo "== $shape, $(basename "$bin"), round $r"
         timeout $(left 90) "$bin" gpu bench --only decode --shape $shape --decode-batches 1 \
