@@ -76,9 +76,10 @@
 #            8B shapes, served 1B ITL at c=1 (gpu-itl-ab.sh, two servers of this binary), `gpu
 #            bench --only gemm,prefill` at 2K and 8K and transformers' forward at 2K and 8K
 #   binab    this binary against others (BIN_B, space-separated, default .devbin/strata.base, e.g.
-#            the build before a kernel change): `gpu bench --only decode` at batch 1 on the shapes of AB_SHAPES
-#            (llama-3.2-1b llama-3.1-8b) in alternating processes (AB_ROUNDS, 2), then served 1B ITL
-#            at c=1 (gpu-itl-ab.sh, B the first of BIN_B; AB_ITL=0: not)
+#            the build before a kernel change; NAME.xz is unpacked): `gpu bench --only decode` at
+#            batch 1 on the shapes of AB_SHAPES (llama-3.2-1b llama-3.1-8b) in alternating
+#            processes (AB_ROUNDS, 2), then served 1B ITL at c=1 (gpu-itl-ab.sh, B the first of
+#            BIN_B; AB_ITL=0: not)
 #   decmma   decode batches on the tensor cores (the decode MMA kernel; the prefill kernel) vs
 #            decode2: gpu check of all, raw steps side by side (8B b8/32/64 at 1K, 1B b32, 8B b32
 #            at 4K) and served 1B at c=32, the decode MMA kernel against the prefill kernel
