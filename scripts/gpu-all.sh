@@ -111,6 +111,27 @@ declare -A rcs
 START=$(date +%s)
 BUDGET=${BUDGET:-570} # seconds for all steps (a device call is cut at 600)
 left() { local l=$(( BUDGET - ($(date +%s) - START) )); [ "$l" -lt "$1" ] && echo $(( l > 5 ? l : 5 )) || echo "$1"; }
+# decode_b1 LOG SHAPE [BIN]: `gpu bench --only decode` at batch 1 on SHAPE (of BIN, default
+# $STRATA; environment given before the call reaches it), its step lines printed.
+decode_b1() {
+  timeout $(left 90) "${3:-$STRATA}" gpu bench --only decode --shape "$2" --decode-batches 1 > "$1" 2>&1 \
+    || { echo "bench rc=$?"; return 1; }
+  grep -E "^decode b1|b1 graph step with PDL|minus each|subset" "$1"
+}
+# prefill_bench TAG: `gpu bench --only gemm,prefill` at 2K and 8K and (PREFILL_HF=0: not)
+# transformers' forward at the same lengths, logs $OUT/TAG-bench.log and $OUT/TAG-hf.log.
+prefill_bench() {
+  local r=0
+  timeout $(left 150) "$STRATA" gpu bench --only gemm,prefill --prefill-lens 2048,8192 --decode-batches 1 \
+    --json "$OUT/$1-bench.json" > "$OUT/$1-bench.log" 2>&1 || r=1
+  grep -A30 "== summary" "$OUT/$1-bench.log" | grep -vE "cuBLASLt tuning" || tail -20 "$OUT/$1-bench.log"
+  if [ "${PREFILL_HF:-1}" = 1 ]; then
+    timeout $(left 150) python3 scripts/hf-llama-bench.py --batches "" --prefill 2048,8192 \
+      --json "$OUT/$1-hf.json" > "$OUT/$1-hf.log" 2>&1 || r=1
+    grep -E "^hf" "$OUT/$1-hf.log" || tail -5 "$OUT/$1-hf.log"
+  fi
+  return $r
+}
 for s in $STEPS; do
   t0=$(date +%s)
   echo "######## $s"
@@ -134,14 +155,7 @@ for s in $STEPS; do
     sampling) timeout $(left 200) scripts/gpu-sampling-check.sh "$OUT" > "$OUT/sampling.log" 2>&1; rc=$?; tail -30 "$OUT/sampling.log" ;;
     prefill) timeout $(left 150) "$STRATA" gpu check --only attention,gate_gemm,silu_mul,rmsnorm,rope,rope_kv_write --json "$OUT/check-attention.json" > "$OUT/prefill-check.log" 2>&1
       rc=$?; grep -E "FAIL|prefill|extend|silu|SiLU|rmsnorm|rope|gpu check:" "$OUT/prefill-check.log" | tail -40
-      timeout $(left 150) "$STRATA" gpu bench --only gemm,prefill --prefill-lens 2048,8192 --decode-batches 1 \
-        --json "$OUT/prefill-bench.json" > "$OUT/prefill-bench.log" 2>&1
-      r2=$?; grep -A30 "== summary" "$OUT/prefill-bench.log" | grep -vE "cuBLASLt tuning" || tail -20 "$OUT/prefill-bench.log"
-      r3=0; if [ "${PREFILL_HF:-1}" = 1 ]; then
-        timeout $(left 150) python3 scripts/hf-llama-bench.py --batches "" --prefill 2048,8192 \
-          --json "$OUT/prefill-hf.json" > "$OUT/prefill-hf.log" 2>&1
-        r3=$?; grep -E "^hf" "$OUT/prefill-hf.log" || tail -5 "$OUT/prefill-hf.log"; fi
-      [ $rc -eq 0 ] && rc=$r2; [ $rc -eq 0 ] && rc=$r3 ;;
+      prefill_bench prefill || rc=1 ;;
     sbench) SIZES=${SB_SIZES:-llama-3.1-8b} HF=${HF:-0} SHAPES=${SB_SHAPES:-1024:256} CONCS=${SB_CONCS:-1 16} \
       timeout $(left ${SB_TIMEOUT:-300}) scripts/gpu-serve-bench.sh "$OUT" > "$OUT/sbench.log" 2>&1; rc=$?; tail -40 "$OUT/sbench.log" ;;
     ttft) SIZES=llama-3.1-8b RAW=0 HF=0 SHAPES="2048:32 8192:32" CONCS=1 timeout $(left 250) \
@@ -209,9 +223,7 @@ for s in $STEPS; do
     chain) rc=0
       for r in 1 2; do for shape in llama-3.2-1b llama-3.1-8b; do for e in 1 0; do
         echo "== $shape, chain defaults $([ $e = 1 ] && echo on || echo off), round $r"
-        STRATA_W_EVICT_FIRST=$e STRATA_PDL_EARLY=$e timeout $(left 90) "$STRATA" gpu bench --only decode \
-          --shape $shape --decode-batches 1 > "$OUT/chain-$shape-$e-$r.log" 2>&1 || { echo "bench rc=$?"; rc=1; }
-        grep -E "^decode b1|b1 graph step with PDL|subset" "$OUT/chain-$shape-$e-$r.log"
+        STRATA_W_EVICT_FIRST=$e STRATA_PDL_EARLY=$e decode_b1 "$OUT/chain-$shape-$e-$r.log" $shape || rc=1
       done; done; done
       SIZE=llama-3.2-1b RAW=0 ITL_B_ENV="STRATA_W_EVICT_FIRST=0 STRATA_PDL_EARLY=0" timeout $(left 200) \
         scripts/gpu-itl-ab.sh "$OUT/chain-itl" > "$OUT/chain-itl.log" 2>&1 || rc=1
@@ -220,28 +232,17 @@ for s in $STEPS; do
       STRATA_CHECK_CASES="decode cl,decode rcl" timeout $(left 90) "$STRATA" gpu check --only attention \
         > "$OUT/targets-check.log" 2>&1 || rc=1
       grep -E "gpu check:|FAIL" "$OUT/targets-check.log"
-      for shape in llama-3.2-1b llama-3.1-8b; do
-        timeout $(left 90) "$STRATA" gpu bench --only decode --shape $shape --decode-batches 1 \
-          > "$OUT/targets-decode-$shape.log" 2>&1 || rc=1
-        grep -E "^decode b1|graph step with PDL|minus each|subset" "$OUT/targets-decode-$shape.log"
-      done
+      for shape in llama-3.2-1b llama-3.1-8b; do decode_b1 "$OUT/targets-decode-$shape.log" $shape || rc=1; done
       SIZE=llama-3.2-1b RAW=0 timeout $(left 150) scripts/gpu-itl-ab.sh "$OUT/targets-itl" > "$OUT/targets-itl.log" 2>&1 || rc=1
       grep -vE "^\s*$" "$OUT/targets-itl.log" | tail -6
-      timeout $(left 150) "$STRATA" gpu bench --only gemm,prefill --prefill-lens 2048,8192 --decode-batches 1 \
-        > "$OUT/targets-prefill.log" 2>&1 || rc=1
-      grep -E "^prefill|GEMMs alone|forward by kernel" "$OUT/targets-prefill.log"
-      timeout $(left 150) python3 scripts/hf-llama-bench.py --batches "" --prefill 2048,8192 \
-        > "$OUT/targets-hf.log" 2>&1 || rc=1
-      grep -E "^hf" "$OUT/targets-hf.log" ;;
+      prefill_bench targets-prefill || rc=1 ;;
     binab) rc=0; BS=(${BIN_B:-$PWD/.devbin/strata.base}); B=${BS[0]}
       for b in "${BS[@]}"; do  # (a binary carried as NAME.xz is unpacked first)
         [ -x "$b" ] || { [ -f "$b.xz" ] && xz -dk "$b.xz" && chmod +x "$b"; }
       done
       for r in $(seq ${AB_ROUNDS:-2}); do for shape in ${AB_SHAPES:-llama-3.2-1b llama-3.1-8b}; do for bin in "$STRATA" "${BS[@]}"; do
         echo "== $shape, $(basename "$bin"), round $r"
-        timeout $(left 90) "$bin" gpu bench --only decode --shape $shape --decode-batches 1 \
-          > "$OUT/binab-$shape-$(basename "$bin")-$r.log" 2>&1 || { echo "bench rc=$?"; rc=1; }
-        grep -E "^decode b1|b1 graph step with PDL" "$OUT/binab-$shape-$(basename "$bin")-$r.log"
+        decode_b1 "$OUT/binab-$shape-$(basename "$bin")-$r.log" $shape "$bin" || rc=1
       done; done; done
       if [ "${AB_ITL:-1}" = 1 ]; then
         SIZE=llama-3.2-1b RAW=0 ITL_B_STRATA="$B" timeout $(left 200) scripts/gpu-itl-ab.sh "$OUT/binab-itl" \
