@@ -340,11 +340,16 @@ __device__ __forceinline__ Dec2ClusterRx<G, HD>& dec2_rx() {
     return rx;
 }
 
-// Elements of the group's G * HD that each block merges, and the bytes it receives for them: from
-// each block, the per accumulators and the max and sum of each head they cover.
+// Elements of the group's G * HD that each block merges.
+template <int G, int HD>
+__device__ __forceinline__ int dec2_per(int nsplit) {
+    return G * HD / nsplit;  // G * HD >= 64 and nsplit <= 16, both powers of two
+}
+// The bytes each block receives: from each block, the per accumulators and the max and sum of
+// each head they cover.
 template <int G, int HD>
 __device__ __forceinline__ u32 dec2_rx_bytes(int nsplit) {
-    const int per = G * HD / nsplit;  // G * HD >= 64 and nsplit <= 16, both powers of two
+    const int per = dec2_per<G, HD>(nsplit);
     const int heads = per >= HD ? per / HD : 1;
     return (u32)(nsplit * (per + 2 * heads) * 4);
 }
@@ -401,7 +406,7 @@ __device__ __forceinline__ void dec2_finish_cluster(float* m, float* l, float (*
     __shared__ float red_m[DEC2_WARPS][G], red_l[DEC2_WARPS][G];
     __shared__ __align__(16) float red_acc[DEC2_WARPS][G][HD];
     Dec2ClusterRx<G, HD>& rx = dec2_rx<G, HD>();
-    const int per = G * HD / nsplit;
+    const int per = dec2_per<G, HD>(nsplit);
     const Dec2ClusterOut<G, HD> step{(u32)__cvta_generic_to_shared(rx.acc),
                                      (u32)__cvta_generic_to_shared(rx.m),
                                      (u32)__cvta_generic_to_shared(rx.l),
