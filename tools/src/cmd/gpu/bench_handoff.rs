@@ -5,8 +5,9 @@
 //! `griddepcontrol.wait` after or before the trigger, and with arrival counters in global
 //! memory (full fences, or release / acquire alone): per-kernel microseconds at a few
 //! grid sizes (1 block: the row norm of one token; 128: the decode attention's clusters; two per
-//! SM: the GEMVs). The question a persistent decode kernel must answer first: counters replacing
-//! PDL's waits made the decode step slower on 2026-12-06 (docs/perf.md). The rows and counters
+//! SM: the GEMVs). The question a persistent decode kernel must answer first: on an H100
+//! (2026-12-06, docs/perf.md) every counter form was 0.3-1.2 us slower per boundary than PDL's
+//! wait, so no such kernel was written. The rows and counters
 //! are cleared at the start of each chain and the last row is compared bitwise across the ways
 //! of waiting: a kernel that read its input before it was written would change it.
 
