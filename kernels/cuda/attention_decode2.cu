@@ -657,12 +657,22 @@ __device__ __forceinline__ void dec2_regs_cluster_body(DEC2_PARAMS) {
             if (ok[u] && key < below) load_key(kr[u], vr[u], key);
         }
     };
-    // Key pos, where an early load left it out.
+    // Key pos, where an early load left it out: its page-table entry, like every other written
+    // before the forward, is looked up before the PDL wait (by the block whose share holds pos),
+    // so that only its K/V row, which the previous kernel writes, is loaded after it.
+    u64 pos_off = 0;
+    if (pos >= kbeg && pos < kend) {
+        const int p = pos / page_size;
+        pos_off = ((u64)__ldg(bt + p) * page_size + (pos - p * page_size)) * n_kv_heads * HD + head_off;
+    }
     auto load_pos = [&](uint4* kr, uint4* vr, const bool* ok, int t) {
 #pragma unroll
         for (int u = 0; u < UNR; ++u) {
             const int key = t + u * KPS + sub;
-            if (ok[u] && key == pos) load_key(kr[u], vr[u], key);
+            if (ok[u] && key == pos) {
+                kr[u] = *(const uint4*)(k_pool + pos_off);
+                vr[u] = *(const uint4*)(v_pool + pos_off);
+            }
         }
     };
     uint4 kc[UNR], vc[UNR], kn[UNR], vn[UNR];
