@@ -42,8 +42,10 @@ extern "C" __global__ void add_rows(const int* ids, const bf16_t* src, bf16_t* d
 #define RMS_VEC 4
 // The vector path's second half, shared by rmsnorm and rmsnorm_add2: the block's sum of squares
 // ss (partial per thread), then out chunk c = v[k] * r * w for this thread's chunks.
+// w0 is this thread's first chunk of w (rms_w0), loaded before the PDL wait: the weight is
+// constant, so only x and the residual are read after it.
 __device__ __forceinline__ void rms_vec_out(const uint4 (&v)[RMS_VEC], float ss, float* sh, const bf16_t* w,
-                                            bf16_t* out, u64 base, int nc, int hidden, float eps) {
+                                            uint4 w0, bf16_t* out, u64 base, int nc, int hidden, float eps) {
     const float r = rsqrtf(block_sum(ss, sh) / (float)hidden + eps);
     const uint4* w4 = (const uint4*)w;
     uint4* o4 = (uint4*)(out + base);
@@ -51,19 +53,25 @@ __device__ __forceinline__ void rms_vec_out(const uint4 (&v)[RMS_VEC], float ss,
     for (int k = 0; k < RMS_VEC; ++k) {
         const int c = threadIdx.x + k * blockDim.x;
         if (c < nc) {
-            o4[c] = bf8_norm(v[k], w4[c], r);
+            o4[c] = bf8_norm(v[k], k == 0 ? w0 : w4[c], r);
         }
     }
+}
+// The vector path's first weight chunk of this thread (zero where it has none).
+__device__ __forceinline__ uint4 rms_w0(const bf16_t* w, int nc) {
+    return (int)threadIdx.x < nc ? ((const uint4*)w)[threadIdx.x] : make_uint4(0, 0, 0, 0);
 }
 
 extern "C" __global__ void rmsnorm(const bf16_t* x, bf16_t* residual, const bf16_t* w, bf16_t* out,
                                    int hidden, float eps) {
-    pdl_enter_chain();
     __shared__ float sh[32];
     u64 base = (u64)blockIdx.x * hidden;
     const int nc = hidden >> 3;
-    if ((hidden & 7) == 0 && nc <= RMS_VEC * (int)blockDim.x &&
-        ((((u64)x | (u64)residual | (u64)w | (u64)out) & 15) == 0)) {
+    const bool vec = (hidden & 7) == 0 && nc <= RMS_VEC * (int)blockDim.x &&
+                     ((((u64)x | (u64)residual | (u64)w | (u64)out) & 15) == 0);
+    const uint4 w0 = vec ? rms_w0(w, nc) : make_uint4(0, 0, 0, 0);
+    pdl_enter_chain();
+    if (vec) {
         const uint4* x4 = (const uint4*)(x + base);
         uint4* r4 = (uint4*)(residual + base);
         uint4 v[RMS_VEC];
@@ -82,7 +90,7 @@ extern "C" __global__ void rmsnorm(const bf16_t* x, bf16_t* residual, const bf16
                 bf8_sumsq(a, ss);
             }
         }
-        rms_vec_out(v, ss, sh, w, out, base, nc, hidden, eps);
+        rms_vec_out(v, ss, sh, w, w0, out, base, nc, hidden, eps);
         return;
     }
     float ss = 0.f;
@@ -110,10 +118,11 @@ extern "C" __global__ void rmsnorm(const bf16_t* x, bf16_t* residual, const bf16
 // (hidden % 8 == 0, hidden / 8 <= 4 * blockDim.x, 16-byte aligned rows; the host checks).
 extern "C" __global__ void rmsnorm_add2(const bf16_t* x1, const bf16_t* x2, bf16_t* residual, const bf16_t* w,
                                         bf16_t* out, int hidden, float eps) {
-    pdl_enter_chain();
     __shared__ float sh[32];
     const u64 base = (u64)blockIdx.x * hidden;
     const int nc = hidden >> 3;
+    const uint4 w0 = rms_w0(w, nc);
+    pdl_enter_chain();
     const uint4 *a4 = (const uint4*)(x1 + base), *b4 = (const uint4*)(x2 + base);
     uint4* r4 = (uint4*)(residual + base);
     uint4 v[RMS_VEC];
@@ -132,7 +141,7 @@ extern "C" __global__ void rmsnorm_add2(const bf16_t* x1, const bf16_t* x2, bf16
             bf8_sumsq(e2, ss);
         }
     }
-    rms_vec_out(v, ss, sh, w, out, base, nc, hidden, eps);
+    rms_vec_out(v, ss, sh, w, w0, out, base, nc, hidden, eps);
 }
 
 // Rotary embedding, rotate-half (GPT-NeoX / Hugging Face Llama) layout, in place on q and k.

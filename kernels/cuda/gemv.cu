@@ -107,7 +107,9 @@ struct NormIn {
     const bf16_t* w;      // norm weight [k]; null: plain staging from x
     float eps;
 };
-__device__ __forceinline__ void gemv_stage_norm(const bf16_t* y, const NormIn& nin, int k, uint4* xs) {
+// nw0: this thread's first chunk of the norm weight, loaded before the PDL wait (the weights
+// are constant), so the only loads after it are the rows themselves.
+__device__ __forceinline__ void gemv_stage_norm(const bf16_t* y, const NormIn& nin, int k, uint4* xs, uint4 nw0) {
     __shared__ float nsh[32];
     const int k8 = k / 8, per = k8 / 256;  // chunks (stand-in threads) per thread, 1..4
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -145,7 +147,7 @@ __device__ __forceinline__ void gemv_stage_norm(const bf16_t* y, const NormIn& n
     for (int m = 0; m < 4; ++m) {
         if (m < per) {
             const int c = threadIdx.x + 256 * m;
-            xs[c] = bf8_norm(a[m], w4[c], r);
+            xs[c] = bf8_norm(a[m], m == 0 ? nw0 : w4[c], r);
         }
     }
 }
@@ -157,7 +159,7 @@ __device__ __forceinline__ void gemv_stage_norm(const bf16_t* y, const NormIn& n
 // trip to memory per row; rows t in [rows, pad) are zero. rows <= 8 (and <= pad).
 #define NORM_ROWS 2
 __device__ __forceinline__ void gemv_stage_norm_rows(const bf16_t* y, const NormIn& nin, int k, int rows, int pad,
-                                                     uint4* xs, int stride) {
+                                                     uint4* xs, int stride, uint4 nw0) {
     __shared__ float nsh[8][32];
     const int k8 = k / 8, per = k8 / 256;
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -197,11 +199,13 @@ __device__ __forceinline__ void gemv_stage_norm_rows(const bf16_t* y, const Norm
             }
         }
     }
-    // The norm weights (constant) are in flight across the barrier.
+    // The norm weights (constant; the first chunk loaded before the PDL wait) are in flight
+    // across the barrier.
     const uint4* w4 = (const uint4*)nin.w;
     uint4 wv[4];
+    wv[0] = nw0;
 #pragma unroll
-    for (int m = 0; m < 4; ++m)
+    for (int m = 1; m < 4; ++m)
         if (m < per) wv[m] = w4[threadIdx.x + 256 * m];
     __syncthreads();
     for (int t = 0; t < pad; ++t) {
@@ -326,12 +330,14 @@ __device__ __forceinline__ void gemv_rows_body(const bf16_t* x, int x_stride, in
     uint4 wv[DEPTH][R][UNR];
     int c = lane;
     if (live && whole(c)) load(wv[0], c, 0);
+    // A staged norm's first weight chunk per thread (k8 >= 256: in range), also constant.
+    const uint4 nw0 = nin.w ? ((const uint4*)nin.w)[threadIdx.x] : make_uint4(0, 0, 0, 0);
     pdl_enter_chain();
 #pragma unroll
     for (int s = 1; s < DEPTH; ++s)
         if (live && whole(c + s * STEP)) load(wv[s], c, s);
     if (T > 1 && nin.w) {
-        gemv_stage_norm_rows(x, nin, k, rows, T, xs, k8);
+        gemv_stage_norm_rows(x, nin, k, rows, T, xs, k8, nw0);
     } else if (T > 1 && !SILU) {
         gemv_stage_copy(x, x_stride, rows, T, k, xs, k8);
     } else {
@@ -342,7 +348,7 @@ __device__ __forceinline__ void gemv_rows_body(const bf16_t* x, int x_stride, in
                 if (t > 0) __syncthreads();  // the previous row's norm has read its reduction
                 if (t < rows) {
                     const NormIn nt{nin.resid + (u64)t * k, nin.w, nin.eps};
-                    gemv_stage_norm(x ? x + (u64)t * k : nullptr, nt, k, xt);
+                    gemv_stage_norm(x ? x + (u64)t * k : nullptr, nt, k, xt, nw0);
                 } else {
                     for (int i = threadIdx.x; i < k8; i += blockDim.x) xt[i] = make_uint4(0, 0, 0, 0);
                 }
@@ -491,12 +497,15 @@ GEMV_T1(gemv_bf16_t1_silu_pipe, 8, 2, true)
 
 // y[t][j] = silu(x_t * gate_j^T) * (x_t * up_j^T): w is [gate; up] [2n, k] (the gate_up
 // projection), y bf16 [rows, n], the down projection's input; rounded as the GEMV then silu_mul.
+// With nin.w set, x row t is the MLP's input RMSNorm of nin.resid (x null), staged as
+// gemv_stage_norm does (gemv_bf16_t1_gate_norm, after gemv_bf16_t1_resid has added the
+// attention's output into the residual).
 template <int T, int DEPTH>
 __device__ __forceinline__ void gemv_gate_rows(const bf16_t* x, const bf16_t* w, bf16_t* y, int rows, int n,
-                                               int k) {
+                                               int k, NormIn nin = NormIn{nullptr, nullptr, 0.f}) {
     const GateEpi e{y, n};
     gemv_rows_body<T, 8, DEPTH, false, 2>(
-        x, k, rows, w, n, k, [&](int row, int r) { return e.wrow(row, r); }, e);
+        x, k, rows, w, n, k, [&](int row, int r) { return e.wrow(row, r); }, e, nin);
 }
 // (The plain kernels' arguments; y is always bf16, y_f32 unused.)
 extern "C" __global__ void __launch_bounds__(256)
@@ -506,6 +515,40 @@ extern "C" __global__ void __launch_bounds__(256)
 extern "C" __global__ void __launch_bounds__(256)
     gemv_bf16_t1_gate_pipe(const bf16_t* x, const bf16_t* w, void* y, int n, int k, int y_f32) {
     gemv_gate_rows<1, 2>(x, w, (bf16_t*)y, 1, n, k);
+}
+
+// The single-row gate GEMV with the MLP's input norm staged from the residual row (the second
+// norm of a layer without its own kernel: Gemm::o_norm_gate_t1; one step in flight, as the
+// plain gate GEMV at the staged width 2048).
+extern "C" __global__ void __launch_bounds__(256)
+    gemv_bf16_t1_gate_norm(const bf16_t* resid, const bf16_t* norm_w, float eps, const bf16_t* w, bf16_t* y,
+                           int n, int k) {
+    gemv_gate_rows<1, 1>(nullptr, w, y, 1, n, k, NormIn{resid, norm_w, eps});
+}
+
+// One row of the o projection added into the residual in its epilogue, instead of written to
+// its own row for the next norm to add: resid[j] = (resid[j] + add[j]) + o_j (add null: no
+// first term; add is the MLP output of the layer before when the qkv GEMV staged the input norm
+// and left the residual alone), each sum rounded to bf16 as rmsnorm and rmsnorm_add2 round them
+// (o_j itself first, as the GEMV writes it). Warp j alone reads and writes resid[j].
+template <int DEPTH>
+__device__ __forceinline__ void gemv_t1_resid(const bf16_t* x, const bf16_t* w, const bf16_t* add,
+                                              bf16_t* resid, int n, int k) {
+    gemv_t1_body<8, DEPTH, false, 1>(
+        x, w, n, k, [](int row, int) { return row; },
+        [&](int row, const float* s) {
+            float r = bf2f(resid[row]);
+            if (add) r = bf2f(f2bf(bf2f(add[row]) + r));
+            resid[row] = f2bf(bf2f(f2bf(s[0])) + r);
+        });
+}
+extern "C" __global__ void __launch_bounds__(256)
+    gemv_bf16_t1_resid(const bf16_t* x, const bf16_t* w, const bf16_t* add, bf16_t* resid, int n, int k) {
+    gemv_t1_resid<1>(x, w, add, resid, n, k);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    gemv_bf16_t1_resid_pipe(const bf16_t* x, const bf16_t* w, const bf16_t* add, bf16_t* resid, int n, int k) {
+    gemv_t1_resid<2>(x, w, add, resid, n, k);
 }
 
 // The fused qkv projection (q heads, k heads, v heads; head_dim hd) of `rows` rows with RoPE

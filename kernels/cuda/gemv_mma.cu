@@ -24,10 +24,10 @@
 
 // Stages x rows t < rows at xs + t * xs8 (uint4 units): row t of x ([rows, k]), or the input
 // RMSNorm of (x + resid) row t (nin.w set; gemv_stage_norm_rows, so bit for bit rmsnorm's
-// output).
+// output; nw0 the norm weight's first chunk of this thread, loaded before the PDL wait).
 __device__ __forceinline__ void gemv_mma_stage(const bf16_t* x, int rows, int k, const NormIn& nin, uint4* xs,
-                                               int xs8) {
-    if (nin.w) gemv_stage_norm_rows(x, nin, k, rows, rows, xs, xs8);
+                                               int xs8, uint4 nw0) {
+    if (nin.w) gemv_stage_norm_rows(x, nin, k, rows, rows, xs, xs8, nw0);
     else gemv_stage_copy(x, k, rows, rows, k, xs, xs8);
     __syncthreads();
 }
@@ -96,8 +96,9 @@ __device__ __forceinline__ void gemv_mma_body(const bf16_t* x, int rows, const b
     uint4 an[CH][2];
     // The weights are constant: the first item goes out before waiting for x.
     if (nit < ngroups) load(an, nit * G + slot, ns);
+    const uint4 nw0 = nin.w ? ((const uint4*)nin.w)[threadIdx.x] : make_uint4(0, 0, 0, 0);
     pdl_enter();
-    gemv_mma_stage(x, rows, k, nin, xs, xs8);
+    gemv_mma_stage(x, rows, k, nin, xs, xs8, nw0);
     advance();
     while (it < ngroups) {
         uint4 ac[CH][2];

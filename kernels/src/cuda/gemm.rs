@@ -24,6 +24,9 @@ use super::launch::{launch, Arg, Dims};
 use super::nvrtc::Program;
 use super::tensor::{DTensor, DType};
 
+mod tail;
+pub use tail::PostNorm;
+
 /// Which implementation runs a GEMM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GemmPath {
@@ -111,6 +114,9 @@ pub enum Fusion {
     QkvRope,
     /// The input RMSNorm staged in the qkv GEMV ([`QkvInput::Norm`]; off: `rmsnorm` apart).
     QkvNorm,
+    /// The o projection added into the residual in its epilogue and the MLP's input norm staged
+    /// in the gate GEMV ([`Gemm::o_norm_gate_t1`]; off: o, `rmsnorm(_add2)`, gate apart).
+    GateNorm,
     /// Prefill-sized x: the SiLU in the wgmma gate_up GEMM's epilogue ([`Gemm::gate_silu`],
     /// `gemm_wg.rs`, compute 9.0; off: cuBLAS and `silu_mul`).
     GateGemm,
@@ -130,6 +136,7 @@ impl Fusion {
             Fusion::GateSilu => "gate_silu",
             Fusion::QkvRope => "qkv_rope",
             Fusion::QkvNorm => "qkv_norm",
+            Fusion::GateNorm => "gate_norm",
             Fusion::GateGemm => "gate_gemm",
             Fusion::ResidGemm => "resid_gemm",
             Fusion::AttnRope => "attn_rope",
@@ -137,10 +144,11 @@ impl Fusion {
     }
 
     /// Every fusion, in [`Gemm::set_fusion`]'s table order.
-    pub const ALL: [Fusion; 6] = [
+    pub const ALL: [Fusion; 7] = [
         Fusion::GateSilu,
         Fusion::QkvRope,
         Fusion::QkvNorm,
+        Fusion::GateNorm,
         Fusion::GateGemm,
         Fusion::ResidGemm,
         Fusion::AttnRope,
@@ -193,6 +201,7 @@ pub struct Gemm {
     gemv_t1_gate_pipe: CudaFunction,
     gemv_t1_qkv_rope: CudaFunction,
     gemv_t1_qkv_rope_pipe: CudaFunction,
+    tail: tail::TailFns,
     rows: super::gemm_rows::FewRows,
     /// Which [`Fusion`]s run, indexed as `Fusion::ALL`.
     fusions: [AtomicBool; Fusion::ALL.len()],
@@ -220,6 +229,7 @@ impl Gemm {
         let gemv_t1_gate_pipe = ctx.function(Program::Gemv, "gemv_bf16_t1_gate_pipe")?;
         let gemv_t1_qkv_rope = ctx.function(Program::Gemv, "gemv_bf16_t1_qkv_rope")?;
         let gemv_t1_qkv_rope_pipe = ctx.function(Program::Gemv, "gemv_bf16_t1_qkv_rope_pipe")?;
+        let tail = tail::TailFns::load(&ctx)?;
         let rows = super::gemm_rows::FewRows::load(&ctx)?;
         let wg = super::gemm_wg::WgGemm::load(&ctx);
         let lt = match super::gemm_lt::GemmLt::new(ctx.clone()) {
@@ -242,6 +252,7 @@ impl Gemm {
             gemv_t1_gate_pipe,
             gemv_t1_qkv_rope,
             gemv_t1_qkv_rope_pipe,
+            tail,
             rows,
             fusions: {
                 let off = std::env::var("STRATA_FUSION_OFF").unwrap_or_default();

@@ -11,7 +11,7 @@ use cudarc::driver::CudaGraph;
 
 use super::attention::{AttnPlan, AttnShape, QRope};
 use super::error::Result;
-use super::gemm::{Gemm, QkvInput};
+use super::gemm::{Gemm, PostNorm, QkvInput};
 use super::ops::CudaOps;
 use super::tensor::{DTensor, DType};
 
@@ -413,12 +413,24 @@ impl LlamaModel {
                 )?;
             }
             mark("attention")?;
-            if !skip("o") {
+            // One row at hidden NORM_IN_QKV: o added into the residual in its epilogue, the
+            // MLP's input norm staged in the gate GEMV (the "o" op then includes norm2 and
+            // gate_up).
+            let post = PostNorm {
+                resid: &ws.resid,
+                add: if norm_staged { y } else { None },
+                weight: &l.post_norm,
+                eps: s.eps,
+            };
+            let tail = !acc
+                && !["o", "norm2", "gate_up"].iter().any(|op| skip(op))
+                && gemm.o_norm_gate_t1(&ws.attn, &l.o, &post, &l.gate_up, &ws.act)?;
+            if !skip("o") && !tail {
                 let out = if acc { &ws.resid } else { &ws.y_o };
                 gemm.linear_into(&ws.attn, &l.o, out, acc)?;
             }
             mark("o")?;
-            if !skip("norm2") {
+            if !skip("norm2") && !tail {
                 match y {
                     _ if acc => ops.rmsnorm(&ws.resid, None, &l.post_norm, &ws.h, s.eps)?,
                     Some(y) if norm_staged => {
@@ -429,8 +441,8 @@ impl LlamaModel {
             }
             // One row: the SiLU in gate_up's epilogue, down a plain GEMV. Otherwise gate_up,
             // then the SiLU staged in the single-row down GEMV or silu_mul.
-            let gated = gemm.gate_silu_applies(&ws.h, &l.gate_up);
-            if !skip("gate_up") {
+            let gated = tail || gemm.gate_silu_applies(&ws.h, &l.gate_up);
+            if !skip("gate_up") && !tail {
                 if gated {
                     gemm.gate_silu(&ws.h, &l.gate_up, &ws.act)?;
                 } else {

@@ -48,7 +48,7 @@ pub use attention::{
 pub use backend::{CudaBackend, CudaBuf};
 pub use device::GpuContext;
 pub use error::{CudaError, Result};
-pub use gemm::{Fusion, Gemm, GemmPath, QkvInput, GEMV_T1_PIPE_MIN_IN, NORM_IN_QKV};
+pub use gemm::{Fusion, Gemm, GemmPath, PostNorm, QkvInput, GEMV_T1_PIPE_MIN_IN, NORM_IN_QKV};
 pub use gemm_rows::RowsMode;
 pub use host_copy::{HostIo, HostKvCopy, HostKvGeometry, HostRegion};
 pub use info::{gpu_inventory, GpuInfo};

@@ -269,6 +269,33 @@ static void rmsnorm_add2_case(int h) {
     expect_same("rmsnorm_add2 H" + std::to_string(h) + ": residual", ra, rb);
 }
 
+// o added into the residual in its GEMV's epilogue (with and without the previous MLP output to
+// add first), then the gate GEMV with the MLP's input norm staged from that residual
+// (Gemm::o_norm_gate_t1), against o into its own row, rmsnorm_add2 (or rmsnorm) and the gate
+// GEMV: the residual and the act row. Hidden 2048 (the staged width), o's depth by q width.
+static void o_norm_gate(int qd, int inter) {
+    const int h = 2048;
+    const auto attn = bf16_vec(qd, 1.f), o = bf16_vec((size_t)h * qd, 0.05f), add = bf16_vec(h, 1.f);
+    const auto r0 = bf16_vec(h, 1.f), nw = bf16_vec(h, 0.5f, 1.f), gu = bf16_vec((size_t)2 * inter * h, 0.05f);
+    const bf16_t *AT = attn.data(), *O = o.data(), *AD = add.data(), *NW = nw.data(), *GU = gu.data();
+    for (int with_add = 0; with_add < 2; ++with_add) {
+        std::vector<bf16_t> ra = r0, rb = r0, yo(h), hn(h), aa(inter), ab(inter);
+        bf16_t *RA = ra.data(), *RB = rb.data(), *YO = yo.data(), *HN = hn.data(), *AA = aa.data(), *AB = ab.data();
+        const bf16_t* a = with_add ? AD : nullptr;
+        launch(t1_grid(h), 256, [=] { gemv_bf16_t1(AT, O, YO, h, qd, 0); });
+        if (a) launch(1, h / 8, [=] { rmsnorm_add2(a, YO, RA, NW, HN, h, 1e-5f); });
+        else launch(1, h / 8, [=] { rmsnorm(YO, RA, NW, HN, h, 1e-5f); });
+        launch(t1_grid(inter), 256, [=] { gemv_bf16_t1_gate(HN, GU, AA, inter, h, 0); });
+        if (qd >= 8192) launch(t1_grid(h), 256, [=] { gemv_bf16_t1_resid_pipe(AT, O, a, RB, h, qd); });
+        else launch(t1_grid(h), 256, [=] { gemv_bf16_t1_resid(AT, O, a, RB, h, qd); });
+        launch(t1_grid(inter), 256, [=] { gemv_bf16_t1_gate_norm(RB, NW, 1e-5f, GU, AB, inter, h); });
+        const std::string what = "o+resid, norm staged in gate q" + std::to_string(qd) + " inter" +
+                                 std::to_string(inter) + (a ? " (add)" : "");
+        expect_same(what + ": residual", rb, ra);
+        expect_same(what + ": act", ab, aa);
+    }
+}
+
 int main(int argc, char** argv) {
     if (argc != 2) return 2;
     g_rng = std::stoull(argv[1]);
@@ -286,6 +313,9 @@ int main(int argc, char** argv) {
     rope_kv_write_case(0, 2, 128);
     rmsnorm_add2_case(2048);
     rmsnorm_add2_case(4096);
+    o_norm_gate(2048, 256);
+    o_norm_gate(8192, 40);
+    o_norm_gate(1000, 77);
     rows_plain(2, 2, 1000, 77);
     rows_plain(2, 1, 2048, 64);
     rows_plain(4, 4, 1000, 77);

@@ -43,7 +43,7 @@ use std::path::Path;
 use std::sync::Arc;
 use strata_kernels::cuda::{
     launch, AttnPlan, AttnSeq, AttnShape, CudaError, CudaOps, DTensor, DType, Gemm, GpuContext,
-    PlanOpts, QRope, QkvInput,
+    PlanOpts, PostNorm, QRope, QkvInput,
 };
 use weights::Weights;
 
@@ -461,6 +461,21 @@ impl CudaRunner {
                     inv_freq,
                 });
                 ops.paged_attention_rope(&p.plan, &q, 0, &kv.k[li], &kv.v[li], &o, scale, r)?;
+            }
+            // One row at hidden NORM_IN_QKV: o added into the residual in its epilogue, the
+            // MLP's input norm staged in the gate GEMV (Gemm::o_norm_gate_t1).
+            let post = PostNorm {
+                resid: &a.resid,
+                add: if norm_staged { y } else { None },
+                weight: &l.post_norm,
+                eps,
+            };
+            if lora.is_none()
+                && !acc
+                && gemm.o_norm_gate_t1(&a.attn, &l.o, &post, &l.gate_up, &a.act)?
+            {
+                gemm.linear(&a.act, &l.down, &a.y)?;
+                continue;
             }
             let o_out = if acc { &a.resid } else { &a.y_o };
             gemm.linear_into(&a.attn, &l.o, o_out, acc)?;

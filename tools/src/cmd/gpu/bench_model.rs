@@ -211,6 +211,10 @@ pub fn run(
                             ("RoPE + K/V write in qkv's epilogue", "rope_kv_write apart")
                         }
                         Fusion::QkvNorm => ("the input norm staged in qkv", "rmsnorm apart"),
+                        Fusion::GateNorm => (
+                            "o into the residual, the MLP norm staged in gate",
+                            "o, norm2, gate apart",
+                        ),
                         Fusion::GateGemm | Fusion::ResidGemm | Fusion::AttnRope => {
                             unreachable!("prefill only")
                         }

@@ -22,6 +22,7 @@ mod check_ops;
 mod check_pd_copy;
 mod check_rows;
 mod check_sampling;
+mod check_tail;
 mod golden;
 mod runner_logits;
 
