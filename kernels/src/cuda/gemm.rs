@@ -24,9 +24,6 @@ use super::launch::{launch, Arg, Dims};
 use super::nvrtc::Program;
 use super::tensor::{DTensor, DType};
 
-mod tail;
-pub use tail::PostNorm;
-
 /// Which implementation runs a GEMM.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GemmPath {
@@ -163,8 +160,6 @@ impl Fusion {
     }
 }
 
-/// Launch shape of the single-row GEMV kernels: one warp per output (8 per block of 256), the
-/// input row of k bf16 staged in dynamic shared memory.
 /// The arguments of the several-row GEMV kernels (`gemv_bf16`, `gemv_bf16_rows*` and their gate
 /// form): x, w, y, the row count, out, in and whether y is f32.
 fn rows_args(x: &DTensor, w: &DTensor, y: &DTensor, t: usize, n_out: usize, k: usize) -> [Arg; 7] {
@@ -179,7 +174,9 @@ fn rows_args(x: &DTensor, w: &DTensor, y: &DTensor, t: usize, n_out: usize, k: u
     ]
 }
 
-fn t1_dims(n_out: usize, k: usize) -> Dims {
+/// Launch shape of the single-row GEMV kernels: one warp per output (8 per block of 256), the
+/// input row of k bf16 staged in dynamic shared memory.
+pub(super) fn t1_dims(n_out: usize, k: usize) -> Dims {
     Dims {
         grid: (n_out.div_ceil(8) as u32, 1, 1),
         block: 256,
@@ -201,7 +198,7 @@ pub struct Gemm {
     gemv_t1_gate_pipe: CudaFunction,
     gemv_t1_qkv_rope: CudaFunction,
     gemv_t1_qkv_rope_pipe: CudaFunction,
-    tail: tail::TailFns,
+    tail: super::gemm_tail::TailGemv,
     rows: super::gemm_rows::FewRows,
     /// Which [`Fusion`]s run, indexed as `Fusion::ALL`.
     fusions: [AtomicBool; Fusion::ALL.len()],
@@ -229,7 +226,7 @@ impl Gemm {
         let gemv_t1_gate_pipe = ctx.function(Program::Gemv, "gemv_bf16_t1_gate_pipe")?;
         let gemv_t1_qkv_rope = ctx.function(Program::Gemv, "gemv_bf16_t1_qkv_rope")?;
         let gemv_t1_qkv_rope_pipe = ctx.function(Program::Gemv, "gemv_bf16_t1_qkv_rope_pipe")?;
-        let tail = tail::TailFns::load(&ctx)?;
+        let tail = super::gemm_tail::TailGemv::load(&ctx)?;
         let rows = super::gemm_rows::FewRows::load(&ctx)?;
         let wg = super::gemm_wg::WgGemm::load(&ctx);
         let lt = match super::gemm_lt::GemmLt::new(ctx.clone()) {
@@ -638,6 +635,25 @@ impl Gemm {
         // c + hd / 2 of its pair and, for k / v heads, the same columns of the slot's pool row.
         unsafe { launch(f, self.ctx.stream().cu_stream(), t1_dims(pairs, k), args) }?;
         Ok(true)
+    }
+
+    /// resid += (add) + attn * o^T, then act = silu(gate) * up of rmsnorm(resid) * weight, in
+    /// two kernels (`gemm_tail.rs`): bit for bit what o into its own row, `rmsnorm_add2` (or
+    /// `rmsnorm` without `add`) and [`Gemm::gate_silu`] leave in resid and act. `Ok(false)`
+    /// where it does not apply (more than one row, batch-invariant mode, hidden other than
+    /// [`NORM_IN_QKV`], unaligned, turned off): the caller runs those three instead.
+    pub fn o_norm_gate_t1(
+        &self,
+        attn: &DTensor,
+        o: &DTensor,
+        norm: &super::gemm_tail::PostNorm<'_>,
+        gate_up: &DTensor,
+        act: &DTensor,
+    ) -> Result<bool> {
+        if !self.fused(Fusion::GateNorm) || !self.gate_silu_applies(norm.resid, gate_up) {
+            return Ok(false);
+        }
+        self.tail.run(&self.ctx, attn, o, norm, gate_up, act)
     }
 
     /// Turns a single-row fusion on or off (on by default; for side-by-side timing).

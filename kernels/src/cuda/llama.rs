@@ -11,7 +11,8 @@ use cudarc::driver::CudaGraph;
 
 use super::attention::{AttnPlan, AttnShape, QRope};
 use super::error::Result;
-use super::gemm::{Gemm, PostNorm, QkvInput};
+use super::gemm::{Gemm, QkvInput};
+use super::gemm_tail::PostNorm;
 use super::ops::CudaOps;
 use super::tensor::{DTensor, DType};
 

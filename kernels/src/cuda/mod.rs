@@ -21,6 +21,7 @@ pub mod gemm;
 pub mod gemm_det;
 pub mod gemm_lt;
 pub mod gemm_rows;
+pub mod gemm_tail;
 pub mod gemm_wg;
 pub mod host_copy;
 pub mod info;
@@ -48,8 +49,9 @@ pub use attention::{
 pub use backend::{CudaBackend, CudaBuf};
 pub use device::GpuContext;
 pub use error::{CudaError, Result};
-pub use gemm::{Fusion, Gemm, GemmPath, PostNorm, QkvInput, GEMV_T1_PIPE_MIN_IN, NORM_IN_QKV};
+pub use gemm::{Fusion, Gemm, GemmPath, QkvInput, GEMV_T1_PIPE_MIN_IN, NORM_IN_QKV};
 pub use gemm_rows::RowsMode;
+pub use gemm_tail::PostNorm;
 pub use host_copy::{HostIo, HostKvCopy, HostKvGeometry, HostRegion};
 pub use info::{gpu_inventory, GpuInfo};
 pub use ipc::{ipc_handle, IpcMapping};

@@ -1,25 +1,27 @@
 //! The end of a single-row attention sub-layer and the start of its MLP in two kernels instead
-//! of three ([`Gemm::o_norm_gate_t1`], [`Fusion::GateNorm`]): the o projection added into the
+//! of three (`Gemm::o_norm_gate_t1`, `Fusion::GateNorm`): the o projection added into the
 //! residual in its GEMV's epilogue (`gemv_bf16_t1_resid`), then the gate GEMV with the MLP's
 //! input RMSNorm staged from that residual (`gemv_bf16_t1_gate_norm`), in place of o into its
 //! own row, `rmsnorm_add2` (or `rmsnorm`) and the gate GEMV: one kernel boundary fewer per
-//! layer on the batch-1 decode chain. Bit for bit the residual and act rows of the three.
+//! layer on the batch-1 decode chain (1B step x0.979-0.987 on an H100, docs/perf.md). Bit for
+//! bit the residual and act rows of the three kernels. Only at hidden [`NORM_IN_QKV`], where the
+//! staged norm is exact and paid (the qkv GEMV's staged norm cost at 4096).
 
 use cudarc::driver::CudaFunction;
 
-use super::{t1_dims, Fusion, Gemm, GEMV_T1_MAX_IN, GEMV_T1_PIPE_MIN_IN, NORM_IN_QKV};
-use crate::cuda::device::GpuContext;
-use crate::cuda::error::Result;
-use crate::cuda::launch::{launch, Arg};
-use crate::cuda::nvrtc::Program;
-use crate::cuda::tensor::{DTensor, DType};
+use super::device::GpuContext;
+use super::error::Result;
+use super::gemm::{t1_dims, GEMV_T1_MAX_IN, GEMV_T1_PIPE_MIN_IN, NORM_IN_QKV};
+use super::launch::{launch, Arg};
+use super::nvrtc::Program;
+use super::tensor::{DTensor, DType};
 
 // The gate GEMV runs at the staged width with one step in flight, as the plain gate GEMV does.
 const _: () = assert!(NORM_IN_QKV < GEMV_T1_PIPE_MIN_IN);
 
-/// The MLP's input norm of [`Gemm::o_norm_gate_t1`]: the residual row the o projection is
-/// added into (after `add`, the previous MLP output, where the qkv GEMV staged the input norm
-/// and left the residual alone), the norm weight and epsilon.
+/// The MLP's input norm of `Gemm::o_norm_gate_t1`: the residual row the o projection is added
+/// into (after `add`, the previous MLP output, where the qkv GEMV staged the input norm and left
+/// the residual alone), the norm weight and epsilon.
 pub struct PostNorm<'a> {
     pub resid: &'a DTensor,
     pub add: Option<&'a DTensor>,
@@ -27,16 +29,16 @@ pub struct PostNorm<'a> {
     pub eps: f32,
 }
 
-/// The two kernels (o in its one- and two-steps-in-flight forms; the gate GEMV runs at the
-/// staged width, one step).
-pub(in crate::cuda) struct TailFns {
+/// The two kernels (o in its one- and two-steps-in-flight forms; the gate GEMV at the staged
+/// width, one step).
+pub struct TailGemv {
     resid: CudaFunction,
     resid_pipe: CudaFunction,
     gate_norm: CudaFunction,
 }
 
-impl TailFns {
-    pub(in crate::cuda) fn load(ctx: &GpuContext) -> Result<Self> {
+impl TailGemv {
+    pub fn load(ctx: &GpuContext) -> Result<Self> {
         let f = |n| ctx.function(Program::Gemv, n);
         Ok(Self {
             resid: f("gemv_bf16_t1_resid")?,
@@ -44,17 +46,15 @@ impl TailFns {
             gate_norm: f("gemv_bf16_t1_gate_norm")?,
         })
     }
-}
 
-impl Gemm {
     /// resid += (add) + attn * o^T, then act = silu(gate) * up of rmsnorm(resid) * weight:
     /// attn [1, q_dim], o [hidden, q_dim], the residual, `add` and act rows bf16, gate_up
-    /// [2 * inter, hidden] (gate rows first). Bit for bit what o into its own row, `rmsnorm_add2`
-    /// (or `rmsnorm` without `add`) and [`Gemm::gate_silu`] leave in resid and act. `Ok(false)`
-    /// where it does not apply (more than one row, batch-invariant mode, hidden other than
-    /// [`NORM_IN_QKV`], unaligned, turned off): the caller runs those three instead.
-    pub fn o_norm_gate_t1(
+    /// [2 * inter, hidden] (gate rows first). `Ok(false)` where the shapes do not fit (more than
+    /// one row, hidden other than [`NORM_IN_QKV`], unaligned): the caller runs the three kernels
+    /// instead. The caller has checked that the gate GEMV applies to gate_up.
+    pub fn run(
         &self,
+        ctx: &GpuContext,
         attn: &DTensor,
         o: &DTensor,
         norm: &PostNorm<'_>,
@@ -66,10 +66,8 @@ impl Gemm {
             _ => return Ok(false),
         };
         let rows = [Some(attn), Some(norm.resid), norm.add];
-        if !self.fused(Fusion::GateNorm)
-            || !self.gate_silu_applies(norm.resid, gate_up)
-            || h != NORM_IN_QKV
-            || gate_up.shape()[1] != h
+        if h != NORM_IN_QKV
+            || gate_up.shape().get(1) != Some(&h)
             || qd % 8 != 0
             || qd > GEMV_T1_MAX_IN
             || o.ptr() % 16 != 0
@@ -89,17 +87,17 @@ impl Gemm {
             ("gate_up", gate_up, [2 * inter, h]),
             ("act", act, [1, inter]),
         ] {
-            self.ctx.check_device(n, t)?;
+            ctx.check_device(n, t)?;
             t.expect(n, DType::Bf16, &d)?;
         }
         if let Some(a) = norm.add {
-            self.ctx.check_device("add", a)?;
+            ctx.check_device("add", a)?;
             a.expect("add", DType::Bf16, &[1, h])?;
         }
-        self.ctx.check_device("norm weight", norm.weight)?;
+        ctx.check_device("norm weight", norm.weight)?;
         norm.weight.expect("norm weight", DType::Bf16, &[h])?;
-        self.ctx.cuda().bind_to_thread()?;
-        let stream = self.ctx.stream().cu_stream();
+        ctx.cuda().bind_to_thread()?;
+        let stream = ctx.stream().cu_stream();
         let resid_args = [
             Arg::U64(attn.ptr()),
             Arg::U64(o.ptr()),
@@ -109,9 +107,9 @@ impl Gemm {
             Arg::I32(qd as i32),
         ];
         let f = if qd >= GEMV_T1_PIPE_MIN_IN {
-            &self.tail.resid_pipe
+            &self.resid_pipe
         } else {
-            &self.tail.resid
+            &self.resid
         };
         // SAFETY: checked above: attn one row of qd bf16, o h x qd, add (if any) and resid one
         // row of h; warp j < h reads add[j] and reads and writes resid[j] only.
@@ -125,10 +123,9 @@ impl Gemm {
             Arg::I32(inter as i32),
             Arg::I32(h as i32),
         ];
-        let f = &self.tail.gate_norm;
         // SAFETY: checked above: resid one row and the norm weight h == NORM_IN_QKV bf16 (the
         // staged norm's width), gate_up 2 * inter x h, act inter bf16.
-        unsafe { launch(f, stream, t1_dims(inter, h), &gate_args) }?;
+        unsafe { launch(&self.gate_norm, stream, t1_dims(inter, h), &gate_args) }?;
         Ok(true)
     }
 }
