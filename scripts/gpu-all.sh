@@ -67,6 +67,9 @@
 #   handoff  `gpu bench --only handoff`: one kernel boundary of the decode chain under each way of
 #            waiting for the predecessor (PDL wait after / before the trigger, arrival counters
 #            with full fences or release / acquire alone; first to run before a persistent kernel)
+#   stream   `gpu bench --only copy,stream`: the weight-streaming rate of grid shapes with the GEMVs'
+#            loads (the qkv GEMV's 192 blocks vs 128 blocks of 256-1024 threads, one and two per
+#            SM) on the 1B qkv / gate_up and 8B qkv matrices, beside the d2d copy rate
 #   chain    the decode chain's compile-time defaults (evict-first weight loads, the early PDL
 #            trigger) against both off (STRATA_W_EVICT_FIRST=0 STRATA_PDL_EARLY=0): `gpu bench
 #            --only decode` at batch 1 on the 1B and 8B shapes in alternating processes (two
@@ -220,6 +223,8 @@ for s in $STEPS; do
     itl) timeout $(left ${ITL_TIMEOUT:-200}) scripts/gpu-itl-ab.sh "$OUT" > "$OUT/itl.log" 2>&1; rc=$?; cat "$OUT/itl.log" ;;
     handoff) timeout $(left 60) "$STRATA" gpu bench --only handoff > "$OUT/handoff.log" 2>&1; rc=$?
       grep -E "^handoff|rror" "$OUT/handoff.log" ;;
+    stream) timeout $(left 60) "$STRATA" gpu bench --only copy,stream > "$OUT/stream.log" 2>&1; rc=$?
+      grep -E "d2d copy|stream |rror" "$OUT/stream.log" ;;
     chain) rc=0
       for r in 1 2; do for shape in llama-3.2-1b llama-3.1-8b; do for e in 1 0; do
         echo "== $shape, chain defaults $([ $e = 1 ] && echo on || echo off), round $r"

@@ -639,3 +639,38 @@ extern "C" __global__ void __launch_bounds__(256)
 GEMV_ROWS(2)
 GEMV_ROWS(4)
 GEMV_ROWS(8)
+
+// Bench-only (`strata gpu bench --only stream`): how fast a grid shape streams a weight matrix
+// from memory with the GEMVs' loads (evict-first, UNR 16-byte loads in flight per thread), the
+// question a kernel with one block per SM must answer before it replaces the qkv GEMV's 192
+// blocks (docs/perf.md, next steps item 1). Block b reads the b-th of gridDim.x contiguous
+// slices of w (n16 16-byte words) and writes the sum of squares of its values to out[b] (so the
+// loads cannot be dropped).
+#ifndef STRATA_CUDA_EMU
+extern "C" __global__ void __launch_bounds__(1024) stream_probe(const bf16_t* w, long long n16, float* out) {
+    constexpr int UNR = 8;
+    const uint4* w4 = (const uint4*)w;
+    const u64 pol = gemv_w_policy();
+    const long long per = (n16 + gridDim.x - 1) / gridDim.x, lo = (long long)blockIdx.x * per;
+    const long long hi = lo + per < n16 ? lo + per : n16;
+    float s = 0.f;
+    for (long long i0 = lo + threadIdx.x; i0 < hi; i0 += (long long)UNR * blockDim.x) {
+        uint4 v[UNR];
+#pragma unroll
+        for (int u = 0; u < UNR; ++u) {
+            const long long i = i0 + (long long)u * blockDim.x;
+            v[u] = i < hi ? gemv_ldw(w4 + i, pol) : make_uint4(0, 0, 0, 0);
+        }
+#pragma unroll
+        for (int u = 0; u < UNR; ++u) {
+            float f[8];
+            unpack8(v[u], f);
+#pragma unroll
+            for (int e = 0; e < 8; ++e) s += f[e] * f[e];
+        }
+    }
+    __shared__ float sh[32];
+    const float t = block_sum(s, sh);
+    if (threadIdx.x == 0) out[blockIdx.x] = t;
+}
+#endif

@@ -147,6 +147,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     if want("handoff") {
         doc["handoff"] = super::bench_handoff::run(&ctx, &mut summary)?;
     }
+    if want("stream") {
+        doc["stream"] = super::bench_stream::run(&ctx, &mut summary)?;
+    }
     println!("\n== summary ({}) ==", ctx.name());
     for s in &summary {
         println!("{s}");

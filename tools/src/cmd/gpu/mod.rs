@@ -14,6 +14,7 @@ mod bench_context;
 mod bench_handoff;
 mod bench_model;
 mod bench_sampling;
+mod bench_stream;
 mod check;
 mod check_det;
 mod check_host_copy;
