@@ -107,8 +107,13 @@ struct NormIn {
     const bf16_t* w;      // norm weight [k]; null: plain staging from x
     float eps;
 };
-// nw0: this thread's first chunk of the norm weight, loaded before the PDL wait (the weights
-// are constant), so the only loads after it are the rows themselves.
+// This thread's first chunk of a staged norm's weight (zero without a norm; k8 >= 256, so in
+// range), loaded before the PDL wait by the kernels that stage a norm: the weight is constant,
+// so the only loads after the wait are the rows themselves.
+__device__ __forceinline__ uint4 norm_w0(const NormIn& nin) {
+    return nin.w ? ((const uint4*)nin.w)[threadIdx.x] : make_uint4(0, 0, 0, 0);
+}
+// nw0: norm_w0(nin).
 __device__ __forceinline__ void gemv_stage_norm(const bf16_t* y, const NormIn& nin, int k, uint4* xs, uint4 nw0) {
     __shared__ float nsh[32];
     const int k8 = k / 8, per = k8 / 256;  // chunks (stand-in threads) per thread, 1..4
@@ -330,8 +335,7 @@ __device__ __forceinline__ void gemv_rows_body(const bf16_t* x, int x_stride, in
     uint4 wv[DEPTH][R][UNR];
     int c = lane;
     if (live && whole(c)) load(wv[0], c, 0);
-    // A staged norm's first weight chunk per thread (k8 >= 256: in range), also constant.
-    const uint4 nw0 = nin.w ? ((const uint4*)nin.w)[threadIdx.x] : make_uint4(0, 0, 0, 0);
+    const uint4 nw0 = norm_w0(nin);
     pdl_enter_chain();
 #pragma unroll
     for (int s = 1; s < DEPTH; ++s)

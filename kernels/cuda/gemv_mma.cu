@@ -96,7 +96,7 @@ __device__ __forceinline__ void gemv_mma_body(const bf16_t* x, int rows, const b
     uint4 an[CH][2];
     // The weights are constant: the first item goes out before waiting for x.
     if (nit < ngroups) load(an, nit * G + slot, ns);
-    const uint4 nw0 = nin.w ? ((const uint4*)nin.w)[threadIdx.x] : make_uint4(0, 0, 0, 0);
+    const uint4 nw0 = norm_w0(nin);
     pdl_enter();
     gemv_mma_stage(x, rows, k, nin, xs, xs8, nw0);
     advance();
