@@ -114,6 +114,10 @@ pub enum Fusion {
     /// The o projection added into the residual in its epilogue and the MLP's input norm staged
     /// in the gate GEMV ([`Gemm::o_norm_gate_t1`]; off: o, `rmsnorm(_add2)`, gate apart).
     GateNorm,
+    /// The input norm, qkv (RoPE and the K/V write included) and the decode attention in one
+    /// cluster kernel per KV group ([`Gemm::qkv_attention_t1`], `qkv_attn.rs`; off: the staged
+    /// qkv GEMV, then the attention).
+    QkvAttn,
     /// Prefill-sized x: the SiLU in the wgmma gate_up GEMM's epilogue ([`Gemm::gate_silu`],
     /// `gemm_wg.rs`, compute 9.0; off: cuBLAS and `silu_mul`).
     GateGemm,
@@ -134,6 +138,7 @@ impl Fusion {
             Fusion::QkvRope => "qkv_rope",
             Fusion::QkvNorm => "qkv_norm",
             Fusion::GateNorm => "gate_norm",
+            Fusion::QkvAttn => "qkv_attn",
             Fusion::GateGemm => "gate_gemm",
             Fusion::ResidGemm => "resid_gemm",
             Fusion::AttnRope => "attn_rope",
@@ -141,11 +146,12 @@ impl Fusion {
     }
 
     /// Every fusion, in [`Gemm::set_fusion`]'s table order.
-    pub const ALL: [Fusion; 7] = [
+    pub const ALL: [Fusion; 8] = [
         Fusion::GateSilu,
         Fusion::QkvRope,
         Fusion::QkvNorm,
         Fusion::GateNorm,
+        Fusion::QkvAttn,
         Fusion::GateGemm,
         Fusion::ResidGemm,
         Fusion::AttnRope,
@@ -661,7 +667,7 @@ impl Gemm {
         self.fusions[f as usize].store(on, Ordering::Relaxed);
     }
 
-    fn fused(&self, f: Fusion) -> bool {
+    pub(crate) fn fused(&self, f: Fusion) -> bool {
         self.fusions[f as usize].load(Ordering::Relaxed)
     }
 

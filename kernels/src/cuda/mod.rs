@@ -35,6 +35,7 @@ pub mod ops;
 pub mod peer_copy;
 pub mod pinned;
 mod plan_tables;
+pub mod qkv_attn;
 pub mod readback;
 pub mod sampling;
 pub mod select;

@@ -81,6 +81,7 @@ fn nvrtc_programs_compile_where_nvrtc_exists() {
             for name in super::attention::DECODE2R_NAMES {
                 no_spills(arch, &log, name);
             }
+            no_spills(arch, &log, super::qkv_attn::KERNEL);
         }
     }
     // The sampler: one 1024-thread block per row (at most 64 registers); logprob_rows keeps

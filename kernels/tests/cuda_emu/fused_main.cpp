@@ -10,6 +10,7 @@
 #include <string>
 #include "common.cuh"
 #include "elementwise.cu"
+#include "gemv_stage.cuh"
 #include "gemv.cu"
 #include "gemv_mma.cu"
 

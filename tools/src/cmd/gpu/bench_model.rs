@@ -215,6 +215,10 @@ pub fn run(
                             "o into the residual, the MLP norm staged in gate",
                             "o, norm2, gate apart",
                         ),
+                        Fusion::QkvAttn => (
+                            "qkv and the attention in one cluster kernel",
+                            "the qkv GEMV, then the attention",
+                        ),
                         Fusion::GateGemm | Fusion::ResidGemm | Fusion::AttnRope => {
                             unreachable!("prefill only")
                         }
