@@ -40,8 +40,28 @@ struct QaRows {
         bf16_t *v_pool, const int *slots, const int *block_tables, int max_pages, int page_size, \
         const int *tile_info, float scale, bf16_t *out
 
-// K: the hidden size (the qkv rows' length), one whole row per warp load step.
-template <int G, int HD, int K, int UNR>
+// A TMA bulk copy of `bytes` (a multiple of 16) from global src to shared dst (16-byte aligned),
+// counted on the mbarrier at `bar`; with the GEMVs' evict-first policy where they use it.
+__device__ __forceinline__ void qa_bulk(u32 dst, const void* src, u32 bytes, u32 bar, u64 pol) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#if GEMV_EVICT_FIRST
+    asm volatile(
+        "cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes.L2::cache_hint [%0], [%1], %2, [%3], %4;\n" ::"r"(dst),
+        "l"(src), "r"(bytes), "r"(bar), "l"(pol)
+        : "memory");
+#else
+    (void)pol;
+    asm volatile("cp.async.bulk.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1], %2, [%3];\n" ::"r"(dst),
+                 "l"(src), "r"(bytes), "r"(bar)
+                 : "memory");
+#endif
+#endif
+}
+
+// K: the hidden size (the qkv rows' length), one whole row per warp load step. SMEM_W: the
+// block's weight rows are copied into (dynamic) shared memory by three TMA bulk copies instead of
+// loaded into registers (96 KB at the 1B shape, 0 registers held across the PDL wait).
+template <int G, int HD, int K, int UNR, bool SMEM_W>
 __device__ __forceinline__ void qkv_attention_body(QA_PARAMS) {
     using R = QaRows<G, HD>;
     constexpr int K8 = K / 8, WU = K8 / 32;  // 16-byte weight loads per lane and row
@@ -51,29 +71,45 @@ __device__ __forceinline__ void qkv_attention_body(QA_PARAMS) {
     __shared__ __align__(16) bf16_t mine[R::ROWS];   // this block's sums
     __shared__ __align__(16) bf16_t grp[R::GROUP];   // the group's, pushed by every block
     __shared__ __align__(16) bf16_t rot[R::GROUP];   // after RoPE
-    __shared__ __align__(8) unsigned long long qbar;
+    __shared__ __align__(8) unsigned long long qbar, wbar;
+    DYN_SHARED(uint4, wsm);  // SMEM_W: the block's ROWS weight rows
     const int g = blockIdx.y, rank = blockIdx.z;
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const u32 qbar_a = (u32)__cvta_generic_to_shared(&qbar);
+    const u32 qbar_a = (u32)__cvta_generic_to_shared(&qbar), wbar_a = (u32)__cvta_generic_to_shared(&wbar);
 
-    // This warp's weight rows, whole, before anything else.
+    // This warp's weight rows, whole, before anything else (registers), or after the
+    // mbarriers' initialisation (SMEM_W).
     const u64 pol = gemv_w_policy();
-    uint4 wv[R::PER_WARP][WU];
+    uint4 wv[SMEM_W ? 1 : R::PER_WARP][WU];
 #pragma unroll
-    for (int r = 0; r < R::PER_WARP; ++r) {
+    for (int r = 0; r < R::PER_WARP && !SMEM_W; ++r) {
         const int row = R::wrow(g, R::gidx(rank, warp * R::PER_WARP + r), nq, nk);
         const uint4* wr = (const uint4*)(w + (u64)row * K);
 #pragma unroll
         for (int u = 0; u < WU; ++u) wv[r][u] = gemv_ldw(wr + lane + 32 * u, pol);
     }
-    // The two mbarriers (the qkv exchange's and the merge's), published to the cluster by
-    // dec2_cluster_start's fence and relaxed arrive.
+    // The mbarriers (the qkv exchange's, the weight copies' and the merge's), published to the
+    // cluster and the async proxy by dec2_cluster_start's fence and relaxed arrive.
     if (threadIdx.x == 0) {
         mb_init(qbar_a, 1);
         mb_expect_tx(qbar_a, (u32)(QA_SPLIT * R::ROWS * 2));
+        if (SMEM_W) {
+            mb_init(wbar_a, 1);
+            mb_expect_tx(wbar_a, (u32)(R::ROWS * K * 2));
+        }
     }
     const Dec2Block blk = dec2_block(tile_info, block_tables, max_pages, 0);
     dec2_cluster_start<G, HD>(QA_SPLIT);
+    if (SMEM_W && threadIdx.x == 0) {
+        // The q rows, the k rows and the v rows of the block are three contiguous runs.
+        const u32 ws_a = (u32)__cvta_generic_to_shared(wsm);
+        const int runs[3][2] = {{0, R::QR}, {R::QR, R::KR}, {R::QR + R::KR, R::KR}};
+#pragma unroll
+        for (int c = 0; c < 3; ++c) {
+            const int row = R::wrow(g, R::gidx(rank, runs[c][0]), nq, nk);
+            qa_bulk(ws_a + (u32)(runs[c][0] * K * 2), w + (u64)row * K, (u32)(runs[c][1] * K * 2), wbar_a, pol);
+        }
+    }
     // The register attention's key share and early loads (warps < DEC2_WARPS).
     const int n = blk.pos + 1;
     const int share = ((n + QA_SPLIT - 1) / QA_SPLIT + 15) / 16 * 16;
@@ -109,6 +145,7 @@ __device__ __forceinline__ void qkv_attention_body(QA_PARAMS) {
 
     gemv_stage_norm(y, nin, K, xs, nw0);
     __syncthreads();
+    if (SMEM_W) mb_wait(wbar_a, 0);
     // The GEMV's fold (gemv_rows_body at one row, one step of WU loads): per row, the even
     // products into a0, the odd into a1, in x order.
     float a0[R::PER_WARP], a1[R::PER_WARP];
@@ -121,7 +158,7 @@ __device__ __forceinline__ void qkv_attention_body(QA_PARAMS) {
 #pragma unroll
         for (int r = 0; r < R::PER_WARP; ++r) {
             float wf[8];
-            dec2_unpack8(wv[r][u], wf);
+            dec2_unpack8(SMEM_W ? wsm[(warp * R::PER_WARP + r) * K8 + lane + 32 * u] : wv[SMEM_W ? 0 : r][u], wf);
 #pragma unroll
             for (int e = 0; e < 8; e += 2) {
                 a0[r] += wf[e] * xf[e];
@@ -214,9 +251,14 @@ __device__ __forceinline__ void qkv_attention_body(QA_PARAMS) {
     dec2_finish_cluster<G, HD, true>(m, l, acc, g, blk.row, rank, QA_SPLIT, out, nq * HD);
 }
 
-// Llama-3.2-1B's shape: groups of 4 query heads of 64 dims, hidden 2048 (24 qkv rows per block).
+// Llama-3.2-1B's shape: groups of 4 query heads of 64 dims, hidden 2048 (24 qkv rows per block);
+// the weight rows in registers, and in shared memory (96 KB of dynamic shared memory).
+#define QA_ARGS                                                                                   \
+    y, resid, norm_w, eps, w, qkv, nq, nk, pos, inv_freq, k_pool, v_pool, slots, block_tables, \
+        max_pages, page_size, tile_info, scale, out
 extern "C" __global__ void __launch_bounds__(QA_WARPS * 32, 1) qkv_attention_g4_d64_k2048(QA_PARAMS) {
-    qkv_attention_body<4, 64, 2048, 2>(y, resid, norm_w, eps, w, qkv, nq, nk, pos, inv_freq, k_pool,
-                                       v_pool, slots, block_tables, max_pages, page_size, tile_info,
-                                       scale, out);
+    qkv_attention_body<4, 64, 2048, 2, false>(QA_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(QA_WARPS * 32, 1) qkv_attention_g4_d64_k2048_smem(QA_PARAMS) {
+    qkv_attention_body<4, 64, 2048, 2, true>(QA_ARGS);
 }

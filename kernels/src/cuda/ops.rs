@@ -57,7 +57,7 @@ pub struct CudaOps {
     /// `paged_attention_decode2r_*` (the register cluster form), same order; empty before sm_90.
     pub(crate) attention_decode2r: Vec<CudaFunction>,
     /// The fused qkv + attention kernel (`qkv_attn.rs`); None where clusters of its size do not run.
-    pub(crate) qkv_attention: Option<CudaFunction>,
+    pub(crate) qkv_attention: Option<super::qkv_attn::QkvAttnKernels>,
     /// Largest cluster the cluster form may be launched with (0: none, else 8 or 16).
     pub(crate) decode2_max_cluster: usize,
     pub(crate) sample: CudaFunction,
@@ -675,15 +675,15 @@ fn decode2_cluster_functions(ctx: &Arc<GpuContext>) -> Result<ClusterForms> {
             max = 8;
         }
     }
-    if max == 16 && active_clusters(fs.last().expect("one per decode2 shape"), 128, 16) < 1 {
+    if max == 16 && active_clusters(fs.last().expect("one per decode2 shape"), 128, 16, 0) < 1 {
         max = 8;
     }
     Ok((fs, rs, max))
 }
 
-/// How many clusters of `z` blocks of `block` threads (grid (1, 1, z), no dynamic shared memory)
-/// of kernel `f` the device can hold at once (0: none, or the query failed).
-pub(crate) fn active_clusters(f: &CudaFunction, block: u32, z: u32) -> usize {
+/// How many clusters of `z` blocks of `block` threads (grid (1, 1, z), `smem` bytes of dynamic
+/// shared memory) of kernel `f` the device can hold at once (0: none, or the query failed).
+pub(crate) fn active_clusters(f: &CudaFunction, block: u32, z: u32, smem: u32) -> usize {
     use cudarc::driver::sys;
     // SAFETY: a query on a loaded function with a config that lives through the call.
     unsafe {
@@ -703,7 +703,7 @@ pub(crate) fn active_clusters(f: &CudaFunction, block: u32, z: u32) -> usize {
             blockDimX: block,
             blockDimY: 1,
             blockDimZ: 1,
-            sharedMemBytes: 0,
+            sharedMemBytes: smem,
             hStream: std::ptr::null_mut(),
             attrs: &mut at,
             numAttrs: 1,

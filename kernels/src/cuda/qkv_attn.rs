@@ -8,6 +8,7 @@
 //! for the Llama-3.2-1B shape only (hidden 2048, groups of 4 heads of 64 dims), where the
 //! batch-1 step is furthest above the weight floor.
 
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::Arc;
 
 use cudarc::driver::CudaFunction;
@@ -21,8 +22,10 @@ use super::ops::{active_clusters, CudaOps};
 use super::tensor::{DTensor, DType};
 use super::AttnPlan;
 
-/// The kernel's name (its shape is fixed at compile time).
+/// The kernel's names (its shape is fixed at compile time): the weight rows in registers, and
+/// in shared memory by TMA bulk copies.
 pub(crate) const KERNEL: &str = "qkv_attention_g4_d64_k2048";
+pub(crate) const KERNEL_SMEM: &str = "qkv_attention_g4_d64_k2048_smem";
 /// Blocks per cluster (QA_SPLIT), threads per block (QA_WARPS x 32), query heads per KV head,
 /// head_dim and hidden size the kernel is built for.
 const SPLIT: usize = 16;
@@ -30,23 +33,61 @@ const THREADS: u32 = 256;
 const GROUP: usize = 4;
 const HEAD_DIM: usize = 64;
 const _: () = assert!(NORM_IN_QKV == 2048);
+/// The shared-memory form's weight rows: (4 + 2) x 64 / 16 rows of 2048 bf16 per block.
+const SMEM_BYTES: u32 = ((GROUP + 2) * HEAD_DIM / SPLIT * NORM_IN_QKV * 2) as u32;
 
-/// Loads the kernel where clusters of [`SPLIT`] blocks of it run (the decode attention's
-/// cluster form takes 16 there: `max_cluster`), else None.
-pub(crate) fn load(ctx: &Arc<GpuContext>, max_cluster: usize) -> Result<Option<CudaFunction>> {
+/// The two forms of the kernel, where clusters of [`SPLIT`] blocks of them run.
+pub struct QkvAttnKernels {
+    regs: CudaFunction,
+    smem: Option<CudaFunction>,
+}
+
+/// Which form runs: 0 the default (`STRATA_QKV_ATTN_FORM=smem` in the environment: shared
+/// memory; else registers), 1 registers, 2 shared memory ([`set_qkv_attn_smem`]).
+static FORM: AtomicU8 = AtomicU8::new(0);
+
+/// Forces the shared-memory form on or off (None: back to the default), for side-by-side timing.
+pub fn set_qkv_attn_smem(on: Option<bool>) {
+    FORM.store(on.map_or(0, |s| if s { 2 } else { 1 }), Ordering::Relaxed);
+}
+
+fn smem_form() -> bool {
+    match FORM.load(Ordering::Relaxed) {
+        0 => std::env::var("STRATA_QKV_ATTN_FORM").is_ok_and(|v| v == "smem"),
+        f => f == 2,
+    }
+}
+
+/// Loads the kernels where clusters of [`SPLIT`] blocks of them run (the decode attention's
+/// cluster form takes 16 there: `max_cluster`), else None (the shared-memory form alone None
+/// where its 96 KB do not fit).
+pub(crate) fn load(ctx: &Arc<GpuContext>, max_cluster: usize) -> Result<Option<QkvAttnKernels>> {
     if max_cluster < SPLIT {
         return Ok(None);
     }
-    let f = ctx.function(Program::Attention, KERNEL)?;
     ctx.cuda().bind_to_thread()?;
     use cudarc::driver::sys::CUfunction_attribute_enum as A;
-    if f.set_attribute(A::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1)
-        .is_err()
-        || active_clusters(&f, THREADS, SPLIT as u32) < 1
-    {
+    let ready = |name: &str, smem: u32| -> Result<Option<CudaFunction>> {
+        let f = ctx.function(Program::Attention, name)?;
+        let ok = f
+            .set_attribute(A::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1)
+            .is_ok()
+            && (smem == 0
+                || f.set_attribute(
+                    A::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES,
+                    smem as i32,
+                )
+                .is_ok())
+            && active_clusters(&f, THREADS, SPLIT as u32, smem) >= 1;
+        Ok(ok.then_some(f))
+    };
+    let Some(regs) = ready(KERNEL, 0)? else {
         return Ok(None);
-    }
-    Ok(Some(f))
+    };
+    Ok(Some(QkvAttnKernels {
+        regs,
+        smem: ready(KERNEL_SMEM, SMEM_BYTES)?,
+    }))
 }
 
 impl Gemm {
@@ -74,8 +115,12 @@ impl Gemm {
         out: &DTensor,
         scale: f32,
     ) -> Result<bool> {
-        let Some(f) = ops.qkv_attention.as_ref() else {
+        let Some(fs) = ops.qkv_attention.as_ref() else {
             return Ok(false);
+        };
+        let (f, smem) = match (&fs.smem, smem_form()) {
+            (Some(f), true) => (f, SMEM_BYTES),
+            _ => (&fs.regs, 0),
         };
         let QkvInput::Norm {
             y,
@@ -164,7 +209,7 @@ impl Gemm {
         let dims = Dims {
             grid: (1, nk as u32, SPLIT as u32),
             block: THREADS,
-            smem: 0,
+            smem,
         };
         // The checks above are those of the two launches it replaces: x rows, w and the norm
         // weight of the staged qkv GEMV, qkv, pos, inv_freq, the pools and every host slot as

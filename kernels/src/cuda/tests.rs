@@ -82,6 +82,7 @@ fn nvrtc_programs_compile_where_nvrtc_exists() {
                 no_spills(arch, &log, name);
             }
             no_spills(arch, &log, super::qkv_attn::KERNEL);
+            no_spills(arch, &log, super::qkv_attn::KERNEL_SMEM);
         }
     }
     // The sampler: one 1024-thread block per row (at most 64 registers); logprob_rows keeps

@@ -231,6 +231,22 @@ pub fn run(
                     }
                 }
             }
+            // One row where the fused qkv + attention kernel runs: its two forms side by side
+            // (weight rows in registers, in shared memory).
+            if b == 1 {
+                use strata_kernels::cuda::set_qkv_attn_smem;
+                set_qkv_attn_smem(Some(false));
+                let r = replay();
+                set_qkv_attn_smem(Some(true));
+                let s = replay();
+                set_qkv_attn_smem(None);
+                if let (Some(r), Some(s)) = (r?, s?) {
+                    summary.push(format!(
+                        "  b{b} graph step with the qkv + attention kernel's weights in registers {r:.3} ms, in shared memory {s:.3} ms (x{:.3})",
+                        s / r
+                    ));
+                }
+            }
             // 2-8 rows: the same graph with each family of few-row GEMVs and without any.
             if (2..=8).contains(&b) && !args.deterministic {
                 let was = gemm.rows_mode();

@@ -1,9 +1,12 @@
 //! `strata gpu check --only qkv_attn`: the input norm, qkv and the decode attention in one
 //! cluster kernel per KV group (`Gemm::qkv_attention_t1`), bit for bit against the staged qkv
 //! GEMV (`Gemm::qkv_rope_t1`) and the register cluster attention it replaces: the qkv row, both
-//! pools (the token's slot written, every other row untouched) and the attention's output.
+//! pools (the token's slot written, every other row untouched) and the attention's output;
+//! both forms (weight rows in registers and in shared memory).
 
-use strata_kernels::cuda::{AttnSeq, AttnShape, CudaOps, Gemm, QRope, QkvInput, NORM_IN_QKV};
+use strata_kernels::cuda::{
+    set_qkv_attn_smem, AttnSeq, AttnShape, CudaOps, Gemm, QRope, QkvInput, NORM_IN_QKV,
+};
 use strata_kernels::reference as r;
 
 use super::check::{shuffle, Checker};
@@ -77,7 +80,8 @@ pub fn qkv_attn(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Result<
         let gp = c.upload_i32(&[1], &[p as i32])?;
         let gs = c.upload_i32(&[1], &[slot])?;
         for with_y in [true, false] {
-            let run = |fused: bool| -> anyhow::Result<Vec<Vec<f32>>> {
+            // fused: None the two kernels, Some(smem) the fused kernel's form.
+            let run = |fused: Option<bool>| -> anyhow::Result<Vec<Vec<f32>>> {
                 let qkv = bf16_out(ops, &[1, width])?;
                 let out = bf16_out(ops, &[1, nh * hd])?;
                 let kp = c.upload_bf16(&[slots, kv_dim], &pool0)?;
@@ -90,25 +94,25 @@ pub fn qkv_attn(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Result<
                 };
                 let dims = (nh, nkv, hd);
                 let pools = (&kp, &vp);
-                if fused {
-                    anyhow::ensure!(
-                        gemm.qkv_attention_t1(
-                            ops,
-                            &input,
-                            &gw,
-                            &qkv,
-                            dims,
-                            &gp,
-                            &gi,
-                            pools,
-                            &gs,
-                            &[slot],
-                            &plan,
-                            &out,
-                            scale,
-                        )?,
-                        "qkv_attention_t1 refused kv{kv_len} page{page}"
+                if let Some(smem) = fused {
+                    set_qkv_attn_smem(Some(smem));
+                    let ran = gemm.qkv_attention_t1(
+                        ops,
+                        &input,
+                        &gw,
+                        &qkv,
+                        dims,
+                        &gp,
+                        &gi,
+                        pools,
+                        &gs,
+                        &[slot],
+                        &plan,
+                        &out,
+                        scale,
                     );
+                    set_qkv_attn_smem(None);
+                    anyhow::ensure!(ran?, "qkv_attention_t1 refused kv{kv_len} page{page}");
                 } else {
                     anyhow::ensure!(
                         gemm.qkv_rope_t1(
@@ -129,20 +133,22 @@ pub fn qkv_attn(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Result<
                 }
                 downloads(ops, &[&qkv, &kp, &vp, &out, &gr])
             };
-            let (a, b) = (run(true)?, run(false)?);
-            let what = if with_y {
-                "rmsnorm(y + resid)"
-            } else {
-                "rmsnorm(resid)"
-            };
-            let form = if fixed { "fixed plan" } else { "plan" };
-            ck.exact(
-                "qkv_attn",
-                format!(
-                    "qkv+attention of {what} kv{kv_len} page{page} {form} == qkv GEMV, attention"
-                ),
-                runs_bit_diffs(&a, &b),
-            );
+            let b = run(None)?;
+            for smem in [false, true] {
+                let a = run(Some(smem))?;
+                let what = if with_y {
+                    "rmsnorm(y + resid)"
+                } else {
+                    "rmsnorm(resid)"
+                };
+                let plan_form = if fixed { "fixed plan" } else { "plan" };
+                let w = if smem { "smem" } else { "regs" };
+                ck.exact(
+                    "qkv_attn",
+                    format!("qkv+attention ({w}) of {what} kv{kv_len} page{page} {plan_form} == qkv GEMV, attention"),
+                    runs_bit_diffs(&a, &b),
+                );
+            }
         }
     }
     Ok(())
