@@ -231,9 +231,9 @@ pub fn run(
                     }
                 }
             }
-            // One row where the fused qkv + attention kernel runs: its two forms side by side
-            // (weight rows in registers, in shared memory).
-            if b == 1 {
+            // One row where the fused qkv + attention kernel runs (the 1B shape): its two forms
+            // side by side (weight rows in registers, in shared memory).
+            if b == 1 && shape.hidden == 2048 {
                 use strata_kernels::cuda::set_qkv_attn_smem;
                 set_qkv_attn_smem(Some(false));
                 let r = replay();
