@@ -20,19 +20,22 @@ struct NormIn {
 __device__ __forceinline__ uint4 norm_w0(const NormIn& nin) {
     return nin.w ? ((const uint4*)nin.w)[threadIdx.x] : make_uint4(0, 0, 0, 0);
 }
-// nw0: norm_w0(nin).
+// nw0: norm_w0(nin). NT: the block's threads (256; 128 stand for twice as many chunks each, the
+// same stand-in warps, so the same sums).
+template <int NT = 256>
 __device__ __forceinline__ void gemv_stage_norm(const bf16_t* y, const NormIn& nin, int k, uint4* xs, uint4 nw0) {
     __shared__ float nsh[32];
-    const int k8 = k / 8, per = k8 / 256;  // chunks (stand-in threads) per thread, 1..4
+    constexpr int MAXPER = 1024 / NT;
+    const int k8 = k / 8, per = k8 / NT;  // chunks (stand-in threads) per thread, 1..MAXPER
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
     const uint4* r4 = (const uint4*)nin.resid;
-    uint4 a[4];
-    float ss[4];
+    uint4 a[MAXPER];
+    float ss[MAXPER];
 #pragma unroll
-    for (int m = 0; m < 4; ++m) {
+    for (int m = 0; m < MAXPER; ++m) {
         ss[m] = 0.f;
         if (m < per) {
-            const int c = threadIdx.x + 256 * m;
+            const int c = threadIdx.x + NT * m;
             uint4 v = r4[c];
             if (y) {
                 uint4 u = ((const uint4*)y)[c];
@@ -43,12 +46,12 @@ __device__ __forceinline__ void gemv_stage_norm(const bf16_t* y, const NormIn& n
             bf8_sumsq(v, ss[m]);
         }
     }
-    // Stand-in thread t + 256 m is in stand-in warp warp + 8 m.
+    // Stand-in thread t + NT m is in stand-in warp warp + NT / 32 m.
 #pragma unroll
-    for (int m = 0; m < 4; ++m) {
+    for (int m = 0; m < MAXPER; ++m) {
         if (m < per) {
             const float s = warp_sum(ss[m]);
-            if (lane == 0) nsh[warp + 8 * m] = s;
+            if (lane == 0) nsh[warp + NT / 32 * m] = s;
         }
     }
     __syncthreads();
@@ -56,9 +59,9 @@ __device__ __forceinline__ void gemv_stage_norm(const bf16_t* y, const NormIn& n
     const float r = rsqrtf(total / (float)k + nin.eps);
     const uint4* w4 = (const uint4*)nin.w;
 #pragma unroll
-    for (int m = 0; m < 4; ++m) {
+    for (int m = 0; m < MAXPER; ++m) {
         if (m < per) {
-            const int c = threadIdx.x + 256 * m;
+            const int c = threadIdx.x + NT * m;
             xs[c] = bf8_norm(a[m], m == 0 ? nw0 : w4[c], r);
         }
     }

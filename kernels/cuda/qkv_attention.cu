@@ -13,15 +13,15 @@
 // order, the same RoPE, the same key shares and merges (warps DEC2_WARPS.. only stream weights).
 
 #define QA_SPLIT 16  // blocks per cluster: the register attention's largest cluster
-#define QA_WARPS 8
 
 // The rows of one KV group and how a block's share of them is laid out: QR q rows, then KR k rows
 // and KR v rows; in the group's vector of (G + 2) * HD values, q heads first, then k, then v.
-template <int G, int HD>
+// NW warps per block, PER_WARP rows each.
+template <int G, int HD, int NW>
 struct QaRows {
     static constexpr int QR = G * HD / QA_SPLIT, KR = HD / QA_SPLIT;
-    static constexpr int ROWS = QR + 2 * KR, PER_WARP = ROWS / QA_WARPS, GROUP = (G + 2) * HD;
-    static_assert(ROWS % QA_WARPS == 0 && QR % 2 == 0 && KR % 2 == 0, "row split");
+    static constexpr int ROWS = QR + 2 * KR, PER_WARP = ROWS / NW, GROUP = (G + 2) * HD;
+    static_assert(ROWS % NW == 0 && QR % 2 == 0 && KR % 2 == 0, "row split");
     // Index in the group's vector of block `rank`'s row j.
     static __device__ __forceinline__ int gidx(int rank, int j) {
         return j < QR ? rank * QR + j : G * HD + (j < QR + KR ? 0 : HD - KR) + rank * KR + (j - QR);
@@ -60,10 +60,12 @@ __device__ __forceinline__ void qa_bulk(u32 dst, const void* src, u32 bytes, u32
 
 // K: the hidden size (the qkv rows' length), one whole row per warp load step. SMEM_W: the
 // block's weight rows are copied into (dynamic) shared memory by three TMA bulk copies instead of
-// loaded into registers (96 KB at the 1B shape, 0 registers held across the PDL wait).
-template <int G, int HD, int K, int UNR, bool SMEM_W>
+// loaded into registers (96 KB at the 1B shape, 0 registers held across the PDL wait). NW: warps
+// per block (the first DEC2_WARPS run the attention, every one its share of the qkv rows).
+template <int G, int HD, int K, int UNR, bool SMEM_W, int NW>
 __device__ __forceinline__ void qkv_attention_body(QA_PARAMS) {
-    using R = QaRows<G, HD>;
+    using R = QaRows<G, HD, NW>;
+    static_assert(NW >= DEC2_WARPS, "the attention's warps");
     constexpr int K8 = K / 8, WU = K8 / 32;  // 16-byte weight loads per lane and row
     constexpr int LPK = HD / 8, KPS = 32 / LPK, STEP = KPS * UNR, STRIDE = DEC2_WARPS * STEP;
     static_assert(K8 % 32 == 0 && K % 2048 == 0, "whole rows per step; the staged norm's width");
@@ -143,7 +145,7 @@ __device__ __forceinline__ void qkv_attention_body(QA_PARAMS) {
     const uint4 nw0 = norm_w0(nin);
     pdl_enter_chain();  // the residual (and y) come from the previous kernel
 
-    gemv_stage_norm(y, nin, K, xs, nw0);
+    gemv_stage_norm<NW * 32>(y, nin, K, xs, nw0);
     __syncthreads();
     if (SMEM_W) mb_wait(wbar_a, 0);
     // The GEMV's fold (gemv_rows_body at one row, one step of WU loads): per row, the even
@@ -252,13 +254,17 @@ __device__ __forceinline__ void qkv_attention_body(QA_PARAMS) {
 }
 
 // Llama-3.2-1B's shape: groups of 4 query heads of 64 dims, hidden 2048 (24 qkv rows per block);
-// the weight rows in registers, and in shared memory (96 KB of dynamic shared memory).
+// the weight rows in registers (8 warps), and in shared memory (96 KB of dynamic shared memory;
+// 8 warps, and 4: the attention's own, 6 rows each, fewer registers held per SM).
 #define QA_ARGS                                                                                   \
     y, resid, norm_w, eps, w, qkv, nq, nk, pos, inv_freq, k_pool, v_pool, slots, block_tables, \
         max_pages, page_size, tile_info, scale, out
-extern "C" __global__ void __launch_bounds__(QA_WARPS * 32, 1) qkv_attention_g4_d64_k2048(QA_PARAMS) {
-    qkv_attention_body<4, 64, 2048, 2, false>(QA_ARGS);
+extern "C" __global__ void __launch_bounds__(256, 1) qkv_attention_g4_d64_k2048(QA_PARAMS) {
+    qkv_attention_body<4, 64, 2048, 2, false, 8>(QA_ARGS);
 }
-extern "C" __global__ void __launch_bounds__(QA_WARPS * 32, 1) qkv_attention_g4_d64_k2048_smem(QA_PARAMS) {
-    qkv_attention_body<4, 64, 2048, 2, true>(QA_ARGS);
+extern "C" __global__ void __launch_bounds__(256, 1) qkv_attention_g4_d64_k2048_smem(QA_PARAMS) {
+    qkv_attention_body<4, 64, 2048, 2, true, 8>(QA_ARGS);
+}
+extern "C" __global__ void __launch_bounds__(128, 1) qkv_attention_g4_d64_k2048_smem4(QA_PARAMS) {
+    qkv_attention_body<4, 64, 2048, 2, true, 4>(QA_ARGS);
 }

@@ -60,7 +60,7 @@ pub use lora::{lora_ref, LORA_REF_I32S};
 pub use ops::CudaOps;
 pub use peer_copy::PeerCopy;
 pub use pinned::PinnedBuf;
-pub use qkv_attn::set_qkv_attn_smem;
+pub use qkv_attn::{set_qkv_attn_form, QkvAttnForm};
 pub use select::{select, BackendKind};
 pub use tensor::{DTensor, DType};
 pub use transfer::{LayerEvents, PageLayout, PageMover, PagePairs};

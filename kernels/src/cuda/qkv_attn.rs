@@ -22,52 +22,84 @@ use super::ops::{active_clusters, CudaOps};
 use super::tensor::{DTensor, DType};
 use super::AttnPlan;
 
-/// The kernel's names (its shape is fixed at compile time): the weight rows in registers, and
-/// in shared memory by TMA bulk copies.
-pub(crate) const KERNEL: &str = "qkv_attention_g4_d64_k2048";
-pub(crate) const KERNEL_SMEM: &str = "qkv_attention_g4_d64_k2048_smem";
-/// Blocks per cluster (QA_SPLIT), threads per block (QA_WARPS x 32), query heads per KV head,
-/// head_dim and hidden size the kernel is built for.
+/// Blocks per cluster (QA_SPLIT), query heads per KV head, head_dim and hidden size the
+/// kernel is built for.
 const SPLIT: usize = 16;
-const THREADS: u32 = 256;
 const GROUP: usize = 4;
 const HEAD_DIM: usize = 64;
 const _: () = assert!(NORM_IN_QKV == 2048);
-/// The shared-memory form's weight rows: (4 + 2) x 64 / 16 rows of 2048 bf16 per block.
+/// The shared-memory forms' weight rows: (4 + 2) x 64 / 16 rows of 2048 bf16 per block.
 const SMEM_BYTES: u32 = ((GROUP + 2) * HEAD_DIM / SPLIT * NORM_IN_QKV * 2) as u32;
 
-/// The two forms of the kernel, where clusters of [`SPLIT`] blocks of them run.
-pub struct QkvAttnKernels {
-    regs: CudaFunction,
-    smem: Option<CudaFunction>,
+/// The kernel's forms: where a block holds its weight rows and how many threads it has.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum QkvAttnForm {
+    /// In registers, loaded before the PDL wait; 8 warps (202 registers).
+    Regs,
+    /// In shared memory by three TMA bulk copies; 8 warps (146 registers).
+    Smem,
+    /// In shared memory; the attention's 4 warps alone, 6 rows each.
+    Smem4,
 }
 
-/// Which form runs: 0 the default (`STRATA_QKV_ATTN_FORM=smem` in the environment: shared
-/// memory; else registers), 1 registers, 2 shared memory ([`set_qkv_attn_smem`]).
-static FORM: AtomicU8 = AtomicU8::new(0);
+impl QkvAttnForm {
+    pub const ALL: [QkvAttnForm; 3] = [QkvAttnForm::Regs, QkvAttnForm::Smem, QkvAttnForm::Smem4];
 
-/// Forces the shared-memory form on or off (None: back to the default), for side-by-side timing.
-pub fn set_qkv_attn_smem(on: Option<bool>) {
-    FORM.store(on.map_or(0, |s| if s { 2 } else { 1 }), Ordering::Relaxed);
-}
+    /// The form's name (`STRATA_QKV_ATTN_FORM`).
+    pub fn name(self) -> &'static str {
+        match self {
+            QkvAttnForm::Regs => "regs",
+            QkvAttnForm::Smem => "smem",
+            QkvAttnForm::Smem4 => "smem4",
+        }
+    }
 
-fn smem_form() -> bool {
-    match FORM.load(Ordering::Relaxed) {
-        0 => std::env::var("STRATA_QKV_ATTN_FORM").is_ok_and(|v| v == "smem"),
-        f => f == 2,
+    /// The kernel (its shape is fixed at compile time), threads per block, dynamic shared memory.
+    pub(crate) fn kernel(self) -> (&'static str, u32, u32) {
+        match self {
+            QkvAttnForm::Regs => ("qkv_attention_g4_d64_k2048", 256, 0),
+            QkvAttnForm::Smem => ("qkv_attention_g4_d64_k2048_smem", 256, SMEM_BYTES),
+            QkvAttnForm::Smem4 => ("qkv_attention_g4_d64_k2048_smem4", 128, SMEM_BYTES),
+        }
     }
 }
 
-/// Loads the kernels where clusters of [`SPLIT`] blocks of them run (the decode attention's
-/// cluster form takes 16 there: `max_cluster`), else None (the shared-memory form alone None
-/// where its 96 KB do not fit).
+/// The forms where clusters of [`SPLIT`] blocks of them run (None: that form does not).
+pub struct QkvAttnKernels([Option<CudaFunction>; 3]);
+
+/// The form forced by [`set_qkv_attn_form`] (its index + 1; 0: the default,
+/// `STRATA_QKV_ATTN_FORM` in the environment, else registers).
+static FORM: AtomicU8 = AtomicU8::new(0);
+
+/// Forces a form (None: back to the default), for checks and side-by-side timing.
+pub fn set_qkv_attn_form(form: Option<QkvAttnForm>) {
+    FORM.store(form.map_or(0, |f| f as u8 + 1), Ordering::Relaxed);
+}
+
+fn form() -> QkvAttnForm {
+    match FORM.load(Ordering::Relaxed) {
+        0 => {
+            let env = std::env::var("STRATA_QKV_ATTN_FORM").unwrap_or_default();
+            QkvAttnForm::ALL
+                .into_iter()
+                .find(|f| f.name() == env)
+                .unwrap_or(QkvAttnForm::Regs)
+        }
+        f => QkvAttnForm::ALL[f as usize - 1],
+    }
+}
+
+/// Loads the forms where clusters of [`SPLIT`] blocks of them run (the decode attention's
+/// cluster form takes 16 there: `max_cluster`); None where none does.
 pub(crate) fn load(ctx: &Arc<GpuContext>, max_cluster: usize) -> Result<Option<QkvAttnKernels>> {
     if max_cluster < SPLIT {
         return Ok(None);
     }
     ctx.cuda().bind_to_thread()?;
     use cudarc::driver::sys::CUfunction_attribute_enum as A;
-    let ready = |name: &str, smem: u32| -> Result<Option<CudaFunction>> {
+    let mut fs = [None, None, None];
+    for (slot, form) in fs.iter_mut().zip(QkvAttnForm::ALL) {
+        let (name, threads, smem) = form.kernel();
         let f = ctx.function(Program::Attention, name)?;
         let ok = f
             .set_attribute(A::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED, 1)
@@ -78,16 +110,10 @@ pub(crate) fn load(ctx: &Arc<GpuContext>, max_cluster: usize) -> Result<Option<Q
                     smem as i32,
                 )
                 .is_ok())
-            && active_clusters(&f, THREADS, SPLIT as u32, smem) >= 1;
-        Ok(ok.then_some(f))
-    };
-    let Some(regs) = ready(KERNEL, 0)? else {
-        return Ok(None);
-    };
-    Ok(Some(QkvAttnKernels {
-        regs,
-        smem: ready(KERNEL_SMEM, SMEM_BYTES)?,
-    }))
+            && active_clusters(&f, threads, SPLIT as u32, smem) >= 1;
+        *slot = ok.then_some(f);
+    }
+    Ok(fs.iter().any(Option::is_some).then_some(QkvAttnKernels(fs)))
 }
 
 impl Gemm {
@@ -118,10 +144,11 @@ impl Gemm {
         let Some(fs) = ops.qkv_attention.as_ref() else {
             return Ok(false);
         };
-        let (f, smem) = match (&fs.smem, smem_form()) {
-            (Some(f), true) => (f, SMEM_BYTES),
-            _ => (&fs.regs, 0),
+        let form = form();
+        let Some(f) = fs.0[form as usize].as_ref() else {
+            return Ok(false);
         };
+        let (_, threads, smem) = form.kernel();
         let QkvInput::Norm {
             y,
             resid,
@@ -208,7 +235,7 @@ impl Gemm {
         ];
         let dims = Dims {
             grid: (1, nk as u32, SPLIT as u32),
-            block: THREADS,
+            block: threads,
             smem,
         };
         // The checks above are those of the two launches it replaces: x rows, w and the norm

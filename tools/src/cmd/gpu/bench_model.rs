@@ -231,21 +231,21 @@ pub fn run(
                     }
                 }
             }
-            // One row where the fused qkv + attention kernel runs (the 1B shape): its two forms
-            // side by side (weight rows in registers, in shared memory).
+            // One row where the fused qkv + attention kernel runs (the 1B shape): its forms
+            // side by side.
             if b == 1 && shape.hidden == 2048 {
-                use strata_kernels::cuda::set_qkv_attn_smem;
-                set_qkv_attn_smem(Some(false));
-                let r = replay();
-                set_qkv_attn_smem(Some(true));
-                let s = replay();
-                set_qkv_attn_smem(None);
-                if let (Some(r), Some(s)) = (r?, s?) {
-                    summary.push(format!(
-                        "  b{b} graph step with the qkv + attention kernel's weights in registers {r:.3} ms, in shared memory {s:.3} ms (x{:.3})",
-                        s / r
-                    ));
+                use strata_kernels::cuda::{set_qkv_attn_form, QkvAttnForm};
+                let mut line =
+                    format!("  b{b} graph step with the qkv + attention kernel's forms:");
+                for form in QkvAttnForm::ALL {
+                    set_qkv_attn_form(Some(form));
+                    let t = replay();
+                    set_qkv_attn_form(None);
+                    if let Some(t) = t? {
+                        line += &format!(" {} {t:.3} ms", form.name());
+                    }
                 }
+                summary.push(line);
             }
             // 2-8 rows: the same graph with each family of few-row GEMVs and without any.
             if (2..=8).contains(&b) && !args.deterministic {

@@ -2,10 +2,10 @@
 //! cluster kernel per KV group (`Gemm::qkv_attention_t1`), bit for bit against the staged qkv
 //! GEMV (`Gemm::qkv_rope_t1`) and the register cluster attention it replaces: the qkv row, both
 //! pools (the token's slot written, every other row untouched) and the attention's output;
-//! both forms (weight rows in registers and in shared memory).
+//! every form of the kernel (`QkvAttnForm`).
 
 use strata_kernels::cuda::{
-    set_qkv_attn_smem, AttnSeq, AttnShape, CudaOps, Gemm, QRope, QkvInput, NORM_IN_QKV,
+    set_qkv_attn_form, AttnSeq, AttnShape, CudaOps, Gemm, QRope, QkvAttnForm, QkvInput, NORM_IN_QKV,
 };
 use strata_kernels::reference as r;
 
@@ -80,8 +80,8 @@ pub fn qkv_attn(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Result<
         let gp = c.upload_i32(&[1], &[p as i32])?;
         let gs = c.upload_i32(&[1], &[slot])?;
         for with_y in [true, false] {
-            // fused: None the two kernels, Some(smem) the fused kernel's form.
-            let run = |fused: Option<bool>| -> anyhow::Result<Vec<Vec<f32>>> {
+            // fused: None the two kernels, else the fused kernel's form.
+            let run = |fused: Option<QkvAttnForm>| -> anyhow::Result<Vec<Vec<f32>>> {
                 let qkv = bf16_out(ops, &[1, width])?;
                 let out = bf16_out(ops, &[1, nh * hd])?;
                 let kp = c.upload_bf16(&[slots, kv_dim], &pool0)?;
@@ -94,8 +94,8 @@ pub fn qkv_attn(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Result<
                 };
                 let dims = (nh, nkv, hd);
                 let pools = (&kp, &vp);
-                if let Some(smem) = fused {
-                    set_qkv_attn_smem(Some(smem));
+                if let Some(form) = fused {
+                    set_qkv_attn_form(Some(form));
                     let ran = gemm.qkv_attention_t1(
                         ops,
                         &input,
@@ -111,7 +111,7 @@ pub fn qkv_attn(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Result<
                         &out,
                         scale,
                     );
-                    set_qkv_attn_smem(None);
+                    set_qkv_attn_form(None);
                     anyhow::ensure!(ran?, "qkv_attention_t1 refused kv{kv_len} page{page}");
                 } else {
                     anyhow::ensure!(
@@ -134,15 +134,15 @@ pub fn qkv_attn(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Result<
                 downloads(ops, &[&qkv, &kp, &vp, &out, &gr])
             };
             let b = run(None)?;
-            for smem in [false, true] {
-                let a = run(Some(smem))?;
+            for form in QkvAttnForm::ALL {
+                let a = run(Some(form))?;
                 let what = if with_y {
                     "rmsnorm(y + resid)"
                 } else {
                     "rmsnorm(resid)"
                 };
                 let plan_form = if fixed { "fixed plan" } else { "plan" };
-                let w = if smem { "smem" } else { "regs" };
+                let w = form.name();
                 ck.exact(
                     "qkv_attn",
                     format!("qkv+attention ({w}) of {what} kv{kv_len} page{page} {plan_form} == qkv GEMV, attention"),
