@@ -157,6 +157,12 @@ impl Fusion {
         Fusion::AttnRope,
     ];
 
+    /// On unless turned off (`STRATA_FUSION_OFF`); [`Fusion::QkvAttn`] is off unless turned on
+    /// (`STRATA_FUSION_ON=qkv_attn`): see docs/perf.md for where it stands.
+    pub fn default_on(self) -> bool {
+        self != Fusion::QkvAttn
+    }
+
     /// The fusions of prefill-sized forwards (the others are single-row ones).
     pub fn prefill(self) -> bool {
         matches!(
@@ -258,8 +264,15 @@ impl Gemm {
             tail,
             rows,
             fusions: {
-                let off = std::env::var("STRATA_FUSION_OFF").unwrap_or_default();
-                Fusion::ALL.map(|f| AtomicBool::new(!off.split(',').any(|n| n.trim() == f.name())))
+                let named = |var: &str, f: Fusion| {
+                    let v = std::env::var(var).unwrap_or_default();
+                    v.split(',').any(|n| n.trim() == f.name())
+                };
+                Fusion::ALL.map(|f| {
+                    let on = (f.default_on() || named("STRATA_FUSION_ON", f))
+                        && !named("STRATA_FUSION_OFF", f);
+                    AtomicBool::new(on)
+                })
             },
             wg,
             lt,
@@ -665,6 +678,11 @@ impl Gemm {
     /// Turns a single-row fusion on or off (on by default; for side-by-side timing).
     pub fn set_fusion(&self, f: Fusion, on: bool) {
         self.fusions[f as usize].store(on, Ordering::Relaxed);
+    }
+
+    /// True when fusion `f` is on.
+    pub fn fusion(&self, f: Fusion) -> bool {
+        self.fused(f)
     }
 
     pub(crate) fn fused(&self, f: Fusion) -> bool {

@@ -5,7 +5,8 @@
 //! every form of the kernel (`QkvAttnForm`).
 
 use strata_kernels::cuda::{
-    set_qkv_attn_form, AttnSeq, AttnShape, CudaOps, Gemm, QRope, QkvAttnForm, QkvInput, NORM_IN_QKV,
+    set_qkv_attn_form, AttnSeq, AttnShape, CudaOps, Fusion, Gemm, QRope, QkvAttnForm, QkvInput,
+    NORM_IN_QKV,
 };
 use strata_kernels::reference as r;
 
@@ -16,6 +17,14 @@ use super::check_ops::{bf16_out, downloads, runs_bit_diffs, update_plan};
 /// smallest that plans clusters of 16 (256 keys) to 4K, pages of 16 and 1, the norm of y +
 /// resid and of resid alone, a fresh plan and a fixed one (the graphs' plan, updated in place).
 pub fn qkv_attn(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Result<()> {
+    let was = gemm.fusion(Fusion::QkvAttn);
+    gemm.set_fusion(Fusion::QkvAttn, true);
+    let r = cases(ops, gemm, ck);
+    gemm.set_fusion(Fusion::QkvAttn, was);
+    r
+}
+
+fn cases(ops: &CudaOps, gemm: &Gemm, ck: &mut Checker) -> anyhow::Result<()> {
     let c = ops.context();
     let (k, nh, nkv, hd) = (NORM_IN_QKV, 32, 8, 64);
     let width = (nh + 2 * nkv) * hd;
