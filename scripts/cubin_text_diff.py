@@ -25,9 +25,9 @@ def git_show(rev, path):
 PROGS = {
  "transfer.cu": ["kernels/cuda/transfer.cu"],
  "elementwise.cu": ["kernels/cuda/elementwise.cu","kernels/cuda/lora.cu"],
- "attention.cu": ["kernels/cuda/attention.cu","kernels/cuda/attention_decode.cu","kernels/cuda/attention_decode2.cu","kernels/cuda/prefill_common.cuh","kernels/cuda/attention_prefill.cu","kernels/cuda/attention_decode_mma.cu","kernels/cuda/gemv_stage.cuh","kernels/cuda/qkv_attention.cu"],
+ "attention.cu": ["kernels/cuda/attention.cu","kernels/cuda/attention_decode.cu","kernels/cuda/attention_decode2.cu","kernels/cuda/prefill_common.cuh","kernels/cuda/attention_prefill.cu","kernels/cuda/attention_decode_mma.cu"],
  "sampling.cu": ["kernels/cuda/sampling.cu"],
- "gemv.cu": ["kernels/cuda/gemv_stage.cuh","kernels/cuda/gemv.cu","kernels/cuda/gemv_mma.cu"],
+ "gemv.cu": ["kernels/cuda/gemv.cu","kernels/cuda/gemv_mma.cu"],
  "backend_f32.cu": ["kernels/cuda/backend_f32.cu"],
  "attention_prefill_wg.cu": ["kernels/cuda/prefill_common.cuh","kernels/cuda/wgmma.cuh","kernels/cuda/attention_prefill_wg.cu"],
  "gemm_wg.cu": ["kernels/cuda/wgmma.cuh","kernels/cuda/gemm_wg.cu"],

@@ -178,7 +178,7 @@ for s in $STEPS; do
       timeout $(left 200) python3 scripts/hf_runner_compare.py --strata "$STRATA" --models /tmp/strata-models/trained \
         --json "$OUT/trained-compare.json" 2>&1 | grep -v Warning > "$OUT/trained-compare.log"
       r2=${PIPESTATUS[0]}; cat "$OUT/trained-compare.log"; [ $rc -eq 0 ] && rc=$r2 ;;
-    decode) rc=0; [ "${DECODE_CHECK:-1}" = 1 ] && { timeout $(left 150) "$STRATA" gpu check --only argmax_rows,gemm,silu_linear,gate_silu,qkv_rope,qkv_attn,few_rows,rmsnorm_add2,o_norm_gate,rmsnorm,rope,rope_kv_write,attention,fixed_decode_plan \
+    decode) rc=0; [ "${DECODE_CHECK:-1}" = 1 ] && { timeout $(left 150) "$STRATA" gpu check --only argmax_rows,gemm,silu_linear,gate_silu,qkv_rope,few_rows,rmsnorm_add2,o_norm_gate,rmsnorm,rope,rope_kv_write,attention,fixed_decode_plan \
         --json "$OUT/check-decode.json" > "$OUT/check-decode.log" 2>&1
       rc=$?; grep -E "FAIL|error|gpu check:" "$OUT/check-decode.log" | tail -30; }
       for shape in ${DECODE_SHAPES:-llama-3.1-8b llama-3.2-1b}; do

@@ -227,9 +227,7 @@ __device__ __forceinline__ void dec2_combine(int n, M ms, L ls, A as, float& mx,
 // of the group, dim d) to the output step, out(r, d, max, sum, acc): Dec2SplitOut or
 // Dec2ClusterOut. (The shared arrays are the callers' and the output steps functor types, not
 // lambdas: otherwise NVRTC places them after dec2_async_body's K/V tiles and the SASS changes.)
-// GUARD: the block has more than DEC2_WARPS warps and only the first DEC2_WARPS hold key state
-// (the fused qkv + attention kernel, qkv_attention.cu); every warp takes part in the barrier.
-template <int G, int HD, class Out, bool GUARD = false>
+template <int G, int HD, class Out>
 __device__ __forceinline__ void dec2_block_merge(float* m, float* l, float (*acc)[8],
                                                  float (*red_m)[G], float (*red_l)[G],
                                                  float (*red_acc)[G][HD], Out out) {
@@ -248,7 +246,7 @@ __device__ __forceinline__ void dec2_block_merge(float* m, float* l, float (*acc
         }
         dec2_merge<G>(m, l, acc, mo, lo, ao);
     }
-    if (sub == 0 && (!GUARD || warp < DEC2_WARPS)) {
+    if (sub == 0) {
 #pragma unroll
         for (int r = 0; r < G; ++r) {
             if (li == 0) {
@@ -401,9 +399,7 @@ struct Dec2ClusterOut {
     }
 };
 
-// FUSED: called by qkv_attention.cu's kernel, which has waited on the cluster barrier already
-// (before its own pushes) and runs more than DEC2_WARPS warps.
-template <int G, int HD, bool FUSED = false>
+template <int G, int HD>
 __device__ __forceinline__ void dec2_finish_cluster(float* m, float* l, float (*acc)[8], int g,
                                                     int row, int rank, int nsplit, bf16_t* out,
                                                     int out_stride) {
@@ -419,9 +415,9 @@ __device__ __forceinline__ void dec2_finish_cluster(float* m, float* l, float (*
                                      per};
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
     // Every block's mbarrier initialised (dec2_cluster_start) before the first push to it.
-    if (!FUSED) asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");
+    asm volatile("barrier.cluster.wait.aligned;\n" ::: "memory");
 #endif
-    dec2_block_merge<G, HD, Dec2ClusterOut<G, HD>, FUSED>(m, l, acc, red_m, red_l, red_acc, step);
+    dec2_block_merge<G, HD>(m, l, acc, red_m, red_l, red_acc, step);
     mb_wait(step.bar, 0);  // every pushed byte counted
     for (int i = threadIdx.x; i < per; i += blockDim.x) {
         const int idx = rank * per + i, r = idx / HD, d = idx % HD;

@@ -654,20 +654,6 @@ impl AttnPlan {
     pub fn cluster_regs(&self) -> bool {
         self.cluster > 0 && self.cluster_regs
     }
-    /// Where this plan is one decode row on the register cluster form in clusters of
-    /// `cluster`: its shape, tile list, block tables and pages per row (what the fused qkv +
-    /// attention kernel of `qkv_attn.rs` reads).
-    pub(crate) fn one_row_cluster(
-        &self,
-        cluster: usize,
-    ) -> Option<(AttnShape, &DTensor, &DTensor, usize)> {
-        (self.kernel == AttnKernel::Decode2
-            && self.cluster == cluster
-            && self.cluster_regs
-            && self.n_tiles == 1
-            && self.total_rows == 1)
-            .then_some((self.shape, &self.tiles, &self.tables, self.max_pages))
-    }
     /// Number of query rows (tokens) the plan covers.
     pub fn rows(&self) -> usize {
         self.total_rows

@@ -114,10 +114,6 @@ pub enum Fusion {
     /// The o projection added into the residual in its epilogue and the MLP's input norm staged
     /// in the gate GEMV ([`Gemm::o_norm_gate_t1`]; off: o, `rmsnorm(_add2)`, gate apart).
     GateNorm,
-    /// The input norm, qkv (RoPE and the K/V write included) and the decode attention in one
-    /// cluster kernel per KV group ([`Gemm::qkv_attention_t1`], `qkv_attn.rs`; off: the staged
-    /// qkv GEMV, then the attention).
-    QkvAttn,
     /// Prefill-sized x: the SiLU in the wgmma gate_up GEMM's epilogue ([`Gemm::gate_silu`],
     /// `gemm_wg.rs`, compute 9.0; off: cuBLAS and `silu_mul`).
     GateGemm,
@@ -138,7 +134,6 @@ impl Fusion {
             Fusion::QkvRope => "qkv_rope",
             Fusion::QkvNorm => "qkv_norm",
             Fusion::GateNorm => "gate_norm",
-            Fusion::QkvAttn => "qkv_attn",
             Fusion::GateGemm => "gate_gemm",
             Fusion::ResidGemm => "resid_gemm",
             Fusion::AttnRope => "attn_rope",
@@ -146,22 +141,15 @@ impl Fusion {
     }
 
     /// Every fusion, in [`Gemm::set_fusion`]'s table order.
-    pub const ALL: [Fusion; 8] = [
+    pub const ALL: [Fusion; 7] = [
         Fusion::GateSilu,
         Fusion::QkvRope,
         Fusion::QkvNorm,
         Fusion::GateNorm,
-        Fusion::QkvAttn,
         Fusion::GateGemm,
         Fusion::ResidGemm,
         Fusion::AttnRope,
     ];
-
-    /// On unless turned off (`STRATA_FUSION_OFF`); [`Fusion::QkvAttn`] is off unless turned on
-    /// (`STRATA_FUSION_ON=qkv_attn`): see docs/perf.md for where it stands.
-    pub fn default_on(self) -> bool {
-        self != Fusion::QkvAttn
-    }
 
     /// The fusions of prefill-sized forwards (the others are single-row ones).
     pub fn prefill(self) -> bool {
@@ -264,15 +252,8 @@ impl Gemm {
             tail,
             rows,
             fusions: {
-                let named = |var: &str, f: Fusion| {
-                    let v = std::env::var(var).unwrap_or_default();
-                    v.split(',').any(|n| n.trim() == f.name())
-                };
-                Fusion::ALL.map(|f| {
-                    let on = (f.default_on() || named("STRATA_FUSION_ON", f))
-                        && !named("STRATA_FUSION_OFF", f);
-                    AtomicBool::new(on)
-                })
+                let off = std::env::var("STRATA_FUSION_OFF").unwrap_or_default();
+                Fusion::ALL.map(|f| AtomicBool::new(!off.split(',').any(|n| n.trim() == f.name())))
             },
             wg,
             lt,
@@ -680,12 +661,7 @@ impl Gemm {
         self.fusions[f as usize].store(on, Ordering::Relaxed);
     }
 
-    /// True when fusion `f` is on.
-    pub fn fusion(&self, f: Fusion) -> bool {
-        self.fused(f)
-    }
-
-    pub(crate) fn fused(&self, f: Fusion) -> bool {
+    fn fused(&self, f: Fusion) -> bool {
         self.fusions[f as usize].load(Ordering::Relaxed)
     }
 

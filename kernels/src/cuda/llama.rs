@@ -369,27 +369,7 @@ impl LlamaModel {
                     &input.host_slots,
                 )
             };
-            // One row on a register cluster plan of 16 (the Llama-3.2-1B shape): the input
-            // norm, qkv and the attention in one kernel (Gemm::qkv_attention_t1; the "qkv" op
-            // then includes the attention too).
-            let qkv_attn = !skip("qkv")
-                && !skip("attention")
-                && gemm.qkv_attention_t1(
-                    ops,
-                    &staged,
-                    &l.qkv,
-                    &ws.qkv,
-                    (s.n_heads, s.n_kv_heads, s.head_dim),
-                    &input.pos,
-                    &self.inv_freq,
-                    (&l.k_pool, &l.v_pool),
-                    &input.slots,
-                    &input.host_slots,
-                    &input.plan,
-                    &ws.attn,
-                    scale,
-                )?;
-            let norm_staged = qkv_attn || (!skip("qkv") && qkv_rope(&staged)?);
+            let norm_staged = !skip("qkv") && qkv_rope(&staged)?;
             if !norm_staged && !skip("norm1") {
                 self.norm(ops, y, &ws.resid, &l.in_norm, &ws.h)?;
             }
@@ -418,7 +398,7 @@ impl LlamaModel {
                 )?;
             }
             mark("rope_kv_write")?;
-            if !skip("attention") && !qkv_attn {
+            if !skip("attention") {
                 ops.paged_attention_rope(
                     &input.plan,
                     &ws.qkv,

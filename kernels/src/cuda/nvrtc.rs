@@ -101,16 +101,10 @@ impl Program {
                 "\n",
                 include_str!("../../cuda/attention_prefill.cu"),
                 "\n",
-                include_str!("../../cuda/attention_decode_mma.cu"),
-                "\n",
-                include_str!("../../cuda/gemv_stage.cuh"),
-                "\n",
-                include_str!("../../cuda/qkv_attention.cu")
+                include_str!("../../cuda/attention_decode_mma.cu")
             ),
             Program::Sampling => include_str!("../../cuda/sampling.cu"),
             Program::Gemv => concat!(
-                include_str!("../../cuda/gemv_stage.cuh"),
-                "\n",
                 include_str!("../../cuda/gemv.cu"),
                 "\n",
                 include_str!("../../cuda/gemv_mma.cu")

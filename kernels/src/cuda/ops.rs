@@ -56,8 +56,6 @@ pub struct CudaOps {
     pub(crate) attention_decode2c: Vec<CudaFunction>,
     /// `paged_attention_decode2r_*` (the register cluster form), same order; empty before sm_90.
     pub(crate) attention_decode2r: Vec<CudaFunction>,
-    /// The fused qkv + attention kernel (`qkv_attn.rs`); None where clusters of its size do not run.
-    pub(crate) qkv_attention: Option<super::qkv_attn::QkvAttnKernels>,
     /// Largest cluster the cluster form may be launched with (0: none, else 8 or 16).
     pub(crate) decode2_max_cluster: usize,
     pub(crate) sample: CudaFunction,
@@ -135,7 +133,6 @@ impl CudaOps {
                 .collect::<Result<_>>()?,
             attention_decode2c,
             attention_decode2r,
-            qkv_attention: super::qkv_attn::load(&ctx, decode2_max_cluster)?,
             decode2_max_cluster,
             sample: ctx.function(Program::Sampling, "sample_rows")?,
             logprobs: ctx.function(Program::Sampling, "logprob_rows")?,
@@ -675,43 +672,40 @@ fn decode2_cluster_functions(ctx: &Arc<GpuContext>) -> Result<ClusterForms> {
             max = 8;
         }
     }
-    if max == 16 && active_clusters(fs.last().expect("one per decode2 shape"), 128, 16, 0) < 1 {
-        max = 8;
-    }
-    Ok((fs, rs, max))
-}
-
-/// How many clusters of `z` blocks of `block` threads (grid (1, 1, z), `smem` bytes of dynamic
-/// shared memory) of kernel `f` the device can hold at once (0: none, or the query failed).
-pub(crate) fn active_clusters(f: &CudaFunction, block: u32, z: u32, smem: u32) -> usize {
-    use cudarc::driver::sys;
-    // SAFETY: a query on a loaded function with a config that lives through the call.
-    unsafe {
-        let mut value: sys::CUlaunchAttributeValue = std::mem::zeroed();
-        value.clusterDim.x = 1;
-        value.clusterDim.y = 1;
-        value.clusterDim.z = z;
-        let mut at = sys::CUlaunchAttribute {
-            id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,
-            pad: [0; 4],
-            value,
+    if max == 16 {
+        // SAFETY: a query on a loaded function with a config that lives through the call.
+        let n = unsafe {
+            let mut value: sys::CUlaunchAttributeValue = std::mem::zeroed();
+            value.clusterDim.x = 1;
+            value.clusterDim.y = 1;
+            value.clusterDim.z = 16;
+            let mut at = sys::CUlaunchAttribute {
+                id: sys::CUlaunchAttributeID::CU_LAUNCH_ATTRIBUTE_CLUSTER_DIMENSION,
+                pad: [0; 4],
+                value,
+            };
+            let cfg = sys::CUlaunchConfig {
+                gridDimX: 1,
+                gridDimY: 1,
+                gridDimZ: 16,
+                blockDimX: 128,
+                blockDimY: 1,
+                blockDimZ: 1,
+                sharedMemBytes: 0,
+                hStream: std::ptr::null_mut(),
+                attrs: &mut at,
+                numAttrs: 1,
+            };
+            let mut n: std::ffi::c_int = 0;
+            let big = fs.last().expect("one per decode2 shape");
+            match sys::cuOccupancyMaxActiveClusters(&mut n, big.cu_function(), &cfg).result() {
+                Ok(()) => n,
+                Err(_) => 0,
+            }
         };
-        let cfg = sys::CUlaunchConfig {
-            gridDimX: 1,
-            gridDimY: 1,
-            gridDimZ: z,
-            blockDimX: block,
-            blockDimY: 1,
-            blockDimZ: 1,
-            sharedMemBytes: smem,
-            hStream: std::ptr::null_mut(),
-            attrs: &mut at,
-            numAttrs: 1,
-        };
-        let mut n: std::ffi::c_int = 0;
-        match sys::cuOccupancyMaxActiveClusters(&mut n, f.cu_function(), &cfg).result() {
-            Ok(()) => n.max(0) as usize,
-            Err(_) => 0,
+        if n < 1 {
+            max = 8;
         }
     }
+    Ok((fs, rs, max))
 }

@@ -81,9 +81,6 @@ fn nvrtc_programs_compile_where_nvrtc_exists() {
             for name in super::attention::DECODE2R_NAMES {
                 no_spills(arch, &log, name);
             }
-            for form in super::qkv_attn::QkvAttnForm::ALL {
-                no_spills(arch, &log, form.kernel().0);
-            }
         }
     }
     // The sampler: one 1024-thread block per row (at most 64 registers); logprob_rows keeps

@@ -10,7 +10,6 @@
 #include <string>
 #include "common.cuh"
 #include "elementwise.cu"
-#include "gemv_stage.cuh"
 #include "gemv.cu"
 #include "gemv_mma.cu"
 

@@ -400,31 +400,7 @@ impl CudaRunner {
                 weight: &l.in_norm,
                 eps,
             };
-            // One row of a plain model on a one-row register cluster plan (the Llama-3.2-1B
-            // shape): the input norm, qkv and the attention in one kernel
-            // (Gemm::qkv_attention_t1); this layer's loaded pages must have landed before it.
-            let qkv_attn = match single.first().filter(|_| plain && parts.is_empty()) {
-                Some(plan) => {
-                    kv.wait_layer(li)?;
-                    gemm.qkv_attention_t1(
-                        ops,
-                        &staged,
-                        &l.qkv,
-                        &a.qkv,
-                        (nh, nkv, hd),
-                        &m.pos,
-                        &self.w.inv_freq,
-                        (&kv.k[li], &kv.v[li]),
-                        &m.slots,
-                        &m.host_slots,
-                        plan,
-                        &a.attn,
-                        scale,
-                    )?
-                }
-                None => false,
-            };
-            let norm_staged = qkv_attn || (plain && qkv_rope(&staged)?);
+            let norm_staged = plain && qkv_rope(&staged)?;
             if !norm_staged {
                 ops.rmsnorm(
                     y.unwrap_or(&a.resid),
@@ -465,7 +441,7 @@ impl CudaRunner {
             // still be crossing the bus).
             kv.wait_layer(li)?;
             let inv_freq = &self.w.inv_freq;
-            if let Some(plan) = single.first().filter(|_| !qkv_attn) {
+            if let Some(plan) = single.first() {
                 let r = rope_q.then_some(QRope {
                     pos: &m.pos,
                     inv_freq,

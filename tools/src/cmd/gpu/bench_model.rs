@@ -198,20 +198,13 @@ pub fn run(
                     ));
                 }
             }
-            // One row: the same graph with each single-row fusion turned the other way (off, or
-            // on where it is off by default), side by side.
+            // One row: the same graph with each single-row fusion turned off, side by side.
             if b == 1 {
                 use strata_kernels::cuda::Fusion;
                 for f in Fusion::ALL.into_iter().filter(|f| !f.prefill()) {
-                    let was = gemm.fusion(f);
-                    gemm.set_fusion(f, !was);
-                    let other = replay();
-                    gemm.set_fusion(f, was);
-                    let (graphed, apart) = if was {
-                        (graphed, other?)
-                    } else {
-                        (other?, graphed)
-                    };
+                    gemm.set_fusion(f, false);
+                    let apart = replay();
+                    gemm.set_fusion(f, true);
                     let (with, without) = match f {
                         Fusion::GateSilu => ("the SiLU in gate_up's epilogue", "staged in down"),
                         Fusion::QkvRope => {
@@ -222,40 +215,17 @@ pub fn run(
                             "o into the residual, the MLP norm staged in gate",
                             "o, norm2, gate apart",
                         ),
-                        Fusion::QkvAttn => (
-                            "qkv and the attention in one cluster kernel",
-                            "the qkv GEMV, then the attention",
-                        ),
                         Fusion::GateGemm | Fusion::ResidGemm | Fusion::AttnRope => {
                             unreachable!("prefill only")
                         }
                     };
-                    if let (Some(a), Some(n)) = (graphed, apart) {
+                    if let (Some(a), Some(n)) = (graphed, apart?) {
                         summary.push(format!(
                             "  b{b} graph step with {with} {a:.3} ms, {without} {n:.3} ms (x{:.3})",
                             a / n
                         ));
                     }
                 }
-            }
-            // One row where the fused qkv + attention kernel runs (the 1B shape): its forms
-            // side by side.
-            if b == 1 && shape.hidden == 2048 {
-                use strata_kernels::cuda::{set_qkv_attn_form, Fusion, QkvAttnForm};
-                let was = gemm.fusion(Fusion::QkvAttn);
-                gemm.set_fusion(Fusion::QkvAttn, true);
-                let mut line =
-                    format!("  b{b} graph step with the qkv + attention kernel's forms:");
-                for form in QkvAttnForm::ALL {
-                    set_qkv_attn_form(Some(form));
-                    let t = replay();
-                    set_qkv_attn_form(None);
-                    if let Some(t) = t? {
-                        line += &format!(" {} {t:.3} ms", form.name());
-                    }
-                }
-                gemm.set_fusion(Fusion::QkvAttn, was);
-                summary.push(line);
             }
             // 2-8 rows: the same graph with each family of few-row GEMVs and without any.
             if (2..=8).contains(&b) && !args.deterministic {

@@ -102,7 +102,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let ops = CudaOps::new(ctx.clone()).context("compiling kernels")?;
     println!("kernels ready in {:.2}s", t0.elapsed().as_secs_f64());
     let gemm = Gemm::new(ctx.clone()).context("cuBLAS")?;
-    let steps: [Step; 28] = [
+    let steps: [Step; 27] = [
         ("transfer", &|c| check_transfer(&ctx, c)),
         ("pd_copy", &|c| super::check_pd_copy::check_pd_copy(&ctx, c)),
         ("host_copy", &|c| {
@@ -125,9 +125,6 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ("rmsnorm_add2", &|c| check_ops::rmsnorm_add2(&ops, c)),
         ("o_norm_gate", &|c| {
             super::check_tail::o_norm_gate(&ops, &gemm, c)
-        }),
-        ("qkv_attn", &|c| {
-            super::check_qkv_attn::qkv_attn(&ops, &gemm, c)
         }),
         ("attention", &|c| check_ops::attention(&ops, c)),
         ("sampling", &|c| check_sampling::sampling(&ops, c)),

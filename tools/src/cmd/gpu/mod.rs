@@ -21,7 +21,6 @@ mod check_host_copy;
 mod check_lora;
 mod check_ops;
 mod check_pd_copy;
-mod check_qkv_attn;
 mod check_rows;
 mod check_sampling;
 mod check_tail;
