@@ -639,9 +639,10 @@ impl Gemm {
 
     /// resid += (add) + attn * o^T, then act = silu(gate) * up of rmsnorm(resid) * weight, in
     /// two kernels (`gemm_tail.rs`): bit for bit what o into its own row, `rmsnorm_add2` (or
-    /// `rmsnorm` without `add`) and [`Gemm::gate_silu`] leave in resid and act. `Ok(false)`
-    /// where it does not apply (more than one row, batch-invariant mode, hidden other than
-    /// [`NORM_IN_QKV`], unaligned, turned off): the caller runs those three instead.
+    /// `rmsnorm` without `add`) and [`Gemm::gate_silu`] leave in resid and act. One row, or 2-8
+    /// where the few-row mode picks the exact few-row GEMVs. `Ok(false)` where it does not apply
+    /// (other row counts, batch-invariant mode, hidden other than [`NORM_IN_QKV`], unaligned,
+    /// turned off): the caller runs those three instead.
     pub fn o_norm_gate_t1(
         &self,
         attn: &DTensor,
@@ -653,7 +654,13 @@ impl Gemm {
         if !self.fused(Fusion::GateNorm) || !self.gate_silu_applies(norm.resid, gate_up) {
             return Ok(false);
         }
-        self.tail.run(&self.ctx, attn, o, norm, gate_up, act)
+        let t = attn.shape().first().copied().unwrap_or(0);
+        let qd = o.shape().get(1).copied().unwrap_or(0);
+        let few = match self.rows_pick(t, qd) {
+            Some(RowsKernel::Exact(i)) if t > 1 => Some(i),
+            _ => None,
+        };
+        self.tail.run(&self.ctx, attn, o, norm, gate_up, act, few)
     }
 
     /// Turns a single-row fusion on or off (on by default; for side-by-side timing).
