@@ -6,8 +6,9 @@
 //! layer on the batch-1 decode chain (1B step x0.979-0.987 on an H100, docs/perf.md). Bit for
 //! bit the residual and act rows of the three kernels. Only at hidden [`NORM_IN_QKV`], where the
 //! staged norm is exact and paid (the qkv GEMV's staged norm cost at 4096). Decode steps of 2-8
-//! rows run the pair's few-row forms (`gemv_bf16_rows{2,4,8}_resid` / `_gate_norm`) where the
-//! few-row mode runs the exact few-row GEMVs (`gemm_rows.rs`; by default at 2 rows).
+//! rows run the pair's few-row forms (`gemv_bf16_rows{2,4,8}_resid` / `_gate_norm`) in the exact
+//! few-row mode (`STRATA_GEMV_ROWS=exact`, `gemm_rows.rs`; not yet in the default mode, which
+//! runs the exact few-row GEMVs at 2 rows: the forms are not yet timed on a GPU).
 
 use cudarc::driver::CudaFunction;
 
