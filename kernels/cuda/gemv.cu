@@ -549,18 +549,13 @@ __device__ __forceinline__ void gemv_rows_resid(const bf16_t* x, const bf16_t* w
             resid[at] = f2bf(bf2f(f2bf(s[0])) + r);
         });
 }
-template <int DEPTH>
-__device__ __forceinline__ void gemv_t1_resid(const bf16_t* x, const bf16_t* w, const bf16_t* add,
-                                              bf16_t* resid, int n, int k) {
-    gemv_rows_resid<1, DEPTH>(x, w, add, resid, 1, n, k);
-}
 extern "C" __global__ void __launch_bounds__(256)
     gemv_bf16_t1_resid(const bf16_t* x, const bf16_t* w, const bf16_t* add, bf16_t* resid, int n, int k) {
-    gemv_t1_resid<1>(x, w, add, resid, n, k);
+    gemv_rows_resid<1, 1>(x, w, add, resid, 1, n, k);
 }
 extern "C" __global__ void __launch_bounds__(256)
     gemv_bf16_t1_resid_pipe(const bf16_t* x, const bf16_t* w, const bf16_t* add, bf16_t* resid, int n, int k) {
-    gemv_t1_resid<2>(x, w, add, resid, n, k);
+    gemv_rows_resid<1, 2>(x, w, add, resid, 1, n, k);
 }
 
 // The fused qkv projection (q heads, k heads, v heads; head_dim hd) of `rows` rows with RoPE

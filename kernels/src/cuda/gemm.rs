@@ -659,7 +659,7 @@ impl Gemm {
         // (Several rows only in the exact few-row mode, `STRATA_GEMV_ROWS=exact`, until the
         // few-row forms are timed on a GPU: written 2026-12-06 without device time left.)
         let few = match self.rows_pick(t, qd) {
-            Some(RowsKernel::Exact(i)) if t > 1 && self.rows_mode() == RowsMode::Exact => Some(i),
+            Some(RowsKernel::Exact(i)) if self.rows_mode() == RowsMode::Exact => Some(i),
             _ => None,
         };
         self.tail.run(&self.ctx, attn, o, norm, gate_up, act, few)
