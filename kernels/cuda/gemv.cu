@@ -535,27 +535,24 @@ extern "C" __global__ void __launch_bounds__(256)
 // first term; add is the MLP output of the layer before when the qkv GEMV staged the input norm
 // and left the residual alone), each sum rounded to bf16 as rmsnorm and rmsnorm_add2 round them
 // (o_j itself first, as the GEMV writes it). Warp j alone reads and writes resid[j].
-// The few-row form (gemv_bf16_rows{T}_resid): the same for rows t < rows, resid and add rows of
-// n, each row's result the single-row kernel's on that row.
-template <int T, int DEPTH>
-__device__ __forceinline__ void gemv_rows_resid(const bf16_t* x, const bf16_t* w, const bf16_t* add,
-                                                bf16_t* resid, int rows, int n, int k) {
-    gemv_rows_body<T, 8, DEPTH, false, 1>(
-        x, k, rows, w, n, k, [](int row, int) { return row; },
-        [&](int row, int t, const float* s) {
-            const u64 at = (u64)t * n + row;
-            float r = bf2f(resid[at]);
-            if (add) r = bf2f(f2bf(bf2f(add[at]) + r));
-            resid[at] = f2bf(bf2f(f2bf(s[0])) + r);
+template <int DEPTH>
+__device__ __forceinline__ void gemv_t1_resid(const bf16_t* x, const bf16_t* w, const bf16_t* add,
+                                              bf16_t* resid, int n, int k) {
+    gemv_t1_body<8, DEPTH, false, 1>(
+        x, w, n, k, [](int row, int) { return row; },
+        [&](int row, const float* s) {
+            float r = bf2f(resid[row]);
+            if (add) r = bf2f(f2bf(bf2f(add[row]) + r));
+            resid[row] = f2bf(bf2f(f2bf(s[0])) + r);
         });
 }
 extern "C" __global__ void __launch_bounds__(256)
     gemv_bf16_t1_resid(const bf16_t* x, const bf16_t* w, const bf16_t* add, bf16_t* resid, int n, int k) {
-    gemv_rows_resid<1, 1>(x, w, add, resid, 1, n, k);
+    gemv_t1_resid<1>(x, w, add, resid, n, k);
 }
 extern "C" __global__ void __launch_bounds__(256)
     gemv_bf16_t1_resid_pipe(const bf16_t* x, const bf16_t* w, const bf16_t* add, bf16_t* resid, int n, int k) {
-    gemv_rows_resid<1, 2>(x, w, add, resid, 1, n, k);
+    gemv_t1_resid<2>(x, w, add, resid, n, k);
 }
 
 // The fused qkv projection (q heads, k heads, v heads; head_dim hd) of `rows` rows with RoPE
@@ -646,22 +643,6 @@ extern "C" __global__ void __launch_bounds__(256)
 GEMV_ROWS(2)
 GEMV_ROWS(4)
 GEMV_ROWS(8)
-
-// The few-row forms of the o + norm2 + gate pair (Gemm::o_norm_gate_t1 at 2..T rows): o added
-// into the residual rows, then the gate GEMV with each row's MLP norm staged from them.
-#define GEMV_ROWS_TAIL(T)                                                                                     \
-    extern "C" __global__ void __launch_bounds__(256) gemv_bf16_rows##T##_resid(                              \
-        const bf16_t* x, const bf16_t* w, const bf16_t* add, bf16_t* resid, int rows, int n, int k) {         \
-        gemv_rows_resid<T, 1>(x, w, add, resid, rows, n, k);                                                  \
-    }                                                                                                         \
-    extern "C" __global__ void __launch_bounds__(256) gemv_bf16_rows##T##_gate_norm(                          \
-        const bf16_t* resid, const bf16_t* norm_w, float eps, const bf16_t* w, bf16_t* y, int rows, int n,    \
-        int k) {                                                                                              \
-        gemv_gate_rows<T, 1>(nullptr, w, y, rows, n, k, NormIn{resid, norm_w, eps});                          \
-    }
-GEMV_ROWS_TAIL(2)
-GEMV_ROWS_TAIL(4)
-GEMV_ROWS_TAIL(8)
 
 // Bench-only (`strata gpu bench --only stream`): how fast a grid shape streams a weight matrix
 // from memory with the GEMVs' loads (evict-first, UNR 16-byte loads in flight per thread), the

@@ -639,10 +639,9 @@ impl Gemm {
 
     /// resid += (add) + attn * o^T, then act = silu(gate) * up of rmsnorm(resid) * weight, in
     /// two kernels (`gemm_tail.rs`): bit for bit what o into its own row, `rmsnorm_add2` (or
-    /// `rmsnorm` without `add`) and [`Gemm::gate_silu`] leave in resid and act. One row, or 2-8
-    /// in the exact few-row mode ([`RowsMode::Exact`]). `Ok(false)` where it does not apply
-    /// (other row counts, batch-invariant mode, hidden other than [`NORM_IN_QKV`], unaligned,
-    /// turned off): the caller runs those three instead.
+    /// `rmsnorm` without `add`) and [`Gemm::gate_silu`] leave in resid and act. `Ok(false)`
+    /// where it does not apply (more than one row, batch-invariant mode, hidden other than
+    /// [`NORM_IN_QKV`], unaligned, turned off): the caller runs those three instead.
     pub fn o_norm_gate_t1(
         &self,
         attn: &DTensor,
@@ -654,15 +653,7 @@ impl Gemm {
         if !self.fused(Fusion::GateNorm) || !self.gate_silu_applies(norm.resid, gate_up) {
             return Ok(false);
         }
-        let t = attn.shape().first().copied().unwrap_or(0);
-        let qd = o.shape().get(1).copied().unwrap_or(0);
-        // (Several rows only in the exact few-row mode, `STRATA_GEMV_ROWS=exact`, until the
-        // few-row forms are timed on a GPU: written 2026-12-06 without device time left.)
-        let few = match self.rows_pick(t, qd) {
-            Some(RowsKernel::Exact(i)) if self.rows_mode() == RowsMode::Exact => Some(i),
-            _ => None,
-        };
-        self.tail.run(&self.ctx, attn, o, norm, gate_up, act, few)
+        self.tail.run(&self.ctx, attn, o, norm, gate_up, act)
     }
 
     /// Turns a single-row fusion on or off (on by default; for side-by-side timing).

@@ -414,9 +414,9 @@ impl LlamaModel {
                 )?;
             }
             mark("attention")?;
-            // One row (2-8 in the exact few-row mode) at hidden NORM_IN_QKV: o added into the
-            // residual in its epilogue, the MLP's input norm staged in the gate GEMV (the "o" op
-            // then includes norm2 and gate_up).
+            // One row at hidden NORM_IN_QKV: o added into the residual in its epilogue, the
+            // MLP's input norm staged in the gate GEMV (the "o" op then includes norm2 and
+            // gate_up).
             let post = PostNorm {
                 resid: &ws.resid,
                 add: if norm_staged { y } else { None },

@@ -269,15 +269,6 @@ static void rmsnorm_add2_case(int h) {
     expect_same("rmsnorm_add2 H" + std::to_string(h) + ": residual", ra, rb);
 }
 
-// The three kernels the pair replaces, on one row: o into YO, rmsnorm_add2 (add set) or rmsnorm
-// into the residual R and HN, the gate GEMV into Y.
-static void unfused_tail(const bf16_t* AT, const bf16_t* O, const bf16_t* a, bf16_t* R, const bf16_t* NW,
-                         const bf16_t* GU, bf16_t* YO, bf16_t* HN, bf16_t* Y, int h, int qd, int inter) {
-    launch(t1_grid(h), 256, [=] { gemv_bf16_t1(AT, O, YO, h, qd, 0); });
-    if (a) launch(1, h / 8, [=] { rmsnorm_add2(a, YO, R, NW, HN, h, 1e-5f); });
-    else launch(1, h / 8, [=] { rmsnorm(YO, R, NW, HN, h, 1e-5f); });
-    launch(t1_grid(inter), 256, [=] { gemv_bf16_t1_gate(HN, GU, Y, inter, h, 0); });
-}
 // o added into the residual in its GEMV's epilogue (with and without the previous MLP output to
 // add first), then the gate GEMV with the MLP's input norm staged from that residual
 // (Gemm::o_norm_gate_t1), against o into its own row, rmsnorm_add2 (or rmsnorm) and the gate
@@ -291,7 +282,10 @@ static void o_norm_gate(int qd, int inter) {
         std::vector<bf16_t> ra = r0, rb = r0, yo(h), hn(h), aa(inter), ab(inter);
         bf16_t *RA = ra.data(), *RB = rb.data(), *YO = yo.data(), *HN = hn.data(), *AA = aa.data(), *AB = ab.data();
         const bf16_t* a = with_add ? AD : nullptr;
-        unfused_tail(AT, O, a, RA, NW, GU, YO, HN, AA, h, qd, inter);
+        launch(t1_grid(h), 256, [=] { gemv_bf16_t1(AT, O, YO, h, qd, 0); });
+        if (a) launch(1, h / 8, [=] { rmsnorm_add2(a, YO, RA, NW, HN, h, 1e-5f); });
+        else launch(1, h / 8, [=] { rmsnorm(YO, RA, NW, HN, h, 1e-5f); });
+        launch(t1_grid(inter), 256, [=] { gemv_bf16_t1_gate(HN, GU, AA, inter, h, 0); });
         if (qd >= 8192) launch(t1_grid(h), 256, [=] { gemv_bf16_t1_resid_pipe(AT, O, a, RB, h, qd); });
         else launch(t1_grid(h), 256, [=] { gemv_bf16_t1_resid(AT, O, a, RB, h, qd); });
         launch(t1_grid(inter), 256, [=] { gemv_bf16_t1_gate_norm(RB, NW, 1e-5f, GU, AB, inter, h); });
@@ -299,40 +293,6 @@ static void o_norm_gate(int qd, int inter) {
                                  std::to_string(inter) + (a ? " (add)" : "");
         expect_same(what + ": residual", rb, ra);
         expect_same(what + ": act", ab, aa);
-    }
-}
-
-// The few-row forms of the pair above (T = 2, 4, 8 staged, `rows` live) against o into its own
-// row, rmsnorm_add2 (or rmsnorm) and the gate GEMV on each row with the single-row kernels.
-static void rows_o_norm_gate(int T, int rows, int qd, int inter) {
-    const int h = 2048;
-    const auto attn = bf16_vec((size_t)rows * qd, 1.f), o = bf16_vec((size_t)h * qd, 0.05f);
-    const auto add = bf16_vec((size_t)rows * h, 1.f), r0 = bf16_vec((size_t)rows * h, 1.f);
-    const auto nw = bf16_vec(h, 0.5f, 1.f), gu = bf16_vec((size_t)2 * inter * h, 0.05f);
-    const bf16_t *AT = attn.data(), *O = o.data(), *AD = add.data(), *NW = nw.data(), *GU = gu.data();
-    for (int with_add = 0; with_add < 2; ++with_add) {
-        std::vector<bf16_t> ra = r0, rb = r0, yo(h), hn(h), aa((size_t)rows * inter), ab((size_t)rows * inter);
-        bf16_t *RB = rb.data(), *AB = ab.data();
-        for (int t = 0; t < rows; ++t)
-            unfused_tail(AT + (size_t)t * qd, O, with_add ? AD + (size_t)t * h : nullptr, ra.data() + (size_t)t * h,
-                         NW, GU, yo.data(), hn.data(), aa.data() + (size_t)t * inter, h, qd, inter);
-        const bf16_t* a = with_add ? AD : nullptr;
-        if (T == 2) {
-            launch(t1_grid(h), 256, [=] { gemv_bf16_rows2_resid(AT, O, a, RB, rows, h, qd); });
-            launch(t1_grid(inter), 256, [=] { gemv_bf16_rows2_gate_norm(RB, NW, 1e-5f, GU, AB, rows, inter, h); });
-        }
-        if (T == 4) {
-            launch(t1_grid(h), 256, [=] { gemv_bf16_rows4_resid(AT, O, a, RB, rows, h, qd); });
-            launch(t1_grid(inter), 256, [=] { gemv_bf16_rows4_gate_norm(RB, NW, 1e-5f, GU, AB, rows, inter, h); });
-        }
-        if (T == 8) {
-            launch(t1_grid(h), 256, [=] { gemv_bf16_rows8_resid(AT, O, a, RB, rows, h, qd); });
-            launch(t1_grid(inter), 256, [=] { gemv_bf16_rows8_gate_norm(RB, NW, 1e-5f, GU, AB, rows, inter, h); });
-        }
-        const std::string what = "o+resid, norm staged in gate, " + std::to_string(rows) + " rows q" +
-                                 std::to_string(qd) + " inter" + std::to_string(inter) + (a ? " (add)" : "");
-        rows_check(T, what + ": residual", rb, ra);
-        rows_check(T, what + ": act", ab, aa);
     }
 }
 
@@ -371,9 +331,6 @@ int main(int argc, char** argv) {
     rows_qkv_rope(2, 2, 2, 1, 128, 1);
     rows_qkv_rope(8, 8, 2, 1, 128, 1);
     rows_qkv_rope(8, 6, 2, 2, 32, 0);
-    rows_o_norm_gate(2, 2, 2048, 64);
-    rows_o_norm_gate(4, 3, 1000, 40);
-    rows_o_norm_gate(8, 8, 2048, 24);
     // The mma kernels: S = 8 (in 1024, 2048), S = 2 (in 256: 4 tiles per group), odd outputs.
     rows_plain(0, 5, 1024, 200);
     rows_plain(0, 6, 256, 300);

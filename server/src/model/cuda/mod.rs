@@ -462,9 +462,8 @@ impl CudaRunner {
                 });
                 ops.paged_attention_rope(&p.plan, &q, 0, &kv.k[li], &kv.v[li], &o, scale, r)?;
             }
-            // One row (2-8 in the exact few-row mode) at hidden NORM_IN_QKV: o added into the
-            // residual in its epilogue, the MLP's input norm staged in the gate GEMV
-            // (Gemm::o_norm_gate_t1).
+            // One row at hidden NORM_IN_QKV: o added into the residual in its epilogue, the
+            // MLP's input norm staged in the gate GEMV (Gemm::o_norm_gate_t1).
             let post = PostNorm {
                 resid: &a.resid,
                 add: if norm_staged { y } else { None },
