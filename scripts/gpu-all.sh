@@ -119,7 +119,7 @@ left() { local l=$(( BUDGET - ($(date +%s) - START) )); [ "$l" -lt "$1" ] && ech
 decode_b1() {
   timeout $(left 90) "${3:-$STRATA}" gpu bench --only decode --shape "$2" --decode-batches 1 > "$1" 2>&1 \
     || { echo "bench rc=$?"; return 1; }
-  grep -E "^decode b1|b1 graph step with PDL|minus each|subset" "$1"
+  grep -E "^decode b1|b1 graph step (with PDL|waited)|minus each|subset" "$1"
 }
 # prefill_bench TAG: `gpu bench --only gemm,prefill` at 2K and 8K and (PREFILL_HF=0: not)
 # transformers' forward at the same lengths, logs $OUT/TAG-bench.log and $OUT/TAG-hf.log.

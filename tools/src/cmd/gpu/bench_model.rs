@@ -174,6 +174,18 @@ pub fn run(
                     a / n
                 ));
             }
+            // The same graph queued back to back as the overlap scheduler runs it, without and
+            // with the runner's per-step copies (bench_pipelined.rs).
+            if let Some(a) = graphed {
+                use super::bench_pipelined::pipelined_step_ms;
+                let g = model.capture(ops, gemm, &ws, &input)?;
+                let bare = pipelined_step_ms(ops, &g, &ws.logits, b, false)?;
+                let copied = pipelined_step_ms(ops, &g, &ws.logits, b, true)?;
+                summary.push(format!(
+                    "  b{b} graph step waited for on the host {a:.3} ms; queued back to back {bare:.3} ms, with the runner's per-step copies {copied:.3} ms (x{:.3})",
+                    copied / bare
+                ));
+            }
             // The same step with the decode attention on the tensor-core prefill kernel and on
             // decode2, side by side (default mode).
             if !args.deterministic {

@@ -13,6 +13,7 @@ mod bench;
 mod bench_context;
 mod bench_handoff;
 mod bench_model;
+mod bench_pipelined;
 mod bench_sampling;
 mod bench_stream;
 mod check;
