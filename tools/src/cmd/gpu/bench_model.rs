@@ -177,13 +177,16 @@ pub fn run(
             // The same graph queued back to back as the overlap scheduler runs it, without and
             // with the runner's per-step copies (bench_pipelined.rs).
             if let Some(a) = graphed {
-                use super::bench_pipelined::pipelined_step_ms;
+                use super::bench_pipelined::{pipelined_step_ms, StepCopies};
                 let g = model.capture(ops, gemm, &ws, &input)?;
-                let bare = pipelined_step_ms(ops, &g, &ws.logits, b, false)?;
-                let copied = pipelined_step_ms(ops, &g, &ws.logits, b, true)?;
+                let ms = |c| pipelined_step_ms(ops, &g, &ws.logits, b, c);
+                let bare = ms(StepCopies::Bare)?;
+                let runner = ms(StepCopies::Runner)?;
+                let back = ms(StepCopies::Readback)?;
+                let memops = ms(StepCopies::MemOps)?;
                 summary.push(format!(
-                    "  b{b} graph step waited for on the host {a:.3} ms; queued back to back {bare:.3} ms, with the runner's per-step copies {copied:.3} ms (x{:.3})",
-                    copied / bare
+                    "  b{b} graph step waited for on the host {a:.3} ms; queued back to back {bare:.3} ms, with the runner's per-step copies {runner:.3} ms (x{:.3}), the token copy back alone {back:.3} ms, memory-op writes + copy back {memops:.3} ms",
+                    runner / bare
                 ));
             }
             // The same step with the decode attention on the tensor-core prefill kernel and on

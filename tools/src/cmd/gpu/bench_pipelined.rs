@@ -6,25 +6,41 @@
 //! `bench_model.rs` waits for each step on the host, so it holds one launch gap per step; the
 //! pipelined step without copies is the GPU's own time per step, and the difference with the
 //! copies is what they add to a served step (the copies here write scratch buffers the graph
-//! does not read: their stream-ordered cost, not their effect).
+//! does not read: their stream-ordered cost, not their effect). Two leaner forms beside them:
+//! the token copy back alone, and the per-row words the host knows (position, KV slot, key
+//! count) written by one batch of stream memory operations instead of the two uploads, with
+//! no device-side id copy (the ids read from the previous tokens in place).
 
 use std::time::Instant;
 
 use cudarc::driver::CudaGraph;
 use strata_kernels::cuda::readback::Readback;
-use strata_kernels::cuda::{CudaOps, DTensor};
+use strata_kernels::cuda::{CudaOps, DTensor, GpuContext};
 
 /// Steps queued per measurement.
 const STEPS: usize = 64;
 
+/// What each pipelined step queues around its replay.
+#[derive(Clone, Copy, PartialEq)]
+pub enum StepCopies {
+    /// Nothing: the replay and the argmax.
+    Bare,
+    /// The tokens copied back into a pinned slot.
+    Readback,
+    /// The runner's copies today: tiles and metadata up, ids on the device, tokens back.
+    Runner,
+    /// 3 words per row by one cuStreamBatchMemOp, tokens back.
+    MemOps,
+}
+
 /// Mean ms per step of `STEPS` replays of `g` queued back to back (argmax of `logits` after
-/// each), with the runner's per-step copies when `copies`; the median of three runs.
+/// each) with `copies` around each; the median of three runs.
 pub fn pipelined_step_ms(
     ops: &CudaOps,
     g: &CudaGraph,
     logits: &DTensor,
     rows: usize,
-    copies: bool,
+    copies: StepCopies,
 ) -> anyhow::Result<f64> {
     let ctx = ops.context();
     let tokens = ctx.upload_i32(&[rows], &vec![0; rows])?;
@@ -37,14 +53,18 @@ pub fn pipelined_step_ms(
         ctx.synchronize()?;
         let t = Instant::now();
         for s in 0..STEPS {
-            if copies {
-                ctx.write_i32(&tiles, &tiles_host)?;
-                ctx.write_i32(&meta, &meta_host)?;
-                ctx.copy_words(&meta, 0, &tokens, 0, rows)?;
+            match copies {
+                StepCopies::Runner => {
+                    ctx.write_i32(&tiles, &tiles_host)?;
+                    ctx.write_i32(&meta, &meta_host)?;
+                    ctx.copy_words(&meta, 0, &tokens, 0, rows)?;
+                }
+                StepCopies::MemOps => write_words(ctx, &meta, 3 * rows, s as u32)?,
+                StepCopies::Bare | StepCopies::Readback => {}
             }
             g.launch()?;
             ops.argmax_rows(logits, &tokens)?;
-            if copies {
+            if copies != StepCopies::Bare {
                 // (Queueing slot k again waits for its previous copy: two steps in flight.)
                 readback.queue(s % 2, &tokens, rows)?;
             }
@@ -55,4 +75,31 @@ pub fn pipelined_step_ms(
     readback.sync_all()?;
     runs.sort_by(f64::total_cmp);
     Ok(runs[1])
+}
+
+/// Writes `n` words of `dst` (value `v`) by one batch of stream memory operations.
+fn write_words(ctx: &GpuContext, dst: &DTensor, n: usize, v: u32) -> anyhow::Result<()> {
+    use cudarc::driver::sys;
+    let mut ops: Vec<sys::CUstreamBatchMemOpParams> = (0..n)
+        .map(|i| {
+            // SAFETY: a plain-data union; every field read by the driver is set below.
+            let mut p: sys::CUstreamBatchMemOpParams = unsafe { std::mem::zeroed() };
+            p.writeValue.operation = sys::CUstreamBatchMemOpType::CU_STREAM_MEM_OP_WRITE_VALUE_32;
+            p.writeValue.address = dst.ptr() + 4 * i as u64;
+            p.writeValue.__bindgen_anon_1.value = v;
+            p
+        })
+        .collect();
+    ctx.cuda().bind_to_thread()?;
+    // SAFETY: every address lies inside `dst` (n <= its words, checked by the caller's sizes).
+    unsafe {
+        sys::cuStreamBatchMemOp_v2(
+            ctx.stream().cu_stream(),
+            ops.len() as u32,
+            ops.as_mut_ptr(),
+            0,
+        )
+        .result()?;
+    }
+    Ok(())
 }
