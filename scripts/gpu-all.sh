@@ -70,10 +70,6 @@
 #   stream   `gpu bench --only copy,stream`: the weight-streaming rate of grid shapes with the GEMVs'
 #            loads (the qkv GEMV's 192 blocks vs 128 blocks of 256-1024 threads, one and two per
 #            SM) on the 1B qkv / gate_up and 8B qkv matrices, beside the d2d copy rate
-#   memops   graph replays' tiles and metadata by stream memory operations (word_writes.rs, the
-#            default) vs copies (STRATA_MEMOP_WRITES=0): gpu-det-check.sh in batch-invariant
-#            mode on the 1B shape (graph vs no-graph servers identical), then served 1B A/B at
-#            c=1 and 16 (MEMOP_CONCS; gpu-itl-ab.sh, B with STRATA_MEMOP_WRITES=0)
 #   chain    the decode chain's compile-time defaults (evict-first weight loads, the early PDL
 #            trigger) against both off (STRATA_W_EVICT_FIRST=0 STRATA_PDL_EARLY=0): `gpu bench
 #            --only decode` at batch 1 on the 1B and 8B shapes in alternating processes (two
@@ -229,15 +225,6 @@ for s in $STEPS; do
       grep -E "^handoff|rror" "$OUT/handoff.log" ;;
     stream) timeout $(left 60) "$STRATA" gpu bench --only copy,stream > "$OUT/stream.log" 2>&1; rc=$?
       grep -E "d2d copy|stream |rror" "$OUT/stream.log" ;;
-    memops) rc=0  # graph replays' host-known words by stream memory operations (word_writes.rs) vs copies
-      DET_MODES=det DET_SIZES=llama-3.2-1b DET_BENCH=0 DET_RAW=0 timeout $(left 200) \
-        scripts/gpu-det-check.sh "$OUT/det-mo" > "$OUT/det-mo.log" 2>&1 || rc=1
-      grep -E "SAME|DIFF|PASS|FAIL|error" "$OUT/det-mo.log" | tail -9
-      for c in ${MEMOP_CONCS:-1 16}; do
-        echo "== 1B c=$c: A memory-op writes (default), B STRATA_MEMOP_WRITES=0"
-        SIZE=llama-3.2-1b CONC=$c NP=$(( c == 1 ? 4 : 2 * c )) RAW=0 ITL_B_ENV=STRATA_MEMOP_WRITES=0 \
-          timeout $(left 150) scripts/gpu-itl-ab.sh "$OUT/mo-c$c" 2>&1 | grep -vE "^\s*$" | tail -6 || rc=1
-      done ;;
     chain) rc=0
       for r in 1 2; do for shape in llama-3.2-1b llama-3.1-8b; do for e in 1 0; do
         echo "== $shape, chain defaults $([ $e = 1 ] && echo on || echo off), round $r"

@@ -567,11 +567,6 @@ pub struct QRope<'a> {
 }
 
 impl AttnPlan {
-    /// Forgets what the GPU holds of a fixed decode plan's tables and tiles (after a failed
-    /// write): the next update writes them whole.
-    pub fn forget_tables(&self) {
-        *self.table_mirror.lock().expect("plan table mirror") = None;
-    }
     /// True when this plan's kernel can apply RoPE to Q as it loads it (the wgmma prefill
     /// kernel; [`CudaOps::paged_attention_rope`]).
     pub fn rotates_q(&self) -> bool {
@@ -1265,23 +1260,6 @@ impl CudaOps {
     /// entry per step) go up as (index, page) pairs that `scatter_i32` writes. The host work is
     /// one comparison of each row's known entries plus the new ones (`plan_tables.rs`).
     pub fn update_decode_plan(&self, plan: &AttnPlan, rows: &[DecodeRow<'_>]) -> Result<()> {
-        let mut batch = super::word_writes::WordBatch::default();
-        self.update_decode_plan_into(plan, rows, &mut batch)?;
-        self.ctx
-            .write_batch(&batch)
-            .inspect_err(|_| plan.forget_tables())
-    }
-
-    /// [`CudaOps::update_decode_plan`] with the plan's tiles added to `words` (only the words
-    /// that changed: per row the key count, per step) instead of written; the page-table
-    /// changes are queued at once. Queue `words` by [`GpuContext::write_batch`] before the
-    /// replay (on its error, [`AttnPlan::forget_tables`]).
-    pub fn update_decode_plan_into<'a>(
-        &self,
-        plan: &'a AttnPlan,
-        rows: &[DecodeRow<'_>],
-        words: &mut super::word_writes::WordBatch<'a>,
-    ) -> Result<()> {
         let s = plan.shape;
         let batch = plan.total_rows;
         ensure(plan.n_tiles == batch && rows.len() <= batch, || {
@@ -1326,7 +1304,7 @@ impl CudaOps {
             ))
         })
         .and_then(|ch| {
-            words.update(&plan.tiles, &mut m.tiles, &tiles)?;
+            self.ctx.write_i32(&plan.tiles, &tiles)?;
             self.write_table_changes(&plan.tables, plan.max_pages, m, ch)
         });
         if written.is_err() {

@@ -40,7 +40,6 @@ pub mod sampling;
 pub mod select;
 pub mod tensor;
 pub mod transfer;
-pub mod word_writes;
 
 pub use attention::{
     decode_dmma, decode_on_mma, prefill_kernel, set_decode_attn, set_decode_dmma,

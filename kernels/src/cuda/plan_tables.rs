@@ -16,8 +16,6 @@ use super::tensor::{DTensor, DType};
 /// entries to `scatter_i32`.
 pub(crate) struct TableMirror {
     pub(crate) rows: Vec<Vec<u32>>,
-    /// The plan's tiles (per row its key count, which changes every step).
-    pub(crate) tiles: super::word_writes::WordMirror,
     scatter: DTensor,
 }
 
@@ -26,7 +24,6 @@ impl TableMirror {
     pub(crate) fn new(ctx: &GpuContext, rows: usize) -> Result<Self> {
         Ok(TableMirror {
             rows: vec![Vec::new(); rows],
-            tiles: Default::default(),
             scatter: ctx.alloc(DType::I32, &[1 + 2 * SCATTER_MAX])?,
         })
     }

@@ -20,7 +20,6 @@ use crate::model::runner::{SampleReq, Sampled};
 use crate::model::ForwardBatch;
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::CudaGraph;
-use strata_kernels::cuda::word_writes::{WordBatch, WordMirror};
 use strata_kernels::cuda::{AttnPlan, CudaError, DTensor, DType, DecodeRow};
 
 /// The decode batch sizes to capture (`strata serve`'s flags, SGLang's semantics): the sizes of
@@ -78,8 +77,6 @@ struct DecodeGraph {
     bs: usize,
     acts: Acts,
     meta: Meta,
-    /// What the GPU holds of `meta.buf` (a replay sends only the words that changed).
-    meta_mirror: WordMirror,
     plan: AttnPlan,
     exec: Exec,
     /// The bucket's graph with LoRA adapters (its Meta holds the per-row form's buffers).
@@ -125,7 +122,6 @@ impl DecodeGraph {
     fn lora_exec(&mut self, r: &CudaRunner, kv: &CudaKv) -> Result<(), CudaError> {
         if self.lora.is_none() {
             let bs = self.bs;
-            self.meta_mirror.clear();
             r.ctx.write_i32(&self.meta.buf, &blank_meta(bs))?;
             r.ops.update_decode_plan(&self.plan, &[])?;
             let mut meta = Meta::views(self.meta.buf.view(0, &[5 * bs])?, bs, bs, vec![-1; bs])?;
@@ -194,7 +190,6 @@ impl Graphs {
                 bs,
                 acts,
                 meta,
-                meta_mirror: WordMirror::default(),
                 plan,
                 exec,
                 lora: None,
@@ -293,6 +288,7 @@ impl Graphs {
             }
             g.lora_exec(r, kv)?;
         }
+        let g = &*g;
         let exec = match (&lora_rows, &g.lora) {
             (Some(_), Some((_, exec))) => exec,
             _ => &g.exec,
@@ -315,19 +311,8 @@ impl Graphs {
                 pages: &s.pages,
             })
             .collect();
-        // The plan's tiles and the metadata words that changed since the last replay, in one
-        // batch of stream memory operations (word_writes.rs); the page tables as they change.
-        let mut words = WordBatch::default();
-        let written = r
-            .ops
-            .update_decode_plan_into(&g.plan, &rows, &mut words)
-            .and_then(|()| words.update(&g.meta.buf, &mut g.meta_mirror, &host))
-            .and_then(|()| r.ctx.write_batch(&words));
-        if let Err(e) = written {
-            g.plan.forget_tables();
-            g.meta_mirror.clear();
-            return Err(e);
-        }
+        r.ops.update_decode_plan(&g.plan, &rows)?;
+        r.ctx.write_i32(&g.meta.buf, &host)?;
         if let Some(prev) = prev {
             // The ids section starts the buffer: runs of consecutive rows, one copy each.
             let mut k = 0;
@@ -337,8 +322,6 @@ impl Graphs {
                 while e < fp.len() && fp[e].0 == fp[e - 1].0 + 1 && fp[e].1 == fp[e - 1].1 + 1 {
                     e += 1;
                 }
-                // (Written behind the mirror: those ids go up again when next from the host.)
-                g.meta_mirror.forget(fp[k].0..fp[k].0 + (e - k));
                 r.ctx
                     .copy_words(&g.meta.buf, fp[k].0, prev, fp[k].1, e - k)?;
                 k = e;

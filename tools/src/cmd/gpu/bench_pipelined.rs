@@ -6,17 +6,16 @@
 //! `bench_model.rs` waits for each step on the host, so it holds one launch gap per step; the
 //! pipelined step without copies is the GPU's own time per step, and the difference with the
 //! copies is what they add to a served step (the copies here write scratch buffers the graph
-//! does not read: their stream-ordered cost, not their effect). Beside them: the token copy
-//! back alone, and the runner's copies with the per-row words that change every step (position,
-//! KV slot, key count) written by one batch of stream memory operations (word_writes.rs, the
-//! runner's default) instead of the two uploads.
+//! does not read: their stream-ordered cost, not their effect). Two leaner forms beside them:
+//! the token copy back alone, and the per-row words the host knows (position, KV slot, key
+//! count) written by one batch of stream memory operations instead of the two uploads, with
+//! no device-side id copy (the ids read from the previous tokens in place).
 
 use std::time::Instant;
 
 use cudarc::driver::CudaGraph;
 use strata_kernels::cuda::readback::Readback;
-use strata_kernels::cuda::word_writes::{WordBatch, WordMirror};
-use strata_kernels::cuda::{CudaOps, DTensor};
+use strata_kernels::cuda::{CudaOps, DTensor, GpuContext};
 
 /// Steps queued per measurement.
 const STEPS: usize = 64;
@@ -28,10 +27,9 @@ pub enum StepCopies {
     Bare,
     /// The tokens copied back into a pinned slot.
     Readback,
-    /// The runner's copies before word_writes.rs: tiles and metadata up, ids on the device,
-    /// tokens back.
+    /// The runner's copies today: tiles and metadata up, ids on the device, tokens back.
     Runner,
-    /// 3 words per row by one batch of memory operations, ids on the device, tokens back.
+    /// 3 words per row by one cuStreamBatchMemOp, tokens back.
     MemOps,
 }
 
@@ -50,7 +48,6 @@ pub fn pipelined_step_ms(
     let tiles = ctx.upload_i32(&[4 * rows], &vec![0; 4 * rows])?;
     let (meta_host, tiles_host) = (vec![1i32; 5 * rows], vec![1i32; 4 * rows]);
     let mut readback = Readback::new(ctx, 2, rows)?;
-    let mut mirror = WordMirror::default();
     let mut runs = Vec::new();
     for _ in 0..3 {
         ctx.synchronize()?;
@@ -62,12 +59,7 @@ pub fn pipelined_step_ms(
                     ctx.write_i32(&meta, &meta_host)?;
                     ctx.copy_words(&meta, 0, &tokens, 0, rows)?;
                 }
-                StepCopies::MemOps => {
-                    let mut words = WordBatch::default();
-                    words.update(&meta, &mut mirror, &vec![s as i32; 3 * rows])?;
-                    ctx.write_batch(&words)?;
-                    ctx.copy_words(&meta, 0, &tokens, 0, rows)?;
-                }
+                StepCopies::MemOps => write_words(ctx, &meta, 3 * rows, s as u32)?,
                 StepCopies::Bare | StepCopies::Readback => {}
             }
             g.launch()?;
@@ -83,4 +75,31 @@ pub fn pipelined_step_ms(
     readback.sync_all()?;
     runs.sort_by(f64::total_cmp);
     Ok(runs[1])
+}
+
+/// Writes `n` words of `dst` (value `v`) by one batch of stream memory operations.
+fn write_words(ctx: &GpuContext, dst: &DTensor, n: usize, v: u32) -> anyhow::Result<()> {
+    use cudarc::driver::sys;
+    let mut ops: Vec<sys::CUstreamBatchMemOpParams> = (0..n)
+        .map(|i| {
+            // SAFETY: a plain-data union; every field read by the driver is set below.
+            let mut p: sys::CUstreamBatchMemOpParams = unsafe { std::mem::zeroed() };
+            p.writeValue.operation = sys::CUstreamBatchMemOpType::CU_STREAM_MEM_OP_WRITE_VALUE_32;
+            p.writeValue.address = dst.ptr() + 4 * i as u64;
+            p.writeValue.__bindgen_anon_1.value = v;
+            p
+        })
+        .collect();
+    ctx.cuda().bind_to_thread()?;
+    // SAFETY: every address lies inside `dst` (n <= its words, checked by the caller's sizes).
+    unsafe {
+        sys::cuStreamBatchMemOp_v2(
+            ctx.stream().cu_stream(),
+            ops.len() as u32,
+            ops.as_mut_ptr(),
+            0,
+        )
+        .result()?;
+    }
+    Ok(())
 }
