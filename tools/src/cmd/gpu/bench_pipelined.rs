@@ -79,19 +79,28 @@ pub fn pipelined_step_ms(
 
 /// Writes `n` words of `dst` (value `v`) by one batch of stream memory operations.
 fn write_words(ctx: &GpuContext, dst: &DTensor, n: usize, v: u32) -> anyhow::Result<()> {
+    batch_write(ctx, dst.ptr(), n, v).map_err(|e| anyhow::anyhow!("cuStreamBatchMemOp: {e:?}"))
+}
+
+fn batch_write(
+    ctx: &GpuContext,
+    addr: u64,
+    n: usize,
+    v: u32,
+) -> Result<(), cudarc::driver::DriverError> {
     use cudarc::driver::sys;
     let mut ops: Vec<sys::CUstreamBatchMemOpParams> = (0..n)
         .map(|i| {
             // SAFETY: a plain-data union; every field read by the driver is set below.
             let mut p: sys::CUstreamBatchMemOpParams = unsafe { std::mem::zeroed() };
             p.writeValue.operation = sys::CUstreamBatchMemOpType::CU_STREAM_MEM_OP_WRITE_VALUE_32;
-            p.writeValue.address = dst.ptr() + 4 * i as u64;
+            p.writeValue.address = addr + 4 * i as u64;
             p.writeValue.__bindgen_anon_1.value = v;
             p
         })
         .collect();
     ctx.cuda().bind_to_thread()?;
-    // SAFETY: every address lies inside `dst` (n <= its words, checked by the caller's sizes).
+    // SAFETY: the caller's n words at addr are device memory of this context.
     unsafe {
         sys::cuStreamBatchMemOp_v2(
             ctx.stream().cu_stream(),
@@ -99,7 +108,66 @@ fn write_words(ctx: &GpuContext, dst: &DTensor, n: usize, v: u32) -> anyhow::Res
             ops.as_mut_ptr(),
             0,
         )
-        .result()?;
+        .result()
     }
-    Ok(())
+}
+
+/// Which stream memory operations this driver accepts (2026-12-07 an H100 answered
+/// CUDA_ERROR_INVALID_VALUE to a batch of 32-bit writes): a batch and a single write on memory
+/// from the context's allocator and on memory from cuMemAlloc, and the device attributes that
+/// say whether they are supported.
+pub fn memop_probe(ctx: &GpuContext) -> String {
+    use cudarc::driver::sys;
+    let mut out = Vec::new();
+    let attr = |a: sys::CUdevice_attribute| -> String {
+        let mut v = 0i32;
+        // SAFETY: a plain query of device 0's attribute into v.
+        match unsafe { sys::cuDeviceGetAttribute(&mut v, a, 0) }.result() {
+            Ok(()) => v.to_string(),
+            Err(e) => format!("{e:?}"),
+        }
+    };
+    out.push(format!(
+        "attributes: stream mem ops v1 {}, wait value nor {}",
+        attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_CAN_USE_STREAM_MEM_OPS_V1),
+        attr(sys::CUdevice_attribute::CU_DEVICE_ATTRIBUTE_CAN_USE_STREAM_WAIT_VALUE_NOR_V1),
+    ));
+    let single = |addr: u64| -> String {
+        let _ = ctx.cuda().bind_to_thread();
+        // SAFETY: addr is 4 words of device memory of this context.
+        match unsafe { sys::cuStreamWriteValue32_v2(ctx.stream().cu_stream(), addr, 7, 0) }.result()
+        {
+            Ok(()) => "ok".into(),
+            Err(e) => format!("{e:?}"),
+        }
+    };
+    let res = |r: Result<(), cudarc::driver::DriverError>| match r {
+        Ok(()) => "ok".to_string(),
+        Err(e) => format!("{e:?}"),
+    };
+    match ctx.upload_i32(&[4], &[0; 4]) {
+        Ok(t) => out.push(format!(
+            "context memory: batch {}, single {}",
+            res(batch_write(ctx, t.ptr(), 4, 7)),
+            single(t.ptr())
+        )),
+        Err(e) => out.push(format!("alloc: {e}")),
+    }
+    let mut p: sys::CUdeviceptr = 0;
+    let _ = ctx.cuda().bind_to_thread();
+    // SAFETY: a 16-byte allocation, freed below after the stream drained.
+    match unsafe { sys::cuMemAlloc_v2(&mut p, 16) }.result() {
+        Ok(()) => {
+            out.push(format!(
+                "cuMemAlloc memory: batch {}, single {}",
+                res(batch_write(ctx, p, 4, 7)),
+                single(p)
+            ));
+            let _ = ctx.synchronize();
+            // SAFETY: p came from cuMemAlloc above; nothing uses it after the sync.
+            let _ = unsafe { sys::cuMemFree_v2(p) };
+        }
+        Err(e) => out.push(format!("cuMemAlloc: {e:?}")),
+    }
+    out.join("; ")
 }
