@@ -304,10 +304,13 @@ impl Server {
             .expect("send");
         assert_eq!(r.status().as_u16(), 200);
         let mut s = r.bytes_stream();
-        let mut buf = String::new();
+        // The bytes first, decoded once: a character split across two network chunks (such as
+        // a U+FFFD in a token's text) must not become two replacement characters.
+        let mut bytes = Vec::new();
         while let Some(chunk) = s.next().await {
-            buf.push_str(&String::from_utf8_lossy(&chunk.expect("chunk")));
+            bytes.extend_from_slice(&chunk.expect("chunk"));
         }
+        let buf = String::from_utf8(bytes).expect("a stream of UTF-8 text");
         // Each event's data line (an `event:` line may come first).
         buf.split("\n\n")
             .filter_map(|e| e.lines().find_map(|l| l.strip_prefix("data: ")))
