@@ -9,7 +9,8 @@
 //! does not read: their stream-ordered cost, not their effect). Two leaner forms beside them:
 //! the token copy back alone, and the per-row words the host knows (position, KV slot, key
 //! count) written by one batch of stream memory operations instead of the two uploads, with
-//! no device-side id copy (the ids read from the previous tokens in place).
+//! no device-side id copy (the ids read from the previous tokens in place). The runner does not
+//! use memory operations: the one H100 they were tried on refused the batch (`memop_probe`).
 
 use std::time::Instant;
 
