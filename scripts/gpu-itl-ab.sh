@@ -9,7 +9,9 @@
 # ITL_B_ENV (environment only server A or B gets, e.g. STRATA_FUSION_OFF=qkv_norm for a served
 # A/B), CONC (1) and NP (4 prompts per run; at CONC > 1 also output tok/s), RAW (1: the raw step),
 # ITL_B_STRATA (another strata binary for server B, e.g. the build before a change),
-# MAX_TOTAL (--max-total-tokens, 65536), EXTRA (`bench serve --extra-request-body`, e.g.
+# MAX_TOTAL (--max-total-tokens, 65536), GREEDY ("N TOKENS": gpu_greedy_consistency.py with A as the
+# graph server and B as the other: every output of B, and of A at 8 and 32 at once, against A's
+# one at a time), EXTRA (`bench serve --extra-request-body`, e.g.
 # '{"sampling_params": {"temperature": 0.7, "top_p": 0.9}}' for sampled requests).
 # (Issue 14's served-ITL target is at c=1; CONC > 1 compares batched decode.)
 set -uo pipefail
@@ -46,6 +48,11 @@ done
 for ab in A B; do
   echo "   $ab profile: $(grep -h "back-to-back graph decode steps" "$OUTDIR/itl-$ab.log" | tail -1 | sed 's/.*INFO//' | cut -c1-200)"
 done
+if [ -n "${GREEDY:-}" ]; then  # GREEDY="N TOKENS": A's greedy outputs one at a time, 8 and 32 at once, vs B's
+  timeout 200 python3 scripts/gpu_greedy_consistency.py http://127.0.0.1:32501 http://127.0.0.1:32502 \
+    "$OUTDIR/itl-greedy.json" $GREEDY > "$OUTDIR/itl-greedy.log" 2>&1; echo "   greedy A vs B: rc=$?"
+  tail -8 "$OUTDIR/itl-greedy.log"
+fi
 for p in "${pids[@]}"; do kill $p 2>/dev/null; done; sleep 2
 [ "${RAW:-1}" = 1 ] || exit 0
 shape=$SIZE

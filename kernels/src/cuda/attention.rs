@@ -567,6 +567,11 @@ pub struct QRope<'a> {
 }
 
 impl AttnPlan {
+    /// The plan's tiles (4 i32 per tile: sequence, first q row, q rows, first key), which a
+    /// decode graph's metadata node writes (`meta_fill.rs`).
+    pub fn tiles(&self) -> &DTensor {
+        &self.tiles
+    }
     /// True when this plan's kernel can apply RoPE to Q as it loads it (the wgmma prefill
     /// kernel; [`CudaOps::paged_attention_rope`]).
     pub fn rotates_q(&self) -> bool {
@@ -1260,6 +1265,22 @@ impl CudaOps {
     /// entry per step) go up as (index, page) pairs that `scatter_i32` writes. The host work is
     /// one comparison of each row's known entries plus the new ones (`plan_tables.rs`).
     pub fn update_decode_plan(&self, plan: &AttnPlan, rows: &[DecodeRow<'_>]) -> Result<()> {
+        self.update_fixed_plan(plan, rows, true)
+    }
+
+    /// [`CudaOps::update_decode_plan`] without the tiles (each row's key count), which a decode
+    /// graph's metadata node writes on the device (`meta_fill.rs`): the rows are checked and the
+    /// page tables' changes go up.
+    pub fn update_decode_tables(&self, plan: &AttnPlan, rows: &[DecodeRow<'_>]) -> Result<()> {
+        self.update_fixed_plan(plan, rows, false)
+    }
+
+    fn update_fixed_plan(
+        &self,
+        plan: &AttnPlan,
+        rows: &[DecodeRow<'_>],
+        write_tiles: bool,
+    ) -> Result<()> {
         let s = plan.shape;
         let batch = plan.total_rows;
         ensure(plan.n_tiles == batch && rows.len() <= batch, || {
@@ -1304,7 +1325,9 @@ impl CudaOps {
             ))
         })
         .and_then(|ch| {
-            self.ctx.write_i32(&plan.tiles, &tiles)?;
+            if write_tiles {
+                self.ctx.write_i32(&plan.tiles, &tiles)?;
+            }
             self.write_table_changes(&plan.tables, plan.max_pages, m, ch)
         });
         if written.is_err() {

@@ -30,6 +30,7 @@ pub mod launch;
 pub mod llama;
 pub mod lora;
 pub mod lt_table;
+pub mod meta_fill;
 pub mod nvrtc;
 pub mod ops;
 pub mod peer_copy;

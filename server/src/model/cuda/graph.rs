@@ -9,6 +9,13 @@
 //! Under overlap scheduling a replay may take input ids from the previous forward's sampled
 //! tokens, copied device to device into the ids section after the metadata write.
 //!
+//! Buckets of up to `META_FILL_ROWS` rows start with a metadata node (strata_kernels
+//! `meta_fill.rs`): a replay sets the rows (ids or where in the previous tokens they are,
+//! positions, slots, key counts) as that node's parameters on the executable, and the node
+//! writes them on the device, so between two replays the stream holds no copy but the page
+//! tables' changes. Opt-in (`STRATA_GRAPH_META_NODE=1`) until measured on a GPU; without it
+//! (or when the node cannot be captured) every replay copies.
+//!
 //! Batches with LoRA adapters replay a second graph of the bucket, captured on the first such
 //! batch: the same buffers, the unfused projections and the per-row LoRA kernels (lora.rs
 //! `Seg`), each row's adapter slot in a fifth metadata section.
@@ -20,6 +27,7 @@ use crate::model::runner::{SampleReq, Sampled};
 use crate::model::ForwardBatch;
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::CudaGraph;
+use strata_kernels::cuda::meta_fill::{FillId, FillRow, MetaNode, META_FILL_ROWS};
 use strata_kernels::cuda::{AttnPlan, CudaError, DTensor, DType, DecodeRow};
 
 /// The decode batch sizes to capture (`strata serve`'s flags, SGLang's semantics): the sizes of
@@ -79,6 +87,9 @@ struct DecodeGraph {
     meta: Meta,
     plan: AttnPlan,
     exec: Exec,
+    /// The metadata node of `exec` (None: replays copy the metadata up), and whether it was
+    /// last set to write rows.
+    node: Option<(MetaNode, bool)>,
     /// The bucket's graph with LoRA adapters (its Meta holds the per-row form's buffers).
     lora: Option<(Meta, Exec)>,
 }
@@ -96,24 +107,72 @@ fn blank_meta(bs: usize) -> Vec<i32> {
 }
 
 /// Captures `r`'s forward of the bucket's buffers (after one eager pass: cuBLASLt times its
-/// algorithms outside capture).
+/// algorithms outside capture), after a metadata node of `node_rows` rows when given.
 fn record(
     r: &CudaRunner,
     acts: &Acts,
     meta: &Meta,
     plan: &AttnPlan,
     kv: &CudaKv,
-) -> Result<Exec, CudaError> {
+    node_rows: Option<usize>,
+) -> Result<(Exec, Option<MetaNode>), CudaError> {
     r.forward(acts, meta, plan, kv)?;
     r.ctx.synchronize()?;
     let stream = r.ctx.stream();
     stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
-    let run = r.forward(acts, meta, plan, kv);
+    let run = node_rows
+        .map(|bs| {
+            r.ops
+                .capture_meta_node(plan.tiles(), &meta.ids, &meta.pos, &meta.slots, bs)
+        })
+        .transpose()
+        .and_then(|node| r.forward(acts, meta, plan, kv).map(|()| node));
     let g = stream.end_capture(CUgraphInstantiate_flags(0));
-    run?;
+    let node = run?;
     let g = g?.ok_or_else(|| CudaError::Shape("empty graph captured".into()))?;
     g.upload()?;
-    Ok(Exec(g))
+    Ok((Exec(g), node))
+}
+
+/// A replay's metadata and plan tiles copied up, the ids of rows continuing the queued forward
+/// copied on the device from `prev` (graphs without a metadata node, and LoRA batches).
+fn copy_meta(
+    r: &CudaRunner,
+    g: &DecodeGraph,
+    batch: &ForwardBatch,
+    lora_rows: Option<&[i32]>,
+    rows: &[DecodeRow<'_>],
+    prev: Option<&DTensor>,
+) -> Result<(), CudaError> {
+    let bs = g.bs;
+    let n = batch.tokens.len();
+    // Every section in one copy: padded rows keep the blank values.
+    let mut host = blank_meta(bs);
+    for i in 0..n {
+        host[i] = batch.tokens[i] as i32;
+        host[bs + i] = batch.positions[i] as i32;
+        host[2 * bs + i] = batch.slots[i] as i32;
+    }
+    if let Some(rows) = lora_rows {
+        host[4 * bs..4 * bs + n].copy_from_slice(rows);
+    }
+    r.ops.update_decode_plan(&g.plan, rows)?;
+    r.ctx.write_i32(&g.meta.buf, &host)?;
+    if let Some(prev) = prev {
+        // The ids section starts the buffer: runs of consecutive rows, one copy each.
+        let mut k = 0;
+        let fp = &batch.from_prev;
+        while k < fp.len() {
+            let mut e = k + 1;
+            while e < fp.len() && fp[e].0 == fp[e - 1].0 + 1 && fp[e].1 == fp[e - 1].1 + 1 {
+                e += 1;
+            }
+            r.ctx
+                .copy_words(&g.meta.buf, fp[k].0, prev, fp[k].1, e - k)?;
+            k = e;
+        }
+    }
+    Ok(())
 }
 
 impl DecodeGraph {
@@ -130,7 +189,7 @@ impl DecodeGraph {
                 table: r.loras.table(&r.ctx, &r.cfg)?,
                 mid: r.ctx.alloc(DType::F32, &[bs, MID_CAP])?,
             }));
-            let exec = record(r, &self.acts, &meta, &self.plan, kv)?;
+            let (exec, _) = record(r, &self.acts, &meta, &self.plan, kv, None)?;
             tracing::info!(bs, "CUDA graph with LoRA adapters captured");
             self.lora = Some((meta, exec));
         }
@@ -174,6 +233,7 @@ impl Graphs {
             }
             _ => None,
         };
+        let nodes = std::env::var("STRATA_GRAPH_META_NODE").is_ok_and(|v| v == "1");
         for bs in sizes {
             let acts = r.acts(bs, bs)?;
             let buf = r.ctx.upload_i32(&[5 * bs], &blank_meta(bs))?;
@@ -185,13 +245,21 @@ impl Graphs {
                 plan.share_workspace(s)?;
             }
             r.ops.update_decode_plan(&plan, &[])?;
-            let exec = record(r, &acts, &meta, &plan, kv)?;
+            let node_rows = (nodes && bs <= META_FILL_ROWS).then_some(bs);
+            let (exec, node) = match record(r, &acts, &meta, &plan, kv, node_rows) {
+                Err(e) if node_rows.is_some() => {
+                    tracing::warn!(bs, "decode graph metadata node: {e}; copying the metadata");
+                    record(r, &acts, &meta, &plan, kv, None)?
+                }
+                recorded => recorded?,
+            };
             graphs.push(DecodeGraph {
                 bs,
                 acts,
                 meta,
                 plan,
                 exec,
+                node: node.map(|n| (n, false)),
                 lora: None,
             });
         }
@@ -278,7 +346,6 @@ impl Graphs {
                 "slot outside pool of {slots_cap}"
             )));
         }
-        let bs = g.bs;
         if lora_rows.is_some() {
             if g.lora.is_none() && !batch.from_prev.is_empty() {
                 // Capturing the LoRA graph runs the bucket eagerly first, over the activations
@@ -288,21 +355,10 @@ impl Graphs {
             }
             g.lora_exec(r, kv)?;
         }
-        let g = &*g;
         let exec = match (&lora_rows, &g.lora) {
             (Some(_), Some((_, exec))) => exec,
             _ => &g.exec,
         };
-        // Every section in one copy: padded rows keep the blank values.
-        let mut host = blank_meta(bs);
-        for i in 0..n {
-            host[i] = batch.tokens[i] as i32;
-            host[bs + i] = batch.positions[i] as i32;
-            host[2 * bs + i] = batch.slots[i] as i32;
-        }
-        if let Some(rows) = &lora_rows {
-            host[4 * bs..4 * bs + n].copy_from_slice(rows);
-        }
         let rows: Vec<DecodeRow> = batch
             .seqs
             .iter()
@@ -311,20 +367,34 @@ impl Graphs {
                 pages: &s.pages,
             })
             .collect();
-        r.ops.update_decode_plan(&g.plan, &rows)?;
-        r.ctx.write_i32(&g.meta.buf, &host)?;
-        if let Some(prev) = prev {
-            // The ids section starts the buffer: runs of consecutive rows, one copy each.
-            let mut k = 0;
-            let fp = &batch.from_prev;
-            while k < fp.len() {
-                let mut e = k + 1;
-                while e < fp.len() && fp[e].0 == fp[e - 1].0 + 1 && fp[e].1 == fp[e - 1].1 + 1 {
-                    e += 1;
+        match &mut g.node {
+            // The rows as the metadata node's parameters (LoRA batches replay another graph).
+            Some((node, filled)) if lora_rows.is_none() => {
+                r.ops.update_decode_tables(&g.plan, &rows)?;
+                let mut fill: Vec<FillRow> = (0..n)
+                    .map(|i| FillRow {
+                        id: FillId::Host(batch.tokens[i]),
+                        pos: batch.positions[i] as i32,
+                        slot: batch.slots[i] as i32,
+                        kv_len: batch.seqs[i].kv_len as i32,
+                    })
+                    .collect();
+                for &(j, k) in &batch.from_prev {
+                    let row = fill.get_mut(j).ok_or_else(|| {
+                        CudaError::Shape(format!("input {j} from the previous forward of {n}"))
+                    })?;
+                    row.id = FillId::Prev(k);
                 }
-                r.ctx
-                    .copy_words(&g.meta.buf, fp[k].0, prev, fp[k].1, e - k)?;
-                k = e;
+                node.set(&exec.0, Some(&fill), prev)?;
+                *filled = true;
+            }
+            node => {
+                if let Some((node, filled)) = node.as_mut().filter(|(_, f)| *f) {
+                    // (Only `exec` has the node; it writes nothing from now on.)
+                    node.set(&g.exec.0, None, None)?;
+                    *filled = false;
+                }
+                copy_meta(r, g, batch, lora_rows.as_deref(), &rows, prev)?;
             }
         }
         let launched = std::time::Instant::now();
