@@ -11,12 +11,18 @@
 //! count) written by one batch of stream memory operations instead of the two uploads, with
 //! no device-side id copy (the ids read from the previous tokens in place). The runner does not
 //! use memory operations: the one H100 they were tried on refused the batch (`memop_probe`).
+//! And the runner's opt-in form (`STRATA_GRAPH_META_NODE=1`): the graph captured after a
+//! metadata node whose parameters are set on the executable before each replay (the step's own
+//! rows, ids from the previous tokens), with the token copy back ([`capture_with_node`]).
 
 use std::time::Instant;
 
+use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::CudaGraph;
+use strata_kernels::cuda::llama::{LlamaModel, StepInput, Workspace};
+use strata_kernels::cuda::meta_fill::{FillId, FillRow, MetaNode};
 use strata_kernels::cuda::readback::Readback;
-use strata_kernels::cuda::{CudaOps, DTensor, GpuContext};
+use strata_kernels::cuda::{CudaOps, DTensor, Gemm, GpuContext};
 
 /// Steps queued per measurement.
 const STEPS: usize = 64;
@@ -32,6 +38,47 @@ pub enum StepCopies {
     Runner,
     /// 3 words per row by one cuStreamBatchMemOp, tokens back.
     MemOps,
+    /// The rows set on the graph's metadata node (the graph must have one), tokens back.
+    Node,
+}
+
+/// `model`'s step on `input` captured after a metadata node, and the node's rows that leave
+/// the step as it is (positions, slots and key counts of `input`, ids from the previous
+/// tokens).
+pub fn capture_with_node(
+    ops: &CudaOps,
+    gemm: &Gemm,
+    model: &LlamaModel,
+    ws: &Workspace,
+    input: &StepInput,
+) -> anyhow::Result<(CudaGraph, MetaNode, Vec<FillRow>)> {
+    let ctx = ops.context();
+    let (pos, tiles) = (
+        ctx.download_i32(&input.pos)?,
+        ctx.download_i32(input.plan.tiles())?,
+    );
+    let rows = (0..input.host_slots.len())
+        .map(|i| FillRow {
+            id: FillId::Prev(i),
+            pos: pos[i],
+            slot: input.host_slots[i],
+            kv_len: tiles[4 * i + 3] + 1,
+        })
+        .collect();
+    let stream = ctx.stream();
+    let bs = input.host_slots.len();
+    stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
+    let run = ops
+        .capture_meta_node(input.plan.tiles(), &input.ids, &input.pos, &input.slots, bs)
+        .and_then(|node| {
+            model
+                .forward_hooked(ops, gemm, ws, input, &|_| false, &mut |_| Ok(()))
+                .map(|()| node)
+        });
+    let g = stream.end_capture(CUgraphInstantiate_flags(0));
+    let node = run?;
+    let g = g?.ok_or_else(|| anyhow::anyhow!("empty graph captured"))?;
+    Ok((g, node, rows))
 }
 
 /// Mean ms per step of `STEPS` replays of `g` queued back to back (argmax of `logits` after
@@ -42,6 +89,7 @@ pub fn pipelined_step_ms(
     logits: &DTensor,
     rows: usize,
     copies: StepCopies,
+    mut node: Option<(&mut MetaNode, &[FillRow])>,
 ) -> anyhow::Result<f64> {
     let ctx = ops.context();
     let tokens = ctx.upload_i32(&[rows], &vec![0; rows])?;
@@ -62,6 +110,12 @@ pub fn pipelined_step_ms(
                 }
                 StepCopies::MemOps => batch_write(ctx, meta.ptr(), 3 * rows, s as u32)
                     .map_err(|e| anyhow::anyhow!("cuStreamBatchMemOp: {e:?}"))?,
+                StepCopies::Node => {
+                    let (n, fill) = node
+                        .as_mut()
+                        .ok_or_else(|| anyhow::anyhow!("no metadata node"))?;
+                    n.set(g, Some(fill), Some(&tokens))?;
+                }
                 StepCopies::Bare | StepCopies::Readback => {}
             }
             g.launch()?;
