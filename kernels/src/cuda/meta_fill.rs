@@ -63,8 +63,8 @@ pub enum FillId {
 /// A captured graph's metadata node: where its rows go, and the node to set before a replay.
 pub struct MetaNode {
     node: sys::CUgraphNode,
-    /// The node's launch (function, grid) as captured, read on the first `set`.
-    base: Option<sys::CUDA_KERNEL_NODE_PARAMS>,
+    /// The node's launch (function, grid) as captured.
+    base: sys::CUDA_KERNEL_NODE_PARAMS,
     fill: MetaFill,
 }
 
@@ -73,9 +73,10 @@ pub struct MetaNode {
 unsafe impl Send for MetaNode {}
 
 impl CudaOps {
-    /// Launches the metadata node of a graph being captured on this context's stream, writing
-    /// nothing until set (`bs` rows of the graph: `ids`, `pos` and `slots` of `bs` i32 each, and
-    /// a fixed decode plan's `tiles`, [`super::AttnPlan::tiles`]), and returns it.
+    /// Launches the metadata node as the first launch of a graph being captured on this
+    /// context's stream, writing nothing until set (`bs` rows of the graph: `ids`, `pos` and
+    /// `slots` of `bs` i32 each, and a fixed decode plan's `tiles`, [`super::AttnPlan::tiles`]);
+    /// [`MetaNodeLaunch::locate`] finds it in the captured graph.
     pub fn capture_meta_node(
         &self,
         tiles: &DTensor,
@@ -83,7 +84,7 @@ impl CudaOps {
         pos: &DTensor,
         slots: &DTensor,
         bs: usize,
-    ) -> Result<MetaNode> {
+    ) -> Result<MetaNodeLaunch> {
         if bs > META_FILL_ROWS
             || [ids, pos, slots].iter().any(|t| t.numel() < bs)
             || tiles.numel() < 4 * bs
@@ -121,37 +122,53 @@ impl CudaOps {
                 &mut params,
             )?;
         }
-        let mut status = sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_NONE;
-        let mut deps: *const sys::CUgraphNode = std::ptr::null();
-        let mut n_deps = 0usize;
-        // SAFETY: out-pointers to locals; the dependency array is the driver's, read at once.
+        Ok(MetaNodeLaunch {
+            fill,
+            func: self.meta_fill.cu_function(),
+        })
+    }
+}
+
+/// The metadata node launched first in a capture, to be found in the captured graph.
+pub struct MetaNodeLaunch {
+    fill: MetaFill,
+    func: sys::CUfunction,
+}
+
+impl MetaNodeLaunch {
+    /// The node in `graph`, captured from the stream this launch began: its only root (every
+    /// later launch of the capture follows it), a kernel node of the metadata kernel.
+    pub fn locate(self, graph: &CudaGraph) -> Result<MetaNode> {
+        let call = |call: &'static str| move |source| CudaError::Call { call, source };
+        let mut roots = [std::ptr::null_mut(); 2];
+        let mut n = roots.len();
+        // SAFETY: room for n root handles; the driver writes at most n and sets n to the count.
         unsafe {
-            sys::cuStreamGetCaptureInfo_v3(
-                stream,
-                &mut status,
-                std::ptr::null_mut(),
-                std::ptr::null_mut(),
-                &mut deps,
-                std::ptr::null_mut(),
-                &mut n_deps,
-            )
-            .result()
-            .map_err(|source| CudaError::Call {
-                call: "cuStreamGetCaptureInfo",
-                source,
-            })?;
+            sys::cuGraphGetRootNodes(graph.cu_graph(), roots.as_mut_ptr(), &mut n)
+                .result()
+                .map_err(call("cuGraphGetRootNodes"))?;
         }
-        if status != sys::CUstreamCaptureStatus::CU_STREAM_CAPTURE_STATUS_ACTIVE || n_deps != 1 {
+        if n != 1 {
             return Err(CudaError::Shape(format!(
-                "metadata node: stream capture {status:?} with {n_deps} nodes at its end"
+                "metadata node: the captured graph has {n} roots"
             )));
         }
-        // SAFETY: n_deps == 1 entries at deps.
-        let node = unsafe { *deps };
+        // SAFETY: a node of `graph`; base is written by the driver (a kernel node's launch).
+        let mut base: sys::CUDA_KERNEL_NODE_PARAMS = unsafe { std::mem::zeroed() };
+        unsafe {
+            sys::cuGraphKernelNodeGetParams_v2(roots[0], &mut base)
+                .result()
+                .map_err(call("cuGraphKernelNodeGetParams"))?;
+        }
+        if base.func != self.func {
+            return Err(CudaError::Shape(
+                "metadata node: the captured graph's root is another kernel".into(),
+            ));
+        }
         Ok(MetaNode {
-            node,
-            base: None,
-            fill,
+            node: roots[0],
+            base,
+            fill: self.fill,
         })
     }
 }
@@ -197,32 +214,14 @@ impl MetaNode {
                 f.prev = prev.map_or(f.ids, |p| p.ptr());
             }
         }
-        let base = match self.base {
-            Some(b) => b,
-            None => {
-                // SAFETY: `node` is a kernel node of a captured graph; base is written by the
-                // driver.
-                let mut b: sys::CUDA_KERNEL_NODE_PARAMS = unsafe { std::mem::zeroed() };
-                unsafe {
-                    sys::cuGraphKernelNodeGetParams_v2(self.node, &mut b)
-                        .result()
-                        .map_err(|source| CudaError::Call {
-                            call: "cuGraphKernelNodeGetParams",
-                            source,
-                        })?;
-                }
-                *self.base.insert(b)
-            }
-        };
-        let f = &mut self.fill;
-        let mut params = [f as *mut MetaFill as *mut c_void];
+        let mut params = [&mut self.fill as *mut MetaFill as *mut c_void];
         let p = sys::CUDA_KERNEL_NODE_PARAMS {
             kernelParams: params.as_mut_ptr(),
             extra: std::ptr::null_mut(),
-            ..base
+            ..self.base
         };
-        // SAFETY: `graph` holds `node` (the caller's word); the parameter block is copied by
-        // the driver before the call returns.
+        // SAFETY: the parameter block is the kernel's and is copied by the driver before the
+        // call returns; a graph without this node is refused by the driver (an error here).
         unsafe {
             sys::cuGraphExecKernelNodeSetParams_v2(graph.cu_graph_exec(), self.node, &p)
                 .result()

@@ -130,6 +130,7 @@ fn record(
     let g = stream.end_capture(CUgraphInstantiate_flags(0));
     let node = run?;
     let g = g?.ok_or_else(|| CudaError::Shape("empty graph captured".into()))?;
+    let node = node.map(|n| n.locate(&g)).transpose()?;
     g.upload()?;
     Ok((Exec(g), node))
 }

@@ -78,6 +78,7 @@ pub fn capture_with_node(
     let g = stream.end_capture(CUgraphInstantiate_flags(0));
     let node = run?;
     let g = g?.ok_or_else(|| anyhow::anyhow!("empty graph captured"))?;
+    let node = node.locate(&g)?;
     Ok((g, node, rows))
 }
 

@@ -57,8 +57,9 @@ pub fn check_meta_fill(
         stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
         let node = ops.capture_meta_node(&bufs[3], &bufs[0], &bufs[1], &bufs[2], bs);
         let g = stream.end_capture(CUgraphInstantiate_flags(0));
-        let mut node = node?;
+        let node = node?;
         let g = g?.ok_or_else(|| anyhow::anyhow!("empty graph"))?;
+        let mut node = node.locate(&g)?;
         let read = || -> anyhow::Result<Vec<Vec<i32>>> {
             ctx.synchronize()?;
             bufs.iter()
