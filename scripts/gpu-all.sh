@@ -75,8 +75,10 @@
 #            --only decode` at batch 1 on the 1B and 8B shapes in alternating processes (two
 #            rounds, graph step and its subsets), then served 1B ITL at c=1 (gpu-itl-ab.sh, B off)
 #   targets  issue 14's open targets in one call (first on an H200): the decode cluster cases of
-#            `gpu check` (STRATA_CHECK_CASES), `gpu bench --only decode` at batch 1 on the 1B and
-#            8B shapes, served 1B ITL at c=1 (gpu-itl-ab.sh, two servers of this binary), `gpu
+#            `gpu check` (STRATA_CHECK_CASES) and the metadata node's (meta_fill), `gpu bench --only decode` at batch 1 on the 1B and
+#            8B shapes, served 1B ITL at c=1 (gpu-itl-ab.sh, two servers of this binary: A with
+#            the graphs' metadata node, STRATA_GRAPH_META_NODE=1, B copying; greedy outputs of A
+#            and B compared), `gpu
 #            bench --only gemm,prefill` at 2K and 8K and transformers' forward at 2K and 8K
 #   metanode the decode graphs' metadata node (meta_fill.rs) against copying the metadata up:
 #            `gpu check --only meta_fill,fixed_decode_plan`, then served 1B ITL at c=1 (gpu-itl-ab.sh,
@@ -240,12 +242,13 @@ for s in $STEPS; do
         scripts/gpu-itl-ab.sh "$OUT/chain-itl" > "$OUT/chain-itl.log" 2>&1 || rc=1
       grep -vE "^\s*$" "$OUT/chain-itl.log" | tail -8 ;;
     targets) rc=0
-      STRATA_CHECK_CASES="decode cl,decode rcl" timeout $(left 90) "$STRATA" gpu check --only attention \
+      STRATA_CHECK_CASES="decode cl,decode rcl" timeout $(left 90) "$STRATA" gpu check --only attention,meta_fill \
         > "$OUT/targets-check.log" 2>&1 || rc=1
       grep -E "gpu check:|FAIL" "$OUT/targets-check.log"
       for shape in llama-3.2-1b llama-3.1-8b; do decode_b1 "$OUT/targets-decode-$shape.log" $shape || rc=1; done
-      SIZE=llama-3.2-1b RAW=0 timeout $(left 150) scripts/gpu-itl-ab.sh "$OUT/targets-itl" > "$OUT/targets-itl.log" 2>&1 || rc=1
-      grep -vE "^\s*$" "$OUT/targets-itl.log" | tail -6
+      SIZE=llama-3.2-1b RAW=0 ITL_A_ENV=STRATA_GRAPH_META_NODE=1 GREEDY="8 32" timeout $(left 180) \
+        scripts/gpu-itl-ab.sh "$OUT/targets-itl" > "$OUT/targets-itl.log" 2>&1 || rc=1
+      grep -vE "^\s*$" "$OUT/targets-itl.log" | tail -12
       prefill_bench targets-prefill || rc=1 ;;
     metanode) rc=0
       timeout $(left 120) "$STRATA" gpu check --only meta_fill,fixed_decode_plan > "$OUT/metanode-check.log" 2>&1 || rc=1
