@@ -75,11 +75,11 @@
 #            --only decode` at batch 1 on the 1B and 8B shapes in alternating processes (two
 #            rounds, graph step and its subsets), then served 1B ITL at c=1 (gpu-itl-ab.sh, B off)
 #   targets  issue 14's open targets in one call (first on an H200): the decode cluster cases of
-#            `gpu check` (STRATA_CHECK_CASES) and the metadata node's (meta_fill), `gpu bench --only decode` at batch 1 on the 1B and
-#            8B shapes, served 1B ITL at c=1 (gpu-itl-ab.sh, two servers of this binary: A with
-#            the graphs' metadata node, STRATA_GRAPH_META_NODE=1, B copying; greedy outputs of A
-#            and B compared), `gpu
-#            bench --only gemm,prefill` at 2K and 8K and transformers' forward at 2K and 8K
+#            `gpu check` (STRATA_CHECK_CASES) and the metadata node's (meta_fill), `gpu bench
+#            --only decode` at batch 1 on the 1B and 8B shapes, served 1B ITL at c=1 (gpu-itl-ab.sh,
+#            two servers of this binary: A with the graphs' metadata node, STRATA_GRAPH_META_NODE=1,
+#            B copying; greedy outputs of A and B compared), `gpu bench --only gemm,prefill` at 2K
+#            and 8K and transformers' forward at 2K and 8K
 #   metanode the decode graphs' metadata node (meta_fill.rs) against copying the metadata up:
 #            `gpu check --only meta_fill,fixed_decode_plan`, then served 1B ITL at c=1 (gpu-itl-ab.sh,
 #            A with STRATA_GRAPH_META_NODE=1, B copying, MN_ROUNDS rounds, greedy outputs of A vs B compared,
