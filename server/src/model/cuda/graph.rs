@@ -135,6 +135,27 @@ fn record(
     Ok((Exec(g), node))
 }
 
+/// The metadata node's rows of a decode batch (one token per sequence, row i of sequence i):
+/// each row's id, or where in the previous forward's tokens it is, position, slot, key count.
+fn fill_rows(batch: &ForwardBatch) -> Result<Vec<FillRow>, CudaError> {
+    let n = batch.tokens.len();
+    let mut fill: Vec<FillRow> = (0..n)
+        .map(|i| FillRow {
+            id: FillId::Host(batch.tokens[i]),
+            pos: batch.positions[i] as i32,
+            slot: batch.slots[i] as i32,
+            kv_len: batch.seqs[i].kv_len as i32,
+        })
+        .collect();
+    for &(j, k) in &batch.from_prev {
+        let row = fill.get_mut(j).ok_or_else(|| {
+            CudaError::Shape(format!("input {j} from the previous forward of {n}"))
+        })?;
+        row.id = FillId::Prev(k);
+    }
+    Ok(fill)
+}
+
 /// A replay's metadata and plan tiles copied up, the ids of rows continuing the queued forward
 /// copied on the device from `prev` (graphs without a metadata node, and LoRA batches).
 fn copy_meta(
@@ -372,21 +393,7 @@ impl Graphs {
             // The rows as the metadata node's parameters (LoRA batches replay another graph).
             Some((node, filled)) if lora_rows.is_none() => {
                 r.ops.update_decode_tables(&g.plan, &rows)?;
-                let mut fill: Vec<FillRow> = (0..n)
-                    .map(|i| FillRow {
-                        id: FillId::Host(batch.tokens[i]),
-                        pos: batch.positions[i] as i32,
-                        slot: batch.slots[i] as i32,
-                        kv_len: batch.seqs[i].kv_len as i32,
-                    })
-                    .collect();
-                for &(j, k) in &batch.from_prev {
-                    let row = fill.get_mut(j).ok_or_else(|| {
-                        CudaError::Shape(format!("input {j} from the previous forward of {n}"))
-                    })?;
-                    row.id = FillId::Prev(k);
-                }
-                node.set(&exec.0, Some(&fill), prev)?;
+                node.set(&exec.0, Some(&fill_rows(batch)?), prev)?;
                 *filled = true;
             }
             node => {
@@ -423,6 +430,46 @@ mod tests {
         assert_eq!(buckets(20), [1, 2, 4, 8, 16, 20]);
         assert_eq!(graph_sizes(None, &[], 8).unwrap(), [1, 2, 4, 8]);
         assert_eq!(graph_sizes(Some(4), &[], 256).unwrap(), [1, 2, 4]);
+    }
+
+    /// A decode batch's node rows: the host's ids except where the previous forward's tokens
+    /// are the input, every other field as the batch says; an input index past the batch is an
+    /// error, not a row.
+    #[test]
+    fn fill_rows_take_ids_from_the_previous_forward_where_asked() {
+        use crate::model::SeqSlice;
+        let seq = |kv_len| SeqSlice {
+            q_start: 0,
+            q_len: 1,
+            kv_len,
+            pages: std::sync::Arc::new(vec![0]),
+            decode: true,
+            lora: None,
+        };
+        let mut batch = ForwardBatch {
+            tokens: vec![11, 0, 13],
+            positions: vec![4, 9, 2],
+            slots: vec![40, 90, 20],
+            seqs: vec![seq(5), seq(10), seq(3)],
+            logit_rows: vec![0, 1, 2],
+            from_prev: vec![(1, 7)],
+        };
+        let want = |id, pos, slot, kv_len| FillRow {
+            id,
+            pos,
+            slot,
+            kv_len,
+        };
+        assert_eq!(
+            fill_rows(&batch).unwrap(),
+            [
+                want(FillId::Host(11), 4, 40, 5),
+                want(FillId::Prev(7), 9, 90, 10),
+                want(FillId::Host(13), 2, 20, 3),
+            ]
+        );
+        batch.from_prev = vec![(3, 0)];
+        assert!(fill_rows(&batch).is_err());
     }
 
     #[test]
