@@ -9,8 +9,9 @@
 //! (`cuGraphExecKernelNodeSetParams`, host work only: launches already queued keep the values
 //! they were queued with), and the node writes the rows into the buffers the captured kernels
 //! read, the ids of rows continuing a queued forward read from that forward's tokens on the
-//! device. Batches of more rows than [`META_FILL_ROWS`] set the node to write nothing and copy as
-//! before. The page tables still go up as their changes (once per page of new tokens).
+//! device. Graphs of more rows than [`META_FILL_ROWS`] are captured without the node and copy as
+//! before; a replay that copies (LoRA batches) sets the node to write nothing. The page tables
+//! still go up as their changes (once per page of new tokens).
 
 use std::ffi::c_void;
 
