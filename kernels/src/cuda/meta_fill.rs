@@ -10,8 +10,8 @@
 //! they were queued with), and the node writes the rows into the buffers the captured kernels
 //! read, the ids of rows continuing a queued forward read from that forward's tokens on the
 //! device. Graphs of more rows than [`META_FILL_ROWS`] are captured without the node and copy as
-//! before; a replay that copies (LoRA batches) sets the node to write nothing. The page tables
-//! still go up as their changes (once per page of new tokens).
+//! before (as do LoRA batches, whose graphs have none). The page tables still go up as their
+//! changes (once per page of new tokens).
 
 use std::ffi::c_void;
 

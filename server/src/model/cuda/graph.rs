@@ -87,9 +87,8 @@ struct DecodeGraph {
     meta: Meta,
     plan: AttnPlan,
     exec: Exec,
-    /// The metadata node of `exec` (None: replays copy the metadata up), and whether it was
-    /// last set to write rows.
-    node: Option<(MetaNode, bool)>,
+    /// The metadata node of `exec` (None: replays copy the metadata up).
+    node: Option<MetaNode>,
     /// The bucket's graph with LoRA adapters (its Meta holds the per-row form's buffers).
     lora: Option<(Meta, Exec)>,
 }
@@ -281,7 +280,7 @@ impl Graphs {
                 meta,
                 plan,
                 exec,
-                node: node.map(|n| (n, false)),
+                node,
                 lora: None,
             });
         }
@@ -390,20 +389,13 @@ impl Graphs {
             })
             .collect();
         match &mut g.node {
-            // The rows as the metadata node's parameters (LoRA batches replay another graph).
-            Some((node, filled)) if lora_rows.is_none() => {
+            // The rows as the metadata node's parameters (a LoRA batch replays the other graph,
+            // which has no node: `exec` with a node is always launched here).
+            Some(node) if lora_rows.is_none() => {
                 r.ops.update_decode_tables(&g.plan, &rows)?;
                 node.set(&exec.0, Some(&fill_rows(batch)?), prev)?;
-                *filled = true;
             }
-            node => {
-                if let Some((node, filled)) = node.as_mut().filter(|(_, f)| *f) {
-                    // (Only `exec` has the node; it writes nothing from now on.)
-                    node.set(&g.exec.0, None, None)?;
-                    *filled = false;
-                }
-                copy_meta(r, g, batch, lora_rows.as_deref(), &rows, prev)?;
-            }
+            _ => copy_meta(r, g, batch, lora_rows.as_deref(), &rows, prev)?,
         }
         let launched = std::time::Instant::now();
         exec.0.launch()?;
