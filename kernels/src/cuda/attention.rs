@@ -1290,7 +1290,7 @@ impl CudaOps {
             )
         })?;
         let cap = plan.splits * plan.split_len;
-        let mut tiles = Vec::with_capacity(4 * batch);
+        let mut tiles = Vec::with_capacity(if write_tiles { 4 * batch } else { 0 });
         for (si, q) in rows.iter().enumerate() {
             ensure(q.kv_len >= 1 && q.kv_len <= cap, || {
                 format!(
@@ -1302,10 +1302,14 @@ impl CudaOps {
                 q.pages.len() <= plan.max_pages && q.pages.len() * s.page_size >= q.kv_len,
                 || format!("seq {si}: {} pages for {} keys", q.pages.len(), q.kv_len),
             )?;
-            tiles.extend_from_slice(&[si as i32, si as i32, 1, q.kv_len as i32 - 1]);
+            if write_tiles {
+                tiles.extend_from_slice(&[si as i32, si as i32, 1, q.kv_len as i32 - 1]);
+            }
         }
-        for si in rows.len()..batch {
-            tiles.extend_from_slice(&[si as i32, si as i32, 1, 0]);
+        if write_tiles {
+            for si in rows.len()..batch {
+                tiles.extend_from_slice(&[si as i32, si as i32, 1, 0]);
+            }
         }
         let mut mirror = plan.table_mirror.lock().expect("plan table mirror");
         if mirror.is_none() {

@@ -6,7 +6,6 @@
 //! sum, each sub-layer writes its output to `y`, and the fused `rmsnorm(y, resid)` adds and
 //! normalises in one pass (layer 0 normalises the embedding directly).
 
-use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::CudaGraph;
 
 use super::attention::{AttnPlan, AttnShape, QRope};
@@ -516,11 +515,9 @@ impl LlamaModel {
         input: &StepInput,
         skip: &dyn Fn(&str) -> bool,
     ) -> Result<CudaGraph> {
-        let stream = ops.context().stream();
-        stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
-        let run = self.forward_hooked(ops, gemm, ws, input, skip, &mut |_| Ok(()));
-        let graph = stream.end_capture(CUgraphInstantiate_flags(0));
-        run?;
-        graph?.ok_or_else(|| super::error::CudaError::Shape("empty graph captured".into()))
+        ops.capture_graph(None, || {
+            self.forward_hooked(ops, gemm, ws, input, skip, &mut |_| Ok(()))
+        })
+        .map(|(g, _)| g)
     }
 }

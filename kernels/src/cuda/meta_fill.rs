@@ -15,6 +15,7 @@
 
 use std::ffi::c_void;
 
+use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::{sys, CudaGraph};
 
 use super::error::{CudaError, Result};
@@ -61,6 +62,19 @@ pub enum FillId {
     Prev(usize),
 }
 
+/// Where a graph's metadata node writes: the buffers its captured kernels read.
+#[derive(Clone, Copy)]
+pub struct MetaBufs<'a> {
+    /// A fixed decode plan's tiles ([`super::AttnPlan::tiles`]).
+    pub tiles: &'a DTensor,
+    /// Input ids, positions and KV slots, `rows` i32 each.
+    pub ids: &'a DTensor,
+    pub pos: &'a DTensor,
+    pub slots: &'a DTensor,
+    /// The graph's rows (at most [`META_FILL_ROWS`]).
+    pub rows: usize,
+}
+
 /// A captured graph's metadata node: where its rows go, and the node to set before a replay.
 pub struct MetaNode {
     node: sys::CUgraphNode,
@@ -74,18 +88,36 @@ pub struct MetaNode {
 unsafe impl Send for MetaNode {}
 
 impl CudaOps {
-    /// Launches the metadata node as the first launch of a graph being captured on this
-    /// context's stream, writing nothing until set (`bs` rows of the graph: `ids`, `pos` and
-    /// `slots` of `bs` i32 each, and a fixed decode plan's `tiles`, [`super::AttnPlan::tiles`]);
-    /// [`MetaNodeLaunch::locate`] finds it in the captured graph.
-    pub fn capture_meta_node(
+    /// Captures `forward`'s launches on this context's stream into a graph, after a metadata
+    /// node writing into `meta` when given (writing nothing until [`MetaNode::set`]).
+    pub fn capture_graph(
         &self,
-        tiles: &DTensor,
-        ids: &DTensor,
-        pos: &DTensor,
-        slots: &DTensor,
-        bs: usize,
-    ) -> Result<MetaNodeLaunch> {
+        meta: Option<MetaBufs<'_>>,
+        forward: impl FnOnce() -> Result<()>,
+    ) -> Result<(CudaGraph, Option<MetaNode>)> {
+        let stream = self.context().stream();
+        stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
+        let run = meta
+            .map(|m| self.launch_meta_node(m))
+            .transpose()
+            .and_then(|launch| forward().map(|()| launch));
+        let g = stream.end_capture(CUgraphInstantiate_flags(0));
+        let launch = run?;
+        let g = g?.ok_or_else(|| CudaError::Shape("empty graph captured".into()))?;
+        let node = launch.map(|l| l.locate(&g)).transpose()?;
+        Ok((g, node))
+    }
+
+    /// Launches the metadata node (n = -1: it writes nothing until set) as the first launch of
+    /// a capture; [`MetaNodeLaunch::locate`] finds it in the captured graph.
+    fn launch_meta_node(&self, m: MetaBufs<'_>) -> Result<MetaNodeLaunch> {
+        let MetaBufs {
+            tiles,
+            ids,
+            pos,
+            slots,
+            rows: bs,
+        } = m;
         if bs > META_FILL_ROWS
             || [ids, pos, slots].iter().any(|t| t.numel() < bs)
             || tiles.numel() < 4 * bs
@@ -131,7 +163,7 @@ impl CudaOps {
 }
 
 /// The metadata node launched first in a capture, to be found in the captured graph.
-pub struct MetaNodeLaunch {
+struct MetaNodeLaunch {
     fill: MetaFill,
     func: sys::CUfunction,
 }
@@ -139,7 +171,7 @@ pub struct MetaNodeLaunch {
 impl MetaNodeLaunch {
     /// The node in `graph`, captured from the stream this launch began: its only root (every
     /// later launch of the capture follows it), a kernel node of the metadata kernel.
-    pub fn locate(self, graph: &CudaGraph) -> Result<MetaNode> {
+    fn locate(self, graph: &CudaGraph) -> Result<MetaNode> {
         let call = |call: &'static str| move |source| CudaError::Call { call, source };
         let mut roots = [std::ptr::null_mut(); 2];
         let mut n = roots.len();
@@ -176,45 +208,39 @@ impl MetaNodeLaunch {
 
 impl MetaNode {
     /// Sets the node in `graph` (the graph it was captured in) to write `rows` (at most the
-    /// graph's rows; the others padding), ids of [`FillId::Prev`] rows read from `prev`; `None`
-    /// sets it to write nothing (the caller copies the metadata). Host work only: replays
-    /// already queued keep their parameters.
+    /// graph's rows; the others padding), ids of [`FillId::Prev`] rows read from `prev`. Host
+    /// work only: replays already queued keep their parameters.
     pub fn set(
         &mut self,
         graph: &CudaGraph,
-        rows: Option<&[FillRow]>,
+        rows: &[FillRow],
         prev: Option<&DTensor>,
     ) -> Result<()> {
         let f = &mut self.fill;
-        match rows {
-            None => f.n = -1,
-            Some(rows) => {
-                if rows.len() > f.bs as usize {
-                    return Err(CudaError::Shape(format!(
-                        "metadata node: {} rows for a graph of {}",
-                        rows.len(),
-                        f.bs
-                    )));
-                }
-                for (dst, r) in f.rows.iter_mut().zip(rows) {
-                    let id = match r.id {
-                        FillId::Host(t) => t as i32,
-                        FillId::Prev(k) => match prev {
-                            Some(p) if k < p.numel() => -1 - k as i32,
-                            _ => {
-                                return Err(CudaError::Shape(format!(
-                                    "metadata node: previous token {k} of {}",
-                                    prev.map_or(0, |p| p.numel())
-                                )))
-                            }
-                        },
-                    };
-                    *dst = [id, r.pos, r.slot, r.kv_len];
-                }
-                f.n = rows.len() as i32;
-                f.prev = prev.map_or(f.ids, |p| p.ptr());
-            }
+        if rows.len() > f.bs as usize {
+            return Err(CudaError::Shape(format!(
+                "metadata node: {} rows for a graph of {}",
+                rows.len(),
+                f.bs
+            )));
         }
+        for (dst, r) in f.rows.iter_mut().zip(rows) {
+            let id = match r.id {
+                FillId::Host(t) => t as i32,
+                FillId::Prev(k) => match prev {
+                    Some(p) if k < p.numel() => -1 - k as i32,
+                    _ => {
+                        return Err(CudaError::Shape(format!(
+                            "metadata node: previous token {k} of {}",
+                            prev.map_or(0, |p| p.numel())
+                        )))
+                    }
+                },
+            };
+            *dst = [id, r.pos, r.slot, r.kv_len];
+        }
+        f.n = rows.len() as i32;
+        f.prev = prev.map_or(f.ids, |p| p.ptr());
         let mut params = [&mut self.fill as *mut MetaFill as *mut c_void];
         let p = sys::CUDA_KERNEL_NODE_PARAMS {
             kernelParams: params.as_mut_ptr(),

@@ -25,9 +25,8 @@ use super::lora_slots::MID_CAP;
 use super::{Acts, CudaKv, CudaRunner, Meta};
 use crate::model::runner::{SampleReq, Sampled};
 use crate::model::ForwardBatch;
-use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::CudaGraph;
-use strata_kernels::cuda::meta_fill::{FillId, FillRow, MetaNode, META_FILL_ROWS};
+use strata_kernels::cuda::meta_fill::{FillId, FillRow, MetaBufs, MetaNode, META_FILL_ROWS};
 use strata_kernels::cuda::{AttnPlan, CudaError, DTensor, DType, DecodeRow};
 
 /// The decode batch sizes to capture (`strata serve`'s flags, SGLang's semantics): the sizes of
@@ -117,19 +116,16 @@ fn record(
 ) -> Result<(Exec, Option<MetaNode>), CudaError> {
     r.forward(acts, meta, plan, kv)?;
     r.ctx.synchronize()?;
-    let stream = r.ctx.stream();
-    stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
-    let run = node_rows
-        .map(|bs| {
-            r.ops
-                .capture_meta_node(plan.tiles(), &meta.ids, &meta.pos, &meta.slots, bs)
-        })
-        .transpose()
-        .and_then(|node| r.forward(acts, meta, plan, kv).map(|()| node));
-    let g = stream.end_capture(CUgraphInstantiate_flags(0));
-    let node = run?;
-    let g = g?.ok_or_else(|| CudaError::Shape("empty graph captured".into()))?;
-    let node = node.map(|n| n.locate(&g)).transpose()?;
+    let bufs = node_rows.map(|rows| MetaBufs {
+        tiles: plan.tiles(),
+        ids: &meta.ids,
+        pos: &meta.pos,
+        slots: &meta.slots,
+        rows,
+    });
+    let (g, node) = r
+        .ops
+        .capture_graph(bufs, || r.forward(acts, meta, plan, kv))?;
     g.upload()?;
     Ok((Exec(g), node))
 }
@@ -393,7 +389,7 @@ impl Graphs {
             // which has no node: `exec` with a node is always launched here).
             Some(node) if lora_rows.is_none() => {
                 r.ops.update_decode_tables(&g.plan, &rows)?;
-                node.set(&exec.0, Some(&fill_rows(batch)?), prev)?;
+                node.set(&exec.0, &fill_rows(batch)?, prev)?;
             }
             _ => copy_meta(r, g, batch, lora_rows.as_deref(), &rows, prev)?,
         }

@@ -17,10 +17,9 @@
 
 use std::time::Instant;
 
-use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::CudaGraph;
 use strata_kernels::cuda::llama::{LlamaModel, StepInput, Workspace};
-use strata_kernels::cuda::meta_fill::{FillId, FillRow, MetaNode};
+use strata_kernels::cuda::meta_fill::{FillId, FillRow, MetaBufs, MetaNode};
 use strata_kernels::cuda::readback::Readback;
 use strata_kernels::cuda::{CudaOps, DTensor, Gemm, GpuContext};
 
@@ -65,20 +64,17 @@ pub fn capture_with_node(
             kv_len: tiles[4 * i + 3] + 1,
         })
         .collect();
-    let stream = ctx.stream();
-    let bs = input.host_slots.len();
-    stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
-    let run = ops
-        .capture_meta_node(input.plan.tiles(), &input.ids, &input.pos, &input.slots, bs)
-        .and_then(|node| {
-            model
-                .forward_hooked(ops, gemm, ws, input, &|_| false, &mut |_| Ok(()))
-                .map(|()| node)
-        });
-    let g = stream.end_capture(CUgraphInstantiate_flags(0));
-    let node = run?;
-    let g = g?.ok_or_else(|| anyhow::anyhow!("empty graph captured"))?;
-    let node = node.locate(&g)?;
+    let bufs = MetaBufs {
+        tiles: input.plan.tiles(),
+        ids: &input.ids,
+        pos: &input.pos,
+        slots: &input.slots,
+        rows: input.host_slots.len(),
+    };
+    let (g, node) = ops.capture_graph(Some(bufs), || {
+        model.forward_hooked(ops, gemm, ws, input, &|_| false, &mut |_| Ok(()))
+    })?;
+    let node = node.ok_or_else(|| anyhow::anyhow!("no metadata node captured"))?;
     Ok((g, node, rows))
 }
 
@@ -115,7 +111,7 @@ pub fn pipelined_step_ms(
                     let (n, fill) = node
                         .as_mut()
                         .ok_or_else(|| anyhow::anyhow!("no metadata node"))?;
-                    n.set(g, Some(fill), Some(&tokens))?;
+                    n.set(g, fill, Some(&tokens))?;
                 }
                 StepCopies::Bare | StepCopies::Readback => {}
             }

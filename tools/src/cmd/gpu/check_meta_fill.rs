@@ -2,15 +2,14 @@
 //! A graph holding only the node is captured for 1, 5 and 64 rows; each round sets random rows
 //! (ids from the host or from a "previous forward's" token buffer, positions, slots, key counts)
 //! and replays it: the ids, positions, slots and plan tiles must equal what the copies would
-//! have written (padding rows included), exactly. Then the node set to write nothing leaves
-//! the buffers as they were, and a replay queued before the node is set again writes the rows
-//! it was queued with (what overlap scheduling relies on).
+//! have written (padding rows included), exactly. Before its first set the node writes
+//! nothing, and a replay queued before the node is set again writes the rows it was queued with
+//! (what overlap scheduling relies on).
 
 use std::sync::Arc;
 
-use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use rand::Rng;
-use strata_kernels::cuda::meta_fill::{FillId, FillRow};
+use strata_kernels::cuda::meta_fill::{FillId, FillRow, MetaBufs};
 use strata_kernels::cuda::{CudaOps, DType, GpuContext};
 
 use super::check::Checker;
@@ -52,14 +51,16 @@ pub fn check_meta_fill(
             ctx.alloc(DType::I32, &[bs])?,
             ctx.alloc(DType::I32, &[4 * bs])?,
         ];
-        let stream = ctx.stream();
         ctx.synchronize()?;
-        stream.begin_capture(CUstreamCaptureMode::CU_STREAM_CAPTURE_MODE_THREAD_LOCAL)?;
-        let node = ops.capture_meta_node(&bufs[3], &bufs[0], &bufs[1], &bufs[2], bs);
-        let g = stream.end_capture(CUgraphInstantiate_flags(0));
-        let node = node?;
-        let g = g?.ok_or_else(|| anyhow::anyhow!("empty graph"))?;
-        let mut node = node.locate(&g)?;
+        let meta = MetaBufs {
+            tiles: &bufs[3],
+            ids: &bufs[0],
+            pos: &bufs[1],
+            slots: &bufs[2],
+            rows: bs,
+        };
+        let (g, node) = ops.capture_graph(Some(meta), || Ok(()))?;
+        let mut node = node.ok_or_else(|| anyhow::anyhow!("no metadata node captured"))?;
         let read = || -> anyhow::Result<Vec<Vec<i32>>> {
             ctx.synchronize()?;
             bufs.iter()
@@ -72,7 +73,14 @@ pub fn check_meta_fill(
                 .map(|(g, w)| g.iter().zip(w).filter(|(a, b)| a != b).count())
                 .sum()
         };
-        let mut last = Vec::new();
+        // Not set yet: a replay writes nothing.
+        let sentinel: Vec<Vec<i32>> = bufs.iter().map(|b| vec![-7; b.numel()]).collect();
+        for (b, v) in bufs.iter().zip(&sentinel) {
+            ctx.write_i32(b, v)?;
+        }
+        g.launch()?;
+        let got = read()?;
+        ck.exact("meta_fill", format!("bs{bs} unset"), diff(&got, &sentinel));
         for round in 0..4 {
             let n = if round == 0 {
                 bs
@@ -91,13 +99,13 @@ pub fn check_meta_fill(
                     kv_len: ck.rng.random_range(1..1 << 16),
                 })
                 .collect();
-            node.set(&g, Some(&rows), Some(&prev))?;
+            node.set(&g, &rows, Some(&prev))?;
             g.launch()?;
             let want = expected(&rows, &prev_host, bs);
             if round == 3 {
                 // Set again before the queued replay has run: it keeps what it was queued with.
                 let other = vec![rows[0]; n];
-                node.set(&g, Some(&other), Some(&prev))?;
+                node.set(&g, &other, Some(&prev))?;
             }
             let got = read()?;
             ck.exact(
@@ -105,13 +113,7 @@ pub fn check_meta_fill(
                 format!("bs{bs} rows{n} round{round}"),
                 diff(&got, &want),
             );
-            last = got;
         }
-        // Set to write nothing: the buffers keep what the last replay wrote.
-        node.set(&g, None, None)?;
-        g.launch()?;
-        let got = read()?;
-        ck.exact("meta_fill", format!("bs{bs} off"), diff(&got, &last));
     }
     Ok(())
 }
