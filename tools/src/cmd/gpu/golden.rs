@@ -31,6 +31,35 @@ pub struct Args {
     common: super::Common,
 }
 
+/// Prompt tokens `range` of `ids` as one sequence's prefill chunk over the pages `pages` (page
+/// size `page`, every position's logits asked for): the chunked prefill `gpu golden` and
+/// `gpu runner-logits` run.
+pub(super) fn prefill_chunk(
+    ids: &[u32],
+    pages: &[u32],
+    page: usize,
+    range: std::ops::Range<usize>,
+) -> ForwardBatch {
+    let (start, end) = (range.start, range.end);
+    ForwardBatch {
+        tokens: ids[range.clone()].to_vec(),
+        positions: (start as u32..end as u32).collect(),
+        slots: range
+            .map(|p| pages[p / page] * page as u32 + (p % page) as u32)
+            .collect(),
+        seqs: vec![SeqSlice {
+            q_start: 0,
+            q_len: end - start,
+            kv_len: end,
+            pages: pages[..end.div_ceil(page)].to_vec().into(),
+            decode: false,
+            lora: None,
+        }],
+        logit_rows: (0..end - start).collect(),
+        from_prev: Vec::new(),
+    }
+}
+
 fn logits_all<B: Backend>(
     m: &Model<B>,
     ids: &[u32],
@@ -44,23 +73,7 @@ fn logits_all<B: Backend>(
     let mut start = 0;
     while start < ids.len() {
         let end = (start + chunk).min(ids.len());
-        let batch = ForwardBatch {
-            tokens: ids[start..end].to_vec(),
-            positions: (start as u32..end as u32).collect(),
-            slots: (start..end)
-                .map(|p| pages[p / PAGE] * PAGE as u32 + (p % PAGE) as u32)
-                .collect(),
-            seqs: vec![SeqSlice {
-                q_start: 0,
-                q_len: end - start,
-                kv_len: end,
-                pages: pages[..end.div_ceil(PAGE)].to_vec().into(),
-                decode: false,
-                lora: None,
-            }],
-            logit_rows: (0..end - start).collect(),
-            from_prev: Vec::new(),
-        };
+        let batch = prefill_chunk(ids, &pages, PAGE, start..end);
         let l = m.forward(&batch, &mut kv)?;
         out.extend(l.chunks(m.cfg.vocab_size).map(|c| c.to_vec()));
         start = end;

@@ -16,7 +16,7 @@ use clap::Args as ClapArgs;
 use serde_json::{json, Value};
 use strata_kernels::cuda::{select, BackendKind};
 use strata_server::model::cuda::{CudaRunner, CudaRunnerOptions};
-use strata_server::model::{ForwardBatch, ModelConfig, ModelRunner, SeqSlice};
+use strata_server::model::{ModelConfig, ModelRunner};
 
 #[derive(ClapArgs)]
 pub struct Args {
@@ -76,23 +76,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let mut start = 0;
         while start < ids.len() {
             let end = (start + chunk).min(ids.len());
-            let batch = ForwardBatch {
-                tokens: ids[start..end].to_vec(),
-                positions: (start as u32..end as u32).collect(),
-                slots: (start..end)
-                    .map(|p| pages[p / PAGE] * PAGE as u32 + (p % PAGE) as u32)
-                    .collect(),
-                seqs: vec![SeqSlice {
-                    q_start: 0,
-                    q_len: end - start,
-                    kv_len: end,
-                    pages: pages[..end.div_ceil(PAGE)].to_vec().into(),
-                    decode: false,
-                    lora: None,
-                }],
-                logit_rows: (0..end - start).collect(),
-                from_prev: Vec::new(),
-            };
+            let batch = super::golden::prefill_chunk(ids, &pages, PAGE, start..end);
             let (logits, picks) = runner.logits(&batch, &mut kv)?;
             argmax.extend(picks);
             for p in start..end {
