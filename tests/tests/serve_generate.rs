@@ -50,6 +50,13 @@ async fn concurrent16(s: &Server, n: usize) -> Vec<Vec<u64>> {
     futures::future::join_all(futs).await
 }
 
+/// Request i of a concurrent batch answered as prompt i % n was alone.
+fn same_as_alone(batch: &[Vec<u64>], reference: &[Vec<u64>], what: &str) {
+    for (i, x) in batch.iter().enumerate() {
+        assert_eq!(x, &reference[i % reference.len()], "{what} {i}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn smoke_request_is_deterministic() {
     let m = MadeModel::new("llama", "tiny");
@@ -88,14 +95,11 @@ async fn greedy_output_is_invariant_to_cache_chunking_batching_and_retraction() 
         reference,
         "radix cache changed greedy output"
     );
-    let batch = concurrent16(&a, n).await;
-    for (i, b) in batch.iter().enumerate() {
-        assert_eq!(
-            b,
-            &reference[i % reference.len()],
-            "batch of 16 changed request {i}"
-        );
-    }
+    same_as_alone(
+        &concurrent16(&a, n).await,
+        &reference,
+        "batch of 16 changed request",
+    );
     drop(a);
     // No radix cache, page size 1, tiny prefill chunks.
     let b = Server::start(
@@ -107,14 +111,11 @@ async fn greedy_output_is_invariant_to_cache_chunking_batching_and_retraction() 
         reference,
         "no-radix + chunked prefill changed greedy output"
     );
-    let batch = concurrent16(&b, n).await;
-    for (i, x) in batch.iter().enumerate() {
-        assert_eq!(
-            x,
-            &reference[i % reference.len()],
-            "chunked batch changed request {i}"
-        );
-    }
+    same_as_alone(
+        &concurrent16(&b, n).await,
+        &reference,
+        "chunked batch changed request",
+    );
     drop(b);
     // A pool far too small for 16 requests at once: retraction must requeue, never corrupt.
     let c = Server::start(
@@ -128,14 +129,11 @@ async fn greedy_output_is_invariant_to_cache_chunking_batching_and_retraction() 
             "32",
         ],
     );
-    let batch = concurrent16(&c, n).await;
-    for (i, x) in batch.iter().enumerate() {
-        assert_eq!(
-            x,
-            &reference[i % reference.len()],
-            "retraction changed request {i}"
-        );
-    }
+    same_as_alone(
+        &concurrent16(&c, n).await,
+        &reference,
+        "retraction changed request",
+    );
     let (_, metrics) = c.get("/metrics").await;
     let retractions: f64 = metrics
         .lines()
