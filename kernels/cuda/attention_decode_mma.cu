@@ -251,7 +251,7 @@ __device__ __forceinline__ void dm_decode_body(const bf16_t* q, int q_stride, co
                                     out, out_stride, part_acc, part_ml, total_rows);              \
     }
 // DM_KERNEL(HD, KT, NST, MINB). Shared memory: 2 * NST * KT * (HD + 8) * 2 bytes, mirrored by
-// dmma_smem in kernels/src/cuda/attention.rs (the merge's 128 + 64 HD floats fit in it):
+// dmma_smem in kernels/src/cuda/attention/names.rs (the merge's 128 + 64 HD floats fit in it):
 // 55296 (d64) and 104448 (d128), 64-key tiles (16 keys per warp), 3 stages.
 DM_KERNEL(64, 64, 3, 2)
 DM_KERNEL(128, 64, 3, 2)

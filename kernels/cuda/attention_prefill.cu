@@ -312,7 +312,7 @@ __device__ __forceinline__ void fa_prefill_body(
                                  out_stride, part_acc, part_ml, total_rows);                      \
     }
 // FA_KERNEL(HD, KT, KS, NST, MINB). Shared memory: (FA_ROWS + 2 * NST * KT) * (HD + 8) * 2 bytes,
-// mirrored by fa2_smem in kernels/src/cuda/attention.rs: 73728 (d64: 64-key tiles in one step,
+// mirrored by fa2_smem in kernels/src/cuda/attention/names.rs: 73728 (d64: 64-key tiles in one step,
 // 3 stages) and 104448 (d128: 64-key tiles in two 32-key steps, 2 stages; two blocks fit an SM).
 FA_KERNEL(64, 64, 64, 3, 2)
 FA_KERNEL(128, 64, 32, 2, 2)

@@ -530,7 +530,7 @@ __device__ __forceinline__ void wg_prefill_body(
 
 // Dynamic shared memory: 1024 (alignment slack) + 32768 (Q) + 3 * 65536 bytes (3 stages of K
 // and V tiles) + 6 mbarriers (the producer forms), mirrored by wg_smem in
-// kernels/src/cuda/attention.rs. rope_pos: null when Q arrives rotated, else the positions of
+// kernels/src/cuda/attention/names.rs. rope_pos: null when Q arrives rotated, else the positions of
 // q's rows (and rope_inv the RoPE inverse frequencies): the kernel rotates Q itself
 // (wg_rope_q). kmap / vmap: the layer's K and V pools as TMA maps (boxes of min(page_size, 32)
 // rows x 64 dims, 128-byte swizzle; read by the producer forms only).

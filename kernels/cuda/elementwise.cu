@@ -14,7 +14,7 @@ extern "C" __global__ void embedding(const int* ids, const bf16_t* table, bf16_t
 }
 
 // dst[upd[1 + 2 i]] = upd[2 + 2 i] for i < upd[0] (indices below n_dst): the changed entries of
-// a decode plan's page tables in one launch instead of one copy each (attention.rs).
+// a decode plan's page tables in one launch instead of one copy each (attention/fixed.rs).
 extern "C" __global__ void scatter_i32(const int* upd, int* dst, int n_dst) {
     pdl_enter();
     const int n = upd[0];

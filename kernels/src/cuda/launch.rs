@@ -1,6 +1,6 @@
 //! Kernel launch plumbing: a small argument list and one `launch` call that checks the result.
 //!
-//! Launchers in `ops.rs`, `attention.rs`, `sampling.rs` and `transfer.rs` validate every device,
+//! Launchers in `ops.rs`, `attention/`, `sampling.rs` and `transfer.rs` validate every device,
 //! dtype and shape before they build an `Args`; this module only marshals scalars and pointers in
 //! the order the `extern "C"` kernel signature declares them.
 //!

@@ -1,0 +1,142 @@
+//! Fixed-shape decode plans for CUDA-graph replay: planned once per bucket, their device
+//! tables rewritten in place before each replay (only the entries that changed).
+
+use super::*;
+
+impl CudaOps {
+    /// A decode plan of fixed shape for CUDA-graph replay: `batch` one-token sequences with page
+    /// tables of up to `max_pages` pages and up to `max_pages * page_size` keys. Split count and
+    /// split length are chosen for the longest sequence; shorter ones leave later splits empty.
+    /// Rewrite its device tables with [`CudaOps::update_decode_plan`] before each replay.
+    pub fn decode_plan_fixed(
+        &self,
+        shape: AttnShape,
+        batch: usize,
+        max_pages: usize,
+    ) -> Result<AttnPlan> {
+        self.decode_plan_fixed_with(shape, batch, max_pages, PlanOpts::default())
+    }
+
+    /// [`CudaOps::decode_plan_fixed`] with the batch-invariant options of `opts`
+    /// (`deterministic`, `det_split_len`, as every eager decode plan of the runner must use).
+    pub fn decode_plan_fixed_with(
+        &self,
+        shape: AttnShape,
+        batch: usize,
+        max_pages: usize,
+        opts: PlanOpts,
+    ) -> Result<AttnPlan> {
+        ensure(batch > 0 && max_pages > 0, || "empty fixed plan".into())?;
+        let seq = AttnSeq {
+            q_len: 1,
+            kv_len: max_pages * shape.page_size,
+            pages: vec![0; max_pages],
+        };
+        // `opts.prefill`: decode rows on the prefill kernel (batch-invariant mode with
+        // STRATA_DET_ATTN=prefill); its tiles are one row each here, as the decode kernels'.
+        let opts = PlanOpts {
+            splits: None,
+            ..opts
+        };
+        self.attention_plan_with(shape, &vec![seq; batch], opts)
+    }
+
+    /// Points a fixed decode plan at `rows` (at most the plan's batch, one new token each); the
+    /// plan's remaining rows attend to key 0 of page 0 (padding, discarded by the caller).
+    /// Stream-ordered: launches queued after this call see the new tables.
+    ///
+    /// Only the table entries that differ from the previous update's go up (the first update
+    /// writes every sequence's pages): a decode step changes a row's table once per page of
+    /// new tokens, while the whole table is `max_pages` (the context length) wide per row. Up to
+    /// two runs of changes are copied as they are; more (at page size 1 every row gains an
+    /// entry per step) go up as (index, page) pairs that `scatter_i32` writes. The host work is
+    /// one comparison of each row's known entries plus the new ones (`plan_tables.rs`).
+    pub fn update_decode_plan(&self, plan: &AttnPlan, rows: &[DecodeRow<'_>]) -> Result<()> {
+        self.update_fixed_plan(plan, rows, true)
+    }
+
+    /// [`CudaOps::update_decode_plan`] without the tiles (each row's key count), which a decode
+    /// graph's metadata node writes on the device (`meta_fill.rs`): the rows are checked and the
+    /// page tables' changes go up.
+    pub fn update_decode_tables(&self, plan: &AttnPlan, rows: &[DecodeRow<'_>]) -> Result<()> {
+        self.update_fixed_plan(plan, rows, false)
+    }
+
+    fn update_fixed_plan(
+        &self,
+        plan: &AttnPlan,
+        rows: &[DecodeRow<'_>],
+        write_tiles: bool,
+    ) -> Result<()> {
+        let s = plan.shape;
+        let batch = plan.total_rows;
+        ensure(plan.n_tiles == batch && rows.len() <= batch, || {
+            format!(
+                "{} sequences for a fixed plan of {batch} decode rows",
+                rows.len()
+            )
+        })?;
+        let cap = plan.splits * plan.split_len;
+        let mut tiles = Vec::with_capacity(if write_tiles { 4 * batch } else { 0 });
+        for (si, q) in rows.iter().enumerate() {
+            ensure(q.kv_len >= 1 && q.kv_len <= cap, || {
+                format!(
+                    "seq {si}: kv_len {} (fixed plan holds {cap} keys)",
+                    q.kv_len
+                )
+            })?;
+            ensure(
+                q.pages.len() <= plan.max_pages && q.pages.len() * s.page_size >= q.kv_len,
+                || format!("seq {si}: {} pages for {} keys", q.pages.len(), q.kv_len),
+            )?;
+            if write_tiles {
+                tiles.extend_from_slice(&[si as i32, si as i32, 1, q.kv_len as i32 - 1]);
+            }
+        }
+        if write_tiles {
+            for si in rows.len()..batch {
+                tiles.extend_from_slice(&[si as i32, si as i32, 1, 0]);
+            }
+        }
+        let mut mirror = plan.table_mirror.lock().expect("plan table mirror");
+        if mirror.is_none() {
+            *mirror = Some(crate::cuda::plan_tables::TableMirror::new(
+                &self.ctx, batch,
+            )?);
+        }
+        let m = mirror.as_mut().expect("made above");
+        let written = crate::cuda::plan_tables::table_changes(
+            &mut m.rows,
+            plan.max_pages,
+            s.pool_pages,
+            rows.iter().map(|q| q.pages),
+        )
+        .map_err(|(si, p)| {
+            crate::cuda::error::CudaError::Shape(format!(
+                "seq {si}: page id {p} outside pool of {}",
+                s.pool_pages
+            ))
+        })
+        .and_then(|ch| {
+            if write_tiles {
+                self.ctx.write_i32(&plan.tiles, &tiles)?;
+            }
+            self.write_table_changes(&plan.tables, plan.max_pages, m, ch)
+        });
+        if written.is_err() {
+            // The mirror no longer says what the GPU holds: the next update writes every row.
+            *mirror = None;
+        }
+        written
+    }
+}
+
+/// One row of a fixed decode plan's update ([`CudaOps::update_decode_plan`]): one new token
+/// attending to `kv_len` keys (its own included) on `pages`.
+#[derive(Clone, Copy, Debug)]
+pub struct DecodeRow<'a> {
+    /// Keys visible to the token.
+    pub kv_len: usize,
+    /// Pool page of each `page_size` block of keys, in order.
+    pub pages: &'a [u32],
+}
