@@ -1,17 +1,20 @@
-//! Paged attention launcher: plans tiles and splits on the host, then launches
-//! `paged_attention` (any batch) or, when every sequence has one new token, a decode kernel:
-//! `paged_attention_decode2_g{G}_d{HD}` (GQA group 1/2/4/8, head_dim 64/128: compile-time
-//! shapes, bandwidth-shaped loads) or `paged_attention_decode` (other shapes, group <= 8); and
-//! `attention_combine` when the sequence is split. Prompts and prefix-extends run a tensor-core
-//! kernel: the wgmma one `paged_attention_wg_d128` (attention_prefill_wg.cu) where the device
-//! is compute 9.0 and head_dim is 128 (the default), else `paged_attention_fa2_d{64,128}`
-//! (attention_prefill.cu; forced with `STRATA_PREFILL_ATTN=fa2`), or the first
-//! `paged_attention_mma_d{64,128}` (`STRATA_PREFILL_ATTN=mma`); `STRATA_PREFILL_ATTN=f32` picks
-//! the f32 one. Default-mode decode batches of `DECODE_MMA_MIN_ROWS` (8) rows or more run on
-//! the tensor cores (`decode_on_mma`, `STRATA_DECODE_ATTN=mma|decode2` forces either): on
-//! `paged_attention_dmma_d{64,128}` (attention_decode_mma.cu: the GQA group's heads of one token
-//! as one 16-row MMA tile, the warps splitting the keys) for groups up to 16, else, or with
-//! `STRATA_DECODE_DMMA=0`, on the prefill kernel with one token's group per 128-row tile.
+//! Paged attention over one layer's KV pools: tiles and splits planned on the host, then one
+//! kernel per layer (and `attention_combine` where a plan is split).
+//! - Decode batches (one new token per sequence) under `DECODE_MMA_MIN_ROWS` (8) rows:
+//!   `paged_attention_decode2*` (GQA group 1/2/4/8, head_dim 64/128, compile-time shapes); small
+//!   batches in thread-block clusters that split each row's keys and merge inside the cluster
+//!   (`decode2r`, keys read into registers; `STRATA_DECODE_CLUSTER_FORM=tiles`: the cp.async form
+//!   `decode2c`), larger ones split with a combine pass; `paged_attention_decode` for other
+//!   shapes with a group of at most 8.
+//! - Decode batches from 8 rows go to the tensor cores (`decode_on_mma`;
+//!   `STRATA_DECODE_ATTN=mma|decode2` forces either): `paged_attention_dmma_d{64,128}` for groups
+//!   up to 16, else (or with `STRATA_DECODE_DMMA=0`) the prefill kernel, one token's group per
+//!   128-row tile.
+//! - Prompts and prefix extends: on compute 9.0 at head_dim 128 the wgmma kernel, by default its
+//!   form with a TMA producer warpgroup in clusters of 2 (`paged_attention_wgc_d128`; page sizes
+//!   that are not powers of two from 8 take the cp.async producer form), other forms by
+//!   `STRATA_PREFILL_ATTN` ([`PrefillKernel::from_name`]); else `paged_attention_fa2_d{64,128}`;
+//!   the f32 `paged_attention` for other head sizes or with `STRATA_PREFILL_ATTN=f32`.
 //!
 //! An `AttnPlan` is built once per batch shape from the host-side block tables (validated here:
 //! every page id inside the pool, enough pages for every sequence), uploads them with the tile
