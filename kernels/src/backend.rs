@@ -184,3 +184,104 @@ pub(crate) fn need(
     }
     Ok(())
 }
+
+/// The checks every backend's `attention` makes before it reads anything: a valid head grouping
+/// and page size, and per sequence that q and out hold its rows, its pages hold its keys, and
+/// the caches (`cache_len` floats each) hold every page it reads.
+pub(crate) fn check_attention(
+    q_len: usize,
+    out_len: usize,
+    cache_len: usize,
+    seqs: &[AttnSeq<'_>],
+    shape: AttnShape,
+) -> Result<(), KernelError> {
+    let op = "attention";
+    if shape.kv_heads == 0 || shape.heads % shape.kv_heads != 0 || shape.page_size == 0 {
+        return Err(KernelError::Shape {
+            op,
+            detail: format!("heads {} / kv_heads {}", shape.heads, shape.kv_heads),
+        });
+    }
+    let row_len = shape.heads * shape.head_dim;
+    let kv_dim = shape.kv_heads * shape.head_dim;
+    for s in seqs {
+        need(op, "q", q_len, (s.q_start + s.q_len) * row_len)?;
+        need(op, "out", out_len, (s.q_start + s.q_len) * row_len)?;
+        need(op, "pages", s.pages.len() * shape.page_size, s.kv_len)?;
+        if s.q_len > s.kv_len {
+            return Err(KernelError::Shape {
+                op,
+                detail: format!("q_len {} > kv_len {}", s.q_len, s.kv_len),
+            });
+        }
+        let used = &s.pages[..s.kv_len.div_ceil(shape.page_size)];
+        let max_page = used.iter().copied().max().unwrap_or(0) as usize;
+        need(
+            op,
+            "k_cache",
+            cache_len,
+            (max_page + 1) * shape.page_size * kv_dim,
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn shape(heads: usize, kv_heads: usize, page_size: usize) -> AttnShape {
+        AttnShape {
+            heads,
+            kv_heads,
+            head_dim: 4,
+            page_size,
+            scale: 0.5,
+        }
+    }
+
+    /// What `check_attention` says of one sequence: `None` when it passes, else the error text.
+    fn verdict(q_len: usize, cache_len: usize, seq: AttnSeq<'_>, s: AttnShape) -> Option<String> {
+        check_attention(q_len, q_len, cache_len, &[seq], s)
+            .err()
+            .map(|e| e.to_string())
+    }
+
+    #[test]
+    fn attention_inputs_are_checked_before_any_read() {
+        // 2 heads of 4 over 1 KV head, pages of 2 keys: a row is 8 floats, a page 8 floats.
+        let s = shape(2, 1, 2);
+        let seq = |q_start, q_len, kv_len, pages| AttnSeq {
+            q_start,
+            q_len,
+            kv_len,
+            pages,
+        };
+        // 3 rows after 5 cached keys on pages 3, 0, 1, 2 (5 keys use pages 3, 0, 1; page 2
+        // unused): the cache must hold page 3.
+        assert_eq!(verdict(24, 32, seq(0, 3, 5, &[3, 0, 1, 2]), s), None);
+        // Pages past the keys are not read, so not checked against the cache.
+        assert_eq!(verdict(24, 32, seq(0, 3, 5, &[3, 0, 1, 9]), s), None);
+        let refused = [
+            (verdict(24, 24, seq(0, 3, 5, &[3, 0, 1]), s), "k_cache"),
+            (verdict(16, 32, seq(0, 3, 5, &[3, 0, 1]), s), "q:"),
+            (verdict(24, 32, seq(0, 3, 5, &[3, 0]), s), "pages"),
+            (
+                verdict(48, 32, seq(0, 6, 5, &[3, 0, 1]), s),
+                "q_len 6 > kv_len 5",
+            ),
+            (
+                verdict(24, 32, seq(0, 3, 5, &[3, 0, 1]), shape(3, 2, 2)),
+                "kv_heads",
+            ),
+            (
+                verdict(24, 32, seq(0, 3, 5, &[3, 0, 1]), shape(2, 1, 0)),
+                "kv_heads",
+            ),
+        ];
+        for (i, (got, want)) in refused.iter().enumerate() {
+            let got = got.as_deref().unwrap_or_else(|| panic!("case {i} passed"));
+            assert!(got.contains(want), "case {i}: {got:?} lacks {want:?}");
+        }
+    }
+}

@@ -7,7 +7,7 @@ mod attention;
 mod elementwise;
 pub mod gemm;
 
-use crate::backend::{need, AttnSeq, AttnShape, Backend, KernelError};
+use crate::backend::{check_attention, need, AttnSeq, AttnShape, Backend, KernelError};
 use crate::rope::RopeTable;
 
 /// CPU compute backend (stateless; threads come from rayon's global pool).
@@ -183,43 +183,8 @@ impl Backend for CpuBackend {
         shape: AttnShape,
         out: &mut Vec<f32>,
     ) -> Result<(), KernelError> {
-        let row_len = shape.heads * shape.head_dim;
-        let kv_dim = shape.kv_heads * shape.head_dim;
-        if shape.kv_heads == 0 || shape.heads % shape.kv_heads != 0 || shape.page_size == 0 {
-            return Err(KernelError::Shape {
-                op: "attention",
-                detail: format!("heads {} / kv_heads {}", shape.heads, shape.kv_heads),
-            });
-        }
-        for s in seqs {
-            need("attention", "q", q.len(), (s.q_start + s.q_len) * row_len)?;
-            need(
-                "attention",
-                "out",
-                out.len(),
-                (s.q_start + s.q_len) * row_len,
-            )?;
-            need(
-                "attention",
-                "pages",
-                s.pages.len() * shape.page_size,
-                s.kv_len,
-            )?;
-            if s.q_len > s.kv_len {
-                return Err(KernelError::Shape {
-                    op: "attention",
-                    detail: format!("q_len {} > kv_len {}", s.q_len, s.kv_len),
-                });
-            }
-            let max_page = s.pages.iter().copied().max().unwrap_or(0) as usize;
-            let cache_floats = (max_page + 1) * shape.page_size * kv_dim;
-            need(
-                "attention",
-                "k_cache",
-                k_cache.len().min(v_cache.len()),
-                cache_floats,
-            )?;
-        }
+        let cache = k_cache.len().min(v_cache.len());
+        check_attention(q.len(), out.len(), cache, seqs, shape)?;
         attention::attention(q, k_cache, v_cache, seqs, shape, out);
         Ok(())
     }

@@ -15,7 +15,7 @@ use super::device::GpuContext;
 use super::f32k::{F32Kernels, ATTN_MAX_DIM, LINEAR_ROWS, WARPS};
 use super::launch::{Arg, Dims};
 use super::tensor::DTensor;
-use crate::backend::{need, AttnSeq, AttnShape, Backend, KernelError};
+use crate::backend::{check_attention, need, AttnSeq, AttnShape, Backend, KernelError};
 use crate::rope::RopeTable;
 
 /// An f32 buffer in GPU memory.
@@ -257,14 +257,13 @@ impl Backend for CudaBackend {
         shape: AttnShape,
         out: &mut CudaBuf,
     ) -> R {
-        let row_len = shape.heads * shape.head_dim;
-        let kv_dim = shape.kv_heads * shape.head_dim;
-        if shape.kv_heads == 0 || shape.heads % shape.kv_heads != 0 || shape.page_size == 0 {
-            return Err(shape_err(
-                "attention",
-                format!("heads {} / kv_heads {}", shape.heads, shape.kv_heads),
-            ));
-        }
+        check_attention(
+            q.len(),
+            out.len(),
+            k_cache.len().min(v_cache.len()),
+            seqs,
+            shape,
+        )?;
         if shape.head_dim > ATTN_MAX_DIM {
             return Err(shape_err(
                 "attention",
@@ -273,34 +272,7 @@ impl Backend for CudaBackend {
         }
         let (mut meta, mut pages) = (Vec::new(), Vec::new());
         for s in seqs {
-            need("attention", "q", q.len(), (s.q_start + s.q_len) * row_len)?;
-            need(
-                "attention",
-                "out",
-                out.len(),
-                (s.q_start + s.q_len) * row_len,
-            )?;
-            need(
-                "attention",
-                "pages",
-                s.pages.len() * shape.page_size,
-                s.kv_len,
-            )?;
-            if s.q_len > s.kv_len {
-                return Err(shape_err(
-                    "attention",
-                    format!("q_len {} > kv_len {}", s.q_len, s.kv_len),
-                ));
-            }
             let used = &s.pages[..s.kv_len.div_ceil(shape.page_size)];
-            let max_page = used.iter().copied().max().unwrap_or(0) as usize;
-            let cache = k_cache.len().min(v_cache.len());
-            need(
-                "attention",
-                "k_cache",
-                cache,
-                (max_page + 1) * shape.page_size * kv_dim,
-            )?;
             let off = pages.len() as i32;
             pages.extend_from_slice(used);
             for r in 0..s.q_len {
