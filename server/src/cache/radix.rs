@@ -162,6 +162,29 @@ impl RadixCache {
         })
     }
 
+    /// Whole pages of `rest` equal to `id`'s key from its start.
+    fn matched_pages(&self, id: NodeId, rest: &[u32]) -> usize {
+        let ps = self.page_size;
+        self.node(id)
+            .key
+            .chunks(ps)
+            .zip(rest.chunks_exact(ps))
+            .take_while(|(a, b)| a == b)
+            .count()
+    }
+
+    /// Follows `rest` into `child` (whose first page it matches): the node the match ends on
+    /// (`child`, or its upper part split off where the match ends inside it) and the pages
+    /// matched.
+    fn descend(&mut self, child: NodeId, rest: &[u32]) -> (NodeId, usize) {
+        let m = self.matched_pages(child, rest);
+        if m * self.page_size == self.node(child).key.len() {
+            (child, m)
+        } else {
+            (self.split(child, m), m)
+        }
+    }
+
     /// The root of namespace `ns` (the default root for None); None while `ns` holds nothing.
     fn root(&self, ns: Option<CacheNs>) -> Option<NodeId> {
         match ns {
@@ -239,20 +262,7 @@ impl RadixCache {
             let Some(&child) = self.node(cur).children.get(&tokens[pos..pos + ps]) else {
                 break;
             };
-            let n = self.node(child);
-            let n_pages = n.key.len() / ps;
-            let mut m = 0;
-            while m < n_pages
-                && pos + (m + 1) * ps <= tokens.len()
-                && n.key[m * ps..(m + 1) * ps] == tokens[pos + m * ps..pos + (m + 1) * ps]
-            {
-                m += 1;
-            }
-            let child = if m < n_pages {
-                self.split(child, m)
-            } else {
-                child
-            };
+            let (child, m) = self.descend(child, &tokens[pos..]);
             let tick = self.tick;
             let c = self.node_mut(child);
             c.last_access = tick;
@@ -285,15 +295,10 @@ impl RadixCache {
             let Some(&child) = self.node(cur).children.get(&tokens[pos..pos + ps]) else {
                 break;
             };
-            let key = &self.node(child).key;
-            let m = key
-                .chunks(ps)
-                .zip(tokens[pos..].chunks_exact(ps))
-                .take_while(|(a, b)| a == b)
-                .count();
+            let m = self.matched_pages(child, &tokens[pos..]);
             path.push(child);
             pos += m * ps;
-            if m * ps < key.len() {
+            if m * ps < self.node(child).key.len() {
                 break;
             }
             cur = child;
@@ -402,20 +407,8 @@ impl RadixCache {
             let Some(&child) = self.node(cur).children.get(&tokens[pos..pos + ps]) else {
                 break;
             };
-            let n = self.node(child);
-            let n_pages = n.key.len() / ps;
-            let mut m = 0;
-            while m < n_pages
-                && page + m < total
-                && n.key[m * ps..(m + 1) * ps] == tokens[pos + m * ps..pos + (m + 1) * ps]
-            {
-                m += 1;
-            }
-            let child = if m < n_pages {
-                self.split(child, m)
-            } else {
-                child
-            };
+            // tokens holds exactly `total` pages, so the match stops at the last one.
+            let (child, m) = self.descend(child, &tokens[pos..]);
             let mine: Vec<Page> = (page..page + m)
                 .filter(|&p| p >= skip)
                 .filter_map(|_| own.next())
