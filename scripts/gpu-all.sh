@@ -75,15 +75,9 @@
 #            --only decode` at batch 1 on the 1B and 8B shapes in alternating processes (two
 #            rounds, graph step and its subsets), then served 1B ITL at c=1 (gpu-itl-ab.sh, B off)
 #   targets  issue 14's open targets in one call (first on an H200): the decode cluster cases of
-#            `gpu check` (STRATA_CHECK_CASES) and the metadata node's (meta_fill), `gpu bench
-#            --only decode` at batch 1 on the 1B and 8B shapes, served 1B ITL at c=1 (gpu-itl-ab.sh,
-#            two servers of this binary: A with the graphs' metadata node, STRATA_GRAPH_META_NODE=1,
-#            B copying; greedy outputs of A and B compared), `gpu bench --only gemm,prefill` at 2K
-#            and 8K and transformers' forward at 2K and 8K
-#   metanode the decode graphs' metadata node (meta_fill.rs) against copying the metadata up:
-#            `gpu check --only meta_fill,fixed_decode_plan`, then served 1B ITL at c=1 (gpu-itl-ab.sh,
-#            A with STRATA_GRAPH_META_NODE=1, B copying, MN_ROUNDS rounds, greedy outputs of A vs B compared,
-#            the raw graph step and its pipelined lines)
+#            `gpu check` (STRATA_CHECK_CASES), `gpu bench --only decode` at batch 1 on the 1B and
+#            8B shapes, served 1B ITL at c=1 (gpu-itl-ab.sh, two servers of this binary), `gpu
+#            bench --only gemm,prefill` at 2K and 8K and transformers' forward at 2K and 8K
 #   tprefill the prefill part of `targets`: `gpu bench --only gemm,prefill` at 2K and 8K and
 #            transformers' forward at 2K and 8K
 #   binab    this binary against others (BIN_B, space-separated, default .devbin/strata.base, e.g.
@@ -242,21 +236,13 @@ for s in $STEPS; do
         scripts/gpu-itl-ab.sh "$OUT/chain-itl" > "$OUT/chain-itl.log" 2>&1 || rc=1
       grep -vE "^\s*$" "$OUT/chain-itl.log" | tail -8 ;;
     targets) rc=0
-      STRATA_CHECK_CASES="decode cl,decode rcl" timeout $(left 90) "$STRATA" gpu check --only attention,meta_fill \
+      STRATA_CHECK_CASES="decode cl,decode rcl" timeout $(left 90) "$STRATA" gpu check --only attention \
         > "$OUT/targets-check.log" 2>&1 || rc=1
       grep -E "gpu check:|FAIL" "$OUT/targets-check.log"
       for shape in llama-3.2-1b llama-3.1-8b; do decode_b1 "$OUT/targets-decode-$shape.log" $shape || rc=1; done
-      SIZE=llama-3.2-1b RAW=0 ITL_A_ENV=STRATA_GRAPH_META_NODE=1 GREEDY="8 32" timeout $(left 180) \
-        scripts/gpu-itl-ab.sh "$OUT/targets-itl" > "$OUT/targets-itl.log" 2>&1 || rc=1
-      grep -vE "^\s*$" "$OUT/targets-itl.log" | tail -12
+      SIZE=llama-3.2-1b RAW=0 timeout $(left 150) scripts/gpu-itl-ab.sh "$OUT/targets-itl" > "$OUT/targets-itl.log" 2>&1 || rc=1
+      grep -vE "^\s*$" "$OUT/targets-itl.log" | tail -6
       prefill_bench targets-prefill || rc=1 ;;
-    metanode) rc=0
-      timeout $(left 120) "$STRATA" gpu check --only meta_fill,fixed_decode_plan > "$OUT/metanode-check.log" 2>&1 || rc=1
-      grep -E "gpu check:|FAIL|error" "$OUT/metanode-check.log" | tail -6
-      SIZE=llama-3.2-1b ROUNDS=${MN_ROUNDS:-3} GREEDY="16 32" ITL_A_ENV=STRATA_GRAPH_META_NODE=1 \
-        timeout $(left 320) scripts/gpu-itl-ab.sh "$OUT/metanode-itl" > "$OUT/metanode-itl.log" 2>&1 || rc=1
-      grep -vE "^\s*$" "$OUT/metanode-itl.log" | tail -16
-      grep -hE "b1 graph step (with PDL|waited)" "$OUT/metanode-itl/itl-raw.log" | cut -c1-300 | head -6 ;;
     tprefill) prefill_bench targets-prefill; rc=$? ;;
     binab) rc=0; BS=(${BIN_B:-$PWD/.devbin/strata.base}); B=${BS[0]}
       for b in "${BS[@]}"; do  # (a binary carried as NAME.xz is unpacked first)

@@ -24,45 +24,6 @@ extern "C" __global__ void scatter_i32(const int* upd, int* dst, int n_dst) {
     }
 }
 
-// A decode graph's batch metadata, passed by value as the first node's parameters (set on the
-// graph's executable before each replay: no copy on the stream). Layout: meta_fill.rs.
-#define META_FILL_ROWS 64
-struct MetaFill {
-    int n;   // rows given; -1: the node writes nothing (the metadata was copied up)
-    int bs;  // the graph's rows (at most META_FILL_ROWS)
-    int* ids;
-    int* pos;
-    int* slots;
-    int* tiles;       // the fixed decode plan's tiles, 4 words per row
-    const int* prev;  // the previous forward's sampled tokens
-    int rows[META_FILL_ROWS][4];  // token id, or -1 - (index into prev); position; KV slot; keys
-};
-
-// Writes the metadata of `p` for the graph's rows: rows below n as given (ids read from the
-// previous forward's tokens where asked), the rest padding (id 0, position 0, no KV slot, one
-// key), and every row's plan tile (what `update_decode_plan` writes from the host). The first
-// node of a decode graph: it starts when the previous forward has finished.
-extern "C" __global__ void decode_meta_fill(const __grid_constant__ MetaFill p) {
-    const int i = threadIdx.x;
-    if (p.n < 0 || i >= p.bs) return;
-    int id = 0, pos = 0, slot = -1, keys = 1;
-    if (i < p.n) {
-        const int* r = p.rows[i];
-        id = r[0] >= 0 ? r[0] : p.prev[-1 - r[0]];
-        pos = r[1];
-        slot = r[2];
-        keys = r[3];
-    }
-    p.ids[i] = id;
-    p.pos[i] = pos;
-    p.slots[i] = slot;
-    int* t = p.tiles + 4 * i;
-    t[0] = i;
-    t[1] = i;
-    t[2] = 1;
-    t[3] = keys - 1;
-}
-
 // dst[ids[t]] = bf16(dst[ids[t]] + src[t]) for t < blocks (rows of `width`; the ids distinct):
 // the LoRA adapters' change to their rows of a projection's output.
 extern "C" __global__ void add_rows(const int* ids, const bf16_t* src, bf16_t* dst, int width) {

@@ -17,6 +17,6 @@ fn fused_single_row_kernels_equal_the_unfused_ones_under_emulation() {
     strata_kernels::emu::check_report(
         "fused_main.cpp",
         std::path::Path::new(env!("CARGO_TARGET_TMPDIR")),
-        155,
+        149,
     );
 }

@@ -515,9 +515,6 @@ impl LlamaModel {
         input: &StepInput,
         skip: &dyn Fn(&str) -> bool,
     ) -> Result<CudaGraph> {
-        ops.capture_graph(None, || {
-            self.forward_hooked(ops, gemm, ws, input, skip, &mut |_| Ok(()))
-        })
-        .map(|(g, _)| g)
+        ops.capture_graph(|| self.forward_hooked(ops, gemm, ws, input, skip, &mut |_| Ok(())))
     }
 }

@@ -13,6 +13,7 @@
 
 pub mod attention;
 pub mod backend;
+mod capture;
 pub mod det;
 pub mod device;
 pub mod error;
@@ -30,7 +31,6 @@ pub mod launch;
 pub mod llama;
 pub mod lora;
 pub mod lt_table;
-pub mod meta_fill;
 pub mod nvrtc;
 pub mod ops;
 pub mod peer_copy;

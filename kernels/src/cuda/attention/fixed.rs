@@ -52,22 +52,6 @@ impl CudaOps {
     /// entry per step) go up as (index, page) pairs that `scatter_i32` writes. The host work is
     /// one comparison of each row's known entries plus the new ones (`plan_tables.rs`).
     pub fn update_decode_plan(&self, plan: &AttnPlan, rows: &[DecodeRow<'_>]) -> Result<()> {
-        self.update_fixed_plan(plan, rows, true)
-    }
-
-    /// [`CudaOps::update_decode_plan`] without the tiles (each row's key count), which a decode
-    /// graph's metadata node writes on the device (`meta_fill.rs`): the rows are checked and the
-    /// page tables' changes go up.
-    pub fn update_decode_tables(&self, plan: &AttnPlan, rows: &[DecodeRow<'_>]) -> Result<()> {
-        self.update_fixed_plan(plan, rows, false)
-    }
-
-    fn update_fixed_plan(
-        &self,
-        plan: &AttnPlan,
-        rows: &[DecodeRow<'_>],
-        write_tiles: bool,
-    ) -> Result<()> {
         let s = plan.shape;
         let batch = plan.total_rows;
         ensure(plan.n_tiles == batch && rows.len() <= batch, || {
@@ -77,7 +61,7 @@ impl CudaOps {
             )
         })?;
         let cap = plan.splits * plan.split_len;
-        let mut tiles = Vec::with_capacity(if write_tiles { 4 * batch } else { 0 });
+        let mut tiles = Vec::with_capacity(4 * batch);
         for (si, q) in rows.iter().enumerate() {
             ensure(q.kv_len >= 1 && q.kv_len <= cap, || {
                 format!(
@@ -89,14 +73,10 @@ impl CudaOps {
                 q.pages.len() <= plan.max_pages && q.pages.len() * s.page_size >= q.kv_len,
                 || format!("seq {si}: {} pages for {} keys", q.pages.len(), q.kv_len),
             )?;
-            if write_tiles {
-                tiles.extend_from_slice(&[si as i32, si as i32, 1, q.kv_len as i32 - 1]);
-            }
+            tiles.extend_from_slice(&[si as i32, si as i32, 1, q.kv_len as i32 - 1]);
         }
-        if write_tiles {
-            for si in rows.len()..batch {
-                tiles.extend_from_slice(&[si as i32, si as i32, 1, 0]);
-            }
+        for si in rows.len()..batch {
+            tiles.extend_from_slice(&[si as i32, si as i32, 1, 0]);
         }
         let mut mirror = plan.table_mirror.lock().expect("plan table mirror");
         if mirror.is_none() {
@@ -118,9 +98,7 @@ impl CudaOps {
             ))
         })
         .and_then(|ch| {
-            if write_tiles {
-                self.ctx.write_i32(&plan.tiles, &tiles)?;
-            }
+            self.ctx.write_i32(&plan.tiles, &tiles)?;
             self.write_table_changes(&plan.tables, plan.max_pages, m, ch)
         });
         if written.is_err() {

@@ -282,11 +282,6 @@ pub struct QRope<'a> {
 }
 
 impl AttnPlan {
-    /// The plan's tiles (4 i32 per tile: sequence, first q row, q rows, first key), which a
-    /// decode graph's metadata node writes (`meta_fill.rs`).
-    pub fn tiles(&self) -> &DTensor {
-        &self.tiles
-    }
     /// True when this plan's kernel can apply RoPE to Q as it loads it (the wgmma prefill
     /// kernel; [`CudaOps::paged_attention_rope`]).
     pub fn rotates_q(&self) -> bool {

@@ -9,13 +9,6 @@
 //! Under overlap scheduling a replay may take input ids from the previous forward's sampled
 //! tokens, copied device to device into the ids section after the metadata write.
 //!
-//! Buckets of up to `META_FILL_ROWS` rows start with a metadata node (strata_kernels
-//! `meta_fill.rs`): a replay sets the rows (ids or where in the previous tokens they are,
-//! positions, slots, key counts) as that node's parameters on the executable, and the node
-//! writes them on the device, so between two replays the stream holds no copy but the page
-//! tables' changes. Opt-in (`STRATA_GRAPH_META_NODE=1`) until measured on a GPU; without it
-//! (or when the node cannot be captured) every replay copies.
-//!
 //! Batches with LoRA adapters replay a second graph of the bucket, captured on the first such
 //! batch: the same buffers, the unfused projections and the per-row LoRA kernels (lora.rs
 //! `Seg`), each row's adapter slot in a fifth metadata section.
@@ -26,7 +19,6 @@ use super::{Acts, CudaKv, CudaRunner, Meta};
 use crate::model::runner::{SampleReq, Sampled};
 use crate::model::ForwardBatch;
 use cudarc::driver::CudaGraph;
-use strata_kernels::cuda::meta_fill::{FillId, FillRow, MetaBufs, MetaNode, META_FILL_ROWS};
 use strata_kernels::cuda::{AttnPlan, CudaError, DTensor, DType, DecodeRow};
 
 /// The decode batch sizes to capture (`strata serve`'s flags, SGLang's semantics): the sizes of
@@ -86,8 +78,6 @@ struct DecodeGraph {
     meta: Meta,
     plan: AttnPlan,
     exec: Exec,
-    /// The metadata node of `exec` (None: replays copy the metadata up).
-    node: Option<MetaNode>,
     /// The bucket's graph with LoRA adapters (its Meta holds the per-row form's buffers).
     lora: Option<(Meta, Exec)>,
 }
@@ -105,54 +95,23 @@ fn blank_meta(bs: usize) -> Vec<i32> {
 }
 
 /// Captures `r`'s forward of the bucket's buffers (after one eager pass: cuBLASLt times its
-/// algorithms outside capture), after a metadata node of `node_rows` rows when given.
+/// algorithms outside capture).
 fn record(
     r: &CudaRunner,
     acts: &Acts,
     meta: &Meta,
     plan: &AttnPlan,
     kv: &CudaKv,
-    node_rows: Option<usize>,
-) -> Result<(Exec, Option<MetaNode>), CudaError> {
+) -> Result<Exec, CudaError> {
     r.forward(acts, meta, plan, kv)?;
     r.ctx.synchronize()?;
-    let bufs = node_rows.map(|rows| MetaBufs {
-        tiles: plan.tiles(),
-        ids: &meta.ids,
-        pos: &meta.pos,
-        slots: &meta.slots,
-        rows,
-    });
-    let (g, node) = r
-        .ops
-        .capture_graph(bufs, || r.forward(acts, meta, plan, kv))?;
+    let g = r.ops.capture_graph(|| r.forward(acts, meta, plan, kv))?;
     g.upload()?;
-    Ok((Exec(g), node))
-}
-
-/// The metadata node's rows of a decode batch (one token per sequence, row i of sequence i):
-/// each row's id, or where in the previous forward's tokens it is, position, slot, key count.
-fn fill_rows(batch: &ForwardBatch) -> Result<Vec<FillRow>, CudaError> {
-    let n = batch.tokens.len();
-    let mut fill: Vec<FillRow> = (0..n)
-        .map(|i| FillRow {
-            id: FillId::Host(batch.tokens[i]),
-            pos: batch.positions[i] as i32,
-            slot: batch.slots[i] as i32,
-            kv_len: batch.seqs[i].kv_len as i32,
-        })
-        .collect();
-    for &(j, k) in &batch.from_prev {
-        let row = fill.get_mut(j).ok_or_else(|| {
-            CudaError::Shape(format!("input {j} from the previous forward of {n}"))
-        })?;
-        row.id = FillId::Prev(k);
-    }
-    Ok(fill)
+    Ok(Exec(g))
 }
 
 /// A replay's metadata and plan tiles copied up, the ids of rows continuing the queued forward
-/// copied on the device from `prev` (graphs without a metadata node, and LoRA batches).
+/// copied on the device from `prev`.
 fn copy_meta(
     r: &CudaRunner,
     g: &DecodeGraph,
@@ -206,7 +165,7 @@ impl DecodeGraph {
                 table: r.loras.table(&r.ctx, &r.cfg)?,
                 mid: r.ctx.alloc(DType::F32, &[bs, MID_CAP])?,
             }));
-            let (exec, _) = record(r, &self.acts, &meta, &self.plan, kv, None)?;
+            let exec = record(r, &self.acts, &meta, &self.plan, kv)?;
             tracing::info!(bs, "CUDA graph with LoRA adapters captured");
             self.lora = Some((meta, exec));
         }
@@ -250,7 +209,6 @@ impl Graphs {
             }
             _ => None,
         };
-        let nodes = std::env::var("STRATA_GRAPH_META_NODE").is_ok_and(|v| v == "1");
         for bs in sizes {
             let acts = r.acts(bs, bs)?;
             let buf = r.ctx.upload_i32(&[5 * bs], &blank_meta(bs))?;
@@ -262,21 +220,13 @@ impl Graphs {
                 plan.share_workspace(s)?;
             }
             r.ops.update_decode_plan(&plan, &[])?;
-            let node_rows = (nodes && bs <= META_FILL_ROWS).then_some(bs);
-            let (exec, node) = match record(r, &acts, &meta, &plan, kv, node_rows) {
-                Err(e) if node_rows.is_some() => {
-                    tracing::warn!(bs, "decode graph metadata node: {e}; copying the metadata");
-                    record(r, &acts, &meta, &plan, kv, None)?
-                }
-                recorded => recorded?,
-            };
+            let exec = record(r, &acts, &meta, &plan, kv)?;
             graphs.push(DecodeGraph {
                 bs,
                 acts,
                 meta,
                 plan,
                 exec,
-                node,
                 lora: None,
             });
         }
@@ -372,6 +322,7 @@ impl Graphs {
             }
             g.lora_exec(r, kv)?;
         }
+        let g = &*g;
         let exec = match (&lora_rows, &g.lora) {
             (Some(_), Some((_, exec))) => exec,
             _ => &g.exec,
@@ -384,15 +335,7 @@ impl Graphs {
                 pages: &s.pages,
             })
             .collect();
-        match &mut g.node {
-            // The rows as the metadata node's parameters (a LoRA batch replays the other graph,
-            // which has no node: `exec` with a node is always launched here).
-            Some(node) if lora_rows.is_none() => {
-                r.ops.update_decode_tables(&g.plan, &rows)?;
-                node.set(&exec.0, &fill_rows(batch)?, prev)?;
-            }
-            _ => copy_meta(r, g, batch, lora_rows.as_deref(), &rows, prev)?,
-        }
+        copy_meta(r, g, batch, lora_rows.as_deref(), &rows, prev)?;
         let launched = std::time::Instant::now();
         exec.0.launch()?;
         Ok(Some((gi, launched)))
@@ -418,46 +361,6 @@ mod tests {
         assert_eq!(buckets(20), [1, 2, 4, 8, 16, 20]);
         assert_eq!(graph_sizes(None, &[], 8).unwrap(), [1, 2, 4, 8]);
         assert_eq!(graph_sizes(Some(4), &[], 256).unwrap(), [1, 2, 4]);
-    }
-
-    /// A decode batch's node rows: the host's ids except where the previous forward's tokens
-    /// are the input, every other field as the batch says; an input index past the batch is an
-    /// error, not a row.
-    #[test]
-    fn fill_rows_take_ids_from_the_previous_forward_where_asked() {
-        use crate::model::SeqSlice;
-        let seq = |kv_len| SeqSlice {
-            q_start: 0,
-            q_len: 1,
-            kv_len,
-            pages: std::sync::Arc::new(vec![0]),
-            decode: true,
-            lora: None,
-        };
-        let mut batch = ForwardBatch {
-            tokens: vec![11, 0, 13],
-            positions: vec![4, 9, 2],
-            slots: vec![40, 90, 20],
-            seqs: vec![seq(5), seq(10), seq(3)],
-            logit_rows: vec![0, 1, 2],
-            from_prev: vec![(1, 7)],
-        };
-        let want = |id, pos, slot, kv_len| FillRow {
-            id,
-            pos,
-            slot,
-            kv_len,
-        };
-        assert_eq!(
-            fill_rows(&batch).unwrap(),
-            [
-                want(FillId::Host(11), 4, 40, 5),
-                want(FillId::Prev(7), 9, 90, 10),
-                want(FillId::Host(13), 2, 20, 3),
-            ]
-        );
-        batch.from_prev = vec![(3, 0)];
-        assert!(fill_rows(&batch).is_err());
     }
 
     #[test]

@@ -179,26 +179,10 @@ pub fn run(
             if let Some(a) = graphed {
                 use super::bench_pipelined::{pipelined_step_ms, StepCopies};
                 let g = model.capture(ops, gemm, &ws, &input)?;
-                let ms = |c| pipelined_step_ms(ops, &g, &ws.logits, b, c, None);
+                let ms = |c| pipelined_step_ms(ops, &g, &ws.logits, b, c);
                 let bare = ms(StepCopies::Bare)?;
                 let runner = ms(StepCopies::Runner)?;
                 let back = ms(StepCopies::Readback)?;
-                let node =
-                    match super::bench_pipelined::capture_with_node(ops, gemm, &model, &ws, &input)
-                    {
-                        Ok((gn, mut n, rows)) => {
-                            let ms = pipelined_step_ms(
-                                ops,
-                                &gn,
-                                &ws.logits,
-                                b,
-                                StepCopies::Node,
-                                Some((&mut n, &rows)),
-                            )?;
-                            format!("{ms:.3} ms (x{:.3})", ms / bare)
-                        }
-                        Err(e) => format!("failed ({e})"),
-                    };
                 let memops = match ms(StepCopies::MemOps) {
                     Ok(m) => format!("{m:.3} ms"),
                     Err(e) => format!(
@@ -207,7 +191,7 @@ pub fn run(
                     ),
                 };
                 summary.push(format!(
-                    "  b{b} graph step waited for on the host {a:.3} ms; queued back to back {bare:.3} ms, with the runner's per-step copies {runner:.3} ms (x{:.3}), the token copy back alone {back:.3} ms, metadata node + copy back {node}, memory-op writes + copy back {memops}",
+                    "  b{b} graph step waited for on the host {a:.3} ms; queued back to back {bare:.3} ms, with the runner's per-step copies {runner:.3} ms (x{:.3}), the token copy back alone {back:.3} ms, memory-op writes + copy back {memops}",
                     runner / bare
                 ));
             }

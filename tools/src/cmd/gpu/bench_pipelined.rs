@@ -11,17 +11,12 @@
 //! count) written by one batch of stream memory operations instead of the two uploads, with
 //! no device-side id copy (the ids read from the previous tokens in place). The runner does not
 //! use memory operations: the one H100 they were tried on refused the batch (`memop_probe`).
-//! And the runner's opt-in form (`STRATA_GRAPH_META_NODE=1`): the graph captured after a
-//! metadata node whose parameters are set on the executable before each replay (the step's own
-//! rows, ids from the previous tokens), with the token copy back ([`capture_with_node`]).
 
 use std::time::Instant;
 
 use cudarc::driver::CudaGraph;
-use strata_kernels::cuda::llama::{LlamaModel, StepInput, Workspace};
-use strata_kernels::cuda::meta_fill::{FillId, FillRow, MetaBufs, MetaNode};
 use strata_kernels::cuda::readback::Readback;
-use strata_kernels::cuda::{CudaOps, DTensor, Gemm, GpuContext};
+use strata_kernels::cuda::{CudaOps, DTensor, GpuContext};
 
 /// Steps queued per measurement.
 const STEPS: usize = 64;
@@ -37,45 +32,6 @@ pub enum StepCopies {
     Runner,
     /// 3 words per row by one cuStreamBatchMemOp, tokens back.
     MemOps,
-    /// The rows set on the graph's metadata node (the graph must have one), tokens back.
-    Node,
-}
-
-/// `model`'s step on `input` captured after a metadata node, and the node's rows that leave
-/// the step as it is (positions, slots and key counts of `input`, ids from the previous
-/// tokens).
-pub fn capture_with_node(
-    ops: &CudaOps,
-    gemm: &Gemm,
-    model: &LlamaModel,
-    ws: &Workspace,
-    input: &StepInput,
-) -> anyhow::Result<(CudaGraph, MetaNode, Vec<FillRow>)> {
-    let ctx = ops.context();
-    let (pos, tiles) = (
-        ctx.download_i32(&input.pos)?,
-        ctx.download_i32(input.plan.tiles())?,
-    );
-    let rows = (0..input.host_slots.len())
-        .map(|i| FillRow {
-            id: FillId::Prev(i),
-            pos: pos[i],
-            slot: input.host_slots[i],
-            kv_len: tiles[4 * i + 3] + 1,
-        })
-        .collect();
-    let bufs = MetaBufs {
-        tiles: input.plan.tiles(),
-        ids: &input.ids,
-        pos: &input.pos,
-        slots: &input.slots,
-        rows: input.host_slots.len(),
-    };
-    let (g, node) = ops.capture_graph(Some(bufs), || {
-        model.forward_hooked(ops, gemm, ws, input, &|_| false, &mut |_| Ok(()))
-    })?;
-    let node = node.ok_or_else(|| anyhow::anyhow!("no metadata node captured"))?;
-    Ok((g, node, rows))
 }
 
 /// Mean ms per step of `STEPS` replays of `g` queued back to back (argmax of `logits` after
@@ -86,7 +42,6 @@ pub fn pipelined_step_ms(
     logits: &DTensor,
     rows: usize,
     copies: StepCopies,
-    mut node: Option<(&mut MetaNode, &[FillRow])>,
 ) -> anyhow::Result<f64> {
     let ctx = ops.context();
     let tokens = ctx.upload_i32(&[rows], &vec![0; rows])?;
@@ -107,12 +62,6 @@ pub fn pipelined_step_ms(
                 }
                 StepCopies::MemOps => batch_write(ctx, meta.ptr(), 3 * rows, s as u32)
                     .map_err(|e| anyhow::anyhow!("cuStreamBatchMemOp: {e:?}"))?,
-                StepCopies::Node => {
-                    let (n, fill) = node
-                        .as_mut()
-                        .ok_or_else(|| anyhow::anyhow!("no metadata node"))?;
-                    n.set(g, fill, Some(&tokens))?;
-                }
                 StepCopies::Bare | StepCopies::Readback => {}
             }
             g.launch()?;

@@ -102,11 +102,8 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let ops = CudaOps::new(ctx.clone()).context("compiling kernels")?;
     println!("kernels ready in {:.2}s", t0.elapsed().as_secs_f64());
     let gemm = Gemm::new(ctx.clone()).context("cuBLAS")?;
-    let steps: [Step; 28] = [
+    let steps: [Step; 27] = [
         ("transfer", &|c| check_transfer(&ctx, c)),
-        ("meta_fill", &|c| {
-            super::check_meta_fill::check_meta_fill(&ctx, &ops, c)
-        }),
         ("pd_copy", &|c| super::check_pd_copy::check_pd_copy(&ctx, c)),
         ("host_copy", &|c| {
             super::check_host_copy::check_host_copy(&ctx, c)

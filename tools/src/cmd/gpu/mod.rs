@@ -20,7 +20,6 @@ mod check;
 mod check_det;
 mod check_host_copy;
 mod check_lora;
-mod check_meta_fill;
 mod check_ops;
 mod check_pd_copy;
 mod check_rows;
