@@ -1,5 +1,5 @@
-//! CUDA-graph capture: one path for the server's decode graphs, `gpu bench`'s model and the
-//! pipelined step bench.
+//! CUDA-graph capture: one path for the server's decode graphs and `gpu bench`'s model
+//! (`LlamaModel::capture`).
 
 use cudarc::driver::sys::{CUgraphInstantiate_flags, CUstreamCaptureMode};
 use cudarc::driver::CudaGraph;
