@@ -24,7 +24,6 @@ static uint64_t g_warp_buf[64][32];
 #define __global__
 #define __device__
 #define __forceinline__ inline
-#define __grid_constant__
 #define __launch_bounds__(...)
 #define DYN_SHARED(T, name) static T name[(128 << 10) / sizeof(T)]
 #define __shared__ static

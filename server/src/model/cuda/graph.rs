@@ -110,14 +110,13 @@ fn record(
     Ok(Exec(g))
 }
 
-/// A replay's metadata and plan tiles copied up, the ids of rows continuing the queued forward
-/// copied on the device from `prev`.
+/// A replay's metadata and plan (tiles, page-table changes) copied up, the ids of rows
+/// continuing the queued forward copied on the device from `prev`.
 fn copy_meta(
     r: &CudaRunner,
     g: &DecodeGraph,
     batch: &ForwardBatch,
     lora_rows: Option<&[i32]>,
-    rows: &[DecodeRow<'_>],
     prev: Option<&DTensor>,
 ) -> Result<(), CudaError> {
     let bs = g.bs;
@@ -132,7 +131,15 @@ fn copy_meta(
     if let Some(rows) = lora_rows {
         host[4 * bs..4 * bs + n].copy_from_slice(rows);
     }
-    r.ops.update_decode_plan(&g.plan, rows)?;
+    let rows: Vec<DecodeRow> = batch
+        .seqs
+        .iter()
+        .map(|s| DecodeRow {
+            kv_len: s.kv_len,
+            pages: &s.pages,
+        })
+        .collect();
+    r.ops.update_decode_plan(&g.plan, &rows)?;
     r.ctx.write_i32(&g.meta.buf, &host)?;
     if let Some(prev) = prev {
         // The ids section starts the buffer: runs of consecutive rows, one copy each.
@@ -327,15 +334,7 @@ impl Graphs {
             (Some(_), Some((_, exec))) => exec,
             _ => &g.exec,
         };
-        let rows: Vec<DecodeRow> = batch
-            .seqs
-            .iter()
-            .map(|s| DecodeRow {
-                kv_len: s.kv_len,
-                pages: &s.pages,
-            })
-            .collect();
-        copy_meta(r, g, batch, lora_rows.as_deref(), &rows, prev)?;
+        copy_meta(r, g, batch, lora_rows.as_deref(), prev)?;
         let launched = std::time::Instant::now();
         exec.0.launch()?;
         Ok(Some((gi, launched)))
