@@ -56,6 +56,10 @@
 #            graph step); OVERLAP_RUNS="CONC NP ROUNDS RAW greedy|sampled|penalised|logprobs;..." picks the runs
 #            (penalised: + frequency 0.5 / presence 0.2; logprobs: top 5 greedy). Export
 #            STRATA_OVERLAP_WIDE=0 to keep penalised and logprob rows out of queued replays
+#   head     `gpu check --only head_argmax,argmax_rows` (the LM head with the greedy pick in its
+#            epilogue vs the GEMV and argmax_rows), the 1B and 8B b1 step with it on and off (two
+#            rounds), served 1B ITL at c=1 with it on (A) and off (B, STRATA_FUSION_OFF=head_argmax)
+#            and A's greedy outputs against B's
 #   dp       scripts/gpu-dp-check.sh (--dp-size 2 against one replica: greedy answers equal in
 #            batch-invariant mode, c=64 tok/s side by side; needs two GPUs, SKIPs on one)
 #   lptop    scripts/gpu-logprobs-top.sh (top-N logprobs: gpu check and bench of the sampler with
@@ -180,7 +184,7 @@ for s in $STEPS; do
       timeout $(left 200) python3 scripts/hf_runner_compare.py --strata "$STRATA" --models /tmp/strata-models/trained \
         --json "$OUT/trained-compare.json" 2>&1 | grep -v Warning > "$OUT/trained-compare.log"
       r2=${PIPESTATUS[0]}; cat "$OUT/trained-compare.log"; [ $rc -eq 0 ] && rc=$r2 ;;
-    decode) rc=0; [ "${DECODE_CHECK:-1}" = 1 ] && { timeout $(left 150) "$STRATA" gpu check --only argmax_rows,gemm,silu_linear,gate_silu,qkv_rope,few_rows,rmsnorm_add2,o_norm_gate,rmsnorm,rope,rope_kv_write,attention,fixed_decode_plan \
+    decode) rc=0; [ "${DECODE_CHECK:-1}" = 1 ] && { timeout $(left 150) "$STRATA" gpu check --only argmax_rows,head_argmax,gemm,silu_linear,gate_silu,qkv_rope,few_rows,rmsnorm_add2,o_norm_gate,rmsnorm,rope,rope_kv_write,attention,fixed_decode_plan \
         --json "$OUT/check-decode.json" > "$OUT/check-decode.log" 2>&1
       rc=$?; grep -E "FAIL|error|gpu check:" "$OUT/check-decode.log" | tail -30; }
       for shape in ${DECODE_SHAPES:-llama-3.1-8b llama-3.2-1b}; do
@@ -235,8 +239,18 @@ for s in $STEPS; do
       SIZE=llama-3.2-1b RAW=0 ITL_B_ENV="STRATA_W_EVICT_FIRST=0 STRATA_PDL_EARLY=0" timeout $(left 200) \
         scripts/gpu-itl-ab.sh "$OUT/chain-itl" > "$OUT/chain-itl.log" 2>&1 || rc=1
       grep -vE "^\s*$" "$OUT/chain-itl.log" | tail -8 ;;
+    head) rc=0
+      timeout $(left 90) "$STRATA" gpu check --only head_argmax,argmax_rows > "$OUT/check-head.log" 2>&1 || rc=1
+      grep -E "FAIL|error|gpu check:|lm_head" "$OUT/check-head.log" | tail -8
+      for r in 1 2; do for shape in llama-3.2-1b llama-3.1-8b; do
+        decode_b1 "$OUT/head-$shape-$r.log" $shape || rc=1
+        grep -E "argmax in lm_head" "$OUT/head-$shape-$r.log"
+      done; done
+      SIZE=llama-3.2-1b RAW=0 ROUNDS=3 GREEDY="16 64" ITL_B_ENV=STRATA_FUSION_OFF=head_argmax timeout $(left 200) \
+        scripts/gpu-itl-ab.sh "$OUT/head-itl" > "$OUT/head-itl.log" 2>&1 || rc=1
+      grep -vE "^\s*$" "$OUT/head-itl.log" | tail -12 ;;
     targets) rc=0
-      STRATA_CHECK_CASES="decode cl,decode rcl" timeout $(left 90) "$STRATA" gpu check --only attention \
+      STRATA_CHECK_CASES="decode cl,decode rcl" timeout $(left 90) "$STRATA" gpu check --only attention,head_argmax \
         > "$OUT/targets-check.log" 2>&1 || rc=1
       grep -E "gpu check:|FAIL" "$OUT/targets-check.log"
       for shape in llama-3.2-1b llama-3.1-8b; do decode_b1 "$OUT/targets-decode-$shape.log" $shape || rc=1; done

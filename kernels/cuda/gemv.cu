@@ -555,6 +555,60 @@ extern "C" __global__ void __launch_bounds__(256)
     gemv_t1_resid<2>(x, w, add, resid, n, k);
 }
 
+// The LM head of one row with the greedy pick in its epilogue (Gemm::head_argmax_t1,
+// Fusion::HeadArgmax): y, the f32 logits, written as the plain GEMV writes them, and token[0] =
+// the index of their largest value, lowest on ties, as argmax_rows picks it (0 when no logit is
+// above -inf), without argmax_rows' kernel and its second pass over the row. argmax_key orders
+// logits as floats (-0 as +0, equal under `>`) and equal ones by lower index; NaN and -inf are
+// never candidates, as `x > v` never picks them. The live warps of a block take the max of their
+// keys in shared memory, the block's last one adds it to *best (atomicMax), and the grid's last
+// block (its ticket on *done) writes the token and leaves *best and *done zero for the next
+// launch (the caller's scratch starts zero).
+__device__ __forceinline__ u64 argmax_key(float v, int row) {
+    u32 u = __float_as_uint(v);
+    if (u == 0x80000000u) u = 0;
+    u = (u & 0x80000000u) ? ~u : (u | 0x80000000u);
+    return ((u64)u << 32) | (u64)(0xffffffffu - (u32)row);
+}
+template <int DEPTH>
+__device__ __forceinline__ void gemv_t1_argmax(const bf16_t* x, const bf16_t* w, float* y, int n, int k,
+                                               u64* best, u32* done, int* token) {
+    __shared__ u64 blk_best;
+    __shared__ u32 blk_seen;
+    if (threadIdx.x == 0) {  // (read after gemv_rows_body's barrier)
+        blk_best = 0;
+        blk_seen = 0;
+    }
+    const int warps = blockDim.x >> 5;
+    const u32 live = (u32)min(warps, n - (int)blockIdx.x * warps);
+    gemv_t1_body<8, DEPTH, false, 1>(
+        x, w, n, k, [](int row, int) { return row; },
+        [&](int row, const float* s) {
+            y[row] = s[0];
+            if (s[0] > NEG_INF) atomicMax(&blk_best, argmax_key(s[0], row));
+            __threadfence_block();
+            if (atomicAdd(&blk_seen, 1u) + 1 != live) return;
+            const u64 b = atomicMax(&blk_best, (u64)0);  // every live warp's key is in
+            if (b) atomicMax(best, b);
+            __threadfence();
+            if (atomicAdd(done, 1u) + 1 != gridDim.x) return;
+            __threadfence();  // every block's key is in *best
+            const u64 all = atomicExch(best, (u64)0);
+            *done = 0;
+            token[0] = all ? (int)(0xffffffffu - (u32)all) : 0;
+        });
+}
+extern "C" __global__ void __launch_bounds__(256)
+    gemv_bf16_t1_argmax(const bf16_t* x, const bf16_t* w, float* y, int n, int k, u64* best, u32* done,
+                        int* token) {
+    gemv_t1_argmax<1>(x, w, y, n, k, best, done, token);
+}
+extern "C" __global__ void __launch_bounds__(256)
+    gemv_bf16_t1_argmax_pipe(const bf16_t* x, const bf16_t* w, float* y, int n, int k, u64* best, u32* done,
+                             int* token) {
+    gemv_t1_argmax<2>(x, w, y, n, k, best, done, token);
+}
+
 // The fused qkv projection (q heads, k heads, v heads; head_dim hd) of `rows` rows with RoPE
 // and the K/V pool write in the epilogue (rope_kv_write's work): warp j < (nq + 2 nk) * hd / 2
 // streams weight rows c and c + hd / 2 of head h = j / (hd / 2), c = h * hd + j % (hd / 2); q and

@@ -123,6 +123,9 @@ pub enum Fusion {
     /// Plans on the wgmma prefill attention: RoPE applied to Q by the attention as it loads it
     /// ([`Gemm::attn_rope`]; off: `rope_kv_write` rotates Q in place, twice its bytes).
     AttnRope,
+    /// The greedy pick in the one-row LM head GEMV's epilogue ([`Gemm::head_argmax_t1`]; off:
+    /// the GEMV, then `argmax_rows`).
+    HeadArgmax,
 }
 
 impl Fusion {
@@ -137,11 +140,12 @@ impl Fusion {
             Fusion::GateGemm => "gate_gemm",
             Fusion::ResidGemm => "resid_gemm",
             Fusion::AttnRope => "attn_rope",
+            Fusion::HeadArgmax => "head_argmax",
         }
     }
 
     /// Every fusion, in [`Gemm::set_fusion`]'s table order.
-    pub const ALL: [Fusion; 7] = [
+    pub const ALL: [Fusion; 8] = [
         Fusion::GateSilu,
         Fusion::QkvRope,
         Fusion::QkvNorm,
@@ -149,6 +153,7 @@ impl Fusion {
         Fusion::GateGemm,
         Fusion::ResidGemm,
         Fusion::AttnRope,
+        Fusion::HeadArgmax,
     ];
 
     /// The fusions of prefill-sized forwards (the others are single-row ones).
@@ -199,6 +204,7 @@ pub struct Gemm {
     gemv_t1_qkv_rope: CudaFunction,
     gemv_t1_qkv_rope_pipe: CudaFunction,
     tail: super::gemm_tail::TailGemv,
+    head: super::gemm_head::HeadGemv,
     rows: super::gemm_rows::FewRows,
     /// Which [`Fusion`]s run, indexed as `Fusion::ALL`.
     fusions: [AtomicBool; Fusion::ALL.len()],
@@ -227,6 +233,7 @@ impl Gemm {
         let gemv_t1_qkv_rope = ctx.function(Program::Gemv, "gemv_bf16_t1_qkv_rope")?;
         let gemv_t1_qkv_rope_pipe = ctx.function(Program::Gemv, "gemv_bf16_t1_qkv_rope_pipe")?;
         let tail = super::gemm_tail::TailGemv::load(&ctx)?;
+        let head = super::gemm_head::HeadGemv::load(&ctx)?;
         let rows = super::gemm_rows::FewRows::load(&ctx)?;
         let wg = super::gemm_wg::WgGemm::load(&ctx);
         let lt = match super::gemm_lt::GemmLt::new(ctx.clone()) {
@@ -250,6 +257,7 @@ impl Gemm {
             gemv_t1_qkv_rope,
             gemv_t1_qkv_rope_pipe,
             tail,
+            head,
             rows,
             fusions: {
                 let off = std::env::var("STRATA_FUSION_OFF").unwrap_or_default();
@@ -654,6 +662,23 @@ impl Gemm {
             return Ok(false);
         }
         self.tail.run(&self.ctx, attn, o, norm, gate_up, act)
+    }
+
+    /// logits = h * head^T and token = the logits' argmax (lowest index on ties) for one row, in
+    /// one kernel (`gemm_head.rs`): bit for bit what `linear` and `CudaOps::argmax_rows` leave.
+    /// `Ok(false)` where it does not apply (more than one row, batch-invariant mode, the single-row
+    /// GEMV off or not fitting, turned off): the caller runs those two instead.
+    pub fn head_argmax_t1(
+        &self,
+        h: &DTensor,
+        head: &DTensor,
+        logits: &DTensor,
+        token: &DTensor,
+    ) -> Result<bool> {
+        if !self.fused(Fusion::HeadArgmax) || self.deterministic || self.gemv_max_rows == 0 {
+            return Ok(false);
+        }
+        self.head.run(&self.ctx, h, head, logits, token)
     }
 
     /// Turns a single-row fusion on or off (on by default; for side-by-side timing).

@@ -113,6 +113,9 @@ pub struct Workspace {
     last: DTensor,
     /// Logits of the sampled rows, [batch, vocab] f32.
     pub logits: DTensor,
+    /// Their greedy picks, [batch] i32 (the forward's last kernel writes them, as the server's
+    /// does).
+    pub picks: DTensor,
 }
 
 /// One forward step's inputs (rows = new tokens of all sequences, in order).
@@ -226,10 +229,12 @@ impl LlamaModel {
             act: b(&[tokens, s.inter])?,
             last: b(&[batch, s.hidden])?,
             logits: c.alloc(DType::F32, &[batch, s.vocab])?,
+            picks: c.alloc(DType::I32, &[batch])?,
         })
     }
 
-    /// Runs every layer for `input` and leaves the sampled rows' logits in `ws.logits`.
+    /// Runs every layer for `input` and leaves the sampled rows' logits in `ws.logits` and their
+    /// greedy picks in `ws.picks`.
     /// Asynchronous on the compute stream. `ws` must have been made for exactly
     /// `input.plan.rows()` tokens (activations are shaped per call).
     pub fn forward(
@@ -468,14 +473,18 @@ impl LlamaModel {
         let y = (!self.layers.is_empty() && !acc).then_some(&ws.y);
         self.norm(ops, y, &ws.resid, &self.norm, &ws.h)?;
         if ws.tokens == 1 && ws.logits.shape()[0] == 1 {
-            // One row, the sampled one: no gather.
-            gemm.linear(&ws.h, &self.lm_head, &ws.logits)?;
-            return mark("norm+lm_head");
+            // One row, the sampled one: no gather; the greedy pick in the GEMV's epilogue.
+            if !gemm.head_argmax_t1(&ws.h, &self.lm_head, &ws.logits, &ws.picks)? {
+                gemm.linear(&ws.h, &self.lm_head, &ws.logits)?;
+                ops.argmax_rows(&ws.logits, &ws.picks)?;
+            }
+            return mark("norm+lm_head+argmax");
         }
         ops.embedding(&input.last_rows, &ws.h, &ws.last)?;
         mark("final norm+gather")?;
         gemm.linear(&ws.last, &self.lm_head, &ws.logits)?;
-        mark("lm_head")
+        ops.argmax_rows(&ws.logits, &ws.picks)?;
+        mark("lm_head+argmax")
     }
 
     /// h = rmsnorm(resid [+= y]) * weight (the residual add in place when `y` is given).

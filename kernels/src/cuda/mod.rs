@@ -20,6 +20,7 @@ pub mod error;
 mod f32k;
 pub mod gemm;
 pub mod gemm_det;
+mod gemm_head;
 pub mod gemm_lt;
 pub mod gemm_rows;
 pub mod gemm_tail;

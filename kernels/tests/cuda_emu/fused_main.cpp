@@ -6,6 +6,7 @@
 // Usage: fused_emu SEED. Prints one line per comparison ("ok" or "FAIL", the differing count);
 // exits 1 when any differs.
 #include "shim.h"
+#include <algorithm>
 #include <cstdio>
 #include <string>
 #include "common.cuh"
@@ -296,6 +297,67 @@ static void o_norm_gate(int qd, int inter) {
     }
 }
 
+// The LM head GEMV with the greedy pick in its epilogue against the plain GEMV's f32 logits and
+// the host's pick (largest, lowest index on ties, NaN never; 0 when nothing is above -inf), one
+// and two steps in flight, launched twice on the same scratch (which must be zero again after
+// each launch). mode 0: random rows; 1: the largest row copied to a lower and a higher index (a
+// three-way tie); 2: that row's first weight NaN (its logit NaN, the pick another row); 3: every
+// row zero (every logit +0: the pick 0).
+static void head_argmax(int n, int k, int mode) {
+    const auto x = bf16_vec(k, 1.f);
+    auto w = bf16_vec((size_t)n * k, 0.05f);
+    std::vector<float> ref(n);
+    const bf16_t* X = x.data();
+    auto plain = [&] {
+        const bf16_t* W = w.data();
+        float* R = ref.data();
+        launch(t1_grid(n), 256, [=] { gemv_bf16_t1(X, W, R, n, k, 1); });
+    };
+    auto host_pick = [&] {
+        float v = NEG_INF;
+        int at = -1;
+        for (int j = 0; j < n; ++j)
+            if (ref[j] > v) v = ref[j], at = j;
+        return at < 0 ? 0 : at;
+    };
+    plain();
+    const int top = host_pick();
+    auto copy_row = [&](int to) { std::copy_n(w.begin() + (size_t)top * k, k, w.begin() + (size_t)to * k); };
+    if (mode == 1) {
+        copy_row(top / 2);
+        copy_row(top + 1 < n ? top + 1 : n - 1);
+    }
+    if (mode == 2) w[(size_t)top * k] = 0x7fc0;  // bf16 NaN
+    if (mode == 3) std::fill(w.begin(), w.end(), (bf16_t)0);
+    plain();
+    const int want = host_pick();
+    for (int depth = 1; depth <= 2; ++depth) {
+        std::vector<float> y(n);
+        std::vector<u64> scratch(2, 0);  // best, then done in the low word of the second
+        int tokens[2] = {-1, -1};
+        for (int rep = 0; rep < 2; ++rep) {
+            const bf16_t* W = w.data();
+            float* Y = y.data();
+            u64* B = scratch.data();
+            u32* D = (u32*)(scratch.data() + 1);
+            int* T = tokens + rep;
+            if (depth == 1) launch(t1_grid(n), 256, [=] { gemv_bf16_t1_argmax(X, W, Y, n, k, B, D, T); });
+            else launch(t1_grid(n), 256, [=] { gemv_bf16_t1_argmax_pipe(X, W, Y, n, k, B, D, T); });
+        }
+        const std::string what = "lm_head+argmax n" + std::to_string(n) + " in" + std::to_string(k) + " mode" +
+                                 std::to_string(mode) + " depth" + std::to_string(depth);
+        const bool same = std::memcmp(y.data(), ref.data(), n * sizeof(float)) == 0;
+        printf("%s %s: logits\n", same ? "ok" : "FAIL", what.c_str());
+        g_failed += !same;
+        const bool picked = tokens[0] == want && tokens[1] == want;
+        printf("%s %s: token %d %d (host %d)\n", picked ? "ok" : "FAIL", what.c_str(), tokens[0], tokens[1], want);
+        g_failed += !picked;
+        const bool reset = scratch[0] == 0 && scratch[1] == 0;
+        printf("%s %s: scratch zero after\n", reset ? "ok" : "FAIL", what.c_str());
+        g_failed += !reset;
+    }
+}
+
 int main(int argc, char** argv) {
     if (argc != 2) return 2;
     g_rng = std::stoull(argv[1]);
@@ -340,5 +402,9 @@ int main(int argc, char** argv) {
     rows_qkv_rope(0, 3, 2, 1, 64, 0);
     rows_qkv_rope(0, 8, 2, 1, 32, 1);
     rows_qkv_rope(0, 5, 2, 2, 32, 2);
+    head_argmax(1001, 2048, 0);
+    head_argmax(640, 1000, 1);
+    head_argmax(333, 2048, 2);
+    head_argmax(100, 256, 3);
     return g_failed ? 1 : 0;
 }

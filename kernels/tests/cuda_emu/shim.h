@@ -53,6 +53,15 @@ inline unsigned __ballot_sync(unsigned, bool p) {
 }
 inline bool __any_sync(unsigned m, bool p) { return __ballot_sync(m, p) != 0; }
 template <class T, class U> T atomicAdd(T* p, U v) { return std::atomic_ref<T>(*p).fetch_add((T)v); }
+template <class T, class U> T atomicExch(T* p, U v) { return std::atomic_ref<T>(*p).exchange((T)v); }
+template <class T, class U> T atomicMax(T* p, U v) {
+    std::atomic_ref<T> r(*p);
+    T old = r.load();
+    while (old < (T)v && !r.compare_exchange_weak(old, (T)v)) {}
+    return old;
+}
+inline void __threadfence() { std::atomic_thread_fence(std::memory_order_seq_cst); }
+inline void __threadfence_block() { std::atomic_thread_fence(std::memory_order_seq_cst); }
 inline int __popc(unsigned x) { return __builtin_popcount(x); }
 inline float __int_as_float(int x) { float f; std::memcpy(&f, &x, 4); return f; }
 inline int __float_as_int(float x) { int f; std::memcpy(&f, &x, 4); return f; }

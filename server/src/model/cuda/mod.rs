@@ -499,13 +499,17 @@ impl CudaRunner {
                 ops.rmsnorm(&a.y, Some(&a.resid), &self.w.norm, &a.h, eps)?;
             }
             if a.h.shape()[0] == 1 && logits.shape()[0] == 1 {
-                // One row, the sampled one: no gather.
-                gemm.linear(&a.h, head, logits)?;
+                // One row, the sampled one: no gather; the greedy pick in the GEMV's epilogue
+                // where it applies (Gemm::head_argmax_t1).
+                if !gemm.head_argmax_t1(&a.h, head, logits, tokens)? {
+                    gemm.linear(&a.h, head, logits)?;
+                    ops.argmax_rows(logits, tokens)?;
+                }
             } else {
                 ops.embedding(&m.last, &a.h, last)?;
                 gemm.linear(last, head, logits)?;
+                ops.argmax_rows(logits, tokens)?;
             }
-            ops.argmax_rows(logits, tokens)?;
         }
         Ok(())
     }

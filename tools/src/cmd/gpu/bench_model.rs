@@ -11,8 +11,6 @@ use strata_kernels::cuda::llama::{LlamaModel, LlamaShape, StepInput, Workspace};
 use strata_kernels::cuda::{
     launch, AttnKernel, AttnSeq, CudaOps, Gemm, GemmPath, PlanOpts, RowsMode,
 };
-use strata_kernels::sample_rows::{RowMode, RowSpec};
-use strata_kernels::sampling::SampleParams;
 
 use super::bench::{gpu_ms, median, Args};
 
@@ -109,16 +107,10 @@ pub fn run(
             let seqs: Vec<(usize, usize)> = (0..b).map(|_| (1, args.decode_ctx)).collect();
             let input = step_input(ops, &model, &seqs, args.deterministic, false)?;
             let ws = model.workspace(ops, b, b)?;
-            let greedy = SampleParams {
-                temperature: 0.0,
-                top_k: None,
-                top_p: 1.0,
-                min_p: 0.0,
-            };
-            let picks = vec![RowSpec::plain(RowMode::Skip, greedy, 0.5); b];
+            // A step: the forward (its greedy picks included) and the picks' download.
             let step = || -> anyhow::Result<Vec<i32>> {
                 model.forward(ops, gemm, &ws, &input)?;
-                Ok(ops.sample(&ws.logits, &picks)?.0)
+                Ok(ops.context().download_i32(&ws.picks)?)
             };
             for _ in 0..3 {
                 step()?;
@@ -133,21 +125,21 @@ pub fn run(
             let fwd = gpu_ms(ops.context(), false, 1, 7, || {
                 Ok(model.forward(ops, gemm, &ws, &input)?)
             })?;
-            // A captured step's wall time per replay (ms, median of 15 after 3), the sampling
-            // eager after each.
+            // A captured step's wall time per replay (ms, median of 15 after 3), the picks'
+            // download after each.
             let replay_ms = |g: &cudarc::driver::CudaGraph| -> anyhow::Result<f64> {
                 let mut w = Vec::new();
                 for k in 0..18 {
                     let t = Instant::now();
                     g.launch()?;
-                    ops.sample(&ws.logits, &picks)?;
+                    ops.context().download_i32(&ws.picks)?;
                     if k >= 3 {
                         w.push(t.elapsed().as_secs_f64() * 1e3);
                     }
                 }
                 Ok(median(w))
             };
-            // The same step replayed from a CUDA graph (forward only; sampling stays eager).
+            // The same step replayed from a CUDA graph (the picks' download stays outside).
             let replay_with = |input: &StepInput| -> anyhow::Result<Option<f64>> {
                 Ok(match model.capture(ops, gemm, &ws, input) {
                     Ok(g) => Some(replay_ms(&g)?),
@@ -179,7 +171,7 @@ pub fn run(
             if let Some(a) = graphed {
                 use super::bench_pipelined::{pipelined_step_ms, StepCopies};
                 let g = model.capture(ops, gemm, &ws, &input)?;
-                let ms = |c| pipelined_step_ms(ops, &g, &ws.logits, b, c);
+                let ms = |c| pipelined_step_ms(ops, &g, &ws.picks, c);
                 let bare = ms(StepCopies::Bare)?;
                 let runner = ms(StepCopies::Runner)?;
                 let back = ms(StepCopies::Readback)?;
@@ -236,6 +228,9 @@ pub fn run(
                             "o into the residual, the MLP norm staged in gate",
                             "o, norm2, gate apart",
                         ),
+                        Fusion::HeadArgmax => {
+                            ("the argmax in lm_head's epilogue", "argmax_rows apart")
+                        }
                         Fusion::GateGemm | Fusion::ResidGemm | Fusion::AttnRope => {
                             unreachable!("prefill only")
                         }

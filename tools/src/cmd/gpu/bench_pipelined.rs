@@ -1,5 +1,6 @@
 //! The decode step as the server's overlap scheduler runs it: graph replays queued back to back
-//! (the next launched before the previous is waited for), the greedy argmax after each, with and
+//! (the next launched before the previous is waited for; each graph ends with its greedy picks,
+//! as the runner's do), with and
 //! without the stream work the CUDA runner puts around every replay (the decode plan's tiles and
 //! the batch metadata written from the host, the input ids copied from the previous step's
 //! tokens on the device, the tokens copied back into a pinned slot). The raw graph step of
@@ -24,7 +25,7 @@ const STEPS: usize = 64;
 /// What each pipelined step queues around its replay.
 #[derive(Clone, Copy, PartialEq)]
 pub enum StepCopies {
-    /// Nothing: the replay and the argmax.
+    /// Nothing: the replay alone.
     Bare,
     /// The tokens copied back into a pinned slot.
     Readback,
@@ -34,17 +35,16 @@ pub enum StepCopies {
     MemOps,
 }
 
-/// Mean ms per step of `STEPS` replays of `g` queued back to back (argmax of `logits` after
-/// each) with `copies` around each; the median of three runs.
+/// Mean ms per step of `STEPS` replays of `g` queued back to back (each writing its greedy
+/// picks into `tokens`, one per row) with `copies` around each; the median of three runs.
 pub fn pipelined_step_ms(
     ops: &CudaOps,
     g: &CudaGraph,
-    logits: &DTensor,
-    rows: usize,
+    tokens: &DTensor,
     copies: StepCopies,
 ) -> anyhow::Result<f64> {
     let ctx = ops.context();
-    let tokens = ctx.upload_i32(&[rows], &vec![0; rows])?;
+    let rows = tokens.numel();
     let meta = ctx.upload_i32(&[5 * rows], &vec![0; 5 * rows])?;
     let tiles = ctx.upload_i32(&[4 * rows], &vec![0; 4 * rows])?;
     let (meta_host, tiles_host) = (vec![1i32; 5 * rows], vec![1i32; 4 * rows]);
@@ -58,17 +58,16 @@ pub fn pipelined_step_ms(
                 StepCopies::Runner => {
                     ctx.write_i32(&tiles, &tiles_host)?;
                     ctx.write_i32(&meta, &meta_host)?;
-                    ctx.copy_words(&meta, 0, &tokens, 0, rows)?;
+                    ctx.copy_words(&meta, 0, tokens, 0, rows)?;
                 }
                 StepCopies::MemOps => batch_write(ctx, meta.ptr(), 3 * rows, s as u32)
                     .map_err(|e| anyhow::anyhow!("cuStreamBatchMemOp: {e:?}"))?,
                 StepCopies::Bare | StepCopies::Readback => {}
             }
             g.launch()?;
-            ops.argmax_rows(logits, &tokens)?;
             if copies != StepCopies::Bare {
                 // (Queueing slot k again waits for its previous copy: two steps in flight.)
-                readback.queue(s % 2, &tokens, rows)?;
+                readback.queue(s % 2, tokens, rows)?;
             }
         }
         // (The stream drained: no copy into the readback's slots is left in flight.)

@@ -102,7 +102,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
     let ops = CudaOps::new(ctx.clone()).context("compiling kernels")?;
     println!("kernels ready in {:.2}s", t0.elapsed().as_secs_f64());
     let gemm = Gemm::new(ctx.clone()).context("cuBLAS")?;
-    let steps: [Step; 27] = [
+    let steps: [Step; 28] = [
         ("transfer", &|c| check_transfer(&ctx, c)),
         ("pd_copy", &|c| super::check_pd_copy::check_pd_copy(&ctx, c)),
         ("host_copy", &|c| {
@@ -130,6 +130,9 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ("sampling", &|c| check_sampling::sampling(&ops, c)),
         ("qkv_bias_norm", &|c| check_ops::qkv_bias_norm(&ops, c)),
         ("argmax_rows", &|c| check_ops::argmax_rows(&ops, c)),
+        ("head_argmax", &|c| {
+            super::check_head::head_argmax(&ops, &gemm, c)
+        }),
         ("fixed_decode_plan", &|c| {
             check_ops::fixed_decode_plan(&ops, c)
         }),

@@ -18,6 +18,7 @@ mod bench_sampling;
 mod bench_stream;
 mod check;
 mod check_det;
+mod check_head;
 mod check_host_copy;
 mod check_lora;
 mod check_ops;

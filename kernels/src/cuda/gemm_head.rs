@@ -1,0 +1,96 @@
+//! The LM head of one row with the greedy pick in its epilogue (`Gemm::head_argmax_t1`,
+//! `Fusion::HeadArgmax`): the single-row GEMV writes the f32 logits and reduces their argmax as
+//! it goes (`gemv_bf16_t1_argmax`: a key per logit, the block's max in shared memory, the grid's
+//! in an 8-byte word of scratch, the token written by the last block to finish), in place of
+//! the GEMV and `argmax_rows`' kernel, which read the 128K logits again in one block at the end
+//! of every decode step. Bit for bit the same logits and the same token (lowest index on ties,
+//! NaN and -inf never picked). The scratch (the running max and a block ticket) is left zero by
+//! every launch, so graph replays reuse it; one per `Gemm`, whose launches are ordered on its
+//! stream.
+
+use cudarc::driver::CudaFunction;
+
+use super::device::GpuContext;
+use super::error::Result;
+use super::gemm::{t1_dims, GEMV_T1_MAX_IN, GEMV_T1_PIPE_MIN_IN};
+use super::launch::{launch, Arg};
+use super::nvrtc::Program;
+use super::tensor::{DTensor, DType};
+
+/// The kernel in its one- and two-steps-in-flight forms (picked as `Gemm::linear` picks the
+/// plain GEMV's) and its scratch: [best: u64, done: u32, pad], zero between launches.
+pub struct HeadGemv {
+    argmax: CudaFunction,
+    argmax_pipe: CudaFunction,
+    scratch: DTensor,
+}
+
+impl HeadGemv {
+    pub fn load(ctx: &GpuContext) -> Result<Self> {
+        let f = |n| ctx.function(Program::Gemv, n);
+        Ok(Self {
+            argmax: f("gemv_bf16_t1_argmax")?,
+            argmax_pipe: f("gemv_bf16_t1_argmax_pipe")?,
+            scratch: ctx.upload_i32(&[4], &[0; 4])?,
+        })
+    }
+
+    /// logits = x * w^T (f32) and token[0] = its argmax, for x [1, in] bf16, w [vocab, in]
+    /// bf16, logits [1, vocab] f32, token [1] i32. `Ok(false)` where the shapes do not fit the
+    /// single-row kernel (more than one row, in % 8 != 0 or longer than it stages, unaligned):
+    /// the caller runs `linear` and `argmax_rows`.
+    pub fn run(
+        &self,
+        ctx: &GpuContext,
+        x: &DTensor,
+        w: &DTensor,
+        logits: &DTensor,
+        token: &DTensor,
+    ) -> Result<bool> {
+        let (n, k) = match w.shape() {
+            [n, k] => (*n, *k),
+            _ => return Ok(false),
+        };
+        if x.shape() != [1, k]
+            || logits.shape() != [1, n]
+            || token.shape() != [1]
+            || k % 8 != 0
+            || k > GEMV_T1_MAX_IN
+            || x.ptr() % 16 != 0
+            || w.ptr() % 16 != 0
+        {
+            return Ok(false);
+        }
+        for (name, t, d) in [
+            ("x", x, DType::Bf16),
+            ("w", w, DType::Bf16),
+            ("logits", logits, DType::F32),
+            ("token", token, DType::I32),
+        ] {
+            ctx.check_device(name, t)?;
+            t.expect(name, d, t.shape())?;
+        }
+        ctx.cuda().bind_to_thread()?;
+        let args = [
+            Arg::U64(x.ptr()),
+            Arg::U64(w.ptr()),
+            Arg::U64(logits.ptr()),
+            Arg::I32(n as i32),
+            Arg::I32(k as i32),
+            Arg::U64(self.scratch.ptr()),
+            Arg::U64(self.scratch.ptr() + 8),
+            Arg::U64(token.ptr()),
+        ];
+        let f = if k >= GEMV_T1_PIPE_MIN_IN {
+            &self.argmax_pipe
+        } else {
+            &self.argmax
+        };
+        // SAFETY: checked above: x one row of k <= GEMV_T1_MAX_IN bf16 (staged in shared
+        // memory), w n x k bf16, logits n f32, token one i32, 16-byte aligned rows; the scratch
+        // is this handle's 16 bytes (best at 0, done at 8), zero between launches, which run in
+        // order on the context's stream.
+        unsafe { launch(f, ctx.stream().cu_stream(), t1_dims(n, k), &args) }?;
+        Ok(true)
+    }
+}
