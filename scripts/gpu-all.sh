@@ -60,6 +60,9 @@
 #            epilogue vs the GEMV and argmax_rows), the 1B and 8B b1 step with it on and off (two
 #            rounds), served 1B ITL at c=1 with it on (A) and off (B, STRATA_FUSION_OFF=head_argmax)
 #            and A's greedy outputs against B's
+#   ring     the register cluster attention with three iterations of keys in flight (the default)
+#            against two (STRATA_DEC2R_RING3=0): `gpu check` of its cases, the b1 graph step at
+#            1K-1.25K contexts (RING_RUNS="SHAPE CTX ..."), served 1B ITL at c=1 (A: 3, B: 2)
 #   dp       scripts/gpu-dp-check.sh (--dp-size 2 against one replica: greedy answers equal in
 #            batch-invariant mode, c=64 tok/s side by side; needs two GPUs, SKIPs on one)
 #   lptop    scripts/gpu-logprobs-top.sh (top-N logprobs: gpu check and bench of the sampler with
@@ -249,6 +252,20 @@ for s in $STEPS; do
       SIZE=llama-3.2-1b RAW=0 ROUNDS=3 GREEDY="16 64" ITL_B_ENV=STRATA_FUSION_OFF=head_argmax timeout $(left 200) \
         scripts/gpu-itl-ab.sh "$OUT/head-itl" > "$OUT/head-itl.log" 2>&1 || rc=1
       grep -vE "^\s*$" "$OUT/head-itl.log" | tail -12 ;;
+    ring) rc=0
+      STRATA_CHECK_CASES="decode cl,decode rcl" timeout $(left 90) "$STRATA" gpu check --only attention > "$OUT/check-ring.log" 2>&1 || rc=1
+      grep -E "FAIL|error|gpu check:" "$OUT/check-ring.log" | tail -8
+      for run in ${RING_RUNS:-"llama-3.2-1b 1024" "llama-3.2-1b 1152" "llama-3.2-1b 1280" "llama-3.1-8b 1152"}; do
+        set -- $run
+        for ring in 1 0; do
+          STRATA_DEC2R_RING3=$ring timeout $(left 90) "$STRATA" gpu bench --only decode --shape $1 --decode-batches 1 \
+            --decode-ctx $2 > "$OUT/ring-$1-$2-$ring.log" 2>&1 || rc=1
+          echo "$1 ctx $2 ring3=$ring: $(grep -E "b1 graph step waited" "$OUT/ring-$1-$2-$ring.log" | cut -c1-150)"
+        done
+      done
+      SIZE=llama-3.2-1b RAW=0 ROUNDS=3 ITL_B_ENV=STRATA_DEC2R_RING3=0 timeout $(left 200) \
+        scripts/gpu-itl-ab.sh "$OUT/ring-itl" > "$OUT/ring-itl.log" 2>&1 || rc=1
+      grep -vE "^\s*$" "$OUT/ring-itl.log" | tail -9 ;;
     targets) rc=0
       STRATA_CHECK_CASES="decode cl,decode rcl" timeout $(left 90) "$STRATA" gpu check --only attention,head_argmax \
         > "$OUT/targets-check.log" 2>&1 || rc=1

@@ -614,16 +614,28 @@ __device__ __forceinline__ void dec2_async_body(DEC2_PARAMS) {
                            part_ml, total_rows, n_heads);
 }
 
+// Iterations of keys the register cluster form keeps in flight: 3 (built with STRATA_DEC2R_RING3,
+// the default; STRATA_DEC2R_RING3=0 in the environment at compile time gives 2, for A/B runs).
+// A block iteration is 32 keys at both head sizes and a 1K-token row's share in a cluster of 16
+// is 64 keys, but past 1024 keys the shares round up to 80: a third iteration whose loads, with
+// two in flight, are issued only after the PDL wait, one fold before they are needed.
+#ifdef STRATA_DEC2R_RING3
+#define DEC2R_RING 3
+#else
+#define DEC2R_RING 2
+#endif
+
 // Register cluster form (the default cluster form since 2026-12-04; `STRATA_DECODE_CLUSTER_FORM=tiles`
 // keeps dec2_async_body's): the same equal key shares and cluster merge, but each warp reads its
-// keys straight into registers, two iterations of UNR steps in flight (the next one loaded before
-// the current one is folded), with no shared-memory tiles and no block barrier per tile. Both
-// first iterations' keys before `pos` are loaded before the PDL wait (the previous kernel writes
-// only key pos, fetched right after the wait), so at short contexts the whole share is in flight
-// while the qkv projection finishes, and the block's serial part is one fold per iteration and
-// the merges.
+// keys straight into registers, DEC2R_RING iterations of UNR steps in flight (a ring: the one
+// RING iterations ahead loaded as each is folded), with no shared-memory tiles and no block
+// barrier per tile. The first RING iterations' keys before `pos` are loaded before the PDL wait
+// (the previous kernel writes only key pos, fetched right after the wait), so at short contexts
+// the whole share is in flight while the qkv projection finishes, and the block's serial part is
+// one fold per iteration and the merges.
 template <int G, int HD, int UNR>
 __device__ __forceinline__ void dec2_regs_cluster_body(DEC2_PARAMS) {
+    constexpr int RING = DEC2R_RING;
     constexpr int LPK = HD / 8;
     constexpr int KPS = 32 / LPK;
     constexpr int STEP = KPS * UNR;              // keys of one warp iteration
@@ -675,29 +687,32 @@ __device__ __forceinline__ void dec2_regs_cluster_body(DEC2_PARAMS) {
             }
         }
     };
-    uint4 kc[UNR], vc[UNR], kn[UNR], vn[UNR];
-    bool okc[UNR], okn[UNR];
+    // Ring slot r holds the iteration r ahead of the one being folded (slot 0).
+    uint4 kb[RING][UNR], vb[RING][UNR];
+    bool okb[RING][UNR];
     int t0 = kbeg + warp * STEP;
-    load(kc, vc, okc, t0, pos);
-    load(kn, vn, okn, t0 + STRIDE, pos);
+#pragma unroll
+    for (int r = 0; r < RING; ++r) load(kb[r], vb[r], okb[r], t0 + r * STRIDE, pos);
     pdl_enter();  // q and key pos's K/V row come from the previous kernel
-    load_pos(kc, vc, okc, t0);
-    load_pos(kn, vn, okn, t0 + STRIDE);
+#pragma unroll
+    for (int r = 0; r < RING; ++r) load_pos(kb[r], vb[r], okb[r], t0 + r * STRIDE);
 
     float qf[G][8], m[G], l[G], acc[G][8];
     dec2_start<G, HD>(q, q_stride, row, g, li, scale, qf, m, l, acc);
     for (; t0 < kend; t0 += STRIDE) {
-        dec2_chunk<G, HD, UNR>(qf, kc, vc, okc, m, l, acc);
+        dec2_chunk<G, HD, UNR>(qf, kb[0], vb[0], okb[0], m, l, acc);
 #pragma unroll
-        for (int u = 0; u < UNR; ++u) {
-            kc[u] = kn[u];
-            vc[u] = vn[u];
-            okc[u] = okn[u];
-        }
-        if (t0 + 2 * STRIDE < kend) load(kn, vn, okn, t0 + 2 * STRIDE, kend);
+        for (int r = 0; r + 1 < RING; ++r)
+#pragma unroll
+            for (int u = 0; u < UNR; ++u) {
+                kb[r][u] = kb[r + 1][u];
+                vb[r][u] = vb[r + 1][u];
+                okb[r][u] = okb[r + 1][u];
+            }
+        if (t0 + RING * STRIDE < kend) load(kb[RING - 1], vb[RING - 1], okb[RING - 1], t0 + RING * STRIDE, kend);
         else {
 #pragma unroll
-            for (int u = 0; u < UNR; ++u) okn[u] = false;
+            for (int u = 0; u < UNR; ++u) okb[RING - 1][u] = false;
         }
     }
     dec2_finish_cluster<G, HD>(m, l, acc, g, row, blk.split, blk.nsplit, out, out_stride);

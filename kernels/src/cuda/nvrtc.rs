@@ -164,9 +164,13 @@ pub(crate) fn options(arch: &str) -> Vec<String> {
         "-default-device".to_string(),
     ];
     // Decode-chain defaults with an A/B switch (common.cuh pdl_enter_chain, gemv.cu
-    // gemv_ldw): defined unless the environment variable of the same name is 0; part of the
-    // cache key as every option is.
-    for knob in ["STRATA_PDL_EARLY", "STRATA_W_EVICT_FIRST"] {
+    // gemv_ldw, attention_decode2.cu DEC2R_RING): defined unless the environment variable of
+    // the same name is 0; part of the cache key as every option is.
+    for knob in [
+        "STRATA_PDL_EARLY",
+        "STRATA_W_EVICT_FIRST",
+        "STRATA_DEC2R_RING3",
+    ] {
         if std::env::var(knob).map_or(true, |v| v != "0") {
             o.push(format!("-D{knob}"));
         }
