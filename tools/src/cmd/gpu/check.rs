@@ -126,7 +126,7 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         ("o_norm_gate", &|c| {
             super::check_tail::o_norm_gate(&ops, &gemm, c)
         }),
-        ("attention", &|c| check_ops::attention(&ops, c)),
+        ("attention", &|c| super::check_attention::attention(&ops, c)),
         ("sampling", &|c| check_sampling::sampling(&ops, c)),
         ("qkv_bias_norm", &|c| check_ops::qkv_bias_norm(&ops, c)),
         ("argmax_rows", &|c| check_ops::argmax_rows(&ops, c)),

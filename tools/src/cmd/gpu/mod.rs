@@ -17,6 +17,7 @@ mod bench_pipelined;
 mod bench_sampling;
 mod bench_stream;
 mod check;
+mod check_attention;
 mod check_det;
 mod check_head;
 mod check_host_copy;
