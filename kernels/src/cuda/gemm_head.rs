@@ -6,16 +6,36 @@
 //! of every decode step. Bit for bit the same logits and the same token (lowest index on ties,
 //! NaN and -inf never picked). The scratch (the running max and a block ticket) is left zero by
 //! every launch, so graph replays reuse it; one per `Gemm`, whose launches are ordered on its
-//! stream.
+//! stream. [`head_and_pick`] is the one-row head both forwards (the server's runner, the bench's
+//! `LlamaModel`) call, falling back to the GEMV and `argmax_rows`.
 
 use cudarc::driver::CudaFunction;
 
 use super::device::GpuContext;
 use super::error::Result;
-use super::gemm::{t1_dims, GEMV_T1_MAX_IN, GEMV_T1_PIPE_MIN_IN};
+use super::gemm::{t1_dims, Gemm, GEMV_T1_MAX_IN, GEMV_T1_PIPE_MIN_IN};
 use super::launch::{launch, Arg};
 use super::nvrtc::Program;
+use super::ops::CudaOps;
 use super::tensor::{DTensor, DType};
+
+/// The LM head of one row and its greedy pick (h [1, in], logits [1, vocab] f32, token [1]):
+/// [`Gemm::head_argmax_t1`] where it applies, else `linear` and `argmax_rows`, with the same
+/// logits and token either way.
+pub fn head_and_pick(
+    ops: &CudaOps,
+    gemm: &Gemm,
+    h: &DTensor,
+    head: &DTensor,
+    logits: &DTensor,
+    token: &DTensor,
+) -> Result<()> {
+    if !gemm.head_argmax_t1(h, head, logits, token)? {
+        gemm.linear(h, head, logits)?;
+        ops.argmax_rows(logits, token)?;
+    }
+    Ok(())
+}
 
 /// The kernel in its one- and two-steps-in-flight forms (picked as `Gemm::linear` picks the
 /// plain GEMV's) and its scratch: [best: u64, done: u32, pad], zero between launches.

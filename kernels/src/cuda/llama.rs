@@ -11,6 +11,7 @@ use cudarc::driver::CudaGraph;
 use super::attention::{AttnPlan, AttnShape, QRope};
 use super::error::Result;
 use super::gemm::{Gemm, QkvInput};
+use super::gemm_head::head_and_pick;
 use super::gemm_tail::PostNorm;
 use super::ops::CudaOps;
 use super::tensor::{DTensor, DType};
@@ -474,10 +475,7 @@ impl LlamaModel {
         self.norm(ops, y, &ws.resid, &self.norm, &ws.h)?;
         if ws.tokens == 1 && ws.logits.shape()[0] == 1 {
             // One row, the sampled one: no gather; the greedy pick in the GEMV's epilogue.
-            if !gemm.head_argmax_t1(&ws.h, &self.lm_head, &ws.logits, &ws.picks)? {
-                gemm.linear(&ws.h, &self.lm_head, &ws.logits)?;
-                ops.argmax_rows(&ws.logits, &ws.picks)?;
-            }
+            head_and_pick(ops, gemm, &ws.h, &self.lm_head, &ws.logits, &ws.picks)?;
             return mark("norm+lm_head+argmax");
         }
         ops.embedding(&input.last_rows, &ws.h, &ws.last)?;

@@ -42,8 +42,8 @@ use lora::Proj;
 use std::path::Path;
 use std::sync::Arc;
 use strata_kernels::cuda::{
-    launch, AttnPlan, AttnSeq, AttnShape, CudaError, CudaOps, DTensor, DType, Gemm, GpuContext,
-    PlanOpts, PostNorm, QRope, QkvInput,
+    head_and_pick, launch, AttnPlan, AttnSeq, AttnShape, CudaError, CudaOps, DTensor, DType, Gemm,
+    GpuContext, PlanOpts, PostNorm, QRope, QkvInput,
 };
 use weights::Weights;
 
@@ -500,11 +500,8 @@ impl CudaRunner {
             }
             if a.h.shape()[0] == 1 && logits.shape()[0] == 1 {
                 // One row, the sampled one: no gather; the greedy pick in the GEMV's epilogue
-                // where it applies (Gemm::head_argmax_t1).
-                if !gemm.head_argmax_t1(&a.h, head, logits, tokens)? {
-                    gemm.linear(&a.h, head, logits)?;
-                    ops.argmax_rows(logits, tokens)?;
-                }
+                // where it applies.
+                head_and_pick(ops, gemm, &a.h, head, logits, tokens)?;
             } else {
                 ops.embedding(&m.last, &a.h, last)?;
                 gemm.linear(last, head, logits)?;
