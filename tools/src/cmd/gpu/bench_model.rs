@@ -1,8 +1,8 @@
 //! Decode and prefill of a Llama-3-8B-shaped stack with random bf16 weights made on the GPU.
-//! Decode: per-step wall time (forward + greedy sampling + token download) at each batch size,
-//! every sequence holding `decode_ctx` cached tokens, against the floor weight bytes / measured
-//! copy bandwidth. Prefill: one prompt per length, no cached prefix, tokens/s against the GEMM
-//! floor (matrix FLOPs / measured cuBLAS rate).
+//! Decode (here): per-step wall time (forward with its greedy picks + their download) at each
+//! batch size, every sequence holding `decode_ctx` cached tokens, against the floor weight bytes
+//! / measured copy bandwidth. Prefill (bench_prefill.rs): one prompt per length, no cached
+//! prefix, tokens/s against the GEMM floor (matrix FLOPs / measured cuBLAS rate).
 
 use std::time::Instant;
 
@@ -16,7 +16,7 @@ use super::bench::{gpu_ms, median, Args};
 
 /// The forward input of `seqs` ((new tokens, keys) each); `det`: batch-invariant attention plan
 /// (`--deterministic`).
-fn step_input(
+pub(super) fn step_input(
     ops: &CudaOps,
     model: &LlamaModel,
     seqs: &[(usize, usize)],
@@ -101,643 +101,427 @@ pub fn run(
         json!({"layers": shape.layers, "weight_bytes": wbytes, "decode_ctx": args.decode_ctx});
     let want = |s: &str| args.only.iter().any(|o| o == s);
     if want("decode") {
-        let floor_ms = copy_bw.map(|bw| wbytes / bw * 1e3);
-        let mut rows = Vec::new();
-        for &b in &args.decode_batches {
-            let seqs: Vec<(usize, usize)> = (0..b).map(|_| (1, args.decode_ctx)).collect();
-            let input = step_input(ops, &model, &seqs, args.deterministic, false)?;
-            let ws = model.workspace(ops, b, b)?;
-            // A step: the forward (its greedy picks included) and the picks' download.
-            let step = || -> anyhow::Result<Vec<i32>> {
-                model.forward(ops, gemm, &ws, &input)?;
-                Ok(ops.context().download_i32(&ws.picks)?)
-            };
-            for _ in 0..3 {
-                step()?;
-            }
-            let mut wall = Vec::new();
-            for _ in 0..15 {
+        decode(ops, gemm, args, &model, copy_bw, summary, &mut out)?;
+    }
+    if want("prefill") {
+        out["prefill"] =
+            super::bench_prefill::prefill(ops, gemm, args, &model, gemm_rate, summary)?;
+    }
+    Ok(out)
+}
+
+/// The decode part of [`run`]: every batch size's step (eager, graphed, pipelined, each
+/// side-by-side variant at its batch sizes, the per-op and per-layer-op breakdowns, attention
+/// alone), its row of `out["decode"]`, and the cuBLASLt tuning the steps left.
+fn decode(
+    ops: &CudaOps,
+    gemm: &Gemm,
+    args: &Args,
+    model: &LlamaModel,
+    copy_bw: Option<f64>,
+    summary: &mut Vec<String>,
+    out: &mut Value,
+) -> anyhow::Result<()> {
+    let shape = model.shape;
+    let wbytes = shape.decode_weight_bytes() as f64;
+
+    let floor_ms = copy_bw.map(|bw| wbytes / bw * 1e3);
+    let mut rows = Vec::new();
+    for &b in &args.decode_batches {
+        let seqs: Vec<(usize, usize)> = (0..b).map(|_| (1, args.decode_ctx)).collect();
+        let input = step_input(ops, model, &seqs, args.deterministic, false)?;
+        let ws = model.workspace(ops, b, b)?;
+        // A step: the forward (its greedy picks included) and the picks' download.
+        let step = || -> anyhow::Result<Vec<i32>> {
+            model.forward(ops, gemm, &ws, &input)?;
+            Ok(ops.context().download_i32(&ws.picks)?)
+        };
+        for _ in 0..3 {
+            step()?;
+        }
+        let mut wall = Vec::new();
+        for _ in 0..15 {
+            let t = Instant::now();
+            step()?;
+            wall.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        let wall = median(wall);
+        let fwd = gpu_ms(ops.context(), false, 1, 7, || {
+            Ok(model.forward(ops, gemm, &ws, &input)?)
+        })?;
+        // A captured step's wall time per replay (ms, median of 15 after 3), the picks'
+        // download after each.
+        let replay_ms = |g: &cudarc::driver::CudaGraph| -> anyhow::Result<f64> {
+            let mut w = Vec::new();
+            for k in 0..18 {
                 let t = Instant::now();
-                step()?;
-                wall.push(t.elapsed().as_secs_f64() * 1e3);
-            }
-            let wall = median(wall);
-            let fwd = gpu_ms(ops.context(), false, 1, 7, || {
-                Ok(model.forward(ops, gemm, &ws, &input)?)
-            })?;
-            // A captured step's wall time per replay (ms, median of 15 after 3), the picks'
-            // download after each.
-            let replay_ms = |g: &cudarc::driver::CudaGraph| -> anyhow::Result<f64> {
-                let mut w = Vec::new();
-                for k in 0..18 {
-                    let t = Instant::now();
-                    g.launch()?;
-                    ops.context().download_i32(&ws.picks)?;
-                    if k >= 3 {
-                        w.push(t.elapsed().as_secs_f64() * 1e3);
-                    }
+                g.launch()?;
+                ops.context().download_i32(&ws.picks)?;
+                if k >= 3 {
+                    w.push(t.elapsed().as_secs_f64() * 1e3);
                 }
-                Ok(median(w))
+            }
+            Ok(median(w))
+        };
+        // The same step replayed from a CUDA graph (the picks' download stays outside).
+        let replay_with = |input: &StepInput| -> anyhow::Result<Option<f64>> {
+            Ok(match model.capture(ops, gemm, &ws, input) {
+                Ok(g) => Some(replay_ms(&g)?),
+                Err(e) => {
+                    println!("graph capture failed: {e}");
+                    None
+                }
+            })
+        };
+        let replay = || replay_with(&input);
+        let graphed = replay()?;
+        // The same graph without programmatic dependent launch, side by side.
+        let graphed_no_pdl = if launch::pdl() {
+            launch::set_pdl(false);
+            let r = replay();
+            launch::set_pdl(true);
+            r?
+        } else {
+            None
+        };
+        if let (Some(a), Some(n)) = (graphed, graphed_no_pdl) {
+            summary.push(format!(
+                "  b{b} graph step with PDL {a:.3} ms, without {n:.3} ms (x{:.3})",
+                a / n
+            ));
+        }
+        // The same graph queued back to back as the overlap scheduler runs it, without and
+        // with the runner's per-step copies (bench_pipelined.rs).
+        if let Some(a) = graphed {
+            use super::bench_pipelined::{pipelined_step_ms, StepCopies};
+            let g = model.capture(ops, gemm, &ws, &input)?;
+            let ms = |c| pipelined_step_ms(ops, &g, &ws.picks, c);
+            let bare = ms(StepCopies::Bare)?;
+            let runner = ms(StepCopies::Runner)?;
+            let back = ms(StepCopies::Readback)?;
+            let memops = match ms(StepCopies::MemOps) {
+                Ok(m) => format!("{m:.3} ms"),
+                Err(e) => format!(
+                    "failed ({e}; {})",
+                    super::bench_pipelined::memop_probe(ops.context())
+                ),
             };
-            // The same step replayed from a CUDA graph (the picks' download stays outside).
-            let replay_with = |input: &StepInput| -> anyhow::Result<Option<f64>> {
-                Ok(match model.capture(ops, gemm, &ws, input) {
-                    Ok(g) => Some(replay_ms(&g)?),
-                    Err(e) => {
-                        println!("graph capture failed: {e}");
-                        None
-                    }
-                })
-            };
-            let replay = || replay_with(&input);
-            let graphed = replay()?;
-            // The same graph without programmatic dependent launch, side by side.
-            let graphed_no_pdl = if launch::pdl() {
-                launch::set_pdl(false);
-                let r = replay();
-                launch::set_pdl(true);
-                r?
-            } else {
-                None
-            };
-            if let (Some(a), Some(n)) = (graphed, graphed_no_pdl) {
+            summary.push(format!(
+                "  b{b} graph step waited for on the host {a:.3} ms; queued back to back {bare:.3} ms, with the runner's per-step copies {runner:.3} ms (x{:.3}), the token copy back alone {back:.3} ms, memory-op writes + copy back {memops}",
+                runner / bare
+            ));
+        }
+        // The same step with the decode attention on the tensor-core prefill kernel and on
+        // decode2, side by side (default mode).
+        if !args.deterministic {
+            use strata_kernels::cuda::{set_decode_attn, set_decode_dmma};
+            let mut t = [None, None, None];
+            for (i, (mma, dmma)) in [(true, true), (true, false), (false, false)]
+                .into_iter()
+                .enumerate()
+            {
+                set_decode_attn(Some(mma));
+                set_decode_dmma(Some(dmma));
+                let forced = step_input(ops, model, &seqs, false, false);
+                set_decode_attn(None);
+                set_decode_dmma(None);
+                t[i] = replay_with(&forced?)?;
+            }
+            if let [Some(d), Some(a), Some(n)] = t {
                 summary.push(format!(
-                    "  b{b} graph step with PDL {a:.3} ms, without {n:.3} ms (x{:.3})",
-                    a / n
+                    "  b{b} graph step with decode attention on the decode MMA kernel {d:.3} ms, the prefill kernel {a:.3} ms (x{:.3}), decode2 {n:.3} ms (x{:.3})",
+                    d / a,
+                    d / n
                 ));
             }
-            // The same graph queued back to back as the overlap scheduler runs it, without and
-            // with the runner's per-step copies (bench_pipelined.rs).
-            if let Some(a) = graphed {
-                use super::bench_pipelined::{pipelined_step_ms, StepCopies};
-                let g = model.capture(ops, gemm, &ws, &input)?;
-                let ms = |c| pipelined_step_ms(ops, &g, &ws.picks, c);
-                let bare = ms(StepCopies::Bare)?;
-                let runner = ms(StepCopies::Runner)?;
-                let back = ms(StepCopies::Readback)?;
-                let memops = match ms(StepCopies::MemOps) {
-                    Ok(m) => format!("{m:.3} ms"),
-                    Err(e) => format!(
-                        "failed ({e}; {})",
-                        super::bench_pipelined::memop_probe(ops.context())
+        }
+        // One row: the same graph with each single-row fusion turned off, side by side.
+        if b == 1 {
+            use strata_kernels::cuda::Fusion;
+            for f in Fusion::ALL.into_iter().filter(|f| !f.prefill()) {
+                gemm.set_fusion(f, false);
+                let apart = replay();
+                gemm.set_fusion(f, true);
+                let (with, without) = match f {
+                    Fusion::GateSilu => ("the SiLU in gate_up's epilogue", "staged in down"),
+                    Fusion::QkvRope => {
+                        ("RoPE + K/V write in qkv's epilogue", "rope_kv_write apart")
+                    }
+                    Fusion::QkvNorm => ("the input norm staged in qkv", "rmsnorm apart"),
+                    Fusion::GateNorm => (
+                        "o into the residual, the MLP norm staged in gate",
+                        "o, norm2, gate apart",
                     ),
-                };
-                summary.push(format!(
-                    "  b{b} graph step waited for on the host {a:.3} ms; queued back to back {bare:.3} ms, with the runner's per-step copies {runner:.3} ms (x{:.3}), the token copy back alone {back:.3} ms, memory-op writes + copy back {memops}",
-                    runner / bare
-                ));
-            }
-            // The same step with the decode attention on the tensor-core prefill kernel and on
-            // decode2, side by side (default mode).
-            if !args.deterministic {
-                use strata_kernels::cuda::{set_decode_attn, set_decode_dmma};
-                let mut t = [None, None, None];
-                for (i, (mma, dmma)) in [(true, true), (true, false), (false, false)]
-                    .into_iter()
-                    .enumerate()
-                {
-                    set_decode_attn(Some(mma));
-                    set_decode_dmma(Some(dmma));
-                    let forced = step_input(ops, &model, &seqs, false, false);
-                    set_decode_attn(None);
-                    set_decode_dmma(None);
-                    t[i] = replay_with(&forced?)?;
-                }
-                if let [Some(d), Some(a), Some(n)] = t {
-                    summary.push(format!(
-                        "  b{b} graph step with decode attention on the decode MMA kernel {d:.3} ms, the prefill kernel {a:.3} ms (x{:.3}), decode2 {n:.3} ms (x{:.3})",
-                        d / a,
-                        d / n
-                    ));
-                }
-            }
-            // One row: the same graph with each single-row fusion turned off, side by side.
-            if b == 1 {
-                use strata_kernels::cuda::Fusion;
-                for f in Fusion::ALL.into_iter().filter(|f| !f.prefill()) {
-                    gemm.set_fusion(f, false);
-                    let apart = replay();
-                    gemm.set_fusion(f, true);
-                    let (with, without) = match f {
-                        Fusion::GateSilu => ("the SiLU in gate_up's epilogue", "staged in down"),
-                        Fusion::QkvRope => {
-                            ("RoPE + K/V write in qkv's epilogue", "rope_kv_write apart")
-                        }
-                        Fusion::QkvNorm => ("the input norm staged in qkv", "rmsnorm apart"),
-                        Fusion::GateNorm => (
-                            "o into the residual, the MLP norm staged in gate",
-                            "o, norm2, gate apart",
-                        ),
-                        Fusion::HeadArgmax => {
-                            ("the argmax in lm_head's epilogue", "argmax_rows apart")
-                        }
-                        Fusion::GateGemm | Fusion::ResidGemm | Fusion::AttnRope => {
-                            unreachable!("prefill only")
-                        }
-                    };
-                    if let (Some(a), Some(n)) = (graphed, apart?) {
-                        summary.push(format!(
-                            "  b{b} graph step with {with} {a:.3} ms, {without} {n:.3} ms (x{:.3})",
-                            a / n
-                        ));
+                    Fusion::HeadArgmax => ("the argmax in lm_head's epilogue", "argmax_rows apart"),
+                    Fusion::GateGemm | Fusion::ResidGemm | Fusion::AttnRope => {
+                        unreachable!("prefill only")
                     }
-                }
-            }
-            // 2-8 rows: the same graph with each family of few-row GEMVs and without any.
-            if (2..=8).contains(&b) && !args.deterministic {
-                let was = gemm.rows_mode();
-                let ms = [RowsMode::Exact, RowsMode::Mma, RowsMode::Off]
-                    .into_iter()
-                    .map(|m| {
-                        gemm.set_rows_mode(m);
-                        replay()
-                    })
-                    .collect::<anyhow::Result<Vec<_>>>();
-                gemm.set_rows_mode(was);
-                if let [Some(e), Some(m), Some(n)] = ms?[..] {
+                };
+                if let (Some(a), Some(n)) = (graphed, apart?) {
                     summary.push(format!(
-                        "  b{b} graph step with the few-row GEMVs: exact {e:.3} ms (x{:.3}), mma {m:.3} ms (x{:.3}), without {n:.3} ms",
-                        e / n,
-                        m / n
-                    ));
-                }
-            }
-            // Small batches plan the decode2 cluster form: the same graph with the split kernel
-            // (and its combine launch), side by side.
-            // The cluster form's two kernels, side by side: registers (the default) and
-            // cp.async tiles.
-            if input.plan.cluster() > 0 {
-                let mut tiles = step_input(ops, &model, &seqs, args.deterministic, false)?;
-                tiles.plan.set_cluster_regs(false);
-                let mut regs = step_input(ops, &model, &seqs, args.deterministic, false)?;
-                regs.plan.set_cluster_regs(true);
-                let (r, t) = (replay_with(&regs)?, replay_with(&tiles)?);
-                if let (Some(r), Some(t)) = (r, t) {
-                    summary.push(format!(
-                        "  b{b} graph step with the cluster attention in registers {r:.3} ms, in cp.async tiles {t:.3} ms (x{:.3})",
-                        r / t
-                    ));
-                }
-            }
-            let graphed_split = if input.plan.cluster() > 0 {
-                let split_input = step_input(ops, &model, &seqs, args.deterministic, true)?;
-                let n = replay_with(&split_input)?;
-                if let (Some(a), Some(n)) = (graphed, n) {
-                    summary.push(format!(
-                        "  b{b} graph step with the cluster attention ({} blocks) {a:.3} ms, split kernel ({} splits) {n:.3} ms (x{:.3})",
-                        input.plan.cluster(),
-                        split_input.plan.splits(),
+                        "  b{b} graph step with {with} {a:.3} ms, {without} {n:.3} ms (x{:.3})",
                         a / n
                     ));
                 }
-                n
-            } else {
-                None
-            };
-            // What each layer op adds to the graph step: the step's graph without it (every
-            // layer's), against the whole step, per layer.
-            let mut minus = serde_json::Map::new();
-            if let Some(full) = graphed {
-                let mut parts = Vec::new();
-                for op in LlamaModel::LAYER_OPS {
-                    let g = model.capture_skipping(ops, gemm, &ws, &input, &|o| o == op)?;
-                    let us = (full - replay_ms(&g)?) * 1e3 / shape.layers as f64;
-                    parts.push(format!("{op} {us:.1}"));
-                    minus.insert(op.to_string(), json!(us));
-                }
-                summary.push(format!(
-                    "  b{b} graph step minus each layer op (us per layer): {}",
-                    parts.join(", ")
-                ));
-                // Composite graphs: what is left of the step without any layer op (embedding,
-                // final norm, lm_head, sampling, launch and download), and the layers' GEMVs
-                // alone (no attention, no norms apart), whole-step milliseconds.
-                type Skip<'a> = &'a dyn Fn(&str) -> bool;
-                let sets: [(&str, Skip); 3] = [
-                    ("no layer op", &|_| true),
-                    ("GEMVs only", &|o| {
-                        !matches!(o, "qkv" | "o" | "gate_up" | "silu+down")
-                    }),
-                    ("no attention, no norm2", &|o| {
-                        matches!(o, "attention" | "norm2")
-                    }),
-                ];
-                let mut parts = Vec::new();
-                for (name, skip) in sets {
-                    let ms = replay_ms(&model.capture_skipping(ops, gemm, &ws, &input, skip)?)?;
-                    parts.push(format!("{name} {ms:.3}"));
-                    minus.insert(format!("step_ms {name}"), json!(ms));
-                }
-                summary.push(format!(
-                    "  b{b} graph step of a subset (ms, whole step = {full:.3}): {}",
-                    parts.join(", ")
-                ));
-            }
-            // (A failed breakdown is reported and the bench goes on.)
-            let soft = |r: anyhow::Result<Value>, summary: &mut Vec<String>| match r {
-                Ok(v) => v,
-                Err(e) => {
-                    summary.push(format!("  b{b} op breakdown failed: {e:#}"));
-                    Value::Null
-                }
-            };
-            // (Eager: events recorded inside a captured graph cannot be timed on the H200 driver,
-            // cuEventElapsedTime gave CUDA_ERROR_INVALID_VALUE at 16:58 UTC.)
-            let r = op_breakdown(
-                ops,
-                gemm,
-                &model,
-                &ws,
-                &input,
-                &format!("b{b}"),
-                fwd,
-                false,
-                summary,
-            );
-            let ops_on = soft(r, summary);
-            // Attention alone: one launch timed eagerly (with the host's launch gap), and the
-            // per-call time of 32 calls replayed from a graph (as in a step, PDL between them).
-            let (attn_layer_us, attn_graph_us) = attention_alone_as(
-                ops,
-                &model,
-                b,
-                args.decode_ctx,
-                None,
-                AttnAs::Planned,
-                &|_| true,
-            )?;
-            summary.push(format!(
-                "  b{b} attention as planned: {attn_layer_us:.1} us (in a graph {attn_graph_us:.1} us)"
-            ));
-            for sp in [1, 2, 4, 8, 16, 32] {
-                let (us, g) =
-                    attention_alone(ops, &model, b, args.decode_ctx, Some(sp), &|_| true)?;
-                summary.push(format!(
-                    "  b{b} attention with {sp} splits: {us:.1} us (in a graph {g:.1} us)"
-                ));
-            }
-            for n in [2, 4, 8, 16] {
-                for regs in [true, false] {
-                    let (us, g) = attention_alone(ops, &model, b, args.decode_ctx, None, &|p| {
-                        p.set_cluster_regs(regs);
-                        p.set_cluster(n)
-                    })?;
-                    let form = if regs { "registers" } else { "cp.async tiles" };
-                    if us.is_finite() {
-                        summary.push(format!(
-                            "  b{b} attention cluster of {n} ({form}): {us:.1} us (in a graph {g:.1} us)"
-                        ));
-                    }
-                }
-            }
-            // Longer rows (the register form has no cp.async ring): each form as planned.
-            for kv in [4 * args.decode_ctx, 16 * args.decode_ctx] {
-                for regs in [true, false] {
-                    let r = attention_alone(ops, &model, b, kv, None, &|p| {
-                        p.set_cluster_regs(regs);
-                        true
-                    });
-                    let form = if regs { "registers" } else { "cp.async tiles" };
-                    summary.push(match r {
-                        Ok((us, g)) => format!(
-                            "  b{b} attention at {kv} keys as planned ({form}): {us:.1} us (in a graph {g:.1} us)"
-                        ),
-                        Err(e) => format!("  b{b} attention at {kv} keys ({form}) failed: {e:#}"),
-                    });
-                }
-            }
-            // The decode rows on the tensor-core decode kernel and on the prefill kernels (GQA
-            // groups as rows of the MMA tiles), side by side.
-            match attention_alone_as(
-                ops,
-                &model,
-                b,
-                args.decode_ctx,
-                None,
-                AttnAs::DecodeMma,
-                &|p| p.kernel() == AttnKernel::DecodeMma,
-            ) {
-                Ok((us, g)) if us.is_finite() => summary.push(format!(
-                    "  b{b} attention on the decode MMA kernel: {us:.1} us (in a graph {g:.1} us)"
-                )),
-                Ok(_) => {}
-                Err(e) => summary.push(format!("  b{b} attention on the decode MMA kernel: {e:#}")),
-            }
-            {
-                use strata_kernels::cuda::{set_prefill_kernel, PrefillKernel};
-                for (name, k) in [("wgmma", PrefillKernel::Wgmma), ("fa2", PrefillKernel::Fa2)] {
-                    set_prefill_kernel(Some(k));
-                    let r = attention_alone_as(
-                        ops,
-                        &model,
-                        b,
-                        args.decode_ctx,
-                        None,
-                        AttnAs::Prefill,
-                        &|p| p.kernel() != AttnKernel::Decode2,
-                    );
-                    set_prefill_kernel(None);
-                    match r {
-                        Ok((us, g)) if us.is_finite() => summary.push(format!(
-                            "  b{b} attention on the {name} prefill kernel: {us:.1} us (in a graph {g:.1} us)"
-                        )),
-                        Ok(_) => {}
-                        Err(e) => summary.push(format!("  b{b} attention on {name}: {e:#}")),
-                    }
-                }
-            }
-            let (attn_v1_us, _) = attention_alone(ops, &model, b, args.decode_ctx, None, &|p| {
-                p.force_decode_v1();
-                true
-            })?;
-            let mut variants = serde_json::Map::new();
-            for (i, name) in strata_kernels::cuda::DECODE2_VARIANTS.iter().enumerate() {
-                for sp in [None, Some(2), Some(3), Some(4), Some(6)] {
-                    let (us, _) = attention_alone(ops, &model, b, args.decode_ctx, sp, &|p| {
-                        p.set_decode2_variant(i)
-                    })?;
-                    if us.is_finite() {
-                        let label = sp.map_or("planner".to_string(), |n| format!("{n} splits"));
-                        summary.push(format!("  b{b} attention {name} ({label}): {us:.1} us"));
-                        variants.insert(format!("{name}/{label}"), json!(us));
-                    }
-                }
-            }
-            let kv_bytes =
-                (b * args.decode_ctx * shape.layers * 2 * shape.n_kv_heads * shape.head_dim * 2)
-                    as f64;
-            let kv_floor = copy_bw.map(|bw| (wbytes + kv_bytes) / bw * 1e3);
-            let best = graphed.map_or(wall, |g| g.min(wall));
-            let ratio = floor_ms.map(|f| best / f);
-            summary.push(format!(
-                "decode b{b} ctx{}: {:.2} ms/step eager, {} graph (GPU forward {:.2} ms, attention {:.0} us/layer, first decode kernel {:.0} us), {:.0} tok/s; floor weights {:.2} ms (best x{:.2}), weights+KV {:.2} ms",
-                args.decode_ctx, wall, graphed.map_or("-".to_string(), |g| format!("{g:.2} ms")), fwd, attn_layer_us, attn_v1_us,
-                b as f64 / best * 1e3, floor_ms.unwrap_or(f64::NAN), ratio.unwrap_or(f64::NAN), kv_floor.unwrap_or(f64::NAN)
-            ));
-            rows.push(json!({"batch": b, "step_ms": wall, "graph_step_ms": graphed, "graph_step_ms_no_pdl": graphed_no_pdl, "graph_step_ms_split_attention": graphed_split, "graph_step_minus_op_us_per_layer": minus,
-                "ops_us": ops_on, "forward_gpu_ms": fwd,
-                "attention_us_per_layer": attn_layer_us, "attention_graph_us_per_layer": attn_graph_us, "attention_v1_us_per_layer": attn_v1_us, "attention_variants_us": variants, "tokens_per_s": b as f64 / best * 1e3,
-                "floor_weights_ms": floor_ms, "floor_weights_kv_ms": kv_floor, "ratio_to_floor": ratio}));
-            if b == 1 {
-                gemv_breakdown(ops, gemm, &shape, copy_bw, summary, &mut out)?;
             }
         }
-        out["decode"] = json!(rows);
-        let mut tuned = Vec::new();
-        for t in gemm.lt_tuned() {
-            summary.push(format!(
-                "  cuBLASLt tuning [{}x{}x{}]: heuristic pick {:.1} us, best of {} {:.1} us (x{:.2})",
-                t.shape.0,
-                t.shape.1,
-                t.shape.2,
-                t.heuristic_us,
-                t.candidates,
-                t.best_us,
-                t.best_us / t.heuristic_us
-            ));
-            tuned.push(
-                json!({"shape": [t.shape.0, t.shape.1, t.shape.2], "candidates": t.candidates,
-                "heuristic_us": t.heuristic_us, "best_us": t.best_us}),
-            );
-        }
-        out["cublaslt_tuning"] = json!(tuned);
-    }
-    if want("prefill") {
-        let mut rows = Vec::new();
-        for &t in &args.prefill_lens {
-            let input = step_input(ops, &model, &[(t, t)], args.deterministic, false)?;
-            let ws = model.workspace(ops, t, 1)?;
-            let ms = gpu_ms(ops.context(), false, 1, 3, || {
-                Ok(model.forward(ops, gemm, &ws, &input)?)
-            })?;
-            let mat = 2.0 * t as f64 * (shape.layers * shape.layer_matrix_params()) as f64
-                + 2.0 * (shape.vocab * shape.hidden) as f64;
-            let attn = shape.layers as f64
-                * 4.0
-                * (shape.n_heads * shape.head_dim) as f64
-                * (t * (t + 1) / 2) as f64;
-            let floor = gemm_rate.map(|r| mat / r * 1e3);
-            let tps = t as f64 / ms * 1e3;
-            summary.push(format!(
-                "prefill {t}: {:.1} ms, {:.0} tok/s; GEMM floor {:.1} ms ({:.0} tok/s, we reach {:.0}%); attention {:.1} TFLOP of {:.1} total",
-                ms, tps, floor.unwrap_or(f64::NAN), floor.map_or(f64::NAN, |f| t as f64 / f * 1e3),
-                floor.map_or(f64::NAN, |f| f / ms * 100.0), attn / 1e12, (mat + attn) / 1e12
-            ));
-            // Where the forward's own time goes (an event after each op, eager): each op in
-            // place, beside the ops alone below.
-            if let Err(e) = op_breakdown(
-                ops,
-                gemm,
-                &model,
-                &ws,
-                &input,
-                &format!("prefill {t}"),
-                ms,
-                false,
-                summary,
-            ) {
-                summary.push(format!("  prefill {t} op breakdown failed: {e:#}"));
-            }
-            match super::bench_context::attention_in_context(ops, gemm, &model, &ws, &input, t) {
-                Ok(line) => summary.push(line),
-                Err(e) => summary.push(format!("  prefill {t} attention in context failed: {e:#}")),
-            }
-            // The same forward with each prefill kernel forced, each kernel alone on one layer,
-            // and the prompt prefilled in 2048-token chunks (the old --chunked-prefill-size).
-            use strata_kernels::cuda::{set_prefill_kernel, PrefillKernel};
-            let forward_with = |k: PrefillKernel| -> anyhow::Result<f64> {
-                set_prefill_kernel(Some(k));
-                let r = (|| -> anyhow::Result<f64> {
-                    let input = step_input(ops, &model, &[(t, t)], args.deterministic, false)?;
-                    gpu_ms(ops.context(), false, 1, 3, || {
-                        Ok(model.forward(ops, gemm, &ws, &input)?)
-                    })
-                })();
-                set_prefill_kernel(None);
-                r
-            };
-            let fa2_ms = forward_with(PrefillKernel::Fa2)?;
-            let mma_ms = forward_with(PrefillKernel::Mma)?;
-            let mut line = format!(
-                "  prefill {t} forward by kernel: FA2 {fa2_ms:.1} ms, first mma {mma_ms:.1} ms"
-            );
-            // The wgmma kernel (compute 9.0 only).
-            let wg_ms = if ops.has_wgmma_prefill() {
-                let f = forward_with(PrefillKernel::Wgmma)?;
-                let fs = forward_with(PrefillKernel::WgmmaSmemQ)?;
-                let fp = forward_with(PrefillKernel::WgmmaProducer)?;
-                let fc = forward_with(PrefillKernel::WgmmaCluster)?;
-                let fq = forward_with(PrefillKernel::WgmmaProducerCp)?;
-                line += &format!(
-                    ", wgmma by cp.async {f:.1} ms, with Q from shared memory {fs:.1} ms, \
-                     K/V by TMA from a producer warpgroup {fp:.1} ms, in clusters of 2 sharing \
-                     K/V {fc:.1} ms, by cp.async from a producer warpgroup {fq:.1} ms"
-                );
-                // The default (TMA in clusters of 2 where the page size takes it, else cp.async
-                // from a producer warpgroup) and the cp.async form alternated twice.
-                let mut ab = [[0.0; 2]; 2];
-                for i in 0..4 {
-                    let k = [PrefillKernel::WgmmaCluster, PrefillKernel::Wgmma][i % 2];
-                    ab[i % 2][i / 2] = forward_with(k)?;
-                }
-                let [c, w] = ab;
-                let page = model.attn_shape().page_size;
+        // 2-8 rows: the same graph with each family of few-row GEMVs and without any.
+        if (2..=8).contains(&b) && !args.deterministic {
+            let was = gemm.rows_mode();
+            let ms = [RowsMode::Exact, RowsMode::Mma, RowsMode::Off]
+                .into_iter()
+                .map(|m| {
+                    gemm.set_rows_mode(m);
+                    replay()
+                })
+                .collect::<anyhow::Result<Vec<_>>>();
+            gemm.set_rows_mode(was);
+            if let [Some(e), Some(m), Some(n)] = ms?[..] {
                 summary.push(format!(
-                    "  prefill {t} forward (page {page}) with the default attention form {:.1} / \
-                     {:.1} ms, the cp.async form {:.1} / {:.1} ms (x{:.3})",
-                    c[0],
-                    c[1],
-                    w[0],
-                    w[1],
-                    (c[0] + c[1]) / (w[0] + w[1])
-                ));
-                Some(f)
-            } else {
-                None
-            };
-            summary.push(line + &format!(" (as planned {ms:.1} ms)"));
-            // The forward with gate_up + SiLU in the wgmma GEMM and with cuBLAS + silu_mul.
-            if gemm.has_wg_gemm() && t >= strata_kernels::cuda::gemm_wg::GATE_WG_MIN_ROWS {
-                use strata_kernels::cuda::Fusion;
-                // `set(Some(on))` for each forward, alternated twice, `set(None)` after:
-                // ([on, on], [off, off]) in ms.
-                let ab = |set: &dyn Fn(Option<bool>)| -> anyhow::Result<[[f64; 2]; 2]> {
-                    let mut ms = [[0.0; 2]; 2];
-                    for (i, on) in [true, false, true, false].into_iter().enumerate() {
-                        set(Some(on));
-                        let f = gpu_ms(ops.context(), false, 1, 3, || {
-                            Ok(model.forward(ops, gemm, &ws, &input)?)
-                        });
-                        set(None);
-                        ms[!on as usize][i / 2] = f?;
-                    }
-                    Ok(ms)
-                };
-                let line = |what: &str, other: &str, [on, off]: [[f64; 2]; 2]| {
-                    format!(
-                        "  prefill {t} forward with {what} {:.1} / {:.1} ms, {other} {:.1} / {:.1} ms (x{:.3})",
-                        on[0], on[1], off[0], off[1], (on[0] + on[1]) / (off[0] + off[1])
-                    )
-                };
-                let gate = ab(&|v| gemm.set_fusion(Fusion::GateGemm, v.unwrap_or(true)))?;
-                summary.push(line(
-                    "gate_up + SiLU in the wgmma GEMM",
-                    "cuBLAS + silu_mul",
-                    gate,
+                    "  b{b} graph step with the few-row GEMVs: exact {e:.3} ms (x{:.3}), mma {m:.3} ms (x{:.3}), without {n:.3} ms",
+                    e / n,
+                    m / n
                 ));
             }
-            // The forward with the residual added in the o and down GEMMs and in the norms, and
-            // with Q rotated by the attention and by rope_kv_write: each alternated twice.
-            use strata_kernels::cuda::Fusion;
-            let fusions = [
-                (
-                    Fusion::ResidGemm,
-                    gemm.acc_applies(t),
-                    "the residual added in the o and down GEMMs",
-                    "in the norms",
-                ),
-                (
-                    Fusion::AttnRope,
-                    gemm.attn_rope(&input.plan),
-                    "Q rotated by the attention",
-                    "by rope_kv_write",
-                ),
+        }
+        // Small batches plan the decode2 cluster form: the same graph with the split kernel
+        // (and its combine launch), side by side.
+        // The cluster form's two kernels, side by side: registers (the default) and
+        // cp.async tiles.
+        if input.plan.cluster() > 0 {
+            let mut tiles = step_input(ops, model, &seqs, args.deterministic, false)?;
+            tiles.plan.set_cluster_regs(false);
+            let mut regs = step_input(ops, model, &seqs, args.deterministic, false)?;
+            regs.plan.set_cluster_regs(true);
+            let (r, t) = (replay_with(&regs)?, replay_with(&tiles)?);
+            if let (Some(r), Some(t)) = (r, t) {
+                summary.push(format!(
+                    "  b{b} graph step with the cluster attention in registers {r:.3} ms, in cp.async tiles {t:.3} ms (x{:.3})",
+                    r / t
+                ));
+            }
+        }
+        let graphed_split = if input.plan.cluster() > 0 {
+            let split_input = step_input(ops, model, &seqs, args.deterministic, true)?;
+            let n = replay_with(&split_input)?;
+            if let (Some(a), Some(n)) = (graphed, n) {
+                summary.push(format!(
+                    "  b{b} graph step with the cluster attention ({} blocks) {a:.3} ms, split kernel ({} splits) {n:.3} ms (x{:.3})",
+                    input.plan.cluster(),
+                    split_input.plan.splits(),
+                    a / n
+                ));
+            }
+            n
+        } else {
+            None
+        };
+        // What each layer op adds to the graph step: the step's graph without it (every
+        // layer's), against the whole step, per layer.
+        let mut minus = serde_json::Map::new();
+        if let Some(full) = graphed {
+            let mut parts = Vec::new();
+            for op in LlamaModel::LAYER_OPS {
+                let g = model.capture_skipping(ops, gemm, &ws, &input, &|o| o == op)?;
+                let us = (full - replay_ms(&g)?) * 1e3 / shape.layers as f64;
+                parts.push(format!("{op} {us:.1}"));
+                minus.insert(op.to_string(), json!(us));
+            }
+            summary.push(format!(
+                "  b{b} graph step minus each layer op (us per layer): {}",
+                parts.join(", ")
+            ));
+            // Composite graphs: what is left of the step without any layer op (embedding,
+            // final norm, lm_head, sampling, launch and download), and the layers' GEMVs
+            // alone (no attention, no norms apart), whole-step milliseconds.
+            type Skip<'a> = &'a dyn Fn(&str) -> bool;
+            let sets: [(&str, Skip); 3] = [
+                ("no layer op", &|_| true),
+                ("GEMVs only", &|o| {
+                    !matches!(o, "qkv" | "o" | "gate_up" | "silu+down")
+                }),
+                ("no attention, no norm2", &|o| {
+                    matches!(o, "attention" | "norm2")
+                }),
             ];
-            for (f, applies, with, without) in fusions {
-                if !applies {
-                    continue;
-                }
-                let mut ms = [[0.0; 2]; 2];
-                for (i, on) in [true, false, true, false].into_iter().enumerate() {
-                    gemm.set_fusion(f, on);
-                    let r = gpu_ms(ops.context(), false, 1, 3, || {
-                        Ok(model.forward(ops, gemm, &ws, &input)?)
-                    });
-                    gemm.set_fusion(f, true);
-                    ms[!on as usize][i / 2] = r?;
-                }
-                let [on, off] = ms;
-                summary.push(format!(
-                    "  prefill {t} forward with {with} {:.1} / {:.1} ms, {without} {:.1} / {:.1} ms (x{:.3})",
-                    on[0], on[1], off[0], off[1], (on[0] + on[1]) / (off[0] + off[1])
-                ));
+            let mut parts = Vec::new();
+            for (name, skip) in sets {
+                let ms = replay_ms(&model.capture_skipping(ops, gemm, &ws, &input, skip)?)?;
+                parts.push(format!("{name} {ms:.3}"));
+                minus.insert(format!("step_ms {name}"), json!(ms));
             }
-            let layer_flops = attn / shape.layers as f64;
-            let mut alone = serde_json::Map::new();
-            let mut line = format!("  prefill {t} attention alone per layer:");
-            let mut kinds = vec![("fa2", PrefillKernel::Fa2), ("mma", PrefillKernel::Mma)];
-            if ops.has_wgmma_prefill() {
-                kinds.push(("wgmma", PrefillKernel::Wgmma));
-                kinds.push(("wgmma-smem-q", PrefillKernel::WgmmaSmemQ));
-                kinds.push(("wgmma-producer", PrefillKernel::WgmmaProducer));
-                kinds.push(("wgmma-cluster", PrefillKernel::WgmmaCluster));
-                kinds.push(("wgmma-producer-cp", PrefillKernel::WgmmaProducerCp));
-                kinds.push(("wgmma-again", PrefillKernel::Wgmma));
-            }
-            // (one untimed pass first: the first kernel timed after the forwards read up to
-            // 35 % slow on the H200 at 20:29 UTC)
-            prefill_attention_alone(ops, &model, t, PrefillKernel::Fa2)?;
-            for (name, k) in kinds {
-                let a = prefill_attention_alone(ops, &model, t, k)?;
-                if a.is_finite() {
-                    line += &format!(" {name} {a:.3} ms ({:.0} TFLOP/s)", layer_flops / a / 1e9);
-                    alone.insert(name.to_string(), json!(a));
-                }
-            }
-            summary.push(line);
-            let (rows_ms, rows_line) = prefill_row_ops(ops, &shape, t)?;
-            summary.push(rows_line);
-            let (gemm_ms, gemm_line) = prefill_gemms(ops, gemm, &shape, t)?;
-            let attn_ms = alone["fa2"].as_f64().unwrap_or(f64::NAN) * shape.layers as f64;
-            summary.push(gemm_line);
             summary.push(format!(
-                "  prefill {t} forward split with FA2: GEMMs {gemm_ms:.1} ms + attention {attn_ms:.1} ms (alone, x{} layers) + rest {:.1} ms (of which the row ops alone {rows_ms:.1} ms)",
-                shape.layers,
-                fa2_ms - gemm_ms - attn_ms
+                "  b{b} graph step of a subset (ms, whole step = {full:.3}): {}",
+                parts.join(", ")
             ));
-            if let (Some(w), Some(a)) = (wg_ms, alone.get("wgmma").and_then(|a| a.as_f64())) {
-                let wattn = a * shape.layers as f64;
-                summary.push(format!(
-                    "  prefill {t} forward with the wgmma kernel: {w:.1} ms (FA2 {fa2_ms:.1} ms, x{:.2} faster); split: GEMMs {gemm_ms:.1} ms + attention {wattn:.1} ms (alone) + rest {:.1} ms",
-                    fa2_ms / w,
-                    w - gemm_ms - wattn
-                ));
-            }
-            let mut chunked = None;
-            if t > 2048 {
-                // (a workspace per chunk: forward wants one of exactly the chunk's rows)
-                let chunks = (0..t.div_ceil(2048))
-                    .map(|c| {
-                        let end = ((c + 1) * 2048).min(t);
-                        let n = end - c * 2048;
-                        Ok((
-                            step_input(ops, &model, &[(n, end)], args.deterministic, false)?,
-                            model.workspace(ops, n, 1)?,
-                        ))
-                    })
-                    .collect::<anyhow::Result<Vec<_>>>()?;
-                let cms = gpu_ms(ops.context(), false, 1, 3, || {
-                    for (input, cws) in &chunks {
-                        model.forward(ops, gemm, cws, input)?;
-                    }
-                    Ok(())
-                })?;
-                summary.push(format!(
-                    "  prefill {t} in 2048-token chunks: {cms:.1} ms (one forward {ms:.1} ms, x{:.2} faster)",
-                    cms / ms
-                ));
-                chunked = Some(cms);
-            }
-            rows.push(
-                json!({"tokens": t, "ms": ms, "tokens_per_s": tps, "gemm_floor_ms": floor,
-                "matrix_flops": mat, "attention_flops": attn, "fa2_kernel_ms": fa2_ms, "mma_kernel_ms": mma_ms,
-                "wgmma_kernel_ms": wg_ms,
-                "attention_layer_ms": alone, "chunked_2048_ms": chunked}),
-            );
         }
-        out["prefill"] = json!(rows);
+        // (A failed breakdown is reported and the bench goes on.)
+        let soft = |r: anyhow::Result<Value>, summary: &mut Vec<String>| match r {
+            Ok(v) => v,
+            Err(e) => {
+                summary.push(format!("  b{b} op breakdown failed: {e:#}"));
+                Value::Null
+            }
+        };
+        // (Eager: events recorded inside a captured graph cannot be timed on the H200 driver,
+        // cuEventElapsedTime gave CUDA_ERROR_INVALID_VALUE at 16:58 UTC.)
+        let r = op_breakdown(
+            ops,
+            gemm,
+            model,
+            &ws,
+            &input,
+            &format!("b{b}"),
+            fwd,
+            false,
+            summary,
+        );
+        let ops_on = soft(r, summary);
+        // Attention alone: one launch timed eagerly (with the host's launch gap), and the
+        // per-call time of 32 calls replayed from a graph (as in a step, PDL between them).
+        let (attn_layer_us, attn_graph_us) = attention_alone_as(
+            ops,
+            model,
+            b,
+            args.decode_ctx,
+            None,
+            AttnAs::Planned,
+            &|_| true,
+        )?;
+        summary.push(format!(
+            "  b{b} attention as planned: {attn_layer_us:.1} us (in a graph {attn_graph_us:.1} us)"
+        ));
+        for sp in [1, 2, 4, 8, 16, 32] {
+            let (us, g) = attention_alone(ops, model, b, args.decode_ctx, Some(sp), &|_| true)?;
+            summary.push(format!(
+                "  b{b} attention with {sp} splits: {us:.1} us (in a graph {g:.1} us)"
+            ));
+        }
+        for n in [2, 4, 8, 16] {
+            for regs in [true, false] {
+                let (us, g) = attention_alone(ops, model, b, args.decode_ctx, None, &|p| {
+                    p.set_cluster_regs(regs);
+                    p.set_cluster(n)
+                })?;
+                let form = if regs { "registers" } else { "cp.async tiles" };
+                if us.is_finite() {
+                    summary.push(format!(
+                        "  b{b} attention cluster of {n} ({form}): {us:.1} us (in a graph {g:.1} us)"
+                    ));
+                }
+            }
+        }
+        // Longer rows (the register form has no cp.async ring): each form as planned.
+        for kv in [4 * args.decode_ctx, 16 * args.decode_ctx] {
+            for regs in [true, false] {
+                let r = attention_alone(ops, model, b, kv, None, &|p| {
+                    p.set_cluster_regs(regs);
+                    true
+                });
+                let form = if regs { "registers" } else { "cp.async tiles" };
+                summary.push(match r {
+                    Ok((us, g)) => format!(
+                        "  b{b} attention at {kv} keys as planned ({form}): {us:.1} us (in a graph {g:.1} us)"
+                    ),
+                    Err(e) => format!("  b{b} attention at {kv} keys ({form}) failed: {e:#}"),
+                });
+            }
+        }
+        // The decode rows on the tensor-core decode kernel and on the prefill kernels (GQA
+        // groups as rows of the MMA tiles), side by side.
+        match attention_alone_as(
+            ops,
+            model,
+            b,
+            args.decode_ctx,
+            None,
+            AttnAs::DecodeMma,
+            &|p| p.kernel() == AttnKernel::DecodeMma,
+        ) {
+            Ok((us, g)) if us.is_finite() => summary.push(format!(
+                "  b{b} attention on the decode MMA kernel: {us:.1} us (in a graph {g:.1} us)"
+            )),
+            Ok(_) => {}
+            Err(e) => summary.push(format!("  b{b} attention on the decode MMA kernel: {e:#}")),
+        }
+        {
+            use strata_kernels::cuda::{set_prefill_kernel, PrefillKernel};
+            for (name, k) in [("wgmma", PrefillKernel::Wgmma), ("fa2", PrefillKernel::Fa2)] {
+                set_prefill_kernel(Some(k));
+                let r = attention_alone_as(
+                    ops,
+                    model,
+                    b,
+                    args.decode_ctx,
+                    None,
+                    AttnAs::Prefill,
+                    &|p| p.kernel() != AttnKernel::Decode2,
+                );
+                set_prefill_kernel(None);
+                match r {
+                    Ok((us, g)) if us.is_finite() => summary.push(format!(
+                        "  b{b} attention on the {name} prefill kernel: {us:.1} us (in a graph {g:.1} us)"
+                    )),
+                    Ok(_) => {}
+                    Err(e) => summary.push(format!("  b{b} attention on {name}: {e:#}")),
+                }
+            }
+        }
+        let (attn_v1_us, _) = attention_alone(ops, model, b, args.decode_ctx, None, &|p| {
+            p.force_decode_v1();
+            true
+        })?;
+        let mut variants = serde_json::Map::new();
+        for (i, name) in strata_kernels::cuda::DECODE2_VARIANTS.iter().enumerate() {
+            for sp in [None, Some(2), Some(3), Some(4), Some(6)] {
+                let (us, _) = attention_alone(ops, model, b, args.decode_ctx, sp, &|p| {
+                    p.set_decode2_variant(i)
+                })?;
+                if us.is_finite() {
+                    let label = sp.map_or("planner".to_string(), |n| format!("{n} splits"));
+                    summary.push(format!("  b{b} attention {name} ({label}): {us:.1} us"));
+                    variants.insert(format!("{name}/{label}"), json!(us));
+                }
+            }
+        }
+        let kv_bytes =
+            (b * args.decode_ctx * shape.layers * 2 * shape.n_kv_heads * shape.head_dim * 2) as f64;
+        let kv_floor = copy_bw.map(|bw| (wbytes + kv_bytes) / bw * 1e3);
+        let best = graphed.map_or(wall, |g| g.min(wall));
+        let ratio = floor_ms.map(|f| best / f);
+        summary.push(format!(
+            "decode b{b} ctx{}: {:.2} ms/step eager, {} graph (GPU forward {:.2} ms, attention {:.0} us/layer, first decode kernel {:.0} us), {:.0} tok/s; floor weights {:.2} ms (best x{:.2}), weights+KV {:.2} ms",
+            args.decode_ctx, wall, graphed.map_or("-".to_string(), |g| format!("{g:.2} ms")), fwd, attn_layer_us, attn_v1_us,
+            b as f64 / best * 1e3, floor_ms.unwrap_or(f64::NAN), ratio.unwrap_or(f64::NAN), kv_floor.unwrap_or(f64::NAN)
+        ));
+        rows.push(json!({"batch": b, "step_ms": wall, "graph_step_ms": graphed, "graph_step_ms_no_pdl": graphed_no_pdl, "graph_step_ms_split_attention": graphed_split, "graph_step_minus_op_us_per_layer": minus,
+            "ops_us": ops_on, "forward_gpu_ms": fwd,
+            "attention_us_per_layer": attn_layer_us, "attention_graph_us_per_layer": attn_graph_us, "attention_v1_us_per_layer": attn_v1_us, "attention_variants_us": variants, "tokens_per_s": b as f64 / best * 1e3,
+            "floor_weights_ms": floor_ms, "floor_weights_kv_ms": kv_floor, "ratio_to_floor": ratio}));
+        if b == 1 {
+            gemv_breakdown(ops, gemm, &shape, copy_bw, summary, out)?;
+        }
     }
-    Ok(out)
+    out["decode"] = json!(rows);
+    let mut tuned = Vec::new();
+    for t in gemm.lt_tuned() {
+        summary.push(format!(
+            "  cuBLASLt tuning [{}x{}x{}]: heuristic pick {:.1} us, best of {} {:.1} us (x{:.2})",
+            t.shape.0,
+            t.shape.1,
+            t.shape.2,
+            t.heuristic_us,
+            t.candidates,
+            t.best_us,
+            t.best_us / t.heuristic_us
+        ));
+        tuned.push(
+            json!({"shape": [t.shape.0, t.shape.1, t.shape.2], "candidates": t.candidates,
+            "heuristic_us": t.heuristic_us, "best_us": t.best_us}),
+        );
+    }
+    out["cublaslt_tuning"] = json!(tuned);
+    Ok(())
 }
 
 /// Where one decode step's GPU time goes: a CUDA event after every op of `forward_marked`,
@@ -747,7 +531,7 @@ pub fn run(
 /// the plain graph step); else an eager step, where small kernels also show the host's launch
 /// rate. One summary line, largest first.
 #[allow(clippy::too_many_arguments)]
-fn op_breakdown(
+pub(super) fn op_breakdown(
     ops: &CudaOps,
     gemm: &Gemm,
     model: &LlamaModel,
@@ -841,175 +625,6 @@ fn op_breakdown(
     }
     summary.push(line);
     Ok(Value::Object(doc))
-}
-
-/// One layer's prefill attention of a `t`-token prompt alone (no cached prefix, random q and
-/// pools) with prefill kernel `k`, milliseconds.
-fn prefill_attention_alone(
-    ops: &CudaOps,
-    model: &LlamaModel,
-    t: usize,
-    k: strata_kernels::cuda::PrefillKernel,
-) -> anyhow::Result<f64> {
-    let c = ops.context();
-    let s = model.shape;
-    let shape = model.attn_shape();
-    let seqs = [AttnSeq {
-        q_len: t,
-        kv_len: t,
-        pages: (0..t.div_ceil(shape.page_size) as i32).collect(),
-    }];
-    strata_kernels::cuda::set_prefill_kernel(Some(k));
-    let plan = ops.attention_plan(shape, &seqs, None);
-    strata_kernels::cuda::set_prefill_kernel(None);
-    let plan = plan?;
-    let kvw = s.n_kv_heads * s.head_dim;
-    let slots = shape.pool_pages * shape.page_size;
-    let bf = strata_kernels::cuda::DType::Bf16;
-    let (kp, vp) = (c.alloc(bf, &[slots, kvw])?, c.alloc(bf, &[slots, kvw])?);
-    let q = c.alloc(bf, &[t, s.qkv_width()])?;
-    let o = c.alloc(bf, &[t, s.n_heads * s.head_dim])?;
-    for (i, x) in [&kp, &vp, &q].into_iter().enumerate() {
-        ops.fill_uniform(x, 200 + i as u64, 1.0)?;
-    }
-    let scale = 1.0 / (s.head_dim as f32).sqrt();
-    gpu_ms(c, false, 2, 10, || {
-        Ok(ops.paged_attention(&plan, &q, 0, &kp, &vp, &o, scale)?)
-    })
-}
-
-/// The row-wise ops of a `t`-token prefill alone (random data): the two fused residual-add +
-/// RMSNorm passes, RoPE + KV write and SiLU*mul of one layer. Returns their forward total (ms:
-/// each layer's four, plus the final norm) and a summary line with each op's time and bytes/s.
-fn prefill_row_ops(ops: &CudaOps, s: &LlamaShape, t: usize) -> anyhow::Result<(f64, String)> {
-    let c = ops.context();
-    let bf = strata_kernels::cuda::DType::Bf16;
-    let (h, kvw, qw) = (s.hidden, s.n_kv_heads * s.head_dim, s.n_heads * s.head_dim);
-    let x = c.alloc(bf, &[t, h])?;
-    let resid = c.alloc(bf, &[t, h])?;
-    let out = c.alloc(bf, &[t, h])?;
-    let w = c.alloc(bf, &[h])?;
-    let qkv = c.alloc(bf, &[t, s.qkv_width()])?;
-    let (kp, vp) = (c.alloc(bf, &[t, kvw])?, c.alloc(bf, &[t, kvw])?);
-    let gu = c.alloc(bf, &[t, 2 * s.inter])?;
-    let act = c.alloc(bf, &[t, s.inter])?;
-    for (i, a) in [&x, &resid, &w, &qkv, &gu].into_iter().enumerate() {
-        ops.fill_uniform(a, 300 + i as u64, 1.0)?;
-    }
-    let pos_h: Vec<i32> = (0..t as i32).collect();
-    let pos = c.upload_i32(&[t], &pos_h)?;
-    let slots = c.upload_i32(&[t], &pos_h)?;
-    let inv = strata_kernels::reference::rope_inv_freq(
-        s.head_dim,
-        s.rope_theta,
-        Some(strata_kernels::reference::Llama3Scaling::default()),
-    );
-    let inv = c.upload_f32(&[inv.len()], &inv)?;
-    let norm = gpu_ms(c, false, 2, 10, || {
-        Ok(ops.rmsnorm(&x, Some(&resid), &w, &out, s.eps)?)
-    })?;
-    let rope = gpu_ms(c, false, 2, 10, || {
-        Ok(ops.rope_kv_write(
-            &qkv,
-            0,
-            s.n_heads,
-            qw,
-            s.n_kv_heads,
-            qw + kvw,
-            s.head_dim,
-            &pos,
-            &inv,
-            &kp,
-            &vp,
-            &slots,
-            &pos_h,
-        )?)
-    })?;
-    let silu = gpu_ms(c, false, 2, 10, || Ok(ops.silu_mul(&gu, &act)?))?;
-    // Bytes each op must move at least (bf16): norm reads x and the residual, writes both.
-    let gbs = |bytes: usize, ms: f64| bytes as f64 / ms / 1e6;
-    let norm_b = 4 * t * h * 2;
-    let rope_b = (2 * t * (qw + kvw) + t * kvw + 2 * t * kvw) * 2;
-    let silu_b = 3 * t * s.inter * 2;
-    let total = s.layers as f64 * (2.0 * norm + rope + silu) + norm;
-    let line = format!(
-        "  prefill {t} row ops alone per layer: rmsnorm+residual {norm:.3} ms ({:.0} GB/s) x2, rope_kv_write {rope:.3} ms ({:.0} GB/s), silu_mul {silu:.3} ms ({:.0} GB/s); {total:.1} ms per forward",
-        gbs(norm_b, norm),
-        gbs(rope_b, rope),
-        gbs(silu_b, silu)
-    );
-    Ok((total, line))
-}
-
-/// The prefill GEMMs of a `t`-token prompt alone (cuBLAS through `GemmPath::Auto`): the four
-/// per-layer projections and the one-row LM head; returns the forward's GEMM total (ms) and a
-/// summary line with each projection's TFLOP/s.
-fn prefill_gemms(
-    ops: &CudaOps,
-    gemm: &Gemm,
-    s: &LlamaShape,
-    t: usize,
-) -> anyhow::Result<(f64, String)> {
-    let c = ops.context();
-    let bf = strata_kernels::cuda::DType::Bf16;
-    let h = s.hidden;
-    let (mut total, mut lt_total) = (0.0, 0.0);
-    let mut line = format!("  prefill {t} GEMMs alone:");
-    for (name, n, k, rows, times) in [
-        ("qkv", s.qkv_width(), h, t, s.layers),
-        ("o", h, s.n_heads * s.head_dim, t, s.layers),
-        ("gate_up", 2 * s.inter, h, t, s.layers),
-        ("down", h, s.inter, t, s.layers),
-        ("lm_head", s.vocab, h, 1, 1),
-    ] {
-        let w = c.alloc(bf, &[n, k])?;
-        let x = c.alloc(bf, &[rows, k])?;
-        let y = c.alloc(bf, &[rows, n])?;
-        ops.fill_uniform(&w, 9, 0.02)?;
-        ops.fill_uniform(&x, 10, 1.0)?;
-        let ms = gpu_ms(c, false, 2, 10, || Ok(gemm.linear(&x, &w, &y)?))?;
-        total += ms * times as f64;
-        let tf = 2.0 * (rows * n * k) as f64 / ms / 1e9;
-        line += &format!(" {name} {:.3} ms ({tf:.0} TFLOP/s)", ms);
-        // cuBLASLt with its tuned pick (the first call times the heuristic's candidates).
-        if rows > 1 {
-            let lt = gpu_ms(c, false, 2, 10, || {
-                Ok(gemm.linear_with(&x, &w, &y, GemmPath::CublasLt)?)
-            });
-            match lt {
-                Ok(lt) => {
-                    lt_total += lt * times as f64;
-                    line += &format!(" [tuned cuBLASLt {lt:.3} ms, x{:.3}]", lt / ms);
-                }
-                Err(e) => line += &format!(" [cuBLASLt: {e:#}]"),
-            }
-        } else {
-            lt_total += ms * times as f64;
-        }
-        // gate_up with the SiLU in the wgmma GEMM's epilogue (compute 9.0) vs cuBLAS +
-        // silu_mul.
-        let act = c.alloc(bf, &[rows, s.inter])?;
-        if name == "gate_up" && gemm.gate_silu_applies(&x, &w) {
-            let fused = gpu_ms(c, false, 2, 10, || {
-                gemm.gate_silu(&x, &w, &act)?;
-                Ok(())
-            })?;
-            let apart = gpu_ms(c, false, 2, 10, || {
-                gemm.linear_with(&x, &w, &y, GemmPath::Cublas)?;
-                Ok(ops.silu_mul(&y, &act)?)
-            })?;
-            line += &format!(
-                " [+ SiLU: wgmma {fused:.3} ms ({:.0} TFLOP/s) vs cuBLAS + silu_mul {apart:.3} ms, x{:.3}]",
-                2.0 * (rows * n * k) as f64 / fused / 1e9,
-                fused / apart
-            );
-        }
-    }
-    line += &format!(
-        "; total cuBLAS {total:.1} ms, tuned cuBLASLt {lt_total:.1} ms (x{:.3})",
-        lt_total / total
-    );
-    Ok((total, line))
 }
 
 /// One layer's decode attention alone (fresh random pools of the same size), microseconds, with

@@ -14,6 +14,7 @@ mod bench_context;
 mod bench_handoff;
 mod bench_model;
 mod bench_pipelined;
+mod bench_prefill;
 mod bench_sampling;
 mod bench_stream;
 mod check;
