@@ -86,6 +86,7 @@
 #            8B shapes, served 1B ITL at c=1 (gpu-itl-ab.sh: A this binary, B the same with
 #            TARGETS_B_ENV, default STRATA_DEC2R_RING3=0: the attention's two-iteration ring), `gpu
 #            bench --only gemm,prefill` at 2K and 8K and transformers' forward at 2K and 8K
+#            (TARGET_SHAPES: the decode shapes; PREFILL_HF=0: without transformers)
 #   tprefill the prefill part of `targets`: `gpu bench --only gemm,prefill` at 2K and 8K and
 #            transformers' forward at 2K and 8K
 #   binab    this binary against others (BIN_B, space-separated, default .devbin/strata.base, e.g.
@@ -271,7 +272,7 @@ for s in $STEPS; do
       STRATA_CHECK_CASES="decode cl,decode rcl" timeout $(left 90) "$STRATA" gpu check --only attention,head_argmax \
         > "$OUT/targets-check.log" 2>&1 || rc=1
       grep -E "gpu check:|FAIL" "$OUT/targets-check.log"
-      for shape in llama-3.2-1b llama-3.1-8b; do decode_b1 "$OUT/targets-decode-$shape.log" $shape || rc=1; done
+      for shape in ${TARGET_SHAPES:-llama-3.2-1b llama-3.1-8b}; do decode_b1 "$OUT/targets-decode-$shape.log" $shape || rc=1; done
       SIZE=llama-3.2-1b RAW=0 ITL_B_ENV=${TARGETS_B_ENV:-STRATA_DEC2R_RING3=0} timeout $(left 150) scripts/gpu-itl-ab.sh "$OUT/targets-itl" > "$OUT/targets-itl.log" 2>&1 || rc=1
       grep -vE "^\s*$" "$OUT/targets-itl.log" | tail -6
       prefill_bench targets-prefill || rc=1 ;;
