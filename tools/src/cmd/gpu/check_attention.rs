@@ -13,8 +13,8 @@ use super::check::{shuffle, Checker};
 use super::check_ops::{bf16_out, bit_diffs, BF16_TOL};
 
 /// A case: name, heads, kv heads, head_dim, page, [(q_len, kv_len)] per sequence, forced splits.
-type Case = (
-    String,
+type CaseOf<N> = (
+    N,
     usize,
     usize,
     usize,
@@ -22,6 +22,7 @@ type Case = (
     Vec<(usize, usize)>,
     Option<usize>,
 );
+type Case = CaseOf<String>;
 
 pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
     let only: Option<Vec<String>> = std::env::var("STRATA_CHECK_CASES")
@@ -43,15 +44,7 @@ pub fn attention(ops: &CudaOps, ck: &mut Checker) -> anyhow::Result<()> {
 /// Every case, in order: the kernels' own cases, the timed decode2 alternatives, the cluster
 /// cases in both forms, then the head_dim-128 ones again on each wgmma form (compute 9.0).
 fn cases(ops: &CudaOps) -> Vec<Case> {
-    type Named = (
-        &'static str,
-        usize,
-        usize,
-        usize,
-        usize,
-        Vec<(usize, usize)>,
-        Option<usize>,
-    );
+    type Named = CaseOf<&'static str>;
     // (name, (heads, kv heads), head_dim, page, [(q_len, kv_len)], forced splits)
     let case = |name: &'static str,
                 (nh, nkv): (usize, usize),
