@@ -59,7 +59,8 @@
 #   head     `gpu check --only head_argmax,argmax_rows` (the LM head with the greedy pick in its
 #            epilogue vs the GEMV and argmax_rows), the 1B and 8B b1 step with it on and off (two
 #            rounds), served 1B ITL at c=1 with it on (A) and off (B, STRATA_FUSION_OFF=head_argmax)
-#            and A's greedy outputs against B's
+#            and A's greedy outputs against B's (the `nograph_c1` line: B one at a time; the c=8 /
+#            32 lines compare batch sizes, which the default mode does not keep invariant)
 #   ring     the register cluster attention with three iterations of keys in flight (the default)
 #            against two (STRATA_DEC2R_RING3=0): `gpu check` of its cases, the b1 graph step at
 #            1K-1.25K contexts (RING_RUNS="SHAPE CTX ..."), served 1B ITL at c=1 (A: 3, B: 2)
