@@ -329,7 +329,6 @@ impl Graphs {
             }
             g.lora_exec(r, kv)?;
         }
-        let g = &*g;
         let exec = match (&lora_rows, &g.lora) {
             (Some(_), Some((_, exec))) => exec,
             _ => &g.exec,
