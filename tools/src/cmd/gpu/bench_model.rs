@@ -199,15 +199,8 @@ fn decode(
             let bare = ms(StepCopies::Bare)?;
             let runner = ms(StepCopies::Runner)?;
             let back = ms(StepCopies::Readback)?;
-            let memops = match ms(StepCopies::MemOps) {
-                Ok(m) => format!("{m:.3} ms"),
-                Err(e) => format!(
-                    "failed ({e}; {})",
-                    super::bench_pipelined::memop_probe(ops.context())
-                ),
-            };
             summary.push(format!(
-                "  b{b} graph step waited for on the host {a:.3} ms; queued back to back {bare:.3} ms, with the runner's per-step copies {runner:.3} ms (x{:.3}), the token copy back alone {back:.3} ms, memory-op writes + copy back {memops}",
+                "  b{b} graph step waited for on the host {a:.3} ms; queued back to back {bare:.3} ms, with the runner's per-step copies {runner:.3} ms (x{:.3}), the token copy back alone {back:.3} ms",
                 runner / bare
             ));
         }
