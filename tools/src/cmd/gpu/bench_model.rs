@@ -9,7 +9,8 @@ use std::time::Instant;
 use serde_json::{json, Value};
 use strata_kernels::cuda::llama::{LlamaModel, LlamaShape, StepInput, Workspace};
 use strata_kernels::cuda::{
-    launch, AttnKernel, AttnSeq, CudaOps, Gemm, GemmPath, PlanOpts, RowsMode,
+    launch, AttnKernel, AttnPlan, AttnSeq, AttnShape, CudaOps, DTensor, Gemm, GemmPath, PlanOpts,
+    RowsMode,
 };
 
 use super::bench::{gpu_ms, median, Args};
@@ -689,24 +690,49 @@ fn attention_alone_as(
     if !tweak(&mut plan) {
         return Ok((f64::NAN, f64::NAN));
     }
-    let kvw = s.n_kv_heads * s.head_dim;
-    let slots = shape.pool_pages * shape.page_size;
-    let bf = strata_kernels::cuda::DType::Bf16;
-    let (k, v) = (c.alloc(bf, &[slots, kvw])?, c.alloc(bf, &[slots, kvw])?);
-    let q = c.alloc(bf, &[b, s.qkv_width()])?;
-    let o = c.alloc(bf, &[b, s.n_heads * s.head_dim])?;
-    for (i, t) in [&k, &v, &q].into_iter().enumerate() {
-        ops.fill_uniform(t, 100 + i as u64, 1.0)?;
-    }
-    let scale = 1.0 / (s.head_dim as f32).sqrt();
-    let ms = gpu_ms(c, false, 2, 10, || {
-        Ok(ops.paged_attention(&plan, &q, 0, &k, &v, &o, scale)?)
-    })?;
-    let g = graph_us(c, || {
-        Ok(ops.paged_attention(&plan, &q, 0, &k, &v, &o, scale)?)
-    })
-    .unwrap_or(f64::NAN);
+    let io = AttnIo::random(ops, &s, &shape, b, 100)?;
+    let ms = gpu_ms(c, false, 2, 10, || io.run(ops, &plan))?;
+    let g = graph_us(c, || io.run(ops, &plan)).unwrap_or(f64::NAN);
     Ok((ms * 1e3, g))
+}
+
+/// One layer's attention operands for timing it alone: random K/V pools of `shape`'s size and
+/// q rows (`rows` of the model's qkv width, fills seeded from `seed`), an output, the scale.
+pub(super) struct AttnIo {
+    k: DTensor,
+    v: DTensor,
+    q: DTensor,
+    o: DTensor,
+    scale: f32,
+}
+
+impl AttnIo {
+    pub(super) fn random(
+        ops: &CudaOps,
+        s: &LlamaShape,
+        shape: &AttnShape,
+        rows: usize,
+        seed: u64,
+    ) -> anyhow::Result<Self> {
+        let c = ops.context();
+        let kvw = s.n_kv_heads * s.head_dim;
+        let slots = shape.pool_pages * shape.page_size;
+        let bf = strata_kernels::cuda::DType::Bf16;
+        let (k, v) = (c.alloc(bf, &[slots, kvw])?, c.alloc(bf, &[slots, kvw])?);
+        let q = c.alloc(bf, &[rows, s.qkv_width()])?;
+        let o = c.alloc(bf, &[rows, s.n_heads * s.head_dim])?;
+        for (i, t) in [&k, &v, &q].into_iter().enumerate() {
+            ops.fill_uniform(t, seed + i as u64, 1.0)?;
+        }
+        let scale = 1.0 / (s.head_dim as f32).sqrt();
+        Ok(Self { k, v, q, o, scale })
+    }
+
+    /// `plan`'s attention on these operands.
+    pub(super) fn run(&self, ops: &CudaOps, plan: &AttnPlan) -> anyhow::Result<()> {
+        let (q, k, v, o) = (&self.q, &self.k, &self.v, &self.o);
+        Ok(ops.paged_attention(plan, q, 0, k, v, o, self.scale)?)
+    }
 }
 
 /// Per-call microseconds of `f` captured 32 times into one CUDA graph and replayed (the launch

@@ -10,7 +10,7 @@ use strata_kernels::cuda::llama::{LlamaModel, LlamaShape};
 use strata_kernels::cuda::{AttnSeq, CudaOps, Gemm, GemmPath};
 
 use super::bench::{gpu_ms, Args};
-use super::bench_model::{op_breakdown, step_input};
+use super::bench_model::{op_breakdown, step_input, AttnIo};
 
 /// Every prefill length's row of the bench's JSON, its lines in `summary`.
 pub(super) fn prefill(
@@ -277,19 +277,8 @@ fn prefill_attention_alone(
     let plan = ops.attention_plan(shape, &seqs, None);
     strata_kernels::cuda::set_prefill_kernel(None);
     let plan = plan?;
-    let kvw = s.n_kv_heads * s.head_dim;
-    let slots = shape.pool_pages * shape.page_size;
-    let bf = strata_kernels::cuda::DType::Bf16;
-    let (kp, vp) = (c.alloc(bf, &[slots, kvw])?, c.alloc(bf, &[slots, kvw])?);
-    let q = c.alloc(bf, &[t, s.qkv_width()])?;
-    let o = c.alloc(bf, &[t, s.n_heads * s.head_dim])?;
-    for (i, x) in [&kp, &vp, &q].into_iter().enumerate() {
-        ops.fill_uniform(x, 200 + i as u64, 1.0)?;
-    }
-    let scale = 1.0 / (s.head_dim as f32).sqrt();
-    gpu_ms(c, false, 2, 10, || {
-        Ok(ops.paged_attention(&plan, &q, 0, &kp, &vp, &o, scale)?)
-    })
+    let io = AttnIo::random(ops, &s, &shape, t, 200)?;
+    gpu_ms(c, false, 2, 10, || io.run(ops, &plan))
 }
 
 /// The row-wise ops of a `t`-token prefill alone (random data): the two fused residual-add +
