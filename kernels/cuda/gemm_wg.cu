@@ -15,7 +15,9 @@
 // bf16 (as the GEMM would have written them) and stores bf16(silu(gate) * up) (gw_silu: a fast
 // SiLU); the producer meanwhile loads the next tile's stages.
 // (A form in clusters of 2 sharing the weight tile by TMA multicast, and one without the SiLU
-// as a plain GEMM, timed the same or slower on the H200 and were removed: docs/perf.md.)
+// as a plain GEMM, timed the same or slower on the H200, and a ping-pong form with the
+// warpgroups on 128 x 64-output tiles of their own x1.35 slower on the H100; all removed:
+// docs/perf.md.)
 #define GW_THREADS 384
 #define GW_BM 128
 #define GW_BN 128
@@ -120,119 +122,6 @@ extern "C" __global__ void __launch_bounds__(GW_THREADS, 1)
                 const u32 g = pack_bf2(d[4 * j + 2 * h], d[4 * j + 2 * h + 1]);
                 const u32 u = pack_bf2(d[4 * (j + 16) + 2 * h], d[4 * (j + 16) + 2 * h + 1]);
                 *(u32*)(out + 8 * j) = pack_bf2(gw_silu(bf_lo(g)) * bf_lo(u), gw_silu(bf_hi(g)) * bf_hi(u));
-            }
-        }
-    }
-}
-
-// The same product with the consumer warpgroups taking turns (a "ping-pong" schedule): each
-// consumer warpgroup owns whole tiles of 128 rows x 64 outputs (gate rows n0.. and up rows
-// inter + n0..: 128 weight rows, two wgmma m64n128k16 per 16 inputs into 128 accumulators), the
-// block's tiles dealt to them alternately, and their main loops ordered by two mbarriers
-// (`turn`): a warpgroup issues its tile's wgmmas only after the other has issued all of its
-// own, so the tensor cores run one warpgroup's main loop while the other runs its epilogue
-// (the cooperative form above stalls them for every tile's epilogue). The ordering also keeps
-// each warpgroup's parity waits on the shared stage ring within one phase. Stages of 32 KB
-// (x [128][64], 2 x [64][64] weights), GP_ST of them.
-#define GP_BN 64
-#define GP_ST 6
-#define GP_STAGE (GW_A_BYTES + 2 * GP_BN * 128)
-
-// Dynamic shared memory: 1024 + GP_ST * GP_STAGE + (2 GP_ST + 2) mbarriers, mirrored by
-// kernels/src/cuda/gemm_wg.rs.
-extern "C" __global__ void __launch_bounds__(GW_THREADS, 1)
-    gemm_gate_silu_wgp(const __grid_constant__ TmaMap xmap, const __grid_constant__ TmaMap wmap, bf16_t* act,
-                       int m, int inter, int k) {
-    extern __shared__ unsigned char gw_smem[];
-    const u32 base = ((u32)__cvta_generic_to_shared(gw_smem) + 1023u) & ~1023u;
-    const u32 full = base + GP_ST * GP_STAGE, empty = full + 8 * GP_ST, turn = empty + 8 * GP_ST;
-    const int tid = threadIdx.x, wg = tid >> 7;
-    const int tm = (m + GW_BM - 1) / GW_BM, tn = inter / GP_BN, tiles = tm * tn;
-    const int nk = (k + GW_BK - 1) / GW_BK;
-    if (tid == 0) {
-        for (int s = 0; s < GP_ST; ++s) {
-            mb_init(full + 8 * s, 1);
-            mb_init(empty + 8 * s, 4);  // the consuming warpgroup's 4 warps
-        }
-        mb_init(turn, 4);
-        mb_init(turn + 8, 4);
-        asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
-    }
-    __syncthreads();
-    pdl_enter();
-    if (wg == 0) {
-        asm volatile("setmaxnreg.dec.sync.aligned.u32 40;\n");
-        if (tid != 0) return;
-        int it = 0;
-        for (int t = blockIdx.x; t < tiles; t += gridDim.x) {
-            int mi, ni;
-            gw_tile(t, tm, tn, mi, ni);
-            for (int kk = 0; kk < nk; ++kk, ++it) {
-                const int s = it % GP_ST;
-                mb_wait(empty + 8 * s, ((it / GP_ST) & 1) ^ 1);
-                const u32 a = base + s * GP_STAGE, b = a + GW_A_BYTES, bar = full + 8 * s;
-                mb_expect_tx(bar, GP_STAGE);
-                tma_load_2d(a, &xmap, kk * GW_BK, mi * GW_BM, bar);
-                tma_load_2d(b, &wmap, kk * GW_BK, ni * GP_BN, bar);
-                tma_load_2d(b + GP_BN * 128, &wmap, kk * GW_BK, inter + ni * GP_BN, bar);
-            }
-        }
-        return;
-    }
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;\n");
-    const int c = wg - 1, warp = (tid >> 5) & 3, lane = tid & 31, gid = lane >> 2, tig = lane & 3;
-    // This warpgroup's q-th tile is the block's tile 2 q + c; its stages start at (2 q + c) nk.
-    int q = 0;
-    for (int t = blockIdx.x + c * gridDim.x; t < tiles; t += 2 * gridDim.x, ++q) {
-        int mi, ni;
-        gw_tile(t, tm, tn, mi, ni);
-        float d0[64], d1[64];
-#pragma unroll
-        for (int i = 0; i < 64; ++i) d0[i] = d1[i] = 0.f;
-        // Our turn: warpgroup 0 waits for warpgroup 1's previous main loop (none before its
-        // first), warpgroup 1 for warpgroup 0's main loop of the same q.
-        if (c == 1)
-            mb_wait(turn + 8, q & 1);
-        else if (q > 0)
-            mb_wait(turn, (q - 1) & 1);
-        int it = (2 * q + c) * nk;
-        for (int kk = 0; kk < nk; ++kk, ++it) {
-            const int s = it % GP_ST;
-            mb_wait(full + 8 * s, (it / GP_ST) & 1);
-            const u32 a = base + s * GP_STAGE, b = a + GW_A_BYTES;
-            const u64 da = wg_desc(a, 16, 1024), da1 = wg_desc(a + 64 * 128, 16, 1024), db = wg_desc(b, 16, 1024);
-            wg_fence();
-#pragma unroll
-            for (int j = 0; j < GW_BK / 16; ++j) {
-                wg_mma_ss(d0, da + 2 * j, db + 2 * j, kk > 0 || j > 0);
-                wg_mma_ss(d1, da1 + 2 * j, db + 2 * j, kk > 0 || j > 0);
-            }
-            wg_commit_mma();
-            wg_wait_mma<1>();
-            if (kk > 0 && lane == 0) mb_arrive(empty + 8 * ((it + GP_ST - 1) % GP_ST));
-        }
-        // Every wgmma of this tile is issued: the other warpgroup's turn.
-        if (lane == 0) mb_arrive(turn + 8 * (1 - c));
-        wg_wait_mma<0>();
-        wg_pin<64>(d0);
-        wg_pin<64>(d1);
-        if (lane == 0) mb_arrive(empty + 8 * ((it + GP_ST - 1) % GP_ST));
-        // Rows 16 warp + gid (+ 8) of each 64-row half; outputs 8 j + 2 tig (+1) of gate (j < 8)
-        // and up (j + 8).
-#pragma unroll
-        for (int p = 0; p < 2; ++p) {
-            const float* d = p ? d1 : d0;
-#pragma unroll
-            for (int h = 0; h < 2; ++h) {
-                const int r = mi * GW_BM + 64 * p + 16 * warp + gid + 8 * h;
-                if (r >= m) continue;
-                bf16_t* out = act + (u64)r * inter + ni * GP_BN + 2 * tig;
-#pragma unroll
-                for (int j = 0; j < 8; ++j) {
-                    const u32 g = pack_bf2(d[4 * j + 2 * h], d[4 * j + 2 * h + 1]);
-                    const u32 u = pack_bf2(d[4 * (j + 8) + 2 * h], d[4 * (j + 8) + 2 * h + 1]);
-                    *(u32*)(out + 8 * j) = pack_bf2(gw_silu(bf_lo(g)) * bf_lo(u), gw_silu(bf_hi(g)) * bf_hi(u));
-                }
             }
         }
     }

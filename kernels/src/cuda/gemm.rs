@@ -454,17 +454,6 @@ impl Gemm {
         self.wg.is_some() && !self.deterministic
     }
 
-    /// Runs the wgmma gate_up GEMM's ping-pong form (true) or its cooperative one; false
-    /// where the GEMM is not loaded.
-    pub fn set_gate_pingpong(&self, on: bool) -> bool {
-        self.wg.as_ref().map(|g| g.set_pingpong(on)).is_some()
-    }
-
-    /// Whether the wgmma gate_up GEMM runs its ping-pong form.
-    pub fn gate_pingpong(&self) -> bool {
-        self.wg.as_ref().is_some_and(|g| g.pingpong())
-    }
-
     fn gate_wg_applies(&self, x: &DTensor, w: &DTensor) -> bool {
         self.has_wg_gemm() && self.fused(Fusion::GateGemm) && super::gemm_wg::WgGemm::applies(x, w)
     }

@@ -6,12 +6,8 @@
 //! Loaded only on compute-9.0 devices (the program is sm_90a); [`WgGemm::applies`] holds for x of
 //! at least [`GATE_WG_MIN_ROWS`] rows when the shape tiles (inter a multiple of 128, in a
 //! multiple of 8, 16-byte aligned operands). `STRATA_FUSION_OFF=gate_gemm` keeps gate_up on
-//! cuBLAS. Two forms of the kernel: the cooperative one (both consumer warpgroups on one tile)
-//! and a ping-pong one (`gemm_gate_silu_wgp`: the warpgroups on tiles of their own, taking
-//! turns at the tensor cores, so one's epilogue runs under the other's main loop), picked by
-//! [`WgGemm::set_pingpong`].
+//! cuBLAS.
 
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use cudarc::driver::sys::{
@@ -28,8 +24,6 @@ use super::tensor::DTensor;
 
 /// The kernel's name in its program.
 pub const GATE_NAME: &str = "gemm_gate_silu_wg";
-/// The ping-pong form's name (consumer warpgroups taking turns, tiles of 64 outputs).
-pub const GATE_PP_NAME: &str = "gemm_gate_silu_wgp";
 
 /// Fewest x rows sent to the kernel (its tiles are 128 rows; fewer rows go to cuBLAS).
 pub const GATE_WG_MIN_ROWS: usize = 256;
@@ -39,26 +33,16 @@ const BM: usize = 128;
 const BN: usize = 128;
 const BK: usize = 64;
 const STAGES: usize = 4;
-/// The ping-pong form's outputs per tile and stages, as `GP_BN` / `GP_ST`.
-const PP_BN: usize = 64;
-const PP_STAGES: usize = 6;
 
 /// Dynamic shared memory of a launch: alignment slack, the stages (x [BM][BK] and 2 BN weight
-/// rows of BK, bf16) and the full / empty mbarriers (and the ping-pong form's two turn ones).
-fn smem_bytes(pingpong: bool) -> usize {
-    if pingpong {
-        1024 + PP_STAGES * (BM * BK * 2 + 2 * PP_BN * BK * 2) + (2 * PP_STAGES + 2) * 8
-    } else {
-        1024 + STAGES * (BM * BK * 2 + 2 * BN * BK * 2) + 2 * STAGES * 8
-    }
+/// rows of BK, bf16) and the full / empty mbarriers.
+fn smem_bytes() -> usize {
+    1024 + STAGES * (BM * BK * 2 + 2 * BN * BK * 2) + 2 * STAGES * 8
 }
 
-/// The loaded kernels: the cooperative form and the ping-pong one, which runs while
-/// `pingpong` is set (`STRATA_GATE_WG=pingpong` at load, or [`WgGemm::set_pingpong`]).
+/// The loaded kernel.
 pub struct WgGemm {
     f: CudaFunction,
-    fp: CudaFunction,
-    pingpong: AtomicBool,
     sms: usize,
 }
 
@@ -67,23 +51,16 @@ impl WgGemm {
     /// or load.
     pub fn load(ctx: &Arc<GpuContext>) -> Option<Self> {
         Program::GemmWg.arch_for(ctx.arch())?;
-        let load = |name, pingpong| {
-            ctx.function(Program::GemmWg, name)
-                .and_then(|f: CudaFunction| {
-                    ctx.cuda().bind_to_thread()?;
-                    let attr =
-                    sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
-                    f.set_attribute(attr, smem_bytes(pingpong) as i32)?;
-                    Ok(f)
-                })
-        };
-        let loaded = load(GATE_NAME, false).and_then(|f| Ok((f, load(GATE_PP_NAME, true)?)));
-        let pingpong = std::env::var("STRATA_GATE_WG").is_ok_and(|v| v == "pingpong");
+        let loaded = ctx.function(Program::GemmWg, GATE_NAME).and_then(|f| {
+            ctx.cuda().bind_to_thread()?;
+            let attr =
+                sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES;
+            f.set_attribute(attr, smem_bytes() as i32)?;
+            Ok(f)
+        });
         match loaded {
-            Ok((f, fp)) => Some(Self {
+            Ok(f) => Some(Self {
                 f,
-                fp,
-                pingpong: AtomicBool::new(pingpong),
                 sms: ctx.sm_count(),
             }),
             Err(e) => {
@@ -91,16 +68,6 @@ impl WgGemm {
                 None
             }
         }
-    }
-
-    /// Runs the ping-pong form (true) or the cooperative one.
-    pub fn set_pingpong(&self, on: bool) {
-        self.pingpong.store(on, Ordering::Relaxed);
-    }
-
-    /// Whether the ping-pong form runs.
-    pub fn pingpong(&self) -> bool {
-        self.pingpong.load(Ordering::Relaxed)
     }
 
     /// Whether x [t, k] and the gate_up weight w [2 inter, k] fit.
@@ -129,15 +96,13 @@ impl WgGemm {
         act: &DTensor,
     ) -> Result<()> {
         let (t, k, inter) = (x.shape()[0], w.shape()[1], w.shape()[0] / 2);
-        let pp = self.pingpong();
-        let bn = if pp { PP_BN } else { BN };
         let xmap = tensor_map(x.ptr(), t, k, BM)?;
-        let wmap = tensor_map(w.ptr(), 2 * inter, k, bn)?;
-        let tiles = t.div_ceil(BM) * (inter / bn);
+        let wmap = tensor_map(w.ptr(), 2 * inter, k, BN)?;
+        let tiles = t.div_ceil(BM) * (inter / BN);
         let dims = Dims {
             grid: (tiles.min(self.sms) as u32, 1, 1),
             block: 384,
-            smem: smem_bytes(pp) as u32,
+            smem: smem_bytes() as u32,
         };
         let args = [
             Arg::Map(xmap),
@@ -148,7 +113,7 @@ impl WgGemm {
             Arg::I32(k as i32),
         ];
         // SAFETY: the caller guarantees the tensors; the maps cover exactly x and w.
-        unsafe { launch(if pp { &self.fp } else { &self.f }, stream, dims, &args) }
+        unsafe { launch(&self.f, stream, dims, &args) }
     }
 }
 

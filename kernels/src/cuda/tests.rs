@@ -104,7 +104,6 @@ fn nvrtc_programs_compile_where_nvrtc_exists() {
         .unwrap_or_else(|e| panic!("{e}"));
     assert!(cubin.len() > 100, "sm_90a: empty wgmma GEMM cubin");
     no_spills("sm_90a", &log, super::gemm_wg::GATE_NAME);
-    no_spills("sm_90a", &log, super::gemm_wg::GATE_PP_NAME);
     assert!(!log.contains("serialized"), "wgmma serialized:\n{log}");
 }
 

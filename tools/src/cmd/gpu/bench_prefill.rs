@@ -144,15 +144,6 @@ pub(super) fn prefill(
                 "cuBLAS + silu_mul",
                 gate,
             ));
-            let was = gemm.gate_pingpong();
-            let pp = ab(&|v| {
-                gemm.set_gate_pingpong(v.unwrap_or(was));
-            })?;
-            summary.push(line(
-                "the wgmma gate_up's ping-pong form",
-                "its cooperative form",
-                pp,
-            ));
         }
         // The forward with the residual added in the o and down GEMMs and in the norms, and
         // with Q rotated by the attention and by rope_kv_write: each alternated twice.
@@ -414,20 +405,6 @@ fn prefill_gemms(
                 " [+ SiLU: wgmma {fused:.3} ms ({:.0} TFLOP/s) vs cuBLAS + silu_mul {apart:.3} ms, x{:.3}]",
                 2.0 * (rows * n * k) as f64 / fused / 1e9,
                 fused / apart
-            );
-            // The wgmma GEMM's other form (ping-pong vs cooperative).
-            let was = gemm.gate_pingpong();
-            gemm.set_gate_pingpong(!was);
-            let other = gpu_ms(c, false, 2, 10, || {
-                gemm.gate_silu(&x, &w, &act)?;
-                Ok(())
-            });
-            gemm.set_gate_pingpong(was);
-            let other = other?;
-            let (pp, coop) = if was { (fused, other) } else { (other, fused) };
-            line += &format!(
-                " [wgmma ping-pong {pp:.3} ms vs cooperative {coop:.3} ms, x{:.3}]",
-                pp / coop
             );
         }
     }
