@@ -58,7 +58,8 @@
 #            STRATA_OVERLAP_WIDE=0 to keep penalised and logprob rows out of queued replays
 #   head     `gpu check --only head_argmax,argmax_rows` (the LM head with the greedy pick in its
 #            epilogue vs the GEMV and argmax_rows), the 1B and 8B b1 step with it on and off (two
-#            rounds), served 1B ITL at c=1 with it on (A) and off (B, STRATA_FUSION_OFF=head_argmax)
+#            rounds; each in a process with the grouped tickets and one with STRATA_HEAD_TICKETS=0,
+#            HEAD_TICKETS="1 0"), served 1B ITL at c=1 with it on (A) and off (B, STRATA_FUSION_OFF=head_argmax)
 #            and A's greedy outputs against B's (the `nograph_c1` line: B one at a time; the c=8 /
 #            32 lines compare batch sizes, which the default mode does not keep invariant)
 #   ring     the register cluster attention with three iterations of keys in flight (the default)
@@ -248,10 +249,11 @@ for s in $STEPS; do
     head) rc=0
       timeout $(left 90) "$STRATA" gpu check --only head_argmax,argmax_rows > "$OUT/check-head.log" 2>&1 || rc=1
       grep -E "FAIL|error|gpu check:|lm_head" "$OUT/check-head.log" | tail -8
-      for r in 1 2; do for shape in llama-3.2-1b llama-3.1-8b; do
-        decode_b1 "$OUT/head-$shape-$r.log" $shape || rc=1
-        grep -E "argmax in lm_head" "$OUT/head-$shape-$r.log"
-      done; done
+      for r in 1 2; do for shape in llama-3.2-1b llama-3.1-8b; do for t in ${HEAD_TICKETS:-1 0}; do
+        echo "== $shape, STRATA_HEAD_TICKETS=$t, round $r"
+        STRATA_HEAD_TICKETS=$t decode_b1 "$OUT/head-$shape-$t-$r.log" $shape || rc=1
+        grep -E "argmax in lm_head" "$OUT/head-$shape-$t-$r.log"
+      done; done; done
       SIZE=llama-3.2-1b RAW=0 ROUNDS=3 GREEDY="16 64" ITL_B_ENV=STRATA_FUSION_OFF=head_argmax timeout $(left 200) \
         scripts/gpu-itl-ab.sh "$OUT/head-itl" > "$OUT/head-itl.log" 2>&1 || rc=1
       grep -vE "^\s*$" "$OUT/head-itl.log" | tail -12 ;;

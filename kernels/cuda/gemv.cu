@@ -564,6 +564,14 @@ extern "C" __global__ void __launch_bounds__(256)
 // keys in shared memory, the block's last one adds it to *best (atomicMax), and the grid's last
 // block (its ticket on *done) writes the token and leaves *best and *done zero for the next
 // launch (the caller's scratch starts zero).
+// With `tickets` set (HEAD_GROUPS u32 counters 32 words apart, zero between launches), fewer
+// atomics land on one address: a block adds its key to *best only when it is above the value it
+// reads there (*best only grows within a launch, so a key at or below it cannot be the pick),
+// takes its ticket on its group's counter (blocks b, b + HEAD_GROUPS, ...), and only each
+// group's last block takes one on *done, after zeroing its group's counter. Without it (null),
+// every block makes both atomics on the same two words: ~32K same-address atomics for a 128K
+// vocabulary.
+#define HEAD_GROUPS 32
 __device__ __forceinline__ u64 argmax_key(float v, int row) {
     u32 u = __float_as_uint(v);
     if (u == 0x80000000u) u = 0;
@@ -572,7 +580,7 @@ __device__ __forceinline__ u64 argmax_key(float v, int row) {
 }
 template <int DEPTH>
 __device__ __forceinline__ void gemv_t1_argmax(const bf16_t* x, const bf16_t* w, float* y, int n, int k,
-                                               u64* best, u32* done, int* token) {
+                                               u64* best, u32* done, u32* tickets, int* token) {
     __shared__ u64 blk_best;
     __shared__ u32 blk_seen;
     if (threadIdx.x == 0) {  // (read after gemv_rows_body's barrier)
@@ -589,9 +597,20 @@ __device__ __forceinline__ void gemv_t1_argmax(const bf16_t* x, const bf16_t* w,
             __threadfence_block();
             if (atomicAdd(&blk_seen, 1u) + 1 != live) return;
             const u64 b = atomicMax(&blk_best, (u64)0);  // every live warp's key is in
-            if (b) atomicMax(best, b);
-            __threadfence();
-            if (atomicAdd(done, 1u) + 1 != gridDim.x) return;
+            if (tickets) {
+                if (b > *(volatile const u64*)best) atomicMax(best, b);
+                __threadfence();
+                const u32 g = blockIdx.x % HEAD_GROUPS, groups = min((u32)HEAD_GROUPS, gridDim.x);
+                u32* mine = tickets + 32 * g;
+                if (atomicAdd(mine, 1u) + 1 != (gridDim.x - 1 - g) / HEAD_GROUPS + 1) return;
+                *mine = 0;  // its group's blocks are all in; none touches it again this launch
+                __threadfence();
+                if (atomicAdd(done, 1u) + 1 != groups) return;
+            } else {
+                if (b) atomicMax(best, b);
+                __threadfence();
+                if (atomicAdd(done, 1u) + 1 != gridDim.x) return;
+            }
             __threadfence();  // every block's key is in *best
             const u64 all = atomicExch(best, (u64)0);
             *done = 0;
@@ -600,13 +619,13 @@ __device__ __forceinline__ void gemv_t1_argmax(const bf16_t* x, const bf16_t* w,
 }
 extern "C" __global__ void __launch_bounds__(256)
     gemv_bf16_t1_argmax(const bf16_t* x, const bf16_t* w, float* y, int n, int k, u64* best, u32* done,
-                        int* token) {
-    gemv_t1_argmax<1>(x, w, y, n, k, best, done, token);
+                        u32* tickets, int* token) {
+    gemv_t1_argmax<1>(x, w, y, n, k, best, done, tickets, token);
 }
 extern "C" __global__ void __launch_bounds__(256)
     gemv_bf16_t1_argmax_pipe(const bf16_t* x, const bf16_t* w, float* y, int n, int k, u64* best, u32* done,
-                             int* token) {
-    gemv_t1_argmax<2>(x, w, y, n, k, best, done, token);
+                             u32* tickets, int* token) {
+    gemv_t1_argmax<2>(x, w, y, n, k, best, done, tickets, token);
 }
 
 // The fused qkv projection (q heads, k heads, v heads; head_dim hd) of `rows` rows with RoPE

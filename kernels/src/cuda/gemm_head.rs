@@ -1,7 +1,8 @@
 //! The LM head of one row with the greedy pick in its epilogue (`Gemm::head_argmax_t1`,
 //! `Fusion::HeadArgmax`): the single-row GEMV writes the f32 logits and reduces their argmax as
 //! it goes (`gemv_bf16_t1_argmax`: a key per logit, the block's max in shared memory, the grid's
-//! in an 8-byte word of scratch, the token written by the last block to finish), in place of
+//! in an 8-byte word of scratch, the token written by the last block to finish, its ticket taken
+//! in groups of blocks so that few atomics meet on one address), in place of
 //! the GEMV and `argmax_rows`' kernel, which read the 128K logits again in one block at the end
 //! of every decode step. Bit for bit the same logits and the same token (lowest index on ties,
 //! NaN and -inf never picked). The scratch (the running max and a block ticket) is left zero by
@@ -37,21 +38,32 @@ pub fn head_and_pick(
     Ok(())
 }
 
+/// Bytes of scratch before the group tickets: best (u64) at 0, done (u32) at 8.
+const TICKETS_AT: u64 = 128;
+/// The kernel's HEAD_GROUPS group tickets, each on a 128-byte line of its own.
+const GROUPS: usize = 32;
+
 /// The kernel in its one- and two-steps-in-flight forms (picked as `Gemm::linear` picks the
-/// plain GEMV's) and its scratch: [best: u64, done: u32, pad], zero between launches.
+/// plain GEMV's) and its scratch: [best: u64, done: u32, pad to 128 bytes, then GROUPS tickets
+/// (u32) 128 bytes apart], zero between launches.
 pub struct HeadGemv {
     argmax: CudaFunction,
     argmax_pipe: CudaFunction,
     scratch: DTensor,
+    /// The grouped tickets (`STRATA_HEAD_TICKETS=0` at start: one ticket word for every block,
+    /// the first form, for A/B runs).
+    grouped: bool,
 }
 
 impl HeadGemv {
     pub fn load(ctx: &GpuContext) -> Result<Self> {
         let f = |n| ctx.function(Program::Gemv, n);
+        let words = (TICKETS_AT as usize + 128 * GROUPS) / 4;
         Ok(Self {
             argmax: f("gemv_bf16_t1_argmax")?,
             argmax_pipe: f("gemv_bf16_t1_argmax_pipe")?,
-            scratch: ctx.upload_i32(&[4], &[0; 4])?,
+            scratch: ctx.upload_i32(&[words], &vec![0; words])?,
+            grouped: std::env::var("STRATA_HEAD_TICKETS").map_or(true, |v| v != "0"),
         })
     }
 
@@ -99,6 +111,11 @@ impl HeadGemv {
             Arg::I32(k as i32),
             Arg::U64(self.scratch.ptr()),
             Arg::U64(self.scratch.ptr() + 8),
+            Arg::U64(if self.grouped {
+                self.scratch.ptr() + TICKETS_AT
+            } else {
+                0
+            }),
             Arg::U64(token.ptr()),
         ];
         let f = if k >= GEMV_T1_PIPE_MIN_IN {
@@ -108,8 +125,8 @@ impl HeadGemv {
         };
         // SAFETY: checked above: x one row of k <= GEMV_T1_MAX_IN bf16 (staged in shared
         // memory), w n x k bf16, logits n f32, token one i32, 16-byte aligned rows; the scratch
-        // is this handle's 16 bytes (best at 0, done at 8), zero between launches, which run in
-        // order on the context's stream.
+        // is this handle's (best at 0, done at 8, the GROUPS tickets from TICKETS_AT 128 bytes
+        // apart), zero between launches, which run in order on the context's stream.
         unsafe { launch(f, ctx.stream().cu_stream(), t1_dims(n, k), &args) }?;
         Ok(true)
     }

@@ -299,8 +299,8 @@ static void o_norm_gate(int qd, int inter) {
 
 // The LM head GEMV with the greedy pick in its epilogue against the plain GEMV's f32 logits and
 // the host's pick (largest, lowest index on ties, NaN never; 0 when nothing is above -inf), one
-// and two steps in flight, launched twice on the same scratch (which must be zero again after
-// each launch). mode 0: random rows; 1: the largest row copied to a lower and a higher index (a
+// and two steps in flight, with the grouped tickets and with one ticket word, launched twice on
+// the same scratch (which must be zero again after each launch). mode 0: random rows; 1: the largest row copied to a lower and a higher index (a
 // three-way tie); 2: that row's first weight NaN (its logit NaN, the pick another row); 3: every
 // row zero (every logit +0: the pick 0).
 static void head_argmax(int n, int k, int mode) {
@@ -331,28 +331,33 @@ static void head_argmax(int n, int k, int mode) {
     if (mode == 3) std::fill(w.begin(), w.end(), (bf16_t)0);
     plain();
     const int want = host_pick();
-    for (int depth = 1; depth <= 2; ++depth) {
+    for (int form = 0; form < 4; ++form) {
+        const int depth = 1 + form % 2;
+        const bool grouped = form >= 2;
         std::vector<float> y(n);
-        std::vector<u64> scratch(2, 0);  // best, then done in the low word of the second
+        // best, done in the low word of the second, the group tickets from byte 128 (gemm_head.rs)
+        std::vector<u64> scratch((128 + 128 * HEAD_GROUPS) / 8, 0);
         int tokens[2] = {-1, -1};
         for (int rep = 0; rep < 2; ++rep) {
             const bf16_t* W = w.data();
             float* Y = y.data();
             u64* B = scratch.data();
             u32* D = (u32*)(scratch.data() + 1);
+            u32* G = grouped ? (u32*)(scratch.data() + 16) : nullptr;
             int* T = tokens + rep;
-            if (depth == 1) launch(t1_grid(n), 256, [=] { gemv_bf16_t1_argmax(X, W, Y, n, k, B, D, T); });
-            else launch(t1_grid(n), 256, [=] { gemv_bf16_t1_argmax_pipe(X, W, Y, n, k, B, D, T); });
+            if (depth == 1) launch(t1_grid(n), 256, [=] { gemv_bf16_t1_argmax(X, W, Y, n, k, B, D, G, T); });
+            else launch(t1_grid(n), 256, [=] { gemv_bf16_t1_argmax_pipe(X, W, Y, n, k, B, D, G, T); });
         }
         const std::string what = "lm_head+argmax n" + std::to_string(n) + " in" + std::to_string(k) + " mode" +
-                                 std::to_string(mode) + " depth" + std::to_string(depth);
+                                 std::to_string(mode) + " depth" + std::to_string(depth) +
+                                 (grouped ? " grouped" : " one ticket");
         const bool same = std::memcmp(y.data(), ref.data(), n * sizeof(float)) == 0;
         printf("%s %s: logits\n", same ? "ok" : "FAIL", what.c_str());
         g_failed += !same;
         const bool picked = tokens[0] == want && tokens[1] == want;
         printf("%s %s: token %d %d (host %d)\n", picked ? "ok" : "FAIL", what.c_str(), tokens[0], tokens[1], want);
         g_failed += !picked;
-        const bool reset = scratch[0] == 0 && scratch[1] == 0;
+        const bool reset = std::all_of(scratch.begin(), scratch.end(), [](u64 v) { return v == 0; });
         printf("%s %s: scratch zero after\n", reset ? "ok" : "FAIL", what.c_str());
         g_failed += !reset;
     }
