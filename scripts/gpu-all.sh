@@ -62,6 +62,10 @@
 #            HEAD_TICKETS="1 0"), served 1B ITL at c=1 with it on (A) and off (B, STRATA_FUSION_OFF=head_argmax)
 #            and A's greedy outputs against B's (the `nograph_c1` line: B one at a time; the c=8 /
 #            32 lines compare batch sizes, which the default mode does not keep invariant)
+#   readback the tokens brought back by a kernel's stores into mapped pinned memory (the default)
+#            against a copy-engine transfer (STRATA_READBACK_COPY=1): the 1B and 8B b1 step in
+#            processes of each form (two rounds; RB_SHAPES), served 1B ITL at c=1 (A stores, B
+#            copies) and B's greedy outputs against A's (the `nograph_c1` line)
 #   ring     the register cluster attention with three iterations of keys in flight (the default)
 #            against two (STRATA_DEC2R_RING3=0): `gpu check` of its cases, the b1 graph step at
 #            1K-1.25K contexts (RING_RUNS="SHAPE CTX ..."), served 1B ITL at c=1 (A: 3, B: 2)
@@ -257,6 +261,15 @@ for s in $STEPS; do
       SIZE=llama-3.2-1b RAW=0 ROUNDS=3 GREEDY="16 64" ITL_B_ENV=STRATA_FUSION_OFF=head_argmax timeout $(left 200) \
         scripts/gpu-itl-ab.sh "$OUT/head-itl" > "$OUT/head-itl.log" 2>&1 || rc=1
       grep -vE "^\s*$" "$OUT/head-itl.log" | tail -12 ;;
+    readback) rc=0
+      for r in 1 2; do for shape in ${RB_SHAPES:-llama-3.2-1b llama-3.1-8b}; do for c in 0 1; do
+        echo "== $shape, STRATA_READBACK_COPY=$c, round $r"
+        STRATA_READBACK_COPY=$c decode_b1 "$OUT/rb-$shape-$c-$r.log" $shape || rc=1
+        grep -E "argmax in lm_head" "$OUT/rb-$shape-$c-$r.log"
+      done; done; done
+      SIZE=llama-3.2-1b RAW=0 ROUNDS=3 GREEDY="16 64" ITL_B_ENV=STRATA_READBACK_COPY=1 timeout $(left 200) \
+        scripts/gpu-itl-ab.sh "$OUT/rb-itl" > "$OUT/rb-itl.log" 2>&1 || rc=1
+      grep -vE "^\s*$" "$OUT/rb-itl.log" | tail -12 ;;
     ring) rc=0
       STRATA_CHECK_CASES="decode cl,decode rcl" timeout $(left 90) "$STRATA" gpu check --only attention > "$OUT/check-ring.log" 2>&1 || rc=1
       grep -E "FAIL|error|gpu check:" "$OUT/check-ring.log" | tail -8

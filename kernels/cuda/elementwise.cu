@@ -24,6 +24,14 @@ extern "C" __global__ void scatter_i32(const int* upd, int* dst, int n_dst) {
     }
 }
 
+// dst[i] = src[i] for i < n, dst in pinned host memory the device maps: a forward's sampled
+// tokens brought back by the device's own stores (Readback) instead of a copy-engine transfer,
+// which waits for the compute work before it and holds up the next forward queued after it.
+extern "C" __global__ void words_to_host(const int* src, int* dst, int n) {
+    pdl_enter();
+    for (int i = blockIdx.x * blockDim.x + threadIdx.x; i < n; i += gridDim.x * blockDim.x) dst[i] = src[i];
+}
+
 // dst[ids[t]] = bf16(dst[ids[t]] + src[t]) for t < blocks (rows of `width`; the ids distinct):
 // the LoRA adapters' change to their rows of a projection's output.
 extern "C" __global__ void add_rows(const int* ids, const bf16_t* src, bf16_t* dst, int width) {

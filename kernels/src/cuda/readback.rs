@@ -1,7 +1,10 @@
 //! `Readback`: small device results (a forward's sampled token ids) brought to the host without
-//! blocking the caller. Each slot is a region of pinned host memory; [`Readback::queue`] puts an
-//! async device-to-host copy into it on the compute stream and records an event after it, and
-//! [`Readback::wait`] blocks on that event only. The overlap scheduler keeps two forwards in
+//! blocking the caller. Each slot is a region of pinned, device-mapped host memory;
+//! [`Readback::queue`] puts a one-block kernel on the compute stream that stores the values into
+//! it (`words_to_host`; `STRATA_READBACK_COPY=1`: an async device-to-host copy instead, the first
+//! form, for A/B runs: a copy-engine transfer between two forwards holds the next one up by a
+//! few microseconds) and records an event after it, and [`Readback::wait`] blocks on that event
+//! only. The overlap scheduler keeps two forwards in
 //! flight at most, so two slots are enough: a slot is queued again only after it was waited for.
 //!
 //! Invariant: the host side of a slot is read only after its event completed, and a slot is not
@@ -9,10 +12,12 @@
 
 use std::sync::Arc;
 
-use cudarc::driver::{sys, CudaEvent};
+use cudarc::driver::{sys, CudaEvent, CudaFunction};
 
 use super::device::GpuContext;
 use super::error::{CudaError, Result};
+use super::launch::{launch, Arg, Dims};
+use super::nvrtc::Program;
 use super::pinned::PinnedBuf;
 use super::tensor::DTensor;
 
@@ -22,6 +27,8 @@ pub struct Readback {
     buf: PinnedBuf,
     words: usize,
     events: Vec<Option<CudaEvent>>,
+    /// `words_to_host`, or None for the copy-engine form.
+    store: Option<CudaFunction>,
 }
 
 impl Readback {
@@ -32,6 +39,11 @@ impl Readback {
             buf: PinnedBuf::new(ctx, 4 * slots * words.max(1))?,
             words: words.max(1),
             events: (0..slots).map(|_| None).collect(),
+            store: if std::env::var("STRATA_READBACK_COPY").is_ok_and(|v| v == "1") {
+                None
+            } else {
+                Some(ctx.function(Program::Elementwise, "words_to_host")?)
+            },
         })
     }
 
@@ -56,16 +68,34 @@ impl Readback {
         }
         self.ctx.cuda().bind_to_thread()?;
         let stream = self.ctx.stream();
-        // SAFETY: the slot's range lies inside the pinned buffer and no copy into it is in
-        // flight (its previous event completed above); `src` holds at least `n` values.
-        unsafe {
-            sys::cuMemcpyDtoHAsync_v2(
-                self.buf.host_ptr().add(4 * k * self.words) as *mut std::ffi::c_void,
-                src.ptr(),
-                4 * n,
-                stream.cu_stream(),
-            )
-            .result()?;
+        if let Some(f) = &self.store {
+            let args = [
+                Arg::U64(src.ptr()),
+                Arg::U64(self.buf.device_ptr() + 4 * (k * self.words) as u64),
+                Arg::I32(n as i32),
+            ];
+            let dims = Dims {
+                grid: (n.div_ceil(256).clamp(1, 64) as u32, 1, 1),
+                block: 256,
+                smem: 0,
+            };
+            // SAFETY: `src` holds at least `n` 4-byte values on this context (checked above);
+            // the slot's n words lie inside the pinned buffer, mapped for the device (its
+            // device address), and no write into the slot is in flight (its previous event
+            // completed above).
+            unsafe { launch(f, stream.cu_stream(), dims, &args) }?;
+        } else {
+            // SAFETY: the slot's range lies inside the pinned buffer and no copy into it is in
+            // flight (its previous event completed above); `src` holds at least `n` values.
+            unsafe {
+                sys::cuMemcpyDtoHAsync_v2(
+                    self.buf.host_ptr().add(4 * k * self.words) as *mut std::ffi::c_void,
+                    src.ptr(),
+                    4 * n,
+                    stream.cu_stream(),
+                )
+                .result()?;
+            }
         }
         self.events[k] = Some(stream.record_event(None)?);
         Ok(())
