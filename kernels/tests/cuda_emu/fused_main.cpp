@@ -300,9 +300,9 @@ static void o_norm_gate(int qd, int inter) {
 // The LM head GEMV with the greedy pick in its epilogue against the plain GEMV's f32 logits and
 // the host's pick (largest, lowest index on ties, NaN never; 0 when nothing is above -inf), one
 // and two steps in flight, with the grouped tickets and with one ticket word, launched twice on
-// the same scratch (which must be zero again after each launch). mode 0: random rows; 1: the largest row copied to a lower and a higher index (a
-// three-way tie); 2: that row's first weight NaN (its logit NaN, the pick another row); 3: every
-// row zero (every logit +0: the pick 0).
+// the same scratch (which must be zero again after each launch). mode 0: random rows; 1: the
+// largest row copied to a lower and a higher index (a three-way tie); 2: that row's first weight
+// NaN (its logit NaN, the pick another row); 3: every row zero (every logit +0: the pick 0).
 static void head_argmax(int n, int k, int mode) {
     const auto x = bf16_vec(k, 1.f);
     auto w = bf16_vec((size_t)n * k, 0.05f);
