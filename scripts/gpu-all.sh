@@ -58,9 +58,9 @@
 #            STRATA_OVERLAP_WIDE=0 to keep penalised and logprob rows out of queued replays
 #   head     `gpu check --only head_argmax,argmax_rows` (the LM head with the greedy pick in its
 #            epilogue vs the GEMV and argmax_rows), the 1B and 8B b1 step with it on and off (two
-#            rounds; each in a process with the grouped tickets and one with STRATA_HEAD_TICKETS=0,
-#            HEAD_TICKETS="1 0"), served 1B ITL at c=1 with it on (A) and off (B, STRATA_FUSION_OFF=head_argmax)
-#            and A's greedy outputs against B's (the `nograph_c1` line: B one at a time; the c=8 /
+#            rounds; each in a process with the grouped tickets and one with
+#            STRATA_HEAD_TICKETS=0, HEAD_TICKETS="1 0"), served 1B ITL at c=1 with it on (A) and
+#            off (B, STRATA_FUSION_OFF=head_argmax) and A's greedy outputs against B's (the `nograph_c1` line: B one at a time; the c=8 /
 #            32 lines compare batch sizes, which the default mode does not keep invariant)
 #   readback the tokens brought back by a kernel's stores into mapped pinned memory (the default)
 #            against a copy-engine transfer (STRATA_READBACK_COPY=1): the 1B and 8B b1 step in
@@ -137,6 +137,17 @@ decode_b1() {
   timeout $(left 90) "${3:-$STRATA}" gpu bench --only decode --shape "$2" --decode-batches 1 > "$1" 2>&1 \
     || { echo "bench rc=$?"; return 1; }
   grep -E "^decode b1|b1 graph step (with PDL|waited)|minus each|subset" "$1"
+}
+# decode_env_ab TAG VAR "VALUES" "SHAPES": decode_b1 on each shape in a process per value of the
+# environment variable VAR, alternated, two rounds, with the LM head's fused-vs-apart line.
+decode_env_ab() {
+  local r shape v rc=0
+  for r in 1 2; do for shape in $4; do for v in $3; do
+    echo "== $shape, $2=$v, round $r"
+    ( export "$2=$v"; decode_b1 "$OUT/$1-$shape-$v-$r.log" $shape ) || rc=1
+    grep -E "argmax in lm_head" "$OUT/$1-$shape-$v-$r.log"
+  done; done; done
+  return $rc
 }
 # prefill_bench TAG: `gpu bench --only gemm,prefill` at 2K and 8K and (PREFILL_HF=0: not)
 # transformers' forward at the same lengths, logs $OUT/TAG-bench.log and $OUT/TAG-hf.log.
@@ -253,20 +264,12 @@ for s in $STEPS; do
     head) rc=0
       timeout $(left 90) "$STRATA" gpu check --only head_argmax,argmax_rows > "$OUT/check-head.log" 2>&1 || rc=1
       grep -E "FAIL|error|gpu check:|lm_head" "$OUT/check-head.log" | tail -8
-      for r in 1 2; do for shape in llama-3.2-1b llama-3.1-8b; do for t in ${HEAD_TICKETS:-1 0}; do
-        echo "== $shape, STRATA_HEAD_TICKETS=$t, round $r"
-        STRATA_HEAD_TICKETS=$t decode_b1 "$OUT/head-$shape-$t-$r.log" $shape || rc=1
-        grep -E "argmax in lm_head" "$OUT/head-$shape-$t-$r.log"
-      done; done; done
+      decode_env_ab head STRATA_HEAD_TICKETS "${HEAD_TICKETS:-1 0}" "llama-3.2-1b llama-3.1-8b" || rc=1
       SIZE=llama-3.2-1b RAW=0 ROUNDS=3 GREEDY="16 64" ITL_B_ENV=STRATA_FUSION_OFF=head_argmax timeout $(left 200) \
         scripts/gpu-itl-ab.sh "$OUT/head-itl" > "$OUT/head-itl.log" 2>&1 || rc=1
       grep -vE "^\s*$" "$OUT/head-itl.log" | tail -12 ;;
     readback) rc=0
-      for r in 1 2; do for shape in ${RB_SHAPES:-llama-3.2-1b llama-3.1-8b}; do for c in 0 1; do
-        echo "== $shape, STRATA_READBACK_COPY=$c, round $r"
-        STRATA_READBACK_COPY=$c decode_b1 "$OUT/rb-$shape-$c-$r.log" $shape || rc=1
-        grep -E "argmax in lm_head" "$OUT/rb-$shape-$c-$r.log"
-      done; done; done
+      decode_env_ab rb STRATA_READBACK_COPY "0 1" "${RB_SHAPES:-llama-3.2-1b llama-3.1-8b}" || rc=1
       SIZE=llama-3.2-1b RAW=0 ROUNDS=3 GREEDY="16 64" ITL_B_ENV=STRATA_READBACK_COPY=1 timeout $(left 200) \
         scripts/gpu-itl-ab.sh "$OUT/rb-itl" > "$OUT/rb-itl.log" 2>&1 || rc=1
       grep -vE "^\s*$" "$OUT/rb-itl.log" | tail -12 ;;
