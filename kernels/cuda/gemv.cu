@@ -571,6 +571,12 @@ extern "C" __global__ void __launch_bounds__(256)
 // group's last block takes one on *done, after zeroing its group's counter. Without it (null),
 // every block makes both atomics on the same two words: ~32K same-address atomics for a 128K
 // vocabulary.
+// The token's other destinations (gemm_head.rs `PickOut`; each null where unused): `next_id`, an
+// i32 the last block also writes it to (a decode graph's own input id: the next replay's token
+// when it continues this row), and `host`, a cell holding the device address of a mapped pinned
+// host word (0: none) that it is stored into, so that the host reads the token without a copy
+// or another kernel after the replay; the cell is read by that one block, after every block's
+// key is in, so it is whatever the stream wrote before this launch.
 #define HEAD_GROUPS 32
 __device__ __forceinline__ u64 argmax_key(float v, int row) {
     u32 u = __float_as_uint(v);
@@ -580,7 +586,8 @@ __device__ __forceinline__ u64 argmax_key(float v, int row) {
 }
 template <int DEPTH>
 __device__ __forceinline__ void gemv_t1_argmax(const bf16_t* x, const bf16_t* w, float* y, int n, int k,
-                                               u64* best, u32* done, u32* tickets, int* token) {
+                                               u64* best, u32* done, u32* tickets, int* token,
+                                               int* next_id, const u64* host) {
     __shared__ u64 blk_best;
     __shared__ u32 blk_seen;
     if (threadIdx.x == 0) {  // (read after gemv_rows_body's barrier)
@@ -614,18 +621,24 @@ __device__ __forceinline__ void gemv_t1_argmax(const bf16_t* x, const bf16_t* w,
             __threadfence();  // every block's key is in *best
             const u64 all = atomicExch(best, (u64)0);
             *done = 0;
-            token[0] = all ? (int)(0xffffffffu - (u32)all) : 0;
+            const int pick = all ? (int)(0xffffffffu - (u32)all) : 0;
+            token[0] = pick;
+            if (next_id) *next_id = pick;
+            if (host) {
+                const u64 dst = *(volatile const u64*)host;
+                if (dst) *(volatile int*)dst = pick;
+            }
         });
 }
 extern "C" __global__ void __launch_bounds__(256)
     gemv_bf16_t1_argmax(const bf16_t* x, const bf16_t* w, float* y, int n, int k, u64* best, u32* done,
-                        u32* tickets, int* token) {
-    gemv_t1_argmax<1>(x, w, y, n, k, best, done, tickets, token);
+                        u32* tickets, int* token, int* next_id, const u64* host) {
+    gemv_t1_argmax<1>(x, w, y, n, k, best, done, tickets, token, next_id, host);
 }
 extern "C" __global__ void __launch_bounds__(256)
     gemv_bf16_t1_argmax_pipe(const bf16_t* x, const bf16_t* w, float* y, int n, int k, u64* best, u32* done,
-                             u32* tickets, int* token) {
-    gemv_t1_argmax<2>(x, w, y, n, k, best, done, tickets, token);
+                             u32* tickets, int* token, int* next_id, const u64* host) {
+    gemv_t1_argmax<2>(x, w, y, n, k, best, done, tickets, token, next_id, host);
 }
 
 // The fused qkv projection (q heads, k heads, v heads; head_dim hd) of `rows` rows with RoPE

@@ -668,17 +668,19 @@ impl Gemm {
     /// one kernel (`gemm_head.rs`): bit for bit what `linear` and `CudaOps::argmax_rows` leave.
     /// `Ok(false)` where it does not apply (more than one row, batch-invariant mode, the single-row
     /// GEMV off or not fitting, turned off): the caller runs those two instead.
+    /// The token also goes where `out` says (`gemm_head::PickOut`) when it runs.
     pub fn head_argmax_t1(
         &self,
         h: &DTensor,
         head: &DTensor,
         logits: &DTensor,
         token: &DTensor,
+        out: super::gemm_head::PickOut,
     ) -> Result<bool> {
         if !self.fused(Fusion::HeadArgmax) || self.deterministic || self.gemv_max_rows == 0 {
             return Ok(false);
         }
-        self.head.run(&self.ctx, h, head, logits, token)
+        self.head.run(&self.ctx, h, head, logits, token, out)
     }
 
     /// Turns a single-row fusion on or off (on by default; for side-by-side timing).

@@ -9,6 +9,11 @@
 //! every launch, so graph replays reuse it; one per `Gemm`, whose launches are ordered on its
 //! stream. [`head_and_pick`] is the one-row head both forwards (the server's runner, the bench's
 //! `LlamaModel`) call, falling back to the GEMV and `argmax_rows`.
+//!
+//! The last block may also put the token where the next step wants it ([`PickOut`]): a decode
+//! graph's own input id, and a mapped pinned host word named at run time by a cell the stream
+//! writes before the launch, so that a queued replay's token reaches the host with no copy or
+//! kernel after the replay (`STRATA_LEAN_STEP`, the server's graph.rs).
 
 use cudarc::driver::CudaFunction;
 
@@ -20,9 +25,21 @@ use super::nvrtc::Program;
 use super::ops::CudaOps;
 use super::tensor::{DTensor, DType};
 
+/// Where the fused head's last block also puts the token (each 0 where unused): device
+/// addresses, fixed when a graph is captured.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PickOut {
+    /// An i32 that also gets the token (a decode graph's own input id: what its next replay
+    /// reads when it continues the row).
+    pub next_id: u64,
+    /// An 8-byte cell holding the device address of a mapped pinned host word, or 0 (nothing
+    /// stored), read when the kernel runs (`Readback::slot_device_ptr`).
+    pub host_cell: u64,
+}
+
 /// The LM head of one row and its greedy pick (h [1, in], logits [1, vocab] f32, token [1]):
-/// [`Gemm::head_argmax_t1`] where it applies, else `linear` and `argmax_rows`, with the same
-/// logits and token either way.
+/// [`Gemm::head_argmax_t1`] where it applies (true: `out` honoured too), else `linear` and
+/// `argmax_rows` (false: `out` not written), with the same logits and token either way.
 pub fn head_and_pick(
     ops: &CudaOps,
     gemm: &Gemm,
@@ -30,12 +47,14 @@ pub fn head_and_pick(
     head: &DTensor,
     logits: &DTensor,
     token: &DTensor,
-) -> Result<()> {
-    if !gemm.head_argmax_t1(h, head, logits, token)? {
-        gemm.linear(h, head, logits)?;
-        ops.argmax_rows(logits, token)?;
+    out: PickOut,
+) -> Result<bool> {
+    if gemm.head_argmax_t1(h, head, logits, token, out)? {
+        return Ok(true);
     }
-    Ok(())
+    gemm.linear(h, head, logits)?;
+    ops.argmax_rows(logits, token)?;
+    Ok(false)
 }
 
 /// Bytes of scratch before the group tickets: best (u64) at 0, done (u32) at 8.
@@ -67,10 +86,10 @@ impl HeadGemv {
         })
     }
 
-    /// logits = x * w^T (f32) and token[0] = its argmax, for x [1, in] bf16, w [vocab, in]
-    /// bf16, logits [1, vocab] f32, token [1] i32. `Ok(false)` where the shapes do not fit the
-    /// single-row kernel (more than one row, in % 8 != 0 or longer than it stages, unaligned):
-    /// the caller runs `linear` and `argmax_rows`.
+    /// logits = x * w^T (f32) and token[0] = its argmax (also put where `out` says), for x
+    /// [1, in] bf16, w [vocab, in] bf16, logits [1, vocab] f32, token [1] i32. `Ok(false)` where
+    /// the shapes do not fit the single-row kernel (more than one row, in % 8 != 0 or longer
+    /// than it stages, unaligned): the caller runs `linear` and `argmax_rows`.
     pub fn run(
         &self,
         ctx: &GpuContext,
@@ -78,6 +97,7 @@ impl HeadGemv {
         w: &DTensor,
         logits: &DTensor,
         token: &DTensor,
+        out: PickOut,
     ) -> Result<bool> {
         let (n, k) = match w.shape() {
             [n, k] => (*n, *k),
@@ -92,6 +112,12 @@ impl HeadGemv {
             || w.ptr() % 16 != 0
         {
             return Ok(false);
+        }
+        if out.next_id % 4 != 0 || out.host_cell % 8 != 0 {
+            return Err(super::error::CudaError::Shape(format!(
+                "head pick: unaligned next id {:#x} or host cell {:#x}",
+                out.next_id, out.host_cell
+            )));
         }
         for (name, t, d) in [
             ("x", x, DType::Bf16),
@@ -117,6 +143,8 @@ impl HeadGemv {
                 0
             }),
             Arg::U64(token.ptr()),
+            Arg::U64(out.next_id),
+            Arg::U64(out.host_cell),
         ];
         let f = if k >= GEMV_T1_PIPE_MIN_IN {
             &self.argmax_pipe
@@ -126,7 +154,9 @@ impl HeadGemv {
         // SAFETY: checked above: x one row of k <= GEMV_T1_MAX_IN bf16 (staged in shared
         // memory), w n x k bf16, logits n f32, token one i32, 16-byte aligned rows; the scratch
         // is this handle's (best at 0, done at 8, the GROUPS tickets from TICKETS_AT 128 bytes
-        // apart), zero between launches, which run in order on the context's stream.
+        // apart), zero between launches, which run in order on the context's stream; `out`'s
+        // addresses are the caller's (an aligned i32 and an aligned 8-byte cell naming a mapped
+        // host word, or 0), as its contract says.
         unsafe { launch(f, ctx.stream().cu_stream(), t1_dims(n, k), &args) }?;
         Ok(true)
     }

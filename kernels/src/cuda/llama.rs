@@ -11,7 +11,7 @@ use cudarc::driver::CudaGraph;
 use super::attention::{AttnPlan, AttnShape, QRope};
 use super::error::Result;
 use super::gemm::{Gemm, QkvInput};
-use super::gemm_head::head_and_pick;
+use super::gemm_head::{head_and_pick, PickOut};
 use super::gemm_tail::PostNorm;
 use super::ops::CudaOps;
 use super::tensor::{DTensor, DType};
@@ -117,6 +117,9 @@ pub struct Workspace {
     /// Their greedy picks, [batch] i32 (the forward's last kernel writes them, as the server's
     /// does).
     pub picks: DTensor,
+    /// Where the one-row head's pick also goes (none by default; the pipelined bench's lean
+    /// step sets it before capturing, as the server's graphs do).
+    pub pick_out: std::cell::Cell<PickOut>,
 }
 
 /// One forward step's inputs (rows = new tokens of all sequences, in order).
@@ -231,6 +234,7 @@ impl LlamaModel {
             last: b(&[batch, s.hidden])?,
             logits: c.alloc(DType::F32, &[batch, s.vocab])?,
             picks: c.alloc(DType::I32, &[batch])?,
+            pick_out: Default::default(),
         })
     }
 
@@ -475,7 +479,15 @@ impl LlamaModel {
         self.norm(ops, y, &ws.resid, &self.norm, &ws.h)?;
         if ws.tokens == 1 && ws.logits.shape()[0] == 1 {
             // One row, the sampled one: no gather; the greedy pick in the GEMV's epilogue.
-            head_and_pick(ops, gemm, &ws.h, &self.lm_head, &ws.logits, &ws.picks)?;
+            head_and_pick(
+                ops,
+                gemm,
+                &ws.h,
+                &self.lm_head,
+                &ws.logits,
+                &ws.picks,
+                ws.pick_out.get(),
+            )?;
             return mark("norm+lm_head+argmax");
         }
         ops.embedding(&input.last_rows, &ws.h, &ws.last)?;

@@ -52,7 +52,7 @@ pub use backend::{CudaBackend, CudaBuf};
 pub use device::GpuContext;
 pub use error::{CudaError, Result};
 pub use gemm::{Fusion, Gemm, GemmPath, QkvInput, GEMV_T1_PIPE_MIN_IN, NORM_IN_QKV};
-pub use gemm_head::head_and_pick;
+pub use gemm_head::{head_and_pick, PickOut};
 pub use gemm_rows::RowsMode;
 pub use gemm_tail::PostNorm;
 pub use host_copy::{HostIo, HostKvCopy, HostKvGeometry, HostRegion};

@@ -6,9 +6,13 @@
 //! few microseconds) and records an event after it, and [`Readback::wait`] blocks on that event
 //! only. The overlap scheduler keeps two forwards in
 //! flight at most, so two slots are enough: a slot is queued again only after it was waited for.
+//! A forward whose last kernel stores the values itself (the LM head's greedy pick through
+//! `PickOut::host_cell`, given [`Readback::slot_device_ptr`]) needs neither: the caller
+//! [`Readback::claim`]s the slot before queueing the forward and [`Readback::mark`]s it after.
 //!
 //! Invariant: the host side of a slot is read only after its event completed, and a slot is not
-//! queued again while its previous copy may still be in flight (`queue` waits for it first).
+//! written again while its previous write may still be in flight (`queue` and `claim` wait for
+//! it first).
 
 use std::sync::Arc;
 
@@ -98,6 +102,39 @@ impl Readback {
             }
         }
         self.events[k] = Some(stream.record_event(None)?);
+        Ok(())
+    }
+
+    /// The device address of slot `k`'s first value (slot `k` must exist), for a kernel that
+    /// stores into the slot itself.
+    pub fn slot_device_ptr(&self, k: usize) -> u64 {
+        assert!(
+            k < self.events.len(),
+            "readback slot {k} of {}",
+            self.events.len()
+        );
+        self.buf.device_ptr() + 4 * (k * self.words) as u64
+    }
+
+    /// Waits for slot `k`'s previous write, before work that writes the slot is queued.
+    pub fn claim(&mut self, k: usize) -> Result<()> {
+        let Some(ev) = self.events.get_mut(k) else {
+            return Err(CudaError::Shape(format!("readback: no slot {k}")));
+        };
+        if let Some(ev) = ev.take() {
+            ev.synchronize()?;
+        }
+        Ok(())
+    }
+
+    /// Records that the work queued so far on the compute stream writes slot `k` (claimed
+    /// before that work was queued): [`Readback::wait`] returns once it completed.
+    pub fn mark(&mut self, k: usize) -> Result<()> {
+        if k >= self.events.len() {
+            return Err(CudaError::Shape(format!("readback: no slot {k}")));
+        }
+        self.ctx.cuda().bind_to_thread()?;
+        self.events[k] = Some(self.ctx.stream().record_event(None)?);
         Ok(())
     }
 

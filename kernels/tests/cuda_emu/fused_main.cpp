@@ -300,9 +300,11 @@ static void o_norm_gate(int qd, int inter) {
 // The LM head GEMV with the greedy pick in its epilogue against the plain GEMV's f32 logits and
 // the host's pick (largest, lowest index on ties, NaN never; 0 when nothing is above -inf), one
 // and two steps in flight, with the grouped tickets and with one ticket word, launched twice on
-// the same scratch (which must be zero again after each launch). mode 0: random rows; 1: the
-// largest row copied to a lower and a higher index (a three-way tie); 2: that row's first weight
-// NaN (its logit NaN, the pick another row); 3: every row zero (every logit +0: the pick 0).
+// the same scratch (which must be zero again after each launch), the first launch also storing
+// the token through a host cell and into a next-id word, the second with neither. mode 0: random
+// rows; 1: the largest row copied to a lower and a higher index (a three-way tie); 2: that row's
+// first weight NaN (its logit NaN, the pick another row); 3: every row zero (every logit +0: the
+// pick 0).
 static void head_argmax(int n, int k, int mode) {
     const auto x = bf16_vec(k, 1.f);
     auto w = bf16_vec((size_t)n * k, 0.05f);
@@ -338,6 +340,10 @@ static void head_argmax(int n, int k, int mode) {
         // best, done in the low word of the second, the group tickets from byte 128 (gemm_head.rs)
         std::vector<u64> scratch((128 + 128 * HEAD_GROUPS) / 8, 0);
         int tokens[2] = {-1, -1};
+        // The token's other destinations: launch 0 stores into host_words[0] through its cell
+        // and into next_ids[0]; launch 1's cell holds 0 (nothing stored) and it has no next id.
+        int host_words[2] = {-5, -5}, next_ids[2] = {-3, -3};
+        const u64 cells[2] = {(u64)(uintptr_t)&host_words[0], 0};
         for (int rep = 0; rep < 2; ++rep) {
             const bf16_t* W = w.data();
             float* Y = y.data();
@@ -345,8 +351,10 @@ static void head_argmax(int n, int k, int mode) {
             u32* D = (u32*)(scratch.data() + 1);
             u32* G = grouped ? (u32*)(scratch.data() + 16) : nullptr;
             int* T = tokens + rep;
-            if (depth == 1) launch(t1_grid(n), 256, [=] { gemv_bf16_t1_argmax(X, W, Y, n, k, B, D, G, T); });
-            else launch(t1_grid(n), 256, [=] { gemv_bf16_t1_argmax_pipe(X, W, Y, n, k, B, D, G, T); });
+            int* N = rep == 0 ? &next_ids[0] : nullptr;
+            const u64* H = &cells[rep];
+            if (depth == 1) launch(t1_grid(n), 256, [=] { gemv_bf16_t1_argmax(X, W, Y, n, k, B, D, G, T, N, H); });
+            else launch(t1_grid(n), 256, [=] { gemv_bf16_t1_argmax_pipe(X, W, Y, n, k, B, D, G, T, N, H); });
         }
         const std::string what = "lm_head+argmax n" + std::to_string(n) + " in" + std::to_string(k) + " mode" +
                                  std::to_string(mode) + " depth" + std::to_string(depth) +
@@ -357,6 +365,10 @@ static void head_argmax(int n, int k, int mode) {
         const bool picked = tokens[0] == want && tokens[1] == want;
         printf("%s %s: token %d %d (host %d)\n", picked ? "ok" : "FAIL", what.c_str(), tokens[0], tokens[1], want);
         g_failed += !picked;
+        const bool stored = host_words[0] == want && next_ids[0] == want && host_words[1] == -5 && next_ids[1] == -3;
+        printf("%s %s: stored %d next %d, none where unset (%d %d)\n", stored ? "ok" : "FAIL", what.c_str(),
+               host_words[0], next_ids[0], host_words[1], next_ids[1]);
+        g_failed += !stored;
         const bool reset = std::all_of(scratch.begin(), scratch.end(), [](u64 v) { return v == 0; });
         printf("%s %s: scratch zero after\n", reset ? "ok" : "FAIL", what.c_str());
         g_failed += !reset;

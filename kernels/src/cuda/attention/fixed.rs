@@ -41,6 +41,34 @@ impl CudaOps {
         self.attention_plan_with(shape, &vec![seq; batch], opts)
     }
 
+    /// [`CudaOps::decode_plan_fixed_with`] with its tile list in `tiles`, the caller's i32 view
+    /// (of at least `4 * batch` words), e.g. beside the caller's own per-replay words in one
+    /// allocation, so that one copy writes both ([`CudaOps::decode_plan_rows`]).
+    pub fn decode_plan_fixed_in(
+        &self,
+        shape: AttnShape,
+        batch: usize,
+        max_pages: usize,
+        opts: PlanOpts,
+        tiles: &DTensor,
+    ) -> Result<AttnPlan> {
+        let mut plan = self.decode_plan_fixed_with(shape, batch, max_pages, opts)?;
+        let words = plan.tiles.numel();
+        ensure(
+            tiles.dtype() == DType::I32 && tiles.numel() >= words,
+            || {
+                format!(
+                    "plan tiles: {words} i32 words into {:?} {:?}",
+                    tiles.dtype(),
+                    tiles.shape()
+                )
+            },
+        )?;
+        self.ctx.copy_words(tiles, 0, &plan.tiles, 0, words)?;
+        plan.tiles = tiles.view(0, plan.tiles.shape())?;
+        Ok(plan)
+    }
+
     /// Points a fixed decode plan at `rows` (at most the plan's batch, one new token each); the
     /// plan's remaining rows attend to key 0 of page 0 (padding, discarded by the caller).
     /// Stream-ordered: launches queued after this call see the new tables.
@@ -52,6 +80,14 @@ impl CudaOps {
     /// entry per step) go up as (index, page) pairs that `scatter_i32` writes. The host work is
     /// one comparison of each row's known entries plus the new ones (`plan_tables.rs`).
     pub fn update_decode_plan(&self, plan: &AttnPlan, rows: &[DecodeRow<'_>]) -> Result<()> {
+        let tiles = self.decode_plan_rows(plan, rows)?;
+        self.ctx.write_i32(&plan.tiles, &tiles)
+    }
+
+    /// [`CudaOps::update_decode_plan`] but for the tile list: the page tables' changes are
+    /// written and the tile words returned, for the caller to write into the plan's tiles (the
+    /// view given to [`CudaOps::decode_plan_fixed_in`]) before the next launch, in its own copy.
+    pub fn decode_plan_rows(&self, plan: &AttnPlan, rows: &[DecodeRow<'_>]) -> Result<Vec<i32>> {
         let s = plan.shape;
         let batch = plan.total_rows;
         ensure(plan.n_tiles == batch && rows.len() <= batch, || {
@@ -97,15 +133,12 @@ impl CudaOps {
                 s.pool_pages
             ))
         })
-        .and_then(|ch| {
-            self.ctx.write_i32(&plan.tiles, &tiles)?;
-            self.write_table_changes(&plan.tables, plan.max_pages, m, ch)
-        });
+        .and_then(|ch| self.write_table_changes(&plan.tables, plan.max_pages, m, ch));
         if written.is_err() {
             // The mirror no longer says what the GPU holds: the next update writes every row.
             *mirror = None;
         }
-        written
+        written.map(|()| tiles)
     }
 }
 

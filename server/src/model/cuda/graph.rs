@@ -12,6 +12,16 @@
 //! Batches with LoRA adapters replay a second graph of the bucket, captured on the first such
 //! batch: the same buffers, the unfused projections and the per-row LoRA kernels (lora.rs
 //! `Seg`), each row's adapter slot in a fifth metadata section.
+//!
+//! The lean step (default; `STRATA_LEAN_STEP=0`: the separate copies, for A/B runs): a bucket's
+//! metadata, a host cell and the plan's tile list are one allocation ([`Layout`]) written by one
+//! copy per replay, and a one-row graph's fused LM head also puts its greedy pick into the
+//! graph's own input id and, through the cell, into the readback slot the caller names (a queued
+//! replay whose rows all take the argmax). So a steady batch-1 decode step queues one copy and
+//! the replay: no tile copy, no device copy of the id (a replay continuing the previous lean
+//! replay of the same graph skips the ids section: the head left the id there) and no readback
+//! kernel. (Stream operations between two replays each hold the next one up by microseconds:
+//! docs/perf.md, "Served against raw".)
 
 use super::lora::{Run, Seg, SEG_MAX_ROWS};
 use super::lora_slots::MID_CAP;
@@ -19,7 +29,7 @@ use super::{Acts, CudaKv, CudaRunner, Meta};
 use crate::model::runner::{SampleReq, Sampled};
 use crate::model::ForwardBatch;
 use cudarc::driver::CudaGraph;
-use strata_kernels::cuda::{AttnPlan, CudaError, DTensor, DType, DecodeRow};
+use strata_kernels::cuda::{AttnPlan, CudaError, DTensor, DType, DecodeRow, PickOut};
 
 /// The decode batch sizes to capture (`strata serve`'s flags, SGLang's semantics): the sizes of
 /// `list` (`--cuda-graph-bs`) when given, ascending and deduplicated, those above `max_bs`
@@ -80,6 +90,61 @@ struct DecodeGraph {
     exec: Exec,
     /// The bucket's graph with LoRA adapters (its Meta holds the per-row form's buffers).
     lora: Option<(Meta, Exec)>,
+    /// The whole [`Layout`] allocation (`meta.buf` and, in the lean step, the plan's tiles are
+    /// views of it).
+    all: DTensor,
+    /// The lean step: one copy per replay (the plan's tiles live in `all`).
+    lean: bool,
+}
+
+/// A bucket's per-replay words on the device, in one allocation: the metadata (ids, positions,
+/// slots, logits rows, adapter slots: 5 x bs), the head's host cell (two words holding a mapped
+/// host address, little-endian halves, 8-byte aligned: the allocation is) and the attention
+/// plan's tile list (4 x bs). The ids come first, so a copy that leaves them as they are starts
+/// one section later.
+#[derive(Clone, Copy, Debug)]
+struct Layout {
+    bs: usize,
+}
+
+impl Layout {
+    fn cell_at(self) -> usize {
+        (5 * self.bs + 1) & !1
+    }
+    fn tiles_at(self) -> usize {
+        self.cell_at() + 2
+    }
+    fn len(self) -> usize {
+        self.tiles_at() + 4 * self.bs
+    }
+    /// Every word of the allocation: `meta` (5 x bs), the cell naming `host` (0: none) and
+    /// `tiles` (4 x bs; shorter: zeros after).
+    fn words(self, meta: &[i32], host: u64, tiles: &[i32]) -> Vec<i32> {
+        debug_assert!(meta.len() == 5 * self.bs && tiles.len() <= 4 * self.bs);
+        let mut out = meta.to_vec();
+        out.resize(self.cell_at(), 0);
+        out.extend([host as u32 as i32, (host >> 32) as u32 as i32]);
+        out.extend_from_slice(tiles);
+        out.resize(self.len(), 0);
+        out
+    }
+}
+
+/// True when a replay of graph `gi` finds its input id in place: it has one row, continuing the
+/// previous launch's one row (`from_prev`), and that launch was a lean replay of the same graph
+/// (`ids_left`), whose head wrote its pick into the graph's ids.
+fn ids_in_place(
+    ids_left: Option<usize>,
+    gi: usize,
+    n: usize,
+    from_prev: &[(usize, usize)],
+) -> bool {
+    ids_left == Some(gi) && n == 1 && from_prev == [(0, 0)]
+}
+
+/// The lean step unless `STRATA_LEAN_STEP=0`.
+fn lean_from_env() -> bool {
+    std::env::var("STRATA_LEAN_STEP").map_or(true, |v| v != "0")
 }
 
 /// A bucket's metadata with no batch in it: ids and positions 0, no KV slot (-1), logits rows
@@ -111,13 +176,17 @@ fn record(
 }
 
 /// A replay's metadata and plan (tiles, page-table changes) copied up, the ids of rows
-/// continuing the queued forward copied on the device from `prev`.
+/// continuing the queued forward copied on the device from `prev` (unless `ids_kept`: the
+/// head left the one row's id in place). The lean step writes the metadata, the host cell
+/// (`host_addr`: the mapped address the head stores its pick into, 0: none) and the tiles in one
+/// copy.
 fn copy_meta(
     r: &CudaRunner,
     g: &DecodeGraph,
     batch: &ForwardBatch,
     lora_rows: Option<&[i32]>,
     prev: Option<&DTensor>,
+    (host_addr, ids_kept): (u64, bool),
 ) -> Result<(), CudaError> {
     let bs = g.bs;
     let n = batch.tokens.len();
@@ -139,9 +208,17 @@ fn copy_meta(
             pages: &s.pages,
         })
         .collect();
-    r.ops.update_decode_plan(&g.plan, &rows)?;
-    r.ctx.write_i32(&g.meta.buf, &host)?;
-    if let Some(prev) = prev {
+    if g.lean {
+        let tiles = r.ops.decode_plan_rows(&g.plan, &rows)?;
+        let words = Layout { bs }.words(&host, host_addr, &tiles);
+        let from = if ids_kept { bs } else { 0 };
+        r.ctx
+            .write_i32(&g.all.view(from, &[words.len() - from])?, &words[from..])?;
+    } else {
+        r.ops.update_decode_plan(&g.plan, &rows)?;
+        r.ctx.write_i32(&g.meta.buf, &host)?;
+    }
+    if let Some(prev) = prev.filter(|_| !ids_kept) {
         // The ids section starts the buffer: runs of consecutive rows, one copy each.
         let mut k = 0;
         let fp = &batch.from_prev;
@@ -160,13 +237,19 @@ fn copy_meta(
 
 impl DecodeGraph {
     /// Captures the bucket's LoRA graph if it is not yet: the metadata blanked first (the
-    /// eager pass must write no KV), the slot table of `r`'s adapters.
+    /// eager pass must write no KV and store no pick), the slot table of `r`'s adapters.
     fn lora_exec(&mut self, r: &CudaRunner, kv: &CudaKv) -> Result<(), CudaError> {
         if self.lora.is_none() {
             let bs = self.bs;
-            r.ctx.write_i32(&self.meta.buf, &blank_meta(bs))?;
+            // The blank metadata and no host cell (the cell may still name the slot of a
+            // replay in flight, which the eager pass's head must not write).
+            let l = Layout { bs };
+            let blank = l.words(&blank_meta(bs), 0, &[]);
+            r.ctx
+                .write_i32(&self.all.view(0, &[l.tiles_at()])?, &blank[..l.tiles_at()])?;
             r.ops.update_decode_plan(&self.plan, &[])?;
             let mut meta = Meta::views(self.meta.buf.view(0, &[5 * bs])?, bs, bs, vec![-1; bs])?;
+            meta.pick = self.meta.pick;
             meta.lora = Some(Run::Seg(Seg {
                 rows: self.meta.buf.view(4 * bs, &[bs])?,
                 table: r.loras.table(&r.ctx, &r.cfg)?,
@@ -186,6 +269,9 @@ pub(super) struct Graphs {
     graphs: Vec<DecodeGraph>,
     max_pages: usize,
     pool_ptr: u64,
+    /// The graph whose head wrote its pick into its own input id as the final token of the
+    /// latest launch (a lean replay); taken by every launch.
+    ids_left: Option<usize>,
 }
 
 impl Graphs {
@@ -216,13 +302,26 @@ impl Graphs {
             }
             _ => None,
         };
+        let lean = lean_from_env();
         for bs in sizes {
             let acts = r.acts(bs, bs)?;
-            let buf = r.ctx.upload_i32(&[5 * bs], &blank_meta(bs))?;
-            let meta = Meta::views(buf, bs, bs, vec![-1; bs])?;
-            let mut plan = r
-                .ops
-                .decode_plan_fixed_with(shape, bs, max_pages, r.plan_opts())?;
+            let layout = Layout { bs };
+            let all = r
+                .ctx
+                .upload_i32(&[layout.len()], &layout.words(&blank_meta(bs), 0, &[]))?;
+            let mut meta = Meta::views(all.view(0, &[5 * bs])?, bs, bs, vec![-1; bs])?;
+            let mut plan = if lean {
+                meta.pick = PickOut {
+                    next_id: meta.ids.ptr(),
+                    host_cell: all.ptr() + 4 * layout.cell_at() as u64,
+                };
+                let tiles = all.view(layout.tiles_at(), &[4 * bs])?;
+                r.ops
+                    .decode_plan_fixed_in(shape, bs, max_pages, r.plan_opts(), &tiles)?
+            } else {
+                r.ops
+                    .decode_plan_fixed_with(shape, bs, max_pages, r.plan_opts())?
+            };
             if let Some(s) = &shared {
                 plan.share_workspace(s)?;
             }
@@ -235,6 +334,8 @@ impl Graphs {
                 plan,
                 exec,
                 lora: None,
+                all,
+                lean,
             });
         }
         r.ctx.synchronize()?;
@@ -242,6 +343,7 @@ impl Graphs {
             graphs,
             max_pages,
             pool_ptr: kv.pool.ptr(),
+            ids_left: None,
         })
     }
 
@@ -255,7 +357,7 @@ impl Graphs {
         sampling: &[SampleReq<'_>],
         kv: &CudaKv,
     ) -> Result<Option<(Vec<Sampled>, std::time::Instant)>, CudaError> {
-        let Some((gi, launched)) = self.try_launch(r, batch, kv, None)? else {
+        let Some((gi, launched, _)) = self.try_launch(r, batch, kv, None, None)? else {
             return Ok(None);
         };
         let (logits, tokens, _) = self.head(gi);
@@ -264,16 +366,21 @@ impl Graphs {
     }
 
     /// Queues the replay of the smallest fitting bucket for a decode-only batch (nothing
-    /// waits for it); returns the graph's index and when it was launched, None when the batch
-    /// does not qualify. Input tokens named by `batch.from_prev` are copied on the device from
-    /// `prev` (the previous forward's sampled tokens) after the metadata is written.
+    /// waits for it); returns the graph's index, when it was launched and whether its head
+    /// stored the picks into `host` (a claimed readback slot's device address, given when every
+    /// row takes the argmax: only a lean one-row graph's head does), None when the batch does
+    /// not qualify. Input tokens named by `batch.from_prev` are copied on the device from `prev`
+    /// (the previous forward's sampled tokens) after the metadata is written, unless the head
+    /// of the previous launch, a lean replay of the same graph, left them in place.
     pub(super) fn try_launch(
         &mut self,
         r: &CudaRunner,
         batch: &ForwardBatch,
         kv: &CudaKv,
         prev: Option<&DTensor>,
-    ) -> Result<Option<(usize, std::time::Instant)>, CudaError> {
+        host: Option<u64>,
+    ) -> Result<Option<(usize, std::time::Instant, bool)>, CudaError> {
+        let ids_left = self.ids_left.take();
         let n = batch.tokens.len();
         if n == 0 || kv.pool.ptr() != self.pool_ptr || batch.logit_rows.len() != n {
             return Ok(None);
@@ -329,14 +436,20 @@ impl Graphs {
             }
             g.lora_exec(r, kv)?;
         }
-        let exec = match (&lora_rows, &g.lora) {
-            (Some(_), Some((_, exec))) => exec,
-            _ => &g.exec,
+        let (meta, exec) = match (&lora_rows, &g.lora) {
+            (Some(_), Some((meta, exec))) => (meta, exec),
+            _ => (&g.meta, &g.exec),
         };
-        copy_meta(r, g, batch, lora_rows.as_deref(), prev)?;
+        // (`picked`: this graph's head takes the cell; only a lean graph's has one.)
+        let host = host.filter(|_| meta.picked.get()).unwrap_or(0);
+        let kept = g.lean && ids_in_place(ids_left, gi, n, &batch.from_prev);
+        copy_meta(r, g, batch, lora_rows.as_deref(), prev, (host, kept))?;
         let launched = std::time::Instant::now();
         exec.0.launch()?;
-        Ok(Some((gi, launched)))
+        if host != 0 {
+            self.ids_left = Some(gi);
+        }
+        Ok(Some((gi, launched, host != 0)))
     }
 
     /// The logits ([bs, vocab] f32), sampled-token buffer ([bs] i32, the argmax of each row)
@@ -359,6 +472,43 @@ mod tests {
         assert_eq!(buckets(20), [1, 2, 4, 8, 16, 20]);
         assert_eq!(graph_sizes(None, &[], 8).unwrap(), [1, 2, 4, 8]);
         assert_eq!(graph_sizes(Some(4), &[], 256).unwrap(), [1, 2, 4]);
+    }
+
+    /// Every bucket size's layout: the sections in order without overlap, the cell 8-byte
+    /// aligned (the allocation is), and `words` puts each part where the layout says.
+    #[test]
+    fn the_lean_layout_keeps_its_sections_apart() {
+        for bs in [1usize, 2, 3, 4, 7, 8, 64, 255, 256] {
+            let l = Layout { bs };
+            assert!(l.cell_at() >= 5 * bs && l.cell_at() % 2 == 0, "bs {bs}");
+            assert_eq!(l.tiles_at(), l.cell_at() + 2);
+            assert_eq!(l.len(), l.tiles_at() + 4 * bs);
+            let meta: Vec<i32> = (0..5 * bs as i32).collect();
+            let tiles: Vec<i32> = (0..4 * bs as i32).map(|t| 1000 + t).collect();
+            let host = 0x0000_7f12_3456_78a8u64;
+            let w = l.words(&meta, host, &tiles);
+            assert_eq!(w.len(), l.len());
+            assert_eq!(&w[..5 * bs], &meta[..]);
+            assert!(w[5 * bs..l.cell_at()].iter().all(|&x| x == 0));
+            let cell = (w[l.cell_at()] as u32 as u64) | ((w[l.cell_at() + 1] as u32 as u64) << 32);
+            assert_eq!(cell, host);
+            assert_eq!(&w[l.tiles_at()..], &tiles[..]);
+            // The blank allocation: no cell, no tiles.
+            let blank = l.words(&blank_meta(bs), 0, &[]);
+            assert!(blank[l.cell_at()..].iter().all(|&x| x == 0));
+        }
+    }
+
+    /// The ids are left in place only for one row continuing the previous launch's one row,
+    /// after a lean replay of the same graph.
+    #[test]
+    fn ids_stay_in_place_only_after_a_lean_replay_of_the_same_graph() {
+        assert!(ids_in_place(Some(0), 0, 1, &[(0, 0)]));
+        assert!(!ids_in_place(None, 0, 1, &[(0, 0)]));
+        assert!(!ids_in_place(Some(1), 0, 1, &[(0, 0)]));
+        assert!(!ids_in_place(Some(0), 0, 1, &[]));
+        assert!(!ids_in_place(Some(0), 0, 1, &[(0, 1)]));
+        assert!(!ids_in_place(Some(0), 0, 2, &[(0, 0), (1, 1)]));
     }
 
     #[test]

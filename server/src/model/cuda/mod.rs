@@ -43,7 +43,7 @@ use std::path::Path;
 use std::sync::Arc;
 use strata_kernels::cuda::{
     head_and_pick, launch, AttnPlan, AttnSeq, AttnShape, CudaError, CudaOps, DTensor, DType, Gemm,
-    GpuContext, PlanOpts, PostNorm, QRope, QkvInput,
+    GpuContext, PickOut, PlanOpts, PostNorm, QRope, QkvInput,
 };
 use weights::Weights;
 
@@ -99,6 +99,12 @@ struct Meta {
     host_slots: Vec<i32>,
     /// How the rows' LoRA adapters apply (None: no row has one).
     lora: Option<lora::Run>,
+    /// Where the one-row head's pick also goes (a lean decode graph's, graph.rs; none for an
+    /// eager forward).
+    pick: PickOut,
+    /// Set by each forward over this metadata: its head honoured `pick` (the fused one-row
+    /// head ran and `pick` names a host cell).
+    picked: std::cell::Cell<bool>,
 }
 
 impl Meta {
@@ -116,6 +122,8 @@ impl Meta {
             buf,
             host_slots,
             lora: None,
+            pick: PickOut::default(),
+            picked: std::cell::Cell::new(false),
         })
     }
 }
@@ -501,7 +509,8 @@ impl CudaRunner {
             if a.h.shape()[0] == 1 && logits.shape()[0] == 1 {
                 // One row, the sampled one: no gather; the greedy pick in the GEMV's epilogue
                 // where it applies.
-                head_and_pick(ops, gemm, &a.h, head, logits, tokens)?;
+                let stored = head_and_pick(ops, gemm, &a.h, head, logits, tokens, m.pick)?;
+                m.picked.set(stored && m.pick.host_cell != 0);
             } else {
                 ops.embedding(&m.last, &a.h, last)?;
                 gemm.linear(last, head, logits)?;

@@ -3,7 +3,9 @@
 //! `sample_rows` queued after the replay, a grammar's mask in its row table, written without a
 //! synchronisation) is launched without waiting; its sampled tokens (and the logprob words of
 //! rows that ask for them) go to pinned slots by async copies
-//! (`strata_kernels::cuda::readback`) and `collect` waits for those copies only. The next batch
+//! (`strata_kernels::cuda::readback`), or, where a lean one-row graph's head stores its pick
+//! into the slot itself (graph.rs), by no work after the replay, and `collect` waits for those
+//! only. The next batch
 //! may take those tokens as input ids straight from the device (`ForwardBatch::from_prev`).
 //! Every other batch runs to the end as before; one that takes ids from a queued forward waits
 //! for that forward's tokens first.
@@ -73,25 +75,33 @@ impl CudaRunner {
             // (The other path's `run_batch` checks it itself.)
             crate::model::runner::check_sampling(batch, sampling)?;
             let entered = std::time::Instant::now();
+            // Every row takes the argmax: a lean graph's head may store it into the slot.
+            let host = if self.argmax_is_final(sampling) {
+                let (slot, rb) = (self.queue.next, self.readback()?);
+                rb.claim(slot)?;
+                Some(rb.slot_device_ptr(slot))
+            } else {
+                None
+            };
             let mut graphs = std::mem::take(&mut self.graphs);
-            let run = graphs.try_launch(self, batch, kv, last.as_ref().map(|l| &l.1));
+            let run = graphs.try_launch(self, batch, kv, last.as_ref().map(|l| &l.1), host);
             let queued = match run {
-                Ok(Some((gi, launched))) => {
+                Ok(Some((gi, launched, stored))) => {
                     // Rows the argmax does not answer are sampled after the replay (a
                     // penalised row's newest token counted from the replay's input ids); the
                     // logprob words of rows that ask for them are read back with the tokens.
                     let (logits, t, ids) = graphs.head(gi);
                     self.queue_sampling(logits, t, sampling, Some(ids))
                         .and_then(|q| Ok((q, t.view(0, t.shape())?)))
-                        .map(|(q, t)| Some((t, q, launched)))
+                        .map(|(q, t)| Some((t, q, launched, stored)))
                 }
                 Ok(None) => Ok(None),
                 Err(e) => Err(e),
             };
             self.graphs = graphs;
-            if let Some((tokens, sampled, launched)) = queued? {
+            if let Some((tokens, sampled, launched, stored)) = queued? {
                 let times = (entered, launched);
-                return self.queued(batch, sampling, kv, tokens, sampled, times);
+                return self.queued(batch, sampling, kv, (tokens, stored), sampled, times);
             }
         }
         self.launch_whole(batch, sampling, kv, last)
@@ -109,20 +119,25 @@ impl CudaRunner {
         Ok(last)
     }
 
-    /// The tail of a queued launch: its tokens (and logprob words) read back into the next slot.
+    /// The tail of a queued launch: its tokens (and logprob words) read back into the next slot
+    /// (`stored`: the graph's head stored the tokens there itself; only the event is recorded).
     fn queued(
         &mut self,
         batch: &ForwardBatch,
         sampling: &[SampleReq<'_>],
         kv: &mut CudaKv,
-        tokens: DTensor,
+        (tokens, stored): (DTensor, bool),
         sampled: Option<(PackedRows, Option<DTensor>)>,
         (entered, launched): (std::time::Instant, std::time::Instant),
     ) -> Result<Launch, ModelError> {
         kv.settle()?;
         let n = batch.tokens.len();
         let slot = self.queue.next;
-        self.readback()?.queue(slot, &tokens, n)?;
+        if stored {
+            self.readback()?.mark(slot)?;
+        } else {
+            self.readback()?.queue(slot, &tokens, n)?;
+        }
         self.queue_logprobs(slot, sampled, sampling)?;
         self.queue.next = 1 - slot;
         self.queue.last = Some((slot, tokens));
@@ -145,10 +160,10 @@ impl CudaRunner {
         let last = self.take_last(batch)?;
         let entered = std::time::Instant::now();
         let mut graphs = std::mem::take(&mut self.graphs);
-        let run = graphs.try_launch(self, batch, kv, last.as_ref().map(|l| &l.1));
+        let run = graphs.try_launch(self, batch, kv, last.as_ref().map(|l| &l.1), None);
         self.graphs = graphs;
         self.queue.later = Some(match run? {
-            Some((gi, launched)) => Later::Graph(gi, entered, launched),
+            Some((gi, launched, _)) => Later::Graph(gi, entered, launched),
             None => {
                 self.queue.last = last;
                 Later::Whole
@@ -171,7 +186,14 @@ impl CudaRunner {
                 let (logits, t, ids) = self.graphs.head(gi);
                 let sampled = self.queue_sampling(logits, t, sampling, Some(ids))?;
                 let tokens = t.view(0, t.shape())?;
-                self.queued(batch, sampling, kv, tokens, sampled, (entered, launched))
+                self.queued(
+                    batch,
+                    sampling,
+                    kv,
+                    (tokens, false),
+                    sampled,
+                    (entered, launched),
+                )
             }
             Some(Later::Whole) => self.launch_batch(batch, sampling, kv),
             None => Err(ModelError::Cuda(CudaError::Shape(

@@ -22,8 +22,25 @@ impl CudaRunner {
         sampling: &[SampleReq<'_>],
         ids: Option<&DTensor>,
     ) -> Result<Option<(PackedRows, Option<DTensor>)>, CudaError> {
+        let specs = self.row_specs(sampling);
+        if !gpu_work(&specs) {
+            return Ok(None);
+        }
+        let packed = pack_rows(&specs, self.cfg.vocab_size);
+        let lp = self.ops.sample_rows(logits, &packed, tokens, ids)?;
+        Ok(Some((packed, lp)))
+    }
+
+    /// True when every row's token is the forward's argmax and none asks for logprobs: nothing
+    /// is sampled after the forward ([`CudaRunner::queue_sampling`] queues nothing), so the
+    /// argmax the LM head writes is the step's output.
+    pub(super) fn argmax_is_final(&self, sampling: &[SampleReq<'_>]) -> bool {
+        !gpu_work(&self.row_specs(sampling))
+    }
+
+    fn row_specs<'a>(&self, sampling: &[SampleReq<'a>]) -> Vec<RowSpec<'a>> {
         let v = self.cfg.vocab_size;
-        let specs: Vec<RowSpec<'_>> = sampling
+        sampling
             .iter()
             .map(|r| {
                 if samples_on_host(r, v) {
@@ -32,16 +49,7 @@ impl CudaRunner {
                     gpu_row(r)
                 }
             })
-            .collect();
-        let gpu_work = specs
-            .iter()
-            .any(|s| s.mode != RowMode::Skip || s.logprobs.is_some());
-        if !gpu_work {
-            return Ok(None);
-        }
-        let packed = pack_rows(&specs, v);
-        let lp = self.ops.sample_rows(logits, &packed, tokens, ids)?;
-        Ok(Some((packed, lp)))
+            .collect()
     }
 
     /// Samples a finished forward's logits rows on the GPU (the argmax is already in `tokens`)
@@ -79,6 +87,13 @@ impl CudaRunner {
             })
             .collect()
     }
+}
+
+/// True when a row needs the GPU sampler (a token other than the argmax, or logprobs).
+fn gpu_work(specs: &[RowSpec<'_>]) -> bool {
+    specs
+        .iter()
+        .any(|s| s.mode != RowMode::Skip || s.logprobs.is_some())
 }
 
 /// The one row the GPU sampler leaves to the host: a scored prompt row whose token is outside

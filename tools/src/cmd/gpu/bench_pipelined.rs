@@ -8,13 +8,17 @@
 //! pipelined step without copies is the GPU's own time per step, and the difference with the
 //! copies is what they add to a served step (the copies here write scratch buffers the graph
 //! does not read: their stream-ordered cost, not their effect). A leaner form beside them: the
-//! token copy back alone.
+//! token copy back alone. And the server's lean step at one row (graph.rs, `STRATA_LEAN_STEP`):
+//! one copy of the metadata, the host cell and the tiles (the ids left out, as a replay
+//! continuing the previous one leaves them) and the head storing its pick into the readback
+//! slot the cell names, in a graph captured with that cell.
 
 use std::time::Instant;
 
 use cudarc::driver::CudaGraph;
+use strata_kernels::cuda::llama::{LlamaModel, StepInput, Workspace};
 use strata_kernels::cuda::readback::Readback;
-use strata_kernels::cuda::{CudaOps, DTensor};
+use strata_kernels::cuda::{CudaOps, DTensor, Gemm, PickOut};
 
 /// Steps queued per measurement.
 const STEPS: usize = 64;
@@ -69,4 +73,73 @@ pub fn pipelined_step_ms(
     }
     runs.sort_by(f64::total_cmp);
     Ok(runs[1])
+}
+
+/// Mean ms per step of the lean one-row step (`STEPS` replays queued back to back, the median
+/// of three runs): a graph of `model`'s forward captured with its head's pick going into the
+/// step input's id and, through a cell, into a readback slot; per step one copy of the words
+/// after the ids (positions, slots, logits row, adapter, the cell naming this step's slot, the
+/// tiles: the server's layout at one row) and the replay. None when the head does not take
+/// the cell (more than one row, or the fused head off).
+pub fn lean_step_ms(
+    ops: &CudaOps,
+    gemm: &Gemm,
+    model: &LlamaModel,
+    ws: &Workspace,
+    input: &StepInput,
+) -> anyhow::Result<Option<f64>> {
+    if ws.picks.numel() != 1 {
+        return Ok(None);
+    }
+    let ctx = ops.context();
+    // [ids | pos | slots | last | adapter | pad | cell (2) | tiles (4)]: graph.rs's Layout at
+    // one row.
+    const CELL_AT: usize = 6;
+    const LEN: usize = CELL_AT + 2 + 4;
+    let step = ctx.upload_i32(&[LEN], &[0; LEN])?;
+    let mut readback = Readback::new(ctx, 2, 1)?;
+    ws.pick_out.set(PickOut {
+        next_id: input.ids.ptr(),
+        host_cell: step.ptr() + 4 * CELL_AT as u64,
+    });
+    let captured = model.capture(ops, gemm, ws, input);
+    ws.pick_out.set(PickOut::default());
+    let g = captured?;
+    let words = |slot: u64| {
+        let mut w = [1i32; LEN];
+        w[CELL_AT] = slot as u32 as i32;
+        w[CELL_AT + 1] = (slot >> 32) as u32 as i32;
+        w
+    };
+    // Does the head store? One replay into slot 0, whose word starts at -7.
+    let probe = ctx.upload_i32(&[1], &[-7])?;
+    readback.queue(0, &probe, 1)?;
+    readback.claim(0)?;
+    ctx.write_i32(
+        &step.view(1, &[LEN - 1])?,
+        &words(readback.slot_device_ptr(0))[1..],
+    )?;
+    g.launch()?;
+    readback.mark(0)?;
+    let picked = ctx.download_i32(&ws.picks)?[0];
+    if readback.wait(0, 1)?[0] != picked {
+        return Ok(None);
+    }
+    let mut runs = Vec::new();
+    for _ in 0..3 {
+        ctx.synchronize()?;
+        let t = Instant::now();
+        for s in 0..STEPS {
+            let slot = s % 2;
+            readback.claim(slot)?;
+            let w = words(readback.slot_device_ptr(slot));
+            ctx.write_i32(&step.view(1, &[LEN - 1])?, &w[1..])?;
+            g.launch()?;
+            readback.mark(slot)?;
+        }
+        ctx.synchronize()?;
+        runs.push(t.elapsed().as_secs_f64() * 1e3 / STEPS as f64);
+    }
+    runs.sort_by(f64::total_cmp);
+    Ok(Some(runs[1]))
 }
