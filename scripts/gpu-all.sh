@@ -66,12 +66,12 @@
 #            against a copy-engine transfer (STRATA_READBACK_COPY=1): the 1B and 8B b1 step in
 #            processes of each form (two rounds; RB_SHAPES), served 1B ITL at c=1 (A stores, B
 #            copies) and B's greedy outputs against A's (the `nograph_c1` line)
-#   lean     the lean one-row step (the default: per replay one copy of the metadata, the host
-#            cell and the tiles, the LM head storing its pick into the readback slot and the next
-#            input id) against the separate copies and the readback kernel (STRATA_LEAN_STEP=0):
-#            `gpu check --only head_argmax` (with the stores), the b1 step's pipelined line with
-#            the lean step beside the runner's copies (LEAN_SHAPES, default the 1B), served 1B ITL
-#            at c=1 (A lean, B not; three rounds) and B's greedy outputs against A's
+#   lean     the lean one-row step (STRATA_LEAN_STEP=1: per replay one copy of the metadata, the
+#            host cell and the tiles, the LM head storing its pick into the readback slot and the
+#            next input id) against the default separate copies and readback kernel: `gpu check
+#            --only head_argmax` (with the stores), the b1 step's pipelined line with the lean step
+#            beside the runner's copies (LEAN_SHAPES, default the 1B), served 1B ITL at c=1 (A
+#            lean, B not; three rounds) and B's greedy outputs against A's
 #   ring     the register cluster attention with three iterations of keys in flight (the default)
 #            against two (STRATA_DEC2R_RING3=0): `gpu check` of its cases, the b1 graph step at
 #            1K-1.25K contexts (RING_RUNS="SHAPE CTX ..."), served 1B ITL at c=1 (A: 3, B: 2)
@@ -283,7 +283,7 @@ for s in $STEPS; do
       timeout $(left 60) "$STRATA" gpu check --only head_argmax > "$OUT/check-lean.log" 2>&1 || rc=1
       grep -E "gpu check:|FAIL" "$OUT/check-lean.log"
       for shape in ${LEAN_SHAPES:-llama-3.2-1b}; do decode_b1 "$OUT/lean-$shape.log" $shape || rc=1; done
-      SIZE=llama-3.2-1b RAW=0 ROUNDS=3 GREEDY="16 64" ITL_B_ENV=STRATA_LEAN_STEP=0 timeout $(left 200) \
+      SIZE=llama-3.2-1b RAW=0 ROUNDS=3 GREEDY="16 64" ITL_A_ENV=STRATA_LEAN_STEP=1 timeout $(left 200) \
         scripts/gpu-itl-ab.sh "$OUT/lean-itl" > "$OUT/lean-itl.log" 2>&1 || rc=1
       grep -vE "^\s*$" "$OUT/lean-itl.log" | tail -12 ;;
     ring) rc=0
