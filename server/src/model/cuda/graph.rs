@@ -276,6 +276,11 @@ pub(super) struct Graphs {
 }
 
 impl Graphs {
+    /// True when the buckets take the lean step.
+    pub(super) fn lean(&self) -> bool {
+        self.graphs.first().is_some_and(|g| g.lean)
+    }
+
     /// The captured bucket sizes.
     pub(super) fn sizes(&self) -> Vec<usize> {
         self.graphs.iter().map(|g| g.bs).collect()

@@ -76,7 +76,7 @@ impl CudaRunner {
             crate::model::runner::check_sampling(batch, sampling)?;
             let entered = std::time::Instant::now();
             // Every row takes the argmax: a lean graph's head may store it into the slot.
-            let host = if self.argmax_is_final(sampling) {
+            let host = if self.graphs.lean() && self.argmax_is_final(sampling) {
                 let (slot, rb) = (self.queue.next, self.readback()?);
                 rb.claim(slot)?;
                 Some(rb.slot_device_ptr(slot))
