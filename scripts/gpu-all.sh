@@ -72,6 +72,12 @@
 #            --only head_argmax` (with the stores), the b1 step's pipelined line with the lean step
 #            beside the runner's copies (LEAN_SHAPES, default the 1B), served 1B ITL at c=1 (A
 #            lean, B not; three rounds) and B's greedy outputs against A's
+#   halves   the register cluster attention split by query heads (STRATA_DEC2R_HALVES=1: two
+#            clusters per row and KV head, each with half the group; off by default) against the
+#            unsplit form: `gpu check` of the "decode hcl" cases (each also bit for bit against
+#            the unsplit form), the b1 graph step at 1K-1.25K contexts in processes of each form
+#            (HALVES_RUNS="SHAPE CTX ..."), served 1B ITL at c=1 (A split, B not) and B's greedy
+#            outputs against A's
 #   ring     the register cluster attention with three iterations of keys in flight (the default)
 #            against two (STRATA_DEC2R_RING3=0): `gpu check` of its cases, the b1 graph step at
 #            1K-1.25K contexts (RING_RUNS="SHAPE CTX ..."), served 1B ITL at c=1 (A: 3, B: 2)
@@ -286,6 +292,20 @@ for s in $STEPS; do
       SIZE=llama-3.2-1b RAW=0 ROUNDS=3 GREEDY="16 64" ITL_A_ENV=STRATA_LEAN_STEP=1 timeout $(left 200) \
         scripts/gpu-itl-ab.sh "$OUT/lean-itl" > "$OUT/lean-itl.log" 2>&1 || rc=1
       grep -vE "^\s*$" "$OUT/lean-itl.log" | tail -12 ;;
+    halves) rc=0
+      STRATA_CHECK_CASES="decode hcl" timeout $(left 90) "$STRATA" gpu check --only attention > "$OUT/check-halves.log" 2>&1 || rc=1
+      grep -E "FAIL|error|gpu check:" "$OUT/check-halves.log" | tail -8
+      for run in ${HALVES_RUNS:-"llama-3.2-1b 1024" "llama-3.2-1b 1280" "llama-3.1-8b 1024"}; do
+        set -- $run
+        for h in 1 0; do
+          STRATA_DEC2R_HALVES=$h timeout $(left 90) "$STRATA" gpu bench --only decode --shape $1 --decode-batches 1 \
+            --decode-ctx $2 > "$OUT/halves-$1-$2-$h.log" 2>&1 || rc=1
+          echo "$1 ctx $2 halves=$h: $(grep -E "b1 graph step waited" "$OUT/halves-$1-$2-$h.log" | cut -c1-150)"
+        done
+      done
+      SIZE=llama-3.2-1b RAW=0 ROUNDS=3 GREEDY="16 64" ITL_A_ENV=STRATA_DEC2R_HALVES=1 timeout $(left 200) \
+        scripts/gpu-itl-ab.sh "$OUT/halves-itl" > "$OUT/halves-itl.log" 2>&1 || rc=1
+      grep -vE "^\s*$" "$OUT/halves-itl.log" | tail -12 ;;
     ring) rc=0
       STRATA_CHECK_CASES="decode cl,decode rcl" timeout $(left 90) "$STRATA" gpu check --only attention > "$OUT/check-ring.log" 2>&1 || rc=1
       grep -E "FAIL|error|gpu check:" "$OUT/check-ring.log" | tail -8

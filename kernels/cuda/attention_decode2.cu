@@ -633,7 +633,13 @@ __device__ __forceinline__ void dec2_async_body(DEC2_PARAMS) {
 // (the previous kernel writes only key pos, fetched right after the wait), so at short contexts
 // the whole share is in flight while the qkv projection finishes, and the block's serial part is
 // one fold per iteration and the merges.
-template <int G, int HD, int UNR>
+// SPLIT > 1 (the head-split form, `decode2rh`): the GQA group's SPLIT * G query heads are split
+// over SPLIT clusters of G heads each (grid y = KV heads * SPLIT; y's query heads y * G ..., its
+// KV head y / SPLIT). Each head's arithmetic is the unsplit kernel's, in the same order, so the
+// output is the same; each block folds G heads' scores instead of SPLIT * G, so its serial
+// chain per key iteration is shorter (at one row the chain is issue-bound: one warp per
+// scheduler), and every K/V row is read by SPLIT blocks (from L2 after the first).
+template <int G, int HD, int UNR, int SPLIT = 1>
 __device__ __forceinline__ void dec2_regs_cluster_body(DEC2_PARAMS) {
     constexpr int RING = DEC2R_RING;
     constexpr int LPK = HD / 8;
@@ -650,7 +656,7 @@ __device__ __forceinline__ void dec2_regs_cluster_body(DEC2_PARAMS) {
     const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31;
     const int sub = lane / LPK, li = lane % LPK;
     dec2_cluster_start<G, HD>(blk.nsplit);
-    const u64 head_off = (u64)g * HD + li * 8;
+    const u64 head_off = (u64)(g / SPLIT) * HD + li * 8;
     auto load_key = [&](uint4& kk, uint4& vv, int key) {
         const int p = key / page_size;
         const u64 slot = (u64)__ldg(bt + p) * page_size + (key - p * page_size);
@@ -770,6 +776,17 @@ DEC2_REGS(paged_attention_decode2r_g1_d128, 1, 128, 4)
 DEC2_REGS(paged_attention_decode2r_g2_d128, 2, 128, 4)
 DEC2_REGS(paged_attention_decode2r_g4_d128, 4, 128, 4)
 DEC2_REGS(paged_attention_decode2r_g8_d128, 8, 128, 2)
+
+// The head-split register cluster forms (`STRATA_DEC2R_HALVES=1`; attention/choice.rs), named by
+// the GQA group they serve: two clusters per (row, KV head), each with half the group's heads and
+// the unsplit kernel's UNR.
+#define DEC2_REGS_HALVES(NAME, G, HD, UNR) DEC2_KERNEL(NAME, 1, dec2_regs_cluster_body<G / 2, HD, UNR, 2>)
+DEC2_REGS_HALVES(paged_attention_decode2rh_g2_d64, 2, 64, 2)
+DEC2_REGS_HALVES(paged_attention_decode2rh_g4_d64, 4, 64, 2)
+DEC2_REGS_HALVES(paged_attention_decode2rh_g8_d64, 8, 64, 2)
+DEC2_REGS_HALVES(paged_attention_decode2rh_g2_d128, 2, 128, 4)
+DEC2_REGS_HALVES(paged_attention_decode2rh_g4_d128, 4, 128, 4)
+DEC2_REGS_HALVES(paged_attention_decode2rh_g8_d128, 8, 128, 2)
 
 // Alternatives timed against the default by `strata gpu bench` (Llama-3-8B shape only).
 DEC2_VARIANT(paged_attention_decode2_var_perkey_u4, 4, 128, 4, false, false)

@@ -56,6 +56,9 @@ pub struct CudaOps {
     pub(crate) attention_decode2c: Vec<CudaFunction>,
     /// `paged_attention_decode2r_*` (the register cluster form), same order; empty before sm_90.
     pub(crate) attention_decode2r: Vec<CudaFunction>,
+    /// `paged_attention_decode2rh_*` (the head-split register cluster form), `decode2h_index`
+    /// order; empty before sm_90.
+    pub(crate) attention_decode2rh: Vec<CudaFunction>,
     /// Largest cluster the cluster form may be launched with (0: none, else 8 or 16).
     pub(crate) decode2_max_cluster: usize,
     pub(crate) sample: CudaFunction,
@@ -86,8 +89,12 @@ impl CudaOps {
     /// Compiles (or loads from cache) the elementwise, attention and sampling programs.
     pub fn new(ctx: Arc<GpuContext>) -> Result<Self> {
         let e = |n| ctx.function(Program::Elementwise, n);
-        let (attention_decode2c, attention_decode2r, decode2_max_cluster) =
-            decode2_cluster_functions(&ctx)?;
+        let ClusterForms {
+            tiles: attention_decode2c,
+            regs: attention_decode2r,
+            halves: attention_decode2rh,
+            max: decode2_max_cluster,
+        } = decode2_cluster_functions(&ctx)?;
         Ok(Self {
             embedding: e("embedding")?,
             add_rows: e("add_rows")?,
@@ -133,6 +140,7 @@ impl CudaOps {
                 .collect::<Result<_>>()?,
             attention_decode2c,
             attention_decode2r,
+            attention_decode2rh,
             decode2_max_cluster,
             sample: ctx.function(Program::Sampling, "sample_rows")?,
             logprobs: ctx.function(Program::Sampling, "logprob_rows")?,
@@ -648,12 +656,24 @@ fn fa2_function(ctx: &Arc<GpuContext>, name: &str, smem: u32) -> Result<Option<C
 /// the device accepts that non-portable size for the largest of them (one block per SM of a GPC
 /// being enough), else the portable 8; none before sm_90 (no clusters) or with
 /// `STRATA_DECODE_CLUSTER=0` (every decode on the split kernel, as `STRATA_PDL=0` for PDL).
-type ClusterForms = (Vec<CudaFunction>, Vec<CudaFunction>, usize);
+/// The decode2 cluster forms' kernels (cp.async tiles, registers, registers split by query
+/// heads) and the largest cluster they take (0: none).
+struct ClusterForms {
+    tiles: Vec<CudaFunction>,
+    regs: Vec<CudaFunction>,
+    halves: Vec<CudaFunction>,
+    max: usize,
+}
 fn decode2_cluster_functions(ctx: &Arc<GpuContext>) -> Result<ClusterForms> {
     let sm: usize = ctx.arch().trim_start_matches("sm_").parse().unwrap_or(0);
     let off = std::env::var("STRATA_DECODE_CLUSTER").is_ok_and(|v| v == "0");
     if sm < 90 || off {
-        return Ok((Vec::new(), Vec::new(), 0));
+        return Ok(ClusterForms {
+            tiles: Vec::new(),
+            regs: Vec::new(),
+            halves: Vec::new(),
+            max: 0,
+        });
     }
     let load = |names: &[&str]| {
         names
@@ -663,11 +683,12 @@ fn decode2_cluster_functions(ctx: &Arc<GpuContext>) -> Result<ClusterForms> {
     };
     let fs = load(&super::attention::DECODE2C_NAMES)?;
     let rs = load(&super::attention::DECODE2R_NAMES)?;
+    let hs = load(&super::attention::DECODE2RH_NAMES)?;
     ctx.cuda().bind_to_thread()?;
     use cudarc::driver::sys;
     let attr = sys::CUfunction_attribute_enum::CU_FUNC_ATTRIBUTE_NON_PORTABLE_CLUSTER_SIZE_ALLOWED;
     let mut max = 16;
-    for f in fs.iter().chain(&rs) {
+    for f in fs.iter().chain(&rs).chain(&hs) {
         if f.set_attribute(attr, 1).is_err() {
             max = 8;
         }
@@ -707,5 +728,10 @@ fn decode2_cluster_functions(ctx: &Arc<GpuContext>) -> Result<ClusterForms> {
             max = 8;
         }
     }
-    Ok((fs, rs, max))
+    Ok(ClusterForms {
+        tiles: fs,
+        regs: rs,
+        halves: hs,
+        max,
+    })
 }

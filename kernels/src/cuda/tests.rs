@@ -76,9 +76,13 @@ fn nvrtc_programs_compile_where_nvrtc_exists() {
         for name in super::attention::FA2_NAMES {
             no_spills(arch, &log, name);
         }
-        // The register cluster form holds two iterations of K/V rows in registers.
+        // The register cluster forms (unsplit and split by query heads) hold iterations of K/V
+        // rows in registers.
         if arch == "sm_90" {
-            for name in super::attention::DECODE2R_NAMES {
+            for name in super::attention::DECODE2R_NAMES
+                .iter()
+                .chain(&super::attention::DECODE2RH_NAMES)
+            {
                 no_spills(arch, &log, name);
             }
         }

@@ -139,6 +139,22 @@ pub(super) fn cluster_regs_default() -> bool {
     env_once(&CLUSTER_FORM_ENV, "STRATA_DECODE_CLUSTER_FORM") != Some("tiles")
 }
 
+static HALVES_ENV: OnceLock<Option<String>> = OnceLock::new();
+
+/// The register cluster form split by query heads for new plans (`STRATA_DEC2R_HALVES=1`; off
+/// by default until a GPU has measured it: written in a session with none), where it fits.
+pub(super) fn halves_default(shape: AttnShape) -> bool {
+    env_once(&HALVES_ENV, "STRATA_DEC2R_HALVES") == Some("1") && halves_fit(shape)
+}
+
+/// True when `shape` has a head-split register cluster kernel (an even GQA group of 2, 4 or 8;
+/// the form's kernels need sm_90, like every cluster form).
+pub(super) fn halves_fit(shape: AttnShape) -> bool {
+    shape.n_kv_heads > 0
+        && decode2h_index(shape.n_heads / shape.n_kv_heads, shape.head_dim).is_some()
+        && shape.n_heads % shape.n_kv_heads == 0
+}
+
 /// Blocks per cluster of the decode2 cluster form for a decode of `blocks` (row, KV head) pairs
 /// and rows of up to `max_kv` keys (0: the split kernel instead). Only small batches, where the
 /// split kernel's combine launch and partial round trip are a large part of the attention: as

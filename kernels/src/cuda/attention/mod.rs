@@ -262,6 +262,9 @@ pub struct AttnPlan {
     cluster: usize,
     /// The cluster form reads its keys into registers (`decode2r`) instead of cp.async tiles.
     cluster_regs: bool,
+    /// The register cluster form split by query heads (`decode2rh`: two clusters per row and
+    /// KV head; `STRATA_DEC2R_HALVES=1`), where the group is even and the kernels are loaded.
+    halves: bool,
     /// Largest cluster the device takes (0: no cluster form).
     max_cluster: usize,
     /// The form a `PrefillWg` plan runs.
@@ -368,6 +371,20 @@ impl AttnPlan {
     /// True when a cluster plan runs the register form.
     pub fn cluster_regs(&self) -> bool {
         self.cluster > 0 && self.cluster_regs
+    }
+    /// The register cluster form split by query heads (two clusters per row and KV head, each
+    /// with half the group's heads: `decode2rh`) or not; false where the group is odd or the
+    /// kernels are not loaded (nothing changes then). For checks and side-by-side timing.
+    pub fn set_halves(&mut self, on: bool) -> bool {
+        let fits = !on || halves_fit(self.shape);
+        if fits {
+            self.halves = on;
+        }
+        fits
+    }
+    /// True when a cluster plan runs the head-split register form.
+    pub fn halves(&self) -> bool {
+        self.cluster_regs() && self.halves
     }
     /// Number of query rows (tokens) the plan covers.
     pub fn rows(&self) -> usize {

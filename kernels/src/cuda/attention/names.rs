@@ -142,6 +142,24 @@ pub(crate) const DECODE2C_NAMES: [&str; 8] = [
     "paged_attention_decode2c_g8_d128",
 ];
 
+/// Kernel names of the head-split register cluster form (two clusters per row and KV head,
+/// each with half the group's query heads), in `decode2h_index` order.
+pub(crate) const DECODE2RH_NAMES: [&str; 6] = [
+    "paged_attention_decode2rh_g2_d64",
+    "paged_attention_decode2rh_g4_d64",
+    "paged_attention_decode2rh_g8_d64",
+    "paged_attention_decode2rh_g2_d128",
+    "paged_attention_decode2rh_g4_d128",
+    "paged_attention_decode2rh_g8_d128",
+];
+
+/// Index into [`DECODE2RH_NAMES`] of a GQA group (2, 4 or 8) and head size (64 or 128).
+pub(crate) fn decode2h_index(group: usize, head_dim: usize) -> Option<usize> {
+    decode2_index(group, head_dim)
+        .filter(|_| group >= 2)
+        .map(|i| if head_dim == 64 { i - 1 } else { i - 2 })
+}
+
 /// Kernel names of the decode2 register cluster form, in `decode2_index` order.
 pub(crate) const DECODE2R_NAMES: [&str; 8] = [
     "paged_attention_decode2r_g1_d64",

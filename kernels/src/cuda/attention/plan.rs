@@ -158,14 +158,16 @@ impl CudaOps {
             opts.deterministic.then_some(opts.det_split_len),
             fa2_tile(s.head_dim).0,
         );
-        // Small decode batches in default mode (not forced splits): the cluster form.
+        // Small decode batches in default mode (not forced splits): the cluster form (twice
+        // the (row, KV head) pairs where it is split by query heads).
+        let halves = halves_default(s);
         let cluster = if kernel == AttnKernel::Decode2
             && !opts.deterministic
             && !opts.no_cluster
             && opts.splits.is_none()
         {
             choose_cluster(
-                n_tiles * s.n_kv_heads,
+                n_tiles * s.n_kv_heads * if halves { 2 } else { 1 },
                 self.ctx.sm_count(),
                 max_kv,
                 self.decode2_max_cluster,
@@ -202,6 +204,7 @@ impl CudaOps {
             variant: None,
             cluster,
             cluster_regs: cluster_regs_default(),
+            halves,
             max_cluster: self.decode2_max_cluster,
             wg_form,
             table_mirror: Default::default(),

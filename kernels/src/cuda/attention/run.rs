@@ -105,15 +105,20 @@ impl CudaOps {
         if plan.kernel == AttnKernel::Decode2 && plan.cluster > 0 {
             let group = s.n_heads / s.n_kv_heads;
             let idx = decode2_index(group, hd).expect("planned only for supported shapes");
+            // The head-split form: two clusters per (row, KV head), grid y over both halves.
+            let halves = plan.halves() && !self.attention_decode2rh.is_empty();
             let dims = Dims {
                 grid: (
                     plan.n_tiles as u32,
-                    s.n_kv_heads as u32,
+                    (s.n_kv_heads * if halves { 2 } else { 1 }) as u32,
                     plan.cluster as u32,
                 ),
                 ..decode_dims
             };
-            let f = if plan.cluster_regs {
+            let f = if halves {
+                let h = decode2h_index(group, hd).expect("halves planned only for even groups");
+                &self.attention_decode2rh[h]
+            } else if plan.cluster_regs {
                 &self.attention_decode2r[idx]
             } else {
                 &self.attention_decode2c[idx]

@@ -1,9 +1,10 @@
 //! `strata gpu check --only attention`: every attention kernel and form against the f64
 //! reference (`strata_kernels::reference::paged_attention_rows`) within the bf16 bound:
-//! prompts, prefix extends, decodes (split, cluster in both forms, the timed decode2
+//! prompts, prefix extends, decodes (split, cluster in its three forms, the timed decode2
 //! alternatives, on the tensor-core kernels), GQA 1-16, head_dim 32-128, pages 1-64, 8K rows;
 //! Q rotated in the kernel bit for bit against `rope` first, and the wgmma producer forms bit for
-//! bit against its cp.async form. `STRATA_CHECK_CASES=p1,p2` runs the cases whose names start
+//! bit against its cp.async form, the head-split register cluster form bit for bit against the
+//! unsplit one. `STRATA_CHECK_CASES=p1,p2` runs the cases whose names start
 //! with one of the prefixes (each named on stderr as it starts: a hung kernel names its case).
 
 use strata_kernels::cuda::{AttnKernel, AttnSeq, AttnShape, CudaOps, WgForm, DECODE2_VARIANTS};
@@ -172,16 +173,21 @@ fn cases(ops: &CudaOps) -> Vec<Case> {
         .map(|(n, nh, nkv, hd, page, lens, sp)| (n.to_string(), nh, nkv, hd, page, lens, sp))
         .chain(variants)
         .chain(
-            // Each cluster case in both forms: "decode cl" the cp.async tiles, "decode rcl"
-            // the registers.
+            // Each cluster case in every form: "decode cl" the cp.async tiles, "decode rcl"
+            // the registers, "decode hcl" the registers split by query heads (even groups).
             clusters
                 .into_iter()
                 .flat_map(|(n, nh, nkv, hd, page, lens, sp)| {
                     let r = n.replacen("decode cl", "decode rcl", 1);
+                    let h = n.replacen("decode cl", "decode hcl", 1);
+                    let even = matches!(nh / nkv, 2 | 4 | 8);
                     [
-                        (n.to_string(), nh, nkv, hd, page, lens.clone(), sp),
-                        (r, nh, nkv, hd, page, lens, sp),
+                        Some((n.to_string(), nh, nkv, hd, page, lens.clone(), sp)),
+                        Some((r, nh, nkv, hd, page, lens.clone(), sp)),
+                        even.then_some((h, nh, nkv, hd, page, lens, sp)),
                     ]
+                    .into_iter()
+                    .flatten()
                 }),
         )
         .chain(wg_cases)
@@ -301,13 +307,17 @@ fn check_case(
         plan.force_decode_v1();
     }
     let mut variant = "";
-    let regs = name.starts_with("decode rcl");
+    let halves = name.starts_with("decode hcl");
+    let regs = halves || name.starts_with("decode rcl");
     if let Some(n) = name
         .strip_prefix("decode cl")
         .or(name.strip_prefix("decode rcl"))
+        .or(name.strip_prefix("decode hcl"))
     {
         let n: usize = n.parse()?;
         plan.set_cluster_regs(regs);
+        // (Each name its form, whatever STRATA_DEC2R_HALVES says.)
+        anyhow::ensure!(plan.set_halves(halves), "{name}: no head-split kernel");
         if !plan.set_cluster(n) {
             // (16 needs the device's non-portable cluster size; sm_80 has no clusters.)
             println!("  attention {name}: cluster of {n} not available here, skipped");
@@ -360,6 +370,7 @@ fn check_case(
     };
     let kernel = match plan.kernel() {
         AttnKernel::Decode2 if !variant.is_empty() => variant,
+        AttnKernel::Decode2 if plan.halves() => "dec2rh",
         AttnKernel::Decode2 if plan.cluster_regs() => "dec2r",
         AttnKernel::Decode2 if plan.cluster() > 0 => "dec2c",
         AttnKernel::Decode2 => "dec2",
@@ -400,6 +411,15 @@ fn check_case(
         ops.paged_attention_rope(&plan, &gq, 0, &gk, &gv, &b, scale, Some(rope))?;
         let n = bit_diffs(&c.download_f32(&a)?, &c.download_f32(&b)?);
         ck.exact("attention", format!("{desc} Q rotated in the kernel"), n);
+    }
+    // The head-split form does each head's arithmetic as the unsplit register form does: bit
+    // for bit its output.
+    if plan.halves() {
+        plan.set_halves(false);
+        let other = bf16_out(ops, &[rows, nh * hd])?;
+        ops.paged_attention(&plan, &gq, 0, &gk, &gv, &other, scale)?;
+        let n = bit_diffs(&got, &c.download_f32(&other)?);
+        ck.exact("attention", format!("{desc} equals dec2r"), n);
     }
     // The producer forms do each row's arithmetic as the cp.async form does (same key tiles
     // in the same order, same splits): bit for bit its output.
