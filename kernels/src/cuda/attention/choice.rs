@@ -155,6 +155,24 @@ pub(super) fn halves_fit(shape: AttnShape) -> bool {
         && shape.n_heads % shape.n_kv_heads == 0
 }
 
+/// The cluster size for `pairs` (row, KV head) pairs ([`choose_cluster`]) and whether the
+/// register form is split by query heads (`halves`: asked for and fitting the shape): only
+/// where the doubled grid keeps that cluster size, since a smaller cluster gives each block a
+/// longer share of the row, lengthening the chain the split shortens (in practice: one row).
+pub(crate) fn cluster_and_halves(
+    pairs: usize,
+    sm_count: usize,
+    max_kv: usize,
+    max: usize,
+    halves: bool,
+) -> (usize, bool) {
+    let c = choose_cluster(pairs, sm_count, max_kv, max);
+    (
+        c,
+        halves && c > 0 && choose_cluster(2 * pairs, sm_count, max_kv, max) == c,
+    )
+}
+
 /// Blocks per cluster of the decode2 cluster form for a decode of `blocks` (row, KV head) pairs
 /// and rows of up to `max_kv` keys (0: the split kernel instead). Only small batches, where the
 /// split kernel's combine launch and partial round trip are a large part of the attention: as

@@ -158,22 +158,22 @@ impl CudaOps {
             opts.deterministic.then_some(opts.det_split_len),
             fa2_tile(s.head_dim).0,
         );
-        // Small decode batches in default mode (not forced splits): the cluster form (twice
-        // the (row, KV head) pairs where it is split by query heads).
-        let halves = halves_default(s);
-        let cluster = if kernel == AttnKernel::Decode2
+        // Small decode batches in default mode (not forced splits): the cluster form, split by
+        // query heads where asked for and it keeps the cluster size.
+        let (cluster, halves) = if kernel == AttnKernel::Decode2
             && !opts.deterministic
             && !opts.no_cluster
             && opts.splits.is_none()
         {
-            choose_cluster(
-                n_tiles * s.n_kv_heads * if halves { 2 } else { 1 },
+            cluster_and_halves(
+                n_tiles * s.n_kv_heads,
                 self.ctx.sm_count(),
                 max_kv,
                 self.decode2_max_cluster,
+                halves_default(s),
             )
         } else {
-            0
+            (0, false)
         };
         let (splits, split_len) = if cluster > 0 {
             (1, max_kv.div_ceil(KEY_TILE) * KEY_TILE)

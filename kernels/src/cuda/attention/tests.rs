@@ -92,6 +92,24 @@ fn cluster_form_only_for_small_decode_batches() {
 }
 
 #[test]
+fn the_head_split_keeps_the_cluster_size_or_is_not_used() {
+    // One row of 8 KV heads on 132 SMs: clusters of 16 either way, so split; two rows: 16
+    // unsplit but 8 split, so not; never without being asked, nor without clusters.
+    assert_eq!(cluster_and_halves(8, 132, 4096, 16, true), (16, true));
+    assert_eq!(cluster_and_halves(8, 132, 4096, 16, false), (16, false));
+    assert_eq!(cluster_and_halves(16, 132, 4096, 16, true), (16, false));
+    assert_eq!(cluster_and_halves(8, 132, 4096, 0, true), (0, false));
+    assert_eq!(cluster_and_halves(256, 132, 4096, 16, true), (0, false));
+    for pairs in 1..80 {
+        for max_kv in [16, 100, 1024, 8192] {
+            let (c, h) = cluster_and_halves(pairs, 132, max_kv, 16, true);
+            assert_eq!(c, choose_cluster(pairs, 132, max_kv, 16));
+            assert_eq!(h, c > 0 && choose_cluster(2 * pairs, 132, max_kv, 16) == c);
+        }
+    }
+}
+
+#[test]
 fn deterministic_splits_do_not_depend_on_the_batch() {
     // Whatever the batch (blocks), SM count or longest sequence, a decode row's keys are
     // split at multiples of SPLIT_LEN and the combine pass runs (>= 2 splits); prefill is
