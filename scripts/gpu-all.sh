@@ -161,6 +161,21 @@ decode_env_ab() {
   done; done; done
   return $rc
 }
+# decode_ctx_ab TAG VAR "SHAPE CTX"...: the b1 graph step of each shape at each context, in a
+# process with VAR=1 and one with VAR=0.
+decode_ctx_ab() {
+  local tag=$1 var=$2 run v rc=0
+  shift 2
+  for run in "$@"; do
+    set -- $run
+    for v in 1 0; do
+      env "$var=$v" timeout $(left 90) "$STRATA" gpu bench --only decode --shape $1 --decode-batches 1 \
+        --decode-ctx $2 > "$OUT/$tag-$1-$2-$v.log" 2>&1 || rc=1
+      echo "$1 ctx $2 $var=$v: $(grep -E "b1 graph step waited" "$OUT/$tag-$1-$2-$v.log" | cut -c1-150)"
+    done
+  done
+  return $rc
+}
 # prefill_bench TAG: `gpu bench --only gemm,prefill` at 2K and 8K and (PREFILL_HF=0: not)
 # transformers' forward at the same lengths, logs $OUT/TAG-bench.log and $OUT/TAG-hf.log.
 prefill_bench() {
@@ -295,28 +310,16 @@ for s in $STEPS; do
     halves) rc=0
       STRATA_CHECK_CASES="decode hcl" timeout $(left 90) "$STRATA" gpu check --only attention > "$OUT/check-halves.log" 2>&1 || rc=1
       grep -E "FAIL|error|gpu check:" "$OUT/check-halves.log" | tail -8
-      for run in ${HALVES_RUNS:-"llama-3.2-1b 1024" "llama-3.2-1b 1280" "llama-3.1-8b 1024"}; do
-        set -- $run
-        for h in 1 0; do
-          STRATA_DEC2R_HALVES=$h timeout $(left 90) "$STRATA" gpu bench --only decode --shape $1 --decode-batches 1 \
-            --decode-ctx $2 > "$OUT/halves-$1-$2-$h.log" 2>&1 || rc=1
-          echo "$1 ctx $2 halves=$h: $(grep -E "b1 graph step waited" "$OUT/halves-$1-$2-$h.log" | cut -c1-150)"
-        done
-      done
+      decode_ctx_ab halves STRATA_DEC2R_HALVES \
+        ${HALVES_RUNS:-"llama-3.2-1b 1024" "llama-3.2-1b 1280" "llama-3.1-8b 1024"} || rc=1
       SIZE=llama-3.2-1b RAW=0 ROUNDS=3 GREEDY="16 64" ITL_A_ENV=STRATA_DEC2R_HALVES=1 timeout $(left 200) \
         scripts/gpu-itl-ab.sh "$OUT/halves-itl" > "$OUT/halves-itl.log" 2>&1 || rc=1
       grep -vE "^\s*$" "$OUT/halves-itl.log" | tail -12 ;;
     ring) rc=0
       STRATA_CHECK_CASES="decode cl,decode rcl" timeout $(left 90) "$STRATA" gpu check --only attention > "$OUT/check-ring.log" 2>&1 || rc=1
       grep -E "FAIL|error|gpu check:" "$OUT/check-ring.log" | tail -8
-      for run in ${RING_RUNS:-"llama-3.2-1b 1024" "llama-3.2-1b 1152" "llama-3.2-1b 1280" "llama-3.1-8b 1152"}; do
-        set -- $run
-        for ring in 1 0; do
-          STRATA_DEC2R_RING3=$ring timeout $(left 90) "$STRATA" gpu bench --only decode --shape $1 --decode-batches 1 \
-            --decode-ctx $2 > "$OUT/ring-$1-$2-$ring.log" 2>&1 || rc=1
-          echo "$1 ctx $2 ring3=$ring: $(grep -E "b1 graph step waited" "$OUT/ring-$1-$2-$ring.log" | cut -c1-150)"
-        done
-      done
+      decode_ctx_ab ring STRATA_DEC2R_RING3 \
+        ${RING_RUNS:-"llama-3.2-1b 1024" "llama-3.2-1b 1152" "llama-3.2-1b 1280" "llama-3.1-8b 1152"} || rc=1
       SIZE=llama-3.2-1b RAW=0 ROUNDS=3 ITL_B_ENV=STRATA_DEC2R_RING3=0 timeout $(left 200) \
         scripts/gpu-itl-ab.sh "$OUT/ring-itl" > "$OUT/ring-itl.log" 2>&1 || rc=1
       grep -vE "^\s*$" "$OUT/ring-itl.log" | tail -9 ;;
