@@ -263,7 +263,8 @@ pub struct AttnPlan {
     /// The cluster form reads its keys into registers (`decode2r`) instead of cp.async tiles.
     cluster_regs: bool,
     /// The register cluster form split by query heads (`decode2rh`: two clusters per row and
-    /// KV head; `STRATA_DEC2R_HALVES=1`), where the group is even and the kernels are loaded.
+    /// KV head; `STRATA_DEC2R_HALVES=1`) where the group has such a kernel (the launch keeps
+    /// the unsplit one where those kernels are not loaded).
     halves: bool,
     /// Largest cluster the device takes (0: no cluster form).
     max_cluster: usize,
@@ -373,8 +374,8 @@ impl AttnPlan {
         self.cluster > 0 && self.cluster_regs
     }
     /// The register cluster form split by query heads (two clusters per row and KV head, each
-    /// with half the group's heads: `decode2rh`) or not; false where the group is odd or the
-    /// kernels are not loaded (nothing changes then). For checks and side-by-side timing.
+    /// with half the group's heads: `decode2rh`) or not; false where the group has no such
+    /// kernel (nothing changes then). For checks and side-by-side timing.
     pub fn set_halves(&mut self, on: bool) -> bool {
         let fits = !on || halves_fit(self.shape);
         if fits {
