@@ -78,6 +78,10 @@
 #            the unsplit form), the b1 graph step at 1K-1.25K contexts in processes of each form
 #            (HALVES_RUNS="SHAPE CTX ..."), served 1B ITL at c=1 (A split, B not) and B's greedy
 #            outputs against A's
+#   cand     both candidates above in one call: `gpu check` of the head's stores and the "decode
+#            hcl" cases, the b1 graph step at 1K and 1.25K keys (CAND_RUNS) in processes with and
+#            without the head split (each also printing the pipelined line's lean step), served 1B
+#            ITL at c=1 with both on (A) against both off (B) and B's greedy outputs against A's
 #   ring     the register cluster attention with three iterations of keys in flight (the default)
 #            against two (STRATA_DEC2R_RING3=0): `gpu check` of its cases, the b1 graph step at
 #            1K-1.25K contexts (RING_RUNS="SHAPE CTX ..."), served 1B ITL at c=1 (A: 3, B: 2)
@@ -171,7 +175,7 @@ decode_ctx_ab() {
     for v in 1 0; do
       env "$var=$v" timeout $(left 90) "$STRATA" gpu bench --only decode --shape $1 --decode-batches 1 \
         --decode-ctx $2 > "$OUT/$tag-$1-$2-$v.log" 2>&1 || rc=1
-      echo "$1 ctx $2 $var=$v: $(grep -E "b1 graph step waited" "$OUT/$tag-$1-$2-$v.log" | cut -c1-150)"
+      echo "$1 ctx $2 $var=$v: $(grep -E "b1 graph step waited" "$OUT/$tag-$1-$2-$v.log" | cut -c1-260)"
     done
   done
   return $rc
@@ -315,6 +319,14 @@ for s in $STEPS; do
       SIZE=llama-3.2-1b RAW=0 ROUNDS=3 GREEDY="16 64" ITL_A_ENV=STRATA_DEC2R_HALVES=1 timeout $(left 200) \
         scripts/gpu-itl-ab.sh "$OUT/halves-itl" > "$OUT/halves-itl.log" 2>&1 || rc=1
       grep -vE "^\s*$" "$OUT/halves-itl.log" | tail -12 ;;
+    cand) rc=0
+      STRATA_CHECK_CASES="decode hcl" timeout $(left 90) "$STRATA" gpu check --only attention,head_argmax \
+        > "$OUT/check-cand.log" 2>&1 || rc=1
+      grep -E "FAIL|error|gpu check:" "$OUT/check-cand.log" | tail -8
+      decode_ctx_ab cand STRATA_DEC2R_HALVES ${CAND_RUNS:-"llama-3.2-1b 1024" "llama-3.2-1b 1280"} || rc=1
+      SIZE=llama-3.2-1b RAW=0 ROUNDS=3 GREEDY="16 64" ITL_A_ENV="STRATA_LEAN_STEP=1 STRATA_DEC2R_HALVES=1" \
+        timeout $(left 200) scripts/gpu-itl-ab.sh "$OUT/cand-itl" > "$OUT/cand-itl.log" 2>&1 || rc=1
+      grep -vE "^\s*$" "$OUT/cand-itl.log" | tail -12 ;;
     ring) rc=0
       STRATA_CHECK_CASES="decode cl,decode rcl" timeout $(left 90) "$STRATA" gpu check --only attention > "$OUT/check-ring.log" 2>&1 || rc=1
       grep -E "FAIL|error|gpu check:" "$OUT/check-ring.log" | tail -8
