@@ -66,22 +66,22 @@
 #            against a copy-engine transfer (STRATA_READBACK_COPY=1): the 1B and 8B b1 step in
 #            processes of each form (two rounds; RB_SHAPES), served 1B ITL at c=1 (A stores, B
 #            copies) and B's greedy outputs against A's (the `nograph_c1` line)
-#   lean     the lean one-row step (STRATA_LEAN_STEP=1: per replay one copy of the metadata, the
-#            host cell and the tiles, the LM head storing its pick into the readback slot and the
-#            next input id) against the default separate copies and readback kernel: `gpu check
+#   lean     the lean one-row step (the default: per replay one copy of the metadata, the host
+#            cell and the tiles, the LM head storing its pick into the readback slot and the next
+#            input id) against the separate copies and readback kernel (STRATA_LEAN_STEP=0): `gpu check
 #            --only head_argmax` (with the stores), the b1 step's pipelined line with the lean step
 #            beside the runner's copies (LEAN_SHAPES, default the 1B), served 1B ITL at c=1 (A
 #            lean, B not; three rounds) and B's greedy outputs against A's
-#   halves   the register cluster attention split by query heads (STRATA_DEC2R_HALVES=1: two
-#            clusters per row and KV head, each with half the group; off by default) against the
-#            unsplit form: `gpu check` of the "decode hcl" cases (each also bit for bit against
+#   halves   the register cluster attention split by query heads (two clusters per row and KV
+#            head, each with half the group; the default at head_dim 64; STRATA_DEC2R_HALVES=1 /
+#            0 forces it on / off) against the unsplit form: `gpu check` of the "decode hcl" cases (each also bit for bit against
 #            the unsplit form), the b1 graph step at 1K-1.25K contexts in processes of each form
-#            (HALVES_RUNS="SHAPE CTX ..."), served 1B ITL at c=1 (A split, B not) and B's greedy
+#            (HALVES_RUNS="SHAPE CTX ..."), served 1B ITL at c=1 (A default, B =0) and B's greedy
 #            outputs against A's
-#   cand     both candidates above in one call: `gpu check` of the head's stores and the "decode
+#   cand     both above in one call: `gpu check` of the head's stores and the "decode
 #            hcl" cases, the b1 graph step at 1K and 1.25K keys (CAND_RUNS) in processes with and
 #            without the head split (each also printing the pipelined line's lean step), served 1B
-#            ITL at c=1 with both on (A) against both off (B) and B's greedy outputs against A's
+#            ITL at c=1 with both (A, the default) against neither (B) and B's greedy outputs vs A's
 #   ring     the register cluster attention with three iterations of keys in flight (the default)
 #            against two (STRATA_DEC2R_RING3=0): `gpu check` of its cases, the b1 graph step at
 #            1K-1.25K contexts (RING_RUNS="SHAPE CTX ..."), served 1B ITL at c=1 (A: 3, B: 2)
@@ -308,7 +308,7 @@ for s in $STEPS; do
       timeout $(left 60) "$STRATA" gpu check --only head_argmax > "$OUT/check-lean.log" 2>&1 || rc=1
       grep -E "gpu check:|FAIL" "$OUT/check-lean.log"
       for shape in ${LEAN_SHAPES:-llama-3.2-1b}; do decode_b1 "$OUT/lean-$shape.log" $shape || rc=1; done
-      SIZE=llama-3.2-1b RAW=0 ROUNDS=3 GREEDY="16 64" ITL_A_ENV=STRATA_LEAN_STEP=1 timeout $(left 200) \
+      SIZE=llama-3.2-1b RAW=0 ROUNDS=3 GREEDY="16 64" ITL_B_ENV=STRATA_LEAN_STEP=0 timeout $(left 200) \
         scripts/gpu-itl-ab.sh "$OUT/lean-itl" > "$OUT/lean-itl.log" 2>&1 || rc=1
       grep -vE "^\s*$" "$OUT/lean-itl.log" | tail -12 ;;
     halves) rc=0
@@ -316,7 +316,7 @@ for s in $STEPS; do
       grep -E "FAIL|error|gpu check:" "$OUT/check-halves.log" | tail -8
       decode_ctx_ab halves STRATA_DEC2R_HALVES \
         ${HALVES_RUNS:-"llama-3.2-1b 1024" "llama-3.2-1b 1280" "llama-3.1-8b 1024"} || rc=1
-      SIZE=llama-3.2-1b RAW=0 ROUNDS=3 GREEDY="16 64" ITL_A_ENV=STRATA_DEC2R_HALVES=1 timeout $(left 200) \
+      SIZE=llama-3.2-1b RAW=0 ROUNDS=3 GREEDY="16 64" ITL_B_ENV=STRATA_DEC2R_HALVES=0 timeout $(left 200) \
         scripts/gpu-itl-ab.sh "$OUT/halves-itl" > "$OUT/halves-itl.log" 2>&1 || rc=1
       grep -vE "^\s*$" "$OUT/halves-itl.log" | tail -12 ;;
     cand) rc=0
@@ -324,7 +324,7 @@ for s in $STEPS; do
         > "$OUT/check-cand.log" 2>&1 || rc=1
       grep -E "FAIL|error|gpu check:" "$OUT/check-cand.log" | tail -8
       decode_ctx_ab cand STRATA_DEC2R_HALVES ${CAND_RUNS:-"llama-3.2-1b 1024" "llama-3.2-1b 1280"} || rc=1
-      SIZE=llama-3.2-1b RAW=0 ROUNDS=3 GREEDY="16 64" ITL_A_ENV="STRATA_LEAN_STEP=1 STRATA_DEC2R_HALVES=1" \
+      SIZE=llama-3.2-1b RAW=0 ROUNDS=3 GREEDY="16 64" ITL_B_ENV="STRATA_LEAN_STEP=0 STRATA_DEC2R_HALVES=0" \
         timeout $(left 200) scripts/gpu-itl-ab.sh "$OUT/cand-itl" > "$OUT/cand-itl.log" 2>&1 || rc=1
       grep -vE "^\s*$" "$OUT/cand-itl.log" | tail -12 ;;
     ring) rc=0

@@ -141,10 +141,17 @@ pub(super) fn cluster_regs_default() -> bool {
 
 static HALVES_ENV: OnceLock<Option<String>> = OnceLock::new();
 
-/// The register cluster form split by query heads for new plans (`STRATA_DEC2R_HALVES=1`; off
-/// by default until a GPU has measured it: written in a session with none), where it fits.
+/// The register cluster form split by query heads for new plans, where it fits: by default at
+/// head_dim 64, where it gained (1B batch-1 step x0.986-0.993, served ITL 0.96 vs 0.97 ms, H100
+/// 2026-12-07), not at 128, where doubling the K/V loads lost (8B x1.021);
+/// `STRATA_DEC2R_HALVES=1` at every head size, `=0` never.
 pub(super) fn halves_default(shape: AttnShape) -> bool {
-    env_once(&HALVES_ENV, "STRATA_DEC2R_HALVES") == Some("1") && halves_fit(shape)
+    let on = match env_once(&HALVES_ENV, "STRATA_DEC2R_HALVES") {
+        Some("1") => true,
+        Some("0") => false,
+        _ => shape.head_dim == 64,
+    };
+    on && halves_fit(shape)
 }
 
 /// True when `shape` has a head-split register cluster kernel (an even GQA group of 2, 4 or 8;

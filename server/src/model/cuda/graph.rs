@@ -13,8 +13,8 @@
 //! batch: the same buffers, the unfused projections and the per-row LoRA kernels (lora.rs
 //! `Seg`), each row's adapter slot in a fifth metadata section.
 //!
-//! The lean step (`STRATA_LEAN_STEP=1`; off by default until a GPU has measured it and checked
-//! its greedy outputs against the separate copies: written in a session with none): a bucket's
+//! The lean step (the default; `STRATA_LEAN_STEP=0`: the separate copies, for A/B runs): a
+//! bucket's
 //! metadata, a host cell and the plan's tile list are one allocation ([`Layout`]) written by one
 //! copy per replay, and a one-row graph's fused LM head also puts its greedy pick into the
 //! graph's own input id and, through the cell, into the readback slot the caller names (a queued
@@ -143,9 +143,9 @@ fn ids_in_place(
     ids_left == Some(gi) && n == 1 && from_prev == [(0, 0)]
 }
 
-/// The lean step with `STRATA_LEAN_STEP=1`.
+/// The lean step unless `STRATA_LEAN_STEP=0`.
 fn lean_from_env() -> bool {
-    std::env::var("STRATA_LEAN_STEP").is_ok_and(|v| v == "1")
+    std::env::var("STRATA_LEAN_STEP").map_or(true, |v| v != "0")
 }
 
 /// A bucket's metadata with no batch in it: ids and positions 0, no KV slot (-1), logits rows
