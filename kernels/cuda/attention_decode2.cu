@@ -777,9 +777,9 @@ DEC2_REGS(paged_attention_decode2r_g2_d128, 2, 128, 4)
 DEC2_REGS(paged_attention_decode2r_g4_d128, 4, 128, 4)
 DEC2_REGS(paged_attention_decode2r_g8_d128, 8, 128, 2)
 
-// The head-split register cluster forms (`STRATA_DEC2R_HALVES=1`; attention/choice.rs), named by
-// the GQA group they serve: two clusters per (row, KV head), each with half the group's heads and
-// the unsplit kernel's UNR.
+// The head-split register cluster forms (the default at head_dim 64; attention/choice.rs),
+// named by the GQA group they serve: two clusters per (row, KV head), each with half the group's
+// heads and the unsplit kernel's UNR.
 #define DEC2_REGS_HALVES(NAME, G, HD, UNR) DEC2_KERNEL(NAME, 1, dec2_regs_cluster_body<G / 2, HD, UNR, 2>)
 DEC2_REGS_HALVES(paged_attention_decode2rh_g2_d64, 2, 64, 2)
 DEC2_REGS_HALVES(paged_attention_decode2rh_g4_d64, 4, 64, 2)

@@ -263,7 +263,7 @@ pub struct AttnPlan {
     /// The cluster form reads its keys into registers (`decode2r`) instead of cp.async tiles.
     cluster_regs: bool,
     /// The register cluster form split by query heads (`decode2rh`: two clusters per row and
-    /// KV head; `STRATA_DEC2R_HALVES=1`) where the group has such a kernel (the launch keeps
+    /// KV head; `choice::halves_default`) where the group has such a kernel (the launch keeps
     /// the unsplit one where those kernels are not loaded).
     halves: bool,
     /// Largest cluster the device takes (0: no cluster form).
