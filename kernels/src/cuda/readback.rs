@@ -67,15 +67,13 @@ impl Readback {
                 self.words
             )));
         }
-        if let Some(ev) = self.events[k].take() {
-            ev.synchronize()?;
-        }
+        self.claim(k)?;
         self.ctx.cuda().bind_to_thread()?;
         let stream = self.ctx.stream();
         if let Some(f) = &self.store {
             let args = [
                 Arg::U64(src.ptr()),
-                Arg::U64(self.buf.device_ptr() + 4 * (k * self.words) as u64),
+                Arg::U64(self.slot_device_ptr(k)),
                 Arg::I32(n as i32),
             ];
             let dims = Dims {
@@ -101,8 +99,7 @@ impl Readback {
                 .result()?;
             }
         }
-        self.events[k] = Some(stream.record_event(None)?);
-        Ok(())
+        self.mark(k)
     }
 
     /// The device address of slot `k`'s first value (slot `k` must exist), for a kernel that
