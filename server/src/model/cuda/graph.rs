@@ -94,8 +94,6 @@ struct DecodeGraph {
     /// The whole [`Layout`] allocation (`meta.buf` and, in the lean step, the plan's tiles are
     /// views of it).
     all: DTensor,
-    /// The lean step: one copy per replay (the plan's tiles live in `all`).
-    lean: bool,
 }
 
 /// A bucket's per-replay words on the device, in one allocation: the metadata (ids, positions,
@@ -180,10 +178,10 @@ fn record(
 /// continuing the queued forward copied on the device from `prev` (unless `ids_kept`: the
 /// head left the one row's id in place). The lean step writes the metadata, the host cell
 /// (`host_addr`: the mapped address the head stores its pick into, 0: none) and the tiles in one
-/// copy.
+/// copy (`lean`).
 fn copy_meta(
     r: &CudaRunner,
-    g: &DecodeGraph,
+    (g, lean): (&DecodeGraph, bool),
     batch: &ForwardBatch,
     lora_rows: Option<&[i32]>,
     prev: Option<&DTensor>,
@@ -209,7 +207,7 @@ fn copy_meta(
             pages: &s.pages,
         })
         .collect();
-    if g.lean {
+    if lean {
         let tiles = r.ops.decode_plan_rows(&g.plan, &rows)?;
         let words = Layout { bs }.words(&host, host_addr, &tiles);
         let from = if ids_kept { bs } else { 0 };
@@ -270,6 +268,8 @@ pub(super) struct Graphs {
     graphs: Vec<DecodeGraph>,
     max_pages: usize,
     pool_ptr: u64,
+    /// The lean step: one copy per replay (each bucket's plan tiles live in its `all`).
+    lean: bool,
     /// The graph whose head wrote its pick into its own input id as the final token of the
     /// latest launch (a lean replay); taken by every launch.
     ids_left: Option<usize>,
@@ -278,7 +278,7 @@ pub(super) struct Graphs {
 impl Graphs {
     /// True when the buckets take the lean step.
     pub(super) fn lean(&self) -> bool {
-        self.graphs.first().is_some_and(|g| g.lean)
+        self.lean
     }
 
     /// The captured bucket sizes.
@@ -341,7 +341,6 @@ impl Graphs {
                 exec,
                 lora: None,
                 all,
-                lean,
             });
         }
         r.ctx.synchronize()?;
@@ -349,6 +348,7 @@ impl Graphs {
             graphs,
             max_pages,
             pool_ptr: kv.pool.ptr(),
+            lean,
             ids_left: None,
         })
     }
@@ -449,8 +449,15 @@ impl Graphs {
         };
         // (`picked`: this graph's head takes the cell; only a lean graph's has one.)
         let host = host.filter(|_| meta.picked.get()).unwrap_or(0);
-        let kept = g.lean && ids_in_place(ids_left, gi, n, &batch.from_prev);
-        copy_meta(r, g, batch, lora_rows.as_deref(), prev, (host, kept))?;
+        let kept = self.lean && ids_in_place(ids_left, gi, n, &batch.from_prev);
+        copy_meta(
+            r,
+            (g, self.lean),
+            batch,
+            lora_rows.as_deref(),
+            prev,
+            (host, kept),
+        )?;
         let launched = std::time::Instant::now();
         exec.0.launch()?;
         if host != 0 {

@@ -75,8 +75,10 @@ impl CudaRunner {
             // (The other path's `run_batch` checks it itself.)
             crate::model::runner::check_sampling(batch, sampling)?;
             let entered = std::time::Instant::now();
-            // Every row takes the argmax: a lean graph's head may store it into the slot.
-            let host = if self.graphs.lean() && self.argmax_is_final(sampling) {
+            // Every row takes the argmax: a lean graph's head may store it into the slot, and
+            // nothing is sampled after the replay.
+            let argmax_final = self.graphs.lean() && self.argmax_is_final(sampling);
+            let host = if argmax_final {
                 let (slot, rb) = (self.queue.next, self.readback()?);
                 rb.claim(slot)?;
                 Some(rb.slot_device_ptr(slot))
@@ -91,7 +93,12 @@ impl CudaRunner {
                     // penalised row's newest token counted from the replay's input ids); the
                     // logprob words of rows that ask for them are read back with the tokens.
                     let (logits, t, ids) = graphs.head(gi);
-                    self.queue_sampling(logits, t, sampling, Some(ids))
+                    let sampled = if argmax_final {
+                        Ok(None) // (what queue_sampling would find again)
+                    } else {
+                        self.queue_sampling(logits, t, sampling, Some(ids))
+                    };
+                    sampled
                         .and_then(|q| Ok((q, t.view(0, t.shape())?)))
                         .map(|(q, t)| Some((t, q, launched, stored)))
                 }
