@@ -100,31 +100,35 @@ struct DecodeGraph {
 /// slots, logits rows, adapter slots: 5 x bs), the head's host cell (two words holding a mapped
 /// host address, little-endian halves, 8-byte aligned: the allocation is) and the attention
 /// plan's tile list (4 x bs). The ids come first, so a copy that leaves them as they are starts
-/// one section later.
+/// one section later. (Public for the bench's lean step, `gpu bench --only decode`.)
 #[derive(Clone, Copy, Debug)]
-struct Layout {
-    bs: usize,
+pub struct Layout {
+    /// The bucket's batch size.
+    pub bs: usize,
 }
 
 impl Layout {
-    fn cell_at(self) -> usize {
+    /// Where the host cell starts (words).
+    pub fn cell_at(self) -> usize {
         (5 * self.bs + 1) & !1
     }
-    fn tiles_at(self) -> usize {
+    /// Where the plan's tiles start (words).
+    pub fn tiles_at(self) -> usize {
         self.cell_at() + 2
     }
-    fn len(self) -> usize {
+    /// Words of the whole allocation.
+    pub fn total_words(self) -> usize {
         self.tiles_at() + 4 * self.bs
     }
     /// Every word of the allocation: `meta` (5 x bs), the cell naming `host` (0: none) and
     /// `tiles` (4 x bs; shorter: zeros after).
-    fn words(self, meta: &[i32], host: u64, tiles: &[i32]) -> Vec<i32> {
+    pub fn words(self, meta: &[i32], host: u64, tiles: &[i32]) -> Vec<i32> {
         debug_assert!(meta.len() == 5 * self.bs && tiles.len() <= 4 * self.bs);
         let mut out = meta.to_vec();
         out.resize(self.cell_at(), 0);
         out.extend([host as u32 as i32, (host >> 32) as u32 as i32]);
         out.extend_from_slice(tiles);
-        out.resize(self.len(), 0);
+        out.resize(self.total_words(), 0);
         out
     }
 }
@@ -312,9 +316,10 @@ impl Graphs {
         for bs in sizes {
             let acts = r.acts(bs, bs)?;
             let layout = Layout { bs };
-            let all = r
-                .ctx
-                .upload_i32(&[layout.len()], &layout.words(&blank_meta(bs), 0, &[]))?;
+            let all = r.ctx.upload_i32(
+                &[layout.total_words()],
+                &layout.words(&blank_meta(bs), 0, &[]),
+            )?;
             let mut meta = Meta::views(all.view(0, &[5 * bs])?, bs, bs, vec![-1; bs])?;
             let mut plan = if lean {
                 meta.pick = PickOut {
@@ -496,12 +501,12 @@ mod tests {
             let l = Layout { bs };
             assert!(l.cell_at() >= 5 * bs && l.cell_at() % 2 == 0, "bs {bs}");
             assert_eq!(l.tiles_at(), l.cell_at() + 2);
-            assert_eq!(l.len(), l.tiles_at() + 4 * bs);
+            assert_eq!(l.total_words(), l.tiles_at() + 4 * bs);
             let meta: Vec<i32> = (0..5 * bs as i32).collect();
             let tiles: Vec<i32> = (0..4 * bs as i32).map(|t| 1000 + t).collect();
             let host = 0x0000_7f12_3456_78a8u64;
             let w = l.words(&meta, host, &tiles);
-            assert_eq!(w.len(), l.len());
+            assert_eq!(w.len(), l.total_words());
             assert_eq!(&w[..5 * bs], &meta[..]);
             assert!(w[5 * bs..l.cell_at()].iter().all(|&x| x == 0));
             let cell = (w[l.cell_at()] as u32 as u64) | ((w[l.cell_at() + 1] as u32 as u64) << 32);

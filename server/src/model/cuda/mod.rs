@@ -17,7 +17,7 @@
 //! prompt token outside the vocabulary.
 
 mod graph;
-pub use graph::graph_sizes;
+pub use graph::{graph_sizes, Layout as ReplayLayout};
 mod ipc;
 mod kv;
 mod load;

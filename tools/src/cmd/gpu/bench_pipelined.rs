@@ -19,6 +19,7 @@ use cudarc::driver::CudaGraph;
 use strata_kernels::cuda::llama::{LlamaModel, StepInput, Workspace};
 use strata_kernels::cuda::readback::Readback;
 use strata_kernels::cuda::{CudaOps, DTensor, Gemm, PickOut};
+use strata_server::model::cuda::ReplayLayout;
 
 /// Steps queued per measurement.
 const STEPS: usize = 64;
@@ -92,33 +93,24 @@ pub fn lean_step_ms(
         return Ok(None);
     }
     let ctx = ops.context();
-    // [ids | pos | slots | last | adapter | pad | cell (2) | tiles (4)]: graph.rs's Layout at
-    // one row.
-    const CELL_AT: usize = 6;
-    const LEN: usize = CELL_AT + 2 + 4;
-    let step = ctx.upload_i32(&[LEN], &[0; LEN])?;
+    // The server's layout at one row; each copy starts after the ids (one word).
+    let layout = ReplayLayout { bs: 1 };
+    let step = ctx.upload_i32(&[layout.total_words()], &vec![0; layout.total_words()])?;
     let mut readback = Readback::new(ctx, 2, 1)?;
     ws.pick_out.set(PickOut {
         next_id: input.ids.ptr(),
-        host_cell: step.ptr() + 4 * CELL_AT as u64,
+        host_cell: step.ptr() + 4 * layout.cell_at() as u64,
     });
     let captured = model.capture(ops, gemm, ws, input);
     ws.pick_out.set(PickOut::default());
     let g = captured?;
-    let words = |slot: u64| {
-        let mut w = [1i32; LEN];
-        w[CELL_AT] = slot as u32 as i32;
-        w[CELL_AT + 1] = (slot >> 32) as u32 as i32;
-        w
-    };
+    let after_ids = step.view(1, &[layout.total_words() - 1])?;
+    let words = |slot: u64| layout.words(&[1; 5], slot, &[1; 4]);
     // Does the head store? One replay into slot 0, whose word starts at -7.
     let probe = ctx.upload_i32(&[1], &[-7])?;
     readback.queue(0, &probe, 1)?;
     readback.claim(0)?;
-    ctx.write_i32(
-        &step.view(1, &[LEN - 1])?,
-        &words(readback.slot_device_ptr(0))[1..],
-    )?;
+    ctx.write_i32(&after_ids, &words(readback.slot_device_ptr(0))[1..])?;
     g.launch()?;
     readback.mark(0)?;
     let picked = ctx.download_i32(&ws.picks)?[0];
@@ -133,7 +125,7 @@ pub fn lean_step_ms(
             let slot = s % 2;
             readback.claim(slot)?;
             let w = words(readback.slot_device_ptr(slot));
-            ctx.write_i32(&step.view(1, &[LEN - 1])?, &w[1..])?;
+            ctx.write_i32(&after_ids, &w[1..])?;
             g.launch()?;
             readback.mark(slot)?;
         }
