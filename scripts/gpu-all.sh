@@ -106,7 +106,8 @@
 #   targets  issue 14's open targets in one call (first on an H200): the decode cluster cases of
 #            `gpu check` (STRATA_CHECK_CASES), `gpu bench --only decode` at batch 1 on the 1B and
 #            8B shapes, served 1B ITL at c=1 (gpu-itl-ab.sh: A this binary, B the same with
-#            TARGETS_B_ENV, default STRATA_DEC2R_RING3=0: the attention's two-iteration ring), `gpu
+#            TARGETS_B_ENV, default STRATA_LEAN_STEP=0 STRATA_DEC2R_HALVES=0: without the lean
+#            step and the head-split attention), `gpu
 #            bench --only gemm,prefill` at 2K and 8K and transformers' forward at 2K and 8K
 #            (TARGET_SHAPES: the decode shapes; PREFILL_HF=0: without transformers)
 #   tprefill the prefill part of `targets`: `gpu bench --only gemm,prefill` at 2K and 8K and
@@ -336,11 +337,11 @@ for s in $STEPS; do
         scripts/gpu-itl-ab.sh "$OUT/ring-itl" > "$OUT/ring-itl.log" 2>&1 || rc=1
       grep -vE "^\s*$" "$OUT/ring-itl.log" | tail -9 ;;
     targets) rc=0
-      STRATA_CHECK_CASES="decode cl,decode rcl" timeout $(left 90) "$STRATA" gpu check --only attention,head_argmax \
+      STRATA_CHECK_CASES="decode cl,decode rcl,decode hcl" timeout $(left 90) "$STRATA" gpu check --only attention,head_argmax \
         > "$OUT/targets-check.log" 2>&1 || rc=1
       grep -E "gpu check:|FAIL" "$OUT/targets-check.log"
       for shape in ${TARGET_SHAPES:-llama-3.2-1b llama-3.1-8b}; do decode_b1 "$OUT/targets-decode-$shape.log" $shape || rc=1; done
-      SIZE=llama-3.2-1b RAW=0 ITL_B_ENV=${TARGETS_B_ENV:-STRATA_DEC2R_RING3=0} timeout $(left 150) scripts/gpu-itl-ab.sh "$OUT/targets-itl" > "$OUT/targets-itl.log" 2>&1 || rc=1
+      SIZE=llama-3.2-1b RAW=0 ITL_B_ENV=${TARGETS_B_ENV:-"STRATA_LEAN_STEP=0 STRATA_DEC2R_HALVES=0"} timeout $(left 150) scripts/gpu-itl-ab.sh "$OUT/targets-itl" > "$OUT/targets-itl.log" 2>&1 || rc=1
       grep -vE "^\s*$" "$OUT/targets-itl.log" | tail -6
       prefill_bench targets-prefill || rc=1 ;;
     tprefill) prefill_bench targets-prefill; rc=$? ;;
