@@ -341,8 +341,8 @@ for s in $STEPS; do
         > "$OUT/targets-check.log" 2>&1 || rc=1
       grep -E "gpu check:|FAIL" "$OUT/targets-check.log"
       for shape in ${TARGET_SHAPES:-llama-3.2-1b llama-3.1-8b}; do decode_b1 "$OUT/targets-decode-$shape.log" $shape || rc=1; done
-      SIZE=llama-3.2-1b RAW=0 ITL_B_ENV=${TARGETS_B_ENV:-"STRATA_LEAN_STEP=0 STRATA_DEC2R_HALVES=0"} timeout $(left 150) scripts/gpu-itl-ab.sh "$OUT/targets-itl" > "$OUT/targets-itl.log" 2>&1 || rc=1
-      grep -vE "^\s*$" "$OUT/targets-itl.log" | tail -6
+      SIZE=llama-3.2-1b RAW=0 ITL_B_ENV=${TARGETS_B_ENV:-"STRATA_LEAN_STEP=0 STRATA_DEC2R_HALVES=0"} timeout $(left ${TARGETS_ITL_S:-150}) scripts/gpu-itl-ab.sh "$OUT/targets-itl" > "$OUT/targets-itl.log" 2>&1 || rc=1
+      grep -vE "^\s*$" "$OUT/targets-itl.log" | tail -12
       prefill_bench targets-prefill || rc=1 ;;
     tprefill) prefill_bench targets-prefill; rc=$? ;;
     binab) rc=0; BS=(${BIN_B:-$PWD/.devbin/strata.base}); B=${BS[0]}
