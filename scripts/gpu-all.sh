@@ -107,9 +107,9 @@
 #            `gpu check` (STRATA_CHECK_CASES), `gpu bench --only decode` at batch 1 on the 1B and
 #            8B shapes, served 1B ITL at c=1 (gpu-itl-ab.sh: A this binary, B the same with
 #            TARGETS_B_ENV, default STRATA_LEAN_STEP=0 STRATA_DEC2R_HALVES=0: without the lean
-#            step and the head-split attention), `gpu
-#            bench --only gemm,prefill` at 2K and 8K and transformers' forward at 2K and 8K
-#            (TARGET_SHAPES: the decode shapes; PREFILL_HF=0: without transformers)
+#            step and the head-split attention; TARGETS_ITL_S its time limit, 150 s; GREEDY
+#            passed on), `gpu bench --only gemm,prefill` at 2K and 8K and transformers' forward
+#            at 2K and 8K (TARGET_SHAPES: the decode shapes; PREFILL_HF=0: without transformers)
 #   tprefill the prefill part of `targets`: `gpu bench --only gemm,prefill` at 2K and 8K and
 #            transformers' forward at 2K and 8K
 #   binab    this binary against others (BIN_B, space-separated, default .devbin/strata.base, e.g.
