@@ -14,11 +14,10 @@
 //! `Seg`), each row's adapter slot in a fifth metadata section.
 //!
 //! The lean step (the default; `STRATA_LEAN_STEP=0`: the separate copies, for A/B runs): a
-//! bucket's
-//! metadata, a host cell and the plan's tile list are one allocation ([`Layout`]) written by one
-//! copy per replay, and a one-row graph's fused LM head also puts its greedy pick into the
-//! graph's own input id and, through the cell, into the readback slot the caller names (a queued
-//! replay whose rows all take the argmax). So a steady batch-1 decode step queues one copy and
+//! bucket's metadata, a host cell and the plan's tile list are one allocation ([`Layout`])
+//! written by one copy per replay, and a one-row graph's fused LM head also puts its greedy
+//! pick into the graph's own input id and, through the cell, into the readback slot the caller
+//! names (a queued replay whose rows all take the argmax). So a steady batch-1 decode step queues one copy and
 //! the replay: no tile copy, no device copy of the id (a replay continuing the previous lean
 //! replay of the same graph skips the ids section: the head left the id there) and no readback
 //! kernel. (Stream operations between two replays each hold the next one up by microseconds:
@@ -120,11 +119,12 @@ impl Layout {
     pub fn total_words(self) -> usize {
         self.tiles_at() + 4 * self.bs
     }
-    /// Every word of the allocation: `meta` (5 x bs), the cell naming `host` (0: none) and
-    /// `tiles` (4 x bs; shorter: zeros after).
-    pub fn words(self, meta: &[i32], host: u64, tiles: &[i32]) -> Vec<i32> {
+    /// Every word of the allocation: `meta` (5 x bs, extended in place), the cell naming `host`
+    /// (0: none) and `tiles` (4 x bs; shorter: zeros after).
+    pub fn words(self, meta: Vec<i32>, host: u64, tiles: &[i32]) -> Vec<i32> {
         debug_assert!(meta.len() == 5 * self.bs && tiles.len() <= 4 * self.bs);
-        let mut out = meta.to_vec();
+        let mut out = meta;
+        out.reserve_exact(self.total_words() - out.len());
         out.resize(self.cell_at(), 0);
         out.extend([host as u32 as i32, (host >> 32) as u32 as i32]);
         out.extend_from_slice(tiles);
@@ -213,7 +213,7 @@ fn copy_meta(
         .collect();
     if lean {
         let tiles = r.ops.decode_plan_rows(&g.plan, &rows)?;
-        let words = Layout { bs }.words(&host, host_addr, &tiles);
+        let words = Layout { bs }.words(host, host_addr, &tiles);
         let from = if ids_kept { bs } else { 0 };
         r.ctx
             .write_i32(&g.all.view(from, &[words.len() - from])?, &words[from..])?;
@@ -247,7 +247,7 @@ impl DecodeGraph {
             // The blank metadata and no host cell (the cell may still name the slot of a
             // replay in flight, which the eager pass's head must not write).
             let l = Layout { bs };
-            let blank = l.words(&blank_meta(bs), 0, &[]);
+            let blank = l.words(blank_meta(bs), 0, &[]);
             r.ctx
                 .write_i32(&self.all.view(0, &[l.tiles_at()])?, &blank[..l.tiles_at()])?;
             r.ops.update_decode_plan(&self.plan, &[])?;
@@ -318,7 +318,7 @@ impl Graphs {
             let layout = Layout { bs };
             let all = r.ctx.upload_i32(
                 &[layout.total_words()],
-                &layout.words(&blank_meta(bs), 0, &[]),
+                &layout.words(blank_meta(bs), 0, &[]),
             )?;
             let mut meta = Meta::views(all.view(0, &[5 * bs])?, bs, bs, vec![-1; bs])?;
             let mut plan = if lean {
@@ -505,7 +505,7 @@ mod tests {
             let meta: Vec<i32> = (0..5 * bs as i32).collect();
             let tiles: Vec<i32> = (0..4 * bs as i32).map(|t| 1000 + t).collect();
             let host = 0x0000_7f12_3456_78a8u64;
-            let w = l.words(&meta, host, &tiles);
+            let w = l.words(meta.clone(), host, &tiles);
             assert_eq!(w.len(), l.total_words());
             assert_eq!(&w[..5 * bs], &meta[..]);
             assert!(w[5 * bs..l.cell_at()].iter().all(|&x| x == 0));
@@ -513,7 +513,7 @@ mod tests {
             assert_eq!(cell, host);
             assert_eq!(&w[l.tiles_at()..], &tiles[..]);
             // The blank allocation: no cell, no tiles.
-            let blank = l.words(&blank_meta(bs), 0, &[]);
+            let blank = l.words(blank_meta(bs), 0, &[]);
             assert!(blank[l.cell_at()..].iter().all(|&x| x == 0));
         }
     }

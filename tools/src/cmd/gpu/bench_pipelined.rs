@@ -105,7 +105,7 @@ pub fn lean_step_ms(
     ws.pick_out.set(PickOut::default());
     let g = captured?;
     let after_ids = step.view(1, &[layout.total_words() - 1])?;
-    let words = |slot: u64| layout.words(&[1; 5], slot, &[1; 4]);
+    let words = |slot: u64| layout.words(vec![1; 5], slot, &[1; 4]);
     // Does the head store? One replay into slot 0, whose word starts at -7.
     let probe = ctx.upload_i32(&[1], &[-7])?;
     readback.queue(0, &probe, 1)?;
