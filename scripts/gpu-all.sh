@@ -68,16 +68,16 @@
 #            copies) and B's greedy outputs against A's (the `nograph_c1` line)
 #   lean     the lean one-row step (the default: per replay one copy of the metadata, the host
 #            cell and the tiles, the LM head storing its pick into the readback slot and the next
-#            input id) against the separate copies and readback kernel (STRATA_LEAN_STEP=0): `gpu check
-#            --only head_argmax` (with the stores), the b1 step's pipelined line with the lean step
-#            beside the runner's copies (LEAN_SHAPES, default the 1B), served 1B ITL at c=1 (A
-#            lean, B not; three rounds) and B's greedy outputs against A's
+#            input id) against the separate copies and readback kernel (STRATA_LEAN_STEP=0):
+#            `gpu check --only head_argmax` (with the stores), the b1 step's pipelined line with
+#            the lean step beside the runner's copies (LEAN_SHAPES, default the 1B), served 1B
+#            ITL at c=1 (A lean, B not; three rounds) and B's greedy outputs against A's
 #   halves   the register cluster attention split by query heads (two clusters per row and KV
 #            head, each with half the group; the default at head_dim 64; STRATA_DEC2R_HALVES=1 /
-#            0 forces it on / off) against the unsplit form: `gpu check` of the "decode hcl" cases (each also bit for bit against
-#            the unsplit form), the b1 graph step at 1K-1.25K contexts in processes of each form
-#            (HALVES_RUNS="SHAPE CTX ..."), served 1B ITL at c=1 (A default, B =0) and B's greedy
-#            outputs against A's
+#            0 forces it on / off) against the unsplit form: `gpu check` of the "decode hcl"
+#            cases (each also bit for bit against the unsplit form), the b1 graph step at
+#            1K-1.25K contexts in processes of each form (HALVES_RUNS="SHAPE CTX ..."), served
+#            1B ITL at c=1 (A default, B =0) and B's greedy outputs against A's
 #   cand     both above in one call: `gpu check` of the head's stores and the "decode
 #            hcl" cases, the b1 graph step at 1K and 1.25K keys (CAND_RUNS) in processes with and
 #            without the head split (each also printing the pipelined line's lean step), served 1B
